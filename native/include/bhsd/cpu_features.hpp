@@ -1,0 +1,47 @@
+// bhsd — what the processor offers, asked at run time so that one binary runs on any x86-64.
+#pragma once
+
+#include <string>
+
+namespace bhsd {
+
+struct CpuFeatures {
+  bool avx2 = false;
+  bool fma = false;
+  bool avx512f = false;
+};
+
+inline CpuFeatures cpu_features() {
+  CpuFeatures f;
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.avx512f = __builtin_cpu_supports("avx512f");
+#endif
+  return f;
+}
+
+// The widest instruction set the kernels of this build will use on this processor.
+inline std::string simd_level() {
+#if defined(__x86_64__) || defined(__i386__)
+  const CpuFeatures f = cpu_features();
+  if (f.avx2 && f.fma) return "avx2+fma";
+  return "sse2";
+#elif defined(__aarch64__)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace bhsd
+
+// Marks a function to be compiled twice, for AVX2+FMA and for the baseline, with the loader
+// choosing at run time (GCC/Clang function multi-versioning on x86-64 ELF).
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(BHSD_NO_MULTIVERSION)
+#define BHSD_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define BHSD_MULTIVERSION
+#endif

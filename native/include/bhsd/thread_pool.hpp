@@ -1,0 +1,160 @@
+// bhsd — a persistent std::thread pool for data-parallel loops.
+// Plain C++17, no Node: the Node-API layer owns one per environment, a C++ test can make its own.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bhsd {
+
+// Runs `fn(lo, hi)` over [0, n) split into chunks, on the calling thread plus the pool's workers.
+// One loop runs at a time (callers from several threads queue on a mutex); a loop started from
+// inside a worker runs serially on that worker, so nesting cannot deadlock. The first exception
+// thrown by any chunk is rethrown on the calling thread after every chunk has finished.
+class ThreadPool {
+ public:
+  explicit ThreadPool(unsigned threads) {
+    if (threads < 1) threads = 1;
+    workers_.reserve(threads - 1);
+    for (unsigned i = 0; i + 1 < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  ~ThreadPool() { shutdown(); }
+
+  // Threads that take part in a loop (the workers and the caller).
+  unsigned size() const { return static_cast<unsigned>(workers_.size()) + 1; }
+
+  // Stops and joins the workers; later loops run on the calling thread alone.
+  void shutdown() {
+    {
+      std::lock_guard<std::mutex> run(run_mutex_);  // let a loop in flight finish
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_)
+      if (t.joinable()) t.join();
+  }
+
+  // Splits [0, n) into about `chunks_per_thread` chunks per thread, each at least `grain` long.
+  void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn,
+                    std::size_t grain = 1, unsigned chunks_per_thread = 4) {
+    if (n == 0) return;
+    if (grain < 1) grain = 1;
+    const unsigned threads = size();
+    const std::size_t want = std::size_t(threads) * chunks_per_thread;
+    const std::size_t chunk = std::max<std::size_t>(grain, (n + want - 1) / want);
+    Job job{&fn, n, chunk, (n + chunk - 1) / chunk};
+    if (job.chunks <= 1 || threads == 1 || in_worker()) {
+      fn(0, n);
+      return;
+    }
+    std::unique_lock<std::mutex> run(run_mutex_);
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (stopping_) {
+        run.unlock();
+        fn(0, n);
+        return;
+      }
+      job_ = &job;
+      ++generation_;
+    }
+    wake_.notify_all();
+    in_worker() = true;  // the caller works too; a nested loop inside its chunks runs serially
+    work(job);
+    in_worker() = false;
+    std::unique_lock<std::mutex> lk(mutex_);
+    finished_.wait(lk, [&] { return job.done == job.chunks; });
+    job_ = nullptr;  // no worker picks it up from here on
+    finished_.wait(lk, [&] { return job.active == 0; });
+    lk.unlock();
+    if (job.error) std::rethrow_exception(job.error);
+  }
+
+ private:
+  struct Job {
+    const std::function<void(std::size_t, std::size_t)>* fn;
+    std::size_t n, chunk, chunks;
+    std::atomic<std::size_t> next{0};
+    std::size_t done = 0;    // guarded by mutex_
+    unsigned active = 0;     // workers inside work(); guarded by mutex_
+    std::exception_ptr error;  // guarded by mutex_
+    Job(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n_, std::size_t c,
+        std::size_t cs)
+        : fn(f), n(n_), chunk(c), chunks(cs) {}
+  };
+
+  static bool& in_worker() {
+    static thread_local bool flag = false;
+    return flag;
+  }
+
+  void work(Job& job) {
+    for (;;) {
+      const std::size_t c = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= job.chunks) return;
+      const std::size_t lo = c * job.chunk, hi = std::min(job.n, lo + job.chunk);
+      std::exception_ptr err;
+      try {
+        (*job.fn)(lo, hi);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (err && !job.error) job.error = err;
+      if (++job.done == job.chunks) finished_.notify_all();
+    }
+  }
+
+  void worker_loop() {
+    in_worker() = true;
+    std::uint64_t seen = 0;
+    for (;;) {
+      Job* job;
+      {
+        std::unique_lock<std::mutex> lk(mutex_);
+        wake_.wait(lk, [&] { return stopping_ || (job_ != nullptr && generation_ != seen); });
+        if (stopping_) return;
+        seen = generation_;
+        job = job_;
+        ++job->active;
+      }
+      work(*job);
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (--job->active == 0) finished_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;  // one loop at a time
+  std::mutex mutex_;
+  std::condition_variable wake_, finished_;
+  Job* job_ = nullptr;  // the loop in flight, guarded by mutex_
+  std::uint64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+// Threads to use by default: BHSD_THREADS when set to a positive number, else the hardware's.
+inline unsigned default_thread_count() {
+  if (const char* s = std::getenv("BHSD_THREADS")) {
+    char* end = nullptr;
+    long v = std::strtol(s, &end, 10);
+    if (end != s && v > 0 && v <= 1024) return static_cast<unsigned>(v);
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc ? hc : 1;
+}
+
+}  // namespace bhsd

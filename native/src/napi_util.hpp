@@ -1,0 +1,136 @@
+// bhsd — helpers of the Node-API layer: typed-array views, promise workers, per-env state.
+// Only this layer knows Node; the core in native/include/bhsd knows nothing of it.
+#pragma once
+
+#define NAPI_VERSION 8
+#include <napi.h>
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "bhsd/dtype.hpp"
+#include "bhsd/thread_pool.hpp"
+
+namespace bhsd_napi {
+
+// State owned per Node environment (main thread and each worker thread have their own).
+struct AddonData {
+  std::shared_ptr<bhsd::ThreadPool> pool;
+};
+
+inline std::shared_ptr<bhsd::ThreadPool> pool_of(Napi::Env env) {
+  return env.GetInstanceData<AddonData>()->pool;
+}
+
+// A typed array's element type, data and length; the array must stay alive while used.
+struct View {
+  bhsd::DType type;
+  void* data;
+  std::size_t length;
+};
+
+inline View view_of(const Napi::Value& v, const char* name) {
+  if (!v.IsTypedArray())
+    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a typed array");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  bhsd::DType t;
+  switch (ta.TypedArrayType()) {
+    case napi_uint8_array: t = bhsd::DType::u8; break;
+    case napi_int8_array: t = bhsd::DType::i8; break;
+    case napi_int16_array: t = bhsd::DType::i16; break;
+    case napi_uint16_array: t = bhsd::DType::u16; break;
+    case napi_int32_array: t = bhsd::DType::i32; break;
+    case napi_uint32_array: t = bhsd::DType::u32; break;
+    case napi_float32_array: t = bhsd::DType::f32; break;
+    case napi_float64_array: t = bhsd::DType::f64; break;
+    default:
+      throw Napi::TypeError::New(v.Env(), std::string("native: ") + name +
+                                              " has an element type the engine does not take");
+  }
+  auto* base = static_cast<std::uint8_t*>(ta.ArrayBuffer().Data());
+  return View{t, base + ta.ByteOffset(), ta.ElementLength()};
+}
+
+inline double number_of(const Napi::Value& v, const char* name) {
+  if (!v.IsNumber())
+    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+// Runs `execute` on a libuv worker thread and settles a promise with `resolve`'s value.
+// JS values handed in are kept alive (persistent references) until the work has finished.
+// Any C++ exception becomes a rejected promise; nothing escapes to terminate the process.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  using Exec = std::function<void()>;
+  using Resolve = std::function<Napi::Value(Napi::Env)>;
+
+  PromiseWorker(Napi::Env env, Exec execute, Resolve resolve, std::vector<Napi::Value> keep)
+      : Napi::AsyncWorker(env, "bhsd"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        execute_(std::move(execute)),
+        resolve_(std::move(resolve)) {
+    for (auto& v : keep)
+      if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      execute_();
+    } catch (const std::bad_alloc&) {
+      SetError("native: out of memory");
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    } catch (...) {
+      SetError("native: unknown error");
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    try {
+      deferred_.Resolve(resolve_ ? resolve_(env) : env.Undefined());
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (const std::exception& e) {
+      deferred_.Reject(Napi::Error::New(env, e.what()).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+  // Queues the worker and returns its promise (the worker deletes itself when done).
+  static Napi::Value Start(Napi::Env env, Exec execute, Resolve resolve,
+                           std::vector<Napi::Value> keep) {
+    auto* w = new PromiseWorker(env, std::move(execute), std::move(resolve), std::move(keep));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Exec execute_;
+  Resolve resolve_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+// Wraps an exported function so that no C++ exception other than a JS one leaves it.
+template <Napi::Value (*F)(const Napi::CallbackInfo&)>
+Napi::Value guarded(const Napi::CallbackInfo& info) {
+  try {
+    return F(info);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw Napi::Error::New(info.Env(), "native: out of memory");
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(info.Env(), e.what());
+  }
+}
+
+}  // namespace bhsd_napi
