@@ -1,0 +1,98 @@
+/**
+ * The backend registry: which backends loaded, why the others did not, and which one is active.
+ * Loading happens on first use, never at import, and a failure is recorded, never thrown.
+ * Default order: cuda, then native, then ts. `BHSD_BACKEND` or `setBackend()` choose explicitly.
+ */
+import { inArray, invalidParameterError } from "../is.js";
+import type { BackendName } from "../types.js";
+import { loadCudaBackend } from "./cuda.js";
+import { loadNativeAddon, NativeBackend } from "./native.js";
+import { TsBackend } from "./ts.js";
+import type { Backend, BackendDetails } from "./types.js";
+
+export type { Backend, BackendDetails, VoxelStats } from "./types.js";
+
+export const BACKEND_NAMES: readonly BackendName[] = ["cuda", "native", "ts"];
+
+export interface BackendInfo {
+  active: BackendName;
+  available: Record<BackendName, boolean>;
+  /** For each backend that is not available, why. */
+  reasons: Partial<Record<BackendName, string>>;
+  /** For each available backend, its threads, instruction set and binary. */
+  details: Partial<Record<BackendName, BackendDetails>>;
+}
+
+const loaded = new Map<BackendName, Backend>();
+const reasons = new Map<BackendName, string>();
+const tried = new Set<BackendName>();
+let chosen: BackendName | undefined;
+
+function tryLoad(name: BackendName): Backend | undefined {
+  if (!tried.has(name)) {
+    tried.add(name);
+    try {
+      if (name === "ts") loaded.set(name, new TsBackend());
+      else if (name === "native") {
+        const { addon, path } = loadNativeAddon();
+        loaded.set(name, new NativeBackend(addon, path));
+      } else loaded.set(name, loadCudaBackend().backend);
+    } catch (e) {
+      reasons.set(name, (e as Error).message);
+    }
+  }
+  return loaded.get(name);
+}
+
+function unavailableError(name: BackendName, via: string): Error {
+  return new Error(`backend "${name}" (${via}) is not available: ${reasons.get(name) ?? "unknown reason"}`);
+}
+
+/** The backend operations run on. */
+export function activeBackend(): Backend {
+  if (chosen === undefined) {
+    const env = process.env.BHSD_BACKEND;
+    if (env !== undefined && env !== "") {
+      if (!inArray(env, BACKEND_NAMES)) throw invalidParameterError("BHSD_BACKEND", `one of ${BACKEND_NAMES.join(", ")}`, env);
+      if (!tryLoad(env)) throw unavailableError(env, "asked for by BHSD_BACKEND");
+      chosen = env;
+    } else {
+      chosen = BACKEND_NAMES.find((n) => tryLoad(n) !== undefined) ?? "ts";
+    }
+  }
+  return tryLoad(chosen)!;
+}
+
+/** A specific backend, for tests and benchmarks that compare them; throws when it is not available. */
+export function getBackend(name: BackendName): Backend {
+  if (!inArray(name, BACKEND_NAMES)) throw invalidParameterError("name", `one of ${BACKEND_NAMES.join(", ")}`, name);
+  const b = tryLoad(name);
+  if (!b) throw unavailableError(name, "asked for by name");
+  return b;
+}
+
+/** Makes `name` the active backend; throws, saying why, when it is not available. */
+export function setBackend(name: BackendName): void {
+  getBackend(name);
+  chosen = name;
+}
+
+/** What loaded, what did not and why, and which backend is active. */
+export function backendInfo(): BackendInfo {
+  const active = activeBackend().name;
+  const available = {} as Record<BackendName, boolean>;
+  const why: Partial<Record<BackendName, string>> = {};
+  const details: Partial<Record<BackendName, BackendDetails>> = {};
+  for (const n of BACKEND_NAMES) {
+    const b = tryLoad(n);
+    available[n] = b !== undefined;
+    if (b) details[n] = b.details();
+    else why[n] = reasons.get(n) ?? "unknown reason";
+  }
+  return { active, available, reasons: why, details };
+}
+
+/** The backends that loaded, in the default order. */
+export function availableBackends(): BackendName[] {
+  return BACKEND_NAMES.filter((n) => tryLoad(n) !== undefined);
+}

@@ -1,0 +1,55 @@
+/** The native C++ backend: the CPU addon built by node-gyp (or a prebuild), loaded by node-gyp-build. */
+import { createRequire } from "node:module";
+import type { VoxelArray } from "../types.js";
+import { PACKAGE_ROOT } from "./paths.js";
+import type { Backend, BackendDetails, VoxelStats } from "./types.js";
+
+/** The functions the addon exports (native/src/addon.cc). */
+export interface NativeAddon {
+  info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
+  voxelStats(data: VoxelArray): Promise<VoxelStats>;
+  rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
+}
+
+const require = createRequire(import.meta.url);
+
+/** Loads the addon; throws an Error saying why it could not be loaded. */
+export function loadNativeAddon(): { addon: NativeAddon; path: string } {
+  if (process.env.BHSD_DISABLE_NATIVE === "1") throw new Error("disabled by BHSD_DISABLE_NATIVE=1");
+  const gypBuild = require("node-gyp-build") as { (dir: string): unknown; resolve(dir: string): string };
+  let path: string;
+  try {
+    path = gypBuild.resolve(PACKAGE_ROOT);
+  } catch {
+    throw new Error(
+      `no binary for ${process.platform}-${process.arch} (no prebuild in prebuilds/ and no local build in build/Release; ` +
+        "run `npm run build:native` with a C++ compiler to make one)",
+    );
+  }
+  try {
+    return { addon: require(path) as NativeAddon, path };
+  } catch (e) {
+    throw new Error(`${path} did not load: ${(e as Error).message.split("\n")[0]}`);
+  }
+}
+
+export class NativeBackend implements Backend {
+  readonly name = "native" as const;
+  constructor(
+    private readonly addon: NativeAddon,
+    private readonly path: string,
+  ) {}
+
+  details(): BackendDetails {
+    const i = this.addon.info();
+    return { threads: i.threads, simd: i.simd, version: i.version, binary: this.path, ...(i.compiler ? { compiler: i.compiler } : {}) };
+  }
+
+  voxelStats(data: VoxelArray): Promise<VoxelStats> {
+    return this.addon.voxelStats(data);
+  }
+
+  rescaleToFloat32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void> {
+    return this.addon.rescaleToF32(src, slope, inter, dst);
+  }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env node
+/** The `bhsd` command line. Every command has --help and --json; bad input → one line, exit 1. */
+import { Command, CommanderError } from "commander";
+import { VERSION } from "../version.js";
+import { infoCommand } from "./info.js";
+
+const program = new Command();
+program
+  .name("bhsd")
+  .description("Find, measure and quantify intracranial hemorrhage on head CT")
+  .version(VERSION)
+  .option("--verbose", "print stack traces on errors")
+  .showHelpAfterError("(add --help for usage)")
+  .exitOverride();
+
+infoCommand(program);
+
+function verbose(): boolean {
+  return process.argv.includes("--verbose");
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    process.exitCode = e.exitCode;
+  } else {
+    const err = e as Error;
+    process.stderr.write(`bhsd: ${verbose() ? err.stack ?? err.message : err.message.split("\n")[0]}\n`);
+    process.exitCode = 1;
+  }
+}

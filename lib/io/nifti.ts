@@ -1,0 +1,418 @@
+/**
+ * readNifti / writeNifti: NIfTI-1 and NIfTI-2, `.nii` and `.nii.gz`, one 3-D volume.
+ * Every check on the header happens before the voxels are allocated; the voxels are read straight
+ * into the array that is returned (no intermediate copy), gzip is streamed through Node's zlib.
+ */
+import { randomBytes } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { open, rename, rm } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { fileURLToPath } from "node:url";
+import { createGunzip, createGzip } from "node:zlib";
+import { activeBackend } from "../backends/index.js";
+import { assertNumber, dtypeOf, inArray, invalidParameterError, optionsObject } from "../is.js";
+import type { DTypeName, NiftiMeta, Volume, VoxelArray } from "../types.js";
+import { ARRAY_CTOR, allocArray, assertVolume, BYTES_PER_ELEMENT, MAX_ELEMENTS } from "../volume.js";
+import {
+  geometry,
+  headerSizeFrom,
+  NIFTI2_HEADER,
+  NiftiError,
+  parseHeader,
+  voxelLayout,
+  buildHeader,
+  type NiftiHeader,
+  type VoxelLayout,
+} from "./nifti-header.js";
+
+export { NiftiError } from "./nifti-header.js";
+
+/** gzip's best ratio is about 1032:1; no stream of n bytes can inflate to more than this. */
+const MAX_GZIP_RATIO = 1032;
+
+export interface ReadNiftiOptions {
+  /** Refuse files whose voxel data is larger than this many bytes (default 4 GiB). */
+  maxBytes?: number;
+  /** Name used in error messages when reading bytes (default "<bytes>"). */
+  name?: string;
+}
+
+const DEFAULT_MAX_BYTES = 4 * 2 ** 30;
+
+type Source = string | URL | Uint8Array;
+
+function labelOf(src: Source, name?: string): string {
+  if (typeof src === "string") return src;
+  if (src instanceof URL) return fileURLToPath(src);
+  return name ?? "<bytes>";
+}
+
+function isGzip(b: Uint8Array): boolean {
+  return b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b;
+}
+
+/** Reads a NIfTI-1 or NIfTI-2 file (`.nii` or `.nii.gz`, detected from the bytes) or its bytes. */
+export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions): Promise<Volume> {
+  const opts = optionsObject("options", options);
+  const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+  assertNumber("options.maxBytes", maxBytes, 1);
+  if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
+  if (typeof pathOrBytes !== "string" && !(pathOrBytes instanceof URL) && !(pathOrBytes instanceof Uint8Array)) {
+    throw invalidParameterError("pathOrBytes", "a file path, a file URL or a Uint8Array/Buffer of the file's bytes", pathOrBytes);
+  }
+  const label = labelOf(pathOrBytes, opts.name as string | undefined);
+  const { header, layout, data } =
+    pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, maxBytes) : await fromFile(pathOrBytes, label, maxBytes);
+  return toVolume(header, layout, data);
+}
+
+/** Reads only the header: dims, datatype, spacing, affine, without touching the voxels. */
+export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: string }): Promise<{
+  dims: [number, number, number];
+  datatype: DTypeName;
+  spacing: [number, number, number];
+  affine: number[];
+  meta: NiftiMeta;
+  voxelBytes: number;
+}> {
+  const label = labelOf(pathOrBytes, options?.name);
+  let head: Uint8Array;
+  if (pathOrBytes instanceof Uint8Array) {
+    head = isGzip(pathOrBytes) ? await gunzipPrefix(Readable.from([pathOrBytes]), NIFTI2_HEADER, label) : pathOrBytes;
+  } else {
+    const path = typeof pathOrBytes === "string" ? pathOrBytes : fileURLToPath(pathOrBytes);
+    const fh = await openOrThrow(path);
+    try {
+      const buf = Buffer.alloc(NIFTI2_HEADER);
+      const { bytesRead } = await fh.read(buf, 0, NIFTI2_HEADER, 0);
+      head = buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+    if (isGzip(head)) head = await gunzipPrefix(createReadStream(path), NIFTI2_HEADER, label);
+  }
+  const header = parseHeader(head, label);
+  const layout = voxelLayout(header, label);
+  const g = geometry(header);
+  return { dims: layout.dims, datatype: layout.dtype, spacing: g.spacing, affine: g.affine, meta: metaOf(header, layout, g.source), voxelBytes: layout.nbytes };
+}
+
+async function openOrThrow(path: string) {
+  try {
+    const fh = await open(path, "r");
+    if ((await fh.stat()).isDirectory()) {
+      await fh.close();
+      throw Object.assign(new Error("is a folder"), { code: "EISDIR" });
+    }
+    return fh;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new NiftiError(path, err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a folder, not a file" : err.message);
+  }
+}
+
+function checkSize(layout: VoxelLayout, label: string, maxBytes: number) {
+  if (layout.nvox > MAX_ELEMENTS) throw new NiftiError(label, `${layout.nvox} voxels exceed the ${MAX_ELEMENTS}-voxel limit of one array`);
+  if (layout.nbytes > maxBytes) throw new NiftiError(label, `voxel data of ${layout.nbytes} bytes exceeds the limit of ${maxBytes} bytes (options.maxBytes)`);
+}
+
+async function fromFile(src: string | URL, label: string, maxBytes: number) {
+  const path = typeof src === "string" ? src : fileURLToPath(src);
+  const fh = await openOrThrow(path);
+  try {
+    const size = (await fh.stat()).size;
+    const head = Buffer.alloc(Math.min(size, NIFTI2_HEADER));
+    await readFully(fh, head, 0, head.length, 0);
+    if (isGzip(head)) {
+      await fh.close().catch(() => {});
+      return await fromGzip(createReadStream(path), size, label, maxBytes);
+    }
+    const header = parseHeader(head, label);
+    const layout = voxelLayout(header, label);
+    checkSize(layout, label, maxBytes);
+    if (layout.offset > size) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${size}-byte file`);
+    if (layout.offset + layout.nbytes > size) {
+      throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`);
+    }
+    const data = allocArray(layout.dtype, layout.nvox, label);
+    await readFully(fh, new Uint8Array(data.buffer, data.byteOffset, layout.nbytes), 0, layout.nbytes, layout.offset);
+    return { header, layout, data };
+  } finally {
+    await fh.close().catch(() => {});
+  }
+}
+
+async function readFully(fh: Awaited<ReturnType<typeof open>>, buf: Uint8Array, off: number, len: number, pos: number) {
+  // fs reads are capped at 2 GiB per call; loop until done.
+  while (len > 0) {
+    const { bytesRead } = await fh.read(buf, off, Math.min(len, 1 << 30), pos);
+    if (bytesRead === 0) throw new Error("unexpected end of file");
+    off += bytesRead;
+    pos += bytesRead;
+    len -= bytesRead;
+  }
+}
+
+async function fromBytes(bytes: Uint8Array, label: string, maxBytes: number) {
+  if (isGzip(bytes)) return fromGzip(Readable.from([bytes]), bytes.length, label, maxBytes);
+  const header = parseHeader(bytes.subarray(0, NIFTI2_HEADER), label);
+  const layout = voxelLayout(header, label);
+  checkSize(layout, label, maxBytes);
+  if (layout.offset > bytes.length) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${bytes.length} bytes`);
+  if (layout.offset + layout.nbytes > bytes.length) {
+    throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, there are ${bytes.length - layout.offset}`);
+  }
+  const start = bytes.byteOffset + layout.offset;
+  const width = BYTES_PER_ELEMENT[layout.dtype];
+  let data: VoxelArray;
+  if (start % width === 0 && header.littleEndian) {
+    data = new ARRAY_CTOR[layout.dtype](bytes.buffer, start, layout.nvox); // a view: no copy
+  } else {
+    data = allocArray(layout.dtype, layout.nvox, label);
+    new Uint8Array(data.buffer).set(bytes.subarray(layout.offset, layout.offset + layout.nbytes));
+  }
+  return { header, layout, data };
+}
+
+/** Streams a gzip source, checking the header before allocating, and inflates into the result. */
+async function fromGzip(source: Readable, compressedSize: number, label: string, maxBytes: number) {
+  const gunzip = createGunzip();
+  source.on("error", (e) => gunzip.destroy(e));
+  source.pipe(gunzip);
+  const pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let header: NiftiHeader | undefined, layout: VoxelLayout | undefined, data: VoxelArray | undefined;
+  let target: Uint8Array | undefined;
+  let skip = 0, filled = 0;
+  const take = (chunk: Uint8Array) => {
+    if (skip > 0) {
+      const n = Math.min(skip, chunk.length);
+      skip -= n;
+      chunk = chunk.subarray(n);
+    }
+    const n = Math.min(chunk.length, target!.length - filled);
+    target!.set(chunk.subarray(0, n), filled);
+    filled += n;
+  };
+  try {
+    for await (const chunk of gunzip as AsyncIterable<Buffer>) {
+      if (!header) {
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes < 4) continue;
+        const head = Buffer.concat(pending, pendingBytes);
+        const need = headerSizeFrom(head, label);
+        if (pendingBytes < need) continue;
+        header = parseHeader(head, label);
+        layout = voxelLayout(header, label);
+        checkSize(layout, label, maxBytes);
+        const bound = compressedSize * MAX_GZIP_RATIO + 65536;
+        if (layout.offset + layout.nbytes > bound) {
+          throw new NiftiError(
+            label,
+            `truncated data: the header needs ${layout.offset + layout.nbytes} bytes but ${compressedSize} gzip bytes cannot inflate to more than about ${bound}`,
+          );
+        }
+        data = allocArray(layout.dtype, layout.nvox, label);
+        target = new Uint8Array(data.buffer, data.byteOffset, layout.nbytes);
+        skip = layout.offset;
+        take(head);
+      } else take(chunk);
+      if (target && filled === target.length) break;
+    }
+  } catch (e) {
+    if (e instanceof NiftiError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    if (typeof err.code === "string" && err.code.startsWith("Z_")) {
+      throw new NiftiError(label, `broken gzip stream: ${err.message}`);
+    }
+    throw new NiftiError(label, err.message);
+  } finally {
+    gunzip.destroy();
+    source.destroy();
+  }
+  if (!header) {
+    if (pendingBytes === 0) throw new NiftiError(label, "empty file (the gzip stream holds no bytes)");
+    parseHeader(Buffer.concat(pending, pendingBytes), label); // throws the precise fault
+    throw new NiftiError(label, "truncated header");
+  }
+  if (filled < target!.length) {
+    throw new NiftiError(label, `truncated data: the header needs ${layout!.nbytes} bytes of voxels, the gzip stream holds ${filled}`);
+  }
+  return { header, layout: layout!, data: data! };
+}
+
+/** Inflates just the first `n` bytes of a gzip stream. */
+async function gunzipPrefix(source: Readable, n: number, label: string): Promise<Uint8Array> {
+  const gunzip = createGunzip();
+  source.on("error", (e) => gunzip.destroy(e));
+  source.pipe(gunzip);
+  const parts: Buffer[] = [];
+  let total = 0;
+  try {
+    for await (const chunk of gunzip as AsyncIterable<Buffer>) {
+      parts.push(chunk);
+      total += chunk.length;
+      if (total >= n) break;
+    }
+  } catch (e) {
+    throw new NiftiError(label, `broken gzip stream: ${(e as Error).message}`);
+  } finally {
+    gunzip.destroy();
+    source.destroy();
+  }
+  return Buffer.concat(parts, total).subarray(0, Math.min(total, n));
+}
+
+function swapBytes(data: VoxelArray) {
+  const width = data.BYTES_PER_ELEMENT;
+  if (width === 1) return;
+  const b = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  for (let i = 0; i < b.length; i += width) {
+    for (let j = 0, k = width - 1; j < k; j++, k--) {
+      const t = b[i + j]!;
+      b[i + j] = b[i + k]!;
+      b[i + k] = t;
+    }
+  }
+}
+
+function scalingOf(h: NiftiHeader): { slope: number; inter: number; scaled: boolean } {
+  const slope = h.sclSlope;
+  const inter = Number.isFinite(h.sclInter) ? h.sclInter : 0;
+  // NIfTI: scl_slope 0 means no scaling; a non-finite slope is treated the same way.
+  if (!Number.isFinite(slope) || slope === 0 || (slope === 1 && inter === 0)) return { slope: 1, inter: 0, scaled: false };
+  return { slope, inter, scaled: true };
+}
+
+function metaOf(h: NiftiHeader, layout: VoxelLayout, source: NiftiMeta["affineSource"]): NiftiMeta {
+  const s = scalingOf(h);
+  return {
+    version: h.version,
+    datatype: layout.dtype,
+    sclSlope: s.slope,
+    sclInter: s.inter,
+    scaled: s.scaled,
+    qformCode: h.qformCode,
+    sformCode: h.sformCode,
+    affineSource: source,
+  };
+}
+
+async function toVolume(header: NiftiHeader, layout: VoxelLayout, raw: VoxelArray): Promise<Volume> {
+  if (!header.littleEndian) swapBytes(raw);
+  const g = geometry(header);
+  const meta = metaOf(header, layout, g.source);
+  let data: VoxelArray = raw;
+  if (meta.scaled) {
+    const out = allocArray("float32", layout.nvox, "scaled voxels") as Float32Array;
+    await activeBackend().rescaleToFloat32(raw, meta.sclSlope, meta.sclInter, out);
+    data = out;
+  }
+  return { data, dims: layout.dims, spacing: g.spacing, affine: g.affine, meta };
+}
+
+export interface WriteNiftiOptions {
+  /** Datatype to store; default: the file's original datatype for a volume read with scaling, else the array's. */
+  datatype?: DTypeName;
+  /** Scaling to store (stored = (value − sclInter) / sclSlope, rounded, for integer datatypes). */
+  sclSlope?: number;
+  sclInter?: number;
+  /** 1 or 2; default 1, or 2 when a dimension exceeds NIfTI-1's 32767. */
+  version?: 1 | 2;
+  /** gzip level 0..9 for `.gz` paths (default 6). */
+  gzipLevel?: number;
+  /** The header's descrip field (at most 79 characters). Default empty. */
+  description?: string;
+}
+
+const DTYPES: readonly DTypeName[] = ["uint8", "int8", "int16", "uint16", "int32", "uint32", "float32", "float64"];
+const RANGE: Partial<Record<DTypeName, [number, number]>> = {
+  uint8: [0, 255], int8: [-128, 127], int16: [-32768, 32767], uint16: [0, 65535],
+  int32: [-(2 ** 31), 2 ** 31 - 1], uint32: [0, 2 ** 32 - 1],
+};
+
+/** Converts voxels to the stored datatype; refuses values the datatype cannot hold. */
+function encode(data: VoxelArray, dtype: DTypeName, slope: number, inter: number): VoxelArray {
+  const scaled = !(slope === 1 && inter === 0);
+  if (!scaled && dtypeOf(data) === dtype) return data;
+  const out = allocArray(dtype, data.length, "converted voxels");
+  const range = RANGE[dtype];
+  for (let i = 0; i < data.length; i++) {
+    let v = (data[i]! - inter) / slope;
+    if (range) {
+      if (Number.isNaN(v)) v = 0;
+      v = Math.round(v);
+      if (v < range[0] || v > range[1]) {
+        throw new RangeError(`voxel ${i} holds ${data[i]}, which ${dtype}${scaled ? ` with slope ${slope} and intercept ${inter}` : ""} cannot store`);
+      }
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+/** Writes a volume as NIfTI (gzipped when the path ends in `.gz`), keeping its affine. */
+export async function writeNifti(path: string, volume: Volume, options?: WriteNiftiOptions): Promise<void> {
+  if (typeof path !== "string" || path.length === 0) throw invalidParameterError("path", "a file path", path);
+  assertVolume("volume", volume);
+  const opts = optionsObject("options", options) as WriteNiftiOptions;
+  if (opts.datatype !== undefined && !inArray(opts.datatype, DTYPES)) throw invalidParameterError("options.datatype", `one of ${DTYPES.join(", ")}`, opts.datatype);
+  if (opts.sclSlope !== undefined) assertNumber("options.sclSlope", opts.sclSlope);
+  if (opts.sclSlope === 0) throw invalidParameterError("options.sclSlope", "a non-zero number", 0);
+  if (opts.sclInter !== undefined) assertNumber("options.sclInter", opts.sclInter);
+  if (opts.version !== undefined && opts.version !== 1 && opts.version !== 2) throw invalidParameterError("options.version", "1 or 2", opts.version);
+  if (opts.gzipLevel !== undefined && (!Number.isInteger(opts.gzipLevel) || opts.gzipLevel < 0 || opts.gzipLevel > 9)) {
+    throw invalidParameterError("options.gzipLevel", "an integer from 0 to 9", opts.gzipLevel);
+  }
+  if (opts.description !== undefined && typeof opts.description !== "string") throw invalidParameterError("options.description", "a string", opts.description);
+
+  const arrayType = dtypeOf(volume.data)!;
+  const meta = volume.meta;
+  const restore = meta?.scaled && arrayType === "float32" && opts.datatype === undefined && opts.sclSlope === undefined;
+  const dtype = opts.datatype ?? (restore ? meta!.datatype : arrayType);
+  const slope = opts.sclSlope ?? (restore ? meta!.sclSlope : 1);
+  const inter = opts.sclInter ?? (restore ? meta!.sclInter : 0);
+  const version = opts.version ?? (volume.dims.some((d) => d > 32767) ? 2 : 1);
+  if (version === 1 && volume.dims.some((d) => d > 32767)) throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
+
+  const stored = encode(volume.data, dtype, slope, inter);
+  const header = buildHeader({
+    version,
+    dims: volume.dims,
+    dtype,
+    spacing: volume.spacing,
+    affine: volume.affine,
+    sclSlope: slope === 1 && inter === 0 ? 0 : slope,
+    sclInter: slope === 1 && inter === 0 ? 0 : inter,
+    qformCode: meta?.qformCode && meta.qformCode > 0 ? meta.qformCode : 1,
+    sformCode: meta?.sformCode && meta.sformCode > 0 ? meta.sformCode : 1,
+    ...(opts.description !== undefined ? { description: opts.description } : {}),
+  });
+  const body = new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength);
+  // Write beside the target, then rename: a failure never leaves a half-written file at `path`.
+  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    if (path.endsWith(".gz")) {
+      await pipeline(
+        Readable.from([header, body]),
+        createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }),
+        createWriteStream(tmp),
+      );
+    } else {
+      const fh = await open(tmp, "w");
+      try {
+        await fh.write(header);
+        for (let off = 0; off < body.length; off += 1 << 30) await fh.write(body.subarray(off, Math.min(body.length, off + (1 << 30))));
+      } finally {
+        await fh.close();
+      }
+    }
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => {});
+    throw e;
+  }
+}
+

@@ -1,0 +1,92 @@
+/**
+ * Argument checks, in the manner of sharp's lib/is.js: every public function validates its
+ * arguments here before any allocation or native call, and a failure names the argument, what was
+ * expected and what came.
+ */
+import type { DTypeName, VoxelArray } from "./types.js";
+
+/** Describes a value for an error message: its type and, briefly, its value. */
+export function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (ArrayBuffer.isView(value)) {
+    const ctor = (value as object).constructor?.name ?? "TypedArray";
+    return `${ctor} of length ${(value as unknown as { length?: number }).length ?? (value as ArrayBufferView).byteLength}`;
+  }
+  if (Array.isArray(value)) {
+    const shown = value.slice(0, 8).map((v) => (typeof v === "string" ? JSON.stringify(v) : String(v)));
+    return `array [${shown.join(", ")}${value.length > 8 ? ", …" : ""}]`;
+  }
+  switch (typeof value) {
+    case "string":
+      return `string ${JSON.stringify(value.length > 60 ? value.slice(0, 60) + "…" : value)}`;
+    case "number":
+    case "bigint":
+    case "boolean":
+      return `${typeof value} ${String(value)}`;
+    case "function":
+      return "function";
+    default:
+      return `${(value as object).constructor?.name ?? "object"}`;
+  }
+}
+
+/** The error every check throws: `Expected <expected> for <name> but received <actual>`. */
+export function invalidParameterError(name: string, expected: string, actual: unknown): TypeError {
+  return new TypeError(`Expected ${expected} for ${name} but received ${describe(actual)}`);
+}
+
+export const defined = (v: unknown): boolean => v !== undefined && v !== null;
+export const object = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
+export const plainObject = (v: unknown): v is Record<string, unknown> =>
+  Object.prototype.toString.call(v) === "[object Object]";
+export const bool = (v: unknown): v is boolean => typeof v === "boolean";
+export const string = (v: unknown): v is string => typeof v === "string" && v.length > 0;
+export const number = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+export const integer = (v: unknown): v is number => Number.isInteger(v);
+export const inRange = (v: number, min: number, max: number): boolean => v >= min && v <= max;
+export const inArray = <T>(v: unknown, list: readonly T[]): v is T => list.includes(v as T);
+
+const ARRAY_DTYPES = new Map<unknown, DTypeName>([
+  [Uint8Array, "uint8"],
+  [Int8Array, "int8"],
+  [Int16Array, "int16"],
+  [Uint16Array, "uint16"],
+  [Int32Array, "int32"],
+  [Uint32Array, "uint32"],
+  [Float32Array, "float32"],
+  [Float64Array, "float64"],
+]);
+
+/** The dtype of a voxel array, or undefined when it is not one (a Buffer counts as uint8). */
+export function dtypeOf(v: unknown): DTypeName | undefined {
+  if (!ArrayBuffer.isView(v) || v instanceof DataView) return undefined;
+  if (v instanceof Uint8Array) return "uint8";
+  return ARRAY_DTYPES.get((v as object).constructor);
+}
+
+export const voxelArray = (v: unknown): v is VoxelArray => dtypeOf(v) !== undefined;
+
+export const INTEGER_DTYPES: readonly DTypeName[] = ["uint8", "int8", "int16", "uint16", "int32", "uint32"];
+
+/** Checks that `v` is a positive integer no larger than `max`. */
+export function assertPositiveInteger(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): asserts v is number {
+  if (!integer(v) || v < 1 || v > max) {
+    throw invalidParameterError(name, max === Number.MAX_SAFE_INTEGER ? "a positive integer" : `an integer between 1 and ${max}`, v);
+  }
+}
+
+/** Checks that `v` is a finite number, optionally in [min, max]. */
+export function assertNumber(name: string, v: unknown, min = -Infinity, max = Infinity): asserts v is number {
+  if (!number(v) || !inRange(v, min, max)) {
+    const range = min === -Infinity && max === Infinity ? "a finite number" : max === Infinity ? `a number >= ${min}` : min === -Infinity ? `a number <= ${max}` : `a number between ${min} and ${max}`;
+    throw invalidParameterError(name, range, v);
+  }
+}
+
+/** Checks for a plain options object or undefined; returns {} for undefined. */
+export function optionsObject(name: string, v: unknown): Record<string, unknown> {
+  if (v === undefined || v === null) return {};
+  if (!plainObject(v)) throw invalidParameterError(name, "an options object", v);
+  return v;
+}

@@ -1,0 +1,90 @@
+/** Building and checking `Volume`s. */
+import { dtypeOf, invalidParameterError, number, plainObject } from "./is.js";
+import type { DTypeName, Volume, VoxelArray } from "./types.js";
+
+/** The largest number of elements one typed array may hold here. */
+export const MAX_ELEMENTS = 2 ** 32 - 1;
+
+export const BYTES_PER_ELEMENT: Record<DTypeName, number> = {
+  uint8: 1, int8: 1, int16: 2, uint16: 2, int32: 4, uint32: 4, float32: 4, float64: 8,
+};
+
+type ArrayCtor = { new (n: number): VoxelArray; new (b: ArrayBufferLike, o: number, n: number): VoxelArray };
+export const ARRAY_CTOR: Record<DTypeName, ArrayCtor> = {
+  uint8: Uint8Array, int8: Int8Array, int16: Int16Array, uint16: Uint16Array,
+  int32: Int32Array, uint32: Uint32Array, float32: Float32Array, float64: Float64Array,
+};
+
+/** A zero-filled array of `n` elements, after checking that `n` is allocatable. */
+export function allocArray(dtype: DTypeName, n: number, what = "result"): VoxelArray {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${what}: element count ${n} is not a valid size`);
+  if (n > MAX_ELEMENTS) throw new RangeError(`${what}: ${n} elements of ${dtype} exceed the ${MAX_ELEMENTS}-element limit of one typed array`);
+  try {
+    return new ARRAY_CTOR[dtype](n);
+  } catch (e) {
+    throw new RangeError(`${what}: cannot allocate ${n} × ${BYTES_PER_ELEMENT[dtype]} bytes (${(e as Error).message})`);
+  }
+}
+
+/** Row-major 4x4 diagonal affine for a spacing, with no offset. */
+export function diagonalAffine(spacing: readonly [number, number, number]): number[] {
+  return [spacing[0], 0, 0, 0, 0, spacing[1], 0, 0, 0, 0, spacing[2], 0, 0, 0, 0, 1];
+}
+
+function isDims(v: unknown): v is [number, number, number] {
+  return Array.isArray(v) && v.length === 3 && v.every((d) => Number.isSafeInteger(d) && d >= 1);
+}
+
+/**
+ * Checks that `v` is a well-formed Volume: a voxel array whose length is nx·ny·nz, positive
+ * spacing, a 16-number affine. Throws an error naming `name` and the fault.
+ */
+export function assertVolume(name: string, v: unknown): asserts v is Volume {
+  if (!plainObject(v) && !(typeof v === "object" && v !== null)) throw invalidParameterError(name, "a Volume { data, dims, spacing, affine }", v);
+  const vol = v as Partial<Volume>;
+  if (dtypeOf(vol.data) === undefined) {
+    throw invalidParameterError(`${name}.data`, "a typed array (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array or Float64Array)", vol.data);
+  }
+  if (!isDims(vol.dims)) throw invalidParameterError(`${name}.dims`, "[nx, ny, nz] of positive integers", vol.dims);
+  const [nx, ny, nz] = vol.dims;
+  const n = nx * ny * nz;
+  if (vol.data!.length !== n) {
+    throw new RangeError(`${name}.data has ${vol.data!.length} voxels but ${name}.dims [${nx}, ${ny}, ${nz}] need ${n}`);
+  }
+  if (!Array.isArray(vol.spacing) || vol.spacing.length !== 3 || !vol.spacing.every((s) => number(s) && s > 0)) {
+    throw invalidParameterError(`${name}.spacing`, "[sx, sy, sz] of positive numbers (mm)", vol.spacing);
+  }
+  if (!Array.isArray(vol.affine) || vol.affine.length !== 16 || !vol.affine.every((a) => number(a))) {
+    throw invalidParameterError(`${name}.affine`, "16 finite numbers (4x4 row-major)", vol.affine);
+  }
+}
+
+/**
+ * Builds a Volume from a C-order array of shape (z, y, x) — numpy's order — with spacing given in
+ * the same (z, y, x) order (default 1 mm). Leading axes of size 1 are allowed ((1, 1, z, y, x)); a
+ * 2-D shape (y, x) makes a one-slice volume. The data is used as it is, not copied.
+ */
+export function volumeFromArray<T extends VoxelArray>(
+  data: T,
+  shapeZYX: readonly number[],
+  spacingZYX: readonly number[] = [1, 1, 1],
+): Volume<T> {
+  if (dtypeOf(data) === undefined) throw invalidParameterError("data", "a typed array", data);
+  if (!Array.isArray(shapeZYX) || shapeZYX.length < 2 || !shapeZYX.every((d) => Number.isSafeInteger(d) && d >= 1)) {
+    throw invalidParameterError("shapeZYX", "an array of 2 to 5 positive integers", shapeZYX);
+  }
+  let shape = [...shapeZYX];
+  while (shape.length > 3 && shape[0] === 1) shape = shape.slice(1);
+  if (shape.length > 3) throw invalidParameterError("shapeZYX", "a shape (z, y, x), with any extra leading axes of size 1", shapeZYX);
+  if (shape.length === 2) shape = [1, ...shape];
+  const [nz, ny, nx] = shape as [number, number, number];
+  if (data.length !== nx * ny * nz) {
+    throw new RangeError(`data has ${data.length} elements but shapeZYX (${shapeZYX.join(", ")}) needs ${nx * ny * nz}`);
+  }
+  if (!Array.isArray(spacingZYX) || spacingZYX.length !== 3 || !spacingZYX.every((s) => number(s) && s > 0)) {
+    throw invalidParameterError("spacingZYX", "[sz, sy, sx] of positive numbers (mm)", spacingZYX);
+  }
+  const spacing: [number, number, number] = [spacingZYX[2]!, spacingZYX[1]!, spacingZYX[0]!];
+  return { data, dims: [nx, ny, nz], spacing, affine: diagonalAffine(spacing) };
+}
+
