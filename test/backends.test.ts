@@ -1,0 +1,149 @@
+import test from "ava";
+import { execFileSync, spawnSync } from "node:child_process";
+import { createRequire } from "node:module";
+import { backendInfo, setBackend, voxelStats } from "../lib/index.js";
+import { getBackend } from "../lib/backends/index.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+
+const TSX = ["--import", "tsx"];
+
+test("backendInfo says what loaded and, for the rest, why not", (t) => {
+  const info = backendInfo();
+  t.true(info.available.ts);
+  t.true(["cuda", "native", "ts"].includes(info.active));
+  for (const n of ["cuda", "native", "ts"] as const) {
+    t.is(typeof info.available[n], "boolean");
+    if (!info.available[n]) t.true((info.reasons[n] ?? "").length > 10, `${n}: ${info.reasons[n]}`);
+    else t.true(info.details[n]!.threads >= 1);
+  }
+  // default order: the best available
+  const best = (["cuda", "native", "ts"] as const).find((n) => info.available[n]);
+  if (!process.env.BHSD_BACKEND) t.is(info.active, best);
+});
+
+test("the native backend loads here (it is built by npm ci / npm run build:native)", (t) => {
+  if (process.env.BHSD_TEST_BACKENDS && !process.env.BHSD_TEST_BACKENDS.includes("native")) return t.pass();
+  const info = backendInfo();
+  t.true(info.available.native, info.reasons.native);
+  t.regex(info.details.native!.simd, /avx2\+fma|sse2|neon|scalar/);
+});
+
+test("setBackend refuses unknown and unavailable backends, saying why", (t) => {
+  t.throws(() => setBackend("gpu" as never), { message: /Expected one of cuda, native, ts for name but received string "gpu"/ });
+  if (!backendInfo().available.cuda) t.throws(() => setBackend("cuda"), { message: /backend "cuda" \(asked for by name\) is not available: / });
+});
+
+test("BHSD_BACKEND chooses, and naming one that is unavailable is an error that says why", (t) => {
+  const script = `import { backendInfo, voxelStats } from "./lib/index.ts"; await voxelStats(new Uint8Array(3)).then(() => console.log(backendInfo().active), (e) => { console.log("ERR " + e.message); });`;
+  const run = (env: Record<string, string>) =>
+    execFileSync(process.execPath, [...TSX, "--input-type=module", "-e", script], { cwd: ROOT, env: { ...process.env, ...env }, encoding: "utf8" }).trim();
+  t.is(run({ BHSD_BACKEND: "ts" }), "ts");
+  t.regex(run({ BHSD_BACKEND: "native", BHSD_DISABLE_NATIVE: "1" }), /^ERR backend "native" \(asked for by BHSD_BACKEND\) is not available: disabled by BHSD_DISABLE_NATIVE=1/);
+  t.regex(run({ BHSD_BACKEND: "tpu" }), /^ERR Expected one of cuda, native, ts for BHSD_BACKEND but received string "tpu"/);
+  t.is(run({ BHSD_BACKEND: "", BHSD_DISABLE_NATIVE: "1", BHSD_DISABLE_CUDA: "1" }), "ts");
+});
+
+// Reference: a plain loop in the test, over arrays with negative, zero, NaN and infinite values.
+function reference(data: ArrayLike<number>) {
+  let min = Infinity, max = -Infinity, sum = 0, nonzero = 0, nonfinite = 0;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (v !== 0) nonzero++;
+    if (!Number.isFinite(v)) {
+      nonfinite++;
+      continue;
+    }
+    min = Math.min(min, v);
+    max = Math.max(max, v);
+    sum += v;
+  }
+  return { min, max, sum, nonzero, nonfinite };
+}
+
+const arrays = () => {
+  const n = 3_000_017;
+  const f = new Float32Array(n).map((_, i) => Math.sin(i) * 1000);
+  f[5] = NaN;
+  f[77] = -Infinity;
+  f[n - 1] = 0;
+  return [
+    new Int16Array(n).map((_, i) => (i * 7919) % 4001 - 2000),
+    new Uint8Array(n).map((_, i) => i % 6),
+    new Uint32Array(1000).map((_, i) => 4e9 - i),
+    new Int8Array([-128, 0, 127]),
+    f,
+    new Float64Array([1e300, -1e300, 0.5]),
+    new Uint8Array(0),
+  ];
+};
+
+for (const { name, backend } of backendsUnderTest()) {
+  test(`${name}: voxelStats matches a plain loop for every dtype`, async (t) => {
+    for (const a of arrays()) {
+      const s = await backend().voxelStats(a);
+      const r = reference(a);
+      t.is(s.min, r.min);
+      t.is(s.max, r.max);
+      t.is(s.nonzero, r.nonzero);
+      t.is(s.nonfinite, r.nonfinite);
+      t.true(Math.abs(s.sum - r.sum) <= 1e-9 * Math.max(1, Math.abs(r.sum)), `${s.sum} vs ${r.sum}`);
+    }
+  });
+
+  test(`${name}: rescaleToFloat32 rounds float64 arithmetic once, like nibabel's scaled read`, async (t) => {
+    const src = new Int16Array(100_003).map((_, i) => (i % 65536) - 32768);
+    const dst = new Float32Array(src.length);
+    await backend().rescaleToFloat32(src, 0.3, -1024.7, dst);
+    for (let i = 0; i < src.length; i++) if (dst[i] !== Math.fround(src[i]! * 0.3 - 1024.7)) return t.fail(`voxel ${i}`);
+    t.pass();
+  });
+}
+
+test("the public voxelStats validates before dispatching", async (t) => {
+  await t.throwsAsync(voxelStats([1, 2, 3] as never), { message: /Expected a Volume or a typed array for input but received array \[1, 2, 3\]/ });
+  await t.throwsAsync(voxelStats({ data: new Uint8Array(5), dims: [2, 2, 2], spacing: [1, 1, 1], affine: [] } as never), {
+    message: /input.data has 5 voxels but input.dims \[2, 2, 2\] need 8/,
+  });
+  const s = await voxelStats({ data: new Int16Array([-3, 0, 9, 2]), dims: [2, 2, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] });
+  t.is(s.mean, 2);
+});
+
+test("the addon refuses bad arguments with JS errors, never a crash", async (t) => {
+  if (!backendInfo().available.native) return t.pass();
+  const { binary } = backendInfo().details.native!;
+  const addon = createRequire(import.meta.url)(binary!) as Record<string, (...a: unknown[]) => unknown>;
+  t.throws(() => addon.voxelStats!(123), { message: /data must be a typed array/ });
+  t.throws(() => addon.voxelStats!(new BigInt64Array(2)), { message: /element type the engine does not take/ });
+  t.throws(() => addon.rescaleToF32!(new Int16Array(4), 1, 0, new Float32Array(3)), { message: /dst must be a Float32Array as long as src/ });
+  t.throws(() => addon.rescaleToF32!(new Int16Array(4), "x", 0, new Float32Array(4)), { message: /slope must be a number/ });
+  t.notThrows(() => getBackend("native"));
+});
+
+test("the addon's thread pool shuts down with a worker thread and with the process", (t) => {
+  if (!backendInfo().available.native) return t.pass();
+  const script = `
+    import { Worker } from "node:worker_threads";
+    const code = \`
+      const a = require(${JSON.stringify(backendInfo().details.native!.binary)});
+      a.voxelStats(new Float32Array(1 << 20).fill(2)).then((s) => require("node:worker_threads").parentPort.postMessage(s.sum));\`;
+    for (let i = 0; i < 3; i++) {
+      const w = new Worker(code, { eval: true, execArgv: [] });
+      const sum = await new Promise((res, rej) => { w.on("message", res); w.on("error", rej); });
+      await w.terminate();
+      if (sum !== 2 * (1 << 20)) throw new Error("bad sum " + sum);
+    }
+    console.log("ok");`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { cwd: ROOT, encoding: "utf8", timeout: 30_000 });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), "ok");
+});
+
+test("importing the package never throws, even with every binary unusable", (t) => {
+  const r = spawnSync(process.execPath, [...TSX, "--input-type=module", "-e", `import * as b from "./lib/index.ts"; console.log(typeof b.readNifti, b.backendInfo().active)`], {
+    cwd: ROOT,
+    env: { ...process.env, BHSD_DISABLE_NATIVE: "1", BHSD_DISABLE_CUDA: "1" },
+    encoding: "utf8",
+  });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), "function ts");
+});

@@ -1,0 +1,84 @@
+import test from "ava";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { readNifti } from "../lib/index.js";
+import { NIFTI_FIXTURES } from "./helpers.js";
+
+// Corruptions of a valid little-endian NIfTI-1 file written by nibabel (vox_offset 352).
+const good = readFileSync(join(NIFTI_FIXTURES, "labels_uint16.nii"));
+const tmp = mkdtempSync(join(tmpdir(), "bhsd-bad-"));
+
+function edit(fn: (b: Buffer) => void, bytes: Buffer = good): Buffer {
+  const b = Buffer.from(bytes);
+  fn(b);
+  return b;
+}
+
+/** A 400-byte file whose header claims nx·ny·nz uint8 voxels. */
+function claims(nx: number, ny: number, nz: number): Buffer {
+  return edit((b) => {
+    b.writeInt16LE(3, 40);
+    b.writeInt16LE(nx, 42);
+    b.writeInt16LE(ny, 44);
+    b.writeInt16LE(nz, 46);
+    b.writeInt16LE(2, 70); // uint8
+    b.writeInt16LE(8, 72);
+  }, good.subarray(0, 400));
+}
+
+const gz = gzipSync(good);
+const cases: [string, Buffer, RegExp][] = [
+  ["empty file", Buffer.alloc(0), /empty file/],
+  ["truncated header", good.subarray(0, 200), /truncated header: 200 bytes/],
+  ["3 bytes", good.subarray(0, 3), /truncated header/],
+  ["not NIfTI at all", Buffer.from("hello, this is not a NIfTI file at all, just text ".repeat(10)), /not a NIfTI file: sizeof_hdr/],
+  ["bad magic", edit((b) => b.write("xyz\0", 344, "latin1")), /bad magic "xyz\\x00"/],
+  ["two-file magic", edit((b) => b.write("ni1\0", 344, "latin1")), /two-file NIfTI-1/],
+  ["negative dim", edit((b) => b.writeInt16LE(-5, 44)), /dim\[2\] is negative \(-5\)/],
+  ["dim[0] out of range", edit((b) => b.writeInt16LE(9, 40)), /dim\[0\] is 9; it must be 1 to 7/],
+  ["zero dim", edit((b) => b.writeInt16LE(0, 46)), /dim\[3\] is 0/],
+  ["unknown datatype", edit((b) => b.writeInt16LE(999, 70)), /unknown datatype code 999/],
+  ["int64 datatype", edit((b) => b.writeInt16LE(1024, 70)), /datatype 1024 \(int64\) is not supported/],
+  ["rgb datatype", edit((b) => b.writeInt16LE(128, 70)), /datatype 128 \(rgb24\) is not supported/],
+  ["vox_offset past the end", edit((b) => b.writeFloatLE(100000, 108)), /vox_offset 100000 is past the end/],
+  ["fractional vox_offset", edit((b) => b.writeFloatLE(352.5, 108)), /vox_offset 352.5 is not a valid byte offset/],
+  ["truncated data", good.subarray(0, good.length - 10), /truncated data: the header needs 880 bytes of voxels from offset 352/],
+  ["three volumes", readFileSync(join(NIFTI_FIXTURES, "three_volumes_4d.nii")), /holds 3 volumes/],
+  ["30000³ voxels in 400 bytes", claims(30000, 30000, 30000), /exceed the 4294967295-voxel limit/],
+  ["1000³ voxels in 400 bytes", claims(1000, 1000, 1000), /(truncated data|exceeds the limit)/],
+  ["gzip: 30000³ voxels", gzipSync(claims(30000, 30000, 30000)), /exceed the 4294967295-voxel limit/],
+  ["gzip: 1000×1000×1000 in a tiny stream", gzipSync(claims(1000, 1000, 1000)), /cannot inflate to more than/],
+  ["gzip: truncated stream", gz.subarray(0, Math.floor(gz.length / 2)), /(broken gzip stream|truncated)/],
+  ["gzip: corrupted stream", edit((b) => b.fill(0xff, 20, 60), gz), /broken gzip stream/],
+  ["gzip: empty stream", gzipSync(Buffer.alloc(0)), /empty file/],
+  ["gzip: truncated data", gzipSync(good.subarray(0, good.length - 10)), /truncated data: the header needs 880 bytes of voxels, the gzip stream holds 870/],
+];
+
+for (const [what, bytes, message] of cases) {
+  test(`refuses ${what} quickly, naming the file`, async (t) => {
+    const path = join(tmp, what.replace(/[^a-z0-9]+/gi, "_") + ".nii");
+    writeFileSync(path, bytes);
+    const before = process.memoryUsage().arrayBuffers;
+    const t0 = performance.now();
+    const e1 = await t.throwsAsync(readNifti(path), { message });
+    t.true(e1!.message.startsWith(path + ":"), e1!.message);
+    const e2 = await t.throwsAsync(readNifti(bytes, { name: "upload.nii" }), { message });
+    t.true(e2!.message.startsWith("upload.nii:"), e2!.message);
+    const ms = performance.now() - t0;
+    t.true(ms < 500, `took ${ms.toFixed(0)} ms`);
+    t.true(process.memoryUsage().arrayBuffers - before < 64 << 20, "allocated before refusing");
+  });
+}
+
+test("refuses a missing file and a folder with a clear reason", async (t) => {
+  await t.throwsAsync(readNifti(join(tmp, "nope.nii")), { message: /nope.nii: no such file/ });
+  await t.throwsAsync(readNifti(tmp), { message: /is a folder/ });
+});
+
+test("refuses arguments of the wrong kind, naming them", async (t) => {
+  await t.throwsAsync(readNifti(42 as never), { message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/ });
+  await t.throwsAsync(readNifti(good, { maxBytes: -1 }), { message: /for options.maxBytes but received number -1/ });
+  await t.throwsAsync(readNifti(good, { maxBytes: 100 }), { message: /exceeds the limit of 100 bytes/ });
+});

@@ -1,0 +1,132 @@
+import test from "ava";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { readNifti, readNiftiHeader, writeNifti, readNpy, setBackend } from "../lib/index.js";
+import type { Volume } from "../lib/types.js";
+import { backendsUnderTest, NIFTI_FIXTURES } from "./helpers.js";
+
+// Files written by nibabel (test/fixtures/nifti/make_fixtures.py) and what nibabel read back.
+interface Case {
+  file: string;
+  dims: number[];
+  spacing: number[];
+  affine: number[];
+  datatype: string;
+  scaled: boolean;
+}
+const expected = JSON.parse(readFileSync(join(NIFTI_FIXTURES, "expected.json"), "utf8")) as { cases: Record<string, Case> };
+const tmp = mkdtempSync(join(tmpdir(), "bhsd-nifti-"));
+
+function assertGeometry(t: import("ava").ExecutionContext, v: Volume, c: Case) {
+  t.deepEqual(v.dims, c.dims);
+  v.spacing.forEach((s, i) => t.true(Math.abs(s - c.spacing[i]!) <= 1e-6 * Math.max(1, c.spacing[i]!), `spacing[${i}] ${s} vs ${c.spacing[i]}`));
+  v.affine.forEach((a, i) => t.true(Math.abs(a - c.affine[i]!) <= 1e-5 * Math.max(1, Math.abs(c.affine[i]!)), `affine[${i}] ${a} vs ${c.affine[i]}`));
+}
+
+function sameValues(a: ArrayLike<number>, b: ArrayLike<number>): string | undefined {
+  if (a.length !== b.length) return `lengths ${a.length} vs ${b.length}`;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return `voxel ${i}: ${a[i]} vs ${b[i]}`;
+  return undefined;
+}
+
+for (const { name: backend } of backendsUnderTest()) {
+  for (const [name, c] of Object.entries(expected.cases)) {
+    test.serial(`${backend}: reads ${c.file} as nibabel does`, async (t) => {
+      setBackend(backend);
+      const path = join(NIFTI_FIXTURES, c.file);
+      const want = await readNpy(join(NIFTI_FIXTURES, `${name}.expected.npy`));
+      for (const src of [path, readFileSync(path)]) {
+        const v = await readNifti(src);
+        assertGeometry(t, v, c);
+        t.is(v.meta?.datatype, c.datatype);
+        t.is(v.meta?.scaled, c.scaled);
+        t.is(v.data.constructor, c.scaled ? Float32Array : want.data.constructor);
+        t.is(sameValues(v.data, want.data), undefined);
+      }
+    });
+  }
+}
+
+for (const [name, c] of Object.entries(expected.cases)) {
+  test(`writeNifti round-trips ${c.file}: voxel bytes equal the file's, geometry kept`, async (t) => {
+    const v = await readNifti(join(NIFTI_FIXTURES, c.file));
+    const raw = await readNpy(join(NIFTI_FIXTURES, `${name}.raw.npy`));
+    for (const ext of [".nii", ".nii.gz"]) {
+      const out = join(tmp, `${name}${ext}`);
+      await writeNifti(out, v);
+      let bytes = readFileSync(out);
+      if (ext === ".nii.gz") bytes = gunzipSync(bytes);
+      const voxOffset = new DataView(bytes.buffer, bytes.byteOffset).getFloat32(108, true); // NIfTI-1 vox_offset
+      const stored = bytes.subarray(voxOffset);
+      t.deepEqual(Buffer.from(stored), Buffer.from(raw.data.buffer, raw.data.byteOffset, raw.data.byteLength));
+      const back = await readNifti(out);
+      assertGeometry(t, back, c);
+      t.is(sameValues(back.data, v.data), undefined);
+    }
+  });
+}
+
+test("readNiftiHeader gives the geometry without reading the voxels", async (t) => {
+  const c = expected.cases.ct_int16_scl!;
+  const h = await readNiftiHeader(join(NIFTI_FIXTURES, c.file));
+  t.deepEqual(h.dims, c.dims as [number, number, number]);
+  t.is(h.datatype, "int16");
+  t.is(h.voxelBytes, c.dims.reduce((a, b) => a * b) * 2);
+});
+
+test("writeNifti writes NIfTI-2 on request and for dims past 32767", async (t) => {
+  const v = await readNifti(join(NIFTI_FIXTURES, "labels_uint8.nii.gz"));
+  const out = join(tmp, "v2.nii");
+  await writeNifti(out, v, { version: 2 });
+  t.is(readFileSync(out).readInt32LE(0), 540);
+  const back = await readNifti(out);
+  t.is(back.meta?.version, 2);
+  t.is(sameValues(back.data, v.data), undefined);
+  const long: Volume = { data: new Uint8Array(40000), dims: [40000, 1, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
+  await writeNifti(join(tmp, "long.nii"), long);
+  t.is((await readNifti(join(tmp, "long.nii"))).meta?.version, 2);
+});
+
+test("writeNifti refuses values the datatype cannot hold and leaves no file behind", async (t) => {
+  const v: Volume = { data: new Float32Array([0, 1, 300]), dims: [3, 1, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
+  const out = join(tmp, "bad.nii");
+  await t.throwsAsync(writeNifti(out, v, { datatype: "uint8" }), { message: /voxel 2 holds 300/ });
+  t.throws(() => readFileSync(out));
+  await t.throwsAsync(writeNifti(out, { ...v, dims: [2, 1, 1] }), { message: /volume.data has 3 voxels but volume.dims \[2, 1, 1\] need 2/ });
+  await t.throwsAsync(writeNifti(out, v, { gzipLevel: 12 }), { message: /Expected an integer from 0 to 9 for options.gzipLevel but received number 12/ });
+});
+
+// nibabel, where it is installed, reads what writeNifti wrote: an outside check of the writer.
+const nibabel = (() => {
+  for (const py of ["/usr/bin/python3", "python3"]) {
+    try {
+      execFileSync(py, ["-c", "import nibabel"], { stdio: "ignore" });
+      return py;
+    } catch {}
+  }
+  return undefined;
+})();
+(nibabel ? test : test.skip)("nibabel reads writeNifti's files with the same geometry and voxels", async (t) => {
+  const v = await readNifti(join(NIFTI_FIXTURES, "qform_float32.nii"));
+  const ct = await readNifti(join(NIFTI_FIXTURES, "ct_int16_scl.nii.gz"));
+  await writeNifti(join(tmp, "nib_q.nii.gz"), v);
+  await writeNifti(join(tmp, "nib_ct.nii"), ct);
+  const script = `
+import json, sys, nibabel as nib, numpy as np
+out = {}
+for p in sys.argv[1:]:
+    img = nib.load(p)
+    out[p] = {"affine": img.affine.flatten().tolist(), "dims": list(img.shape), "data": np.asarray(img.get_fdata(dtype=np.float64), np.float32).transpose(2,1,0).flatten().tolist(), "dtype": str(img.get_data_dtype())}
+print(json.dumps(out))`;
+  const res = JSON.parse(execFileSync(nibabel!, ["-c", script, join(tmp, "nib_q.nii.gz"), join(tmp, "nib_ct.nii")], { encoding: "utf8" })) as Record<string, { affine: number[]; dims: number[]; data: number[]; dtype: string }>;
+  for (const [p, vol] of [[join(tmp, "nib_q.nii.gz"), v], [join(tmp, "nib_ct.nii"), ct]] as const) {
+    const r = res[p]!;
+    t.deepEqual(r.dims, vol.dims);
+    r.affine.forEach((a, i) => t.true(Math.abs(a - vol.affine[i]!) < 1e-4, `affine[${i}]`));
+    t.is(sameValues(Float32Array.from(r.data), vol.data), undefined);
+  }
+  t.is(res[join(tmp, "nib_ct.nii")]!.dtype, "int16");
+});
