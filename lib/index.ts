@@ -7,3 +7,4 @@ export { volumeFromArray } from "./volume.js";
 export { voxelStats, type VolumeStats } from "./ops/stats.js";
 export { VERSION } from "./version.js";
 export { toJson } from "./json.js";
+export { connectedComponents, componentStats, cleanup, type Component, type ComponentsOptions, type CleanupOptions, type Connectivity } from "./ops/components.js";

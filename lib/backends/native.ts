@@ -9,6 +9,10 @@ export interface NativeAddon {
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
+  connectedComponents(data: VoxelArray, nx: number, ny: number, nz: number, connectivity: number, perClass: boolean, out: Int32Array): Promise<number>;
+  componentStats(labels: Int32Array, nx: number, ny: number, nz: number, count: number, classes: VoxelArray | null, out: Float64Array): Promise<void>;
+  componentSliceAreas(labels: Int32Array, nx: number, ny: number, nz: number, count: number, zmin: Int32Array, offsets: Float64Array, out: Uint32Array): Promise<void>;
+  selectComponents(src: VoxelArray, labels: Int32Array, keep: Uint8Array, out: VoxelArray): Promise<void>;
 }
 
 const require = createRequire(import.meta.url);
@@ -51,5 +55,21 @@ export class NativeBackend implements Backend {
 
   rescaleToFloat32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void> {
     return this.addon.rescaleToF32(src, slope, inter, dst);
+  }
+
+  connectedComponents(data: VoxelArray, dims: readonly [number, number, number], connectivity: 6 | 18 | 26, perClass: boolean, out: Int32Array): Promise<number> {
+    return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out);
+  }
+
+  componentStats(labels: Int32Array, dims: readonly [number, number, number], count: number, classes: VoxelArray | null, out: Float64Array): Promise<void> {
+    return this.addon.componentStats(labels, dims[0], dims[1], dims[2], count, classes, out);
+  }
+
+  componentSliceAreas(labels: Int32Array, dims: readonly [number, number, number], count: number, zmin: Int32Array, offsets: Float64Array, out: Uint32Array): Promise<void> {
+    return this.addon.componentSliceAreas(labels, dims[0], dims[1], dims[2], count, zmin, offsets, out);
+  }
+
+  selectComponents<T extends VoxelArray>(src: T, labels: Int32Array, keep: Uint8Array, out: T): Promise<void> {
+    return this.addon.selectComponents(src, labels, keep, out);
   }
 }

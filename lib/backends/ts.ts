@@ -2,6 +2,7 @@
 import type { VoxelArray } from "../types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import { forChunks } from "./yield.js";
+import { tsComponentSliceAreas, tsComponentStats, tsConnectedComponents, tsSelectComponents } from "./ts-ccl.js";
 
 export class TsBackend implements Backend {
   readonly name = "ts" as const;
@@ -33,4 +34,9 @@ export class TsBackend implements Backend {
       for (let i = lo; i < hi; i++) dst[i] = src[i]! * slope + inter; // Float32Array store rounds once
     });
   }
+
+  connectedComponents = tsConnectedComponents;
+  componentStats = tsComponentStats;
+  componentSliceAreas = tsComponentSliceAreas;
+  selectComponents = tsSelectComponents;
 }

@@ -29,10 +29,41 @@ export interface BackendDetails {
   compiler?: string;
 }
 
+/** Numbers per component in componentStats' packed output (see native/include/bhsd/ccl.hpp). */
+export const STATS = 11;
+
 export interface Backend {
   readonly name: BackendName;
   details(): BackendDetails;
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   /** dst[i] = float32(src[i] · slope + inter), computed in float64. */
   rescaleToFloat32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
+
+  /**
+   * Labels connected foreground into `out` (zero-filled, same length) and returns the count; labels
+   * are 1..count in raster order of each component's first voxel (scipy.ndimage.label's numbering).
+   */
+  connectedComponents(
+    data: VoxelArray,
+    dims: readonly [number, number, number],
+    connectivity: 6 | 18 | 26,
+    perClass: boolean,
+    out: Int32Array,
+  ): Promise<number>;
+  /**
+   * Per component c in 1..count, at out[(c−1)·STATS + k]: 0 voxels, 1–3 min x y z, 4–6 max x y z,
+   * 7–9 sums of x y z, 10 the value of `classes` at its first voxel (0 without classes).
+   */
+  componentStats(labels: Int32Array, dims: readonly [number, number, number], count: number, classes: VoxelArray | null, out: Float64Array): Promise<void>;
+  /** Voxels per slice: out[offsets[c−1] + z − zmin[c−1]] += 1 for each voxel of c at z. */
+  componentSliceAreas(
+    labels: Int32Array,
+    dims: readonly [number, number, number],
+    count: number,
+    zmin: Int32Array,
+    offsets: Float64Array,
+    out: Uint32Array,
+  ): Promise<void>;
+  /** out[i] = keep[labels[i]] ? src[i] : 0 (keep has count+1 entries). */
+  selectComponents<T extends VoxelArray>(src: T, labels: Int32Array, keep: Uint8Array, out: T): Promise<void>;
 }

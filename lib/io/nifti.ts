@@ -177,7 +177,7 @@ async function fromBytes(bytes: Uint8Array, label: string, maxBytes: number) {
 
 /** Streams a gzip source, checking the header before allocating, and inflates into the result. */
 async function fromGzip(source: Readable, compressedSize: number, label: string, maxBytes: number) {
-  const gunzip = createGunzip();
+  const gunzip = createGunzip({ chunkSize: 1 << 20 });
   source.on("error", (e) => gunzip.destroy(e));
   source.pipe(gunzip);
   const pending: Buffer[] = [];
@@ -245,7 +245,7 @@ async function fromGzip(source: Readable, compressedSize: number, label: string,
 
 /** Inflates just the first `n` bytes of a gzip stream. */
 async function gunzipPrefix(source: Readable, n: number, label: string): Promise<Uint8Array> {
-  const gunzip = createGunzip();
+  const gunzip = createGunzip({ chunkSize: 1 << 20 });
   source.on("error", (e) => gunzip.destroy(e));
   source.pipe(gunzip);
   const parts: Buffer[] = [];

@@ -2,6 +2,7 @@
 // inputs alive and run the core's work on libuv's threads, returning promises.
 #include <memory>
 
+#include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/voxel_ops.hpp"
 #include "napi_util.hpp"
@@ -73,6 +74,134 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
       nullptr, {info[0], info[3]});
 }
 
+std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {
+  const double d = number_of(v, name);
+  if (!(d >= double(lo) && d <= double(hi)) || d != double(std::int64_t(d)))
+    throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " is out of range");
+  return std::int64_t(d);
+}
+
+struct Dims {
+  std::int64_t nx, ny, nz;
+  std::int64_t n() const { return nx * ny * nz; }
+};
+
+Dims dims_of(const Napi::CallbackInfo& info, std::size_t at) {
+  const std::int64_t big = std::int64_t(1) << 32;
+  return Dims{int_of(info[at], "nx", 1, big), int_of(info[at + 1], "ny", 1, big),
+              int_of(info[at + 2], "nz", 1, big)};
+}
+
+void require(bool ok, Napi::Env env, const char* what) {
+  if (!ok) throw Napi::RangeError::New(env, std::string("native: ") + what);
+}
+
+// connectedComponents(data, nx, ny, nz, connectivity, perClass, out: Int32Array zero-filled) → Promise<count>
+Napi::Value ConnectedComponents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View src = view_of(info[0], "data");
+  Dims d = dims_of(info, 1);
+  const int conn = int(int_of(info[4], "connectivity", 6, 26));
+  require(conn == 6 || conn == 18 || conn == 26, env, "connectivity must be 6, 18 or 26");
+  const bool per_class = info[5].ToBoolean();
+  View out = view_of(info[6], "out");
+  require(bhsd::dtype_is_integer(src.type), env, "data must hold integers");
+  require(std::int64_t(src.length) == d.n(), env, "data length does not match nx*ny*nz");
+  require(out.type == bhsd::DType::i32 && out.length == src.length, env, "out must be an Int32Array as long as data");
+  auto pool = pool_of(env);
+  auto count = std::make_shared<std::int64_t>(0);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        *count = bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+          return bhsd::connected_components(p, d.nx, d.ny, d.nz, conn, per_class,
+                                            static_cast<std::int32_t*>(out.data), *pool);
+        });
+      },
+      [count](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, double(*count)); },
+      {info[0], info[6]});
+}
+
+// componentStats(labels, nx, ny, nz, count, classes | null, out: Float64Array(count*11)) → Promise<void>
+Napi::Value ComponentStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View lab = view_of(info[0], "labels");
+  Dims d = dims_of(info, 1);
+  const std::int64_t count = int_of(info[4], "count", 0, (std::int64_t(1) << 31) - 1);
+  const bool has_classes = !info[5].IsNull() && !info[5].IsUndefined();
+  View cls = has_classes ? view_of(info[5], "classes") : View{bhsd::DType::u8, nullptr, 0};
+  View out = view_of(info[6], "out");
+  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
+  require(!has_classes || cls.length == lab.length, env, "classes must be as long as labels");
+  require(out.type == bhsd::DType::f64 && std::int64_t(out.length) == count * bhsd::STATS, env, "out must be a Float64Array of count*11");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        auto* l = static_cast<const std::int32_t*>(lab.data);
+        auto* o = static_cast<double*>(out.data);
+        if (!has_classes) {
+          bhsd::component_stats<std::uint8_t>(l, d.nx, d.ny, d.nz, count, nullptr, o, *pool);
+          return;
+        }
+        bhsd::visit_dtype(cls.type, cls.data, [&](auto* c) {
+          bhsd::component_stats(l, d.nx, d.ny, d.nz, count, c, o, *pool);
+        });
+      },
+      nullptr, {info[0], info[5], info[6]});
+}
+
+// componentSliceAreas(labels, nx, ny, nz, count, zmin: Int32Array, offsets: Float64Array(count+1), out: Uint32Array) → Promise<void>
+Napi::Value ComponentSliceAreas(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View lab = view_of(info[0], "labels");
+  Dims d = dims_of(info, 1);
+  const std::int64_t count = int_of(info[4], "count", 0, (std::int64_t(1) << 31) - 1);
+  View zmin = view_of(info[5], "zmin"), offs = view_of(info[6], "offsets"), out = view_of(info[7], "out");
+  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
+  require(zmin.type == bhsd::DType::i32 && std::int64_t(zmin.length) == count, env, "zmin must be an Int32Array of count");
+  require(offs.type == bhsd::DType::f64 && std::int64_t(offs.length) == count + 1, env, "offsets must be a Float64Array of count+1");
+  require(out.type == bhsd::DType::u32, env, "out must be a Uint32Array");
+  auto offsets = std::make_shared<std::vector<std::int64_t>>(std::size_t(count + 1));
+  const double* od = static_cast<const double*>(offs.data);
+  for (std::int64_t i = 0; i <= count; ++i) {
+    (*offsets)[i] = std::int64_t(od[i]);
+    require(od[i] >= 0 && (i == 0 || od[i] >= od[i - 1]), env, "offsets must be non-decreasing");
+  }
+  require(std::int64_t(out.length) >= (*offsets)[count], env, "out is shorter than offsets[count]");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        bhsd::component_slice_areas(static_cast<const std::int32_t*>(lab.data), d.nx, d.ny, d.nz, count,
+                                    static_cast<const std::int32_t*>(zmin.data), offsets->data(),
+                                    static_cast<std::uint32_t*>(out.data), *pool);
+      },
+      nullptr, {info[0], info[5], info[7]});
+}
+
+// selectComponents(src, labels: Int32Array, keep: Uint8Array(count+1), out: same type as src) → Promise<void>
+Napi::Value SelectComponents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View src = view_of(info[0], "src"), lab = view_of(info[1], "labels"), keep = view_of(info[2], "keep"),
+       out = view_of(info[3], "out");
+  require(lab.type == bhsd::DType::i32 && lab.length == src.length, env, "labels must be an Int32Array as long as src");
+  require(keep.type == bhsd::DType::u8 && keep.length >= 1, env, "keep must be a non-empty Uint8Array");
+  require(out.type == src.type && out.length == src.length, env, "out must match src");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
+          bhsd::select_components(p, static_cast<const std::int32_t*>(lab.data), std::int64_t(src.length),
+                                  static_cast<const std::uint8_t*>(keep.data), std::int64_t(keep.length) - 1,
+                                  static_cast<T*>(out.data), *pool);
+        });
+      },
+      nullptr, {info[0], info[1], info[2], info[3]});
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData{std::make_shared<bhsd::ThreadPool>(bhsd::default_thread_count())};
   env.SetInstanceData(data);
@@ -90,6 +219,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New<guarded<Info>>(env, "info"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
   exports.Set("rescaleToF32", Napi::Function::New<guarded<RescaleToF32>>(env, "rescaleToF32"));
+  exports.Set("connectedComponents", Napi::Function::New<guarded<ConnectedComponents>>(env, "connectedComponents"));
+  exports.Set("componentStats", Napi::Function::New<guarded<ComponentStats>>(env, "componentStats"));
+  exports.Set("componentSliceAreas", Napi::Function::New<guarded<ComponentSliceAreas>>(env, "componentSliceAreas"));
+  exports.Set("selectComponents", Napi::Function::New<guarded<SelectComponents>>(env, "selectComponents"));
   return exports;
 }
 

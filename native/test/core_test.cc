@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/thread_pool.hpp"
 #include "bhsd/voxel_ops.hpp"
@@ -88,6 +89,84 @@ static void test_stats_and_rescale(bhsd::ThreadPool& pool) {
   CHECK(ok);
 }
 
+// Reference: breadth-first flood fill from each unlabelled voxel in raster order.
+static std::vector<std::int32_t> flood_fill(const std::vector<std::uint8_t>& d, int nx, int ny, int nz,
+                                            int conn, bool per_class, int* count) {
+  std::vector<std::int32_t> lab(d.size(), 0);
+  std::vector<std::size_t> queue;
+  int c = 0;
+  for (std::size_t s = 0; s < d.size(); ++s) {
+    if (!d[s] || lab[s]) continue;
+    lab[s] = ++c;
+    queue.assign(1, s);
+    for (std::size_t q = 0; q < queue.size(); ++q) {
+      const std::size_t i = queue[q];
+      const int x = int(i % nx), y = int(i / nx % ny), z = int(i / (std::size_t(nx) * ny));
+      for (int dz = -1; dz <= 1; ++dz)
+        for (int dy = -1; dy <= 1; ++dy)
+          for (int dx = -1; dx <= 1; ++dx) {
+            const int nzero = (dx != 0) + (dy != 0) + (dz != 0);
+            if (nzero == 0 || (conn == 6 && nzero > 1) || (conn == 18 && nzero > 2)) continue;
+            const int X = x + dx, Y = y + dy, Z = z + dz;
+            if (X < 0 || Y < 0 || Z < 0 || X >= nx || Y >= ny || Z >= nz) continue;
+            const std::size_t j = (std::size_t(Z) * ny + Y) * nx + X;
+            if (!d[j] || lab[j] || (per_class && d[j] != d[i])) continue;
+            lab[j] = c;
+            queue.push_back(j);
+          }
+    }
+  }
+  *count = c;
+  return lab;
+}
+
+static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
+  std::uint64_t seed = 12345;
+  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  const int shapes[][3] = {{1, 1, 1}, {1, 1, 40}, {40, 1, 1}, {7, 5, 3}, {16, 9, 11}, {33, 17, 5}, {3, 30, 9}};
+  int mismatches = 0, cases = 0;
+  for (auto& sh : shapes)
+    for (int density : {0, 20, 45, 70, 100})
+      for (int classes : {1, 3})
+        for (int conn : {6, 18, 26})
+          for (bool per_class : {false, true}) {
+            const int nx = sh[0], ny = sh[1], nz = sh[2];
+            std::vector<std::uint8_t> d(std::size_t(nx) * ny * nz);
+            for (auto& v : d) v = (int(rnd() % 100) < density) ? std::uint8_t(1 + rnd() % classes) : 0;
+            int want_count = 0;
+            auto want = flood_fill(d, nx, ny, nz, conn, per_class, &want_count);
+            std::vector<std::int32_t> got(d.size(), 0);
+            auto count = bhsd::connected_components(d.data(), nx, ny, nz, conn, per_class, got.data(), pool);
+            ++cases;
+            if (count != want_count || got != want) ++mismatches;
+          }
+  CHECK(cases > 100);
+  CHECK(mismatches == 0);
+}
+
+static void test_component_stats(bhsd::ThreadPool& pool) {
+  // two components: a 2x2x1 square at z=0 and a 1x1x3 column at x=3,y=3
+  const int nx = 4, ny = 4, nz = 3;
+  std::vector<std::uint8_t> d(nx * ny * nz, 0);
+  d[0] = d[1] = d[4] = d[5] = 2;
+  for (int z = 0; z < 3; ++z) d[z * 16 + 15] = 5;
+  std::vector<std::int32_t> lab(d.size(), 0);
+  CHECK(bhsd::connected_components(d.data(), nx, ny, nz, 26, true, lab.data(), pool) == 2);
+  std::vector<double> st(2 * bhsd::STATS);
+  bhsd::component_stats(lab.data(), nx, ny, nz, 2, d.data(), st.data(), pool);
+  CHECK(st[0] == 4 && st[1] == 0 && st[4] == 1 && st[5] == 1 && st[6] == 0 && st[7] == 2 && st[10] == 2);
+  const double* b = st.data() + bhsd::STATS;
+  CHECK(b[0] == 3 && b[3] == 0 && b[6] == 2 && b[9] == 3 && b[10] == 5);
+  std::int32_t zmin[2] = {0, 0};
+  std::int64_t off[3] = {0, 1, 4};
+  std::uint32_t areas[4] = {0, 0, 0, 0};
+  bhsd::component_slice_areas(lab.data(), nx, ny, nz, 2, zmin, off, areas, pool);
+  CHECK(areas[0] == 4 && areas[1] == 1 && areas[2] == 1 && areas[3] == 1);
+  std::vector<std::uint8_t> keep = {0, 0, 1}, out(d.size());
+  bhsd::select_components(d.data(), lab.data(), std::int64_t(d.size()), keep.data(), 2, out.data(), pool);
+  CHECK(out[0] == 0 && out[15] == 5 && out[47] == 5);
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -96,6 +175,8 @@ int main() {
     test_pool_exception_and_nesting(pool);
     test_pool_many_loops(pool);
     test_stats_and_rescale(pool);
+    test_ccl_against_flood_fill(pool);
+    test_component_stats(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

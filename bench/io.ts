@@ -1,0 +1,40 @@
+/** readNifti of a BHSD-sized CT (512×512×40 int16 with scl_inter → float32 HU), beside nibabel when present. */
+import { join } from "node:path";
+import { readNifti, setBackend, writeNifti, backendInfo } from "../lib/index.js";
+import type { Volume } from "../lib/types.js";
+import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
+
+const NIBABEL = `
+import json, sys, time, numpy as np, nibabel as nib
+out = {}
+for p in sys.argv[1:]:
+    ts = []
+    for _ in range(4):
+        t0 = time.perf_counter(); a = np.asarray(nib.load(p).get_fdata(dtype=np.float32)); ts.append((time.perf_counter() - t0) * 1000)
+    out[p] = float(np.median(ts[1:]))
+print(json.dumps(out))`;
+
+export async function benchIo(dir: string): Promise<string[]> {
+  const [nx, ny, nz] = [512, 512, 40];
+  const r = rng(3);
+  const raw = new Int16Array(nx * ny * nz).map(() => Math.floor(r() * 2000) - 1000);
+  const ct: Volume = { data: raw, dims: [nx, ny, nz], spacing: [0.49, 0.49, 5], affine: [0.49, 0, 0, 0, 0, 0.49, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1] };
+  const files = [join(dir, "ct.nii"), join(dir, "ct.nii.gz")];
+  for (const f of files) await writeNifti(f, ct, { sclSlope: 1, sclInter: -1024, datatype: "int16", gzipLevel: 1 });
+  const py = pythonWith("numpy", "nibabel");
+  const nib = py ? runPython<Record<string, number>>(py, NIBABEL, files) : {};
+  const lines = [
+    `readNifti, ${nx}×${ny}×${nz} int16 with scl_inter → float32 (median of 5)`,
+    "| file | backend | ms | peak MB | nibabel ms |",
+    "| --- | --- | --- | --- | --- |",
+  ];
+  for (const f of files) {
+    for (const b of ["native", "ts"] as const) {
+      if (!backendInfo().available[b]) continue;
+      setBackend(b);
+      const t = await measure(() => readNifti(f), 5);
+      lines.push(`| ${f.endsWith(".gz") ? ".nii.gz" : ".nii"} | ${b} | ${fmt(t.ms)} | ${fmt(t.peakMb, 0)} | ${nib[f] !== undefined ? fmt(nib[f]!) : "no nibabel"} |`);
+    }
+  }
+  return lines;
+}

@@ -1,0 +1,84 @@
+/** Helpers of the benchmarks: medians, peak memory, and the Python (scipy) references. */
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+function rssKb(field: "VmRSS" | "VmHWM"): number {
+  try {
+    const m = new RegExp(`${field}:\\s+(\\d+)`).exec(readFileSync("/proc/self/status", "utf8"));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Resets the kernel's peak-RSS mark (Linux), so that VmHWM then measures one operation. */
+function resetPeak(): boolean {
+  try {
+    writeFileSync("/proc/self/clear_refs", "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface Timing {
+  /** Median wall time in ms. */
+  ms: number;
+  /** Peak resident memory during one run above the resident memory before it (MB), NaN where unknown. */
+  peakMb: number;
+}
+
+/** Times `fn` `reps` times after one warm-up; measures the peak memory of one more run. */
+export async function measure(fn: () => Promise<unknown>, reps = 5): Promise<Timing> {
+  await fn();
+  const t: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    await fn();
+    t.push(performance.now() - t0);
+  }
+  (globalThis as { gc?: () => void }).gc?.();
+  const before = rssKb("VmRSS");
+  const ok = resetPeak();
+  await fn();
+  const peak = ok ? (rssKb("VmHWM") - before) / 1024 : NaN;
+  return { ms: median(t), peakMb: Math.max(0, peak) };
+}
+
+/** The python3 that has the given modules, or undefined (the bench then says so). */
+export function pythonWith(...modules: string[]): string | undefined {
+  for (const py of ["python3", "/usr/bin/python3"]) {
+    const r = spawnSync(py, ["-c", `import ${modules.join(", ")}`], { stdio: "ignore" });
+    if (r.status === 0) return py;
+  }
+  return undefined;
+}
+
+/** Runs a Python snippet that prints one JSON line; returns it parsed. */
+export function runPython<T>(py: string, code: string, args: string[] = []): T {
+  const env = { ...process.env };
+  const r = spawnSync(py, ["-c", code, ...args], { encoding: "utf8", env, maxBuffer: 1 << 26 });
+  if (r.status !== 0) throw new Error(`python failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as T;
+}
+
+/** A deterministic pseudo-random generator (xorshift32). */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 2 ** 32;
+  };
+}
+
+export const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "—");

@@ -1,0 +1,260 @@
+/**
+ * Connected components, per-bleed statistics and cleanup (shared/spec/api.md; ABC/2 as defined in
+ * shared/spec/metrics.md). Validation here, the voxel work on the active backend.
+ */
+import { activeBackend } from "../backends/index.js";
+import { STATS } from "../backends/types.js";
+import { assertNumber, dtypeOf, INTEGER_DTYPES, invalidParameterError, optionsObject, voxelArray } from "../is.js";
+import type { Volume, VoxelArray } from "../types.js";
+import { allocArray, assertVolume } from "../volume.js";
+
+export type Connectivity = 6 | 18 | 26;
+
+export interface ComponentsOptions {
+  /** 6 (faces), 18 (faces and edges) or 26 (faces, edges and corners). Default 26. */
+  connectivity?: Connectivity;
+  /** Voxels join only voxels of the same value (default true); false: every non-zero voxel is foreground. */
+  perClass?: boolean;
+}
+
+export interface Component {
+  /** Its value in the label volume, 1..count. */
+  label: number;
+  /** The class (value of `classes`) at its first voxel; 0 when no classes were given. */
+  class: number;
+  voxels: number;
+  volumeMl: number;
+  /** Inclusive voxel index ranges. */
+  bbox: { min: [number, number, number]; max: [number, number, number] };
+  centroid: { voxel: [number, number, number]; world: [number, number, number] };
+  /** Axial slices (z) holding at least one voxel of it, and its z range. */
+  slices: number;
+  zRange: [number, number];
+  /** ABC/2: A, B in-plane diameters (mm) on the slice of largest area, C = slices × sz (mm). */
+  abc: { a: number; b: number; c: number; slice: number };
+  abc2Ml: number;
+}
+
+function checkConnectivity(v: unknown): Connectivity {
+  if (v === undefined) return 26;
+  if (v !== 6 && v !== 18 && v !== 26) throw invalidParameterError("options.connectivity", "6, 18 or 26", v);
+  return v;
+}
+
+function checkBool(name: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== "boolean") throw invalidParameterError(name, "a boolean", v);
+  return v;
+}
+
+function assertIntegerVolume(name: string, v: unknown): asserts v is Volume {
+  assertVolume(name, v);
+  const dt = dtypeOf(v.data)!;
+  if (!INTEGER_DTYPES.includes(dt)) {
+    throw invalidParameterError(`${name}.data`, "integer voxels (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array or Uint32Array)", v.data);
+  }
+}
+
+/**
+ * Labels the connected components of a volume's non-zero voxels. Labels are 1..count in raster
+ * order (x fastest) of each component's first voxel, equal to scipy.ndimage.label's.
+ */
+export async function connectedComponents(volume: Volume, options?: ComponentsOptions): Promise<{ labels: Volume<Int32Array>; count: number }> {
+  assertIntegerVolume("volume", volume);
+  const opts = optionsObject("options", options);
+  const connectivity = checkConnectivity(opts.connectivity);
+  const perClass = checkBool("options.perClass", opts.perClass, true);
+  const out = allocArray("int32", volume.data.length, "labels") as Int32Array;
+  const count = await activeBackend().connectedComponents(volume.data, volume.dims, connectivity, perClass, out);
+  return { labels: { data: out, dims: [...volume.dims], spacing: [...volume.spacing], affine: [...volume.affine] }, count };
+}
+
+/** The largest label in a label volume (its component count when labels are 1..count). */
+async function labelCount(labels: Volume<Int32Array>): Promise<number> {
+  const s = await activeBackend().voxelStats(labels.data);
+  if (s.min < 0) throw new RangeError(`labels holds a negative label (${s.min})`);
+  return s.max === -Infinity ? 0 : Math.max(0, s.max);
+}
+
+/** Packed per-component numbers (see Backend.componentStats) for labels 1..count. */
+async function packedStats(labels: Volume<Int32Array>, count: number, classes: VoxelArray | null): Promise<Float64Array> {
+  const out = allocArray("float64", count * STATS, "component statistics") as Float64Array;
+  if (count > 0) await activeBackend().componentStats(labels.data, labels.dims, count, classes, out);
+  return out;
+}
+
+/** Per component: class, voxels, mL, bounding box, centroid (voxel and world), slices, ABC/2. */
+export async function componentStats(
+  labels: Volume<Int32Array>,
+  options?: { classes?: Volume | VoxelArray; spacing?: [number, number, number] },
+): Promise<Component[]> {
+  assertVolume("labels", labels);
+  if (!(labels.data instanceof Int32Array)) throw invalidParameterError("labels.data", "an Int32Array (the labels of connectedComponents)", labels.data);
+  const opts = optionsObject("options", options);
+  let classes: VoxelArray | null = null;
+  if (opts.classes !== undefined) {
+    const c = opts.classes as Volume | VoxelArray;
+    classes = voxelArray(c) ? c : (assertVolume("options.classes", c), c.data);
+    if (classes.length !== labels.data.length) {
+      throw new RangeError(`options.classes has ${classes.length} voxels but labels has ${labels.data.length}`);
+    }
+  }
+  const spacing = (opts.spacing ?? labels.spacing) as [number, number, number];
+  if (!Array.isArray(spacing) || spacing.length !== 3) throw invalidParameterError("options.spacing", "[sx, sy, sz] in mm", spacing);
+  spacing.forEach((s, i) => assertNumber(`options.spacing[${i}]`, s, Number.MIN_VALUE));
+  const count = await labelCount(labels);
+  const st = await packedStats(labels, count, classes);
+
+  // Voxels per slice of each component, for the slice of largest area and the slice count.
+  const zmin = new Int32Array(count);
+  const offsets = new Float64Array(count + 1);
+  for (let c = 0; c < count; c++) {
+    const o = c * STATS;
+    zmin[c] = st[o] ? st[o + 3]! : 0;
+    offsets[c + 1] = offsets[c]! + (st[o] ? st[o + 6]! - st[o + 3]! + 1 : 0);
+  }
+  const areas = allocArray("uint32", offsets[count]!, "slice areas") as Uint32Array;
+  if (count > 0) await activeBackend().componentSliceAreas(labels.data, labels.dims, count, zmin, offsets, areas);
+
+  const [sx, sy, sz] = spacing;
+  const voxelMl = (sx * sy * sz) / 1000;
+  const A = labels.affine;
+  const out: Component[] = [];
+  for (let c = 0; c < count; c++) {
+    const o = c * STATS;
+    const n = st[o]!;
+    if (n === 0) continue; // a label value not present
+    const min: [number, number, number] = [st[o + 1]!, st[o + 2]!, st[o + 3]!];
+    const max: [number, number, number] = [st[o + 4]!, st[o + 5]!, st[o + 6]!];
+    const cv: [number, number, number] = [st[o + 7]! / n, st[o + 8]! / n, st[o + 9]! / n];
+    const cw = [0, 1, 2].map((r) => A[4 * r]! * cv[0] + A[4 * r + 1]! * cv[1] + A[4 * r + 2]! * cv[2] + A[4 * r + 3]!) as [number, number, number];
+    let slices = 0, best = min[2], bestArea = -1;
+    for (let z = min[2]; z <= max[2]; z++) {
+      const a = areas[offsets[c]! + z - min[2]]!;
+      if (a > 0) slices++;
+      if (a > bestArea) (bestArea = a), (best = z);
+    }
+    const { a, b } = sliceDiameters(labels, c + 1, best, min, max, sx, sy);
+    const cmm = slices * sz;
+    out.push({
+      label: c + 1,
+      class: st[o + 10]!,
+      voxels: n,
+      volumeMl: n * voxelMl,
+      bbox: { min, max },
+      centroid: { voxel: cv, world: cw },
+      slices,
+      zRange: [min[2], max[2]],
+      abc: { a, b, c: cmm, slice: best },
+      abc2Ml: (a * b * cmm) / 2000,
+    });
+  }
+  return out;
+}
+
+/**
+ * A: the largest distance (mm) across the component's pixels on slice z, taken over the pixels'
+ * corners (so one voxel has the diagonal as A); B: its extent perpendicular to A.
+ */
+function sliceDiameters(labels: Volume<Int32Array>, label: number, z: number, min: number[], max: number[], sx: number, sy: number): { a: number; b: number } {
+  const [nx, ny] = labels.dims;
+  const pts: [number, number][] = [];
+  for (let y = min[1]!; y <= max[1]!; y++) {
+    const row = (z * ny + y) * nx;
+    let lo = -1, hi = -1;
+    for (let x = min[0]!; x <= max[0]!; x++) {
+      if (labels.data[row + x] === label) {
+        if (lo < 0) lo = x;
+        hi = x;
+      }
+    }
+    if (lo < 0) continue;
+    // the row's outermost pixels' corners bound the convex hull of all its pixels
+    for (const x of [lo - 0.5, hi + 0.5]) for (const yy of [y - 0.5, y + 0.5]) pts.push([x * sx, yy * sy]);
+  }
+  const hull = convexHull(pts);
+  let a = 0, ux = 1, uy = 0;
+  for (let i = 0; i < hull.length; i++) {
+    for (let j = i + 1; j < hull.length; j++) {
+      const dx = hull[j]![0] - hull[i]![0], dy = hull[j]![1] - hull[i]![1];
+      const d = Math.hypot(dx, dy);
+      if (d > a) (a = d), (ux = dx / d), (uy = dy / d);
+    }
+  }
+  let lo = Infinity, hi = -Infinity;
+  for (const [x, y] of hull) {
+    const p = -uy * x + ux * y;
+    lo = Math.min(lo, p);
+    hi = Math.max(hi, p);
+  }
+  return { a, b: hull.length ? hi - lo : 0 };
+}
+
+/** Andrew's monotone chain. */
+function convexHull(points: [number, number][]): [number, number][] {
+  const p = [...points].sort((u, v) => u[0] - v[0] || u[1] - v[1]);
+  if (p.length < 3) return p;
+  const cross = (o: [number, number], a: [number, number], b: [number, number]) => (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+  const lower: [number, number][] = [], upper: [number, number][] = [];
+  for (const q of p) {
+    while (lower.length >= 2 && cross(lower[lower.length - 2]!, lower[lower.length - 1]!, q) <= 0) lower.pop();
+    lower.push(q);
+  }
+  for (let i = p.length - 1; i >= 0; i--) {
+    const q = p[i]!;
+    while (upper.length >= 2 && cross(upper[upper.length - 2]!, upper[upper.length - 1]!, q) <= 0) upper.pop();
+    upper.push(q);
+  }
+  return lower.slice(0, -1).concat(upper.slice(0, -1));
+}
+
+export interface CleanupOptions extends ComponentsOptions {
+  /** Remove components smaller than this volume (mL). */
+  minVolumeMl?: number;
+  /** Remove components with fewer voxels than this. */
+  minVoxels?: number;
+  /** Keep only the largest n components of each class (ties: the one seen first in raster order). */
+  keepLargest?: number;
+}
+
+/**
+ * Removes components (per class by default) below a size, or keeps only the largest n of each
+ * class; returns a new label volume of the same type and geometry.
+ */
+export async function cleanup(labelVolume: Volume, options?: CleanupOptions): Promise<Volume> {
+  assertIntegerVolume("labelVolume", labelVolume);
+  const opts = optionsObject("options", options) as CleanupOptions;
+  const connectivity = checkConnectivity(opts.connectivity);
+  const perClass = checkBool("options.perClass", opts.perClass, true);
+  if (opts.minVolumeMl !== undefined) assertNumber("options.minVolumeMl", opts.minVolumeMl, 0);
+  if (opts.minVoxels !== undefined) assertNumber("options.minVoxels", opts.minVoxels, 0);
+  if (opts.keepLargest !== undefined && (!Number.isInteger(opts.keepLargest) || opts.keepLargest < 0)) {
+    throw invalidParameterError("options.keepLargest", "a non-negative integer", opts.keepLargest);
+  }
+  const { labels, count } = await connectedComponents(labelVolume, { connectivity, perClass });
+  const st = await packedStats(labels, count, labelVolume.data);
+  const [sx, sy, sz] = labelVolume.spacing;
+  const voxelMl = (sx * sy * sz) / 1000;
+  const keep = new Uint8Array(count + 1);
+  const byClass = new Map<number, number[]>();
+  for (let c = 1; c <= count; c++) {
+    const n = st[(c - 1) * STATS]!;
+    let ok = true;
+    if (opts.minVoxels !== undefined && n < opts.minVoxels) ok = false;
+    if (opts.minVolumeMl !== undefined && n * voxelMl < opts.minVolumeMl) ok = false;
+    keep[c] = ok ? 1 : 0;
+    if (ok && opts.keepLargest !== undefined) {
+      const cls = perClass ? st[(c - 1) * STATS + 10]! : 0;
+      (byClass.get(cls) ?? byClass.set(cls, []).get(cls)!).push(c);
+    }
+  }
+  if (opts.keepLargest !== undefined) {
+    for (const comps of byClass.values()) {
+      comps.sort((a, b) => st[(b - 1) * STATS]! - st[(a - 1) * STATS]! || a - b);
+      for (const c of comps.slice(opts.keepLargest)) keep[c] = 0;
+    }
+  }
+  const data = allocArray(dtypeOf(labelVolume.data)!, labelVolume.data.length, "cleaned labels");
+  await activeBackend().selectComponents(labelVolume.data, labels.data, keep, data);
+  return { ...labelVolume, data, dims: [...labelVolume.dims], spacing: [...labelVolume.spacing], affine: [...labelVolume.affine] };
+}
