@@ -8,3 +8,4 @@ export { voxelStats, type VolumeStats } from "./ops/stats.js";
 export { VERSION } from "./version.js";
 export { toJson } from "./json.js";
 export { connectedComponents, componentStats, cleanup, type Component, type ComponentsOptions, type CleanupOptions, type Connectivity } from "./ops/components.js";
+export { evaluate, BHSD_CLASSES, DEFAULT_CLASSES, METRIC_KEYS, type CaseMetrics, type ClassMetrics, type EvaluateOptions } from "./metrics/evaluate.js";

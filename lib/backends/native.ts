@@ -13,6 +13,9 @@ export interface NativeAddon {
   componentStats(labels: Int32Array, nx: number, ny: number, nz: number, count: number, classes: VoxelArray | null, out: Float64Array): Promise<void>;
   componentSliceAreas(labels: Int32Array, nx: number, ny: number, nz: number, count: number, zmin: Int32Array, offsets: Float64Array, out: Uint32Array): Promise<void>;
   selectComponents(src: VoxelArray, labels: Int32Array, keep: Uint8Array, out: VoxelArray): Promise<void>;
+  narrowLabels(src: VoxelArray, nx: number, ny: number, nz: number, maxLabel: number, out: Uint8Array, what: string): Promise<void>;
+  labelPairStats(gt: Uint8Array, pred: Uint8Array, nx: number, ny: number, nz: number, maxLabel: number): Promise<{ counts: Float64Array; boxes: Float64Array }>;
+  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, nx: number, ny: number, nz: number, sx: number, sy: number, sz: number, classes: Int32Array, boxes: Float64Array, tau: number): Promise<Float64Array>;
 }
 
 const require = createRequire(import.meta.url);
@@ -71,5 +74,17 @@ export class NativeBackend implements Backend {
 
   selectComponents<T extends VoxelArray>(src: T, labels: Int32Array, keep: Uint8Array, out: T): Promise<void> {
     return this.addon.selectComponents(src, labels, keep, out);
+  }
+
+  narrowLabels(src: VoxelArray, dims: readonly [number, number, number], maxLabel: number, out: Uint8Array, what: string): Promise<void> {
+    return this.addon.narrowLabels(src, dims[0], dims[1], dims[2], maxLabel, out, what);
+  }
+
+  labelPairStats(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], maxLabel: number) {
+    return this.addon.labelPairStats(gt, pred, dims[0], dims[1], dims[2], maxLabel);
+  }
+
+  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], spacing: readonly [number, number, number], classes: Int32Array, boxes: Float64Array, tau: number) {
+    return this.addon.surfaceMetrics(gt, pred, dims[0], dims[1], dims[2], spacing[0], spacing[1], spacing[2], classes, boxes, tau);
   }
 }

@@ -2,6 +2,7 @@
 import type { VoxelArray } from "../types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import { forChunks } from "./yield.js";
+import { tsLabelPairStats, tsNarrowLabels, tsSurfaceMetrics } from "./ts-metrics.js";
 import { tsComponentSliceAreas, tsComponentStats, tsConnectedComponents, tsSelectComponents } from "./ts-ccl.js";
 
 export class TsBackend implements Backend {
@@ -39,4 +40,7 @@ export class TsBackend implements Backend {
   componentStats = tsComponentStats;
   componentSliceAreas = tsComponentSliceAreas;
   selectComponents = tsSelectComponents;
+  narrowLabels = tsNarrowLabels;
+  labelPairStats = tsLabelPairStats;
+  surfaceMetrics = tsSurfaceMetrics;
 }

@@ -66,4 +66,25 @@ export interface Backend {
   ): Promise<void>;
   /** out[i] = keep[labels[i]] ? src[i] : 0 (keep has count+1 entries). */
   selectComponents<T extends VoxelArray>(src: T, labels: Int32Array, keep: Uint8Array, out: T): Promise<void>;
+
+  /** Copies labels to uint8; rejects, naming `what`, the value and the voxel, any value not an integer in 0..maxLabel. */
+  narrowLabels(src: VoxelArray, dims: readonly [number, number, number], maxLabel: number, out: Uint8Array, what: string): Promise<void>;
+  /**
+   * counts[g·(L+1) + p]: voxels with gt g and pred p; boxes[((v·(L+1)) + l)·6 …]: min x y z, max x y z
+   * of label l in gt (v = 0) and pred (v = 1), min > max when absent.
+   */
+  labelPairStats(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], maxLabel: number): Promise<{ counts: Float64Array; boxes: Float64Array }>;
+  /**
+   * For each class (both masks non-empty, box covering both): 10 numbers — |∂P|, |∂G|, Σd(P→G),
+   * Σd(G→P), max d(P→G), max d(G→P), p95 d(P→G), p95 d(G→P), #d(P→G) ≤ τ, #d(G→P) ≤ τ.
+   */
+  surfaceMetrics(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    dims: readonly [number, number, number],
+    spacing: readonly [number, number, number],
+    classes: Int32Array,
+    boxes: Float64Array,
+    tau: number,
+  ): Promise<Float64Array>;
 }

@@ -4,6 +4,7 @@
 
 #include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/metrics.hpp"
 #include "bhsd/voxel_ops.hpp"
 #include "napi_util.hpp"
 
@@ -202,6 +203,103 @@ Napi::Value SelectComponents(const Napi::CallbackInfo& info) {
       nullptr, {info[0], info[1], info[2], info[3]});
 }
 
+// narrowLabels(src, nx, ny, nz, maxLabel, out: Uint8Array, what: string) → Promise<void>
+Napi::Value NarrowLabels(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View src = view_of(info[0], "src");
+  Dims d = dims_of(info, 1);
+  const int max_label = int(int_of(info[4], "maxLabel", 0, 255));
+  View out = view_of(info[5], "out");
+  const std::string what = info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : "labels";
+  require(std::int64_t(src.length) == d.n(), env, "src length does not match nx*ny*nz");
+  require(out.type == bhsd::DType::u8 && out.length == src.length, env, "out must be a Uint8Array as long as src");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+          bhsd::narrow_labels(p, d.nx, d.ny, d.nz, max_label, static_cast<std::uint8_t*>(out.data), what.c_str(), *pool);
+        });
+      },
+      nullptr, {info[0], info[5]});
+}
+
+Napi::Float64Array float64_of(Napi::Env env, const double* p, std::size_t n) {
+  Napi::Float64Array a = Napi::Float64Array::New(env, n);
+  std::copy(p, p + n, a.Data());
+  return a;
+}
+
+// labelPairStats(gt: Uint8Array, pred: Uint8Array, nx, ny, nz, maxLabel) → Promise<{ counts, boxes }>
+Napi::Value LabelPairStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View gt = view_of(info[0], "gt"), pred = view_of(info[1], "pred");
+  Dims d = dims_of(info, 2);
+  const int L = int(int_of(info[5], "maxLabel", 0, 255));
+  require(gt.type == bhsd::DType::u8 && pred.type == bhsd::DType::u8, env, "gt and pred must be Uint8Arrays");
+  require(std::int64_t(gt.length) == d.n() && pred.length == gt.length, env, "gt and pred must have nx*ny*nz voxels");
+  auto pool = pool_of(env);
+  auto res = std::make_shared<bhsd::PairStats>();
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        // a value above maxLabel would index past the counts: refuse it first
+        bhsd::VoxelStats sg = bhsd::voxel_stats(static_cast<const std::uint8_t*>(gt.data), gt.length, *pool);
+        bhsd::VoxelStats sp = bhsd::voxel_stats(static_cast<const std::uint8_t*>(pred.data), pred.length, *pool);
+        if (sg.max > L || sp.max > L) throw bhsd::Error("native: a label exceeds maxLabel");
+        *res = bhsd::label_pair_stats(static_cast<const std::uint8_t*>(gt.data), static_cast<const std::uint8_t*>(pred.data),
+                                      d.nx, d.ny, d.nz, L, *pool);
+      },
+      [res](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("counts", float64_of(e, res->counts.data(), res->counts.size()));
+        std::vector<double> boxes(res->boxes.begin(), res->boxes.end());
+        o.Set("boxes", float64_of(e, boxes.data(), boxes.size()));
+        return o;
+      },
+      {info[0], info[1]});
+}
+
+// surfaceMetrics(gt, pred, nx, ny, nz, sx, sy, sz, classes: Int32Array, boxes: Float64Array(6 per class), tau)
+//   → Promise<Float64Array(10 per class)>: nPred nGt sumPG sumGP maxPG maxGP p95PG p95GP withinPG withinGP
+Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View gt = view_of(info[0], "gt"), pred = view_of(info[1], "pred");
+  Dims d = dims_of(info, 2);
+  const double sx = number_of(info[5], "sx"), sy = number_of(info[6], "sy"), sz = number_of(info[7], "sz");
+  View cls = view_of(info[8], "classes"), bx = view_of(info[9], "boxes");
+  const double tau = number_of(info[10], "tau");
+  require(gt.type == bhsd::DType::u8 && pred.type == bhsd::DType::u8, env, "gt and pred must be Uint8Arrays");
+  require(std::int64_t(gt.length) == d.n() && pred.length == gt.length, env, "gt and pred must have nx*ny*nz voxels");
+  require(sx > 0 && sy > 0 && sz > 0, env, "spacing must be positive");
+  require(cls.type == bhsd::DType::i32 && bx.type == bhsd::DType::f64 && bx.length == cls.length * 6, env, "classes and boxes disagree");
+  const auto* c = static_cast<const std::int32_t*>(cls.data);
+  const auto* b = static_cast<const double*>(bx.data);
+  auto classes = std::make_shared<std::vector<int>>(c, c + cls.length);
+  auto boxes = std::make_shared<std::vector<std::int64_t>>(bx.length);
+  for (std::size_t i = 0; i < bx.length; ++i) (*boxes)[i] = std::int64_t(b[i]);
+  for (std::size_t k = 0; k < cls.length; ++k) {
+    const std::int64_t* q = boxes->data() + 6 * k;
+    require(q[0] >= 0 && q[1] >= 0 && q[2] >= 0 && q[3] < d.nx && q[4] < d.ny && q[5] < d.nz &&
+            q[0] <= q[3] && q[1] <= q[4] && q[2] <= q[5], env, "a box lies outside the volume");
+  }
+  auto pool = pool_of(env);
+  auto res = std::make_shared<std::vector<double>>();
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        for (std::size_t k = 0; k < classes->size(); ++k) {
+          bhsd::SurfaceMetrics m = bhsd::surface_metrics(
+              static_cast<const std::uint8_t*>(gt.data), static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz,
+              sx, sy, sz, (*classes)[k], boxes->data() + 6 * k, tau, *pool);
+          res->insert(res->end(), {m.n_pred, m.n_gt, m.sum_pg, m.sum_gp, m.max_pg, m.max_gp, m.p95_pg,
+                                   m.p95_gp, m.within_pg, m.within_gp});
+        }
+      },
+      [res](Napi::Env e) -> Napi::Value { return float64_of(e, res->data(), res->size()); },
+      {info[0], info[1]});
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData{std::make_shared<bhsd::ThreadPool>(bhsd::default_thread_count())};
   env.SetInstanceData(data);
@@ -223,6 +321,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("componentStats", Napi::Function::New<guarded<ComponentStats>>(env, "componentStats"));
   exports.Set("componentSliceAreas", Napi::Function::New<guarded<ComponentSliceAreas>>(env, "componentSliceAreas"));
   exports.Set("selectComponents", Napi::Function::New<guarded<SelectComponents>>(env, "selectComponents"));
+  exports.Set("narrowLabels", Napi::Function::New<guarded<NarrowLabels>>(env, "narrowLabels"));
+  exports.Set("labelPairStats", Napi::Function::New<guarded<LabelPairStats>>(env, "labelPairStats"));
+  exports.Set("surfaceMetrics", Napi::Function::New<guarded<SurfaceMetrics>>(env, "surfaceMetrics"));
   return exports;
 }
 

@@ -10,6 +10,7 @@
 
 #include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/metrics.hpp"
 #include "bhsd/thread_pool.hpp"
 #include "bhsd/voxel_ops.hpp"
 
@@ -167,6 +168,40 @@ static void test_component_stats(bhsd::ThreadPool& pool) {
   CHECK(out[0] == 0 && out[15] == 5 && out[47] == 5);
 }
 
+// Reference: the distance to every feature voxel, the smallest kept.
+static void test_edt_against_brute_force(bhsd::ThreadPool& pool) {
+  std::uint64_t seed = 99;
+  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  int bad = 0, cases = 0;
+  const int shapes[][3] = {{1, 1, 1}, {9, 1, 1}, {1, 7, 1}, {1, 1, 8}, {6, 5, 4}, {13, 11, 7}, {20, 3, 9}};
+  for (auto& sh : shapes)
+    for (int density : {0, 1, 5, 30, 100}) {
+      const int w = sh[0], h = sh[1], d = sh[2];
+      const double sx = 0.49, sy = 0.7, sz = 5.0;
+      std::vector<std::uint8_t> f(std::size_t(w) * h * d);
+      for (auto& v : f) v = int(rnd() % 100) < density;
+      std::vector<double> got(f.size());
+      bhsd::edt_squared(f.data(), w, h, d, sx, sy, sz, got.data(), pool);
+      ++cases;
+      for (int z = 0; z < d; ++z)
+        for (int y = 0; y < h; ++y)
+          for (int x = 0; x < w; ++x) {
+            double best = INFINITY;
+            for (int k = 0; k < d; ++k)
+              for (int j = 0; j < h; ++j)
+                for (int i = 0; i < w; ++i)
+                  if (f[(std::size_t(k) * h + j) * w + i]) {
+                    const double dx = (x - i) * sx, dy = (y - j) * sy, dz = (z - k) * sz;
+                    best = std::min(best, dx * dx + dy * dy + dz * dz);
+                  }
+            const double g = got[(std::size_t(z) * h + y) * w + x];
+            if (!(g == best || std::fabs(g - best) <= 1e-9 * best)) ++bad;
+          }
+    }
+  CHECK(cases == 35);
+  CHECK(bad == 0);
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -177,6 +212,7 @@ int main() {
     test_stats_and_rescale(pool);
     test_ccl_against_flood_fill(pool);
     test_component_stats(pool);
+    test_edt_against_brute_force(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

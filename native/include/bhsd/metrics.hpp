@@ -1,0 +1,264 @@
+// bhsd — segmentation metrics (shared/spec/metrics.md): label checks, confusion counts and boxes,
+// surfaces, an exact anisotropic Euclidean distance transform and the surface-distance reductions.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dtype.hpp"
+#include "thread_pool.hpp"
+
+namespace bhsd {
+
+// Copies label values into uint8, refusing any value that is not an integer in 0..max_label.
+// On a bad value throws Error naming the value and the voxel (x, y, z).
+template <class T>
+void narrow_labels(const T* src, std::int64_t nx, std::int64_t ny, std::int64_t nz, int max_label,
+                   std::uint8_t* out, const char* what, ThreadPool& pool) {
+  const std::int64_t n = nx * ny * nz;
+  std::mutex m;
+  std::int64_t bad = -1;
+  pool.parallel_for(std::size_t(n), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo; i < hi; ++i) {
+      const double v = double(src[i]);
+      if (!(v >= 0 && v <= max_label && v == std::floor(v))) {
+        std::lock_guard<std::mutex> lk(m);
+        if (bad < 0 || std::int64_t(i) < bad) bad = std::int64_t(i);
+        return;
+      }
+      out[i] = std::uint8_t(v);
+    }
+  }, 1 << 16);
+  if (bad >= 0) {
+    const std::int64_t x = bad % nx, y = bad / nx % ny, z = bad / (nx * ny);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", double(src[bad]));
+    throw Error(std::string(what) + " holds the value " + buf + " at voxel (" + std::to_string(x) + ", " +
+                std::to_string(y) + ", " + std::to_string(z) + "); labels must be integers 0.." +
+                std::to_string(max_label));
+  }
+}
+
+// Confusion counts and per-label bounding boxes of two uint8 label volumes with values 0..L.
+// counts[(g * (L+1)) + p] = voxels with gt g and pred p. boxes: for volume v (0 gt, 1 pred) and
+// label l, at ((v * (L+1)) + l) * 6: min x y z, max x y z (min > max when absent).
+struct PairStats {
+  std::vector<double> counts;
+  std::vector<std::int64_t> boxes;
+};
+
+inline PairStats label_pair_stats(const std::uint8_t* gt, const std::uint8_t* pred, std::int64_t nx,
+                                  std::int64_t ny, std::int64_t nz, int L, ThreadPool& pool) {
+  const int K = L + 1;
+  PairStats out;
+  out.counts.assign(std::size_t(K * K), 0.0);
+  out.boxes.assign(std::size_t(2 * K * 6), 0);
+  for (int v = 0; v < 2; ++v)
+    for (int l = 0; l < K; ++l) {
+      std::int64_t* b = &out.boxes[std::size_t((v * K + l) * 6)];
+      b[0] = nx, b[1] = ny, b[2] = nz, b[3] = -1, b[4] = -1, b[5] = -1;
+    }
+  std::mutex m;
+  pool.parallel_for(std::size_t(nz), [&](std::size_t z0, std::size_t z1) {
+    std::vector<std::uint64_t> cnt(std::size_t(K * K), 0);
+    std::vector<std::int64_t> box(out.boxes);
+    for (std::int64_t z = std::int64_t(z0); z < std::int64_t(z1); ++z)
+      for (std::int64_t y = 0; y < ny; ++y) {
+        const std::int64_t row = (z * ny + y) * nx;
+        const std::uint8_t* g = gt + row;
+        const std::uint8_t* p = pred + row;
+        for (std::int64_t x = 0; x < nx; ++x) {
+          const int a = g[x], b = p[x];
+          ++cnt[std::size_t(a * K + b)];
+          if (a | b) {
+            for (int v = 0; v < 2; ++v) {
+              const int l = v ? b : a;
+              if (!l) continue;
+              std::int64_t* bb = &box[std::size_t((v * K + l) * 6)];
+              bb[0] = std::min(bb[0], x), bb[3] = std::max(bb[3], x);
+              bb[1] = std::min(bb[1], y), bb[4] = std::max(bb[4], y);
+              bb[2] = std::min(bb[2], z), bb[5] = std::max(bb[5], z);
+            }
+          }
+        }
+      }
+    std::lock_guard<std::mutex> lk(m);
+    for (std::size_t i = 0; i < cnt.size(); ++i) out.counts[i] += double(cnt[i]);
+    for (std::size_t i = 0; i < box.size(); i += 6) {
+      for (int k = 0; k < 3; ++k) out.boxes[i + k] = std::min(out.boxes[i + k], box[i + k]);
+      for (int k = 3; k < 6; ++k) out.boxes[i + k] = std::max(out.boxes[i + k], box[i + k]);
+    }
+  }, 1);
+  return out;
+}
+
+namespace edt_detail {
+
+constexpr double INF = std::numeric_limits<double>::infinity();
+
+// Felzenszwalb–Huttenlocher lower envelope of parabolas along one line of n samples spaced `s`:
+// d[q] = min_p (f[p] + ((q − p)·s)²). v, z, are scratch of n and n+1.
+inline void envelope(const double* f, double* d, std::int64_t n, double s, std::int64_t* v, double* z) {
+  std::int64_t k = -1;
+  const double s2 = s * s;
+  for (std::int64_t q = 0; q < n; ++q) {
+    if (f[q] == INF) continue;
+    if (k < 0) {
+      k = 0, v[0] = q, z[0] = -INF, z[1] = INF;
+      continue;
+    }
+    auto isect = [&](std::int64_t p) {  // where q's parabola drops below p's (sample units)
+      return ((f[q] + s2 * double(q) * double(q)) - (f[p] + s2 * double(p) * double(p))) /
+             (2.0 * s2 * double(q - p));
+    };
+    double x = isect(v[k]);
+    while (x <= z[k]) x = isect(v[--k]);  // z[0] = −inf ends the loop
+    ++k;
+    v[k] = q, z[k] = x, z[k + 1] = INF;
+  }
+  if (k < 0) {
+    std::fill(d, d + n, INF);
+    return;
+  }
+  std::int64_t j = 0;
+  for (std::int64_t q = 0; q < n; ++q) {
+    while (z[j + 1] < double(q)) ++j;
+    const double t = double(q - v[j]) * s;
+    d[q] = t * t + f[v[j]];
+  }
+}
+
+}  // namespace edt_detail
+
+// Squared Euclidean distance (mm²) from each voxel centre of a w·h·d grid to the nearest voxel with
+// feat != 0, spacing (sx, sy, sz); +inf when there is no feature. Exact, separable, linear time.
+inline void edt_squared(const std::uint8_t* feat, std::int64_t w, std::int64_t h, std::int64_t d,
+                        double sx, double sy, double sz, double* out, ThreadPool& pool) {
+  using edt_detail::INF;
+  // x: distance to the nearest feature in the row, two sweeps
+  pool.parallel_for(std::size_t(h * d), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t r = lo; r < hi; ++r) {
+      const std::uint8_t* f = feat + std::int64_t(r) * w;
+      double* o = out + std::int64_t(r) * w;
+      std::int64_t last = -1;
+      for (std::int64_t x = 0; x < w; ++x) {
+        if (f[x]) last = x;
+        o[x] = last < 0 ? INF : double(x - last);
+      }
+      last = -1;
+      for (std::int64_t x = w - 1; x >= 0; --x) {
+        if (f[x]) last = x;
+        if (last >= 0) o[x] = std::min(o[x], double(last - x));
+        o[x] = o[x] == INF ? INF : (o[x] * sx) * (o[x] * sx);
+      }
+    }
+  }, 64);
+  // y, then z: the lower envelope along each column
+  auto pass = [&](std::int64_t n, std::int64_t stride, std::int64_t lines, auto base_of, double s) {
+    pool.parallel_for(std::size_t(lines), [&](std::size_t lo, std::size_t hi) {
+      std::vector<double> f(static_cast<std::size_t>(n)), g(static_cast<std::size_t>(n)), zb(static_cast<std::size_t>(n) + 1);
+      std::vector<std::int64_t> v(static_cast<std::size_t>(n));
+      for (std::size_t l = lo; l < hi; ++l) {
+        double* p = out + base_of(std::int64_t(l));
+        bool any = false;
+        for (std::int64_t i = 0; i < n; ++i) any |= (f[i] = p[i * stride]) != INF;
+        if (!any) continue;
+        edt_detail::envelope(f.data(), g.data(), n, s, v.data(), zb.data());
+        for (std::int64_t i = 0; i < n; ++i) p[i * stride] = g[i];
+      }
+    }, 16);
+  };
+  if (h > 1) pass(h, w, w * d, [w, h](std::int64_t l) { return (l / w) * w * h + l % w; }, sy);
+  if (d > 1) pass(d, w * h, w * h, [](std::int64_t l) { return l; }, sz);
+}
+
+// The surface-distance reductions of one class (shared/spec/metrics.md).
+struct SurfaceMetrics {
+  double n_pred = 0, n_gt = 0;        // surface voxels |∂P|, |∂G|
+  double sum_pg = 0, sum_gp = 0;      // Σ d(P→G), Σ d(G→P)
+  double max_pg = 0, max_gp = 0;
+  double p95_pg = 0, p95_gp = 0;      // numpy's linear-interpolated 95th percentile
+  double within_pg = 0, within_gp = 0;  // distances ≤ tau
+};
+
+namespace edt_detail {
+inline double percentile(std::vector<double>& a, double q) {
+  const double rank = q * double(a.size() - 1);
+  const std::size_t lo = std::size_t(std::floor(rank)), hi = std::size_t(std::ceil(rank));
+  std::nth_element(a.begin(), a.begin() + lo, a.end());
+  const double vlo = a[lo];
+  double vhi = vlo;
+  if (hi != lo) vhi = *std::min_element(a.begin() + lo + 1, a.end());
+  return vlo + (vhi - vlo) * (rank - double(lo));
+}
+}  // namespace edt_detail
+
+// Surfaces of gt == c and pred == c inside box (inclusive min/max x y z covering both masks; both
+// must be non-empty), the two distance transforms, and the reductions.
+inline SurfaceMetrics surface_metrics(const std::uint8_t* gt, const std::uint8_t* pred,
+                                      std::int64_t nx, std::int64_t ny, std::int64_t /*nz*/, double sx,
+                                      double sy, double sz, int c, const std::int64_t* box,
+                                      double tau, ThreadPool& pool) {
+  const std::int64_t x0 = box[0], y0 = box[1], z0 = box[2];
+  const std::int64_t w = box[3] - x0 + 1, h = box[4] - y0 + 1, d = box[5] - z0 + 1;
+  const std::int64_t n = w * h * d;
+  // Masks of the box; outside the box neither mask has voxels, so the box border is background.
+  std::vector<std::uint8_t> mg(static_cast<std::size_t>(n)), mp(static_cast<std::size_t>(n));
+  pool.parallel_for(std::size_t(h * d), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t r = lo; r < hi; ++r) {
+      const std::int64_t y = std::int64_t(r) % h, z = std::int64_t(r) / h;
+      const std::int64_t src = ((z + z0) * ny + (y + y0)) * nx + x0;
+      for (std::int64_t x = 0; x < w; ++x) {
+        mg[r * w + x] = gt[src + x] == c;
+        mp[r * w + x] = pred[src + x] == c;
+      }
+    }
+  }, 64);
+  // Surface: in the mask with a face-neighbour outside it (or outside the box).
+  auto surface = [&](const std::vector<std::uint8_t>& m, std::vector<std::uint8_t>& s) {
+    s.assign(std::size_t(n), 0);
+    pool.parallel_for(std::size_t(h * d), [&](std::size_t lo, std::size_t hi) {
+      for (std::size_t r = lo; r < hi; ++r) {
+        const std::int64_t y = std::int64_t(r) % h, z = std::int64_t(r) / h;
+        for (std::int64_t x = 0; x < w; ++x) {
+          const std::int64_t i = std::int64_t(r) * w + x;
+          if (!m[i]) continue;
+          const bool inner = x > 0 && x < w - 1 && y > 0 && y < h - 1 && z > 0 && z < d - 1 &&
+                             m[i - 1] && m[i + 1] && m[i - w] && m[i + w] && m[i - w * h] && m[i + w * h];
+          s[i] = !inner;
+        }
+      }
+    }, 64);
+  };
+  std::vector<std::uint8_t> sg, sp;
+  surface(mg, sg);
+  surface(mp, sp);
+  std::vector<std::uint8_t>().swap(mg);
+  std::vector<std::uint8_t>().swap(mp);
+  std::vector<double> dist(static_cast<std::size_t>(n));
+  SurfaceMetrics out;
+  auto distances = [&](const std::vector<std::uint8_t>& to, const std::vector<std::uint8_t>& from,
+                       double& count, double& sum, double& mx, double& p95, double& within) {
+    edt_squared(to.data(), w, h, d, sx, sy, sz, dist.data(), pool);
+    std::vector<double> v;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (from[i]) v.push_back(std::sqrt(dist[i]));
+    count = double(v.size());
+    for (double x : v) {
+      sum += x;
+      mx = std::max(mx, x);
+      within += x <= tau;
+    }
+    p95 = v.empty() ? 0 : edt_detail::percentile(v, 0.95);
+  };
+  distances(sg, sp, out.n_pred, out.sum_pg, out.max_pg, out.p95_pg, out.within_pg);
+  distances(sp, sg, out.n_gt, out.sum_gp, out.max_gp, out.p95_gp, out.within_gp);
+  return out;
+}
+
+}  // namespace bhsd
