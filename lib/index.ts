@@ -9,3 +9,7 @@ export { VERSION } from "./version.js";
 export { toJson } from "./json.js";
 export { connectedComponents, componentStats, cleanup, type Component, type ComponentsOptions, type CleanupOptions, type Connectivity } from "./ops/components.js";
 export { evaluate, BHSD_CLASSES, DEFAULT_CLASSES, METRIC_KEYS, type CaseMetrics, type ClassMetrics, type EvaluateOptions } from "./metrics/evaluate.js";
+export { evaluateDataset, type DatasetOptions, type DatasetResult, type DatasetCase } from "./metrics/dataset.js";
+export { summarize, aggregate, type Summary, type Aggregate } from "./metrics/summary.js";
+export { casesToCsv, summaryToCsv, csvNumber } from "./metrics/csv.js";
+export { slicePresence, slicesToCsv, parseSliceCsv, evaluateSlices, type SliceLabels, type SliceScore } from "./metrics/slices.js";

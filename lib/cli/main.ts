@@ -2,6 +2,8 @@
 /** The `bhsd` command line. Every command has --help and --json; bad input → one line, exit 1. */
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
+import { componentsCommand } from "./components.js";
+import { evaluateCommand } from "./evaluate.js";
 import { infoCommand } from "./info.js";
 
 const program = new Command();
@@ -14,6 +16,8 @@ program
   .exitOverride();
 
 infoCommand(program);
+evaluateCommand(program);
+componentsCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");

@@ -64,16 +64,20 @@ function checkClasses(v: unknown): number[] {
   return [...v] as number[];
 }
 
-/** Label values as Uint8Array, refusing (with value and voxel) anything outside 0..maxLabel. */
+/**
+ * Label values as Uint8Array, refusing (with value and voxel) anything outside 0..maxLabel. Uint8
+ * data is used as it is; labelPairStats refuses values above maxLabel, and `explain` then finds
+ * the voxel for the message.
+ */
 async function asLabels(v: Volume, maxLabel: number, what: string): Promise<Uint8Array> {
-  const b = activeBackend();
-  if (v.data instanceof Uint8Array) {
-    const s = await b.voxelStats(v.data);
-    if (s.max <= maxLabel) return v.data;
-  }
+  if (v.data instanceof Uint8Array) return v.data;
   const out = allocArray("uint8", v.data.length, `${what} labels`) as Uint8Array;
-  await b.narrowLabels(v.data, v.dims, maxLabel, out, what);
+  await activeBackend().narrowLabels(v.data, v.dims, maxLabel, out, what);
   return out;
+}
+
+async function explain(v: Volume, maxLabel: number, what: string): Promise<void> {
+  await activeBackend().narrowLabels(v.data, v.dims, maxLabel, allocArray("uint8", v.data.length, `${what} labels`) as Uint8Array, what);
 }
 
 /** Differences between two volumes' geometry that deserve a warning. */
@@ -102,7 +106,15 @@ export async function evaluate(gt: Volume, pred: Volume, options?: EvaluateOptio
   const g = await asLabels(gt, maxLabel, names[0]);
   const p = await asLabels(pred, maxLabel, names[1]);
   const b = activeBackend();
-  const { counts, boxes } = await b.labelPairStats(g, p, gt.dims, maxLabel);
+  let stats: { counts: Float64Array; boxes: Float64Array };
+  try {
+    stats = await b.labelPairStats(g, p, gt.dims, maxLabel);
+  } catch (e) {
+    await explain(gt, maxLabel, names[0]);
+    await explain(pred, maxLabel, names[1]);
+    throw e;
+  }
+  const { counts, boxes } = stats;
   const K = maxLabel + 1;
   const [sx, sy, sz] = gt.spacing;
   const voxelMl = (sx * sy * sz) / 1000;

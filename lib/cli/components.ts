@@ -1,0 +1,72 @@
+/** `bhsd components`: label the bleeds of a label volume, measure each, optionally clean up. */
+import { InvalidArgumentError, type Command } from "commander";
+import { readNifti, writeNifti } from "../io/nifti.js";
+import { toJson } from "../json.js";
+import { BHSD_CLASSES } from "../metrics/evaluate.js";
+import { cleanup, componentStats, connectedComponents, type CleanupOptions, type Connectivity } from "../ops/components.js";
+import { fmt, intArg, numberArg, table } from "./util.js";
+
+interface Opts {
+  connectivity: number;
+  perClass: boolean;
+  out?: string;
+  cleaned?: string;
+  stats?: boolean;
+  json?: boolean;
+  minMl?: number;
+  minVoxels?: number;
+  keepLargest?: number;
+}
+
+export function componentsCommand(program: Command): void {
+  program
+    .command("components")
+    .description("label connected components (bleeds) of a label volume, with per-bleed volume, extent and ABC/2; optionally remove small ones")
+    .argument("<labels>", "label NIfTI (0 background, 1..5 classes)")
+    .option("--connectivity <n>", "6, 18 or 26", (v) => {
+      if (!["6", "18", "26"].includes(v)) throw new InvalidArgumentError(`--connectivity must be 6, 18 or 26, got "${v}"`);
+      return Number(v);
+    }, 26)
+    .option("--no-per-class", "join touching voxels of different classes")
+    .option("--min-ml <mL>", "remove components smaller than this (mL)", numberArg("--min-ml", 0))
+    .option("--min-voxels <n>", "remove components with fewer voxels", intArg("--min-voxels", 0))
+    .option("--keep-largest <n>", "keep only the n largest components of each class", intArg("--keep-largest", 0))
+    .option("--out <file>", "write the component label map (int32 NIfTI)")
+    .option("--cleaned <file>", "write the cleaned label volume (with --min-ml, --min-voxels or --keep-largest)")
+    .option("--stats", "print every component")
+    .option("--json", "machine-readable output")
+    .action(async (file: string, o: Opts) => {
+      let vol = await readNifti(file);
+      const cleaning: CleanupOptions = { connectivity: o.connectivity as Connectivity, perClass: o.perClass };
+      if (o.minMl !== undefined) cleaning.minVolumeMl = o.minMl;
+      if (o.minVoxels !== undefined) cleaning.minVoxels = o.minVoxels;
+      if (o.keepLargest !== undefined) cleaning.keepLargest = o.keepLargest;
+      const cleans = o.minMl !== undefined || o.minVoxels !== undefined || o.keepLargest !== undefined;
+      if (cleans) {
+        vol = await cleanup(vol, cleaning);
+        if (o.cleaned) await writeNifti(o.cleaned, vol);
+      } else if (o.cleaned) throw new Error("--cleaned needs --min-ml, --min-voxels or --keep-largest");
+      const { labels, count } = await connectedComponents(vol, { connectivity: o.connectivity as Connectivity, perClass: o.perClass });
+      if (o.out) await writeNifti(o.out, labels);
+      const stats = await componentStats(labels, { classes: vol });
+      if (o.json) return void process.stdout.write(toJson({ file, count, components: stats }) + "\n");
+      const perClass = new Map<number, { n: number; ml: number }>();
+      for (const s of stats) {
+        const e = perClass.get(s.class) ?? { n: 0, ml: 0 };
+        e.n++;
+        e.ml += s.volumeMl;
+        perClass.set(s.class, e);
+      }
+      const name = (c: number) => BHSD_CLASSES[c] ?? `class${c}`;
+      process.stdout.write(`${count} component(s) in ${file} (${o.connectivity}-connectivity${o.perClass ? ", per class" : ""})\n`);
+      process.stdout.write(table(["class", "components", "mL"], [...perClass.entries()].sort((a, b) => a[0] - b[0]).map(([c, e]) => [`${c} ${name(c)}`, e.n, fmt(e.ml, 2)])) + "\n");
+      if (o.stats) {
+        process.stdout.write(
+          table(
+            ["label", "class", "voxels", "mL", "ABC/2 mL", "slices", "centroid (mm)"],
+            stats.map((s) => [s.label, name(s.class), s.voxels, fmt(s.volumeMl, 3), fmt(s.abc2Ml, 3), s.slices, s.centroid.world.map((v) => v.toFixed(1)).join(", ")]),
+          ) + "\n",
+        );
+      }
+    });
+}
