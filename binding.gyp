@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "bhsd",
-      "sources": ["native/src/addon.cc"],
+      "sources": ["native/src/addon.cc", "native/src/ops_napi.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "native/include",

@@ -7,10 +7,11 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { backendInfo } from "../lib/index.js";
 import { benchComponents } from "./components.js";
+import { benchConv } from "./conv.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics };
+const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {

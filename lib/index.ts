@@ -13,3 +13,8 @@ export { evaluateDataset, type DatasetOptions, type DatasetResult, type DatasetC
 export { summarize, aggregate, type Summary, type Aggregate } from "./metrics/summary.js";
 export { casesToCsv, summaryToCsv, csvNumber } from "./metrics/csv.js";
 export { slicePresence, slicesToCsv, parseSliceCsv, evaluateSlices, type SliceLabels, type SliceScore } from "./metrics/slices.js";
+export {
+  conv3d, convTranspose3d, instanceNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
+  maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor,
+  type Conv3dOptions, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
+} from "./ops/tensor.js";

@@ -3,9 +3,11 @@ import { createRequire } from "node:module";
 import type { VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "./paths.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
+import type { TensorBackend } from "./tensor-types.js";
 
 /** The functions the addon exports (native/src/addon.cc). */
-export interface NativeAddon {
+/** The tensor functions take the same arguments as the TensorBackend methods. */
+export interface NativeAddon extends TensorBackend {
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -87,4 +89,17 @@ export class NativeBackend implements Backend {
   surfaceMetrics(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], spacing: readonly [number, number, number], classes: Int32Array, boxes: Float64Array, tau: number) {
     return this.addon.surfaceMetrics(gt, pred, dims[0], dims[1], dims[2], spacing[0], spacing[1], spacing[2], classes, boxes, tau);
   }
+
+  // The tensor operations: the addon takes the same arguments.
+  conv3d: TensorBackend["conv3d"] = (...a) => this.addon.conv3d(...a);
+  convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
+  instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
+  batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);
+  unary: TensorBackend["unary"] = (...a) => this.addon.unary(...a);
+  binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);
+  pool3d: TensorBackend["pool3d"] = (...a) => this.addon.pool3d(...a);
+  resize3d: TensorBackend["resize3d"] = (...a) => this.addon.resize3d(...a);
+  softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
+  argmax: TensorBackend["argmax"] = (...a) => this.addon.argmax(...a);
+  concat: TensorBackend["concat"] = (...a) => this.addon.concat(...a);
 }

@@ -2,6 +2,7 @@
 import type { VoxelArray } from "../types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import { forChunks } from "./yield.js";
+import { tsTensor } from "./ts-tensor.js";
 import { tsLabelPairStats, tsNarrowLabels, tsSurfaceMetrics } from "./ts-metrics.js";
 import { tsComponentSliceAreas, tsComponentStats, tsConnectedComponents, tsSelectComponents } from "./ts-ccl.js";
 
@@ -43,4 +44,15 @@ export class TsBackend implements Backend {
   narrowLabels = tsNarrowLabels;
   labelPairStats = tsLabelPairStats;
   surfaceMetrics = tsSurfaceMetrics;
+  conv3d = tsTensor.conv3d;
+  convTranspose3d = tsTensor.convTranspose3d;
+  instanceNorm = tsTensor.instanceNorm;
+  batchNorm = tsTensor.batchNorm;
+  unary = tsTensor.unary;
+  binary = tsTensor.binary;
+  pool3d = tsTensor.pool3d;
+  resize3d = tsTensor.resize3d;
+  softmax = tsTensor.softmax;
+  argmax = tsTensor.argmax;
+  concat = tsTensor.concat;
 }

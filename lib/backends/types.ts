@@ -4,6 +4,7 @@
  * allocate nothing the caller did not size, and never block the event loop for long.
  */
 import type { BackendName, VoxelArray } from "../types.js";
+import type { TensorBackend } from "./tensor-types.js";
 
 export interface VoxelStats {
   /** Smallest and largest finite value (Infinity / -Infinity when there is none). */
@@ -32,7 +33,7 @@ export interface BackendDetails {
 /** Numbers per component in componentStats' packed output (see native/include/bhsd/ccl.hpp). */
 export const STATS = 11;
 
-export interface Backend {
+export interface Backend extends TensorBackend {
   readonly name: BackendName;
   details(): BackendDetails;
   voxelStats(data: VoxelArray): Promise<VoxelStats>;

@@ -5,6 +5,7 @@
 #include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/metrics.hpp"
+#include "bhsd/peak.hpp"
 #include "bhsd/voxel_ops.hpp"
 #include "napi_util.hpp"
 
@@ -15,6 +16,15 @@
 using namespace bhsd_napi;
 
 namespace {
+
+// fmaPeak() → Promise<GFLOP/s over the pool's threads>
+Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto pool = pool_of(env);
+  auto out = std::make_shared<double>(0);
+  return PromiseWorker::Start(env, [pool, out] { *out = bhsd::fma_peak_gflops(*pool); },
+                              [out](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *out); }, {});
+}
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -73,28 +83,6 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
         });
       },
       nullptr, {info[0], info[3]});
-}
-
-std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {
-  const double d = number_of(v, name);
-  if (!(d >= double(lo) && d <= double(hi)) || d != double(std::int64_t(d)))
-    throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " is out of range");
-  return std::int64_t(d);
-}
-
-struct Dims {
-  std::int64_t nx, ny, nz;
-  std::int64_t n() const { return nx * ny * nz; }
-};
-
-Dims dims_of(const Napi::CallbackInfo& info, std::size_t at) {
-  const std::int64_t big = std::int64_t(1) << 32;
-  return Dims{int_of(info[at], "nx", 1, big), int_of(info[at + 1], "ny", 1, big),
-              int_of(info[at + 2], "nz", 1, big)};
-}
-
-void require(bool ok, Napi::Env env, const char* what) {
-  if (!ok) throw Napi::RangeError::New(env, std::string("native: ") + what);
 }
 
 // connectedComponents(data, nx, ny, nz, connectivity, perClass, out: Int32Array zero-filled) → Promise<count>
@@ -296,6 +284,14 @@ Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
       {info[0], info[1]});
 }
 
+}  // namespace
+
+namespace bhsd_napi {
+void RegisterTensorOps(Napi::Env env, Napi::Object exports);
+}
+
+namespace {
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData{std::make_shared<bhsd::ThreadPool>(bhsd::default_thread_count())};
   env.SetInstanceData(data);
@@ -311,6 +307,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       hook_ref);
 
   exports.Set("info", Napi::Function::New<guarded<Info>>(env, "info"));
+  exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
   exports.Set("rescaleToF32", Napi::Function::New<guarded<RescaleToF32>>(env, "rescaleToF32"));
   exports.Set("connectedComponents", Napi::Function::New<guarded<ConnectedComponents>>(env, "connectedComponents"));
@@ -320,6 +317,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("narrowLabels", Napi::Function::New<guarded<NarrowLabels>>(env, "narrowLabels"));
   exports.Set("labelPairStats", Napi::Function::New<guarded<LabelPairStats>>(env, "labelPairStats"));
   exports.Set("surfaceMetrics", Napi::Function::New<guarded<SurfaceMetrics>>(env, "surfaceMetrics"));
+  RegisterTensorOps(env, exports);
   return exports;
 }
 

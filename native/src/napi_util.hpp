@@ -119,6 +119,49 @@ class PromiseWorker : public Napi::AsyncWorker {
   std::vector<Napi::ObjectReference> keep_;
 };
 
+inline std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {
+  const double d = number_of(v, name);
+  if (!(d >= double(lo) && d <= double(hi)) || d != double(std::int64_t(d)))
+    throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " is out of range");
+  return std::int64_t(d);
+}
+
+struct Dims {
+  std::int64_t nx, ny, nz;
+  std::int64_t n() const { return nx * ny * nz; }
+};
+
+inline Dims dims_of(const Napi::CallbackInfo& info, std::size_t at) {
+  const std::int64_t big = std::int64_t(1) << 32;
+  return Dims{int_of(info[at], "nx", 1, big), int_of(info[at + 1], "ny", 1, big),
+              int_of(info[at + 2], "nz", 1, big)};
+}
+
+inline void require(bool ok, Napi::Env env, const char* what) {
+  if (!ok) throw Napi::RangeError::New(env, std::string("native: ") + what);
+}
+
+
+// A JS array of `n` integers within [lo, hi].
+inline std::vector<std::int64_t> ints_of(const Napi::Value& v, std::size_t n, const char* name, std::int64_t lo,
+                                         std::int64_t hi) {
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != n)
+    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be an array of " + std::to_string(n) + " integers");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<std::int64_t> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = int_of(a.Get(uint32_t(i)), name, lo, hi);
+  return out;
+}
+
+// A Float32Array of exactly `n` elements (or null/undefined when optional).
+inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* name, bool optional = false) {
+  if (optional && (v.IsNull() || v.IsUndefined())) return nullptr;
+  View x = view_of(v, name);
+  if (x.type != bhsd::DType::f32 || x.length != n)
+    throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " must be a Float32Array of " + std::to_string(n));
+  return static_cast<const float*>(x.data);
+}
+
 // Wraps an exported function so that no C++ exception other than a JS one leaves it.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value guarded(const Napi::CallbackInfo& info) {

@@ -1,0 +1,72 @@
+/**
+ * conv3d (3×3×3, pad 1) on the layer shapes of a 3-D U-Net, in GFLOP/s, beside onnxruntime-node
+ * (CPU provider, 2 intra-op threads) running the same weights on the same input in the same run,
+ * and beside this machine's FMA peak measured here.
+ */
+import ort from "onnxruntime-node";
+import { createRequire } from "node:module";
+import { backendInfo, conv3d, setBackend } from "../lib/index.js";
+import { encodeModel } from "../lib/model/onnx-proto.js";
+import { fmt, measure, rng } from "./lib.js";
+
+const LAYERS: [number, number, number, number, number][] = [
+  [1, 32, 24, 256, 256],
+  [32, 32, 32, 64, 64],
+  [64, 64, 16, 64, 64],
+  [128, 128, 16, 32, 32],
+  [256, 256, 8, 16, 16],
+];
+
+function random(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  return new Float32Array(n).map(() => (r() * 2 - 1) * scale);
+}
+
+export async function benchConv(): Promise<string[]> {
+  const info = backendInfo();
+  let peak = NaN;
+  if (info.available.native) {
+    const addon = createRequire(import.meta.url)(info.details.native!.binary!) as { fmaPeak(): Promise<number> };
+    const runs: number[] = [];
+    for (let i = 0; i < 5; i++) runs.push(await addon.fmaPeak());
+    peak = Math.max(...runs);
+  }
+  const lines = [
+    `conv3d 3×3×3 pad 1, batch 1, output buffer reused (median of 5; onnxruntime-node 2 threads; FMA peak of the native pool's ${info.details.native?.threads ?? "?"} threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
+    "| layer | bhsd native ms | GFLOP/s | % of peak | peak MB | onnxruntime ms | GFLOP/s | × onnxruntime | bhsd ts GFLOP/s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ];
+  for (const [i, [ci, co, d, h, w]] of LAYERS.entries()) {
+    const x = { data: random(ci * d * h * w, 100 + i), shape: [1, ci, d, h, w] };
+    const wt = { data: random(co * ci * 27, 200 + i, 0.1), shape: [co, ci, 3, 3, 3] };
+    const b = { data: random(co, 300 + i), shape: [co] };
+    const gflop = (2 * co * ci * 27 * d * h * w) / 1e9;
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3] } }],
+      inputs: [{ name: "x", shape: x.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [{ name: "w", dims: wt.shape, data: wt.data }, { name: "b", dims: b.shape, data: b.data }],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+    const feed = { x: new ort.Tensor("float32", x.data, x.shape) };
+    const tOrt = await measure(() => session.run(feed), 5);
+    await session.release();
+    // Like onnxruntime's arena, bhsd reuses the output (options.out): the figures compare kernels, not page faults.
+    const out = { data: new Float32Array(co * d * h * w), shape: [1, co, d, h, w] };
+    let nat = { ms: NaN, peakMb: NaN };
+    if (info.available.native) {
+      setBackend("native");
+      nat = await measure(() => conv3d(x, wt, b, { padding: 1, out }), 5);
+    }
+    let tsG = NaN;
+    if (i <= 1) {
+      setBackend("ts");
+      const t = await measure(() => conv3d(x, wt, b, { padding: 1, out }), 1);
+      tsG = gflop / (t.ms / 1000);
+    }
+    const g = gflop / (nat.ms / 1000), go = gflop / (tOrt.ms / 1000);
+    lines.push(`| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tsG, 2)} |`);
+  }
+  return lines;
+}

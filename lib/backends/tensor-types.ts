@@ -1,0 +1,37 @@
+/**
+ * The tensor operations every backend implements (float32, NCDHW). Public functions in
+ * lib/ops/tensor.ts validate shapes and options, size the output, then call these.
+ */
+export type Triple = [number, number, number];
+
+export const ACT = { none: 0, relu: 1, leaky: 2 } as const;
+export const UNARY = { relu: 0, leaky: 1, sigmoid: 2, prelu: 3 } as const;
+export const COORD_MODES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"] as const;
+export const NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"] as const;
+
+export interface TensorBackend {
+  /** out [N, Co, Do, Ho, Wo] = conv(x [N, C, D, H, W], w [Co, C/groups, kd, kh, kw]) + bias, then act. pads: leading d h w. */
+  conv3d(
+    x: Float32Array, inShape: [number, number, number, number, number],
+    w: Float32Array, wShape: [number, number, number, number],
+    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
+    outSpatial: Triple, act: number, alpha: number, out: Float32Array,
+  ): Promise<void>;
+  /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */
+  convTranspose3d(
+    x: Float32Array, inShape: [number, number, number, number, number],
+    w: Float32Array, wShape: [number, number, number, number],
+    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
+    outSpatial: Triple, out: Float32Array,
+  ): Promise<void>;
+  instanceNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array | null, bias: Float32Array | null, eps: number, act: number, alpha: number, out: Float32Array): Promise<void>;
+  batchNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array, bias: Float32Array, mean: Float32Array, variance: Float32Array, eps: number, out: Float32Array): Promise<void>;
+  unary(x: Float32Array, N: number, C: number, spatial: number, op: number, alpha: number, slope: Float32Array | null, out: Float32Array): Promise<void>;
+  /** Broadcasting a+b or a·b: shape and element strides padded to 6 axes (stride 0 along broadcast axes). */
+  binary(a: Float32Array, b: Float32Array, shape: number[], stridesA: number[], stridesB: number[], mul: boolean, out: Float32Array): Promise<void>;
+  pool3d(x: Float32Array, NC: number, inSpatial: Triple, outSpatial: Triple, kernel: Triple, strides: Triple, dilations: Triple, pads: Triple, max: boolean, countIncludePad: boolean, out: Float32Array): Promise<void>;
+  resize3d(x: Float32Array, NC: number, inSpatial: Triple, outSpatial: Triple, scales: Float64Array, linear: boolean, coordMode: number, nearestMode: number, out: Float32Array): Promise<void>;
+  softmax(x: Float32Array, N: number, C: number, spatial: number, out: Float32Array): Promise<void>;
+  argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
+  concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
+}

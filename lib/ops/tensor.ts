@@ -1,0 +1,361 @@
+/**
+ * Tensor operations on `Tensor { data: Float32Array, shape }` (NCDHW), as PyTorch and ONNX define
+ * them. Each function checks its arguments and sizes its result before anything is allocated or
+ * sent to a backend.
+ */
+import { activeBackend } from "../backends/index.js";
+import { COORD_MODES, NEAREST_MODES, type Triple, ACT, UNARY } from "../backends/tensor-types.js";
+import { invalidParameterError, optionsObject } from "../is.js";
+import type { Tensor } from "../types.js";
+import { allocArray } from "../volume.js";
+
+const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+
+/** Checks a Tensor: Float32Array data whose length is the product of a shape of positive integers. */
+export function assertTensor(name: string, t: unknown, rank?: number): asserts t is Tensor {
+  const v = t as Partial<Tensor> | null;
+  if (typeof v !== "object" || v === null || !(v.data instanceof Float32Array)) throw invalidParameterError(name, "a Tensor { data: Float32Array, shape }", t);
+  if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isSafeInteger(d) && d >= 1)) throw invalidParameterError(`${name}.shape`, "an array of positive integers", v.shape);
+  if (rank !== undefined && v.shape.length !== rank) throw invalidParameterError(`${name}.shape`, `${rank} axes${rank === 5 ? " [N, C, D, H, W]" : ""}`, v.shape);
+  if (prod(v.shape) !== v.data.length) throw new RangeError(`${name}.data has ${v.data.length} elements but ${name}.shape [${v.shape.join(", ")}] needs ${prod(v.shape)}`);
+}
+
+function newTensor(shape: number[], what: string): Tensor {
+  return { data: allocArray("float32", prod(shape), what) as Float32Array, shape };
+}
+
+/** A number or [d, h, w] of integers ≥ min. */
+function triple(name: string, v: unknown, dflt: number, min: number): Triple {
+  if (v === undefined) return [dflt, dflt, dflt];
+  const arr = typeof v === "number" ? [v, v, v] : v;
+  if (!Array.isArray(arr) || arr.length !== 3 || !arr.every((x) => Number.isInteger(x) && x >= min)) {
+    throw invalidParameterError(name, `an integer >= ${min} or [d, h, w] of them`, v);
+  }
+  return arr as Triple;
+}
+
+/** Padding: a number, [d, h, w] (both sides) or ONNX's [d0, h0, w0, d1, h1, w1]. Returns leading and trailing. */
+function padding(name: string, v: unknown): { lead: Triple; trail: Triple } {
+  if (v === undefined) return { lead: [0, 0, 0], trail: [0, 0, 0] };
+  const arr = typeof v === "number" ? [v, v, v] : v;
+  if (Array.isArray(arr) && arr.every((x) => Number.isInteger(x) && x >= 0)) {
+    if (arr.length === 3) return { lead: arr as Triple, trail: arr as Triple };
+    if (arr.length === 6) return { lead: arr.slice(0, 3) as Triple, trail: arr.slice(3) as Triple };
+  }
+  throw invalidParameterError(name, "a non-negative integer, [d, h, w] or [d0, h0, w0, d1, h1, w1]", v);
+}
+
+function activation(opts: Record<string, unknown>): { act: number; alpha: number } {
+  const a = opts.activation;
+  if (a === undefined || a === "none") return { act: ACT.none, alpha: 0 };
+  if (a === "relu") return { act: ACT.relu, alpha: 0 };
+  if (a === "leakyRelu") {
+    const alpha = opts.alpha ?? 0.01;
+    if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError("options.alpha", "a finite number", alpha);
+    return { act: ACT.leaky, alpha };
+  }
+  throw invalidParameterError("options.activation", '"relu", "leakyRelu" or "none"', a);
+}
+
+export interface Conv3dOptions {
+  stride?: number | Triple;
+  padding?: number | Triple | [number, number, number, number, number, number];
+  dilation?: number | Triple;
+  groups?: number;
+  /** Fused into the convolution's epilogue. */
+  activation?: "none" | "relu" | "leakyRelu";
+  /** LeakyReLU's negative slope (default 0.01). */
+  alpha?: number;
+  /** Write into this tensor (of the output's shape) instead of a new one: no allocation, no page faults. */
+  out?: Tensor;
+}
+
+/** The caller's output tensor when it has the right shape, else a new one. */
+function outputTensor(shape: number[], given: unknown, what: string): Tensor {
+  if (given === undefined) return newTensor(shape, what);
+  assertTensor("options.out", given);
+  if (given.shape.length !== shape.length || given.shape.some((d, i) => d !== shape[i])) {
+    throw new RangeError(`options.out has shape [${given.shape.join(", ")}] but the result has [${shape.join(", ")}]`);
+  }
+  return given;
+}
+
+function convCommon(input: unknown, weight: unknown, bias: unknown, options: unknown) {
+  assertTensor("input", input, 5);
+  assertTensor("weight", weight, 5);
+  if (bias !== undefined && bias !== null) assertTensor("bias", bias, 1);
+  const opts = optionsObject("options", options);
+  const stride = triple("options.stride", opts.stride, 1, 1);
+  const dilation = triple("options.dilation", opts.dilation, 1, 1);
+  const pad = padding("options.padding", opts.padding);
+  const groups = opts.groups ?? 1;
+  if (!Number.isInteger(groups) || (groups as number) < 1) throw invalidParameterError("options.groups", "a positive integer", groups);
+  return { input: input as Tensor, weight: weight as Tensor, bias: (bias ?? null) as Tensor | null, opts, stride, dilation, pad, groups: groups as number };
+}
+
+/** 3-D convolution: input [N, C, D, H, W], weight [Cout, C/groups, kD, kH, kW], bias [Cout]. */
+export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: Conv3dOptions): Promise<Tensor> {
+  const c = convCommon(input, weight, bias, options);
+  const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
+  const [Co, Cg, kd, kh, kw] = c.weight.shape as [number, number, number, number, number];
+  if (C % c.groups || Co % c.groups) throw new RangeError(`input channels ${C} and output channels ${Co} must both be divisible by groups ${c.groups}`);
+  if (Cg !== C / c.groups) throw new RangeError(`weight.shape[1] is ${Cg} but input has ${C} channels in ${c.groups} group(s) (${C / c.groups} each)`);
+  if (c.bias && c.bias.shape[0] !== Co) throw new RangeError(`bias has ${c.bias.shape[0]} values but weight has ${Co} output channels`);
+  const { act, alpha } = activation(c.opts);
+  const k = [kd, kh, kw], ext = [D, H, W];
+  const outS = ext.map((e, i) => {
+    const span = c.dilation[i]! * (k[i]! - 1) + 1, padded = e + c.pad.lead[i]! + c.pad.trail[i]!;
+    if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
+    return Math.floor((padded - span) / c.stride[i]!) + 1;
+  }) as Triple;
+  const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output");
+  if (out.data === c.input.data || out.data === c.weight.data) throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
+  await activeBackend().conv3d(c.input.data, [N, C, D, H, W], c.weight.data, [Co, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, act, alpha, out.data);
+  return out;
+}
+
+export interface ConvTranspose3dOptions {
+  stride?: number | Triple;
+  padding?: number | Triple | [number, number, number, number, number, number];
+  outputPadding?: number | Triple;
+  dilation?: number | Triple;
+  groups?: number;
+}
+
+/** Transposed 3-D convolution: weight [C, Cout/groups, kD, kH, kW] (PyTorch and ONNX order). */
+export async function convTranspose3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: ConvTranspose3dOptions): Promise<Tensor> {
+  const c = convCommon(input, weight, bias, options);
+  const outPad = triple("options.outputPadding", c.opts.outputPadding, 0, 0);
+  const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
+  const [Ci, Cog, kd, kh, kw] = c.weight.shape as [number, number, number, number, number];
+  if (Ci !== C) throw new RangeError(`weight.shape[0] is ${Ci} but input has ${C} channels`);
+  if (C % c.groups) throw new RangeError(`input channels ${C} must be divisible by groups ${c.groups}`);
+  const Co = Cog * c.groups;
+  if (c.bias && c.bias.shape[0] !== Co) throw new RangeError(`bias has ${c.bias.shape[0]} values but the output has ${Co} channels`);
+  const k = [kd, kh, kw], ext = [D, H, W];
+  const outS = ext.map((e, i) => {
+    if (outPad[i]! >= Math.max(c.stride[i]!, c.dilation[i]!)) throw invalidParameterError("options.outputPadding", "values smaller than the stride or the dilation", c.opts.outputPadding);
+    const o = (e - 1) * c.stride[i]! - c.pad.lead[i]! - c.pad.trail[i]! + c.dilation[i]! * (k[i]! - 1) + outPad[i]! + 1;
+    if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
+    return o;
+  }) as Triple;
+  const out = newTensor([N, Co, ...outS], "convTranspose3d output");
+  await activeBackend().convTranspose3d(c.input.data, [N, C, D, H, W], c.weight.data, [Cog, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, out.data);
+  return out;
+}
+
+function nc(x: Tensor): { N: number; C: number; spatial: number } {
+  return { N: x.shape[0]!, C: x.shape.length > 1 ? x.shape[1]! : 1, spatial: prod(x.shape.slice(2)) };
+}
+
+function perChannel(name: string, t: unknown, C: number): Float32Array {
+  assertTensor(name, t);
+  if ((t as Tensor).data.length !== C) throw new RangeError(`${name} has ${(t as Tensor).data.length} values but the input has ${C} channels`);
+  return (t as Tensor).data;
+}
+
+function epsOf(opts: Record<string, unknown>): number {
+  const eps = opts.eps ?? 1e-5;
+  if (typeof eps !== "number" || !(eps > 0)) throw invalidParameterError("options.eps", "a positive number", eps);
+  return eps;
+}
+
+/** Instance normalisation over the spatial axes of each (n, c), biased variance; affine when scale/bias are given. */
+export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tensor | null, options?: { eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
+  assertTensor("x", x);
+  if (x.shape.length < 3) throw invalidParameterError("x.shape", "[N, C, ...spatial]", x.shape);
+  const { N, C, spatial } = nc(x);
+  const opts = optionsObject("options", options);
+  const s = scale ? perChannel("scale", scale, C) : null, b = bias ? perChannel("bias", bias, C) : null;
+  const { act, alpha } = activation(opts);
+  const out = newTensor([...x.shape], "instanceNorm output");
+  await activeBackend().instanceNorm(x.data, N, C, spatial, s, b, epsOf(opts), act, alpha, out.data);
+  return out;
+}
+
+/** Batch normalisation with running statistics (inference). */
+export async function batchNorm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, options?: { eps?: number }): Promise<Tensor> {
+  assertTensor("x", x);
+  const { N, C, spatial } = nc(x);
+  const opts = optionsObject("options", options);
+  const out = newTensor([...x.shape], "batchNorm output");
+  await activeBackend().batchNorm(x.data, N, C, spatial, perChannel("scale", scale, C), perChannel("bias", bias, C), perChannel("mean", mean, C), perChannel("variance", variance, C), epsOf(opts), out.data);
+  return out;
+}
+
+async function unary(x: Tensor, op: number, alpha: number, slope: Float32Array | null, what: string): Promise<Tensor> {
+  assertTensor("x", x);
+  const { N, C, spatial } = nc(x);
+  const out = newTensor([...x.shape], `${what} output`);
+  await activeBackend().unary(x.data, N, C, spatial, op, alpha, slope, out.data);
+  return out;
+}
+
+export const relu = (x: Tensor) => unary(x, UNARY.relu, 0, null, "relu");
+export const sigmoid = (x: Tensor) => unary(x, UNARY.sigmoid, 0, null, "sigmoid");
+export async function leakyRelu(x: Tensor, options?: { alpha?: number }): Promise<Tensor> {
+  const alpha = optionsObject("options", options).alpha ?? 0.01;
+  if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError("options.alpha", "a finite number", alpha);
+  return unary(x, UNARY.leaky, alpha, null, "leakyRelu");
+}
+/** PReLU with one slope per channel (or one for all). */
+export async function prelu(x: Tensor, slope: Tensor): Promise<Tensor> {
+  assertTensor("x", x);
+  assertTensor("slope", slope);
+  const C = nc(x).C;
+  if (slope.data.length !== 1 && slope.data.length !== C) throw new RangeError(`slope has ${slope.data.length} values; expected 1 or ${C} (one per channel)`);
+  return unary(x, UNARY.prelu, 0, slope.data, "prelu");
+}
+
+/** numpy broadcasting of two shapes, padded to 6 axes, with element strides (0 where broadcast). */
+function broadcast(a: Tensor, b: Tensor): { shape: number[]; sa: number[]; sb: number[]; out: number[] } {
+  const rank = Math.max(a.shape.length, b.shape.length);
+  if (rank > 6) throw new RangeError(`add/mul take at most 6 axes, got ${rank}`);
+  const pa = [...Array(rank - a.shape.length).fill(1), ...a.shape], pb = [...Array(rank - b.shape.length).fill(1), ...b.shape];
+  const out = pa.map((d, i) => {
+    const e = pb[i]!;
+    if (d !== e && d !== 1 && e !== 1) throw new RangeError(`shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not broadcast (axis ${i}: ${d} vs ${e})`);
+    return Math.max(d, e);
+  });
+  const strides = (p: number[]) => {
+    const s = new Array<number>(rank);
+    let acc = 1;
+    for (let i = rank - 1; i >= 0; i--) {
+      s[i] = p[i] === 1 && out[i] !== 1 ? 0 : acc;
+      acc *= p[i]!;
+    }
+    return s;
+  };
+  const pad6 = <T>(xs: T[], fill: T) => [...Array(6 - rank).fill(fill), ...xs];
+  return { shape: pad6(out, 1), sa: pad6(strides(pa), 0), sb: pad6(strides(pb), 0), out };
+}
+
+async function binary(a: Tensor, b: Tensor, mul: boolean): Promise<Tensor> {
+  assertTensor("a", a);
+  assertTensor("b", b);
+  const bc = broadcast(a, b);
+  const out = newTensor(bc.out, mul ? "mul output" : "add output");
+  await activeBackend().binary(a.data, b.data, bc.shape, bc.sa, bc.sb, mul, out.data);
+  return out;
+}
+export const add = (a: Tensor, b: Tensor) => binary(a, b, false);
+export const mul = (a: Tensor, b: Tensor) => binary(a, b, true);
+
+/** Concatenation along an axis (default 1, the channels). */
+export async function concat(tensors: Tensor[], axis = 1): Promise<Tensor> {
+  if (!Array.isArray(tensors) || tensors.length === 0) throw invalidParameterError("tensors", "a non-empty array of Tensors", tensors);
+  tensors.forEach((t, i) => assertTensor(`tensors[${i}]`, t));
+  const rank = tensors[0]!.shape.length;
+  const ax = axis < 0 ? axis + rank : axis;
+  if (!Number.isInteger(ax) || ax < 0 || ax >= rank) throw invalidParameterError("axis", `an axis of a rank-${rank} tensor`, axis);
+  for (const [i, t] of tensors.entries()) {
+    if (t.shape.length !== rank || t.shape.some((d, j) => j !== ax && d !== tensors[0]!.shape[j])) {
+      throw new RangeError(`tensors[${i}] has shape [${t.shape.join(", ")}], which differs from [${tensors[0]!.shape.join(", ")}] off axis ${ax}`);
+    }
+  }
+  const lens = tensors.map((t) => t.shape[ax]!);
+  const shape = [...tensors[0]!.shape];
+  shape[ax] = lens.reduce((a, b) => a + b, 0);
+  const out = newTensor(shape, "concat output");
+  await activeBackend().concat(tensors.map((t) => t.data), lens, prod(shape.slice(0, ax)), prod(shape.slice(ax + 1)), out.data);
+  return out;
+}
+
+export interface Pool3dOptions {
+  kernel: number | Triple;
+  /** Default: the kernel. */
+  stride?: number | Triple;
+  padding?: number | Triple | [number, number, number, number, number, number];
+  dilation?: number | Triple;
+  ceilMode?: boolean;
+  /** Average pooling: divide by the whole window, padding included (default false). */
+  countIncludePad?: boolean;
+}
+
+async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Tensor> {
+  assertTensor("x", x, 5);
+  const opts = optionsObject("options", options);
+  const k = triple("options.kernel", opts.kernel, NaN, 1);
+  if (k.some(Number.isNaN)) throw invalidParameterError("options.kernel", "an integer >= 1 or [d, h, w] of them", opts.kernel);
+  const s = opts.stride === undefined ? k : triple("options.stride", opts.stride, 1, 1);
+  const d = triple("options.dilation", opts.dilation, 1, 1);
+  const p = padding("options.padding", opts.padding);
+  const ceil = opts.ceilMode === true;
+  const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
+  const outS = [D, H, W].map((e, i) => {
+    const span = d[i]! * (k[i]! - 1) + 1, padded = e + p.lead[i]! + p.trail[i]!;
+    if (p.lead[i]! > Math.floor(k[i]! / 2) || p.trail[i]! > Math.floor(k[i]! / 2)) throw invalidParameterError("options.padding", "at most half the kernel", opts.padding);
+    if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
+    let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
+    if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
+    return o;
+  }) as Triple;
+  const out = newTensor([N, C, ...outS], "pool output");
+  await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, opts.countIncludePad === true, out.data);
+  return out;
+}
+export const maxPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, true);
+export const avgPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, false);
+
+export interface ResizeOptions {
+  /** Output [D, H, W]; or `scales`. */
+  sizes?: Triple;
+  scales?: Triple;
+  mode?: "nearest" | "linear";
+  coordinateTransformationMode?: (typeof COORD_MODES)[number];
+  nearestMode?: (typeof NEAREST_MODES)[number];
+}
+
+/** ONNX Resize over the three spatial axes (nearest or trilinear, with its coordinate modes). */
+export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor> {
+  assertTensor("x", x, 5);
+  const opts = optionsObject("options", options);
+  const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
+  const mode = opts.mode ?? "linear";
+  if (mode !== "nearest" && mode !== "linear") throw invalidParameterError("options.mode", '"nearest" or "linear"', mode);
+  const cm = COORD_MODES.indexOf((opts.coordinateTransformationMode ?? "half_pixel") as never);
+  if (cm < 0) throw invalidParameterError("options.coordinateTransformationMode", COORD_MODES.join(", "), opts.coordinateTransformationMode);
+  const nm = NEAREST_MODES.indexOf((opts.nearestMode ?? "round_prefer_floor") as never);
+  if (nm < 0) throw invalidParameterError("options.nearestMode", NEAREST_MODES.join(", "), opts.nearestMode);
+  const ext = [D, H, W];
+  let outS: Triple, scales: number[];
+  if (opts.sizes !== undefined) {
+    outS = triple("options.sizes", opts.sizes, 1, 1);
+    scales = outS.map((o, i) => o / ext[i]!);
+  } else if (Array.isArray(opts.scales) && opts.scales.length === 3 && opts.scales.every((v) => typeof v === "number" && v > 0)) {
+    scales = opts.scales as number[];
+    outS = ext.map((e, i) => Math.floor(e * scales[i]!)) as Triple;
+    if (outS.some((o) => o < 1)) throw new RangeError(`scales [${scales.join(", ")}] make an empty output`);
+  } else throw invalidParameterError("options", "sizes [D, H, W] or scales [d, h, w]", options);
+  const out = newTensor([N, C, ...outS], "resize output");
+  await activeBackend().resize3d(x.data, N * C, [D, H, W], outS, Float64Array.from(scales), mode === "linear", cm, nm, out.data);
+  return out;
+}
+
+function axisSplit(x: Tensor, axis: number) {
+  const ax = axis < 0 ? axis + x.shape.length : axis;
+  if (!Number.isInteger(ax) || ax < 0 || ax >= x.shape.length) throw invalidParameterError("options.axis", `an axis of a rank-${x.shape.length} tensor`, axis);
+  return { ax, outer: prod(x.shape.slice(0, ax)), C: x.shape[ax]!, inner: prod(x.shape.slice(ax + 1)) };
+}
+
+/** Softmax over an axis (default 1, the classes). */
+export async function softmax(x: Tensor, options?: { axis?: number }): Promise<Tensor> {
+  assertTensor("x", x);
+  const { outer, C, inner } = axisSplit(x, (optionsObject("options", options).axis as number | undefined) ?? 1);
+  const out = newTensor([...x.shape], "softmax output");
+  await activeBackend().softmax(x.data, outer, C, inner, out.data);
+  return out;
+}
+
+/** Index of the largest value along an axis (default 1; the first on ties); the axis is removed unless keepdims. */
+export async function argmax(x: Tensor, options?: { axis?: number; keepdims?: boolean }): Promise<{ data: Int32Array; shape: number[] }> {
+  assertTensor("x", x);
+  const opts = optionsObject("options", options);
+  const { ax, outer, C, inner } = axisSplit(x, (opts.axis as number | undefined) ?? 1);
+  const shape = [...x.shape];
+  if (opts.keepdims) shape[ax] = 1;
+  else shape.splice(ax, 1);
+  const out = allocArray("int32", outer * inner, "argmax output") as Int32Array;
+  await activeBackend().argmax(x.data, outer, C, inner, out);
+  return { data: out, shape };
+}

@@ -1,0 +1,56 @@
+// bhsd — this machine's FMA peak, measured: every pool thread runs independent chains of AVX2
+// fused multiply-adds (enough of them to cover the FMA latency), so that the benchmarks can state
+// the fraction of peak their kernels reach.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+#include "cpu_features.hpp"
+#include "thread_pool.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace bhsd {
+
+namespace peak_detail {
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) inline float fma_chains(std::int64_t iters) {
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(float(i) * 1e-3f);
+  const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  for (std::int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+  __m256 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, a[i]);
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  return out[0];
+}
+#endif
+}  // namespace peak_detail
+
+// Returns GFLOP/s (an FMA on 8 floats counts 16) over all pool threads; 0 without AVX2+FMA.
+inline double fma_peak_gflops(ThreadPool& pool, std::int64_t iters = 20'000'000) {
+#if defined(__x86_64__) || defined(__i386__)
+  const CpuFeatures f = cpu_features();
+  if (!(f.avx2 && f.fma)) return 0;
+  const unsigned threads = pool.size();
+  std::atomic<float> sink{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.parallel_for(threads, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t t = lo; t < hi; ++t) sink = sink + peak_detail::fma_chains(iters);
+  }, 1, 1);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return double(threads) * double(iters) * 12 * 16 / s / 1e9;
+#else
+  (void)pool;
+  (void)iters;
+  return 0;
+#endif
+}
+
+}  // namespace bhsd

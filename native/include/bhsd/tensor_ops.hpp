@@ -1,0 +1,290 @@
+// bhsd — the other operations a 3D U-Net needs, on float32 NCDHW tensors: normalisation,
+// activations, broadcasting add/mul, concatenation, pooling, resizing, softmax and argmax.
+// Memory-bound loops, split over the thread pool; reductions accumulate in double.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "conv.hpp"
+#include "dtype.hpp"
+#include "thread_pool.hpp"
+
+namespace bhsd {
+
+// y = (x − mean) / sqrt(var + eps) · scale[c] + bias[c], per (n, c) over the `spatial` voxels
+// (biased variance), then the activation.
+inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
+                          const float* scale, const float* bias, double eps, Act act, float alpha,
+                          ThreadPool& pool) {
+  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const float* p = x + std::int64_t(nc) * spatial;
+      float* q = y + std::int64_t(nc) * spatial;
+      double sum = 0;
+      for (std::int64_t i = 0; i < spatial; ++i) sum += p[i];
+      const double mean = sum / double(spatial);
+      double ss = 0;
+      for (std::int64_t i = 0; i < spatial; ++i) {
+        const double d = p[i] - mean;
+        ss += d * d;
+      }
+      const double inv = 1.0 / std::sqrt(ss / double(spatial) + eps);
+      const std::int64_t c = std::int64_t(nc) % C;
+      const float a = float(inv * (scale ? scale[c] : 1.0f));
+      const float b = float((bias ? bias[c] : 0.0f) - mean * inv * (scale ? scale[c] : 1.0f));
+      for (std::int64_t i = 0; i < spatial; ++i) q[i] = conv_detail::activate(p[i] * a + b, act, alpha);
+    }
+  }, 1, 8);
+}
+
+// Inference batch normalisation: y = (x − mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c].
+inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
+                       const float* scale, const float* bias, const float* mean, const float* var,
+                       double eps, ThreadPool& pool) {
+  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const std::int64_t c = std::int64_t(nc) % C;
+      const double inv = 1.0 / std::sqrt(double(var[c]) + eps);
+      const float a = float(scale[c] * inv), b = float(bias[c] - mean[c] * scale[c] * inv);
+      const float* p = x + std::int64_t(nc) * spatial;
+      float* q = y + std::int64_t(nc) * spatial;
+      for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] * a + b;
+    }
+  }, 1, 8);
+}
+
+enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3 };
+
+// Elementwise activations; prelu's slope is per channel (slope[c], or slope[0] when it has one).
+inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, Unary op,
+                  float alpha, const float* slope, std::int64_t slope_len, ThreadPool& pool) {
+  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const float* p = x + std::int64_t(nc) * spatial;
+      float* q = y + std::int64_t(nc) * spatial;
+      switch (op) {
+        case Unary::relu:
+          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : 0.0f;
+          break;
+        case Unary::leaky:
+          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * alpha;
+          break;
+        case Unary::sigmoid:
+          for (std::int64_t i = 0; i < spatial; ++i) q[i] = float(1.0 / (1.0 + std::exp(-double(p[i]))));
+          break;
+        case Unary::prelu: {
+          const float s = slope[slope_len == 1 ? 0 : std::int64_t(nc) % C];
+          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * s;
+          break;
+        }
+      }
+    }
+  }, 1, 8);
+}
+
+// Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
+// and b (0 along broadcast axes), all padded to 6 axes.
+inline void binary(const float* a, const float* b, float* y, const std::int64_t* shape,
+                   const std::int64_t* sa, const std::int64_t* sb, bool mul, ThreadPool& pool) {
+  const std::int64_t inner = shape[5];
+  std::int64_t outer = 1;
+  for (int i = 0; i < 5; ++i) outer *= shape[i];
+  pool.parallel_for(std::size_t(outer), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t o = lo; o < hi; ++o) {
+      std::int64_t rem = std::int64_t(o), oa = 0, ob = 0;
+      for (int i = 4; i >= 0; --i) {
+        const std::int64_t idx = rem % shape[i];
+        rem /= shape[i];
+        oa += idx * sa[i];
+        ob += idx * sb[i];
+      }
+      float* q = y + std::int64_t(o) * inner;
+      const float* pa = a + oa;
+      const float* pb = b + ob;
+      const std::int64_t ia = sa[5], ib = sb[5];
+      if (mul)
+        for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
+      else
+        for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] + pb[i * ib];
+    }
+  }, std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
+}
+
+// Pooling over the three last axes. pads: leading d h w; out extent given. avg: divide by the
+// window's size (count_include_pad) or by the samples inside the input.
+inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, std::int64_t H, std::int64_t W,
+                   std::int64_t Do, std::int64_t Ho, std::int64_t Wo, const std::int64_t* k, const std::int64_t* s,
+                   const std::int64_t* d, const std::int64_t* p, bool max, bool count_include_pad,
+                   ThreadPool& pool) {
+  pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t q = lo; q < hi; ++q) {
+      const std::int64_t nc = std::int64_t(q) / Do, od = std::int64_t(q) % Do;
+      const float* px = x + nc * D * H * W;
+      float* py = y + (nc * Do + od) * Ho * Wo;
+      for (std::int64_t oh = 0; oh < Ho; ++oh)
+        for (std::int64_t ow = 0; ow < Wo; ++ow) {
+          double acc = max ? -std::numeric_limits<double>::infinity() : 0.0;
+          std::int64_t inside = 0;
+          for (std::int64_t a = 0; a < k[0]; ++a) {
+            const std::int64_t id = od * s[0] - p[0] + a * d[0];
+            if (id < 0 || id >= D) continue;
+            for (std::int64_t b = 0; b < k[1]; ++b) {
+              const std::int64_t ih = oh * s[1] - p[1] + b * d[1];
+              if (ih < 0 || ih >= H) continue;
+              for (std::int64_t c = 0; c < k[2]; ++c) {
+                const std::int64_t iw = ow * s[2] - p[2] + c * d[2];
+                if (iw < 0 || iw >= W) continue;
+                const double v = px[(id * H + ih) * W + iw];
+                if (max) acc = v > acc ? v : acc;
+                else acc += v;
+                ++inside;
+              }
+            }
+          }
+          float out;
+          if (max) out = float(acc);
+          else {
+            std::int64_t denom = inside;
+            if (count_include_pad) {
+              // the window clipped to the padded input, as ONNX and PyTorch count it
+              denom = 1;
+              const std::int64_t ext[3] = {D, H, W}, o[3] = {od, oh, ow};
+              for (int ax = 0; ax < 3; ++ax) {
+                const std::int64_t start = o[ax] * s[ax] - p[ax];
+                const std::int64_t end = std::min(start + (k[ax] - 1) * d[ax] + 1, ext[ax] + p[ax]);
+                std::int64_t cnt = 0;
+                for (std::int64_t t = start; t < end; t += d[ax]) ++cnt;
+                denom *= cnt;
+              }
+            }
+            out = denom > 0 ? float(acc / double(denom)) : 0.0f;
+          }
+          py[oh * Wo + ow] = out;
+        }
+    }
+  });
+}
+
+enum class CoordMode { half_pixel = 0, pytorch_half_pixel = 1, align_corners = 2, asymmetric = 3 };
+enum class NearestMode { round_prefer_floor = 0, round_prefer_ceil = 1, floor = 2, ceil = 3 };
+
+// Source coordinate of output index i along an axis (ONNX Resize's coordinate transformation).
+inline double resize_coord(std::int64_t i, std::int64_t in, std::int64_t out, double scale, CoordMode m) {
+  switch (m) {
+    case CoordMode::half_pixel: return (double(i) + 0.5) / scale - 0.5;
+    case CoordMode::pytorch_half_pixel: return out > 1 ? (double(i) + 0.5) / scale - 0.5 : 0.0;
+    case CoordMode::align_corners: return out > 1 ? double(i) * double(in - 1) / double(out - 1) : 0.0;
+    case CoordMode::asymmetric: return double(i) / scale;
+  }
+  return 0;
+}
+
+// Resize the three last axes: linear (trilinear) or nearest. scales[ax] = out/in unless given.
+inline void resize3d(const float* x, float* y, std::int64_t NC, const std::int64_t* in, const std::int64_t* out,
+                     const double* scales, bool linear, CoordMode cm, NearestMode nm, ThreadPool& pool) {
+  // Per axis: the two source indices and the weight of the second (linear), or the one index (nearest).
+  std::vector<std::int64_t> i0[3], i1[3];
+  std::vector<double> wt[3];
+  for (int ax = 0; ax < 3; ++ax) {
+    i0[ax].resize(out[ax]), i1[ax].resize(out[ax]), wt[ax].resize(out[ax]);
+    for (std::int64_t i = 0; i < out[ax]; ++i) {
+      double c = resize_coord(i, in[ax], out[ax], scales[ax], cm);
+      if (linear) {
+        c = std::min(std::max(c, 0.0), double(in[ax] - 1));
+        const std::int64_t f = std::int64_t(std::floor(c));
+        i0[ax][i] = f;
+        i1[ax][i] = std::min(f + 1, in[ax] - 1);
+        wt[ax][i] = c - double(f);
+      } else {
+        double r;
+        switch (nm) {
+          case NearestMode::round_prefer_floor: r = (c - std::floor(c) == 0.5) ? std::floor(c) : std::round(c); break;
+          case NearestMode::round_prefer_ceil: r = (c - std::floor(c) == 0.5) ? std::ceil(c) : std::round(c); break;
+          case NearestMode::floor: r = std::floor(c); break;
+          default: r = std::ceil(c); break;
+        }
+        i0[ax][i] = std::min(std::max<std::int64_t>(std::int64_t(r), 0), in[ax] - 1);
+      }
+    }
+  }
+  const std::int64_t Din = in[0], Hin = in[1], Win = in[2], Do = out[0], Ho = out[1], Wo = out[2];
+  pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t q = lo; q < hi; ++q) {
+      const std::int64_t nc = std::int64_t(q) / Do, od = std::int64_t(q) % Do;
+      const float* px = x + nc * Din * Hin * Win;
+      float* py = y + (nc * Do + od) * Ho * Wo;
+      for (std::int64_t oh = 0; oh < Ho; ++oh)
+        for (std::int64_t ow = 0; ow < Wo; ++ow) {
+          if (!linear) {
+            py[oh * Wo + ow] = px[(i0[0][od] * Hin + i0[1][oh]) * Win + i0[2][ow]];
+            continue;
+          }
+          const std::int64_t zs[2] = {i0[0][od], i1[0][od]}, ys[2] = {i0[1][oh], i1[1][oh]}, xs[2] = {i0[2][ow], i1[2][ow]};
+          const double wz = wt[0][od], wy = wt[1][oh], wx = wt[2][ow];
+          double v = 0;
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b)
+              for (int c = 0; c < 2; ++c) {
+                const double w = (a ? wz : 1 - wz) * (b ? wy : 1 - wy) * (c ? wx : 1 - wx);
+                if (w != 0) v += w * px[(zs[a] * Hin + ys[b]) * Win + xs[c]];
+              }
+          py[oh * Wo + ow] = float(v);
+        }
+    }
+  });
+}
+
+// Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
+inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
+                             ThreadPool& pool) {
+  pool.parallel_for(std::size_t(N * spatial), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t q = lo; q < hi; ++q) {
+      const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
+      const float* p = x + n * C * spatial + i;
+      float* o = y + n * C * spatial + i;
+      float m = -std::numeric_limits<float>::infinity();
+      for (std::int64_t c = 0; c < C; ++c) m = std::max(m, p[c * spatial]);
+      double sum = 0;
+      for (std::int64_t c = 0; c < C; ++c) sum += std::exp(double(p[c * spatial]) - m);
+      for (std::int64_t c = 0; c < C; ++c) o[c * spatial] = float(std::exp(double(p[c * spatial]) - m) / sum);
+    }
+  }, 4096);
+}
+
+inline void argmax_channels(const float* x, std::int32_t* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
+                            ThreadPool& pool) {
+  pool.parallel_for(std::size_t(N * spatial), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t q = lo; q < hi; ++q) {
+      const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
+      const float* p = x + n * C * spatial + i;
+      std::int32_t best = 0;
+      float bv = p[0];
+      for (std::int64_t c = 1; c < C; ++c)
+        if (p[c * spatial] > bv) bv = p[c * spatial], best = std::int32_t(c);
+      y[n * spatial + i] = best;
+    }
+  }, 4096);
+}
+
+// Concatenation along an axis: each input is [outer, len_k, inner]; the output [outer, Σ len_k, inner].
+inline void concat(const std::vector<const float*>& xs, const std::vector<std::int64_t>& lens, float* y,
+                   std::int64_t outer, std::int64_t inner, ThreadPool& pool) {
+  std::int64_t total = 0;
+  for (auto l : lens) total += l;
+  pool.parallel_for(std::size_t(outer * xs.size()), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t q = lo; q < hi; ++q) {
+      const std::int64_t o = std::int64_t(q) / std::int64_t(xs.size());
+      const std::size_t k = q % xs.size();
+      std::int64_t off = 0;
+      for (std::size_t j = 0; j < k; ++j) off += lens[j];
+      std::memcpy(y + (o * total + off) * inner, xs[k] + o * lens[k] * inner, std::size_t(lens[k] * inner) * sizeof(float));
+    }
+  });
+}
+
+}  // namespace bhsd

@@ -1,0 +1,247 @@
+// bhsd — Node-API surface of the tensor operations (conv3d and the other U-Net ops). Shapes are
+// checked in TypeScript first; here they are checked again against the arrays' lengths, so that
+// no call can read or write outside them.
+#include <memory>
+
+#include "bhsd/conv.hpp"
+#include "bhsd/tensor_ops.hpp"
+#include "napi_util.hpp"
+
+namespace bhsd_napi {
+namespace {
+
+constexpr std::int64_t BIG = std::int64_t(1) << 40;
+
+float* out_of(const Napi::Value& v, std::size_t n, const char* name) { return const_cast<float*>(floats_of(v, n, name)); }
+
+bhsd::Act act_of(const Napi::Value& v) {
+  const auto a = int_of(v, "act", 0, 2);
+  return static_cast<bhsd::Act>(a);
+}
+
+// conv3d(x, [N, C, D, H, W], w, [Co, kd, kh, kw], bias|null, [sd, sh, sw], [dd, dh, dw], [pd, ph, pw],
+//        groups, [Do, Ho, Wo], act, alpha, out) → Promise<void>
+Napi::Value Conv3d(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto in = ints_of(info[1], 5, "input shape", 1, BIG);
+  auto ws = ints_of(info[3], 4, "weight shape", 1, BIG);
+  auto st = ints_of(info[5], 3, "strides", 1, BIG), di = ints_of(info[6], 3, "dilations", 1, BIG),
+       pa = ints_of(info[7], 3, "pads", 0, BIG);
+  const std::int64_t groups = int_of(info[8], "groups", 1, BIG);
+  auto os = ints_of(info[9], 3, "output shape", 1, BIG);
+  const bhsd::Act act = act_of(info[10]);
+  const float alpha = float(number_of(info[11], "alpha"));
+  const std::int64_t N = in[0], C = in[1], Co = ws[0];
+  require(C % groups == 0 && Co % groups == 0, env, "channels are not divisible by groups");
+  const std::int64_t Cg = C / groups, Cog = Co / groups;
+  const float* x = floats_of(info[0], std::size_t(N * C * in[2] * in[3] * in[4]), "x");
+  const float* w = floats_of(info[2], std::size_t(Co * Cg * ws[1] * ws[2] * ws[3]), "w");
+  const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
+  float* y = out_of(info[12], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
+  bhsd::ConvGeom g{Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2], di[0], di[1], di[2],
+                   pa[0], pa[1], pa[2], os[0], os[1], os[2]};
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] {
+    const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
+    for (std::int64_t gi = 0; gi < groups; ++gi) {
+      const std::vector<float> wp = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
+      for (std::int64_t n = 0; n < N; ++n)
+        bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp.data(), b ? b + gi * Cog : nullptr,
+                             y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
+    }
+  }, nullptr, {info[0], info[2], info[4], info[12]});
+}
+
+// convTranspose3d(x, [N, C, D, H, W], w, [Cog, kd, kh, kw], bias|null, strides, dilations, pads,
+//                 groups, [Do, Ho, Wo], out) → Promise<void>; w is [C, Cog, kd, kh, kw]
+Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto in = ints_of(info[1], 5, "input shape", 1, BIG);
+  auto ws = ints_of(info[3], 4, "weight shape", 1, BIG);
+  auto st = ints_of(info[5], 3, "strides", 1, BIG), di = ints_of(info[6], 3, "dilations", 1, BIG),
+       pa = ints_of(info[7], 3, "pads", 0, BIG);
+  const std::int64_t groups = int_of(info[8], "groups", 1, BIG);
+  auto os = ints_of(info[9], 3, "output shape", 1, BIG);
+  const std::int64_t N = in[0], C = in[1], Cog = ws[0], Co = Cog * groups;
+  require(C % groups == 0, env, "channels are not divisible by groups");
+  const std::int64_t Cg = C / groups;
+  const float* x = floats_of(info[0], std::size_t(N * C * in[2] * in[3] * in[4]), "x");
+  const float* w = floats_of(info[2], std::size_t(C * Cog * ws[1] * ws[2] * ws[3]), "w");
+  const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
+  float* y = out_of(info[10], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] {
+    const std::int64_t vin = in[2] * in[3] * in[4], vout = os[0] * os[1] * os[2], ksp = ws[1] * ws[2] * ws[3];
+    for (std::int64_t gi = 0; gi < groups; ++gi)
+      for (std::int64_t n = 0; n < N; ++n)
+        bhsd::conv_transpose3d_forward(Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2], di[0],
+                                       di[1], di[2], pa[0], pa[1], pa[2], os[0], os[1], os[2],
+                                       x + (n * C + gi * Cg) * vin, w + gi * Cg * Cog * ksp, b ? b + gi * Cog : nullptr,
+                                       y + (n * Co + gi * Cog) * vout, *pool);
+  }, nullptr, {info[0], info[2], info[4], info[10]});
+}
+
+// instanceNorm(x, N, C, spatial, scale|null, bias|null, eps, act, alpha, out)
+Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* sc = floats_of(info[4], std::size_t(C), "scale", true);
+  const float* bi = floats_of(info[5], std::size_t(C), "bias", true);
+  const double eps = number_of(info[6], "eps");
+  const bhsd::Act act = act_of(info[7]);
+  const float alpha = float(number_of(info[8], "alpha"));
+  float* y = out_of(info[9], std::size_t(N * C * S), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::instance_norm(x, y, N, C, S, sc, bi, eps, act, alpha, *pool); }, nullptr,
+                              {info[0], info[4], info[5], info[9]});
+}
+
+// batchNorm(x, N, C, spatial, scale, bias, mean, var, eps, out)
+Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float *sc = floats_of(info[4], std::size_t(C), "scale"), *bi = floats_of(info[5], std::size_t(C), "bias"),
+              *mu = floats_of(info[6], std::size_t(C), "mean"), *va = floats_of(info[7], std::size_t(C), "var");
+  const double eps = number_of(info[8], "eps");
+  float* y = out_of(info[9], std::size_t(N * C * S), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::batch_norm(x, y, N, C, S, sc, bi, mu, va, eps, *pool); }, nullptr,
+                              {info[0], info[4], info[5], info[6], info[7], info[9]});
+}
+
+// unary(x, N, C, spatial, op, alpha, slope|null, out)
+Napi::Value Unary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const auto op = static_cast<bhsd::Unary>(int_of(info[4], "op", 0, 3));
+  const float alpha = float(number_of(info[5], "alpha"));
+  std::int64_t slope_len = 0;
+  const float* slope = nullptr;
+  if (op == bhsd::Unary::prelu) {
+    View sv = view_of(info[6], "slope");
+    require(sv.type == bhsd::DType::f32 && (sv.length == 1 || std::int64_t(sv.length) == C), env, "slope must have 1 or C values");
+    slope = static_cast<const float*>(sv.data), slope_len = std::int64_t(sv.length);
+  }
+  float* y = out_of(info[7], std::size_t(N * C * S), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::unary(x, y, N, C, S, op, alpha, slope, slope_len, *pool); }, nullptr,
+                              {info[0], info[6], info[7]});
+}
+
+// binary(a, b, shape[6], stridesA[6], stridesB[6], mul, out)
+Napi::Value Binary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto sh = ints_of(info[2], 6, "shape", 1, BIG), sa = ints_of(info[3], 6, "strides of a", 0, BIG),
+       sb = ints_of(info[4], 6, "strides of b", 0, BIG);
+  const bool mul = info[5].ToBoolean();
+  std::int64_t n = 1, la = 1, lb = 1;
+  for (int i = 0; i < 6; ++i) n *= sh[i], la += (sh[i] - 1) * sa[i], lb += (sh[i] - 1) * sb[i];
+  View va = view_of(info[0], "a"), vb = view_of(info[1], "b");
+  require(va.type == bhsd::DType::f32 && vb.type == bhsd::DType::f32, env, "a and b must be Float32Arrays");
+  require(std::int64_t(va.length) >= la && std::int64_t(vb.length) >= lb, env, "strides reach past a or b");
+  float* y = out_of(info[6], std::size_t(n), "out");
+  const float *a = static_cast<const float*>(va.data), *b = static_cast<const float*>(vb.data);
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::binary(a, b, y, sh.data(), sa.data(), sb.data(), mul, *pool); }, nullptr,
+                              {info[0], info[1], info[6]});
+}
+
+// pool3d(x, NC, [D, H, W], [Do, Ho, Wo], k[3], s[3], d[3], p[3], max, countIncludePad, out)
+Napi::Value Pool3d(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t NC = int_of(info[1], "NC", 1, BIG);
+  auto in = ints_of(info[2], 3, "input extent", 1, BIG), os = ints_of(info[3], 3, "output extent", 1, BIG);
+  auto k = ints_of(info[4], 3, "kernel", 1, BIG), s = ints_of(info[5], 3, "strides", 1, BIG),
+       d = ints_of(info[6], 3, "dilations", 1, BIG), p = ints_of(info[7], 3, "pads", 0, BIG);
+  const bool mx = info[8].ToBoolean(), cip = info[9].ToBoolean();
+  const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
+  float* y = out_of(info[10], std::size_t(NC * os[0] * os[1] * os[2]), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] {
+    bhsd::pool3d(x, y, NC, in[0], in[1], in[2], os[0], os[1], os[2], k.data(), s.data(), d.data(), p.data(), mx, cip, *pool);
+  }, nullptr, {info[0], info[10]});
+}
+
+// resize3d(x, NC, in[3], out[3], scales: Float64Array(3), linear, coordMode, nearestMode, y)
+Napi::Value Resize3d(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t NC = int_of(info[1], "NC", 1, BIG);
+  auto in = ints_of(info[2], 3, "input extent", 1, BIG), os = ints_of(info[3], 3, "output extent", 1, BIG);
+  View sv = view_of(info[4], "scales");
+  require(sv.type == bhsd::DType::f64 && sv.length == 3, env, "scales must be a Float64Array of 3");
+  const double* sp = static_cast<const double*>(sv.data);
+  std::vector<double> scales(sp, sp + 3);
+  const bool linear = info[5].ToBoolean();
+  const auto cm = static_cast<bhsd::CoordMode>(int_of(info[6], "coordMode", 0, 3));
+  const auto nm = static_cast<bhsd::NearestMode>(int_of(info[7], "nearestMode", 0, 3));
+  const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
+  float* y = out_of(info[8], std::size_t(NC * os[0] * os[1] * os[2]), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::resize3d(x, y, NC, in.data(), os.data(), scales.data(), linear, cm, nm, *pool); },
+                              nullptr, {info[0], info[8]});
+}
+
+// softmax(x, N, C, spatial, out) / argmax(x, N, C, spatial, out: Int32Array)
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  float* y = out_of(info[4], std::size_t(N * C * S), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]});
+}
+
+Napi::Value Argmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  View o = view_of(info[4], "out");
+  require(o.type == bhsd::DType::i32 && std::int64_t(o.length) == N * S, env, "out must be an Int32Array of N*spatial");
+  auto* y = static_cast<std::int32_t*>(o.data);
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::argmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]});
+}
+
+// concat([x...], [len...], outer, inner, out)
+Napi::Value Concat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require(info[0].IsArray() && info[1].IsArray(), env, "concat needs arrays of inputs and lengths");
+  Napi::Array xs = info[0].As<Napi::Array>();
+  const std::size_t k = xs.Length();
+  auto lens = ints_of(info[1], k, "lengths", 0, BIG);
+  const std::int64_t outer = int_of(info[2], "outer", 1, BIG), inner = int_of(info[3], "inner", 1, BIG);
+  std::vector<const float*> ptrs(k);
+  std::vector<Napi::Value> keep;
+  std::int64_t total = 0;
+  for (std::size_t i = 0; i < k; ++i) {
+    Napi::Value v = xs.Get(uint32_t(i));
+    ptrs[i] = floats_of(v, std::size_t(outer * lens[i] * inner), "an input");
+    keep.push_back(v);
+    total += lens[i];
+  }
+  float* y = out_of(info[4], std::size_t(outer * total * inner), "out");
+  keep.push_back(info[4]);
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep);
+}
+
+}  // namespace
+
+void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("conv3d", Napi::Function::New<guarded<Conv3d>>(env, "conv3d"));
+  exports.Set("convTranspose3d", Napi::Function::New<guarded<ConvTranspose3d>>(env, "convTranspose3d"));
+  exports.Set("instanceNorm", Napi::Function::New<guarded<InstanceNorm>>(env, "instanceNorm"));
+  exports.Set("batchNorm", Napi::Function::New<guarded<BatchNorm>>(env, "batchNorm"));
+  exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));
+  exports.Set("binary", Napi::Function::New<guarded<Binary>>(env, "binary"));
+  exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
+  exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));
+  exports.Set("softmax", Napi::Function::New<guarded<Softmax>>(env, "softmax"));
+  exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
+  exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));
+}
+
+}  // namespace bhsd_napi

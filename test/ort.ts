@@ -1,0 +1,56 @@
+/** onnxruntime-node as the outside reference: one-node ONNX graphs, built with protobufjs, run on ORT's CPU provider. */
+import ort from "onnxruntime-node";
+import { encodeModel, type AttrValue } from "../lib/model/onnx-proto.js";
+import type { Tensor } from "../lib/types.js";
+
+export interface OrtInput {
+  name: string;
+  tensor?: Tensor; // fed at run time
+  init?: { dims: number[]; data: Float32Array | BigInt64Array | Int32Array }; // a constant of the graph
+  empty?: boolean; // an omitted optional input (name "")
+}
+
+export async function ortRun(opType: string, inputs: OrtInput[], attrs: Record<string, AttrValue> = {}, opset = 17, outputs = 1, outElemType = 1): Promise<{ data: Float32Array | BigInt64Array | Int32Array; shape: number[] }[]> {
+  const outNames = Array.from({ length: outputs }, (_, i) => `y${i}`);
+  const bytes = encodeModel({
+    opset,
+    nodes: [{ opType, inputs: inputs.map((i) => (i.empty ? "" : i.name)), outputs: outNames, attrs }],
+    inputs: inputs.filter((i) => i.tensor).map((i) => ({ name: i.name, shape: i.tensor!.shape })),
+    outputs: outNames.map((name) => ({ name, elemType: outElemType })),
+    initializers: inputs.filter((i) => i.init).map((i) => ({ name: i.name, dims: i.init!.dims, data: i.init!.data })),
+  });
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1, graphOptimizationLevel: "disabled" });
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const i of inputs) if (i.tensor) feeds[i.name] = new ort.Tensor("float32", i.tensor.data, i.tensor.shape);
+  const r = await session.run(feeds);
+  await session.release();
+  return outNames.map((n) => ({ data: r[n]!.data as Float32Array, shape: [...r[n]!.dims] }));
+}
+
+/** Seeded uniform random tensor in [-1, 1). */
+export function randomTensor(shape: number[], seed: number): Tensor {
+  let s = seed >>> 0 || 1;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    data[i] = (s / 2 ** 32) * 2 - 1;
+  }
+  return { data, shape };
+}
+
+/** Largest difference relative to the reference's scale (max |ref|, at least 1). */
+export function relDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) return Infinity;
+  let scale = 1, d = 0;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e;
+  }
+  return d / scale;
+}

@@ -1,0 +1,213 @@
+import test from "ava";
+import {
+  add, argmax, avgPool3d, batchNorm, concat, conv3d, convTranspose3d, instanceNorm, leakyRelu, maxPool3d, mul, prelu, relu, resize, setBackend, sigmoid, softmax,
+} from "../lib/index.js";
+import type { Tensor } from "../lib/types.js";
+import { backendsUnderTest } from "./helpers.js";
+import { ortRun, randomTensor, relDiff } from "./ort.js";
+
+const TOL = 1e-4;
+const backends = backendsUnderTest();
+
+/** Runs `ours` on every backend and compares each with ORT's output of the same one-node graph. */
+async function check(t: import("ava").ExecutionContext, label: string, ref: { data: ArrayLike<number>; shape: number[] }, ours: () => Promise<{ data: ArrayLike<number>; shape: number[] }>) {
+  for (const { name } of backends) {
+    setBackend(name);
+    const got = await ours();
+    t.deepEqual(got.shape, ref.shape, `${name} ${label}: shape`);
+    const d = relDiff(got.data, ref.data);
+    t.true(d <= TOL, `${name} ${label}: max relative difference ${d}`);
+  }
+}
+
+const convCases: { x: number[]; w: number[]; strides?: number[]; pads?: number[]; dilations?: number[]; group?: number; bias?: boolean }[] = [
+  { x: [1, 3, 5, 7, 19], w: [7, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
+  { x: [2, 4, 6, 9, 33], w: [13, 4, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
+  { x: [1, 2, 6, 8, 17], w: [6, 2, 3, 3, 3], dilations: [2, 2, 2], pads: [2, 2, 2, 2, 2, 2] },
+  { x: [1, 1, 4, 10, 40], w: [32, 1, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true }, // the 1-channel first layer
+  { x: [1, 4, 3, 12, 12], w: [8, 4, 1, 3, 3], pads: [0, 1, 1, 0, 1, 1], bias: true }, // nnU-Net's anisotropic 1×3×3
+  { x: [1, 5, 6, 9, 11], w: [10, 5, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1] },
+  { x: [1, 6, 4, 7, 9], w: [4, 3, 3, 3, 3], group: 2, pads: [1, 0, 1, 1, 2, 0], bias: true }, // groups, asymmetric pads
+  { x: [1, 40, 3, 3, 3], w: [5, 40, 3, 3, 3] }, // long K, no padding
+  { x: [1, 8, 5, 6, 7], w: [6, 8, 1, 1, 1], bias: true }, // 1×1×1 head
+  { x: [1, 3, 4, 6, 8], w: [5, 3, 2, 2, 2], strides: [2, 2, 2] },
+  { x: [1, 2, 7, 5, 3], w: [3, 2, 2, 3, 1], strides: [3, 1, 2], dilations: [1, 2, 1], pads: [0, 2, 0, 1, 1, 0] },
+];
+
+for (const [i, c] of convCases.entries()) {
+  test.serial(`conv3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides ?? 1}, pads ${c.pads ?? 0}, dilations ${c.dilations ?? 1}, groups ${c.group ?? 1} equal onnxruntime`, async (t) => {
+    const x = randomTensor(c.x, 10 + i), w = randomTensor(c.w, 20 + i), b = randomTensor([c.w[0]!], 30 + i);
+    const attrs: Record<string, number[] | number> = { kernel_shape: c.w.slice(2) };
+    if (c.strides) attrs.strides = c.strides;
+    if (c.pads) attrs.pads = c.pads;
+    if (c.dilations) attrs.dilations = c.dilations;
+    if (c.group) attrs.group = c.group;
+    const [ref] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, ...(c.bias ? [{ name: "b", init: { dims: b.shape, data: b.data } }] : [])], attrs);
+    await check(t, "conv3d", ref!, () =>
+      conv3d(x, w, c.bias ? b : null, {
+        ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
+        ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
+        ...(c.dilations ? { dilation: c.dilations as [number, number, number] } : {}),
+        groups: c.group ?? 1,
+      }),
+    );
+  });
+}
+
+test.serial("conv3d with a fused LeakyReLU equals Conv then LeakyRelu", async (t) => {
+  const x = randomTensor([1, 4, 5, 6, 20], 1), w = randomTensor([9, 4, 3, 3, 3], 2), b = randomTensor([9], 3);
+  const [c] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: [9], data: b.data } }], { pads: [1, 1, 1, 1, 1, 1] });
+  const [ref] = await ortRun("LeakyRelu", [{ name: "x", tensor: { data: c!.data as Float32Array, shape: c!.shape } }], { alpha: 0.01 });
+  await check(t, "conv3d+leaky", ref!, () => conv3d(x, w, b, { padding: 1, activation: "leakyRelu", alpha: 0.01 }));
+});
+
+const convTCases: { x: number[]; w: number[]; strides: number[]; pads?: number[]; outPad?: number[]; group?: number; dilations?: number[] }[] = [
+  { x: [1, 8, 3, 4, 5], w: [8, 4, 2, 2, 2], strides: [2, 2, 2] },
+  { x: [2, 6, 2, 5, 4], w: [6, 3, 1, 2, 2], strides: [1, 2, 2] },
+  { x: [1, 4, 3, 3, 4], w: [4, 5, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], outPad: [1, 1, 1] },
+  { x: [1, 4, 3, 4, 3], w: [4, 3, 3, 3, 3], strides: [2, 1, 2], pads: [1, 0, 1, 1, 0, 1], group: 2 },
+  { x: [1, 3, 3, 3, 3], w: [3, 2, 2, 3, 2], strides: [1, 2, 1], dilations: [2, 1, 2] },
+];
+for (const [i, c] of convTCases.entries()) {
+  test.serial(`convTranspose3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides} equal onnxruntime`, async (t) => {
+    const x = randomTensor(c.x, 40 + i), w = randomTensor(c.w, 50 + i), b = randomTensor([c.w[1]! * (c.group ?? 1)], 60 + i);
+    const attrs: Record<string, number[] | number> = { kernel_shape: c.w.slice(2), strides: c.strides };
+    if (c.pads) attrs.pads = c.pads;
+    if (c.outPad) attrs.output_padding = c.outPad;
+    if (c.group) attrs.group = c.group;
+    if (c.dilations) attrs.dilations = c.dilations;
+    const [ref] = await ortRun("ConvTranspose", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: b.shape, data: b.data } }], attrs);
+    await check(t, "convTranspose3d", ref!, () =>
+      convTranspose3d(x, w, b, {
+        stride: c.strides as [number, number, number],
+        ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
+        ...(c.outPad ? { outputPadding: c.outPad as [number, number, number] } : {}),
+        ...(c.dilations ? { dilation: c.dilations as [number, number, number] } : {}),
+        groups: c.group ?? 1,
+      }),
+    );
+  });
+}
+
+test.serial("normalisation, activations and elementwise ops equal onnxruntime", async (t) => {
+  const x = randomTensor([2, 5, 3, 6, 7], 70);
+  for (const v of x.data.keys()) x.data[v] = x.data[v]! * 3 + 0.5;
+  const sc = randomTensor([5], 71), bi = randomTensor([5], 72), mean = randomTensor([5], 73);
+  const variance = { data: randomTensor([5], 74).data.map((v) => v * v + 0.1), shape: [5] };
+  const X = [{ name: "x", tensor: x }];
+  const init = (name: string, t: Tensor, dims = t.shape) => ({ name, init: { dims, data: t.data } });
+  let [ref] = await ortRun("InstanceNormalization", [...X, init("s", sc), init("b", bi)], { epsilon: 1e-5 });
+  await check(t, "instanceNorm", ref!, () => instanceNorm(x, sc, bi, { eps: 1e-5 }));
+  [ref] = await ortRun("BatchNormalization", [...X, init("s", sc), init("b", bi), init("m", mean), init("v", variance)], { epsilon: 1e-3 }, 15);
+  await check(t, "batchNorm", ref!, () => batchNorm(x, sc, bi, mean, variance, { eps: 1e-3 }));
+  [ref] = await ortRun("Relu", X);
+  await check(t, "relu", ref!, () => relu(x));
+  [ref] = await ortRun("LeakyRelu", X, { alpha: 0.2 });
+  await check(t, "leakyRelu", ref!, () => leakyRelu(x, { alpha: 0.2 }));
+  [ref] = await ortRun("Sigmoid", X);
+  await check(t, "sigmoid", ref!, () => sigmoid(x));
+  [ref] = await ortRun("PRelu", [...X, init("slope", sc, [5, 1, 1, 1])]);
+  await check(t, "prelu", ref!, () => prelu(x, sc));
+  const y = randomTensor([2, 5, 3, 6, 7], 75), perC = randomTensor([1, 5, 1, 1, 1], 76), row = randomTensor([7], 77);
+  for (const [op, fn] of [["Add", add], ["Mul", mul]] as const) {
+    [ref] = await ortRun(op, [...X, { name: "y", tensor: y }]);
+    await check(t, op, ref!, () => fn(x, y));
+    [ref] = await ortRun(op, [...X, init("c", perC)]);
+    await check(t, `${op} per channel`, ref!, () => fn(x, perC));
+    [ref] = await ortRun(op, [init("r", row), ...X]);
+    await check(t, `${op} trailing broadcast`, ref!, () => fn(row, x));
+  }
+  const z = randomTensor([2, 3, 3, 6, 7], 78);
+  [ref] = await ortRun("Concat", [...X, { name: "z", tensor: z }], { axis: 1 });
+  await check(t, "concat", ref!, () => concat([x, z], 1));
+  [ref] = await ortRun("Softmax", X, { axis: 1 }, 13);
+  await check(t, "softmax", ref!, () => softmax(x));
+  const [am] = await ortRun("ArgMax", X, { axis: 1, keepdims: 0 }, 13, 1, 7 /* int64 */);
+  for (const { name } of backends) {
+    setBackend(name);
+    const got = await argmax(x);
+    t.deepEqual(got.shape, am!.shape);
+    t.deepEqual(Array.from(got.data), Array.from(am!.data as BigInt64Array, Number), `${name} argmax`);
+  }
+});
+
+const poolCases: { kernel: number[]; strides?: number[]; pads?: number[]; ceil?: number; cip?: number; dil?: number[] }[] = [
+  { kernel: [2, 2, 2], strides: [2, 2, 2] },
+  { kernel: [3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1] },
+  { kernel: [1, 2, 2], strides: [1, 2, 2] },
+  { kernel: [3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], ceil: 1 },
+  { kernel: [3, 3, 3], strides: [1, 1, 1], pads: [1, 1, 1, 1, 1, 1], cip: 1 },
+  { kernel: [2, 3, 2], strides: [1, 2, 1], dil: [2, 1, 1] },
+];
+for (const [i, c] of poolCases.entries()) {
+  test.serial(`max and average pooling case ${i} (kernel ${c.kernel}, strides ${c.strides}, pads ${c.pads ?? 0}${c.ceil ? ", ceil" : ""}${c.cip ? ", count_include_pad" : ""}) equal onnxruntime`, async (t) => {
+    const x = randomTensor([2, 3, 7, 9, 10], 80 + i);
+    const attrs: Record<string, number | number[]> = { kernel_shape: c.kernel };
+    if (c.strides) attrs.strides = c.strides;
+    if (c.pads) attrs.pads = c.pads;
+    if (c.ceil) attrs.ceil_mode = 1;
+    if (c.dil) attrs.dilations = c.dil;
+    const opts = {
+      kernel: c.kernel as [number, number, number],
+      ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
+      ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
+      ...(c.dil ? { dilation: c.dil as [number, number, number] } : {}),
+      ceilMode: !!c.ceil,
+    };
+    const [mx] = await ortRun("MaxPool", [{ name: "x", tensor: x }], attrs, 17);
+    await check(t, "maxPool3d", mx!, () => maxPool3d(x, opts));
+    if (!c.dil) {
+      const [av] = await ortRun("AveragePool", [{ name: "x", tensor: x }], { ...attrs, count_include_pad: c.cip ?? 0 }, 17);
+      await check(t, "avgPool3d", av!, () => avgPool3d(x, { ...opts, countIncludePad: !!c.cip }));
+    }
+  });
+}
+
+const resizeCases: { mode: "nearest" | "linear"; ctm: string; nearest?: string; sizes?: number[]; scales?: number[] }[] = [
+  { mode: "linear", ctm: "half_pixel", sizes: [6, 14, 11] },
+  { mode: "linear", ctm: "pytorch_half_pixel", sizes: [1, 7, 20] },
+  { mode: "linear", ctm: "align_corners", sizes: [9, 5, 12] },
+  { mode: "linear", ctm: "asymmetric", scales: [2, 2, 2] },
+  { mode: "nearest", ctm: "asymmetric", nearest: "floor", scales: [2, 2, 2] },
+  { mode: "nearest", ctm: "half_pixel", nearest: "round_prefer_floor", sizes: [5, 13, 9] },
+  { mode: "nearest", ctm: "align_corners", nearest: "round_prefer_ceil", sizes: [7, 4, 15] },
+  { mode: "nearest", ctm: "half_pixel", nearest: "ceil", sizes: [3, 10, 6] },
+];
+for (const [i, c] of resizeCases.entries()) {
+  test.serial(`resize case ${i}: ${c.mode}, ${c.ctm}${c.nearest ? `, ${c.nearest}` : ""} equals onnxruntime`, async (t) => {
+    const x = randomTensor([1, 2, 4, 6, 7], 90 + i);
+    const inputs = [
+      { name: "x", tensor: x },
+      { name: "roi", empty: true },
+      c.scales ? { name: "scales", init: { dims: [5], data: Float32Array.from([1, 1, ...c.scales]) } } : { name: "scales", empty: true },
+      ...(c.sizes ? [{ name: "sizes", init: { dims: [5], data: BigInt64Array.from([1n, 2n, ...c.sizes.map(BigInt)]) } }] : []),
+    ];
+    const attrs: Record<string, string> = { mode: c.mode, coordinate_transformation_mode: c.ctm };
+    if (c.nearest) attrs.nearest_mode = c.nearest;
+    const [ref] = await ortRun("Resize", inputs, attrs, 18);
+    await check(t, "resize", ref!, () =>
+      resize(x, {
+        mode: c.mode,
+        coordinateTransformationMode: c.ctm as "half_pixel",
+        ...(c.nearest ? { nearestMode: c.nearest as "floor" } : {}),
+        ...(c.sizes ? { sizes: c.sizes as [number, number, number] } : { scales: c.scales as [number, number, number] }),
+      }),
+    );
+  });
+}
+
+test("bad arguments are refused before any work, naming the argument", async (t) => {
+  const x = randomTensor([1, 2, 4, 4, 4], 1), w = randomTensor([3, 2, 3, 3, 3], 2);
+  await t.throwsAsync(conv3d({ data: new Float32Array(5), shape: [1, 2, 4, 4, 4] }, w), { message: /input.data has 5 elements but input.shape \[1, 2, 4, 4, 4\] needs 128/ });
+  await t.throwsAsync(conv3d(x, randomTensor([3, 5, 3, 3, 3], 3)), { message: /weight.shape\[1\] is 5 but input has 2 channels/ });
+  await t.throwsAsync(conv3d(x, w, null, { stride: 0 }), { message: /Expected an integer >= 1 or \[d, h, w\] of them for options.stride but received number 0/ });
+  await t.throwsAsync(conv3d(x, w, null, { padding: [1, 1] as never }), { message: /for options.padding/ });
+  await t.throwsAsync(conv3d(x, randomTensor([3, 2, 5, 5, 5], 4)), { message: /smaller than the kernel's span 5/ });
+  await t.throwsAsync(conv3d(x, w, randomTensor([4], 5)), { message: /bias has 4 values but weight has 3 output channels/ });
+  await t.throwsAsync(conv3d({ data: new Float32Array(8), shape: [2, 2, 2] }, w), { message: /Expected 5 axes \[N, C, D, H, W\] for input.shape/ });
+  await t.throwsAsync(add(x, randomTensor([3, 1, 1], 6)), { message: /do not broadcast/ });
+  await t.throwsAsync(resize(x, {} as never), { message: /sizes \[D, H, W\] or scales/ });
+  // a result that could never be allocated is refused, not attempted
+  const big = { data: new Float32Array(1), shape: [1, 1, 1, 1, 1] };
+  await t.throwsAsync(resize(big, { sizes: [4096, 4096, 4096] }), { message: /exceed the 4294967295-element limit/ });
+});
