@@ -18,3 +18,8 @@ export {
   maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor,
   type Conv3dOptions, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
 } from "./ops/tensor.js";
+export { loadModel, Model, type RunStats } from "./model/model.js";
+export { type ModelConfig, type Normalization, defaultConfig, fromNnunet } from "./model/config.js";
+export { encodeModel } from "./model/onnx-proto.js";
+export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
+export { resampleVolume } from "./model/resample.js";

@@ -57,7 +57,7 @@ function activation(opts: Record<string, unknown>): { act: number; alpha: number
   throw invalidParameterError("options.activation", '"relu", "leakyRelu" or "none"', a);
 }
 
-export interface Conv3dOptions {
+export interface Conv3dOptions extends OutputOptions {
   stride?: number | Triple;
   padding?: number | Triple | [number, number, number, number, number, number];
   dilation?: number | Triple;
@@ -66,12 +66,23 @@ export interface Conv3dOptions {
   activation?: "none" | "relu" | "leakyRelu";
   /** LeakyReLU's negative slope (default 0.01). */
   alpha?: number;
-  /** Write into this tensor (of the output's shape) instead of a new one: no allocation, no page faults. */
-  out?: Tensor;
 }
 
-/** The caller's output tensor when it has the right shape, else a new one. */
-function outputTensor(shape: number[], given: unknown, what: string): Tensor {
+/**
+ * Where a result goes: `out` (the caller's tensor of the result's shape), `alloc` (a caller's
+ * allocator, e.g. a model's buffer pool, given the shape), or a new tensor.
+ */
+export interface OutputOptions {
+  out?: Tensor;
+  alloc?: (shape: number[]) => Tensor;
+}
+
+function outputTensor(shape: number[], given: unknown, what: string, alloc?: unknown): Tensor {
+  if (typeof alloc === "function") {
+    const t = (alloc as (s: number[]) => Tensor)(shape);
+    if (!(t?.data instanceof Float32Array) || t.data.length !== prod(shape)) throw new RangeError(`options.alloc returned ${t?.data?.length} elements for [${shape.join(", ")}]`);
+    return t;
+  }
   if (given === undefined) return newTensor(shape, what);
   assertTensor("options.out", given);
   if (given.shape.length !== shape.length || given.shape.some((d, i) => d !== shape[i])) {
@@ -108,13 +119,13 @@ export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null
     if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
-  const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output");
+  const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
   if (out.data === c.input.data || out.data === c.weight.data) throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
   await activeBackend().conv3d(c.input.data, [N, C, D, H, W], c.weight.data, [Co, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, act, alpha, out.data);
   return out;
 }
 
-export interface ConvTranspose3dOptions {
+export interface ConvTranspose3dOptions extends OutputOptions {
   stride?: number | Triple;
   padding?: number | Triple | [number, number, number, number, number, number];
   outputPadding?: number | Triple;
@@ -139,7 +150,7 @@ export async function convTranspose3d(input: Tensor, weight: Tensor, bias?: Tens
     if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
     return o;
   }) as Triple;
-  const out = newTensor([N, Co, ...outS], "convTranspose3d output");
+  const out = outputTensor([N, Co, ...outS], c.opts.out, "convTranspose3d output", c.opts.alloc);
   await activeBackend().convTranspose3d(c.input.data, [N, C, D, H, W], c.weight.data, [Cog, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, out.data);
   return out;
 }
@@ -161,50 +172,51 @@ function epsOf(opts: Record<string, unknown>): number {
 }
 
 /** Instance normalisation over the spatial axes of each (n, c), biased variance; affine when scale/bias are given. */
-export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tensor | null, options?: { eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
+export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tensor | null, options?: OutputOptions & { eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
   assertTensor("x", x);
   if (x.shape.length < 3) throw invalidParameterError("x.shape", "[N, C, ...spatial]", x.shape);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
   const s = scale ? perChannel("scale", scale, C) : null, b = bias ? perChannel("bias", bias, C) : null;
   const { act, alpha } = activation(opts);
-  const out = newTensor([...x.shape], "instanceNorm output");
+  const out = outputTensor([...x.shape], opts.out, "instanceNorm output", opts.alloc);
   await activeBackend().instanceNorm(x.data, N, C, spatial, s, b, epsOf(opts), act, alpha, out.data);
   return out;
 }
 
 /** Batch normalisation with running statistics (inference). */
-export async function batchNorm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, options?: { eps?: number }): Promise<Tensor> {
+export async function batchNorm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, options?: OutputOptions & { eps?: number }): Promise<Tensor> {
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
-  const out = newTensor([...x.shape], "batchNorm output");
+  const out = outputTensor([...x.shape], opts.out, "batchNorm output", opts.alloc);
   await activeBackend().batchNorm(x.data, N, C, spatial, perChannel("scale", scale, C), perChannel("bias", bias, C), perChannel("mean", mean, C), perChannel("variance", variance, C), epsOf(opts), out.data);
   return out;
 }
 
-async function unary(x: Tensor, op: number, alpha: number, slope: Float32Array | null, what: string): Promise<Tensor> {
+async function unary(x: Tensor, op: number, alpha: number, slope: Float32Array | null, what: string, options?: OutputOptions): Promise<Tensor> {
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
-  const out = newTensor([...x.shape], `${what} output`);
+  const o = optionsObject("options", options);
+  const out = outputTensor([...x.shape], o.out, `${what} output`, o.alloc);
   await activeBackend().unary(x.data, N, C, spatial, op, alpha, slope, out.data);
   return out;
 }
 
-export const relu = (x: Tensor) => unary(x, UNARY.relu, 0, null, "relu");
-export const sigmoid = (x: Tensor) => unary(x, UNARY.sigmoid, 0, null, "sigmoid");
-export async function leakyRelu(x: Tensor, options?: { alpha?: number }): Promise<Tensor> {
+export const relu = (x: Tensor, options?: OutputOptions) => unary(x, UNARY.relu, 0, null, "relu", options);
+export const sigmoid = (x: Tensor, options?: OutputOptions) => unary(x, UNARY.sigmoid, 0, null, "sigmoid", options);
+export async function leakyRelu(x: Tensor, options?: OutputOptions & { alpha?: number }): Promise<Tensor> {
   const alpha = optionsObject("options", options).alpha ?? 0.01;
   if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError("options.alpha", "a finite number", alpha);
-  return unary(x, UNARY.leaky, alpha, null, "leakyRelu");
+  return unary(x, UNARY.leaky, alpha, null, "leakyRelu", options);
 }
 /** PReLU with one slope per channel (or one for all). */
-export async function prelu(x: Tensor, slope: Tensor): Promise<Tensor> {
+export async function prelu(x: Tensor, slope: Tensor, options?: OutputOptions): Promise<Tensor> {
   assertTensor("x", x);
   assertTensor("slope", slope);
   const C = nc(x).C;
   if (slope.data.length !== 1 && slope.data.length !== C) throw new RangeError(`slope has ${slope.data.length} values; expected 1 or ${C} (one per channel)`);
-  return unary(x, UNARY.prelu, 0, slope.data, "prelu");
+  return unary(x, UNARY.prelu, 0, slope.data, "prelu", options);
 }
 
 /** numpy broadcasting of two shapes, padded to 6 axes, with element strides (0 where broadcast). */
@@ -230,19 +242,20 @@ function broadcast(a: Tensor, b: Tensor): { shape: number[]; sa: number[]; sb: n
   return { shape: pad6(out, 1), sa: pad6(strides(pa), 0), sb: pad6(strides(pb), 0), out };
 }
 
-async function binary(a: Tensor, b: Tensor, mul: boolean): Promise<Tensor> {
+async function binary(a: Tensor, b: Tensor, mul: boolean, options?: OutputOptions): Promise<Tensor> {
   assertTensor("a", a);
   assertTensor("b", b);
   const bc = broadcast(a, b);
-  const out = newTensor(bc.out, mul ? "mul output" : "add output");
+  const o = optionsObject("options", options);
+  const out = outputTensor(bc.out, o.out, mul ? "mul output" : "add output", o.alloc);
   await activeBackend().binary(a.data, b.data, bc.shape, bc.sa, bc.sb, mul, out.data);
   return out;
 }
-export const add = (a: Tensor, b: Tensor) => binary(a, b, false);
-export const mul = (a: Tensor, b: Tensor) => binary(a, b, true);
+export const add = (a: Tensor, b: Tensor, options?: OutputOptions) => binary(a, b, false, options);
+export const mul = (a: Tensor, b: Tensor, options?: OutputOptions) => binary(a, b, true, options);
 
 /** Concatenation along an axis (default 1, the channels). */
-export async function concat(tensors: Tensor[], axis = 1): Promise<Tensor> {
+export async function concat(tensors: Tensor[], axis = 1, options?: OutputOptions): Promise<Tensor> {
   if (!Array.isArray(tensors) || tensors.length === 0) throw invalidParameterError("tensors", "a non-empty array of Tensors", tensors);
   tensors.forEach((t, i) => assertTensor(`tensors[${i}]`, t));
   const rank = tensors[0]!.shape.length;
@@ -256,12 +269,13 @@ export async function concat(tensors: Tensor[], axis = 1): Promise<Tensor> {
   const lens = tensors.map((t) => t.shape[ax]!);
   const shape = [...tensors[0]!.shape];
   shape[ax] = lens.reduce((a, b) => a + b, 0);
-  const out = newTensor(shape, "concat output");
+  const o = optionsObject("options", options);
+  const out = outputTensor(shape, o.out, "concat output", o.alloc);
   await activeBackend().concat(tensors.map((t) => t.data), lens, prod(shape.slice(0, ax)), prod(shape.slice(ax + 1)), out.data);
   return out;
 }
 
-export interface Pool3dOptions {
+export interface Pool3dOptions extends OutputOptions {
   kernel: number | Triple;
   /** Default: the kernel. */
   stride?: number | Triple;
@@ -290,14 +304,14 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
     if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
     return o;
   }) as Triple;
-  const out = newTensor([N, C, ...outS], "pool output");
+  const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc);
   await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, opts.countIncludePad === true, out.data);
   return out;
 }
 export const maxPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, true);
 export const avgPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, false);
 
-export interface ResizeOptions {
+export interface ResizeOptions extends OutputOptions {
   /** Output [D, H, W]; or `scales`. */
   sizes?: Triple;
   scales?: Triple;
@@ -327,7 +341,7 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
     outS = ext.map((e, i) => Math.floor(e * scales[i]!)) as Triple;
     if (outS.some((o) => o < 1)) throw new RangeError(`scales [${scales.join(", ")}] make an empty output`);
   } else throw invalidParameterError("options", "sizes [D, H, W] or scales [d, h, w]", options);
-  const out = newTensor([N, C, ...outS], "resize output");
+  const out = outputTensor([N, C, ...outS], opts.out, "resize output", opts.alloc);
   await activeBackend().resize3d(x.data, N * C, [D, H, W], outS, Float64Array.from(scales), mode === "linear", cm, nm, out.data);
   return out;
 }
@@ -339,10 +353,11 @@ function axisSplit(x: Tensor, axis: number) {
 }
 
 /** Softmax over an axis (default 1, the classes). */
-export async function softmax(x: Tensor, options?: { axis?: number }): Promise<Tensor> {
+export async function softmax(x: Tensor, options?: OutputOptions & { axis?: number }): Promise<Tensor> {
   assertTensor("x", x);
-  const { outer, C, inner } = axisSplit(x, (optionsObject("options", options).axis as number | undefined) ?? 1);
-  const out = newTensor([...x.shape], "softmax output");
+  const o = optionsObject("options", options);
+  const { outer, C, inner } = axisSplit(x, (o.axis as number | undefined) ?? 1);
+  const out = outputTensor([...x.shape], o.out, "softmax output", o.alloc);
   await activeBackend().softmax(x.data, outer, C, inner, out.data);
   return out;
 }

@@ -1,0 +1,127 @@
+/**
+ * A model's configuration: what segment() needs besides the graph. Read from (first found):
+ * the argument to loadModel, a JSON sidecar `<model>.json`, nnU-Net v2's plans.json + dataset.json
+ * beside the model, the ONNX metadata_props key "bhsd", else defaults. Schema: README, "Model config".
+ */
+import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { BHSD_CLASSES } from "../metrics/evaluate.js";
+
+export type Normalization =
+  /** Clip to [lower, upper] HU, then (x − center) / scale. The BHSD paper's: [-40, 120], 40, 80. */
+  | { type: "window"; lower: number; upper: number; center: number; scale: number }
+  /** nnU-Net's CTNormalization: clip to the dataset's 0.5/99.5 percentiles, then (x − mean) / std. */
+  | { type: "ct"; lower: number; upper: number; mean: number; std: number }
+  /** Per-image z-score. */
+  | { type: "zscore" }
+  /** Clip to the image's own percentiles, then per-image z-score. */
+  | { type: "clipPercentile"; lowerPercentile: number; upperPercentile: number }
+  | { type: "none" };
+
+export interface ModelConfig {
+  /** Label value → name (0 is background). */
+  classes: Record<string, string>;
+  /** Sliding-window patch [z, y, x] in voxels of the model's grid. */
+  patchSize: [number, number, number];
+  /** Spacing [z, y, x] (mm) the model was trained at; null: the image's own. */
+  targetSpacing: [number, number, number] | null;
+  normalization: Normalization;
+  /** nnU-Net's transpose_forward: the axis order of the network's input, as a permutation of (z, y, x). */
+  transposeForward: [number, number, number];
+  /** Sliding-window step as a fraction of the patch (nnU-Net: 0.5). */
+  stepSize: number;
+  /** Where the config came from. */
+  source: "argument" | "sidecar" | "nnunet" | "metadata" | "default";
+}
+
+export const BHSD_WINDOW: Normalization = { type: "window", lower: -40, upper: 120, center: 40, scale: 80 };
+
+export function defaultConfig(): ModelConfig {
+  return {
+    classes: { "0": "background", ...Object.fromEntries(Object.entries(BHSD_CLASSES).map(([k, v]) => [k, v])) },
+    patchSize: [32, 128, 128],
+    targetSpacing: null,
+    normalization: BHSD_WINDOW,
+    transposeForward: [0, 1, 2],
+    stepSize: 0.5,
+    source: "default",
+  };
+}
+
+function triple(v: unknown, what: string): [number, number, number] {
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === "number" && x > 0)) throw new Error(`model config: ${what} must be three positive numbers [z, y, x], got ${JSON.stringify(v)}`);
+  return v as [number, number, number];
+}
+
+/** Checks and completes a partial config. */
+export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["source"]): ModelConfig {
+  const d = defaultConfig();
+  const out: ModelConfig = { ...d, ...c, source } as ModelConfig;
+  out.patchSize = triple(out.patchSize, "patchSize").map((v) => Math.round(v)) as [number, number, number];
+  if (out.targetSpacing !== null) out.targetSpacing = triple(out.targetSpacing, "targetSpacing");
+  const perm = out.transposeForward;
+  if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2") throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
+  if (!(out.stepSize > 0 && out.stepSize <= 1)) throw new Error(`model config: stepSize must be in (0, 1], got ${out.stepSize}`);
+  const n = out.normalization as Normalization;
+  const ok =
+    (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
+    (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
+    n?.type === "zscore" ||
+    n?.type === "none" ||
+    (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
+  if (!ok) throw new Error(`model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`);
+  if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
+  return out;
+}
+
+/** nnU-Net v2's plans.json and dataset.json (3d_fullres unless another configuration is named). */
+export function fromNnunet(plans: Record<string, unknown>, dataset: Record<string, unknown> | null, configuration = "3d_fullres"): Partial<ModelConfig> {
+  const confs = plans.configurations as Record<string, Record<string, unknown>> | undefined;
+  const conf = confs?.[configuration];
+  if (!conf) throw new Error(`plans.json has no configuration "${configuration}" (it has ${Object.keys(confs ?? {}).join(", ")})`);
+  const out: Partial<ModelConfig> = {};
+  if (conf.patch_size) out.patchSize = conf.patch_size as [number, number, number];
+  if (conf.spacing) out.targetSpacing = conf.spacing as [number, number, number];
+  if (Array.isArray(plans.transpose_forward)) out.transposeForward = plans.transpose_forward as [number, number, number];
+  const scheme = (conf.normalization_schemes as string[] | undefined)?.[0];
+  const props = (plans.foreground_intensity_properties_per_channel as Record<string, Record<string, number>> | undefined)?.["0"];
+  if (scheme === "CTNormalization") {
+    if (!props) throw new Error("plans.json uses CTNormalization but has no foreground_intensity_properties_per_channel");
+    out.normalization = { type: "ct", lower: props.percentile_00_5!, upper: props.percentile_99_5!, mean: props.mean!, std: props.std! };
+  } else if (scheme === "ZScoreNormalization") out.normalization = { type: "zscore" };
+  else if (scheme === "NoNormalization") out.normalization = { type: "none" };
+  else if (scheme) throw new Error(`plans.json normalization ${scheme} is not supported (CTNormalization, ZScoreNormalization, NoNormalization)`);
+  const labels = dataset?.labels as Record<string, number> | undefined;
+  if (labels) out.classes = Object.fromEntries(Object.entries(labels).filter(([, v]) => typeof v === "number").map(([k, v]) => [String(v), k]));
+  return out;
+}
+
+async function readJson(path: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
+}
+
+export async function readModelConfig(modelPath: string | null, metadata: Record<string, string>, given?: Partial<ModelConfig>): Promise<ModelConfig> {
+  if (given) return normalizeConfig(given, "argument");
+  if (modelPath) {
+    const sidecar = modelPath.replace(/\.onnx$/i, "") + ".json";
+    if (existsSync(sidecar)) return normalizeConfig((await readJson(sidecar)) as Partial<ModelConfig>, "sidecar");
+    const plans = join(dirname(modelPath), "plans.json");
+    if (existsSync(plans)) {
+      const ds = join(dirname(modelPath), "dataset.json");
+      return normalizeConfig(fromNnunet(await readJson(plans), existsSync(ds) ? await readJson(ds) : null), "nnunet");
+    }
+  }
+  if (metadata.bhsd) {
+    try {
+      return normalizeConfig(JSON.parse(metadata.bhsd) as Partial<ModelConfig>, "metadata");
+    } catch (e) {
+      throw new Error(`the model's metadata "bhsd" is not a valid config: ${(e as Error).message}`);
+    }
+  }
+  return defaultConfig();
+}

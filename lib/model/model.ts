@@ -1,0 +1,326 @@
+/**
+ * loadModel and the graph executor. The plan is made once at load: topological order, fused
+ * activations, and for every value the number of nodes that read it. At run time each
+ * intermediate goes back to a buffer pool after its last reader, and outputs are taken from that
+ * pool, so a forward's peak is close to its largest live set; the run reports that peak.
+ */
+import { basename } from "node:path";
+import * as ops from "../ops/tensor.js";
+import type { Tensor } from "../types.js";
+import { allocArray } from "../volume.js";
+import { readModelConfig, type ModelConfig } from "./config.js";
+import { fuseActivations, parseModel, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+
+/** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
+type Value = { f: Tensor } | { ints: number[]; shape: number[] };
+
+const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+
+/** Float32 buffers by length, handed out again after their last reader. */
+class Pool {
+  private free = new Map<number, Float32Array[]>();
+  liveBytes = 0;
+  peakBytes = 0;
+  take(n: number): Float32Array {
+    const list = this.free.get(n);
+    const a = list?.pop() ?? (allocArray("float32", n, "model intermediate") as Float32Array);
+    this.liveBytes += n * 4;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    return a;
+  }
+  give(a: Float32Array) {
+    this.liveBytes -= a.length * 4;
+    const list = this.free.get(a.length) ?? [];
+    list.push(a);
+    this.free.set(a.length, list);
+  }
+  clear() {
+    this.free.clear();
+  }
+}
+
+export interface RunStats {
+  /** Largest sum of live intermediate buffers during the run (bytes). */
+  peakBytes: number;
+  ms: number;
+}
+
+export class Model {
+  readonly name: string;
+  readonly config: ModelConfig;
+  readonly inputs: { name: string; shape: (number | string)[] }[];
+  readonly outputs: string[];
+  readonly opset: number;
+  readonly producer: string;
+  /** Statistics of the last run. */
+  lastRun: RunStats | undefined;
+  private readonly nodes: GraphNode[];
+  private readonly consts = new Map<string, Value>();
+  private readonly readers = new Map<string, number>();
+
+  constructor(graph: Graph, name: string, config: ModelConfig) {
+    this.name = name;
+    this.config = config;
+    this.inputs = graph.inputs;
+    this.outputs = graph.outputs;
+    this.opset = graph.opset;
+    this.producer = graph.producer;
+    this.nodes = fuseActivations(graph);
+    for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
+    for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
+  }
+
+  /** Runs the graph on its one input and returns its first output. */
+  async run(input: Tensor): Promise<Tensor> {
+    if (this.inputs.length !== 1) throw new Error(`${this.name} has ${this.inputs.length} inputs; use runAll`);
+    const out = await this.runAll({ [this.inputs[0]!.name]: input });
+    return out[this.outputs[0]!]!;
+  }
+
+  /** Runs the graph on named inputs; returns every graph output. */
+  async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+    const t0 = performance.now();
+    const env = new Map<string, Value>(this.consts);
+    for (const i of this.inputs) {
+      const t = feeds[i.name];
+      ops.assertTensor(`inputs.${i.name}`, t);
+      if (t.shape.length !== i.shape.length || i.shape.some((d, k) => typeof d === "number" && d !== t.shape[k])) {
+        throw new RangeError(`input ${i.name} has shape [${t.shape.join(", ")}] but the model expects [${i.shape.join(", ")}]`);
+      }
+      env.set(i.name, { f: t });
+    }
+    const pool = new Pool();
+    const pooled = new Set<Float32Array>(); // buffers owned by the pool
+    const refs = new Map<Float32Array, number>(); // live values per buffer (views share one)
+    const left = new Map(this.readers);
+    const keep = new Set(this.outputs);
+    const alloc = (shape: number[]): Tensor => {
+      const data = pool.take(prod(shape));
+      pooled.add(data);
+      return { data, shape };
+    };
+    const bind = (name: string, v: Value) => {
+      env.set(name, v);
+      if ("f" in v) refs.set(v.f.data, (refs.get(v.f.data) ?? 0) + 1);
+    };
+    const release = (name: string) => {
+      const v = env.get(name);
+      if (!v || this.consts.has(name) || keep.has(name)) return;
+      env.delete(name);
+      if (!("f" in v)) return;
+      const r = (refs.get(v.f.data) ?? 1) - 1;
+      if (r > 0) return void refs.set(v.f.data, r);
+      refs.delete(v.f.data);
+      if (pooled.has(v.f.data) && ![...keep].some((k) => (env.get(k) as { f?: Tensor } | undefined)?.f?.data === v.f.data)) {
+        pooled.delete(v.f.data);
+        pool.give(v.f.data);
+      }
+    };
+    for (const n of this.nodes) {
+      const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
+      let results: Value[];
+      try {
+        results = await runNode(n, args, alloc);
+      } catch (e) {
+        throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
+      }
+      const outNames = n.fusedAct ? [n.fusedAct.output] : n.outputs;
+      results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
+      for (const i of n.inputs) {
+        if (!i) continue;
+        const l = (left.get(i) ?? 0) - 1;
+        left.set(i, l);
+        if (l <= 0) release(i);
+      }
+      for (const o of outNames) if (!left.has(o) && !keep.has(o)) release(o); // read by nobody
+    }
+    const out: Record<string, Tensor> = {};
+    for (const o of this.outputs) {
+      const v = env.get(o);
+      if (!v) throw new Error(`output ${o} was not computed`);
+      out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
+    }
+    pool.clear();
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0 };
+    return out;
+  }
+}
+
+function constValue(t: OnnxTensor): Value {
+  return t.f32 ? { f: { data: t.f32, shape: t.dims.length ? t.dims : [1] } } : { ints: t.ints!, shape: t.dims };
+}
+
+const F = (v: Value | undefined, what: string): Tensor => {
+  if (!v || !("f" in v)) throw new Error(`${what} must be a float tensor`);
+  return v.f;
+};
+const I = (v: Value | undefined, what: string): number[] => {
+  if (!v) throw new Error(`${what} is missing`);
+  if ("ints" in v) return v.ints;
+  if (v.f.data.length <= 64) return Array.from(v.f.data);
+  throw new Error(`${what} must be a small integer tensor`);
+};
+const triple = (a: Attr | undefined, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
+const pads6 = (a: Attr | undefined, autoPad: Attr | undefined): [number, number, number, number, number, number] =>
+  autoPad === "VALID" || !Array.isArray(a) ? [0, 0, 0, 0, 0, 0] : (a as [number, number, number, number, number, number]);
+
+function reshapeView(t: Tensor, shape: number[]): Value {
+  if (prod(shape) !== t.data.length) throw new Error(`cannot reshape [${t.shape}] to [${shape}]`);
+  return { f: { data: t.data, shape } };
+}
+
+/** Runs one node. Float results are taken from `alloc` so that they come from the pool. */
+async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor): Promise<Value[]> {
+  const at = n.attrs;
+  const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
+  switch (n.opType) {
+    case "Conv":
+      return [{ f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), groups: (at.group as number) ?? 1, alloc, ...act }) }];
+    case "ConvTranspose":
+      return [{ f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), outputPadding: triple(at.output_padding, 0), groups: (at.group as number) ?? 1, alloc }) }];
+    case "InstanceNormalization":
+      return [{ f: await ops.instanceNorm(F(a[0], "input"), F(a[1], "scale"), F(a[2], "B"), { eps: (at.epsilon as number) ?? 1e-5, alloc, ...act }) }];
+    case "BatchNormalization":
+      return [{ f: await ops.batchNorm(F(a[0], "X"), F(a[1], "scale"), F(a[2], "B"), F(a[3], "mean"), F(a[4], "var"), { eps: (at.epsilon as number) ?? 1e-5, alloc }) }];
+    case "Relu":
+      return [{ f: await ops.relu(F(a[0], "X"), { alloc }) }];
+    case "LeakyRelu":
+      return [{ f: await ops.leakyRelu(F(a[0], "X"), { alpha: (at.alpha as number) ?? 0.01, alloc }) }];
+    case "Sigmoid":
+      return [{ f: await ops.sigmoid(F(a[0], "X"), { alloc }) }];
+    case "PRelu": {
+      const s = F(a[1], "slope");
+      return [{ f: await ops.prelu(F(a[0], "X"), { data: s.data, shape: [s.data.length] }, { alloc }) }];
+    }
+    case "Add":
+    case "Mul": {
+      if (a[0] && a[1] && "f" in a[0] && "f" in a[1]) return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc }) }];
+      const x = I(a[0], "A"), y = I(a[1], "B");
+      const len = Math.max(x.length, y.length);
+      const r = Array.from({ length: len }, (_, i) => (n.opType === "Add" ? x[x.length === 1 ? 0 : i]! + y[y.length === 1 ? 0 : i]! : x[x.length === 1 ? 0 : i]! * y[y.length === 1 ? 0 : i]!));
+      return [{ ints: r, shape: x.length >= y.length ? shapeOf(a[0]!) : shapeOf(a[1]!) }];
+    }
+    case "Concat": {
+      const axis = (at.axis as number) ?? 0;
+      if (a.every((v) => v && "f" in v)) return [{ f: await ops.concat(a.map((v) => (v as { f: Tensor }).f), axis, { alloc }) }];
+      const all = a.flatMap((v, k) => I(v, `input ${k}`));
+      return [{ ints: all, shape: [all.length] }];
+    }
+    case "MaxPool":
+    case "AveragePool": {
+      const o = { kernel: triple(at.kernel_shape, 1), stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), ceilMode: at.ceil_mode === 1, countIncludePad: at.count_include_pad === 1, alloc };
+      return [{ f: await (n.opType === "MaxPool" ? ops.maxPool3d : ops.avgPool3d)(F(a[0], "X"), o) }];
+    }
+    case "Resize": {
+      const x = F(a[0], "X");
+      const mode = ((at.mode as string) ?? "nearest") as "nearest" | "linear";
+      const common = {
+        mode,
+        coordinateTransformationMode: ((at.coordinate_transformation_mode as string) ?? "half_pixel") as "half_pixel",
+        nearestMode: ((at.nearest_mode as string) ?? "round_prefer_floor") as "floor",
+        alloc,
+      };
+      const sizes = a[3] ? I(a[3], "sizes") : [];
+      if (sizes.length) {
+        if (sizes[0] !== x.shape[0] || sizes[1] !== x.shape[1]) throw new Error("Resize may change only the spatial axes");
+        return [{ f: await ops.resize(x, { ...common, sizes: sizes.slice(2) as [number, number, number] }) }];
+      }
+      const scales = a[2] ? (("f" in a[2]) ? Array.from(a[2].f.data) : a[2].ints) : [];
+      if (scales.length !== 5 || scales[0] !== 1 || scales[1] !== 1) throw new Error("Resize needs 5 scales (1 for N and C) or 5 sizes");
+      return [{ f: await ops.resize(x, { ...common, scales: scales.slice(2) as [number, number, number] }) }];
+    }
+    case "Softmax":
+      return [{ f: await ops.softmax(F(a[0], "input"), { axis: (at.axis as number) ?? -1, alloc }) }];
+    case "ArgMax": {
+      const r = await ops.argmax(F(a[0], "data"), { axis: (at.axis as number) ?? 0, keepdims: (at.keepdims as number | undefined) !== 0 });
+      const t = alloc(r.shape);
+      t.data.set(r.data);
+      return [{ f: t }];
+    }
+    case "Identity":
+    case "Dropout":
+      return [a[0]!];
+    case "Constant": {
+      const v = at.value as OnnxTensor | undefined;
+      if (v) return [constValue(v)];
+      if (at.value_float !== undefined) return [{ f: { data: Float32Array.of(at.value_float as number), shape: [1] } }];
+      if (at.value_floats !== undefined) return [{ f: { data: Float32Array.from(at.value_floats as number[]), shape: [(at.value_floats as number[]).length] } }];
+      if (at.value_int !== undefined) return [{ ints: [at.value_int as number], shape: [] }];
+      if (at.value_ints !== undefined) return [{ ints: at.value_ints as number[], shape: [(at.value_ints as number[]).length] }];
+      throw new Error("Constant without a value");
+    }
+    case "Shape": {
+      const s = shapeOf(a[0]!);
+      const r = s.slice((at.start as number) ?? 0, (at.end as number) ?? s.length);
+      return [{ ints: r, shape: [r.length] }];
+    }
+    case "Gather": {
+      const data = I(a[0], "data"), idx = I(a[1], "indices");
+      const r = idx.map((i) => data[i < 0 ? i + data.length : i]!);
+      return [{ ints: r, shape: shapeOf(a[1]!).length ? [r.length] : [] }];
+    }
+    case "Unsqueeze":
+    case "Squeeze": {
+      const axes = a[1] ? I(a[1], "axes") : ((at.axes as number[]) ?? []);
+      const v = a[0]!;
+      const s = shapeOf(v);
+      let ns: number[];
+      if (n.opType === "Unsqueeze") {
+        ns = [...s];
+        const rank = s.length + axes.length;
+        for (const ax of axes.map((x) => (x < 0 ? x + rank : x)).sort((p, q) => p - q)) ns.splice(ax, 0, 1);
+      } else {
+        const drop = new Set((axes.length ? axes : s.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0)).map((x) => (x < 0 ? x + s.length : x)));
+        ns = s.filter((_, i) => !drop.has(i));
+      }
+      return ["f" in v ? reshapeView(v.f, ns) : { ints: v.ints, shape: ns }];
+    }
+    case "Cast": {
+      const v = a[0]!;
+      const to = at.to as number;
+      if (to === 1) return ["f" in v ? v : { f: { data: Float32Array.from(v.ints), shape: v.shape.length ? v.shape : [1] } }];
+      return ["f" in v ? { ints: Array.from(v.f.data, Math.trunc), shape: v.f.shape } : v];
+    }
+    case "Slice": {
+      const data = I(a[0], "data"), starts = I(a[1], "starts"), ends = I(a[2], "ends");
+      if (shapeOf(a[0]!).length > 1) throw new Error("Slice runs on 1-D shape tensors only");
+      const step = a[4] ? I(a[4], "steps")[0]! : 1;
+      const clamp = (x: number) => Math.max(0, Math.min(data.length, x < 0 ? x + data.length : x));
+      const r: number[] = [];
+      for (let i = clamp(starts[0]!); step > 0 ? i < clamp(ends[0]!) : i > clamp(ends[0]!); i += step) r.push(data[i]!);
+      return [{ ints: r, shape: [r.length] }];
+    }
+    case "Reshape": {
+      const x = F(a[0], "data");
+      const want = I(a[1], "shape").map((d, i) => (d === 0 && !at.allowzero ? x.shape[i]! : d));
+      const known = prod(want.filter((d) => d !== -1));
+      return [reshapeView(x, want.map((d) => (d === -1 ? x.data.length / known : d)))];
+    }
+    case "Flatten": {
+      const x = F(a[0], "input");
+      const ax = (at.axis as number) ?? 1;
+      return [reshapeView(x, [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))])];
+    }
+    default:
+      throw new Error(`op ${n.opType} is not supported`);
+  }
+}
+
+function shapeOf(v: Value): number[] {
+  return "f" in v ? v.f.shape : v.shape;
+}
+
+/**
+ * Loads an ONNX model (path or bytes). The config comes from the argument, else a JSON sidecar
+ * beside the file (`<model>.json`), else nnU-Net's plans.json/dataset.json beside it, else the
+ * model's metadata_props, else defaults. A model the engine cannot run fails here.
+ */
+export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig>): Promise<Model> {
+  if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
+    throw new TypeError(`Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`);
+  }
+  const graph = await parseModel(onnxPathOrBytes);
+  const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
+  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, config);
+  return new Model(graph, name, cfg);
+}

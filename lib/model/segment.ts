@@ -1,0 +1,337 @@
+/**
+ * segment(): the path nnU-Net's predictor takes, from a head CT in Hounsfield units to labels in
+ * the CT's own grid, as separate steps: normalise, reorder axes, resample to the model's spacing,
+ * sliding-window inference with Gaussian weighting (and optional mirroring), softmax, resample the
+ * class probabilities back one class at a time with a running argmax, cleanup, report.
+ */
+import { activeBackend } from "../backends/index.js";
+import { invalidParameterError, optionsObject } from "../is.js";
+import { cleanup, componentStats, connectedComponents, type CleanupOptions, type Component } from "../ops/components.js";
+import * as ops from "../ops/tensor.js";
+import type { Tensor, Volume } from "../types.js";
+import { allocArray, assertVolume } from "../volume.js";
+import type { ModelConfig, Normalization } from "./config.js";
+import type { Model } from "./model.js";
+
+export interface SegmentProgress {
+  step: "preprocess" | "window" | "postprocess";
+  done: number;
+  total: number;
+}
+
+export interface SegmentOptions {
+  /** Sliding-window patch [z, y, x]; default the model config's. */
+  patchSize?: [number, number, number];
+  /** Step as a fraction of the patch (default the config's, nnU-Net 0.5). */
+  stepSize?: number;
+  /** Test-time mirroring: true for all three axes, or the axes (0 z, 1 y, 2 x) to flip. Default false. */
+  mirror?: boolean | number[];
+  /** Remove small components afterwards (cleanup's options), e.g. { minVolumeMl: 0.05 }. Default: none. */
+  cleanup?: CleanupOptions | false;
+  onProgress?: (p: SegmentProgress) => void;
+}
+
+export interface SegmentReport {
+  model: string;
+  backend: string;
+  classes: Record<string, string>;
+  /** Per class label value: voxels and mL in the CT's grid (after cleanup). */
+  perClass: Record<string, { name: string; voxels: number; volumeMl: number }>;
+  components: Component[];
+  dims: [number, number, number];
+  spacing: [number, number, number];
+  /** The grid the model ran on ([z, y, x] voxels and mm, after reordering). */
+  modelGrid: { dims: [number, number, number]; spacing: [number, number, number] };
+  windows: number;
+  forwards: number;
+  /** Milliseconds per step. */
+  timings: Record<string, number>;
+  /** Largest live set of one forward (bytes) and the largest buffers segment itself held (bytes). */
+  peakForwardBytes: number;
+  peakSegmentBytes: number;
+}
+
+const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+
+/** Intensity normalisation of the CT, into a new float32 array. */
+export function normalize(src: ArrayLike<number>, n: Normalization): Float32Array {
+  const out = allocArray("float32", src.length, "normalised image") as Float32Array;
+  const len = src.length;
+  switch (n.type) {
+    case "window":
+      for (let i = 0; i < len; i++) out[i] = (Math.min(Math.max(src[i]!, n.lower), n.upper) - n.center) / n.scale;
+      break;
+    case "ct":
+      for (let i = 0; i < len; i++) out[i] = (Math.min(Math.max(src[i]!, n.lower), n.upper) - n.mean) / n.std;
+      break;
+    case "none":
+      for (let i = 0; i < len; i++) out[i] = src[i]!;
+      break;
+    case "zscore":
+    case "clipPercentile": {
+      for (let i = 0; i < len; i++) out[i] = src[i]!;
+      if (n.type === "clipPercentile") {
+        const sorted = Float32Array.from(out).sort();
+        const q = (p: number) => sorted[Math.min(len - 1, Math.max(0, Math.round((p / 100) * (len - 1))))]!;
+        const lo = q(n.lowerPercentile), hi = q(n.upperPercentile);
+        for (let i = 0; i < len; i++) out[i] = Math.min(Math.max(out[i]!, lo), hi);
+      }
+      let sum = 0, ss = 0;
+      for (let i = 0; i < len; i++) sum += out[i]!;
+      const mean = sum / len;
+      for (let i = 0; i < len; i++) ss += (out[i]! - mean) ** 2;
+      const sd = Math.max(Math.sqrt(ss / len), 1e-8);
+      for (let i = 0; i < len; i++) out[i] = (out[i]! - mean) / sd;
+      break;
+    }
+  }
+  return out;
+}
+
+/** Permutes the axes of a (z, y, x) C-order array: out axis k is in axis perm[k]. */
+export function transpose3(data: Float32Array, shape: [number, number, number], perm: readonly number[]): { data: Float32Array; shape: [number, number, number] } {
+  if (perm[0] === 0 && perm[1] === 1 && perm[2] === 2) return { data, shape };
+  const ns = perm.map((p) => shape[p]!) as [number, number, number];
+  const st = [shape[1] * shape[2], shape[2], 1];
+  const s0 = st[perm[0]!]!, s1 = st[perm[1]!]!, s2 = st[perm[2]!]!;
+  const out = allocArray("float32", data.length, "transposed image") as Float32Array;
+  let o = 0;
+  for (let a = 0; a < ns[0]; a++) for (let b = 0; b < ns[1]; b++) for (let c = 0; c < ns[2]; c++) out[o++] = data[a * s0 + b * s1 + c * s2]!;
+  return { data: out, shape: ns };
+}
+
+/** nnU-Net's sliding-window starts along one axis. */
+export function windowStarts(length: number, patch: number, step: number): number[] {
+  if (length <= patch) return [0];
+  const n = Math.ceil((length - patch) / (patch * step)) + 1;
+  const actual = (length - patch) / (n - 1);
+  return Array.from({ length: n }, (_, i) => Math.round(actual * i));
+}
+
+/** Gaussian importance map (σ = patch/8, peak 1, zeros replaced by the smallest value), as nnU-Net. */
+export function gaussianMap(patch: [number, number, number]): Float32Array {
+  const axes = patch.map((p) => {
+    const c = Math.floor(p / 2), s = p / 8;
+    return Float64Array.from({ length: p }, (_, i) => Math.exp(-((i - c) ** 2) / (2 * s * s)));
+  });
+  const out = new Float32Array(prod(patch));
+  let i = 0, min = Infinity;
+  for (let a = 0; a < patch[0]; a++) for (let b = 0; b < patch[1]; b++) for (let c = 0; c < patch[2]; c++) {
+    const v = axes[0]![a]! * axes[1]![b]! * axes[2]![c]!;
+    out[i++] = v;
+    if (v > 0 && v < min) min = v;
+  }
+  for (let k = 0; k < out.length; k++) if (out[k] === 0) out[k] = min;
+  return out;
+}
+
+function flip(t: Tensor, axes: number[]): Tensor {
+  if (!axes.length) return t;
+  const [N, C, D, H, W] = t.shape as [number, number, number, number, number];
+  const out = new Float32Array(t.data.length);
+  const fd = axes.includes(0), fh = axes.includes(1), fw = axes.includes(2);
+  let o = 0;
+  for (let nc = 0; nc < N * C; nc++)
+    for (let z = 0; z < D; z++)
+      for (let y = 0; y < H; y++) {
+        const src = ((nc * D + (fd ? D - 1 - z : z)) * H + (fh ? H - 1 - y : y)) * W;
+        if (fw) for (let x = W - 1; x >= 0; x--) out[o++] = t.data[src + x]!;
+        else for (let x = 0; x < W; x++) out[o++] = t.data[src + x]!;
+      }
+  return { data: out, shape: t.shape };
+}
+
+export async function segment(ct: Volume, model: Model, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+  assertVolume("ct", ct);
+  if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel", model);
+  const opts = optionsObject("options", options) as SegmentOptions;
+  const cfg: ModelConfig = model.config;
+  const patch = (opts.patchSize ?? cfg.patchSize).map(Math.round) as [number, number, number];
+  if (patch.length !== 3 || !patch.every((p) => p >= 1)) throw invalidParameterError("options.patchSize", "[z, y, x] of positive integers", opts.patchSize);
+  const step = opts.stepSize ?? cfg.stepSize;
+  if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
+  const mirrorAxes = opts.mirror === true ? [0, 1, 2] : Array.isArray(opts.mirror) ? opts.mirror : [];
+  if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2)) throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
+  const progress = typeof opts.onProgress === "function" ? opts.onProgress : () => {};
+  const timings: Record<string, number> = {};
+  let t = performance.now();
+  const lap = (name: string) => {
+    const now = performance.now();
+    timings[name] = (timings[name] ?? 0) + (now - t);
+    t = now;
+  };
+  let held = 0, peakHeld = 0;
+  const hold = (bytes: number) => {
+    held += bytes;
+    peakHeld = Math.max(peakHeld, held);
+  };
+
+  // 1. normalise (on the CT's grid), 2. reorder axes, 3. resample to the model's spacing
+  progress({ step: "preprocess", done: 0, total: 3 });
+  const [nx, ny, nz] = ct.dims;
+  const zyx: [number, number, number] = [nz, ny, nx];
+  const spacingZyx: [number, number, number] = [ct.spacing[2], ct.spacing[1], ct.spacing[0]];
+  let img = normalize(ct.data, cfg.normalization);
+  hold(img.byteLength);
+  lap("normalize");
+  const perm = cfg.transposeForward;
+  const tr = transpose3(img, zyx, perm);
+  if (tr.data !== img) {
+    hold(tr.data.byteLength);
+    held -= img.byteLength;
+  }
+  img = tr.data;
+  const gridShape = tr.shape;
+  const gridSpacing = perm.map((p) => spacingZyx[p]!) as [number, number, number];
+  lap("reorder");
+  const target = cfg.targetSpacing ? (perm.map((p) => cfg.targetSpacing![p]!) as [number, number, number]) : gridSpacing;
+  const modelShape = gridShape.map((d, i) => Math.max(1, Math.round((d * gridSpacing[i]!) / target[i]!))) as [number, number, number];
+  const resampled = modelShape.some((d, i) => d !== gridShape[i]);
+  let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
+  if (resampled) {
+    x = await ops.resize(x, { sizes: modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    hold(x.data.byteLength);
+    held -= img.byteLength;
+  }
+  lap("resample");
+
+  // 4. sliding window over the model grid, padded to at least one patch
+  const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
+  const lead = padded.map((p, i) => Math.floor((p - modelShape[i]!) / 2));
+  const starts = padded.map((L, i) => windowStarts(L, patch[i]!, step));
+  const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
+  const gauss = gaussianMap(patch);
+  let C = 0;
+  let acc: Float32Array | undefined;
+  const weight = new Float32Array(prod(padded));
+  hold(weight.byteLength);
+  const [PD, PH, PW] = padded, [pd, ph, pw] = patch;
+  const patchT: Tensor = { data: new Float32Array(prod(patch)), shape: [1, 1, ...patch] };
+  let done = 0, forwards = 0, peakForward = 0;
+  const flips = [[]] as number[][];
+  for (const a of mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
+  for (const z0 of starts[0]!) for (const y0 of starts[1]!) for (const x0 of starts[2]!) {
+    // extract the patch (zeros outside the image)
+    patchT.data.fill(0);
+    for (let a = 0; a < pd; a++) {
+      const zz = z0 + a - lead[0]!;
+      if (zz < 0 || zz >= modelShape[0]) continue;
+      for (let b = 0; b < ph; b++) {
+        const yy = y0 + b - lead[1]!;
+        if (yy < 0 || yy >= modelShape[1]) continue;
+        const src = (zz * modelShape[1] + yy) * modelShape[2];
+        for (let c = 0; c < pw; c++) {
+          const xx = x0 + c - lead[2]!;
+          if (xx >= 0 && xx < modelShape[2]) patchT.data[(a * ph + b) * pw + c] = x.data[src + xx]!;
+        }
+      }
+    }
+    let logits: Tensor | undefined;
+    for (const f of flips) {
+      const y = flip(await model.run(flip(patchT, f)), f);
+      forwards++;
+      peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
+      if (!logits) logits = f.length ? y : { data: Float32Array.from(y.data), shape: y.shape };
+      else for (let i = 0; i < y.data.length; i++) logits.data[i]! += y.data[i]!;
+    }
+    if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
+      throw new Error(`the model returned shape [${logits!.shape.join(", ")}] for a patch of [1, 1, ${patch.join(", ")}]`);
+    }
+    if (!acc) {
+      C = logits!.shape[1]!;
+      acc = allocArray("float32", C * prod(padded), "aggregated logits") as Float32Array;
+      hold(acc.byteLength);
+    }
+    const scale = 1 / flips.length, vol = prod(padded), pv = prod(patch);
+    for (let k = -1; k < C; k++) // k = −1: the weights; then each class, over contiguous rows
+      for (let a = 0; a < pd; a++)
+        for (let b = 0; b < ph; b++) {
+          const dst = ((z0 + a) * PH + (y0 + b)) * PW + x0, srcp = (a * ph + b) * pw;
+          if (k < 0) for (let c = 0; c < pw; c++) weight[dst + c]! += gauss[srcp + c]!;
+          else {
+            const ao = k * vol + dst, lo = k * pv + srcp;
+            for (let c = 0; c < pw; c++) acc[ao + c]! += logits!.data[lo + c]! * gauss[srcp + c]! * scale;
+          }
+        }
+    progress({ step: "window", done: ++done, total });
+  }
+  lap("inference");
+
+  // 5. crop the padding, average, softmax over classes
+  const mvol = prod(modelShape);
+  let probs = acc!;
+  if (padded.some((p, i) => p !== modelShape[i])) {
+    probs = allocArray("float32", C * mvol, "logits") as Float32Array;
+    hold(probs.byteLength);
+  }
+  const vol = prod(padded);
+  for (let k = 0; k < C; k++)
+    for (let z = 0; z < modelShape[0]; z++)
+      for (let y = 0; y < modelShape[1]; y++) {
+        const src = ((z + lead[0]!) * PH + (y + lead[1]!)) * PW + lead[2]!, dst = (z * modelShape[1] + y) * modelShape[2];
+        for (let xx = 0; xx < modelShape[2]; xx++) probs[k * mvol + dst + xx] = acc![k * vol + src + xx]! / weight[src + xx]!;
+      }
+  if (probs !== acc) held -= acc!.byteLength;
+  await activeBackend().softmax(probs, 1, C, mvol, probs);
+  lap("softmax");
+  progress({ step: "postprocess", done: 1, total: 3 });
+
+  // 6. back to the CT's grid, one class at a time, keeping a running argmax
+  const n = ct.data.length;
+  const labels = new Uint8Array(n);
+  const inv = [0, 1, 2].map((k) => perm.indexOf(k)); // grid axis holding zyx axis k
+  if (!resampled && perm.every((p, i) => p === i)) {
+    const lab = new Int32Array(mvol);
+    await activeBackend().argmax(probs, 1, C, mvol, lab);
+    for (let i = 0; i < n; i++) labels[i] = lab[i]!;
+  } else {
+    const best = new Float32Array(n).fill(-1);
+    hold(best.byteLength);
+    for (let k = 0; k < C; k++) {
+      let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
+      if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+      const back = transpose3(ch.data, gridShape, inv);
+      for (let i = 0; i < n; i++) {
+        const v = back.data[i]!;
+        if (v > best[i]!) (best[i] = v), (labels[i] = k);
+      }
+    }
+  }
+  lap("resample back");
+  let out: Volume<Uint8Array> = { data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] };
+  if (opts.cleanup) {
+    out = (await cleanup(out, opts.cleanup)) as Volume<Uint8Array>;
+    lap("cleanup");
+  }
+  progress({ step: "postprocess", done: 2, total: 3 });
+  const { labels: cc } = await connectedComponents(out, { connectivity: (opts.cleanup && opts.cleanup.connectivity) || 26 });
+  const components = await componentStats(cc, { classes: out });
+  const voxelMl = prod(ct.spacing) / 1000;
+  const counts = new Float64Array(256);
+  for (let i = 0; i < n; i++) counts[out.data[i]!]!++;
+  const perClass: SegmentReport["perClass"] = {};
+  for (const [k, name] of Object.entries(cfg.classes)) {
+    if (k === "0") continue;
+    perClass[k] = { name, voxels: counts[Number(k)]!, volumeMl: counts[Number(k)]! * voxelMl };
+  }
+  lap("report");
+  progress({ step: "postprocess", done: 3, total: 3 });
+  return {
+    labels: out,
+    report: {
+      model: model.name,
+      backend: activeBackend().name,
+      classes: cfg.classes,
+      perClass,
+      components,
+      dims: [...ct.dims],
+      spacing: [...ct.spacing],
+      modelGrid: { dims: modelShape, spacing: target },
+      windows: total,
+      forwards,
+      timings,
+      peakForwardBytes: peakForward,
+      peakSegmentBytes: peakHeld,
+    },
+  };
+}

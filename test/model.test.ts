@@ -1,0 +1,166 @@
+import test from "ava";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
+import type { Tensor, Volume } from "../lib/types.js";
+import { backendsUnderTest, sharedFixture } from "./helpers.js";
+import { randomTensor, relDiff } from "./ort.js";
+
+const backends = backendsUnderTest();
+
+for (const { name } of backends) {
+  for (const [input, expected] of [["input.npy", "expected.npy"], ["input_1.npy", "expected_1.npy"]]) {
+    test.serial(`${name}: the PyTorch-exported plain U-Net gives PyTorch's logits on ${input}`, async (t) => {
+      setBackend(name);
+      const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+      const x = await readNpy(sharedFixture("onnx-plainunet", input));
+      const want = await readNpy(sharedFixture("onnx-plainunet", expected));
+      const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+      t.deepEqual(y.shape, want.shape);
+      const d = relDiff(y.data, want.data);
+      t.true(d <= 1e-4, `max relative difference ${d}`);
+      t.true(model.lastRun!.peakBytes > 0);
+      // the pool keeps the live set well under the sum of all intermediates
+      t.true(model.lastRun!.peakBytes < 12 * y.data.byteLength, `peak ${model.lastRun!.peakBytes}`);
+    });
+  }
+}
+
+/** A model made only of 1×1×1 convolutions: its output at a voxel depends on that voxel alone. */
+function pointwiseModel(seed: number): Uint8Array {
+  const w1 = randomTensor([4, 1, 1, 1, 1], seed), b1 = randomTensor([4], seed + 1), w2 = randomTensor([6, 4, 1, 1, 1], seed + 2), b2 = randomTensor([6], seed + 3);
+  return encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
+      { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
+      { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+    ],
+    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data }, { name: "b1", dims: [4], data: b1.data },
+      { name: "w2", dims: w2.shape, data: w2.data }, { name: "b2", dims: [6], data: b2.data },
+    ],
+  });
+}
+
+function ctVolume(shapeZYX: [number, number, number], seed: number, spacingZYX: number[] = [5, 0.5, 0.5]): Volume {
+  const r = randomTensor(shapeZYX, seed);
+  return volumeFromArray(Float32Array.from(r.data, (v) => v * 100 + 40), shapeZYX, spacingZYX);
+}
+
+for (const { name } of backends) {
+  test.serial(`${name}: sliding windows equal one whole-volume forward for a translation-equivariant model`, async (t) => {
+    setBackend(name);
+    const model = await loadModel(pointwiseModel(5), { patchSize: [4, 16, 16] });
+    for (const shape of [[3, 10, 12], [9, 23, 30]] as [number, number, number][]) {
+      // smaller than one patch; and not divisible by the step
+      const ct = ctVolume(shape, 7);
+      const { labels, report } = await segment(ct, model);
+      const norm = Float32Array.from(ct.data, (v) => (Math.min(Math.max(v, -40), 120) - 40) / 80);
+      const whole = await model.run({ data: norm, shape: [1, 1, ...shape] });
+      const vol = shape[0] * shape[1] * shape[2];
+      let mismatches = 0;
+      for (let i = 0; i < vol; i++) {
+        let best = 0;
+        for (let c = 1; c < 6; c++) if (whole.data[c * vol + i]! > whole.data[best * vol + i]!) best = c;
+        if (labels.data[i] !== best) mismatches++;
+      }
+      t.is(mismatches, 0, `shape ${shape}: ${report.windows} windows`);
+      t.deepEqual(labels.dims, ct.dims);
+    }
+  });
+}
+
+test.serial("segment: mirroring, progress, cleanup and the report", async (t) => {
+  const model = await loadModel(pointwiseModel(9), { patchSize: [4, 16, 16] });
+  const ct = ctVolume([6, 20, 20], 3);
+  const seen: string[] = [];
+  const { labels, report } = await segment(ct, model, { mirror: true, onProgress: (p) => seen.push(`${p.step} ${p.done}/${p.total}`), cleanup: { minVoxels: 3 } });
+  t.is(report.forwards, report.windows * 8);
+  t.true(seen.includes(`window ${report.windows}/${report.windows}`));
+  t.deepEqual(Object.keys(report.perClass), ["1", "2", "3", "4", "5"]);
+  const total = Object.values(report.perClass).reduce((a, c) => a + c.voxels, 0);
+  t.is(total, labels.data.filter((v) => v > 0).length);
+  t.true(report.components.every((c) => c.voxels >= 3));
+  for (const k of ["normalize", "inference", "softmax"]) t.true(report.timings[k]! >= 0);
+});
+
+test.serial("segment resamples to the model's spacing and back to the CT's grid", async (t) => {
+  const model = await loadModel(pointwiseModel(11), { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] });
+  const ct = ctVolume([8, 24, 20], 4, [5, 0.5, 0.5]);
+  const { labels, report } = await segment(ct, model);
+  t.deepEqual(report.modelGrid.dims, [16, 12, 10]);
+  t.deepEqual(labels.dims, ct.dims);
+  t.true(labels.data.some((v) => v > 0));
+});
+
+test("a label volume resampled to another spacing and back keeps its labels away from edges", async (t) => {
+  // blocks of 8 voxels: at 2 mm they are 4 voxels, and nearest sampling is exact inside them
+  const [nz, ny, nx] = [16, 32, 32];
+  const data = new Uint8Array(nx * ny * nz);
+  for (let z = 0; z < nz; z++) for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++) data[(z * ny + y) * nx + x] = ((z >> 3) + (y >> 3) + (x >> 3)) % 6;
+  const v = volumeFromArray(data, [nz, ny, nx], [1, 1, 1]);
+  const down = await resampleVolume(v, [2, 2, 2], { mode: "nearest" });
+  t.deepEqual(down.dims, [16, 16, 8]);
+  const back = await resampleVolume(down, [1, 1, 1], { mode: "nearest" });
+  t.deepEqual(back.dims, v.dims);
+  t.is(back.data.constructor, Uint8Array);
+  let bad = 0;
+  for (let i = 0; i < data.length; i++) if (back.data[i] !== data[i]) bad++;
+  t.is(bad, 0);
+  // the physical extent is kept: corner of voxel 0 stays put
+  t.deepEqual(down.affine.slice(0, 4), [2, 0, 0, 0.5]);
+});
+
+test("loadModel refuses what the engine cannot run, naming the node, op and attribute", async (t) => {
+  const w = randomTensor([2, 1, 3, 3, 3], 1);
+  const base = (nodes: Parameters<typeof encodeModel>[0]["nodes"], opset = 17) =>
+    encodeModel({ opset, nodes, inputs: [{ name: "x", shape: [1, 1, 4, 4, 4] }], outputs: [{ name: "y" }], initializers: [{ name: "w", dims: w.shape, data: w.data }] });
+  await t.throwsAsync(loadModel(base([{ opType: "Conv", inputs: ["x", "w"], outputs: ["h"], name: "enc0" }, { opType: "Tanh", inputs: ["h"], outputs: ["y"], name: "act0" }])), {
+    message: /node act0 \(Tanh\): op Tanh is not supported/,
+  });
+  await t.throwsAsync(loadModel(base([{ opType: "Conv", inputs: ["x", "w"], outputs: ["y"], name: "c", attrs: { auto_pad: "SAME_UPPER" } }])), { message: /node c \(Conv\): attribute auto_pad = SAME_UPPER is not supported/ });
+  await t.throwsAsync(loadModel(base([{ opType: "Softmax", inputs: ["x"], outputs: ["y"], name: "s", attrs: { foo: 1 } }])), { message: /node s \(Softmax\): attribute foo is not supported/ });
+  await t.throwsAsync(loadModel(base([{ opType: "Relu", inputs: ["x"], outputs: ["y"] }], 11)), { message: /opset 11 is not supported/ });
+  await t.throwsAsync(loadModel(new Uint8Array([1, 2, 3, 4, 5])), { message: /not an ONNX model/ });
+  await t.throwsAsync(loadModel("/nonexistent/model.onnx"), { message: /no such file/ });
+  await t.throwsAsync(loadModel(42 as never), { message: /Expected a file path or the model's bytes/ });
+});
+
+test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-model-"));
+  const bytes = pointwiseModel(1);
+  writeFileSync(join(dir, "m.onnx"), bytes);
+  t.is((await loadModel(join(dir, "m.onnx"))).config.source, "default");
+  writeFileSync(join(dir, "plans.json"), JSON.stringify({
+    transpose_forward: [0, 2, 1],
+    foreground_intensity_properties_per_channel: { "0": { mean: 45.2, std: 22.1, percentile_00_5: -10, percentile_99_5: 95 } },
+    configurations: { "3d_fullres": { patch_size: [28, 256, 224], spacing: [5, 0.49, 0.49], normalization_schemes: ["CTNormalization"] } },
+  }));
+  writeFileSync(join(dir, "dataset.json"), JSON.stringify({ labels: { background: 0, EDH: 1, IPH: 2, IVH: 3, SAH: 4, SDH: 5 } }));
+  const nn = await loadModel(join(dir, "m.onnx"));
+  t.is(nn.config.source, "nnunet");
+  t.deepEqual(nn.config.patchSize, [28, 256, 224]);
+  t.deepEqual(nn.config.normalization, { type: "ct", lower: -10, upper: 95, mean: 45.2, std: 22.1 });
+  t.deepEqual(nn.config.transposeForward, [0, 2, 1]);
+  t.is(nn.config.classes["3"], "IVH");
+  writeFileSync(join(dir, "m.json"), JSON.stringify({ patchSize: [8, 32, 32], normalization: { type: "zscore" } }));
+  const sc = await loadModel(join(dir, "m.onnx"));
+  t.is(sc.config.source, "sidecar");
+  t.deepEqual(sc.config.patchSize, [8, 32, 32]);
+  writeFileSync(join(dir, "m.json"), JSON.stringify({ normalization: { type: "magic" } }));
+  await t.throwsAsync(loadModel(join(dir, "m.onnx")), { message: /normalization .* is not one of window, ct, zscore/ });
+  await t.throwsAsync(loadModel(bytes, { patchSize: [0, 1, 1] as never }), { message: /patchSize must be three positive numbers/ });
+});
+
+test("sliding-window starts follow nnU-Net", (t) => {
+  t.deepEqual(windowStarts(10, 16, 0.5), [0]);
+  t.deepEqual(windowStarts(16, 16, 0.5), [0]);
+  t.deepEqual(windowStarts(40, 16, 0.5), [0, 8, 16, 24]);
+  t.deepEqual(windowStarts(23, 16, 0.5), [0, 7]);
+  void readFileSync;
+  void ({} as Tensor);
+});
