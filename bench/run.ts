@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components …]`: the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|model|segment]` (all but segment by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -10,15 +10,17 @@ import { benchComponents } from "./components.js";
 import { benchConv } from "./conv.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
+import { benchModel, benchSegment } from "./model.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv };
+const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {
   const info = backendInfo();
   console.log(`# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`);
   for (const [name, fn] of Object.entries(sections)) {
-    if (wanted.length && !wanted.includes(name)) continue;
+    // "segment" takes minutes: only when asked for by name
+    if (wanted.length ? !wanted.includes(name) : name === "segment") continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {

@@ -164,3 +164,25 @@ test("sliding-window starts follow nnU-Net", (t) => {
   void readFileSync;
   void ({} as Tensor);
 });
+
+test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t) => {
+  const { spawnSync } = await import("node:child_process");
+  const { ROOT } = await import("./helpers.js");
+  const { writeNifti, readNifti } = await import("../lib/index.js");
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-seg-"));
+  writeFileSync(join(dir, "m.onnx"), pointwiseModel(3));
+  writeFileSync(join(dir, "m.json"), JSON.stringify({ patchSize: [4, 16, 16] }));
+  await writeNifti(join(dir, "ct.nii.gz"), ctVolume([5, 20, 18], 2));
+  const run = (...a: string[]) => spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...a], { encoding: "utf8", timeout: 60_000 });
+  const r = run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "m.onnx"), "--out", join(dir, "seg.nii.gz"), "--json");
+  t.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  t.is(report.model, "m");
+  t.is(report.windows, 2 * 2 * 2); // nnU-Net starts: z [0, 1], y [0, 4], x [0, 2]
+  const seg = await readNifti(join(dir, "seg.nii.gz"));
+  t.deepEqual(seg.dims, [18, 20, 5]);
+  t.is(seg.meta?.datatype, "uint8");
+  const bad = run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "missing.onnx"));
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /^bhsd: .*missing.onnx: no such file\n$/);
+});

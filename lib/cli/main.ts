@@ -5,6 +5,7 @@ import { VERSION } from "../version.js";
 import { componentsCommand } from "./components.js";
 import { evaluateCommand } from "./evaluate.js";
 import { infoCommand } from "./info.js";
+import { segmentCommand } from "./segment.js";
 
 const program = new Command();
 program
@@ -18,6 +19,7 @@ program
 infoCommand(program);
 evaluateCommand(program);
 componentsCommand(program);
+segmentCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");

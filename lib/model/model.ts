@@ -43,6 +43,8 @@ export interface RunStats {
   /** Largest sum of live intermediate buffers during the run (bytes). */
   peakBytes: number;
   ms: number;
+  /** Milliseconds per op type. */
+  opMs: Record<string, number>;
 }
 
 export class Model {
@@ -116,14 +118,18 @@ export class Model {
         pool.give(v.f.data);
       }
     };
+    const opMs: Record<string, number> = {};
     for (const n of this.nodes) {
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
+      const tn = performance.now();
       try {
         results = await runNode(n, args, alloc);
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
       }
+      const key = n.fusedAct ? `${n.opType}+${n.fusedAct.act}` : n.opType;
+      opMs[key] = (opMs[key] ?? 0) + performance.now() - tn;
       const outNames = n.fusedAct ? [n.fusedAct.output] : n.outputs;
       results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
       for (const i of n.inputs) {
@@ -141,7 +147,7 @@ export class Model {
       out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
     }
     pool.clear();
-    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0 };
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs };
     return out;
   }
 }

@@ -1,0 +1,57 @@
+/**
+ * Whole models: the plainunet fixture forward, and one window of an nnU-Net 3d_fullres-shaped
+ * U-Net, each beside onnxruntime-node (2 threads) on the same file and input in the same run; and
+ * (section "segment", minutes) a BHSD-sized case through segment().
+ */
+import ort from "onnxruntime-node";
+import { readFileSync } from "node:fs";
+
+import { backendInfo, loadModel, segment, setBackend, volumeFromArray } from "../lib/index.js";
+import { sharedFixture } from "../test/helpers.js";
+import { fmt, measure, rng } from "./lib.js";
+import { buildUNet, NNUNET_FULLRES } from "./unet.js";
+
+async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string> {
+  const r = rng(7);
+  const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
+  const o = await measure(() => session.run(feed), reps);
+  await session.release();
+  let nat = { ms: NaN, peakMb: NaN }, peak = NaN;
+  if (backendInfo().available.native) {
+    setBackend("native");
+    const m = await loadModel(bytes);
+    nat = await measure(() => m.run(x), reps);
+    peak = m.lastRun!.peakBytes / 2 ** 20;
+  }
+  return `| ${label} | ${fmt(nat.ms)} | ${fmt(peak, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} |`;
+}
+
+export async function benchModel(): Promise<string[]> {
+  return [
+    "whole-model forward (median; native backend; onnxruntime-node CPU, 2 threads, same file and input)",
+    "| model and input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    await compare("plainunet fixture, 1×1×16×64×64", readFileSync(sharedFixture("onnx-plainunet", "plainunet.onnx")), [1, 1, 16, 64, 64], 9),
+    await compare("nnU-Net 3d_fullres shape (32…320), one 16×256×256 window", buildUNet(NNUNET_FULLRES), [1, 1, 16, 256, 256], 3),
+  ];
+}
+
+export async function benchSegment(): Promise<string[]> {
+  const [nx, ny, nz] = [512, 512, 40];
+  const r = rng(9);
+  const ct = volumeFromArray(new Float32Array(nx * ny * nz).map(() => r() * 200 - 50), [nz, ny, nx], [5, 0.49, 0.49]);
+  const model = await loadModel(buildUNet(NNUNET_FULLRES), { patchSize: [16, 256, 256] });
+  setBackend(backendInfo().available.native ? "native" : "ts");
+  const t0 = performance.now();
+  const { report } = await segment(ct, model);
+  const s = (performance.now() - t0) / 1000;
+  return [
+    `segment(), ${nx}×${ny}×${nz} CT at 0.49×0.49×5 mm, nnU-Net 3d_fullres-shaped model (random weights), patch 16×256×256, step 0.5, no mirroring, ${report.backend}`,
+    `| total s | windows | ${Object.keys(report.timings).join(" s | ")} s | forward live set MB | segment buffers MB |`,
+    `| --- | --- | ${Object.keys(report.timings).map(() => "---").join(" | ")} | --- | --- |`,
+    `| ${fmt(s)} | ${report.windows} | ${Object.values(report.timings).map((v) => fmt(v / 1000, 2)).join(" | ")} | ${fmt(report.peakForwardBytes / 2 ** 20, 0)} | ${fmt(report.peakSegmentBytes / 2 ** 20, 0)} |`,
+  ];
+}
+

@@ -1,0 +1,60 @@
+/** `bhsd segment`: a head CT through an ONNX model to a label NIfTI and a report. */
+import { writeFile } from "node:fs/promises";
+import type { Command } from "commander";
+import { readNifti, writeNifti } from "../io/nifti.js";
+import { toJson } from "../json.js";
+import { loadModel } from "../model/model.js";
+import { segment } from "../model/segment.js";
+import { fmt, numberArg, progress, table } from "./util.js";
+
+interface Opts {
+  model: string;
+  out?: string;
+  cleanupMinMl?: number;
+  tta?: boolean;
+  report?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+export function segmentCommand(program: Command): void {
+  program
+    .command("segment")
+    .description("segment intracranial hemorrhage on a head CT with an ONNX model; write the labels and report volumes per class and per bleed")
+    .argument("<ct>", "head CT in Hounsfield units (.nii or .nii.gz)")
+    .requiredOption("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
+    .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
+    .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
+    .option("--tta", "test-time mirroring on all three axes (8 forwards per window)")
+    .option("--report <file>", "write the JSON report")
+    .option("--json", "print the JSON report")
+    .option("--quiet", "no progress")
+    .action(async (file: string, o: Opts) => {
+      const ct = await readNifti(file);
+      const model = await loadModel(o.model);
+      const bar = progress(!o.quiet && !o.json);
+      const { labels, report } = await segment(ct, model, {
+        mirror: !!o.tta,
+        ...(o.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: o.cleanupMinMl } } : {}),
+        onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
+      });
+      if (o.out) await writeNifti(o.out, labels);
+      if (o.report) await writeFile(o.report, toJson(report) + "\n");
+      if (o.json) return void process.stdout.write(toJson(report) + "\n");
+      const lines = [
+        `${file}: ${ct.dims.join(" × ")} at ${ct.spacing.map((s) => fmt(s, 2)).join(" × ")} mm, model ${report.model} on ${report.backend}, ${report.windows} window(s)`,
+        table(["class", "voxels", "mL"], Object.entries(report.perClass).map(([k, c]) => [`${k} ${c.name}`, c.voxels, fmt(c.volumeMl, 2)])),
+        `${report.components.length} bleed(s)` + (report.components.length ? ":" : ""),
+      ];
+      if (report.components.length) {
+        lines.push(
+          table(
+            ["bleed", "class", "mL", "ABC/2 mL", "slices"],
+            report.components.map((c) => [c.label, report.classes[String(c.class)] ?? String(c.class), fmt(c.volumeMl, 2), fmt(c.abc2Ml, 2), c.slices]),
+          ),
+        );
+      }
+      lines.push(`timings (ms): ${Object.entries(report.timings).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`);
+      process.stdout.write(lines.join("\n") + "\n");
+    });
+}
