@@ -109,6 +109,61 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, cons
 }
 #endif
 
+// The same product written straight into the output: six rows `ldo` apart, sixteen voxels each.
+// start: from bias (first block of input channels) or from the output (later blocks); finish:
+// apply the activation (last block).
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* a, const float* b, std::int64_t K,
+                                                                   float* o, std::int64_t ldo, const float* bias,
+                                                                   bool first, bool last, Act act, float alpha) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  if (first) {
+    c00 = c01 = _mm256_set1_ps(bias ? bias[0] : 0.0f);
+    c10 = c11 = _mm256_set1_ps(bias ? bias[1] : 0.0f);
+    c20 = c21 = _mm256_set1_ps(bias ? bias[2] : 0.0f);
+    c30 = c31 = _mm256_set1_ps(bias ? bias[3] : 0.0f);
+    c40 = c41 = _mm256_set1_ps(bias ? bias[4] : 0.0f);
+    c50 = c51 = _mm256_set1_ps(bias ? bias[5] : 0.0f);
+  } else {
+    c00 = _mm256_loadu_ps(o), c01 = _mm256_loadu_ps(o + 8);
+    c10 = _mm256_loadu_ps(o + ldo), c11 = _mm256_loadu_ps(o + ldo + 8);
+    c20 = _mm256_loadu_ps(o + 2 * ldo), c21 = _mm256_loadu_ps(o + 2 * ldo + 8);
+    c30 = _mm256_loadu_ps(o + 3 * ldo), c31 = _mm256_loadu_ps(o + 3 * ldo + 8);
+    c40 = _mm256_loadu_ps(o + 4 * ldo), c41 = _mm256_loadu_ps(o + 4 * ldo + 8);
+    c50 = _mm256_loadu_ps(o + 5 * ldo), c51 = _mm256_loadu_ps(o + 5 * ldo + 8);
+  }
+  for (std::int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 w = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(w, b0, c00), c01 = _mm256_fmadd_ps(w, b1, c01);
+    w = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(w, b0, c10), c11 = _mm256_fmadd_ps(w, b1, c11);
+    w = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(w, b0, c20), c21 = _mm256_fmadd_ps(w, b1, c21);
+    w = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(w, b0, c30), c31 = _mm256_fmadd_ps(w, b1, c31);
+    w = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(w, b0, c40), c41 = _mm256_fmadd_ps(w, b1, c41);
+    w = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(w, b0, c50), c51 = _mm256_fmadd_ps(w, b1, c51);
+    a += MR;
+    b += NR;
+  }
+  if (last && act != Act::none) {
+    const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
+#define BHSD_ACT(v) _mm256_blendv_ps(_mm256_mul_ps(v, slope), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ))
+    c00 = BHSD_ACT(c00), c01 = BHSD_ACT(c01), c10 = BHSD_ACT(c10), c11 = BHSD_ACT(c11);
+    c20 = BHSD_ACT(c20), c21 = BHSD_ACT(c21), c30 = BHSD_ACT(c30), c31 = BHSD_ACT(c31);
+    c40 = BHSD_ACT(c40), c41 = BHSD_ACT(c41), c50 = BHSD_ACT(c50), c51 = BHSD_ACT(c51);
+#undef BHSD_ACT
+  }
+  _mm256_storeu_ps(o, c00), _mm256_storeu_ps(o + 8, c01);
+  _mm256_storeu_ps(o + ldo, c10), _mm256_storeu_ps(o + ldo + 8, c11);
+  _mm256_storeu_ps(o + 2 * ldo, c20), _mm256_storeu_ps(o + 2 * ldo + 8, c21);
+  _mm256_storeu_ps(o + 3 * ldo, c30), _mm256_storeu_ps(o + 3 * ldo + 8, c31);
+  _mm256_storeu_ps(o + 4 * ldo, c40), _mm256_storeu_ps(o + 4 * ldo + 8, c41);
+  _mm256_storeu_ps(o + 5 * ldo, c50), _mm256_storeu_ps(o + 5 * ldo + 8, c51);
+}
+
 using Kernel = void (*)(const float*, const float*, std::int64_t, float*);
 
 inline Kernel pick_kernel() {
@@ -142,6 +197,11 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                            float* out, Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
   static const Kernel kernel = pick_kernel();
+#ifdef BHSD_X86
+  static const bool direct = kernel == kernel_avx2 && !std::getenv("BHSD_CONV_STAGED");
+#else
+  const bool direct = false;
+#endif
   const std::int64_t K = g.K(), ksp = g.kd * g.kh * g.kw;
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
@@ -206,6 +266,13 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
           for (std::size_t s = 0; s < segs.size(); ++s) {
             const Seg& sg = segs[s];
             float* o = out + (cob * MR) * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
+#ifdef BHSD_X86
+            if (direct && rows_valid == MR && sg.n == NR) {  // a full tile: no staging
+              kernel_avx2_direct(a, panel + s * std::size_t(kbn * NR), kbn, o, vol_out, bias ? bias + cob * MR : nullptr,
+                                 first, last, act, alpha);
+              continue;
+            }
+#endif
             const std::size_t nbytes = std::size_t(sg.n) * sizeof(float);
             if (!first && rows_valid == MR && sg.n == NR) {
               for (std::int64_t r = 0; r < MR; ++r) std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
