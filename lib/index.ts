@@ -23,3 +23,8 @@ export { type ModelConfig, type Normalization, defaultConfig, fromNnunet } from 
 export { encodeModel } from "./model/onnx-proto.js";
 export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
 export { resampleVolume } from "./model/resample.js";
+export type { ServeOptions } from "./server/server.js";
+/** The REST service (fastify is loaded only when it is asked for). */
+export async function createServer(options?: import("./server/server.js").ServeOptions) {
+  return (await import("./server/server.js")).createServer(options);
+}

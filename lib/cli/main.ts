@@ -6,6 +6,7 @@ import { componentsCommand } from "./components.js";
 import { evaluateCommand } from "./evaluate.js";
 import { infoCommand } from "./info.js";
 import { segmentCommand } from "./segment.js";
+import { serveCommand } from "./serve.js";
 
 const program = new Command();
 program
@@ -20,6 +21,7 @@ infoCommand(program);
 evaluateCommand(program);
 componentsCommand(program);
 segmentCommand(program);
+serveCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");
