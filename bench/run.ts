@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|model|segment]` (all but segment by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|model|segment|server]` (all but segment by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -11,8 +11,9 @@ import { benchConv } from "./conv.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
+import { benchServer } from "./server.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment };
+const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment, server: benchServer };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {

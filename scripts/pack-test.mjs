@@ -1,0 +1,70 @@
+#!/usr/bin/env node
+// The package as users get it: `npm pack`, install the tarball into an empty folder, and prove
+// that (1) the prebuilt binary is the one loaded and nothing was compiled, (2) the library and the
+// command line work from there, (3) with the binary removed the TypeScript backend takes over and
+// says why. Needs `npm run prebuild` first. Ends with "N passed, N failed".
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const prebuilt = join(root, "prebuilds", `${process.platform}-${process.arch}`, "bhsd.node");
+let passed = 0, failed = 0;
+const check = (what, ok, detail = "") => {
+  if (ok) passed++;
+  else failed++;
+  console.log(`${ok ? "ok" : "not ok"} - ${what}${ok || !detail ? "" : `\n  ${detail}`}`);
+};
+if (!existsSync(prebuilt)) {
+  console.log(`no prebuilt binary at ${prebuilt}: run \`npm run prebuild\` first`);
+  console.log("0 passed, 1 failed");
+  process.exit(1);
+}
+const work = mkdtempSync(join(tmpdir(), "bhsd-pack-"));
+try {
+  const tgz = execFileSync("npm", ["pack", "--silent", "--pack-destination", work], { cwd: root, encoding: "utf8" }).trim().split("\n").pop();
+  const app = join(work, "app");
+  execFileSync("mkdir", ["-p", app]);
+  writeFileSync(join(app, "package.json"), JSON.stringify({ name: "bhsd-user", version: "1.0.0", type: "module", private: true }));
+  const install = spawnSync("npm", ["install", "--no-audit", "--no-fund", "--foreground-scripts", join(work, tgz)], { cwd: app, encoding: "utf8" });
+  const log = install.stdout + install.stderr;
+  check("the tarball installs", install.status === 0, log.slice(-2000));
+  check("nothing was compiled", !/compiling the native addon|gyp info spawn|CXX\(target\)/.test(log), log.slice(-2000));
+  const bin = join(app, "node_modules", ".bin", "bhsd");
+  const info = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
+  let j = {};
+  try {
+    j = JSON.parse(info.stdout);
+  } catch {}
+  check("bhsd info runs", info.status === 0, info.stderr);
+  check("the prebuilt binary is the one loaded", j.backend === "native" && /node_modules\/bhsd\/prebuilds\//.test(j.details?.native?.binary ?? ""), JSON.stringify(j.details));
+  writeFileSync(
+    join(app, "job.mjs"),
+    `import { volumeFromArray, writeNifti, connectedComponents, evaluate, backendInfo } from "bhsd";
+const d = new Uint8Array(8 * 16 * 16); d[5] = 1; d[300] = 2; d[301] = 2;
+const v = volumeFromArray(d, [8, 16, 16], [5, 0.5, 0.5]);
+await writeNifti("labels.nii.gz", v);
+const { count } = await connectedComponents(v);
+const m = await evaluate(v, v);
+console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backendInfo().active }));`,
+  );
+  const job = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
+  check("the library works from an installed package", job.status === 0 && JSON.parse(job.stdout || "{}").count === 2, job.stderr);
+  const comp = spawnSync(bin, ["components", "labels.nii.gz", "--json"], { cwd: app, encoding: "utf8" });
+  check("bhsd components runs from there", comp.status === 0 && JSON.parse(comp.stdout || "{}").count === 2, comp.stderr);
+  rmSync(join(app, "node_modules", "bhsd", "prebuilds"), { recursive: true, force: true });
+  const ts = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
+  let k = {};
+  try {
+    k = JSON.parse(ts.stdout);
+  } catch {}
+  check("without the binary the ts backend takes over and says why", ts.status === 0 && k.backend === "ts" && /no binary/.test(k.reasons?.native ?? ""), ts.stdout + ts.stderr);
+  const job2 = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
+  check("…and the library still works", job2.status === 0 && JSON.parse(job2.stdout || "{}").backend === "ts", job2.stderr);
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
