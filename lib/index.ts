@@ -28,3 +28,5 @@ export type { ServeOptions } from "./server/server.js";
 export async function createServer(options?: import("./server/server.js").ServeOptions) {
   return (await import("./server/server.js")).createServer(options);
 }
+export { makePhantom, prng, type Phantom, type PhantomOptions } from "./phantom/phantom.js";
+export { writePhantoms, type PhantomSetOptions } from "./phantom/write.js";

@@ -51,3 +51,14 @@ test("every command has --help", (t) => {
     t.regex(r.stdout, /Usage: bhsd/);
   }
 });
+
+test("bhsd bench components --json times the engine here", (t) => {
+  const r = bhsd("bench", "components", "--json");
+  t.is(r.status, 0, r.stderr);
+  const o = JSON.parse(r.stdout);
+  t.is(o.results.length, 1);
+  t.true(o.results[0].ms > 0);
+  const bad = bhsd("bench", "gpu");
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /unknown benchmark "gpu"/);
+});

@@ -2,9 +2,11 @@
 /** The `bhsd` command line. Every command has --help and --json; bad input → one line, exit 1. */
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
+import { benchCommand } from "./bench.js";
 import { componentsCommand } from "./components.js";
 import { evaluateCommand } from "./evaluate.js";
 import { infoCommand } from "./info.js";
+import { phantomCommand } from "./phantom.js";
 import { segmentCommand } from "./segment.js";
 import { serveCommand } from "./serve.js";
 
@@ -22,6 +24,8 @@ evaluateCommand(program);
 componentsCommand(program);
 segmentCommand(program);
 serveCommand(program);
+benchCommand(program);
+phantomCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");

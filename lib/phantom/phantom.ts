@@ -1,0 +1,172 @@
+/**
+ * Synthetic head CTs with known hemorrhages: the project's own honest default where no BHSD data
+ * can be had. Seeded and deterministic. Anatomy in millimetres about the head's centre: air,
+ * scalp, skull (700–1500 HU), CSF between skull and brain, grey (≈ 40 HU) and white (≈ 25 HU)
+ * matter, lateral ventricles and sulci (CSF ≈ 5 HU); acute blood (50–90 HU) shaped as each class
+ * looks: EDH a biconvex lens against the skull, SDH a thin crescent along it, IPH an irregular blob
+ * in the parenchyma, IVH layering in a ventricle, SAH thin in sulci. Thick slices average three
+ * sub-slices (partial volume), then in-plane blur and noise.
+ */
+import type { Volume } from "../types.js";
+
+/** mulberry32: a small, good, seeded generator. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface PhantomOptions {
+  /** [nx, ny, nz] voxels (default 256 × 256 × 32). */
+  dims?: [number, number, number];
+  /** [sx, sy, sz] mm (default 0.9 × 0.9 × 5). */
+  spacing?: [number, number, number];
+  /** Noise σ in HU (default 6). */
+  noiseHu?: number;
+  /** Probability that a case has no bleed at all (default 0.15). */
+  pNone?: number;
+}
+
+export interface Phantom {
+  ct: Volume<Int16Array>;
+  labels: Volume<Uint8Array>;
+  /** The classes painted into this case. */
+  classes: number[];
+}
+
+interface Blob {
+  c: [number, number, number];
+  r: number;
+}
+
+export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom {
+  const [nx, ny, nz] = options.dims ?? [256, 256, 32];
+  const [sx, sy, sz] = options.spacing ?? [0.9, 0.9, 5];
+  const rnd = prng(seed * 2654435761 + 1);
+  const uni = (a: number, b: number) => a + (b - a) * rnd();
+  // head: ellipsoid semi-axes (mm); the volume covers it with some air around
+  const hx = Math.min(78, (nx * sx) / 2 - 8) * uni(0.92, 1), hy = Math.min(95, (ny * sy) / 2 - 8) * uni(0.92, 1);
+  const hz = Math.max(40, (nz * sz) / 2 + 10);
+  const scalp = 5, skull = uni(5, 8), csfGap = uni(1, 2.5);
+  const boneHu = uni(900, 1300);
+  // ventricles: two ellipsoids either side of the midline
+  const vent = [-1, 1].map((side) => ({ c: [side * uni(7, 10), uni(-6, 6), uni(-5, 10)] as [number, number, number], a: [uni(4, 6), uni(16, 22), uni(10, 16)] as [number, number, number] }));
+  // sulci: thin radial slits near the cortex, by angle and height
+  const sulci = Array.from({ length: 18 }, () => ({ th: uni(0, 2 * Math.PI), z: uni(-hz * 0.6, hz * 0.6), half: uni(0.5, 1.1), depth: uni(8, 18) }));
+
+  // which classes bleed
+  const classes: number[] = [];
+  if (rnd() >= (options.pNone ?? 0.15)) {
+    for (const c of [1, 2, 3, 4, 5]) if (rnd() < 0.45) classes.push(c);
+    if (!classes.length) classes.push(1 + Math.floor(rnd() * 5));
+  }
+  const bloodHu = () => uni(55, 85);
+  // EDH: a lens at angle th, height z, radius R, max thickness T; SDH: a wide thin crescent
+  const edh = classes.includes(1) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.4, hz * 0.4), R: uni(18, 30), T: uni(6, 12), hu: bloodHu() } : null;
+  const sdh = classes.includes(5) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.3, hz * 0.3), R: uni(35, 55), T: uni(3, 7), hu: bloodHu() } : null;
+  // IPH: 2–4 spheres near a point inside the white matter
+  const iph: Blob[] = [];
+  if (classes.includes(2)) {
+    const c0: [number, number, number] = [uni(-0.45, 0.45) * hx, uni(-0.45, 0.45) * hy, uni(-0.35, 0.35) * hz];
+    for (let k = 0, n = 2 + Math.floor(rnd() * 3); k < n; k++) iph.push({ c: [c0[0] + uni(-6, 6), c0[1] + uni(-6, 6), c0[2] + uni(-5, 5)], r: uni(5, 11) });
+  }
+  const iphHu = bloodHu();
+  const ivh = classes.includes(3) ? { v: Math.floor(rnd() * 2), level: uni(-0.2, 0.5), hu: bloodHu() } : null;
+  const sah = classes.includes(4) ? { which: sulci.map(() => rnd() < 0.45), hu: bloodHu() } : null;
+
+  const ex = (x: number, y: number, z: number, a: number, b: number, c: number) => (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2;
+  // One sample: HU and label at a point (mm about the centre).
+  const sample = (x: number, y: number, z: number): [number, number] => {
+    const rOut = Math.sqrt(ex(x, y, z, hx, hy, hz)); // 1 on the scalp's outer surface
+    if (rOut > 1) return [-1000, 0];
+    // approximate depth (mm) below the outer surface along the ellipsoid's normal scale
+    const meanAxis = (hx + hy) / 2;
+    const depth = (1 - rOut) * meanAxis;
+    if (depth < scalp) return [uni(30, 50), 0];
+    if (depth < scalp + skull) return [boneHu + uni(-150, 150), 0];
+    const inner = depth - scalp - skull; // depth below the inner skull surface
+    const th = Math.atan2(y / hy, x / hx);
+    // extra-axial collections lie against the inner skull
+    const angDist = (t0: number, zc: number) => {
+      const d = Math.abs(((th - t0 + 3 * Math.PI) % (2 * Math.PI)) - Math.PI) * meanAxis;
+      return Math.hypot(d, z - zc);
+    };
+    if (edh) {
+      const d = angDist(edh.th, edh.z);
+      if (d < edh.R && inner < edh.T * (1 - (d / edh.R) ** 2)) return [edh.hu, 1];
+    }
+    if (sdh) {
+      const d = angDist(sdh.th, sdh.z);
+      if (d < sdh.R && inner < sdh.T * (1 - (d / sdh.R) ** 4)) return [sdh.hu, 5];
+    }
+    if (inner < csfGap) return [5, 0];
+    for (const [k, v] of vent.entries()) {
+      if (ex(x - v.c[0], y - v.c[1], z - v.c[2], ...v.a) <= 1) {
+        if (ivh && ivh.v === k && (y - v.c[1]) / v.a[1] > ivh.level) return [ivh.hu, 3];
+        return [5, 0];
+      }
+    }
+    for (const [k, s] of sulci.entries()) {
+      if (inner - csfGap > s.depth || Math.abs(z - s.z) > 12) continue;
+      const d = Math.abs(((th - s.th + 3 * Math.PI) % (2 * Math.PI)) - Math.PI) * meanAxis;
+      if (d < s.half) return sah && sah.which[k] ? [sah.hu, 4] : [5, 0];
+    }
+    for (const b of iph) if ((x - b.c[0]) ** 2 + (y - b.c[1]) ** 2 + (z - b.c[2]) ** 2 <= b.r * b.r) return [iphHu, 2];
+    // grey matter outside a white-matter core
+    return rOut > 0.78 ? [40, 0] : [25, 0];
+  };
+
+  const n = nx * ny * nz;
+  const hu = new Float32Array(n);
+  const labels = new Uint8Array(n);
+  const sub = [-1 / 3, 0, 1 / 3];
+  for (let k = 0; k < nz; k++) {
+    for (let j = 0; j < ny; j++) {
+      const y = (j - (ny - 1) / 2) * sy;
+      for (let i = 0; i < nx; i++) {
+        const x = (i - (nx - 1) / 2) * sx;
+        // partial volume: the voxel averages three sub-slices; its label is the class of at
+        // least two of them (blood a thin slice barely grazes is not called blood)
+        let acc = 0, lab = 0;
+        const ls = [0, 0, 0];
+        for (let q = 0; q < 3; q++) {
+          const [h, l] = sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
+          acc += h;
+          ls[q] = l;
+        }
+        if (ls[0] === ls[1] || ls[0] === ls[2]) lab = ls[0]!;
+        else if (ls[1] === ls[2]) lab = ls[1]!;
+        const idx = (k * ny + j) * nx + i;
+        hu[idx] = acc / 3;
+        labels[idx] = lab;
+      }
+    }
+  }
+  // in-plane blur (separable [1 2 1]/4) and noise
+  const tmp = new Float32Array(n);
+  for (let k = 0; k < nz; k++)
+    for (let j = 0; j < ny; j++)
+      for (let i = 0; i < nx; i++) {
+        const o = (k * ny + j) * nx + i;
+        tmp[o] = (hu[o - (i > 0 ? 1 : 0)]! + 2 * hu[o]! + hu[o + (i < nx - 1 ? 1 : 0)]!) / 4;
+      }
+  const sigma = options.noiseHu ?? 6;
+  const ct = new Int16Array(n);
+  for (let k = 0; k < nz; k++)
+    for (let j = 0; j < ny; j++)
+      for (let i = 0; i < nx; i++) {
+        const o = (k * ny + j) * nx + i;
+        const v = (tmp[o - (j > 0 ? nx : 0)]! + 2 * tmp[o]! + tmp[o + (j < ny - 1 ? nx : 0)]!) / 4;
+        const g = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
+        ct[o] = Math.max(-1024, Math.min(3071, Math.round(v + (v > -900 ? g * sigma : 0))));
+      }
+  const affine = [sx, 0, 0, (-(nx - 1) / 2) * sx, 0, sy, 0, (-(ny - 1) / 2) * sy, 0, 0, sz, (-(nz - 1) / 2) * sz, 0, 0, 0, 1];
+  const geo = { dims: [nx, ny, nz] as [number, number, number], spacing: [sx, sy, sz] as [number, number, number], affine };
+  const present = [1, 2, 3, 4, 5].filter((c) => labels.includes(c));
+  return { ct: { data: ct, ...geo }, labels: { data: labels, ...geo, affine: [...affine] }, classes: present };
+}

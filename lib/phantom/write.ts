@@ -1,0 +1,30 @@
+/** Writes phantoms in BHSD's layout: images/, "ground truths"/, and slice-level CSVs (RSNA form). */
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { writeNifti } from "../io/nifti.js";
+import { slicePresence, slicesToCsv } from "../metrics/slices.js";
+import { makePhantom, type PhantomOptions } from "./phantom.js";
+
+export interface PhantomSetOptions extends PhantomOptions {
+  out: string;
+  cases: number;
+  seed: number;
+  onCase?: (done: number, total: number, name: string) => void;
+}
+
+export async function writePhantoms(o: PhantomSetOptions): Promise<{ cases: { name: string; classes: number[] }[] }> {
+  const images = join(o.out, "images"), truths = join(o.out, "ground truths"), slices = join(o.out, "slice labels");
+  for (const d of [images, truths, slices]) await mkdir(d, { recursive: true });
+  const cases: { name: string; classes: number[] }[] = [];
+  for (let k = 0; k < o.cases; k++) {
+    const name = `phantom_${String(o.seed).padStart(4, "0")}_${String(k).padStart(3, "0")}`;
+    const p = makePhantom(o.seed * 100003 + k, o);
+    await writeNifti(join(images, `${name}.nii.gz`), p.ct);
+    await writeNifti(join(truths, `${name}.nii.gz`), p.labels);
+    await writeFile(join(slices, `${name}.csv`), slicesToCsv(slicePresence(p.labels)));
+    cases.push({ name, classes: p.classes });
+    o.onCase?.(k + 1, o.cases, name);
+  }
+  await writeFile(join(o.out, "cases.json"), JSON.stringify({ seed: o.seed, cases }, null, 1) + "\n");
+  return { cases };
+}
