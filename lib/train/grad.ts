@@ -1,0 +1,250 @@
+/**
+ * Backward passes of the ops a 3-D U-Net trains with (TypeScript reference; float64 accumulation),
+ * nnU-Net v2's loss (cross-entropy + soft Dice, shared/spec/training.md) with its gradient, and the
+ * optimisers as torch.optim defines them. Checked against PyTorch autograd in shared/fixtures/grad.
+ */
+import type { Tensor } from "../types.js";
+
+type T3 = [number, number, number];
+
+const zerosLike = (t: Tensor): Tensor => ({ data: new Float32Array(t.data.length), shape: [...t.shape] });
+
+export interface ConvGeometry {
+  stride: T3;
+  /** Leading padding per axis (the convolution's output extent is the caller's dy). */
+  padding: T3;
+  dilation: T3;
+  groups?: number;
+}
+
+/** Gradients of y = conv3d(x, w) + b: dx, dw, db from dy. */
+export function conv3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry): { dx: Tensor; dw: Tensor; db: Tensor } {
+  const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
+  const [Co, Cg, kd, kh, kw] = w.shape as [number, number, number, number, number];
+  const [, , Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
+  const groups = g.groups ?? 1, Cog = Co / groups;
+  const dx = zerosLike(x), dw = new Float64Array(w.data.length), db = new Float64Array(Co);
+  const dxa = new Float64Array(x.data.length);
+  for (let n = 0; n < N; n++)
+    for (let co = 0; co < Co; co++) {
+      const gi = Math.floor(co / Cog);
+      const yb = (n * Co + co) * Do * Ho * Wo;
+      for (let i = 0; i < Do * Ho * Wo; i++) db[co]! += dy.data[yb + i]!;
+      for (let ci = 0; ci < Cg; ci++) {
+        const xb = (n * C + gi * Cg + ci) * D * H * W;
+        for (let a = 0; a < kd; a++)
+          for (let b = 0; b < kh; b++)
+            for (let c = 0; c < kw; c++) {
+              const wi = (((co * Cg + ci) * kd + a) * kh + b) * kw + c;
+              const wv = w.data[wi]!;
+              let acc = 0;
+              for (let od = 0; od < Do; od++) {
+                const id = od * g.stride[0] - g.padding[0] + a * g.dilation[0];
+                if (id < 0 || id >= D) continue;
+                for (let oh = 0; oh < Ho; oh++) {
+                  const ih = oh * g.stride[1] - g.padding[1] + b * g.dilation[1];
+                  if (ih < 0 || ih >= H) continue;
+                  for (let ow = 0; ow < Wo; ow++) {
+                    const iw = ow * g.stride[2] - g.padding[2] + c * g.dilation[2];
+                    if (iw < 0 || iw >= W) continue;
+                    const gy = dy.data[yb + (od * Ho + oh) * Wo + ow]!;
+                    const xi = xb + (id * H + ih) * W + iw;
+                    acc += gy * x.data[xi]!;
+                    dxa[xi]! += gy * wv;
+                  }
+                }
+              }
+              dw[wi]! += acc;
+            }
+      }
+    }
+  dx.data.set(dxa);
+  return { dx, dw: { data: Float32Array.from(dw), shape: [...w.shape] }, db: { data: Float32Array.from(db), shape: [Co] } };
+}
+
+/** Gradients of y = convTranspose3d(x, w) + b (w [C, Co/groups, kd, kh, kw]). */
+export function convTranspose3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry): { dx: Tensor; dw: Tensor; db: Tensor } {
+  const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
+  const [, Cog, kd, kh, kw] = w.shape as [number, number, number, number, number];
+  const [, Co, Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
+  const groups = g.groups ?? 1, Cg = C / groups;
+  const dxa = new Float64Array(x.data.length), dw = new Float64Array(w.data.length), db = new Float64Array(Co);
+  for (let n = 0; n < N; n++) for (let co = 0; co < Co; co++) for (let i = 0, yb = (n * Co + co) * Do * Ho * Wo; i < Do * Ho * Wo; i++) db[co]! += dy.data[yb + i]!;
+  for (let n = 0; n < N; n++)
+    for (let ci = 0; ci < C; ci++) {
+      const gi = Math.floor(ci / Cg);
+      const xb = (n * C + ci) * D * H * W;
+      for (let co = 0; co < Cog; co++) {
+        const yb = (n * Co + gi * Cog + co) * Do * Ho * Wo;
+        for (let a = 0; a < kd; a++)
+          for (let b = 0; b < kh; b++)
+            for (let c = 0; c < kw; c++) {
+              const wi = (((ci * Cog + co) * kd + a) * kh + b) * kw + c;
+              const wv = w.data[wi]!;
+              let acc = 0;
+              for (let id = 0; id < D; id++) {
+                const od = id * g.stride[0] - g.padding[0] + a * g.dilation[0];
+                if (od < 0 || od >= Do) continue;
+                for (let ih = 0; ih < H; ih++) {
+                  const oh = ih * g.stride[1] - g.padding[1] + b * g.dilation[1];
+                  if (oh < 0 || oh >= Ho) continue;
+                  for (let iw = 0; iw < W; iw++) {
+                    const ow = iw * g.stride[2] - g.padding[2] + c * g.dilation[2];
+                    if (ow < 0 || ow >= Wo) continue;
+                    const gy = dy.data[yb + (od * Ho + oh) * Wo + ow]!;
+                    const xi = xb + (id * H + ih) * W + iw;
+                    acc += gy * x.data[xi]!;
+                    dxa[xi]! += gy * wv;
+                  }
+                }
+              }
+              dw[wi]! += acc;
+            }
+      }
+    }
+  return { dx: { data: Float32Array.from(dxa), shape: [...x.shape] }, dw: { data: Float32Array.from(dw), shape: [...w.shape] }, db: { data: Float32Array.from(db), shape: [Co] } };
+}
+
+/** Gradients of affine instance normalisation (biased variance). */
+export function instanceNormBackward(x: Tensor, gamma: Tensor, dy: Tensor, eps = 1e-5): { dx: Tensor; dgamma: Tensor; dbeta: Tensor } {
+  const [N, C] = x.shape as [number, number];
+  const M = x.data.length / (N * C);
+  const dx = zerosLike(x), dg = new Float64Array(C), dbt = new Float64Array(C);
+  for (let n = 0; n < N; n++)
+    for (let c = 0; c < C; c++) {
+      const o = (n * C + c) * M;
+      let s = 0;
+      for (let i = 0; i < M; i++) s += x.data[o + i]!;
+      const mean = s / M;
+      let v = 0;
+      for (let i = 0; i < M; i++) v += (x.data[o + i]! - mean) ** 2;
+      const inv = 1 / Math.sqrt(v / M + eps);
+      let sdy = 0, sdyx = 0;
+      for (let i = 0; i < M; i++) {
+        const xh = (x.data[o + i]! - mean) * inv, d = dy.data[o + i]!;
+        sdy += d;
+        sdyx += d * xh;
+      }
+      dbt[c]! += sdy;
+      dg[c]! += sdyx;
+      const k = gamma.data[c]! * inv;
+      for (let i = 0; i < M; i++) {
+        const xh = (x.data[o + i]! - mean) * inv;
+        dx.data[o + i] = k * (dy.data[o + i]! - sdy / M - (xh * sdyx) / M);
+      }
+    }
+  return { dx, dgamma: { data: Float32Array.from(dg), shape: [C] }, dbeta: { data: Float32Array.from(dbt), shape: [C] } };
+}
+
+/** dx of LeakyReLU (slope α where x ≤ 0, as PyTorch). */
+export function leakyReluBackward(x: Tensor, dy: Tensor, alpha = 0.01): Tensor {
+  const dx = zerosLike(x);
+  for (let i = 0; i < x.data.length; i++) dx.data[i] = x.data[i]! > 0 ? dy.data[i]! : dy.data[i]! * alpha;
+  return dx;
+}
+
+export interface LossResult {
+  ce: number;
+  diceLoss: number;
+  loss: number;
+  dlogits: Tensor;
+}
+
+/**
+ * nnU-Net v2's DC_and_CE_loss (weights 1, 1): mean cross-entropy of softmax(z) against t, plus
+ * −mean over samples and foreground classes of (2·tp + 1e-5) / max(Σp + Σy + 1e-5, 1e-8).
+ */
+export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5): LossResult {
+  const [N, C] = logits.shape as [number, number];
+  const S = logits.data.length / (N * C);
+  const p = new Float64Array(logits.data.length);
+  let ce = 0;
+  for (let n = 0; n < N; n++)
+    for (let i = 0; i < S; i++) {
+      let m = -Infinity;
+      for (let c = 0; c < C; c++) m = Math.max(m, logits.data[(n * C + c) * S + i]!);
+      let sum = 0;
+      for (let c = 0; c < C; c++) sum += Math.exp(logits.data[(n * C + c) * S + i]! - m);
+      for (let c = 0; c < C; c++) p[(n * C + c) * S + i] = Math.exp(logits.data[(n * C + c) * S + i]! - m) / sum;
+      const t = target[n * S + i]!;
+      ce -= logits.data[(n * C + t) * S + i]! - m - Math.log(sum);
+    }
+  ce /= N * S;
+  // soft Dice per sample and foreground class; gradient with respect to p
+  const gp = new Float64Array(p.length);
+  let dcSum = 0;
+  const K = N * (C - 1);
+  for (let n = 0; n < N; n++)
+    for (let c = 1; c < C; c++) {
+      let tp = 0, P = 0, Y = 0;
+      const o = (n * C + c) * S;
+      for (let i = 0; i < S; i++) {
+        const y = target[n * S + i] === c ? 1 : 0;
+        tp += p[o + i]! * y;
+        P += p[o + i]!;
+        Y += y;
+      }
+      const den = Math.max(P + Y + smooth, 1e-8);
+      const num = 2 * tp + smooth;
+      dcSum += num / den;
+      for (let i = 0; i < S; i++) {
+        const y = target[n * S + i] === c ? 1 : 0;
+        gp[o + i] = -((2 * y * den - num) / (den * den)) / K;
+      }
+    }
+  const diceLoss = -dcSum / K;
+  // through the softmax, plus the cross-entropy's (p − onehot) / (N·S)
+  const dz = new Float32Array(p.length);
+  for (let n = 0; n < N; n++)
+    for (let i = 0; i < S; i++) {
+      let dot = 0;
+      for (let c = 0; c < C; c++) dot += p[(n * C + c) * S + i]! * gp[(n * C + c) * S + i]!;
+      const t = target[n * S + i]!;
+      for (let c = 0; c < C; c++) {
+        const k = (n * C + c) * S + i;
+        dz[k] = p[k]! * (gp[k]! - dot) + (p[k]! - (c === t ? 1 : 0)) / (N * S);
+      }
+    }
+  return { ce, diceLoss, loss: ce + diceLoss, dlogits: { data: dz, shape: [...logits.shape] } };
+}
+
+/** torch.optim.Adam (L2 weight decay added to the gradient when given). */
+export class Adam {
+  private m: Float64Array;
+  private v: Float64Array;
+  private t = 0;
+  constructor(size: number, private readonly o: { lr: number; betas?: [number, number]; eps?: number; weightDecay?: number }) {
+    this.m = new Float64Array(size);
+    this.v = new Float64Array(size);
+  }
+  step(p: Float32Array, g: Float32Array): void {
+    const [b1, b2] = this.o.betas ?? [0.9, 0.999], eps = this.o.eps ?? 1e-8, wd = this.o.weightDecay ?? 0;
+    this.t++;
+    const bc1 = 1 - b1 ** this.t, bc2 = 1 - b2 ** this.t;
+    for (let i = 0; i < p.length; i++) {
+      const gi = g[i]! + wd * p[i]!;
+      this.m[i] = b1 * this.m[i]! + (1 - b1) * gi;
+      this.v[i] = b2 * this.v[i]! + (1 - b2) * gi * gi;
+      p[i] = p[i]! - (this.o.lr / bc1) * (this.m[i]! / (Math.sqrt(this.v[i]!) / Math.sqrt(bc2) + eps));
+    }
+  }
+}
+
+/** torch.optim.SGD with Nesterov momentum and L2 weight decay (nnU-Net's: lr 1e-2, momentum 0.99, wd 3e-5). */
+export class SgdNesterov {
+  private buf: Float64Array | undefined;
+  constructor(private readonly size: number, private readonly o: { lr: number; momentum?: number; weightDecay?: number }) {}
+  set lr(v: number) {
+    (this.o as { lr: number }).lr = v;
+  }
+  step(p: Float32Array, g: Float32Array): void {
+    const mu = this.o.momentum ?? 0.99, wd = this.o.weightDecay ?? 0;
+    const first = !this.buf;
+    this.buf ??= new Float64Array(this.size);
+    for (let i = 0; i < p.length; i++) {
+      const gi = g[i]! + wd * p[i]!;
+      this.buf[i] = first ? gi : mu * this.buf[i]! + gi;
+      p[i] = p[i]! - this.o.lr * (gi + mu * this.buf[i]!);
+    }
+  }
+}

@@ -1,0 +1,67 @@
+import test from "ava";
+import { readFileSync } from "node:fs";
+import { readNpy } from "../lib/index.js";
+import type { Tensor } from "../lib/types.js";
+import { Adam, SgdNesterov, conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "../lib/train/grad.js";
+import { sharedFixture } from "./helpers.js";
+import { relDiff } from "./ort.js";
+
+// PyTorch autograd (float64, stored as float32) is the reference: shared/fixtures/grad.
+const cases = JSON.parse(readFileSync(sharedFixture("grad", "cases.json"), "utf8")) as Record<string, Record<string, unknown>>;
+const load = async (c: string, t: string): Promise<Tensor> => {
+  const a = await readNpy(sharedFixture("grad", `${c}_${t}.npy`));
+  return { data: a.data instanceof Float32Array ? a.data : Float32Array.from(a.data), shape: a.shape };
+};
+const TOL = 1e-4;
+
+for (const c of ["conv_a", "conv_b", "conv_c", "convT_a", "convT_b", "convT_c"]) {
+  test(`${c}: dx, dw, db equal PyTorch's`, async (t) => {
+    const k = cases[c]!;
+    const [x, w, dy] = await Promise.all([load(c, "x"), load(c, "w"), load(c, "dy")]);
+    const geo = { stride: k.stride as [number, number, number], padding: k.padding as [number, number, number], dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number] };
+    const g = k.op === "conv3d" ? conv3dBackward(x, w, dy, geo) : convTranspose3dBackward(x, w, dy, geo);
+    for (const [name, got] of [["dx", g.dx], ["dw", g.dw], ["db", g.db]] as const) {
+      const want = await load(c, name);
+      t.deepEqual(got.shape, want.shape);
+      t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
+    }
+  });
+}
+
+test("instance norm and LeakyReLU gradients equal PyTorch's", async (t) => {
+  const [x, gamma, dy] = await Promise.all([load("instnorm", "x"), load("instnorm", "gamma"), load("instnorm", "dy")]);
+  const g = instanceNormBackward(x, gamma, dy, cases.instnorm!.eps as number);
+  for (const [name, got] of [["dx", g.dx], ["dgamma", g.dgamma], ["dbeta", g.dbeta]] as const) {
+    const want = await load("instnorm", name);
+    t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
+  }
+  const [lx, ldy, ldx] = await Promise.all([load("leakyrelu", "x"), load("leakyrelu", "dy"), load("leakyrelu", "dx")]);
+  t.true(relDiff(leakyReluBackward(lx, ldy, 0.01).data, ldx.data) <= TOL);
+});
+
+test("nnU-Net's loss and its gradient equal PyTorch's", async (t) => {
+  const logits = await load("loss", "logits");
+  const target = (await readNpy(sharedFixture("grad", "loss_target.npy"))).data;
+  const r = dcAndCeLoss(logits, target);
+  const k = cases.loss!;
+  t.true(Math.abs(r.ce - (k.ce as number)) < 1e-5, `ce ${r.ce} vs ${k.ce}`);
+  t.true(Math.abs(r.diceLoss - (k.dice_loss as number)) < 1e-5, `dice ${r.diceLoss} vs ${k.dice_loss}`);
+  t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5);
+  const want = await load("loss", "dlogits");
+  t.true(relDiff(r.dlogits.data, want.data) <= TOL, `dlogits: ${relDiff(r.dlogits.data, want.data)}`);
+});
+
+for (const [name, make] of [
+  ["adam", (n: number, h: Record<string, unknown>) => new Adam(n, { lr: h.lr as number, betas: h.betas as [number, number], eps: h.eps as number, weightDecay: h.weight_decay as number })],
+  ["sgd_nesterov", (n: number, h: Record<string, unknown>) => new SgdNesterov(n, { lr: h.lr as number, momentum: h.momentum as number, weightDecay: h.weight_decay as number })],
+] as const) {
+  test(`${name}: three steps equal torch.optim's`, async (t) => {
+    const p = await load(name, "p0");
+    const opt = make(p.data.length, cases[name]!.hyper as Record<string, unknown>);
+    for (let s = 1; s <= 3; s++) {
+      opt.step(p.data, (await load(name, `g${s}`)).data);
+      const want = await load(name, `p${s}`);
+      t.true(relDiff(p.data, want.data) <= 1e-6, `step ${s}: ${relDiff(p.data, want.data)}`);
+    }
+  });
+}
