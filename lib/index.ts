@@ -31,3 +31,4 @@ export async function createServer(options?: import("./server/server.js").ServeO
 export { makePhantom, prng, type Phantom, type PhantomOptions } from "./phantom/phantom.js";
 export { writePhantoms, type PhantomSetOptions } from "./phantom/write.js";
 export { conv3dBackward, convTranspose3dBackward, instanceNormBackward, leakyReluBackward, dcAndCeLoss, Adam, SgdNesterov, type LossResult, type ConvGeometry } from "./train/grad.js";
+export { backprop, type BackpropResult } from "./train/backprop.js";

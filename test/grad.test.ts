@@ -4,7 +4,7 @@ import { readNpy } from "../lib/index.js";
 import type { Tensor } from "../lib/types.js";
 import { Adam, SgdNesterov, conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "../lib/train/grad.js";
 import { sharedFixture } from "./helpers.js";
-import { relDiff } from "./ort.js";
+import { scaleDiff as relDiff } from "./ort.js";
 
 // PyTorch autograd (float64, stored as float32) is the reference: shared/fixtures/grad.
 const cases = JSON.parse(readFileSync(sharedFixture("grad", "cases.json"), "utf8")) as Record<string, Record<string, unknown>>;
@@ -65,3 +65,17 @@ for (const [name, make] of [
     }
   });
 }
+
+test.serial("a whole backward pass through the PyTorch U-Net gives PyTorch's loss and input gradient", async (t) => {
+  const { backprop } = await import("../lib/train/backprop.js");
+  const { setBackend, backendInfo } = await import("../lib/index.js");
+  setBackend(backendInfo().available.native ? "native" : "ts"); // the forward; the backward is TypeScript
+  const x = await load("plainunet", "x");
+  const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
+  const r = await backprop(sharedFixture("onnx-plainunet", "plainunet.onnx"), x, target);
+  const k = cases.plainunet_input_grad!;
+  t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5, `loss ${r.loss} vs ${k.loss}`);
+  const want = await load("plainunet", "dx");
+  t.true(relDiff(r.dx.data, want.data) <= TOL, `dx: ${relDiff(r.dx.data, want.data)}`);
+  t.true(r.paramGrads.size > 10);
+});

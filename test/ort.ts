@@ -54,3 +54,15 @@ export function relDiff(got: ArrayLike<number>, want: ArrayLike<number>): number
   }
   return d / scale;
 }
+
+/** Largest difference relative to the reference's own scale (max |ref|), for tensors of any magnitude. */
+export function scaleDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) return Infinity;
+  let scale = 0, d = 0;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e;
+  }
+  return scale > 0 ? d / scale : d;
+}

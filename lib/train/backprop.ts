@@ -1,0 +1,126 @@
+/**
+ * Reverse-mode differentiation of a whole ONNX U-Net (Conv, ConvTranspose, InstanceNormalization,
+ * LeakyRelu/Relu, Concat): the forward keeps every intermediate, the loss gives d logits, and the
+ * nodes are walked backwards. Returns the loss, the gradient with respect to the input, and the
+ * gradients of the parameters (by initializer name) — the basis of training in the engine.
+ */
+import { parseModel, type Graph, type GraphNode } from "../model/graph.js";
+import * as ops from "../ops/tensor.js";
+import type { Tensor } from "../types.js";
+import { conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "./grad.js";
+
+const T3 = (a: unknown, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
+
+export interface BackpropResult {
+  ce: number;
+  diceLoss: number;
+  loss: number;
+  dx: Tensor;
+  paramGrads: Map<string, Tensor>;
+}
+
+function addInto(grads: Map<string, Float64Array>, name: string, g: ArrayLike<number>) {
+  const cur = grads.get(name);
+  if (!cur) grads.set(name, Float64Array.from(g));
+  else for (let i = 0; i < cur.length; i++) cur[i]! += g[i]!;
+}
+
+export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number>): Promise<BackpropResult> {
+  const graph = model instanceof Uint8Array || typeof model === "string" ? await parseModel(model) : model;
+  const env = new Map<string, Tensor>();
+  for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
+  env.set(graph.inputs[0]!.name, x);
+  const get = (n: string) => {
+    const t = env.get(n);
+    if (!t) throw new Error(`value ${n} is missing`);
+    return t;
+  };
+  const geo = (n: GraphNode) => ({ stride: T3(n.attrs.strides, 1), padding: (Array.isArray(n.attrs.pads) ? (n.attrs.pads as number[]).slice(0, 3) : [0, 0, 0]) as [number, number, number], dilation: T3(n.attrs.dilations, 1), groups: (n.attrs.group as number) ?? 1 });
+  for (const n of graph.nodes) {
+    const a = n.inputs.map((i) => (i ? get(i) : undefined));
+    let y: Tensor;
+    switch (n.opType) {
+      case "Conv": {
+        const g = geo(n);
+        y = await ops.conv3d(a[0]!, a[1]!, a[2] ?? null, { stride: g.stride, dilation: g.dilation, padding: Array.isArray(n.attrs.pads) ? (n.attrs.pads as [number, number, number, number, number, number]) : 0, groups: g.groups });
+        break;
+      }
+      case "ConvTranspose": {
+        const g = geo(n);
+        y = await ops.convTranspose3d(a[0]!, a[1]!, a[2] ?? null, { stride: g.stride, dilation: g.dilation, padding: Array.isArray(n.attrs.pads) ? (n.attrs.pads as [number, number, number, number, number, number]) : 0, outputPadding: T3(n.attrs.output_padding, 0), groups: g.groups });
+        break;
+      }
+      case "InstanceNormalization":
+        y = await ops.instanceNorm(a[0]!, a[1]!, a[2]!, { eps: (n.attrs.epsilon as number) ?? 1e-5 });
+        break;
+      case "LeakyRelu":
+        y = await ops.leakyRelu(a[0]!, { alpha: (n.attrs.alpha as number) ?? 0.01 });
+        break;
+      case "Relu":
+        y = await ops.relu(a[0]!);
+        break;
+      case "Concat":
+        y = await ops.concat(a as Tensor[], (n.attrs.axis as number) ?? 1);
+        break;
+      default:
+        throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+    }
+    env.set(n.outputs[0]!, y);
+  }
+  const logits = get(graph.outputs[0]!);
+  const loss = dcAndCeLoss(logits, target);
+  const grads = new Map<string, Float64Array>([[graph.outputs[0]!, Float64Array.from(loss.dlogits.data)]]);
+  const paramGrads = new Map<string, Tensor>();
+  const asT = (name: string, g: Float64Array): Tensor => ({ data: Float32Array.from(g), shape: get(name).shape });
+  for (let k = graph.nodes.length - 1; k >= 0; k--) {
+    const n = graph.nodes[k]!;
+    const gy = grads.get(n.outputs[0]!);
+    if (!gy) continue;
+    const dy = asT(n.outputs[0]!, gy);
+    const [i0, i1, i2] = n.inputs;
+    const param = (name: string | undefined, g: Tensor) => name && graph.initializers.has(name) && addInto(grads, name, g.data);
+    switch (n.opType) {
+      case "Conv":
+      case "ConvTranspose": {
+        const r = (n.opType === "Conv" ? conv3dBackward : convTranspose3dBackward)(get(i0!), get(i1!), dy, geo(n));
+        addInto(grads, i0!, r.dx.data);
+        param(i1, r.dw);
+        param(i2, r.db);
+        break;
+      }
+      case "InstanceNormalization": {
+        const r = instanceNormBackward(get(i0!), get(i1!), dy, (n.attrs.epsilon as number) ?? 1e-5);
+        addInto(grads, i0!, r.dx.data);
+        param(i1, r.dgamma);
+        param(i2, r.dbeta);
+        break;
+      }
+      case "LeakyRelu":
+      case "Relu":
+        addInto(grads, i0!, leakyReluBackward(get(i0!), dy, n.opType === "Relu" ? 0 : ((n.attrs.alpha as number) ?? 0.01)).data);
+        break;
+      case "Concat": {
+        const axis = (n.attrs.axis as number) ?? 1;
+        if (axis !== 1) throw new Error(`node ${n.name}: backprop of Concat supports axis 1`);
+        const [N, , ...sp] = dy.shape as number[];
+        const S = sp.reduce((p, q) => p * q, 1), Ct = dy.shape[1]!;
+        let off = 0;
+        for (const name of n.inputs) {
+          const C = get(name).shape[1]!;
+          const part = new Float64Array(N! * C * S);
+          for (let b = 0; b < N!; b++) part.set(gy.subarray((b * Ct + off) * S, (b * Ct + off + C) * S), b * C * S);
+          addInto(grads, name, part);
+          off += C;
+        }
+        break;
+      }
+    }
+    grads.delete(n.outputs[0]!);
+  }
+  for (const name of graph.initializers.keys()) {
+    const g = grads.get(name);
+    if (g) paramGrads.set(name, asT(name, g));
+  }
+  const dx = grads.get(graph.inputs[0]!.name);
+  return { ce: loss.ce, diceLoss: loss.diceLoss, loss: loss.loss, dx: dx ? asT(graph.inputs[0]!.name, dx) : { data: new Float32Array(x.data.length), shape: x.shape }, paramGrads };
+}
