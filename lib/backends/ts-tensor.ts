@@ -28,7 +28,7 @@ const PB = 2; // output voxels (along W) per register block: 8 accumulators stay
  * the loop with its accumulators in registers.
  */
 function convRow(
-  xp: Float32Array, off: Int32Array, wq: Float32Array, b0: Float64Array, out: Float32Array,
+  xp: Float32Array, off: Int32Array, wq: Float32Array, wo: number, b0: Float64Array, bo: number, out: Float32Array,
   rowIn: number, rowOut: number, Wo: number, sw: number, K: number, nb: number, vout: number, act: number, alpha: number,
 ): void {
   const s1 = sw;
@@ -36,8 +36,8 @@ function convRow(
   // 2 voxels × 4 channels in registers (measured fastest in V8: larger blocks spill)
   for (; ow + PB <= Wo; ow += PB) {
     const base = rowIn + ow * sw;
-    let a00 = b0[0]!, a01 = a00, a10 = b0[1]!, a11 = a10, a20 = b0[2]!, a21 = a20, a30 = b0[3]!, a31 = a30;
-    for (let k = 0, q = 0; k < K; k++, q += CB) {
+    let a00 = b0[bo]!, a01 = a00, a10 = b0[bo + 1]!, a11 = a10, a20 = b0[bo + 2]!, a21 = a20, a30 = b0[bo + 3]!, a31 = a30;
+    for (let k = 0, q = wo; k < K; k++, q += CB) {
       const i = base + off[k]!;
       const x0 = xp[i]!, x1 = xp[i + s1]!;
       let wv = wq[q]!;
@@ -62,8 +62,8 @@ function convRow(
   }
   for (; ow < Wo; ow++) {
     const base = rowIn + ow * sw;
-    let a0 = b0[0]!, a1 = b0[1]!, a2 = b0[2]!, a3 = b0[3]!;
-    for (let k = 0, q = 0; k < K; k++, q += CB) {
+    let a0 = b0[bo]!, a1 = b0[bo + 1]!, a2 = b0[bo + 2]!, a3 = b0[bo + 3]!;
+    for (let k = 0, q = wo; k < K; k++, q += CB) {
       const v = xp[base + off[k]!]!;
       a0 += wq[q]! * v;
       a1 += wq[q + 1]! * v;
@@ -93,10 +93,8 @@ export const tsTensor: TensorBackend = {
     const off = new Int32Array(K);
     for (let ci = 0, k = 0; ci < Cg; ci++)
       for (let a = 0; a < kd; a++) for (let b = 0; b < kh; b++) for (let c = 0; c < kw; c++, k++) off[k] = ((ci * Dp + a * dd) * Hp + b * dh) * Wp + c * dw;
-    const wq = new Float32Array(K * CB);
     const y = new Yielder();
     const vout = Do * Ho * Wo;
-    const b0 = new Float64Array(CB);
     for (let n = 0; n < N; n++) {
       for (let g = 0; g < groups; g++) {
         xp.fill(0);
@@ -106,20 +104,24 @@ export const tsTensor: TensorBackend = {
               const src = ((n * C + g * Cg + ci) * D + z) * H * W + r * W;
               xp.set(x.subarray(src, src + W), ((ci * Dp + z + pd) * Hp + r + ph) * Wp + pw);
             }
-        for (let cob = 0; cob < Cog; cob += CB) {
-          const nb = Math.min(CB, Cog - cob);
-          wq.fill(0);
-          b0.fill(0);
-          for (let j = 0; j < nb; j++) {
-            for (let k = 0; k < K; k++) wq[k * CB + j] = w[(g * Cog + cob + j) * K + k]!;
-            b0[j] = bias ? bias[g * Cog + cob + j]! : 0;
-          }
-          const o0 = (n * Co + g * Cog + cob) * vout;
-          for (let od = 0; od < Do; od++) {
-            for (let oh = 0; oh < Ho; oh++) {
-              convRow(xp, off, wq, b0, out, (od * sd * Hp + oh * sh) * Wp, o0 + (od * Ho + oh) * Wo, Wo, sw, K, nb, vout, act, alpha);
-              await y.maybe();
+        // weights of every block of CB channels, packed once: [block][k][CB]
+        const blocks = Math.ceil(Cog / CB);
+        const wq = new Float32Array(blocks * K * CB);
+        const b0 = new Float64Array(blocks * CB);
+        for (let j = 0; j < Cog; j++) {
+          const blk = Math.floor(j / CB), lane = j % CB;
+          for (let k = 0; k < K; k++) wq[(blk * K + k) * CB + lane] = w[(g * Cog + j) * K + k]!;
+          b0[blk * CB + lane] = bias ? bias[g * Cog + j]! : 0;
+        }
+        const o0 = (n * Co + g * Cog) * vout;
+        // row by row, every channel block: the input rows a row needs stay in cache across blocks
+        for (let od = 0; od < Do; od++) {
+          for (let oh = 0; oh < Ho; oh++) {
+            for (let blk = 0; blk < blocks; blk++) {
+              const nb = Math.min(CB, Cog - blk * CB);
+              convRow(xp, off, wq, blk * K * CB, b0, blk * CB, out, (od * sd * Hp + oh * sh) * Wp, o0 + blk * CB * vout + (od * Ho + oh) * Wo, Wo, sw, K, nb, vout, act, alpha);
             }
+            await y.maybe();
           }
         }
       }
