@@ -1,12 +1,10 @@
 /** Helpers of the benchmarks: medians, peak memory, and the Python (scipy) references. */
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
-import { performance } from "node:perf_hooks";
 
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-}
+import { median, timeMedian } from "../lib/timing.js";
+
+export { median };
 
 function rssKb(field: "VmRSS" | "VmHWM"): number {
   try {
@@ -36,13 +34,7 @@ export interface Timing {
 
 /** Times `fn` `reps` times after one warm-up; measures the peak memory of one more run. */
 export async function measure(fn: () => Promise<unknown>, reps = 5): Promise<Timing> {
-  await fn();
-  const t: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    await fn();
-    t.push(performance.now() - t0);
-  }
+  const ms = await timeMedian(fn, reps);
   // Let the garbage of earlier runs go first: freed ArrayBuffers are unmapped after the GC, not in it.
   const gc = (globalThis as { gc?: () => void }).gc;
   for (let i = 0; i < 3; i++) {
@@ -53,7 +45,7 @@ export async function measure(fn: () => Promise<unknown>, reps = 5): Promise<Tim
   const ok = resetPeak();
   await fn();
   const peak = ok ? (rssKb("VmHWM") - before) / 1024 : NaN;
-  return { ms: median(t), peakMb: Math.max(0, peak) };
+  return { ms, peakMb: Math.max(0, peak) };
 }
 
 /** The python3 that has the given modules, or undefined (the bench then says so). */

@@ -211,3 +211,22 @@ test("bad arguments are refused before any work, naming the argument", async (t)
   const big = { data: new Float32Array(1), shape: [1, 1, 1, 1, 1] };
   await t.throwsAsync(resize(big, { sizes: [4096, 4096, 4096] }), { message: /exceed the 4294967295-element limit/ });
 });
+
+test("the baseline kernels (no AVX2, as on an older x86-64) give the same convolution", async (t) => {
+  if (!backends.some((b) => b.name === "native")) return t.pass();
+  const { spawnSync } = await import("node:child_process");
+  const { ROOT } = await import("./helpers.js");
+  const script = `
+    import { conv3d, setBackend } from "./lib/index.ts";
+    import { randomTensor } from "./test/ort.ts";
+    const x = randomTensor([1, 5, 6, 9, 37], 3), w = randomTensor([13, 5, 3, 3, 3], 4), b = randomTensor([13], 5);
+    setBackend("native");
+    const y = await conv3d(x, w, b, { padding: 1, activation: "leakyRelu" });
+    setBackend("ts");
+    const r = await conv3d(x, w, b, { padding: 1, activation: "leakyRelu" });
+    let d = 0; for (let i = 0; i < r.data.length; i++) d = Math.max(d, Math.abs(r.data[i] - y.data[i]));
+    console.log(d);`;
+  const run = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { cwd: ROOT, env: { ...process.env, BHSD_NO_AVX2: "1" }, encoding: "utf8" });
+  t.is(run.status, 0, run.stderr);
+  t.true(Number(run.stdout.trim()) < 1e-4, run.stdout);
+});

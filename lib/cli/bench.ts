@@ -9,18 +9,8 @@ import { evaluate } from "../metrics/evaluate.js";
 import { connectedComponents } from "../ops/components.js";
 import { conv3d } from "../ops/tensor.js";
 import { volumeFromArray } from "../volume.js";
+import { timeMedian as timeIt } from "../timing.js";
 import { table } from "./util.js";
-
-async function timeIt(fn: () => Promise<unknown>, reps: number): Promise<number> {
-  await fn();
-  const t: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    await fn();
-    t.push(performance.now() - t0);
-  }
-  return t.sort((a, b) => a - b)[Math.floor(t.length / 2)]!;
-}
 
 function blobs(nx: number, ny: number, nz: number, classes: number, seed: number): Uint8Array {
   let s = seed;

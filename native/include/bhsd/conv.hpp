@@ -75,43 +75,9 @@ inline void kernel_generic(const float* a, const float* b, std::int64_t K, float
 }
 
 #ifdef BHSD_X86
-__attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, const float* b,
-                                                            std::int64_t K, float* c) {
-  __m256 c00 = _mm256_loadu_ps(c + 0), c01 = _mm256_loadu_ps(c + 8);
-  __m256 c10 = _mm256_loadu_ps(c + 16), c11 = _mm256_loadu_ps(c + 24);
-  __m256 c20 = _mm256_loadu_ps(c + 32), c21 = _mm256_loadu_ps(c + 40);
-  __m256 c30 = _mm256_loadu_ps(c + 48), c31 = _mm256_loadu_ps(c + 56);
-  __m256 c40 = _mm256_loadu_ps(c + 64), c41 = _mm256_loadu_ps(c + 72);
-  __m256 c50 = _mm256_loadu_ps(c + 80), c51 = _mm256_loadu_ps(c + 88);
-  for (std::int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    __m256 w = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(w, b0, c00), c01 = _mm256_fmadd_ps(w, b1, c01);
-    w = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(w, b0, c10), c11 = _mm256_fmadd_ps(w, b1, c11);
-    w = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(w, b0, c20), c21 = _mm256_fmadd_ps(w, b1, c21);
-    w = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(w, b0, c30), c31 = _mm256_fmadd_ps(w, b1, c31);
-    w = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(w, b0, c40), c41 = _mm256_fmadd_ps(w, b1, c41);
-    w = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(w, b0, c50), c51 = _mm256_fmadd_ps(w, b1, c51);
-    a += MR;
-    b += NR;
-  }
-  _mm256_storeu_ps(c + 0, c00), _mm256_storeu_ps(c + 8, c01);
-  _mm256_storeu_ps(c + 16, c10), _mm256_storeu_ps(c + 24, c11);
-  _mm256_storeu_ps(c + 32, c20), _mm256_storeu_ps(c + 40, c21);
-  _mm256_storeu_ps(c + 48, c30), _mm256_storeu_ps(c + 56, c31);
-  _mm256_storeu_ps(c + 64, c40), _mm256_storeu_ps(c + 72, c41);
-  _mm256_storeu_ps(c + 80, c50), _mm256_storeu_ps(c + 88, c51);
-}
-#endif
-
-// The same product written straight into the output: six rows `ldo` apart, sixteen voxels each.
-// start: from bias (first block of input channels) or from the output (later blocks); finish:
-// apply the activation (last block).
+// The AVX2 micro-kernel: a 6×16 tile in twelve registers, rows `ldo` apart (the output itself, or
+// a staging tile with ldo = 16). first: start from the bias, else from what the tile holds;
+// last: apply the activation before storing.
 __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* a, const float* b, std::int64_t K,
                                                                    float* o, std::int64_t ldo, const float* bias,
                                                                    bool first, bool last, Act act, float alpha) {
@@ -163,6 +129,12 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* 
   _mm256_storeu_ps(o + 4 * ldo, c40), _mm256_storeu_ps(o + 4 * ldo + 8, c41);
   _mm256_storeu_ps(o + 5 * ldo, c50), _mm256_storeu_ps(o + 5 * ldo + 8, c51);
 }
+
+// c[r·NR + j] += Σ_k a[k·MR + r] · b[k·NR + j], on a staging tile.
+__attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, const float* b, std::int64_t K, float* c) {
+  kernel_avx2_direct(a, b, K, c, NR, nullptr, false, false, Act::none, 0.0f);
+}
+#endif
 
 using Kernel = void (*)(const float*, const float*, std::int64_t, float*);
 
