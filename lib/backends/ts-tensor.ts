@@ -3,20 +3,8 @@
  * the fallback where no binary loads. Inner loops run over contiguous memory or precomputed
  * offsets, allocate nothing per voxel, and yield to the event loop between blocks of work.
  */
-import { setImmediate as yieldToLoop } from "node:timers/promises";
-import { performance } from "node:perf_hooks";
+import { Yielder } from "./yield.js";
 import type { TensorBackend, Triple } from "./tensor-types.js";
-
-/** Yields when the current slice of work has run for more than ~15 ms. */
-class Yielder {
-  private t = performance.now();
-  async maybe(): Promise<void> {
-    if (performance.now() - this.t > 15) {
-      await yieldToLoop();
-      this.t = performance.now();
-    }
-  }
-}
 
 const act1 = (v: number, act: number, alpha: number) => (act === 1 ? (v > 0 ? v : 0) : act === 2 ? (v > 0 ? v : v * alpha) : v);
 

@@ -1,4 +1,5 @@
 /** Keeps long TypeScript loops from holding the event loop: work in chunks, yield between them. */
+import { performance } from "node:perf_hooks";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 
 /** Elements per chunk: a few milliseconds of simple work. */
@@ -9,5 +10,16 @@ export async function forChunks(n: number, fn: (lo: number, hi: number) => void,
   for (let lo = 0; lo < n; lo += chunk) {
     fn(lo, Math.min(n, lo + chunk));
     if (lo + chunk < n) await yieldToLoop();
+  }
+}
+
+/** Yields to the event loop once the current slice of work has run for more than ~15 ms. */
+export class Yielder {
+  private t = performance.now();
+  async maybe(): Promise<void> {
+    if (performance.now() - this.t > 15) {
+      await yieldToLoop();
+      this.t = performance.now();
+    }
   }
 }

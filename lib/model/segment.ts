@@ -5,6 +5,7 @@
  * class probabilities back one class at a time with a running argmax, cleanup, report.
  */
 import { activeBackend } from "../backends/index.js";
+import { Yielder } from "../backends/yield.js";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { cleanup, componentStats, connectedComponents, type CleanupOptions, type Component } from "../ops/components.js";
 import * as ops from "../ops/tensor.js";
@@ -153,6 +154,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   const mirrorAxes = opts.mirror === true ? [0, 1, 2] : Array.isArray(opts.mirror) ? opts.mirror : [];
   if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2)) throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
   const progress = typeof opts.onProgress === "function" ? opts.onProgress : () => {};
+  const yielder = new Yielder(); // the TypeScript loops below let the event loop in every ~15 ms
   const timings: Record<string, number> = {};
   let t = performance.now();
   const lap = (name: string) => {
@@ -254,6 +256,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
           }
         }
     progress({ step: "window", done: ++done, total });
+    await yielder.maybe();
   }
   lap("inference");
 
@@ -266,11 +269,13 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   }
   const vol = prod(padded);
   for (let k = 0; k < C; k++)
-    for (let z = 0; z < modelShape[0]; z++)
+    for (let z = 0; z < modelShape[0]; z++) {
+      await yielder.maybe();
       for (let y = 0; y < modelShape[1]; y++) {
         const src = ((z + lead[0]!) * PH + (y + lead[1]!)) * PW + lead[2]!, dst = (z * modelShape[1] + y) * modelShape[2];
         for (let xx = 0; xx < modelShape[2]; xx++) probs[k * mvol + dst + xx] = acc![k * vol + src + xx]! / weight[src + xx]!;
       }
+    }
   if (probs !== acc) held -= acc!.byteLength;
   await activeBackend().softmax(probs, 1, C, mvol, probs);
   lap("softmax");
@@ -291,9 +296,12 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
       let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
       if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
       const back = transpose3(ch.data, gridShape, inv);
-      for (let i = 0; i < n; i++) {
-        const v = back.data[i]!;
-        if (v > best[i]!) (best[i] = v), (labels[i] = k);
+      for (let lo = 0; lo < n; lo += 1 << 20) {
+        for (let i = lo, hi = Math.min(n, lo + (1 << 20)); i < hi; i++) {
+          const v = back.data[i]!;
+          if (v > best[i]!) (best[i] = v), (labels[i] = k);
+        }
+        await yielder.maybe();
       }
     }
   }

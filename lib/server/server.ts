@@ -22,7 +22,8 @@ import { segment } from "../model/segment.js";
 import { componentStats, connectedComponents } from "../ops/components.js";
 import type { Volume } from "../types.js";
 import { VERSION } from "../version.js";
-import { gzipSync } from "node:zlib";
+import { promisify } from "node:util";
+import { gzip } from "node:zlib";
 import { buildHeader } from "../io/nifti-header.js";
 import { openapi } from "./openapi.js";
 
@@ -88,10 +89,12 @@ function tokenDigest(t: string): Buffer {
   return createHash("sha256").update(t).digest();
 }
 
-/** Label volume → .nii.gz bytes (uint8, the CT's geometry). */
-function niftiBytes(v: Volume<Uint8Array>): Buffer {
+const gzipAsync = promisify(gzip);
+
+/** Label volume → .nii.gz bytes (uint8, the CT's geometry), compressed off the event loop. */
+async function niftiBytes(v: Volume<Uint8Array>): Promise<Buffer> {
   const header = buildHeader({ version: 1, dims: v.dims, dtype: "uint8", spacing: v.spacing, affine: v.affine, sclSlope: 0, sclInter: 0, qformCode: 1, sformCode: 1 });
-  return gzipSync(Buffer.concat([header, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]), { level: 6 });
+  return gzipAsync(Buffer.concat([header, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]), { level: 6 });
 }
 
 export async function createServer(options: ServeOptions = {}): Promise<FastifyInstance> {
@@ -205,7 +208,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     const ct = await volumeOf(await bodyFile(req, "ct"), "ct");
     const { labels, report } = await queue.run(() => segment(ct, model, { mirror: tta, ...(cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: cleanupMinMl } } : {}) }), jobTimeout);
     const id = randomBytes(16).toString("hex");
-    results.set(id, { bytes: niftiBytes(labels), expires: Date.now() + ttl });
+    results.set(id, { bytes: await niftiBytes(labels), expires: Date.now() + ttl });
     reply.header("content-type", "application/json");
     return toJson({ ...report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
   });
