@@ -54,6 +54,12 @@ console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backend
   check("the library works from an installed package", job.status === 0 && JSON.parse(job.stdout || "{}").count === 2, job.stderr);
   const comp = spawnSync(bin, ["components", "labels.nii.gz", "--json"], { cwd: app, encoding: "utf8" });
   check("bhsd components runs from there", comp.status === 0 && JSON.parse(comp.stdout || "{}").count === 2, comp.stderr);
+  const demo = spawnSync(bin, ["demo", "--seed", "11", "--json"], { cwd: app, encoding: "utf8", timeout: 120_000 });
+  let dj = {};
+  try {
+    dj = JSON.parse(demo.stdout);
+  } catch {}
+  check("bhsd demo runs from there with the bundled model, on the prebuilt binary", demo.status === 0 && dj.backend === "native" && /node_modules\/bhsd\/models\/demo\.onnx$/.test(dj.model ?? ""), demo.stderr.slice(-1000));
   rmSync(join(app, "node_modules", "bhsd", "prebuilds"), { recursive: true, force: true });
   const ts = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
   let k = {};

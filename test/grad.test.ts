@@ -3,7 +3,9 @@ import { readFileSync } from "node:fs";
 import { readNpy } from "../lib/index.js";
 import type { Tensor } from "../lib/types.js";
 import { Adam, SgdNesterov, conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "../lib/train/grad.js";
-import { sharedFixture } from "./helpers.js";
+import { backendsUnderTest, sharedFixture } from "./helpers.js";
+import { conv3dBackwardFast, convTranspose3dBackwardFast } from "../lib/train/fastgrad.js";
+import { setBackend } from "../lib/index.js";
 import { scaleDiff as relDiff } from "./ort.js";
 
 // PyTorch autograd (float64, stored as float32) is the reference: shared/fixtures/grad.
@@ -26,6 +28,22 @@ for (const c of ["conv_a", "conv_b", "conv_c", "convT_a", "convT_b", "convT_c"])
       t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
     }
   });
+}
+
+for (const { name: backend } of backendsUnderTest()) {
+  for (const c of ["conv_a", "conv_b", "conv_c", "convT_a", "convT_b", "convT_c"]) {
+    test.serial(`${backend}: ${c} through the backend's kernels equals PyTorch's`, async (t) => {
+      setBackend(backend);
+      const k = cases[c]!;
+      const [x, w, dy] = await Promise.all([load(c, "x"), load(c, "w"), load(c, "dy")]);
+      const geo = { stride: k.stride as [number, number, number], padding: k.padding as [number, number, number], dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number] };
+      const g = await (k.op === "conv3d" ? conv3dBackwardFast : convTranspose3dBackwardFast)(x, w, dy, geo);
+      for (const [name, got] of [["dx", g.dx], ["dw", g.dw], ["db", g.db]] as const) {
+        const want = await load(c, name);
+        t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
+      }
+    });
+  }
 }
 
 test("instance norm and LeakyReLU gradients equal PyTorch's", async (t) => {

@@ -102,4 +102,5 @@ export class NativeBackend implements Backend {
   softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
   argmax: TensorBackend["argmax"] = (...a) => this.addon.argmax(...a);
   concat: TensorBackend["concat"] = (...a) => this.addon.concat(...a);
+  convWeightGrad: TensorBackend["convWeightGrad"] = (...a) => this.addon.convWeightGrad(...a);
 }

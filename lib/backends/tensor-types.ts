@@ -34,4 +34,12 @@ export interface TensorBackend {
   softmax(x: Float32Array, N: number, C: number, spatial: number, out: Float32Array): Promise<void>;
   argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
   concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
+  /**
+   * Weight gradient of one batch item as a correlation: out[ca, cb, k…] += Σ_o A[ca, o] · B[cb, o·s − p + k·d]
+   * (conv3d: A = dy, B = x; transposed convolution: A = x, B = dy).
+   */
+  convWeightGrad(
+    A: Float32Array, aShape: [number, number, number, number], B: Float32Array, bShape: [number, number, number, number],
+    kernel: Triple, strides: Triple, pads: Triple, dilations: Triple, out: Float32Array,
+  ): Promise<void>;
 }

@@ -348,6 +348,36 @@ export const tsTensor: TensorBackend = {
     }
   },
 
+  async convWeightGrad(A, as, B, bs, k, s, p, d, out) {
+    const [Ca, Ad, Ah, Aw] = as, [Cb, Bd, Bh, Bw] = bs;
+    const va = Ad * Ah * Aw, vb = Bd * Bh * Bw, ksp = k[0] * k[1] * k[2];
+    const y = new Yielder();
+    for (let ca = 0; ca < Ca; ca++) {
+      for (let cb = 0; cb < Cb; cb++) {
+        for (let a = 0; a < k[0]; a++)
+          for (let b = 0; b < k[1]; b++)
+            for (let c = 0; c < k[2]; c++) {
+              let acc = 0;
+              for (let z = 0; z < Ad; z++) {
+                const zb = z * s[0] - p[0] + a * d[0];
+                if (zb < 0 || zb >= Bd) continue;
+                for (let yy = 0; yy < Ah; yy++) {
+                  const yb = yy * s[1] - p[1] + b * d[1];
+                  if (yb < 0 || yb >= Bh) continue;
+                  const ra = ca * va + (z * Ah + yy) * Aw, rb = cb * vb + (zb * Bh + yb) * Bw;
+                  for (let w = 0; w < Aw; w++) {
+                    const wb = w * s[2] - p[2] + c * d[2];
+                    if (wb >= 0 && wb < Bw) acc += A[ra + w]! * B[rb + wb]!;
+                  }
+                }
+              }
+              out[(ca * Cb + cb) * ksp + (a * k[1] + b) * k[2] + c]! += acc;
+            }
+      }
+      await y.maybe();
+    }
+  },
+
   async concat(xs, lens, outer, inner, out) {
     const total = lens.reduce((a, b) => a + b, 0);
     for (let o = 0; o < outer; o++) {

@@ -55,4 +55,5 @@ export class TsBackend implements Backend {
   softmax = tsTensor.softmax;
   argmax = tsTensor.argmax;
   concat = tsTensor.concat;
+  convWeightGrad = tsTensor.convWeightGrad;
 }

@@ -4,11 +4,13 @@ import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
 import { benchCommand } from "./bench.js";
 import { componentsCommand } from "./components.js";
+import { demoCommand } from "./demo.js";
 import { evaluateCommand } from "./evaluate.js";
 import { infoCommand } from "./info.js";
 import { phantomCommand } from "./phantom.js";
 import { segmentCommand } from "./segment.js";
 import { serveCommand } from "./serve.js";
+import { trainCommand } from "./train.js";
 
 const program = new Command();
 program
@@ -26,6 +28,8 @@ segmentCommand(program);
 serveCommand(program);
 benchCommand(program);
 phantomCommand(program);
+trainCommand(program);
+demoCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");

@@ -178,3 +178,22 @@ export function encodeModel(m: {
   if (err) throw new Error(`invalid ONNX model: ${err}`);
   return ModelProto.encode(ModelProto.fromObject(model)).finish();
 }
+
+/** The same model with new data for the named float initializers (e.g. trained weights). */
+export function replaceInitializers(bytes: Uint8Array, values: Map<string, Float32Array>, metadata?: Record<string, string>): Uint8Array {
+  const m = ModelProto.decode(bytes) as unknown as {
+    graph: { initializer: { name: string; rawData?: Uint8Array; floatData?: number[]; dims: unknown[] }[] };
+    metadataProps: { key: string; value: string }[];
+  };
+  for (const t of m.graph.initializer) {
+    const v = values.get(t.name);
+    if (!v) continue;
+    t.rawData = new Uint8Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
+    t.floatData = [];
+  }
+  if (metadata) {
+    m.metadataProps = m.metadataProps.filter((p) => !(p.key in metadata));
+    for (const [key, value] of Object.entries(metadata)) m.metadataProps.push({ key, value } as never);
+  }
+  return ModelProto.encode(m as never).finish();
+}

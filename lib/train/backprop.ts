@@ -7,7 +7,8 @@
 import { parseModel, type Graph, type GraphNode } from "../model/graph.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
-import { conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "./grad.js";
+import { dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "./grad.js";
+import { conv3dBackwardFast, convTranspose3dBackwardFast } from "./fastgrad.js";
 
 const T3 = (a: unknown, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
 
@@ -82,7 +83,7 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     switch (n.opType) {
       case "Conv":
       case "ConvTranspose": {
-        const r = (n.opType === "Conv" ? conv3dBackward : convTranspose3dBackward)(get(i0!), get(i1!), dy, geo(n));
+        const r = await (n.opType === "Conv" ? conv3dBackwardFast : convTranspose3dBackwardFast)(get(i0!), get(i1!), dy, geo(n));
         addInto(grads, i0!, r.dx.data);
         param(i1, r.dw);
         param(i2, r.db);

@@ -228,9 +228,27 @@ Napi::Value Concat(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep);
 }
 
+// convWeightGrad(A, [Ca, Ad, Ah, Aw], B, [Cb, Bd, Bh, Bw], [kd, kh, kw], strides, pads, dilations, out) → Promise<void>
+// out[ca, cb, k…] += Σ_o A[ca, o] · B[cb, o·s − p + k·d]   (see bhsd::correlate_weight_grad)
+Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto as = ints_of(info[1], 4, "A shape", 1, BIG), bs = ints_of(info[3], 4, "B shape", 1, BIG);
+  auto k = ints_of(info[4], 3, "kernel", 1, BIG), st = ints_of(info[5], 3, "strides", 1, BIG),
+       pa = ints_of(info[6], 3, "pads", 0, BIG), di = ints_of(info[7], 3, "dilations", 1, BIG);
+  const float* A = floats_of(info[0], std::size_t(as[0] * as[1] * as[2] * as[3]), "A");
+  const float* B = floats_of(info[2], std::size_t(bs[0] * bs[1] * bs[2] * bs[3]), "B");
+  float* out = out_of(info[8], std::size_t(as[0] * bs[0] * k[0] * k[1] * k[2]), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] {
+    bhsd::correlate_weight_grad(A, as[0], as[1], as[2], as[3], B, bs[0], bs[1], bs[2], bs[3], k[0], k[1], k[2], st.data(),
+                                pa.data(), di.data(), out, *pool);
+  }, nullptr, {info[0], info[2], info[8]});
+}
+
 }  // namespace
 
 void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("convWeightGrad", Napi::Function::New<guarded<ConvWeightGrad>>(env, "convWeightGrad"));
   exports.Set("conv3d", Napi::Function::New<guarded<Conv3d>>(env, "conv3d"));
   exports.Set("convTranspose3d", Napi::Function::New<guarded<ConvTranspose3d>>(env, "convTranspose3d"));
   exports.Set("instanceNorm", Napi::Function::New<guarded<InstanceNorm>>(env, "instanceNorm"));

@@ -3,8 +3,8 @@
  * (Conv → InstanceNorm → LeakyReLU) blocks, the first strided; ConvTranspose up-sampling, skip
  * Concat, a 1×1×1 head. Kernel and stride per stage as nnU-Net plans them for thick-slice CT.
  */
-import { encodeModel } from "../lib/model/onnx-proto.js";
-import { rng } from "./lib.js";
+import { encodeModel } from "../model/onnx-proto.js";
+import { prng as rng } from "../phantom/phantom.js";
 
 export interface UNetSpec {
   features: number[];
@@ -19,6 +19,15 @@ export const NNUNET_FULLRES: UNetSpec = {
   features: [32, 64, 128, 256, 320, 320],
   kernels: [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
   strides: [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+  inChannels: 1,
+  classes: 6,
+};
+
+/** A small U-Net for the demo: 4 stages (8, 16, 32, 64), 1×3×3 first stage, like the plainunet fixture. */
+export const DEMO_UNET: UNetSpec = {
+  features: [8, 16, 32, 64],
+  kernels: [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+  strides: [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
   inChannels: 1,
   classes: 6,
 };

@@ -1,0 +1,83 @@
+/** `bhsd train`: train a U-Net in the engine on a BHSD-layout folder or on phantoms; write ONNX + sidecar. */
+import { readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Command } from "commander";
+import { readNifti } from "../io/nifti.js";
+import { toJson } from "../json.js";
+import { makePhantom } from "../phantom/phantom.js";
+import { train, type LabelledCase } from "../train/trainer.js";
+import { intArg, numberArg } from "./util.js";
+
+interface Opts {
+  data?: string;
+  phantoms?: number;
+  seed: number;
+  out: string;
+  steps: number;
+  batch: number;
+  lr?: number;
+  optimizer: "adam" | "sgd";
+  validation: number;
+  foreground: number;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+async function readLayout(dir: string): Promise<LabelledCase[]> {
+  const names = (await readdir(join(dir, "images"))).filter((f) => /\.nii(\.gz)?$/.test(f)).sort();
+  if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
+  const out: LabelledCase[] = [];
+  for (const f of names) out.push({ ct: await readNifti(join(dir, "images", f)), labels: await readNifti(join(dir, "ground truths", f)) });
+  return out;
+}
+
+export function trainCommand(program: Command): void {
+  program
+    .command("train")
+    .description("train a 3-D U-Net in the engine (nnU-Net's loss, patch sampling with bleed oversampling); writes ONNX and its config sidecar")
+    .requiredOption("--out <onnx>", "output model (<out>.json is written beside it)")
+    .option("--data <dir>", "BHSD layout: images/ and ground truths/ (the last --validation cases are held out)")
+    .option("--phantoms <n>", "train on n phantoms generated here instead (128×128×24 at 1.8×1.8×5 mm)", intArg("--phantoms", 1, 10000))
+    .option("--seed <s>", "seed", intArg("--seed", 0), 1)
+    .option("--steps <n>", "optimiser steps", intArg("--steps", 1, 1e7), 600)
+    .option("--batch <n>", "patches per step", intArg("--batch", 1, 64), 2)
+    .option("--lr <lr>", "learning rate (default 2e-3 Adam, 1e-2 SGD)", numberArg("--lr", 0))
+    .option("--optimizer <name>", "adam or sgd (Nesterov, nnU-Net's)", "adam")
+    .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
+    .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
+    .option("--json", "machine-readable progress")
+    .option("--quiet", "no progress")
+    .action(async (o: Opts) => {
+      if (!o.data && !o.phantoms) throw new Error("give --data DIR or --phantoms N");
+      if (o.optimizer !== "adam" && o.optimizer !== "sgd") throw new Error(`--optimizer must be adam or sgd, got "${o.optimizer}"`);
+      let all: LabelledCase[];
+      if (o.data) all = await readLayout(o.data);
+      else {
+        const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
+        all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
+          const p = makePhantom(o.seed * 7919 + i, opt);
+          return { ct: p.ct, labels: p.labels };
+        });
+      }
+      const nVal = Math.min(o.validation, Math.max(0, all.length - 1));
+      const r = await train({
+        train: all.slice(0, all.length - nVal),
+        validation: all.slice(all.length - nVal),
+        steps: o.steps,
+        batch: o.batch,
+        optimizer: o.optimizer,
+        seed: o.seed,
+        foreground: Math.min(1, o.foreground),
+        ...(o.lr !== undefined ? { lr: o.lr } : {}),
+        onProgress: (p) => {
+          if (o.json) process.stdout.write(toJson(p, 0) + "\n");
+          else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
+            process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
+          }
+        },
+      });
+      await writeFile(o.out, r.onnx);
+      await writeFile(o.out.replace(/\.onnx$/i, "") + ".json", JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n");
+      if (!o.json) process.stderr.write(`wrote ${o.out}\n`);
+    });
+}

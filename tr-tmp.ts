@@ -1,0 +1,10 @@
+import { train } from "./lib/train/trainer.ts";
+import { makePhantom, setBackend } from "./lib/index.ts";
+setBackend("native");
+const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
+const t0 = performance.now();
+const cases = Array.from({ length: 12 }, (_, i) => { const p = makePhantom(1000 + i, opt); return { ct: p.ct, labels: p.labels }; });
+const val = Array.from({ length: 2 }, (_, i) => { const p = makePhantom(5000 + i, opt); return { ct: p.ct, labels: p.labels }; });
+console.log("phantoms", ((performance.now() - t0) / 1000).toFixed(1), "s");
+const r = await train({ train: cases, validation: val, steps: 40, evalEvery: 20, onProgress: (p) => console.log(p.step, p.loss.toFixed(3), p.valDice?.toFixed(3) ?? "", p.elapsedS.toFixed(1)) });
+console.log("onnx bytes", r.onnx.length);
