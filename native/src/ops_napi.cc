@@ -21,14 +21,26 @@ bhsd::Act act_of(const Napi::Value& v) {
 
 // conv3d(x, [N, C, D, H, W], w, [Co, kd, kh, kw], bias|null, [sd, sh, sw], [dd, dh, dw], [pd, ph, pw],
 //        groups, [Do, Ho, Wo], act, alpha, out) → Promise<void>
+// The arguments both convolutions share: x, [N, C, D, H, W], w, [c, kd, kh, kw], bias, strides,
+// dilations, pads, groups, [Do, Ho, Wo] (info[0..9]).
+struct ConvArgs {
+  std::vector<std::int64_t> in, ws, st, di, pa, os;
+  std::int64_t groups;
+  explicit ConvArgs(const Napi::CallbackInfo& info)
+      : in(ints_of(info[1], 5, "input shape", 1, BIG)),
+        ws(ints_of(info[3], 4, "weight shape", 1, BIG)),
+        st(ints_of(info[5], 3, "strides", 1, BIG)),
+        di(ints_of(info[6], 3, "dilations", 1, BIG)),
+        pa(ints_of(info[7], 3, "pads", 0, BIG)),
+        os(ints_of(info[9], 3, "output shape", 1, BIG)),
+        groups(int_of(info[8], "groups", 1, BIG)) {}
+};
+
 Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto in = ints_of(info[1], 5, "input shape", 1, BIG);
-  auto ws = ints_of(info[3], 4, "weight shape", 1, BIG);
-  auto st = ints_of(info[5], 3, "strides", 1, BIG), di = ints_of(info[6], 3, "dilations", 1, BIG),
-       pa = ints_of(info[7], 3, "pads", 0, BIG);
-  const std::int64_t groups = int_of(info[8], "groups", 1, BIG);
-  auto os = ints_of(info[9], 3, "output shape", 1, BIG);
+  const ConvArgs c(info);
+  const auto &in = c.in, &ws = c.ws, &st = c.st, &di = c.di, &pa = c.pa, &os = c.os;
+  const std::int64_t groups = c.groups;
   const bhsd::Act act = act_of(info[10]);
   const float alpha = float(number_of(info[11], "alpha"));
   const std::int64_t N = in[0], C = in[1], Co = ws[0];
@@ -56,12 +68,9 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
 //                 groups, [Do, Ho, Wo], out) → Promise<void>; w is [C, Cog, kd, kh, kw]
 Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto in = ints_of(info[1], 5, "input shape", 1, BIG);
-  auto ws = ints_of(info[3], 4, "weight shape", 1, BIG);
-  auto st = ints_of(info[5], 3, "strides", 1, BIG), di = ints_of(info[6], 3, "dilations", 1, BIG),
-       pa = ints_of(info[7], 3, "pads", 0, BIG);
-  const std::int64_t groups = int_of(info[8], "groups", 1, BIG);
-  auto os = ints_of(info[9], 3, "output shape", 1, BIG);
+  const ConvArgs c(info);
+  const auto &in = c.in, &ws = c.ws, &st = c.st, &di = c.di, &pa = c.pa, &os = c.os;
+  const std::int64_t groups = c.groups;
   const std::int64_t N = in[0], C = in[1], Cog = ws[0], Co = Cog * groups;
   require(C % groups == 0, env, "channels are not divisible by groups");
   const std::int64_t Cg = C / groups;
