@@ -147,3 +147,19 @@ test("importing the package never throws, even with every binary unusable", (t) 
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout.trim(), "function ts");
 });
+
+test("the tensor bindings refuse lengths and shapes that disagree, with JS errors", (t) => {
+  if (!backendInfo().available.native) return t.pass();
+  const { binary } = backendInfo().details.native!;
+  const a = createRequire(import.meta.url)(binary!) as Record<string, (...args: unknown[]) => unknown>;
+  const f = (n: number) => new Float32Array(n);
+  // conv3d: x claims more elements than it has
+  t.throws(() => a.conv3d!(f(10), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), { message: /x must be a Float32Array of 64/ });
+  t.throws(() => a.conv3d!(f(64), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [0, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), { message: /strides is out of range/ });
+  t.throws(() => a.conv3d!(f(64), [1, 3, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 2, [4, 4, 4], 0, 0, f(64)), { message: /not divisible by groups/ });
+  t.throws(() => a.convWeightGrad!(f(8), [1, 2, 2, 2], f(7), [1, 2, 2, 2], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], f(1)), { message: /B must be a Float32Array of 8/ });
+  t.throws(() => a.binary!(f(4), f(4), [1, 1, 1, 1, 1, 8], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1], false, f(8)), { message: /strides reach past a or b/ });
+  t.throws(() => a.argmax!(f(12), 1, 3, 4, new Float32Array(4)), { message: /out must be an Int32Array/ });
+  t.throws(() => a.concat!([f(4), "x"], [1, 1], 1, 4, f(8)), { message: /must be a typed array/ });
+  t.throws(() => a.resize3d!(f(8), 1, [2, 2, 2], [4, 4, 4], new Float64Array(2), true, 0, 0, f(64)), { message: /scales must be a Float64Array of 3/ });
+});
