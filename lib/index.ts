@@ -32,3 +32,4 @@ export { makePhantom, prng, type Phantom, type PhantomOptions } from "./phantom/
 export { writePhantoms, type PhantomSetOptions } from "./phantom/write.js";
 export { conv3dBackward, convTranspose3dBackward, instanceNormBackward, leakyReluBackward, dcAndCeLoss, Adam, SgdNesterov, type LossResult, type ConvGeometry } from "./train/grad.js";
 export { backprop, type BackpropResult } from "./train/backprop.js";
+export { milLoss, consistencyLoss, emaUpdate, rampWeight } from "./train/semi.js";
