@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { connectedComponents, setBackend, backendInfo, volumeFromArray, writeNpy } from "../lib/index.js";
+import { paintEllipsoid } from "../lib/phantom/ellipsoid.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 export function blobMask(nx: number, ny: number, nz: number, blobs: number, seed: number): Uint8Array {
@@ -12,10 +13,7 @@ export function blobMask(nx: number, ny: number, nz: number, blobs: number, seed
   for (let b = 0; b < blobs; b++) {
     const cx = r() * nx, cy = r() * ny, cz = r() * nz;
     const ax = 3 + r() * 40, ay = 3 + r() * 40, az = 0.5 + r() * 4;
-    for (let z = Math.max(0, Math.floor(cz - az)); z <= Math.min(nz - 1, Math.ceil(cz + az)); z++)
-      for (let y = Math.max(0, Math.floor(cy - ay)); y <= Math.min(ny - 1, Math.ceil(cy + ay)); y++)
-        for (let x = Math.max(0, Math.floor(cx - ax)); x <= Math.min(nx - 1, Math.ceil(cx + ax)); x++)
-          if (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2 <= 1) m[(z * ny + y) * nx + x] = 1;
+    paintEllipsoid(m, [nx, ny, nz], [cx, cy, cz], [ax, ay, az], 1);
   }
   return m;
 }

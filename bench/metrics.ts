@@ -5,18 +5,15 @@
  */
 import { join } from "node:path";
 import { backendInfo, evaluate, setBackend, volumeFromArray, writeNpy } from "../lib/index.js";
+import { paintEllipsoid } from "../lib/phantom/ellipsoid.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 /** Ellipsoid bleeds of classes 1..5 in gt; pred moves and resizes each a little, and misses one. */
 export function metricPair(nx: number, ny: number, nz: number, seed: number): { gt: Uint8Array; pred: Uint8Array } {
   const gt = new Uint8Array(nx * ny * nz), pred = new Uint8Array(nx * ny * nz);
   const r = rng(seed);
-  const paint = (m: Uint8Array, c: number, cx: number, cy: number, cz: number, ax: number, ay: number, az: number) => {
-    for (let z = Math.max(0, Math.floor(cz - az)); z <= Math.min(nz - 1, Math.ceil(cz + az)); z++)
-      for (let y = Math.max(0, Math.floor(cy - ay)); y <= Math.min(ny - 1, Math.ceil(cy + ay)); y++)
-        for (let x = Math.max(0, Math.floor(cx - ax)); x <= Math.min(nx - 1, Math.ceil(cx + ax)); x++)
-          if (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2 <= 1) m[(z * ny + y) * nx + x] = c;
-  };
+  const paint = (m: Uint8Array, c: number, cx: number, cy: number, cz: number, ax: number, ay: number, az: number) =>
+    paintEllipsoid(m, [nx, ny, nz], [cx, cy, cz], [ax, ay, az], c);
   for (let b = 0; b < 15; b++) {
     const c = 1 + (b % 5);
     const cx = 60 + r() * (nx - 120), cy = 60 + r() * (ny - 120), cz = 3 + r() * (nz - 6);

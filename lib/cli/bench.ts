@@ -9,19 +9,17 @@ import { evaluate } from "../metrics/evaluate.js";
 import { connectedComponents } from "../ops/components.js";
 import { conv3d } from "../ops/tensor.js";
 import { volumeFromArray } from "../volume.js";
+import { paintEllipsoid } from "../phantom/ellipsoid.js";
+import { prng } from "../phantom/phantom.js";
 import { timeMedian as timeIt } from "../timing.js";
 import { table } from "./util.js";
 
 function blobs(nx: number, ny: number, nz: number, classes: number, seed: number): Uint8Array {
-  let s = seed;
-  const r = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const r = prng(seed);
   const m = new Uint8Array(nx * ny * nz);
   for (let b = 0; b < 30; b++) {
-    const c = 1 + (b % classes), cx = r() * nx, cy = r() * ny, cz = r() * nz, ax = 4 + r() * 30, ay = 4 + r() * 30, az = 1 + r() * 3;
-    for (let z = Math.max(0, Math.floor(cz - az)); z <= Math.min(nz - 1, Math.ceil(cz + az)); z++)
-      for (let y = Math.max(0, Math.floor(cy - ay)); y <= Math.min(ny - 1, Math.ceil(cy + ay)); y++)
-        for (let x = Math.max(0, Math.floor(cx - ax)); x <= Math.min(nx - 1, Math.ceil(cx + ax)); x++)
-          if (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2 <= 1) m[(z * ny + y) * nx + x] = c;
+    const c = 1 + (b % classes), center = [r() * nx, r() * ny, r() * nz] as const;
+    paintEllipsoid(m, [nx, ny, nz], center, [4 + r() * 30, 4 + r() * 30, 1 + r() * 3], c);
   }
   return m;
 }

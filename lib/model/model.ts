@@ -12,7 +12,7 @@ import { readModelConfig, type ModelConfig } from "./config.js";
 import { fuseActivations, parseModel, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
 
 /** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
-type Value = { f: Tensor } | { ints: number[]; shape: number[] };
+export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
@@ -175,8 +175,8 @@ function reshapeView(t: Tensor, shape: number[]): Value {
   return { f: { data: t.data, shape } };
 }
 
-/** Runs one node. Float results are taken from `alloc` so that they come from the pool. */
-async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor): Promise<Value[]> {
+/** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
+export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor): Promise<Value[]> {
   const at = n.attrs;
   const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
   switch (n.opType) {

@@ -5,12 +5,15 @@
  * gradients of the parameters (by initializer name) — the basis of training in the engine.
  */
 import { parseModel, type Graph, type GraphNode } from "../model/graph.js";
-import * as ops from "../ops/tensor.js";
+import { runNode } from "../model/model.js";
+import { allocArray } from "../volume.js";
 import type { Tensor } from "../types.js";
 import { dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "./grad.js";
 import { conv3dBackwardFast, convTranspose3dBackwardFast } from "./fastgrad.js";
 
 const T3 = (a: unknown, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
+
+const DIFFERENTIABLE = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "LeakyRelu", "Relu", "Concat"]);
 
 export interface BackpropResult {
   ce: number;
@@ -37,36 +40,12 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     return t;
   };
   const geo = (n: GraphNode) => ({ stride: T3(n.attrs.strides, 1), padding: (Array.isArray(n.attrs.pads) ? (n.attrs.pads as number[]).slice(0, 3) : [0, 0, 0]) as [number, number, number], dilation: T3(n.attrs.dilations, 1), groups: (n.attrs.group as number) ?? 1 });
+  // the forward is the executor's own node runner, without fusion or pooling: every intermediate is kept
+  const alloc = (shape: number[]): Tensor => ({ data: allocArray("float32", shape.reduce((p, q) => p * q, 1), "intermediate") as Float32Array, shape });
   for (const n of graph.nodes) {
-    const a = n.inputs.map((i) => (i ? get(i) : undefined));
-    let y: Tensor;
-    switch (n.opType) {
-      case "Conv": {
-        const g = geo(n);
-        y = await ops.conv3d(a[0]!, a[1]!, a[2] ?? null, { stride: g.stride, dilation: g.dilation, padding: Array.isArray(n.attrs.pads) ? (n.attrs.pads as [number, number, number, number, number, number]) : 0, groups: g.groups });
-        break;
-      }
-      case "ConvTranspose": {
-        const g = geo(n);
-        y = await ops.convTranspose3d(a[0]!, a[1]!, a[2] ?? null, { stride: g.stride, dilation: g.dilation, padding: Array.isArray(n.attrs.pads) ? (n.attrs.pads as [number, number, number, number, number, number]) : 0, outputPadding: T3(n.attrs.output_padding, 0), groups: g.groups });
-        break;
-      }
-      case "InstanceNormalization":
-        y = await ops.instanceNorm(a[0]!, a[1]!, a[2]!, { eps: (n.attrs.epsilon as number) ?? 1e-5 });
-        break;
-      case "LeakyRelu":
-        y = await ops.leakyRelu(a[0]!, { alpha: (n.attrs.alpha as number) ?? 0.01 });
-        break;
-      case "Relu":
-        y = await ops.relu(a[0]!);
-        break;
-      case "Concat":
-        y = await ops.concat(a as Tensor[], (n.attrs.axis as number) ?? 1);
-        break;
-      default:
-        throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
-    }
-    env.set(n.outputs[0]!, y);
+    if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+    const [y] = await runNode(n, n.inputs.map((i) => (i ? { f: get(i) } : undefined)), alloc);
+    env.set(n.outputs[0]!, (y as { f: Tensor }).f);
   }
   const logits = get(graph.outputs[0]!);
   const loss = dcAndCeLoss(logits, target);

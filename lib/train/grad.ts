@@ -157,20 +157,12 @@ export interface LossResult {
 export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5): LossResult {
   const [N, C] = logits.shape as [number, number];
   const S = logits.data.length / (N * C);
-  const p = new Float64Array(logits.data.length);
+  const p = softmax(logits);
+  // the cross-entropy, and its gradient (p − onehot) / (N·S) added after the Dice term's
   let ce = 0;
-  for (let n = 0; n < N; n++)
-    for (let i = 0; i < S; i++) {
-      let m = -Infinity;
-      for (let c = 0; c < C; c++) m = Math.max(m, logits.data[(n * C + c) * S + i]!);
-      let sum = 0;
-      for (let c = 0; c < C; c++) sum += Math.exp(logits.data[(n * C + c) * S + i]! - m);
-      for (let c = 0; c < C; c++) p[(n * C + c) * S + i] = Math.exp(logits.data[(n * C + c) * S + i]! - m) / sum;
-      const t = target[n * S + i]!;
-      ce -= logits.data[(n * C + t) * S + i]! - m - Math.log(sum);
-    }
+  for (let n = 0; n < N; n++) for (let i = 0; i < S; i++) ce -= Math.log(Math.max(p[(n * C + target[n * S + i]!) * S + i]!, Number.MIN_VALUE));
   ce /= N * S;
-  // soft Dice per sample and foreground class; gradient with respect to p
+  // soft Dice per sample and foreground class; its gradient with respect to p
   const gp = new Float64Array(p.length);
   let dcSum = 0;
   const K = N * (C - 1);
@@ -192,20 +184,49 @@ export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 
         gp[o + i] = -((2 * y * den - num) / (den * den)) / K;
       }
     }
-  const diceLoss = -dcSum / K;
-  // through the softmax, plus the cross-entropy's (p − onehot) / (N·S)
+  const dz = throughSoftmax(p, gp, logits.shape);
+  for (let n = 0; n < N; n++)
+    for (let i = 0; i < S; i++) {
+      const t = target[n * S + i]!;
+      for (let c = 0; c < C; c++) {
+        const k = (n * C + c) * S + i;
+        dz.data[k] = dz.data[k]! + (p[k]! - (c === t ? 1 : 0)) / (N * S);
+      }
+    }
+  return { ce, diceLoss: -dcSum / K, loss: ce - dcSum / K, dlogits: dz };
+}
+
+/** softmax over axis 1 of [N, C, …], in float64. */
+export function softmax(z: Tensor): Float64Array {
+  const [N, C] = z.shape as [number, number];
+  const S = z.data.length / (N * C);
+  const p = new Float64Array(z.data.length);
+  for (let n = 0; n < N; n++)
+    for (let i = 0; i < S; i++) {
+      let m = -Infinity;
+      for (let c = 0; c < C; c++) m = Math.max(m, z.data[(n * C + c) * S + i]!);
+      let s = 0;
+      for (let c = 0; c < C; c++) s += Math.exp(z.data[(n * C + c) * S + i]! - m);
+      for (let c = 0; c < C; c++) p[(n * C + c) * S + i] = Math.exp(z.data[(n * C + c) * S + i]! - m) / s;
+    }
+  return p;
+}
+
+/** Back through the softmax: dz = p ⊙ (g − Σ_c p·g), per voxel. */
+export function throughSoftmax(p: Float64Array, g: Float64Array, shape: number[]): Tensor {
+  const [N, C] = shape as [number, number];
+  const S = p.length / (N * C);
   const dz = new Float32Array(p.length);
   for (let n = 0; n < N; n++)
     for (let i = 0; i < S; i++) {
       let dot = 0;
-      for (let c = 0; c < C; c++) dot += p[(n * C + c) * S + i]! * gp[(n * C + c) * S + i]!;
-      const t = target[n * S + i]!;
+      for (let c = 0; c < C; c++) dot += p[(n * C + c) * S + i]! * g[(n * C + c) * S + i]!;
       for (let c = 0; c < C; c++) {
         const k = (n * C + c) * S + i;
-        dz[k] = p[k]! * (gp[k]! - dot) + (p[k]! - (c === t ? 1 : 0)) / (N * S);
+        dz[k] = p[k]! * (g[k]! - dot);
       }
     }
-  return { ce, diceLoss, loss: ce + diceLoss, dlogits: { data: dz, shape: [...logits.shape] } };
+  return { data: dz, shape: [...shape] };
 }
 
 /** torch.optim.Adam (L2 weight decay added to the gradient when given). */

@@ -6,38 +6,7 @@
  * and the teacher's exponential moving average.
  */
 import type { Tensor } from "../types.js";
-
-function softmax(z: Tensor): Float64Array {
-  const [N, C] = z.shape as [number, number];
-  const S = z.data.length / (N * C);
-  const p = new Float64Array(z.data.length);
-  for (let n = 0; n < N; n++)
-    for (let i = 0; i < S; i++) {
-      let m = -Infinity;
-      for (let c = 0; c < C; c++) m = Math.max(m, z.data[(n * C + c) * S + i]!);
-      let s = 0;
-      for (let c = 0; c < C; c++) s += Math.exp(z.data[(n * C + c) * S + i]! - m);
-      for (let c = 0; c < C; c++) p[(n * C + c) * S + i] = Math.exp(z.data[(n * C + c) * S + i]! - m) / s;
-    }
-  return p;
-}
-
-/** Back through the softmax: dz = p ⊙ (g − Σ_c p·g), per voxel. */
-function throughSoftmax(p: Float64Array, g: Float64Array, shape: number[]): Tensor {
-  const [N, C] = shape as [number, number];
-  const S = p.length / (N * C);
-  const dz = new Float32Array(p.length);
-  for (let n = 0; n < N; n++)
-    for (let i = 0; i < S; i++) {
-      let dot = 0;
-      for (let c = 0; c < C; c++) dot += p[(n * C + c) * S + i]! * g[(n * C + c) * S + i]!;
-      for (let c = 0; c < C; c++) {
-        const k = (n * C + c) * S + i;
-        dz[k] = p[k]! * (g[k]! - dot);
-      }
-    }
-  return { data: dz, shape: [...shape] };
-}
+import { softmax, throughSoftmax } from "./grad.js";
 
 /**
  * Multiple-instance loss. `present[n][z][c − 1]`: class c is on axial slice z of sample n (the
