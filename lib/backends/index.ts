@@ -36,7 +36,7 @@ function tryLoad(name: BackendName): Backend | undefined {
       else if (name === "native") {
         const { addon, path } = loadNativeAddon();
         loaded.set(name, new NativeBackend(addon, path));
-      } else loaded.set(name, loadCudaBackend().backend);
+      } else loaded.set(name, loadCudaBackend(() => tryLoad("native") ?? tryLoad("ts")!).backend);
     } catch (e) {
       reasons.set(name, (e as Error).message);
     }

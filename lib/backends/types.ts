@@ -88,4 +88,16 @@ export interface Backend extends TensorBackend {
     boxes: Float64Array,
     tau: number,
   ): Promise<Float64Array>;
+
+  /**
+   * GPU backends: runs `fn` with tensors kept on the device between operations; `constants` stay
+   * there while they live; `outputs` are brought back to the host before it resolves.
+   */
+  residentRun?<T>(fn: () => Promise<T>, opts: { constants?: ReadonlySet<Float32Array>; outputs: (r: T) => Float32Array[] }): Promise<T>;
+  /** Inside a resident run: makes these arrays' host copies current before JS reads them. */
+  hostRead?(arrays: Float32Array[]): Promise<void>;
+  /** Inside a resident run: these arrays will not be read again; their device copies may go. */
+  forget?(arrays: Float32Array[]): void;
+  /** Inside a resident run: JS wrote these arrays on the host. */
+  hostWrote?(arrays: Float32Array[]): void;
 }

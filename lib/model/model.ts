@@ -5,6 +5,8 @@
  * pool, so a forward's peak is close to its largest live set; the run reports that peak.
  */
 import { basename } from "node:path";
+import { activeBackend } from "../backends/index.js";
+import type { Backend } from "../backends/types.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
@@ -34,8 +36,11 @@ class Pool {
     list.push(a);
     this.free.set(a.length, list);
   }
-  clear() {
+  /** Empties the pool and returns the arrays it held. */
+  drain(): Float32Array[] {
+    const all = [...this.free.values()].flat();
     this.free.clear();
+    return all;
   }
 }
 
@@ -59,6 +64,8 @@ export class Model {
   private readonly nodes: GraphNode[];
   private readonly consts = new Map<string, Value>();
   private readonly readers = new Map<string, number>();
+  /** The weights' arrays (a GPU backend keeps them on the device while the model lives). */
+  private readonly constArrays = new Set<Float32Array>();
 
   constructor(graph: Graph, name: string, config: ModelConfig) {
     this.name = name;
@@ -69,6 +76,7 @@ export class Model {
     this.producer = graph.producer;
     this.nodes = fuseActivations(graph);
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
+    for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
   }
 
@@ -79,8 +87,17 @@ export class Model {
     return out[this.outputs[0]!]!;
   }
 
-  /** Runs the graph on named inputs; returns every graph output. */
+  /**
+   * Runs the graph on named inputs; returns every graph output. On a GPU backend the whole run
+   * stays on the device: only the inputs go up and the outputs come down.
+   */
   async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+    const be = activeBackend();
+    if (!be.residentRun) return this.runGraph(feeds, be);
+    return be.residentRun(() => this.runGraph(feeds, be), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
+  }
+
+  private async runGraph(feeds: Record<string, Tensor>, be: Backend): Promise<Record<string, Tensor>> {
     const t0 = performance.now();
     const env = new Map<string, Value>(this.consts);
     for (const i of this.inputs) {
@@ -123,8 +140,15 @@ export class Model {
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
       const tn = performance.now();
+      // Nodes that touch float data in JS, not through the backend, see current host copies.
+      const viaBackend = BACKEND_ONLY.has(n.opType);
       try {
+        if (be.hostRead) {
+          const floats = args.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
+          await be.hostRead(viaBackend ? floats.filter((a) => a.length <= 64) : floats);
+        }
         results = await runNode(n, args, alloc);
+        if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
       }
@@ -146,11 +170,17 @@ export class Model {
       if (!v) throw new Error(`output ${o} was not computed`);
       out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
     }
-    pool.clear();
+    be.forget?.(pool.drain()); // a GPU backend frees their device copies now
     this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs };
     return out;
   }
 }
+
+/** Ops whose float tensors pass only through backend calls (or are views: Reshape and the like). */
+const BACKEND_ONLY = new Set([
+  "Conv", "ConvTranspose", "InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu", "Add", "Mul",
+  "Concat", "MaxPool", "AveragePool", "Resize", "Softmax", "Identity", "Dropout", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
+]);
 
 function constValue(t: OnnxTensor): Value {
   return t.f32 ? { f: { data: t.f32, shape: t.dims.length ? t.dims : [1] } } : { ints: t.ints!, shape: t.dims };
