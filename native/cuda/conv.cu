@@ -20,31 +20,42 @@ namespace bhsd_cuda {
 
 namespace {
 
-constexpr int BM = 128, BN = 64, BK = 16, THREADS = 256;
+// Tiles: BM output voxels × BN output channels per block of 8 warps, K in steps of BK, STAGES
+// tiles in flight (cp.async: the loads of tile t+2 run while tile t is multiplied).
+constexpr int BM = 128, BK = 32, STAGES = 3, THREADS = 256;
+constexpr int LDA = BM + 4;  // floats per k-row of the A tile (voxels contiguous)
 
 struct Params {
   const float* x;
-  const float* w;
+  const float* bp;   // packed weights [groups][Kp][Np], zero-padded
   const float* b;
   float* y;
   const int4* ktab;  // per k: channel offset in x, kernel offsets along z y x (times dilation)
   std::int64_t C, D, H, W, Co, M;
-  int Ho, Wo, K, kvol, Cg, Cog, groups;
+  int Ho, Wo, K, Kp, Np, Cg, Cog, groups;
   int sd, sh, sw, pd, ph, pw;
   int transposed, act;
   float alpha;
 };
-
-template <class T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ float activate(float v, int act, float alpha) {
   if (act == 1) return v > 0.f ? v : 0.f;
   if (act == 2) return v > 0.f ? v : v * alpha;
   return v;
 }
+
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  const int n = valid ? 4 : 0;  // 0: nothing is read, the destination is zero-filled
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __global__ void ktab_kernel(int4* tab, int K, int kvol, int kh, int kw, int dd, int dh, int dw, std::int64_t DHW) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
@@ -53,30 +64,55 @@ __global__ void ktab_kernel(int4* tab, int K, int kvol, int kh, int kw, int dd, 
   tab[k] = make_int4(int(std::int64_t(c) * DHW), kz * dd, ky * dh, kx * dw);
 }
 
-// Shared layout: As[BK][BM + PA] (k-major: voxels contiguous), Bs[BK][BN + PB]; the epilogue
-// reuses the same bytes as Cs[BN][BM + 4] (column-major tile, voxels contiguous).
-template <class T> struct Pad { static constexpr int v = 4; };
-template <> struct Pad<__half> { static constexpr int v = 8; };
-template <> struct Pad<__nv_bfloat16> { static constexpr int v = 8; };
+// Weights as B[k][co] per group, padded with zeros to Kp × Np, so that the tile loads are whole
+// aligned 16-byte vectors with no bounds checks. conv: w [Co][Cg·kvol]; transposed: w [C][Cog][kvol].
+__global__ void pack_weights(const float* w, float* bp, int groups, int K, int Kp, int Np, int Cg, int Cog, int kvol,
+                             int transposed) {
+  const std::int64_t n = std::int64_t(groups) * Kp * Np;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+    const int co = int(i % Np), k = int((i / Np) % Kp), g = int(i / (std::int64_t(Np) * Kp));
+    float v = 0.f;
+    if (k < K && co < Cog) {
+      if (!transposed) v = w[(std::int64_t(g) * Cog + co) * K + k];
+      else {
+        const int c = k / kvol, r = k - c * kvol;
+        v = w[((std::int64_t(g) * Cg + c) * Cog + co) * kvol + r];
+      }
+    }
+    bp[i] = v;
+  }
+}
 
-template <class T, int MODE>  // MODE 0: fp32 FMA, 1: tf32 WMMA, 2: fp16/bf16 WMMA
-__global__ void __launch_bounds__(THREADS) conv_igemm(Params p) {
-  constexpr int PA = Pad<T>::v, LDA = BM + PA, LDB = BN + PA, LDC = BM + 4;
-  constexpr int AB_BYTES = (BK * LDA + BK * LDB) * int(sizeof(T));
-  constexpr int C_BYTES = BN * LDC * 4;
-  constexpr int SMEM = AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES;
-  __shared__ __align__(128) unsigned char smem[SMEM];
-  T* As = reinterpret_cast<T*>(smem);
-  T* Bs = As + BK * LDA;
+template <int BN>
+struct Smem {
+  static constexpr int LDB = BN + 4;
+  static constexpr int A_ST = BK * LDA, B_ST = BK * LDB, STAGE = A_ST + B_ST;
+  static constexpr int PIPE_FLOATS = STAGES * STAGE;
+  static constexpr int WN = BN / 2;                        // each warp: 32 voxels × WN channels
+  static constexpr int HA = 16 * 40, HB = 16 * (WN + 8);   // per-warp half staging (fp16/bf16 modes)
+  static constexpr int C_FLOATS = BN * (BM + 4);
+  static constexpr int BYTES_F = (PIPE_FLOATS > C_FLOATS ? PIPE_FLOATS : C_FLOATS) * 4;
+  static constexpr int BYTES_H = BYTES_F + 8 * (HA + HB) * 2;
+};
 
+template <class H> __device__ __forceinline__ H to_half(float v);
+template <> __device__ __forceinline__ __half to_half<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// MODE 0: fp32 FMA; 1: TF32 tensor cores; 2: fp16; 3: bf16 (A and B rounded per k-step into a
+// per-warp staging tile, accumulating in fp32).
+template <int BN, int MODE>
+__global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
+  using S = Smem<BN>;
+  extern __shared__ __align__(128) float sm[];
   const int tid = threadIdx.x;
   const std::int64_t m0 = std::int64_t(blockIdx.x) * BM;
   const int n0 = blockIdx.y * BN;
-  const int ng = blockIdx.z;  // n * groups + g
-  const int n = ng / p.groups, g = ng - n * p.groups;
+  const int ng = blockIdx.z, n = ng / p.groups, g = ng - n * p.groups;
   const float* xb = p.x + (std::int64_t(n) * p.C + std::int64_t(g) * p.Cg) * (std::int64_t(p.D) * p.H * p.W);
+  const float* bpg = p.bp + std::int64_t(g) * p.Kp * p.Np;
 
-  // This thread's voxel for the A loads (two threads share each voxel, alternating k).
+  // This thread's voxel for the A loads (two threads per voxel, alternating k).
   const int ml = tid % BM, kb = tid / BM;
   const std::int64_t m = m0 + ml;
   const bool mvalid = m < p.M;
@@ -91,16 +127,17 @@ __global__ void __launch_bounds__(THREADS) conv_igemm(Params p) {
   const int by = p.transposed ? oy + p.ph : oy * p.sh - p.ph;
   const int bx = p.transposed ? ox + p.pw : ox * p.sw - p.pw;
 
-  float areg[BK / 2], breg[(BK * BN) / THREADS];
-  auto load = [&](int k0) {
-#pragma unroll
+  auto load_stage = [&](int st, int k0) {
+    float* As = sm + st * S::STAGE;
+    float* Bs = As + S::A_ST;
+#pragma unroll 4
     for (int i = 0; i < BK / 2; ++i) {
-      const int k = k0 + kb + 2 * i;
-      float v = 0.f;
+      const int kl = kb + 2 * i, k = k0 + kl;
+      const float* src = p.x;
+      bool ok = false;
       if (mvalid && k < p.K) {
         const int4 t = __ldg(&p.ktab[k]);
         int iz, iy, ix;
-        bool ok;
         if (!p.transposed) {
           iz = bz + t.y, iy = by + t.z, ix = bx + t.w;
           ok = unsigned(iz) < unsigned(p.D) && unsigned(iy) < unsigned(p.H) && unsigned(ix) < unsigned(p.W);
@@ -110,122 +147,141 @@ __global__ void __launch_bounds__(THREADS) conv_igemm(Params p) {
           iz = tz / p.sd, iy = ty / p.sh, ix = tx / p.sw;
           ok = ok && iz < p.D && iy < p.H && ix < p.W;
         }
-        if (ok) v = __ldg(xb + t.x + (std::int64_t(iz) * p.H + iy) * p.W + ix);
+        if (ok) src = xb + t.x + (std::int64_t(iz) * p.H + iy) * p.W + ix;
       }
-      areg[i] = v;
+      cp_async4(As + kl * LDA + ml, src, ok);
     }
+    constexpr int V = BK * BN / 4;  // float4 vectors of the B tile
 #pragma unroll
-    for (int i = 0; i < (BK * BN) / THREADS; ++i) {
-      const int e = tid + THREADS * i, kl = e % BK, nl = e / BK;
-      const int k = k0 + kl, co = n0 + nl;
-      float v = 0.f;
-      if (k < p.K && co < p.Cog) {
-        std::int64_t wi;
-        if (!p.transposed) wi = (std::int64_t(g) * p.Cog + co) * p.K + k;
-        else {
-          const int c = k / p.kvol, r = k - c * p.kvol;
-          wi = ((std::int64_t(g) * p.Cg + c) * p.Cog + co) * p.kvol + r;
-        }
-        v = __ldg(p.w + wi);
-      }
-      breg[i] = v;
-    }
-  };
-  auto store = [&]() {
-#pragma unroll
-    for (int i = 0; i < BK / 2; ++i) As[(kb + 2 * i) * LDA + ml] = from_float<T>(areg[i]);
-#pragma unroll
-    for (int i = 0; i < (BK * BN) / THREADS; ++i) {
-      const int e = tid + THREADS * i, kl = e % BK, nl = e / BK;
-      Bs[kl * LDB + nl] = from_float<T>(breg[i]);
+    for (int i = 0; i < (V + THREADS - 1) / THREADS; ++i) {
+      const int e = tid + THREADS * i;
+      if (V % THREADS != 0 && e >= V) break;
+      const int row = e / (BN / 4), c4 = e % (BN / 4);
+      cp_async16(Bs + row * S::LDB + c4 * 4, bpg + std::int64_t(k0 + row) * p.Np + n0 + c4 * 4);
     }
   };
 
-  // Accumulators.
-  const int warp = tid / 32, wm = warp % 4, wn = warp / 4;  // 4 × 2 warps, 32 × 32 each
   using namespace nvcuda;
+  const int warp = tid / 32, lane = tid % 32, wm = warp % 4, wn = warp / 4;  // 4 × 2 warps
+  constexpr int JN = S::WN / 16;
   constexpr int WK = MODE == 1 ? 8 : 16;
-  using AT = typename std::conditional<MODE == 1, wmma::precision::tf32, T>::type;
-  wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc[2][2];
-  float facc[8][4];
-  const int tm = tid % 16, tn = tid / 16;  // FMA path: voxels tm·8…, channels tn·4…
+  using FT = typename std::conditional<MODE == 1, wmma::precision::tf32,
+             typename std::conditional<MODE == 3, __nv_bfloat16, __half>::type>::type;
+  wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc[2][JN];
+  constexpr int TN = BN / 16;  // FMA path: 8 voxels × TN channels per thread
+  float facc[8][TN];
+  const int tm = tid % 16, tn = tid / 16;
   if constexpr (MODE != 0) {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+      for (int j = 0; j < JN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) facc[i][j] = 0.f;
+      for (int j = 0; j < TN; ++j) facc[i][j] = 0.f;
   }
 
-  load(0);
-  store();
-  __syncthreads();
-  for (int k0 = 0; k0 < p.K; k0 += BK) {
-    const bool next = k0 + BK < p.K;
-    if (next) load(k0 + BK);
-    if constexpr (MODE != 0) {
+  const int KT = p.Kp / BK;
 #pragma unroll
-      for (int kk = 0; kk < BK; kk += WK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, WK, AT, wmma::col_major> af[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, WK, AT, wmma::row_major> bf[2];
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) load_stage(s, s * BK);
+    cp_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_wait<STAGES - 2>();
+    __syncthreads();
+    const int nt = kt + STAGES - 1;
+    if (nt < KT) load_stage(nt % STAGES, nt * BK);
+    cp_commit();
+    const float* As = sm + (kt % STAGES) * S::STAGE;
+    const float* Bs = As + S::A_ST;
+    if constexpr (MODE == 1) {
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> af[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bf[JN];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           wmma::load_matrix_sync(af[i], As + kk * LDA + wm * 32 + i * 16, LDA);
-          if constexpr (MODE == 1)
 #pragma unroll
-            for (int t = 0; t < af[i].num_elements; ++t) af[i].x[t] = wmma::__float_to_tf32(af[i].x[t]);
+          for (int t = 0; t < af[i].num_elements; ++t) af[i].x[t] = wmma::__float_to_tf32(af[i].x[t]);
         }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          wmma::load_matrix_sync(bf[j], Bs + kk * LDB + wn * 32 + j * 16, LDB);
-          if constexpr (MODE == 1)
+        for (int j = 0; j < JN; ++j) {
+          wmma::load_matrix_sync(bf[j], Bs + kk * S::LDB + wn * S::WN + j * 16, S::LDB);
 #pragma unroll
-            for (int t = 0; t < bf[j].num_elements; ++t) bf[j].x[t] = wmma::__float_to_tf32(bf[j].x[t]);
+          for (int t = 0; t < bf[j].num_elements; ++t) bf[j].x[t] = wmma::__float_to_tf32(bf[j].x[t]);
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+          for (int j = 0; j < JN; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+      }
+    } else if constexpr (MODE >= 2) {
+      using HT = typename std::conditional<MODE == 3, __nv_bfloat16, __half>::type;
+      HT* ha = reinterpret_cast<HT*>(reinterpret_cast<unsigned char*>(sm) + S::BYTES_F) + warp * (S::HA + S::HB);
+      HT* hb = ha + S::HA;
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        // this warp's 32 voxels × 16 k of A and 16 k × WN channels of B, rounded to 16 bits
+#pragma unroll
+        for (int e = lane; e < 16 * 32; e += 32) {
+          const int kr = e / 32, mc = e % 32;
+          ha[kr * 40 + mc] = to_half<HT>(As[(kk + kr) * LDA + wm * 32 + mc]);
+        }
+#pragma unroll
+        for (int e = lane; e < 16 * S::WN; e += 32) {
+          const int kr = e / S::WN, nc = e % S::WN;
+          hb[kr * (S::WN + 8) + nc] = to_half<HT>(Bs[(kk + kr) * S::LDB + wn * S::WN + nc]);
+        }
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, HT, wmma::col_major> af[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, HT, wmma::row_major> bf[JN];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(af[i], ha + i * 16, 40);
+#pragma unroll
+        for (int j = 0; j < JN; ++j) wmma::load_matrix_sync(bf[j], hb + j * 16, S::WN + 8);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < JN; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+        __syncwarp();
       }
     } else {
-#pragma unroll
+#pragma unroll 8
       for (int kk = 0; kk < BK; ++kk) {
-        float a[8], bv[4];
         const float4 a0 = *reinterpret_cast<const float4*>(As + kk * LDA + tm * 8);
         const float4 a1 = *reinterpret_cast<const float4*>(As + kk * LDA + tm * 8 + 4);
-        const float4 b0 = *reinterpret_cast<const float4*>(Bs + kk * LDB + tn * 4);
-        a[0] = a0.x, a[1] = a0.y, a[2] = a0.z, a[3] = a0.w, a[4] = a1.x, a[5] = a1.y, a[6] = a1.z, a[7] = a1.w;
-        bv[0] = b0.x, bv[1] = b0.y, bv[2] = b0.z, bv[3] = b0.w;
+        const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        float bv[TN];
+#pragma unroll
+        for (int j = 0; j < TN; ++j) bv[j] = Bs[kk * S::LDB + tn * TN + j];
 #pragma unroll
         for (int i = 0; i < 8; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j) facc[i][j] = fmaf(a[i], bv[j], facc[i][j]);
+          for (int j = 0; j < TN; ++j) facc[i][j] = fmaf(a[i], bv[j], facc[i][j]);
       }
     }
-    __syncthreads();
-    if (next) {
-      store();
-      __syncthreads();
-    }
   }
+  cp_wait<0>();
+  __syncthreads();
 
   // Epilogue: the tile through shared memory (column-major: voxels contiguous per channel).
-  float* Cs = reinterpret_cast<float*>(smem);
+  constexpr int LDC = BM + 4;
+  float* Cs = sm;
   if constexpr (MODE != 0) {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(Cs + (wn * 32 + j * 16) * LDC + wm * 32 + i * 16, acc[i][j], LDC, wmma::mem_col_major);
+      for (int j = 0; j < JN; ++j)
+        wmma::store_matrix_sync(Cs + (wn * S::WN + j * 16) * LDC + wm * 32 + i * 16, acc[i][j], LDC, wmma::mem_col_major);
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) Cs[(tn * 4 + j) * LDC + tm * 8 + i] = facc[i][j];
+      for (int j = 0; j < TN; ++j) Cs[(tn * TN + j) * LDC + tm * 8 + i] = facc[i][j];
   }
   __syncthreads();
   for (int e = tid; e < BM * BN; e += THREADS) {
@@ -240,11 +296,28 @@ __global__ void __launch_bounds__(THREADS) conv_igemm(Params p) {
   }
 }
 
-template <class T, int MODE>
+template <int BN, int MODE>
 void launch(const Params& p, std::int64_t N) {
-  dim3 grid(unsigned((p.M + BM - 1) / BM), unsigned((p.Cog + BN - 1) / BN), unsigned(N * p.groups));
-  conv_igemm<T, MODE><<<grid, THREADS, 0, stream()>>>(p);
+  using S = Smem<BN>;
+  const int bytes = MODE >= 2 ? S::BYTES_H : S::BYTES_F;
+  static bool configured = false;  // one attribute call per instantiation (the limit is per function)
+  if (!configured) {
+    BHSD_CUDA(cudaFuncSetAttribute(conv_pipe<BN, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    configured = true;
+  }
+  dim3 grid(unsigned((p.M + BM - 1) / BM), unsigned(p.Np / BN), unsigned(N * p.groups));
+  conv_pipe<BN, MODE><<<grid, THREADS, bytes, stream()>>>(p);
   BHSD_LAUNCHED("conv3d kernel");
+}
+
+template <int BN>
+void launch_mode(const Params& p, std::int64_t N, Precision prec) {
+  switch (prec) {
+    case Precision::fp32: launch<BN, 0>(p, N); break;
+    case Precision::tf32: launch<BN, 1>(p, N); break;
+    case Precision::fp16: launch<BN, 2>(p, N); break;
+    case Precision::bf16: launch<BN, 3>(p, N); break;
+  }
 }
 
 }  // namespace
@@ -253,28 +326,30 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
             float alpha, Precision prec) {
   const std::int64_t Cg = s.C / s.groups, Cog = s.Co / s.groups, kvol = s.kd * s.kh * s.kw;
   const std::int64_t K = Cg * kvol, M = s.Do * s.Ho * s.Wo;
-  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 31) || s.Do * s.Ho >= (std::int64_t(1) << 31))
+  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 30) || s.Do * s.Ho >= (std::int64_t(1) << 31))
     throw std::runtime_error("cuda: conv3d: one batch item of the input must hold fewer than 2^31 elements");
-  if (s.N * s.groups > 65535 || (Cog + BN - 1) / BN > 65535)
+  const int BN = Cog <= 32 ? 32 : 64;
+  const std::int64_t Kp = (K + BK - 1) / BK * BK, Np = (Cog + BN - 1) / BN * BN;
+  if (s.N * s.groups > 65535 || Np / BN > 65535)
     throw std::runtime_error("cuda: conv3d: too many batch items × groups or output channels for one launch");
   if (M == 0 || Cog == 0) return;
   Scratch<int4> tab{static_cast<std::size_t>(K)};
   ktab_kernel<<<blocks_for(K, 256), 256, 0, stream()>>>(tab.p, int(K), int(kvol), int(s.kh), int(s.kw), int(s.dd),
                                                          int(s.dh), int(s.dw), s.D * s.H * s.W);
   BHSD_LAUNCHED("conv3d table");
+  Scratch<float> bp{static_cast<std::size_t>(s.groups * Kp * Np)};
+  pack_weights<<<blocks_for(s.groups * Kp * Np, 256), 256, 0, stream()>>>(w, bp.p, int(s.groups), int(K), int(Kp), int(Np),
+                                                                           int(Cg), int(Cog), int(kvol), transposed);
+  BHSD_LAUNCHED("conv3d weight packing");
   Params p{};
-  p.x = x, p.w = w, p.b = b, p.y = y, p.ktab = tab.p;
+  p.x = x, p.bp = bp.p, p.b = b, p.y = y, p.ktab = tab.p;
   p.C = s.C, p.D = s.D, p.H = s.H, p.W = s.W, p.Co = s.Co, p.M = M;
-  p.Ho = int(s.Ho), p.Wo = int(s.Wo), p.K = int(K), p.kvol = int(kvol), p.Cg = int(Cg), p.Cog = int(Cog);
+  p.Ho = int(s.Ho), p.Wo = int(s.Wo), p.K = int(K), p.Kp = int(Kp), p.Np = int(Np), p.Cg = int(Cg), p.Cog = int(Cog);
   p.groups = int(s.groups);
   p.sd = int(s.sd), p.sh = int(s.sh), p.sw = int(s.sw), p.pd = int(s.pd), p.ph = int(s.ph), p.pw = int(s.pw);
   p.transposed = transposed, p.act = act, p.alpha = alpha;
-  switch (prec) {
-    case Precision::fp32: launch<float, 0>(p, s.N); break;
-    case Precision::tf32: launch<float, 1>(p, s.N); break;
-    case Precision::fp16: launch<__half, 2>(p, s.N); break;
-    case Precision::bf16: launch<__nv_bfloat16, 2>(p, s.N); break;
-  }
+  if (BN == 32) launch_mode<32>(p, s.N, prec);
+  else launch_mode<64>(p, s.N, prec);
 }
 
 namespace {
