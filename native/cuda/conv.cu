@@ -34,6 +34,7 @@ struct Params {
   std::int64_t C, D, H, W, Co, M;
   int Ho, Wo, K, Kp, Np, Cg, Cog, groups;
   int sd, sh, sw, pd, ph, pw;
+  int kd, kh, kw, dd, dh, dw;
   int transposed, act;
   float alpha;
 };
@@ -127,29 +128,58 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
   const int by = p.transposed ? oy + p.ph : oy * p.sh - p.ph;
   const int bx = p.transposed ? ox + p.pw : ox * p.sw - p.pw;
 
+  // Forward convolution: which kernel offsets along each axis land inside the input for this
+  // voxel (bit masks, computed once), and the voxel's offset in x; a thread then walks 16
+  // consecutive k of each tile incrementally (warp-uniform: all 32 lanes share k), so a tap costs
+  // a few integer operations and one cp.async, with no table and no division.
+  unsigned mz = 0, my = 0, mx = 0;
+  std::int64_t vbase = 0;
+  const std::int64_t HWs = std::int64_t(p.H) * p.W, DHW = HWs * p.D;
+  if (!p.transposed) {
+    for (int a = 0; a < p.kd && a < 32; ++a) mz |= unsigned(unsigned(bz + a * p.dd) < unsigned(p.D)) << a;
+    for (int a = 0; a < p.kh && a < 32; ++a) my |= unsigned(unsigned(by + a * p.dh) < unsigned(p.H)) << a;
+    for (int a = 0; a < p.kw && a < 32; ++a) mx |= unsigned(unsigned(bx + a * p.dw) < unsigned(p.W)) << a;
+    vbase = (std::int64_t(bz) * p.H + by) * p.W + bx;
+  }
+  const int kvol = p.kd * p.kh * p.kw, khw = p.kh * p.kw;
+
   auto load_stage = [&](int st, int k0) {
     float* As = sm + st * S::STAGE;
     float* Bs = As + S::A_ST;
+    if (!p.transposed) {
+      int k = k0 + kb * (BK / 2);
+      int c = k / kvol, r = k - c * kvol;
+      int az = r / khw, r2 = r - az * khw, ay = r2 / p.kw, ax = r2 - ay * p.kw;
+      std::int64_t off = std::int64_t(c) * DHW + std::int64_t(az) * p.dd * HWs + std::int64_t(ay) * p.dh * p.W + ax * p.dw;
 #pragma unroll 4
-    for (int i = 0; i < BK / 2; ++i) {
-      const int kl = kb + 2 * i, k = k0 + kl;
-      const float* src = p.x;
-      bool ok = false;
-      if (mvalid && k < p.K) {
-        const int4 t = __ldg(&p.ktab[k]);
-        int iz, iy, ix;
-        if (!p.transposed) {
-          iz = bz + t.y, iy = by + t.z, ix = bx + t.w;
-          ok = unsigned(iz) < unsigned(p.D) && unsigned(iy) < unsigned(p.H) && unsigned(ix) < unsigned(p.W);
-        } else {
+      for (int j = 0; j < BK / 2; ++j, ++k) {
+        const bool ok = mvalid && k < p.K && ((mz >> az) & (my >> ay) & (mx >> ax) & 1u);
+        cp_async4(As + (kb * (BK / 2) + j) * LDA + ml, ok ? xb + vbase + off : p.x, ok);
+        ++ax, off += p.dw;
+        if (ax == p.kw) {
+          ax = 0, off += std::int64_t(p.dh) * p.W - std::int64_t(p.kw) * p.dw, ++ay;
+          if (ay == p.kh) {
+            ay = 0, off += std::int64_t(p.dd) * HWs - std::int64_t(p.kh) * p.dh * p.W, ++az;
+            if (az == p.kd) az = 0, off += DHW - std::int64_t(p.kd) * p.dd * HWs;
+          }
+        }
+      }
+    } else {
+#pragma unroll 4
+      for (int i = 0; i < BK / 2; ++i) {
+        const int kl = kb + 2 * i, k = k0 + kl;
+        const float* src = p.x;
+        bool ok = false;
+        if (mvalid && k < p.K) {
+          const int4 t = __ldg(&p.ktab[k]);
           const int tz = bz - t.y, ty = by - t.z, tx = bx - t.w;
           ok = tz >= 0 && ty >= 0 && tx >= 0 && tz % p.sd == 0 && ty % p.sh == 0 && tx % p.sw == 0;
-          iz = tz / p.sd, iy = ty / p.sh, ix = tx / p.sw;
+          const int iz = tz / p.sd, iy = ty / p.sh, ix = tx / p.sw;
           ok = ok && iz < p.D && iy < p.H && ix < p.W;
+          if (ok) src = xb + t.x + (std::int64_t(iz) * p.H + iy) * p.W + ix;
         }
-        if (ok) src = xb + t.x + (std::int64_t(iz) * p.H + iy) * p.W + ix;
+        cp_async4(As + kl * LDA + ml, src, ok);
       }
-      cp_async4(As + kl * LDA + ml, src, ok);
     }
     constexpr int V = BK * BN / 4;  // float4 vectors of the B tile
 #pragma unroll
@@ -326,8 +356,9 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
             float alpha, Precision prec) {
   const std::int64_t Cg = s.C / s.groups, Cog = s.Co / s.groups, kvol = s.kd * s.kh * s.kw;
   const std::int64_t K = Cg * kvol, M = s.Do * s.Ho * s.Wo;
-  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 30) || s.Do * s.Ho >= (std::int64_t(1) << 31))
-    throw std::runtime_error("cuda: conv3d: one batch item of the input must hold fewer than 2^31 elements");
+  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 30) || s.Do * s.Ho >= (std::int64_t(1) << 31) ||
+      s.kd > 32 || s.kh > 32 || s.kw > 32)
+    throw std::runtime_error("cuda: conv3d: one batch item of the input must hold fewer than 2^31 elements, and kernels at most 32 taps per axis");
   const int BN = Cog <= 32 ? 32 : 64;
   const std::int64_t Kp = (K + BK - 1) / BK * BK, Np = (Cog + BN - 1) / BN * BN;
   if (s.N * s.groups > 65535 || Np / BN > 65535)
@@ -347,6 +378,7 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
   p.Ho = int(s.Ho), p.Wo = int(s.Wo), p.K = int(K), p.Kp = int(Kp), p.Np = int(Np), p.Cg = int(Cg), p.Cog = int(Cog);
   p.groups = int(s.groups);
   p.sd = int(s.sd), p.sh = int(s.sh), p.sw = int(s.sw), p.pd = int(s.pd), p.ph = int(s.ph), p.pw = int(s.pw);
+  p.kd = int(s.kd), p.kh = int(s.kh), p.kw = int(s.kw), p.dd = int(s.dd), p.dh = int(s.dh), p.dw = int(s.dw);
   p.transposed = transposed, p.act = act, p.alpha = alpha;
   if (BN == 32) launch_mode<32>(p, s.N, prec);
   else launch_mode<64>(p, s.N, prec);
