@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "common.cuh"
@@ -37,6 +38,7 @@ struct Params {
   int kd, kh, kw, dd, dh, dw;
   int transposed, act;
   float alpha;
+  int skip;  // profiling only (BHSD_CONV_SKIP): 1 no A gather, 2 no multiply, 4 no B loads
 };
 
 __device__ __forceinline__ float activate(float v, int act, float alpha) {
@@ -146,7 +148,8 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
   auto load_stage = [&](int st, int k0) {
     float* As = sm + st * S::STAGE;
     float* Bs = As + S::A_ST;
-    if (!p.transposed) {
+    if (p.skip & 1) {
+    } else if (!p.transposed) {
       int k = k0 + kb * (BK / 2);
       int c = k / kvol, r = k - c * kvol;
       int az = r / khw, r2 = r - az * khw, ay = r2 / p.kw, ax = r2 - ay * p.kw;
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
     }
     constexpr int V = BK * BN / 4;  // float4 vectors of the B tile
 #pragma unroll
-    for (int i = 0; i < (V + THREADS - 1) / THREADS; ++i) {
+    for (int i = 0; !(p.skip & 4) && i < (V + THREADS - 1) / THREADS; ++i) {
       const int e = tid + THREADS * i;
       if (V % THREADS != 0 && e >= V) break;
       const int row = e / (BN / 4), c4 = e % (BN / 4);
@@ -227,7 +230,8 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
     cp_commit();
     const float* As = sm + (kt % STAGES) * S::STAGE;
     const float* Bs = As + S::A_ST;
-    if constexpr (MODE == 1) {
+    if (p.skip & 2) {
+    } else if constexpr (MODE == 1) {
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 8) {
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> af[2];
@@ -380,6 +384,8 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
   p.sd = int(s.sd), p.sh = int(s.sh), p.sw = int(s.sw), p.pd = int(s.pd), p.ph = int(s.ph), p.pw = int(s.pw);
   p.kd = int(s.kd), p.kh = int(s.kh), p.kw = int(s.kw), p.dd = int(s.dd), p.dh = int(s.dh), p.dw = int(s.dw);
   p.transposed = transposed, p.act = act, p.alpha = alpha;
+  const char* skip = std::getenv("BHSD_CONV_SKIP");
+  p.skip = skip ? std::atoi(skip) : 0;
   if (BN == 32) launch_mode<32>(p, s.N, prec);
   else launch_mode<64>(p, s.N, prec);
 }
