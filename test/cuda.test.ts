@@ -49,22 +49,26 @@ const TOL: Record<CudaPrecision, number> = { fp32: 1e-5, tf32: 5e-3, fp16: 5e-3,
 
 for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
   gpuTest(title(`conv3d in ${p} is within ${TOL[p]} of the native fp32 result`), async (t) => {
-    for (const [C, Co, D, H, W, stride, pad, dil, groups] of [
-      [1, 32, 12, 40, 40, 1, 1, 1, 1],
-      [32, 32, 8, 24, 20, 1, 1, 1, 1],
-      [32, 64, 9, 17, 23, 2, 1, 1, 1],
-      [16, 24, 6, 10, 14, 1, 2, 2, 2],
-      [64, 70, 4, 8, 8, 1, 0, 1, 1],
+    for (const [C, Co, D, H, W, stride, pad, dil, groups, kd, kh, kw] of [
+      [1, 32, 12, 40, 40, 1, 1, 1, 1, 3, 3, 3],
+      [32, 32, 8, 24, 20, 1, 1, 1, 1, 3, 3, 3],
+      [32, 64, 9, 17, 23, 2, 1, 1, 1, 3, 3, 3],
+      [16, 24, 6, 10, 14, 1, 2, 2, 2, 3, 3, 3],
+      [64, 70, 4, 8, 8, 1, 0, 1, 1, 3, 3, 3],
+      [12, 40, 3, 9, 70, 1, 1, 1, 2, 1, 3, 3],
+      [48, 6, 5, 7, 33, 1, 0, 1, 1, 1, 1, 1],
+      [20, 36, 3, 5, 6, 1, 1, 1, 1, 3, 3, 3],
     ] as number[][]) {
       const x = randomTensor([1, C!, D!, H!, W!], 11);
-      const w = randomTensor([Co!, C! / groups!, 3, 3, 3], 12);
+      const w = randomTensor([Co!, C! / groups!, kd!, kh!, kw!], 12);
       const b = randomTensor([Co!], 13);
-      const opts = { stride: stride!, padding: pad!, dilation: dil!, groups: groups!, activation: "leakyRelu" as const, alpha: 0.01 };
+      const padding = kd === 1 ? ([0, kh === 1 ? 0 : pad!, kw === 1 ? 0 : pad!] as [number, number, number]) : pad!;
+      const opts = { stride: stride!, padding, dilation: dil!, groups: groups!, activation: "leakyRelu" as const, alpha: 0.01 };
       const want = await on("native", () => ops.conv3d(x, w, b, opts));
       const got = await on("cuda", () => withPrecision(p, () => ops.conv3d(x, w, b, opts)));
       t.deepEqual(got.shape, want.shape);
       const d = relDiff(got.data, want.data);
-      t.true(d <= TOL[p], `${p} C=${C} Co=${Co} s=${stride} p=${pad} d=${dil} g=${groups}: ${d}`);
+      t.true(d <= TOL[p], `${p} C=${C} Co=${Co} k=${kd}×${kh}×${kw} s=${stride} p=${pad} d=${dil} g=${groups}: ${d}`);
     }
   });
 }

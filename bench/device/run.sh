@@ -39,4 +39,8 @@ PYTHONUNBUFFERED=1 timeout "${REF_TIMEOUT:-180}" python3 bench/device/reference.
 step "bhsd on the GPU"
 timeout "${BENCH_TIMEOUT:-180}" $TSX bench/device/gpu.ts bench /tmp/bhsd-dev 2>&1 | tee "$OUT/bench.log"
 cp /tmp/bhsd-dev/bench.md "$OUT/" 2>/dev/null
+if [ "${VARIANTS:-0}" = 1 ]; then
+  step "where a convolution's time goes"
+  timeout 120 $TSX bench/device/variants.ts 2>&1 | tee "$OUT/variants.log"
+fi
 step done
