@@ -1,6 +1,7 @@
 /** bhsd — intracranial hemorrhage on head CT, from Node.js. The public surface (shared/spec/api.md). */
 export type { BackendName, DTypeName, NiftiMeta, Tensor, Volume, VoxelArray } from "./types.js";
-export { backendInfo, setBackend, availableBackends, type BackendInfo, type BackendDetails } from "./backends/index.js";
+export { backendInfo, setBackend, setCudaPrecision, availableBackends, type BackendInfo, type BackendDetails } from "./backends/index.js";
+export type { CudaPrecision } from "./backends/cuda.js";
 export { readNifti, readNiftiHeader, writeNifti, NiftiError, type ReadNiftiOptions, type WriteNiftiOptions } from "./io/nifti.js";
 export { readNpy, writeNpy, parseNpy, formatNpy, type NpyArray } from "./io/npy.js";
 export { volumeFromArray } from "./volume.js";

@@ -163,3 +163,9 @@ test("the tensor bindings refuse lengths and shapes that disagree, with JS error
   t.throws(() => a.concat!([f(4), "x"], [1, 1], 1, 4, f(8)), { message: /must be a typed array/ });
   t.throws(() => a.resize3d!(f(8), 1, [2, 2, 2], [4, 4, 4], new Float64Array(2), true, 0, 0, f(64)), { message: /scales must be a Float64Array of 3/ });
 });
+
+test("setCudaPrecision takes fp32, tf32, fp16 or bf16 and names the argument otherwise", async (t) => {
+  const { setCudaPrecision } = await import("../lib/index.js");
+  t.throws(() => setCudaPrecision("fp8" as never), { message: /one of fp32, tf32, fp16, bf16 for precision but received string "fp8"/ });
+  t.notThrows(() => setCudaPrecision("tf32"));
+});

@@ -73,6 +73,27 @@ for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
   });
 }
 
+for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
+  gpuTest(title(`convTranspose3d in ${p} is within ${TOL[p]} of the native fp32 result (upsampling and general)`), async (t) => {
+    for (const [C, Cog, D, H, W, k, s, groups, pad, outPad] of [
+      [64, 32, 4, 9, 21, [1, 2, 2], [1, 2, 2], 1, 0, 0],
+      [40, 24, 3, 5, 6, [2, 2, 2], [2, 2, 2], 1, 0, 0],
+      [16, 10, 3, 4, 37, [2, 2, 2], [2, 2, 2], 2, 0, 0],
+      [12, 8, 3, 5, 6, [3, 3, 3], [2, 2, 2], 1, 1, 1],
+    ] as [number, number, number, number, number, number[], number[], number, number, number][]) {
+      const x = randomTensor([1, C, D, H, W], 21);
+      const w = randomTensor([C, Cog, ...k], 22);
+      const b = randomTensor([Cog * groups], 23);
+      const opts = { stride: s as [number, number, number], groups, padding: pad, outputPadding: outPad };
+      const want = await on("native", () => ops.convTranspose3d(x, w, b, opts));
+      const got = await on("cuda", () => withPrecision(p, () => ops.convTranspose3d(x, w, b, opts)));
+      t.deepEqual(got.shape, want.shape);
+      const d = relDiff(got.data, want.data);
+      t.true(d <= TOL[p], `${p} C=${C} Cog=${Cog} k=${k} s=${s} g=${groups}: ${d}`);
+    }
+  });
+}
+
 gpuTest(title("the fixture model's labels in TF32 agree with PyTorch's on at least 99.9 % of voxels; fp32 logits within 1e-4"), async (t) => {
   const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
   for (const [input, expected] of [["input.npy", "expected.npy"], ["input_1.npy", "expected_1.npy"]]) {

@@ -5,7 +5,7 @@
  */
 import { inArray, invalidParameterError } from "../is.js";
 import type { BackendName } from "../types.js";
-import { loadCudaBackend } from "./cuda.js";
+import { CUDA_PRECISIONS, loadCudaBackend, type CudaBackend, type CudaPrecision } from "./cuda.js";
 import { loadNativeAddon, NativeBackend } from "./native.js";
 import { TsBackend } from "./ts.js";
 import type { Backend, BackendDetails } from "./types.js";
@@ -36,7 +36,11 @@ function tryLoad(name: BackendName): Backend | undefined {
       else if (name === "native") {
         const { addon, path } = loadNativeAddon();
         loaded.set(name, new NativeBackend(addon, path));
-      } else loaded.set(name, loadCudaBackend(() => tryLoad("native") ?? tryLoad("ts")!).backend);
+      } else {
+        const cuda = loadCudaBackend(() => tryLoad("native") ?? tryLoad("ts")!).backend;
+        if (precision) cuda.precision = precision;
+        loaded.set(name, cuda);
+      }
     } catch (e) {
       reasons.set(name, (e as Error).message);
     }
@@ -90,6 +94,20 @@ export function backendInfo(): BackendInfo {
     else why[n] = reasons.get(n) ?? "unknown reason";
   }
   return { active, available, reasons: why, details };
+}
+
+let precision: CudaPrecision | undefined;
+
+/**
+ * The arithmetic of convolutions on the cuda backend: "tf32" (the default, as PyTorch's
+ * convolutions), "fp32", "fp16" or "bf16" (tensor cores, fp32 accumulation). Also settable by
+ * BHSD_CUDA_PRECISION. The CPU backends always compute in fp32.
+ */
+export function setCudaPrecision(p: CudaPrecision): void {
+  if (!inArray(p, CUDA_PRECISIONS)) throw invalidParameterError("precision", `one of ${CUDA_PRECISIONS.join(", ")}`, p);
+  precision = p;
+  const cuda = loaded.get("cuda") as CudaBackend | undefined;
+  if (cuda) cuda.precision = p;
 }
 
 /** The backends that loaded, in the default order. */

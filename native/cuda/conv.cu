@@ -363,14 +363,16 @@ void launch_mode(const Params& p, std::int64_t N, Precision prec) {
 // The operands then sit at unaligned offsets (x + kx), which WMMA cannot load, so the multiply is
 // the PTX mma.sync m16n8k8 TF32 instruction with fragments read element by element; channel
 // planes are padded to 8 banks apart so that those reads are conflict-free.
-template <int KD, int KH, int KW>
+template <int KD, int KH, int KW, int MODE>
 struct Halo {
   static constexpr int TY = 4, TX = 32, CC = 8, BNH = 32;
   static constexpr int HZ = KD, HY = TY + KH - 1, HX = TX + KW - 1;
   static constexpr int PLANE = HZ * HY * HX;
-  static constexpr int PL = (PLANE + 31) / 32 * 32 + 8;
+  // TF32 fragments read channels t and t+4, 16-bit ones channels 2t and 2t+1: planes 8 or 4 banks apart.
+  static constexpr int POFF = MODE == 1 ? 8 : 4;
+  static constexpr int PL = (PLANE + 31) / 32 * 32 + POFF;
   static constexpr int TAPS = KD * KH * KW;
-  static constexpr int LDW = 40;
+  static constexpr int LDW = 32 + POFF;
   static constexpr int H_FLOATS = CC * PL, W_FLOATS = TAPS * CC * LDW;
   static constexpr int STAGE = H_FLOATS + W_FLOATS;
   static constexpr int BYTES = 2 * STAGE * 4;
@@ -378,22 +380,27 @@ struct Halo {
 
 struct HaloParams {
   const float* x;
-  const float* wp;  // [groups][nblocks][chunks][taps][8][40]
+  const float* wp;  // [groups][nblocks][chunks][taps][8][LDW]
   const float* b;
   float* y;
   std::int64_t C, D, H, W, Co, Do, Ho, Wo;
   int Cg, Cog, groups, chunks, nblocks, tilesY, tilesX;
   int pd, ph, pw, act;
   float alpha;
+  // Where output (z, y, x) of the grid goes: (z·s + o) per axis in a volume of `full` extents
+  // (identity for a convolution; one tap's sub-grid for a transposed convolution split by taps).
+  std::int64_t fullD, fullH, fullW;
+  int msz, msy, msx, moz, moy, mox;
 };
 
+// w is [Co][Cg][taps] (convolution), or, with `ttap` ≥ 0, the transposed [C][Cog][tkvol] read at one tap.
 __global__ void pack_halo_weights(const float* w, float* wp, int groups, int nblocks, int chunks, int taps, int Cg,
-                                  int Cog) {
-  const std::int64_t n = std::int64_t(groups) * nblocks * chunks * taps * 8 * 40;
+                                  int Cog, int ldw, int ttap, int tkvol) {
+  const std::int64_t n = std::int64_t(groups) * nblocks * chunks * taps * 8 * ldw;
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
     std::int64_t r = i;
-    const int col = int(r % 40);
-    r /= 40;
+    const int col = int(r % ldw);
+    r /= ldw;
     const int c8 = int(r % 8);
     r /= 8;
     const int tap = int(r % taps);
@@ -403,7 +410,11 @@ __global__ void pack_halo_weights(const float* w, float* wp, int groups, int nbl
     const int nb = int(r % nblocks);
     const int g = int(r / nblocks);
     const int c = ch * 8 + c8, co = nb * 32 + col;
-    wp[i] = (col < 32 && c < Cg && co < Cog) ? w[((std::int64_t(g) * Cog + co) * Cg + c) * taps + tap] : 0.f;
+    float v = 0.f;
+    if (col < 32 && c < Cg && co < Cog)
+      v = ttap < 0 ? w[((std::int64_t(g) * Cog + co) * Cg + c) * taps + tap]
+                   : w[((std::int64_t(g) * Cg + c) * Cog + co) * tkvol + ttap];
+    wp[i] = v;
   }
 }
 
@@ -412,10 +423,22 @@ __device__ __forceinline__ unsigned to_tf32(float v) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
   return r;
 }
+// Two floats as one 16-bit pair (lo in the low half, as mma fragments hold consecutive k).
+template <int MODE>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+  if constexpr (MODE == 3) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+  } else {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+  }
+}
 
-template <int KD, int KH, int KW>
+// MODE 1: TF32 m16n8k8; 2: fp16 m16n8k8; 3: bf16 m16n8k8 (all accumulating in fp32).
+template <int KD, int KH, int KW, int MODE>
 __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
-  using S = Halo<KD, KH, KW>;
+  using S = Halo<KD, KH, KW, MODE>;
   extern __shared__ __align__(128) float sm[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tx = blockIdx.x % p.tilesX, ty = (blockIdx.x / p.tilesX) % p.tilesY, oz = blockIdx.x / (p.tilesX * p.tilesY);
@@ -467,29 +490,58 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
         for (int kx = 0; kx < KW; ++kx) {
           const int tap = (kz * KH + ky) * KW + kx;
           const float* arow = hs + (kz * S::HY + wm + ky) * S::HX + kx + gq;
-          unsigned a[2][4], bfr[2][2];
+          if constexpr (MODE == 1) {
+            // A (16×8, row): (gq, tq) (gq+8, tq) (gq, tq+4) (gq+8, tq+4); B (8×8, col): (tq, gq) (tq+4, gq)
+            unsigned a[2][4], bfr[2][2];
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            a[i][0] = to_tf32(arow[tq * S::PL + 16 * i]);
-            a[i][1] = to_tf32(arow[tq * S::PL + 16 * i + 8]);
-            a[i][2] = to_tf32(arow[(tq + 4) * S::PL + 16 * i]);
-            a[i][3] = to_tf32(arow[(tq + 4) * S::PL + 16 * i + 8]);
+            for (int i = 0; i < 2; ++i) {
+              a[i][0] = to_tf32(arow[tq * S::PL + 16 * i]);
+              a[i][1] = to_tf32(arow[tq * S::PL + 16 * i + 8]);
+              a[i][2] = to_tf32(arow[(tq + 4) * S::PL + 16 * i]);
+              a[i][3] = to_tf32(arow[(tq + 4) * S::PL + 16 * i + 8]);
+            }
+            const float* wrow = ws + (tap * 8 + tq) * S::LDW + wn * 16 + gq;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              bfr[j][0] = to_tf32(wrow[8 * j]);
+              bfr[j][1] = to_tf32(wrow[4 * S::LDW + 8 * j]);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+              for (int j = 0; j < 2; ++j)
+                asm volatile(
+                    "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                    "{%0,%1,%2,%3};\n"
+                    : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+                    : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(bfr[j][0]), "r"(bfr[j][1]));
+          } else {
+            // A (16×8, row): rows gq and gq+8, k pair (2tq, 2tq+1); B (8×8, col): k pair (2tq, 2tq+1), n gq
+            unsigned a[2][2], bfr[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              a[i][0] = pack2<MODE>(arow[2 * tq * S::PL + 16 * i], arow[(2 * tq + 1) * S::PL + 16 * i]);
+              a[i][1] = pack2<MODE>(arow[2 * tq * S::PL + 16 * i + 8], arow[(2 * tq + 1) * S::PL + 16 * i + 8]);
+            }
+            const float* wrow = ws + (tap * 8 + 2 * tq) * S::LDW + wn * 16 + gq;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) bfr[j] = pack2<MODE>(wrow[8 * j], wrow[S::LDW + 8 * j]);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                if constexpr (MODE == 2)
+                  asm volatile(
+                      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                      : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+                      : "r"(a[i][0]), "r"(a[i][1]), "r"(bfr[j]));
+                else
+                  asm volatile(
+                      "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                      : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+                      : "r"(a[i][0]), "r"(a[i][1]), "r"(bfr[j]));
+              }
           }
-          const float* wrow = ws + (tap * 8 + tq) * S::LDW + wn * 16 + gq;
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            bfr[j][0] = to_tf32(wrow[8 * j]);
-            bfr[j][1] = to_tf32(wrow[4 * S::LDW + 8 * j]);
-          }
-#pragma unroll
-          for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-              asm volatile(
-                  "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                  "{%0,%1,%2,%3};\n"
-                  : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
-                  : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(bfr[j][0]), "r"(bfr[j][1]));
         }
     __syncthreads();
   }
@@ -497,6 +549,7 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
   // Epilogue straight from the fragments: c0, c1 at (row gq, cols 2tq, 2tq+1), c2, c3 at row gq+8.
   const int oy = oy0 + wm;
   if (oy >= p.Ho) return;
+  const std::int64_t zf = std::int64_t(oz) * p.msz + p.moz, yf = std::int64_t(oy) * p.msy + p.moy;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -509,37 +562,72 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
         const int cout = g * p.Cog + co;
         float v = acc[i][j][q];
         if (p.b) v += __ldg(p.b + cout);
-        p.y[((std::int64_t(n) * p.Co + cout) * p.Do + oz) * p.Ho * p.Wo + std::int64_t(oy) * p.Wo + ox] = activate(v, p.act, p.alpha);
+        p.y[((std::int64_t(n) * p.Co + cout) * p.fullD + zf) * p.fullH * p.fullW + yf * p.fullW + std::int64_t(ox) * p.msx + p.mox] =
+            activate(v, p.act, p.alpha);
       }
 }
 
-template <int KD, int KH, int KW>
-void launch_halo(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int act, float alpha) {
-  using S = Halo<KD, KH, KW>;
+// One launch of the halo kernel. `tsplit`: for a transposed convolution whose kernel equals its
+// stride, the tap (kz, ky, kx) to compute as a 1×1×1 convolution onto its strided output sub-grid.
+struct TapSplit {
+  int tap = -1, kvol = 0;
+  int s[3] = {1, 1, 1}, o[3] = {0, 0, 0};
+};
+
+template <int KD, int KH, int KW, int MODE>
+void launch_halo(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int act, float alpha,
+                 const TapSplit& ts = TapSplit()) {
+  using S = Halo<KD, KH, KW, MODE>;
+  const bool split = ts.tap >= 0;
   const std::int64_t Cg = s.C / s.groups, Cog = s.Co / s.groups;
+  // the grid the kernel walks: the output, or (split) the input's, one voxel per input voxel
+  const std::int64_t Do = split ? s.D : s.Do, Ho = split ? s.H : s.Ho, Wo = split ? s.W : s.Wo;
   HaloParams p{};
   p.x = x, p.b = b, p.y = y;
-  p.C = s.C, p.D = s.D, p.H = s.H, p.W = s.W, p.Co = s.Co, p.Do = s.Do, p.Ho = s.Ho, p.Wo = s.Wo;
+  p.C = s.C, p.D = s.D, p.H = s.H, p.W = s.W, p.Co = s.Co, p.Do = Do, p.Ho = Ho, p.Wo = Wo;
   p.Cg = int(Cg), p.Cog = int(Cog), p.groups = int(s.groups);
   p.chunks = int((Cg + S::CC - 1) / S::CC), p.nblocks = int((Cog + S::BNH - 1) / S::BNH);
-  p.tilesY = int((s.Ho + S::TY - 1) / S::TY), p.tilesX = int((s.Wo + S::TX - 1) / S::TX);
-  p.pd = int(s.pd), p.ph = int(s.ph), p.pw = int(s.pw), p.act = act, p.alpha = alpha;
+  p.tilesY = int((Ho + S::TY - 1) / S::TY), p.tilesX = int((Wo + S::TX - 1) / S::TX);
+  p.pd = split ? 0 : int(s.pd), p.ph = split ? 0 : int(s.ph), p.pw = split ? 0 : int(s.pw);
+  p.act = act, p.alpha = alpha;
+  p.fullD = s.Do, p.fullH = s.Ho, p.fullW = s.Wo;
+  p.msz = ts.s[0], p.msy = ts.s[1], p.msx = ts.s[2], p.moz = ts.o[0], p.moy = ts.o[1], p.mox = ts.o[2];
   const std::int64_t packed = s.groups * std::int64_t(p.nblocks) * p.chunks * S::W_FLOATS;
   Scratch<float> wp{static_cast<std::size_t>(packed)};
   pack_halo_weights<<<blocks_for(packed, 256), 256, 0, stream()>>>(w, wp.p, int(s.groups), p.nblocks, p.chunks, S::TAPS,
-                                                                   int(Cg), int(Cog));
+                                                                   int(Cg), int(Cog), S::LDW, ts.tap, ts.kvol);
   BHSD_LAUNCHED("conv3d weight packing");
   p.wp = wp.p;
   static bool configured = false;
   if (!configured) {
-    BHSD_CUDA(cudaFuncSetAttribute(conv_halo<KD, KH, KW>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::BYTES));
+    BHSD_CUDA(cudaFuncSetAttribute(conv_halo<KD, KH, KW, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::BYTES));
     configured = true;
   }
-  const std::int64_t tiles = s.Do * p.tilesY * std::int64_t(p.tilesX);
+  const std::int64_t tiles = Do * p.tilesY * std::int64_t(p.tilesX);
   if (tiles > 0x7fffffff) throw std::runtime_error("cuda: conv3d: too many output tiles for one launch");
   dim3 grid(unsigned(tiles), unsigned(p.nblocks), unsigned(s.N * s.groups));
-  conv_halo<KD, KH, KW><<<grid, 256, S::BYTES, stream()>>>(p);
+  conv_halo<KD, KH, KW, MODE><<<grid, 256, S::BYTES, stream()>>>(p);
   BHSD_LAUNCHED("conv3d kernel (halo)");
+}
+
+// The halo kernels for kernel shape (kd, kh, kw) in precision `prec`; false when there is none.
+template <int MODE>
+bool halo_mode(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int act, float alpha,
+               const TapSplit& ts) {
+  if (ts.tap >= 0) return launch_halo<1, 1, 1, MODE>(x, w, b, y, s, act, alpha, ts), true;
+  if (s.kd == 3 && s.kh == 3 && s.kw == 3) return launch_halo<3, 3, 3, MODE>(x, w, b, y, s, act, alpha), true;
+  if (s.kd == 1 && s.kh == 3 && s.kw == 3) return launch_halo<1, 3, 3, MODE>(x, w, b, y, s, act, alpha), true;
+  if (s.kd == 1 && s.kh == 1 && s.kw == 1) return launch_halo<1, 1, 1, MODE>(x, w, b, y, s, act, alpha), true;
+  return false;
+}
+bool halo_conv(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int act, float alpha,
+               Precision prec, const TapSplit& ts = TapSplit()) {
+  switch (prec) {
+    case Precision::tf32: return halo_mode<1>(x, w, b, y, s, act, alpha, ts);
+    case Precision::fp16: return halo_mode<2>(x, w, b, y, s, act, alpha, ts);
+    case Precision::bf16: return halo_mode<3>(x, w, b, y, s, act, alpha, ts);
+    default: return false;
+  }
 }
 
 }  // namespace
@@ -556,13 +644,29 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
   if (s.N * s.groups > 65535 || Np / BN > 65535)
     throw std::runtime_error("cuda: conv3d: too many batch items × groups or output channels for one launch");
   if (M == 0 || Cog == 0) return;
-  // Stride-1 U-Net layers in TF32: the halo-tile kernel (BHSD_CONV_HALO=0 turns it off).
+  // Stride-1 U-Net layers on tensor cores: the halo-tile kernel (BHSD_CONV_HALO=0 turns it off).
   const char* halo_env = std::getenv("BHSD_CONV_HALO");
-  const bool halo = prec == Precision::tf32 && !transposed && s.sd == 1 && s.sh == 1 && s.sw == 1 && s.dd == 1 &&
-                    s.dh == 1 && s.dw == 1 && !(halo_env && halo_env[0] == '0');
-  if (halo && s.kd == 3 && s.kh == 3 && s.kw == 3) return launch_halo<3, 3, 3>(x, w, b, y, s, act, alpha);
-  if (halo && s.kd == 1 && s.kh == 3 && s.kw == 3) return launch_halo<1, 3, 3>(x, w, b, y, s, act, alpha);
-  if (halo && s.kd == 1 && s.kh == 1 && s.kw == 1) return launch_halo<1, 1, 1>(x, w, b, y, s, act, alpha);
+  const bool halo_on = prec != Precision::fp32 && !(halo_env && halo_env[0] == '0');
+  if (halo_on && !transposed && s.sd == 1 && s.sh == 1 && s.sw == 1 && s.dd == 1 && s.dh == 1 && s.dw == 1 &&
+      halo_conv(x, w, b, y, s, act, alpha, prec))
+    return;
+  // A transposed convolution whose kernel equals its stride (nnU-Net's upsampling): each output
+  // voxel takes exactly one tap, so it is kvol 1×1×1 convolutions, each onto its own sub-grid.
+  if (halo_on && transposed && s.kd == s.sd && s.kh == s.sh && s.kw == s.sw && s.dd == 1 && s.dh == 1 && s.dw == 1 &&
+      s.pd == 0 && s.ph == 0 && s.pw == 0 && s.Do == s.D * s.sd && s.Ho == s.H * s.sh && s.Wo == s.W * s.sw) {
+    for (std::int64_t kz = 0; kz < s.kd; ++kz)
+      for (std::int64_t ky = 0; ky < s.kh; ++ky)
+        for (std::int64_t kx = 0; kx < s.kw; ++kx) {
+          TapSplit ts;
+          ts.tap = int((kz * s.kh + ky) * s.kw + kx), ts.kvol = int(kvol);
+          ts.s[0] = int(s.sd), ts.s[1] = int(s.sh), ts.s[2] = int(s.sw);
+          ts.o[0] = int(kz), ts.o[1] = int(ky), ts.o[2] = int(kx);
+          ConvShape one = s;
+          one.Co = s.Co;  // Cog per group as for the convolution; weights read through the tap
+          halo_conv(x, w, b, y, one, act, alpha, prec, ts);
+        }
+    return;
+  }
   Scratch<int4> tab{static_cast<std::size_t>(K)};
   ktab_kernel<<<blocks_for(K, 256), 256, 0, stream()>>>(tab.p, int(K), int(kvol), int(s.kh), int(s.kw), int(s.dd),
                                                          int(s.dh), int(s.dw), s.D * s.H * s.W);
