@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|model|segment|server]` (all but segment by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|model|segment|server|semi]` (all but segment and semi by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -11,17 +11,18 @@ import { benchConv } from "./conv.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
+import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment, server: benchServer };
+const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment, server: benchServer, semi: benchSemi };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {
   const info = backendInfo();
   console.log(`# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`);
   for (const [name, fn] of Object.entries(sections)) {
-    // "segment" takes minutes: only when asked for by name
-    if (wanted.length ? !wanted.includes(name) : name === "segment") continue;
+    // "segment" and "semi" take minutes: only when asked for by name
+    if (wanted.length ? !wanted.includes(name) : name === "segment" || name === "semi") continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {

@@ -1,7 +1,7 @@
 import test from "ava";
 import { readFileSync } from "node:fs";
 import ort from "onnxruntime-node";
-import { loadModel, makePhantom, setBackend, backendInfo } from "../lib/index.js";
+import { loadModel, makePhantom, milLoss, setBackend, slicePresence, backendInfo } from "../lib/index.js";
 import { train } from "../lib/train/trainer.js";
 import { relDiff } from "./ort.js";
 
@@ -47,4 +47,37 @@ test.serial("bhsd demo runs the whole path on a fresh phantom and reports", asyn
   const text = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "5"], { encoding: "utf8", timeout: 120_000 });
   t.is(text.status, 0, text.stderr);
   t.regex(text.stdout, /mean Dice over the classes present/);
+});
+
+test.serial("semi-supervised training: slice-labelled cases add the MIL and consistency terms, and the teacher follows", async (t) => {
+  setBackend(backendInfo().available.native ? "native" : "ts");
+  const opt = { dims: [32, 32, 8] as [number, number, number], spacing: [7.2, 7.2, 5] as [number, number, number] };
+  const labelled = [1, 2].map((s) => {
+    const p = makePhantom(s, opt);
+    return { ct: p.ct, labels: p.labels };
+  });
+  const sliceCases = [5, 6, 7].map((s) => {
+    const p = makePhantom(s, opt);
+    return { ct: p.ct, slices: slicePresence(p.labels).present };
+  });
+  const progress: { mil?: number; consistency?: number }[] = [];
+  const r = await train({ train: labelled, steps: 4, batch: 1, patch: [4, 32, 32], seed: 3, semi: { cases: sliceCases, patch: [4, 32, 32], rampSteps: 2 }, onProgress: (p) => progress.push(p) });
+  t.is(r.history.length, 4);
+  for (const p of progress) {
+    t.true(Number.isFinite(p.mil) && p.mil! > 0, `mil ${p.mil}`);
+    t.true(Number.isFinite(p.consistency) && p.consistency! >= 0, `consistency ${p.consistency}`);
+  }
+  // the slice-labelled cases change what is learnt
+  const sup = await train({ train: labelled, steps: 4, batch: 1, patch: [4, 32, 32], seed: 3 });
+  t.notDeepEqual(Buffer.from(sup.onnx), Buffer.from(r.onnx));
+});
+
+test("the multiple-instance loss leaves out unknown slice labels", (t) => {
+  const logits = { data: Float32Array.from({ length: 2 * 2 * 4 }, (_, i) => Math.sin(i)), shape: [1, 2, 2, 2, 2] };
+  const none = milLoss(logits, [[[null], [null]]]);
+  t.is(none.loss, 0);
+  t.true(none.dlogits.data.every((v) => v === 0));
+  const one = milLoss(logits, [[[true], [null]]]);
+  const full = milLoss(logits, [[[true], [false]]]);
+  t.true(one.loss > 0 && one.loss !== full.loss);
 });

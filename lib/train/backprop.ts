@@ -29,7 +29,39 @@ function addInto(grads: Map<string, Float64Array>, name: string, g: ArrayLike<nu
   else for (let i = 0; i < cur.length; i++) cur[i]! += g[i]!;
 }
 
-export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number>): Promise<BackpropResult> {
+const allocT = (shape: number[]): Tensor => ({ data: allocArray("float32", shape.reduce((p, q) => p * q, 1), "intermediate") as Float32Array, shape });
+
+/** Runs every node, keeping each intermediate in `env` (which holds the initializers and the input). */
+async function forwardInto(graph: Graph, env: Map<string, Tensor>): Promise<void> {
+  const get = (n: string) => {
+    const t = env.get(n);
+    if (!t) throw new Error(`value ${n} is missing`);
+    return t;
+  };
+  for (const n of graph.nodes) {
+    if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+    const [y] = await runNode(n, n.inputs.map((i) => (i ? { f: get(i) } : undefined)), allocT);
+    env.set(n.outputs[0]!, (y as { f: Tensor }).f);
+  }
+}
+
+/** The logits of a graph whose initializers may have been changed in place (a mean teacher's). */
+export async function forward(graph: Graph, x: Tensor): Promise<Tensor> {
+  const env = new Map<string, Tensor>();
+  for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
+  env.set(graph.inputs[0]!.name, x);
+  await forwardInto(graph, env);
+  return env.get(graph.outputs[0]!)!;
+}
+
+/** A loss on the logits, with its gradient (semi-supervised terms: lib/train/semi.ts). */
+export type LossFn = (logits: Tensor) => { loss: number; dlogits: Tensor; ce?: number; diceLoss?: number };
+
+/**
+ * Forward and backward through the graph. `target`: voxel labels for nnU-Net's CE + soft Dice, or
+ * any loss function of the logits.
+ */
+export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number> | LossFn): Promise<BackpropResult> {
   const graph = model instanceof Uint8Array || typeof model === "string" ? await parseModel(model) : model;
   const env = new Map<string, Tensor>();
   for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
@@ -41,14 +73,9 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   };
   const geo = (n: GraphNode) => ({ stride: T3(n.attrs.strides, 1), padding: (Array.isArray(n.attrs.pads) ? (n.attrs.pads as number[]).slice(0, 3) : [0, 0, 0]) as [number, number, number], dilation: T3(n.attrs.dilations, 1), groups: (n.attrs.group as number) ?? 1 });
   // the forward is the executor's own node runner, without fusion or pooling: every intermediate is kept
-  const alloc = (shape: number[]): Tensor => ({ data: allocArray("float32", shape.reduce((p, q) => p * q, 1), "intermediate") as Float32Array, shape });
-  for (const n of graph.nodes) {
-    if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
-    const [y] = await runNode(n, n.inputs.map((i) => (i ? { f: get(i) } : undefined)), alloc);
-    env.set(n.outputs[0]!, (y as { f: Tensor }).f);
-  }
+  await forwardInto(graph, env);
   const logits = get(graph.outputs[0]!);
-  const loss = dcAndCeLoss(logits, target);
+  const loss = typeof target === "function" ? target(logits) : dcAndCeLoss(logits, target);
   const grads = new Map<string, Float64Array>([[graph.outputs[0]!, Float64Array.from(loss.dlogits.data)]]);
   const paramGrads = new Map<string, Tensor>();
   const asT = (name: string, g: Float64Array): Tensor => ({ data: Float32Array.from(g), shape: get(name).shape });
@@ -102,5 +129,5 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     if (g) paramGrads.set(name, asT(name, g));
   }
   const dx = grads.get(graph.inputs[0]!.name);
-  return { ce: loss.ce, diceLoss: loss.diceLoss, loss: loss.loss, dx: dx ? asT(graph.inputs[0]!.name, dx) : { data: new Float32Array(x.data.length), shape: x.shape }, paramGrads };
+  return { ce: loss.ce ?? NaN, diceLoss: loss.diceLoss ?? NaN, loss: loss.loss, dx: dx ? asT(graph.inputs[0]!.name, dx) : { data: new Float32Array(x.data.length), shape: x.shape }, paramGrads };
 }

@@ -10,23 +10,33 @@ import { softmax, throughSoftmax } from "./grad.js";
 
 /**
  * Multiple-instance loss. `present[n][z][c − 1]`: class c is on axial slice z of sample n (the
- * RSNA-style labels). q = max over the slice of p[c]; loss = mean BCE(q, present) over samples,
- * slices and foreground classes. The gradient flows to each slice's arg-max voxel.
+ * RSNA-style labels; null where it is not known for this patch, e.g. a positive slice label for a
+ * patch that covers only part of the slice). q = max over the slice of p[c]; loss = mean BCE(q,
+ * present) over samples, slices and foreground classes with a known label. The gradient flows to
+ * each slice's arg-max voxel.
  */
-export function milLoss(logits: Tensor, present: boolean[][][], eps = 1e-7): { loss: number; dlogits: Tensor } {
+export function milLoss(logits: Tensor, present: (boolean | null)[][][], eps = 1e-7): { loss: number; dlogits: Tensor } {
   const [N, C, D, H, W] = logits.shape as [number, number, number, number, number];
   const plane = H * W, S = D * plane;
   const p = softmax(logits);
   const g = new Float64Array(p.length);
-  const M = N * D * (C - 1);
+  let M = 0;
+  const label = (n: number, z: number, c: number) => {
+    const v = present[n]?.[z]?.[c - 1];
+    return v === undefined ? false : v; // null: unknown, left out
+  };
+  for (let n = 0; n < N; n++) for (let z = 0; z < D; z++) for (let c = 1; c < C; c++) if (label(n, z, c) !== null) M++;
   let loss = 0;
+  if (M === 0) return { loss: 0, dlogits: { data: new Float32Array(logits.data.length), shape: logits.shape } };
   for (let n = 0; n < N; n++)
     for (let z = 0; z < D; z++)
       for (let c = 1; c < C; c++) {
+        const known = label(n, z, c);
+        if (known === null) continue;
         const base = (n * C + c) * S + z * plane;
         let q = -1, at = base;
         for (let i = 0; i < plane; i++) if (p[base + i]! > q) (q = p[base + i]!), (at = base + i);
-        const s = present[n]?.[z]?.[c - 1] ? 1 : 0;
+        const s = known ? 1 : 0;
         const qc = Math.min(1 - eps, Math.max(eps, q));
         loss -= s * Math.log(qc) + (1 - s) * Math.log(1 - qc);
         if (q > eps && q < 1 - eps) g[at]! += (-s / qc + (1 - s) / (1 - qc)) / M;

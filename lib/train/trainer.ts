@@ -13,8 +13,9 @@ import { replaceInitializers } from "../model/onnx-proto.js";
 import { normalize, segment } from "../model/segment.js";
 import { prng } from "../phantom/phantom.js";
 import type { Volume } from "../types.js";
-import { backprop } from "./backprop.js";
+import { backprop, forward } from "./backprop.js";
 import { Adam, SgdNesterov } from "./grad.js";
+import { consistencyLoss, emaUpdate, milLoss, rampWeight } from "./semi.js";
 import { buildUNet, DEMO_UNET, type UNetSpec } from "./unet.js";
 
 export interface LabelledCase {
@@ -22,10 +23,35 @@ export interface LabelledCase {
   labels: Volume;
 }
 
+/** A case with slice-level labels only: slices[z][c − 1] says whether class c is on slice z. */
+export interface SliceLabelledCase {
+  ct: Volume;
+  slices: boolean[][];
+}
+
+/** The semi-supervised terms (BHSD's setting: voxel labels for some cases, slice labels for others). */
+export interface SemiOptions {
+  cases: SliceLabelledCase[];
+  /** Patch for these cases, [z, y, x]: whole slices in-plane by default, so that a slice's label speaks for the patch. */
+  patch?: [number, number, number];
+  /** Patches per step (default 1). */
+  batch?: number;
+  /** Weight of the multiple-instance loss (default 1). */
+  mil?: number;
+  /** Weight of the mean-teacher consistency term, ramped up over `rampSteps` (default 1, steps / 4). */
+  consistency?: number;
+  rampSteps?: number;
+  /** The teacher's EMA decay (default 0.99). */
+  ema?: number;
+}
+
 export interface TrainProgress {
   step: number;
   steps: number;
   loss: number;
+  /** The semi-supervised terms of this step (when there are slice-labelled cases). */
+  mil?: number;
+  consistency?: number;
   /** Mean Dice over the classes present, on the validation cases (at each evaluation). */
   valDice?: number;
   elapsedS: number;
@@ -44,6 +70,8 @@ export interface TrainOptions {
   seed?: number;
   /** Fraction of patches centred on a bleed voxel (nnU-Net: 1/3). */
   foreground?: number;
+  /** Slice-labelled cases and the semi-supervised terms' weights. */
+  semi?: SemiOptions;
   /** Evaluate on the validation cases every this many steps (default steps / 4). */
   evalEvery?: number;
   onProgress?: (p: TrainProgress) => void;
@@ -95,6 +123,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now();
   const every = o.evalEvery ?? Math.max(1, Math.floor(steps / 4));
   const snapshot = () => replaceInitializers(initial, new Map(params.map(([k, p]) => [k, p])));
+  const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps) : undefined;
   for (let step = 1; step <= steps; step++) {
     for (let b = 0; b < batch; b++) {
       const d = data[Math.floor(rnd() * data.length)]!;
@@ -122,14 +151,87 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
           }
     }
     const r = await backprop(graph, { data: x, shape: [batch, 1, pd, ph, pw] }, t);
+    let semiTerms: { mil: number; consistency: number } | undefined;
+    if (semi) {
+      const u = await semi.step(step);
+      semiTerms = u.terms;
+      for (const [k, g] of u.grads) {
+        const s0 = r.paramGrads.get(k);
+        if (s0) for (let i = 0; i < g.data.length; i++) s0.data[i]! += g.data[i]!;
+        else r.paramGrads.set(k, g);
+      }
+    }
     for (const [k, p] of params) {
       const g = r.paramGrads.get(k);
       if (g) opts.get(k)!.step(p, g.data);
     }
-    const prog: TrainProgress = { step, steps, loss: r.loss, elapsedS: (performance.now() - t0) / 1000 };
+    semi?.follow();
+    const prog: TrainProgress = { step, steps, loss: r.loss, ...semiTerms, elapsedS: (performance.now() - t0) / 1000 };
     if (o.validation?.length && (step % every === 0 || step === steps)) prog.valDice = await validationDice(snapshot(), config, o.validation);
     history.push(prog);
     o.onProgress?.(prog);
   }
   return { onnx: snapshot(), config, history };
+}
+
+/**
+ * Per step on slice-labelled cases: a mean teacher (the student's weights, averaged) predicts the
+ * patch under other intensity noise; the student's loss is the multiple-instance loss against the
+ * slice labels plus the ramped consistency with the teacher; its gradients join the supervised
+ * ones, and the teacher follows the student after each optimiser step.
+ */
+function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Float32Array])[], rnd: () => number, steps: number) {
+  const teacher: Graph = { ...graph, initializers: new Map([...graph.initializers].map(([k, t]) => [k, t.f32 ? { ...t, f32: t.f32.slice() } : t])) };
+  const tParams = new Map([...teacher.initializers].filter(([, t]) => t.f32).map(([k, t]) => [k, t.f32!]));
+  const data = o.cases.map((c) => ({ img: normalize(c.ct.data, BHSD_WINDOW), dims: c.ct.dims, slices: c.slices, pos: c.slices.flatMap((s, z) => (s.some(Boolean) ? [z] : [])) }));
+  const d0 = data[0]!.dims;
+  const [pd, ph, pw] = o.patch ?? [8, d0[1], d0[0]];
+  const batch = o.batch ?? 1, pv = pd * ph * pw;
+  const xs = new Float32Array(batch * pv), xt = new Float32Array(batch * pv);
+  return {
+    async step(step: number) {
+      const present: (boolean | null)[][][] = [];
+      for (let b = 0; b < batch; b++) {
+        const d = data[Math.floor(rnd() * data.length)]!;
+        const [nx, ny, nz] = d.dims;
+        // half the patches around a slice with a bleed, the rest anywhere
+        const cz = d.pos.length && rnd() < 0.5 ? d.pos[Math.floor(rnd() * d.pos.length)]! : Math.floor(rnd() * nz);
+        const z0 = Math.min(Math.max(0, cz - (pd >> 1)), Math.max(0, nz - pd));
+        const y0 = Math.floor(rnd() * Math.max(1, ny - ph + 1)), x0 = Math.floor(rnd() * Math.max(1, nx - pw + 1));
+        const flip = rnd() < 0.5;
+        const [ss, st] = [0.9 + 0.2 * rnd(), 0.9 + 0.2 * rnd()], [hs, ht] = [0.1 * (rnd() - 0.5), 0.1 * (rnd() - 0.5)];
+        const pres: (boolean | null)[][] = [];
+        const whole = ph >= ny && pw >= nx;
+        for (let a = 0; a < pd; a++) {
+          const z = z0 + a;
+          // a positive slice label says nothing about a patch that covers part of the slice
+          pres.push(z < nz ? d.slices[z]!.map((v) => (v && !whole ? null : v)) : [false, false, false, false, false]);
+          for (let bb = 0; bb < ph; bb++)
+            for (let c = 0; c < pw; c++) {
+              const o2 = b * pv + (a * ph + bb) * pw + (flip ? pw - 1 - c : c);
+              const y = y0 + bb, xx = x0 + c;
+              const v = z < nz && y < ny && xx < nx ? d.img[(z * ny + y) * nx + xx]! : 0;
+              xs[o2] = v * ss + hs;
+              xt[o2] = v * st + ht;
+            }
+        }
+        present.push(pres);
+      }
+      const shape = [batch, 1, pd, ph, pw];
+      const tLogits = await forward(teacher, { data: xt, shape });
+      const wm = o.mil ?? 1, wc = rampWeight(step, o.rampSteps ?? Math.max(1, Math.floor(steps / 4)), o.consistency ?? 1);
+      let terms = { mil: 0, consistency: 0 };
+      const r = await backprop(graph, { data: xs, shape }, (logits) => {
+        const m = milLoss(logits, present), c = consistencyLoss(logits, tLogits);
+        terms = { mil: m.loss, consistency: c.loss };
+        const dl = new Float32Array(logits.data.length);
+        for (let i = 0; i < dl.length; i++) dl[i] = wm * m.dlogits.data[i]! + wc * c.dlogits.data[i]!;
+        return { loss: wm * m.loss + wc * c.loss, dlogits: { data: dl, shape: logits.shape } };
+      });
+      return { terms, grads: r.paramGrads };
+    },
+    follow() {
+      for (const [k, p] of params) emaUpdate(tParams.get(k)!, p, o.ema ?? 0.99);
+    },
+  };
 }
