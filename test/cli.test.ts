@@ -62,3 +62,21 @@ test("bhsd bench components --json times the engine here", (t) => {
   t.is(bad.status, 1);
   t.regex(bad.stderr, /unknown benchmark "gpu"/);
 });
+
+test("bhsd train --slice-data trains on voxel- and slice-labelled phantoms and reports the semi-supervised terms", async (t) => {
+  const { mkdtempSync, existsSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-semi-"));
+  const p = bhsd("phantom", "--out", join(dir, "set"), "--cases", "2", "--seed", "3", "--dims", "32,32,8", "--spacing", "7.2,7.2,5");
+  t.is(p.status, 0, p.stderr);
+  const out = join(dir, "m.onnx");
+  const r = bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "set"), "--steps", "2", "--batch", "1", "--validation", "0", "--json", "--out", out);
+  t.is(r.status, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  t.is(lines.length, 2);
+  t.true(lines.every((l) => Number.isFinite(l.mil) && Number.isFinite(l.consistency)));
+  t.true(existsSync(out));
+  const bad = bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "nowhere"), "--steps", "1", "--out", out);
+  t.not(bad.status, 0);
+  t.regex(bad.stderr, /nowhere/);
+});

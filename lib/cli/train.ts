@@ -1,11 +1,12 @@
 /** `bhsd train`: train a U-Net in the engine on a BHSD-layout folder or on phantoms; write ONNX + sidecar. */
-import { readdir, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { readNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
+import { parseSliceCsv } from "../metrics/slices.js";
 import { makePhantom } from "../phantom/phantom.js";
-import { train, type LabelledCase } from "../train/trainer.js";
+import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
 import { intArg, numberArg } from "./util.js";
 
 interface Opts {
@@ -19,6 +20,9 @@ interface Opts {
   optimizer: "adam" | "sgd";
   validation: number;
   foreground: number;
+  sliceData?: string;
+  mil: number;
+  consistency: number;
   json?: boolean;
   quiet?: boolean;
 }
@@ -28,6 +32,22 @@ async function readLayout(dir: string): Promise<LabelledCase[]> {
   if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
   const out: LabelledCase[] = [];
   for (const f of names) out.push({ ct: await readNifti(join(dir, "images", f)), labels: await readNifti(join(dir, "ground truths", f)) });
+  return out;
+}
+
+/** images/<case>.nii.gz with "slice labels"/<case>.csv (slice,EDH,IPH,IVH,SAH,SDH,any), as `bhsd phantom` writes. */
+async function readSliceLayout(dir: string): Promise<SliceLabelledCase[]> {
+  const names = (await readdir(join(dir, "images"))).filter((f) => /\.nii(\.gz)?$/.test(f)).sort();
+  if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
+  const out: SliceLabelledCase[] = [];
+  for (const f of names) {
+    const csv = join(dir, "slice labels", f.replace(/\.nii(\.gz)?$/, ".csv"));
+    const ct = await readNifti(join(dir, "images", f));
+    const sl = parseSliceCsv(await readFile(csv, "utf8"), csv);
+    if (sl.present.length !== ct.dims[2]) throw new Error(`${csv} has ${sl.present.length} slices but ${f} has ${ct.dims[2]}`);
+    // per slice, classes 1..5 in order (a class the CSV lacks is taken as absent)
+    out.push({ ct, slices: sl.present.map((row) => [1, 2, 3, 4, 5].map((c) => (sl.classes.indexOf(c) >= 0 ? row[sl.classes.indexOf(c)]! : false))) });
+  }
   return out;
 }
 
@@ -45,6 +65,9 @@ export function trainCommand(program: Command): void {
     .option("--optimizer <name>", "adam or sgd (Nesterov, nnU-Net's)", "adam")
     .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
     .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
+    .option("--slice-data <dir>", "cases with slice-level labels only (images/ and \"slice labels\"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency")
+    .option("--mil <w>", "weight of the multiple-instance loss", numberArg("--mil", 0), 1)
+    .option("--consistency <w>", "weight of the mean-teacher consistency (ramped up over the first quarter)", numberArg("--consistency", 0), 1)
     .option("--json", "machine-readable progress")
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
@@ -68,11 +91,12 @@ export function trainCommand(program: Command): void {
         optimizer: o.optimizer,
         seed: o.seed,
         foreground: Math.min(1, o.foreground),
+        ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
         ...(o.lr !== undefined ? { lr: o.lr } : {}),
         onProgress: (p) => {
           if (o.json) process.stdout.write(toJson(p, 0) + "\n");
           else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
-            process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
+            process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.mil !== undefined ? `  MIL ${p.mil.toFixed(4)}  consistency ${p.consistency!.toFixed(5)}` : ""}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
           }
         },
       });
