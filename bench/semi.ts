@@ -10,6 +10,10 @@ import { makePhantom, setBackend, backendInfo, slicePresence } from "../lib/inde
 import { train, validationDice } from "../lib/train/trainer.js";
 
 const STEPS = Number(process.env.BHSD_SEMI_STEPS ?? 300);
+/** Weights of the semi-supervised terms (BHSD_SEMI_MIL, BHSD_SEMI_CONSISTENCY; default 1 and 1). */
+const MIL = Number(process.env.BHSD_SEMI_MIL ?? 1), CONSISTENCY = Number(process.env.BHSD_SEMI_CONSISTENCY ?? 1);
+/** BHSD_SEMI_ONLY=semi skips the supervised run (to try other weights against a baseline already measured). */
+const ONLY = process.env.BHSD_SEMI_ONLY;
 
 export async function benchSemi(): Promise<string[]> {
   setBackend(backendInfo().available.native ? "native" : "ts");
@@ -21,8 +25,9 @@ export async function benchSemi(): Promise<string[]> {
   const rows: string[] = [];
   for (const [name, extra] of [
     ["8 voxel-labelled (supervised)", {}],
-    ["8 voxel-labelled + 40 slice-labelled (MIL + mean teacher)", { semi: { cases: slices, batch: 1 } }],
+    [`8 voxel-labelled + 40 slice-labelled (MIL ×${MIL} + mean teacher ×${CONSISTENCY})`, { semi: { cases: slices, batch: 1, mil: MIL, consistency: CONSISTENCY } }],
   ] as const) {
+    if (ONLY === "semi" && !("semi" in extra)) continue;
     const t0 = performance.now();
     const r = await train({ ...common, ...extra });
     const s = (performance.now() - t0) / 1000;

@@ -248,25 +248,12 @@ Napi::Value LabelPairStats(const Napi::CallbackInfo& info) {
 //   → Promise<Float64Array(10 per class)>: nPred nGt sumPG sumGP maxPG maxGP p95PG p95GP withinPG withinGP
 Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  View gt = view_of(info[0], "gt"), pred = view_of(info[1], "pred");
-  Dims d = dims_of(info, 2);
-  const double sx = number_of(info[5], "sx"), sy = number_of(info[6], "sy"), sz = number_of(info[7], "sz");
-  View cls = view_of(info[8], "classes"), bx = view_of(info[9], "boxes");
-  const double tau = number_of(info[10], "tau");
-  require(gt.type == bhsd::DType::u8 && pred.type == bhsd::DType::u8, env, "gt and pred must be Uint8Arrays");
-  require(std::int64_t(gt.length) == d.n() && pred.length == gt.length, env, "gt and pred must have nx*ny*nz voxels");
-  require(sx > 0 && sy > 0 && sz > 0, env, "spacing must be positive");
-  require(cls.type == bhsd::DType::i32 && bx.type == bhsd::DType::f64 && bx.length == cls.length * 6, env, "classes and boxes disagree");
-  const auto* c = static_cast<const std::int32_t*>(cls.data);
-  const auto* b = static_cast<const double*>(bx.data);
-  auto classes = std::make_shared<std::vector<int>>(c, c + cls.length);
-  auto boxes = std::make_shared<std::vector<std::int64_t>>(bx.length);
-  for (std::size_t i = 0; i < bx.length; ++i) (*boxes)[i] = std::int64_t(b[i]);
-  for (std::size_t k = 0; k < cls.length; ++k) {
-    const std::int64_t* q = boxes->data() + 6 * k;
-    require(q[0] >= 0 && q[1] >= 0 && q[2] >= 0 && q[3] < d.nx && q[4] < d.ny && q[5] < d.nz &&
-            q[0] <= q[3] && q[1] <= q[4] && q[2] <= q[5], env, "a box lies outside the volume");
-  }
+  const SurfaceArgs a = surface_args(info);
+  const View gt = a.gt, pred = a.pred;
+  const Dims d = a.d;
+  const double sx = a.sx, sy = a.sy, sz = a.sz, tau = a.tau;
+  const auto classes = a.classes;
+  const auto boxes = a.boxes;
   auto pool = pool_of(env);
   auto res = std::make_shared<std::vector<double>>();
   return PromiseWorker::Start(

@@ -162,6 +162,40 @@ inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* n
   return static_cast<const float*>(x.data);
 }
 
+// surfaceMetrics' arguments, shared by the CPU and CUDA addons: (gt, pred, nx, ny, nz, sx, sy, sz,
+// classes: Int32Array, boxes: Float64Array(6 per class), tau), checked: uint8 volumes of nx·ny·nz,
+// positive spacing, every box inside the volume.
+struct SurfaceArgs {
+  View gt, pred;
+  Dims d;
+  double sx, sy, sz, tau;
+  std::shared_ptr<std::vector<int>> classes;
+  std::shared_ptr<std::vector<std::int64_t>> boxes;
+};
+
+inline SurfaceArgs surface_args(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SurfaceArgs a{view_of(info[0], "gt"), view_of(info[1], "pred"), dims_of(info, 2), number_of(info[5], "sx"),
+                number_of(info[6], "sy"), number_of(info[7], "sz"), number_of(info[10], "tau"), nullptr, nullptr};
+  View cls = view_of(info[8], "classes"), bx = view_of(info[9], "boxes");
+  require(a.gt.type == bhsd::DType::u8 && a.pred.type == bhsd::DType::u8, env, "gt and pred must be Uint8Arrays");
+  require(std::int64_t(a.gt.length) == a.d.n() && a.pred.length == a.gt.length, env, "gt and pred must have nx*ny*nz voxels");
+  require(a.sx > 0 && a.sy > 0 && a.sz > 0, env, "spacing must be positive");
+  require(cls.type == bhsd::DType::i32 && bx.type == bhsd::DType::f64 && bx.length == cls.length * 6, env,
+          "classes and boxes disagree");
+  const auto* c = static_cast<const std::int32_t*>(cls.data);
+  const auto* b = static_cast<const double*>(bx.data);
+  a.classes = std::make_shared<std::vector<int>>(c, c + cls.length);
+  a.boxes = std::make_shared<std::vector<std::int64_t>>(bx.length);
+  for (std::size_t i = 0; i < bx.length; ++i) (*a.boxes)[i] = std::int64_t(b[i]);
+  for (std::size_t k = 0; k < cls.length; ++k) {
+    const std::int64_t* q = a.boxes->data() + 6 * k;
+    require(q[0] >= 0 && q[1] >= 0 && q[2] >= 0 && q[3] < a.d.nx && q[4] < a.d.ny && q[5] < a.d.nz && q[0] <= q[3] &&
+                q[1] <= q[4] && q[2] <= q[5], env, "a box lies outside the volume");
+  }
+  return a;
+}
+
 // Wraps an exported function so that no C++ exception other than a JS one leaves it.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value guarded(const Napi::CallbackInfo& info) {
