@@ -23,9 +23,10 @@ export interface BackpropResult {
   paramGrads: Map<string, Tensor>;
 }
 
-function addInto(grads: Map<string, Float64Array>, name: string, g: ArrayLike<number>) {
+/** Adds a gradient into the map; the first one is kept as it is (every producer hands over a fresh array). */
+function addInto(grads: Map<string, Float32Array>, name: string, g: Float32Array) {
   const cur = grads.get(name);
-  if (!cur) grads.set(name, Float64Array.from(g));
+  if (!cur) grads.set(name, g);
   else for (let i = 0; i < cur.length; i++) cur[i]! += g[i]!;
 }
 
@@ -76,35 +77,36 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   await forwardInto(graph, env);
   const logits = get(graph.outputs[0]!);
   const loss = typeof target === "function" ? target(logits) : dcAndCeLoss(logits, target);
-  const grads = new Map<string, Float64Array>([[graph.outputs[0]!, Float64Array.from(loss.dlogits.data)]]);
+  const grads = new Map<string, Float32Array>([[graph.outputs[0]!, Float32Array.from(loss.dlogits.data)]]);
   const paramGrads = new Map<string, Tensor>();
-  const asT = (name: string, g: Float64Array): Tensor => ({ data: Float32Array.from(g), shape: get(name).shape });
+  const asT = (name: string, g: Float32Array): Tensor => ({ data: g, shape: get(name).shape });
   for (let k = graph.nodes.length - 1; k >= 0; k--) {
     const n = graph.nodes[k]!;
     const gy = grads.get(n.outputs[0]!);
     if (!gy) continue;
     const dy = asT(n.outputs[0]!, gy);
     const [i0, i1, i2] = n.inputs;
-    const param = (name: string | undefined, g: Tensor) => name && graph.initializers.has(name) && addInto(grads, name, g.data);
+    const param = (name: string | undefined, g: Tensor) => name && graph.initializers.has(name) && addInto(grads, name, g.data as Float32Array);
     switch (n.opType) {
       case "Conv":
       case "ConvTranspose": {
         const r = await (n.opType === "Conv" ? conv3dBackwardFast : convTranspose3dBackwardFast)(get(i0!), get(i1!), dy, geo(n));
-        addInto(grads, i0!, r.dx.data);
+        addInto(grads, i0!, r.dx.data as Float32Array);
         param(i1, r.dw);
         param(i2, r.db);
         break;
       }
       case "InstanceNormalization": {
         const r = instanceNormBackward(get(i0!), get(i1!), dy, (n.attrs.epsilon as number) ?? 1e-5);
-        addInto(grads, i0!, r.dx.data);
+        addInto(grads, i0!, r.dx.data as Float32Array);
         param(i1, r.dgamma);
         param(i2, r.dbeta);
         break;
       }
       case "LeakyRelu":
       case "Relu":
-        addInto(grads, i0!, leakyReluBackward(get(i0!), dy, n.opType === "Relu" ? 0 : ((n.attrs.alpha as number) ?? 0.01)).data);
+        // in place: dy is this node's own gradient, dropped below
+        addInto(grads, i0!, leakyReluBackward(get(i0!), dy, n.opType === "Relu" ? 0 : ((n.attrs.alpha as number) ?? 0.01), dy.data as Float32Array).data as Float32Array);
         break;
       case "Concat": {
         const axis = (n.attrs.axis as number) ?? 1;
@@ -114,7 +116,7 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
         let off = 0;
         for (const name of n.inputs) {
           const C = get(name).shape[1]!;
-          const part = new Float64Array(N! * C * S);
+          const part = new Float32Array(N! * C * S);
           for (let b = 0; b < N!; b++) part.set(gy.subarray((b * Ct + off) * S, (b * Ct + off + C) * S), b * C * S);
           addInto(grads, name, part);
           off += C;

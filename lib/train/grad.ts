@@ -105,42 +105,41 @@ export function convTranspose3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: Con
   return { dx: { data: Float32Array.from(dxa), shape: [...x.shape] }, dw: { data: Float32Array.from(dw), shape: [...w.shape] }, db: { data: Float32Array.from(db), shape: [Co] } };
 }
 
-/** Gradients of affine instance normalisation (biased variance). */
+/** Gradients of affine instance normalisation (biased variance); sums in float64, three passes per channel. */
 export function instanceNormBackward(x: Tensor, gamma: Tensor, dy: Tensor, eps = 1e-5): { dx: Tensor; dgamma: Tensor; dbeta: Tensor } {
   const [N, C] = x.shape as [number, number];
   const M = x.data.length / (N * C);
   const dx = zerosLike(x), dg = new Float64Array(C), dbt = new Float64Array(C);
+  const xd = x.data, gd = dy.data, out = dx.data;
   for (let n = 0; n < N; n++)
     for (let c = 0; c < C; c++) {
-      const o = (n * C + c) * M;
+      const o = (n * C + c) * M, e = o + M;
       let s = 0;
-      for (let i = 0; i < M; i++) s += x.data[o + i]!;
+      for (let i = o; i < e; i++) s += xd[i]!;
       const mean = s / M;
-      let v = 0;
-      for (let i = 0; i < M; i++) v += (x.data[o + i]! - mean) ** 2;
-      const inv = 1 / Math.sqrt(v / M + eps);
-      let sdy = 0, sdyx = 0;
-      for (let i = 0; i < M; i++) {
-        const xh = (x.data[o + i]! - mean) * inv, d = dy.data[o + i]!;
+      let v = 0, sdy = 0, sdyx = 0;
+      for (let i = o; i < e; i++) {
+        const xc = xd[i]! - mean, d = gd[i]!;
+        v += xc * xc;
         sdy += d;
-        sdyx += d * xh;
+        sdyx += d * xc;
       }
+      const inv = 1 / Math.sqrt(v / M + eps);
+      sdyx *= inv; // Σ dy · x̂
       dbt[c]! += sdy;
       dg[c]! += sdyx;
-      const k = gamma.data[c]! * inv;
-      for (let i = 0; i < M; i++) {
-        const xh = (x.data[o + i]! - mean) * inv;
-        dx.data[o + i] = k * (dy.data[o + i]! - sdy / M - (xh * sdyx) / M);
-      }
+      const k = gamma.data[c]! * inv, a = sdy / M, b = (sdyx * inv) / M;
+      for (let i = o; i < e; i++) out[i] = k * (gd[i]! - a - (xd[i]! - mean) * b);
     }
   return { dx, dgamma: { data: Float32Array.from(dg), shape: [C] }, dbeta: { data: Float32Array.from(dbt), shape: [C] } };
 }
 
-/** dx of LeakyReLU (slope α where x ≤ 0, as PyTorch). */
-export function leakyReluBackward(x: Tensor, dy: Tensor, alpha = 0.01): Tensor {
-  const dx = zerosLike(x);
-  for (let i = 0; i < x.data.length; i++) dx.data[i] = x.data[i]! > 0 ? dy.data[i]! : dy.data[i]! * alpha;
-  return dx;
+/** dx of LeakyReLU (slope α where x ≤ 0, as PyTorch); `out` may be dy itself. */
+export function leakyReluBackward(x: Tensor, dy: Tensor, alpha = 0.01, out?: Float32Array): Tensor {
+  const dx = out ?? new Float32Array(x.data.length);
+  const xd = x.data, gd = dy.data;
+  for (let i = 0; i < xd.length; i++) dx[i] = xd[i]! > 0 ? gd[i]! : gd[i]! * alpha;
+  return { data: dx, shape: [...x.shape] };
 }
 
 export interface LossResult {
@@ -201,14 +200,18 @@ export function softmax(z: Tensor): Float64Array {
   const [N, C] = z.shape as [number, number];
   const S = z.data.length / (N * C);
   const p = new Float64Array(z.data.length);
-  for (let n = 0; n < N; n++)
+  const zd = z.data;
+  for (let n = 0; n < N; n++) {
+    const base = n * C * S;
     for (let i = 0; i < S; i++) {
       let m = -Infinity;
-      for (let c = 0; c < C; c++) m = Math.max(m, z.data[(n * C + c) * S + i]!);
+      for (let c = 0, k = base + i; c < C; c++, k += S) m = Math.max(m, zd[k]!);
       let s = 0;
-      for (let c = 0; c < C; c++) s += Math.exp(z.data[(n * C + c) * S + i]! - m);
-      for (let c = 0; c < C; c++) p[(n * C + c) * S + i] = Math.exp(z.data[(n * C + c) * S + i]! - m) / s;
+      for (let c = 0, k = base + i; c < C; c++, k += S) s += p[k] = Math.exp(zd[k]! - m);
+      const r = 1 / s;
+      for (let c = 0, k = base + i; c < C; c++, k += S) p[k]! *= r;
     }
+  }
   return p;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bhsd/ccl.hpp"
+#include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/metrics.hpp"
 #include "bhsd/thread_pool.hpp"
@@ -202,6 +203,35 @@ static void test_edt_against_brute_force(bhsd::ThreadPool& pool) {
   CHECK(bad == 0);
 }
 
+// The blocked weight gradient against the one-dot-product-per-weight reference: strides, padding,
+// dilation, rows that are not a multiple of 16 voxels, more than 16 channels of A.
+static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
+  struct Case { std::int64_t Ca, Cb, Ad, Ah, Aw, Bd, Bh, Bw, kd, kh, kw, s[3], p[3], d[3]; };
+  const Case cases[] = {
+      {8, 4, 4, 9, 21, 4, 9, 21, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {20, 3, 3, 5, 7, 6, 10, 14, 3, 3, 3, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {5, 7, 2, 6, 33, 2, 6, 33, 1, 3, 3, {1, 1, 1}, {0, 2, 2}, {1, 2, 2}},
+      {33, 2, 2, 4, 4, 4, 8, 8, 2, 2, 2, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
+      {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+  };
+  std::uint32_t st = 12345;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  for (const Case& c : cases) {
+    std::vector<float> A(std::size_t(c.Ca * c.Ad * c.Ah * c.Aw)), B(std::size_t(c.Cb * c.Bd * c.Bh * c.Bw));
+    for (auto& v : A) v = rnd();
+    for (auto& v : B) v = rnd();
+    const std::size_t n = std::size_t(c.Ca * c.Cb * c.kd * c.kh * c.kw);
+    std::vector<float> ref(n, 0.5f), got(n, 0.5f);  // both add into what is there
+    bhsd::correlate_weight_grad_reference(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd, c.kh,
+                                          c.kw, c.s, c.p, c.d, ref.data(), pool);
+    bhsd::correlate_weight_grad(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd, c.kh, c.kw, c.s,
+                                c.p, c.d, got.data(), pool);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::fabs(ref[i] - got[i])));
+    CHECK(worst < 1e-4);
+  }
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -213,6 +243,7 @@ int main() {
     test_ccl_against_flood_fill(pool);
     test_component_stats(pool);
     test_edt_against_brute_force(pool);
+    test_weight_grad_blocked(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }
