@@ -6,6 +6,7 @@ import { Adam, SgdNesterov, conv3dBackward, convTranspose3dBackward, dcAndCeLoss
 import { backendsUnderTest, sharedFixture } from "./helpers.js";
 import { conv3dBackwardFast, convTranspose3dBackwardFast } from "../lib/train/fastgrad.js";
 import { setBackend } from "../lib/index.js";
+import { activeBackend } from "../lib/backends/index.js";
 import { scaleDiff as relDiff } from "./ort.js";
 
 // PyTorch autograd (float64, stored as float32) is the reference: shared/fixtures/grad.
@@ -56,6 +57,33 @@ test("instance norm and LeakyReLU gradients equal PyTorch's", async (t) => {
   const [lx, ldy, ldx] = await Promise.all([load("leakyrelu", "x"), load("leakyrelu", "dy"), load("leakyrelu", "dx")]);
   t.true(relDiff(leakyReluBackward(lx, ldy, 0.01).data, ldx.data) <= TOL);
 });
+
+for (const { name: backend } of backendsUnderTest()) {
+  test.serial(`${backend}: instance norm backward (alone, and with a fused LeakyReLU's gate) equals PyTorch's`, async (t) => {
+    setBackend(backend);
+    const be = activeBackend();
+    if (!be.instanceNormBackward) return t.pass("this backend leaves it to TypeScript");
+    const [x, gamma, dy] = await Promise.all([load("instnorm", "x"), load("instnorm", "gamma"), load("instnorm", "dy")]);
+    const [N, C] = x.shape as [number, number], S = x.data.length / (N * C);
+    const run = async (gate: Float32Array | null, alpha: number) => {
+      const dx = new Float32Array(x.data.length), dg = new Float32Array(C).fill(7), db = new Float32Array(C).fill(7);
+      await be.instanceNormBackward!(x.data, gate, dy.data, N, C, S, gamma.data, cases.instnorm!.eps as number, alpha, dx, dg, db);
+      return { dx, dgamma: dg, dbeta: db };
+    };
+    const g = await run(null, 1);
+    for (const [name, got] of [["dx", g.dx], ["dgamma", g.dgamma], ["dbeta", g.dbeta]] as const) {
+      const want = await load("instnorm", name);
+      t.true(relDiff(got, want.data) <= TOL, `${name}: ${relDiff(got, want.data)}`);
+    }
+    // the gate: the same as LeakyReLU's backward (checked against PyTorch above) and then the norm's
+    const gate = Float32Array.from(x.data, (v, i) => (i % 3 === 0 ? -Math.abs(v) : v));
+    const gated = await run(gate, 0.1);
+    const want = instanceNormBackward(x, gamma, leakyReluBackward({ data: gate, shape: x.shape }, dy, 0.1), cases.instnorm!.eps as number);
+    t.true(relDiff(gated.dx, want.dx.data) <= TOL, `gated dx: ${relDiff(gated.dx, want.dx.data)}`);
+    t.true(relDiff(gated.dgamma, want.dgamma.data) <= TOL && relDiff(gated.dbeta, want.dbeta.data) <= TOL);
+    t.true(relDiff(gated.dx, g.dx) > 1e-3, "the gate changes the result");
+  });
+}
 
 test("nnU-Net's loss and its gradient equal PyTorch's", async (t) => {
   const logits = await load("loss", "logits");

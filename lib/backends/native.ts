@@ -103,4 +103,5 @@ export class NativeBackend implements Backend {
   argmax: TensorBackend["argmax"] = (...a) => this.addon.argmax(...a);
   concat: TensorBackend["concat"] = (...a) => this.addon.concat(...a);
   convWeightGrad: TensorBackend["convWeightGrad"] = (...a) => this.addon.convWeightGrad(...a);
+  instanceNormBackward: NonNullable<TensorBackend["instanceNormBackward"]> = (...a) => this.addon.instanceNormBackward!(...a);
 }

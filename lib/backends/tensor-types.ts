@@ -35,6 +35,15 @@ export interface TensorBackend {
   argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
   concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
   /**
+   * Training: gradients of act(instanceNorm(x)·gamma + beta) from dy; `gate` (the fused activation's
+   * output) applies the leaky ReLU's derivative (slope alpha where gate ≤ 0) first. dgamma, dbeta
+   * [C] are overwritten. Optional: backprop falls back to TypeScript where a backend lacks it.
+   */
+  instanceNormBackward?(
+    x: Float32Array, gate: Float32Array | null, dy: Float32Array, N: number, C: number, spatial: number,
+    gamma: Float32Array | null, eps: number, alpha: number, dx: Float32Array, dgamma: Float32Array, dbeta: Float32Array,
+  ): Promise<void>;
+  /**
    * Weight gradient of one batch item as a correlation: out[ca, cb, k…] += Σ_o A[ca, o] · B[cb, o·s − p + k·d]
    * (conv3d: A = dy, B = x; transposed convolution: A = x, B = dy).
    */

@@ -56,4 +56,5 @@ export class TsBackend implements Backend {
   argmax = tsTensor.argmax;
   concat = tsTensor.concat;
   convWeightGrad = tsTensor.convWeightGrad;
+  instanceNormBackward = tsTensor.instanceNormBackward;
 }

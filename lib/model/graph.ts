@@ -234,12 +234,14 @@ export function fuseActivations(graph: Graph): GraphNode[] {
   const producer = new Map<string, GraphNode>();
   for (const n of graph.nodes) for (const o of n.outputs) producer.set(o, n);
   const drop = new Set<GraphNode>();
+  // the graph's own nodes are left as they are: the fused ones are copies
+  const fused = new Map<GraphNode, GraphNode>();
   for (const n of graph.nodes) {
     if (n.opType !== "Relu" && n.opType !== "LeakyRelu") continue;
     const p = producer.get(n.inputs[0]!);
-    if (!p || (p.opType !== "Conv" && p.opType !== "InstanceNormalization") || p.fusedAct || consumers.get(n.inputs[0]!) !== 1) continue;
-    p.fusedAct = { act: n.opType === "Relu" ? "relu" : "leakyRelu", alpha: n.opType === "LeakyRelu" ? ((n.attrs.alpha as number | undefined) ?? 0.01) : 0, output: n.outputs[0]! };
+    if (!p || (p.opType !== "Conv" && p.opType !== "InstanceNormalization") || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
+    fused.set(p, { ...p, fusedAct: { act: n.opType === "Relu" ? "relu" : "leakyRelu", alpha: n.opType === "LeakyRelu" ? ((n.attrs.alpha as number | undefined) ?? 0.01) : 0, output: n.outputs[0]! } });
     drop.add(n);
   }
-  return graph.nodes.filter((n) => !drop.has(n));
+  return graph.nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
 }

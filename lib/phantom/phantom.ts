@@ -4,8 +4,9 @@
  * scalp, skull (700–1500 HU), CSF between skull and brain, grey (≈ 40 HU) and white (≈ 25 HU)
  * matter, lateral ventricles and sulci (CSF ≈ 5 HU); acute blood (50–90 HU) shaped as each class
  * looks: EDH a biconvex lens against the skull, SDH a thin crescent along it, IPH an irregular blob
- * in the parenchyma, IVH layering in a ventricle, SAH thin in sulci. Thick slices average three
- * sub-slices (partial volume), then in-plane blur and noise.
+ * in the parenchyma, IVH layering in a ventricle, SAH thin in sulci, the Sylvian fissures and the
+ * basal cisterns. Thick slices average three sub-slices (partial volume), then in-plane blur and
+ * noise.
  */
 import type { Volume } from "../types.js";
 
@@ -57,7 +58,11 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   // ventricles: two ellipsoids either side of the midline
   const vent = [-1, 1].map((side) => ({ c: [side * uni(7, 10), uni(-6, 6), uni(-5, 10)] as [number, number, number], a: [uni(4, 6), uni(16, 22), uni(10, 16)] as [number, number, number] }));
   // sulci: thin radial slits near the cortex, by angle and height
-  const sulci = Array.from({ length: 18 }, () => ({ th: uni(0, 2 * Math.PI), z: uni(-hz * 0.6, hz * 0.6), half: uni(0.5, 1.1), depth: uni(8, 18) }));
+  const sulci = Array.from({ length: 18 }, () => ({ th: uni(0, 2 * Math.PI), z: uni(-hz * 0.6, hz * 0.6), half: uni(0.7, 1.4), depth: uni(8, 18) }));
+  // Sylvian fissures: a deep slit from each side's surface towards the centre, low in the head;
+  // basal cisterns: a CSF ring around the midbrain below the ventricles
+  const sylv = [-1, 1].map((side) => ({ side, y: uni(-12, 0), z: uni(-hz * 0.35, -hz * 0.1), half: uni(1.2, 2), depth: uni(22, 32), tilt: uni(-0.25, 0.25) }));
+  const cistern = { c: [0, uni(-4, 8), uni(-hz * 0.55, -hz * 0.35)] as [number, number, number], r: uni(9, 13), w: uni(2.5, 4), h: uni(8, 12) };
 
   // which classes bleed
   const classes: number[] = [];
@@ -77,7 +82,9 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   }
   const iphHu = bloodHu();
   const ivh = classes.includes(3) ? { v: Math.floor(rnd() * 2), level: uni(-0.2, 0.5), hu: bloodHu() } : null;
-  const sah = classes.includes(4) ? { which: sulci.map(() => rnd() < 0.45), hu: bloodHu() } : null;
+  // SAH fills some sulci, often a Sylvian fissure, sometimes the basal cisterns (at least one of them)
+  const sah = classes.includes(4) ? { which: sulci.map(() => rnd() < 0.45), sylv: sylv.map(() => rnd() < 0.6), cistern: rnd() < 0.5, hu: bloodHu() } : null;
+  if (sah && !sah.sylv.some(Boolean) && !sah.cistern) sah.sylv[Math.floor(rnd() * 2)] = true;
 
   const ex = (x: number, y: number, z: number, a: number, b: number, c: number) => (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2;
   // One sample: HU and label at a point (mm about the centre).
@@ -110,6 +117,15 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
         if (ivh && ivh.v === k && (y - v.c[1]) / v.a[1] > ivh.level) return [ivh.hu, 3];
         return [5, 0];
       }
+    }
+    for (const [k, f] of sylv.entries()) {
+      // a slit in the y–z plane's neighbourhood: |y − y0 − tilt·x| < half, reaching depth mm inwards from the side
+      if (Math.abs(z - f.z) < 9 && Math.sign(x) === f.side && Math.abs(x) > hx - scalp - skull - f.depth && Math.abs(y - f.y - f.tilt * x) < f.half)
+        return sah && sah.sylv[k] ? [sah.hu, 4] : [5, 0];
+    }
+    {
+      const dr = Math.hypot(x - cistern.c[0], (y - cistern.c[1]) * 0.8);
+      if (Math.abs(z - cistern.c[2]) < cistern.h / 2 && dr > cistern.r && dr < cistern.r + cistern.w) return sah && sah.cistern ? [sah.hu, 4] : [5, 0];
     }
     for (const [k, s] of sulci.entries()) {
       if (inner - csfGap > s.depth || Math.abs(z - s.z) > 12) continue;

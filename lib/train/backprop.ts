@@ -4,7 +4,8 @@
  * nodes are walked backwards. Returns the loss, the gradient with respect to the input, and the
  * gradients of the parameters (by initializer name) — the basis of training in the engine.
  */
-import { parseModel, type Graph, type GraphNode } from "../model/graph.js";
+import { activeBackend } from "../backends/index.js";
+import { fuseActivations, parseModel, type Graph, type GraphNode } from "../model/graph.js";
 import { runNode } from "../model/model.js";
 import { allocArray } from "../volume.js";
 import type { Tensor } from "../types.js";
@@ -32,6 +33,25 @@ function addInto(grads: Map<string, Float32Array>, name: string, g: Float32Array
 
 const allocT = (shape: number[]): Tensor => ({ data: allocArray("float32", shape.reduce((p, q) => p * q, 1), "intermediate") as Float32Array, shape });
 
+/**
+ * The nodes as the forward runs them: a ReLU/LeakyReLU (slope ≥ 0) fused into the Conv or instance
+ * norm before it, whose backward then gates the gradient by the sign of the fused output.
+ */
+const plans = new WeakMap<Graph, GraphNode[]>();
+function plan(graph: Graph): GraphNode[] {
+  let p = plans.get(graph);
+  if (!p) {
+    for (const n of graph.nodes) if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+    p = fuseActivations(graph);
+    // with a negative slope the output's sign is not the input's: then the graph runs as it is
+    if (p.some((n) => n.fusedAct && n.fusedAct.alpha < 0)) p = graph.nodes;
+    plans.set(graph, p);
+  }
+  return p;
+}
+
+const outName = (n: GraphNode) => n.fusedAct?.output ?? n.outputs[0]!;
+
 /** Runs every node, keeping each intermediate in `env` (which holds the initializers and the input). */
 async function forwardInto(graph: Graph, env: Map<string, Tensor>): Promise<void> {
   const get = (n: string) => {
@@ -39,10 +59,9 @@ async function forwardInto(graph: Graph, env: Map<string, Tensor>): Promise<void
     if (!t) throw new Error(`value ${n} is missing`);
     return t;
   };
-  for (const n of graph.nodes) {
-    if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+  for (const n of plan(graph)) {
     const [y] = await runNode(n, n.inputs.map((i) => (i ? { f: get(i) } : undefined)), allocT);
-    env.set(n.outputs[0]!, (y as { f: Tensor }).f);
+    env.set(outName(n), (y as { f: Tensor }).f);
   }
 }
 
@@ -80,13 +99,29 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   const grads = new Map<string, Float32Array>([[graph.outputs[0]!, Float32Array.from(loss.dlogits.data)]]);
   const paramGrads = new Map<string, Tensor>();
   const asT = (name: string, g: Float32Array): Tensor => ({ data: g, shape: get(name).shape });
-  for (let k = graph.nodes.length - 1; k >= 0; k--) {
-    const n = graph.nodes[k]!;
-    const gy = grads.get(n.outputs[0]!);
+  const nodes = plan(graph);
+  const be = activeBackend();
+  for (let k = nodes.length - 1; k >= 0; k--) {
+    const n = nodes[k]!;
+    const out = outName(n);
+    const gy = grads.get(out);
     if (!gy) continue;
-    const dy = asT(n.outputs[0]!, gy);
     const [i0, i1, i2] = n.inputs;
     const param = (name: string | undefined, g: Tensor) => name && graph.initializers.has(name) && addInto(grads, name, g.data as Float32Array);
+    if (n.opType === "InstanceNormalization" && be.instanceNormBackward) {
+      // native: the activation's gate and the norm's backward in one pass
+      const x = get(i0!), gamma = get(i1!), [N, C] = x.shape as [number, number];
+      const dx = allocT(x.shape).data as Float32Array, dg = new Float32Array(C), db = new Float32Array(C);
+      await be.instanceNormBackward(x.data as Float32Array, n.fusedAct ? (get(out).data as Float32Array) : null, gy, N, C, x.data.length / (N * C), gamma.data as Float32Array, (n.attrs.epsilon as number) ?? 1e-5, n.fusedAct?.alpha ?? 1, dx, dg, db);
+      addInto(grads, i0!, dx);
+      param(i1, { data: dg, shape: [C] });
+      param(i2, { data: db, shape: [C] });
+      grads.delete(out);
+      continue;
+    }
+    // a fused activation first: its derivative from the sign of the fused output, in place
+    if (n.fusedAct) leakyReluBackward(get(out), { data: gy, shape: get(out).shape }, n.fusedAct.alpha, gy);
+    const dy = asT(out, gy);
     switch (n.opType) {
       case "Conv":
       case "ConvTranspose": {
@@ -124,7 +159,7 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
         break;
       }
     }
-    grads.delete(n.outputs[0]!);
+    grads.delete(out);
   }
   for (const name of graph.initializers.keys()) {
     const g = grads.get(name);

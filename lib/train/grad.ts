@@ -241,6 +241,9 @@ export class Adam {
     this.m = new Float64Array(size);
     this.v = new Float64Array(size);
   }
+  set lr(v: number) {
+    (this.o as { lr: number }).lr = v;
+  }
   step(p: Float32Array, g: Float32Array): void {
     const [b1, b2] = this.o.betas ?? [0.9, 0.999], eps = this.o.eps ?? 1e-8, wd = this.o.weightDecay ?? 0;
     this.t++;

@@ -70,6 +70,14 @@ export interface TrainOptions {
   seed?: number;
   /** Fraction of patches centred on a bleed voxel (nnU-Net: 1/3). */
   foreground?: number;
+  /** Learning-rate schedule: nnU-Net's poly, lr · (1 − step / steps)^0.9 (default), or constant. */
+  schedule?: "poly" | "constant";
+  /**
+   * Start the head's background bias at the training data's prior, ln((C − 1) · π / (1 − π)) with π the
+   * background fraction (Lin et al.'s prior initialisation; default true): the untrained network then
+   * already calls most voxels background, and the first steps learn bleeds instead of the background.
+   */
+  backgroundPrior?: boolean;
   /** Slice-labelled cases and the semi-supervised terms' weights. */
   semi?: SemiOptions;
   /** Evaluate on the validation cases every this many steps (default steps / 4). */
@@ -102,6 +110,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const rnd = prng(o.seed ?? 1);
   const initial = buildUNet(spec, o.seed ?? 1);
   const graph: Graph = await parseModel(initial);
+  if (o.backgroundPrior ?? true) {
+    let bg = 0, n = 0;
+    for (const c of o.train) for (let i = 0; i < c.labels.data.length; i++, n++) if (!c.labels.data[i]) bg++;
+    const pi = Math.min(0.99, Math.max(0.5, n ? bg / n : 0.5));
+    const head = graph.nodes[graph.nodes.length - 1]!;
+    const bias = head.opType === "Conv" && head.inputs[2] ? graph.initializers.get(head.inputs[2])?.f32 : undefined;
+    if (bias) bias[0] = Math.log(((bias.length - 1) * pi) / (1 - pi));
+  }
   const params = [...graph.initializers.entries()].filter(([, t]) => t.f32).map(([k, t]) => [k, t.f32!] as const);
   const lr = o.lr ?? (o.optimizer === "sgd" ? 1e-2 : 2e-3);
   const opts = new Map(params.map(([k, p]) => [k, o.optimizer === "sgd" ? new SgdNesterov(p.length, { lr, momentum: 0.99, weightDecay: 3e-5 }) : new Adam(p.length, { lr })]));
@@ -125,6 +141,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const snapshot = () => replaceInitializers(initial, new Map(params.map(([k, p]) => [k, p])));
   const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps) : undefined;
   for (let step = 1; step <= steps; step++) {
+    if ((o.schedule ?? "poly") === "poly") for (const opt of opts.values()) opt.lr = lr * (1 - (step - 1) / steps) ** 0.9;
     for (let b = 0; b < batch; b++) {
       const d = data[Math.floor(rnd() * data.length)]!;
       const [nx, ny, nz] = d.dims;

@@ -106,6 +106,25 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
                               {info[0], info[4], info[5], info[9]});
 }
 
+// instanceNormBackward(x, gate|null, dy, N, C, spatial, gamma|null, eps, alpha, dx, dgamma, dbeta)
+Napi::Value InstanceNormBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[3], "N", 1, BIG), C = int_of(info[4], "C", 1, BIG), S = int_of(info[5], "spatial", 1, BIG);
+  const std::size_t n = std::size_t(N * C * S);
+  const float* x = floats_of(info[0], n, "x");
+  const float* gate = floats_of(info[1], n, "gate", true);
+  const float* dy = floats_of(info[2], n, "dy");
+  const float* gamma = floats_of(info[6], std::size_t(C), "gamma", true);
+  const double eps = number_of(info[7], "eps");
+  const float alpha = float(number_of(info[8], "alpha"));
+  float* dx = out_of(info[9], n, "dx");
+  float* dg = out_of(info[10], std::size_t(C), "dgamma");
+  float* db = out_of(info[11], std::size_t(C), "dbeta");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::instance_norm_backward(x, gate, dy, N, C, S, gamma, eps, alpha, dx, dg, db, *pool); },
+                              nullptr, {info[0], info[1], info[2], info[6], info[9], info[10], info[11]});
+}
+
 // batchNorm(x, N, C, spatial, scale, bias, mean, var, eps, out)
 Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -262,6 +281,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("convTranspose3d", Napi::Function::New<guarded<ConvTranspose3d>>(env, "convTranspose3d"));
   exports.Set("instanceNorm", Napi::Function::New<guarded<InstanceNorm>>(env, "instanceNorm"));
   exports.Set("batchNorm", Napi::Function::New<guarded<BatchNorm>>(env, "batchNorm"));
+  exports.Set("instanceNormBackward", Napi::Function::New<guarded<InstanceNormBackward>>(env, "instanceNormBackward"));
   exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));
   exports.Set("binary", Napi::Function::New<guarded<Binary>>(env, "binary"));
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));

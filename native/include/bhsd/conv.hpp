@@ -164,6 +164,15 @@ struct Scratch {
 
 }  // namespace conv_detail
 
+// Segment-outer loop order from this many output-channel blocks on (BHSD_CONV_SEG_OUTER overrides).
+inline bool seg_outer_order(std::int64_t coblocks) {
+  static const std::int64_t from = [] {
+    const char* e = std::getenv("BHSD_CONV_SEG_OUTER");
+    return e ? std::int64_t(std::atoll(e)) : std::int64_t(1) << 40;
+  }();
+  return coblocks >= from;
+}
+
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
 inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias,
                            float* out, Act act, float alpha, ThreadPool& pool) {
@@ -183,7 +192,11 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t rows = g.Do * g.Ho;
   const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
   // Input channels per block: about 512 rows of K (a 32 KB panel per segment, 12 KB of weights).
-  const std::int64_t cb = std::max<std::int64_t>(1, BHSD_CONV_KROWS / ksp);
+  static const std::int64_t krows = [] {
+    const char* e = std::getenv("BHSD_CONV_KROWS");
+    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
+  }();
+  const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const std::int64_t coblocks = (g.Co + MR - 1) / MR;
 
@@ -232,10 +245,17 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
             }
         }
         const bool first = kb == 0, last = kb == kblocks - 1;
-        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
+        // Loop order: with few output-channel blocks each block's weights stay in L1 while the
+        // segments' panels stream from L2; with many, a segment's panel stays in L1 and the
+        // (narrower) weight slivers stream instead.
+        const std::size_t nseg = segs.size();
+        const bool seg_outer = seg_outer_order(coblocks);
+        for (std::int64_t it = 0, nit = coblocks * std::int64_t(nseg); it < nit; ++it) {
+          const std::int64_t cob = seg_outer ? it % coblocks : it / std::int64_t(nseg);
+          const std::size_t s = seg_outer ? std::size_t(it / coblocks) : std::size_t(it % std::int64_t(nseg));
           const float* a = wp + (cob * K + c0 * ksp) * MR;
           const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
-          for (std::size_t s = 0; s < segs.size(); ++s) {
+          {
             const Seg& sg = segs[s];
             float* o = out + (cob * MR) * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
 #ifdef BHSD_X86

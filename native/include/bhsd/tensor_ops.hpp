@@ -80,6 +80,84 @@ inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t
   }, 1, 8);
 }
 
+namespace norm_detail {
+// The leaky ReLU's derivative applied to dy from the sign of its output `gate` (none: dy itself).
+inline float gated(const float* d, const float* gate, std::int64_t i, float alpha) {
+  return gate && !(gate[i] > 0) ? d[i] * alpha : d[i];
+}
+
+// Σ (x − m)², Σ g and Σ g·(x − m) (g the gated dy), in eight float lanes per block of 1024 added in double.
+BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const float* gate, float alpha, std::int64_t n,
+                                        double m, double* sv, double* sg, double* sgx) {
+  double t0 = 0, t1 = 0, t2 = 0;
+  const float mf = float(m);
+  for (std::int64_t b = 0; b < n; b += 1024) {
+    const std::int64_t e = std::min(n, b + 1024);
+    float a0[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::int64_t i = b;
+    for (; i + 8 <= e; i += 8)
+      for (int j = 0; j < 8; ++j) {
+        const float xc = p[i + j] - mf;
+        const float g = gate ? (gate[i + j] > 0 ? d[i + j] : d[i + j] * alpha) : d[i + j];
+        a0[j] += xc * xc;
+        a1[j] += g;
+        a2[j] += g * xc;
+      }
+    for (; i < e; ++i) {
+      const float xc = p[i] - mf, g = gated(d, gate, i, alpha);
+      a0[0] += xc * xc;
+      a1[0] += g;
+      a2[0] += g * xc;
+    }
+    for (int j = 0; j < 8; ++j) t0 += a0[j], t1 += a1[j], t2 += a2[j];
+  }
+  *sv = t0, *sg = t1, *sgx = t2;
+}
+
+// q = k·(g − a − (x − m)·b)
+BHSD_MULTIVERSION inline void grad_apply(const float* p, const float* d, const float* gate, float alpha, std::int64_t n,
+                                         float m, float k, float a, float b, float* q) {
+  if (gate)
+    for (std::int64_t i = 0; i < n; ++i) q[i] = k * ((gate[i] > 0 ? d[i] : d[i] * alpha) - a - (p[i] - m) * b);
+  else
+    for (std::int64_t i = 0; i < n; ++i) q[i] = k * (d[i] - a - (p[i] - m) * b);
+}
+}  // namespace norm_detail
+
+// Gradients of y = act(instance_norm(x)·gamma + beta) for training: dy is the gradient of the
+// output; with `gate` (the activation's output, whose sign is its input's) the leaky ReLU's
+// derivative is applied first (slope alpha where gate ≤ 0). Per (n, c): the mean as the forward
+// takes it, then Σ(x − mean)², Σg and Σg·(x − mean) in one pass, then dx. dgamma and dbeta [C] are
+// overwritten.
+inline void instance_norm_backward(const float* x, const float* gate, const float* dy, std::int64_t N, std::int64_t C,
+                                   std::int64_t spatial, const float* gamma, double eps, float alpha, float* dx,
+                                   float* dgamma, float* dbeta, ThreadPool& pool) {
+  std::vector<double> sg(std::size_t(N * C)), sgx(std::size_t(N * C));
+  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const std::int64_t o = std::int64_t(nc) * spatial;
+      const float *p = x + o, *d = dy + o, *a = gate ? gate + o : nullptr;
+      double s1, s2;
+      norm_detail::sums(p, spatial, p[0], &s1, &s2);
+      const double mean = p[0] + s1 / double(spatial);
+      double v, g1, gx;
+      norm_detail::grad_sums(p, d, a, alpha, spatial, mean, &v, &g1, &gx);
+      const double inv = 1.0 / std::sqrt(v / double(spatial) + eps);
+      sg[nc] = g1;
+      sgx[nc] = gx * inv;  // Σ g · x̂
+      const double k = double(gamma ? gamma[std::int64_t(nc) % C] : 1.0f) * inv;
+      norm_detail::grad_apply(p, d, a, alpha, spatial, float(mean), float(k), float(g1 / double(spatial)),
+                              float(gx * inv * inv / double(spatial)), dx + o);
+    }
+  }, 1, 8);
+  for (std::int64_t c = 0; c < C; ++c) {
+    double g1 = 0, gx = 0;
+    for (std::int64_t n = 0; n < N; ++n) g1 += sg[std::size_t(n * C + c)], gx += sgx[std::size_t(n * C + c)];
+    dbeta[c] = float(g1);
+    dgamma[c] = float(gx);
+  }
+}
+
 // Inference batch normalisation: y = (x − mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c].
 inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                        const float* scale, const float* bias, const float* mean, const float* var,
