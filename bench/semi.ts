@@ -21,7 +21,7 @@ export async function benchSemi(): Promise<string[]> {
   const voxel = Array.from({ length: 8 }, (_, i) => makePhantom(1000 + i, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
   const slices = Array.from({ length: 40 }, (_, i) => makePhantom(2000 + i, opt)).map((p) => ({ ct: p.ct, slices: slicePresence(p.labels).present }));
   const test = Array.from({ length: 8 }, (_, i) => makePhantom(3000 + i, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
-  const common = { train: voxel, steps: STEPS, batch: 2, patch: [16, 64, 64] as [number, number, number], lr: 0.003, foreground: 0.5, seed: 5 };
+  const common = { train: voxel, steps: STEPS, batch: 2, patch: [16, 64, 64] as [number, number, number], lr: 0.003, foreground: 0.5, batchDice: true, seed: 5 };
   const rows: string[] = [];
   for (const [name, extra] of [
     ["8 voxel-labelled (supervised)", {}],

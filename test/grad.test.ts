@@ -97,6 +97,28 @@ test("nnU-Net's loss and its gradient equal PyTorch's", async (t) => {
   t.true(relDiff(r.dlogits.data, want.data) <= TOL, `dlogits: ${relDiff(r.dlogits.data, want.data)}`);
 });
 
+test("batch Dice: one sample gives the per-sample loss; with several, the gradient matches finite differences", (t) => {
+  let seed = 7;
+  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const [N, C, S] = [3, 4, 10];
+  const z = { data: Float32Array.from({ length: N * C * S }, () => r() * 4 - 2), shape: [N, C, S] };
+  const tgt = Int32Array.from({ length: N * S }, (_, i) => (i < S ? 0 : Math.floor(r() * C))); // sample 0: background only
+  const one = { data: z.data.slice(0, C * S), shape: [1, C, S] };
+  const a = dcAndCeLoss(one, tgt.subarray(0, S), 1e-5, true), b = dcAndCeLoss(one, tgt.subarray(0, S));
+  t.true(Math.abs(a.loss - b.loss) < 1e-12 && relDiff(a.dlogits.data, b.dlogits.data) < 1e-9);
+  const g = dcAndCeLoss(z, tgt, 1e-5, true);
+  t.true(Math.abs(g.loss - dcAndCeLoss(z, tgt).loss) > 1e-3, "pooling changes the loss");
+  let worst = 0;
+  for (const k of [0, 5, 17, 33, 61, 88, 119]) {
+    const h = 1e-3, zp = { data: z.data.slice(), shape: z.shape }, zm = { data: z.data.slice(), shape: z.shape };
+    zp.data[k]! += h;
+    zm.data[k]! -= h;
+    const fd = (dcAndCeLoss(zp, tgt, 1e-5, true).loss - dcAndCeLoss(zm, tgt, 1e-5, true).loss) / (2 * h);
+    worst = Math.max(worst, Math.abs(fd - g.dlogits.data[k]!));
+  }
+  t.true(worst < 1e-4, `worst gradient error ${worst}`);
+});
+
 for (const [name, make] of [
   ["adam", (n: number, h: Record<string, unknown>) => new Adam(n, { lr: h.lr as number, betas: h.betas as [number, number], eps: h.eps as number, weightDecay: h.weight_decay as number })],
   ["sgd_nesterov", (n: number, h: Record<string, unknown>) => new SgdNesterov(n, { lr: h.lr as number, momentum: h.momentum as number, weightDecay: h.weight_decay as number })],

@@ -7,6 +7,7 @@ import { toJson } from "../json.js";
 import { parseSliceCsv } from "../metrics/slices.js";
 import { makePhantom } from "../phantom/phantom.js";
 import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
+import { demoSpec } from "../train/unet.js";
 import { intArg, numberArg } from "./util.js";
 
 interface Opts {
@@ -20,6 +21,9 @@ interface Opts {
   optimizer: "adam" | "sgd";
   validation: number;
   foreground: number;
+  batchDice?: boolean;
+  schedule: "poly" | "constant";
+  features?: string;
   sliceData?: string;
   mil: number;
   consistency: number;
@@ -65,6 +69,9 @@ export function trainCommand(program: Command): void {
     .option("--optimizer <name>", "adam or sgd (Nesterov, nnU-Net's)", "adam")
     .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
     .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
+    .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128")
+    .option("--batch-dice", "Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample")
+    .option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant", "poly")
     .option("--slice-data <dir>", "cases with slice-level labels only (images/ and \"slice labels\"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency")
     .option("--mil <w>", "weight of the multiple-instance loss", numberArg("--mil", 0), 1)
     .option("--consistency <w>", "weight of the mean-teacher consistency (ramped up over the first quarter)", numberArg("--consistency", 0), 1)
@@ -73,6 +80,7 @@ export function trainCommand(program: Command): void {
     .action(async (o: Opts) => {
       if (!o.data && !o.phantoms) throw new Error("give --data DIR or --phantoms N");
       if (o.optimizer !== "adam" && o.optimizer !== "sgd") throw new Error(`--optimizer must be adam or sgd, got "${o.optimizer}"`);
+      if (o.schedule !== "poly" && o.schedule !== "constant") throw new Error(`--schedule must be poly or constant, got "${o.schedule}"`);
       let all: LabelledCase[];
       if (o.data) all = await readLayout(o.data);
       else {
@@ -91,6 +99,9 @@ export function trainCommand(program: Command): void {
         optimizer: o.optimizer,
         seed: o.seed,
         foreground: Math.min(1, o.foreground),
+        batchDice: o.batchDice ?? false,
+        ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
+        schedule: o.schedule,
         ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
         ...(o.lr !== undefined ? { lr: o.lr } : {}),
         onProgress: (p) => {
@@ -101,7 +112,7 @@ export function trainCommand(program: Command): void {
         },
       });
       await writeFile(o.out, r.onnx);
-      await writeFile(o.out.replace(/\.onnx$/i, "") + ".json", JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n");
+      await writeFile(o.out.replace(/\.onnx$/i, "") + ".json", JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, batchDice: o.batchDice ?? false, schedule: o.schedule, features: o.features ?? "8,16,32,64", finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n");
       if (!o.json) process.stderr.write(`wrote ${o.out}\n`);
     });
 }

@@ -71,9 +71,10 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
     if (!classes.length) classes.push(1 + Math.floor(rnd() * 5));
   }
   const bloodHu = () => uni(55, 85);
-  // EDH: a lens at angle th, height z, radius R, max thickness T; SDH: a wide thin crescent
-  const edh = classes.includes(1) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.4, hz * 0.4), R: uni(18, 30), T: uni(6, 12), hu: bloodHu() } : null;
-  const sdh = classes.includes(5) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.3, hz * 0.3), R: uni(35, 55), T: uni(3, 7), hu: bloodHu() } : null;
+  // EDH: a short thick lens at angle th, height z, radius R (15–26 mm), thickness T (8–15 mm);
+  // SDH: a wide thin crescent (R 40–60 mm, T 4–8 mm)
+  const edh = classes.includes(1) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.4, hz * 0.4), R: uni(15, 26), T: uni(8, 15), hu: bloodHu() } : null;
+  const sdh = classes.includes(5) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.3, hz * 0.3), R: uni(40, 60), T: uni(4, 8), hu: bloodHu() } : null;
   // IPH: 2–4 spheres near a point inside the white matter
   const iph: Blob[] = [];
   if (classes.includes(2)) {

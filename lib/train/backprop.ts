@@ -81,7 +81,7 @@ export type LossFn = (logits: Tensor) => { loss: number; dlogits: Tensor; ce?: n
  * Forward and backward through the graph. `target`: voxel labels for nnU-Net's CE + soft Dice, or
  * any loss function of the logits.
  */
-export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number> | LossFn): Promise<BackpropResult> {
+export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number> | LossFn, opts: { batchDice?: boolean } = {}): Promise<BackpropResult> {
   const graph = model instanceof Uint8Array || typeof model === "string" ? await parseModel(model) : model;
   const env = new Map<string, Tensor>();
   for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
@@ -95,7 +95,7 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   // the forward is the executor's own node runner, without fusion or pooling: every intermediate is kept
   await forwardInto(graph, env);
   const logits = get(graph.outputs[0]!);
-  const loss = typeof target === "function" ? target(logits) : dcAndCeLoss(logits, target);
+  const loss = typeof target === "function" ? target(logits) : dcAndCeLoss(logits, target, 1e-5, opts.batchDice ?? false);
   const grads = new Map<string, Float32Array>([[graph.outputs[0]!, Float32Array.from(loss.dlogits.data)]]);
   const paramGrads = new Map<string, Tensor>();
   const asT = (name: string, g: Float32Array): Tensor => ({ data: g, shape: get(name).shape });

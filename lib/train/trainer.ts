@@ -68,8 +68,13 @@ export interface TrainOptions {
   optimizer?: "adam" | "sgd";
   lr?: number;
   seed?: number;
-  /** Fraction of patches centred on a bleed voxel (nnU-Net: 1/3). */
+  /**
+   * Fraction of patches centred on a bleed voxel (nnU-Net: 1/3). As nnU-Net samples them, a class is
+   * drawn first among those the case has, then a voxel of it, so that small classes are seen as often as large ones.
+   */
   foreground?: number;
+  /** Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample (the default, training.md). */
+  batchDice?: boolean;
   /** Learning-rate schedule: nnU-Net's poly, lr · (1 − step / steps)^0.9 (default), or constant. */
   schedule?: "poly" | "constant";
   /**
@@ -129,9 +134,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   // normalised images and labels, with each case's bleed voxels for oversampling
   const data = o.train.map((c) => {
     const img = normalize(c.ct.data, BHSD_WINDOW);
-    const fg: number[] = [];
-    for (let i = 0; i < c.labels.data.length; i++) if (c.labels.data[i]) fg.push(i);
-    return { img, lab: c.labels.data, dims: c.ct.dims, fg };
+    const byClass = new Map<number, number[]>();
+    for (let i = 0; i < c.labels.data.length; i++) {
+      const l = c.labels.data[i]!;
+      if (l) (byClass.get(l) ?? byClass.set(l, []).get(l)!).push(i);
+    }
+    return { img, lab: c.labels.data, dims: c.ct.dims, fg: [...byClass.values()] };
   });
   const [pd, ph, pw] = patch, pv = pd * ph * pw;
   const x = new Float32Array(batch * pv), t = new Int32Array(batch * pv);
@@ -147,7 +155,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const [nx, ny, nz] = d.dims;
       let cz: number, cy: number, cx: number;
       if (d.fg.length && rnd() < (o.foreground ?? 1 / 3)) {
-        const i = d.fg[Math.floor(rnd() * d.fg.length)]!;
+        const cls = d.fg[Math.floor(rnd() * d.fg.length)]!;
+        const i = cls[Math.floor(rnd() * cls.length)]!;
         (cx = i % nx), (cy = Math.floor(i / nx) % ny), (cz = Math.floor(i / (nx * ny)));
       } else (cx = Math.floor(rnd() * nx)), (cy = Math.floor(rnd() * ny)), (cz = Math.floor(rnd() * nz));
       const z0 = cz - (pd >> 1), y0 = cy - (ph >> 1), x0 = cx - (pw >> 1);
@@ -167,7 +176,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
             }
           }
     }
-    const r = await backprop(graph, { data: x, shape: [batch, 1, pd, ph, pw] }, t);
+    const r = await backprop(graph, { data: x, shape: [batch, 1, pd, ph, pw] }, t, { batchDice: o.batchDice ?? false });
     let semiTerms: { mil: number; consistency: number } | undefined;
     if (semi) {
       const u = await semi.step(step);

@@ -32,6 +32,22 @@ export const DEMO_UNET: UNetSpec = {
   classes: 6,
 };
 
+/**
+ * The demo's layout with other widths: a 1×3×3 first stage at full resolution, then 3×3×3 stages,
+ * the second halving the plane only and each further one all three axes (thick slices first).
+ */
+export function demoSpec(features: number[]): UNetSpec {
+  if (features.length < 2 || features.some((f) => !Number.isInteger(f) || f < 1 || f > 1024))
+    throw new TypeError(`Expected 2 or more stage widths, integers 1–1024, for features but received ${JSON.stringify(features)}`);
+  return {
+    features,
+    kernels: features.map((_, i) => (i === 0 ? [1, 3, 3] : [3, 3, 3])),
+    strides: features.map((_, i) => (i === 0 ? [1, 1, 1] : i === 1 ? [1, 2, 2] : [2, 2, 2])),
+    inChannels: 1,
+    classes: 6,
+  };
+}
+
 export function buildUNet(spec: UNetSpec, seed = 1): Uint8Array {
   const r = rng(seed);
   const nodes: Parameters<typeof encodeModel>[0]["nodes"] = [];

@@ -164,15 +164,6 @@ struct Scratch {
 
 }  // namespace conv_detail
 
-// Segment-outer loop order from this many output-channel blocks on (BHSD_CONV_SEG_OUTER overrides).
-inline bool seg_outer_order(std::int64_t coblocks) {
-  static const std::int64_t from = [] {
-    const char* e = std::getenv("BHSD_CONV_SEG_OUTER");
-    return e ? std::int64_t(std::atoll(e)) : std::int64_t(1) << 40;
-  }();
-  return coblocks >= from;
-}
-
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
 inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias,
                            float* out, Act act, float alpha, ThreadPool& pool) {
@@ -245,17 +236,12 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
             }
         }
         const bool first = kb == 0, last = kb == kblocks - 1;
-        // Loop order: with few output-channel blocks each block's weights stay in L1 while the
-        // segments' panels stream from L2; with many, a segment's panel stays in L1 and the
-        // (narrower) weight slivers stream instead.
-        const std::size_t nseg = segs.size();
-        const bool seg_outer = seg_outer_order(coblocks);
-        for (std::int64_t it = 0, nit = coblocks * std::int64_t(nseg); it < nit; ++it) {
-          const std::int64_t cob = seg_outer ? it % coblocks : it / std::int64_t(nseg);
-          const std::size_t s = seg_outer ? std::size_t(it / coblocks) : std::size_t(it % std::int64_t(nseg));
+        // Each block's weights stay in L1 while the segments' panels stream from L2 (the other
+        // order, and 256- or 1024-row panels, measured no faster here: BHSD_CONV_KROWS to try).
+        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
           const float* a = wp + (cob * K + c0 * ksp) * MR;
           const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
-          {
+          for (std::size_t s = 0; s < segs.size(); ++s) {
             const Seg& sg = segs[s];
             float* o = out + (cob * MR) * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
 #ifdef BHSD_X86
