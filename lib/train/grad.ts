@@ -152,9 +152,9 @@ export interface LossResult {
 /**
  * nnU-Net v2's DC_and_CE_loss (weights 1, 1): mean cross-entropy of softmax(z) against t, plus
  * −mean over samples and foreground classes of (2·tp + 1e-5) / max(Σp + Σy + 1e-5, 1e-8).
+ * batchDice: tp, Σp and Σy pooled over the batch (nnU-Net's batch_dice), mean over classes.
  */
 export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5, batchDice = false): LossResult {
-  if (batchDice) return dcAndCeLossBatch(logits, target, smooth);
   const [N, C] = logits.shape as [number, number];
   const S = logits.data.length / (N * C);
   const p = softmax(logits);
@@ -162,72 +162,32 @@ export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 
   let ce = 0;
   for (let n = 0; n < N; n++) for (let i = 0; i < S; i++) ce -= Math.log(Math.max(p[(n * C + target[n * S + i]!) * S + i]!, Number.MIN_VALUE));
   ce /= N * S;
-  // soft Dice per sample and foreground class; its gradient with respect to p
+  // soft Dice per foreground class over each group of samples — each sample alone, or (nnU-Net's
+  // batch Dice) the whole batch pooled — and its gradient with respect to p
+  const groups = batchDice ? [Array.from({ length: N }, (_, n) => n)] : Array.from({ length: N }, (_, n) => [n]);
   const gp = new Float64Array(p.length);
   let dcSum = 0;
-  const K = N * (C - 1);
-  for (let n = 0; n < N; n++)
+  const K = groups.length * (C - 1);
+  for (const g of groups)
     for (let c = 1; c < C; c++) {
       let tp = 0, P = 0, Y = 0;
-      const o = (n * C + c) * S;
-      for (let i = 0; i < S; i++) {
-        const y = target[n * S + i] === c ? 1 : 0;
-        tp += p[o + i]! * y;
-        P += p[o + i]!;
-        Y += y;
+      for (const n of g) {
+        const o = (n * C + c) * S;
+        for (let i = 0; i < S; i++) {
+          const y = target[n * S + i] === c ? 1 : 0;
+          tp += p[o + i]! * y;
+          P += p[o + i]!;
+          Y += y;
+        }
       }
       const den = Math.max(P + Y + smooth, 1e-8);
       const num = 2 * tp + smooth;
       dcSum += num / den;
-      for (let i = 0; i < S; i++) {
-        const y = target[n * S + i] === c ? 1 : 0;
-        gp[o + i] = -((2 * y * den - num) / (den * den)) / K;
+      for (const n of g) {
+        const o = (n * C + c) * S;
+        for (let i = 0; i < S; i++) gp[o + i] = -((2 * (target[n * S + i] === c ? 1 : 0) * den - num) / (den * den)) / K;
       }
     }
-  const dz = throughSoftmax(p, gp, logits.shape);
-  for (let n = 0; n < N; n++)
-    for (let i = 0; i < S; i++) {
-      const t = target[n * S + i]!;
-      for (let c = 0; c < C; c++) {
-        const k = (n * C + c) * S + i;
-        dz.data[k] = dz.data[k]! + (p[k]! - (c === t ? 1 : 0)) / (N * S);
-      }
-    }
-  return { ce, diceLoss: -dcSum / K, loss: ce - dcSum / K, dlogits: dz };
-}
-
-/**
- * The same loss with nnU-Net's batch Dice: tp, Σp and Σy of each foreground class pooled over the
- * samples of the batch (a class present in any patch of the batch speaks for all of them).
- */
-function dcAndCeLossBatch(logits: Tensor, target: ArrayLike<number>, smooth: number): LossResult {
-  const [N, C] = logits.shape as [number, number];
-  const S = logits.data.length / (N * C);
-  const p = softmax(logits);
-  let ce = 0;
-  for (let n = 0; n < N; n++) for (let i = 0; i < S; i++) ce -= Math.log(Math.max(p[(n * C + target[n * S + i]!) * S + i]!, Number.MIN_VALUE));
-  ce /= N * S;
-  const gp = new Float64Array(p.length);
-  let dcSum = 0;
-  const K = C - 1;
-  for (let c = 1; c < C; c++) {
-    let tp = 0, P = 0, Y = 0;
-    for (let n = 0; n < N; n++) {
-      const o = (n * C + c) * S;
-      for (let i = 0; i < S; i++) {
-        const y = target[n * S + i] === c ? 1 : 0;
-        tp += p[o + i]! * y;
-        P += p[o + i]!;
-        Y += y;
-      }
-    }
-    const den = Math.max(P + Y + smooth, 1e-8), num = 2 * tp + smooth;
-    dcSum += num / den;
-    for (let n = 0; n < N; n++) {
-      const o = (n * C + c) * S;
-      for (let i = 0; i < S; i++) gp[o + i] = -((2 * (target[n * S + i] === c ? 1 : 0) * den - num) / (den * den)) / K;
-    }
-  }
   const dz = throughSoftmax(p, gp, logits.shape);
   for (let n = 0; n < N; n++)
     for (let i = 0; i < S; i++) {
