@@ -30,6 +30,25 @@ test.serial("training lowers the loss, and onnxruntime runs the trained file as 
   void readFileSync;
 });
 
+test.serial("the head starts at the data's background prior; without backgroundPrior it does not", async (t) => {
+  setBackend(backendInfo().available.native ? "native" : "ts");
+  const opt = { dims: [64, 64, 16] as [number, number, number], spacing: [3.6, 3.6, 5] as [number, number, number] };
+  const cases = [1, 2, 3].map((s) => makePhantom(s, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
+  let bg = 0, n = 0;
+  for (const c of cases) for (const v of c.labels.data) (n++, v === 0 && bg++);
+  // the background fraction, held to [0.5, 0.99] (train()'s documented clamp: bleeds are rare)
+  const pi = Math.min(0.99, Math.max(0.5, bg / n)), want = Math.log((5 * pi) / (1 - pi));
+  const head = async (backgroundPrior: boolean) => {
+    const r = await train({ train: cases, steps: 1, batch: 1, patch: [8, 32, 32], seed: 4, lr: 1e-12, backgroundPrior });
+    const { parseModel } = await import("../lib/model/graph.js");
+    const g = await parseModel(r.onnx);
+    const last = g.nodes[g.nodes.length - 1]!;
+    return g.initializers.get(last.inputs[2]!)!.f32![0]!;
+  };
+  t.true(Math.abs((await head(true)) - want) < 1e-4, `bias ${await head(true)} vs ln(5π/(1−π)) = ${want}`);
+  t.true(Math.abs(await head(false)) < 1e-4, "without it the head's biases start at 0");
+});
+
 test.serial("bhsd demo runs the whole path on a fresh phantom and reports", async (t) => {
   const { spawnSync } = await import("node:child_process");
   const { existsSync, mkdtempSync } = await import("node:fs");

@@ -79,7 +79,7 @@ export interface TrainOptions {
   schedule?: "poly" | "constant";
   /**
    * Start the head's background bias at the training data's prior, ln((C − 1) · π / (1 − π)) with π the
-   * background fraction (Lin et al.'s prior initialisation; default true): the untrained network then
+   * background fraction held to [0.5, 0.99] (Lin et al.'s prior initialisation; default true): the untrained network then
    * already calls most voxels background, and the first steps learn bleeds instead of the background.
    */
   backgroundPrior?: boolean;
