@@ -62,6 +62,7 @@ for (const { name: backend } of backendsUnderTest()) {
   test.serial(`${backend}: instance norm backward (alone, and with a fused LeakyReLU's gate) equals PyTorch's`, async (t) => {
     setBackend(backend);
     const be = activeBackend();
+    // the ts backend leaves it to grad.ts's instanceNormBackward (checked against PyTorch above)
     if (!be.instanceNormBackward) return t.pass("this backend leaves it to TypeScript");
     const [x, gamma, dy] = await Promise.all([load("instnorm", "x"), load("instnorm", "gamma"), load("instnorm", "dy")]);
     const [N, C] = x.shape as [number, number], S = x.data.length / (N * C);
@@ -134,16 +135,18 @@ for (const [name, make] of [
   });
 }
 
-test.serial("a whole backward pass through the PyTorch U-Net gives PyTorch's loss and input gradient", async (t) => {
-  const { backprop } = await import("../lib/train/backprop.js");
-  const { setBackend, backendInfo } = await import("../lib/index.js");
-  setBackend(backendInfo().available.native ? "native" : "ts"); // the forward; the backward is TypeScript
-  const x = await load("plainunet", "x");
-  const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
-  const r = await backprop(sharedFixture("onnx-plainunet", "plainunet.onnx"), x, target);
-  const k = cases.plainunet_input_grad!;
-  t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5, `loss ${r.loss} vs ${k.loss}`);
-  const want = await load("plainunet", "dx");
-  t.true(relDiff(r.dx.data, want.data) <= TOL, `dx: ${relDiff(r.dx.data, want.data)}`);
-  t.true(r.paramGrads.size > 10);
-});
+for (const { name: backend } of backendsUnderTest()) {
+  test.serial(`${backend}: a whole backward pass through the PyTorch U-Net gives PyTorch's loss and input gradient`, async (t) => {
+    const { backprop } = await import("../lib/train/backprop.js");
+    // native: fused LeakyReLU gate and instance-norm backward in the addon; ts: both in TypeScript
+    setBackend(backend);
+    const x = await load("plainunet", "x");
+    const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
+    const r = await backprop(sharedFixture("onnx-plainunet", "plainunet.onnx"), x, target);
+    const k = cases.plainunet_input_grad!;
+    t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5, `loss ${r.loss} vs ${k.loss}`);
+    const want = await load("plainunet", "dx");
+    t.true(relDiff(r.dx.data, want.data) <= TOL, `dx: ${relDiff(r.dx.data, want.data)}`);
+    t.true(r.paramGrads.size > 10);
+  });
+}

@@ -348,31 +348,6 @@ export const tsTensor: TensorBackend = {
     }
   },
 
-  async instanceNormBackward(x, gate, dy, N, C, S, gamma, eps, alpha, dx, dgamma, dbeta) {
-    const y = new Yielder();
-    dgamma.fill(0);
-    dbeta.fill(0);
-    for (let nc = 0; nc < N * C; nc++) {
-      const o = nc * S, e = o + S, c = nc % C;
-      let s = 0;
-      for (let i = o; i < e; i++) s += x[i]!;
-      const mean = s / S;
-      let v = 0, g1 = 0, gx = 0;
-      for (let i = o; i < e; i++) {
-        const xc = x[i]! - mean, g = gate && !(gate[i]! > 0) ? dy[i]! * alpha : dy[i]!;
-        v += xc * xc;
-        g1 += g;
-        gx += g * xc;
-      }
-      const inv = 1 / Math.sqrt(v / S + eps);
-      dbeta[c]! += g1;
-      dgamma[c]! += gx * inv;
-      const k = (gamma ? gamma[c]! : 1) * inv, a = g1 / S, b = (gx * inv * inv) / S;
-      for (let i = o; i < e; i++) dx[i] = k * ((gate && !(gate[i]! > 0) ? dy[i]! * alpha : dy[i]!) - a - (x[i]! - mean) * b);
-      await y.maybe();
-    }
-  },
-
   async convWeightGrad(A, as, B, bs, k, s, p, d, out) {
     const [Ca, Ad, Ah, Aw] = as, [Cb, Bd, Bh, Bw] = bs;
     const va = Ad * Ah * Aw, vb = Bd * Bh * Bw, ksp = k[0] * k[1] * k[2];

@@ -56,5 +56,4 @@ export class TsBackend implements Backend {
   argmax = tsTensor.argmax;
   concat = tsTensor.concat;
   convWeightGrad = tsTensor.convWeightGrad;
-  instanceNormBackward = tsTensor.instanceNormBackward;
 }

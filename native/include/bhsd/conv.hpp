@@ -340,8 +340,8 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
 // over the voxels o of A's grid (Ad × Ah × Aw), B's grid being Bd × Bh × Bw. For conv3d, A = dy and
 // B = x (out = dw [Co, C, k…]); for a transposed convolution, A = x and B = dy (out = dw [C, Co, k…]).
 //
-// Straightforward form, one dot product per weight (memory-bound): the reference the blocked
-// version is tested against, and the path for processors without AVX2.
+// One dot product per weight (memory-bound): the form the blocked version is tested against, and
+// the path for processors without AVX2.
 inline void correlate_weight_grad_reference(const float* A, std::int64_t Ca, std::int64_t Ad, std::int64_t Ah, std::int64_t Aw,
                                             const float* B, std::int64_t Cb, std::int64_t Bd, std::int64_t Bh, std::int64_t Bw,
                                             std::int64_t kd, std::int64_t kh, std::int64_t kw, const std::int64_t* s,
@@ -357,6 +357,10 @@ inline void correlate_weight_grad_reference(const float* A, std::int64_t Ca, std
         for (std::int64_t b = 0; b < kh; ++b)
           for (std::int64_t c = 0; c < kw; ++c) {
             double acc = 0;
+            // the range of ow whose B column is inside: 0 ≤ ow·s − p + c·d < Bw
+            const std::int64_t off = c * d[2] - p[2];
+            std::int64_t w0 = off >= 0 ? 0 : (-off + s[2] - 1) / s[2];
+            std::int64_t w1 = Bw - 1 - off < 0 ? 0 : std::min(Aw, (Bw - 1 - off) / s[2] + 1);
             for (std::int64_t z = 0; z < Ad; ++z) {
               const std::int64_t zb = z * s[0] - p[0] + a * d[0];
               if (zb < 0 || zb >= Bd) continue;
@@ -364,13 +368,14 @@ inline void correlate_weight_grad_reference(const float* A, std::int64_t Ca, std
                 const std::int64_t yb = y * s[1] - p[1] + b * d[1];
                 if (yb < 0 || yb >= Bh) continue;
                 const float* ra = pa + (z * Ah + y) * Aw;
-                const float* rb = pb + (zb * Bh + yb) * Bw;
-                float part = 0;
-                for (std::int64_t w = 0; w < Aw; ++w) {
-                  const std::int64_t xb = w * s[2] - p[2] + c * d[2];
-                  if (xb >= 0 && xb < Bw) part += ra[w] * rb[xb];
-                }
-                acc += part;
+                const float* rb = pb + (zb * Bh + yb) * Bw + off;
+                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                std::int64_t w = w0;
+                if (s[2] == 1)
+                  for (; w + 8 <= w1; w += 8)
+                    for (int j = 0; j < 8; ++j) part[j] += ra[w + j] * rb[w + j];
+                for (; w < w1; ++w) part[0] += ra[w] * rb[w * s[2]];
+                for (int j = 0; j < 8; ++j) acc += part[j];
               }
             }
             o[(a * kh + b) * kw + c] += float(acc);
