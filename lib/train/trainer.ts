@@ -5,6 +5,7 @@
  * Adam or SGD with Nesterov momentum, validation Dice through segment() and evaluate(); the result
  * is the same ONNX file with trained weights, plus its config sidecar.
  */
+import { invalidParameterError } from "../is.js";
 import { evaluate } from "../metrics/evaluate.js";
 import { BHSD_WINDOW, type ModelConfig } from "../model/config.js";
 import { parseModel, type Graph } from "../model/graph.js";
@@ -109,6 +110,7 @@ export async function validationDice(onnx: Uint8Array, config: Partial<ModelConf
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
+  if (o.schedule !== undefined && o.schedule !== "poly" && o.schedule !== "constant") throw invalidParameterError("options.schedule", '"poly" or "constant"', o.schedule);
   const spec = o.spec ?? DEMO_UNET;
   const patch = o.patch ?? [16, 64, 64];
   const batch = o.batch ?? 2, steps = o.steps ?? 200;
