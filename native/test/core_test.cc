@@ -232,6 +232,65 @@ static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
   }
 }
 
+// The indirect convolution (padded slabs, offsets instead of packed panels) against a plain loop,
+// with one slab for all planes and with slabs of one output plane (halos re-padded per slab).
+static void test_conv_indirect(bhsd::ThreadPool& pool) {
+#ifdef BHSD_X86
+  if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
+  struct Case { std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3]; };
+  const Case cases[] = {
+      {3, 5, 9, 21, 7, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 6, 8, 17, 6, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}},
+      {4, 7, 10, 33, 13, {3, 1, 3}, {2, 2, 1}, {1, 0, 1}, {1, 1, 1}},
+      {1, 4, 6, 16, 8, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1}},
+      {5, 3, 4, 5, 2, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+  };
+  std::uint32_t st = 777;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  for (const Case& c : cases) {
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.k[0], c.k[1], c.k[2], c.s[0], c.s[1], c.s[2], c.d[0], c.d[1], c.d[2],
+                     c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
+    g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
+    g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd();
+    for (auto& v : bias) v = rnd();
+    const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
+    std::vector<float> ref(no);
+    for (std::int64_t co = 0; co < c.Co; ++co)
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            double acc = bias[std::size_t(co)];
+            for (std::int64_t ci = 0; ci < c.C; ++ci)
+              for (std::int64_t a = 0; a < c.k[0]; ++a)
+                for (std::int64_t b = 0; b < c.k[1]; ++b)
+                  for (std::int64_t e = 0; e < c.k[2]; ++e) {
+                    const std::int64_t id = od * c.s[0] - c.p[0] + a * c.d[0], ih = oh * c.s[1] - c.p[1] + b * c.d[1],
+                                       iw = ow * c.s[2] - c.p[2] + e * c.d[2];
+                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
+                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
+                           w[std::size_t(((co * c.C + ci) * c.k[0] + a) * c.k[1] * c.k[2] + b * c.k[2] + e)];
+                  }
+            const float v = float(acc);
+            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = v > 0 ? v : 0.1f * v;
+          }
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
+    for (std::int64_t slab : {std::int64_t(16) << 20, std::int64_t(4)}) {
+      std::vector<float> got(no, 9.0f);
+      CHECK(bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f, pool, slab));
+      double worst = 0;
+      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, double(std::fabs(ref[i] - got[i])));
+      CHECK(worst < 1e-4);
+    }
+  }
+#else
+  (void)pool;
+#endif
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -244,6 +303,7 @@ int main() {
     test_component_stats(pool);
     test_edt_against_brute_force(pool);
     test_weight_grad_blocked(pool);
+    test_conv_indirect(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

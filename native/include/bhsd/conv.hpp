@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "cpu_features.hpp"
@@ -75,12 +77,25 @@ inline void kernel_generic(const float* a, const float* b, std::int64_t K, float
 }
 
 #ifdef BHSD_X86
+// Where the micro-kernel finds the 16 input samples of weight k: a packed panel (k·16 on), or the
+// input itself, zero-padded, at base + delta[k] (an indirect GEMM: nothing packed).
+struct PackedB {
+  const float* b;
+  const float* at(std::int64_t k) const { return b + k * NR; }
+};
+struct IndirectB {
+  const float* base;
+  const std::int32_t* delta;
+  const float* at(std::int64_t k) const { return base + delta[k]; }
+};
+
 // The AVX2 micro-kernel: a 6×16 tile in twelve registers, rows `ldo` apart (the output itself, or
 // a staging tile with ldo = 16). first: start from the bias, else from what the tile holds;
 // last: apply the activation before storing.
-__attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* a, const float* b, std::int64_t K,
-                                                                   float* o, std::int64_t ldo, const float* bias,
-                                                                   bool first, bool last, Act act, float alpha) {
+template <class B>
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a, B bsrc, std::int64_t K,
+                                                                 float* o, std::int64_t ldo, const float* bias,
+                                                                 bool first, bool last, Act act, float alpha) {
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
   if (first) {
     c00 = c01 = _mm256_set1_ps(bias ? bias[0] : 0.0f);
@@ -98,7 +113,8 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* 
     c50 = _mm256_loadu_ps(o + 5 * ldo), c51 = _mm256_loadu_ps(o + 5 * ldo + 8);
   }
   for (std::int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    const float* b = bsrc.at(k);
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
     __m256 w = _mm256_broadcast_ss(a + 0);
     c00 = _mm256_fmadd_ps(w, b0, c00), c01 = _mm256_fmadd_ps(w, b1, c01);
     w = _mm256_broadcast_ss(a + 1);
@@ -112,7 +128,6 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* 
     w = _mm256_broadcast_ss(a + 5);
     c50 = _mm256_fmadd_ps(w, b0, c50), c51 = _mm256_fmadd_ps(w, b1, c51);
     a += MR;
-    b += NR;
   }
   if (last && act != Act::none) {
     const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
@@ -130,9 +145,15 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* 
   _mm256_storeu_ps(o + 5 * ldo, c50), _mm256_storeu_ps(o + 5 * ldo + 8, c51);
 }
 
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* a, const float* b, std::int64_t K,
+                                                                   float* o, std::int64_t ldo, const float* bias,
+                                                                   bool first, bool last, Act act, float alpha) {
+  kernel_avx2_tile(a, PackedB{b}, K, o, ldo, bias, first, last, act, alpha);
+}
+
 // c[r·NR + j] += Σ_k a[k·MR + r] · b[k·NR + j], on a staging tile.
 __attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, const float* b, std::int64_t K, float* c) {
-  kernel_avx2_direct(a, b, K, c, NR, nullptr, false, false, Act::none, 0.0f);
+  kernel_avx2_tile(a, PackedB{b}, K, c, NR, nullptr, false, false, Act::none, 0.0f);
 }
 #endif
 
@@ -164,6 +185,117 @@ struct Scratch {
 
 }  // namespace conv_detail
 
+#ifdef BHSD_X86
+// Stride 1 along W, few output channels (a U-Net's first stages, where a packed panel serves only
+// a few channel blocks and packing cost as much as the FMAs): the input is copied zero-padded, a
+// slab of planes at a time (≤ 16 MB, so that a 256 × 256 volume costs no second copy of itself),
+// and the micro-kernel reads each weight's 16 samples straight from it at a precomputed offset —
+// an indirect GEMM. With many output channels the packed panel is reused enough to win, and
+// reads spread over many channels' planes stress the TLB: those keep the packed path. Returns
+// false (nothing done) where this path does not apply.
+inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const float* wp, const float* bias,
+                                    float* out, Act act, float alpha, ThreadPool& pool,
+                                    std::int64_t slab_bytes = std::int64_t(16) << 20) {
+  using namespace conv_detail;
+  const std::int64_t coblocks = (g.Co + MR - 1) / MR;
+  if (g.sw != 1 || coblocks > 8) return false;
+  const std::int64_t segs_per_row = (g.Wo + NR - 1) / NR;
+  const std::int64_t Hp = (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+  const std::int64_t Wp = segs_per_row * NR + (g.kw - 1) * g.dw;
+  const std::int64_t planeP = Hp * Wp;
+  // output planes per slab: as many as fit the budget with their kernel's extra input planes
+  const std::int64_t budget = slab_bytes / 4, halo = (g.kd - 1) * g.dd;
+  const std::int64_t fit = budget / std::max<std::int64_t>(1, g.C * planeP);
+  const std::int64_t odn = std::clamp<std::int64_t>((fit - halo - 1) / g.sd + 1, 1, g.Do);
+  const std::int64_t slabP = (odn - 1) * g.sd + halo + 1, volS = slabP * planeP;
+  if (g.C * volS + NR >= (std::int64_t(1) << 31)) return false;
+  std::unique_ptr<float[]> padded(new (std::nothrow) float[std::size_t(g.C * volS + NR)]);
+  if (!padded) return false;
+  float* P = padded.get();
+  std::memset(P + g.C * volS, 0, NR * sizeof(float));
+  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
+  const std::int64_t w0 = std::max<std::int64_t>(0, g.pw), w1 = std::min(Wp, g.pw + g.W);
+  const std::int64_t K = g.K(), ksp = g.kd * g.kh * g.kw;
+  std::vector<std::int32_t> delta(static_cast<std::size_t>(K));
+  for (std::int64_t ci = 0, k = 0; ci < g.C; ++ci)
+    for (std::int64_t a = 0; a < g.kd; ++a)
+      for (std::int64_t b = 0; b < g.kh; ++b)
+        for (std::int64_t c = 0; c < g.kw; ++c, ++k)
+          delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + c * g.dw);
+  const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
+  const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
+  static const std::int64_t krows = [] {
+    const char* e = std::getenv("BHSD_CONV_KROWS");
+    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
+  }();
+  const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
+  const std::int64_t kblocks = (g.C + cb - 1) / cb;
+  for (std::int64_t od0 = 0; od0 < g.Do; od0 += odn) {
+    const std::int64_t od1 = std::min(g.Do, od0 + odn);
+    const std::int64_t planes = (od1 - 1 - od0) * g.sd + halo + 1, zd0 = od0 * g.sd;
+    // the slab's padded planes, a (channel, plane) per task; every element written
+    pool.parallel_for(std::size_t(g.C * planes), [&](std::size_t t0, std::size_t t1) {
+      for (std::size_t t = t0; t < t1; ++t) {
+        const std::int64_t ci = std::int64_t(t) / planes, q = std::int64_t(t) % planes, id = zd0 + q - g.pd;
+        float* dst = P + ci * volS + q * planeP;
+        for (std::int64_t zh = 0; zh < Hp; ++zh, dst += Wp) {
+          const std::int64_t ih = zh - g.ph;
+          if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || w1 <= w0) {
+            std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
+            continue;
+          }
+          std::memset(dst, 0, std::size_t(w0) * sizeof(float));
+          std::memcpy(dst + w0, in + ci * vol_in + id * plane_in + ih * g.W + (w0 - g.pw), std::size_t(w1 - w0) * sizeof(float));
+          std::memset(dst + w1, 0, std::size_t(Wp - w1) * sizeof(float));
+        }
+      }
+    }, 1, 2);
+    const std::int64_t rows = (od1 - od0) * g.Ho;
+    const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+    pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
+      alignas(64) float tile[MR * NR];
+      for (std::size_t t = t0; t < t1; ++t) {
+        const std::int64_t r0 = std::int64_t(t) * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
+        for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+          const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
+          const std::int64_t kbn = (c1 - c0) * ksp;
+          const std::int32_t* dk = delta.data() + c0 * ksp;
+          const bool first = kb == 0, last = kb == kblocks - 1;
+          for (std::int64_t cob = 0; cob < coblocks; ++cob) {
+            const float* a = wp + (cob * K + c0 * ksp) * MR;
+            const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
+            const float* bb = bias ? bias + cob * MR : nullptr;
+            for (std::int64_t r = r0; r < r1; ++r) {
+              const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
+              const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
+              float* orow = out + (cob * MR) * vol_out + (od0 + odl) * plane_out + oh * g.Wo;
+              for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
+                const IndirectB src{base_row + ow0, dk};
+                const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
+                float* o = orow + ow0;
+                if (rows_valid == MR && n == NR) {
+                  kernel_avx2_tile(a, src, kbn, o, vol_out, bb, first, last, act, alpha);
+                  continue;
+                }
+                // a partial tile: through a staging tile
+                std::memset(tile, 0, sizeof tile);
+                if (!first)
+                  for (std::int64_t q = 0; q < rows_valid; ++q) std::memcpy(tile + q * NR, o + q * vol_out, std::size_t(n) * sizeof(float));
+                float bias6[MR] = {0, 0, 0, 0, 0, 0};
+                if (bb) for (std::int64_t q = 0; q < rows_valid; ++q) bias6[q] = bb[q];
+                kernel_avx2_tile(a, src, kbn, tile, NR, bias6, first, last, act, alpha);
+                for (std::int64_t q = 0; q < rows_valid; ++q) std::memcpy(o + q * vol_out, tile + q * NR, std::size_t(n) * sizeof(float));
+              }
+            }
+          }
+        }
+      }
+    }, 1, 8);
+  }
+  return true;
+}
+#endif
+
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
 inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias,
                            float* out, Act act, float alpha, ThreadPool& pool) {
@@ -173,6 +305,10 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   static const bool direct = kernel == kernel_avx2 && !std::getenv("BHSD_CONV_STAGED");
 #else
   const bool direct = false;
+#endif
+#ifdef BHSD_X86
+  static const bool indirect = direct && !std::getenv("BHSD_CONV_PACKED");
+  if (indirect && conv3d_forward_indirect(g, in, wp, bias, out, act, alpha, pool)) return;
 #endif
   const std::int64_t K = g.K(), ksp = g.kd * g.kh * g.kw;
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
