@@ -4,7 +4,7 @@ import { readNpy } from "../lib/index.js";
 import type { Tensor } from "../lib/types.js";
 import { Adam, SgdNesterov, conv3dBackward, convTranspose3dBackward, dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "../lib/train/grad.js";
 import { backendsUnderTest, sharedFixture } from "./helpers.js";
-import { conv3dBackwardFast, convTranspose3dBackwardFast } from "../lib/train/fastgrad.js";
+import { conv3dBackwardFast, convTranspose3dBackwardFast, dcAndCeLossFast } from "../lib/train/fastgrad.js";
 import { setBackend } from "../lib/index.js";
 import { activeBackend } from "../lib/backends/index.js";
 import { scaleDiff as relDiff } from "./ort.js";
@@ -86,16 +86,32 @@ for (const { name: backend } of backendsUnderTest()) {
   });
 }
 
-test("nnU-Net's loss and its gradient equal PyTorch's", async (t) => {
-  const logits = await load("loss", "logits");
-  const target = (await readNpy(sharedFixture("grad", "loss_target.npy"))).data;
-  const r = dcAndCeLoss(logits, target);
-  const k = cases.loss!;
-  t.true(Math.abs(r.ce - (k.ce as number)) < 1e-5, `ce ${r.ce} vs ${k.ce}`);
-  t.true(Math.abs(r.diceLoss - (k.dice_loss as number)) < 1e-5, `dice ${r.diceLoss} vs ${k.dice_loss}`);
-  t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5);
-  const want = await load("loss", "dlogits");
-  t.true(relDiff(r.dlogits.data, want.data) <= TOL, `dlogits: ${relDiff(r.dlogits.data, want.data)}`);
+for (const [name, loss] of [["reference", dcAndCeLoss], ["fused (training's)", dcAndCeLossFast]] as const)
+  test(`nnU-Net's loss and its gradient equal PyTorch's: ${name}`, async (t) => {
+    const logits = await load("loss", "logits");
+    const target = (await readNpy(sharedFixture("grad", "loss_target.npy"))).data;
+    const r = loss(logits, target);
+    const k = cases.loss!;
+    t.true(Math.abs(r.ce - (k.ce as number)) < 1e-5, `ce ${r.ce} vs ${k.ce}`);
+    t.true(Math.abs(r.diceLoss - (k.dice_loss as number)) < 1e-5, `dice ${r.diceLoss} vs ${k.dice_loss}`);
+    t.true(Math.abs(r.loss - (k.loss as number)) < 1e-5);
+    const want = await load("loss", "dlogits");
+    t.true(relDiff(r.dlogits.data, want.data) <= TOL, `dlogits: ${relDiff(r.dlogits.data, want.data)}`);
+  });
+
+test("the fused loss equals the reference with batch Dice, absent classes and confident logits", (t) => {
+  let seed = 11;
+  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const [N, C, S] = [3, 6, 700];
+  const z = { data: Float32Array.from({ length: N * C * S }, () => r() * 30 - 15), shape: [N, C, 7, 10, 10] };
+  // sample 0 background only, sample 1 without class 5, sample 2 all classes
+  const tgt = Uint8Array.from({ length: N * S }, (_, i) => (i < S ? 0 : i < 2 * S ? Math.floor(r() * 5) : Math.floor(r() * C)));
+  for (const bd of [false, true]) {
+    const a = dcAndCeLoss(z, tgt, 1e-5, bd), b = dcAndCeLossFast(z, tgt, 1e-5, bd);
+    t.true(Math.abs(a.ce - b.ce) < 1e-6 * Math.max(1, a.ce) && Math.abs(a.diceLoss - b.diceLoss) < 1e-6, `batchDice ${bd}: ${a.ce}/${b.ce}, ${a.diceLoss}/${b.diceLoss}`);
+    t.deepEqual(b.dlogits.shape, z.shape);
+    t.true(relDiff(b.dlogits.data, a.dlogits.data) < 1e-5, `batchDice ${bd}: dlogits ${relDiff(b.dlogits.data, a.dlogits.data)}`);
+  }
 });
 
 test("batch Dice: one sample gives the per-sample loss; with several, the gradient matches finite differences", (t) => {

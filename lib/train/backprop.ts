@@ -9,8 +9,8 @@ import { fuseActivations, parseModel, type Graph, type GraphNode } from "../mode
 import { runNode } from "../model/model.js";
 import { allocArray } from "../volume.js";
 import type { Tensor } from "../types.js";
-import { dcAndCeLoss, instanceNormBackward, leakyReluBackward } from "./grad.js";
-import { conv3dBackwardFast, convTranspose3dBackwardFast } from "./fastgrad.js";
+import { instanceNormBackward, leakyReluBackward } from "./grad.js";
+import { conv3dBackwardFast, convTranspose3dBackwardFast, dcAndCeLossFast } from "./fastgrad.js";
 
 const T3 = (a: unknown, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
 
@@ -95,7 +95,7 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   // the forward is the executor's own node runner, without fusion or pooling: every intermediate is kept
   await forwardInto(graph, env);
   const logits = get(graph.outputs[0]!);
-  const loss = typeof target === "function" ? target(logits) : dcAndCeLoss(logits, target, 1e-5, opts.batchDice ?? false);
+  const loss = typeof target === "function" ? target(logits) : dcAndCeLossFast(logits, target, 1e-5, opts.batchDice ?? false);
   const grads = new Map<string, Float32Array>([[graph.outputs[0]!, Float32Array.from(loss.dlogits.data)]]);
   const paramGrads = new Map<string, Tensor>();
   const asT = (name: string, g: Float32Array): Tensor => ({ data: g, shape: get(name).shape });
