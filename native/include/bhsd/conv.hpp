@@ -440,6 +440,62 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
     conv3d_forward(g, in, wp.data(), bias, out, Act::none, 0, pool);
     return;
   }
+  // Strided, undilated (a decoder's upsampling, the gradient of a strided convolution): split the
+  // output by phase — (od, oh, ow) modulo the strides. The taps that reach one phase form a small
+  // dense kernel over the input (those a with (r + p − a) divisible by s, input index
+  // j + (r + p − a)/s for the phase's j-th voxel), so each phase is one direct convolution, written
+  // densely and then spread into its strided places. Every output voxel belongs to one phase.
+  if (dd == 1 && dh == 1 && dw == 1) {
+    struct Taps { std::vector<std::int64_t> a; std::int64_t e0; };  // taps by input offset e0, e0 + 1, …
+    auto taps_of = [](std::int64_t r, std::int64_t p, std::int64_t k, std::int64_t s) {
+      Taps t{{}, 0};
+      for (std::int64_t a = k - 1; a >= 0; --a)  // e = (r + p − a)/s rises as a falls
+        if (((r + p - a) % s + s) % s == 0) {
+          if (t.a.empty()) t.e0 = (r + p - a) / s;
+          t.a.push_back(a);
+        }
+      return t;
+    };
+    const std::int64_t Dj0 = (Do + sd - 1) / sd, Hj0 = (Ho + sh - 1) / sh, Wj0 = (Wo + sw - 1) / sw;
+    std::vector<float> tmp(static_cast<std::size_t>(Co * Dj0 * Hj0 * Wj0)), wsub;
+    for (std::int64_t rd = 0; rd < std::min(sd, Do); ++rd)
+      for (std::int64_t rh = 0; rh < std::min(sh, Ho); ++rh)
+        for (std::int64_t rw = 0; rw < std::min(sw, Wo); ++rw) {
+          const Taps td = taps_of(rd, pd, kd, sd), th = taps_of(rh, ph, kh, sh), tw = taps_of(rw, pw, kw, sw);
+          const std::int64_t Dj = (Do - rd + sd - 1) / sd, Hj = (Ho - rh + sh - 1) / sh, Wj = (Wo - rw + sw - 1) / sw;
+          const std::int64_t nd = std::int64_t(td.a.size()), nh = std::int64_t(th.a.size()), nw = std::int64_t(tw.a.size());
+          const std::int64_t plane_j = Hj * Wj, vol_j = Dj * plane_j;
+          if (nd == 0 || nh == 0 || nw == 0) {  // no tap reaches this phase: the bias alone
+            for (std::int64_t o = 0; o < Co; ++o) std::fill(tmp.data() + o * vol_j, tmp.data() + (o + 1) * vol_j, bias ? bias[o] : 0.0f);
+          } else {
+            const std::int64_t kn = nd * nh * nw;
+            wsub.assign(static_cast<std::size_t>(Co * C * kn), 0.0f);
+            for (std::int64_t o = 0; o < Co; ++o)
+              for (std::int64_t i = 0; i < C; ++i)
+                for (std::int64_t x = 0; x < nd; ++x)
+                  for (std::int64_t y = 0; y < nh; ++y)
+                    for (std::int64_t z = 0; z < nw; ++z)
+                      wsub[std::size_t(((o * C + i) * nd + x) * nh * nw + y * nw + z)] =
+                          w[(i * Co + o) * ksp + (td.a[std::size_t(x)] * kh + th.a[std::size_t(y)]) * kw + tw.a[std::size_t(z)]];
+            const std::vector<float> wp = pack_conv_weights(wsub.data(), Co, C * kn);
+            const ConvGeom g{C, D, H, W, Co, nd, nh, nw, 1, 1, 1, 1, 1, 1, -td.e0, -th.e0, -tw.e0, Dj, Hj, Wj};
+            conv3d_forward(g, in, wp.data(), bias, tmp.data(), Act::none, 0, pool);
+          }
+          pool.parallel_for(std::size_t(Co * Dj), [&](std::size_t lo, std::size_t hi) {
+            for (std::size_t q = lo; q < hi; ++q) {
+              const std::int64_t o = std::int64_t(q) / Dj, j = std::int64_t(q) % Dj;
+              const float* src = tmp.data() + o * vol_j + j * plane_j;
+              float* dst = out + o * vol_out + (rd + j * sd) * Ho * Wo;
+              for (std::int64_t y = 0; y < Hj; ++y) {
+                float* drow = dst + (rh + y * sh) * Wo + rw;
+                const float* srow = src + y * Wj;
+                for (std::int64_t z = 0; z < Wj; ++z) drow[z * sw] = srow[z];
+              }
+            }
+          });
+        }
+    return;
+  }
   for (std::int64_t co = 0; co < Co; ++co) std::fill(out + co * vol_out, out + (co + 1) * vol_out, bias ? bias[co] : 0.0f);
   ConvGeom g{C, D, H, W, Co, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
   std::vector<float> wk(static_cast<std::size_t>(Co * C)), tmp(static_cast<std::size_t>(Co * vol_in));
