@@ -11,6 +11,7 @@
 #include "bhsd/ccl.hpp"
 #include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/tensor_ops.hpp"
 #include "bhsd/metrics.hpp"
 #include "bhsd/thread_pool.hpp"
 #include "bhsd/voxel_ops.hpp"
@@ -291,6 +292,50 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
 #endif
 }
 
+// Instance norm forward and backward against double-precision loops: several 1024-voxel blocks
+// (a ragged last one), a mean far from zero, the LeakyReLU gate.
+static void test_instance_norm(bhsd::ThreadPool& pool) {
+  const std::int64_t N = 2, C = 3, S = 5000;
+  std::uint32_t st = 4242;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return double(st >> 8) / double(1 << 24) - 0.5; };
+  std::vector<float> x(std::size_t(N * C * S)), dy(x.size()), y(x.size()), dx(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(100.0 * double(i / S + 1) + 2.0 * rnd() + 0.3 * std::sin(double(i) * 0.01)), dy[i] = float(rnd());
+  const float gamma[3] = {0.5f, 1.5f, -2.0f}, beta[3] = {0.1f, -0.2f, 0.3f};
+  const double eps = 1e-5;
+  const float alpha = 0.01f;
+  bhsd::instance_norm(x.data(), y.data(), N, C, S, gamma, beta, eps, bhsd::Act::leaky, alpha, pool);
+  float dgamma[3], dbeta[3];
+  bhsd::instance_norm_backward(x.data(), y.data(), dy.data(), N, C, S, gamma, eps, alpha, dx.data(), dgamma, dbeta, pool);
+  double wy = 0, wdx = 0, wdg = 0, wdb = 0, dg_ref[3] = {0, 0, 0}, db_ref[3] = {0, 0, 0};
+  for (std::int64_t nc = 0; nc < N * C; ++nc) {
+    const float* p = x.data() + nc * S;
+    const std::int64_t c = nc % C;
+    double m = 0, v = 0;
+    for (std::int64_t i = 0; i < S; ++i) m += p[i];
+    m /= double(S);
+    for (std::int64_t i = 0; i < S; ++i) v += (p[i] - m) * (p[i] - m);
+    const double inv = 1.0 / std::sqrt(v / double(S) + eps);
+    double sg = 0, sgx = 0;
+    std::vector<double> g(static_cast<std::size_t>(S)), xh(static_cast<std::size_t>(S));
+    for (std::int64_t i = 0; i < S; ++i) {
+      xh[std::size_t(i)] = (p[i] - m) * inv;
+      const double pre = xh[std::size_t(i)] * gamma[c] + beta[c], out = pre > 0 ? pre : pre * alpha;
+      wy = std::max(wy, std::fabs(out - double(y[std::size_t(nc * S + i)])));
+      g[std::size_t(i)] = pre > 0 ? dy[std::size_t(nc * S + i)] : dy[std::size_t(nc * S + i)] * alpha;
+      sg += g[std::size_t(i)], sgx += g[std::size_t(i)] * xh[std::size_t(i)];
+    }
+    dg_ref[c] += sgx, db_ref[c] += sg;
+    for (std::int64_t i = 0; i < S; ++i) {
+      const double ref = gamma[c] * inv * (g[std::size_t(i)] - sg / double(S) - xh[std::size_t(i)] * sgx / double(S));
+      wdx = std::max(wdx, std::fabs(ref - double(dx[std::size_t(nc * S + i)])) / (std::fabs(gamma[c]) * inv));
+    }
+  }
+  for (int c = 0; c < 3; ++c) wdg = std::max(wdg, std::fabs(dg_ref[c] - dgamma[c])), wdb = std::max(wdb, std::fabs(db_ref[c] - dbeta[c]));
+  CHECK(wy < 1e-4);
+  CHECK(wdx < 1e-4);
+  CHECK(wdg < 1e-3 && wdb < 1e-3);
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -304,6 +349,7 @@ int main() {
     test_edt_against_brute_force(pool);
     test_weight_grad_blocked(pool);
     test_conv_indirect(pool);
+    test_instance_norm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -17,47 +18,67 @@
 namespace bhsd {
 
 namespace norm_detail {
-// Σ x and Σ (x − m)² over n floats: eight float lanes per block of 1024 (the compiler vectorises
-// them), blocks added in double, so that the sums stay accurate for millions of voxels.
-BHSD_MULTIVERSION inline void sums(const float* p, std::int64_t n, double m, double* s1, double* s2) {
-  double t1 = 0, t2 = 0;
-  const float mf = float(m);
+// Mean and Σ (x − mean)² over n floats in one pass from memory: each block of 1024 (in L1) gets
+// its own mean, then its Σ (x − block mean)² in eight float lanes; blocks are merged in double
+// (Chan et al.'s pairwise update), so the variance stays accurate for millions of voxels and for
+// a mean far from zero.
+BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double* mean_out, double* m2_out) {
+  double mean = 0, m2 = 0;
+  std::int64_t count = 0;
   for (std::int64_t b = 0; b < n; b += 1024) {
-    const std::int64_t e = std::min(n, b + 1024);
+    const std::int64_t e = std::min(n, b + 1024), nb = e - b;
     float a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::int64_t i = b;
     for (; i + 8 <= e; i += 8)
+      for (int j = 0; j < 8; ++j) a1[j] += p[i + j];
+    for (; i < e; ++i) a1[0] += p[i];
+    double bs = 0;
+    for (int j = 0; j < 8; ++j) bs += a1[j], a1[j] = 0;
+    const double bm = bs / double(nb);
+    const float bmf = float(bm);
+    for (i = b; i + 8 <= e; i += 8)
       for (int j = 0; j < 8; ++j) {
-        const float d = p[i + j] - mf;
+        const float d = p[i + j] - bmf;
         a1[j] += d;
         a2[j] += d * d;
       }
     for (; i < e; ++i) {
-      const float d = p[i] - mf;
+      const float d = p[i] - bmf;
       a1[0] += d;
       a2[0] += d * d;
     }
-    for (int j = 0; j < 8; ++j) t1 += a1[j], t2 += a2[j];
+    double d1 = 0, d2 = 0;
+    for (int j = 0; j < 8; ++j) d1 += a1[j], d2 += a2[j];
+    // the block about its exact mean (bm rounded to float leaves a small d1)
+    const double bmean = double(bmf) + d1 / double(nb), bm2 = std::max(0.0, d2 - d1 * d1 / double(nb));
+    const double tot = double(count + nb), delta = bmean - mean;
+    mean += delta * double(nb) / tot;
+    m2 += bm2 + delta * delta * double(count) * double(nb) / tot;
+    count += nb;
   }
-  *s1 = t1, *s2 = t2;
+  *mean_out = mean, *m2_out = m2;
 }
 
-BHSD_MULTIVERSION inline void affine_act(const float* p, float* q, std::int64_t n, float a, float b, Act act, float alpha) {
+// q = act((p − m)·a + b): centred first, so that a mean far from zero costs no precision (the form
+// p·a + (b − m·a) loses it to cancellation when |m| ≫ σ).
+BHSD_MULTIVERSION inline void affine_act(const float* __restrict p, float* __restrict q, std::int64_t n, float m, float a, float b,
+                                         Act act, float alpha) {
   if (act == Act::none)
-    for (std::int64_t i = 0; i < n; ++i) q[i] = p[i] * a + b;
+    for (std::int64_t i = 0; i < n; ++i) q[i] = (p[i] - m) * a + b;
   else {
+    // max/min rather than a select: the compiler vectorises it, and a branch on the sign of
+    // real activations is a coin toss (measured 4× slower than this on random data)
     const float neg = act == Act::relu ? 0.0f : alpha;
     for (std::int64_t i = 0; i < n; ++i) {
-      const float v = p[i] * a + b;
-      q[i] = v > 0 ? v : v * neg;
+      const float v = (p[i] - m) * a + b;
+      q[i] = std::max(v, 0.0f) + neg * std::min(v, 0.0f);
     }
   }
 }
 }  // namespace norm_detail
 
 // y = (x − mean) / sqrt(var + eps) · scale[c] + bias[c], per (n, c) over the `spatial` voxels
-// (biased variance), then the activation. The mean is taken about a first estimate (the first
-// voxel), then corrected, so that large offsets do not cost precision.
+// (biased variance), then the activation: one pass for the statistics (block_stats), one to apply.
 inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                           const float* scale, const float* bias, double eps, Act act, float alpha,
                           ThreadPool& pool) {
@@ -65,17 +86,13 @@ inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t
     for (std::size_t nc = lo; nc < hi; ++nc) {
       const float* p = x + std::int64_t(nc) * spatial;
       float* q = y + std::int64_t(nc) * spatial;
-      double s1, s2;
-      norm_detail::sums(p, spatial, p[0], &s1, &s2);
-      double mean = p[0] + s1 / double(spatial);
-      norm_detail::sums(p, spatial, mean, &s1, &s2);  // about the mean: the variance, accurately
-      const double dm = s1 / double(spatial);
-      const double var = std::max(0.0, s2 / double(spatial) - dm * dm);
-      mean += dm;
+      double mean, m2;
+      norm_detail::block_stats(p, spatial, &mean, &m2);
+      const double var = m2 / double(spatial);
       const double inv = 1.0 / std::sqrt(var + eps);
       const std::int64_t c = std::int64_t(nc) % C;
       const double sc = scale ? scale[c] : 1.0f;
-      norm_detail::affine_act(p, q, spatial, float(inv * sc), float((bias ? bias[c] : 0.0f) - mean * inv * sc), act, alpha);
+      norm_detail::affine_act(p, q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
     }
   }, 1, 8);
 }
@@ -86,48 +103,118 @@ inline float gated(const float* d, const float* gate, std::int64_t i, float alph
   return gate && !(gate[i] > 0) ? d[i] * alpha : d[i];
 }
 
-// Σ (x − m)², Σ g and Σ g·(x − m) (g the gated dy), in eight float lanes per block of 1024 added in double.
+#ifdef BHSD_X86
+// The gated loops in AVX2: the compiler keeps the gate's comparison a branch (scalar code, and a
+// mispredicted branch on every other voxel of real activations: 4× slower than this).
+__attribute__((target("avx2,fma"))) inline __m256 gated8(const float* d, const float* gate, __m256 alpha) {
+  const __m256 y = _mm256_loadu_ps(gate);
+  return _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_blendv_ps(alpha, _mm256_set1_ps(1.0f), _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ)));
+}
+// lanes a0 += xc², a1 += g, a2 += g·xc, a3 += xc over [b, e) (whole groups of 8), xc = x − bm
+__attribute__((target("avx2,fma"))) inline std::int64_t grad_lanes_avx2(const float* p, const float* d, const float* gate, float alpha,
+                                                                        std::int64_t b, std::int64_t e, float bm, float* a0,
+                                                                        float* a1, float* a2, float* a3) {
+  __m256 s0 = _mm256_loadu_ps(a0), s1 = _mm256_loadu_ps(a1), s2 = _mm256_loadu_ps(a2), s3 = _mm256_loadu_ps(a3);
+  const __m256 vm = _mm256_set1_ps(bm), al = _mm256_set1_ps(alpha);
+  std::int64_t i = b;
+  for (; i + 8 <= e; i += 8) {
+    const __m256 xc = _mm256_sub_ps(_mm256_loadu_ps(p + i), vm), g = gated8(d + i, gate + i, al);
+    s3 = _mm256_add_ps(s3, xc);
+    s0 = _mm256_fmadd_ps(xc, xc, s0);
+    s1 = _mm256_add_ps(s1, g);
+    s2 = _mm256_fmadd_ps(g, xc, s2);
+  }
+  _mm256_storeu_ps(a0, s0), _mm256_storeu_ps(a1, s1), _mm256_storeu_ps(a2, s2), _mm256_storeu_ps(a3, s3);
+  return i;
+}
+// q = k·(g − a − (x − m)·b) over whole groups of 8; returns where it stopped
+__attribute__((target("avx2,fma"))) inline std::int64_t grad_apply_avx2(const float* p, const float* d, const float* gate, float alpha,
+                                                                        std::int64_t n, float m, float k, float a, float b, float* q) {
+  const __m256 vm = _mm256_set1_ps(m), vk = _mm256_set1_ps(k), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), al = _mm256_set1_ps(alpha);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 xc = _mm256_sub_ps(_mm256_loadu_ps(p + i), vm), g = gated8(d + i, gate + i, al);
+    _mm256_storeu_ps(q + i, _mm256_mul_ps(vk, _mm256_fnmadd_ps(xc, vb, _mm256_sub_ps(g, va))));
+  }
+  return i;
+}
+inline bool gated_avx2() {
+  static const bool ok = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
+  return ok;
+}
+#endif
+
+// In one pass from memory: the mean and Σ (x − mean)² (as block_stats), Σ g and Σ g·(x − mean)
+// (g the gated dy). Each block of 1024 is centred on its own mean bm; Σ g·(x − mean) is then
+// Σ_blocks [Σ g·(x − bm) + (bm − mean)·Σ g], added in double.
 BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const float* gate, float alpha, std::int64_t n,
-                                        double m, double* sv, double* sg, double* sgx) {
-  double t0 = 0, t1 = 0, t2 = 0;
-  const float mf = float(m);
+                                        double* mean_out, double* m2_out, double* sg_out, double* sgx_out) {
+  double mean = 0, m2 = 0, sg = 0, sgx = 0, sbg = 0;  // sbg: Σ_blocks bm·Σg
+  std::int64_t count = 0;
   for (std::int64_t b = 0; b < n; b += 1024) {
-    const std::int64_t e = std::min(n, b + 1024);
-    float a0[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const std::int64_t e = std::min(n, b + 1024), nb = e - b;
+    float a0[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0},
+          a3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::int64_t i = b;
     for (; i + 8 <= e; i += 8)
-      for (int j = 0; j < 8; ++j) {
-        const float xc = p[i + j] - mf;
-        const float g = gate ? (gate[i + j] > 0 ? d[i + j] : d[i + j] * alpha) : d[i + j];
-        a0[j] += xc * xc;
-        a1[j] += g;
-        a2[j] += g * xc;
-      }
-    for (; i < e; ++i) {
-      const float xc = p[i] - mf, g = gated(d, gate, i, alpha);
+      for (int j = 0; j < 8; ++j) a3[j] += p[i + j];
+    for (; i < e; ++i) a3[0] += p[i];
+    double bs = 0;
+    for (int j = 0; j < 8; ++j) bs += a3[j], a3[j] = 0;
+    const float bmf = float(bs / double(nb));
+    i = b;
+#ifdef BHSD_X86
+    if (gate && gated_avx2()) i = grad_lanes_avx2(p, d, gate, alpha, b, e, bmf, a0, a1, a2, a3);
+#endif
+    if (!gate)
+      for (; i + 8 <= e; i += 8)
+        for (int j = 0; j < 8; ++j) {
+          const float xc = p[i + j] - bmf, g = d[i + j];
+          a3[j] += xc;
+          a0[j] += xc * xc;
+          a1[j] += g;
+          a2[j] += g * xc;
+        }
+    for (; i < e; ++i) {  // the rest (and every voxel with a gate on processors without AVX2)
+      const float xc = p[i] - bmf, g = gated(d, gate, i, alpha);
+      a3[0] += xc;
       a0[0] += xc * xc;
       a1[0] += g;
       a2[0] += g * xc;
     }
-    for (int j = 0; j < 8; ++j) t0 += a0[j], t1 += a1[j], t2 += a2[j];
+    double d1 = 0, d2 = 0, g1 = 0, gx = 0;
+    for (int j = 0; j < 8; ++j) d1 += a3[j], d2 += a0[j], g1 += a1[j], gx += a2[j];
+    const double bmean = double(bmf) + d1 / double(nb), bm2 = std::max(0.0, d2 - d1 * d1 / double(nb));
+    const double tot = double(count + nb), delta = bmean - mean;
+    mean += delta * double(nb) / tot;
+    m2 += bm2 + delta * delta * double(count) * double(nb) / tot;
+    count += nb;
+    sg += g1;
+    sgx += gx;            // Σ g·(x − bmf)
+    sbg += double(bmf) * g1;
   }
-  *sv = t0, *sg = t1, *sgx = t2;
+  *mean_out = mean, *m2_out = m2, *sg_out = sg;
+  *sgx_out = sgx + sbg - mean * sg;  // Σ g·(x − mean)
 }
 
 // q = k·(g − a − (x − m)·b)
-BHSD_MULTIVERSION inline void grad_apply(const float* p, const float* d, const float* gate, float alpha, std::int64_t n,
-                                         float m, float k, float a, float b, float* q) {
-  if (gate)
-    for (std::int64_t i = 0; i < n; ++i) q[i] = k * ((gate[i] > 0 ? d[i] : d[i] * alpha) - a - (p[i] - m) * b);
-  else
+BHSD_MULTIVERSION inline void grad_apply(const float* __restrict p, const float* __restrict d, const float* __restrict gate,
+                                         float alpha, std::int64_t n, float m, float k, float a, float b, float* __restrict q) {
+  if (gate) {
+    std::int64_t i = 0;
+#ifdef BHSD_X86
+    if (gated_avx2()) i = grad_apply_avx2(p, d, gate, alpha, n, m, k, a, b, q);
+#endif
+    for (; i < n; ++i) q[i] = k * (gated(d, gate, i, alpha) - a - (p[i] - m) * b);
+  } else
     for (std::int64_t i = 0; i < n; ++i) q[i] = k * (d[i] - a - (p[i] - m) * b);
 }
 }  // namespace norm_detail
 
 // Gradients of y = act(instance_norm(x)·gamma + beta) for training: dy is the gradient of the
 // output; with `gate` (the activation's output, whose sign is its input's) the leaky ReLU's
-// derivative is applied first (slope alpha where gate ≤ 0). Per (n, c): the mean as the forward
-// takes it, then Σ(x − mean)², Σg and Σg·(x − mean) in one pass, then dx. dgamma and dbeta [C] are
+// derivative is applied first (slope alpha where gate ≤ 0). Per (n, c): the mean, Σ(x − mean)², Σg
+// and Σg·(x − mean) in one pass (grad_sums), then dx in a second. dgamma and dbeta [C] are
 // overwritten.
 inline void instance_norm_backward(const float* x, const float* gate, const float* dy, std::int64_t N, std::int64_t C,
                                    std::int64_t spatial, const float* gamma, double eps, float alpha, float* dx,
@@ -137,11 +224,8 @@ inline void instance_norm_backward(const float* x, const float* gate, const floa
     for (std::size_t nc = lo; nc < hi; ++nc) {
       const std::int64_t o = std::int64_t(nc) * spatial;
       const float *p = x + o, *d = dy + o, *a = gate ? gate + o : nullptr;
-      double s1, s2;
-      norm_detail::sums(p, spatial, p[0], &s1, &s2);
-      const double mean = p[0] + s1 / double(spatial);
-      double v, g1, gx;
-      norm_detail::grad_sums(p, d, a, alpha, spatial, mean, &v, &g1, &gx);
+      double mean, v, g1, gx;
+      norm_detail::grad_sums(p, d, a, alpha, spatial, &mean, &v, &g1, &gx);
       const double inv = 1.0 / std::sqrt(v / double(spatial) + eps);
       sg[nc] = g1;
       sgx[nc] = gx * inv;  // Σ g · x̂
