@@ -165,4 +165,33 @@ for (const { name: backend } of backendsUnderTest()) {
     t.true(relDiff(r.dx.data, want.data) <= TOL, `dx: ${relDiff(r.dx.data, want.data)}`);
     t.true(r.paramGrads.size > 10);
   });
+
+  // the pool is backend-independent TypeScript; on the ts backend this pass takes ~45 s, so native only
+  (backend === "native" ? test.serial : test.skip)(`${backend}: backprop with a buffer pool gives the same step after step, and reuses its buffers`, async (t) => {
+    const { backprop, BufferPool } = await import("../lib/train/backprop.js");
+    const { parseModel } = await import("../lib/model/graph.js");
+    setBackend(backend);
+    const graph = await parseModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+    const x = await load("plainunet", "x");
+    const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
+    const plain = await backprop(graph, x, target);
+    const pool = new BufferPool();
+    const given: Float32Array[] = [];
+    const give = pool.give.bind(pool);
+    pool.give = (b) => (given.push(b), give(b));
+    const first = await backprop(graph, x, target, { pool });
+    const reused = new Set(given);
+    given.length = 0;
+    const second = await backprop(graph, x, target, { pool });
+    t.true(reused.size > 20, `${reused.size} buffers given back`);
+    t.true(given.filter((b) => reused.has(b)).length > 20, "the second step ran on the first step's buffers");
+    // (threads may add partial sums in another order: equal to float rounding, not bit for bit)
+    for (const r of [first, second]) {
+      t.true(Math.abs(r.loss - plain.loss) < 1e-6);
+      t.true(relDiff(r.dx.data, plain.dx.data) < 1e-5);
+      for (const [k, g] of plain.paramGrads) t.true(relDiff(r.paramGrads.get(k)!.data, g.data) < 1e-5, k);
+    }
+    // what the result hands over is never pooled: the first step's gradients survived the second
+    for (const [k, g] of first.paramGrads) t.false(reused.has(g.data as Float32Array), k);
+  });
 }

@@ -23,13 +23,14 @@ function biasGrad(dy: Tensor): Tensor {
   return { data: Float32Array.from(db), shape: [C] };
 }
 
-export async function conv3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
+/** `alloc` gives dx's buffer (zeroed; default a fresh array): backprop's pool. */
+export async function conv3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry, alloc: (n: number) => Float32Array = (n) => new Float32Array(n)): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
   const b = activeBackend();
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, , Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
   const groups = g.groups ?? 1, Cog = Co / groups;
-  const dx = new Float32Array(x.data.length);
+  const dx = alloc(x.data.length);
   await b.convTranspose3d(dy.data, [N, Co, Do, Ho, Wo], w.data, [Cg, kd, kh, kw], null, g.stride, g.dilation, g.padding, groups, [D, H, W], dx);
   const dw = new Float32Array(w.data.length);
   const vi = D * H * W, vo = Do * Ho * Wo, wg = Cog * Cg * kd * kh * kw;
@@ -44,13 +45,13 @@ export async function conv3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: Co
   return { dx: { data: dx, shape: [...x.shape] }, dw: { data: dw, shape: [...w.shape] }, db: biasGrad(dy) };
 }
 
-export async function convTranspose3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
+export async function convTranspose3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry, alloc: (n: number) => Float32Array = (n) => new Float32Array(n)): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
   const b = activeBackend();
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [, Cog, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, Co, Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
   const groups = g.groups ?? 1, Cg = C / groups;
-  const dx = new Float32Array(x.data.length);
+  const dx = alloc(x.data.length);
   await b.conv3d(dy.data, [N, Co, Do, Ho, Wo], w.data, [C, kd, kh, kw], null, g.stride, g.dilation, g.padding, groups, [D, H, W], 0, 0, dx);
   const dw = new Float32Array(w.data.length);
   const vi = D * H * W, vo = Do * Ho * Wo, wg = Cg * Cog * kd * kh * kw;
@@ -73,11 +74,11 @@ export async function convTranspose3dBackwardFast(x: Tensor, w: Tensor, dy: Tens
  * target is that class and another where it is not, so the pass through the softmax needs no
  * per-voxel array of it. Sums are in double; the result equals the reference to float rounding.
  */
-export function dcAndCeLossFast(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5, batchDice = false): LossResult {
+export function dcAndCeLossFast(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5, batchDice = false, out?: Float32Array): LossResult {
   const [N, C] = logits.shape as [number, number];
   const S = logits.data.length / (N * C);
   const z = logits.data;
-  const p = new Float32Array(z.length);
+  const p = out && out.length === z.length ? out : new Float32Array(z.length);  // every element written
   const G = batchDice ? 1 : N;
   const tp = new Float64Array(G * C), P = new Float64Array(G * C), Y = new Float64Array(G * C);
   let ce = 0;

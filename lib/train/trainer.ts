@@ -14,7 +14,7 @@ import { replaceInitializers } from "../model/onnx-proto.js";
 import { normalize, segment } from "../model/segment.js";
 import { prng } from "../phantom/phantom.js";
 import type { Volume } from "../types.js";
-import { backprop, forward } from "./backprop.js";
+import { backprop, BufferPool, forward } from "./backprop.js";
 import { Adam, SgdNesterov } from "./grad.js";
 import { consistencyLoss, emaUpdate, milLoss, rampWeight } from "./semi.js";
 import { buildUNet, DEMO_UNET, type UNetSpec } from "./unet.js";
@@ -149,7 +149,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now();
   const every = o.evalEvery ?? Math.max(1, Math.floor(steps / 4));
   const snapshot = () => replaceInitializers(initial, new Map(params.map(([k, p]) => [k, p])));
-  const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps) : undefined;
+  const pool = new BufferPool();  // each step's activations and gradients reuse the last step's buffers
+  const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps, pool) : undefined;
   for (let step = 1; step <= steps; step++) {
     if ((o.schedule ?? "poly") === "poly") for (const opt of opts.values()) opt.lr = lr * (1 - (step - 1) / steps) ** 0.9;
     for (let b = 0; b < batch; b++) {
@@ -178,7 +179,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
             }
           }
     }
-    const r = await backprop(graph, { data: x, shape: [batch, 1, pd, ph, pw] }, t, { batchDice: o.batchDice ?? false });
+    const r = await backprop(graph, { data: x, shape: [batch, 1, pd, ph, pw] }, t, { batchDice: o.batchDice ?? false, pool });
     let semiTerms: { mil: number; consistency: number } | undefined;
     if (semi) {
       const u = await semi.step(step);
@@ -208,7 +209,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
  * slice labels plus the ramped consistency with the teacher; its gradients join the supervised
  * ones, and the teacher follows the student after each optimiser step.
  */
-function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Float32Array])[], rnd: () => number, steps: number) {
+function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Float32Array])[], rnd: () => number, steps: number, pool: BufferPool) {
   const teacher: Graph = { ...graph, initializers: new Map([...graph.initializers].map(([k, t]) => [k, t.f32 ? { ...t, f32: t.f32.slice() } : t])) };
   const tParams = new Map([...teacher.initializers].filter(([, t]) => t.f32).map(([k, t]) => [k, t.f32!]));
   const data = o.cases.map((c) => ({ img: normalize(c.ct.data, BHSD_WINDOW), dims: c.ct.dims, slices: c.slices, pos: c.slices.flatMap((s, z) => (s.some(Boolean) ? [z] : [])) }));
@@ -255,7 +256,7 @@ function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Fl
         const dl = new Float32Array(logits.data.length);
         for (let i = 0; i < dl.length; i++) dl[i] = wm * m.dlogits.data[i]! + wc * c.dlogits.data[i]!;
         return { loss: wm * m.loss + wc * c.loss, dlogits: { data: dl, shape: logits.shape } };
-      });
+      }, { pool });
       return { terms, grads: r.paramGrads };
     },
     follow() {
