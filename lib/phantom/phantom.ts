@@ -5,8 +5,10 @@
  * matter, lateral ventricles and sulci (CSF ≈ 5 HU); acute blood (50–90 HU) shaped as each class
  * looks: EDH a biconvex lens against the skull, SDH a thin crescent along it, IPH an irregular blob
  * in the parenchyma, IVH layering in a ventricle, SAH thin in sulci, the Sylvian fissures and the
- * basal cisterns. Thick slices average three sub-slices (partial volume), then in-plane blur and
- * noise.
+ * basal cisterns. Each voxel averages what it covers (partial volume: three sub-slices of its
+ * thick slice, and a 3 × 3 in-plane grid where it straddles an edge) and is labelled with the class
+ * that fills most of it; then the in-plane point spread (≈ 1 mm FWHM, in mm, whatever the voxel
+ * size) and noise.
  */
 import type { Volume } from "../types.js";
 
@@ -88,89 +90,141 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   if (sah && !sah.sylv.some(Boolean) && !sah.cistern) sah.sylv[Math.floor(rnd() * 2)] = true;
 
   const ex = (x: number, y: number, z: number, a: number, b: number, c: number) => (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2;
-  // One sample: HU and label at a point (mm about the centre).
-  const sample = (x: number, y: number, z: number): [number, number] => {
+  // One sample: HU, label and a tissue code (for finding edges) at a point (mm about the centre).
+  // sample() leaves its answer here (no array per call: millions of calls per phantom)
+  let sHu = 0, sLab = 0, sTis = 0;
+  const R = (h: number, l: number, t: number) => {
+    sHu = h;
+    sLab = l;
+    sTis = t;
+  };
+  const sample = (x: number, y: number, z: number): void => {
     const rOut = Math.sqrt(ex(x, y, z, hx, hy, hz)); // 1 on the scalp's outer surface
-    if (rOut > 1) return [-1000, 0];
+    if (rOut > 1) return R(-1000, 0, 1);
     // approximate depth (mm) below the outer surface along the ellipsoid's normal scale
     const meanAxis = (hx + hy) / 2;
     const depth = (1 - rOut) * meanAxis;
-    if (depth < scalp) return [uni(30, 50), 0];
-    if (depth < scalp + skull) return [boneHu + uni(-150, 150), 0];
+    if (depth < scalp) return R(uni(30, 50), 0, 2);
+    if (depth < scalp + skull) return R(boneHu + uni(-150, 150), 0, 3);
     const inner = depth - scalp - skull; // depth below the inner skull surface
     const th = Math.atan2(y / hy, x / hx);
     // extra-axial collections lie against the inner skull
     const angDist = (t0: number, zc: number) => {
       const d = Math.abs(((th - t0 + 3 * Math.PI) % (2 * Math.PI)) - Math.PI) * meanAxis;
-      return Math.hypot(d, z - zc);
+      return Math.sqrt(d * d + (z - zc) * (z - zc));
     };
     if (edh) {
       const d = angDist(edh.th, edh.z);
-      if (d < edh.R && inner < edh.T * (1 - (d / edh.R) ** 2)) return [edh.hu, 1];
+      if (d < edh.R && inner < edh.T * (1 - (d / edh.R) ** 2)) return R(edh.hu, 1, 4);
     }
     if (sdh) {
       const d = angDist(sdh.th, sdh.z);
-      if (d < sdh.R && inner < sdh.T * (1 - (d / sdh.R) ** 4)) return [sdh.hu, 5];
+      if (d < sdh.R && inner < sdh.T * (1 - (d / sdh.R) ** 4)) return R(sdh.hu, 5, 5);
     }
-    if (inner < csfGap) return [5, 0];
-    for (const [k, v] of vent.entries()) {
-      if (ex(x - v.c[0], y - v.c[1], z - v.c[2], ...v.a) <= 1) {
-        if (ivh && ivh.v === k && (y - v.c[1]) / v.a[1] > ivh.level) return [ivh.hu, 3];
-        return [5, 0];
+    if (inner < csfGap) return R(5, 0, 6);
+    // (index loops and plain arithmetic: this runs millions of times per phantom)
+    for (let k = 0; k < vent.length; k++) {
+      const v = vent[k]!;
+      if (ex(x - v.c[0], y - v.c[1], z - v.c[2], v.a[0], v.a[1], v.a[2]) <= 1) {
+        if (ivh && ivh.v === k && (y - v.c[1]) / v.a[1] > ivh.level) return R(ivh.hu, 3, 7);
+        return R(5, 0, 6);
       }
     }
-    for (const [k, f] of sylv.entries()) {
+    for (let k = 0; k < sylv.length; k++) {
+      const f = sylv[k]!;
       // a slit in the y–z plane's neighbourhood: |y − y0 − tilt·x| < half, reaching depth mm inwards from the side
       if (Math.abs(z - f.z) < 9 && Math.sign(x) === f.side && Math.abs(x) > hx - scalp - skull - f.depth && Math.abs(y - f.y - f.tilt * x) < f.half)
-        return sah && sah.sylv[k] ? [sah.hu, 4] : [5, 0];
+        return sah && sah.sylv[k] ? R(sah.hu, 4, 8) : R(5, 0, 6);
     }
     {
-      const dr = Math.hypot(x - cistern.c[0], (y - cistern.c[1]) * 0.8);
-      if (Math.abs(z - cistern.c[2]) < cistern.h / 2 && dr > cistern.r && dr < cistern.r + cistern.w) return sah && sah.cistern ? [sah.hu, 4] : [5, 0];
+      const dr = Math.sqrt((x - cistern.c[0]) ** 2 + ((y - cistern.c[1]) * 0.8) ** 2);
+      if (Math.abs(z - cistern.c[2]) < cistern.h / 2 && dr > cistern.r && dr < cistern.r + cistern.w) return sah && sah.cistern ? R(sah.hu, 4, 8) : R(5, 0, 6);
     }
-    for (const [k, s] of sulci.entries()) {
+    for (let k = 0; k < sulci.length; k++) {
+      const s = sulci[k]!;
       if (inner - csfGap > s.depth || Math.abs(z - s.z) > 12) continue;
       const d = Math.abs(((th - s.th + 3 * Math.PI) % (2 * Math.PI)) - Math.PI) * meanAxis;
-      if (d < s.half) return sah && sah.which[k] ? [sah.hu, 4] : [5, 0];
+      if (d < s.half) return sah && sah.which[k] ? R(sah.hu, 4, 8) : R(5, 0, 6);
     }
-    for (const b of iph) if ((x - b.c[0]) ** 2 + (y - b.c[1]) ** 2 + (z - b.c[2]) ** 2 <= b.r * b.r) return [iphHu, 2];
+    for (const b of iph) if ((x - b.c[0]) ** 2 + (y - b.c[1]) ** 2 + (z - b.c[2]) ** 2 <= b.r * b.r) return R(iphHu, 2, 9);
     // grey matter outside a white-matter core
-    return rOut > 0.78 ? [40, 0] : [25, 0];
+    return rOut > 0.78 ? R(40, 0, 10) : R(25, 0, 11);
   };
 
   const n = nx * ny * nz;
   const hu = new Float32Array(n);
   const labels = new Uint8Array(n);
+  // A voxel's value is the mean over its whole extent (partial volume) and its label the class
+  // that fills most of it; in-plane the scanner's point spread (≈ 1 mm FWHM) is applied after.
+  // Pass 1 samples each voxel's centre line at three sub-slices; pass 2 resamples on a 3 × 3
+  // in-plane grid only where the tissue differs from a neighbour's (edges), so that a homogeneous
+  // voxel costs three samples and an edge twenty-seven.
   const sub = [-1 / 3, 0, 1 / 3];
+  const tissue = new Int32Array(n);
   for (let k = 0; k < nz; k++) {
     for (let j = 0; j < ny; j++) {
       const y = (j - (ny - 1) / 2) * sy;
       for (let i = 0; i < nx; i++) {
         const x = (i - (nx - 1) / 2) * sx;
-        // partial volume: the voxel averages three sub-slices; its label is the class of at
-        // least two of them (blood a thin slice barely grazes is not called blood)
-        let acc = 0, lab = 0;
+        let acc = 0, code = 0;
         const ls = [0, 0, 0];
         for (let q = 0; q < 3; q++) {
-          const [h, l] = sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
-          acc += h;
-          ls[q] = l;
+          sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
+          acc += sHu;
+          ls[q] = sLab;
+          code = code * 16 + sTis;
         }
-        if (ls[0] === ls[1] || ls[0] === ls[2]) lab = ls[0]!;
-        else if (ls[1] === ls[2]) lab = ls[1]!;
         const idx = (k * ny + j) * nx + i;
         hu[idx] = acc / 3;
-        labels[idx] = lab;
+        // at least two of the three sub-slices (blood a thin slice barely grazes is not blood)
+        labels[idx] = ls[0] === ls[1] || ls[0] === ls[2] ? ls[0]! : ls[1] === ls[2] ? ls[1]! : 0;
+        tissue[idx] = code;
       }
     }
   }
-  // in-plane blur (separable [1 2 1]/4) and noise
+  const votes = new Int32Array(6);
+  for (let k = 0; k < nz; k++) {
+    for (let j = 0; j < ny; j++) {
+      for (let i = 0; i < nx; i++) {
+        const idx = (k * ny + j) * nx + i, t0 = tissue[idx]!;
+        const edge =
+          (i > 0 && tissue[idx - 1] !== t0) || (i < nx - 1 && tissue[idx + 1] !== t0) ||
+          (j > 0 && tissue[idx - nx] !== t0) || (j < ny - 1 && tissue[idx + nx] !== t0);
+        if (!edge) continue;
+        let acc = 0;
+        votes.fill(0);
+        for (let b = 0; b < 3; b++) {
+          const y = (j - (ny - 1) / 2 + sub[b]!) * sy;
+          for (let a = 0; a < 3; a++) {
+            const x = (i - (nx - 1) / 2 + sub[a]!) * sx;
+            for (let q = 0; q < 3; q++) {
+              sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
+              acc += sHu;
+              votes[sLab]!++;
+            }
+          }
+        }
+        hu[idx] = acc / 27;
+        // the class that fills most of the voxel; a tie goes to the class at its centre
+        let best = labels[idx]!;
+        for (let c = 0; c < 6; c++) if (votes[c]! > votes[best]!) best = c;
+        labels[idx] = best;
+      }
+    }
+  }
+  // in-plane point spread: a Gaussian of σ = 0.45 mm (≈ 1.06 mm FWHM, a soft-tissue kernel's),
+  // as three taps per axis at this spacing; then noise
+  const taps = (s: number) => {
+    const w = Math.exp(-1 / (2 * (0.45 / s) ** 2));
+    return [w / (1 + 2 * w), 1 / (1 + 2 * w)] as const;
+  };
+  const [wx1, wx0] = taps(sx), [wy1, wy0] = taps(sy);
   const tmp = new Float32Array(n);
   for (let k = 0; k < nz; k++)
     for (let j = 0; j < ny; j++)
       for (let i = 0; i < nx; i++) {
         const o = (k * ny + j) * nx + i;
-        tmp[o] = (hu[o - (i > 0 ? 1 : 0)]! + 2 * hu[o]! + hu[o + (i < nx - 1 ? 1 : 0)]!) / 4;
+        tmp[o] = wx1 * (hu[o - (i > 0 ? 1 : 0)]! + hu[o + (i < nx - 1 ? 1 : 0)]!) + wx0 * hu[o]!;
       }
   const sigma = options.noiseHu ?? 6;
   const ct = new Int16Array(n);
@@ -178,7 +232,7 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
     for (let j = 0; j < ny; j++)
       for (let i = 0; i < nx; i++) {
         const o = (k * ny + j) * nx + i;
-        const v = (tmp[o - (j > 0 ? nx : 0)]! + 2 * tmp[o]! + tmp[o + (j < ny - 1 ? nx : 0)]!) / 4;
+        const v = wy1 * (tmp[o - (j > 0 ? nx : 0)]! + tmp[o + (j < ny - 1 ? nx : 0)]!) + wy0 * tmp[o]!;
         const g = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
         ct[o] = Math.max(-1024, Math.min(3071, Math.round(v + (v > -900 ? g * sigma : 0))));
       }
