@@ -30,6 +30,12 @@ class Pool {
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     return a;
   }
+  /** A buffer from an earlier run (not counted as live). */
+  stock(a: Float32Array) {
+    const list = this.free.get(a.length) ?? [];
+    list.push(a.fill(0));
+    this.free.set(a.length, list);
+  }
   give(a: Float32Array) {
     this.liveBytes -= a.length * 4;
     const list = this.free.get(a.length) ?? [];
@@ -64,6 +70,13 @@ export class Model {
   private readonly nodes: GraphNode[];
   private readonly consts = new Map<string, Value>();
   private readonly readers = new Map<string, number>();
+  /**
+   * The last run's intermediate buffers (CPU backends), for the next run of the same shapes — a
+   * sliding window runs the model hundreds of times — instead of fresh allocations, whose page
+   * faults cost more than some layers. Dropped after a second without a run.
+   */
+  private spare: Float32Array[] = [];
+  private spareTimer: ReturnType<typeof setTimeout> | undefined;
   /** The weights' arrays (a GPU backend keeps them on the device while the model lives). */
   private readonly constArrays = new Set<Float32Array>();
 
@@ -109,6 +122,7 @@ export class Model {
       env.set(i.name, { f: t });
     }
     const pool = new Pool();
+    if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
     const pooled = new Set<Float32Array>(); // buffers owned by the pool
     const refs = new Map<Float32Array, number>(); // live values per buffer (views share one)
     const left = new Map(this.readers);
@@ -170,7 +184,13 @@ export class Model {
       if (!v) throw new Error(`output ${o} was not computed`);
       out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
     }
-    be.forget?.(pool.drain()); // a GPU backend frees their device copies now
+    if (be.forget) be.forget(pool.drain()); // a GPU backend frees their device copies now
+    else {
+      this.spare = pool.drain();
+      clearTimeout(this.spareTimer);
+      this.spareTimer = setTimeout(() => (this.spare = []), 1000);
+      this.spareTimer.unref?.();
+    }
     this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs };
     return out;
   }
