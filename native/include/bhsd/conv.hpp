@@ -209,9 +209,25 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
   const std::int64_t odn = std::clamp<std::int64_t>((fit - halo - 1) / g.sd + 1, 1, g.Do);
   const std::int64_t slabP = (odn - 1) * g.sd + halo + 1, volS = slabP * planeP;
   if (g.C * volS + NR >= (std::int64_t(1) << 31)) return false;
-  std::unique_ptr<float[]> padded(new (std::nothrow) float[std::size_t(g.C * volS + NR)]);
-  if (!padded) return false;
-  float* P = padded.get();
+  // the calling thread keeps its slab buffer for the next call (up to 16 MB: a fresh allocation
+  // per layer costs its page faults every time); a larger one (a single huge plane) is freed after
+  const std::size_t need = std::size_t(g.C * volS + NR);
+  thread_local std::unique_ptr<float[]> kept;
+  thread_local std::size_t kept_n = 0;
+  std::unique_ptr<float[]> once;
+  float* P;
+  if (need <= (std::size_t(16) << 20) / sizeof(float) + NR) {
+    if (kept_n < need) {
+      kept.reset(new (std::nothrow) float[need]);
+      kept_n = kept ? need : 0;
+      if (!kept) return false;
+    }
+    P = kept.get();
+  } else {
+    once.reset(new (std::nothrow) float[need]);
+    if (!once) return false;
+    P = once.get();
+  }
   std::memset(P + g.C * volS, 0, NR * sizeof(float));
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
   const std::int64_t w0 = std::max<std::int64_t>(0, g.pw), w1 = std::min(Wp, g.pw + g.W);
