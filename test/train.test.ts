@@ -48,6 +48,9 @@ test.serial("the head starts at the data's background prior; without backgroundP
   t.true(Math.abs((await head(true)) - want) < 1e-4, `bias ${await head(true)} vs ln(5π/(1−π)) = ${want}`);
   t.true(Math.abs(await head(false)) < 1e-4, "without it the head's biases start at 0");
   await t.throwsAsync(train({ train: cases, steps: 1, schedule: "cosine" as "poly" }), { message: /"poly" or "constant" for options\.schedule.*cosine/ });
+  // a patch the U-Net cannot halve and concatenate back is refused by name before any work
+  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 60, 64] }), { message: /multiple of the network's total stride along it \(4, 8, 8\).*options\.patch.*16, 60, 64/ });
+  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 64] as unknown as [number, number, number] }), { message: /options\.patch/ });
 });
 
 test.serial("bhsd demo runs the whole path on a fresh phantom and reports", async (t) => {

@@ -2,6 +2,7 @@
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
+import { InvalidArgumentError } from "commander";
 import { readNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { parseSliceCsv } from "../metrics/slices.js";
@@ -9,6 +10,12 @@ import { makePhantom } from "../phantom/phantom.js";
 import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
 import { demoSpec } from "../train/unet.js";
 import { intArg, numberArg } from "./util.js";
+
+const patchArg = (v: string): [number, number, number] => {
+  const p = v.split(",").map(Number);
+  if (p.length !== 3 || !p.every((x) => Number.isInteger(x) && x >= 1 && x <= 1024)) throw new InvalidArgumentError(`--patch must be three integers z,y,x from 1 to 1024, got "${v}"`);
+  return p as [number, number, number];
+};
 
 interface Opts {
   data?: string;
@@ -24,6 +31,7 @@ interface Opts {
   batchDice?: boolean;
   schedule: "poly" | "constant";
   features?: string;
+  patch?: [number, number, number];
   sliceData?: string;
   mil: number;
   consistency: number;
@@ -70,6 +78,7 @@ export function trainCommand(program: Command): void {
     .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
     .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
     .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128")
+    .option("--patch <z,y,x>", "training patch in voxels (default 16,64,64; each a multiple of the network's stride along it)", patchArg)
     .option("--batch-dice", "Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample")
     .option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant", "poly")
     .option("--slice-data <dir>", "cases with slice-level labels only (images/ and \"slice labels\"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency")
@@ -101,6 +110,7 @@ export function trainCommand(program: Command): void {
         foreground: Math.min(1, o.foreground),
         batchDice: o.batchDice ?? false,
         ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
+        ...(o.patch ? { patch: o.patch } : {}),
         schedule: o.schedule,
         ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
         ...(o.lr !== undefined ? { lr: o.lr } : {}),

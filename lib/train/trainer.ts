@@ -113,6 +113,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (o.schedule !== undefined && o.schedule !== "poly" && o.schedule !== "constant") throw invalidParameterError("options.schedule", '"poly" or "constant"', o.schedule);
   const spec = o.spec ?? DEMO_UNET;
   const patch = o.patch ?? [16, 64, 64];
+  // the U-Net halves a patch once per strided stage and concatenates the halves back: each axis
+  // must divide by the product of the strides along it
+  const div = [0, 1, 2].map((a) => spec.strides.reduce((m, st) => m * st[a]!, 1));
+  if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
+    throw invalidParameterError("options.patch", `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`, o.patch);
   const batch = o.batch ?? 2, steps = o.steps ?? 200;
   const rnd = prng(o.seed ?? 1);
   const initial = buildUNet(spec, o.seed ?? 1);
