@@ -173,6 +173,15 @@ inline float activate(float v, Act act, float alpha) {
   return v;
 }
 
+// Rows of K per block of input channels (BHSD_CONV_KROWS overrides, for experiments).
+inline std::int64_t krows() {
+  static const std::int64_t k = [] {
+    const char* e = std::getenv("BHSD_CONV_KROWS");
+    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
+  }();
+  return k;
+}
+
 // A 64-byte aligned scratch buffer per thread.
 struct Scratch {
   std::vector<float> buf;
@@ -240,10 +249,7 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
           delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + c * g.dw);
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
-  static const std::int64_t krows = [] {
-    const char* e = std::getenv("BHSD_CONV_KROWS");
-    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
-  }();
+  const std::int64_t krows = conv_detail::krows();
   const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   for (std::int64_t od0 = 0; od0 < g.Do; od0 += odn) {
@@ -335,10 +341,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t rows = g.Do * g.Ho;
   const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
   // Input channels per block: about 512 rows of K (a 32 KB panel per segment, 12 KB of weights).
-  static const std::int64_t krows = [] {
-    const char* e = std::getenv("BHSD_CONV_KROWS");
-    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
-  }();
+  const std::int64_t krows = conv_detail::krows();
   const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const std::int64_t coblocks = (g.Co + MR - 1) / MR;
