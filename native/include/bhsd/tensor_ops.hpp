@@ -22,20 +22,40 @@ namespace norm_detail {
 // its own mean, then its Σ (x − block mean)² in eight float lanes; blocks are merged in double
 // (Chan et al.'s pairwise update), so the variance stays accurate for millions of voxels and for
 // a mean far from zero.
-BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double* mean_out, double* m2_out) {
+// The mean of p[b, e) (a block in L1), summed in eight float lanes, rounded to float.
+BHSD_MULTIVERSION inline float block_mean(const float* p, std::int64_t b, std::int64_t e) {
+  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = b;
+  for (; i + 8 <= e; i += 8)
+    for (int j = 0; j < 8; ++j) a[j] += p[i + j];
+  for (; i < e; ++i) a[0] += p[i];
+  double s = 0;
+  for (int j = 0; j < 8; ++j) s += a[j];
+  return float(s / double(e - b));
+}
+
+// Running mean and Σ (x − mean)², block by block: a block of nb values centred on bm gave
+// d1 = Σ (x − bm) and d2 = Σ (x − bm)²; Chan et al.'s pairwise update merges it in double.
+struct MeanM2 {
   double mean = 0, m2 = 0;
   std::int64_t count = 0;
+  void add(float bm, double d1, double d2, std::int64_t nb) {
+    // the block about its exact mean (bm rounded to float leaves a small d1)
+    const double bmean = double(bm) + d1 / double(nb), bm2 = std::max(0.0, d2 - d1 * d1 / double(nb));
+    const double tot = double(count + nb), delta = bmean - mean;
+    mean += delta * double(nb) / tot;
+    m2 += bm2 + delta * delta * double(count) * double(nb) / tot;
+    count += nb;
+  }
+};
+
+BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double* mean_out, double* m2_out) {
+  MeanM2 acc;
   for (std::int64_t b = 0; b < n; b += 1024) {
     const std::int64_t e = std::min(n, b + 1024), nb = e - b;
     float a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::int64_t i = b;
-    for (; i + 8 <= e; i += 8)
-      for (int j = 0; j < 8; ++j) a1[j] += p[i + j];
-    for (; i < e; ++i) a1[0] += p[i];
-    double bs = 0;
-    for (int j = 0; j < 8; ++j) bs += a1[j], a1[j] = 0;
-    const double bm = bs / double(nb);
-    const float bmf = float(bm);
+    const float bmf = block_mean(p, b, e);
+    std::int64_t i;
     for (i = b; i + 8 <= e; i += 8)
       for (int j = 0; j < 8; ++j) {
         const float d = p[i + j] - bmf;
@@ -49,14 +69,9 @@ BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double
     }
     double d1 = 0, d2 = 0;
     for (int j = 0; j < 8; ++j) d1 += a1[j], d2 += a2[j];
-    // the block about its exact mean (bm rounded to float leaves a small d1)
-    const double bmean = double(bmf) + d1 / double(nb), bm2 = std::max(0.0, d2 - d1 * d1 / double(nb));
-    const double tot = double(count + nb), delta = bmean - mean;
-    mean += delta * double(nb) / tot;
-    m2 += bm2 + delta * delta * double(count) * double(nb) / tot;
-    count += nb;
+    acc.add(bmf, d1, d2, nb);
   }
-  *mean_out = mean, *m2_out = m2;
+  *mean_out = acc.mean, *m2_out = acc.m2;
 }
 
 // q = act((p − m)·a + b): centred first, so that a mean far from zero costs no precision (the form
@@ -149,20 +164,14 @@ inline bool gated_avx2() {
 // Σ_blocks [Σ g·(x − bm) + (bm − mean)·Σ g], added in double.
 BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const float* gate, float alpha, std::int64_t n,
                                         double* mean_out, double* m2_out, double* sg_out, double* sgx_out) {
-  double mean = 0, m2 = 0, sg = 0, sgx = 0, sbg = 0;  // sbg: Σ_blocks bm·Σg
-  std::int64_t count = 0;
+  MeanM2 acc;
+  double sg = 0, sgx = 0, sbg = 0;  // sbg: Σ_blocks bm·Σg
   for (std::int64_t b = 0; b < n; b += 1024) {
     const std::int64_t e = std::min(n, b + 1024), nb = e - b;
     float a0[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0},
           a3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const float bmf = block_mean(p, b, e);
     std::int64_t i = b;
-    for (; i + 8 <= e; i += 8)
-      for (int j = 0; j < 8; ++j) a3[j] += p[i + j];
-    for (; i < e; ++i) a3[0] += p[i];
-    double bs = 0;
-    for (int j = 0; j < 8; ++j) bs += a3[j], a3[j] = 0;
-    const float bmf = float(bs / double(nb));
-    i = b;
 #ifdef BHSD_X86
     if (gate && gated_avx2()) i = grad_lanes_avx2(p, d, gate, alpha, b, e, bmf, a0, a1, a2, a3);
 #endif
@@ -184,17 +193,13 @@ BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const fl
     }
     double d1 = 0, d2 = 0, g1 = 0, gx = 0;
     for (int j = 0; j < 8; ++j) d1 += a3[j], d2 += a0[j], g1 += a1[j], gx += a2[j];
-    const double bmean = double(bmf) + d1 / double(nb), bm2 = std::max(0.0, d2 - d1 * d1 / double(nb));
-    const double tot = double(count + nb), delta = bmean - mean;
-    mean += delta * double(nb) / tot;
-    m2 += bm2 + delta * delta * double(count) * double(nb) / tot;
-    count += nb;
+    acc.add(bmf, d1, d2, nb);
     sg += g1;
     sgx += gx;            // Σ g·(x − bmf)
     sbg += double(bmf) * g1;
   }
-  *mean_out = mean, *m2_out = m2, *sg_out = sg;
-  *sgx_out = sgx + sbg - mean * sg;  // Σ g·(x − mean)
+  *mean_out = acc.mean, *m2_out = acc.m2, *sg_out = sg;
+  *sgx_out = sgx + sbg - acc.mean * sg;  // Σ g·(x − mean)
 }
 
 // q = k·(g − a − (x − m)·b)
