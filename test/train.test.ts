@@ -51,6 +51,11 @@ test.serial("the head starts at the data's background prior; without backgroundP
   // a patch the U-Net cannot halve and concatenate back is refused by name before any work
   await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 60, 64] }), { message: /multiple of the network's total stride along it \(4, 8, 8\).*options\.patch.*16, 60, 64/ });
   await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 64] as unknown as [number, number, number] }), { message: /options\.patch/ });
+  // labels past the network's classes, or a label volume of another size, are refused before training
+  const bad = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, data: Uint8Array.from(cases[0]!.labels.data, (v, i) => (i === 5 ? 9 : v)) } };
+  await t.throwsAsync(train({ train: [bad], steps: 1 }), { message: /label 9 at voxel 5 is not one of the network's classes 0–5/ });
+  const short = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, data: cases[0]!.labels.data.subarray(1) } };
+  await t.throwsAsync(train({ train: [short], steps: 1 }), { message: /labels have \d+ voxels but the CT has/ });
 });
 
 test.serial("bhsd demo runs the whole path on a fresh phantom and reports", async (t) => {

@@ -139,11 +139,15 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     targetSpacing: o.train[0] ? [o.train[0].ct.spacing[2], o.train[0].ct.spacing[1], o.train[0].ct.spacing[0]] : null,
   };
   // normalised images and labels, with each case's bleed voxels for oversampling
-  const data = o.train.map((c) => {
+  const data = o.train.map((c, k) => {
+    if (c.labels.data.length !== c.ct.data.length)
+      throw new RangeError(`options.train[${k}]: labels have ${c.labels.data.length} voxels but the CT has ${c.ct.data.length}`);
     const img = normalize(c.ct.data, BHSD_WINDOW);
     const byClass = new Map<number, number[]>();
     for (let i = 0; i < c.labels.data.length; i++) {
       const l = c.labels.data[i]!;
+      // the loss indexes its sums by label: a value past the network's classes must not reach it
+      if (!(l >= 0 && l < spec.classes && Number.isInteger(l))) throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
       if (l) (byClass.get(l) ?? byClass.set(l, []).get(l)!).push(i);
     }
     return { img, lab: c.labels.data, dims: c.ct.dims, fg: [...byClass.values()] };
