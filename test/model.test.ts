@@ -86,6 +86,13 @@ test.serial("segment: mirroring, progress, cleanup and the report", async (t) =>
   t.is(total, labels.data.filter((v) => v > 0).length);
   t.true(report.components.every((c) => c.voxels >= 3));
   for (const k of ["normalize", "inference", "softmax"]) t.true(report.timings[k]! >= 0);
+  // a model trained flipped left-right only: `mirror: true` flips x alone; a pointwise model commutes
+  // with any flip, so the mirrored labels equal the plain ones (a wrong flip back would move them)
+  const lr = await loadModel(pointwiseModel(9), { patchSize: [4, 16, 16], mirrorAxes: [2] });
+  const plain = await segment(ct, lr);
+  const mirrored = await segment(ct, lr, { mirror: true });
+  t.is(mirrored.report.forwards, mirrored.report.windows * 2);
+  t.deepEqual(mirrored.labels.data, plain.labels.data);
 });
 
 test.serial("segment resamples to the model's spacing and back to the CT's grid", async (t) => {
@@ -154,6 +161,8 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   writeFileSync(join(dir, "m.json"), JSON.stringify({ normalization: { type: "magic" } }));
   await t.throwsAsync(loadModel(join(dir, "m.onnx")), { message: /normalization .* is not one of window, ct, zscore/ });
   await t.throwsAsync(loadModel(bytes, { patchSize: [0, 1, 1] as never }), { message: /patchSize must be three positive numbers/ });
+  await t.throwsAsync(loadModel(bytes, { mirrorAxes: [2, 3] }), { message: /mirrorAxes must list distinct axes among 0, 1, 2, got \[2,3\]/ });
+  t.deepEqual((await loadModel(bytes)).config.mirrorAxes, [0, 1, 2]);
 });
 
 test("sliding-window starts follow nnU-Net", (t) => {

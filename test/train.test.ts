@@ -7,7 +7,7 @@ import { relDiff } from "./ort.js";
 
 // What the bundled model must keep reaching on unseen phantoms: 0.62 measured on these seeds
 // (README), less a margin. The issue asks for 0.8; this guards what there is.
-const DEMO_DICE_FLOOR = 0.62;
+const DEMO_DICE_FLOOR = 0.65;
 
 test.serial("training lowers the loss, and onnxruntime runs the trained file as the engine does", async (t) => {
   setBackend(backendInfo().available.native ? "native" : "ts");
@@ -20,6 +20,7 @@ test.serial("training lowers the loss, and onnxruntime runs the trained file as 
   const first = r.history.slice(0, 3).reduce((a, h) => a + h.loss, 0) / 3;
   const last = r.history.slice(-3).reduce((a, h) => a + h.loss, 0) / 3;
   t.true(last < first, `loss ${first.toFixed(3)} → ${last.toFixed(3)}`);
+  t.deepEqual(r.config.mirrorAxes, [2], "patches are flipped left-right only, and the config says so");
   // the exported file: the engine and onnxruntime agree on it
   const model = await loadModel(r.onnx, r.config);
   const x = { data: new Float32Array(8 * 32 * 32).map((_, i) => Math.sin(i) * 0.5), shape: [1, 1, 8, 32, 32] };
@@ -86,13 +87,14 @@ test.serial("the bundled model on phantoms it was not trained on: mean Dice over
   const { ROOT } = await import("./helpers.js");
   const { segment } = await import("../lib/model/segment.js");
   const { evaluate } = await import("../lib/metrics/evaluate.js");
+  const { DEMO_SEGMENT } = await import("../lib/cli/demo.js");
   setBackend(backendInfo().available.native ? "native" : "ts");
   const model = await loadModel(join(ROOT, "models", "demo.onnx"));
   // seeds far from the training ones (train:demo uses 2·7919 + i), the truth from the phantom itself
   const means: number[] = [];
   for (const seed of [7000001, 7000002, 7000003, 7000004, 7000005, 7000006, 7000007, 7000008]) {
     const p = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
-    const { labels } = await segment(p.ct, model, { cleanup: { minVoxels: 10 } });
+    const { labels } = await segment(p.ct, model, DEMO_SEGMENT);
     const m = await evaluate(p.labels, labels);
     const d = m.classes.filter((c) => m.perClass[String(c)]!.tp + m.perClass[String(c)]!.fn > 0).map((c) => m.perClass[String(c)]!.dice);
     if (d.length) means.push(d.reduce((a, b) => a + b, 0) / d.length);

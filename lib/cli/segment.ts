@@ -25,7 +25,7 @@ export function segmentCommand(program: Command): void {
     .requiredOption("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
     .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
     .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
-    .option("--tta", "test-time mirroring on all three axes (8 forwards per window)")
+    .option("--tta", "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)")
     .option("--report <file>", "write the JSON report")
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")

@@ -31,6 +31,12 @@ export interface ModelConfig {
   transposeForward: [number, number, number];
   /** Sliding-window step as a fraction of the patch (nnU-Net: 0.5). */
   stepSize: number;
+  /**
+   * Axes of the network's input grid (0 z, 1 y, 2 x, after transposeForward) along which the model
+   * was trained mirrored, so that test-time mirroring may flip them (nnU-Net's
+   * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
+   */
+  mirrorAxes: number[];
   /** Where the config came from. */
   source: "argument" | "sidecar" | "nnunet" | "metadata" | "default";
 }
@@ -45,6 +51,7 @@ export function defaultConfig(): ModelConfig {
     normalization: BHSD_WINDOW,
     transposeForward: [0, 1, 2],
     stepSize: 0.5,
+    mirrorAxes: [0, 1, 2],
     source: "default",
   };
 }
@@ -63,6 +70,9 @@ export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["so
   const perm = out.transposeForward;
   if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2") throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
   if (!(out.stepSize > 0 && out.stepSize <= 1)) throw new Error(`model config: stepSize must be in (0, 1], got ${out.stepSize}`);
+  const ax = out.mirrorAxes;
+  if (!Array.isArray(ax) || ax.length > 3 || !ax.every((a) => a === 0 || a === 1 || a === 2) || new Set(ax).size !== ax.length)
+    throw new Error(`model config: mirrorAxes must list distinct axes among 0, 1, 2, got ${JSON.stringify(ax)}`);
   const n = out.normalization as Normalization;
   const ok =
     (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||

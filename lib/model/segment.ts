@@ -25,7 +25,10 @@ export interface SegmentOptions {
   patchSize?: [number, number, number];
   /** Step as a fraction of the patch (default the config's, nnU-Net 0.5). */
   stepSize?: number;
-  /** Test-time mirroring: true for all three axes, or the axes (0 z, 1 y, 2 x) to flip. Default false. */
+  /**
+   * Test-time mirroring: true for the axes the model's config allows (`mirrorAxes`, by default all
+   * three), or the axes (0 z, 1 y, 2 x) to flip. Default false.
+   */
   mirror?: boolean | number[];
   /** Remove small components afterwards (cleanup's options), e.g. { minVolumeMl: 0.05 }. Default: none. */
   cleanup?: CleanupOptions | false;
@@ -151,7 +154,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   if (patch.length !== 3 || !patch.every((p) => p >= 1)) throw invalidParameterError("options.patchSize", "[z, y, x] of positive integers", opts.patchSize);
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
-  const mirrorAxes = opts.mirror === true ? [0, 1, 2] : Array.isArray(opts.mirror) ? opts.mirror : [];
+  const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
   if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2)) throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
   const progress = typeof opts.onProgress === "function" ? opts.onProgress : () => {};
   const yielder = new Yielder(); // the TypeScript loops below let the event loop in every ~15 ms

@@ -137,6 +137,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     patchSize: patch,
     normalization: BHSD_WINDOW,
     targetSpacing: o.train[0] ? [o.train[0].ct.spacing[2], o.train[0].ct.spacing[1], o.train[0].ct.spacing[0]] : null,
+    // patches are flipped left-right only (a head is not symmetric front to back or top to bottom)
+    mirrorAxes: [2],
   };
   // normalised images and labels, with each case's bleed voxels for oversampling
   const data = o.train.map((c, k) => {
