@@ -23,6 +23,11 @@ for (const { name } of backends) {
       t.true(model.lastRun!.peakBytes > 0);
       // the pool keeps the live set well under the sum of all intermediates
       t.true(model.lastRun!.peakBytes < 12 * y.data.byteLength, `peak ${model.lastRun!.peakBytes}`);
+      // per-node timings: every node that ran (LeakyReLUs fused into their Conv or norm), summing to the per-op ones
+      const { nodeMs, opMs } = model.lastRun!;
+      t.is(nodeMs.filter((n) => n.op.startsWith("Conv")).length, 18, "15 Conv and 3 ConvTranspose");
+      const byOp = (op: string) => nodeMs.filter((n) => n.op === op).reduce((a, n) => a + n.ms, 0);
+      for (const op of Object.keys(opMs)) t.true(Math.abs(byOp(op) - opMs[op]!) < 1e-6, op);
     });
   }
 }

@@ -56,6 +56,8 @@ export interface RunStats {
   ms: number;
   /** Milliseconds per op type. */
   opMs: Record<string, number>;
+  /** Milliseconds per node, in the order they ran (a fused activation under its node's name). */
+  nodeMs: { name: string; op: string; ms: number }[];
 }
 
 export class Model {
@@ -150,6 +152,7 @@ export class Model {
       }
     };
     const opMs: Record<string, number> = {};
+    const nodeMs: RunStats["nodeMs"] = [];
     for (const n of this.nodes) {
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
@@ -167,7 +170,9 @@ export class Model {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
       }
       const key = n.fusedAct ? `${n.opType}+${n.fusedAct.act}` : n.opType;
-      opMs[key] = (opMs[key] ?? 0) + performance.now() - tn;
+      const ms = performance.now() - tn;
+      opMs[key] = (opMs[key] ?? 0) + ms;
+      nodeMs.push({ name: n.name, op: key, ms });
       const outNames = n.fusedAct ? [n.fusedAct.output] : n.outputs;
       results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
       for (const i of n.inputs) {
@@ -191,7 +196,7 @@ export class Model {
       this.spareTimer = setTimeout(() => (this.spare = []), 1000);
       this.spareTimer.unref?.();
     }
-    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs };
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs };
     return out;
   }
 }
