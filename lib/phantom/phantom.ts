@@ -8,9 +8,13 @@
  * basal cisterns. Each voxel averages what it covers (partial volume: three sub-slices of its
  * thick slice, and a 3 × 3 in-plane grid where it straddles an edge) and is labelled with the class
  * that fills most of it; then the in-plane point spread (≈ 1 mm FWHM, in mm, whatever the voxel
- * size) and noise.
+ * size) and noise. The labels are what an annotator can see: a voxel that bone brightens past the
+ * top of the BHSD window (120 HU before noise) reads as skull, not blood, and is not labelled.
  */
 import type { Volume } from "../types.js";
+
+/** The top of the BHSD window: a voxel brighter than this (before noise) is not labelled as blood. */
+export const VISIBLE_BLOOD_MAX_HU = 120;
 
 /** mulberry32: a small, good, seeded generator. */
 export function prng(seed: number): () => number {
@@ -233,6 +237,9 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
       for (let i = 0; i < nx; i++) {
         const o = (k * ny + j) * nx + i;
         const v = wy1 * (tmp[o - (j > 0 ? nx : 0)]! + tmp[o + (j < ny - 1 ? nx : 0)]!) + wy0 * tmp[o]!;
+        // blood that shares a voxel with enough bone shows white in the window annotators read
+        // (−40…120 HU): such a voxel is skull to them (and to any model), so it is not labelled
+        if (labels[o] && v > VISIBLE_BLOOD_MAX_HU) labels[o] = 0;
         const g = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
         ct[o] = Math.max(-1024, Math.min(3071, Math.round(v + (v > -900 ? g * sigma : 0))));
       }
