@@ -245,6 +245,12 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {4, 7, 10, 33, 13, {3, 1, 3}, {2, 2, 1}, {1, 0, 1}, {1, 1, 1}},
       {1, 4, 6, 16, 8, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1}},
       {5, 3, 4, 5, 2, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      // strides along W (rows stored as phases): a U-Net's (1, 2, 2) and (2, 2, 2) downsampling,
+      // an even kernel, and stride 3 with dilation 2 and a row past one 16-wide segment
+      {3, 5, 10, 37, 11, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {2, 6, 9, 40, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {3, 4, 6, 19, 7, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
+      {2, 4, 5, 110, 5, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };

@@ -200,17 +200,20 @@ struct Scratch {
 // slab of planes at a time (≤ 16 MB, so that a 256 × 256 volume costs no second copy of itself),
 // and the micro-kernel reads each weight's 16 samples straight from it at a precomputed offset —
 // an indirect GEMM. With many output channels the packed panel is reused enough to win, and
-// reads spread over many channels' planes stress the TLB: those keep the packed path. Returns
-// false (nothing done) where this path does not apply.
+// reads spread over many channels' planes stress the TLB: those keep the packed path. Strides
+// along D and H only pick planes and rows; a stride s along W is undone by storing each padded row
+// as s phases (columns ≡ 0, 1, … mod s, one after another), in which consecutive outputs read
+// consecutive samples again. Returns false (nothing done) where this path does not apply.
 inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const float* wp, const float* bias,
                                     float* out, Act act, float alpha, ThreadPool& pool,
                                     std::int64_t slab_bytes = std::int64_t(16) << 20) {
   using namespace conv_detail;
   const std::int64_t coblocks = (g.Co + MR - 1) / MR;
-  if (g.sw != 1 || coblocks > 8) return false;
+  if (coblocks > 8) return false;
   const std::int64_t segs_per_row = (g.Wo + NR - 1) / NR;
   const std::int64_t Hp = (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
-  const std::int64_t Wp = segs_per_row * NR + (g.kw - 1) * g.dw;
+  // a padded row: sw phases of Wph samples; output ow, tap c reads phase (c·dw) mod sw at ow + (c·dw) / sw
+  const std::int64_t sw = g.sw, Wph = segs_per_row * NR + ((g.kw - 1) * g.dw) / sw, Wp = sw * Wph;
   const std::int64_t planeP = Hp * Wp;
   // output planes per slab: as many as fit the budget with their kernel's extra input planes
   const std::int64_t budget = slab_bytes / 4, halo = (g.kd - 1) * g.dd;
@@ -239,14 +242,14 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
   }
   std::memset(P + g.C * volS, 0, NR * sizeof(float));
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
-  const std::int64_t w0 = std::max<std::int64_t>(0, g.pw), w1 = std::min(Wp, g.pw + g.W);
+  const std::int64_t w0 = std::max<std::int64_t>(0, g.pw), w1 = std::min(Wp, g.pw + g.W);  // padded columns with data
   const std::int64_t K = g.K(), ksp = g.kd * g.kh * g.kw;
   std::vector<std::int32_t> delta(static_cast<std::size_t>(K));
   for (std::int64_t ci = 0, k = 0; ci < g.C; ++ci)
     for (std::int64_t a = 0; a < g.kd; ++a)
       for (std::int64_t b = 0; b < g.kh; ++b)
         for (std::int64_t c = 0; c < g.kw; ++c, ++k)
-          delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + c * g.dw);
+          delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + ((c * g.dw) % sw) * Wph + (c * g.dw) / sw);
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
   const std::int64_t krows = conv_detail::krows();
@@ -266,9 +269,18 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
             std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
             continue;
           }
-          std::memset(dst, 0, std::size_t(w0) * sizeof(float));
-          std::memcpy(dst + w0, in + ci * vol_in + id * plane_in + ih * g.W + (w0 - g.pw), std::size_t(w1 - w0) * sizeof(float));
-          std::memset(dst + w1, 0, std::size_t(Wp - w1) * sizeof(float));
+          const float* src = in + ci * vol_in + id * plane_in + ih * g.W - g.pw;  // src[xp]: padded column xp
+          if (sw == 1) {
+            std::memset(dst, 0, std::size_t(w0) * sizeof(float));
+            std::memcpy(dst + w0, src + w0, std::size_t(w1 - w0) * sizeof(float));
+            std::memset(dst + w1, 0, std::size_t(Wp - w1) * sizeof(float));
+          } else {
+            std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
+            for (std::int64_t s = 0; s < sw; ++s) {  // phase s: padded columns s, s + sw, …
+              float* d = dst + s * Wph;
+              for (std::int64_t j = (w0 - s + sw - 1) / sw, xp = s + j * sw; xp < w1; ++j, xp += sw) d[j] = src[xp];
+            }
+          }
         }
       }
     }, 1, 2);
