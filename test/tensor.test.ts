@@ -67,6 +67,10 @@ const convTCases: { x: number[]; w: number[]; strides: number[]; pads?: number[]
   { x: [1, 4, 3, 3, 4], w: [4, 5, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], outPad: [1, 1, 1] },
   { x: [1, 4, 3, 4, 3], w: [4, 3, 3, 3, 3], strides: [2, 1, 2], pads: [1, 0, 1, 1, 0, 1], group: 2 },
   { x: [1, 3, 3, 3, 3], w: [3, 2, 2, 3, 2], strides: [1, 2, 1], dilations: [2, 1, 2] },
+  // kernel = stride: one 1×1×1 convolution for all taps (full 16-voxel tiles and a ragged end);
+  // with an output padding the taps no longer tile the output, and the phase path takes it
+  { x: [1, 16, 4, 8, 21], w: [16, 8, 1, 2, 2], strides: [1, 2, 2] },
+  { x: [1, 6, 2, 3, 5], w: [6, 4, 2, 2, 2], strides: [2, 2, 2], outPad: [1, 1, 1] },
 ];
 for (const [i, c] of convTCases.entries()) {
   test.serial(`convTranspose3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides} equal onnxruntime`, async (t) => {

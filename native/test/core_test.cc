@@ -298,6 +298,42 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
 #endif
 }
 
+// The 1 × 1 × 1 convolution read in place: volumes that end in a partial tile, more channels than
+// one K block (krows = 512), output channels that leave a block part-filled.
+static void test_conv_pointwise(bhsd::ThreadPool& pool) {
+#ifdef BHSD_X86
+  if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
+  struct Case { std::int64_t C, D, H, W, Co; };
+  const Case cases[] = {{8, 4, 16, 16, 6}, {3, 3, 5, 7, 13}, {600, 1, 3, 11, 7}, {16, 2, 9, 9, 32}};
+  std::uint32_t st = 99;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  for (const Case& c : cases) {
+    const bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, c.D, c.H, c.W};
+    const std::int64_t V = c.D * c.H * c.W;
+    std::vector<float> x(std::size_t(c.C * V)), w(std::size_t(c.Co * c.C)), bias(std::size_t(c.Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd();
+    for (auto& v : bias) v = rnd();
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, c.C);
+    std::vector<float> got(std::size_t(c.Co * V), 9.0f);
+    CHECK(bhsd::conv3d_forward_pointwise(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::relu, 0.0f, pool));
+    double worst = 0;
+    for (std::int64_t co = 0; co < c.Co; ++co)
+      for (std::int64_t v = 0; v < V; ++v) {
+        double acc = bias[std::size_t(co)];
+        for (std::int64_t ci = 0; ci < c.C; ++ci) acc += double(w[std::size_t(co * c.C + ci)]) * x[std::size_t(ci * V + v)];
+        worst = std::max(worst, std::fabs(std::max(acc, 0.0) - got[std::size_t(co * V + v)]));
+      }
+    CHECK(worst < 1e-4);
+  }
+  // not a pointwise layer: left alone
+  const bhsd::ConvGeom g3{2, 3, 3, 3, 2, 1, 1, 3, 1, 1, 1, 1, 1, 1, 0, 0, 1, 3, 3, 3};
+  CHECK(!bhsd::conv3d_forward_pointwise(g3, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+#else
+  (void)pool;
+#endif
+}
+
 // Instance norm forward and backward against double-precision loops: several 1024-voxel blocks
 // (a ragged last one), a mean far from zero, the LeakyReLU gate.
 static void test_instance_norm(bhsd::ThreadPool& pool) {
@@ -355,6 +391,7 @@ int main() {
     test_edt_against_brute_force(pool);
     test_weight_grad_blocked(pool);
     test_conv_indirect(pool);
+    test_conv_pointwise(pool);
     test_instance_norm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller

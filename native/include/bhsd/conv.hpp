@@ -328,6 +328,61 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
   }
   return true;
 }
+
+// A 1 × 1 × 1 convolution, stride 1, no padding (a segmentation head; each phase of a transposed
+// convolution whose kernel equals its stride): a plain GEMM out[Co, V] = W[Co, C] · in[C, V], the
+// micro-kernel reading each channel's 16 voxels from the input in place (no copy at all); the last
+// partial tile through a zero-padded staging copy. Returns false where this path does not apply.
+inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const float* wp, const float* bias,
+                                     float* out, Act act, float alpha, ThreadPool& pool) {
+  using namespace conv_detail;
+  if (g.kd != 1 || g.kh != 1 || g.kw != 1 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.pd != 0 || g.ph != 0 || g.pw != 0 ||
+      g.Do != g.D || g.Ho != g.H || g.Wo != g.W)
+    return false;
+  const std::int64_t V = g.D * g.H * g.W, K = g.C;
+  if (K * V >= (std::int64_t(1) << 31)) return false;
+  const std::int64_t coblocks = (g.Co + MR - 1) / MR;
+  const std::int64_t cb = std::max<std::int64_t>(1, conv_detail::krows());
+  const std::int64_t kblocks = (K + cb - 1) / cb;
+  std::vector<std::int32_t> delta(static_cast<std::size_t>(K)), delta16(static_cast<std::size_t>(K));
+  for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
+  const std::int64_t tiles = (V + NR - 1) / NR, per_task = 16;
+  pool.parallel_for(std::size_t((tiles + per_task - 1) / per_task), [&](std::size_t t0, std::size_t t1) {
+    alignas(64) float tile[MR * NR];
+    std::vector<float> stage;  // the last partial tile's inputs, zero-padded to 16 per channel
+    for (std::size_t t = t0; t < t1; ++t)
+      for (std::int64_t q = std::int64_t(t) * per_task, q1 = std::min(tiles, q + per_task); q < q1; ++q) {
+        const std::int64_t v0 = q * NR, n = std::min<std::int64_t>(NR, V - v0);
+        if (n < NR && stage.empty()) {
+          stage.assign(std::size_t(K * NR), 0.0f);
+          for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + v0, std::size_t(n) * sizeof(float));
+        }
+        for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+          const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
+          const bool first = kb == 0, last = kb == kblocks - 1;
+          const IndirectB src = n == NR ? IndirectB{in + v0, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
+          for (std::int64_t cob = 0; cob < coblocks; ++cob) {
+            const float* a = wp + (cob * K + k0) * MR;
+            const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
+            const float* bb = bias ? bias + cob * MR : nullptr;
+            float* o = out + cob * MR * V + v0;
+            if (rows_valid == MR && n == NR) {
+              kernel_avx2_tile(a, src, kbn, o, V, bb, first, last, act, alpha);
+              continue;
+            }
+            std::memset(tile, 0, sizeof tile);
+            if (!first)
+              for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(tile + r * NR, o + r * V, std::size_t(n) * sizeof(float));
+            float bias6[MR] = {0, 0, 0, 0, 0, 0};
+            if (bb) for (std::int64_t r = 0; r < rows_valid; ++r) bias6[r] = bb[r];
+            kernel_avx2_tile(a, src, kbn, tile, NR, bias6, first, last, act, alpha);
+            for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(o + r * V, tile + r * NR, std::size_t(n) * sizeof(float));
+          }
+        }
+      }
+  }, 1, 8);
+  return true;
+}
 #endif
 
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
@@ -342,6 +397,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
 #endif
 #ifdef BHSD_X86
   static const bool indirect = direct && !std::getenv("BHSD_CONV_PACKED");
+  if (indirect && conv3d_forward_pointwise(g, in, wp, bias, out, act, alpha, pool)) return;
   if (indirect && conv3d_forward_indirect(g, in, wp, bias, out, act, alpha, pool)) return;
 #endif
   const std::int64_t K = g.K(), ksp = g.kd * g.kh * g.kw;
@@ -469,6 +525,38 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
     const std::vector<float> wp = pack_conv_weights(wf.data(), Co, C * ksp);
     const ConvGeom g{C, D, H, W, Co, kd, kh, kw, 1, 1, 1, dd, dh, dw, qd, qh, qw, Do, Ho, Wo};
     conv3d_forward(g, in, wp.data(), bias, out, Act::none, 0, pool);
+    return;
+  }
+  // Kernel equal to the stride, no padding (a U-Net's upsampling): the taps do not overlap, so each
+  // output voxel is one tap of one input voxel — one 1×1×1 convolution to Co·taps channels (row
+  // o·taps + tap) reads the input once, then each (channel, tap) plane is spread into its places.
+  if (kd == sd && kh == sh && kw == sw && pd == 0 && ph == 0 && pw == 0 && dd == 1 && dh == 1 && dw == 1 &&
+      Do == D * sd && Ho == H * sh && Wo == W * sw) {
+    const std::int64_t Cp = Co * ksp;
+    std::vector<float> wt(static_cast<std::size_t>(Cp * C)), bt(static_cast<std::size_t>(Cp));
+    for (std::int64_t o = 0; o < Co; ++o)
+      for (std::int64_t k = 0; k < ksp; ++k) {
+        bt[std::size_t(o * ksp + k)] = bias ? bias[o] : 0.0f;
+        for (std::int64_t i = 0; i < C; ++i) wt[std::size_t((o * ksp + k) * C + i)] = w[(i * Co + o) * ksp + k];
+      }
+    const std::vector<float> wp = pack_conv_weights(wt.data(), Cp, C);
+    std::vector<float> tmp(static_cast<std::size_t>(Cp * vol_in));
+    const ConvGeom g{C, D, H, W, Cp, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
+    conv3d_forward(g, in, wp.data(), bt.data(), tmp.data(), Act::none, 0, pool);
+    pool.parallel_for(std::size_t(Co * D), [&](std::size_t lo, std::size_t hi) {
+      for (std::size_t q = lo; q < hi; ++q) {
+        const std::int64_t o = std::int64_t(q) / D, id = std::int64_t(q) % D;
+        for (std::int64_t a = 0; a < kd; ++a)
+          for (std::int64_t b = 0; b < kh; ++b)
+            for (std::int64_t ih = 0; ih < H; ++ih) {
+              float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo;
+              for (std::int64_t c = 0; c < kw; ++c) {
+                const float* src = tmp.data() + (o * ksp + (a * kh + b) * kw + c) * vol_in + (id * H + ih) * W;
+                for (std::int64_t iw = 0; iw < W; ++iw) drow[iw * sw + c] = src[iw];
+              }
+            }
+      }
+    });
     return;
   }
   // Strided, undilated (a decoder's upsampling, the gradient of a strided convolution): split the
