@@ -155,6 +155,22 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* 
 __attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, const float* b, std::int64_t K, float* c) {
   kernel_avx2_tile(a, PackedB{b}, K, c, NR, nullptr, false, false, Act::none, 0.0f);
 }
+
+// One output tile of `rows` ≤ MR channels × `n` ≤ NR voxels at o (rows ldo apart): in place when
+// full, else through a zero-filled staging tile so that nothing past the tile is read or written.
+template <class B>
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_any(const float* a, B bsrc, std::int64_t K, float* o,
+                                                                std::int64_t ldo, const float* bias, std::int64_t rows,
+                                                                std::int64_t n, bool first, bool last, Act act, float alpha) {
+  if (rows == MR && n == NR) return kernel_avx2_tile(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+  alignas(64) float tile[MR * NR] = {};
+  if (!first)
+    for (std::int64_t q = 0; q < rows; ++q) std::memcpy(tile + q * NR, o + q * ldo, std::size_t(n) * sizeof(float));
+  float bias6[MR] = {0, 0, 0, 0, 0, 0};
+  if (bias) for (std::int64_t q = 0; q < rows; ++q) bias6[q] = bias[q];
+  kernel_avx2_tile(a, bsrc, K, tile, NR, bias6, first, last, act, alpha);
+  for (std::int64_t q = 0; q < rows; ++q) std::memcpy(o + q * ldo, tile + q * NR, std::size_t(n) * sizeof(float));
+}
 #endif
 
 using Kernel = void (*)(const float*, const float*, std::int64_t, float*);
@@ -287,7 +303,6 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
     const std::int64_t rows = (od1 - od0) * g.Ho;
     const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
     pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
-      alignas(64) float tile[MR * NR];
       for (std::size_t t = t0; t < t1; ++t) {
         const std::int64_t r0 = std::int64_t(t) * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
         for (std::int64_t kb = 0; kb < kblocks; ++kb) {
@@ -306,19 +321,7 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
               for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
                 const IndirectB src{base_row + ow0, dk};
                 const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
-                float* o = orow + ow0;
-                if (rows_valid == MR && n == NR) {
-                  kernel_avx2_tile(a, src, kbn, o, vol_out, bb, first, last, act, alpha);
-                  continue;
-                }
-                // a partial tile: through a staging tile
-                std::memset(tile, 0, sizeof tile);
-                if (!first)
-                  for (std::int64_t q = 0; q < rows_valid; ++q) std::memcpy(tile + q * NR, o + q * vol_out, std::size_t(n) * sizeof(float));
-                float bias6[MR] = {0, 0, 0, 0, 0, 0};
-                if (bb) for (std::int64_t q = 0; q < rows_valid; ++q) bias6[q] = bb[q];
-                kernel_avx2_tile(a, src, kbn, tile, NR, bias6, first, last, act, alpha);
-                for (std::int64_t q = 0; q < rows_valid; ++q) std::memcpy(o + q * vol_out, tile + q * NR, std::size_t(n) * sizeof(float));
+                kernel_avx2_any(a, src, kbn, orow + ow0, vol_out, bb, rows_valid, n, first, last, act, alpha);
               }
             }
           }
@@ -348,7 +351,6 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
   for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
   const std::int64_t tiles = (V + NR - 1) / NR, per_task = 16;
   pool.parallel_for(std::size_t((tiles + per_task - 1) / per_task), [&](std::size_t t0, std::size_t t1) {
-    alignas(64) float tile[MR * NR];
     std::vector<float> stage;  // the last partial tile's inputs, zero-padded to 16 per channel
     for (std::size_t t = t0; t < t1; ++t)
       for (std::int64_t q = std::int64_t(t) * per_task, q1 = std::min(tiles, q + per_task); q < q1; ++q) {
@@ -365,18 +367,7 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
             const float* a = wp + (cob * K + k0) * MR;
             const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
             const float* bb = bias ? bias + cob * MR : nullptr;
-            float* o = out + cob * MR * V + v0;
-            if (rows_valid == MR && n == NR) {
-              kernel_avx2_tile(a, src, kbn, o, V, bb, first, last, act, alpha);
-              continue;
-            }
-            std::memset(tile, 0, sizeof tile);
-            if (!first)
-              for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(tile + r * NR, o + r * V, std::size_t(n) * sizeof(float));
-            float bias6[MR] = {0, 0, 0, 0, 0, 0};
-            if (bb) for (std::int64_t r = 0; r < rows_valid; ++r) bias6[r] = bb[r];
-            kernel_avx2_tile(a, src, kbn, tile, NR, bias6, first, last, act, alpha);
-            for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(o + r * V, tile + r * NR, std::size_t(n) * sizeof(float));
+            kernel_avx2_any(a, src, kbn, out + cob * MR * V + v0, V, bb, rows_valid, n, first, last, act, alpha);
           }
         }
       }
