@@ -7,7 +7,7 @@ import { relDiff } from "./ort.js";
 
 // What the bundled model must keep reaching on unseen phantoms: 0.62 measured on these seeds
 // (README), less a margin. The issue asks for 0.8; this guards what there is.
-const DEMO_DICE_FLOOR = 0.65;
+const DEMO_DICE_FLOOR = 0.7;
 
 test.serial("training lowers the loss, and onnxruntime runs the trained file as the engine does", async (t) => {
   setBackend(backendInfo().available.native ? "native" : "ts");
