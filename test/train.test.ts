@@ -90,7 +90,7 @@ test.serial("the bundled model on phantoms it was not trained on: mean Dice over
   const { DEMO_SEGMENT } = await import("../lib/cli/demo.js");
   setBackend(backendInfo().available.native ? "native" : "ts");
   const model = await loadModel(join(ROOT, "models", "demo.onnx"));
-  // seeds far from the training ones (train:demo uses 2·7919 + i), the truth from the phantom itself
+  // seeds far from the training ones (train:demo uses seed·7919 + i, seed 3), the truth from the phantom itself
   const means: number[] = [];
   for (const seed of [7000001, 7000002, 7000003, 7000004, 7000005, 7000006, 7000007, 7000008]) {
     const p = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });

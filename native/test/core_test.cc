@@ -326,9 +326,11 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
       }
     CHECK(worst < 1e-4);
   }
-  // not a pointwise layer: left alone
+  // not a pointwise layer, or one wide enough for packed panels: left alone
   const bhsd::ConvGeom g3{2, 3, 3, 3, 2, 1, 1, 3, 1, 1, 1, 1, 1, 1, 0, 0, 1, 3, 3, 3};
   CHECK(!bhsd::conv3d_forward_pointwise(g3, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+  const bhsd::ConvGeom wide{8, 2, 2, 2, 49, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2};
+  CHECK(!bhsd::conv3d_forward_pointwise(wide, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
 #else
   (void)pool;
 #endif
