@@ -165,13 +165,13 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   // voxel costs three samples and an edge twenty-seven.
   const sub = [-1 / 3, 0, 1 / 3];
   const tissue = new Int32Array(n);
+  const ls = [0, 0, 0];  // the three sub-slices' labels (one array for all voxels)
   for (let k = 0; k < nz; k++) {
     for (let j = 0; j < ny; j++) {
       const y = (j - (ny - 1) / 2) * sy;
       for (let i = 0; i < nx; i++) {
         const x = (i - (nx - 1) / 2) * sx;
         let acc = 0, code = 0;
-        const ls = [0, 0, 0];
         for (let q = 0; q < 3; q++) {
           sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
           acc += sHu;
