@@ -119,13 +119,23 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
     throw invalidParameterError("options.patch", `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`, o.patch);
   const batch = o.batch ?? 2, steps = o.steps ?? 200;
+  // every case checked before anything is built or allocated; the same pass counts background
+  let bg = 0, nLab = 0;
+  o.train.forEach((c, k) => {
+    if (c.labels.data.length !== c.ct.data.length)
+      throw new RangeError(`options.train[${k}]: labels have ${c.labels.data.length} voxels but the CT has ${c.ct.data.length}`);
+    for (let i = 0; i < c.labels.data.length; i++, nLab++) {
+      const l = c.labels.data[i]!;
+      // the loss indexes its sums by label: a value past the network's classes must not reach it
+      if (!(l >= 0 && l < spec.classes && Number.isInteger(l))) throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
+      if (!l) bg++;
+    }
+  });
   const rnd = prng(o.seed ?? 1);
   const initial = buildUNet(spec, o.seed ?? 1);
   const graph: Graph = await parseModel(initial);
   if (o.backgroundPrior ?? true) {
-    let bg = 0, n = 0;
-    for (const c of o.train) for (let i = 0; i < c.labels.data.length; i++, n++) if (!c.labels.data[i]) bg++;
-    const pi = Math.min(0.99, Math.max(0.5, n ? bg / n : 0.5));
+    const pi = Math.min(0.99, Math.max(0.5, nLab ? bg / nLab : 0.5));
     const head = graph.nodes[graph.nodes.length - 1]!;
     const bias = head.opType === "Conv" && head.inputs[2] ? graph.initializers.get(head.inputs[2])?.f32 : undefined;
     if (bias) bias[0] = Math.log(((bias.length - 1) * pi) / (1 - pi));
@@ -141,15 +151,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     mirrorAxes: [2],
   };
   // normalised images and labels, with each case's bleed voxels for oversampling
-  const data = o.train.map((c, k) => {
-    if (c.labels.data.length !== c.ct.data.length)
-      throw new RangeError(`options.train[${k}]: labels have ${c.labels.data.length} voxels but the CT has ${c.ct.data.length}`);
+  const data = o.train.map((c) => {
     const img = normalize(c.ct.data, BHSD_WINDOW);
     const byClass = new Map<number, number[]>();
     for (let i = 0; i < c.labels.data.length; i++) {
       const l = c.labels.data[i]!;
-      // the loss indexes its sums by label: a value past the network's classes must not reach it
-      if (!(l >= 0 && l < spec.classes && Number.isInteger(l))) throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
       if (l) (byClass.get(l) ?? byClass.set(l, []).get(l)!).push(i);
     }
     return { img, lab: c.labels.data, dims: c.ct.dims, fg: [...byClass.values()] };
