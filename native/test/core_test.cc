@@ -234,7 +234,9 @@ static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
 }
 
 // The indirect convolution (padded slabs, offsets instead of packed panels) against a plain loop,
-// with one slab for all planes and with slabs of one output plane (halos re-padded per slab).
+// with one slab for all planes and with slabs of one output plane (halos re-padded per slab); the
+// full dispatcher on the same cases (cases with more than 48 outputs take packed panels), and the
+// AVX2 panel packing against the portable one, segment by segment (edges, dilation, W < 16).
 static void test_conv_indirect(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
@@ -251,6 +253,12 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {2, 6, 9, 40, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
       {3, 4, 6, 19, 7, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       {2, 4, 5, 110, 5, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
+      // packed panels (more than 8 blocks of 6 outputs): interior and edge segments, dilation
+      // along W, a row shorter than a segment, a strided W (the portable packing)
+      {3, 5, 9, 40, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 4, 7, 37, 49, {3, 3, 5}, {1, 1, 1}, {2, 0, 3}, {2, 1, 2}},
+      {4, 3, 5, 9, 53, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 4, 5, 45, 55, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
@@ -285,13 +293,40 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
             ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = v > 0 ? v : 0.1f * v;
           }
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
-    for (std::int64_t slab : {std::int64_t(16) << 20, std::int64_t(4)}) {
-      std::vector<float> got(no, 9.0f);
-      CHECK(bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f, pool, slab));
+    auto worst_of = [&](const std::vector<float>& got) {
       double worst = 0;
       for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, double(std::fabs(ref[i] - got[i])));
-      CHECK(worst < 1e-4);
+      return worst;
+    };
+    if (c.Co <= 48) {
+      for (std::int64_t slab : {std::int64_t(16) << 20, std::int64_t(4)}) {
+        std::vector<float> got(no, 9.0f);
+        CHECK(bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f, pool, slab));
+        CHECK(worst_of(got) < 1e-4);
+      }
+    } else {
+      CHECK(!bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), nullptr, bhsd::Act::leaky, 0.1f, pool));
     }
+    std::vector<float> got(no, 9.0f);
+    bhsd::conv3d_forward(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f, pool);
+    CHECK(worst_of(got) < 1e-4);
+    // panels, bit for bit: every row segment, all channels and the second half alone
+    const std::size_t pn = std::size_t(g.K() * bhsd::NR);
+    std::vector<float> pa(pn + 16), pb(pn + 16);
+    float* a = pa.data() + (16 - (reinterpret_cast<std::uintptr_t>(pa.data()) / 4) % 16) % 16;  // aligned
+    float* b = pb.data() + (16 - (reinterpret_cast<std::uintptr_t>(pb.data()) / 4) % 16) % 16;
+    bool same = true;
+    for (std::int64_t c0 : {std::int64_t(0), c.C / 2})
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += bhsd::NR) {
+            const std::int64_t n = std::min<std::int64_t>(bhsd::NR, g.Wo - ow0);
+            std::fill(a, a + pn, 7.0f), std::fill(b, b + pn, 8.0f);
+            bhsd::conv_detail::pack_panel_generic(g, x.data(), c0, c.C, od, oh, ow0, n, a);
+            bhsd::conv_detail::pack_panel_avx2(g, x.data(), c0, c.C, od, oh, ow0, n, b);
+            same = same && std::memcmp(a, b, std::size_t((c.C - c0) * g.kd * g.kh * g.kw) * 16 * sizeof(float)) == 0;
+          }
+    CHECK(same);
   }
 #else
   (void)pool;
