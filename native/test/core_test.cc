@@ -238,6 +238,18 @@ static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
 // full dispatcher on the same cases (cases with more than 48 outputs take packed panels), and the
 // AVX2 panel packing against the portable one, segment by segment (edges, dilation, W < 16).
 static void test_conv_indirect(bhsd::ThreadPool& pool) {
+  // output-channel blocks: contiguous, 1–6 rows each, ⌈Co / 6⌉ of them, no block under 3 rows
+  // after a full one (the remainder shares the last full block)
+  for (std::int64_t Co = 1; Co <= 100; ++Co) {
+    const bhsd::CoBlocks cbk(Co);
+    bool ok = cbk.count() == (Co + 5) / 6;
+    std::int64_t next = 0;
+    for (std::int64_t b = 0; b < cbk.count(); ++b) {
+      ok = ok && cbk.row0(b) == next && cbk.rows(b) >= 1 && cbk.rows(b) <= bhsd::MR && (Co < 6 || cbk.rows(b) >= 3);
+      next += cbk.rows(b);
+    }
+    CHECK(ok && next == Co);
+  }
 #ifdef BHSD_X86
   if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
   struct Case { std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3]; };
@@ -251,7 +263,7 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       // an even kernel, and stride 3 with dilation 2 and a row past one 16-wide segment
       {3, 5, 10, 37, 11, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
       {2, 6, 9, 40, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
-      {3, 4, 6, 19, 7, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
+      {3, 4, 6, 19, 15, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       {2, 4, 5, 110, 5, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
       // packed panels (more than 8 blocks of 6 outputs): interior and edge segments, dilation
       // along W, a row shorter than a segment, a strided W (the portable packing)

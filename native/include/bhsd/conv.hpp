@@ -47,16 +47,40 @@ struct ConvGeom {
 constexpr int MR = 6;   // output channels per micro-tile
 constexpr int NR = 16;  // output voxels per micro-tile (two AVX registers)
 
-// Weights [Co, K] → blocks of MR channels, k-major: out[(b·K + k)·MR + r] = w[(b·MR + r)·K + k];
-// channels past Co are zero.
+// Output channels in blocks for the micro-kernel: blocks of MR, and a remainder of 1–3 channels
+// not left to a block of its own (a 6-row tile doing 1–3 rows of work) but shared with the last
+// full block as two nearly equal ones (7 → 4 + 3, 8 → 4 + 4, 9 → 5 + 4). A tile of r rows costs
+// about max(r, 4) of a full tile's 6 cycles per weight (FMA latency needs 8 accumulators), so a
+// 32-channel layer runs 4 × 6 + 2 × 4 = 32 rows' time instead of 6 × 6 = 36. The number of blocks
+// is ⌈Co / MR⌉ either way; block b's packed weights start at b·K·MR.
+struct CoBlocks {
+  std::int64_t full = 0, t0 = 0, t1 = 0;  // full blocks of MR, then up to two tail blocks
+  explicit CoBlocks(std::int64_t Co) {
+    full = Co / MR;
+    const std::int64_t r = Co % MR;
+    if (r == 0) return;
+    if (r >= 4 || full == 0) {
+      t0 = r;
+      return;
+    }
+    --full;
+    t0 = (MR + r + 1) / 2, t1 = (MR + r) / 2;
+  }
+  std::int64_t count() const { return full + (t0 > 0) + (t1 > 0); }
+  std::int64_t rows(std::int64_t b) const { return b < full ? MR : b == full ? t0 : t1; }
+  std::int64_t row0(std::int64_t b) const { return b <= full ? b * MR : full * MR + t0; }
+};
+
+// Weights [Co, K] → CoBlocks' blocks, k-major, MR slots per k: out[(b·K + k)·MR + r] =
+// w[(row0(b) + r)·K + k] for r < rows(b); the other slots are zero.
 inline std::vector<float> pack_conv_weights(const float* w, std::int64_t Co, std::int64_t K) {
-  const std::int64_t blocks = (Co + MR - 1) / MR;
+  const CoBlocks cbk(Co);
+  const std::int64_t blocks = cbk.count();
   std::vector<float> out(static_cast<std::size_t>(blocks * K * MR), 0.0f);
   for (std::int64_t b = 0; b < blocks; ++b)
-    for (std::int64_t r = 0; r < MR; ++r) {
-      const std::int64_t co = b * MR + r;
-      if (co >= Co) break;
-      for (std::int64_t k = 0; k < K; ++k) out[static_cast<std::size_t>((b * K + k) * MR + r)] = w[co * K + k];
+    for (std::int64_t r = 0; r < cbk.rows(b); ++r) {
+      const float* src = w + (cbk.row0(b) + r) * K;
+      for (std::int64_t k = 0; k < K; ++k) out[static_cast<std::size_t>((b * K + k) * MR + r)] = src[k];
     }
   return out;
 }
@@ -89,86 +113,77 @@ struct IndirectB {
   const float* at(std::int64_t k) const { return base + delta[k]; }
 };
 
-// The AVX2 micro-kernel: a 6×16 tile in twelve registers, rows `ldo` apart (the output itself, or
-// a staging tile with ldo = 16). first: start from the bias, else from what the tile holds;
-// last: apply the activation before storing.
-template <class B>
+// The AVX2 micro-kernel: an R×16 tile (R ≤ 6 output channels) in 2R registers, rows `ldo` apart
+// (the output itself, or a staging tile with ldo = 16). first: start from the bias, else from what
+// the tile holds; last: apply the activation before storing. Only the R rows are read or written.
+template <int R, class B>
 __attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a, B bsrc, std::int64_t K,
                                                                  float* o, std::int64_t ldo, const float* bias,
                                                                  bool first, bool last, Act act, float alpha) {
-  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-  if (first) {
-    c00 = c01 = _mm256_set1_ps(bias ? bias[0] : 0.0f);
-    c10 = c11 = _mm256_set1_ps(bias ? bias[1] : 0.0f);
-    c20 = c21 = _mm256_set1_ps(bias ? bias[2] : 0.0f);
-    c30 = c31 = _mm256_set1_ps(bias ? bias[3] : 0.0f);
-    c40 = c41 = _mm256_set1_ps(bias ? bias[4] : 0.0f);
-    c50 = c51 = _mm256_set1_ps(bias ? bias[5] : 0.0f);
-  } else {
-    c00 = _mm256_loadu_ps(o), c01 = _mm256_loadu_ps(o + 8);
-    c10 = _mm256_loadu_ps(o + ldo), c11 = _mm256_loadu_ps(o + ldo + 8);
-    c20 = _mm256_loadu_ps(o + 2 * ldo), c21 = _mm256_loadu_ps(o + 2 * ldo + 8);
-    c30 = _mm256_loadu_ps(o + 3 * ldo), c31 = _mm256_loadu_ps(o + 3 * ldo + 8);
-    c40 = _mm256_loadu_ps(o + 4 * ldo), c41 = _mm256_loadu_ps(o + 4 * ldo + 8);
-    c50 = _mm256_loadu_ps(o + 5 * ldo), c51 = _mm256_loadu_ps(o + 5 * ldo + 8);
+  static_assert(R >= 1 && R <= MR, "rows per tile");
+  __m256 c0[R], c1[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    if (first) {
+      c0[r] = c1[r] = _mm256_set1_ps(bias ? bias[r] : 0.0f);
+    } else {
+      c0[r] = _mm256_loadu_ps(o + r * ldo), c1[r] = _mm256_loadu_ps(o + r * ldo + 8);
+    }
   }
   for (std::int64_t k = 0; k < K; ++k) {
     const float* b = bsrc.at(k);
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    __m256 w = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(w, b0, c00), c01 = _mm256_fmadd_ps(w, b1, c01);
-    w = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(w, b0, c10), c11 = _mm256_fmadd_ps(w, b1, c11);
-    w = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(w, b0, c20), c21 = _mm256_fmadd_ps(w, b1, c21);
-    w = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(w, b0, c30), c31 = _mm256_fmadd_ps(w, b1, c31);
-    w = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(w, b0, c40), c41 = _mm256_fmadd_ps(w, b1, c41);
-    w = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(w, b0, c50), c51 = _mm256_fmadd_ps(w, b1, c51);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 w = _mm256_broadcast_ss(a + r);
+      c0[r] = _mm256_fmadd_ps(w, b0, c0[r]), c1[r] = _mm256_fmadd_ps(w, b1, c1[r]);
+    }
     a += MR;
   }
   if (last && act != Act::none) {
     const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
-#define BHSD_ACT(v) _mm256_blendv_ps(_mm256_mul_ps(v, slope), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ))
-    c00 = BHSD_ACT(c00), c01 = BHSD_ACT(c01), c10 = BHSD_ACT(c10), c11 = BHSD_ACT(c11);
-    c20 = BHSD_ACT(c20), c21 = BHSD_ACT(c21), c30 = BHSD_ACT(c30), c31 = BHSD_ACT(c31);
-    c40 = BHSD_ACT(c40), c41 = BHSD_ACT(c41), c50 = BHSD_ACT(c50), c51 = BHSD_ACT(c51);
-#undef BHSD_ACT
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      c0[r] = _mm256_blendv_ps(_mm256_mul_ps(c0[r], slope), c0[r], _mm256_cmp_ps(c0[r], zero, _CMP_GT_OQ));
+      c1[r] = _mm256_blendv_ps(_mm256_mul_ps(c1[r], slope), c1[r], _mm256_cmp_ps(c1[r], zero, _CMP_GT_OQ));
+    }
   }
-  _mm256_storeu_ps(o, c00), _mm256_storeu_ps(o + 8, c01);
-  _mm256_storeu_ps(o + ldo, c10), _mm256_storeu_ps(o + ldo + 8, c11);
-  _mm256_storeu_ps(o + 2 * ldo, c20), _mm256_storeu_ps(o + 2 * ldo + 8, c21);
-  _mm256_storeu_ps(o + 3 * ldo, c30), _mm256_storeu_ps(o + 3 * ldo + 8, c31);
-  _mm256_storeu_ps(o + 4 * ldo, c40), _mm256_storeu_ps(o + 4 * ldo + 8, c41);
-  _mm256_storeu_ps(o + 5 * ldo, c50), _mm256_storeu_ps(o + 5 * ldo + 8, c51);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(o + r * ldo, c0[r]), _mm256_storeu_ps(o + r * ldo + 8, c1[r]);
 }
 
-__attribute__((target("avx2,fma"))) inline void kernel_avx2_direct(const float* a, const float* b, std::int64_t K,
-                                                                   float* o, std::int64_t ldo, const float* bias,
-                                                                   bool first, bool last, Act act, float alpha) {
-  kernel_avx2_tile(a, PackedB{b}, K, o, ldo, bias, first, last, act, alpha);
+// The tile kernel for a run-time row count.
+template <class B>
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_rows(std::int64_t rows, const float* a, B bsrc,
+                                                                 std::int64_t K, float* o, std::int64_t ldo,
+                                                                 const float* bias, bool first, bool last, Act act,
+                                                                 float alpha) {
+  switch (rows) {
+    case 6: return kernel_avx2_tile<6>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 5: return kernel_avx2_tile<5>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 4: return kernel_avx2_tile<4>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 3: return kernel_avx2_tile<3>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 2: return kernel_avx2_tile<2>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    default: return kernel_avx2_tile<1>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+  }
 }
 
 // c[r·NR + j] += Σ_k a[k·MR + r] · b[k·NR + j], on a staging tile.
 __attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, const float* b, std::int64_t K, float* c) {
-  kernel_avx2_tile(a, PackedB{b}, K, c, NR, nullptr, false, false, Act::none, 0.0f);
+  kernel_avx2_tile<MR>(a, PackedB{b}, K, c, NR, nullptr, false, false, Act::none, 0.0f);
 }
 
 // One output tile of `rows` ≤ MR channels × `n` ≤ NR voxels at o (rows ldo apart): in place when
-// full, else through a zero-filled staging tile so that nothing past the tile is read or written.
+// n = NR, else through a zero-filled staging tile so that nothing past the tile is read or written.
 template <class B>
 __attribute__((target("avx2,fma"))) inline void kernel_avx2_any(const float* a, B bsrc, std::int64_t K, float* o,
                                                                 std::int64_t ldo, const float* bias, std::int64_t rows,
                                                                 std::int64_t n, bool first, bool last, Act act, float alpha) {
-  if (rows == MR && n == NR) return kernel_avx2_tile(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+  if (n == NR) return kernel_avx2_rows(rows, a, bsrc, K, o, ldo, bias, first, last, act, alpha);
   alignas(64) float tile[MR * NR] = {};
   if (!first)
     for (std::int64_t q = 0; q < rows; ++q) std::memcpy(tile + q * NR, o + q * ldo, std::size_t(n) * sizeof(float));
-  float bias6[MR] = {0, 0, 0, 0, 0, 0};
-  if (bias) for (std::int64_t q = 0; q < rows; ++q) bias6[q] = bias[q];
-  kernel_avx2_tile(a, bsrc, K, tile, NR, bias6, first, last, act, alpha);
+  kernel_avx2_rows(rows, a, bsrc, K, tile, NR, bias, first, last, act, alpha);
   for (std::int64_t q = 0; q < rows; ++q) std::memcpy(o + q * ldo, tile + q * NR, std::size_t(n) * sizeof(float));
 }
 #endif
@@ -320,7 +335,8 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
                                     float* out, Act act, float alpha, ThreadPool& pool,
                                     std::int64_t slab_bytes = std::int64_t(16) << 20) {
   using namespace conv_detail;
-  const std::int64_t coblocks = (g.Co + MR - 1) / MR;
+  const CoBlocks cbk(g.Co);
+  const std::int64_t coblocks = cbk.count();
   if (coblocks > 8) return false;
   const std::int64_t segs_per_row = (g.Wo + NR - 1) / NR;
   const std::int64_t Hp = (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
@@ -408,12 +424,12 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
           const bool first = kb == 0, last = kb == kblocks - 1;
           for (std::int64_t cob = 0; cob < coblocks; ++cob) {
             const float* a = wp + (cob * K + c0 * ksp) * MR;
-            const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
-            const float* bb = bias ? bias + cob * MR : nullptr;
+            const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
+            const float* bb = bias ? bias + co0 : nullptr;
             for (std::int64_t r = r0; r < r1; ++r) {
               const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
               const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
-              float* orow = out + (cob * MR) * vol_out + (od0 + odl) * plane_out + oh * g.Wo;
+              float* orow = out + co0 * vol_out + (od0 + odl) * plane_out + oh * g.Wo;
               for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
                 const IndirectB src{base_row + ow0, dk};
                 const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
@@ -442,7 +458,8 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
     return false;
   const std::int64_t V = g.D * g.H * g.W, K = g.C;
   if (K * V >= (std::int64_t(1) << 31)) return false;
-  const std::int64_t coblocks = (g.Co + MR - 1) / MR;
+  const CoBlocks cbk(g.Co);
+  const std::int64_t coblocks = cbk.count();
   if (coblocks > 8) return false;
   const std::int64_t cb = std::max<std::int64_t>(1, conv_detail::krows());
   const std::int64_t kblocks = (K + cb - 1) / cb;
@@ -465,12 +482,12 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
         const bool first = kb == 0, last = kb == kblocks - 1;
         for (std::int64_t cob = 0; cob < coblocks; ++cob) {
           const float* a = wp + (cob * K + k0) * MR;
-          const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
-          const float* bb = bias ? bias + cob * MR : nullptr;
+          const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
+          const float* bb = bias ? bias + co0 : nullptr;
           for (std::int64_t q = q0; q < q1; ++q) {
             const std::int64_t v0 = q * NR, n = std::min<std::int64_t>(NR, V - v0);
             const IndirectB src = n == NR ? IndirectB{in + v0, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
-            kernel_avx2_any(a, src, kbn, out + cob * MR * V + v0, V, bb, rows_valid, n, first, last, act, alpha);
+            kernel_avx2_any(a, src, kbn, out + co0 * V + v0, V, bb, rows_valid, n, first, last, act, alpha);
           }
         }
       }
@@ -508,7 +525,8 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t krows = conv_detail::krows();
   const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
-  const std::int64_t coblocks = (g.Co + MR - 1) / MR;
+  const CoBlocks cbk(g.Co);
+  const std::int64_t coblocks = cbk.count();
 
   pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
     thread_local Scratch panel_mem, tile_mem;
@@ -535,26 +553,23 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
         // order, and 256- or 1024-row panels, measured no faster here: BHSD_CONV_KROWS to try).
         for (std::int64_t cob = 0; cob < coblocks; ++cob) {
           const float* a = wp + (cob * K + c0 * ksp) * MR;
-          const std::int64_t rows_valid = std::min<std::int64_t>(MR, g.Co - cob * MR);
+          const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
+          const float* bb = bias ? bias + co0 : nullptr;
           for (std::size_t s = 0; s < segs.size(); ++s) {
             const Seg& sg = segs[s];
-            float* o = out + (cob * MR) * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
+            float* o = out + co0 * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
 #ifdef BHSD_X86
-            if (direct && rows_valid == MR && sg.n == NR) {  // a full tile: no staging
-              kernel_avx2_direct(a, panel + s * std::size_t(kbn * NR), kbn, o, vol_out, bias ? bias + cob * MR : nullptr,
-                                 first, last, act, alpha);
+            if (direct) {
+              kernel_avx2_any(a, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o, vol_out, bb, rows_valid, sg.n, first,
+                              last, act, alpha);
               continue;
             }
 #endif
             const std::size_t nbytes = std::size_t(sg.n) * sizeof(float);
-            if (!first && rows_valid == MR && sg.n == NR) {
-              for (std::int64_t r = 0; r < MR; ++r) std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
-            } else {
-              std::memset(tile, 0, MR * NR * sizeof(float));
-              for (std::int64_t r = 0; r < rows_valid; ++r) {
-                if (first) std::fill(tile + r * NR, tile + r * NR + sg.n, bias ? bias[cob * MR + r] : 0.0f);
-                else std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
-              }
+            std::memset(tile, 0, MR * NR * sizeof(float));
+            for (std::int64_t r = 0; r < rows_valid; ++r) {
+              if (first) std::fill(tile + r * NR, tile + r * NR + sg.n, bb ? bb[r] : 0.0f);
+              else std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
             }
             kernel(a, panel + s * std::size_t(kbn * NR), kbn, tile);
             if (last && act != Act::none)
