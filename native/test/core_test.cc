@@ -266,11 +266,12 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {3, 4, 6, 19, 15, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       {2, 4, 5, 110, 5, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
       // packed panels (more than 8 blocks of 6 outputs): interior and edge segments, dilation
-      // along W, a row shorter than a segment, a strided W (the portable packing)
+      // along W, a row shorter than a segment, strides along W (gathered)
       {3, 5, 9, 40, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 4, 7, 37, 49, {3, 3, 5}, {1, 1, 1}, {2, 0, 3}, {2, 1, 2}},
       {4, 3, 5, 9, 53, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 4, 5, 45, 55, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
+      {3, 6, 9, 70, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},  // gathers: edges and interior
   };
   std::uint32_t st = 777;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
@@ -383,6 +384,47 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
 #endif
 }
 
+// Transposed convolutions whose kernel equals the stride (a U-Net's upsampling: the fused GEMM and
+// spread) against a plain scatter loop: strides (2, 2, 2), (1, 2, 2), (1, 1, 3) and (2, 1, 1),
+// volumes that end in a partial tile, a 64-row GEMM (packed blocks with a 4 + 4 tail), more input
+// channels than one K block.
+static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
+  struct Case { std::int64_t C, D, H, W, Co, s[3]; };
+  const Case cases[] = {{5, 3, 4, 21, 7, {2, 2, 2}}, {3, 2, 5, 9, 16, {1, 2, 2}}, {4, 2, 3, 7, 3, {1, 1, 3}},
+                        {6, 3, 2, 5, 4, {2, 1, 1}}, {600, 1, 2, 11, 2, {1, 2, 2}}};
+  std::uint32_t st = 31337;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  for (const Case& c : cases) {
+    const std::int64_t kd = c.s[0], kh = c.s[1], kw = c.s[2], ksp = kd * kh * kw;
+    const std::int64_t Do = c.D * kd, Ho = c.H * kh, Wo = c.W * kw;
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.C * c.Co * ksp)), bias(std::size_t(c.Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd();
+    for (auto& v : bias) v = rnd();
+    const std::size_t no = std::size_t(c.Co * Do * Ho * Wo);
+    std::vector<double> ref(no);
+    for (std::int64_t o = 0; o < c.Co; ++o)
+      for (std::size_t i = 0; i < std::size_t(Do * Ho * Wo); ++i) ref[std::size_t(o * Do * Ho * Wo) + i] = bias[std::size_t(o)];
+    for (std::int64_t ci = 0; ci < c.C; ++ci)
+      for (std::int64_t d = 0; d < c.D; ++d)
+        for (std::int64_t h = 0; h < c.H; ++h)
+          for (std::int64_t wv = 0; wv < c.W; ++wv)
+            for (std::int64_t o = 0; o < c.Co; ++o)
+              for (std::int64_t a = 0; a < kd; ++a)
+                for (std::int64_t b = 0; b < kh; ++b)
+                  for (std::int64_t e = 0; e < kw; ++e)
+                    ref[std::size_t(((o * Do + d * kd + a) * Ho + h * kh + b) * Wo + wv * kw + e)] +=
+                        double(x[std::size_t(((ci * c.D + d) * c.H + h) * c.W + wv)]) *
+                        w[std::size_t(((ci * c.Co + o) * kd + a) * kh * kw + b * kw + e)];
+    std::vector<float> got(no, 9.0f);
+    bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo, x.data(),
+                                   w.data(), bias.data(), got.data(), pool);
+    double worst = 0;
+    for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - got[i]));
+    CHECK(worst < 1e-4);
+  }
+}
+
 // Instance norm forward and backward against double-precision loops: several 1024-voxel blocks
 // (a ragged last one), a mean far from zero, the LeakyReLU gate.
 static void test_instance_norm(bhsd::ThreadPool& pool) {
@@ -441,6 +483,7 @@ int main() {
     test_weight_grad_blocked(pool);
     test_conv_indirect(pool);
     test_conv_pointwise(pool);
+    test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller

@@ -223,32 +223,33 @@ inline void pack_panel_generic(const ConvGeom& g, const float* in, std::int64_t 
 
 #ifdef BHSD_X86
 // The same with AVX2: rows outside the volume are two zero stores, a segment whose every tap lies
-// inside its row two unaligned loads per weight, an edge segment masked loads (no branch per
-// sample: the scalar edge loop was a fifth of a 64→64 layer's time). Strided W falls back.
-// `ahead` > 0: each row read is prefetched that many samples further on (the rows the next task
-// reads; channels' planes lie too far apart for the hardware prefetcher: 64→64 7 % faster).
+// inside its row two unaligned loads per weight (two gathers with a stride along W), an edge
+// segment masked loads or gathers (no branch per sample: the scalar edge loop was a fifth of a
+// 64→64 layer's time). `ahead` > 0: each row read is prefetched that many samples further on (the
+// rows the next task reads; channels' planes lie too far apart for the hardware prefetcher: 64→64
+// 7 % faster).
 __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& g, const float* in, std::int64_t c0,
                                                                 std::int64_t c1, std::int64_t od, std::int64_t oh,
                                                                 std::int64_t ow0, std::int64_t n, float* p,
                                                                 std::int64_t ahead = 0) {
-  if (g.sw != 1) return pack_panel_generic(g, in, c0, c1, od, oh, ow0, n, p);
-  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
-  const std::int64_t lo = ow0 - g.pw, span = (g.kw - 1) * g.dw;
-  const bool interior = n == NR && lo >= 0 && lo + span + NR <= g.W;
+  if (g.kw > 32 || g.sw > 64) return pack_panel_generic(g, in, c0, c1, od, oh, ow0, n, p);
+  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in, sw = g.sw;
+  const std::int64_t lo = ow0 * sw - g.pw, span = (g.kw - 1) * g.dw;
+  const bool interior = n == NR && lo >= 0 && lo + span + (NR - 1) * sw < g.W;
   const __m256 zero = _mm256_setzero_ps();
   const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
-  // lane j of tap c is read when max(0, −iw0) ≤ j < min(n, W − iw0), iw0 = lo + c·dw
-  __m256i m0[32], m1[32];  // one mask pair per tap (kw ≤ 32 on this path, else generic)
-  if (!interior) {
-    if (g.kw > 32) return pack_panel_generic(g, in, c0, c1, od, oh, ow0, n, p);
+  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))), step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
+  // lane j of tap c is read when 0 ≤ iw0 + j·sw < W and j < n, iw0 = lo + c·dw
+  __m256i m0[32], m1[32];
+  if (!interior)
     for (std::int64_t c = 0; c < g.kw; ++c) {
       const std::int64_t iw0 = lo + c * g.dw;
-      const std::int64_t jlo = std::clamp<std::int64_t>(-iw0, 0, NR), jhi = std::clamp<std::int64_t>(std::min(n, g.W - iw0), 0, NR);
+      const std::int64_t jlo = std::clamp<std::int64_t>(iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw, 0, NR);
+      const std::int64_t jhi = std::clamp<std::int64_t>(std::min(n, g.W - iw0 <= 0 ? 0 : (g.W - iw0 + sw - 1) / sw), 0, NR);
       const __m256i l = _mm256_set1_epi32(int(jlo) - 1), h = _mm256_set1_epi32(int(jhi));
       m0[c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota0, l), _mm256_cmpgt_epi32(h, iota0));
       m1[c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota1, l), _mm256_cmpgt_epi32(h, iota1));
     }
-  }
   for (std::int64_t ci = c0; ci < c1; ++ci)
     for (std::int64_t a = 0; a < g.kd; ++a) {
       const std::int64_t id = od * g.sd - g.pd + a * g.dd;
@@ -265,18 +266,21 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
           _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(q + 64), _MM_HINT_T0);
         }
-        if (interior) {
-          for (std::int64_t c = 0; c < g.kw; ++c, p += NR) {
-            const float* s = row + lo + c * g.dw;
-            _mm256_store_ps(p, _mm256_loadu_ps(s)), _mm256_store_ps(p + 8, _mm256_loadu_ps(s + 8));
+        for (std::int64_t c = 0; c < g.kw; ++c, p += NR) {
+          // lanes outside the row are masked off (never read); the address is formed as an integer
+          const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) +
+                                                          std::uintptr_t((lo + c * g.dw) * std::int64_t(sizeof(float))));
+          __m256 v0, v1;
+          if (sw == 1) {
+            v0 = interior ? _mm256_loadu_ps(s) : _mm256_maskload_ps(s, m0[c]);
+            v1 = interior ? _mm256_loadu_ps(s + 8) : _mm256_maskload_ps(s + 8, m1[c]);
+          } else if (interior) {
+            v0 = _mm256_i32gather_ps(s, step0, 4), v1 = _mm256_i32gather_ps(s, step1, 4);
+          } else {
+            v0 = _mm256_mask_i32gather_ps(zero, s, step0, _mm256_castsi256_ps(m0[c]), 4);
+            v1 = _mm256_mask_i32gather_ps(zero, s, step1, _mm256_castsi256_ps(m1[c]), 4);
           }
-        } else {
-          for (std::int64_t c = 0; c < g.kw; ++c, p += NR) {
-            // lanes outside the row are masked off (never read); the address is formed as an integer
-            const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) +
-                                                            std::uintptr_t((lo + c * g.dw) * std::int64_t(sizeof(float))));
-            _mm256_store_ps(p, _mm256_maskload_ps(s, m0[c])), _mm256_store_ps(p + 8, _mm256_maskload_ps(s + 8, m1[c]));
-          }
+          _mm256_store_ps(p, v0), _mm256_store_ps(p + 8, v1);
         }
       }
     }
@@ -582,6 +586,89 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   }, 1, 8);
 }
 
+#ifdef BHSD_X86
+// A transposed convolution whose kernel equals its stride (no padding or dilation: a U-Net's
+// upsampling), fused: each task takes a run of L input voxels, computes the 1×1×1 GEMM to Co·taps
+// rows (o·taps + tap) for them into a buffer that stays in L2, and spreads each row into its
+// strided places in the output — no volume-sized temporary written and read back (a 64→32
+// (1, 2, 2) upsampling to 16×256×256 spent 170 ms that way, most of it memory traffic). wp:
+// pack_conv_weights of the [Co·taps, C] matrix; bt: each row's bias. False where it does not apply.
+__attribute__((target("avx2,fma"))) inline void spread_pair_avx2(const float* s0, const float* s1, std::int64_t m, float* d) {
+  std::int64_t i = 0;
+  for (; i + 8 <= m; i += 8) {  // d[2i] = s0[i], d[2i + 1] = s1[i]
+    const __m256 x0 = _mm256_loadu_ps(s0 + i), x1 = _mm256_loadu_ps(s1 + i);
+    const __m256 lo = _mm256_unpacklo_ps(x0, x1), hi = _mm256_unpackhi_ps(x0, x1);
+    _mm256_storeu_ps(d + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(d + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  for (; i < m; ++i) d[2 * i] = s0[i], d[2 * i + 1] = s1[i];
+}
+
+__attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
+    std::int64_t C, std::int64_t D, std::int64_t H, std::int64_t W, std::int64_t Co, std::int64_t sd, std::int64_t sh,
+    std::int64_t sw, const float* in, const float* wp, const float* bt, float* out, ThreadPool& pool) {
+  using namespace conv_detail;
+  const std::int64_t ksp = sd * sh * sw, Cp = Co * ksp, V = D * H * W, K = C;
+  if (K * V + NR >= (std::int64_t(1) << 31)) return false;
+  const std::int64_t Ho = H * sh, Wo = W * sw, vol_out = D * sd * Ho * Wo;
+  const CoBlocks cbk(Cp);
+  const std::int64_t coblocks = cbk.count();
+  const std::int64_t cb = std::max<std::int64_t>(1, krows()), kblocks = (K + cb - 1) / cb;
+  // voxels per task: a multiple of 16, the task's Cp rows within about 256 KB
+  const std::int64_t L = std::clamp<std::int64_t>((std::int64_t(64) << 10) / Cp / NR * NR, NR, 256);
+  std::vector<std::int32_t> delta(static_cast<std::size_t>(K)), delta16(static_cast<std::size_t>(K));
+  for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
+  // the volume's last partial tile reads its 16 samples per channel from a zero-padded copy
+  const std::int64_t vlast = V / NR * NR;
+  std::vector<float> stage;
+  if (vlast < V) {
+    stage.assign(std::size_t(K * NR), 0.0f);
+    for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + vlast, std::size_t(V - vlast) * sizeof(float));
+  }
+  const std::int64_t tasks = (V + L - 1) / L;
+  pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
+    thread_local Scratch buf_mem;
+    float* buf = buf_mem.get(std::size_t(Cp * L));
+    for (std::size_t t = t0; t < t1; ++t) {
+      const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L);
+      for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+        const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
+        const bool first = kb == 0, last = kb == kblocks - 1;
+        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
+          const float* a = wp + (cob * K + k0) * MR;
+          const std::int64_t rows = cbk.rows(cob), co0 = cbk.row0(cob);
+          for (std::int64_t v = v0; v < v1; v += NR) {
+            const std::int64_t n = std::min<std::int64_t>(NR, v1 - v);
+            const IndirectB src = v + NR <= V ? IndirectB{in + v, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
+            kernel_avx2_any(a, src, kbn, buf + co0 * L + (v - v0), L, bt + co0, rows, n, first, last, Act::none, 0.0f);
+          }
+        }
+      }
+      // spread: row o·taps + (a·sh + b)·sw + c of voxel (id, ih, iw) → out[o, id·sd + a, ih·sh + b, iw·sw + c]
+      for (std::int64_t v = v0; v < v1;) {
+        const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
+        for (std::int64_t o = 0; o < Co; ++o)
+          for (std::int64_t a = 0; a < sd; ++a)
+            for (std::int64_t b = 0; b < sh; ++b) {
+              float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo + iw0 * sw;
+              const float* s = buf + (o * ksp + (a * sh + b) * sw) * L + (v - v0);  // tap c's row at s + c·L
+              if (sw == 2) {
+                spread_pair_avx2(s, s + L, m, drow);
+              } else if (sw == 1) {
+                std::memcpy(drow, s, std::size_t(m) * sizeof(float));
+              } else {
+                for (std::int64_t c = 0; c < sw; ++c)
+                  for (std::int64_t i = 0; i < m; ++i) drow[i * sw + c] = s[c * L + i];
+              }
+            }
+        v += m;
+      }
+    }
+  }, 1, 8);
+  return true;
+}
+#endif
+
 // Output extent of a convolution along one axis (negative when the input is too small).
 inline std::int64_t conv_out(std::int64_t in, std::int64_t k, std::int64_t s, std::int64_t d,
                              std::int64_t p0, std::int64_t p1) {
@@ -627,6 +714,10 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
         for (std::int64_t i = 0; i < C; ++i) wt[std::size_t((o * ksp + k) * C + i)] = w[(i * Co + o) * ksp + k];
       }
     const std::vector<float> wp = pack_conv_weights(wt.data(), Cp, C);
+#ifdef BHSD_X86
+    static const bool fused = conv_detail::pick_kernel() == conv_detail::kernel_avx2;
+    if (fused && conv_transpose_upsample_avx2(C, D, H, W, Co, sd, sh, sw, in, wp.data(), bt.data(), out, pool)) return;
+#endif
     std::vector<float> tmp(static_cast<std::size_t>(Cp * vol_in));
     const ConvGeom g{C, D, H, W, Cp, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
     conv3d_forward(g, in, wp.data(), bt.data(), tmp.data(), Act::none, 0, pool);
