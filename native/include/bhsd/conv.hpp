@@ -448,6 +448,50 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
   return true;
 }
 
+namespace conv_detail {
+// The input of a 1 × 1 × 1 GEMM read in place: channel k's voxel v at in[k·V + v], 16 at a time;
+// the volume's last partial tile from a zero-padded copy (K × 16), so nothing past in is read.
+struct InPlaceInput {
+  const float* in;
+  std::int64_t V;
+  std::vector<std::int32_t> delta, delta16;
+  std::vector<float> stage;
+  InPlaceInput(const float* in_, std::int64_t K, std::int64_t V_) : in(in_), V(V_) {
+    delta.resize(std::size_t(K)), delta16.resize(std::size_t(K));
+    for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
+    const std::int64_t vlast = V / NR * NR;
+    if (vlast < V) {
+      stage.assign(std::size_t(K * NR), 0.0f);
+      for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + vlast, std::size_t(V - vlast) * sizeof(float));
+    }
+  }
+  IndirectB at(std::int64_t v, std::int64_t k0) const {
+    return v + NR <= V ? IndirectB{in + v, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
+  }
+};
+
+// The GEMM for voxels v0 … v1 of a 1 × 1 × 1 convolution (wp: pack_conv_weights of [Co, K]):
+// o[co·ldo + (v − v0)] = act(bias[co] + Σ_k w[co, k] · in[k·V + v]). Each block of weights (K·6
+// floats) is read once for the whole run, the run's inputs staying in L2.
+__attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlaceInput& src, const float* wp,
+                                                                  std::int64_t K, const CoBlocks& cbk, const float* bias,
+                                                                  std::int64_t v0, std::int64_t v1, float* o,
+                                                                  std::int64_t ldo, Act act, float alpha) {
+  const std::int64_t cb = std::max<std::int64_t>(1, krows()), kblocks = (K + cb - 1) / cb;
+  for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+    const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
+    const bool first = kb == 0, last = kb == kblocks - 1;
+    for (std::int64_t cob = 0; cob < cbk.count(); ++cob) {
+      const float* a = wp + (cob * K + k0) * MR;
+      const std::int64_t rows = cbk.rows(cob), co0 = cbk.row0(cob);
+      for (std::int64_t v = v0; v < v1; v += NR)
+        kernel_avx2_any(a, src.at(v, k0), kbn, o + co0 * ldo + (v - v0), ldo, bias ? bias + co0 : nullptr, rows,
+                        std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
+    }
+  }
+}
+}  // namespace conv_detail
+
 // A 1 × 1 × 1 convolution, stride 1, no padding (a segmentation head; each phase of a transposed
 // convolution whose kernel equals its stride): a plain GEMM out[Co, V] = W[Co, C] · in[C, V], the
 // micro-kernel reading each channel's 16 voxels from the input in place (no copy at all); the last
@@ -465,36 +509,13 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
   if (coblocks > 8) return false;
-  const std::int64_t cb = std::max<std::int64_t>(1, conv_detail::krows());
-  const std::int64_t kblocks = (K + cb - 1) / cb;
-  std::vector<std::int32_t> delta(static_cast<std::size_t>(K)), delta16(static_cast<std::size_t>(K));
-  for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
+  const InPlaceInput src(in, K, V);
   const std::int64_t tiles = (V + NR - 1) / NR, per_task = 16;
+  // a task's 16 tiles share each channel block's weights (read once per task, not once per tile)
   pool.parallel_for(std::size_t((tiles + per_task - 1) / per_task), [&](std::size_t t0, std::size_t t1) {
-    std::vector<float> stage;  // the last partial tile's inputs, zero-padded to 16 per channel
     for (std::size_t t = t0; t < t1; ++t) {
-      // a task's 16 tiles share each channel block's weights (K·6 floats, read once per task,
-      // not once per tile) while their inputs (≤ 512 rows × 256 voxels) stay in L2
-      const std::int64_t q0 = std::int64_t(t) * per_task, q1 = std::min(tiles, q0 + per_task);
-      if ((q1 - 1) * NR + NR > V && stage.empty()) {
-        const std::int64_t v0 = (q1 - 1) * NR, n = V - v0;
-        stage.assign(std::size_t(K * NR), 0.0f);
-        for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + v0, std::size_t(n) * sizeof(float));
-      }
-      for (std::int64_t kb = 0; kb < kblocks; ++kb) {
-        const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
-        const bool first = kb == 0, last = kb == kblocks - 1;
-        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
-          const float* a = wp + (cob * K + k0) * MR;
-          const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
-          const float* bb = bias ? bias + co0 : nullptr;
-          for (std::int64_t q = q0; q < q1; ++q) {
-            const std::int64_t v0 = q * NR, n = std::min<std::int64_t>(NR, V - v0);
-            const IndirectB src = n == NR ? IndirectB{in + v0, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
-            kernel_avx2_any(a, src, kbn, out + co0 * V + v0, V, bb, rows_valid, n, first, last, act, alpha);
-          }
-        }
-      }
+      const std::int64_t v0 = std::int64_t(t) * per_task * NR, v1 = std::min(V, v0 + per_task * NR);
+      pointwise_run_avx2(src, wp, K, cbk, bias, v0, v1, out + v0, V, act, alpha);
     }
   }, 1, 8);
   return true;
@@ -612,38 +633,16 @@ __attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
   if (K * V + NR >= (std::int64_t(1) << 31)) return false;
   const std::int64_t Ho = H * sh, Wo = W * sw, vol_out = D * sd * Ho * Wo;
   const CoBlocks cbk(Cp);
-  const std::int64_t coblocks = cbk.count();
-  const std::int64_t cb = std::max<std::int64_t>(1, krows()), kblocks = (K + cb - 1) / cb;
   // voxels per task: a multiple of 16, the task's Cp rows within about 256 KB
   const std::int64_t L = std::clamp<std::int64_t>((std::int64_t(64) << 10) / Cp / NR * NR, NR, 256);
-  std::vector<std::int32_t> delta(static_cast<std::size_t>(K)), delta16(static_cast<std::size_t>(K));
-  for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
-  // the volume's last partial tile reads its 16 samples per channel from a zero-padded copy
-  const std::int64_t vlast = V / NR * NR;
-  std::vector<float> stage;
-  if (vlast < V) {
-    stage.assign(std::size_t(K * NR), 0.0f);
-    for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + vlast, std::size_t(V - vlast) * sizeof(float));
-  }
+  const InPlaceInput src(in, K, V);
   const std::int64_t tasks = (V + L - 1) / L;
   pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
     thread_local Scratch buf_mem;
     float* buf = buf_mem.get(std::size_t(Cp * L));
     for (std::size_t t = t0; t < t1; ++t) {
       const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L);
-      for (std::int64_t kb = 0; kb < kblocks; ++kb) {
-        const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
-        const bool first = kb == 0, last = kb == kblocks - 1;
-        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
-          const float* a = wp + (cob * K + k0) * MR;
-          const std::int64_t rows = cbk.rows(cob), co0 = cbk.row0(cob);
-          for (std::int64_t v = v0; v < v1; v += NR) {
-            const std::int64_t n = std::min<std::int64_t>(NR, v1 - v);
-            const IndirectB src = v + NR <= V ? IndirectB{in + v, delta.data() + k0} : IndirectB{stage.data(), delta16.data() + k0};
-            kernel_avx2_any(a, src, kbn, buf + co0 * L + (v - v0), L, bt + co0, rows, n, first, last, Act::none, 0.0f);
-          }
-        }
-      }
+      pointwise_run_avx2(src, wp, K, cbk, bt, v0, v1, buf, L, Act::none, 0.0f);
       // spread: row o·taps + (a·sh + b)·sw + c of voxel (id, ih, iw) → out[o, id·sd + a, ih·sh + b, iw·sw + c]
       for (std::int64_t v = v0; v < v1;) {
         const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
