@@ -49,7 +49,52 @@ struct MeanM2 {
   }
 };
 
+#ifdef BHSD_X86
+__attribute__((target("avx2,fma"))) inline double hsum_avx2(__m256 v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  double s = 0;
+  for (float x : t) s += x;
+  return s;
+}
+
+// block_stats with explicit AVX2 (the compiler's version kept its eight lanes in memory: 45 µs
+// for 65 536 voxels, an instance norm's whole cost; this one is several times faster). The same
+// blocks, block means and merging, with 16 lanes per sum instead of 8.
+__attribute__((target("avx2,fma"))) inline void block_stats_avx2(const float* p, std::int64_t n, double* mean_out,
+                                                                double* m2_out) {
+  MeanM2 acc;
+  for (std::int64_t b = 0; b < n; b += 1024) {
+    const std::int64_t e = std::min(n, b + 1024), nb = e - b;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    std::int64_t i = b;
+    for (; i + 16 <= e; i += 16) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i)), s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+    double sum = hsum_avx2(_mm256_add_ps(s0, s1));
+    for (; i < e; ++i) sum += p[i];
+    const float bmf = float(sum / double(nb));
+    const __m256 vm = _mm256_set1_ps(bmf);
+    __m256 a1 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps();
+    for (i = b; i + 16 <= e; i += 16) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(p + i), vm), d1 = _mm256_sub_ps(_mm256_loadu_ps(p + i + 8), vm);
+      a1 = _mm256_add_ps(a1, d0), b1 = _mm256_add_ps(b1, d1);
+      a2 = _mm256_fmadd_ps(d0, d0, a2), b2 = _mm256_fmadd_ps(d1, d1, b2);
+    }
+    double d1 = hsum_avx2(_mm256_add_ps(a1, b1)), d2 = hsum_avx2(_mm256_add_ps(a2, b2));
+    for (; i < e; ++i) {
+      const float d = p[i] - bmf;
+      d1 += d, d2 += double(d) * d;
+    }
+    acc.add(bmf, d1, d2, nb);
+  }
+  *mean_out = acc.mean, *m2_out = acc.m2;
+}
+#endif
+
 BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double* mean_out, double* m2_out) {
+#ifdef BHSD_X86
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
+  if (avx2) return block_stats_avx2(p, n, mean_out, m2_out);
+#endif
   MeanM2 acc;
   for (std::int64_t b = 0; b < n; b += 1024) {
     const std::int64_t e = std::min(n, b + 1024), nb = e - b;
