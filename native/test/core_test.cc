@@ -272,6 +272,12 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {4, 3, 5, 9, 53, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 4, 5, 45, 55, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
       {3, 6, 9, 70, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},  // gathers: edges and interior
+      // rows shorter than a tile (flat segments across rows and planes): Wo 6 strided, 4 (five
+      // pieces per segment), 7 dilated; Wo 3 keeps row segments
+      {3, 5, 8, 12, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {2, 4, 6, 8, 50, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {2, 5, 6, 7, 49, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}},
+      {2, 3, 4, 3, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };

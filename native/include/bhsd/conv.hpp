@@ -285,6 +285,67 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
       }
     }
 }
+
+// The panel of a flat segment: output voxels v0 … v0 + n of the volume in memory order, across
+// row (and plane) ends — for rows shorter than a tile (Wo < 16), whose row segments would leave
+// most of each tile empty (an 8-wide row: half). Each piece of the segment within one output row
+// fills its lanes by masked loads (gathers with a stride along W); lanes of other pieces, and
+// samples in the padding, are zero. Needs Wo ≥ 4 (at most 5 pieces) and kw ≤ 8.
+__attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvGeom& g, const float* in, std::int64_t c0,
+                                                                     std::int64_t c1, std::int64_t v0, std::int64_t n,
+                                                                     float* p) {
+  constexpr int MAXP = 5, MAXKW = 8;
+  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in, sw = g.sw;
+  struct Piece { std::int64_t od, oh, base; };  // lane l of tap c reads iw = base + l·sw + c·dw
+  Piece pc[MAXP];
+  __m256i m0[MAXP][MAXKW], m1[MAXP][MAXKW];
+  const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))), step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
+  int np = 0;
+  for (std::int64_t j = 0; j < n && np < MAXP;) {
+    const std::int64_t v = v0 + j, od = v / (g.Ho * g.Wo), oh = (v / g.Wo) % g.Ho, ow = v % g.Wo;
+    const std::int64_t len = std::min(n - j, g.Wo - ow);
+    pc[np] = {od, oh, (ow - j) * sw - g.pw};
+    for (std::int64_t c = 0; c < g.kw; ++c) {
+      // lanes [j, j + len) whose sample base + l·sw + c·dw lies in [0, W)
+      const std::int64_t b = pc[np].base + c * g.dw;
+      const std::int64_t lo = std::max(j, b >= 0 ? 0 : (-b + sw - 1) / sw);
+      const std::int64_t hi = std::min(j + len, g.W - b <= 0 ? 0 : (g.W - b + sw - 1) / sw);
+      const __m256i l = _mm256_set1_epi32(int(lo) - 1), h = _mm256_set1_epi32(int(std::max(hi, lo)));
+      m0[np][c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota0, l), _mm256_cmpgt_epi32(h, iota0));
+      m1[np][c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota1, l), _mm256_cmpgt_epi32(h, iota1));
+    }
+    ++np;
+    j += len;
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (std::int64_t ci = c0; ci < c1; ++ci)
+    for (std::int64_t a = 0; a < g.kd; ++a)
+      for (std::int64_t b = 0; b < g.kh; ++b) {
+        const float* rows[MAXP];
+        for (int q = 0; q < np; ++q) {
+          const std::int64_t id = pc[q].od * g.sd - g.pd + a * g.dd, ih = pc[q].oh * g.sh - g.ph + b * g.dh;
+          rows[q] = id >= 0 && id < g.D && ih >= 0 && ih < g.H ? in + ci * vol_in + id * plane_in + ih * g.W : nullptr;
+        }
+        for (std::int64_t c = 0; c < g.kw; ++c, p += NR) {
+          __m256 v0v = zero, v1v = zero;
+          for (int q = 0; q < np; ++q) {
+            if (!rows[q]) continue;
+            // masked-off lanes are never read; the address is formed as an integer
+            const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(rows[q]) +
+                                                            std::uintptr_t((pc[q].base + c * g.dw) * std::int64_t(sizeof(float))));
+            if (sw == 1) {
+              v0v = _mm256_or_ps(v0v, _mm256_maskload_ps(s, m0[q][c]));
+              v1v = _mm256_or_ps(v1v, _mm256_maskload_ps(s + 8, m1[q][c]));
+            } else {
+              v0v = _mm256_or_ps(v0v, _mm256_mask_i32gather_ps(zero, s, step0, _mm256_castsi256_ps(m0[q][c]), 4));
+              v1v = _mm256_or_ps(v1v, _mm256_mask_i32gather_ps(zero, s, step1, _mm256_castsi256_ps(m1[q][c]), 4));
+            }
+          }
+          _mm256_store_ps(p, v0v), _mm256_store_ps(p + 8, v1v);
+        }
+      }
+}
 #endif
 
 using PackFn = void (*)(const ConvGeom&, const float*, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
@@ -545,44 +606,70 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
   const std::int64_t ahead = rows_per_task * g.sh * g.W;  // the next task's rows (a thread's tasks are consecutive)
   const std::int64_t rows = g.Do * g.Ho;
-  const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+  // Rows shorter than a tile: segments of 16 voxels in memory order instead (full tiles).
+#ifdef BHSD_X86
+  const bool flat = direct && g.Wo < NR && g.Wo >= 4 && g.kw <= 8;
+#else
+  const bool flat = false;
+#endif
+  const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
+  const std::int64_t seg_tasks = flat ? (flat_segs + 7) / 8 : (rows + rows_per_task - 1) / rows_per_task;
   // Input channels per block: about 512 rows of K (a 32 KB panel per segment, 12 KB of weights).
   const std::int64_t krows = conv_detail::krows();
   const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
+  // A volume with fewer tasks of segments than threads (the deep stages: 2×4×4 is one) also splits
+  // its output channels, at least 4 blocks each, so that every thread has work; each split packs
+  // its own panels (320→320 at 2×4×4: 100 → 145 GFLOP/s; with as many tasks as threads the
+  // duplicated packing cost more than it gained).
+  const std::int64_t threads = std::int64_t(pool.size());
+  const std::int64_t co_splits = seg_tasks >= threads ? 1 : std::clamp<std::int64_t>((2 * threads + seg_tasks - 1) / seg_tasks, 1, std::max<std::int64_t>(1, coblocks / 4));
+  const std::int64_t tasks = seg_tasks * co_splits;
 
   pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
     thread_local Scratch panel_mem, tile_mem;
-    const std::int64_t max_segs = rows_per_task * segs_per_row;
+    const std::int64_t max_segs = flat ? 8 : rows_per_task * segs_per_row;
     float* panel = panel_mem.get(std::size_t(max_segs * cb * ksp * NR));
     float* tile = tile_mem.get(MR * NR);
     struct Seg { std::int64_t od, oh, ow0, n; };
     std::vector<Seg> segs;
-    for (std::size_t t = t0; t < t1; ++t) {
+    for (std::size_t task = t0; task < t1; ++task) {
+      const std::int64_t t = std::int64_t(task) / co_splits, split = std::int64_t(task) % co_splits;
+      const std::int64_t cob0 = split * coblocks / co_splits, cob1 = (split + 1) * coblocks / co_splits;
       segs.clear();
-      for (std::int64_t r = std::int64_t(t) * rows_per_task; r < std::min(rows, std::int64_t(t + 1) * rows_per_task); ++r)
-        for (std::int64_t s = 0; s < segs_per_row; ++s)
-          segs.push_back({r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)});
+      if (flat)  // od, oh unused; ow0 is the flat start
+        for (std::int64_t q = t * 8; q < std::min(flat_segs, (t + 1) * 8); ++q)
+          segs.push_back({0, 0, q * NR, std::min<std::int64_t>(NR, vol_out - q * NR)});
+      else
+        for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
+          for (std::int64_t s = 0; s < segs_per_row; ++s)
+            segs.push_back({r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)});
       for (std::int64_t kb = 0; kb < kblocks; ++kb) {
         const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
         const std::int64_t kbn = (c1 - c0) * ksp;
         // Pack: panel[s][k][j] = input sample of weight k for voxel j of segment s (0 in padding).
         for (std::size_t s = 0; s < segs.size(); ++s) {
           const Seg& sg = segs[s];
+#ifdef BHSD_X86
+          if (flat) {
+            pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
+            continue;
+          }
+#endif
           pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR), ahead);
         }
         const bool first = kb == 0, last = kb == kblocks - 1;
         // Each block's weights stay in L1 while the segments' panels stream from L2 (the other
         // order, and 256- or 1024-row panels, measured no faster here: BHSD_CONV_KROWS to try).
-        for (std::int64_t cob = 0; cob < coblocks; ++cob) {
+        for (std::int64_t cob = cob0; cob < cob1; ++cob) {
           const float* a = wp + (cob * K + c0 * ksp) * MR;
           const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
           const float* bb = bias ? bias + co0 : nullptr;
           for (std::size_t s = 0; s < segs.size(); ++s) {
             const Seg& sg = segs[s];
-            float* o = out + co0 * vol_out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
+            float* o = out + co0 * vol_out + (flat ? sg.ow0 : sg.od * plane_out + sg.oh * g.Wo + sg.ow0);
 #ifdef BHSD_X86
             if (direct) {
               kernel_avx2_any(a, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o, vol_out, bb, rows_valid, sg.n, first,
