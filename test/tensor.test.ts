@@ -234,3 +234,29 @@ test("the baseline kernels (no AVX2, as on an older x86-64) give the same convol
   t.is(run.status, 0, run.stderr);
   t.true(Number(run.stdout.trim()) < 1e-4, run.stdout);
 });
+
+test.serial("native: weights marked constant are packed once and give onnxruntime's result; a wrong packed length is refused", async (t) => {
+  if (!backends.some((b) => b.name === "native")) return t.pass();
+  const { backendInfo } = await import("../lib/index.js");
+  const { getBackend } = await import("../lib/backends/index.js");
+  // two groups of 14 outputs (blocks 6 + 4 + 4 each), padding and a stride
+  const x = randomTensor([1, 6, 5, 7, 19], 90), w = randomTensor([28, 3, 3, 3, 3], 91), b = randomTensor([28], 92);
+  const [ref] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: b.shape, data: b.data } }], {
+    kernel_shape: [3, 3, 3], group: 2, pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 2],
+  });
+  const be = getBackend("native") as unknown as { constants(a: ReadonlySet<Float32Array>): void };
+  be.constants(new Set([w.data]));
+  setBackend("native");
+  for (let run = 0; run < 2; run++) {
+    const got = await conv3d(x, w, b, { padding: 1, stride: [1, 1, 2], groups: 2 });
+    t.true(relDiff(got.data, ref!.data) <= TOL, `run ${run}`);
+  }
+  const addon = (await import("node:module")).createRequire(import.meta.url)(backendInfo().details.native!.binary!) as Record<string, (...a: unknown[]) => unknown>;
+  const packed = addon.packConvWeights!(w.data, 28, 81, 2) as Float32Array;
+  t.is(packed.length, 2 * 3 * 81 * 6);
+  const out = new Float32Array(28 * 5 * 7 * 10);
+  t.throws(() => addon.conv3d!(x.data, [1, 6, 5, 7, 19], w.data, [28, 3, 3, 3], b.data, [1, 1, 2], [1, 1, 1], [1, 1, 1], 2, [5, 7, 10], 0, 0, out, packed.subarray(1)), {
+    message: /packed weights must be a Float32Array of 2916/,
+  });
+  t.throws(() => addon.packConvWeights!(w.data, 28, 80, 2), { message: /w must be a Float32Array of 2240/ });
+});

@@ -7,7 +7,11 @@ import type { TensorBackend } from "./tensor-types.js";
 
 /** The functions the addon exports (native/src/addon.cc). */
 /** The tensor functions take the same arguments as the TensorBackend methods. */
-export interface NativeAddon extends TensorBackend {
+export interface NativeAddon extends Omit<TensorBackend, "conv3d"> {
+  /** TensorBackend's conv3d, and optionally the weights as packConvWeights packed them. */
+  conv3d(...a: [...Parameters<TensorBackend["conv3d"]>, packed?: Float32Array]): Promise<void>;
+  /** w [Co, K] packed for conv3d's micro-kernel, per group. */
+  packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -90,8 +94,25 @@ export class NativeBackend implements Backend {
     return this.addon.surfaceMetrics(gt, pred, dims[0], dims[1], dims[2], spacing[0], spacing[1], spacing[2], classes, boxes, tau);
   }
 
+  /** Weights that do not change while they live (a model's): conv3d packs them once. */
+  private readonly fixed = new WeakSet<Float32Array>();
+  private readonly packed = new WeakMap<Float32Array, Float32Array>();
+
+  constants(arrays: ReadonlySet<Float32Array>): void {
+    for (const a of arrays) this.fixed.add(a);
+  }
+
   // The tensor operations: the addon takes the same arguments.
-  conv3d: TensorBackend["conv3d"] = (...a) => this.addon.conv3d(...a);
+  conv3d: TensorBackend["conv3d"] = (...a) => {
+    const [, , w, wShape, , , , , groups] = a;
+    if (!this.fixed.has(w)) return this.addon.conv3d(...a);
+    let p = this.packed.get(w);
+    if (!p) {
+      p = this.addon.packConvWeights(w, wShape[0], w.length / wShape[0], groups);
+      this.packed.set(w, p);
+    }
+    return this.addon.conv3d(...a, p);
+  };
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);

@@ -94,6 +94,11 @@ export interface Backend extends TensorBackend {
    * there while they live; `outputs` are brought back to the host before it resolves.
    */
   residentRun?<T>(fn: () => Promise<T>, opts: { constants?: ReadonlySet<Float32Array>; outputs: (r: T) => Float32Array[] }): Promise<T>;
+  /**
+   * CPU backends: these arrays (a model's weights) do not change while they live, so forms derived
+   * from them (packed convolution weights) may be kept with them instead of rebuilt per call.
+   */
+  constants?(arrays: ReadonlySet<Float32Array>): void;
   /** Inside a resident run: makes these arrays' host copies current before JS reads them. */
   hostRead?(arrays: Float32Array[]): Promise<void>;
   /** Inside a resident run: these arrays will not be read again; their device copies may go. */

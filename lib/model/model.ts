@@ -127,6 +127,7 @@ export class Model {
       }
       env.set(i.name, { f: t });
     }
+    be.constants?.(this.constArrays);
     const pool = new Pool();
     if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
     const pooled = new Set<Float32Array>(); // buffers owned by the pool

@@ -52,16 +52,34 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   float* y = out_of(info[12], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
   bhsd::ConvGeom g{Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2], di[0], di[1], di[2],
                    pa[0], pa[1], pa[2], os[0], os[1], os[2]};
+  // optional: the weights already packed by packConvWeights (a model's, packed once)
+  const std::int64_t per_group = bhsd::packed_conv_size(Cog, g.K());
+  const float* packed = info.Length() > 13 ? floats_of(info[13], std::size_t(groups * per_group), "packed weights", true) : nullptr;
   auto pool = pool_of(env);
   return PromiseWorker::Start(env, [=] {
     const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
     for (std::int64_t gi = 0; gi < groups; ++gi) {
-      const std::vector<float> wp = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
+      std::vector<float> own;
+      if (!packed) own = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
+      const float* wp = packed ? packed + gi * per_group : own.data();
       for (std::int64_t n = 0; n < N; ++n)
-        bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp.data(), b ? b + gi * Cog : nullptr,
+        bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                              y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
     }
-  }, nullptr, {info[0], info[2], info[4], info[12]});
+  }, nullptr, {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null()});
+}
+
+// packConvWeights(w, Co, K, groups) → Float32Array: w [Co, K] (K = C/groups · kd·kh·kw) packed per
+// group for conv3d's micro-kernel, for weights that do not change (a model's).
+Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t Co = int_of(info[1], "Co", 1, BIG), K = int_of(info[2], "K", 1, BIG), groups = int_of(info[3], "groups", 1, BIG);
+  require(Co % groups == 0, env, "output channels are not divisible by groups");
+  const float* w = floats_of(info[0], std::size_t(Co * K), "w");
+  const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
+  Napi::Float32Array out = Napi::Float32Array::New(env, std::size_t(groups * per_group));
+  for (std::int64_t gi = 0; gi < groups; ++gi) bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, out.Data() + gi * per_group);
+  return out;
 }
 
 // convTranspose3d(x, [N, C, D, H, W], w, [Cog, kd, kh, kw], bias|null, strides, dilations, pads,
@@ -278,6 +296,7 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
 void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("convWeightGrad", Napi::Function::New<guarded<ConvWeightGrad>>(env, "convWeightGrad"));
   exports.Set("conv3d", Napi::Function::New<guarded<Conv3d>>(env, "conv3d"));
+  exports.Set("packConvWeights", Napi::Function::New<guarded<PackConvWeights>>(env, "packConvWeights"));
   exports.Set("convTranspose3d", Napi::Function::New<guarded<ConvTranspose3d>>(env, "convTranspose3d"));
   exports.Set("instanceNorm", Napi::Function::New<guarded<InstanceNorm>>(env, "instanceNorm"));
   exports.Set("batchNorm", Napi::Function::New<guarded<BatchNorm>>(env, "batchNorm"));

@@ -71,17 +71,25 @@ struct CoBlocks {
   std::int64_t row0(std::int64_t b) const { return b <= full ? b * MR : full * MR + t0; }
 };
 
+// Floats of packed weights for Co outputs × K.
+inline std::int64_t packed_conv_size(std::int64_t Co, std::int64_t K) { return CoBlocks(Co).count() * K * MR; }
+
 // Weights [Co, K] → CoBlocks' blocks, k-major, MR slots per k: out[(b·K + k)·MR + r] =
-// w[(row0(b) + r)·K + k] for r < rows(b); the other slots are zero.
-inline std::vector<float> pack_conv_weights(const float* w, std::int64_t Co, std::int64_t K) {
+// w[(row0(b) + r)·K + k] for r < rows(b); the other slots are zero. out: packed_conv_size floats.
+inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t K, float* out) {
   const CoBlocks cbk(Co);
   const std::int64_t blocks = cbk.count();
-  std::vector<float> out(static_cast<std::size_t>(blocks * K * MR), 0.0f);
+  std::fill(out, out + blocks * K * MR, 0.0f);
   for (std::int64_t b = 0; b < blocks; ++b)
     for (std::int64_t r = 0; r < cbk.rows(b); ++r) {
       const float* src = w + (cbk.row0(b) + r) * K;
-      for (std::int64_t k = 0; k < K; ++k) out[static_cast<std::size_t>((b * K + k) * MR + r)] = src[k];
+      for (std::int64_t k = 0; k < K; ++k) out[(b * K + k) * MR + r] = src[k];
     }
+}
+
+inline std::vector<float> pack_conv_weights(const float* w, std::int64_t Co, std::int64_t K) {
+  std::vector<float> out(static_cast<std::size_t>(packed_conv_size(Co, K)));
+  pack_conv_weights_into(w, Co, K, out.data());
   return out;
 }
 
