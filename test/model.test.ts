@@ -21,6 +21,8 @@ for (const { name } of backends) {
       const d = relDiff(y.data, want.data);
       t.true(d <= 1e-4, `max relative difference ${d}`);
       t.true(model.lastRun!.peakBytes > 0);
+      // the three skip connections' Concats were written in place by their inputs' producers (CPU)
+      t.is(model.lastRun!.concatsInPlace, name === "cuda" ? 0 : 3);
       // the pool keeps the live set well under the sum of all intermediates
       t.true(model.lastRun!.peakBytes < 12 * y.data.byteLength, `peak ${model.lastRun!.peakBytes}`);
       // per-node timings: every node that ran (LeakyReLUs fused into their Conv or norm), summing to the per-op ones
@@ -199,4 +201,48 @@ test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t)
   const bad = run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "missing.onnx"));
   t.is(bad.status, 1);
   t.regex(bad.stderr, /^bhsd: .*missing.onnx: no such file\n$/);
+});
+
+/** x → Conv+LeakyReLU → a; a → Conv → b; Concat(a, b) → Conv → y, and Concat(x, b) (x is not written by a node). */
+function skipModel(): Uint8Array {
+  const w1 = randomTensor([3, 2, 3, 3, 3], 201), w2 = randomTensor([5, 3, 3, 3, 3], 202), w3 = randomTensor([4, 8, 1, 1, 1], 203), b2 = randomTensor([5], 204);
+  return encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w1"], outputs: ["h"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
+      { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["b"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "Concat", inputs: ["a", "b"], outputs: ["ab"], attrs: { axis: 1 } },
+      { opType: "Conv", inputs: ["ab", "w3"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+      { opType: "Concat", inputs: ["x", "b"], outputs: ["xb"], attrs: { axis: 1 } },
+    ],
+    inputs: [{ name: "x", shape: ["N", 2, 4, 5, 6] }],
+    outputs: [{ name: "y" }, { name: "xb" }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data },
+      { name: "w3", dims: w3.shape, data: w3.data }, { name: "b2", dims: [5], data: b2.data },
+    ],
+  });
+}
+
+test.serial("a Concat planned in place gives onnxruntime's result; batch 2 (not planned) copies, and so does a Concat of a graph input", async (t) => {
+  const ort = await import("onnxruntime-node");
+  const bytes = skipModel();
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  for (const { name } of backends) {
+    setBackend(name);
+    const model = await loadModel(bytes);
+    for (const N of [1, 2, 1]) {
+      const x = randomTensor([N, 2, 4, 5, 6], 300 + N);
+      const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+      const got = await model.runAll({ x });
+      for (const o of ["y", "xb"]) {
+        t.deepEqual(got[o]!.shape, [...want[o]!.dims], `${name} N=${N} ${o} shape`);
+        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+        t.true(d <= 1e-4, `${name} N=${N} ${o}: max relative difference ${d}`);
+      }
+      t.is(model.lastRun!.concatsInPlace, N === 1 && name !== "cuda" ? 1 : 0, `${name} N=${N}`);
+    }
+  }
+  await session.release();
 });

@@ -3,6 +3,9 @@
  * activations, and for every value the number of nodes that read it. At run time each
  * intermediate goes back to a buffer pool after its last reader, and outputs are taken from that
  * pool, so a forward's peak is close to its largest live set; the run reports that peak.
+ * A channel Concat whose inputs' channel counts are known at load (a U-Net's skip connections)
+ * is planned in place: each input's producer writes straight into its slice of the Concat's
+ * buffer, and the Concat itself copies nothing.
  */
 import { basename } from "node:path";
 import { activeBackend } from "../backends/index.js";
@@ -62,7 +65,17 @@ export interface RunStats {
   opMs: Record<string, number>;
   /** Milliseconds per node, in the order they ran (a fused activation under its node's name). */
   nodeMs: { name: string; op: string; ms: number }[];
+  /** Concats whose inputs were written in place (no copy). */
+  concatsInPlace: number;
 }
+
+/** Where a value is written when its Concat is done in place: channels c0 … c0 + c of cTotal. */
+interface ConcatSlot { concat: string; c0: number; c: number; cTotal: number }
+
+/** Ops that write their whole result into a buffer from `alloc` (so it may be a slice of another). */
+const WRITES_ALLOC = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+/** Ops whose output has their first input's channels. */
+const KEEPS_CHANNELS = new Set(["InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
 
 export class Model {
   readonly name: string;
@@ -85,6 +98,8 @@ export class Model {
   private spareTimer: ReturnType<typeof setTimeout> | undefined;
   /** The weights' arrays (a GPU backend keeps them on the device while the model lives). */
   private readonly constArrays = new Set<Float32Array>();
+  /** Values written into their Concat's buffer (CPU backends), by value name. */
+  private readonly concatSlots = new Map<string, ConcatSlot>();
 
   constructor(graph: Graph, name: string, config: ModelConfig) {
     this.name = name;
@@ -97,6 +112,41 @@ export class Model {
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
+    this.planConcats(graph);
+  }
+
+  /** Finds the channel Concats that can be done in place (see the module comment). */
+  private planConcats(graph: Graph) {
+    const producer = new Map<string, GraphNode>();
+    for (const n of this.nodes) for (const o of n.fusedAct ? [n.fusedAct.output] : n.outputs) producer.set(o, n);
+    const dims = (name: string | undefined) => (name ? graph.initializers.get(name)?.dims : undefined);
+    const channels = (name: string, depth = 0): number | undefined => {
+      const p = producer.get(name);
+      if (!p || depth > 64) {
+        const c = graph.inputs.find((i) => i.name === name)?.shape[1];
+        return typeof c === "number" ? c : undefined;
+      }
+      const group = (p.attrs.group as number | undefined) ?? 1;
+      if (p.opType === "Conv") return dims(p.inputs[1])?.[0];
+      if (p.opType === "ConvTranspose") return dims(p.inputs[1])?.length === 5 ? dims(p.inputs[1])![1]! * group : undefined;
+      if (KEEPS_CHANNELS.has(p.opType) && p.inputs[0]) return channels(p.inputs[0], depth + 1);
+      return undefined;
+    };
+    const taken = new Set<string>();
+    for (const n of this.nodes) {
+      if (n.opType !== "Concat" || (n.attrs.axis !== 1 && n.attrs.axis !== -4)) continue;
+      const ins = n.inputs;
+      const ok = ins.length > 1 && new Set(ins).size === ins.length && ins.every((i) => i && !taken.has(i) && !this.outputs.includes(i) && WRITES_ALLOC.has(producer.get(i)?.opType ?? ""));
+      const cs = ok ? ins.map((i) => channels(i!)) : [];
+      if (!ok || cs.some((c) => typeof c !== "number" || !(c > 0))) continue;
+      const cTotal = (cs as number[]).reduce((a, b) => a + b, 0);
+      let c0 = 0;
+      ins.forEach((i, k) => {
+        this.concatSlots.set(i!, { concat: n.outputs[0]!, c0, c: cs[k]!, cTotal });
+        taken.add(i!);
+        c0 += cs[k]!;
+      });
+    }
   }
 
   /** Runs the graph on its one input and returns its first output. */
@@ -132,6 +182,9 @@ export class Model {
     if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
     const pooled = new Set<Float32Array>(); // buffers owned by the pool
     const refs = new Map<Float32Array, number>(); // live values per buffer (views share one)
+    const baseOf = new Map<Float32Array, Float32Array>(); // a slice of a Concat's buffer → that buffer
+    const concatBuf = new Map<string, Float32Array>(); // Concat output → its buffer, once taken
+    const base = (a: Float32Array) => baseOf.get(a) ?? a;
     const left = new Map(this.readers);
     const keep = new Set(this.outputs);
     const alloc = (shape: number[]): Tensor => {
@@ -139,21 +192,54 @@ export class Model {
       pooled.add(data);
       return { data, shape };
     };
+    // A value with a Concat slot is written into its slice of the Concat's buffer (batch 1, the
+    // channels planned; anything else gets a buffer of its own and the Concat copies as usual).
+    const inPlace = !be.residentRun;
+    const slotAlloc = (slot: ConcatSlot) => (shape: number[]): Tensor => {
+      const S = prod(shape.slice(2));
+      let buf = concatBuf.get(slot.concat);
+      if (shape.length !== 5 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
+      if (!buf) {
+        buf = pool.take(slot.cTotal * S);
+        pooled.add(buf);
+        concatBuf.set(slot.concat, buf);
+      }
+      const data = buf.subarray(slot.c0 * S, (slot.c0 + slot.c) * S);
+      baseOf.set(data, buf);
+      return { data, shape };
+    };
+    // The Concat's result when every input already lies in its slice of the buffer.
+    const concatDone = (n: GraphNode, args: (Value | undefined)[]): Value | undefined => {
+      const buf = concatBuf.get(n.outputs[0]!);
+      if (!buf) return undefined;
+      let shape: number[] | undefined;
+      for (const [k, v] of args.entries()) {
+        const slot = this.concatSlots.get(n.inputs[k]!);
+        if (!v || !("f" in v) || !slot || baseOf.get(v.f.data) !== buf) return undefined;
+        const S = prod(v.f.shape.slice(2));
+        if (v.f.data.byteOffset !== buf.byteOffset + slot.c0 * S * 4 || v.f.data.length !== slot.c * S) return undefined;
+        shape ??= [1, slot.cTotal, ...v.f.shape.slice(2)];
+      }
+      return shape && { f: { data: buf, shape } };
+    };
+    let concatsInPlace = 0;
     const bind = (name: string, v: Value) => {
       env.set(name, v);
-      if ("f" in v) refs.set(v.f.data, (refs.get(v.f.data) ?? 0) + 1);
+      if ("f" in v) refs.set(base(v.f.data), (refs.get(base(v.f.data)) ?? 0) + 1);
     };
     const release = (name: string) => {
       const v = env.get(name);
       if (!v || this.consts.has(name) || keep.has(name)) return;
       env.delete(name);
       if (!("f" in v)) return;
-      const r = (refs.get(v.f.data) ?? 1) - 1;
-      if (r > 0) return void refs.set(v.f.data, r);
-      refs.delete(v.f.data);
-      if (pooled.has(v.f.data) && ![...keep].some((k) => (env.get(k) as { f?: Tensor } | undefined)?.f?.data === v.f.data)) {
-        pooled.delete(v.f.data);
-        pool.give(v.f.data);
+      const b = base(v.f.data);
+      const r = (refs.get(b) ?? 1) - 1;
+      if (r > 0) return void refs.set(b, r);
+      refs.delete(b);
+      if (pooled.has(b) && ![...keep].some((k) => { const d = (env.get(k) as { f?: Tensor } | undefined)?.f?.data; return d && base(d) === b; })) {
+        pooled.delete(b);
+        pool.give(b);
+        for (const [c, cb] of concatBuf) if (cb === b) concatBuf.delete(c);
       }
     };
     const opMs: Record<string, number> = {};
@@ -169,7 +255,10 @@ export class Model {
           const floats = args.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
           await be.hostRead(viaBackend ? floats.filter((a) => a.length <= 64) : floats);
         }
-        results = await runNode(n, args, alloc);
+        const slot = inPlace ? this.concatSlots.get(n.fusedAct ? n.fusedAct.output : n.outputs[0]!) : undefined;
+        const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
+        if (done) concatsInPlace++;
+        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : alloc);
         if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
@@ -201,7 +290,7 @@ export class Model {
       this.spareTimer = setTimeout(() => (this.spare = []), 1000);
       this.spareTimer.unref?.();
     }
-    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs };
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs, concatsInPlace };
     return out;
   }
 }
