@@ -3,8 +3,8 @@
  * and on 256³ random noise, in MVx/s, beside scipy.ndimage.label on the same arrays in the same run.
  */
 import { join } from "node:path";
-import { connectedComponents, setBackend, backendInfo, volumeFromArray, writeNpy } from "../lib/index.js";
-import { paintEllipsoid } from "../lib/phantom/ellipsoid.js";
+import { connectedComponents, setBackend, backendInfo, volumeFromArray, writeNpy } from "../dist/index.js";
+import { paintEllipsoid } from "../dist/phantom/ellipsoid.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 export function blobMask(nx: number, ny: number, nz: number, blobs: number, seed: number): Uint8Array {

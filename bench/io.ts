@@ -1,7 +1,7 @@
 /** readNifti of a BHSD-sized CT (512×512×40 int16 with scl_inter → float32 HU), beside nibabel when present. */
 import { join } from "node:path";
-import { readNifti, setBackend, writeNifti, backendInfo } from "../lib/index.js";
-import type { Volume } from "../lib/types.js";
+import { readNifti, setBackend, writeNifti, backendInfo } from "../dist/index.js";
+import type { Volume } from "../dist/types.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 const NIBABEL = `

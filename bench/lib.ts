@@ -2,7 +2,7 @@
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 
-import { median, timeMedian } from "../lib/timing.js";
+import { median, timeMedian } from "../dist/timing.js";
 
 export { median };
 

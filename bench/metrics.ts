@@ -4,8 +4,8 @@
  * as MONAI does) on the same arrays in the same run.
  */
 import { join } from "node:path";
-import { backendInfo, evaluate, setBackend, volumeFromArray, writeNpy } from "../lib/index.js";
-import { paintEllipsoid } from "../lib/phantom/ellipsoid.js";
+import { backendInfo, evaluate, setBackend, volumeFromArray, writeNpy } from "../dist/index.js";
+import { paintEllipsoid } from "../dist/phantom/ellipsoid.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 /** Ellipsoid bleeds of classes 1..5 in gt; pred moves and resizes each a little, and misses one. */

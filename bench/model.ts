@@ -6,10 +6,10 @@
 import ort from "onnxruntime-node";
 import { readFileSync } from "node:fs";
 
-import { backendInfo, loadModel, segment, setBackend, volumeFromArray } from "../lib/index.js";
-import { sharedFixture } from "../test/helpers.js";
+import { backendInfo, loadModel, segment, setBackend, volumeFromArray } from "../dist/index.js";
+import { sharedFixture } from "../test/paths.js";
 import { fmt, measure, rng } from "./lib.js";
-import { buildUNet, NNUNET_FULLRES } from "../lib/train/unet.js";
+import { buildUNet, NNUNET_FULLRES } from "../dist/train/unet.js";
 
 async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string> {
   const r = rng(7);

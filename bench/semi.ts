@@ -6,8 +6,8 @@
  * multiple-instance loss and mean-teacher consistency (lib/train/trainer.ts). Phantoms as the demo
  * model's (128×128×24 at 1.8×1.8×5 mm); slice-labelled patches are whole slices (8×128×128).
  */
-import { makePhantom, setBackend, backendInfo, slicePresence } from "../lib/index.js";
-import { train, validationDice } from "../lib/train/trainer.js";
+import { makePhantom, setBackend, backendInfo, slicePresence } from "../dist/index.js";
+import { train, validationDice } from "../dist/train/trainer.js";
 
 const STEPS = Number(process.env.BHSD_SEMI_STEPS ?? 300);
 /** Weights of the semi-supervised terms (BHSD_SEMI_MIL, BHSD_SEMI_CONSISTENCY; default 1 and 1). */

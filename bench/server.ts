@@ -7,7 +7,7 @@ import autocannon from "autocannon";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer, volumeFromArray, writeNifti } from "../lib/index.js";
+import { createServer, volumeFromArray, writeNifti } from "../dist/index.js";
 import { fmt } from "./lib.js";
 
 export async function benchServer(): Promise<string[]> {
