@@ -15,9 +15,9 @@ export { summarize, aggregate, type Summary, type Aggregate } from "./metrics/su
 export { casesToCsv, summaryToCsv, csvNumber } from "./metrics/csv.js";
 export { slicePresence, slicesToCsv, parseSliceCsv, evaluateSlices, type SliceLabels, type SliceScore } from "./metrics/slices.js";
 export {
-  conv3d, convTranspose3d, instanceNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
+  conv3d, conv3dInstanceNorm, convTranspose3d, instanceNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
   maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor,
-  type Conv3dOptions, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
+  type Conv3dOptions, type FusedNorm, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
 } from "./ops/tensor.js";
 export { loadModel, Model, type RunStats } from "./model/model.js";
 export { type ModelConfig, type Normalization, defaultConfig, fromNnunet } from "./model/config.js";

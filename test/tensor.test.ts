@@ -260,3 +260,37 @@ test.serial("native: weights marked constant are packed once and give onnxruntim
   });
   t.throws(() => addon.packConvWeights!(w.data, 28, 80, 2), { message: /w must be a Float32Array of 2240/ });
 });
+
+test.serial("conv3dInstanceNorm equals onnxruntime's Conv → InstanceNormalization → LeakyRelu (in place natively, two steps elsewhere)", async (t) => {
+  const { conv3dInstanceNorm } = await import("../lib/index.js");
+  const ort = await import("onnxruntime-node");
+  const { encodeModel } = await import("../lib/model/onnx-proto.js");
+  const x = randomTensor([1, 6, 5, 7, 19], 110), w = randomTensor([10, 3, 3, 3, 3], 111), b = randomTensor([10], 112);
+  const sc = randomTensor([10], 113), nb = randomTensor([10], 114);
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], group: 2, pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 2] } },
+      { opType: "InstanceNormalization", inputs: ["c", "s", "nb"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+      { opType: "LeakyRelu", inputs: ["n"], outputs: ["y"], attrs: { alpha: 0.01 } },
+    ],
+    inputs: [{ name: "x", shape: x.shape }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w", dims: w.shape, data: w.data }, { name: "b", dims: [10], data: b.data },
+      { name: "s", dims: [10], data: sc.data }, { name: "nb", dims: [10], data: nb.data },
+    ],
+  });
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+  await session.release();
+  for (const { name } of backends) {
+    setBackend(name);
+    const y = await conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, eps: 1e-5, activation: "leakyRelu", alpha: 0.01 }, { padding: 1, stride: [1, 1, 2], groups: 2 });
+    t.deepEqual(y.shape, [...want.dims]);
+    const d = relDiff(y.data, want.data as Float32Array);
+    t.true(d <= TOL, `${name}: max relative difference ${d}`);
+    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb }, { padding: 1, groups: 2, activation: "relu" }), { message: /options.activation/ });
+    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: randomTensor([9], 1), bias: nb }, { padding: 1, groups: 2 }), { message: /norm.scale/ });
+  }
+});

@@ -7,9 +7,14 @@ import type { TensorBackend } from "./tensor-types.js";
 
 /** The functions the addon exports (native/src/addon.cc). */
 /** The tensor functions take the same arguments as the TensorBackend methods. */
-export interface NativeAddon extends Omit<TensorBackend, "conv3d"> {
-  /** TensorBackend's conv3d, and optionally the weights as packConvWeights packed them. */
-  conv3d(...a: [...Parameters<TensorBackend["conv3d"]>, packed?: Float32Array]): Promise<void>;
+export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"> {
+  /**
+   * TensorBackend's conv3d; optionally the weights as packConvWeights packed them, and a norm
+   * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm).
+   */
+  conv3d(
+    ...a: [...Parameters<TensorBackend["conv3d"]>, packed?: Float32Array | null, scale?: Float32Array | null, normBias?: Float32Array | null, eps?: number, normAct?: number, normAlpha?: number]
+  ): Promise<void>;
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
   packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
@@ -102,17 +107,24 @@ export class NativeBackend implements Backend {
     for (const a of arrays) this.fixed.add(a);
   }
 
-  // The tensor operations: the addon takes the same arguments.
-  conv3d: TensorBackend["conv3d"] = (...a) => {
-    const [, , w, wShape, , , , , groups] = a;
-    if (!this.fixed.has(w)) return this.addon.conv3d(...a);
+  /** The packed form of constant weights (made on first use), else null: conv3d packs per call. */
+  private packedFor(w: Float32Array, Co: number, groups: number): Float32Array | null {
+    if (!this.fixed.has(w)) return null;
     let p = this.packed.get(w);
     if (!p) {
-      p = this.addon.packConvWeights(w, wShape[0], w.length / wShape[0], groups);
+      p = this.addon.packConvWeights(w, Co, w.length / Co, groups);
       this.packed.set(w, p);
     }
-    return this.addon.conv3d(...a, p);
+    return p;
+  }
+
+  // The tensor operations: the addon takes the same arguments.
+  conv3d: TensorBackend["conv3d"] = (...a) => {
+    const p = this.packedFor(a[2], a[3][0], a[8]);
+    return p ? this.addon.conv3d(...a, p) : this.addon.conv3d(...a);
   };
+  conv3dNorm: NonNullable<TensorBackend["conv3dNorm"]> = (x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, out, scale, nb, eps, act, alpha) =>
+    this.addon.conv3d(x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, 0, 0, out, this.packedFor(w, wShape[0], groups), scale, nb, eps, act, alpha);
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);

@@ -17,6 +17,16 @@ export interface TensorBackend {
     bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
     outSpatial: Triple, act: number, alpha: number, out: Float32Array,
   ): Promise<void>;
+  /**
+   * Optional: conv3d without an activation, then out instance-normalised in place (scale, bias
+   * per output channel, eps) and activated, in one call. Callers fall back to conv3d + instanceNorm.
+   */
+  conv3dNorm?(
+    x: Float32Array, inShape: [number, number, number, number, number],
+    w: Float32Array, wShape: [number, number, number, number],
+    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
+    outSpatial: Triple, out: Float32Array, scale: Float32Array | null, normBias: Float32Array | null, eps: number, act: number, alpha: number,
+  ): Promise<void>;
   /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */
   convTranspose3d(
     x: Float32Array, inShape: [number, number, number, number, number],

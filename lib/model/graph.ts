@@ -25,6 +25,16 @@ export interface GraphNode {
   attrs: Record<string, Attr>;
   /** Set by fusion: an activation applied in this node's epilogue. */
   fusedAct?: { act: "relu" | "leakyRelu"; alpha: number; output: string };
+  /**
+   * Set by fuseConvNorm on a Conv: the InstanceNormalization (and its activation) that read only
+   * this Conv's output, applied to it in place. inputs[3] and [4] are the norm's scale and bias.
+   */
+  fusedNorm?: { name: string; eps: number; act?: "relu" | "leakyRelu"; alpha: number; output: string };
+}
+
+/** The names a node's results are bound to, after fusion. */
+export function finalOutputs(n: GraphNode): string[] {
+  return n.fusedNorm ? [n.fusedNorm.output] : n.fusedAct ? [n.fusedAct.output] : n.outputs;
 }
 
 export interface Graph {
@@ -244,4 +254,37 @@ export function fuseActivations(graph: Graph): GraphNode[] {
     drop.add(n);
   }
   return graph.nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
+}
+
+/**
+ * Fuses each InstanceNormalization (with its fused activation, if any) into the Conv whose output
+ * it alone reads, for backends that normalise the convolution's output in place in the same call
+ * (nodes from fuseActivations; the graph's own nodes are left as they are).
+ */
+export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
+  const consumers = new Map<string, number>();
+  for (const n of nodes) for (const i of n.inputs) if (i) consumers.set(i, (consumers.get(i) ?? 0) + 1);
+  for (const o of graphOutputs) consumers.set(o, (consumers.get(o) ?? 0) + 1);
+  const producer = new Map<string, GraphNode>();
+  for (const n of nodes) for (const o of finalOutputs(n)) producer.set(o, n);
+  const drop = new Set<GraphNode>();
+  const fused = new Map<GraphNode, GraphNode>();
+  for (const n of nodes) {
+    if (n.opType !== "InstanceNormalization" || !n.inputs[1] || !n.inputs[2]) continue;
+    const p = producer.get(n.inputs[0]!);
+    if (!p || p.opType !== "Conv" || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
+    fused.set(p, {
+      ...p,
+      inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", n.inputs[1], n.inputs[2]],
+      fusedNorm: {
+        name: n.name,
+        eps: (n.attrs.epsilon as number | undefined) ?? 1e-5,
+        ...(n.fusedAct ? { act: n.fusedAct.act } : {}),
+        alpha: n.fusedAct?.alpha ?? 0,
+        output: finalOutputs(n)[0]!,
+      },
+    });
+    drop.add(n);
+  }
+  return nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
 }

@@ -14,7 +14,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
-import { fuseActivations, parseModel, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import { finalOutputs, fuseActivations, fuseConvNorm, parseModel, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
 
 /** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
 export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
@@ -108,7 +108,7 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
-    this.nodes = fuseActivations(graph);
+    this.nodes = fuseConvNorm(fuseActivations(graph), graph.outputs);
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
@@ -118,7 +118,7 @@ export class Model {
   /** Finds the channel Concats that can be done in place (see the module comment). */
   private planConcats(graph: Graph) {
     const producer = new Map<string, GraphNode>();
-    for (const n of this.nodes) for (const o of n.fusedAct ? [n.fusedAct.output] : n.outputs) producer.set(o, n);
+    for (const n of this.nodes) for (const o of finalOutputs(n)) producer.set(o, n);
     const dims = (name: string | undefined) => (name ? graph.initializers.get(name)?.dims : undefined);
     const channels = (name: string, depth = 0): number | undefined => {
       const p = producer.get(name);
@@ -255,7 +255,7 @@ export class Model {
           const floats = args.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
           await be.hostRead(viaBackend ? floats.filter((a) => a.length <= 64) : floats);
         }
-        const slot = inPlace ? this.concatSlots.get(n.fusedAct ? n.fusedAct.output : n.outputs[0]!) : undefined;
+        const slot = inPlace ? this.concatSlots.get(finalOutputs(n)[0]!) : undefined;
         const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
         if (done) concatsInPlace++;
         results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : alloc);
@@ -263,11 +263,13 @@ export class Model {
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
       }
-      const key = n.fusedAct ? `${n.opType}+${n.fusedAct.act}` : n.opType;
+      const key = n.fusedNorm
+        ? `${n.opType}+InstanceNormalization${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
+        : n.fusedAct ? `${n.opType}+${n.fusedAct.act}` : n.opType;
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });
-      const outNames = n.fusedAct ? [n.fusedAct.output] : n.outputs;
+      const outNames = finalOutputs(n);
       results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
       for (const i of n.inputs) {
         if (!i) continue;
@@ -330,6 +332,11 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
   const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
   switch (n.opType) {
     case "Conv":
+      if (n.fusedNorm) {
+        const fn = n.fusedNorm;
+        const norm = { scale: F(a[3], "scale"), bias: F(a[4], "B"), eps: fn.eps, ...(fn.act ? { activation: fn.act, alpha: fn.alpha } : {}) };
+        return [{ f: await ops.conv3dInstanceNorm(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, norm, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), groups: (at.group as number) ?? 1, alloc }) }];
+      }
       return [{ f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), groups: (at.group as number) ?? 1, alloc, ...act }) }];
     case "ConvTranspose":
       return [{ f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), outputPadding: triple(at.output_padding, 0), groups: (at.group as number) ?? 1, alloc }) }];

@@ -104,8 +104,8 @@ function convCommon(input: unknown, weight: unknown, bias: unknown, options: unk
   return { input: input as Tensor, weight: weight as Tensor, bias: (bias ?? null) as Tensor | null, opts, stride, dilation, pad, groups: groups as number };
 }
 
-/** 3-D convolution: input [N, C, D, H, W], weight [Cout, C/groups, kD, kH, kW], bias [Cout]. */
-export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: Conv3dOptions): Promise<Tensor> {
+/** conv3d's checks and output: everything but the backend call. */
+function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined, options: Conv3dOptions | undefined) {
   const c = convCommon(input, weight, bias, options);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = c.weight.shape as [number, number, number, number, number];
@@ -121,8 +121,50 @@ export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null
   }) as Triple;
   const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
   if (out.data === c.input.data || out.data === c.weight.data) throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
-  await activeBackend().conv3d(c.input.data, [N, C, D, H, W], c.weight.data, [Co, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, act, alpha, out.data);
-  return out;
+  const args: [Float32Array, [number, number, number, number, number], Float32Array, [number, number, number, number], Float32Array | null, Triple, Triple, Triple, number, Triple] =
+    [c.input.data, [N, C, D, H, W], c.weight.data, [Co, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS];
+  return { args, act, alpha, out, Co };
+}
+
+/** 3-D convolution: input [N, C, D, H, W], weight [Cout, C/groups, kD, kH, kW], bias [Cout]. */
+export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: Conv3dOptions): Promise<Tensor> {
+  const p = convPlan(input, weight, bias, options);
+  await activeBackend().conv3d(...p.args, p.act, p.alpha, p.out.data);
+  return p.out;
+}
+
+/** The instance normalisation a convolution's output goes through (scale and bias per output channel). */
+export interface FusedNorm {
+  scale: Tensor;
+  bias: Tensor;
+  eps?: number;
+  activation?: "none" | "relu" | "leakyRelu";
+  alpha?: number;
+}
+
+/**
+ * conv3d, then instanceNorm of its output (a U-Net block's Conv → InstanceNorm → LeakyReLU): on
+ * a backend that has it, in one call with the output normalised in place (no second buffer);
+ * elsewhere the two operations one after the other. `options.activation` must be unset (the
+ * activation after the norm is `norm.activation`).
+ */
+export async function conv3dInstanceNorm(input: Tensor, weight: Tensor, bias: Tensor | null, norm: FusedNorm, options?: Conv3dOptions): Promise<Tensor> {
+  if (options?.activation !== undefined && options.activation !== "none") throw invalidParameterError("options.activation", "none (the activation goes after the norm)", options.activation);
+  const normOpts = optionsObject("norm", norm);
+  const p = convPlan(input, weight, bias, options);
+  const scale = perChannel("norm.scale", normOpts.scale, p.Co), nb = perChannel("norm.bias", normOpts.bias, p.Co);
+  const { act, alpha } = activation(normOpts);
+  const eps = epsOf(normOpts);
+  const be = activeBackend();
+  if (be.conv3dNorm) {
+    await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha);
+  } else {
+    const conv = newTensor(p.out.shape, "conv3d output");
+    await be.conv3d(...p.args, ACT.none, 0, conv.data);
+    const [N, C] = p.out.shape as [number, number];
+    await be.instanceNorm(conv.data, N, C, conv.data.length / (N * C), scale, nb, eps, act, alpha, p.out.data);
+  }
+  return p.out;
 }
 
 export interface ConvTranspose3dOptions extends OutputOptions {

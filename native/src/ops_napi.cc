@@ -20,7 +20,11 @@ bhsd::Act act_of(const Napi::Value& v) {
 }
 
 // conv3d(x, [N, C, D, H, W], w, [Co, kd, kh, kw], bias|null, [sd, sh, sw], [dd, dh, dw], [pd, ph, pw],
-//        groups, [Do, Ho, Wo], act, alpha, out) → Promise<void>
+//        groups, [Do, Ho, Wo], act, alpha, out[, packed|null[, scale|null, normBias|null, eps,
+//        normAct, normAlpha]]) → Promise<void>
+// packed: the weights as packConvWeights packed them. With the norm's arguments (act must then be
+// none), the output is instance-normalised (and activated) in place after the convolution, in the
+// same call: one trip through the worker threads instead of two, and no second buffer.
 // The arguments both convolutions share: x, [N, C, D, H, W], w, [c, kd, kh, kw], bias, strides,
 // dilations, pads, groups, [Do, Ho, Wo] (info[0..9]).
 struct ConvArgs {
@@ -43,6 +47,7 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const std::int64_t groups = c.groups;
   const bhsd::Act act = act_of(info[10]);
   const float alpha = float(number_of(info[11], "alpha"));
+  const bool norm = info.Length() > 14;
   const std::int64_t N = in[0], C = in[1], Co = ws[0];
   require(C % groups == 0 && Co % groups == 0, env, "channels are not divisible by groups");
   const std::int64_t Cg = C / groups, Cog = Co / groups;
@@ -55,6 +60,12 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   // optional: the weights already packed by packConvWeights (a model's, packed once)
   const std::int64_t per_group = bhsd::packed_conv_size(Cog, g.K());
   const float* packed = info.Length() > 13 ? floats_of(info[13], std::size_t(groups * per_group), "packed weights", true) : nullptr;
+  const float* nscale = norm ? floats_of(info[14], std::size_t(Co), "norm scale", true) : nullptr;
+  const float* nbias = norm ? floats_of(info[15], std::size_t(Co), "norm bias", true) : nullptr;
+  const double eps = norm ? number_of(info[16], "eps") : 0.0;
+  const bhsd::Act nact = norm ? act_of(info[17]) : bhsd::Act::none;
+  const float nalpha = norm ? float(number_of(info[18], "norm alpha")) : 0.0f;
+  require(!norm || act == bhsd::Act::none, env, "an activation before the norm is not fused");
   auto pool = pool_of(env);
   return PromiseWorker::Start(env, [=] {
     const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
@@ -66,7 +77,9 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
         bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                              y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
     }
-  }, nullptr, {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null()});
+    if (norm) bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool);
+  }, nullptr, {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(),
+               norm ? info[14] : env.Null(), norm ? info[15] : env.Null()});
 }
 
 // packConvWeights(w, Co, K, groups) → Float32Array: w [Co, K] (K = C/groups · kd·kh·kw) packed per

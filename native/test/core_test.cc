@@ -473,6 +473,15 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
   CHECK(wy < 1e-4);
   CHECK(wdx < 1e-4);
   CHECK(wdg < 1e-3 && wdb < 1e-3);
+  // in place (y = x, as after a fused convolution), for each activation: the out-of-place result
+  for (bhsd::Act act : {bhsd::Act::none, bhsd::Act::relu, bhsd::Act::leaky}) {
+    std::vector<float> ref(x.size()), z = x;
+    bhsd::instance_norm(x.data(), ref.data(), N, C, S, gamma, beta, eps, act, alpha, pool);
+    bhsd::instance_norm(z.data(), z.data(), N, C, S, gamma, beta, eps, act, alpha, pool);
+    double worst = 0;
+    for (std::size_t i = 0; i < z.size(); ++i) worst = std::max(worst, double(std::fabs(z[i] - ref[i])));
+    CHECK(worst < 1e-5);
+  }
 }
 
 int main() {

@@ -135,10 +135,43 @@ BHSD_MULTIVERSION inline void affine_act(const float* __restrict p, float* __res
     }
   }
 }
+
+#ifdef BHSD_X86
+// affine_act in explicit AVX2, element by element (each read before its own write), so that it
+// may run in place (q = p): a convolution's output normalised where it lies.
+__attribute__((target("avx2,fma"))) inline void affine_act_avx2(const float* p, float* q, std::int64_t n, float m, float a,
+                                                               float b, Act act, float alpha) {
+  const __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
+  const __m256 neg = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p + i), vm), va), vb);
+    if (act != Act::none) v = _mm256_add_ps(_mm256_max_ps(v, zero), _mm256_mul_ps(neg, _mm256_min_ps(v, zero)));
+    _mm256_storeu_ps(q + i, v);
+  }
+  for (; i < n; ++i) {
+    const float v = (p[i] - m) * a + b;
+    q[i] = act == Act::none ? v : std::max(v, 0.0f) + (act == Act::relu ? 0.0f : alpha) * std::min(v, 0.0f);
+  }
+}
+#endif
+
+// The same without the compiler's aliasing assumptions, for q = p.
+inline void affine_act_inplace(float* q, std::int64_t n, float m, float a, float b, Act act, float alpha) {
+#ifdef BHSD_X86
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
+  if (avx2) return affine_act_avx2(q, q, n, m, a, b, act, alpha);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = (q[i] - m) * a + b;
+    q[i] = act == Act::none ? v : std::max(v, 0.0f) + (act == Act::relu ? 0.0f : alpha) * std::min(v, 0.0f);
+  }
+}
 }  // namespace norm_detail
 
 // y = (x − mean) / sqrt(var + eps) · scale[c] + bias[c], per (n, c) over the `spatial` voxels
 // (biased variance), then the activation: one pass for the statistics (block_stats), one to apply.
+// y may be x (normalised in place).
 inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                           const float* scale, const float* bias, double eps, Act act, float alpha,
                           ThreadPool& pool) {
@@ -152,7 +185,8 @@ inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t
       const double inv = 1.0 / std::sqrt(var + eps);
       const std::int64_t c = std::int64_t(nc) % C;
       const double sc = scale ? scale[c] : 1.0f;
-      norm_detail::affine_act(p, q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
+      if (p == q) norm_detail::affine_act_inplace(q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
+      else norm_detail::affine_act(p, q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
     }
   }, 1, 8);
 }
