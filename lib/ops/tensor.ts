@@ -163,6 +163,7 @@ export async function conv3dInstanceNorm(input: Tensor, weight: Tensor, bias: Te
     await be.conv3d(...p.args, ACT.none, 0, conv.data);
     const [N, C] = p.out.shape as [number, number];
     await be.instanceNorm(conv.data, N, C, conv.data.length / (N * C), scale, nb, eps, act, alpha, p.out.data);
+    be.forget?.([conv.data]); // a GPU backend frees its device copy now, not at the end of the run
   }
   return p.out;
 }
