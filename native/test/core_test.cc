@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "bhsd/ccl.hpp"
@@ -352,6 +353,39 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
 #endif
 }
 
+// Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
+// the other gets its own; each gives what it gives alone.
+static void test_conv_concurrent() {
+#ifdef BHSD_X86
+  if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
+  const bhsd::ConvGeom g{4, 6, 20, 33, 10, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 20, 33};
+  std::uint32_t st = 5150;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  std::vector<float> xa(std::size_t(4 * 6 * 20 * 33)), xb(xa.size()), w(std::size_t(10 * g.K()));
+  for (auto& v : xa) v = rnd();
+  for (auto& v : xb) v = rnd();
+  for (auto& v : w) v = rnd();
+  const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), 10, g.K());
+  const std::size_t no = std::size_t(10 * 6 * 20 * 33);
+  std::vector<float> ra(no), rb(no);
+  bhsd::ThreadPool p0(2);
+  CHECK(bhsd::conv3d_forward_indirect(g, xa.data(), wp.data(), nullptr, ra.data(), bhsd::Act::none, 0.0f, p0));
+  CHECK(bhsd::conv3d_forward_indirect(g, xb.data(), wp.data(), nullptr, rb.data(), bhsd::Act::none, 0.0f, p0));
+  std::atomic<bool> same{true};
+  auto run = [&](const std::vector<float>& x, const std::vector<float>& ref) {
+    bhsd::ThreadPool pool(2);
+    std::vector<float> got(no);
+    for (int i = 0; i < 20; ++i) {
+      bool ok = bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), nullptr, got.data(), bhsd::Act::none, 0.0f, pool);
+      if (!ok || std::memcmp(got.data(), ref.data(), no * sizeof(float)) != 0) same = false;
+    }
+  };
+  std::thread ta([&] { run(xa, ra); }), tb([&] { run(xb, rb); });
+  ta.join(), tb.join();
+  CHECK(same.load());
+#endif
+}
+
 // The 1 × 1 × 1 convolution read in place: volumes that end in a partial tile, more channels than
 // one K block (krows = 512), output channels that leave a block part-filled.
 static void test_conv_pointwise(bhsd::ThreadPool& pool) {
@@ -486,6 +520,7 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
 
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
+  test_conv_concurrent();
   for (unsigned threads : {1u, 2u, 5u}) {
     bhsd::ThreadPool pool(threads);
     test_pool_covers_every_index(pool);

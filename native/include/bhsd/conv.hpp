@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -382,6 +383,51 @@ inline std::int64_t krows() {
   return k;
 }
 
+// The indirect convolution's padded slab: one buffer kept for the whole process, lent to one call
+// at a time (calls come from several threads — the addon's libuv workers — which would otherwise
+// each keep up to 16 MB); a call that finds it lent, or needs more than keep_max floats, gets a
+// buffer of its own for that call. get() is null when memory ran out.
+class SlabLease {
+ public:
+  SlabLease(std::size_t need, std::size_t keep_max) {
+    Cache& c = cache();
+    if (need <= keep_max) {
+      std::lock_guard<std::mutex> lk(c.m);
+      if (!c.lent) {
+        if (c.n < need) {
+          c.buf.reset(new (std::nothrow) float[need]);
+          c.n = c.buf ? need : 0;
+        }
+        if (c.buf) c.lent = true, shared_ = true, p_ = c.buf.get();
+      }
+    }
+    if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
+  }
+  SlabLease(const SlabLease&) = delete;
+  SlabLease& operator=(const SlabLease&) = delete;
+  ~SlabLease() {
+    if (!shared_) return;
+    std::lock_guard<std::mutex> lk(cache().m);
+    cache().lent = false;
+  }
+  float* get() const { return p_; }
+
+ private:
+  struct Cache {
+    std::mutex m;
+    std::unique_ptr<float[]> buf;
+    std::size_t n = 0;
+    bool lent = false;
+  };
+  static Cache& cache() {
+    static Cache c;
+    return c;
+  }
+  float* p_ = nullptr;
+  bool shared_ = false;
+  std::unique_ptr<float[]> own_;
+};
+
 // A 64-byte aligned scratch buffer per thread.
 struct Scratch {
   std::vector<float> buf;
@@ -422,25 +468,12 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
   const std::int64_t odn = std::clamp<std::int64_t>((fit - halo - 1) / g.sd + 1, 1, g.Do);
   const std::int64_t slabP = (odn - 1) * g.sd + halo + 1, volS = slabP * planeP;
   if (g.C * volS + NR >= (std::int64_t(1) << 31)) return false;
-  // the calling thread keeps its slab buffer for the next call (up to 16 MB: a fresh allocation
-  // per layer costs its page faults every time); a larger one (a single huge plane) is freed after
+  // the slab buffer is kept for the next call (up to 16 MB: a fresh allocation per layer costs its
+  // page faults every time); a larger one (a single huge plane) is freed after
   const std::size_t need = std::size_t(g.C * volS + NR);
-  thread_local std::unique_ptr<float[]> kept;
-  thread_local std::size_t kept_n = 0;
-  std::unique_ptr<float[]> once;
-  float* P;
-  if (need <= (std::size_t(16) << 20) / sizeof(float) + NR) {
-    if (kept_n < need) {
-      kept.reset(new (std::nothrow) float[need]);
-      kept_n = kept ? need : 0;
-      if (!kept) return false;
-    }
-    P = kept.get();
-  } else {
-    once.reset(new (std::nothrow) float[need]);
-    if (!once) return false;
-    P = once.get();
-  }
+  const SlabLease lease(need, (std::size_t(16) << 20) / sizeof(float) + NR);
+  float* P = lease.get();
+  if (!P) return false;
   std::memset(P + g.C * volS, 0, NR * sizeof(float));
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
   const std::int64_t w0 = std::max<std::int64_t>(0, g.pw), w1 = std::min(Wp, g.pw + g.W);  // padded columns with data
