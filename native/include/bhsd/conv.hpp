@@ -428,6 +428,14 @@ class SlabLease {
   std::unique_ptr<float[]> own_;
 };
 
+// Input channels per block of the reduction: as many blocks as about krows() rows of K need, the
+// channels shared evenly between them (64 channels of a 1×3×3 kernel: 32 + 32, not 56 + 8, whose
+// short second block paid a whole pass over the outputs for an eighth of the work).
+inline std::int64_t channel_block(std::int64_t C, std::int64_t ksp) {
+  const std::int64_t blocks = std::max<std::int64_t>(1, (C * ksp + krows() - 1) / krows());
+  return std::max<std::int64_t>(1, (C + blocks - 1) / blocks);
+}
+
 // A 64-byte aligned scratch buffer per thread.
 struct Scratch {
   std::vector<float> buf;
@@ -486,8 +494,7 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
           delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + ((c * g.dw) % sw) * Wph + (c * g.dw) / sw);
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
-  const std::int64_t krows = conv_detail::krows();
-  const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
+  const std::int64_t cb = channel_block(g.C, ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   for (std::int64_t od0 = 0; od0 < g.Do; od0 += odn) {
     const std::int64_t od1 = std::min(g.Do, od0 + odn);
@@ -579,7 +586,7 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
                                                                   std::int64_t K, const CoBlocks& cbk, const float* bias,
                                                                   std::int64_t v0, std::int64_t v1, float* o,
                                                                   std::int64_t ldo, Act act, float alpha) {
-  const std::int64_t cb = std::max<std::int64_t>(1, krows()), kblocks = (K + cb - 1) / cb;
+  const std::int64_t cb = channel_block(K, 1), kblocks = (K + cb - 1) / cb;
   for (std::int64_t kb = 0; kb < kblocks; ++kb) {
     const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
     const bool first = kb == 0, last = kb == kblocks - 1;
@@ -656,8 +663,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
   const std::int64_t seg_tasks = flat ? (flat_segs + 7) / 8 : (rows + rows_per_task - 1) / rows_per_task;
   // Input channels per block: about 512 rows of K (a 32 KB panel per segment, 12 KB of weights).
-  const std::int64_t krows = conv_detail::krows();
-  const std::int64_t cb = std::max<std::int64_t>(1, krows / ksp);
+  const std::int64_t cb = channel_block(g.C, ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
