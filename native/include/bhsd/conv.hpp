@@ -579,23 +579,41 @@ struct InPlaceInput {
   }
 };
 
-// The GEMM for voxels v0 … v1 of a 1 × 1 × 1 convolution (wp: pack_conv_weights of [Co, K]):
-// o[co·ldo + (v − v0)] = act(bias[co] + Σ_k w[co, k] · in[k·V + v]). Each block of weights (K·6
-// floats) is read once for the whole run, the run's inputs staying in L2.
+// The GEMM for voxels v0 … v1 (at most 256) of a 1 × 1 × 1 convolution (wp: pack_conv_weights of
+// [Co, K]): o[co·ldo + (v − v0)] = act(bias[co] + Σ_k w[co, k] · in[k·V + v]). Each block of
+// weights (K·6 floats) is read once for the whole run. With more than one block of outputs the
+// run's inputs are first copied into a contiguous panel ([k][run], zero-padded to whole tiles):
+// read in place, every weight's 16 samples lie in another channel's plane, a page apart or more,
+// and the TLB misses cost more than the copy (an upsampling 128→64×4 taps: 62 → 27 ms); a single
+// block (a segmentation head) reads each sample once, so there the copy would only add traffic.
 __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlaceInput& src, const float* wp,
                                                                   std::int64_t K, const CoBlocks& cbk, const float* bias,
                                                                   std::int64_t v0, std::int64_t v1, float* o,
                                                                   std::int64_t ldo, Act act, float alpha) {
   const std::int64_t cb = channel_block(K, 1), kblocks = (K + cb - 1) / cb;
+  const bool stage = cbk.count() > 1;
+  const std::int64_t n = v1 - v0, Lp = (n + NR - 1) / NR * NR;
+  thread_local Scratch panel_mem;
+  thread_local std::vector<std::int32_t> dpanel;
+  float* panel = stage ? panel_mem.get(std::size_t(cb * Lp)) : nullptr;
+  if (stage) {
+    dpanel.resize(std::size_t(cb));
+    for (std::int64_t k = 0; k < cb; ++k) dpanel[std::size_t(k)] = std::int32_t(k * Lp);
+  }
   for (std::int64_t kb = 0; kb < kblocks; ++kb) {
     const std::int64_t k0 = kb * cb, kbn = std::min(K, k0 + cb) - k0;
     const bool first = kb == 0, last = kb == kblocks - 1;
+    if (stage)
+      for (std::int64_t k = 0; k < kbn; ++k) {
+        std::memcpy(panel + k * Lp, src.in + (k0 + k) * src.V + v0, std::size_t(n) * sizeof(float));
+        std::memset(panel + k * Lp + n, 0, std::size_t(Lp - n) * sizeof(float));
+      }
     for (std::int64_t cob = 0; cob < cbk.count(); ++cob) {
       const float* a = wp + (cob * K + k0) * MR;
       const std::int64_t rows = cbk.rows(cob), co0 = cbk.row0(cob);
       for (std::int64_t v = v0; v < v1; v += NR)
-        kernel_avx2_any(a, src.at(v, k0), kbn, o + co0 * ldo + (v - v0), ldo, bias ? bias + co0 : nullptr, rows,
-                        std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
+        kernel_avx2_any(a, stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn, o + co0 * ldo + (v - v0),
+                        ldo, bias ? bias + co0 : nullptr, rows, std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
     }
   }
 }
