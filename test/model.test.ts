@@ -246,3 +246,42 @@ test.serial("a Concat planned in place gives onnxruntime's result; batch 2 (not 
   }
   await session.release();
 });
+
+test.serial("Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it", async (t) => {
+  const ort = await import("onnxruntime-node");
+  const w1 = randomTensor([4, 2, 3, 3, 3], 401), w2 = randomTensor([4, 4, 1, 1, 1], 402), w3 = randomTensor([4, 4, 3, 3, 3], 405);
+  const s = randomTensor([4], 403), b = randomTensor([4], 404);
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      // c is read by the norm and by a 1×1×1 convolution: not fused (normalising c in place would change what the second one reads)
+      { opType: "Conv", inputs: ["x", "w1"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "InstanceNormalization", inputs: ["c", "s", "b"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+      { opType: "Conv", inputs: ["c", "w2"], outputs: ["m"], attrs: { kernel_shape: [1, 1, 1] } },
+      { opType: "Add", inputs: ["n", "m"], outputs: ["y"] },
+      // d is read by its norm alone (no activation after it): fused, and its result is a graph output
+      { opType: "Conv", inputs: ["y", "w3"], outputs: ["d"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "InstanceNormalization", inputs: ["d", "s", "b"], outputs: ["z"], attrs: { epsilon: 1e-5 } },
+    ],
+    inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
+    outputs: [{ name: "y" }, { name: "z" }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }, { name: "w3", dims: w3.shape, data: w3.data },
+      { name: "s", dims: [4], data: s.data }, { name: "b", dims: [4], data: b.data },
+    ],
+  });
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  const x = randomTensor([1, 2, 4, 5, 6], 406);
+  const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+  await session.release();
+  for (const { name } of backends) {
+    setBackend(name);
+    const model = await loadModel(bytes);
+    const got = await model.runAll({ x });
+    for (const o of ["y", "z"]) {
+      const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+      t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
+    }
+    t.deepEqual(model.lastRun!.nodeMs.map((n) => n.op), ["Conv", "InstanceNormalization", "Conv", "Add", "Conv+InstanceNormalization"], name);
+  }
+});
