@@ -1,11 +1,14 @@
 // bhsd — 3D convolution (NCDHW, weights [Cout, Cin/groups, kD, kH, kW]) and transposed convolution.
 //
-// A blocked direct convolution: each task takes a group of output row segments of 16 voxels, packs
-// for them a panel of the input samples each weight touches (K = ci·kd·kh·kw rows × 16, in
-// L1/L2-sized blocks of input channels: no im2col of the volume), and runs a 6×16 register-tiled
-// AVX2/FMA micro-kernel over channel blocks of 6 pre-packed weights. Bias and the activation are
-// applied when the last block of input channels is stored. A baseline kernel serves processors
-// without AVX2 (chosen at run time).
+// A blocked direct convolution: each task takes a group of output row segments of 16 voxels (or,
+// for rows shorter than 16, runs of 16 voxels in memory order), packs for them a panel of the
+// input samples each weight touches (K = ci·kd·kh·kw rows × 16, in L1/L2-sized blocks of input
+// channels shared evenly: no im2col of the volume), and runs an R×16 register-tiled AVX2/FMA
+// micro-kernel (R ≤ 6 output channels; CoBlocks) over blocks of pre-packed weights. Layers with
+// few output channels skip the panels and read a zero-padded copy of the input at precomputed
+// offsets (conv3d_forward_indirect); 1×1×1 layers are a plain GEMM (conv3d_forward_pointwise).
+// Bias and the activation are applied when the last block of input channels is stored. A
+// baseline kernel serves processors without AVX2 (chosen at run time).
 #pragma once
 
 #include <algorithm>
