@@ -360,6 +360,52 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvG
 }
 #endif
 
+#ifdef BHSD_X86
+// Row windows instead of one 16-sample copy per tap: for each (channel, a, b) of the block, the
+// RW ≥ 16 + (kw − 1)·dw samples (RW ≤ 64, a multiple of 8) a stride-1 row segment's taps read (0
+// outside the volume), so that tap c of output j is window[j + c·dw] — a kw-times smaller panel,
+// packed with kw times fewer stores, read through offsets (IndirectB). Outputs past a partial
+// segment's end read real samples or zeros and are discarded.
+__attribute__((target("avx2,fma"))) inline void pack_rows_avx2(const ConvGeom& g, const float* in, std::int64_t c0,
+                                                               std::int64_t c1, std::int64_t od, std::int64_t oh,
+                                                               std::int64_t ow0, std::int64_t RW, float* p,
+                                                               std::int64_t ahead) {
+  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in, lo = ow0 - g.pw;
+  const std::int64_t nv = RW / 8;
+  const bool interior = lo >= 0 && lo + RW <= g.W;
+  const __m256 zero = _mm256_setzero_ps();
+  __m256i m[8];  // RW ≤ 64
+  if (!interior)
+    for (std::int64_t q = 0; q < nv; ++q) {
+      const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
+      m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), idx));
+    }
+  for (std::int64_t ci = c0; ci < c1; ++ci)
+    for (std::int64_t a = 0; a < g.kd; ++a) {
+      const std::int64_t id = od * g.sd - g.pd + a * g.dd;
+      for (std::int64_t b = 0; b < g.kh; ++b, p += RW) {
+        const std::int64_t ih = oh * g.sh - g.ph + b * g.dh;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
+          for (std::int64_t q = 0; q < nv; ++q) _mm256_store_ps(p + 8 * q, zero);
+          continue;
+        }
+        const float* row = in + ci * vol_in + id * plane_in + ih * g.W;
+        if (ahead > 0) {
+          const std::uintptr_t q = reinterpret_cast<std::uintptr_t>(row) +
+                                   std::uintptr_t((ahead + std::max<std::int64_t>(0, lo)) * std::int64_t(sizeof(float)));
+          _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(q + 64), _MM_HINT_T0);
+        }
+        const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) + std::uintptr_t(lo * std::int64_t(sizeof(float))));
+        if (interior)
+          for (std::int64_t q = 0; q < nv; ++q) _mm256_store_ps(p + 8 * q, _mm256_loadu_ps(s + 8 * q));
+        else
+          for (std::int64_t q = 0; q < nv; ++q) _mm256_store_ps(p + 8 * q, _mm256_maskload_ps(s + 8 * q, m[q]));
+      }
+    }
+}
+#endif
+
 using PackFn = void (*)(const ConvGeom&, const float*, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                         std::int64_t, std::int64_t, float*, std::int64_t);
 
@@ -688,6 +734,19 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
+  // Stride 1 along W: one window of samples per input row instead of a copy per tap (a panel kw
+  // times smaller; 64→64 and 128→128 2–6 % faster, single thread), where the window is no wider.
+  const std::int64_t RW = (NR + (g.kw - 1) * g.dw + 7) / 8 * 8;
+#ifdef BHSD_X86
+  const bool rowwin = direct && !flat && g.sw == 1 && RW <= 64 && RW <= g.kw * NR;
+#else
+  const bool rowwin = false;
+#endif
+  std::vector<std::int32_t> rdelta;
+  if (rowwin) {
+    rdelta.resize(std::size_t(cb * ksp));
+    for (std::int64_t k = 0; k < cb * ksp; ++k) rdelta[std::size_t(k)] = std::int32_t((k / g.kw) * RW + (k % g.kw) * g.dw);
+  }
   // A volume with fewer tasks of segments than threads (the deep stages: 2×4×4 is one) also splits
   // its output channels, at least 4 blocks each, so that every thread has work; each split packs
   // its own panels (320→320 at 2×4×4: 100 → 145 GFLOP/s; with as many tasks as threads the
@@ -725,6 +784,10 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
             pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
             continue;
           }
+          if (rowwin) {
+            pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, RW, panel + s * std::size_t(kbn * NR), ahead);
+            continue;
+          }
 #endif
           pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR), ahead);
         }
@@ -739,6 +802,11 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
             const Seg& sg = segs[s];
             float* o = out + co0 * vol_out + (flat ? sg.ow0 : sg.od * plane_out + sg.oh * g.Wo + sg.ow0);
 #ifdef BHSD_X86
+            if (rowwin) {
+              kernel_avx2_any(a, IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn, o, vol_out, bb, rows_valid,
+                              sg.n, first, last, act, alpha);
+              continue;
+            }
             if (direct) {
               kernel_avx2_any(a, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o, vol_out, bb, rows_valid, sg.n, first,
                               last, act, alpha);
