@@ -28,6 +28,11 @@ const convCases: { x: number[]; w: number[]; strides?: number[]; pads?: number[]
   { x: [1, 4, 3, 12, 12], w: [8, 4, 1, 3, 3], pads: [0, 1, 1, 0, 1, 1], bias: true }, // nnU-Net's anisotropic 1×3×3
   { x: [1, 5, 6, 9, 11], w: [10, 5, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1] },
   { x: [1, 6, 4, 7, 9], w: [4, 3, 3, 3, 3], group: 2, pads: [1, 0, 1, 1, 2, 0], bias: true }, // groups, asymmetric pads
+  // more than 48 outputs (packed panels): row windows with edges, dilated windows, short rows as flat runs, gathered strided rows
+  { x: [1, 3, 4, 5, 37], w: [50, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
+  { x: [1, 2, 4, 5, 29], w: [49, 2, 3, 1, 3], dilations: [1, 1, 3], pads: [1, 0, 3, 1, 0, 2] },
+  { x: [1, 2, 5, 6, 7], w: [52, 2, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
+  { x: [1, 2, 3, 4, 40], w: [55, 2, 3, 3, 3], strides: [1, 1, 2], pads: [1, 1, 1, 1, 1, 1] },
   { x: [1, 40, 3, 3, 3], w: [5, 40, 3, 3, 3] }, // long K, no padding
   { x: [1, 8, 5, 6, 7], w: [6, 8, 1, 1, 1], bias: true }, // 1×1×1 head
   { x: [1, 3, 4, 6, 8], w: [5, 3, 2, 2, 2], strides: [2, 2, 2] },
