@@ -23,5 +23,9 @@ for (const [what, flags] of [
     const run = spawnSync(exe, [], { encoding: "utf8", timeout: 60_000 });
     t.is(run.status, 0, run.stdout + run.stderr);
     t.regex(run.stdout, /\d+ passed, 0 failed/);
+    // the baseline kernels and packing (as on a processor without AVX2) through the same checks
+    const base = spawnSync(exe, [], { encoding: "utf8", timeout: 60_000, env: { ...process.env, BHSD_NO_AVX2: "1" } });
+    t.is(base.status, 0, base.stdout + base.stderr);
+    t.regex(base.stdout, /\d+ passed, 0 failed/);
   });
 }
