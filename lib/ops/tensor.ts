@@ -45,16 +45,16 @@ function padding(name: string, v: unknown): { lead: Triple; trail: Triple } {
   throw invalidParameterError(name, "a non-negative integer, [d, h, w] or [d0, h0, w0, d1, h1, w1]", v);
 }
 
-function activation(opts: Record<string, unknown>): { act: number; alpha: number } {
+function activation(opts: Record<string, unknown>, where = "options"): { act: number; alpha: number } {
   const a = opts.activation;
   if (a === undefined || a === "none") return { act: ACT.none, alpha: 0 };
   if (a === "relu") return { act: ACT.relu, alpha: 0 };
   if (a === "leakyRelu") {
     const alpha = opts.alpha ?? 0.01;
-    if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError("options.alpha", "a finite number", alpha);
+    if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError(`${where}.alpha`, "a finite number", alpha);
     return { act: ACT.leaky, alpha };
   }
-  throw invalidParameterError("options.activation", '"relu", "leakyRelu" or "none"', a);
+  throw invalidParameterError(`${where}.activation`, '"relu", "leakyRelu" or "none"', a);
 }
 
 export interface Conv3dOptions extends OutputOptions {
@@ -153,8 +153,8 @@ export async function conv3dInstanceNorm(input: Tensor, weight: Tensor, bias: Te
   const normOpts = optionsObject("norm", norm);
   const p = convPlan(input, weight, bias, options);
   const scale = perChannel("norm.scale", normOpts.scale, p.Co), nb = perChannel("norm.bias", normOpts.bias, p.Co);
-  const { act, alpha } = activation(normOpts);
-  const eps = epsOf(normOpts);
+  const { act, alpha } = activation(normOpts, "norm");
+  const eps = epsOf(normOpts, "norm");
   const be = activeBackend();
   if (be.conv3dNorm) {
     await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha);
@@ -208,9 +208,9 @@ function perChannel(name: string, t: unknown, C: number): Float32Array {
   return (t as Tensor).data;
 }
 
-function epsOf(opts: Record<string, unknown>): number {
+function epsOf(opts: Record<string, unknown>, where = "options"): number {
   const eps = opts.eps ?? 1e-5;
-  if (typeof eps !== "number" || !(eps > 0)) throw invalidParameterError("options.eps", "a positive number", eps);
+  if (typeof eps !== "number" || !(eps > 0)) throw invalidParameterError(`${where}.eps`, "a positive number", eps);
   return eps;
 }
 
