@@ -237,12 +237,24 @@ function topoSort(nodes: GraphNode[], known: Set<string>, label: string): GraphN
 }
 
 /** Fuses Relu/LeakyRelu into the Conv or InstanceNormalization before it when that is their only consumer. */
-export function fuseActivations(graph: Graph): GraphNode[] {
+/** How many nodes read each value, a graph output counting as one more reader. */
+function consumersOf(nodes: GraphNode[], graphOutputs: string[]): Map<string, number> {
   const consumers = new Map<string, number>();
-  for (const n of graph.nodes) for (const i of n.inputs) consumers.set(i, (consumers.get(i) ?? 0) + 1);
-  for (const o of graph.outputs) consumers.set(o, (consumers.get(o) ?? 0) + 1);
+  for (const n of nodes) for (const i of n.inputs) if (i) consumers.set(i, (consumers.get(i) ?? 0) + 1);
+  for (const o of graphOutputs) consumers.set(o, (consumers.get(o) ?? 0) + 1);
+  return consumers;
+}
+
+/** The node that computes each value, by the names results are bound to (after fusion). */
+export function producersOf(nodes: GraphNode[]): Map<string, GraphNode> {
   const producer = new Map<string, GraphNode>();
-  for (const n of graph.nodes) for (const o of n.outputs) producer.set(o, n);
+  for (const n of nodes) for (const o of finalOutputs(n)) producer.set(o, n);
+  return producer;
+}
+
+export function fuseActivations(graph: Graph): GraphNode[] {
+  const consumers = consumersOf(graph.nodes, graph.outputs);
+  const producer = producersOf(graph.nodes);
   const drop = new Set<GraphNode>();
   // the graph's own nodes are left as they are: the fused ones are copies
   const fused = new Map<GraphNode, GraphNode>();
@@ -262,11 +274,8 @@ export function fuseActivations(graph: Graph): GraphNode[] {
  * (nodes from fuseActivations; the graph's own nodes are left as they are).
  */
 export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
-  const consumers = new Map<string, number>();
-  for (const n of nodes) for (const i of n.inputs) if (i) consumers.set(i, (consumers.get(i) ?? 0) + 1);
-  for (const o of graphOutputs) consumers.set(o, (consumers.get(o) ?? 0) + 1);
-  const producer = new Map<string, GraphNode>();
-  for (const n of nodes) for (const o of finalOutputs(n)) producer.set(o, n);
+  const consumers = consumersOf(nodes, graphOutputs);
+  const producer = producersOf(nodes);
   const drop = new Set<GraphNode>();
   const fused = new Map<GraphNode, GraphNode>();
   for (const n of nodes) {

@@ -14,7 +14,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
-import { finalOutputs, fuseActivations, fuseConvNorm, parseModel, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import { finalOutputs, fuseActivations, fuseConvNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
 
 /** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
 export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
@@ -117,8 +117,7 @@ export class Model {
 
   /** Finds the channel Concats that can be done in place (see the module comment). */
   private planConcats(graph: Graph) {
-    const producer = new Map<string, GraphNode>();
-    for (const n of this.nodes) for (const o of finalOutputs(n)) producer.set(o, n);
+    const producer = producersOf(this.nodes);
     const dims = (name: string | undefined) => (name ? graph.initializers.get(name)?.dims : undefined);
     const channels = (name: string, depth = 0): number | undefined => {
       const p = producer.get(name);

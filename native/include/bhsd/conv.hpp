@@ -234,6 +234,19 @@ inline void pack_panel_generic(const ConvGeom& g, const float* in, std::int64_t 
 }
 
 #ifdef BHSD_X86
+// p + n floats, the address formed as an integer: it may lie outside the array when only masked
+// lanes or a prefetch use it.
+inline const float* float_at(const float* p, std::int64_t n) {
+  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) + std::uintptr_t(n * std::int64_t(sizeof(float))));
+}
+
+// The two cache lines from p + n on (a prefetch never faults).
+inline void prefetch_row(const float* p, std::int64_t n) {
+  const char* q = reinterpret_cast<const char*>(float_at(p, n));
+  _mm_prefetch(q, _MM_HINT_T0);
+  _mm_prefetch(q + 64, _MM_HINT_T0);
+}
+
 // The same with AVX2: rows outside the volume are two zero stores, a segment whose every tap lies
 // inside its row two unaligned loads per weight (two gathers with a stride along W), an edge
 // segment masked loads or gathers (no branch per sample: the scalar edge loop was a fifth of a
@@ -272,16 +285,9 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
           continue;
         }
         const float* row = in + ci * vol_in + id * plane_in + ih * g.W;
-        if (ahead > 0) {  // a prefetch never faults; the address is formed as an integer
-          const std::uintptr_t q = reinterpret_cast<std::uintptr_t>(row) +
-                                   std::uintptr_t((ahead + std::max<std::int64_t>(0, lo)) * std::int64_t(sizeof(float)));
-          _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(q + 64), _MM_HINT_T0);
-        }
+        if (ahead > 0) prefetch_row(row, ahead + std::max<std::int64_t>(0, lo));
         for (std::int64_t c = 0; c < g.kw; ++c, p += NR) {
-          // lanes outside the row are masked off (never read); the address is formed as an integer
-          const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) +
-                                                          std::uintptr_t((lo + c * g.dw) * std::int64_t(sizeof(float))));
+          const float* s = float_at(row, lo + c * g.dw);  // lanes outside the row are masked off
           __m256 v0, v1;
           if (sw == 1) {
             v0 = interior ? _mm256_loadu_ps(s) : _mm256_maskload_ps(s, m0[c]);
@@ -343,9 +349,7 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvG
           __m256 v0v = zero, v1v = zero;
           for (int q = 0; q < np; ++q) {
             if (!rows[q]) continue;
-            // masked-off lanes are never read; the address is formed as an integer
-            const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(rows[q]) +
-                                                            std::uintptr_t((pc[q].base + c * g.dw) * std::int64_t(sizeof(float))));
+            const float* s = float_at(rows[q], pc[q].base + c * g.dw);  // masked-off lanes are never read
             if (sw == 1) {
               v0v = _mm256_or_ps(v0v, _mm256_maskload_ps(s, m0[q][c]));
               v1v = _mm256_or_ps(v1v, _mm256_maskload_ps(s + 8, m1[q][c]));
@@ -390,13 +394,8 @@ __attribute__((target("avx2,fma"))) inline void pack_rows_avx2(const ConvGeom& g
           continue;
         }
         const float* row = in + ci * vol_in + id * plane_in + ih * g.W;
-        if (ahead > 0) {
-          const std::uintptr_t q = reinterpret_cast<std::uintptr_t>(row) +
-                                   std::uintptr_t((ahead + std::max<std::int64_t>(0, lo)) * std::int64_t(sizeof(float)));
-          _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(q + 64), _MM_HINT_T0);
-        }
-        const float* s = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) + std::uintptr_t(lo * std::int64_t(sizeof(float))));
+        if (ahead > 0) prefetch_row(row, ahead + std::max<std::int64_t>(0, lo));
+        const float* s = float_at(row, lo);
         if (interior)
           for (std::int64_t q = 0; q < nv; ++q) _mm256_store_ps(p + 8 * q, _mm256_loadu_ps(s + 8 * q));
         else
