@@ -297,6 +297,11 @@ test.serial("conv3dInstanceNorm equals onnxruntime's Conv → InstanceNormalizat
     t.true(d <= TOL, `${name}: max relative difference ${d}`);
     await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb }, { padding: 1, groups: 2, activation: "relu" }), { message: /options.activation/ });
     await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: randomTensor([9], 1), bias: nb }, { padding: 1, groups: 2 }), { message: /norm.scale/ });
+    // checked before the output is taken: the pool's allocator is never called
+    let allocated = 0;
+    const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
+    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: randomTensor([3], 1) }, { padding: 1, groups: 2, alloc }), { message: /norm.bias/ });
+    t.is(allocated, 0);
     await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, eps: 0 }, { padding: 1, groups: 2 }), { message: /Expected a positive number for norm.eps but received number 0/ });
     await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, activation: "gelu" as never }, { padding: 1, groups: 2 }), { message: /norm.activation/ });
   }

@@ -105,7 +105,8 @@ function convCommon(input: unknown, weight: unknown, bias: unknown, options: unk
 }
 
 /** conv3d's checks and output: everything but the backend call. */
-function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined, options: Conv3dOptions | undefined) {
+/** `check` sees the output channels once the arguments are valid, before the output is taken. */
+function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined, options: Conv3dOptions | undefined, check?: (Co: number) => void) {
   const c = convCommon(input, weight, bias, options);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = c.weight.shape as [number, number, number, number, number];
@@ -119,6 +120,7 @@ function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined
     if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
+  check?.(Co);
   const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
   if (out.data === c.input.data || out.data === c.weight.data) throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
   const args: [Float32Array, [number, number, number, number, number], Float32Array, [number, number, number, number], Float32Array | null, Triple, Triple, Triple, number, Triple] =
@@ -151,10 +153,12 @@ export interface FusedNorm {
 export async function conv3dInstanceNorm(input: Tensor, weight: Tensor, bias: Tensor | null, norm: FusedNorm, options?: Conv3dOptions): Promise<Tensor> {
   if (options?.activation !== undefined && options.activation !== "none") throw invalidParameterError("options.activation", "none (the activation goes after the norm)", options.activation);
   const normOpts = optionsObject("norm", norm);
-  const p = convPlan(input, weight, bias, options);
-  const scale = perChannel("norm.scale", normOpts.scale, p.Co), nb = perChannel("norm.bias", normOpts.bias, p.Co);
   const { act, alpha } = activation(normOpts, "norm");
   const eps = epsOf(normOpts, "norm");
+  // the norm's scale and bias are checked before the output is allocated
+  let perCo: [Float32Array, Float32Array] | undefined;
+  const p = convPlan(input, weight, bias, options, (Co) => (perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)]));
+  const [scale, nb] = perCo!;
   const be = activeBackend();
   if (be.conv3dNorm) {
     await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha);
