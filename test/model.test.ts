@@ -177,6 +177,9 @@ test("sliding-window starts follow nnU-Net", (t) => {
   t.deepEqual(windowStarts(16, 16, 0.5), [0]);
   t.deepEqual(windowStarts(40, 16, 0.5), [0, 8, 16, 24]);
   t.deepEqual(windowStarts(23, 16, 0.5), [0, 7]);
+  // numpy rounds halves to even, as nnU-Net's compute_steps_for_sliding_window does: 32.5 → 32
+  t.deepEqual(windowStarts(193, 128, 0.5), [0, 32, 65]);
+  t.deepEqual(windowStarts(251, 128, 0.5), [0, 62, 123]);
   void readFileSync;
   void ({} as Tensor);
 });
