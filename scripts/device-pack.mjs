@@ -2,7 +2,8 @@
 // Makes .devpack/ for bench/device/run.sh: the device machine has no Node.js and no registry, so
 // the run carries this Node binary, the dependencies the tests and the benchmark load (the
 // closure of ava, tsx and the runtime dependencies, onnxruntime-node with its linux-x64 library
-// only) and the shared fixtures, each xz-compressed (about 50 MB together).
+// only), each xz-compressed. The reference fixtures are in the repository (test/fixtures/shared)
+// and travel with the working tree.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -41,7 +42,5 @@ writeFileSync(join(pack, "modules.txt"), list.join("\n") + "\n");
 const sh = (cmd) => execFileSync("sh", ["-c", cmd], { cwd: root, stdio: "inherit" });
 const excl = "--exclude=onnxruntime-node/bin/napi-v6/darwin --exclude=onnxruntime-node/bin/napi-v6/win32 --exclude=onnxruntime-node/bin/napi-v6/linux/arm64";
 sh(`tar -C node_modules ${excl} -cf - ${list.join(" ")} | xz -T2 -6 > .devpack/nm.tar.xz`);
-const shared = process.env.BHSD_SHARED ?? join(root, "..", "shared");
-sh(`tar -C ${shared}/fixtures -cf - . | xz -T2 -6 > .devpack/fixtures.tar.xz`);
 if (!existsSync(join(pack, "node.xz"))) sh(`xz -T2 -9 -c ${process.execPath} > .devpack/node.xz`);
 sh("ls -la .devpack && du -sh .devpack");

@@ -3,7 +3,7 @@ import { getBackend } from "../lib/backends/index.js";
 import type { Backend } from "../lib/backends/types.js";
 import type { BackendName } from "../lib/types.js";
 
-export { ROOT, SHARED, FIXTURES, NIFTI_FIXTURES, sharedFixture } from "./paths.js";
+export { ROOT, FIXTURES, NIFTI_FIXTURES, sharedFixture } from "./paths.js";
 
 /**
  * The backends every case runs on: ts always, native unless BHSD_TEST_BACKENDS says otherwise

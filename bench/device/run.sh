@@ -4,7 +4,7 @@
 # tolerances of the CPU tests hold; test/cuda.test.ts checks TF32, fp16 and bf16 against stated
 # tolerances), then the GPU benchmark beside PyTorch and CuPy on the same card in the same run.
 # The machine has no Node.js and no registry: `node scripts/device-pack.mjs` makes .devpack/
-# here (Node, the test and runtime dependencies, the shared fixtures), and the call carries it
+# here (Node, the test and runtime dependencies), and the call carries it
 # with dist/ and the two built addons. Logs and bench.md go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,8 +18,6 @@ step unpack
 mkdir -p /tmp/bhsd-node && xz -dc $P/node.xz >/tmp/bhsd-node/node && chmod +x /tmp/bhsd-node/node
 export PATH=/tmp/bhsd-node:$PATH
 [ -d node_modules ] || { mkdir node_modules && xz -dc $P/nm.tar.xz | tar -x -C node_modules; }
-mkdir -p /tmp/bhsd-shared/fixtures && xz -dc $P/fixtures.tar.xz | tar -x -C /tmp/bhsd-shared/fixtures
-export BHSD_SHARED=/tmp/bhsd-shared
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 node -e "import('./dist/index.js').then(m=>console.log(JSON.stringify(m.backendInfo(),null,1)))" 2>&1 | tee "$OUT/backends.json"
 
