@@ -1,6 +1,13 @@
 #!/usr/bin/env node
 // `npm test`: compiles the TypeScript (the package-import and CLI tests run the built files), runs
-// ava with TAP, passes its output through and ends with the line `N passed, N failed[, N skipped]`.
+// ava with TAP (through scripts/ava-tap.mjs, which keeps ava's TAP reporter alive when a test times
+// out), passes its output through and ends with the line `N passed, N failed[, N skipped]`:
+// - a test that fails, times out, or never finished because its file timed out or exited counts as
+//   failed (ava's own `# fail` total is the floor, so tests left out of the TAP lines still count);
+// - skipped and todo tests count as skipped;
+// - a crash outside any test (a file that threw, a worker that died) is at least one failure, and a
+//   run that ends without ava's summary is a failure whatever the lines said.
+// The exit code is non-zero on any failure, and when nothing passed.
 import { spawn, spawnSync } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,13 +22,20 @@ if (tsc.status !== 0) {
   process.exit(1);
 }
 
-const ava = spawn(bin("ava"), ["--tap", ...process.argv.slice(2)], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+const ava = spawn(process.execPath, [join(root, "scripts", "ava-tap.mjs"), "--tap", ...process.argv.slice(2)], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
 let passed = 0, failed = 0, skipped = 0, todo = 0, buffer = "";
+/** ava's closing totals (`# pass`, `# fail`, `# skip`), when it got that far. */
+const summary = {};
 const count = (line) => {
+  const total = /^# (pass|fail|skip) (\d+)\s*$/.exec(line);
+  if (total) {
+    summary[total[1]] = Number(total[2]);
+    return;
+  }
   const m = /^(not ok|ok)\s+\d+/.exec(line);
   if (!m) return;
-  if (/#\s*SKIP/i.test(line)) skipped++;
-  else if (/#\s*TODO/i.test(line)) todo++;
+  if (/#\s*SKIP\b/i.test(line)) skipped++;
+  else if (/#\s*TODO\b/i.test(line)) todo++;
   else if (m[1] === "ok") passed++;
   else failed++;
 };
@@ -32,10 +46,24 @@ ava.stdout.on("data", (chunk) => {
   buffer = lines.pop();
   lines.forEach(count);
 });
-ava.on("close", (code) => {
+ava.on("close", (code, signal) => {
   if (buffer) count(buffer);
-  if (code !== 0 && failed === 0) failed = 1; // ava failed outside a test (a crash, a file that threw)
-  const extra = skipped ? `, ${skipped} skipped` : "";
-  console.log(`\n${passed} passed, ${failed} failed${extra}`);
+  const notes = [];
+  if (summary.fail === undefined) {
+    notes.push(`ava ended without its summary (exit ${code ?? signal}): counted as a failure`);
+    failed = Math.max(failed, 1);
+  } else {
+    // ava's `# fail` = failed + never finished (a timeout, process.exit) + crashes + todo
+    const avaFailed = summary.fail - todo;
+    if (avaFailed > failed) notes.push(`${avaFailed - failed} test(s) failed or never finished without a TAP line of their own`);
+    failed = Math.max(failed, avaFailed);
+  }
+  if (code !== 0 && failed === 0) {
+    notes.push(`ava exited with ${code ?? signal} outside any test`);
+    failed = 1;
+  }
+  for (const n of notes) console.log(`# ${n}`);
+  const skips = skipped + todo;
+  console.log(`\n${passed} passed, ${failed} failed${skips ? `, ${skips} skipped` : ""}`);
   process.exit(failed > 0 || passed === 0 ? 1 : 0);
 });
