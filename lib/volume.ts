@@ -1,4 +1,5 @@
 /** Building and checking `Volume`s. */
+import { engineBuffer } from "./backends/index.js";
 import { dtypeOf, invalidParameterError, number, plainObject } from "./is.js";
 import type { DTypeName, Volume, VoxelArray } from "./types.js";
 
@@ -15,11 +16,17 @@ export const ARRAY_CTOR: Record<DTypeName, ArrayCtor> = {
   int32: Int32Array, uint32: Uint32Array, float32: Float32Array, float64: Float64Array,
 };
 
-/** A zero-filled array of `n` elements, after checking that `n` is allocatable. */
+/**
+ * A zero-filled array of `n` elements, after checking that `n` is allocatable. Large arrays live in
+ * the native engine's memory where the addon is loaded (huge pages, pooled; see engineBuffer), so
+ * that native calls use them without a copy; elsewhere on the JavaScript heap.
+ */
 export function allocArray(dtype: DTypeName, n: number, what = "result"): VoxelArray {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${what}: element count ${n} is not a valid size`);
   if (n > MAX_ELEMENTS) throw new RangeError(`${what}: ${n} elements of ${dtype} exceed the ${MAX_ELEMENTS}-element limit of one typed array`);
   try {
+    const engine = engineBuffer(n * BYTES_PER_ELEMENT[dtype]);
+    if (engine) return new ARRAY_CTOR[dtype](engine, 0, n);
     return new ARRAY_CTOR[dtype](n);
   } catch (e) {
     throw new RangeError(`${what}: cannot allocate ${n} × ${BYTES_PER_ELEMENT[dtype]} bytes (${(e as Error).message})`);

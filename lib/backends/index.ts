@@ -110,6 +110,26 @@ export function setCudaPrecision(p: CudaPrecision): void {
   if (cuda) cuda.precision = p;
 }
 
+/** Arrays smaller than this come from the JavaScript heap: a copy of them costs nothing. */
+const ENGINE_MIN_BYTES = 1 << 16;
+
+/**
+ * A zero-filled ArrayBuffer of `bytes` over the native engine's own memory (huge pages, reused
+ * after release, held by every native call that uses it, so that no caller can free it under a
+ * running call), or undefined where the native addon is not loaded or the array is small.
+ */
+export function engineBuffer(bytes: number): ArrayBuffer | undefined {
+  if (bytes < ENGINE_MIN_BYTES) return undefined;
+  const native = tryLoad("native") as NativeBackend | undefined;
+  return native?.allocBuffer(bytes);
+}
+
+/** Bytes of engine memory in use and kept for reuse (zero without the native addon). */
+export function engineMemory(): { liveBytes: number; cachedBytes: number } {
+  const native = tryLoad("native") as NativeBackend | undefined;
+  return native?.memoryStats() ?? { liveBytes: 0, cachedBytes: 0 };
+}
+
 /** The backends that loaded, in the default order. */
 export function availableBackends(): BackendName[] {
   return BACKEND_NAMES.filter((n) => tryLoad(n) !== undefined);

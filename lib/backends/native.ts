@@ -17,6 +17,9 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   ): Promise<void>;
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
   packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
+  /** A zero-filled ArrayBuffer over engine memory (native/include/bhsd/memory.hpp). */
+  alloc(bytes: number): ArrayBuffer;
+  memoryStats(): { liveBytes: number; cachedBytes: number };
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -57,6 +60,14 @@ export class NativeBackend implements Backend {
     private readonly addon: NativeAddon,
     private readonly path: string,
   ) {}
+
+  allocBuffer(bytes: number): ArrayBuffer {
+    return this.addon.alloc(bytes);
+  }
+
+  memoryStats(): { liveBytes: number; cachedBytes: number } {
+    return this.addon.memoryStats();
+  }
 
   details(): BackendDetails {
     const i = this.addon.info();

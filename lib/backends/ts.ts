@@ -6,8 +6,42 @@ import { tsTensor } from "./ts-tensor.js";
 import { tsLabelPairStats, tsNarrowLabels, tsSurfaceMetrics } from "./ts-metrics.js";
 import { tsComponentSliceAreas, tsComponentStats, tsConnectedComponents, tsSelectComponents } from "./ts-ccl.js";
 
+/** Typed arrays among a call's arguments (also inside arrays, as concat's inputs), with their byte lengths. */
+function arraysOf(args: unknown[]): [number, ArrayBufferView, number][] {
+  const found: [number, ArrayBufferView, number][] = [];
+  args.forEach((a, i) => {
+    if (ArrayBuffer.isView(a)) found.push([i, a, a.byteLength]);
+    else if (Array.isArray(a)) for (const b of a) if (ArrayBuffer.isView(b)) found.push([i, b, b.byteLength]);
+  });
+  return found;
+}
+
+/**
+ * The TypeScript loops yield to the event loop, where a caller could detach (transfer) or shrink an
+ * array the call reads or writes: writes to a detached array vanish and reads give undefined. The
+ * call then fails, saying so, instead of returning a silently wrong result.
+ */
+function intact<F extends (...a: never[]) => unknown>(name: string, f: F): F {
+  return (async (...args: never[]) => {
+    const arrays = arraysOf(args);
+    const r = await f(...args);
+    for (const [i, a, bytes] of arrays) {
+      if (a.byteLength !== bytes) throw new Error(`ts: argument ${i + 1} of ${name} was detached or resized during the call; the result is lost`);
+    }
+    return r;
+  }) as unknown as F;
+}
+
 export class TsBackend implements Backend {
   readonly name = "ts" as const;
+
+  constructor() {
+    const self = this as unknown as Record<string, unknown>;
+    for (const key of [...Object.keys(this), "voxelStats", "rescaleToFloat32"]) {
+      const f = self[key];
+      if (typeof f === "function") self[key] = intact(key, (f as (...a: never[]) => unknown).bind(this));
+    }
+  }
 
   details(): BackendDetails {
     return { threads: 1, simd: "js" };

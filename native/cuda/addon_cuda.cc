@@ -141,7 +141,7 @@ Napi::Value Upload(const Napi::CallbackInfo& info) {
 
 Napi::Value Download(const Napi::CallbackInfo& info) {
   Buf b = buf_of(info[0], "id");
-  View v = view_of(info[1], "data");
+  View v = bhsd_napi::out_view_of(info[1], "data");
   const std::size_t bytes = v.length * bhsd::dtype_size(v.type);
   require(bytes <= b.bytes, info.Env(), "download: the array is larger than the device buffer");
   return PromiseWorker::Start(info.Env(), [=] { bhsd_cuda::copy_to_host(v.data, b.p, bytes); }, nullptr, {info[1]});
@@ -294,7 +294,7 @@ Napi::Value ConnectedComponents(const Napi::CallbackInfo& info) {
   const int conn = int(int_of(info[4], "connectivity", 6, 26));
   require(conn == 6 || conn == 18 || conn == 26, env, "connectivity must be 6, 18 or 26");
   const bool per_class = info[5].ToBoolean().Value();
-  View o = view_of(info[6], "out");
+  View o = bhsd_napi::out_view_of(info[6], "out");
   require(std::int64_t(v.length) == d.n() && o.type == bhsd::DType::i32 && o.length == v.length, env,
           "data and out must have nx*ny*nz voxels and out must be an Int32Array");
   auto count = std::make_shared<std::int64_t>(0);

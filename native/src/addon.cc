@@ -71,7 +71,7 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   View src = view_of(info[0], "src");
   double slope = number_of(info[1], "slope"), inter = number_of(info[2], "inter");
-  View dst = view_of(info[3], "dst");
+  View dst = out_view_of(info[3], "dst");
   if (dst.type != bhsd::DType::f32 || dst.length != src.length)
     throw Napi::RangeError::New(env, "native: dst must be a Float32Array as long as src");
   auto pool = pool_of(env);
@@ -93,7 +93,7 @@ Napi::Value ConnectedComponents(const Napi::CallbackInfo& info) {
   const int conn = int(int_of(info[4], "connectivity", 6, 26));
   require(conn == 6 || conn == 18 || conn == 26, env, "connectivity must be 6, 18 or 26");
   const bool per_class = info[5].ToBoolean();
-  View out = view_of(info[6], "out");
+  View out = out_view_of(info[6], "out");
   require(bhsd::dtype_is_integer(src.type), env, "data must hold integers");
   require(std::int64_t(src.length) == d.n(), env, "data length does not match nx*ny*nz");
   require(out.type == bhsd::DType::i32 && out.length == src.length, env, "out must be an Int32Array as long as data");
@@ -119,7 +119,7 @@ Napi::Value ComponentStats(const Napi::CallbackInfo& info) {
   const std::int64_t count = int_of(info[4], "count", 0, (std::int64_t(1) << 31) - 1);
   const bool has_classes = !info[5].IsNull() && !info[5].IsUndefined();
   View cls = has_classes ? view_of(info[5], "classes") : View{bhsd::DType::u8, nullptr, 0};
-  View out = view_of(info[6], "out");
+  View out = out_view_of(info[6], "out");
   require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
   require(!has_classes || cls.length == lab.length, env, "classes must be as long as labels");
   require(out.type == bhsd::DType::f64 && std::int64_t(out.length) == count * bhsd::STATS, env, "out must be a Float64Array of count*11");
@@ -146,7 +146,7 @@ Napi::Value ComponentSliceAreas(const Napi::CallbackInfo& info) {
   View lab = view_of(info[0], "labels");
   Dims d = dims_of(info, 1);
   const std::int64_t count = int_of(info[4], "count", 0, (std::int64_t(1) << 31) - 1);
-  View zmin = view_of(info[5], "zmin"), offs = view_of(info[6], "offsets"), out = view_of(info[7], "out");
+  View zmin = view_of(info[5], "zmin"), offs = view_of(info[6], "offsets"), out = out_view_of(info[7], "out");
   require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
   require(zmin.type == bhsd::DType::i32 && std::int64_t(zmin.length) == count, env, "zmin must be an Int32Array of count");
   require(offs.type == bhsd::DType::f64 && std::int64_t(offs.length) == count + 1, env, "offsets must be a Float64Array of count+1");
@@ -173,7 +173,7 @@ Napi::Value ComponentSliceAreas(const Napi::CallbackInfo& info) {
 Napi::Value SelectComponents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   View src = view_of(info[0], "src"), lab = view_of(info[1], "labels"), keep = view_of(info[2], "keep"),
-       out = view_of(info[3], "out");
+       out = out_view_of(info[3], "out");
   require(lab.type == bhsd::DType::i32 && lab.length == src.length, env, "labels must be an Int32Array as long as src");
   require(keep.type == bhsd::DType::u8 && keep.length >= 1, env, "keep must be a non-empty Uint8Array");
   require(out.type == src.type && out.length == src.length, env, "out must match src");
@@ -197,7 +197,7 @@ Napi::Value NarrowLabels(const Napi::CallbackInfo& info) {
   View src = view_of(info[0], "src");
   Dims d = dims_of(info, 1);
   const int max_label = int(int_of(info[4], "maxLabel", 0, 255));
-  View out = view_of(info[5], "out");
+  View out = out_view_of(info[5], "out");
   const std::string what = info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : "labels";
   require(std::int64_t(src.length) == d.n(), env, "src length does not match nx*ny*nz");
   require(out.type == bhsd::DType::u8 && out.length == src.length, env, "out must be a Uint8Array as long as src");
@@ -210,6 +210,19 @@ Napi::Value NarrowLabels(const Napi::CallbackInfo& info) {
         });
       },
       nullptr, {info[0], info[5]});
+}
+
+// alloc(bytes) → ArrayBuffer over engine memory (see engine_buffer); memoryStats() → live/cached bytes
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  const std::int64_t bytes = int_of(info[0], "bytes", 0, std::int64_t(1) << 40);
+  return engine_buffer(info.Env(), std::size_t(bytes));
+}
+
+Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("liveBytes", double(bhsd::Block::live_bytes()));
+  o.Set("cachedBytes", double(bhsd::Block::cached_bytes()));
+  return o;
 }
 
 Napi::Float64Array float64_of(Napi::Env env, const double* p, std::size_t n) {
@@ -294,6 +307,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       hook_ref);
 
   exports.Set("info", Napi::Function::New<guarded<Info>>(env, "info"));
+  exports.Set("alloc", Napi::Function::New<guarded<Alloc>>(env, "alloc"));
+  exports.Set("memoryStats", Napi::Function::New<guarded<MemoryStats>>(env, "memoryStats"));
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
   exports.Set("rescaleToF32", Napi::Function::New<guarded<RescaleToF32>>(env, "rescaleToF32"));

@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <cstring>
+
 #include "bhsd/dtype.hpp"
+#include "bhsd/memory.hpp"
 #include "bhsd/thread_pool.hpp"
 
 namespace bhsd_napi {
@@ -26,34 +29,141 @@ inline std::shared_ptr<bhsd::ThreadPool> pool_of(Napi::Env env) {
   return env.GetInstanceData<AddonData>()->pool;
 }
 
-// A typed array's element type, data and length; the array must stay alive while used.
+// A typed array's element type, data and length, as a native call may use them on another thread.
 struct View {
   bhsd::DType type;
   void* data;
   std::size_t length;
 };
 
-inline View view_of(const Napi::Value& v, const char* name) {
-  if (!v.IsTypedArray())
-    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a typed array");
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  bhsd::DType t;
-  switch (ta.TypedArrayType()) {
-    case napi_uint8_array: t = bhsd::DType::u8; break;
-    case napi_int8_array: t = bhsd::DType::i8; break;
-    case napi_int16_array: t = bhsd::DType::i16; break;
-    case napi_uint16_array: t = bhsd::DType::u16; break;
-    case napi_int32_array: t = bhsd::DType::i32; break;
-    case napi_uint32_array: t = bhsd::DType::u32; break;
-    case napi_float32_array: t = bhsd::DType::f32; break;
-    case napi_float64_array: t = bhsd::DType::f64; break;
-    default:
-      throw Napi::TypeError::New(v.Env(), std::string("native: ") + name +
-                                              " has an element type the engine does not take");
+inline std::size_t dtype_bytes(bhsd::DType t) {
+  switch (t) {
+    case bhsd::DType::u8: case bhsd::DType::i8: return 1;
+    case bhsd::DType::i16: case bhsd::DType::u16: return 2;
+    case bhsd::DType::f64: return 8;
+    default: return 4;
   }
-  auto* base = static_cast<std::uint8_t*>(ta.ArrayBuffer().Data());
-  return View{t, base + ta.ByteOffset(), ta.ElementLength()};
 }
+
+// What one native call holds on to while its work runs, so that nothing the caller does to its
+// arrays meanwhile (detaching, transferring, resizing, letting them be collected) can free or move
+// memory under the work:
+//  - engine memory (bhsd::Block, from alloc()): a reference to the block; no copy;
+//  - SharedArrayBuffer memory: a reference to the array (it can be neither detached nor shrunk);
+//  - any other ArrayBuffer: a copy in engine memory, taken now; arrays the call writes are copied
+//    back on the JS thread when the work is done, if the caller's array is still whole; if it is
+//    not, the call fails with an error saying so (the result had nowhere to go).
+struct Pins {
+  struct Copy {
+    std::shared_ptr<bhsd::Block> block;
+    const std::uint8_t* src;  // the caller's memory when the call began (for aliasing only)
+    std::size_t bytes;
+    bool writable;
+    std::string name;
+    Napi::ObjectReference array;  // the caller's typed array, to copy back into
+  };
+  std::vector<std::shared_ptr<bhsd::Block>> blocks;
+  std::vector<Napi::ObjectReference> refs;
+  std::vector<Copy> copies;
+
+  bool empty() const { return blocks.empty() && refs.empty() && copies.empty(); }
+
+  // Copies written arrays back; returns an error message, or "" when all went home.
+  std::string copy_back(Napi::Env env) {
+    for (auto& c : copies) {
+      if (!c.writable) continue;
+      napi_typedarray_type t;
+      size_t len = 0, off = 0;
+      void* data = nullptr;
+      napi_value ab;
+      if (napi_get_typedarray_info(env, c.array.Value(), &t, &len, &data, &ab, &off) != napi_ok)
+        return "native: " + c.name + " is no longer a typed array";
+      bool detached = false;
+      napi_is_detached_arraybuffer(env, ab, &detached);
+      const std::size_t have = len * dtype_bytes(type_of(t));
+      if (detached || data == nullptr || have < c.bytes)
+        return "native: " + c.name + " was detached or shrunk while the engine was writing it; the result is lost";
+      std::memcpy(data, c.block->data(), c.bytes);
+    }
+    return "";
+  }
+
+  static bhsd::DType type_of(napi_typedarray_type t) {
+    switch (t) {
+      case napi_uint8_array: return bhsd::DType::u8;
+      case napi_int8_array: return bhsd::DType::i8;
+      case napi_int16_array: return bhsd::DType::i16;
+      case napi_uint16_array: return bhsd::DType::u16;
+      case napi_int32_array: return bhsd::DType::i32;
+      case napi_uint32_array: return bhsd::DType::u32;
+      case napi_float64_array: return bhsd::DType::f64;
+      default: return bhsd::DType::f32;
+    }
+  }
+};
+
+// The pins of the exported call now running on the JS thread (set by `guarded`).
+inline Pins*& current_pins() {
+  static thread_local Pins* p = nullptr;
+  return p;
+}
+
+inline View view_of(const Napi::Value& v, const char* name, bool writable = false) {
+  Napi::Env env = v.Env();
+  if (!v.IsTypedArray()) throw Napi::TypeError::New(env, std::string("native: ") + name + " must be a typed array");
+  napi_typedarray_type tt;
+  size_t len = 0, off = 0;
+  void* data = nullptr;
+  napi_value ab;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off), View{});
+  bhsd::DType t;
+  switch (tt) {
+    case napi_uint8_array: case napi_int8_array: case napi_int16_array: case napi_uint16_array:
+    case napi_int32_array: case napi_uint32_array: case napi_float32_array: case napi_float64_array:
+      t = Pins::type_of(tt);
+      break;
+    default:
+      throw Napi::TypeError::New(env, std::string("native: ") + name + " has an element type the engine does not take");
+  }
+  const std::size_t bytes = len * dtype_bytes(t);
+  Pins* pins = current_pins();
+  if (!pins) throw Napi::Error::New(env, std::string("native: internal: ") + name + " viewed outside a call");
+  if (bytes == 0 || data == nullptr) return View{t, nullptr, 0};
+  bool is_ab = false;
+  napi_is_arraybuffer(env, ab, &is_ab);
+  if (!is_ab) {  // a SharedArrayBuffer: never detached nor shrunk; hold the array
+    pins->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    return View{t, data, len};
+  }
+  if (auto b = bhsd::Block::find(data, bytes)) {  // engine memory: hold the block
+    pins->blocks.push_back(std::move(b));
+    return View{t, data, len};
+  }
+  // the caller's memory: work on a copy (one copy per region, shared by arrays that alias it)
+  const auto* src = static_cast<const std::uint8_t*>(data);
+  for (auto& c : pins->copies) {
+    if (src >= c.src && src + bytes <= c.src + c.bytes) {
+      if (writable && !c.writable) {
+        c.writable = true;
+        c.name = name;
+        c.array = Napi::Persistent(v.As<Napi::Object>());
+        if (src != c.src || bytes != c.bytes)
+          throw Napi::RangeError::New(env, std::string("native: ") + name + " overlaps another argument only in part");
+      }
+      return View{t, static_cast<std::uint8_t*>(c.block->data()) + (src - c.src), len};
+    }
+    if (src < c.src + c.bytes && c.src < src + bytes)
+      throw Napi::RangeError::New(env, std::string("native: ") + name + " overlaps another argument only in part");
+  }
+  auto block = bhsd::Block::allocate(bytes);
+  std::memcpy(block->data(), src, bytes);
+  void* mine = block->data();
+  pins->copies.push_back(Pins::Copy{std::move(block), src, bytes, writable, name, Napi::Persistent(v.As<Napi::Object>())});
+  return View{t, mine, len};
+}
+
+// An array the call writes.
+inline View out_view_of(const Napi::Value& v, const char* name) { return view_of(v, name, true); }
 
 inline double number_of(const Napi::Value& v, const char* name) {
   if (!v.IsNumber())
@@ -76,6 +186,8 @@ class PromiseWorker : public Napi::AsyncWorker {
         resolve_(std::move(resolve)) {
     for (auto& v : keep)
       if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    // the arrays this call viewed (kept alive, or copied) now belong to the work
+    if (Pins* p = current_pins()) std::swap(pins_, *p);
   }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
@@ -94,6 +206,11 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     try {
+      const std::string lost = pins_.copy_back(env);
+      if (!lost.empty()) {
+        deferred_.Reject(Napi::Error::New(env, lost).Value());
+        return;
+      }
       deferred_.Resolve(resolve_ ? resolve_(env) : env.Undefined());
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
@@ -117,6 +234,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Exec execute_;
   Resolve resolve_;
   std::vector<Napi::ObjectReference> keep_;
+  Pins pins_;
 };
 
 inline std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {
@@ -153,13 +271,39 @@ inline std::vector<std::int64_t> ints_of(const Napi::Value& v, std::size_t n, co
   return out;
 }
 
-// A Float32Array of exactly `n` elements (or null/undefined when optional).
-inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* name, bool optional = false) {
+// A Float32Array of exactly `n` elements (or null/undefined when optional); `writable` when the
+// call writes it.
+inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* name, bool optional = false,
+                              bool writable = false) {
   if (optional && (v.IsNull() || v.IsUndefined())) return nullptr;
-  View x = view_of(v, name);
+  View x = view_of(v, name, writable);
   if (x.type != bhsd::DType::f32 || x.length != n)
     throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " must be a Float32Array of " + std::to_string(n));
   return static_cast<const float*>(x.data);
+}
+
+// A new ArrayBuffer of `bytes` over engine memory (zero-filled; huge pages where the OS gives them),
+// freed or cached when JavaScript lets go of it and no native call uses it any more.
+inline Napi::ArrayBuffer engine_buffer(Napi::Env env, std::size_t bytes) {
+  auto* holder = new std::shared_ptr<bhsd::Block>(bhsd::Block::allocate(bytes));
+  const std::size_t cap = (*holder)->capacity();
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(
+      env, (*holder)->data(), bytes,
+      [](napi_env e, void*, void* hint) {
+        auto* h = static_cast<std::shared_ptr<bhsd::Block>*>(hint);
+        int64_t ignored;
+        napi_adjust_external_memory(e, -int64_t((*h)->capacity()), &ignored);
+        delete h;
+      },
+      holder, &ab);
+  if (st != napi_ok) {
+    delete holder;
+    NAPI_THROW(Napi::Error::New(env, "native: cannot make an external ArrayBuffer here"), Napi::ArrayBuffer());
+  }
+  int64_t ignored;
+  napi_adjust_external_memory(env, int64_t(cap), &ignored);
+  return Napi::ArrayBuffer(env, ab);
 }
 
 // surfaceMetrics' arguments, shared by the CPU and CUDA addons: (gt, pred, nx, ny, nz, sx, sy, sz,
@@ -197,10 +341,21 @@ inline SurfaceArgs surface_args(const Napi::CallbackInfo& info) {
 }
 
 // Wraps an exported function so that no C++ exception other than a JS one leaves it.
+// The arrays it views are pinned for the call (see Pins): handed to its PromiseWorker, or, for a
+// call that finishes on the JS thread, copied back before it returns.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value guarded(const Napi::CallbackInfo& info) {
+  Pins pins;
+  struct Scope {
+    Pins* saved;
+    explicit Scope(Pins* p) : saved(current_pins()) { current_pins() = p; }
+    ~Scope() { current_pins() = saved; }
+  } scope(&pins);
   try {
-    return F(info);
+    Napi::Value r = F(info);
+    const std::string lost = pins.copy_back(info.Env());
+    if (!lost.empty()) throw Napi::Error::New(info.Env(), lost);
+    return r;
   } catch (const Napi::Error&) {
     throw;
   } catch (const std::bad_alloc&) {

@@ -12,7 +12,7 @@ namespace {
 
 constexpr std::int64_t BIG = std::int64_t(1) << 40;
 
-float* out_of(const Napi::Value& v, std::size_t n, const char* name) { return const_cast<float*>(floats_of(v, n, name)); }
+float* out_of(const Napi::Value& v, std::size_t n, const char* name) { return const_cast<float*>(floats_of(v, n, name, false, true)); }
 
 bhsd::Act act_of(const Napi::Value& v) {
   const auto a = int_of(v, "act", 0, 2);
@@ -90,9 +90,11 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   require(Co % groups == 0, env, "output channels are not divisible by groups");
   const float* w = floats_of(info[0], std::size_t(Co * K), "w");
   const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
-  Napi::Float32Array out = Napi::Float32Array::New(env, std::size_t(groups * per_group));
-  for (std::int64_t gi = 0; gi < groups; ++gi) bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, out.Data() + gi * per_group);
-  return out;
+  const std::size_t n = std::size_t(groups * per_group);
+  Napi::ArrayBuffer ab = engine_buffer(env, n * sizeof(float));
+  auto* dst = static_cast<float*>(ab.Data());
+  for (std::int64_t gi = 0; gi < groups; ++gi) bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
+  return Napi::Float32Array::New(env, n, ab, 0);
 }
 
 // convTranspose3d(x, [N, C, D, H, W], w, [Cog, kd, kh, kw], bias|null, strides, dilations, pads,
@@ -257,7 +259,7 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
-  View o = view_of(info[4], "out");
+  View o = out_view_of(info[4], "out");
   require(o.type == bhsd::DType::i32 && std::int64_t(o.length) == N * S, env, "out must be an Int32Array of N*spatial");
   auto* y = static_cast<std::int32_t*>(o.data);
   auto pool = pool_of(env);

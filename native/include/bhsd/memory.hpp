@@ -1,0 +1,194 @@
+// bhsd — the engine's own memory: page-aligned blocks that ask for transparent huge pages, reference
+// counted, found again by address, and kept in a small cache for reuse.
+//
+// Why: (1) a native call that runs on a worker thread must keep its arrays alive whatever the caller
+// does to them (detach, transfer, resize); memory the engine owns is held by a reference for as long
+// as a call uses it, so it cannot be freed under the call. (2) First touch of fresh 4 KB pages is
+// slow in the VMs this runs in (about 0.25 GB/s); the same memory advised MADV_HUGEPAGE touches at
+// 8–12 GB/s, and a reused block costs no page faults at all.
+//
+// Node-free: the Node-API layer (native/src/napi_util.hpp) wraps blocks in external ArrayBuffers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define BHSD_HAVE_MMAP 1
+#endif
+
+namespace bhsd {
+
+class Block;
+
+namespace detail {
+
+constexpr std::size_t kPage = 4096;
+constexpr std::size_t kHuge = std::size_t(2) << 20;
+
+inline std::size_t round_size(std::size_t bytes) {
+  const std::size_t unit = bytes >= kHuge ? kHuge : kPage;
+  return (bytes + unit - 1) / unit * unit;
+}
+
+// Raw mappings: mmap'd (2 MB aligned for huge pages) where available, aligned malloc elsewhere.
+inline void* map_bytes(std::size_t size) {
+#ifdef BHSD_HAVE_MMAP
+  if (size >= kHuge) {
+    // over-map by 2 MB and trim, so that the block starts on a huge-page boundary
+    void* p = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    auto a = reinterpret_cast<std::uintptr_t>(p);
+    const std::uintptr_t start = (a + kHuge - 1) / kHuge * kHuge;
+    if (start > a) munmap(p, start - a);
+    const std::uintptr_t end = start + size, map_end = a + size + kHuge;
+    if (map_end > end) munmap(reinterpret_cast<void*>(end), map_end - end);
+#ifdef MADV_HUGEPAGE
+    madvise(reinterpret_cast<void*>(start), size, MADV_HUGEPAGE);
+#endif
+    return reinterpret_cast<void*>(start);
+  }
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return p;
+#else
+  void* p = std::aligned_alloc(kPage, size);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, size);
+  return p;
+#endif
+}
+
+inline void unmap_bytes(void* p, std::size_t size) {
+#ifdef BHSD_HAVE_MMAP
+  munmap(p, size);
+#else
+  (void)size;
+  std::free(p);
+#endif
+}
+
+// Process-wide state of one addon: live blocks by start address, and freed mappings kept for reuse.
+struct Registry {
+  std::mutex mu;
+  std::map<std::uintptr_t, std::weak_ptr<Block>> live;
+  std::multimap<std::size_t, void*> cache;  // size → mapping, zeroed on reuse
+  std::size_t cached_bytes = 0;
+  std::size_t cache_limit = std::size_t(512) << 20;
+  std::size_t live_bytes = 0;
+};
+
+inline Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: blocks may outlive static destructors
+  return *r;
+}
+
+}  // namespace detail
+
+// A block of zero-filled memory of at least `bytes`, freed (or cached) when its last holder lets go.
+class Block {
+ public:
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+
+  static std::shared_ptr<Block> allocate(std::size_t bytes) {
+    const std::size_t size = detail::round_size(bytes ? bytes : 1);
+    auto& r = detail::registry();
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(r.mu);
+      auto it = r.cache.find(size);
+      if (it != r.cache.end()) {
+        p = it->second;
+        r.cache.erase(it);
+        r.cached_bytes -= size;
+      }
+    }
+    if (p)
+      std::memset(p, 0, size);  // reused: zero it as a fresh mapping is
+    else
+      p = detail::map_bytes(size);
+    std::shared_ptr<Block> b(new Block(p, size, bytes));
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.live[reinterpret_cast<std::uintptr_t>(p)] = b;
+    r.live_bytes += size;
+    return b;
+  }
+
+  // The live block holding [p, p + bytes), or null when that memory is not (wholly) a block's.
+  static std::shared_ptr<Block> find(const void* p, std::size_t bytes) {
+    auto& r = detail::registry();
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.live.upper_bound(a);
+    if (it == r.live.begin()) return nullptr;
+    --it;
+    std::shared_ptr<Block> b = it->second.lock();
+    if (!b) return nullptr;
+    const auto s = reinterpret_cast<std::uintptr_t>(b->data_);
+    if (a < s || a + bytes > s + b->bytes_) return nullptr;
+    return b;
+  }
+
+  // Bytes held by live blocks and kept in the cache (for tests and diagnostics).
+  static std::size_t live_bytes() {
+    std::lock_guard<std::mutex> lock(detail::registry().mu);
+    return detail::registry().live_bytes;
+  }
+  static std::size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(detail::registry().mu);
+    return detail::registry().cached_bytes;
+  }
+  static void set_cache_limit(std::size_t bytes) {
+    auto& r = detail::registry();
+    std::vector<std::pair<void*, std::size_t>> drop;
+    {
+      std::lock_guard<std::mutex> lock(r.mu);
+      r.cache_limit = bytes;
+      while (r.cached_bytes > r.cache_limit && !r.cache.empty()) {
+        auto it = std::prev(r.cache.end());
+        drop.emplace_back(it->second, it->first);
+        r.cached_bytes -= it->first;
+        r.cache.erase(it);
+      }
+    }
+    for (auto& d : drop) detail::unmap_bytes(d.first, d.second);
+  }
+
+  void* data() const { return data_; }
+  std::size_t size() const { return bytes_; }  // as asked for
+  std::size_t capacity() const { return size_; }
+
+  ~Block() {
+    auto& r = detail::registry();
+    bool keep = false;
+    {
+      std::lock_guard<std::mutex> lock(r.mu);
+      auto it = r.live.find(reinterpret_cast<std::uintptr_t>(data_));
+      if (it != r.live.end() && it->second.expired()) r.live.erase(it);
+      r.live_bytes -= size_;
+      if (r.cached_bytes + size_ <= r.cache_limit) {
+        r.cache.emplace(size_, data_);
+        r.cached_bytes += size_;
+        keep = true;
+      }
+    }
+    if (!keep) detail::unmap_bytes(data_, size_);
+  }
+
+ private:
+  Block(void* p, std::size_t size, std::size_t bytes) : data_(p), size_(size), bytes_(bytes) {}
+  void* data_;
+  std::size_t size_;   // mapped
+  std::size_t bytes_;  // asked for
+};
+
+}  // namespace bhsd

@@ -1,0 +1,163 @@
+// Whatever a caller does to its arrays while a call runs (transfer them away, shrink a resizable
+// buffer, share them), the process survives and the answer is right or an error says what was lost.
+// Before the engine pinned its arrays, transferring a conv3d input mid-call segfaulted the process.
+import test from "ava";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { conv3d, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
+import { getBackend } from "../lib/backends/index.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+
+/** A plain-loop convolution, 3×3×3, padding 1, stride 1 (float64), for a few output voxels. */
+function convAt(x: Float32Array, w: Float32Array, C: number, D: number, H: number, W: number, co: number, z: number, y: number, xx: number): number {
+  let s = 0;
+  for (let c = 0; c < C; c++) for (let a = 0; a < 3; a++) for (let b = 0; b < 3; b++) for (let e = 0; e < 3; e++) {
+    const zi = z + a - 1, yi = y + b - 1, xi = xx + e - 1;
+    if (zi < 0 || yi < 0 || xi < 0 || zi >= D || yi >= H || xi >= W) continue;
+    s += x[((c * D + zi) * H + yi) * W + xi]! * w[(((co * C + c) * 3 + a) * 3 + b) * 3 + e]!;
+  }
+  return s;
+}
+
+function churn(): void {
+  for (let i = 0; i < 50; i++) new Float32Array(1 << 20).fill(7);
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+for (const { name, backend } of backendsUnderTest()) {
+  if (name === "cuda") continue; // host-side pinning is the same code; the device run covers cuda
+  const use = () => setBackend(backend().name);
+
+  test.serial(`${name}: an input transferred away mid-call still gives the right convolution`, async (t) => {
+    use();
+    const [C, D, H, W] = [4, 12, 24, 24];
+    const xs = Float32Array.from({ length: C * D * H * W }, (_, i) => Math.sin(i * 0.37));
+    const ws = Float32Array.from({ length: 8 * C * 27 }, (_, i) => Math.cos(i * 0.11) * 0.1);
+    const x = { data: new Float32Array(xs), shape: [1, C, D, H, W] };
+    const w = { data: new Float32Array(ws), shape: [8, C, 3, 3, 3] };
+    const p = conv3d(x, w, null, { padding: 1 });
+    structuredClone(x.data.buffer, { transfer: [x.data.buffer] });
+    structuredClone(w.data.buffer, { transfer: [w.data.buffer] });
+    churn();
+    const settled = await p.then((y) => ({ y }), (e: Error) => ({ e }));
+    if ("e" in settled) {
+      // the ts backend reads on after yielding: it must say the input was lost, never answer wrongly
+      t.is(name, "ts");
+      t.regex(settled.e.message, /detached or resized during the call/);
+      return;
+    }
+    const y = settled.y;
+    for (const [co, z, yy, xx] of [[0, 0, 0, 0], [3, 5, 11, 7], [7, 11, 23, 23]] as const) {
+      const want = convAt(xs, ws, C, D, H, W, co, z, yy, xx);
+      t.true(Math.abs(y.data[((co * D + z) * H + yy) * W + xx]! - want) < 1e-4, `voxel ${co},${z},${yy},${xx}`);
+    }
+  });
+
+  test.serial(`${name}: an output transferred away mid-call is an error that says the result is lost`, async (t) => {
+    use();
+    const x = { data: new Float32Array(8 * 16 * 32 * 32).fill(1), shape: [1, 8, 16, 32, 32] };
+    const w = { data: new Float32Array(16 * 8 * 27).fill(0.01), shape: [16, 8, 3, 3, 3] };
+    const out = { data: new Float32Array(16 * 16 * 32 * 32), shape: [1, 16, 16, 32, 32] };
+    const p = conv3d(x, w, null, { padding: 1, out });
+    structuredClone(out.data.buffer, { transfer: [out.data.buffer] });
+    churn();
+    await t.throwsAsync(p, { message: /detached|result is lost/ });
+  });
+
+  test.serial(`${name}: connectedComponents survives its mask being transferred away`, async (t) => {
+    use();
+    const mask = new Uint8Array(16 * 64 * 64);
+    for (let i = 0; i < mask.length; i += 3) mask[i] = 1; // isolated voxels along x: many components
+    const ref = new Uint8Array(mask);
+    const vol = volumeFromArray(mask, [16, 64, 64]);
+    const p = connectedComponents(vol, { connectivity: 6 });
+    structuredClone(mask.buffer, { transfer: [mask.buffer] });
+    churn();
+    const r = await p.then((v) => v, (e: Error) => e);
+    if (r instanceof Error) {
+      t.is(name, "ts");
+      t.regex(r.message, /detached or resized during the call/);
+      return;
+    }
+    // each voxel of a row x ≡ 0 (mod 3) stands alone under 6-connectivity unless rows touch: count
+    // the reference with a plain flood over the untouched copy
+    let n = 0;
+    const seen = new Uint8Array(ref.length);
+    const [X, Y, Z] = [64, 64, 16];
+    for (let s = 0; s < ref.length; s++) {
+      if (!ref[s] || seen[s]) continue;
+      n++;
+      const stack = [s];
+      seen[s] = 1;
+      while (stack.length) {
+        const v = stack.pop()!;
+        const x = v % X, y = Math.floor(v / X) % Y, z = Math.floor(v / (X * Y));
+        for (const [dx, dy, dz] of [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]) {
+          const a = x + dx!, b = y + dy!, c = z + dz!;
+          if (a < 0 || b < 0 || c < 0 || a >= X || b >= Y || c >= Z) continue;
+          const u = (c * Y + b) * X + a;
+          if (ref[u] && !seen[u]) (seen[u] = 1), stack.push(u);
+        }
+      }
+    }
+    t.is(r.count, n);
+  });
+
+  test.serial(`${name}: a resizable output shrunk mid-call is an error; a resizable input is read whole`, async (t) => {
+    use();
+    const n = 4 * 8 * 16 * 16;
+    const rab = new ArrayBuffer(n * 4, { maxByteLength: n * 8 });
+    const xin = new Float32Array(rab, 0, n).fill(2);
+    const w = { data: new Float32Array(4 * 4).fill(0.5), shape: [4, 4, 1, 1, 1] };
+    const p1 = conv3d({ data: xin, shape: [1, 4, 8, 16, 16] }, w, null);
+    rab.resize(16);
+    const y = await p1.then((v) => v, (e: Error) => e);
+    if (y instanceof Error) t.regex(y.message, /detached or resized during the call/);
+    else t.true(y.data.every((v) => v === 4)); // 4 channels × 2 × 0.5
+    const rab2 = new ArrayBuffer(n * 4, { maxByteLength: n * 8 });
+    const out = { data: new Float32Array(rab2, 0, n), shape: [1, 4, 8, 16, 16] };
+    const p2 = conv3d({ data: new Float32Array(n).fill(1), shape: [1, 4, 8, 16, 16] }, w, null, { out });
+    rab2.resize(16);
+    await t.throwsAsync(p2, { message: /detached|shrunk|resized|result is lost/ });
+  });
+
+  test.serial(`${name}: SharedArrayBuffer-backed arrays are read and written in place`, async (t) => {
+    use();
+    const n = 2 * 6 * 10 * 10;
+    const x = new Float32Array(new SharedArrayBuffer(n * 4));
+    for (let i = 0; i < n; i++) x[i] = (i % 7) - 3;
+    const w = { data: new Float32Array(new SharedArrayBuffer(3 * 2 * 4)).fill(1), shape: [3, 2, 1, 1, 1] };
+    const out = { data: new Float32Array(new SharedArrayBuffer(3 * 6 * 10 * 10 * 4)), shape: [1, 3, 6, 10, 10] };
+    await conv3d({ data: x, shape: [1, 2, 6, 10, 10] }, w, null, { out });
+    for (let v = 0; v < 600; v += 37) t.is(out.data[v], x[v]! + x[600 + v]!);
+  });
+}
+
+test.serial("native: the engine allocates zero-filled memory of its own and counts it", async (t) => {
+  const native = getBackend("native") as unknown as { allocBuffer(n: number): ArrayBuffer; memoryStats(): { liveBytes: number; cachedBytes: number } };
+  const before = native.memoryStats().liveBytes;
+  const ab = native.allocBuffer(8 << 20);
+  t.is(ab.byteLength, 8 << 20);
+  t.true(new Uint8Array(ab).every((v) => v === 0));
+  t.true(native.memoryStats().liveBytes >= before + (8 << 20));
+});
+
+test("the issue's reproduction no longer kills the process (separate process, native backend)", (t) => {
+  const script = `
+    import { conv3d, setBackend } from "./lib/index.ts";
+    setBackend("native");
+    const x = { data: new Float32Array(8*48*96*96).fill(1), shape: [1,8,48,96,96] };
+    const w = { data: new Float32Array(16*8*27).fill(0.01), shape: [16,8,3,3,3] };
+    const p = conv3d(x, w, null, { padding: 1 });
+    structuredClone(x.data.buffer, { transfer: [x.data.buffer] });
+    for (let i = 0; i < 50; i++) new Float32Array(1 << 20).fill(7);
+    globalThis.gc?.();
+    const y = await p;
+    console.log("centre", y.data[((5 * 48 + 24) * 96 + 48) * 96 + 48].toFixed(4));
+  `;
+  const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  t.is(r.signal, null, r.stderr);
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /centre 2\.1600/); // 8 channels × 27 taps × 0.01, an interior voxel
+  void join;
+});
