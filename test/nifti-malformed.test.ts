@@ -67,7 +67,10 @@ for (const [what, bytes, message] of cases) {
     const e2 = await t.throwsAsync(readNifti(bytes, { name: "upload.nii" }), { message });
     t.true(e2!.message.startsWith("upload.nii:"), e2!.message);
     const ms = performance.now() - t0;
-    t.true(ms < 500, `took ${ms.toFixed(0)} ms`);
+    // Bounded time: well under a millisecond each when idle, but every case of this file runs at once
+    // and the machine may be loaded, so the limit is generous; reading or inflating what a header
+    // claims (1 GB and more) takes tens of seconds, and the allocation check below catches the rest.
+    t.true(ms < 3000, `took ${ms.toFixed(0)} ms`);
     t.true(process.memoryUsage().arrayBuffers - before < 64 << 20, "allocated before refusing");
   });
 }

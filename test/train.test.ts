@@ -75,7 +75,9 @@ test.serial("bhsd demo runs the whole path on a fresh phantom and reports", asyn
   t.is(o.seed, 424242);
   t.deepEqual(Object.keys(o.metrics.perClass), ["1", "2", "3", "4", "5"]);
   t.true(Array.isArray(o.report.components));
-  t.true(s < 60, `took ${s.toFixed(1)} s`);
+  // 5–10 s on 2 idle cores; generous for a loaded machine (two suites at once), still catching a
+  // ten-fold slowdown (the spawn's 120 s timeout catches a hang)
+  t.true(s < 100, `took ${s.toFixed(1)} s`);
   for (const f of ["ct.nii.gz", "truth.nii.gz", "prediction.nii.gz"]) t.true(existsSync(join(out, f)), f);
   const text = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "5"], { encoding: "utf8", timeout: 120_000 });
   t.is(text.status, 0, text.stderr);
