@@ -149,9 +149,9 @@ export class Model {
   }
 
   /** Runs the graph on its one input and returns its first output. */
-  async run(input: Tensor): Promise<Tensor> {
+  async run(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor> {
     if (this.inputs.length !== 1) throw new Error(`${this.name} has ${this.inputs.length} inputs; use runAll`);
-    const out = await this.runAll({ [this.inputs[0]!.name]: input });
+    const out = await this.runAll({ [this.inputs[0]!.name]: input }, options);
     return out[this.outputs[0]!]!;
   }
 
@@ -159,13 +159,13 @@ export class Model {
    * Runs the graph on named inputs; returns every graph output. On a GPU backend the whole run
    * stays on the device: only the inputs go up and the outputs come down.
    */
-  async runAll(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+  async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> { // signal: checked between nodes
     const be = activeBackend();
-    if (!be.residentRun) return this.runGraph(feeds, be);
-    return be.residentRun(() => this.runGraph(feeds, be), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
+    if (!be.residentRun) return this.runGraph(feeds, be, options?.signal);
+    return be.residentRun(() => this.runGraph(feeds, be, options?.signal), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
   }
 
-  private async runGraph(feeds: Record<string, Tensor>, be: Backend): Promise<Record<string, Tensor>> {
+  private async runGraph(feeds: Record<string, Tensor>, be: Backend, signal?: AbortSignal): Promise<Record<string, Tensor>> {
     const t0 = performance.now();
     const env = new Map<string, Value>(this.consts);
     for (const i of this.inputs) {
@@ -244,6 +244,7 @@ export class Model {
     const opMs: Record<string, number> = {};
     const nodeMs: RunStats["nodeMs"] = [];
     for (const n of this.nodes) {
+      signal?.throwIfAborted();
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
       const tn = performance.now();

@@ -33,6 +33,18 @@ export interface SegmentOptions {
   /** Remove small components afterwards (cleanup's options), e.g. { minVolumeMl: 0.05 }. Default: none. */
   cleanup?: CleanupOptions | false;
   onProgress?: (p: SegmentProgress) => void;
+  /**
+   * Cancels the run: checked before the work, between windows and (through Model.run) between
+   * the model's nodes; the promise then rejects with the signal's reason. Default: none.
+   */
+  signal?: AbortSignal;
+  /**
+   * Largest grid (voxels) segment may allocate: the CT's, the grid resampled to the model's
+   * spacing, and that grid padded to a patch are each checked against it, from the dims and
+   * spacings alone, before anything is allocated (RangeError naming the grid). Default: no limit
+   * but one array's.
+   */
+  maxVoxels?: number;
 }
 
 export interface SegmentReport {
@@ -164,6 +176,11 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
   const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
   if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2)) throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
+  const signal = opts.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameterError("options.signal", "an AbortSignal", signal);
+  const maxVoxels = opts.maxVoxels ?? Infinity;
+  if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
+  signal?.throwIfAborted();
   const progress = typeof opts.onProgress === "function" ? opts.onProgress : () => {};
   const yielder = new Yielder(); // the TypeScript loops below let the event loop in every ~15 ms
   const timings: Record<string, number> = {};
@@ -184,10 +201,20 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   const [nx, ny, nz] = ct.dims;
   const zyx: [number, number, number] = [nz, ny, nx];
   const spacingZyx: [number, number, number] = [ct.spacing[2], ct.spacing[1], ct.spacing[0]];
+  // Every grid this run allocates, from dims and spacings alone, checked before any allocation.
+  const perm = cfg.transposeForward;
+  const gridSpacing = perm.map((p) => spacingZyx[p]!) as [number, number, number];
+  const target = cfg.targetSpacing ? (perm.map((p) => cfg.targetSpacing![p]!) as [number, number, number]) : gridSpacing;
+  const modelShape = perm.map((p, i) => Math.max(1, Math.round((zyx[p]! * gridSpacing[i]!) / target[i]!))) as [number, number, number];
+  const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
+  for (const [what, shape] of [["the CT", zyx], ["the CT resampled to the model's spacing", modelShape], ["the resampled CT padded to a patch", padded]] as const) {
+    if (prod(shape) > maxVoxels) {
+      throw new RangeError(`${what} would be ${shape.join(" × ")} = ${prod(shape)} voxels, more than options.maxVoxels (${maxVoxels})`);
+    }
+  }
   let img = normalize(ct.data, cfg.normalization);
   hold(img.byteLength);
   lap("normalize");
-  const perm = cfg.transposeForward;
   const tr = transpose3(img, zyx, perm);
   if (tr.data !== img) {
     hold(tr.data.byteLength);
@@ -195,10 +222,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   }
   img = tr.data;
   const gridShape = tr.shape;
-  const gridSpacing = perm.map((p) => spacingZyx[p]!) as [number, number, number];
   lap("reorder");
-  const target = cfg.targetSpacing ? (perm.map((p) => cfg.targetSpacing![p]!) as [number, number, number]) : gridSpacing;
-  const modelShape = gridShape.map((d, i) => Math.max(1, Math.round((d * gridSpacing[i]!) / target[i]!))) as [number, number, number];
   const resampled = modelShape.some((d, i) => d !== gridShape[i]);
   let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
   if (resampled) {
@@ -209,7 +233,6 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   lap("resample");
 
   // 4. sliding window over the model grid, padded to at least one patch
-  const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
   const lead = padded.map((p, i) => Math.floor((p - modelShape[i]!) / 2));
   const starts = padded.map((L, i) => windowStarts(L, patch[i]!, step));
   const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
@@ -224,6 +247,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   const flips = [[]] as number[][];
   for (const a of mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
   for (const z0 of starts[0]!) for (const y0 of starts[1]!) for (const x0 of starts[2]!) {
+    signal?.throwIfAborted();
     // extract the patch (zeros outside the image)
     patchT.data.fill(0);
     for (let a = 0; a < pd; a++) {
@@ -241,7 +265,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
     }
     let logits: Tensor | undefined;
     for (const f of flips) {
-      const y = flip(await model.run(flip(patchT, f)), f);
+      const y = flip(await model.run(flip(patchT, f), signal ? { signal } : undefined), f);
       forwards++;
       peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
       if (!logits) logits = f.length ? y : { data: Float32Array.from(y.data), shape: y.shape };
@@ -290,6 +314,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
   if (probs !== acc) held -= acc!.byteLength;
   await activeBackend().softmax(probs, 1, C, mvol, probs);
   lap("softmax");
+  signal?.throwIfAborted();
   progress({ step: "postprocess", done: 1, total: 3 });
 
   // 6. back to the CT's grid, one class at a time, keeping a running argmax
@@ -317,6 +342,7 @@ export async function segment(ct: Volume, model: Model, options?: SegmentOptions
     }
   }
   lap("resample back");
+  signal?.throwIfAborted();
   let out: Volume<Uint8Array> = { data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] };
   if (opts.cleanup) {
     out = (await cleanup(out, opts.cleanup)) as Volume<Uint8Array>;
