@@ -1,7 +1,32 @@
-/** `bhsd serve`: the REST service. */
-import type { Command } from "commander";
-import { serve } from "../server/server.js";
+/** `bhsd serve`: the REST service; stops gracefully (accepted requests finish) on SIGINT/SIGTERM. */
+import { InvalidArgumentError, type Command } from "commander";
+import { LOG_LEVELS, serve, type LogLevel } from "../server/server.js";
 import { intArg } from "./util.js";
+
+interface ServeFlags {
+  host: string;
+  port: number;
+  token?: string;
+  modelDir?: string;
+  concurrency: number;
+  queue: number;
+  maxBodyMb: number;
+  maxVoxels: number;
+  maxRequestMb: number;
+  maxInflightMb: number;
+  maxComponents: number;
+  jobTimeoutS: number;
+  resultDir?: string;
+  resultTtlS: number;
+  resultMaxMb: number;
+  resultMaxCount: number;
+  logLevel: LogLevel;
+}
+
+function logLevel(v: string): LogLevel {
+  if (!(LOG_LEVELS as readonly string[]).includes(v)) throw new InvalidArgumentError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(v)}`);
+  return v as LogLevel;
+}
 
 export function serveCommand(program: Command): void {
   program
@@ -14,19 +39,52 @@ export function serveCommand(program: Command): void {
     .option("--concurrency <n>", "jobs at once", intArg("--concurrency", 1, 64), 1)
     .option("--queue <n>", "jobs waiting before 503", intArg("--queue", 0, 1000), 4)
     .option("--max-body-mb <n>", "largest request body (MiB)", intArg("--max-body-mb", 1, 4096), 512)
-    .option("--job-timeout-s <n>", "time limit of one job (s)", intArg("--job-timeout-s", 1, 86400), 600)
-    .action(async (o: { host: string; port: number; token?: string; modelDir?: string; concurrency: number; queue: number; maxBodyMb: number; jobTimeoutS: number }) => {
+    .option("--max-voxels <n>", "largest volume and grid derived from it (voxels)", intArg("--max-voxels", 1), 64 * 2 ** 20)
+    .option("--max-request-mb <n>", "decoded voxel data one request may hold (MiB)", intArg("--max-request-mb", 1, 1 << 20), 1024)
+    .option("--max-inflight-mb <n>", "decoded voxel data all admitted requests may hold (MiB)", intArg("--max-inflight-mb", 1, 1 << 20), 2048)
+    .option("--max-components <n>", "most components /v1/components reports (more: 422)", intArg("--max-components", 0), 10_000)
+    .option("--job-timeout-s <n>", "time limit of one job (s); its work is stopped then", intArg("--job-timeout-s", 1, 86400), 600)
+    .option("--result-dir <dir>", "folder of label results (default BHSD_RESULT_DIR or <tmp>/bhsd-results)")
+    .option("--result-ttl-s <n>", "lifetime of a result (s)", intArg("--result-ttl-s", 1, 30 * 86400), 900)
+    .option("--result-max-mb <n>", "bytes of results kept, oldest dropped first (MiB)", intArg("--result-max-mb", 1, 1 << 20), 1024)
+    .option("--result-max-count <n>", "results kept, oldest dropped first", intArg("--result-max-count", 1), 10_000)
+    .option("--log-level <level>", `${LOG_LEVELS.join(", ")}; one line per request only at debug and trace`, logLevel, "warn" as LogLevel)
+    .action(async (o: ServeFlags) => {
       const app = await serve({
         host: o.host,
         port: o.port,
         ...(o.token ? { token: o.token } : {}),
         ...(o.modelDir ? { modelDir: o.modelDir } : {}),
+        ...(o.resultDir ? { resultDir: o.resultDir } : {}),
         concurrency: o.concurrency,
         queue: o.queue,
         maxBodyBytes: o.maxBodyMb * 2 ** 20,
+        maxVoxels: o.maxVoxels,
+        maxRequestBytes: o.maxRequestMb * 2 ** 20,
+        maxInflightBytes: Math.max(o.maxInflightMb, o.maxRequestMb) * 2 ** 20,
+        maxComponents: o.maxComponents,
         jobTimeoutMs: o.jobTimeoutS * 1000,
+        resultTtlMs: o.resultTtlS * 1000,
+        resultMaxBytes: o.resultMaxMb * 2 ** 20,
+        resultMaxCount: o.resultMaxCount,
+        logLevel: o.logLevel,
       });
       const addr = app.server.address();
       process.stderr.write(`bhsd serving on ${typeof addr === "object" && addr ? `${addr.address}:${addr.port}` : addr}\n`);
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        process.stderr.write(`bhsd: ${signal}, stopping after the accepted requests\n`);
+        app.close().then(
+          () => process.exit(0),
+          (e: Error) => {
+            process.stderr.write(`bhsd: ${e.message}\n`);
+            process.exit(1);
+          },
+        );
+      };
+      process.once("SIGINT", () => stop("SIGINT"));
+      process.once("SIGTERM", () => stop("SIGTERM"));
     });
 }

@@ -1,31 +1,44 @@
 /**
  * The REST service (fastify). Routes under /v1: health, info, openapi.json, segment, evaluate,
- * components, and results/:id/labels.nii.gz. Bounded everywhere: body size, voxels per volume,
- * concurrent jobs with a bounded queue (503 + Retry-After when full), a timeout per job, results
- * that expire. Client faults answer 4xx `{ error, message }`; nothing a client sends can crash it.
+ * components, and results/:id/labels.nii.gz. Bounded everywhere, in this order: a request is
+ * admitted first (concurrent jobs plus a bounded queue; 503 + Retry-After when full) and only then
+ * is its body read (size cap), decoded (voxel cap, decoded-bytes cap per request and over all
+ * requests in flight) and a model loaded. Each job has a time limit that cancels its work (an
+ * AbortSignal through segment and the model's nodes; a worker thread terminated for components and
+ * evaluate), and its slot is given back only once that work has stopped. Results are files in a
+ * folder with a byte, count and age cap, and survive a restart. Every error — ours, fastify's,
+ * multipart's, an unknown route — answers `{ error, message }` with a 4xx for client faults.
  * Binds 127.0.0.1 by default; any other address needs a bearer token, checked in constant time on
  * every route but /v1/health. Models come only from the model folder, by name. NIfTI header text
  * (descrip, aux_file, intent_name) is never read into logs.
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import { existsSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
-import multipart from "@fastify/multipart";
-import { backendInfo } from "../backends/index.js";
-import { PACKAGE_ROOT } from "../backends/paths.js";
-import { NiftiError, readNifti, readNiftiHeader } from "../io/nifti.js";
-import { toJson } from "../json.js";
-import { evaluate } from "../metrics/evaluate.js";
-import { loadModel, type Model } from "../model/model.js";
-import { segment } from "../model/segment.js";
-import { componentStats, connectedComponents } from "../ops/components.js";
-import type { Volume } from "../types.js";
-import { VERSION } from "../version.js";
+import type { Readable } from "node:stream";
 import { promisify } from "node:util";
 import { gzip } from "node:zlib";
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import multipart from "@fastify/multipart";
+import swagger from "@fastify/swagger";
+import { backendInfo } from "../backends/index.js";
+import { PACKAGE_ROOT } from "../backends/paths.js";
 import { buildHeader } from "../io/nifti-header.js";
-import { openapi } from "./openapi.js";
+import { NiftiError, readNifti, readNiftiHeader } from "../io/nifti.js";
+import { toJson } from "../json.js";
+import { loadModel, type Model } from "../model/model.js";
+import { segment } from "../model/segment.js";
+import type { Volume } from "../types.js";
+import { VERSION } from "../version.js";
+import { Admission, type Ticket } from "./admission.js";
+import { fastifyCode, HttpError } from "./errors.js";
+import { runInWorker } from "./offload.js";
+import { RESULT_ID, ResultStore } from "./results.js";
+import { errorResponses, requestBodies, schemas } from "./schemas.js";
+
+export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+export const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 export interface ServeOptions {
   host?: string;
@@ -34,56 +47,34 @@ export interface ServeOptions {
   token?: string;
   /** Folder of `<name>.onnx` models (with their sidecars). Default BHSD_MODEL_DIR or the package's models/. */
   modelDir?: string;
-  /** Largest request body (bytes), default 512 MiB. */
+  /** Largest request body (bytes; a multipart body's files together), default 512 MiB. */
   maxBodyBytes?: number;
-  /** Largest volume (voxels), default 64 Mi. */
+  /** Largest volume (voxels), also every grid segment derives from it (resampled, padded); default 64 Mi. */
   maxVoxels?: number;
+  /** Decoded voxel bytes one request may hold (default 1 GiB) and all admitted requests together (default 2 GiB). */
+  maxRequestBytes?: number;
+  maxInflightBytes?: number;
+  /** Most connected components /v1/components reports (default 10,000; more → 422). */
+  maxComponents?: number;
   /** Jobs run at once (default 1) and jobs waiting (default 4). */
   concurrency?: number;
   queue?: number;
-  /** Time limit of one job (ms, default 10 min) and lifetime of a result (ms, default 15 min). */
+  /** Time limit of one job from its admission (ms, default 10 min); the job's work is stopped then. */
   jobTimeoutMs?: number;
+  /** Folder of the label results (default BHSD_RESULT_DIR or <tmpdir>/bhsd-results), their lifetime (ms, default 15 min), total bytes (default 1 GiB) and count (default 10,000). */
+  resultDir?: string;
   resultTtlMs?: number;
-  /** fastify's logger (default true; false in tests). */
+  resultMaxBytes?: number;
+  resultMaxCount?: number;
+  /** Log level (default "warn"); requests are logged one line each only at "debug" and "trace". */
+  logLevel?: LogLevel;
+  /** false: no logger at all (tests). */
   logger?: boolean;
-}
-
-class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
-    super(message);
-  }
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
-/** A queue of jobs: `concurrency` at a time, `max` waiting, the rest refused. */
-class JobQueue {
-  private active = 0;
-  private waiting: (() => void)[] = [];
-  constructor(private readonly concurrency: number, private readonly max: number) {}
-  async run<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
-    if (this.active >= this.concurrency) {
-      if (this.waiting.length >= this.max) throw new HttpError(503, "busy", "all workers are busy and the queue is full; retry later", { "retry-after": "5" });
-      await new Promise<void>((r) => this.waiting.push(r));
-    }
-    this.active++;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        fn(),
-        new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new HttpError(503, "timeout", `the job took longer than ${timeoutMs} ms`, { "retry-after": "30" })), timeoutMs))),
-      ]);
-    } finally {
-      clearTimeout(timer);
-      this.active--;
-      this.waiting.shift()?.();
-    }
-  }
-  get load() {
-    return { active: this.active, waiting: this.waiting.length };
-  }
-}
+const NIFTI_TYPES = ["application/octet-stream", "application/gzip", "application/x-gzip"];
 
 function tokenDigest(t: string): Buffer {
   return createHash("sha256").update(t).digest();
@@ -97,161 +88,350 @@ async function niftiBytes(v: Volume<Uint8Array>): Promise<Buffer> {
   return gzipAsync(Buffer.concat([header, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]), { level: 6 });
 }
 
+function positive(name: string, v: number | undefined, dflt: number, min = 1): number {
+  const x = v ?? dflt;
+  if (typeof x !== "number" || !(x >= min) || !Number.isFinite(x)) throw new TypeError(`Expected a number >= ${min} for options.${name} but received ${String(v)}`);
+  return x;
+}
+
+/** A JS error that says the input was bad (the library's checks), not that the server failed. */
+function clientFault(err: Error): boolean {
+  if (err instanceof RangeError) return !/Invalid array length|allocation failed|Maximum call stack|Invalid typed array length/i.test(err.message);
+  return err instanceof TypeError && err.message.startsWith("Expected ");
+}
+
 export async function createServer(options: ServeOptions = {}): Promise<FastifyInstance> {
   const host = options.host ?? "127.0.0.1";
   const token = options.token ?? process.env.BHSD_TOKEN;
   if (!LOOPBACK.test(host) && !token) throw new Error(`refusing to listen on ${host} without a token: pass --token or set BHSD_TOKEN (127.0.0.1 needs none)`);
   const modelDir = resolve(options.modelDir ?? process.env.BHSD_MODEL_DIR ?? join(PACKAGE_ROOT, "models"));
-  const maxBody = options.maxBodyBytes ?? 512 * 2 ** 20;
-  const maxVoxels = options.maxVoxels ?? 64 * 2 ** 20;
-  const queue = new JobQueue(options.concurrency ?? 1, options.queue ?? 4);
-  const jobTimeout = options.jobTimeoutMs ?? 10 * 60_000;
-  const ttl = options.resultTtlMs ?? 15 * 60_000;
-  const results = new Map<string, { bytes: Buffer; expires: number }>();
-  const models = new Map<string, Model>();
+  const maxBody = positive("maxBodyBytes", options.maxBodyBytes, 512 * 2 ** 20);
+  const maxVoxels = positive("maxVoxels", options.maxVoxels, 64 * 2 ** 20);
+  const maxRequestBytes = positive("maxRequestBytes", options.maxRequestBytes, 2 ** 30);
+  const maxInflightBytes = positive("maxInflightBytes", options.maxInflightBytes, Math.max(2 * 2 ** 30, maxRequestBytes));
+  if (maxInflightBytes < maxRequestBytes) throw new RangeError(`options.maxInflightBytes (${maxInflightBytes}) must be at least options.maxRequestBytes (${maxRequestBytes})`);
+  const maxComponents = positive("maxComponents", options.maxComponents, 10_000, 0);
+  const concurrency = positive("concurrency", options.concurrency, 1);
+  const queueMax = positive("queue", options.queue, 4, 0);
+  const jobTimeout = positive("jobTimeoutMs", options.jobTimeoutMs, 10 * 60_000);
+  const ttl = positive("resultTtlMs", options.resultTtlMs, 15 * 60_000);
+  const logLevel = options.logLevel ?? "warn";
+  if (!LOG_LEVELS.includes(logLevel)) throw new TypeError(`Expected one of ${LOG_LEVELS.join(", ")} for options.logLevel but received ${String(logLevel)}`);
+  const admission = new Admission({ concurrency, queue: queueMax, maxRequestBytes, maxInflightBytes });
+  const results = new ResultStore({
+    dir: resolve(options.resultDir ?? process.env.BHSD_RESULT_DIR ?? join(tmpdir(), "bhsd-results")),
+    ttlMs: ttl,
+    maxBytes: positive("resultMaxBytes", options.resultMaxBytes, 2 ** 30),
+    maxCount: positive("resultMaxCount", options.resultMaxCount, 10_000),
+  });
+  const models = new Map<string, Promise<Model>>();
   const want = token ? tokenDigest(token) : undefined;
 
-  const app = Fastify({
-    logger: options.logger ?? true,
-    bodyLimit: maxBody,
-  });
-  await app.register(multipart, { limits: { fileSize: maxBody, files: 2, fields: 10 } });
-  app.addContentTypeParser(["application/octet-stream", "application/gzip", "application/x-gzip"], { parseAs: "buffer", bodyLimit: maxBody }, (_req, body, done) => done(null, body));
+  const send = (reply: FastifyReply, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
+    // A body we did not read is not read now: the connection closes after the answer.
+    if (!reply.request.raw.complete) reply.header("connection", "close");
+    return reply.code(status).headers(headers).type("application/json").send({ error: code, message });
+  };
 
-  const sweep = setInterval(() => {
-    const now = Date.now();
-    for (const [k, v] of results) if (v.expires < now) results.delete(k);
-  }, 30_000);
+  const app = Fastify({
+    logger: options.logger === false ? false : { level: logLevel },
+    logController: new LogController({ disableRequestLogging: !(logLevel === "debug" || logLevel === "trace") }),
+    exposeHeadRoutes: false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: true, allErrors: false, verbose: true } },
+    schemaErrorFormatter: (errors, dataVar) => {
+      const e = errors[0]!;
+      const where = `${dataVar}${e.instancePath.replace(/\//g, ".")}`;
+      const p = e.params as { additionalProperty?: string; allowedValues?: unknown[] };
+      if (e.keyword === "additionalProperties") return new Error(`${where} has an unknown parameter "${p.additionalProperty}"`);
+      const got = (e as { data?: unknown }).data;
+      const allowed = p.allowedValues ? ` (${p.allowedValues.join(", ")})` : "";
+      return new Error(`${where} ${e.message}${allowed}, got ${JSON.stringify(got)}`);
+    },
+    frameworkErrors: (err, _req, reply) => send(reply, 400, "bad_request", err.message),
+    clientErrorHandler: (err: Error & { code?: string }, socket) => {
+      if (err.code === "ECONNRESET" || socket.destroyed) return;
+      const [status, text, code, message] =
+        err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request Header Fields Too Large", "headers_too_large", "the request headers exceed the server's limit"]
+        : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? [408, "Request Timeout", "timeout", "the request was not received in time"]
+        : [400, "Bad Request", "bad_request", "the request is not valid HTTP"];
+      const body = JSON.stringify({ error: code, message });
+      if (socket.writable) socket.write(`HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+      socket.destroy();
+    },
+  });
+
+  // Only the media types the routes take: NIfTI bytes left unread (a stream) until the job is
+  // admitted, and multipart (read in the handler, after admission).
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(NIFTI_TYPES, (_req, payload, done) => done(null, payload));
+  await app.register(multipart, { limits: { fileSize: maxBody, files: 2, fields: 8, parts: 10, fieldSize: 1024, headerPairs: 64 } });
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.0.3",
+      info: { title: "bhsd", version: VERSION, description: "Intracranial hemorrhage segmentation, bleed volumes and BHSD metrics on head CT (NIfTI)." },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      security: [{ bearer: [] }],
+    },
+    transformObject: (doc) => {
+      const o = (doc as { openapiObject: { paths?: Record<string, Record<string, Record<string, unknown>>> } }).openapiObject;
+      for (const [path, body] of Object.entries(requestBodies)) {
+        const op = o.paths?.[path]?.post;
+        if (op) op.requestBody = body;
+      }
+      return o as never;
+    },
+  });
+
+  const sweep = setInterval(() => results.sweep(), 30_000);
   sweep.unref();
   app.addHook("onClose", async () => clearInterval(sweep));
 
   app.addHook("onRequest", async (req) => {
-    if (!want || req.url === "/v1/health") return;
-    const h = req.headers.authorization ?? "";
-    const got = tokenDigest(h.startsWith("Bearer ") ? h.slice(7) : "");
-    if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)");
+    if (!want || req.routeOptions.url === "/v1/health") return;
+    // RFC 7235: the scheme is case-insensitive.
+    const m = /^([A-Za-z]+)[ \t]+(.*)$/.exec(req.headers.authorization ?? "");
+    const got = tokenDigest(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "");
+    if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)", { "www-authenticate": "Bearer" });
   });
 
-  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
-    if (err instanceof HttpError) return reply.code(err.status).headers(err.headers).send({ error: err.code, message: err.message });
-    if (err instanceof NiftiError) return reply.code(400).send({ error: "bad_nifti", message: err.message });
-    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return reply.code(err.statusCode).send({ error: err.code ?? "bad_request", message: err.message });
-    if (err instanceof TypeError || err instanceof RangeError) return reply.code(400).send({ error: "bad_request", message: err.message });
-    app.log.error({ err: { message: err.message } }, "request failed");
-    return reply.code(500).send({ error: "internal", message: "the server could not complete the request" });
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split("?")[0]!.slice(0, 200);
+    return send(reply, 404, "not_found", `no route ${req.method} ${JSON.stringify(path)}; see /v1/openapi.json`);
+  });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    if (err instanceof HttpError) return send(reply, err.status, err.code, err.message, err.headers);
+    if (err instanceof NiftiError) return send(reply, 400, "bad_nifti", err.message);
+    if (err.validation) return send(reply, 400, err.validationContext === "querystring" ? "bad_query" : "bad_request", err.message);
+    if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE" || err.code === "FST_ERR_CTP_EMPTY_TYPE") {
+      const type = String(req.headers["content-type"] ?? "none").slice(0, 100);
+      return send(reply, 415, "unsupported_media_type", `content-type ${JSON.stringify(type)} is not taken here: send a NIfTI as ${NIFTI_TYPES[0]} or multipart/form-data`);
+    }
+    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
+    if (clientFault(err)) return send(reply, 400, "bad_request", err.message);
+    req.log.error({ err: { message: err.message, stack: err.stack } }, "request failed");
+    return send(reply, 500, "internal", "the server could not complete the request");
   });
 
   const listModels = () => (existsSync(modelDir) ? readdirSync(modelDir).filter((f) => f.endsWith(".onnx")).map((f) => f.slice(0, -5)).sort() : []);
 
-  async function getModel(name: unknown): Promise<Model> {
+  /** The model's name, checked (no file is touched beyond listing the folder). */
+  function modelName(name: string | undefined): string {
     const available = listModels();
     let n = name;
     if (n === undefined || n === "") {
-      if (available.length === 1) n = available[0];
+      if (available.length === 1) n = available[0]!;
       else if (available.includes("default")) n = "default";
       else throw new HttpError(400, "model_required", `name a model with ?model= (available: ${available.join(", ") || "none"})`);
     }
-    if (typeof n !== "string" || !MODEL_NAME.test(n) || n.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name from the server's model folder (letters, digits, . _ -)");
+    if (!MODEL_NAME.test(n) || n.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name from the server's model folder (letters, digits, . _ -)");
     if (!available.includes(n)) throw new HttpError(404, "no_such_model", `no model "${n}" (available: ${available.join(", ") || "none"})`);
+    return n;
+  }
+
+  /** Loads a model once; concurrent requests for it share the load. */
+  function getModel(n: string): Promise<Model> {
     let m = models.get(n);
     if (!m) {
-      m = await loadModel(join(modelDir, `${n}.onnx`));
+      m = loadModel(join(modelDir, `${n}.onnx`));
       models.set(n, m);
+      m.catch(() => models.delete(n));
     }
     return m;
   }
 
-  /** The NIfTI of a request: an octet-stream body, or the multipart field `field`. */
-  async function bodyFile(req: FastifyRequest, field: string): Promise<Buffer> {
-    if (req.isMultipart()) {
-      for await (const part of req.parts()) {
-        if (part.type === "file" && part.fieldname === field) return await part.toBuffer();
-        if (part.type === "file") await part.toBuffer();
-      }
-      throw new HttpError(400, "missing_field", `multipart field "${field}" is missing`);
-    }
-    if (!Buffer.isBuffer(req.body)) throw new HttpError(415, "unsupported_media_type", "send the NIfTI as application/octet-stream or multipart/form-data");
-    return req.body;
+  interface Job {
+    ticket: Ticket;
+    signal: AbortSignal;
   }
 
-  async function multipartFiles(req: FastifyRequest, fields: string[]): Promise<Record<string, Buffer>> {
-    if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", `send multipart/form-data with fields ${fields.join(", ")}`);
+  /**
+   * Admits the request, then runs `work` under the job's time limit. The signal aborts on the
+   * limit or when the client goes away; the slot is given back only after `work` has settled.
+   */
+  async function job<T>(req: FastifyRequest, reply: FastifyReply, work: (j: Job) => Promise<T>): Promise<T> {
+    const len = Number(req.headers["content-length"]);
+    if (len > maxBody) throw new HttpError(413, "too_large", `the body is ${len} bytes; this server takes at most ${maxBody}`);
+    const gone = new AbortController();
+    const onClose = () => {
+      if (!reply.raw.writableFinished) gone.abort(new HttpError(499, "client_closed", "the client closed the connection"));
+    };
+    reply.raw.once("close", onClose);
+    let ticket: Ticket;
+    try {
+      ticket = await admission.enter(gone.signal);
+    } catch (e) {
+      reply.raw.off("close", onClose);
+      throw e;
+    }
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(new HttpError(503, "timeout", `the job took longer than ${jobTimeout} ms and was stopped`, { "retry-after": "30" })), jobTimeout);
+    const onGone = () => ctl.abort(gone.signal.reason);
+    gone.signal.addEventListener("abort", onGone, { once: true });
+    if (gone.signal.aborted) onGone();
+    try {
+      return await work({ ticket, signal: ctl.signal });
+    } catch (e) {
+      if (ctl.signal.aborted && !(e instanceof HttpError)) throw ctl.signal.reason;
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      gone.signal.removeEventListener("abort", onGone);
+      reply.raw.off("close", onClose);
+      ticket.release();
+    }
+  }
+
+  /** Reads a NIfTI body stream, at most maxBody bytes; aborting destroys the stream. */
+  async function readBody(stream: Readable, signal: AbortSignal): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const stop = () => stream.destroy();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const c of stream as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > maxBody) throw new HttpError(413, "too_large", `the body is more than ${maxBody} bytes, this server's limit`);
+        chunks.push(c);
+      }
+    } catch (e) {
+      if (e instanceof HttpError) throw e;
+      if (signal.aborted) throw signal.reason;
+      throw new HttpError(400, "bad_body", `the body could not be read: ${(e as Error).message}`);
+    } finally {
+      signal.removeEventListener("abort", stop);
+    }
+    return Buffer.concat(chunks, n);
+  }
+
+  /** The named multipart files (each at most once, no others), at most maxBody bytes together. */
+  async function multipartFiles(req: FastifyRequest, fields: string[], signal: AbortSignal): Promise<Record<string, Buffer>> {
+    if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", `send multipart/form-data with the file field${fields.length > 1 ? "s" : ""} ${fields.join(", ")}`);
     const out: Record<string, Buffer> = {};
-    for await (const part of req.parts()) if (part.type === "file") out[part.fieldname] = await part.toBuffer();
+    let total = 0;
+    const stop = () => req.raw.destroy();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const part of req.parts()) {
+        if (part.type !== "file") continue;
+        if (!fields.includes(part.fieldname) || out[part.fieldname]) {
+          throw new HttpError(400, "bad_multipart", `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`);
+        }
+        const b = await part.toBuffer();
+        total += b.length;
+        if (total > maxBody) throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
+        out[part.fieldname] = b;
+      }
+    } catch (e) {
+      if (e instanceof HttpError) throw e;
+      if (signal.aborted) throw signal.reason;
+      const err = e as FastifyError;
+      if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) throw new HttpError(err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
+      throw new HttpError(400, "bad_multipart", `the multipart body could not be read: ${err.message}`);
+    } finally {
+      signal.removeEventListener("abort", stop);
+    }
     for (const f of fields) if (!out[f]) throw new HttpError(400, "missing_field", `multipart field "${f}" is missing`);
     return out;
   }
 
-  async function volumeOf(bytes: Buffer, name: string): Promise<Volume> {
+  /** The request's NIfTI: the octet-stream body, or the multipart file `field`. */
+  async function niftiBody(req: FastifyRequest, field: string, signal: AbortSignal): Promise<Buffer> {
+    if (req.isMultipart()) return (await multipartFiles(req, [field], signal))[field]!;
+    const body = req.body as Readable | undefined;
+    if (!body || typeof body.pipe !== "function") throw new HttpError(415, "unsupported_media_type", `send the NIfTI as application/octet-stream or as the multipart/form-data file field "${field}"`);
+    return readBody(body, signal);
+  }
+
+  /** Decodes a NIfTI after checking its header: voxels against maxVoxels, bytes reserved from the job's budget. */
+  async function decode(bytes: Buffer, name: string, ticket: Ticket): Promise<Volume> {
     const h = await readNiftiHeader(bytes, { name });
     const n = h.dims[0] * h.dims[1] * h.dims[2];
     if (n > maxVoxels) throw new HttpError(413, "too_large", `${name} has ${n} voxels; this server takes at most ${maxVoxels}`);
-    return readNifti(bytes, { name });
+    ticket.reserve(h.voxelBytes, name);
+    return readNifti(bytes, { name, maxBytes: Math.max(1, h.voxelBytes) });
   }
 
-  const number = (v: unknown, name: string, min: number): number | undefined => {
-    if (v === undefined || v === "") return undefined;
-    const x = Number(v);
-    if (!Number.isFinite(x) || x < min) throw new HttpError(400, "bad_query", `${name} must be a number >= ${min}`);
-    return x;
+  const json = (reply: FastifyReply, text: string) => reply.type("application/json").send(text);
+  const limits = {
+    maxBodyBytes: maxBody,
+    maxVoxels,
+    maxRequestBytes,
+    maxInflightBytes,
+    maxComponents,
+    concurrency,
+    queue: queueMax,
+    jobTimeoutMs: jobTimeout,
+    resultTtlMs: ttl,
+    resultMaxBytes: results.opts.maxBytes,
+    resultMaxCount: results.opts.maxCount,
   };
 
-  app.get("/v1/health", async () => ({ status: "ok", ...queue.load }));
-  app.get("/v1/info", async () => ({ version: VERSION, node: process.version, backends: backendInfo(), models: listModels(), limits: { maxBodyBytes: maxBody, maxVoxels, jobTimeoutMs: jobTimeout, resultTtlMs: ttl } }));
-  app.get("/v1/openapi.json", async () => openapi(VERSION));
+  app.get("/v1/health", { schema: schemas.health }, async () => ({ status: "ok", ...admission.load }));
+  app.get("/v1/info", { schema: schemas.info }, async () => ({ version: VERSION, node: process.version, backends: backendInfo(), models: listModels(), limits }));
+  app.get("/v1/openapi.json", { schema: schemas.openapi }, async () => app.swagger());
 
-  app.post("/v1/segment", async (req: FastifyRequest<{ Querystring: Record<string, string> }>, reply: FastifyReply) => {
-    const q = req.query ?? {};
-    const model = await getModel(q.model);
-    const cleanupMinMl = number(q.cleanupMinMl, "cleanupMinMl", 0);
-    const tta = q.tta === "1" || q.tta === "true";
-    const ct = await volumeOf(await bodyFile(req, "ct"), "ct");
-    const { labels, report } = await queue.run(() => segment(ct, model, { mirror: tta, ...(cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: cleanupMinMl } } : {}) }), jobTimeout);
-    const id = randomBytes(16).toString("hex");
-    results.set(id, { bytes: await niftiBytes(labels), expires: Date.now() + ttl });
-    reply.header("content-type", "application/json");
-    return toJson({ ...report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
+  app.post("/v1/segment", { schema: schemas.segment }, async (req: FastifyRequest<{ Querystring: { model?: string; cleanupMinMl?: number; tta?: boolean } }>, reply) => {
+    const q = req.query;
+    const name = modelName(q.model);
+    const text = await job(req, reply, async ({ ticket, signal }) => {
+      const bytes = await niftiBody(req, "ct", signal);
+      const ct = await decode(bytes, "ct", ticket);
+      const model = await getModel(name);
+      signal.throwIfAborted();
+      let out;
+      try {
+        out = await segment(ct, model, { mirror: q.tta === true, maxVoxels, signal, ...(q.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: q.cleanupMinMl } } : {}) });
+      } catch (e) {
+        if (e instanceof RangeError && e.message.includes("options.maxVoxels")) {
+          throw new HttpError(413, "too_large", `${e.message.replace(/options\.maxVoxels/, "this server's limit")}`);
+        }
+        throw e;
+      }
+      const id = await results.put(await niftiBytes(out.labels));
+      return toJson({ ...out.report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
+    });
+    return json(reply, text);
   });
 
-  app.get("/v1/results/:id/labels.nii.gz", async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    const r = /^[0-9a-f]{32}$/.test(req.params.id) ? results.get(req.params.id) : undefined;
-    if (!r || r.expires < Date.now()) throw new HttpError(404, "not_found", "no such result (results expire)");
-    return reply.header("content-type", "application/gzip").send(r.bytes);
+  app.get("/v1/results/:id/labels.nii.gz", { schema: schemas.result }, async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    const s = RESULT_ID.test(req.params.id) ? await results.open(req.params.id) : undefined;
+    if (!s) throw new HttpError(404, "not_found", "no such result (results expire)");
+    return reply.type("application/gzip").send(s);
   });
 
-  app.post("/v1/evaluate", async (req: FastifyRequest<{ Querystring: Record<string, string> }>, reply) => {
-    const files = await multipartFiles(req, ["gt", "pred"]);
-    const gt = await volumeOf(files.gt!, "gt"), pred = await volumeOf(files.pred!, "pred");
-    const tau = number(req.query?.nsdToleranceMm, "nsdToleranceMm", 0);
-    const m = await queue.run(() => evaluate(gt, pred, tau !== undefined ? { nsdToleranceMm: tau } : {}), jobTimeout);
-    reply.header("content-type", "application/json");
-    return toJson(m);
+  app.post("/v1/evaluate", { schema: schemas.evaluate }, async (req: FastifyRequest<{ Querystring: { nsdToleranceMm?: number } }>, reply) => {
+    const tau = req.query.nsdToleranceMm;
+    if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", "send multipart/form-data with the file fields gt, pred");
+    const text = await job(req, reply, async ({ ticket, signal }) => {
+      const files = await multipartFiles(req, ["gt", "pred"], signal);
+      const gt = await decode(files.gt!, "gt", ticket);
+      const pred = await decode(files.pred!, "pred", ticket);
+      return runInWorker({ kind: "evaluate", gt, pred, ...(tau !== undefined ? { nsdToleranceMm: tau } : {}) }, signal);
+    });
+    return json(reply, text);
   });
 
-  app.post("/v1/components", async (req: FastifyRequest<{ Querystring: Record<string, string> }>, reply) => {
-    const conn = number(req.query?.connectivity, "connectivity", 6) ?? 26;
-    if (conn !== 6 && conn !== 18 && conn !== 26) throw new HttpError(400, "bad_query", "connectivity must be 6, 18 or 26");
-    const vol = await volumeOf(await bodyFile(req, "labels"), "labels");
-    const out = await queue.run(async () => {
-      const { labels, count } = await connectedComponents(vol, { connectivity: conn });
-      return { count, components: await componentStats(labels, { classes: vol }) };
-    }, jobTimeout);
-    reply.header("content-type", "application/json");
-    return toJson(out);
+  app.post("/v1/components", { schema: schemas.components }, async (req: FastifyRequest<{ Querystring: { connectivity: 6 | 18 | 26 } }>, reply) => {
+    const connectivity = req.query.connectivity ?? 26;
+    const text = await job(req, reply, async ({ ticket, signal }) => {
+      const vol = await decode(await niftiBody(req, "labels", signal), "labels", ticket);
+      return runInWorker({ kind: "components", volume: vol, connectivity, maxComponents }, signal);
+    });
+    return json(reply, text);
   });
 
+  void errorResponses;
   return app;
 }
 
-/** Starts the service and stops it gracefully (accepted jobs finish) on SIGINT/SIGTERM. */
+/**
+ * Starts the service and returns it, listening. It installs no signal handlers and never exits
+ * the process: stop it with `app.close()` (accepted requests finish first); `bhsd serve` does so
+ * on SIGINT/SIGTERM.
+ */
 export async function serve(options: ServeOptions = {}): Promise<FastifyInstance> {
   const app = await createServer(options);
   await app.listen({ host: options.host ?? "127.0.0.1", port: options.port ?? 8080 });
-  const stop = async () => {
-    await app.close();
-    process.exit(0);
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
   return app;
 }
