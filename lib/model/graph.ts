@@ -5,7 +5,13 @@
  * Relu/LeakyRelu).
  */
 import { readFile } from "node:fs/promises";
+import { allocArray } from "../volume.js";
 import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
+
+/** Largest float tensor one model may store (1 G elements: 4 GB). */
+const MAX_TENSOR_ELEMENTS = 2 ** 30;
+/** Integer tensors are shape glue (indices, shapes, axes): small. */
+const MAX_INT_ELEMENTS = 1 << 20;
 
 export interface OnnxTensor {
   dims: number[];
@@ -77,6 +83,60 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Slice: [],
   Reshape: ["allowzero"],
   Flatten: ["axis"],
+  // what real exports (nnU-Net's ResEnc, MONAI's networks, transformers) add
+  Pad: ["mode", "pads", "value"],
+  Transpose: ["perm"],
+  ConstantOfShape: ["value"],
+  Expand: [],
+  Tile: [],
+  Range: [],
+  Where: [],
+  Split: ["axis", "split", "num_outputs"],
+  MatMul: [],
+  Gemm: ["alpha", "beta", "transA", "transB"],
+  Einsum: ["equation"],
+  LayerNormalization: ["axis", "epsilon", "stash_type"],
+  GroupNormalization: ["epsilon", "num_groups", "stash_type"],
+  ReduceMean: ["axes", "keepdims", "noop_with_empty_axes"],
+  ReduceSum: ["axes", "keepdims", "noop_with_empty_axes"],
+  ReduceMax: ["axes", "keepdims", "noop_with_empty_axes"],
+  ReduceMin: ["axes", "keepdims", "noop_with_empty_axes"],
+  ReduceProd: ["axes", "keepdims", "noop_with_empty_axes"],
+  Sub: [],
+  Div: [],
+  Pow: [],
+  Max: [],
+  Min: [],
+  Sum: [],
+  Mean: [],
+  Equal: [],
+  Less: [],
+  Greater: [],
+  LessOrEqual: [],
+  GreaterOrEqual: [],
+  And: [],
+  Or: [],
+  Not: [],
+  Sqrt: [],
+  Exp: [],
+  Log: [],
+  Tanh: [],
+  Erf: [],
+  Neg: [],
+  Abs: [],
+  Reciprocal: [],
+  Floor: [],
+  Ceil: [],
+  Round: [],
+  Sign: [],
+  Softplus: [],
+  Elu: ["alpha"],
+  Selu: ["alpha", "gamma"],
+  HardSigmoid: ["alpha", "beta"],
+  Gelu: ["approximate"],
+  Clip: ["min", "max"],
+  Size: [],
+  LogSoftmax: ["axis"],
 };
 
 function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
@@ -86,30 +146,43 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
   const n = dims.reduce((a, b) => a * b, 1);
   const raw = t.rawData as Uint8Array | undefined;
   const hasRaw = raw !== undefined && raw.length > 0;
+  if (!dims.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n) || n > MAX_TENSOR_ELEMENTS) {
+    throw new Error(`${where}: tensor ${t.name} has dims [${dims}], not a valid size (at most ${MAX_TENSOR_ELEMENTS} elements)`);
+  }
+  // raw bytes as an aligned array of their own: a decoded field may view a Node Buffer's shared
+  // pool or the whole file at any offset, so `.buffer` is never read directly
+  const own = (bytesPer: number): ArrayBuffer => {
+    if (raw!.length !== n * bytesPer) throw new Error(`${where}: tensor ${t.name} has ${raw!.length} bytes of data for ${n} values of ${bytesPer} bytes`);
+    const b = new ArrayBuffer(raw!.length);
+    new Uint8Array(b).set(raw!);
+    return b;
+  };
   if (dataType === ONNX_DTYPE.FLOAT) {
     let f32: Float32Array;
     if (hasRaw) {
       if (raw.length !== n * 4) throw new Error(`${where}: tensor ${t.name} has ${raw.length} bytes of data for ${n} floats`);
-      f32 = new Float32Array(n);
-      new Uint8Array(f32.buffer).set(raw);
+      f32 = allocArray("float32", n, `tensor ${t.name}`) as Float32Array;
+      new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength).set(raw);
     } else f32 = Float32Array.from((t.floatData as number[]) ?? []);
     if (f32.length !== n) throw new Error(`${where}: tensor ${t.name} has ${f32.length} values for shape [${dims}]`);
     return { dims, dataType, f32 };
   }
   if (dataType === ONNX_DTYPE.DOUBLE) {
-    const f64 = hasRaw ? new Float64Array(raw.slice().buffer) : Float64Array.from((t.doubleData as number[]) ?? []);
+    const f64 = hasRaw ? new Float64Array(own(8)) : Float64Array.from((t.doubleData as number[]) ?? []);
+    if (f64.length !== n) throw new Error(`${where}: tensor ${t.name} has ${f64.length} values for shape [${dims}]`);
     return { dims, dataType: ONNX_DTYPE.FLOAT, f32: Float32Array.from(f64) };
   }
   if (dataType === ONNX_DTYPE.INT64 || dataType === ONNX_DTYPE.INT32 || dataType === ONNX_DTYPE.BOOL || dataType === ONNX_DTYPE.UINT8 || dataType === ONNX_DTYPE.INT8) {
     let ints: number[];
+    if (n > MAX_INT_ELEMENTS) throw new Error(`${where}: integer tensor ${t.name} has ${n} values; bhsd keeps integer tensors for shape glue (at most ${MAX_INT_ELEMENTS})`);
     if (hasRaw) {
-      const b = raw.slice();
-      const dv = new DataView(b.buffer);
       const width = dataType === ONNX_DTYPE.INT64 ? 8 : dataType === ONNX_DTYPE.INT32 ? 4 : 1;
+      const dv = new DataView(own(width));
       ints = Array.from({ length: n }, (_, i) =>
         width === 8 ? Number(dv.getBigInt64(i * 8, true)) : width === 4 ? dv.getInt32(i * 4, true) : dataType === ONNX_DTYPE.INT8 ? dv.getInt8(i) : dv.getUint8(i),
       );
     } else ints = (((dataType === ONNX_DTYPE.INT64 ? t.int64Data : t.int32Data) as unknown[]) ?? []).map(Number);
+    if (ints.length !== n) throw new Error(`${where}: tensor ${t.name} has ${ints.length} values for shape [${dims}]`);
     return { dims, dataType: ONNX_DTYPE.INT64, ints };
   }
   throw new Error(`${where}: tensor ${t.name} has ONNX data type ${dataType}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`);
@@ -117,8 +190,9 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
 
 function attrOf(a: Record<string, unknown>, where: string): Attr {
   switch (Number(a.type)) {
-    case 1: return Number(a.f);
-    case 2: return Number(a.i);
+    // proto3 leaves a field at its default (0) out of the encoding: absent means 0
+    case 1: return Number(a.f ?? 0);
+    case 2: return Number(a.i ?? 0);
     case 3: return new TextDecoder().decode(a.s as Uint8Array);
     case 4: return tensorOf(a.t as Record<string, unknown>, where);
     case 6: return ((a.floats as unknown[]) ?? []).map(Number);
@@ -172,6 +246,7 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
   if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
+  if (!Array.isArray(g.output) || g.output.length === 0) throw new Error(`${label}: the graph declares no outputs`);
   const inputs = ((g.input as Record<string, unknown>[]) ?? [])
     .filter((v) => !initializers.has(String(v.name)))
     .map((v) => {
@@ -180,6 +255,10 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
       );
       return { name: String(v.name), shape: dims };
     });
+  const produced = new Set([...initializers.keys(), ...inputs.map((i) => i.name), ...nodes.flatMap((n) => n.outputs)]);
+  for (const v of g.output as Record<string, unknown>[]) {
+    if (!produced.has(String(v.name))) throw new Error(`${label}: graph output ${String(v.name)} is produced by no node`);
+  }
   const metadata: Record<string, string> = {};
   for (const p of (m.metadataProps as { key: string; value: string }[]) ?? []) metadata[p.key] = p.value;
   return {
@@ -193,13 +272,49 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
   };
 }
 
-/** Attribute values the engine does not implement, refused at load. */
+/** ONNX data types Cast may produce, and what the engine keeps them as. */
+export const CAST_FLOAT = new Set([ONNX_DTYPE.FLOAT, ONNX_DTYPE.DOUBLE]);
+export const CAST_INT = new Set<number>([ONNX_DTYPE.UINT8, ONNX_DTYPE.INT8, ONNX_DTYPE.UINT16, ONNX_DTYPE.INT16, ONNX_DTYPE.INT32, ONNX_DTYPE.INT64, ONNX_DTYPE.BOOL, ONNX_DTYPE.UINT32, ONNX_DTYPE.UINT64]);
+
+const SPATIAL_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool"];
+/** Largest kernel extent or pad a model may ask for (far beyond any CT network). */
+const MAX_GEOMETRY = 4096;
+/** Largest stride or dilation (U-Nets use 1 to 4; a stride of 400 only blows up a transposed convolution). */
+const MAX_STRIDE = 64;
+
+/** Attribute values the engine does not implement, or that no sane model has: refused at load. */
 function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[] {
   const p: string[] = [];
   const autoPad = a.auto_pad as string | undefined;
   if (autoPad !== undefined && autoPad !== "NOTSET" && autoPad !== "VALID") p.push(`${where}: attribute auto_pad = ${autoPad} is not supported (only NOTSET and VALID; export with explicit pads)`);
   const ks = a.kernel_shape as number[] | undefined;
-  if (ks && ks.length !== 3 && ["Conv", "ConvTranspose", "MaxPool", "AveragePool"].includes(op)) p.push(`${where}: attribute kernel_shape has ${ks.length} axes; bhsd runs 3-D models`);
+  if (ks && ks.length !== 3 && SPATIAL_OPS.includes(op)) p.push(`${where}: attribute kernel_shape has ${ks.length} axes; bhsd runs 3-D models`);
+  // every number an attribute holds must be finite: NaN or ∞ eps, alpha or pads are refused here
+  for (const [k, v] of Object.entries(a)) {
+    const nums = typeof v === "number" ? [v] : Array.isArray(v) ? v : [];
+    if (nums.some((x) => !Number.isFinite(x))) p.push(`${where}: attribute ${k} = ${JSON.stringify(v)} is not finite`);
+  }
+  const ints = (k: string, lo: number, hi: number, len?: number) => {
+    const v = a[k];
+    if (v === undefined) return;
+    const xs = Array.isArray(v) ? v : [v as number];
+    if (typeof v === "string" || xs.some((x) => !Number.isInteger(x) || x < lo || x > hi) || (len !== undefined && xs.length !== len)) {
+      p.push(`${where}: attribute ${k} = ${JSON.stringify(v)} must be ${len !== undefined ? `${len} ` : ""}integers in ${lo}..${hi}`);
+    }
+  };
+  if (SPATIAL_OPS.includes(op)) {
+    ints("kernel_shape", 1, MAX_GEOMETRY, 3);
+    ints("strides", 1, MAX_STRIDE, 3);
+    ints("dilations", 1, MAX_STRIDE, 3);
+    ints("pads", 0, MAX_GEOMETRY, 6);
+    ints("output_padding", 0, MAX_GEOMETRY, 3);
+    ints("group", 1, 1 << 20);
+  }
+  for (const k of ["epsilon"]) {
+    const v = a[k];
+    if (v !== undefined && !(typeof v === "number" && v >= 0 && v < 1)) p.push(`${where}: attribute ${k} = ${v} must be a number in [0, 1)`);
+  }
+  if (a.alpha !== undefined && typeof a.alpha !== "number") p.push(`${where}: attribute alpha must be a number`);
   if (op === "Resize") {
     const mode = (a.mode as string | undefined) ?? "nearest";
     if (mode !== "nearest" && mode !== "linear") p.push(`${where}: attribute mode = ${mode} is not supported (nearest, linear)`);
@@ -208,30 +323,119 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[
     if (a.antialias) p.push(`${where}: attribute antialias = 1 is not supported`);
     if (a.exclude_outside) p.push(`${where}: attribute exclude_outside = 1 is not supported`);
   }
+  if (op === "Pad") {
+    const mode = (a.mode as string | undefined) ?? "constant";
+    if (!["constant", "edge", "reflect", "wrap"].includes(mode)) p.push(`${where}: attribute mode = ${mode} is not supported (constant, edge, reflect, wrap)`);
+  }
+  if (op === "Cast" && !CAST_FLOAT.has(a.to as 1) && !CAST_INT.has(a.to as number)) {
+    p.push(`${where}: attribute to = ${a.to} is not a type bhsd computes in (float, double and the integer types; float16/bfloat16 would change the numbers)`);
+  }
+  if (op === "Gelu" && a.approximate !== undefined && a.approximate !== "none" && a.approximate !== "tanh") p.push(`${where}: attribute approximate = ${a.approximate} must be none or tanh`);
+  if (op === "Einsum" && !/^[a-zA-Z]+,[a-zA-Z]+->[a-zA-Z]*$/.test(String(a.equation ?? "").replace(/\s/g, ""))) {
+    p.push(`${where}: attribute equation = ${JSON.stringify(a.equation)} is not a two-operand einsum with explicit output (bhsd runs "ab,bc->ac" forms)`);
+  }
+  if (op === "GroupNormalization") ints("num_groups", 1, 1 << 20);
   if (op === "ArgMax" && a.select_last_index) p.push(`${where}: attribute select_last_index = 1 is not supported`);
   if (op === "BatchNormalization" && a.training_mode) p.push(`${where}: attribute training_mode = 1 is not supported (inference only)`);
   if (op === "MaxPool" && a.storage_order) p.push(`${where}: attribute storage_order = 1 is not supported`);
   return p;
 }
 
+/**
+ * Checks that need the weights and constant inputs, made once constants are folded: a pad no
+ * smaller than the kernel's span (only padding in the output), a Slice step of 0 (an endless
+ * loop), a Reshape with two -1s, a Range with a zero step. Throws naming the node.
+ */
+export function checkConstantInputs(nodes: readonly GraphNode[], consts: ReadonlyMap<string, OnnxTensor>, label: string): void {
+  const problems: string[] = [];
+  const ints = (name: string | undefined) => (name ? consts.get(name)?.ints ?? (consts.get(name)?.f32 ? Array.from(consts.get(name)!.f32!) : undefined) : undefined);
+  for (const n of nodes) {
+    const where = `${label}: node ${n.name} (${n.opType})`;
+    if (SPATIAL_OPS.includes(n.opType)) {
+      const w = n.opType.endsWith("Pool") ? undefined : consts.get(n.inputs[1] ?? "")?.dims;
+      const k = (n.attrs.kernel_shape as number[] | undefined) ?? (w && w.length === 5 ? w.slice(2) : undefined);
+      const d = (n.attrs.dilations as number[] | undefined) ?? [1, 1, 1];
+      const pads = n.attrs.pads as number[] | undefined;
+      if (w && w.length !== 5) problems.push(`${where}: weight has shape [${w}]; bhsd runs 3-D convolutions ([Co, C, kD, kH, kW])`);
+      if (k && pads && n.opType !== "ConvTranspose") {
+        for (let i = 0; i < 3; i++) {
+          const span = d[i]! * (k[i]! - 1) + 1;
+          if (pads[i]! >= span || pads[i + 3]! >= span) problems.push(`${where}: pads [${pads}] reach past the kernel's span ${span} on axis ${i} (output made of padding only)`);
+        }
+      }
+    }
+    if (n.opType === "Slice") {
+      const steps = ints(n.inputs[4]);
+      if (steps?.some((v) => v === 0)) problems.push(`${where}: steps [${steps}] contain 0`);
+    }
+    if (n.opType === "Reshape") {
+      const shape = ints(n.inputs[1]);
+      if (shape && (shape.filter((v) => v === -1).length > 1 || shape.some((v) => v < -1))) problems.push(`${where}: shape [${shape}] may hold one -1 and no other negative`);
+    }
+    if (n.opType === "Range") {
+      const delta = ints(n.inputs[2]);
+      if (delta && delta[0] === 0) problems.push(`${where}: delta is 0`);
+    }
+  }
+  if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
+}
+
+/** Kahn's algorithm, linear in nodes and edges (a quadratic sort took 155 s on 40k reversed nodes). */
 function topoSort(nodes: GraphNode[], known: Set<string>, label: string): GraphNode[] {
+  const producer = new Map<string, number>();
+  nodes.forEach((n, k) => n.outputs.forEach((o) => o && producer.set(o, k)));
+  const waiting = new Array<number>(nodes.length).fill(0);
+  const readers = new Map<number, number[]>();
+  nodes.forEach((n, k) => {
+    for (const i of n.inputs) {
+      if (!i || known.has(i)) continue;
+      const p = producer.get(i);
+      if (p === undefined) throw new Error(`${label}: node ${n.name} needs ${i}, which nothing produces (a missing input)`);
+      waiting[k]!++;
+      const list = readers.get(p) ?? [];
+      list.push(k);
+      readers.set(p, list);
+    }
+  });
+  // ready nodes leave in file order (a min-heap of indices): exporters write graphs in an order
+  // whose buffer lifetimes are sensible, and a sort should not reshuffle it
+  const heap: number[] = [];
+  const push = (k: number) => {
+    let i = heap.push(k) - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (heap[p]! <= k) break;
+      heap[i] = heap[p]!;
+      i = p;
+    }
+    heap[i] = k;
+  };
+  const pop = (): number => {
+    const top = heap[0]!, last = heap.pop()!;
+    if (heap.length) {
+      let i = 0;
+      for (;;) {
+        let c = 2 * i + 1;
+        if (c >= heap.length) break;
+        if (c + 1 < heap.length && heap[c + 1]! < heap[c]!) c++;
+        if (heap[c]! >= last) break;
+        heap[i] = heap[c]!;
+        i = c;
+      }
+      heap[i] = last;
+    }
+    return top;
+  };
+  nodes.forEach((_, k) => waiting[k] === 0 && push(k));
   const out: GraphNode[] = [];
-  const have = new Set(known);
-  have.add("");
-  let pending = [...nodes];
-  while (pending.length) {
-    const next: GraphNode[] = [];
-    for (const n of pending) {
-      if (n.inputs.every((i) => have.has(i))) {
-        out.push(n);
-        n.outputs.forEach((o) => have.add(o));
-      } else next.push(n);
-    }
-    if (next.length === pending.length) {
-      const missing = next[0]!.inputs.filter((i) => !have.has(i));
-      throw new Error(`${label}: node ${next[0]!.name} needs ${missing.join(", ")}, which nothing produces (a cycle or a missing input)`);
-    }
-    pending = next;
+  while (heap.length) {
+    const k = pop();
+    out.push(nodes[k]!);
+    for (const r of readers.get(k) ?? []) if (--waiting[r]! === 0) push(r);
+  }
+  if (out.length !== nodes.length) {
+    const stuck = nodes.find((_, k) => waiting[k]! > 0)!;
+    throw new Error(`${label}: node ${stuck.name} is part of a cycle`);
   }
   return out;
 }
@@ -273,13 +477,16 @@ export function fuseActivations(graph: Graph): GraphNode[] {
  * it alone reads, for backends that normalise the convolution's output in place in the same call
  * (nodes from fuseActivations; the graph's own nodes are left as they are).
  */
-export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
+export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constants?: ReadonlySet<string>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
   const drop = new Set<GraphNode>();
   const fused = new Map<GraphNode, GraphNode>();
   for (const n of nodes) {
     if (n.opType !== "InstanceNormalization" || !n.inputs[1] || !n.inputs[2]) continue;
+    // the fused call reads the norm's scale and bias when the Conv runs: they must exist by then
+    // (MONAI's exports make them with Constant nodes after the Conv; folding turns those into weights)
+    if (constants && (!constants.has(n.inputs[1]) || !constants.has(n.inputs[2]))) continue;
     const p = producer.get(n.inputs[0]!);
     if (!p || p.opType !== "Conv" || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
     fused.set(p, {

@@ -7,6 +7,7 @@
  * is planned in place: each input's producer writes straight into its slice of the Concat's
  * buffer, and the Concat itself copies nothing.
  */
+import os from "node:os";
 import { basename } from "node:path";
 import { activeBackend } from "../backends/index.js";
 import type { Backend } from "../backends/types.js";
@@ -14,7 +15,8 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
-import { finalOutputs, fuseActivations, fuseConvNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import { CAST_FLOAT, checkConstantInputs, finalOutputs, fuseActivations, fuseConvNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import * as nd from "./nd.js";
 
 /** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
 export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
@@ -26,7 +28,16 @@ class Pool {
   private free = new Map<number, Float32Array[]>();
   liveBytes = 0;
   peakBytes = 0;
+  constructor(private readonly limit = Infinity) {}
+  /** Throws, before anything is allocated, when `bytes` more would pass the model's memoryLimit. */
+  check(bytes: number, what: string) {
+    if (this.liveBytes + bytes > this.limit) {
+      const mb = (b: number) => `${(b / 2 ** 20).toFixed(0)} MB`;
+      throw new RangeError(`${what} needs ${mb(bytes)} more with ${mb(this.liveBytes)} live: over the model's memoryLimit of ${mb(this.limit)}`);
+    }
+  }
   take(n: number): Float32Array {
+    this.check(n * 4, "an intermediate");
     const list = this.free.get(n);
     const a = list?.pop() ?? (allocArray("float32", n, "model intermediate") as Float32Array);
     this.liveBytes += n * 4;
@@ -101,14 +112,18 @@ export class Model {
   /** Values written into their Concat's buffer (CPU backends), by value name. */
   private readonly concatSlots = new Map<string, ConcatSlot>();
 
-  constructor(graph: Graph, name: string, config: ModelConfig) {
+  /** Bytes a run may hold in intermediates (loadModel's memoryLimit). */
+  readonly memoryLimit: number;
+
+  constructor(graph: Graph, name: string, config: ModelConfig, memoryLimit = defaultMemoryLimit()) {
     this.name = name;
+    this.memoryLimit = memoryLimit;
     this.config = config;
     this.inputs = graph.inputs;
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
-    this.nodes = fuseConvNorm(fuseActivations(graph), graph.outputs);
+    this.nodes = fuseConvNorm(fuseActivations(graph), graph.outputs, new Set(graph.initializers.keys()));
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
@@ -177,7 +192,8 @@ export class Model {
       env.set(i.name, { f: t });
     }
     be.constants?.(this.constArrays);
-    const pool = new Pool();
+    const pool = new Pool(this.memoryLimit);
+    const budget: nd.Budget = { check: (bytes, what) => pool.check(bytes, what) };
     if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
     const pooled = new Set<Float32Array>(); // buffers owned by the pool
     const refs = new Map<Float32Array, number>(); // live values per buffer (views share one)
@@ -258,7 +274,7 @@ export class Model {
         const slot = inPlace ? this.concatSlots.get(finalOutputs(n)[0]!) : undefined;
         const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
         if (done) concatsInPlace++;
-        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : alloc);
+        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : alloc, budget, this.opset);
         if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
@@ -327,7 +343,7 @@ function reshapeView(t: Tensor, shape: number[]): Value {
 }
 
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
-export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor): Promise<Value[]> {
+export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor, budget: nd.Budget = nd.NO_BUDGET, opset = 17): Promise<Value[]> {
   const at = n.attrs;
   const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
   switch (n.opType) {
@@ -356,17 +372,15 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
     }
     case "Add":
     case "Mul": {
-      if (a[0] && a[1] && "f" in a[0] && "f" in a[1]) return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc }) }];
-      const x = I(a[0], "A"), y = I(a[1], "B");
-      const len = Math.max(x.length, y.length);
-      const r = Array.from({ length: len }, (_, i) => (n.opType === "Add" ? x[x.length === 1 ? 0 : i]! + y[y.length === 1 ? 0 : i]! : x[x.length === 1 ? 0 : i]! * y[y.length === 1 ? 0 : i]!));
-      return [{ ints: r, shape: x.length >= y.length ? shapeOf(a[0]!) : shapeOf(a[1]!) }];
+      if (a[0] && a[1] && "f" in a[0] && "f" in a[1] && Math.max(a[0].f.shape.length, a[1].f.shape.length) <= 6) {
+        return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc }) }];
+      }
+      return runNd(n, a, budget, opset);
     }
     case "Concat": {
       const axis = (at.axis as number) ?? 0;
       if (a.every((v) => v && "f" in v)) return [{ f: await ops.concat(a.map((v) => (v as { f: Tensor }).f), axis, { alloc }) }];
-      const all = a.flatMap((v, k) => I(v, `input ${k}`));
-      return [{ ints: all, shape: [all.length] }];
+      return [fromNd(nd.concat(a.map((v, k) => toNd(v, `input ${k}`)), axis, budget, "Concat"))];
     }
     case "MaxPool":
     case "AveragePool": {
@@ -417,9 +431,8 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       return [{ ints: r, shape: [r.length] }];
     }
     case "Gather": {
-      const data = I(a[0], "data"), idx = I(a[1], "indices");
-      const r = idx.map((i) => data[i < 0 ? i + data.length : i]!);
-      return [{ ints: r, shape: shapeOf(a[1]!).length ? [r.length] : [] }];
+      const r = nd.gather(toNd(a[0], "data"), toNd(a[1], "indices"), (at.axis as number | undefined) ?? 0, budget, "Gather");
+      return [fromNd(r)];
     }
     case "Unsqueeze":
     case "Squeeze": {
@@ -438,31 +451,295 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       return ["f" in v ? reshapeView(v.f, ns) : { ints: v.ints, shape: ns }];
     }
     case "Cast": {
-      const v = a[0]!;
-      const to = at.to as number;
-      if (to === 1) return ["f" in v ? v : { f: { data: Float32Array.from(v.ints), shape: v.shape.length ? v.shape : [1] } }];
-      return ["f" in v ? { ints: Array.from(v.f.data, Math.trunc), shape: v.f.shape } : v];
+      const v = a[0]!, to = at.to as number;
+      if (CAST_FLOAT.has(to as 1)) return ["f" in v ? v : { f: { data: allocFloats(v.ints.length, budget, "Cast").map((_, i) => v.ints[i]!) as Float32Array, shape: v.shape } }];
+      // integer types: truncation toward zero, then wrapped into the type's range as C casts do
+      const wrap = intWrap(to);
+      const src = "f" in v ? v.f.data : v.ints;
+      if (src.length > (1 << 24)) throw new RangeError(`Cast to an integer type of ${src.length} values: integer tensors are shape glue here`);
+      const ints = Array.from(src, (x) => {
+        if (!Number.isFinite(x)) throw new RangeError(`Cast of ${x} to an integer type`);
+        return to === 9 ? (x !== 0 ? 1 : 0) : wrap(Math.trunc(x) + 0); // bool: any non-zero; + 0: no -0 among integers
+      });
+      return [{ ints, shape: shapeOf(v) }];
     }
     case "Slice": {
-      const data = I(a[0], "data"), starts = I(a[1], "starts"), ends = I(a[2], "ends");
-      if (shapeOf(a[0]!).length > 1) throw new Error("Slice runs on 1-D shape tensors only");
-      const step = a[4] ? I(a[4], "steps")[0]! : 1;
-      const clamp = (x: number) => Math.max(0, Math.min(data.length, x < 0 ? x + data.length : x));
-      const r: number[] = [];
-      for (let i = clamp(starts[0]!); step > 0 ? i < clamp(ends[0]!) : i > clamp(ends[0]!); i += step) r.push(data[i]!);
-      return [{ ints: r, shape: [r.length] }];
+      const x = toNd(a[0], "data");
+      const starts = I(a[1], "starts"), ends = I(a[2], "ends");
+      const axes = a[3] ? I(a[3], "axes") : undefined, steps = a[4] ? I(a[4], "steps") : undefined;
+      return [fromNd(nd.slice(x, starts, ends, axes, steps, budget, "Slice"))];
     }
     case "Reshape": {
-      const x = F(a[0], "data");
-      const want = I(a[1], "shape").map((d, i) => (d === 0 && !at.allowzero ? x.shape[i]! : d));
+      const x = a[0]!;
+      const s0 = shapeOf(x), len = prod(s0);
+      const spec = I(a[1], "shape");
+      const want = spec.map((d, i) => {
+        if (d === 0 && !at.allowzero) {
+          if (i >= s0.length) throw new RangeError(`Reshape: 0 at position ${i} copies an axis the input [${s0}] does not have`);
+          return s0[i]!;
+        }
+        return d;
+      });
+      const holes = want.filter((d) => d === -1).length;
+      if (holes > 1 || want.some((d) => !Number.isInteger(d) || d < -1)) throw new RangeError(`Reshape to [${spec}]: dimensions must be integers ≥ 0 with at most one -1`);
       const known = prod(want.filter((d) => d !== -1));
-      return [reshapeView(x, want.map((d) => (d === -1 ? x.data.length / known : d)))];
+      if (holes === 1) {
+        if (known === 0 || len % known !== 0) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}]: ${len} is not a multiple of ${known}`);
+      } else if (known !== len) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}] (${known} values)`);
+      const shape = want.map((d) => (d === -1 ? len / known : d));
+      return ["f" in x ? reshapeView(x.f, shape) : { ints: x.ints, shape }];
     }
     case "Flatten": {
       const x = F(a[0], "input");
       const ax = (at.axis as number) ?? 1;
       return [reshapeView(x, [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))])];
     }
+    default:
+      return runNd(n, a, budget, opset);
+  }
+}
+
+/** The executor's view of a value as an N-d array (float32 data, or integer numbers). */
+function toNd(v: Value | undefined, what: string): nd.Nd {
+  if (!v) throw new Error(`${what} is missing`);
+  return "f" in v ? { data: v.f.data, shape: v.f.shape, int: false } : { data: v.ints, shape: v.shape, int: true };
+}
+function fromNd(x: nd.Nd): Value {
+  return x.int ? { ints: x.data as number[], shape: x.shape } : { f: { data: x.data as Float32Array, shape: x.shape } };
+}
+function allocFloats(n: number, budget: nd.Budget, what: string): Float32Array {
+  budget.check(n * 4, what);
+  return allocArray("float32", n, what) as Float32Array;
+}
+/** C's conversion of an integer into each ONNX integer type. */
+function intWrap(to: number): (x: number) => number {
+  switch (to) {
+    case 2: return (x) => x & 0xff;
+    case 3: return (x) => (x << 24) >> 24;
+    case 4: return (x) => x & 0xffff;
+    case 5: return (x) => (x << 16) >> 16;
+    case 6: return (x) => x | 0;
+    case 12: return (x) => x >>> 0;
+    case 9: return (x) => (x !== 0 ? 1 : 0);
+    default: return (x) => x; // int64/uint64: exact below 2^53
+  }
+}
+
+const UNARY: Record<string, (x: number, at: Record<string, Attr>) => number> = {
+  Sqrt: (x) => Math.sqrt(x),
+  Exp: (x) => Math.exp(x),
+  Log: (x) => Math.log(x),
+  Tanh: (x) => Math.tanh(x),
+  Erf: (x) => nd.erf(x),
+  Neg: (x) => -x,
+  Abs: (x) => Math.abs(x),
+  Reciprocal: (x) => 1 / x,
+  Floor: (x) => Math.floor(x),
+  Ceil: (x) => Math.ceil(x),
+  Round: (x) => { const f = Math.floor(x), d = x - f; return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1; },
+  Sign: (x) => Math.sign(x),
+  Softplus: (x) => (x > 20 ? x : Math.log1p(Math.exp(x))),
+  Elu: (x, at) => (x >= 0 ? x : ((at.alpha as number | undefined) ?? 1) * Math.expm1(x)),
+  Selu: (x, at) => ((at.gamma as number | undefined) ?? 1.0507009873554805) * (x > 0 ? x : ((at.alpha as number | undefined) ?? 1.6732632423543772) * Math.expm1(x)),
+  HardSigmoid: (x, at) => Math.max(0, Math.min(1, ((at.alpha as number | undefined) ?? 0.2) * x + ((at.beta as number | undefined) ?? 0.5))),
+  Gelu: (x, at) => (at.approximate === "tanh" ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))) : 0.5 * x * (1 + nd.erf(x / Math.SQRT2))),
+  Not: (x) => (x ? 0 : 1),
+  Relu: (x) => (x > 0 ? x : 0),
+  Sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+  LeakyRelu: (x, at) => (x >= 0 ? x : ((at.alpha as number | undefined) ?? 0.01) * x),
+};
+const BOOL_OUT = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
+const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
+  Add: (x, y) => x + y,
+  Sub: (x, y) => x - y,
+  Mul: (x, y) => x * y,
+  Div: (x, y, int) => (int ? (y === 0 ? 0 : Math.trunc(x / y)) : x / y),
+  Pow: (x, y) => Math.pow(x, y),
+  Max: (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.max(x, y)),
+  Min: (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.min(x, y)),
+  Sum: (x, y) => x + y,
+  Equal: (x, y) => (x === y ? 1 : 0),
+  Less: (x, y) => (x < y ? 1 : 0),
+  Greater: (x, y) => (x > y ? 1 : 0),
+  LessOrEqual: (x, y) => (x <= y ? 1 : 0),
+  GreaterOrEqual: (x, y) => (x >= y ? 1 : 0),
+  And: (x, y) => (x && y ? 1 : 0),
+  Or: (x, y) => (x || y ? 1 : 0),
+};
+
+/** The ops of real exports beyond a U-Net's blocks, on N-d arrays (see nd.ts). */
+function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset: number): Value[] {
+  const at = n.attrs, op = n.opType, what = op;
+  const x = () => toNd(a[0], "input");
+  if (op in UNARY) {
+    const f = UNARY[op]!, v = x();
+    return [fromNd(nd.mapN([v], op === "Not" ? true : v.int && ["Neg", "Abs", "Sign", "Relu"].includes(op), (t) => f(t, at), budget, what))];
+  }
+  if (op in BINARY) {
+    const ins = a.filter((v): v is Value => v !== undefined).map((v, k) => toNd(v, `input ${k}`));
+    if (ins.length === 0) throw new Error("needs at least one input");
+    const f = BINARY[op]!;
+    const int = ins.every((v) => v.int);
+    let r = ins[0]!;
+    for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], BOOL_OUT.has(op) || int, (p, q) => f(p, q, int), budget, what);
+    if (ins.length === 1) r = nd.mapN([r], int, (p) => p, budget, what);
+    return [fromNd(r)];
+  }
+  switch (op) {
+    case "Mean": {
+      const ins = a.filter((v): v is Value => v !== undefined).map((v, k) => toNd(v, `input ${k}`));
+      let r = ins[0]!;
+      for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], false, (p, q) => p + q, budget, what);
+      return [fromNd(nd.mapN([r], false, (p) => p / ins.length, budget, what))];
+    }
+    case "Where": {
+      const c = toNd(a[0], "condition"), p = toNd(a[1], "X"), q = toNd(a[2], "Y");
+      return [fromNd(nd.mapN([c, p, q], p.int && q.int, (k, u, v) => (k ? u : v), budget, what))];
+    }
+    case "Clip": {
+      const v = x();
+      const lo = a[1] ? toNd(a[1], "min").data[0]! : ((at.min as number | undefined) ?? -Infinity);
+      const hi = a[2] ? toNd(a[2], "max").data[0]! : ((at.max as number | undefined) ?? Infinity);
+      return [fromNd(nd.mapN([v], v.int, (t) => (Number.isNaN(t) ? t : Math.min(hi, Math.max(lo, t))), budget, what))];
+    }
+    case "Transpose":
+      return [fromNd(nd.transpose(x(), at.perm as number[] | undefined, budget, what))];
+    case "ReduceMean":
+    case "ReduceSum":
+    case "ReduceMax":
+    case "ReduceMin":
+    case "ReduceProd": {
+      const kind = op.slice(6).toLowerCase() as nd.ReduceKind;
+      // axes: an attribute before opset 18 (ReduceSum: 13), an input after
+      const axesIn = a[1] ? I(a[1], "axes") : undefined;
+      const axes = axesIn ?? ((at.axes as number[] | undefined) ?? []);
+      const v = x();
+      if (axes.length === 0 && at.noop_with_empty_axes) return [fromNd(v)];
+      return [fromNd(nd.reduce(v, axes, (at.keepdims as number | undefined) !== 0, kind, budget, what))];
+    }
+    case "Softmax":
+    case "LogSoftmax":
+      return [fromNd(nd.softmaxAxis(x(), (at.axis as number | undefined) ?? (opset >= 13 ? -1 : 1), op === "LogSoftmax", budget, what))];
+    case "LayerNormalization": {
+      const v = x();
+      const axis = nd.normAxis((at.axis as number | undefined) ?? -1, v.shape.length, "LayerNormalization axis");
+      const inner = prod(v.shape.slice(axis));
+      const sc = a[1] ? toNd(a[1], "Scale") : null, bi = a[2] ? toNd(a[2], "B") : null;
+      for (const [t, nm] of [[sc, "Scale"], [bi, "B"]] as const) if (t && t.data.length !== inner && t.data.length !== 1) throw new RangeError(`${nm} has ${t.data.length} values for a normalised extent of ${inner}`);
+      return [fromNd(nd.normalizeTrailing(v, inner, (at.epsilon as number | undefined) ?? 1e-5, sc, bi, budget, what))];
+    }
+    case "GroupNormalization": {
+      const v = x();
+      if (v.shape.length < 3) throw new RangeError(`input [${v.shape}] must be [N, C, ...spatial]`);
+      const [N, C] = v.shape as [number, number];
+      const G = at.num_groups as number;
+      if (!G || C % G) throw new RangeError(`${C} channels do not split into ${G} groups`);
+      const S = prod(v.shape.slice(2)), per = (C / G) * S;
+      const normed = nd.normalizeTrailing(v, per, (at.epsilon as number | undefined) ?? 1e-5, null, null, budget, what);
+      const sc = toNd(a[1], "scale"), bi = toNd(a[2], "bias");
+      // opset 18 gives scale and bias per group, opset 21 per channel
+      const perChannel = sc.data.length === C;
+      if ((sc.data.length !== C && sc.data.length !== G) || bi.data.length !== sc.data.length) throw new RangeError(`scale and bias need ${C} (per channel) or ${G} (per group) values`);
+      const y = normed.data as Float32Array;
+      for (let b = 0; b < N; b++) for (let c = 0; c < C; c++) {
+        const k = perChannel ? c : Math.floor(c / (C / G));
+        const g = sc.data[k]!, o = bi.data[k]!, base = (b * C + c) * S;
+        for (let i = 0; i < S; i++) y[base + i] = y[base + i]! * g + o;
+      }
+      return [fromNd(normed)];
+    }
+    case "MatMul":
+      return [fromNd(nd.matmul(toNd(a[0], "A"), toNd(a[1], "B"), budget, what))];
+    case "Gemm": {
+      let A = toNd(a[0], "A"), B = toNd(a[1], "B");
+      if (A.shape.length !== 2 || B.shape.length !== 2) throw new RangeError("Gemm takes 2-D A and B");
+      if (at.transA) A = nd.transpose(A, [1, 0], budget, what);
+      if (at.transB) B = nd.transpose(B, [1, 0], budget, what);
+      const alpha = (at.alpha as number | undefined) ?? 1, beta = (at.beta as number | undefined) ?? 1;
+      let y = nd.matmul(A, B, budget, what);
+      if (alpha !== 1) y = nd.mapN([y], false, (t) => alpha * t, budget, what);
+      if (a[2]) y = nd.mapN([y, toNd(a[2], "C")], false, (p, q) => p + beta * q, budget, what);
+      return [fromNd(y)];
+    }
+    case "Einsum":
+      if (a.length !== 2) throw new RangeError(`Einsum with ${a.length} operands (bhsd runs two)`);
+      return [fromNd(nd.einsum(String(at.equation), toNd(a[0], "A"), toNd(a[1], "B"), budget, what))];
+    case "Pad": {
+      const v = x();
+      const mode = (at.mode as string | undefined) ?? "constant";
+      let pads = a[1] ? I(a[1], "pads") : ((at.pads as number[] | undefined) ?? []);
+      const value = a[2] ? (toNd(a[2], "constant_value").data[0] ?? 0) : ((at.value as number | undefined) ?? 0);
+      if (a[3]) {
+        // opset 18: pads for the listed axes only
+        const axes = I(a[3], "axes").map((ax) => nd.normAxis(ax, v.shape.length, "Pad axis"));
+        const full = new Array<number>(2 * v.shape.length).fill(0);
+        axes.forEach((ax, k) => ((full[ax] = pads[k]!), (full[ax + v.shape.length] = pads[k + axes.length]!)));
+        pads = full;
+      }
+      if (pads.some((p) => !Number.isInteger(p) || Math.abs(p) > 1 << 20)) throw new RangeError(`pads [${pads}] must be integers of sane size`);
+      return [fromNd(nd.pad(v, pads, mode, value, budget, what))];
+    }
+    case "ConstantOfShape": {
+      const shape = I(a[0], "input");
+      if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new RangeError(`shape [${shape}] must hold non-negative integers`);
+      const t = at.value as OnnxTensor | undefined;
+      const int = t !== undefined && !t.f32;
+      const fill = t ? (t.f32 ? t.f32[0]! : t.ints![0]!) : 0;
+      const r = nd.alloc(shape, int, budget, what);
+      if (fill !== 0) r.data.fill(fill);
+      return [fromNd(r)];
+    }
+    case "Expand": {
+      const v = x();
+      return [fromNd(nd.mapN([v], v.int, (p) => p, budget, what, I(a[1], "shape")))];
+    }
+    case "Tile": {
+      const v = x(), reps = I(a[1], "repeats");
+      if (reps.length !== v.shape.length || reps.some((r) => !Number.isInteger(r) || r < 0)) throw new RangeError(`repeats [${reps}] must be ${v.shape.length} non-negative integers`);
+      const shape = v.shape.map((d, i) => d * reps[i]!);
+      const out = nd.alloc(shape, v.int, budget, what);
+      const st = nd.stridesOf(v.shape), idx = new Array<number>(shape.length).fill(0);
+      for (let i = 0; i < out.data.length; i++) {
+        let off = 0;
+        for (let d = 0; d < shape.length; d++) off += (idx[d]! % v.shape[d]!) * st[d]!;
+        out.data[i] = v.data[off]!;
+        for (let d = shape.length - 1; d >= 0; d--) {
+          idx[d]!++;
+          if (idx[d]! < shape[d]!) break;
+          idx[d] = 0;
+        }
+      }
+      return [fromNd(out)];
+    }
+    case "Range": {
+      const s0 = toNd(a[0], "start"), lim = toNd(a[1], "limit"), dl = toNd(a[2], "delta");
+      const st = s0.data[0]!, li = lim.data[0]!, de = dl.data[0]!;
+      if (!(de !== 0) || !Number.isFinite(st) || !Number.isFinite(li) || !Number.isFinite(de)) throw new RangeError(`Range(${st}, ${li}, ${de}) needs a non-zero delta and finite bounds`);
+      const count = Math.max(Math.ceil((li - st) / de), 0);
+      const r = nd.alloc([count], s0.int, budget, what);
+      for (let i = 0; i < count; i++) r.data[i] = st + i * de;
+      return [fromNd(r)];
+    }
+    case "Split": {
+      const v = x();
+      const axis = nd.normAxis((at.axis as number | undefined) ?? 0, v.shape.length, "Split axis");
+      const d = v.shape[axis]!, outs = n.outputs.length;
+      let parts = a[1] ? I(a[1], "split") : (at.split as number[] | undefined);
+      if (!parts) {
+        const k = (at.num_outputs as number | undefined) ?? outs;
+        const each = Math.ceil(d / k);
+        parts = Array.from({ length: k }, (_, i) => Math.max(0, Math.min(each, d - i * each)));
+      }
+      if (parts.length !== outs || parts.reduce((p, q) => p + q, 0) !== d || parts.some((p) => p < 0)) throw new RangeError(`split [${parts}] does not divide axis ${axis} of [${v.shape}] into ${outs} outputs`);
+      let start = 0;
+      return parts.map((p) => {
+        const r = nd.slice(v, [start], [start + p], [axis], [1], budget, what);
+        start += p;
+        return fromNd(r);
+      });
+    }
+    case "Size":
+      return [{ ints: [prod(shapeOf(a[0]!))], shape: [] }];
     default:
       throw new Error(`op ${n.opType} is not supported`);
   }
@@ -477,12 +754,66 @@ function shapeOf(v: Value): number[] {
  * beside the file (`<model>.json`), else nnU-Net's plans.json/dataset.json beside it, else the
  * model's metadata_props, else defaults. A model the engine cannot run fails here.
  */
-export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig>): Promise<Model> {
+export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number }): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(`Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`);
   }
+  const { memoryLimit, ...rest } = config ?? {};
+  if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
+    throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
+  }
   const graph = await parseModel(onnxPathOrBytes);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
-  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, config);
-  return new Model(graph, name, cfg);
+  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, config ? rest : undefined);
+  const limit = memoryLimit ?? defaultMemoryLimit();
+  await foldConstants(graph, limit);
+  checkConstantInputs(graph.nodes, graph.initializers, typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : "<model bytes>");
+  return new Model(graph, name, cfg, limit);
+}
+
+/** Half the machine's memory, at most 8 GiB: what one model run may hold unless told otherwise. */
+export function defaultMemoryLimit(): number {
+  return Math.min(os.totalmem() / 2, 8 * 2 ** 30);
+}
+
+/**
+ * Runs, once at load, every node whose inputs are all constants (Constant nodes, shape glue on
+ * weights, a norm's scale made by a Constant …) and makes its results initializers: the run does
+ * less, and fusions see the weights they need. Results are bounded by `limit`.
+ */
+async function foldConstants(graph: Graph, limit: number): Promise<void> {
+  const known = new Map<string, Value>();
+  for (const [k, t] of graph.initializers) known.set(k, constValue(t));
+  let held = 0;
+  const budget: nd.Budget = {
+    check: (bytes, what) => {
+      if (held + bytes > limit) throw new RangeError(`${what}: folding constants needs more than the model's memoryLimit`);
+    },
+  };
+  const alloc = (shape: number[]): Tensor => {
+    budget.check(prod(shape) * 4, "a folded constant");
+    return { data: allocArray("float32", prod(shape), "folded constant") as Float32Array, shape };
+  };
+  const keep: GraphNode[] = [];
+  for (const n of graph.nodes) {
+    const foldable = n.inputs.every((i) => !i || known.has(i)) && !graph.outputs.some((o) => n.outputs.includes(o)) && n.opType !== "Dropout";
+    if (!foldable) {
+      keep.push(n);
+      continue;
+    }
+    let results: Value[];
+    try {
+      results = await runNode(n, n.inputs.map((i) => (i ? known.get(i) : undefined)), alloc, budget, graph.opset);
+    } catch (e) {
+      throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`);
+    }
+    results.forEach((v, k) => {
+      const o = n.outputs[k];
+      if (!o) return;
+      known.set(o, v);
+      held += "f" in v ? v.f.data.byteLength : 0;
+      graph.initializers.set(o, "f" in v ? { dims: v.f.shape, dataType: 1, f32: v.f.data } : { dims: v.shape, dataType: 7, ints: v.ints });
+    });
+  }
+  graph.nodes = keep;
 }
