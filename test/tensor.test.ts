@@ -306,3 +306,14 @@ test.serial("conv3dInstanceNorm equals onnxruntime's Conv → InstanceNormalizat
     await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, activation: "gelu" as never }, { padding: 1, groups: 2 }), { message: /norm.activation/ });
   }
 });
+
+// PyTorch 1.13: max_pool3d(tensor([5, nan, 1, 2]).view(1,1,1,1,4), (1,1,2)) → [nan, 2]: a NaN in a
+// window wins, as in torch (the kernels kept the larger number and dropped the NaN)
+for (const { name, backend } of backendsUnderTest()) {
+  test(`${name}: maxPool3d propagates NaN as PyTorch's max_pool3d`, async (t) => {
+    setBackend(backend().name);
+    const y = await maxPool3d({ data: Float32Array.of(5, NaN, 1, 2), shape: [1, 1, 1, 1, 4] }, { kernel: [1, 1, 2], stride: [1, 1, 2] });
+    t.true(Number.isNaN(y.data[0]));
+    t.is(y.data[1], 2);
+  });
+}

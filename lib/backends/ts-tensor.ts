@@ -233,7 +233,7 @@ export const tsTensor: TensorBackend = {
                   const iw = ow * s[2] - p[2] + c * d[2];
                   if (iw < 0 || iw >= W) continue;
                   const v = x[xb + (id * H + ih) * W + iw]!;
-                  if (max) acc = v > acc ? v : acc;
+                  if (max) acc = v > acc || v !== v ? v : acc; // NaN propagates, as PyTorch's max_pool3d
                   else acc += v;
                   inside++;
                 }

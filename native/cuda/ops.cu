@@ -155,7 +155,7 @@ __global__ void pool_kernel(const float* x, float* y, std::int64_t n, Pool3 g, b
           const std::int64_t iw = ow * g.s[2] - g.p[2] + c * g.d[2];
           if (iw < 0 || iw >= g.in[2]) continue;
           const double v = px[(id * g.in[1] + ih) * g.in[2] + iw];
-          if (max) acc = v > acc ? v : acc;
+          if (max) acc = v > acc || v != v ? v : acc;  // NaN propagates, as PyTorch's max_pool3d
           else acc += v;
           ++inside;
         }

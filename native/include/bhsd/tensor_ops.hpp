@@ -424,7 +424,7 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
                 const std::int64_t iw = ow * s[2] - p[2] + c * d[2];
                 if (iw < 0 || iw >= W) continue;
                 const double v = px[(id * H + ih) * W + iw];
-                if (max) acc = v > acc ? v : acc;
+                if (max) acc = v > acc || v != v ? v : acc;  // NaN propagates, as PyTorch's max_pool3d
                 else acc += v;
                 ++inside;
               }
