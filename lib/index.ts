@@ -24,6 +24,7 @@ export { type ModelConfig, type Normalization, defaultConfig, fromNnunet } from 
 export { encodeModel } from "./model/onnx-proto.js";
 export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
 export { resampleVolume } from "./model/resample.js";
+export { loadNnunet, NnunetModel, CheckpointError, type LoadNnunetOptions, type Fold, type Architecture } from "./model/nnunet/index.js";
 export type { ServeOptions } from "./server/server.js";
 /** The REST service (fastify is loaded only when it is asked for). */
 export async function createServer(options?: import("./server/server.js").ServeOptions) {

@@ -1,0 +1,408 @@
+/**
+ * PyTorch's zip checkpoints (`torch.save`, PyTorch ≥ 1.6), read without Python.
+ *
+ * The file is a zip archive (entries stored, not compressed, by PyTorch's writer) holding
+ * `<root>/data.pkl` — a pickle of the saved object — and one record `<root>/data/<key>` per tensor
+ * storage (raw little-endian bytes). The pickle refers to a storage by a persistent id
+ * `('storage', torch.FloatStorage, '<key>', '<location>', numel)` and rebuilds tensors with
+ * `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`.
+ *
+ * Safety: the pickle is parsed by pickleparser, which executes nothing; every global the pickle
+ * names goes through `resolveGlobal` below. Globals PyTorch and nnU-Net write are understood, other
+ * globals of the torch / numpy / nnU-Net namespaces become inert placeholders (an optimiser, a
+ * grad scaler: skipped, an error only where the caller needs that value), and any other global
+ * (`posix.system`, `builtins.eval`, …) refuses the file. Storages are not read while parsing:
+ * tensors are `TensorRef`s, and only those the caller asks for are read, each checked against the
+ * zip entry's declared size before a byte is allocated. The zip's declared sizes are checked too:
+ * yauzl refuses an entry whose data is longer than declared, and a declared size above the limits
+ * (or above what deflate can produce from the compressed bytes) is refused before reading.
+ */
+import { stat } from "node:fs/promises";
+import { createRequire } from "node:module";
+import type { Readable } from "node:stream";
+import type * as Yauzl from "yauzl";
+
+const require = createRequire(import.meta.url);
+// Both are CommonJS; loaded through require as the project does for protobufjs.
+const yauzl = require("yauzl") as typeof Yauzl;
+const { Parser } = require("pickleparser") as typeof import("pickleparser");
+
+export type StorageDType = "float32" | "float64" | "float16" | "bfloat16" | "int64" | "int32" | "int16" | "int8" | "uint8" | "bool";
+
+const STORAGE_TYPES: Record<string, { dtype: StorageDType; bytes: number }> = {
+  FloatStorage: { dtype: "float32", bytes: 4 },
+  DoubleStorage: { dtype: "float64", bytes: 8 },
+  HalfStorage: { dtype: "float16", bytes: 2 },
+  BFloat16Storage: { dtype: "bfloat16", bytes: 2 },
+  LongStorage: { dtype: "int64", bytes: 8 },
+  IntStorage: { dtype: "int32", bytes: 4 },
+  ShortStorage: { dtype: "int16", bytes: 2 },
+  CharStorage: { dtype: "int8", bytes: 1 },
+  ByteStorage: { dtype: "uint8", bytes: 1 },
+  BoolStorage: { dtype: "bool", bytes: 1 },
+};
+
+/** A storage type named in the pickle (`torch.FloatStorage`). */
+class StorageType {
+  constructor(readonly name: string, readonly dtype: StorageDType, readonly bytes: number) {}
+}
+
+/** A storage the pickle refers to; its bytes stay in the zip until asked for. */
+export class StorageRef {
+  constructor(readonly key: string, readonly dtype: StorageDType, readonly itemBytes: number, readonly numel: number, readonly location: string) {}
+}
+
+/** A tensor of the pickle: a view of a storage (not read). */
+export class TensorRef {
+  constructor(
+    readonly storage: StorageRef,
+    readonly offset: number,
+    readonly shape: number[],
+    readonly stride: number[],
+  ) {}
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get dtype(): StorageDType {
+    return this.storage.dtype;
+  }
+}
+
+/** A value of a global the reader does not interpret (an optimiser's class, a torch.device …). */
+export class Opaque {
+  state: unknown;
+  constructor(readonly global: string, readonly args: unknown[]) {}
+  __setstate__(state: unknown) {
+    this.state = state;
+  }
+}
+
+/** A Python dict / OrderedDict (a Map; an OrderedDict's BUILD state, e.g. `_metadata`, is kept aside). */
+export class PyDict extends Map<unknown, unknown> {
+  state: unknown;
+  __setstate__(state: unknown) {
+    this.state = state;
+  }
+}
+
+/** torch.device(type[, index]). */
+export class TorchDevice {
+  constructor(readonly type: string, readonly index: number | null) {}
+  toString() {
+    return this.index === null ? this.type : `${this.type}:${this.index}`;
+  }
+}
+
+/** A numpy dtype as pickled (`numpy.dtype('f8', False, True)` then BUILD with its state tuple). */
+class NumpyDType {
+  state: unknown;
+  constructor(readonly str: string) {}
+  __setstate__(state: unknown) {
+    this.state = state;
+  }
+}
+
+export class CheckpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CheckpointError";
+  }
+}
+
+export interface CheckpointLimits {
+  /** Largest checkpoint file accepted (bytes). Default 4 GiB. */
+  maxBytes?: number;
+  /** Largest `data.pkl` accepted (bytes, uncompressed). Default 256 MiB. */
+  maxPickleBytes?: number;
+  /** Most zip entries accepted. Default 1,000,000. */
+  maxEntries?: number;
+}
+
+const DEFAULTS: Required<CheckpointLimits> = { maxBytes: 4 * 2 ** 30, maxPickleBytes: 256 * 2 ** 20, maxEntries: 1_000_000 };
+
+/** Modules whose globals become inert placeholders when the reader does not know them. */
+const INERT_NAMESPACES = ["torch.", "numpy.", "collections.", "nnunetv2.", "dynamic_network_architectures.", "batchgenerators."];
+
+const label = (module: string, name: string) => `${module}.${name}`;
+
+function resolveGlobal(module: string, name: string, where: string): (...args: unknown[]) => unknown {
+  const fqn = label(module, name);
+  switch (fqn) {
+    case "collections.OrderedDict":
+    case "builtins.dict":
+      return (items?: unknown) => {
+        const d = new PyDict();
+        if (Array.isArray(items)) for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+        return d;
+      };
+    case "torch._utils._rebuild_tensor_v2":
+    case "torch._utils._rebuild_tensor":
+      return (storage: unknown, offset: unknown, size: unknown, stride: unknown) => {
+        if (!(storage instanceof StorageRef)) throw new CheckpointError(`${where}: ${fqn} got ${typeName(storage)} instead of a storage`);
+        if (!isIntArray(size) || !isIntArray(stride) || size.length !== stride.length || !Number.isSafeInteger(offset) || (offset as number) < 0)
+          throw new CheckpointError(`${where}: ${fqn} got a malformed size/stride/offset (${JSON.stringify([size, stride, offset])})`);
+        return new TensorRef(storage, offset as number, size, stride);
+      };
+    case "torch._utils._rebuild_parameter":
+    case "torch._utils._rebuild_parameter_with_state":
+      return (data: unknown) => data;
+    case "torch.device":
+      return (type: unknown, index?: unknown) => {
+        if (typeof type !== "string") throw new CheckpointError(`${where}: torch.device got ${typeName(type)}`);
+        const [t, i] = type.split(":");
+        return new TorchDevice(t!, typeof index === "number" ? index : i !== undefined ? Number(i) : null);
+      };
+    case "torch.Size":
+      return (dims: unknown) => dims;
+    case "_codecs.encode":
+      return (s: unknown, encoding?: unknown) => {
+        if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
+        if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1") return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
+        return new TextEncoder().encode(s);
+      };
+    case "numpy.dtype":
+      return (str: unknown) => new NumpyDType(String(str));
+    case "numpy.core.multiarray.scalar":
+    case "numpy._core.multiarray.scalar":
+      return (dtype: unknown, bytes: unknown) => numpyScalar(dtype, bytes) ?? new Opaque(fqn, [dtype, bytes]);
+    case "builtins.set":
+    case "builtins.frozenset":
+      return (items?: unknown) => (Array.isArray(items) ? [...items] : []);
+  }
+  if (module === "torch" && STORAGE_TYPES[name]) {
+    const st = STORAGE_TYPES[name]!;
+    return Object.assign(() => new StorageType(name, st.dtype, st.bytes), { storageType: new StorageType(name, st.dtype, st.bytes) });
+  }
+  if (INERT_NAMESPACES.some((p) => fqn.startsWith(p)) || fqn === "copyreg._reconstructor" || fqn === "builtins.object" || fqn === "builtins.slice" || fqn === "builtins.complex") {
+    return function (...args: unknown[]) {
+      return new Opaque(fqn, args);
+    };
+  }
+  throw new CheckpointError(
+    `${where}: the pickle names the Python global "${fqn}", which a PyTorch or nnU-Net checkpoint never holds; the file is refused (nothing in it was run)`,
+  );
+}
+
+function numpyScalar(dtype: unknown, bytes: unknown): number | undefined {
+  if (!(dtype instanceof NumpyDType) || !(bytes instanceof Uint8Array)) return undefined;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const want = (n: number) => bytes.byteLength === n;
+  switch (dtype.str) {
+    case "f8": return want(8) ? dv.getFloat64(0, true) : undefined;
+    case "f4": return want(4) ? dv.getFloat32(0, true) : undefined;
+    case "i8": return want(8) ? Number(dv.getBigInt64(0, true)) : undefined;
+    case "i4": return want(4) ? dv.getInt32(0, true) : undefined;
+    case "b1": return want(1) ? bytes[0]! : undefined;
+  }
+  return undefined;
+}
+
+const isIntArray = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && x >= 0);
+
+export function typeName(v: unknown): string {
+  if (v === null || v === undefined) return "None";
+  if (v instanceof Opaque) return `an object of ${v.global}`;
+  if (v instanceof TensorRef) return `a tensor`;
+  if (v instanceof Map) return "a dict";
+  if (Array.isArray(v)) return "a list/tuple";
+  if (v instanceof Uint8Array) return "bytes";
+  return `a ${typeof v}`;
+}
+
+/** An open checkpoint: its pickled object (dicts as PyDict) and a reader for its tensors. */
+export interface Checkpoint {
+  path: string;
+  /** The unpickled object; tensors are TensorRefs. */
+  root: unknown;
+  /** Reads a float tensor (float32 storage, contiguous) into a new Float32Array. */
+  readFloat32(t: TensorRef, name: string): Promise<Float32Array>;
+  close(): void;
+}
+
+function openZip(path: string): Promise<Yauzl.ZipFile> {
+  return new Promise((resolve, reject) =>
+    yauzl.open(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false }, (err, zf) => (err ? reject(err) : resolve(zf!))),
+  );
+}
+
+function listEntries(zf: Yauzl.ZipFile, max: number, where: string): Promise<Map<string, Yauzl.Entry>> {
+  return new Promise((resolve, reject) => {
+    const out = new Map<string, Yauzl.Entry>();
+    zf.on("entry", (e: Yauzl.Entry) => {
+      if (out.size >= max) {
+        zf.removeAllListeners();
+        reject(new CheckpointError(`${where}: more than ${max} zip entries`));
+        return;
+      }
+      out.set(e.fileName, e);
+      zf.readEntry();
+    });
+    zf.once("end", () => resolve(out));
+    zf.once("error", (e: Error) => reject(e));
+    zf.readEntry();
+  });
+}
+
+/** Reads one entry whole, refusing one that declares more than `max` bytes or could not hold what it declares. */
+function readEntry(zf: Yauzl.ZipFile, e: Yauzl.Entry, max: number, where: string): Promise<Uint8Array> {
+  if (e.isEncrypted()) return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} is encrypted`));
+  if (e.compressionMethod !== 0 && e.compressionMethod !== 8)
+    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} uses compression method ${e.compressionMethod} (only stored and deflate are read)`));
+  if (e.uncompressedSize > max)
+    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes, more than the ${max} allowed`));
+  if (e.compressionMethod === 0 && e.compressedSize !== e.uncompressedSize)
+    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} is stored but declares ${e.compressedSize} bytes compressed and ${e.uncompressedSize} uncompressed`));
+  // deflate expands at most ~1032:1; a larger declared ratio is a lie (a zip bomb's header)
+  if (e.compressionMethod === 8 && e.uncompressedSize > e.compressedSize * 1032 + 1024)
+    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed, beyond what deflate can produce (a zip bomb?)`));
+  return new Promise((resolve, reject) => {
+    zf.openReadStream(e, (err, stream) => {
+      if (err) return reject(err);
+      const out = new Uint8Array(e.uncompressedSize);
+      let n = 0;
+      (stream as Readable).on("data", (chunk: Buffer) => {
+        if (n + chunk.length > out.length) {
+          (stream as Readable).destroy(new CheckpointError(`${where}: zip entry ${e.fileName} holds more than the ${out.length} bytes it declares`));
+          return;
+        }
+        out.set(chunk, n);
+        n += chunk.length;
+      });
+      (stream as Readable).once("error", reject);
+      (stream as Readable).once("end", () => (n === out.length ? resolve(out) : reject(new CheckpointError(`${where}: zip entry ${e.fileName} ends after ${n} of ${out.length} bytes`))));
+    });
+  });
+}
+
+/** Reads bytes [start, end) of a stored entry into `out`. */
+function readRange(zf: Yauzl.ZipFile, e: Yauzl.Entry, start: number, end: number, out: Uint8Array, where: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (end === start) return resolve();
+    zf.openReadStream(e, { start, end } as unknown as Yauzl.ZipFileOptions, (err, stream) => {
+      if (err) return reject(new CheckpointError(`${where}: cannot read ${e.fileName} (${err.message})`));
+      let n = 0;
+      (stream as Readable).on("data", (chunk: Buffer) => {
+        if (n + chunk.length > out.length) {
+          (stream as Readable).destroy(new CheckpointError(`${where}: ${e.fileName} gave more bytes than asked for`));
+          return;
+        }
+        out.set(chunk, n);
+        n += chunk.length;
+      });
+      (stream as Readable).once("error", (x: Error) => reject(x instanceof CheckpointError ? x : new CheckpointError(`${where}: cannot read ${e.fileName} (${x.message})`)));
+      (stream as Readable).once("end", () => (n === out.length ? resolve() : reject(new CheckpointError(`${where}: ${e.fileName} ends after ${n} of ${out.length} bytes (truncated file?)`))));
+    });
+  });
+}
+
+/**
+ * Opens a PyTorch zip checkpoint and unpickles its object (no storage is read). Errors name the
+ * file and what was wrong: not a zip (truncated, or PyTorch's legacy format), over a limit, a
+ * malformed pickle, a global outside what a checkpoint holds.
+ */
+export async function openCheckpoint(path: string, limits: CheckpointLimits = {}): Promise<Checkpoint> {
+  const lim = { ...DEFAULTS, ...limits };
+  const where = path;
+  let size: number;
+  try {
+    size = (await stat(path)).size;
+  } catch (e) {
+    throw new CheckpointError(`${where}: cannot read the checkpoint (${(e as Error).message})`);
+  }
+  if (size > lim.maxBytes) throw new CheckpointError(`${where}: the checkpoint is ${size} bytes, more than the ${lim.maxBytes} allowed (maxCheckpointBytes)`);
+  let zf: Yauzl.ZipFile;
+  try {
+    zf = await openZip(path);
+  } catch (e) {
+    throw new CheckpointError(`${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${(e as Error).message})`);
+  }
+  try {
+    let entries: Map<string, Yauzl.Entry>;
+    try {
+      entries = await listEntries(zf, lim.maxEntries, where);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw e;
+      throw new CheckpointError(`${where}: damaged zip directory (${(e as Error).message})`);
+    }
+    const pkls = [...entries.keys()].filter((k) => /^[^/]+\/data\.pkl$/.test(k));
+    if (pkls.length !== 1) throw new CheckpointError(`${where}: expected one <root>/data.pkl in the archive, found ${pkls.length ? pkls.join(", ") : "none"}`);
+    const root = pkls[0]!.slice(0, -"/data.pkl".length);
+    const byteorder = entries.get(`${root}/byteorder`);
+    if (byteorder) {
+      const bo = new TextDecoder().decode(await readEntry(zf, byteorder, 16, where)).trim();
+      if (bo !== "little") throw new CheckpointError(`${where}: byteorder "${bo}" (only little-endian checkpoints are read)`);
+    }
+    const pklBytes = await readEntry(zf, entries.get(pkls[0]!)!, lim.maxPickleBytes, where);
+    const storages = new Map<string, StorageRef>();
+    const parser = new Parser({
+      unpicklingTypeOfDictionary: "Map",
+      unpicklingTypeOfSet: "array",
+      nameResolver: { resolve: (module: string, name: string) => resolveGlobal(module, name, where) as never },
+      persistentResolver: {
+        resolve: (pid: unknown) => {
+          if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5)
+            throw new CheckpointError(`${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`);
+          const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
+          const st = (type as { storageType?: StorageType })?.storageType;
+          if (!st) throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
+          if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key)) throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
+          if (!Number.isSafeInteger(numel) || (numel as number) < 0) throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
+          const had = storages.get(key);
+          if (had) {
+            if (had.dtype !== st.dtype || had.numel !== numel) throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
+            return had;
+          }
+          const s = new StorageRef(key, st.dtype, st.bytes, numel as number, String(location));
+          storages.set(key, s);
+          return s;
+        },
+      },
+      extensionResolver: {
+        resolve: (code: number) => {
+          throw new CheckpointError(`${where}: the pickle uses extension code ${code}, which a checkpoint never does`);
+        },
+      },
+    });
+    let obj: unknown;
+    try {
+      obj = parser.parse(pklBytes);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw e;
+      throw new CheckpointError(`${where}: malformed data.pkl (${(e as Error).message})`);
+    }
+    return {
+      path,
+      root: obj,
+      async readFloat32(t: TensorRef, name: string): Promise<Float32Array> {
+        const s = t.storage;
+        if (s.dtype !== "float32") throw new CheckpointError(`${where}: tensor ${name} is ${s.dtype}; only float32 weights are read`);
+        const n = t.numel;
+        // contiguous (C-order) strides; a dimension of size 1 may have any stride
+        let expect = 1;
+        for (let i = t.shape.length - 1; i >= 0; i--) {
+          if (t.shape[i] !== 1 && t.stride[i] !== expect)
+            throw new CheckpointError(`${where}: tensor ${name} has strides [${t.stride}] for shape [${t.shape}], not a contiguous layout`);
+          expect *= t.shape[i]!;
+        }
+        if (t.offset + n > s.numel) throw new CheckpointError(`${where}: tensor ${name} reads elements ${t.offset}…${t.offset + n} of storage ${s.key}, which has ${s.numel}`);
+        const e = entries.get(`${root}/data/${s.key}`);
+        if (!e) throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} (tensor ${name}) is missing from the archive`);
+        const want = s.numel * s.itemBytes;
+        if (e.uncompressedSize !== want)
+          throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} (tensor ${name}) has ${e.uncompressedSize} bytes; the pickle says ${s.numel} × ${s.itemBytes} = ${want}`);
+        // PyTorch stores storages uncompressed: the bytes read are bounded by the file's size
+        if (e.compressionMethod !== 0 || e.isEncrypted())
+          throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`);
+        const out = new Float32Array(n);
+        await readRange(zf, e, t.offset * 4, (t.offset + n) * 4, new Uint8Array(out.buffer), where);
+        return out;
+      },
+      close() {
+        zf.close();
+      },
+    };
+  } catch (e) {
+    zf.close();
+    throw e;
+  }
+}

@@ -1,0 +1,338 @@
+/**
+ * loadNnunet: an nnU-Net v2 trained-model folder (`…/DatasetXXX/Trainer__Plans__Configuration`)
+ * run directly — no Python, no ONNX export.
+ *
+ * Reads `dataset.json`, `plans.json` and `fold_K/checkpoint_final.pth` (or `_best`), rebuilds the
+ * network the plans describe (network.ts), checks the checkpoint's `network_weights` against it
+ * name by name and shape by shape, and runs it on the engine as an in-memory ONNX graph, so the
+ * executor's fusions and every backend apply. The model has the interface segment() uses: a
+ * config derived from the plans (patch, spacing, CTNormalization, transpose_forward, the
+ * checkpoint's inference_allowed_mirroring_axes, the labels) and `run`, which gives one fold's
+ * logits or the fold ensemble. As nnU-Net v2's predictor (predict_logits_from_preprocessed_data),
+ * the ensemble is the mean of the folds' logits; the softmax follows in segment(), after the
+ * windows and mirrors are averaged (all linear, so averaging per window is the same as nnU-Net's
+ * per-fold sliding windows averaged afterwards). `ensemble: "softmax"` gives instead the mean of
+ * the folds' softmax (as nnU-Net v1 did), returned as its logarithm so that a softmax recovers it.
+ */
+import { existsSync, readdirSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import { invalidParameterError, optionsObject } from "../../is.js";
+import type { Tensor } from "../../types.js";
+import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
+import { loadModel, type Model, type RunStats } from "../model.js";
+import { encodeModel } from "../onnx-proto.js";
+import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
+import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
+
+export { CheckpointError } from "./checkpoint.js";
+export type { Architecture } from "./network.js";
+
+export type Fold = number | "all";
+
+export interface LoadNnunetOptions {
+  /** Folds to load (`fold_K` folders); default every fold folder that has the checkpoint, as nnU-Net. */
+  folds?: Fold[];
+  /** `checkpoint_final.pth` (default) or `checkpoint_best.pth`. */
+  checkpoint?: "final" | "best";
+  /** How folds are combined: "logits" (nnU-Net v2: the mean of the logits, default) or "softmax" (the mean of the probabilities). */
+  ensemble?: "logits" | "softmax";
+  /** Largest checkpoint file accepted (bytes). Default 4 GiB. */
+  maxCheckpointBytes?: number;
+}
+
+const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+
+/** nnU-Net model folder loaded for inference: segment() takes it where it takes a Model. */
+export class NnunetModel {
+  readonly name: string;
+  readonly config: ModelConfig;
+  readonly folder: string;
+  readonly folds: Fold[];
+  readonly configuration: string;
+  readonly trainerName: string;
+  readonly architecture: Architecture;
+  readonly ensemble: "logits" | "softmax";
+  /** The engine's model of each fold, in `folds` order. */
+  readonly foldModels: Model[];
+  /** Statistics of the last run (peak of any fold's forward, time of all folds). */
+  lastRun: RunStats | undefined;
+  private readonly divisor: [number, number, number];
+
+  constructor(init: {
+    name: string; config: ModelConfig; folder: string; folds: Fold[]; configuration: string; trainerName: string;
+    architecture: Architecture; ensemble: "logits" | "softmax"; foldModels: Model[]; divisor: [number, number, number];
+  }) {
+    this.name = init.name;
+    this.config = init.config;
+    this.folder = init.folder;
+    this.folds = init.folds;
+    this.configuration = init.configuration;
+    this.trainerName = init.trainerName;
+    this.architecture = init.architecture;
+    this.ensemble = init.ensemble;
+    this.foldModels = init.foldModels;
+    this.divisor = init.divisor;
+  }
+
+  private check(input: Tensor) {
+    const s = input?.shape;
+    if (!input || !(input.data instanceof Float32Array) || !Array.isArray(s) || s.length !== 5 || prod(s) !== input.data.length)
+      throw invalidParameterError("input", "a float32 tensor [N, C, D, H, W]", input);
+    if (s[1] !== this.architecture.inputChannels) throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
+    const bad = [0, 1, 2].filter((k) => s[2 + k]! % this.divisor[k]! !== 0);
+    if (bad.length)
+      throw new RangeError(`Expected spatial sizes that are multiples of [${this.divisor.join(", ")}] (the network's total strides) for input but received shape [${s.join(", ")}]`);
+  }
+
+  /** Each fold's logits, in `folds` order. */
+  async runFolds(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor[]> {
+    this.check(input);
+    const out: Tensor[] = [];
+    let peak = 0, ms = 0, concats = 0;
+    const opMs: Record<string, number> = {};
+    const nodeMs: RunStats["nodeMs"] = [];
+    for (const m of this.foldModels) {
+      const y = await (m.run as (x: Tensor, o?: { signal?: AbortSignal }) => Promise<Tensor>)(input, options);
+      // the engine may hand its buffers to the next run: keep a copy when more folds follow
+      out.push(this.foldModels.length > 1 ? { data: Float32Array.from(y.data), shape: [...y.shape] } : y);
+      const r = m.lastRun;
+      if (r) {
+        peak = Math.max(peak, r.peakBytes);
+        ms += r.ms;
+        concats += r.concatsInPlace;
+        for (const [k, v] of Object.entries(r.opMs)) opMs[k] = (opMs[k] ?? 0) + v;
+        nodeMs.push(...r.nodeMs);
+      }
+    }
+    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats };
+    return out;
+  }
+
+  /** One fold's logits, or the folds' ensemble (see `ensemble`). Input [N, C, D, H, W]; output [N, classes, D, H, W]. */
+  async run(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const ys = await this.runFolds(input, options);
+    if (ys.length === 1) return ys[0]!;
+    const shape = ys[0]!.shape;
+    const out = new Float32Array(ys[0]!.data.length);
+    const inv = 1 / ys.length;
+    if (this.ensemble === "logits") {
+      for (const y of ys) for (let i = 0; i < out.length; i++) out[i]! += y.data[i]! * inv;
+      return { data: out, shape };
+    }
+    // mean of softmax over the class axis, as log-probabilities
+    const [N, C] = shape as [number, number];
+    const S = out.length / (N * C);
+    const p = new Float64Array(C);
+    for (const y of ys)
+      for (let n = 0; n < N; n++)
+        for (let s = 0; s < S; s++) {
+          const base = n * C * S + s;
+          let max = -Infinity;
+          for (let c = 0; c < C; c++) max = Math.max(max, y.data[base + c * S]!);
+          let sum = 0;
+          for (let c = 0; c < C; c++) sum += p[c] = Math.exp(y.data[base + c * S]! - max);
+          for (let c = 0; c < C; c++) out[base + c * S]! += (p[c]! / sum) * inv;
+        }
+    for (let i = 0; i < out.length; i++) out[i] = Math.log(out[i]!);
+    return { data: out, shape };
+  }
+
+  /** Releases the folds' models. */
+  dispose() {
+    for (const m of this.foldModels) (m as { dispose?: () => void }).dispose?.();
+  }
+}
+
+async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (e) {
+    throw new Error(`nnU-Net folder: cannot read ${what} (${path}): ${(e as Error).message}`);
+  }
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
+    return v as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`nnU-Net folder: ${what} (${path}) is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** plans.json's configuration with `inherits_from` resolved (a child's keys replace its parent's, as PlansManager). */
+function resolveConfiguration(plans: Record<string, unknown>, name: string, seen: string[] = []): Record<string, unknown> {
+  const confs = plans.configurations as Record<string, Record<string, unknown>> | undefined;
+  const conf = confs?.[name];
+  if (!conf || typeof conf !== "object") throw new Error(`plans.json has no configuration "${name}" (it has ${Object.keys(confs ?? {}).join(", ") || "none"})`);
+  if (typeof conf.inherits_from !== "string") return conf;
+  if (seen.includes(name)) throw new Error(`plans.json: configuration "${name}" inherits from itself (${[...seen, name].join(" → ")})`);
+  const parent = resolveConfiguration(plans, conf.inherits_from, [...seen, name]);
+  const { inherits_from: _, ...own } = conf;
+  return { ...parent, ...own };
+}
+
+function foldsIn(folder: string, file: string): Fold[] {
+  const out: Fold[] = [];
+  for (const d of readdirSync(folder)) {
+    const m = /^fold_(\d+|all)$/.exec(d);
+    if (m && existsSync(join(folder, d, file))) out.push(m[1] === "all" ? "all" : Number(m[1]));
+  }
+  return out.sort((a, b) => (a === "all" ? 1 : b === "all" ? -1 : a - b));
+}
+
+/** Checks the state_dict against the network's parameters; returns, per parameter, the tensor to read. */
+function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: string, where: string): TensorRef[] {
+  const known = new Map<string, number>();
+  graph.params.forEach((p, i) => p.names.forEach((n) => known.set(n, i)));
+  const unexpected: string[] = [];
+  for (const k of weights.keys()) if (typeof k !== "string" || !known.has(k)) unexpected.push(String(k));
+  const missing: string[] = [];
+  const refs: TensorRef[] = [];
+  for (const p of graph.params) {
+    const present = p.names.filter((n) => weights.has(n));
+    if (!present.length) {
+      missing.push(`${p.names[0]} [${p.shape.join(", ")}]`);
+      continue;
+    }
+    let first: TensorRef | undefined;
+    for (const n of present) {
+      const t = weights.get(n);
+      if (!(t instanceof TensorRef)) throw new CheckpointError(`${where}: network_weights["${n}"] is ${typeName(t)}, not a tensor`);
+      if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i]))
+        throw new CheckpointError(`${where}: network_weights["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`);
+      if (!first) first = t;
+      else if (t.storage !== first.storage || t.offset !== first.offset || t.stride.join() !== first.stride.join())
+        throw new CheckpointError(`${where}: network_weights["${n}"] and ["${present[0]}"] name one parameter but hold different tensors`);
+    }
+    refs.push(first!);
+  }
+  if (missing.length || unexpected.length) {
+    const list = (xs: string[]) => xs.slice(0, 6).join(", ") + (xs.length > 6 ? `, … (${xs.length} in all)` : "");
+    const parts = [];
+    if (missing.length) parts.push(`missing ${list(missing)}`);
+    if (unexpected.length) parts.push(`unexpected ${list(unexpected)}`);
+    throw new CheckpointError(`${where}: network_weights do not match the ${cls} that plans.json describes: ${parts.join("; ")}`);
+  }
+  return refs;
+}
+
+/**
+ * Loads an nnU-Net v2 results folder for inference (see the module comment). Errors name the file
+ * and what is wrong: a missing file or fold, a plans configuration this engine does not build, a
+ * checkpoint that is not a PyTorch zip or is over the size limit, weights that do not match the
+ * network (missing, unexpected, wrong shape, not float32, not contiguous).
+ */
+export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOptions): Promise<NnunetModel> {
+  if (typeof trainerFolder !== "string" || !trainerFolder) throw invalidParameterError("trainerFolder", "the path of an nnU-Net trainer folder", trainerFolder);
+  const opts = optionsObject("options", options) as LoadNnunetOptions;
+  const ckName = opts.checkpoint ?? "final";
+  if (ckName !== "final" && ckName !== "best") throw invalidParameterError("options.checkpoint", '"final" or "best"', opts.checkpoint);
+  const ensemble = opts.ensemble ?? "logits";
+  if (ensemble !== "logits" && ensemble !== "softmax") throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
+  if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
+    throw invalidParameterError("options.maxCheckpointBytes", "a positive number of bytes", opts.maxCheckpointBytes);
+  const folder = resolve(trainerFolder);
+  const st = await stat(folder).catch(() => null);
+  if (!st?.isDirectory()) throw new Error(`nnU-Net folder ${trainerFolder} does not exist or is not a folder`);
+  const file = `checkpoint_${ckName}.pth`;
+  let folds: Fold[];
+  if (opts.folds === undefined) {
+    folds = foldsIn(folder, file);
+    if (!folds.length) throw new Error(`nnU-Net folder ${trainerFolder} has no fold_K/${file}`);
+  } else {
+    if (!Array.isArray(opts.folds) || !opts.folds.length || !opts.folds.every((f) => f === "all" || (Number.isInteger(f) && (f as number) >= 0)))
+      throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
+    if (new Set(opts.folds).size !== opts.folds.length) throw invalidParameterError("options.folds", "distinct folds", opts.folds);
+    folds = [...opts.folds];
+    for (const f of folds) if (!existsSync(join(folder, `fold_${f}`, file))) throw new Error(`nnU-Net folder ${trainerFolder}: fold_${f}/${file} does not exist`);
+  }
+  const dataset = await readJson(join(folder, "dataset.json"), "dataset.json");
+  const plans = await readJson(join(folder, "plans.json"), "plans.json");
+
+  // dataset.json: input channels and output classes (label value = channel; regions are not supported)
+  const channels = (dataset.channel_names ?? dataset.modality) as Record<string, unknown> | undefined;
+  if (!channels || typeof channels !== "object") throw new Error("dataset.json has no channel_names");
+  const labels = dataset.labels as Record<string, unknown> | undefined;
+  if (!labels || typeof labels !== "object") throw new Error("dataset.json has no labels");
+  const classes: Record<string, string> = {};
+  for (const [name, v] of Object.entries(labels)) {
+    if (name === "ignore") continue;
+    if (Array.isArray(v)) throw new Error(`dataset.json: label "${name}" is a region (${JSON.stringify(v)}); region-based models (sigmoid outputs) are not supported`);
+    if (!Number.isInteger(v) || (v as number) < 0) throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a non-negative integer`);
+    classes[String(v)] = name;
+  }
+  const values = Object.keys(classes).map(Number).sort((a, b) => a - b);
+  if (!values.every((v, i) => v === i)) throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
+  const numClasses = values.length;
+  const inputChannels = Object.keys(channels).length;
+
+  const ckLimits = { maxBytes: opts.maxCheckpointBytes };
+  const foldModels: Model[] = [];
+  let configuration = "", trainerName = "", mirrorAxes: number[] = [];
+  let arch: Architecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
+  try {
+    for (const [i, f] of folds.entries()) {
+      const path = join(folder, `fold_${f}`, file);
+      const where = `${basename(folder)}/fold_${f}/${file}`;
+      let ck: Checkpoint | undefined;
+      try {
+        ck = await openCheckpoint(path, ckLimits);
+        const root = ck.root;
+        if (!(root instanceof Map)) throw new CheckpointError(`${where}: the checkpoint is ${typeName(root)}, not nnU-Net's checkpoint dict`);
+        const weights = root.get("network_weights");
+        if (!(weights instanceof Map)) throw new CheckpointError(`${where}: "network_weights" is ${typeName(weights)}, not a state_dict`);
+        if (i === 0) {
+          // as nnU-Net: the configuration, trainer and mirror axes of the first fold
+          const init = root.get("init_args");
+          const c = init instanceof Map ? init.get("configuration") : undefined;
+          configuration = typeof c === "string" ? c : (/__([^_]+(?:_[^_]+)*)$/.exec(basename(folder))?.[1] ?? "3d_fullres");
+          const t = root.get("trainer_name");
+          trainerName = typeof t === "string" ? t : "nnUNetTrainer";
+          const m = root.get("inference_allowed_mirroring_axes");
+          if (m !== undefined && m !== null) {
+            if (!Array.isArray(m) || !m.every((a) => a === 0 || a === 1 || a === 2)) throw new CheckpointError(`${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among 0, 1, 2`);
+            mirrorAxes = [...new Set(m as number[])];
+          }
+          conf = resolveConfiguration(plans, configuration);
+          arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
+          graph = buildNetwork(arch);
+        }
+        const refs = matchWeights(weights, graph!, arch!.networkClass, where);
+        const initializers: { name: string; dims: number[]; data: Float32Array }[] = [];
+        for (const [k, p] of graph!.params.entries()) initializers.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
+        initializers.push(...graph!.constants);
+        ck.close();
+        ck = undefined;
+        const bytes = encodeModel({
+          opset: 17,
+          producer: "bhsd-nnunet",
+          nodes: graph!.nodes,
+          inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
+          outputs: [{ name: graph!.output }],
+          initializers,
+        });
+        initializers.length = 0;
+        foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1] }));
+      } finally {
+        ck?.close();
+      }
+    }
+  } catch (e) {
+    for (const m of foldModels) (m as { dispose?: () => void }).dispose?.();
+    throw e;
+  }
+
+  // the config segment() uses: plans' patch, spacing and normalisation, the checkpoint's mirror axes
+  const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
+  const perm = (partial.transposeForward ?? [0, 1, 2]) as [number, number, number];
+  if (partial.targetSpacing) {
+    // plans' spacing is in the network's (transposed) axis order; the config's targetSpacing is in (z, y, x)
+    const zyx = [0, 0, 0] as [number, number, number];
+    perm.forEach((p, k) => (zyx[p] = partial.targetSpacing![k]!));
+    partial.targetSpacing = zyx;
+  }
+  const config = normalizeConfig({ ...partial, classes, mirrorAxes, stepSize: 0.5 }, "nnunet");
+  const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
+  return new NnunetModel({ name, config, folder, folds, configuration, trainerName, architecture: arch!, ensemble, foldModels, divisor: graph!.divisor });
+}

@@ -1,0 +1,300 @@
+/**
+ * nnU-Net's networks rebuilt from plans.json, as an ONNX graph for the engine.
+ *
+ * Follows MIC-DKFZ/dynamic-network-architectures (PlainConvUNet, ResidualEncoderUNet with
+ * BasicBlockD, UNetDecoder) as nnU-Net v2's get_network_from_plans builds them for inference
+ * (deep supervision off: only the last segmentation head, at full resolution, gives the logits).
+ * Besides the graph, the builder lists every parameter PyTorch's state_dict holds, under all the
+ * names PyTorch gives it: `…convs.N.conv.weight` is also `…convs.N.all_modules.0.weight`, and the
+ * decoder keeps a reference to the encoder, so every `encoder.…` tensor is also `decoder.encoder.…`.
+ */
+import type { AttrValue } from "../onnx-proto.js";
+
+export type NetworkClass = "PlainConvUNet" | "ResidualEncoderUNet";
+
+export interface Architecture {
+  networkClass: NetworkClass;
+  inputChannels: number;
+  numClasses: number;
+  nStages: number;
+  features: number[];
+  kernels: number[][];
+  strides: number[][];
+  /** PlainConvUNet: convs per encoder stage; ResidualEncoderUNet: residual blocks per stage. */
+  perStage: number[];
+  perStageDecoder: number[];
+  convBias: boolean;
+  norm: { eps: number; affine: boolean };
+  nonlin: { op: "LeakyRelu"; alpha: number } | { op: "Relu" } | null;
+  nonlinFirst: boolean;
+  /** A dropout module sits after each conv (the identity at inference, but it shifts `all_modules` indices). */
+  dropout: boolean;
+  stemChannels: number;
+}
+
+/** A parameter: its shape and every state_dict key PyTorch stores it under (the first names the initializer). */
+export interface Param {
+  names: string[];
+  shape: number[];
+}
+
+export interface GraphNodeSpec {
+  opType: string;
+  inputs: string[];
+  outputs: string[];
+  name?: string;
+  attrs?: Record<string, AttrValue>;
+}
+
+export interface NetworkGraph {
+  params: Param[];
+  /** Constant initializers that are not in the checkpoint (instance norm without affine: scale 1, bias 0). */
+  constants: { name: string; dims: number[]; data: Float32Array }[];
+  nodes: GraphNodeSpec[];
+  input: string;
+  output: string;
+  /** Product of the strides per axis: a patch's sizes must be multiples of these. */
+  divisor: [number, number, number];
+}
+
+const err = (where: string, msg: string) => new Error(`${where}: ${msg}`);
+
+function intList(v: unknown, n: number, what: string, where: string): number[] {
+  if (typeof v === "number" && Number.isInteger(v) && v > 0) return Array(n).fill(v);
+  if (Array.isArray(v) && v.length === n && v.every((x) => Number.isInteger(x) && x > 0)) return v as number[];
+  throw err(where, `${what} must be a positive integer or ${n} of them, got ${JSON.stringify(v)}`);
+}
+
+function perAxis(v: unknown, n: number, what: string, where: string): number[][] {
+  if (typeof v === "number" || (Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === "number"))) v = Array(n).fill(v);
+  if (!Array.isArray(v) || v.length !== n) throw err(where, `${what} must list ${n} stages, got ${JSON.stringify(v)}`);
+  return v.map((s, i) => intList(s, 3, `${what}[${i}]`, where));
+}
+
+const shortClass = (s: unknown) => (typeof s === "string" ? s.split(".").pop()! : "");
+
+/**
+ * The architecture from a plans configuration (`architecture.network_class_name` +
+ * `arch_kwargs`, or the pre-2.4 keys `UNet_class_name`, `conv_kernel_sizes` … that nnU-Net still
+ * converts), with input channels and classes from dataset.json. Anything this engine does not
+ * build (another network class, a 2-D configuration, batch norm, another nonlinearity …) is an
+ * error naming the key.
+ */
+export function architectureFromPlans(conf: Record<string, unknown>, inputChannels: number, numClasses: number, where = "plans.json"): Architecture {
+  let arch = conf.architecture as { network_class_name?: unknown; arch_kwargs?: Record<string, unknown> } | undefined;
+  if (!arch && typeof conf.UNet_class_name === "string") {
+    // nnU-Net ≤ 2.3 plans (ConfigurationManager's backwards-compatibility conversion)
+    const cls = conf.UNet_class_name;
+    const nEnc = conf.n_conv_per_stage_encoder as number[];
+    if (!Array.isArray(nEnc)) throw err(where, "old-format plans without n_conv_per_stage_encoder");
+    const base = conf.UNet_base_num_features as number, max = conf.unet_max_num_features as number;
+    arch = {
+      network_class_name: cls,
+      arch_kwargs: {
+        n_stages: nEnc.length,
+        features_per_stage: nEnc.map((_, i) => Math.min(base * 2 ** i, max)),
+        conv_op: (conf.patch_size as unknown[])?.length === 3 ? "torch.nn.modules.conv.Conv3d" : "torch.nn.modules.conv.Conv2d",
+        kernel_sizes: conf.conv_kernel_sizes,
+        strides: conf.pool_op_kernel_sizes,
+        [cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage"]: nEnc,
+        n_conv_per_stage_decoder: conf.n_conv_per_stage_decoder,
+        conv_bias: true,
+        norm_op: "torch.nn.modules.instancenorm.InstanceNorm3d",
+        norm_op_kwargs: { eps: 1e-5, affine: true },
+        dropout_op: null,
+        nonlin: "torch.nn.LeakyReLU",
+        nonlin_kwargs: { inplace: true },
+      },
+    };
+  }
+  if (!arch || typeof arch !== "object") throw err(where, "the configuration has no architecture");
+  const cls = shortClass(arch.network_class_name);
+  if (cls !== "PlainConvUNet" && cls !== "ResidualEncoderUNet")
+    throw err(where, `network_class_name ${JSON.stringify(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`);
+  const k = arch.arch_kwargs ?? {};
+  if (shortClass(k.conv_op) !== "Conv3d") throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only 3-D networks (Conv3d) are built`);
+  const n = k.n_stages;
+  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 12) throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${JSON.stringify(n)}`);
+  const nStages = n as number;
+  const features = intList(k.features_per_stage, nStages, "arch_kwargs.features_per_stage", where);
+  const kernels = perAxis(k.kernel_sizes, nStages, "arch_kwargs.kernel_sizes", where);
+  const strides = perAxis(k.strides, nStages, "arch_kwargs.strides", where);
+  const perKey = cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage";
+  const perStage = intList(k[perKey], nStages, `arch_kwargs.${perKey}`, where);
+  const perStageDecoder = nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
+  const normName = shortClass(k.norm_op);
+  if (normName !== "InstanceNorm3d") throw err(where, `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm3d is built`);
+  const nk = (k.norm_op_kwargs ?? {}) as Record<string, unknown>;
+  if (nk.track_running_stats === true) throw err(where, "arch_kwargs.norm_op_kwargs.track_running_stats = true is not supported");
+  const eps = nk.eps ?? 1e-5;
+  if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps)) throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${JSON.stringify(eps)}`);
+  const dropout = shortClass(k.dropout_op);
+  if (k.dropout_op != null && !/^Dropout[123]?d?$/.test(dropout)) throw err(where, `arch_kwargs.dropout_op ${JSON.stringify(k.dropout_op)} is not a dropout`);
+  let nonlin: Architecture["nonlin"];
+  const nonlinName = shortClass(k.nonlin);
+  const nlk = (k.nonlin_kwargs ?? {}) as Record<string, unknown>;
+  if (k.nonlin == null) nonlin = null;
+  else if (nonlinName === "LeakyReLU") {
+    const alpha = nlk.negative_slope ?? 0.01;
+    if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw err(where, `arch_kwargs.nonlin_kwargs.negative_slope must be a number, got ${JSON.stringify(alpha)}`);
+    nonlin = { op: "LeakyRelu", alpha };
+  } else if (nonlinName === "ReLU") nonlin = { op: "Relu" };
+  else throw err(where, `arch_kwargs.nonlin ${JSON.stringify(k.nonlin)}: only LeakyReLU and ReLU are built`);
+  if (cls === "ResidualEncoderUNet") {
+    if (k.block != null && shortClass(k.block) !== "BasicBlockD") throw err(where, `arch_kwargs.block ${JSON.stringify(k.block)}: only BasicBlockD is built`);
+    if (k.bottleneck_channels != null) throw err(where, "arch_kwargs.bottleneck_channels is for BottleneckD, which is not built");
+    for (const key of ["stochastic_depth_p", "squeeze_excitation"]) if (k[key]) throw err(where, `arch_kwargs.${key} is not supported`);
+  }
+  if (k.nonlin_first && cls !== "PlainConvUNet") throw err(where, "arch_kwargs.nonlin_first is a PlainConvUNet argument");
+  const stem = k.stem_channels == null ? features[0]! : (k.stem_channels as number);
+  if (!Number.isInteger(stem) || stem < 1) throw err(where, `arch_kwargs.stem_channels must be a positive integer, got ${JSON.stringify(k.stem_channels)}`);
+  if (!Number.isInteger(inputChannels) || inputChannels < 1) throw err(where, `input channels must be a positive integer, got ${inputChannels}`);
+  if (!Number.isInteger(numClasses) || numClasses < 1) throw err(where, `the number of classes must be a positive integer, got ${numClasses}`);
+  return {
+    networkClass: cls,
+    inputChannels,
+    numClasses,
+    nStages,
+    features,
+    kernels,
+    strides,
+    perStage,
+    perStageDecoder,
+    convBias: k.conv_bias === true,
+    norm: { eps, affine: nk.affine !== false },
+    nonlin,
+    nonlinFirst: k.nonlin_first === true,
+    dropout: k.dropout_op != null,
+    stemChannels: stem,
+  };
+}
+
+/** Builds the inference graph and the parameter list of an architecture. */
+export function buildNetwork(a: Architecture): NetworkGraph {
+  const params: Param[] = [];
+  const constants: NetworkGraph["constants"] = [];
+  const nodes: GraphNodeSpec[] = [];
+  let v = 0;
+  const fresh = (hint: string) => `${hint}:${v++}`;
+  const param = (names: string[], shape: number[]) => {
+    params.push({ names, shape });
+    return names[0]!;
+  };
+  const pads = (k: number[]) => {
+    const p = k.map((x) => (x - 1) >> 1);
+    return [...p, ...p];
+  };
+  const act = (x: string, prefix: string): string => {
+    if (!a.nonlin) return x;
+    const y = fresh(`${prefix}.nonlin`);
+    nodes.push({ opType: a.nonlin.op, inputs: [x], outputs: [y], name: `${prefix}.nonlin`, attrs: a.nonlin.op === "LeakyRelu" ? { alpha: a.nonlin.alpha } : {} });
+    return y;
+  };
+  const norm = (x: string, prefix: string, c: number, normIndex: number): string => {
+    let scale: string, bias: string;
+    if (a.norm.affine) {
+      scale = param([`${prefix}.norm.weight`, `${prefix}.all_modules.${normIndex}.weight`], [c]);
+      bias = param([`${prefix}.norm.bias`, `${prefix}.all_modules.${normIndex}.bias`], [c]);
+    } else {
+      scale = `${prefix}.norm.ones`;
+      bias = `${prefix}.norm.zeros`;
+      constants.push({ name: scale, dims: [c], data: new Float32Array(c).fill(1) }, { name: bias, dims: [c], data: new Float32Array(c) });
+    }
+    const y = fresh(`${prefix}.norm`);
+    nodes.push({ opType: "InstanceNormalization", inputs: [x, scale, bias], outputs: [y], name: `${prefix}.norm`, attrs: { epsilon: a.norm.eps } });
+    return y;
+  };
+  /** dynamic_network_architectures' ConvDropoutNormReLU (dropout is the identity at inference). */
+  const convBlock = (prefix: string, x: string, cin: number, cout: number, k: number[], stride: number[], o: { bias: boolean; nonlin: boolean; dropout: boolean; nonlinFirst?: boolean }): string => {
+    const w = param([`${prefix}.conv.weight`, `${prefix}.all_modules.0.weight`], [cout, cin, ...k]);
+    const inputs = [x, w];
+    if (o.bias) inputs.push(param([`${prefix}.conv.bias`, `${prefix}.all_modules.0.bias`], [cout]));
+    let y = fresh(`${prefix}.conv`);
+    nodes.push({ opType: "Conv", inputs, outputs: [y], name: `${prefix}.conv`, attrs: { kernel_shape: k, strides: stride, pads: pads(k), dilations: [1, 1, 1], group: 1 } });
+    const withNonlin = o.nonlin && a.nonlin !== null;
+    // all_modules: conv, [dropout], norm, nonlin — nonlin_first swaps the last two
+    const normIndex = 1 + (o.dropout ? 1 : 0) + (withNonlin && o.nonlinFirst ? 1 : 0);
+    if (withNonlin && o.nonlinFirst) return norm(act(y, prefix), prefix, cout, normIndex);
+    y = norm(y, prefix, cout, normIndex);
+    return withNonlin ? act(y, prefix) : y;
+  };
+  return finish();
+
+  function finish(): NetworkGraph {
+    const hasDropout = a.dropout;
+    const input = "input";
+    let x = input;
+    const skips: string[] = [];
+    let cin = a.inputChannels;
+    if (a.networkClass === "PlainConvUNet") {
+      for (let s = 0; s < a.nStages; s++) {
+        for (let c = 0; c < a.perStage[s]!; c++) {
+          x = convBlock(`encoder.stages.${s}.0.convs.${c}`, x, c === 0 ? cin : a.features[s]!, a.features[s]!, a.kernels[s]!, c === 0 ? a.strides[s]! : [1, 1, 1], {
+            bias: a.convBias, nonlin: true, dropout: hasDropout, nonlinFirst: a.nonlinFirst,
+          });
+        }
+        cin = a.features[s]!;
+        skips.push(x);
+      }
+    } else {
+      x = convBlock("encoder.stem.convs.0", x, cin, a.stemChannels, a.kernels[0]!, [1, 1, 1], { bias: a.convBias, nonlin: true, dropout: hasDropout });
+      cin = a.stemChannels;
+      for (let s = 0; s < a.nStages; s++) {
+        for (let b = 0; b < a.perStage[s]!; b++) {
+          const p = `encoder.stages.${s}.blocks.${b}`;
+          const bin = b === 0 ? cin : a.features[s]!, bout = a.features[s]!;
+          const stride = b === 0 ? a.strides[s]! : [1, 1, 1];
+          const y1 = convBlock(`${p}.conv1`, x, bin, bout, a.kernels[s]!, stride, { bias: a.convBias, nonlin: true, dropout: hasDropout });
+          const y2 = convBlock(`${p}.conv2`, y1, bout, bout, a.kernels[s]!, [1, 1, 1], { bias: a.convBias, nonlin: false, dropout: false });
+          let r = x;
+          const strided = stride.some((q) => q !== 1);
+          if (strided) {
+            const pooled = fresh(`${p}.skip.pool`);
+            nodes.push({ opType: "AveragePool", inputs: [r], outputs: [pooled], name: `${p}.skip.0`, attrs: { kernel_shape: stride, strides: stride, pads: [0, 0, 0, 0, 0, 0], ceil_mode: 0, count_include_pad: 1 } });
+            r = pooled;
+          }
+          if (bin !== bout) r = convBlock(`${p}.skip.${strided ? 1 : 0}`, r, bin, bout, [1, 1, 1], [1, 1, 1], { bias: false, nonlin: false, dropout: false });
+          const sum = fresh(`${p}.add`);
+          nodes.push({ opType: "Add", inputs: [y2, r], outputs: [sum], name: `${p}.add` });
+          x = act(sum, p);
+        }
+        cin = a.features[s]!;
+        skips.push(x);
+      }
+    }
+    // decoder: lowest resolution first
+    let lres = skips[skips.length - 1]!;
+    const nDec = a.nStages - 1;
+    for (let s = 0; s < nDec; s++) {
+      const below = a.features[a.nStages - 1 - s]!, skipC = a.features[a.nStages - 2 - s]!;
+      const st = a.strides[a.nStages - 1 - s]!;
+      const w = param([`decoder.transpconvs.${s}.weight`], [below, skipC, ...st]);
+      const inputs = [lres, w];
+      if (a.convBias) inputs.push(param([`decoder.transpconvs.${s}.bias`], [skipC]));
+      const up = fresh(`decoder.transpconvs.${s}`);
+      nodes.push({ opType: "ConvTranspose", inputs, outputs: [up], name: `decoder.transpconvs.${s}`, attrs: { kernel_shape: st, strides: st, pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 } });
+      const cat = fresh(`decoder.cat.${s}`);
+      nodes.push({ opType: "Concat", inputs: [up, skips[a.nStages - 2 - s]!], outputs: [cat], name: `decoder.cat.${s}`, attrs: { axis: 1 } });
+      x = cat;
+      for (let c = 0; c < a.perStageDecoder[s]!; c++) {
+        x = convBlock(`decoder.stages.${s}.convs.${c}`, x, c === 0 ? 2 * skipC : skipC, skipC, a.kernels[a.nStages - 2 - s]!, [1, 1, 1], {
+          bias: a.convBias, nonlin: true, dropout: hasDropout, nonlinFirst: a.networkClass === "PlainConvUNet" && a.nonlinFirst,
+        });
+      }
+      lres = x;
+    }
+    // every decoder stage has a head (deep supervision's); only the last one gives the logits
+    const output = "logits";
+    for (let s = 0; s < nDec; s++) {
+      const skipC = a.features[a.nStages - 2 - s]!;
+      const w = param([`decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, 1, 1, 1]);
+      const b = param([`decoder.seg_layers.${s}.bias`], [a.numClasses]);
+      if (s === nDec - 1) nodes.push({ opType: "Conv", inputs: [lres, w, b], outputs: [output], name: `decoder.seg_layers.${s}`, attrs: { kernel_shape: [1, 1, 1], strides: [1, 1, 1], pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 } });
+    }
+    if (nDec === 0) throw new Error("a network of one stage has no decoder and no segmentation head");
+    // the decoder holds the encoder: every encoder tensor is in the state_dict twice
+    for (const p of params) if (p.names[0]!.startsWith("encoder.")) p.names.push(...p.names.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
+    const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * s[ax]!, 1)) as [number, number, number];
+    return { params, constants, nodes, input, output, divisor };
+  }
+}

@@ -1,0 +1,312 @@
+/**
+ * nnU-Net v2 trained-model folders run directly (lib/model/nnunet). References: PyTorch's logits
+ * shipped with the fixture folder (test/fixtures/nnunet-folder, see its README and SOURCE.md),
+ * computed by dynamic-network-architectures' own PlainConvUNet from the same checkpoints.
+ */
+import test from "ava";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { crc32, deflateRawSync } from "node:zlib";
+import { loadNnunet, readNifti, readNpy, segment, setBackend, type Model } from "../lib/index.js";
+import { normalize } from "../lib/model/segment.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+
+const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-folder");
+const FOLDER = join(FIXTURE, "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres");
+const CASES = join(FIXTURE, "cases");
+const backends = backendsUnderTest();
+
+/** max |got − want| / max |want| (the fixture's tolerance rule). */
+function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) return Infinity;
+  let scale = 0, d = 0;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e;
+  }
+  return d / scale;
+}
+
+async function fixtureCase(fold: number) {
+  const x = await readNpy(join(CASES, `fold_${fold}_input.npy`));
+  const y = await readNpy(join(CASES, `fold_${fold}_logits.npy`));
+  return { input: { data: x.data as Float32Array, shape: x.shape }, logits: y.data as Float32Array, shape: y.shape };
+}
+
+for (const { name } of backends) {
+  for (const fold of [0, 1]) {
+    test.serial(`${name}: fold ${fold} of the nnU-Net folder gives PyTorch's logits`, async (t) => {
+      setBackend(name);
+      const model = await loadNnunet(FOLDER, { folds: [fold] });
+      const c = await fixtureCase(fold);
+      const y = await model.run(c.input);
+      t.deepEqual(y.shape, c.shape);
+      const e = relErr(y.data, c.logits);
+      t.log(`fold ${fold}: max |bhsd − PyTorch| / max |PyTorch| = ${e.toExponential(2)}`);
+      t.true(e <= 1e-4, `relative error ${e}`);
+      model.dispose();
+    });
+  }
+}
+
+test.serial("the folder's config follows plans.json, dataset.json and the checkpoint", async (t) => {
+  setBackend(backends[backends.length - 1]!.name);
+  const model = await loadNnunet(FOLDER);
+  t.deepEqual(model.folds, [0, 1], "every fold folder with a checkpoint_final.pth, as nnU-Net");
+  t.is(model.configuration, "3d_fullres");
+  t.is(model.trainerName, "nnUNetTrainer");
+  t.is(model.architecture.networkClass, "PlainConvUNet");
+  const c = model.config;
+  t.deepEqual(c.patchSize, [16, 64, 64]);
+  t.deepEqual(c.targetSpacing, [5, 0.48828125, 0.48828125]);
+  t.deepEqual(c.normalization, { type: "ct", lower: -19, upper: 99, mean: 51.83, std: 19.76 });
+  t.deepEqual(c.mirrorAxes, [0, 1, 2]);
+  t.deepEqual(c.classes, { "0": "background", "1": "EDH", "2": "IPH", "3": "IVH", "4": "SAH", "5": "SDH" });
+  // the preprocessing this config drives reproduces the fixture's network input (cut from the CT)
+  const ct = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
+  const [nx, ny] = ct.dims;
+  const crop = new Float32Array(16 * 64 * 64);
+  let i = 0;
+  for (let z = 4; z < 20; z++) for (let y = 40; y < 104; y++) for (let x = 36; x < 100; x++) crop[i++] = ct.data[(z * ny + y) * nx + x]!;
+  const norm = normalize(crop, c.normalization);
+  const want = (await fixtureCase(0)).input.data;
+  let d = 0;
+  for (let k = 0; k < want.length; k++) d = Math.max(d, Math.abs(norm[k]! - want[k]!));
+  t.true(d <= 1e-6, `max |normalised − fixture input| = ${d}`);
+  model.dispose();
+});
+
+const EXTRA = join(ROOT, "test", "fixtures", "nnunet-extra");
+
+function softmax(a: ArrayLike<number>, C: number): Float64Array {
+  const S = a.length / C, out = new Float64Array(a.length);
+  for (let s = 0; s < S; s++) {
+    let m = -Infinity, sum = 0;
+    for (let k = 0; k < C; k++) m = Math.max(m, a[k * S + s]!);
+    for (let k = 0; k < C; k++) sum += out[k * S + s] = Math.exp(a[k * S + s]! - m);
+    for (let k = 0; k < C; k++) out[k * S + s]! /= sum;
+  }
+  return out;
+}
+
+test.serial("fold ensembling: the mean of the folds' logits (nnU-Net v2), or the mean of their softmax", async (t) => {
+  setBackend(backends[backends.length - 1]!.name);
+  // PyTorch's two folds on one input: the folder's fold 0 logits and fold 1's (nnunet-extra, made by PyTorch)
+  const c0 = await fixtureCase(0);
+  const pt1 = (await readNpy(join(EXTRA, "fold_1_logits_on_fold_0_input.npy"))).data as Float32Array;
+  const meanLogits = Float32Array.from(c0.logits, (v, i) => (v + pt1[i]!) / 2);
+  const both = await loadNnunet(FOLDER, { folds: [0, 1] });
+  const per = await both.runFolds(c0.input);
+  t.true(relErr(per[0]!.data, c0.logits) <= 1e-4 && relErr(per[1]!.data, pt1) <= 1e-4, "runFolds: each fold's logits in order");
+  const ens = await both.run(c0.input);
+  t.deepEqual(ens.shape, c0.shape);
+  const e = relErr(ens.data, meanLogits);
+  t.log(`mean-of-logits ensemble: relative error ${e.toExponential(2)}`);
+  t.true(e <= 1e-4, `mean of logits: ${e}`);
+  t.true(relErr(c0.logits, meanLogits) > 1e-2, "the folds disagree, so one fold alone would fail the check above");
+
+  const soft = await loadNnunet(FOLDER, { folds: [0, 1], ensemble: "softmax" });
+  const p0 = softmax(c0.logits, 6), p1 = softmax(pt1, 6);
+  const meanProb = Float64Array.from(p0, (v, i) => (v + p1[i]!) / 2);
+  const got = softmax((await soft.run(c0.input)).data, 6);
+  let d = 0, dd = 0;
+  for (let i = 0; i < got.length; i++) d = Math.max(d, Math.abs(got[i]! - meanProb[i]!));
+  t.true(d <= 1e-5, `max |softmax(run) − mean of PyTorch's softmax| = ${d}`);
+  // the two rules differ: the softmax of the mean logits is not the mean of the softmax
+  const viaLogits = softmax(meanLogits, 6);
+  for (let i = 0; i < got.length; i++) dd = Math.max(dd, Math.abs(viaLogits[i]! - meanProb[i]!));
+  t.true(dd > 1e-3, `${dd}`);
+  both.dispose();
+  soft.dispose();
+});
+
+/** Voxels where bhsd's labels differ from PyTorch's, and how many of those are not near-ties (reference margin ≥ 1e-3). */
+async function compareLabels(labels: Uint8Array, refName: string, marginName: string) {
+  const ref = (await readNpy(join(EXTRA, refName))).data as Uint8Array;
+  const margin = (await readNpy(join(EXTRA, marginName))).data as Float32Array;
+  let differ = 0, clear = 0;
+  for (let i = 0; i < ref.length; i++) if (labels[i] !== ref[i]) (differ++, margin[i]! >= 1e-3 && clear++);
+  return { n: ref.length, differ, clear, classes: new Set(ref).size };
+}
+
+test.serial("segment() runs the folder end to end and matches nnU-Net's predictor run by PyTorch", async (t) => {
+  setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
+  const ct = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
+  const model = await loadNnunet(FOLDER);
+  const { labels, report } = await segment(ct, model as unknown as Model);
+  t.deepEqual(labels.dims, ct.dims);
+  t.deepEqual(labels.spacing, ct.spacing);
+  t.deepEqual(labels.affine, ct.affine);
+  // 24 × 128 × 128 at the plans' spacing (no resampling), patch 16 × 64 × 64, step 0.5: 2 × 3 × 3 windows
+  t.deepEqual(report.modelGrid.dims, [24, 128, 128]);
+  t.is(report.windows, 18);
+  t.deepEqual(Object.keys(report.perClass), ["1", "2", "3", "4", "5"]);
+  // the reference: nnU-Net's sliding window, Gaussian and fold averaging in PyTorch (make.py), no mirroring
+  const c = await compareLabels(labels.data, "smoke_labels_folds01.npy", "smoke_margin_folds01.npy");
+  t.log(`labels differing from PyTorch's: ${c.differ} of ${c.n} (${c.clear} not near-ties); ${c.classes} classes in the reference`);
+  t.true(c.classes >= 3, "the reference is not one class everywhere");
+  t.is(c.clear, 0);
+  t.true(c.differ <= c.n * 1e-4);
+  model.dispose();
+});
+
+test.serial("segment() with mirroring over inference_allowed_mirroring_axes matches PyTorch's mirrored prediction", async (t) => {
+  setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
+  const full = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
+  // the fixture's crop (z 4–20, y 40–104, x 36–100): one window, 8 mirrored passes per fold
+  const [nx, ny] = full.dims;
+  const data = new Int16Array(64 * 64 * 16);
+  let i = 0;
+  for (let z = 4; z < 20; z++) for (let y = 40; y < 104; y++) for (let x = 36; x < 100; x++) data[i++] = full.data[(z * ny + y) * nx + x]!;
+  const ct = { data, dims: [64, 64, 16] as [number, number, number], spacing: full.spacing, affine: full.affine };
+  const model = await loadNnunet(FOLDER);
+  const { labels, report } = await segment(ct, model as unknown as Model, { mirror: true });
+  t.is(report.forwards, 8, "one window, all 8 flips of the 3 allowed axes");
+  const c = await compareLabels(labels.data, "crop_labels_folds01_mirrored.npy", "crop_margin_folds01_mirrored.npy");
+  t.log(`labels differing from PyTorch's: ${c.differ} of ${c.n} (${c.clear} not near-ties)`);
+  t.true(c.classes >= 3);
+  t.is(c.clear, 0);
+  model.dispose();
+});
+
+for (const { name } of backends) {
+  test.serial(`${name}: a ResidualEncoderUNet folder gives PyTorch's logits`, async (t) => {
+    setBackend(name);
+    const model = await loadNnunet(join(EXTRA, "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres"));
+    t.is(model.architecture.networkClass, "ResidualEncoderUNet");
+    const x = await readNpy(join(EXTRA, "resenc_fold_0_input.npy"));
+    const want = (await readNpy(join(EXTRA, "resenc_fold_0_logits.npy"))).data as Float32Array;
+    const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+    const e = relErr(y.data, want);
+    t.log(`ResEnc: relative error ${e.toExponential(2)}`);
+    t.true(e <= 1e-4, `${e}`);
+    model.dispose();
+  });
+}
+
+// ---- malformed folders and checkpoints -------------------------------------------------------
+
+/** A copy of the fixture folder (fold 0 only) with plans.json and the checkpoint changed. */
+const made: string[] = [];
+test.after.always(() => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
+function variant(opts: { plans?: (p: any) => void; checkpoint?: (b: Buffer) => Uint8Array }): string {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-"));
+  made.push(dir);
+  for (const f of ["dataset.json", "plans.json"]) copyFileSync(join(FOLDER, f), join(dir, f));
+  if (opts.plans) {
+    const p = JSON.parse(readFileSync(join(dir, "plans.json"), "utf8"));
+    opts.plans(p);
+    writeFileSync(join(dir, "plans.json"), JSON.stringify(p));
+  }
+  mkdirSync(join(dir, "fold_0"));
+  const ck = readFileSync(join(FOLDER, "fold_0", "checkpoint_final.pth"));
+  writeFileSync(join(dir, "fold_0", "checkpoint_final.pth"), opts.checkpoint ? opts.checkpoint(ck) : ck);
+  return dir;
+}
+const arch = (p: any) => p.configurations["3d_fullres"].architecture.arch_kwargs;
+
+test("a truncated checkpoint is refused as not a readable zip", async (t) => {
+  const dir = variant({ checkpoint: (b) => b.subarray(0, b.length >> 1) });
+  await t.throwsAsync(loadNnunet(dir), { message: /fold_0\/checkpoint_final\.pth: not a readable PyTorch zip checkpoint — truncated/ });
+});
+
+test("a checkpoint without a tensor the network needs is refused, naming it", async (t) => {
+  const dir = variant({ plans: (p) => (arch(p).n_conv_per_stage = [2, 2, 2, 2, 3]) });
+  await t.throwsAsync(loadNnunet(dir), { message: /network_weights do not match the PlainConvUNet that plans\.json describes: missing encoder\.stages\.4\.0\.convs\.2\.conv\.weight \[12, 12, 3, 3, 3\]/ });
+});
+
+test("a checkpoint with tensors the network does not have is refused, naming them", async (t) => {
+  const dir = variant({ plans: (p) => (arch(p).n_conv_per_stage_decoder = [2, 2, 2, 1]) });
+  await t.throwsAsync(loadNnunet(dir), { message: /unexpected decoder\.stages\.3\.convs\.1\.conv\.weight/ });
+});
+
+test("a tensor of the wrong shape is refused with both shapes", async (t) => {
+  const dir = variant({ plans: (p) => (arch(p).features_per_stage = [8, 12, 12, 12, 16]) });
+  await t.throwsAsync(loadNnunet(dir), { message: /network_weights\["encoder\.stages\.4\.0\.convs\.0\.conv\.weight"\] has shape \[12, 12, 3, 3, 3\]; the plans' PlainConvUNet needs \[16, 12, 3, 3, 3\]/ });
+});
+
+test("a pickle naming a global outside what a checkpoint holds is refused", async (t) => {
+  // protocol 2 writes GLOBAL "torch\ndevice\n" for init_args' device: make it posix.system (same length; zip entries are stored)
+  const dir = variant({
+    checkpoint: (b) => {
+      const at = b.indexOf("ctorch\ndevice\n");
+      if (at < 0) throw new Error("fixture changed: no torch.device global");
+      const c = Buffer.from(b);
+      c.write("cposix\nsystem\n", at, "latin1");
+      return c;
+    },
+  });
+  await t.throwsAsync(loadNnunet(dir), { message: /the pickle names the Python global "posix\.system", which a PyTorch or nnU-Net checkpoint never holds; the file is refused \(nothing in it was run\)/ });
+});
+
+test("a checkpoint over the size limit is refused before it is read", async (t) => {
+  await t.throwsAsync(loadNnunet(FOLDER, { folds: [0], maxCheckpointBytes: 1_000_000 }), { message: /is 1071907 bytes, more than the 1000000 allowed \(maxCheckpointBytes\)/ });
+});
+
+/** A zip archive (stored or deflated entries; `declared` overrides the uncompressed size in the headers). */
+function makeZip(entries: { name: string; data: Uint8Array; deflate?: boolean; declared?: number }[]): Buffer {
+  const parts: Buffer[] = [], central: Buffer[] = [];
+  let offset = 0;
+  for (const e of entries) {
+    const body = e.deflate ? deflateRawSync(e.data) : Buffer.from(e.data);
+    const name = Buffer.from(e.name);
+    const fields = (h: Buffer, at: number) => {
+      h.writeUInt16LE(e.deflate ? 8 : 0, at);
+      h.writeUInt32LE(crc32(e.data), at + 6);
+      h.writeUInt32LE(body.length, at + 10);
+      h.writeUInt32LE(e.declared ?? e.data.length, at + 14);
+      h.writeUInt16LE(name.length, at + 18);
+    };
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    fields(local, 8);
+    const cd = Buffer.alloc(46);
+    cd.writeUInt32LE(0x02014b50, 0);
+    cd.writeUInt16LE(20, 4);
+    cd.writeUInt16LE(20, 6);
+    fields(cd, 10);
+    cd.writeUInt32LE(offset, 42);
+    parts.push(local, name, body);
+    central.push(cd, name);
+    offset += 30 + name.length + body.length;
+  }
+  const cdBytes = Buffer.concat(central);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(entries.length, 8);
+  end.writeUInt16LE(entries.length, 10);
+  end.writeUInt32LE(cdBytes.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...parts, cdBytes, end]);
+}
+
+test("a zip bomb (an entry declaring more than deflate can produce) is refused before inflating", async (t) => {
+  const pkl = Buffer.from([0x80, 0x02, 0x7d, 0x2e]); // {} in pickle protocol 2
+  const dir = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl, deflate: true, declared: 2 ** 31 }]) });
+  await t.throwsAsync(loadNnunet(dir), { message: /zip entry checkpoint_final\/data\.pkl declares 2147483648 bytes, more than the 268435456 allowed/ });
+  const dir2 = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl, deflate: true, declared: 100_000_000 }]) });
+  await t.throwsAsync(loadNnunet(dir2), { message: /declares 100000000 bytes from \d+ compressed, beyond what deflate can produce/ });
+});
+
+test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clearly", async (t) => {
+  const dir = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x7d, 0x2e]) }]) });
+  await t.throwsAsync(loadNnunet(dir), { message: /"network_weights" is None, not a state_dict/ });
+  const garbage = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x28, 0x74]) }]) });
+  await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
+});
+
+test("arguments are checked with messages that name them", async (t) => {
+  await t.throwsAsync(loadNnunet(42 as never), { message: /Expected the path of an nnU-Net trainer folder for trainerFolder but received number 42/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { folds: [7] }), { message: /fold_7\/checkpoint_final\.pth does not exist/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { folds: [] }), { message: /Expected a non-empty array of fold numbers or "all" for options\.folds/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { checkpoint: "best" }), { message: /has no fold_K\/checkpoint_best\.pth/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { checkpoint: "last" as never }), { message: /Expected "final" or "best" for options\.checkpoint/ });
+  const model = await loadNnunet(FOLDER, { folds: [0] });
+  await t.throwsAsync(model.run({ data: new Float32Array(16 * 60 * 64), shape: [1, 1, 16, 60, 64] }), { message: /multiples of \[2, 16, 16\]/ });
+  model.dispose();
+});
