@@ -1,0 +1,167 @@
+/**
+ * The widely used 3D segmentation networks (issue 17), built from their authors' own code with
+ * random weights and exported by torch.onnx.export at opsets 13 and 17: bhsd must give PyTorch's
+ * output (test/fixtures/networks/, made by make_fixtures.py there; see its README), or refuse the
+ * file at load naming what it cannot run — never load it and then answer wrongly.
+ */
+import test from "ava";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import ort from "onnxruntime-node";
+import { loadModel, readNpy, setBackend } from "../lib/index.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+import { scaleDiff } from "./ort.js";
+
+/**
+ * The networks, and whether bhsd runs them today. Flip `runs` to true when the ops land: a
+ * `runs: false` network must be refused by loadModel with every op it cannot run named; one that
+ * loads instead fails its test (flip it if its output is right, fix the engine if not).
+ * `knownBug`: loads, then throws or answers wrongly at run time (against the README's promise).
+ * Its comparison is registered with `test.failing`, so the suite stays green while the bug is
+ * there and turns red once it is fixed: then set `runs: true` and drop `knownBug`.
+ */
+const NETWORKS: { name: string; runs: boolean; knownBug?: string }[] = [
+  { name: "plainconvunet", runs: true }, // nnU-Net v2 PlainConvUNet
+  { name: "resencunet", runs: false }, // nnU-Net v2 ResidualEncoderUNet (ResEnc-M preset): Pad before each skip's AveragePool
+  { name: "basicunet", runs: false }, // MONAI BasicUNet: ConstantOfShape, Transpose, Pad (edge)
+  { name: "unetr", runs: false }, // MONAI UNETR: Transpose, MatMul, Einsum, LayerNormalization (or ReduceMean…), Erf, Div
+  {
+    name: "monaiunet", // MONAI UNet (residual units, PReLU, instance norm without affine)
+    runs: false,
+    knownBug: "loads, then run() throws 'scale must be a float tensor': the Conv→InstanceNorm fusion reads the norm's scale/bias from Constant nodes that run after the Conv",
+  },
+  {
+    name: "attentionunet", // MONAI AttentionUnet
+    runs: false,
+    knownBug: "loads, then run() throws 'scale must be a float tensor' (same Conv→InstanceNorm fusion as monaiunet)",
+  },
+  {
+    name: "segresnet", // MONAI SegResNet (GroupNorm as Reshape→InstanceNorm→Reshape→Mul→Add)
+    runs: false,
+    knownBug: "from a path or a Node Buffer, run() throws 'cannot reshape [1,4,8,16,32] to [8031177557570357000, …]': int64 raw_data is read from offset 0 of the file's buffer (a plain Uint8Array works)",
+  },
+  { name: "dynunet", runs: true }, // MONAI DynUNet (residual blocks)
+];
+const OPSETS = [13, 17] as const;
+
+const DIR = join(ROOT, "test", "fixtures", "networks");
+interface ManifestEntry {
+  probe_only?: boolean; // exported to see what the exporter makes, files not kept (SwinUNETR: see the README)
+  input: string;
+  expected: string;
+  input_shape: number[];
+  output_shape: number[];
+  opsets: Record<string, { file: string; op_types: Record<string, number> }>;
+}
+const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as {
+  networks: Record<string, ManifestEntry>;
+  sha256: Record<string, string>;
+};
+
+/** A fixture file's path, checked against manifest.json's sha256 (a damaged copy fails loudly). */
+function fixture(file: string): string {
+  const path = join(DIR, file);
+  const want = manifest.sha256[file];
+  if (!want) throw new Error(`${file} is not listed in ${join(DIR, "manifest.json")}`);
+  const got = createHash("sha256").update(readFileSync(path)).digest("hex");
+  if (got !== want) throw new Error(`${path} has sha256 ${got}, manifest.json says ${want}`);
+  return path;
+}
+
+/** The same model file handed to loadModel four ways. */
+function sources(path: string): [string, string | Uint8Array][] {
+  const file = readFileSync(path);
+  // a Node Buffer that is a view at a nonzero offset into a larger ArrayBuffer (as Buffer.concat,
+  // pooled reads and network bodies give): offsets into raw_data must be relative to the view
+  const pool = Buffer.alloc(file.length + 24, 0xa5);
+  file.copy(pool, 13);
+  return [
+    ["a path", path],
+    ["a Node Buffer", file],
+    ["a Node Buffer at an offset", pool.subarray(13, 13 + file.length)],
+    ["a plain Uint8Array", new Uint8Array(file)],
+  ];
+}
+
+test("every network in the manifest is listed here, and every listed one has its fixtures", (t) => {
+  const kept = Object.keys(manifest.networks).filter((n) => !manifest.networks[n]!.probe_only);
+  t.deepEqual(NETWORKS.map((n) => n.name).sort(), kept.sort());
+  for (const { name, runs, knownBug } of NETWORKS) {
+    const m = manifest.networks[name]!;
+    t.deepEqual(Object.keys(m.opsets).sort(), OPSETS.map(String), name);
+    t.true(!(runs && knownBug), `${name}: runs: true with a knownBug`);
+    for (const f of [m.input, m.expected, ...Object.values(m.opsets).map((o) => o.file)]) t.notThrows(() => fixture(f), f);
+  }
+});
+
+for (const { name } of NETWORKS) {
+  for (const opset of OPSETS) {
+    // the fixture itself: onnxruntime gives PyTorch's output on the same file, in this process
+    test(`onnxruntime-node: ${name} opset ${opset} equals PyTorch (fixture check)`, async (t) => {
+      const m = manifest.networks[name]!;
+      const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
+      const session = await ort.InferenceSession.create(fixture(m.opsets[opset]!.file), { intraOpNumThreads: 1 });
+      try {
+        const out = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).output!;
+        t.deepEqual([...out.dims], m.output_shape);
+        const d = scaleDiff(out.data as Float32Array, want.data);
+        t.true(d <= 1e-4, `max |onnxruntime − PyTorch| is ${d} of max |PyTorch|`);
+      } finally {
+        await session.release();
+      }
+    });
+  }
+}
+
+for (const { name: backend } of backendsUnderTest()) {
+  for (const { name, runs, knownBug } of NETWORKS) {
+    for (const opset of OPSETS) {
+      const m = manifest.networks[name]!;
+      const title = `${backend}: ${name} opset ${opset}`;
+      if (runs || knownBug) {
+        const register = knownBug ? test.serial.failing : test.serial;
+        register(`${title} from a path, a Buffer and a Uint8Array equals PyTorch${knownBug ? ` (known bug: ${knownBug})` : ""}`, async (t) => {
+          setBackend(backend);
+          const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
+          t.deepEqual(x.shape, m.input_shape);
+          for (const [how, src] of sources(fixture(m.opsets[opset]!.file))) {
+            const model = await loadModel(src);
+            const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+            t.deepEqual(y.shape, m.output_shape, how);
+            const d = scaleDiff(y.data, want.data);
+            t.true(d <= 1e-4, `${how}: max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
+          }
+        });
+      } else {
+        test.serial(`${title} is refused at load from a path, a Buffer and a Uint8Array, naming the ops it cannot run`, async (t) => {
+          setBackend(backend);
+          const graphOps = new Set(Object.keys(m.opsets[opset]!.op_types));
+          const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
+          for (const [how, src] of sources(fixture(m.opsets[opset]!.file))) {
+            let model;
+            try {
+              model = await loadModel(src);
+            } catch (e) {
+              const msg = String((e as Error).message);
+              const named = [...msg.matchAll(/op (\S+) is not supported/g)].map((r) => r[1]!);
+              t.true(named.length > 0, `${how}: the refusal names no unsupported op: ${msg.slice(0, 500)}`);
+              for (const op of named) t.true(graphOps.has(op), `${how}: names ${op}, which the graph does not contain`);
+              continue;
+            }
+            // it loaded: say whether it runs right, so the entry can be flipped (or the engine fixed)
+            let verdict: string;
+            try {
+              const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+              const d = y.shape.join() === m.output_shape.join() ? scaleDiff(y.data, want.data) : Infinity;
+              verdict = d <= 1e-4 ? `and equals PyTorch (${d}): set runs: true` : `and answers WRONGLY (max difference ${d} of max |PyTorch|, shape [${y.shape}])`;
+            } catch (e) {
+              verdict = `and then run() throws: ${String((e as Error).message).slice(0, 300)}`;
+            }
+            t.fail(`${how}: loadModel accepted a runs: false network ${verdict}`);
+          }
+        });
+      }
+    }
+  }
+}
