@@ -39,6 +39,15 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
   if (process.env.BHSD_DISABLE_NATIVE === "1") throw new Error("disabled by BHSD_DISABLE_NATIVE=1");
   const gypBuild = require("node-gyp-build") as { (dir: string): unknown; resolve(dir: string): string };
   let path: string;
+  // BHSD_NATIVE_BINARY: load this addon file (an absolute path) instead; `npm run test:asan` loads its sanitizer build
+  const override = process.env.BHSD_NATIVE_BINARY;
+  if (override) {
+    try {
+      return { addon: require(override) as NativeAddon, path: override };
+    } catch (e) {
+      throw new Error(`BHSD_NATIVE_BINARY=${override} did not load: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
   try {
     path = gypBuild.resolve(PACKAGE_ROOT);
   } catch {
