@@ -53,6 +53,8 @@ interface ManifestEntry {
   input_shape: number[];
   output_shape: number[];
   opsets: Record<string, { file: string; op_types: Record<string, number> }>;
+  /** a second input shape (dynamic axes): one loaded model must answer both, in either order */
+  second?: { input: string; expected: string; input_shape: number[]; output_shape: number[] };
 }
 const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as {
   networks: Record<string, ManifestEntry>;
@@ -91,7 +93,9 @@ test("every network in the manifest is listed here, and every listed one has its
     const m = manifest.networks[name]!;
     t.deepEqual(Object.keys(m.opsets).sort(), OPSETS.map(String), name);
     t.true(!(runs && knownBug), `${name}: runs: true with a knownBug`);
-    for (const f of [m.input, m.expected, ...Object.values(m.opsets).map((o) => o.file)]) t.notThrows(() => fixture(f), f);
+    const files = [m.input, m.expected, ...Object.values(m.opsets).map((o) => o.file)];
+    if (m.second) files.push(m.second.input, m.second.expected);
+    for (const f of files) t.notThrows(() => fixture(f), f);
   }
 });
 
@@ -103,10 +107,14 @@ for (const { name } of NETWORKS) {
       const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
       const session = await ort.InferenceSession.create(fixture(m.opsets[opset]!.file), { intraOpNumThreads: 1 });
       try {
-        const out = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).output!;
-        t.deepEqual([...out.dims], m.output_shape);
-        const d = scaleDiff(out.data as Float32Array, want.data);
-        t.true(d <= 1e-4, `max |onnxruntime − PyTorch| is ${d} of max |PyTorch|`);
+        const cases = [[x, want, m.output_shape] as const];
+        if (m.second) cases.push([await readNpy(fixture(m.second.input)), await readNpy(fixture(m.second.expected)), m.second.output_shape]);
+        for (const [xi, wi, shape] of cases) {
+          const out = (await session.run({ input: new ort.Tensor("float32", xi.data as Float32Array, xi.shape) })).output!;
+          t.deepEqual([...out.dims], shape);
+          const d = scaleDiff(out.data as Float32Array, wi.data);
+          t.true(d <= 1e-4, `input [${xi.shape}]: max |onnxruntime − PyTorch| is ${d} of max |PyTorch|`);
+        }
       } finally {
         await session.release();
       }
@@ -131,6 +139,17 @@ for (const { name: backend } of backendsUnderTest()) {
             t.deepEqual(y.shape, m.output_shape, how);
             const d = scaleDiff(y.data, want.data);
             t.true(d <= 1e-4, `${how}: max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
+          }
+          if (m.second) {
+            // shapes computed in the graph (Shape → … → Reshape) follow the input: alternate two shapes on one model
+            const x2 = await readNpy(fixture(m.second.input)), want2 = await readNpy(fixture(m.second.expected));
+            const model = await loadModel(fixture(m.opsets[opset]!.file));
+            for (const [i, [xi, wi, shape]] of [[x2, want2, m.second.output_shape], [x, want, m.output_shape], [x2, want2, m.second.output_shape]].entries() as Iterable<[number, [typeof x, typeof x, number[]]]>) {
+              const y = await model.run({ data: xi.data as Float32Array, shape: xi.shape });
+              t.deepEqual(y.shape, shape, `run ${i + 1} of the alternating shapes`);
+              const d = scaleDiff(y.data, wi.data);
+              t.true(d <= 1e-4, `run ${i + 1} of the alternating shapes (input [${xi.shape}]): max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
+            }
           }
         });
       } else {
