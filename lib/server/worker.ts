@@ -43,7 +43,9 @@ async function run(job: WorkerJob): Promise<string> {
     if (count > job.maxComponents) {
       throw new JobError(422, "too_many_components", `labels holds ${count} connected components (connectivity ${job.connectivity}); this server reports at most ${job.maxComponents} (maxComponents) — is it a label volume?`);
     }
-    return toJson({ count, components: await componentStats(labels, { classes: job.volume }) }, 0);
+    // (maxComponents also for a componentStats that checks it itself; count ≤ it here)
+    const statsOptions = { classes: job.volume, maxComponents: job.maxComponents } as Parameters<typeof componentStats>[1];
+    return toJson({ count, components: await componentStats(labels, statsOptions) }, 0);
   }
   checkLabels("gt", job.gt, 5);
   checkLabels("pred", job.pred, 5);
