@@ -8,7 +8,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
-import { loadNnunet, readNifti, readNpy, segment, setBackend, type Model } from "../lib/index.js";
+import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend, type Model } from "../lib/index.js";
 import { normalize } from "../lib/model/segment.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 
@@ -298,6 +298,62 @@ test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clea
   await t.throwsAsync(loadNnunet(dir), { message: /"network_weights" is None, not a state_dict/ });
   const garbage = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x28, 0x74]) }]) });
   await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
+});
+
+/** The stored data.pkl of a fixture checkpoint: where its bytes lie and how to fix its CRC after a change. */
+function pickleSpan(b: Buffer) {
+  const name = "checkpoint_final/data.pkl";
+  const start = 30 + b.readUInt16LE(26) + b.readUInt16LE(28);
+  const size = b.readUInt32LE(22);
+  if (b.toString("latin1", 30, 30 + name.length) !== name || b.readUInt16LE(8) !== 0) throw new Error("fixture changed: data.pkl is not the first stored entry");
+  const cd = b.indexOf(Buffer.concat([Buffer.from([0x50, 0x4b, 0x01, 0x02])]), start + size);
+  const fixCrc = () => {
+    const c = crc32(b.subarray(start, start + size));
+    b.writeUInt32LE(c, 14);
+    b.writeUInt32LE(c, cd + 16);
+  };
+  return { start, size, fixCrc };
+}
+
+test("a damaged storage or pickle fails its CRC-32 check", async (t) => {
+  // storage 0 is the first conv's weight; its record's local header follows the pickle
+  const storage = variant({
+    checkpoint: (b) => {
+      const c = Buffer.from(b);
+      const name = "checkpoint_final/data/0";
+      const at = c.indexOf(name, pickleSpan(c).start + pickleSpan(c).size);
+      c[at + name.length + c.readUInt16LE(at - 2) + 5]! ^= 0x40;
+      return c;
+    },
+  });
+  await t.throwsAsync(loadNnunet(storage), { message: /storage record checkpoint_final\/data\/0 \(tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight\) fails its CRC-32 check \(a damaged file\)/ });
+  const pkl = variant({ checkpoint: (b) => { const c = Buffer.from(b); c[pickleSpan(c).start + 1000]! ^= 0x01; return c; } });
+  await t.throwsAsync(loadNnunet(pkl), { message: /checkpoint_final\/data\.pkl fails its CRC-32 check/ });
+});
+
+test("fuzz: 40 mutated pickles (CRC fixed) load or are refused with a CheckpointError, each within seconds", async (t) => {
+  const original = readFileSync(join(FOLDER, "fold_0", "checkpoint_final.pth"));
+  const dir = variant({});
+  let seed = 20261202, loaded = 0, refused = 0;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let it = 0; it < 40; it++) {
+    const c = Buffer.from(original);
+    const span = pickleSpan(c);
+    for (let k = 0, n = 1 + Math.floor(rnd() * 4); k < n; k++) c[span.start + Math.floor(rnd() * span.size)] = Math.floor(rnd() * 256);
+    span.fixCrc();
+    writeFileSync(join(dir, "fold_0", "checkpoint_final.pth"), c);
+    const t0 = performance.now();
+    try {
+      (await loadNnunet(dir)).dispose();
+      loaded++;
+    } catch (e) {
+      if (!(e instanceof CheckpointError)) t.fail(`mutation ${it}: ${(e as Error).constructor.name}: ${(e as Error).message}`);
+      refused++;
+    }
+    t.true(performance.now() - t0 < 10_000, `mutation ${it} took ${performance.now() - t0} ms`);
+  }
+  t.log(`${loaded} loaded, ${refused} refused`);
+  t.true(refused > 10, "most random changes to the pickle break it");
 });
 
 test("arguments are checked with messages that name them", async (t) => {

@@ -19,6 +19,7 @@
  */
 import { stat } from "node:fs/promises";
 import { createRequire } from "node:module";
+import { crc32 } from "node:zlib";
 import type { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
 
@@ -332,7 +333,9 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       const bo = new TextDecoder().decode(await readEntry(zf, byteorder, 16, where)).trim();
       if (bo !== "little") throw new CheckpointError(`${where}: byteorder "${bo}" (only little-endian checkpoints are read)`);
     }
-    const pklBytes = await readEntry(zf, entries.get(pkls[0]!)!, lim.maxPickleBytes, where);
+    const pklEntry = entries.get(pkls[0]!)!;
+    const pklBytes = await readEntry(zf, pklEntry, lim.maxPickleBytes, where);
+    if (crc32(pklBytes) !== pklEntry.crc32) throw new CheckpointError(`${where}: ${pklEntry.fileName} fails its CRC-32 check (a damaged file)`);
     const storages = new Map<string, StorageRef>();
     const parser = new Parser({
       unpicklingTypeOfDictionary: "Map",
@@ -394,7 +397,10 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
         if (e.compressionMethod !== 0 || e.isEncrypted())
           throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`);
         const out = new Float32Array(n);
-        await readRange(zf, e, t.offset * 4, (t.offset + n) * 4, new Uint8Array(out.buffer), where);
+        const bytes = new Uint8Array(out.buffer);
+        await readRange(zf, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
+        // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
+        if (n * 4 === want && crc32(bytes) !== e.crc32) throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
         return out;
       },
       close() {
