@@ -23,24 +23,12 @@ import { scaleDiff } from "./ort.js";
  */
 const NETWORKS: { name: string; runs: boolean; knownBug?: string }[] = [
   { name: "plainconvunet", runs: true }, // nnU-Net v2 PlainConvUNet
-  { name: "resencunet", runs: false }, // nnU-Net v2 ResidualEncoderUNet (ResEnc-M preset): Pad before each skip's AveragePool
-  { name: "basicunet", runs: false }, // MONAI BasicUNet: ConstantOfShape, Transpose, Pad (edge)
-  { name: "unetr", runs: false }, // MONAI UNETR: Transpose, MatMul, Einsum, LayerNormalization (or ReduceMean…), Erf, Div
-  {
-    name: "monaiunet", // MONAI UNet (residual units, PReLU, instance norm without affine)
-    runs: false,
-    knownBug: "loads, then run() throws 'scale must be a float tensor': the Conv→InstanceNorm fusion reads the norm's scale/bias from Constant nodes that run after the Conv",
-  },
-  {
-    name: "attentionunet", // MONAI AttentionUnet
-    runs: false,
-    knownBug: "loads, then run() throws 'scale must be a float tensor' (same Conv→InstanceNorm fusion as monaiunet)",
-  },
-  {
-    name: "segresnet", // MONAI SegResNet (GroupNorm as Reshape→InstanceNorm→Reshape→Mul→Add)
-    runs: false,
-    knownBug: "from a path or a Node Buffer, run() throws 'cannot reshape [1,4,8,16,32] to [8031177557570357000, …]': int64 raw_data is read from offset 0 of the file's buffer (a plain Uint8Array works)",
-  },
+  { name: "resencunet", runs: true }, // nnU-Net v2 ResidualEncoderUNet (ResEnc-M preset): Pad before each skip's AveragePool
+  { name: "basicunet", runs: true }, // MONAI BasicUNet: ConstantOfShape, Transpose, Pad (edge)
+  { name: "unetr", runs: true }, // MONAI UNETR: Transpose, MatMul, Einsum, LayerNormalization (or ReduceMean…), Erf, Div
+  { name: "monaiunet", runs: true }, // MONAI UNet (residual units, PReLU, instance norm without affine): norm scale/bias from Constant nodes
+  { name: "attentionunet", runs: true }, // MONAI AttentionUnet
+  { name: "segresnet", runs: true }, // MONAI SegResNet (GroupNorm as Reshape→InstanceNorm→Reshape→Mul→Add; int64 raw_data in a Buffer)
   { name: "dynunet", runs: true }, // MONAI DynUNet (residual blocks)
 ];
 const OPSETS = [13, 17] as const;
