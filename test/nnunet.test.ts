@@ -230,13 +230,14 @@ test("a tensor of the wrong shape is refused with both shapes", async (t) => {
 });
 
 test("a pickle naming a global outside what a checkpoint holds is refused", async (t) => {
-  // protocol 2 writes GLOBAL "torch\ndevice\n" for init_args' device: make it posix.system (same length; zip entries are stored)
+  // protocol 2 writes GLOBAL "torch\ndevice\n" for init_args' device: make it posix.system (same length; zip entries are stored; CRC fixed)
   const dir = variant({
     checkpoint: (b) => {
       const at = b.indexOf("ctorch\ndevice\n");
       if (at < 0) throw new Error("fixture changed: no torch.device global");
       const c = Buffer.from(b);
       c.write("cposix\nsystem\n", at, "latin1");
+      pickleSpan(c).fixCrc();
       return c;
     },
   });
@@ -300,18 +301,20 @@ test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clea
   await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
 });
 
-/** The stored data.pkl of a fixture checkpoint: where its bytes lie and how to fix its CRC after a change. */
+/**
+ * The stored data.pkl of a fixture checkpoint: where its bytes lie and how to fix its CRC after a
+ * change. PyTorch's writer puts sizes and CRC in data descriptors (local header fields are 0), so
+ * they are read from the central directory, whose first entry is data.pkl.
+ */
 function pickleSpan(b: Buffer) {
   const name = "checkpoint_final/data.pkl";
   const start = 30 + b.readUInt16LE(26) + b.readUInt16LE(28);
-  const size = b.readUInt32LE(22);
-  if (b.toString("latin1", 30, 30 + name.length) !== name || b.readUInt16LE(8) !== 0) throw new Error("fixture changed: data.pkl is not the first stored entry");
-  const cd = b.indexOf(Buffer.concat([Buffer.from([0x50, 0x4b, 0x01, 0x02])]), start + size);
-  const fixCrc = () => {
-    const c = crc32(b.subarray(start, start + size));
-    b.writeUInt32LE(c, 14);
-    b.writeUInt32LE(c, cd + 16);
-  };
+  const eocd = b.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  const cd = b.readUInt32LE(eocd + 16);
+  if (b.toString("latin1", 30, 30 + name.length) !== name || b.toString("latin1", cd + 46, cd + 46 + name.length) !== name || b.readUInt16LE(8) !== 0)
+    throw new Error("fixture changed: data.pkl is not the first stored entry");
+  const size = b.readUInt32LE(cd + 24);
+  const fixCrc = () => b.writeUInt32LE(crc32(b.subarray(start, start + size)), cd + 16);
   return { start, size, fixCrc };
 }
 
