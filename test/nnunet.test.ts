@@ -209,6 +209,50 @@ function variant(opts: { plans?: (p: any) => void; checkpoint?: (b: Buffer) => U
 }
 const arch = (p: any) => p.configurations["3d_fullres"].architecture.arch_kwargs;
 
+test("plans in nnU-Net's pre-2.4 format and configurations with inherits_from give the same network", async (t) => {
+  const c = await fixtureCase(0);
+  const old = variant({
+    plans: (p) => {
+      const conf = p.configurations["3d_fullres"], k = conf.architecture.arch_kwargs;
+      Object.assign(conf, {
+        UNet_class_name: "PlainConvUNet", UNet_base_num_features: 8, unet_max_num_features: 12,
+        n_conv_per_stage_encoder: k.n_conv_per_stage, n_conv_per_stage_decoder: k.n_conv_per_stage_decoder,
+        conv_kernel_sizes: k.kernel_sizes, pool_op_kernel_sizes: k.strides,
+      });
+      delete conf.architecture;
+    },
+  });
+  const inherited = variant({
+    plans: (p) => {
+      const full = p.configurations["3d_fullres"];
+      p.configurations.base = full;
+      p.configurations["3d_fullres"] = { inherits_from: "base", patch_size: full.patch_size };
+    },
+  });
+  for (const dir of [old, inherited]) {
+    const model = await loadNnunet(dir);
+    t.deepEqual(model.config.patchSize, [16, 64, 64]);
+    const e = relErr((await model.run(c.input)).data, c.logits);
+    t.true(e <= 1e-4, `${e}`);
+    model.dispose();
+  }
+  const loop = variant({ plans: (p) => (p.configurations["3d_fullres"].inherits_from = "3d_fullres") });
+  await t.throwsAsync(loadNnunet(loop), { message: /configuration "3d_fullres" inherits from itself/ });
+});
+
+test("plans this engine does not build are refused, naming the key", async (t) => {
+  const cases: [(a: any) => void, RegExp][] = [
+    [(a) => (a.network_class_name = "dynamic_network_architectures.architectures.primus.Primus"), /network_class_name "dynamic_network_architectures\.architectures\.primus\.Primus" is not built here/],
+    [(a) => (a.arch_kwargs.norm_op = "torch.nn.modules.batchnorm.BatchNorm3d"), /arch_kwargs\.norm_op "torch\.nn\.modules\.batchnorm\.BatchNorm3d": only InstanceNorm3d is built/],
+    [(a) => (a.arch_kwargs.nonlin = "torch.nn.GELU"), /arch_kwargs\.nonlin "torch\.nn\.GELU": only LeakyReLU and ReLU are built/],
+    [(a) => (a.arch_kwargs.kernel_sizes = [[3, 3], [3, 3], [3, 3], [3, 3], [3, 3]]), /arch_kwargs\.kernel_sizes\[0\] must be a positive integer or 3 of them/],
+  ];
+  for (const [change, message] of cases) {
+    const dir = variant({ plans: (p) => change(p.configurations["3d_fullres"].architecture) });
+    await t.throwsAsync(loadNnunet(dir), { message });
+  }
+});
+
 test("a truncated checkpoint is refused as not a readable zip", async (t) => {
   const dir = variant({ checkpoint: (b) => b.subarray(0, b.length >> 1) });
   await t.throwsAsync(loadNnunet(dir), { message: /fold_0\/checkpoint_final\.pth: not a readable PyTorch zip checkpoint — truncated/ });
