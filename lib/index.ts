@@ -35,3 +35,4 @@ export { writePhantoms, type PhantomSetOptions } from "./phantom/write.js";
 export { conv3dBackward, convTranspose3dBackward, instanceNormBackward, leakyReluBackward, dcAndCeLoss, Adam, SgdNesterov, type LossResult, type ConvGeometry } from "./train/grad.js";
 export { backprop, type BackpropResult } from "./train/backprop.js";
 export { milLoss, consistencyLoss, emaUpdate, rampWeight } from "./train/semi.js";
+export { renderOverlay, renderOverlayImage, sliceOrientation, BRAIN_WINDOW, SUBDURAL_WINDOW, CLASS_COLORS, type OverlayOptions, type OverlayImage, type DisplayWindow, type Panel } from "./render/overlay.js";
