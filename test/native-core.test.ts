@@ -17,5 +17,6 @@ for (const [what, variant] of [
     t.is(r.status, 0, r.stdout + r.stderr);
     t.regex(r.stdout, new RegExp(`^ok ${variant}, as the processor allows: \\d+ passed, 0 failed$`, "m"));
     t.regex(r.stdout, new RegExp(`^ok ${variant}, BHSD_NO_AVX2=1: \\d+ passed, 0 failed$`, "m"));
+    t.regex(r.stdout, new RegExp(`^ok ${variant}, BHSD_NO_AVX512=1: \\d+ passed, 0 failed$`, "m"));
   });
 }

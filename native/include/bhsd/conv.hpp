@@ -198,6 +198,106 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_any(const float* a, 
   kernel_avx2_rows(rows, a, bsrc, K, tile, NR, bias, first, last, act, alpha);
   for (std::int64_t q = 0; q < rows; ++q) std::memcpy(o + q * ldo, tile + q * NR, std::size_t(n) * sizeof(float));
 }
+
+// The AVX-512 micro-kernel: two blocks of weights (R0 ≤ 6 and R1 ≤ 6 output channels, R1 = 0 for
+// one) against the same 16 input samples per weight, one zmm register per output row: up to 12
+// accumulators hide the FMA latency, and each FMA does 16 voxels — twice the AVX2 kernel's work per
+// instruction on processors with full-width AVX-512 (Zen 5, Intel server cores). The same packed
+// weights and panels as AVX2 (block b + 1's weights K·MR floats after block b's); partial tiles
+// (n < 16) by masked loads and stores, nothing past them read or written.
+template <int R0, int R1, class B>
+__attribute__((target("avx512f"))) inline void kernel_avx512_pair(const float* a0, const float* a1, B bsrc, std::int64_t K,
+                                                                  float* o, std::int64_t ldo, const float* bias, __mmask16 m,
+                                                                  bool first, bool last, Act act, float alpha) {
+  static_assert(R0 >= 1 && R0 <= MR && R1 >= 0 && R1 <= MR, "rows per block");
+  constexpr int R = R0 + R1;
+  __m512 c[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) c[r] = first ? _mm512_set1_ps(bias ? bias[r] : 0.0f) : _mm512_maskz_loadu_ps(m, o + r * ldo);
+  for (std::int64_t k = 0; k < K; ++k) {
+    const __m512 b = _mm512_loadu_ps(bsrc.at(k));
+#pragma GCC unroll 6
+    for (int r = 0; r < R0; ++r) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a0[r]), b, c[r]);
+#pragma GCC unroll 6
+    for (int r = 0; r < R1; ++r) c[R0 + r] = _mm512_fmadd_ps(_mm512_set1_ps(a1[r]), b, c[R0 + r]);
+    a0 += MR;
+    if (R1) a1 += MR;
+  }
+  if (last && act != Act::none) {
+    const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) c[r] = _mm512_mask_mul_ps(c[r], _mm512_cmp_ps_mask(c[r], zero, _CMP_NGT_UQ), c[r], slope);
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(o + r * ldo, m, c[r]);
+}
+
+template <int R0, class B>
+__attribute__((target("avx512f"))) inline void kernel_avx512_second(std::int64_t rows1, const float* a0, const float* a1, B bsrc,
+                                                                    std::int64_t K, float* o, std::int64_t ldo, const float* bias,
+                                                                    __mmask16 m, bool first, bool last, Act act, float alpha) {
+  switch (rows1) {
+    case 6: return kernel_avx512_pair<R0, 6>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 5: return kernel_avx512_pair<R0, 5>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 4: return kernel_avx512_pair<R0, 4>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 3: return kernel_avx512_pair<R0, 3>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 2: return kernel_avx512_pair<R0, 2>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 1: return kernel_avx512_pair<R0, 1>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    default: return kernel_avx512_pair<R0, 0>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+  }
+}
+
+// Blocks of `rows0` and `rows1` (0: none) output channels, the second's weights `astride` floats
+// after the first's, its rows right after the first's in the output; n ≤ 16 voxels.
+template <class B>
+__attribute__((target("avx512f"))) inline void kernel_avx512_any(const float* a, std::int64_t astride, std::int64_t rows0,
+                                                                 std::int64_t rows1, B bsrc, std::int64_t K, float* o,
+                                                                 std::int64_t ldo, const float* bias, std::int64_t n,
+                                                                 bool first, bool last, Act act, float alpha) {
+  const __mmask16 m = n >= NR ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+  const float* a1 = a + astride;
+  if (rows0 == MR) return kernel_avx512_second<MR>(rows1, a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+  // a short first block (a layer of fewer than 6 channels) never has a second
+  switch (rows0) {
+    case 5: return kernel_avx512_pair<5, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 4: return kernel_avx512_pair<4, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 3: return kernel_avx512_pair<3, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 2: return kernel_avx512_pair<2, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    default: return kernel_avx512_pair<1, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+  }
+}
+
+// Whether the AVX-512 kernel runs here (BHSD_NO_AVX512=1 keeps AVX2, for comparison and tests).
+inline bool use_avx512() {
+  static const bool on = [] {
+    const CpuFeatures f = cpu_features();
+    return f.avx512f && f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2");
+  }();
+  return on;
+}
+
+// Output-channel blocks cob0 … cob1 of one tile (n ≤ 16 voxels at o, rows ldo apart): two blocks
+// per AVX-512 call where it runs, one per AVX2 call elsewhere. wp: the layer's packed weights at
+// this block of K (block b at wp + b·Kfull·MR); kbn: the K rows of this call.
+template <class B>
+inline void kernel_blocks(const float* wp, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob0, std::int64_t cob1, B bsrc,
+                          std::int64_t kbn, float* o, std::int64_t ldo, const float* bias, std::int64_t n, bool first, bool last,
+                          Act act, float alpha) {
+  if (use_avx512()) {
+    for (std::int64_t cob = cob0; cob < cob1; cob += 2) {
+      const std::int64_t r0 = cbk.rows(cob), r1 = cob + 1 < cob1 && r0 == MR ? cbk.rows(cob + 1) : 0, co0 = cbk.row0(cob);
+      kernel_avx512_any(wp + cob * Kfull * MR, Kfull * MR, r0, r1, bsrc, kbn, o + co0 * ldo, ldo, bias ? bias + co0 : nullptr, n,
+                        first, last, act, alpha);
+      if (r1 == 0) cob -= 1;  // the block ran alone
+    }
+    return;
+  }
+  for (std::int64_t cob = cob0; cob < cob1; ++cob) {
+    const std::int64_t co0 = cbk.row0(cob);
+    kernel_avx2_any(wp + cob * Kfull * MR, bsrc, kbn, o + co0 * ldo, ldo, bias ? bias + co0 : nullptr, cbk.rows(cob), n, first,
+                    last, act, alpha);
+  }
+}
 #endif
 
 using Kernel = void (*)(const float*, const float*, std::int64_t, float*);
@@ -583,18 +683,17 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
           const std::int64_t kbn = (c1 - c0) * ksp;
           const std::int32_t* dk = delta.data() + c0 * ksp;
           const bool first = kb == 0, last = kb == kblocks - 1;
-          for (std::int64_t cob = 0; cob < coblocks; ++cob) {
-            const float* a = wp + (cob * K + c0 * ksp) * MR;
-            const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
-            const float* bb = bias ? bias + co0 : nullptr;
+          const std::int64_t step = use_avx512() ? 2 : 1;
+          for (std::int64_t cob = 0; cob < coblocks; cob += step) {
+            const std::int64_t cobn = std::min(coblocks, cob + step);
             for (std::int64_t r = r0; r < r1; ++r) {
               const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
               const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
-              float* orow = out + co0 * vol_out + (od0 + odl) * plane_out + oh * g.Wo;
+              float* orow = out + (od0 + odl) * plane_out + oh * g.Wo;
               for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
                 const IndirectB src{base_row + ow0, dk};
                 const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
-                kernel_avx2_any(a, src, kbn, orow + ow0, vol_out, bb, rows_valid, n, first, last, act, alpha);
+                kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, src, kbn, orow + ow0, vol_out, bias, n, first, last, act, alpha);
               }
             }
           }
@@ -656,12 +755,12 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
         std::memcpy(panel + k * Lp, src.in + (k0 + k) * src.V + v0, std::size_t(n) * sizeof(float));
         std::memset(panel + k * Lp + n, 0, std::size_t(Lp - n) * sizeof(float));
       }
-    for (std::int64_t cob = 0; cob < cbk.count(); ++cob) {
-      const float* a = wp + (cob * K + k0) * MR;
-      const std::int64_t rows = cbk.rows(cob), co0 = cbk.row0(cob);
+    const std::int64_t step = use_avx512() ? 2 : 1;
+    for (std::int64_t cob = 0; cob < cbk.count(); cob += step) {
+      const std::int64_t cobn = std::min(cbk.count(), cob + step);
       for (std::int64_t v = v0; v < v1; v += NR)
-        kernel_avx2_any(a, stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn, o + co0 * ldo + (v - v0),
-                        ldo, bias ? bias + co0 : nullptr, rows, std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
+        kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn, stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn,
+                      o + (v - v0), ldo, bias, std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
     }
   }
 }
@@ -793,7 +892,12 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
         const bool first = kb == 0, last = kb == kblocks - 1;
         // Each block's weights stay in L1 while the segments' panels stream from L2 (the other
         // order, and 256- or 1024-row panels, measured no faster here: BHSD_CONV_KROWS to try).
-        for (std::int64_t cob = cob0; cob < cob1; ++cob) {
+#ifdef BHSD_X86
+        const std::int64_t step = direct && use_avx512() ? 2 : 1;
+#else
+        const std::int64_t step = 1;
+#endif
+        for (std::int64_t cob = cob0; cob < cob1; cob += step) {
           const float* a = wp + (cob * K + c0 * ksp) * MR;
           const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
           const float* bb = bias ? bias + co0 : nullptr;
@@ -801,14 +905,16 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
             const Seg& sg = segs[s];
             float* o = out + co0 * vol_out + (flat ? sg.ow0 : sg.od * plane_out + sg.oh * g.Wo + sg.ow0);
 #ifdef BHSD_X86
+            const std::int64_t cobn = std::min(cob1, cob + step);
+            float* o0 = o - co0 * vol_out;
             if (rowwin) {
-              kernel_avx2_any(a, IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn, o, vol_out, bb, rows_valid,
-                              sg.n, first, last, act, alpha);
+              kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn,
+                            o0, vol_out, bias, sg.n, first, last, act, alpha);
               continue;
             }
             if (direct) {
-              kernel_avx2_any(a, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o, vol_out, bb, rows_valid, sg.n, first,
-                              last, act, alpha);
+              kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o0, vol_out, bias,
+                            sg.n, first, last, act, alpha);
               continue;
             }
 #endif

@@ -1,6 +1,7 @@
 // bhsd — what the processor offers, asked at run time so that one binary runs on any x86-64.
 #pragma once
 
+#include <cstdlib>
 #include <string>
 
 namespace bhsd {
@@ -26,7 +27,11 @@ inline CpuFeatures cpu_features() {
 inline std::string simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   const CpuFeatures f = cpu_features();
-  if (f.avx2 && f.fma) return "avx2+fma";
+  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) {
+    // the convolutions' micro-kernel; the other loops stay AVX2
+    if (f.avx512f && !std::getenv("BHSD_NO_AVX512")) return "avx512f (conv) + avx2+fma";
+    return "avx2+fma";
+  }
   return "sse2";
 #elif defined(__aarch64__)
   return "neon";

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 
 #include "cpu_features.hpp"
 #include "thread_pool.hpp"
@@ -30,22 +31,35 @@ __attribute__((target("avx2,fma"))) inline float fma_chains(std::int64_t iters) 
   _mm256_storeu_ps(out, s);
   return out[0];
 }
+
+__attribute__((target("avx512f"))) inline float fma_chains512(std::int64_t iters) {
+  __m512 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (std::int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
 #endif
 }  // namespace peak_detail
 
-// Returns GFLOP/s (an FMA on 8 floats counts 16) over all pool threads; 0 without AVX2+FMA.
+// Returns GFLOP/s (an FMA on 8 floats counts 16, on 16 floats 32) over all pool threads, of the
+// widest FMA the convolutions use here (AVX-512 where they run it); 0 without AVX2+FMA.
 inline double fma_peak_gflops(ThreadPool& pool, std::int64_t iters = 20'000'000) {
 #if defined(__x86_64__) || defined(__i386__)
   const CpuFeatures f = cpu_features();
   if (!(f.avx2 && f.fma)) return 0;
+  const bool wide = f.avx512f && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2");
   const unsigned threads = pool.size();
   std::atomic<float> sink{0};
   const auto t0 = std::chrono::steady_clock::now();
   pool.parallel_for(threads, [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t t = lo; t < hi; ++t) sink = sink + peak_detail::fma_chains(iters);
+    for (std::size_t t = lo; t < hi; ++t) sink = sink + (wide ? peak_detail::fma_chains512(iters) : peak_detail::fma_chains(iters));
   }, 1, 1);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return double(threads) * double(iters) * 12 * 16 / s / 1e9;
+  return double(threads) * double(iters) * 12 * (wide ? 32 : 16) / s / 1e9;
 #else
   (void)pool;
   (void)iters;
