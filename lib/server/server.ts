@@ -33,7 +33,7 @@ import type { Volume } from "../types.js";
 import { VERSION } from "../version.js";
 import { Admission, type Ticket } from "./admission.js";
 import { fastifyCode, HttpError } from "./errors.js";
-import { runInWorker } from "./offload.js";
+import { closeIdleWorkers, runInWorker } from "./offload.js";
 import { RESULT_ID, ResultStore } from "./results.js";
 import { errorResponses, requestBodies, schemas } from "./schemas.js";
 
@@ -184,7 +184,10 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
 
   const sweep = setInterval(() => results.sweep(), 30_000);
   sweep.unref();
-  app.addHook("onClose", async () => clearInterval(sweep));
+  app.addHook("onClose", async () => {
+    clearInterval(sweep);
+    await closeIdleWorkers();
+  });
 
   app.addHook("onRequest", async (req) => {
     if (!want || req.routeOptions.url === "/v1/health") return;

@@ -1,8 +1,9 @@
 /**
  * The worker-thread side of the service's CPU-bound jobs whose JavaScript parts (per-component
  * statistics, metrics, JSON) would otherwise hold the event loop: it receives the volumes, does
- * the job, and posts back the answer's JSON text or an error. A job that runs too long is ended by
- * terminating its worker (offload.ts), which stops its work at once.
+ * the job, and posts back the answer's JSON text or an error; then it waits for the next job. A
+ * job that runs too long is ended by terminating its worker (offload.ts), which stops its work at
+ * once.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { setBackend } from "../backends/index.js";
@@ -56,7 +57,7 @@ if (parentPort && (workerData as { bhsdServiceWorker?: boolean } | undefined)?.b
   const port = parentPort;
   const { backend } = workerData as { backend: string };
   if (backend === "ts" || backend === "native") setBackend(backend);
-  port.once("message", (job: WorkerJob) => {
+  port.on("message", (job: WorkerJob) => {
     run(job).then(
       (json) => port.postMessage({ ok: true, json } satisfies WorkerReply),
       (e: Error) => {
