@@ -270,7 +270,7 @@ function parse(bytes: Uint8Array, label: string, maxBytes: number): dicomParser.
     // dicom-parser throws strings, Errors, or { exception, dataSet } objects.
     const msg = typeof e === "object" && e !== null && "exception" in e ? String((e as { exception: unknown }).exception) : errText(e);
     const why = msg.replace(/^dicomParser[.:]\w+:? ?/, "");
-    if (/buffer overrun|past end|beyond/i.test(why)) {
+    if (/buffer overrun|past end|beyond|greater than or equal to 'byteArray' length|end of (the )?buffer/i.test(why)) {
       throw new DicomError(label, `is truncated, or an element's length runs past the end of the file (${why})`);
     }
     throw new DicomError(label, `is not a readable DICOM file (${why})`);
@@ -368,6 +368,18 @@ function checkImage(h: Header): string | null {
   if (h.pixelRepresentation !== 0 && h.pixelRepresentation !== 1) return `has PixelRepresentation ${h.pixelRepresentation} (0 or 1 expected)`;
   if (h.frames !== 1) return `has NumberOfFrames ${h.frames} (single-frame images expected; enhanced multi-frame CT is not read)`;
   if (!(Number.isFinite(h.slope) && h.slope !== 0)) return `has RescaleSlope ${h.slope} (a non-zero number expected)`;
+  if (!Number.isFinite(h.intercept)) return `has RescaleIntercept ${h.intercept} (a number expected)`;
+  // Native pixel data must hold Rows × Columns values: checked here, before the volume is allocated.
+  const el = h.dataSet.elements.x7fe00010!;
+  if (!el.encapsulatedPixelData) {
+    const need = h.rows * h.columns * (h.bitsAllocated / 8);
+    if (el.length === 0xffffffff || el.length < need) {
+      return `has ${el.length} bytes of Pixel Data where Rows ${h.rows} × Columns ${h.columns} × ${h.bitsAllocated / 8} bytes need ${need}`;
+    }
+    if (el.dataOffset + need > h.dataSet.byteArray.length) return "is truncated: Pixel Data runs past the end of the file";
+  } else if (!el.fragments || el.fragments.length === 0) {
+    return "has encapsulated Pixel Data without fragments";
+  }
   return null;
 }
 

@@ -1,0 +1,117 @@
+/**
+ * Malformed DICOM: truncated files, element lengths past the end, missing pixel data, absurd
+ * Rows/Columns, inconsistent bit depths, damaged RLE and JPEG streams — each refused with a
+ * DicomError that names the file and the problem, quickly and before the volume is allocated;
+ * and a bounded, seeded fuzz test over byte mutations and truncations of a real file.
+ */
+import test from "ava";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { DicomError, readDicomSeries } from "../lib/io/dicom.js";
+import { DICOM_FIXTURES } from "./dicom-helpers.js";
+
+const A = readFileSync(join(DICOM_FIXTURES, "cases", "A_axial", "IM-0001.dcm"));
+const RLE = readFileSync(join(DICOM_FIXTURES, "cases", "D_rle", "IM-0001.dcm"));
+const JPEG = readFileSync(join(DICOM_FIXTURES, "cases", "E_jpeg_lossless", "IM-0001.dcm"));
+
+/** Offset of an explicit-VR little-endian element header (group, element) in the bytes. */
+function findTag(b: Uint8Array, group: number, element: number, vr: string): number {
+  for (let i = 132; i + 8 <= b.length; i++) {
+    if (b[i] === (group & 0xff) && b[i + 1] === group >> 8 && b[i + 2] === (element & 0xff) && b[i + 3] === element >> 8 && b[i + 4] === vr.charCodeAt(0) && b[i + 5] === vr.charCodeAt(1)) return i;
+  }
+  throw new Error(`tag ${group.toString(16)},${element.toString(16)} not found`);
+}
+function withUS(src: Uint8Array, group: number, element: number, value: number): Buffer {
+  const b = Buffer.from(src);
+  b.writeUInt16LE(value, findTag(b, group, element, "US") + 8);
+  return b;
+}
+const one = (bytes: Uint8Array, name = "bad.dcm") => readDicomSeries([{ name, bytes }]);
+
+async function refused(t: import("ava").ExecutionContext, p: Promise<unknown>, re: RegExp) {
+  const t0 = performance.now();
+  const e = await t.throwsAsync(p);
+  t.true(e instanceof DicomError, `a DicomError, not ${e?.constructor.name}: ${e?.message}`);
+  t.regex(e!.message, re);
+  t.true(performance.now() - t0 < 2000, "refused within 2 s");
+}
+
+test("truncated files", async (t) => {
+  const px = findTag(A, 0x7fe0, 0x0010, "OW");
+  await refused(t, one(A.subarray(0, px + 12 + 100)), /bad\.dcm: is truncated/);
+  await refused(t, one(A.subarray(0, 300)), /bad\.dcm: is truncated/);
+  await refused(t, one(A.subarray(0, 100)), /bad\.dcm: is not a DICOM file/);
+});
+
+test("an element length that runs past the end of the file", async (t) => {
+  const b = Buffer.from(A);
+  const at = findTag(b, 0x0008, 0x103e, "LO"); // SeriesDescription
+  b.writeUInt16LE(0xfff0, at + 6);
+  await refused(t, one(b), /bad\.dcm: is (truncated|not a readable DICOM file)/);
+});
+
+test("missing pixel data", async (t) => {
+  const px = findTag(A, 0x7fe0, 0x0010, "OW");
+  await refused(t, one(A.subarray(0, px)), /bad\.dcm has no Pixel Data \(7FE0,0010\)/);
+});
+
+test("absurd Rows/Columns are refused from the header, before anything is allocated", async (t) => {
+  await refused(t, one(withUS(withUS(A, 0x0028, 0x0010, 65535), 0x0028, 0x0011, 65535)), /has 17600 bytes of Pixel Data where Rows 65535 × Columns 65535 × 2 bytes need 8589672450/);
+  await refused(t, one(withUS(A, 0x0028, 0x0010, 0)), /has Rows 0 \(1…65535 expected\)/);
+});
+
+test("inconsistent bit depths", async (t) => {
+  await refused(t, one(withUS(A, 0x0028, 0x0101, 20)), /has BitsStored 20 with BitsAllocated 16/);
+  await refused(t, one(withUS(A, 0x0028, 0x0102, 7)), /has HighBit 7 with BitsStored 16/);
+  await refused(t, one(withUS(A, 0x0028, 0x0100, 12)), /has BitsAllocated 12 \(8, 16 or 32 expected\)/);
+  await refused(t, one(withUS(A, 0x0028, 0x0103, 3)), /has PixelRepresentation 3/);
+  await refused(t, one(withUS(A, 0x0028, 0x0002, 3)), /has SamplesPerPixel 3/);
+});
+
+test("damaged RLE and JPEG lossless streams", async (t) => {
+  const r = Buffer.from(RLE);
+  const px = findTag(r, 0x7fe0, 0x0010, "OB");
+  // The first fragment after the (empty) basic offset table item: its RLE header's segment count.
+  const bot = r.readUInt32LE(px + 12 + 4); // basic offset table item length
+  const frag = px + 12 + 8 + bot + 8;
+  r.writeUInt32LE(3, frag);
+  await refused(t, one(r), /RLE frame with 3 segments where BitsAllocated 16 needs 2/);
+  const r2 = Buffer.from(RLE);
+  r2.writeUInt32LE(0x7fffffff, frag + 8);
+  await refused(t, one(r2), /RLE segment \d with offsets outside the frame/);
+  const j = Buffer.from(JPEG);
+  const jp = findTag(j, 0x7fe0, 0x0010, "OB");
+  for (let i = jp + 12 + 8 + j.readUInt32LE(jp + 16) + 8 + 400; i < j.length - 600; i++) j[i] = 0xff;
+  await refused(t, one(j), /JPEG Lossless pixel data/);
+});
+
+test("fuzz: 400 seeded mutations and truncations of a real file either read or fail with a DicomError, each quickly", async (t) => {
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const sources = [A, RLE, JPEG];
+  let refusedCount = 0, read = 0, worst = 0;
+  for (let it = 0; it < 400; it++) {
+    const src = sources[it % 3]!;
+    let b: Buffer;
+    if (it % 4 === 3) b = Buffer.from(src.subarray(0, Math.floor(rand() * src.length)));
+    else {
+      b = Buffer.from(src);
+      const n = 1 + Math.floor(rand() * 8);
+      // Mutations concentrated in the header (the first 1.5 kB), where lengths and tags live.
+      for (let k = 0; k < n; k++) b[132 + Math.floor(rand() * Math.min(1500, b.length - 132))] = Math.floor(rand() * 256);
+    }
+    const t0 = performance.now();
+    try {
+      const v = await one(b, `fuzz-${it}.dcm`);
+      t.true(v.data.length === v.dims[0] * v.dims[1] * v.dims[2]);
+      read++;
+    } catch (e) {
+      if (!(e instanceof DicomError)) t.fail(`iteration ${it}: ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+      else refusedCount++;
+    }
+    worst = Math.max(worst, performance.now() - t0);
+  }
+  t.log(`${read} read, ${refusedCount} refused, slowest ${worst.toFixed(0)} ms`);
+  t.true(refusedCount > 50, "the mutations do break files");
+  t.true(worst < 3000, `every case within 3 s (slowest ${worst.toFixed(0)} ms)`);
+});
