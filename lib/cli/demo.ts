@@ -11,6 +11,7 @@ import { PACKAGE_ROOT } from "../backends/paths.js";
 import { writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { BHSD_CLASSES, evaluate } from "../metrics/evaluate.js";
+import { diceHeadline } from "../metrics/headline.js";
 import { loadModel } from "../model/model.js";
 import { segment } from "../model/segment.js";
 import { makePhantom } from "../phantom/phantom.js";
@@ -49,10 +50,14 @@ export function demoCommand(program: Command): void {
         await writeNifti(join(o.out, "truth.nii.gz"), phantom.labels);
         await writeNifti(join(o.out, "prediction.nii.gz"), labels);
       }
-      const present = metrics.classes.filter((c) => metrics.perClass[String(c)]!.tp + metrics.perClass[String(c)]!.fn > 0);
-      const meanDice = present.length ? present.reduce((a, c) => a + metrics.perClass[String(c)]!.dice, 0) / present.length : NaN;
+      // the headline counts every class in the truth or the prediction (an invented class scores 0)
+      const h = diceHeadline(metrics);
+      const present = h.truthClasses;
       const seconds = (performance.now() - t0) / 1000;
-      const out = { seed, model: modelPath, backend: backendInfo().active, classesPresent: present, meanDicePresent: meanDice, caseDice: metrics.caseDice, metrics, report, seconds };
+      const out = {
+        seed, model: modelPath, backend: backendInfo().active, headline: "meanDice", meanDice: h.meanDice, classesCounted: h.classes, falsePositiveClasses: h.falsePositiveClasses,
+        classesPresent: present, meanDicePresent: h.meanDiceTruth, caseDice: metrics.caseDice, metrics, report, seconds,
+      };
       if (o.json) return void process.stdout.write(toJson(out) + "\n");
       const name = (c: number) => BHSD_CLASSES[c] ?? `class${c}`;
       process.stdout.write(
@@ -67,7 +72,9 @@ export function demoCommand(program: Command): void {
               return [`${c} ${name(c)}`, fmt(m.dice), fmt(m.volume_gt_ml, 2), fmt(m.volume_pred_ml, 2), fmt(m.hd95, 1)];
             }),
           ),
-          `mean Dice over the classes present: ${fmt(meanDice)}; case-level Dice (MBH-Seg): ${fmt(metrics.caseDice)}`,
+          `mean Dice over the classes in the truth or the prediction (the headline; a class predicted but not in the truth scores 0): ${fmt(h.meanDice)}` +
+            (h.falsePositiveClasses.length ? `; predicted but not in the truth: ${h.falsePositiveClasses.map((c) => `${name(c)} ${fmt(metrics.perClass[String(c)]!.volume_pred_ml, 2)} mL`).join(", ")}` : ""),
+          `mean Dice over the classes present in the truth only: ${fmt(h.meanDiceTruth)}; case-level Dice (MBH-Seg): ${fmt(metrics.caseDice)}`,
           "",
           `${report.components.length} predicted bleed(s):`,
           table(
