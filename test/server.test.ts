@@ -42,7 +42,7 @@ test.before(async () => {
 });
 
 async function start(opts: Record<string, unknown> = {}) {
-  const app = await createServer({ modelDir, logger: false, ...opts });
+  const app = await createServer({ modelDir, logger: false, resultDir: mkdtempSync(join(dir, "results-")), ...opts });
   await app.listen({ host: "127.0.0.1", port: 0 });
   const a = app.server.address() as { port: number };
   return { app, url: `http://127.0.0.1:${a.port}` };
