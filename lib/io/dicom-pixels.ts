@@ -160,6 +160,7 @@ function decodeRle(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => nev
 function decodeJpegLossless(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): Uint8Array {
   const bytesPer = fmt.bitsAllocated / 8;
   if (bytesPer > 2) fail(`has JPEG Lossless pixel data with BitsAllocated ${fmt.bitsAllocated} (8 or 16 expected)`);
+  checkJpegFrame(src, fmt, fail);
   let decoded: Uint8Array | Uint16Array;
   try {
     const d = new JpegLosslessDecoder();
@@ -176,4 +177,40 @@ function decodeJpegLossless(src: Uint8Array, fmt: PixelFormat, fail: (msg: strin
 export function errText(e: unknown): string {
   if (e instanceof Error) return e.message;
   return String(e);
+}
+
+/**
+ * The JPEG stream's frame header must describe this image (SOI first, a lossless SOF3 of Rows ×
+ * Columns, one component) and the stream must end with EOI: a decoder given a truncated or
+ * mislabelled stream returns pixels anyway.
+ */
+function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): void {
+  if (b.length < 4 || b[0] !== 0xff || b[1] !== 0xd8) fail("has JPEG pixel data that does not start with an SOI marker");
+  let end = b.length;
+  while (end > 2 && b[end - 1] === 0x00) end--; // fragments are padded to even length
+  if (b[end - 2] !== 0xff || b[end - 1] !== 0xd9) fail("has JPEG pixel data without its EOI marker (truncated stream)");
+  let p = 2;
+  while (p + 4 <= b.length) {
+    if (b[p] !== 0xff) fail(`has JPEG pixel data with a damaged marker segment at byte ${p}`);
+    const marker = b[p + 1]!;
+    if (marker === 0xff) {
+      p++;
+      continue;
+    }
+    const len = (b[p + 2]! << 8) | b[p + 3]!;
+    if (len < 2 || p + 2 + len > b.length) fail(`has JPEG pixel data whose marker segment at byte ${p} runs past the stream`);
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      if (marker !== 0xc3) fail(`has JPEG pixel data with frame marker 0xFF${marker.toString(16).toUpperCase()} (lossless SOF3 expected)`);
+      const precision = b[p + 4]!, rows = (b[p + 5]! << 8) | b[p + 6]!, cols = (b[p + 7]! << 8) | b[p + 8]!, comps = b[p + 9]!;
+      if (rows !== fmt.rows || cols !== fmt.columns) fail(`has a JPEG frame of ${cols}×${rows} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
+      if (comps !== 1) fail(`has a JPEG frame with ${comps} components (1 expected)`);
+      if (precision < fmt.bitsStored || precision > fmt.bitsAllocated) {
+        fail(`has a JPEG frame of ${precision}-bit precision where BitsStored is ${fmt.bitsStored} and BitsAllocated ${fmt.bitsAllocated}`);
+      }
+      return;
+    }
+    if (marker === 0xda) break;
+    p += 2 + len;
+  }
+  fail("has JPEG pixel data without a frame header (SOF)");
 }
