@@ -177,3 +177,13 @@ test.serial("bhsd serve: --log-level info logs no line per request; SIGTERM stop
   t.not(code, 0);
   t.regex(berr, /--log-level must be one of fatal, error, warn, info, debug, trace, silent, got "loud"/);
 });
+
+test("createServer's options are checked, naming the option, what was expected and what came", async (t) => {
+  const make = (o: Record<string, unknown>) => createServer({ modelDir, logger: false, resultDir: tempDir("bhsd-res-"), ...o });
+  await t.throwsAsync(make({ maxVoxels: 0 }), { message: "Expected a number >= 1 for options.maxVoxels but received 0" });
+  await t.throwsAsync(make({ concurrency: 1.5 }), { message: "Expected an integer >= 1 for options.concurrency but received 1.5" });
+  await t.throwsAsync(make({ queue: -1 }), { message: "Expected an integer >= 0 for options.queue but received -1" });
+  await t.throwsAsync(make({ jobTimeoutMs: "10" }), { message: 'Expected a number >= 1 for options.jobTimeoutMs but received "10"' });
+  await t.throwsAsync(make({ maxRequestBytes: 100, maxInflightBytes: 50 }), { message: "options.maxInflightBytes (50) must be at least options.maxRequestBytes (100)" });
+  await t.throwsAsync(make({ logLevel: "loud" }), { message: /Expected one of fatal, error, warn, info, debug, trace, silent for options.logLevel but received loud/ });
+});

@@ -88,9 +88,12 @@ async function niftiBytes(v: Volume<Uint8Array>): Promise<Buffer> {
   return gzipAsync(Buffer.concat([header, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]), { level: 6 });
 }
 
-function positive(name: string, v: number | undefined, dflt: number, min = 1): number {
+/** An option that must be a finite number ≥ min (an integer where counted), or its default. */
+function positive(name: string, v: number | undefined, dflt: number, min = 1, integer = false): number {
   const x = v ?? dflt;
-  if (typeof x !== "number" || !(x >= min) || !Number.isFinite(x)) throw new TypeError(`Expected a number >= ${min} for options.${name} but received ${String(v)}`);
+  if (typeof x !== "number" || !(x >= min) || !Number.isFinite(x) || (integer && !Number.isInteger(x))) {
+    throw new TypeError(`Expected ${integer ? "an integer" : "a number"} >= ${min} for options.${name} but received ${typeof v === "string" ? JSON.stringify(v) : String(v)}`);
+  }
   return x;
 }
 
@@ -110,9 +113,9 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   const maxRequestBytes = positive("maxRequestBytes", options.maxRequestBytes, 2 ** 30);
   const maxInflightBytes = positive("maxInflightBytes", options.maxInflightBytes, Math.max(2 * 2 ** 30, maxRequestBytes));
   if (maxInflightBytes < maxRequestBytes) throw new RangeError(`options.maxInflightBytes (${maxInflightBytes}) must be at least options.maxRequestBytes (${maxRequestBytes})`);
-  const maxComponents = positive("maxComponents", options.maxComponents, 10_000, 0);
-  const concurrency = positive("concurrency", options.concurrency, 1);
-  const queueMax = positive("queue", options.queue, 4, 0);
+  const maxComponents = positive("maxComponents", options.maxComponents, 10_000, 0, true);
+  const concurrency = positive("concurrency", options.concurrency, 1, 1, true);
+  const queueMax = positive("queue", options.queue, 4, 0, true);
   const jobTimeout = positive("jobTimeoutMs", options.jobTimeoutMs, 10 * 60_000);
   const ttl = positive("resultTtlMs", options.resultTtlMs, 15 * 60_000);
   const logLevel = options.logLevel ?? "warn";
@@ -122,7 +125,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     dir: resolve(options.resultDir ?? process.env.BHSD_RESULT_DIR ?? join(tmpdir(), "bhsd-results")),
     ttlMs: ttl,
     maxBytes: positive("resultMaxBytes", options.resultMaxBytes, 2 ** 30),
-    maxCount: positive("resultMaxCount", options.resultMaxCount, 10_000),
+    maxCount: positive("resultMaxCount", options.resultMaxCount, 10_000, 1, true),
   });
   const models = new Map<string, Promise<Model>>();
   const want = token ? tokenDigest(token) : undefined;
