@@ -36,3 +36,5 @@ export { conv3dBackward, convTranspose3dBackward, instanceNormBackward, leakyRel
 export { backprop, type BackpropResult } from "./train/backprop.js";
 export { milLoss, consistencyLoss, emaUpdate, rampWeight } from "./train/semi.js";
 export { renderOverlay, renderOverlayImage, sliceOrientation, BRAIN_WINDOW, SUBDURAL_WINDOW, CLASS_COLORS, type OverlayOptions, type OverlayImage, type DisplayWindow, type Panel } from "./render/overlay.js";
+export { renderReport, renderReportData, type ReportInput, type ReportData } from "./render/report.js";
+export { diceHeadline, type DiceHeadline } from "./metrics/headline.js";
