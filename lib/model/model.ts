@@ -494,9 +494,42 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       const ax = (at.axis as number) ?? 1;
       return [reshapeView(x, [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))])];
     }
+    case "MatMul": {
+      const r = await matmulOnEngine(a[0], a[1], budget);
+      if (r) return [r];
+      return runNd(n, a, budget, opset);
+    }
     default:
       return runNd(n, a, budget, opset);
   }
+}
+
+/** Bᵀ of a 2-D weight, made once per weight array (a model's Linear layers). */
+const transposedWeights = new WeakMap<Float32Array, Float32Array>();
+
+/**
+ * A float MatMul [..., M, K] × [K, N] (a transformer's Linear layers, most of its time) on the
+ * engine's convolution GEMM: a 1×1×1 convolution of Aᵀ ([K] channels × M voxels) with Bᵀ as its
+ * [N, K] weights gives (AB)ᵀ, transposed back. The two transposes cost O(M(K + N)) against the
+ * GEMM's O(MKN). Other shapes (batched B, integers, small K or N) stay on nd.matmul.
+ */
+async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budget: nd.Budget): Promise<Value | undefined> {
+  if (!av || !bv || !("f" in av) || !("f" in bv)) return undefined;
+  const A = av.f, B = bv.f;
+  if (B.shape.length !== 2 || A.shape.length < 2) return undefined;
+  const [K, N] = B.shape as [number, number];
+  const M = A.data.length / K;
+  if (A.shape[A.shape.length - 1] !== K || K < 16 || N < 16 || M < 16) return undefined;
+  let Bt = transposedWeights.get(B.data);
+  if (!Bt) {
+    Bt = nd.transpose({ data: B.data, shape: [K, N], int: false }, [1, 0], budget, "MatMul weight").data as Float32Array;
+    transposedWeights.set(B.data, Bt);
+  }
+  const At = nd.transpose({ data: A.data, shape: [M, K], int: false }, [1, 0], budget, "MatMul input").data as Float32Array;
+  budget.check(M * N * 4 * 2, "MatMul");
+  const yt = await ops.conv3d({ data: At, shape: [1, K, 1, 1, M] }, { data: Bt, shape: [N, K, 1, 1, 1] }, null);
+  const y = nd.transpose({ data: yt.data, shape: [N, M], int: false }, [1, 0], budget, "MatMul output");
+  return { f: { data: y.data as Float32Array, shape: [...A.shape.slice(0, -1), N] } };
 }
 
 /** The executor's view of a value as an N-d array (float32 data, or integer numbers). */
