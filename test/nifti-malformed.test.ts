@@ -1,9 +1,10 @@
 import test from "ava";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { readNifti } from "../lib/index.js";
+import { readNifti, readNiftiHeader } from "../lib/index.js";
 import { NIFTI_FIXTURES } from "./helpers.js";
 
 // Corruptions of a valid little-endian NIfTI-1 file written by nibabel (vox_offset 352).
@@ -40,6 +41,9 @@ const cases: [string, Buffer, RegExp][] = [
   ["dim[0] out of range", edit((b) => b.writeInt16LE(9, 40)), /dim\[0\] is 9; it must be 1 to 7/],
   ["zero dim", edit((b) => b.writeInt16LE(0, 46)), /dim\[3\] is 0/],
   ["unknown datatype", edit((b) => b.writeInt16LE(999, 70)), /unknown datatype code 999/],
+  // issue 18: accepted before; a reader trusting bitpix would read other voxels
+  ["bitpix inconsistent with the datatype", edit((b) => b.writeInt16LE(8, 72)), /bitpix is 8 but datatype 512 \(uint16\) has 16 bits per voxel/],
+  ["bitpix inconsistent with the datatype, gzip", gzipSync(edit((b) => b.writeInt16LE(32, 72))), /bitpix is 32 but datatype 512 \(uint16\) has 16 bits per voxel/],
   ["int64 datatype", edit((b) => b.writeInt16LE(1024, 70)), /datatype 1024 \(int64\) is not supported/],
   ["rgb datatype", edit((b) => b.writeInt16LE(128, 70)), /datatype 128 \(rgb24\) is not supported/],
   ["vox_offset past the end", edit((b) => b.writeFloatLE(100000, 108)), /vox_offset 100000 is past the end/],
@@ -84,4 +88,54 @@ test("refuses arguments of the wrong kind, naming them", async (t) => {
   await t.throwsAsync(readNifti(42 as never), { message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/ });
   await t.throwsAsync(readNifti(good, { maxBytes: -1 }), { message: /for options.maxBytes but received number -1/ });
   await t.throwsAsync(readNifti(good, { maxBytes: 100 }), { message: /exceeds the limit of 100 bytes/ });
+});
+
+test("refuses a FIFO, a character device and a folder at once, for readNifti and readNiftiHeader, .nii.gz names too", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-fifo-"));
+  const fifos = [join(dir, "ct.nii"), join(dir, "ct.nii.gz")];
+  for (const f of fifos) t.is(spawnSync("mkfifo", [f]).status, 0, "mkfifo");
+  // today's code opened a FIFO and waited for a writer forever: bound each call, and free a stuck one
+  const bounded = <T>(p: Promise<T>) =>
+    Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error("still waiting after 10 s")), 10_000).unref())]);
+  try {
+    for (const f of fifos) {
+      await t.throwsAsync(bounded(readNifti(f)), { message: `${f}: is a FIFO (named pipe), not a file` });
+      await t.throwsAsync(bounded(readNiftiHeader(f)), { message: `${f}: is a FIFO (named pipe), not a file` });
+    }
+    await t.throwsAsync(bounded(readNifti("/dev/zero")), { message: "/dev/zero: is a character device, not a file" });
+    await t.throwsAsync(bounded(readNiftiHeader("/dev/null")), { message: "/dev/null: is a character device, not a file" });
+    await t.throwsAsync(bounded(readNiftiHeader(dir)), { message: `${dir}: is a folder, not a file` });
+  } finally {
+    for (const f of fifos) {
+      try {
+        closeSync(openSync(f, constants.O_WRONLY | constants.O_NONBLOCK)); // a writer releases a reader stuck in open()
+      } catch {}
+    }
+  }
+});
+
+test("readNiftiHeader checks its arguments, naming them", async (t) => {
+  await t.throwsAsync(readNiftiHeader(42 as never), { message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/ });
+  await t.throwsAsync(readNiftiHeader("" as never), { message: /for pathOrBytes but received/ });
+  await t.throwsAsync(readNiftiHeader(good, { name: 7 } as never), { message: /Expected a string for options.name but received number 7/ });
+  await t.throwsAsync(readNiftiHeader(good, "x.nii" as never), { message: /Expected an options object for options/ });
+  t.deepEqual((await readNiftiHeader(good, { name: "x.nii" })).datatype, "uint16");
+});
+
+test("a gzip stream is refused from its header, before the rest is inflated", async (t) => {
+  // 1000 MiB of zeros in 1000 gzip members (1 MB), behind a header that claims them
+  const header = claims(1024, 1024, 1000).subarray(0, 352);
+  const mib = gzipSync(Buffer.alloc(1 << 20));
+  const bomb = Buffer.concat([gzipSync(header), ...Array.from({ length: 1000 }, () => mib)]);
+  const path = join(tmp, "bomb.nii.gz");
+  writeFileSync(path, bomb);
+  for (const src of [path, bomb]) {
+    const before = process.memoryUsage().arrayBuffers;
+    const cpu0 = process.cpuUsage();
+    await t.throwsAsync(readNifti(src, { maxBytes: 100 << 20 }), { message: /voxel data of 1048576000 bytes exceeds the limit of 104857600 bytes/ });
+    // CPU time, not wall time (robust on a loaded machine): inflating it all costs about 2 s here
+    const cpu = process.cpuUsage(cpu0);
+    t.true((cpu.user + cpu.system) / 1000 < 400, `${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU`);
+    t.true(process.memoryUsage().arrayBuffers - before < 32 << 20, "allocated before refusing");
+  }
 });

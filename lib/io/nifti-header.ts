@@ -168,6 +168,10 @@ export function voxelLayout(h: NiftiHeader, label: string): VoxelLayout {
         : `unknown datatype code ${code}`,
     );
   }
+  // bitpix must agree with the datatype: a file where they differ is damaged or crafted, and
+  // readers that trust one or the other would read different voxels
+  const bits = BYTES_PER_ELEMENT[dtype] * 8;
+  if (h.bitpix !== bits) throw new NiftiError(label, `bitpix is ${h.bitpix} but datatype ${code} (${dtype}) has ${bits} bits per voxel`);
   const nvox = dims[0] * dims[1] * dims[2];
   const nbytes = nvox * BYTES_PER_ELEMENT[dtype];
   let offset = h.voxOffset;

@@ -4,8 +4,8 @@
  * into the array that is returned (no intermediate copy), gzip is streamed through Node's zlib.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { open, rename, rm } from "node:fs/promises";
+import { constants, createWriteStream, type Stats } from "node:fs";
+import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
@@ -58,9 +58,7 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
-  if (typeof pathOrBytes !== "string" && !(pathOrBytes instanceof URL) && !(pathOrBytes instanceof Uint8Array)) {
-    throw invalidParameterError("pathOrBytes", "a file path, a file URL or a Uint8Array/Buffer of the file's bytes", pathOrBytes);
-  }
+  checkSource(pathOrBytes);
   const label = labelOf(pathOrBytes, opts.name as string | undefined);
   const { header, layout, data } =
     pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, maxBytes) : await fromFile(pathOrBytes, label, maxBytes);
@@ -76,7 +74,10 @@ export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: st
   meta: NiftiMeta;
   voxelBytes: number;
 }> {
-  const label = labelOf(pathOrBytes, options?.name);
+  const opts = optionsObject("options", options);
+  if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
+  checkSource(pathOrBytes);
+  const label = labelOf(pathOrBytes, opts.name as string | undefined);
   let head: Uint8Array;
   if (pathOrBytes instanceof Uint8Array) {
     head = isGzip(pathOrBytes) ? await gunzipPrefix(Readable.from([pathOrBytes]), NIFTI2_HEADER, label) : pathOrBytes;
@@ -87,10 +88,10 @@ export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: st
       const buf = Buffer.alloc(NIFTI2_HEADER);
       const { bytesRead } = await fh.read(buf, 0, NIFTI2_HEADER, 0);
       head = buf.subarray(0, bytesRead);
+      if (isGzip(head)) head = await gunzipPrefix(fh.createReadStream({ start: 0, autoClose: false }), NIFTI2_HEADER, label);
     } finally {
       await fh.close();
     }
-    if (isGzip(head)) head = await gunzipPrefix(createReadStream(path), NIFTI2_HEADER, label);
   }
   const header = parseHeader(head, label);
   const layout = voxelLayout(header, label);
@@ -98,18 +99,47 @@ export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: st
   return { dims: layout.dims, datatype: layout.dtype, spacing: g.spacing, affine: g.affine, meta: metaOf(header, layout, g.source), voxelBytes: layout.nbytes };
 }
 
+function checkSource(pathOrBytes: unknown): asserts pathOrBytes is Source {
+  if (typeof pathOrBytes === "string" ? pathOrBytes.length === 0 : !(pathOrBytes instanceof URL) && !(pathOrBytes instanceof Uint8Array)) {
+    throw invalidParameterError("pathOrBytes", "a file path, a file URL or a Uint8Array/Buffer of the file's bytes", pathOrBytes);
+  }
+}
+
+/** What a non-regular file is, for the message. */
+function kindOf(s: Stats): string {
+  if (s.isDirectory()) return "a folder";
+  if (s.isFIFO()) return "a FIFO (named pipe)";
+  if (s.isCharacterDevice()) return "a character device";
+  if (s.isBlockDevice()) return "a block device";
+  if (s.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
+/**
+ * Opens a regular file for reading. Opening never blocks (O_NONBLOCK: a FIFO would otherwise wait
+ * for a writer forever) and anything but a regular file (FIFO, device, folder, socket) is refused
+ * from fstat before a byte is read.
+ */
 async function openOrThrow(path: string) {
+  let fh: FileHandle;
   try {
-    const fh = await open(path, "r");
-    if ((await fh.stat()).isDirectory()) {
-      await fh.close();
-      throw Object.assign(new Error("is a folder"), { code: "EISDIR" });
-    }
-    return fh;
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new NiftiError(path, err.code === "ENOENT" ? "no such file" : err.code === "EISDIR" ? "is a folder, not a file" : err.message);
   }
+  let st: Stats;
+  try {
+    st = await fh.stat();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw new NiftiError(path, (e as Error).message);
+  }
+  if (!st.isFile()) {
+    await fh.close().catch(() => {});
+    throw new NiftiError(path, `is ${kindOf(st)}, not a file`);
+  }
+  return fh;
 }
 
 function checkSize(layout: VoxelLayout, label: string, maxBytes: number) {
@@ -124,10 +154,7 @@ async function fromFile(src: string | URL, label: string, maxBytes: number) {
     const size = (await fh.stat()).size;
     const head = Buffer.alloc(Math.min(size, NIFTI2_HEADER));
     await readFully(fh, head, 0, head.length, 0);
-    if (isGzip(head)) {
-      await fh.close().catch(() => {});
-      return await fromGzip(createReadStream(path), size, label, maxBytes);
-    }
+    if (isGzip(head)) return await fromGzip(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 16 }), size, label, maxBytes);
     const header = parseHeader(head, label);
     const layout = voxelLayout(header, label);
     checkSize(layout, label, maxBytes);
@@ -177,7 +204,9 @@ async function fromBytes(bytes: Uint8Array, label: string, maxBytes: number) {
 
 /** Streams a gzip source, checking the header before allocating, and inflates into the result. */
 async function fromGzip(source: Readable, compressedSize: number, label: string, maxBytes: number) {
-  const gunzip = createGunzip({ chunkSize: 1 << 20 });
+  // small output chunks: the header is checked (and the size limit applied) after at most 64 KiB
+  // have been inflated, never after the rest
+  const gunzip = createGunzip({ chunkSize: 1 << 16 });
   source.on("error", (e) => gunzip.destroy(e));
   source.pipe(gunzip);
   const pending: Buffer[] = [];
@@ -245,7 +274,7 @@ async function fromGzip(source: Readable, compressedSize: number, label: string,
 
 /** Inflates just the first `n` bytes of a gzip stream. */
 async function gunzipPrefix(source: Readable, n: number, label: string): Promise<Uint8Array> {
-  const gunzip = createGunzip({ chunkSize: 1 << 20 });
+  const gunzip = createGunzip({ chunkSize: 1 << 16 });
   source.on("error", (e) => gunzip.destroy(e));
   source.pipe(gunzip);
   const parts: Buffer[] = [];
@@ -333,19 +362,42 @@ const RANGE: Partial<Record<DTypeName, [number, number]>> = {
   int32: [-(2 ** 31), 2 ** 31 - 1], uint32: [0, 2 ** 32 - 1],
 };
 
-/** Converts voxels to the stored datatype; refuses values the datatype cannot hold. */
+const FLT_MIN_NORMAL = 2 ** -126;
+
+/**
+ * Whether a number survives a float32 header field (NIfTI-1's scl_slope, scl_inter): finite
+ * after rounding, and zero or a normal float32 (a subnormal keeps only a few bits: 1e-45 is
+ * stored as 1.4e-45).
+ */
+function fitsFloat32(x: number): boolean {
+  const f = Math.fround(x);
+  return Number.isFinite(f) && (x === 0 || Math.abs(f) >= FLT_MIN_NORMAL);
+}
+
+/**
+ * Converts voxels to the stored datatype; refuses values the datatype cannot hold: out of an
+ * integer type's range or NaN for an integer type, and for a float type a finite value whose
+ * stored form overflows to infinity or underflows to zero or a subnormal (it would not read back).
+ */
 function encode(data: VoxelArray, dtype: DTypeName, slope: number, inter: number): VoxelArray {
   const scaled = !(slope === 1 && inter === 0);
   if (!scaled && dtypeOf(data) === dtype) return data;
   const out = allocArray(dtype, data.length, "converted voxels");
   const range = RANGE[dtype];
+  const f32 = dtype === "float32";
+  const how = scaled ? ` with slope ${slope} and intercept ${inter}` : "";
   for (let i = 0; i < data.length; i++) {
-    let v = (data[i]! - inter) / slope;
+    const x = data[i]!;
+    let v = (x - inter) / slope;
     if (range) {
-      if (Number.isNaN(v)) v = 0;
+      if (Number.isNaN(v)) throw new RangeError(`voxel ${i} holds ${x}, which ${dtype}${how} cannot store (an integer type has no NaN)`);
       v = Math.round(v);
-      if (v < range[0] || v > range[1]) {
-        throw new RangeError(`voxel ${i} holds ${data[i]}, which ${dtype}${scaled ? ` with slope ${slope} and intercept ${inter}` : ""} cannot store`);
+      if (v < range[0] || v > range[1]) throw new RangeError(`voxel ${i} holds ${x}, which ${dtype}${how} cannot store`);
+    } else if (Number.isFinite(x)) {
+      const stored = f32 ? Math.fround(v) : v;
+      if (!Number.isFinite(stored)) throw new RangeError(`voxel ${i} holds ${x}, which overflows ${dtype}${how} (stored as ${stored})`);
+      if (v !== 0 && Math.abs(stored) < (f32 ? FLT_MIN_NORMAL : 2 ** -1022)) {
+        throw new RangeError(`voxel ${i} holds ${x}, which underflows ${dtype}${how} (stored as ${stored})`);
       }
     }
     out[i] = v;
@@ -377,15 +429,30 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const version = opts.version ?? (volume.dims.some((d) => d > 32767) ? 2 : 1);
   if (version === 1 && volume.dims.some((d) => d > 32767)) throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
 
-  const stored = encode(volume.data, dtype, slope, inter);
+  // NIfTI-1 stores the scaling as float32: refuse what would not survive it, and encode with the
+  // float32 values readers will apply, so that the voxels read back as written
+  if (!Number.isFinite(slope) || slope === 0) throw invalidParameterError("options.sclSlope", "a finite non-zero number", slope);
+  if (!Number.isFinite(inter)) throw invalidParameterError("options.sclInter", "a finite number", inter);
+  const scaled = !(slope === 1 && inter === 0);
+  if (scaled && version === 1) {
+    if (!fitsFloat32(slope)) {
+      throw new RangeError(`options.sclSlope ${slope} cannot be stored in NIfTI-1's float32 scl_slope (it would read back as ${Math.fround(slope)}); use a slope from ${FLT_MIN_NORMAL} to 3.4e38 in magnitude, or version 2`);
+    }
+    if (!fitsFloat32(inter)) {
+      throw new RangeError(`options.sclInter ${inter} cannot be stored in NIfTI-1's float32 scl_inter (it would read back as ${Math.fround(inter)}); use 0 or a magnitude from ${FLT_MIN_NORMAL} to 3.4e38, or version 2`);
+    }
+  }
+  const slopeStored = scaled && version === 1 ? Math.fround(slope) : slope;
+  const interStored = scaled && version === 1 ? Math.fround(inter) : inter;
+  const stored = encode(volume.data, dtype, slopeStored, interStored);
   const header = buildHeader({
     version,
     dims: volume.dims,
     dtype,
     spacing: volume.spacing,
     affine: volume.affine,
-    sclSlope: slope === 1 && inter === 0 ? 0 : slope,
-    sclInter: slope === 1 && inter === 0 ? 0 : inter,
+    sclSlope: scaled ? slopeStored : 0,
+    sclInter: scaled ? interStored : 0,
     qformCode: meta?.qformCode && meta.qformCode > 0 ? meta.qformCode : 1,
     sformCode: meta?.sformCode && meta.sformCode > 0 ? meta.sformCode : 1,
     ...(opts.description !== undefined ? { description: opts.description } : {}),
