@@ -31,3 +31,9 @@ export function fastifyCode(code: string | undefined, status: number): string {
   if (code && FASTIFY_CODES[code]) return FASTIFY_CODES[code]!;
   return status === 413 ? "too_large" : status === 415 ? "unsupported_media_type" : status === 404 ? "not_found" : "bad_request";
 }
+
+/** A JS error that says the input was bad (the library's checks), not that the server failed. */
+export function clientFault(err: Error): boolean {
+  if (err instanceof RangeError) return !/Invalid array length|allocation failed|Maximum call stack|Invalid typed array length/i.test(err.message);
+  return err instanceof TypeError && err.message.startsWith("Expected ");
+}

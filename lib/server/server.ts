@@ -32,7 +32,7 @@ import { segment } from "../model/segment.js";
 import type { Volume } from "../types.js";
 import { VERSION } from "../version.js";
 import { Admission, type Ticket } from "./admission.js";
-import { fastifyCode, HttpError } from "./errors.js";
+import { clientFault, fastifyCode, HttpError } from "./errors.js";
 import { closeIdleWorkers, runInWorker } from "./offload.js";
 import { RESULT_ID, ResultStore } from "./results.js";
 import { errorResponses, requestBodies, schemas } from "./schemas.js";
@@ -97,11 +97,6 @@ function positive(name: string, v: number | undefined, dflt: number, min = 1, in
   return x;
 }
 
-/** A JS error that says the input was bad (the library's checks), not that the server failed. */
-function clientFault(err: Error): boolean {
-  if (err instanceof RangeError) return !/Invalid array length|allocation failed|Maximum call stack|Invalid typed array length/i.test(err.message);
-  return err instanceof TypeError && err.message.startsWith("Expected ");
-}
 
 export async function createServer(options: ServeOptions = {}): Promise<FastifyInstance> {
   const host = options.host ?? "127.0.0.1";

@@ -11,6 +11,7 @@ import { toJson } from "../json.js";
 import { evaluate } from "../metrics/evaluate.js";
 import { componentStats, connectedComponents } from "../ops/components.js";
 import type { Volume } from "../types.js";
+import { clientFault } from "./errors.js";
 
 export type WorkerJob =
   | { kind: "components"; volume: Volume; connectivity: 6 | 18 | 26; maxComponents: number }
@@ -63,7 +64,7 @@ if (parentPort && (workerData as { bhsdServiceWorker?: boolean } | undefined)?.b
       (e: Error) => {
         const reply: WorkerReply =
           e instanceof JobError ? { ok: false, status: e.status, code: e.code, message: e.message }
-          : e instanceof TypeError || e instanceof RangeError ? { ok: false, status: 400, code: "bad_request", message: e.message }
+          : clientFault(e) ? { ok: false, status: 400, code: "bad_request", message: e.message }
           : { ok: false, status: 500, code: "internal", message: e.message };
         port.postMessage(reply);
       },
