@@ -2,6 +2,7 @@ import test from "ava";
 import { readFileSync } from "node:fs";
 import { cleanup, componentStats, connectedComponents, readNpy, setBackend, volumeFromArray } from "../lib/index.js";
 import { getBackend } from "../lib/backends/index.js";
+import { asLabelVolume } from "../lib/ops/components.js";
 import type { Volume } from "../lib/types.js";
 import { backendsUnderTest, sharedFixture } from "./helpers.js";
 
@@ -226,4 +227,81 @@ test("bad input is refused with the argument named", async (t) => {
   await t.throwsAsync(componentStats(u as never), { message: /Expected an Int32Array .* for labels.data/ });
   const l = volumeFromArray(new Int32Array(8), [2, 2, 2]);
   await t.throwsAsync(componentStats(l, { classes: new Uint8Array(7) }), { message: /options.classes has 7 voxels but labels has 8/ });
+});
+
+test("componentStats' cost follows the voxels, not the label values: sparse labels up to 2^31 - 1", async (t) => {
+  // issue 18: an 8-voxel volume with label 1e7 took 15 s and 1.7 GB; 5e7 was killed
+  for (const { name: backend } of backends) {
+    setBackend(backend);
+    const big = 2 ** 31 - 1;
+    const data = new Int32Array(8);
+    data[1] = 10_000_000; // (1, 0, 0)
+    data[6] = big; // (0, 1, 1)
+    data[7] = 50_000_000; // (1, 1, 1)
+    const spacing: [number, number, number] = [0.5, 0.25, 4];
+    const labels: Volume<Int32Array> = { data, dims: [2, 2, 2], spacing, affine: [0.5, 0, 0, 10, 0, 0.25, 0, 20, 0, 0, 4, 30, 0, 0, 0, 1] };
+    const before = process.memoryUsage().arrayBuffers;
+    const cpu0 = process.cpuUsage();
+    const stats = await componentStats(labels, { classes: new Uint8Array([0, 3, 0, 0, 0, 0, 5, 4]) });
+    const cpu = process.cpuUsage(cpu0);
+    t.true((cpu.user + cpu.system) / 1000 < 1000, `${backend}: ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU`);
+    t.true(process.memoryUsage().arrayBuffers - before < 16 << 20, `${backend}: allocated per label value`);
+    // one voxel each, in increasing label order, each with its own value as label
+    const at = (x: number, y: number, z: number) => [x, y, z] as [number, number, number];
+    const want = [
+      { label: 10_000_000, class: 3, p: at(1, 0, 0) },
+      { label: 50_000_000, class: 4, p: at(1, 1, 1) },
+      { label: big, class: 5, p: at(0, 1, 1) },
+    ];
+    t.is(stats.length, 3, backend);
+    for (const [i, w] of want.entries()) {
+      const s = stats[i]!;
+      t.is(s.label, w.label, backend);
+      t.is(s.class, w.class, backend);
+      t.is(s.voxels, 1);
+      t.is(s.volumeMl, (0.5 * 0.25 * 4) / 1000);
+      t.deepEqual(s.bbox, { min: w.p, max: w.p });
+      t.deepEqual(s.centroid.voxel, w.p);
+      t.deepEqual(s.centroid.world, [10 + 0.5 * w.p[0], 20 + 0.25 * w.p[1], 30 + 4 * w.p[2]]);
+      t.is(s.slices, 1);
+      t.is(s.abc.a, Math.hypot(0.5, 0.25)); // one voxel: its diagonal
+      t.is(s.abc.c, 4);
+    }
+  }
+});
+
+test("componentStats refuses more components than options.maxComponents before measuring them", async (t) => {
+  const data = new Int32Array(64);
+  for (let i = 0; i < 5; i++) data[i * 9] = i + 1; // 5 one-voxel components, labels 1..5
+  const labels = volumeFromArray(data, [4, 4, 4]);
+  await t.throwsAsync(componentStats(labels, { maxComponents: 4 }), { message: "labels holds 5 components, more than options.maxComponents (4)" });
+  t.is((await componentStats(labels, { maxComponents: 5 })).length, 5);
+  const sparse = volumeFromArray(data.map((v) => (v ? v * 1_000_003 : 0)), [4, 4, 4]);
+  await t.throwsAsync(componentStats(sparse, { maxComponents: 4 }), { message: "labels holds 5 components, more than options.maxComponents (4)" });
+  await t.throwsAsync(componentStats(labels, { maxComponents: -1 }), { message: /Expected a non-negative integer for options.maxComponents but received number -1/ });
+});
+
+test("sparse labels measure as their dense renumbering does (a monotonic relabelling changes only the label values)", async (t) => {
+  const vol = await maskVolume("multiclass");
+  const { labels } = await connectedComponents(vol);
+  const dense = await componentStats(labels, { classes: vol });
+  const map = (v: number) => (v ? 70_000 + v * 9_973 : 0); // above the dense range, order kept
+  const sparse = await componentStats({ ...labels, data: labels.data.map(map) }, { classes: vol });
+  t.deepEqual(sparse.map((s) => s.label), dense.map((s) => map(s.label)));
+  t.deepEqual(sparse.map((s) => ({ ...s, label: 0 })), dense.map((s) => ({ ...s, label: 0 })));
+});
+
+test("asLabelVolume accepts integer labels in range and refuses a CT in Hounsfield units, with what came", async (t) => {
+  const ct = volumeFromArray(new Int16Array([-1024, 40, 0, 700, 35, 0, 0, 1]), [2, 2, 2]);
+  await t.throwsAsync(asLabelVolume(ct, { name: "ct.nii.gz" }), { message: "ct.nii.gz holds values from -1024 to 700; labels are integers from 0 to 255 (is it a CT in Hounsfield units rather than labels?)" });
+  const high = volumeFromArray(new Uint16Array([0, 300, 0, 0, 0, 0, 0, 1]), [2, 2, 2]);
+  await t.throwsAsync(asLabelVolume(high), { message: /volume holds values from 0 to 300; labels are integers from 0 to 255 \(raise the limit/ });
+  t.is(await asLabelVolume(high, { maxLabel: 300 }), high);
+  const floats = volumeFromArray(new Float32Array([0, 2, 0, 5, 0, 0, 0, 1]), [2, 2, 2]);
+  const conv = await asLabelVolume(floats);
+  t.true(conv.data instanceof Uint8Array);
+  t.deepEqual(Array.from(conv.data), [0, 2, 0, 5, 0, 0, 0, 1]);
+  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, 2.5, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), { message: /volume holds 2.5 at voxel 1; labels are integers/ });
+  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, NaN, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), { message: /volume holds 1 NaN or infinite voxel/ });
+  await t.throwsAsync(asLabelVolume(high, { maxLabel: -2 }), { message: /Expected an integer from 0 to 2147483647 for options.maxLabel but received number -2/ });
 });

@@ -18,7 +18,7 @@ export interface ComponentsOptions {
 }
 
 export interface Component {
-  /** Its value in the label volume, 1..count. */
+  /** Its value in `labels` (1..count for connectedComponents' labels). */
   label: number;
   /** The class (value of `classes`) at its first voxel; 0 when no classes were given. */
   class: number;
@@ -56,6 +56,41 @@ function assertIntegerVolume(name: string, v: unknown): asserts v is Volume {
 }
 
 /**
+ * Checks that a volume holds labels: integers from 0 to `maxLabel` (default 255). A CT in
+ * Hounsfield units (negative values, thousands of distinct values) is refused with a message
+ * that says what came. Float voxels that hold integers are converted to the smallest integer
+ * type that holds them; an integer volume is returned as it is.
+ */
+export async function asLabelVolume(volume: Volume, options?: { maxLabel?: number; name?: string }): Promise<Volume> {
+  assertVolume("volume", volume);
+  const opts = optionsObject("options", options);
+  const maxLabel = opts.maxLabel ?? 255;
+  if (!Number.isInteger(maxLabel) || (maxLabel as number) < 0 || (maxLabel as number) > 2 ** 31 - 1) {
+    throw invalidParameterError("options.maxLabel", "an integer from 0 to 2147483647", maxLabel);
+  }
+  if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
+  const name = (opts.name as string | undefined) ?? "volume";
+  const s = await activeBackend().voxelStats(volume.data);
+  if (s.nonfinite > 0) throw new RangeError(`${name} holds ${s.nonfinite} NaN or infinite voxel(s); labels are integers from 0 to ${maxLabel}`);
+  if (volume.data.length > 0 && (s.min < 0 || s.max > (maxLabel as number))) {
+    throw new RangeError(
+      `${name} holds values from ${s.min} to ${s.max}; labels are integers from 0 to ${maxLabel}` +
+        (s.min < 0 ? " (is it a CT in Hounsfield units rather than labels?)" : " (raise the limit if the labels are meant to go that high)"),
+    );
+  }
+  const dt = dtypeOf(volume.data)!;
+  if (INTEGER_DTYPES.includes(dt)) return volume;
+  const d = volume.data;
+  for (let i = 0; i < d.length; i++) {
+    if (!Number.isInteger(d[i])) throw new RangeError(`${name} holds ${d[i]} at voxel ${i}; labels are integers from 0 to ${maxLabel} (is it a CT rather than labels?)`);
+  }
+  const type = s.max <= 255 ? "uint8" : s.max <= 65535 ? "uint16" : "int32";
+  const out = allocArray(type, d.length, "labels");
+  for (let i = 0; i < d.length; i++) out[i] = d[i]!;
+  return { ...volume, data: out, dims: [...volume.dims], spacing: [...volume.spacing], affine: [...volume.affine] };
+}
+
+/**
  * Labels the connected components of a volume's non-zero voxels. Labels are 1..count in raster
  * order (x fastest) of each component's first voxel, equal to scipy.ndimage.label's.
  */
@@ -70,10 +105,10 @@ export async function connectedComponents(volume: Volume, options?: ComponentsOp
 }
 
 /** The largest label in a label volume (its component count when labels are 1..count). */
-async function labelCount(labels: Volume<Int32Array>): Promise<number> {
+async function labelRange(labels: Volume<Int32Array>): Promise<{ min: number; max: number }> {
   const s = await activeBackend().voxelStats(labels.data);
   if (s.min < 0) throw new RangeError(`labels holds a negative label (${s.min})`);
-  return s.max === -Infinity ? 0 : Math.max(0, s.max);
+  return { min: s.min, max: s.max === -Infinity ? 0 : Math.max(0, s.max) };
 }
 
 /** Packed per-component numbers (see Backend.componentStats) for labels 1..count. */
@@ -83,10 +118,56 @@ async function packedStats(labels: Volume<Int32Array>, count: number, classes: V
   return out;
 }
 
-/** Per component: class, voxels, mL, bounding box, centroid (voxel and world), slices, ABC/2. */
+/**
+ * Labels up to this value are measured as they are (the backend's per-label arrays then cost at
+ * most 88 bytes × DENSE_LABELS); above it the labels present are first renumbered 1..n in order.
+ */
+const DENSE_LABELS = 1 << 16;
+
+/** Default of componentStats' options.maxComponents. */
+export const MAX_COMPONENTS = 100_000;
+
+/**
+ * The distinct non-zero labels in increasing order and, when they are not already 1..n, the
+ * labels renumbered 1..n in that order (O(voxels): a sort of the non-zero values, then one
+ * binary search per non-zero voxel); refuses more than `limit` of them before renumbering.
+ */
+function denseLabels(data: Int32Array, limit: number): { values: Int32Array; dense: Int32Array | null } {
+  let nnz = 0;
+  for (let i = 0; i < data.length; i++) if (data[i] !== 0) nnz++;
+  const vals = new Int32Array(nnz);
+  for (let i = 0, k = 0; i < data.length; i++) if (data[i] !== 0) vals[k++] = data[i]!;
+  vals.sort();
+  let n = 0;
+  for (let i = 0; i < vals.length; i++) if (i === 0 || vals[i] !== vals[i - 1]) vals[n++] = vals[i]!;
+  if (n > limit) throw new RangeError(`labels holds ${n} components, more than options.maxComponents (${limit})`);
+  const values = vals.slice(0, n);
+  if (n === 0 || values[n - 1] === n) return { values, dense: null }; // already 1..n
+  const dense = new Int32Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (v === 0) continue;
+    let lo = 0, hi = n - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (values[mid]! < v) lo = mid + 1;
+      else hi = mid;
+    }
+    dense[i] = lo + 1;
+  }
+  return { values, dense };
+}
+
+/**
+ * Per component: class, voxels, mL, bounding box, centroid (voxel and world), slices, ABC/2.
+ * Its cost follows the voxels, not the label values: sparse labels (any value up to 2³¹ − 1) are
+ * renumbered before they are measured, and each component's `label` is its value in `labels`.
+ * More than `options.maxComponents` (default 100000) distinct labels are refused before any is
+ * measured.
+ */
 export async function componentStats(
   labels: Volume<Int32Array>,
-  options?: { classes?: Volume | VoxelArray; spacing?: [number, number, number] },
+  options?: { classes?: Volume | VoxelArray; spacing?: [number, number, number]; maxComponents?: number },
 ): Promise<Component[]> {
   assertVolume("labels", labels);
   if (!(labels.data instanceof Int32Array)) throw invalidParameterError("labels.data", "an Int32Array (the labels of connectedComponents)", labels.data);
@@ -102,8 +183,23 @@ export async function componentStats(
   const spacing = (opts.spacing ?? labels.spacing) as [number, number, number];
   if (!Array.isArray(spacing) || spacing.length !== 3) throw invalidParameterError("options.spacing", "[sx, sy, sz] in mm", spacing);
   spacing.forEach((s, i) => assertNumber(`options.spacing[${i}]`, s, Number.MIN_VALUE));
-  const count = await labelCount(labels);
-  const st = await packedStats(labels, count, classes);
+  const maxComponents = opts.maxComponents ?? MAX_COMPONENTS;
+  if (!Number.isInteger(maxComponents) || (maxComponents as number) < 0) throw invalidParameterError("options.maxComponents", "a non-negative integer", maxComponents);
+  const range = await labelRange(labels);
+  // label values as given, or renumbered 1..n when they are sparse (values[k-1] is label k's value)
+  let work = labels, values: Int32Array | null = null, count = range.max;
+  if (range.max > DENSE_LABELS || range.max > (maxComponents as number)) {
+    const d = denseLabels(labels.data, maxComponents as number);
+    values = d.values;
+    count = values.length;
+    if (d.dense) work = { ...labels, data: d.dense };
+  }
+  const st = await packedStats(work, count, classes);
+  if (!values) {
+    let present = 0;
+    for (let c = 0; c < count; c++) if (st[c * STATS]) present++;
+    if (present > (maxComponents as number)) throw new RangeError(`labels holds ${present} components, more than options.maxComponents (${maxComponents})`);
+  }
 
   // Voxels per slice of each component, for the slice of largest area and the slice count.
   const zmin = new Int32Array(count);
@@ -114,7 +210,7 @@ export async function componentStats(
     offsets[c + 1] = offsets[c]! + (st[o] ? st[o + 6]! - st[o + 3]! + 1 : 0);
   }
   const areas = allocArray("uint32", offsets[count]!, "slice areas") as Uint32Array;
-  if (count > 0) await activeBackend().componentSliceAreas(labels.data, labels.dims, count, zmin, offsets, areas);
+  if (count > 0) await activeBackend().componentSliceAreas(work.data, work.dims, count, zmin, offsets, areas);
 
   const [sx, sy, sz] = spacing;
   const voxelMl = (sx * sy * sz) / 1000;
@@ -134,10 +230,10 @@ export async function componentStats(
       if (a > 0) slices++;
       if (a > bestArea) (bestArea = a), (best = z);
     }
-    const { a, b } = sliceDiameters(labels, c + 1, best, min, max, sx, sy);
+    const { a, b } = sliceDiameters(work, c + 1, best, min, max, sx, sy);
     const cmm = slices * sz;
     out.push({
-      label: c + 1,
+      label: values ? values[c]! : c + 1,
       class: st[o + 10]!,
       voxels: n,
       volumeMl: n * voxelMl,
