@@ -8,6 +8,11 @@ import { relDiff } from "./ort.js";
 // What the bundled model must keep reaching on unseen phantoms: 0.62 measured on these seeds
 // (README), less a margin. The issue asks for 0.8; this guards what there is.
 const DEMO_DICE_FLOOR = 0.7;
+// The demo's headline counts every class in the truth or the prediction (diceHeadline: a class the
+// model invents scores 0, and so does a case with no bleed where it predicts one): 0.54 on these
+// seeds with the bundled model on 2026-12-02 (0.75 by the truth-only mean above); the issue's aim
+// is 0.8. This guards what there is.
+const DEMO_HEADLINE_DICE_FLOOR = 0.5;
 
 test.serial("training lowers the loss, and onnxruntime runs the trained file as the engine does", async (t) => {
   setBackend(backendInfo().available.native ? "native" : "ts");
@@ -94,13 +99,20 @@ test.serial("the bundled model on phantoms it was not trained on: mean Dice over
   const model = await loadModel(join(ROOT, "models", "demo.onnx"));
   // seeds far from the training ones (train:demo uses seed·7919 + i, seed 3), the truth from the phantom itself
   const means: number[] = [];
+  const headlines: number[] = [];
+  const { diceHeadline } = await import("../lib/metrics/headline.js");
   for (const seed of [7000001, 7000002, 7000003, 7000004, 7000005, 7000006, 7000007, 7000008]) {
     const p = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
     const { labels } = await segment(p.ct, model, DEMO_SEGMENT);
     const m = await evaluate(p.labels, labels);
     const d = m.classes.filter((c) => m.perClass[String(c)]!.tp + m.perClass[String(c)]!.fn > 0).map((c) => m.perClass[String(c)]!.dice);
     if (d.length) means.push(d.reduce((a, b) => a + b, 0) / d.length);
+    const h = diceHeadline(m);
+    if (h.classes.length) headlines.push(h.meanDice);
   }
+  const headline = headlines.reduce((a, b) => a + b, 0) / headlines.length;
+  t.log(`headline mean Dice (classes in the truth or the prediction), ${headlines.length} cases: ${headline.toFixed(3)}`);
+  t.true(headline >= DEMO_HEADLINE_DICE_FLOOR, `headline mean Dice ${headline.toFixed(3)} < ${DEMO_HEADLINE_DICE_FLOOR}`);
   const mean = means.reduce((a, b) => a + b, 0) / means.length;
   t.log(`mean Dice over the classes present, ${means.length} cases with bleeds: ${mean.toFixed(3)}`);
   t.true(means.length >= 4);
