@@ -97,7 +97,6 @@ function positive(name: string, v: number | undefined, dflt: number, min = 1, in
   return x;
 }
 
-
 export async function createServer(options: ServeOptions = {}): Promise<FastifyInstance> {
   const host = options.host ?? "127.0.0.1";
   const token = options.token ?? process.env.BHSD_TOKEN;
@@ -283,18 +282,25 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     }
   }
 
-  /** Reads a NIfTI body stream, at most maxBody bytes; aborting destroys the stream. */
-  async function readBody(stream: Readable, signal: AbortSignal): Promise<Buffer> {
+  /**
+   * Reads a NIfTI body stream, at most maxBody bytes; aborting destroys the stream. With a
+   * content-length the bytes go straight into one buffer as they come (no concatenation at the end,
+   * which for hundreds of MB would hold the event loop).
+   */
+  async function readBody(stream: Readable, length: number, signal: AbortSignal): Promise<Buffer> {
     const chunks: Buffer[] = [];
+    const into = Number.isSafeInteger(length) && length > 0 ? Buffer.allocUnsafe(length) : undefined;
     let n = 0;
     const stop = () => stream.destroy();
     signal.addEventListener("abort", stop, { once: true });
     try {
       for await (const c of stream as AsyncIterable<Buffer>) {
+        if (n + c.length > (into ? into.length : maxBody)) throw new HttpError(413, "too_large", `the body is more than ${into ? `its content-length of ${into.length}` : maxBody} bytes${into ? "" : ", this server's limit"}`);
+        if (into) c.copy(into, n);
+        else chunks.push(c);
         n += c.length;
-        if (n > maxBody) throw new HttpError(413, "too_large", `the body is more than ${maxBody} bytes, this server's limit`);
-        chunks.push(c);
       }
+      if (into) return into.subarray(0, n);
     } catch (e) {
       if (e instanceof HttpError) throw e;
       if (signal.aborted) throw signal.reason;
@@ -341,7 +347,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     if (req.isMultipart()) return (await multipartFiles(req, [field], signal))[field]!;
     const body = req.body as Readable | undefined;
     if (!body || typeof body.pipe !== "function") throw new HttpError(415, "unsupported_media_type", `send the NIfTI as application/octet-stream or as the multipart/form-data file field "${field}"`);
-    return readBody(body, signal);
+    return readBody(body, Number(req.headers["content-length"]), signal);
   }
 
   /** Decodes a NIfTI after checking its header: voxels against maxVoxels, bytes reserved from the job's budget. */
