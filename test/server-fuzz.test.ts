@@ -135,7 +135,7 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
   ];
 
   const base = await healthBaseline(s.url);
-  const bound = Math.min(1500, Math.max(150, 10 * base));
+  const bound = Math.min(1500, Math.max(300, 10 * base));
   const seen: Record<string, Record<number, number>> = {};
   let worstHealth = 0;
   try {
