@@ -187,3 +187,49 @@ for (const { name, backend } of backendsUnderTest()) {
     }
   });
 }
+
+test.serial("loadModel binds a model to a backend; dispose releases its weights at once and refuses later runs", async (t) => {
+  const { engineMemory, getBackend } = await import("../lib/backends/index.js");
+  const w = randomTensor([32, 16, 3, 3, 3], 3); // 55 KB … a bigger one below for engine memory
+  const big = randomTensor([64, 64, 3, 3, 3], 4); // 442 KB: engine memory
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w"], outputs: ["h"], attrs: { pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "Conv", inputs: ["h2", "big"], outputs: ["y"], attrs: { pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "Concat", inputs: ["h", "h"], outputs: ["h2"], attrs: { axis: 1 } },
+    ],
+    inputs: [{ name: "x", shape: [1, 16, 4, 8, 8] }],
+    outputs: [{ name: "y" }],
+    initializers: [{ name: "w", dims: w.shape, data: w.data }, { name: "big", dims: big.shape, data: big.data }],
+  });
+  const x = randomTensor([1, 16, 4, 8, 8], 5);
+  setBackend("native");
+  const onTs = await loadModel(bytes, { backend: "ts" });
+  const onNative = await loadModel(bytes);
+  t.is(onTs.backend, "ts");
+  // the global backend is native; the bound model still runs the TypeScript kernels (slower, and
+  // equal to native within float32 rounding), and the global choice is untouched afterwards
+  const calls: string[] = [];
+  const ts = getBackend("ts");
+  const orig = ts.conv3d;
+  ts.conv3d = (...a) => (calls.push("ts"), orig(...a));
+  try {
+    const [a, b] = [await onTs.run(x), await onNative.run(x)];
+    t.true(calls.length >= 2, "the bound model's convolutions ran on ts");
+    t.true(relDiff(a.data, b.data) < 1e-5);
+  } finally {
+    ts.conv3d = orig;
+  }
+  t.is((await import("../lib/backends/index.js")).activeBackend().name, "native");
+  const before = engineMemory().liveBytes;
+  onNative.dispose();
+  // detached external buffers are finalised from the event loop (Node's own callback), not by GC
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  const freed = before - engineMemory().liveBytes;
+  // at least the 442 KB weight, its packed copy and the spare intermediates (engine blocks are 4 KB-rounded)
+  t.true(freed >= 2 * big.data.byteLength, `freed ${freed} bytes`);
+  await t.throwsAsync(onNative.run(x), { message: /was disposed/ });
+  onNative.dispose(); // twice is harmless
+  await t.throwsAsync(loadModel(bytes, { backend: "nope" as never }), { message: /nope/ });
+});

@@ -185,7 +185,19 @@ export class CudaBackend implements Backend {
   }
   pin(a: Float32Array, id: Id): void {
     this.pinned.set(a, id);
-    this.registry.register(a, id);
+    this.registry.register(a, id, a);
+  }
+
+  /** Frees the device copies of these weights now (a disposed model's), not at garbage collection. */
+  release(arrays: Float32Array[]): void {
+    for (const a of arrays) {
+      const id = this.pinned.get(a);
+      if (id === undefined) continue;
+      this.pinned.delete(a);
+      this.registry.unregister(a);
+      this.addon.free(id);
+    }
+    this.cpu.release?.(arrays);
   }
 
   details(): BackendDetails {

@@ -3,6 +3,7 @@
  * Loading happens on first use, never at import, and a failure is recorded, never thrown.
  * Default order: cuda, then native, then ts. `BHSD_BACKEND` or `setBackend()` choose explicitly.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { inArray, invalidParameterError } from "../is.js";
 import type { BackendName } from "../types.js";
 import { CUDA_PRECISIONS, loadCudaBackend, type CudaBackend, type CudaPrecision } from "./cuda.js";
@@ -52,8 +53,23 @@ function unavailableError(name: BackendName, via: string): Error {
   return new Error(`backend "${name}" (${via}) is not available: ${reasons.get(name) ?? "unknown reason"}`);
 }
 
-/** The backend operations run on. */
+/** A backend bound to one asynchronous flow (a model bound to a backend runs inside one). */
+const scoped = new AsyncLocalStorage<Backend>();
+
+/** Runs `fn` with `backend` as the active backend for every operation it awaits, whatever the global choice. */
+export function withBackend<T>(backend: Backend, fn: () => Promise<T>): Promise<T> {
+  return scoped.run(backend, fn);
+}
+
+/** Frees, on every loaded backend, what it derived from these arrays (packed weights, device copies). */
+export function releaseDerived(arrays: Float32Array[]): void {
+  for (const b of loaded.values()) b.release?.(arrays);
+}
+
+/** The backend operations run on: the one bound to this flow (withBackend), else the global one. */
 export function activeBackend(): Backend {
+  const bound = scoped.getStore();
+  if (bound) return bound;
   if (chosen === undefined) {
     const env = process.env.BHSD_BACKEND;
     if (env !== undefined && env !== "") {

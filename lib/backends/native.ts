@@ -19,6 +19,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
   /** A zero-filled ArrayBuffer over engine memory (native/include/bhsd/memory.hpp). */
   alloc(bytes: number): ArrayBuffer;
+  /** Detaches an ArrayBuffer: engine memory goes back at once (unless a running call holds it). */
+  detach(buffer: ArrayBuffer): void;
   memoryStats(): { liveBytes: number; cachedBytes: number };
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
@@ -125,6 +127,21 @@ export class NativeBackend implements Backend {
 
   constants(arrays: ReadonlySet<Float32Array>): void {
     for (const a of arrays) this.fixed.add(a);
+  }
+
+  /** Drops the packed copies of these weights at once (their engine memory is detached). */
+  release(arrays: Float32Array[]): void {
+    for (const a of arrays) {
+      const p = this.packed.get(a);
+      this.packed.delete(a);
+      this.fixed.delete(a);
+      if (p) this.detach(p.buffer as ArrayBuffer);
+    }
+  }
+
+  /** Detaches an engine-memory buffer so that its memory returns now, not at garbage collection. */
+  detach(buffer: ArrayBuffer): void {
+    if (buffer.byteLength > 0 && !(buffer instanceof SharedArrayBuffer)) this.addon.detach(buffer);
   }
 
   /** The packed form of constant weights (made on first use), else null: conv3d packs per call. */

@@ -103,6 +103,8 @@ export interface Backend extends TensorBackend {
   hostRead?(arrays: Float32Array[]): Promise<void>;
   /** Inside a resident run: these arrays will not be read again; their device copies may go. */
   forget?(arrays: Float32Array[]): void;
+  /** These arrays (a disposed model's weights) are gone: free what was derived from them now. */
+  release?(arrays: Float32Array[]): void;
   /** Inside a resident run: JS wrote these arrays on the host. */
   hostWrote?(arrays: Float32Array[]): void;
 }

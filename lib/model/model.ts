@@ -9,7 +9,8 @@
  */
 import os from "node:os";
 import { basename } from "node:path";
-import { activeBackend } from "../backends/index.js";
+import { activeBackend, getBackend, releaseDerived, withBackend } from "../backends/index.js";
+import type { BackendName } from "../types.js";
 import type { Backend } from "../backends/types.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
@@ -115,9 +116,18 @@ export class Model {
   /** Bytes a run may hold in intermediates (loadModel's memoryLimit). */
   readonly memoryLimit: number;
 
-  constructor(graph: Graph, name: string, config: ModelConfig, memoryLimit = defaultMemoryLimit()) {
+  /** The backend this model runs on (loadModel's `backend`), or undefined: the active one at each run. */
+  readonly backend: BackendName | undefined;
+  private disposed = false;
+
+  constructor(graph: Graph, name: string, config: ModelConfig, memoryLimit = defaultMemoryLimit(), backend?: BackendName) {
     this.name = name;
     this.memoryLimit = memoryLimit;
+    this.backend = backend;
+    // `await using model = await loadModel(…)` (Node 20's Symbol.asyncDispose)
+    const sym = (Symbol as unknown as { asyncDispose?: symbol; dispose?: symbol });
+    if (sym.asyncDispose) Object.defineProperty(this, sym.asyncDispose, { value: async () => this.dispose() });
+    if (sym.dispose) Object.defineProperty(this, sym.dispose, { value: () => this.dispose() });
     this.config = config;
     this.inputs = graph.inputs;
     this.outputs = graph.outputs;
@@ -175,7 +185,39 @@ export class Model {
    * stays on the device: only the inputs go up and the outputs come down.
    */
   async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> { // signal: checked between nodes
-    const be = activeBackend();
+    if (this.disposed) throw new Error(`model ${this.name} was disposed`);
+    if (this.backend) {
+      const bound = getBackend(this.backend);
+      return withBackend(bound, () => this.runOn(bound, feeds, options));
+    }
+    return this.runOn(activeBackend(), feeds, options);
+  }
+
+  /**
+   * Releases the model's weights, their packed copies (native) or device copies (cuda) and its
+   * spare buffers now, not when garbage collection gets to them; the model cannot run again.
+   */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    clearTimeout(this.spareTimer);
+    const weights = [...this.constArrays];
+    releaseDerived(weights);
+    // engine memory (weights, spare buffers) goes back at once: detached, it is nobody's
+    const native = (() => {
+      try {
+        return getBackend("native") as unknown as { detach(b: ArrayBuffer): void };
+      } catch {
+        return undefined;
+      }
+    })();
+    for (const a of [...weights, ...this.spare]) if (native && a.byteLength >= 1 << 16) native.detach(a.buffer as ArrayBuffer);
+    this.spare = [];
+    this.constArrays.clear();
+    this.consts.clear();
+  }
+
+  private async runOn(be: Backend, feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> {
     if (!be.residentRun) return this.runGraph(feeds, be, options?.signal);
     return be.residentRun(() => this.runGraph(feeds, be, options?.signal), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
   }
@@ -785,23 +827,28 @@ function shapeOf(v: Value): number[] {
 /**
  * Loads an ONNX model (path or bytes). The config comes from the argument, else a JSON sidecar
  * beside the file (`<model>.json`), else nnU-Net's plans.json/dataset.json beside it, else the
- * model's metadata_props, else defaults. A model the engine cannot run fails here.
+ * model's metadata_props, else defaults. A model the engine cannot run fails here. Besides the
+ * model's configuration (see ModelConfig), `config` takes
+ * plus `memoryLimit` (bytes a run may hold in intermediates; default half the RAM, at most 8 GiB)
+ * and `backend` (run this model on that backend whatever the global choice, like an onnxruntime
+ * session's execution provider).
  */
-export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number }): Promise<Model> {
+export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName }): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(`Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`);
   }
-  const { memoryLimit, ...rest } = config ?? {};
+  const { memoryLimit, backend, ...rest } = config ?? {};
   if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
     throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
   }
+  if (backend !== undefined) getBackend(backend); // names the argument and says why when it is not available
   const graph = await parseModel(onnxPathOrBytes);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
   const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, config ? rest : undefined);
   const limit = memoryLimit ?? defaultMemoryLimit();
   await foldConstants(graph, limit);
   checkConstantInputs(graph.nodes, graph.initializers, typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : "<model bytes>");
-  return new Model(graph, name, cfg, limit);
+  return new Model(graph, name, cfg, limit, backend);
 }
 
 /** Half the machine's memory, at most 8 GiB: what one model run may hold unless told otherwise. */

@@ -218,6 +218,15 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return engine_buffer(info.Env(), std::size_t(bytes));
 }
 
+// detach(arrayBuffer): an external (engine) buffer's memory goes back now, not at collection
+Napi::Value Detach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "native: detach takes an ArrayBuffer");
+  napi_status st = napi_detach_arraybuffer(env, info[0]);
+  if (st != napi_ok) throw Napi::Error::New(env, "native: this ArrayBuffer cannot be detached");
+  return env.Undefined();
+}
+
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("liveBytes", double(bhsd::Block::live_bytes()));
@@ -308,6 +317,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("info", Napi::Function::New<guarded<Info>>(env, "info"));
   exports.Set("alloc", Napi::Function::New<guarded<Alloc>>(env, "alloc"));
+  exports.Set("detach", Napi::Function::New<guarded<Detach>>(env, "detach"));
   exports.Set("memoryStats", Napi::Function::New<guarded<MemoryStats>>(env, "memoryStats"));
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
