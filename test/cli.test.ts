@@ -1,13 +1,47 @@
-import test from "ava";
-import { spawnSync } from "node:child_process";
+import test, { type ExecutionContext } from "ava";
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { gzipSync } from "node:zlib";
 import { NIFTI_FIXTURES, ROOT } from "./helpers.js";
 
-// The built command line (npm test compiles it first), as a user runs it.
-const bhsd = (...args: string[]) => spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...args], { encoding: "utf8", timeout: 30_000 });
+// The built command line (npm test compiles it first), as a user runs it. BHSD_TEST_CLI runs
+// another build (e.g. an older commit's, to see a test fail without its fix).
+const CLI = process.env.BHSD_TEST_CLI ?? join(ROOT, "dist", "cli", "main.js");
+// Asynchronous (the test worker stays responsive) and at most two at a time (a shared machine).
+interface Run {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Wall time of the command itself (not its wait for a slot). */
+  ms: number;
+}
+let running = 0;
+const waiting: (() => void)[] = [];
+async function run(args: string[], timeout = 60_000): Promise<Run> {
+  if (running >= 2) await new Promise<void>((r) => waiting.push(r));
+  running++;
+  try {
+    const t0 = performance.now();
+    return await new Promise<Run>((resolve) => {
+      const child = spawn(process.execPath, [CLI, ...args], { timeout, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "", stderr = "";
+      child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+      child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+      child.on("close", (status, signal) => resolve({ status, signal, stdout, stderr, ms: performance.now() - t0 }));
+    });
+  } finally {
+    running--;
+    waiting.shift()?.();
+  }
+}
+const bhsd = (...args: string[]) => run(args);
 
-test("bhsd info --json reports version and backends", (t) => {
-  const r = bhsd("info", "--json");
+test("bhsd info --json reports version and backends", async (t) => {
+  const r = await bhsd("info", "--json");
   t.is(r.status, 0, r.stderr);
   const info = JSON.parse(r.stdout);
   t.regex(info.version, /^\d+\.\d+\.\d+/);
@@ -16,15 +50,15 @@ test("bhsd info --json reports version and backends", (t) => {
   if (!info.available.cuda) t.true(info.reasons.cuda.length > 0);
 });
 
-test("bhsd info prints a readable summary", (t) => {
-  const r = bhsd("info");
+test("bhsd info prints a readable summary", async (t) => {
+  const r = await bhsd("info");
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /active backend: (cuda|native|ts)/);
   t.regex(r.stdout, /native +(yes|no)/);
 });
 
-test("bhsd info FILE describes a NIfTI file", (t) => {
-  const r = bhsd("info", join(NIFTI_FIXTURES, "ct_int16_scl.nii.gz"), "--json");
+test("bhsd info FILE describes a NIfTI file", async (t) => {
+  const r = await bhsd("info", join(NIFTI_FIXTURES, "ct_int16_scl.nii.gz"), "--json");
   t.is(r.status, 0, r.stderr);
   const o = JSON.parse(r.stdout);
   t.deepEqual(o.dims, [17, 13, 5]);
@@ -32,33 +66,33 @@ test("bhsd info FILE describes a NIfTI file", (t) => {
   t.true(o.scaled);
 });
 
-test("bad input: one line on stderr, a non-zero exit, no stack trace", (t) => {
-  const r = bhsd("info", join(NIFTI_FIXTURES, "three_volumes_4d.nii"));
+test("bad input: one line on stderr, a non-zero exit, no stack trace", async (t) => {
+  const r = await bhsd("info", join(NIFTI_FIXTURES, "three_volumes_4d.nii"));
   t.is(r.status, 1);
   t.regex(r.stderr, /^bhsd: .*three_volumes_4d.nii: holds 3 volumes/);
   t.is(r.stderr.trim().split("\n").length, 1);
-  const v = bhsd("info", join(NIFTI_FIXTURES, "three_volumes_4d.nii"), "--verbose");
+  const v = await bhsd("info", join(NIFTI_FIXTURES, "three_volumes_4d.nii"), "--verbose");
   t.regex(v.stderr, /at /); // --verbose shows where
-  const u = bhsd("frobnicate");
+  const u = await bhsd("frobnicate");
   t.not(u.status, 0);
   t.regex(u.stderr, /unknown command/);
 });
 
-test("every command has --help", (t) => {
+test("every command has --help", async (t) => {
   for (const args of [["--help"], ["info", "--help"]]) {
-    const r = bhsd(...args);
+    const r = await bhsd(...args);
     t.is(r.status, 0);
     t.regex(r.stdout, /Usage: bhsd/);
   }
 });
 
-test("bhsd bench components --json times the engine here", (t) => {
-  const r = bhsd("bench", "components", "--json");
+test("bhsd bench components --json times the engine here", async (t) => {
+  const r = await bhsd("bench", "components", "--json");
   t.is(r.status, 0, r.stderr);
   const o = JSON.parse(r.stdout);
   t.is(o.results.length, 1);
   t.true(o.results[0].ms > 0);
-  const bad = bhsd("bench", "gpu");
+  const bad = await bhsd("bench", "gpu");
   t.is(bad.status, 1);
   t.regex(bad.stderr, /unknown benchmark "gpu"/);
 });
@@ -67,16 +101,216 @@ test("bhsd train --slice-data trains on voxel- and slice-labelled phantoms and r
   const { mkdtempSync, existsSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
   const dir = mkdtempSync(join(tmpdir(), "bhsd-semi-"));
-  const p = bhsd("phantom", "--out", join(dir, "set"), "--cases", "2", "--seed", "3", "--dims", "32,32,8", "--spacing", "7.2,7.2,5");
+  const p = await bhsd("phantom", "--out", join(dir, "set"), "--cases", "2", "--seed", "3", "--dims", "32,32,8", "--spacing", "7.2,7.2,5");
   t.is(p.status, 0, p.stderr);
   const out = join(dir, "m.onnx");
-  const r = bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "set"), "--steps", "2", "--batch", "1", "--validation", "0", "--json", "--out", out);
+  const r = await bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "set"), "--steps", "2", "--batch", "1", "--validation", "0", "--json", "--out", out);
   t.is(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
   t.is(lines.length, 2);
   t.true(lines.every((l) => Number.isFinite(l.mil) && Number.isFinite(l.consistency)));
   t.true(existsSync(out));
-  const bad = bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "nowhere"), "--steps", "1", "--out", out);
+  const bad = await bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "nowhere"), "--steps", "1", "--out", out);
   t.not(bad.status, 0);
   t.regex(bad.stderr, /nowhere/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Outputs never replace inputs, are checked before any work, and appear all at once or not at all.
+
+const CT = join(NIFTI_FIXTURES, "ct_int16_scl.nii.gz");
+const LAB = join(NIFTI_FIXTURES, "labels_uint8.nii.gz");
+const MODEL = join(ROOT, "models", "demo.onnx");
+
+function freshDir(tag: string): string {
+  return mkdtempSync(join(tmpdir(), `bhsd-cli-${tag}-`));
+}
+
+/** Every file under a folder (symlinks as their target text) with its bytes, to compare before and after. */
+function snapshot(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isSymbolicLink()) out.set(p, `-> ${readlinkSync(p)}`);
+      else if (e.isDirectory()) (out.set(p, "<dir>"), walk(p));
+      else if (!e.isFile()) out.set(p, "<not a regular file>"); // never read a FIFO
+      else out.set(p, createHash("sha256").update(readFileSync(p)).digest("hex"));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/** A refusal: exit 1, one line "bhsd: …" on stderr matching `message`. */
+function refused(t: ExecutionContext, r: Run, message: RegExp, what: string) {
+  t.is(r.status, 1, `${what}: exit ${r.status} (signal ${r.signal}); stderr ${r.stderr}`);
+  t.regex(r.stderr, /^bhsd: /, what);
+  t.is(r.stderr.trim().split("\n").length, 1, `${what}: ${r.stderr}`);
+  t.regex(r.stderr, message, what);
+  t.notRegex(r.stderr, /\.bhsd-[0-9a-f]+|\.tmp\b/, `${what}: a temporary's name in ${r.stderr}`);
+}
+
+test("an output that is an input is refused (same name, symlink or hard link) and the input stays byte-identical", async (t) => {
+  const dir = freshDir("same");
+  const ct = join(dir, "ct.nii.gz"), lab = join(dir, "lab.nii.gz"), link = join(dir, "link.nii.gz"), hard = join(dir, "hard.nii.gz");
+  copyFileSync(CT, ct);
+  copyFileSync(LAB, lab);
+  symlinkSync("lab.nii.gz", link);
+  linkSync(lab, hard);
+  const gt = join(dir, "gt"), pred = join(dir, "pred");
+  mkdirSync(gt);
+  mkdirSync(pred);
+  copyFileSync(LAB, join(gt, "case1.nii.gz"));
+  copyFileSync(LAB, join(pred, "case1.nii.gz"));
+  const before = snapshot(dir);
+  const attempts: string[][] = [
+    ["segment", ct, "--model", MODEL, "--out", ct],
+    ["segment", ct, "--model", MODEL, "--report", ct, "--quiet"],
+    ["components", lab, "--out", lab],
+    ["components", lab, "--out", link],
+    ["components", lab, "--out", hard],
+    ["components", link, "--min-voxels", "2", "--cleaned", lab],
+    ["evaluate", "--gt", lab, "--pred", hard, "--csv", lab],
+    ["evaluate", "--gt", gt, "--pred", pred, "--csv", join(pred, "case1.nii.gz")],
+    ["evaluate", "--gt", gt, "--pred", pred, "--summary-csv", join(gt, "case1.nii.gz")],
+  ];
+  for (const args of attempts) {
+    const r = await bhsd(...args);
+    refused(t, r, /is an input of this command .*refusing to overwrite it/, args.join(" "));
+    t.deepEqual(snapshot(dir), before, `${args.join(" ")} changed the folder`);
+  }
+});
+
+test("two outputs naming the same file, an output that is a folder, and a missing output folder are refused before any work", async (t) => {
+  const dir = freshDir("outs");
+  const lab = join(dir, "lab.nii.gz"), ct = join(dir, "ct.nii.gz");
+  copyFileSync(LAB, lab);
+  copyFileSync(CT, ct);
+  const before = snapshot(dir);
+  const cases: [string[], RegExp][] = [
+    [["components", lab, "--out", join(dir, "x.nii.gz"), "--min-voxels", "2", "--cleaned", join(dir, "x.nii.gz")], /--cleaned .*x\.nii\.gz and --out .*x\.nii\.gz name the same file/],
+    [["segment", ct, "--model", MODEL, "--out", join(dir, "r.nii.gz"), "--report", join(dir, ".", "r.nii.gz")], /--report .* and --out .* name the same file/],
+    [["components", lab, "--out", dir], /--out .*: is a folder, expected a file name/],
+    // issue 18: this left l.nii.gz behind (the report failed after the labels were written)
+    [["segment", ct, "--model", MODEL, "--out", join(dir, "l.nii.gz"), "--report", join(dir, "nodir", "r.json"), "--quiet"], /--report .*nodir.*r\.json: the folder .*nodir does not exist/],
+    [["evaluate", "--gt", lab, "--pred", lab, "--csv", join(dir, "no", "such", "rows.csv")], /--csv .*: the folder .* does not exist/],
+    [["phantom", "--out", lab, "--cases", "1", "--dims", "16,16,8"], /--out .*lab\.nii\.gz: is a file, expected a folder/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await bhsd(...args);
+    refused(t, r, message, args.join(" "));
+    t.deepEqual(snapshot(dir), before, `${args.join(" ")} left something behind`);
+    t.true(r.ms < 20_000, `${args.join(" ")} took ${r.ms.toFixed(0)} ms`);
+  }
+});
+
+test("a command that fails after writing one output leaves no output and no temporary behind", async (t) => {
+  const dir = freshDir("partial");
+  const lab = join(dir, "lab.nii.gz");
+  copyFileSync(LAB, lab);
+  const before = snapshot(dir);
+  // --cleaned is written before the components are counted; the count then fails
+  const r = await bhsd("components", lab, "--min-voxels", "1", "--cleaned", join(dir, "c.nii.gz"), "--out", join(dir, "o.nii.gz"), "--max-components", "3");
+  refused(t, r, /lab\.nii\.gz: \d+ components, more than --max-components 3/, "components --max-components 3");
+  t.deepEqual(snapshot(dir), before);
+  // and the same command that succeeds writes both, with nothing else beside them
+  const ok = await bhsd("components", lab, "--min-voxels", "1", "--cleaned", join(dir, "c.nii.gz"), "--out", join(dir, "o.nii.gz"), "--json");
+  t.is(ok.status, 0, ok.stderr);
+  t.deepEqual([...snapshot(dir).keys()].map((p) => p.slice(dir.length + 1)).sort(), ["c.nii.gz", "lab.nii.gz", "o.nii.gz"]);
+});
+
+test("OutputPlan: errors name the output, never its temporary; success renames every output into place", async (t) => {
+  const { OutputPlan } = await import("../lib/cli/util.js");
+  const dir = freshDir("plan");
+  const final = join(dir, "labels.nii.gz");
+  const e = await t.throwsAsync(
+    OutputPlan.run([], [{ flag: "--out", path: final }], (plan) =>
+      plan.write("--out", async (tmp) => {
+        writeFileSync(tmp, "half");
+        throw new Error(`ENOSPC: no space left on device, write '${tmp}.0a1b2c3d4e5f.tmp' (from ${tmp})`);
+      }),
+    ),
+  );
+  t.is(e!.message, `ENOSPC: no space left on device, write '${final}' (from ${final})`);
+  t.deepEqual(readdirSync(dir), []);
+  await OutputPlan.run([], [{ flag: "--a", path: join(dir, "a.txt") }, { flag: "--b", path: join(dir, "sub", "b") , folder: true }], async (plan) => {
+    await plan.write("--a", (tmp) => Promise.resolve(writeFileSync(tmp, "A")));
+    writeFileSync(join(plan.temp("--b"), "inner.txt"), "B");
+    t.deepEqual(readdirSync(dir).filter((f) => !f.startsWith(".bhsd-")), [], "outputs appeared before the end");
+  });
+  t.deepEqual(readdirSync(dir).sort(), ["a.txt", "sub"]);
+  t.is(readFileSync(join(dir, "a.txt"), "utf8"), "A");
+  t.is(readFileSync(join(dir, "sub", "b", "inner.txt"), "utf8"), "B");
+});
+
+test("a FIFO, a character device or a folder given as input is refused at once (info, segment, components)", async (t) => {
+  const dir = freshDir("fifo");
+  const fifo = join(dir, "ct.nii.gz");
+  const mk = spawnSync("mkfifo", [fifo]);
+  t.is(mk.status, 0, "mkfifo");
+  const before = snapshot(dir);
+  for (const args of [["info", fifo], ["segment", fifo, "--model", MODEL, "--quiet"], ["components", fifo], ["info", "/dev/zero"], ["info", dir]]) {
+    const r = await run(args, 30_000); // today's code waits for a writer forever: killed here
+    refused(t, r, /is (a FIFO \(named pipe\)|a character device|a folder),? not a file/, args.join(" "));
+  }
+  t.deepEqual(snapshot(dir), before);
+});
+
+test("evaluate exits non-zero with a one-line reason when it scores nothing", async (t) => {
+  const dir = freshDir("none");
+  const gt = join(dir, "gt"), empty = join(dir, "empty"), other = join(dir, "other");
+  for (const d of [gt, empty, other]) mkdirSync(d);
+  copyFileSync(LAB, join(gt, "case1.nii.gz"));
+  copyFileSync(LAB, join(other, "case2.nii.gz"));
+  const csv = join(dir, "rows.csv");
+  refused(t, await bhsd("evaluate", "--gt", gt, "--pred", empty, "--csv", csv), /no case to score: 1 ground truth\(s\) in .*gt and no prediction of the same name in .*empty/, "empty predictions");
+  refused(t, await bhsd("evaluate", "--gt", gt, "--pred", other, "--json"), /no case to score: .*\(1 prediction\(s\) without ground truth\)/, "no matching names");
+  refused(t, await bhsd("evaluate", "--gt", empty, "--pred", gt), /holds no .nii or .nii.gz files/, "empty ground truths");
+  t.false(existsSync(csv), "a CSV of nothing was written");
+  const ok = await bhsd("evaluate", "--gt", gt, "--pred", gt, "--json");
+  t.is(ok.status, 0, ok.stderr);
+  t.is(JSON.parse(ok.stdout).cases.length, 1);
+});
+
+test("components refuses a CT in Hounsfield units as labels, and labels above --max-label", async (t) => {
+  const { writeNifti, readNifti } = await import("../lib/index.js");
+  const dir = freshDir("labels");
+  refused(t, await bhsd("components", CT, "--json"), /ct_int16_scl\.nii\.gz holds values from -\d+ to \d+; labels are integers from 0 to 255 \(is it a CT in Hounsfield units rather than labels\?\)/, "CT as labels");
+  const lab = await readNifti(LAB);
+  const big = Uint16Array.from(lab.data as Uint8Array, (v) => (v === 5 ? 300 : v));
+  const p = join(dir, "big.nii.gz");
+  await writeNifti(p, { ...lab, data: big, meta: undefined });
+  refused(t, await bhsd("components", p), /holds values from 0 to 300; labels are integers from 0 to 255/, "label 300");
+  const ok = await bhsd("components", p, "--max-label", "300", "--json");
+  t.is(ok.status, 0, ok.stderr);
+  const o = JSON.parse(ok.stdout);
+  t.true(o.components.some((c: { class: number }) => c.class === 300));
+  t.false(o.components.some((c: { class: number }) => c.class === 5));
+});
+
+test("the command line refuses a NIfTI whose header claims more than --max-input-mb (default 1024) before inflating it", async (t) => {
+  const dir = freshDir("bomb");
+  // 1100 MiB of zeros as 1100 gzip members of 1 MiB each (1.2 MB on disk), behind a header that says so
+  const header = readFileSync(join(NIFTI_FIXTURES, "labels_uint16.nii")).subarray(0, 352);
+  header.writeInt16LE(3, 40);
+  header.writeInt16LE(1024, 42);
+  header.writeInt16LE(1024, 44);
+  header.writeInt16LE(1100, 46);
+  header.writeInt16LE(2, 70); // uint8
+  header.writeInt16LE(8, 72);
+  const mib = gzipSync(Buffer.alloc(1 << 20));
+  const bomb = join(dir, "bomb.nii.gz");
+  writeFileSync(bomb, Buffer.concat([gzipSync(header), ...Array.from({ length: 1100 }, () => mib)]));
+  const r = await bhsd("info", bomb);
+  refused(t, r, /bomb\.nii\.gz: voxel data of 1153433600 bytes exceeds the limit of 1073741824 bytes/, "default limit");
+  t.true(r.ms < 15_000, `took ${r.ms.toFixed(0)} ms`);
+  // the limit is the user's to set: a 2 MiB volume is read by default and refused under 1 MiB
+  header.writeInt16LE(128, 42);
+  header.writeInt16LE(128, 44);
+  header.writeInt16LE(128, 46);
+  const small = join(dir, "small.nii.gz");
+  writeFileSync(small, Buffer.concat([gzipSync(header), mib, mib]));
+  t.is((await bhsd("info", small)).status, 0);
+  refused(t, await bhsd("--max-input-mb", "1", "info", small), /small\.nii\.gz: voxel data of 2097152 bytes exceeds the limit of 1048576 bytes/, "--max-input-mb 1");
 });

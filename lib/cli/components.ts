@@ -3,8 +3,8 @@ import { InvalidArgumentError, type Command } from "commander";
 import { readNifti, writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
-import { cleanup, componentStats, connectedComponents, type CleanupOptions, type Connectivity } from "../ops/components.js";
-import { fmt, intArg, numberArg, table } from "./util.js";
+import { asLabelVolume, cleanup, componentStats, connectedComponents, type CleanupOptions, type Connectivity } from "../ops/components.js";
+import { fmt, intArg, numberArg, OutputPlan, readLimits, table } from "./util.js";
 
 interface Opts {
   connectivity: number;
@@ -16,13 +16,15 @@ interface Opts {
   minMl?: number;
   minVoxels?: number;
   keepLargest?: number;
+  maxLabel: number;
+  maxComponents: number;
 }
 
 export function componentsCommand(program: Command): void {
   program
     .command("components")
     .description("label connected components (bleeds) of a label volume, with per-bleed volume, extent and ABC/2; optionally remove small ones")
-    .argument("<labels>", "label NIfTI (0 background, 1..5 classes)")
+    .argument("<labels>", "label NIfTI: integers from 0 (background) to --max-label (BHSD: 1..5)")
     .option("--connectivity <n>", "6, 18 or 26", (v) => {
       if (!["6", "18", "26"].includes(v)) throw new InvalidArgumentError(`--connectivity must be 6, 18 or 26, got "${v}"`);
       return Number(v);
@@ -33,22 +35,31 @@ export function componentsCommand(program: Command): void {
     .option("--keep-largest <n>", "keep only the n largest components of each class", intArg("--keep-largest", 0))
     .option("--out <file>", "write the component label map (int32 NIfTI)")
     .option("--cleaned <file>", "write the cleaned label volume (with --min-ml, --min-voxels or --keep-largest)")
+    .option("--max-label <n>", "the largest label value accepted (a CT in HU is refused)", intArg("--max-label", 0, 2 ** 31 - 1), 255)
+    .option("--max-components <n>", "refuse volumes with more components than this", intArg("--max-components", 0), 10_000)
     .option("--stats", "print every component")
     .option("--json", "machine-readable output")
     .action(async (file: string, o: Opts) => {
-      let vol = await readNifti(file);
-      const cleaning: CleanupOptions = { connectivity: o.connectivity as Connectivity, perClass: o.perClass };
-      if (o.minMl !== undefined) cleaning.minVolumeMl = o.minMl;
-      if (o.minVoxels !== undefined) cleaning.minVoxels = o.minVoxels;
-      if (o.keepLargest !== undefined) cleaning.keepLargest = o.keepLargest;
-      const cleans = o.minMl !== undefined || o.minVoxels !== undefined || o.keepLargest !== undefined;
-      if (cleans) {
-        vol = await cleanup(vol, cleaning);
-        if (o.cleaned) await writeNifti(o.cleaned, vol);
-      } else if (o.cleaned) throw new Error("--cleaned needs --min-ml, --min-voxels or --keep-largest");
-      const { labels, count } = await connectedComponents(vol, { connectivity: o.connectivity as Connectivity, perClass: o.perClass });
-      if (o.out) await writeNifti(o.out, labels);
-      const stats = await componentStats(labels, { classes: vol });
+      if (o.cleaned && o.minMl === undefined && o.minVoxels === undefined && o.keepLargest === undefined) {
+        throw new Error("--cleaned needs --min-ml, --min-voxels or --keep-largest");
+      }
+      const outputs = [...(o.out ? [{ flag: "--out", path: o.out }] : []), ...(o.cleaned ? [{ flag: "--cleaned", path: o.cleaned }] : [])];
+      const { count, stats } = await OutputPlan.run([file], outputs, async (plan) => {
+        let vol = await asLabelVolume(await readNifti(file, readLimits()), { maxLabel: o.maxLabel, name: file });
+        const cleaning: CleanupOptions = { connectivity: o.connectivity as Connectivity, perClass: o.perClass };
+        if (o.minMl !== undefined) cleaning.minVolumeMl = o.minMl;
+        if (o.minVoxels !== undefined) cleaning.minVoxels = o.minVoxels;
+        if (o.keepLargest !== undefined) cleaning.keepLargest = o.keepLargest;
+        if (o.minMl !== undefined || o.minVoxels !== undefined || o.keepLargest !== undefined) {
+          vol = await cleanup(vol, cleaning);
+          if (o.cleaned) await plan.write("--cleaned", (tmp) => writeNifti(tmp, vol));
+        }
+        const { labels, count } = await connectedComponents(vol, { connectivity: o.connectivity as Connectivity, perClass: o.perClass });
+        if (count > o.maxComponents) throw new Error(`${file}: ${count} components, more than --max-components ${o.maxComponents}`);
+        if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
+        const stats = await componentStats(labels, { classes: vol, maxComponents: o.maxComponents });
+        return { count, stats };
+      });
       if (o.json) return void process.stdout.write(toJson({ file, count, components: stats }) + "\n");
       const perClass = new Map<number, { n: number; ml: number }>();
       for (const s of stats) {

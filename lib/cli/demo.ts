@@ -3,7 +3,6 @@
  * with the bundled model, cleanup, evaluate against the phantom's truth, and a readable report.
  */
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { backendInfo } from "../backends/index.js";
@@ -15,7 +14,7 @@ import { diceHeadline } from "../metrics/headline.js";
 import { loadModel } from "../model/model.js";
 import { segment } from "../model/segment.js";
 import { makePhantom } from "../phantom/phantom.js";
-import { fmt, intArg, table } from "./util.js";
+import { fmt, intArg, OutputPlan, table } from "./util.js";
 
 export const DEMO_MODEL = join(PACKAGE_ROOT, "models", "demo.onnx");
 
@@ -40,16 +39,22 @@ export function demoCommand(program: Command): void {
       const seed = o.seed ?? (Date.now() % 1_000_000) + 1_000_000;
       const modelPath = o.model ?? DEMO_MODEL;
       if (!existsSync(modelPath)) throw new Error(`no model at ${modelPath} (npm run train:demo makes the bundled one)`);
-      const phantom = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
-      const model = await loadModel(modelPath);
-      const { labels, report } = await segment(phantom.ct, model, DEMO_SEGMENT);
-      const metrics = await evaluate(phantom.labels, labels);
-      if (o.out) {
-        await mkdir(o.out, { recursive: true });
-        await writeNifti(join(o.out, "ct.nii.gz"), phantom.ct);
-        await writeNifti(join(o.out, "truth.nii.gz"), phantom.labels);
-        await writeNifti(join(o.out, "prediction.nii.gz"), labels);
-      }
+      const inputs = [modelPath, modelPath.replace(/\.onnx$/i, "") + ".json"];
+      const files = ["ct.nii.gz", "truth.nii.gz", "prediction.nii.gz"];
+      if (o.out) await OutputPlan.checkFolderFiles("--out", o.out, files, inputs);
+      const { phantom, report, metrics } = await OutputPlan.run(inputs, o.out ? [{ flag: "--out", path: o.out, folder: true }] : [], async (plan) => {
+        const phantom = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
+        const model = await loadModel(modelPath);
+        const { labels, report } = await segment(phantom.ct, model, DEMO_SEGMENT);
+        const metrics = await evaluate(phantom.labels, labels);
+        if (o.out) {
+          const dir = plan.temp("--out");
+          await writeNifti(join(dir, files[0]!), phantom.ct);
+          await writeNifti(join(dir, files[1]!), phantom.labels);
+          await writeNifti(join(dir, files[2]!), labels);
+        }
+        return { phantom, report, metrics };
+      });
       // the headline counts every class in the truth or the prediction (an invented class scores 0)
       const h = diceHeadline(metrics);
       const present = h.truthClasses;

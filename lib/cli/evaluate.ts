@@ -7,7 +7,7 @@ import { casesToCsv, summaryToCsv } from "../metrics/csv.js";
 import { evaluateDataset } from "../metrics/dataset.js";
 import { BHSD_CLASSES, evaluate, type CaseMetrics } from "../metrics/evaluate.js";
 import type { Summary } from "../metrics/summary.js";
-import { fmt, listArg, numberArg, progress, table } from "./util.js";
+import { fmt, inputFiles, listArg, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
   gt: string;
@@ -33,7 +33,7 @@ function caseTable(m: CaseMetrics): string {
   );
 }
 
-function summaryTable(s: Summary): string {
+export function summaryTable(s: Summary): string {
   const cell = (a: { mean: number; sd: number; n: number; nInf: number }, scale = 1, d = 2) =>
     `${fmt(a.mean * scale, d)} ± ${fmt(a.sd * scale, d)} (n ${a.n}${a.nInf ? `, ${a.nInf} inf` : ""})`;
   const rows = s.classes.map((c) => {
@@ -66,18 +66,42 @@ export function evaluateCommand(program: Command): void {
       if (!predStat) throw new Error(`--pred ${o.pred}: no such file or folder`);
       if (gtStat.isDirectory() !== predStat.isDirectory()) throw new Error("--gt and --pred must both be files or both be folders");
       const evalOpts = { classes: o.classes ?? [1, 2, 3, 4, 5], nsdToleranceMm: o.nsdTolerance ?? 1 };
-      if (!gtStat.isDirectory()) {
-        const m = await evaluate(await readNifti(o.gt), await readNifti(o.pred), evalOpts);
-        if (o.csv) await writeFile(o.csv, casesToCsv([{ case: o.gt, metrics: m }]));
+      const isDir = gtStat.isDirectory();
+      if (!isDir && o.summaryCsv) throw new Error("--summary-csv needs folders for --gt and --pred (one case has no summary)");
+      const inputs = [...(await inputFiles(o.gt, ["ground truths"])), ...(await inputFiles(o.pred))];
+      const outputs = [
+        ...(o.csv ? [{ flag: "--csv", path: o.csv }] : []),
+        ...(o.summaryCsv ? [{ flag: "--summary-csv", path: o.summaryCsv }] : []),
+      ];
+      if (!isDir) {
+        const m = await OutputPlan.run(inputs, outputs, async (plan) => {
+          const m = await evaluate(await readNifti(o.gt, readLimits()), await readNifti(o.pred, readLimits()), evalOpts);
+          if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv([{ case: o.gt, metrics: m }])));
+          return m;
+        });
         if (o.json) return void process.stdout.write(toJson(m) + "\n");
         for (const w of m.warnings) process.stderr.write(`warning: ${w}\n`);
         process.stdout.write(caseTable(m) + `\ncase-level Dice (MBH-Seg): ${fmt(m.caseDice)}\n`);
         return;
       }
-      const r = await evaluateDataset({ gtDir: o.gt, predDir: o.pred, ...evalOpts, missingAsEmpty: !!o.missingAsEmpty, onProgress: progress(!o.quiet && !o.json) });
-      if (o.csv) await writeFile(o.csv, casesToCsv(r.cases));
-      if (o.summaryCsv) await writeFile(o.summaryCsv, summaryToCsv(r.summary));
-      if (o.json) return void process.stdout.write(toJson(r) + "\n");
+      const r = await OutputPlan.run(inputs, outputs, async (plan) => {
+        const r = await evaluateDataset({ gtDir: o.gt, predDir: o.pred, ...evalOpts, missingAsEmpty: !!o.missingAsEmpty, read: readLimits(), onProgress: progress(!o.quiet && !o.json) });
+        // nothing scored is a failure, not an empty table with exit 0
+        if (r.cases.length === 0) {
+          const why = r.failed.length
+            ? `none of the ${r.failed.length} case(s) could be scored (first: ${r.failed[0]!.case}: ${r.failed[0]!.error.split("\n")[0]})`
+            : `no case to score: ${r.missing.length} ground truth(s) in ${r.gtDir} and no prediction of the same name in ${r.predDir}${r.extra.length ? ` (${r.extra.length} prediction(s) without ground truth)` : ""}`;
+          throw new Error(why);
+        }
+        if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv(r.cases)));
+        if (o.summaryCsv) await plan.write("--summary-csv", (tmp) => writeFile(tmp, summaryToCsv(r.summary)));
+        return r;
+      });
+      if (o.json) {
+        process.stdout.write(toJson(r) + "\n");
+        if (r.failed.length) process.exitCode = 1;
+        return;
+      }
       for (const c of r.cases) for (const w of c.metrics.warnings) process.stderr.write(`warning: ${c.case}: ${w}\n`);
       if (r.missing.length) process.stderr.write(`${r.missing.length} case(s) without a prediction${o.missingAsEmpty ? " (scored as empty)" : " (left out)"}: ${r.missing.join(", ")}\n`);
       if (r.extra.length) process.stderr.write(`${r.extra.length} prediction(s) without ground truth (ignored): ${r.extra.join(", ")}\n`);

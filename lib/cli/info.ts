@@ -5,6 +5,7 @@ import { readNifti } from "../io/nifti.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
+import { readLimits } from "./util.js";
 
 export function infoCommand(program: Command): void {
   program
@@ -39,7 +40,7 @@ export function infoCommand(program: Command): void {
 }
 
 async function describeFile(file: string, json: boolean) {
-  const v = await readNifti(file);
+  const v = await readNifti(file, readLimits());
   const s = await voxelStats(v);
   const out = {
     file,

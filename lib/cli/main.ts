@@ -2,6 +2,7 @@
 /** The `bhsd` command line. Every command has --help and --json; bad input → one line, exit 1. */
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
+import { batchCommand } from "./batch.js";
 import { benchCommand } from "./bench.js";
 import { componentsCommand } from "./components.js";
 import { demoCommand } from "./demo.js";
@@ -11,6 +12,8 @@ import { phantomCommand } from "./phantom.js";
 import { segmentCommand } from "./segment.js";
 import { serveCommand } from "./serve.js";
 import { trainCommand } from "./train.js";
+import { workerCommand } from "./worker.js";
+import { DEFAULT_MAX_INPUT_MB, intArg, setMaxInputMb } from "./util.js";
 
 const program = new Command();
 program
@@ -18,8 +21,15 @@ program
   .description("Find, measure and quantify intracranial hemorrhage on head CT")
   .version(VERSION)
   .option("--verbose", "print stack traces on errors")
+  .option(
+    "--max-input-mb <MiB>",
+    `refuse a NIfTI input whose voxel data exceed this many MiB, from its header, before reading or inflating it (default ${DEFAULT_MAX_INPUT_MB}: a head CT is well under it)`,
+    intArg("--max-input-mb", 1, 64 * 1024),
+    DEFAULT_MAX_INPUT_MB,
+  )
   .showHelpAfterError("(add --help for usage)")
-  .exitOverride();
+  .exitOverride()
+  .hook("preAction", (cmd) => setMaxInputMb(cmd.opts().maxInputMb as number));
 
 infoCommand(program);
 evaluateCommand(program);
@@ -30,6 +40,8 @@ benchCommand(program);
 phantomCommand(program);
 trainCommand(program);
 demoCommand(program);
+workerCommand(program);
+batchCommand(program);
 
 function verbose(): boolean {
   return process.argv.includes("--verbose");

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { toJson } from "../json.js";
 import { writePhantoms } from "../phantom/write.js";
-import { intArg, progress } from "./util.js";
+import { intArg, OutputPlan, progress } from "./util.js";
 
 const list3 = (name: string, int: boolean) => (v: string): [number, number, number] => {
   const p = v.split(",").map(Number);
@@ -25,7 +25,10 @@ export function phantomCommand(program: Command): void {
     .option("--json", "machine-readable output")
     .option("--quiet", "no progress")
     .action(async (o: { out: string; cases: number; seed: number; dims: [number, number, number]; spacing: [number, number, number]; json?: boolean; quiet?: boolean }) => {
-      const r = await writePhantoms({ out: o.out, cases: o.cases, seed: o.seed, dims: o.dims, spacing: o.spacing, onCase: progress(!o.quiet && !o.json) });
+      // written into a hidden folder beside --out and moved into place when every case is done
+      const r = await OutputPlan.run([], [{ flag: "--out", path: o.out, folder: true }], (plan) =>
+        writePhantoms({ out: plan.temp("--out"), cases: o.cases, seed: o.seed, dims: o.dims, spacing: o.spacing, onCase: progress(!o.quiet && !o.json) }),
+      );
       if (o.json) return void process.stdout.write(toJson({ out: o.out, ...r }) + "\n");
       for (const c of r.cases) process.stdout.write(`${c.name}: ${c.classes.length ? c.classes.map((k) => ["", "EDH", "IPH", "IVH", "SAH", "SDH"][k]).join(", ") : "no bleed"}\n`);
     });

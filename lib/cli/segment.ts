@@ -1,11 +1,12 @@
 /** `bhsd segment`: a head CT through an ONNX model to a label NIfTI and a report. */
 import { writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { Command } from "commander";
 import { readNifti, writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { loadModel } from "../model/model.js";
 import { segment } from "../model/segment.js";
-import { fmt, numberArg, progress, table } from "./util.js";
+import { fmt, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
   model: string;
@@ -30,16 +31,26 @@ export function segmentCommand(program: Command): void {
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")
     .action(async (file: string, o: Opts) => {
-      const ct = await readNifti(file);
-      const model = await loadModel(o.model);
-      const bar = progress(!o.quiet && !o.json);
-      const { labels, report } = await segment(ct, model, {
-        mirror: !!o.tta,
-        ...(o.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: o.cleanupMinMl } } : {}),
-        onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
+      // every output is checked (not an input, its folder writable) before the work, and appears only when all is done
+      const modelBase = o.model.replace(/\.onnx$/i, "");
+      const inputs = [file, o.model, `${modelBase}.json`, join(dirname(o.model), "plans.json"), join(dirname(o.model), "dataset.json")];
+      const outputs = [
+        ...(o.out ? [{ flag: "--out", path: o.out }] : []),
+        ...(o.report ? [{ flag: "--report", path: o.report }] : []),
+      ];
+      const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
+        const ct = await readNifti(file, readLimits());
+        const model = await loadModel(o.model);
+        const bar = progress(!o.quiet && !o.json);
+        const { labels, report } = await segment(ct, model, {
+          mirror: !!o.tta,
+          ...(o.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: o.cleanupMinMl } } : {}),
+          onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
+        });
+        if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
+        if (o.report) await plan.write("--report", (tmp) => writeFile(tmp, toJson(report) + "\n"));
+        return { ct, report };
       });
-      if (o.out) await writeNifti(o.out, labels);
-      if (o.report) await writeFile(o.report, toJson(report) + "\n");
       if (o.json) return void process.stdout.write(toJson(report) + "\n");
       const lines = [
         `${file}: ${ct.dims.join(" × ")} at ${ct.spacing.map((s) => fmt(s, 2)).join(" × ")} mm, model ${report.model} on ${report.backend}, ${report.windows} window(s)`,

@@ -9,7 +9,7 @@ import { parseSliceCsv } from "../metrics/slices.js";
 import { makePhantom } from "../phantom/phantom.js";
 import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
 import { demoSpec } from "../train/unet.js";
-import { intArg, numberArg } from "./util.js";
+import { inputFiles, intArg, numberArg, OutputPlan, readLimits } from "./util.js";
 
 const patchArg = (v: string): [number, number, number] => {
   const p = v.split(",").map(Number);
@@ -43,7 +43,7 @@ async function readLayout(dir: string): Promise<LabelledCase[]> {
   const names = (await readdir(join(dir, "images"))).filter((f) => /\.nii(\.gz)?$/.test(f)).sort();
   if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
   const out: LabelledCase[] = [];
-  for (const f of names) out.push({ ct: await readNifti(join(dir, "images", f)), labels: await readNifti(join(dir, "ground truths", f)) });
+  for (const f of names) out.push({ ct: await readNifti(join(dir, "images", f), readLimits()), labels: await readNifti(join(dir, "ground truths", f), readLimits()) });
   return out;
 }
 
@@ -54,7 +54,7 @@ async function readSliceLayout(dir: string): Promise<SliceLabelledCase[]> {
   const out: SliceLabelledCase[] = [];
   for (const f of names) {
     const csv = join(dir, "slice labels", f.replace(/\.nii(\.gz)?$/, ".csv"));
-    const ct = await readNifti(join(dir, "images", f));
+    const ct = await readNifti(join(dir, "images", f), readLimits());
     const sl = parseSliceCsv(await readFile(csv, "utf8"), csv);
     if (sl.present.length !== ct.dims[2]) throw new Error(`${csv} has ${sl.present.length} slices but ${f} has ${ct.dims[2]}`);
     // per slice, classes 1..5 in order (a class the CSV lacks is taken as absent)
@@ -90,39 +90,47 @@ export function trainCommand(program: Command): void {
       if (!o.data && !o.phantoms) throw new Error("give --data DIR or --phantoms N");
       if (o.optimizer !== "adam" && o.optimizer !== "sgd") throw new Error(`--optimizer must be adam or sgd, got "${o.optimizer}"`);
       if (o.schedule !== "poly" && o.schedule !== "constant") throw new Error(`--schedule must be poly or constant, got "${o.schedule}"`);
-      let all: LabelledCase[];
-      if (o.data) all = await readLayout(o.data);
-      else {
-        const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
-        all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
-          const p = makePhantom(o.seed * 7919 + i, opt);
-          return { ct: p.ct, labels: p.labels };
+      // inputs: every file of --data and --slice-data; outputs: the model and its sidecar, both written only at the end
+      const inputs = [
+        ...(o.data ? [...(await inputFiles(join(o.data, "images"))), ...(await inputFiles(join(o.data, "ground truths")))] : []),
+        ...(o.sliceData ? [...(await inputFiles(join(o.sliceData, "images"))), ...(await inputFiles(join(o.sliceData, "slice labels")))] : []),
+      ];
+      const sidecar = o.out.replace(/\.onnx$/i, "") + ".json";
+      await OutputPlan.run(inputs, [{ flag: "--out", path: o.out }, { flag: "--out (config)", path: sidecar }], async (plan) => {
+        let all: LabelledCase[];
+        if (o.data) all = await readLayout(o.data);
+        else {
+          const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
+          all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
+            const p = makePhantom(o.seed * 7919 + i, opt);
+            return { ct: p.ct, labels: p.labels };
+          });
+        }
+        const nVal = Math.min(o.validation, Math.max(0, all.length - 1));
+        const r = await train({
+          train: all.slice(0, all.length - nVal),
+          validation: all.slice(all.length - nVal),
+          steps: o.steps,
+          batch: o.batch,
+          optimizer: o.optimizer,
+          seed: o.seed,
+          foreground: Math.min(1, o.foreground),
+          batchDice: o.batchDice ?? false,
+          ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
+          ...(o.patch ? { patch: o.patch } : {}),
+          schedule: o.schedule,
+          ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
+          ...(o.lr !== undefined ? { lr: o.lr } : {}),
+          onProgress: (p) => {
+            if (o.json) process.stdout.write(toJson(p, 0) + "\n");
+            else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
+              process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.mil !== undefined ? `  MIL ${p.mil.toFixed(4)}  consistency ${p.consistency!.toFixed(5)}` : ""}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
+            }
+          },
         });
-      }
-      const nVal = Math.min(o.validation, Math.max(0, all.length - 1));
-      const r = await train({
-        train: all.slice(0, all.length - nVal),
-        validation: all.slice(all.length - nVal),
-        steps: o.steps,
-        batch: o.batch,
-        optimizer: o.optimizer,
-        seed: o.seed,
-        foreground: Math.min(1, o.foreground),
-        batchDice: o.batchDice ?? false,
-        ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
-        ...(o.patch ? { patch: o.patch } : {}),
-        schedule: o.schedule,
-        ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
-        ...(o.lr !== undefined ? { lr: o.lr } : {}),
-        onProgress: (p) => {
-          if (o.json) process.stdout.write(toJson(p, 0) + "\n");
-          else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
-            process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.mil !== undefined ? `  MIL ${p.mil.toFixed(4)}  consistency ${p.consistency!.toFixed(5)}` : ""}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
-          }
-        },
+        await plan.write("--out", (tmp) => writeFile(tmp, r.onnx));
+        await plan.write("--out (config)", (tmp) => writeFile(tmp, JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, batchDice: o.batchDice ?? false, schedule: o.schedule, features: o.features ?? "8,16,32,64", finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n"));
       });
-      await writeFile(o.out, r.onnx);
-      await writeFile(o.out.replace(/\.onnx$/i, "") + ".json", JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, batchDice: o.batchDice ?? false, schedule: o.schedule, features: o.features ?? "8,16,32,64", finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n");
       if (!o.json) process.stderr.write(`wrote ${o.out}\n`);
     });
 }

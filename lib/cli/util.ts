@@ -1,4 +1,8 @@
 /** Shared bits of the commands: number parsing with clear errors, tables, progress on stderr. */
+import { randomBytes } from "node:crypto";
+import { constants, rmSync } from "node:fs";
+import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { InvalidArgumentError } from "commander";
 
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
@@ -47,3 +51,266 @@ export function progress(enabled: boolean): (done: number, total: number, what: 
     if (done === total) process.stderr.write("\n");
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inputs and outputs of the commands: limits that fit a head CT, and outputs that never replace
+// an input, never collide, are checked before any work and appear all at once or not at all.
+
+/**
+ * The largest voxel data (bytes) a command reads from one NIfTI file: 1 GiB by default, set with
+ * the global --max-input-mb. A head CT (512 × 512 × up to 600 thin slices of int16) is 315 MB,
+ * a float64 one 630 MB; readNifti's own default (4 GiB) is a library's.
+ */
+export const DEFAULT_MAX_INPUT_MB = 1024;
+let maxInputBytes = DEFAULT_MAX_INPUT_MB * 2 ** 20;
+
+export function setMaxInputMb(mb: number): void {
+  maxInputBytes = mb * 2 ** 20;
+}
+
+/** readNifti's options for a command's inputs. */
+export function readLimits(): { maxBytes: number } {
+  return { maxBytes: maxInputBytes };
+}
+
+export interface OutputRequest {
+  /** The option that names it, for messages (e.g. "--out"). */
+  flag: string;
+  path: string;
+  /** A folder the command fills (phantom --out, demo --out), created when missing. */
+  folder?: boolean;
+}
+
+interface Planned {
+  flag: string;
+  final: string;
+  temp: string;
+  folder: boolean;
+}
+
+const live = new Set<string>();
+let hooksInstalled = false;
+
+/** Removes every temporary left when the process ends early (an error, Ctrl-C, SIGTERM). */
+function installHooks() {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on("exit", () => {
+    for (const p of live) rmSync(p, { recursive: true, force: true });
+  });
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.once(sig, () => {
+      for (const p of live) rmSync(p, { recursive: true, force: true });
+      live.clear();
+      process.kill(process.pid, sig);
+    });
+  }
+}
+
+async function statOrNull(p: string) {
+  try {
+    return await stat(p);
+  } catch {
+    return null;
+  }
+}
+
+/** The nearest folder at or above `p` that exists. */
+async function nearestExisting(p: string): Promise<string> {
+  let d = p;
+  for (;;) {
+    if (await statOrNull(d)) return d;
+    const up = dirname(d);
+    if (up === d) return d;
+    d = up;
+  }
+}
+
+/** A file's identity: its device and inode when it exists, else its real folder and name. */
+async function identity(p: string): Promise<{ key: string; ino?: string }> {
+  const s = await statOrNull(p);
+  const real = await realpath(p).catch(async () => join(await realpath(dirname(p)).catch(() => dirname(p)), basename(p)));
+  return s ? { key: real, ino: `${s.dev}:${s.ino}` } : { key: real };
+}
+
+/** The files a path names as an input: the file itself, or the files of a folder (and of the given sub-folders). */
+export async function inputFiles(path: string, subfolders: string[] = []): Promise<string[]> {
+  const s = await statOrNull(path);
+  if (!s) return [path];
+  if (!s.isDirectory()) return [path];
+  const out: string[] = [];
+  for (const dir of [path, ...subfolders.map((f) => join(path, f))]) {
+    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    for (const e of entries) if (!e.isDirectory()) out.push(join(dir, e.name));
+  }
+  return out;
+}
+
+/**
+ * The outputs of a command, planned before any work: each is refused when it is one of the
+ * inputs (the same file after symlinks and hard links: real path or device and inode), when two
+ * outputs are the same file, when its folder is missing or not writable, or when it is a folder
+ * (a file output) or a file (a folder output). The command writes each output to `temp(flag)`, a
+ * hidden file beside it, and `commit()` renames them all into place at the end; anything that
+ * fails before leaves no output behind and names only the outputs' own paths.
+ */
+export class OutputPlan {
+  private readonly planned: Planned[];
+  private committed = false;
+
+  private constructor(planned: Planned[]) {
+    this.planned = planned;
+  }
+
+  static async create(inputs: string[], outputs: OutputRequest[]): Promise<OutputPlan> {
+    const wanted = outputs.filter((o) => o.path !== undefined && o.path !== "");
+    const inIds = await Promise.all(inputs.map(async (p) => ({ p, id: await identity(p) })));
+    const seen: { flag: string; path: string; id: { key: string; ino?: string } }[] = [];
+    const planned: Planned[] = [];
+    for (const o of wanted) {
+      const final = resolve(o.path);
+      const s = await statOrNull(final);
+      if (s && o.folder && !s.isDirectory()) throw new Error(`${o.flag} ${o.path}: is a file, expected a folder`);
+      if (s && !o.folder && s.isDirectory()) throw new Error(`${o.flag} ${o.path}: is a folder, expected a file name`);
+      const parent = dirname(final);
+      const base = o.folder ? await nearestExisting(parent) : parent;
+      const ps = await statOrNull(base);
+      if (!ps) throw new Error(`${o.flag} ${o.path}: the folder ${dirname(o.path)} does not exist`);
+      if (!ps.isDirectory()) throw new Error(`${o.flag} ${o.path}: ${base} is not a folder`);
+      try {
+        await access(base, constants.W_OK | constants.X_OK);
+      } catch {
+        throw new Error(`${o.flag} ${o.path}: the folder ${base} is not writable`);
+      }
+      const id = await identity(final);
+      for (const i of inIds) {
+        if (i.id.key === id.key || (id.ino && i.id.ino === id.ino)) {
+          throw new Error(`${o.flag} ${o.path} is an input of this command (${i.p}); refusing to overwrite it`);
+        }
+      }
+      for (const prev of seen) {
+        if (prev.id.key === id.key || (id.ino && prev.id.ino === id.ino)) throw new Error(`${o.flag} ${o.path} and ${prev.flag} ${prev.path} name the same file`);
+      }
+      seen.push({ flag: o.flag, path: o.path, id });
+      // the temporary: beside the output (same folder, same file system), keeping its ending (.nii.gz …)
+      const tag = `.bhsd-${randomBytes(6).toString("hex")}-`;
+      const temp = o.folder ? join(s ? final : base, `${tag}${basename(final)}.tmp`) : join(parent, `${tag}${basename(final)}`);
+      planned.push({ flag: o.flag, final, temp, folder: !!o.folder });
+    }
+    if (planned.length) installHooks();
+    for (const p of planned) live.add(p.temp);
+    const plan = new OutputPlan(planned);
+    for (const p of planned) if (p.folder) await mkdir(p.temp);
+    return plan;
+  }
+
+  /** Whether the command was asked for this output. */
+  has(flag: string): boolean {
+    return this.planned.some((p) => p.flag === flag);
+  }
+
+  /** Where to write the output named by `flag` (a temporary; a folder for folder outputs). */
+  temp(flag: string): string {
+    const p = this.planned.find((q) => q.flag === flag);
+    if (!p) throw new Error(`internal: no output ${flag} was planned`);
+    return p.temp;
+  }
+
+  /**
+   * Runs `write(temp)` for the output `flag`; an error from it names the output, never the
+   * temporary.
+   */
+  async write(flag: string, write: (temp: string) => Promise<unknown>): Promise<void> {
+    const p = this.planned.find((q) => q.flag === flag);
+    if (!p) throw new Error(`internal: no output ${flag} was planned`);
+    try {
+      await write(p.temp);
+    } catch (e) {
+      throw this.clean(e);
+    }
+  }
+
+  /** Checks that `files` (paths inside a folder output, relative to it) are not inputs. */
+  static async checkFolderFiles(flag: string, folder: string, files: string[], inputs: string[]): Promise<void> {
+    const inIds = await Promise.all(inputs.map(identity));
+    for (const f of files) {
+      const id = await identity(join(folder, f));
+      const hit = inIds.findIndex((i) => i.key === id.key || (id.ino && i.ino === id.ino));
+      if (hit >= 0) throw new Error(`${flag} ${folder}: ${f} there is an input of this command (${inputs[hit]}); refusing to overwrite it`);
+    }
+  }
+
+  private clean(e: unknown): Error {
+    const err = e instanceof Error ? e : new Error(String(e));
+    for (const p of this.planned) {
+      // writeNifti's own temporary is the given path plus ".<hex>.tmp"
+      const re = new RegExp(escapeRegExp(p.temp) + "(\\.[0-9a-f]+\\.tmp)?", "g");
+      err.message = err.message.replace(re, p.final);
+      if (err.stack) err.stack = err.stack.replace(re, p.final);
+    }
+    return err;
+  }
+
+  /** Moves every output into place. */
+  async commit(): Promise<void> {
+    if (this.committed) return;
+    this.committed = true;
+    try {
+      for (const p of this.planned) {
+        if (!p.folder) {
+          if (!(await statOrNull(p.temp))) continue; // not written (the command had nothing to write)
+          await rename(p.temp, p.final);
+        } else if (!(await statOrNull(p.final))) {
+          await mkdir(dirname(p.final), { recursive: true });
+          await rename(p.temp, p.final);
+        } else {
+          await mergeInto(p.temp, p.final);
+          await rm(p.temp, { recursive: true, force: true });
+        }
+        live.delete(p.temp);
+      }
+    } catch (e) {
+      await this.discard();
+      throw this.clean(e);
+    }
+  }
+
+  /** Removes every temporary (after a failure). */
+  async discard(): Promise<void> {
+    for (const p of this.planned) {
+      await rm(p.temp, { recursive: true, force: true }).catch(() => {});
+      live.delete(p.temp);
+    }
+  }
+
+  /**
+   * Plans the outputs, runs `work` and commits; on any failure the temporaries are removed and
+   * no output appears.
+   */
+  static async run<T>(inputs: string[], outputs: OutputRequest[], work: (plan: OutputPlan) => Promise<T>): Promise<T> {
+    const plan = await OutputPlan.create(inputs, outputs);
+    try {
+      const r = await work(plan);
+      await plan.commit();
+      return r;
+    } catch (e) {
+      await plan.discard();
+      throw plan.clean(e);
+    }
+  }
+}
+
+/** Moves a folder's tree into an existing folder, replacing files of the same name. */
+async function mergeInto(from: string, to: string): Promise<void> {
+  for (const e of await readdir(from, { withFileTypes: true })) {
+    const src = join(from, e.name), dst = join(to, e.name);
+    if (e.isDirectory()) {
+      const s = await statOrNull(dst);
+      if (!s) await rename(src, dst);
+      else if (s.isDirectory()) await mergeInto(src, dst);
+      else throw new Error(`${dst} is a file where a folder is to be written`);
+    } else await rename(src, dst);
+  }
+}
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");

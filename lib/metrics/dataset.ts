@@ -6,7 +6,7 @@
 import { readdir, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { invalidParameterError, optionsObject } from "../is.js";
-import { readNifti } from "../io/nifti.js";
+import { readNifti, type ReadNiftiOptions } from "../io/nifti.js";
 import { evaluate, type CaseMetrics, type EvaluateOptions, DEFAULT_CLASSES } from "./evaluate.js";
 import { summarize, type Summary } from "./summary.js";
 
@@ -15,6 +15,8 @@ export interface DatasetOptions extends EvaluateOptions {
   predDir: string;
   /** Score a missing prediction as an empty one (default false: it is listed and left out). */
   missingAsEmpty?: boolean;
+  /** readNifti's limits for every file (e.g. { maxBytes }); default readNifti's own. */
+  read?: ReadNiftiOptions;
   /** Called after each case. */
   onProgress?: (done: number, total: number, caseName: string) => void;
 }
@@ -67,6 +69,7 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   const opts = optionsObject("options", options) as unknown as DatasetOptions;
   if (typeof opts.gtDir !== "string") throw invalidParameterError("options.gtDir", "a folder path", opts.gtDir);
   if (typeof opts.predDir !== "string") throw invalidParameterError("options.predDir", "a folder path", opts.predDir);
+  const read = optionsObject("options.read", opts.read) as ReadNiftiOptions;
   if (opts.onProgress !== undefined && typeof opts.onProgress !== "function") throw invalidParameterError("options.onProgress", "a function", opts.onProgress);
   // BHSD's layout: label_192/images beside label_192/ground truths
   const gtDir = (await isDir(join(opts.gtDir, "ground truths"))) ? join(opts.gtDir, "ground truths") : opts.gtDir;
@@ -85,8 +88,8 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   for (const [name, gtPath] of todo) {
     const predPath = preds.get(name) ?? null;
     try {
-      const gt = await readNifti(gtPath);
-      const pred = predPath ? await readNifti(predPath) : { ...gt, data: new Uint8Array(gt.data.length) };
+      const gt = await readNifti(gtPath, read);
+      const pred = predPath ? await readNifti(predPath, read) : { ...gt, data: new Uint8Array(gt.data.length) };
       const metrics = await evaluate(gt, pred, { ...evalOpts, names: [`gt ${name}`, `pred ${name}`] });
       cases.push({ case: name, gt: gtPath, pred: predPath, metrics });
     } catch (e) {
