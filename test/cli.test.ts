@@ -314,3 +314,18 @@ test("the command line refuses a NIfTI whose header claims more than --max-input
   t.is((await bhsd("info", small)).status, 0);
   refused(t, await bhsd("--max-input-mb", "1", "info", small), /small\.nii\.gz: voxel data of 2097152 bytes exceeds the limit of 1048576 bytes/, "--max-input-mb 1");
 });
+
+test("a command stopped by a signal midway leaves neither its output nor a temporary", async (t) => {
+  const dir = freshDir("signal");
+  const out = join(dir, "set");
+  // many phantoms: seconds of work, written into a hidden folder first
+  const child = spawn(process.execPath, [CLI, "phantom", "--out", out, "--cases", "500", "--dims", "96,96,16", "--quiet"], { stdio: ["ignore", "ignore", "pipe"] });
+  // stop it once its temporary exists (the work has begun)
+  const t0 = performance.now();
+  while (!readdirSync(dir).some((f) => f.startsWith(".bhsd-")) && performance.now() - t0 < 30_000 && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+  t.true(readdirSync(dir).some((f) => f.startsWith(".bhsd-")), "the command never began writing");
+  child.kill("SIGTERM");
+  const [, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on("close", (c, s) => r([c, s])));
+  t.is(signal, "SIGTERM");
+  t.deepEqual(readdirSync(dir), []);
+});
