@@ -58,6 +58,41 @@ export interface DicomSeriesMeta {
   rescale: { slope: number; intercept: number }[];
   /** Things left out or noticed (localizers dropped …); never patient data. */
   warnings: string[];
+  /**
+   * Patient and study attributes of the source (PatientName, PatientID, StudyDate …), copied into a
+   * SEG so that it belongs to the same patient and study. Not enumerable: JSON.stringify, console.log
+   * and util.inspect do not show it.
+   */
+  readonly studyAttributes?: Readonly<Record<string, string>>;
+}
+
+/** The source attributes a derived object (SEG) repeats: Patient and General Study modules. */
+const STUDY_TAGS: Record<string, string> = {
+  SpecificCharacterSet: "x00080005",
+  PatientName: "x00100010",
+  PatientID: "x00100020",
+  PatientBirthDate: "x00100030",
+  PatientSex: "x00100040",
+  StudyDate: "x00080020",
+  StudyTime: "x00080030",
+  ReferringPhysicianName: "x00080090",
+  StudyID: "x00200010",
+  AccessionNumber: "x00080050",
+  StudyDescription: "x00081030",
+};
+
+function studyAttributesOf(ds: dicomParser.DataSet): Record<string, string> {
+  const charset = str(ds, "x00080005");
+  const utf8 = /ISO_IR 192/.test(charset);
+  const out: Record<string, string> = {};
+  for (const [name, tag] of Object.entries(STUDY_TAGS)) {
+    const el = ds.elements[tag];
+    if (!el || el.length === 0 || el.length > 1024 || el.dataOffset + el.length > ds.byteArray.length) continue;
+    const bytes = ds.byteArray.subarray(el.dataOffset, el.dataOffset + el.length);
+    const text = utf8 ? new TextDecoder("utf-8").decode(bytes) : Buffer.from(bytes).toString("latin1");
+    out[name] = text.replace(/[\0 ]+$/, "").replace(/^ +/, "");
+  }
+  return out;
 }
 
 export type DicomVolume = Volume & { dicom: DicomSeriesMeta };
@@ -653,6 +688,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   // Stored ranges wider than int16 may still fit once decoded; decided per value below.
   const bytes = n * (asInt16 ? 2 : 4);
   if (bytes > opts.maxBytes) throw new DicomError(where, `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`);
+  const studyAttributes = studyAttributesOf(h0.dataSet);
   let data: Int16Array | Float32Array = allocArray(asInt16 ? "int16" : "float32", n, "DICOM volume") as Int16Array | Float32Array;
   const plane = nx * ny;
   for (let k = 0; k < nz; k++) {
@@ -709,6 +745,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     rescale: slices.map((h) => ({ slope: h.slope, intercept: h.intercept })),
     warnings,
   };
+  Object.defineProperty(dicom, "studyAttributes", { value: Object.freeze(studyAttributes), enumerable: false });
   return {
     data,
     dims: [nx, ny, nz],
