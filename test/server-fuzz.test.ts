@@ -1,5 +1,5 @@
 // Issue 18 #8: a bounded REST fuzzer. A fixed seed and a fixed number of cases (BHSD_FUZZ_CASES
-// for a longer run) of malformed JSON, random and mutated NIfTI bodies, broken multipart, wrong
+// for a longer run, BHSD_FUZZ_SEED for another seed) of malformed JSON, random and mutated NIfTI bodies, broken multipart, wrong
 // query types, odd paths, huge headers and broken HTTP, against a real server on 127.0.0.1. Every
 // answer must be the service's `{ error, message }` with a 4xx (or 503 busy/timeout) — never a 500,
 // never fastify's own shape — except a mutated NIfTI that is still valid, which may answer 200;
@@ -10,7 +10,7 @@ import { gunzipSync } from "node:zlib";
 import { healthBaseline, healthMs, modelFolder, nifti, start } from "./server-helpers.js";
 
 const CASES = Number(process.env.BHSD_FUZZ_CASES ?? 160);
-const SEED = 0x18b5d;
+const SEED = Number(process.env.BHSD_FUZZ_SEED ?? 0x18b5d);
 
 /** mulberry32: a small seeded PRNG. */
 function prng(seed: number) {
