@@ -28,6 +28,11 @@ program
     DEFAULT_MAX_INPUT_MB,
   )
   .showHelpAfterError("(add --help for usage)")
+  .addHelpText(
+    "after",
+    "\nOutputs are checked before any work: an output that is an input (also through a symlink or hard link), two outputs naming one file\n" +
+      "or a missing output folder is refused; outputs are written to hidden temporaries and appear only when the command succeeds.",
+  )
   .exitOverride()
   .hook("preAction", (cmd) => setMaxInputMb(cmd.opts().maxInputMb as number));
 
