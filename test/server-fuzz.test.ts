@@ -69,6 +69,7 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
   const rng = prng(SEED);
   const labels = nifti(Uint8Array.from({ length: 16 * 16 * 8 }, (_, i) => (i % 7 === 0 ? 1 + (i % 3) : 0)), [16, 16, 8], "uint8", [1, 1, 1], false);
   const labelsGz = nifti(new Uint8Array(labels.subarray(352)), [16, 16, 8], "uint8");
+  const ct = nifti(Int16Array.from({ length: 32 * 32 * 4 }, (_, i) => (i * 37) % 200 - 60), [32, 32, 4], "int16", [0.5, 0.5, 5], false);
   const routes = ["/v1/segment", "/v1/components", "/v1/evaluate"];
   const junkText = () => Array.from({ length: rng.int(40) }, () => rng.pick(["{", "}", "[", "]", '"', ":", ",", "a", "1", "null", "\\", "\u0000", "é", " "])).join("");
   const mutate = (b: Buffer): Buffer => {
@@ -93,6 +94,13 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
     () => ({ kind: "json", run: () => viaFetch(s.url + rng.pick(routes), { method: "POST", body: junkText(), headers: { "content-type": "application/json" } }) }),
     () => ({ kind: "random bytes", run: () => viaFetch(s.url + rng.pick(["/v1/segment", "/v1/components"]), { method: "POST", body: rng.bytes(rng.int(2000)), headers: { "content-type": rng.pick(["application/octet-stream", "application/gzip"]) } }) }),
     () => ({ kind: "mutated nifti", maySucceed: true, run: () => viaFetch(`${s.url}/v1/components?connectivity=${rng.pick([6, 18, 26])}`, { method: "POST", body: mutate(rng.next() < 0.5 ? labels : labelsGz), headers: { "content-type": "application/octet-stream" } }) }),
+    () => ({ kind: "mutated evaluate", maySucceed: true, run: () => {
+      const fd = new FormData();
+      fd.append("gt", new Blob([rng.next() < 0.5 ? mutate(labels) : labels]), "gt.nii");
+      fd.append("pred", new Blob([mutate(rng.next() < 0.5 ? labels : labelsGz)]), "pred.nii");
+      return viaFetch(`${s.url}/v1/evaluate`, { method: "POST", body: fd });
+    } }),
+    () => ({ kind: "mutated segment", maySucceed: true, run: () => viaFetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body: mutate(ct), headers: { "content-type": "application/octet-stream" } }) }),
     () => ({ kind: "gzip bomb header", run: () => {
       const h = Buffer.from(gunzipSync(labelsGz).subarray(0, 352));
       h.writeInt16LE(rng.pick([2000, 32767, 30000]), 42);
