@@ -1,0 +1,145 @@
+/**
+ * Scale-out on Redis with BullMQ (issue 20): what the submitters, the workers and the REST
+ * service share — the queue's name, the connection, the jobs' data and results, the ids that
+ * make a submission idempotent, and the models' folder.
+ *
+ * Redis holds metadata only: a job names its input and output files (a folder every worker
+ * reaches: NFS, a mounted volume), never voxels.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream, existsSync, readdirSync } from "node:fs";
+import { hostname } from "node:os";
+import { join, resolve } from "node:path";
+import { Redis, type RedisOptions } from "ioredis";
+import { PACKAGE_ROOT } from "../backends/paths.js";
+import type { CaseMetrics } from "../metrics/evaluate.js";
+
+export const DEFAULT_QUEUE = "bhsd";
+
+/** A segmentation of one case: read `input`, segment with `model`, write the labels to `out`. */
+export interface SegmentJobData {
+  kind: "segment";
+  case: string;
+  /** Absolute path of the CT, as every worker sees it. */
+  input: string;
+  /** sha256 of the CT file's bytes at submission; a worker that reads other bytes fails the job. */
+  inputHash: string;
+  /** Model name, resolved in the worker's --model-dir. */
+  model: string;
+  /** sha256 of the model (ONNX and sidecar JSON) at submission, when the submitter had it; a worker with another model refuses. */
+  modelHash: string | null;
+  /** Absolute path of the label file to write (uint8 NIfTI, the CT's geometry). */
+  out: string;
+  /** Ground truth: when given, the worker scores its labels against it too. */
+  gt?: string;
+  mirror?: boolean;
+  /** The batch that first asked for this job. */
+  batch: string;
+}
+
+/** An evaluation of one case: labels against the ground truth. */
+export interface EvaluateJobData {
+  kind: "evaluate";
+  case: string;
+  gt: string;
+  pred: string;
+  batch?: string;
+}
+
+export type JobData = SegmentJobData | EvaluateJobData;
+
+/** What a worker returns (stored by BullMQ in Redis: a few kB, never voxels). */
+export interface JobResult {
+  case: string;
+  kind: JobData["kind"];
+  /** The label file written (segment). */
+  labels?: string;
+  /** Per class voxels and mL (segment). */
+  perClass?: Record<string, { name: string; voxels: number; volumeMl: number }>;
+  bleeds?: number;
+  backend?: string;
+  windows?: number;
+  metrics?: CaseMetrics;
+  /** Worker name (host:pid) and milliseconds spent on the case. */
+  worker: string;
+  ms: number;
+}
+
+/** A submitted batch, as stored under `<prefix>:<queue>:batch:<id>`. */
+export interface BatchRecord {
+  id: string;
+  created: string;
+  data: string;
+  gtDir: string | null;
+  model: string;
+  modelHash: string | null;
+  out: string;
+  cases: { case: string; jobId: string }[];
+}
+
+/** Redis connection for BullMQ (workers need maxRetriesPerRequest null: they block on the queue). */
+export function connect(url: string, extra: RedisOptions = {}): Redis {
+  if (!/^rediss?:\/\//.test(url)) throw new Error(`--redis must be a redis:// or rediss:// URL, got ${JSON.stringify(url)}`);
+  return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
+}
+
+/** Keys of this project beside BullMQ's (BullMQ uses `bull:<queue>:…`). */
+export const batchKey = (queue: string, id: string) => `bhsd:${queue}:batch:${id}`;
+export const batchesKey = (queue: string) => `bhsd:${queue}:batches`;
+
+export function sha256File(path: string): Promise<string> {
+  return new Promise((res, rej) => {
+    const h = createHash("sha256");
+    createReadStream(path)
+      .on("data", (b) => h.update(b))
+      .on("error", rej)
+      .on("end", () => res(h.digest("hex")));
+  });
+}
+
+/** The job id of a segmentation: the same CT bytes with the same model are one job, whoever submits them. */
+export function segmentJobId(inputHash: string, model: string, modelHash: string | null, mirror: boolean): string {
+  const h = createHash("sha256").update(`${inputHash}\n${model}\n${modelHash ?? ""}\n${mirror ? 1 : 0}`).digest("hex");
+  return `seg-${h.slice(0, 40)}`;
+}
+
+export function defaultModelDir(dir?: string): string {
+  return resolve(dir ?? process.env.BHSD_MODEL_DIR ?? join(PACKAGE_ROOT, "models"));
+}
+
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** `<dir>/<name>.onnx`, checked: a plain name of a model in the folder. */
+export function modelPath(dir: string, name: string): string {
+  if (!MODEL_NAME.test(name) || name.includes("..")) throw new Error(`model must be a plain name (letters, digits, . _ -), got ${JSON.stringify(name)}`);
+  const p = join(dir, `${name}.onnx`);
+  if (!existsSync(p)) {
+    const have = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".onnx")).map((f) => f.slice(0, -5)) : [];
+    throw new Error(`no model "${name}" in ${dir} (available: ${have.join(", ") || "none"})`);
+  }
+  return p;
+}
+
+/** sha256 over the model's ONNX bytes and its sidecar JSON (if any). */
+export async function modelHash(onnxPath: string): Promise<string> {
+  const side = onnxPath.replace(/\.onnx$/i, ".json");
+  const parts = [await sha256File(onnxPath), existsSync(side) ? await sha256File(side) : ""];
+  return createHash("sha256").update(parts.join("\n")).digest("hex");
+}
+
+export function workerName(): string {
+  return `${hostname()}:${process.pid}`;
+}
+
+/**
+ * Metrics through Redis: BullMQ stores a job's result as JSON, where NaN and ±Infinity (an HD95
+ * with an empty side) would become null. They travel as "nan", "inf", "-inf" (the project's JSON
+ * convention, see toJson) and are turned back into numbers on reading.
+ */
+export function encodeNumbers<T>(v: T): T {
+  return JSON.parse(JSON.stringify(v, (_k, x) => (typeof x === "number" && !Number.isFinite(x) ? (Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf") : x))) as T;
+}
+
+export function decodeNumbers<T>(v: T): T {
+  return JSON.parse(JSON.stringify(v), (_k, x) => (x === "nan" ? NaN : x === "inf" ? Infinity : x === "-inf" ? -Infinity : x)) as T;
+}

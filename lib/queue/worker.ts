@@ -1,0 +1,168 @@
+/**
+ * A BullMQ worker: takes segmentation and evaluation jobs from the queue and runs them on this
+ * machine's best backend (cuda, native, ts: a GPU machine and CPU machines can serve one queue).
+ *
+ * - Progress per window goes to the job (job.progress: { step, done, total }).
+ * - Labels are written where the job says (a shared folder), by writeNifti (temporary file and
+ *   rename: a killed worker leaves no half file); Redis gets a few kB of metadata.
+ * - A worker killed mid-job (SIGKILL, a lost machine) stops renewing the job's lock; after
+ *   `lockMs` another worker's stalled-job check (every `stalledIntervalMs`) puts the job back and
+ *   it runs again elsewhere (BullMQ's stalled-job detection).
+ * - close() (SIGTERM in `bhsd worker`) takes no new job and waits for the jobs in hand.
+ */
+import { mkdir } from "node:fs/promises";
+import { dirname } from "node:path";
+import { UnrecoverableError, Worker, type Job } from "bullmq";
+import { backendInfo } from "../backends/index.js";
+import { readNifti, writeNifti } from "../io/nifti.js";
+import { evaluate } from "../metrics/evaluate.js";
+import { loadModel, type Model } from "../model/model.js";
+import { segment } from "../model/segment.js";
+import {
+  connect,
+  DEFAULT_QUEUE,
+  defaultModelDir,
+  encodeNumbers,
+  modelHash,
+  modelPath,
+  sha256File,
+  workerName,
+  type EvaluateJobData,
+  type JobData,
+  type JobResult,
+  type SegmentJobData,
+} from "./common.js";
+
+export interface QueueWorkerOptions {
+  redis: string;
+  queue?: string;
+  modelDir?: string;
+  /** Jobs at once in this process (default 1: one segmentation already uses every core). */
+  concurrency?: number;
+  /** A job's lock lives this long without renewal (renewed every half): after it a killed worker's job is retried (default 60 s). */
+  lockMs?: number;
+  /** How often this worker looks for stalled jobs (default 30 s). */
+  stalledIntervalMs?: number;
+  /** Times a job may stall before it fails (default 2). */
+  maxStalled?: number;
+  /** readNifti's byte limit for inputs. */
+  maxInputBytes?: number;
+  /** One line per event (taken, done, failed); default stderr. */
+  log?: (line: string) => void;
+}
+
+export interface QueueWorker {
+  worker: Worker<JobData, JobResult>;
+  name: string;
+  /** Takes no new job, waits for those in hand, disconnects. */
+  close(): Promise<void>;
+}
+
+export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
+  const queue = o.queue ?? DEFAULT_QUEUE;
+  const modelDir = defaultModelDir(o.modelDir);
+  const name = workerName();
+  const log = o.log ?? ((l: string) => process.stderr.write(l + "\n"));
+  const models = new Map<string, Promise<{ model: Model; hash: string }>>();
+  const read = o.maxInputBytes ? { maxBytes: o.maxInputBytes } : {};
+
+  function getModel(n: string) {
+    let m = models.get(n);
+    if (!m) {
+      m = (async () => {
+        const p = modelPath(modelDir, n);
+        const [model, hash] = await Promise.all([loadModel(p), modelHash(p)]);
+        return { model, hash };
+      })();
+      models.set(n, m);
+      m.catch(() => models.delete(n));
+    }
+    return m;
+  }
+
+  async function runSegment(job: Job<JobData, JobResult>, d: SegmentJobData, t0: number): Promise<JobResult> {
+    const hash = await sha256File(d.input);
+    if (hash !== d.inputHash) throw new UnrecoverableError(`${d.input} changed since it was submitted (sha256 ${hash.slice(0, 12)}…, submitted ${d.inputHash.slice(0, 12)}…); submit it again`);
+    let m;
+    try {
+      m = await getModel(d.model);
+    } catch (e) {
+      // a worker without the model cannot do the job; another worker may: fail this attempt (retried)
+      throw new Error(`worker ${name}: ${(e as Error).message}`);
+    }
+    if (d.modelHash && d.modelHash !== m.hash) throw new UnrecoverableError(`worker ${name}: model "${d.model}" in ${modelDir} is not the one submitted (sha256 ${m.hash.slice(0, 12)}…, submitted ${d.modelHash.slice(0, 12)}…)`);
+    const ct = await readNifti(d.input, read);
+    let last = 0;
+    const { labels, report } = await segment(ct, m.model, {
+      mirror: !!d.mirror,
+      onProgress: (p) => {
+        if (p.step !== "window") return;
+        const now = Date.now();
+        if (p.done !== p.total && now - last < 200) return;
+        last = now;
+        job.updateProgress({ step: p.step, done: p.done, total: p.total }).catch(() => {});
+      },
+    });
+    await mkdir(dirname(d.out), { recursive: true });
+    await writeNifti(d.out, labels);
+    const result: JobResult = {
+      case: d.case,
+      kind: "segment",
+      labels: d.out,
+      perClass: report.perClass,
+      bleeds: report.components.length,
+      backend: report.backend,
+      windows: report.windows,
+      worker: name,
+      ms: 0,
+    };
+    if (d.gt) {
+      const gt = await readNifti(d.gt, read);
+      result.metrics = encodeNumbers(await evaluate(gt, labels, { names: [`gt ${d.case}`, `pred ${d.case}`] }));
+    }
+    result.ms = Date.now() - t0;
+    return result;
+  }
+
+  async function runEvaluate(d: EvaluateJobData, t0: number): Promise<JobResult> {
+    const [gt, pred] = await Promise.all([readNifti(d.gt, read), readNifti(d.pred, read)]);
+    const metrics = encodeNumbers(await evaluate(gt, pred, { names: [`gt ${d.case}`, `pred ${d.case}`] }));
+    return { case: d.case, kind: "evaluate", metrics, worker: name, ms: Date.now() - t0 };
+  }
+
+  const connection = connect(o.redis);
+  const worker = new Worker<JobData, JobResult>(
+    queue,
+    async (job) => {
+      const t0 = Date.now();
+      log(`taken ${job.id} ${job.data.case} attempt ${job.attemptsMade + 1}`);
+      const d = job.data;
+      if (d.kind === "segment") return runSegment(job, d, t0);
+      if (d.kind === "evaluate") return runEvaluate(d, t0);
+      throw new UnrecoverableError(`unknown job kind ${JSON.stringify((d as { kind?: unknown }).kind)}`);
+    },
+    {
+      connection,
+      name,
+      concurrency: o.concurrency ?? 1,
+      lockDuration: o.lockMs ?? 60_000,
+      stalledInterval: o.stalledIntervalMs ?? 30_000,
+      maxStalledCount: o.maxStalled ?? 2,
+      autorun: false,
+    },
+  );
+  worker.on("completed", (job, r) => log(`done ${job.id} ${job.data.case} ${r.ms} ms on ${r.backend ?? backendInfo().active}`));
+  worker.on("failed", (job, err) => log(`failed ${job?.id} ${job?.data.case}: ${err.message.split("\n")[0]}`));
+  worker.on("error", (err) => log(`error: ${err.message}`));
+  worker.run().catch((e: Error) => log(`worker stopped: ${e.message}`));
+  await worker.waitUntilReady();
+  log(`worker ${name} on queue ${queue} (${backendInfo().active} backend, models in ${modelDir}, concurrency ${o.concurrency ?? 1})`);
+  return {
+    worker,
+    name,
+    async close() {
+      await worker.close();
+      await connection.quit().catch(() => {});
+    },
+  };
+}
