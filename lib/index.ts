@@ -4,6 +4,9 @@ export { backendInfo, setBackend, setCudaPrecision, availableBackends, type Back
 export type { CudaPrecision } from "./backends/cuda.js";
 export { readNifti, readNiftiHeader, writeNifti, NiftiError, type ReadNiftiOptions, type WriteNiftiOptions } from "./io/nifti.js";
 export { readNpy, writeNpy, parseNpy, formatNpy, type NpyArray } from "./io/npy.js";
+export { readDicomSeries, listDicomSeries, DicomError, type DicomVolume, type DicomSeriesMeta, type DicomSeriesSummary, type DicomInstanceRef, type DicomFileBytes, type DicomSource, type ReadDicomOptions } from "./io/dicom.js";
+export { writeDicomSeg, type WriteDicomSegOptions, type DicomSegResult } from "./io/dicom-seg.js";
+export { readCt, type ReadCtOptions } from "./io/ct.js";
 export { volumeFromArray } from "./volume.js";
 export { voxelStats, type VolumeStats } from "./ops/stats.js";
 export { VERSION } from "./version.js";
