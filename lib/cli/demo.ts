@@ -3,6 +3,7 @@
  * with the bundled model, cleanup, evaluate against the phantom's truth, and a readable report.
  */
 import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { backendInfo } from "../backends/index.js";
@@ -14,6 +15,7 @@ import { diceHeadline } from "../metrics/headline.js";
 import { loadModel } from "../model/model.js";
 import { segment } from "../model/segment.js";
 import { makePhantom } from "../phantom/phantom.js";
+import { renderReport } from "../render/report.js";
 import { fmt, intArg, OutputPlan, table } from "./util.js";
 
 export const DEMO_MODEL = join(PACKAGE_ROOT, "models", "demo.onnx");
@@ -33,8 +35,9 @@ export function demoCommand(program: Command): void {
     .option("--seed <s>", "phantom seed (default: a fresh one)", intArg("--seed", 0))
     .option("--model <onnx>", "model to use (default: the bundled models/demo.onnx)")
     .option("--out <dir>", "write ct.nii.gz, truth.nii.gz and prediction.nii.gz there")
+    .option("--html <file>", "write a self-contained HTML report: truth and prediction side by side, the metrics, each bleed")
     .option("--json", "machine-readable output")
-    .action(async (o: { seed?: number; model?: string; out?: string; json?: boolean }) => {
+    .action(async (o: { seed?: number; model?: string; out?: string; json?: boolean; html?: string }) => {
       const t0 = performance.now();
       const seed = o.seed ?? (Date.now() % 1_000_000) + 1_000_000;
       const modelPath = o.model ?? DEMO_MODEL;
@@ -42,7 +45,7 @@ export function demoCommand(program: Command): void {
       const inputs = [modelPath, modelPath.replace(/\.onnx$/i, "") + ".json"];
       const files = ["ct.nii.gz", "truth.nii.gz", "prediction.nii.gz"];
       if (o.out) await OutputPlan.checkFolderFiles("--out", o.out, files, inputs);
-      const { phantom, report, metrics } = await OutputPlan.run(inputs, o.out ? [{ flag: "--out", path: o.out, folder: true }] : [], async (plan) => {
+      const { phantom, report, metrics } = await OutputPlan.run(inputs, [...(o.out ? [{ flag: "--out", path: o.out, folder: true }] : []), ...(o.html ? [{ flag: "--html", path: o.html }] : [])], async (plan) => {
         const phantom = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
         const model = await loadModel(modelPath);
         const { labels, report } = await segment(phantom.ct, model, DEMO_SEGMENT);
@@ -53,6 +56,7 @@ export function demoCommand(program: Command): void {
           await writeNifti(join(dir, files[1]!), phantom.labels);
           await writeNifti(join(dir, files[2]!), labels);
         }
+        if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: phantom.ct, labels, report, truth: phantom.labels, metrics, caseName: `phantom seed ${seed}`, notes: { seed } })));
         return { phantom, report, metrics };
       });
       // the headline counts every class in the truth or the prediction (an invented class scores 0)

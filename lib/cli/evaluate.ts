@@ -7,6 +7,7 @@ import { casesToCsv, summaryToCsv } from "../metrics/csv.js";
 import { evaluateDataset } from "../metrics/dataset.js";
 import { BHSD_CLASSES, evaluate, type CaseMetrics } from "../metrics/evaluate.js";
 import type { Summary } from "../metrics/summary.js";
+import { renderReport } from "../render/report.js";
 import { fmt, inputFiles, listArg, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
@@ -19,6 +20,8 @@ interface Opts {
   nsdTolerance?: number;
   missingAsEmpty?: boolean;
   quiet?: boolean;
+  html?: string;
+  ct?: string;
 }
 
 const name = (c: number) => BHSD_CLASSES[c] ?? `class${c}`;
@@ -58,6 +61,8 @@ export function evaluateCommand(program: Command): void {
     .option("--classes <list>", "classes to score", listArg("--classes"), [1, 2, 3, 4, 5])
     .option("--nsd-tolerance <mm>", "NSD tolerance in mm", numberArg("--nsd-tolerance", 0), 1)
     .option("--missing-as-empty", "score a missing prediction as empty instead of listing it only")
+    .option("--html <file>", "one case: write a self-contained HTML report, truth and prediction side by side")
+    .option("--ct <file>", "the CT under the labels, for the --html pictures (without it the labels are drawn on black)")
     .option("--json", "machine-readable output")
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
@@ -67,16 +72,20 @@ export function evaluateCommand(program: Command): void {
       if (gtStat.isDirectory() !== predStat.isDirectory()) throw new Error("--gt and --pred must both be files or both be folders");
       const evalOpts = { classes: o.classes ?? [1, 2, 3, 4, 5], nsdToleranceMm: o.nsdTolerance ?? 1 };
       const isDir = gtStat.isDirectory();
+      if (isDir && o.html) throw new Error("--html needs one case (files for --gt and --pred), not folders");
       if (!isDir && o.summaryCsv) throw new Error("--summary-csv needs folders for --gt and --pred (one case has no summary)");
-      const inputs = [...(await inputFiles(o.gt, ["ground truths"])), ...(await inputFiles(o.pred))];
+      const inputs = [...(await inputFiles(o.gt, ["ground truths"])), ...(await inputFiles(o.pred)), ...(o.ct ? [o.ct] : [])];
       const outputs = [
         ...(o.csv ? [{ flag: "--csv", path: o.csv }] : []),
         ...(o.summaryCsv ? [{ flag: "--summary-csv", path: o.summaryCsv }] : []),
+        ...(o.html ? [{ flag: "--html", path: o.html }] : []),
       ];
       if (!isDir) {
         const m = await OutputPlan.run(inputs, outputs, async (plan) => {
-          const m = await evaluate(await readNifti(o.gt, readLimits()), await readNifti(o.pred, readLimits()), evalOpts);
+          const gt = await readNifti(o.gt, readLimits()), pred = await readNifti(o.pred, readLimits());
+          const m = await evaluate(gt, pred, evalOpts);
           if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv([{ case: o.gt, metrics: m }])));
+          if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: o.ct ? await readNifti(o.ct, readLimits()) : { ...gt, data: new Int16Array(gt.data.length) }, labels: pred, truth: gt, metrics: m, caseName: o.pred })));
           return m;
         });
         if (o.json) return void process.stdout.write(toJson(m) + "\n");

@@ -6,6 +6,7 @@ import { readNifti, writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { loadModel } from "../model/model.js";
 import { segment } from "../model/segment.js";
+import { renderReport } from "../render/report.js";
 import { fmt, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
@@ -14,6 +15,7 @@ interface Opts {
   cleanupMinMl?: number;
   tta?: boolean;
   report?: string;
+  html?: string;
   json?: boolean;
   quiet?: boolean;
 }
@@ -28,6 +30,7 @@ export function segmentCommand(program: Command): void {
     .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
     .option("--tta", "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)")
     .option("--report <file>", "write the JSON report")
+    .option("--html <file>", "write a self-contained HTML report: volumes, each bleed, timings and the overlay pictures")
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")
     .action(async (file: string, o: Opts) => {
@@ -37,6 +40,7 @@ export function segmentCommand(program: Command): void {
       const outputs = [
         ...(o.out ? [{ flag: "--out", path: o.out }] : []),
         ...(o.report ? [{ flag: "--report", path: o.report }] : []),
+        ...(o.html ? [{ flag: "--html", path: o.html }] : []),
       ];
       const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
         const ct = await readNifti(file, readLimits());
@@ -49,6 +53,7 @@ export function segmentCommand(program: Command): void {
         });
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
         if (o.report) await plan.write("--report", (tmp) => writeFile(tmp, toJson(report) + "\n"));
+        if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct, labels, report, caseName: file })));
         return { ct, report };
       });
       if (o.json) return void process.stdout.write(toJson(report) + "\n");
