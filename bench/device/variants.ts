@@ -2,7 +2,9 @@
  * Where a convolution's time goes on the GPU, without hardware counters: the same layer timed
  * with parts of the implicit-GEMM kernel left out (BHSD_CONV_SKIP: 1 no input gather, 2 no
  * multiply, 4 no weight loads; sums of them; BHSD_CONV_HALO=0 keeps TF32 layers off the halo
- * kernel), and the halo kernel itself, device-side medians. `tsx bench/device/variants.ts`.
+ * kernel), and the halo kernel itself, device-side medians. `tsx bench/device/variants.ts`, on a
+ * profiling build of the CUDA addon (`npm run build:cuda -- --CDBHSD_CONV_PROFILING=ON`): shipped
+ * builds ignore BHSD_CONV_SKIP, which makes convolutions wrong on purpose.
  */
 import { getBackend, setBackend } from "../../lib/backends/index.js";
 import type { CudaBackend, CudaPrecision } from "../../lib/backends/cuda.js";
