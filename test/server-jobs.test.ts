@@ -118,3 +118,26 @@ test.serial("segment: a CT whose resampled grid passes maxVoxels is 413 before a
     await s.close();
   }
 });
+
+test.serial("a body sent too slowly is cut at the job's time limit and its slot freed", async (t) => {
+  const s = await start({ modelDir, jobTimeoutMs: 500, concurrency: 1, queue: 0 });
+  try {
+    // 100 bytes, then nothing: the slow sender holds the only slot until the limit
+    const body = new ReadableStream<Uint8Array>({ start: (c) => c.enqueue(new Uint8Array(100)) });
+    const t0 = performance.now();
+    const r = await fetch(`${s.url}/v1/components`, { method: "POST", body, headers: octet, duplex: "half" } as RequestInit).then(
+      async (res) => ({ status: res.status, body: await res.text() }),
+      (e: Error) => ({ status: 0, body: e.message }), // the connection cut mid-body
+    );
+    const ms = performance.now() - t0;
+    t.true(r.status === 0 || r.status === 503, `${r.status} ${r.body}`);
+    t.true(ms >= 450 && ms < 10_000, `${ms.toFixed(0)} ms`);
+    t.deepEqual(await (await fetch(`${s.url}/v1/health`)).json(), { status: "ok", active: 0, waiting: 0 });
+    // the slot takes the next request (queue 0: a held slot would make this a 503 busy)
+    const next = await fetch(`${s.url}/v1/components`, { method: "POST", body: Buffer.from("no nifti ".repeat(50)), headers: octet });
+    t.is(next.status, 400);
+    t.like(await next.json(), { error: "bad_nifti" });
+  } finally {
+    await s.close();
+  }
+});
