@@ -5,6 +5,7 @@
  */
 import test from "ava";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
@@ -16,6 +17,11 @@ const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-folder");
 const FOLDER = join(FIXTURE, "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres");
 const CASES = join(FIXTURE, "cases");
 const backends = backendsUnderTest();
+/** Temporary folders the tests made, removed at the end. */
+const made: string[] = [];
+test.after.always(() => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
 
 /** max |got − want| / max |want| (the fixture's tolerance rule). */
 function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
@@ -186,13 +192,34 @@ for (const { name } of backends) {
   });
 }
 
+test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels; bad flags are refused", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-cli-"));
+  made.push(dir);
+  const ct = join(CASES, "PhantomICH_001_0000.nii.gz");
+  const cli = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", ct, ...args], { encoding: "utf8", cwd: ROOT, timeout: 120_000 });
+  const ok = cli("--nnunet", FOLDER, "--folds", "0,1", "--out", join(dir, "labels.nii.gz"), "--report", join(dir, "report.json"), "--quiet");
+  t.is(ok.status, 0, ok.stderr);
+  const labels = await readNifti(join(dir, "labels.nii.gz"));
+  const src = await readNifti(ct);
+  t.deepEqual(labels.dims, src.dims);
+  t.deepEqual(labels.affine, src.affine);
+  const c = await compareLabels(Uint8Array.from(labels.data), "smoke_labels_folds01.npy", "smoke_margin_folds01.npy");
+  t.is(c.clear, 0, `${c.differ} labels differ from PyTorch's`);
+  t.is(JSON.parse(readFileSync(join(dir, "report.json"), "utf8")).windows, 18);
+  const both = cli("--nnunet", FOLDER, "--model", "x.onnx", "--quiet");
+  t.is(both.status, 1);
+  t.regex(both.stderr, /give exactly one of --model <onnx> and --nnunet <folder>/);
+  const bad = cli("--nnunet", FOLDER, "--folds", "0,x", "--quiet");
+  t.not(bad.status, 0);
+  t.regex(bad.stderr, /--folds must be a comma-separated list of fold numbers or "all", got "0,x"/);
+  const missing = cli("--nnunet", FOLDER, "--folds", "3", "--quiet");
+  t.is(missing.status, 1);
+  t.regex(missing.stderr, /fold_3\/checkpoint_final\.pth does not exist/);
+});
+
 // ---- malformed folders and checkpoints -------------------------------------------------------
 
 /** A copy of the fixture folder (fold 0 only) with plans.json and the checkpoint changed. */
-const made: string[] = [];
-test.after.always(() => {
-  for (const d of made) rmSync(d, { recursive: true, force: true });
-});
 function variant(opts: { plans?: (p: any) => void; checkpoint?: (b: Buffer) => Uint8Array }): string {
   const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-"));
   made.push(dir);

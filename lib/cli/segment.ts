@@ -1,17 +1,24 @@
 /** `bhsd segment`: a head CT through an ONNX model to a label NIfTI and a report. */
 import { writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import type { Command } from "commander";
-import { readNifti, writeNifti } from "../io/nifti.js";
+import { InvalidArgumentError, type Command } from "commander";
+import { writeNifti } from "../io/nifti.js";
+import { readCt } from "../io/ct.js";
+import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
-import { loadModel } from "../model/model.js";
+import { loadModel, type Model } from "../model/model.js";
+import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
 import { fmt, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
-  model: string;
+  model?: string;
+  nnunet?: string;
+  folds?: Fold[];
   out?: string;
+  outSeg?: string;
+  series?: string;
   cleanupMinMl?: number;
   tta?: boolean;
   report?: string;
@@ -24,9 +31,13 @@ export function segmentCommand(program: Command): void {
   program
     .command("segment")
     .description("segment intracranial hemorrhage on a head CT with an ONNX model; write the labels and report volumes per class and per bleed")
-    .argument("<ct>", "head CT in Hounsfield units (.nii or .nii.gz)")
-    .requiredOption("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
+    .argument("<ct>", "head CT in Hounsfield units: .nii or .nii.gz, a DICOM series folder, or a zip of one")
+    .option("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
+    .option("--nnunet <folder>", "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres), run directly; its predictor mirrors by default, add --tta for that")
+    .option("--folds <list>", "with --nnunet: folds to ensemble, e.g. 0,1 or all (default every fold_K with a checkpoint_final.pth)", foldsArg)
     .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
+    .option("--out-seg <file>", "write the labels as a DICOM SEG over the source series (the CT must be DICOM); nothing is written when no bleed is found")
+    .option("--series <uid>", "DICOM: the SeriesInstanceUID to read when the folder holds several")
     .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
     .option("--tta", "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)")
     .option("--report <file>", "write the JSON report")
@@ -34,17 +45,23 @@ export function segmentCommand(program: Command): void {
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")
     .action(async (file: string, o: Opts) => {
+      if (!o.model === !o.nnunet) throw new Error("segment: give exactly one of --model <onnx> and --nnunet <folder>");
+      if (o.folds && !o.nnunet) throw new Error("segment: --folds goes with --nnunet");
       // every output is checked (not an input, its folder writable) before the work, and appears only when all is done
-      const modelBase = o.model.replace(/\.onnx$/i, "");
-      const inputs = [file, o.model, `${modelBase}.json`, join(dirname(o.model), "plans.json"), join(dirname(o.model), "dataset.json")];
+      const modelBase = (o.model ?? "").replace(/\.onnx$/i, "");
+      const inputs = o.nnunet
+        ? [file, join(o.nnunet, "plans.json"), join(o.nnunet, "dataset.json")]
+        : [file, o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")];
       const outputs = [
         ...(o.out ? [{ flag: "--out", path: o.out }] : []),
+        ...(o.outSeg ? [{ flag: "--out-seg", path: o.outSeg }] : []),
         ...(o.report ? [{ flag: "--report", path: o.report }] : []),
         ...(o.html ? [{ flag: "--html", path: o.html }] : []),
       ];
       const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
-        const ct = await readNifti(file, readLimits());
-        const model = await loadModel(o.model);
+        const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
+        if (o.outSeg && !("dicom" in ct)) throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
+        const model = o.nnunet ? ((await loadNnunet(o.nnunet, o.folds ? { folds: o.folds } : {})) as unknown as Model) : await loadModel(o.model!);
         const bar = progress(!o.quiet && !o.json);
         const { labels, report } = await segment(ct, model, {
           mirror: !!o.tta,
@@ -52,6 +69,8 @@ export function segmentCommand(program: Command): void {
           onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
         });
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
+        if (o.outSeg && labels.data.some((v) => v !== 0)) await plan.write("--out-seg", (tmp) => writeDicomSeg(tmp, labels, ct as Parameters<typeof writeDicomSeg>[2]));
+        else if (o.outSeg) process.stderr.write(`segment: no bleed found, no DICOM SEG written to ${o.outSeg}\n`);
         if (o.report) await plan.write("--report", (tmp) => writeFile(tmp, toJson(report) + "\n"));
         if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct, labels, report, caseName: file })));
         return { ct, report };
@@ -73,4 +92,11 @@ export function segmentCommand(program: Command): void {
       lines.push(`timings (ms): ${Object.entries(report.timings).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`);
       process.stdout.write(lines.join("\n") + "\n");
     });
+}
+
+/** `--folds 0,1` or `all` (nnU-Net's fold_all). */
+function foldsArg(v: string): Fold[] {
+  const parts = v.split(",").map((s) => s.trim());
+  if (!parts.length || !parts.every((p) => p === "all" || /^\d+$/.test(p))) throw new InvalidArgumentError(`--folds must be a comma-separated list of fold numbers or "all", got "${v}"`);
+  return parts.map((p) => (p === "all" ? "all" : Number(p)));
 }
