@@ -1,7 +1,8 @@
 /** `bhsd info [file]`: version, backends (and why any is missing), threads, SIMD; or a NIfTI file's header and intensities. */
 import type { Command } from "commander";
 import { backendInfo } from "../backends/index.js";
-import { readNifti } from "../io/nifti.js";
+import { readCt } from "../io/ct.js";
+import { isFolder, listDicomSeries } from "../io/dicom.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
@@ -11,7 +12,7 @@ export function infoCommand(program: Command): void {
   program
     .command("info")
     .description("print version, backends (and why any is unavailable), threads and SIMD level; with a file, its geometry and intensities")
-    .argument("[file]", "a NIfTI file (.nii or .nii.gz) to describe")
+    .argument("[file]", "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series) or a zip of a series to describe")
     .option("--json", "machine-readable output")
     .action(async (file: string | undefined, opts: { json?: boolean }) => {
       if (file !== undefined) return describeFile(file, !!opts.json);
@@ -40,7 +41,13 @@ export function infoCommand(program: Command): void {
 }
 
 async function describeFile(file: string, json: boolean) {
-  const v = await readNifti(file, readLimits());
+  const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
+  if (series && series.length !== 1) {
+    if (json) return void process.stdout.write(toJson({ file, series }) + "\n");
+    const f = (s: (typeof series)[number]) => `  #${s.seriesNumber ?? "?"} "${s.seriesDescription}" ${s.modality} ${s.dims.join(" × ")}, ${s.transferSyntax}, ${s.seriesInstanceUid}${s.problem ? ` — cannot be read: ${s.problem}` : ""}`;
+    return void process.stdout.write([`${file}: ${series.length} DICOM series (bhsd segment … --series <uid> reads one)`, ...series.map(f)].join("\n") + "\n");
+  }
+  const v = await readCt(file, readLimits());
   const s = await voxelStats(v);
   const out = {
     file,
@@ -54,15 +61,17 @@ async function describeFile(file: string, json: boolean) {
     max: s.max,
     mean: s.mean,
     nonzero: s.nonzero,
+    ...("dicom" in v ? { dicom: { ...v.dicom, instances: v.dicom.instances.length, rescale: undefined } } : {}),
   };
   if (json) return void process.stdout.write(toJson(out) + "\n");
   const f = (x: number) => (Number.isInteger(x) ? String(x) : x.toFixed(3));
   process.stdout.write(
     [
       `${file}`,
-      `  dims ${v.dims.join(" × ")}, spacing ${v.spacing.map(f).join(" × ")} mm, ${v.meta?.datatype}${v.meta?.scaled ? ` scaled (slope ${v.meta.sclSlope}, inter ${v.meta.sclInter})` : ""}`,
-      `  affine from ${v.meta?.affineSource}: [${[0, 1, 2].map((r) => v.affine.slice(4 * r, 4 * r + 4).map(f).join(" ")).join("; ")}]`,
+      `  dims ${v.dims.join(" × ")}, spacing ${v.spacing.map(f).join(" × ")} mm, ${v.meta?.datatype ?? v.data.constructor.name.replace("Array", "").toLowerCase()}${v.meta?.scaled ? ` scaled (slope ${v.meta.sclSlope}, inter ${v.meta.sclInter})` : ""}`,
+      `  affine from ${v.meta?.affineSource ?? "the DICOM positions"}: [${[0, 1, 2].map((r) => v.affine.slice(4 * r, 4 * r + 4).map(f).join(" ")).join("; ")}]`,
       `  intensities min ${f(s.min)}, max ${f(s.max)}, mean ${f(s.mean)}, non-zero ${s.nonzero} of ${s.count}`,
+      ...("dicom" in v ? [`  DICOM series #${v.dicom.seriesNumber ?? "?"} "${v.dicom.seriesDescription}" ${v.dicom.modality}, ${v.dicom.instances.length} slices, ${v.dicom.transferSyntaxUid}, ${v.dicom.seriesInstanceUid}`] : []),
     ].join("\n") + "\n",
   );
 }
