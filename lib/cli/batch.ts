@@ -48,7 +48,7 @@ export function batchCommand(program: Command): void {
     .option("--model-dir <dir>", "where this machine finds the model to fingerprint it (default BHSD_MODEL_DIR or the package's models/)")
     .option("--out <dir>", "folder of the label files, reached by every worker (default <data>/predictions)")
     .option("--tta", "test-time mirroring")
-    .option("--attempts <n>", "tries per case before it fails", intArg("--attempts", 1, 100), 3)
+    .option("--attempts <n>", "tries per new case before it fails (a case queued before keeps its own; a failed one resubmitted gets them again)", intArg("--attempts", 1, 100), 3)
     .option("--backoff-ms <ms>", "wait before the first retry, doubling after", intArg("--backoff-ms", 0), 5000)
     .option("--wait", "follow the batch until every case is done or failed (exit 1 if any failed)")
     .option("--json", "machine-readable output")
