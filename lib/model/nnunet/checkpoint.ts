@@ -17,7 +17,7 @@
  * yauzl refuses an entry whose data is longer than declared, and a declared size above the limits
  * (or above what deflate can produce from the compressed bytes) is refused before reading.
  */
-import { stat } from "node:fs/promises";
+import { open, stat, type FileHandle } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { crc32 } from "node:zlib";
 import type { Readable } from "node:stream";
@@ -275,25 +275,19 @@ function readEntry(zf: Yauzl.ZipFile, e: Yauzl.Entry, max: number, where: string
   });
 }
 
-/** Reads bytes [start, end) of a stored entry into `out`. */
-function readRange(zf: Yauzl.ZipFile, e: Yauzl.Entry, start: number, end: number, out: Uint8Array, where: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (end === start) return resolve();
-    zf.openReadStream(e, { start, end } as unknown as Yauzl.ZipFileOptions, (err, stream) => {
-      if (err) return reject(new CheckpointError(`${where}: cannot read ${e.fileName} (${err.message})`));
-      let n = 0;
-      (stream as Readable).on("data", (chunk: Buffer) => {
-        if (n + chunk.length > out.length) {
-          (stream as Readable).destroy(new CheckpointError(`${where}: ${e.fileName} gave more bytes than asked for`));
-          return;
-        }
-        out.set(chunk, n);
-        n += chunk.length;
-      });
-      (stream as Readable).once("error", (x: Error) => reject(x instanceof CheckpointError ? x : new CheckpointError(`${where}: cannot read ${e.fileName} (${x.message})`)));
-      (stream as Readable).once("end", () => (n === out.length ? resolve() : reject(new CheckpointError(`${where}: ${e.fileName} ends after ${n} of ${out.length} bytes (truncated file?)`))));
-    });
-  });
+/** Reads bytes [start, end) of a stored entry into `out`: one positioned read at the data's offset, which yauzl checks lies in the file. */
+async function readRange(zf: Yauzl.ZipFile, fh: FileHandle, e: Yauzl.Entry, start: number, end: number, out: Uint8Array, where: string): Promise<void> {
+  if (end === start) return;
+  const dataStart = await new Promise<number>((resolve, reject) =>
+    (zf as unknown as { readLocalFileHeader(e: Yauzl.Entry, o: { minimal: boolean }, cb: (err: Error | null, h: { fileDataStart: number }) => void): void })
+      .readLocalFileHeader(e, { minimal: true }, (err, h) => (err ? reject(new CheckpointError(`${where}: cannot read ${e.fileName} (${err.message})`)) : resolve(h.fileDataStart))),
+  );
+  let n = 0;
+  while (n < out.length) {
+    const { bytesRead } = await fh.read(out, n, out.length - n, dataStart + start + n);
+    if (bytesRead === 0) throw new CheckpointError(`${where}: ${e.fileName} ends after ${n} of ${out.length} bytes (truncated file?)`);
+    n += bytesRead;
+  }
 }
 
 /**
@@ -317,7 +311,9 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
   } catch (e) {
     throw new CheckpointError(`${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${(e as Error).message})`);
   }
+  let fh: FileHandle | undefined;
   try {
+    fh = await open(path, "r");
     let entries: Map<string, Yauzl.Entry>;
     try {
       entries = await listEntries(zf, lim.maxEntries, where);
@@ -398,17 +394,19 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
           throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`);
         const out = new Float32Array(n);
         const bytes = new Uint8Array(out.buffer);
-        await readRange(zf, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
+        await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
         // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
         if (n * 4 === want && crc32(bytes) !== e.crc32) throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
         return out;
       },
       close() {
         zf.close();
+        void fh!.close().catch(() => {});
       },
     };
   } catch (e) {
     zf.close();
+    void fh?.close().catch(() => {});
     throw e;
   }
 }

@@ -21,7 +21,7 @@ import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { loadModel, type Model, type RunStats } from "../model.js";
-import { encodeModel } from "../onnx-proto.js";
+import { encodeModelFast } from "./encode.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 
@@ -304,14 +304,16 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
         initializers.push(...graph!.constants);
         ck.close();
         ck = undefined;
-        const bytes = encodeModel({
-          opset: 17,
-          producer: "bhsd-nnunet",
-          nodes: graph!.nodes,
-          inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
-          outputs: [{ name: graph!.output }],
+        const bytes = encodeModelFast(
+          {
+            opset: 17,
+            producer: "bhsd-nnunet",
+            nodes: graph!.nodes,
+            inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
+            outputs: [{ name: graph!.output }],
+          },
           initializers,
-        });
+        );
         initializers.length = 0;
         foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1] }));
       } finally {
