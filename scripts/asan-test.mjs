@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const outDir = join(root, "build-asan");
 const binary = join(outDir, "bhsd.node");
-const DEFAULT_FILES = ["test/tensor.test.ts", "test/components.test.ts", "test/backends.test.ts", "test/metrics.test.ts", "test/memory-safety.test.ts"];
+const DEFAULT_FILES = ["test/tensor.test.ts", "test/components.test.ts", "test/backends.test.ts", "test/metrics.test.ts", "test/grad.test.ts", "test/memory-safety.test.ts", "test/fuzz-onnx.test.ts"];
 
 const args = process.argv.slice(2);
 const buildOnly = args.includes("--build-only");

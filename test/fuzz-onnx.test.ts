@@ -23,7 +23,7 @@ const KINDS = (process.env.BHSD_FUZZ_ONNX_KINDS ? process.env.BHSD_FUZZ_ONNX_KIN
 for (const k of KINDS) if (!MUTATION_KINDS.includes(k)) throw new Error(`BHSD_FUZZ_ONNX_KINDS: ${k} is not one of ${MUTATION_KINDS.join(", ")}`);
 const CASE_MS = 20_000; // a case takes milliseconds; this is for a loaded machine
 const MEMORY_LIMIT = 256 << 20; // loadModel's budget for the model's own allocations
-const RSS_CAP = 1536 << 20; // the child's whole resident memory (node, addon, onnx parse)
+const RSS_CAP = 1536 << 20; // the child's resident memory beyond what it held when its first case began
 const keep = join(tmpdir(), `bhsd-fuzz-onnx-${SEED}`);
 
 interface Outcome {
@@ -46,6 +46,7 @@ function rss(pid: number): number {
 interface Limits {
   to: number;
   caseMs: number;
+  /** bytes of resident memory the child may gain after its first case began */
   rssCap: number;
   /** BHSD_FUZZ_ONNX_SELFTEST for the child: "crash@i,hang@j,memory@k" (the harness's own test) */
   selftest?: string;
@@ -61,6 +62,7 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
     );
     const out: Outcome[] = [];
     let current: { i: number; desc: string; since: number } | null = null;
+    let baseRss = -1; // at the first case: node, tsx and the addon (more under a sanitizer)
     let killedFor: Outcome["outcome"] | null = null;
     let buf = "", stderr = "";
     child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
@@ -75,6 +77,7 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
         } catch {
           continue;
         }
+        if (typeof o.start === "number" && baseRss < 0) baseRss = rss(child.pid!);
         if (typeof o.start === "number") current = { i: o.start, desc: `case ${o.start} (${o.base}, ${o.kind}, ${o.backend}: ${(o.what as string[]).join(", ")})`, since: performance.now() };
         else if (typeof o.done === "number" && current) {
           out.push({ i: o.done, desc: current.desc, outcome: o.outcome as Outcome["outcome"], message: String(o.message) });
@@ -85,14 +88,14 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
     const watch = setInterval(() => {
       if (!current || killedFor) return;
       if (performance.now() - current.since > caseMs) killedFor = "timeout";
-      else if (rss(child.pid!) > rssCap) killedFor = "memory";
+      else if (rss(child.pid!) - baseRss > rssCap) killedFor = "memory";
       if (killedFor) child.kill("SIGKILL");
     }, 50);
     child.on("close", (code, signal) => {
       clearInterval(watch);
       if (current) {
         const c: { i: number; desc: string } = current;
-        const why = killedFor === "timeout" ? `no answer within ${caseMs} ms` : killedFor === "memory" ? `resident memory past ${rssCap >> 20} MB` : `the process died (${signal ?? `exit ${code}`}): ${stderr.trim().split("\n").slice(-6).join(" | ")}`;
+        const why = killedFor === "timeout" ? `no answer within ${caseMs} ms` : killedFor === "memory" ? `resident memory grew past ${rssCap >> 20} MB` : `the process died (${signal ?? `exit ${code}`}): ${stderr.trim().split("\n").slice(-6).join(" | ")}`;
         out.push({ i: c.i, desc: c.desc, outcome: killedFor ?? "crashed", message: why });
         if (existsSync(join(keep, "current.onnx"))) copyFileSync(join(keep, "current.onnx"), join(keep, `case-${c.i}.onnx`));
       } else if (out.length + from < to) {
