@@ -2,6 +2,9 @@
 import { InvalidArgumentError, type Command } from "commander";
 import { LOG_LEVELS, serve, type LogLevel } from "../server/server.js";
 import { intArg } from "./util.js";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { serveQueue } from "../queue/rest.js";
 
 interface ServeFlags {
   host: string;
@@ -21,6 +24,7 @@ interface ServeFlags {
   resultMaxMb: number;
   resultMaxCount: number;
   logLevel: LogLevel;
+  redis?: string;
 }
 
 function logLevel(v: string): LogLevel {
@@ -49,8 +53,10 @@ export function serveCommand(program: Command): void {
     .option("--result-max-mb <n>", "bytes of results kept, oldest dropped first (MiB)", intArg("--result-max-mb", 1, 1 << 20), 1024)
     .option("--result-max-count <n>", "results kept, oldest dropped first", intArg("--result-max-count", 1), 10_000)
     .option("--log-level <level>", `${LOG_LEVELS.join(", ")}; one line per request only at debug and trace`, logLevel, "warn" as LogLevel)
+    .option("--redis <url>", "enqueue on this Redis (BullMQ) for `bhsd worker`s instead of running in-process: POST /v1/jobs/segment, GET /v1/jobs/:id[/labels]; --result-dir is then the folder shared with the workers")
     .action(async (o: ServeFlags) => {
-      const app = await serve({
+      // issue 20: with --redis the service is a front of the shared queue (lib/queue/rest.ts)
+      const app = o.redis ? await serveQueue({ redis: o.redis, host: o.host, port: o.port, ...(o.token ? { token: o.token } : {}), ...(o.modelDir ? { modelDir: o.modelDir } : {}), sharedDir: o.resultDir ?? process.env.BHSD_RESULT_DIR ?? join(tmpdir(), "bhsd-shared"), maxBodyBytes: o.maxBodyMb * 2 ** 20 }) : await serve({
         host: o.host,
         port: o.port,
         ...(o.token ? { token: o.token } : {}),

@@ -1,0 +1,152 @@
+/**
+ * `bhsd serve --redis URL`: the REST service as a front of the shared queue. It runs no model:
+ * a segmentation request is stored in the shared folder and enqueued, any `bhsd worker` takes
+ * it, and any number of these API processes answer for any job (status and results by id).
+ *
+ *   POST /v1/jobs/segment?model=NAME&tta=BOOL   body: the CT (NIfTI, application/octet-stream)
+ *        → 202 { id, state, status, labels }     (the same CT and model again → the same id)
+ *   GET  /v1/jobs/:id                             → { id, state, progress, attempts, error, result }
+ *   GET  /v1/jobs/:id/labels                      → the label NIfTI (gzip) once completed
+ *   GET  /v1/health                               → { status, queue: counts by state, workers }
+ *
+ * Errors are { error, message } as in the in-process service. The labels never pass through
+ * Redis: the request's CT and the labels are files in `sharedDir`, which every worker must reach
+ * at the same path.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import { createReadStream, existsSync } from "node:fs";
+import { mkdir, rename, writeFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import Fastify, { type FastifyInstance } from "fastify";
+import { readNiftiHeader } from "../io/nifti.js";
+import { openQueue } from "./batch.js";
+import { decodeNumbers, DEFAULT_QUEUE, defaultModelDir, modelHash, segmentJobId, type JobResult, type SegmentJobData } from "./common.js";
+
+export interface QueueServeOptions {
+  redis: string;
+  queue?: string;
+  host?: string;
+  port?: number;
+  token?: string;
+  /** Folder shared with the workers: inputs/ (the CTs received) and results/ (labels). */
+  sharedDir: string;
+  /** Where this process finds the models (to check a name and fingerprint it). */
+  modelDir?: string;
+  maxBodyBytes?: number;
+  attempts?: number;
+  backoffMs?: number;
+}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+const ID = /^seg-[0-9a-f]{40}$/;
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance> {
+  const host = o.host ?? "127.0.0.1";
+  const token = o.token ?? process.env.BHSD_TOKEN;
+  if (!LOOPBACK.test(host) && !token) throw new Error(`serving on ${host} needs a bearer token (--token or BHSD_TOKEN)`);
+  const shared = resolve(o.sharedDir);
+  const inputs = join(shared, "inputs"), results = join(shared, "results");
+  await mkdir(inputs, { recursive: true });
+  await mkdir(results, { recursive: true });
+  const modelDir = defaultModelDir(o.modelDir);
+  const q = openQueue({ redis: o.redis, queue: o.queue ?? DEFAULT_QUEUE });
+  await q.queue.waitUntilReady();
+  const hashes = new Map<string, Promise<string>>();
+
+  const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false });
+  app.addContentTypeParser(["application/octet-stream", "application/gzip", "application/x-gzip"], { parseAs: "buffer" }, (_req, body, done) => done(null, body));
+  app.addHook("onClose", async () => q.close());
+  const want = token ? createHash("sha256").update(token).digest() : null;
+  app.addHook("onRequest", async (req) => {
+    if (!want) return;
+    const m = /^(\S+)\s+(.*)$/.exec(req.headers.authorization ?? "");
+    const got = createHash("sha256").update(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "").digest();
+    if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)");
+  });
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
+    if (err instanceof HttpError) return reply.code(err.status).send({ error: err.code, message: err.message });
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    return reply.code(status).send({ error: status === 500 ? "internal" : (err.code ?? "bad_request").toLowerCase(), message: status === 500 ? "the server could not complete the request" : err.message });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url}` }));
+
+  app.get("/v1/health", async () => {
+    const [counts, workers] = await Promise.all([q.queue.getJobCounts("waiting", "active", "delayed", "completed", "failed", "prioritized", "paused"), q.queue.getWorkers()]);
+    return { status: "ok", mode: "queue", queue: counts, workers: workers.length };
+  });
+
+  app.post("/v1/jobs/segment", async (req, reply) => {
+    const query = req.query as { model?: string; tta?: string };
+    const model = query.model ?? "demo";
+    if (!MODEL_NAME.test(model) || model.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name (letters, digits, . _ -)");
+    const file = join(modelDir, `${model}.onnx`);
+    if (!existsSync(file)) throw new HttpError(404, "no_such_model", `no model "${model}" in ${modelDir}`);
+    if (query.tta !== undefined && !["true", "false"].includes(query.tta)) throw new HttpError(400, "bad_request", "tta must be true or false");
+    const mirror = query.tta === "true";
+    const body = req.body;
+    if (!Buffer.isBuffer(body) || body.length === 0) throw new HttpError(415, "unsupported_media_type", "send the CT as an application/octet-stream NIfTI body");
+    try {
+      await readNiftiHeader(new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
+    } catch (e) {
+      throw new HttpError(400, "bad_nifti", (e as Error).message.split("\n")[0]!);
+    }
+    let mh = hashes.get(model);
+    if (!mh) hashes.set(model, (mh = modelHash(file)));
+    const mHash = await mh;
+    const inputHash = createHash("sha256").update(body).digest("hex");
+    const gz = body[0] === 0x1f && body[1] === 0x8b;
+    const input = join(inputs, `${inputHash}${gz ? ".nii.gz" : ".nii"}`);
+    if (!existsSync(input)) {
+      const tmp = `${input}.${process.pid}.tmp`;
+      await writeFile(tmp, body);
+      await rename(tmp, input);
+    }
+    const id = segmentJobId(inputHash, model, mHash, mirror);
+    const data: SegmentJobData = { kind: "segment", case: inputHash.slice(0, 16), input, inputHash, model, modelHash: mHash, out: join(results, `${id}.nii.gz`), ...(mirror ? { mirror } : {}), batch: "rest" };
+    const job = await q.queue.add("segment", data, { jobId: id, attempts: o.attempts ?? 3, backoff: { type: "exponential", delay: o.backoffMs ?? 5000 }, removeOnComplete: false, removeOnFail: false });
+    const state = await job.getState();
+    if (state === "failed") await job.retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true });
+    return reply.code(202).send({ id, state: state === "failed" ? "waiting" : state, status: `/v1/jobs/${id}`, labels: `/v1/jobs/${id}/labels` });
+  });
+
+  async function getJob(id: string) {
+    if (!ID.test(id)) throw new HttpError(400, "bad_id", "a job id is seg- and 40 hex digits");
+    const job = await q.queue.getJob(id);
+    if (!job) throw new HttpError(404, "no_such_job", `no job ${id}`);
+    return job;
+  }
+
+  app.get("/v1/jobs/:id", async (req) => {
+    const job = await getJob((req.params as { id: string }).id);
+    const state = await job.getState();
+    const r = state === "completed" && job.returnvalue ? decodeNumbers(job.returnvalue as JobResult) : null;
+    return {
+      id: job.id,
+      state,
+      progress: typeof job.progress === "object" ? job.progress : null,
+      attempts: job.attemptsMade,
+      error: state === "completed" ? null : job.failedReason || null,
+      worker: job.processedBy ?? null,
+      result: r && { perClass: r.perClass, bleeds: r.bleeds, backend: r.backend, windows: r.windows, worker: r.worker, ms: r.ms },
+    };
+  });
+
+  app.get("/v1/jobs/:id/labels", async (req, reply) => {
+    const job = await getJob((req.params as { id: string }).id);
+    const state = await job.getState();
+    if (state !== "completed") throw new HttpError(409, "not_ready", `job ${job.id} is ${state}`);
+    const labels = (job.returnvalue as JobResult).labels!;
+    if (!existsSync(labels)) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
+    return reply.type("application/gzip").header("content-disposition", `attachment; filename="${job.id}.nii.gz"`).send(createReadStream(labels));
+  });
+
+  await app.listen({ host, port: o.port ?? 8080 });
+  return app;
+}
