@@ -219,6 +219,32 @@ test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels
   t.regex(missing.stderr, /fold_3\/checkpoint_final\.pth does not exist/);
 });
 
+for (const variant of ["nonlin_first_dropout", "relu_no_affine"]) {
+  test.serial(`a PlainConvUNet with ${variant.replace(/_/g, " ")} gives PyTorch's logits`, async (t) => {
+    setBackend(backends[backends.length - 1]!.name);
+    const dir = join(EXTRA, "variants", "Dataset501_PhantomICH", `nnUNetTrainer__nnUNetPlans_${variant}__3d_fullres`);
+    const model = await loadNnunet(dir);
+    const x = await readNpy(join(EXTRA, "variants", `${variant}_input.npy`));
+    const want = (await readNpy(join(EXTRA, "variants", `${variant}_logits.npy`))).data as Float32Array;
+    const e = relErr((await model.run({ data: x.data as Float32Array, shape: x.shape })).data, want);
+    t.true(e <= 1e-4, `${e}`);
+    model.dispose();
+  });
+}
+
+test.serial("fold_all and checkpoint_best.pth are found as nnU-Net finds them", async (t) => {
+  const dir = variant({});
+  mkdirSync(join(dir, "fold_all"));
+  copyFileSync(join(FOLDER, "fold_1", "checkpoint_final.pth"), join(dir, "fold_all", "checkpoint_best.pth"));
+  copyFileSync(join(FOLDER, "fold_1", "checkpoint_final.pth"), join(dir, "fold_all", "checkpoint_final.pth"));
+  t.deepEqual((await loadNnunet(dir)).folds, [0, "all"]);
+  const best = await loadNnunet(dir, { checkpoint: "best" });
+  t.deepEqual(best.folds, ["all"]);
+  const c1 = await fixtureCase(1);
+  t.true(relErr((await best.run(c1.input)).data, c1.logits) <= 1e-4);
+  best.dispose();
+});
+
 test("encodeModelFast decodes exactly as encodeModel's own encoding of the same model", (t) => {
   const spec = {
     opset: 17,
