@@ -36,6 +36,7 @@ import { clientFault, fastifyCode, HttpError } from "./errors.js";
 import { closeIdleWorkers, runInWorker } from "./offload.js";
 import { RESULT_ID, ResultStore } from "./results.js";
 import { errorResponses, requestBodies, schemas } from "./schemas.js";
+import { registerViewer, VIEWER_PUBLIC_ROUTES } from "./viewer.js";
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 export const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -187,7 +188,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   });
 
   app.addHook("onRequest", async (req) => {
-    if (!want || req.routeOptions.url === "/v1/health") return;
+    if (!want || req.routeOptions.url === "/v1/health" || VIEWER_PUBLIC_ROUTES.has(req.routeOptions.url ?? "")) return;
     // RFC 7235: the scheme is case-insensitive.
     const m = /^([A-Za-z]+)[ \t]+(.*)$/.exec(req.headers.authorization ?? "");
     const got = tokenDigest(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "");
@@ -428,6 +429,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     return json(reply, text);
   });
 
+  await registerViewer(app); // the web viewer: / and viewer/niivue.js (lib/server/viewer.ts)
   void errorResponses;
   return app;
 }

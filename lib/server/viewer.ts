@@ -1,0 +1,195 @@
+/**
+ * The web viewer of `bhsd serve` (issue 24): `GET /` answers a page that uploads a CT to
+ * `v1/segment`, shows the upload's progress and then the CT with the labels over it in NiiVue
+ * (`@niivue/niivue`, served by the service itself at `viewer/niivue.js`: no CDN, the page works
+ * offline), the table of bleeds (a click moves the crosshair to the bleed) and download links.
+ * Every URL in the page is relative to the page, so it works behind a path prefix; the token, when
+ * the service has one, is typed once into the page and sent as the API's bearer token. The page
+ * and the script are public (they hold nothing); the API keeps its authentication.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import { PACKAGE_ROOT } from "../backends/paths.js";
+import { classColor } from "../render/overlay.js";
+import { BHSD_CLASSES } from "../metrics/evaluate.js";
+
+/** Routes that answer without the bearer token. */
+export const VIEWER_PUBLIC_ROUTES: ReadonlySet<string> = new Set(["/", "/viewer/niivue.js"]);
+
+/** Where NiiVue's self-contained build is: its package's `./min` export. */
+function niivuePath(): string {
+  try {
+    return new URL(import.meta.resolve("@niivue/niivue/min")).pathname;
+  } catch {
+    return join(PACKAGE_ROOT, "node_modules", "@niivue", "niivue", "build", "index.min.js");
+  }
+}
+
+/**
+ * NiiVue's `./min` build is `export const esm = "<the whole module, URI-encoded>"`: the module
+ * itself, with no imports, is served decoded.
+ */
+export async function niivueModule(path = niivuePath()): Promise<Buffer> {
+  const text = await readFile(path, "utf8");
+  const m = /^export const esm\s*=\s*"([^"]*)";?\s*$/s.exec(text);
+  return Buffer.from(m ? decodeURIComponent(m[1]!) : text, "utf8");
+}
+
+export function viewerPage(): string {
+  const classes = Object.entries(BHSD_CLASSES).map(([k, name]) => ({ k: Number(k), name, rgb: classColor(Number(k)) }));
+  return PAGE.replace("__CLASSES__", JSON.stringify(classes).replace(/</g, "\\u003c"));
+}
+
+export async function registerViewer(app: FastifyInstance): Promise<void> {
+  let bundle: Promise<Buffer> | null = null;
+  const page = viewerPage();
+  app.get("/", { schema: { hide: true } }, async (_req, reply) => reply.type("text/html; charset=utf-8").header("cache-control", "no-cache").send(page));
+  app.get("/viewer/niivue.js", { schema: { hide: true } }, async (_req, reply) => {
+    bundle ??= niivueModule();
+    let body: Buffer;
+    try {
+      body = await bundle;
+    } catch (e) {
+      bundle = null;
+      return reply.code(503).send({ error: "unavailable", message: `the viewer's NiiVue build could not be read (${(e as Error).message.split("\n")[0]})` });
+    }
+    return reply.type("text/javascript; charset=utf-8").header("cache-control", "public, max-age=3600").send(body);
+  });
+}
+
+const PAGE = `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>bhsd viewer</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#111;color:#eee}
+header{padding:.6em 1em;background:#222;font-weight:bold}
+#controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#1a1a1a}
+#drop{border:2px dashed #666;padding:.8em 1.2em;border-radius:6px}#drop.over{border-color:#e69f00}
+main{display:flex;gap:1em;padding:1em;flex-wrap:wrap}#gl{width:min(900px,95vw);height:640px;background:#000}
+aside{min-width:320px}table{border-collapse:collapse}th,td{border:1px solid #444;padding:.2em .5em;text-align:right}
+td:nth-child(2),th:nth-child(2){text-align:left}tbody tr{cursor:pointer}tbody tr:hover{background:#333}
+.sw{display:inline-block;width:.8em;height:.8em;margin-right:.3em}#status{min-width:20em}.err{color:#ff8a80}a{color:#56b4e9}
+</style></head><body>
+<header>bhsd: intracranial hemorrhage on head CT</header>
+<section id="controls">
+<label>Token <input id="token" type="password" autocomplete="off" size="16" placeholder="if the service needs one"></label>
+<label>Model <select id="model"></select></label>
+<label><input id="tta" type="checkbox"> test-time mirroring</label>
+<div id="drop">Drop a CT (.nii, .nii.gz) here or <input id="file" type="file" accept=".nii,.gz"></div>
+<progress id="progress" max="1" value="0" hidden></progress><span id="status" role="status"></span>
+</section>
+<main><canvas id="gl"></canvas>
+<aside><h3>Bleeds</h3><table id="bleeds"><thead><tr><th>#</th><th>class</th><th>mL</th><th>ABC/2 mL</th><th>slices</th></tr></thead><tbody></tbody></table>
+<p id="volumes"></p><p id="downloads"></p></aside></main>
+<script type="module">
+const CLASSES = __CLASSES__;
+// every address relative to this page: the service may sit behind a path prefix
+const base = new URL(".", location.href);
+const api = (p) => new URL(p.replace(/^\\//, ""), base).href;
+const $ = (id) => document.getElementById(id);
+const tokenBox = $("token");
+tokenBox.value = sessionStorage.getItem("bhsd-token") ?? "";
+const headers = () => (tokenBox.value ? { authorization: "Bearer " + tokenBox.value } : {});
+const status = (text, err) => { $("status").textContent = text; $("status").className = err ? "err" : ""; };
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+async function loadModels() {
+  const r = await fetch(api("v1/info"), { headers: headers() });
+  if (r.status === 401) return status("This service needs a token: type it above.", true);
+  if (!r.ok) return status("v1/info answered " + r.status, true);
+  const info = await r.json();
+  $("model").innerHTML = info.models.map((m) => '<option>' + esc(m) + '</option>').join("");
+  status(info.models.length ? "Ready: drop a CT." : "The service has no model.", !info.models.length);
+}
+tokenBox.addEventListener("change", () => { sessionStorage.setItem("bhsd-token", tokenBox.value); loadModels(); });
+
+function upload(file) {
+  return new Promise((resolve, reject) => {
+    const q = new URLSearchParams({ model: $("model").value });
+    if ($("tta").checked) q.set("tta", "true");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", api("v1/segment?" + q));
+    for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
+    xhr.setRequestHeader("content-type", "application/octet-stream");
+    const bar = $("progress");
+    bar.hidden = false; bar.value = 0;
+    const t0 = performance.now();
+    let timer = 0;
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) { bar.value = e.loaded / e.total; status("Uploading " + Math.round(100 * bar.value) + " %"); } };
+    xhr.upload.onload = () => {
+      bar.removeAttribute("value");
+      timer = setInterval(() => status("Segmenting on the service: " + ((performance.now() - t0) / 1000).toFixed(0) + " s"), 500);
+    };
+    xhr.onload = () => {
+      clearInterval(timer); bar.hidden = true;
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch {}
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
+      else reject(new Error((body && body.message) || "the service answered " + xhr.status));
+    };
+    xhr.onerror = () => { clearInterval(timer); bar.hidden = true; reject(new Error("the upload failed (network)")); };
+    xhr.send(file);
+  });
+}
+
+let nv = null;
+async function show(file, report) {
+  const { Niivue } = await import(api("viewer/niivue.js"));
+  if (!nv) {
+    nv = new Niivue({ backColor: [0, 0, 0, 1], isColorbar: false });
+    await nv.attachToCanvas($("gl"));
+  }
+  const labelsUrl = api(report.labels);
+  const ctUrl = URL.createObjectURL(file);
+  await nv.loadVolumes([
+    { url: ctUrl, name: file.name, colormap: "gray", cal_min: 0, cal_max: 80 },
+    { url: labelsUrl, name: "labels.nii.gz", headers: headers(), opacity: 0.6 },
+  ]);
+  const lut = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: [""] };
+  for (const c of CLASSES) { lut.R.push(c.rgb[0]); lut.G.push(c.rgb[1]); lut.B.push(c.rgb[2]); lut.A.push(255); lut.I.push(c.k); lut.labels.push(c.name); }
+  nv.volumes[1].setColormapLabel(lut);
+  nv.updateGLVolume();
+  nv.setSliceType(nv.sliceTypeMultiplanar);
+  const name = (k) => (report.classes && report.classes[k]) || (CLASSES.find((c) => c.k === Number(k)) || {}).name || "class " + k;
+  const color = (k) => { const c = CLASSES.find((c) => c.k === Number(k)); return c ? "rgb(" + c.rgb.join(",") + ")" : "#ccc"; };
+  const rows = report.components.map((b, i) =>
+    '<tr data-i="' + i + '"><td>' + b.label + '</td><td><span class="sw" style="background:' + color(b.class) + '"></span>' + esc(name(b.class)) +
+    '</td><td>' + b.volumeMl.toFixed(2) + '</td><td>' + b.abc2Ml.toFixed(2) + '</td><td>' + b.slices + '</td></tr>');
+  $("bleeds").tBodies[0].innerHTML = rows.join("") || '<tr><td colspan="5">no bleed</td></tr>';
+  $("bleeds").tBodies[0].onclick = (e) => {
+    const tr = e.target.closest("tr[data-i]");
+    if (!tr) return;
+    const b = report.components[Number(tr.dataset.i)];
+    nv.scene.crosshairPos = nv.mm2frac(b.centroid.world);
+    nv.drawScene();
+  };
+  $("volumes").textContent = Object.entries(report.perClass).map(([k, c]) => c.name + " " + c.volumeMl.toFixed(2) + " mL").join(", ");
+  // downloads: fetched with the token, handed over as files
+  const labels = await fetch(labelsUrl, { headers: headers() });
+  const links = [];
+  if (labels.ok) links.push('<a download="labels.nii.gz" href="' + URL.createObjectURL(await labels.blob()) + '">labels (NIfTI)</a>');
+  links.push('<a download="report.json" href="' + URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" })) + '">report (JSON)</a>');
+  $("downloads").innerHTML = links.join(" · ") + " (results expire after " + report.expiresInS + " s)";
+  status(report.components.length + " bleed(s); model " + report.model + " on " + report.backend + ".");
+  window.bhsdViewer = { nv, report };
+}
+
+async function run(file) {
+  if (!file) return;
+  try {
+    status("Uploading");
+    const report = await upload(file);
+    await show(file, report);
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+$("file").addEventListener("change", () => run($("file").files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); run(e.dataTransfer.files[0]); });
+loadModels();
+</script></body></html>
+`;
