@@ -126,6 +126,8 @@ const PYDICOM_FILES = [
   "MR_small_expb.dcm",
   "MR_small_RLE.dcm",
   "MR_small_padded.dcm",
+  "MR_small_jp2klossless.dcm",
+  "693_J2KI.dcm",
 ];
 
 const PY_READ = `
@@ -143,7 +145,7 @@ print(json.dumps(out))
 `;
 
 const hasPydicom = pydicomPython() !== null;
-(hasPydicom ? test : test.skip)("pydicom's test files (CT_small, MR_small in implicit VR, big endian, RLE, padded) read as pydicom reads them", async (t) => {
+(hasPydicom ? test : test.skip)("pydicom's test files (CT_small, MR_small in implicit VR, big endian, RLE, padded, JPEG 2000; a 512×512 JPEG 2000 CT) read as pydicom reads them", async (t) => {
   const ref = runPython<Record<string, { path: string; rows: number; cols: number; hu: number[]; ipp: number[]; iop: number[]; ps: number[]; ts: string }>>(PY_READ, PYDICOM_FILES);
   for (const f of PYDICOM_FILES) {
     const r = ref[f]!;
@@ -163,6 +165,15 @@ const hasPydicom = pydicomPython() !== null;
       t.true(Math.abs(v.affine[a * 4 + 3]! - sign[a]! * origin[a]!) < 1e-4, `${f} affine[${a}][3]`);
     }
   }
+});
+
+(hasPydicom ? test : test.skip)("JPEG-LS lossless (CharLS): pydicom's MR_small_jpeg_ls_lossless equals pydicom's reading of the uncompressed MR_small", async (t) => {
+  const ref = runPython<Record<string, { path: string; hu: number[] }>>(PY_READ, ["MR_small.dcm"])["MR_small.dcm"]!;
+  const v = await readDicomSeries(ref.path.replace(/MR_small\.dcm$/, "MR_small_jpeg_ls_lossless.dcm"));
+  t.is(v.dicom.transferSyntaxUid, "1.2.840.10008.1.2.4.80");
+  let maxDiff = 0;
+  for (let i = 0; i < ref.hu.length; i++) maxDiff = Math.max(maxDiff, Math.abs(Number(v.data[i]) - ref.hu[i]!));
+  t.is(maxDiff, 0);
 });
 
 (hasPydicom ? test : test.skip)("pydicom's truncated and unsupported test files are refused with the reason", async (t) => {

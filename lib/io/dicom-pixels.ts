@@ -5,6 +5,7 @@
  */
 import dicomParser from "dicom-parser";
 import { Decoder as JpegLosslessDecoder } from "@cornerstonejs/jpeg-lossless-decoder-js";
+import { createRequire } from "node:module";
 
 export const TS = {
   implicitLE: "1.2.840.10008.1.2",
@@ -14,6 +15,10 @@ export const TS = {
   rle: "1.2.840.10008.1.2.5",
   jpegLossless: "1.2.840.10008.1.2.4.57",
   jpegLosslessSV1: "1.2.840.10008.1.2.4.70",
+  jpegLsLossless: "1.2.840.10008.1.2.4.80",
+  jpegLsNear: "1.2.840.10008.1.2.4.81",
+  j2kLossless: "1.2.840.10008.1.2.4.90",
+  j2k: "1.2.840.10008.1.2.4.91",
 } as const;
 
 /** Transfer syntaxes whose pixel data this reader decodes. */
@@ -25,15 +30,15 @@ export const SUPPORTED_TRANSFER_SYNTAXES: Record<string, string> = {
   [TS.rle]: "RLE Lossless",
   [TS.jpegLossless]: "JPEG Lossless (process 14)",
   [TS.jpegLosslessSV1]: "JPEG Lossless (process 14, selection value 1)",
+  [TS.jpegLsLossless]: "JPEG-LS Lossless",
+  [TS.jpegLsNear]: "JPEG-LS Near-Lossless",
+  [TS.j2kLossless]: "JPEG 2000 Lossless",
+  [TS.j2k]: "JPEG 2000",
 };
 
 const KNOWN_UNSUPPORTED: Record<string, string> = {
   "1.2.840.10008.1.2.4.50": "JPEG Baseline (lossy)",
   "1.2.840.10008.1.2.4.51": "JPEG Extended (lossy)",
-  "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
-  "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
-  "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
-  "1.2.840.10008.1.2.4.91": "JPEG 2000",
   "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
   "1.2.840.10008.1.2.4.203": "HTJ2K",
 };
@@ -78,6 +83,8 @@ export function decodeFrame(dataSet: dicomParser.DataSet, fmt: PixelFormat, fail
     }
     if (fmt.transferSyntax === TS.rle) raw = decodeRle(bytes, fmt, fail);
     else if (fmt.transferSyntax === TS.jpegLossless || fmt.transferSyntax === TS.jpegLosslessSV1) raw = decodeJpegLossless(bytes, fmt, fail);
+    else if (fmt.transferSyntax === TS.jpegLsLossless || fmt.transferSyntax === TS.jpegLsNear) raw = decodeJpegLs(bytes, fmt, fail);
+    else if (fmt.transferSyntax === TS.j2kLossless || fmt.transferSyntax === TS.j2k) raw = decodeJ2k(bytes, fmt, fail);
     else fail(`uses transfer syntax ${fmt.transferSyntax} (${transferSyntaxName(fmt.transferSyntax)}), which this reader does not decode`);
   } else {
     if (el.length === 0xffffffff) fail("has Pixel Data of undefined length in a native transfer syntax");
@@ -184,7 +191,7 @@ export function errText(e: unknown): string {
  * Columns, one component) and the stream must end with EOI: a decoder given a truncated or
  * mislabelled stream returns pixels anyway.
  */
-function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): void {
+function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never, sof = 0xc3): void {
   if (b.length < 4 || b[0] !== 0xff || b[1] !== 0xd8) fail("has JPEG pixel data that does not start with an SOI marker");
   let end = b.length;
   while (end > 2 && b[end - 1] === 0x00) end--; // fragments are padded to even length
@@ -199,8 +206,8 @@ function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => 
     }
     const len = (b[p + 2]! << 8) | b[p + 3]!;
     if (len < 2 || p + 2 + len > b.length) fail(`has JPEG pixel data whose marker segment at byte ${p} runs past the stream`);
-    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
-      if (marker !== 0xc3) fail(`has JPEG pixel data with frame marker 0xFF${marker.toString(16).toUpperCase()} (lossless SOF3 expected)`);
+    if ((marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) || marker === 0xf7) {
+      if (marker !== sof) fail(`has JPEG pixel data with frame marker 0xFF${marker.toString(16).toUpperCase()} (0xFF${sof.toString(16).toUpperCase()} expected)`);
       const precision = b[p + 4]!, rows = (b[p + 5]! << 8) | b[p + 6]!, cols = (b[p + 7]! << 8) | b[p + 8]!, comps = b[p + 9]!;
       if (rows !== fmt.rows || cols !== fmt.columns) fail(`has a JPEG frame of ${cols}×${rows} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
       if (comps !== 1) fail(`has a JPEG frame with ${comps} components (1 expected)`);
@@ -213,4 +220,102 @@ function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => 
     p += 2 + len;
   }
   fail("has JPEG pixel data without a frame header (SOF)");
+}
+
+// JPEG-LS (CharLS) and JPEG 2000 (OpenJPEG), as WebAssembly: loaded once, on first use.
+interface WasmDecoder {
+  getEncodedBuffer(n: number): Uint8Array;
+  getDecodedBuffer(): Uint8Array;
+  decode(): void;
+  readHeader?(): void;
+  getFrameInfo(): { width: number; height: number; bitsPerSample: number; componentCount: number; isSigned?: boolean };
+  delete?(): void;
+}
+type CodecModule = { JpegLSDecoder?: new () => WasmDecoder; J2KDecoder?: new () => WasmDecoder };
+const codecs: { charls?: CodecModule; openjpeg?: CodecModule } = {};
+let loading: Promise<void> | undefined;
+
+/** Loads the WebAssembly codecs a set of transfer syntaxes needs (call before decodeFrame). */
+export async function prepareCodecs(transferSyntaxes: Iterable<string>): Promise<void> {
+  const set = new Set(transferSyntaxes);
+  const needLs = set.has(TS.jpegLsLossless) || set.has(TS.jpegLsNear);
+  const needJ2k = set.has(TS.j2kLossless) || set.has(TS.j2k);
+  if ((!needLs || codecs.charls) && (!needJ2k || codecs.openjpeg)) return;
+  await loading;
+  const require = createRequire(import.meta.url);
+  loading = (async () => {
+    // The codecs' own messages ([INFO] lines from OpenJPEG) would go to stdout: silenced.
+    const quiet = { print: () => {}, printErr: () => {} };
+    type Factory = (o: typeof quiet) => Promise<CodecModule>;
+    if (needLs && !codecs.charls) codecs.charls = await (require("@cornerstonejs/codec-charls/decodewasmjs") as Factory)(quiet);
+    if (needJ2k && !codecs.openjpeg) codecs.openjpeg = await (require("@cornerstonejs/codec-openjpeg/decodewasmjs") as Factory)(quiet);
+  })();
+  await loading;
+}
+
+function runWasm(dec: WasmDecoder, src: Uint8Array, fmt: PixelFormat, what: string, fail: (msg: string) => never, headerFirst: boolean): Uint8Array {
+  const bytesPer = fmt.bitsAllocated / 8;
+  if (bytesPer > 2) fail(`has ${what} pixel data with BitsAllocated ${fmt.bitsAllocated} (8 or 16 expected)`);
+  try {
+    dec.getEncodedBuffer(src.length).set(src);
+    if (headerFirst && dec.readHeader) {
+      dec.readHeader();
+      checkInfo(dec.getFrameInfo(), fmt, what, fail);
+    }
+    dec.decode();
+  } catch (e) {
+    if (e instanceof Error && e.name === "DicomError") throw e;
+    fail(`has ${what} pixel data that does not decode (${typeof e === "number" ? `codec error ${e}` : errText(e)})`);
+  }
+  checkInfo(dec.getFrameInfo(), fmt, what, fail);
+  const out = dec.getDecodedBuffer();
+  const need = fmt.rows * fmt.columns * bytesPer;
+  if (out.length < need) fail(`has ${what} pixel data that decodes to ${out.length} bytes where ${need} are needed`);
+  return out.slice(0, need); // out of the codec's memory
+}
+
+function checkInfo(info: { width: number; height: number; bitsPerSample: number; componentCount: number }, fmt: PixelFormat, what: string, fail: (msg: string) => never) {
+  if (info.width !== fmt.columns || info.height !== fmt.rows) fail(`has a ${what} frame of ${info.width}×${info.height} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
+  if (info.componentCount !== 1) fail(`has a ${what} frame with ${info.componentCount} components (1 expected)`);
+  if (info.bitsPerSample > fmt.bitsAllocated) fail(`has a ${what} frame of ${info.bitsPerSample} bits per sample where BitsAllocated is ${fmt.bitsAllocated}`);
+}
+
+function decodeJpegLs(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): Uint8Array {
+  if (!codecs.charls?.JpegLSDecoder) fail("needs the JPEG-LS codec, which was not loaded (internal: prepareCodecs)");
+  checkJpegFrame(src, fmt, fail, 0xf7);
+  const dec = new codecs.charls.JpegLSDecoder();
+  try {
+    return runWasm(dec, src, fmt, "JPEG-LS", fail, false);
+  } finally {
+    dec.delete?.();
+  }
+}
+
+function decodeJ2k(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): Uint8Array {
+  if (!codecs.openjpeg?.J2KDecoder) fail("needs the JPEG 2000 codec, which was not loaded (internal: prepareCodecs)");
+  checkJ2kSize(src, fmt, fail);
+  const dec = new codecs.openjpeg.J2KDecoder();
+  try {
+    return runWasm(dec, src, fmt, "JPEG 2000", fail, false);
+  } finally {
+    dec.delete?.();
+  }
+}
+
+/** The codestream's SIZ segment (after SOC, or inside a JP2 file's jp2c box) must describe this image. */
+function checkJ2kSize(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): void {
+  let p = -1;
+  const limit = Math.min(b.length - 4, 4096);
+  for (let i = 0; i <= limit; i++) {
+    if (b[i] === 0xff && b[i + 1] === 0x4f && b[i + 2] === 0xff && b[i + 3] === 0x51) {
+      p = i + 2;
+      break;
+    }
+  }
+  if (p < 0 || p + 40 > b.length) fail("has JPEG 2000 pixel data without a codestream header (SOC, SIZ)");
+  const dv = new DataView(b.buffer, b.byteOffset, b.length);
+  const w = dv.getUint32(p + 6) - dv.getUint32(p + 14), h = dv.getUint32(p + 10) - dv.getUint32(p + 18);
+  const comps = dv.getUint16(p + 38);
+  if (w !== fmt.columns || h !== fmt.rows) fail(`has a JPEG 2000 frame of ${w}×${h} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
+  if (comps !== 1) fail(`has a JPEG 2000 frame with ${comps} components (1 expected)`);
 }

@@ -18,7 +18,7 @@ import dicomParser from "dicom-parser";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
 import type { Volume } from "../types.js";
 import { allocArray } from "../volume.js";
-import { decodeFrame, errText, SUPPORTED_TRANSFER_SYNTAXES, transferSyntaxName, TS, type PixelFormat } from "./dicom-pixels.js";
+import { decodeFrame, errText, prepareCodecs, SUPPORTED_TRANSFER_SYNTAXES, transferSyntaxName, TS, type PixelFormat } from "./dicom-pixels.js";
 
 export class DicomError extends Error {
   constructor(label: string, message: string) {
@@ -689,6 +689,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   const bytes = n * (asInt16 ? 2 : 4);
   if (bytes > opts.maxBytes) throw new DicomError(where, `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`);
   const studyAttributes = studyAttributesOf(h0.dataSet);
+  await prepareCodecs(slices.map((h) => h.transferSyntax));
   let data: Int16Array | Float32Array = allocArray(asInt16 ? "int16" : "float32", n, "DICOM volume") as Int16Array | Float32Array;
   const plane = nx * ny;
   for (let k = 0; k < nz; k++) {
