@@ -232,6 +232,21 @@ for (const variant of ["nonlin_first_dropout", "relu_no_affine"]) {
   });
 }
 
+test.serial("plans' spacing is in the transposed (network) order; the config keeps it in (z, y, x)", async (t) => {
+  // nnU-Net's planner stores spacing[transpose_forward]; the preprocessor resamples the transposed image to it
+  const dir = variant({
+    plans: (p) => {
+      p.transpose_forward = [0, 2, 1];
+      p.transpose_backward = [0, 2, 1];
+      p.configurations["3d_fullres"].spacing = [5, 0.4, 0.5];
+    },
+  });
+  const model = await loadNnunet(dir);
+  t.deepEqual(model.config.transposeForward, [0, 2, 1]);
+  t.deepEqual(model.config.targetSpacing, [5, 0.5, 0.4], "z 5, y 0.5, x 0.4 mm: the network's axis 1 is x");
+  model.dispose();
+});
+
 test.serial("fold_all and checkpoint_best.pth are found as nnU-Net finds them", async (t) => {
   const dir = variant({});
   mkdirSync(join(dir, "fold_all"));
