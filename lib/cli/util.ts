@@ -147,7 +147,8 @@ export async function inputFiles(path: string, subfolders: string[] = []): Promi
 }
 
 /**
- * The outputs of a command, planned before any work: each is refused when it is one of the
+ * The outputs of a command, planned before any work. An input that is a FIFO, a device or a
+ * socket is refused (reading it could block forever). Each output is refused when it is one of the
  * inputs (the same file after symlinks and hard links: real path or device and inode), when two
  * outputs are the same file, when its folder is missing or not writable, or when it is a folder
  * (a file output) or a file (a folder output). The command writes each output to `temp(flag)`, a
@@ -164,6 +165,14 @@ export class OutputPlan {
 
   static async create(inputs: string[], outputs: OutputRequest[]): Promise<OutputPlan> {
     const wanted = outputs.filter((o) => o.path !== undefined && o.path !== "");
+    // an input that is a FIFO, a device or a socket could block a read forever (a model, a config)
+    for (const p of inputs) {
+      const s = await statOrNull(p);
+      if (s && !s.isFile() && !s.isDirectory()) {
+        const kind = s.isFIFO() ? "a FIFO (named pipe)" : s.isCharacterDevice() ? "a character device" : s.isBlockDevice() ? "a block device" : s.isSocket() ? "a socket" : "not a regular file";
+        throw new Error(`${p}: is ${kind}, not a file`);
+      }
+    }
     const inIds = await Promise.all(inputs.map(async (p) => ({ p, id: await identity(p) })));
     const seen: { flag: string; path: string; id: { key: string; ino?: string } }[] = [];
     const planned: Planned[] = [];
