@@ -181,4 +181,6 @@ const hasPydicom = pydicomPython() !== null;
   await t.throwsAsync(readDicomSeries(join(d, "MR_truncated.dcm")), { message: /MR_truncated\.dcm: is truncated/ });
   await t.throwsAsync(readDicomSeries(join(d, "JPEG-lossy.dcm")), { message: /1\.2\.840\.10008\.1\.2\.4\.51 \(JPEG Extended \(lossy\)\)/ });
   await t.throwsAsync(readDicomSeries(join(d, "ExplVR_BigEnd.dcm")), { message: /SamplesPerPixel 3/ });
+  // Deflated Explicit VR Little Endian: inflated and parsed (its series UID is read), then refused for its lack of geometry.
+  await t.throwsAsync(readDicomSeries(join(d, "image_dfl.dcm")), { message: /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.0\.0\.977067310\.6001\.0 file .*image_dfl\.dcm has no valid ImageOrientationPatient/ });
 });
