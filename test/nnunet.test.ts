@@ -373,6 +373,21 @@ test("a pickle naming a global outside what a checkpoint holds is refused", asyn
   await t.throwsAsync(loadNnunet(dir), { message: /the pickle names the Python global "posix\.system", which a PyTorch or nnU-Net checkpoint never holds; the file is refused \(nothing in it was run\)/ });
 });
 
+test("tensors of another dtype are refused, naming the tensor", async (t) => {
+  // the pickle names torch.FloatStorage once (later storages refer to it through the memo): make it ShortStorage
+  const dir = variant({
+    checkpoint: (b) => {
+      const at = b.indexOf("ctorch\nFloatStorage\n");
+      if (at < 0) throw new Error("fixture changed: no torch.FloatStorage global");
+      const c = Buffer.from(b);
+      c.write("ctorch\nShortStorage\n", at, "latin1");
+      pickleSpan(c).fixCrc();
+      return c;
+    },
+  });
+  await t.throwsAsync(loadNnunet(dir), { message: /tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight is int16; only float32 weights are read/ });
+});
+
 test("a checkpoint over the size limit is refused before it is read", async (t) => {
   await t.throwsAsync(loadNnunet(FOLDER, { folds: [0], maxCheckpointBytes: 1_000_000 }), { message: /is 1071907 bytes, more than the 1000000 allowed \(maxCheckpointBytes\)/ });
 });
