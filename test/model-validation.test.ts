@@ -233,3 +233,14 @@ test.serial("loadModel binds a model to a backend; dispose releases its weights 
   onNative.dispose(); // twice is harmless
   await t.throwsAsync(loadModel(bytes, { backend: "nope" as never }), { message: /nope/ });
 });
+
+test("resampleVolume refuses a grid past maxVoxels before allocating (8×8×2 voxels claiming 300 mm)", async (t) => {
+  const { resampleVolume, volumeFromArray } = await import("../lib/index.js");
+  const v = volumeFromArray(new Int16Array(8 * 8 * 2), [2, 8, 8], [300, 300, 300]);
+  const t0 = performance.now();
+  await t.throwsAsync(resampleVolume(v, [0.49, 0.49, 5]), { message: /gives \[4898,4898,120\].*over options\.maxVoxels 1073741824/ });
+  await t.throwsAsync(resampleVolume(v, [1, 1, 1], { maxVoxels: 1000 }), { message: /over options\.maxVoxels 1000/ });
+  t.true(performance.now() - t0 < 5000);
+  const ok = await resampleVolume(v, [150, 150, 150], { mode: "nearest" });
+  t.deepEqual(ok.dims, [16, 16, 4]);
+});
