@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|model|segment|server|semi]` (all but segment and semi by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|model|networks|segment|server|semi]` (all but segment and semi by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -13,10 +13,11 @@ import { benchConv } from "./conv.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
+import { benchNetworks } from "./networks.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, segment: benchSegment, server: benchServer, semi: benchSemi };
+const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, networks: benchNetworks, segment: benchSegment, server: benchServer, semi: benchSemi };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {

@@ -1,0 +1,85 @@
+/**
+ * Real networks at their real widths (issue 17): nnU-Net v2's PlainConvUNet and ResEnc-M
+ * (features 32…320, six stages, an anisotropic CT plan), built with the engine's own nnU-Net
+ * builder (lib/model/nnunet/network.ts, the graph loadNnunet runs) with random weights, and run by
+ * bhsd native beside onnxruntime-node (2 threads) on the same ONNX bytes and input in the same run.
+ * Time (median) and peak memory; also where bhsd's time goes (per op type). MONAI's SegResNet and
+ * UNETR at real widths need PyTorch to export them: not built here (their small fixtures are tests).
+ */
+import ort from "onnxruntime-node";
+import { backendInfo, loadModel, setBackend } from "../dist/index.js";
+import { buildNetwork, type Architecture } from "../dist/model/nnunet/network.js";
+import { encodeModel } from "../dist/model/onnx-proto.js";
+import { fmt, measure, rng } from "./lib.js";
+
+const STAGES = 6;
+const base = {
+  inputChannels: 1,
+  numClasses: 6,
+  nStages: STAGES,
+  features: [32, 64, 128, 256, 320, 320],
+  kernels: [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+  strides: [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+  convBias: true,
+  norm: { eps: 1e-5, affine: true },
+  nonlin: { op: "LeakyRelu" as const, alpha: 0.01 },
+  nonlinFirst: false,
+  dropout: false,
+  stemChannels: 32,
+};
+export const PLAIN: Architecture = { ...base, networkClass: "PlainConvUNet", perStage: [2, 2, 2, 2, 2, 2], perStageDecoder: [2, 2, 2, 2, 2] };
+/** nnU-Net's ResEnc-M preset: 1, 3, 4, 6, 6, 6 residual blocks, one conv per decoder stage. */
+export const RESENC_M: Architecture = { ...base, networkClass: "ResidualEncoderUNet", perStage: [1, 3, 4, 6, 6, 6], perStageDecoder: [1, 1, 1, 1, 1] };
+
+export function networkBytes(a: Architecture, seed = 1): Uint8Array {
+  const g = buildNetwork(a);
+  const r = rng(seed);
+  const initializers = g.params.map((p) => {
+    const n = p.shape.reduce((x, y) => x * y, 1);
+    const fan = p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : 1;
+    const s = p.shape.length > 1 ? Math.sqrt(2 / fan) : 0.1;
+    return { name: p.names[0]!, dims: p.shape, data: new Float32Array(n).map(() => (r() * 2 - 1) * s + (p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0)) };
+  });
+  return encodeModel({
+    opset: 17,
+    nodes: g.nodes,
+    inputs: [{ name: g.input, shape: [1, a.inputChannels, "d", "h", "w"] }],
+    outputs: [{ name: g.output }],
+    initializers: [...initializers, ...g.constants],
+  });
+}
+
+async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string[]> {
+  const r = rng(7);
+  const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
+  const o = await measure(() => session.run(feed), reps);
+  await session.release();
+  let nat = { ms: NaN, peakMb: NaN }, live = NaN, ops = "";
+  if (backendInfo().available.native) {
+    setBackend("native");
+    const m = await loadModel(bytes);
+    nat = await measure(() => m.run(x), reps);
+    live = m.lastRun!.peakBytes / 2 ** 20;
+    const by = Object.entries(m.lastRun!.opMs).sort((p, q) => q[1] - p[1]);
+    const total = by.reduce((s, [, v]) => s + v, 0);
+    ops = by.slice(0, 4).map(([k, v]) => `${k} ${fmt((100 * v) / total, 0)} %`).join(", ");
+    m.dispose();
+  }
+  return [`| ${label} | ${fmt(nat.ms)} | ${fmt(live, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} | ${ops} |`];
+}
+
+export async function benchNetworks(): Promise<string[]> {
+  const rows: string[] = [];
+  for (const [name, a] of [["PlainConvUNet", PLAIN], ["ResEnc-M", RESENC_M]] as const) {
+    const bytes = networkBytes(a);
+    for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 5 : 3)));
+  }
+  return [
+    "real networks at real widths, random weights (median; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
+    "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | bhsd's time by op (top 4) |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ...rows,
+  ];
+}
