@@ -26,6 +26,8 @@ import { backendInfo } from "../backends/index.js";
 import { PACKAGE_ROOT } from "../backends/paths.js";
 import { buildHeader } from "../io/nifti-header.js";
 import { NiftiError, readNifti, readNiftiHeader } from "../io/nifti.js";
+import { readCt } from "../io/ct.js";
+import { DicomError } from "../io/dicom.js";
 import { toJson } from "../json.js";
 import { loadModel, type Model } from "../model/model.js";
 import { segment } from "../model/segment.js";
@@ -203,6 +205,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err instanceof HttpError) return send(reply, err.status, err.code, err.message, err.headers);
     if (err instanceof NiftiError) return send(reply, 400, "bad_nifti", err.message);
+    if (err instanceof DicomError) return send(reply, 400, "bad_dicom", err.message);
     if (err.validation) return send(reply, 400, err.validationContext === "querystring" ? "bad_query" : "bad_request", err.message);
     if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE" || err.code === "FST_ERR_CTP_EMPTY_TYPE") {
       const type = String(req.headers["content-type"] ?? "none").slice(0, 100);
@@ -353,6 +356,14 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
 
   /** Decodes a NIfTI after checking its header: voxels against maxVoxels, bytes reserved from the job's budget. */
   async function decode(bytes: Buffer, name: string, ticket: Ticket): Promise<Volume> {
+    if (bytes.length >= 4 && bytes.readUInt32LE(0) === 0x04034b50) {
+      // A zip of a DICOM series: unpacked and voxel bytes bounded by what this request may still hold.
+      const room = Math.min(maxVoxels * 4, Math.max(1, maxRequestBytes - ticket.bytes));
+      const v = await readCt(bytes, { name, maxBytes: room });
+      if (v.data.length > maxVoxels) throw new HttpError(413, "too_large", `${name} has ${v.data.length} voxels; this server takes at most ${maxVoxels}`);
+      ticket.reserve(v.data.byteLength, name);
+      return v;
+    }
     const h = await readNiftiHeader(bytes, { name });
     const n = h.dims[0] * h.dims[1] * h.dims[2];
     if (n > maxVoxels) throw new HttpError(413, "too_large", `${name} has ${n} voxels; this server takes at most ${maxVoxels}`);
