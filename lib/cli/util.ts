@@ -69,8 +69,8 @@ export function setMaxInputMb(mb: number): void {
 }
 
 /** readNifti's options for a command's inputs. */
-export function readLimits(): { maxBytes: number } {
-  return { maxBytes: maxInputBytes };
+export function readLimits(): { maxBytes: number; limitName: string } {
+  return { maxBytes: maxInputBytes, limitName: `--max-input-mb ${maxInputBytes / 2 ** 20}` };
 }
 
 export interface OutputRequest {

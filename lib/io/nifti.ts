@@ -34,6 +34,8 @@ const MAX_GZIP_RATIO = 1032;
 export interface ReadNiftiOptions {
   /** Refuse files whose voxel data is larger than this many bytes (default 4 GiB). */
   maxBytes?: number;
+  /** How the limit is named in its error (default "options.maxBytes"; bhsd's commands say "--max-input-mb"). */
+  limitName?: string;
   /** Name used in error messages when reading bytes (default "<bytes>"). */
   name?: string;
 }
@@ -57,11 +59,13 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
   const opts = optionsObject("options", options);
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
+  if (opts.limitName !== undefined && typeof opts.limitName !== "string") throw invalidParameterError("options.limitName", "a string", opts.limitName);
+  const limit: Limit = { bytes: maxBytes, name: (opts.limitName as string | undefined) ?? "options.maxBytes" };
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
   checkSource(pathOrBytes);
   const label = labelOf(pathOrBytes, opts.name as string | undefined);
   const { header, layout, data } =
-    pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, maxBytes) : await fromFile(pathOrBytes, label, maxBytes);
+    pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, limit) : await fromFile(pathOrBytes, label, limit);
   return toVolume(header, layout, data);
 }
 
@@ -142,22 +146,27 @@ async function openOrThrow(path: string) {
   return fh;
 }
 
-function checkSize(layout: VoxelLayout, label: string, maxBytes: number) {
-  if (layout.nvox > MAX_ELEMENTS) throw new NiftiError(label, `${layout.nvox} voxels exceed the ${MAX_ELEMENTS}-voxel limit of one array`);
-  if (layout.nbytes > maxBytes) throw new NiftiError(label, `voxel data of ${layout.nbytes} bytes exceeds the limit of ${maxBytes} bytes (options.maxBytes)`);
+interface Limit {
+  bytes: number;
+  name: string;
 }
 
-async function fromFile(src: string | URL, label: string, maxBytes: number) {
+function checkSize(layout: VoxelLayout, label: string, limit: Limit) {
+  if (layout.nvox > MAX_ELEMENTS) throw new NiftiError(label, `${layout.nvox} voxels exceed the ${MAX_ELEMENTS}-voxel limit of one array`);
+  if (layout.nbytes > limit.bytes) throw new NiftiError(label, `voxel data of ${layout.nbytes} bytes exceeds the limit of ${limit.bytes} bytes (${limit.name})`);
+}
+
+async function fromFile(src: string | URL, label: string, limit: Limit) {
   const path = typeof src === "string" ? src : fileURLToPath(src);
   const fh = await openOrThrow(path);
   try {
     const size = (await fh.stat()).size;
     const head = Buffer.alloc(Math.min(size, NIFTI2_HEADER));
     await readFully(fh, head, 0, head.length, 0);
-    if (isGzip(head)) return await fromGzip(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 16 }), size, label, maxBytes);
+    if (isGzip(head)) return await fromGzip(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 16 }), size, label, limit);
     const header = parseHeader(head, label);
     const layout = voxelLayout(header, label);
-    checkSize(layout, label, maxBytes);
+    checkSize(layout, label, limit);
     if (layout.offset > size) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${size}-byte file`);
     if (layout.offset + layout.nbytes > size) {
       throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`);
@@ -181,11 +190,11 @@ async function readFully(fh: Awaited<ReturnType<typeof open>>, buf: Uint8Array, 
   }
 }
 
-async function fromBytes(bytes: Uint8Array, label: string, maxBytes: number) {
-  if (isGzip(bytes)) return fromGzip(Readable.from([bytes]), bytes.length, label, maxBytes);
+async function fromBytes(bytes: Uint8Array, label: string, limit: Limit) {
+  if (isGzip(bytes)) return fromGzip(Readable.from([bytes]), bytes.length, label, limit);
   const header = parseHeader(bytes.subarray(0, NIFTI2_HEADER), label);
   const layout = voxelLayout(header, label);
-  checkSize(layout, label, maxBytes);
+  checkSize(layout, label, limit);
   if (layout.offset > bytes.length) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${bytes.length} bytes`);
   if (layout.offset + layout.nbytes > bytes.length) {
     throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, there are ${bytes.length - layout.offset}`);
@@ -203,7 +212,7 @@ async function fromBytes(bytes: Uint8Array, label: string, maxBytes: number) {
 }
 
 /** Streams a gzip source, checking the header before allocating, and inflates into the result. */
-async function fromGzip(source: Readable, compressedSize: number, label: string, maxBytes: number) {
+async function fromGzip(source: Readable, compressedSize: number, label: string, limit: Limit) {
   // small output chunks: the header is checked (and the size limit applied) after at most 64 KiB
   // have been inflated, never after the rest
   const gunzip = createGunzip({ chunkSize: 1 << 16 });
@@ -235,7 +244,7 @@ async function fromGzip(source: Readable, compressedSize: number, label: string,
         if (pendingBytes < need) continue;
         header = parseHeader(head, label);
         layout = voxelLayout(header, label);
-        checkSize(layout, label, maxBytes);
+        checkSize(layout, label, limit);
         const bound = compressedSize * MAX_GZIP_RATIO + 65536;
         if (layout.offset + layout.nbytes > bound) {
           throw new NiftiError(
