@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
-import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend, type Model } from "../lib/index.js";
+import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { encodeModelFast } from "../lib/model/nnunet/encode.js";
 import { encodeModel, ModelProto } from "../lib/model/onnx-proto.js";
 import { normalize } from "../lib/model/segment.js";
@@ -143,7 +143,7 @@ test.serial("segment() runs the folder end to end and matches nnU-Net's predicto
   setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
   const ct = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
   const model = await loadNnunet(FOLDER);
-  const { labels, report } = await segment(ct, model as unknown as Model);
+  const { labels, report } = await segment(ct, model);
   t.deepEqual(labels.dims, ct.dims);
   t.deepEqual(labels.spacing, ct.spacing);
   t.deepEqual(labels.affine, ct.affine);
@@ -170,7 +170,7 @@ test.serial("segment() with mirroring over inference_allowed_mirroring_axes matc
   for (let z = 4; z < 20; z++) for (let y = 40; y < 104; y++) for (let x = 36; x < 100; x++) data[i++] = full.data[(z * ny + y) * nx + x]!;
   const ct = { data, dims: [64, 64, 16] as [number, number, number], spacing: full.spacing, affine: full.affine };
   const model = await loadNnunet(FOLDER);
-  const { labels, report } = await segment(ct, model as unknown as Model, { mirror: true });
+  const { labels, report } = await segment(ct, model, { mirror: true });
   t.is(report.forwards, 8, "one window, all 8 flips of the 3 allowed axes");
   const c = await compareLabels(labels.data, "crop_labels_folds01_mirrored.npy", "crop_margin_folds01_mirrored.npy");
   t.log(`labels differing from PyTorch's: ${c.differ} of ${c.n} (${c.clear} not near-ties)`);

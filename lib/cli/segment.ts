@@ -6,7 +6,7 @@ import { writeNifti } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
-import { loadModel, type Model } from "../model/model.js";
+import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
@@ -61,7 +61,7 @@ export function segmentCommand(program: Command): void {
       const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
         const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
         if (o.outSeg && !("dicom" in ct)) throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
-        const model = o.nnunet ? ((await loadNnunet(o.nnunet, o.folds ? { folds: o.folds } : {})) as unknown as Model) : await loadModel(o.model!);
+        const model = o.nnunet ? await loadNnunet(o.nnunet, o.folds ? { folds: o.folds } : {}) : await loadModel(o.model!);
         const bar = progress(!o.quiet && !o.json);
         const { labels, report } = await segment(ct, model, {
           mirror: !!o.tta,

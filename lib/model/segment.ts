@@ -14,6 +14,9 @@ import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
 import type { Model } from "./model.js";
 
+/** What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). */
+export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun">;
+
 export interface SegmentProgress {
   step: "preprocess" | "window" | "postprocess";
   done: number;
@@ -165,9 +168,9 @@ function flip(t: Tensor, axes: number[]): Tensor {
   return { data: out, shape: t.shape };
 }
 
-export async function segment(ct: Volume, model: Model, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+export async function segment(ct: Volume, model: SegmentModel, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
   assertVolume("ct", ct);
-  if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel", model);
+  if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel or loadNnunet", model);
   const opts = optionsObject("options", options) as SegmentOptions;
   const cfg: ModelConfig = model.config;
   const patch = (opts.patchSize ?? cfg.patchSize).map(Math.round) as [number, number, number];
