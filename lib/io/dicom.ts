@@ -135,6 +135,8 @@ export interface ReadDicomOptions {
   maxFileBytes?: number;
   /** Stop reading a folder after this many files (default 100 000). */
   maxFiles?: number;
+  /** Called after each slice is decoded (readDicomSeries), with slices done and in all. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 const DEFAULT_MAX_BYTES = 4 * 2 ** 30;
@@ -475,7 +477,8 @@ function resolvedOptions(options: unknown) {
   if (o.seriesUid !== undefined && (typeof o.seriesUid !== "string" || o.seriesUid.length === 0)) {
     throw invalidParameterError("options.seriesUid", "a SeriesInstanceUID string", o.seriesUid);
   }
-  return { maxBytes, maxFileBytes, maxFiles, seriesUid: o.seriesUid as string | undefined };
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function") throw invalidParameterError("options.onProgress", "a function (done, total)", o.onProgress);
+  return { maxBytes, maxFileBytes, maxFiles, seriesUid: o.seriesUid as string | undefined, onProgress: o.onProgress as ReadDicomOptions["onProgress"] };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,6 +726,10 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
       }
     }
     (h as { dataSet: unknown }).dataSet = null; // let the file's bytes go
+    opts.onProgress?.(k + 1, nz);
+    // Decoding runs on this thread: give the event loop a turn between slices of compressed data
+    // (a server keeps answering), and every 16 slices otherwise.
+    if (h.transferSyntax !== TS.explicitLE && h.transferSyntax !== TS.implicitLE ? true : k % 16 === 15) await new Promise((r) => setImmediate(r));
   }
   const warnings: string[] = [];
   if (p.dropped.length) warnings.push(`${p.dropped.length} localizer image(s) left out`);
