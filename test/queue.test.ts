@@ -7,7 +7,9 @@ import test from "ava";
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Queue } from "bullmq";
 import { readNifti } from "../lib/io/nifti.js";
+import { decodeNumbers } from "../lib/queue/common.js";
 import { writePhantoms } from "../lib/phantom/write.js";
 import { ROOT } from "./helpers.js";
 import { bhsdRun, NO_REDIS, RedisServer, startWorker, type Proc } from "./queue-helpers.js";
@@ -42,6 +44,11 @@ t(title("two workers segment a batch once each; labels equal bhsd segment's, the
     t.is(s.batch.total, images.length);
     t.is(s.counts.completed, images.length);
     t.is(s.added, images.length);
+
+    // progress per window: nnU-Net's sliding window over the model's grid (phantom 0.9 x 0.9 x 5 mm
+    // resampled to the demo model's 1.8 x 1.8 x 5 mm: 64 x 64 x 32 voxels; patch 64 x 64 x 16, step
+    // 0.5 → ceil((32 - 16) / 8) + 1 = 3 windows along z, 1 in-plane)
+    for (const c of s.cases) t.deepEqual(c.progress, { step: "window", done: 3, total: 3 });
 
     // each job ran exactly once over both workers
     for (const c of s.cases) {
@@ -84,6 +91,13 @@ t(title("two workers segment a batch once each; labels equal bhsd segment's, the
     const [bj, ej] = [JSON.parse(be.stdout), JSON.parse(ev.stdout)];
     t.deepEqual(bj.summary, ej.summary);
     t.deepEqual(bj.cases.map((c: { case: string; metrics: unknown }) => [c.case, c.metrics]), ej.cases.map((c: { case: string; metrics: unknown }) => [c.case, c.metrics]));
+    // an evaluation job (labels against truth) on the queue gives bhsd evaluate's metrics, inf and nan included
+    const q = new Queue("bhsd", { connection: { host: "127.0.0.1", port: redis.port } });
+    await q.add("evaluate", { kind: "evaluate", case: first, gt: join(data, "ground truths", images[0]!), pred: join(out, images[0]!) }, { jobId: "eval-1" });
+    await Promise.race(workers.map((w) => w.waitLine(/^done eval-1 /)));
+    const ejob = await q.getJob("eval-1");
+    await q.close();
+    t.deepEqual(decodeNumbers(ejob!.returnvalue.metrics), decodeNumbers(ej.cases[0].metrics));
     const text = await bhsdRun(["batch", "evaluate", "--redis", redis.url]);
     t.regex(text.stdout, /Dice %/);
 
