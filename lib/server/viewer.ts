@@ -66,7 +66,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#111;color:#eee}
 header{padding:.6em 1em;background:#222;font-weight:bold}
 #controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#1a1a1a}
 #drop{border:2px dashed #666;padding:.8em 1.2em;border-radius:6px}#drop.over{border-color:#e69f00}
-main{display:flex;gap:1em;padding:1em;flex-wrap:wrap}#gl{width:min(900px,95vw);height:640px;background:#000}
+main{display:flex;gap:1em;padding:1em;flex-wrap:wrap}#view{width:min(900px,95vw);height:640px;background:#000}
 aside{min-width:320px}table{border-collapse:collapse}th,td{border:1px solid #444;padding:.2em .5em;text-align:right}
 td:nth-child(2),th:nth-child(2){text-align:left}tbody tr{cursor:pointer}tbody tr:hover{background:#333}
 .sw{display:inline-block;width:.8em;height:.8em;margin-right:.3em}#status{min-width:20em}.err{color:#ff8a80}a{color:#56b4e9}
@@ -76,10 +76,11 @@ td:nth-child(2),th:nth-child(2){text-align:left}tbody tr{cursor:pointer}tbody tr
 <label>Token <input id="token" type="password" autocomplete="off" size="16" placeholder="if the service needs one"></label>
 <label>Model <select id="model"></select></label>
 <label><input id="tta" type="checkbox"> test-time mirroring</label>
+<label>Remove bleeds under <input id="minml" type="number" min="0" step="0.01" value="0.05" size="5"> mL</label>
 <div id="drop">Drop a CT (.nii, .nii.gz) here or <input id="file" type="file" accept=".nii,.gz"></div>
 <progress id="progress" max="1" value="0" hidden></progress><span id="status" role="status"></span>
 </section>
-<main><canvas id="gl"></canvas>
+<main><div id="view"><canvas id="gl"></canvas></div>
 <aside><h3>Bleeds</h3><table id="bleeds"><thead><tr><th>#</th><th>class</th><th>mL</th><th>ABC/2 mL</th><th>slices</th></tr></thead><tbody></tbody></table>
 <p id="volumes"></p><p id="downloads"></p></aside></main>
 <script type="module">
@@ -108,6 +109,7 @@ function upload(file) {
   return new Promise((resolve, reject) => {
     const q = new URLSearchParams({ model: $("model").value });
     if ($("tta").checked) q.set("tta", "true");
+    if ($("minml").value !== "" && Number($("minml").value) > 0) q.set("cleanupMinMl", String(Number($("minml").value)));
     const xhr = new XMLHttpRequest();
     xhr.open("POST", api("v1/segment?" + q));
     for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
@@ -137,7 +139,8 @@ let nv = null;
 async function show(file, report) {
   const { Niivue } = await import(api("viewer/niivue.js"));
   if (!nv) {
-    nv = new Niivue({ backColor: [0, 0, 0, 1], isColorbar: false });
+    // radiological convention, as the report's pictures: the patient's right on the viewer's left
+    nv = new Niivue({ backColor: [0, 0, 0, 1], isColorbar: false, isRadiologicalConvention: true });
     await nv.attachToCanvas($("gl"));
   }
   const labelsUrl = api(report.labels);
