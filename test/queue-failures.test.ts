@@ -60,7 +60,7 @@ t(title("a worker SIGKILLed mid-job: the job is found stalled, runs on another w
   }
 });
 
-t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF)"), async (t) => {
+t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF); a connected worker reconnects"), async (t) => {
   const dir = tmp();
   const redis = await RedisServer.start();
   let w: Proc | null = null;
@@ -80,6 +80,16 @@ t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF)"), as
     const done = await status(redis.url);
     t.deepEqual(done.counts, { completed: cases.length });
     for (const c of done.cases) t.true(existsSync(join(out, `${c.case}.nii.gz`)));
+
+    // a worker connected while Redis restarts reconnects and takes the jobs submitted after
+    await redis.kill("SIGKILL");
+    await redis.start();
+    const data2 = join(dir, "data2");
+    const more = await writePhantoms({ out: data2, cases: 1, seed: 26, dims: [96, 96, 24] });
+    const sub2 = await bhsdRun(["batch", "submit", "--redis", redis.url, "--data", data2, "--model", "demo", "--out", out, "--wait", "--json"]);
+    t.is(sub2.code, 0, sub2.stderr);
+    t.deepEqual(JSON.parse(sub2.stdout).counts, { completed: 1 });
+    t.true(existsSync(join(out, `${more.cases[0]!.name}.nii.gz`)));
     w.kill("SIGTERM");
     t.is((await w.exited).code, 0);
   } finally {
