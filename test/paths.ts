@@ -1,6 +1,6 @@
 /** Where the outside references are (no library imports: the bench uses it beside the compiled package). */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -51,13 +51,21 @@ export function sharedFixture(...parts: string[]): string {
     bytes = readFileSync(plain);
   } else if (existsSync(`${plain}.gz`)) {
     path = join(tmpdir(), "bhsd-test-fixtures", want, parts[parts.length - 1]!);
-    if (existsSync(path)) bytes = readFileSync(path);
+    const cached = existsSync(path) ? readFileSync(path) : null;
+    if (cached && sha256(cached) === want) bytes = cached;
     else {
+      // not inflated yet, or a damaged cache: inflate the repository's copy (checked below)
       bytes = gunzipSync(readFileSync(`${plain}.gz`));
       mkdirSync(dirname(path), { recursive: true });
       const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
       writeFileSync(tmp, bytes);
-      renameSync(tmp, path);
+      try {
+        renameSync(tmp, path);
+      } catch (e) {
+        // another test process put the same file there first (where rename does not replace)
+        if (!existsSync(path)) throw e;
+        rmSync(tmp, { force: true });
+      }
     }
   } else throw new Error(`sharedFixture: missing ${plain} (or ${plain}.gz)`);
   const got = sha256(bytes);
