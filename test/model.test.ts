@@ -152,7 +152,7 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   writeFileSync(join(dir, "plans.json"), JSON.stringify({
     transpose_forward: [0, 2, 1],
     foreground_intensity_properties_per_channel: { "0": { mean: 45.2, std: 22.1, percentile_00_5: -10, percentile_99_5: 95 } },
-    configurations: { "3d_fullres": { patch_size: [28, 256, 224], spacing: [5, 0.49, 0.49], normalization_schemes: ["CTNormalization"] } },
+    configurations: { "3d_fullres": { patch_size: [28, 256, 224], spacing: [5, 0.49, 0.7], normalization_schemes: ["CTNormalization"] } },
   }));
   writeFileSync(join(dir, "dataset.json"), JSON.stringify({ labels: { background: 0, EDH: 1, IPH: 2, IVH: 3, SAH: 4, SDH: 5 } }));
   const nn = await loadModel(join(dir, "m.onnx"));
@@ -160,6 +160,8 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   t.deepEqual(nn.config.patchSize, [28, 256, 224]);
   t.deepEqual(nn.config.normalization, { type: "ct", lower: -10, upper: 95, mean: 45.2, std: 22.1 });
   t.deepEqual(nn.config.transposeForward, [0, 2, 1]);
+  // nnU-Net stores the spacing in the network's (transposed) order: network axis 1 is x here
+  t.deepEqual(nn.config.targetSpacing, [5, 0.7, 0.49]);
   t.is(nn.config.classes["3"], "IVH");
   writeFileSync(join(dir, "m.json"), JSON.stringify({ patchSize: [8, 32, 32], normalization: { type: "zscore" } }));
   const sc = await loadModel(join(dir, "m.onnx"));

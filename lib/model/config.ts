@@ -92,8 +92,14 @@ export function fromNnunet(plans: Record<string, unknown>, dataset: Record<strin
   if (!conf) throw new Error(`plans.json has no configuration "${configuration}" (it has ${Object.keys(confs ?? {}).join(", ")})`);
   const out: Partial<ModelConfig> = {};
   if (conf.patch_size) out.patchSize = conf.patch_size as [number, number, number];
-  if (conf.spacing) out.targetSpacing = conf.spacing as [number, number, number];
   if (Array.isArray(plans.transpose_forward)) out.transposeForward = plans.transpose_forward as [number, number, number];
+  if (Array.isArray(conf.spacing) && conf.spacing.length === 3) {
+    // plans keep the spacing in the network's (transposed) axis order; targetSpacing is (z, y, x)
+    const perm = out.transposeForward ?? [0, 1, 2];
+    const zyx = [0, 0, 0] as [number, number, number];
+    perm.forEach((p, k) => (zyx[p] = (conf.spacing as number[])[k]!));
+    out.targetSpacing = zyx;
+  }
   const scheme = (conf.normalization_schemes as string[] | undefined)?.[0];
   const props = (plans.foreground_intensity_properties_per_channel as Record<string, Record<string, number>> | undefined)?.["0"];
   if (scheme === "CTNormalization") {

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -55,11 +56,17 @@ class ThreadPool {
     const unsigned threads = size();
     const std::size_t want = std::size_t(threads) * chunks_per_thread;
     const std::size_t chunk = std::max<std::size_t>(grain, (n + want - 1) / want);
-    Job job{&fn, n, chunk, (n + chunk - 1) / chunk};
-    if (job.chunks <= 1 || threads == 1 || in_worker()) {
+    const std::size_t chunks = (n + chunk - 1) / chunk;
+    if (chunks <= 1 || threads == 1 || in_worker()) {
       fn(0, n);
       return;
     }
+    // Shared with the workers: one that wakes after the last chunk is taken still holds the job,
+    // finds nothing to do and lets go, while the caller has long returned (it never waits for a
+    // descheduled thread that has no chunk: on a loaded machine that wait cost a scheduler quantum
+    // per loop).
+    auto shared = std::make_shared<Job>(&fn, n, chunk, chunks);
+    Job& job = *shared;
     std::unique_lock<std::mutex> run(run_mutex_);
     {
       std::lock_guard<std::mutex> lk(mutex_);
@@ -68,7 +75,7 @@ class ThreadPool {
         fn(0, n);
         return;
       }
-      job_ = &job;
+      job_ = shared;
       ++generation_;
     }
     wake_.notify_all();
@@ -77,10 +84,10 @@ class ThreadPool {
     in_worker() = false;
     std::unique_lock<std::mutex> lk(mutex_);
     finished_.wait(lk, [&] { return job.done == job.chunks; });
-    job_ = nullptr;  // no worker picks it up from here on
-    finished_.wait(lk, [&] { return job.active == 0; });
+    job_ = nullptr;  // no worker picks it up from here on; late ones find no chunk left
+    const std::exception_ptr error = job.error;
     lk.unlock();
-    if (job.error) std::rethrow_exception(job.error);
+    if (error) std::rethrow_exception(error);
   }
 
  private:
@@ -89,7 +96,6 @@ class ThreadPool {
     std::size_t n, chunk, chunks;
     std::atomic<std::size_t> next{0};
     std::size_t done = 0;    // guarded by mutex_
-    unsigned active = 0;     // workers inside work(); guarded by mutex_
     std::exception_ptr error;  // guarded by mutex_
     Job(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n_, std::size_t c,
         std::size_t cs)
@@ -122,18 +128,15 @@ class ThreadPool {
     in_worker() = true;
     std::uint64_t seen = 0;
     for (;;) {
-      Job* job;
+      std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lk(mutex_);
         wake_.wait(lk, [&] { return stopping_ || (job_ != nullptr && generation_ != seen); });
         if (stopping_) return;
         seen = generation_;
         job = job_;
-        ++job->active;
       }
       work(*job);
-      std::lock_guard<std::mutex> lk(mutex_);
-      if (--job->active == 0) finished_.notify_all();
     }
   }
 
@@ -141,7 +144,7 @@ class ThreadPool {
   std::mutex run_mutex_;  // one loop at a time
   std::mutex mutex_;
   std::condition_variable wake_, finished_;
-  Job* job_ = nullptr;  // the loop in flight, guarded by mutex_
+  std::shared_ptr<Job> job_;  // the loop in flight, guarded by mutex_
   std::uint64_t generation_ = 0;
   bool stopping_ = false;
 };
