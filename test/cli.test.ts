@@ -329,3 +329,20 @@ test("a command stopped by a signal midway leaves neither its output nor a tempo
   t.is(signal, "SIGTERM");
   t.deepEqual(readdirSync(dir), []);
 });
+
+test("OutputPlan.refuseInputs: an output found to be an input once the work has named its inputs is refused, nothing written", async (t) => {
+  const { OutputPlan } = await import("../lib/cli/util.js");
+  const dir = freshDir("late");
+  const gt = join(dir, "gt.nii.gz");
+  copyFileSync(LAB, gt);
+  linkSync(gt, join(dir, "same.csv"));
+  const before = snapshot(dir);
+  await t.throwsAsync(
+    OutputPlan.run([], [{ flag: "--csv", path: join(dir, "same.csv") }], async (plan) => {
+      await plan.refuseInputs([gt]);
+      await plan.write("--csv", (tmp) => Promise.resolve(writeFileSync(tmp, "rows")));
+    }),
+    { message: `--csv ${join(dir, "same.csv")} is an input of this command (${gt}); refusing to overwrite it` },
+  );
+  t.deepEqual(snapshot(dir), before);
+});

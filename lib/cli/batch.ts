@@ -6,7 +6,7 @@ import { casesToCsv, summaryToCsv } from "../metrics/csv.js";
 import { batchEvaluate, batchStatus, resultsCsv, submitBatch, waitBatch, type BatchStatus } from "../queue/batch.js";
 import { DEFAULT_QUEUE } from "../queue/common.js";
 import { summaryTable } from "./evaluate.js";
-import { intArg, progress } from "./util.js";
+import { intArg, OutputPlan, progress } from "./util.js";
 
 interface Common {
   redis: string;
@@ -94,8 +94,13 @@ export function batchCommand(program: Command): void {
       const s = await batchStatus(conn(o));
       if (o.json) return void process.stdout.write(toJson(s.cases) + "\n");
       if (typeof o.csv === "string") {
-        await writeFile(o.csv, resultsCsv(s));
-        process.stdout.write(`${s.cases.length} rows written to ${o.csv}\n`);
+        const csv = o.csv;
+        // through OutputPlan: never one of the batch's files, folder checked, written whole or not at all
+        await OutputPlan.run([], [{ flag: "--csv", path: csv }], async (plan) => {
+          await plan.refuseInputs(s.cases.flatMap((c) => (c.result?.labels ? [c.result.labels] : [])));
+          await plan.write("--csv", (tmp) => writeFile(tmp, resultsCsv(s)));
+        });
+        process.stdout.write(`${s.cases.length} rows written to ${csv}\n`);
       } else process.stdout.write(resultsCsv(s));
     });
 
@@ -107,10 +112,16 @@ export function batchCommand(program: Command): void {
     .option("--quiet", "no progress")
     .action(async (o: Common & { csv?: string; summaryCsv?: string; quiet?: boolean }) => {
       const bar = progress(!o.quiet && !o.json);
-      const r = await batchEvaluate({ ...conn(o), onProgress: (d, t, n) => bar(d, t, n) });
-      if (!r.cases.length) throw new Error(`no case of the batch is scored yet (${r.missing.length} not completed, ${r.failed.length} failed)`);
-      if (o.csv) await writeFile(o.csv, casesToCsv(r.cases));
-      if (o.summaryCsv) await writeFile(o.summaryCsv, summaryToCsv(r.summary));
+      // outputs checked (folders, one file named twice) before the work; not one of the batch's files once they are known
+      const outputs = [...(o.csv ? [{ flag: "--csv", path: o.csv }] : []), ...(o.summaryCsv ? [{ flag: "--summary-csv", path: o.summaryCsv }] : [])];
+      const r = await OutputPlan.run([], outputs, async (plan) => {
+        const r = await batchEvaluate({ ...conn(o), onProgress: (d, t, n) => bar(d, t, n) });
+        if (!r.cases.length) throw new Error(`no case of the batch is scored yet (${r.missing.length} not completed, ${r.failed.length} failed)`);
+        await plan.refuseInputs(r.cases.flatMap((c) => [c.gt, ...(c.pred ? [c.pred] : [])]));
+        if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv(r.cases)));
+        if (o.summaryCsv) await plan.write("--summary-csv", (tmp) => writeFile(tmp, summaryToCsv(r.summary)));
+        return r;
+      });
       if (o.json) return void process.stdout.write(toJson(r) + "\n");
       const notes = [
         ...(r.missing.length ? [`${r.missing.length} case(s) not completed, left out: ${r.missing.join(", ")}`] : []),

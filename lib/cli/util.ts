@@ -239,6 +239,20 @@ export class OutputPlan {
     }
   }
 
+  /**
+   * Refuses the plan's outputs that are one of `inputs`, for inputs known only once some work is
+   * done (a queue's ground truths and label files); call it before writing anything.
+   */
+  async refuseInputs(inputs: string[]): Promise<void> {
+    const inIds = await Promise.all(inputs.map(async (p) => ({ p, id: await identity(p) })));
+    for (const o of this.planned) {
+      if (o.folder) continue;
+      const id = await identity(o.final);
+      const hit = inIds.find((i) => i.id.key === id.key || (id.ino && i.id.ino === id.ino));
+      if (hit) throw new Error(`${o.flag} ${o.final} is an input of this command (${hit.p}); refusing to overwrite it`);
+    }
+  }
+
   /** Checks that `files` (paths inside a folder output, relative to it) are not inputs. */
   static async checkFolderFiles(flag: string, folder: string, files: string[], inputs: string[]): Promise<void> {
     const inIds = await Promise.all(inputs.map(identity));
