@@ -74,8 +74,16 @@ t(title("serve --redis: two API processes share the queue; status and labels by 
     t.is(bad.status, 400);
     t.is((await bad.json()).error, "bad_nifti");
 
+    // with a token: every route but /v1/health needs it
+    const c = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared, "--token", "s3cret"], "api C");
+    procs.push(c);
+    const uc = await api(c);
+    t.is((await fetch(`${uc}/v1/health`)).status, 200);
+    t.is((await fetch(`${uc}/v1/jobs/${id}`)).status, 401);
+    t.is((await fetch(`${uc}/v1/jobs/${id}`, { headers: { authorization: "bearer s3cret" } })).status, 200);
+
     for (const p of procs) p.kill("SIGTERM");
-    t.deepEqual(await Promise.all(procs.map(async (p) => (await p.exited).code)), [0, 0, 0]);
+    t.deepEqual(await Promise.all(procs.map(async (p) => (await p.exited).code)), [0, 0, 0, 0]);
   } finally {
     for (const p of procs) p.kill("SIGKILL");
     await redis.stop();

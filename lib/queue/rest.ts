@@ -65,7 +65,7 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   app.addHook("onClose", async () => q.close());
   const want = token ? createHash("sha256").update(token).digest() : null;
   app.addHook("onRequest", async (req) => {
-    if (!want) return;
+    if (!want || req.url === "/v1/health") return; // health open, as in the in-process service
     const m = /^(\S+)\s+(.*)$/.exec(req.headers.authorization ?? "");
     const got = createHash("sha256").update(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "").digest();
     if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)");
