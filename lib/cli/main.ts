@@ -3,7 +3,6 @@
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
 import { batchCommand } from "./batch.js";
-import { batchCommand } from "./batch.js";
 import { benchCommand } from "./bench.js";
 import { componentsCommand } from "./components.js";
 import { demoCommand } from "./demo.js";
@@ -13,7 +12,6 @@ import { phantomCommand } from "./phantom.js";
 import { segmentCommand } from "./segment.js";
 import { serveCommand } from "./serve.js";
 import { trainCommand } from "./train.js";
-import { workerCommand } from "./worker.js";
 import { workerCommand } from "./worker.js";
 import { DEFAULT_MAX_INPUT_MB, intArg, setMaxInputMb } from "./util.js";
 
@@ -47,8 +45,6 @@ benchCommand(program);
 phantomCommand(program);
 trainCommand(program);
 demoCommand(program);
-workerCommand(program);
-batchCommand(program);
 workerCommand(program);
 batchCommand(program);
 
