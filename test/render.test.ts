@@ -181,3 +181,19 @@ test("bad arguments are refused by name", async (t) => {
   await t.throwsAsync(renderOverlay(ct, { ...labels, data: f }), { message: /labels\.data\[7\] is 2\.5/ });
   await t.throwsAsync(renderOverlay(ct, null as unknown as Volume), { message: /labels/ });
 });
+
+test("many bleeds: at most maxBleeds crops (default 24), the largest first", async (t) => {
+  const { ct, labels } = synthetic(IDENTITY);
+  labels.data.fill(0);
+  // 30 single voxels of IVH on slice 1, 2 voxels apart (never touching), and a 2 × 2 IPH block on slice 3
+  for (let k = 0; k < 30; k++) labels.data[(1 * NY + 2 * Math.floor(k / 15) * 2) * NX + 2 * (k % 15)] = 3;
+  for (const [x, y] of [[20, 20], [21, 20], [20, 21], [21, 21]]) labels.data[(3 * NY + y) * NX + x] = 2;
+  const all = await renderOverlayImage(ct, labels);
+  const crops = all.panels.filter((p) => p.kind === "bleed");
+  t.is(crops.length, 24);
+  t.is(crops[0]!.bleed!.class, 2, "the 4-voxel block first");
+  const two = (await renderOverlayImage(ct, labels, { maxBleeds: 2 })).panels.filter((p) => p.kind === "bleed");
+  t.deepEqual(two.map((p) => p.bleed!.class), [2, 3]);
+  await t.throwsAsync(renderOverlay(ct, labels, { bleeds: [{} as never] }), { message: /options\.bleeds\[0\]/ });
+  await t.throwsAsync(renderOverlay(ct, labels, { maxBleeds: -1 }), { message: /options\.maxBleeds/ });
+});

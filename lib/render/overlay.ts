@@ -73,6 +73,8 @@ export interface OverlayOptions {
   convention?: "radiological" | "neurological";
   /** At most this many slices in the montage (default 64; more are thinned evenly and the header says so). */
   maxSlices?: number;
+  /** At most this many bleed crops, the largest first (default 24; the header says how many of how many). */
+  maxBleeds?: number;
 }
 
 /** Where one slice or crop was drawn and how it was oriented. */
@@ -372,10 +374,18 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
       comps = await componentStats(cc.labels, { classes: lab });
     }
   } else if (bleedsOpt !== false) throw invalidParameterError("options.bleeds", "a boolean or an array of components", bleedsOpt);
-  const crops: CellSpec[] = [];
+  const maxBleeds = opts.maxBleeds ?? 24;
+  if (!Number.isInteger(maxBleeds) || maxBleeds < 0) throw invalidParameterError("options.maxBleeds", "a non-negative integer", maxBleeds);
+  const allBleeds = comps.length;
   comps.forEach((c, i) => {
-    const z = c.abc?.slice;
+    const z = c?.abc?.slice;
     if (!Number.isInteger(z) || z < 0 || z >= nz || !c.bbox) throw invalidParameterError(`options.bleeds[${i}]`, "a component with bbox and abc.slice inside the CT", c);
+  });
+  // the largest first (ties: in the given order)
+  comps = comps.map((c, i) => ({ c, i })).sort((a, b) => (b.c.volumeMl ?? 0) - (a.c.volumeMl ?? 0) || a.i - b.i).slice(0, maxBleeds).map((x) => x.c);
+  const crops: CellSpec[] = [];
+  comps.forEach((c) => {
+    const z = c.abc.slice;
     const range = (axis: 0 | 1): [number, number] => {
       const lo = c.bbox.min[axis], hi = c.bbox.max[axis], n = ct.dims[axis];
       const m = Math.max(6, Math.ceil((hi - lo + 1) * 0.5));
@@ -439,7 +449,8 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
     panels.push(drawCell(canvas, GAP + col * (cellM.w + GAP), montageY + row * (cellM.h + GAP), c, P));
   });
   if (crops.length || bleedsOpt !== false) {
-    canvas.text(GAP, bleedsTitleY, crops.length ? `bleeds, each at its largest slice (${crops.length})` : "no bleeds", GREY, TEXT);
+    const count = crops.length < allBleeds ? `the ${crops.length} largest of ${allBleeds}` : `${crops.length}`;
+    canvas.text(GAP, bleedsTitleY, allBleeds ? `bleeds, each at its largest slice (${count})` : "no bleeds", GREY, TEXT);
   }
   crops.forEach((c, i) => panels.push(drawCell(canvas, cropPos[i]!.x, cropsY + cropPos[i]!.y, c, P)));
   return { png: canvas.png(), width: canvas.width, height: canvas.height, panels, slices };
