@@ -4,7 +4,7 @@
  */
 import { open, stat } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import yauzl from "yauzl";
+import type yauzl from "yauzl";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
 import type { Volume } from "../types.js";
 import { DicomError, readDicomSeries, sniffDicom, type DicomFileBytes, type DicomVolume } from "./dicom.js";
@@ -74,7 +74,8 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
  * The files of a zip, in memory: entry count, declared sizes and their sum are checked before
  * anything is inflated, and yauzl checks that each entry inflates to its declared size.
  */
-function unzip(src: string | Uint8Array, label: string, maxBytes: number): Promise<DicomFileBytes[]> {
+async function unzip(src: string | Uint8Array, label: string, maxBytes: number): Promise<DicomFileBytes[]> {
+  const yz = (await import("yauzl")).default;
   return new Promise((resolvePromise, reject) => {
     const fail = (msg: string) => reject(new DicomError(label, msg));
     const onZip = (err: Error | null, zip?: yauzl.ZipFile) => {
@@ -115,7 +116,7 @@ function unzip(src: string | Uint8Array, label: string, maxBytes: number): Promi
       });
       zip.readEntry();
     };
-    if (typeof src === "string") yauzl.open(src, { lazyEntries: true, validateEntrySizes: true }, onZip);
-    else yauzl.fromBuffer(Buffer.from(src.buffer, src.byteOffset, src.length), { lazyEntries: true, validateEntrySizes: true }, onZip);
+    if (typeof src === "string") yz.open(src, { lazyEntries: true, validateEntrySizes: true }, onZip);
+    else yz.fromBuffer(Buffer.from(src.buffer, src.byteOffset, src.length), { lazyEntries: true, validateEntrySizes: true }, onZip);
   });
 }

@@ -3,9 +3,21 @@
  * JPEG Lossless process 14 through @cornerstonejs/jpeg-lossless-decoder-js). Every size is checked
  * against Rows × Columns × BitsAllocated before anything is allocated or decoded.
  */
-import dicomParser from "dicom-parser";
-import { Decoder as JpegLosslessDecoder } from "@cornerstonejs/jpeg-lossless-decoder-js";
+import type dicomParser from "dicom-parser";
+import type { Decoder as JpegLosslessDecoderType } from "@cornerstonejs/jpeg-lossless-decoder-js";
 import { createRequire } from "node:module";
+
+/**
+ * dicom-parser and the decoders are loaded on first use (loadDicomParser, prepareCodecs), so that
+ * importing bhsd for anything else does not pay for them.
+ */
+let parser: typeof dicomParser | undefined;
+let JpegLosslessDecoder: (new () => JpegLosslessDecoderType) | undefined;
+
+export async function loadDicomParser(): Promise<typeof dicomParser> {
+  parser ??= (await import("dicom-parser")).default;
+  return parser;
+}
 
 export const TS = {
   implicitLE: "1.2.840.10008.1.2",
@@ -77,7 +89,7 @@ export function decodeFrame(dataSet: dicomParser.DataSet, fmt: PixelFormat, fail
     if (frags.length === 0) fail("has encapsulated Pixel Data without fragments");
     let bytes: Uint8Array;
     try {
-      bytes = dicomParser.readEncapsulatedPixelDataFromFragments(dataSet, el, 0, frags.length) as Uint8Array;
+      bytes = parser!.readEncapsulatedPixelDataFromFragments(dataSet, el, 0, frags.length) as Uint8Array;
     } catch (e) {
       fail(`has damaged encapsulated Pixel Data (${errText(e)})`);
     }
@@ -170,6 +182,7 @@ function decodeJpegLossless(src: Uint8Array, fmt: PixelFormat, fail: (msg: strin
   checkJpegFrame(src, fmt, fail);
   let decoded: Uint8Array | Uint16Array;
   try {
+    if (!JpegLosslessDecoder) fail("needs the JPEG Lossless decoder, which was not loaded (internal: prepareCodecs)");
     const d = new JpegLosslessDecoder();
     decoded = d.decode(src.buffer as ArrayBuffer, src.byteOffset, src.length, bytesPer) as Uint8Array | Uint16Array;
   } catch (e) {
@@ -240,6 +253,9 @@ export async function prepareCodecs(transferSyntaxes: Iterable<string>): Promise
   const set = new Set(transferSyntaxes);
   const needLs = set.has(TS.jpegLsLossless) || set.has(TS.jpegLsNear);
   const needJ2k = set.has(TS.j2kLossless) || set.has(TS.j2k);
+  if ((set.has(TS.jpegLossless) || set.has(TS.jpegLosslessSV1)) && !JpegLosslessDecoder) {
+    JpegLosslessDecoder = (await import("@cornerstonejs/jpeg-lossless-decoder-js")).Decoder;
+  }
   if ((!needLs || codecs.charls) && (!needJ2k || codecs.openjpeg)) return;
   await loading;
   const require = createRequire(import.meta.url);

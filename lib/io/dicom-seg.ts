@@ -6,7 +6,6 @@
  */
 import { randomUUID } from "node:crypto";
 import { rename, rm, writeFile } from "node:fs/promises";
-import dcmjs from "dcmjs";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 import type { Volume } from "../types.js";
@@ -287,7 +286,8 @@ export async function writeDicomSeg(
     PixelData: [pixel.buffer],
     _vrMap: { PixelData: "OB" },
   };
-  const { DicomDict, DicomMetaDictionary } = dcmjs.data;
+  // dcmjs is loaded only here: importing it costs about half a second, which no other command should pay.
+  const { DicomDict, DicomMetaDictionary } = (await import("dcmjs")).default.data;
   const metaHeader = {
     FileMetaInformationVersion: new Uint8Array([0, 1]).buffer,
     MediaStorageSOPClassUID: SEG_SOP_CLASS,

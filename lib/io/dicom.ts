@@ -14,11 +14,11 @@
 import { readdir, stat, open } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { inflateRawSync } from "node:zlib";
-import dicomParser from "dicom-parser";
+import type dicomParser from "dicom-parser";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
 import type { Volume } from "../types.js";
 import { allocArray } from "../volume.js";
-import { decodeFrame, errText, prepareCodecs, SUPPORTED_TRANSFER_SYNTAXES, transferSyntaxName, TS, type PixelFormat } from "./dicom-pixels.js";
+import { decodeFrame, errText, loadDicomParser, prepareCodecs, SUPPORTED_TRANSFER_SYNTAXES, transferSyntaxName, TS, type PixelFormat } from "./dicom-pixels.js";
 
 export class DicomError extends Error {
   constructor(label: string, message: string) {
@@ -281,7 +281,7 @@ function sniff(b: Uint8Array): "part10" | "explicit" | "implicit" | null {
   return null;
 }
 
-function parse(bytes: Uint8Array, label: string, maxBytes: number): dicomParser.DataSet {
+function parse(dp: typeof dicomParser, bytes: Uint8Array, label: string, maxBytes: number): dicomParser.DataSet {
   const kind = sniff(bytes);
   if (!kind) throw new DicomError(label, "is not a DICOM file (no DICM marker at byte 128 and no data set at byte 0)");
   const options: dicomParser.ParseDicomOptions = {
@@ -301,7 +301,7 @@ function parse(bytes: Uint8Array, label: string, maxBytes: number): dicomParser.
   if (kind === "explicit") (options as { TransferSyntaxUID?: string }).TransferSyntaxUID = TS.explicitLE;
   if (kind === "implicit") (options as { TransferSyntaxUID?: string }).TransferSyntaxUID = TS.implicitLE;
   try {
-    return dicomParser.parseDicom(bytes, options);
+    return dp.parseDicom(bytes, options);
   } catch (e) {
     if (e instanceof DicomError) throw e;
     // dicom-parser throws strings, Errors, or { exception, dataSet } objects.
@@ -443,6 +443,7 @@ const cross = (a: readonly number[], b: readonly number[]): [number, number, num
 
 async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>) {
   const cands = await gather(src, opts.maxFiles, opts.maxFileBytes);
+  const dp = await loadDicomParser();
   const headers: Header[] = [];
   const skipped: string[] = [];
   const explicitList = typeof src !== "string" || cands.length === 1;
@@ -454,7 +455,7 @@ async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOption
       skipped.push(c.label); // a folder may hold DICOMDIR-less extras (README, .json …), as dcm2niix skips them
       continue;
     }
-    const ds = parse(bytes, c.label, opts.maxBytes);
+    const ds = parse(dp, bytes, c.label, opts.maxBytes);
     const h = header(ds, c.label);
     if (!h.hasPixels && !h.rows && (h.sopClassUid === "1.2.840.10008.1.3.10" || !h.seriesUid)) {
       if (explicitList) throw new DicomError(c.label, "holds no image (no Pixel Data, Rows or Columns)");
