@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { startWorker } from "../queue/worker.js";
 import { DEFAULT_QUEUE } from "../queue/common.js";
-import { intArg } from "./util.js";
+import { intArg, readLimits } from "./util.js";
 
 interface Opts {
   redis: string;
@@ -34,6 +34,7 @@ export function workerCommand(program: Command): void {
         lockMs: o.lockMs,
         stalledIntervalMs: o.stalledIntervalMs,
         maxStalled: o.maxStalled,
+        maxInputBytes: readLimits().maxBytes, // the global --max-input-mb
         log: (l) => process.stdout.write(l + "\n"),
       });
       await new Promise<void>((res) => {

@@ -204,12 +204,20 @@ async function caseStatus(queue: Queue<JobData, JobResult>, c: { case: string; j
 }
 
 /** The state of every case of a batch (the latest submitted when no id is given). */
-export async function batchStatus(o: QueueConnectionOptions & { batch?: string }): Promise<BatchStatus> {
+export async function batchStatus(o: QueueConnectionOptions & { batch?: string }, finished?: Map<string, CaseStatus>): Promise<BatchStatus> {
   const q = openQueue(o);
   try {
     const b = await loadBatch(q, o.batch);
+    // `finished`: cases already seen completed or failed are not asked again (following a large batch)
+    const one = async (c: { case: string; jobId: string }) => {
+      const known = finished?.get(c.jobId);
+      if (known) return known;
+      const st = await caseStatus(q.queue, c);
+      if (finished && (st.state === "completed" || st.state === "failed")) finished.set(c.jobId, st);
+      return st;
+    };
     const cases: CaseStatus[] = [];
-    for (let i = 0; i < b.cases.length; i += 64) cases.push(...(await Promise.all(b.cases.slice(i, i + 64).map((c) => caseStatus(q.queue, c)))));
+    for (let i = 0; i < b.cases.length; i += 64) cases.push(...(await Promise.all(b.cases.slice(i, i + 64).map(one))));
     const counts: Record<string, number> = {};
     for (const c of cases) counts[c.state] = (counts[c.state] ?? 0) + 1;
     const { cases: _omit, ...rest } = b;
@@ -278,8 +286,9 @@ export async function batchEvaluate(o: QueueConnectionOptions & { batch?: string
 
 /** Follows a batch until no case is waiting, active or delayed; calls back with the status each time. */
 export async function waitBatch(o: QueueConnectionOptions & { batch?: string; intervalMs?: number; onStatus?: (s: BatchStatus) => void }): Promise<BatchStatus> {
+  const finished = new Map<string, CaseStatus>();
   for (;;) {
-    const s = await batchStatus(o);
+    const s = await batchStatus(o, finished);
     o.onStatus?.(s);
     if ((s.counts.completed ?? 0) + (s.counts.failed ?? 0) + (s.counts.unknown ?? 0) === s.batch.total) return s;
     await new Promise((r) => setTimeout(r, o.intervalMs ?? 1000));
