@@ -352,8 +352,10 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
     lap("cleanup");
   }
   progress({ step: "postprocess", done: 2, total: 3 });
-  const { labels: cc } = await connectedComponents(out, { connectivity: (opts.cleanup && opts.cleanup.connectivity) || 26 });
-  const components = await componentStats(cc, { classes: out });
+  const { labels: cc, count } = await connectedComponents(out, { connectivity: (opts.cleanup && opts.cleanup.connectivity) || 26 });
+  // a prediction's components are bounded by its voxels: no cap here (the labels must not be lost
+  // to a noisy model's 10^5 specks; the service bounds what it returns)
+  const components = await componentStats(cc, { classes: out, maxComponents: count });
   const voxelMl = prod(ct.spacing) / 1000;
   const counts = new Float64Array(256);
   for (let i = 0; i < n; i++) counts[out.data[i]!]!++;
