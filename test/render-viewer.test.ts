@@ -75,3 +75,73 @@ test("with a token: the page and NiiVue answer without it, the API still asks fo
     await app.close();
   }
 });
+
+async function caseFiles() {
+  const { writeNifti } = await import("../lib/index.js");
+  const geo = { dims: [16, 16, 4] as [number, number, number], spacing: [2, 2, 5] as [number, number, number], affine: [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1] };
+  const lab = new Uint8Array(16 * 16 * 4);
+  for (let x = 2; x < 6; x++) lab[(1 * 16 + 3) * 16 + x] = 2; // IPH, 4 voxels of 20 mm³
+  lab[(3 * 16 + 12) * 16 + 12] = 5; // SDH, 1 voxel
+  const ct = join(dir, "case-ct.nii.gz"), labels = join(dir, "case-labels.nii");
+  await writeNifti(ct, { data: new Int16Array(16 * 16 * 4).fill(35), ...geo });
+  await writeNifti(labels, { data: lab, ...geo });
+  return { ct, labels };
+}
+
+test("a case loaded for `bhsd view`: case.json names it with its bleeds measured, the files served as given", async (t) => {
+  const { registerViewerCase } = await import("../lib/server/viewer.js");
+  const f = await caseFiles();
+  const app = await server();
+  try {
+    await registerViewerCase(app, f);
+    const info = JSON.parse((await app.inject({ method: "GET", url: "/viewer/case.json" })).body);
+    t.is(info.name, "case-ct.nii.gz");
+    t.is(info.ct, "viewer/case/ct");
+    t.deepEqual(info.report.components.map((c: { class: number; voxels: number }) => [c.class, c.voxels]).sort(), [[2, 4], [5, 1]]);
+    t.is(info.report.perClass["2"].volumeMl, 4 * 0.02);
+    t.is(info.report.labels, "viewer/case/labels");
+    t.deepEqual(Buffer.from((await app.inject({ method: "GET", url: "/viewer/case/ct" })).rawPayload), readFileSync(f.ct));
+    t.deepEqual(Buffer.from((await app.inject({ method: "GET", url: "/viewer/case/labels" })).rawPayload), readFileSync(f.labels));
+  } finally {
+    await app.close();
+  }
+  const other = await server();
+  try {
+    const { writeNifti } = await import("../lib/index.js");
+    const small = join(dir, "small.nii");
+    await writeNifti(small, { data: new Uint8Array(8), dims: [2, 2, 2], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] });
+    await t.throwsAsync(registerViewerCase(other, { ct: f.ct, labels: small }), { message: /2 × 2 × 2 voxels but the CT .* is 16 × 16 × 4/ });
+  } finally {
+    await other.close();
+  }
+});
+
+test("bhsd view CT LABELS prints the URL of a viewer with that case, and stops on SIGTERM", async (t) => {
+  const { spawn } = await import("node:child_process");
+  const f = await caseFiles();
+  const cli = process.env.BHSD_TEST_CLI ?? join(ROOT, "dist", "cli", "main.js");
+  const child = spawn(process.execPath, [cli, "view", f.ct, f.labels], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, BHSD_TOKEN: "" } });
+  let err = "";
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+      const m = /^(http:\/\/127\.0\.0\.1:\d+\/)\n/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    child.on("exit", (code) => reject(new Error(`bhsd view exited ${code}: ${err}`)));
+    setTimeout(() => reject(new Error(`no URL after 60 s: ${out} ${err}`)), 60_000);
+  });
+  try {
+    const page = await fetch(url);
+    t.is(page.status, 200);
+    t.regex(await page.text(), /viewer\/case\.json/);
+    const info = await (await fetch(new URL("viewer/case.json", url))).json();
+    t.is(info.report.components.length, 2);
+  } finally {
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    child.kill("SIGTERM");
+    t.is(await exited, 0);
+  }
+});

@@ -12,6 +12,7 @@ import { phantomCommand } from "./phantom.js";
 import { segmentCommand } from "./segment.js";
 import { serveCommand } from "./serve.js";
 import { trainCommand } from "./train.js";
+import { viewCommand } from "./view.js";
 import { workerCommand } from "./worker.js";
 import { DEFAULT_MAX_INPUT_MB, intArg, setMaxInputMb } from "./util.js";
 
@@ -44,6 +45,7 @@ serveCommand(program);
 benchCommand(program);
 phantomCommand(program);
 trainCommand(program);
+viewCommand(program);
 demoCommand(program);
 workerCommand(program);
 batchCommand(program);

@@ -8,9 +8,11 @@
  * and the script are public (they hold nothing); the API keeps its authentication.
  */
 import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { PACKAGE_ROOT } from "../backends/paths.js";
+import { readNifti } from "../io/nifti.js";
+import { componentStats, connectedComponents } from "../ops/components.js";
 import { classColor } from "../render/overlay.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 
@@ -39,6 +41,51 @@ export async function niivueModule(path = niivuePath()): Promise<Buffer> {
 export function viewerPage(): string {
   const classes = Object.entries(BHSD_CLASSES).map(([k, name]) => ({ k: Number(k), name, rgb: classColor(Number(k)) }));
   return PAGE.replace("__CLASSES__", JSON.stringify(classes).replace(/</g, "\\u003c"));
+}
+
+export interface ViewerCase {
+  /** The CT (NIfTI path). */
+  ct: string;
+  /** Its labels (NIfTI path); without them the page segments the CT with the service's model. */
+  labels?: string;
+}
+
+/**
+ * Loads a case into the viewer (`bhsd view`): `viewer/case.json` names it, `viewer/case/ct` and
+ * `viewer/case/labels` serve the files as given; the labels' bleeds are measured here. Call before
+ * the server listens.
+ */
+export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, readOptions?: { maxBytes?: number }): Promise<void> {
+  const ctBytes = await readFile(c.ct);
+  const ct = await readNifti(ctBytes, readOptions);
+  let report: Record<string, unknown> | null = null;
+  let labelBytes: Buffer | null = null;
+  if (c.labels) {
+    labelBytes = await readFile(c.labels);
+    const labels = await readNifti(labelBytes, readOptions);
+    if (labels.dims.join() !== ct.dims.join()) throw new RangeError(`labels ${c.labels} are ${labels.dims.join(" × ")} voxels but the CT ${c.ct} is ${ct.dims.join(" × ")}`);
+    const lab = Uint8Array.from(labels.data as ArrayLike<number>, (v, i) => {
+      if (!(v >= 0 && v <= 255 && Number.isInteger(v))) throw new RangeError(`labels ${c.labels}: voxel ${i} is ${v}, not a label 0..255`);
+      return v;
+    });
+    const lv = { data: lab, dims: labels.dims, spacing: labels.spacing, affine: labels.affine };
+    const cc = await connectedComponents(lv, { connectivity: 26, perClass: true });
+    const components = await componentStats(cc.labels, { classes: lab });
+    const voxelMl = (labels.spacing[0] * labels.spacing[1] * labels.spacing[2]) / 1000;
+    const perClass: Record<string, { name: string; voxels: number; volumeMl: number }> = {};
+    for (const [k, name] of Object.entries(BHSD_CLASSES)) perClass[k] = { name, voxels: 0, volumeMl: 0 };
+    for (const v of lab) if (v) (perClass[String(v)] ??= { name: `class ${v}`, voxels: 0, volumeMl: 0 }).voxels++;
+    for (const k of Object.keys(perClass)) perClass[k]!.volumeMl = perClass[k]!.voxels * voxelMl;
+    report = { labels: "viewer/case/labels", classes: { ...BHSD_CLASSES }, perClass, components, source: basename(c.labels) };
+  }
+  const name = (p: string) => (/\.nii(\.gz)?$/i.test(p) ? basename(p) : basename(p) + (ctBytes[0] === 0x1f ? ".nii.gz" : ".nii"));
+  const info = { name: name(c.ct), ct: "viewer/case/ct", report };
+  app.get("/viewer/case.json", { schema: { hide: true } }, async (_req, reply) => reply.type("application/json").send(info));
+  app.get("/viewer/case/ct", { schema: { hide: true } }, async (_req, reply) => reply.type("application/octet-stream").send(ctBytes));
+  if (labelBytes) {
+    const lb = labelBytes;
+    app.get("/viewer/case/labels", { schema: { hide: true } }, async (_req, reply) => reply.type("application/octet-stream").send(lb));
+  }
 }
 
 export async function registerViewer(app: FastifyInstance): Promise<void> {
@@ -136,7 +183,7 @@ function upload(file) {
 }
 
 let nv = null;
-async function show(file, report) {
+async function show(src, report) {
   const { Niivue } = await import(api("viewer/niivue.js"));
   if (!nv) {
     // radiological convention, as the report's pictures: the patient's right on the viewer's left
@@ -144,9 +191,8 @@ async function show(file, report) {
     await nv.attachToCanvas($("gl"));
   }
   const labelsUrl = api(report.labels);
-  const ctUrl = URL.createObjectURL(file);
   await nv.loadVolumes([
-    { url: ctUrl, name: file.name, colormap: "gray", cal_min: 0, cal_max: 80 },
+    { url: src.url, name: src.name, headers: headers(), colormap: "gray", cal_min: 0, cal_max: 80 },
     { url: labelsUrl, name: "labels.nii.gz", headers: headers(), opacity: 0.6 },
   ]);
   const lut = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: [""] };
@@ -173,8 +219,8 @@ async function show(file, report) {
   const links = [];
   if (labels.ok) links.push('<a download="labels.nii.gz" href="' + URL.createObjectURL(await labels.blob()) + '">labels (NIfTI)</a>');
   links.push('<a download="report.json" href="' + URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" })) + '">report (JSON)</a>');
-  $("downloads").innerHTML = links.join(" · ") + " (results expire after " + report.expiresInS + " s)";
-  status(report.components.length + " bleed(s); model " + report.model + " on " + report.backend + ".");
+  $("downloads").innerHTML = links.join(" · ") + (report.expiresInS ? " (results expire after " + report.expiresInS + " s)" : "");
+  status(report.components.length + " bleed(s)" + (report.model ? "; model " + report.model + " on " + report.backend + "." : "; labels from " + report.source + "."));
   window.bhsdViewer = { nv, report };
 }
 
@@ -183,7 +229,7 @@ async function run(file) {
   try {
     status("Uploading");
     const report = await upload(file);
-    await show(file, report);
+    await show({ url: URL.createObjectURL(file), name: file.name }, report);
   } catch (e) {
     status(e.message, true);
   }
@@ -193,6 +239,15 @@ const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); run(e.dataTransfer.files[0]); });
-loadModels();
+// a case loaded by \`bhsd view\`: its labels shown at once, or the CT segmented as if dropped
+async function loadCase() {
+  const r = await fetch(api("viewer/case.json"), { headers: headers() });
+  if (!r.ok) return;
+  const c = await r.json();
+  if (c.report) return show({ url: api(c.ct), name: c.name }, c.report).catch((e) => status(e.message, true));
+  const ct = await fetch(api(c.ct), { headers: headers() });
+  if (ct.ok) run(new File([await ct.blob()], c.name));
+}
+loadModels().then(loadCase);
 </script></body></html>
 `;
