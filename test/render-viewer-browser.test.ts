@@ -90,3 +90,50 @@ const CHROMIUM = [process.env.BHSD_CHROMIUM, "/usr/bin/chromium-headless-shell",
     await app.close();
   }
 });
+
+(CHROMIUM ? test : test.skip)("behind a path prefix (a proxy serving the service under /bhsd/): the page, NiiVue, the API and a `bhsd view` case all load", async (t) => {
+  t.timeout(120_000);
+  const puppeteer = (await import("puppeteer-core")).default;
+  const http = await import("node:http");
+  const { registerViewerCase } = await import("../lib/server/viewer.js");
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-prefix-"));
+  const geo = { dims: [32, 32, 6] as [number, number, number], spacing: [4, 4, 5] as [number, number, number], affine: [4, 0, 0, -64, 0, 4, 0, -64, 0, 0, 5, 0, 0, 0, 0, 1] };
+  const lab = new Uint8Array(32 * 32 * 6);
+  for (let y = 10; y < 16; y++) for (let x = 10; x < 16; x++) lab[(3 * 32 + y) * 32 + x] = 2;
+  await writeNifti(join(dir, "ct.nii.gz"), { data: new Int16Array(32 * 32 * 6).fill(30), ...geo });
+  await writeNifti(join(dir, "labels.nii.gz"), { data: lab, ...geo });
+  const app = await createServer({ modelDir: join(ROOT, "models"), logger: false, resultDir: mkdtempSync(join(dir, "results-")) });
+  await registerViewerCase(app, { ct: join(dir, "ct.nii.gz"), labels: join(dir, "labels.nii.gz") });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  const port = (app.server.address() as { port: number }).port;
+  // the proxy: /bhsd/X → the service's /X; anything else 404, so an absolute address in the page fails
+  const proxy = http.createServer((req, res) => {
+    if (!req.url!.startsWith("/bhsd/")) return void res.writeHead(404).end("outside the prefix");
+    const up = http.request({ host: "127.0.0.1", port, path: req.url!.slice(5), method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode!, r.headers);
+      r.pipe(res);
+    });
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  const pport = (proxy.address() as { port: number }).port;
+  const browser = await puppeteer.launch({ executablePath: CHROMIUM!, args: ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"] });
+  try {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+    page.on("pageerror", (e) => errors.push(String(e)));
+    const outside: string[] = [];
+    page.on("request", (r) => !new URL(r.url()).pathname.startsWith("/bhsd/") && !r.url().startsWith("blob:") && !r.url().startsWith("data:") && outside.push(r.url()));
+    await page.goto(`http://127.0.0.1:${pport}/bhsd/`);
+    await page.waitForFunction(() => /bleed\(s\)|rror|answered/.test(document.getElementById("status")!.textContent ?? ""), { timeout: 60_000 });
+    t.is(await page.$eval("#status", (e) => e.textContent), "1 bleed(s); labels from labels.nii.gz.");
+    t.is(await page.$eval("#model", (e) => (e as HTMLSelectElement).value), "demo", "v1/info reached through the prefix");
+    t.deepEqual(outside, [], "every request stayed under the prefix");
+    t.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    proxy.close();
+    await app.close();
+  }
+});
