@@ -74,8 +74,7 @@ type Stored = Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | 
 
 /**
  * The stored values of the frame, one per pixel, as a typed array of BitsAllocated bits with the
- * sign of PixelRepresentation; signed values with BitsStored < BitsAllocated are sign-extended from
- * HighBit as pydicom does.
+ * sign of PixelRepresentation (the whole word, as dcm2niix and pydicom read it).
  */
 export function decodeFrame(dataSet: dicomParser.DataSet, fmt: PixelFormat, fail: (msg: string) => never): Stored {
   const el = dataSet.elements.x7fe00010;
@@ -127,12 +126,9 @@ function typed(raw: Uint8Array, fmt: PixelFormat): Stored {
   if (bytesPer === 1) out = signed ? new Int8Array(buf.buffer, buf.byteOffset, n) : new Uint8Array(buf.buffer, buf.byteOffset, n);
   else if (bytesPer === 2) out = signed ? new Int16Array(buf.buffer, buf.byteOffset, n) : new Uint16Array(buf.buffer, buf.byteOffset, n);
   else out = signed ? new Int32Array(buf.buffer, buf.byteOffset, n) : new Uint32Array(buf.buffer, buf.byteOffset, n);
-  if (signed && fmt.bitsStored < fmt.bitsAllocated) {
-    // Sign-extend from the stored bits (HighBit = BitsStored − 1 is checked by the caller).
-    if (buf === raw) out = out.slice() as Stored;
-    const shift = 32 - fmt.bitsStored;
-    for (let i = 0; i < n; i++) out[i] = ((out[i]! << shift) >> shift);
-  }
+  // BitsStored < BitsAllocated: the whole word is taken as stored, as dcm2niix and pydicom 2.3 do
+  // (no sign extension from HighBit, no masking): scanners write sign-extended words, and a volume
+  // here must equal dcm2niix's conversion.
   return out;
 }
 

@@ -677,7 +677,9 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   const h0 = slices[0]!;
   const nx = h0.columns, ny = h0.rows, nz = slices.length;
   const n = nx * ny * nz;
-  // Output type: int16 when every slice's rescale is exact in int16 over its stored range.
+  // Output type: int16 when every slice's slope and intercept are integers and the words stored
+  // (BitsStored bits, as scanners write them) rescale inside int16; a word outside BitsStored that
+  // leaves int16 (unused high bits set) is found while converting, and the volume is redone as float32.
   const storedMin = h0.pixelRepresentation === 1 ? -(2 ** (h0.bitsStored - 1)) : 0;
   const storedMax = h0.pixelRepresentation === 1 ? 2 ** (h0.bitsStored - 1) - 1 : 2 ** h0.bitsStored - 1;
   let asInt16 = true;
@@ -689,49 +691,58 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     const a = h.slope * storedMin + h.intercept, b = h.slope * storedMax + h.intercept;
     if (Math.min(a, b) < -32768 || Math.max(a, b) > 32767) asInt16 = false;
   }
-  // Stored ranges wider than int16 may still fit once decoded; decided per value below.
-  const bytes = n * (asInt16 ? 2 : 4);
-  if (bytes > opts.maxBytes) throw new DicomError(where, `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`);
+  const checkBytes = (bytes: number) => {
+    if (bytes > opts.maxBytes) throw new DicomError(where, `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`);
+  };
+  checkBytes(n * (asInt16 ? 2 : 4));
   const studyAttributes = studyAttributesOf(h0.dataSet);
   await prepareCodecs(slices.map((h) => h.transferSyntax));
-  let data: Int16Array | Float32Array = allocArray(asInt16 ? "int16" : "float32", n, "DICOM volume") as Int16Array | Float32Array;
   const plane = nx * ny;
-  for (let k = 0; k < nz; k++) {
-    const h = slices[k]!;
-    const fmt: PixelFormat = {
-      rows: ny,
-      columns: nx,
-      bitsAllocated: h.bitsAllocated,
-      bitsStored: h.bitsStored,
-      highBit: h.highBit,
-      pixelRepresentation: h.pixelRepresentation,
-      transferSyntax: h.transferSyntax,
-      littleEndian: h.transferSyntax !== TS.explicitBE,
-    };
-    const stored = decodeFrame(h.dataSet, fmt, (msg) => {
-      throw new DicomError(h.label, msg);
-    });
-    const base = k * plane;
-    const s = h.slope, c = h.intercept;
-    if (asInt16) {
-      const d = data as Int16Array;
+  /** Decodes every slice into `data`; false when an int16 volume meets a value outside int16. */
+  const fill = async (data: Int16Array | Float32Array, progress: boolean): Promise<boolean> => {
+    const int16 = data instanceof Int16Array;
+    for (let k = 0; k < nz; k++) {
+      const h = slices[k]!;
+      const fmt: PixelFormat = {
+        rows: ny,
+        columns: nx,
+        bitsAllocated: h.bitsAllocated,
+        bitsStored: h.bitsStored,
+        highBit: h.highBit,
+        pixelRepresentation: h.pixelRepresentation,
+        transferSyntax: h.transferSyntax,
+        littleEndian: h.transferSyntax !== TS.explicitBE,
+      };
+      const stored = decodeFrame(h.dataSet, fmt, (msg) => {
+        throw new DicomError(h.label, msg);
+      });
+      const base = k * plane;
+      const s = h.slope, c = h.intercept;
+      let lo = 0, hi = 0;
       for (let r = 0; r < ny; r++) {
         const src = r * nx, dst = base + (ny - 1 - r) * nx;
-        for (let i = 0; i < nx; i++) d[dst + i] = stored[src + i]! * s + c;
+        for (let i = 0; i < nx; i++) {
+          const v = stored[src + i]! * s + c;
+          data[dst + i] = v;
+          if (v < lo) lo = v;
+          else if (v > hi) hi = v;
+        }
       }
-    } else {
-      const d = data as Float32Array;
-      for (let r = 0; r < ny; r++) {
-        const src = r * nx, dst = base + (ny - 1 - r) * nx;
-        for (let i = 0; i < nx; i++) d[dst + i] = stored[src + i]! * s + c;
-      }
+      if (int16 && (lo < -32768 || hi > 32767)) return false;
+      if (progress) opts.onProgress?.(k + 1, nz);
+      // Decoding runs on this thread: give the event loop a turn between slices of compressed data
+      // (a server keeps answering), and every 16 slices otherwise.
+      if (h.transferSyntax !== TS.explicitLE && h.transferSyntax !== TS.implicitLE ? true : k % 16 === 15) await new Promise((r) => setImmediate(r));
     }
-    (h as { dataSet: unknown }).dataSet = null; // let the file's bytes go
-    opts.onProgress?.(k + 1, nz);
-    // Decoding runs on this thread: give the event loop a turn between slices of compressed data
-    // (a server keeps answering), and every 16 slices otherwise.
-    if (h.transferSyntax !== TS.explicitLE && h.transferSyntax !== TS.implicitLE ? true : k % 16 === 15) await new Promise((r) => setImmediate(r));
+    return true;
+  };
+  let data: Int16Array | Float32Array = allocArray(asInt16 ? "int16" : "float32", n, "DICOM volume") as Int16Array | Float32Array;
+  if (!(await fill(data, true))) {
+    checkBytes(n * 4);
+    data = allocArray("float32", n, "DICOM volume") as Float32Array;
+    await fill(data, false);
   }
+  for (const h of slices) (h as { dataSet: unknown }).dataSet = null; // let the files' bytes go
   const warnings: string[] = [];
   if (p.dropped.length) warnings.push(`${p.dropped.length} localizer image(s) left out`);
   if (skipped.length) warnings.push(`${skipped.length} file(s) that are not DICOM images skipped`);
