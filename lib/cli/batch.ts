@@ -42,7 +42,7 @@ export function batchCommand(program: Command): void {
   const batch = program.command("batch").description("segment a dataset on a Redis queue shared by any number of `bhsd worker`s");
 
   common(batch.command("submit"), false)
-    .description("one job per case (BHSD layout: images/ and \"ground truths\"/, or a folder of NIfTI files); a case already done with the same CT and model is not redone")
+    .description("one job per case (BHSD layout: images/ and \"ground truths\"/, or a folder of NIfTI files, DICOM series folders and zips of one; a case already done with the same CT and model is not redone, and identical CTs share one job and its label file, which batch results names)")
     .requiredOption("--data <dir>", "dataset folder (every worker must reach it at this path)")
     .requiredOption("--model <name>", "model name (<name>.onnx in the workers' --model-dir)")
     .option("--model-dir <dir>", "where this machine finds the model to fingerprint it (default BHSD_MODEL_DIR or the package's models/)")

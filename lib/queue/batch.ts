@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { open, readdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Queue, type Job, type JobState } from "bullmq";
 import { readNifti } from "../io/nifti.js";
@@ -25,8 +25,8 @@ import {
   decodeNumbers,
   defaultModelDir,
   modelHash as hashModel,
+  hashInput,
   segmentJobId,
-  sha256File,
   type BatchRecord,
   type JobData,
   type JobResult,
@@ -41,7 +41,7 @@ export interface QueueConnectionOptions {
 }
 
 export interface SubmitOptions extends QueueConnectionOptions {
-  /** BHSD layout (images/ and "ground truths"/) or a folder of NIfTI files. */
+  /** BHSD layout (images/ and "ground truths"/) or a folder of NIfTI files, DICOM series folders or zips of one. */
   data: string;
   model: string;
   /** Where the submitter finds the model to fingerprint it (default BHSD_MODEL_DIR or the package's models/); a model missing there is keyed by name alone. */
@@ -66,14 +66,35 @@ export interface SubmitResult {
   retried: number;
 }
 
+/** A folder whose first file (by name) is a DICOM part-10 file ("DICM" at byte 128). */
+async function holdsDicom(dir: string): Promise<boolean> {
+  const first = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort()[0];
+  if (!first) return false;
+  const fh = await open(join(dir, first), "r");
+  try {
+    const b = Buffer.alloc(132);
+    const { bytesRead } = await fh.read(b, 0, 132, 0);
+    return bytesRead === 132 && b.toString("latin1", 128, 132) === "DICM";
+  } finally {
+    await fh.close();
+  }
+}
+
 /** The cases of a dataset folder: images and, in BHSD's layout, the ground-truth folder. */
-export async function datasetCases(data: string): Promise<{ images: string; gtDir: string | null; files: { case: string; path: string }[] }> {
+export async function datasetCases(data: string, skip?: string): Promise<{ images: string; gtDir: string | null; files: { case: string; path: string }[] }> {
   const root = resolve(data);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`--data ${data} is not a folder`);
   const images = existsSync(join(root, "images")) ? join(root, "images") : root;
   const gtDir = existsSync(join(root, "ground truths")) ? join(root, "ground truths") : null;
-  const files = (await readdir(images)).filter((f) => NIFTI.test(f)).sort().map((f) => ({ case: caseName(f), path: join(images, f) }));
-  if (!files.length) throw new Error(`--data ${data}: no .nii or .nii.gz files in ${images}`);
+  // NIfTI files, zips of a DICOM series, and folders holding DICOM files (one series each)
+  const files: { case: string; path: string }[] = [];
+  for (const e of (await readdir(images, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const path = join(images, e.name);
+    if (e.isFile() && NIFTI.test(e.name)) files.push({ case: caseName(e.name), path });
+    else if (e.isFile() && /\.zip$/i.test(e.name)) files.push({ case: e.name.replace(/\.zip$/i, ""), path });
+    else if (e.isDirectory() && path !== skip && (await holdsDicom(path))) files.push({ case: e.name, path });
+  }
+  if (!files.length) throw new Error(`--data ${data}: no .nii or .nii.gz files, DICOM folders or zips in ${images}`);
   const seen = new Set<string>();
   for (const f of files) {
     if (seen.has(f.case)) throw new Error(`--data ${data}: two files for case ${f.case}`);
@@ -98,8 +119,8 @@ export function openQueue(o: QueueConnectionOptions) {
 }
 
 export async function submitBatch(o: SubmitOptions): Promise<SubmitResult> {
-  const { gtDir, files } = await datasetCases(o.data);
   const out = resolve(o.out ?? join(o.data, "predictions"));
+  const { gtDir, files } = await datasetCases(o.data, out);
   const modelFile = join(defaultModelDir(o.modelDir), `${o.model}.onnx`);
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(o.model) || o.model.includes("..")) throw new Error(`--model must be a plain model name, got ${JSON.stringify(o.model)}`);
   const modelHash = existsSync(modelFile) ? await hashModel(modelFile) : null;
@@ -110,7 +131,7 @@ export async function submitBatch(o: SubmitOptions): Promise<SubmitResult> {
     const batch: BatchRecord = { id, created: new Date().toISOString(), data: resolve(o.data), gtDir, model: o.model, modelHash, out, cases: [] };
     let added = 0, done = 0, pending = 0, retried = 0, k = 0;
     for (const f of files) {
-      const inputHash = await sha256File(f.path);
+      const inputHash = await hashInput(f.path);
       const jobId = segmentJobId(inputHash, o.model, modelHash, mirror);
       const gtPath = gtDir ? [".nii.gz", ".nii"].map((e) => join(gtDir, f.case + e)).find((p) => existsSync(p)) : undefined;
       const data: SegmentJobData = {
@@ -210,10 +231,12 @@ export async function batchStatus(o: QueueConnectionOptions & { batch?: string }
     const b = await loadBatch(q, o.batch);
     // `finished`: cases already seen completed or failed are not asked again (following a large batch)
     const one = async (c: { case: string; jobId: string }) => {
-      const known = finished?.get(c.jobId);
+      // keyed by case and job: two cases with the same bytes share one job
+      const key = `${c.case}\n${c.jobId}`;
+      const known = finished?.get(key);
       if (known) return known;
       const st = await caseStatus(q.queue, c);
-      if (finished && (st.state === "completed" || st.state === "failed")) finished.set(c.jobId, st);
+      if (finished && (st.state === "completed" || st.state === "failed")) finished.set(key, st);
       return st;
     };
     const cases: CaseStatus[] = [];

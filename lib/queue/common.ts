@@ -7,9 +7,10 @@
  * reaches: NFS, a mounted volume), never voxels.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readdirSync } from "node:fs";
+import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
+import { readdir } from "node:fs/promises";
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
 import { PACKAGE_ROOT } from "../backends/paths.js";
 import type { CaseMetrics } from "../metrics/evaluate.js";
@@ -20,9 +21,9 @@ export const DEFAULT_QUEUE = "bhsd";
 export interface SegmentJobData {
   kind: "segment";
   case: string;
-  /** Absolute path of the CT, as every worker sees it. */
+  /** Absolute path of the CT (a NIfTI file, a DICOM series folder or zip), as every worker sees it. */
   input: string;
-  /** sha256 of the CT file's bytes at submission; a worker that reads other bytes fails the job. */
+  /** hashInput of the CT at submission; a worker that reads other bytes fails the job. */
   inputHash: string;
   /** Model name, resolved in the worker's --model-dir. */
   model: string;
@@ -95,6 +96,25 @@ export function sha256File(path: string): Promise<string> {
       .on("error", rej)
       .on("end", () => res(h.digest("hex")));
   });
+}
+
+/**
+ * sha256 of a case's input: a file's bytes, or for a DICOM folder every file below it (relative
+ * path and bytes, in sorted order), so that a changed, added or removed slice is a new input.
+ */
+export async function hashInput(path: string): Promise<string> {
+  if (!statSync(path).isDirectory()) return sha256File(path);
+  const files: string[] = [];
+  const walk = async (dir: string) => {
+    for (const e of (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+      if (e.isDirectory()) await walk(join(dir, e.name));
+      else if (e.isFile()) files.push(join(dir, e.name));
+    }
+  };
+  await walk(path);
+  const h = createHash("sha256");
+  for (const f of files) h.update(`${relative(path, f)}\0${await sha256File(f)}\n`);
+  return h.digest("hex");
 }
 
 /** The job id of a segmentation: the same CT bytes with the same model are one job, whoever submits them. */

@@ -14,6 +14,7 @@ import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import { UnrecoverableError, Worker, type Job } from "bullmq";
 import { backendInfo } from "../backends/index.js";
+import { readCt } from "../io/ct.js";
 import { readNifti, writeNifti } from "../io/nifti.js";
 import { evaluate } from "../metrics/evaluate.js";
 import { loadModel, type Model } from "../model/model.js";
@@ -25,7 +26,7 @@ import {
   encodeNumbers,
   modelHash,
   modelPath,
-  sha256File,
+  hashInput,
   workerName,
   type EvaluateJobData,
   type JobData,
@@ -81,7 +82,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
   }
 
   async function runSegment(job: Job<JobData, JobResult>, d: SegmentJobData, t0: number): Promise<JobResult> {
-    const hash = await sha256File(d.input);
+    const hash = await hashInput(d.input);
     if (hash !== d.inputHash) throw new UnrecoverableError(`${d.input} changed since it was submitted (sha256 ${hash.slice(0, 12)}…, submitted ${d.inputHash.slice(0, 12)}…); submit it again`);
     let m;
     try {
@@ -91,7 +92,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
       throw new Error(`worker ${name}: ${(e as Error).message}`);
     }
     if (d.modelHash && d.modelHash !== m.hash) throw new UnrecoverableError(`worker ${name}: model "${d.model}" in ${modelDir} is not the one submitted (sha256 ${m.hash.slice(0, 12)}…, submitted ${d.modelHash.slice(0, 12)}…)`);
-    const ct = await readNifti(d.input, read);
+    const ct = await readCt(d.input, read);
     let last = 0;
     const { labels, report } = await segment(ct, m.model, {
       mirror: !!d.mirror,
