@@ -441,7 +441,9 @@ const cross = (a: readonly number[], b: readonly number[]): [number, number, num
   a[0]! * b[1]! - a[1]! * b[0]!,
 ];
 
-async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>) {
+/** Parses every file; with `keep`, files of other series are dropped at once (their UIDs noted). */
+async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>, keep?: string) {
+  const others = new Set<string>();
   const cands = await gather(src, opts.maxFiles, opts.maxFileBytes);
   const dp = await loadDicomParser();
   const headers: Header[] = [];
@@ -462,9 +464,10 @@ async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOption
       skipped.push(c.label); // DICOMDIR and other non-image objects
       continue;
     }
-    headers.push(h);
+    if (keep !== undefined && h.seriesUid !== keep) others.add(h.seriesUid || "(no SeriesInstanceUID)");
+    else headers.push(h);
   }
-  return { headers, skipped, count: cands.length };
+  return { headers, skipped, count: cands.length, others };
 }
 
 function resolvedOptions(options: unknown) {
@@ -655,7 +658,10 @@ function group(headers: Header[]): Map<string, Header[]> {
 export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDicomOptions): Promise<DicomVolume> {
   const opts = resolvedOptions(options);
   const where = typeof pathOrFiles === "string" ? pathOrFiles : "";
-  const { headers, skipped } = await readHeaders(pathOrFiles, opts);
+  const { headers, skipped, others } = await readHeaders(pathOrFiles, opts, opts.seriesUid);
+  if (opts.seriesUid !== undefined && headers.length === 0 && others.size > 0) {
+    throw new DicomError(where, `holds no series with SeriesInstanceUID ${opts.seriesUid} (it holds ${[...others].join(", ")})`);
+  }
   if (headers.length === 0) throw new DicomError(where, "holds no DICOM image");
   const bySeries = group(headers);
   let hs: Header[];
