@@ -10,7 +10,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readNifti } from "../lib/io/nifti.js";
+import { readNifti, writeNifti } from "../lib/io/nifti.js";
 import { DICOM_FIXTURES, pydicomPython, runPython } from "./dicom-helpers.js";
 import { ROOT } from "./paths.js";
 
@@ -81,4 +81,17 @@ print(json.dumps(out))
   }
   t.true(nonzero > 0, "the demo model finds blood in the fixture's head");
   t.is(diff, 0);
+});
+
+test("bhsd evaluate --html --ct <dicom folder>: the CT read from DICOM under labels on dcm2niix's grid", async (t) => {
+  t.timeout(240_000);
+  const ref = await readNifti(join(DICOM_FIXTURES, "reference", "A_axial", "2_Head_5mm.nii.gz"));
+  const lab = new Uint8Array(ref.data.length);
+  for (let i = 0; i < lab.length; i += 97) lab[i] = 2;
+  const gt = join(tmp, "gt.nii.gz");
+  await writeNifti(gt, { data: lab, dims: ref.dims, spacing: ref.spacing, affine: ref.affine });
+  const html = join(tmp, "eval.html");
+  const r = cli(["evaluate", "--gt", gt, "--pred", gt, "--ct", join(DICOM_FIXTURES, "cases", "A_axial"), "--html", html]);
+  t.is(r.status, 0, r.stderr);
+  t.true(readFileSync(html, "utf8").includes("<html"));
 });

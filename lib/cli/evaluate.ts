@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { stat, writeFile } from "node:fs/promises";
 import { readNifti } from "../io/nifti.js";
+import { readCt } from "../io/ct.js";
 import { toJson } from "../json.js";
 import { casesToCsv, summaryToCsv } from "../metrics/csv.js";
 import { evaluateDataset } from "../metrics/dataset.js";
@@ -62,7 +63,7 @@ export function evaluateCommand(program: Command): void {
     .option("--nsd-tolerance <mm>", "NSD tolerance in mm", numberArg("--nsd-tolerance", 0), 1)
     .option("--missing-as-empty", "score a missing prediction as empty instead of listing it only")
     .option("--html <file>", "one case: write a self-contained HTML report, truth and prediction side by side")
-    .option("--ct <file>", "the CT under the labels, for the --html pictures (without it the labels are drawn on black)")
+    .option("--ct <file>", "the CT under the labels (NIfTI, DICOM folder or zip), for the --html pictures (without it the labels are drawn on black)")
     .option("--json", "machine-readable output")
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
@@ -85,7 +86,7 @@ export function evaluateCommand(program: Command): void {
           const gt = await readNifti(o.gt, readLimits()), pred = await readNifti(o.pred, readLimits());
           const m = await evaluate(gt, pred, evalOpts);
           if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv([{ case: o.gt, metrics: m }])));
-          if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: o.ct ? await readNifti(o.ct, readLimits()) : { ...gt, data: new Int16Array(gt.data.length) }, labels: pred, truth: gt, metrics: m, caseName: o.pred })));
+          if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: o.ct ? await readCt(o.ct, readLimits()) : { ...gt, data: new Int16Array(gt.data.length) }, labels: pred, truth: gt, metrics: m, caseName: o.pred })));
           return m;
         });
         if (o.json) return void process.stdout.write(toJson(m) + "\n");
