@@ -38,6 +38,9 @@ test("GET / is a page whose every address is relative, whose script parses, and 
     t.regex(script, /api\("v1\/segment\?"/);
     t.regex(script, /import\(api\("viewer\/niivue\.js"\)\)/);
     t.notRegex(script, /fetch\("\//, "no absolute path");
+    const none = await app.inject({ method: "GET", url: "/viewer/case.json" });
+    t.is(none.statusCode, 200, "no case loaded: answered, not a failed request in the page");
+    t.is(none.body, "null");
   } finally {
     await app.close();
   }

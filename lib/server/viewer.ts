@@ -79,8 +79,7 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
     report = { labels: "viewer/case/labels", classes: { ...BHSD_CLASSES }, perClass, components, source: basename(c.labels) };
   }
   const name = (p: string) => (/\.nii(\.gz)?$/i.test(p) ? basename(p) : basename(p) + (ctBytes[0] === 0x1f ? ".nii.gz" : ".nii"));
-  const info = { name: name(c.ct), ct: "viewer/case/ct", report };
-  app.get("/viewer/case.json", { schema: { hide: true } }, async (_req, reply) => reply.type("application/json").send(info));
+  CASES.set(app, { name: name(c.ct), ct: "viewer/case/ct", report });
   app.get("/viewer/case/ct", { schema: { hide: true } }, async (_req, reply) => reply.type("application/octet-stream").send(ctBytes));
   if (labelBytes) {
     const lb = labelBytes;
@@ -88,9 +87,14 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
   }
 }
 
+/** The case `bhsd view` loaded into each server, if any. */
+const CASES = new WeakMap<FastifyInstance, { name: string; ct: string; report: Record<string, unknown> | null }>();
+
 export async function registerViewer(app: FastifyInstance): Promise<void> {
   let bundle: Promise<Buffer> | null = null;
   const page = viewerPage();
+  // the loaded case, or null: always answered, so that a page without one logs no failed request
+  app.get("/viewer/case.json", { schema: { hide: true } }, async (_req, reply) => reply.type("application/json").send(JSON.stringify(CASES.get(app) ?? null)));
   app.get("/", { schema: { hide: true } }, async (_req, reply) => reply.type("text/html; charset=utf-8").header("cache-control", "no-cache").send(page));
   app.get("/viewer/niivue.js", { schema: { hide: true } }, async (_req, reply) => {
     bundle ??= niivueModule();
@@ -144,13 +148,15 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&
 
 async function loadModels() {
   const r = await fetch(api("v1/info"), { headers: headers() });
-  if (r.status === 401) return status("This service needs a token: type it above.", true);
-  if (!r.ok) return status("v1/info answered " + r.status, true);
+  if (r.status === 401) return status("This service needs a token: type it above.", true), false;
+  if (!r.ok) return status("v1/info answered " + r.status, true), false;
   const info = await r.json();
   $("model").innerHTML = info.models.map((m) => '<option>' + esc(m) + '</option>').join("");
   status(info.models.length ? "Ready: drop a CT." : "The service has no model.", !info.models.length);
+  return true;
 }
-tokenBox.addEventListener("change", () => { sessionStorage.setItem("bhsd-token", tokenBox.value); loadModels(); });
+const start = () => loadModels().then((ok) => ok && loadCase());
+tokenBox.addEventListener("change", () => { sessionStorage.setItem("bhsd-token", tokenBox.value); start(); });
 
 function upload(file) {
   return new Promise((resolve, reject) => {
@@ -244,10 +250,11 @@ async function loadCase() {
   const r = await fetch(api("viewer/case.json"), { headers: headers() });
   if (!r.ok) return;
   const c = await r.json();
+  if (!c) return;
   if (c.report) return show({ url: api(c.ct), name: c.name }, c.report).catch((e) => status(e.message, true));
   const ct = await fetch(api(c.ct), { headers: headers() });
   if (ct.ok) run(new File([await ct.blob()], c.name));
 }
-loadModels().then(loadCase);
+start();
 </script></body></html>
 `;
