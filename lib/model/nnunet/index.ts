@@ -326,14 +326,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   }
 
   // the config segment() uses: plans' patch, spacing and normalisation, the checkpoint's mirror axes
+  // (fromNnunet maps plans' spacing, kept in the network's transposed order, back to (z, y, x))
   const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
-  const perm = (partial.transposeForward ?? [0, 1, 2]) as [number, number, number];
-  if (partial.targetSpacing) {
-    // plans' spacing is in the network's (transposed) axis order; the config's targetSpacing is in (z, y, x)
-    const zyx = [0, 0, 0] as [number, number, number];
-    perm.forEach((p, k) => (zyx[p] = partial.targetSpacing![k]!));
-    partial.targetSpacing = zyx;
-  }
   const config = normalizeConfig({ ...partial, classes, mirrorAxes, stepSize: 0.5 }, "nnunet");
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
   return new NnunetModel({ name, config, folder, folds, configuration, trainerName, architecture: arch!, ensemble, foldModels, divisor: graph!.divisor });
