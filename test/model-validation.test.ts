@@ -37,6 +37,7 @@ test("refused at load, each naming the node: NaN eps, ∞ alpha, no outputs, pad
       { opType: "Slice", name: "loop", inputs: ["s", "st", "en", "ax", "zero"], outputs: ["y"] },
     ], { inits: [{ name: "st", dims: [1], data: i64([0]) }, { name: "en", dims: [1], data: i64([5]) }, { name: "ax", dims: [1], data: i64([0]) }, { name: "zero", dims: [1], data: i64([0]) }] }), /node loop \(Slice\): steps \[0\] contain 0/],
     ["Reshape with two -1", model([{ opType: "Reshape", name: "rs", inputs: ["x", "shape"], outputs: ["y"] }], { inits: [{ name: "shape", dims: [2], data: i64([-1, -1]) }] }), /node rs \(Reshape\): shape \[-1,-1\] may hold one -1/],
+    ["kernel_shape against the weight", model([{ opType: "Conv", name: "ks", inputs: ["x", "w"], outputs: ["y"], attrs: { kernel_shape: [100, 2, 2] } }], { inits: winit }), /node ks \(Conv\): kernel_shape \[100,2,2\] disagrees with the weight's \[3,3,3\]/],
     ["Cast to float16", model([{ opType: "Cast", name: "half", inputs: ["x"], outputs: ["y"], attrs: { to: 10 } }]), /node half \(Cast\): attribute to = 10 is not a type/],
     ["Einsum with three operands", model([{ opType: "Einsum", name: "e3", inputs: ["x", "x", "x"], outputs: ["y"], attrs: { equation: "ab,bc,cd->ad" } }]), /node e3 \(Einsum\): attribute equation/],
   ];

@@ -357,6 +357,8 @@ export function checkConstantInputs(nodes: readonly GraphNode[], consts: Readonl
       const d = (n.attrs.dilations as number[] | undefined) ?? [1, 1, 1];
       const pads = n.attrs.pads as number[] | undefined;
       if (w && w.length !== 5) problems.push(`${where}: weight has shape [${w}]; bhsd runs 3-D convolutions ([Co, C, kD, kH, kW])`);
+      const ka = n.attrs.kernel_shape as number[] | undefined;
+      if (w && w.length === 5 && ka && ka.some((v, i) => v !== w[i + 2])) problems.push(`${where}: kernel_shape [${ka}] disagrees with the weight's [${w.slice(2)}]`);
       if (k && pads && n.opType !== "ConvTranspose") {
         for (let i = 0; i < 3; i++) {
           const span = d[i]! * (k[i]! - 1) + 1;
