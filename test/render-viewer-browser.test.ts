@@ -129,6 +129,7 @@ const CHROMIUM = [process.env.BHSD_CHROMIUM, "/usr/bin/chromium-headless-shell",
     await page.waitForFunction(() => /bleed\(s\)|rror|answered/.test(document.getElementById("status")!.textContent ?? ""), { timeout: 60_000 });
     t.is(await page.$eval("#status", (e) => e.textContent), "1 bleed(s); labels from labels.nii.gz.");
     t.is(await page.$eval("#model", (e) => (e as HTMLSelectElement).value), "demo", "v1/info reached through the prefix");
+    t.regex(await page.$eval("#downloads", (e) => e.textContent ?? ""), /labels \(NIfTI\) · report \(HTML\) · report \(JSON\)/);
     t.deepEqual(outside, [], "every request stayed under the prefix");
     t.deepEqual(errors, []);
   } finally {

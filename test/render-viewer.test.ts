@@ -105,6 +105,11 @@ test("a case loaded for `bhsd view`: case.json names it with its bleeds measured
     t.is(info.report.labels, "viewer/case/labels");
     t.deepEqual(Buffer.from((await app.inject({ method: "GET", url: "/viewer/case/ct" })).rawPayload), readFileSync(f.ct));
     t.deepEqual(Buffer.from((await app.inject({ method: "GET", url: "/viewer/case/labels" })).rawPayload), readFileSync(f.labels));
+    // the HTML report of the case: its bleed table holds the two bleeds, its picture is inline
+    t.is(info.report.reportHtml, "viewer/case/report.html");
+    const html = (await app.inject({ method: "GET", url: "/viewer/case/report.html" })).body;
+    t.is([...html.matchAll(/<tr data-bleed=/g)].length, 2);
+    t.regex(html, /<img [^>]*src="data:image\/png;base64,/);
   } finally {
     await app.close();
   }

@@ -13,6 +13,7 @@ import type { FastifyInstance } from "fastify";
 import { PACKAGE_ROOT } from "../backends/paths.js";
 import { readNifti } from "../io/nifti.js";
 import { componentStats, connectedComponents } from "../ops/components.js";
+import { renderReport } from "../render/report.js";
 import { classColor } from "../render/overlay.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 
@@ -60,6 +61,7 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
   const ct = await readNifti(ctBytes, readOptions);
   let report: Record<string, unknown> | null = null;
   let labelBytes: Buffer | null = null;
+  let reportHtml: string | null = null;
   if (c.labels) {
     labelBytes = await readFile(c.labels);
     const labels = await readNifti(labelBytes, readOptions);
@@ -76,7 +78,8 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
     for (const [k, name] of Object.entries(BHSD_CLASSES)) perClass[k] = { name, voxels: 0, volumeMl: 0 };
     for (const v of lab) if (v) (perClass[String(v)] ??= { name: `class ${v}`, voxels: 0, volumeMl: 0 }).voxels++;
     for (const k of Object.keys(perClass)) perClass[k]!.volumeMl = perClass[k]!.voxels * voxelMl;
-    report = { labels: "viewer/case/labels", classes: { ...BHSD_CLASSES }, perClass, components, source: basename(c.labels) };
+    report = { labels: "viewer/case/labels", reportHtml: "viewer/case/report.html", classes: { ...BHSD_CLASSES }, perClass, components, source: basename(c.labels) };
+    reportHtml = await renderReport({ ct, labels: lv, caseName: basename(c.ct), notes: { labels: basename(c.labels) } });
   }
   const name = (p: string) => (/\.nii(\.gz)?$/i.test(p) ? basename(p) : basename(p) + (ctBytes[0] === 0x1f ? ".nii.gz" : ".nii"));
   CASES.set(app, { name: name(c.ct), ct: "viewer/case/ct", report });
@@ -84,6 +87,8 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
   if (labelBytes) {
     const lb = labelBytes;
     app.get("/viewer/case/labels", { schema: { hide: true } }, async (_req, reply) => reply.type("application/octet-stream").send(lb));
+    const html = reportHtml!;
+    app.get("/viewer/case/report.html", { schema: { hide: true } }, async (_req, reply) => reply.type("text/html; charset=utf-8").send(html));
   }
 }
 
@@ -224,6 +229,10 @@ async function show(src, report) {
   const labels = await fetch(labelsUrl, { headers: headers() });
   const links = [];
   if (labels.ok) links.push('<a download="labels.nii.gz" href="' + URL.createObjectURL(await labels.blob()) + '">labels (NIfTI)</a>');
+  if (report.reportHtml) {
+    const h = await fetch(api(report.reportHtml), { headers: headers() });
+    if (h.ok) links.push('<a download="report.html" href="' + URL.createObjectURL(await h.blob()) + '">report (HTML)</a>');
+  }
   links.push('<a download="report.json" href="' + URL.createObjectURL(new Blob([JSON.stringify(report, null, 2)], { type: "application/json" })) + '">report (JSON)</a>');
   $("downloads").innerHTML = links.join(" · ") + (report.expiresInS ? " (results expire after " + report.expiresInS + " s)" : "");
   status(report.components.length + " bleed(s)" + (report.model ? "; model " + report.model + " on " + report.backend + "." : "; labels from " + report.source + "."));
