@@ -5,7 +5,7 @@
  */
 import test from "ava";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readCt } from "../lib/io/ct.js";
@@ -69,4 +69,13 @@ test("limits and arguments", async (t) => {
   await t.throwsAsync(readCt(bad), { message: /<bytes>: (is a damaged zip|has a damaged entry|is not a readable zip|has an entry)/ });
   const same = await readDicomSeries(join(DICOM_FIXTURES, "cases", "A_axial"));
   t.is(dicomOrderSha256(await readCt(zip)), dicomOrderSha256(same));
+});
+
+test("a folder of symbolic links to the files (and a link loop) reads as the files do", async (t) => {
+  const src = join(DICOM_FIXTURES, "cases", "B_shuffled_names");
+  const links = join(tmp, "links");
+  mkdirSync(join(links, "sub"), { recursive: true });
+  for (const n of readdirSync(src)) symlinkSync(join(src, n), join(links, "sub", `l-${n}`));
+  symlinkSync(links, join(links, "sub", "loop"));
+  t.is(dicomOrderSha256(await readCt(links)), sha("B"));
 });

@@ -11,7 +11,7 @@
  * Parsing is dicom-parser's (explicit and implicit VR, little and big endian, deflate); pixel data
  * see dicom-pixels.ts. Patient-identifying attributes are never put in a message or a warning.
  */
-import { readdir, stat, open } from "node:fs/promises";
+import { readdir, realpath, stat, open } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { inflateRawSync } from "node:zlib";
 import type dicomParser from "dicom-parser";
@@ -198,7 +198,7 @@ async function gather(src: DicomSource, maxFiles: number, maxFileBytes: number):
     }
     if (st.isDirectory()) {
       const out: Candidate[] = [];
-      await walk(resolve(src), 0, out, maxFiles, maxFileBytes);
+      await walk(resolve(src), 0, out, maxFiles, maxFileBytes, new Set());
       if (out.length === 0) throw new DicomError(src, "is a folder without files");
       return out;
     }
@@ -249,15 +249,24 @@ function fileCandidate(path: string, size: number): Candidate {
   };
 }
 
-async function walk(dir: string, depth: number, out: Candidate[], maxFiles: number, maxFileBytes: number): Promise<void> {
+async function walk(dir: string, depth: number, out: Candidate[], maxFiles: number, maxFileBytes: number, seen: Set<string>): Promise<void> {
   if (depth > MAX_DEPTH) return;
+  // Each folder and file once, however many links lead to it.
+  const real = await realpath(dir);
+  if (seen.has(real)) return;
+  seen.add(real);
   const entries = await readdir(dir, { withFileTypes: true });
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const e of entries) {
     if (e.name.startsWith(".")) continue;
     const p = join(dir, e.name);
-    if (e.isDirectory()) await walk(p, depth + 1, out, maxFiles, maxFileBytes);
-    else if (e.isFile()) {
+    // Symbolic links are followed (depth-limited, so a loop ends); anything but files and folders is skipped.
+    const kind = e.isSymbolicLink() ? await stat(p).then((st) => (st.isDirectory() ? "dir" : st.isFile() ? "file" : "other"), () => "other") : e.isDirectory() ? "dir" : e.isFile() ? "file" : "other";
+    if (kind === "dir") await walk(p, depth + 1, out, maxFiles, maxFileBytes, seen);
+    else if (kind === "file") {
+      const rp = e.isSymbolicLink() ? await realpath(p) : join(real, e.name);
+      if (seen.has(rp)) continue;
+      seen.add(rp);
       if (out.length >= maxFiles) throw new DicomError(dir, `holds more than options.maxFiles = ${maxFiles} files`);
       const st = await stat(p);
       if (st.size < 132 && !/\.dcm$/i.test(e.name)) continue; // too small to be a DICOM image
