@@ -18,7 +18,7 @@ const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as
 };
 const caseOf = (name: string) => manifest.cases.find((c) => c.case === name)!;
 
-for (const name of ["J_descending", "K_big_endian", "L_implicit", "O_localizer", "Q_jpeg_ls"]) {
+for (const name of ["J_descending", "K_big_endian", "L_implicit", "O_localizer", "Q_jpeg_ls", "R_normal_to_feet"]) {
   test(`${name}: equals dcm2niix's NIfTI in world space`, async (t) => {
     const c = caseOf(name);
     const vol = await readDicomSeries(join(DIR, c.folder));
