@@ -97,8 +97,23 @@ test.serial("the OpenAPI document lists exactly the routes registered", async (t
     t.is(api.openapi, "3.0.3");
     const documented = Object.entries(api.paths as Record<string, Record<string, unknown>>).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`)).sort();
     // fastify's own route tree, `:id` written as OpenAPI's `{id}`
+    // (a tree: each line "── segment (METHODS)" under its parent, four columns a level)
     const tree = app.printRoutes({ commonPrefix: false });
-    const registered = [...tree.matchAll(/(\/\S*) \(([A-Z, ]+)\)/g)].flatMap(([, p, ms]) => ms!.split(", ").map((m) => `${m} ${p!.replace(/:(\w+)/g, "{$1}")}`)).sort();
+    const stack: string[] = [];
+    const all: string[] = [];
+    for (const line of tree.split("\n")) {
+      const m = /── (\S+)(?: \(([A-Z, ]+)\))?$/.exec(line);
+      if (!m) continue;
+      const depth = (line.indexOf("── ") - 1) / 4;
+      stack.length = depth;
+      stack.push(m[1]!);
+      const path = stack.join("").replace(/\/+/g, "/");
+      if (m[2]) for (const method of m[2].split(", ")) all.push(`${method} ${path.replace(/:(\w+)/g, "{$1}")}`);
+    }
+    // the API is what the document describes; the web viewer's page and assets are not API
+    const viewer = all.filter((r) => !/ \/v1\//.test(r)).sort();
+    t.deepEqual(viewer, ["GET /", "GET /viewer/case.json", "GET /viewer/niivue.js"]);
+    const registered = all.filter((r) => / \/v1\//.test(r)).sort();
     t.deepEqual(documented, registered);
     // and they are the routes README promises
     t.deepEqual(registered, [
