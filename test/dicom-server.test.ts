@@ -50,3 +50,21 @@ with zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED) as z:
     await app.close();
   }
 });
+
+test("bhsd view's case loader takes a DICOM folder and serves it to the page as a NIfTI equal to dcm2niix's", async (t) => {
+  const { default: Fastify } = await import("fastify");
+  const { registerViewerCase } = await import("../lib/server/viewer.js");
+  const { readNifti } = await import("../lib/io/nifti.js");
+  const { compareWorld } = await import("./dicom-helpers.js");
+  const app = Fastify();
+  await registerViewerCase(app, { ct: join(DICOM_FIXTURES, "cases", "H_oblique") });
+  const r = await app.inject({ method: "GET", url: "/viewer/case/ct" });
+  t.is(r.statusCode, 200);
+  const served = await readNifti(new Uint8Array(r.rawPayload));
+  const ref = await readNifti(join(DICOM_FIXTURES, "reference", "H_oblique", "2_Head_5mm.nii.gz"));
+  const cmp = compareWorld(served, ref);
+  t.is(cmp.maxDiff, 0);
+  t.true(cmp.worldMm < 1e-4, `affine within 1e-4 mm (${cmp.worldMm})`);
+  t.is(cmp.outside, 0);
+  await app.close();
+});

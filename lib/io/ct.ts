@@ -9,6 +9,7 @@ import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
 import type { Volume } from "../types.js";
 import { DicomError, readDicomSeries, sniffDicom, type DicomFileBytes, type DicomVolume } from "./dicom.js";
 import { readNifti } from "./nifti.js";
+import { buildHeader } from "./nifti-header.js";
 
 export interface ReadCtOptions {
   /** DICOM: the series to read when the folder or zip holds several. */
@@ -119,4 +120,15 @@ async function unzip(src: string | Uint8Array, label: string, maxBytes: number):
     if (typeof src === "string") yz.open(src, { lazyEntries: true, validateEntrySizes: true }, onZip);
     else yz.fromBuffer(Buffer.from(src.buffer, src.byteOffset, src.length), { lazyEntries: true, validateEntrySizes: true }, onZip);
   });
+}
+
+/** A CT volume read from DICOM (int16 or float32 HU) as uncompressed NIfTI-1 bytes, for a viewer. */
+export function ctNiftiBytes(v: Volume): Uint8Array {
+  const dtype = v.data instanceof Int16Array ? "int16" : v.data instanceof Float32Array ? "float32" : undefined;
+  if (!dtype) throw invalidParameterError("v.data", "an Int16Array or Float32Array (a CT read by readCt)", v.data);
+  const header = buildHeader({ version: 1, dims: v.dims, dtype, spacing: v.spacing, affine: v.affine, sclSlope: 0, sclInter: 0, qformCode: 1, sformCode: 1, description: "bhsd: from DICOM" });
+  const out = new Uint8Array(header.length + v.data.byteLength);
+  out.set(header, 0);
+  out.set(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength), header.length);
+  return out;
 }

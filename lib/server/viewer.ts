@@ -12,6 +12,8 @@ import { basename, join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { PACKAGE_ROOT } from "../backends/paths.js";
 import { readNifti } from "../io/nifti.js";
+import { ctNiftiBytes, readCt } from "../io/ct.js";
+import { isFolder } from "../io/dicom.js";
 import { componentStats, connectedComponents } from "../ops/components.js";
 import { renderReport } from "../render/report.js";
 import { classColor } from "../render/overlay.js";
@@ -57,8 +59,10 @@ export interface ViewerCase {
  * the server listens.
  */
 export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, readOptions?: { maxBytes?: number }): Promise<void> {
-  const ctBytes = await readFile(c.ct);
-  const ct = await readNifti(ctBytes, readOptions);
+  // A DICOM folder or zip is read here and served to the page as NIfTI.
+  const dicomCt = (await isFolder(c.ct)) || /\.zip$/i.test(c.ct) ? await readCt(c.ct, readOptions) : undefined;
+  const ctBytes = dicomCt ? Buffer.from(ctNiftiBytes(dicomCt)) : await readFile(c.ct);
+  const ct = dicomCt ?? (await readNifti(ctBytes, readOptions));
   let report: Record<string, unknown> | null = null;
   let labelBytes: Buffer | null = null;
   let reportHtml: string | null = null;
