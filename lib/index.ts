@@ -19,7 +19,7 @@ export { casesToCsv, summaryToCsv, csvNumber } from "./metrics/csv.js";
 export { slicePresence, slicesToCsv, parseSliceCsv, evaluateSlices, type SliceLabels, type SliceScore } from "./metrics/slices.js";
 export {
   conv3d, conv3dInstanceNorm, convTranspose3d, instanceNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
-  maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor,
+  maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor, allocTensor,
   type Conv3dOptions, type FusedNorm, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
 } from "./ops/tensor.js";
 export { loadModel, Model, type RunStats } from "./model/model.js";

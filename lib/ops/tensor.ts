@@ -24,6 +24,17 @@ function newTensor(shape: number[], what: string): Tensor {
   return { data: allocArray("float32", prod(shape), what) as Float32Array, shape };
 }
 
+/**
+ * A zero-filled tensor in the engine's own memory (where the native addon is loaded): native calls
+ * use such arrays in place, while a caller's own arrays are copied in (and outputs back) at each call
+ * so that nothing the caller does to them mid-call can crash the process. Results of the ops are
+ * allocated this way already; reuse one as `options.out`, or fill one with an input used many times.
+ */
+export function allocTensor(shape: number[]): Tensor {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 1)) throw invalidParameterError("shape", "an array of positive integers", shape);
+  return newTensor([...shape], "allocTensor");
+}
+
 /** A number or [d, h, w] of integers ≥ min. */
 function triple(name: string, v: unknown, dflt: number, min: number): Triple {
   if (v === undefined) return [dflt, dflt, dflt];

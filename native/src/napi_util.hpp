@@ -155,7 +155,7 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
     if (src < c.src + c.bytes && c.src < src + bytes)
       throw Napi::RangeError::New(env, std::string("native: ") + name + " overlaps another argument only in part");
   }
-  auto block = bhsd::Block::allocate(bytes);
+  auto block = bhsd::Block::allocate(bytes, false);  // every byte copied next
   std::memcpy(block->data(), src, bytes);
   void* mine = block->data();
   pins->copies.push_back(Pins::Copy{std::move(block), src, bytes, writable, name, Napi::Persistent(v.As<Napi::Object>())});

@@ -99,7 +99,9 @@ class Block {
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
 
-  static std::shared_ptr<Block> allocate(std::size_t bytes) {
+  // zero: a reused mapping is cleared (a fresh one is zero already); a caller that overwrites the
+  // whole block at once (a copy of a caller's array) passes false
+  static std::shared_ptr<Block> allocate(std::size_t bytes, bool zero = true) {
     const std::size_t size = detail::round_size(bytes ? bytes : 1);
     auto& r = detail::registry();
     void* p = nullptr;
@@ -112,8 +114,9 @@ class Block {
         r.cached_bytes -= size;
       }
     }
-    if (p)
-      std::memset(p, 0, size);  // reused: zero it as a fresh mapping is
+    if (p) {
+      if (zero) std::memset(p, 0, size);  // reused: zero it as a fresh mapping is
+    }
     else
       p = detail::map_bytes(size);
     std::shared_ptr<Block> b(new Block(p, size, bytes));
