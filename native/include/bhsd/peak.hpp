@@ -40,7 +40,9 @@ __attribute__((target("avx512f"))) inline float fma_chains512(std::int64_t iters
     for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
   __m512 s = a[0];
   for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
-  return _mm512_reduce_add_ps(s);
+  float out[16];  // (not _mm512_reduce_add_ps: GCC 12's header warns about its own undefined lanes)
+  _mm512_storeu_ps(out, s);
+  return out[0];
 }
 #endif
 }  // namespace peak_detail
