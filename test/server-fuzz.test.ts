@@ -7,25 +7,17 @@
 import test from "ava";
 import { connect } from "node:net";
 import { gunzipSync } from "node:zlib";
+import { rngFrom } from "./fuzz-rng.js";
 import { healthBaseline, healthMs, modelFolder, nifti, start } from "./server-helpers.js";
 
 const CASES = Number(process.env.BHSD_FUZZ_CASES ?? 160);
 const SEED = Number(process.env.BHSD_FUZZ_SEED ?? 0x18b5d);
 
-/** mulberry32: a small seeded PRNG. */
+/** The fuzzers' shared mulberry32 (test/fuzz-rng.ts), with random bytes. */
 function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
-  const bytes = (n: number) => Uint8Array.from({ length: n }, () => int(256));
-  return { next, int, pick, bytes };
+  const r = rngFrom(seed);
+  const bytes = (n: number) => Uint8Array.from({ length: n }, () => r.int(256));
+  return { next: r.next, int: r.int, pick: r.pick, bytes };
 }
 
 interface Answer {
