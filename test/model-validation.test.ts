@@ -245,3 +245,38 @@ test("resampleVolume refuses a grid past maxVoxels before allocating (8×8×2 vo
   const ok = await resampleVolume(v, [150, 150, 150], { mode: "nearest" });
   t.deepEqual(ok.dims, [16, 16, 4]);
 });
+
+test.serial("shape glue is computed once per input shape: the next run of the same shapes reuses it, another shape recomputes it, both equal onnxruntime", async (t) => {
+  // y = Reshape(x, [N, C·D, H·W]) with the target built from Shape → Gather → Mul → Unsqueeze → Concat
+  const nodes: Nodes = [
+    { opType: "Shape", inputs: ["x"], outputs: ["s"] },
+    { opType: "Gather", inputs: ["s", "i0"], outputs: ["n"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["s", "i1"], outputs: ["c"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["s", "i2"], outputs: ["d"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["s", "i3"], outputs: ["h"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["s", "i4"], outputs: ["w"], attrs: { axis: 0 } },
+    { opType: "Mul", inputs: ["c", "d"], outputs: ["cd"] },
+    { opType: "Mul", inputs: ["h", "w"], outputs: ["hw"] },
+    { opType: "Unsqueeze", inputs: ["n", "ax"], outputs: ["n1"] },
+    { opType: "Unsqueeze", inputs: ["cd", "ax"], outputs: ["cd1"] },
+    { opType: "Unsqueeze", inputs: ["hw", "ax"], outputs: ["hw1"] },
+    { opType: "Concat", inputs: ["n1", "cd1", "hw1"], outputs: ["target"], attrs: { axis: 0 } },
+    { opType: "Reshape", inputs: ["x", "target"], outputs: ["r"] },
+    { opType: "Softmax", inputs: ["r"], outputs: ["y"], attrs: { axis: -1 } },
+  ];
+  const inits = [0, 1, 2, 3, 4].map((k) => ({ name: `i${k}`, dims: [], data: i64([k]) }));
+  const bytes = encodeModel({ opset: 17, nodes, inputs: [{ name: "x", shape: [1, 2, "d", "h", "w"] }], outputs: [{ name: "y" }], initializers: [...inits, { name: "ax", dims: [1], data: i64([0]) }] });
+  setBackend("native");
+  const m = await loadModel(bytes);
+  const session = await ort.InferenceSession.create(bytes);
+  for (const [k, shape] of [[1, [1, 2, 3, 4, 5]], [2, [1, 2, 3, 4, 5]], [3, [1, 2, 2, 6, 4]], [4, [1, 2, 3, 4, 5]]] as const) {
+    const x = randomTensor([...shape], 10 + k);
+    const y = await m.run(x);
+    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+    t.deepEqual(y.shape, [...want.dims], `run ${k}`);
+    t.true(relDiff(y.data, want.data as Float32Array) < 1e-6, `run ${k}`);
+    // first sight of a shape computes the 12 glue nodes; a shape seen before reuses them all
+    t.is(m.lastRun!.shapeNodesCached, k === 2 || k === 4 ? 12 : 0, `run ${k}`);
+  }
+  await session.release();
+});

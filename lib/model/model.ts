@@ -79,6 +79,8 @@ export interface RunStats {
   nodeMs: { name: string; op: string; ms: number }[];
   /** Concats whose inputs were written in place (no copy). */
   concatsInPlace: number;
+  /** Shape-glue nodes whose results came from an earlier run of the same input shapes. */
+  shapeNodesCached: number;
 }
 
 /** Where a value is written when its Concat is done in place: channels c0 … c0 + c of cTotal. */
@@ -101,6 +103,14 @@ export class Model {
   private readonly nodes: GraphNode[];
   private readonly consts = new Map<string, Value>();
   private readonly readers = new Map<string, number>();
+  /**
+   * Nodes whose inputs follow from the graph inputs' shapes and the weights alone (Shape →
+   * Gather → Unsqueeze → Concat → Reshape targets and the like): their integer results are kept
+   * per set of input shapes and not recomputed on the next run of the same shapes (a sliding
+   * window runs one shape hundreds of times).
+   */
+  private readonly shapeOnly = new Set<GraphNode>();
+  private readonly shapeCache = new Map<string, Map<GraphNode, Value[]>>();
   /**
    * The last run's intermediate buffers (CPU backends), for the next run of the same shapes — a
    * sliding window runs the model hundreds of times — instead of fresh allocations, whose page
@@ -138,6 +148,14 @@ export class Model {
     for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
     this.planConcats(graph);
+    const fixed = new Set<string>(this.consts.keys());
+    for (const n of this.nodes) {
+      // a Shape reads only its input's shape; other nodes qualify when all they read is fixed
+      if (n.opType === "Shape" || (n.inputs.length > 0 && n.inputs.every((i) => !i || fixed.has(i)))) {
+        this.shapeOnly.add(n);
+        for (const o of finalOutputs(n)) fixed.add(o);
+      }
+    }
   }
 
   /** Finds the channel Concats that can be done in place (see the module comment). */
@@ -301,11 +319,32 @@ export class Model {
     };
     const opMs: Record<string, number> = {};
     const nodeMs: RunStats["nodeMs"] = [];
+    const shapeKey = JSON.stringify(this.inputs.map((i) => feeds[i.name]!.shape));
+    let cached = this.shapeCache.get(shapeKey);
+    if (!cached) {
+      if (this.shapeCache.size >= 8) this.shapeCache.delete(this.shapeCache.keys().next().value!); // the oldest shapes go
+      this.shapeCache.set(shapeKey, (cached = new Map()));
+    }
+    let shapeNodesCached = 0;
     for (const n of this.nodes) {
       signal?.throwIfAborted();
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
       const tn = performance.now();
+      const hit = this.shapeOnly.has(n) ? cached.get(n) : undefined;
+      if (hit) {
+        shapeNodesCached++;
+        const outNames = finalOutputs(n);
+        hit.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
+        for (const i of n.inputs) {
+          if (!i) continue;
+          const l = (left.get(i) ?? 0) - 1;
+          left.set(i, l);
+          if (l <= 0) release(i);
+        }
+        for (const o of outNames) if (!left.has(o) && !keep.has(o)) release(o);
+        continue;
+      }
       // Nodes that touch float data in JS, not through the backend, see current host copies.
       const viaBackend = BACKEND_ONLY.has(n.opType);
       try {
@@ -329,6 +368,9 @@ export class Model {
       nodeMs.push({ name: n.name, op: key, ms });
       const outNames = finalOutputs(n);
       results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
+      // integer results of shape-only nodes are kept for the next run of these shapes (float ones
+      // may live in the buffer pool, which hands them out again)
+      if (this.shapeOnly.has(n) && results.every((v) => "ints" in v)) cached.set(n, results);
       for (const i of n.inputs) {
         if (!i) continue;
         const l = (left.get(i) ?? 0) - 1;
@@ -350,7 +392,7 @@ export class Model {
       this.spareTimer = setTimeout(() => (this.spare = []), 1000);
       this.spareTimer.unref?.();
     }
-    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs, concatsInPlace };
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs, concatsInPlace, shapeNodesCached };
     return out;
   }
 }

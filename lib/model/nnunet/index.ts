@@ -89,7 +89,7 @@ export class NnunetModel {
   async runFolds(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor[]> {
     this.check(input);
     const out: Tensor[] = [];
-    let peak = 0, ms = 0, concats = 0;
+    let peak = 0, ms = 0, concats = 0, shapeCached = 0;
     const opMs: Record<string, number> = {};
     const nodeMs: RunStats["nodeMs"] = [];
     for (const m of this.foldModels) {
@@ -101,11 +101,12 @@ export class NnunetModel {
         peak = Math.max(peak, r.peakBytes);
         ms += r.ms;
         concats += r.concatsInPlace;
+        shapeCached += r.shapeNodesCached;
         for (const [k, v] of Object.entries(r.opMs)) opMs[k] = (opMs[k] ?? 0) + v;
         nodeMs.push(...r.nodeMs);
       }
     }
-    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats };
+    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats, shapeNodesCached: shapeCached };
     return out;
   }
 
