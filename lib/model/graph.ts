@@ -105,6 +105,7 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Sub: [],
   Div: [],
   Pow: [],
+  Mod: ["fmod"],
   Max: [],
   Min: [],
   Sum: [],

@@ -672,6 +672,8 @@ const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
   Mul: (x, y) => x * y,
   Div: (x, y, int) => (int ? (y === 0 ? 0 : Math.trunc(x / y)) : x / y),
   Pow: (x, y) => Math.pow(x, y),
+  // fmod = 0 (the default, integers): the remainder takes the divisor's sign, as Python's %
+  Mod: (x, y) => (y === 0 ? NaN : x - Math.floor(x / y) * y),
   Max: (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.max(x, y)),
   Min: (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.min(x, y)),
   Sum: (x, y) => x + y,
@@ -695,7 +697,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
   if (op in BINARY) {
     const ins = a.filter((v): v is Value => v !== undefined).map((v, k) => toNd(v, `input ${k}`));
     if (ins.length === 0) throw new Error("needs at least one input");
-    const f = BINARY[op]!;
+    const f = op === "Mod" && at.fmod ? (p: number, q: number) => p % q : BINARY[op]!; // fmod = 1: C's fmod (the dividend's sign)
     const int = ins.every((v) => v.int);
     let r = ins[0]!;
     for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], BOOL_OUT.has(op) || int, (p, q) => f(p, q, int), budget, what);
