@@ -3,10 +3,13 @@
  * (features 32…320, six stages, an anisotropic CT plan), built with the engine's own nnU-Net
  * builder (lib/model/nnunet/network.ts, the graph loadNnunet runs) with random weights, and run by
  * bhsd native beside onnxruntime-node (2 threads) on the same ONNX bytes and input in the same run.
- * Time (median) and peak memory; also where bhsd's time goes (per op type). MONAI's SegResNet and
- * UNETR at real widths need PyTorch to export them: not built here (their small fixtures are tests).
+ * Time (median) and peak memory; also where bhsd's time goes (per op type). MONAI's SegResNet at
+ * its default widths (bench/models/segresnet_default.onnx, 4.8 MB, made by make_segresnet.py there).
+ * UNETR at its real widths (hidden size 768, 12 layers: about 90 M parameters, 370 MB) is not
+ * kept; its small fixture is a test.
  */
 import ort from "onnxruntime-node";
+import { readFileSync } from "node:fs";
 import { backendInfo, loadModel, setBackend } from "../dist/index.js";
 import { buildNetwork, type Architecture } from "../dist/model/nnunet/network.js";
 import { encodeModel } from "../dist/model/onnx-proto.js";
@@ -76,6 +79,8 @@ export async function benchNetworks(): Promise<string[]> {
     const bytes = networkBytes(a);
     for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 5 : 3)));
   }
+  const seg = readFileSync(new URL("./models/segresnet_default.onnx", import.meta.url));
+  for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 5 : 3)));
   return [
     "real networks at real widths, random weights (median; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
     "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | bhsd's time by op (top 4) |",
