@@ -140,6 +140,12 @@ export function engineBuffer(bytes: number): ArrayBuffer | undefined {
   return native?.allocBuffer(bytes);
 }
 
+/** Returns engine memory to the engine now (detaching its buffer); a no-op without the native addon or for small arrays. */
+export function releaseEngineArray(a: ArrayBufferView): void {
+  if (a.byteLength < ENGINE_MIN_BYTES) return;
+  (tryLoad("native") as NativeBackend | undefined)?.detach(a.buffer as ArrayBuffer);
+}
+
 /** Bytes of engine memory in use and kept for reuse (zero without the native addon). */
 export function engineMemory(): { liveBytes: number; cachedBytes: number } {
   const native = tryLoad("native") as NativeBackend | undefined;

@@ -9,7 +9,7 @@
  */
 import os from "node:os";
 import { basename } from "node:path";
-import { activeBackend, getBackend, releaseDerived, withBackend } from "../backends/index.js";
+import { activeBackend, getBackend, releaseDerived, releaseEngineArray, withBackend } from "../backends/index.js";
 import type { BackendName } from "../types.js";
 import type { Backend } from "../backends/types.js";
 import * as ops from "../ops/tensor.js";
@@ -222,14 +222,7 @@ export class Model {
     const weights = [...this.constArrays];
     releaseDerived(weights);
     // engine memory (weights, spare buffers) goes back at once: detached, it is nobody's
-    const native = (() => {
-      try {
-        return getBackend("native") as unknown as { detach(b: ArrayBuffer): void };
-      } catch {
-        return undefined;
-      }
-    })();
-    for (const a of [...weights, ...this.spare]) if (native && a.byteLength >= 1 << 16) native.detach(a.buffer as ArrayBuffer);
+    for (const a of [...weights, ...this.spare]) releaseEngineArray(a);
     this.spare = [];
     this.constArrays.clear();
     this.consts.clear();
@@ -317,6 +310,18 @@ export class Model {
         for (const [c, cb] of concatBuf) if (cb === b) concatBuf.delete(c);
       }
     };
+    // binds a node's results and releases what it was the last reader of
+    const settle = (n: GraphNode, results: Value[]) => {
+      const outNames = finalOutputs(n);
+      results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
+      for (const i of n.inputs) {
+        if (!i) continue;
+        const l = (left.get(i) ?? 0) - 1;
+        left.set(i, l);
+        if (l <= 0) release(i);
+      }
+      for (const o of outNames) if (!left.has(o) && !keep.has(o)) release(o); // read by nobody
+    };
     const opMs: Record<string, number> = {};
     const nodeMs: RunStats["nodeMs"] = [];
     const shapeKey = JSON.stringify(this.inputs.map((i) => feeds[i.name]!.shape));
@@ -334,15 +339,7 @@ export class Model {
       const hit = this.shapeOnly.has(n) ? cached.get(n) : undefined;
       if (hit) {
         shapeNodesCached++;
-        const outNames = finalOutputs(n);
-        hit.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
-        for (const i of n.inputs) {
-          if (!i) continue;
-          const l = (left.get(i) ?? 0) - 1;
-          left.set(i, l);
-          if (l <= 0) release(i);
-        }
-        for (const o of outNames) if (!left.has(o) && !keep.has(o)) release(o);
+        settle(n, hit);
         continue;
       }
       // Nodes that touch float data in JS, not through the backend, see current host copies.
@@ -366,18 +363,10 @@ export class Model {
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });
-      const outNames = finalOutputs(n);
-      results.forEach((v, k) => outNames[k] && bind(outNames[k]!, v));
       // integer results of shape-only nodes are kept for the next run of these shapes (float ones
       // may live in the buffer pool, which hands them out again)
       if (this.shapeOnly.has(n) && results.every((v) => "ints" in v)) cached.set(n, results);
-      for (const i of n.inputs) {
-        if (!i) continue;
-        const l = (left.get(i) ?? 0) - 1;
-        left.set(i, l);
-        if (l <= 0) release(i);
-      }
-      for (const o of outNames) if (!left.has(o) && !keep.has(o)) release(o); // read by nobody
+      settle(n, results);
     }
     const out: Record<string, Tensor> = {};
     for (const o of this.outputs) {
