@@ -14,6 +14,7 @@ import { encodeModelFast } from "../lib/model/nnunet/encode.js";
 import { encodeModel, ModelProto } from "../lib/model/onnx-proto.js";
 import { normalize } from "../lib/model/segment.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
+import { scaleDiff } from "./ort.js";
 
 const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-folder");
 const FOLDER = join(FIXTURE, "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres");
@@ -25,17 +26,8 @@ test.after.always(() => {
   for (const d of made) rmSync(d, { recursive: true, force: true });
 });
 
-/** max |got − want| / max |want| (the fixture's tolerance rule). */
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) return Infinity;
-  let scale = 0, d = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= d)) d = Number.isNaN(e) ? Infinity : e;
-  }
-  return d / scale;
-}
+/** max |got − want| / max |want| (the fixture's tolerance rule): test/ort.ts's scaleDiff. */
+const relErr = scaleDiff;
 
 async function fixtureCase(fold: number) {
   const x = await readNpy(join(CASES, `fold_${fold}_input.npy`));

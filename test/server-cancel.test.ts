@@ -5,26 +5,16 @@ import test from "ava";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeModel, loadModel, segment, volumeFromArray, type Model, type Tensor } from "../lib/index.js";
+import { loadModel, segment, volumeFromArray, type Model, type Tensor } from "../lib/index.js";
 import { defaultConfig } from "../lib/model/config.js";
 import { randomTensor } from "./ort.js";
+import { pointwiseBytes } from "./server-helpers.js";
 
 const dir = mkdtempSync(join(tmpdir(), "bhsd-cancel-"));
 
 /** Three pointwise nodes, 1 → 4 → 4 → 2 channels. */
 async function pointwiseModel(): Promise<Model> {
-  const w1 = randomTensor([4, 1, 1, 1, 1], 1), w2 = randomTensor([2, 4, 1, 1, 1], 2);
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [
-      { opType: "Conv", inputs: ["x", "w1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
-      { opType: "Relu", inputs: ["h"], outputs: ["a"] },
-      { opType: "Conv", inputs: ["a", "w2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
-    ],
-    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
-    outputs: [{ name: "y" }],
-    initializers: [{ name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }],
-  });
+  const bytes = pointwiseBytes(2);
   const p = join(dir, "pw.onnx");
   writeFileSync(p, bytes);
   return loadModel(p);

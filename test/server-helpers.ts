@@ -13,12 +13,10 @@ export function tempDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-/** A model folder holding `tiny`: 1 → 4 → 6 channels, pointwise (patch 4 × 32 × 32). */
-export function modelFolder(): string {
-  const dir = join(tempDir("bhsd-srvm-"), "models");
-  mkdirSync(dir, { recursive: true });
-  const w1 = randomTensor([4, 1, 1, 1, 1], 1), w2 = randomTensor([6, 4, 1, 1, 1], 2);
-  const bytes = encodeModel({
+/** Three pointwise nodes, 1 → 4 → `classes` channels (Conv, Relu, Conv), as ONNX bytes. */
+export function pointwiseBytes(classes: number): Uint8Array {
+  const w1 = randomTensor([4, 1, 1, 1, 1], 1), w2 = randomTensor([classes, 4, 1, 1, 1], 2);
+  return encodeModel({
     opset: 17,
     nodes: [
       { opType: "Conv", inputs: ["x", "w1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
@@ -29,6 +27,13 @@ export function modelFolder(): string {
     outputs: [{ name: "y" }],
     initializers: [{ name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }],
   });
+}
+
+/** A model folder holding `tiny`: 1 → 4 → 6 channels, pointwise (patch 4 × 32 × 32). */
+export function modelFolder(): string {
+  const dir = join(tempDir("bhsd-srvm-"), "models");
+  mkdirSync(dir, { recursive: true });
+  const bytes = pointwiseBytes(6);
   writeFileSync(join(dir, "tiny.onnx"), bytes);
   writeFileSync(join(dir, "tiny.json"), JSON.stringify({ patchSize: [4, 32, 32] }));
   return dir;
