@@ -1,0 +1,159 @@
+// bhsd — the convolution headers' common ground: activations, the geometry (ConvGeom, conv_out),
+// the tile sizes (MR × NR) and output-channel blocks (CoBlocks), and the per-call helpers every
+// path shares (activate, the K-row blocking, the padded-slab lease, aligned scratch). Part of conv.hpp.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "cpu_features.hpp"
+#include "dtype.hpp"
+#include "thread_pool.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BHSD_X86 1
+#endif
+
+namespace bhsd {
+
+enum class Act { none = 0, relu = 1, leaky = 2 };
+
+struct ConvGeom {
+  std::int64_t C, D, H, W;           // input channels (of one group) and extent
+  std::int64_t Co;                   // output channels (of one group)
+  std::int64_t kd, kh, kw;
+  std::int64_t sd, sh, sw;           // strides
+  std::int64_t dd, dh, dw;           // dilations
+  std::int64_t pd, ph, pw;           // leading padding (trailing padding only changes Do/Ho/Wo)
+  std::int64_t Do, Ho, Wo;           // output extent
+  std::int64_t K() const { return C * kd * kh * kw; }
+};
+
+#ifndef BHSD_CONV_KROWS
+#define BHSD_CONV_KROWS 512
+#endif
+
+constexpr int MR = 6;   // output channels per micro-tile
+constexpr int NR = 16;  // output voxels per micro-tile (two AVX registers)
+
+// Output channels in blocks for the micro-kernel: blocks of MR, and a remainder of 1–3 channels
+// not left to a block of its own (a 6-row tile doing 1–3 rows of work) but shared with the last
+// full block as two nearly equal ones (7 → 4 + 3, 8 → 4 + 4, 9 → 5 + 4). A tile of r rows costs
+// about max(r, 4) of a full tile's 6 cycles per weight (FMA latency needs 8 accumulators), so a
+// 32-channel layer runs 4 × 6 + 2 × 4 = 32 rows' time instead of 6 × 6 = 36. The number of blocks
+// is ⌈Co / MR⌉ either way; block b's packed weights start at b·K·MR.
+struct CoBlocks {
+  std::int64_t full = 0, t0 = 0, t1 = 0;  // full blocks of MR, then up to two tail blocks
+  explicit CoBlocks(std::int64_t Co) {
+    full = Co / MR;
+    const std::int64_t r = Co % MR;
+    if (r == 0) return;
+    if (r >= 4 || full == 0) {
+      t0 = r;
+      return;
+    }
+    --full;
+    t0 = (MR + r + 1) / 2, t1 = (MR + r) / 2;
+  }
+  std::int64_t count() const { return full + (t0 > 0) + (t1 > 0); }
+  std::int64_t rows(std::int64_t b) const { return b < full ? MR : b == full ? t0 : t1; }
+  std::int64_t row0(std::int64_t b) const { return b <= full ? b * MR : full * MR + t0; }
+};
+
+// Output extent of a convolution along one axis (negative when the input is too small).
+inline std::int64_t conv_out(std::int64_t in, std::int64_t k, std::int64_t s, std::int64_t d,
+                             std::int64_t p0, std::int64_t p1) {
+  const std::int64_t span = d * (k - 1) + 1;
+  const std::int64_t padded = in + p0 + p1;
+  return padded < span ? 0 : (padded - span) / s + 1;
+}
+
+namespace conv_detail {
+
+inline float activate(float v, Act act, float alpha) {
+  if (act == Act::relu) return v > 0 ? v : 0;
+  if (act == Act::leaky) return v > 0 ? v : v * alpha;
+  return v;
+}
+
+// Rows of K per block of input channels (BHSD_CONV_KROWS overrides, for experiments).
+inline std::int64_t krows() {
+  static const std::int64_t k = [] {
+    const char* e = std::getenv("BHSD_CONV_KROWS");
+    return e && std::atoll(e) > 0 ? std::int64_t(std::atoll(e)) : std::int64_t(BHSD_CONV_KROWS);
+  }();
+  return k;
+}
+
+// The indirect convolution's padded slab: one buffer kept for the whole process, lent to one call
+// at a time (calls come from several threads — the addon's libuv workers — which would otherwise
+// each keep up to 16 MB); a call that finds it lent, or needs more than keep_max floats, gets a
+// buffer of its own for that call. get() is null when memory ran out.
+class SlabLease {
+ public:
+  SlabLease(std::size_t need, std::size_t keep_max) {
+    Cache& c = cache();
+    if (need <= keep_max) {
+      std::lock_guard<std::mutex> lk(c.m);
+      if (!c.lent) {
+        if (c.n < need) {
+          c.buf.reset(new (std::nothrow) float[need]);
+          c.n = c.buf ? need : 0;
+        }
+        if (c.buf) c.lent = true, shared_ = true, p_ = c.buf.get();
+      }
+    }
+    if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
+  }
+  SlabLease(const SlabLease&) = delete;
+  SlabLease& operator=(const SlabLease&) = delete;
+  ~SlabLease() {
+    if (!shared_) return;
+    std::lock_guard<std::mutex> lk(cache().m);
+    cache().lent = false;
+  }
+  float* get() const { return p_; }
+
+ private:
+  struct Cache {
+    std::mutex m;
+    std::unique_ptr<float[]> buf;
+    std::size_t n = 0;
+    bool lent = false;
+  };
+  static Cache& cache() {
+    static Cache c;
+    return c;
+  }
+  float* p_ = nullptr;
+  bool shared_ = false;
+  std::unique_ptr<float[]> own_;
+};
+
+// Input channels per block of the reduction: as many blocks as about krows() rows of K need, the
+// channels shared evenly between them (64 channels of a 1×3×3 kernel: 32 + 32, not 56 + 8, whose
+// short second block paid a whole pass over the outputs for an eighth of the work).
+inline std::int64_t channel_block(std::int64_t C, std::int64_t ksp) {
+  const std::int64_t blocks = std::max<std::int64_t>(1, (C * ksp + krows() - 1) / krows());
+  return std::max<std::int64_t>(1, (C + blocks - 1) / blocks);
+}
+
+// A 64-byte aligned scratch buffer per thread.
+struct Scratch {
+  std::vector<float> buf;
+  float* get(std::size_t n) {
+    if (buf.size() < n + 16) buf.resize(n + 16);
+    auto p = reinterpret_cast<std::uintptr_t>(buf.data());
+    return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
+  }
+};
+}  // namespace conv_detail
+
+}  // namespace bhsd
