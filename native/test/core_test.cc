@@ -353,6 +353,75 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
 #endif
 }
 
+// The blocked dispatcher on every platform (the cases above run on x86 with AVX2 only): the kernel
+// pick_kernel chooses — NEON on AArch64, AVX2/AVX-512 or the baseline on x86 — against a plain loop
+// in double, through packed panels and staged partial tiles (Co not a multiple of 6, rows shorter and
+// longer than a tile, padding, strides, dilation, several blocks of input channels); and on AArch64
+// the NEON micro-kernel against the portable one tile by tile (K = 0 … 40, accumulating into c).
+static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
+  struct Case { std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3]; };
+  const Case cases[] = {
+      {3, 4, 7, 21, 7, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 5, 6, 9, 13, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {4, 3, 5, 37, 50, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
+      {70, 2, 4, 18, 9, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},  // 70·27 rows of K: several channel blocks
+      {5, 3, 4, 5, 1, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {2, 1, 1}},
+      {6, 3, 5, 16, 32, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+  };
+  std::uint32_t st = 4242;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  for (const Case& c : cases) {
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.k[0], c.k[1], c.k[2], c.s[0], c.s[1], c.s[2], c.d[0], c.d[1], c.d[2],
+                     c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
+    g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
+    g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd();
+    for (auto& v : bias) v = rnd();
+    const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
+    double worst = 0;
+    std::vector<float> got(no, 9.0f);
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
+    bhsd::conv3d_forward(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::relu, 0.0f, pool);
+    for (std::int64_t co = 0; co < c.Co; ++co)
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            double acc = bias[std::size_t(co)];
+            for (std::int64_t ci = 0; ci < c.C; ++ci)
+              for (std::int64_t a = 0; a < c.k[0]; ++a)
+                for (std::int64_t b = 0; b < c.k[1]; ++b)
+                  for (std::int64_t e = 0; e < c.k[2]; ++e) {
+                    const std::int64_t id = od * c.s[0] - c.p[0] + a * c.d[0], ih = oh * c.s[1] - c.p[1] + b * c.d[1],
+                                       iw = ow * c.s[2] - c.p[2] + e * c.d[2];
+                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
+                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
+                           w[std::size_t(((co * c.C + ci) * c.k[0] + a) * c.k[1] * c.k[2] + b * c.k[2] + e)];
+                  }
+            const double ref = acc > 0 ? acc : 0;
+            worst = std::max(worst, std::fabs(ref - got[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)]));
+          }
+    CHECK(worst < 1e-4);
+  }
+#ifdef BHSD_NEON
+  CHECK(bhsd::conv_detail::pick_kernel() == bhsd::conv_detail::kernel_neon);
+  double worst = 0;
+  for (std::int64_t K = 0; K <= 40; ++K) {
+    std::vector<float> a(std::size_t(K * bhsd::MR)), b(std::size_t(K * bhsd::NR)), c0(bhsd::MR * bhsd::NR);
+    for (auto& v : a) v = rnd();
+    for (auto& v : b) v = rnd();
+    for (auto& v : c0) v = rnd();
+    std::vector<float> c1 = c0;
+    bhsd::conv_detail::kernel_generic(a.data(), b.data(), K, c0.data());
+    bhsd::conv_detail::kernel_neon(a.data(), b.data(), K, c1.data());
+    for (std::size_t i = 0; i < c0.size(); ++i) worst = std::max(worst, double(std::fabs(c0[i] - c1[i])));
+  }
+  CHECK(worst < 1e-5);
+#endif
+}
+
 // Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
 // the other gets its own; each gives what it gives alone.
 static void test_conv_concurrent() {
@@ -532,6 +601,7 @@ int main() {
     test_edt_against_brute_force(pool);
     test_weight_grad_blocked(pool);
     test_conv_indirect(pool);
+    test_conv_dispatch_any_platform(pool);
     test_conv_pointwise(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

@@ -227,7 +227,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
 #ifdef BHSD_X86
   static const bool direct = kernel == kernel_avx2 && !std::getenv("BHSD_CONV_STAGED");
 #else
-  const bool direct = false;
+  [[maybe_unused]] const bool direct = false;  // only the x86 paths read it
 #endif
 #ifdef BHSD_X86
   static const bool indirect = direct && !std::getenv("BHSD_CONV_PACKED");

@@ -1,9 +1,10 @@
 // bhsd — the convolution micro-kernels: c[r·NR + j] += Σ_k a[k·MR + r] · b[k·NR + j] on an MR × NR tile,
-// portable, AVX2/FMA and AVX-512 (x86 only, chosen at run time), and pick_kernel, the dispatcher the
-// blocked convolution calls. Part of conv.hpp.
+// portable, AVX2/FMA and AVX-512 (x86 only, chosen at run time), NEON (AArch64, in conv_neon.hpp), and
+// pick_kernel, the dispatcher the blocked convolution calls. Part of conv.hpp.
 #pragma once
 
 #include "conv_common.hpp"
+#include "conv_neon.hpp"
 
 namespace bhsd {
 
@@ -216,6 +217,8 @@ inline Kernel pick_kernel() {
 #ifdef BHSD_X86
   const CpuFeatures f = cpu_features();
   if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return kernel_avx2;
+#elif defined(BHSD_NEON)
+  return kernel_neon;
 #endif
   return kernel_generic;
 }
