@@ -33,9 +33,11 @@ export type { ServeOptions } from "./server/server.js";
 export async function createServer(options?: import("./server/server.js").ServeOptions) {
   return (await import("./server/server.js")).createServer(options);
 }
-export { makePhantom, prng, type Phantom, type PhantomOptions } from "./phantom/phantom.js";
+export { makePhantom, type Phantom, type PhantomOptions } from "./phantom/phantom.js";
+export { prng } from "./random.js";
 export { writePhantoms, type PhantomSetOptions } from "./phantom/write.js";
-export { conv3dBackward, convTranspose3dBackward, instanceNormBackward, leakyReluBackward, dcAndCeLoss, Adam, SgdNesterov, type LossResult, type ConvGeometry } from "./train/grad.js";
+export { train, type TrainOptions, type TrainResult, type TrainProgress, type LabelledCase, type SliceLabelledCase, type SemiOptions } from "./train/trainer.js";
+export { Adam, SgdNesterov } from "./train/optim.js";
 export { backprop, type BackpropResult } from "./train/backprop.js";
 export { milLoss, consistencyLoss, emaUpdate, rampWeight } from "./train/semi.js";
 export { renderOverlay, renderOverlayImage, sliceOrientation, BRAIN_WINDOW, SUBDURAL_WINDOW, CLASS_COLORS, type OverlayOptions, type OverlayImage, type DisplayWindow, type Panel } from "./render/overlay.js";

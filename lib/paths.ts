@@ -1,4 +1,7 @@
-/** Where the package's files are, from the compiled (dist/) or the source (lib/) tree alike. */
+/**
+ * Where the package's files are, from the compiled (dist/) or the source (lib/) tree alike. At the
+ * root of lib/ so that backends, server, queue and cli all import it downward.
+ */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,5 +13,5 @@ export const PACKAGE_ROOT: string = (() => {
     if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
     dir = dirname(dir);
   }
-  return join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  return join(dirname(fileURLToPath(import.meta.url)), "..");
 })();

@@ -1,7 +1,7 @@
 /** The package version, read from package.json at run time so that it has one source. */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { PACKAGE_ROOT } from "./backends/paths.js";
+import { PACKAGE_ROOT } from "./paths.js";
 
 export const VERSION: string = (() => {
   try {

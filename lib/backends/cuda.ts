@@ -19,7 +19,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import { inArray, invalidParameterError } from "../is.js";
 import type { VoxelArray } from "../types.js";
-import { PACKAGE_ROOT } from "./paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import type { TensorBackend, Triple } from "./tensor-types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 

@@ -1,7 +1,7 @@
 /** The native C++ backend: the CPU addon built by node-gyp (or a prebuild), loaded by node-gyp-build. */
 import { createRequire } from "node:module";
 import type { VoxelArray } from "../types.js";
-import { PACKAGE_ROOT } from "./paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 

@@ -2,7 +2,7 @@
  * `bhsd bench [what]`: a quick measure of the engine here, on the active backend (no competitors;
  * `npm run bench` in a checkout puts every figure beside scipy and onnxruntime).
  */
-import type { Command } from "commander";
+import { Argument, type Command } from "commander";
 import { backendInfo } from "../backends/index.js";
 import { toJson } from "../json.js";
 import { evaluate } from "../metrics/evaluate.js";
@@ -10,7 +10,7 @@ import { connectedComponents } from "../ops/components.js";
 import { conv3d } from "../ops/tensor.js";
 import { volumeFromArray } from "../volume.js";
 import { paintEllipsoid } from "../phantom/ellipsoid.js";
-import { prng } from "../phantom/phantom.js";
+import { prng } from "../random.js";
 import { timeMedian as timeIt } from "../timing.js";
 import { table } from "./util.js";
 
@@ -28,10 +28,9 @@ export function benchCommand(program: Command): void {
   program
     .command("bench")
     .description("time the engine here on the active backend: conv3d, components, metrics (npm run bench in a checkout compares with scipy and onnxruntime)")
-    .argument("[what]", "conv, components, metrics or all", "all")
+    .addArgument(new Argument("[what]", "which benchmark").choices(["all", "conv", "components", "metrics"]).default("all"))
     .option("--json", "machine-readable output")
     .action(async (what: string, o: { json?: boolean }) => {
-      if (!["all", "conv", "components", "metrics"].includes(what)) throw new Error(`unknown benchmark "${what}" (conv, components, metrics, all)`);
       const rows: { what: string; ms: number; rate: string }[] = [];
       if (what === "all" || what === "conv") {
         const [c, d, h, w] = [32, 16, 64, 64];

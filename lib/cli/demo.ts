@@ -7,7 +7,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { backendInfo } from "../backends/index.js";
-import { PACKAGE_ROOT } from "../backends/paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import { writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { BHSD_CLASSES, evaluate } from "../metrics/evaluate.js";

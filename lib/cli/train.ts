@@ -1,11 +1,9 @@
 /** `bhsd train`: train a U-Net in the engine on a BHSD-layout folder or on phantoms; write ONNX + sidecar. */
-import { readdir, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { writeFile } from "node:fs/promises";
 import type { Command } from "commander";
-import { InvalidArgumentError } from "commander";
-import { readNifti } from "../io/nifti.js";
+import { InvalidArgumentError, Option } from "commander";
 import { toJson } from "../json.js";
-import { parseSliceCsv } from "../metrics/slices.js";
+import { layoutFolders, readLabelledCases, readSliceLabelledCases, type SliceLayoutCase } from "../metrics/dataset.js";
 import { makePhantom } from "../phantom/phantom.js";
 import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
 import { demoSpec } from "../train/unet.js";
@@ -39,28 +37,10 @@ interface Opts {
   quiet?: boolean;
 }
 
-async function readLayout(dir: string): Promise<LabelledCase[]> {
-  const names = (await readdir(join(dir, "images"))).filter((f) => /\.nii(\.gz)?$/.test(f)).sort();
-  if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
-  const out: LabelledCase[] = [];
-  for (const f of names) out.push({ ct: await readNifti(join(dir, "images", f), readLimits()), labels: await readNifti(join(dir, "ground truths", f), readLimits()) });
-  return out;
-}
-
-/** images/<case>.nii.gz with "slice labels"/<case>.csv (slice,EDH,IPH,IVH,SAH,SDH,any), as `bhsd phantom` writes. */
-async function readSliceLayout(dir: string): Promise<SliceLabelledCase[]> {
-  const names = (await readdir(join(dir, "images"))).filter((f) => /\.nii(\.gz)?$/.test(f)).sort();
-  if (!names.length) throw new Error(`${dir}/images holds no NIfTI files`);
-  const out: SliceLabelledCase[] = [];
-  for (const f of names) {
-    const csv = join(dir, "slice labels", f.replace(/\.nii(\.gz)?$/, ".csv"));
-    const ct = await readNifti(join(dir, "images", f), readLimits());
-    const sl = parseSliceCsv(await readFile(csv, "utf8"), csv);
-    if (sl.present.length !== ct.dims[2]) throw new Error(`${csv} has ${sl.present.length} slices but ${f} has ${ct.dims[2]}`);
-    // per slice, classes 1..5 in order (a class the CSV lacks is taken as absent)
-    out.push({ ct, slices: sl.present.map((row) => [1, 2, 3, 4, 5].map((c) => (sl.classes.indexOf(c) >= 0 ? row[sl.classes.indexOf(c)]! : false))) });
-  }
-  return out;
+/** Slice labels as training takes them: per slice, classes 1..5 in order (a class the CSV lacks is absent). */
+function bySliceAndClass(c: SliceLayoutCase): SliceLabelledCase {
+  const k = [1, 2, 3, 4, 5].map((cls) => c.slices.classes.indexOf(cls));
+  return { ct: c.ct, slices: c.slices.present.map((row) => k.map((i) => (i >= 0 ? row[i]! : false))) };
 }
 
 export function trainCommand(program: Command): void {
@@ -74,13 +54,13 @@ export function trainCommand(program: Command): void {
     .option("--steps <n>", "optimiser steps", intArg("--steps", 1, 1e7), 600)
     .option("--batch <n>", "patches per step", intArg("--batch", 1, 64), 2)
     .option("--lr <lr>", "learning rate (default 2e-3 Adam, 1e-2 SGD)", numberArg("--lr", 0))
-    .option("--optimizer <name>", "adam or sgd (Nesterov, nnU-Net's)", "adam")
+    .addOption(new Option("--optimizer <name>", "adam, or sgd (Nesterov, nnU-Net's)").choices(["adam", "sgd"]).default("adam"))
     .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
     .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
     .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128")
     .option("--patch <z,y,x>", "training patch in voxels (default 16,64,64; each a multiple of the network's stride along it)", patchArg)
     .option("--batch-dice", "Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample")
-    .option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant", "poly")
+    .addOption(new Option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant").choices(["poly", "constant"]).default("poly"))
     .option("--slice-data <dir>", "cases with slice-level labels only (images/ and \"slice labels\"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency")
     .option("--mil <w>", "weight of the multiple-instance loss", numberArg("--mil", 0), 1)
     .option("--consistency <w>", "weight of the mean-teacher consistency (ramped up over the first quarter)", numberArg("--consistency", 0), 1)
@@ -88,17 +68,16 @@ export function trainCommand(program: Command): void {
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
       if (!o.data && !o.phantoms) throw new Error("give --data DIR or --phantoms N");
-      if (o.optimizer !== "adam" && o.optimizer !== "sgd") throw new Error(`--optimizer must be adam or sgd, got "${o.optimizer}"`);
-      if (o.schedule !== "poly" && o.schedule !== "constant") throw new Error(`--schedule must be poly or constant, got "${o.schedule}"`);
       // inputs: every file of --data and --slice-data; outputs: the model and its sidecar, both written only at the end
+      const data = o.data ? layoutFolders(o.data) : undefined, sliceData = o.sliceData ? layoutFolders(o.sliceData) : undefined;
       const inputs = [
-        ...(o.data ? [...(await inputFiles(join(o.data, "images"))), ...(await inputFiles(join(o.data, "ground truths")))] : []),
-        ...(o.sliceData ? [...(await inputFiles(join(o.sliceData, "images"))), ...(await inputFiles(join(o.sliceData, "slice labels")))] : []),
+        ...(data ? [...(await inputFiles(data.images)), ...(await inputFiles(data.truths))] : []),
+        ...(sliceData ? [...(await inputFiles(sliceData.images)), ...(await inputFiles(sliceData.slices))] : []),
       ];
       const sidecar = o.out.replace(/\.onnx$/i, "") + ".json";
       await OutputPlan.run(inputs, [{ flag: "--out", path: o.out }, { flag: "--out (config)", path: sidecar }], async (plan) => {
         let all: LabelledCase[];
-        if (o.data) all = await readLayout(o.data);
+        if (o.data) all = await readLabelledCases(o.data, readLimits());
         else {
           const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
           all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
@@ -119,7 +98,7 @@ export function trainCommand(program: Command): void {
           ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
           ...(o.patch ? { patch: o.patch } : {}),
           schedule: o.schedule,
-          ...(o.sliceData ? { semi: { cases: await readSliceLayout(o.sliceData), mil: o.mil, consistency: o.consistency } } : {}),
+          ...(o.sliceData ? { semi: { cases: (await readSliceLabelledCases(o.sliceData, readLimits())).map(bySliceAndClass), mil: o.mil, consistency: o.consistency } } : {}),
           ...(o.lr !== undefined ? { lr: o.lr } : {}),
           onProgress: (p) => {
             if (o.json) process.stdout.write(toJson(p, 0) + "\n");

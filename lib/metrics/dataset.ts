@@ -1,12 +1,16 @@
 /**
- * evaluateDataset: a folder of ground truths (BHSD's `label_192/ground truths/`, or the
- * `label_192` folder itself) against a folder of predictions, matched by file name. Missing and
- * extra cases are listed, never silently skipped.
+ * BHSD's dataset layout, read and written in this one place — `<root>/images/<case>.nii.gz`,
+ * `<root>/ground truths/<case>.nii.gz` and, for slice-level labels (RSNA form, as `bhsd phantom`
+ * writes them), `<root>/slice labels/<case>.csv` — and evaluateDataset: a folder of ground truths
+ * (BHSD's `label_192/ground truths/`, or the `label_192` folder itself) against a folder of
+ * predictions, matched by case name. Missing and extra cases are listed, never silently skipped.
  */
-import { readdir, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { readNifti, type ReadNiftiOptions } from "../io/nifti.js";
+import type { Volume } from "../types.js";
+import { parseSliceCsv, type SliceLabels } from "./slices.js";
 import { evaluate, type CaseMetrics, type EvaluateOptions, DEFAULT_CLASSES } from "./evaluate.js";
 import { summarize, type Summary } from "./summary.js";
 
@@ -41,7 +45,16 @@ export interface DatasetResult {
   summary: Summary;
 }
 
+/** The layout's folder names under a dataset root. */
+export const LAYOUT = { images: "images", truths: "ground truths", slices: "slice labels" } as const;
+
+/** The layout's three folders under `root`. */
+export function layoutFolders(root: string): { images: string; truths: string; slices: string } {
+  return { images: join(root, LAYOUT.images), truths: join(root, LAYOUT.truths), slices: join(root, LAYOUT.slices) };
+}
+
 const NIFTI = /\.nii(\.gz)?$/i;
+/** A case's name: its file name without .nii or .nii.gz. */
 export const caseName = (file: string) => basename(file).replace(NIFTI, "");
 
 async function isDir(p: string): Promise<boolean> {
@@ -52,8 +65,14 @@ async function isDir(p: string): Promise<boolean> {
   }
 }
 
-/** NIfTI files of a folder, by case name. */
-async function listCases(dir: string, what: string): Promise<Map<string, string>> {
+/** The folder of ground truths: `<dir>/ground truths` where `dir` is a dataset root, else `dir` itself. */
+export async function truthsFolder(dir: string): Promise<string> {
+  const t = layoutFolders(dir).truths;
+  return (await isDir(t)) ? t : dir;
+}
+
+/** NIfTI files of a folder, by case name (sorted); `what` names the folder in errors. */
+export async function listCases(dir: string, what: string): Promise<Map<string, string>> {
   if (!(await isDir(dir))) throw new Error(`${what} ${dir} is not a folder`);
   const out = new Map<string, string>();
   for (const f of (await readdir(dir)).sort()) {
@@ -72,7 +91,7 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   const read = optionsObject("options.read", opts.read) as ReadNiftiOptions;
   if (opts.onProgress !== undefined && typeof opts.onProgress !== "function") throw invalidParameterError("options.onProgress", "a function", opts.onProgress);
   // BHSD's layout: label_192/images beside label_192/ground truths
-  const gtDir = (await isDir(join(opts.gtDir, "ground truths"))) ? join(opts.gtDir, "ground truths") : opts.gtDir;
+  const gtDir = await truthsFolder(opts.gtDir);
   const gts = await listCases(gtDir, "gtDir");
   const preds = await listCases(opts.predDir, "predDir");
   if (gts.size === 0) throw new Error(`gtDir ${gtDir} holds no .nii or .nii.gz files`);
@@ -106,4 +125,49 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
     failed,
     summary: summarize(cases.map((c) => c.metrics), opts.classes ?? DEFAULT_CLASSES),
   };
+}
+
+/** A case with voxel labels: images/<case> and ground truths/<case>. */
+export interface LayoutCase {
+  name: string;
+  ct: Volume;
+  labels: Volume;
+}
+
+/** A case with slice labels only: images/<case> and slice labels/<case>.csv, one row per slice. */
+export interface SliceLayoutCase {
+  name: string;
+  ct: Volume;
+  slices: SliceLabels;
+}
+
+/** Every case of `images/` with its ground truth (each image must have one), in case-name order. */
+export async function readLabelledCases(root: string, read?: ReadNiftiOptions): Promise<LayoutCase[]> {
+  const f = layoutFolders(root);
+  const images = await listCases(f.images, "images folder");
+  if (!images.size) throw new Error(`${f.images} holds no .nii or .nii.gz files`);
+  const truths = await listCases(f.truths, "ground truths folder");
+  const out: LayoutCase[] = [];
+  for (const [name, path] of images) {
+    const gt = truths.get(name);
+    if (!gt) throw new Error(`case ${name} has an image (${path}) but no ground truth in ${f.truths}`);
+    out.push({ name, ct: await readNifti(path, read), labels: await readNifti(gt, read) });
+  }
+  return out;
+}
+
+/** Every case of `images/` with its `slice labels/<case>.csv`, whose rows must match the image's slices. */
+export async function readSliceLabelledCases(root: string, read?: ReadNiftiOptions): Promise<SliceLayoutCase[]> {
+  const f = layoutFolders(root);
+  const images = await listCases(f.images, "images folder");
+  if (!images.size) throw new Error(`${f.images} holds no .nii or .nii.gz files`);
+  const out: SliceLayoutCase[] = [];
+  for (const [name, path] of images) {
+    const csv = join(f.slices, `${name}.csv`);
+    const ct = await readNifti(path, read);
+    const slices = parseSliceCsv(await readFile(csv, "utf8"), csv);
+    if (slices.present.length !== ct.dims[2]) throw new Error(`${csv} has ${slices.present.length} slices but ${basename(path)} has ${ct.dims[2]}`);
+    out.push({ name, ct, slices });
+  }
+  return out;
 }

@@ -11,22 +11,11 @@
  * size) and noise. The labels are what an annotator can see: a voxel that bone brightens past the
  * top of the BHSD window (120 HU before noise) reads as skull, not blood, and is not labelled.
  */
+import { prng } from "../random.js";
 import type { Volume } from "../types.js";
 
 /** The top of the BHSD window: a voxel brighter than this (before noise) is not labelled as blood. */
 export const VISIBLE_BLOOD_MAX_HU = 120;
-
-/** mulberry32: a small, good, seeded generator. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface PhantomOptions {
   /** [nx, ny, nz] voxels (default 256 × 256 × 32). */

@@ -12,7 +12,7 @@ import { readdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
-import { PACKAGE_ROOT } from "../backends/paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import type { CaseMetrics } from "../metrics/evaluate.js";
 
 export const DEFAULT_QUEUE = "bhsd";

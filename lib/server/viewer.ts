@@ -10,7 +10,7 @@
 import { readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { FastifyInstance } from "fastify";
-import { PACKAGE_ROOT } from "../backends/paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import { readNifti } from "../io/nifti.js";
 import { ctNiftiBytes, readCt } from "../io/ct.js";
 import { isFolder } from "../io/dicom.js";

@@ -12,10 +12,10 @@ import { parseModel, type Graph } from "../model/graph.js";
 import { loadModel } from "../model/model.js";
 import { replaceInitializers } from "../model/onnx-proto.js";
 import { normalize, segment } from "../model/segment.js";
-import { prng } from "../phantom/phantom.js";
+import { prng } from "../random.js";
 import type { Volume } from "../types.js";
 import { backprop, BufferPool, forward } from "./backprop.js";
-import { Adam, SgdNesterov } from "./grad.js";
+import { Adam, SgdNesterov } from "./optim.js";
 import { consistencyLoss, emaUpdate, milLoss, rampWeight } from "./semi.js";
 import { buildUNet, DEMO_UNET, type UNetSpec } from "./unet.js";
 

@@ -4,7 +4,7 @@
  * Concat, a 1×1×1 head. Kernel and stride per stage as nnU-Net plans them for thick-slice CT.
  */
 import { encodeModel } from "../model/onnx-proto.js";
-import { prng as rng } from "../phantom/phantom.js";
+import { prng as rng } from "../random.js";
 
 export interface UNetSpec {
   features: number[];
