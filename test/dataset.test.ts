@@ -166,5 +166,5 @@ test.serial("bhsd components: counts, per-bleed stats, cleanup", async (t) => {
   t.regex(k.stdout, /^5 component\(s\)/);
   const bad = bhsd("components", f, "--connectivity", "8");
   t.not(bad.status, 0);
-  t.regex(bad.stderr, /--connectivity must be 6, 18 or 26/);
+  t.regex(bad.stderr, /--connectivity <n>' argument '8' is invalid\. Allowed choices are 6, 18, 26/);
 });

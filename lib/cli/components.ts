@@ -1,5 +1,5 @@
 /** `bhsd components`: label the bleeds of a label volume, measure each, optionally clean up. */
-import { InvalidArgumentError, type Command } from "commander";
+import { Option, type Command } from "commander";
 import { readNifti, writeNifti } from "../io/nifti.js";
 import { toJson } from "../json.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
@@ -7,7 +7,7 @@ import { asLabelVolume, cleanup, componentStats, connectedComponents, type Clean
 import { fmt, intArg, numberArg, OutputPlan, readLimits, table } from "./util.js";
 
 interface Opts {
-  connectivity: number;
+  connectivity: "6" | "18" | "26";
   perClass: boolean;
   out?: string;
   cleaned?: string;
@@ -25,10 +25,7 @@ export function componentsCommand(program: Command): void {
     .command("components")
     .description("label connected components (bleeds) of a label volume, with per-bleed volume, extent and ABC/2; optionally remove small ones")
     .argument("<labels>", "label NIfTI: integers from 0 (background) to --max-label (BHSD: 1..5)")
-    .option("--connectivity <n>", "6, 18 or 26", (v) => {
-      if (!["6", "18", "26"].includes(v)) throw new InvalidArgumentError(`--connectivity must be 6, 18 or 26, got "${v}"`);
-      return Number(v);
-    }, 26)
+    .addOption(new Option("--connectivity <n>", "voxels touching by a face (6), also an edge (18), also a corner (26)").choices(["6", "18", "26"]).default("26"))
     .option("--no-per-class", "join touching voxels of different classes")
     .option("--min-ml <mL>", "remove components smaller than this (mL)", numberArg("--min-ml", 0))
     .option("--min-voxels <n>", "remove components with fewer voxels", intArg("--min-voxels", 0))
@@ -46,7 +43,7 @@ export function componentsCommand(program: Command): void {
       const outputs = [...(o.out ? [{ flag: "--out", path: o.out }] : []), ...(o.cleaned ? [{ flag: "--cleaned", path: o.cleaned }] : [])];
       const { count, stats } = await OutputPlan.run([file], outputs, async (plan) => {
         let vol = await asLabelVolume(await readNifti(file, readLimits()), { maxLabel: o.maxLabel, name: file });
-        const cleaning: CleanupOptions = { connectivity: o.connectivity as Connectivity, perClass: o.perClass };
+        const cleaning: CleanupOptions = { connectivity: Number(o.connectivity) as Connectivity, perClass: o.perClass };
         if (o.minMl !== undefined) cleaning.minVolumeMl = o.minMl;
         if (o.minVoxels !== undefined) cleaning.minVoxels = o.minVoxels;
         if (o.keepLargest !== undefined) cleaning.keepLargest = o.keepLargest;
@@ -54,7 +51,7 @@ export function componentsCommand(program: Command): void {
           vol = await cleanup(vol, cleaning);
           if (o.cleaned) await plan.write("--cleaned", (tmp) => writeNifti(tmp, vol));
         }
-        const { labels, count } = await connectedComponents(vol, { connectivity: o.connectivity as Connectivity, perClass: o.perClass });
+        const { labels, count } = await connectedComponents(vol, { connectivity: Number(o.connectivity) as Connectivity, perClass: o.perClass });
         if (count > o.maxComponents) throw new Error(`${file}: ${count} components, more than --max-components ${o.maxComponents}`);
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
         const stats = await componentStats(labels, { classes: vol, maxComponents: o.maxComponents });

@@ -1,5 +1,5 @@
 /** `bhsd serve`: the REST service; stops gracefully (accepted requests finish) on SIGINT/SIGTERM. */
-import { InvalidArgumentError, type Command } from "commander";
+import { Option, type Command } from "commander";
 import { LOG_LEVELS, serve, type LogLevel } from "../server/server.js";
 import { intArg } from "./util.js";
 import { tmpdir } from "node:os";
@@ -11,6 +11,7 @@ interface ServeFlags {
   port: number;
   token?: string;
   modelDir?: string;
+  modelCacheMb: number;
   concurrency: number;
   queue: number;
   maxBodyMb: number;
@@ -27,11 +28,6 @@ interface ServeFlags {
   redis?: string;
 }
 
-function logLevel(v: string): LogLevel {
-  if (!(LOG_LEVELS as readonly string[]).includes(v)) throw new InvalidArgumentError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(v)}`);
-  return v as LogLevel;
-}
-
 export function serveCommand(program: Command): void {
   program
     .command("serve")
@@ -40,6 +36,7 @@ export function serveCommand(program: Command): void {
     .option("--port <n>", "port", intArg("--port", 0, 65535), 8080)
     .option("--token <token>", "bearer token (default BHSD_TOKEN)")
     .option("--model-dir <dir>", "folder of <name>.onnx models (default BHSD_MODEL_DIR or the package's models/)")
+    .option("--model-cache-mb <n>", "models kept loaded between requests (MiB, counted as their .onnx sizes), least recently used dropped first", intArg("--model-cache-mb", 1, 1 << 20), 2048)
     .option("--concurrency <n>", "jobs at once", intArg("--concurrency", 1, 64), 1)
     .option("--queue <n>", "jobs waiting before 503", intArg("--queue", 0, 1000), 4)
     .option("--max-body-mb <n>", "largest request body (MiB)", intArg("--max-body-mb", 1, 4096), 512)
@@ -52,7 +49,7 @@ export function serveCommand(program: Command): void {
     .option("--result-ttl-s <n>", "lifetime of a result (s)", intArg("--result-ttl-s", 1, 30 * 86400), 900)
     .option("--result-max-mb <n>", "bytes of results kept, oldest dropped first (MiB)", intArg("--result-max-mb", 1, 1 << 20), 1024)
     .option("--result-max-count <n>", "results kept, oldest dropped first", intArg("--result-max-count", 1), 10_000)
-    .option("--log-level <level>", `${LOG_LEVELS.join(", ")}; one line per request only at debug and trace`, logLevel, "warn" as LogLevel)
+    .addOption(new Option("--log-level <level>", "one line per request only at debug and trace").choices(LOG_LEVELS).default("warn"))
     .option("--redis <url>", "enqueue on this Redis (BullMQ) for `bhsd worker`s instead of running in-process: POST /v1/jobs/segment, GET /v1/jobs/:id[/labels]; --result-dir is then the folder shared with the workers")
     .action(async (o: ServeFlags) => {
       // issue 20: with --redis the service is a front of the shared queue (lib/queue/rest.ts)
@@ -62,6 +59,7 @@ export function serveCommand(program: Command): void {
         ...(o.token ? { token: o.token } : {}),
         ...(o.modelDir ? { modelDir: o.modelDir } : {}),
         ...(o.resultDir ? { resultDir: o.resultDir } : {}),
+        modelCacheBytes: o.modelCacheMb * 2 ** 20,
         concurrency: o.concurrency,
         queue: o.queue,
         maxBodyBytes: o.maxBodyMb * 2 ** 20,

@@ -23,13 +23,12 @@ import Fastify, { LogController, type FastifyError, type FastifyInstance, type F
 import multipart from "@fastify/multipart";
 import swagger from "@fastify/swagger";
 import { backendInfo } from "../backends/index.js";
-import { PACKAGE_ROOT } from "../backends/paths.js";
+import { PACKAGE_ROOT } from "../paths.js";
 import { buildHeader } from "../io/nifti-header.js";
 import { NiftiError, readNifti, readNiftiHeader } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { DicomError } from "../io/dicom.js";
 import { toJson } from "../json.js";
-import { loadModel, type Model } from "../model/model.js";
 import { segment } from "../model/segment.js";
 import type { Volume } from "../types.js";
 import { VERSION } from "../version.js";
@@ -37,6 +36,7 @@ import { Admission, type Ticket } from "./admission.js";
 import { clientFault, fastifyCode, HttpError } from "./errors.js";
 import { closeIdleWorkers, runInWorker } from "./offload.js";
 import { RESULT_ID, ResultStore } from "./results.js";
+import { ModelCache } from "./models.js";
 import { errorResponses, requestBodies, schemas } from "./schemas.js";
 import { registerViewer, VIEWER_PUBLIC_ROUTES } from "./viewer.js";
 
@@ -50,6 +50,12 @@ export interface ServeOptions {
   token?: string;
   /** Folder of `<name>.onnx` models (with their sidecars). Default BHSD_MODEL_DIR or the package's models/. */
   modelDir?: string;
+  /**
+   * Bytes of models kept loaded between requests (each counted as its .onnx file's size), least
+   * recently used dropped first and disposed once no request uses it; default 2 GiB. The model a
+   * request needs is always loaded, even alone over the budget.
+   */
+  modelCacheBytes?: number;
   /** Largest request body (bytes; a multipart body's files together), default 512 MiB. */
   maxBodyBytes?: number;
   /** Largest volume (voxels), also every grid segment derives from it (resampled, padded); default 64 Mi. */
@@ -124,7 +130,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     maxBytes: positive("resultMaxBytes", options.resultMaxBytes, 2 ** 30),
     maxCount: positive("resultMaxCount", options.resultMaxCount, 10_000, 1, true),
   });
-  const models = new Map<string, Promise<Model>>();
+  const models = new ModelCache(positive("modelCacheBytes", options.modelCacheBytes, 2 * 2 ** 30));
   const want = token ? tokenDigest(token) : undefined;
 
   const send = (reply: FastifyReply, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
@@ -186,6 +192,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   sweep.unref();
   app.addHook("onClose", async () => {
     clearInterval(sweep);
+    models.close();
     await closeIdleWorkers();
   });
 
@@ -231,17 +238,6 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     if (!MODEL_NAME.test(n) || n.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name from the server's model folder (letters, digits, . _ -)");
     if (!available.includes(n)) throw new HttpError(404, "no_such_model", `no model "${n}" (available: ${available.join(", ") || "none"})`);
     return n;
-  }
-
-  /** Loads a model once; concurrent requests for it share the load. */
-  function getModel(n: string): Promise<Model> {
-    let m = models.get(n);
-    if (!m) {
-      m = loadModel(join(modelDir, `${n}.onnx`));
-      models.set(n, m);
-      m.catch(() => models.delete(n));
-    }
-    return m;
   }
 
   interface Job {
@@ -384,6 +380,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     resultTtlMs: ttl,
     resultMaxBytes: results.opts.maxBytes,
     resultMaxCount: results.opts.maxCount,
+    modelCacheBytes: models.budget,
   };
 
   app.get("/v1/health", { schema: schemas.health }, async () => ({ status: "ok", ...admission.load }));
@@ -396,16 +393,18 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     const text = await job(req, reply, async ({ ticket, signal }) => {
       const bytes = await niftiBody(req, "ct", signal);
       const ct = await decode(bytes, "ct", ticket);
-      const model = await getModel(name);
-      signal.throwIfAborted();
+      const lease = await models.acquire(name, join(modelDir, `${name}.onnx`));
       let out;
       try {
-        out = await segment(ct, model, { mirror: q.tta === true, maxVoxels, signal, ...(q.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: q.cleanupMinMl } } : {}) });
+        signal.throwIfAborted();
+        out = await segment(ct, lease.model, { mirror: q.tta === true, maxVoxels, signal, ...(q.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: q.cleanupMinMl } } : {}) });
       } catch (e) {
         if (e instanceof RangeError && e.message.includes("options.maxVoxels")) {
           throw new HttpError(413, "too_large", `${e.message.replace(/options\.maxVoxels/, "this server's limit")}`);
         }
         throw e;
+      } finally {
+        lease.release();
       }
       const id = await results.put(await niftiBytes(out.labels));
       return toJson({ ...out.report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
