@@ -1,9 +1,9 @@
 import test from "ava";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
-import type { Tensor, Volume } from "../lib/types.js";
+import type { Volume } from "../lib/types.js";
 import { backendsUnderTest, sharedFixture } from "./helpers.js";
 import { randomTensor, relDiff } from "./ort.js";
 
@@ -167,6 +167,10 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   const sc = await loadModel(join(dir, "m.onnx"));
   t.is(sc.config.source, "sidecar");
   t.deepEqual(sc.config.patchSize, [8, 32, 32]);
+  // loader options alone (backend, memoryLimit) keep the sidecar's config (they once replaced it with defaults)
+  const bound = await loadModel(join(dir, "m.onnx"), { backend: "ts", memoryLimit: 2 ** 30 });
+  t.is(bound.config.source, "sidecar");
+  t.deepEqual(bound.config.patchSize, [8, 32, 32]);
   writeFileSync(join(dir, "m.json"), JSON.stringify({ normalization: { type: "magic" } }));
   await t.throwsAsync(loadModel(join(dir, "m.onnx")), { message: /normalization .* is not one of window, ct, zscore/ });
   await t.throwsAsync(loadModel(bytes, { patchSize: [0, 1, 1] as never }), { message: /patchSize must be three positive numbers/ });
@@ -182,8 +186,6 @@ test("sliding-window starts follow nnU-Net", (t) => {
   // numpy rounds halves to even, as nnU-Net's compute_steps_for_sliding_window does: 32.5 → 32
   t.deepEqual(windowStarts(193, 128, 0.5), [0, 32, 65]);
   t.deepEqual(windowStarts(251, 128, 0.5), [0, 62, 123]);
-  void readFileSync;
-  void ({} as Tensor);
 });
 
 test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t) => {

@@ -17,6 +17,7 @@ import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
 import { CAST_FLOAT, checkConstantInputs, finalOutputs, fuseActivations, fuseConvNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import { inferShapes, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 
 /** A value in the graph: a float tensor, or a small integer tensor of shape glue. */
@@ -81,6 +82,8 @@ export interface RunStats {
   concatsInPlace: number;
   /** Shape-glue nodes whose results came from an earlier run of the same input shapes. */
   shapeNodesCached: number;
+  /** The shape of every value the run computed, by name (fused intermediates are not computed). */
+  shapes: Map<string, number[]>;
 }
 
 /** Where a value is written when its Concat is done in place: channels c0 … c0 + c of cTotal. */
@@ -100,6 +103,12 @@ export class Model {
   readonly producer: string;
   /** Statistics of the last run. */
   lastRun: RunStats | undefined;
+  /**
+   * Every value's shape for the inputs' declared shapes, inferred at load (see infer.ts), by
+   * value name; undefined when an input declares a symbolic dimension. Values that depend on
+   * data or follow an op without a shape rule are absent.
+   */
+  valueShapes: ReadonlyMap<string, number[]> | undefined;
   private readonly nodes: GraphNode[];
   private readonly consts = new Map<string, Value>();
   private readonly readers = new Map<string, number>();
@@ -331,6 +340,7 @@ export class Model {
       this.shapeCache.set(shapeKey, (cached = new Map()));
     }
     let shapeNodesCached = 0;
+    const shapes = new Map<string, number[]>();
     for (const n of this.nodes) {
       signal?.throwIfAborted();
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
@@ -366,6 +376,7 @@ export class Model {
       // integer results of shape-only nodes are kept for the next run of these shapes (float ones
       // may live in the buffer pool, which hands them out again)
       if (this.shapeOnly.has(n) && results.every((v) => "ints" in v)) cached.set(n, results);
+      finalOutputs(n).forEach((o, k) => results[k] && shapes.set(o, shapeOf(results[k]!)));
       settle(n, results);
     }
     const out: Record<string, Tensor> = {};
@@ -381,7 +392,7 @@ export class Model {
       this.spareTimer = setTimeout(() => (this.spare = []), 1000);
       this.spareTimer.unref?.();
     }
-    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs, concatsInPlace, shapeNodesCached };
+    this.lastRun = { peakBytes: pool.peakBytes, ms: performance.now() - t0, opMs, nodeMs, concatsInPlace, shapeNodesCached, shapes };
     return out;
   }
 }
@@ -511,16 +522,7 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
     case "Squeeze": {
       const axes = a[1] ? I(a[1], "axes") : ((at.axes as number[]) ?? []);
       const v = a[0]!;
-      const s = shapeOf(v);
-      let ns: number[];
-      if (n.opType === "Unsqueeze") {
-        ns = [...s];
-        const rank = s.length + axes.length;
-        for (const ax of axes.map((x) => (x < 0 ? x + rank : x)).sort((p, q) => p - q)) ns.splice(ax, 0, 1);
-      } else {
-        const drop = new Set((axes.length ? axes : s.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0)).map((x) => (x < 0 ? x + s.length : x)));
-        ns = s.filter((_, i) => !drop.has(i));
-      }
+      const ns = squeezeShape(shapeOf(v), axes, n.opType === "Unsqueeze");
       return ["f" in v ? reshapeView(v.f, ns) : { ints: v.ints, shape: ns }];
     }
     case "Cast": {
@@ -544,22 +546,7 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
     }
     case "Reshape": {
       const x = a[0]!;
-      const s0 = shapeOf(x), len = prod(s0);
-      const spec = I(a[1], "shape");
-      const want = spec.map((d, i) => {
-        if (d === 0 && !at.allowzero) {
-          if (i >= s0.length) throw new RangeError(`Reshape: 0 at position ${i} copies an axis the input [${s0}] does not have`);
-          return s0[i]!;
-        }
-        return d;
-      });
-      const holes = want.filter((d) => d === -1).length;
-      if (holes > 1 || want.some((d) => !Number.isInteger(d) || d < -1)) throw new RangeError(`Reshape to [${spec}]: dimensions must be integers ≥ 0 with at most one -1`);
-      const known = prod(want.filter((d) => d !== -1));
-      if (holes === 1) {
-        if (known === 0 || len % known !== 0) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}]: ${len} is not a multiple of ${known}`);
-      } else if (known !== len) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}] (${known} values)`);
-      const shape = want.map((d) => (d === -1 ? len / known : d));
+      const shape = reshapeShape(shapeOf(x), I(a[1], "shape"), !!at.allowzero);
       return ["f" in x ? reshapeView(x.f, shape) : { ints: x.ints, shape }];
     }
     case "Flatten": {
@@ -864,24 +851,51 @@ function shapeOf(v: Value): number[] {
  * model's configuration (see ModelConfig), `config` takes
  * plus `memoryLimit` (bytes a run may hold in intermediates; default half the RAM, at most 8 GiB)
  * and `backend` (run this model on that backend whatever the global choice, like an onnxruntime
- * session's execution provider).
+ * session's execution provider) and `inputShapes` (input name → the shape it will be run at,
+ * filling the model's symbolic dimensions for shape inference at load: see Model.valueShapes).
  */
-export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName }): Promise<Model> {
+export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName; inputShapes?: Record<string, number[]> }): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(`Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`);
   }
-  const { memoryLimit, backend, ...rest } = config ?? {};
+  const { memoryLimit, backend, inputShapes, ...rest } = config ?? {};
   if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
     throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
   }
   if (backend !== undefined) getBackend(backend); // names the argument and says why when it is not available
   const graph = await parseModel(onnxPathOrBytes);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
-  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, config ? rest : undefined);
+  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, Object.keys(rest).length ? rest : undefined); // memoryLimit/backend/inputShapes alone keep the sidecar's config
   const limit = memoryLimit ?? defaultMemoryLimit();
   await foldConstants(graph, limit);
   checkConstantInputs(graph.nodes, graph.initializers, typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : "<model bytes>");
-  return new Model(graph, name, cfg, limit, backend);
+  const budget: nd.Budget = { check: (bytes, what) => { if (bytes > limit) throw new RangeError(`${what}: shape inference needs more than the model's memoryLimit`); } };
+  const small = (shape: number[]): Tensor => ({ data: allocArray("float32", prod(shape), "inferred constant") as Float32Array, shape });
+  const valueShapes = await inferShapes(graph.nodes, graph.initializers, shapesToInfer(graph.inputs, inputShapes), graph.opset, (n, args) => runNode(n, args, small, budget, graph.opset), constValue);
+  const model = new Model(graph, name, cfg, limit, backend);
+  model.valueShapes = valueShapes;
+  return model;
+}
+
+/**
+ * The input shapes shape inference works from: the declared ones, with `given` (loadModel's
+ * `inputShapes`, like onnxruntime's free dimension overrides) filling symbolic dimensions.
+ */
+function shapesToInfer(declared: Graph["inputs"], given: Record<string, number[]> | undefined): Graph["inputs"] {
+  if (given === undefined) return declared;
+  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new TypeError(`Expected an object of input name → shape for config.inputShapes but received ${JSON.stringify(given)}`);
+  for (const k of Object.keys(given)) if (!declared.some((i) => i.name === k)) throw new RangeError(`config.inputShapes names ${JSON.stringify(k)}, which is not an input of the model (inputs: ${declared.map((i) => i.name).join(", ")})`);
+  return declared.map((i) => {
+    const s = given[i.name];
+    if (s === undefined) return i;
+    if (!Array.isArray(s) || s.length !== i.shape.length || !s.every((d) => Number.isSafeInteger(d) && d >= 1 && d <= 1 << 24)) {
+      throw new RangeError(`Expected config.inputShapes.${i.name} to be ${i.shape.length} positive integers (the model declares [${i.shape}]) but received ${JSON.stringify(s)}`);
+    }
+    i.shape.forEach((d, k) => {
+      if (typeof d === "number" && d !== s[k]) throw new RangeError(`config.inputShapes.${i.name} is [${s}] but the model declares [${i.shape}] (axis ${k} is ${d})`);
+    });
+    return { name: i.name, shape: [...s] };
+  });
 }
 
 /** Half the machine's memory, at most 8 GiB: what one model run may hold unless told otherwise. */

@@ -106,7 +106,7 @@ export class NnunetModel {
         nodeMs.push(...r.nodeMs);
       }
     }
-    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats, shapeNodesCached: shapeCached };
+    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats, shapeNodesCached: shapeCached, shapes: this.foldModels[0]?.lastRun?.shapes ?? new Map() };
     return out;
   }
 
