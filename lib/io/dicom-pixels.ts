@@ -70,7 +70,38 @@ export interface PixelFormat {
   littleEndian: boolean;
 }
 
-type Stored = Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | Int32Array;
+export type Stored = Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | Int32Array;
+
+/** Whether the image's Pixel Data is encapsulated (compressed: RLE, JPEG …), so decoding it costs CPU. */
+export function isEncapsulated(dataSet: dicomParser.DataSet): boolean {
+  return dataSet.elements.x7fe00010?.encapsulatedPixelData === true;
+}
+
+/** The compressed stream of an encapsulated frame (its fragments joined): what decodeCompressed takes. */
+export function encapsulatedFrame(dataSet: dicomParser.DataSet, fail: (msg: string) => never): Uint8Array {
+  const el = dataSet.elements.x7fe00010;
+  if (!el) fail("has no Pixel Data (7FE0,0010)");
+  const frags = el.fragments ?? [];
+  if (frags.length === 0) fail("has encapsulated Pixel Data without fragments");
+  try {
+    return parser!.readEncapsulatedPixelDataFromFragments(dataSet, el, 0, frags.length) as Uint8Array;
+  } catch (e) {
+    fail(`has damaged encapsulated Pixel Data (${errText(e)})`);
+  }
+}
+
+/**
+ * Decodes one compressed frame to its stored words as little-endian bytes (Rows × Columns ×
+ * BitsAllocated/8 of them). Needs prepareCodecs for the transfer syntax first. This is the part
+ * that runs on a worker thread (dicom-decode-worker.ts) when a series is decoded by a pool.
+ */
+export function decodeCompressed(bytes: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): Uint8Array {
+  if (fmt.transferSyntax === TS.rle) return decodeRle(bytes, fmt, fail);
+  if (fmt.transferSyntax === TS.jpegLossless || fmt.transferSyntax === TS.jpegLosslessSV1) return decodeJpegLossless(bytes, fmt, fail);
+  if (fmt.transferSyntax === TS.jpegLsLossless || fmt.transferSyntax === TS.jpegLsNear) return decodeJpegLs(bytes, fmt, fail);
+  if (fmt.transferSyntax === TS.j2kLossless || fmt.transferSyntax === TS.j2k) return decodeJ2k(bytes, fmt, fail);
+  fail(`uses transfer syntax ${fmt.transferSyntax} (${transferSyntaxName(fmt.transferSyntax)}), which this reader does not decode`);
+}
 
 /**
  * The stored values of the frame, one per pixel, as a typed array of BitsAllocated bits with the
@@ -84,19 +115,7 @@ export function decodeFrame(dataSet: dicomParser.DataSet, fmt: PixelFormat, fail
   const need = n * bytesPer;
   let raw: Uint8Array;
   if (el.encapsulatedPixelData) {
-    const frags = el.fragments ?? [];
-    if (frags.length === 0) fail("has encapsulated Pixel Data without fragments");
-    let bytes: Uint8Array;
-    try {
-      bytes = parser!.readEncapsulatedPixelDataFromFragments(dataSet, el, 0, frags.length) as Uint8Array;
-    } catch (e) {
-      fail(`has damaged encapsulated Pixel Data (${errText(e)})`);
-    }
-    if (fmt.transferSyntax === TS.rle) raw = decodeRle(bytes, fmt, fail);
-    else if (fmt.transferSyntax === TS.jpegLossless || fmt.transferSyntax === TS.jpegLosslessSV1) raw = decodeJpegLossless(bytes, fmt, fail);
-    else if (fmt.transferSyntax === TS.jpegLsLossless || fmt.transferSyntax === TS.jpegLsNear) raw = decodeJpegLs(bytes, fmt, fail);
-    else if (fmt.transferSyntax === TS.j2kLossless || fmt.transferSyntax === TS.j2k) raw = decodeJ2k(bytes, fmt, fail);
-    else fail(`uses transfer syntax ${fmt.transferSyntax} (${transferSyntaxName(fmt.transferSyntax)}), which this reader does not decode`);
+    raw = decodeCompressed(encapsulatedFrame(dataSet, fail), fmt, fail);
   } else {
     if (el.length === 0xffffffff) fail("has Pixel Data of undefined length in a native transfer syntax");
     if (el.length < need) {
@@ -106,7 +125,7 @@ export function decodeFrame(dataSet: dicomParser.DataSet, fmt: PixelFormat, fail
     raw = dataSet.byteArray.subarray(el.dataOffset, el.dataOffset + need);
     if (!fmt.littleEndian && bytesPer > 1) raw = swapped(raw, bytesPer);
   }
-  return typed(raw, fmt);
+  return storedValues(raw, fmt);
 }
 
 function swapped(src: Uint8Array, width: number): Uint8Array {
@@ -115,8 +134,8 @@ function swapped(src: Uint8Array, width: number): Uint8Array {
   return out;
 }
 
-/** A typed view (copied when unaligned) over little-endian stored bytes, sign-extended as needed. */
-function typed(raw: Uint8Array, fmt: PixelFormat): Stored {
+/** A typed view (copied when unaligned) over little-endian stored bytes, with the sign of PixelRepresentation. */
+export function storedValues(raw: Uint8Array, fmt: PixelFormat): Stored {
   const bytesPer = fmt.bitsAllocated / 8;
   const n = fmt.rows * fmt.columns;
   let buf = raw;
