@@ -81,7 +81,7 @@ export function rgbToDicomLab(rgb: readonly number[]): [number, number, number] 
   return [clamp((L * 65535) / 100), clamp(((a + 128) * 65535) / 255), clamp(((b + 128) * 65535) / 255)];
 }
 
-function isoDateTime(d: Date): { date: string; time: string } {
+export function isoDateTime(d: Date): { date: string; time: string } {
   const p = (n: number, w = 2) => String(n).padStart(w, "0");
   return { date: `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}`, time: `${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}` };
 }
@@ -316,10 +316,10 @@ export async function writeDicomSeg(
 }
 
 /** bhsd's implementation class UID (a fixed 2.25 UUID UID). */
-const IMPLEMENTATION_UID = "2.25.236151893357410386466519426858432381029";
+export const IMPLEMENTATION_UID = "2.25.236151893357410386466519426858432381029";
 
 /** A decimal string (DS, ≤ 16 characters) for a number. */
-function ds(v: number): string {
+export function ds(v: number): string {
   if (Number.isInteger(v)) return String(v);
   let s = String(+v.toPrecision(12));
   if (s.length > 16) s = String(+v.toPrecision(10));
