@@ -6,7 +6,7 @@
 import type { DTypeName, VoxelArray } from "./types.js";
 
 /** Describes a value for an error message: its type and, briefly, its value. */
-export function describe(value: unknown): string {
+function describe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
   if (ArrayBuffer.isView(value)) {
@@ -36,15 +36,9 @@ export function invalidParameterError(name: string, expected: string, actual: un
   return new TypeError(`Expected ${expected} for ${name} but received ${describe(actual)}`);
 }
 
-export const defined = (v: unknown): boolean => v !== undefined && v !== null;
-export const object = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
 export const plainObject = (v: unknown): v is Record<string, unknown> =>
   Object.prototype.toString.call(v) === "[object Object]";
-export const bool = (v: unknown): v is boolean => typeof v === "boolean";
-export const string = (v: unknown): v is string => typeof v === "string" && v.length > 0;
 export const number = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
-export const integer = (v: unknown): v is number => Number.isInteger(v);
-export const inRange = (v: number, min: number, max: number): boolean => v >= min && v <= max;
 export const inArray = <T>(v: unknown, list: readonly T[]): v is T => list.includes(v as T);
 
 const ARRAY_DTYPES = new Map<unknown, DTypeName>([
@@ -69,16 +63,9 @@ export const voxelArray = (v: unknown): v is VoxelArray => dtypeOf(v) !== undefi
 
 export const INTEGER_DTYPES: readonly DTypeName[] = ["uint8", "int8", "int16", "uint16", "int32", "uint32"];
 
-/** Checks that `v` is a positive integer no larger than `max`. */
-export function assertPositiveInteger(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): asserts v is number {
-  if (!integer(v) || v < 1 || v > max) {
-    throw invalidParameterError(name, max === Number.MAX_SAFE_INTEGER ? "a positive integer" : `an integer between 1 and ${max}`, v);
-  }
-}
-
 /** Checks that `v` is a finite number, optionally in [min, max]. */
 export function assertNumber(name: string, v: unknown, min = -Infinity, max = Infinity): asserts v is number {
-  if (!number(v) || !inRange(v, min, max)) {
+  if (!number(v) || v < min || v > max) {
     const range = min === -Infinity && max === Infinity ? "a finite number" : max === Infinity ? `a number >= ${min}` : min === -Infinity ? `a number <= ${max}` : `a number between ${min} and ${max}`;
     throw invalidParameterError(name, range, v);
   }

@@ -85,14 +85,21 @@ test.serial("segment: mirroring, progress, cleanup and the report", async (t) =>
   const model = await loadModel(pointwiseModel(9), { patchSize: [4, 16, 16] });
   const ct = ctVolume([6, 20, 20], 3);
   const seen: string[] = [];
+  const t0 = performance.now();
   const { labels, report } = await segment(ct, model, { mirror: true, onProgress: (p) => seen.push(`${p.step} ${p.done}/${p.total}`), cleanup: { minVoxels: 3 } });
+  const wall = performance.now() - t0;
   t.is(report.forwards, report.windows * 8);
   t.true(seen.includes(`window ${report.windows}/${report.windows}`));
   t.deepEqual(Object.keys(report.perClass), ["1", "2", "3", "4", "5"]);
   const total = Object.values(report.perClass).reduce((a, c) => a + c.voxels, 0);
   t.is(total, labels.data.filter((v) => v > 0).length);
   t.true(report.components.every((c) => c.voxels >= 3));
-  for (const k of ["normalize", "inference", "softmax"]) t.true(report.timings[k]! >= 0);
+  // the steps' times are milliseconds of this call: each there, the forwards' time above zero, and
+  // together no more than the call took (a step counted twice or in seconds would break one)
+  for (const k of ["normalize", "inference", "softmax"]) t.true(Number.isFinite(report.timings[k]) && report.timings[k]! >= 0, k);
+  t.true(report.timings.inference! > 0);
+  const sum = Object.values(report.timings).reduce((a, b) => a + b, 0);
+  t.true(sum <= wall + 1, `steps ${sum} ms, call ${wall} ms`);
   // a model trained flipped left-right only: `mirror: true` flips x alone; a pointwise model commutes
   // with any flip, so the mirrored labels equal the plain ones (a wrong flip back would move them)
   const lr = await loadModel(pointwiseModel(9), { patchSize: [4, 16, 16], mirrorAxes: [2] });

@@ -13,7 +13,10 @@ test("phantoms are deterministic per seed and differ between seeds", (t) => {
   const a = makePhantom(7, small), b = makePhantom(7, small), c = makePhantom(8, small);
   t.deepEqual(a.ct.data, b.ct.data);
   t.deepEqual(a.labels.data, b.labels.data);
-  t.notDeepEqual(a.ct.data, c.ct.data);
+  // another seed is another head: its own noise in every voxel of the head, its own bleeds
+  let differ = 0;
+  for (let i = 0; i < a.ct.data.length; i++) if (a.ct.data[i] !== c.ct.data[i]) differ++;
+  t.true(differ > 0.4 * a.ct.data.length, `${differ} of ${a.ct.data.length} voxels differ`); // 53 % (the air around the head is noiseless)
 });
 
 test("anatomy and blood have the intensities of head CT", (t) => {
@@ -54,7 +57,7 @@ test("extra-axial bleeds (EDH, SDH) lie against the skull", (t) => {
   for (let s = 0; s < 20 && checked < 3; s++) {
     const p = makePhantom(s, small);
     if (!p.classes.includes(1) && !p.classes.includes(5)) continue;
-    const [nx, ny] = p.ct.dims;
+    const nx = p.ct.dims[0];
     let touching = 0, total = 0;
     for (let i = 0; i < p.labels.data.length; i++) {
       const l = p.labels.data[i]!;
@@ -69,7 +72,6 @@ test("extra-axial bleeds (EDH, SDH) lie against the skull", (t) => {
     }
     t.true(touching / total > 0.2, `seed ${s}: ${touching} of ${total} extra-axial voxels are within 2 voxels of bone`);
     checked++;
-    void ny;
   }
   t.true(checked > 0);
 });

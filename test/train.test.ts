@@ -1,12 +1,12 @@
 import test from "ava";
-import { readFileSync } from "node:fs";
 import ort from "onnxruntime-node";
 import { loadModel, makePhantom, milLoss, setBackend, slicePresence, backendInfo } from "../lib/index.js";
 import { train } from "../lib/train/trainer.js";
 import { relDiff } from "./ort.js";
 
-// What the bundled model must keep reaching on unseen phantoms: 0.62 measured on these seeds
-// (README), less a margin. The issue asks for 0.8; this guards what there is.
+// What the bundled model must keep reaching on unseen phantoms (mean Dice over the classes in the
+// truth): 0.745 on these seeds on native, 2026-12-02, less a margin. The aim is 0.8; this guards
+// what there is.
 const DEMO_DICE_FLOOR = 0.7;
 // The demo's headline counts every class in the truth or the prediction (diceHeadline: a class the
 // model invents scores 0, and so does a case with no bleed where it predicts one): 0.54 on these
@@ -33,7 +33,6 @@ test.serial("training lowers the loss, and onnxruntime runs the trained file as 
   const session = await ort.InferenceSession.create(r.onnx);
   const theirs = (await session.run({ [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) }))[session.outputNames[0]!]!;
   t.true(relDiff(ours.data, theirs.data as Float32Array) < 1e-4, `${relDiff(ours.data, theirs.data as Float32Array)}`);
-  void readFileSync;
 });
 
 test.serial("the head starts at the data's background prior; without backgroundPrior it does not", async (t) => {
@@ -139,7 +138,16 @@ test.serial("semi-supervised training: slice-labelled cases add the MIL and cons
   }
   // the slice-labelled cases change what is learnt
   const sup = await train({ train: labelled, steps: 4, batch: 1, patch: [4, 32, 32], seed: 3 });
-  t.notDeepEqual(Buffer.from(sup.onnx), Buffer.from(r.onnx));
+  // (same seed, same patches: every weight would be equal without them)
+  const { parseModel } = await import("../lib/model/graph.js");
+  const [gs, gr] = [await parseModel(sup.onnx), await parseModel(r.onnx)];
+  let changed = 0, total = 0;
+  for (const [k, v] of gs.initializers) {
+    if (!v.f32) continue;
+    total++;
+    if (relDiff(gr.initializers.get(k)!.f32!, v.f32) > 1e-6) changed++;
+  }
+  t.true(changed > total / 2, `${changed} of ${total} parameters changed by the slice-labelled terms`);
 });
 
 test("the multiple-instance loss leaves out unknown slice labels", (t) => {

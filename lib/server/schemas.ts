@@ -23,7 +23,6 @@ const jobErrors = {
   422: e("valid NIfTI whose content cannot be processed (labels out of range, too many components)"),
   503: e("busy (queue or decoded-bytes budget full) or the job hit its time limit and was stopped; see Retry-After"),
 };
-export const errorResponses = jobErrors;
 
 const binary = { type: "string", format: "binary" } as const;
 const nifti = { "application/octet-stream": { schema: binary }, "application/gzip": { schema: binary } };

@@ -37,7 +37,7 @@ import { clientFault, fastifyCode, HttpError } from "./errors.js";
 import { closeIdleWorkers, runInWorker } from "./offload.js";
 import { RESULT_ID, ResultStore } from "./results.js";
 import { ModelCache } from "./models.js";
-import { errorResponses, requestBodies, schemas } from "./schemas.js";
+import { requestBodies, schemas } from "./schemas.js";
 import { registerViewer, VIEWER_PUBLIC_ROUTES } from "./viewer.js";
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -440,7 +440,6 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   });
 
   await registerViewer(app); // the web viewer: / and viewer/niivue.js (lib/server/viewer.ts)
-  void errorResponses;
   return app;
 }
 
