@@ -8,7 +8,8 @@
  */
 import test from "ava";
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -128,15 +129,23 @@ test("pool size: the option, capped by the compressed slices; by default workers
   t.true(n >= 1 && n <= 4, `min(available parallelism, 4, 40) = ${n}`);
 });
 
+/** sha256 of E_jpeg_lossless read on the calling thread (equal to dcm2niix's voxels: the tests above). */
+async function shaOnCallingThread(): Promise<string> {
+  const v = await readDicomSeries(join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), { workers: 0 });
+  return createHash("sha256").update(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength)).digest("hex");
+}
+
 // A process that read through workers must end by itself: a leaked worker, port or timer keeps it alive.
 const CHILD = `
+import { createHash } from "node:crypto";
 import { readDicomSeries } from ${JSON.stringify(join(ROOT, "lib", "io", "dicom.ts"))};
 const v = await readDicomSeries(process.argv[2], { workers: 2 });
 let failed = "";
 try { await readDicomSeries(process.argv[3], { workers: 2 }); } catch (e) { failed = e.name; }
-console.log(JSON.stringify({ dims: v.dims, failed, resources: process.getActiveResourcesInfo() }));
+const sha = createHash("sha256").update(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength)).digest("hex");
+console.log(JSON.stringify({ dims: v.dims, sha, failed, resources: process.getActiveResourcesInfo() }));
 `;
-test.serial("a process that decoded on workers, and had a read fail there, exits by itself", (t) => {
+test.serial("a process that decoded on workers, and had a read fail there, exits by itself", async (t) => {
   t.timeout(120_000);
   const files = readdirSync(join(DICOM_FIXTURES, "cases", "D_rle")).sort();
   const { dir } = damagedCopy(join("cases", "D_rle"), "rle-child", files[3]!, damages[0]![2]);
@@ -147,8 +156,26 @@ test.serial("a process that decoded on workers, and had a read fail there, exits
   t.log(`child ran ${(performance.now() - t0).toFixed(0)} ms`);
   t.is(r.signal, null, "ended by itself, not killed at the timeout");
   t.is(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { dims: number[]; failed: string; resources: string[] };
+  const out = JSON.parse(r.stdout) as { dims: number[]; sha: string; failed: string; resources: string[] };
   t.deepEqual(out.dims, [88, 100, 20]);
   t.is(out.failed, "DicomError");
   t.false(out.resources.some((x) => /Worker|MessagePort/i.test(x)), `no worker or port left: ${out.resources.join(", ")}`);
+  t.is(out.sha, await shaOnCallingThread(), "the voxels of the calling thread's read");
+});
+
+// The same from the compiled package (npm test builds dist/ first): the worker is dist/io/dicom-decode-worker.js, without tsx.
+const DIST = join(ROOT, "dist", "io", "dicom.js");
+(existsSync(DIST) ? test.serial : test.skip)(`from compiled dist/, without tsx: decodes on workers and exits by itself${existsSync(DIST) ? "" : " (skipped: dist/ is not built; npm run build:ts)"}`, async (t) => {
+  t.timeout(120_000);
+  const script = join(tmp, "child-dist.mjs");
+  writeFileSync(script, CHILD.replace(JSON.stringify(join(ROOT, "lib", "io", "dicom.ts")), JSON.stringify(DIST)));
+  const files = readdirSync(join(DICOM_FIXTURES, "cases", "D_rle")).sort();
+  const { dir } = damagedCopy(join("cases", "D_rle"), "rle-child-dist", files[5]!, damages[0]![2]);
+  const r = spawnSync(process.execPath, [script, join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), dir], { encoding: "utf8", cwd: ROOT, timeout: 60_000 });
+  t.is(r.signal, null, "ended by itself, not killed at the timeout");
+  t.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { dims: number[]; sha: string; failed: string; resources: string[] };
+  t.deepEqual(out.dims, [88, 100, 20]);
+  t.is(out.failed, "DicomError");
+  t.is(out.sha, await shaOnCallingThread(), "the voxels of the calling thread's read");
 });
