@@ -168,7 +168,58 @@ function flip(t: Tensor, axes: number[]): Tensor {
   return { data: out, shape: t.shape };
 }
 
-export async function segment(ct: Volume, model: SegmentModel, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+/** One segment() call's bookkeeping, shared by its steps: timings, bytes held, progress, cancelling. */
+class SegmentRun {
+  readonly timings: Record<string, number> = {};
+  readonly yielder = new Yielder(); // the TypeScript loops let the event loop in every ~15 ms
+  private t = performance.now();
+  held = 0;
+  peakHeld = 0;
+  constructor(
+    readonly progress: (p: SegmentProgress) => void,
+    readonly signal: AbortSignal | undefined,
+  ) {}
+  /** Books the time since the last lap to step `name`. */
+  lap(name: string) {
+    const now = performance.now();
+    this.timings[name] = (this.timings[name] ?? 0) + (now - this.t);
+    this.t = now;
+  }
+  hold(bytes: number) {
+    this.held += bytes;
+    this.peakHeld = Math.max(this.peakHeld, this.held);
+  }
+}
+
+/** The run's grids, derived from the CT, the model's config and the settings. */
+interface SegmentPlan {
+  cfg: ModelConfig;
+  patch: [number, number, number];
+  step: number;
+  mirrorAxes: number[];
+  maxVoxels: number;
+  /** The CT's (z, y, x) shape, the axis order the model runs in, and the grids derived from them. */
+  zyx: [number, number, number];
+  perm: readonly number[];
+  /** Spacing in the model's axis order: the CT's, and the one the model runs at. */
+  target: [number, number, number];
+  /** The CT on the model's spacing, and that grid padded to at least one patch. */
+  modelShape: [number, number, number];
+  padded: [number, number, number];
+}
+
+/** The options, checked (TypeError naming the option), with the model config's defaults filled in. */
+interface Settings {
+  patch: [number, number, number];
+  step: number;
+  mirrorAxes: number[];
+  maxVoxels: number;
+  signal: AbortSignal | undefined;
+  onProgress: (p: SegmentProgress) => void;
+  cleanup: CleanupOptions | false | undefined;
+}
+
+function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions | undefined): Settings {
   assertVolume("ct", ct);
   if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel or loadNnunet", model);
   const opts = optionsObject("options", options) as SegmentOptions;
@@ -183,24 +234,11 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameterError("options.signal", "an AbortSignal", signal);
   const maxVoxels = opts.maxVoxels ?? Infinity;
   if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
-  signal?.throwIfAborted();
-  const progress = typeof opts.onProgress === "function" ? opts.onProgress : () => {};
-  const yielder = new Yielder(); // the TypeScript loops below let the event loop in every ~15 ms
-  const timings: Record<string, number> = {};
-  let t = performance.now();
-  const lap = (name: string) => {
-    const now = performance.now();
-    timings[name] = (timings[name] ?? 0) + (now - t);
-    t = now;
-  };
-  let held = 0, peakHeld = 0;
-  const hold = (bytes: number) => {
-    held += bytes;
-    peakHeld = Math.max(peakHeld, held);
-  };
+  return { patch, step, mirrorAxes, maxVoxels, signal, onProgress: typeof opts.onProgress === "function" ? opts.onProgress : () => {}, cleanup: opts.cleanup };
+}
 
-  // 1. normalise (on the CT's grid), 2. reorder axes, 3. resample to the model's spacing
-  progress({ step: "preprocess", done: 0, total: 3 });
+/** The grids the run will allocate, from the dims and spacings alone (RangeError past maxVoxels before any allocation). */
+function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels }: Settings): SegmentPlan {
   const [nx, ny, nz] = ct.dims;
   const zyx: [number, number, number] = [nz, ny, nx];
   const spacingZyx: [number, number, number] = [ct.spacing[2], ct.spacing[1], ct.spacing[0]];
@@ -215,40 +253,58 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
       throw new RangeError(`${what} would be ${shape.join(" × ")} = ${prod(shape)} voxels, more than options.maxVoxels (${maxVoxels})`);
     }
   }
-  let img = normalize(ct.data, cfg.normalization);
-  hold(img.byteLength);
-  lap("normalize");
-  const tr = transpose3(img, zyx, perm);
+  return { cfg, patch, step, mirrorAxes, maxVoxels, zyx, perm, target, modelShape, padded };
+}
+
+/**
+ * Preprocessing (nnU-Net's DefaultPreprocessor): normalise on the CT's grid, reorder the axes,
+ * resample to the model's spacing. Returns the image on the model grid and the reordered CT grid.
+ */
+async function preprocess(ct: Volume, p: SegmentPlan, run: SegmentRun): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
+  let img = normalize(ct.data, p.cfg.normalization);
+  run.hold(img.byteLength);
+  run.lap("normalize");
+  const tr = transpose3(img, p.zyx, p.perm);
   if (tr.data !== img) {
-    hold(tr.data.byteLength);
-    held -= img.byteLength;
+    run.hold(tr.data.byteLength);
+    run.held -= img.byteLength;
   }
   img = tr.data;
   const gridShape = tr.shape;
-  lap("reorder");
-  const resampled = modelShape.some((d, i) => d !== gridShape[i]);
+  run.lap("reorder");
+  const resampled = p.modelShape.some((d, i) => d !== gridShape[i]);
   let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
   if (resampled) {
-    x = await ops.resize(x, { sizes: modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
-    hold(x.data.byteLength);
-    held -= img.byteLength;
+    x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    run.hold(x.data.byteLength);
+    run.held -= img.byteLength;
   }
-  lap("resample");
+  run.lap("resample");
+  return { x, gridShape, resampled };
+}
 
-  // 4. sliding window over the model grid, padded to at least one patch
-  const lead = padded.map((p, i) => Math.floor((p - modelShape[i]!) / 2));
-  const starts = padded.map((L, i) => windowStarts(L, patch[i]!, step));
+/**
+ * Sliding-window prediction (nnU-Net's predict_sliding_window_return_logits): windows over the
+ * model grid padded to at least one patch, each forward (and its mirrored forwards) weighted by the
+ * Gaussian map, then the padding cropped, the weights divided out and a softmax over the classes.
+ * Returns the class probabilities on the model grid, class-major.
+ */
+async function predictSlidingWindow(x: Tensor, model: SegmentModel, p: SegmentPlan, run: SegmentRun): Promise<{ probs: Float32Array; classes: number; windows: number; forwards: number; peakForward: number }> {
+  const { patch, padded, modelShape } = p;
+  const signal = run.signal;
+  const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
+  const starts = padded.map((L, i) => windowStarts(L, patch[i]!, p.step));
   const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
   const gauss = gaussianMap(patch);
   let C = 0;
   let acc: Float32Array | undefined;
   const weight = new Float32Array(prod(padded));
-  hold(weight.byteLength);
-  const [PD, PH, PW] = padded, [pd, ph, pw] = patch;
+  run.hold(weight.byteLength);
+  const [, PH, PW] = padded, [pd, ph, pw] = patch;
   const patchT: Tensor = { data: new Float32Array(prod(patch)), shape: [1, 1, ...patch] };
   let done = 0, forwards = 0, peakForward = 0;
   const flips = [[]] as number[][];
-  for (const a of mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
+  for (const a of p.mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
   for (const z0 of starts[0]!) for (const y0 of starts[1]!) for (const x0 of starts[2]!) {
     signal?.throwIfAborted();
     // extract the patch (zeros outside the image)
@@ -280,7 +336,7 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
     if (!acc) {
       C = logits!.shape[1]!;
       acc = allocArray("float32", C * prod(padded), "aggregated logits") as Float32Array;
-      hold(acc.byteLength);
+      run.hold(acc.byteLength);
     }
     const scale = 1 / flips.length, vol = prod(padded), pv = prod(patch);
     for (let k = -1; k < C; k++) // k = −1: the weights; then each class, over contiguous rows
@@ -293,44 +349,52 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
             for (let c = 0; c < pw; c++) acc[ao + c]! += logits!.data[lo + c]! * gauss[srcp + c]! * scale;
           }
         }
-    progress({ step: "window", done: ++done, total });
-    await yielder.maybe();
+    run.progress({ step: "window", done: ++done, total });
+    await run.yielder.maybe();
   }
-  lap("inference");
+  run.lap("inference");
 
-  // 5. crop the padding, average, softmax over classes
+  // crop the padding, average, softmax over classes
   const mvol = prod(modelShape);
   let probs = acc!;
-  if (padded.some((p, i) => p !== modelShape[i])) {
+  if (padded.some((q, i) => q !== modelShape[i])) {
     probs = allocArray("float32", C * mvol, "logits") as Float32Array;
-    hold(probs.byteLength);
+    run.hold(probs.byteLength);
   }
   const vol = prod(padded);
   for (let k = 0; k < C; k++)
     for (let z = 0; z < modelShape[0]; z++) {
-      await yielder.maybe();
+      await run.yielder.maybe();
       for (let y = 0; y < modelShape[1]; y++) {
         const src = ((z + lead[0]!) * PH + (y + lead[1]!)) * PW + lead[2]!, dst = (z * modelShape[1] + y) * modelShape[2];
         for (let xx = 0; xx < modelShape[2]; xx++) probs[k * mvol + dst + xx] = acc![k * vol + src + xx]! / weight[src + xx]!;
       }
     }
-  if (probs !== acc) held -= acc!.byteLength;
+  if (probs !== acc) run.held -= acc!.byteLength;
   await activeBackend().softmax(probs, 1, C, mvol, probs);
-  lap("softmax");
-  signal?.throwIfAborted();
-  progress({ step: "postprocess", done: 1, total: 3 });
+  run.lap("softmax");
+  return { probs, classes: C, windows: total, forwards, peakForward };
+}
 
-  // 6. back to the CT's grid, one class at a time, keeping a running argmax
+/**
+ * Export (nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape): the class
+ * probabilities back to the CT's grid and axis order, one class at a time with a running argmax,
+ * so that only one class is ever resampled at once.
+ */
+async function exportToCtGrid(probs: Float32Array, C: number, ct: Volume, p: SegmentPlan, pre: { gridShape: [number, number, number]; resampled: boolean }, run: SegmentRun): Promise<Uint8Array> {
+  const { modelShape, perm } = p;
+  const { gridShape, resampled } = pre;
+  const mvol = prod(modelShape);
   const n = ct.data.length;
   const labels = new Uint8Array(n);
   const inv = [0, 1, 2].map((k) => perm.indexOf(k)); // grid axis holding zyx axis k
-  if (!resampled && perm.every((p, i) => p === i)) {
+  if (!resampled && perm.every((q, i) => q === i)) {
     const lab = new Int32Array(mvol);
     await activeBackend().argmax(probs, 1, C, mvol, lab);
     for (let i = 0; i < n; i++) labels[i] = lab[i]!;
   } else {
     const best = new Float32Array(n).fill(-1);
-    hold(best.byteLength);
+    run.hold(best.byteLength);
     for (let k = 0; k < C; k++) {
       let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
       if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
@@ -340,48 +404,72 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
           const v = back.data[i]!;
           if (v > best[i]!) (best[i] = v), (labels[i] = k);
         }
-        await yielder.maybe();
+        await run.yielder.maybe();
       }
     }
   }
-  lap("resample back");
-  signal?.throwIfAborted();
-  let out: Volume<Uint8Array> = { data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] };
-  if (opts.cleanup) {
-    out = (await cleanup(out, opts.cleanup)) as Volume<Uint8Array>;
-    lap("cleanup");
+  run.lap("resample back");
+  return labels;
+}
+
+/** Optional cleanup, then the bleeds (components) and the volume of each class on the CT's grid. */
+async function postprocess(labels: Volume<Uint8Array>, cfg: ModelConfig, cleanupOptions: CleanupOptions | false | undefined, run: SegmentRun): Promise<{ out: Volume<Uint8Array>; components: Component[]; perClass: SegmentReport["perClass"] }> {
+  let out = labels;
+  if (cleanupOptions) {
+    out = (await cleanup(out, cleanupOptions)) as Volume<Uint8Array>;
+    run.lap("cleanup");
   }
-  progress({ step: "postprocess", done: 2, total: 3 });
-  const { labels: cc, count } = await connectedComponents(out, { connectivity: (opts.cleanup && opts.cleanup.connectivity) || 26 });
+  run.progress({ step: "postprocess", done: 2, total: 3 });
+  const { labels: cc, count } = await connectedComponents(out, { connectivity: (cleanupOptions && cleanupOptions.connectivity) || 26 });
   // a prediction's components are bounded by its voxels: no cap here (the labels must not be lost
   // to a noisy model's 10^5 specks; the service bounds what it returns)
   const components = await componentStats(cc, { classes: out, maxComponents: count });
-  const voxelMl = prod(ct.spacing) / 1000;
+  const voxelMl = prod(out.spacing) / 1000;
   const counts = new Float64Array(256);
-  for (let i = 0; i < n; i++) counts[out.data[i]!]!++;
+  for (let i = 0; i < out.data.length; i++) counts[out.data[i]!]!++;
   const perClass: SegmentReport["perClass"] = {};
   for (const [k, name] of Object.entries(cfg.classes)) {
     if (k === "0") continue;
     perClass[k] = { name, voxels: counts[Number(k)]!, volumeMl: counts[Number(k)]! * voxelMl };
   }
-  lap("report");
-  progress({ step: "postprocess", done: 3, total: 3 });
+  run.lap("report");
+  return { out, components, perClass };
+}
+
+/**
+ * Segments a head CT: preprocess, sliding-window prediction, export to the CT's grid, then
+ * cleanup and the report (each step a function above, after nnU-Net's predictor).
+ */
+export async function segment(ct: Volume, model: SegmentModel, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+  const opts = checkOptions(ct, model, options);
+  opts.signal?.throwIfAborted();
+  const run = new SegmentRun(opts.onProgress, opts.signal);
+  run.progress({ step: "preprocess", done: 0, total: 3 });
+  const p = plan(ct, model.config, opts);
+  const pre = await preprocess(ct, p, run);
+  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, model, p, run);
+  run.signal?.throwIfAborted();
+  run.progress({ step: "postprocess", done: 1, total: 3 });
+  const labels = await exportToCtGrid(probs, classes, ct, p, pre, run);
+  run.signal?.throwIfAborted();
+  const { out, components, perClass } = await postprocess({ data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] }, p.cfg, opts.cleanup, run);
+  run.progress({ step: "postprocess", done: 3, total: 3 });
   return {
     labels: out,
     report: {
       model: model.name,
       backend: activeBackend().name,
-      classes: cfg.classes,
+      classes: p.cfg.classes,
       perClass,
       components,
       dims: [...ct.dims],
       spacing: [...ct.spacing],
-      modelGrid: { dims: modelShape, spacing: target },
-      windows: total,
+      modelGrid: { dims: p.modelShape, spacing: p.target },
+      windows,
       forwards,
-      timings,
+      timings: run.timings,
       peakForwardBytes: peakForward,
-      peakSegmentBytes: peakHeld,
+      peakSegmentBytes: run.peakHeld,
     },
   };
 }
