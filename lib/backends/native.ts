@@ -2,6 +2,7 @@
 import { createRequire } from "node:module";
 import type { VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
+import { cancelScope } from "./cancel.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
@@ -22,6 +23,10 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   /** Detaches an ArrayBuffer: engine memory goes back at once (unless a running call holds it). */
   detach(buffer: ArrayBuffer): void;
   memoryStats(): { liveBytes: number; cachedBytes: number };
+  /** Cancellation (native/src/addon.cc): a token, setting it, and the next async call's token. */
+  cancelToken(): unknown;
+  cancel(token: unknown): void;
+  cancelNext(token: unknown): void;
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -65,12 +70,41 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
   }
 }
 
+/** Addon functions that are not computations (no cancel token is handed to them). */
+const NOT_CANCELLABLE = new Set(["alloc", "detach", "memoryStats", "info", "packConvWeights", "cancelToken", "cancel", "cancelNext"]);
+
 export class NativeBackend implements Backend {
   readonly name = "native" as const;
+  private readonly addon: NativeAddon;
   constructor(
-    private readonly addon: NativeAddon,
+    addon: NativeAddon,
     private readonly path: string,
-  ) {}
+  ) {
+    // every computation made inside withCancel's scope runs under its token (see cancel.ts)
+    const cancellable = typeof addon.cancelNext === "function";
+    this.addon = !cancellable ? addon : new Proxy(addon, {
+      get(target, key, receiver) {
+        const f = Reflect.get(target, key, receiver) as unknown;
+        if (typeof f !== "function" || typeof key !== "string" || NOT_CANCELLABLE.has(key)) return f;
+        return (...args: unknown[]) => {
+          const token = cancelScope.getStore();
+          if (token === undefined) return (f as (...a: unknown[]) => unknown).apply(target, args);
+          target.cancelNext(token);
+          try {
+            return (f as (...a: unknown[]) => unknown).apply(target, args);
+          } finally {
+            target.cancelNext(null); // taken by the call's worker; cleared if the call threw before making one
+          }
+        };
+      },
+    });
+  }
+
+  cancelToken(): { token: unknown; cancel(): void } | undefined {
+    if (typeof this.addon.cancelToken !== "function") return undefined;
+    const token = this.addon.cancelToken();
+    return { token, cancel: () => this.addon.cancel(token) };
+  }
 
   allocBuffer(bytes: number): ArrayBuffer {
     return this.addon.alloc(bytes);

@@ -99,6 +99,11 @@ export interface Backend extends TensorBackend {
    * from them (packed convolution weights) may be kept with them instead of rebuilt per call.
    */
   constants?(arrays: ReadonlySet<Float32Array>): void;
+  /**
+   * A token that native calls made in its scope (cancel.ts's withCancel) run under; `cancel()`
+   * stops them at their next chunk. Backends without it are cancelled between calls only.
+   */
+  cancelToken?(): { token: unknown; cancel(): void } | undefined;
   /** Inside a resident run: makes these arrays' host copies current before JS reads them. */
   hostRead?(arrays: Float32Array[]): Promise<void>;
   /** Inside a resident run: these arrays will not be read again; their device copies may go. */

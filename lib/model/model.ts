@@ -12,6 +12,7 @@ import { basename } from "node:path";
 import { activeBackend, getBackend, releaseDerived, releaseEngineArray, withBackend } from "../backends/index.js";
 import type { BackendName } from "../types.js";
 import type { Backend } from "../backends/types.js";
+import { withCancel } from "../backends/cancel.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
@@ -211,7 +212,7 @@ export class Model {
    * Runs the graph on named inputs; returns every graph output. On a GPU backend the whole run
    * stays on the device: only the inputs go up and the outputs come down.
    */
-  async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> { // signal: checked between nodes
+  async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> { // signal: see runOn
     if (this.disposed) throw new Error(`model ${this.name} was disposed`);
     if (this.backend) {
       const bound = getBackend(this.backend);
@@ -238,8 +239,10 @@ export class Model {
   }
 
   private async runOn(be: Backend, feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> {
-    if (!be.residentRun) return this.runGraph(feeds, be, options?.signal);
-    return be.residentRun(() => this.runGraph(feeds, be, options?.signal), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
+    const signal = options?.signal;
+    // the signal reaches into native calls (a layer in flight stops at its next chunk), and is checked between nodes
+    if (!be.residentRun) return withCancel(be, signal, () => this.runGraph(feeds, be, signal));
+    return be.residentRun(() => withCancel(be, signal, () => this.runGraph(feeds, be, signal)), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
   }
 
   private async runGraph(feeds: Record<string, Tensor>, be: Backend, signal?: AbortSignal): Promise<Record<string, Tensor>> {

@@ -212,6 +212,36 @@ Napi::Value NarrowLabels(const Napi::CallbackInfo& info) {
       nullptr, {info[0], info[5]});
 }
 
+// Cancellation (see bhsd::CancelFlag): cancelToken() → an opaque token; cancel(token) stops the
+// computations running under it at their next chunk (they reject with "bhsd: cancelled");
+// cancelNext(token | null) makes the next asynchronous call on this thread run under it.
+using FlagPtr = std::shared_ptr<bhsd::CancelFlag>;
+static const napi_type_tag kCancelTag = {0x6268736463616e63ULL, 0x656c746f6b656e31ULL};
+
+Napi::Value CancelToken(const Napi::CallbackInfo& info) {
+  auto ext = Napi::External<FlagPtr>::New(info.Env(), new FlagPtr(std::make_shared<bhsd::CancelFlag>()),
+                                          [](Napi::Env, FlagPtr* p) { delete p; });
+  ext.TypeTag(&kCancelTag);
+  return ext;
+}
+
+static FlagPtr& token_of(const Napi::Value& v) {
+  if (!v.IsExternal() || !v.As<Napi::External<FlagPtr>>().CheckTypeTag(&kCancelTag))
+    throw Napi::TypeError::New(v.Env(), "native: token must come from cancelToken()");
+  return *v.As<Napi::External<FlagPtr>>().Data();
+}
+
+Napi::Value Cancel(const Napi::CallbackInfo& info) {
+  token_of(info[0])->set.store(1, std::memory_order_relaxed);
+  return info.Env().Undefined();
+}
+
+Napi::Value CancelNext(const Napi::CallbackInfo& info) {
+  if (info[0].IsNull() || info[0].IsUndefined()) pending_cancel().reset();
+  else pending_cancel() = token_of(info[0]);
+  return info.Env().Undefined();
+}
+
 // alloc(bytes) → ArrayBuffer over engine memory (see engine_buffer); memoryStats() → live/cached bytes
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   const std::int64_t bytes = int_of(info[0], "bytes", 0, std::int64_t(1) << 40);
@@ -317,6 +347,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("info", Napi::Function::New<guarded<Info>>(env, "info"));
   exports.Set("alloc", Napi::Function::New<guarded<Alloc>>(env, "alloc"));
+  exports.Set("cancelToken", Napi::Function::New<guarded<CancelToken>>(env, "cancelToken"));
+  exports.Set("cancel", Napi::Function::New<guarded<Cancel>>(env, "cancel"));
+  exports.Set("cancelNext", Napi::Function::New<guarded<CancelNext>>(env, "cancelNext"));
   exports.Set("detach", Napi::Function::New<guarded<Detach>>(env, "detach"));
   exports.Set("memoryStats", Napi::Function::New<guarded<MemoryStats>>(env, "memoryStats"));
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));

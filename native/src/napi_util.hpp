@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "bhsd/dtype.hpp"
+#include "bhsd/thread_pool.hpp"
 #include "bhsd/memory.hpp"
 #include "bhsd/thread_pool.hpp"
 
@@ -102,6 +103,14 @@ struct Pins {
   }
 };
 
+// The cancel flag the next asynchronous call on this JS thread runs under (cancelNext sets it;
+// the PromiseWorker that call makes takes it). A shared_ptr: the flag outlives whichever of the
+// JS token object and the work lets go last.
+inline std::shared_ptr<bhsd::CancelFlag>& pending_cancel() {
+  static thread_local std::shared_ptr<bhsd::CancelFlag> f;
+  return f;
+}
+
 // The pins of the exported call now running on the JS thread (set by `guarded`).
 inline Pins*& current_pins() {
   static thread_local Pins* p = nullptr;
@@ -188,12 +197,15 @@ class PromiseWorker : public Napi::AsyncWorker {
       if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
     // the arrays this call viewed (kept alive, or copied) now belong to the work
     if (Pins* p = current_pins()) std::swap(pins_, *p);
+    cancel_ = std::move(pending_cancel());
   }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
     try {
+      bhsd::CancelScope scope(cancel_.get());
+      bhsd::check_cancel();  // cancelled while queued: do not start
       execute_();
     } catch (const std::bad_alloc&) {
       SetError("native: out of memory");
@@ -235,6 +247,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Resolve resolve_;
   std::vector<Napi::ObjectReference> keep_;
   Pins pins_;
+  std::shared_ptr<bhsd::CancelFlag> cancel_;
 };
 
 inline std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {

@@ -1,6 +1,7 @@
 // A small test of the Node-free core, built and run by scripts/native-core-test.mjs
 // (g++ -std=c++17 -O2 -pthread). Exits non-zero on the first failed check.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -57,6 +58,40 @@ static void test_pool_exception_and_nesting(bhsd::ThreadPool& pool) {
       pool.parallel_for(10, [&](std::size_t a, std::size_t b) { total += long(b - a); });
   });
   CHECK(total == 640);
+}
+
+// Cancellation: a loop under a set flag does not start; a flag set mid-loop skips the chunks not yet
+// started and throws Cancelled on the caller; the pool runs the next loop (without a flag) in full.
+static void test_pool_cancel(bhsd::ThreadPool& pool) {
+  bhsd::CancelFlag flag;
+  std::atomic<int> ran{0};
+  {
+    bhsd::CancelScope scope(&flag);
+    flag.set = 1;
+    bool threw = false;
+    try {
+      pool.parallel_for(1000, [&](std::size_t, std::size_t) { ran++; }, 1, 4);
+    } catch (const bhsd::Cancelled&) {
+      threw = true;
+    }
+    CHECK(threw && ran == 0);
+    flag.set = 0;
+    threw = false;
+    try {
+      pool.parallel_for(1000, [&](std::size_t lo, std::size_t) {
+        if (lo == 0) flag.set = 1;  // the first chunk cancels the loop
+        ran++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }, 1, 64);
+    } catch (const bhsd::Cancelled&) {
+      threw = true;
+    }
+    CHECK(threw);
+    CHECK(ran < 64 * int(pool.size()));  // chunks after the flag were skipped
+  }
+  std::atomic<std::size_t> total{0};
+  pool.parallel_for(1000, [&](std::size_t lo, std::size_t hi) { total += hi - lo; });
+  CHECK(total == 1000);  // out of the scope: no flag, every index
 }
 
 static void test_pool_many_loops(bhsd::ThreadPool& pool) {
@@ -595,6 +630,7 @@ int main() {
     test_pool_covers_every_index(pool);
     test_pool_exception_and_nesting(pool);
     test_pool_many_loops(pool);
+    test_pool_cancel(pool);
     test_stats_and_rescale(pool);
     test_ccl_against_flood_fill(pool);
     test_component_stats(pool);

@@ -12,10 +12,43 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
 namespace bhsd {
+
+// Cancellation of long computations: a flag the caller's thread runs under (current_cancel) that
+// parallel_for checks before each chunk, on every thread taking part. Once it is set, the chunks
+// not yet started are skipped and the loop throws Cancelled: a convolution stops within one chunk
+// (a fraction of a layer), its output left partly written (the caller discards it).
+struct CancelFlag {
+  std::atomic<int> set{0};
+};
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("bhsd: cancelled") {}
+};
+// The flag of the computation this thread is running (null: not cancellable).
+inline const CancelFlag*& current_cancel() {
+  static thread_local const CancelFlag* flag = nullptr;
+  return flag;
+}
+inline bool cancel_requested(const CancelFlag* f) { return f && f->set.load(std::memory_order_relaxed) != 0; }
+// Throws Cancelled when this thread's computation was cancelled: for long serial loops.
+inline void check_cancel() {
+  if (cancel_requested(current_cancel())) throw Cancelled();
+}
+// Sets current_cancel for a scope (a worker running a job, a call running a computation).
+class CancelScope {
+ public:
+  explicit CancelScope(const CancelFlag* f) : saved_(current_cancel()) { current_cancel() = f; }
+  ~CancelScope() { current_cancel() = saved_; }
+  CancelScope(const CancelScope&) = delete;
+  CancelScope& operator=(const CancelScope&) = delete;
+
+ private:
+  const CancelFlag* saved_;
+};
 
 // Runs `fn(lo, hi)` over [0, n) split into chunks, on the calling thread plus the pool's workers.
 // One loop runs at a time (callers from several threads queue on a mutex); a loop started from
@@ -57,15 +90,24 @@ class ThreadPool {
     const std::size_t want = std::size_t(threads) * chunks_per_thread;
     const std::size_t chunk = std::max<std::size_t>(grain, (n + want - 1) / want);
     const std::size_t chunks = (n + chunk - 1) / chunk;
+    const CancelFlag* cancel = current_cancel();
+    check_cancel();
     if (chunks <= 1 || threads == 1 || in_worker()) {
-      fn(0, n);
+      if (!cancel) {
+        fn(0, n);
+        return;
+      }
+      for (std::size_t lo = 0; lo < n; lo += chunk) {  // serially, still checking between chunks
+        check_cancel();
+        fn(lo, std::min(n, lo + chunk));
+      }
       return;
     }
     // Shared with the workers: one that wakes after the last chunk is taken still holds the job,
     // finds nothing to do and lets go, while the caller has long returned (it never waits for a
     // descheduled thread that has no chunk: on a loaded machine that wait cost a scheduler quantum
     // per loop).
-    auto shared = std::make_shared<Job>(&fn, n, chunk, chunks);
+    auto shared = std::make_shared<Job>(&fn, n, chunk, chunks, cancel);
     Job& job = *shared;
     std::unique_lock<std::mutex> run(run_mutex_);
     {
@@ -94,12 +136,13 @@ class ThreadPool {
   struct Job {
     const std::function<void(std::size_t, std::size_t)>* fn;
     std::size_t n, chunk, chunks;
+    const CancelFlag* cancel;  // the caller's; workers run the job's chunks under it
     std::atomic<std::size_t> next{0};
     std::size_t done = 0;    // guarded by mutex_
     std::exception_ptr error;  // guarded by mutex_
     Job(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n_, std::size_t c,
-        std::size_t cs)
-        : fn(f), n(n_), chunk(c), chunks(cs) {}
+        std::size_t cs, const CancelFlag* cf)
+        : fn(f), n(n_), chunk(c), chunks(cs), cancel(cf) {}
   };
 
   static bool& in_worker() {
@@ -108,12 +151,14 @@ class ThreadPool {
   }
 
   void work(Job& job) {
+    CancelScope scope(job.cancel);  // nested loops and check_cancel() in the chunks see it
     for (;;) {
       const std::size_t c = job.next.fetch_add(1, std::memory_order_relaxed);
       if (c >= job.chunks) return;
       const std::size_t lo = c * job.chunk, hi = std::min(job.n, lo + job.chunk);
       std::exception_ptr err;
       try {
+        if (cancel_requested(job.cancel)) throw Cancelled();  // skipped: the loop is cancelled
         (*job.fn)(lo, hi);
       } catch (...) {
         err = std::current_exception();
