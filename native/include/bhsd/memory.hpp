@@ -34,8 +34,11 @@ namespace detail {
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kHuge = std::size_t(2) << 20;
 
+// From 1 MB up, whole huge pages: one fault (a 2 MB clear, ~0.2 ms) instead of 256–512 faults of
+// 4 KB pages (~16 µs each here): a model's 1.5 MB output, fresh every run, cost 3.9 ms in faults.
+// At most half of a block in [1, 2) MB is slack; from 4 MB up at most a third.
 inline std::size_t round_size(std::size_t bytes) {
-  const std::size_t unit = bytes >= kHuge ? kHuge : kPage;
+  const std::size_t unit = bytes >= kHuge / 2 ? kHuge : kPage;
   return (bytes + unit - 1) / unit * unit;
 }
 
