@@ -1,4 +1,6 @@
 /** bhsd — intracranial hemorrhage on head CT, from Node.js. The public surface (shared/spec/api.md). */
+import "./public-globals.js";
+import type { ServeOptions, Service } from "./server/service.js";
 export type { BackendName, DTypeName, NiftiMeta, Tensor, Volume, VoxelArray } from "./types.js";
 export { backendInfo, setBackend, setCudaPrecision, availableBackends, type BackendInfo, type BackendDetails } from "./backends/index.js";
 export type { CudaPrecision } from "./backends/cuda.js";
@@ -28,10 +30,12 @@ export { encodeModel } from "./model/onnx-proto.js";
 export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
 export { resampleVolume } from "./model/resample.js";
 export { loadNnunet, NnunetModel, CheckpointError, type LoadNnunetOptions, type Fold, type Architecture } from "./model/nnunet/index.js";
-export type { ServeOptions } from "./server/server.js";
-/** The REST service (fastify is loaded only when it is asked for). */
-export async function createServer(options?: import("./server/server.js").ServeOptions) {
-  return (await import("./server/server.js")).createServer(options);
+export type { ServeOptions } from "./server/service.js";
+export type { Service, InjectRequest, InjectResponse } from "./server/service.js";
+/** The REST service (fastify is loaded only when it is asked for); not listening until `listen()`. */
+export async function createServer(options?: ServeOptions): Promise<Service> {
+  const app = await (await import("./server/server.js")).createServer(options);
+  return app; // a fastify instance, checked here to fit the Service declared for users
 }
 export { makePhantom, type Phantom, type PhantomOptions } from "./phantom/phantom.js";
 export { prng } from "./random.js";

@@ -40,46 +40,8 @@ import { ModelCache } from "./models.js";
 import { requestBodies, schemas } from "./schemas.js";
 import { registerViewer, VIEWER_PUBLIC_ROUTES } from "./viewer.js";
 
-export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
-export const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
-
-export interface ServeOptions {
-  host?: string;
-  port?: number;
-  /** Bearer token; required when host is not a loopback address. Default BHSD_TOKEN. */
-  token?: string;
-  /** Folder of `<name>.onnx` models (with their sidecars). Default BHSD_MODEL_DIR or the package's models/. */
-  modelDir?: string;
-  /**
-   * Bytes of models kept loaded between requests (each counted as its .onnx file's size), least
-   * recently used dropped first and disposed once no request uses it; default 2 GiB. The model a
-   * request needs is always loaded, even alone over the budget.
-   */
-  modelCacheBytes?: number;
-  /** Largest request body (bytes; a multipart body's files together), default 512 MiB. */
-  maxBodyBytes?: number;
-  /** Largest volume (voxels), also every grid segment derives from it (resampled, padded); default 64 Mi. */
-  maxVoxels?: number;
-  /** Decoded voxel bytes one request may hold (default 1 GiB) and all admitted requests together (default 2 GiB). */
-  maxRequestBytes?: number;
-  maxInflightBytes?: number;
-  /** Most connected components /v1/components reports (default 10,000; more → 422). */
-  maxComponents?: number;
-  /** Jobs run at once (default 1) and jobs waiting (default 4). */
-  concurrency?: number;
-  queue?: number;
-  /** Time limit of one job from its admission (ms, default 10 min); the job's work is stopped then. */
-  jobTimeoutMs?: number;
-  /** Folder of the label results (default BHSD_RESULT_DIR or <tmpdir>/bhsd-results), their lifetime (ms, default 15 min), total bytes (default 1 GiB) and count (default 10,000). */
-  resultDir?: string;
-  resultTtlMs?: number;
-  resultMaxBytes?: number;
-  resultMaxCount?: number;
-  /** Log level (default "warn"); requests are logged one line each only at "debug" and "trace". */
-  logLevel?: LogLevel;
-  /** false: no logger at all (tests). */
-  logger?: boolean;
-}
+export { LOG_LEVELS, type LogLevel, type ServeOptions } from "./service.js";
+import { LOG_LEVELS, type ServeOptions } from "./service.js";
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
