@@ -6,8 +6,7 @@ import { cancelScope } from "./cancel.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
-/** The functions the addon exports (native/src/addon.cc). */
-/** The tensor functions take the same arguments as the TensorBackend methods. */
+/** The functions the addon exports (native/src/addon.cc); the tensor functions take the same arguments as the TensorBackend methods. */
 export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"> {
   /**
    * TensorBackend's conv3d; optionally the weights as packConvWeights packed them, and a norm

@@ -115,8 +115,10 @@ function convCommon(input: unknown, weight: unknown, bias: unknown, options: unk
   return { input: input as Tensor, weight: weight as Tensor, bias: (bias ?? null) as Tensor | null, opts, stride, dilation, pad, groups: groups as number };
 }
 
-/** conv3d's checks and output: everything but the backend call. */
-/** `check` sees the output channels once the arguments are valid, before the output is taken. */
+/**
+ * conv3d's checks and output: everything but the backend call. `check` sees the output channels
+ * once the arguments are valid, before the output is taken.
+ */
 function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined, options: Conv3dOptions | undefined, check?: (Co: number) => void) {
   const c = convCommon(input, weight, bias, options);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
