@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "bhsd/host_device.hpp"
 #include "common.cuh"
 #include "gpu.hpp"
 
@@ -134,52 +135,17 @@ __global__ void binary_kernel(const float* a, const float* b, float* y, Shape6 s
   }
 }
 
+// One thread per output voxel; the window's loop is the CPU's (bhsd/host_device.hpp).
 struct Pool3 {
-  std::int64_t in[3], out[3], k[3], s[3], d[3], p[3];
+  std::int64_t out[3];
+  bhsd::hd::PoolGeom g;
 };
 
 __global__ void pool_kernel(const float* x, float* y, std::int64_t n, Pool3 g, bool max, bool cip) {
   GRID_LOOP(i, n) {
     const std::int64_t ow = i % g.out[2], oh = (i / g.out[2]) % g.out[1], od = (i / (g.out[2] * g.out[1])) % g.out[0];
     const std::int64_t nc = i / (g.out[0] * g.out[1] * g.out[2]);
-    const float* px = x + nc * g.in[0] * g.in[1] * g.in[2];
-    double acc = max ? -INFINITY : 0.0;
-    std::int64_t inside = 0;
-    for (std::int64_t a = 0; a < g.k[0]; ++a) {
-      const std::int64_t id = od * g.s[0] - g.p[0] + a * g.d[0];
-      if (id < 0 || id >= g.in[0]) continue;
-      for (std::int64_t b = 0; b < g.k[1]; ++b) {
-        const std::int64_t ih = oh * g.s[1] - g.p[1] + b * g.d[1];
-        if (ih < 0 || ih >= g.in[1]) continue;
-        for (std::int64_t c = 0; c < g.k[2]; ++c) {
-          const std::int64_t iw = ow * g.s[2] - g.p[2] + c * g.d[2];
-          if (iw < 0 || iw >= g.in[2]) continue;
-          const double v = px[(id * g.in[1] + ih) * g.in[2] + iw];
-          if (max) acc = v > acc || v != v ? v : acc;  // NaN propagates, as PyTorch's max_pool3d
-          else acc += v;
-          ++inside;
-        }
-      }
-    }
-    float out;
-    if (max) out = float(acc);
-    else {
-      std::int64_t denom = inside;
-      if (cip) {
-        denom = 1;
-        const std::int64_t o[3] = {od, oh, ow};
-        for (int ax = 0; ax < 3; ++ax) {
-          const std::int64_t start = o[ax] * g.s[ax] - g.p[ax];
-          std::int64_t end = start + (g.k[ax] - 1) * g.d[ax] + 1;
-          if (end > g.in[ax] + g.p[ax]) end = g.in[ax] + g.p[ax];
-          std::int64_t cnt = 0;
-          for (std::int64_t t = start; t < end; t += g.d[ax]) ++cnt;
-          denom *= cnt;
-        }
-      }
-      out = denom > 0 ? float(acc / double(denom)) : 0.f;
-    }
-    y[i] = out;
+    y[i] = bhsd::hd::pool_voxel(x + nc * g.g.in[0] * g.g.in[1] * g.g.in[2], g.g, od, oh, ow, max, cip);
   }
 }
 
@@ -324,7 +290,7 @@ void pool3d(const float* x, float* y, std::int64_t NC, const std::int64_t in[3],
             const std::int64_t k[3], const std::int64_t s[3], const std::int64_t d[3], const std::int64_t p[3], bool max,
             bool cip) {
   Pool3 g;
-  for (int a = 0; a < 3; ++a) g.in[a] = in[a], g.out[a] = out[a], g.k[a] = k[a], g.s[a] = s[a], g.d[a] = d[a], g.p[a] = p[a];
+  for (int a = 0; a < 3; ++a) g.g.in[a] = in[a], g.out[a] = out[a], g.g.k[a] = k[a], g.g.s[a] = s[a], g.g.d[a] = d[a], g.g.p[a] = p[a];
   const std::int64_t n = NC * out[0] * out[1] * out[2];
   pool_kernel<<<grid_for(n), T, 0, stream()>>>(x, y, n, g, max, cip);
   BHSD_LAUNCHED("pool3d kernel");

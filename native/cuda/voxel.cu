@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "bhsd/host_device.hpp"
 #include "common.cuh"
 #include "gpu.hpp"
 
@@ -253,23 +254,11 @@ __global__ void box_surfaces(const std::uint8_t* gt, const std::uint8_t* pred, s
   }
 }
 
+// The sweeps are the CPU's (bhsd/host_device.hpp): one thread per row, then per line.
 __global__ void edt_x(const std::uint8_t* feat, double* out, std::int64_t w, std::int64_t rows, double sx) {
   const std::int64_t r = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
-  const std::uint8_t* f = feat + r * w;
-  double* o = out + r * w;
-  std::int64_t last = -1;
-  for (std::int64_t x = 0; x < w; ++x) {
-    if (f[x]) last = x;
-    o[x] = last < 0 ? INFINITY : double(x - last);
-  }
-  last = -1;
-  for (std::int64_t x = w - 1; x >= 0; --x) {
-    if (f[x]) last = x;
-    double v = o[x];
-    if (last >= 0) v = fmin(v, double(last - x));
-    o[x] = v == INFINITY ? INFINITY : (v * sx) * (v * sx);
-  }
+  bhsd::hd::edt_row(feat + r * w, out + r * w, w, sx);
 }
 
 // Lower envelope along lines: line l = (g, m) starts at g·gstride + m, samples `stride` apart.
@@ -287,39 +276,8 @@ __global__ void edt_envelope(double* out, std::int64_t n, std::int64_t stride, s
     fs[i * lines + l] = v;
     any |= v != INFINITY;
   }
-  if (!any) return;
-  const double s2 = s * s;
-#define F(i) fs[(i) * lines + l]
-#define V(i) vs[(i) * lines + l]
-#define Z(i) zs[(i) * lines + l]
-  std::int64_t k = -1;
-  for (std::int64_t q = 0; q < n; ++q) {
-    const double fq = F(q);
-    if (fq == INFINITY) continue;
-    if (k < 0) {
-      k = 0, V(0) = q, Z(0) = -INFINITY, Z(1) = INFINITY;
-      continue;
-    }
-    double x;
-    for (;;) {
-      const std::int64_t p = V(k);
-      x = ((fq + s2 * double(q) * double(q)) - (F(p) + s2 * double(p) * double(p))) / (2.0 * s2 * double(q - p));
-      if (x <= Z(k)) --k;
-      else break;
-    }
-    ++k;
-    V(k) = q, Z(k) = x, Z(k + 1) = INFINITY;
-  }
-  std::int64_t j = 0;
-  for (std::int64_t q = 0; q < n; ++q) {
-    while (Z(j + 1) < double(q)) ++j;
-    const std::int64_t vj = V(j);
-    const double t = double(q - vj) * s;
-    base[q * stride] = t * t + F(vj);
-  }
-#undef F
-#undef V
-#undef Z
+  if (!any) return;  // no feature on this line yet: stays +inf
+  bhsd::hd::edt_envelope(fs + l, lines, base, stride, n, s, vs + l, zs + l, lines);
 }
 
 __global__ void flag_counts(const std::uint8_t* flags, std::int64_t n, unsigned* counts) {
