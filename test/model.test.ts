@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
 import type { Volume } from "../lib/types.js";
-import { backendsUnderTest, sharedFixture } from "./helpers.js";
+import { backendsUnderTest, ROOT, sharedFixture } from "./helpers.js";
 import { randomTensor, relDiff } from "./ort.js";
 
 const backends = backendsUnderTest();
@@ -109,13 +109,39 @@ test.serial("segment: mirroring, progress, cleanup and the report", async (t) =>
   t.deepEqual(mirrored.labels.data, plain.labels.data);
 });
 
-test.serial("segment resamples to the model's spacing and back to the CT's grid", async (t) => {
-  const model = await loadModel(pointwiseModel(11), { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] });
-  const ct = ctVolume([8, 24, 20], 4, [5, 0.5, 0.5]);
-  const { labels, report } = await segment(ct, model);
+test.serial("segment resamples to the model's spacing and back to the CT's grid as scipy.ndimage.zoom does", async (t) => {
+  // test/fixtures/resample/make_fixture.py: the CT, a pointwise model's weights, and the labels
+  // scipy gives (zoom order 1, half-pixel grid, edges repeated, there and back; softmax between)
+  const dir = join(ROOT, "test", "fixtures", "resample");
+  const npy = (name: string) => readNpy(join(dir, `${name}.npy`));
+  const [ct, w1, b1, w2, b2, want, margin] = await Promise.all(["ct", "w1", "b1", "w2", "b2", "labels", "margin"].map(npy));
+  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({ name, dims: a.shape, data: Float32Array.from(a.data) });
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
+      { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
+      { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+    ],
+    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
+  });
+  const model = await loadModel(bytes, { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] });
+  const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape as [number, number, number], [5, 0.5, 0.5]);
+  const { labels, report } = await segment(vol, model);
   t.deepEqual(report.modelGrid.dims, [16, 12, 10]);
-  t.deepEqual(labels.dims, ct.dims);
-  t.true(labels.data.some((v) => v > 0));
+  t.deepEqual(labels.dims, vol.dims);
+  // every voxel whose two best classes scipy separates by more than float32 noise is the same class
+  let compared = 0, differ = 0;
+  for (let i = 0; i < labels.data.length; i++) {
+    if (margin!.data[i]! <= 1e-4) continue;
+    compared++;
+    if (labels.data[i] !== want!.data[i]) differ++;
+  }
+  t.true(compared > 0.99 * labels.data.length, `${compared} of ${labels.data.length} voxels compared`);
+  t.is(differ, 0, `${differ} of ${compared} voxels differ from scipy's labels`);
+  t.true(new Set(labels.data).size >= 4, "four classes in the fixture");
 });
 
 test("a label volume resampled to another spacing and back keeps its labels away from edges", async (t) => {
