@@ -168,3 +168,33 @@ test.serial("bhsd components: counts, per-bleed stats, cleanup", async (t) => {
   t.not(bad.status, 0);
   t.regex(bad.stderr, /--connectivity <n>' argument '8' is invalid\. Allowed choices are 6, 18, 26/);
 });
+
+test("the BHSD layout reader pairs images with ground truths by case name and names what is missing", async (t) => {
+  const { layoutFolders, readLabelledCases, readSliceLabelledCases } = await import("../lib/metrics/dataset.js");
+  const { writeNifti, volumeFromArray } = await import("../lib/index.js");
+  const { writeFileSync } = await import("node:fs");
+  const root = mkdtempSync(join(tmpdir(), "bhsd-layout-"));
+  const f = layoutFolders(root);
+  t.deepEqual(f, { images: join(root, "images"), truths: join(root, "ground truths"), slices: join(root, "slice labels") });
+  for (const d of Object.values(f)) mkdirSync(d);
+  const vol = (v: number) => volumeFromArray(new Int16Array(2 * 3 * 4).fill(v), [4, 3, 2]);
+  // case b's image is .nii and its truth .nii.gz: one case all the same; files sorted by case name
+  await writeNifti(join(f.images, "b.nii"), vol(2));
+  await writeNifti(join(f.images, "a.nii.gz"), vol(1));
+  await writeNifti(join(f.truths, "a.nii.gz"), vol(0));
+  await writeNifti(join(f.truths, "b.nii.gz"), vol(3));
+  const cases = await readLabelledCases(root);
+  t.deepEqual(cases.map((c) => [c.name, c.ct.data[0], c.labels.data[0]]), [["a", 1, 0], ["b", 2, 3]]);
+  // slice labels: one row per slice (z), classes by name
+  writeFileSync(join(f.slices, "a.csv"), "slice,EDH,IPH,IVH,SAH,SDH,any\n0,0,1,0,0,0,1\n1,0,0,0,0,0,0\n2,0,0,0,0,0,0\n3,1,0,0,0,0,1\n");
+  writeFileSync(join(f.slices, "b.csv"), "slice,EDH,IPH,IVH,SAH,SDH,any\n0,0,0,0,0,0,0\n");
+  await t.throwsAsync(readSliceLabelledCases(root), { message: /b\.csv has 1 slices but b\.nii has 4/ });
+  writeFileSync(join(f.slices, "b.csv"), "slice,EDH,IPH,IVH,SAH,SDH,any\n" + [0, 1, 2, 3].map((z) => `${z},0,0,0,0,1,1`).join("\n") + "\n");
+  const sl = await readSliceLabelledCases(root);
+  t.deepEqual(sl[0]!.slices.present[0], [false, true, false, false, false]);
+  t.deepEqual(sl[0]!.slices.present[3], [true, false, false, false, false]);
+  t.deepEqual(sl[1]!.slices.present.map((r) => r[4]), [true, true, true, true]);
+  // an image without its truth is named, not skipped
+  await writeNifti(join(f.images, "c.nii.gz"), vol(4));
+  await t.throwsAsync(readLabelledCases(root), { message: /case c has an image .*c\.nii\.gz.* but no ground truth in .*ground truths/ });
+});

@@ -5,7 +5,7 @@ import { readNifti } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { toJson } from "../json.js";
 import { casesToCsv, summaryToCsv } from "../metrics/csv.js";
-import { evaluateDataset } from "../metrics/dataset.js";
+import { evaluateDataset, LAYOUT } from "../metrics/dataset.js";
 import { BHSD_CLASSES, evaluate, type CaseMetrics } from "../metrics/evaluate.js";
 import type { Summary } from "../metrics/summary.js";
 import { renderReport } from "../render/report.js";
@@ -75,7 +75,7 @@ export function evaluateCommand(program: Command): void {
       const isDir = gtStat.isDirectory();
       if (isDir && o.html) throw new Error("--html needs one case (files for --gt and --pred), not folders");
       if (!isDir && o.summaryCsv) throw new Error("--summary-csv needs folders for --gt and --pred (one case has no summary)");
-      const inputs = [...(await inputFiles(o.gt, ["ground truths"])), ...(await inputFiles(o.pred)), ...(o.ct ? [o.ct] : [])];
+      const inputs = [...(await inputFiles(o.gt, [LAYOUT.truths])), ...(await inputFiles(o.pred)), ...(o.ct ? [o.ct] : [])];
       const outputs = [
         ...(o.csv ? [{ flag: "--csv", path: o.csv }] : []),
         ...(o.summaryCsv ? [{ flag: "--summary-csv", path: o.summaryCsv }] : []),
