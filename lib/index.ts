@@ -20,7 +20,7 @@ export { summarize, aggregate, type Summary, type Aggregate } from "./metrics/su
 export { casesToCsv, summaryToCsv, csvNumber } from "./metrics/csv.js";
 export { slicePresence, slicesToCsv, parseSliceCsv, evaluateSlices, type SliceLabels, type SliceScore } from "./metrics/slices.js";
 export {
-  conv3d, conv3dInstanceNorm, convTranspose3d, instanceNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
+  conv3d, conv3dInstanceNorm, convTranspose3d, instanceNorm, groupNorm, batchNorm, relu, leakyRelu, prelu, sigmoid, add, mul, concat,
   maxPool3d, avgPool3d, resize, softmax, argmax, assertTensor, allocTensor,
   type Conv3dOptions, type FusedNorm, type ConvTranspose3dOptions, type Pool3dOptions, type ResizeOptions,
 } from "./ops/tensor.js";

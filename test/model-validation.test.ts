@@ -369,3 +369,68 @@ test.serial("shape glue is computed once per input shape: the next run of the sa
   }
   await session.release();
 });
+
+// PyTorch's GroupNorm as exported before opset 18 (MONAI SegResNet): Reshape [0, G, -1] →
+// InstanceNormalization(1, 0) → Reshape(Shape(X)) → Mul γ → Add β → Relu, fused into one node.
+function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)[] } = {}) {
+  const C = 8, G = 4;
+  const gamma = randomTensor([C, 1, 1, 1], 21), beta = randomTensor([C, 1, 1, 1], 22);
+  return encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Reshape", name: "r1", inputs: ["x", "target"], outputs: ["g"] },
+      { opType: "InstanceNormalization", name: "gn", inputs: ["g", "one", "zero"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+      { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
+      { opType: "Reshape", name: "r2", inputs: ["n", "s"], outputs: ["u"] },
+      { opType: "Mul", name: "m", inputs: ["u", "gamma"], outputs: ["v"] },
+      { opType: "Add", name: "a", inputs: ["v", "beta"], outputs: ["w"] },
+      { opType: "Relu", name: "act", inputs: ["w"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: opts.inShape ?? [2, C, "D", "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "target", dims: [3], data: i64([0, G, -1]) },
+      { name: "one", dims: [G], data: f32([opts.scaleOne ?? 1, 1, 1, 1]) },
+      { name: "zero", dims: [G], data: f32([0, 0, 0, 0]) },
+      { name: "gamma", dims: gamma.shape, data: gamma.data },
+      { name: "beta", dims: beta.shape, data: beta.data },
+    ],
+  });
+}
+
+test("GroupNorm as exported (Reshape → InstanceNorm → Reshape → Mul → Add → Relu) runs as one fused node and equals onnxruntime on every backend; a variant that is not the pattern is left alone", async (t) => {
+  const x = randomTensor([2, 8, 3, 5, 7], 23);
+  x.data.forEach((v, i) => (x.data[i] = v * 3 + (i % 5)));
+  for (const [what, bytes, fused] of [["the exported GroupNorm", groupNormPattern(), true], ["the norm's scale is not 1 (no fusion)", groupNormPattern({ scaleOne: 2 }), false]] as const) {
+    const ref = await ortSession(bytes, { x });
+    for (const { name: b } of backendsUnderTest()) {
+      const m = await loadModel(bytes, { backend: b });
+      const y = await m.run(x);
+      t.true(relDiff(y.data, ref.data) < 1e-5, `${what} on ${b}: ${relDiff(y.data, ref.data)}`);
+      t.is("GroupNormalization+relu" in m.lastRun!.opMs, fused, `${what} on ${b}: ops ${Object.keys(m.lastRun!.opMs)}`);
+    }
+  }
+  // a backend without a groupNorm of its own (the CUDA one): composed from instanceNorm, mul, add and relu
+  const { getBackend, withBackend } = await import("../lib/backends/index.js");
+  const base = getBackend("ts");
+  const bare = Object.assign(Object.create(Object.getPrototypeOf(base) as object) as object, base, { groupNorm: undefined }) as typeof base;
+  const m = await loadModel(groupNormPattern());
+  const y = await withBackend(bare, () => m.run(x));
+  t.true(relDiff(y.data, (await ortSession(groupNormPattern(), { x })).data) < 1e-5, "composed on a backend without groupNorm");
+});
+
+test("GroupNormalization (opset 18: scale and bias per group) equals onnxruntime on every backend", async (t) => {
+  const x = randomTensor([1, 6, 4, 5, 3], 31), s = randomTensor([3], 32), b = randomTensor([3], 33);
+  const bytes = encodeModel({
+    opset: 18,
+    nodes: [{ opType: "GroupNormalization", name: "gn", inputs: ["x", "s", "b"], outputs: ["y"], attrs: { num_groups: 3, epsilon: 1e-5 } }],
+    inputs: [{ name: "x", shape: x.shape }],
+    outputs: [{ name: "y" }],
+    initializers: [{ name: "s", dims: [3], data: s.data }, { name: "b", dims: [3], data: b.data }],
+  });
+  const ref = await ortSession(bytes, { x });
+  for (const { name: be } of backendsUnderTest()) {
+    const y = await (await loadModel(bytes, { backend: be })).run(x);
+    t.true(relDiff(y.data, ref.data) < 1e-5, `${be}: ${relDiff(y.data, ref.data)}`);
+  }
+});

@@ -197,6 +197,7 @@ export class NativeBackend implements Backend {
     this.addon.conv3d(x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, 0, 0, out, this.packedFor(w, wShape[0], groups), scale, nb, eps, act, alpha);
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
+  groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);
   unary: TensorBackend["unary"] = (...a) => this.addon.unary(...a);
   binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);

@@ -35,6 +35,12 @@ export interface TensorBackend {
     outSpatial: Triple, out: Float32Array,
   ): Promise<void>;
   instanceNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array | null, bias: Float32Array | null, eps: number, act: number, alpha: number, out: Float32Array): Promise<void>;
+  /**
+   * Group normalisation: statistics per (n, group of C/groups consecutive channels), scale and bias
+   * per channel, then the activation, in one call. Optional: ops.groupNorm composes it from
+   * instanceNorm, mul, add and the activation where a backend lacks it.
+   */
+  groupNorm?(x: Float32Array, N: number, C: number, spatial: number, groups: number, scale: Float32Array | null, bias: Float32Array | null, eps: number, act: number, alpha: number, out: Float32Array): Promise<void>;
   batchNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array, bias: Float32Array, mean: Float32Array, variance: Float32Array, eps: number, out: Float32Array): Promise<void>;
   unary(x: Float32Array, N: number, C: number, spatial: number, op: number, alpha: number, slope: Float32Array | null, out: Float32Array): Promise<void>;
   /** Broadcasting a+b or a·b: shape and element strides padded to 6 axes (stride 0 along broadcast axes). */

@@ -154,6 +154,30 @@ export const tsTensor: TensorBackend = {
         }
   },
 
+  async groupNorm(x, N, C, spatial, groups, scale, bias, eps, act, alpha, out) {
+    const y = new Yielder();
+    const cpg = C / groups, span = cpg * spatial;
+    for (let ng = 0; ng < N * groups; ng++) {
+      const o0 = ng * span;
+      let sum = 0;
+      for (let i = 0; i < span; i++) sum += x[o0 + i]!;
+      const mean = sum / span;
+      let ss = 0;
+      for (let i = 0; i < span; i++) {
+        const d = x[o0 + i]! - mean;
+        ss += d * d;
+      }
+      const inv = 1 / Math.sqrt(ss / span + eps);
+      for (let k = 0; k < cpg; k++) {
+        const c = (ng % groups) * cpg + k, o = o0 + k * spatial;
+        const sc = scale ? scale[c]! : 1;
+        const a = Math.fround(inv * sc), b = Math.fround((bias ? bias[c]! : 0) - mean * inv * sc);
+        for (let i = 0; i < spatial; i++) out[o + i] = act1(Math.fround(x[o + i]! * a) + b, act, alpha);
+      }
+      await y.maybe();
+    }
+  },
+
   async instanceNorm(x, N, C, spatial, scale, bias, eps, act, alpha, out) {
     const y = new Yielder();
     for (let nc = 0; nc < N * C; nc++) {

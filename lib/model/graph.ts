@@ -468,7 +468,7 @@ export function fuseActivations(graph: Graph): GraphNode[] {
   for (const n of graph.nodes) {
     if (n.opType !== "Relu" && n.opType !== "LeakyRelu") continue;
     const p = producer.get(n.inputs[0]!);
-    if (!p || (p.opType !== "Conv" && p.opType !== "InstanceNormalization") || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
+    if (!p || (p.opType !== "Conv" && p.opType !== "InstanceNormalization" && p.opType !== "GroupNormalization") || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
     fused.set(p, { ...p, fusedAct: { act: n.opType === "Relu" ? "relu" : "leakyRelu", alpha: n.opType === "LeakyRelu" ? ((n.attrs.alpha as number | undefined) ?? 0.01) : 0, output: n.outputs[0]! } });
     drop.add(n);
   }
@@ -480,6 +480,60 @@ export function fuseActivations(graph: Graph): GraphNode[] {
  * it alone reads, for backends that normalise the convolution's output in place in the same call
  * (nodes from fuseActivations; the graph's own nodes are left as they are).
  */
+/**
+ * PyTorch's GroupNorm as exporters before opset 18 write it (MONAI SegResNet's norm): Reshape to
+ * [0, G, -1] → InstanceNormalization (scale 1, bias 0) → Reshape back to Shape(X) → Mul by γ
+ * [C, 1, …] → Add β [C, 1, …], each read only by the next, becomes one GroupNormalization node
+ * (num_groups G, per-channel scale and bias) that the engine runs in two passes instead of five
+ * (an activation after it is then fused by fuseActivations).
+ */
+export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const producer = producersOf(nodes);
+  const readers = new Map<string, GraphNode[]>();
+  for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
+  const only = (name: string | undefined, op: string): GraphNode | undefined => {
+    const r = name ? readers.get(name) : undefined;
+    return r && r.length === 1 && consumers.get(name!) === 1 && r[0]!.opType === op ? r[0] : undefined;
+  };
+  const ints = (name: string | undefined) => (name ? inits.get(name)?.ints : undefined);
+  const floats = (name: string | undefined) => (name ? inits.get(name)?.f32 : undefined);
+  /** A per-channel constant [C, 1, …, 1]: its values and its rank. */
+  const channelConst = (name: string | undefined) => {
+    const t = name ? inits.get(name) : undefined;
+    return t?.f32 && t.dims.length >= 1 && t.dims.slice(1).every((d) => d === 1) ? { C: t.dims[0]!, rank: t.dims.length } : undefined;
+  };
+  const drop = new Set<GraphNode>(), replace = new Map<GraphNode, GraphNode>();
+  for (const norm of nodes) {
+    if (norm.opType !== "InstanceNormalization" || norm.fusedAct) continue;
+    const r1 = producer.get(norm.inputs[0]!);
+    const target = ints(r1?.inputs[1]);
+    if (!r1 || r1.opType !== "Reshape" || r1.attrs.allowzero || !target || target.length !== 3 || target[0] !== 0 || !(target[1]! > 0) || target[2] !== -1 || only(r1.outputs[0], "InstanceNormalization") !== norm) continue;
+    const G = target[1]!, one = floats(norm.inputs[1]), zero = floats(norm.inputs[2]);
+    if (!one || !zero || one.length !== G || zero.length !== G || one.some((v) => v !== 1) || zero.some((v) => v !== 0)) continue;
+    const r2 = only(norm.outputs[0], "Reshape");
+    const shape = r2 && producer.get(r2.inputs[1]!);
+    if (!r2 || !shape || shape.opType !== "Shape" || shape.inputs[0] !== r1.inputs[0] || shape.attrs.start !== undefined || shape.attrs.end !== undefined) continue;
+    const mul = only(r2.outputs[0], "Mul");
+    const gamma = mul && mul.inputs.find((i) => i !== r2.outputs[0]);
+    const add = mul && only(mul.outputs[0], "Add");
+    const beta = add && add.inputs.find((i) => i !== mul!.outputs[0]);
+    const g = channelConst(gamma), b = channelConst(beta);
+    if (!mul || !add || !g || !b || g.C !== b.C || g.rank !== b.rank || g.C % G || mul.inputs.length !== 2 || add.inputs.length !== 2) continue;
+    replace.set(norm, {
+      opType: "GroupNormalization",
+      name: norm.name,
+      inputs: [r1.inputs[0]!, gamma!, beta!],
+      outputs: [add.outputs[0]!],
+      // the exported pattern broadcasts γ [C, 1, …] over an input of one more axis (N)
+      attrs: { num_groups: G, epsilon: (norm.attrs.epsilon as number | undefined) ?? 1e-5, bhsd_rank: g.rank + 1 },
+    });
+    for (const d of [r1, r2, mul, add]) drop.add(d);
+    if (consumers.get(shape.outputs[0]!) === 1) drop.add(shape);
+  }
+  return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
+}
+
 export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constants?: ReadonlySet<string>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);

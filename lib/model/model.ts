@@ -17,7 +17,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
-import { CAST_FLOAT, checkConstantInputs, finalOutputs, fuseActivations, fuseConvNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
+import { CAST_FLOAT, checkConstantInputs, finalOutputs, fuseActivations, fuseConvNorm, fuseGroupNorm, parseModel, producersOf, type Attr, type Graph, type GraphNode, type OnnxTensor } from "./graph.js";
 import { inferShapes, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 
@@ -91,9 +91,9 @@ export interface RunStats {
 interface ConcatSlot { concat: string; c0: number; c: number; cTotal: number }
 
 /** Ops that write their whole result into a buffer from `alloc` (so it may be a slice of another). */
-const WRITES_ALLOC = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+const WRITES_ALLOC = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
 /** Ops whose output has their first input's channels. */
-const KEEPS_CHANNELS = new Set(["InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+const KEEPS_CHANNELS = new Set(["InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
 
 export class Model {
   readonly name: string;
@@ -153,7 +153,8 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
-    this.nodes = fuseConvNorm(fuseActivations(graph), graph.outputs, new Set(graph.initializers.keys()));
+    const grouped = { ...graph, nodes: fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers) };
+    this.nodes = fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys()));
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
@@ -402,7 +403,7 @@ export class Model {
 
 /** Ops whose float tensors pass only through backend calls (or are views: Reshape and the like). */
 const BACKEND_ONLY = new Set([
-  "Conv", "ConvTranspose", "InstanceNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu", "Add", "Mul",
+  "Conv", "ConvTranspose", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu", "Add", "Mul",
   "Concat", "MaxPool", "AveragePool", "Resize", "Softmax", "Identity", "Dropout", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
 ]);
 
@@ -445,6 +446,12 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       return [{ f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), outputPadding: triple(at.output_padding, 0), groups: (at.group as number) ?? 1, alloc }) }];
     case "InstanceNormalization":
       return [{ f: await ops.instanceNorm(F(a[0], "input"), F(a[1], "scale"), F(a[2], "B"), { eps: (at.epsilon as number) ?? 1e-5, alloc, ...act }) }];
+    case "GroupNormalization": {
+      const x = F(a[0], "X");
+      // a fused exporter pattern (graph.ts fuseGroupNorm) holds for inputs of the rank it was exported at
+      if (at.bhsd_rank !== undefined && x.shape.length !== at.bhsd_rank) throw new RangeError(`input [${x.shape}] is not of rank ${at.bhsd_rank as number}, which this GroupNorm's γ [C, 1, …] broadcasts over`);
+      return [{ f: await ops.groupNorm(x, F(a[1], "scale"), F(a[2], "bias"), { groups: at.num_groups as number, eps: (at.epsilon as number | undefined) ?? 1e-5, alloc, ...act }) }];
+    }
     case "BatchNormalization":
       return [{ f: await ops.batchNorm(F(a[0], "X"), F(a[1], "scale"), F(a[2], "B"), F(a[3], "mean"), F(a[4], "var"), { eps: (at.epsilon as number) ?? 1e-5, alloc }) }];
     case "Relu":
@@ -725,26 +732,6 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       const sc = a[1] ? toNd(a[1], "Scale") : null, bi = a[2] ? toNd(a[2], "B") : null;
       for (const [t, nm] of [[sc, "Scale"], [bi, "B"]] as const) if (t && t.data.length !== inner && t.data.length !== 1) throw new RangeError(`${nm} has ${t.data.length} values for a normalised extent of ${inner}`);
       return [fromNd(nd.normalizeTrailing(v, inner, (at.epsilon as number | undefined) ?? 1e-5, sc, bi, budget, what))];
-    }
-    case "GroupNormalization": {
-      const v = x();
-      if (v.shape.length < 3) throw new RangeError(`input [${v.shape}] must be [N, C, ...spatial]`);
-      const [N, C] = v.shape as [number, number];
-      const G = at.num_groups as number;
-      if (!G || C % G) throw new RangeError(`${C} channels do not split into ${G} groups`);
-      const S = prod(v.shape.slice(2)), per = (C / G) * S;
-      const normed = nd.normalizeTrailing(v, per, (at.epsilon as number | undefined) ?? 1e-5, null, null, budget, what);
-      const sc = toNd(a[1], "scale"), bi = toNd(a[2], "bias");
-      // opset 18 gives scale and bias per group, opset 21 per channel
-      const perChannel = sc.data.length === C;
-      if ((sc.data.length !== C && sc.data.length !== G) || bi.data.length !== sc.data.length) throw new RangeError(`scale and bias need ${C} (per channel) or ${G} (per group) values`);
-      const y = normed.data as Float32Array;
-      for (let b = 0; b < N; b++) for (let c = 0; c < C; c++) {
-        const k = perChannel ? c : Math.floor(c / (C / G));
-        const g = sc.data[k]!, o = bi.data[k]!, base = (b * C + c) * S;
-        for (let i = 0; i < S; i++) y[base + i] = y[base + i]! * g + o;
-      }
-      return [fromNd(normed)];
     }
     case "MatMul":
       return [fromNd(nd.matmul(toNd(a[0], "A"), toNd(a[1], "B"), budget, what))];

@@ -244,6 +244,46 @@ export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tens
   return out;
 }
 
+/**
+ * Group normalisation (torch.nn.GroupNorm; ONNX GroupNormalization): statistics over each group of
+ * C/groups consecutive channels and the spatial axes, biased variance; scale and bias per channel
+ * (C values) or per group (`groups` values, ONNX opset 18); then the activation, in one pass where
+ * the backend has it.
+ */
+export async function groupNorm(x: Tensor, scale: Tensor | null, bias: Tensor | null, options: OutputOptions & { groups: number; eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
+  assertTensor("x", x);
+  if (x.shape.length < 3) throw invalidParameterError("x.shape", "[N, C, ...spatial]", x.shape);
+  const { N, C, spatial } = nc(x);
+  const opts = optionsObject("options", options);
+  const G = opts.groups;
+  if (!Number.isInteger(G) || (G as number) < 1 || C % (G as number)) throw invalidParameterError("options.groups", `a positive integer dividing the ${C} channels`, G);
+  const perGroup = (name: string, t: Tensor | null): Float32Array | null => {
+    if (!t) return null;
+    assertTensor(name, t);
+    if (t.data.length === C) return t.data;
+    if (t.data.length !== G) throw new RangeError(`${name} has ${t.data.length} values; expected ${C} (per channel) or ${G as number} (per group)`);
+    const cpg = C / (G as number);
+    return Float32Array.from({ length: C }, (_, c) => t.data[Math.floor(c / cpg)]!);
+  };
+  const s = perGroup("scale", scale), b = perGroup("bias", bias);
+  const { act, alpha } = activation(opts);
+  const eps = epsOf(opts);
+  const out = outputTensor([...x.shape], opts.out, "groupNorm output", opts.alloc);
+  const be = activeBackend();
+  if (be.groupNorm) {
+    await be.groupNorm(x.data, N, C, spatial, G as number, s, b, eps, act, alpha, out.data);
+    return out;
+  }
+  // composed: the groups' statistics by instanceNorm over [N·G, C/G·spatial], then scale, bias and
+  // the activation per channel
+  await be.instanceNorm(x.data, N * (G as number), 1, (C / (G as number)) * spatial, null, null, eps, 0, 0, out.data);
+  const shape6 = [1, 1, N, C, 1, spatial], chan = [0, 0, 0, 1, 0, 0], all = [0, 0, C * spatial, spatial, 0, 1];
+  if (s) await be.binary(out.data, s, shape6, all, chan, true, out.data);
+  if (b) await be.binary(out.data, b, shape6, all, chan, false, out.data);
+  if (act !== ACT.none) await be.unary(out.data, N, C, spatial, act === ACT.relu ? UNARY.relu : UNARY.leaky, alpha, null, out.data);
+  return out;
+}
+
 /** Batch normalisation with running statistics (inference). */
 export async function batchNorm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, options?: OutputOptions & { eps?: number }): Promise<Tensor> {
   assertTensor("x", x);

@@ -139,6 +139,24 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
                               {info[0], info[4], info[5], info[9]});
 }
 
+// groupNorm(x, N, C, spatial, groups, scale|null, bias|null, eps, act, alpha, out): scale/bias per channel
+Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t G = int_of(info[4], "groups", 1, C);
+  if (C % G) throw Napi::RangeError::New(env, "native: groups must divide the channels");
+  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* sc = floats_of(info[5], std::size_t(C), "scale", true);
+  const float* bi = floats_of(info[6], std::size_t(C), "bias", true);
+  const double eps = number_of(info[7], "eps");
+  const bhsd::Act act = act_of(info[8]);
+  const float alpha = float(number_of(info[9], "alpha"));
+  float* y = out_of(info[10], std::size_t(N * C * S), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::group_norm(x, y, N, C, S, G, sc, bi, eps, act, alpha, *pool); }, nullptr,
+                              {info[0], info[5], info[6], info[10]});
+}
+
 // instanceNormBackward(x, gate|null, dy, N, C, spatial, gamma|null, eps, alpha, dx, dgamma, dbeta)
 Napi::Value InstanceNormBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -314,6 +332,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("packConvWeights", Napi::Function::New<guarded<PackConvWeights>>(env, "packConvWeights"));
   exports.Set("convTranspose3d", Napi::Function::New<guarded<ConvTranspose3d>>(env, "convTranspose3d"));
   exports.Set("instanceNorm", Napi::Function::New<guarded<InstanceNorm>>(env, "instanceNorm"));
+  exports.Set("groupNorm", Napi::Function::New<guarded<GroupNorm>>(env, "groupNorm"));
   exports.Set("batchNorm", Napi::Function::New<guarded<BatchNorm>>(env, "batchNorm"));
   exports.Set("instanceNormBackward", Napi::Function::New<guarded<InstanceNormBackward>>(env, "instanceNormBackward"));
   exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));

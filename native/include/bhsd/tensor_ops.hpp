@@ -191,6 +191,33 @@ inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t
   }, 1, 8);
 }
 
+// Group normalisation (GroupNorm; MONAI SegResNet's norm): the statistics of each (n, group of C/G
+// consecutive channels) over those channels' voxels, biased variance; the affine per channel and
+// the activation in the same pass. G = C is instance_norm. y may be x.
+inline void group_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, std::int64_t G,
+                       const float* scale, const float* bias, double eps, Act act, float alpha, ThreadPool& pool) {
+  const std::int64_t cpg = C / G, span = cpg * spatial;
+  std::vector<float> mean(std::size_t(N * G)), inv(std::size_t(N * G));
+  pool.parallel_for(std::size_t(N * G), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t ng = lo; ng < hi; ++ng) {
+      double m, m2;
+      norm_detail::block_stats(x + std::int64_t(ng) * span, span, &m, &m2);
+      mean[ng] = float(m);
+      inv[ng] = float(1.0 / std::sqrt(m2 / double(span) + eps));
+    }
+  }, 1, 8);
+  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const std::int64_t c = std::int64_t(nc) % C, ng = std::int64_t(nc) / C * G + c / cpg;
+      const float* p = x + std::int64_t(nc) * spatial;
+      float* q = y + std::int64_t(nc) * spatial;
+      const double a = double(inv[std::size_t(ng)]) * (scale ? scale[c] : 1.0f);
+      if (p == q) norm_detail::affine_act_inplace(q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act, alpha);
+      else norm_detail::affine_act(p, q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act, alpha);
+    }
+  }, 1, 8);
+}
+
 namespace norm_detail {
 // The leaky ReLU's derivative applied to dy from the sign of its output `gate` (none: dy itself).
 inline float gated(const float* d, const float* gate, std::int64_t i, float alpha) {
