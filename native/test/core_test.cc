@@ -549,6 +549,98 @@ static void test_host_device_sweeps() {
   CHECK(nan_seen > 0);
 }
 
+// Winograd F(2×2×2, 3×3×3) against a plain loop in double and against the direct path: odd and even
+// extents 1–9 along every axis (tiles past the output's end dropped), rows of 16 tiles that read the
+// input in place (W = 96) and rows whose groups of 16 tiles span several tile rows, paddings 0–2,
+// bias or none, each activation, channel counts around the micro-kernel's blocks of 6 and 12. The
+// error is measured relative to the output's scale (max |reference|); the brief asks ≤ 1e-4, F(2,3)
+// gives about 1e-6. Then conv3d_forward's plan: the first call of a shape decides, later calls follow.
+static double winograd_worst = 0;
+static void test_conv_winograd(bhsd::ThreadPool& pool) {
+  struct Case { std::int64_t C, Co, D, H, W, p[3]; int act; bool bias; };
+  std::vector<Case> cases;
+  for (std::int64_t i = 0; i < 9; ++i)  // every extent 1…9 on every axis, in 9 shapes
+    cases.push_back({16 + (i % 3), 16 + 7 * (i % 4), 1 + i, 1 + (i * 4) % 9, 1 + (i * 7) % 9, {1, 1, 1}, int(i % 3), i % 4 != 3});
+  cases.push_back({20, 30, 3, 4, 96, {1, 1, 1}, 2, true});   // whole rows of 16 tiles, read in place
+  cases.push_back({16, 17, 4, 5, 66, {1, 1, 1}, 1, true});   // 33 tiles a row: groups across rows
+  cases.push_back({33, 48, 5, 6, 7, {0, 1, 2}, 0, true});     // paddings 0, 1, 2
+  cases.push_back({24, 64, 2, 9, 40, {2, 0, 1}, 2, false});
+  std::uint32_t st = 9001;
+  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f; };
+  for (const Case& c : cases) {
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, 3, 3, 3, 1, 1, 1, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, 3, 1, 1, c.p[0], c.p[0]);
+    g.Ho = bhsd::conv_out(c.H, 3, 1, 1, c.p[1], c.p[1]);
+    g.Wo = bhsd::conv_out(c.W, 3, 1, 1, c.p[2], c.p[2]);
+    if (g.Do < 1 || g.Ho < 1 || g.Wo < 1) continue;
+    // U-Net-like magnitudes: activations of order 1, Kaiming-scaled weights
+    const float wscale = std::sqrt(6.0f / float(27 * c.C));
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd() * wscale;
+    for (auto& v : bias) v = rnd() * 0.1f;
+    const bhsd::Act act = bhsd::Act(c.act);
+    const float alpha = 0.01f;
+    const float* bp = c.bias ? bias.data() : nullptr;
+    const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
+    std::vector<double> ref(no);
+    double scale = 0;
+    for (std::int64_t co = 0; co < c.Co; ++co)
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            double acc = bp ? bp[co] : 0.0;
+            for (std::int64_t ci = 0; ci < c.C; ++ci)
+              for (std::int64_t a = 0; a < 3; ++a)
+                for (std::int64_t b = 0; b < 3; ++b)
+                  for (std::int64_t e = 0; e < 3; ++e) {
+                    const std::int64_t id = od - c.p[0] + a, ih = oh - c.p[1] + b, iw = ow - c.p[2] + e;
+                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
+                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
+                           double(w[std::size_t(((co * c.C + ci) * 3 + a) * 9 + b * 3 + e)]);
+                  }
+            if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
+            if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
+            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = acc;
+            scale = std::max(scale, std::fabs(acc));
+          }
+    auto rel = [&](const std::vector<float>& got) {
+      double worst = 0;
+      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - double(got[i])));
+      return std::isfinite(worst) ? worst / std::max(scale, 1e-30) : 1e30;
+    };
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
+    std::vector<float> wino(no, 9.0f), direct(no, 7.0f), planned(no, 5.0f), again(no, 3.0f);
+    const bool ran = bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, wino.data(), act, alpha, pool);
+    CHECK(ran == bhsd::winograd_applies(g));
+    bhsd::conv3d_forward(g, x.data(), wp.data(), bp, direct.data(), act, alpha, pool, false);
+    CHECK(rel(direct) < 1e-5);
+    if (ran) {
+      const double e = rel(wino);
+      winograd_worst = std::max(winograd_worst, e);
+      CHECK(e < 1e-5);
+      double dd = 0;  // and the direct path's answer, to the same tolerance
+      for (std::size_t i = 0; i < no; ++i) dd = std::max(dd, double(std::fabs(wino[i] - direct[i])));
+      CHECK(dd / std::max(scale, 1e-30) < 1e-5);
+    }
+    // the plan: the first call decides (when it applies), the second follows, both correct
+    bhsd::conv3d_forward(g, x.data(), wp.data(), bp, planned.data(), act, alpha, pool);
+    CHECK(rel(planned) < 1e-5);
+    const int decided = bhsd::winograd_planned(g, pool);
+    const char* env = std::getenv("BHSD_WINOGRAD");
+    const bool forced = env && (std::string(env) == "0" || std::string(env) == "1");
+    CHECK(ran && !forced ? decided == 0 || decided == 1 : decided == -1);  // forced or not served: no plan kept
+    bhsd::conv3d_forward(g, x.data(), wp.data(), bp, again.data(), act, alpha, pool);
+    CHECK(rel(again) < 1e-5);
+  }
+  // not served: a stride, a dilation, a 1×3×3 kernel, too few channels
+  const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
+  const bhsd::ConvGeom no2{16, 6, 6, 6, 16, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2, 6, 6, 6};
+  const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 4, 4, 4};
+  const bhsd::ConvGeom no4{8, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
+  CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) && !bhsd::winograd_applies(no4));
+}
+
 // Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
 // the other gets its own; each gives what it gives alone.
 static void test_conv_concurrent() {
@@ -732,11 +824,13 @@ int main() {
     test_conv_indirect(pool);
     test_conv_dispatch_any_platform(pool);
     test_conv_pointwise(pool);
+    test_conv_winograd(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }
+  std::printf("winograd: worst error %.3g of the output's scale\n", winograd_worst);
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }

@@ -15,6 +15,7 @@
 //   conv_kernels.hpp    the micro-kernels and their run-time dispatch (pick_kernel)
 //   conv_pack.hpp       weight packing and the input panels
 //   conv_forward.hpp    conv3d_forward (indirect, pointwise, blocked)
+//   conv_winograd.hpp   Winograd F(2×2×2, 3×3×3) and the per-shape plan choosing it (BHSD_WINOGRAD)
 //   conv_transposed.hpp conv_transpose3d_forward
 //   conv_grad.hpp       correlate_weight_grad (the weight gradient)
 #pragma once
@@ -23,5 +24,6 @@
 #include "conv_kernels.hpp"
 #include "conv_pack.hpp"
 #include "conv_forward.hpp"
+#include "conv_winograd.hpp"
 #include "conv_transposed.hpp"
 #include "conv_grad.hpp"

@@ -1,0 +1,451 @@
+// bhsd — Winograd F(2×2×2, 3×3×3) for the 3×3×3, stride-1, dilation-1 convolutions U-Nets are made
+// of (issue 23), and the measured plan that chooses it or the direct convolution per layer shape.
+// Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
+//
+// Each output tile of 2×2×2 voxels needs a 4×4×4 input tile d; with Bᵀ, G, Aᵀ of F(2,3) along
+// each axis (Lavin & Gray 2016; Jia et al., PPoPP 2018, for N dimensions):
+//   U = G w Gᵀ (per axis: 3³ weights → 4³ points), V = Bᵀ d B (4³ → 4³), M = Σ_ci U ⊙ V, Y = Aᵀ M A.
+// The sum over input channels is 64 independent GEMMs, one per point p: M_p[co][tile] =
+// Σ_ci U_p[co][ci] · V_p[ci][tile] — 64·Cin·Cout multiplications per 8 outputs instead of
+// 8·27·Cin·Cout (3.4× fewer). They run on the direct path's micro-kernels (kernel_blocks:
+// AVX-512 where the processor has it, else AVX2/FMA; 16 tiles per tile of the kernel, which
+// packs U_p exactly as it packs a convolution's weights and reads V_p as a packed panel).
+//
+// Work is cut into groups of 16 consecutive tiles (raster order of the tile grid, a group may span
+// rows, so that narrow deep layers still fill the 16 lanes), and tasks of a few groups whose
+// transformed inputs V and products M (64·16·(Cin + Cout) floats a group) stay in L2 while every
+// point's GEMM runs over them with that point's weights. The output transform adds the bias and
+// applies the activation as it stores, and drops the voxels of tiles past an odd extent.
+// Accuracy: F(2,3)'s transforms have coefficients 0, ±1, ±½ (for G) and ±1 (for Bᵀ and Aᵀ),
+// so the rounding is close to the direct path's (measured against float64 in core_test: ~1e-6 of
+// the output's scale).
+//
+// Which path runs: BHSD_WINOGRAD=0 never, =1 always where it applies, unset (default) by a plan:
+// the first call of each (shape, channels, padding, threads) times the direct convolution and
+// Winograd once each (Winograd twice if its first, cold run was slower) and keeps the faster for
+// every later call of that key (a small map under a mutex), like cuDNN's find mode. Both paths
+// write the whole output, so the planning call's result is valid whichever ran last.
+//
+// The transformed weights are not cached between calls (the Node layer hands conv3d only packed
+// weights, and lib/ keeps no second form): each call transforms them from the packed form into a
+// buffer kept for the process (like the indirect path's slab), which the plan's timing includes.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <map>
+
+#include "conv_forward.hpp"
+
+namespace bhsd {
+
+namespace wino_detail {
+
+constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
+
+// Where BHSD_WINOGRAD says: 0 off, 1 on, anything else (or unset) the measured plan.
+enum class Mode { off, on, plan };
+inline Mode mode() {
+  static const Mode m = [] {
+    const char* e = std::getenv("BHSD_WINOGRAD");
+    if (e && e[0] == '0' && !e[1]) return Mode::off;
+    if (e && e[0] == '1' && !e[1]) return Mode::on;
+    return Mode::plan;
+  }();
+  return m;
+}
+
+// The process's buffer for transformed weights, lent to one call at a time (calls come from
+// several libuv threads); a call that finds it lent, or needs more than keep_max floats, gets its
+// own. get() is null when memory ran out. (A second cache beside SlabLease's: a Winograd call and
+// an indirect call can run at once.)
+class WeightLease {
+ public:
+  WeightLease(std::size_t need, std::size_t keep_max) {
+    Cache& c = cache();
+    if (need <= keep_max) {
+      std::lock_guard<std::mutex> lk(c.m);
+      if (!c.lent) {
+        if (c.n < need) {
+          c.buf.reset();
+          c.buf.reset(new (std::nothrow) float[need]);
+          c.n = c.buf ? need : 0;
+        }
+        if (c.buf) c.lent = true, shared_ = true, p_ = c.buf.get();
+      }
+    }
+    if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
+  }
+  WeightLease(const WeightLease&) = delete;
+  WeightLease& operator=(const WeightLease&) = delete;
+  ~WeightLease() {
+    if (!shared_) return;
+    std::lock_guard<std::mutex> lk(cache().m);
+    cache().lent = false;
+  }
+  float* get() const { return p_; }
+
+ private:
+  struct Cache {
+    std::mutex m;
+    std::unique_ptr<float[]> buf;
+    std::size_t n = 0;
+    bool lent = false;
+  };
+  static Cache& cache() {
+    static Cache c;
+    return c;
+  }
+  float* p_ = nullptr;
+  bool shared_ = false;
+  std::unique_ptr<float[]> own_;
+};
+
+// U_p = G w Gᵀ per axis, from the direct path's packed weights (w[co][ci·27 + a·9 + b·3 + c] at
+// wp[(blk·K + k)·MR + r]), into 64 packed matrices [Co × C] (point p at U + p·psz, the same
+// CoBlocks layout). In double: 27 products per point, summed exactly enough for float.
+inline void transform_weights(const ConvGeom& g, const float* wp, float* U, std::int64_t psz, ThreadPool& pool) {
+  const CoBlocks cbk(g.Co);
+  const std::int64_t K = g.K(), C = g.C;
+  pool.parallel_for(std::size_t(g.Co), [&](std::size_t t0, std::size_t t1) {
+    for (std::size_t t = t0; t < t1; ++t) {
+      const std::int64_t co = std::int64_t(t);
+      std::int64_t blk = 0;
+      while (cbk.row0(blk) + cbk.rows(blk) <= co) ++blk;
+      const std::int64_t r = co - cbk.row0(blk);
+      for (std::int64_t ci = 0; ci < C; ++ci) {
+        double w[27], a1[3][3][4], a2[3][4][4], u[4][4][4];
+        for (int k = 0; k < 27; ++k) w[k] = wp[(blk * K + ci * 27 + k) * MR + r];
+        // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) {
+            const double* v = w + a * 9 + b * 3;
+            a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]), a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+          }
+        for (int a = 0; a < 3; ++a)
+          for (int x = 0; x < 4; ++x) {
+            const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
+            a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2), a2[a][3][x] = v2;
+          }
+        for (int y = 0; y < 4; ++y)
+          for (int x = 0; x < 4; ++x) {
+            const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
+            u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2), u[3][y][x] = v2;
+          }
+        for (int p = 0; p < 64; ++p) U[p * psz + (blk * C + ci) * MR + r] = float(u[p >> 4][(p >> 2) & 3][p & 3]);
+      }
+    }
+  }, 1, 4);
+}
+
+// A group's lanes, cut where the tile grid's rows end: lanes j0 … j1 − 1 are tiles tw0 … of tile
+// row (td, th), whose input tiles start at plane id0, row ih0 and column iw0 (+ 2 per lane).
+struct Seg {
+  int j0, j1;
+  std::int64_t id0, ih0, iw0, od0, oh0, ow0;
+};
+struct Group {
+  int n = 0, nseg = 0;
+  Seg seg[TL];
+};
+
+inline Group group_of(const ConvGeom& g, std::int64_t TH, std::int64_t TW, std::int64_t T, std::int64_t gi) {
+  Group gr;
+  const std::int64_t t0 = gi * TL, t1 = std::min(T, t0 + TL);
+  gr.n = int(t1 - t0);
+  for (std::int64_t t = t0; t < t1;) {
+    const std::int64_t row = t / TW, tw = t % TW, td = row / TH, th = row % TH;
+    const std::int64_t len = std::min(t1 - t, TW - tw);
+    const std::int64_t j0 = t - t0;
+    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), 2 * td - g.pd, 2 * th - g.ph, 2 * tw - g.pw, 2 * td, 2 * th, 2 * tw};
+    t += len;
+  }
+  return gr;
+}
+
+#ifdef BHSD_X86
+// 16 lanes as two AVX registers.
+struct L16 {
+  __m256 a, b;
+};
+#define BHSD_WT __attribute__((target("avx2,fma"))) inline
+BHSD_WT L16 ld(const float* p) { return {_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
+BHSD_WT void st(float* p, L16 v) { _mm256_store_ps(p, v.a), _mm256_store_ps(p + 8, v.b); }
+BHSD_WT L16 add(L16 x, L16 y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
+BHSD_WT L16 sub(L16 x, L16 y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
+
+// Evens and odds of r[0 … 15]: ev[j] = r[2j], od[j] = r[2j + 1], j < 8.
+BHSD_WT void deinterleave(const float* r, __m256& ev, __m256& od) {
+  const __m256 x = _mm256_loadu_ps(r), y = _mm256_loadu_ps(r + 8);
+  ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0x88)), 0xD8));
+  od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0xDD)), 0xD8));
+}
+
+// V for one group, every input channel: V[p·C·16 + ci·16 + j] = (Bᵀ d_j B)[p] for lane j's input
+// tile d_j (0 outside the volume; lanes past the group's n tiles are 0). Bᵀ along each axis:
+// (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3). W is transformed as the rows are read.
+BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  alignas(64) float t[64 * TL];  // [z][y][x][lane]
+  alignas(64) float rb[40];
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C;
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    for (int zy = 0; zy < 16; ++zy) {
+      const int z = zy >> 2, y = zy & 3;
+      float* tz = t + zy * 4 * TL;
+      if (!whole) std::memset(tz, 0, 4 * TL * sizeof(float));
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
+        const int n = sg.j1 - sg.j0, len = 2 * n + 2;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
+          if (whole) std::memset(tz, 0, 4 * TL * sizeof(float));
+          continue;
+        }
+        const float* row = x + id * plane + ih * g.W;
+        const float* r;
+        if (sg.iw0 >= 0 && sg.iw0 + len <= g.W) {
+          r = row + sg.iw0;
+        } else {
+          for (int q = 0; q < len; ++q) {
+            const std::int64_t iw = sg.iw0 + q;
+            rb[q] = iw >= 0 && iw < g.W ? row[iw] : 0.0f;
+          }
+          r = rb;
+        }
+        if (n == TL) {
+          __m256 e0a, e1a, e0b, e1b, e2a, e3a, e2b, e3b;
+          deinterleave(r, e0a, e1a), deinterleave(r + 16, e0b, e1b);
+          deinterleave(r + 2, e2a, e3a), deinterleave(r + 18, e2b, e3b);
+          const L16 e0{e0a, e0b}, e1{e1a, e1b}, e2{e2a, e2b}, e3{e3a, e3b};
+          st(tz, sub(e0, e2)), st(tz + TL, add(e1, e2)), st(tz + 2 * TL, sub(e2, e1)), st(tz + 3 * TL, sub(e1, e3));
+        } else {
+          for (int j = 0; j < n; ++j) {
+            const float* e = r + 2 * j;
+            const int l = sg.j0 + j;
+            tz[l] = e[0] - e[2], tz[TL + l] = e[1] + e[2], tz[2 * TL + l] = e[2] - e[1], tz[3 * TL + l] = e[1] - e[3];
+          }
+        }
+      }
+    }
+    // along H (in place), then along D into V
+    for (int z = 0; z < 4; ++z)
+      for (int xq = 0; xq < 4; ++xq) {
+        float* p0 = t + ((z * 4 + 0) * 4 + xq) * TL;
+        const L16 s0 = ld(p0), s1 = ld(p0 + 4 * TL), s2 = ld(p0 + 8 * TL), s3 = ld(p0 + 12 * TL);
+        st(p0, sub(s0, s2)), st(p0 + 4 * TL, add(s1, s2)), st(p0 + 8 * TL, sub(s2, s1)), st(p0 + 12 * TL, sub(s1, s3));
+      }
+    float* v = V + ci * TL;
+    const std::int64_t ps = C * TL;  // point stride in V
+    for (int yx = 0; yx < 16; ++yx) {
+      const float* p0 = t + yx * TL;
+      const L16 s0 = ld(p0), s1 = ld(p0 + 16 * TL), s2 = ld(p0 + 32 * TL), s3 = ld(p0 + 48 * TL);
+      st(v + (0 * 16 + yx) * ps, sub(s0, s2)), st(v + (1 * 16 + yx) * ps, add(s1, s2));
+      st(v + (2 * 16 + yx) * ps, sub(s2, s1)), st(v + (3 * 16 + yx) * ps, sub(s1, s3));
+    }
+  }
+}
+
+BHSD_WT __m256 act8(__m256 q, __m256 slope) {
+  return _mm256_blendv_ps(_mm256_mul_ps(q, slope), q, _mm256_cmp_ps(q, _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+BHSD_WT L16 act16(L16 v, Act act, float alpha) {
+  if (act == Act::none) return v;
+  const __m256 slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
+  return {act8(v.a, slope), act8(v.b, slope)};
+}
+
+// Y = Aᵀ M A for one group, every output channel, + bias, activation, stored where the output
+// exists. Aᵀ along each axis: (m0, m1, m2, m3) → (m0 + m1 + m2, m1 − m2 − m3).
+BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out, Act act,
+                              float alpha) {
+  alignas(64) float r1[32 * TL];  // [zo][y][x][lane]
+  alignas(64) float r3[8 * TL];   // [zo][yo][xo][lane]
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
+  const Seg& s0 = gr.seg[0];
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
+  for (std::int64_t co = 0; co < Co; ++co) {
+    const float* m = M + co * TL;
+    for (int yx = 0; yx < 16; ++yx) {
+      const L16 m0 = ld(m + (0 * 16 + yx) * ps), m1 = ld(m + (1 * 16 + yx) * ps), m2 = ld(m + (2 * 16 + yx) * ps),
+                m3 = ld(m + (3 * 16 + yx) * ps);
+      st(r1 + yx * TL, add(add(m0, m1), m2)), st(r1 + (16 + yx) * TL, sub(sub(m1, m2), m3));
+    }
+    const __m256 bv = _mm256_set1_ps(bias ? bias[co] : 0.0f);
+    const L16 b16{bv, bv};
+    for (int zo = 0; zo < 2; ++zo) {
+      L16 h[2][4];
+      for (int xq = 0; xq < 4; ++xq) {
+        const float* p = r1 + (zo * 16 + xq) * TL;
+        const L16 a0 = ld(p), a1 = ld(p + 4 * TL), a2 = ld(p + 8 * TL), a3 = ld(p + 12 * TL);
+        h[0][xq] = add(add(a0, a1), a2), h[1][xq] = sub(sub(a1, a2), a3);
+      }
+      for (int yo = 0; yo < 2; ++yo) {
+        const L16* q = h[yo];
+        st(r3 + ((zo * 2 + yo) * 2 + 0) * TL, act16(add(add(add(q[0], q[1]), q[2]), b16), act, alpha));
+        st(r3 + ((zo * 2 + yo) * 2 + 1) * TL, act16(add(sub(sub(q[1], q[2]), q[3]), b16), act, alpha));
+      }
+    }
+    float* oc = out + co * vol;
+    if (fast) {
+      // 16 tiles along one row: columns ow0 … ow0 + 31 of 4 output rows, xo = 0 and 1 interleaved
+      for (int zy = 0; zy < 4; ++zy) {
+        float* o = oc + (s0.od0 + (zy >> 1)) * plane + (s0.oh0 + (zy & 1)) * g.Wo + s0.ow0;
+        for (int h8 = 0; h8 < 2; ++h8) {
+          const __m256 x0 = _mm256_load_ps(r3 + (zy * 2) * TL + 8 * h8), x1 = _mm256_load_ps(r3 + (zy * 2 + 1) * TL + 8 * h8);
+          const __m256 lo = _mm256_unpacklo_ps(x0, x1), hi = _mm256_unpackhi_ps(x0, x1);
+          _mm256_storeu_ps(o + 16 * h8, _mm256_permute2f128_ps(lo, hi, 0x20));
+          _mm256_storeu_ps(o + 16 * h8 + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+        }
+      }
+      continue;
+    }
+    for (int s = 0; s < gr.nseg; ++s) {
+      const Seg& sg = gr.seg[s];
+      for (int k = 0; k < 8; ++k) {
+        const std::int64_t od = sg.od0 + (k >> 2), oh = sg.oh0 + ((k >> 1) & 1);
+        if (od >= g.Do || oh >= g.Ho) continue;
+        float* o = oc + od * plane + oh * g.Wo;
+        for (int j = sg.j0; j < sg.j1; ++j) {
+          const std::int64_t ow = sg.ow0 + 2 * (j - sg.j0) + (k & 1);
+          if (ow < g.Wo) o[ow] = r3[k * TL + j];
+        }
+      }
+    }
+  }
+}
+#undef BHSD_WT
+#endif
+
+}  // namespace wino_detail
+
+// Whether F(2×2×2, 3×3×3) serves this convolution here: 3×3×3, stride 1, dilation 1, at least 16
+// input and output channels, an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
+inline bool winograd_applies(const ConvGeom& g) {
+#ifdef BHSD_X86
+  if (g.kd != 3 || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 || g.dh != 1 || g.dw != 1) return false;
+  if (g.C < 16 || g.Co < 16 || g.Do < 1 || g.Ho < 1 || g.Wo < 1) return false;
+  const CpuFeatures f = cpu_features();
+  return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2");
+#else
+  (void)g;
+  return false;
+#endif
+}
+
+// The convolution by Winograd F(2×2×2, 3×3×3): in [C, D, H, W] → out [Co, Do, Ho, Wo], wp the
+// direct path's packed weights (pack_conv_weights). Returns false (nothing written) where it does
+// not apply or its buffers could not be had.
+inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
+                                    float alpha, ThreadPool& pool) {
+#ifdef BHSD_X86
+  using namespace wino_detail;
+  using conv_detail::Scratch;
+  if (!winograd_applies(g)) return false;
+  const std::int64_t psz = packed_conv_size(g.Co, g.C);
+  const std::size_t need = std::size_t(64 * psz);
+  if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
+  const WeightLease lease(need, (std::size_t(32) << 20) / sizeof(float));
+  float* U = lease.get();
+  if (!U) return false;
+  transform_weights(g, wp, U, psz, pool);
+  const std::int64_t TD = (g.Do + 1) / 2, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
+  const std::int64_t ngroups = (T + TL - 1) / TL;
+  // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
+  // at least two tasks per thread where there are groups enough
+  const std::int64_t per_group = 64 * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
+  const std::int64_t threads = std::int64_t(pool.size());
+  std::int64_t G = std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
+  G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
+  const std::int64_t tasks = (ngroups + G - 1) / G;
+  const CoBlocks cbk(g.Co);
+  const std::int64_t coblocks = cbk.count();
+  const std::int64_t vsz = 64 * g.C * TL, msz = 64 * g.Co * TL;
+  pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
+    thread_local Scratch vmem, mmem;
+    float* V = vmem.get(std::size_t(G * vsz));
+    float* M = mmem.get(std::size_t(G * msz));
+    Group grs[8];
+    for (std::size_t task = t0; task < t1; ++task) {
+      const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
+      for (std::int64_t q = 0; q < gn; ++q) {
+        grs[q] = group_of(g, TH, TW, T, g0 + q);
+        input_transform(g, in, grs[q], V + q * vsz);
+      }
+      const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
+      for (int p = 0; p < 64; ++p) {
+        const float* Up = U + p * psz;
+        for (std::int64_t cob = 0; cob < coblocks; cob += step) {
+          const std::int64_t cobn = std::min(coblocks, cob + step);
+          for (std::int64_t q = 0; q < gn; ++q)
+            conv_detail::kernel_blocks(Up, g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
+                                       M + q * msz + p * g.Co * TL, TL, nullptr, TL, true, false, Act::none, 0.0f);
+        }
+      }
+      for (std::int64_t q = 0; q < gn; ++q) output_transform(g, grs[q], M + q * msz, bias, out, act, alpha);
+    }
+  }, 1, 1);
+  return true;
+#else
+  (void)g, (void)in, (void)wp, (void)bias, (void)out, (void)act, (void)alpha, (void)pool;
+  return false;
+#endif
+}
+
+namespace wino_detail {
+// The plan: per (C, Co, D, H, W, pd, ph, pw, Do, Ho, Wo, threads), whether Winograd was faster.
+using PlanKey = std::array<std::int64_t, 12>;
+struct Plan {
+  std::mutex m;
+  std::map<PlanKey, bool> faster;
+};
+inline Plan& plan() {
+  static Plan p;
+  return p;
+}
+inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
+  return {g.C, g.Co, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size())};
+}
+}  // namespace wino_detail
+
+// What the plan holds for this layer: 1 Winograd, 0 direct, −1 not planned yet (for tests and the bench).
+inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
+  auto& pl = wino_detail::plan();
+  std::lock_guard<std::mutex> lk(pl.m);
+  const auto it = pl.faster.find(wino_detail::key_of(g, pool));
+  return it == pl.faster.end() ? -1 : it->second ? 1 : 0;
+}
+
+// conv3d_forward's first question: true when Winograd (or the planning of this shape) wrote the
+// output, false when the direct path is to run.
+inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act, float alpha,
+                          ThreadPool& pool) {
+  using namespace wino_detail;
+  if (!winograd_applies(g)) return false;
+  const Mode md = mode();
+  if (md == Mode::off) return false;
+  if (md == Mode::on) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+  const int planned = winograd_planned(g, pool);
+  if (planned == 0) return false;
+  if (planned == 1) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
+  const double direct = std::chrono::duration<double>(clock::now() - t0).count();
+  auto timed = [&]() -> double {
+    const auto t1 = clock::now();
+    if (!conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool)) return -1;
+    return std::chrono::duration<double>(clock::now() - t1).count();
+  };
+  double wino = timed();
+  if (wino > direct) wino = std::min(wino, timed());  // the first run paid its buffers' page faults
+  {
+    auto& pl = plan();
+    std::lock_guard<std::mutex> lk(pl.m);
+    pl.faster[key_of(g, pool)] = wino >= 0 && wino < direct;
+  }
+  return true;  // the output is whole either way (whichever ran last wrote all of it)
+}
+
+}  // namespace bhsd
