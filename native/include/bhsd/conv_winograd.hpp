@@ -102,37 +102,50 @@ class WeightLease {
 };
 
 // U_p = G w Gᵀ per axis, from the direct path's packed weights (w[co][ci·27 + a·9 + b·3 + c] at
-// wp[(blk·K + k)·MR + r]), into 64 packed matrices [Co × C] (point p at U + p·psz, the same
-// CoBlocks layout). In double: 27 products per point, summed exactly enough for float.
-inline void transform_weights(const ConvGeom& g, const float* wp, float* U, std::int64_t psz, ThreadPool& pool) {
+// wp[(blk·K + k)·MR + r]), into CoBlocks' blocks of packed [Co × C] matrices, block-major:
+// U[((blk·64 + p)·C + ci)·MR + r] (the slots of a short block's missing rows 0). The micro-kernel
+// reads point p as a convolution's packed weights of K = 64·C whose first C rows it uses
+// (kernel_blocks(U + p·C·MR, 64·C, …, kbn = C)). Block-major keeps each task's writes within its
+// block's 64·C·MR floats (point-major writes strode over 64 distant pages: 256→256 took 43 ms).
+// In double: 27 products per point. 16 input channels at a time are staged ([ci][r][p], 24 KB).
+inline void transform_weights(const ConvGeom& g, const float* wp, float* U, ThreadPool& pool) {
   const CoBlocks cbk(g.Co);
-  const std::int64_t K = g.K(), C = g.C;
-  pool.parallel_for(std::size_t(g.Co), [&](std::size_t t0, std::size_t t1) {
+  const std::int64_t K = g.K(), C = g.C, run = C * MR;
+  constexpr std::int64_t CB = 16;
+  pool.parallel_for(std::size_t(cbk.count()), [&](std::size_t t0, std::size_t t1) {
+    alignas(64) float stage[CB * MR * 64];
     for (std::size_t t = t0; t < t1; ++t) {
-      const std::int64_t co = std::int64_t(t);
-      std::int64_t blk = 0;
-      while (cbk.row0(blk) + cbk.rows(blk) <= co) ++blk;
-      const std::int64_t r = co - cbk.row0(blk);
-      for (std::int64_t ci = 0; ci < C; ++ci) {
-        double w[27], a1[3][3][4], a2[3][4][4], u[4][4][4];
-        for (int k = 0; k < 27; ++k) w[k] = wp[(blk * K + ci * 27 + k) * MR + r];
-        // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
-        for (int a = 0; a < 3; ++a)
-          for (int b = 0; b < 3; ++b) {
-            const double* v = w + a * 9 + b * 3;
-            a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]), a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+      const std::int64_t blk = std::int64_t(t), rows = cbk.rows(blk);
+      for (std::int64_t c0 = 0; c0 < C; c0 += CB) {
+        const std::int64_t cn = std::min(CB, C - c0);
+        std::fill(stage, stage + cn * MR * 64, 0.0f);
+        for (std::int64_t cq = 0; cq < cn; ++cq)
+          for (std::int64_t r = 0; r < rows; ++r) {
+            double w[27], a1[3][3][4], a2[3][4][4], u[4][4][4];
+            for (int k = 0; k < 27; ++k) w[k] = wp[(blk * K + (c0 + cq) * 27 + k) * MR + r];
+            // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
+            for (int a = 0; a < 3; ++a)
+              for (int b = 0; b < 3; ++b) {
+                const double* v = w + a * 9 + b * 3;
+                a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]), a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+              }
+            for (int a = 0; a < 3; ++a)
+              for (int x = 0; x < 4; ++x) {
+                const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
+                a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2), a2[a][3][x] = v2;
+              }
+            for (int y = 0; y < 4; ++y)
+              for (int x = 0; x < 4; ++x) {
+                const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
+                u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2), u[3][y][x] = v2;
+              }
+            float* sp = stage + (cq * MR + r) * 64;
+            for (int p = 0; p < 64; ++p) sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);
           }
-        for (int a = 0; a < 3; ++a)
-          for (int x = 0; x < 4; ++x) {
-            const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
-            a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2), a2[a][3][x] = v2;
-          }
-        for (int y = 0; y < 4; ++y)
-          for (int x = 0; x < 4; ++x) {
-            const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
-            u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2), u[3][y][x] = v2;
-          }
-        for (int p = 0; p < 64; ++p) U[p * psz + (blk * C + ci) * MR + r] = float(u[p >> 4][(p >> 2) & 3][p & 3]);
+        for (int p = 0; p < 64; ++p) {
+          float* dst = U + (blk * 64 + p) * run + c0 * MR;
+          for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * 64 + p];
+        }
       }
     }
   }, 1, 4);
@@ -174,21 +187,60 @@ BHSD_WT void st(float* p, L16 v) { _mm256_store_ps(p, v.a), _mm256_store_ps(p + 
 BHSD_WT L16 add(L16 x, L16 y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
 BHSD_WT L16 sub(L16 x, L16 y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
 
-// Evens and odds of r[0 … 15]: ev[j] = r[2j], od[j] = r[2j + 1], j < 8.
-BHSD_WT void deinterleave(const float* r, __m256& ev, __m256& od) {
-  const __m256 x = _mm256_loadu_ps(r), y = _mm256_loadu_ps(r + 8);
+// Evens and odds of x‖y (16 samples): ev[j] = 2j-th, od[j] = (2j + 1)-th, j < 8.
+BHSD_WT void deinterleave(__m256 x, __m256 y, __m256& ev, __m256& od) {
   ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0x88)), 0xD8));
   od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0xDD)), 0xD8));
 }
 
+// How to read samples a … a + 7 of a row of W (0 outside [0, W)): 0 a plain load at base = a;
+// 1 where the window crosses an end, the 8 samples of the nearest window inside the row (at base)
+// moved into place by a lane permutation (idx) and masked (keep); 2 all outside: zeros; 3 a row
+// shorter than 8: sample by sample. (Masked loads, vmaskmovps, from before a row's start took 60 %
+// of the transform on AMD: masked-off lanes there take a slow path.)
+struct RowLoad {
+  std::int64_t base;
+  int kind;
+  __m256i idx, keep;
+};
+BHSD_WT RowLoad row_load(std::int64_t a, std::int64_t W) {
+  RowLoad L{a, 0, _mm256_setzero_si256(), _mm256_setzero_si256()};
+  if (a >= 0 && a + 8 <= W) return L;
+  if (a >= W || a + 8 <= 0) return L.kind = 2, L;
+  if (W < 8) return L.kind = 3, L;
+  L.kind = 1, L.base = std::clamp<std::int64_t>(a, 0, W - 8);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  L.idx = _mm256_add_epi32(iota, _mm256_set1_epi32(int(a - L.base)));  // lane l reads sample a + l of the window at base
+  L.keep = _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(int(-a - 1))), _mm256_cmpgt_epi32(_mm256_set1_epi32(int(W - a)), iota));
+  return L;
+}
+BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
+  switch (L.kind) {
+    case 0: return _mm256_loadu_ps(row + L.base);
+    case 1: return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(row + L.base), L.idx), _mm256_castsi256_ps(L.keep));
+    case 2: return _mm256_setzero_ps();
+    default: {
+      alignas(32) float v[8];
+      for (int l = 0; l < 8; ++l) v[l] = L.base + l >= 0 && L.base + l < W ? row[L.base + l] : 0.0f;
+      return _mm256_load_ps(v);
+    }
+  }
+}
+
 // V for one group, every input channel: V[p·C·16 + ci·16 + j] = (Bᵀ d_j B)[p] for lane j's input
 // tile d_j (0 outside the volume; lanes past the group's n tiles are 0). Bᵀ along each axis:
-// (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3). W is transformed as the rows are read.
+// (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3). W is transformed as the rows are read:
+// a whole row of 16 tiles (2·16 + 2 samples) by 8 loads of 8 (samples 0, 8, 16, 24 and 2, 10, 18,
+// 26 on) split into evens and odds in registers; a shorter segment through rb, sample by sample.
 BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr, float* V) {
   alignas(64) float t[64 * TL];  // [z][y][x][lane]
   alignas(64) float rb[40];
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C;
   const bool whole = gr.nseg == 1 && gr.n == TL;
+  static const int off[8] = {0, 8, 16, 24, 2, 10, 18, 26};
+  RowLoad ld8[TL][8];
+  for (int s = 0; s < gr.nseg; ++s)
+    for (int q = 0; q < 8; ++q) ld8[s][q] = row_load(gr.seg[s].iw0 + off[q], g.W);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     for (int zy = 0; zy < 16; ++zy) {
@@ -204,25 +256,21 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
           continue;
         }
         const float* row = x + id * plane + ih * g.W;
-        const float* r;
-        if (sg.iw0 >= 0 && sg.iw0 + len <= g.W) {
-          r = row + sg.iw0;
-        } else {
-          for (int q = 0; q < len; ++q) {
-            const std::int64_t iw = sg.iw0 + q;
-            rb[q] = iw >= 0 && iw < g.W ? row[iw] : 0.0f;
-          }
-          r = rb;
-        }
+        // the next tile row's new input rows (2 further on): channels' planes lie too far apart for
+        // the hardware prefetcher to follow 16·C streams
+        if (y >= 2 && ih + 2 < g.H) conv_detail::prefetch_row(row + 2 * g.W, std::max<std::int64_t>(0, sg.iw0));
         if (n == TL) {
+          __m256 v[8];
+          for (int q = 0; q < 8; ++q) v[q] = load_row(row, ld8[s][q], g.W);
           __m256 e0a, e1a, e0b, e1b, e2a, e3a, e2b, e3b;
-          deinterleave(r, e0a, e1a), deinterleave(r + 16, e0b, e1b);
-          deinterleave(r + 2, e2a, e3a), deinterleave(r + 18, e2b, e3b);
+          deinterleave(v[0], v[1], e0a, e1a), deinterleave(v[2], v[3], e0b, e1b);
+          deinterleave(v[4], v[5], e2a, e3a), deinterleave(v[6], v[7], e2b, e3b);
           const L16 e0{e0a, e0b}, e1{e1a, e1b}, e2{e2a, e2b}, e3{e3a, e3b};
           st(tz, sub(e0, e2)), st(tz + TL, add(e1, e2)), st(tz + 2 * TL, sub(e2, e1)), st(tz + 3 * TL, sub(e1, e3));
         } else {
+          for (int q = 0; q < (len + 7) / 8; ++q) _mm256_store_ps(rb + 8 * q, load_row(row, ld8[s][q], g.W));  // off[q] = 8q, len ≤ 32
           for (int j = 0; j < n; ++j) {
-            const float* e = r + 2 * j;
+            const float* e = rb + 2 * j;
             const int l = sg.j0 + j;
             tz[l] = e[0] - e[2], tz[TL + l] = e[1] + e[2], tz[2 * TL + l] = e[2] - e[1], tz[3 * TL + l] = e[1] - e[3];
           }
@@ -343,13 +391,12 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   using namespace wino_detail;
   using conv_detail::Scratch;
   if (!winograd_applies(g)) return false;
-  const std::int64_t psz = packed_conv_size(g.Co, g.C);
-  const std::size_t need = std::size_t(64 * psz);
+  const std::size_t need = std::size_t(64 * packed_conv_size(g.Co, g.C));
   if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
   const WeightLease lease(need, (std::size_t(32) << 20) / sizeof(float));
   float* U = lease.get();
   if (!U) return false;
-  transform_weights(g, wp, U, psz, pool);
+  transform_weights(g, wp, U, pool);
   const std::int64_t TD = (g.Do + 1) / 2, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
@@ -375,17 +422,17 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       }
       const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
       for (int p = 0; p < 64; ++p) {
-        const float* Up = U + p * psz;
+        const float* Up = U + p * g.C * MR;
         for (std::int64_t cob = 0; cob < coblocks; cob += step) {
           const std::int64_t cobn = std::min(coblocks, cob + step);
           for (std::int64_t q = 0; q < gn; ++q)
-            conv_detail::kernel_blocks(Up, g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
+            conv_detail::kernel_blocks(Up, 64 * g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
                                        M + q * msz + p * g.Co * TL, TL, nullptr, TL, true, false, Act::none, 0.0f);
         }
       }
       for (std::int64_t q = 0; q < gn; ++q) output_transform(g, grs[q], M + q * msz, bias, out, act, alpha);
     }
-  }, 1, 1);
+  }, 1, 8);  // chunks handed out as threads come free: on a loaded machine halves would wait for the slower thread
   return true;
 #else
   (void)g, (void)in, (void)wp, (void)bias, (void)out, (void)act, (void)alpha, (void)pool;
