@@ -130,7 +130,8 @@ static void test_stats_and_rescale(bhsd::ThreadPool& pool) {
 }
 
 // Reference: breadth-first flood fill from each unlabelled voxel in raster order.
-static std::vector<std::int32_t> flood_fill(const std::vector<std::uint8_t>& d, int nx, int ny, int nz,
+template <class T>
+static std::vector<std::int32_t> flood_fill(const std::vector<T>& d, int nx, int ny, int nz,
                                             int conn, bool per_class, int* count) {
   std::vector<std::int32_t> lab(d.size(), 0);
   std::vector<std::size_t> queue;
@@ -163,10 +164,12 @@ static std::vector<std::int32_t> flood_fill(const std::vector<std::uint8_t>& d, 
 static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
   std::uint64_t seed = 12345;
   auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
-  const int shapes[][3] = {{1, 1, 1}, {1, 1, 40}, {40, 1, 1}, {7, 5, 3}, {16, 9, 11}, {33, 17, 5}, {3, 30, 9}};
+  // rows of 64 voxels and more run the 16-byte (SSE2) mask path and cross 64-bit mask words
+  const int shapes[][3] = {{1, 1, 1}, {1, 1, 40}, {40, 1, 1}, {7, 5, 3}, {16, 9, 11}, {33, 17, 5}, {3, 30, 9},
+                           {64, 3, 3}, {65, 4, 3}, {130, 5, 4}, {128, 2, 2}, {200, 3, 5}};
   int mismatches = 0, cases = 0;
   for (auto& sh : shapes)
-    for (int density : {0, 20, 45, 70, 100})
+    for (int density : {0, 20, 35, 45, 70, 100})
       for (int classes : {1, 3})
         for (int conn : {6, 18, 26})
           for (bool per_class : {false, true}) {
@@ -182,6 +185,41 @@ static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
           }
   CHECK(cases > 100);
   CHECK(mismatches == 0);
+}
+
+// Other voxel types (the byte mask path for int8 with negative classes, the per-voxel path for wider
+// types), classes at the ends of each type's range, and volumes with more runs than one slab.
+template <class T>
+static int ccl_typed_mismatches(bhsd::ThreadPool& pool, const std::vector<T>& classes) {
+  std::uint64_t seed = 777 + sizeof(T);
+  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  const int shapes[][3] = {{70, 6, 5}, {129, 7, 3}, {64, 64, 2}, {33, 17, 5}};
+  int mismatches = 0;
+  for (auto& sh : shapes)
+    for (int density : {10, 35, 60})
+      for (std::size_t ncls : {std::size_t(1), classes.size()})
+        for (int conn : {6, 18, 26})
+          for (bool per_class : {false, true}) {
+            const int nx = sh[0], ny = sh[1], nz = sh[2];
+            std::vector<T> d(std::size_t(nx) * ny * nz);
+            for (auto& v : d) v = (int(rnd() % 100) < density) ? classes[rnd() % ncls] : T(0);
+            int want_count = 0;
+            auto want = flood_fill(d, nx, ny, nz, conn, per_class, &want_count);
+            std::vector<std::int32_t> got(d.size(), 0);
+            auto count = bhsd::connected_components(d.data(), nx, ny, nz, conn, per_class, got.data(), pool);
+            if (count != want_count || got != want) ++mismatches;
+          }
+  return mismatches;
+}
+
+static void test_ccl_types(bhsd::ThreadPool& pool) {
+  CHECK(ccl_typed_mismatches<std::uint8_t>(pool, {255, 1, 128}) == 0);
+  CHECK(ccl_typed_mismatches<std::int8_t>(pool, {-128, 127, -1}) == 0);
+  CHECK(ccl_typed_mismatches<std::int16_t>(pool, {-32768, 32767, 5}) == 0);
+  CHECK(ccl_typed_mismatches<std::uint16_t>(pool, {65535, 1, 300}) == 0);
+  CHECK(ccl_typed_mismatches<std::int32_t>(pool, {-7, 2147483647, 70000}) == 0);
+  // one class only, its value the lowest of the type: per class it is the foreground labelling
+  CHECK(ccl_typed_mismatches<std::int8_t>(pool, {-128}) == 0);
 }
 
 static void test_component_stats(bhsd::ThreadPool& pool) {
@@ -818,6 +856,7 @@ int main() {
     test_pool_cancel(pool);
     test_stats_and_rescale(pool);
     test_ccl_against_flood_fill(pool);
+    test_ccl_types(pool);
     test_component_stats(pool);
     test_edt_against_brute_force(pool);
     test_weight_grad_blocked(pool);
