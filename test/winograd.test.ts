@@ -1,0 +1,110 @@
+// Winograd F(2×2×2, 3×3×3) on the native backend (issue 23) against onnxruntime-node in the same
+// process, for the 3×3×3 stride-1 layers of nnU-Net's PlainConvUNet (features 32, 64, 128, 256, 320,
+// 320 on a 16×64×64 patch, pooling (1,2,2) then (2,2,2)): the encoder's second conv of each stage and
+// the decoder's first (2C → C). BHSD_WINOGRAD=1 forces Winograd in this process (ava runs each test
+// file in a child process of its own; the addon reads the switch at its first convolution), so every
+// layer here takes the Winograd path whatever the plan would have chosen; a second test shows, in
+// child processes, that the switch changes the arithmetic (=0 and =1 differ) and that this process's
+// results are Winograd's.
+process.env.BHSD_WINOGRAD = "1";
+
+import test from "ava";
+import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import { backendInfo, conv3d, setBackend } from "../lib/index.js";
+import type { Tensor } from "../lib/types.js";
+import { ROOT } from "./helpers.js";
+import { ortRun, randomTensor, scaleDiff } from "./ort.js";
+
+const TOL = 1e-4; // of the output's scale (max |reference|); F(2,3) measures about 1e-6
+const native = backendInfo().available.native;
+const simd = native ? backendInfo().details.native!.simd : "";
+const why = !native
+  ? `the native backend is not available here (${backendInfo().reasons.native ?? "not built"})`
+  : !/avx2/.test(simd)
+    ? `Winograd runs on the AVX2/AVX-512 kernels and this processor offers ${simd}`
+    : "";
+const winoTest = why ? test.skip : test;
+if (why) console.log(`# Winograd tests skipped: ${why}`);
+
+/** U-Net-like magnitudes: activations in [−1, 1), Kaiming-uniform weights, small biases. */
+function layer(C: number, Co: number, ext: [number, number, number], seed: number): { x: Tensor; w: Tensor; b: Tensor } {
+  const x = randomTensor([1, C, ...ext], seed),
+    w = randomTensor([Co, C, 3, 3, 3], seed + 1),
+    b = randomTensor([Co], seed + 2);
+  const bound = Math.sqrt(6 / (C * 27));
+  for (let i = 0; i < w.data.length; i++) w.data[i] = w.data[i]! * bound;
+  for (let i = 0; i < b.data.length; i++) b.data[i] = b.data[i]! * 0.1;
+  return { x, w, b };
+}
+
+const layers: { C: number; Co: number; ext: [number, number, number]; act?: "leakyRelu" }[] = [
+  { C: 32, Co: 32, ext: [16, 64, 64] },
+  { C: 64, Co: 32, ext: [16, 64, 64], act: "leakyRelu" }, // decoder: skip ‖ upsampled
+  { C: 64, Co: 64, ext: [16, 32, 32] },
+  { C: 128, Co: 128, ext: [8, 16, 16], act: "leakyRelu" },
+  { C: 256, Co: 256, ext: [4, 8, 8] },
+  { C: 320, Co: 320, ext: [2, 4, 4], act: "leakyRelu" },
+  { C: 640, Co: 320, ext: [2, 4, 4] },
+  { C: 320, Co: 320, ext: [2, 2, 2] }, // the bottleneck
+  { C: 17, Co: 23, ext: [5, 7, 9], act: "leakyRelu" }, // odd extents and channel counts
+];
+
+for (const [i, l] of layers.entries()) {
+  winoTest.serial(
+    `Winograd conv3d ${l.C}→${l.Co} at ${l.ext.join("×")}${l.act ? " + LeakyReLU" : ""} equals onnxruntime within ${TOL} of scale`,
+    async (t) => {
+      const { x, w, b } = layer(l.C, l.Co, l.ext, 100 + 10 * i);
+      const [conv] = await ortRun(
+        "Conv",
+        [
+          { name: "x", tensor: x },
+          { name: "w", init: { dims: w.shape, data: w.data } },
+          { name: "b", init: { dims: b.shape, data: b.data } },
+        ],
+        { pads: [1, 1, 1, 1, 1, 1] },
+      );
+      const ref = l.act
+        ? (
+            await ortRun("LeakyRelu", [{ name: "x", tensor: { data: conv!.data as Float32Array, shape: conv!.shape } }], { alpha: 0.01 })
+          )[0]!
+        : conv!;
+      setBackend("native");
+      const got = await conv3d(x, w, b, { padding: 1, ...(l.act ? { activation: l.act, alpha: 0.01 } : {}) });
+      t.deepEqual(got.shape, ref.shape);
+      const d = scaleDiff(got.data, ref.data as Float32Array);
+      t.log(`max |difference| / scale: ${d.toExponential(2)}`);
+      t.true(d <= TOL, `max difference ${d} of scale`);
+    },
+  );
+}
+
+winoTest.serial(
+  "BHSD_WINOGRAD switches the arithmetic: =0 and =1 differ in their rounding, and this process's conv3d is Winograd's",
+  async (t) => {
+    const script = `
+    import { createHash } from "node:crypto";
+    import { conv3d, setBackend } from "./lib/index.ts";
+    import { randomTensor } from "./test/ort.ts";
+    setBackend("native");
+    const y = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1 });
+    console.log(createHash("sha256").update(y.data).digest("hex"));`;
+    const run = (v: string) => {
+      const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+        cwd: ROOT,
+        env: { ...process.env, BHSD_WINOGRAD: v },
+        encoding: "utf8",
+        timeout: 120_000,
+      });
+      t.is(r.status, 0, r.stderr);
+      return r.stdout.trim();
+    };
+    const off = run("0"),
+      on = run("1");
+    setBackend("native");
+    const here = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1 });
+    t.regex(on, /^[0-9a-f]{64}$/);
+    t.not(on, off, "the direct path and Winograd round differently; equal hashes mean the switch did nothing");
+    t.is(createHash("sha256").update(here.data).digest("hex"), on);
+  },
+);
