@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dtype.hpp"
+#include "host_device.hpp"
 #include "thread_pool.hpp"
 
 namespace bhsd {
@@ -116,36 +117,10 @@ namespace edt_detail {
 
 constexpr double INF = std::numeric_limits<double>::infinity();
 
-// Felzenszwalb–Huttenlocher lower envelope of parabolas along one line of n samples spaced `s`:
+// The lower envelope of one line of n contiguous samples (host_device.hpp, shared with CUDA):
 // d[q] = min_p (f[p] + ((q − p)·s)²). v, z, are scratch of n and n+1.
 inline void envelope(const double* f, double* d, std::int64_t n, double s, std::int64_t* v, double* z) {
-  std::int64_t k = -1;
-  const double s2 = s * s;
-  for (std::int64_t q = 0; q < n; ++q) {
-    if (f[q] == INF) continue;
-    if (k < 0) {
-      k = 0, v[0] = q, z[0] = -INF, z[1] = INF;
-      continue;
-    }
-    auto isect = [&](std::int64_t p) {  // where q's parabola drops below p's (sample units)
-      return ((f[q] + s2 * double(q) * double(q)) - (f[p] + s2 * double(p) * double(p))) /
-             (2.0 * s2 * double(q - p));
-    };
-    double x = isect(v[k]);
-    while (x <= z[k]) x = isect(v[--k]);  // z[0] = −inf ends the loop
-    ++k;
-    v[k] = q, z[k] = x, z[k + 1] = INF;
-  }
-  if (k < 0) {
-    std::fill(d, d + n, INF);
-    return;
-  }
-  std::int64_t j = 0;
-  for (std::int64_t q = 0; q < n; ++q) {
-    while (z[j + 1] < double(q)) ++j;
-    const double t = double(q - v[j]) * s;
-    d[q] = t * t + f[v[j]];
-  }
+  hd::edt_envelope(f, 1, d, 1, n, s, v, z, 1);
 }
 
 }  // namespace edt_detail
@@ -158,23 +133,9 @@ inline void edt_squared(const std::uint8_t* feat, std::int64_t w, std::int64_t h
                         double sx, double sy, double sz, double* out, ThreadPool& pool,
                         const std::uint8_t* query = nullptr) {
   using edt_detail::INF;
-  // x: distance to the nearest feature in the row, two sweeps
+  // x: distance to the nearest feature in the row, two sweeps (host_device.hpp, shared with CUDA)
   pool.parallel_for(std::size_t(h * d), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t r = lo; r < hi; ++r) {
-      const std::uint8_t* f = feat + std::int64_t(r) * w;
-      double* o = out + std::int64_t(r) * w;
-      std::int64_t last = -1;
-      for (std::int64_t x = 0; x < w; ++x) {
-        if (f[x]) last = x;
-        o[x] = last < 0 ? INF : double(x - last);
-      }
-      last = -1;
-      for (std::int64_t x = w - 1; x >= 0; --x) {
-        if (f[x]) last = x;
-        if (last >= 0) o[x] = std::min(o[x], double(last - x));
-        o[x] = o[x] == INF ? INF : (o[x] * sx) * (o[x] * sx);
-      }
-    }
+    for (std::size_t r = lo; r < hi; ++r) hd::edt_row(feat + std::int64_t(r) * w, out + std::int64_t(r) * w, w, sx);
   }, 64);
   // y, then z: the lower envelope along each column. Lines that are neighbours in memory are
   // processed 8 at a time, so that each gather and scatter touches whole cache lines.

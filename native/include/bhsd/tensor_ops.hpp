@@ -13,6 +13,7 @@
 
 #include "conv.hpp"
 #include "dtype.hpp"
+#include "host_device.hpp"
 #include "thread_pool.hpp"
 
 namespace bhsd {
@@ -427,56 +428,20 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
 }
 
 // Pooling over the three last axes. pads: leading d h w; out extent given. avg: divide by the
-// window's size (count_include_pad) or by the samples inside the input.
+// window's size (count_include_pad) or by the samples inside the input. The window's loop is
+// shared with the CUDA kernel (host_device.hpp).
 inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, std::int64_t H, std::int64_t W,
                    std::int64_t Do, std::int64_t Ho, std::int64_t Wo, const std::int64_t* k, const std::int64_t* s,
                    const std::int64_t* d, const std::int64_t* p, bool max, bool count_include_pad,
                    ThreadPool& pool) {
+  const hd::PoolGeom g{{D, H, W}, {k[0], k[1], k[2]}, {s[0], s[1], s[2]}, {d[0], d[1], d[2]}, {p[0], p[1], p[2]}};
   pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t q = lo; q < hi; ++q) {
       const std::int64_t nc = std::int64_t(q) / Do, od = std::int64_t(q) % Do;
       const float* px = x + nc * D * H * W;
       float* py = y + (nc * Do + od) * Ho * Wo;
       for (std::int64_t oh = 0; oh < Ho; ++oh)
-        for (std::int64_t ow = 0; ow < Wo; ++ow) {
-          double acc = max ? -std::numeric_limits<double>::infinity() : 0.0;
-          std::int64_t inside = 0;
-          for (std::int64_t a = 0; a < k[0]; ++a) {
-            const std::int64_t id = od * s[0] - p[0] + a * d[0];
-            if (id < 0 || id >= D) continue;
-            for (std::int64_t b = 0; b < k[1]; ++b) {
-              const std::int64_t ih = oh * s[1] - p[1] + b * d[1];
-              if (ih < 0 || ih >= H) continue;
-              for (std::int64_t c = 0; c < k[2]; ++c) {
-                const std::int64_t iw = ow * s[2] - p[2] + c * d[2];
-                if (iw < 0 || iw >= W) continue;
-                const double v = px[(id * H + ih) * W + iw];
-                if (max) acc = v > acc || v != v ? v : acc;  // NaN propagates, as PyTorch's max_pool3d
-                else acc += v;
-                ++inside;
-              }
-            }
-          }
-          float out;
-          if (max) out = float(acc);
-          else {
-            std::int64_t denom = inside;
-            if (count_include_pad) {
-              // the window clipped to the padded input, as ONNX and PyTorch count it
-              denom = 1;
-              const std::int64_t ext[3] = {D, H, W}, o[3] = {od, oh, ow};
-              for (int ax = 0; ax < 3; ++ax) {
-                const std::int64_t start = o[ax] * s[ax] - p[ax];
-                const std::int64_t end = std::min(start + (k[ax] - 1) * d[ax] + 1, ext[ax] + p[ax]);
-                std::int64_t cnt = 0;
-                for (std::int64_t t = start; t < end; t += d[ax]) ++cnt;
-                denom *= cnt;
-              }
-            }
-            out = denom > 0 ? float(acc / double(denom)) : 0.0f;
-          }
-          py[oh * Wo + ow] = out;
-        }
+        for (std::int64_t ow = 0; ow < Wo; ++ow) py[oh * Wo + ow] = hd::pool_voxel(px, g, od, oh, ow, max, count_include_pad);
     }
   });
 }
