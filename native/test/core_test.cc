@@ -660,6 +660,25 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
       double dd = 0;  // and the direct path's answer, to the same tolerance
       for (std::size_t i = 0; i < no; ++i) dd = std::max(dd, double(std::fabs(wino[i] - direct[i])));
       CHECK(dd / std::max(scale, 1e-30) < 1e-5);
+      // the weights negated in place (same address, as training changes them): the cached
+      // transform must not be used; without an activation the answer is 2·bias − the reference
+      if (act == bhsd::Act::none) {
+        std::vector<float> wn(w.size()), neg(no, 1.0f);
+        for (std::size_t i = 0; i < w.size(); ++i) wn[i] = -w[i];
+        std::vector<float> wp2 = wp;
+        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));  // cached at wp2
+        bhsd::pack_conv_weights_into(wn.data(), c.Co, g.K(), wp2.data());
+        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));
+        double en = 0;
+        for (std::size_t i = 0; i < no; ++i) {
+          const double b0 = bp ? bp[std::size_t(i / std::size_t(g.Do * g.Ho * g.Wo))] : 0.0;
+          en = std::max(en, std::fabs(2 * b0 - ref[i] - double(neg[i])));
+        }
+        CHECK(en / std::max(scale, 1e-30) < 1e-5);
+        bhsd::pack_conv_weights_into(w.data(), c.Co, g.K(), wp2.data());  // and back: found again, same answer
+        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));
+        CHECK(std::memcmp(neg.data(), wino.data(), no * sizeof(float)) == 0);
+      }
     }
     // the plan: the first call decides (when it applies), the second follows, both correct
     bhsd::conv3d_forward(g, x.data(), wp.data(), bp, planned.data(), act, alpha, pool);

@@ -26,16 +26,18 @@
 // every later call of that key (a small map under a mutex), like cuDNN's find mode. Both paths
 // write the whole output, so the planning call's result is valid whichever ran last.
 //
-// The transformed weights are not cached between calls (the Node layer hands conv3d only packed
-// weights, and lib/ keeps no second form): each call transforms them from the packed form into a
-// buffer kept for the process (like the indirect path's slab), which the plan's timing includes.
+// The transformed weights are made from the packed weights conv3d_forward is given (the Node layer
+// keeps no second form) and kept in a small cache found by the weights' content (WeightCache), so
+// a model's layer transforms its weights once; the plan's second Winograd run finds them there.
 #pragma once
 
 #include <array>
 #include <chrono>
+#include <list>
 #include <map>
 
 #include "conv_forward.hpp"
+#include "memory.hpp"
 
 namespace bhsd {
 
@@ -150,6 +152,87 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
     }
   }, 1, 4);
 }
+
+// Transformed weights kept for the next call with the same weights (a model's layers run once per
+// window: a 256→256 layer's transform cost a third of its time). Found by content, not address
+// (the addon packs weights it was not given packed into a fresh buffer per call): the layer's
+// shape, a fingerprint of 256 sampled values, then the whole packed weights compared with the
+// entry's copy — weights changed in place (training) are a miss. One engine block per entry (huge
+// pages: 26 MB of fresh 4 KB pages cost ~100 ms of faults here), least recently used evicted past
+// 128 MB; a layer needing over 32 MB is transformed per call into the lease instead.
+struct WeightEntry {
+  std::int64_t Co, C;
+  std::size_t nw;   // floats of packed weights
+  std::uint64_t fp;
+  std::shared_ptr<Block> block;  // the packed weights' copy, then U (64 · C · MR floats a block, 64-byte aligned)
+  const float* copy() const { return static_cast<const float*>(block->data()); }
+  const float* U() const { return static_cast<const float*>(block->data()) + (nw + 15) / 16 * 16; }
+};
+
+class WeightCache {
+ public:
+  static constexpr std::size_t kCap = std::size_t(128) << 20, kEntryMax = std::size_t(32) << 20;
+  static WeightCache& instance() {
+    static WeightCache c;
+    return c;
+  }
+  // The transformed weights of wp, from the cache or made now; null when they would not fit it
+  // (or memory ran out): the caller transforms into a buffer of its own.
+  std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
+    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())), nu = std::size_t(64 * packed_conv_size(g.Co, g.C));
+    const std::size_t bytes = ((nw + 15) / 16 * 16 + nu) * sizeof(float);
+    if (bytes > kEntryMax) return nullptr;
+    std::uint64_t fp = 1469598103934665603ull ^ nw;
+    for (std::size_t i = 0; i < 256; ++i) {
+      std::uint32_t bits;
+      std::memcpy(&bits, wp + i * (nw - 1) / 255, sizeof bits);
+      fp = (fp ^ bits) * 1099511628211ull;
+    }
+    std::vector<std::shared_ptr<const WeightEntry>> same;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      for (auto it = lru_.begin(); it != lru_.end(); ++it)
+        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->nw == nw && (*it)->fp == fp) same.push_back(*it);
+    }
+    for (auto& e : same)
+      if (std::memcmp(e->copy(), wp, nw * sizeof(float)) == 0) {
+        std::lock_guard<std::mutex> lk(m_);
+        for (auto it = lru_.begin(); it != lru_.end(); ++it)
+          if (*it == e) {
+            lru_.splice(lru_.begin(), lru_, it);  // most recently used
+            break;
+          }
+        return e;
+      }
+    auto e = std::make_shared<WeightEntry>();
+    e->Co = g.Co, e->C = g.C, e->nw = nw, e->fp = fp;
+    try {
+      e->block = Block::allocate(bytes, false);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+    std::memcpy(const_cast<float*>(e->copy()), wp, nw * sizeof(float));
+    transform_weights(g, wp, const_cast<float*>(e->U()), pool);
+    std::lock_guard<std::mutex> lk(m_);
+    lru_.push_front(e);
+    bytes_ += bytes;
+    while (bytes_ > kCap && lru_.size() > 1) {
+      const auto& old = lru_.back();
+      bytes_ -= ((old->nw + 15) / 16 * 16 + std::size_t(64 * packed_conv_size(old->Co, old->C))) * sizeof(float);
+      lru_.pop_back();  // a call still using it holds its own reference
+    }
+    return e;
+  }
+  std::size_t entries() {
+    std::lock_guard<std::mutex> lk(m_);
+    return lru_.size();
+  }
+
+ private:
+  std::mutex m_;
+  std::list<std::shared_ptr<const WeightEntry>> lru_;
+  std::size_t bytes_ = 0;
+};
 
 // A group's lanes, cut where the tile grid's rows end: lanes j0 … j1 − 1 are tiles tw0 … of tile
 // row (td, th), whose input tiles start at plane id0, row ih0 and column iw0 (+ 2 per lane).
@@ -393,10 +476,15 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   if (!winograd_applies(g)) return false;
   const std::size_t need = std::size_t(64 * packed_conv_size(g.Co, g.C));
   if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
-  const WeightLease lease(need, (std::size_t(32) << 20) / sizeof(float));
-  float* U = lease.get();
-  if (!U) return false;
-  transform_weights(g, wp, U, pool);
+  const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool);
+  std::unique_ptr<WeightLease> lease;
+  const float* U = cached ? cached->U() : nullptr;
+  if (!U) {
+    lease.reset(new WeightLease(need, (std::size_t(32) << 20) / sizeof(float)));
+    if (!lease->get()) return false;
+    transform_weights(g, wp, lease->get(), pool);
+    U = lease->get();
+  }
   const std::int64_t TD = (g.Do + 1) / 2, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
