@@ -9,7 +9,7 @@
  * kept; its small fixture is a test.
  */
 import ort from "onnxruntime-node";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { backendInfo, loadModel, setBackend } from "../dist/index.js";
 import { buildNetwork, type Architecture } from "../dist/model/nnunet/network.js";
 import { encodeModel } from "../dist/model/onnx-proto.js";
@@ -81,6 +81,11 @@ export async function benchNetworks(): Promise<string[]> {
   }
   const seg = readFileSync(new URL("./models/segresnet_default.onnx", import.meta.url));
   for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 5 : 3)));
+  // UNETR at its real widths (121 M parameters, a 354 MB export): made by bench/models/make_unetr.py
+  // (PyTorch and MONAI 1.4.0 needed), never committed; its positional embedding fixes the input shape
+  const unetr = new URL("./models/unetr_real.onnx", import.meta.url);
+  if (existsSync(unetr)) rows.push(...(await compare("MONAI UNETR (real: hidden 768, 12 layers, feature 16), 32×128×128", readFileSync(unetr), [1, 1, 32, 128, 128], 3)));
+  else rows.push("| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | |");
   return [
     "real networks at real widths, random weights (median; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
     "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | bhsd's time by op (top 4) |",

@@ -434,3 +434,42 @@ test("GroupNormalization (opset 18: scale and bias per group) equals onnxruntime
     t.true(relDiff(y.data, ref.data) < 1e-5, `${be}: ${relDiff(y.data, ref.data)}`);
   }
 });
+
+test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ and A·V, and a 2-D MatMul whose B is an activation (its buffer reused between runs) equal onnxruntime on every backend", async (t) => {
+  const q = randomTensor([1, 3, 20, 16], 41), k = randomTensor([1, 3, 24, 16], 42), v = randomTensor([1, 3, 24, 18], 43);
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Einsum", name: "qk", inputs: ["q", "k"], outputs: ["s"], attrs: { equation: "bhxd,bhyd->bhxy" } },
+      { opType: "Softmax", name: "sm", inputs: ["s"], outputs: ["p"], attrs: { axis: -1 } },
+      { opType: "Einsum", name: "pv", inputs: ["p", "v"], outputs: ["o"], attrs: { equation: "bhxy,bhyd->bhxd" } },
+      { opType: "MatMul", name: "again", inputs: ["p", "v"], outputs: ["o2"] },
+      { opType: "Add", name: "sum", inputs: ["o", "o2"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "q", shape: q.shape }, { name: "k", shape: k.shape }, { name: "v", shape: v.shape }],
+    outputs: [{ name: "y" }],
+  });
+  // y = x · relu(z): B is an activation in a pooled buffer that the next run reuses, not a weight
+  const x1 = randomTensor([20, 32], 44), x2 = randomTensor([20, 32], 45), z1 = randomTensor([32, 24], 46), z2 = randomTensor([32, 24], 47);
+  const act = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Relu", name: "r", inputs: ["z"], outputs: ["h"] },
+      { opType: "MatMul", name: "mm", inputs: ["x", "h"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [20, 32] }, { name: "z", shape: [32, 24] }],
+    outputs: [{ name: "y" }],
+  });
+  const ref = await ortSession(bytes, { q, k, v });
+  const refs = [await ortSession(act, { x: x1, z: z1 }), await ortSession(act, { x: x2, z: z2 })];
+  for (const { name: b } of backendsUnderTest()) {
+    const m = await loadModel(bytes, { backend: b });
+    const y = (await m.runAll({ q, k, v })).y!;
+    t.true(relDiff(y.data, ref.data) < 1e-5, `${b}: attention ${relDiff(y.data, ref.data)}`);
+    const m2 = await loadModel(act, { backend: b });
+    for (const [i, [x, z]] of [[x1, z1], [x2, z2], [x1, z1]].entries()) {
+      const y2 = (await m2.runAll({ x: x!, z: z! })).y!;
+      t.true(relDiff(y2.data, refs[i % 2]!.data) < 1e-5, `${b}: activation B, run ${i + 1}`);
+    }
+  }
+});

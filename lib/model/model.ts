@@ -156,7 +156,7 @@ export class Model {
     const grouped = { ...graph, nodes: fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers) };
     this.nodes = fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys()));
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
-    for (const v of this.consts.values()) if ("f" in v) this.constArrays.add(v.f.data);
+    for (const v of this.consts.values()) if ("f" in v) (this.constArrays.add(v.f.data), constantArrays.add(v.f.data));
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
     this.planConcats(graph);
     const fixed = new Set<string>(this.consts.keys());
@@ -569,6 +569,15 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       if (r) return [r];
       return runNd(n, a, budget, opset);
     }
+    case "Einsum": {
+      // a batched matrix product (attention) goes to the engine's GEMM head by head
+      if (a.length === 2 && a[0] && a[1] && "f" in a[0] && "f" in a[1]) {
+        const mm = nd.einsumAsMatmul(String(at.equation), toNd(a[0], "A"), toNd(a[1], "B"), budget, "Einsum");
+        const r = mm && (await matmulOnEngine(fromNd(mm[0]), fromNd(mm[1]), budget));
+        if (r) return [r];
+      }
+      return runNd(n, a, budget, opset);
+    }
     default:
       return runNd(n, a, budget, opset);
   }
@@ -576,30 +585,40 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
 
 /** Bᵀ of a 2-D weight, made once per weight array (a model's Linear layers). */
 const transposedWeights = new WeakMap<Float32Array, Float32Array>();
+/** Models' constant arrays (weights): only these may have their transposes kept (a pooled activation's buffer is reused). */
+const constantArrays = new WeakSet<Float32Array>();
 
 /**
  * A float MatMul [..., M, K] × [K, N] (a transformer's Linear layers, most of its time) on the
  * engine's convolution GEMM: a 1×1×1 convolution of Aᵀ ([K] channels × M voxels) with Bᵀ as its
  * [N, K] weights gives (AB)ᵀ, transposed back. The two transposes cost O(M(K + N)) against the
- * GEMM's O(MKN). Other shapes (batched B, integers, small K or N) stay on nd.matmul.
+ * GEMM's O(MKN). A batched B [..., K, N] of A's batch extents (attention's per-head products) runs
+ * one GEMM per batch item. Other shapes (broadcast batches, integers, small K or N) stay on nd.matmul.
  */
 async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budget: nd.Budget): Promise<Value | undefined> {
   if (!av || !bv || !("f" in av) || !("f" in bv)) return undefined;
   const A = av.f, B = bv.f;
-  if (B.shape.length !== 2 || A.shape.length < 2) return undefined;
-  const [K, N] = B.shape as [number, number];
-  const M = A.data.length / K;
-  if (A.shape[A.shape.length - 1] !== K || K < 16 || N < 16 || M < 16) return undefined;
-  let Bt = transposedWeights.get(B.data);
-  if (!Bt) {
-    Bt = nd.transpose({ data: B.data, shape: [K, N], int: false }, [1, 0], budget, "MatMul weight").data as Float32Array;
-    transposedWeights.set(B.data, Bt);
+  const ra = A.shape.length, rb = B.shape.length;
+  if (ra < 2 || rb < 2 || (rb > 2 && (rb !== ra || !B.shape.slice(0, -2).every((d, i) => d === A.shape[i])))) return undefined;
+  const [K, N] = B.shape.slice(-2) as [number, number];
+  const M = A.shape[ra - 2]!, batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
+  const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
+  if (A.shape[ra - 1] !== K || K < 16 || N < 16 || rows < 16) return undefined;
+  budget.check(batches * rows * N * 4 * 2, "MatMul");
+  const y = allocFloats(batches * rows * N, budget, "MatMul output");
+  for (let t = 0; t < batches; t++) {
+    const Bb = B.data.subarray(t * K * N, (t + 1) * K * N);
+    const keep = rb === 2 && constantArrays.has(B.data);
+    let Bt = keep ? transposedWeights.get(B.data) : undefined;
+    if (!Bt) {
+      Bt = nd.transpose({ data: Bb, shape: [K, N], int: false }, [1, 0], budget, "MatMul weight").data as Float32Array;
+      if (keep) transposedWeights.set(B.data, Bt);
+    }
+    const At = nd.transpose({ data: A.data.subarray(t * rows * K, (t + 1) * rows * K), shape: [rows, K], int: false }, [1, 0], budget, "MatMul input").data as Float32Array;
+    const yt = await ops.conv3d({ data: At, shape: [1, K, 1, 1, rows] }, { data: Bt, shape: [N, K, 1, 1, 1] }, null);
+    y.set(nd.transpose({ data: yt.data, shape: [N, rows], int: false }, [1, 0], budget, "MatMul output").data as Float32Array, t * rows * N);
   }
-  const At = nd.transpose({ data: A.data, shape: [M, K], int: false }, [1, 0], budget, "MatMul input").data as Float32Array;
-  budget.check(M * N * 4 * 2, "MatMul");
-  const yt = await ops.conv3d({ data: At, shape: [1, K, 1, 1, M] }, { data: Bt, shape: [N, K, 1, 1, 1] }, null);
-  const y = nd.transpose({ data: yt.data, shape: [N, M], int: false }, [1, 0], budget, "MatMul output");
-  return { f: { data: y.data as Float32Array, shape: [...A.shape.slice(0, -1), N] } };
+  return { f: { data: y, shape: [...A.shape.slice(0, -1), N] } };
 }
 
 /** The executor's view of a value as an N-d array (float32 data, or integer numbers). */

@@ -84,13 +84,26 @@ export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, bud
   if (ins.every((x) => x.data.length === n)) {
     if (ins.length === 1) {
       const a = ins[0]!.data;
-      for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!));
+      if (!int) for (let i = 0; i < n; i++) y[i] = f(a[i]!);
+      else for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!));
     } else if (ins.length === 2) {
       const a = ins[0]!.data, b = ins[1]!.data;
       for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!, b[i]!));
     } else {
       const ds = ins.map((x) => x.data);
       for (let i = 0; i < n; i++) y[i] = intCast(f(...ds.map((d) => d[i]!)));
+    }
+    return out;
+  }
+  if (ins.length === 2 && (ins[0]!.data.length === n || ins[1]!.data.length === n) && (ins[0]!.data.length === 1 || ins[1]!.data.length === 1)) {
+    // one operand a single value (x / √d, x · 0.5, x + 1): no index walk
+    const a = ins[0]!.data, b = ins[1]!.data;
+    if (a.length === 1) {
+      const c = a[0]!;
+      for (let i = 0; i < n; i++) y[i] = intCast(f(c, b[i]!));
+    } else {
+      const c = b[0]!;
+      for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!, c));
     }
     return out;
   }
@@ -252,11 +265,33 @@ export function matmul(a: Nd, b: Nd, budget: Budget, what: string): Nd {
 }
 
 /** Two-operand einsum with an explicit output ("bhqd,bhkd->bhqk"): a loop over every index. */
+/**
+ * A two-operand einsum that is a batched matrix product (attention's Q·Kᵀ "bhxd,bhyd->bhxy" and
+ * A·V "bhxy,bhyd->bhxd"), as the operands of matmul (B transposed where the equation reads it so),
+ * on operands of equal batch extents; else undefined.
+ */
+export function einsumAsMatmul(eq: string, a: Nd, b: Nd, budget: Budget, what: string): [Nd, Nd] | undefined {
+  const m = /^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]*)$/.exec(eq.replace(/\s/g, ""));
+  if (!m) return undefined;
+  const [la, lb, lo] = [m[1]!, m[2]!, m[3]!];
+  const r = la.length;
+  if (r < 2 || lb.length !== r || lo.length !== r || a.shape.length !== r || b.shape.length !== r || new Set(la + lb).size !== r + 1) return undefined;
+  const batch = la.slice(0, r - 2);
+  if (lb.slice(0, r - 2) !== batch || lo.slice(0, r - 2) !== batch || !a.shape.slice(0, r - 2).every((d, i) => d === b.shape[i])) return undefined;
+  const [i, k, j] = [la[r - 2]!, la[r - 1]!, lo[r - 1]!];
+  if (lo[r - 2] !== i || j === i || j === k) return undefined;
+  if (lb.slice(r - 2) === `${k}${j}`) return [a, b];
+  if (lb.slice(r - 2) === `${j}${k}`) return [a, transpose(b, [...Array(r - 2).keys(), r - 1, r - 2], budget, what)];
+  return undefined;
+}
+
 export function einsum(eq: string, a: Nd, b: Nd, budget: Budget, what: string): Nd {
   const m = /^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]*)$/.exec(eq.replace(/\s/g, ""));
   if (!m) throw new RangeError(`${what}: equation ${eq} is not a two-operand einsum with an explicit output`);
   const [la, lb, lo] = [m[1]!, m[2]!, m[3]!];
   if (la.length !== a.shape.length || lb.length !== b.shape.length) throw new RangeError(`${what}: ${eq} does not match ranks ${a.shape.length} and ${b.shape.length}`);
+  const mm = einsumAsMatmul(eq, a, b, budget, what);
+  if (mm) return matmul(mm[0], mm[1], budget, what);
   const dim = new Map<string, number>();
   const bind = (ls: string, shape: number[]) => [...ls].forEach((c, i) => {
     const d = shape[i]!, had = dim.get(c);
