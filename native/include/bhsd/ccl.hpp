@@ -1,29 +1,34 @@
 // bhsd — 3D connected-component labelling (6, 18, 26 connectivity), component statistics.
 //
-// Run-based two-pass labelling (the run/bit-run family of He, Chao, Suzuki's run-based two-scan and
+// Bit-run two-pass labelling (the run-based family of He, Chao and Suzuki's run-based two-scan and
 // Lee et al.'s bit-run two-scan, BRTS), written for this engine's thread pool and memory:
-//   1. count: each row (fixed y, z) becomes two bit masks, 64 voxels a word — where a run of
-//      foreground starts and where one ends (a run: non-zero voxels, of one value when labelling per
-//      class); their popcounts give every row's first run index, so runs are numbered in raster
-//      order with no gaps and every array is allocated once at its exact size (parallel);
-//   2. runs: the masks again, their set bits (count-trailing-zeros) written as each run's first and
-//      last x, and each run joined (union-find, the smaller index always the root, path halving)
-//      with the runs of the neighbour rows already seen whose x-range touches it. Rows are split into
-//      slabs labelled in parallel; a slab joins only its own rows, so its parent entries are its own;
+//   1. masks: each row (fixed y, z) becomes three bit masks, 64 voxels a word — non-zero voxels,
+//      where a run starts and where one ends (a run: non-zero voxels, of one value when labelling
+//      per class) — and the start / end counts before each word. A row's popcount is its number of
+//      runs, so runs are numbered in raster order with no gaps and the parent array is allocated
+//      once at its exact size (parallel over rows);
+//   2. unions: each row against the neighbour rows already seen: the pairs of touching runs are
+//      found 64 voxels at a time from the masks (see join_rows_impl), each run index a rank query,
+//      and joined by Rem's union-find (the smaller index always the root). Rows are split into
+//      slabs done in parallel; a slab joins only its own rows, so its parent entries are its own,
+//      and it flattens its trees at its end;
 //   3. seams: the first rows of each slab joined with the rows of earlier slabs (serial, few rows);
-//   4. numbering: every run points at its root (parallel), roots are counted per chunk, and a root
-//      gets 1 + the roots before it: 1..count in raster order of each component's first voxel, the
-//      numbering of scipy.ndimage.label (parallel, with a serial prefix sum over the chunks);
-//   5. paint: each run's label into the zero-filled output (parallel over rows).
-// Scratch (about 12 bytes a run) comes from the engine's huge-page allocator (memory.hpp), which
-// keeps freed blocks for reuse: in the VMs this runs in, fresh 4 KB pages fault at ~0.25 GB/s, and
-// the std::vector scratch of the previous version spent more than half its time in page faults.
-// Why not a library: the candidates (cc3d, YACCLAB's kernels) number components differently or are
-// single-threaded; scipy's raster numbering is this API's contract.
+//   4. numbering: roots counted per chunk of runs, a prefix sum, and each root numbered 1 + the
+//      roots before it: 1..count in raster order of each component's first voxel, the numbering of
+//      scipy.ndimage.label (parallel, but for the sum over the chunks);
+//   5. paint: each row's runs again from its masks, their labels into the zero-filled output
+//      (parallel over rows; rows of many short runs voxel by voxel without a branch).
+// Scratch (about 0.4 bytes a voxel for the masks, 4 bytes a run) comes from the engine's huge-page
+// allocator (memory.hpp), which keeps freed blocks for reuse: in the VMs this runs in, first touch
+// of fresh pages is slow, and the std::vector scratch of the previous version (run lists gathered
+// after the slabs) spent more than half its time in page faults.
+// Why not a library: the candidates (cc3d, YACCLAB's kernels) are single-threaded or number
+// components otherwise; scipy's raster numbering is this API's contract.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -79,13 +84,26 @@ inline void unite(std::uint32_t* parent, std::uint32_t a, std::uint32_t b) {
   else parent[a] = b;
 }
 
-// Without -mpopcnt (the addon is built for baseline x86-64) __builtin_popcountll is a libgcc call
-// that looked bytes up in a table (12 % of a labelling's time): the SWAR count below is inline and
-// branch-free.
-inline int popcount64(std::uint64_t v) {
-#if defined(__POPCNT__) || defined(__ARM_NEON) || defined(__aarch64__)
+// Population count. The addon is built for baseline x86-64, where __builtin_popcountll is a libgcc
+// call that looks bytes up in a table (it cost 12 % of a labelling): there the joins run in a copy
+// compiled for the POPCNT instruction when the processor has it (every x86-64 since 2008-2011), and
+// in the inline, branch-free SWAR count below otherwise. HW: the caller is compiled for POPCNT.
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__POPCNT__) && (defined(__GNUC__) || defined(__clang__))
+#define BHSD_CCL_POPCNT_DISPATCH 1
+#define BHSD_CCL_INLINE inline __attribute__((always_inline))
+#else
+#define BHSD_CCL_INLINE inline
+#endif
+template <bool HW = false>
+BHSD_CCL_INLINE int popcount64(std::uint64_t v) {
+#if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
   return __builtin_popcountll(v);
 #else
+  if constexpr (HW) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_popcountll(v);
+#endif
+  }
   v = v - ((v >> 1) & 0x5555555555555555ULL);
   v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
   v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
@@ -93,30 +111,13 @@ inline int popcount64(std::uint64_t v) {
 #endif
 }
 
-inline int ctz64(std::uint64_t v) {  // v != 0
+BHSD_CCL_INLINE int ctz64(std::uint64_t v) {  // v != 0
 #if defined(__GNUC__) || defined(__clang__)
   return __builtin_ctzll(v);
 #else
   int c = 0;
   while (!(v & 1)) v >>= 1, ++c;
   return c;
-#endif
-}
-
-// Relaxed atomic access to parent entries that other threads may read while one is rewritten with
-// another ancestor of the same set (numbering): every value read is a valid parent.
-inline std::uint32_t load_relaxed(const std::uint32_t* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  return __atomic_load_n(p, __ATOMIC_RELAXED);
-#else
-  return *static_cast<const volatile std::uint32_t*>(p);
-#endif
-}
-inline void store_relaxed(std::uint32_t* p, std::uint32_t v) {
-#if defined(__GNUC__) || defined(__clang__)
-  __atomic_store_n(p, v, __ATOMIC_RELAXED);
-#else
-  *static_cast<volatile std::uint32_t*>(p) = v;
 #endif
 }
 
@@ -226,12 +227,12 @@ inline void row_masks(const T* p, std::int64_t nx, bool per_class, std::int64_t 
 }
 
 // Bits below bit b, and up to and including it (b in 0..63).
-inline std::uint64_t bits_below(int b) { return (std::uint64_t(1) << b) - 1; }
-inline std::uint64_t bits_upto(int b) { return (std::uint64_t(2) << b) - 1; }
+BHSD_CCL_INLINE std::uint64_t bits_below(int b) { return (std::uint64_t(1) << b) - 1; }
+BHSD_CCL_INLINE std::uint64_t bits_upto(int b) { return (std::uint64_t(2) << b) - 1; }
 
 // Rem's union with splicing (Patwary, Blair, Manne 2010), keeping every parent at most its index:
 // the root of a set is its smallest run index. Returns when x and y are in one set.
-inline void unite_rem(std::uint32_t* P, std::uint32_t x, std::uint32_t y) {
+BHSD_CCL_INLINE void unite_rem(std::uint32_t* P, std::uint32_t x, std::uint32_t y) {
   std::uint32_t px = P[x], py = P[y];
   while (px != py) {
     if (px > py) {
@@ -266,6 +267,104 @@ struct Scratch {
   }
   E& operator[](std::size_t i) { return data[i]; }
 };
+
+// Every row's masks (pass 1): start, end and non-zero words (stride a row, the last word zero) and
+// the number of start / end bits before each word; row_start[r]: the index of row r's first run.
+struct Rows {
+  const std::uint64_t *S, *E, *N;
+  const std::uint32_t *LS, *LE, *row_start;
+  std::int64_t nx, words, stride;
+};
+
+// Joins the runs of row ra with those of an earlier row rb, a pair of touching runs at a time,
+// found bit-parallel 64 voxels at once: runs i of ra and k of rb overlap iff their intersection
+// starts at some x where both rows are non-zero and one of them starts a run (x = the larger of the
+// two starts), and they touch diagonally (ext = 1) without overlapping iff one ends at x and the
+// other starts at x + 1. Each pair is found exactly once; i and k are rank queries (popcounts of the
+// start / end masks below x, plus the word's prefix count). No loop over runs, no run list.
+template <bool HW, class T>
+BHSD_CCL_INLINE void join_rows_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P,
+                                    std::int64_t ra, std::int64_t rb, int ext) {
+  const std::uint32_t abase = R.row_start[ra], bbase = R.row_start[rb];
+  if (R.row_start[rb + 1] == bbase || R.row_start[ra + 1] == abase) return;
+  const std::int64_t oa = ra * R.stride, ob = rb * R.stride;
+  const std::uint64_t *sa = R.S + oa, *ea = R.E + oa, *na = R.N + oa;
+  const std::uint64_t *sb = R.S + ob, *eb = R.E + ob, *nb = R.N + ob;
+  const std::uint32_t *lsa = R.LS + oa, *lea = R.LE + oa, *lsb = R.LS + ob, *leb = R.LE + ob;
+  const T* pa = data + ra * R.nx;
+  const T* pb = data + rb * R.nx;
+  for (std::int64_t w = 0; w < R.words; ++w) {
+    const std::int64_t x64 = 64 * w;
+    for (std::uint64_t m = na[w] & nb[w] & (sa[w] | sb[w]); m; m &= m - 1) {
+      const int b = ctz64(m);
+      if (per_class && pa[x64 + b] != pb[x64 + b]) continue;
+      const std::uint64_t up = bits_upto(b);
+      unite_rem(P, abase + lsa[w] + std::uint32_t(popcount64<HW>(sa[w] & up)) - 1,
+                bbase + lsb[w] + std::uint32_t(popcount64<HW>(sb[w] & up)) - 1);
+    }
+    if (!ext) continue;
+    // a ends at x, b starts at x + 1
+    for (std::uint64_t m = ea[w] & ((sb[w] >> 1) | (sb[w + 1] << 63)); m; m &= m - 1) {
+      const int b = ctz64(m);
+      if (per_class && pa[x64 + b] != pb[x64 + b + 1]) continue;
+      unite_rem(P, abase + lea[w] + std::uint32_t(popcount64<HW>(ea[w] & bits_below(b))),
+                bbase + lsb[w] + std::uint32_t(popcount64<HW>(sb[w] & bits_upto(b))));
+    }
+    // b ends at x, a starts at x + 1
+    for (std::uint64_t m = eb[w] & ((sa[w] >> 1) | (sa[w + 1] << 63)); m; m &= m - 1) {
+      const int b = ctz64(m);
+      if (per_class && pa[x64 + b + 1] != pb[x64 + b]) continue;
+      unite_rem(P, abase + lsa[w] + std::uint32_t(popcount64<HW>(sa[w] & bits_upto(b))),
+                bbase + leb[w] + std::uint32_t(popcount64<HW>(eb[w] & bits_below(b))));
+    }
+  }
+}
+
+// Joins row r with each of its earlier neighbour rows from row `from` on (the others: at a seam).
+template <bool HW, class T>
+BHSD_CCL_INLINE void join_row_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P,
+                                   std::int64_t ny, const NeighbourRow* nb, int nnb, std::int64_t r,
+                                   std::int64_t from, std::int64_t below) {
+  const std::int64_t y = r % ny, z = r / ny;
+  for (int k = 0; k < nnb; ++k) {
+    const std::int64_t yy = y + nb[k].dy, zz = z + nb[k].dz;
+    if (yy < 0 || yy >= ny || zz < 0) continue;
+    const std::int64_t rr = zz * ny + yy;
+    if (rr < from || rr >= below) continue;
+    join_rows_impl<HW>(R, data, per_class, P, r, rr, nb[k].ext);
+  }
+}
+
+// Rows [r0, r1): each joined with its neighbour rows in [from, below).
+template <class T>
+void join_rows_sw(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ny,
+                  const NeighbourRow* nb, int nnb, std::int64_t r0, std::int64_t r1, std::int64_t from,
+                  std::int64_t below) {
+  for (std::int64_t r = r0; r < r1; ++r) join_row_impl<false>(R, data, per_class, P, ny, nb, nnb, r, from, below);
+}
+#ifdef BHSD_CCL_POPCNT_DISPATCH
+template <class T>
+__attribute__((target("popcnt"))) void join_rows_hw(const Rows& R, const T* data, bool per_class,
+                                                    std::uint32_t* P, std::int64_t ny, const NeighbourRow* nb,
+                                                    int nnb, std::int64_t r0, std::int64_t r1,
+                                                    std::int64_t from, std::int64_t below) {
+  for (std::int64_t r = r0; r < r1; ++r) join_row_impl<true>(R, data, per_class, P, ny, nb, nnb, r, from, below);
+}
+// BHSD_NO_AVX2=1 (the core test's baseline run) takes the baseline path here too.
+inline bool have_popcnt() {
+  static const bool yes = __builtin_cpu_supports("popcnt") && !std::getenv("BHSD_NO_AVX2");
+  return yes;
+}
+#endif
+template <class T>
+void join_rows(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ny,
+               const NeighbourRow* nb, int nnb, std::int64_t r0, std::int64_t r1, std::int64_t from,
+               std::int64_t below) {
+#ifdef BHSD_CCL_POPCNT_DISPATCH
+  if (have_popcnt()) return join_rows_hw(R, data, per_class, P, ny, nb, nnb, r0, r1, from, below);
+#endif
+  join_rows_sw(R, data, per_class, P, ny, nb, nnb, r0, r1, from, below);
+}
 
 }  // namespace ccl_detail
 
@@ -330,54 +429,12 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
     for (std::size_t c = 0; c < nchunk1; ++c) lo = std::min(lo, cmin[c]), hi = std::max(hi, cmax[c]);
     if (lo == hi) per_class = false;
   }
-  Scratch<std::int32_t> X0(total), X1(total);
   Scratch<std::uint32_t> parent(total);
   std::uint32_t* P = parent.data;
-  const std::int32_t *x0 = X0.data, *x1 = X1.data;
+  const Rows R{S.data, E.data, N.data, LS.data, LE.data, row_start.data, nx, words, stride};
+  const std::int64_t kAll = std::numeric_limits<std::int64_t>::max();
 
-  // Joins the runs of row ra with those of an earlier row rb, a pair of touching runs at a time,
-  // found bit-parallel 64 voxels at once: runs i of ra and k of rb overlap iff their intersection
-  // starts at some x where both rows are non-zero and one of them starts a run (x = max of the two
-  // starts), and they touch diagonally (ext = 1) without overlapping iff one ends at x and the other
-  // starts at x + 1. Each pair is found exactly once; i and k are rank queries (popcounts of the
-  // start / end masks below x plus the word's prefix count).
-  auto join = [&](std::int64_t ra, std::int64_t rb, int ext) {
-    const std::uint32_t abase = row_start[std::size_t(ra)], bbase = row_start[std::size_t(rb)];
-    if (row_start[std::size_t(rb) + 1] == bbase || row_start[std::size_t(ra) + 1] == abase) return;
-    const std::uint64_t *sa = S.data + ra * stride, *ea = E.data + ra * stride, *na = N.data + ra * stride;
-    const std::uint64_t *sb = S.data + rb * stride, *eb = E.data + rb * stride, *nb_ = N.data + rb * stride;
-    const std::uint32_t *lsa = LS.data + ra * stride, *lea = LE.data + ra * stride;
-    const std::uint32_t *lsb = LS.data + rb * stride, *leb = LE.data + rb * stride;
-    const T* pa = data + ra * nx;
-    const T* pb = data + rb * nx;
-    for (std::int64_t w = 0; w < words; ++w) {
-      const std::int64_t x64 = 64 * w;
-      for (std::uint64_t m = na[w] & nb_[w] & (sa[w] | sb[w]); m; m &= m - 1) {
-        const int b = ctz64(m);
-        if (per_class && pa[x64 + b] != pb[x64 + b]) continue;
-        const std::uint64_t up = bits_upto(b);
-        unite_rem(P, abase + lsa[w] + std::uint32_t(popcount64(sa[w] & up)) - 1,
-                  bbase + lsb[w] + std::uint32_t(popcount64(sb[w] & up)) - 1);
-      }
-      if (!ext) continue;
-      // a ends at x, b starts at x + 1
-      for (std::uint64_t m = ea[w] & ((sb[w] >> 1) | (sb[w + 1] << 63)); m; m &= m - 1) {
-        const int b = ctz64(m);
-        if (per_class && pa[x64 + b] != pb[x64 + b + 1]) continue;
-        unite_rem(P, abase + lea[w] + std::uint32_t(popcount64(ea[w] & bits_below(b))),
-                  bbase + lsb[w] + std::uint32_t(popcount64(sb[w] & bits_upto(b))));
-      }
-      // b ends at x, a starts at x + 1
-      for (std::uint64_t m = eb[w] & ((sa[w] >> 1) | (sa[w + 1] << 63)); m; m &= m - 1) {
-        const int b = ctz64(m);
-        if (per_class && pa[x64 + b + 1] != pb[x64 + b]) continue;
-        unite_rem(P, abase + lsa[w] + std::uint32_t(popcount64(sa[w] & bits_upto(b))),
-                  bbase + leb[w] + std::uint32_t(popcount64(eb[w] & bits_below(b))));
-      }
-    }
-  };
-
-  // 2. Runs and unions inside each slab of rows.
+  // 2. Unions inside each slab of rows (each row with its neighbour rows in the same slab).
   const std::int64_t nslabs = std::max<std::int64_t>(
       1, std::min<std::int64_t>(rows, std::int64_t(pool.size()) * 4));
   std::vector<std::int64_t> slab_row(std::size_t(nslabs) + 1);
@@ -385,68 +442,36 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   pool.parallel_for(std::size_t(nslabs), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t s = lo; s < hi; ++s) {
       const std::int64_t r0 = slab_row[s], r1 = slab_row[s + 1];
-      for (std::int64_t r = r0; r < r1; ++r) {
-        const std::uint32_t first = row_start[std::size_t(r)], last = row_start[std::size_t(r) + 1];
-        if (first == last) continue;
-        const std::uint64_t *st = S.data + r * stride, *en = E.data + r * stride;
-        std::int32_t* a = X0.data + first;
-        std::int32_t* b = X1.data + first;
-        for (std::int64_t w = 0; w < words; ++w) {
-          for (std::uint64_t v = st[w]; v; v &= v - 1) *a++ = std::int32_t(64 * w + ctz64(v));
-          for (std::uint64_t v = en[w]; v; v &= v - 1) *b++ = std::int32_t(64 * w + ctz64(v));
-        }
-        for (std::uint32_t i = first; i < last; ++i) P[i] = i;
-        const std::int64_t y = r % ny, z = r / ny;
-        for (int k = 0; k < nnb; ++k) {
-          const std::int64_t yy = y + nb[k].dy, zz = z + nb[k].dz;
-          if (yy < 0 || yy >= ny || zz < 0) continue;
-          const std::int64_t rr = zz * ny + yy;
-          if (rr < r0) continue;  // in an earlier slab: joined at the seam
-          join(r, rr, nb[k].ext);
-        }
-      }
+      for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = i;
+      join_rows(R, data, per_class, P, ny, nb, nnb, r0, r1, r0, kAll);
+      // flatten the slab's trees while they are in cache: in index order each parent (smaller, in
+      // the slab) already points at its root, so one step each, no branch
+      for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = P[P[i]];
     }
   }, 1, 1);
 
   // 3. Seams: the first rows of each slab against rows of earlier slabs.
   for (std::int64_t s = 1; s < nslabs; ++s) {
     const std::int64_t r0 = slab_row[std::size_t(s)];
-    const std::int64_t rend = std::min(slab_row[std::size_t(s) + 1], r0 + ny + 1);
-    for (std::int64_t r = r0; r < rend; ++r) {
-      const std::int64_t y = r % ny, z = r / ny;
-      for (int k = 0; k < nnb; ++k) {
-        const std::int64_t yy = y + nb[k].dy, zz = z + nb[k].dz;
-        if (yy < 0 || yy >= ny || zz < 0) continue;
-        const std::int64_t rr = zz * ny + yy;
-        if (rr >= r0) continue;
-        join(r, rr, nb[k].ext);
-      }
-    }
+    join_rows(R, data, per_class, P, ny, nb, nnb, r0, std::min(slab_row[std::size_t(s) + 1], r0 + ny + 1), 0, r0);
   }
 
-  // 4. Numbering. (a) every run points at its root, and roots are counted per chunk. Chunks read
-  // entries of earlier chunks while those are rewritten, each time with an ancestor (relaxed atomics).
+  // 4. Numbering: (a) roots (P[i] = i) counted per chunk of runs, (b) a prefix sum over the chunks,
+  // (c) each root gets 1 + the roots before it, marked by the top bit (no index is that high:
+  // total < 2^31). The smallest index of a set is its root and runs are in raster order, so labels
+  // are 1..count in raster order of each component's first voxel, as scipy numbers them.
   const std::size_t nchunks = std::size_t(std::min<std::uint64_t>(total, std::uint64_t(pool.size()) * 8));
   std::vector<std::uint64_t> roots(nchunks + 1, 0);
   auto chunk_lo = [&](std::size_t c) { return std::uint32_t(total * c / nchunks); };
   pool.parallel_for(nchunks, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t c = lo; c < hi; ++c) {
-      std::uint64_t n = 0;
-      for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) {
-        std::uint32_t r = load_relaxed(P + i);
-        if (r == i) {
-          ++n;
-          continue;
-        }
-        for (std::uint32_t q = load_relaxed(P + r); q != r; q = load_relaxed(P + r)) r = q;
-        store_relaxed(P + i, r);
-      }
+      std::uint32_t n = 0;
+      for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) n += std::uint32_t(P[i] == i);
       roots[c + 1] = n;
     }
   }, 1, 1);
   for (std::size_t c = 0; c < nchunks; ++c) roots[c + 1] += roots[c];
   const std::int64_t count = std::int64_t(roots[nchunks]);  // ≤ total < 2^31
-  // (b) roots get their labels, marked by the top bit (no entry points that high: total < 2^31)
   pool.parallel_for(nchunks, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t c = lo; c < hi; ++c) {
       std::uint32_t label = std::uint32_t(roots[c]);
@@ -454,16 +479,53 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
         if (P[i] == i) P[i] = kLabel | ++label;
     }
   }, 1, 1);
+  // A run's label: up its tree to the root's entry. Inside a slab every run points at its slab's
+  // root (flattened above); a seam may have hung that root under another, so a few steps at most.
+  auto label_of = [P](std::uint32_t i) {
+    std::uint32_t p = P[i];
+    while (!(p & kLabel)) p = P[p];
+    return std::int32_t(p & ~kLabel);
+  };
 
-  // 5. Paint.
+  // 5. Paint. Rows of long runs: each run's label over its x-range (the k-th start bit and the k-th
+  // end bit bound run k). Rows of many short runs (a run every 8 voxels or more often): every voxel,
+  // without a branch, as label[number of starts up to x] where x is non-zero, else 0.
   pool.parallel_for(std::size_t(rows), [&](std::size_t lo, std::size_t hi) {
+    std::vector<std::int32_t> buf(std::size_t(nx) + 2);  // per class a row may hold nx runs
     for (std::size_t r = lo; r < hi; ++r) {
-      std::int32_t* o = out + r * nx;
-      for (std::uint32_t i = row_start[r], e = row_start[r + 1]; i < e; ++i) {
-        const std::uint32_t v = P[i];
-        const std::int32_t label = std::int32_t((v & kLabel ? v : P[v]) & ~kLabel);
-        for (std::int32_t x = x0[i], xe = x1[i]; x <= xe; ++x) o[x] = label;
+      const std::uint32_t first = row_start[r], last = row_start[r + 1];
+      if (first == last) continue;
+      const std::int64_t off = std::int64_t(r) * stride;
+      const std::uint64_t *st = S.data + off, *en = E.data + off;
+      std::int32_t* o = out + std::int64_t(r) * nx;
+      if (std::int64_t(last - first) * 8 >= nx) {
+        std::int32_t* lab = buf.data();  // lab[0] = 0 (background), lab[k] = run k-1's label
+        lab[0] = 0;
+        for (std::uint32_t i = first; i < last; ++i) {
+          lab[i - first + 1] = label_of(i);
+        }
+        const std::uint64_t* nzw = N.data + off;
+        std::uint32_t c = 0;
+        for (std::int64_t w = 0; w < words; ++w) {
+          const std::uint64_t sv = st[w], nv = nzw[w];
+          const int n = int(std::min<std::int64_t>(64, nx - 64 * w));
+          std::int32_t* ow = o + 64 * w;
+          for (int b = 0; b < n; ++b) {
+            c += std::uint32_t((sv >> b) & 1);
+            ow[b] = lab[c & (0u - std::uint32_t((nv >> b) & 1))];
+          }
+        }
+        continue;
       }
+      std::int32_t* a = buf.data();
+      for (std::int64_t w = 0; w < words; ++w)
+        for (std::uint64_t v = st[w]; v; v &= v - 1) *a++ = std::int32_t(64 * w + ctz64(v));
+      std::uint32_t i = first;
+      for (std::int64_t w = 0; w < words; ++w)
+        for (std::uint64_t v = en[w]; v; v &= v - 1, ++i) {
+          const std::int32_t label = label_of(i);
+          for (std::int32_t x = buf[i - first], xe = std::int32_t(64 * w + ctz64(v)); x <= xe; ++x) o[x] = label;
+        }
     }
   }, 64);
   return count;
