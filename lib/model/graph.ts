@@ -443,7 +443,6 @@ function topoSort(nodes: GraphNode[], known: Set<string>, label: string): GraphN
   return out;
 }
 
-/** Fuses Relu/LeakyRelu into the Conv or InstanceNormalization before it when that is their only consumer. */
 /** How many nodes read each value, a graph output counting as one more reader. */
 function consumersOf(nodes: GraphNode[], graphOutputs: string[]): Map<string, number> {
   const consumers = new Map<string, number>();
@@ -459,6 +458,7 @@ export function producersOf(nodes: GraphNode[]): Map<string, GraphNode> {
   return producer;
 }
 
+/** Fuses Relu/LeakyRelu into the Conv, InstanceNormalization or GroupNormalization before it when that is their only consumer. */
 export function fuseActivations(graph: Graph): GraphNode[] {
   const consumers = consumersOf(graph.nodes, graph.outputs);
   const producer = producersOf(graph.nodes);
@@ -475,11 +475,6 @@ export function fuseActivations(graph: Graph): GraphNode[] {
   return graph.nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
 }
 
-/**
- * Fuses each InstanceNormalization (with its fused activation, if any) into the Conv whose output
- * it alone reads, for backends that normalise the convolution's output in place in the same call
- * (nodes from fuseActivations; the graph's own nodes are left as they are).
- */
 /**
  * PyTorch's GroupNorm as exporters before opset 18 write it (MONAI SegResNet's norm): Reshape to
  * [0, G, -1] → InstanceNormalization (scale 1, bias 0) → Reshape back to Shape(X) → Mul by γ
@@ -534,6 +529,11 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
   return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
 }
 
+/**
+ * Fuses each InstanceNormalization (with its fused activation, if any) into the Conv whose output
+ * it alone reads, for backends that normalise the convolution's output in place in the same call
+ * (nodes from fuseActivations; the graph's own nodes are left as they are).
+ */
 export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constants?: ReadonlySet<string>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);

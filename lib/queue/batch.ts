@@ -13,7 +13,7 @@ import { open, readdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Queue, type Job, type JobState } from "bullmq";
 import { readNifti } from "../io/nifti.js";
-import { caseName, type DatasetCase, type DatasetResult } from "../metrics/dataset.js";
+import { caseName, layoutFolders, type DatasetCase, type DatasetResult } from "../metrics/dataset.js";
 import { evaluate, BHSD_CLASSES, DEFAULT_CLASSES } from "../metrics/evaluate.js";
 import { csvNumber } from "../metrics/csv.js";
 import { summarize } from "../metrics/summary.js";
@@ -84,8 +84,9 @@ async function holdsDicom(dir: string): Promise<boolean> {
 export async function datasetCases(data: string, skip?: string): Promise<{ images: string; gtDir: string | null; files: { case: string; path: string }[] }> {
   const root = resolve(data);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`--data ${data} is not a folder`);
-  const images = existsSync(join(root, "images")) ? join(root, "images") : root;
-  const gtDir = existsSync(join(root, "ground truths")) ? join(root, "ground truths") : null;
+  const layout = layoutFolders(root);
+  const images = existsSync(layout.images) ? layout.images : root;
+  const gtDir = existsSync(layout.truths) ? layout.truths : null;
   // NIfTI files, zips of a DICOM series, and folders holding DICOM files (one series each)
   const files: { case: string; path: string }[] = [];
   for (const e of (await readdir(images, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
