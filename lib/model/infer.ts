@@ -14,7 +14,7 @@
  */
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
 import { broadcastShapes, normAxis, size } from "./nd.js";
-import type { Value } from "./model.js";
+import type { Value } from "./ops.js";
 
 /** A value as inference knows it: its shape, whether it holds integers, and its numbers when known. */
 interface Known {

@@ -6,7 +6,7 @@
  */
 import { activeBackend } from "../backends/index.js";
 import { fuseActivations, parseModel, type Graph, type GraphNode } from "../model/graph.js";
-import { runNode } from "../model/model.js";
+import { runNode } from "../model/ops.js";
 import { allocArray } from "../volume.js";
 import type { Tensor } from "../types.js";
 import { instanceNormBackward, leakyReluBackward } from "./grad.js";

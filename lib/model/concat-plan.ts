@@ -1,0 +1,50 @@
+/**
+ * Channel Concats planned in place (batch 1, CPU backends): a Concat on axis 1 whose inputs are
+ * each written by an op that fills a buffer from the pool, with channel counts that follow from the
+ * weights, gets one buffer; each input's producer writes its slice of it, and the Concat copies
+ * nothing (Model.lastRun.concatsInPlace counts them).
+ */
+import { producersOf, type Graph, type GraphNode } from "./graph.js";
+
+/** Where a value is written when its Concat is done in place: channels c0 … c0 + c of cTotal. */
+export interface ConcatSlot { concat: string; c0: number; c: number; cTotal: number }
+
+/** Ops that write their whole result into a buffer from `alloc` (so it may be a slice of another). */
+const WRITES_ALLOC = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+/** Ops whose output has their first input's channels. */
+const KEEPS_CHANNELS = new Set(["InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+
+/** Finds the channel Concats that can be done in place: each input's slot, by value name. */
+export function planConcats(nodes: GraphNode[], graph: Graph, outputs: readonly string[]): Map<string, ConcatSlot> {
+  const slots = new Map<string, ConcatSlot>();
+  const producer = producersOf(nodes);
+  const dims = (name: string | undefined) => (name ? graph.initializers.get(name)?.dims : undefined);
+  const channels = (name: string, depth = 0): number | undefined => {
+    const p = producer.get(name);
+    if (!p || depth > 64) {
+      const c = graph.inputs.find((i) => i.name === name)?.shape[1];
+      return typeof c === "number" ? c : undefined;
+    }
+    const group = (p.attrs.group as number | undefined) ?? 1;
+    if (p.opType === "Conv") return dims(p.inputs[1])?.[0];
+    if (p.opType === "ConvTranspose") return dims(p.inputs[1])?.length === 5 ? dims(p.inputs[1])![1]! * group : undefined;
+    if (KEEPS_CHANNELS.has(p.opType) && p.inputs[0]) return channels(p.inputs[0], depth + 1);
+    return undefined;
+  };
+  const taken = new Set<string>();
+  for (const n of nodes) {
+    if (n.opType !== "Concat" || (n.attrs.axis !== 1 && n.attrs.axis !== -4)) continue;
+    const ins = n.inputs;
+    const ok = ins.length > 1 && new Set(ins).size === ins.length && ins.every((i) => i && !taken.has(i) && !outputs.includes(i) && WRITES_ALLOC.has(producer.get(i)?.opType ?? ""));
+    const cs = ok ? ins.map((i) => channels(i!)) : [];
+    if (!ok || cs.some((c) => typeof c !== "number" || !(c > 0))) continue;
+    const cTotal = (cs as number[]).reduce((a, b) => a + b, 0);
+    let c0 = 0;
+    ins.forEach((i, k) => {
+      slots.set(i!, { concat: n.outputs[0]!, c0, c: cs[k]!, cTotal });
+      taken.add(i!);
+      c0 += cs[k]!;
+    });
+  }
+  return slots;
+}
