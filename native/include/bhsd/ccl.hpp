@@ -491,10 +491,11 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   // end bit bound run k). Rows of many short runs (a run every 8 voxels or more often): every voxel,
   // without a branch, as label[number of starts up to x] where x is non-zero, else 0.
   pool.parallel_for(std::size_t(rows), [&](std::size_t lo, std::size_t hi) {
-    std::vector<std::int32_t> buf(std::size_t(nx) + 2);  // per class a row may hold nx runs
+    std::vector<std::int32_t> buf;  // a row's run starts, or its labels: as long as its runs
     for (std::size_t r = lo; r < hi; ++r) {
       const std::uint32_t first = row_start[r], last = row_start[r + 1];
       if (first == last) continue;
+      if (buf.size() < std::size_t(last - first) + 1) buf.resize(std::size_t(last - first) + 1);
       const std::int64_t off = std::int64_t(r) * stride;
       const std::uint64_t *st = S.data + off, *en = E.data + off;
       std::int32_t* o = out + std::int64_t(r) * nx;
