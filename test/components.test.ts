@@ -1,10 +1,12 @@
 import test from "ava";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
 import { cleanup, componentStats, connectedComponents, readNpy, setBackend, volumeFromArray } from "../lib/index.js";
 import { getBackend } from "../lib/backends/index.js";
 import { asLabelVolume } from "../lib/ops/components.js";
 import type { Volume } from "../lib/types.js";
-import { backendsUnderTest, sharedFixture } from "./helpers.js";
+import { backendsUnderTest, ROOT, sharedFixture } from "./helpers.js";
 
 // scipy.ndimage.label's outputs (shared/fixtures/voxel) are the reference.
 const expected = JSON.parse(readFileSync(sharedFixture("voxel", "expected.json"), "utf8")).ccl as Record<string, Record<string, unknown>>;
@@ -13,6 +15,9 @@ async function maskVolume(name: string): Promise<Volume> {
   const m = await readNpy(sharedFixture("voxel", `ccl_${name}_mask.npy`));
   return volumeFromArray(m.data, m.shape);
 }
+
+/** scipy's labels of test/fixtures/ccl (made by make_ccl_fixtures.py there: rows of 130 voxels, int16 classes). */
+const wideFixture = (name: string) => readNpy(gunzipSync(readFileSync(join(ROOT, "test", "fixtures", "ccl", `ccl_wide_${name}.npy.gz`))));
 
 function firstMismatch(a: ArrayLike<number>, b: ArrayLike<number>): string | undefined {
   if (a.length !== b.length) return `length ${a.length} vs ${b.length}`;
@@ -69,6 +74,23 @@ for (const { name: backend } of backends) {
     for (const s of stats) perClass[s.class] = (perClass[s.class] ?? 0) + 1;
     t.deepEqual(perClass, expected.multiclass!.components26_per_class);
   });
+
+  for (const [what, perClass, conns] of [["perclass", true, [6, 18, 26]], ["binary", false, [6, 26]]] as const) {
+    test.serial(`${backend}: rows of 130 voxels, int16 classes (-5, 1, 2, 700), ${what}: labels equal scipy's at ${conns.join(", ")}-connectivity`, async (t) => {
+      setBackend(backend);
+      const m = await wideFixture("mask");
+      t.true(m.data instanceof Int16Array);
+      const vol = volumeFromArray(m.data, m.shape);
+      for (const conn of conns) {
+        const want = await wideFixture(`${what}${conn}`);
+        const { labels, count } = await connectedComponents(vol, { connectivity: conn, perClass });
+        let max = 0;
+        for (const v of want.data as Int32Array) max = Math.max(max, v);
+        t.is(count, max, `${conn}-connectivity: count`);
+        t.is(firstMismatch(labels.data, want.data), undefined, `${conn}-connectivity: labels`);
+      }
+    });
+  }
 
   test.serial(`${backend}: edge cases with answers known by construction`, async (t) => {
     setBackend(backend);
