@@ -1,12 +1,12 @@
-// Direct vs Winograd F(2×2×2, 3×3×3) on the C++ core, for the 3×3×3 layers of a U-Net (issue 23).
-// Built as the addon is built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
+// Direct vs Winograd on the C++ core (issue 23): F(2×2×2, 3×3×3) for the 3×3×3 layers of a U-Net,
+// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages. Built as the addon is built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
 //
 //   g++ -std=c++17 -O3 -pthread -Inative/include bench/winograd_bench.cc -o /tmp/winograd_bench
 //   /tmp/winograd_bench [runs=7] [threads=hardware]
 //
 // Per shape: the two paths interleaved (direct, Winograd, direct, …), each run timed alone, medians
-// of `runs`; GFLOP/s counts the direct convolution's FLOPs (2·Cin·Cout·27 per output voxel) for both,
-// so the Winograd figure is an effective rate. Accuracy: 4096 sampled output voxels of each path
+// of `runs`; GFLOP/s counts the direct convolution's FLOPs (2·Cin·Cout·27, or ·9 for the 1×3×3 rows,
+// per output voxel) for both, so the Winograd figure is an effective rate. Accuracy: 4096 sampled output voxels of each path
 // against a float64 direct sum, as a fraction of the output's scale (max |reference| over the sample).
 // Prints /proc/loadavg before and after: on a shared machine the figures move with the load.
 #include <algorithm>
@@ -39,15 +39,17 @@ int main(int argc, char** argv) {
   const unsigned threads = argc > 2 ? unsigned(std::max(1, std::atoi(argv[2]))) : std::max(1u, std::thread::hardware_concurrency());
   bhsd::ThreadPool pool(threads);
   std::printf("simd: %s, threads %u, runs %d\nloadavg before: %s\n", bhsd::simd_level().c_str(), threads, runs, loadavg().c_str());
-  struct Shape { std::int64_t C, D, H, W; };
-  const Shape shapes[] = {{32, 32, 64, 64}, {64, 16, 64, 64}, {128, 16, 32, 32}, {256, 8, 16, 16}, {320, 4, 8, 8}};
+  struct Shape { std::int64_t C, D, H, W, kd; };  // kd 1: a 1×3×3 kernel (F(2×2, 3×3) per plane), padding (0, 1, 1)
+  const Shape shapes[] = {{32, 32, 64, 64, 3}, {64, 16, 64, 64, 3}, {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3}, {320, 4, 8, 8, 3},
+                          {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1}, {128, 16, 32, 32, 1}};
   std::printf("| layer | direct GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale (direct, Winograd) |\n");
   std::printf("| --- | --- | --- | --- | --- |\n");
   std::uint32_t st = 12345;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f; };
   for (const Shape& s : shapes) {
     const std::int64_t C = s.C, Co = s.C;
-    const bhsd::ConvGeom g{C, s.D, s.H, s.W, Co, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, s.D, s.H, s.W};
+    const std::int64_t kd = s.kd, pd = kd / 2;
+    const bhsd::ConvGeom g{C, s.D, s.H, s.W, Co, kd, 3, 3, 1, 1, 1, 1, 1, 1, pd, 1, 1, s.D, s.H, s.W};
     const std::int64_t V = s.D * s.H * s.W;
     // U-Net-like magnitudes: normalised activations (variance ≈ 1), Kaiming-uniform weights
     std::vector<float> x(std::size_t(C * V)), w(std::size_t(Co * g.K())), b(static_cast<std::size_t>(Co));
@@ -77,19 +79,19 @@ int main(int argc, char** argv) {
       const std::int64_t od = v / (s.H * s.W), oh = (v / s.W) % s.H, ow = v % s.W;
       double acc = b[std::size_t(co)];
       for (std::int64_t ci = 0; ci < C; ++ci)
-        for (int a = 0; a < 3; ++a)
+        for (std::int64_t a = 0; a < kd; ++a)
           for (int bb = 0; bb < 3; ++bb)
             for (int e = 0; e < 3; ++e) {
-              const std::int64_t id = od - 1 + a, ih = oh - 1 + bb, iw = ow - 1 + e;
+              const std::int64_t id = od - pd + a, ih = oh - 1 + bb, iw = ow - 1 + e;
               if (id < 0 || id >= s.D || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-              acc += double(x[std::size_t(((ci * s.D + id) * s.H + ih) * s.W + iw)]) * double(w[std::size_t((co * C + ci) * 27 + a * 9 + bb * 3 + e)]);
+              acc += double(x[std::size_t(((ci * s.D + id) * s.H + ih) * s.W + iw)]) * double(w[std::size_t((co * C + ci) * 9 * kd + a * 9 + bb * 3 + e)]);
             }
       scale = std::max(scale, std::fabs(acc));
       ed = std::max(ed, std::fabs(acc - yd[std::size_t(i)])), ew = std::max(ew, std::fabs(acc - yw[std::size_t(i)]));
     }
-    const double flops = 2.0 * double(C) * double(Co) * 27.0 * double(V);
+    const double flops = 2.0 * double(C) * double(Co) * 9.0 * double(kd) * double(V);
     const double md = median(td), mw = median(tw);
-    std::printf("| %lld→%lld, %lld×%lld×%lld | %.0f | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C, (long long)Co, (long long)s.D,
+    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C, (long long)Co, kd == 3 ? "3×3×3" : "1×3×3", (long long)s.D,
                 (long long)s.H, (long long)s.W, flops / md * 1e-9, mw > 0 ? flops / mw * 1e-9 : 0.0, mw > 0 ? md / mw : 0.0, ed / scale,
                 ew / scale);
     std::fflush(stdout);

@@ -5,7 +5,8 @@
 // file in a child process of its own; the addon reads the switch at its first convolution), so every
 // layer here takes the Winograd path whatever the plan would have chosen; a second test shows, in
 // child processes, that the switch changes the arithmetic (=0 and =1 differ) and that this process's
-// results are Winograd's.
+// results are Winograd's. 1×3×3 layers (nnU-Net's anisotropic stages, padding (0, 1, 1)) run as
+// F(2×2, 3×3) per plane.
 process.env.BHSD_WINOGRAD = "1";
 
 import test from "ava";
@@ -28,17 +29,17 @@ const winoTest = why ? test.skip : test;
 if (why) console.log(`# Winograd tests skipped: ${why}`);
 
 /** U-Net-like magnitudes: activations in [−1, 1), Kaiming-uniform weights, small biases. */
-function layer(C: number, Co: number, ext: [number, number, number], seed: number): { x: Tensor; w: Tensor; b: Tensor } {
+function layer(C: number, Co: number, kd: number, ext: [number, number, number], seed: number): { x: Tensor; w: Tensor; b: Tensor } {
   const x = randomTensor([1, C, ...ext], seed),
-    w = randomTensor([Co, C, 3, 3, 3], seed + 1),
+    w = randomTensor([Co, C, kd, 3, 3], seed + 1),
     b = randomTensor([Co], seed + 2);
-  const bound = Math.sqrt(6 / (C * 27));
+  const bound = Math.sqrt(6 / (C * kd * 9));
   for (let i = 0; i < w.data.length; i++) w.data[i] = w.data[i]! * bound;
   for (let i = 0; i < b.data.length; i++) b.data[i] = b.data[i]! * 0.1;
   return { x, w, b };
 }
 
-const layers: { C: number; Co: number; ext: [number, number, number]; act?: "leakyRelu" }[] = [
+const layers: { C: number; Co: number; ext: [number, number, number]; act?: "leakyRelu"; kd?: 1 }[] = [
   { C: 32, Co: 32, ext: [16, 64, 64] },
   { C: 64, Co: 32, ext: [16, 64, 64], act: "leakyRelu" }, // decoder: skip ‖ upsampled
   { C: 64, Co: 64, ext: [16, 32, 32] },
@@ -48,13 +49,18 @@ const layers: { C: number; Co: number; ext: [number, number, number]; act?: "lea
   { C: 640, Co: 320, ext: [2, 4, 4] },
   { C: 320, Co: 320, ext: [2, 2, 2] }, // the bottleneck
   { C: 17, Co: 23, ext: [5, 7, 9], act: "leakyRelu" }, // odd extents and channel counts
+  { C: 32, Co: 32, ext: [8, 64, 64], kd: 1 }, // 1×3×3
+  { C: 64, Co: 32, ext: [8, 32, 32], kd: 1, act: "leakyRelu" },
+  { C: 19, Co: 21, ext: [3, 9, 11], kd: 1 },
 ];
 
 for (const [i, l] of layers.entries()) {
   winoTest.serial(
-    `Winograd conv3d ${l.C}→${l.Co} at ${l.ext.join("×")}${l.act ? " + LeakyReLU" : ""} equals onnxruntime within ${TOL} of scale`,
+    `Winograd conv3d ${l.C}→${l.Co} ${l.kd ?? 3}×3×3 at ${l.ext.join("×")}${l.act ? " + LeakyReLU" : ""} equals onnxruntime within ${TOL} of scale`,
     async (t) => {
-      const { x, w, b } = layer(l.C, l.Co, l.ext, 100 + 10 * i);
+      const kd = l.kd ?? 3,
+        pads = kd === 3 ? [1, 1, 1, 1, 1, 1] : [0, 1, 1, 0, 1, 1];
+      const { x, w, b } = layer(l.C, l.Co, kd, l.ext, 100 + 10 * i);
       const [conv] = await ortRun(
         "Conv",
         [
@@ -62,7 +68,7 @@ for (const [i, l] of layers.entries()) {
           { name: "w", init: { dims: w.shape, data: w.data } },
           { name: "b", init: { dims: b.shape, data: b.data } },
         ],
-        { pads: [1, 1, 1, 1, 1, 1] },
+        { pads },
       );
       const ref = l.act
         ? (
@@ -70,7 +76,10 @@ for (const [i, l] of layers.entries()) {
           )[0]!
         : conv!;
       setBackend("native");
-      const got = await conv3d(x, w, b, { padding: 1, ...(l.act ? { activation: l.act, alpha: 0.01 } : {}) });
+      const got = await conv3d(x, w, b, {
+        padding: pads as [number, number, number, number, number, number],
+        ...(l.act ? { activation: l.act, alpha: 0.01 } : {}),
+      });
       t.deepEqual(got.shape, ref.shape);
       const d = scaleDiff(got.data, ref.data as Float32Array);
       t.log(`max |difference| / scale: ${d.toExponential(2)}`);

@@ -587,15 +587,16 @@ static void test_host_device_sweeps() {
   CHECK(nan_seen > 0);
 }
 
-// Winograd F(2×2×2, 3×3×3) against a plain loop in double and against the direct path: odd and even
-// extents 1–9 along every axis (tiles past the output's end dropped), rows of 16 tiles that read the
-// input in place (W = 96) and rows whose groups of 16 tiles span several tile rows, paddings 0–2,
+// Winograd F(2×2×2, 3×3×3) and, for 1×3×3 kernels, F(2×2, 3×3) against a plain loop in double and
+// against the direct path: odd and even extents 1–9 along every axis (tiles past the output's end
+// dropped), rows of 16 tiles that read the input in place (W = 96) and rows whose groups of 16
+// tiles span several tile rows, paddings 0–2,
 // bias or none, each activation, channel counts around the micro-kernel's blocks of 6 and 12. The
 // error is measured relative to the output's scale (max |reference|); the brief asks ≤ 1e-4, F(2,3)
 // gives about 1e-6. Then conv3d_forward's plan: the first call of a shape decides, later calls follow.
 static double winograd_worst = 0;
 static void test_conv_winograd(bhsd::ThreadPool& pool) {
-  struct Case { std::int64_t C, Co, D, H, W, p[3]; int act; bool bias; };
+  struct Case { std::int64_t C, Co, D, H, W, p[3]; int act; bool bias; std::int64_t kd = 3; };
   std::vector<Case> cases;
   for (std::int64_t i = 0; i < 9; ++i)  // every extent 1…9 on every axis, in 9 shapes
     cases.push_back({16 + (i % 3), 16 + 7 * (i % 4), 1 + i, 1 + (i * 4) % 9, 1 + (i * 7) % 9, {1, 1, 1}, int(i % 3), i % 4 != 3});
@@ -603,16 +604,21 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   cases.push_back({16, 17, 4, 5, 66, {1, 1, 1}, 1, true});   // 33 tiles a row: groups across rows
   cases.push_back({33, 48, 5, 6, 7, {0, 1, 2}, 0, true});     // paddings 0, 1, 2
   cases.push_back({24, 64, 2, 9, 40, {2, 0, 1}, 2, false});
+  // 1×3×3 kernels (F(2×2, 3×3) per plane): nnU-Net's anisotropic stages, padded along D or not
+  cases.push_back({16, 20, 5, 7, 9, {0, 1, 1}, 0, true, 1});
+  cases.push_back({17, 16, 1, 3, 5, {0, 1, 1}, 1, false, 1});
+  cases.push_back({24, 32, 3, 6, 66, {1, 1, 1}, 2, true, 1});
+  cases.push_back({20, 18, 2, 4, 96, {0, 1, 1}, 0, false, 1});
   std::uint32_t st = 9001;
   auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f; };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, 3, 3, 3, 1, 1, 1, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
-    g.Do = bhsd::conv_out(c.D, 3, 1, 1, c.p[0], c.p[0]);
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, 1, 1, 1, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, c.kd, 1, 1, c.p[0], c.p[0]);
     g.Ho = bhsd::conv_out(c.H, 3, 1, 1, c.p[1], c.p[1]);
     g.Wo = bhsd::conv_out(c.W, 3, 1, 1, c.p[2], c.p[2]);
     if (g.Do < 1 || g.Ho < 1 || g.Wo < 1) continue;
     // U-Net-like magnitudes: activations of order 1, Kaiming-scaled weights
-    const float wscale = std::sqrt(6.0f / float(27 * c.C));
+    const float wscale = std::sqrt(6.0f / float(9 * c.kd * c.C));
     std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
     for (auto& v : x) v = rnd();
     for (auto& v : w) v = rnd() * wscale;
@@ -629,13 +635,13 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
           for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
             double acc = bp ? bp[co] : 0.0;
             for (std::int64_t ci = 0; ci < c.C; ++ci)
-              for (std::int64_t a = 0; a < 3; ++a)
+              for (std::int64_t a = 0; a < c.kd; ++a)
                 for (std::int64_t b = 0; b < 3; ++b)
                   for (std::int64_t e = 0; e < 3; ++e) {
                     const std::int64_t id = od - c.p[0] + a, ih = oh - c.p[1] + b, iw = ow - c.p[2] + e;
                     if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
                     acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
-                           double(w[std::size_t(((co * c.C + ci) * 3 + a) * 9 + b * 3 + e)]);
+                           double(w[std::size_t(((co * c.C + ci) * c.kd + a) * 9 + b * 3 + e)]);
                   }
             if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
             if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
@@ -690,10 +696,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     bhsd::conv3d_forward(g, x.data(), wp.data(), bp, again.data(), act, alpha, pool);
     CHECK(rel(again) < 1e-5);
   }
-  // not served: a stride, a dilation, a 1×3×3 kernel, too few channels
+  // not served: a stride, a dilation, a 3×3×1 kernel, too few channels
   const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
   const bhsd::ConvGeom no2{16, 6, 6, 6, 16, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2, 6, 6, 6};
-  const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 1, 4, 4, 4};
+  const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 4, 4, 4};
   const bhsd::ConvGeom no4{8, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) && !bhsd::winograd_applies(no4));
 }

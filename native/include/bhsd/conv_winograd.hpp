@@ -45,6 +45,10 @@ namespace wino_detail {
 
 constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 
+// Transform points: 4³ = 64 for a 3×3×3 kernel (F(2×2×2, 3×3×3)), 4² = 16 for 1×3×3 (F(2×2, 3×3)
+// per plane: output tiles of 1×2×2, input tiles of 1×4×4).
+inline int points(const ConvGeom& g) { return g.kd == 3 ? 64 : 16; }
+
 // Where BHSD_WINOGRAD says: 0 off, 1 on, anything else (or unset) the measured plan.
 enum class Mode { off, on, plan };
 inline Mode mode() {
@@ -110,9 +114,11 @@ class WeightLease {
 // (kernel_blocks(U + p·C·MR, 64·C, …, kbn = C)). Block-major keeps each task's writes within its
 // block's 64·C·MR floats (point-major writes strode over 64 distant pages: 256→256 took 43 ms).
 // In double: 27 products per point. 16 input channels at a time are staged ([ci][r][p], 24 KB).
+// A 1×3×3 kernel: the same with one plane (9 weights, 16 points, U[((blk·16 + p)·C + ci)·MR + r]).
 inline void transform_weights(const ConvGeom& g, const float* wp, float* U, ThreadPool& pool) {
   const CoBlocks cbk(g.Co);
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
+  const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
   constexpr std::int64_t CB = 16;
   pool.parallel_for(std::size_t(cbk.count()), [&](std::size_t t0, std::size_t t1) {
     alignas(64) float stage[CB * MR * 64];
@@ -123,15 +129,15 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
         std::fill(stage, stage + cn * MR * 64, 0.0f);
         for (std::int64_t cq = 0; cq < cn; ++cq)
           for (std::int64_t r = 0; r < rows; ++r) {
-            double w[27], a1[3][3][4], a2[3][4][4], u[4][4][4];
-            for (int k = 0; k < 27; ++k) w[k] = wp[(blk * K + (c0 + cq) * 27 + k) * MR + r];
+            double w[27], a1[3][3][4], a2[3][4][4] = {}, u[4][4][4];  // a 1×3×3 kernel leaves planes 1, 2 of a2 at 0
+            for (int k = 0; k < KS; ++k) w[k] = wp[(blk * K + (c0 + cq) * KS + k) * MR + r];
             // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
-            for (int a = 0; a < 3; ++a)
+            for (int a = 0; a < A; ++a)
               for (int b = 0; b < 3; ++b) {
                 const double* v = w + a * 9 + b * 3;
                 a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]), a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
               }
-            for (int a = 0; a < 3; ++a)
+            for (int a = 0; a < A; ++a)
               for (int x = 0; x < 4; ++x) {
                 const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
                 a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2), a2[a][3][x] = v2;
@@ -142,10 +148,10 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
                 u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2), u[3][y][x] = v2;
               }
             float* sp = stage + (cq * MR + r) * 64;
-            for (int p = 0; p < 64; ++p) sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);
+            for (int p = 0; p < P; ++p) sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
           }
-        for (int p = 0; p < 64; ++p) {
-          float* dst = U + (blk * 64 + p) * run + c0 * MR;
+        for (int p = 0; p < P; ++p) {
+          float* dst = U + (blk * P + p) * run + c0 * MR;
           for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * 64 + p];
         }
       }
@@ -162,9 +168,10 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
 // 128 MB; a layer needing over 32 MB is transformed per call into the lease instead.
 struct WeightEntry {
   std::int64_t Co, C;
+  int P;            // transform points
   std::size_t nw;   // floats of packed weights
   std::uint64_t fp;
-  std::shared_ptr<Block> block;  // the packed weights' copy, then U (64 · C · MR floats a block, 64-byte aligned)
+  std::shared_ptr<Block> block;  // the packed weights' copy, then U (P · C · MR floats a block, 64-byte aligned)
   const float* copy() const { return static_cast<const float*>(block->data()); }
   const float* U() const { return static_cast<const float*>(block->data()) + (nw + 15) / 16 * 16; }
 };
@@ -179,7 +186,7 @@ class WeightCache {
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
   // (or memory ran out): the caller transforms into a buffer of its own.
   std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
-    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())), nu = std::size_t(64 * packed_conv_size(g.Co, g.C));
+    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())), nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
     const std::size_t bytes = ((nw + 15) / 16 * 16 + nu) * sizeof(float);
     if (bytes > kEntryMax) return nullptr;
     std::uint64_t fp = 1469598103934665603ull ^ nw;
@@ -192,7 +199,7 @@ class WeightCache {
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->nw == nw && (*it)->fp == fp) same.push_back(*it);
+        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->fp == fp) same.push_back(*it);
     }
     for (auto& e : same)
       if (std::memcmp(e->copy(), wp, nw * sizeof(float)) == 0) {
@@ -205,7 +212,7 @@ class WeightCache {
         return e;
       }
     auto e = std::make_shared<WeightEntry>();
-    e->Co = g.Co, e->C = g.C, e->nw = nw, e->fp = fp;
+    e->Co = g.Co, e->C = g.C, e->P = points(g), e->nw = nw, e->fp = fp;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
@@ -218,7 +225,7 @@ class WeightCache {
     bytes_ += bytes;
     while (bytes_ > kCap && lru_.size() > 1) {
       const auto& old = lru_.back();
-      bytes_ -= ((old->nw + 15) / 16 * 16 + std::size_t(64 * packed_conv_size(old->Co, old->C))) * sizeof(float);
+      bytes_ -= ((old->nw + 15) / 16 * 16 + std::size_t(old->P * packed_conv_size(old->Co, old->C))) * sizeof(float);
       lru_.pop_back();  // a call still using it holds its own reference
     }
     return e;
@@ -245,7 +252,8 @@ struct Group {
   Seg seg[TL];
 };
 
-inline Group group_of(const ConvGeom& g, std::int64_t TH, std::int64_t TW, std::int64_t T, std::int64_t gi) {
+// dz: output planes per tile (2, or 1 for a 1×3×3 kernel).
+inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t TH, std::int64_t TW, std::int64_t T, std::int64_t gi) {
   Group gr;
   const std::int64_t t0 = gi * TL, t1 = std::min(T, t0 + TL);
   gr.n = int(t1 - t0);
@@ -253,7 +261,7 @@ inline Group group_of(const ConvGeom& g, std::int64_t TH, std::int64_t TW, std::
     const std::int64_t row = t / TW, tw = t % TW, td = row / TH, th = row % TH;
     const std::int64_t len = std::min(t1 - t, TW - tw);
     const std::int64_t j0 = t - t0;
-    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), 2 * td - g.pd, 2 * th - g.ph, 2 * tw - g.pw, 2 * td, 2 * th, 2 * tw};
+    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), dz * td - g.pd, 2 * th - g.ph, 2 * tw - g.pw, dz * td, 2 * th, 2 * tw};
     t += len;
   }
   return gr;
@@ -315,8 +323,10 @@ BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
 // (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3). W is transformed as the rows are read:
 // a whole row of 16 tiles (2·16 + 2 samples) by 8 loads of 8 (samples 0, 8, 16, 24 and 2, 10, 18,
 // 26 on) split into evens and odds in registers; a shorter segment through rb, sample by sample.
+// ZI: input planes per tile, 4 (3×3×3) or 1 (1×3×3: no transform along D, 16 points).
+template <int ZI>
 BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr, float* V) {
-  alignas(64) float t[64 * TL];  // [z][y][x][lane]
+  alignas(64) float t[ZI * 16 * TL];  // [z][y][x][lane]
   alignas(64) float rb[40];
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C;
   const bool whole = gr.nseg == 1 && gr.n == TL;
@@ -326,7 +336,7 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
     for (int q = 0; q < 8; ++q) ld8[s][q] = row_load(gr.seg[s].iw0 + off[q], g.W);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
-    for (int zy = 0; zy < 16; ++zy) {
+    for (int zy = 0; zy < ZI * 4; ++zy) {
       const int z = zy >> 2, y = zy & 3;
       float* tz = t + zy * 4 * TL;
       if (!whole) std::memset(tz, 0, 4 * TL * sizeof(float));
@@ -361,7 +371,7 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
       }
     }
     // along H (in place), then along D into V
-    for (int z = 0; z < 4; ++z)
+    for (int z = 0; z < ZI; ++z)
       for (int xq = 0; xq < 4; ++xq) {
         float* p0 = t + ((z * 4 + 0) * 4 + xq) * TL;
         const L16 s0 = ld(p0), s1 = ld(p0 + 4 * TL), s2 = ld(p0 + 8 * TL), s3 = ld(p0 + 12 * TL);
@@ -369,6 +379,10 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
       }
     float* v = V + ci * TL;
     const std::int64_t ps = C * TL;  // point stride in V
+    if (ZI == 1) {
+      for (int yx = 0; yx < 16; ++yx) st(v + yx * ps, ld(t + yx * TL));
+      continue;
+    }
     for (int yx = 0; yx < 16; ++yx) {
       const float* p0 = t + yx * TL;
       const L16 s0 = ld(p0), s1 = ld(p0 + 16 * TL), s2 = ld(p0 + 32 * TL), s3 = ld(p0 + 48 * TL);
@@ -389,23 +403,29 @@ BHSD_WT L16 act16(L16 v, Act act, float alpha) {
 
 // Y = Aᵀ M A for one group, every output channel, + bias, activation, stored where the output
 // exists. Aᵀ along each axis: (m0, m1, m2, m3) → (m0 + m1 + m2, m1 − m2 − m3).
+// ZI = 1 (a 1×3×3 kernel): 16 points, no transform along D, tiles of one output plane.
+template <int ZI>
 BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out, Act act,
                               float alpha) {
-  alignas(64) float r1[32 * TL];  // [zo][y][x][lane]
-  alignas(64) float r3[8 * TL];   // [zo][yo][xo][lane]
+  constexpr int ZO = ZI == 4 ? 2 : 1;  // output planes per tile
+  alignas(64) float r1[ZO * 16 * TL];  // [zo][y][x][lane]
+  alignas(64) float r3[ZO * 4 * TL];   // [zo][yo][xo][lane]
   const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
   const Seg& s0 = gr.seg[0];
-  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + ZO - 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
   for (std::int64_t co = 0; co < Co; ++co) {
     const float* m = M + co * TL;
-    for (int yx = 0; yx < 16; ++yx) {
+    if (ZI == 1)
+      for (int yx = 0; yx < 16; ++yx) st(r1 + yx * TL, ld(m + yx * ps));
+    else
+      for (int yx = 0; yx < 16; ++yx) {
       const L16 m0 = ld(m + (0 * 16 + yx) * ps), m1 = ld(m + (1 * 16 + yx) * ps), m2 = ld(m + (2 * 16 + yx) * ps),
                 m3 = ld(m + (3 * 16 + yx) * ps);
       st(r1 + yx * TL, add(add(m0, m1), m2)), st(r1 + (16 + yx) * TL, sub(sub(m1, m2), m3));
     }
     const __m256 bv = _mm256_set1_ps(bias ? bias[co] : 0.0f);
     const L16 b16{bv, bv};
-    for (int zo = 0; zo < 2; ++zo) {
+    for (int zo = 0; zo < ZO; ++zo) {
       L16 h[2][4];
       for (int xq = 0; xq < 4; ++xq) {
         const float* p = r1 + (zo * 16 + xq) * TL;
@@ -421,7 +441,7 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
     float* oc = out + co * vol;
     if (fast) {
       // 16 tiles along one row: columns ow0 … ow0 + 31 of 4 output rows, xo = 0 and 1 interleaved
-      for (int zy = 0; zy < 4; ++zy) {
+      for (int zy = 0; zy < ZO * 2; ++zy) {
         float* o = oc + (s0.od0 + (zy >> 1)) * plane + (s0.oh0 + (zy & 1)) * g.Wo + s0.ow0;
         for (int h8 = 0; h8 < 2; ++h8) {
           const __m256 x0 = _mm256_load_ps(r3 + (zy * 2) * TL + 8 * h8), x1 = _mm256_load_ps(r3 + (zy * 2 + 1) * TL + 8 * h8);
@@ -434,7 +454,7 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
     }
     for (int s = 0; s < gr.nseg; ++s) {
       const Seg& sg = gr.seg[s];
-      for (int k = 0; k < 8; ++k) {
+      for (int k = 0; k < ZO * 4; ++k) {
         const std::int64_t od = sg.od0 + (k >> 2), oh = sg.oh0 + ((k >> 1) & 1);
         if (od >= g.Do || oh >= g.Ho) continue;
         float* o = oc + od * plane + oh * g.Wo;
@@ -451,11 +471,12 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
 
 }  // namespace wino_detail
 
-// Whether F(2×2×2, 3×3×3) serves this convolution here: 3×3×3, stride 1, dilation 1, at least 16
-// input and output channels, an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
+// Whether Winograd serves this convolution here: a 3×3×3 (F(2×2×2, 3×3×3)) or 1×3×3 (F(2×2, 3×3)
+// per plane) kernel, stride 1, dilation 1, at least 16 input and output channels, an x86 processor
+// with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
-  if (g.kd != 3 || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 || g.dh != 1 || g.dw != 1) return false;
+  if ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 || g.dh != 1 || g.dw != 1) return false;
   if (g.C < 16 || g.Co < 16 || g.Do < 1 || g.Ho < 1 || g.Wo < 1) return false;
   const CpuFeatures f = cpu_features();
   return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2");
@@ -474,7 +495,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   using namespace wino_detail;
   using conv_detail::Scratch;
   if (!winograd_applies(g)) return false;
-  const std::size_t need = std::size_t(64 * packed_conv_size(g.Co, g.C));
+  const int P = points(g);
+  const std::size_t need = std::size_t(P * packed_conv_size(g.Co, g.C));
   if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
   const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool);
   std::unique_ptr<WeightLease> lease;
@@ -485,18 +507,18 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     transform_weights(g, wp, lease->get(), pool);
     U = lease->get();
   }
-  const std::int64_t TD = (g.Do + 1) / 2, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
+  const std::int64_t dz = g.kd == 3 ? 2 : 1, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
   // at least two tasks per thread where there are groups enough
-  const std::int64_t per_group = 64 * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
+  const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
   const std::int64_t threads = std::int64_t(pool.size());
   std::int64_t G = std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
   G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
   const std::int64_t tasks = (ngroups + G - 1) / G;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
-  const std::int64_t vsz = 64 * g.C * TL, msz = 64 * g.Co * TL;
+  const std::int64_t vsz = P * g.C * TL, msz = P * g.Co * TL;
   pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
     thread_local Scratch vmem, mmem;
     float* V = vmem.get(std::size_t(G * vsz));
@@ -505,20 +527,24 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     for (std::size_t task = t0; task < t1; ++task) {
       const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
       for (std::int64_t q = 0; q < gn; ++q) {
-        grs[q] = group_of(g, TH, TW, T, g0 + q);
-        input_transform(g, in, grs[q], V + q * vsz);
+        grs[q] = group_of(g, dz, TH, TW, T, g0 + q);
+        if (P == 64) input_transform<4>(g, in, grs[q], V + q * vsz);
+        else input_transform<1>(g, in, grs[q], V + q * vsz);
       }
       const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
-      for (int p = 0; p < 64; ++p) {
+      for (int p = 0; p < P; ++p) {
         const float* Up = U + p * g.C * MR;
         for (std::int64_t cob = 0; cob < coblocks; cob += step) {
           const std::int64_t cobn = std::min(coblocks, cob + step);
           for (std::int64_t q = 0; q < gn; ++q)
-            conv_detail::kernel_blocks(Up, 64 * g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
+            conv_detail::kernel_blocks(Up, P * g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
                                        M + q * msz + p * g.Co * TL, TL, nullptr, TL, true, false, Act::none, 0.0f);
         }
       }
-      for (std::int64_t q = 0; q < gn; ++q) output_transform(g, grs[q], M + q * msz, bias, out, act, alpha);
+      for (std::int64_t q = 0; q < gn; ++q) {
+        if (P == 64) output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
+        else output_transform<1>(g, grs[q], M + q * msz, bias, out, act, alpha);
+      }
     }
   }, 1, 8);  // chunks handed out as threads come free: on a loaded machine halves would wait for the slower thread
   return true;
@@ -529,8 +555,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
 }
 
 namespace wino_detail {
-// The plan: per (C, Co, D, H, W, pd, ph, pw, Do, Ho, Wo, threads), whether Winograd was faster.
-using PlanKey = std::array<std::int64_t, 12>;
+// The plan: per (C, Co, kd, D, H, W, pd, ph, pw, Do, Ho, Wo, threads), whether Winograd was faster.
+using PlanKey = std::array<std::int64_t, 13>;
 struct Plan {
   std::mutex m;
   std::map<PlanKey, bool> faster;
@@ -540,7 +566,7 @@ inline Plan& plan() {
   return p;
 }
 inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
-  return {g.C, g.Co, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size())};
+  return {g.C, g.Co, g.kd, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size())};
 }
 }  // namespace wino_detail
 
