@@ -72,19 +72,25 @@ export async function benchConv(): Promise<string[]> {
       nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3] } }],
       inputs: [{ name: "x", shape: x.shape }],
       outputs: [{ name: "y" }],
-      initializers: [{ name: "w", dims: wt.shape, data: wt.data }, { name: "b", dims: b.shape, data: b.data }],
+      initializers: [
+        { name: "w", dims: wt.shape, data: wt.data },
+        { name: "b", dims: b.shape, data: b.data },
+      ],
     });
     const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
     const feed = { x: new ort.Tensor("float32", x.data, x.shape) };
     const tOrt = await measure(() => session.run(feed), 5);
     await session.release();
-    let nat = { ms: NaN, peakMb: NaN }, user = { ms: NaN, peakMb: NaN };
+    let nat = { ms: NaN, peakMb: NaN },
+      user = { ms: NaN, peakMb: NaN };
     if (info.available.native) {
       setBackend("native");
       // Best case, like onnxruntime's arena and session: the output reused (options.out), input
       // and weights in engine memory (no copy at the call), the weights packed once as a loaded
       // model's are (a bare conv3d call packs them each time).
-      const xe = allocTensor(x.shape), we = allocTensor(wt.shape), out = allocTensor([1, co, d, h, w]);
+      const xe = allocTensor(x.shape),
+        we = allocTensor(wt.shape),
+        out = allocTensor([1, co, d, h, w]);
       xe.data.set(x.data);
       we.data.set(wt.data);
       (getBackend("native") as { constants?(a: ReadonlySet<Float32Array>): void }).constants?.(new Set([we.data]));
@@ -93,8 +99,11 @@ export async function benchConv(): Promise<string[]> {
       user = await measure(() => conv3d(x, wt, b, { padding: 1 }), 5);
     }
     const tsG = i <= 1 ? tsBackendGflops([ci, co, d, h, w], gflop) : NaN;
-    const g = gflop / (nat.ms / 1000), go = gflop / (tOrt.ms / 1000);
-    lines.push(`| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tsG, 2)} |`);
+    const g = gflop / (nat.ms / 1000),
+      go = gflop / (tOrt.ms / 1000);
+    lines.push(
+      `| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tsG, 2)} |`,
+    );
   }
   return lines;
 }

@@ -18,7 +18,12 @@ export async function benchIo(dir: string): Promise<string[]> {
   const [nx, ny, nz] = [512, 512, 40];
   const r = rng(3);
   const raw = new Int16Array(nx * ny * nz).map(() => Math.floor(r() * 2000) - 1000);
-  const ct: Volume = { data: raw, dims: [nx, ny, nz], spacing: [0.49, 0.49, 5], affine: [0.49, 0, 0, 0, 0, 0.49, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1] };
+  const ct: Volume = {
+    data: raw,
+    dims: [nx, ny, nz],
+    spacing: [0.49, 0.49, 5],
+    affine: [0.49, 0, 0, 0, 0, 0.49, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1],
+  };
   const files = [join(dir, "ct.nii"), join(dir, "ct.nii.gz")];
   for (const f of files) await writeNifti(f, ct, { sclSlope: 1, sclInter: -1024, datatype: "int16", gzipLevel: 1 });
   const py = pythonWith("numpy", "nibabel");
@@ -33,7 +38,9 @@ export async function benchIo(dir: string): Promise<string[]> {
       if (!backendInfo().available[b]) continue;
       setBackend(b);
       const t = await measure(() => readNifti(f), 5);
-      lines.push(`| ${f.endsWith(".gz") ? ".nii.gz" : ".nii"} | ${b} | ${fmt(t.ms)} | ${fmt(t.peakMb, 0)} | ${nib[f] !== undefined ? fmt(nib[f]!) : "no nibabel"} |`);
+      lines.push(
+        `| ${f.endsWith(".gz") ? ".nii.gz" : ".nii"} | ${b} | ${fmt(t.ms)} | ${fmt(t.peakMb, 0)} | ${nib[f] !== undefined ? fmt(nib[f]!) : "no nibabel"} |`,
+      );
     }
   }
   return lines;

@@ -10,16 +10,22 @@ import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 /** Ellipsoid bleeds of classes 1..5 in gt; pred moves and resizes each a little, and misses one. */
 export function metricPair(nx: number, ny: number, nz: number, seed: number): { gt: Uint8Array; pred: Uint8Array } {
-  const gt = new Uint8Array(nx * ny * nz), pred = new Uint8Array(nx * ny * nz);
+  const gt = new Uint8Array(nx * ny * nz),
+    pred = new Uint8Array(nx * ny * nz);
   const r = rng(seed);
   const paint = (m: Uint8Array, c: number, cx: number, cy: number, cz: number, ax: number, ay: number, az: number) =>
     paintEllipsoid(m, [nx, ny, nz], [cx, cy, cz], [ax, ay, az], c);
   for (let b = 0; b < 15; b++) {
     const c = 1 + (b % 5);
-    const cx = 60 + r() * (nx - 120), cy = 60 + r() * (ny - 120), cz = 3 + r() * (nz - 6);
-    const ax = 8 + r() * 40, ay = 8 + r() * 40, az = 1 + r() * 4;
+    const cx = 60 + r() * (nx - 120),
+      cy = 60 + r() * (ny - 120),
+      cz = 3 + r() * (nz - 6);
+    const ax = 8 + r() * 40,
+      ay = 8 + r() * 40,
+      az = 1 + r() * 4;
     paint(gt, c, cx, cy, cz, ax, ay, az);
-    if (b !== 7) paint(pred, c, cx + (r() - 0.5) * 8, cy + (r() - 0.5) * 8, cz + (r() - 0.5), ax * (0.8 + r() * 0.4), ay * (0.8 + r() * 0.4), az);
+    if (b !== 7)
+      paint(pred, c, cx + (r() - 0.5) * 8, cy + (r() - 0.5) * 8, cz + (r() - 0.5), ax * (0.8 + r() * 0.4), ay * (0.8 + r() * 0.4), az);
   }
   return { gt, pred };
 }
@@ -62,7 +68,8 @@ export async function benchMetrics(dir: string): Promise<string[]> {
     await writeNpy(join(dir, "mp.npy"), pred, [nz, ny, nx]);
     ref = runPython(py, SCIPY, [join(dir, "mg.npy"), join(dir, "mp.npy"), JSON.stringify(spacing)]);
   }
-  const g = volumeFromArray(gt, [nz, ny, nx], spacing), p = volumeFromArray(pred, [nz, ny, nx], spacing);
+  const g = volumeFromArray(gt, [nz, ny, nx], spacing),
+    p = volumeFromArray(pred, [nz, ny, nx], spacing);
   const lines = [
     `evaluate(), ${nx}×${ny}×${nz} pair with 5 classes (median of 9 native, 3 ts), beside the spec's scipy reference cropped to the masks' box`,
     "| backend | ms | peak MB | scipy ms | × scipy | max |Δ hd95| vs scipy |",
@@ -74,8 +81,12 @@ export async function benchMetrics(dir: string): Promise<string[]> {
     let last: Awaited<ReturnType<typeof evaluate>> | undefined;
     const t = await measure(async () => (last = await evaluate(g, p)), b === "ts" ? 3 : 9);
     let worst = 0;
-    if (ref) for (const [c, r] of Object.entries(ref.res)) if (r.hd95 !== undefined) worst = Math.max(worst, Math.abs(r.hd95 - last!.perClass[c]!.hd95));
-    lines.push(`| ${b} | ${fmt(t.ms)} | ${fmt(t.peakMb, 0)} | ${ref ? fmt(ref.ms) : "no scipy"} | ${ref ? fmt(ref.ms / t.ms, 1) : "—"} | ${ref ? worst.toExponential(1) : "—"} |`);
+    if (ref)
+      for (const [c, r] of Object.entries(ref.res))
+        if (r.hd95 !== undefined) worst = Math.max(worst, Math.abs(r.hd95 - last!.perClass[c]!.hd95));
+    lines.push(
+      `| ${b} | ${fmt(t.ms)} | ${fmt(t.peakMb, 0)} | ${ref ? fmt(ref.ms) : "no scipy"} | ${ref ? fmt(ref.ms / t.ms, 1) : "—"} | ${ref ? worst.toExponential(1) : "—"} |`,
+    );
   }
   return lines;
 }

@@ -18,7 +18,8 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
   const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
   const o = await measure(() => session.run(feed), reps);
   await session.release();
-  let nat = { ms: NaN, peakMb: NaN }, peak = NaN;
+  let nat = { ms: NaN, peakMb: NaN },
+    peak = NaN;
   if (backendInfo().available.native) {
     setBackend("native");
     const m = await loadModel(bytes);
@@ -33,7 +34,12 @@ export async function benchModel(): Promise<string[]> {
     "whole-model forward (median; native backend; onnxruntime-node CPU, 2 threads, same file and input)",
     "| model and input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime |",
     "| --- | --- | --- | --- | --- | --- | --- |",
-    await compare("plainunet fixture, 1×1×16×64×64", readFileSync(sharedFixture("onnx-plainunet", "plainunet.onnx")), [1, 1, 16, 64, 64], 9),
+    await compare(
+      "plainunet fixture, 1×1×16×64×64",
+      readFileSync(sharedFixture("onnx-plainunet", "plainunet.onnx")),
+      [1, 1, 16, 64, 64],
+      9,
+    ),
     await compare("nnU-Net 3d_fullres shape (32…320), one 16×256×256 window", buildUNet(NNUNET_FULLRES), [1, 1, 16, 256, 256], 3),
   ];
 }
@@ -41,7 +47,11 @@ export async function benchModel(): Promise<string[]> {
 export async function benchSegment(): Promise<string[]> {
   const [nx, ny, nz] = [512, 512, 40];
   const r = rng(9);
-  const ct = volumeFromArray(new Float32Array(nx * ny * nz).map(() => r() * 200 - 50), [nz, ny, nx], [5, 0.49, 0.49]);
+  const ct = volumeFromArray(
+    new Float32Array(nx * ny * nz).map(() => r() * 200 - 50),
+    [nz, ny, nx],
+    [5, 0.49, 0.49],
+  );
   const model = await loadModel(buildUNet(NNUNET_FULLRES), { patchSize: [16, 256, 256] });
   setBackend(backendInfo().available.native ? "native" : "ts");
   const t0 = performance.now();
@@ -50,8 +60,11 @@ export async function benchSegment(): Promise<string[]> {
   return [
     `segment(), ${nx}×${ny}×${nz} CT at 0.49×0.49×5 mm, nnU-Net 3d_fullres-shaped model (random weights), patch 16×256×256, step 0.5, no mirroring, ${report.backend}`,
     `| total s | windows | ${Object.keys(report.timings).join(" s | ")} s | forward live set MB | segment buffers MB |`,
-    `| --- | --- | ${Object.keys(report.timings).map(() => "---").join(" | ")} | --- | --- |`,
-    `| ${fmt(s)} | ${report.windows} | ${Object.values(report.timings).map((v) => fmt(v / 1000, 2)).join(" | ")} | ${fmt(report.peakForwardBytes / 2 ** 20, 0)} | ${fmt(report.peakSegmentBytes / 2 ** 20, 0)} |`,
+    `| --- | --- | ${Object.keys(report.timings)
+      .map(() => "---")
+      .join(" | ")} | --- | --- |`,
+    `| ${fmt(s)} | ${report.windows} | ${Object.values(report.timings)
+      .map((v) => fmt(v / 1000, 2))
+      .join(" | ")} | ${fmt(report.peakForwardBytes / 2 ** 20, 0)} | ${fmt(report.peakSegmentBytes / 2 ** 20, 0)} |`,
   ];
 }
-

@@ -21,8 +21,22 @@ const base = {
   numClasses: 6,
   nStages: STAGES,
   features: [32, 64, 128, 256, 320, 320],
-  kernels: [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-  strides: [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+  kernels: [
+    [1, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+  ],
+  strides: [
+    [1, 1, 1],
+    [1, 2, 2],
+    [1, 2, 2],
+    [2, 2, 2],
+    [2, 2, 2],
+    [1, 2, 2],
+  ],
   convBias: true,
   norm: { eps: 1e-5, affine: true },
   nonlin: { op: "LeakyRelu" as const, alpha: 0.01 },
@@ -30,9 +44,19 @@ const base = {
   dropout: false,
   stemChannels: 32,
 };
-export const PLAIN: Architecture = { ...base, networkClass: "PlainConvUNet", perStage: [2, 2, 2, 2, 2, 2], perStageDecoder: [2, 2, 2, 2, 2] };
+export const PLAIN: Architecture = {
+  ...base,
+  networkClass: "PlainConvUNet",
+  perStage: [2, 2, 2, 2, 2, 2],
+  perStageDecoder: [2, 2, 2, 2, 2],
+};
 /** nnU-Net's ResEnc-M preset: 1, 3, 4, 6, 6, 6 residual blocks, one conv per decoder stage. */
-export const RESENC_M: Architecture = { ...base, networkClass: "ResidualEncoderUNet", perStage: [1, 3, 4, 6, 6, 6], perStageDecoder: [1, 1, 1, 1, 1] };
+export const RESENC_M: Architecture = {
+  ...base,
+  networkClass: "ResidualEncoderUNet",
+  perStage: [1, 3, 4, 6, 6, 6],
+  perStageDecoder: [1, 1, 1, 1, 1],
+};
 
 export function networkBytes(a: Architecture, seed = 1): Uint8Array {
   const g = buildNetwork(a);
@@ -41,7 +65,11 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
     const n = p.shape.reduce((x, y) => x * y, 1);
     const fan = p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : 1;
     const s = p.shape.length > 1 ? Math.sqrt(2 / fan) : 0.1;
-    return { name: p.names[0]!, dims: p.shape, data: new Float32Array(n).map(() => (r() * 2 - 1) * s + (p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0)) };
+    return {
+      name: p.names[0]!,
+      dims: p.shape,
+      data: new Float32Array(n).map(() => (r() * 2 - 1) * s + (p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0)),
+    };
   });
   return encodeModel({
     opset: 17,
@@ -59,7 +87,9 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
   const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
   const o = await measure(() => session.run(feed), reps);
   await session.release();
-  let nat = { ms: NaN, peakMb: NaN }, live = NaN, ops = "";
+  let nat = { ms: NaN, peakMb: NaN },
+    live = NaN,
+    ops = "";
   if (backendInfo().available.native) {
     setBackend("native");
     const m = await loadModel(bytes);
@@ -67,25 +97,47 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
     live = m.lastRun!.peakBytes / 2 ** 20;
     const by = Object.entries(m.lastRun!.opMs).sort((p, q) => q[1] - p[1]);
     const total = by.reduce((s, [, v]) => s + v, 0);
-    ops = by.slice(0, 4).map(([k, v]) => `${k} ${fmt((100 * v) / total, 0)} %`).join(", ");
+    ops = by
+      .slice(0, 4)
+      .map(([k, v]) => `${k} ${fmt((100 * v) / total, 0)} %`)
+      .join(", ");
     m.dispose();
   }
-  return [`| ${label} | ${fmt(nat.ms)} | ${fmt(live, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} | ${ops} |`];
+  return [
+    `| ${label} | ${fmt(nat.ms)} | ${fmt(live, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} | ${ops} |`,
+  ];
 }
 
 export async function benchNetworks(): Promise<string[]> {
   const rows: string[] = [];
-  for (const [name, a] of [["PlainConvUNet", PLAIN], ["ResEnc-M", RESENC_M]] as const) {
+  for (const [name, a] of [
+    ["PlainConvUNet", PLAIN],
+    ["ResEnc-M", RESENC_M],
+  ] as const) {
     const bytes = networkBytes(a);
-    for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 5 : 3)));
+    for (const shape of [
+      [1, 1, 16, 64, 64],
+      [1, 1, 32, 128, 128],
+    ])
+      rows.push(...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 5 : 3)));
   }
   const seg = readFileSync(new URL("./models/segresnet_default.onnx", import.meta.url));
-  for (const shape of [[1, 1, 16, 64, 64], [1, 1, 32, 128, 128]]) rows.push(...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 5 : 3)));
+  for (const shape of [
+    [1, 1, 16, 64, 64],
+    [1, 1, 32, 128, 128],
+  ])
+    rows.push(...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 5 : 3)));
   // UNETR at its real widths (121 M parameters, a 354 MB export): made by bench/models/make_unetr.py
   // (PyTorch and MONAI 1.4.0 needed), never committed; its positional embedding fixes the input shape
   const unetr = new URL("./models/unetr_real.onnx", import.meta.url);
-  if (existsSync(unetr)) rows.push(...(await compare("MONAI UNETR (real: hidden 768, 12 layers, feature 16), 32×128×128", readFileSync(unetr), [1, 1, 32, 128, 128], 3)));
-  else rows.push("| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | |");
+  if (existsSync(unetr))
+    rows.push(
+      ...(await compare("MONAI UNETR (real: hidden 768, 12 layers, feature 16), 32×128×128", readFileSync(unetr), [1, 1, 32, 128, 128], 3)),
+    );
+  else
+    rows.push(
+      "| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | |",
+    );
   return [
     "real networks at real widths, random weights (median; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
     "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | bhsd's time by op (top 4) |",

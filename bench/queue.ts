@@ -34,15 +34,25 @@ const MODEL = join(import.meta.dirname, "..", "models", "demo.onnx");
 async function inProcess(images: string[], out: string): Promise<number> {
   const t0 = performance.now();
   const model = await loadModel(MODEL);
-  for (const [i, f] of images.entries()) await writeNifti(join(out, `${i}.nii.gz`), (await segment(await readNifti(f), model, { mirror: false })).labels);
+  for (const [i, f] of images.entries())
+    await writeNifti(join(out, `${i}.nii.gz`), (await segment(await readNifti(f), model, { mirror: false })).labels);
   return performance.now() - t0;
 }
 
-async function withWorkers(data: string, n: number): Promise<{ wallMs: number; submitMs: number; computeMs: number; gapMs: number; pickupMs: number }> {
+async function withWorkers(
+  data: string,
+  n: number,
+): Promise<{ wallMs: number; submitMs: number; computeMs: number; gapMs: number; pickupMs: number }> {
   const redis = await RedisServer.start();
   const workers: Proc[] = [];
   try {
-    for (let k = 0; k < n; k++) workers.push(new Proc(spawn(process.execPath, [CLI, "worker", "--redis", redis.url], { stdio: ["ignore", "pipe", "pipe"] }) as ChildProcess, `worker ${k}`));
+    for (let k = 0; k < n; k++)
+      workers.push(
+        new Proc(
+          spawn(process.execPath, [CLI, "worker", "--redis", redis.url], { stdio: ["ignore", "pipe", "pipe"] }) as ChildProcess,
+          `worker ${k}`,
+        ),
+      );
     await Promise.all(workers.map((w) => w.waitLine(/^worker \S+ on queue/)));
     const t0 = performance.now();
     const r = await submitBatch({ redis: redis.url, data, model: "demo", out: join(data, `out-${n}`) });
@@ -56,7 +66,8 @@ async function withWorkers(data: string, n: number): Promise<{ wallMs: number; s
     const pickupMs = jobs.reduce((s, j) => s + (j.processedOn! - j.timestamp), 0) / jobs.length;
     // per worker: idle time between one job's end and the next one's start (queue round trip)
     const byWorker = new Map<string, { s: number; e: number }[]>();
-    for (const j of jobs) byWorker.set(j.processedBy ?? "?", [...(byWorker.get(j.processedBy ?? "?") ?? []), { s: j.processedOn!, e: j.finishedOn! }]);
+    for (const j of jobs)
+      byWorker.set(j.processedBy ?? "?", [...(byWorker.get(j.processedBy ?? "?") ?? []), { s: j.processedOn!, e: j.finishedOn! }]);
     const gaps: number[] = [];
     for (const list of byWorker.values()) {
       list.sort((a, b) => a.s - b.s);
@@ -77,7 +88,9 @@ try {
   const images = cases.map((c) => join(data, "images", `${c.name}.nii.gz`));
   console.log(`${CASES} phantoms ${DIMS.join("x")}, model demo, ${cpus().length} cores`);
   const base = await inProcess(images, dir);
-  console.log(`in-process (one process, no queue): ${((CASES / base) * 60_000).toFixed(1)} cases/min (${(base / CASES).toFixed(0)} ms/case)`);
+  console.log(
+    `in-process (one process, no queue): ${((CASES / base) * 60_000).toFixed(1)} cases/min (${(base / CASES).toFixed(0)} ms/case)`,
+  );
   for (const n of [1, 2]) {
     const r = await withWorkers(data, n);
     console.log(

@@ -17,12 +17,24 @@ import { benchNetworks } from "./networks.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 
-const sections: Record<string, (dir: string) => Promise<string[]>> = { io: benchIo, components: benchComponents, metrics: benchMetrics, conv: benchConv, model: benchModel, networks: benchNetworks, segment: benchSegment, server: benchServer, semi: benchSemi };
+const sections: Record<string, (dir: string) => Promise<string[]>> = {
+  io: benchIo,
+  components: benchComponents,
+  metrics: benchMetrics,
+  conv: benchConv,
+  model: benchModel,
+  networks: benchNetworks,
+  segment: benchSegment,
+  server: benchServer,
+  semi: benchSemi,
+};
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {
   const info = backendInfo();
-  console.log(`# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`);
+  console.log(
+    `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`,
+  );
   for (const [name, fn] of Object.entries(sections)) {
     // "segment" and "semi" take minutes: only when asked for by name
     if (wanted.length ? !wanted.includes(name) : name === "segment" || name === "semi") continue;

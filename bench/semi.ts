@@ -11,7 +11,8 @@ import { train, validationDice } from "../dist/train/trainer.js";
 
 const STEPS = Number(process.env.BHSD_SEMI_STEPS ?? 300);
 /** Weights of the semi-supervised terms (BHSD_SEMI_MIL, BHSD_SEMI_CONSISTENCY; default 1 and 1). */
-const MIL = Number(process.env.BHSD_SEMI_MIL ?? 1), CONSISTENCY = Number(process.env.BHSD_SEMI_CONSISTENCY ?? 1);
+const MIL = Number(process.env.BHSD_SEMI_MIL ?? 1),
+  CONSISTENCY = Number(process.env.BHSD_SEMI_CONSISTENCY ?? 1);
 /** BHSD_SEMI_ONLY=semi skips the supervised run (to try other weights against a baseline already measured). */
 const ONLY = process.env.BHSD_SEMI_ONLY;
 
@@ -19,13 +20,28 @@ export async function benchSemi(): Promise<string[]> {
   setBackend(backendInfo().available.native ? "native" : "ts");
   const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
   const voxel = Array.from({ length: 8 }, (_, i) => makePhantom(1000 + i, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
-  const slices = Array.from({ length: 40 }, (_, i) => makePhantom(2000 + i, opt)).map((p) => ({ ct: p.ct, slices: slicePresence(p.labels).present }));
+  const slices = Array.from({ length: 40 }, (_, i) => makePhantom(2000 + i, opt)).map((p) => ({
+    ct: p.ct,
+    slices: slicePresence(p.labels).present,
+  }));
   const test = Array.from({ length: 8 }, (_, i) => makePhantom(3000 + i, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
-  const common = { train: voxel, steps: STEPS, batch: 2, patch: [16, 64, 64] as [number, number, number], lr: 0.003, foreground: 0.5, batchDice: true, seed: 5 };
+  const common = {
+    train: voxel,
+    steps: STEPS,
+    batch: 2,
+    patch: [16, 64, 64] as [number, number, number],
+    lr: 0.003,
+    foreground: 0.5,
+    batchDice: true,
+    seed: 5,
+  };
   const rows: string[] = [];
   for (const [name, extra] of [
     ["8 voxel-labelled (supervised)", {}],
-    [`8 voxel-labelled + 40 slice-labelled (MIL ×${MIL} + mean teacher ×${CONSISTENCY})`, { semi: { cases: slices, batch: 1, mil: MIL, consistency: CONSISTENCY } }],
+    [
+      `8 voxel-labelled + 40 slice-labelled (MIL ×${MIL} + mean teacher ×${CONSISTENCY})`,
+      { semi: { cases: slices, batch: 1, mil: MIL, consistency: CONSISTENCY } },
+    ],
   ] as const) {
     if (ONLY === "semi" && !("semi" in extra)) continue;
     const t0 = performance.now();
@@ -34,7 +50,9 @@ export async function benchSemi(): Promise<string[]> {
     const dice = await validationDice(r.onnx, r.config, test);
     const last = r.history.slice(-20);
     const mean = (f: (h: (typeof last)[number]) => number | undefined) => last.reduce((a, h) => a + (f(h) ?? 0), 0) / last.length;
-    rows.push(`| ${name} | ${STEPS} | ${s.toFixed(0)} | ${mean((h) => h.loss).toFixed(3)} | ${"mil" in extra || "semi" in extra ? `${mean((h) => h.mil).toFixed(3)} / ${mean((h) => h.consistency).toFixed(4)}` : "–"} | ${dice.toFixed(3)} |`);
+    rows.push(
+      `| ${name} | ${STEPS} | ${s.toFixed(0)} | ${mean((h) => h.loss).toFixed(3)} | ${"mil" in extra || "semi" in extra ? `${mean((h) => h.mil).toFixed(3)} / ${mean((h) => h.consistency).toFixed(4)}` : "–"} | ${dice.toFixed(3)} |`,
+    );
     console.error(rows[rows.length - 1]);
   }
   return [

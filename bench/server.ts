@@ -27,7 +27,9 @@ export async function benchServer(): Promise<string[]> {
     { method: "POST" as const, path: "/v1/segment?model=../../etc/passwd", headers: octet, body: good },
   ];
   const run = (amount: number) =>
-    new Promise<autocannon.Result>((res, rej) => autocannon({ url, connections: 4, amount, requests, timeout: 30 }, (e, r) => (e ? rej(e) : res(r))));
+    new Promise<autocannon.Result>((res, rej) =>
+      autocannon({ url, connections: 4, amount, requests, timeout: 30 }, (e, r) => (e ? rej(e) : res(r))),
+    );
   await run(40); // warm-up
   const rss = async () => {
     (globalThis as { gc?: () => void }).gc?.();

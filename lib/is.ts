@@ -36,8 +36,7 @@ export function invalidParameterError(name: string, expected: string, actual: un
   return new TypeError(`Expected ${expected} for ${name} but received ${describe(actual)}`);
 }
 
-export const plainObject = (v: unknown): v is Record<string, unknown> =>
-  Object.prototype.toString.call(v) === "[object Object]";
+export const plainObject = (v: unknown): v is Record<string, unknown> => Object.prototype.toString.call(v) === "[object Object]";
 export const number = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 export const inArray = <T>(v: unknown, list: readonly T[]): v is T => list.includes(v as T);
 
@@ -66,7 +65,14 @@ export const INTEGER_DTYPES: readonly DTypeName[] = ["uint8", "int8", "int16", "
 /** Checks that `v` is a finite number, optionally in [min, max]. */
 export function assertNumber(name: string, v: unknown, min = -Infinity, max = Infinity): asserts v is number {
   if (!number(v) || v < min || v > max) {
-    const range = min === -Infinity && max === Infinity ? "a finite number" : max === Infinity ? `a number >= ${min}` : min === -Infinity ? `a number <= ${max}` : `a number between ${min} and ${max}`;
+    const range =
+      min === -Infinity && max === Infinity
+        ? "a finite number"
+        : max === Infinity
+          ? `a number >= ${min}`
+          : min === -Infinity
+            ? `a number <= ${max}`
+            : `a number between ${min} and ${max}`;
     throw invalidParameterError(name, range, v);
   }
 }

@@ -1,15 +1,7 @@
 /** The data types of the public surface (see the contract in shared/spec/api.md). */
 
 /** Voxel storage. Int8Array is accepted too, for NIfTI int8 files. */
-export type VoxelArray =
-  | Uint8Array
-  | Int8Array
-  | Int16Array
-  | Uint16Array
-  | Int32Array
-  | Uint32Array
-  | Float32Array
-  | Float64Array;
+export type VoxelArray = Uint8Array | Int8Array | Int16Array | Uint16Array | Int32Array | Uint32Array | Float32Array | Float64Array;
 
 /** Element type names, as numpy and NIfTI tools spell them. */
 export type DTypeName = "uint8" | "int8" | "int16" | "uint16" | "int32" | "uint32" | "float32" | "float64";

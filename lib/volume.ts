@@ -7,13 +7,26 @@ import type { DTypeName, Volume, VoxelArray } from "./types.js";
 export const MAX_ELEMENTS = 2 ** 32 - 1;
 
 export const BYTES_PER_ELEMENT: Record<DTypeName, number> = {
-  uint8: 1, int8: 1, int16: 2, uint16: 2, int32: 4, uint32: 4, float32: 4, float64: 8,
+  uint8: 1,
+  int8: 1,
+  int16: 2,
+  uint16: 2,
+  int32: 4,
+  uint32: 4,
+  float32: 4,
+  float64: 8,
 };
 
 type ArrayCtor = { new (n: number): VoxelArray; new (b: ArrayBufferLike, o: number, n: number): VoxelArray };
 export const ARRAY_CTOR: Record<DTypeName, ArrayCtor> = {
-  uint8: Uint8Array, int8: Int8Array, int16: Int16Array, uint16: Uint16Array,
-  int32: Int32Array, uint32: Uint32Array, float32: Float32Array, float64: Float64Array,
+  uint8: Uint8Array,
+  int8: Int8Array,
+  int16: Int16Array,
+  uint16: Uint16Array,
+  int32: Int32Array,
+  uint32: Uint32Array,
+  float32: Float32Array,
+  float64: Float64Array,
 };
 
 /**
@@ -23,13 +36,14 @@ export const ARRAY_CTOR: Record<DTypeName, ArrayCtor> = {
  */
 export function allocArray(dtype: DTypeName, n: number, what = "result"): VoxelArray {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${what}: element count ${n} is not a valid size`);
-  if (n > MAX_ELEMENTS) throw new RangeError(`${what}: ${n} elements of ${dtype} exceed the ${MAX_ELEMENTS}-element limit of one typed array`);
+  if (n > MAX_ELEMENTS)
+    throw new RangeError(`${what}: ${n} elements of ${dtype} exceed the ${MAX_ELEMENTS}-element limit of one typed array`);
   try {
     const engine = engineBuffer(n * BYTES_PER_ELEMENT[dtype]);
     if (engine) return new ARRAY_CTOR[dtype](engine, 0, n);
     return new ARRAY_CTOR[dtype](n);
   } catch (e) {
-    throw new RangeError(`${what}: cannot allocate ${n} × ${BYTES_PER_ELEMENT[dtype]} bytes (${(e as Error).message})`);
+    throw new RangeError(`${what}: cannot allocate ${n} × ${BYTES_PER_ELEMENT[dtype]} bytes (${(e as Error).message})`, { cause: e });
   }
 }
 
@@ -47,10 +61,15 @@ function isDims(v: unknown): v is [number, number, number] {
  * spacing, a 16-number affine. Throws an error naming `name` and the fault.
  */
 export function assertVolume(name: string, v: unknown): asserts v is Volume {
-  if (!plainObject(v) && !(typeof v === "object" && v !== null)) throw invalidParameterError(name, "a Volume { data, dims, spacing, affine }", v);
+  if (!plainObject(v) && !(typeof v === "object" && v !== null))
+    throw invalidParameterError(name, "a Volume { data, dims, spacing, affine }", v);
   const vol = v as Partial<Volume>;
   if (dtypeOf(vol.data) === undefined) {
-    throw invalidParameterError(`${name}.data`, "a typed array (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array or Float64Array)", vol.data);
+    throw invalidParameterError(
+      `${name}.data`,
+      "a typed array (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array or Float64Array)",
+      vol.data,
+    );
   }
   if (!isDims(vol.dims)) throw invalidParameterError(`${name}.dims`, "[nx, ny, nz] of positive integers", vol.dims);
   const [nx, ny, nz] = vol.dims;
@@ -94,4 +113,3 @@ export function volumeFromArray<T extends VoxelArray>(
   const spacing: [number, number, number] = [spacingZYX[2]!, spacingZYX[1]!, spacingZYX[0]!];
   return { data, dims: [nx, ny, nz], spacing, affine: diagonalAffine(spacing) };
 }
-

@@ -8,11 +8,23 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
-import { backendInfo, connectedComponents, conv3d, convTranspose3d, loadModel, maxPool3d, avgPool3d, readNpy, setBackend, volumeFromArray } from "../lib/index.ts";
+import {
+  backendInfo,
+  connectedComponents,
+  conv3d,
+  convTranspose3d,
+  loadModel,
+  maxPool3d,
+  avgPool3d,
+  readNpy,
+  setBackend,
+  volumeFromArray,
+} from "../lib/index.ts";
 import { ortRun, randomTensor, relDiff } from "../test/ort.ts";
 import { ROOT, sharedFixture } from "../test/paths.ts";
 
-let passed = 0, failed = 0;
+let passed = 0,
+  failed = 0;
 const check = (what, ok, detail = "") => {
   if (ok) passed++;
   else failed++;
@@ -52,13 +64,23 @@ const convCases = [
 ];
 for (const [i, c] of convCases.entries()) {
   await step(`conv3d case ${i}`, async () => {
-    const x = randomTensor(c.x, 10 + i), w = randomTensor(c.w, 20 + i), b = randomTensor([c.w[0]], 30 + i);
+    const x = randomTensor(c.x, 10 + i),
+      w = randomTensor(c.w, 20 + i),
+      b = randomTensor([c.w[0]], 30 + i);
     const attrs = { kernel_shape: c.w.slice(2) };
     if (c.strides) attrs.strides = c.strides;
     if (c.pads) attrs.pads = c.pads;
     if (c.dilations) attrs.dilations = c.dilations;
     if (c.group) attrs.group = c.group;
-    const [ref] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, ...(c.bias ? [{ name: "b", init: { dims: b.shape, data: b.data } }] : [])], attrs);
+    const [ref] = await ortRun(
+      "Conv",
+      [
+        { name: "x", tensor: x },
+        { name: "w", init: { dims: w.shape, data: w.data } },
+        ...(c.bias ? [{ name: "b", init: { dims: b.shape, data: b.data } }] : []),
+      ],
+      attrs,
+    );
     const got = await conv3d(x, w, c.bias ? b : null, {
       ...(c.strides ? { stride: c.strides } : {}),
       ...(c.pads ? { padding: c.pads } : {}),
@@ -66,7 +88,10 @@ for (const [i, c] of convCases.entries()) {
       groups: c.group ?? 1,
     });
     const d = relDiff(got.data, ref.data);
-    check(`conv3d case ${i} (x ${c.x}, w ${c.w}) equals onnxruntime: max relative difference ${d.toExponential(2)}`, JSON.stringify(got.shape) === JSON.stringify(ref.shape) && d <= TOL);
+    check(
+      `conv3d case ${i} (x ${c.x}, w ${c.w}) equals onnxruntime: max relative difference ${d.toExponential(2)}`,
+      JSON.stringify(got.shape) === JSON.stringify(ref.shape) && d <= TOL,
+    );
   });
 }
 
@@ -77,14 +102,31 @@ const convTCases = [
 ];
 for (const [i, c] of convTCases.entries()) {
   await step(`convTranspose3d case ${i}`, async () => {
-    const x = randomTensor(c.x, 40 + i), w = randomTensor(c.w, 50 + i), b = randomTensor([c.w[1]], 60 + i);
+    const x = randomTensor(c.x, 40 + i),
+      w = randomTensor(c.w, 50 + i),
+      b = randomTensor([c.w[1]], 60 + i);
     const attrs = { kernel_shape: c.w.slice(2), strides: c.strides };
     if (c.pads) attrs.pads = c.pads;
     if (c.outPad) attrs.output_padding = c.outPad;
-    const [ref] = await ortRun("ConvTranspose", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: b.shape, data: b.data } }], attrs);
-    const got = await convTranspose3d(x, w, b, { stride: c.strides, ...(c.pads ? { padding: c.pads } : {}), ...(c.outPad ? { outputPadding: c.outPad } : {}) });
+    const [ref] = await ortRun(
+      "ConvTranspose",
+      [
+        { name: "x", tensor: x },
+        { name: "w", init: { dims: w.shape, data: w.data } },
+        { name: "b", init: { dims: b.shape, data: b.data } },
+      ],
+      attrs,
+    );
+    const got = await convTranspose3d(x, w, b, {
+      stride: c.strides,
+      ...(c.pads ? { padding: c.pads } : {}),
+      ...(c.outPad ? { outputPadding: c.outPad } : {}),
+    });
     const d = relDiff(got.data, ref.data);
-    check(`convTranspose3d case ${i} (x ${c.x}, w ${c.w}) equals onnxruntime: max relative difference ${d.toExponential(2)}`, JSON.stringify(got.shape) === JSON.stringify(ref.shape) && d <= TOL);
+    check(
+      `convTranspose3d case ${i} (x ${c.x}, w ${c.w}) equals onnxruntime: max relative difference ${d.toExponential(2)}`,
+      JSON.stringify(got.shape) === JSON.stringify(ref.shape) && d <= TOL,
+    );
   });
 }
 
@@ -106,7 +148,10 @@ await step("connected components", async () => {
     const { labels, count } = await connectedComponents(volumeFromArray(m.data, m.shape), { connectivity: conn });
     let same = labels.data.length === want.data.length;
     for (let i = 0; same && i < want.data.length; i++) same = labels.data[i] === want.data[i];
-    check(`connectedComponents (${conn}-connectivity) equals scipy.ndimage.label exactly (${count} components)`, same && count === expected.blobs[`components${conn}`]);
+    check(
+      `connectedComponents (${conn}-connectivity) equals scipy.ndimage.label exactly (${count} components)`,
+      same && count === expected.blobs[`components${conn}`],
+    );
   }
 });
 
@@ -120,7 +165,10 @@ await step("the bundled demo model", async () => {
   const out = await session.run({ [session.inputNames[0]]: new ort.Tensor("float32", x.data, shape) });
   const ref = out[session.outputNames[0]];
   const d = relDiff(got.data, ref.data);
-  check(`models/demo.onnx on the arm64 addon equals onnxruntime: max relative difference ${d.toExponential(2)}`, JSON.stringify(got.shape) === JSON.stringify([...ref.dims]) && d <= TOL);
+  check(
+    `models/demo.onnx on the arm64 addon equals onnxruntime: max relative difference ${d.toExponential(2)}`,
+    JSON.stringify(got.shape) === JSON.stringify([...ref.dims]) && d <= TOL,
+  );
   await session.release();
 });
 

@@ -19,7 +19,15 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const outDir = join(root, "build-asan");
 const binary = join(outDir, "bhsd.node");
-const DEFAULT_FILES = ["test/tensor.test.ts", "test/components.test.ts", "test/backends.test.ts", "test/metrics.test.ts", "test/grad.test.ts", "test/memory-safety.test.ts", "test/fuzz-onnx.test.ts"];
+const DEFAULT_FILES = [
+  "test/tensor.test.ts",
+  "test/components.test.ts",
+  "test/backends.test.ts",
+  "test/metrics.test.ts",
+  "test/grad.test.ts",
+  "test/memory-safety.test.ts",
+  "test/fuzz-onnx.test.ts",
+];
 
 const args = process.argv.slice(2);
 const buildOnly = args.includes("--build-only");
@@ -40,9 +48,12 @@ const sh = (cmd) => {
   return r.stdout.trim();
 };
 const expand = (s) => {
-  for (let i; (i = s.indexOf("<!(")) >= 0; ) {
-    let depth = 0, j = i + 2;
-    for (; j < s.length; j++) if (s[j] === "(") depth++; else if (s[j] === ")" && --depth === 0) break;
+  for (let i; (i = s.indexOf("<!(")) >= 0;) {
+    let depth = 0,
+      j = i + 2;
+    for (; j < s.length; j++)
+      if (s[j] === "(") depth++;
+      else if (s[j] === ")" && --depth === 0) break;
     s = s.slice(0, i) + sh(s.slice(i + 3, j)) + s.slice(j + 1);
   }
   return s;
@@ -52,10 +63,12 @@ const sources = target.sources.map((s) => join(root, s));
 const defines = target.defines.map(expand);
 const includes = target.include_dirs.map(expand).map((d) => (d.startsWith("/") ? d : join(root, d)));
 // node's own headers: beside the node binary (an install's include/node), else node-gyp's download
-const nodeHeaders = [join(dirname(dirname(process.execPath)), "include", "node"), join(process.env.HOME ?? "", ".cache", "node-gyp", process.versions.node, "include", "node")].find((d) =>
-  existsSync(join(d, "node_api.h")),
-);
-if (!nodeHeaders) die(`node's headers (node_api.h) not found beside ${process.execPath} nor in node-gyp's cache; run \`npx node-gyp install\``);
+const nodeHeaders = [
+  join(dirname(dirname(process.execPath)), "include", "node"),
+  join(process.env.HOME ?? "", ".cache", "node-gyp", process.versions.node, "include", "node"),
+].find((d) => existsSync(join(d, "node_api.h")));
+if (!nodeHeaders)
+  die(`node's headers (node_api.h) not found beside ${process.execPath} nor in node-gyp's cache; run \`npx node-gyp install\``);
 
 const SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"];
 const CXXFLAGS = ["-std=c++17", "-O1", "-g", "-fPIC", "-pthread", "-fexceptions", "-fvisibility=hidden", ...SAN];
@@ -69,7 +82,12 @@ const newest = (dir) => {
   }
   return t;
 };
-const inputsTime = Math.max(newest(join(root, "native", "src")), newest(join(root, "native", "include")), statSync(join(root, "binding.gyp")).mtimeMs, statSync(fileURLToPath(import.meta.url)).mtimeMs);
+const inputsTime = Math.max(
+  newest(join(root, "native", "src")),
+  newest(join(root, "native", "include")),
+  statSync(join(root, "binding.gyp")).mtimeMs,
+  statSync(fileURLToPath(import.meta.url)).mtimeMs,
+);
 if (!existsSync(binary) || statSync(binary).mtimeMs < inputsTime) {
   mkdirSync(outDir, { recursive: true });
   console.log(`test:asan: building ${binary} (g++ ${SAN.join(" ")}, -O1 -g)`);
@@ -77,7 +95,17 @@ if (!existsSync(binary) || statSync(binary).mtimeMs < inputsTime) {
   const compile = (src) =>
     new Promise((resolve) => {
       const obj = join(outDir, src.slice(root.length + 1).replaceAll("/", "_") + ".o");
-      const args = [...CXXFLAGS, ...defines.map((d) => `-D${d}`), "-DBUILDING_NODE_EXTENSION", `-I${nodeHeaders}`, ...includes.map((i) => `-I${i}`), "-c", src, "-o", obj];
+      const args = [
+        ...CXXFLAGS,
+        ...defines.map((d) => `-D${d}`),
+        "-DBUILDING_NODE_EXTENSION",
+        `-I${nodeHeaders}`,
+        ...includes.map((i) => `-I${i}`),
+        "-c",
+        src,
+        "-o",
+        obj,
+      ];
       const p = spawn("g++", args, { cwd: root, stdio: ["ignore", "inherit", "inherit"] });
       p.on("close", (code) => resolve(code === 0 ? obj : null));
     });
@@ -102,13 +130,28 @@ const env = {
   BHSD_SKIP_TSC: "1",
 };
 // the native backend must really be the sanitizer build
-const probe = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", `import { getBackend } from "./lib/backends/index.ts"; console.log(getBackend("native").details().binary);`], {
-  cwd: root,
-  env,
-  encoding: "utf8",
-});
-if (probe.status !== 0 || probe.stdout.trim() !== binary) die(`the native backend did not load ${binary} under ASan: ${(probe.stdout + probe.stderr).trim()}`);
+const probe = spawnSync(
+  process.execPath,
+  [
+    "--import",
+    "tsx",
+    "--input-type=module",
+    "-e",
+    `import { getBackend } from "./lib/backends/index.ts"; console.log(getBackend("native").details().binary);`,
+  ],
+  {
+    cwd: root,
+    env,
+    encoding: "utf8",
+  },
+);
+if (probe.status !== 0 || probe.stdout.trim() !== binary)
+  die(`the native backend did not load ${binary} under ASan: ${(probe.stdout + probe.stderr).trim()}`);
 console.log(`test:asan: native backend = ${binary}, LD_PRELOAD=${libasan}`);
 
-const run = spawnSync(process.execPath, [join(root, "scripts", "run-tests.mjs"), ...(files.length ? files : DEFAULT_FILES.filter((f) => existsSync(join(root, f))))], { cwd: root, env, stdio: "inherit" });
+const run = spawnSync(
+  process.execPath,
+  [join(root, "scripts", "run-tests.mjs"), ...(files.length ? files : DEFAULT_FILES.filter((f) => existsSync(join(root, f))))],
+  { cwd: root, env, stdio: "inherit" },
+);
 process.exit(run.status ?? 1);

@@ -14,7 +14,17 @@ if (typeof writeTest === "function") {
   TapReporter.prototype.writeTest = function (evt, flags) {
     const e = evt?.err;
     if (e instanceof Error) {
-      evt = { ...evt, err: { type: "native", name: e.name, message: e.message, stack: e.stack ?? e.message, originalError: { message: e.message }, formattedDetails: [] } };
+      evt = {
+        ...evt,
+        err: {
+          type: "native",
+          name: e.name,
+          message: e.message,
+          stack: e.stack ?? e.message,
+          originalError: { message: e.message },
+          formattedDetails: [],
+        },
+      };
     }
     return writeTest.call(this, evt, flags);
   };

@@ -20,7 +20,11 @@ if (!env.npm_config_nodedir) {
   if (existsSync(join(dir, "include", "node", "node_api.h"))) env.npm_config_nodedir = dir;
 }
 const cmakeJs = join(root, "node_modules", ".bin", "cmake-js");
-const r = spawnSync(cmakeJs, ["build", "--out", "build-cuda", "--config", "Release", ...process.argv.slice(2)], { cwd: root, stdio: "inherit", env });
+const r = spawnSync(cmakeJs, ["build", "--out", "build-cuda", "--config", "Release", ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: "inherit",
+  env,
+});
 if (r.status !== 0) {
   console.error(`bhsd: the CUDA addon failed to build (cmake-js exited with ${r.status ?? r.error?.message})`);
   process.exit(r.status || 1);

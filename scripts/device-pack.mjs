@@ -36,11 +36,23 @@ const walk = (dir) => {
     if (c) walk(c);
   }
 };
-for (const n of ["ava", "tsx", "protobufjs", "node-gyp-build", "fastify", "@fastify/multipart", "commander", "onnxruntime-node", "node-addon-api"]) walk(join(nm, n));
+for (const n of [
+  "ava",
+  "tsx",
+  "protobufjs",
+  "node-gyp-build",
+  "fastify",
+  "@fastify/multipart",
+  "commander",
+  "onnxruntime-node",
+  "node-addon-api",
+])
+  walk(join(nm, n));
 const list = [...top, ".bin"].sort();
 writeFileSync(join(pack, "modules.txt"), list.join("\n") + "\n");
 const sh = (cmd) => execFileSync("sh", ["-c", cmd], { cwd: root, stdio: "inherit" });
-const excl = "--exclude=onnxruntime-node/bin/napi-v6/darwin --exclude=onnxruntime-node/bin/napi-v6/win32 --exclude=onnxruntime-node/bin/napi-v6/linux/arm64";
+const excl =
+  "--exclude=onnxruntime-node/bin/napi-v6/darwin --exclude=onnxruntime-node/bin/napi-v6/win32 --exclude=onnxruntime-node/bin/napi-v6/linux/arm64";
 sh(`tar -C node_modules ${excl} -cf - ${list.join(" ")} | xz -T2 -6 > .devpack/nm.tar.xz`);
 if (!existsSync(join(pack, "node.xz"))) sh(`xz -T2 -9 -c ${process.execPath} > .devpack/node.xz`);
 sh("ls -la .devpack && du -sh .devpack");

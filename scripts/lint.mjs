@@ -28,7 +28,12 @@ let failed = 0;
 failed += run(bin("eslint"), [".", ...(fix ? ["--fix"] : [])]) ? 1 : 0;
 failed += run(bin("prettier"), [fix ? "--write" : "--check", "--log-level", "warn", "."]) ? 1 : 0;
 if (spawnSync("clang-format", ["--version"]).status === 0) {
-  const files = [...cppFiles("native"), ...readdirSync(join(root, "bench")).filter((f) => /\.(cc|cpp)$/.test(f)).map((f) => join("bench", f))];
+  const files = [
+    ...cppFiles("native"),
+    ...readdirSync(join(root, "bench"))
+      .filter((f) => /\.(cc|cpp)$/.test(f))
+      .map((f) => join("bench", f)),
+  ];
   failed += run("clang-format", fix ? ["-i", ...files] : ["--dry-run", "-Werror", ...files]) ? 1 : 0;
 } else {
   console.log("lint: clang-format is not installed (Debian: apt-get install clang-format); the C++ sources were not checked");

@@ -27,7 +27,9 @@ for (let i = 0; i < args.length; i++) {
   if (args[i] === "--variant" && args[i + 1]) wanted.push(args[++i]);
   else if (args[i] === "--out" && args[i + 1]) out = args[++i];
   else {
-    console.error(`native-core-test: unknown argument ${JSON.stringify(args[i])}; expected --variant ${Object.keys(VARIANTS).join("|")} or --out DIR`);
+    console.error(
+      `native-core-test: unknown argument ${JSON.stringify(args[i])}; expected --variant ${Object.keys(VARIANTS).join("|")} or --out DIR`,
+    );
     process.exit(2);
   }
 }
@@ -47,17 +49,25 @@ else out = mkdtempSync(join(tmpdir(), "bhsd-core-"));
 let failed = 0;
 for (const name of wanted.length ? wanted : Object.keys(VARIANTS)) {
   const exe = join(out, `core_test_${name}`);
-  const build = spawnSync("g++", ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", ...VARIANTS[name], "-Inative/include", "native/test/core_test.cc", "-o", exe], {
-    cwd: root,
-    encoding: "utf8",
-  });
+  const build = spawnSync(
+    "g++",
+    ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", ...VARIANTS[name], "-Inative/include", "native/test/core_test.cc", "-o", exe],
+    {
+      cwd: root,
+      encoding: "utf8",
+    },
+  );
   if (build.status !== 0) {
     failed++;
     console.log(`FAIL ${name}: build\n${build.stderr}`);
     continue;
   }
   // as the processor allows (AVX-512 convolutions where it has them), AVX2 only, and the baseline
-  for (const [what, env] of [["as the processor allows", {}], ["BHSD_NO_AVX512=1", { BHSD_NO_AVX512: "1" }], ["BHSD_NO_AVX2=1", { BHSD_NO_AVX2: "1" }]]) {
+  for (const [what, env] of [
+    ["as the processor allows", {}],
+    ["BHSD_NO_AVX512=1", { BHSD_NO_AVX512: "1" }],
+    ["BHSD_NO_AVX2=1", { BHSD_NO_AVX2: "1" }],
+  ]) {
     const run = spawnSync(exe, [], { encoding: "utf8", timeout: 120_000, env: { ...process.env, ...env } });
     const summary = /(\d+) passed, (\d+) failed/.exec(run.stdout);
     const ok = run.status === 0 && summary !== null && summary[2] === "0";

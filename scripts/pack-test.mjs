@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const prebuilt = join(root, "prebuilds", `${process.platform}-${process.arch}`, "bhsd.node");
-let passed = 0, failed = 0;
+let passed = 0,
+  failed = 0;
 const check = (what, ok, detail = "") => {
   if (ok) passed++;
   else failed++;
@@ -21,22 +22,50 @@ const check = (what, ok, detail = "") => {
 };
 const work = mkdtempSync(join(tmpdir(), "bhsd-pack-"));
 try {
-  const tgz = execFileSync("npm", ["pack", "--silent", "--pack-destination", work], { cwd: root, encoding: "utf8" }).trim().split("\n").pop();
+  const tgz = execFileSync("npm", ["pack", "--silent", "--pack-destination", work], { cwd: root, encoding: "utf8" })
+    .trim()
+    .split("\n")
+    .pop();
   check(`npm pack left a prebuilt binary at ${prebuilt}`, existsSync(prebuilt));
   // What the tarball holds (tar's listing, not npm's own report of it).
-  const listed = new Set(execFileSync("tar", ["tzf", join(work, tgz)], { encoding: "utf8" }).split("\n").filter(Boolean).map((f) => f.replace(/^package\//, "")));
+  const listed = new Set(
+    execFileSync("tar", ["tzf", join(work, tgz)], { encoding: "utf8" })
+      .split("\n")
+      .filter(Boolean)
+      .map((f) => f.replace(/^package\//, "")),
+  );
   const here = `prebuilds/${process.platform}-${process.arch}/bhsd.node`;
-  check(`the tarball holds ${here}`, listed.has(here), [...listed].filter((f) => f.startsWith("prebuilds/")).join(", ") || "no prebuilds/ at all");
+  check(
+    `the tarball holds ${here}`,
+    listed.has(here),
+    [...listed].filter((f) => f.startsWith("prebuilds/")).join(", ") || "no prebuilds/ at all",
+  );
   for (const p of ["prebuilds/linux-arm64/bhsd.node"])
     if (existsSync(join(root, p))) check(`the tarball holds ${p}, built here`, listed.has(p));
-  const needed = ["binding.gyp", "scripts/install.mjs", "native/src/addon.cc", "native/src/ops_napi.cc", "native/include/bhsd/conv.hpp", "native/include/bhsd/conv_neon.hpp", "dist/index.js", "models/demo.onnx"];
-  check("the tarball holds what node-gyp and the library need", needed.every((f) => listed.has(f)), needed.filter((f) => !listed.has(f)).join(", "));
+  const needed = [
+    "binding.gyp",
+    "scripts/install.mjs",
+    "native/src/addon.cc",
+    "native/src/ops_napi.cc",
+    "native/include/bhsd/conv.hpp",
+    "native/include/bhsd/conv_neon.hpp",
+    "dist/index.js",
+    "models/demo.onnx",
+  ];
+  check(
+    "the tarball holds what node-gyp and the library need",
+    needed.every((f) => listed.has(f)),
+    needed.filter((f) => !listed.has(f)).join(", "),
+  );
   const extra = [...listed].filter((f) => /^(CMakeLists\.txt|native\/cuda\/|native\/test\/|scripts\/build-cuda|test\/|lib\/)/.test(f));
   check("the tarball holds nothing only the CUDA build or the tests use", extra.length === 0, extra.slice(0, 10).join(", "));
   const app = join(work, "app");
   execFileSync("mkdir", ["-p", app]);
   writeFileSync(join(app, "package.json"), JSON.stringify({ name: "bhsd-user", version: "1.0.0", type: "module", private: true }));
-  const install = spawnSync("npm", ["install", "--no-audit", "--no-fund", "--foreground-scripts", join(work, tgz)], { cwd: app, encoding: "utf8" });
+  const install = spawnSync("npm", ["install", "--no-audit", "--no-fund", "--foreground-scripts", join(work, tgz)], {
+    cwd: app,
+    encoding: "utf8",
+  });
   const log = install.stdout + install.stderr;
   check("the tarball installs", install.status === 0, log.slice(-2000));
   check("nothing was compiled", !/compiling the native addon|gyp info spawn|CXX\(target\)/.test(log), log.slice(-2000));
@@ -45,9 +74,15 @@ try {
   let j = {};
   try {
     j = JSON.parse(info.stdout);
-  } catch {}
+  } catch {
+    // best-effort cleanup: already gone is fine
+  }
   check("bhsd info runs", info.status === 0, info.stderr);
-  check("the prebuilt binary is the one loaded", j.backend === "native" && /node_modules\/bhsd\/prebuilds\//.test(j.details?.native?.binary ?? ""), JSON.stringify(j.details));
+  check(
+    "the prebuilt binary is the one loaded",
+    j.backend === "native" && /node_modules\/bhsd\/prebuilds\//.test(j.details?.native?.binary ?? ""),
+    JSON.stringify(j.details),
+  );
   writeFileSync(
     join(app, "job.mjs"),
     `import { volumeFromArray, writeNifti, connectedComponents, evaluate, backendInfo } from "bhsd";
@@ -66,15 +101,27 @@ console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backend
   let dj = {};
   try {
     dj = JSON.parse(demo.stdout);
-  } catch {}
-  check("bhsd demo runs from there with the bundled model, on the prebuilt binary", demo.status === 0 && dj.backend === "native" && /node_modules\/bhsd\/models\/demo\.onnx$/.test(dj.model ?? ""), demo.stderr.slice(-1000));
+  } catch {
+    // best-effort cleanup: already gone is fine
+  }
+  check(
+    "bhsd demo runs from there with the bundled model, on the prebuilt binary",
+    demo.status === 0 && dj.backend === "native" && /node_modules\/bhsd\/models\/demo\.onnx$/.test(dj.model ?? ""),
+    demo.stderr.slice(-1000),
+  );
   rmSync(join(app, "node_modules", "bhsd", "prebuilds"), { recursive: true, force: true });
   const ts = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
   let k = {};
   try {
     k = JSON.parse(ts.stdout);
-  } catch {}
-  check("without the binary the ts backend takes over and says why", ts.status === 0 && k.backend === "ts" && /no binary/.test(k.reasons?.native ?? ""), ts.stdout + ts.stderr);
+  } catch {
+    // best-effort cleanup: already gone is fine
+  }
+  check(
+    "without the binary the ts backend takes over and says why",
+    ts.status === 0 && k.backend === "ts" && /no binary/.test(k.reasons?.native ?? ""),
+    ts.stdout + ts.stderr,
+  );
   const job2 = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
   check("…and the library still works", job2.status === 0 && JSON.parse(job2.stdout || "{}").backend === "ts", job2.stderr);
 } finally {

@@ -42,7 +42,9 @@ const nodedir = process.env.BHSD_NODEDIR ?? prefix;
 if (!existsSync(join(nodedir, "include", "node", "node_api.h")))
   die(`no Node headers at ${join(nodedir, "include", "node")} (set BHSD_NODEDIR to a folder holding include/node/node_api.h)`);
 
-const gyp = process.env.npm_config_node_gyp ?? join(dirname(process.execPath), "..", "lib", "node_modules", "npm", "node_modules", "node-gyp", "bin", "node-gyp.js");
+const gyp =
+  process.env.npm_config_node_gyp ??
+  join(dirname(process.execPath), "..", "lib", "node_modules", "npm", "node_modules", "node-gyp", "bin", "node-gyp.js");
 if (!existsSync(gyp)) die(`node-gyp not found at ${gyp} (npm ships it; set npm_config_node_gyp)`);
 const addonApi = join(root, "node_modules", "node-addon-api");
 if (!existsSync(addonApi)) die("node_modules/node-addon-api is missing: run npm ci first");
@@ -78,16 +80,25 @@ try {
 if (!process.argv.includes("--skip-core-test")) {
   // The Node-free C++ core test, cross-built (-Werror, as on x86) and run under emulation.
   const exe = join(mkdtempSync(join(tmpdir(), "bhsd-arm64-core-")), "core_test");
-  run("cross-building the core test", tool("g++"), ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", "-O2", "-Inative/include", "native/test/core_test.cc", "-o", exe], { cwd: root });
+  run(
+    "cross-building the core test",
+    tool("g++"),
+    ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", "-O2", "-Inative/include", "native/test/core_test.cc", "-o", exe],
+    { cwd: root },
+  );
   if (spawnSync("qemu-aarch64-static", ["--version"]).status !== 0) {
-    console.log("prebuild:arm64: qemu-aarch64-static is not installed (apt-get install qemu-user-static): the core test was built, not run");
+    console.log(
+      "prebuild:arm64: qemu-aarch64-static is not installed (apt-get install qemu-user-static): the core test was built, not run",
+    );
   } else {
     const r = spawnSync("qemu-aarch64-static", ["-L", `/usr/${TRIPLE}`, exe], { encoding: "utf8", timeout: 300_000 });
     const summary = /(\d+) passed, (\d+) failed/.exec(r.stdout);
     process.stdout.write(r.stdout + r.stderr);
     if (r.status !== 0 || !summary || summary[2] !== "0") {
-      rmSync(join(root, "prebuilds", "linux-arm64", "bhsd.node"), { force: true });  // never leave a binary that failed it
-      die(`the core test failed under qemu-aarch64 (${r.error ? r.error.message : `exit ${r.status}`}); prebuilds/linux-arm64/bhsd.node removed`);
+      rmSync(join(root, "prebuilds", "linux-arm64", "bhsd.node"), { force: true }); // never leave a binary that failed it
+      die(
+        `the core test failed under qemu-aarch64 (${r.error ? r.error.message : `exit ${r.status}`}); prebuilds/linux-arm64/bhsd.node removed`,
+      );
     }
     console.log(`prebuild:arm64: core test under qemu-aarch64: ${summary[0]}`);
   }

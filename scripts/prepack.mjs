@@ -50,5 +50,7 @@ if (!existsSync(mine)) {
   process.exit(1);
 }
 const dirs = existsSync(join(root, "prebuilds")) ? readdirSync(join(root, "prebuilds")).filter((d) => existsSync(binary(d))) : [];
-for (const d of dirs) if (d !== here && stale(binary(d))) say(`warning: prebuilds/${d}/bhsd.node is older than the native sources (rebuild it: npm run prebuild:${d.split("-")[1]})`);
+for (const d of dirs)
+  if (d !== here && stale(binary(d)))
+    say(`warning: prebuilds/${d}/bhsd.node is older than the native sources (rebuild it: npm run prebuild:${d.split("-")[1]})`);
 say(`packing the prebuilds for ${dirs.join(", ")}`);

@@ -16,14 +16,22 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = (name) => join(root, "node_modules", ".bin", name);
 
 // BHSD_SKIP_TSC=1: dist/ is already built (the device check carries it, without TypeScript).
-const tsc = process.env.BHSD_SKIP_TSC === "1" ? { status: 0 } : spawnSync(bin("tsc"), ["-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });
+const tsc =
+  process.env.BHSD_SKIP_TSC === "1" ? { status: 0 } : spawnSync(bin("tsc"), ["-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });
 if (tsc.status !== 0) {
   console.log("0 passed, 1 failed");
   process.exit(1);
 }
 
-const ava = spawn(process.execPath, [join(root, "scripts", "ava-tap.mjs"), "--tap", ...process.argv.slice(2)], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
-let passed = 0, failed = 0, skipped = 0, todo = 0, buffer = "";
+const ava = spawn(process.execPath, [join(root, "scripts", "ava-tap.mjs"), "--tap", ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: ["ignore", "pipe", "inherit"],
+});
+let passed = 0,
+  failed = 0,
+  skipped = 0,
+  todo = 0,
+  buffer = "";
 /** ava's closing totals (`# pass`, `# fail`, `# skip`), when it got that far. */
 const summary = {};
 const count = (line) => {

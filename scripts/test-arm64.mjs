@@ -24,7 +24,8 @@ const die = (msg) => {
 };
 const binary = join(root, "prebuilds", "linux-arm64", "bhsd.node");
 if (!existsSync(binary)) die(`no ${binary}: run \`npm run prebuild:arm64\` first`);
-if (spawnSync("qemu-aarch64-static", ["--version"]).status !== 0) die("qemu-aarch64-static is not installed (apt-get install qemu-user-static)");
+if (spawnSync("qemu-aarch64-static", ["--version"]).status !== 0)
+  die("qemu-aarch64-static is not installed (apt-get install qemu-user-static)");
 if (!existsSync(join(SYSROOT, "lib", "ld-linux-aarch64.so.1")))
   die(`no AArch64 C library under ${SYSROOT} (apt-get install g++-aarch64-linux-gnu brings libc6-arm64-cross)`);
 const esbuild = join(root, "node_modules", "@esbuild", `${process.platform}-${process.arch}`, "bin", "esbuild");

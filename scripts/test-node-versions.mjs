@@ -24,7 +24,20 @@ for (const major of majors) {
   const bin = join(dir, "node_modules", `node-${process.platform}-${process.arch}`, "bin", "node");
   if (!existsSync(bin)) {
     mkdirSync(dir, { recursive: true });
-    const npm = spawnSync("npm", ["install", "--no-audit", "--no-fund", "--no-save", "--prefix", dir, `node@${major}`, `node-${process.platform}-${process.arch}@${major}`], { stdio: "inherit" });
+    const npm = spawnSync(
+      "npm",
+      [
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--no-save",
+        "--prefix",
+        dir,
+        `node@${major}`,
+        `node-${process.platform}-${process.arch}@${major}`,
+      ],
+      { stdio: "inherit" },
+    );
     if (npm.status !== 0 || !existsSync(bin)) {
       console.log(`FAIL node ${major}: could not install it from the registry`);
       failed++;
@@ -33,7 +46,12 @@ for (const major of majors) {
   }
   const version = spawnSync(bin, ["--version"], { encoding: "utf8" }).stdout.trim();
   const env = { ...process.env, PATH: `${dirname(bin)}:${process.env.PATH}` };
-  const r = spawnSync(bin, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...files], { cwd: root, env, encoding: "utf8", timeout: 900_000 });
+  const r = spawnSync(bin, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...files], {
+    cwd: root,
+    env,
+    encoding: "utf8",
+    timeout: 900_000,
+  });
   const summary = /(\d+) tests? passed/.exec(r.stdout + r.stderr);
   const ok = r.status === 0;
   if (!ok) failed++;

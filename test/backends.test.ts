@@ -8,7 +8,8 @@ import { backendsUnderTest, ROOT } from "./helpers.js";
 const TSX = ["--import", "tsx"];
 /** Tests of the native addon itself: skipped, saying why, where it is not built. */
 const nativeTest = backendInfo().available.native ? test : test.skip;
-if (!backendInfo().available.native) console.log(`# native-addon tests skipped: the native backend is not available here (${backendInfo().reasons.native ?? "hidden"})`);
+if (!backendInfo().available.native)
+  console.log(`# native-addon tests skipped: the native backend is not available here (${backendInfo().reasons.native ?? "hidden"})`);
 /** The check that the addon loads, skipped where the run names its backends and leaves native out. */
 const nativeExpected = process.env.BHSD_TEST_BACKENDS && !process.env.BHSD_TEST_BACKENDS.includes("native") ? test.skip : test;
 
@@ -34,22 +35,34 @@ nativeExpected("the native backend loads here (it is built by npm ci / npm run b
 
 test("setBackend refuses unknown and unavailable backends, saying why", (t) => {
   t.throws(() => setBackend("gpu" as never), { message: /Expected one of cuda, native, ts for name but received string "gpu"/ });
-  if (!backendInfo().available.cuda) t.throws(() => setBackend("cuda"), { message: /backend "cuda" \(asked for by name\) is not available: / });
+  if (!backendInfo().available.cuda)
+    t.throws(() => setBackend("cuda"), { message: /backend "cuda" \(asked for by name\) is not available: / });
 });
 
 test("BHSD_BACKEND chooses, and naming one that is unavailable is an error that says why", (t) => {
   const script = `import { backendInfo, voxelStats } from "./lib/index.ts"; await voxelStats(new Uint8Array(3)).then(() => console.log(backendInfo().active), (e) => { console.log("ERR " + e.message); });`;
   const run = (env: Record<string, string>) =>
-    execFileSync(process.execPath, [...TSX, "--input-type=module", "-e", script], { cwd: ROOT, env: { ...process.env, ...env }, encoding: "utf8" }).trim();
+    execFileSync(process.execPath, [...TSX, "--input-type=module", "-e", script], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      encoding: "utf8",
+    }).trim();
   t.is(run({ BHSD_BACKEND: "ts" }), "ts");
-  t.regex(run({ BHSD_BACKEND: "native", BHSD_DISABLE_NATIVE: "1" }), /^ERR backend "native" \(asked for by BHSD_BACKEND\) is not available: disabled by BHSD_DISABLE_NATIVE=1/);
+  t.regex(
+    run({ BHSD_BACKEND: "native", BHSD_DISABLE_NATIVE: "1" }),
+    /^ERR backend "native" \(asked for by BHSD_BACKEND\) is not available: disabled by BHSD_DISABLE_NATIVE=1/,
+  );
   t.regex(run({ BHSD_BACKEND: "tpu" }), /^ERR Expected one of cuda, native, ts for BHSD_BACKEND but received string "tpu"/);
   t.is(run({ BHSD_BACKEND: "", BHSD_DISABLE_NATIVE: "1", BHSD_DISABLE_CUDA: "1" }), "ts");
 });
 
 // Reference: a plain loop in the test, over arrays with negative, zero, NaN and infinite values.
 function reference(data: ArrayLike<number>) {
-  let min = Infinity, max = -Infinity, sum = 0, nonzero = 0, nonfinite = 0;
+  let min = Infinity,
+    max = -Infinity,
+    sum = 0,
+    nonzero = 0,
+    nonfinite = 0;
   for (let i = 0; i < data.length; i++) {
     const v = data[i]!;
     if (v !== 0) nonzero++;
@@ -71,7 +84,7 @@ const arrays = () => {
   f[77] = -Infinity;
   f[n - 1] = 0;
   return [
-    new Int16Array(n).map((_, i) => (i * 7919) % 4001 - 2000),
+    new Int16Array(n).map((_, i) => ((i * 7919) % 4001) - 2000),
     new Uint8Array(n).map((_, i) => i % 6),
     new Uint32Array(1000).map((_, i) => 4e9 - i),
     new Int8Array([-128, 0, 127]),
@@ -104,11 +117,18 @@ for (const { name, backend } of backendsUnderTest()) {
 }
 
 test("the public voxelStats validates before dispatching", async (t) => {
-  await t.throwsAsync(voxelStats([1, 2, 3] as never), { message: /Expected a Volume or a typed array for input but received array \[1, 2, 3\]/ });
+  await t.throwsAsync(voxelStats([1, 2, 3] as never), {
+    message: /Expected a Volume or a typed array for input but received array \[1, 2, 3\]/,
+  });
   await t.throwsAsync(voxelStats({ data: new Uint8Array(5), dims: [2, 2, 2], spacing: [1, 1, 1], affine: [] } as never), {
     message: /input.data has 5 voxels but input.dims \[2, 2, 2\] need 8/,
   });
-  const s = await voxelStats({ data: new Int16Array([-3, 0, 9, 2]), dims: [2, 2, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] });
+  const s = await voxelStats({
+    data: new Int16Array([-3, 0, 9, 2]),
+    dims: [2, 2, 1],
+    spacing: [1, 1, 1],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  });
   t.is(s.mean, 2);
 });
 
@@ -117,7 +137,9 @@ nativeTest("the addon refuses bad arguments with JS errors, never a crash", asyn
   const addon = createRequire(import.meta.url)(binary!) as Record<string, (...a: unknown[]) => unknown>;
   t.throws(() => addon.voxelStats!(123), { message: /data must be a typed array/ });
   t.throws(() => addon.voxelStats!(new BigInt64Array(2)), { message: /element type the engine does not take/ });
-  t.throws(() => addon.rescaleToF32!(new Int16Array(4), 1, 0, new Float32Array(3)), { message: /dst must be a Float32Array as long as src/ });
+  t.throws(() => addon.rescaleToF32!(new Int16Array(4), 1, 0, new Float32Array(3)), {
+    message: /dst must be a Float32Array as long as src/,
+  });
   t.throws(() => addon.rescaleToF32!(new Int16Array(4), "x", 0, new Float32Array(4)), { message: /slope must be a number/ });
   t.notThrows(() => getBackend("native"));
 });
@@ -141,11 +163,15 @@ nativeTest("the addon's thread pool shuts down with a worker thread and with the
 });
 
 test("importing the package never throws, even with every binary unusable", (t) => {
-  const r = spawnSync(process.execPath, [...TSX, "--input-type=module", "-e", `import * as b from "./lib/index.ts"; console.log(typeof b.readNifti, b.backendInfo().active)`], {
-    cwd: ROOT,
-    env: { ...process.env, BHSD_DISABLE_NATIVE: "1", BHSD_DISABLE_CUDA: "1" },
-    encoding: "utf8",
-  });
+  const r = spawnSync(
+    process.execPath,
+    [...TSX, "--input-type=module", "-e", `import * as b from "./lib/index.ts"; console.log(typeof b.readNifti, b.backendInfo().active)`],
+    {
+      cwd: ROOT,
+      env: { ...process.env, BHSD_DISABLE_NATIVE: "1", BHSD_DISABLE_CUDA: "1" },
+      encoding: "utf8",
+    },
+  );
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout.trim(), "function ts");
 });
@@ -155,14 +181,26 @@ nativeTest("the tensor bindings refuse lengths and shapes that disagree, with JS
   const a = createRequire(import.meta.url)(binary!) as Record<string, (...args: unknown[]) => unknown>;
   const f = (n: number) => new Float32Array(n);
   // conv3d: x claims more elements than it has
-  t.throws(() => a.conv3d!(f(10), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), { message: /x must be a Float32Array of 64/ });
-  t.throws(() => a.conv3d!(f(64), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [0, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), { message: /strides is out of range/ });
-  t.throws(() => a.conv3d!(f(64), [1, 3, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 2, [4, 4, 4], 0, 0, f(64)), { message: /not divisible by groups/ });
-  t.throws(() => a.convWeightGrad!(f(8), [1, 2, 2, 2], f(7), [1, 2, 2, 2], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], f(1)), { message: /B must be a Float32Array of 8/ });
-  t.throws(() => a.binary!(f(4), f(4), [1, 1, 1, 1, 1, 8], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1], false, f(8)), { message: /strides reach past a or b/ });
+  t.throws(() => a.conv3d!(f(10), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), {
+    message: /x must be a Float32Array of 64/,
+  });
+  t.throws(() => a.conv3d!(f(64), [1, 1, 4, 4, 4], f(27), [1, 3, 3, 3], null, [0, 1, 1], [1, 1, 1], [1, 1, 1], 1, [4, 4, 4], 0, 0, f(64)), {
+    message: /strides is out of range/,
+  });
+  t.throws(() => a.conv3d!(f(64), [1, 3, 4, 4, 4], f(27), [1, 3, 3, 3], null, [1, 1, 1], [1, 1, 1], [1, 1, 1], 2, [4, 4, 4], 0, 0, f(64)), {
+    message: /not divisible by groups/,
+  });
+  t.throws(() => a.convWeightGrad!(f(8), [1, 2, 2, 2], f(7), [1, 2, 2, 2], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], f(1)), {
+    message: /B must be a Float32Array of 8/,
+  });
+  t.throws(() => a.binary!(f(4), f(4), [1, 1, 1, 1, 1, 8], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1], false, f(8)), {
+    message: /strides reach past a or b/,
+  });
   t.throws(() => a.argmax!(f(12), 1, 3, 4, new Float32Array(4)), { message: /out must be an Int32Array/ });
   t.throws(() => a.concat!([f(4), "x"], [1, 1], 1, 4, f(8)), { message: /must be a typed array/ });
-  t.throws(() => a.resize3d!(f(8), 1, [2, 2, 2], [4, 4, 4], new Float64Array(2), true, 0, 0, f(64)), { message: /scales must be a Float64Array of 3/ });
+  t.throws(() => a.resize3d!(f(8), 1, [2, 2, 2], [4, 4, 4], new Float64Array(2), true, 0, 0, f(64)), {
+    message: /scales must be a Float64Array of 3/,
+  });
 });
 
 test("setCudaPrecision takes fp32, tf32, fp16 or bf16 and names the argument otherwise", async (t) => {

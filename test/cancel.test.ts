@@ -30,34 +30,44 @@ const bytes = encodeModel({
   initializers: [{ name: "w", dims: w.shape, data: w.data }],
 });
 
-(hasNative ? test.serial : test.serial.skip)("native: an abort stops a convolution in flight, within a fraction of it; a run beside it and the next run are exact", async (t) => {
-  const model = await loadModel(bytes, { backend: "native" });
-  const big: Tensor = randomTensor([1, C, 40, 96, 96], 1); // 368,640 voxels: ~80 GFLOP, 0.3–2 s here
-  const t0 = performance.now();
-  await model.run(big);
-  const full = performance.now() - t0;
-  t.log(`the whole convolution: ${full.toFixed(0)} ms`);
+(hasNative ? test.serial : test.serial.skip)(
+  "native: an abort stops a convolution in flight, within a fraction of it; a run beside it and the next run are exact",
+  async (t) => {
+    const model = await loadModel(bytes, { backend: "native" });
+    const big: Tensor = randomTensor([1, C, 40, 96, 96], 1); // 368,640 voxels: ~80 GFLOP, 0.3–2 s here
+    const t0 = performance.now();
+    await model.run(big);
+    const full = performance.now() - t0;
+    t.log(`the whole convolution: ${full.toFixed(0)} ms`);
 
-  // abort 10% into the convolution; a small run starts beside it without a signal
-  const small: Tensor = randomTensor([1, C, 6, 10, 12], 2);
-  const ac = new AbortController();
-  const started = performance.now();
-  const cancelled = model.run(big, { signal: ac.signal });
-  const beside = model.run(small);
-  let abortedAt = 0;
-  setTimeout(() => ((abortedAt = performance.now()), ac.abort()), Math.max(5, full * 0.1));
-  const err = await rejection(cancelled);
-  const after = performance.now() - abortedAt;
-  t.is(err?.name, "AbortError", String(err));
-  t.log(`rejected ${after.toFixed(0)} ms after the abort (${(performance.now() - started).toFixed(0)} ms after the start)`);
-  // between nodes only (before), it ran to the end of the one node: ~90% of `full` after the abort
-  t.true(after < full * 0.5, `rejected ${after.toFixed(0)} ms after the abort, the convolution takes ${full.toFixed(0)} ms`);
+    // abort 10% into the convolution; a small run starts beside it without a signal
+    const small: Tensor = randomTensor([1, C, 6, 10, 12], 2);
+    const ac = new AbortController();
+    const started = performance.now();
+    const cancelled = model.run(big, { signal: ac.signal });
+    const beside = model.run(small);
+    let abortedAt = 0;
+    setTimeout(() => ((abortedAt = performance.now()), ac.abort()), Math.max(5, full * 0.1));
+    const err = await rejection(cancelled);
+    const after = performance.now() - abortedAt;
+    t.is(err?.name, "AbortError", String(err));
+    t.log(`rejected ${after.toFixed(0)} ms after the abort (${(performance.now() - started).toFixed(0)} ms after the start)`);
+    // between nodes only (before), it ran to the end of the one node: ~90% of `full` after the abort
+    t.true(after < full * 0.5, `rejected ${after.toFixed(0)} ms after the abort, the convolution takes ${full.toFixed(0)} ms`);
 
-  const [ref] = await ortRun("Conv", [{ name: "x", tensor: small }, { name: "w", tensor: w }], { pads: [1, 1, 1, 1, 1, 1] });
-  const y1 = await beside;
-  t.true(relDiff(y1.data, ref!.data as Float32Array) < 1e-5, "the run beside the cancelled one");
-  const y2 = await model.run(small);
-  t.true(relDiff(y2.data, ref!.data as Float32Array) < 1e-5, "the next run after the cancelled one");
-  // a signal aborted before the run: refused before any work
-  t.is((await rejection(model.run(small, { signal: AbortSignal.abort() })))?.name, "AbortError");
-});
+    const [ref] = await ortRun(
+      "Conv",
+      [
+        { name: "x", tensor: small },
+        { name: "w", tensor: w },
+      ],
+      { pads: [1, 1, 1, 1, 1, 1] },
+    );
+    const y1 = await beside;
+    t.true(relDiff(y1.data, ref!.data as Float32Array) < 1e-5, "the run beside the cancelled one");
+    const y2 = await model.run(small);
+    t.true(relDiff(y2.data, ref!.data as Float32Array) < 1e-5, "the next run after the cancelled one");
+    // a signal aborted before the run: refused before any work
+    t.is((await rejection(model.run(small, { signal: AbortSignal.abort() })))?.name, "AbortError");
+  },
+);

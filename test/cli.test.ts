@@ -1,7 +1,18 @@
 import test, { type ExecutionContext } from "ava";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -28,7 +39,8 @@ async function run(args: string[], timeout = 60_000): Promise<Run> {
     const t0 = performance.now();
     return await new Promise<Run>((resolve) => {
       const child = spawn(process.execPath, [CLI, ...args], { timeout, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "", stderr = "";
+      let stdout = "",
+        stderr = "";
       child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
       child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
       child.on("close", (status, signal) => resolve({ status, signal, stdout, stderr, ms: performance.now() - t0 }));
@@ -80,12 +92,14 @@ test("bad input: one line on stderr, a non-zero exit, no stack trace", async (t)
 
 test("every command has --help", async (t) => {
   /** The commands listed in the "Commands:" section of commander's own help. */
-  const listed = (help: string) => [...(help.split(/^Commands:$/m)[1] ?? "").matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]!).filter((c) => c !== "help");
+  const listed = (help: string) =>
+    [...(help.split(/^Commands:$/m)[1] ?? "").matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1]!).filter((c) => c !== "help");
   const top = await bhsd("--help");
   t.is(top.status, 0);
   t.regex(top.stdout, /^Usage: bhsd /m);
   const commands = listed(top.stdout);
-  for (const c of ["info", "evaluate", "components", "segment", "serve", "bench", "phantom", "train", "view", "demo", "worker", "batch"]) t.true(commands.includes(c), `${c} among ${commands.join(", ")}`);
+  for (const c of ["info", "evaluate", "components", "segment", "serve", "bench", "phantom", "train", "view", "demo", "worker", "batch"])
+    t.true(commands.includes(c), `${c} among ${commands.join(", ")}`);
   // each command's help, then its subcommands' (bhsd batch has some), however deep
   const queue = commands.map((c) => [c]);
   let checked = 0;
@@ -123,9 +137,27 @@ test("bhsd train --slice-data trains on voxel- and slice-labelled phantoms and r
   const p = await bhsd("phantom", "--out", join(dir, "set"), "--cases", "2", "--seed", "3", "--dims", "32,32,8", "--spacing", "7.2,7.2,5");
   t.is(p.status, 0, p.stderr);
   const out = join(dir, "m.onnx");
-  const r = await bhsd("train", "--data", join(dir, "set"), "--slice-data", join(dir, "set"), "--steps", "2", "--batch", "1", "--validation", "0", "--json", "--out", out);
+  const r = await bhsd(
+    "train",
+    "--data",
+    join(dir, "set"),
+    "--slice-data",
+    join(dir, "set"),
+    "--steps",
+    "2",
+    "--batch",
+    "1",
+    "--validation",
+    "0",
+    "--json",
+    "--out",
+    out,
+  );
   t.is(r.status, 0, r.stderr);
-  const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  const lines = r.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
   t.is(lines.length, 2);
   t.true(lines.every((l) => Number.isFinite(l.mil) && Number.isFinite(l.consistency)));
   t.true(existsSync(out));
@@ -152,8 +184,11 @@ function snapshot(dir: string): Map<string, string> {
     for (const e of readdirSync(d, { withFileTypes: true })) {
       const p = join(d, e.name);
       if (e.isSymbolicLink()) out.set(p, `-> ${readlinkSync(p)}`);
-      else if (e.isDirectory()) (out.set(p, "<dir>"), walk(p));
-      else if (!e.isFile()) out.set(p, "<not a regular file>"); // never read a FIFO
+      else if (e.isDirectory()) {
+        out.set(p, "<dir>");
+        walk(p);
+      } else if (!e.isFile())
+        out.set(p, "<not a regular file>"); // never read a FIFO
       else out.set(p, createHash("sha256").update(readFileSync(p)).digest("hex"));
     }
   };
@@ -172,12 +207,16 @@ function refused(t: ExecutionContext, r: Run, message: RegExp, what: string) {
 
 test("an output that is an input is refused (same name, symlink or hard link) and the input stays byte-identical", async (t) => {
   const dir = freshDir("same");
-  const ct = join(dir, "ct.nii.gz"), lab = join(dir, "lab.nii.gz"), link = join(dir, "link.nii.gz"), hard = join(dir, "hard.nii.gz");
+  const ct = join(dir, "ct.nii.gz"),
+    lab = join(dir, "lab.nii.gz"),
+    link = join(dir, "link.nii.gz"),
+    hard = join(dir, "hard.nii.gz");
   copyFileSync(CT, ct);
   copyFileSync(LAB, lab);
   symlinkSync("lab.nii.gz", link);
   linkSync(lab, hard);
-  const gt = join(dir, "gt"), pred = join(dir, "pred");
+  const gt = join(dir, "gt"),
+    pred = join(dir, "pred");
   mkdirSync(gt);
   mkdirSync(pred);
   copyFileSync(LAB, join(gt, "case1.nii.gz"));
@@ -203,16 +242,26 @@ test("an output that is an input is refused (same name, symlink or hard link) an
 
 test("two outputs naming the same file, an output that is a folder, and a missing output folder are refused before any work", async (t) => {
   const dir = freshDir("outs");
-  const lab = join(dir, "lab.nii.gz"), ct = join(dir, "ct.nii.gz");
+  const lab = join(dir, "lab.nii.gz"),
+    ct = join(dir, "ct.nii.gz");
   copyFileSync(LAB, lab);
   copyFileSync(CT, ct);
   const before = snapshot(dir);
   const cases: [string[], RegExp][] = [
-    [["components", lab, "--out", join(dir, "x.nii.gz"), "--min-voxels", "2", "--cleaned", join(dir, "x.nii.gz")], /--cleaned .*x\.nii\.gz and --out .*x\.nii\.gz name the same file/],
-    [["segment", ct, "--model", MODEL, "--out", join(dir, "r.nii.gz"), "--report", join(dir, ".", "r.nii.gz")], /--report .* and --out .* name the same file/],
+    [
+      ["components", lab, "--out", join(dir, "x.nii.gz"), "--min-voxels", "2", "--cleaned", join(dir, "x.nii.gz")],
+      /--cleaned .*x\.nii\.gz and --out .*x\.nii\.gz name the same file/,
+    ],
+    [
+      ["segment", ct, "--model", MODEL, "--out", join(dir, "r.nii.gz"), "--report", join(dir, ".", "r.nii.gz")],
+      /--report .* and --out .* name the same file/,
+    ],
     [["components", lab, "--out", dir], /--out .*: is a folder, expected a file name/],
     // issue 18: this left l.nii.gz behind (the report failed after the labels were written)
-    [["segment", ct, "--model", MODEL, "--out", join(dir, "l.nii.gz"), "--report", join(dir, "nodir", "r.json"), "--quiet"], /--report .*nodir.*r\.json: the folder .*nodir does not exist/],
+    [
+      ["segment", ct, "--model", MODEL, "--out", join(dir, "l.nii.gz"), "--report", join(dir, "nodir", "r.json"), "--quiet"],
+      /--report .*nodir.*r\.json: the folder .*nodir does not exist/,
+    ],
     [["evaluate", "--gt", lab, "--pred", lab, "--csv", join(dir, "no", "such", "rows.csv")], /--csv .*: the folder .* does not exist/],
     [["phantom", "--out", lab, "--cases", "1", "--dims", "16,16,8"], /--out .*lab\.nii\.gz: is a file, expected a folder/],
   ];
@@ -230,11 +279,32 @@ test("a command that fails after writing one output leaves no output and no temp
   copyFileSync(LAB, lab);
   const before = snapshot(dir);
   // --cleaned is written before the components are counted; the count then fails
-  const r = await bhsd("components", lab, "--min-voxels", "1", "--cleaned", join(dir, "c.nii.gz"), "--out", join(dir, "o.nii.gz"), "--max-components", "3");
+  const r = await bhsd(
+    "components",
+    lab,
+    "--min-voxels",
+    "1",
+    "--cleaned",
+    join(dir, "c.nii.gz"),
+    "--out",
+    join(dir, "o.nii.gz"),
+    "--max-components",
+    "3",
+  );
   refused(t, r, /lab\.nii\.gz: \d+ components, more than --max-components 3/, "components --max-components 3");
   t.deepEqual(snapshot(dir), before);
   // and the same command that succeeds writes both, with nothing else beside them
-  const ok = await bhsd("components", lab, "--min-voxels", "1", "--cleaned", join(dir, "c.nii.gz"), "--out", join(dir, "o.nii.gz"), "--json");
+  const ok = await bhsd(
+    "components",
+    lab,
+    "--min-voxels",
+    "1",
+    "--cleaned",
+    join(dir, "c.nii.gz"),
+    "--out",
+    join(dir, "o.nii.gz"),
+    "--json",
+  );
   t.is(ok.status, 0, ok.stderr);
   t.deepEqual([...snapshot(dir).keys()].map((p) => p.slice(dir.length + 1)).sort(), ["c.nii.gz", "lab.nii.gz", "o.nii.gz"]);
 });
@@ -253,11 +323,22 @@ test("OutputPlan: errors name the output, never its temporary; success renames e
   );
   t.is(e!.message, `ENOSPC: no space left on device, write '${final}' (from ${final})`);
   t.deepEqual(readdirSync(dir), []);
-  await OutputPlan.run([], [{ flag: "--a", path: join(dir, "a.txt") }, { flag: "--b", path: join(dir, "sub", "b") , folder: true }], async (plan) => {
-    await plan.write("--a", (tmp) => Promise.resolve(writeFileSync(tmp, "A")));
-    writeFileSync(join(plan.temp("--b"), "inner.txt"), "B");
-    t.deepEqual(readdirSync(dir).filter((f) => !f.startsWith(".bhsd-")), [], "outputs appeared before the end");
-  });
+  await OutputPlan.run(
+    [],
+    [
+      { flag: "--a", path: join(dir, "a.txt") },
+      { flag: "--b", path: join(dir, "sub", "b"), folder: true },
+    ],
+    async (plan) => {
+      await plan.write("--a", (tmp) => Promise.resolve(writeFileSync(tmp, "A")));
+      writeFileSync(join(plan.temp("--b"), "inner.txt"), "B");
+      t.deepEqual(
+        readdirSync(dir).filter((f) => !f.startsWith(".bhsd-")),
+        [],
+        "outputs appeared before the end",
+      );
+    },
+  );
   t.deepEqual(readdirSync(dir).sort(), ["a.txt", "sub"]);
   t.is(readFileSync(join(dir, "a.txt"), "utf8"), "A");
   t.is(readFileSync(join(dir, "sub", "b", "inner.txt"), "utf8"), "B");
@@ -269,7 +350,13 @@ test("a FIFO or a character device given as input (a CT, labels, a model) is ref
   const mk = spawnSync("mkfifo", [fifo]);
   t.is(mk.status, 0, "mkfifo");
   const before = snapshot(dir);
-  for (const args of [["info", fifo], ["segment", fifo, "--model", MODEL, "--quiet"], ["segment", CT, "--model", fifo, "--quiet"], ["components", fifo], ["info", "/dev/zero"]]) {
+  for (const args of [
+    ["info", fifo],
+    ["segment", fifo, "--model", MODEL, "--quiet"],
+    ["segment", CT, "--model", fifo, "--quiet"],
+    ["components", fifo],
+    ["info", "/dev/zero"],
+  ]) {
     const r = await run(args, 30_000); // today's code waits for a writer forever: killed here
     refused(t, r, /is (a FIFO \(named pipe\)|a character device), not a file/, args.join(" "));
   }
@@ -278,13 +365,25 @@ test("a FIFO or a character device given as input (a CT, labels, a model) is ref
 
 test("evaluate exits non-zero with a one-line reason when it scores nothing", async (t) => {
   const dir = freshDir("none");
-  const gt = join(dir, "gt"), empty = join(dir, "empty"), other = join(dir, "other");
+  const gt = join(dir, "gt"),
+    empty = join(dir, "empty"),
+    other = join(dir, "other");
   for (const d of [gt, empty, other]) mkdirSync(d);
   copyFileSync(LAB, join(gt, "case1.nii.gz"));
   copyFileSync(LAB, join(other, "case2.nii.gz"));
   const csv = join(dir, "rows.csv");
-  refused(t, await bhsd("evaluate", "--gt", gt, "--pred", empty, "--csv", csv), /no case to score: 1 ground truth\(s\) in .*gt and no prediction of the same name in .*empty/, "empty predictions");
-  refused(t, await bhsd("evaluate", "--gt", gt, "--pred", other, "--json"), /no case to score: .*\(1 prediction\(s\) without ground truth\)/, "no matching names");
+  refused(
+    t,
+    await bhsd("evaluate", "--gt", gt, "--pred", empty, "--csv", csv),
+    /no case to score: 1 ground truth\(s\) in .*gt and no prediction of the same name in .*empty/,
+    "empty predictions",
+  );
+  refused(
+    t,
+    await bhsd("evaluate", "--gt", gt, "--pred", other, "--json"),
+    /no case to score: .*\(1 prediction\(s\) without ground truth\)/,
+    "no matching names",
+  );
   refused(t, await bhsd("evaluate", "--gt", empty, "--pred", gt), /holds no .nii or .nii.gz files/, "empty ground truths");
   t.false(existsSync(csv), "a CSV of nothing was written");
   const ok = await bhsd("evaluate", "--gt", gt, "--pred", gt, "--json");
@@ -295,7 +394,12 @@ test("evaluate exits non-zero with a one-line reason when it scores nothing", as
 test("components refuses a CT in Hounsfield units as labels, and labels above --max-label", async (t) => {
   const { writeNifti, readNifti } = await import("../lib/index.js");
   const dir = freshDir("labels");
-  refused(t, await bhsd("components", CT, "--json"), /ct_int16_scl\.nii\.gz holds values from -\d+ to \d+; labels are integers from 0 to 255 \(is it a CT in Hounsfield units rather than labels\?\)/, "CT as labels");
+  refused(
+    t,
+    await bhsd("components", CT, "--json"),
+    /ct_int16_scl\.nii\.gz holds values from -\d+ to \d+; labels are integers from 0 to 255 \(is it a CT in Hounsfield units rather than labels\?\)/,
+    "CT as labels",
+  );
   const lab = await readNifti(LAB);
   const big = Uint16Array.from(lab.data as Uint8Array, (v) => (v === 5 ? 300 : v));
   const p = join(dir, "big.nii.gz");
@@ -322,7 +426,12 @@ test("the command line refuses a NIfTI whose header claims more than --max-input
   const bomb = join(dir, "bomb.nii.gz");
   writeFileSync(bomb, Buffer.concat([gzipSync(header), ...Array.from({ length: 1100 }, () => mib)]));
   const r = await bhsd("components", bomb);
-  refused(t, r, /bomb\.nii\.gz: voxel data of 1153433600 bytes exceeds the limit of 1073741824 bytes \(--max-input-mb 1024\)/, "default limit");
+  refused(
+    t,
+    r,
+    /bomb\.nii\.gz: voxel data of 1153433600 bytes exceeds the limit of 1073741824 bytes \(--max-input-mb 1024\)/,
+    "default limit",
+  );
   t.true(r.ms < 15_000, `took ${r.ms.toFixed(0)} ms`);
   // the limit is the user's to set: a 2 MiB volume is read by default and refused under 1 MiB
   header.writeInt16LE(128, 42);
@@ -331,18 +440,29 @@ test("the command line refuses a NIfTI whose header claims more than --max-input
   const small = join(dir, "small.nii.gz");
   writeFileSync(small, Buffer.concat([gzipSync(header), mib, mib]));
   t.is((await bhsd("components", small)).status, 0);
-  refused(t, await bhsd("--max-input-mb", "1", "components", small), /small\.nii\.gz: voxel data of 2097152 bytes exceeds the limit of 1048576 bytes \(--max-input-mb 1\)/, "--max-input-mb 1");
+  refused(
+    t,
+    await bhsd("--max-input-mb", "1", "components", small),
+    /small\.nii\.gz: voxel data of 2097152 bytes exceeds the limit of 1048576 bytes \(--max-input-mb 1\)/,
+    "--max-input-mb 1",
+  );
 });
 
 test("a command stopped by a signal midway leaves neither its output nor a temporary", async (t) => {
   const dir = freshDir("signal");
   const out = join(dir, "set");
   // many phantoms: seconds of work, written into a hidden folder first
-  const child = spawn(process.execPath, [CLI, "phantom", "--out", out, "--cases", "500", "--dims", "96,96,16", "--quiet"], { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "phantom", "--out", out, "--cases", "500", "--dims", "96,96,16", "--quiet"], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   // stop it once its temporary exists (the work has begun)
   const t0 = performance.now();
-  while (!readdirSync(dir).some((f) => f.startsWith(".bhsd-")) && performance.now() - t0 < 30_000 && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
-  t.true(readdirSync(dir).some((f) => f.startsWith(".bhsd-")), "the command never began writing");
+  while (!readdirSync(dir).some((f) => f.startsWith(".bhsd-")) && performance.now() - t0 < 30_000 && child.exitCode === null)
+    await new Promise((r) => setTimeout(r, 50));
+  t.true(
+    readdirSync(dir).some((f) => f.startsWith(".bhsd-")),
+    "the command never began writing",
+  );
   child.kill("SIGTERM");
   const [, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on("close", (c, s) => r([c, s])));
   t.is(signal, "SIGTERM");

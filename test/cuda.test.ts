@@ -94,27 +94,33 @@ for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
   });
 }
 
-gpuTest(title("the fixture model's labels in TF32 agree with PyTorch's on at least 99.9 % of voxels; fp32 logits within 1e-4"), async (t) => {
-  const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
-  for (const [input, expected] of [["input.npy", "expected.npy"], ["input_1.npy", "expected_1.npy"]]) {
-    const x = await readNpy(sharedFixture("onnx-plainunet", input));
-    const want = await readNpy(sharedFixture("onnx-plainunet", expected));
-    const xt: Tensor = { data: x.data as Float32Array, shape: x.shape };
-    const wantLabels = await on("native", () => ops.argmax({ data: want.data as Float32Array, shape: want.shape }, { axis: 1 }));
-    for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
-      const y = await on("cuda", () => withPrecision(p, () => model.run(xt)));
-      const labels = await on("native", () => ops.argmax(y, { axis: 1 }));
-      let same = 0;
-      for (let i = 0; i < labels.data.length; i++) same += labels.data[i] === wantLabels.data[i] ? 1 : 0;
-      const agree = same / labels.data.length;
-      const d = relDiff(y.data, want.data as Float32Array);
-      t.log(`${input} ${p}: logits max rel diff ${d.toExponential(2)}, labels agree ${(agree * 100).toFixed(3)} %`);
-      if (p === "fp32") t.true(d <= 1e-4, `fp32 ${d}`);
-      if (p === "tf32") t.true(agree >= 0.999, `tf32 agreement ${agree}`);
-      t.true(agree >= 0.99, `${p} agreement ${agree}`);
+gpuTest(
+  title("the fixture model's labels in TF32 agree with PyTorch's on at least 99.9 % of voxels; fp32 logits within 1e-4"),
+  async (t) => {
+    const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+    for (const [input, expected] of [
+      ["input.npy", "expected.npy"],
+      ["input_1.npy", "expected_1.npy"],
+    ]) {
+      const x = await readNpy(sharedFixture("onnx-plainunet", input));
+      const want = await readNpy(sharedFixture("onnx-plainunet", expected));
+      const xt: Tensor = { data: x.data as Float32Array, shape: x.shape };
+      const wantLabels = await on("native", () => ops.argmax({ data: want.data as Float32Array, shape: want.shape }, { axis: 1 }));
+      for (const p of ["fp32", "tf32", "fp16", "bf16"] as CudaPrecision[]) {
+        const y = await on("cuda", () => withPrecision(p, () => model.run(xt)));
+        const labels = await on("native", () => ops.argmax(y, { axis: 1 }));
+        let same = 0;
+        for (let i = 0; i < labels.data.length; i++) same += labels.data[i] === wantLabels.data[i] ? 1 : 0;
+        const agree = same / labels.data.length;
+        const d = relDiff(y.data, want.data as Float32Array);
+        t.log(`${input} ${p}: logits max rel diff ${d.toExponential(2)}, labels agree ${(agree * 100).toFixed(3)} %`);
+        if (p === "fp32") t.true(d <= 1e-4, `fp32 ${d}`);
+        if (p === "tf32") t.true(agree >= 0.999, `tf32 agreement ${agree}`);
+        t.true(agree >= 0.99, `${p} agreement ${agree}`);
+      }
     }
-  }
-});
+  },
+);
 
 gpuTest(title("a resident forward frees every device buffer but the model's weights"), async (t) => {
   const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
@@ -132,14 +138,21 @@ gpuTest(title("a resident forward frees every device buffer but the model's weig
 gpuTest(title("components equal native's on random masks, every connectivity, per class or not"), async (t) => {
   const native = getBackend("native");
   let seed = 1;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
-  for (const dims of [[1, 1, 1], [7, 5, 3], [33, 17, 9], [64, 64, 16], [130, 70, 5]] as [number, number, number][]) {
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  for (const dims of [
+    [1, 1, 1],
+    [7, 5, 3],
+    [33, 17, 9],
+    [64, 64, 16],
+    [130, 70, 5],
+  ] as [number, number, number][]) {
     for (const density of [0.1, 0.35, 0.6]) {
       const n = dims[0] * dims[1] * dims[2];
       const mask = Uint8Array.from({ length: n }, () => (rnd() < density ? 1 + Math.floor(rnd() * 3) : 0));
       for (const conn of [6, 18, 26] as const)
         for (const perClass of [false, true]) {
-          const a = new Int32Array(n), b = new Int32Array(n);
+          const a = new Int32Array(n),
+            b = new Int32Array(n);
           const ca = await cuda!.connectedComponents(mask, dims, conn, perClass, a);
           const cb = await native.connectedComponents(mask, dims, conn, perClass, b);
           t.is(ca, cb, `count ${dims} ${density} ${conn} ${perClass}`);
@@ -152,7 +165,13 @@ gpuTest(title("components equal native's on random masks, every connectivity, pe
 });
 
 gpuTest(title("components on the scipy fixtures give scipy's labels"), async (t) => {
-  for (const [name, conn] of [["blobs", 6], ["blobs", 18], ["blobs", 26], ["noise", 6], ["noise", 26]] as [string, 6 | 18 | 26][]) {
+  for (const [name, conn] of [
+    ["blobs", 6],
+    ["blobs", 18],
+    ["blobs", 26],
+    ["noise", 6],
+    ["noise", 26],
+  ] as [string, 6 | 18 | 26][]) {
     const mask = await readNpy(sharedFixture("voxel", `ccl_${name}_mask.npy`));
     const want = await readNpy(sharedFixture("voxel", `ccl_${name}_labels${conn}.npy`));
     const [z, y, x] = mask.shape as [number, number, number];
@@ -172,13 +191,19 @@ gpuTest(title("evaluate equals native's on the fixture pairs and on random pairs
     pairs.push([g.data as Uint8Array, p.data as Uint8Array, g.shape as [number, number, number]]);
   }
   let seed = 7;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
-  for (const shape of [[6, 40, 50], [1, 30, 30], [12, 64, 64]] as [number, number, number][]) {
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  for (const shape of [
+    [6, 40, 50],
+    [1, 30, 30],
+    [12, 64, 64],
+  ] as [number, number, number][]) {
     const n = shape[0] * shape[1] * shape[2];
-    const blob = (cx: number) => Uint8Array.from({ length: n }, (_, i) => {
-      const x = i % shape[2], y = Math.floor(i / shape[2]) % shape[1];
-      return Math.hypot(x - cx, y - shape[1] / 2) < shape[1] / 4 + rnd() * 3 ? 1 + Math.floor(rnd() * 2) : 0;
-    });
+    const blob = (cx: number) =>
+      Uint8Array.from({ length: n }, (_, i) => {
+        const x = i % shape[2],
+          y = Math.floor(i / shape[2]) % shape[1];
+        return Math.hypot(x - cx, y - shape[1] / 2) < shape[1] / 4 + rnd() * 3 ? 1 + Math.floor(rnd() * 2) : 0;
+      });
     pairs.push([blob(shape[2] / 2), blob(shape[2] / 2 + 3), shape]);
   }
   for (const [g, p, shape] of pairs) {
@@ -186,8 +211,10 @@ gpuTest(title("evaluate equals native's on the fixture pairs and on random pairs
     const pred = volumeFromArray(p, shape, [5, 0.488, 0.488]);
     const a = await on("cuda", () => evaluate(gt, pred));
     const b = await on("native", () => evaluate(gt, pred));
-    t.deepEqual(JSON.parse(JSON.stringify(a, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v))),
-      JSON.parse(JSON.stringify(b, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v))));
+    t.deepEqual(
+      JSON.parse(JSON.stringify(a, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v))),
+      JSON.parse(JSON.stringify(b, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v))),
+    );
   }
 });
 

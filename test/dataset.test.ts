@@ -45,52 +45,58 @@ async function layout(): Promise<{ root: string; gtRoot: string; predDir: string
   return { root, gtRoot: join(root, "label_192"), predDir };
 }
 
-test.serial("evaluateDataset scores the BHSD layout by file name, lists missing and extra cases, and aggregates as the spec says", async (t) => {
-  const { gtRoot, predDir } = await layout();
-  const seen: string[] = [];
-  const r = await evaluateDataset({ gtDir: gtRoot, predDir, onProgress: (d, n, c) => seen.push(`${d}/${n} ${c}`) });
-  t.deepEqual(r.missing, ["ID_missing"]);
-  t.deepEqual(r.extra, ["ID_extra"]);
-  t.deepEqual(seen, ["1/2 ID_0", "2/2 ID_1"]);
-  t.is(r.cases.length, 2);
-  // per case: the fixture's numbers
-  for (const [k, f] of fixtures.entries()) {
-    const m = r.cases.find((c) => c.case === `ID_${k}`)!.metrics;
-    for (const [c, keys] of Object.entries(f.per_class)) {
-      for (const [key, v] of Object.entries(keys)) {
-        const a = m.perClass[c]![key as "dice"], e = num(v);
-        t.true(Object.is(a, e) || Math.abs(a - e) < 1e-4, `ID_${k} class ${c} ${key}: ${a} vs ${e}`);
+test.serial(
+  "evaluateDataset scores the BHSD layout by file name, lists missing and extra cases, and aggregates as the spec says",
+  async (t) => {
+    const { gtRoot, predDir } = await layout();
+    const seen: string[] = [];
+    const r = await evaluateDataset({ gtDir: gtRoot, predDir, onProgress: (d, n, c) => seen.push(`${d}/${n} ${c}`) });
+    t.deepEqual(r.missing, ["ID_missing"]);
+    t.deepEqual(r.extra, ["ID_extra"]);
+    t.deepEqual(seen, ["1/2 ID_0", "2/2 ID_1"]);
+    t.is(r.cases.length, 2);
+    // per case: the fixture's numbers
+    for (const [k, f] of fixtures.entries()) {
+      const m = r.cases.find((c) => c.case === `ID_${k}`)!.metrics;
+      for (const [c, keys] of Object.entries(f.per_class)) {
+        for (const [key, v] of Object.entries(keys)) {
+          const a = m.perClass[c]![key as "dice"],
+            e = num(v);
+          t.true(Object.is(a, e) || Math.abs(a - e) < 1e-4, `ID_${k} class ${c} ${key}: ${a} vs ${e}`);
+        }
       }
     }
-  }
-  // summary: nanmean over cases of the fixture's values; an infinite case makes the mean inf
-  for (const c of ["1", "2", "3", "4", "5"]) {
-    for (const key of ["dice", "hd95", "nsd"]) {
-      const vals = fixtures.map((f) => num(f.per_class[c]![key]!)).filter((x) => !Number.isNaN(x));
-      const agg = r.summary.perClass[c]![key as "dice"];
-      t.is(agg.n, vals.length, `${c} ${key} n`);
-      t.is(agg.nInf, vals.filter((x) => !Number.isFinite(x)).length);
-      const mean = vals.length ? vals.reduce((a, b) => a + b, 0) / vals.length : NaN;
-      // within 1e-4 as per case: NIfTI-1 stores the spacing as float32
-      t.true(Object.is(agg.mean, mean) || Math.abs(agg.mean - mean) < 1e-4, `${c} ${key}: ${agg.mean} vs ${mean}`);
+    // summary: nanmean over cases of the fixture's values; an infinite case makes the mean inf
+    for (const c of ["1", "2", "3", "4", "5"]) {
+      for (const key of ["dice", "hd95", "nsd"]) {
+        const vals = fixtures.map((f) => num(f.per_class[c]![key]!)).filter((x) => !Number.isNaN(x));
+        const agg = r.summary.perClass[c]![key as "dice"];
+        t.is(agg.n, vals.length, `${c} ${key} n`);
+        t.is(agg.nInf, vals.filter((x) => !Number.isFinite(x)).length);
+        const mean = vals.length ? vals.reduce((a, b) => a + b, 0) / vals.length : NaN;
+        // within 1e-4 as per case: NIfTI-1 stores the spacing as float32
+        t.true(Object.is(agg.mean, mean) || Math.abs(agg.mean - mean) < 1e-4, `${c} ${key}: ${agg.mean} vs ${mean}`);
+      }
     }
-  }
-  const classMeans = ["1", "2", "3", "4", "5"].map((c) => r.summary.perClass[c]!.dice.mean).filter((x) => !Number.isNaN(x));
-  t.true(Math.abs(r.summary.foregroundMean.dice.mean - classMeans.reduce((a, b) => a + b) / classMeans.length) < 1e-12);
-  // CSV: one row per case and class, nan and inf spelled as the spec says
-  const csv = casesToCsv(r.cases).trim().split("\n");
-  t.is(csv.length, 1 + 2 * 5);
-  t.is(csv[0], "case,class,name,tp,fp,fn,dice,iou,precision,recall,volume_gt_ml,volume_pred_ml,hd,hd95,assd,nsd");
-  t.true(csv.some((l) => l.includes(",inf,") && l.includes(",nan")));
-  t.regex(summaryToCsv(r.summary), /^foreground,mean of class means,mean,/m);
-  // missing as empty
-  const r2 = await evaluateDataset({ gtDir: gtRoot, predDir, missingAsEmpty: true });
-  t.is(r2.cases.length, 3);
-  t.is(r2.cases.find((c) => c.case === "ID_missing")!.metrics.perClass["1"]!.recall, 0);
-});
+    const classMeans = ["1", "2", "3", "4", "5"].map((c) => r.summary.perClass[c]!.dice.mean).filter((x) => !Number.isNaN(x));
+    t.true(Math.abs(r.summary.foregroundMean.dice.mean - classMeans.reduce((a, b) => a + b) / classMeans.length) < 1e-12);
+    // CSV: one row per case and class, nan and inf spelled as the spec says
+    const csv = casesToCsv(r.cases).trim().split("\n");
+    t.is(csv.length, 1 + 2 * 5);
+    t.is(csv[0], "case,class,name,tp,fp,fn,dice,iou,precision,recall,volume_gt_ml,volume_pred_ml,hd,hd95,assd,nsd");
+    t.true(csv.some((l) => l.includes(",inf,") && l.includes(",nan")));
+    t.regex(summaryToCsv(r.summary), /^foreground,mean of class means,mean,/m);
+    // missing as empty
+    const r2 = await evaluateDataset({ gtDir: gtRoot, predDir, missingAsEmpty: true });
+    t.is(r2.cases.length, 3);
+    t.is(r2.cases.find((c) => c.case === "ID_missing")!.metrics.perClass["1"]!.recall, 0);
+  },
+);
 
 test("evaluateDataset refuses folders that are not there, naming them", async (t) => {
-  await t.throwsAsync(evaluateDataset({ gtDir: "/nonexistent/gt", predDir: "/tmp" }), { message: /gtDir \/nonexistent\/gt is not a folder/ });
+  await t.throwsAsync(evaluateDataset({ gtDir: "/nonexistent/gt", predDir: "/tmp" }), {
+    message: /gtDir \/nonexistent\/gt is not a folder/,
+  });
   await t.throwsAsync(evaluateDataset({ gtDir: 3 as never, predDir: "/tmp" }), { message: /for options.gtDir/ });
 });
 
@@ -121,7 +127,8 @@ test("slice-level labels: presence per slice, the RSNA CSV form, sensitivity and
   t.throws(() => parseSliceCsv("slice,EDH\n1,1\n"), { message: /slice 0 is missing/ });
 });
 
-const bhsd = (...args: string[]) => spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...args], { encoding: "utf8", timeout: 60_000 });
+const bhsd = (...args: string[]) =>
+  spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...args], { encoding: "utf8", timeout: 60_000 });
 
 test.serial("bhsd evaluate: files and folders, --json, --csv, and one-line errors", async (t) => {
   const { root, gtRoot, predDir } = await layout();
@@ -184,7 +191,13 @@ test("the BHSD layout reader pairs images with ground truths by case name and na
   await writeNifti(join(f.truths, "a.nii.gz"), vol(0));
   await writeNifti(join(f.truths, "b.nii.gz"), vol(3));
   const cases = await readLabelledCases(root);
-  t.deepEqual(cases.map((c) => [c.name, c.ct.data[0], c.labels.data[0]]), [["a", 1, 0], ["b", 2, 3]]);
+  t.deepEqual(
+    cases.map((c) => [c.name, c.ct.data[0], c.labels.data[0]]),
+    [
+      ["a", 1, 0],
+      ["b", 2, 3],
+    ],
+  );
   // slice labels: one row per slice (z), classes by name
   writeFileSync(join(f.slices, "a.csv"), "slice,EDH,IPH,IVH,SAH,SDH,any\n0,0,1,0,0,0,1\n1,0,0,0,0,0,0\n2,0,0,0,0,0,0\n3,1,0,0,0,0,1\n");
   writeFileSync(join(f.slices, "b.csv"), "slice,EDH,IPH,IVH,SAH,SDH,any\n0,0,0,0,0,0,0\n");
@@ -193,7 +206,10 @@ test("the BHSD layout reader pairs images with ground truths by case name and na
   const sl = await readSliceLabelledCases(root);
   t.deepEqual(sl[0]!.slices.present[0], [false, true, false, false, false]);
   t.deepEqual(sl[0]!.slices.present[3], [true, false, false, false, false]);
-  t.deepEqual(sl[1]!.slices.present.map((r) => r[4]), [true, true, true, true]);
+  t.deepEqual(
+    sl[1]!.slices.present.map((r) => r[4]),
+    [true, true, true, true],
+  );
   // an image without its truth is named, not skipped
   await writeNifti(join(f.images, "c.nii.gz"), vol(4));
   await t.throwsAsync(readLabelledCases(root), { message: /case c has an image .*c\.nii\.gz.* but no ground truth in .*ground truths/ });

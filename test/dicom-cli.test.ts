@@ -17,11 +17,17 @@ import { ROOT } from "./paths.js";
 const tmp = mkdtempSync(join(tmpdir(), "bhsd-dcmcli-"));
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }));
 const cli = (args: string[]) =>
-  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], { encoding: "utf8", cwd: ROOT, timeout: 110_000 });
+  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], {
+    encoding: "utf8",
+    cwd: ROOT,
+    timeout: 110_000,
+  });
 
 test("bhsd info on a folder of two series lists them; on one series describes the volume", (t) => {
   t.timeout(240_000);
-  const man = JSON.parse(readFileSync(join(DICOM_FIXTURES, "manifest.json"), "utf8")) as { cases: { case: string; series: { series_instance_uid: string }[] }[] };
+  const man = JSON.parse(readFileSync(join(DICOM_FIXTURES, "manifest.json"), "utf8")) as {
+    cases: { case: string; series: { series_instance_uid: string }[] }[];
+  };
   const r = cli(["info", join(DICOM_FIXTURES, "cases", "I_two_series")]);
   t.is(r.status, 0, r.stderr);
   for (const s of man.cases.find((c) => c.case === "I")!.series) t.true(r.stdout.includes(s.series_instance_uid));
@@ -37,7 +43,15 @@ test("bhsd info on a folder of two series lists them; on one series describes th
 
 test("--out-seg with a NIfTI CT is refused before the model runs", (t) => {
   t.timeout(240_000);
-  const r = cli(["segment", join(DICOM_FIXTURES, "reference", "A_axial", "2_Head_5mm.nii.gz"), "--model", join(ROOT, "models", "demo.onnx"), "--out-seg", join(tmp, "x.dcm"), "--quiet"]);
+  const r = cli([
+    "segment",
+    join(DICOM_FIXTURES, "reference", "A_axial", "2_Head_5mm.nii.gz"),
+    "--model",
+    join(ROOT, "models", "demo.onnx"),
+    "--out-seg",
+    join(tmp, "x.dcm"),
+    "--quiet",
+  ]);
   t.not(r.status, 0);
   t.regex(r.stderr, /--out-seg needs a DICOM CT/);
   t.false(existsSync(join(tmp, "x.dcm")));
@@ -62,26 +76,31 @@ for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
 print(json.dumps(out))
 `;
 
-(pydicomPython() ? test : test.skip)("bhsd segment <dicom folder> --out-seg: the SEG holds the same voxels as the NIfTI labels", async (t) => {
-  t.timeout(240_000);
-  const dir = join(DICOM_FIXTURES, "cases", "H_oblique");
-  const lab = join(tmp, "labels.nii.gz"), seg = join(tmp, "seg.dcm");
-  const r = cli(["segment", dir, "--model", join(ROOT, "models", "demo.onnx"), "--out", lab, "--out-seg", seg, "--quiet"]);
-  t.is(r.status, 0, r.stderr);
-  const labels = await readNifti(lab);
-  const names: Record<string, number> = { EDH: 1, IPH: 2, IVH: 3, SAH: 4, SDH: 5 };
-  const voxels = runPython<[string, number, number, number][]>(PY, [seg, dir]);
-  const [nx, ny] = labels.dims;
-  const got = new Uint8Array(labels.data.length);
-  for (const [name, c, row, k] of voxels) got[c + nx * (ny - 1 - row + ny * k)] = names[name]!;
-  let diff = 0, nonzero = 0;
-  for (let i = 0; i < got.length; i++) {
-    if (got[i] !== Number(labels.data[i])) diff++;
-    if (got[i]) nonzero++;
-  }
-  t.true(nonzero > 0, "the demo model finds blood in the fixture's head");
-  t.is(diff, 0);
-});
+(pydicomPython() ? test : test.skip)(
+  "bhsd segment <dicom folder> --out-seg: the SEG holds the same voxels as the NIfTI labels",
+  async (t) => {
+    t.timeout(240_000);
+    const dir = join(DICOM_FIXTURES, "cases", "H_oblique");
+    const lab = join(tmp, "labels.nii.gz"),
+      seg = join(tmp, "seg.dcm");
+    const r = cli(["segment", dir, "--model", join(ROOT, "models", "demo.onnx"), "--out", lab, "--out-seg", seg, "--quiet"]);
+    t.is(r.status, 0, r.stderr);
+    const labels = await readNifti(lab);
+    const names: Record<string, number> = { EDH: 1, IPH: 2, IVH: 3, SAH: 4, SDH: 5 };
+    const voxels = runPython<[string, number, number, number][]>(PY, [seg, dir]);
+    const [nx, ny] = labels.dims;
+    const got = new Uint8Array(labels.data.length);
+    for (const [name, c, row, k] of voxels) got[c + nx * (ny - 1 - row + ny * k)] = names[name]!;
+    let diff = 0,
+      nonzero = 0;
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] !== Number(labels.data[i])) diff++;
+      if (got[i]) nonzero++;
+    }
+    t.true(nonzero > 0, "the demo model finds blood in the fixture's head");
+    t.is(diff, 0);
+  },
+);
 
 test("bhsd evaluate --html --ct <dicom folder>: the CT read from DICOM under labels on dcm2niix's grid", async (t) => {
   t.timeout(240_000);

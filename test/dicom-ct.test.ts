@@ -21,13 +21,23 @@ const manifest = JSON.parse(readFileSync(join(DICOM_FIXTURES, "manifest.json"), 
 const sha = (c: string, s = 0) => manifest.cases.find((x) => x.case === c)!.series[s]!.hu_sha256_int16le_slice_row_col;
 
 function zipFolder(folder: string, out: string, sub = "series/") {
-  const py = spawnSync("python3", ["-c", `
+  const py = spawnSync(
+    "python3",
+    [
+      "-c",
+      `
 import sys, os, zipfile
 with zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED) as z:
     for n in sorted(os.listdir(sys.argv[1])):
         z.write(os.path.join(sys.argv[1], n), sys.argv[3] + n)
     z.writestr("README.txt", "not a DICOM file")
-`, folder, out, sub], { encoding: "utf8" });
+`,
+      folder,
+      out,
+      sub,
+    ],
+    { encoding: "utf8" },
+  );
   if (py.status !== 0) throw new Error(py.stderr);
 }
 
@@ -54,7 +64,10 @@ test("a NIfTI file reads as readNifti reads it", async (t) => {
   const b = await readNifti(p);
   t.deepEqual(a.dims, b.dims);
   t.deepEqual(a.affine, b.affine);
-  t.deepEqual(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength), Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength));
+  t.deepEqual(
+    Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength),
+    Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength),
+  );
   t.deepEqual((await readCt(readFileSync(p))).dims, b.dims);
 });
 

@@ -12,9 +12,15 @@ export function invertAffine(a: readonly number[]): number[] {
   const m = [a[0]!, a[1]!, a[2]!, a[4]!, a[5]!, a[6]!, a[8]!, a[9]!, a[10]!];
   const det = m[0]! * (m[4]! * m[8]! - m[5]! * m[7]!) - m[1]! * (m[3]! * m[8]! - m[5]! * m[6]!) + m[2]! * (m[3]! * m[7]! - m[4]! * m[6]!);
   const inv = [
-    (m[4]! * m[8]! - m[5]! * m[7]!) / det, (m[2]! * m[7]! - m[1]! * m[8]!) / det, (m[1]! * m[5]! - m[2]! * m[4]!) / det,
-    (m[5]! * m[6]! - m[3]! * m[8]!) / det, (m[0]! * m[8]! - m[2]! * m[6]!) / det, (m[2]! * m[3]! - m[0]! * m[5]!) / det,
-    (m[3]! * m[7]! - m[4]! * m[6]!) / det, (m[1]! * m[6]! - m[0]! * m[7]!) / det, (m[0]! * m[4]! - m[1]! * m[3]!) / det,
+    (m[4]! * m[8]! - m[5]! * m[7]!) / det,
+    (m[2]! * m[7]! - m[1]! * m[8]!) / det,
+    (m[1]! * m[5]! - m[2]! * m[4]!) / det,
+    (m[5]! * m[6]! - m[3]! * m[8]!) / det,
+    (m[0]! * m[8]! - m[2]! * m[6]!) / det,
+    (m[2]! * m[3]! - m[0]! * m[5]!) / det,
+    (m[3]! * m[7]! - m[4]! * m[6]!) / det,
+    (m[1]! * m[6]! - m[0]! * m[7]!) / det,
+    (m[0]! * m[4]! - m[1]! * m[3]!) / det,
   ];
   const t = [a[3]!, a[7]!, a[11]!];
   const out: number[] = [];
@@ -41,32 +47,42 @@ export function compareWorld(got: Volume, ref: Volume, refSlope = 1, refInter = 
   const [nx, ny, nz] = ref.dims;
   const m = mul(invertAffine(got.affine), ref.affine); // ref index → got index
   let nonInteger = 0;
-  for (let r = 0; r < 3; r++) for (let c = 0; c < 4; c++) nonInteger = Math.max(nonInteger, Math.abs(m[r * 4 + c]! - Math.round(m[r * 4 + c]!)));
+  for (let r = 0; r < 3; r++)
+    for (let c = 0; c < 4; c++) nonInteger = Math.max(nonInteger, Math.abs(m[r * 4 + c]! - Math.round(m[r * 4 + c]!)));
   const mi = m.map(Math.round);
   // World distance between where each affine puts corresponding voxels (corners suffice: affine maps).
   let worldMm = 0;
-  for (const i of [0, nx - 1]) for (const j of [0, ny - 1]) for (const k of [0, nz - 1]) {
-    const g = [mi[0]! * i + mi[1]! * j + mi[2]! * k + mi[3]!, mi[4]! * i + mi[5]! * j + mi[6]! * k + mi[7]!, mi[8]! * i + mi[9]! * j + mi[10]! * k + mi[11]!];
-    for (let r = 0; r < 3; r++) {
-      const wr = ref.affine[r * 4]! * i + ref.affine[r * 4 + 1]! * j + ref.affine[r * 4 + 2]! * k + ref.affine[r * 4 + 3]!;
-      const wg = got.affine[r * 4]! * g[0]! + got.affine[r * 4 + 1]! * g[1]! + got.affine[r * 4 + 2]! * g[2]! + got.affine[r * 4 + 3]!;
-      worldMm = Math.max(worldMm, Math.abs(wr - wg));
-    }
-  }
+  for (const i of [0, nx - 1])
+    for (const j of [0, ny - 1])
+      for (const k of [0, nz - 1]) {
+        const g = [
+          mi[0]! * i + mi[1]! * j + mi[2]! * k + mi[3]!,
+          mi[4]! * i + mi[5]! * j + mi[6]! * k + mi[7]!,
+          mi[8]! * i + mi[9]! * j + mi[10]! * k + mi[11]!,
+        ];
+        for (let r = 0; r < 3; r++) {
+          const wr = ref.affine[r * 4]! * i + ref.affine[r * 4 + 1]! * j + ref.affine[r * 4 + 2]! * k + ref.affine[r * 4 + 3]!;
+          const wg = got.affine[r * 4]! * g[0]! + got.affine[r * 4 + 1]! * g[1]! + got.affine[r * 4 + 2]! * g[2]! + got.affine[r * 4 + 3]!;
+          worldMm = Math.max(worldMm, Math.abs(wr - wg));
+        }
+      }
   const [gx, gy, gz] = got.dims;
-  let maxDiff = 0, outside = 0;
-  for (let k = 0; k < nz; k++) for (let j = 0; j < ny; j++) for (let i = 0; i < nx; i++) {
-    const a = mi[0]! * i + mi[1]! * j + mi[2]! * k + mi[3]!;
-    const b = mi[4]! * i + mi[5]! * j + mi[6]! * k + mi[7]!;
-    const c = mi[8]! * i + mi[9]! * j + mi[10]! * k + mi[11]!;
-    if (a < 0 || b < 0 || c < 0 || a >= gx || b >= gy || c >= gz) {
-      outside++;
-      continue;
-    }
-    const rv = Number(ref.data[i + nx * (j + ny * k)]) * refSlope + refInter;
-    const gv = Number(got.data[a + gx * (b + gy * c)]);
-    maxDiff = Math.max(maxDiff, Math.abs(rv - gv));
-  }
+  let maxDiff = 0,
+    outside = 0;
+  for (let k = 0; k < nz; k++)
+    for (let j = 0; j < ny; j++)
+      for (let i = 0; i < nx; i++) {
+        const a = mi[0]! * i + mi[1]! * j + mi[2]! * k + mi[3]!;
+        const b = mi[4]! * i + mi[5]! * j + mi[6]! * k + mi[7]!;
+        const c = mi[8]! * i + mi[9]! * j + mi[10]! * k + mi[11]!;
+        if (a < 0 || b < 0 || c < 0 || a >= gx || b >= gy || c >= gz) {
+          outside++;
+          continue;
+        }
+        const rv = Number(ref.data[i + nx * (j + ny * k)]) * refSlope + refInter;
+        const gv = Number(got.data[a + gx * (b + gy * c)]);
+        maxDiff = Math.max(maxDiff, Math.abs(rv - gv));
+      }
   return { nonInteger, worldMm, maxDiff, outside, sameCount: gx * gy * gz === nx * ny * nz };
 }
 
@@ -74,9 +90,11 @@ export function compareWorld(got: Volume, ref: Volume, refSlope = 1, refInter = 
 export function dicomOrderSha256(v: Volume): string {
   const [nx, ny, nz] = v.dims;
   const out = new Int16Array(nx * ny * nz);
-  for (let k = 0; k < nz; k++) for (let r = 0; r < ny; r++) for (let c = 0; c < nx; c++) {
-    out[c + nx * (r + ny * k)] = Number(v.data[c + nx * (ny - 1 - r + ny * k)]);
-  }
+  for (let k = 0; k < nz; k++)
+    for (let r = 0; r < ny; r++)
+      for (let c = 0; c < nx; c++) {
+        out[c + nx * (r + ny * k)] = Number(v.data[c + nx * (ny - 1 - r + ny * k)]);
+      }
   return createHash("sha256").update(new Uint8Array(out.buffer)).digest("hex");
 }
 

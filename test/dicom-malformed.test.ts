@@ -18,7 +18,15 @@ const JPEG = readFileSync(join(DICOM_FIXTURES, "cases", "E_jpeg_lossless", "IM-0
 /** Offset of an explicit-VR little-endian element header (group, element) in the bytes. */
 function findTag(b: Uint8Array, group: number, element: number, vr: string): number {
   for (let i = 132; i + 8 <= b.length; i++) {
-    if (b[i] === (group & 0xff) && b[i + 1] === group >> 8 && b[i + 2] === (element & 0xff) && b[i + 3] === element >> 8 && b[i + 4] === vr.charCodeAt(0) && b[i + 5] === vr.charCodeAt(1)) return i;
+    if (
+      b[i] === (group & 0xff) &&
+      b[i + 1] === group >> 8 &&
+      b[i + 2] === (element & 0xff) &&
+      b[i + 3] === element >> 8 &&
+      b[i + 4] === vr.charCodeAt(0) &&
+      b[i + 5] === vr.charCodeAt(1)
+    )
+      return i;
   }
   throw new Error(`tag ${group.toString(16)},${element.toString(16)} not found`);
 }
@@ -57,7 +65,11 @@ test("missing pixel data", async (t) => {
 });
 
 test("absurd Rows/Columns are refused from the header, before anything is allocated", async (t) => {
-  await refused(t, one(withUS(withUS(A, 0x0028, 0x0010, 65535), 0x0028, 0x0011, 65535)), /has 17600 bytes of Pixel Data where Rows 65535 × Columns 65535 × 2 bytes need 8589672450/);
+  await refused(
+    t,
+    one(withUS(withUS(A, 0x0028, 0x0010, 65535), 0x0028, 0x0011, 65535)),
+    /has 17600 bytes of Pixel Data where Rows 65535 × Columns 65535 × 2 bytes need 8589672450/,
+  );
   await refused(t, one(withUS(A, 0x0028, 0x0010, 0)), /has Rows 0 \(1…65535 expected\)/);
 });
 
@@ -108,9 +120,11 @@ test("damaged JPEG-LS: a truncated stream and a frame header of another size", a
 
 test("fuzz: 400 seeded mutations and truncations of a real file either read or fail with a DicomError, each quickly", async (t) => {
   let seed = 12345;
-  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
   const sources = [A, RLE, JPEG];
-  let refusedCount = 0, read = 0, worst = 0;
+  let refusedCount = 0,
+    read = 0,
+    worst = 0;
   for (let it = 0; it < 400; it++) {
     const src = sources[it % 3]!;
     let b: Buffer;

@@ -16,9 +16,10 @@ test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
 test("512×512×40 uncompressed: exact values, dcm2niix's order, read in bounded time with progress", async (t) => {
   t.timeout(180_000);
-  const N = 512, Z = 40;
+  const N = 512,
+    Z = 40;
   let seed = 99;
-  const rand = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) >>> 20); // 0..4095
+  const rand = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) >>> 20; // 0..4095
   const slices: Uint16Array[] = [];
   const { DicomDict, DicomMetaDictionary } = dcmjs.data;
   for (let k = 0; k < Z; k++) {
@@ -27,15 +28,38 @@ test("512×512×40 uncompressed: exact values, dcm2niix's order, read in bounded
     slices.push(px);
     const sop = `1.2.826.0.1.3680043.8.498.${k + 1}`;
     const ds = {
-      SOPClassUID: "1.2.840.10008.5.1.4.1.1.2", SOPInstanceUID: sop, Modality: "CT",
-      StudyInstanceUID: "1.2.826.0.1.3680043.8.498.100", SeriesInstanceUID: "1.2.826.0.1.3680043.8.498.200",
-      FrameOfReferenceUID: "1.2.826.0.1.3680043.8.498.300", SeriesNumber: 1, InstanceNumber: Z - k,
-      ImagePositionPatient: ["-128", "-120", String(20 + 2.5 * k)], ImageOrientationPatient: ["1", "0", "0", "0", "1", "0"],
-      PixelSpacing: ["0.5", "0.5"], SliceThickness: "2.5", Rows: N, Columns: N, SamplesPerPixel: 1,
-      PhotometricInterpretation: "MONOCHROME2", BitsAllocated: 16, BitsStored: 12, HighBit: 11, PixelRepresentation: 0,
-      RescaleIntercept: "-1024", RescaleSlope: "1", PixelData: [px.buffer], _vrMap: { PixelData: "OW" },
+      SOPClassUID: "1.2.840.10008.5.1.4.1.1.2",
+      SOPInstanceUID: sop,
+      Modality: "CT",
+      StudyInstanceUID: "1.2.826.0.1.3680043.8.498.100",
+      SeriesInstanceUID: "1.2.826.0.1.3680043.8.498.200",
+      FrameOfReferenceUID: "1.2.826.0.1.3680043.8.498.300",
+      SeriesNumber: 1,
+      InstanceNumber: Z - k,
+      ImagePositionPatient: ["-128", "-120", String(20 + 2.5 * k)],
+      ImageOrientationPatient: ["1", "0", "0", "0", "1", "0"],
+      PixelSpacing: ["0.5", "0.5"],
+      SliceThickness: "2.5",
+      Rows: N,
+      Columns: N,
+      SamplesPerPixel: 1,
+      PhotometricInterpretation: "MONOCHROME2",
+      BitsAllocated: 16,
+      BitsStored: 12,
+      HighBit: 11,
+      PixelRepresentation: 0,
+      RescaleIntercept: "-1024",
+      RescaleSlope: "1",
+      PixelData: [px.buffer],
+      _vrMap: { PixelData: "OW" },
     };
-    const meta = { FileMetaInformationVersion: new Uint8Array([0, 1]).buffer, MediaStorageSOPClassUID: ds.SOPClassUID, MediaStorageSOPInstanceUID: sop, TransferSyntaxUID: "1.2.840.10008.1.2.1", ImplementationClassUID: "1.2.826.0.1.3680043.8.498.1" };
+    const meta = {
+      FileMetaInformationVersion: new Uint8Array([0, 1]).buffer,
+      MediaStorageSOPClassUID: ds.SOPClassUID,
+      MediaStorageSOPInstanceUID: sop,
+      TransferSyntaxUID: "1.2.840.10008.1.2.1",
+      ImplementationClassUID: "1.2.826.0.1.3680043.8.498.1",
+    };
     const dict = new DicomDict(DicomMetaDictionary.denaturalizeDataset(meta));
     dict.dict = DicomMetaDictionary.denaturalizeDataset(ds);
     writeFileSync(join(dir, `f${String(Z - k).padStart(3, "0")}`), new Uint8Array(dict.write()));
@@ -54,9 +78,11 @@ test("512×512×40 uncompressed: exact values, dcm2niix's order, read in bounded
   t.deepEqual(v!.spacing, [0.5, 0.5, 2.5]);
   t.is(v!.data.constructor, Int16Array);
   let bad = 0;
-  for (let k = 0; k < Z; k++) for (let r = 0; r < N; r++) for (let c = 0; c < N; c++) {
-    if (v!.data[c + N * (N - 1 - r + N * k)] !== slices[k]![c + N * r]! - 1024) bad++;
-  }
+  for (let k = 0; k < Z; k++)
+    for (let r = 0; r < N; r++)
+      for (let c = 0; c < N; c++) {
+        if (v!.data[c + N * (N - 1 - r + N * k)] !== slices[k]![c + N * r]! - 1024) bad++;
+      }
   t.is(bad, 0, "HU = stored − 1024 at (column, rows − 1 − row, slice by position)");
   t.true(Math.min(...times) < 3000, `best of 3 under 3 s (${Math.min(...times).toFixed(0)} ms)`);
 });

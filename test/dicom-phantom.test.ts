@@ -23,7 +23,11 @@ import { ROOT } from "./paths.js";
 const tmp = mkdtempSync(join(tmpdir(), "bhsd-dcmphantom-"));
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }));
 const cli = (args: string[]) =>
-  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], { encoding: "utf8", cwd: ROOT, timeout: 170_000 });
+  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], {
+    encoding: "utf8",
+    cwd: ROOT,
+    timeout: 170_000,
+  });
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: "utf8" }).error === undefined;
 const DCM2NIIX = has("dcm2niix", ["-v"]);
 const DCIODVFY = has("dciodvfy", ["-help"]);
@@ -33,7 +37,21 @@ const OUT = join(tmp, "ph");
 let written: Promise<{ name: string; dicom: string; ct: Volume }> | undefined;
 function phantom() {
   written ??= (async () => {
-    const r = cli(["phantom", "--out", OUT, "--cases", "1", "--seed", "3", "--dims", "96,112,16", "--spacing", "1.8,1.8,5", "--dicom", "--json"]);
+    const r = cli([
+      "phantom",
+      "--out",
+      OUT,
+      "--cases",
+      "1",
+      "--seed",
+      "3",
+      "--dims",
+      "96,112,16",
+      "--spacing",
+      "1.8,1.8,5",
+      "--dicom",
+      "--json",
+    ]);
     if (r.status !== 0) throw new Error(`bhsd phantom failed: ${r.stderr}`);
     const c = (JSON.parse(r.stdout) as { cases: { name: string; dicom: string; classes: number[] }[] }).cases[0]!;
     return { name: c.name, dicom: join(OUT, c.dicom), ct: await readNifti(join(OUT, "images", `${c.name}.nii.gz`)) };
@@ -45,26 +63,32 @@ test.serial("bhsd phantom --dicom writes one CT file per slice under dicom/<case
   t.timeout(180_000);
   const p = await phantom();
   t.is(p.dicom, join(OUT, "dicom", p.name));
-  t.deepEqual(readdirSync(p.dicom).sort(), Array.from({ length: 16 }, (_, k) => `IM-${String(k + 1).padStart(4, "0")}.dcm`));
+  t.deepEqual(
+    readdirSync(p.dicom).sort(),
+    Array.from({ length: 16 }, (_, k) => `IM-${String(k + 1).padStart(4, "0")}.dcm`),
+  );
   t.true(existsSync(join(OUT, "images", `${p.name}.nii.gz`)), "the NIfTI layout is still written");
 });
 
-(DCM2NIIX ? test.serial : test.skip)(`dcm2niix converts the series back to the phantom's voxels and affine${DCM2NIIX ? "" : " (skipped: dcm2niix is not installed; apt-get install dcm2niix)"}`, async (t) => {
-  t.timeout(180_000);
-  const p = await phantom();
-  const out = join(tmp, "dcm2niix");
-  mkdirSync(out);
-  const r = spawnSync("dcm2niix", ["-z", "y", "-f", "ct", "-o", out, p.dicom], { encoding: "utf8" });
-  t.is(r.status, 0, r.stdout + r.stderr);
-  const ref = await readNifti(join(out, "ct.nii.gz"));
-  // dcm2niix's voxels (its scaling applied) against the phantom, voxel by voxel in world space.
-  const cmp = compareWorld(p.ct, ref, ref.meta!.scaled ? 1 : ref.meta!.sclSlope || 1, ref.meta!.scaled ? 0 : ref.meta!.sclInter);
-  t.true(cmp.sameCount);
-  t.true(cmp.nonInteger < 1e-4, `index map a permutation/flip (${cmp.nonInteger})`);
-  t.is(cmp.outside, 0);
-  t.true(cmp.worldMm <= 1e-4, `affines agree within 1e-4 mm (worst ${cmp.worldMm} mm)`);
-  t.is(cmp.maxDiff, 0, "voxels equal");
-});
+(DCM2NIIX ? test.serial : test.skip)(
+  `dcm2niix converts the series back to the phantom's voxels and affine${DCM2NIIX ? "" : " (skipped: dcm2niix is not installed; apt-get install dcm2niix)"}`,
+  async (t) => {
+    t.timeout(180_000);
+    const p = await phantom();
+    const out = join(tmp, "dcm2niix");
+    mkdirSync(out);
+    const r = spawnSync("dcm2niix", ["-z", "y", "-f", "ct", "-o", out, p.dicom], { encoding: "utf8" });
+    t.is(r.status, 0, r.stdout + r.stderr);
+    const ref = await readNifti(join(out, "ct.nii.gz"));
+    // dcm2niix's voxels (its scaling applied) against the phantom, voxel by voxel in world space.
+    const cmp = compareWorld(p.ct, ref, ref.meta!.scaled ? 1 : ref.meta!.sclSlope || 1, ref.meta!.scaled ? 0 : ref.meta!.sclInter);
+    t.true(cmp.sameCount);
+    t.true(cmp.nonInteger < 1e-4, `index map a permutation/flip (${cmp.nonInteger})`);
+    t.is(cmp.outside, 0);
+    t.true(cmp.worldMm <= 1e-4, `affines agree within 1e-4 mm (worst ${cmp.worldMm} mm)`);
+    t.is(cmp.maxDiff, 0, "voxels equal");
+  },
+);
 
 const PY_CT = `
 import json, sys, os, glob, pydicom, numpy as np
@@ -112,31 +136,44 @@ out["covered"] = int(seen.sum())
 print(json.dumps(out))
 `;
 
-(pydicomPython() ? test.serial : test.skip)(`pydicom reads every file as a CT Image whose pixels, placed by its own geometry, are the phantom's${pydicomPython() ? "" : " (skipped: pydicom is not installed; apt-get install python3-pydicom)"}`, async (t) => {
-  t.timeout(180_000);
-  const p = await phantom();
-  const raw = join(tmp, "phantom.i16");
-  writeFileSync(raw, new Uint8Array(p.ct.data.buffer, p.ct.data.byteOffset, p.ct.data.byteLength));
-  t.is(p.ct.data.constructor, Int16Array);
-  const r = runPython<{ files: number; maxDiff: number; maxOffGrid: number; outside: number; covered: number; problems: string[] }>(PY_CT, [p.dicom, raw, JSON.stringify({ dims: p.ct.dims, affine: p.ct.affine })]);
-  t.is(r.files, 16);
-  t.deepEqual(r.problems, []);
-  t.true(r.maxOffGrid < 1e-4, `every pixel on a phantom voxel centre (off by ${r.maxOffGrid})`);
-  t.is(r.outside, 0);
-  t.is(r.covered, p.ct.data.length, "every phantom voxel is in some file");
-  t.is(r.maxDiff, 0, "HU equal");
-});
+(pydicomPython() ? test.serial : test.skip)(
+  `pydicom reads every file as a CT Image whose pixels, placed by its own geometry, are the phantom's${pydicomPython() ? "" : " (skipped: pydicom is not installed; apt-get install python3-pydicom)"}`,
+  async (t) => {
+    t.timeout(180_000);
+    const p = await phantom();
+    const raw = join(tmp, "phantom.i16");
+    writeFileSync(raw, new Uint8Array(p.ct.data.buffer, p.ct.data.byteOffset, p.ct.data.byteLength));
+    t.is(p.ct.data.constructor, Int16Array);
+    const r = runPython<{ files: number; maxDiff: number; maxOffGrid: number; outside: number; covered: number; problems: string[] }>(
+      PY_CT,
+      [p.dicom, raw, JSON.stringify({ dims: p.ct.dims, affine: p.ct.affine })],
+    );
+    t.is(r.files, 16);
+    t.deepEqual(r.problems, []);
+    t.true(r.maxOffGrid < 1e-4, `every pixel on a phantom voxel centre (off by ${r.maxOffGrid})`);
+    t.is(r.outside, 0);
+    t.is(r.covered, p.ct.data.length, "every phantom voxel is in some file");
+    t.is(r.maxDiff, 0, "HU equal");
+  },
+);
 
-(DCIODVFY ? test.serial : test.skip)(`dciodvfy finds no error in the CT Image IOD${DCIODVFY ? "" : " (skipped: dicom3tools is not installed; apt-get install dicom3tools)"}`, async (t) => {
-  t.timeout(180_000);
-  const p = await phantom();
-  for (const f of readdirSync(p.dicom).sort()) {
-    const r = spawnSync("dciodvfy", [join(p.dicom, f)], { encoding: "utf8" });
-    const text = r.stdout + r.stderr;
-    t.regex(text, /CTImage/, `${f}: verified as a CT Image`);
-    t.deepEqual(text.split("\n").filter((l) => /^Error/.test(l)), [], `${f}: no errors`);
-  }
-});
+(DCIODVFY ? test.serial : test.skip)(
+  `dciodvfy finds no error in the CT Image IOD${DCIODVFY ? "" : " (skipped: dicom3tools is not installed; apt-get install dicom3tools)"}`,
+  async (t) => {
+    t.timeout(180_000);
+    const p = await phantom();
+    for (const f of readdirSync(p.dicom).sort()) {
+      const r = spawnSync("dciodvfy", [join(p.dicom, f)], { encoding: "utf8" });
+      const text = r.stdout + r.stderr;
+      t.regex(text, /CTImage/, `${f}: verified as a CT Image`);
+      t.deepEqual(
+        text.split("\n").filter((l) => /^Error/.test(l)),
+        [],
+        `${f}: no errors`,
+      );
+    }
+  },
+);
 
 test.serial("readDicomSeries reads the written series back equal to the phantom", async (t) => {
   t.timeout(180_000);
@@ -156,7 +193,8 @@ test.serial("readDicomSeries reads the written series back equal to the phantom"
 test.serial("bhsd segment <the phantom's DICOM folder> --out-seg writes a SEG over its series", async (t) => {
   t.timeout(300_000);
   const p = await phantom();
-  const seg = join(tmp, "seg.dcm"), lab = join(tmp, "labels.nii.gz");
+  const seg = join(tmp, "seg.dcm"),
+    lab = join(tmp, "labels.nii.gz");
   const r = cli(["segment", p.dicom, "--model", join(ROOT, "models", "demo.onnx"), "--out", lab, "--out-seg", seg, "--quiet"]);
   t.is(r.status, 0, r.stderr);
   t.true(existsSync(seg), `the demo model finds blood in the phantom and a SEG is written (${r.stderr})`);
@@ -177,13 +215,23 @@ print(json.dumps({"sop": s.SOPClassUID, "refSeries": s.ReferencedSeriesSequence[
 });
 
 test("writeDicomSeries refuses what a CT series cannot hold, naming the argument, before writing", async (t) => {
-  const base = { dims: [4, 3, 2] as [number, number, number], spacing: [1, 1, 1] as [number, number, number], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
+  const base = {
+    dims: [4, 3, 2] as [number, number, number],
+    spacing: [1, 1, 1] as [number, number, number],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  };
   const frac = { ...base, data: new Float32Array(24).fill(1.5) };
-  await t.throwsAsync(writeDicomSeries(join(tmp, "w1"), frac), { message: /Expected an integer \(HU.* for volume\.data at voxel \(0, 0, 0\) but received number 1\.5/ });
+  await t.throwsAsync(writeDicomSeries(join(tmp, "w1"), frac), {
+    message: /Expected an integer \(HU.* for volume\.data at voxel \(0, 0, 0\) but received number 1\.5/,
+  });
   const sheared = { ...base, data: new Int16Array(24), affine: [1, 0, 0.5, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
-  await t.throwsAsync(writeDicomSeries(join(tmp, "w2"), sheared), { message: /Expected a k axis perpendicular to i and j .* for volume\.affine but received/ });
+  await t.throwsAsync(writeDicomSeries(join(tmp, "w2"), sheared), {
+    message: /Expected a k axis perpendicular to i and j .* for volume\.affine but received/,
+  });
   const wide = { ...base, data: Int32Array.from({ length: 24 }, (_, i) => (i === 0 ? -40000 : 40000)) };
-  await t.throwsAsync(writeDicomSeries(join(tmp, "w3"), wide), { message: /Expected values spanning at most 65535 \(16-bit words\) for volume\.data but received string "-40000 … 40000"/ });
+  await t.throwsAsync(writeDicomSeries(join(tmp, "w3"), wide), {
+    message: /Expected values spanning at most 65535 \(16-bit words\) for volume\.data but received string "-40000 … 40000"/,
+  });
   t.false(existsSync(join(tmp, "w1")) || existsSync(join(tmp, "w2")) || existsSync(join(tmp, "w3")), "nothing written");
   mkdirSync(join(tmp, "w4"));
   writeFileSync(join(tmp, "w4", "keep.txt"), "mine");
@@ -194,7 +242,12 @@ test("writeDicomSeries refuses what a CT series cannot hold, naming the argument
 test("values beyond int16 get the intercept that makes them fit, and read back exactly", async (t) => {
   // 0 … 39997 (an unsigned CT's range) does not fit int16: the writer picks a non-zero intercept.
   const data = Int32Array.from({ length: 4 * 3 * 2 }, (_, i) => i * 1739);
-  const v = { data, dims: [4, 3, 2] as [number, number, number], spacing: [0.7, 0.8, 3] as [number, number, number], affine: [-0.7, 0, 0, 10, 0, 0.8, 0, -5, 0, 0, 3, 2, 0, 0, 0, 1] };
+  const v = {
+    data,
+    dims: [4, 3, 2] as [number, number, number],
+    spacing: [0.7, 0.8, 3] as [number, number, number],
+    affine: [-0.7, 0, 0, 10, 0, 0.8, 0, -5, 0, 0, 3, 2, 0, 0, 0, 1],
+  };
   const r = await writeDicomSeries(join(tmp, "wide"), v);
   t.true(r.rescaleIntercept !== 0);
   t.false(r.columnsFlipped, "a negative-determinant affine keeps columns along i");

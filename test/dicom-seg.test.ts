@@ -22,9 +22,11 @@ function makeLabels(v: Volume): Volume<Uint8Array> {
   const [nx, ny, nz] = v.dims;
   const lab = new Uint8Array(nx * ny * nz);
   const blob = (value: number, cx: number, cy: number, k0: number, k1: number, r: number) => {
-    for (let k = k0; k <= k1; k++) for (let j = 0; j < ny; j++) for (let i = 0; i < nx; i++) {
-      if ((i - cx) ** 2 + (j - cy) ** 2 <= r * r) lab[i + nx * (j + ny * k)] = value;
-    }
+    for (let k = k0; k <= k1; k++)
+      for (let j = 0; j < ny; j++)
+        for (let i = 0; i < nx; i++) {
+          if ((i - cx) ** 2 + (j - cy) ** 2 <= r * r) lab[i + nx * (j + ny * k)] = value;
+        }
   };
   blob(1, 20, 30, 2, 4, 4);
   blob(2, 60, 70, 5, 9, 6);
@@ -78,56 +80,79 @@ print(json.dumps({
 
 const hasPydicom = pydicomPython() !== null;
 for (const caseFolder of ["A_axial", "H_oblique"]) {
-  (hasPydicom ? test : test.skip)(`SEG over case ${caseFolder} read back by pydicom: segments, frames, references and voxels`, async (t) => {
-    const dir = join(DICOM_FIXTURES, "cases", caseFolder);
-    const ct = await readDicomSeries(dir);
-    const labels = makeLabels(ct);
-    const out = join(tmp, `${caseFolder}.dcm`);
-    const res = await writeDicomSeg(out, labels, ct);
-    const r = runPython<{
-      sopClass: string; modality: string; segType: string; bits: number[]; rows: number; cols: number; nFrames: number;
-      frames: { segment: number; k: number; posOk: boolean; dimIndex: number[] }[]; voxels: [number, number, number, number][];
-      segments: { number: number; label: string; type: string; category: string; algo: string; lab: number[] }[];
-      frameOfRef: string[]; study: string[]; patient: string[]; refSeries: string[]; refInstances: string[]; srcInstances: string[];
-      newSeries: boolean; ts: string; mediaSop: boolean;
-    }>(PY_SEG, [out, dir]);
-    t.is(r.sopClass, "1.2.840.10008.5.1.4.1.1.66.4");
-    t.is(r.modality, "SEG");
-    t.is(r.segType, "BINARY");
-    t.deepEqual(r.bits, [1, 1]);
-    t.deepEqual([r.cols, r.rows], [88, 100]);
-    t.is(r.ts, "1.2.840.10008.1.2.1");
-    t.true(r.mediaSop);
-    t.true(r.newSeries);
-    t.is(r.frameOfRef[0], r.frameOfRef[1]);
-    t.is(r.study[0], r.study[1]);
-    t.is(r.patient[0], r.patient[1]);
-    t.is(r.patient[2], r.patient[3]);
-    t.is(r.refSeries[0], r.refSeries[1]);
-    t.deepEqual(r.refInstances, r.srcInstances);
-    t.deepEqual(r.segments.map((s) => s.label), ["EDH", "IPH", "IVH", "SAH", "SDH"]);
-    t.deepEqual(r.segments.map((s) => s.number), [1, 2, 3, 4, 5]);
-    for (const s of r.segments) {
-      t.is(s.type, "50960005");
-      t.is(s.category, "49755003");
-      t.is(s.algo, "AUTOMATIC");
-    }
-    // Colour: the overlay's EDH orange, as written; the conversion itself is checked on textbook values below.
-    t.deepEqual(r.segments[0]!.lab, rgbToDicomLab([0xe6, 0x9f, 0x00]));
-    // Frames: only slices that hold the class (3 + 5 + 1 + 3 + 3), each at its source image's position.
-    t.is(r.nFrames, 15);
-    t.is(res.frames, 15);
-    t.true(r.frames.every((f) => f.posOk));
-    t.true(r.frames.every((f) => f.dimIndex[0] === f.segment && f.dimIndex[1] === f.k + 1));
-    // Voxels, in DICOM (column, row, slice by position) terms → the labels' grid (j = rows − 1 − row).
-    const [nx, ny] = labels.dims;
-    const got = new Uint8Array(labels.data.length);
-    for (const [seg, c, row, k] of r.voxels) got[c + nx * (ny - 1 - row + ny * k)] = seg;
-    let diff = 0;
-    for (let i = 0; i < got.length; i++) if (got[i] !== labels.data[i]) diff++;
-    t.is(diff, 0, "the SEG's voxels equal the labels");
-    t.true(r.voxels.length > 500);
-  });
+  (hasPydicom ? test : test.skip)(
+    `SEG over case ${caseFolder} read back by pydicom: segments, frames, references and voxels`,
+    async (t) => {
+      const dir = join(DICOM_FIXTURES, "cases", caseFolder);
+      const ct = await readDicomSeries(dir);
+      const labels = makeLabels(ct);
+      const out = join(tmp, `${caseFolder}.dcm`);
+      const res = await writeDicomSeg(out, labels, ct);
+      const r = runPython<{
+        sopClass: string;
+        modality: string;
+        segType: string;
+        bits: number[];
+        rows: number;
+        cols: number;
+        nFrames: number;
+        frames: { segment: number; k: number; posOk: boolean; dimIndex: number[] }[];
+        voxels: [number, number, number, number][];
+        segments: { number: number; label: string; type: string; category: string; algo: string; lab: number[] }[];
+        frameOfRef: string[];
+        study: string[];
+        patient: string[];
+        refSeries: string[];
+        refInstances: string[];
+        srcInstances: string[];
+        newSeries: boolean;
+        ts: string;
+        mediaSop: boolean;
+      }>(PY_SEG, [out, dir]);
+      t.is(r.sopClass, "1.2.840.10008.5.1.4.1.1.66.4");
+      t.is(r.modality, "SEG");
+      t.is(r.segType, "BINARY");
+      t.deepEqual(r.bits, [1, 1]);
+      t.deepEqual([r.cols, r.rows], [88, 100]);
+      t.is(r.ts, "1.2.840.10008.1.2.1");
+      t.true(r.mediaSop);
+      t.true(r.newSeries);
+      t.is(r.frameOfRef[0], r.frameOfRef[1]);
+      t.is(r.study[0], r.study[1]);
+      t.is(r.patient[0], r.patient[1]);
+      t.is(r.patient[2], r.patient[3]);
+      t.is(r.refSeries[0], r.refSeries[1]);
+      t.deepEqual(r.refInstances, r.srcInstances);
+      t.deepEqual(
+        r.segments.map((s) => s.label),
+        ["EDH", "IPH", "IVH", "SAH", "SDH"],
+      );
+      t.deepEqual(
+        r.segments.map((s) => s.number),
+        [1, 2, 3, 4, 5],
+      );
+      for (const s of r.segments) {
+        t.is(s.type, "50960005");
+        t.is(s.category, "49755003");
+        t.is(s.algo, "AUTOMATIC");
+      }
+      // Colour: the overlay's EDH orange, as written; the conversion itself is checked on textbook values below.
+      t.deepEqual(r.segments[0]!.lab, rgbToDicomLab([0xe6, 0x9f, 0x00]));
+      // Frames: only slices that hold the class (3 + 5 + 1 + 3 + 3), each at its source image's position.
+      t.is(r.nFrames, 15);
+      t.is(res.frames, 15);
+      t.true(r.frames.every((f) => f.posOk));
+      t.true(r.frames.every((f) => f.dimIndex[0] === f.segment && f.dimIndex[1] === f.k + 1));
+      // Voxels, in DICOM (column, row, slice by position) terms → the labels' grid (j = rows − 1 − row).
+      const [nx, ny] = labels.dims;
+      const got = new Uint8Array(labels.data.length);
+      for (const [seg, c, row, k] of r.voxels) got[c + nx * (ny - 1 - row + ny * k)] = seg;
+      let diff = 0;
+      for (let i = 0; i < got.length; i++) if (got[i] !== labels.data[i]) diff++;
+      t.is(diff, 0, "the SEG's voxels equal the labels");
+      t.true(r.voxels.length > 500);
+    },
+  );
 }
 
 const hasDciodvfy = spawnSync("dciodvfy", ["-h"], { encoding: "utf8" }).error === undefined;
@@ -148,12 +173,16 @@ test("writeDicomSeg validates its arguments", async (t) => {
   const labels = makeLabels(ct);
   const out = join(tmp, "bad.dcm");
   await t.throwsAsync(writeDicomSeg("", labels, ct), { message: /path/ });
-  await t.throwsAsync(writeDicomSeg(out, { ...labels, dims: [88, 100, 19], data: labels.data.subarray(0, 88 * 100 * 19) }, ct), { message: /grid 88×100×20 .* for labels but received .*88×100×19/ });
+  await t.throwsAsync(writeDicomSeg(out, { ...labels, dims: [88, 100, 19], data: labels.data.subarray(0, 88 * 100 * 19) }, ct), {
+    message: /grid 88×100×20 .* for labels but received .*88×100×19/,
+  });
   const seven = labels.data.slice();
   seven[5] = 7;
   await t.throwsAsync(writeDicomSeg(out, { ...labels, data: seven }, ct), { message: /for labels but received .*value 7/ });
   await t.throwsAsync(writeDicomSeg(out, { ...labels, data: new Uint8Array(labels.data.length) }, ct), { message: /no segment/ });
-  await t.throwsAsync(writeDicomSeg(out, { ...labels, affine: labels.affine.map((v, i) => (i === 3 ? v + 1 : v)) }, ct), { message: /affine.* for labels but received .*affine off by up to 1\.00/ });
+  await t.throwsAsync(writeDicomSeg(out, { ...labels, affine: labels.affine.map((v, i) => (i === 3 ? v + 1 : v)) }, ct), {
+    message: /affine.* for labels but received .*affine off by up to 1\.00/,
+  });
   await t.throwsAsync(writeDicomSeg(out, labels, { nope: 1 } as never), { message: /sourceSeries/ });
   await t.throwsAsync(writeDicomSeg(out, labels, ct, { classes: { 0: "bg" } }), { message: /options\.classes\[0\]/ });
   // The source given as its folder works as the volume does.
@@ -163,7 +192,7 @@ test("writeDicomSeg validates its arguments", async (t) => {
 
 test("sRGB → DICOM CIELab on textbook values (D65): white (100, 0, 0), red (53.24, 80.09, 67.20), black", (t) => {
   const scale = (L: number, a: number, b: number) => [(L * 65535) / 100, ((a + 128) * 65535) / 255, ((b + 128) * 65535) / 255];
-  const near = (got: number[], want: number[]) => got.every((v, i) => Math.abs(v - want[i]!) <= 0.02 * 65535 / 100 + 1);
+  const near = (got: number[], want: number[]) => got.every((v, i) => Math.abs(v - want[i]!) <= (0.02 * 65535) / 100 + 1);
   t.true(near(rgbToDicomLab([255, 255, 255]), scale(100, 0, 0)), String(rgbToDicomLab([255, 255, 255])));
   t.true(near(rgbToDicomLab([255, 0, 0]), scale(53.24, 80.09, 67.2)), String(rgbToDicomLab([255, 0, 0])));
   t.deepEqual(rgbToDicomLab([0, 0, 0]), scale(0, 0, 0).map(Math.round) as [number, number, number]);

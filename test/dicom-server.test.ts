@@ -22,17 +22,27 @@ test("/v1/segment: a zip of a DICOM series reads as dcm2niix's NIfTI of it; a da
   copyFileSync(join(ROOT, "models", "demo.onnx"), join(modelDir, "demo.onnx"));
   copyFileSync(join(ROOT, "models", "demo.json"), join(modelDir, "demo.json"));
   const zip = join(dir, "a.zip");
-  const py = spawnSync("python3", ["-c", `
+  const py = spawnSync(
+    "python3",
+    [
+      "-c",
+      `
 import sys, os, zipfile
 with zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED) as z:
     for n in sorted(os.listdir(sys.argv[1])): z.write(os.path.join(sys.argv[1], n), "A/" + n)
-`, join(DICOM_FIXTURES, "cases", "A_axial"), zip], { encoding: "utf8" });
+`,
+      join(DICOM_FIXTURES, "cases", "A_axial"),
+      zip,
+    ],
+    { encoding: "utf8" },
+  );
   t.is(py.status, 0, py.stderr);
   const app = await createServer({ modelDir, logger: false, resultDir: mkdtempSync(join(dir, "results-")) });
   await app.listen({ host: "127.0.0.1", port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
   try {
-    const post = (body: Uint8Array) => fetch(`${url}/v1/segment?model=demo`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
+    const post = (body: Uint8Array) =>
+      fetch(`${url}/v1/segment?model=demo`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
     const rz = await post(readFileSync(zip));
     t.is(rz.status, 200, await rz.clone().text());
     const rn = await post(readFileSync(join(DICOM_FIXTURES, "reference", "A_axial", "2_Head_5mm.nii.gz")));

@@ -23,7 +23,12 @@ const EXTRA = join(ROOT, "test", "fixtures", "dicom-extra");
 const tmp = mkdtempSync(join(tmpdir(), "bhsd-dcmworkers-"));
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }));
 
-interface Case { case: string; folder: string; dcm2niix: { outputs: string[] }; reference_via_dcmdjpls?: { outputs: string[] } }
+interface Case {
+  case: string;
+  folder: string;
+  dcm2niix: { outputs: string[] };
+  reference_via_dcmdjpls?: { outputs: string[] };
+}
 const shared = JSON.parse(readFileSync(join(DICOM_FIXTURES, "manifest.json"), "utf8")) as { cases: Case[] };
 const extra = JSON.parse(readFileSync(join(EXTRA, "manifest.json"), "utf8")) as { cases: Case[] };
 const compressed: { root: string; c: Case }[] = [
@@ -61,7 +66,11 @@ for (const { root, c } of compressed) {
       t.true(cmp.worldMm <= 1e-4, `affine within 1e-4 mm (${cmp.worldMm})`);
       t.is(cmp.maxDiff, 0, "voxels equal");
       const nz = vol.dims[2];
-      t.deepEqual(progress, Array.from({ length: nz }, (_, k) => [k + 1, nz]), "one call per slice, done counting up to the total");
+      t.deepEqual(
+        progress,
+        Array.from({ length: nz }, (_, k) => [k + 1, nz]),
+        "one call per slice, done counting up to the total",
+      );
     });
   }
 }
@@ -132,7 +141,9 @@ test("pool size: the option, capped by the compressed slices; by default workers
 /** sha256 of E_jpeg_lossless read on the calling thread (equal to dcm2niix's voxels: the tests above). */
 async function shaOnCallingThread(): Promise<string> {
   const v = await readDicomSeries(join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), { workers: 0 });
-  return createHash("sha256").update(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength)).digest("hex");
+  return createHash("sha256")
+    .update(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength))
+    .digest("hex");
 }
 
 // A process that read through workers must end by itself: a leaked worker, port or timer keeps it alive.
@@ -152,30 +163,44 @@ test.serial("a process that decoded on workers, and had a read fail there, exits
   const script = join(tmp, "child.mts");
   writeFileSync(script, CHILD);
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, ["--import", "tsx", script, join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), dir], { encoding: "utf8", cwd: ROOT, timeout: 60_000 });
+  const r = spawnSync(process.execPath, ["--import", "tsx", script, join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), dir], {
+    encoding: "utf8",
+    cwd: ROOT,
+    timeout: 60_000,
+  });
   t.log(`child ran ${(performance.now() - t0).toFixed(0)} ms`);
   t.is(r.signal, null, "ended by itself, not killed at the timeout");
   t.is(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { dims: number[]; sha: string; failed: string; resources: string[] };
   t.deepEqual(out.dims, [88, 100, 20]);
   t.is(out.failed, "DicomError");
-  t.false(out.resources.some((x) => /Worker|MessagePort/i.test(x)), `no worker or port left: ${out.resources.join(", ")}`);
+  t.false(
+    out.resources.some((x) => /Worker|MessagePort/i.test(x)),
+    `no worker or port left: ${out.resources.join(", ")}`,
+  );
   t.is(out.sha, await shaOnCallingThread(), "the voxels of the calling thread's read");
 });
 
 // The same from the compiled package (npm test builds dist/ first): the worker is dist/io/dicom-decode-worker.js, without tsx.
 const DIST = join(ROOT, "dist", "io", "dicom.js");
-(existsSync(DIST) ? test.serial : test.skip)(`from compiled dist/, without tsx: decodes on workers and exits by itself${existsSync(DIST) ? "" : " (skipped: dist/ is not built; npm run build:ts)"}`, async (t) => {
-  t.timeout(120_000);
-  const script = join(tmp, "child-dist.mjs");
-  writeFileSync(script, CHILD.replace(JSON.stringify(join(ROOT, "lib", "io", "dicom.ts")), JSON.stringify(DIST)));
-  const files = readdirSync(join(DICOM_FIXTURES, "cases", "D_rle")).sort();
-  const { dir } = damagedCopy(join("cases", "D_rle"), "rle-child-dist", files[5]!, damages[0]![2]);
-  const r = spawnSync(process.execPath, [script, join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), dir], { encoding: "utf8", cwd: ROOT, timeout: 60_000 });
-  t.is(r.signal, null, "ended by itself, not killed at the timeout");
-  t.is(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { dims: number[]; sha: string; failed: string; resources: string[] };
-  t.deepEqual(out.dims, [88, 100, 20]);
-  t.is(out.failed, "DicomError");
-  t.is(out.sha, await shaOnCallingThread(), "the voxels of the calling thread's read");
-});
+(existsSync(DIST) ? test.serial : test.skip)(
+  `from compiled dist/, without tsx: decodes on workers and exits by itself${existsSync(DIST) ? "" : " (skipped: dist/ is not built; npm run build:ts)"}`,
+  async (t) => {
+    t.timeout(120_000);
+    const script = join(tmp, "child-dist.mjs");
+    writeFileSync(script, CHILD.replace(JSON.stringify(join(ROOT, "lib", "io", "dicom.ts")), JSON.stringify(DIST)));
+    const files = readdirSync(join(DICOM_FIXTURES, "cases", "D_rle")).sort();
+    const { dir } = damagedCopy(join("cases", "D_rle"), "rle-child-dist", files[5]!, damages[0]![2]);
+    const r = spawnSync(process.execPath, [script, join(DICOM_FIXTURES, "cases", "E_jpeg_lossless"), dir], {
+      encoding: "utf8",
+      cwd: ROOT,
+      timeout: 60_000,
+    });
+    t.is(r.signal, null, "ended by itself, not killed at the timeout");
+    t.is(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { dims: number[]; sha: string; failed: string; resources: string[] };
+    t.deepEqual(out.dims, [88, 100, 20]);
+    t.is(out.failed, "DicomError");
+    t.is(out.sha, await shaOnCallingThread(), "the voxels of the calling thread's read");
+  },
+);

@@ -37,7 +37,10 @@ const manifest = JSON.parse(readFileSync(join(DICOM_FIXTURES, "manifest.json"), 
 for (const c of manifest.cases) {
   for (const s of c.series) {
     test(`case ${c.case} (${c.folder}) series ${s.series_number}: equals dcm2niix's NIfTI in world space`, async (t) => {
-      const vol = await readDicomSeries(join(DICOM_FIXTURES, c.folder), c.series.length > 1 ? { seriesUid: s.series_instance_uid } : undefined);
+      const vol = await readDicomSeries(
+        join(DICOM_FIXTURES, c.folder),
+        c.series.length > 1 ? { seriesUid: s.series_instance_uid } : undefined,
+      );
       const refPath = c.dcm2niix.outputs.find((o) => o.endsWith(".nii.gz") && o.includes(`/${s.series_number}_`));
       t.truthy(refPath, "dcm2niix output for the series");
       const ref = await readNifti(join(DICOM_FIXTURES, refPath!));
@@ -112,7 +115,9 @@ test("option and argument validation names the argument", async (t) => {
   await t.throwsAsync(readDicomSeries(DICOM_FIXTURES, { seriesUid: 7 as unknown as string }), { message: /options\.seriesUid/ });
   await t.throwsAsync(readDicomSeries(DICOM_FIXTURES, { maxBytes: -1 }), { message: /options\.maxBytes/ });
   await t.throwsAsync(readDicomSeries(join(DICOM_FIXTURES, "no-such-folder")), { message: /cannot be read \(ENOENT\)/ });
-  await t.throwsAsync(readDicomSeries(join(DICOM_FIXTURES, "cases", "A_axial"), { maxBytes: 1000 }), { message: /options\.maxBytes = 1000/ });
+  await t.throwsAsync(readDicomSeries(join(DICOM_FIXTURES, "cases", "A_axial"), { maxBytes: 1000 }), {
+    message: /options\.maxBytes = 1000/,
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -145,42 +150,54 @@ print(json.dumps(out))
 `;
 
 const hasPydicom = pydicomPython() !== null;
-(hasPydicom ? test : test.skip)("pydicom's test files (CT_small, MR_small in implicit VR, big endian, RLE, padded, JPEG 2000; a 512×512 JPEG 2000 CT) read as pydicom reads them", async (t) => {
-  const ref = runPython<Record<string, { path: string; rows: number; cols: number; hu: number[]; ipp: number[]; iop: number[]; ps: number[]; ts: string }>>(PY_READ, PYDICOM_FILES);
-  for (const f of PYDICOM_FILES) {
-    const r = ref[f]!;
-    const v = await readDicomSeries(r.path);
-    t.deepEqual(v.dims, [r.cols, r.rows, 1], f);
-    t.is(v.dicom.transferSyntaxUid, r.ts, f);
-    let maxDiff = 0;
-    for (let i = 0; i < r.hu.length; i++) maxDiff = Math.max(maxDiff, Math.abs(Number(v.data[i]) - r.hu[i]!));
-    t.is(maxDiff, 0, `${f}: HU equal to pydicom's pixel_array × slope + intercept`);
-    // Geometry from pydicom's attributes: i along IOP[0:3]·PixelSpacing[1], j against the rows, LPS → RAS.
-    const [dr, dc] = r.ps;
-    const origin = [0, 1, 2].map((a) => r.ipp[a]! + (r.rows - 1) * dr! * r.iop[3 + a]!);
-    const sign = [-1, -1, 1];
-    for (let a = 0; a < 3; a++) {
-      t.true(Math.abs(v.affine[a * 4]! - sign[a]! * r.iop[a]! * dc!) < 1e-6, `${f} affine[${a}][0]`);
-      t.true(Math.abs(v.affine[a * 4 + 1]! + sign[a]! * r.iop[3 + a]! * dr!) < 1e-6, `${f} affine[${a}][1]`);
-      t.true(Math.abs(v.affine[a * 4 + 3]! - sign[a]! * origin[a]!) < 1e-4, `${f} affine[${a}][3]`);
+(hasPydicom ? test : test.skip)(
+  "pydicom's test files (CT_small, MR_small in implicit VR, big endian, RLE, padded, JPEG 2000; a 512×512 JPEG 2000 CT) read as pydicom reads them",
+  async (t) => {
+    const ref = runPython<
+      Record<string, { path: string; rows: number; cols: number; hu: number[]; ipp: number[]; iop: number[]; ps: number[]; ts: string }>
+    >(PY_READ, PYDICOM_FILES);
+    for (const f of PYDICOM_FILES) {
+      const r = ref[f]!;
+      const v = await readDicomSeries(r.path);
+      t.deepEqual(v.dims, [r.cols, r.rows, 1], f);
+      t.is(v.dicom.transferSyntaxUid, r.ts, f);
+      let maxDiff = 0;
+      for (let i = 0; i < r.hu.length; i++) maxDiff = Math.max(maxDiff, Math.abs(Number(v.data[i]) - r.hu[i]!));
+      t.is(maxDiff, 0, `${f}: HU equal to pydicom's pixel_array × slope + intercept`);
+      // Geometry from pydicom's attributes: i along IOP[0:3]·PixelSpacing[1], j against the rows, LPS → RAS.
+      const [dr, dc] = r.ps;
+      const origin = [0, 1, 2].map((a) => r.ipp[a]! + (r.rows - 1) * dr! * r.iop[3 + a]!);
+      const sign = [-1, -1, 1];
+      for (let a = 0; a < 3; a++) {
+        t.true(Math.abs(v.affine[a * 4]! - sign[a]! * r.iop[a]! * dc!) < 1e-6, `${f} affine[${a}][0]`);
+        t.true(Math.abs(v.affine[a * 4 + 1]! + sign[a]! * r.iop[3 + a]! * dr!) < 1e-6, `${f} affine[${a}][1]`);
+        t.true(Math.abs(v.affine[a * 4 + 3]! - sign[a]! * origin[a]!) < 1e-4, `${f} affine[${a}][3]`);
+      }
     }
-  }
-});
+  },
+);
 
-(hasPydicom ? test : test.skip)("JPEG-LS lossless (CharLS): pydicom's MR_small_jpeg_ls_lossless equals pydicom's reading of the uncompressed MR_small", async (t) => {
-  const ref = runPython<Record<string, { path: string; hu: number[] }>>(PY_READ, ["MR_small.dcm"])["MR_small.dcm"]!;
-  const v = await readDicomSeries(ref.path.replace(/MR_small\.dcm$/, "MR_small_jpeg_ls_lossless.dcm"));
-  t.is(v.dicom.transferSyntaxUid, "1.2.840.10008.1.2.4.80");
-  let maxDiff = 0;
-  for (let i = 0; i < ref.hu.length; i++) maxDiff = Math.max(maxDiff, Math.abs(Number(v.data[i]) - ref.hu[i]!));
-  t.is(maxDiff, 0);
-});
+(hasPydicom ? test : test.skip)(
+  "JPEG-LS lossless (CharLS): pydicom's MR_small_jpeg_ls_lossless equals pydicom's reading of the uncompressed MR_small",
+  async (t) => {
+    const ref = runPython<Record<string, { path: string; hu: number[] }>>(PY_READ, ["MR_small.dcm"])["MR_small.dcm"]!;
+    const v = await readDicomSeries(ref.path.replace(/MR_small\.dcm$/, "MR_small_jpeg_ls_lossless.dcm"));
+    t.is(v.dicom.transferSyntaxUid, "1.2.840.10008.1.2.4.80");
+    let maxDiff = 0;
+    for (let i = 0; i < ref.hu.length; i++) maxDiff = Math.max(maxDiff, Math.abs(Number(v.data[i]) - ref.hu[i]!));
+    t.is(maxDiff, 0);
+  },
+);
 
 (hasPydicom ? test : test.skip)("pydicom's truncated and unsupported test files are refused with the reason", async (t) => {
-  const d = runPython<{ dir: string }>(`import json, os, pydicom; print(json.dumps({"dir": os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")}))`).dir;
+  const d = runPython<{ dir: string }>(
+    `import json, os, pydicom; print(json.dumps({"dir": os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")}))`,
+  ).dir;
   await t.throwsAsync(readDicomSeries(join(d, "MR_truncated.dcm")), { message: /MR_truncated\.dcm: is truncated/ });
   await t.throwsAsync(readDicomSeries(join(d, "JPEG-lossy.dcm")), { message: /1\.2\.840\.10008\.1\.2\.4\.51 \(JPEG Extended \(lossy\)\)/ });
   await t.throwsAsync(readDicomSeries(join(d, "ExplVR_BigEnd.dcm")), { message: /SamplesPerPixel 3/ });
   // Deflated Explicit VR Little Endian: inflated and parsed (its series UID is read), then refused for its lack of geometry.
-  await t.throwsAsync(readDicomSeries(join(d, "image_dfl.dcm")), { message: /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.0\.0\.977067310\.6001\.0 file .*image_dfl\.dcm has no valid ImageOrientationPatient/ });
+  await t.throwsAsync(readDicomSeries(join(d, "image_dfl.dcm")), {
+    message: /series 1\.3\.6\.1\.4\.1\.5962\.1\.3\.0\.0\.977067310\.6001\.0 file .*image_dfl\.dcm has no valid ImageOrientationPatient/,
+  });
 });

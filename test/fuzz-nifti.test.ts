@@ -49,7 +49,8 @@ function mutateField(b: Buffer, rng: Rng): string {
   const l = layout(b);
   if (!l) return "no header";
   const { le, v2 } = l;
-  const i16 = (o: number, v: number) => (o + 2 <= b.length ? (le ? b.writeInt16LE(((v << 16) >> 16), o) : b.writeInt16BE(((v << 16) >> 16), o)) : 0);
+  const i16 = (o: number, v: number) =>
+    o + 2 <= b.length ? (le ? b.writeInt16LE((v << 16) >> 16, o) : b.writeInt16BE((v << 16) >> 16, o)) : 0;
   const i32 = (o: number, v: number) => (o + 4 <= b.length ? (le ? b.writeInt32LE(v | 0, o) : b.writeInt32BE(v | 0, o)) : 0);
   const i64 = (o: number, v: number) => {
     const n = BigInt(Math.trunc(Math.max(-(2 ** 63), Math.min(2 ** 62, v))));
@@ -57,9 +58,20 @@ function mutateField(b: Buffer, rng: Rng): string {
   };
   const f32 = (o: number, v: number) => (o + 4 <= b.length ? (le ? b.writeFloatLE(v, o) : b.writeFloatBE(v, o)) : 0);
   const f64 = (o: number, v: number) => (o + 8 <= b.length ? (le ? b.writeDoubleLE(v, o) : b.writeDoubleBE(v, o)) : 0);
-  const int = () => rng.pick(EDGE_INTS);
   const flt = () => rng.pick(EDGE_FLOATS);
-  const which = rng.pick(["dim", "dim0", "pixdim", "vox_offset", "datatype", "bitpix", "scl", "qform", "sform", "sizeof_hdr", "magic"] as const);
+  const which = rng.pick([
+    "dim",
+    "dim0",
+    "pixdim",
+    "vox_offset",
+    "datatype",
+    "bitpix",
+    "scl",
+    "qform",
+    "sform",
+    "sizeof_hdr",
+    "magic",
+  ] as const);
   const k = rng.int(8);
   switch (which) {
     case "dim": {
@@ -174,18 +186,23 @@ function mutate(plain: Buffer, gz: boolean, rng: Rng): { bytes: Buffer; what: st
 
 /** What a Volume must be, whatever file it came from. */
 function volumeProblem(v: Volume): string | null {
-  if (!Array.isArray(v.dims) || v.dims.length !== 3 || !v.dims.every((d) => Number.isInteger(d) && d > 0)) return `dims ${JSON.stringify(v.dims)}`;
+  if (!Array.isArray(v.dims) || v.dims.length !== 3 || !v.dims.every((d) => Number.isInteger(d) && d > 0))
+    return `dims ${JSON.stringify(v.dims)}`;
   const n = v.dims[0] * v.dims[1] * v.dims[2];
-  if (!ArrayBuffer.isView(v.data) || (v.data as unknown as { length: number }).length !== n) return `data length ${(v.data as unknown as { length: number })?.length} for dims ${v.dims}`;
+  if (!ArrayBuffer.isView(v.data) || (v.data as unknown as { length: number }).length !== n)
+    return `data length ${(v.data as unknown as { length: number })?.length} for dims ${v.dims}`;
   if (v.data.byteLength > MAX_BYTES) return `data of ${v.data.byteLength} bytes past maxBytes`;
-  if (!Array.isArray(v.spacing) || v.spacing.length !== 3 || !v.spacing.every((s) => typeof s === "number" && Number.isFinite(s) && s > 0)) return `spacing ${JSON.stringify(v.spacing)}`;
-  if (!Array.isArray(v.affine) || v.affine.length !== 16 || !v.affine.every((x) => Number.isFinite(x))) return `affine ${JSON.stringify(v.affine)}`;
+  if (!Array.isArray(v.spacing) || v.spacing.length !== 3 || !v.spacing.every((s) => typeof s === "number" && Number.isFinite(s) && s > 0))
+    return `spacing ${JSON.stringify(v.spacing)}`;
+  if (!Array.isArray(v.affine) || v.affine.length !== 16 || !v.affine.every((x) => Number.isFinite(x)))
+    return `affine ${JSON.stringify(v.affine)}`;
   return null;
 }
 
 test(`readNifti: ${N} mutated files each reject with an Error naming the input or give a consistent Volume, within ${CASE_MS} ms and maxBytes (seed ${SEED})`, async (t) => {
   const failures: string[] = [];
-  let rejected = 0, read = 0;
+  let rejected = 0,
+    read = 0;
   for (let i = 0; i < N; i++) {
     const rng = caseRng(SEED, i);
     const seed = rng.pick(seeds);
@@ -206,7 +223,8 @@ test(`readNifti: ${N} mutated files each reject with an Error naming the input o
     const ms = performance.now() - t0;
     if (ms > CASE_MS) problem = `${problem ? problem + "; " : ""}took ${ms.toFixed(0)} ms`;
     const grew = process.memoryUsage().arrayBuffers - before;
-    if (grew > 4 * MAX_BYTES + (64 << 20)) problem = `${problem ? problem + "; " : ""}array buffers grew by ${(grew / 2 ** 20).toFixed(0)} MB`;
+    if (grew > 4 * MAX_BYTES + (64 << 20))
+      problem = `${problem ? problem + "; " : ""}array buffers grew by ${(grew / 2 ** 20).toFixed(0)} MB`;
     if (problem) {
       mkdirSync(keep, { recursive: true });
       const file = join(keep, `case-${i}.bin`);

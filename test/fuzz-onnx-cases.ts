@@ -18,7 +18,14 @@ const f32 = (n: number, seed: number) => {
   const r = caseRng(seed, 0);
   return Float32Array.from({ length: n }, () => r.next() * 2 - 1);
 };
-const w = (name: string, dims: number[], seed: number): Init => ({ name, dims, data: f32(dims.reduce((a, b) => a * b, 1), seed) });
+const w = (name: string, dims: number[], seed: number): Init => ({
+  name,
+  dims,
+  data: f32(
+    dims.reduce((a, b) => a * b, 1),
+    seed,
+  ),
+});
 const i64 = (name: string, values: number[]): Init => ({ name, dims: [values.length], data: BigInt64Array.from(values.map(BigInt)) });
 const io = { inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] as (number | string)[] }], outputs: [{ name: "y" }] };
 
@@ -31,7 +38,12 @@ export function baseModels(): { name: string; spec: Spec }[] {
         opset: 17,
         ...io,
         nodes: [
-          { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["c1"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 1], dilations: [1, 1, 1], group: 1 } },
+          {
+            opType: "Conv",
+            inputs: ["x", "w1", "b1"],
+            outputs: ["c1"],
+            attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 1], dilations: [1, 1, 1], group: 1 },
+          },
           { opType: "InstanceNormalization", inputs: ["c1", "g", "be"], outputs: ["n1"], attrs: { epsilon: 1e-5 } },
           { opType: "LeakyRelu", inputs: ["n1"], outputs: ["a1"], attrs: { alpha: 0.01 } },
           { opType: "Conv", inputs: ["a1", "w2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
@@ -77,7 +89,13 @@ export function baseModels(): { name: string; spec: Spec }[] {
           { opType: "Pad", inputs: ["s", "pads"], outputs: ["pd"], attrs: { mode: "constant" } },
           { opType: "Sigmoid", inputs: ["pd"], outputs: ["y"] },
         ],
-        initializers: [i64("starts", [1, 0]), i64("ends", [3, 8]), i64("axes", [2, 3]), i64("steps", [1, 2]), i64("pads", [0, 0, 1, 0, 0, 0, 0, 1, 0, 0])],
+        initializers: [
+          i64("starts", [1, 0]),
+          i64("ends", [3, 8]),
+          i64("axes", [2, 3]),
+          i64("steps", [1, 2]),
+          i64("pads", [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]),
+        ],
       },
     },
     {
@@ -112,7 +130,16 @@ export interface FuzzCase {
   backend: "native" | "ts";
 }
 
-export const MUTATION_KINDS = ["bytes", "truncate", "attr-value", "attr-drop", "float-attr", "initializer-shape", "initializer-value", "graph"] as const;
+export const MUTATION_KINDS = [
+  "bytes",
+  "truncate",
+  "attr-value",
+  "attr-drop",
+  "float-attr",
+  "initializer-shape",
+  "initializer-value",
+  "graph",
+] as const;
 export type MutationKind = (typeof MUTATION_KINDS)[number];
 
 function mutateSpec(spec: Spec, kind: MutationKind, rng: Rng, what: string[]): Spec {
@@ -120,7 +147,9 @@ function mutateSpec(spec: Spec, kind: MutationKind, rng: Rng, what: string[]): S
   const node = rng.pick(s.nodes);
   switch (kind) {
     case "attr-value": {
-      const ints = Object.entries(node.attrs ?? {}).filter(([, v]) => typeof v === "number" ? Number.isInteger(v) : Array.isArray(v) && v.every(Number.isInteger));
+      const ints = Object.entries(node.attrs ?? {}).filter(([, v]) =>
+        typeof v === "number" ? Number.isInteger(v) : Array.isArray(v) && v.every(Number.isInteger),
+      );
       if (!ints.length) {
         node.attrs = { ...node.attrs, axis: rng.pick(EDGE_INTS) };
         what.push(`${node.opType}.axis = ${node.attrs.axis}`);
@@ -155,7 +184,7 @@ function mutateSpec(spec: Spec, kind: MutationKind, rng: Rng, what: string[]): S
         break;
       }
       const name = rng.pick(names);
-      delete node.attrs![name];
+      node.attrs = Object.fromEntries(Object.entries(node.attrs!).filter(([k]) => k !== name));
       what.push(`${node.opType} loses ${name}`);
       break;
     }

@@ -16,7 +16,12 @@ const say = (o: object) => process.stdout.write(JSON.stringify(o) + "\n");
 const input = { data: Float32Array.from({ length: INPUT_SHAPE.reduce((a, b) => a * b, 1) }, (_, k) => Math.sin(k)), shape: INPUT_SHAPE };
 
 // the harness's own test: "crash@i,hang@j,memory@k" makes those cases abort, hang or fill memory
-const selftest = new Map((process.env.BHSD_FUZZ_ONNX_SELFTEST ?? "").split(",").filter(Boolean).map((s) => [Number(s.split("@")[1]), s.split("@")[0]]));
+const selftest = new Map(
+  (process.env.BHSD_FUZZ_ONNX_SELFTEST ?? "")
+    .split(",")
+    .filter(Boolean)
+    .map((s) => [Number(s.split("@")[1]), s.split("@")[0]]),
+);
 const hoard: Buffer[] = [];
 
 for (let i = Number(from); i < Number(to); i++) {
@@ -27,7 +32,7 @@ for (let i = Number(from); i < Number(to); i++) {
   if (act === "crash") process.abort();
   if (act === "hang") for (;;);
   if (act === "memory") for (;;) hoard.push(Buffer.alloc(16 << 20, 1));
-  let outcome: string, message = "";
+  let outcome: string, message: string;
   try {
     setBackend(c.backend);
     const model = await loadModel(c.bytes, { memoryLimit: Number(memoryLimit) });

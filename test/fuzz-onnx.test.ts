@@ -20,7 +20,8 @@ import { encodeModel } from "../lib/model/onnx-proto.js";
 // the mutation classes (default: all).
 const N = CASES(60);
 const KINDS = (process.env.BHSD_FUZZ_ONNX_KINDS ? process.env.BHSD_FUZZ_ONNX_KINDS.split(",") : [...MUTATION_KINDS]) as MutationKind[];
-for (const k of KINDS) if (!MUTATION_KINDS.includes(k)) throw new Error(`BHSD_FUZZ_ONNX_KINDS: ${k} is not one of ${MUTATION_KINDS.join(", ")}`);
+for (const k of KINDS)
+  if (!MUTATION_KINDS.includes(k)) throw new Error(`BHSD_FUZZ_ONNX_KINDS: ${k} is not one of ${MUTATION_KINDS.join(", ")}`);
 const CASE_MS = 20_000; // a case takes milliseconds; this is for a loaded machine
 const MEMORY_LIMIT = 256 << 20; // loadModel's budget for the model's own allocations
 const RSS_CAP = 1536 << 20; // the child's resident memory beyond what it held when its first case began
@@ -57,14 +58,26 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
   return new Promise((resolve) => {
     const child = spawn(
       process.execPath,
-      ["--max-old-space-size=512", "--import", "tsx", join(ROOT, "test", "fuzz-onnx-child.ts"), String(SEED), String(from), String(to), KINDS.join(","), keep, String(MEMORY_LIMIT)],
+      [
+        "--max-old-space-size=512",
+        "--import",
+        "tsx",
+        join(ROOT, "test", "fuzz-onnx-child.ts"),
+        String(SEED),
+        String(from),
+        String(to),
+        KINDS.join(","),
+        keep,
+        String(MEMORY_LIMIT),
+      ],
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, BHSD_FUZZ_ONNX_SELFTEST: selftest ?? "" } },
     );
     const out: Outcome[] = [];
     let current: { i: number; desc: string; since: number } | null = null;
     let baseRss = -1; // at the first case: node, tsx and the addon (more under a sanitizer)
     let killedFor: Outcome["outcome"] | null = null;
-    let buf = "", stderr = "";
+    let buf = "",
+      stderr = "";
     child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
     child.stdout.on("data", (d) => {
       buf += d;
@@ -78,7 +91,12 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
           continue;
         }
         if (typeof o.start === "number" && baseRss < 0) baseRss = rss(child.pid!);
-        if (typeof o.start === "number") current = { i: o.start, desc: `case ${o.start} (${o.base}, ${o.kind}, ${o.backend}: ${(o.what as string[]).join(", ")})`, since: performance.now() };
+        if (typeof o.start === "number")
+          current = {
+            i: o.start,
+            desc: `case ${o.start} (${o.base}, ${o.kind}, ${o.backend}: ${(o.what as string[]).join(", ")})`,
+            since: performance.now(),
+          };
         else if (typeof o.done === "number" && current) {
           out.push({ i: o.done, desc: current.desc, outcome: o.outcome as Outcome["outcome"], message: String(o.message) });
           current = null;
@@ -95,11 +113,21 @@ function runChild(from: number, { to, caseMs, rssCap, selftest }: Limits): Promi
       clearInterval(watch);
       if (current) {
         const c: { i: number; desc: string } = current;
-        const why = killedFor === "timeout" ? `no answer within ${caseMs} ms` : killedFor === "memory" ? `resident memory grew past ${rssCap >> 20} MB` : `the process died (${signal ?? `exit ${code}`}): ${stderr.trim().split("\n").slice(-6).join(" | ")}`;
+        const why =
+          killedFor === "timeout"
+            ? `no answer within ${caseMs} ms`
+            : killedFor === "memory"
+              ? `resident memory grew past ${rssCap >> 20} MB`
+              : `the process died (${signal ?? `exit ${code}`}): ${stderr.trim().split("\n").slice(-6).join(" | ")}`;
         out.push({ i: c.i, desc: c.desc, outcome: killedFor ?? "crashed", message: why });
         if (existsSync(join(keep, "current.onnx"))) copyFileSync(join(keep, "current.onnx"), join(keep, `case-${c.i}.onnx`));
       } else if (out.length + from < to) {
-        out.push({ i: from + out.length, desc: `case ${from + out.length}`, outcome: "crashed", message: `the worker ended before starting it (${signal ?? `exit ${code}`}): ${stderr.trim().slice(-800)}` });
+        out.push({
+          i: from + out.length,
+          desc: `case ${from + out.length}`,
+          outcome: "crashed",
+          message: `the worker ended before starting it (${signal ?? `exit ${code}`}): ${stderr.trim().slice(-800)}`,
+        });
       }
       resolve(out);
     });
@@ -124,7 +152,13 @@ test("the harness reports a crash, a hang and a memory blow-up as that case's fa
   const o = await runAll({ to: 5, caseMs: 8000, rssCap: 160 << 20, selftest: "crash@1,hang@2,memory@3" });
   t.deepEqual(
     o.map((x) => [x.i, x.outcome === "rejected" ? "ran" : x.outcome]),
-    [[0, "ran"], [1, "crashed"], [2, "timeout"], [3, "memory"], [4, "ran"]],
+    [
+      [0, "ran"],
+      [1, "crashed"],
+      [2, "timeout"],
+      [3, "memory"],
+      [4, "ran"],
+    ],
   );
   t.regex(o[1]!.message, /SIGABRT|exit 134/);
 });
@@ -148,7 +182,9 @@ test(`loadModel + run: ${N} mutated models each reject with an Error or run, nev
   t.log(`${outcomes.length} cases (${KINDS.join(", ")}): ${count("ran")} ran, ${count("rejected")} rejected, ${bad.length} failed`);
   t.is(outcomes.length, N);
   t.deepEqual(
-    bad.map((o) => `${o.desc}: ${o.outcome}: ${o.message}${o.outcome === "non-error" ? "" : ` [bytes: ${join(keep, `case-${o.i}.onnx`)}]`}`),
+    bad.map(
+      (o) => `${o.desc}: ${o.outcome}: ${o.message}${o.outcome === "non-error" ? "" : ` [bytes: ${join(keep, `case-${o.i}.onnx`)}]`}`,
+    ),
     [],
   );
   t.true(count("ran") > 0 && count("rejected") > 0, "the mutations reach both outcomes");

@@ -22,9 +22,17 @@ for (const c of ["conv_a", "conv_b", "conv_c", "convT_a", "convT_b", "convT_c"])
   test(`${c}: dx, dw, db equal PyTorch's`, async (t) => {
     const k = cases[c]!;
     const [x, w, dy] = await Promise.all([load(c, "x"), load(c, "w"), load(c, "dy")]);
-    const geo = { stride: k.stride as [number, number, number], padding: k.padding as [number, number, number], dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number] };
+    const geo = {
+      stride: k.stride as [number, number, number],
+      padding: k.padding as [number, number, number],
+      dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number],
+    };
     const g = k.op === "conv3d" ? conv3dBackward(x, w, dy, geo) : convTranspose3dBackward(x, w, dy, geo);
-    for (const [name, got] of [["dx", g.dx], ["dw", g.dw], ["db", g.db]] as const) {
+    for (const [name, got] of [
+      ["dx", g.dx],
+      ["dw", g.dw],
+      ["db", g.db],
+    ] as const) {
       const want = await load(c, name);
       t.deepEqual(got.shape, want.shape);
       t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
@@ -38,9 +46,17 @@ for (const { name: backend } of backendsUnderTest()) {
       setBackend(backend);
       const k = cases[c]!;
       const [x, w, dy] = await Promise.all([load(c, "x"), load(c, "w"), load(c, "dy")]);
-      const geo = { stride: k.stride as [number, number, number], padding: k.padding as [number, number, number], dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number] };
+      const geo = {
+        stride: k.stride as [number, number, number],
+        padding: k.padding as [number, number, number],
+        dilation: (k.dilation ?? [1, 1, 1]) as [number, number, number],
+      };
       const g = await (k.op === "conv3d" ? conv3dBackwardFast : convTranspose3dBackwardFast)(x, w, dy, geo);
-      for (const [name, got] of [["dx", g.dx], ["dw", g.dw], ["db", g.db]] as const) {
+      for (const [name, got] of [
+        ["dx", g.dx],
+        ["dw", g.dw],
+        ["db", g.db],
+      ] as const) {
         const want = await load(c, name);
         t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
       }
@@ -51,7 +67,11 @@ for (const { name: backend } of backendsUnderTest()) {
 test("instance norm and LeakyReLU gradients equal PyTorch's", async (t) => {
   const [x, gamma, dy] = await Promise.all([load("instnorm", "x"), load("instnorm", "gamma"), load("instnorm", "dy")]);
   const g = instanceNormBackward(x, gamma, dy, cases.instnorm!.eps as number);
-  for (const [name, got] of [["dx", g.dx], ["dgamma", g.dgamma], ["dbeta", g.dbeta]] as const) {
+  for (const [name, got] of [
+    ["dx", g.dx],
+    ["dgamma", g.dgamma],
+    ["dbeta", g.dbeta],
+  ] as const) {
     const want = await load("instnorm", name);
     t.true(relDiff(got.data, want.data) <= TOL, `${name}: ${relDiff(got.data, want.data)}`);
   }
@@ -66,14 +86,21 @@ for (const { name: backend } of backendsUnderTest()) {
     // the ts backend leaves it to grad.ts's instanceNormBackward (checked against PyTorch above)
     if (!be.instanceNormBackward) return t.pass("this backend leaves it to TypeScript");
     const [x, gamma, dy] = await Promise.all([load("instnorm", "x"), load("instnorm", "gamma"), load("instnorm", "dy")]);
-    const [N, C] = x.shape as [number, number], S = x.data.length / (N * C);
+    const [N, C] = x.shape as [number, number],
+      S = x.data.length / (N * C);
     const run = async (gate: Float32Array | null, alpha: number) => {
-      const dx = new Float32Array(x.data.length), dg = new Float32Array(C).fill(7), db = new Float32Array(C).fill(7);
+      const dx = new Float32Array(x.data.length),
+        dg = new Float32Array(C).fill(7),
+        db = new Float32Array(C).fill(7);
       await be.instanceNormBackward!(x.data, gate, dy.data, N, C, S, gamma.data, cases.instnorm!.eps as number, alpha, dx, dg, db);
       return { dx, dgamma: dg, dbeta: db };
     };
     const g = await run(null, 1);
-    for (const [name, got] of [["dx", g.dx], ["dgamma", g.dgamma], ["dbeta", g.dbeta]] as const) {
+    for (const [name, got] of [
+      ["dx", g.dx],
+      ["dgamma", g.dgamma],
+      ["dbeta", g.dbeta],
+    ] as const) {
       const want = await load("instnorm", name);
       t.true(relDiff(got, want.data) <= TOL, `${name}: ${relDiff(got, want.data)}`);
     }
@@ -87,7 +114,10 @@ for (const { name: backend } of backendsUnderTest()) {
   });
 }
 
-for (const [name, loss] of [["reference", dcAndCeLoss], ["fused (training's)", dcAndCeLossFast]] as const)
+for (const [name, loss] of [
+  ["reference", dcAndCeLoss],
+  ["fused (training's)", dcAndCeLossFast],
+] as const)
   test(`nnU-Net's loss and its gradient equal PyTorch's: ${name}`, async (t) => {
     const logits = await load("loss", "logits");
     const target = (await readNpy(sharedFixture("grad", "loss_target.npy"))).data;
@@ -102,14 +132,18 @@ for (const [name, loss] of [["reference", dcAndCeLoss], ["fused (training's)", d
 
 test("the fused loss equals the reference with batch Dice, absent classes and confident logits", (t) => {
   let seed = 11;
-  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const r = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const [N, C, S] = [3, 6, 700];
   const z = { data: Float32Array.from({ length: N * C * S }, () => r() * 30 - 15), shape: [N, C, 7, 10, 10] };
   // sample 0 background only, sample 1 without class 5, sample 2 all classes
   const tgt = Uint8Array.from({ length: N * S }, (_, i) => (i < S ? 0 : i < 2 * S ? Math.floor(r() * 5) : Math.floor(r() * C)));
   for (const bd of [false, true]) {
-    const a = dcAndCeLoss(z, tgt, 1e-5, bd), b = dcAndCeLossFast(z, tgt, 1e-5, bd);
-    t.true(Math.abs(a.ce - b.ce) < 1e-6 * Math.max(1, a.ce) && Math.abs(a.diceLoss - b.diceLoss) < 1e-6, `batchDice ${bd}: ${a.ce}/${b.ce}, ${a.diceLoss}/${b.diceLoss}`);
+    const a = dcAndCeLoss(z, tgt, 1e-5, bd),
+      b = dcAndCeLossFast(z, tgt, 1e-5, bd);
+    t.true(
+      Math.abs(a.ce - b.ce) < 1e-6 * Math.max(1, a.ce) && Math.abs(a.diceLoss - b.diceLoss) < 1e-6,
+      `batchDice ${bd}: ${a.ce}/${b.ce}, ${a.diceLoss}/${b.diceLoss}`,
+    );
     t.deepEqual(b.dlogits.shape, z.shape);
     t.true(relDiff(b.dlogits.data, a.dlogits.data) < 1e-5, `batchDice ${bd}: dlogits ${relDiff(b.dlogits.data, a.dlogits.data)}`);
   }
@@ -117,18 +151,21 @@ test("the fused loss equals the reference with batch Dice, absent classes and co
 
 test("batch Dice: one sample gives the per-sample loss; with several, the gradient matches finite differences", (t) => {
   let seed = 7;
-  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const r = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const [N, C, S] = [3, 4, 10];
   const z = { data: Float32Array.from({ length: N * C * S }, () => r() * 4 - 2), shape: [N, C, S] };
   const tgt = Int32Array.from({ length: N * S }, (_, i) => (i < S ? 0 : Math.floor(r() * C))); // sample 0: background only
   const one = { data: z.data.slice(0, C * S), shape: [1, C, S] };
-  const a = dcAndCeLoss(one, tgt.subarray(0, S), 1e-5, true), b = dcAndCeLoss(one, tgt.subarray(0, S));
+  const a = dcAndCeLoss(one, tgt.subarray(0, S), 1e-5, true),
+    b = dcAndCeLoss(one, tgt.subarray(0, S));
   t.true(Math.abs(a.loss - b.loss) < 1e-12 && relDiff(a.dlogits.data, b.dlogits.data) < 1e-9);
   const g = dcAndCeLoss(z, tgt, 1e-5, true);
   t.true(Math.abs(g.loss - dcAndCeLoss(z, tgt).loss) > 1e-3, "pooling changes the loss");
   let worst = 0;
   for (const k of [0, 5, 17, 33, 61, 88, 119]) {
-    const h = 1e-3, zp = { data: z.data.slice(), shape: z.shape }, zm = { data: z.data.slice(), shape: z.shape };
+    const h = 1e-3,
+      zp = { data: z.data.slice(), shape: z.shape },
+      zm = { data: z.data.slice(), shape: z.shape };
     zp.data[k]! += h;
     zm.data[k]! -= h;
     const fd = (dcAndCeLoss(zp, tgt, 1e-5, true).loss - dcAndCeLoss(zm, tgt, 1e-5, true).loss) / (2 * h);
@@ -138,8 +175,16 @@ test("batch Dice: one sample gives the per-sample loss; with several, the gradie
 });
 
 for (const [name, make] of [
-  ["adam", (n: number, h: Record<string, unknown>) => new Adam(n, { lr: h.lr as number, betas: h.betas as [number, number], eps: h.eps as number, weightDecay: h.weight_decay as number })],
-  ["sgd_nesterov", (n: number, h: Record<string, unknown>) => new SgdNesterov(n, { lr: h.lr as number, momentum: h.momentum as number, weightDecay: h.weight_decay as number })],
+  [
+    "adam",
+    (n: number, h: Record<string, unknown>) =>
+      new Adam(n, { lr: h.lr as number, betas: h.betas as [number, number], eps: h.eps as number, weightDecay: h.weight_decay as number }),
+  ],
+  [
+    "sgd_nesterov",
+    (n: number, h: Record<string, unknown>) =>
+      new SgdNesterov(n, { lr: h.lr as number, momentum: h.momentum as number, weightDecay: h.weight_decay as number }),
+  ],
 ] as const) {
   test(`${name}: three steps equal torch.optim's`, async (t) => {
     const p = await load(name, "p0");
@@ -176,8 +221,11 @@ for (const { name: backend } of backendsUnderTest()) {
     t.true(names.length > 10);
     for (const n of names) t.deepEqual(r.paramGrads.get(n)!.shape, graph.initializers.get(n)!.dims, n);
     for (const n of [names[0]!, names[names.length >> 1]!, names.at(-1)!]) {
-      const g = r.paramGrads.get(n)!.data, w = graph.initializers.get(n)!.f32!, w0 = Float32Array.from(w);
-      const norm = Math.hypot(...g), h = 1e-3;
+      const g = r.paramGrads.get(n)!.data,
+        w = graph.initializers.get(n)!.f32!,
+        w0 = Float32Array.from(w);
+      const norm = Math.hypot(...g),
+        h = 1e-3;
       const lossAt = async (s: number) => {
         for (let i = 0; i < w.length; i++) w[i] = w0[i]! + (s * h * g[i]!) / norm;
         return dcAndCeLoss(await forward(graph, x), target).loss;
@@ -190,31 +238,34 @@ for (const { name: backend } of backendsUnderTest()) {
   });
 
   // the pool is backend-independent TypeScript; on the ts backend this pass takes ~45 s, so native only
-  (backend === "native" ? test.serial : test.skip)(`${backend}: backprop with a buffer pool gives the same step after step, and reuses its buffers`, async (t) => {
-    const { backprop, BufferPool } = await import("../lib/train/backprop.js");
-    const { parseModel } = await import("../lib/model/graph.js");
-    setBackend(backend);
-    const graph = await parseModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
-    const x = await load("plainunet", "x");
-    const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
-    const plain = await backprop(graph, x, target);
-    const pool = new BufferPool();
-    const given: Float32Array[] = [];
-    const give = pool.give.bind(pool);
-    pool.give = (b) => (given.push(b), give(b));
-    const first = await backprop(graph, x, target, { pool });
-    const reused = new Set(given);
-    given.length = 0;
-    const second = await backprop(graph, x, target, { pool });
-    t.true(reused.size > 20, `${reused.size} buffers given back`);
-    t.true(given.filter((b) => reused.has(b)).length > 20, "the second step ran on the first step's buffers");
-    // (threads may add partial sums in another order: equal to float rounding, not bit for bit)
-    for (const r of [first, second]) {
-      t.true(Math.abs(r.loss - plain.loss) < 1e-6);
-      t.true(relDiff(r.dx.data, plain.dx.data) < 1e-5);
-      for (const [k, g] of plain.paramGrads) t.true(relDiff(r.paramGrads.get(k)!.data, g.data) < 1e-5, k);
-    }
-    // what the result hands over is never pooled: the first step's gradients survived the second
-    for (const [k, g] of first.paramGrads) t.false(reused.has(g.data as Float32Array), k);
-  });
+  (backend === "native" ? test.serial : test.skip)(
+    `${backend}: backprop with a buffer pool gives the same step after step, and reuses its buffers`,
+    async (t) => {
+      const { backprop, BufferPool } = await import("../lib/train/backprop.js");
+      const { parseModel } = await import("../lib/model/graph.js");
+      setBackend(backend);
+      const graph = await parseModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+      const x = await load("plainunet", "x");
+      const target = (await readNpy(sharedFixture("grad", "plainunet_target.npy"))).data;
+      const plain = await backprop(graph, x, target);
+      const pool = new BufferPool();
+      const given: Float32Array[] = [];
+      const give = pool.give.bind(pool);
+      pool.give = (b) => (given.push(b), give(b));
+      const first = await backprop(graph, x, target, { pool });
+      const reused = new Set(given);
+      given.length = 0;
+      const second = await backprop(graph, x, target, { pool });
+      t.true(reused.size > 20, `${reused.size} buffers given back`);
+      t.true(given.filter((b) => reused.has(b)).length > 20, "the second step ran on the first step's buffers");
+      // (threads may add partial sums in another order: equal to float rounding, not bit for bit)
+      for (const r of [first, second]) {
+        t.true(Math.abs(r.loss - plain.loss) < 1e-6);
+        t.true(relDiff(r.dx.data, plain.dx.data) < 1e-5);
+        for (const [k, g] of plain.paramGrads) t.true(relDiff(r.paramGrads.get(k)!.data, g.data) < 1e-5, k);
+      }
+      // what the result hands over is never pooled: the first step's gradients survived the second
+      for (const [k, g] of first.paramGrads) t.false(reused.has(g.data as Float32Array), k);
+    },
+  );
 }

@@ -10,7 +10,10 @@ export { ROOT, FIXTURES, NIFTI_FIXTURES, sharedFixture } from "./paths.js";
  * (a native build that fails to load is a test failure, not a skip), cuda when it is available.
  */
 export function backendsUnderTest(): { name: BackendName; backend: () => Backend }[] {
-  const wanted = (process.env.BHSD_TEST_BACKENDS ?? "ts,native,cuda?").split(",").map((s) => s.trim()).filter(Boolean);
+  const wanted = (process.env.BHSD_TEST_BACKENDS ?? "ts,native,cuda?")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   const out: { name: BackendName; backend: () => Backend }[] = [];
   for (const w of wanted) {
     const optional = w.endsWith("?");

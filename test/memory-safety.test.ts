@@ -9,13 +9,29 @@ import { getBackend } from "../lib/backends/index.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 
 /** A plain-loop convolution, 3×3×3, padding 1, stride 1 (float64), for a few output voxels. */
-function convAt(x: Float32Array, w: Float32Array, C: number, D: number, H: number, W: number, co: number, z: number, y: number, xx: number): number {
+function convAt(
+  x: Float32Array,
+  w: Float32Array,
+  C: number,
+  D: number,
+  H: number,
+  W: number,
+  co: number,
+  z: number,
+  y: number,
+  xx: number,
+): number {
   let s = 0;
-  for (let c = 0; c < C; c++) for (let a = 0; a < 3; a++) for (let b = 0; b < 3; b++) for (let e = 0; e < 3; e++) {
-    const zi = z + a - 1, yi = y + b - 1, xi = xx + e - 1;
-    if (zi < 0 || yi < 0 || xi < 0 || zi >= D || yi >= H || xi >= W) continue;
-    s += x[((c * D + zi) * H + yi) * W + xi]! * w[(((co * C + c) * 3 + a) * 3 + b) * 3 + e]!;
-  }
+  for (let c = 0; c < C; c++)
+    for (let a = 0; a < 3; a++)
+      for (let b = 0; b < 3; b++)
+        for (let e = 0; e < 3; e++) {
+          const zi = z + a - 1,
+            yi = y + b - 1,
+            xi = xx + e - 1;
+          if (zi < 0 || yi < 0 || xi < 0 || zi >= D || yi >= H || xi >= W) continue;
+          s += x[((c * D + zi) * H + yi) * W + xi]! * w[(((co * C + c) * 3 + a) * 3 + b) * 3 + e]!;
+        }
   return s;
 }
 
@@ -39,7 +55,10 @@ for (const { name, backend } of backendsUnderTest()) {
     structuredClone(x.data.buffer, { transfer: [x.data.buffer] });
     structuredClone(w.data.buffer, { transfer: [w.data.buffer] });
     churn();
-    const settled = await p.then((y) => ({ y }), (e: Error) => ({ e }));
+    const settled = await p.then(
+      (y) => ({ y }),
+      (e: Error) => ({ e }),
+    );
     if ("e" in settled) {
       // the ts backend reads on after yielding: it must say the input was lost, never answer wrongly
       t.is(name, "ts");
@@ -47,7 +66,11 @@ for (const { name, backend } of backendsUnderTest()) {
       return;
     }
     const y = settled.y;
-    for (const [co, z, yy, xx] of [[0, 0, 0, 0], [3, 5, 11, 7], [7, 11, 23, 23]] as const) {
+    for (const [co, z, yy, xx] of [
+      [0, 0, 0, 0],
+      [3, 5, 11, 7],
+      [7, 11, 23, 23],
+    ] as const) {
       const want = convAt(xs, ws, C, D, H, W, co, z, yy, xx);
       t.true(Math.abs(y.data[((co * D + z) * H + yy) * W + xx]! - want) < 1e-4, `voxel ${co},${z},${yy},${xx}`);
     }
@@ -73,7 +96,10 @@ for (const { name, backend } of backendsUnderTest()) {
     const p = connectedComponents(vol, { connectivity: 6 });
     structuredClone(mask.buffer, { transfer: [mask.buffer] });
     churn();
-    const r = await p.then((v) => v, (e: Error) => e);
+    const r = await p.then(
+      (v) => v,
+      (e: Error) => e,
+    );
     if (r instanceof Error) {
       t.is(name, "ts");
       t.regex(r.message, /detached or resized during the call/);
@@ -91,12 +117,26 @@ for (const { name, backend } of backendsUnderTest()) {
       seen[s] = 1;
       while (stack.length) {
         const v = stack.pop()!;
-        const x = v % X, y = Math.floor(v / X) % Y, z = Math.floor(v / (X * Y));
-        for (const [dx, dy, dz] of [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]) {
-          const a = x + dx!, b = y + dy!, c = z + dz!;
+        const x = v % X,
+          y = Math.floor(v / X) % Y,
+          z = Math.floor(v / (X * Y));
+        for (const [dx, dy, dz] of [
+          [1, 0, 0],
+          [-1, 0, 0],
+          [0, 1, 0],
+          [0, -1, 0],
+          [0, 0, 1],
+          [0, 0, -1],
+        ]) {
+          const a = x + dx!,
+            b = y + dy!,
+            c = z + dz!;
           if (a < 0 || b < 0 || c < 0 || a >= X || b >= Y || c >= Z) continue;
           const u = (c * Y + b) * X + a;
-          if (ref[u] && !seen[u]) (seen[u] = 1), stack.push(u);
+          if (ref[u] && !seen[u]) {
+            seen[u] = 1;
+            stack.push(u);
+          }
         }
       }
     }
@@ -111,7 +151,10 @@ for (const { name, backend } of backendsUnderTest()) {
     const w = { data: new Float32Array(4 * 4).fill(0.5), shape: [4, 4, 1, 1, 1] };
     const p1 = conv3d({ data: xin, shape: [1, 4, 8, 16, 16] }, w, null);
     rab.resize(16);
-    const y = await p1.then((v) => v, (e: Error) => e);
+    const y = await p1.then(
+      (v) => v,
+      (e: Error) => e,
+    );
     if (y instanceof Error) t.regex(y.message, /detached or resized during the call/);
     else t.true(y.data.every((v) => v === 4)); // 4 channels × 2 × 0.5
     const rab2 = new ArrayBuffer(n * 4, { maxByteLength: n * 8 });
@@ -134,7 +177,10 @@ for (const { name, backend } of backendsUnderTest()) {
 }
 
 test.serial("native: the engine allocates zero-filled memory of its own and counts it", async (t) => {
-  const native = getBackend("native") as unknown as { allocBuffer(n: number): ArrayBuffer; memoryStats(): { liveBytes: number; cachedBytes: number } };
+  const native = getBackend("native") as unknown as {
+    allocBuffer(n: number): ArrayBuffer;
+    memoryStats(): { liveBytes: number; cachedBytes: number };
+  };
   const before = native.memoryStats().liveBytes;
   const ab = native.allocBuffer(8 << 20);
   t.is(ab.byteLength, 8 << 20);
@@ -155,7 +201,11 @@ test("the issue's reproduction no longer kills the process (separate process, na
     const y = await p;
     console.log("centre", y.data[((5 * 48 + 24) * 96 + 48) * 96 + 48].toFixed(4));
   `;
-  const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script], {
+    cwd: ROOT,
+    encoding: "utf8",
+    timeout: 120_000,
+  });
   t.is(r.signal, null, r.stderr);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /centre 2\.1600/); // 8 channels × 27 taps × 0.01, an interior voxel

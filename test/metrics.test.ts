@@ -53,7 +53,21 @@ for (const { name: backend } of backendsUnderTest()) {
     const sp = [0.5, 0.5, 0.5];
     // both empty: NaN everywhere but counts and volumes
     let r = await evaluate(vol(new Uint8Array(64), [4, 4, 4], sp), vol(new Uint8Array(64), [4, 4, 4], sp));
-    t.deepEqual(JSON.parse(toJson(r.perClass["3"])), { tp: 0, fp: 0, fn: 0, dice: "nan", iou: "nan", precision: "nan", recall: "nan", volume_gt_ml: 0, volume_pred_ml: 0, hd: "nan", hd95: "nan", assd: "nan", nsd: "nan" });
+    t.deepEqual(JSON.parse(toJson(r.perClass["3"])), {
+      tp: 0,
+      fp: 0,
+      fn: 0,
+      dice: "nan",
+      iou: "nan",
+      precision: "nan",
+      recall: "nan",
+      volume_gt_ml: 0,
+      volume_pred_ml: 0,
+      hd: "nan",
+      hd95: "nan",
+      assd: "nan",
+      nsd: "nan",
+    });
     t.is(r.caseDice, 1); // no bleed in gt and none predicted
     // a mask filling the volume, identical in both
     const full = new Uint8Array(5 * 6 * 7).fill(4);
@@ -61,7 +75,8 @@ for (const { name: backend } of backendsUnderTest()) {
     t.like(r.perClass["4"], { dice: 1, iou: 1, hd: 0, hd95: 0, assd: 0, nsd: 1, tp: 210 });
     t.is(r.perClass["4"]!.volume_gt_ml, (210 * 0.125) / 1000);
     // single voxels 3 voxels apart along x at 0.5 mm: every distance is 1.5 mm
-    const a = new Uint8Array(1000), b = new Uint8Array(1000);
+    const a = new Uint8Array(1000),
+      b = new Uint8Array(1000);
     a[(5 * 10 + 5) * 10 + 2] = 1;
     b[(5 * 10 + 5) * 10 + 5] = 1;
     r = await evaluate(vol(a, [10, 10, 10], sp), vol(b, [10, 10, 10], sp));
@@ -78,7 +93,8 @@ for (const { name: backend } of backendsUnderTest()) {
     t.true(Math.abs(m.assd - 0.5 / 7) < 1e-12);
     t.true(Math.abs(m.dice - 6 / 7) < 1e-12);
     // anisotropic: one voxel a slice apart is sz away
-    const c1 = new Uint8Array(2 * 3 * 3), c2 = new Uint8Array(2 * 3 * 3);
+    const c1 = new Uint8Array(2 * 3 * 3),
+      c2 = new Uint8Array(2 * 3 * 3);
     c1[4] = 5;
     c2[9 + 4] = 5;
     r = await evaluate(vol(c1, [2, 3, 3], [5, 0.49, 0.49]), vol(c2, [2, 3, 3], [5, 0.49, 0.49]));
@@ -88,15 +104,24 @@ for (const { name: backend } of backendsUnderTest()) {
 
 test("values outside the class set, shapes that differ and bad options are errors; affines that differ are warnings", async (t) => {
   const sp = [1, 1, 1];
-  const g = new Uint8Array(27), p = new Uint8Array(27);
+  const g = new Uint8Array(27),
+    p = new Uint8Array(27);
   p[13] = 7;
-  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(p, [3, 3, 3], sp)), { message: /pred holds the value 7 at voxel \(1, 1, 1\); labels must be integers 0..5/ });
+  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(p, [3, 3, 3], sp)), {
+    message: /pred holds the value 7 at voxel \(1, 1, 1\); labels must be integers 0..5/,
+  });
   const f = new Float32Array(27);
   f[2] = 1.5;
-  await t.throwsAsync(evaluate(volumeFromArray(f, [3, 3, 3]), vol(g, [3, 3, 3], sp)), { message: /gt holds the value 1.5 at voxel \(2, 0, 0\)/ });
-  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(new Uint8Array(24), [2, 3, 4], sp)), { message: /gt dims \[3, 3, 3\] and pred dims \[4, 3, 2\] differ/ });
+  await t.throwsAsync(evaluate(volumeFromArray(f, [3, 3, 3]), vol(g, [3, 3, 3], sp)), {
+    message: /gt holds the value 1.5 at voxel \(2, 0, 0\)/,
+  });
+  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(new Uint8Array(24), [2, 3, 4], sp)), {
+    message: /gt dims \[3, 3, 3\] and pred dims \[4, 3, 2\] differ/,
+  });
   await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(g, [3, 3, 3], sp), { classes: [0] }), { message: /for options.classes/ });
-  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(g, [3, 3, 3], sp), { nsdToleranceMm: -1 }), { message: /for options.nsdToleranceMm/ });
+  await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(g, [3, 3, 3], sp), { nsdToleranceMm: -1 }), {
+    message: /for options.nsdToleranceMm/,
+  });
   const moved: Volume = { ...vol(g, [3, 3, 3], sp), affine: [1, 0, 0, 0.01, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
   const r = await evaluate(vol(g, [3, 3, 3], sp), moved);
   t.is(r.warnings.length, 1);
@@ -132,32 +157,45 @@ const python = (() => {
     try {
       execFileSync(py, ["-c", "import scipy, numpy"], { stdio: "ignore" });
       return py;
-    } catch {}
+    } catch {
+      // best-effort cleanup: already gone is fine
+    }
   }
   return undefined;
 })();
 (python ? test.serial : test.skip)("random masks: both backends agree with scipy computing the spec's definitions", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "bhsd-metrics-"));
   let seed = 3;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   for (let k = 0; k < 6; k++) {
     const shape = [2 + Math.floor(rnd() * 8), 5 + Math.floor(rnd() * 25), 5 + Math.floor(rnd() * 25)];
     const n = shape[0]! * shape[1]! * shape[2]!;
-    const spacing = [[5, 0.49, 0.49], [1, 1, 1], [2.5, 0.45, 0.7]][k % 3]!;
+    const spacing = [
+      [5, 0.49, 0.49],
+      [1, 1, 1],
+      [2.5, 0.45, 0.7],
+    ][k % 3]!;
     // blobby masks: random boxes of random classes
     const mk = () => {
       const m = new Uint8Array(n);
       for (let b = 0; b < 6; b++) {
         const c = 1 + Math.floor(rnd() * 5);
-        const lo = shape.map((s) => Math.floor(rnd() * s)), hi = lo.map((l, i) => Math.min(shape[i]! - 1, l + Math.floor(rnd() * 6)));
-        for (let z = lo[0]!; z <= hi[0]!; z++) for (let y = lo[1]!; y <= hi[1]!; y++) for (let x = lo[2]!; x <= hi[2]!; x++) m[(z * shape[1]! + y) * shape[2]! + x] = c;
+        const lo = shape.map((s) => Math.floor(rnd() * s)),
+          hi = lo.map((l, i) => Math.min(shape[i]! - 1, l + Math.floor(rnd() * 6)));
+        for (let z = lo[0]!; z <= hi[0]!; z++)
+          for (let y = lo[1]!; y <= hi[1]!; y++) for (let x = lo[2]!; x <= hi[2]!; x++) m[(z * shape[1]! + y) * shape[2]! + x] = c;
       }
       return m;
     };
-    const g = mk(), p = mk();
+    const g = mk(),
+      p = mk();
     await writeNpy(join(dir, "g.npy"), g, shape);
     await writeNpy(join(dir, "p.npy"), p, shape);
-    const want = JSON.parse(execFileSync(python!, ["-c", SCIPY_METRICS, join(dir, "g.npy"), join(dir, "p.npy"), JSON.stringify(spacing), "1"], { encoding: "utf8" })) as Record<string, Record<string, number>>;
+    const want = JSON.parse(
+      execFileSync(python!, ["-c", SCIPY_METRICS, join(dir, "g.npy"), join(dir, "p.npy"), JSON.stringify(spacing), "1"], {
+        encoding: "utf8",
+      }),
+    ) as Record<string, Record<string, number>>;
     for (const { name } of backendsUnderTest()) {
       setBackend(name);
       const r = await evaluate(vol(g, shape, spacing), vol(p, shape, spacing));

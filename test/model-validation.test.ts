@@ -13,7 +13,15 @@ type Nodes = Parameters<typeof encodeModel>[0]["nodes"];
 const f32 = (xs: number[]) => Float32Array.from(xs);
 const i64 = (xs: number[]) => BigInt64Array.from(xs.map(BigInt));
 
-function model(nodes: Nodes, opts: { inShape?: number[]; inits?: { name: string; dims: number[]; data: Float32Array | BigInt64Array }[]; outputs?: string[]; opset?: number } = {}) {
+function model(
+  nodes: Nodes,
+  opts: {
+    inShape?: number[];
+    inits?: { name: string; dims: number[]; data: Float32Array | BigInt64Array }[];
+    outputs?: string[];
+    opset?: number;
+  } = {},
+) {
   return encodeModel({
     opset: opts.opset ?? 17,
     nodes,
@@ -27,20 +35,90 @@ test("refused at load, each naming the node: NaN eps, ∞ alpha, no outputs, pad
   const w = randomTensor([2, 2, 3, 3, 3], 1);
   const winit = [{ name: "w", dims: w.shape, data: w.data }];
   const cases: [string, Uint8Array, RegExp][] = [
-    ["NaN epsilon", model([{ opType: "InstanceNormalization", name: "norm1", inputs: ["x", "s", "b"], outputs: ["y"], attrs: { epsilon: NaN } }], { inits: [{ name: "s", dims: [2], data: f32([1, 1]) }, { name: "b", dims: [2], data: f32([0, 0]) }] }), /node norm1 \(InstanceNormalization\): attribute epsilon = null is not finite/],
-    ["infinite alpha", model([{ opType: "LeakyRelu", name: "act", inputs: ["x"], outputs: ["y"], attrs: { alpha: Infinity } }]), /node act \(LeakyRelu\): attribute alpha = null is not finite/],
-    ["no outputs", encodeModel({ opset: 17, nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["y"] }], inputs: [{ name: "x", shape: [1] }], outputs: [] }), /declares no outputs/],
-    ["output made by nothing", model([{ opType: "Relu", name: "r", inputs: ["x"], outputs: ["h"] }], { outputs: ["zz"] }), /graph output zz is produced by no node/],
-    ["Conv pads 600", model([{ opType: "Conv", name: "bigpad", inputs: ["x", "w"], outputs: ["y"], attrs: { pads: [600, 600, 600, 600, 600, 600] } }], { inits: winit }), /node bigpad \(Conv\): pads .* reach past the kernel's span 3/],
-    ["ConvTranspose strides 400", model([{ opType: "ConvTranspose", name: "up", inputs: ["x", "w"], outputs: ["y"], attrs: { strides: [400, 400, 400] } }], { inits: winit }), /node up \(ConvTranspose\): attribute strides = \[400,400,400\] must be 3 integers in 1\.\.64/],
-    ["Slice steps 0", model([
-      { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
-      { opType: "Slice", name: "loop", inputs: ["s", "st", "en", "ax", "zero"], outputs: ["y"] },
-    ], { inits: [{ name: "st", dims: [1], data: i64([0]) }, { name: "en", dims: [1], data: i64([5]) }, { name: "ax", dims: [1], data: i64([0]) }, { name: "zero", dims: [1], data: i64([0]) }] }), /node loop \(Slice\): steps \[0\] contain 0/],
-    ["Reshape with two -1", model([{ opType: "Reshape", name: "rs", inputs: ["x", "shape"], outputs: ["y"] }], { inits: [{ name: "shape", dims: [2], data: i64([-1, -1]) }] }), /node rs \(Reshape\): shape \[-1,-1\] may hold one -1/],
-    ["kernel_shape against the weight", model([{ opType: "Conv", name: "ks", inputs: ["x", "w"], outputs: ["y"], attrs: { kernel_shape: [100, 2, 2] } }], { inits: winit }), /node ks \(Conv\): kernel_shape \[100,2,2\] disagrees with the weight's \[3,3,3\]/],
-    ["Cast to float16", model([{ opType: "Cast", name: "half", inputs: ["x"], outputs: ["y"], attrs: { to: 10 } }]), /node half \(Cast\): attribute to = 10 is not a type/],
-    ["Einsum with three operands", model([{ opType: "Einsum", name: "e3", inputs: ["x", "x", "x"], outputs: ["y"], attrs: { equation: "ab,bc,cd->ad" } }]), /node e3 \(Einsum\): attribute equation/],
+    [
+      "NaN epsilon",
+      model([{ opType: "InstanceNormalization", name: "norm1", inputs: ["x", "s", "b"], outputs: ["y"], attrs: { epsilon: NaN } }], {
+        inits: [
+          { name: "s", dims: [2], data: f32([1, 1]) },
+          { name: "b", dims: [2], data: f32([0, 0]) },
+        ],
+      }),
+      /node norm1 \(InstanceNormalization\): attribute epsilon = null is not finite/,
+    ],
+    [
+      "infinite alpha",
+      model([{ opType: "LeakyRelu", name: "act", inputs: ["x"], outputs: ["y"], attrs: { alpha: Infinity } }]),
+      /node act \(LeakyRelu\): attribute alpha = null is not finite/,
+    ],
+    [
+      "no outputs",
+      encodeModel({
+        opset: 17,
+        nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["y"] }],
+        inputs: [{ name: "x", shape: [1] }],
+        outputs: [],
+      }),
+      /declares no outputs/,
+    ],
+    [
+      "output made by nothing",
+      model([{ opType: "Relu", name: "r", inputs: ["x"], outputs: ["h"] }], { outputs: ["zz"] }),
+      /graph output zz is produced by no node/,
+    ],
+    [
+      "Conv pads 600",
+      model([{ opType: "Conv", name: "bigpad", inputs: ["x", "w"], outputs: ["y"], attrs: { pads: [600, 600, 600, 600, 600, 600] } }], {
+        inits: winit,
+      }),
+      /node bigpad \(Conv\): pads .* reach past the kernel's span 3/,
+    ],
+    [
+      "ConvTranspose strides 400",
+      model([{ opType: "ConvTranspose", name: "up", inputs: ["x", "w"], outputs: ["y"], attrs: { strides: [400, 400, 400] } }], {
+        inits: winit,
+      }),
+      /node up \(ConvTranspose\): attribute strides = \[400,400,400\] must be 3 integers in 1\.\.64/,
+    ],
+    [
+      "Slice steps 0",
+      model(
+        [
+          { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
+          { opType: "Slice", name: "loop", inputs: ["s", "st", "en", "ax", "zero"], outputs: ["y"] },
+        ],
+        {
+          inits: [
+            { name: "st", dims: [1], data: i64([0]) },
+            { name: "en", dims: [1], data: i64([5]) },
+            { name: "ax", dims: [1], data: i64([0]) },
+            { name: "zero", dims: [1], data: i64([0]) },
+          ],
+        },
+      ),
+      /node loop \(Slice\): steps \[0\] contain 0/,
+    ],
+    [
+      "Reshape with two -1",
+      model([{ opType: "Reshape", name: "rs", inputs: ["x", "shape"], outputs: ["y"] }], {
+        inits: [{ name: "shape", dims: [2], data: i64([-1, -1]) }],
+      }),
+      /node rs \(Reshape\): shape \[-1,-1\] may hold one -1/,
+    ],
+    [
+      "kernel_shape against the weight",
+      model([{ opType: "Conv", name: "ks", inputs: ["x", "w"], outputs: ["y"], attrs: { kernel_shape: [100, 2, 2] } }], { inits: winit }),
+      /node ks \(Conv\): kernel_shape \[100,2,2\] disagrees with the weight's \[3,3,3\]/,
+    ],
+    [
+      "Cast to float16",
+      model([{ opType: "Cast", name: "half", inputs: ["x"], outputs: ["y"], attrs: { to: 10 } }]),
+      /node half \(Cast\): attribute to = 10 is not a type/,
+    ],
+    [
+      "Einsum with three operands",
+      model([{ opType: "Einsum", name: "e3", inputs: ["x", "x", "x"], outputs: ["y"], attrs: { equation: "ab,bc,cd->ad" } }]),
+      /node e3 \(Einsum\): attribute equation/,
+    ],
   ];
   for (const [what, bytes, msg] of cases) {
     const t0 = performance.now();
@@ -51,14 +129,30 @@ test("refused at load, each naming the node: NaN eps, ∞ alpha, no outputs, pad
 
 // A Reshape [-1, 3] of 64 values; a Slice whose steps come from the input's shape (0: looped on
 // forever before); both built for an input of shape [N, …] with N static or symbolic.
-const reshapeBy3 = (n: number | string) => model([{ opType: "Reshape", name: "rs", inputs: ["x", "shape"], outputs: ["y"] }], { inShape: [n, 64], inits: [{ name: "shape", dims: [2], data: i64([-1, 3]) }] });
-const sliceStep0 = (n: number | string) => model([
-  { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
-  { opType: "Gather", name: "g", inputs: ["s", "i0"], outputs: ["z"], attrs: { axis: 0 } },
-  { opType: "Sub", name: "zero", inputs: ["z", "z"], outputs: ["st0"] },
-  { opType: "Unsqueeze", name: "u", inputs: ["st0", "ax"], outputs: ["steps"] },
-  { opType: "Slice", name: "loop", inputs: ["s", "st", "en", "ax", "steps"], outputs: ["y"] },
-], { inShape: [n, 8], inits: [{ name: "i0", dims: [], data: i64([0]) }, { name: "st", dims: [1], data: i64([0]) }, { name: "en", dims: [1], data: i64([5]) }, { name: "ax", dims: [1], data: i64([0]) }] });
+const reshapeBy3 = (n: number | string) =>
+  model([{ opType: "Reshape", name: "rs", inputs: ["x", "shape"], outputs: ["y"] }], {
+    inShape: [n, 64],
+    inits: [{ name: "shape", dims: [2], data: i64([-1, 3]) }],
+  });
+const sliceStep0 = (n: number | string) =>
+  model(
+    [
+      { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
+      { opType: "Gather", name: "g", inputs: ["s", "i0"], outputs: ["z"], attrs: { axis: 0 } },
+      { opType: "Sub", name: "zero", inputs: ["z", "z"], outputs: ["st0"] },
+      { opType: "Unsqueeze", name: "u", inputs: ["st0", "ax"], outputs: ["steps"] },
+      { opType: "Slice", name: "loop", inputs: ["s", "st", "en", "ax", "steps"], outputs: ["y"] },
+    ],
+    {
+      inShape: [n, 8],
+      inits: [
+        { name: "i0", dims: [], data: i64([0]) },
+        { name: "st", dims: [1], data: i64([0]) },
+        { name: "en", dims: [1], data: i64([5]) },
+        { name: "ax", dims: [1], data: i64([0]) },
+      ],
+    },
+  );
 
 /** Runs a whole model in onnxruntime (same process); its first output. */
 async function ortSession(bytes: Uint8Array, feeds: Record<string, { data: Float32Array; shape: number[] }>) {
@@ -73,36 +167,86 @@ const declaredShape = async (bytes: Uint8Array) => (await parseModel(bytes)).inp
 test("run-time faults are errors naming the node, never a fractional shape or a hang (a symbolic input dimension: nothing to infer at load)", async (t) => {
   const m1 = await loadModel(reshapeBy3("N"));
   t.is(m1.valueShapes, undefined);
-  await t.throwsAsync(m1.run({ data: new Float32Array(64), shape: [1, 64] }), { message: /node rs \(Reshape\): .*64 is not a multiple of 3/ });
+  await t.throwsAsync(m1.run({ data: new Float32Array(64), shape: [1, 64] }), {
+    message: /node rs \(Reshape\): .*64 is not a multiple of 3/,
+  });
   const m2 = await loadModel(sliceStep0("N"));
   await t.throwsAsync(m2.run({ data: new Float32Array(8), shape: [1, 8] }), { message: /node loop \(Slice\): .*step 0/ });
 });
 
 test("with static input shapes, a node that cannot run on them is refused at load, naming it (as onnxruntime refuses the same model)", async (t) => {
   const w = randomTensor([4, 3, 3, 3, 3], 2);
-  const conv = (name: string, inShape: number[], attrs: Record<string, AttrValue> = {}) => model([{ opType: "Conv", name, inputs: ["x", "w"], outputs: ["y"], attrs }], { inShape, inits: [{ name: "w", dims: w.shape, data: w.data }] });
+  const conv = (name: string, inShape: number[], attrs: Record<string, AttrValue> = {}) =>
+    model([{ opType: "Conv", name, inputs: ["x", "w"], outputs: ["y"], attrs }], {
+      inShape,
+      inits: [{ name: "w", dims: w.shape, data: w.data }],
+    });
   const y6 = { name: "y6", dims: [1, 6, 4, 4, 4], data: randomTensor([1, 6, 4, 4, 4], 3).data };
   const cases: [string, Uint8Array, RegExp][] = [
     ["Reshape [-1, 3] of 64 values", reshapeBy3(1), /node rs \(Reshape\): .*64 is not a multiple of 3.*declared input shapes x \[1,64\]/],
     ["Slice steps 0 from the shape glue", sliceStep0(1), /node loop \(Slice\): .*step 0/],
-    ["Conv weights for 3 channels on 2", conv("c1", [1, 2, 8, 8, 8]), /node c1 \(Conv\): the weights \[4,3,3,3,3\] take 3 input channels but the input \[1,2,8,8,8\] has 2/],
-    ["Conv kernel past the input", conv("c2", [1, 3, 2, 8, 8]), /node c2 \(Conv\): input extent 2 on axis D \(padded 2\) is smaller than the kernel's span 3/],
-    ["Add of shapes that do not broadcast", model([
-      { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"] },
-      { opType: "Add", name: "plus", inputs: ["h", "y6"], outputs: ["y"] },
-    ], { inShape: [1, 3, 6, 6, 6], inits: [{ name: "w", dims: w.shape, data: w.data }, y6] }), /node plus \(Add\): .*broadcast/],
-    ["Concat of mismatched extents", model([
-      { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"] },
-      { opType: "Concat", name: "cat", inputs: ["h", "y6"], outputs: ["y"], attrs: { axis: 1 } },
-    ], { inShape: [1, 3, 8, 8, 8], inits: [{ name: "w", dims: w.shape, data: w.data }, y6] }), /node cat \(Concat\): shapes \[1,4,6,6,6\], \[1,6,4,4,4\] do not concatenate on axis 1/],
-    ["MatMul inner dimensions", model([{ opType: "MatMul", name: "mm", inputs: ["x", "m"], outputs: ["y"] }], { inShape: [2, 5], inits: [{ name: "m", dims: [4, 3], data: randomTensor([4, 3], 4).data }] }), /node mm \(MatMul\): .*inner dimensions 5 and 4 differ/],
-    ["Reshape target from Shape glue that does not divide", model([
-      { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
-      { opType: "Slice", name: "first2", inputs: ["s", "st", "en"], outputs: ["nc"] },
-      { opType: "Concat", name: "target", inputs: ["nc", "m1"], outputs: ["spec"], attrs: { axis: 0 } },
-      { opType: "Reshape", name: "groups", inputs: ["x", "spec2"], outputs: ["y"] },
-      { opType: "Mul", name: "halve", inputs: ["spec", "half"], outputs: ["spec2"] },
-    ], { inShape: [1, 3, 5, 5, 5], inits: [{ name: "st", dims: [1], data: i64([0]) }, { name: "en", dims: [1], data: i64([2]) }, { name: "m1", dims: [1], data: i64([-1]) }, { name: "half", dims: [3], data: i64([1, 2, 1]) }] }), /node groups \(Reshape\): Reshape of \[1,3,5,5,5\] \(375 values\) to \[1,6,-1\]: 375 is not a multiple of 6/],
+    [
+      "Conv weights for 3 channels on 2",
+      conv("c1", [1, 2, 8, 8, 8]),
+      /node c1 \(Conv\): the weights \[4,3,3,3,3\] take 3 input channels but the input \[1,2,8,8,8\] has 2/,
+    ],
+    [
+      "Conv kernel past the input",
+      conv("c2", [1, 3, 2, 8, 8]),
+      /node c2 \(Conv\): input extent 2 on axis D \(padded 2\) is smaller than the kernel's span 3/,
+    ],
+    [
+      "Add of shapes that do not broadcast",
+      model(
+        [
+          { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"] },
+          { opType: "Add", name: "plus", inputs: ["h", "y6"], outputs: ["y"] },
+        ],
+        { inShape: [1, 3, 6, 6, 6], inits: [{ name: "w", dims: w.shape, data: w.data }, y6] },
+      ),
+      /node plus \(Add\): .*broadcast/,
+    ],
+    [
+      "Concat of mismatched extents",
+      model(
+        [
+          { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"] },
+          { opType: "Concat", name: "cat", inputs: ["h", "y6"], outputs: ["y"], attrs: { axis: 1 } },
+        ],
+        { inShape: [1, 3, 8, 8, 8], inits: [{ name: "w", dims: w.shape, data: w.data }, y6] },
+      ),
+      /node cat \(Concat\): shapes \[1,4,6,6,6\], \[1,6,4,4,4\] do not concatenate on axis 1/,
+    ],
+    [
+      "MatMul inner dimensions",
+      model([{ opType: "MatMul", name: "mm", inputs: ["x", "m"], outputs: ["y"] }], {
+        inShape: [2, 5],
+        inits: [{ name: "m", dims: [4, 3], data: randomTensor([4, 3], 4).data }],
+      }),
+      /node mm \(MatMul\): .*inner dimensions 5 and 4 differ/,
+    ],
+    [
+      "Reshape target from Shape glue that does not divide",
+      model(
+        [
+          { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
+          { opType: "Slice", name: "first2", inputs: ["s", "st", "en"], outputs: ["nc"] },
+          { opType: "Concat", name: "target", inputs: ["nc", "m1"], outputs: ["spec"], attrs: { axis: 0 } },
+          { opType: "Reshape", name: "groups", inputs: ["x", "spec2"], outputs: ["y"] },
+          { opType: "Mul", name: "halve", inputs: ["spec", "half"], outputs: ["spec2"] },
+        ],
+        {
+          inShape: [1, 3, 5, 5, 5],
+          inits: [
+            { name: "st", dims: [1], data: i64([0]) },
+            { name: "en", dims: [1], data: i64([2]) },
+            { name: "m1", dims: [1], data: i64([-1]) },
+            { name: "half", dims: [3], data: i64([1, 2, 1]) },
+          ],
+        },
+      ),
+      /node groups \(Reshape\): Reshape of \[1,3,5,5,5\] \(375 values\) to \[1,6,-1\]: 375 is not a multiple of 6/,
+    ],
   ];
   for (const [what, bytes, msg] of cases) {
     await t.throwsAsync(loadModel(bytes), { message: msg }, what);
@@ -120,23 +264,35 @@ test("with static input shapes, a node that cannot run on them is refused at loa
 });
 
 test("inferred shapes at load equal the shapes of a run and onnxruntime's outputs (a graph with shape glue, a transformer-style MatMul and Softmax)", async (t) => {
-  const w = randomTensor([4, 2, 3, 3, 3], 5), m = randomTensor([4, 5], 6);
-  const bytes = model([
-    { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"], attrs: { pads: [1, 1, 1, 1, 1, 1], strides: [1, 2, 2] } },
-    { opType: "Shape", name: "sh", inputs: ["h"], outputs: ["s"] },
-    { opType: "Slice", name: "nc", inputs: ["s", "st", "en"], outputs: ["s2"] },
-    { opType: "Concat", name: "target", inputs: ["s2", "m1"], outputs: ["spec"], attrs: { axis: 0 } },
-    { opType: "Reshape", name: "flat", inputs: ["h", "spec"], outputs: ["f"] },
-    { opType: "Slice", name: "cut", inputs: ["f", "z", "six", "two"], outputs: ["g"] },
-    { opType: "Transpose", name: "tr", inputs: ["g"], outputs: ["gt"], attrs: { perm: [0, 2, 1] } },
-    { opType: "MatMul", name: "mm", inputs: ["gt", "m"], outputs: ["p"] },
-    { opType: "Softmax", name: "sm", inputs: ["p"], outputs: ["q"], attrs: { axis: -1 } },
-    { opType: "ReduceMean", name: "rm", inputs: ["q"], outputs: ["y"], attrs: { axes: [1], keepdims: 0 } },
-  ], { inShape: [1, 2, 5, 12, 6], inits: [
-    { name: "w", dims: w.shape, data: w.data }, { name: "m", dims: m.shape, data: m.data },
-    { name: "st", dims: [1], data: i64([0]) }, { name: "en", dims: [1], data: i64([2]) }, { name: "m1", dims: [1], data: i64([-1]) },
-    { name: "z", dims: [1], data: i64([0]) }, { name: "six", dims: [1], data: i64([6]) }, { name: "two", dims: [1], data: i64([2]) },
-  ] });
+  const w = randomTensor([4, 2, 3, 3, 3], 5),
+    m = randomTensor([4, 5], 6);
+  const bytes = model(
+    [
+      { opType: "Conv", name: "c", inputs: ["x", "w"], outputs: ["h"], attrs: { pads: [1, 1, 1, 1, 1, 1], strides: [1, 2, 2] } },
+      { opType: "Shape", name: "sh", inputs: ["h"], outputs: ["s"] },
+      { opType: "Slice", name: "nc", inputs: ["s", "st", "en"], outputs: ["s2"] },
+      { opType: "Concat", name: "target", inputs: ["s2", "m1"], outputs: ["spec"], attrs: { axis: 0 } },
+      { opType: "Reshape", name: "flat", inputs: ["h", "spec"], outputs: ["f"] },
+      { opType: "Slice", name: "cut", inputs: ["f", "z", "six", "two"], outputs: ["g"] },
+      { opType: "Transpose", name: "tr", inputs: ["g"], outputs: ["gt"], attrs: { perm: [0, 2, 1] } },
+      { opType: "MatMul", name: "mm", inputs: ["gt", "m"], outputs: ["p"] },
+      { opType: "Softmax", name: "sm", inputs: ["p"], outputs: ["q"], attrs: { axis: -1 } },
+      { opType: "ReduceMean", name: "rm", inputs: ["q"], outputs: ["y"], attrs: { axes: [1], keepdims: 0 } },
+    ],
+    {
+      inShape: [1, 2, 5, 12, 6],
+      inits: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "m", dims: m.shape, data: m.data },
+        { name: "st", dims: [1], data: i64([0]) },
+        { name: "en", dims: [1], data: i64([2]) },
+        { name: "m1", dims: [1], data: i64([-1]) },
+        { name: "z", dims: [1], data: i64([0]) },
+        { name: "six", dims: [1], data: i64([6]) },
+        { name: "two", dims: [1], data: i64([2]) },
+      ],
+    },
+  );
   const x = randomTensor([1, 2, 5, 12, 6], 7);
   for (const { name: b } of backendsUnderTest()) {
     const mdl = await loadModel(bytes, { backend: b });
@@ -153,17 +309,28 @@ test("inferred shapes at load equal the shapes of a run and onnxruntime's output
 });
 
 test("a memoryLimit refuses a run before allocating past it", async (t) => {
-  const m = await loadModel(model([{ opType: "Resize", name: "up", inputs: ["x", "", "", "sizes"], outputs: ["y"], attrs: { mode: "nearest" } }], { inShape: [1, 1, 2, 2, 2], inits: [{ name: "sizes", dims: [5], data: i64([1, 1, 1600, 1600, 1600]) }] }), { memoryLimit: 64 * 2 ** 20 });
+  const m = await loadModel(
+    model([{ opType: "Resize", name: "up", inputs: ["x", "", "", "sizes"], outputs: ["y"], attrs: { mode: "nearest" } }], {
+      inShape: [1, 1, 2, 2, 2],
+      inits: [{ name: "sizes", dims: [5], data: i64([1, 1, 1600, 1600, 1600]) }],
+    }),
+    { memoryLimit: 64 * 2 ** 20 },
+  );
   const t0 = performance.now();
-  await t.throwsAsync(m.run({ data: new Float32Array(8), shape: [1, 1, 2, 2, 2] }), { message: /node up \(Resize\): .*over the model's memoryLimit of 64 MB/ });
+  await t.throwsAsync(m.run({ data: new Float32Array(8), shape: [1, 1, 2, 2, 2] }), {
+    message: /node up \(Resize\): .*over the model's memoryLimit of 64 MB/,
+  });
   t.true(performance.now() - t0 < 5000);
-  await t.throwsAsync(loadModel(model([{ opType: "Relu", inputs: ["x"], outputs: ["y"] }]), { memoryLimit: -1 }), { message: /config\.memoryLimit/ });
+  await t.throwsAsync(loadModel(model([{ opType: "Relu", inputs: ["x"], outputs: ["y"] }]), { memoryLimit: -1 }), {
+    message: /config\.memoryLimit/,
+  });
 });
 
 test("a graph of 40 000 nodes in reverse order loads in linear time", async (t) => {
   const N = 40_000;
   const nodes: Nodes = [];
-  for (let i = N - 1; i >= 0; i--) nodes.push({ opType: "Identity", name: `id${i}`, inputs: [i === 0 ? "x" : `v${i - 1}`], outputs: [i === N - 1 ? "y" : `v${i}`] });
+  for (let i = N - 1; i >= 0; i--)
+    nodes.push({ opType: "Identity", name: `id${i}`, inputs: [i === 0 ? "x" : `v${i - 1}`], outputs: [i === N - 1 ? "y" : `v${i}`] });
   const t0 = performance.now();
   const m = await loadModel(model(nodes, { inShape: [1, 4] }));
   const ms = performance.now() - t0;
@@ -175,37 +342,191 @@ test("a graph of 40 000 nodes in reverse order loads in linear time", async (t) 
 // One-node graphs of the ops real exports add, against onnxruntime on the same inputs.
 const X = randomTensor([2, 3, 4, 5], 7);
 const cases: { op: string; inputs: OrtInput[]; attrs?: Record<string, AttrValue>; opset?: number; outElem?: number }[] = [
-  { op: "Gather", inputs: [{ name: "x", tensor: X }, { name: "i", init: { dims: [2, 2], data: i64([3, -1, 0, 2]) } }], attrs: { axis: 2 } },
-  { op: "Gather", inputs: [{ name: "x", tensor: X }, { name: "i", init: { dims: [], data: i64([1]) } }], attrs: { axis: 1 } },
+  {
+    op: "Gather",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "i", init: { dims: [2, 2], data: i64([3, -1, 0, 2]) } },
+    ],
+    attrs: { axis: 2 },
+  },
+  {
+    op: "Gather",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "i", init: { dims: [], data: i64([1]) } },
+    ],
+    attrs: { axis: 1 },
+  },
   { op: "Transpose", inputs: [{ name: "x", tensor: X }], attrs: { perm: [2, 0, 3, 1] } },
-  { op: "Pad", inputs: [{ name: "x", tensor: X }, { name: "p", init: { dims: [8], data: i64([0, 1, 2, 0, 1, 0, 1, 3]) } }, { name: "v", init: { dims: [], data: f32([0.5]) } }], attrs: { mode: "constant" } },
-  { op: "Pad", inputs: [{ name: "x", tensor: X }, { name: "p", init: { dims: [8], data: i64([0, 0, 2, 3, 0, 0, 1, 2]) } }], attrs: { mode: "edge" } },
-  { op: "Pad", inputs: [{ name: "x", tensor: X }, { name: "p", init: { dims: [8], data: i64([0, 2, 3, 1, 0, 0, 2, 4]) } }], attrs: { mode: "reflect" } },
-  { op: "Pad", inputs: [{ name: "x", tensor: X }, { name: "p", init: { dims: [8], data: i64([0, -1, 1, 0, 0, 0, -2, 1]) } }], attrs: { mode: "constant" } },
-  { op: "MatMul", inputs: [{ name: "x", tensor: X }, { name: "b", init: { dims: [5, 6], data: randomTensor([5, 6], 3).data } }] },
-  { op: "MatMul", inputs: [{ name: "x", tensor: X }, { name: "b", init: { dims: [3, 5, 2], data: randomTensor([3, 5, 2], 4).data } }] },
-  { op: "Einsum", inputs: [{ name: "x", tensor: X }, { name: "b", init: { dims: [2, 3, 6, 5], data: randomTensor([2, 3, 6, 5], 5).data } }], attrs: { equation: "bhqd,bhkd->bhqk" } },
-  { op: "LayerNormalization", inputs: [{ name: "x", tensor: X }, { name: "s", init: { dims: [5], data: randomTensor([5], 8).data } }, { name: "b", init: { dims: [5], data: randomTensor([5], 9).data } }], attrs: { axis: -1, epsilon: 1e-5 } },
-  { op: "LayerNormalization", inputs: [{ name: "x", tensor: X }, { name: "s", init: { dims: [4, 5], data: randomTensor([4, 5], 8).data } }], attrs: { axis: 2, epsilon: 1e-3 } },
-  { op: "GroupNormalization", inputs: [{ name: "x", tensor: randomTensor([2, 6, 3, 4], 2) }, { name: "s", init: { dims: [3], data: randomTensor([3], 8).data } }, { name: "b", init: { dims: [3], data: randomTensor([3], 9).data } }], attrs: { num_groups: 3, epsilon: 1e-5 }, opset: 18 },
+  {
+    op: "Pad",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "p", init: { dims: [8], data: i64([0, 1, 2, 0, 1, 0, 1, 3]) } },
+      { name: "v", init: { dims: [], data: f32([0.5]) } },
+    ],
+    attrs: { mode: "constant" },
+  },
+  {
+    op: "Pad",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "p", init: { dims: [8], data: i64([0, 0, 2, 3, 0, 0, 1, 2]) } },
+    ],
+    attrs: { mode: "edge" },
+  },
+  {
+    op: "Pad",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "p", init: { dims: [8], data: i64([0, 2, 3, 1, 0, 0, 2, 4]) } },
+    ],
+    attrs: { mode: "reflect" },
+  },
+  {
+    op: "Pad",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "p", init: { dims: [8], data: i64([0, -1, 1, 0, 0, 0, -2, 1]) } },
+    ],
+    attrs: { mode: "constant" },
+  },
+  {
+    op: "MatMul",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "b", init: { dims: [5, 6], data: randomTensor([5, 6], 3).data } },
+    ],
+  },
+  {
+    op: "MatMul",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "b", init: { dims: [3, 5, 2], data: randomTensor([3, 5, 2], 4).data } },
+    ],
+  },
+  {
+    op: "Einsum",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "b", init: { dims: [2, 3, 6, 5], data: randomTensor([2, 3, 6, 5], 5).data } },
+    ],
+    attrs: { equation: "bhqd,bhkd->bhqk" },
+  },
+  {
+    op: "LayerNormalization",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "s", init: { dims: [5], data: randomTensor([5], 8).data } },
+      { name: "b", init: { dims: [5], data: randomTensor([5], 9).data } },
+    ],
+    attrs: { axis: -1, epsilon: 1e-5 },
+  },
+  {
+    op: "LayerNormalization",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "s", init: { dims: [4, 5], data: randomTensor([4, 5], 8).data } },
+    ],
+    attrs: { axis: 2, epsilon: 1e-3 },
+  },
+  {
+    op: "GroupNormalization",
+    inputs: [
+      { name: "x", tensor: randomTensor([2, 6, 3, 4], 2) },
+      { name: "s", init: { dims: [3], data: randomTensor([3], 8).data } },
+      { name: "b", init: { dims: [3], data: randomTensor([3], 9).data } },
+    ],
+    attrs: { num_groups: 3, epsilon: 1e-5 },
+    opset: 18,
+  },
   { op: "ReduceMean", inputs: [{ name: "x", tensor: X }], attrs: { axes: [1, 3], keepdims: 1 }, opset: 17 },
-  { op: "ReduceMean", inputs: [{ name: "x", tensor: X }, { name: "a", init: { dims: [1], data: i64([-1]) } }], attrs: { keepdims: 0 }, opset: 18 },
-  { op: "ReduceSum", inputs: [{ name: "x", tensor: X }, { name: "a", init: { dims: [2], data: i64([0, 2]) } }], attrs: { keepdims: 1 } },
+  {
+    op: "ReduceMean",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "a", init: { dims: [1], data: i64([-1]) } },
+    ],
+    attrs: { keepdims: 0 },
+    opset: 18,
+  },
+  {
+    op: "ReduceSum",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "a", init: { dims: [2], data: i64([0, 2]) } },
+    ],
+    attrs: { keepdims: 1 },
+  },
   { op: "Softmax", inputs: [{ name: "x", tensor: X }], attrs: { axis: 2 } },
   { op: "Softmax", inputs: [{ name: "x", tensor: X }] },
-  { op: "Div", inputs: [{ name: "x", tensor: X }, { name: "d", init: { dims: [5], data: f32([1, 2, -3, 0.5, 7]) } }] },
-  { op: "Sub", inputs: [{ name: "x", tensor: X }, { name: "d", init: { dims: [3, 1, 1], data: f32([1, 2, -3]) } }] },
-  { op: "Pow", inputs: [{ name: "x", tensor: X }, { name: "d", init: { dims: [], data: f32([2]) } }] },
+  {
+    op: "Div",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "d", init: { dims: [5], data: f32([1, 2, -3, 0.5, 7]) } },
+    ],
+  },
+  {
+    op: "Sub",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "d", init: { dims: [3, 1, 1], data: f32([1, 2, -3]) } },
+    ],
+  },
+  {
+    op: "Pow",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "d", init: { dims: [], data: f32([2]) } },
+    ],
+  },
   { op: "Sqrt", inputs: [{ name: "x", tensor: { data: X.data.map(Math.abs), shape: X.shape } }] },
   { op: "Erf", inputs: [{ name: "x", tensor: { data: X.data.map((v) => v * 3), shape: X.shape } }] },
   { op: "Exp", inputs: [{ name: "x", tensor: X }] },
   { op: "Tanh", inputs: [{ name: "x", tensor: X }] },
   { op: "Gelu", inputs: [{ name: "x", tensor: X }], opset: 20 },
-  { op: "Expand", inputs: [{ name: "x", tensor: randomTensor([3, 1], 2) }, { name: "s", init: { dims: [3], data: i64([2, 3, 4]) } }] },
-  { op: "Tile", inputs: [{ name: "x", tensor: randomTensor([2, 3], 2) }, { name: "r", init: { dims: [2], data: i64([2, 3]) } }] },
-  { op: "Slice", inputs: [{ name: "x", tensor: X }, { name: "s", init: { dims: [2], data: i64([3, 1]) } }, { name: "e", init: { dims: [2], data: i64([0, 9]) } }, { name: "a", init: { dims: [2], data: i64([2, 1]) } }, { name: "st", init: { dims: [2], data: i64([-2, 1]) } }] },
-  { op: "Clip", inputs: [{ name: "x", tensor: X }, { name: "lo", init: { dims: [], data: f32([-0.25]) } }, { name: "hi", init: { dims: [], data: f32([0.5]) } }] },
-  { op: "Concat", inputs: [{ name: "x", tensor: X }, { name: "b", init: { dims: [2, 3, 4, 2], data: randomTensor([2, 3, 4, 2], 6).data } }], attrs: { axis: -1 } },
+  {
+    op: "Expand",
+    inputs: [
+      { name: "x", tensor: randomTensor([3, 1], 2) },
+      { name: "s", init: { dims: [3], data: i64([2, 3, 4]) } },
+    ],
+  },
+  {
+    op: "Tile",
+    inputs: [
+      { name: "x", tensor: randomTensor([2, 3], 2) },
+      { name: "r", init: { dims: [2], data: i64([2, 3]) } },
+    ],
+  },
+  {
+    op: "Slice",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "s", init: { dims: [2], data: i64([3, 1]) } },
+      { name: "e", init: { dims: [2], data: i64([0, 9]) } },
+      { name: "a", init: { dims: [2], data: i64([2, 1]) } },
+      { name: "st", init: { dims: [2], data: i64([-2, 1]) } },
+    ],
+  },
+  {
+    op: "Clip",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "lo", init: { dims: [], data: f32([-0.25]) } },
+      { name: "hi", init: { dims: [], data: f32([0.5]) } },
+    ],
+  },
+  {
+    op: "Concat",
+    inputs: [
+      { name: "x", tensor: X },
+      { name: "b", init: { dims: [2, 3, 4, 2], data: randomTensor([2, 3, 4, 2], 6).data } },
+    ],
+    attrs: { axis: -1 },
+  },
 ];
 
 for (const { name, backend } of backendsUnderTest()) {
@@ -251,8 +572,12 @@ for (const { name, backend } of backendsUnderTest()) {
       inputs: [{ name: "x", shape: [2, 3, 4, 5] }],
       outputs: [{ name: "y" }],
       initializers: [
-        { name: "zero", dims: [], data: f32([0]) }, { name: "neg", dims: [], data: f32([-7]) }, { name: "three", dims: [], data: i64([3]) },
-        { name: "zeroi", dims: [], data: i64([0]) }, { name: "onei", dims: [], data: i64([1]) }, { name: "twoi", dims: [], data: i64([2]) },
+        { name: "zero", dims: [], data: f32([0]) },
+        { name: "neg", dims: [], data: f32([-7]) },
+        { name: "three", dims: [], data: i64([3]) },
+        { name: "zeroi", dims: [], data: i64([0]) },
+        { name: "onei", dims: [], data: i64([1]) },
+        { name: "twoi", dims: [], data: i64([2]) },
       ],
     });
     const s = await ort.InferenceSession.create(bytes, { logSeverityLevel: 4 });
@@ -267,7 +592,15 @@ for (const { name, backend } of backendsUnderTest()) {
     const x = { data: f32([-2.7, -0.5, 0.5, 2.9, 300.2, -129.9, 70000.5, 3]), shape: [8] };
     for (const to of [2, 3, 5, 6, 7, 9]) {
       // Cast to the integer type, then back to float so both sides give float32
-      const bytes = encodeModel({ opset: 17, nodes: [{ opType: "Cast", inputs: ["x"], outputs: ["h"], attrs: { to } }, { opType: "Cast", inputs: ["h"], outputs: ["y"], attrs: { to: 1 } }], inputs: [{ name: "x", shape: [8] }], outputs: [{ name: "y" }] });
+      const bytes = encodeModel({
+        opset: 17,
+        nodes: [
+          { opType: "Cast", inputs: ["x"], outputs: ["h"], attrs: { to } },
+          { opType: "Cast", inputs: ["h"], outputs: ["y"], attrs: { to: 1 } },
+        ],
+        inputs: [{ name: "x", shape: [8] }],
+        outputs: [{ name: "y" }],
+      });
       const s = await ort.InferenceSession.create(bytes, { logSeverityLevel: 4 });
       const want = (await s.run({ x: new ort.Tensor("float32", x.data, [8]) })).y!.data as Float32Array;
       await s.release();
@@ -291,7 +624,10 @@ test.serial("loadModel binds a model to a backend; dispose releases its weights 
     ],
     inputs: [{ name: "x", shape: [1, 16, 4, 8, 8] }],
     outputs: [{ name: "y" }],
-    initializers: [{ name: "w", dims: w.shape, data: w.data }, { name: "big", dims: big.shape, data: big.data }],
+    initializers: [
+      { name: "w", dims: w.shape, data: w.data },
+      { name: "big", dims: big.shape, data: big.data },
+    ],
   });
   const x = randomTensor([1, 16, 4, 8, 8], 5);
   setBackend("native");
@@ -335,46 +671,62 @@ test("resampleVolume refuses a grid past maxVoxels before allocating (8×8×2 vo
   t.deepEqual(ok.dims, [16, 16, 4]);
 });
 
-test.serial("shape glue is computed once per input shape: the next run of the same shapes reuses it, another shape recomputes it, both equal onnxruntime", async (t) => {
-  // y = Reshape(x, [N, C·D, H·W]) with the target built from Shape → Gather → Mul → Unsqueeze → Concat
-  const nodes: Nodes = [
-    { opType: "Shape", inputs: ["x"], outputs: ["s"] },
-    { opType: "Gather", inputs: ["s", "i0"], outputs: ["n"], attrs: { axis: 0 } },
-    { opType: "Gather", inputs: ["s", "i1"], outputs: ["c"], attrs: { axis: 0 } },
-    { opType: "Gather", inputs: ["s", "i2"], outputs: ["d"], attrs: { axis: 0 } },
-    { opType: "Gather", inputs: ["s", "i3"], outputs: ["h"], attrs: { axis: 0 } },
-    { opType: "Gather", inputs: ["s", "i4"], outputs: ["w"], attrs: { axis: 0 } },
-    { opType: "Mul", inputs: ["c", "d"], outputs: ["cd"] },
-    { opType: "Mul", inputs: ["h", "w"], outputs: ["hw"] },
-    { opType: "Unsqueeze", inputs: ["n", "ax"], outputs: ["n1"] },
-    { opType: "Unsqueeze", inputs: ["cd", "ax"], outputs: ["cd1"] },
-    { opType: "Unsqueeze", inputs: ["hw", "ax"], outputs: ["hw1"] },
-    { opType: "Concat", inputs: ["n1", "cd1", "hw1"], outputs: ["target"], attrs: { axis: 0 } },
-    { opType: "Reshape", inputs: ["x", "target"], outputs: ["r"] },
-    { opType: "Softmax", inputs: ["r"], outputs: ["y"], attrs: { axis: -1 } },
-  ];
-  const inits = [0, 1, 2, 3, 4].map((k) => ({ name: `i${k}`, dims: [], data: i64([k]) }));
-  const bytes = encodeModel({ opset: 17, nodes, inputs: [{ name: "x", shape: [1, 2, "d", "h", "w"] }], outputs: [{ name: "y" }], initializers: [...inits, { name: "ax", dims: [1], data: i64([0]) }] });
-  setBackend("native");
-  const m = await loadModel(bytes);
-  const session = await ort.InferenceSession.create(bytes);
-  for (const [k, shape] of [[1, [1, 2, 3, 4, 5]], [2, [1, 2, 3, 4, 5]], [3, [1, 2, 2, 6, 4]], [4, [1, 2, 3, 4, 5]]] as const) {
-    const x = randomTensor([...shape], 10 + k);
-    const y = await m.run(x);
-    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
-    t.deepEqual(y.shape, [...want.dims], `run ${k}`);
-    t.true(relDiff(y.data, want.data as Float32Array) < 1e-6, `run ${k}`);
-    // first sight of a shape computes the 12 glue nodes; a shape seen before reuses them all
-    t.is(m.lastRun!.shapeNodesCached, k === 2 || k === 4 ? 12 : 0, `run ${k}`);
-  }
-  await session.release();
-});
+test.serial(
+  "shape glue is computed once per input shape: the next run of the same shapes reuses it, another shape recomputes it, both equal onnxruntime",
+  async (t) => {
+    // y = Reshape(x, [N, C·D, H·W]) with the target built from Shape → Gather → Mul → Unsqueeze → Concat
+    const nodes: Nodes = [
+      { opType: "Shape", inputs: ["x"], outputs: ["s"] },
+      { opType: "Gather", inputs: ["s", "i0"], outputs: ["n"], attrs: { axis: 0 } },
+      { opType: "Gather", inputs: ["s", "i1"], outputs: ["c"], attrs: { axis: 0 } },
+      { opType: "Gather", inputs: ["s", "i2"], outputs: ["d"], attrs: { axis: 0 } },
+      { opType: "Gather", inputs: ["s", "i3"], outputs: ["h"], attrs: { axis: 0 } },
+      { opType: "Gather", inputs: ["s", "i4"], outputs: ["w"], attrs: { axis: 0 } },
+      { opType: "Mul", inputs: ["c", "d"], outputs: ["cd"] },
+      { opType: "Mul", inputs: ["h", "w"], outputs: ["hw"] },
+      { opType: "Unsqueeze", inputs: ["n", "ax"], outputs: ["n1"] },
+      { opType: "Unsqueeze", inputs: ["cd", "ax"], outputs: ["cd1"] },
+      { opType: "Unsqueeze", inputs: ["hw", "ax"], outputs: ["hw1"] },
+      { opType: "Concat", inputs: ["n1", "cd1", "hw1"], outputs: ["target"], attrs: { axis: 0 } },
+      { opType: "Reshape", inputs: ["x", "target"], outputs: ["r"] },
+      { opType: "Softmax", inputs: ["r"], outputs: ["y"], attrs: { axis: -1 } },
+    ];
+    const inits = [0, 1, 2, 3, 4].map((k) => ({ name: `i${k}`, dims: [], data: i64([k]) }));
+    const bytes = encodeModel({
+      opset: 17,
+      nodes,
+      inputs: [{ name: "x", shape: [1, 2, "d", "h", "w"] }],
+      outputs: [{ name: "y" }],
+      initializers: [...inits, { name: "ax", dims: [1], data: i64([0]) }],
+    });
+    setBackend("native");
+    const m = await loadModel(bytes);
+    const session = await ort.InferenceSession.create(bytes);
+    for (const [k, shape] of [
+      [1, [1, 2, 3, 4, 5]],
+      [2, [1, 2, 3, 4, 5]],
+      [3, [1, 2, 2, 6, 4]],
+      [4, [1, 2, 3, 4, 5]],
+    ] as const) {
+      const x = randomTensor([...shape], 10 + k);
+      const y = await m.run(x);
+      const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+      t.deepEqual(y.shape, [...want.dims], `run ${k}`);
+      t.true(relDiff(y.data, want.data as Float32Array) < 1e-6, `run ${k}`);
+      // first sight of a shape computes the 12 glue nodes; a shape seen before reuses them all
+      t.is(m.lastRun!.shapeNodesCached, k === 2 || k === 4 ? 12 : 0, `run ${k}`);
+    }
+    await session.release();
+  },
+);
 
 // PyTorch's GroupNorm as exported before opset 18 (MONAI SegResNet): Reshape [0, G, -1] →
 // InstanceNormalization(1, 0) → Reshape(Shape(X)) → Mul γ → Add β → Relu, fused into one node.
 function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)[] } = {}) {
-  const C = 8, G = 4;
-  const gamma = randomTensor([C, 1, 1, 1], 21), beta = randomTensor([C, 1, 1, 1], 22);
+  const C = 8,
+    G = 4;
+  const gamma = randomTensor([C, 1, 1, 1], 21),
+    beta = randomTensor([C, 1, 1, 1], 22);
   return encodeModel({
     opset: 17,
     nodes: [
@@ -401,7 +753,10 @@ function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)
 test("GroupNorm as exported (Reshape → InstanceNorm → Reshape → Mul → Add → Relu) runs as one fused node and equals onnxruntime on every backend; a variant that is not the pattern is left alone", async (t) => {
   const x = randomTensor([2, 8, 3, 5, 7], 23);
   x.data.forEach((v, i) => (x.data[i] = v * 3 + (i % 5)));
-  for (const [what, bytes, fused] of [["the exported GroupNorm", groupNormPattern(), true], ["the norm's scale is not 1 (no fusion)", groupNormPattern({ scaleOne: 2 }), false]] as const) {
+  for (const [what, bytes, fused] of [
+    ["the exported GroupNorm", groupNormPattern(), true],
+    ["the norm's scale is not 1 (no fusion)", groupNormPattern({ scaleOne: 2 }), false],
+  ] as const) {
     const ref = await ortSession(bytes, { x });
     for (const { name: b } of backendsUnderTest()) {
       const m = await loadModel(bytes, { backend: b });
@@ -420,13 +775,18 @@ test("GroupNorm as exported (Reshape → InstanceNorm → Reshape → Mul → Ad
 });
 
 test("GroupNormalization (opset 18: scale and bias per group) equals onnxruntime on every backend", async (t) => {
-  const x = randomTensor([1, 6, 4, 5, 3], 31), s = randomTensor([3], 32), b = randomTensor([3], 33);
+  const x = randomTensor([1, 6, 4, 5, 3], 31),
+    s = randomTensor([3], 32),
+    b = randomTensor([3], 33);
   const bytes = encodeModel({
     opset: 18,
     nodes: [{ opType: "GroupNormalization", name: "gn", inputs: ["x", "s", "b"], outputs: ["y"], attrs: { num_groups: 3, epsilon: 1e-5 } }],
     inputs: [{ name: "x", shape: x.shape }],
     outputs: [{ name: "y" }],
-    initializers: [{ name: "s", dims: [3], data: s.data }, { name: "b", dims: [3], data: b.data }],
+    initializers: [
+      { name: "s", dims: [3], data: s.data },
+      { name: "b", dims: [3], data: b.data },
+    ],
   });
   const ref = await ortSession(bytes, { x });
   for (const { name: be } of backendsUnderTest()) {
@@ -436,7 +796,9 @@ test("GroupNormalization (opset 18: scale and bias per group) equals onnxruntime
 });
 
 test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ and A·V, and a 2-D MatMul whose B is an activation (its buffer reused between runs) equal onnxruntime on every backend", async (t) => {
-  const q = randomTensor([1, 3, 20, 16], 41), k = randomTensor([1, 3, 24, 16], 42), v = randomTensor([1, 3, 24, 18], 43);
+  const q = randomTensor([1, 3, 20, 16], 41),
+    k = randomTensor([1, 3, 24, 16], 42),
+    v = randomTensor([1, 3, 24, 18], 43);
   const bytes = encodeModel({
     opset: 17,
     nodes: [
@@ -446,18 +808,28 @@ test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ an
       { opType: "MatMul", name: "again", inputs: ["p", "v"], outputs: ["o2"] },
       { opType: "Add", name: "sum", inputs: ["o", "o2"], outputs: ["y"] },
     ],
-    inputs: [{ name: "q", shape: q.shape }, { name: "k", shape: k.shape }, { name: "v", shape: v.shape }],
+    inputs: [
+      { name: "q", shape: q.shape },
+      { name: "k", shape: k.shape },
+      { name: "v", shape: v.shape },
+    ],
     outputs: [{ name: "y" }],
   });
   // y = x · relu(z): B is an activation in a pooled buffer that the next run reuses, not a weight
-  const x1 = randomTensor([20, 32], 44), x2 = randomTensor([20, 32], 45), z1 = randomTensor([32, 24], 46), z2 = randomTensor([32, 24], 47);
+  const x1 = randomTensor([20, 32], 44),
+    x2 = randomTensor([20, 32], 45),
+    z1 = randomTensor([32, 24], 46),
+    z2 = randomTensor([32, 24], 47);
   const act = encodeModel({
     opset: 17,
     nodes: [
       { opType: "Relu", name: "r", inputs: ["z"], outputs: ["h"] },
       { opType: "MatMul", name: "mm", inputs: ["x", "h"], outputs: ["y"] },
     ],
-    inputs: [{ name: "x", shape: [20, 32] }, { name: "z", shape: [32, 24] }],
+    inputs: [
+      { name: "x", shape: [20, 32] },
+      { name: "z", shape: [32, 24] },
+    ],
     outputs: [{ name: "y" }],
   });
   const ref = await ortSession(bytes, { q, k, v });
@@ -467,7 +839,11 @@ test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ an
     const y = (await m.runAll({ q, k, v })).y!;
     t.true(relDiff(y.data, ref.data) < 1e-5, `${b}: attention ${relDiff(y.data, ref.data)}`);
     const m2 = await loadModel(act, { backend: b });
-    for (const [i, [x, z]] of [[x1, z1], [x2, z2], [x1, z1]].entries()) {
+    for (const [i, [x, z]] of [
+      [x1, z1],
+      [x2, z2],
+      [x1, z1],
+    ].entries()) {
       const y2 = (await m2.runAll({ x: x!, z: z! })).y!;
       t.true(relDiff(y2.data, refs[i % 2]!.data) < 1e-5, `${b}: activation B, run ${i + 1}`);
     }

@@ -10,7 +10,10 @@ import { randomTensor, relDiff } from "./ort.js";
 const backends = backendsUnderTest();
 
 for (const { name } of backends) {
-  for (const [input, expected] of [["input.npy", "expected.npy"], ["input_1.npy", "expected_1.npy"]]) {
+  for (const [input, expected] of [
+    ["input.npy", "expected.npy"],
+    ["input_1.npy", "expected_1.npy"],
+  ]) {
     test.serial(`${name}: the PyTorch-exported plain U-Net gives PyTorch's logits on ${input}`, async (t) => {
       setBackend(name);
       const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
@@ -36,7 +39,10 @@ for (const { name } of backends) {
 
 /** A model made only of 1×1×1 convolutions: its output at a voxel depends on that voxel alone. */
 function pointwiseModel(seed: number): Uint8Array {
-  const w1 = randomTensor([4, 1, 1, 1, 1], seed), b1 = randomTensor([4], seed + 1), w2 = randomTensor([6, 4, 1, 1, 1], seed + 2), b2 = randomTensor([6], seed + 3);
+  const w1 = randomTensor([4, 1, 1, 1, 1], seed),
+    b1 = randomTensor([4], seed + 1),
+    w2 = randomTensor([6, 4, 1, 1, 1], seed + 2),
+    b2 = randomTensor([6], seed + 3);
   return encodeModel({
     opset: 17,
     nodes: [
@@ -47,22 +53,31 @@ function pointwiseModel(seed: number): Uint8Array {
     inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
     outputs: [{ name: "y" }],
     initializers: [
-      { name: "w1", dims: w1.shape, data: w1.data }, { name: "b1", dims: [4], data: b1.data },
-      { name: "w2", dims: w2.shape, data: w2.data }, { name: "b2", dims: [6], data: b2.data },
+      { name: "w1", dims: w1.shape, data: w1.data },
+      { name: "b1", dims: [4], data: b1.data },
+      { name: "w2", dims: w2.shape, data: w2.data },
+      { name: "b2", dims: [6], data: b2.data },
     ],
   });
 }
 
 function ctVolume(shapeZYX: [number, number, number], seed: number, spacingZYX: number[] = [5, 0.5, 0.5]): Volume {
   const r = randomTensor(shapeZYX, seed);
-  return volumeFromArray(Float32Array.from(r.data, (v) => v * 100 + 40), shapeZYX, spacingZYX);
+  return volumeFromArray(
+    Float32Array.from(r.data, (v) => v * 100 + 40),
+    shapeZYX,
+    spacingZYX,
+  );
 }
 
 for (const { name } of backends) {
   test.serial(`${name}: sliding windows equal one whole-volume forward for a translation-equivariant model`, async (t) => {
     setBackend(name);
     const model = await loadModel(pointwiseModel(5), { patchSize: [4, 16, 16] });
-    for (const shape of [[3, 10, 12], [9, 23, 30]] as [number, number, number][]) {
+    for (const shape of [
+      [3, 10, 12],
+      [9, 23, 30],
+    ] as [number, number, number][]) {
       // smaller than one patch; and not divisible by the step
       const ct = ctVolume(shape, 7);
       const { labels, report } = await segment(ct, model);
@@ -86,7 +101,11 @@ test.serial("segment: mirroring, progress, cleanup and the report", async (t) =>
   const ct = ctVolume([6, 20, 20], 3);
   const seen: string[] = [];
   const t0 = performance.now();
-  const { labels, report } = await segment(ct, model, { mirror: true, onProgress: (p) => seen.push(`${p.step} ${p.done}/${p.total}`), cleanup: { minVoxels: 3 } });
+  const { labels, report } = await segment(ct, model, {
+    mirror: true,
+    onProgress: (p) => seen.push(`${p.step} ${p.done}/${p.total}`),
+    cleanup: { minVoxels: 3 },
+  });
   const wall = performance.now() - t0;
   t.is(report.forwards, report.windows * 8);
   t.true(seen.includes(`window ${report.windows}/${report.windows}`));
@@ -115,7 +134,11 @@ test.serial("segment resamples to the model's spacing and back to the CT's grid 
   const dir = join(ROOT, "test", "fixtures", "resample");
   const npy = (name: string) => readNpy(join(dir, `${name}.npy`));
   const [ct, w1, b1, w2, b2, want, margin] = await Promise.all(["ct", "w1", "b1", "w2", "b2", "labels", "margin"].map(npy));
-  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({ name, dims: a.shape, data: Float32Array.from(a.data) });
+  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
+    name,
+    dims: a.shape,
+    data: Float32Array.from(a.data),
+  });
   const bytes = encodeModel({
     opset: 17,
     nodes: [
@@ -133,7 +156,8 @@ test.serial("segment resamples to the model's spacing and back to the CT's grid 
   t.deepEqual(report.modelGrid.dims, [16, 12, 10]);
   t.deepEqual(labels.dims, vol.dims);
   // every voxel whose two best classes scipy separates by more than float32 noise is the same class
-  let compared = 0, differ = 0;
+  let compared = 0,
+    differ = 0;
   for (let i = 0; i < labels.data.length; i++) {
     if (margin!.data[i]! <= 1e-4) continue;
     compared++;
@@ -148,7 +172,8 @@ test("a label volume resampled to another spacing and back keeps its labels away
   // blocks of 8 voxels: at 2 mm they are 4 voxels, and nearest sampling is exact inside them
   const [nz, ny, nx] = [16, 32, 32];
   const data = new Uint8Array(nx * ny * nz);
-  for (let z = 0; z < nz; z++) for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++) data[(z * ny + y) * nx + x] = ((z >> 3) + (y >> 3) + (x >> 3)) % 6;
+  for (let z = 0; z < nz; z++)
+    for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++) data[(z * ny + y) * nx + x] = ((z >> 3) + (y >> 3) + (x >> 3)) % 6;
   const v = volumeFromArray(data, [nz, ny, nx], [1, 1, 1]);
   const down = await resampleVolume(v, [2, 2, 2], { mode: "nearest" });
   t.deepEqual(down.dims, [16, 16, 8]);
@@ -165,12 +190,31 @@ test("a label volume resampled to another spacing and back keeps its labels away
 test("loadModel refuses what the engine cannot run, naming the node, op and attribute", async (t) => {
   const w = randomTensor([2, 1, 3, 3, 3], 1);
   const base = (nodes: Parameters<typeof encodeModel>[0]["nodes"], opset = 17) =>
-    encodeModel({ opset, nodes, inputs: [{ name: "x", shape: [1, 1, 4, 4, 4] }], outputs: [{ name: "y" }], initializers: [{ name: "w", dims: w.shape, data: w.data }] });
-  await t.throwsAsync(loadModel(base([{ opType: "Conv", inputs: ["x", "w"], outputs: ["h"], name: "enc0" }, { opType: "Col2Im", inputs: ["h"], outputs: ["y"], name: "act0" }])), {
-    message: /node act0 \(Col2Im\): op Col2Im is not supported/,
+    encodeModel({
+      opset,
+      nodes,
+      inputs: [{ name: "x", shape: [1, 1, 4, 4, 4] }],
+      outputs: [{ name: "y" }],
+      initializers: [{ name: "w", dims: w.shape, data: w.data }],
+    });
+  await t.throwsAsync(
+    loadModel(
+      base([
+        { opType: "Conv", inputs: ["x", "w"], outputs: ["h"], name: "enc0" },
+        { opType: "Col2Im", inputs: ["h"], outputs: ["y"], name: "act0" },
+      ]),
+    ),
+    {
+      message: /node act0 \(Col2Im\): op Col2Im is not supported/,
+    },
+  );
+  await t.throwsAsync(
+    loadModel(base([{ opType: "Conv", inputs: ["x", "w"], outputs: ["y"], name: "c", attrs: { auto_pad: "SAME_UPPER" } }])),
+    { message: /node c \(Conv\): attribute auto_pad = SAME_UPPER is not supported/ },
+  );
+  await t.throwsAsync(loadModel(base([{ opType: "Softmax", inputs: ["x"], outputs: ["y"], name: "s", attrs: { foo: 1 } }])), {
+    message: /node s \(Softmax\): attribute foo is not supported/,
   });
-  await t.throwsAsync(loadModel(base([{ opType: "Conv", inputs: ["x", "w"], outputs: ["y"], name: "c", attrs: { auto_pad: "SAME_UPPER" } }])), { message: /node c \(Conv\): attribute auto_pad = SAME_UPPER is not supported/ });
-  await t.throwsAsync(loadModel(base([{ opType: "Softmax", inputs: ["x"], outputs: ["y"], name: "s", attrs: { foo: 1 } }])), { message: /node s \(Softmax\): attribute foo is not supported/ });
   await t.throwsAsync(loadModel(base([{ opType: "Relu", inputs: ["x"], outputs: ["y"] }], 11)), { message: /opset 11 is not supported/ });
   await t.throwsAsync(loadModel(new Uint8Array([1, 2, 3, 4, 5])), { message: /not an ONNX model/ });
   await t.throwsAsync(loadModel("/nonexistent/model.onnx"), { message: /no such file/ });
@@ -182,11 +226,14 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   const bytes = pointwiseModel(1);
   writeFileSync(join(dir, "m.onnx"), bytes);
   t.is((await loadModel(join(dir, "m.onnx"))).config.source, "default");
-  writeFileSync(join(dir, "plans.json"), JSON.stringify({
-    transpose_forward: [0, 2, 1],
-    foreground_intensity_properties_per_channel: { "0": { mean: 45.2, std: 22.1, percentile_00_5: -10, percentile_99_5: 95 } },
-    configurations: { "3d_fullres": { patch_size: [28, 256, 224], spacing: [5, 0.49, 0.7], normalization_schemes: ["CTNormalization"] } },
-  }));
+  writeFileSync(
+    join(dir, "plans.json"),
+    JSON.stringify({
+      transpose_forward: [0, 2, 1],
+      foreground_intensity_properties_per_channel: { "0": { mean: 45.2, std: 22.1, percentile_00_5: -10, percentile_99_5: 95 } },
+      configurations: { "3d_fullres": { patch_size: [28, 256, 224], spacing: [5, 0.49, 0.7], normalization_schemes: ["CTNormalization"] } },
+    }),
+  );
   writeFileSync(join(dir, "dataset.json"), JSON.stringify({ labels: { background: 0, EDH: 1, IPH: 2, IVH: 3, SAH: 4, SDH: 5 } }));
   const nn = await loadModel(join(dir, "m.onnx"));
   t.is(nn.config.source, "nnunet");
@@ -207,7 +254,9 @@ test("model config: sidecar JSON, nnU-Net plans.json, defaults, and bad configs"
   writeFileSync(join(dir, "m.json"), JSON.stringify({ normalization: { type: "magic" } }));
   await t.throwsAsync(loadModel(join(dir, "m.onnx")), { message: /normalization .* is not one of window, ct, zscore/ });
   await t.throwsAsync(loadModel(bytes, { patchSize: [0, 1, 1] as never }), { message: /patchSize must be three positive numbers/ });
-  await t.throwsAsync(loadModel(bytes, { mirrorAxes: [2, 3] }), { message: /mirrorAxes must list distinct axes among 0, 1, 2, got \[2,3\]/ });
+  await t.throwsAsync(loadModel(bytes, { mirrorAxes: [2, 3] }), {
+    message: /mirrorAxes must list distinct axes among 0, 1, 2, got \[2,3\]/,
+  });
   t.deepEqual((await loadModel(bytes)).config.mirrorAxes, [0, 1, 2]);
 });
 
@@ -229,7 +278,8 @@ test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t)
   writeFileSync(join(dir, "m.onnx"), pointwiseModel(3));
   writeFileSync(join(dir, "m.json"), JSON.stringify({ patchSize: [4, 16, 16] }));
   await writeNifti(join(dir, "ct.nii.gz"), ctVolume([5, 20, 18], 2));
-  const run = (...a: string[]) => spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...a], { encoding: "utf8", timeout: 60_000 });
+  const run = (...a: string[]) =>
+    spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), ...a], { encoding: "utf8", timeout: 60_000 });
   const r = run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "m.onnx"), "--out", join(dir, "seg.nii.gz"), "--json");
   t.is(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout);
@@ -245,7 +295,10 @@ test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t)
 
 /** x → Conv+LeakyReLU → a; a → Conv → b; Concat(a, b) → Conv → y, and Concat(x, b) (x is not written by a node). */
 function skipModel(): Uint8Array {
-  const w1 = randomTensor([3, 2, 3, 3, 3], 201), w2 = randomTensor([5, 3, 3, 3, 3], 202), w3 = randomTensor([4, 8, 1, 1, 1], 203), b2 = randomTensor([5], 204);
+  const w1 = randomTensor([3, 2, 3, 3, 3], 201),
+    w2 = randomTensor([5, 3, 3, 3, 3], 202),
+    w3 = randomTensor([4, 8, 1, 1, 1], 203),
+    b2 = randomTensor([5], 204);
   return encodeModel({
     opset: 17,
     nodes: [
@@ -259,69 +312,87 @@ function skipModel(): Uint8Array {
     inputs: [{ name: "x", shape: ["N", 2, 4, 5, 6] }],
     outputs: [{ name: "y" }, { name: "xb" }],
     initializers: [
-      { name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data },
-      { name: "w3", dims: w3.shape, data: w3.data }, { name: "b2", dims: [5], data: b2.data },
+      { name: "w1", dims: w1.shape, data: w1.data },
+      { name: "w2", dims: w2.shape, data: w2.data },
+      { name: "w3", dims: w3.shape, data: w3.data },
+      { name: "b2", dims: [5], data: b2.data },
     ],
   });
 }
 
-test.serial("a Concat planned in place gives onnxruntime's result; batch 2 (not planned) copies, and so does a Concat of a graph input", async (t) => {
-  const ort = await import("onnxruntime-node");
-  const bytes = skipModel();
-  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-  for (const { name } of backends) {
-    setBackend(name);
-    const model = await loadModel(bytes);
-    for (const N of [1, 2, 1]) {
-      const x = randomTensor([N, 2, 4, 5, 6], 300 + N);
-      const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
-      const got = await model.runAll({ x });
-      for (const o of ["y", "xb"]) {
-        t.deepEqual(got[o]!.shape, [...want[o]!.dims], `${name} N=${N} ${o} shape`);
-        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
-        t.true(d <= 1e-4, `${name} N=${N} ${o}: max relative difference ${d}`);
+test.serial(
+  "a Concat planned in place gives onnxruntime's result; batch 2 (not planned) copies, and so does a Concat of a graph input",
+  async (t) => {
+    const ort = await import("onnxruntime-node");
+    const bytes = skipModel();
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    for (const { name } of backends) {
+      setBackend(name);
+      const model = await loadModel(bytes);
+      for (const N of [1, 2, 1]) {
+        const x = randomTensor([N, 2, 4, 5, 6], 300 + N);
+        const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+        const got = await model.runAll({ x });
+        for (const o of ["y", "xb"]) {
+          t.deepEqual(got[o]!.shape, [...want[o]!.dims], `${name} N=${N} ${o} shape`);
+          const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+          t.true(d <= 1e-4, `${name} N=${N} ${o}: max relative difference ${d}`);
+        }
+        t.is(model.lastRun!.concatsInPlace, N === 1 && name !== "cuda" ? 1 : 0, `${name} N=${N}`);
       }
-      t.is(model.lastRun!.concatsInPlace, N === 1 && name !== "cuda" ? 1 : 0, `${name} N=${N}`);
     }
-  }
-  await session.release();
-});
+    await session.release();
+  },
+);
 
-test.serial("Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it", async (t) => {
-  const ort = await import("onnxruntime-node");
-  const w1 = randomTensor([4, 2, 3, 3, 3], 401), w2 = randomTensor([4, 4, 1, 1, 1], 402), w3 = randomTensor([4, 4, 3, 3, 3], 405);
-  const s = randomTensor([4], 403), b = randomTensor([4], 404);
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [
-      // c is read by the norm and by a 1×1×1 convolution: not fused (normalising c in place would change what the second one reads)
-      { opType: "Conv", inputs: ["x", "w1"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
-      { opType: "InstanceNormalization", inputs: ["c", "s", "b"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
-      { opType: "Conv", inputs: ["c", "w2"], outputs: ["m"], attrs: { kernel_shape: [1, 1, 1] } },
-      { opType: "Add", inputs: ["n", "m"], outputs: ["y"] },
-      // d is read by its norm alone (no activation after it): fused, and its result is a graph output
-      { opType: "Conv", inputs: ["y", "w3"], outputs: ["d"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
-      { opType: "InstanceNormalization", inputs: ["d", "s", "b"], outputs: ["z"], attrs: { epsilon: 1e-5 } },
-    ],
-    inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
-    outputs: [{ name: "y" }, { name: "z" }],
-    initializers: [
-      { name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }, { name: "w3", dims: w3.shape, data: w3.data },
-      { name: "s", dims: [4], data: s.data }, { name: "b", dims: [4], data: b.data },
-    ],
-  });
-  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-  const x = randomTensor([1, 2, 4, 5, 6], 406);
-  const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
-  await session.release();
-  for (const { name } of backends) {
-    setBackend(name);
-    const model = await loadModel(bytes);
-    const got = await model.runAll({ x });
-    for (const o of ["y", "z"]) {
-      const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
-      t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
+test.serial(
+  "Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it",
+  async (t) => {
+    const ort = await import("onnxruntime-node");
+    const w1 = randomTensor([4, 2, 3, 3, 3], 401),
+      w2 = randomTensor([4, 4, 1, 1, 1], 402),
+      w3 = randomTensor([4, 4, 3, 3, 3], 405);
+    const s = randomTensor([4], 403),
+      b = randomTensor([4], 404);
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        // c is read by the norm and by a 1×1×1 convolution: not fused (normalising c in place would change what the second one reads)
+        { opType: "Conv", inputs: ["x", "w1"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+        { opType: "InstanceNormalization", inputs: ["c", "s", "b"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+        { opType: "Conv", inputs: ["c", "w2"], outputs: ["m"], attrs: { kernel_shape: [1, 1, 1] } },
+        { opType: "Add", inputs: ["n", "m"], outputs: ["y"] },
+        // d is read by its norm alone (no activation after it): fused, and its result is a graph output
+        { opType: "Conv", inputs: ["y", "w3"], outputs: ["d"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+        { opType: "InstanceNormalization", inputs: ["d", "s", "b"], outputs: ["z"], attrs: { epsilon: 1e-5 } },
+      ],
+      inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
+      outputs: [{ name: "y" }, { name: "z" }],
+      initializers: [
+        { name: "w1", dims: w1.shape, data: w1.data },
+        { name: "w2", dims: w2.shape, data: w2.data },
+        { name: "w3", dims: w3.shape, data: w3.data },
+        { name: "s", dims: [4], data: s.data },
+        { name: "b", dims: [4], data: b.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const x = randomTensor([1, 2, 4, 5, 6], 406);
+    const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+    await session.release();
+    for (const { name } of backends) {
+      setBackend(name);
+      const model = await loadModel(bytes);
+      const got = await model.runAll({ x });
+      for (const o of ["y", "z"]) {
+        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+        t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
+      }
+      t.deepEqual(
+        model.lastRun!.nodeMs.map((n) => n.op),
+        ["Conv", "InstanceNormalization", "Conv", "Add", "Conv+InstanceNormalization"],
+        name,
+      );
     }
-    t.deepEqual(model.lastRun!.nodeMs.map((n) => n.op), ["Conv", "InstanceNormalization", "Conv", "Add", "Conv+InstanceNormalization"], name);
-  }
-});
+  },
+);

@@ -14,7 +14,11 @@ for (const [what, variant] of [
 ] as const) {
   (gxx ? test : test.skip)(`C++ core test passes (${what}), with AVX-512, AVX2 only and without AVX2`, (t) => {
     t.timeout(480_000); // a build and three runs (the sanitized one is slow on a loaded machine)
-    const r = spawnSync(process.execPath, [join(ROOT, "scripts", "native-core-test.mjs"), "--variant", variant], { cwd: ROOT, encoding: "utf8", timeout: 450_000 });
+    const r = spawnSync(process.execPath, [join(ROOT, "scripts", "native-core-test.mjs"), "--variant", variant], {
+      cwd: ROOT,
+      encoding: "utf8",
+      timeout: 450_000,
+    });
     t.is(r.status, 0, r.stdout + r.stderr);
     t.regex(r.stdout, new RegExp(`^ok ${variant}, as the processor allows: \\d+ passed, 0 failed$`, "m"));
     t.regex(r.stdout, new RegExp(`^ok ${variant}, BHSD_NO_AVX2=1: \\d+ passed, 0 failed$`, "m"));

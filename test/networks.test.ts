@@ -102,11 +102,13 @@ for (const { name } of NETWORKS) {
     // the fixture itself: onnxruntime gives PyTorch's output on the same file, in this process
     test(`onnxruntime-node: ${name} opset ${opset} equals PyTorch (fixture check)`, async (t) => {
       const m = manifest.networks[name]!;
-      const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
+      const x = await readNpy(fixture(m.input)),
+        want = await readNpy(fixture(m.expected));
       const session = await ort.InferenceSession.create(fixture(m.opsets[opset]!.file), { intraOpNumThreads: 1 });
       try {
         const cases = [[x, want, m.output_shape] as const];
-        if (m.second) cases.push([await readNpy(fixture(m.second.input)), await readNpy(fixture(m.second.expected)), m.second.output_shape]);
+        if (m.second)
+          cases.push([await readNpy(fixture(m.second.input)), await readNpy(fixture(m.second.expected)), m.second.output_shape]);
         for (const [xi, wi, shape] of cases) {
           const out = (await session.run({ input: new ort.Tensor("float32", xi.data as Float32Array, xi.shape) })).output!;
           t.deepEqual([...out.dims], shape);
@@ -127,45 +129,63 @@ for (const { name: backend } of backendsUnderTest()) {
       const title = `${backend}: ${name} opset ${opset}`;
       if (runs || knownBug) {
         const register = knownBug ? test.serial.failing : test.serial;
-        register(`${title} ${pathOnly ? "from a path" : "from a path, a Buffer and a Uint8Array"} equals PyTorch${knownBug ? ` (known bug: ${knownBug})` : ""}`, async (t) => {
-          setBackend(backend);
-          const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
-          t.deepEqual(x.shape, m.input_shape);
-          for (const [how, src] of sources(fixture(m.opsets[opset]!.file)).slice(0, pathOnly ? 1 : undefined)) {
-            const model = await loadModel(src);
-            const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
-            t.deepEqual(y.shape, m.output_shape, how);
-            const d = scaleDiff(y.data, want.data);
-            t.true(d <= 1e-4, `${how}: max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
-          }
-          {
-            // shape inference at load for the fixture's input shape (its spatial axes are symbolic in
-            // the export): every value the run computes has the shape inferred for it
-            const model = await loadModel(fixture(m.opsets[opset]!.file), { inputShapes: { input: x.shape } });
-            await model.run({ data: x.data as Float32Array, shape: x.shape });
-            const ran = model.lastRun!.shapes, inferred = model.valueShapes!;
-            let compared = 0;
-            for (const [v, s] of ran) if (inferred.has(v)) (compared++, t.deepEqual(inferred.get(v), s, `value ${v}`));
-            t.true(compared >= 0.95 * ran.size, `shapes inferred at load for ${compared} of the ${ran.size} values the run computed`);
-            t.deepEqual(inferred.get(model.outputs[0]!), m.output_shape);
-          }
-          if (m.second) {
-            // shapes computed in the graph (Shape → … → Reshape) follow the input: alternate two shapes on one model
-            const x2 = await readNpy(fixture(m.second.input)), want2 = await readNpy(fixture(m.second.expected));
-            const model = await loadModel(fixture(m.opsets[opset]!.file));
-            for (const [i, [xi, wi, shape]] of [[x2, want2, m.second.output_shape], [x, want, m.output_shape], [x2, want2, m.second.output_shape]].entries() as Iterable<[number, [typeof x, typeof x, number[]]]>) {
-              const y = await model.run({ data: xi.data as Float32Array, shape: xi.shape });
-              t.deepEqual(y.shape, shape, `run ${i + 1} of the alternating shapes`);
-              const d = scaleDiff(y.data, wi.data);
-              t.true(d <= 1e-4, `run ${i + 1} of the alternating shapes (input [${xi.shape}]): max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
+        register(
+          `${title} ${pathOnly ? "from a path" : "from a path, a Buffer and a Uint8Array"} equals PyTorch${knownBug ? ` (known bug: ${knownBug})` : ""}`,
+          async (t) => {
+            setBackend(backend);
+            const x = await readNpy(fixture(m.input)),
+              want = await readNpy(fixture(m.expected));
+            t.deepEqual(x.shape, m.input_shape);
+            for (const [how, src] of sources(fixture(m.opsets[opset]!.file)).slice(0, pathOnly ? 1 : undefined)) {
+              const model = await loadModel(src);
+              const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+              t.deepEqual(y.shape, m.output_shape, how);
+              const d = scaleDiff(y.data, want.data);
+              t.true(d <= 1e-4, `${how}: max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
             }
-          }
-        });
+            {
+              // shape inference at load for the fixture's input shape (its spatial axes are symbolic in
+              // the export): every value the run computes has the shape inferred for it
+              const model = await loadModel(fixture(m.opsets[opset]!.file), { inputShapes: { input: x.shape } });
+              await model.run({ data: x.data as Float32Array, shape: x.shape });
+              const ran = model.lastRun!.shapes,
+                inferred = model.valueShapes!;
+              let compared = 0;
+              for (const [v, s] of ran)
+                if (inferred.has(v)) {
+                  compared++;
+                  t.deepEqual(inferred.get(v), s, `value ${v}`);
+                }
+              t.true(compared >= 0.95 * ran.size, `shapes inferred at load for ${compared} of the ${ran.size} values the run computed`);
+              t.deepEqual(inferred.get(model.outputs[0]!), m.output_shape);
+            }
+            if (m.second) {
+              // shapes computed in the graph (Shape → … → Reshape) follow the input: alternate two shapes on one model
+              const x2 = await readNpy(fixture(m.second.input)),
+                want2 = await readNpy(fixture(m.second.expected));
+              const model = await loadModel(fixture(m.opsets[opset]!.file));
+              for (const [i, [xi, wi, shape]] of [
+                [x2, want2, m.second.output_shape],
+                [x, want, m.output_shape],
+                [x2, want2, m.second.output_shape],
+              ].entries() as Iterable<[number, [typeof x, typeof x, number[]]]>) {
+                const y = await model.run({ data: xi.data as Float32Array, shape: xi.shape });
+                t.deepEqual(y.shape, shape, `run ${i + 1} of the alternating shapes`);
+                const d = scaleDiff(y.data, wi.data);
+                t.true(
+                  d <= 1e-4,
+                  `run ${i + 1} of the alternating shapes (input [${xi.shape}]): max |bhsd − PyTorch| is ${d} of max |PyTorch|`,
+                );
+              }
+            }
+          },
+        );
       } else {
         test.serial(`${title} is refused at load from a path, a Buffer and a Uint8Array, naming the ops it cannot run`, async (t) => {
           setBackend(backend);
           const graphOps = new Set(Object.keys(m.opsets[opset]!.op_types));
-          const x = await readNpy(fixture(m.input)), want = await readNpy(fixture(m.expected));
+          const x = await readNpy(fixture(m.input)),
+            want = await readNpy(fixture(m.expected));
           for (const [how, src] of sources(fixture(m.opsets[opset]!.file))) {
             let model;
             try {
@@ -182,7 +202,10 @@ for (const { name: backend } of backendsUnderTest()) {
             try {
               const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
               const d = y.shape.join() === m.output_shape.join() ? scaleDiff(y.data, want.data) : Infinity;
-              verdict = d <= 1e-4 ? `and equals PyTorch (${d}): set runs: true` : `and answers WRONGLY (max difference ${d} of max |PyTorch|, shape [${y.shape}])`;
+              verdict =
+                d <= 1e-4
+                  ? `and equals PyTorch (${d}): set runs: true`
+                  : `and answers WRONGLY (max difference ${d} of max |PyTorch|, shape [${y.shape}])`;
             } catch (e) {
               verdict = `and then run() throws: ${String((e as Error).message).slice(0, 300)}`;
             }

@@ -21,14 +21,17 @@ function edit(fn: (b: Buffer) => void, bytes: Buffer = good): Buffer {
 
 /** A 400-byte file whose header claims nx·ny·nz uint8 voxels. */
 function claims(nx: number, ny: number, nz: number): Buffer {
-  return edit((b) => {
-    b.writeInt16LE(3, 40);
-    b.writeInt16LE(nx, 42);
-    b.writeInt16LE(ny, 44);
-    b.writeInt16LE(nz, 46);
-    b.writeInt16LE(2, 70); // uint8
-    b.writeInt16LE(8, 72);
-  }, good.subarray(0, 400));
+  return edit(
+    (b) => {
+      b.writeInt16LE(3, 40);
+      b.writeInt16LE(nx, 42);
+      b.writeInt16LE(ny, 44);
+      b.writeInt16LE(nz, 46);
+      b.writeInt16LE(2, 70); // uint8
+      b.writeInt16LE(8, 72);
+    },
+    good.subarray(0, 400),
+  );
 }
 
 const gz = gzipSync(good);
@@ -44,8 +47,16 @@ const cases: [string, Buffer, RegExp][] = [
   ["zero dim", edit((b) => b.writeInt16LE(0, 46)), /dim\[3\] is 0/],
   ["unknown datatype", edit((b) => b.writeInt16LE(999, 70)), /unknown datatype code 999/],
   // issue 18: accepted before; a reader trusting bitpix would read other voxels
-  ["bitpix inconsistent with the datatype", edit((b) => b.writeInt16LE(8, 72)), /bitpix is 8 but datatype 512 \(uint16\) has 16 bits per voxel/],
-  ["bitpix inconsistent with the datatype, gzip", gzipSync(edit((b) => b.writeInt16LE(32, 72))), /bitpix is 32 but datatype 512 \(uint16\) has 16 bits per voxel/],
+  [
+    "bitpix inconsistent with the datatype",
+    edit((b) => b.writeInt16LE(8, 72)),
+    /bitpix is 8 but datatype 512 \(uint16\) has 16 bits per voxel/,
+  ],
+  [
+    "bitpix inconsistent with the datatype, gzip",
+    gzipSync(edit((b) => b.writeInt16LE(32, 72))),
+    /bitpix is 32 but datatype 512 \(uint16\) has 16 bits per voxel/,
+  ],
   ["int64 datatype", edit((b) => b.writeInt16LE(1024, 70)), /datatype 1024 \(int64\) is not supported/],
   ["rgb datatype", edit((b) => b.writeInt16LE(128, 70)), /datatype 128 \(rgb24\) is not supported/],
   ["vox_offset past the end", edit((b) => b.writeFloatLE(100000, 108)), /vox_offset 100000 is past the end/],
@@ -59,7 +70,11 @@ const cases: [string, Buffer, RegExp][] = [
   ["gzip: truncated stream", gz.subarray(0, Math.floor(gz.length / 2)), /(broken gzip stream|truncated)/],
   ["gzip: corrupted stream", edit((b) => b.fill(0xff, 20, 60), gz), /broken gzip stream/],
   ["gzip: empty stream", gzipSync(Buffer.alloc(0)), /empty file/],
-  ["gzip: truncated data", gzipSync(good.subarray(0, good.length - 10)), /truncated data: the header needs 880 bytes of voxels, the gzip stream holds 870/],
+  [
+    "gzip: truncated data",
+    gzipSync(good.subarray(0, good.length - 10)),
+    /truncated data: the header needs 880 bytes of voxels, the gzip stream holds 870/,
+  ],
 ];
 
 for (const [what, bytes, message] of cases) {
@@ -87,7 +102,9 @@ test("refuses a missing file and a folder with a clear reason", async (t) => {
 });
 
 test("refuses arguments of the wrong kind, naming them", async (t) => {
-  await t.throwsAsync(readNifti(42 as never), { message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/ });
+  await t.throwsAsync(readNifti(42 as never), {
+    message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/,
+  });
   await t.throwsAsync(readNifti(good, { maxBytes: -1 }), { message: /for options.maxBytes but received number -1/ });
   await t.throwsAsync(readNifti(good, { maxBytes: 100 }), { message: /exceeds the limit of 100 bytes/ });
 });
@@ -111,13 +128,17 @@ test("refuses a FIFO, a character device and a folder at once, for readNifti and
     for (const f of fifos) {
       try {
         closeSync(openSync(f, constants.O_WRONLY | constants.O_NONBLOCK)); // a writer releases a reader stuck in open()
-      } catch {}
+      } catch {
+        // best-effort cleanup: already gone is fine
+      }
     }
   }
 });
 
 test("readNiftiHeader checks its arguments, naming them", async (t) => {
-  await t.throwsAsync(readNiftiHeader(42 as never), { message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/ });
+  await t.throwsAsync(readNiftiHeader(42 as never), {
+    message: /Expected a file path, a file URL or a Uint8Array\/Buffer of the file's bytes for pathOrBytes but received number 42/,
+  });
   await t.throwsAsync(readNiftiHeader("" as never), { message: /for pathOrBytes but received/ });
   await t.throwsAsync(readNiftiHeader(good, { name: 7 } as never), { message: /Expected a string for options.name but received number 7/ });
   await t.throwsAsync(readNiftiHeader(good, "x.nii" as never), { message: /Expected an options object for options/ });
@@ -134,7 +155,9 @@ test("a gzip stream is refused from its header, before the rest is inflated", as
   for (const src of [path, bomb]) {
     const before = process.memoryUsage().arrayBuffers;
     const cpu0 = process.cpuUsage();
-    await t.throwsAsync(readNifti(src, { maxBytes: 100 << 20 }), { message: /voxel data of 1048576000 bytes exceeds the limit of 104857600 bytes/ });
+    await t.throwsAsync(readNifti(src, { maxBytes: 100 << 20 }), {
+      message: /voxel data of 1048576000 bytes exceeds the limit of 104857600 bytes/,
+    });
     // CPU time, not wall time (robust on a loaded machine): inflating it all costs about 2 s here
     const cpu = process.cpuUsage(cpu0);
     t.true((cpu.user + cpu.system) / 1000 < 400, `${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU`);

@@ -22,8 +22,12 @@ const tmp = mkdtempSync(join(tmpdir(), "bhsd-nifti-"));
 
 function assertGeometry(t: import("ava").ExecutionContext, v: Volume, c: Case) {
   t.deepEqual(v.dims, c.dims);
-  v.spacing.forEach((s, i) => t.true(Math.abs(s - c.spacing[i]!) <= 1e-6 * Math.max(1, c.spacing[i]!), `spacing[${i}] ${s} vs ${c.spacing[i]}`));
-  v.affine.forEach((a, i) => t.true(Math.abs(a - c.affine[i]!) <= 1e-5 * Math.max(1, Math.abs(c.affine[i]!)), `affine[${i}] ${a} vs ${c.affine[i]}`));
+  v.spacing.forEach((s, i) =>
+    t.true(Math.abs(s - c.spacing[i]!) <= 1e-6 * Math.max(1, c.spacing[i]!), `spacing[${i}] ${s} vs ${c.spacing[i]}`),
+  );
+  v.affine.forEach((a, i) =>
+    t.true(Math.abs(a - c.affine[i]!) <= 1e-5 * Math.max(1, Math.abs(c.affine[i]!)), `affine[${i}] ${a} vs ${c.affine[i]}`),
+  );
 }
 
 function sameValues(a: ArrayLike<number>, b: ArrayLike<number>): string | undefined {
@@ -85,18 +89,32 @@ test("writeNifti writes NIfTI-2 on request and for dims past 32767", async (t) =
   const back = await readNifti(out);
   t.is(back.meta?.version, 2);
   t.is(sameValues(back.data, v.data), undefined);
-  const long: Volume = { data: new Uint8Array(40000), dims: [40000, 1, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
+  const long: Volume = {
+    data: new Uint8Array(40000),
+    dims: [40000, 1, 1],
+    spacing: [1, 1, 1],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  };
   await writeNifti(join(tmp, "long.nii"), long);
   t.is((await readNifti(join(tmp, "long.nii"))).meta?.version, 2);
 });
 
 test("writeNifti refuses values the datatype cannot hold and leaves no file behind", async (t) => {
-  const v: Volume = { data: new Float32Array([0, 1, 300]), dims: [3, 1, 1], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] };
+  const v: Volume = {
+    data: new Float32Array([0, 1, 300]),
+    dims: [3, 1, 1],
+    spacing: [1, 1, 1],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  };
   const out = join(tmp, "bad.nii");
   await t.throwsAsync(writeNifti(out, v, { datatype: "uint8" }), { message: /voxel 2 holds 300/ });
   t.throws(() => readFileSync(out));
-  await t.throwsAsync(writeNifti(out, { ...v, dims: [2, 1, 1] }), { message: /volume.data has 3 voxels but volume.dims \[2, 1, 1\] need 2/ });
-  await t.throwsAsync(writeNifti(out, v, { gzipLevel: 12 }), { message: /Expected an integer from 0 to 9 for options.gzipLevel but received number 12/ });
+  await t.throwsAsync(writeNifti(out, { ...v, dims: [2, 1, 1] }), {
+    message: /volume.data has 3 voxels but volume.dims \[2, 1, 1\] need 2/,
+  });
+  await t.throwsAsync(writeNifti(out, v, { gzipLevel: 12 }), {
+    message: /Expected an integer from 0 to 9 for options.gzipLevel but received number 12/,
+  });
 });
 
 // nibabel, where it is installed, reads what writeNifti wrote: an outside check of the writer.
@@ -105,7 +123,9 @@ const nibabel = (() => {
     try {
       execFileSync(py, ["-c", "import nibabel"], { stdio: "ignore" });
       return py;
-    } catch {}
+    } catch {
+      // best-effort cleanup: already gone is fine
+    }
   }
   return undefined;
 })();
@@ -121,8 +141,13 @@ for p in sys.argv[1:]:
     img = nib.load(p)
     out[p] = {"affine": img.affine.flatten().tolist(), "dims": list(img.shape), "data": np.asarray(img.get_fdata(dtype=np.float64), np.float32).transpose(2,1,0).flatten().tolist(), "dtype": str(img.get_data_dtype())}
 print(json.dumps(out))`;
-  const res = JSON.parse(execFileSync(nibabel!, ["-c", script, join(tmp, "nib_q.nii.gz"), join(tmp, "nib_ct.nii")], { encoding: "utf8" })) as Record<string, { affine: number[]; dims: number[]; data: number[]; dtype: string }>;
-  for (const [p, vol] of [[join(tmp, "nib_q.nii.gz"), v], [join(tmp, "nib_ct.nii"), ct]] as const) {
+  const res = JSON.parse(
+    execFileSync(nibabel!, ["-c", script, join(tmp, "nib_q.nii.gz"), join(tmp, "nib_ct.nii")], { encoding: "utf8" }),
+  ) as Record<string, { affine: number[]; dims: number[]; data: number[]; dtype: string }>;
+  for (const [p, vol] of [
+    [join(tmp, "nib_q.nii.gz"), v],
+    [join(tmp, "nib_ct.nii"), ct],
+  ] as const) {
     const r = res[p]!;
     t.deepEqual(r.dims, vol.dims);
     r.affine.forEach((a, i) => t.true(Math.abs(a - vol.affine[i]!) < 1e-4, `affine[${i}]`));
@@ -137,16 +162,28 @@ test("writeNifti refuses scalings and voxels that cannot round-trip, and leaves 
   const out = join(tmp, "scaled_bad.nii");
   const refusals: [Parameters<typeof writeNifti>[2], RegExp][] = [
     // issue 18: read back as 0 (slope overflows float32 to Infinity, data stored as 0) and Infinity
-    [{ datatype: "float32", sclSlope: 1e300 }, /options.sclSlope 1e\+300 cannot be stored in NIfTI-1's float32 scl_slope \(it would read back as Infinity\)/],
-    [{ datatype: "float32", sclSlope: 1e-45 }, /options.sclSlope 1e-45 cannot be stored in NIfTI-1's float32 scl_slope \(it would read back as 1.401298464324817e-45\)/],
+    [
+      { datatype: "float32", sclSlope: 1e300 },
+      /options.sclSlope 1e\+300 cannot be stored in NIfTI-1's float32 scl_slope \(it would read back as Infinity\)/,
+    ],
+    [
+      { datatype: "float32", sclSlope: 1e-45 },
+      /options.sclSlope 1e-45 cannot be stored in NIfTI-1's float32 scl_slope \(it would read back as 1.401298464324817e-45\)/,
+    ],
     [{ datatype: "int16", sclSlope: 1e-40 }, /options.sclSlope 1e-40 cannot be stored/],
     [{ datatype: "float32", sclSlope: 1, sclInter: 1e39 }, /options.sclInter 1e\+39 cannot be stored in NIfTI-1's float32 scl_inter/],
     [{ datatype: "float32", sclSlope: NaN }, /Expected a finite number for options.sclSlope but received number NaN/],
     [{ datatype: "float32", sclSlope: Infinity }, /Expected a finite number for options.sclSlope/],
     [{ datatype: "float32", sclInter: -Infinity }, /Expected a finite number for options.sclInter/],
     // the slope fits, the data does not: 1000 / 1e-36 overflows float32; 1.5 / 3e38 underflows it (a subnormal keeps a few bits)
-    [{ datatype: "float32", sclSlope: 1e-36 }, /voxel 3 holds 1000, which overflows float32 with slope 1.*e-36 and intercept 0 \(stored as Infinity\)/],
-    [{ datatype: "float32", sclSlope: 3e38 }, /voxel 1 holds 1.5, which underflows float32 with slope 3.0000000054977558e\+38 and intercept 0 \(stored as 4.99.*e-39\)/],
+    [
+      { datatype: "float32", sclSlope: 1e-36 },
+      /voxel 3 holds 1000, which overflows float32 with slope 1.*e-36 and intercept 0 \(stored as Infinity\)/,
+    ],
+    [
+      { datatype: "float32", sclSlope: 3e38 },
+      /voxel 1 holds 1.5, which underflows float32 with slope 3.0000000054977558e\+38 and intercept 0 \(stored as 4.99.*e-39\)/,
+    ],
     [{ datatype: "int8", sclSlope: 2 }, /voxel 3 holds 1000, which int8 with slope 2 and intercept 0 cannot store/],
   ];
   for (const [opts, message] of refusals) {
@@ -154,44 +191,54 @@ test("writeNifti refuses scalings and voxels that cannot round-trip, and leaves 
     t.throws(() => readFileSync(out), undefined, `${JSON.stringify(opts)} left a file`);
   }
   // float64 voxels past float32's range, and NaN in an integer type, were stored as Infinity and 0
-  await t.throwsAsync(writeNifti(out, { ...v, data: new Float64Array([0, 1e39, 0, 0]) }, { datatype: "float32" }), { message: /voxel 1 holds 1e\+39, which overflows float32 \(stored as Infinity\)/ });
-  await t.throwsAsync(writeNifti(out, { ...v, data: new Float32Array([0, NaN, 0, 0]) }, { datatype: "int16" }), { message: /voxel 1 holds NaN, which int16 cannot store \(an integer type has no NaN\)/ });
+  await t.throwsAsync(writeNifti(out, { ...v, data: new Float64Array([0, 1e39, 0, 0]) }, { datatype: "float32" }), {
+    message: /voxel 1 holds 1e\+39, which overflows float32 \(stored as Infinity\)/,
+  });
+  await t.throwsAsync(writeNifti(out, { ...v, data: new Float32Array([0, NaN, 0, 0]) }, { datatype: "int16" }), {
+    message: /voxel 1 holds NaN, which int16 cannot store \(an integer type has no NaN\)/,
+  });
   t.throws(() => readFileSync(out));
   // NaN and infinities themselves are float data and are kept
   await writeNifti(out, { ...v, data: new Float32Array([NaN, Infinity, -Infinity, 2]) }, { datatype: "float32", sclSlope: 2 });
   t.deepEqual(Array.from((await readNifti(out)).data), [NaN, Infinity, -Infinity, 2]);
 });
 
-(nibabel ? test : test.skip)("nibabel reads scaled files as written: float32 rounding of the header's slope and intercept applied", async (t) => {
-  const affine = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
-  const data = new Float32Array(60).map((_, i) => (i * 7.3 - 200) / 3);
-  const v: Volume = { data, dims: [5, 4, 3], spacing: [1, 1, 1], affine };
-  const cases: [string, Parameters<typeof writeNifti>[2]][] = [
-    ["s_int16.nii", { datatype: "int16", sclSlope: 0.1, sclInter: -1024.3 }],
-    ["s_float32.nii.gz", { datatype: "float32", sclSlope: 2.5e-30, sclInter: 0.7 }],
-    ["s_uint8.nii", { datatype: "uint8", sclSlope: 0.7, sclInter: -100 }],
-    ["s_v2_int32.nii", { datatype: "int32", sclSlope: 1e-3, sclInter: 0.1, version: 2 }],
-  ];
-  const paths = cases.map(([f]) => join(tmp, f));
-  for (const [i, [, opts]] of cases.entries()) await writeNifti(paths[i]!, v, opts);
-  const script = `
+(nibabel ? test : test.skip)(
+  "nibabel reads scaled files as written: float32 rounding of the header's slope and intercept applied",
+  async (t) => {
+    const affine = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+    const data = new Float32Array(60).map((_, i) => (i * 7.3 - 200) / 3);
+    const v: Volume = { data, dims: [5, 4, 3], spacing: [1, 1, 1], affine };
+    const cases: [string, Parameters<typeof writeNifti>[2]][] = [
+      ["s_int16.nii", { datatype: "int16", sclSlope: 0.1, sclInter: -1024.3 }],
+      ["s_float32.nii.gz", { datatype: "float32", sclSlope: 2.5e-30, sclInter: 0.7 }],
+      ["s_uint8.nii", { datatype: "uint8", sclSlope: 0.7, sclInter: -100 }],
+      ["s_v2_int32.nii", { datatype: "int32", sclSlope: 1e-3, sclInter: 0.1, version: 2 }],
+    ];
+    const paths = cases.map(([f]) => join(tmp, f));
+    for (const [i, [, opts]] of cases.entries()) await writeNifti(paths[i]!, v, opts);
+    const script = `
 import json, sys, nibabel as nib, numpy as np
 out = {}
 for p in sys.argv[1:]:
     img = nib.load(p)
     out[p] = np.asarray(img.get_fdata(dtype=np.float64)).transpose(2,1,0).flatten().tolist()
 print(json.dumps(out))`;
-  const nib = JSON.parse(execFileSync(nibabel!, ["-c", script, ...paths], { encoding: "utf8" })) as Record<string, number[]>;
-  for (const [i, [f, opts]] of cases.entries()) {
-    const ours = await readNifti(paths[i]!);
-    const theirs = nib[paths[i]!]!;
-    // the reader rounds nibabel's float64 values once to float32
-    t.is(sameValues(ours.data, Float32Array.from(theirs)), undefined, f);
-    // and what was written comes back within half a quantisation step (integer types) or float32 rounding
-    const step = opts!.datatype!.startsWith("float") ? 0 : Math.abs(opts!.sclSlope!) / 2;
-    for (let k = 0; k < data.length; k++) {
-      const err = Math.abs(theirs[k]! - data[k]!);
-      t.true(err <= step * (1 + 1e-6) + 4e-7 * Math.abs(data[k]!) + 1e-6, `${f} voxel ${k}: wrote ${data[k]}, nibabel reads ${theirs[k]}`);
+    const nib = JSON.parse(execFileSync(nibabel!, ["-c", script, ...paths], { encoding: "utf8" })) as Record<string, number[]>;
+    for (const [i, [f, opts]] of cases.entries()) {
+      const ours = await readNifti(paths[i]!);
+      const theirs = nib[paths[i]!]!;
+      // the reader rounds nibabel's float64 values once to float32
+      t.is(sameValues(ours.data, Float32Array.from(theirs)), undefined, f);
+      // and what was written comes back within half a quantisation step (integer types) or float32 rounding
+      const step = opts!.datatype!.startsWith("float") ? 0 : Math.abs(opts!.sclSlope!) / 2;
+      for (let k = 0; k < data.length; k++) {
+        const err = Math.abs(theirs[k]! - data[k]!);
+        t.true(
+          err <= step * (1 + 1e-6) + 4e-7 * Math.abs(data[k]!) + 1e-6,
+          `${f} voxel ${k}: wrote ${data[k]}, nibabel reads ${theirs[k]}`,
+        );
+      }
     }
-  }
-});
+  },
+);

@@ -81,9 +81,11 @@ test.serial("the folder's config follows plans.json, dataset.json and the checkp
 const EXTRA = join(ROOT, "test", "fixtures", "nnunet-extra");
 
 function softmax(a: ArrayLike<number>, C: number): Float64Array {
-  const S = a.length / C, out = new Float64Array(a.length);
+  const S = a.length / C,
+    out = new Float64Array(a.length);
   for (let s = 0; s < S; s++) {
-    let m = -Infinity, sum = 0;
+    let m = -Infinity,
+      sum = 0;
     for (let k = 0; k < C; k++) m = Math.max(m, a[k * S + s]!);
     for (let k = 0; k < C; k++) sum += out[k * S + s] = Math.exp(a[k * S + s]! - m);
     for (let k = 0; k < C; k++) out[k * S + s]! /= sum;
@@ -108,10 +110,12 @@ test.serial("fold ensembling: the mean of the folds' logits (nnU-Net v2), or the
   t.true(relErr(c0.logits, meanLogits) > 1e-2, "the folds disagree, so one fold alone would fail the check above");
 
   const soft = await loadNnunet(FOLDER, { folds: [0, 1], ensemble: "softmax" });
-  const p0 = softmax(c0.logits, 6), p1 = softmax(pt1, 6);
+  const p0 = softmax(c0.logits, 6),
+    p1 = softmax(pt1, 6);
   const meanProb = Float64Array.from(p0, (v, i) => (v + p1[i]!) / 2);
   const got = softmax((await soft.run(c0.input)).data, 6);
-  let d = 0, dd = 0;
+  let d = 0,
+    dd = 0;
   for (let i = 0; i < got.length; i++) d = Math.max(d, Math.abs(got[i]! - meanProb[i]!));
   t.true(d <= 1e-5, `max |softmax(run) − mean of PyTorch's softmax| = ${d}`);
   // the two rules differ: the softmax of the mean logits is not the mean of the softmax
@@ -126,8 +130,13 @@ test.serial("fold ensembling: the mean of the folds' logits (nnU-Net v2), or the
 async function compareLabels(labels: Uint8Array, refName: string, marginName: string) {
   const ref = (await readNpy(join(EXTRA, refName))).data as Uint8Array;
   const margin = (await readNpy(join(EXTRA, marginName))).data as Float32Array;
-  let differ = 0, clear = 0;
-  for (let i = 0; i < ref.length; i++) if (labels[i] !== ref[i]) (differ++, margin[i]! >= 1e-3 && clear++);
+  let differ = 0,
+    clear = 0;
+  for (let i = 0; i < ref.length; i++)
+    if (labels[i] !== ref[i]) {
+      differ++;
+      margin[i]! >= 1e-3 && clear++;
+    }
   return { n: ref.length, differ, clear, classes: new Set(ref).size };
 }
 
@@ -190,8 +199,23 @@ test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels
   const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-cli-"));
   made.push(dir);
   const ct = join(CASES, "PhantomICH_001_0000.nii.gz");
-  const cli = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", ct, ...args], { encoding: "utf8", cwd: ROOT, timeout: 120_000 });
-  const ok = cli("--nnunet", FOLDER, "--folds", "0,1", "--out", join(dir, "labels.nii.gz"), "--report", join(dir, "report.json"), "--quiet");
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", ct, ...args], {
+      encoding: "utf8",
+      cwd: ROOT,
+      timeout: 120_000,
+    });
+  const ok = cli(
+    "--nnunet",
+    FOLDER,
+    "--folds",
+    "0,1",
+    "--out",
+    join(dir, "labels.nii.gz"),
+    "--report",
+    join(dir, "report.json"),
+    "--quiet",
+  );
   t.is(ok.status, 0, ok.stderr);
   const labels = await readNifti(join(dir, "labels.nii.gz"));
   const src = await readNifti(ct);
@@ -256,12 +280,25 @@ test("encodeModelFast decodes exactly as encodeModel's own encoding of the same 
   const spec = {
     opset: 17,
     producer: "bhsd-nnunet",
-    nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], name: "c", attrs: { kernel_shape: [1, 3, 3], pads: [0, 1, 1, 0, 1, 1], alpha: 0.25 } }],
+    nodes: [
+      {
+        opType: "Conv",
+        inputs: ["x", "w", "b"],
+        outputs: ["y"],
+        name: "c",
+        attrs: { kernel_shape: [1, 3, 3], pads: [0, 1, 1, 0, 1, 1], alpha: 0.25 },
+      },
+    ],
     inputs: [{ name: "x", shape: ["N", 2, "D", "H", "W"] as (string | number)[] }],
     outputs: [{ name: "y" }],
   };
-  const w = Float32Array.from({ length: 3 * 2 * 9 }, (_, i) => Math.sin(i) * 1e3), b = Float32Array.of(1.5, -2, 3e-8);
-  const inits = [{ name: "w", dims: [3, 2, 1, 3, 3], data: w }, { name: "b€", dims: [3], data: b }, { name: "big", dims: [300, 1, 1, 1, 1], data: new Float32Array(300).fill(7) }];
+  const w = Float32Array.from({ length: 3 * 2 * 9 }, (_, i) => Math.sin(i) * 1e3),
+    b = Float32Array.of(1.5, -2, 3e-8);
+  const inits = [
+    { name: "w", dims: [3, 2, 1, 3, 3], data: w },
+    { name: "b€", dims: [3], data: b },
+    { name: "big", dims: [300, 1, 1, 1, 1], data: new Float32Array(300).fill(7) },
+  ];
   const want = ModelProto.toObject(ModelProto.decode(encodeModel({ ...spec, initializers: inits })), { longs: Number, bytes: Array });
   const got = ModelProto.toObject(ModelProto.decode(encodeModelFast(spec, inits)), { longs: Number, bytes: Array });
   t.deepEqual(got, want);
@@ -270,6 +307,7 @@ test("encodeModelFast decodes exactly as encodeModel's own encoding of the same 
 // ---- malformed folders and checkpoints -------------------------------------------------------
 
 /** A copy of the fixture folder (fold 0 only) with plans.json and the checkpoint changed. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- plans.json is untyped JSON, edited in place
 function variant(opts: { plans?: (p: any) => void; checkpoint?: (b: Buffer) => Uint8Array }): string {
   const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-"));
   made.push(dir);
@@ -284,17 +322,23 @@ function variant(opts: { plans?: (p: any) => void; checkpoint?: (b: Buffer) => U
   writeFileSync(join(dir, "fold_0", "checkpoint_final.pth"), opts.checkpoint ? opts.checkpoint(ck) : ck);
   return dir;
 }
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- plans.json is untyped JSON, edited in place
 const arch = (p: any) => p.configurations["3d_fullres"].architecture.arch_kwargs;
 
 test("plans in nnU-Net's pre-2.4 format and configurations with inherits_from give the same network", async (t) => {
   const c = await fixtureCase(0);
   const old = variant({
     plans: (p) => {
-      const conf = p.configurations["3d_fullres"], k = conf.architecture.arch_kwargs;
+      const conf = p.configurations["3d_fullres"],
+        k = conf.architecture.arch_kwargs;
       Object.assign(conf, {
-        UNet_class_name: "PlainConvUNet", UNet_base_num_features: 8, unet_max_num_features: 12,
-        n_conv_per_stage_encoder: k.n_conv_per_stage, n_conv_per_stage_decoder: k.n_conv_per_stage_decoder,
-        conv_kernel_sizes: k.kernel_sizes, pool_op_kernel_sizes: k.strides,
+        UNet_class_name: "PlainConvUNet",
+        UNet_base_num_features: 8,
+        unet_max_num_features: 12,
+        n_conv_per_stage_encoder: k.n_conv_per_stage,
+        n_conv_per_stage_decoder: k.n_conv_per_stage_decoder,
+        conv_kernel_sizes: k.kernel_sizes,
+        pool_op_kernel_sizes: k.strides,
       });
       delete conf.architecture;
     },
@@ -318,11 +362,28 @@ test("plans in nnU-Net's pre-2.4 format and configurations with inherits_from gi
 });
 
 test("plans this engine does not build are refused, naming the key", async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- plans.json is untyped JSON, edited in place
   const cases: [(a: any) => void, RegExp][] = [
-    [(a) => (a.network_class_name = "dynamic_network_architectures.architectures.primus.Primus"), /network_class_name "dynamic_network_architectures\.architectures\.primus\.Primus" is not built here/],
-    [(a) => (a.arch_kwargs.norm_op = "torch.nn.modules.batchnorm.BatchNorm3d"), /arch_kwargs\.norm_op "torch\.nn\.modules\.batchnorm\.BatchNorm3d": only InstanceNorm3d is built/],
+    [
+      (a) => (a.network_class_name = "dynamic_network_architectures.architectures.primus.Primus"),
+      /network_class_name "dynamic_network_architectures\.architectures\.primus\.Primus" is not built here/,
+    ],
+    [
+      (a) => (a.arch_kwargs.norm_op = "torch.nn.modules.batchnorm.BatchNorm3d"),
+      /arch_kwargs\.norm_op "torch\.nn\.modules\.batchnorm\.BatchNorm3d": only InstanceNorm3d is built/,
+    ],
     [(a) => (a.arch_kwargs.nonlin = "torch.nn.GELU"), /arch_kwargs\.nonlin "torch\.nn\.GELU": only LeakyReLU and ReLU are built/],
-    [(a) => (a.arch_kwargs.kernel_sizes = [[3, 3], [3, 3], [3, 3], [3, 3], [3, 3]]), /arch_kwargs\.kernel_sizes\[0\] must be a positive integer or 3 of them/],
+    [
+      (a) =>
+        (a.arch_kwargs.kernel_sizes = [
+          [3, 3],
+          [3, 3],
+          [3, 3],
+          [3, 3],
+          [3, 3],
+        ]),
+      /arch_kwargs\.kernel_sizes\[0\] must be a positive integer or 3 of them/,
+    ],
   ];
   for (const [change, message] of cases) {
     const dir = variant({ plans: (p) => change(p.configurations["3d_fullres"].architecture) });
@@ -337,7 +398,10 @@ test("a truncated checkpoint is refused as not a readable zip", async (t) => {
 
 test("a checkpoint without a tensor the network needs is refused, naming it", async (t) => {
   const dir = variant({ plans: (p) => (arch(p).n_conv_per_stage = [2, 2, 2, 2, 3]) });
-  await t.throwsAsync(loadNnunet(dir), { message: /network_weights do not match the PlainConvUNet that plans\.json describes: missing encoder\.stages\.4\.0\.convs\.2\.conv\.weight \[12, 12, 3, 3, 3\]/ });
+  await t.throwsAsync(loadNnunet(dir), {
+    message:
+      /network_weights do not match the PlainConvUNet that plans\.json describes: missing encoder\.stages\.4\.0\.convs\.2\.conv\.weight \[12, 12, 3, 3, 3\]/,
+  });
 });
 
 test("a checkpoint with tensors the network does not have is refused, naming them", async (t) => {
@@ -347,7 +411,10 @@ test("a checkpoint with tensors the network does not have is refused, naming the
 
 test("a tensor of the wrong shape is refused with both shapes", async (t) => {
   const dir = variant({ plans: (p) => (arch(p).features_per_stage = [8, 12, 12, 12, 16]) });
-  await t.throwsAsync(loadNnunet(dir), { message: /network_weights\["encoder\.stages\.4\.0\.convs\.0\.conv\.weight"\] has shape \[12, 12, 3, 3, 3\]; the plans' PlainConvUNet needs \[16, 12, 3, 3, 3\]/ });
+  await t.throwsAsync(loadNnunet(dir), {
+    message:
+      /network_weights\["encoder\.stages\.4\.0\.convs\.0\.conv\.weight"\] has shape \[12, 12, 3, 3, 3\]; the plans' PlainConvUNet needs \[16, 12, 3, 3, 3\]/,
+  });
 });
 
 test("a pickle naming a global outside what a checkpoint holds is refused", async (t) => {
@@ -362,7 +429,10 @@ test("a pickle naming a global outside what a checkpoint holds is refused", asyn
       return c;
     },
   });
-  await t.throwsAsync(loadNnunet(dir), { message: /the pickle names the Python global "posix\.system", which a PyTorch or nnU-Net checkpoint never holds; the file is refused \(nothing in it was run\)/ });
+  await t.throwsAsync(loadNnunet(dir), {
+    message:
+      /the pickle names the Python global "posix\.system", which a PyTorch or nnU-Net checkpoint never holds; the file is refused \(nothing in it was run\)/,
+  });
 });
 
 test("tensors of another dtype are refused, naming the tensor", async (t) => {
@@ -377,16 +447,21 @@ test("tensors of another dtype are refused, naming the tensor", async (t) => {
       return c;
     },
   });
-  await t.throwsAsync(loadNnunet(dir), { message: /tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight is int16; only float32 weights are read/ });
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight is int16; only float32 weights are read/,
+  });
 });
 
 test("a checkpoint over the size limit is refused before it is read", async (t) => {
-  await t.throwsAsync(loadNnunet(FOLDER, { folds: [0], maxCheckpointBytes: 1_000_000 }), { message: /is 1071907 bytes, more than the 1000000 allowed \(maxCheckpointBytes\)/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { folds: [0], maxCheckpointBytes: 1_000_000 }), {
+    message: /is 1071907 bytes, more than the 1000000 allowed \(maxCheckpointBytes\)/,
+  });
 });
 
 /** A zip archive (stored or deflated entries; `declared` overrides the uncompressed size in the headers). */
 function makeZip(entries: { name: string; data: Uint8Array; deflate?: boolean; declared?: number }[]): Buffer {
-  const parts: Buffer[] = [], central: Buffer[] = [];
+  const parts: Buffer[] = [],
+    central: Buffer[] = [];
   let offset = 0;
   for (const e of entries) {
     const body = e.deflate ? deflateRawSync(e.data) : Buffer.from(e.data);
@@ -425,15 +500,21 @@ function makeZip(entries: { name: string; data: Uint8Array; deflate?: boolean; d
 test("a zip bomb (an entry declaring more than deflate can produce) is refused before inflating", async (t) => {
   const pkl = Buffer.from([0x80, 0x02, 0x7d, 0x2e]); // {} in pickle protocol 2
   const dir = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl, deflate: true, declared: 2 ** 31 }]) });
-  await t.throwsAsync(loadNnunet(dir), { message: /zip entry checkpoint_final\/data\.pkl declares 2147483648 bytes, more than the 268435456 allowed/ });
-  const dir2 = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl, deflate: true, declared: 100_000_000 }]) });
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /zip entry checkpoint_final\/data\.pkl declares 2147483648 bytes, more than the 268435456 allowed/,
+  });
+  const dir2 = variant({
+    checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl, deflate: true, declared: 100_000_000 }]),
+  });
   await t.throwsAsync(loadNnunet(dir2), { message: /declares 100000000 bytes from \d+ compressed, beyond what deflate can produce/ });
 });
 
 test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clearly", async (t) => {
   const dir = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x7d, 0x2e]) }]) });
   await t.throwsAsync(loadNnunet(dir), { message: /"network_weights" is None, not a state_dict/ });
-  const garbage = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x28, 0x74]) }]) });
+  const garbage = variant({
+    checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: Buffer.from([0x80, 0x02, 0x28, 0x74]) }]),
+  });
   await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
 });
 
@@ -447,7 +528,11 @@ function pickleSpan(b: Buffer) {
   const start = 30 + b.readUInt16LE(26) + b.readUInt16LE(28);
   const eocd = b.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
   const cd = b.readUInt32LE(eocd + 16);
-  if (b.toString("latin1", 30, 30 + name.length) !== name || b.toString("latin1", cd + 46, cd + 46 + name.length) !== name || b.readUInt16LE(8) !== 0)
+  if (
+    b.toString("latin1", 30, 30 + name.length) !== name ||
+    b.toString("latin1", cd + 46, cd + 46 + name.length) !== name ||
+    b.readUInt16LE(8) !== 0
+  )
     throw new Error("fixture changed: data.pkl is not the first stored entry");
   const size = b.readUInt32LE(cd + 24);
   const fixCrc = () => b.writeUInt32LE(crc32(b.subarray(start, start + size)), cd + 16);
@@ -465,15 +550,26 @@ test("a damaged storage or pickle fails its CRC-32 check", async (t) => {
       return c;
     },
   });
-  await t.throwsAsync(loadNnunet(storage), { message: /storage record checkpoint_final\/data\/0 \(tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight\) fails its CRC-32 check \(a damaged file\)/ });
-  const pkl = variant({ checkpoint: (b) => { const c = Buffer.from(b); c[pickleSpan(c).start + 1000]! ^= 0x01; return c; } });
+  await t.throwsAsync(loadNnunet(storage), {
+    message:
+      /storage record checkpoint_final\/data\/0 \(tensor encoder\.stages\.0\.0\.convs\.0\.conv\.weight\) fails its CRC-32 check \(a damaged file\)/,
+  });
+  const pkl = variant({
+    checkpoint: (b) => {
+      const c = Buffer.from(b);
+      c[pickleSpan(c).start + 1000]! ^= 0x01;
+      return c;
+    },
+  });
   await t.throwsAsync(loadNnunet(pkl), { message: /checkpoint_final\/data\.pkl fails its CRC-32 check/ });
 });
 
 test("fuzz: 40 mutated pickles (CRC fixed) load or are refused with a CheckpointError, each within seconds", async (t) => {
   const original = readFileSync(join(FOLDER, "fold_0", "checkpoint_final.pth"));
   const dir = variant({});
-  let seed = 20261202, loaded = 0, refused = 0;
+  let seed = 20261202,
+    loaded = 0,
+    refused = 0;
   const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   for (let it = 0; it < 40; it++) {
     const c = Buffer.from(original);
@@ -496,12 +592,20 @@ test("fuzz: 40 mutated pickles (CRC fixed) load or are refused with a Checkpoint
 });
 
 test("arguments are checked with messages that name them", async (t) => {
-  await t.throwsAsync(loadNnunet(42 as never), { message: /Expected the path of an nnU-Net trainer folder for trainerFolder but received number 42/ });
+  await t.throwsAsync(loadNnunet(42 as never), {
+    message: /Expected the path of an nnU-Net trainer folder for trainerFolder but received number 42/,
+  });
   await t.throwsAsync(loadNnunet(FOLDER, { folds: [7] }), { message: /fold_7\/checkpoint_final\.pth does not exist/ });
-  await t.throwsAsync(loadNnunet(FOLDER, { folds: [] }), { message: /Expected a non-empty array of fold numbers or "all" for options\.folds/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { folds: [] }), {
+    message: /Expected a non-empty array of fold numbers or "all" for options\.folds/,
+  });
   await t.throwsAsync(loadNnunet(FOLDER, { checkpoint: "best" }), { message: /has no fold_K\/checkpoint_best\.pth/ });
-  await t.throwsAsync(loadNnunet(FOLDER, { checkpoint: "last" as never }), { message: /Expected "final" or "best" for options\.checkpoint/ });
+  await t.throwsAsync(loadNnunet(FOLDER, { checkpoint: "last" as never }), {
+    message: /Expected "final" or "best" for options\.checkpoint/,
+  });
   const model = await loadNnunet(FOLDER, { folds: [0] });
-  await t.throwsAsync(model.run({ data: new Float32Array(16 * 60 * 64), shape: [1, 1, 16, 60, 64] }), { message: /multiples of \[2, 16, 16\]/ });
+  await t.throwsAsync(model.run({ data: new Float32Array(16 * 60 * 64), shape: [1, 1, 16, 60, 64] }), {
+    message: /multiples of \[2, 16, 16\]/,
+  });
   model.dispose();
 });

@@ -10,7 +10,14 @@ export interface OrtInput {
   empty?: boolean; // an omitted optional input (name "")
 }
 
-export async function ortRun(opType: string, inputs: OrtInput[], attrs: Record<string, AttrValue> = {}, opset = 17, outputs = 1, outElemType = 1): Promise<{ data: Float32Array | BigInt64Array | Int32Array; shape: number[] }[]> {
+export async function ortRun(
+  opType: string,
+  inputs: OrtInput[],
+  attrs: Record<string, AttrValue> = {},
+  opset = 17,
+  outputs = 1,
+  outElemType = 1,
+): Promise<{ data: Float32Array | BigInt64Array | Int32Array; shape: number[] }[]> {
   const outNames = Array.from({ length: outputs }, (_, i) => `y${i}`);
   const bytes = encodeModel({
     opset,
@@ -46,7 +53,8 @@ export function randomTensor(shape: number[], seed: number): Tensor {
 /** Largest difference relative to the reference's scale (max |ref|, at least 1). */
 export function relDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
   if (got.length !== want.length) return Infinity;
-  let scale = 1, d = 0;
+  let scale = 1,
+    d = 0;
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i]! - want[i]!);
@@ -58,7 +66,8 @@ export function relDiff(got: ArrayLike<number>, want: ArrayLike<number>): number
 /** Largest difference relative to the reference's own scale (max |ref|), for tensors of any magnitude. */
 export function scaleDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
   if (got.length !== want.length) return Infinity;
-  let scale = 0, d = 0;
+  let scale = 0,
+    d = 0;
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i]! - want[i]!);

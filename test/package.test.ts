@@ -21,7 +21,10 @@ console.log(JSON.stringify({ dims: v.dims, active: backendInfo().active, vfa: ty
   t.deepEqual(o.dims, [20, 16, 6]);
   t.is(o.vfa, "function");
   // and the type declarations are where package.json's exports say
-  const types = spawnSync(process.execPath, ["-e", `const p=require(${JSON.stringify(join(ROOT, "package.json"))}); const fs=require("fs"); process.exit(fs.existsSync(require("path").join(${JSON.stringify(ROOT)}, p.exports["."].types))?0:1)`]);
+  const types = spawnSync(process.execPath, [
+    "-e",
+    `const p=require(${JSON.stringify(join(ROOT, "package.json"))}); const fs=require("fs"); process.exit(fs.existsSync(require("path").join(${JSON.stringify(ROOT)}, p.exports["."].types))?0:1)`,
+  ]);
   t.is(types.status, 0);
 });
 
@@ -31,14 +34,16 @@ test("the type declarations compile for a TypeScript user without @types/node or
   // npm install leaves them without @types/node.
   const dir = mkdtempSync(join(tmpdir(), "bhsd-types-"));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const modules = join(dir, "node_modules"), pkg = join(modules, "bhsd");
+  const modules = join(dir, "node_modules"),
+    pkg = join(modules, "bhsd");
   cpSync(join(ROOT, "dist"), join(pkg, "dist"), { recursive: true, filter: (src) => statSync(src).isDirectory() || src.endsWith(".d.ts") });
   cpSync(join(ROOT, "package.json"), join(pkg, "package.json"));
   for (const name of readdirSync(join(ROOT, "node_modules"))) {
     if (name === "@types" || name.startsWith(".") || name === "bhsd") continue;
     if (name.startsWith("@")) {
       mkdirSync(join(modules, name));
-      for (const sub of readdirSync(join(ROOT, "node_modules", name))) symlinkSync(join(ROOT, "node_modules", name, sub), join(modules, name, sub), "dir");
+      for (const sub of readdirSync(join(ROOT, "node_modules", name)))
+        symlinkSync(join(ROOT, "node_modules", name, sub), join(modules, name, sub), "dir");
     } else symlinkSync(join(ROOT, "node_modules", name), join(modules, name), "dir");
   }
   writeFileSync(
@@ -56,9 +61,25 @@ export async function run(ct: Volume, model: Model, o: SegmentOptions, s: ServeO
   );
   writeFileSync(
     join(dir, "tsconfig.json"),
-    JSON.stringify({ compilerOptions: { target: "ES2022", module: "NodeNext", moduleResolution: "NodeNext", lib: ["ES2022"], types: [], strict: true, skipLibCheck: false, noEmit: true, preserveSymlinks: true }, files: ["main.ts"] }),
+    JSON.stringify({
+      compilerOptions: {
+        target: "ES2022",
+        module: "NodeNext",
+        moduleResolution: "NodeNext",
+        lib: ["ES2022"],
+        types: [],
+        strict: true,
+        skipLibCheck: false,
+        noEmit: true,
+        preserveSymlinks: true,
+      },
+      files: ["main.ts"],
+    }),
   );
-  const r = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: dir, encoding: "utf8" });
+  const r = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], {
+    cwd: dir,
+    encoding: "utf8",
+  });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.is(r.stdout.trim(), "");
 });

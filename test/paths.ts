@@ -42,7 +42,10 @@ export function sharedFixture(...parts: string[]): string {
   const hit = checked.get(rel);
   if (hit) return hit;
   const want = expectedSums().get(rel);
-  if (!want) throw new Error(`sharedFixture: ${rel} is not listed in ${join(FIXTURES, "SHA256SUMS")} (copy it from shared/fixtures and add its sha256)`);
+  if (!want)
+    throw new Error(
+      `sharedFixture: ${rel} is not listed in ${join(FIXTURES, "SHA256SUMS")} (copy it from shared/fixtures and add its sha256)`,
+    );
   const plain = join(FIXTURES, ...parts);
   let path: string;
   let bytes: Uint8Array;

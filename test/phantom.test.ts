@@ -10,7 +10,9 @@ import { VISIBLE_BLOOD_MAX_HU } from "../lib/phantom/phantom.js";
 const small = { dims: [96, 112, 16] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
 
 test("phantoms are deterministic per seed and differ between seeds", (t) => {
-  const a = makePhantom(7, small), b = makePhantom(7, small), c = makePhantom(8, small);
+  const a = makePhantom(7, small),
+    b = makePhantom(7, small),
+    c = makePhantom(8, small);
   t.deepEqual(a.ct.data, b.ct.data);
   t.deepEqual(a.labels.data, b.labels.data);
   // another seed is another head: its own noise in every voxel of the head, its own bleeds
@@ -25,9 +27,12 @@ test("anatomy and blood have the intensities of head CT", (t) => {
   for (let s = 0; s < 12; s++) {
     const p = makePhantom(s, small);
     const sums = new Map<number, { n: number; sum: number }>();
-    let air = 0, bone = 0, brain = 0;
+    let air = 0,
+      bone = 0,
+      brain = 0;
     for (let i = 0; i < p.ct.data.length; i++) {
-      const v = p.ct.data[i]!, l = p.labels.data[i]!;
+      const v = p.ct.data[i]!,
+        l = p.labels.data[i]!;
       if (v <= -990) air++;
       if (v >= 700) bone++;
       if (v >= 15 && v <= 50 && l === 0) brain++;
@@ -38,7 +43,10 @@ test("anatomy and blood have the intensities of head CT", (t) => {
         sums.set(l, e);
       }
     }
-    t.true(air > 0.1 * p.ct.data.length && bone > 1000 && brain > 0.1 * p.ct.data.length, `seed ${s}: air ${air}, bone ${bone}, brain ${brain}`);
+    t.true(
+      air > 0.1 * p.ct.data.length && bone > 1000 && brain > 0.1 * p.ct.data.length,
+      `seed ${s}: air ${air}, bone ${bone}, brain ${brain}`,
+    );
     // blood is hyperdense: 50–90 HU where it is not next to bone (EDH/SDH lie against the skull)
     for (const [c, e] of sums) {
       seen.add(c);
@@ -58,14 +66,16 @@ test("extra-axial bleeds (EDH, SDH) lie against the skull", (t) => {
     const p = makePhantom(s, small);
     if (!p.classes.includes(1) && !p.classes.includes(5)) continue;
     const nx = p.ct.dims[0];
-    let touching = 0, total = 0;
+    let touching = 0,
+      total = 0;
     for (let i = 0; i < p.labels.data.length; i++) {
       const l = p.labels.data[i]!;
       if (l !== 1 && l !== 5) continue;
       total++;
       const x = i % nx;
       const near = [-2, -1, 1, 2].some((d) => {
-        const j = i + d, k = i + d * nx;
+        const j = i + d,
+          k = i + d * nx;
         return (x + d >= 0 && x + d < nx && p.ct.data[j]! > 300) || (k >= 0 && k < p.ct.data.length && p.ct.data[k]! > 300);
       });
       if (near) touching++;
@@ -101,14 +111,37 @@ test("blood the truth calls blood looks like blood: partial volume by area, a po
   t.is(bright, 0, `labelled voxels brighter than ${VISIBLE_BLOOD_MAX_HU} HU`);
   // the point spread does not scale with the voxel: at 0.9 mm the same anatomy's blood is as visible
   const fine = makePhantom(7, { dims: [200, 240, 24], spacing: [0.9, 0.9, 5], noiseHu: 0 });
-  let a = 0, n = 0;
-  for (let i = 0; i < fine.labels.data.length; i++) if (fine.labels.data[i]) { n++; if (fine.ct.data[i]! >= 45 && fine.ct.data[i]! <= 110) a++; }
+  let a = 0,
+    n = 0;
+  for (let i = 0; i < fine.labels.data.length; i++)
+    if (fine.labels.data[i]) {
+      n++;
+      if (fine.ct.data[i]! >= 45 && fine.ct.data[i]! <= 110) a++;
+    }
   t.true(n > 0 && a / n >= 0.65, `0.9 mm: ${a} of ${n}`);
 });
 
 test("bhsd phantom writes BHSD's layout with matching slice labels", async (t) => {
   const out = mkdtempSync(join(tmpdir(), "bhsd-ph-"));
-  const r = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "phantom", "--out", out, "--cases", "2", "--seed", "3", "--dims", "64,80,12", "--spacing", "2,2,5", "--json"], { encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(ROOT, "dist", "cli", "main.js"),
+      "phantom",
+      "--out",
+      out,
+      "--cases",
+      "2",
+      "--seed",
+      "3",
+      "--dims",
+      "64,80,12",
+      "--spacing",
+      "2,2,5",
+      "--json",
+    ],
+    { encoding: "utf8", timeout: 60_000 },
+  );
   t.is(r.status, 0, r.stderr);
   const o = JSON.parse(r.stdout);
   t.is(o.cases.length, 2);
@@ -126,7 +159,9 @@ test("bhsd phantom writes BHSD's layout with matching slice labels", async (t) =
     t.deepEqual([...new Set(comps.map((k) => k.class))].sort(), c.classes);
   }
   t.true(existsSync(join(out, "cases.json")));
-  const bad = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "phantom", "--out", out, "--dims", "4,4"], { encoding: "utf8" });
+  const bad = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "phantom", "--out", out, "--dims", "4,4"], {
+    encoding: "utf8",
+  });
   t.not(bad.status, 0);
   t.regex(bad.stderr, /--dims must be three integers/);
 });

@@ -20,14 +20,28 @@ t(title("DICOM series folders in a batch: labels equal those of dcm2niix's conve
   const redis = await RedisServer.start();
   const w = startWorker(redis.url);
   try {
-    const data = join(dir, "data"), out = join(dir, "out");
+    const data = join(dir, "data"),
+      out = join(dir, "out");
     mkdirSync(data);
     for (const c of ["A_axial", "D_rle"]) {
       cpSync(join(FIX, "cases", c), join(data, c), { recursive: true });
       copyFileSync(join(FIX, "reference", c, "2_Head_5mm.nii.gz"), join(data, `${c}_dcm2niix.nii.gz`));
     }
     await w.waitLine(/^worker \S+ on queue/);
-    const sub = await bhsdRun(["batch", "submit", "--redis", redis.url, "--data", data, "--model", "demo", "--out", out, "--wait", "--json"]);
+    const sub = await bhsdRun([
+      "batch",
+      "submit",
+      "--redis",
+      redis.url,
+      "--data",
+      data,
+      "--model",
+      "demo",
+      "--out",
+      out,
+      "--wait",
+      "--json",
+    ]);
     t.is(sub.code, 0, sub.stdout + sub.stderr);
     const s = JSON.parse(sub.stdout);
     t.deepEqual(s.cases.map((c: { case: string }) => c.case).sort(), ["A_axial", "A_axial_dcm2niix", "D_rle", "D_rle_dcm2niix"]);
@@ -39,7 +53,12 @@ t(title("DICOM series folders in a batch: labels equal those of dcm2niix's conve
       t.is(labels.get(c), join(out, `${c}.nii.gz`));
       const [a, b] = [await readNifti(labels.get(c)!), await readNifti(labels.get(`${c}_dcm2niix`)!)];
       t.deepEqual(a.dims, b.dims);
-      t.true(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength)), `${c}: labels from the DICOM folder differ from those of dcm2niix's NIfTI`);
+      t.true(
+        Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(
+          Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength),
+        ),
+        `${c}: labels from the DICOM folder differ from those of dcm2niix's NIfTI`,
+      );
     }
     const again = await bhsdRun(["batch", "submit", "--redis", redis.url, "--data", data, "--model", "demo", "--out", out]);
     t.regex(again.stdout, /4 cases, 0 queued, 4 already done/);

@@ -18,7 +18,11 @@ const tmp = () => mkdtempSync(join(tmpdir(), "bhsd-queue-"));
 async function status(url: string) {
   const r = await bhsdRun(["batch", "status", "--redis", url, "--json"]);
   if (r.code !== 0) throw new Error(r.stderr);
-  return JSON.parse(r.stdout) as { counts: Record<string, number>; workers: number; cases: { case: string; jobId: string; state: string; result: { worker: string; labels: string } | null }[] };
+  return JSON.parse(r.stdout) as {
+    counts: Record<string, number>;
+    workers: number;
+    cases: { case: string; jobId: string; state: string; result: { worker: string; labels: string } | null }[];
+  };
 }
 
 t(title("a worker SIGKILLed mid-job: the job is found stalled, runs on another worker and finishes once"), async (t) => {
@@ -26,7 +30,8 @@ t(title("a worker SIGKILLed mid-job: the job is found stalled, runs on another w
   const redis = await RedisServer.start();
   const procs: Proc[] = [];
   try {
-    const data = join(dir, "data"), out = join(dir, "out");
+    const data = join(dir, "data"),
+      out = join(dir, "out");
     await writePhantoms({ out: data, cases: 1, seed: 23, dims: [160, 160, 32] });
     const a = startWorker(redis.url, [], "worker A");
     procs.push(a);
@@ -40,7 +45,8 @@ t(title("a worker SIGKILLed mid-job: the job is found stalled, runs on another w
     const before = await status(redis.url);
     t.is(before.cases[0]!.state, "active", "the killed worker's job still looks active until its lock expires");
 
-    const b = startWorker(redis.url, [], "worker B"), c = startWorker(redis.url, [], "worker C");
+    const b = startWorker(redis.url, [], "worker B"),
+      c = startWorker(redis.url, [], "worker C");
     procs.push(b, c);
     const re = new RegExp(`^done ${id} `);
     await Promise.race([b.waitLine(re, 180_000), c.waitLine(re, 180_000)]);
@@ -51,7 +57,10 @@ t(title("a worker SIGKILLed mid-job: the job is found stalled, runs on another w
     // finished once: one completion over all workers, taken by exactly one of the survivors
     for (const w of [b, c]) w.kill("SIGTERM");
     await Promise.all([b.exited, c.exited]);
-    t.is(procs.reduce((n, w) => n + w.count(re), 0), 1);
+    t.is(
+      procs.reduce((n, w) => n + w.count(re), 0),
+      1,
+    );
     t.is(b.count(/^taken /) + c.count(/^taken /), 1);
   } finally {
     for (const p of procs) p.kill("SIGKILL");
@@ -65,7 +74,8 @@ t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF); a co
   const redis = await RedisServer.start();
   let w: Proc | null = null;
   try {
-    const data = join(dir, "data"), out = join(dir, "out");
+    const data = join(dir, "data"),
+      out = join(dir, "out");
     const { cases } = await writePhantoms({ out: data, cases: 2, seed: 24, dims: [96, 96, 24] });
     const sub = await bhsdRun(["batch", "submit", "--redis", redis.url, "--data", data, "--model", "demo", "--out", out]);
     t.is(sub.code, 0, sub.stderr);
@@ -86,7 +96,20 @@ t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF); a co
     await redis.start();
     const data2 = join(dir, "data2");
     const more = await writePhantoms({ out: data2, cases: 1, seed: 26, dims: [96, 96, 24] });
-    const sub2 = await bhsdRun(["batch", "submit", "--redis", redis.url, "--data", data2, "--model", "demo", "--out", out, "--wait", "--json"]);
+    const sub2 = await bhsdRun([
+      "batch",
+      "submit",
+      "--redis",
+      redis.url,
+      "--data",
+      data2,
+      "--model",
+      "demo",
+      "--out",
+      out,
+      "--wait",
+      "--json",
+    ]);
     t.is(sub2.code, 0, sub2.stderr);
     t.deepEqual(JSON.parse(sub2.stdout).counts, { completed: 1 });
     t.true(existsSync(join(out, `${more.cases[0]!.name}.nii.gz`)));

@@ -34,7 +34,10 @@ export class Proc {
   readonly lines: string[] = [];
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private waiters: { re: RegExp; res: (m: RegExpMatchArray) => void }[] = [];
-  constructor(readonly child: ChildProcess, readonly label: string) {
+  constructor(
+    readonly child: ChildProcess,
+    readonly label: string,
+  ) {
     let buf = "";
     const take = (b: Buffer) => {
       buf += b.toString();
@@ -64,7 +67,10 @@ export class Proc {
       if (m) return Promise.resolve(m);
     }
     return new Promise((res, rej) => {
-      const timer = setTimeout(() => rej(new Error(`${this.label}: no line ${re} within ${timeoutMs} ms; output:\n${this.lines.join("\n")}`)), timeoutMs);
+      const timer = setTimeout(
+        () => rej(new Error(`${this.label}: no line ${re} within ${timeoutMs} ms; output:\n${this.lines.join("\n")}`)),
+        timeoutMs,
+      );
       const w = { re, res: (m: RegExpMatchArray) => (clearTimeout(timer), res(m)) };
       this.waiters.push(w);
       void this.exited.then((e) => {
@@ -96,7 +102,26 @@ export class RedisServer {
   }
   /** (Re)starts on the same port and data folder: what the AOF holds comes back. */
   async start(): Promise<void> {
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no", "--protected-mode", "yes"];
+    const args = [
+      "--port",
+      String(this.port),
+      "--bind",
+      "127.0.0.1",
+      "--dir",
+      this.dir,
+      "--appendonly",
+      "yes",
+      "--appendfsync",
+      "always",
+      "--save",
+      "",
+      "--maxmemory-policy",
+      "noeviction",
+      "--daemonize",
+      "no",
+      "--protected-mode",
+      "yes",
+    ];
     this.proc = new Proc(spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] }), `redis-server :${this.port}`);
     await this.proc.waitLine(/Ready to accept connections/, 30_000);
   }
@@ -121,7 +146,8 @@ export function bhsd(args: string[], label = args[0] ?? "bhsd", env: NodeJS.Proc
 export async function bhsdRun(args: string[], timeoutMs = 300_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((res, rej) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs });
-    let stdout = "", stderr = "";
+    let stdout = "",
+      stderr = "";
     child.stdout.on("data", (b: Buffer) => (stdout += b.toString()));
     child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
     child.once("error", rej);

@@ -20,73 +20,101 @@ async function api(p: Proc): Promise<string> {
   return `http://${addr}`;
 }
 
-t(title("serve --redis: two API processes share the queue; status and labels by id from either; health shows depth and workers"), async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "bhsd-queue-"));
-  const redis = await RedisServer.start();
-  const procs: Proc[] = [];
-  try {
-    const data = join(dir, "data"), shared = join(dir, "shared");
-    const { cases } = await writePhantoms({ out: data, cases: 1, seed: 25, dims: [128, 128, 32] });
-    const ctPath = join(data, "images", `${cases[0]!.name}.nii.gz`);
-    const a = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared], "api A");
-    const b = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared], "api B");
-    procs.push(a, b);
-    const [ua, ub] = [await api(a), await api(b)];
+t(
+  title("serve --redis: two API processes share the queue; status and labels by id from either; health shows depth and workers"),
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "bhsd-queue-"));
+    const redis = await RedisServer.start();
+    const procs: Proc[] = [];
+    try {
+      const data = join(dir, "data"),
+        shared = join(dir, "shared");
+      const { cases } = await writePhantoms({ out: data, cases: 1, seed: 25, dims: [128, 128, 32] });
+      const ctPath = join(data, "images", `${cases[0]!.name}.nii.gz`);
+      const a = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared], "api A");
+      const b = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared], "api B");
+      procs.push(a, b);
+      const [ua, ub] = [await api(a), await api(b)];
 
-    const h0 = await (await fetch(`${ub}/v1/health`)).json();
-    t.is(h0.workers, 0);
+      const h0 = await (await fetch(`${ub}/v1/health`)).json();
+      t.is(h0.workers, 0);
 
-    const body = readFileSync(ctPath);
-    const post = await fetch(`${ua}/v1/jobs/segment?model=demo`, { method: "POST", headers: { "content-type": "application/octet-stream" }, body });
-    t.is(post.status, 202);
-    const { id } = await post.json();
-    const h1 = await (await fetch(`${ub}/v1/health`)).json();
-    t.is(h1.queue.waiting, 1, "no worker yet: the job waits");
+      const body = readFileSync(ctPath);
+      const post = await fetch(`${ua}/v1/jobs/segment?model=demo`, {
+        method: "POST",
+        headers: { "content-type": "application/octet-stream" },
+        body,
+      });
+      t.is(post.status, 202);
+      const { id } = await post.json();
+      const h1 = await (await fetch(`${ub}/v1/health`)).json();
+      t.is(h1.queue.waiting, 1, "no worker yet: the job waits");
 
-    const w = startWorker(redis.url);
-    procs.push(w);
-    await w.waitLine(new RegExp(`^done ${id} `), 180_000);
-    const st = await (await fetch(`${ub}/v1/jobs/${id}`)).json();
-    t.is(st.state, "completed");
-    t.true(st.result.worker.endsWith(`:${w.pid}`));
-    const h2 = await (await fetch(`${ua}/v1/health`)).json();
-    t.is(h2.workers, 1);
-    t.is(h2.queue.completed, 1);
+      const w = startWorker(redis.url);
+      procs.push(w);
+      await w.waitLine(new RegExp(`^done ${id} `), 180_000);
+      const st = await (await fetch(`${ub}/v1/jobs/${id}`)).json();
+      t.is(st.state, "completed");
+      t.true(st.result.worker.endsWith(`:${w.pid}`));
+      const h2 = await (await fetch(`${ua}/v1/health`)).json();
+      t.is(h2.workers, 1);
+      t.is(h2.queue.completed, 1);
 
-    const lab = await fetch(`${ub}/v1/jobs/${id}/labels`);
-    t.is(lab.status, 200);
-    writeFileSync(join(dir, "api.nii.gz"), Buffer.from(await lab.arrayBuffer()));
-    const seg = await bhsdRun(["segment", ctPath, "--model", join(ROOT, "models", "demo.onnx"), "--out", join(dir, "local.nii.gz"), "--quiet"]);
-    t.is(seg.code, 0, seg.stderr);
-    const [x, y] = [await readNifti(join(dir, "api.nii.gz")), await readNifti(join(dir, "local.nii.gz"))];
-    t.true(Buffer.from(x.data.buffer, x.data.byteOffset, x.data.byteLength).equals(Buffer.from(y.data.buffer, y.data.byteOffset, y.data.byteLength)));
+      const lab = await fetch(`${ub}/v1/jobs/${id}/labels`);
+      t.is(lab.status, 200);
+      writeFileSync(join(dir, "api.nii.gz"), Buffer.from(await lab.arrayBuffer()));
+      const seg = await bhsdRun([
+        "segment",
+        ctPath,
+        "--model",
+        join(ROOT, "models", "demo.onnx"),
+        "--out",
+        join(dir, "local.nii.gz"),
+        "--quiet",
+      ]);
+      t.is(seg.code, 0, seg.stderr);
+      const [x, y] = [await readNifti(join(dir, "api.nii.gz")), await readNifti(join(dir, "local.nii.gz"))];
+      t.true(
+        Buffer.from(x.data.buffer, x.data.byteOffset, x.data.byteLength).equals(
+          Buffer.from(y.data.buffer, y.data.byteOffset, y.data.byteLength),
+        ),
+      );
 
-    // the same CT to the other API process: the same job, already done, not redone
-    const again = await fetch(`${ub}/v1/jobs/segment?model=demo`, { method: "POST", headers: { "content-type": "application/octet-stream" }, body });
-    t.deepEqual([again.status, (await again.json()).id], [202, id]);
-    t.is((await (await fetch(`${ua}/v1/jobs/${id}`)).json()).state, "completed");
-    t.is(w.count(/^taken /), 1);
+      // the same CT to the other API process: the same job, already done, not redone
+      const again = await fetch(`${ub}/v1/jobs/segment?model=demo`, {
+        method: "POST",
+        headers: { "content-type": "application/octet-stream" },
+        body,
+      });
+      t.deepEqual([again.status, (await again.json()).id], [202, id]);
+      t.is((await (await fetch(`${ua}/v1/jobs/${id}`)).json()).state, "completed");
+      t.is(w.count(/^taken /), 1);
 
-    // client faults
-    t.is((await fetch(`${ua}/v1/jobs/seg-${"0".repeat(40)}`)).status, 404);
-    t.is((await fetch(`${ua}/v1/jobs/nope`)).status, 400);
-    const bad = await fetch(`${ua}/v1/jobs/segment?model=demo`, { method: "POST", headers: { "content-type": "application/octet-stream" }, body: "not a nifti" });
-    t.is(bad.status, 400);
-    t.is((await bad.json()).error, "bad_nifti");
+      // client faults
+      t.is((await fetch(`${ua}/v1/jobs/seg-${"0".repeat(40)}`)).status, 404);
+      t.is((await fetch(`${ua}/v1/jobs/nope`)).status, 400);
+      const bad = await fetch(`${ua}/v1/jobs/segment?model=demo`, {
+        method: "POST",
+        headers: { "content-type": "application/octet-stream" },
+        body: "not a nifti",
+      });
+      t.is(bad.status, 400);
+      t.is((await bad.json()).error, "bad_nifti");
 
-    // with a token: every route but /v1/health needs it
-    const c = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared, "--token", "s3cret"], "api C");
-    procs.push(c);
-    const uc = await api(c);
-    t.is((await fetch(`${uc}/v1/health`)).status, 200);
-    t.is((await fetch(`${uc}/v1/jobs/${id}`)).status, 401);
-    t.is((await fetch(`${uc}/v1/jobs/${id}`, { headers: { authorization: "bearer s3cret" } })).status, 200);
+      // with a token: every route but /v1/health needs it
+      const c = bhsd(["serve", "--redis", redis.url, "--port", "0", "--result-dir", shared, "--token", "s3cret"], "api C");
+      procs.push(c);
+      const uc = await api(c);
+      t.is((await fetch(`${uc}/v1/health`)).status, 200);
+      t.is((await fetch(`${uc}/v1/jobs/${id}`)).status, 401);
+      t.is((await fetch(`${uc}/v1/jobs/${id}`, { headers: { authorization: "bearer s3cret" } })).status, 200);
 
-    for (const p of procs) p.kill("SIGTERM");
-    t.deepEqual(await Promise.all(procs.map(async (p) => (await p.exited).code)), [0, 0, 0, 0]);
-  } finally {
-    for (const p of procs) p.kill("SIGKILL");
-    await redis.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+      for (const p of procs) p.kill("SIGTERM");
+      t.deepEqual(await Promise.all(procs.map(async (p) => (await p.exited).code)), [0, 0, 0, 0]);
+    } finally {
+      for (const p of procs) p.kill("SIGKILL");
+      await redis.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -14,7 +14,13 @@ import { createServer } from "../lib/index.js";
 import { ROOT } from "./helpers.js";
 
 const dir = mkdtempSync(join(tmpdir(), "bhsd-viewer-"));
-const server = (token?: string) => createServer({ modelDir: join(dir, "no-models"), logger: false, resultDir: mkdtempSync(join(dir, "results-")), ...(token ? { token } : {}) });
+const server = (token?: string) =>
+  createServer({
+    modelDir: join(dir, "no-models"),
+    logger: false,
+    resultDir: mkdtempSync(join(dir, "results-")),
+    ...(token ? { token } : {}),
+  });
 
 test("GET / is a page whose every address is relative, whose script parses, and that loads NiiVue from the service", async (t) => {
   const app = await server();
@@ -72,7 +78,9 @@ test("with a token: the page and NiiVue answer without it, the API still asks fo
     t.is((await app.inject({ method: "GET", url: "/viewer/niivue.js" })).statusCode, 200);
     t.is((await app.inject({ method: "GET", url: "/v1/info" })).statusCode, 401);
     t.is((await app.inject({ method: "GET", url: "/v1/info", headers: { authorization: "Bearer s3cret" } })).statusCode, 200);
-    const doc = JSON.parse((await app.inject({ method: "GET", url: "/v1/openapi.json", headers: { authorization: "Bearer s3cret" } })).body);
+    const doc = JSON.parse(
+      (await app.inject({ method: "GET", url: "/v1/openapi.json", headers: { authorization: "Bearer s3cret" } })).body,
+    );
     t.false("/" in doc.paths, "the page is not part of the API's description");
   } finally {
     await app.close();
@@ -81,11 +89,16 @@ test("with a token: the page and NiiVue answer without it, the API still asks fo
 
 async function caseFiles() {
   const { writeNifti } = await import("../lib/index.js");
-  const geo = { dims: [16, 16, 4] as [number, number, number], spacing: [2, 2, 5] as [number, number, number], affine: [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1] };
+  const geo = {
+    dims: [16, 16, 4] as [number, number, number],
+    spacing: [2, 2, 5] as [number, number, number],
+    affine: [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 1],
+  };
   const lab = new Uint8Array(16 * 16 * 4);
   for (let x = 2; x < 6; x++) lab[(1 * 16 + 3) * 16 + x] = 2; // IPH, 4 voxels of 20 mm³
   lab[(3 * 16 + 12) * 16 + 12] = 5; // SDH, 1 voxel
-  const ct = join(dir, "case-ct.nii.gz"), labels = join(dir, "case-labels.nii");
+  const ct = join(dir, "case-ct.nii.gz"),
+    labels = join(dir, "case-labels.nii");
   await writeNifti(ct, { data: new Int16Array(16 * 16 * 4).fill(35), ...geo });
   await writeNifti(labels, { data: lab, ...geo });
   return { ct, labels };
@@ -100,7 +113,10 @@ test("a case loaded for `bhsd view`: case.json names it with its bleeds measured
     const info = JSON.parse((await app.inject({ method: "GET", url: "/viewer/case.json" })).body);
     t.is(info.name, "case-ct.nii.gz");
     t.is(info.ct, "viewer/case/ct");
-    t.deepEqual(info.report.components.map((c: { class: number; voxels: number }) => [c.class, c.voxels]).sort(), [[2, 4], [5, 1]]);
+    t.deepEqual(info.report.components.map((c: { class: number; voxels: number }) => [c.class, c.voxels]).sort(), [
+      [2, 4],
+      [5, 1],
+    ]);
     t.is(info.report.perClass["2"].volumeMl, 4 * 0.02);
     t.is(info.report.labels, "viewer/case/labels");
     t.deepEqual(Buffer.from((await app.inject({ method: "GET", url: "/viewer/case/ct" })).rawPayload), readFileSync(f.ct));
@@ -117,8 +133,15 @@ test("a case loaded for `bhsd view`: case.json names it with its bleeds measured
   try {
     const { writeNifti } = await import("../lib/index.js");
     const small = join(dir, "small.nii");
-    await writeNifti(small, { data: new Uint8Array(8), dims: [2, 2, 2], spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] });
-    await t.throwsAsync(registerViewerCase(other, { ct: f.ct, labels: small }), { message: /2 × 2 × 2 voxels but the CT .* is 16 × 16 × 4/ });
+    await writeNifti(small, {
+      data: new Uint8Array(8),
+      dims: [2, 2, 2],
+      spacing: [1, 1, 1],
+      affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+    });
+    await t.throwsAsync(registerViewerCase(other, { ct: f.ct, labels: small }), {
+      message: /2 × 2 × 2 voxels but the CT .* is 16 × 16 × 4/,
+    });
   } finally {
     await other.close();
   }
@@ -128,7 +151,10 @@ test("bhsd view CT LABELS prints the URL of a viewer with that case, and stops o
   const { spawn } = await import("node:child_process");
   const f = await caseFiles();
   const cli = process.env.BHSD_TEST_CLI ?? join(ROOT, "dist", "cli", "main.js");
-  const child = spawn(process.execPath, [cli, "view", f.ct, f.labels], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, BHSD_TOKEN: "" } });
+  const child = spawn(process.execPath, [cli, "view", f.ct, f.labels], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, BHSD_TOKEN: "" },
+  });
   let err = "";
   child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
   const url = await new Promise<string>((resolve, reject) => {

@@ -14,7 +14,9 @@ import type { Volume } from "../lib/types.js";
 const SKY_BLUE = [0x56, 0xb4, 0xe9];
 const VERMILLION = [0xd5, 0x5e, 0x00];
 
-const NX = 32, NY = 24, NZ = 4;
+const NX = 32,
+  NY = 24,
+  NZ = 4;
 /** A CT of 20 HU everywhere (brain window W80 L40: 255·(20 − 0)/80 = 63.75 → 64), IPH (2) in x 4..9, y 6..11 of slice 2. */
 function synthetic(affine: number[], spacing: [number, number, number] = [1, 1, 1]): { ct: Volume; labels: Volume } {
   const ct = new Int16Array(NX * NY * NZ).fill(20);
@@ -38,11 +40,21 @@ function decodePng(png: Uint8Array) {
 
 /** The pixels of one colour inside a panel's image, as a bounding box and a count. */
 function colourBox(img: ReturnType<typeof decodePng>, p: Panel, rgb: number[]) {
-  let x0 = Infinity, x1 = -1, y0 = Infinity, y1 = -1, n = 0;
+  let x0 = Infinity,
+    x1 = -1,
+    y0 = Infinity,
+    y1 = -1,
+    n = 0;
   for (let y = p.y; y < p.y + p.height; y++) {
     for (let x = p.x; x < p.x + p.width; x++) {
       const c = img.at(x, y);
-      if (c[0] === rgb[0] && c[1] === rgb[1] && c[2] === rgb[2]) (n++, (x0 = Math.min(x0, x - p.x)), (x1 = Math.max(x1, x - p.x)), (y0 = Math.min(y0, y - p.y)), (y1 = Math.max(y1, y - p.y)));
+      if (c[0] === rgb[0] && c[1] === rgb[1] && c[2] === rgb[2]) {
+        n++;
+        x0 = Math.min(x0, x - p.x);
+        x1 = Math.max(x1, x - p.x);
+        y0 = Math.min(y0, y - p.y);
+        y1 = Math.max(y1, y - p.y);
+      }
     }
   }
   return { x0, x1, y0, y1, n };
@@ -58,8 +70,14 @@ const LETTER: Record<string, string> = {
 
 /** Reads the white glyph drawn in a region (font pixels are 2 × 2) back as 5 × 7 rows. */
 function readLetter(img: ReturnType<typeof decodePng>, x0: number, y0: number, w: number, h: number): string {
-  let bx = Infinity, by = Infinity;
-  for (let y = y0; y < y0 + h; y++) for (let x = x0; x < x0 + w; x++) if (img.at(x, y)[0] === 255 && img.at(x, y)[1] === 255) (bx = Math.min(bx, x)), (by = Math.min(by, y));
+  let bx = Infinity,
+    by = Infinity;
+  for (let y = y0; y < y0 + h; y++)
+    for (let x = x0; x < x0 + w; x++)
+      if (img.at(x, y)[0] === 255 && img.at(x, y)[1] === 255) {
+        bx = Math.min(bx, x);
+        by = Math.min(by, y);
+      }
   if (!Number.isFinite(bx)) return "";
   const rows: string[] = [];
   for (let r = 0; r < 7; r++) {
@@ -98,7 +116,10 @@ test("a label block gives the palette's colour at the place the affine puts it (
   t.is(box.n, 4 * 24 - 4, "the outline: the block's border pixels only, opaque");
   // inside: 35 % of the colour over the grey of 20 HU in W80 L40 (64)
   const inside = img.at(p.x + 100, p.y + 60);
-  t.deepEqual(inside, SKY_BLUE.map((k) => Math.round(0.65 * 64 + 0.35 * k)));
+  t.deepEqual(
+    inside,
+    SKY_BLUE.map((k) => Math.round(0.65 * 64 + 0.35 * k)),
+  );
   t.deepEqual(img.at(p.x + 87, p.y + 60), [64, 64, 64], "just outside the block: the CT's grey");
   t.deepEqual(img.at(p.x + 5, p.y + 5), [64, 64, 64]);
   t.deepEqual(letters(img, p), { left: "R", right: "L", top: "A", bottom: "P" });
@@ -117,7 +138,8 @@ test("a flipped affine (x negated) shows the block on the other side, letters st
   t.deepEqual(letters(img, p), { left: "R", right: "L", top: "A", bottom: "P" });
   // neurological convention: the other way round, and its letters say so
   const n = await renderOverlayImage(ct, labels, { slices: [2], pixelMm: 0.25, bleeds: false, convention: "neurological" });
-  const nimg = decodePng(n.png), np = n.panels[0]!;
+  const nimg = decodePng(n.png),
+    np = n.panels[0]!;
   const nbox = colourBox(nimg, np, SKY_BLUE);
   t.deepEqual([nbox.x0, nbox.x1], [(31 - 9) * 4, (31 - 4) * 4 + 3]);
   t.deepEqual(letters(nimg, np), { left: "L", right: "R", top: "A", bottom: "P" });
@@ -129,7 +151,10 @@ test("a flipped affine (x negated) shows the block on the other side, letters st
 });
 
 test("pixels are millimetres: anisotropic voxels keep their shape, and the scale bar is as long as it says", async (t) => {
-  const { ct, labels } = synthetic(IDENTITY.map((v, i) => (i === 0 ? 0.5 : v)), [0.5, 1, 1]);
+  const { ct, labels } = synthetic(
+    IDENTITY.map((v, i) => (i === 0 ? 0.5 : v)),
+    [0.5, 1, 1],
+  );
   const r = await renderOverlayImage(ct, labels, { slices: [2], pixelMm: 0.25, bleeds: false });
   const img = decodePng(r.png);
   const p = r.panels[0]!;
@@ -140,8 +165,12 @@ test("pixels are millimetres: anisotropic voxels keep their shape, and the scale
   // the scale bar: the longest white run in the rows under the bottom letter
   let run = 0;
   for (let y = p.y + p.height + 18; y < p.y + p.height + 36; y++) {
-    let x = p.x, n = 0;
-    while (img.at(x, y)[0] === 255 && img.at(x, y)[2] === 255) (n++, x++);
+    let x = p.x,
+      n = 0;
+    while (img.at(x, y)[0] === 255 && img.at(x, y)[2] === 255) {
+      n++;
+      x++;
+    }
     run = Math.max(run, n);
   }
   t.true([1, 2, 5, 10, 20, 50].includes(p.scaleBar.mm));
@@ -156,12 +185,37 @@ test("default montage: the slices holding blood; a crop per bleed at its largest
   const r = await renderOverlayImage(ct, labels, { subdural: true });
   t.deepEqual(r.slices, [0, 1, 2]);
   const slicePanels = r.panels.filter((p) => p.kind === "slice");
-  t.deepEqual(slicePanels.map((p) => [p.slice, p.window.name]), [[0, "brain"], [0, "subdural"], [1, "brain"], [1, "subdural"], [2, "brain"], [2, "subdural"]]);
+  t.deepEqual(
+    slicePanels.map((p) => [p.slice, p.window.name]),
+    [
+      [0, "brain"],
+      [0, "subdural"],
+      [1, "brain"],
+      [1, "subdural"],
+      [2, "brain"],
+      [2, "subdural"],
+    ],
+  );
   const crops = r.panels.filter((p) => p.kind === "bleed");
-  t.deepEqual(crops.map((p) => [p.slice, p.bleed!.class]).sort(), [[1, 5], [2, 2]]);
+  t.deepEqual(crops.map((p) => [p.slice, p.bleed!.class]).sort(), [
+    [1, 5],
+    [2, 2],
+  ]);
   const img = decodePng(r.png);
-  t.true(colourBox(img, crops.find((p) => p.bleed!.class === 5)!, VERMILLION).n > 0);
-  t.true(colourBox(img, crops.find((p) => p.bleed!.class === 2)!, SKY_BLUE).n > 0);
+  t.true(
+    colourBox(
+      img,
+      crops.find((p) => p.bleed!.class === 5)!,
+      VERMILLION,
+    ).n > 0,
+  );
+  t.true(
+    colourBox(
+      img,
+      crops.find((p) => p.bleed!.class === 2)!,
+      SKY_BLUE,
+    ).n > 0,
+  );
   // subdural window W200 L80: 20 HU is 255·(20 − (−20))/200 = 51
   const sd = slicePanels[1]!;
   t.deepEqual(img.at(sd.x + 2, sd.y + 2), [51, 51, 51]);
@@ -171,7 +225,9 @@ test("default montage: the slices holding blood; a crop per bleed at its largest
 
 test("bad arguments are refused by name", async (t) => {
   const { ct, labels } = synthetic(IDENTITY);
-  await t.throwsAsync(renderOverlay(ct, { ...labels, dims: [NX, NY, 2], data: labels.data.subarray(0, NX * NY * 2) }), { message: /labels\.dims \[32, 24, 2\] differ from ct\.dims \[32, 24, 4\]/ });
+  await t.throwsAsync(renderOverlay(ct, { ...labels, dims: [NX, NY, 2], data: labels.data.subarray(0, NX * NY * 2) }), {
+    message: /labels\.dims \[32, 24, 2\] differ from ct\.dims \[32, 24, 4\]/,
+  });
   await t.throwsAsync(renderOverlay(ct, labels, { slices: [4] }), { message: /0 to 3 for options\.slices\[0\] but received number 4/ });
   await t.throwsAsync(renderOverlay(ct, labels, { window: { width: 0, level: 40 } }), { message: /options\.window\.width/ });
   await t.throwsAsync(renderOverlay(ct, labels, { fill: 2 }), { message: /between 0 and 1 for options\.fill but received number 2/ });
@@ -187,13 +243,22 @@ test("many bleeds: at most maxBleeds crops (default 24), the largest first", asy
   labels.data.fill(0);
   // 30 single voxels of IVH on slice 1, 2 voxels apart (never touching), and a 2 × 2 IPH block on slice 3
   for (let k = 0; k < 30; k++) labels.data[(1 * NY + 2 * Math.floor(k / 15) * 2) * NX + 2 * (k % 15)] = 3;
-  for (const [x, y] of [[20, 20], [21, 20], [20, 21], [21, 21]]) labels.data[(3 * NY + y) * NX + x] = 2;
+  for (const [x, y] of [
+    [20, 20],
+    [21, 20],
+    [20, 21],
+    [21, 21],
+  ])
+    labels.data[(3 * NY + y) * NX + x] = 2;
   const all = await renderOverlayImage(ct, labels);
   const crops = all.panels.filter((p) => p.kind === "bleed");
   t.is(crops.length, 24);
   t.is(crops[0]!.bleed!.class, 2, "the 4-voxel block first");
   const two = (await renderOverlayImage(ct, labels, { maxBleeds: 2 })).panels.filter((p) => p.kind === "bleed");
-  t.deepEqual(two.map((p) => p.bleed!.class), [2, 3]);
+  t.deepEqual(
+    two.map((p) => p.bleed!.class),
+    [2, 3],
+  );
   await t.throwsAsync(renderOverlay(ct, labels, { bleeds: [{} as never] }), { message: /options\.bleeds\[0\]/ });
   await t.throwsAsync(renderOverlay(ct, labels, { maxBleeds: -1 }), { message: /options\.maxBleeds/ });
 });

@@ -16,15 +16,18 @@ const CLI = process.env.BHSD_TEST_CLI ?? join(ROOT, "dist", "cli", "main.js");
 function bhsd(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CLI, ...args], { timeout: 110_000, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "", stderr = "";
+    let stdout = "",
+      stderr = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
     child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
     child.on("close", (status) => resolve({ status, stdout, stderr }));
   });
 }
 
-const cell = (html: string, attr: string, key: string) => html.match(new RegExp(`<tr ${attr}>.*?<td data-key="${key}"[^>]*>([^<]*)</td>`))?.[1];
-const fixed = (x: number | string, d: number) => (x === "nan" || (typeof x === "number" && Number.isNaN(x)) ? "nan" : x === "inf" || x === Infinity ? "inf" : (x as number).toFixed(d));
+const cell = (html: string, attr: string, key: string) =>
+  html.match(new RegExp(`<tr ${attr}>.*?<td data-key="${key}"[^>]*>([^<]*)</td>`))?.[1];
+const fixed = (x: number | string, d: number) =>
+  x === "nan" || (typeof x === "number" && Number.isNaN(x)) ? "nan" : x === "inf" || x === Infinity ? "inf" : (x as number).toFixed(d);
 
 function imagesDecode(t: import("ava").ExecutionContext, html: string, n: number) {
   const srcs = [...html.matchAll(/<img\b[^>]*\bsrc="([^"]*)"/g)].map((m) => m[1]!);
@@ -53,12 +56,15 @@ test.serial("demo --html, then evaluate --html on the files it wrote: the number
   for (const c of ["1", "2", "3", "4", "5"]) {
     t.is(cell(html, `data-class="${c}"`, "dice"), fixed(o.metrics.perClass[c].dice, 3), `class ${c}`);
   }
-  for (const c of o.falsePositiveClasses as number[]) t.is(cell(html, `data-class="${c}"`, "status"), "false positive: predicted, not in the truth");
+  for (const c of o.falsePositiveClasses as number[])
+    t.is(cell(html, `data-class="${c}"`, "status"), "false positive: predicted, not in the truth");
   t.true(o.falsePositiveClasses.length > 0, "this seed has an invented class (the point of the headline)");
   t.is([...html.matchAll(/<tr data-bleed=/g)].length, o.report.components.length);
 
   // evaluate on the demo's files: the same table as evaluate --json
-  const gt = join(out, "truth.nii.gz"), pred = join(out, "prediction.nii.gz"), ct = join(out, "ct.nii.gz");
+  const gt = join(out, "truth.nii.gz"),
+    pred = join(out, "prediction.nii.gz"),
+    ct = join(out, "ct.nii.gz");
   const ev = await bhsd("evaluate", "--gt", gt, "--pred", pred, "--ct", ct, "--html", join(dir, "eval.html"));
   t.is(ev.status, 0, ev.stderr);
   const evJson = JSON.parse((await bhsd("evaluate", "--gt", gt, "--pred", pred, "--json")).stdout);
@@ -78,7 +84,6 @@ test.serial("demo --html, then evaluate --html on the files it wrote: the number
   const clobber = await bhsd("evaluate", "--gt", gt, "--pred", pred, "--html", gt);
   t.not(clobber.status, 0);
   t.regex(clobber.stderr, /--html .* is an input/);
-
 });
 
 test.serial("segment --html: the bleeds and volumes of its own JSON report", async (t) => {
@@ -92,5 +97,6 @@ test.serial("segment --html: the bleeds and volumes of its own JSON report", asy
   imagesDecode(t, sh, 1);
   t.false(sh.includes("Against the ground truth"));
   t.is([...sh.matchAll(/<tr data-bleed=/g)].length, r.components.length);
-  for (const [k, v] of Object.entries(r.perClass as Record<string, { volumeMl: number }>)) t.is(cell(sh, `data-class="${k}"`, "volumeMl"), v.volumeMl.toFixed(2));
+  for (const [k, v] of Object.entries(r.perClass as Record<string, { volumeMl: number }>))
+    t.is(cell(sh, `data-class="${k}"`, "volumeMl"), v.volumeMl.toFixed(2));
 });

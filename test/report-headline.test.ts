@@ -34,10 +34,20 @@ test("an invented class counts with Dice 0; the truth-only mean is kept beside i
   t.deepEqual(h.falsePositiveClasses, [5]);
   t.deepEqual(h.missedClasses, [1]);
   // nothing in either: no classes, no mean; a prediction on an empty truth: 0, not NaN
-  const empty = diceHeadline(await evaluate(vol(() => {}), vol(() => {})));
+  const empty = diceHeadline(
+    await evaluate(
+      vol(() => {}),
+      vol(() => {}),
+    ),
+  );
   t.deepEqual(empty.classes, []);
   t.true(Number.isNaN(empty.meanDice));
-  const invented = diceHeadline(await evaluate(vol(() => {}), pred));
+  const invented = diceHeadline(
+    await evaluate(
+      vol(() => {}),
+      pred,
+    ),
+  );
   t.deepEqual(invented.classes, [2, 5]);
   t.is(invented.meanDice, 0);
   t.true(Number.isNaN(invented.meanDiceTruth));

@@ -9,14 +9,21 @@ import { evaluate, toJson } from "../lib/index.js";
 import { renderReport, renderReportData } from "../lib/render/report.js";
 import type { Volume } from "../lib/types.js";
 
-const NX = 32, NY = 24, NZ = 4;
+const NX = 32,
+  NY = 24,
+  NZ = 4;
 const at = (x: number, y: number, z: number) => (z * NY + y) * NX + x;
 // 2 × 2 × 5 mm voxels: 20 mm³ = 0.02 mL each
-const geo = { dims: [NX, NY, NZ] as [number, number, number], spacing: [2, 2, 5] as [number, number, number], affine: [2, 0, 0, -32, 0, 2, 0, -24, 0, 0, 5, 0, 0, 0, 0, 1] };
+const geo = {
+  dims: [NX, NY, NZ] as [number, number, number],
+  spacing: [2, 2, 5] as [number, number, number],
+  affine: [2, 0, 0, -32, 0, 2, 0, -24, 0, 0, 5, 0, 0, 0, 0, 1],
+};
 
 function cases() {
   const ct: Volume = { data: new Int16Array(NX * NY * NZ).fill(30), ...geo };
-  const truth = new Uint8Array(NX * NY * NZ), pred = new Uint8Array(NX * NY * NZ);
+  const truth = new Uint8Array(NX * NY * NZ),
+    pred = new Uint8Array(NX * NY * NZ);
   for (let y = 6; y <= 11; y++) for (let x = 4; x <= 9; x++) truth[at(x, y, 2)] = 2; // IPH 36 voxels
   for (let x = 0; x < 3; x++) truth[at(x, 20, 1)] = 1; // EDH 3 voxels, missed
   for (let y = 6; y <= 11; y++) for (let x = 6; x <= 11; x++) pred[at(x, y, 2)] = 2; // IPH 36 voxels, 24 shared
@@ -45,7 +52,14 @@ const num = (s: string) => (s === "inf" ? Infinity : s === "nan" ? NaN : Number(
 test("with ground truth: self-contained, the numbers of evaluate(), false positives named", async (t) => {
   const { ct, truth, pred } = cases();
   const metrics = await evaluate(truth, pred);
-  const { html, data } = await renderReportData({ ct, labels: pred, truth, metrics, caseName: "synthetic <case> & co", notes: { seed: 7 } });
+  const { html, data } = await renderReportData({
+    ct,
+    labels: pred,
+    truth,
+    metrics,
+    caseName: "synthetic <case> & co",
+    notes: { seed: 7 },
+  });
 
   // no reference leaves the file; each image decodes to the size its tag says
   const refs = references(html);
@@ -67,7 +81,8 @@ test("with ground truth: self-contained, the numbers of evaluate(), false positi
   for (const c of metrics.classes) {
     const m = metrics.perClass[String(c)]!;
     const cells = rowCells(metricRows, `data-class="${c}"`);
-    const near = (s: string, v: number, d: number) => (Number.isFinite(v) ? Math.abs(num(s) - v) <= 0.5 * 10 ** -d + 1e-12 : Object.is(num(s), v) || (Number.isNaN(v) && s === "nan"));
+    const near = (s: string, v: number, d: number) =>
+      Number.isFinite(v) ? Math.abs(num(s) - v) <= 0.5 * 10 ** -d + 1e-12 : Object.is(num(s), v) || (Number.isNaN(v) && s === "nan");
     t.true(near(cells.dice!, m.dice, 3), `class ${c} dice ${cells.dice} vs ${m.dice}`);
     t.true(near(cells.hd95!, m.hd95, 2), `class ${c} hd95 ${cells.hd95} vs ${m.hd95}`);
     t.true(near(cells.volume_gt_ml!, m.volume_gt_ml, 2));
@@ -87,8 +102,8 @@ test("with ground truth: self-contained, the numbers of evaluate(), false positi
   t.is(rowCells(metricRows, 'data-class="1"').status, "missed: in the truth, not predicted");
   t.is(rowCells(metricRows, 'data-class="3"').status, "in neither");
   // the headline: IPH, EDH, SDH counted: (2/3 + 0 + 0) / 3
-  t.regex(html, new RegExp(`<b data-key="meanDice">${((2 / 3) / 3).toFixed(3)}</b> over EDH, IPH, SDH`));
-  t.regex(html, new RegExp(`<span data-key="meanDiceTruth">${((2 / 3) / 2).toFixed(3)}</span> over EDH, IPH`));
+  t.regex(html, new RegExp(`<b data-key="meanDice">${(2 / 3 / 3).toFixed(3)}</b> over EDH, IPH, SDH`));
+  t.regex(html, new RegExp(`<span data-key="meanDiceTruth">${(2 / 3 / 2).toFixed(3)}</span> over EDH, IPH`));
   t.regex(html, /<span data-key="falsePositiveClasses">SDH<\/span>/);
 
   // the predicted bleeds, measured: IPH 6 × 6 voxels (12 × 12 mm) on one 5 mm slice: 0.72 mL, and
@@ -108,7 +123,7 @@ test("with ground truth: self-contained, the numbers of evaluate(), false positi
   const json = JSON.parse(html.match(/<script type="application\/json" id="bhsd-report">(.*?)<\/script>/s)![1]!);
   t.deepEqual(json.metrics, JSON.parse(toJson(metrics)));
   t.deepEqual(json.case.notes, { seed: 7 });
-  t.is(data.headline!.meanDice, (2 / 3) / 3);
+  t.is(data.headline!.meanDice, 2 / 3 / 3);
 
   // text is escaped
   t.true(html.includes("synthetic &lt;case&gt; &amp; co"));

@@ -16,12 +16,21 @@ test("multiple-instance loss: the value by hand, and the gradient by finite diff
   const z = randomTensor([2, 3, 3, 2, 2], 8);
   for (let i = 0; i < z.data.length; i++) z.data[i] = z.data[i]! * 2;
   const present = [
-    [[true, false], [false, false], [true, true]],
-    [[false, true], [true, false], [false, false]],
+    [
+      [true, false],
+      [false, false],
+      [true, true],
+    ],
+    [
+      [false, true],
+      [true, false],
+      [false, false],
+    ],
   ];
   const r = milLoss(z, present);
   // by hand: q = slice max of softmax per class
-  const S = 12, plane = 4;
+  const S = 12,
+    plane = 4;
   let want = 0;
   for (let n = 0; n < 2; n++)
     for (let zz = 0; zz < 3; zz++)
@@ -42,7 +51,8 @@ test("multiple-instance loss: the value by hand, and the gradient by finite diff
 });
 
 test("mean-teacher consistency: gradient by finite differences, and the EMA", (t) => {
-  const s = randomTensor([1, 4, 2, 3, 3], 1), te = randomTensor([1, 4, 2, 3, 3], 2);
+  const s = randomTensor([1, 4, 2, 3, 3], 1),
+    te = randomTensor([1, 4, 2, 3, 3], 2);
   const r = consistencyLoss(s, te);
   t.true(r.loss > 0);
   t.is(consistencyLoss(te, te).loss, 0);
@@ -50,7 +60,8 @@ test("mean-teacher consistency: gradient by finite differences, and the EMA", (t
     const num = numeric((x) => consistencyLoss(x, te).loss, s, i, 1e-2);
     t.true(Math.abs(num - r.dlogits.data[i]!) < 1e-4, `element ${i}: ${r.dlogits.data[i]} vs ${num}`);
   }
-  const teacher = Float32Array.of(1, 2), student = Float32Array.of(3, 0);
+  const teacher = Float32Array.of(1, 2),
+    student = Float32Array.of(3, 0);
   emaUpdate(teacher, student, 0.9);
   t.true(Math.abs(teacher[0]! - 1.2) < 1e-6 && Math.abs(teacher[1]! - 1.8) < 1e-6);
 });

@@ -73,7 +73,12 @@ test.serial("with every slot taken, requests are refused (503) before their bodi
     // A 64 MB streamed body: the 503 comes without the server reading it (only what the
     // loopback socket's buffers take leaves the sender).
     const big = countedBody(64 * 2 ** 20);
-    const r = await fetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body: big.stream, headers: octet, duplex: "half" } as RequestInit);
+    const r = await fetch(`${s.url}/v1/segment?model=tiny`, {
+      method: "POST",
+      body: big.stream,
+      headers: octet,
+      duplex: "half",
+    } as RequestInit);
     t.is(r.status, 503);
     t.true(big.pulled() < 24 * 2 ** 20, `${(big.pulled() / 2 ** 20).toFixed(1)} MB of the body were sent`);
 
@@ -94,7 +99,12 @@ test.serial("a queued request's body is read only once it is admitted", async (t
     const holder = fetch(`${s.url}/v1/components`, { method: "POST", body: held.stream, headers: octet, duplex: "half" } as RequestInit);
     await waitFor(async () => (await (await fetch(`${s.url}/v1/health`)).json()).active === 1);
     const big = countedBody(64 * 2 ** 20);
-    const queued = fetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body: big.stream, headers: octet, duplex: "half" } as RequestInit);
+    const queued = fetch(`${s.url}/v1/segment?model=tiny`, {
+      method: "POST",
+      body: big.stream,
+      headers: octet,
+      duplex: "half",
+    } as RequestInit);
     await waitFor(async () => (await (await fetch(`${s.url}/v1/health`)).json()).waiting === 1);
     await new Promise((r) => setTimeout(r, 500));
     t.true(big.pulled() < 24 * 2 ** 20, `${(big.pulled() / 2 ** 20).toFixed(1)} MB of the waiting body were sent`);
@@ -159,7 +169,8 @@ test("Admission: slots, the queue, the in-flight byte budget, and a waiting requ
 
   // the budget over requests: two slots, 150 bytes in all
   const b = new Admission({ concurrency: 2, queue: 0, maxRequestBytes: 100, maxInflightBytes: 150 });
-  const x = await b.enter(live.signal), y = await b.enter(live.signal);
+  const x = await b.enter(live.signal),
+    y = await b.enter(live.signal);
   x.reserve(100, "gt");
   const busy = t.throws(() => y.reserve(60, "ct"), { instanceOf: HttpError });
   t.is((busy as HttpError).status, 503);

@@ -30,30 +30,108 @@ const form = (files: Record<string, Buffer>) => {
 test.serial("client faults answer 4xx { error, message }, never 500", async (t) => {
   const s = await start({ modelDir });
   try {
-    const post = (path: string, body: BodyInit, headers: Record<string, string> = octet) => fetch(s.url + path, { method: "POST", body, headers });
+    const post = (path: string, body: BodyInit, headers: Record<string, string> = octet) =>
+      fetch(s.url + path, { method: "POST", body, headers });
     const labels = (v: number) => nifti(new Uint8Array(8 * 8 * 4).fill(v), [8, 8, 4], "uint8");
     // a label 6 in evaluate: the labels are 0..5 (BHSD's classes)
-    await expectError(t, await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(6), pred: labels(1) }) }), 422, "bad_labels", /gt holds the value 6 at voxel \(0, 0, 0\); labels must be integers 0\.\.5/);
-    await expectError(t, await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(1), pred: nifti(new Float32Array(256).fill(0.5), [8, 8, 4], "float32") }) }), 422, "bad_labels", /pred holds the value 0\.5/);
+    await expectError(
+      t,
+      await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(6), pred: labels(1) }) }),
+      422,
+      "bad_labels",
+      /gt holds the value 6 at voxel \(0, 0, 0\); labels must be integers 0\.\.5/,
+    );
+    await expectError(
+      t,
+      await fetch(`${s.url}/v1/evaluate`, {
+        method: "POST",
+        body: form({ gt: labels(1), pred: nifti(new Float32Array(256).fill(0.5), [8, 8, 4], "float32") }),
+      }),
+      422,
+      "bad_labels",
+      /pred holds the value 0\.5/,
+    );
     // multipart without a boundary, truncated, or with fields the route does not take
-    await expectError(t, await post("/v1/evaluate", "--x\r\n", { "content-type": "multipart/form-data" }), 400, "bad_multipart", /Boundary not found/);
-    const cut = '--abc\r\nContent-Disposition: form-data; name="gt"; filename="g.nii.gz"\r\nContent-Type: application/octet-stream\r\n\r\n' + "x".repeat(100);
-    await expectError(t, await post("/v1/evaluate", cut, { "content-type": "multipart/form-data; boundary=abc" }), 400, "bad_multipart", /unexpected end/i);
-    await expectError(t, await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(1), other: labels(1) }) }), 400, "bad_multipart", /unexpected file field "other"/);
-    await expectError(t, await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(1) }) }), 400, "missing_field", /"pred" is missing/);
-    await expectError(t, await fetch(`${s.url}/v1/segment`, { method: "POST", body: form({ image: labels(1) }) }), 400, "bad_multipart", /"image".*ct/);
+    await expectError(
+      t,
+      await post("/v1/evaluate", "--x\r\n", { "content-type": "multipart/form-data" }),
+      400,
+      "bad_multipart",
+      /Boundary not found/,
+    );
+    const cut =
+      '--abc\r\nContent-Disposition: form-data; name="gt"; filename="g.nii.gz"\r\nContent-Type: application/octet-stream\r\n\r\n' +
+      "x".repeat(100);
+    await expectError(
+      t,
+      await post("/v1/evaluate", cut, { "content-type": "multipart/form-data; boundary=abc" }),
+      400,
+      "bad_multipart",
+      /unexpected end/i,
+    );
+    await expectError(
+      t,
+      await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(1), other: labels(1) }) }),
+      400,
+      "bad_multipart",
+      /unexpected file field "other"/,
+    );
+    await expectError(
+      t,
+      await fetch(`${s.url}/v1/evaluate`, { method: "POST", body: form({ gt: labels(1) }) }),
+      400,
+      "missing_field",
+      /"pred" is missing/,
+    );
+    await expectError(
+      t,
+      await fetch(`${s.url}/v1/segment`, { method: "POST", body: form({ image: labels(1) }) }),
+      400,
+      "bad_multipart",
+      /"image".*ct/,
+    );
     // unknown routes and methods, unsupported media types, malformed JSON
     await expectError(t, await fetch(`${s.url}/v2/nothing`), 404, "not_found", /no route GET "\/v2\/nothing"/);
     await expectError(t, await fetch(`${s.url}/v1/segment`), 404, "not_found");
-    await expectError(t, await post("/v1/segment", "{not json", { "content-type": "application/json" }), 415, "unsupported_media_type", /"application\/json"/);
+    await expectError(
+      t,
+      await post("/v1/segment", "{not json", { "content-type": "application/json" }),
+      415,
+      "unsupported_media_type",
+      /"application\/json"/,
+    );
     await expectError(t, await post("/v1/components", "x", { "content-type": "text/plain" }), 415, "unsupported_media_type");
     await expectError(t, await post("/v1/evaluate", labels(1)), 415, "unsupported_media_type", /multipart\/form-data/);
     // query and path parameters, checked by the route schemas
-    await expectError(t, await post("/v1/segment?model=tiny&tta=yes", ctNifti([8, 8, 2])), 400, "bad_query", /tta must be boolean, got "yes"/);
-    await expectError(t, await post("/v1/segment?model=tiny&cleanupMinMl=-3", ctNifti([8, 8, 2])), 400, "bad_query", /cleanupMinMl must be >= 0, got -3/);
+    await expectError(
+      t,
+      await post("/v1/segment?model=tiny&tta=yes", ctNifti([8, 8, 2])),
+      400,
+      "bad_query",
+      /tta must be boolean, got "yes"/,
+    );
+    await expectError(
+      t,
+      await post("/v1/segment?model=tiny&cleanupMinMl=-3", ctNifti([8, 8, 2])),
+      400,
+      "bad_query",
+      /cleanupMinMl must be >= 0, got -3/,
+    );
     await expectError(t, await post("/v1/segment?modle=tiny", ctNifti([8, 8, 2])), 400, "bad_query", /unknown parameter "modle"/);
-    await expectError(t, await post("/v1/components?connectivity=7", labels(1)), 400, "bad_query", /connectivity must be equal to one of the allowed values \(6, 18, 26\), got 7/);
-    await expectError(t, await post("/v1/evaluate?nsdToleranceMm=abc", form({ gt: labels(1), pred: labels(1) }) as never, {}), 400, "bad_query", /nsdToleranceMm must be number/);
+    await expectError(
+      t,
+      await post("/v1/components?connectivity=7", labels(1)),
+      400,
+      "bad_query",
+      /connectivity must be equal to one of the allowed values \(6, 18, 26\), got 7/,
+    );
+    await expectError(
+      t,
+      await post("/v1/evaluate?nsdToleranceMm=abc", form({ gt: labels(1), pred: labels(1) }) as never, {}),
+      400,
+      "bad_query",
+      /nsdToleranceMm must be number/,
+    );
     await expectError(t, await fetch(`${s.url}/v1/results/not-an-id/labels.nii.gz`), 400, "bad_request", /params\.id/);
     await expectError(t, await fetch(`${s.url}/v1/results/${"f".repeat(32)}/labels.nii.gz`), 404, "not_found");
     // bodies: not NIfTI, too large, empty
@@ -65,10 +143,22 @@ test.serial("client faults answer 4xx { error, message }, never 500", async (t) 
   }
   const small = await start({ modelDir, maxBodyBytes: 4096 });
   try {
-    await expectError(t, await fetch(`${small.url}/v1/components`, { method: "POST", body: Buffer.alloc(10_000), headers: octet }), 413, "too_large", /10000 bytes; this server takes at most 4096/);
+    await expectError(
+      t,
+      await fetch(`${small.url}/v1/components`, { method: "POST", body: Buffer.alloc(10_000), headers: octet }),
+      413,
+      "too_large",
+      /10000 bytes; this server takes at most 4096/,
+    );
     // without a content-length (chunked), counted while read
     const chunked = new ReadableStream({ start: (c) => (c.enqueue(new Uint8Array(10_000)), c.close()) });
-    await expectError(t, await fetch(`${small.url}/v1/components`, { method: "POST", body: chunked, headers: octet, duplex: "half" } as RequestInit), 413, "too_large", /more than 4096 bytes/);
+    await expectError(
+      t,
+      await fetch(`${small.url}/v1/components`, { method: "POST", body: chunked, headers: octet, duplex: "half" } as RequestInit),
+      413,
+      "too_large",
+      /more than 4096 bytes/,
+    );
   } finally {
     await small.close();
   }
@@ -80,9 +170,19 @@ test.serial("tta as the document says: a boolean, true and false both accepted",
     const api = await (await fetch(`${s.url}/v1/openapi.json`)).json();
     const tta = api.paths["/v1/segment"].post.parameters.find((p: { name: string }) => p.name === "tta");
     t.is(tta.schema.type, "boolean");
-    for (const v of ["true", "false"]) t.is((await fetch(`${s.url}/v1/segment?model=tiny&tta=${v}`, { method: "POST", body: ctNifti([32, 32, 4]), headers: octet })).status, 200, v);
+    for (const v of ["true", "false"])
+      t.is(
+        (await fetch(`${s.url}/v1/segment?model=tiny&tta=${v}`, { method: "POST", body: ctNifti([32, 32, 4]), headers: octet })).status,
+        200,
+        v,
+      );
     // anything else is refused, not silently read as false
-    for (const v of ["yes", "on", "maybe"]) t.is((await fetch(`${s.url}/v1/segment?model=tiny&tta=${v}`, { method: "POST", body: ctNifti([32, 32, 4]), headers: octet })).status, 400, v);
+    for (const v of ["yes", "on", "maybe"])
+      t.is(
+        (await fetch(`${s.url}/v1/segment?model=tiny&tta=${v}`, { method: "POST", body: ctNifti([32, 32, 4]), headers: octet })).status,
+        400,
+        v,
+      );
   } finally {
     await s.close();
   }
@@ -95,7 +195,9 @@ test.serial("the OpenAPI document lists exactly the routes registered", async (t
     const res = await app.inject({ method: "GET", url: "/v1/openapi.json" });
     const api = JSON.parse(res.body);
     t.is(api.openapi, "3.0.3");
-    const documented = Object.entries(api.paths as Record<string, Record<string, unknown>>).flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`)).sort();
+    const documented = Object.entries(api.paths as Record<string, Record<string, unknown>>)
+      .flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`))
+      .sort();
     // fastify's own route tree, `:id` written as OpenAPI's `{id}`
     // (a tree: each line "── segment (METHODS)" under its parent, four columns a level)
     const tree = app.printRoutes({ commonPrefix: false });
@@ -116,11 +218,23 @@ test.serial("the OpenAPI document lists exactly the routes registered", async (t
     const registered = all.filter((r) => / \/v1\//.test(r)).sort();
     t.deepEqual(documented, registered);
     // and they are the routes README promises
-    t.deepEqual(registered, [
-      "GET /v1/health", "GET /v1/info", "GET /v1/openapi.json", "GET /v1/results/{id}/labels.nii.gz", "POST /v1/components", "POST /v1/evaluate", "POST /v1/segment",
-    ].sort());
+    t.deepEqual(
+      registered,
+      [
+        "GET /v1/health",
+        "GET /v1/info",
+        "GET /v1/openapi.json",
+        "GET /v1/results/{id}/labels.nii.gz",
+        "POST /v1/components",
+        "POST /v1/evaluate",
+        "POST /v1/segment",
+      ].sort(),
+    );
     // every query parameter a route validates is documented with its schema
-    t.deepEqual(api.paths["/v1/components"].post.parameters.map((p: { name: string; schema: unknown }) => [p.name, p.schema]), [["connectivity", { type: "integer", enum: [6, 18, 26], default: 26 }]]);
+    t.deepEqual(
+      api.paths["/v1/components"].post.parameters.map((p: { name: string; schema: unknown }) => [p.name, p.schema]),
+      [["connectivity", { type: "integer", enum: [6, 18, 26], default: 26 }]],
+    );
     t.truthy(api.paths["/v1/segment"].post.requestBody.content["application/octet-stream"]);
     t.deepEqual(api.paths["/v1/evaluate"].post.requestBody.content["multipart/form-data"].schema.required, ["gt", "pred"]);
     t.deepEqual(api.paths["/v1/health"].get.security, []);
@@ -132,7 +246,8 @@ test.serial("the OpenAPI document lists exactly the routes registered", async (t
 test.serial("the bearer scheme is case-insensitive (RFC 7235); the token itself is not", async (t) => {
   const s = await start({ modelDir, token: "s3cret" });
   try {
-    for (const h of ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret"]) t.is((await fetch(`${s.url}/v1/info`, { headers: { authorization: h } })).status, 200, h);
+    for (const h of ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret"])
+      t.is((await fetch(`${s.url}/v1/info`, { headers: { authorization: h } })).status, 200, h);
     for (const h of ["Bearer S3CRET", "Basic s3cret", "Bearers3cret", "s3cret", "Bearer"]) {
       const r = await fetch(`${s.url}/v1/info`, { headers: { authorization: h } });
       await expectError(t, r, 401, "unauthorized");
@@ -158,11 +273,29 @@ test.serial("serve() installs no signal handlers and does not exit", async (t) =
 
 test.serial("bhsd serve: --log-level info logs no line per request; SIGTERM stops it with exit 0", async (t) => {
   const resultDir = tempDir("bhsd-res-");
-  const child = spawn(process.execPath, ["--import", "tsx", "lib/cli/main.ts", "serve", "--port", "0", "--model-dir", modelDir, "--result-dir", resultDir, "--log-level", "info"], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "", err = "";
+  const child = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "lib/cli/main.ts",
+      "serve",
+      "--port",
+      "0",
+      "--model-dir",
+      modelDir,
+      "--result-dir",
+      resultDir,
+      "--log-level",
+      "info",
+    ],
+    {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  let out = "",
+    err = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (err += d));
   const exited = new Promise<number | null>((res) => child.on("exit", (code) => res(code)));
@@ -177,7 +310,10 @@ test.serial("bhsd serve: --log-level info logs no line per request; SIGTERM stop
     for (let i = 0; i < 20; i++) t.is((await fetch(`${url}/v1/health`)).status, 200);
     t.is((await fetch(`${url}/v1/components`, { method: "POST", body: "x", headers: octet })).status, 400);
     const logged = out.split("\n").filter((l) => l.trim());
-    t.false(logged.some((l) => /incoming request|request completed/.test(l)), logged.slice(0, 3).join("\n"));
+    t.false(
+      logged.some((l) => /incoming request|request completed/.test(l)),
+      logged.slice(0, 3).join("\n"),
+    );
     t.true(logged.length <= 3, `${logged.length} log lines for 21 requests`);
     child.kill("SIGTERM");
     t.is(await exited, 0);
@@ -185,7 +321,10 @@ test.serial("bhsd serve: --log-level info logs no line per request; SIGTERM stop
     if (child.exitCode === null) child.kill("SIGKILL");
   }
   // a wrong level is refused, naming the option
-  const bad = spawn(process.execPath, ["--import", "tsx", "lib/cli/main.ts", "serve", "--port", "0", "--log-level", "loud"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  const bad = spawn(process.execPath, ["--import", "tsx", "lib/cli/main.ts", "serve", "--port", "0", "--log-level", "loud"], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let berr = "";
   bad.stderr.on("data", (d) => (berr += d));
   const code = await new Promise<number | null>((res) => bad.on("exit", (c) => res(c)));
@@ -199,6 +338,10 @@ test("createServer's options are checked, naming the option, what was expected a
   await t.throwsAsync(make({ concurrency: 1.5 }), { message: "Expected an integer >= 1 for options.concurrency but received 1.5" });
   await t.throwsAsync(make({ queue: -1 }), { message: "Expected an integer >= 0 for options.queue but received -1" });
   await t.throwsAsync(make({ jobTimeoutMs: "10" }), { message: 'Expected a number >= 1 for options.jobTimeoutMs but received "10"' });
-  await t.throwsAsync(make({ maxRequestBytes: 100, maxInflightBytes: 50 }), { message: "options.maxInflightBytes (50) must be at least options.maxRequestBytes (100)" });
-  await t.throwsAsync(make({ logLevel: "loud" }), { message: /Expected one of fatal, error, warn, info, debug, trace, silent for options.logLevel but received loud/ });
+  await t.throwsAsync(make({ maxRequestBytes: 100, maxInflightBytes: 50 }), {
+    message: "options.maxInflightBytes (50) must be at least options.maxRequestBytes (100)",
+  });
+  await t.throwsAsync(make({ logLevel: "loud" }), {
+    message: /Expected one of fatal, error, warn, info, debug, trace, silent for options.logLevel but received loud/,
+  });
 });

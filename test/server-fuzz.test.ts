@@ -56,14 +56,37 @@ async function viaFetch(url: string, init: RequestInit): Promise<Answer> {
 test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health prompt", async (t) => {
   t.timeout(Math.max(60_000, CASES * 1_000));
   const modelDir = modelFolder();
-  const s = await start({ modelDir, maxBodyBytes: 2 ** 20, maxVoxels: 2 ** 20, jobTimeoutMs: 10_000, concurrency: 1, queue: 16, maxComponents: 5_000 });
+  const s = await start({
+    modelDir,
+    maxBodyBytes: 2 ** 20,
+    maxVoxels: 2 ** 20,
+    jobTimeoutMs: 10_000,
+    concurrency: 1,
+    queue: 16,
+    maxComponents: 5_000,
+  });
   const port = Number(new URL(s.url).port);
   const rng = prng(SEED);
-  const labels = nifti(Uint8Array.from({ length: 16 * 16 * 8 }, (_, i) => (i % 7 === 0 ? 1 + (i % 3) : 0)), [16, 16, 8], "uint8", [1, 1, 1], false);
+  const labels = nifti(
+    Uint8Array.from({ length: 16 * 16 * 8 }, (_, i) => (i % 7 === 0 ? 1 + (i % 3) : 0)),
+    [16, 16, 8],
+    "uint8",
+    [1, 1, 1],
+    false,
+  );
   const labelsGz = nifti(new Uint8Array(labels.subarray(352)), [16, 16, 8], "uint8");
-  const ct = nifti(Int16Array.from({ length: 32 * 32 * 4 }, (_, i) => (i * 37) % 200 - 60), [32, 32, 4], "int16", [0.5, 0.5, 5], false);
+  const ct = nifti(
+    Int16Array.from({ length: 32 * 32 * 4 }, (_, i) => ((i * 37) % 200) - 60),
+    [32, 32, 4],
+    "int16",
+    [0.5, 0.5, 5],
+    false,
+  );
   const routes = ["/v1/segment", "/v1/components", "/v1/evaluate"];
-  const junkText = () => Array.from({ length: rng.int(40) }, () => rng.pick(["{", "}", "[", "]", '"', ":", ",", "a", "1", "null", "\\", "\u0000", "é", " "])).join("");
+  const junkText = () =>
+    Array.from({ length: rng.int(40) }, () =>
+      rng.pick(["{", "}", "[", "]", '"', ":", ",", "a", "1", "null", "\\", "\u0000", "é", " "]),
+    ).join("");
   const mutate = (b: Buffer): Buffer => {
     const c = Buffer.from(b);
     const n = 1 + rng.int(6);
@@ -73,7 +96,11 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
   const multipart = (boundary: string, parts: { name: string; body: Uint8Array | string }[], end = true) => {
     const out: Buffer[] = [];
     for (const p of parts) {
-      out.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"; filename="f.nii"\r\nContent-Type: application/octet-stream\r\n\r\n`));
+      out.push(
+        Buffer.from(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"; filename="f.nii"\r\nContent-Type: application/octet-stream\r\n\r\n`,
+        ),
+      );
       out.push(Buffer.from(p.body as Uint8Array));
       out.push(Buffer.from("\r\n"));
     }
@@ -83,55 +110,137 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
 
   type Case = { kind: string; maySucceed?: boolean; run: () => Promise<Answer> };
   const gens: (() => Case)[] = [
-    () => ({ kind: "json", run: () => viaFetch(s.url + rng.pick(routes), { method: "POST", body: junkText(), headers: { "content-type": "application/json" } }) }),
-    () => ({ kind: "random bytes", run: () => viaFetch(s.url + rng.pick(["/v1/segment", "/v1/components"]), { method: "POST", body: rng.bytes(rng.int(2000)), headers: { "content-type": rng.pick(["application/octet-stream", "application/gzip"]) } }) }),
-    () => ({ kind: "mutated nifti", maySucceed: true, run: () => viaFetch(`${s.url}/v1/components?connectivity=${rng.pick([6, 18, 26])}`, { method: "POST", body: mutate(rng.next() < 0.5 ? labels : labelsGz), headers: { "content-type": "application/octet-stream" } }) }),
-    () => ({ kind: "mutated evaluate", maySucceed: true, run: () => {
-      const fd = new FormData();
-      fd.append("gt", new Blob([rng.next() < 0.5 ? mutate(labels) : labels]), "gt.nii");
-      fd.append("pred", new Blob([mutate(rng.next() < 0.5 ? labels : labelsGz)]), "pred.nii");
-      return viaFetch(`${s.url}/v1/evaluate`, { method: "POST", body: fd });
-    } }),
-    () => ({ kind: "mutated segment", maySucceed: true, run: () => viaFetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body: mutate(ct), headers: { "content-type": "application/octet-stream" } }) }),
-    () => ({ kind: "gzip bomb header", run: () => {
-      const h = Buffer.from(gunzipSync(labelsGz).subarray(0, 352));
-      h.writeInt16LE(rng.pick([2000, 32767, 30000]), 42);
-      h.writeInt16LE(rng.pick([2000, 32767]), 44);
-      return viaFetch(`${s.url}/v1/components`, { method: "POST", body: h, headers: { "content-type": "application/octet-stream" } });
-    } }),
-    () => ({ kind: "multipart", run: () => {
-      const boundary = rng.pick(["abc", "----x" + rng.int(1e6), "", "a b", "=\"q\""]);
-      const parts = Array.from({ length: rng.int(4) }, () => ({ name: rng.pick(["gt", "pred", "ct", "labels", "x", "", "a\"b"]), body: rng.next() < 0.5 ? rng.bytes(rng.int(800)) : mutate(labels) }));
-      let body = multipart(boundary || "zz", parts, rng.next() < 0.6);
-      if (rng.next() < 0.4) body = body.subarray(0, rng.int(body.length + 1));
-      const type = rng.pick([`multipart/form-data; boundary=${boundary}`, "multipart/form-data", "multipart/form-data; boundary=", `multipart/mixed; boundary=${boundary}`]);
-      return viaFetch(s.url + rng.pick(routes), { method: "POST", body, headers: { "content-type": type } });
-    } }),
-    () => ({ kind: "query types", run: () => {
-      const q = rng.pick([
-        `connectivity=${rng.pick(["abc", "7", "-6", "6.5", "1e99", "", "[]", "%00"])}`,
-        `nsdToleranceMm=${rng.pick(["x", "-1", "NaN", "Infinity", "1,2"])}`,
-        `tta=${rng.pick(["yes", "2", "TRUE!", "[]"])}&model=tiny`,
-        `cleanupMinMl=${rng.pick(["-0.1", "abc", "1e400"])}&model=tiny`,
-        `model=${encodeURIComponent(rng.pick(["../x", "/etc/passwd", "..", "a/b", "x".repeat(300), "\u0000", "nosuch"]))}`,
-        `unknown=${rng.int(100)}`,
-      ]);
-      return viaFetch(`${s.url}${rng.pick(routes)}?${q}`, { method: "POST", body: labels, headers: { "content-type": "application/octet-stream" } });
-    } }),
-    () => ({ kind: "paths and methods", run: () => {
-      const method = rng.pick(["GET", "PUT", "DELETE", "PATCH", "POST"]);
-      const body = method !== "GET" && rng.next() < 0.5 ? { body: "x", headers: { "content-type": "text/plain" } } : {};
-      return viaFetch(s.url + rng.pick(["/", "/v1", "/v1/", "/v2/segment", "/v1/results/x/labels.nii.gz", `/v1/results/${"0".repeat(32)}/labels.nii.gz`, "/v1/segment/..%2f..%2fetc", "/%zz", "/v1/health/x"]), { method, ...body });
-    } }),
-    () => ({ kind: "huge headers", run: () => raw(port, `GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000 + rng.int(40_000))}\r\nConnection: close\r\n\r\n`) }),
-    () => ({ kind: "broken http", run: () => raw(port, rng.pick([
-      "GARBAGE\r\n\r\n",
-      "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\nConnection: close\r\n\r\n",
-      "POST /v1/components HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
-      "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
-      "GET /v1/info HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",
-      "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
-    ])) }),
+    () => ({
+      kind: "json",
+      run: () => viaFetch(s.url + rng.pick(routes), { method: "POST", body: junkText(), headers: { "content-type": "application/json" } }),
+    }),
+    () => ({
+      kind: "random bytes",
+      run: () =>
+        viaFetch(s.url + rng.pick(["/v1/segment", "/v1/components"]), {
+          method: "POST",
+          body: rng.bytes(rng.int(2000)),
+          headers: { "content-type": rng.pick(["application/octet-stream", "application/gzip"]) },
+        }),
+    }),
+    () => ({
+      kind: "mutated nifti",
+      maySucceed: true,
+      run: () =>
+        viaFetch(`${s.url}/v1/components?connectivity=${rng.pick([6, 18, 26])}`, {
+          method: "POST",
+          body: mutate(rng.next() < 0.5 ? labels : labelsGz),
+          headers: { "content-type": "application/octet-stream" },
+        }),
+    }),
+    () => ({
+      kind: "mutated evaluate",
+      maySucceed: true,
+      run: () => {
+        const fd = new FormData();
+        fd.append("gt", new Blob([rng.next() < 0.5 ? mutate(labels) : labels]), "gt.nii");
+        fd.append("pred", new Blob([mutate(rng.next() < 0.5 ? labels : labelsGz)]), "pred.nii");
+        return viaFetch(`${s.url}/v1/evaluate`, { method: "POST", body: fd });
+      },
+    }),
+    () => ({
+      kind: "mutated segment",
+      maySucceed: true,
+      run: () =>
+        viaFetch(`${s.url}/v1/segment?model=tiny`, {
+          method: "POST",
+          body: mutate(ct),
+          headers: { "content-type": "application/octet-stream" },
+        }),
+    }),
+    () => ({
+      kind: "gzip bomb header",
+      run: () => {
+        const h = Buffer.from(gunzipSync(labelsGz).subarray(0, 352));
+        h.writeInt16LE(rng.pick([2000, 32767, 30000]), 42);
+        h.writeInt16LE(rng.pick([2000, 32767]), 44);
+        return viaFetch(`${s.url}/v1/components`, { method: "POST", body: h, headers: { "content-type": "application/octet-stream" } });
+      },
+    }),
+    () => ({
+      kind: "multipart",
+      run: () => {
+        const boundary = rng.pick(["abc", "----x" + rng.int(1e6), "", "a b", '="q"']);
+        const parts = Array.from({ length: rng.int(4) }, () => ({
+          name: rng.pick(["gt", "pred", "ct", "labels", "x", "", 'a"b']),
+          body: rng.next() < 0.5 ? rng.bytes(rng.int(800)) : mutate(labels),
+        }));
+        let body = multipart(boundary || "zz", parts, rng.next() < 0.6);
+        if (rng.next() < 0.4) body = body.subarray(0, rng.int(body.length + 1));
+        const type = rng.pick([
+          `multipart/form-data; boundary=${boundary}`,
+          "multipart/form-data",
+          "multipart/form-data; boundary=",
+          `multipart/mixed; boundary=${boundary}`,
+        ]);
+        return viaFetch(s.url + rng.pick(routes), { method: "POST", body, headers: { "content-type": type } });
+      },
+    }),
+    () => ({
+      kind: "query types",
+      run: () => {
+        const q = rng.pick([
+          `connectivity=${rng.pick(["abc", "7", "-6", "6.5", "1e99", "", "[]", "%00"])}`,
+          `nsdToleranceMm=${rng.pick(["x", "-1", "NaN", "Infinity", "1,2"])}`,
+          `tta=${rng.pick(["yes", "2", "TRUE!", "[]"])}&model=tiny`,
+          `cleanupMinMl=${rng.pick(["-0.1", "abc", "1e400"])}&model=tiny`,
+          `model=${encodeURIComponent(rng.pick(["../x", "/etc/passwd", "..", "a/b", "x".repeat(300), "\u0000", "nosuch"]))}`,
+          `unknown=${rng.int(100)}`,
+        ]);
+        return viaFetch(`${s.url}${rng.pick(routes)}?${q}`, {
+          method: "POST",
+          body: labels,
+          headers: { "content-type": "application/octet-stream" },
+        });
+      },
+    }),
+    () => ({
+      kind: "paths and methods",
+      run: () => {
+        const method = rng.pick(["GET", "PUT", "DELETE", "PATCH", "POST"]);
+        const body = method !== "GET" && rng.next() < 0.5 ? { body: "x", headers: { "content-type": "text/plain" } } : {};
+        return viaFetch(
+          s.url +
+            rng.pick([
+              "/",
+              "/v1",
+              "/v1/",
+              "/v2/segment",
+              "/v1/results/x/labels.nii.gz",
+              `/v1/results/${"0".repeat(32)}/labels.nii.gz`,
+              "/v1/segment/..%2f..%2fetc",
+              "/%zz",
+              "/v1/health/x",
+            ]),
+          { method, ...body },
+        );
+      },
+    }),
+    () => ({
+      kind: "huge headers",
+      run: () =>
+        raw(port, `GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000 + rng.int(40_000))}\r\nConnection: close\r\n\r\n`),
+    }),
+    () => ({
+      kind: "broken http",
+      run: () =>
+        raw(
+          port,
+          rng.pick([
+            "GARBAGE\r\n\r\n",
+            "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\nConnection: close\r\n\r\n",
+            "POST /v1/components HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
+            "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            "GET /v1/info HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+          ]),
+        ),
+    }),
   ];
 
   const base = await healthBaseline(s.url);
@@ -159,7 +268,12 @@ test("REST fuzz: every answer is the service's 4xx/503 shape, no 500, health pro
         t.fail(`not JSON: ${where}`);
         continue;
       }
-      const ok = typeof b === "object" && b !== null && Object.keys(b).sort().join() === "error,message" && typeof (b as { error: unknown }).error === "string" && typeof (b as { message: unknown }).message === "string";
+      const ok =
+        typeof b === "object" &&
+        b !== null &&
+        Object.keys(b).sort().join() === "error,message" &&
+        typeof (b as { error: unknown }).error === "string" &&
+        typeof (b as { message: unknown }).message === "string";
       if (!ok) t.fail(`not { error, message }: ${where}`);
       if (!/^application\/json/.test(a.contentType)) t.fail(`content-type ${a.contentType}: ${where}`);
       if (i % 8 === 0) worstHealth = Math.max(worstHealth, await healthMs(s.url));

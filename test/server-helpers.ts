@@ -15,7 +15,8 @@ export function tempDir(prefix: string): string {
 
 /** Three pointwise nodes, 1 → 4 → `classes` channels (Conv, Relu, Conv), as ONNX bytes. */
 export function pointwiseBytes(classes: number): Uint8Array {
-  const w1 = randomTensor([4, 1, 1, 1, 1], 1), w2 = randomTensor([classes, 4, 1, 1, 1], 2);
+  const w1 = randomTensor([4, 1, 1, 1, 1], 1),
+    w2 = randomTensor([classes, 4, 1, 1, 1], 2);
   return encodeModel({
     opset: 17,
     nodes: [
@@ -25,7 +26,10 @@ export function pointwiseBytes(classes: number): Uint8Array {
     ],
     inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
     outputs: [{ name: "y" }],
-    initializers: [{ name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data },
+      { name: "w2", dims: w2.shape, data: w2.data },
+    ],
   });
 }
 
@@ -57,7 +61,13 @@ export async function start(opts: ServeOptions = {}): Promise<Running> {
  * NIfTI-1 bytes (x fastest, dims [nx, ny, nz]) of `data`, gzipped unless `gzip` is false. The
  * header comes from the package's writer; the voxel bytes follow at offset 352.
  */
-export function nifti(data: ArrayBufferView, dims: [number, number, number], dtype: DTypeName, spacing: [number, number, number] = [1, 1, 1], gzip = true): Buffer {
+export function nifti(
+  data: ArrayBufferView,
+  dims: [number, number, number],
+  dtype: DTypeName,
+  spacing: [number, number, number] = [1, 1, 1],
+  gzip = true,
+): Buffer {
   const affine = [spacing[0], 0, 0, 0, 0, spacing[1], 0, 0, 0, 0, spacing[2], 0, 0, 0, 0, 1];
   const header = buildHeader({ version: 1, dims, dtype, spacing, affine, sclSlope: 0, sclInter: 0, qformCode: 1, sformCode: 1 });
   const raw = Buffer.concat([header, Buffer.from(data.buffer, data.byteOffset, data.byteLength)]);
@@ -67,7 +77,12 @@ export function nifti(data: ArrayBufferView, dims: [number, number, number], dty
 /** A random int16 CT (values about −60…140 HU) of dims [nx, ny, nz]. */
 export function ctNifti(dims: [number, number, number], spacing: [number, number, number] = [0.5, 0.5, 5]): Buffer {
   const r = randomTensor([dims[2], dims[1], dims[0]], 5);
-  return nifti(Int16Array.from(r.data, (v) => Math.round(v * 100 + 40)), dims, "int16", spacing);
+  return nifti(
+    Int16Array.from(r.data, (v) => Math.round(v * 100 + 40)),
+    dims,
+    "int16",
+    spacing,
+  );
 }
 
 export const octet = { "content-type": "application/octet-stream" };
@@ -91,8 +106,12 @@ export async function healthBaseline(url: string, n = 10): Promise<number> {
 /** Polls /v1/health every `everyMs` until `until` settles; returns the slowest answer (ms) and how many were asked. */
 export async function pollHealth(url: string, until: Promise<unknown>, everyMs = 20): Promise<{ worst: number; count: number }> {
   let done = false;
-  until.then(() => (done = true), () => (done = true));
-  let worst = 0, count = 0;
+  until.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  let worst = 0,
+    count = 0;
   while (!done) {
     worst = Math.max(worst, await healthMs(url));
     count++;

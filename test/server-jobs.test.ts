@@ -53,7 +53,9 @@ test.serial("with a higher maxComponents the 131072 components are answered, off
     t.true(h.count >= 3, `health was asked ${h.count} times`);
     t.true(h.worst < bound(base), `slowest health ${h.worst.toFixed(0)} ms over ${h.count}, idle ${base.toFixed(0)} ms`);
     // with connectivity 26 the checkerboard is one component
-    const one = await (await fetch(`${s.url}/v1/components?connectivity=26`, { method: "POST", body: checkerboard(16), headers: octet })).json();
+    const one = await (
+      await fetch(`${s.url}/v1/components?connectivity=26`, { method: "POST", body: checkerboard(16), headers: octet })
+    ).json();
     t.is(one.count, 1);
   } finally {
     await s.close();
@@ -112,7 +114,10 @@ test.serial("segment: a CT whose resampled grid passes maxVoxels is 413 before a
     t.is(r.status, 413);
     const b = await r.json();
     t.is(b.error, "too_large");
-    t.regex(b.message, /resampled to the model's spacing would be 600 × 2400 × 2400 = 3456000000 voxels, more than this server's limit \(4000000\)/);
+    t.regex(
+      b.message,
+      /resampled to the model's spacing would be 600 × 2400 × 2400 = 3456000000 voxels, more than this server's limit \(4000000\)/,
+    );
     t.true(performance.now() - t0 < 5000);
   } finally {
     await s.close();

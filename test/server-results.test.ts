@@ -44,7 +44,9 @@ test.serial("results expire, on disk too, and the count and byte caps drop the o
   const resultDir = tempDir("bhsd-res-");
   const s = await start({ modelDir, resultDir, resultTtlMs: 1500, resultMaxCount: 2 });
   try {
-    const p1 = await segmentOnce(s.url), p2 = await segmentOnce(s.url), p3 = await segmentOnce(s.url);
+    const p1 = await segmentOnce(s.url),
+      p2 = await segmentOnce(s.url),
+      p3 = await segmentOnce(s.url);
     t.is((await fetch(s.url + p1)).status, 404); // the oldest went for the third
     t.is((await fetch(s.url + p2)).status, 200);
     t.is((await fetch(s.url + p3)).status, 200);
@@ -83,7 +85,8 @@ test.serial("results expire, on disk too, and the count and byte caps drop the o
 
 test("ResultStore at start: drops expired files and leftovers of cut writes, keeps the rest, ignores other files", (t) => {
   const dir = tempDir("bhsd-res-");
-  const live = "a".repeat(32), old = "b".repeat(32);
+  const live = "a".repeat(32),
+    old = "b".repeat(32);
   writeFileSync(join(dir, `${live}.nii.gz`), Buffer.alloc(10));
   writeFileSync(join(dir, `${old}.nii.gz`), Buffer.alloc(10));
   const hourAgo = new Date(Date.now() - 3600_000);

@@ -11,7 +11,8 @@ const dir = mkdtempSync(join(tmpdir(), "bhsd-srv-"));
 const modelDir = join(dir, "models");
 
 function pointwise(): Uint8Array {
-  const w1 = randomTensor([4, 1, 1, 1, 1], 1), w2 = randomTensor([6, 4, 1, 1, 1], 2);
+  const w1 = randomTensor([4, 1, 1, 1, 1], 1),
+    w2 = randomTensor([6, 4, 1, 1, 1], 2);
   return encodeModel({
     opset: 17,
     nodes: [
@@ -21,14 +22,24 @@ function pointwise(): Uint8Array {
     ],
     inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
     outputs: [{ name: "y" }],
-    initializers: [{ name: "w1", dims: w1.shape, data: w1.data }, { name: "w2", dims: w2.shape, data: w2.data }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data },
+      { name: "w2", dims: w2.shape, data: w2.data },
+    ],
   });
 }
 
 async function ctBytes(shape: [number, number, number]): Promise<Buffer> {
   const r = randomTensor(shape, 5);
   const p = join(dir, `ct_${shape.join("x")}.nii.gz`);
-  await writeNifti(p, volumeFromArray(Int16Array.from(r.data, (v) => Math.round(v * 100 + 40)), shape, [5, 0.5, 0.5]));
+  await writeNifti(
+    p,
+    volumeFromArray(
+      Int16Array.from(r.data, (v) => Math.round(v * 100 + 40)),
+      shape,
+      [5, 0.5, 0.5],
+    ),
+  );
   const { readFileSync } = await import("node:fs");
   return readFileSync(p);
 }
@@ -66,7 +77,11 @@ test.serial("segment a NIfTI body, then fetch the labels from the returned URL",
   const { app, url } = await start();
   try {
     const body = await ctBytes([6, 40, 36]);
-    const r = await fetch(`${url}/v1/segment?model=tiny&cleanupMinMl=0`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
+    const r = await fetch(`${url}/v1/segment?model=tiny&cleanupMinMl=0`, {
+      method: "POST",
+      body,
+      headers: { "content-type": "application/octet-stream" },
+    });
     t.is(r.status, 200);
     const report = await r.json();
     t.is(report.model, "tiny");
@@ -92,7 +107,8 @@ test.serial("evaluate and components over HTTP give the library's answers", asyn
   const { app, url } = await start();
   try {
     const f = JSON.parse((await import("node:fs")).readFileSync(sharedFixture("voxel", "expected.json"), "utf8")).metrics[0];
-    const g = await readNpy(sharedFixture("voxel", f.gt)), p = await readNpy(sharedFixture("voxel", f.pred));
+    const g = await readNpy(sharedFixture("voxel", f.gt)),
+      p = await readNpy(sharedFixture("voxel", f.pred));
     await writeNifti(join(dir, "g.nii.gz"), volumeFromArray(g.data, g.shape, f.spacing_zyx_mm));
     await writeNifti(join(dir, "p.nii.gz"), volumeFromArray(p.data, p.shape, f.spacing_zyx_mm));
     const { readFileSync } = await import("node:fs");
@@ -105,7 +121,11 @@ test.serial("evaluate and components over HTTP give the library's answers", asyn
     t.true(Math.abs(m.perClass["1"].dice - f.per_class["1"].dice) < 1e-9);
     t.is(m.perClass["2"].hd, "inf");
     t.is(m.perClass["3"].dice, "nan");
-    const c = await fetch(`${url}/v1/components?connectivity=26`, { method: "POST", body: readFileSync(join(dir, "g.nii.gz")), headers: { "content-type": "application/octet-stream" } });
+    const c = await fetch(`${url}/v1/components?connectivity=26`, {
+      method: "POST",
+      body: readFileSync(join(dir, "g.nii.gz")),
+      headers: { "content-type": "application/octet-stream" },
+    });
     t.is(c.status, 200);
     t.true((await c.json()).count > 0);
   } finally {
@@ -116,7 +136,8 @@ test.serial("evaluate and components over HTTP give the library's answers", asyn
 test.serial("client faults are 4xx JSON; model names cannot reach the file system", async (t) => {
   const { app, url } = await start();
   try {
-    const post = (path: string, body: BodyInit, type = "application/octet-stream") => fetch(url + path, { method: "POST", body, headers: { "content-type": type } });
+    const post = (path: string, body: BodyInit, type = "application/octet-stream") =>
+      fetch(url + path, { method: "POST", body, headers: { "content-type": type } });
     let r = await post("/v1/segment?model=tiny", Buffer.from("not a nifti at all, just some bytes that go on for a while ...".repeat(8)));
     t.is(r.status, 400);
     t.like(await r.json(), { error: "bad_nifti" });
@@ -142,9 +163,17 @@ test.serial("client faults are 4xx JSON; model names cannot reach the file syste
 test.serial("limits: body size, voxels, and a full queue answers 503 with Retry-After", async (t) => {
   const { app, url } = await start({ maxBodyBytes: 4096, maxVoxels: 500 });
   try {
-    const r1 = await fetch(`${url}/v1/components`, { method: "POST", body: Buffer.alloc(10_000), headers: { "content-type": "application/octet-stream" } });
+    const r1 = await fetch(`${url}/v1/components`, {
+      method: "POST",
+      body: Buffer.alloc(10_000),
+      headers: { "content-type": "application/octet-stream" },
+    });
     t.is(r1.status, 413);
-    const r2 = await fetch(`${url}/v1/components`, { method: "POST", body: await ctBytes([2, 20, 20]), headers: { "content-type": "application/octet-stream" } });
+    const r2 = await fetch(`${url}/v1/components`, {
+      method: "POST",
+      body: await ctBytes([2, 20, 20]),
+      headers: { "content-type": "application/octet-stream" },
+    });
     t.is(r2.status, 413);
     t.like(await r2.json(), { error: "too_large" });
   } finally {
@@ -153,7 +182,8 @@ test.serial("limits: body size, voxels, and a full queue answers 503 with Retry-
   const s = await start({ concurrency: 1, queue: 0 });
   try {
     const body = await ctBytes([12, 96, 96]);
-    const send = () => fetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
+    const send = () =>
+      fetch(`${s.url}/v1/segment?model=tiny`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
     const rs = await Promise.all([send(), send(), send()]);
     const codes = rs.map((r) => r.status).sort();
     t.true(codes.includes(200) && codes.includes(503), codes.join(","));
@@ -174,7 +204,8 @@ test.serial("/v1/health answers promptly while a segmentation runs", async (t) =
     const tJob = performance.now();
     const job = fetch(`${url}/v1/segment?model=tiny`, { method: "POST", body, headers: { "content-type": "application/octet-stream" } });
     await new Promise((r) => setTimeout(r, 150));
-    let worst = 0, busySeen = false;
+    let worst = 0,
+      busySeen = false;
     for (let i = 0; i < 10; i++) {
       const t0 = performance.now();
       const h = await (await fetch(`${url}/v1/health`)).json();
@@ -186,14 +217,19 @@ test.serial("/v1/health answers promptly while a segmentation runs", async (t) =
     const jobMs = performance.now() - tJob;
     t.true(busySeen, "the job was running while health was asked");
     const limit = Math.min(2000, Math.max(250, jobMs / 4));
-    t.true(worst < limit, `slowest health answer ${worst.toFixed(1)} ms, limit ${limit.toFixed(0)} ms (a quarter of the job's ${jobMs.toFixed(0)} ms)`);
+    t.true(
+      worst < limit,
+      `slowest health answer ${worst.toFixed(1)} ms, limit ${limit.toFixed(0)} ms (a quarter of the job's ${jobMs.toFixed(0)} ms)`,
+    );
   } finally {
     await app.close();
   }
 });
 
 test.serial("a token: required off loopback, checked on every route but health", async (t) => {
-  await t.throwsAsync(createServer({ host: "0.0.0.0", modelDir, logger: false, token: "" } as never), { message: /refusing to listen on 0.0.0.0 without a token/ });
+  await t.throwsAsync(createServer({ host: "0.0.0.0", modelDir, logger: false, token: "" } as never), {
+    message: /refusing to listen on 0.0.0.0 without a token/,
+  });
   const { app, url } = await start({ token: "s3cret" });
   try {
     t.is((await fetch(`${url}/v1/health`)).status, 200);

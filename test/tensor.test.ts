@@ -1,6 +1,22 @@
 import test from "ava";
 import {
-  add, argmax, avgPool3d, batchNorm, concat, conv3d, convTranspose3d, instanceNorm, leakyRelu, maxPool3d, mul, prelu, relu, resize, setBackend, sigmoid, softmax,
+  add,
+  argmax,
+  avgPool3d,
+  batchNorm,
+  concat,
+  conv3d,
+  convTranspose3d,
+  instanceNorm,
+  leakyRelu,
+  maxPool3d,
+  mul,
+  prelu,
+  relu,
+  resize,
+  setBackend,
+  sigmoid,
+  softmax,
 } from "../lib/index.js";
 import type { Tensor } from "../lib/types.js";
 import { backendsUnderTest } from "./helpers.js";
@@ -10,10 +26,16 @@ const TOL = 1e-4;
 const backends = backendsUnderTest();
 /** Tests comparing the native backend with others: skipped, saying why, where it is not under test. */
 const nativeTest = backends.some((b) => b.name === "native") ? test : test.skip;
-if (!backends.some((b) => b.name === "native")) console.log("# native comparisons skipped: the native backend is not built here or not in BHSD_TEST_BACKENDS");
+if (!backends.some((b) => b.name === "native"))
+  console.log("# native comparisons skipped: the native backend is not built here or not in BHSD_TEST_BACKENDS");
 
 /** Runs `ours` on every backend and compares each with ORT's output of the same one-node graph. */
-async function check(t: import("ava").ExecutionContext, label: string, ref: { data: ArrayLike<number>; shape: number[] }, ours: () => Promise<{ data: ArrayLike<number>; shape: number[] }>) {
+async function check(
+  t: import("ava").ExecutionContext,
+  label: string,
+  ref: { data: ArrayLike<number>; shape: number[] },
+  ours: () => Promise<{ data: ArrayLike<number>; shape: number[] }>,
+) {
   for (const { name } of backends) {
     setBackend(name);
     const got = await ours();
@@ -23,53 +45,85 @@ async function check(t: import("ava").ExecutionContext, label: string, ref: { da
   }
 }
 
-const convCases: { x: number[]; w: number[]; strides?: number[]; pads?: number[]; dilations?: number[]; group?: number; bias?: boolean }[] = [
-  { x: [1, 3, 5, 7, 19], w: [7, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
-  { x: [2, 4, 6, 9, 33], w: [13, 4, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
-  { x: [1, 2, 6, 8, 17], w: [6, 2, 3, 3, 3], dilations: [2, 2, 2], pads: [2, 2, 2, 2, 2, 2] },
-  { x: [1, 1, 4, 10, 40], w: [32, 1, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true }, // the 1-channel first layer
-  { x: [1, 4, 3, 12, 12], w: [8, 4, 1, 3, 3], pads: [0, 1, 1, 0, 1, 1], bias: true }, // nnU-Net's anisotropic 1×3×3
-  { x: [1, 5, 6, 9, 11], w: [10, 5, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1] },
-  { x: [1, 6, 4, 7, 9], w: [4, 3, 3, 3, 3], group: 2, pads: [1, 0, 1, 1, 2, 0], bias: true }, // groups, asymmetric pads
-  // more than 48 outputs (packed panels): row windows with edges, dilated windows, short rows as flat runs, gathered strided rows
-  { x: [1, 3, 4, 5, 37], w: [50, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
-  { x: [1, 2, 4, 5, 29], w: [49, 2, 3, 1, 3], dilations: [1, 1, 3], pads: [1, 0, 3, 1, 0, 2] },
-  { x: [1, 2, 5, 6, 7], w: [52, 2, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
-  { x: [1, 2, 3, 4, 40], w: [55, 2, 3, 3, 3], strides: [1, 1, 2], pads: [1, 1, 1, 1, 1, 1] },
-  { x: [1, 40, 3, 3, 3], w: [5, 40, 3, 3, 3] }, // long K, no padding
-  { x: [1, 8, 5, 6, 7], w: [6, 8, 1, 1, 1], bias: true }, // 1×1×1 head
-  { x: [1, 3, 4, 6, 8], w: [5, 3, 2, 2, 2], strides: [2, 2, 2] },
-  { x: [1, 2, 7, 5, 3], w: [3, 2, 2, 3, 1], strides: [3, 1, 2], dilations: [1, 2, 1], pads: [0, 2, 0, 1, 1, 0] },
-];
+const convCases: { x: number[]; w: number[]; strides?: number[]; pads?: number[]; dilations?: number[]; group?: number; bias?: boolean }[] =
+  [
+    { x: [1, 3, 5, 7, 19], w: [7, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
+    { x: [2, 4, 6, 9, 33], w: [13, 4, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
+    { x: [1, 2, 6, 8, 17], w: [6, 2, 3, 3, 3], dilations: [2, 2, 2], pads: [2, 2, 2, 2, 2, 2] },
+    { x: [1, 1, 4, 10, 40], w: [32, 1, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true }, // the 1-channel first layer
+    { x: [1, 4, 3, 12, 12], w: [8, 4, 1, 3, 3], pads: [0, 1, 1, 0, 1, 1], bias: true }, // nnU-Net's anisotropic 1×3×3
+    { x: [1, 5, 6, 9, 11], w: [10, 5, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1] },
+    { x: [1, 6, 4, 7, 9], w: [4, 3, 3, 3, 3], group: 2, pads: [1, 0, 1, 1, 2, 0], bias: true }, // groups, asymmetric pads
+    // more than 48 outputs (packed panels): row windows with edges, dilated windows, short rows as flat runs, gathered strided rows
+    { x: [1, 3, 4, 5, 37], w: [50, 3, 3, 3, 3], pads: [1, 1, 1, 1, 1, 1], bias: true },
+    { x: [1, 2, 4, 5, 29], w: [49, 2, 3, 1, 3], dilations: [1, 1, 3], pads: [1, 0, 3, 1, 0, 2] },
+    { x: [1, 2, 5, 6, 7], w: [52, 2, 3, 3, 3], strides: [1, 2, 2], pads: [1, 1, 1, 1, 1, 1], bias: true },
+    { x: [1, 2, 3, 4, 40], w: [55, 2, 3, 3, 3], strides: [1, 1, 2], pads: [1, 1, 1, 1, 1, 1] },
+    { x: [1, 40, 3, 3, 3], w: [5, 40, 3, 3, 3] }, // long K, no padding
+    { x: [1, 8, 5, 6, 7], w: [6, 8, 1, 1, 1], bias: true }, // 1×1×1 head
+    { x: [1, 3, 4, 6, 8], w: [5, 3, 2, 2, 2], strides: [2, 2, 2] },
+    { x: [1, 2, 7, 5, 3], w: [3, 2, 2, 3, 1], strides: [3, 1, 2], dilations: [1, 2, 1], pads: [0, 2, 0, 1, 1, 0] },
+  ];
 
 for (const [i, c] of convCases.entries()) {
-  test.serial(`conv3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides ?? 1}, pads ${c.pads ?? 0}, dilations ${c.dilations ?? 1}, groups ${c.group ?? 1} equal onnxruntime`, async (t) => {
-    const x = randomTensor(c.x, 10 + i), w = randomTensor(c.w, 20 + i), b = randomTensor([c.w[0]!], 30 + i);
-    const attrs: Record<string, number[] | number> = { kernel_shape: c.w.slice(2) };
-    if (c.strides) attrs.strides = c.strides;
-    if (c.pads) attrs.pads = c.pads;
-    if (c.dilations) attrs.dilations = c.dilations;
-    if (c.group) attrs.group = c.group;
-    const [ref] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, ...(c.bias ? [{ name: "b", init: { dims: b.shape, data: b.data } }] : [])], attrs);
-    await check(t, "conv3d", ref!, () =>
-      conv3d(x, w, c.bias ? b : null, {
-        ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
-        ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
-        ...(c.dilations ? { dilation: c.dilations as [number, number, number] } : {}),
-        groups: c.group ?? 1,
-      }),
-    );
-  });
+  test.serial(
+    `conv3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides ?? 1}, pads ${c.pads ?? 0}, dilations ${c.dilations ?? 1}, groups ${c.group ?? 1} equal onnxruntime`,
+    async (t) => {
+      const x = randomTensor(c.x, 10 + i),
+        w = randomTensor(c.w, 20 + i),
+        b = randomTensor([c.w[0]!], 30 + i);
+      const attrs: Record<string, number[] | number> = { kernel_shape: c.w.slice(2) };
+      if (c.strides) attrs.strides = c.strides;
+      if (c.pads) attrs.pads = c.pads;
+      if (c.dilations) attrs.dilations = c.dilations;
+      if (c.group) attrs.group = c.group;
+      const [ref] = await ortRun(
+        "Conv",
+        [
+          { name: "x", tensor: x },
+          { name: "w", init: { dims: w.shape, data: w.data } },
+          ...(c.bias ? [{ name: "b", init: { dims: b.shape, data: b.data } }] : []),
+        ],
+        attrs,
+      );
+      await check(t, "conv3d", ref!, () =>
+        conv3d(x, w, c.bias ? b : null, {
+          ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
+          ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
+          ...(c.dilations ? { dilation: c.dilations as [number, number, number] } : {}),
+          groups: c.group ?? 1,
+        }),
+      );
+    },
+  );
 }
 
 test.serial("conv3d with a fused LeakyReLU equals Conv then LeakyRelu", async (t) => {
-  const x = randomTensor([1, 4, 5, 6, 20], 1), w = randomTensor([9, 4, 3, 3, 3], 2), b = randomTensor([9], 3);
-  const [c] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: [9], data: b.data } }], { pads: [1, 1, 1, 1, 1, 1] });
+  const x = randomTensor([1, 4, 5, 6, 20], 1),
+    w = randomTensor([9, 4, 3, 3, 3], 2),
+    b = randomTensor([9], 3);
+  const [c] = await ortRun(
+    "Conv",
+    [
+      { name: "x", tensor: x },
+      { name: "w", init: { dims: w.shape, data: w.data } },
+      { name: "b", init: { dims: [9], data: b.data } },
+    ],
+    { pads: [1, 1, 1, 1, 1, 1] },
+  );
   const [ref] = await ortRun("LeakyRelu", [{ name: "x", tensor: { data: c!.data as Float32Array, shape: c!.shape } }], { alpha: 0.01 });
   await check(t, "conv3d+leaky", ref!, () => conv3d(x, w, b, { padding: 1, activation: "leakyRelu", alpha: 0.01 }));
 });
 
-const convTCases: { x: number[]; w: number[]; strides: number[]; pads?: number[]; outPad?: number[]; group?: number; dilations?: number[] }[] = [
+const convTCases: {
+  x: number[];
+  w: number[];
+  strides: number[];
+  pads?: number[];
+  outPad?: number[];
+  group?: number;
+  dilations?: number[];
+}[] = [
   { x: [1, 8, 3, 4, 5], w: [8, 4, 2, 2, 2], strides: [2, 2, 2] },
   { x: [2, 6, 2, 5, 4], w: [6, 3, 1, 2, 2], strides: [1, 2, 2] },
   { x: [1, 4, 3, 3, 4], w: [4, 5, 3, 3, 3], strides: [2, 2, 2], pads: [1, 1, 1, 1, 1, 1], outPad: [1, 1, 1] },
@@ -82,13 +136,23 @@ const convTCases: { x: number[]; w: number[]; strides: number[]; pads?: number[]
 ];
 for (const [i, c] of convTCases.entries()) {
   test.serial(`convTranspose3d case ${i}: x ${c.x}, w ${c.w}, strides ${c.strides} equal onnxruntime`, async (t) => {
-    const x = randomTensor(c.x, 40 + i), w = randomTensor(c.w, 50 + i), b = randomTensor([c.w[1]! * (c.group ?? 1)], 60 + i);
+    const x = randomTensor(c.x, 40 + i),
+      w = randomTensor(c.w, 50 + i),
+      b = randomTensor([c.w[1]! * (c.group ?? 1)], 60 + i);
     const attrs: Record<string, number[] | number> = { kernel_shape: c.w.slice(2), strides: c.strides };
     if (c.pads) attrs.pads = c.pads;
     if (c.outPad) attrs.output_padding = c.outPad;
     if (c.group) attrs.group = c.group;
     if (c.dilations) attrs.dilations = c.dilations;
-    const [ref] = await ortRun("ConvTranspose", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: b.shape, data: b.data } }], attrs);
+    const [ref] = await ortRun(
+      "ConvTranspose",
+      [
+        { name: "x", tensor: x },
+        { name: "w", init: { dims: w.shape, data: w.data } },
+        { name: "b", init: { dims: b.shape, data: b.data } },
+      ],
+      attrs,
+    );
     await check(t, "convTranspose3d", ref!, () =>
       convTranspose3d(x, w, b, {
         stride: c.strides as [number, number, number],
@@ -104,13 +168,20 @@ for (const [i, c] of convTCases.entries()) {
 test.serial("normalisation, activations and elementwise ops equal onnxruntime", async (t) => {
   const x = randomTensor([2, 5, 3, 6, 7], 70);
   for (const v of x.data.keys()) x.data[v] = x.data[v]! * 3 + 0.5;
-  const sc = randomTensor([5], 71), bi = randomTensor([5], 72), mean = randomTensor([5], 73);
+  const sc = randomTensor([5], 71),
+    bi = randomTensor([5], 72),
+    mean = randomTensor([5], 73);
   const variance = { data: randomTensor([5], 74).data.map((v) => v * v + 0.1), shape: [5] };
   const X = [{ name: "x", tensor: x }];
   const init = (name: string, t: Tensor, dims = t.shape) => ({ name, init: { dims, data: t.data } });
   let [ref] = await ortRun("InstanceNormalization", [...X, init("s", sc), init("b", bi)], { epsilon: 1e-5 });
   await check(t, "instanceNorm", ref!, () => instanceNorm(x, sc, bi, { eps: 1e-5 }));
-  [ref] = await ortRun("BatchNormalization", [...X, init("s", sc), init("b", bi), init("m", mean), init("v", variance)], { epsilon: 1e-3 }, 15);
+  [ref] = await ortRun(
+    "BatchNormalization",
+    [...X, init("s", sc), init("b", bi), init("m", mean), init("v", variance)],
+    { epsilon: 1e-3 },
+    15,
+  );
   await check(t, "batchNorm", ref!, () => batchNorm(x, sc, bi, mean, variance, { eps: 1e-3 }));
   [ref] = await ortRun("Relu", X);
   await check(t, "relu", ref!, () => relu(x));
@@ -120,8 +191,13 @@ test.serial("normalisation, activations and elementwise ops equal onnxruntime", 
   await check(t, "sigmoid", ref!, () => sigmoid(x));
   [ref] = await ortRun("PRelu", [...X, init("slope", sc, [5, 1, 1, 1])]);
   await check(t, "prelu", ref!, () => prelu(x, sc));
-  const y = randomTensor([2, 5, 3, 6, 7], 75), perC = randomTensor([1, 5, 1, 1, 1], 76), row = randomTensor([7], 77);
-  for (const [op, fn] of [["Add", add], ["Mul", mul]] as const) {
+  const y = randomTensor([2, 5, 3, 6, 7], 75),
+    perC = randomTensor([1, 5, 1, 1, 1], 76),
+    row = randomTensor([7], 77);
+  for (const [op, fn] of [
+    ["Add", add],
+    ["Mul", mul],
+  ] as const) {
     [ref] = await ortRun(op, [...X, { name: "y", tensor: y }]);
     await check(t, op, ref!, () => fn(x, y));
     [ref] = await ortRun(op, [...X, init("c", perC)]);
@@ -152,27 +228,30 @@ const poolCases: { kernel: number[]; strides?: number[]; pads?: number[]; ceil?:
   { kernel: [2, 3, 2], strides: [1, 2, 1], dil: [2, 1, 1] },
 ];
 for (const [i, c] of poolCases.entries()) {
-  test.serial(`max and average pooling case ${i} (kernel ${c.kernel}, strides ${c.strides}, pads ${c.pads ?? 0}${c.ceil ? ", ceil" : ""}${c.cip ? ", count_include_pad" : ""}) equal onnxruntime`, async (t) => {
-    const x = randomTensor([2, 3, 7, 9, 10], 80 + i);
-    const attrs: Record<string, number | number[]> = { kernel_shape: c.kernel };
-    if (c.strides) attrs.strides = c.strides;
-    if (c.pads) attrs.pads = c.pads;
-    if (c.ceil) attrs.ceil_mode = 1;
-    if (c.dil) attrs.dilations = c.dil;
-    const opts = {
-      kernel: c.kernel as [number, number, number],
-      ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
-      ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
-      ...(c.dil ? { dilation: c.dil as [number, number, number] } : {}),
-      ceilMode: !!c.ceil,
-    };
-    const [mx] = await ortRun("MaxPool", [{ name: "x", tensor: x }], attrs, 17);
-    await check(t, "maxPool3d", mx!, () => maxPool3d(x, opts));
-    if (!c.dil) {
-      const [av] = await ortRun("AveragePool", [{ name: "x", tensor: x }], { ...attrs, count_include_pad: c.cip ?? 0 }, 17);
-      await check(t, "avgPool3d", av!, () => avgPool3d(x, { ...opts, countIncludePad: !!c.cip }));
-    }
-  });
+  test.serial(
+    `max and average pooling case ${i} (kernel ${c.kernel}, strides ${c.strides}, pads ${c.pads ?? 0}${c.ceil ? ", ceil" : ""}${c.cip ? ", count_include_pad" : ""}) equal onnxruntime`,
+    async (t) => {
+      const x = randomTensor([2, 3, 7, 9, 10], 80 + i);
+      const attrs: Record<string, number | number[]> = { kernel_shape: c.kernel };
+      if (c.strides) attrs.strides = c.strides;
+      if (c.pads) attrs.pads = c.pads;
+      if (c.ceil) attrs.ceil_mode = 1;
+      if (c.dil) attrs.dilations = c.dil;
+      const opts = {
+        kernel: c.kernel as [number, number, number],
+        ...(c.strides ? { stride: c.strides as [number, number, number] } : {}),
+        ...(c.pads ? { padding: c.pads as [number, number, number, number, number, number] } : {}),
+        ...(c.dil ? { dilation: c.dil as [number, number, number] } : {}),
+        ceilMode: !!c.ceil,
+      };
+      const [mx] = await ortRun("MaxPool", [{ name: "x", tensor: x }], attrs, 17);
+      await check(t, "maxPool3d", mx!, () => maxPool3d(x, opts));
+      if (!c.dil) {
+        const [av] = await ortRun("AveragePool", [{ name: "x", tensor: x }], { ...attrs, count_include_pad: c.cip ?? 0 }, 17);
+        await check(t, "avgPool3d", av!, () => avgPool3d(x, { ...opts, countIncludePad: !!c.cip }));
+      }
+    },
+  );
 }
 
 const resizeCases: { mode: "nearest" | "linear"; ctm: string; nearest?: string; sizes?: number[]; scales?: number[] }[] = [
@@ -209,14 +288,21 @@ for (const [i, c] of resizeCases.entries()) {
 }
 
 test("bad arguments are refused before any work, naming the argument", async (t) => {
-  const x = randomTensor([1, 2, 4, 4, 4], 1), w = randomTensor([3, 2, 3, 3, 3], 2);
-  await t.throwsAsync(conv3d({ data: new Float32Array(5), shape: [1, 2, 4, 4, 4] }, w), { message: /input.data has 5 elements but input.shape \[1, 2, 4, 4, 4\] needs 128/ });
+  const x = randomTensor([1, 2, 4, 4, 4], 1),
+    w = randomTensor([3, 2, 3, 3, 3], 2);
+  await t.throwsAsync(conv3d({ data: new Float32Array(5), shape: [1, 2, 4, 4, 4] }, w), {
+    message: /input.data has 5 elements but input.shape \[1, 2, 4, 4, 4\] needs 128/,
+  });
   await t.throwsAsync(conv3d(x, randomTensor([3, 5, 3, 3, 3], 3)), { message: /weight.shape\[1\] is 5 but input has 2 channels/ });
-  await t.throwsAsync(conv3d(x, w, null, { stride: 0 }), { message: /Expected an integer >= 1 or \[d, h, w\] of them for options.stride but received number 0/ });
+  await t.throwsAsync(conv3d(x, w, null, { stride: 0 }), {
+    message: /Expected an integer >= 1 or \[d, h, w\] of them for options.stride but received number 0/,
+  });
   await t.throwsAsync(conv3d(x, w, null, { padding: [1, 1] as never }), { message: /for options.padding/ });
   await t.throwsAsync(conv3d(x, randomTensor([3, 2, 5, 5, 5], 4)), { message: /smaller than the kernel's span 5/ });
   await t.throwsAsync(conv3d(x, w, randomTensor([4], 5)), { message: /bias has 4 values but weight has 3 output channels/ });
-  await t.throwsAsync(conv3d({ data: new Float32Array(8), shape: [2, 2, 2] }, w), { message: /Expected 5 axes \[N, C, D, H, W\] for input.shape/ });
+  await t.throwsAsync(conv3d({ data: new Float32Array(8), shape: [2, 2, 2] }, w), {
+    message: /Expected 5 axes \[N, C, D, H, W\] for input.shape/,
+  });
   await t.throwsAsync(add(x, randomTensor([3, 1, 1], 6)), { message: /do not broadcast/ });
   await t.throwsAsync(resize(x, {} as never), { message: /sizes \[D, H, W\] or scales/ });
   // a result that could never be allocated is refused, not attempted
@@ -237,76 +323,147 @@ nativeTest("the baseline kernels (no AVX2, as on an older x86-64) give the same 
     const r = await conv3d(x, w, b, { padding: 1, activation: "leakyRelu" });
     let d = 0; for (let i = 0; i < r.data.length; i++) d = Math.max(d, Math.abs(r.data[i] - y.data[i]));
     console.log(d);`;
-  const run = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { cwd: ROOT, env: { ...process.env, BHSD_NO_AVX2: "1" }, encoding: "utf8" });
+  const run = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    cwd: ROOT,
+    env: { ...process.env, BHSD_NO_AVX2: "1" },
+    encoding: "utf8",
+  });
   t.is(run.status, 0, run.stderr);
   t.true(Number(run.stdout.trim()) < 1e-4, run.stdout);
 });
 
-(backends.some((b) => b.name === "native") ? test.serial : test.skip)("native: weights marked constant are packed once and give onnxruntime's result; a wrong packed length is refused", async (t) => {
-  const { backendInfo } = await import("../lib/index.js");
-  const { getBackend } = await import("../lib/backends/index.js");
-  // two groups of 14 outputs (blocks 6 + 4 + 4 each), padding and a stride
-  const x = randomTensor([1, 6, 5, 7, 19], 90), w = randomTensor([28, 3, 3, 3, 3], 91), b = randomTensor([28], 92);
-  const [ref] = await ortRun("Conv", [{ name: "x", tensor: x }, { name: "w", init: { dims: w.shape, data: w.data } }, { name: "b", init: { dims: b.shape, data: b.data } }], {
-    kernel_shape: [3, 3, 3], group: 2, pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 2],
-  });
-  const be = getBackend("native") as unknown as { constants(a: ReadonlySet<Float32Array>): void };
-  be.constants(new Set([w.data]));
-  setBackend("native");
-  for (let run = 0; run < 2; run++) {
-    const got = await conv3d(x, w, b, { padding: 1, stride: [1, 1, 2], groups: 2 });
-    t.true(relDiff(got.data, ref!.data) <= TOL, `run ${run}`);
-  }
-  const addon = (await import("node:module")).createRequire(import.meta.url)(backendInfo().details.native!.binary!) as Record<string, (...a: unknown[]) => unknown>;
-  const packed = addon.packConvWeights!(w.data, 28, 81, 2) as Float32Array;
-  t.is(packed.length, 2 * 3 * 81 * 6);
-  const out = new Float32Array(28 * 5 * 7 * 10);
-  t.throws(() => addon.conv3d!(x.data, [1, 6, 5, 7, 19], w.data, [28, 3, 3, 3], b.data, [1, 1, 2], [1, 1, 1], [1, 1, 1], 2, [5, 7, 10], 0, 0, out, packed.subarray(1)), {
-    message: /packed weights must be a Float32Array of 2916/,
-  });
-  t.throws(() => addon.packConvWeights!(w.data, 28, 80, 2), { message: /w must be a Float32Array of 2240/ });
-});
+(backends.some((b) => b.name === "native") ? test.serial : test.skip)(
+  "native: weights marked constant are packed once and give onnxruntime's result; a wrong packed length is refused",
+  async (t) => {
+    const { backendInfo } = await import("../lib/index.js");
+    const { getBackend } = await import("../lib/backends/index.js");
+    // two groups of 14 outputs (blocks 6 + 4 + 4 each), padding and a stride
+    const x = randomTensor([1, 6, 5, 7, 19], 90),
+      w = randomTensor([28, 3, 3, 3, 3], 91),
+      b = randomTensor([28], 92);
+    const [ref] = await ortRun(
+      "Conv",
+      [
+        { name: "x", tensor: x },
+        { name: "w", init: { dims: w.shape, data: w.data } },
+        { name: "b", init: { dims: b.shape, data: b.data } },
+      ],
+      {
+        kernel_shape: [3, 3, 3],
+        group: 2,
+        pads: [1, 1, 1, 1, 1, 1],
+        strides: [1, 1, 2],
+      },
+    );
+    const be = getBackend("native") as unknown as { constants(a: ReadonlySet<Float32Array>): void };
+    be.constants(new Set([w.data]));
+    setBackend("native");
+    for (let run = 0; run < 2; run++) {
+      const got = await conv3d(x, w, b, { padding: 1, stride: [1, 1, 2], groups: 2 });
+      t.true(relDiff(got.data, ref!.data) <= TOL, `run ${run}`);
+    }
+    const addon = (await import("node:module")).createRequire(import.meta.url)(backendInfo().details.native!.binary!) as Record<
+      string,
+      (...a: unknown[]) => unknown
+    >;
+    const packed = addon.packConvWeights!(w.data, 28, 81, 2) as Float32Array;
+    t.is(packed.length, 2 * 3 * 81 * 6);
+    const out = new Float32Array(28 * 5 * 7 * 10);
+    t.throws(
+      () =>
+        addon.conv3d!(
+          x.data,
+          [1, 6, 5, 7, 19],
+          w.data,
+          [28, 3, 3, 3],
+          b.data,
+          [1, 1, 2],
+          [1, 1, 1],
+          [1, 1, 1],
+          2,
+          [5, 7, 10],
+          0,
+          0,
+          out,
+          packed.subarray(1),
+        ),
+      {
+        message: /packed weights must be a Float32Array of 2916/,
+      },
+    );
+    t.throws(() => addon.packConvWeights!(w.data, 28, 80, 2), { message: /w must be a Float32Array of 2240/ });
+  },
+);
 
-test.serial("conv3dInstanceNorm equals onnxruntime's Conv → InstanceNormalization → LeakyRelu (in place natively, two steps elsewhere)", async (t) => {
-  const { conv3dInstanceNorm } = await import("../lib/index.js");
-  const ort = await import("onnxruntime-node");
-  const { encodeModel } = await import("../lib/model/onnx-proto.js");
-  const x = randomTensor([1, 6, 5, 7, 19], 110), w = randomTensor([10, 3, 3, 3, 3], 111), b = randomTensor([10], 112);
-  const sc = randomTensor([10], 113), nb = randomTensor([10], 114);
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [
-      { opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], group: 2, pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 2] } },
-      { opType: "InstanceNormalization", inputs: ["c", "s", "nb"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
-      { opType: "LeakyRelu", inputs: ["n"], outputs: ["y"], attrs: { alpha: 0.01 } },
-    ],
-    inputs: [{ name: "x", shape: x.shape }],
-    outputs: [{ name: "y" }],
-    initializers: [
-      { name: "w", dims: w.shape, data: w.data }, { name: "b", dims: [10], data: b.data },
-      { name: "s", dims: [10], data: sc.data }, { name: "nb", dims: [10], data: nb.data },
-    ],
-  });
-  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-  const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
-  await session.release();
-  for (const { name } of backends) {
-    setBackend(name);
-    const y = await conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, eps: 1e-5, activation: "leakyRelu", alpha: 0.01 }, { padding: 1, stride: [1, 1, 2], groups: 2 });
-    t.deepEqual(y.shape, [...want.dims]);
-    const d = relDiff(y.data, want.data as Float32Array);
-    t.true(d <= TOL, `${name}: max relative difference ${d}`);
-    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb }, { padding: 1, groups: 2, activation: "relu" }), { message: /options.activation/ });
-    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: randomTensor([9], 1), bias: nb }, { padding: 1, groups: 2 }), { message: /norm.scale/ });
-    // checked before the output is taken: the pool's allocator is never called
-    let allocated = 0;
-    const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
-    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: randomTensor([3], 1) }, { padding: 1, groups: 2, alloc }), { message: /norm.bias/ });
-    t.is(allocated, 0);
-    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, eps: 0 }, { padding: 1, groups: 2 }), { message: /Expected a positive number for norm.eps but received number 0/ });
-    await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, activation: "gelu" as never }, { padding: 1, groups: 2 }), { message: /norm.activation/ });
-  }
-});
+test.serial(
+  "conv3dInstanceNorm equals onnxruntime's Conv → InstanceNormalization → LeakyRelu (in place natively, two steps elsewhere)",
+  async (t) => {
+    const { conv3dInstanceNorm } = await import("../lib/index.js");
+    const ort = await import("onnxruntime-node");
+    const { encodeModel } = await import("../lib/model/onnx-proto.js");
+    const x = randomTensor([1, 6, 5, 7, 19], 110),
+      w = randomTensor([10, 3, 3, 3, 3], 111),
+      b = randomTensor([10], 112);
+    const sc = randomTensor([10], 113),
+      nb = randomTensor([10], 114);
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        {
+          opType: "Conv",
+          inputs: ["x", "w", "b"],
+          outputs: ["c"],
+          attrs: { kernel_shape: [3, 3, 3], group: 2, pads: [1, 1, 1, 1, 1, 1], strides: [1, 1, 2] },
+        },
+        { opType: "InstanceNormalization", inputs: ["c", "s", "nb"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+        { opType: "LeakyRelu", inputs: ["n"], outputs: ["y"], attrs: { alpha: 0.01 } },
+      ],
+      inputs: [{ name: "x", shape: x.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "b", dims: [10], data: b.data },
+        { name: "s", dims: [10], data: sc.data },
+        { name: "nb", dims: [10], data: nb.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+    await session.release();
+    for (const { name } of backends) {
+      setBackend(name);
+      const y = await conv3dInstanceNorm(
+        x,
+        w,
+        b,
+        { scale: sc, bias: nb, eps: 1e-5, activation: "leakyRelu", alpha: 0.01 },
+        { padding: 1, stride: [1, 1, 2], groups: 2 },
+      );
+      t.deepEqual(y.shape, [...want.dims]);
+      const d = relDiff(y.data, want.data as Float32Array);
+      t.true(d <= TOL, `${name}: max relative difference ${d}`);
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb }, { padding: 1, groups: 2, activation: "relu" }), {
+        message: /options.activation/,
+      });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: randomTensor([9], 1), bias: nb }, { padding: 1, groups: 2 }), {
+        message: /norm.scale/,
+      });
+      // checked before the output is taken: the pool's allocator is never called
+      let allocated = 0;
+      const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: randomTensor([3], 1) }, { padding: 1, groups: 2, alloc }), {
+        message: /norm.bias/,
+      });
+      t.is(allocated, 0);
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, eps: 0 }, { padding: 1, groups: 2 }), {
+        message: /Expected a positive number for norm.eps but received number 0/,
+      });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, activation: "gelu" as never }, { padding: 1, groups: 2 }), {
+        message: /norm.activation/,
+      });
+    }
+  },
+);
 
 // PyTorch 1.13: max_pool3d(tensor([5, nan, 1, 2]).view(1,1,1,1,4), (1,1,2)) → [nan, 2]: a NaN in a
 // window wins, as in torch (the kernels kept the larger number and dropped the NaN)

@@ -39,10 +39,16 @@ test.serial("the head starts at the data's background prior; without backgroundP
   setBackend(backendInfo().available.native ? "native" : "ts");
   const opt = { dims: [64, 64, 16] as [number, number, number], spacing: [3.6, 3.6, 5] as [number, number, number] };
   const cases = [1, 2, 3].map((s) => makePhantom(s, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
-  let bg = 0, n = 0;
-  for (const c of cases) for (const v of c.labels.data) (n++, v === 0 && bg++);
+  let bg = 0,
+    n = 0;
+  for (const c of cases)
+    for (const v of c.labels.data) {
+      n++;
+      v === 0 && bg++;
+    }
   // the background fraction, held to [0.5, 0.99] (train()'s documented clamp: bleeds are rare)
-  const pi = Math.min(0.99, Math.max(0.5, bg / n)), want = Math.log((5 * pi) / (1 - pi));
+  const pi = Math.min(0.99, Math.max(0.5, bg / n)),
+    want = Math.log((5 * pi) / (1 - pi));
   const head = async (backgroundPrior: boolean) => {
     const r = await train({ train: cases, steps: 1, batch: 1, patch: [8, 32, 32], seed: 4, lr: 1e-12, backgroundPrior });
     const { parseModel } = await import("../lib/model/graph.js");
@@ -52,12 +58,21 @@ test.serial("the head starts at the data's background prior; without backgroundP
   };
   t.true(Math.abs((await head(true)) - want) < 1e-4, `bias ${await head(true)} vs ln(5π/(1−π)) = ${want}`);
   t.true(Math.abs(await head(false)) < 1e-4, "without it the head's biases start at 0");
-  await t.throwsAsync(train({ train: cases, steps: 1, schedule: "cosine" as "poly" }), { message: /"poly" or "constant" for options\.schedule.*cosine/ });
+  await t.throwsAsync(train({ train: cases, steps: 1, schedule: "cosine" as "poly" }), {
+    message: /"poly" or "constant" for options\.schedule.*cosine/,
+  });
   // a patch the U-Net cannot halve and concatenate back is refused by name before any work
-  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 60, 64] }), { message: /multiple of the network's total stride along it \(4, 8, 8\).*options\.patch.*16, 60, 64/ });
-  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 64] as unknown as [number, number, number] }), { message: /options\.patch/ });
+  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 60, 64] }), {
+    message: /multiple of the network's total stride along it \(4, 8, 8\).*options\.patch.*16, 60, 64/,
+  });
+  await t.throwsAsync(train({ train: cases, steps: 1, patch: [16, 64] as unknown as [number, number, number] }), {
+    message: /options\.patch/,
+  });
   // labels past the network's classes, or a label volume of another size, are refused before training
-  const bad = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, data: Uint8Array.from(cases[0]!.labels.data, (v, i) => (i === 5 ? 9 : v)) } };
+  const bad = {
+    ct: cases[0]!.ct,
+    labels: { ...cases[0]!.labels, data: Uint8Array.from(cases[0]!.labels.data, (v, i) => (i === 5 ? 9 : v)) },
+  };
   await t.throwsAsync(train({ train: [bad], steps: 1 }), { message: /label 9 at voxel 5 is not one of the network's classes 0–5/ });
   const short = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, data: cases[0]!.labels.data.subarray(1) } };
   await t.throwsAsync(train({ train: [short], steps: 1 }), { message: /labels have \d+ voxels but the CT has/ });
@@ -72,7 +87,10 @@ test.serial("bhsd demo runs the whole path on a fresh phantom and reports", asyn
   if (!existsSync(join(ROOT, "models", "demo.onnx"))) return t.fail("the bundled models/demo.onnx is missing");
   const out = mkdtempSync(join(tmpdir(), "bhsd-demo-"));
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "424242", "--json", "--out", out], { encoding: "utf8", timeout: 120_000 });
+  const r = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "424242", "--json", "--out", out], {
+    encoding: "utf8",
+    timeout: 120_000,
+  });
   const s = (performance.now() - t0) / 1000;
   t.is(r.status, 0, r.stderr);
   const o = JSON.parse(r.stdout);
@@ -83,7 +101,10 @@ test.serial("bhsd demo runs the whole path on a fresh phantom and reports", asyn
   // ten-fold slowdown (the spawn's 120 s timeout catches a hang)
   t.true(s < 100, `took ${s.toFixed(1)} s`);
   for (const f of ["ct.nii.gz", "truth.nii.gz", "prediction.nii.gz"]) t.true(existsSync(join(out, f)), f);
-  const text = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "5"], { encoding: "utf8", timeout: 120_000 });
+  const text = spawnSync(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "demo", "--seed", "5"], {
+    encoding: "utf8",
+    timeout: 120_000,
+  });
   t.is(text.status, 0, text.stderr);
   t.regex(text.stdout, /mean Dice over the classes present/);
 });
@@ -130,7 +151,15 @@ test.serial("semi-supervised training: slice-labelled cases add the MIL and cons
     return { ct: p.ct, slices: slicePresence(p.labels).present };
   });
   const progress: { mil?: number; consistency?: number }[] = [];
-  const r = await train({ train: labelled, steps: 4, batch: 1, patch: [4, 32, 32], seed: 3, semi: { cases: sliceCases, patch: [4, 32, 32], rampSteps: 2 }, onProgress: (p) => progress.push(p) });
+  const r = await train({
+    train: labelled,
+    steps: 4,
+    batch: 1,
+    patch: [4, 32, 32],
+    seed: 3,
+    semi: { cases: sliceCases, patch: [4, 32, 32], rampSteps: 2 },
+    onProgress: (p) => progress.push(p),
+  });
   t.is(r.history.length, 4);
   for (const p of progress) {
     t.true(Number.isFinite(p.mil) && p.mil! > 0, `mil ${p.mil}`);
@@ -141,7 +170,8 @@ test.serial("semi-supervised training: slice-labelled cases add the MIL and cons
   // (same seed, same patches: every weight would be equal without them)
   const { parseModel } = await import("../lib/model/graph.js");
   const [gs, gr] = [await parseModel(sup.onnx), await parseModel(r.onnx)];
-  let changed = 0, total = 0;
+  let changed = 0,
+    total = 0;
   for (const [k, v] of gs.initializers) {
     if (!v.f32) continue;
     total++;

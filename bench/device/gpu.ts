@@ -47,7 +47,10 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 if (mode === "inputs") {
   for (const m of MASKS) await writeNpy(join(dir, `${m.name}.npy`), m.make(), m.shape);
-  writeFileSync(join(dir, "spec.json"), JSON.stringify({ convs: CONVS, unet: NNUNET_FULLRES, unetInput: UNET_INPUT, masks: MASKS.map((m) => m.name) }));
+  writeFileSync(
+    join(dir, "spec.json"),
+    JSON.stringify({ convs: CONVS, unet: NNUNET_FULLRES, unetInput: UNET_INPUT, masks: MASKS.map((m) => m.name) }),
+  );
   console.log(`inputs written to ${dir}`);
 } else if (mode === "bench") {
   const cuda = getBackend("cuda") as CudaBackend;
@@ -64,22 +67,27 @@ if (mode === "inputs") {
     out.push(s);
     console.log(s);
   };
-  say(`GPU: ${cuda.details().simd.split(",")[0]}; PyTorch/CuPy on the same card (${ref.device}) in the same run; ${new Date().toISOString().slice(0, 10)}`);
+  say(
+    `GPU: ${cuda.details().simd.split(",")[0]}; PyTorch/CuPy on the same card (${ref.device}) in the same run; ${new Date().toISOString().slice(0, 10)}`,
+  );
 
   /** Device-side median of `reps` calls of fn, with `constants` uploaded once and nothing downloaded. */
   async function deviceTime(constants: Float32Array[], fn: () => Promise<unknown>, reps: number, warm = 2): Promise<number> {
-    return cuda.residentRun(async () => {
-      for (let i = 0; i < warm; i++) await fn();
-      await cuda.addon.sync();
-      const ts: number[] = [];
-      for (let i = 0; i < reps; i++) {
-        const t0 = performance.now();
-        await fn();
+    return cuda.residentRun(
+      async () => {
+        for (let i = 0; i < warm; i++) await fn();
         await cuda.addon.sync();
-        ts.push(performance.now() - t0);
-      }
-      return median(ts);
-    }, { constants: new Set(constants), outputs: () => [] });
+        const ts: number[] = [];
+        for (let i = 0; i < reps; i++) {
+          const t0 = performance.now();
+          await fn();
+          await cuda.addon.sync();
+          ts.push(performance.now() - t0);
+        }
+        return median(ts);
+      },
+      { constants: new Set(constants), outputs: () => [] },
+    );
   }
 
   // ---- convolution layers ----
@@ -98,7 +106,10 @@ if (mode === "inputs") {
       cuda.precision = p;
       const ms = await deviceTime([x.data, w.data, b.data], () => ops.conv3d(x, w, b, { padding: 1, out: y }), 20, 3);
       const tms = ref.conv[key]?.[p];
-      cells.push(`${ms.toFixed(3)} (${(flops / ms / 1e9).toFixed(1)})`, tms ? `${tms.toFixed(3)} (${(flops / tms / 1e9).toFixed(1)})` : "–");
+      cells.push(
+        `${ms.toFixed(3)} (${(flops / ms / 1e9).toFixed(1)})`,
+        tms ? `${tms.toFixed(3)} (${(flops / tms / 1e9).toFixed(1)})` : "–",
+      );
     }
     say(`| ${C}→${Co} at ${D}×${H}×${W} | ${cells.join(" | ")} |`);
   }
@@ -126,14 +137,20 @@ if (mode === "inputs") {
       api = median(ts);
     }
     const t = ref.unet[p];
-    say(`| ${p} | ${ms.toFixed(1)} | ${Number.isNaN(api) ? "–" : api.toFixed(1)} | ${peak.toFixed(2)} | ${t ? t.toFixed(1) : "–"} | ${t ? (ms / t).toFixed(2) : "–"} |`);
+    say(
+      `| ${p} | ${ms.toFixed(1)} | ${Number.isNaN(api) ? "–" : api.toFixed(1)} | ${peak.toFixed(2)} | ${t ? t.toFixed(1) : "–"} | ${t ? (ms / t).toFixed(2) : "–"} |`,
+    );
   }
   cuda.precision = "tf32";
 
   // ---- segment() on a BHSD-sized case ----
   {
     const [nx, ny, nz] = [512, 512, 40];
-    const ct = volumeFromArray(rand(nx * ny * nz, 9).map((v) => v * 100 + 40), [nz, ny, nx], [5, 0.49, 0.49]);
+    const ct = volumeFromArray(
+      rand(nx * ny * nz, 9).map((v) => v * 100 + 40),
+      [nz, ny, nx],
+      [5, 0.49, 0.49],
+    );
     const m = await loadModel(buildUNet(NNUNET_FULLRES), { patchSize: [16, 256, 256] });
     say(`\nsegment(), ${nx}×${ny}×${nz} CT at 0.49×0.49×5 mm, the same model (patch 16×256×256, step 0.5, no mirroring), tf32, s`);
     const runs: { s: number; report: Awaited<ReturnType<typeof segment>>["report"] }[] = [];
@@ -144,8 +161,16 @@ if (mode === "inputs") {
     }
     const { s, report } = runs[1]!;
     say(`| total s | windows | ${Object.keys(report.timings).join(" s | ")} s |`);
-    say(`| --- | --- | ${Object.keys(report.timings).map(() => "---").join(" | ")} |`);
-    say(`| ${s.toFixed(2)} | ${report.windows} | ${Object.values(report.timings).map((v) => (v / 1000).toFixed(2)).join(" | ")} |`);
+    say(
+      `| --- | --- | ${Object.keys(report.timings)
+        .map(() => "---")
+        .join(" | ")} |`,
+    );
+    say(
+      `| ${s.toFixed(2)} | ${report.windows} | ${Object.values(report.timings)
+        .map((v) => (v / 1000).toFixed(2))
+        .join(" | ")} |`,
+    );
   }
 
   // ---- components ----
@@ -157,7 +182,9 @@ if (mode === "inputs") {
     const a = await readNpy(join(dir, `${m.name}.npy`));
     const vol = volumeFromArray(a.data as Uint8Array, a.shape as [number, number, number], [1, 1, 1]);
     for (const conn of [26, 6] as const) {
-      const dev: number[] = [], api: number[] = [], cpu: number[] = [];
+      const dev: number[] = [],
+        api: number[] = [],
+        cpu: number[] = [];
       for (let i = 0; i < 6; i++) {
         setBackend("cuda");
         let t0 = performance.now();
@@ -171,21 +198,28 @@ if (mode === "inputs") {
       }
       setBackend("cuda");
       const c = ref.label[`${m.name}:${conn}`];
-      say(`| ${m.name} ${m.shape.join("×")} | ${conn} | ${median(dev.slice(1)).toFixed(2)} | ${median(api.slice(1)).toFixed(1)} | ${median(cpu.slice(0, 3)).toFixed(1)} | ${c ? c.toFixed(2) : "–"} | ${c ? (median(dev.slice(1)) / c).toFixed(2) : "–"} |`);
+      say(
+        `| ${m.name} ${m.shape.join("×")} | ${conn} | ${median(dev.slice(1)).toFixed(2)} | ${median(api.slice(1)).toFixed(1)} | ${median(cpu.slice(0, 3)).toFixed(1)} | ${c ? c.toFixed(2) : "–"} | ${c ? (median(dev.slice(1)) / c).toFixed(2) : "–"} |`,
+      );
     }
   }
 
   // ---- metrics ----
   say("\nevaluate() on a 40×512×512 pair (blobs vs the same blobs shifted; spacing 5×0.488×0.488 mm), ms");
-  say("| bhsd cuda through the API | of which distances on the device | bhsd native | cupy distance_transform_edt, one 40×512×512 transform |");
+  say(
+    "| bhsd cuda through the API | of which distances on the device | bhsd native | cupy distance_transform_edt, one 40×512×512 transform |",
+  );
   say("| --- | --- | --- | --- |");
   {
     const a = await readNpy(join(dir, "blobs.npy"));
     const g = a.data as Uint8Array;
     const p = new Uint8Array(g.length);
     for (let i = 3; i < g.length; i++) p[i] = g[i - 3]!;
-    const gt = volumeFromArray(g, [40, 512, 512], [5, 0.488, 0.488]), pred = volumeFromArray(p, [40, 512, 512], [5, 0.488, 0.488]);
-    const tc: number[] = [], td: number[] = [], tn: number[] = [];
+    const gt = volumeFromArray(g, [40, 512, 512], [5, 0.488, 0.488]),
+      pred = volumeFromArray(p, [40, 512, 512], [5, 0.488, 0.488]);
+    const tc: number[] = [],
+      td: number[] = [],
+      tn: number[] = [];
     for (let i = 0; i < 4; i++) {
       setBackend("cuda");
       let t0 = performance.now();
@@ -197,7 +231,9 @@ if (mode === "inputs") {
       if (i < 2) await evaluate(gt, pred);
       tn.push(performance.now() - t0);
     }
-    say(`| ${median(tc.slice(1)).toFixed(1)} | ${median(td.slice(1)).toFixed(1)} | ${median(tn.slice(0, 2)).toFixed(1)} | ${ref.edt.blobs?.toFixed(2) ?? "–"} |`);
+    say(
+      `| ${median(tc.slice(1)).toFixed(1)} | ${median(td.slice(1)).toFixed(1)} | ${median(tn.slice(0, 2)).toFixed(1)} | ${ref.edt.blobs?.toFixed(2) ?? "–"} |`,
+    );
   }
   writeFileSync(join(dir, "bench.md"), out.join("\n") + "\n");
 } else {

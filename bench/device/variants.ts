@@ -15,7 +15,12 @@ const cuda = getBackend("cuda") as CudaBackend;
 setBackend("cuda");
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-for (const [C, Co, D, H, W] of [[32, 32, 32, 256, 256], [64, 64, 32, 128, 128], [128, 128, 16, 64, 64], [320, 320, 8, 32, 32]]) {
+for (const [C, Co, D, H, W] of [
+  [32, 32, 32, 256, 256],
+  [64, 64, 32, 128, 128],
+  [128, 128, 16, 64, 64],
+  [320, 320, 8, 32, 32],
+]) {
   const x: Tensor = { data: rand(C! * D! * H! * W!), shape: [1, C!, D!, H!, W!] };
   const w: Tensor = { data: rand(Co! * C! * 27), shape: [Co!, C!, 3, 3, 3] };
   const y: Tensor = { data: new Float32Array(Co! * D! * H! * W!), shape: [1, Co!, D!, H!, W!] };
@@ -27,18 +32,21 @@ for (const [C, Co, D, H, W] of [[32, 32, 32, 256, 256], [64, 64, 32, 128, 128], 
       if (skip === "halo") delete process.env.BHSD_CONV_HALO;
       else process.env.BHSD_CONV_HALO = "0";
       process.env.BHSD_CONV_SKIP = String(skip === "halo" ? 0 : skip);
-      const ms = await cuda.residentRun(async () => {
-        for (let i = 0; i < 2; i++) await ops.conv3d(x, w, null, { padding: 1, out: y });
-        await cuda.addon.sync();
-        const ts: number[] = [];
-        for (let i = 0; i < 7; i++) {
-          const t0 = performance.now();
-          await ops.conv3d(x, w, null, { padding: 1, out: y });
+      const ms = await cuda.residentRun(
+        async () => {
+          for (let i = 0; i < 2; i++) await ops.conv3d(x, w, null, { padding: 1, out: y });
           await cuda.addon.sync();
-          ts.push(performance.now() - t0);
-        }
-        return median(ts);
-      }, { constants: new Set([x.data, w.data]), outputs: () => [] });
+          const ts: number[] = [];
+          for (let i = 0; i < 7; i++) {
+            const t0 = performance.now();
+            await ops.conv3d(x, w, null, { padding: 1, out: y });
+            await cuda.addon.sync();
+            ts.push(performance.now() - t0);
+          }
+          return median(ts);
+        },
+        { constants: new Set([x.data, w.data]), outputs: () => [] },
+      );
       row.push(`${skip === "halo" ? "halo" : `gemm skip${skip}`} ${ms.toFixed(2)} (${(flops / ms / 1e9).toFixed(0)} TFLOP/s)`);
     }
     delete process.env.BHSD_CONV_SKIP;

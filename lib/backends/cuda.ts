@@ -50,20 +50,90 @@ export interface CudaAddon {
   upload(id: Id, data: ArrayBufferView): Promise<void>;
   download(id: Id, data: ArrayBufferView): Promise<void>;
   sync(): Promise<void>;
-  conv3d(x: Id, inShape: Shape5, w: Id, wShape: number[], b: Id, strides: Triple, dil: Triple, pads: Triple, groups: number, outS: Triple, act: number, alpha: number, out: Id, precision: number): void;
-  convTranspose3d(x: Id, inShape: Shape5, w: Id, wShape: number[], b: Id, strides: Triple, dil: Triple, pads: Triple, groups: number, outS: Triple, out: Id, precision: number): void;
-  convWeightGrad(A: Id, aShape: number[], B: Id, bShape: number[], kernel: Triple, strides: Triple, pads: Triple, dil: Triple, out: Id): void;
+  conv3d(
+    x: Id,
+    inShape: Shape5,
+    w: Id,
+    wShape: number[],
+    b: Id,
+    strides: Triple,
+    dil: Triple,
+    pads: Triple,
+    groups: number,
+    outS: Triple,
+    act: number,
+    alpha: number,
+    out: Id,
+    precision: number,
+  ): void;
+  convTranspose3d(
+    x: Id,
+    inShape: Shape5,
+    w: Id,
+    wShape: number[],
+    b: Id,
+    strides: Triple,
+    dil: Triple,
+    pads: Triple,
+    groups: number,
+    outS: Triple,
+    out: Id,
+    precision: number,
+  ): void;
+  convWeightGrad(
+    A: Id,
+    aShape: number[],
+    B: Id,
+    bShape: number[],
+    kernel: Triple,
+    strides: Triple,
+    pads: Triple,
+    dil: Triple,
+    out: Id,
+  ): void;
   instanceNorm(x: Id, N: number, C: number, S: number, scale: Id, bias: Id, eps: number, act: number, alpha: number, out: Id): void;
   batchNorm(x: Id, N: number, C: number, S: number, scale: Id, bias: Id, mean: Id, variance: Id, eps: number, out: Id): void;
   unary(x: Id, N: number, C: number, S: number, op: number, alpha: number, slope: Id, slopeLen: number, out: Id): void;
   binary(a: Id, b: Id, shape: number[], sa: number[], sb: number[], mul: boolean, out: Id): void;
-  pool3d(x: Id, NC: number, inS: Triple, outS: Triple, k: Triple, s: Triple, d: Triple, p: Triple, max: boolean, cip: boolean, out: Id): void;
+  pool3d(
+    x: Id,
+    NC: number,
+    inS: Triple,
+    outS: Triple,
+    k: Triple,
+    s: Triple,
+    d: Triple,
+    p: Triple,
+    max: boolean,
+    cip: boolean,
+    out: Id,
+  ): void;
   resize3d(x: Id, NC: number, inS: Triple, outS: Triple, scales: Float64Array, linear: boolean, cm: number, nm: number, out: Id): void;
   softmax(x: Id, N: number, C: number, S: number, out: Id): void;
   argmax(x: Id, N: number, C: number, S: number, out: Id): void;
   concatPart(x: Id, outer: number, len: number, total: number, offset: number, inner: number, out: Id): void;
-  connectedComponents(data: VoxelArray, nx: number, ny: number, nz: number, connectivity: number, perClass: boolean, out: Int32Array): Promise<number>;
-  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, nx: number, ny: number, nz: number, sx: number, sy: number, sz: number, classes: Int32Array, boxes: Float64Array, tau: number): Promise<Float64Array>;
+  connectedComponents(
+    data: VoxelArray,
+    nx: number,
+    ny: number,
+    nz: number,
+    connectivity: number,
+    perClass: boolean,
+    out: Int32Array,
+  ): Promise<number>;
+  surfaceMetrics(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    nx: number,
+    ny: number,
+    nz: number,
+    sx: number,
+    sy: number,
+    sz: number,
+    classes: Int32Array,
+    boxes: Float64Array,
+    tau: number,
+  ): Promise<Float64Array>;
 }
 
 export const CUDA_PRECISIONS = ["fp32", "tf32", "fp16", "bf16"] as const;
@@ -175,7 +245,8 @@ export class CudaBackend implements Backend {
     private readonly probe: CudaProbe,
   ) {
     const env = process.env.BHSD_CUDA_PRECISION;
-    if (env !== undefined && env !== "" && !inArray(env, CUDA_PRECISIONS)) throw invalidParameterError("BHSD_CUDA_PRECISION", `one of ${CUDA_PRECISIONS.join(", ")}`, env);
+    if (env !== undefined && env !== "" && !inArray(env, CUDA_PRECISIONS))
+      throw invalidParameterError("BHSD_CUDA_PRECISION", `one of ${CUDA_PRECISIONS.join(", ")}`, env);
     this.precision = (env as CudaPrecision | undefined) || "tf32";
     this.registry = new FinalizationRegistry((id) => addon.free(id));
   }
@@ -220,7 +291,10 @@ export class CudaBackend implements Backend {
    * weights) stay on the device until they are garbage-collected; the arrays `outputs` names are
    * brought back to the host before this resolves; every other device copy is freed.
    */
-  async residentRun<T>(fn: () => Promise<T>, opts: { constants?: ReadonlySet<Float32Array>; outputs: (r: T) => Float32Array[] }): Promise<T> {
+  async residentRun<T>(
+    fn: () => Promise<T>,
+    opts: { constants?: ReadonlySet<Float32Array>; outputs: (r: T) => Float32Array[] },
+  ): Promise<T> {
     const outer = this.store.getStore();
     if (outer) return fn(); // already resident: the outer run owns the copies
     const r = new Residency(this, opts.constants ?? NO_CONSTANTS);
@@ -281,10 +355,14 @@ export class CudaBackend implements Backend {
   // ---- tensor operations --------------------------------------------------------------------------
 
   conv3d: TensorBackend["conv3d"] = (x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, act, alpha, out) =>
-    this.op([x, w, bias], [out], ([xi, wi, bi], [oi]) => this.addon.conv3d(xi!, inShape, wi!, wShape, bi!, strides, dil, pads, groups, outS, act, alpha, oi!, this.prec));
+    this.op([x, w, bias], [out], ([xi, wi, bi], [oi]) =>
+      this.addon.conv3d(xi!, inShape, wi!, wShape, bi!, strides, dil, pads, groups, outS, act, alpha, oi!, this.prec),
+    );
 
   convTranspose3d: TensorBackend["convTranspose3d"] = (x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, out) =>
-    this.op([x, w, bias], [out], ([xi, wi, bi], [oi]) => this.addon.convTranspose3d(xi!, inShape, wi!, wShape, bi!, strides, dil, pads, groups, outS, oi!, this.prec));
+    this.op([x, w, bias], [out], ([xi, wi, bi], [oi]) =>
+      this.addon.convTranspose3d(xi!, inShape, wi!, wShape, bi!, strides, dil, pads, groups, outS, oi!, this.prec),
+    );
 
   // The weight gradient accumulates into out: its current values go up first.
   convWeightGrad: TensorBackend["convWeightGrad"] = (A, aShape, B, bShape, kernel, strides, pads, dil, out) =>
@@ -294,7 +372,9 @@ export class CudaBackend implements Backend {
     this.op([x, scale, bias], [out], ([xi, si, bi], [oi]) => this.addon.instanceNorm(xi!, N, C, S, si!, bi!, eps, act, alpha, oi!));
 
   batchNorm: TensorBackend["batchNorm"] = (x, N, C, S, scale, bias, mean, variance, eps, out) =>
-    this.op([x, scale, bias, mean, variance], [out], ([xi, si, bi, mi, vi], [oi]) => this.addon.batchNorm(xi!, N, C, S, si!, bi!, mi!, vi!, eps, oi!));
+    this.op([x, scale, bias, mean, variance], [out], ([xi, si, bi, mi, vi], [oi]) =>
+      this.addon.batchNorm(xi!, N, C, S, si!, bi!, mi!, vi!, eps, oi!),
+    );
 
   unary: TensorBackend["unary"] = (x, N, C, S, op, alpha, slope, out) =>
     this.op([x, slope], [out], ([xi, si], [oi]) => this.addon.unary(xi!, N, C, S, op, alpha, si!, slope?.length ?? 0, oi!));
@@ -326,11 +406,25 @@ export class CudaBackend implements Backend {
 
   // ---- voxel work ---------------------------------------------------------------------------------
 
-  connectedComponents(data: VoxelArray, dims: readonly [number, number, number], connectivity: 6 | 18 | 26, perClass: boolean, out: Int32Array): Promise<number> {
+  connectedComponents(
+    data: VoxelArray,
+    dims: readonly [number, number, number],
+    connectivity: 6 | 18 | 26,
+    perClass: boolean,
+    out: Int32Array,
+  ): Promise<number> {
     return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out);
   }
 
-  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], spacing: readonly [number, number, number], classes: Int32Array, boxes: Float64Array, tau: number): Promise<Float64Array> {
+  surfaceMetrics(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    dims: readonly [number, number, number],
+    spacing: readonly [number, number, number],
+    classes: Int32Array,
+    boxes: Float64Array,
+    tau: number,
+  ): Promise<Float64Array> {
     return this.addon.surfaceMetrics(gt, pred, dims[0], dims[1], dims[2], spacing[0], spacing[1], spacing[2], classes, boxes, tau);
   }
 
@@ -359,7 +453,7 @@ export function loadCudaBackend(cpu: () => Backend): { backend: CudaBackend; pro
   try {
     addon = require(path) as CudaAddon;
   } catch (e) {
-    throw new Error(`${path} did not load: ${(e as Error).message.split("\n")[0]}`);
+    throw new Error(`${path} did not load: ${(e as Error).message.split("\n")[0]}`, { cause: e });
   }
   const probe = addon.probe();
   if (!probe.ok) throw new Error(`no usable GPU: ${probe.error ?? "unknown CUDA error"}`);

@@ -13,7 +13,15 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
    * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm).
    */
   conv3d(
-    ...a: [...Parameters<TensorBackend["conv3d"]>, packed?: Float32Array | null, scale?: Float32Array | null, normBias?: Float32Array | null, eps?: number, normAct?: number, normAlpha?: number]
+    ...a: [
+      ...Parameters<TensorBackend["conv3d"]>,
+      packed?: Float32Array | null,
+      scale?: Float32Array | null,
+      normBias?: Float32Array | null,
+      eps?: number,
+      normAct?: number,
+      normAlpha?: number,
+    ]
   ): Promise<void>;
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
   packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
@@ -29,13 +37,57 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
-  connectedComponents(data: VoxelArray, nx: number, ny: number, nz: number, connectivity: number, perClass: boolean, out: Int32Array): Promise<number>;
-  componentStats(labels: Int32Array, nx: number, ny: number, nz: number, count: number, classes: VoxelArray | null, out: Float64Array): Promise<void>;
-  componentSliceAreas(labels: Int32Array, nx: number, ny: number, nz: number, count: number, zmin: Int32Array, offsets: Float64Array, out: Uint32Array): Promise<void>;
+  connectedComponents(
+    data: VoxelArray,
+    nx: number,
+    ny: number,
+    nz: number,
+    connectivity: number,
+    perClass: boolean,
+    out: Int32Array,
+  ): Promise<number>;
+  componentStats(
+    labels: Int32Array,
+    nx: number,
+    ny: number,
+    nz: number,
+    count: number,
+    classes: VoxelArray | null,
+    out: Float64Array,
+  ): Promise<void>;
+  componentSliceAreas(
+    labels: Int32Array,
+    nx: number,
+    ny: number,
+    nz: number,
+    count: number,
+    zmin: Int32Array,
+    offsets: Float64Array,
+    out: Uint32Array,
+  ): Promise<void>;
   selectComponents(src: VoxelArray, labels: Int32Array, keep: Uint8Array, out: VoxelArray): Promise<void>;
   narrowLabels(src: VoxelArray, nx: number, ny: number, nz: number, maxLabel: number, out: Uint8Array, what: string): Promise<void>;
-  labelPairStats(gt: Uint8Array, pred: Uint8Array, nx: number, ny: number, nz: number, maxLabel: number): Promise<{ counts: Float64Array; boxes: Float64Array }>;
-  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, nx: number, ny: number, nz: number, sx: number, sy: number, sz: number, classes: Int32Array, boxes: Float64Array, tau: number): Promise<Float64Array>;
+  labelPairStats(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    nx: number,
+    ny: number,
+    nz: number,
+    maxLabel: number,
+  ): Promise<{ counts: Float64Array; boxes: Float64Array }>;
+  surfaceMetrics(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    nx: number,
+    ny: number,
+    nz: number,
+    sx: number,
+    sy: number,
+    sz: number,
+    classes: Int32Array,
+    boxes: Float64Array,
+    tau: number,
+  ): Promise<Float64Array>;
 }
 
 const require = createRequire(import.meta.url);
@@ -51,7 +103,7 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
     try {
       return { addon: require(override) as NativeAddon, path: override };
     } catch (e) {
-      throw new Error(`BHSD_NATIVE_BINARY=${override} did not load: ${(e as Error).message.split("\n")[0]}`);
+      throw new Error(`BHSD_NATIVE_BINARY=${override} did not load: ${(e as Error).message.split("\n")[0]}`, { cause: e });
     }
   }
   try {
@@ -65,7 +117,7 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
   try {
     return { addon: require(path) as NativeAddon, path };
   } catch (e) {
-    throw new Error(`${path} did not load: ${(e as Error).message.split("\n")[0]}`);
+    throw new Error(`${path} did not load: ${(e as Error).message.split("\n")[0]}`, { cause: e });
   }
 }
 
@@ -81,22 +133,24 @@ export class NativeBackend implements Backend {
   ) {
     // every computation made inside withCancel's scope runs under its token (see cancel.ts)
     const cancellable = typeof addon.cancelNext === "function";
-    this.addon = !cancellable ? addon : new Proxy(addon, {
-      get(target, key, receiver) {
-        const f = Reflect.get(target, key, receiver) as unknown;
-        if (typeof f !== "function" || typeof key !== "string" || NOT_CANCELLABLE.has(key)) return f;
-        return (...args: unknown[]) => {
-          const token = cancelScope.getStore();
-          if (token === undefined) return (f as (...a: unknown[]) => unknown).apply(target, args);
-          target.cancelNext(token);
-          try {
-            return (f as (...a: unknown[]) => unknown).apply(target, args);
-          } finally {
-            target.cancelNext(null); // taken by the call's worker; cleared if the call threw before making one
-          }
-        };
-      },
-    });
+    this.addon = !cancellable
+      ? addon
+      : new Proxy(addon, {
+          get(target, key, receiver) {
+            const f = Reflect.get(target, key, receiver) as unknown;
+            if (typeof f !== "function" || typeof key !== "string" || NOT_CANCELLABLE.has(key)) return f;
+            return (...args: unknown[]) => {
+              const token = cancelScope.getStore();
+              if (token === undefined) return (f as (...a: unknown[]) => unknown).apply(target, args);
+              target.cancelNext(token);
+              try {
+                return (f as (...a: unknown[]) => unknown).apply(target, args);
+              } finally {
+                target.cancelNext(null); // taken by the call's worker; cleared if the call threw before making one
+              }
+            };
+          },
+        });
   }
 
   cancelToken(): { token: unknown; cancel(): void } | undefined {
@@ -126,15 +180,34 @@ export class NativeBackend implements Backend {
     return this.addon.rescaleToF32(src, slope, inter, dst);
   }
 
-  connectedComponents(data: VoxelArray, dims: readonly [number, number, number], connectivity: 6 | 18 | 26, perClass: boolean, out: Int32Array): Promise<number> {
+  connectedComponents(
+    data: VoxelArray,
+    dims: readonly [number, number, number],
+    connectivity: 6 | 18 | 26,
+    perClass: boolean,
+    out: Int32Array,
+  ): Promise<number> {
     return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out);
   }
 
-  componentStats(labels: Int32Array, dims: readonly [number, number, number], count: number, classes: VoxelArray | null, out: Float64Array): Promise<void> {
+  componentStats(
+    labels: Int32Array,
+    dims: readonly [number, number, number],
+    count: number,
+    classes: VoxelArray | null,
+    out: Float64Array,
+  ): Promise<void> {
     return this.addon.componentStats(labels, dims[0], dims[1], dims[2], count, classes, out);
   }
 
-  componentSliceAreas(labels: Int32Array, dims: readonly [number, number, number], count: number, zmin: Int32Array, offsets: Float64Array, out: Uint32Array): Promise<void> {
+  componentSliceAreas(
+    labels: Int32Array,
+    dims: readonly [number, number, number],
+    count: number,
+    zmin: Int32Array,
+    offsets: Float64Array,
+    out: Uint32Array,
+  ): Promise<void> {
     return this.addon.componentSliceAreas(labels, dims[0], dims[1], dims[2], count, zmin, offsets, out);
   }
 
@@ -150,7 +223,15 @@ export class NativeBackend implements Backend {
     return this.addon.labelPairStats(gt, pred, dims[0], dims[1], dims[2], maxLabel);
   }
 
-  surfaceMetrics(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], spacing: readonly [number, number, number], classes: Int32Array, boxes: Float64Array, tau: number) {
+  surfaceMetrics(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    dims: readonly [number, number, number],
+    spacing: readonly [number, number, number],
+    classes: Int32Array,
+    boxes: Float64Array,
+    tau: number,
+  ) {
     return this.addon.surfaceMetrics(gt, pred, dims[0], dims[1], dims[2], spacing[0], spacing[1], spacing[2], classes, boxes, tau);
   }
 
@@ -193,8 +274,45 @@ export class NativeBackend implements Backend {
     const p = this.packedFor(a[2], a[3][0], a[8]);
     return p ? this.addon.conv3d(...a, p) : this.addon.conv3d(...a);
   };
-  conv3dNorm: NonNullable<TensorBackend["conv3dNorm"]> = (x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, out, scale, nb, eps, act, alpha) =>
-    this.addon.conv3d(x, inShape, w, wShape, bias, strides, dil, pads, groups, outS, 0, 0, out, this.packedFor(w, wShape[0], groups), scale, nb, eps, act, alpha);
+  conv3dNorm: NonNullable<TensorBackend["conv3dNorm"]> = (
+    x,
+    inShape,
+    w,
+    wShape,
+    bias,
+    strides,
+    dil,
+    pads,
+    groups,
+    outS,
+    out,
+    scale,
+    nb,
+    eps,
+    act,
+    alpha,
+  ) =>
+    this.addon.conv3d(
+      x,
+      inShape,
+      w,
+      wShape,
+      bias,
+      strides,
+      dil,
+      pads,
+      groups,
+      outS,
+      0,
+      0,
+      out,
+      this.packedFor(w, wShape[0], groups),
+      scale,
+      nb,
+      eps,
+      act,
+      alpha,
+    );
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);

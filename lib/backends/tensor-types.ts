@@ -12,41 +12,142 @@ export const NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor"
 export interface TensorBackend {
   /** out [N, Co, Do, Ho, Wo] = conv(x [N, C, D, H, W], w [Co, C/groups, kd, kh, kw]) + bias, then act. pads: leading d h w. */
   conv3d(
-    x: Float32Array, inShape: [number, number, number, number, number],
-    w: Float32Array, wShape: [number, number, number, number],
-    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
-    outSpatial: Triple, act: number, alpha: number, out: Float32Array,
+    x: Float32Array,
+    inShape: [number, number, number, number, number],
+    w: Float32Array,
+    wShape: [number, number, number, number],
+    bias: Float32Array | null,
+    strides: Triple,
+    dilations: Triple,
+    pads: Triple,
+    groups: number,
+    outSpatial: Triple,
+    act: number,
+    alpha: number,
+    out: Float32Array,
   ): Promise<void>;
   /**
    * Optional: conv3d without an activation, then out instance-normalised in place (scale, bias
    * per output channel, eps) and activated, in one call. Callers fall back to conv3d + instanceNorm.
    */
   conv3dNorm?(
-    x: Float32Array, inShape: [number, number, number, number, number],
-    w: Float32Array, wShape: [number, number, number, number],
-    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
-    outSpatial: Triple, out: Float32Array, scale: Float32Array | null, normBias: Float32Array | null, eps: number, act: number, alpha: number,
+    x: Float32Array,
+    inShape: [number, number, number, number, number],
+    w: Float32Array,
+    wShape: [number, number, number, number],
+    bias: Float32Array | null,
+    strides: Triple,
+    dilations: Triple,
+    pads: Triple,
+    groups: number,
+    outSpatial: Triple,
+    out: Float32Array,
+    scale: Float32Array | null,
+    normBias: Float32Array | null,
+    eps: number,
+    act: number,
+    alpha: number,
   ): Promise<void>;
   /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */
   convTranspose3d(
-    x: Float32Array, inShape: [number, number, number, number, number],
-    w: Float32Array, wShape: [number, number, number, number],
-    bias: Float32Array | null, strides: Triple, dilations: Triple, pads: Triple, groups: number,
-    outSpatial: Triple, out: Float32Array,
+    x: Float32Array,
+    inShape: [number, number, number, number, number],
+    w: Float32Array,
+    wShape: [number, number, number, number],
+    bias: Float32Array | null,
+    strides: Triple,
+    dilations: Triple,
+    pads: Triple,
+    groups: number,
+    outSpatial: Triple,
+    out: Float32Array,
   ): Promise<void>;
-  instanceNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array | null, bias: Float32Array | null, eps: number, act: number, alpha: number, out: Float32Array): Promise<void>;
+  instanceNorm(
+    x: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    scale: Float32Array | null,
+    bias: Float32Array | null,
+    eps: number,
+    act: number,
+    alpha: number,
+    out: Float32Array,
+  ): Promise<void>;
   /**
    * Group normalisation: statistics per (n, group of C/groups consecutive channels), scale and bias
    * per channel, then the activation, in one call. Optional: ops.groupNorm composes it from
    * instanceNorm, mul, add and the activation where a backend lacks it.
    */
-  groupNorm?(x: Float32Array, N: number, C: number, spatial: number, groups: number, scale: Float32Array | null, bias: Float32Array | null, eps: number, act: number, alpha: number, out: Float32Array): Promise<void>;
-  batchNorm(x: Float32Array, N: number, C: number, spatial: number, scale: Float32Array, bias: Float32Array, mean: Float32Array, variance: Float32Array, eps: number, out: Float32Array): Promise<void>;
-  unary(x: Float32Array, N: number, C: number, spatial: number, op: number, alpha: number, slope: Float32Array | null, out: Float32Array): Promise<void>;
+  groupNorm?(
+    x: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    groups: number,
+    scale: Float32Array | null,
+    bias: Float32Array | null,
+    eps: number,
+    act: number,
+    alpha: number,
+    out: Float32Array,
+  ): Promise<void>;
+  batchNorm(
+    x: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    scale: Float32Array,
+    bias: Float32Array,
+    mean: Float32Array,
+    variance: Float32Array,
+    eps: number,
+    out: Float32Array,
+  ): Promise<void>;
+  unary(
+    x: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    op: number,
+    alpha: number,
+    slope: Float32Array | null,
+    out: Float32Array,
+  ): Promise<void>;
   /** Broadcasting a+b or a·b: shape and element strides padded to 6 axes (stride 0 along broadcast axes). */
-  binary(a: Float32Array, b: Float32Array, shape: number[], stridesA: number[], stridesB: number[], mul: boolean, out: Float32Array): Promise<void>;
-  pool3d(x: Float32Array, NC: number, inSpatial: Triple, outSpatial: Triple, kernel: Triple, strides: Triple, dilations: Triple, pads: Triple, max: boolean, countIncludePad: boolean, out: Float32Array): Promise<void>;
-  resize3d(x: Float32Array, NC: number, inSpatial: Triple, outSpatial: Triple, scales: Float64Array, linear: boolean, coordMode: number, nearestMode: number, out: Float32Array): Promise<void>;
+  binary(
+    a: Float32Array,
+    b: Float32Array,
+    shape: number[],
+    stridesA: number[],
+    stridesB: number[],
+    mul: boolean,
+    out: Float32Array,
+  ): Promise<void>;
+  pool3d(
+    x: Float32Array,
+    NC: number,
+    inSpatial: Triple,
+    outSpatial: Triple,
+    kernel: Triple,
+    strides: Triple,
+    dilations: Triple,
+    pads: Triple,
+    max: boolean,
+    countIncludePad: boolean,
+    out: Float32Array,
+  ): Promise<void>;
+  resize3d(
+    x: Float32Array,
+    NC: number,
+    inSpatial: Triple,
+    outSpatial: Triple,
+    scales: Float64Array,
+    linear: boolean,
+    coordMode: number,
+    nearestMode: number,
+    out: Float32Array,
+  ): Promise<void>;
   softmax(x: Float32Array, N: number, C: number, spatial: number, out: Float32Array): Promise<void>;
   argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
   concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
@@ -56,15 +157,32 @@ export interface TensorBackend {
    * [C] are overwritten. Optional: backprop falls back to TypeScript where a backend lacks it.
    */
   instanceNormBackward?(
-    x: Float32Array, gate: Float32Array | null, dy: Float32Array, N: number, C: number, spatial: number,
-    gamma: Float32Array | null, eps: number, alpha: number, dx: Float32Array, dgamma: Float32Array, dbeta: Float32Array,
+    x: Float32Array,
+    gate: Float32Array | null,
+    dy: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    gamma: Float32Array | null,
+    eps: number,
+    alpha: number,
+    dx: Float32Array,
+    dgamma: Float32Array,
+    dbeta: Float32Array,
   ): Promise<void>;
   /**
    * Weight gradient of one batch item as a correlation: out[ca, cb, k…] += Σ_o A[ca, o] · B[cb, o·s − p + k·d]
    * (conv3d: A = dy, B = x; transposed convolution: A = x, B = dy).
    */
   convWeightGrad(
-    A: Float32Array, aShape: [number, number, number, number], B: Float32Array, bShape: [number, number, number, number],
-    kernel: Triple, strides: Triple, pads: Triple, dilations: Triple, out: Float32Array,
+    A: Float32Array,
+    aShape: [number, number, number, number],
+    B: Float32Array,
+    bShape: [number, number, number, number],
+    kernel: Triple,
+    strides: Triple,
+    pads: Triple,
+    dilations: Triple,
+    out: Float32Array,
   ): Promise<void>;
 }

@@ -9,9 +9,22 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 
 /** [dy, dz, ext] of the already-seen neighbour rows for each connectivity. */
 const NEIGHBOUR_ROWS: Record<6 | 18 | 26, readonly (readonly [number, number, number])[]> = {
-  6: [[-1, 0, 0], [0, -1, 0]],
-  18: [[-1, 0, 1], [-1, -1, 0], [0, -1, 1], [1, -1, 0]],
-  26: [[-1, 0, 1], [-1, -1, 1], [0, -1, 1], [1, -1, 1]],
+  6: [
+    [-1, 0, 0],
+    [0, -1, 0],
+  ],
+  18: [
+    [-1, 0, 1],
+    [-1, -1, 0],
+    [0, -1, 1],
+    [1, -1, 0],
+  ],
+  26: [
+    [-1, 0, 1],
+    [-1, -1, 1],
+    [0, -1, 1],
+    [1, -1, 1],
+  ],
 };
 
 function find(parent: Int32Array, i: number): number {
@@ -34,7 +47,10 @@ export async function tsConnectedComponents(
   const rows = ny * nz;
   const nb = NEIGHBOUR_ROWS[connectivity];
   let cap = 1 << 12;
-  let x0 = new Int32Array(cap), x1 = new Int32Array(cap), val = new Float64Array(cap), parent = new Int32Array(cap);
+  let x0 = new Int32Array(cap),
+    x1 = new Int32Array(cap),
+    val = new Float64Array(cap),
+    parent = new Int32Array(cap);
   const rowStart = new Int32Array(rows + 1);
   let n = 0;
   const grow = () => {
@@ -52,7 +68,8 @@ export async function tsConnectedComponents(
   const rowsPerYield = Math.max(1, Math.floor(CHUNK / nx));
   for (let r = 0; r < rows; r++) {
     if (r > 0 && r % rowsPerYield === 0) await yieldToLoop();
-    const y = r % ny, z = (r - y) / ny;
+    const y = r % ny,
+      z = (r - y) / ny;
     const base = r * nx;
     const first = n;
     rowStart[r] = first;
@@ -73,7 +90,8 @@ export async function tsConnectedComponents(
     }
     if (first === n) continue;
     for (const [dy, dz, ext] of nb) {
-      const yy = y + dy, zz = z + dz;
+      const yy = y + dy,
+        zz = z + dz;
       if (yy < 0 || yy >= ny || zz < 0) continue;
       const rr = zz * ny + yy;
       const b1 = rowStart[rr + 1]!;
@@ -85,8 +103,10 @@ export async function tsConnectedComponents(
           if (perClass && val[k] !== val[i]) continue;
           const rk = find(parent, k);
           if (rk === ri) continue;
-          if (rk < ri) (parent[ri] = rk), (ri = rk);
-          else parent[rk] = ri;
+          if (rk < ri) {
+            parent[ri] = rk;
+            ri = rk;
+          } else parent[rk] = ri;
         }
       }
     }
@@ -124,8 +144,16 @@ export async function tsComponentStats(
         if (c < 0 || c > count) throw new RangeError(`label ${c} at voxel ${i} is outside 1..${count}`);
         const o = (c - 1) * 11;
         if (out[o] === 0) {
-          out[o + 1] = x, out[o + 2] = y, out[o + 3] = z;
-          out[o + 4] = x, out[o + 5] = y, out[o + 6] = z;
+          {
+            out[o + 1] = x;
+            out[o + 2] = y;
+            out[o + 3] = z;
+          }
+          {
+            out[o + 4] = x;
+            out[o + 5] = y;
+            out[o + 6] = z;
+          }
           out[o + 10] = classes ? classes[i]! : 0;
         } else {
           if (x < out[o + 1]!) out[o + 1] = x;

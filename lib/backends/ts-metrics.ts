@@ -6,12 +6,20 @@
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import type { VoxelArray } from "../types.js";
 
-export async function tsNarrowLabels(src: VoxelArray, dims: readonly [number, number, number], maxLabel: number, out: Uint8Array, what: string): Promise<void> {
+export async function tsNarrowLabels(
+  src: VoxelArray,
+  dims: readonly [number, number, number],
+  maxLabel: number,
+  out: Uint8Array,
+  what: string,
+): Promise<void> {
   const [nx, ny] = dims;
   for (let i = 0; i < src.length; i++) {
     const v = src[i]!;
     if (!(v >= 0 && v <= maxLabel && Number.isInteger(v))) {
-      const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
+      const x = i % nx,
+        y = Math.floor(i / nx) % ny,
+        z = Math.floor(i / (nx * ny));
       throw new Error(`${what} holds the value ${v} at voxel (${x}, ${y}, ${z}); labels must be integers 0..${maxLabel}`);
     }
     out[i] = v;
@@ -29,7 +37,8 @@ export async function tsLabelPairStats(gt: Uint8Array, pred: Uint8Array, dims: r
   for (let z = 0; z < nz; z++) {
     for (let y = 0; y < ny; y++) {
       for (let x = 0; x < nx; x++, i++) {
-        const a = gt[i]!, b = pred[i]!;
+        const a = gt[i]!,
+          b = pred[i]!;
         if (a > L || b > L) throw new Error("a label exceeds maxLabel");
         counts[a * K + b]!++;
         if ((a | b) === 0) continue;
@@ -91,7 +100,16 @@ function envelope(f: Float64Array, d: Float64Array, n: number, s: number, v: Int
 }
 
 /** Squared distance (mm²) to the nearest feature voxel, +Infinity when none. */
-export function tsEdtSquared(feat: Uint8Array, w: number, h: number, d: number, sx: number, sy: number, sz: number, out: Float64Array): void {
+export function tsEdtSquared(
+  feat: Uint8Array,
+  w: number,
+  h: number,
+  d: number,
+  sx: number,
+  sy: number,
+  sz: number,
+  out: Float64Array,
+): void {
   for (let r = 0; r < h * d; r++) {
     const o = r * w;
     let last = -1;
@@ -108,7 +126,10 @@ export function tsEdtSquared(feat: Uint8Array, w: number, h: number, d: number, 
     }
   }
   const n = Math.max(h, d);
-  const f = new Float64Array(n), g = new Float64Array(n), zb = new Float64Array(n + 1), v = new Int32Array(n);
+  const f = new Float64Array(n),
+    g = new Float64Array(n),
+    zb = new Float64Array(n + 1),
+    v = new Int32Array(n);
   const pass = (len: number, stride: number, lines: number, baseOf: (l: number) => number, s: number) => {
     for (let l = 0; l < lines; l++) {
       const b = baseOf(l);
@@ -130,7 +151,8 @@ export function tsEdtSquared(feat: Uint8Array, w: number, h: number, d: number, 
 /** numpy's default percentile: linear interpolation at rank q·(n−1). */
 function percentile(sorted: Float64Array, q: number): number {
   const rank = q * (sorted.length - 1);
-  const lo = Math.floor(rank), hi = Math.ceil(rank);
+  const lo = Math.floor(rank),
+    hi = Math.ceil(rank);
   return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (rank - lo);
 }
 
@@ -149,11 +171,16 @@ export async function tsSurfaceMetrics(
   for (let k = 0; k < classes.length; k++) {
     const c = classes[k]!;
     const [x0, y0, z0, x1, y1, z1] = Array.from(boxes.subarray(6 * k, 6 * k + 6));
-    const w = x1! - x0! + 1, h = y1! - y0! + 1, d = z1! - z0! + 1, n = w * h * d;
-    const mg = new Uint8Array(n), mp = new Uint8Array(n);
+    const w = x1! - x0! + 1,
+      h = y1! - y0! + 1,
+      d = z1! - z0! + 1,
+      n = w * h * d;
+    const mg = new Uint8Array(n),
+      mp = new Uint8Array(n);
     for (let z = 0; z < d; z++)
       for (let y = 0; y < h; y++) {
-        const src = ((z + z0!) * ny + (y + y0!)) * nx + x0!, dst = (z * h + y) * w;
+        const src = ((z + z0!) * ny + (y + y0!)) * nx + x0!,
+          dst = (z * h + y) * w;
         for (let x = 0; x < w; x++) {
           mg[dst + x] = gt[src + x] === c ? 1 : 0;
           mp[dst + x] = pred[src + x] === c ? 1 : 0;
@@ -166,19 +193,34 @@ export async function tsSurfaceMetrics(
         for (let y = 0; y < h; y++)
           for (let x = 0; x < w; x++, i++) {
             if (!m[i]) continue;
-            const inner = x > 0 && x < w - 1 && y > 0 && y < h - 1 && z > 0 && z < d - 1 && m[i - 1] && m[i + 1] && m[i - w] && m[i + w] && m[i - wh] && m[i + wh];
+            const inner =
+              x > 0 &&
+              x < w - 1 &&
+              y > 0 &&
+              y < h - 1 &&
+              z > 0 &&
+              z < d - 1 &&
+              m[i - 1] &&
+              m[i + 1] &&
+              m[i - w] &&
+              m[i + w] &&
+              m[i - wh] &&
+              m[i + wh];
             s[i] = inner ? 0 : 1;
           }
       return s;
     };
-    const sg = surface(mg), sp = surface(mp);
+    const sg = surface(mg),
+      sp = surface(mp);
     const dist = new Float64Array(n);
     const distances = (to: Uint8Array, from: Uint8Array) => {
       tsEdtSquared(to, w, h, d, sx, sy, sz, dist);
       let count = 0;
       for (let i = 0; i < n; i++) if (from[i]) count++;
       const v = new Float64Array(count);
-      let sum = 0, max = 0, within = 0;
+      let sum = 0,
+        max = 0,
+        within = 0;
       for (let i = 0, j = 0; i < n; i++) {
         if (!from[i]) continue;
         const x = Math.sqrt(dist[i]!);

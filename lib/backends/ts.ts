@@ -26,7 +26,8 @@ function intact<F extends (...a: never[]) => unknown>(name: string, f: F): F {
     const arrays = arraysOf(args);
     const r = await f(...args);
     for (const [i, a, bytes] of arrays) {
-      if (a.byteLength !== bytes) throw new Error(`ts: argument ${i + 1} of ${name} was detached or resized during the call; the result is lost`);
+      if (a.byteLength !== bytes)
+        throw new Error(`ts: argument ${i + 1} of ${name} was detached or resized during the call; the result is lost`);
     }
     return r;
   }) as unknown as F;
@@ -48,7 +49,11 @@ export class TsBackend implements Backend {
   }
 
   async voxelStats(data: VoxelArray): Promise<VoxelStats> {
-    let min = Infinity, max = -Infinity, sum = 0, nonzero = 0, nonfinite = 0;
+    let min = Infinity,
+      max = -Infinity,
+      sum = 0,
+      nonzero = 0,
+      nonfinite = 0;
     await forChunks(data.length, (lo, hi) => {
       for (let i = lo; i < hi; i++) {
         const v = data[i]!;

@@ -55,7 +55,13 @@ export interface Backend extends TensorBackend {
    * Per component c in 1..count, at out[(c−1)·STATS + k]: 0 voxels, 1–3 min x y z, 4–6 max x y z,
    * 7–9 sums of x y z, 10 the value of `classes` at its first voxel (0 without classes).
    */
-  componentStats(labels: Int32Array, dims: readonly [number, number, number], count: number, classes: VoxelArray | null, out: Float64Array): Promise<void>;
+  componentStats(
+    labels: Int32Array,
+    dims: readonly [number, number, number],
+    count: number,
+    classes: VoxelArray | null,
+    out: Float64Array,
+  ): Promise<void>;
   /** Voxels per slice: out[offsets[c−1] + z − zmin[c−1]] += 1 for each voxel of c at z. */
   componentSliceAreas(
     labels: Int32Array,
@@ -74,7 +80,12 @@ export interface Backend extends TensorBackend {
    * counts[g·(L+1) + p]: voxels with gt g and pred p; boxes[((v·(L+1)) + l)·6 …]: min x y z, max x y z
    * of label l in gt (v = 0) and pred (v = 1), min > max when absent.
    */
-  labelPairStats(gt: Uint8Array, pred: Uint8Array, dims: readonly [number, number, number], maxLabel: number): Promise<{ counts: Float64Array; boxes: Float64Array }>;
+  labelPairStats(
+    gt: Uint8Array,
+    pred: Uint8Array,
+    dims: readonly [number, number, number],
+    maxLabel: number,
+  ): Promise<{ counts: Float64Array; boxes: Float64Array }>;
   /**
    * For each class (both masks non-empty, box covering both): 10 numbers — |∂P|, |∂G|, Σd(P→G),
    * Σd(G→P), max d(P→G), max d(G→P), p95 d(P→G), p95 d(G→P), #d(P→G) ≤ τ, #d(G→P) ≤ τ.

@@ -23,9 +23,15 @@ interface Opts {
 export function componentsCommand(program: Command): void {
   program
     .command("components")
-    .description("label connected components (bleeds) of a label volume, with per-bleed volume, extent and ABC/2; optionally remove small ones")
+    .description(
+      "label connected components (bleeds) of a label volume, with per-bleed volume, extent and ABC/2; optionally remove small ones",
+    )
     .argument("<labels>", "label NIfTI: integers from 0 (background) to --max-label (BHSD: 1..5)")
-    .addOption(new Option("--connectivity <n>", "voxels touching by a face (6), also an edge (18), also a corner (26)").choices(["6", "18", "26"]).default("26"))
+    .addOption(
+      new Option("--connectivity <n>", "voxels touching by a face (6), also an edge (18), also a corner (26)")
+        .choices(["6", "18", "26"])
+        .default("26"),
+    )
     .option("--no-per-class", "join touching voxels of different classes")
     .option("--min-ml <mL>", "remove components smaller than this (mL)", numberArg("--min-ml", 0))
     .option("--min-voxels <n>", "remove components with fewer voxels", intArg("--min-voxels", 0))
@@ -51,7 +57,10 @@ export function componentsCommand(program: Command): void {
           vol = await cleanup(vol, cleaning);
           if (o.cleaned) await plan.write("--cleaned", (tmp) => writeNifti(tmp, vol));
         }
-        const { labels, count } = await connectedComponents(vol, { connectivity: Number(o.connectivity) as Connectivity, perClass: o.perClass });
+        const { labels, count } = await connectedComponents(vol, {
+          connectivity: Number(o.connectivity) as Connectivity,
+          perClass: o.perClass,
+        });
         if (count > o.maxComponents) throw new Error(`${file}: ${count} components, more than --max-components ${o.maxComponents}`);
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
         const stats = await componentStats(labels, { classes: vol, maxComponents: o.maxComponents });
@@ -67,12 +76,25 @@ export function componentsCommand(program: Command): void {
       }
       const name = (c: number) => BHSD_CLASSES[c] ?? `class${c}`;
       process.stdout.write(`${count} component(s) in ${file} (${o.connectivity}-connectivity${o.perClass ? ", per class" : ""})\n`);
-      process.stdout.write(table(["class", "components", "mL"], [...perClass.entries()].sort((a, b) => a[0] - b[0]).map(([c, e]) => [`${c} ${name(c)}`, e.n, fmt(e.ml, 2)])) + "\n");
+      process.stdout.write(
+        table(
+          ["class", "components", "mL"],
+          [...perClass.entries()].sort((a, b) => a[0] - b[0]).map(([c, e]) => [`${c} ${name(c)}`, e.n, fmt(e.ml, 2)]),
+        ) + "\n",
+      );
       if (o.stats) {
         process.stdout.write(
           table(
             ["label", "class", "voxels", "mL", "ABC/2 mL", "slices", "centroid (mm)"],
-            stats.map((s) => [s.label, name(s.class), s.voxels, fmt(s.volumeMl, 3), fmt(s.abc2Ml, 3), s.slices, s.centroid.world.map((v) => v.toFixed(1)).join(", ")]),
+            stats.map((s) => [
+              s.label,
+              name(s.class),
+              s.voxels,
+              fmt(s.volumeMl, 3),
+              fmt(s.abc2Ml, 3),
+              s.slices,
+              s.centroid.world.map((v) => v.toFixed(1)).join(", "),
+            ]),
           ) + "\n",
         );
       }

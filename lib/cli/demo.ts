@@ -31,7 +31,9 @@ export const DEMO_SEGMENT = { mirror: true, stepSize: 1 / 3, cleanup: { minVoxel
 export function demoCommand(program: Command): void {
   program
     .command("demo")
-    .description("the whole path on a fresh synthetic head CT: segment with the bundled model, measure each bleed, score against the known truth")
+    .description(
+      "the whole path on a fresh synthetic head CT: segment with the bundled model, measure each bleed, score against the known truth",
+    )
     .option("--seed <s>", "phantom seed (default: a fresh one)", intArg("--seed", 0))
     .option("--model <onnx>", "model to use (default: the bundled models/demo.onnx)")
     .option("--out <dir>", "write ct.nii.gz, truth.nii.gz and prediction.nii.gz there")
@@ -45,27 +47,56 @@ export function demoCommand(program: Command): void {
       const inputs = [modelPath, modelPath.replace(/\.onnx$/i, "") + ".json"];
       const files = ["ct.nii.gz", "truth.nii.gz", "prediction.nii.gz"];
       if (o.out) await OutputPlan.checkFolderFiles("--out", o.out, files, inputs);
-      const { phantom, report, metrics } = await OutputPlan.run(inputs, [...(o.out ? [{ flag: "--out", path: o.out, folder: true }] : []), ...(o.html ? [{ flag: "--html", path: o.html }] : [])], async (plan) => {
-        const phantom = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
-        const model = await loadModel(modelPath);
-        const { labels, report } = await segment(phantom.ct, model, DEMO_SEGMENT);
-        const metrics = await evaluate(phantom.labels, labels);
-        if (o.out) {
-          const dir = plan.temp("--out");
-          await writeNifti(join(dir, files[0]!), phantom.ct);
-          await writeNifti(join(dir, files[1]!), phantom.labels);
-          await writeNifti(join(dir, files[2]!), labels);
-        }
-        if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: phantom.ct, labels, report, truth: phantom.labels, metrics, caseName: `phantom seed ${seed}`, notes: { seed } })));
-        return { phantom, report, metrics };
-      });
+      const { phantom, report, metrics } = await OutputPlan.run(
+        inputs,
+        [...(o.out ? [{ flag: "--out", path: o.out, folder: true }] : []), ...(o.html ? [{ flag: "--html", path: o.html }] : [])],
+        async (plan) => {
+          const phantom = makePhantom(seed, { dims: [128, 128, 24], spacing: [1.8, 1.8, 5] });
+          const model = await loadModel(modelPath);
+          const { labels, report } = await segment(phantom.ct, model, DEMO_SEGMENT);
+          const metrics = await evaluate(phantom.labels, labels);
+          if (o.out) {
+            const dir = plan.temp("--out");
+            await writeNifti(join(dir, files[0]!), phantom.ct);
+            await writeNifti(join(dir, files[1]!), phantom.labels);
+            await writeNifti(join(dir, files[2]!), labels);
+          }
+          if (o.html)
+            await plan.write("--html", async (tmp) =>
+              writeFile(
+                tmp,
+                await renderReport({
+                  ct: phantom.ct,
+                  labels,
+                  report,
+                  truth: phantom.labels,
+                  metrics,
+                  caseName: `phantom seed ${seed}`,
+                  notes: { seed },
+                }),
+              ),
+            );
+          return { phantom, report, metrics };
+        },
+      );
       // the headline counts every class in the truth or the prediction (an invented class scores 0)
       const h = diceHeadline(metrics);
       const present = h.truthClasses;
       const seconds = (performance.now() - t0) / 1000;
       const out = {
-        seed, model: modelPath, backend: backendInfo().active, headline: "meanDice", meanDice: h.meanDice, classesCounted: h.classes, falsePositiveClasses: h.falsePositiveClasses,
-        classesPresent: present, meanDicePresent: h.meanDiceTruth, caseDice: metrics.caseDice, metrics, report, seconds,
+        seed,
+        model: modelPath,
+        backend: backendInfo().active,
+        headline: "meanDice",
+        meanDice: h.meanDice,
+        classesCounted: h.classes,
+        falsePositiveClasses: h.falsePositiveClasses,
+        classesPresent: present,
+        meanDicePresent: h.meanDiceTruth,
+        caseDice: metrics.caseDice,
+        metrics,
+        report,
+        seconds,
       };
       if (o.json) return void process.stdout.write(toJson(out) + "\n");
       const name = (c: number) => BHSD_CLASSES[c] ?? `class${c}`;
@@ -82,7 +113,9 @@ export function demoCommand(program: Command): void {
             }),
           ),
           `mean Dice over the classes in the truth or the prediction (the headline; a class predicted but not in the truth scores 0): ${fmt(h.meanDice)}` +
-            (h.falsePositiveClasses.length ? `; predicted but not in the truth: ${h.falsePositiveClasses.map((c) => `${name(c)} ${fmt(metrics.perClass[String(c)]!.volume_pred_ml, 2)} mL`).join(", ")}` : ""),
+            (h.falsePositiveClasses.length
+              ? `; predicted but not in the truth: ${h.falsePositiveClasses.map((c) => `${name(c)} ${fmt(metrics.perClass[String(c)]!.volume_pred_ml, 2)} mL`).join(", ")}`
+              : ""),
           `mean Dice over the classes present in the truth only: ${fmt(h.meanDiceTruth)}; case-level Dice (MBH-Seg): ${fmt(metrics.caseDice)}`,
           "",
           `${report.components.length} predicted bleed(s):`,
@@ -91,7 +124,9 @@ export function demoCommand(program: Command): void {
             report.components.map((c) => [c.label, name(c.class), fmt(c.volumeMl, 2), fmt(c.abc2Ml, 2), c.slices]),
           ),
           "",
-          `timings (ms): ${Object.entries(report.timings).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`,
+          `timings (ms): ${Object.entries(report.timings)
+            .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+            .join(", ")}`,
         ].join("\n") + "\n",
       );
     });

@@ -32,7 +32,18 @@ function caseTable(m: CaseMetrics): string {
     ["class", "dice", "iou", "precision", "recall", "hd95 mm", "assd mm", "nsd", "gt mL", "pred mL"],
     m.classes.map((c) => {
       const r = m.perClass[String(c)]!;
-      return [`${c} ${name(c)}`, fmt(r.dice), fmt(r.iou), fmt(r.precision), fmt(r.recall), fmt(r.hd95, 2), fmt(r.assd, 2), fmt(r.nsd), fmt(r.volume_gt_ml, 2), fmt(r.volume_pred_ml, 2)];
+      return [
+        `${c} ${name(c)}`,
+        fmt(r.dice),
+        fmt(r.iou),
+        fmt(r.precision),
+        fmt(r.recall),
+        fmt(r.hd95, 2),
+        fmt(r.assd, 2),
+        fmt(r.nsd),
+        fmt(r.volume_gt_ml, 2),
+        fmt(r.volume_pred_ml, 2),
+      ];
     }),
   );
 }
@@ -42,9 +53,23 @@ export function summaryTable(s: Summary): string {
     `${fmt(a.mean * scale, d)} ± ${fmt(a.sd * scale, d)} (n ${a.n}${a.nInf ? `, ${a.nInf} inf` : ""})`;
   const rows = s.classes.map((c) => {
     const r = s.perClass[String(c)]!;
-    return [`${c} ${name(c)}`, cell(r.dice, 100, 1), cell(r.hd95), cell(r.nsd, 100, 1), fmt(r.volume_gt_ml.mean, 2), fmt(r.volume_pred_ml.mean, 2)];
+    return [
+      `${c} ${name(c)}`,
+      cell(r.dice, 100, 1),
+      cell(r.hd95),
+      cell(r.nsd, 100, 1),
+      fmt(r.volume_gt_ml.mean, 2),
+      fmt(r.volume_pred_ml.mean, 2),
+    ];
   });
-  rows.push(["mean", fmt(s.foregroundMean.dice.mean * 100, 1), fmt(s.foregroundMean.hd95.mean), fmt(s.foregroundMean.nsd.mean * 100, 1), "", ""]);
+  rows.push([
+    "mean",
+    fmt(s.foregroundMean.dice.mean * 100, 1),
+    fmt(s.foregroundMean.hd95.mean),
+    fmt(s.foregroundMean.nsd.mean * 100, 1),
+    "",
+    "",
+  ]);
   return (
     table(["class", "Dice %", "HD95 mm", "NSD %", "gt mL", "pred mL"], rows) +
     `\ncase-level Dice (MBH-Seg): ${fmt(s.caseDice.mean * 100, 1)} % over ${s.caseDice.n} cases`
@@ -54,7 +79,9 @@ export function summaryTable(s: Summary): string {
 export function evaluateCommand(program: Command): void {
   program
     .command("evaluate")
-    .description("score predicted label volumes against ground truth (Dice, IoU, HD95, ASSD, NSD, volumes): two files, or two folders matched by file name")
+    .description(
+      "score predicted label volumes against ground truth (Dice, IoU, HD95, ASSD, NSD, volumes): two files, or two folders matched by file name",
+    )
     .requiredOption("--gt <path>", "ground-truth NIfTI, or a folder of them (BHSD's label_192 or its 'ground truths')")
     .requiredOption("--pred <path>", "predicted NIfTI, or a folder of them with the same file names")
     .option("--csv <file>", "write one row per case and class")
@@ -63,7 +90,10 @@ export function evaluateCommand(program: Command): void {
     .option("--nsd-tolerance <mm>", "NSD tolerance in mm", numberArg("--nsd-tolerance", 0), 1)
     .option("--missing-as-empty", "score a missing prediction as empty instead of listing it only")
     .option("--html <file>", "one case: write a self-contained HTML report, truth and prediction side by side")
-    .option("--ct <file>", "the CT under the labels (NIfTI, DICOM folder or zip), for the --html pictures (without it the labels are drawn on black)")
+    .option(
+      "--ct <file>",
+      "the CT under the labels (NIfTI, DICOM folder or zip), for the --html pictures (without it the labels are drawn on black)",
+    )
     .option("--json", "machine-readable output")
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
@@ -83,10 +113,23 @@ export function evaluateCommand(program: Command): void {
       ];
       if (!isDir) {
         const m = await OutputPlan.run(inputs, outputs, async (plan) => {
-          const gt = await readNifti(o.gt, readLimits()), pred = await readNifti(o.pred, readLimits());
+          const gt = await readNifti(o.gt, readLimits()),
+            pred = await readNifti(o.pred, readLimits());
           const m = await evaluate(gt, pred, evalOpts);
           if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv([{ case: o.gt, metrics: m }])));
-          if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct: o.ct ? await readCt(o.ct, readLimits()) : { ...gt, data: new Int16Array(gt.data.length) }, labels: pred, truth: gt, metrics: m, caseName: o.pred })));
+          if (o.html)
+            await plan.write("--html", async (tmp) =>
+              writeFile(
+                tmp,
+                await renderReport({
+                  ct: o.ct ? await readCt(o.ct, readLimits()) : { ...gt, data: new Int16Array(gt.data.length) },
+                  labels: pred,
+                  truth: gt,
+                  metrics: m,
+                  caseName: o.pred,
+                }),
+              ),
+            );
           return m;
         });
         if (o.json) return void process.stdout.write(toJson(m) + "\n");
@@ -95,7 +138,14 @@ export function evaluateCommand(program: Command): void {
         return;
       }
       const r = await OutputPlan.run(inputs, outputs, async (plan) => {
-        const r = await evaluateDataset({ gtDir: o.gt, predDir: o.pred, ...evalOpts, missingAsEmpty: !!o.missingAsEmpty, read: readLimits(), onProgress: progress(!o.quiet && !o.json) });
+        const r = await evaluateDataset({
+          gtDir: o.gt,
+          predDir: o.pred,
+          ...evalOpts,
+          missingAsEmpty: !!o.missingAsEmpty,
+          read: readLimits(),
+          onProgress: progress(!o.quiet && !o.json),
+        });
         // nothing scored is a failure, not an empty table with exit 0
         if (r.cases.length === 0) {
           const why = r.failed.length
@@ -113,7 +163,10 @@ export function evaluateCommand(program: Command): void {
         return;
       }
       for (const c of r.cases) for (const w of c.metrics.warnings) process.stderr.write(`warning: ${c.case}: ${w}\n`);
-      if (r.missing.length) process.stderr.write(`${r.missing.length} case(s) without a prediction${o.missingAsEmpty ? " (scored as empty)" : " (left out)"}: ${r.missing.join(", ")}\n`);
+      if (r.missing.length)
+        process.stderr.write(
+          `${r.missing.length} case(s) without a prediction${o.missingAsEmpty ? " (scored as empty)" : " (left out)"}: ${r.missing.join(", ")}\n`,
+        );
       if (r.extra.length) process.stderr.write(`${r.extra.length} prediction(s) without ground truth (ignored): ${r.extra.join(", ")}\n`);
       for (const f of r.failed) process.stderr.write(`failed: ${f.case}: ${f.error}\n`);
       process.stdout.write(`${r.cases.length} cases scored from ${r.gtDir} against ${r.predDir}\n` + summaryTable(r.summary) + "\n");

@@ -44,8 +44,11 @@ async function describeFile(file: string, json: boolean) {
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {
     if (json) return void process.stdout.write(toJson({ file, series }) + "\n");
-    const f = (s: (typeof series)[number]) => `  #${s.seriesNumber ?? "?"} "${s.seriesDescription}" ${s.modality} ${s.dims.join(" × ")}, ${s.transferSyntax}, ${s.seriesInstanceUid}${s.problem ? ` — cannot be read: ${s.problem}` : ""}`;
-    return void process.stdout.write([`${file}: ${series.length} DICOM series (bhsd segment … --series <uid> reads one)`, ...series.map(f)].join("\n") + "\n");
+    const f = (s: (typeof series)[number]) =>
+      `  #${s.seriesNumber ?? "?"} "${s.seriesDescription}" ${s.modality} ${s.dims.join(" × ")}, ${s.transferSyntax}, ${s.seriesInstanceUid}${s.problem ? ` — cannot be read: ${s.problem}` : ""}`;
+    return void process.stdout.write(
+      [`${file}: ${series.length} DICOM series (bhsd segment … --series <uid> reads one)`, ...series.map(f)].join("\n") + "\n",
+    );
   }
   const v = await readCt(file, readLimits());
   const s = await voxelStats(v);
@@ -69,9 +72,20 @@ async function describeFile(file: string, json: boolean) {
     [
       `${file}`,
       `  dims ${v.dims.join(" × ")}, spacing ${v.spacing.map(f).join(" × ")} mm, ${v.meta?.datatype ?? v.data.constructor.name.replace("Array", "").toLowerCase()}${v.meta?.scaled ? ` scaled (slope ${v.meta.sclSlope}, inter ${v.meta.sclInter})` : ""}`,
-      `  affine from ${v.meta?.affineSource ?? "the DICOM positions"}: [${[0, 1, 2].map((r) => v.affine.slice(4 * r, 4 * r + 4).map(f).join(" ")).join("; ")}]`,
+      `  affine from ${v.meta?.affineSource ?? "the DICOM positions"}: [${[0, 1, 2]
+        .map((r) =>
+          v.affine
+            .slice(4 * r, 4 * r + 4)
+            .map(f)
+            .join(" "),
+        )
+        .join("; ")}]`,
       `  intensities min ${f(s.min)}, max ${f(s.max)}, mean ${f(s.mean)}, non-zero ${s.nonzero} of ${s.count}`,
-      ...("dicom" in v ? [`  DICOM series #${v.dicom.seriesNumber ?? "?"} "${v.dicom.seriesDescription}" ${v.dicom.modality}, ${v.dicom.instances.length} slices, ${v.dicom.transferSyntaxUid}, ${v.dicom.seriesInstanceUid}`] : []),
+      ...("dicom" in v
+        ? [
+            `  DICOM series #${v.dicom.seriesNumber ?? "?"} "${v.dicom.seriesDescription}" ${v.dicom.modality}, ${v.dicom.instances.length} slices, ${v.dicom.transferSyntaxUid}, ${v.dicom.seriesInstanceUid}`,
+          ]
+        : []),
     ].join("\n") + "\n",
   );
 }

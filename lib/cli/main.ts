@@ -61,7 +61,7 @@ try {
     process.exitCode = e.exitCode;
   } else {
     const err = e as Error;
-    process.stderr.write(`bhsd: ${verbose() ? err.stack ?? err.message : err.message.split("\n")[0]}\n`);
+    process.stderr.write(`bhsd: ${verbose() ? (err.stack ?? err.message) : err.message.split("\n")[0]}\n`);
     process.exitCode = 1;
   }
 }

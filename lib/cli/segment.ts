@@ -30,16 +30,31 @@ interface Opts {
 export function segmentCommand(program: Command): void {
   program
     .command("segment")
-    .description("segment intracranial hemorrhage on a head CT with an ONNX model; write the labels and report volumes per class and per bleed")
+    .description(
+      "segment intracranial hemorrhage on a head CT with an ONNX model; write the labels and report volumes per class and per bleed",
+    )
     .argument("<ct>", "head CT in Hounsfield units: .nii or .nii.gz, a DICOM series folder, or a zip of one")
     .option("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
-    .option("--nnunet <folder>", "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres), run directly; its predictor mirrors by default, add --tta for that")
-    .option("--folds <list>", "with --nnunet: folds to ensemble, e.g. 0,1 or all (default every fold_K with a checkpoint_final.pth)", foldsArg)
+    .option(
+      "--nnunet <folder>",
+      "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres), run directly; its predictor mirrors by default, add --tta for that",
+    )
+    .option(
+      "--folds <list>",
+      "with --nnunet: folds to ensemble, e.g. 0,1 or all (default every fold_K with a checkpoint_final.pth)",
+      foldsArg,
+    )
     .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
-    .option("--out-seg <file>", "write the labels as a DICOM SEG over the source series (the CT must be DICOM); nothing is written when no bleed is found")
+    .option(
+      "--out-seg <file>",
+      "write the labels as a DICOM SEG over the source series (the CT must be DICOM); nothing is written when no bleed is found",
+    )
     .option("--series <uid>", "DICOM: the SeriesInstanceUID to read when the folder holds several")
     .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
-    .option("--tta", "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)")
+    .option(
+      "--tta",
+      "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)",
+    )
     .option("--report <file>", "write the JSON report")
     .option("--html <file>", "write a self-contained HTML report: volumes, each bleed, timings and the overlay pictures")
     .option("--json", "print the JSON report")
@@ -60,7 +75,8 @@ export function segmentCommand(program: Command): void {
       ];
       const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
         const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
-        if (o.outSeg && !("dicom" in ct)) throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
+        if (o.outSeg && !("dicom" in ct))
+          throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
         const model = o.nnunet ? await loadNnunet(o.nnunet, o.folds ? { folds: o.folds } : {}) : await loadModel(o.model!);
         const bar = progress(!o.quiet && !o.json);
         const { labels, report } = await segment(ct, model, {
@@ -69,7 +85,8 @@ export function segmentCommand(program: Command): void {
           onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
         });
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));
-        if (o.outSeg && labels.data.some((v) => v !== 0)) await plan.write("--out-seg", (tmp) => writeDicomSeg(tmp, labels, ct as Parameters<typeof writeDicomSeg>[2]));
+        if (o.outSeg && labels.data.some((v) => v !== 0))
+          await plan.write("--out-seg", (tmp) => writeDicomSeg(tmp, labels, ct as Parameters<typeof writeDicomSeg>[2]));
         else if (o.outSeg) process.stderr.write(`segment: no bleed found, no DICOM SEG written to ${o.outSeg}\n`);
         if (o.report) await plan.write("--report", (tmp) => writeFile(tmp, toJson(report) + "\n"));
         if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct, labels, report, caseName: file })));
@@ -78,18 +95,31 @@ export function segmentCommand(program: Command): void {
       if (o.json) return void process.stdout.write(toJson(report) + "\n");
       const lines = [
         `${file}: ${ct.dims.join(" × ")} at ${ct.spacing.map((s) => fmt(s, 2)).join(" × ")} mm, model ${report.model} on ${report.backend}, ${report.windows} window(s)`,
-        table(["class", "voxels", "mL"], Object.entries(report.perClass).map(([k, c]) => [`${k} ${c.name}`, c.voxels, fmt(c.volumeMl, 2)])),
+        table(
+          ["class", "voxels", "mL"],
+          Object.entries(report.perClass).map(([k, c]) => [`${k} ${c.name}`, c.voxels, fmt(c.volumeMl, 2)]),
+        ),
         `${report.components.length} bleed(s)` + (report.components.length ? ":" : ""),
       ];
       if (report.components.length) {
         lines.push(
           table(
             ["bleed", "class", "mL", "ABC/2 mL", "slices"],
-            report.components.map((c) => [c.label, report.classes[String(c.class)] ?? String(c.class), fmt(c.volumeMl, 2), fmt(c.abc2Ml, 2), c.slices]),
+            report.components.map((c) => [
+              c.label,
+              report.classes[String(c.class)] ?? String(c.class),
+              fmt(c.volumeMl, 2),
+              fmt(c.abc2Ml, 2),
+              c.slices,
+            ]),
           ),
         );
       }
-      lines.push(`timings (ms): ${Object.entries(report.timings).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`);
+      lines.push(
+        `timings (ms): ${Object.entries(report.timings)
+          .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+          .join(", ")}`,
+      );
       process.stdout.write(lines.join("\n") + "\n");
     });
 }
@@ -97,6 +127,7 @@ export function segmentCommand(program: Command): void {
 /** `--folds 0,1` or `all` (nnU-Net's fold_all). */
 function foldsArg(v: string): Fold[] {
   const parts = v.split(",").map((s) => s.trim());
-  if (!parts.length || !parts.every((p) => p === "all" || /^\d+$/.test(p))) throw new InvalidArgumentError(`--folds must be a comma-separated list of fold numbers or "all", got "${v}"`);
+  if (!parts.length || !parts.every((p) => p === "all" || /^\d+$/.test(p)))
+    throw new InvalidArgumentError(`--folds must be a comma-separated list of fold numbers or "all", got "${v}"`);
   return parts.map((p) => (p === "all" ? "all" : Number(p)));
 }

@@ -11,7 +11,8 @@ import { inputFiles, intArg, numberArg, OutputPlan, readLimits } from "./util.js
 
 const patchArg = (v: string): [number, number, number] => {
   const p = v.split(",").map(Number);
-  if (p.length !== 3 || !p.every((x) => Number.isInteger(x) && x >= 1 && x <= 1024)) throw new InvalidArgumentError(`--patch must be three integers z,y,x from 1 to 1024, got "${v}"`);
+  if (p.length !== 3 || !p.every((x) => Number.isInteger(x) && x >= 1 && x <= 1024))
+    throw new InvalidArgumentError(`--patch must be three integers z,y,x from 1 to 1024, got "${v}"`);
   return p as [number, number, number];
 };
 
@@ -46,7 +47,9 @@ function bySliceAndClass(c: SliceLayoutCase): SliceLabelledCase {
 export function trainCommand(program: Command): void {
   program
     .command("train")
-    .description("train a 3-D U-Net in the engine (nnU-Net's loss, patch sampling with bleed oversampling); writes ONNX and its config sidecar")
+    .description(
+      "train a 3-D U-Net in the engine (nnU-Net's loss, patch sampling with bleed oversampling); writes ONNX and its config sidecar",
+    )
     .requiredOption("--out <onnx>", "output model (<out>.json is written beside it)")
     .option("--data <dir>", "BHSD layout: images/ and ground truths/ (the last --validation cases are held out)")
     .option("--phantoms <n>", "train on n phantoms generated here instead (128×128×24 at 1.8×1.8×5 mm)", intArg("--phantoms", 1, 10000))
@@ -60,56 +63,104 @@ export function trainCommand(program: Command): void {
     .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128")
     .option("--patch <z,y,x>", "training patch in voxels (default 16,64,64; each a multiple of the network's stride along it)", patchArg)
     .option("--batch-dice", "Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample")
-    .addOption(new Option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant").choices(["poly", "constant"]).default("poly"))
-    .option("--slice-data <dir>", "cases with slice-level labels only (images/ and \"slice labels\"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency")
+    .addOption(
+      new Option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant")
+        .choices(["poly", "constant"])
+        .default("poly"),
+    )
+    .option(
+      "--slice-data <dir>",
+      'cases with slice-level labels only (images/ and "slice labels"/<case>.csv): adds the multiple-instance loss and mean-teacher consistency',
+    )
     .option("--mil <w>", "weight of the multiple-instance loss", numberArg("--mil", 0), 1)
-    .option("--consistency <w>", "weight of the mean-teacher consistency (ramped up over the first quarter)", numberArg("--consistency", 0), 1)
+    .option(
+      "--consistency <w>",
+      "weight of the mean-teacher consistency (ramped up over the first quarter)",
+      numberArg("--consistency", 0),
+      1,
+    )
     .option("--json", "machine-readable progress")
     .option("--quiet", "no progress")
     .action(async (o: Opts) => {
       if (!o.data && !o.phantoms) throw new Error("give --data DIR or --phantoms N");
       // inputs: every file of --data and --slice-data; outputs: the model and its sidecar, both written only at the end
-      const data = o.data ? layoutFolders(o.data) : undefined, sliceData = o.sliceData ? layoutFolders(o.sliceData) : undefined;
+      const data = o.data ? layoutFolders(o.data) : undefined,
+        sliceData = o.sliceData ? layoutFolders(o.sliceData) : undefined;
       const inputs = [
         ...(data ? [...(await inputFiles(data.images)), ...(await inputFiles(data.truths))] : []),
         ...(sliceData ? [...(await inputFiles(sliceData.images)), ...(await inputFiles(sliceData.slices))] : []),
       ];
       const sidecar = o.out.replace(/\.onnx$/i, "") + ".json";
-      await OutputPlan.run(inputs, [{ flag: "--out", path: o.out }, { flag: "--out (config)", path: sidecar }], async (plan) => {
-        let all: LabelledCase[];
-        if (o.data) all = await readLabelledCases(o.data, readLimits());
-        else {
-          const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
-          all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
-            const p = makePhantom(o.seed * 7919 + i, opt);
-            return { ct: p.ct, labels: p.labels };
+      await OutputPlan.run(
+        inputs,
+        [
+          { flag: "--out", path: o.out },
+          { flag: "--out (config)", path: sidecar },
+        ],
+        async (plan) => {
+          let all: LabelledCase[];
+          if (o.data) all = await readLabelledCases(o.data, readLimits());
+          else {
+            const opt = { dims: [128, 128, 24] as [number, number, number], spacing: [1.8, 1.8, 5] as [number, number, number] };
+            all = Array.from({ length: o.phantoms! + o.validation }, (_, i) => {
+              const p = makePhantom(o.seed * 7919 + i, opt);
+              return { ct: p.ct, labels: p.labels };
+            });
+          }
+          const nVal = Math.min(o.validation, Math.max(0, all.length - 1));
+          const r = await train({
+            train: all.slice(0, all.length - nVal),
+            validation: all.slice(all.length - nVal),
+            steps: o.steps,
+            batch: o.batch,
+            optimizer: o.optimizer,
+            seed: o.seed,
+            foreground: Math.min(1, o.foreground),
+            batchDice: o.batchDice ?? false,
+            ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
+            ...(o.patch ? { patch: o.patch } : {}),
+            schedule: o.schedule,
+            ...(o.sliceData
+              ? {
+                  semi: {
+                    cases: (await readSliceLabelledCases(o.sliceData, readLimits())).map(bySliceAndClass),
+                    mil: o.mil,
+                    consistency: o.consistency,
+                  },
+                }
+              : {}),
+            ...(o.lr !== undefined ? { lr: o.lr } : {}),
+            onProgress: (p) => {
+              if (o.json) process.stdout.write(toJson(p, 0) + "\n");
+              else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
+                process.stderr.write(
+                  `step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.mil !== undefined ? `  MIL ${p.mil.toFixed(4)}  consistency ${p.consistency!.toFixed(5)}` : ""}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`,
+                );
+              }
+            },
           });
-        }
-        const nVal = Math.min(o.validation, Math.max(0, all.length - 1));
-        const r = await train({
-          train: all.slice(0, all.length - nVal),
-          validation: all.slice(all.length - nVal),
-          steps: o.steps,
-          batch: o.batch,
-          optimizer: o.optimizer,
-          seed: o.seed,
-          foreground: Math.min(1, o.foreground),
-          batchDice: o.batchDice ?? false,
-          ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
-          ...(o.patch ? { patch: o.patch } : {}),
-          schedule: o.schedule,
-          ...(o.sliceData ? { semi: { cases: (await readSliceLabelledCases(o.sliceData, readLimits())).map(bySliceAndClass), mil: o.mil, consistency: o.consistency } } : {}),
-          ...(o.lr !== undefined ? { lr: o.lr } : {}),
-          onProgress: (p) => {
-            if (o.json) process.stdout.write(toJson(p, 0) + "\n");
-            else if (!o.quiet && (p.step % 10 === 0 || p.valDice !== undefined)) {
-              process.stderr.write(`step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}${p.mil !== undefined ? `  MIL ${p.mil.toFixed(4)}  consistency ${p.consistency!.toFixed(5)}` : ""}${p.valDice !== undefined ? `  validation Dice ${p.valDice.toFixed(3)}` : ""}  ${p.elapsedS.toFixed(0)} s\n`);
-            }
-          },
-        });
-        await plan.write("--out", (tmp) => writeFile(tmp, r.onnx));
-        await plan.write("--out (config)", (tmp) => writeFile(tmp, JSON.stringify({ ...r.config, trainedSteps: o.steps, seed: o.seed, foreground: o.foreground, batchDice: o.batchDice ?? false, schedule: o.schedule, features: o.features ?? "8,16,32,64", finalValidationDice: r.history.at(-1)?.valDice ?? null }, null, 1) + "\n"));
-      });
+          await plan.write("--out", (tmp) => writeFile(tmp, r.onnx));
+          await plan.write("--out (config)", (tmp) =>
+            writeFile(
+              tmp,
+              JSON.stringify(
+                {
+                  ...r.config,
+                  trainedSteps: o.steps,
+                  seed: o.seed,
+                  foreground: o.foreground,
+                  batchDice: o.batchDice ?? false,
+                  schedule: o.schedule,
+                  features: o.features ?? "8,16,32,64",
+                  finalValidationDice: r.history.at(-1)?.valDice ?? null,
+                },
+                null,
+                1,
+              ) + "\n",
+            ),
+          );
+        },
+      );
       if (!o.json) process.stderr.write(`wrote ${o.out}\n`);
     });
 }

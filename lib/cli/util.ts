@@ -8,7 +8,10 @@ import { InvalidArgumentError } from "commander";
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer from ${min}${max < Number.MAX_SAFE_INTEGER ? ` to ${max}` : " up"}, got "${v}"`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new InvalidArgumentError(
+        `${name} must be an integer from ${min}${max < Number.MAX_SAFE_INTEGER ? ` to ${max}` : " up"}, got "${v}"`,
+      );
     return n;
   };
 }
@@ -24,7 +27,8 @@ export function numberArg(name: string, min: number) {
 export function listArg(name: string) {
   return (v: string): number[] => {
     const parts = v.split(",").map((s) => Number(s.trim()));
-    if (!parts.length || !parts.every((n) => Number.isInteger(n) && n >= 1 && n <= 255)) throw new InvalidArgumentError(`${name} must be a comma-separated list of class numbers, got "${v}"`);
+    if (!parts.length || !parts.every((n) => Number.isInteger(n) && n >= 1 && n <= 255))
+      throw new InvalidArgumentError(`${name} must be a comma-separated list of class numbers, got "${v}"`);
     return parts;
   };
 }
@@ -46,7 +50,8 @@ export function fmt(x: number, digits = 3): string {
 export function progress(enabled: boolean): (done: number, total: number, what: string) => void {
   if (!enabled || !process.stderr.isTTY) return () => {};
   return (done, total, what) => {
-    const width = 30, full = Math.round((done / total) * width);
+    const width = 30,
+      full = Math.round((done / total) * width);
     process.stderr.write(`\r[${"#".repeat(full)}${".".repeat(width - full)}] ${done}/${total} ${what.slice(0, 30).padEnd(30)}`);
     if (done === total) process.stderr.write("\n");
   };
@@ -169,7 +174,15 @@ export class OutputPlan {
     for (const p of inputs) {
       const s = await statOrNull(p);
       if (s && !s.isFile() && !s.isDirectory()) {
-        const kind = s.isFIFO() ? "a FIFO (named pipe)" : s.isCharacterDevice() ? "a character device" : s.isBlockDevice() ? "a block device" : s.isSocket() ? "a socket" : "not a regular file";
+        const kind = s.isFIFO()
+          ? "a FIFO (named pipe)"
+          : s.isCharacterDevice()
+            ? "a character device"
+            : s.isBlockDevice()
+              ? "a block device"
+              : s.isSocket()
+                ? "a socket"
+                : "not a regular file";
         throw new Error(`${p}: is ${kind}, not a file`);
       }
     }
@@ -198,7 +211,8 @@ export class OutputPlan {
         }
       }
       for (const prev of seen) {
-        if (prev.id.key === id.key || (id.ino && prev.id.ino === id.ino)) throw new Error(`${o.flag} ${o.path} and ${prev.flag} ${prev.path} name the same file`);
+        if (prev.id.key === id.key || (id.ino && prev.id.ino === id.ino))
+          throw new Error(`${o.flag} ${o.path} and ${prev.flag} ${prev.path} name the same file`);
       }
       seen.push({ flag: o.flag, path: o.path, id });
       // the temporary: beside the output (same folder, same file system), keeping its ending (.nii.gz …)
@@ -326,7 +340,8 @@ export class OutputPlan {
 /** Moves a folder's tree into an existing folder, replacing files of the same name. */
 async function mergeInto(from: string, to: string): Promise<void> {
   for (const e of await readdir(from, { withFileTypes: true })) {
-    const src = join(from, e.name), dst = join(to, e.name);
+    const src = join(from, e.name),
+      dst = join(to, e.name);
     if (e.isDirectory()) {
       const s = await statOrNull(dst);
       if (!s) await rename(src, dst);

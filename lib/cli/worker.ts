@@ -17,12 +17,19 @@ interface Opts {
 export function workerCommand(program: Command): void {
   program
     .command("worker")
-    .description("take segmentation and evaluation jobs from a Redis queue (any number of workers on any machines; labels go to the paths the jobs name); SIGTERM finishes the jobs in hand, then exits")
+    .description(
+      "take segmentation and evaluation jobs from a Redis queue (any number of workers on any machines; labels go to the paths the jobs name); SIGTERM finishes the jobs in hand, then exits",
+    )
     .requiredOption("--redis <url>", "redis://HOST:PORT")
     .option("--model-dir <dir>", "folder of <name>.onnx models (default BHSD_MODEL_DIR or the package's models/)")
     .option("--concurrency <n>", "jobs at once in this process", intArg("--concurrency", 1, 64), 1)
     .option("--queue <name>", "queue name", DEFAULT_QUEUE)
-    .option("--lock-ms <ms>", "a job's lock without renewal: after it a killed worker's job runs elsewhere", intArg("--lock-ms", 1000), 60_000)
+    .option(
+      "--lock-ms <ms>",
+      "a job's lock without renewal: after it a killed worker's job runs elsewhere",
+      intArg("--lock-ms", 1000),
+      60_000,
+    )
     .option("--stalled-interval-ms <ms>", "how often to look for stalled jobs", intArg("--stalled-interval-ms", 100), 30_000)
     .option("--max-stalled <n>", "times a job may stall before it fails", intArg("--max-stalled", 0, 100), 2)
     .action(async (o: Opts) => {

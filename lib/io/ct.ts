@@ -34,7 +34,8 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
   const maxBytes = (opts.maxBytes as number | undefined) ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
   const seriesUid = opts.seriesUid as string | undefined;
-  if (seriesUid !== undefined && (typeof seriesUid !== "string" || seriesUid.length === 0)) throw invalidParameterError("options.seriesUid", "a SeriesInstanceUID string", seriesUid);
+  if (seriesUid !== undefined && (typeof seriesUid !== "string" || seriesUid.length === 0))
+    throw invalidParameterError("options.seriesUid", "a SeriesInstanceUID string", seriesUid);
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
   const dicomOpts = { maxBytes, ...(seriesUid ? { seriesUid } : {}) };
   if (pathOrBytes instanceof Uint8Array) {
@@ -44,7 +45,11 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
     return readNifti(pathOrBytes, { maxBytes, name: label });
   }
   if (!(pathOrBytes instanceof URL) && (typeof pathOrBytes !== "string" || pathOrBytes.length === 0)) {
-    throw invalidParameterError("pathOrBytes", "a NIfTI file, a DICOM folder, a zip of a DICOM series (path or URL), or a Uint8Array of such a file", pathOrBytes);
+    throw invalidParameterError(
+      "pathOrBytes",
+      "a NIfTI file, a DICOM folder, a zip of a DICOM series (path or URL), or a Uint8Array of such a file",
+      pathOrBytes,
+    );
   }
   const path = pathOrBytes instanceof URL ? fileURLToPath(pathOrBytes) : pathOrBytes;
   let st;
@@ -91,7 +96,8 @@ async function unzip(src: string | Uint8Array, label: string, maxBytes: number):
       zip.on("entry", (entry: yauzl.Entry) => {
         const name = entry.fileName;
         const base = name.split("/").pop() ?? "";
-        if (name.endsWith("/") || base.startsWith(".") || name.startsWith("__MACOSX/") || base.toUpperCase() === "DICOMDIR") return zip.readEntry();
+        if (name.endsWith("/") || base.startsWith(".") || name.startsWith("__MACOSX/") || base.toUpperCase() === "DICOMDIR")
+          return zip.readEntry();
         total += entry.uncompressedSize;
         if (total > maxBytes) {
           zip.close();
@@ -126,7 +132,18 @@ async function unzip(src: string | Uint8Array, label: string, maxBytes: number):
 export function ctNiftiBytes(v: Volume): Uint8Array {
   const dtype = v.data instanceof Int16Array ? "int16" : v.data instanceof Float32Array ? "float32" : undefined;
   if (!dtype) throw invalidParameterError("v.data", "an Int16Array or Float32Array (a CT read by readCt)", v.data);
-  const header = buildHeader({ version: 1, dims: v.dims, dtype, spacing: v.spacing, affine: v.affine, sclSlope: 0, sclInter: 0, qformCode: 1, sformCode: 1, description: "bhsd: from DICOM" });
+  const header = buildHeader({
+    version: 1,
+    dims: v.dims,
+    dtype,
+    spacing: v.spacing,
+    affine: v.affine,
+    sclSlope: 0,
+    sclInter: 0,
+    qformCode: 1,
+    sformCode: 1,
+    description: "bhsd: from DICOM",
+  });
   const out = new Uint8Array(header.length + v.data.byteLength);
   out.set(header, 0);
   out.set(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength), header.length);

@@ -54,7 +54,11 @@ export class DecodePool {
   private nextId = 0;
 
   /** `makeError(label, message)` builds the caller's error for a frame that does not decode. */
-  constructor(size: number, transferSyntaxes: readonly string[], private readonly makeError: (label: string, message: string) => Error) {
+  constructor(
+    size: number,
+    transferSyntaxes: readonly string[],
+    private readonly makeError: (label: string, message: string) => Error,
+  ) {
     const workerData: DecodeWorkerData = { bhsdDicomDecoder: true, transferSyntaxes: [...new Set(transferSyntaxes)] };
     const url = new URL(`./dicom-decode-worker.${fromSource ? "ts" : "js"}`, import.meta.url);
     const src = `import("tsx/esm/api").then((m) => m.register()).then(() => import(${JSON.stringify(url.href)}))`;
@@ -78,7 +82,7 @@ export class DecodePool {
    * order) and may return false to stop early (the promise then resolves false). Rejects with the
    * first error; frames still in the workers are then dropped.
    */
-  run(tasks: readonly DecodeTask[], onDone: (index: number, raw: Uint8Array) => boolean | void): Promise<boolean> {
+  run(tasks: readonly DecodeTask[], onDone: (index: number, raw: Uint8Array) => unknown): Promise<boolean> {
     if (this.handler) return Promise.reject(new Error("DecodePool.run: a run is already in progress"));
     return new Promise<boolean>((resolve, reject) => {
       let next = 0;
@@ -102,7 +106,8 @@ export class DecodePool {
             return finish(e);
           }
           // Moved to the worker: a copy of its own unless it already owns a whole buffer of its own.
-          if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength || !(bytes.buffer instanceof ArrayBuffer)) bytes = bytes.slice();
+          if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength || !(bytes.buffer instanceof ArrayBuffer))
+            bytes = bytes.slice();
           const id = this.nextId++;
           slot.inFlight.set(id, i);
           const job: DecodeJob = { id, bytes, fmt: tasks[i]!.fmt };
@@ -116,7 +121,7 @@ export class DecodePool {
           if (i === undefined) return; // from before a stop
           slot.inFlight.delete(ev.reply.id);
           if (!ev.reply.ok) return finish(this.makeError(tasks[i]!.label, ev.reply.message));
-          let more: boolean | void;
+          let more: unknown;
           try {
             more = onDone(i, ev.reply.raw);
           } catch (e) {
@@ -127,7 +132,7 @@ export class DecodePool {
         }
         // A worker that fails or ends mid-run (out of memory, a crash): the frame it held is named.
         const held = [...slot.inFlight.values()][0];
-        const label = held !== undefined ? tasks[held]!.label : tasks[0]?.label ?? "";
+        const label = held !== undefined ? tasks[held]!.label : (tasks[0]?.label ?? "");
         const why = ev.error ? ev.error.message : `exit code ${ev.exit}`;
         finish(this.makeError(label, `could not be decoded: the decoding worker stopped (${why})`));
       };

@@ -50,7 +50,12 @@ if (parentPort && (workerData as Partial<DecodeWorkerData> | undefined)?.bhsdDic
         if (raw.byteOffset !== 0 || raw.byteLength !== raw.buffer.byteLength || !(raw.buffer instanceof ArrayBuffer)) raw = raw.slice();
         port.postMessage({ id: job.id, ok: true, raw } satisfies DecodeReply, [raw.buffer as ArrayBuffer]);
       },
-      (e: unknown) => port.postMessage({ id: job.id, ok: false, message: `could not be decoded: the codec did not load in the worker (${errText(e)})` } satisfies DecodeReply),
+      (e: unknown) =>
+        port.postMessage({
+          id: job.id,
+          ok: false,
+          message: `could not be decoded: the codec did not load in the worker (${errText(e)})`,
+        } satisfies DecodeReply),
     );
   });
 }

@@ -168,7 +168,8 @@ function decodeRle(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => nev
   for (let s = 0; s < nseg; s++) {
     const start = dv.getUint32(4 + 4 * s, true);
     const end = s + 1 < nseg ? dv.getUint32(8 + 4 * s, true) : src.length;
-    if (start < 64 || start > src.length || end < start || end > src.length) fail(`has an RLE segment ${s + 1} with offsets outside the frame`);
+    if (start < 64 || start > src.length || end < start || end > src.length)
+      fail(`has an RLE segment ${s + 1} with offsets outside the frame`);
     // Segment s holds byte plane s, most significant first; little-endian output puts it at byte bytesPer−1−s.
     const plane = bytesPer - 1 - s;
     let p = start;
@@ -178,12 +179,12 @@ function decodeRle(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => nev
       if (h < 128) {
         const len = h + 1;
         if (p + len > end || o + len > n) fail(`has an RLE segment ${s + 1} whose literal run passes its end`);
-        for (let k = 0; k < len; k++) out[(o++) * bytesPer + plane] = src[p++]!;
+        for (let k = 0; k < len; k++) out[o++ * bytesPer + plane] = src[p++]!;
       } else if (h > 128) {
         const len = 257 - h;
         if (p >= end || o + len > n) fail(`has an RLE segment ${s + 1} whose repeat run passes its end`);
         const v = src[p++]!;
-        for (let k = 0; k < len; k++) out[(o++) * bytesPer + plane] = v;
+        for (let k = 0; k < len; k++) out[o++ * bytesPer + plane] = v;
       }
     }
     if (o !== n) fail(`has an RLE segment ${s + 1} that decodes to ${o} of ${n} pixels`);
@@ -235,9 +236,16 @@ function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => 
     const len = (b[p + 2]! << 8) | b[p + 3]!;
     if (len < 2 || p + 2 + len > b.length) fail(`has JPEG pixel data whose marker segment at byte ${p} runs past the stream`);
     if ((marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) || marker === 0xf7) {
-      if (marker !== sof) fail(`has JPEG pixel data with frame marker 0xFF${marker.toString(16).toUpperCase()} (0xFF${sof.toString(16).toUpperCase()} expected)`);
-      const precision = b[p + 4]!, rows = (b[p + 5]! << 8) | b[p + 6]!, cols = (b[p + 7]! << 8) | b[p + 8]!, comps = b[p + 9]!;
-      if (rows !== fmt.rows || cols !== fmt.columns) fail(`has a JPEG frame of ${cols}×${rows} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
+      if (marker !== sof)
+        fail(
+          `has JPEG pixel data with frame marker 0xFF${marker.toString(16).toUpperCase()} (0xFF${sof.toString(16).toUpperCase()} expected)`,
+        );
+      const precision = b[p + 4]!,
+        rows = (b[p + 5]! << 8) | b[p + 6]!,
+        cols = (b[p + 7]! << 8) | b[p + 8]!,
+        comps = b[p + 9]!;
+      if (rows !== fmt.rows || cols !== fmt.columns)
+        fail(`has a JPEG frame of ${cols}×${rows} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
       if (comps !== 1) fail(`has a JPEG frame with ${comps} components (1 expected)`);
       if (precision < fmt.bitsStored || precision > fmt.bitsAllocated) {
         fail(`has a JPEG frame of ${precision}-bit precision where BitsStored is ${fmt.bitsStored} and BitsAllocated ${fmt.bitsAllocated}`);
@@ -284,7 +292,14 @@ export async function prepareCodecs(transferSyntaxes: Iterable<string>): Promise
   await loading;
 }
 
-function runWasm(dec: WasmDecoder, src: Uint8Array, fmt: PixelFormat, what: string, fail: (msg: string) => never, headerFirst: boolean): Uint8Array {
+function runWasm(
+  dec: WasmDecoder,
+  src: Uint8Array,
+  fmt: PixelFormat,
+  what: string,
+  fail: (msg: string) => never,
+  headerFirst: boolean,
+): Uint8Array {
   const bytesPer = fmt.bitsAllocated / 8;
   if (bytesPer > 2) fail(`has ${what} pixel data with BitsAllocated ${fmt.bitsAllocated} (8 or 16 expected)`);
   try {
@@ -305,10 +320,17 @@ function runWasm(dec: WasmDecoder, src: Uint8Array, fmt: PixelFormat, what: stri
   return out.slice(0, need); // out of the codec's memory
 }
 
-function checkInfo(info: { width: number; height: number; bitsPerSample: number; componentCount: number }, fmt: PixelFormat, what: string, fail: (msg: string) => never) {
-  if (info.width !== fmt.columns || info.height !== fmt.rows) fail(`has a ${what} frame of ${info.width}×${info.height} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
+function checkInfo(
+  info: { width: number; height: number; bitsPerSample: number; componentCount: number },
+  fmt: PixelFormat,
+  what: string,
+  fail: (msg: string) => never,
+) {
+  if (info.width !== fmt.columns || info.height !== fmt.rows)
+    fail(`has a ${what} frame of ${info.width}×${info.height} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
   if (info.componentCount !== 1) fail(`has a ${what} frame with ${info.componentCount} components (1 expected)`);
-  if (info.bitsPerSample > fmt.bitsAllocated) fail(`has a ${what} frame of ${info.bitsPerSample} bits per sample where BitsAllocated is ${fmt.bitsAllocated}`);
+  if (info.bitsPerSample > fmt.bitsAllocated)
+    fail(`has a ${what} frame of ${info.bitsPerSample} bits per sample where BitsAllocated is ${fmt.bitsAllocated}`);
 }
 
 function decodeJpegLs(src: Uint8Array, fmt: PixelFormat, fail: (msg: string) => never): Uint8Array {
@@ -345,7 +367,8 @@ function checkJ2kSize(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => ne
   }
   if (p < 0 || p + 40 > b.length) fail("has JPEG 2000 pixel data without a codestream header (SOC, SIZ)");
   const dv = new DataView(b.buffer, b.byteOffset, b.length);
-  const w = dv.getUint32(p + 6) - dv.getUint32(p + 14), h = dv.getUint32(p + 10) - dv.getUint32(p + 18);
+  const w = dv.getUint32(p + 6) - dv.getUint32(p + 14),
+    h = dv.getUint32(p + 10) - dv.getUint32(p + 18);
   const comps = dv.getUint16(p + 38);
   if (w !== fmt.columns || h !== fmt.rows) fail(`has a JPEG 2000 frame of ${w}×${h} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
   if (comps !== 1) fail(`has a JPEG 2000 frame with ${comps} components (1 expected)`);

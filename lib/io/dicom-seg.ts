@@ -35,7 +35,10 @@ const CLASS_RGB: Record<number, [number, number, number]> = {
   4: [0xf0, 0xe4, 0x42],
   5: [0x00, 0x9e, 0x73],
 };
-const EXTRA_RGB: [number, number, number][] = [[0xcc, 0x79, 0xa7], [0x00, 0x72, 0xb2]];
+const EXTRA_RGB: [number, number, number][] = [
+  [0xcc, 0x79, 0xa7],
+  [0x00, 0x72, 0xb2],
+];
 /** The display colour of a label value (labels past 5 alternate the two colours left, as the overlay does). */
 export function classRgb(value: number): [number, number, number] {
   return CLASS_RGB[value] ?? EXTRA_RGB[(value - 6) % EXTRA_RGB.length] ?? EXTRA_RGB[0]!;
@@ -75,15 +78,20 @@ export function rgbToDicomLab(rgb: readonly number[]): [number, number, number] 
   const X = (0.4124564 * lin[0]! + 0.3575761 * lin[1]! + 0.1804375 * lin[2]!) / 0.95047;
   const Y = 0.2126729 * lin[0]! + 0.7151522 * lin[1]! + 0.072175 * lin[2]!;
   const Z = (0.0193339 * lin[0]! + 0.119192 * lin[1]! + 0.9503041 * lin[2]!) / 1.08883;
-  const f = (t: number) => (t > 216 / 24389 ? Math.cbrt(t) : (24389 / 27 * t + 16) / 116);
-  const L = 116 * f(Y) - 16, a = 500 * (f(X) - f(Y)), b = 200 * (f(Y) - f(Z));
+  const f = (t: number) => (t > 216 / 24389 ? Math.cbrt(t) : ((24389 / 27) * t + 16) / 116);
+  const L = 116 * f(Y) - 16,
+    a = 500 * (f(X) - f(Y)),
+    b = 200 * (f(Y) - f(Z));
   const clamp = (v: number) => Math.max(0, Math.min(65535, Math.round(v)));
   return [clamp((L * 65535) / 100), clamp(((a + 128) * 65535) / 255), clamp(((b + 128) * 65535) / 255)];
 }
 
 export function isoDateTime(d: Date): { date: string; time: string } {
   const p = (n: number, w = 2) => String(n).padStart(w, "0");
-  return { date: `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}`, time: `${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}` };
+  return {
+    date: `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}`,
+    time: `${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}`,
+  };
 }
 
 /**
@@ -101,7 +109,8 @@ export async function writeDicomSeg(
   assertVolume("labels", labels);
   const opts = optionsObject("options", options) as WriteDicomSegOptions;
   const classes = opts.classes ?? BHSD_CLASSES;
-  if (typeof classes !== "object" || classes === null) throw invalidParameterError("options.classes", "an object of label value → name", classes);
+  if (typeof classes !== "object" || classes === null)
+    throw invalidParameterError("options.classes", "an object of label value → name", classes);
   for (const [k, v] of Object.entries(classes)) {
     if (!/^\d+$/.test(k) || +k < 1 || +k > 255 || typeof v !== "string" || v.length === 0) {
       throw invalidParameterError(`options.classes[${k}]`, "a name (non-empty string) under a label value 1–255", v);
@@ -127,17 +136,32 @@ export async function writeDicomSeg(
   } else if (sourceSeries && typeof sourceSeries === "object" && "instances" in sourceSeries && "seriesInstanceUid" in sourceSeries) {
     meta = sourceSeries as DicomSeriesMeta;
   } else {
-    throw invalidParameterError("sourceSeries", "the Volume readDicomSeries returned (with .dicom), its .dicom, or the series' folder/files", sourceSeries);
+    throw invalidParameterError(
+      "sourceSeries",
+      "the Volume readDicomSeries returned (with .dicom), its .dicom, or the series' folder/files",
+      sourceSeries,
+    );
   }
-  const nx = meta.columns, ny = meta.rows, nz = meta.instances.length;
+  const nx = meta.columns,
+    ny = meta.rows,
+    nz = meta.instances.length;
   const [lx, ly, lz] = labels.dims;
   if (lx !== nx || ly !== ny || lz !== nz) {
-    throw invalidParameterError("labels", `a volume on the source series' grid ${nx}×${ny}×${nz} (columns × rows × slices)`, `dims ${lx}×${ly}×${lz}`);
+    throw invalidParameterError(
+      "labels",
+      `a volume on the source series' grid ${nx}×${ny}×${nz} (columns × rows × slices)`,
+      `dims ${lx}×${ly}×${lz}`,
+    );
   }
   if (sourceAffine) {
     let worst = 0;
     for (let i = 0; i < 12; i++) worst = Math.max(worst, Math.abs(labels.affine[i]! - sourceAffine[i]!));
-    if (worst > 1e-3) throw invalidParameterError("labels", "the source series' affine (labels in readDicomSeries' voxel order)", `an affine off by up to ${worst.toPrecision(3)}`);
+    if (worst > 1e-3)
+      throw invalidParameterError(
+        "labels",
+        "the source series' affine (labels in readDicomSeries' voxel order)",
+        `an affine off by up to ${worst.toPrecision(3)}`,
+      );
   }
   // Which classes are present, and on which slices.
   const plane = nx * ny;
@@ -151,7 +175,11 @@ export async function writeDicomSeg(
       let e = perClass.get(v);
       if (!e) {
         if (!Number.isInteger(v) || classes[v] === undefined) {
-          throw invalidParameterError("labels", `label values named by options.classes (${Object.keys(classes).join(", ")})`, `a voxel of value ${v}`);
+          throw invalidParameterError(
+            "labels",
+            `label values named by options.classes (${Object.keys(classes).join(", ")})`,
+            `a voxel of value ${v}`,
+          );
         }
         e = { voxels: 0, slices: new Set() };
         perClass.set(v, e);
@@ -160,7 +188,8 @@ export async function writeDicomSeg(
       e.slices.add(k);
     }
   }
-  if (perClass.size === 0) throw new DicomError(path, "labels hold no segment (every voxel is 0): a DICOM SEG needs at least one segment with one frame");
+  if (perClass.size === 0)
+    throw new DicomError(path, "labels hold no segment (every voxel is 0): a DICOM SEG needs at least one segment with one frame");
   const values = [...perClass.keys()].sort((a, b) => a - b);
   const nFrames = values.reduce((s, v) => s + perClass.get(v)!.slices.size, 0);
   // Pixel data: frames back to back, 1 bit per pixel, least significant bit first (PS3.5 8.1.1).
@@ -185,14 +214,20 @@ export async function writeDicomSeg(
       }
       const inst = meta.instances[k]!;
       perFrame.push({
-        DerivationImageSequence: [{
-          SourceImageSequence: [{
-            ReferencedSOPClassUID: inst.sopClassUid,
-            ReferencedSOPInstanceUID: inst.sopInstanceUid,
-            PurposeOfReferenceCodeSequence: [{ CodeValue: "121322", CodingSchemeDesignator: "DCM", CodeMeaning: "Source image for image processing operation" }],
-          }],
-          DerivationCodeSequence: [{ CodeValue: "113076", CodingSchemeDesignator: "DCM", CodeMeaning: "Segmentation" }],
-        }],
+        DerivationImageSequence: [
+          {
+            SourceImageSequence: [
+              {
+                ReferencedSOPClassUID: inst.sopClassUid,
+                ReferencedSOPInstanceUID: inst.sopInstanceUid,
+                PurposeOfReferenceCodeSequence: [
+                  { CodeValue: "121322", CodingSchemeDesignator: "DCM", CodeMeaning: "Source image for image processing operation" },
+                ],
+              },
+            ],
+            DerivationCodeSequence: [{ CodeValue: "113076", CodingSchemeDesignator: "DCM", CodeMeaning: "Segmentation" }],
+          },
+        ],
         FrameContentSequence: [{ DimensionIndexValues: [segNumber, k + 1] }],
         PlanePositionSequence: [{ ImagePositionPatient: inst.position.map(ds) }],
         SegmentIdentificationSequence: [{ ReferencedSegmentNumber: segNumber }],
@@ -206,14 +241,19 @@ export async function writeDicomSeg(
   const seriesInstanceUid = newUid();
   const dimOrg = newUid();
   const study = meta.studyAttributes ?? {};
-  const spacingZ = nz > 1 ? Math.hypot(...[0, 1, 2].map((a) => meta.instances[nz - 1]!.position[a]! - meta.instances[0]!.position[a]!)) / (nz - 1) : (meta.sliceThickness ?? 1);
+  const spacingZ =
+    nz > 1
+      ? Math.hypot(...[0, 1, 2].map((a) => meta.instances[nz - 1]!.position[a]! - meta.instances[0]!.position[a]!)) / (nz - 1)
+      : (meta.sliceThickness ?? 1);
   const segmentSequence = segments.map((s) => ({
     SegmentNumber: s.number,
     SegmentLabel: s.name.slice(0, 64),
     SegmentDescription: (LONG_NAMES[s.name] ?? s.name).slice(0, 64),
     SegmentAlgorithmType: "AUTOMATIC",
     SegmentAlgorithmName: opts.algorithmName ?? "bhsd",
-    SegmentedPropertyCategoryCodeSequence: [{ CodeValue: "49755003", CodingSchemeDesignator: "SCT", CodeMeaning: "Morphologically Abnormal Structure" }],
+    SegmentedPropertyCategoryCodeSequence: [
+      { CodeValue: "49755003", CodingSchemeDesignator: "SCT", CodeMeaning: "Morphologically Abnormal Structure" },
+    ],
     SegmentedPropertyTypeCodeSequence: [{ CodeValue: "50960005", CodingSchemeDesignator: "SCT", CodeMeaning: "Hemorrhage" }],
     RecommendedDisplayCIELabValue: rgbToDicomLab(classRgb(s.label)),
   }));
@@ -250,10 +290,15 @@ export async function writeDicomSeg(
     InstanceNumber: 1,
     FrameOfReferenceUID: meta.frameOfReferenceUid,
     PositionReferenceIndicator: "",
-    ReferencedSeriesSequence: [{
-      SeriesInstanceUID: meta.seriesInstanceUid,
-      ReferencedInstanceSequence: meta.instances.map((i) => ({ ReferencedSOPClassUID: i.sopClassUid, ReferencedSOPInstanceUID: i.sopInstanceUid })),
-    }],
+    ReferencedSeriesSequence: [
+      {
+        SeriesInstanceUID: meta.seriesInstanceUid,
+        ReferencedInstanceSequence: meta.instances.map((i) => ({
+          ReferencedSOPClassUID: i.sopClassUid,
+          ReferencedSOPInstanceUID: i.sopInstanceUid,
+        })),
+      },
+    ],
     SamplesPerPixel: 1,
     PhotometricInterpretation: "MONOCHROME2",
     Rows: ny,
@@ -264,24 +309,41 @@ export async function writeDicomSeg(
     PixelRepresentation: 0,
     LossyImageCompression: "00",
     SegmentationType: "BINARY",
-    ContentLabel: (opts.contentLabel ?? "BHSD").toUpperCase().replace(/[^A-Z0-9_ ]/g, "_").slice(0, 16),
+    ContentLabel: (opts.contentLabel ?? "BHSD")
+      .toUpperCase()
+      .replace(/[^A-Z0-9_ ]/g, "_")
+      .slice(0, 16),
     ContentDescription: "Intracranial hemorrhage",
     ContentCreatorName: "bhsd^",
     SegmentSequence: segmentSequence,
     NumberOfFrames: nFrames,
     DimensionOrganizationSequence: [{ DimensionOrganizationUID: dimOrg }],
     DimensionIndexSequence: [
-      { DimensionOrganizationUID: dimOrg, DimensionIndexPointer: 0x0062000b, FunctionalGroupPointer: 0x0062000a, DimensionDescriptionLabel: "ReferencedSegmentNumber" },
-      { DimensionOrganizationUID: dimOrg, DimensionIndexPointer: 0x00200032, FunctionalGroupPointer: 0x00209113, DimensionDescriptionLabel: "ImagePositionPatient" },
+      {
+        DimensionOrganizationUID: dimOrg,
+        DimensionIndexPointer: 0x0062000b,
+        FunctionalGroupPointer: 0x0062000a,
+        DimensionDescriptionLabel: "ReferencedSegmentNumber",
+      },
+      {
+        DimensionOrganizationUID: dimOrg,
+        DimensionIndexPointer: 0x00200032,
+        FunctionalGroupPointer: 0x00209113,
+        DimensionDescriptionLabel: "ImagePositionPatient",
+      },
     ],
-    SharedFunctionalGroupsSequence: [{
-      PlaneOrientationSequence: [{ ImageOrientationPatient: meta.imageOrientationPatient.map(ds) }],
-      PixelMeasuresSequence: [{
-        PixelSpacing: meta.pixelSpacing.map(ds),
-        SliceThickness: ds(meta.sliceThickness && meta.sliceThickness > 0 ? meta.sliceThickness : spacingZ),
-        SpacingBetweenSlices: ds(spacingZ),
-      }],
-    }],
+    SharedFunctionalGroupsSequence: [
+      {
+        PlaneOrientationSequence: [{ ImageOrientationPatient: meta.imageOrientationPatient.map(ds) }],
+        PixelMeasuresSequence: [
+          {
+            PixelSpacing: meta.pixelSpacing.map(ds),
+            SliceThickness: ds(meta.sliceThickness && meta.sliceThickness > 0 ? meta.sliceThickness : spacingZ),
+            SpacingBetweenSlices: ds(spacingZ),
+          },
+        ],
+      },
+    ],
     PerFrameFunctionalGroupsSequence: perFrame,
     PixelData: [pixel.buffer],
     _vrMap: { PixelData: "OB" },

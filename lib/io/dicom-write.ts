@@ -56,26 +56,36 @@ const norm = (a: Vec3) => Math.hypot(a[0], a[1], a[2]);
 /** Geometry of the series from the RAS+ affine, or a message that says why it cannot be written. */
 function geometry(affine: readonly number[], dims: readonly number[]) {
   const col = (c: number): Vec3 => [-affine[c]!, -affine[4 + c]!, affine[8 + c]!]; // RAS → LPS: diag(−1, −1, 1)
-  const ai = col(0), aj = col(1), ak = col(2);
+  const ai = col(0),
+    aj = col(1),
+    ak = col(2);
   const o: Vec3 = col(3);
-  const si = norm(ai), sj = norm(aj), sk = norm(ak);
+  const si = norm(ai),
+    sj = norm(aj),
+    sk = norm(ak);
   if (!(si > 0 && sj > 0 && sk > 0) || ![...ai, ...aj, ...ak, ...o].every(Number.isFinite)) {
     throw invalidParameterError("volume.affine", "an affine with three finite, non-zero axes", affine);
   }
   const tol = 1e-6;
-  if (Math.abs(dot(ai, aj)) > tol * si * sj) throw invalidParameterError("volume.affine", "perpendicular i and j axes (DICOM image rows and columns are)", affine);
+  if (Math.abs(dot(ai, aj)) > tol * si * sj)
+    throw invalidParameterError("volume.affine", "perpendicular i and j axes (DICOM image rows and columns are)", affine);
   const det = dot(cross(ai, aj), ak);
   const flipI = det > 0;
   const rowDir = ai.map((v) => (flipI ? -v : v) / si) as Vec3; // along a row: the column index grows
   const colDir = aj.map((v) => -v / sj) as Vec3; // down a column: the row index grows, j falls
   const normal = cross(rowDir, colDir);
   if (Math.abs(dot(ak, normal) - sk) > tol * sk) {
-    throw invalidParameterError("volume.affine", "a k axis perpendicular to i and j (a sheared grid would be written as gantry tilt)", affine);
+    throw invalidParameterError(
+      "volume.affine",
+      "a k axis perpendicular to i and j (a sheared grid would be written as gantry tilt)",
+      affine,
+    );
   }
   const [nx, ny] = dims as [number, number, number];
   /** LPS position of DICOM pixel (row 0, column 0) of slice k: voxel (flipI ? nx − 1 : 0, ny − 1, k). */
   const position = (k: number): Vec3 => {
-    const i = flipI ? nx - 1 : 0, j = ny - 1;
+    const i = flipI ? nx - 1 : 0,
+      j = ny - 1;
     return [0, 1, 2].map((a) => o[a]! + ai[a]! * i + aj[a]! * j + ak[a]! * k) as Vec3;
   };
   return { flipI, rowDir, colDir, position, pixelSpacing: [sj, si] as [number, number], sliceSpacing: sk };
@@ -90,6 +100,7 @@ export async function writeDicomSeries(dir: string, volume: Volume, options?: Wr
   assertVolume("volume", volume);
   const o = optionsObject("options", options) as WriteDicomSeriesOptions;
   for (const k of ["seriesDescription", "studyDescription"] as const) {
+    // eslint-disable-next-line no-control-regex -- DICOM's LO value representation forbids control characters
     if (o[k] !== undefined && (typeof o[k] !== "string" || o[k]!.length > 64 || /[\\\0-\x1f]/.test(o[k]!))) {
       throw invalidParameterError(`options.${k}`, "a text of at most 64 characters without backslashes or control characters", o[k]);
     }
@@ -98,16 +109,21 @@ export async function writeDicomSeries(dir: string, volume: Volume, options?: Wr
     throw invalidParameterError("options.seriesNumber", "an integer from 0 to 2147483647", o.seriesNumber);
   }
   const [nx, ny, nz] = volume.dims;
-  if (nx > 65535 || ny > 65535) throw invalidParameterError("volume.dims", "at most 65535 columns and rows (DICOM's Rows and Columns are 16-bit)", volume.dims);
-  if (!Array.isArray(volume.affine) || volume.affine.length < 12) throw invalidParameterError("volume.affine", "a 4x4 row-major affine", volume.affine);
+  if (nx > 65535 || ny > 65535)
+    throw invalidParameterError("volume.dims", "at most 65535 columns and rows (DICOM's Rows and Columns are 16-bit)", volume.dims);
+  if (!Array.isArray(volume.affine) || volume.affine.length < 12)
+    throw invalidParameterError("volume.affine", "a 4x4 row-major affine", volume.affine);
   const g = geometry(volume.affine, volume.dims);
   // Values: integers whose range fits 16 bits; the intercept is 0 when they fit in int16.
   const d = volume.data;
-  let lo = Infinity, hi = -Infinity;
+  let lo = Infinity,
+    hi = -Infinity;
   for (let i = 0; i < d.length; i++) {
     const v = Number(d[i]);
     if (!Number.isInteger(v)) {
-      const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
+      const x = i % nx,
+        y = Math.floor(i / nx) % ny,
+        z = Math.floor(i / (nx * ny));
       throw invalidParameterError(`volume.data at voxel (${x}, ${y}, ${z})`, "an integer (HU: 16-bit CT images hold integers)", v);
     }
     if (v < lo) lo = v;
@@ -119,7 +135,9 @@ export async function writeDicomSeries(dir: string, volume: Volume, options?: Wr
   if ((await readdir(dir)).length > 0) throw new DicomError(dir, "already holds files; writeDicomSeries writes into a new or empty folder");
 
   const now = isoDateTime(new Date());
-  const studyInstanceUid = newUid(), seriesInstanceUid = newUid(), frameOfReferenceUid = newUid();
+  const studyInstanceUid = newUid(),
+    seriesInstanceUid = newUid(),
+    frameOfReferenceUid = newUid();
   const iop = [...g.rowDir, ...g.colDir].map((v) => ds(v + 0));
   const { DicomDict, DicomMetaDictionary } = (await import("dcmjs")).default.data; // loaded here only (about half a second)
   const files: string[] = [];
@@ -127,7 +145,8 @@ export async function writeDicomSeries(dir: string, volume: Volume, options?: Wr
   for (let k = 0; k < nz; k++) {
     const px = new Int16Array(plane);
     for (let r = 0; r < ny; r++) {
-      const src = k * plane + (ny - 1 - r) * nx, dst = r * nx;
+      const src = k * plane + (ny - 1 - r) * nx,
+        dst = r * nx;
       for (let c = 0; c < nx; c++) px[dst + c] = Number(d[src + (g.flipI ? nx - 1 - c : c)]) - intercept;
     }
     const sopInstanceUid = newUid();

@@ -20,8 +20,18 @@ import type { Volume } from "../types.js";
 import { allocArray } from "../volume.js";
 import { DecodePool, poolSize, type DecodeTask } from "./dicom-decode-pool.js";
 import {
-  decodeFrame, encapsulatedFrame, errText, isEncapsulated, loadDicomParser, prepareCodecs, storedValues, SUPPORTED_TRANSFER_SYNTAXES, transferSyntaxName, TS,
-  type PixelFormat, type Stored,
+  decodeFrame,
+  encapsulatedFrame,
+  errText,
+  isEncapsulated,
+  loadDicomParser,
+  prepareCodecs,
+  storedValues,
+  SUPPORTED_TRANSFER_SYNTAXES,
+  transferSyntaxName,
+  TS,
+  type PixelFormat,
+  type Stored,
 } from "./dicom-pixels.js";
 
 export class DicomError extends Error {
@@ -261,7 +271,14 @@ function fileCandidate(path: string, size: number): Candidate {
   };
 }
 
-async function walk(dir: string, depth: number, out: Candidate[], maxFiles: number, maxFileBytes: number, seen: Set<string>): Promise<void> {
+async function walk(
+  dir: string,
+  depth: number,
+  out: Candidate[],
+  maxFiles: number,
+  maxFileBytes: number,
+  seen: Set<string>,
+): Promise<void> {
   if (depth > MAX_DEPTH) return;
   // Each folder and file once, however many links lead to it.
   const real = await realpath(dir);
@@ -273,7 +290,16 @@ async function walk(dir: string, depth: number, out: Candidate[], maxFiles: numb
     if (e.name.startsWith(".")) continue;
     const p = join(dir, e.name);
     // Symbolic links are followed (depth-limited, so a loop ends); anything but files and folders is skipped.
-    const kind = e.isSymbolicLink() ? await stat(p).then((st) => (st.isDirectory() ? "dir" : st.isFile() ? "file" : "other"), () => "other") : e.isDirectory() ? "dir" : e.isFile() ? "file" : "other";
+    const kind = e.isSymbolicLink()
+      ? await stat(p).then(
+          (st) => (st.isDirectory() ? "dir" : st.isFile() ? "file" : "other"),
+          () => "other",
+        )
+      : e.isDirectory()
+        ? "dir"
+        : e.isFile()
+          ? "file"
+          : "other";
     if (kind === "dir") await walk(p, depth + 1, out, maxFiles, maxFileBytes, seen);
     else if (kind === "file") {
       const rp = e.isSymbolicLink() ? await realpath(p) : join(real, e.name);
@@ -295,7 +321,8 @@ async function walk(dir: string, depth: number, out: Candidate[], maxFiles: numb
 function sniff(b: Uint8Array): "part10" | "explicit" | "implicit" | null {
   if (b.length >= 132 && b[128] === 0x44 && b[129] === 0x49 && b[130] === 0x43 && b[131] === 0x4d) return "part10";
   if (b.length >= 8 && b[0] === 0x08 && b[1] === 0x00) {
-    const c1 = b[4]!, c2 = b[5]!;
+    const c1 = b[4]!,
+      c2 = b[5]!;
     if (c1 >= 0x41 && c1 <= 0x5a && c2 >= 0x41 && c2 <= 0x5a) return "explicit";
     return "implicit";
   }
@@ -403,7 +430,10 @@ function header(ds: dicomParser.DataSet, label: string): Header {
     ipp: numbers(ds, "x00200032"),
     sliceThickness: num(ds, "x00180050"),
     instanceNumber: num(ds, "x00200013"),
-    imageType: str(ds, "x00080008").toUpperCase().split("\\").map((s) => s.trim()),
+    imageType: str(ds, "x00080008")
+      .toUpperCase()
+      .split("\\")
+      .map((s) => s.trim()),
     hasPixels: vrTag("x7fe00010") !== undefined,
   };
 }
@@ -421,9 +451,11 @@ function checkImage(h: Header): string | null {
     return `has PhotometricInterpretation ${h.photometric} (MONOCHROME1 or MONOCHROME2 expected)`;
   }
   if (![8, 16, 32].includes(h.bitsAllocated)) return `has BitsAllocated ${h.bitsAllocated} (8, 16 or 32 expected)`;
-  if (!(h.bitsStored >= 1 && h.bitsStored <= h.bitsAllocated)) return `has BitsStored ${h.bitsStored} with BitsAllocated ${h.bitsAllocated} (1…BitsAllocated expected)`;
+  if (!(h.bitsStored >= 1 && h.bitsStored <= h.bitsAllocated))
+    return `has BitsStored ${h.bitsStored} with BitsAllocated ${h.bitsAllocated} (1…BitsAllocated expected)`;
   if (h.highBit !== h.bitsStored - 1) return `has HighBit ${h.highBit} with BitsStored ${h.bitsStored} (BitsStored − 1 expected)`;
-  if (h.pixelRepresentation !== 0 && h.pixelRepresentation !== 1) return `has PixelRepresentation ${h.pixelRepresentation} (0 or 1 expected)`;
+  if (h.pixelRepresentation !== 0 && h.pixelRepresentation !== 1)
+    return `has PixelRepresentation ${h.pixelRepresentation} (0 or 1 expected)`;
   if (h.frames !== 1) return `has NumberOfFrames ${h.frames} (single-frame images expected; enhanced multi-frame CT is not read)`;
   if (!(Number.isFinite(h.slope) && h.slope !== 0)) return `has RescaleSlope ${h.slope} (a non-zero number expected)`;
   if (!Number.isFinite(h.intercept)) return `has RescaleIntercept ${h.intercept} (a number expected)`;
@@ -447,8 +479,10 @@ function checkGeometry(h: Header): string | null {
   if (!h.pixelSpacing || h.pixelSpacing.length !== 2 || !(h.pixelSpacing[0]! > 0 && h.pixelSpacing[1]! > 0)) {
     return "has no valid PixelSpacing (2 positive numbers expected)";
   }
-  const r = h.iop.slice(0, 3), c = h.iop.slice(3, 6);
-  const nr = Math.hypot(...r), nc = Math.hypot(...c);
+  const r = h.iop.slice(0, 3),
+    c = h.iop.slice(3, 6);
+  const nr = Math.hypot(...r),
+    nc = Math.hypot(...c);
   if (Math.abs(nr - 1) > 1e-3 || Math.abs(nc - 1) > 1e-3 || Math.abs(dot(r, c)) > 1e-3) {
     return "has ImageOrientationPatient whose row and column directions are not orthonormal";
   }
@@ -463,7 +497,11 @@ const cross = (a: readonly number[], b: readonly number[]): [number, number, num
 ];
 
 /** Parses every file; with `keep`, files of other series are dropped at once (their UIDs noted). */
-async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>, keep?: string) {
+async function readHeaders(
+  src: DicomSource,
+  opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>,
+  keep?: string,
+) {
   const others = new Set<string>();
   const cands = await gather(src, opts.maxFiles, opts.maxFileBytes);
   const dp = await loadDicomParser();
@@ -471,7 +509,8 @@ async function readHeaders(src: DicomSource, opts: Required<Pick<ReadDicomOption
   const skipped: string[] = [];
   const explicitList = typeof src !== "string" || cands.length === 1;
   for (const c of cands) {
-    if (c.size > opts.maxFileBytes) throw new DicomError(c.label, `is ${c.size} bytes, more than options.maxFileBytes = ${opts.maxFileBytes}`);
+    if (c.size > opts.maxFileBytes)
+      throw new DicomError(c.label, `is ${c.size} bytes, more than options.maxFileBytes = ${opts.maxFileBytes}`);
     const bytes = await c.read();
     if (!sniff(bytes)) {
       if (explicitList) throw new DicomError(c.label, "is not a DICOM file (no DICM marker at byte 128 and no data set at byte 0)");
@@ -502,12 +541,17 @@ function resolvedOptions(options: unknown) {
   if (o.seriesUid !== undefined && (typeof o.seriesUid !== "string" || o.seriesUid.length === 0)) {
     throw invalidParameterError("options.seriesUid", "a SeriesInstanceUID string", o.seriesUid);
   }
-  if (o.onProgress !== undefined && typeof o.onProgress !== "function") throw invalidParameterError("options.onProgress", "a function (done, total)", o.onProgress);
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function")
+    throw invalidParameterError("options.onProgress", "a function (done, total)", o.onProgress);
   if (o.workers !== undefined && !(Number.isInteger(o.workers) && (o.workers as number) >= 0 && (o.workers as number) <= MAX_WORKERS)) {
     throw invalidParameterError("options.workers", `an integer from 0 (the calling thread) to ${MAX_WORKERS}`, o.workers);
   }
   return {
-    maxBytes, maxFileBytes, maxFiles, seriesUid: o.seriesUid as string | undefined, onProgress: o.onProgress as ReadDicomOptions["onProgress"],
+    maxBytes,
+    maxFileBytes,
+    maxFiles,
+    seriesUid: o.seriesUid as string | undefined,
+    onProgress: o.onProgress as ReadDicomOptions["onProgress"],
     workers: o.workers as number | undefined,
   };
 }
@@ -540,7 +584,8 @@ function plan(all: Header[]): Plan {
     if (p) return fail(`file ${h.label} ${p}`);
   }
   // Mixed sizes / orientations / spacings: name the groups.
-  const keyOf = (h: Header) => `${h.columns}×${h.rows}, orientation ${h.iop!.map((v) => +v.toFixed(4)).join("\\")}, pixel spacing ${h.pixelSpacing!.join("\\")}`;
+  const keyOf = (h: Header) =>
+    `${h.columns}×${h.rows}, orientation ${h.iop!.map((v) => +v.toFixed(4)).join("\\")}, pixel spacing ${h.pixelSpacing!.join("\\")}`;
   const groups = new Map<string, Header[]>();
   for (const h of imgs) {
     const k = keyOf(h);
@@ -570,7 +615,12 @@ function plan(all: Header[]): Plan {
   const slices = withD.map((x) => x.h);
   for (let k = 1; k < withD.length; k++) {
     if (Math.abs(withD[k]!.d - withD[k - 1]!.d) < 1e-4) {
-      return { ...fail(`has two images at the same position along the slice normal (${withD[k]!.d.toFixed(3)} mm: files ${withD[k - 1]!.h.label} and ${withD[k]!.h.label}); several acquisitions, echoes or phases in one series are not read`), slices };
+      return {
+        ...fail(
+          `has two images at the same position along the slice normal (${withD[k]!.d.toFixed(3)} mm: files ${withD[k - 1]!.h.label} and ${withD[k]!.h.label}); several acquisitions, echoes or phases in one series are not read`,
+        ),
+        slices,
+      };
     }
   }
   let step: [number, number, number];
@@ -579,7 +629,8 @@ function plan(all: Header[]): Plan {
     spacingZ = h0.sliceThickness && h0.sliceThickness > 0 ? h0.sliceThickness : 1;
     step = [normal[0] * spacingZ, normal[1] * spacingZ, normal[2] * spacingZ];
   } else {
-    const first = slices[0]!.ipp!, last = slices[slices.length - 1]!.ipp!;
+    const first = slices[0]!.ipp!,
+      last = slices[slices.length - 1]!.ipp!;
     const n = slices.length - 1;
     step = [(last[0]! - first[0]!) / n, (last[1]! - first[1]!) / n, (last[2]! - first[2]!) / n];
     spacingZ = Math.hypot(...step);
@@ -589,7 +640,9 @@ function plan(all: Header[]): Plan {
     if (tiltDeg > 0.01) {
       const tagTilt = num(h0.dataSet, "x00181120");
       return {
-        ...fail(`has gantry tilt: the slice positions step ${tiltDeg.toFixed(2)}° off the slice normal${tagTilt !== null ? ` (GantryDetectorTilt ${tagTilt}°)` : ""}; the slices are sheared, which a Volume's grid cannot hold without resampling (dcm2niix corrects it by resampling)`),
+        ...fail(
+          `has gantry tilt: the slice positions step ${tiltDeg.toFixed(2)}° off the slice normal${tagTilt !== null ? ` (GantryDetectorTilt ${tagTilt}°)` : ""}; the slices are sheared, which a Volume's grid cannot hold without resampling (dcm2niix corrects it by resampling)`,
+        ),
         slices,
       };
     }
@@ -599,10 +652,13 @@ function plan(all: Header[]): Plan {
       const gap = withD[k]!.d - withD[k - 1]!.d;
       if (Math.abs(gap - mean) > Math.max(0.01, 0.01 * mean)) {
         const gaps = withD.slice(1).map((x, i) => x.d - withD[i]!.d);
-        const minGap = Math.min(...gaps), maxGap = Math.max(...gaps);
+        const minGap = Math.min(...gaps),
+          maxGap = Math.max(...gaps);
         const missing = maxGap > 1.5 * minGap;
         return {
-          ...fail(`has ${missing ? "missing slices" : "uneven slice spacing"}: gaps between slice positions range from ${minGap.toFixed(3)} to ${maxGap.toFixed(3)} mm (first uneven gap of ${gap.toFixed(3)} mm after slice ${k} of ${withD.length} in position order)`),
+          ...fail(
+            `has ${missing ? "missing slices" : "uneven slice spacing"}: gaps between slice positions range from ${minGap.toFixed(3)} to ${maxGap.toFixed(3)} mm (first uneven gap of ${gap.toFixed(3)} mm after slice ${k} of ${withD.length} in position order)`,
+          ),
           slices,
         };
       }
@@ -613,8 +669,10 @@ function plan(all: Header[]): Plan {
 
 /** RAS+ affine of dcm2niix's voxel order: i = column, j = Rows − 1 − row, k = slice. */
 function affineOf(h0: Header, step: readonly number[]): number[] {
-  const iop = h0.iop!, [dr, dc] = h0.pixelSpacing!;
-  const rowDir = iop.slice(0, 3), colDir = iop.slice(3, 6); // along a row (column index grows); down a column (row index grows)
+  const iop = h0.iop!,
+    [dr, dc] = h0.pixelSpacing!;
+  const rowDir = iop.slice(0, 3),
+    colDir = iop.slice(3, 6); // along a row (column index grows); down a column (row index grows)
   const ipp = h0.ipp!;
   const R = h0.rows;
   // LPS columns: i → rowDir·dc; j → −colDir·dr (row flip); k → step; origin = IPP + (R−1)·dr·colDir.
@@ -638,7 +696,10 @@ function affineOf(h0: Header, step: readonly number[]): number[] {
 // Public
 
 /** The series in a folder (or list of files): UIDs, description, modality, size, spacing, orientation. */
-export async function listDicomSeries(pathOrFiles: DicomSource, options?: Omit<ReadDicomOptions, "seriesUid">): Promise<DicomSeriesSummary[]> {
+export async function listDicomSeries(
+  pathOrFiles: DicomSource,
+  options?: Omit<ReadDicomOptions, "seriesUid">,
+): Promise<DicomSeriesSummary[]> {
   const opts = resolvedOptions(options);
   const { headers } = await readHeaders(pathOrFiles, opts);
   if (headers.length === 0) throw new DicomError(typeof pathOrFiles === "string" ? pathOrFiles : "", "holds no DICOM image");
@@ -699,7 +760,9 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     }
     hs = found;
   } else if (bySeries.size > 1) {
-    const desc = [...bySeries.entries()].map(([uid, v]) => `${uid} (#${v[0]!.seriesNumber ?? "?"} "${v[0]!.seriesDescription}", ${v.length} files)`);
+    const desc = [...bySeries.entries()].map(
+      ([uid, v]) => `${uid} (#${v[0]!.seriesNumber ?? "?"} "${v[0]!.seriesDescription}", ${v.length} files)`,
+    );
     throw new DicomError(where, `holds ${bySeries.size} series; choose one with options.seriesUid (CLI --series): ${desc.join("; ")}`);
   } else {
     hs = [...bySeries.values()][0]!;
@@ -708,7 +771,9 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   if (p.problem) throw new DicomError(where, `series ${hs[0]!.seriesUid || "(no SeriesInstanceUID)"} ${p.problem}`);
   const slices = p.slices;
   const h0 = slices[0]!;
-  const nx = h0.columns, ny = h0.rows, nz = slices.length;
+  const nx = h0.columns,
+    ny = h0.rows,
+    nz = slices.length;
   const n = nx * ny * nz;
   // Output type: int16 when every slice's slope and intercept are integers and the words stored
   // (BitsStored bits, as scanners write them) rescale inside int16; a word outside BitsStored that
@@ -718,14 +783,22 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   let asInt16 = true;
   for (const h of slices) {
     if (h.bitsStored !== h0.bitsStored || h.pixelRepresentation !== h0.pixelRepresentation || h.bitsAllocated !== h0.bitsAllocated) {
-      throw new DicomError(where, `series ${h0.seriesUid} mixes pixel formats (BitsAllocated/BitsStored/PixelRepresentation differ in file ${h.label})`);
+      throw new DicomError(
+        where,
+        `series ${h0.seriesUid} mixes pixel formats (BitsAllocated/BitsStored/PixelRepresentation differ in file ${h.label})`,
+      );
     }
     if (!(Number.isInteger(h.slope) && Number.isInteger(h.intercept))) asInt16 = false;
-    const a = h.slope * storedMin + h.intercept, b = h.slope * storedMax + h.intercept;
+    const a = h.slope * storedMin + h.intercept,
+      b = h.slope * storedMax + h.intercept;
     if (Math.min(a, b) < -32768 || Math.max(a, b) > 32767) asInt16 = false;
   }
   const checkBytes = (bytes: number) => {
-    if (bytes > opts.maxBytes) throw new DicomError(where, `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`);
+    if (bytes > opts.maxBytes)
+      throw new DicomError(
+        where,
+        `series ${h0.seriesUid}: ${nx}×${ny}×${nz} voxels need ${bytes} bytes, more than options.maxBytes = ${opts.maxBytes}`,
+      );
   };
   checkBytes(n * (asInt16 ? 2 : 4));
   const studyAttributes = studyAttributesOf(h0.dataSet);
@@ -740,13 +813,16 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     transferSyntax: h.transferSyntax,
     littleEndian: h.transferSyntax !== TS.explicitBE,
   });
-  const failIn = (h: Header) => (msg: string): never => {
-    throw new DicomError(h.label, msg);
-  };
+  const failIn =
+    (h: Header) =>
+    (msg: string): never => {
+      throw new DicomError(h.label, msg);
+    };
   // Compressed slices go to a pool of worker threads (started here, after every bound above was
   // checked); uncompressed ones are read here, where copying them to a worker would cost more
   // than it saves.
-  const compressed: number[] = [], native: number[] = [];
+  const compressed: number[] = [],
+    native: number[] = [];
   slices.forEach((h, k) => (isEncapsulated(h.dataSet) ? compressed : native).push(k));
   const nWorkers = poolSize(opts.workers, compressed.length, plane);
   let pool: DecodePool | null = null;
@@ -755,10 +831,13 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   const place = (data: Int16Array | Float32Array, k: number, stored: Stored): boolean => {
     const h = slices[k]!;
     const base = k * plane;
-    const s = h.slope, c = h.intercept;
-    let lo = 0, hi = 0;
+    const s = h.slope,
+      c = h.intercept;
+    let lo = 0,
+      hi = 0;
     for (let r = 0; r < ny; r++) {
-      const src = r * nx, dst = base + (ny - 1 - r) * nx;
+      const src = r * nx,
+        dst = base + (ny - 1 - r) * nx;
       for (let i = 0; i < nx; i++) {
         const v = stored[src + i]! * s + c;
         data[dst + i] = v;
@@ -777,7 +856,11 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     };
     let pooled: Promise<boolean> = Promise.resolve(true);
     if (nWorkers > 0) {
-      pool ??= new DecodePool(nWorkers, compressed.map((k) => slices[k]!.transferSyntax), (label, msg) => new DicomError(label, msg));
+      pool ??= new DecodePool(
+        nWorkers,
+        compressed.map((k) => slices[k]!.transferSyntax),
+        (label, msg) => new DicomError(label, msg),
+      );
       const tasks: DecodeTask[] = compressed.map((k) => {
         const h = slices[k]!;
         return { label: h.label, fmt: fmtOf(h), bytes: () => encapsulatedFrame(h.dataSet, failIn(h)) };
@@ -830,7 +913,11 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     pixelSpacing: [h0.pixelSpacing![0]!, h0.pixelSpacing![1]!],
     imageOrientationPatient: h0.iop!.slice(0, 6) as DicomSeriesMeta["imageOrientationPatient"],
     sliceThickness: h0.sliceThickness,
-    instances: slices.map((h) => ({ sopClassUid: h.sopClassUid, sopInstanceUid: h.sopInstanceUid, position: h.ipp!.slice(0, 3) as [number, number, number] })),
+    instances: slices.map((h) => ({
+      sopClassUid: h.sopClassUid,
+      sopInstanceUid: h.sopInstanceUid,
+      position: h.ipp!.slice(0, 3) as [number, number, number],
+    })),
     rowsFlipped: true,
     rescale: slices.map((h) => ({ slope: h.slope, intercept: h.intercept })),
     warnings,

@@ -11,12 +11,26 @@ export const NIFTI2_HEADER = 540;
 
 /** NIfTI datatype codes the engine reads and writes. */
 export const NIFTI_DATATYPE: Record<DTypeName, number> = {
-  uint8: 2, int16: 4, int32: 8, float32: 16, float64: 64, int8: 256, uint16: 512, uint32: 768,
+  uint8: 2,
+  int16: 4,
+  int32: 8,
+  float32: 16,
+  float64: 64,
+  int8: 256,
+  uint16: 512,
+  uint32: 768,
 };
 const DTYPE_OF_CODE = new Map<number, DTypeName>(Object.entries(NIFTI_DATATYPE).map(([k, v]) => [v, k as DTypeName]));
 const UNSUPPORTED_CODES: Record<number, string> = {
-  1: "binary (1 bit)", 32: "complex64", 128: "rgb24", 1024: "int64", 1280: "uint64", 1536: "float128",
-  1792: "complex128", 2048: "complex256", 2304: "rgba32",
+  1: "binary (1 bit)",
+  32: "complex64",
+  128: "rgb24",
+  1024: "int64",
+  1280: "uint64",
+  1536: "float128",
+  1792: "complex128",
+  2048: "complex256",
+  2304: "rgba32",
 };
 
 export interface NiftiHeader {
@@ -90,7 +104,8 @@ export function parseHeader(bytes: Uint8Array, label: string): NiftiHeader {
   const le = dv.getInt32(0, true) === size;
   if (size === NIFTI1_HEADER) {
     const magic = ascii(bytes, 344, 4);
-    if (magic === "ni1\\x00") throw new NiftiError(label, "a two-file NIfTI-1 (.hdr/.img, magic ni1) is not supported; save it as one .nii file");
+    if (magic === "ni1\\x00")
+      throw new NiftiError(label, "a two-file NIfTI-1 (.hdr/.img, magic ni1) is not supported; save it as one .nii file");
     if (magic !== "n+1\\x00") throw new NiftiError(label, `bad magic "${magic}" (a one-file NIfTI-1 has "n+1\\0")`);
     const i16 = (o: number) => dv.getInt16(o, le);
     const f32 = (o: number) => dv.getFloat32(o, le);
@@ -114,7 +129,8 @@ export function parseHeader(bytes: Uint8Array, label: string): NiftiHeader {
     };
   }
   const magic = ascii(bytes, 4, 8);
-  if (magic.startsWith("ni2")) throw new NiftiError(label, "a two-file NIfTI-2 (.hdr/.img, magic ni2) is not supported; save it as one .nii file");
+  if (magic.startsWith("ni2"))
+    throw new NiftiError(label, "a two-file NIfTI-2 (.hdr/.img, magic ni2) is not supported; save it as one .nii file");
   if (!magic.startsWith("n+2\\x00")) throw new NiftiError(label, `bad magic "${magic}" (a one-file NIfTI-2 has "n+2\\0\\r\\n\\x1a\\n")`);
   const i64 = (o: number) => {
     const v = dv.getBigInt64(o, le);
@@ -155,7 +171,10 @@ export function voxelLayout(h: NiftiHeader, label: string): VoxelLayout {
   const dims: [number, number, number] = [d(1), d(2), d(3)];
   const volumes = d(4) * d(5) * d(6) * d(7);
   if (volumes > 1) {
-    throw new NiftiError(label, `holds ${volumes} volumes (dim[4..7] = ${[4, 5, 6, 7].map(d).join(", ")}); bhsd reads files with one 3-D volume`);
+    throw new NiftiError(
+      label,
+      `holds ${volumes} volumes (dim[4..7] = ${[4, 5, 6, 7].map(d).join(", ")}); bhsd reads files with one 3-D volume`,
+    );
   }
   const code = h.datatypeCode;
   const dtype = DTYPE_OF_CODE.get(code);
@@ -206,10 +225,22 @@ export function qformMatrix(quatern: readonly number[], qoffset: readonly number
   let zd = pixdim[3]! > 0 ? pixdim[3]! : 1;
   if (pixdim[0]! < 0) zd = -zd;
   return [
-    (a * a + b * b - c * c - d * d) * xd, 2 * (b * c - a * d) * yd, 2 * (b * d + a * c) * zd, qoffset[0]!,
-    2 * (b * c + a * d) * xd, (a * a + c * c - b * b - d * d) * yd, 2 * (c * d - a * b) * zd, qoffset[1]!,
-    2 * (b * d - a * c) * xd, 2 * (c * d + a * b) * yd, (a * a + d * d - c * c - b * b) * zd, qoffset[2]!,
-    0, 0, 0, 1,
+    (a * a + b * b - c * c - d * d) * xd,
+    2 * (b * c - a * d) * yd,
+    2 * (b * d + a * c) * zd,
+    qoffset[0]!,
+    2 * (b * c + a * d) * xd,
+    (a * a + c * c - b * b - d * d) * yd,
+    2 * (c * d - a * b) * zd,
+    qoffset[1]!,
+    2 * (b * d - a * c) * xd,
+    2 * (c * d + a * b) * yd,
+    (a * a + d * d - c * c - b * b) * zd,
+    qoffset[2]!,
+    0,
+    0,
+    0,
+    1,
   ];
 }
 
@@ -230,7 +261,10 @@ export function affineToQuatern(m: Mat4): { quatern: [number, number, number]; q
     qfac = -1;
     cols[2] = cols[2]!.map((x) => -x);
   }
-  let a = r(1, 1) + r(2, 2) + r(3, 3) + 1, b: number, c: number, d: number;
+  let a = r(1, 1) + r(2, 2) + r(3, 3) + 1,
+    b: number,
+    c: number,
+    d: number;
   if (a > 0.5) {
     a = 0.5 * Math.sqrt(a);
     b = (0.25 * (r(3, 2) - r(2, 3))) / a;
@@ -268,9 +302,12 @@ export function affineToQuatern(m: Mat4): { quatern: [number, number, number]; q
 /** Millimetres per spatial unit of xyzt_units (0 unknown is taken as mm). */
 export function mmPerUnit(xyztUnits: number): number {
   switch (xyztUnits & 7) {
-    case 1: return 1000; // metre
-    case 3: return 0.001; // micron
-    default: return 1;
+    case 1:
+      return 1000; // metre
+    case 3:
+      return 0.001; // micron
+    default:
+      return 1;
   }
 }
 
@@ -278,7 +315,8 @@ export function mmPerUnit(xyztUnits: number): number {
 export function geometry(h: NiftiHeader): { affine: Mat4; spacing: [number, number, number]; source: "sform" | "qform" | "pixdim" } {
   const unit = mmPerUnit(h.xyztUnits);
   const finite = (m: Mat4) => m.every(Number.isFinite);
-  let affine: Mat4 | undefined, source: "sform" | "qform" | "pixdim" = "pixdim";
+  let affine: Mat4 | undefined,
+    source: "sform" | "qform" | "pixdim" = "pixdim";
   if (h.sformCode > 0 && finite(sformMatrix(h))) {
     affine = sformMatrix(h);
     source = "sform";

@@ -59,7 +59,8 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
   const opts = optionsObject("options", options);
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
-  if (opts.limitName !== undefined && typeof opts.limitName !== "string") throw invalidParameterError("options.limitName", "a string", opts.limitName);
+  if (opts.limitName !== undefined && typeof opts.limitName !== "string")
+    throw invalidParameterError("options.limitName", "a string", opts.limitName);
   const limit: Limit = { bytes: maxBytes, name: (opts.limitName as string | undefined) ?? "options.maxBytes" };
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
   checkSource(pathOrBytes);
@@ -70,7 +71,10 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
 }
 
 /** Reads only the header: dims, datatype, spacing, affine, without touching the voxels. */
-export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: string }): Promise<{
+export async function readNiftiHeader(
+  pathOrBytes: Source,
+  options?: { name?: string },
+): Promise<{
   dims: [number, number, number];
   datatype: DTypeName;
   spacing: [number, number, number];
@@ -100,7 +104,14 @@ export async function readNiftiHeader(pathOrBytes: Source, options?: { name?: st
   const header = parseHeader(head, label);
   const layout = voxelLayout(header, label);
   const g = geometry(header);
-  return { dims: layout.dims, datatype: layout.dtype, spacing: g.spacing, affine: g.affine, meta: metaOf(header, layout, g.source), voxelBytes: layout.nbytes };
+  return {
+    dims: layout.dims,
+    datatype: layout.dtype,
+    spacing: g.spacing,
+    affine: g.affine,
+    meta: metaOf(header, layout, g.source),
+    voxelBytes: layout.nbytes,
+  };
 }
 
 function checkSource(pathOrBytes: unknown): asserts pathOrBytes is Source {
@@ -153,7 +164,8 @@ interface Limit {
 
 function checkSize(layout: VoxelLayout, label: string, limit: Limit) {
   if (layout.nvox > MAX_ELEMENTS) throw new NiftiError(label, `${layout.nvox} voxels exceed the ${MAX_ELEMENTS}-voxel limit of one array`);
-  if (layout.nbytes > limit.bytes) throw new NiftiError(label, `voxel data of ${layout.nbytes} bytes exceeds the limit of ${limit.bytes} bytes (${limit.name})`);
+  if (layout.nbytes > limit.bytes)
+    throw new NiftiError(label, `voxel data of ${layout.nbytes} bytes exceeds the limit of ${limit.bytes} bytes (${limit.name})`);
 }
 
 async function fromFile(src: string | URL, label: string, limit: Limit) {
@@ -163,13 +175,17 @@ async function fromFile(src: string | URL, label: string, limit: Limit) {
     const size = (await fh.stat()).size;
     const head = Buffer.alloc(Math.min(size, NIFTI2_HEADER));
     await readFully(fh, head, 0, head.length, 0);
-    if (isGzip(head)) return await fromGzip(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 16 }), size, label, limit);
+    if (isGzip(head))
+      return await fromGzip(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 16 }), size, label, limit);
     const header = parseHeader(head, label);
     const layout = voxelLayout(header, label);
     checkSize(layout, label, limit);
     if (layout.offset > size) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${size}-byte file`);
     if (layout.offset + layout.nbytes > size) {
-      throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`);
+      throw new NiftiError(
+        label,
+        `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`,
+      );
     }
     const data = allocArray(layout.dtype, layout.nvox, label);
     await readFully(fh, new Uint8Array(data.buffer, data.byteOffset, layout.nbytes), 0, layout.nbytes, layout.offset);
@@ -197,7 +213,10 @@ async function fromBytes(bytes: Uint8Array, label: string, limit: Limit) {
   checkSize(layout, label, limit);
   if (layout.offset > bytes.length) throw new NiftiError(label, `vox_offset ${layout.offset} is past the end of the ${bytes.length} bytes`);
   if (layout.offset + layout.nbytes > bytes.length) {
-    throw new NiftiError(label, `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, there are ${bytes.length - layout.offset}`);
+    throw new NiftiError(
+      label,
+      `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, there are ${bytes.length - layout.offset}`,
+    );
   }
   const start = bytes.byteOffset + layout.offset;
   const width = BYTES_PER_ELEMENT[layout.dtype];
@@ -222,7 +241,8 @@ async function fromGzip(source: Readable, compressedSize: number, label: string,
   let pendingBytes = 0;
   let header: NiftiHeader | undefined, layout: VoxelLayout | undefined, data: VoxelArray | undefined;
   let target: Uint8Array | undefined;
-  let skip = 0, filled = 0;
+  let skip = 0,
+    filled = 0;
   const take = (chunk: Uint8Array) => {
     if (skip > 0) {
       const n = Math.min(skip, chunk.length);
@@ -367,8 +387,12 @@ export interface WriteNiftiOptions {
 
 const DTYPES: readonly DTypeName[] = ["uint8", "int8", "int16", "uint16", "int32", "uint32", "float32", "float64"];
 const RANGE: Partial<Record<DTypeName, [number, number]>> = {
-  uint8: [0, 255], int8: [-128, 127], int16: [-32768, 32767], uint16: [0, 65535],
-  int32: [-(2 ** 31), 2 ** 31 - 1], uint32: [0, 2 ** 32 - 1],
+  uint8: [0, 255],
+  int8: [-128, 127],
+  int16: [-32768, 32767],
+  uint16: [0, 65535],
+  int32: [-(2 ** 31), 2 ** 31 - 1],
+  uint32: [0, 2 ** 32 - 1],
 };
 
 const FLT_MIN_NORMAL = 2 ** -126;
@@ -419,15 +443,18 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   if (typeof path !== "string" || path.length === 0) throw invalidParameterError("path", "a file path", path);
   assertVolume("volume", volume);
   const opts = optionsObject("options", options) as WriteNiftiOptions;
-  if (opts.datatype !== undefined && !inArray(opts.datatype, DTYPES)) throw invalidParameterError("options.datatype", `one of ${DTYPES.join(", ")}`, opts.datatype);
+  if (opts.datatype !== undefined && !inArray(opts.datatype, DTYPES))
+    throw invalidParameterError("options.datatype", `one of ${DTYPES.join(", ")}`, opts.datatype);
   if (opts.sclSlope !== undefined) assertNumber("options.sclSlope", opts.sclSlope);
   if (opts.sclSlope === 0) throw invalidParameterError("options.sclSlope", "a non-zero number", 0);
   if (opts.sclInter !== undefined) assertNumber("options.sclInter", opts.sclInter);
-  if (opts.version !== undefined && opts.version !== 1 && opts.version !== 2) throw invalidParameterError("options.version", "1 or 2", opts.version);
+  if (opts.version !== undefined && opts.version !== 1 && opts.version !== 2)
+    throw invalidParameterError("options.version", "1 or 2", opts.version);
   if (opts.gzipLevel !== undefined && (!Number.isInteger(opts.gzipLevel) || opts.gzipLevel < 0 || opts.gzipLevel > 9)) {
     throw invalidParameterError("options.gzipLevel", "an integer from 0 to 9", opts.gzipLevel);
   }
-  if (opts.description !== undefined && typeof opts.description !== "string") throw invalidParameterError("options.description", "a string", opts.description);
+  if (opts.description !== undefined && typeof opts.description !== "string")
+    throw invalidParameterError("options.description", "a string", opts.description);
 
   const arrayType = dtypeOf(volume.data)!;
   const meta = volume.meta;
@@ -436,7 +463,8 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const slope = opts.sclSlope ?? (restore ? meta!.sclSlope : 1);
   const inter = opts.sclInter ?? (restore ? meta!.sclInter : 0);
   const version = opts.version ?? (volume.dims.some((d) => d > 32767) ? 2 : 1);
-  if (version === 1 && volume.dims.some((d) => d > 32767)) throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
+  if (version === 1 && volume.dims.some((d) => d > 32767))
+    throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
 
   // NIfTI-1 stores the scaling as float32: refuse what would not survive it, and encode with the
   // float32 values readers will apply, so that the voxels read back as written
@@ -445,10 +473,14 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const scaled = !(slope === 1 && inter === 0);
   if (scaled && version === 1) {
     if (!fitsFloat32(slope)) {
-      throw new RangeError(`options.sclSlope ${slope} cannot be stored in NIfTI-1's float32 scl_slope (it would read back as ${Math.fround(slope)}); use a slope from ${FLT_MIN_NORMAL} to 3.4e38 in magnitude, or version 2`);
+      throw new RangeError(
+        `options.sclSlope ${slope} cannot be stored in NIfTI-1's float32 scl_slope (it would read back as ${Math.fround(slope)}); use a slope from ${FLT_MIN_NORMAL} to 3.4e38 in magnitude, or version 2`,
+      );
     }
     if (!fitsFloat32(inter)) {
-      throw new RangeError(`options.sclInter ${inter} cannot be stored in NIfTI-1's float32 scl_inter (it would read back as ${Math.fround(inter)}); use 0 or a magnitude from ${FLT_MIN_NORMAL} to 3.4e38, or version 2`);
+      throw new RangeError(
+        `options.sclInter ${inter} cannot be stored in NIfTI-1's float32 scl_inter (it would read back as ${Math.fround(inter)}); use 0 or a magnitude from ${FLT_MIN_NORMAL} to 3.4e38, or version 2`,
+      );
     }
   }
   const slopeStored = scaled && version === 1 ? Math.fround(slope) : slope;
@@ -471,11 +503,7 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
   try {
     if (path.endsWith(".gz")) {
-      await pipeline(
-        Readable.from([header, body]),
-        createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }),
-        createWriteStream(tmp),
-      );
+      await pipeline(Readable.from([header, body]), createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }), createWriteStream(tmp));
     } else {
       const fh = await open(tmp, "w");
       try {
@@ -491,4 +519,3 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
     throw e;
   }
 }
-

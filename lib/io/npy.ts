@@ -13,7 +13,15 @@ export interface NpyArray {
 }
 
 const DESCR: Record<string, DTypeName> = {
-  u1: "uint8", b1: "uint8", i1: "int8", i2: "int16", u2: "uint16", i4: "int32", u4: "uint32", f4: "float32", f8: "float64",
+  u1: "uint8",
+  b1: "uint8",
+  i1: "int8",
+  i2: "int16",
+  u2: "uint16",
+  i4: "int32",
+  u4: "uint32",
+  f4: "float32",
+  f8: "float64",
 };
 
 function fail(label: string, msg: string): never {
@@ -41,9 +49,14 @@ export function parseNpy(bytes: Uint8Array, label = "<bytes>"): NpyArray {
   const descr = /'descr'\s*:\s*'([^']*)'/.exec(text)?.[1];
   const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(text)?.[1];
   const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(text)?.[1];
-  if (descr === undefined || fortran === undefined || shapeText === undefined) fail(label, `malformed .npy header ${JSON.stringify(text.trim())}`);
+  if (descr === undefined || fortran === undefined || shapeText === undefined)
+    fail(label, `malformed .npy header ${JSON.stringify(text.trim())}`);
   if (fortran === "True") fail(label, "Fortran-order arrays are not supported; save with np.ascontiguousarray");
-  const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const shape = shapeText
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
   if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) fail(label, `bad shape (${shapeText})`);
   const order = descr[0]!;
   const dtype = DESCR[descr.slice(1)];
@@ -52,7 +65,8 @@ export function parseNpy(bytes: Uint8Array, label = "<bytes>"): NpyArray {
   if (n > MAX_ELEMENTS) fail(label, `${n} elements exceed the ${MAX_ELEMENTS}-element limit`);
   const width = BYTES_PER_ELEMENT[dtype];
   const offset = start + headerLen;
-  if (offset + n * width > bytes.length) fail(label, `truncated data: shape (${shape.join(", ")}) needs ${n * width} bytes, there are ${bytes.length - offset}`);
+  if (offset + n * width > bytes.length)
+    fail(label, `truncated data: shape (${shape.join(", ")}) needs ${n * width} bytes, there are ${bytes.length - offset}`);
   const bigEndian = order === ">" && width > 1;
   let data: VoxelArray;
   if (!bigEndian && (bytes.byteOffset + offset) % width === 0) {
@@ -69,7 +83,8 @@ export function parseNpy(bytes: Uint8Array, label = "<bytes>"): NpyArray {
 /** Reads a .npy file (or its bytes). */
 export async function readNpy(pathOrBytes: string | URL | Uint8Array): Promise<NpyArray> {
   if (pathOrBytes instanceof Uint8Array) return parseNpy(pathOrBytes);
-  if (typeof pathOrBytes !== "string" && !(pathOrBytes instanceof URL)) throw invalidParameterError("pathOrBytes", "a file path, URL or Uint8Array", pathOrBytes);
+  if (typeof pathOrBytes !== "string" && !(pathOrBytes instanceof URL))
+    throw invalidParameterError("pathOrBytes", "a file path, URL or Uint8Array", pathOrBytes);
   const label = typeof pathOrBytes === "string" ? pathOrBytes : fileURLToPath(pathOrBytes);
   let bytes: Buffer;
   try {
@@ -81,14 +96,22 @@ export async function readNpy(pathOrBytes: string | URL | Uint8Array): Promise<N
 }
 
 const DESCR_OF: Record<DTypeName, string> = {
-  uint8: "|u1", int8: "|i1", int16: "<i2", uint16: "<u2", int32: "<i4", uint32: "<u4", float32: "<f4", float64: "<f8",
+  uint8: "|u1",
+  int8: "|i1",
+  int16: "<i2",
+  uint16: "<u2",
+  int32: "<i4",
+  uint32: "<u4",
+  float32: "<f4",
+  float64: "<f8",
 };
 
 /** Serialises an array as .npy version 1.0 bytes. */
 export function formatNpy(data: VoxelArray, shape: readonly number[]): Uint8Array {
   const dtype = dtypeOf(data);
   if (!dtype) throw invalidParameterError("data", "a typed array", data);
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw invalidParameterError("shape", "an array of non-negative integers", shape);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+    throw invalidParameterError("shape", "an array of non-negative integers", shape);
   const n = shape.reduce((a, b) => a * b, 1);
   if (n !== data.length) throw new RangeError(`shape (${shape.join(", ")}) has ${n} elements, data ${data.length}`);
   const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`;

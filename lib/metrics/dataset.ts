@@ -89,7 +89,8 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   if (typeof opts.gtDir !== "string") throw invalidParameterError("options.gtDir", "a folder path", opts.gtDir);
   if (typeof opts.predDir !== "string") throw invalidParameterError("options.predDir", "a folder path", opts.predDir);
   const read = optionsObject("options.read", opts.read) as ReadNiftiOptions;
-  if (opts.onProgress !== undefined && typeof opts.onProgress !== "function") throw invalidParameterError("options.onProgress", "a function", opts.onProgress);
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== "function")
+    throw invalidParameterError("options.onProgress", "a function", opts.onProgress);
   // BHSD's layout: label_192/images beside label_192/ground truths
   const gtDir = await truthsFolder(opts.gtDir);
   const gts = await listCases(gtDir, "gtDir");
@@ -123,7 +124,10 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
     missing,
     extra,
     failed,
-    summary: summarize(cases.map((c) => c.metrics), opts.classes ?? DEFAULT_CLASSES),
+    summary: summarize(
+      cases.map((c) => c.metrics),
+      opts.classes ?? DEFAULT_CLASSES,
+    ),
   };
 }
 
@@ -166,7 +170,8 @@ export async function readSliceLabelledCases(root: string, read?: ReadNiftiOptio
     const csv = join(f.slices, `${name}.csv`);
     const ct = await readNifti(path, read);
     const slices = parseSliceCsv(await readFile(csv, "utf8"), csv);
-    if (slices.present.length !== ct.dims[2]) throw new Error(`${csv} has ${slices.present.length} slices but ${basename(path)} has ${ct.dims[2]}`);
+    if (slices.present.length !== ct.dims[2])
+      throw new Error(`${csv} has ${slices.present.length} slices but ${basename(path)} has ${ct.dims[2]}`);
     out.push({ name, ct, slices });
   }
   return out;

@@ -30,7 +30,19 @@ export interface ClassMetrics {
 }
 
 export const METRIC_KEYS: readonly (keyof ClassMetrics)[] = [
-  "tp", "fp", "fn", "dice", "iou", "precision", "recall", "volume_gt_ml", "volume_pred_ml", "hd", "hd95", "assd", "nsd",
+  "tp",
+  "fp",
+  "fn",
+  "dice",
+  "iou",
+  "precision",
+  "recall",
+  "volume_gt_ml",
+  "volume_pred_ml",
+  "hd",
+  "hd95",
+  "assd",
+  "nsd",
 ];
 
 export interface CaseMetrics {
@@ -84,9 +96,13 @@ async function explain(v: Volume, maxLabel: number, what: string): Promise<void>
 export function geometryWarnings(a: Volume, b: Volume, names: [string, string]): string[] {
   const w: string[] = [];
   const da = Math.max(...a.affine.map((x, i) => Math.abs(x - b.affine[i]!)));
-  if (da > AFFINE_TOLERANCE) w.push(`${names[0]} and ${names[1]} affines differ by up to ${+da.toPrecision(4)} (beyond ${AFFINE_TOLERANCE}); the masks may not be aligned`);
+  if (da > AFFINE_TOLERANCE)
+    w.push(
+      `${names[0]} and ${names[1]} affines differ by up to ${+da.toPrecision(4)} (beyond ${AFFINE_TOLERANCE}); the masks may not be aligned`,
+    );
   const ds = Math.max(...a.spacing.map((x, i) => Math.abs(x - b.spacing[i]!)));
-  if (ds > AFFINE_TOLERANCE) w.push(`${names[0]} spacing [${a.spacing.join(", ")}] and ${names[1]} spacing [${b.spacing.join(", ")}] differ; ${names[0]}'s is used`);
+  if (ds > AFFINE_TOLERANCE)
+    w.push(`${names[0]} spacing [${a.spacing.join(", ")}] and ${names[1]} spacing [${b.spacing.join(", ")}] differ; ${names[0]}'s is used`);
   return w;
 }
 
@@ -120,8 +136,9 @@ export async function evaluate(gt: Volume, pred: Volume, options?: EvaluateOptio
   const voxelMl = (sx * sy * sz) / 1000;
 
   const overlap = classes.map((c) => {
-    let tp = 0, gsum = 0, psum = 0;
-    tp = counts[c * K + c]!;
+    const tp = counts[c * K + c]!;
+    let gsum = 0,
+      psum = 0;
     for (let j = 0; j < K; j++) {
       gsum += counts[c * K + j]!;
       psum += counts[j * K + c]!;
@@ -133,7 +150,8 @@ export async function evaluate(gt: Volume, pred: Volume, options?: EvaluateOptio
   const cls = Int32Array.from(both.map((o) => o.c));
   const bx = new Float64Array(both.length * 6);
   both.forEach((o, k) => {
-    const gb = boxes.subarray(o.c * 6, o.c * 6 + 6), pb = boxes.subarray((K + o.c) * 6, (K + o.c) * 6 + 6);
+    const gb = boxes.subarray(o.c * 6, o.c * 6 + 6),
+      pb = boxes.subarray((K + o.c) * 6, (K + o.c) * 6 + 6);
     for (let i = 0; i < 3; i++) {
       bx[k * 6 + i] = Math.min(gb[i]!, pb[i]!);
       bx[k * 6 + 3 + i] = Math.max(gb[3 + i]!, pb[3 + i]!);

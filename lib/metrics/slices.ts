@@ -30,7 +30,10 @@ export function slicePresence(volume: Volume, classes: readonly number[] = DEFAU
       const v = volume.data[i]!;
       if (v === 0) continue;
       const k = index.get(v);
-      if (k !== undefined && !row[k]) (row[k] = true), found++;
+      if (k !== undefined && !row[k]) {
+        row[k] = true;
+        found++;
+      }
     }
     present.push(row);
     any.push(found > 0);
@@ -48,12 +51,15 @@ export function slicesToCsv(s: SliceLabels): string {
 
 /** Parses the RSNA-style CSV; `any` is read when present and must agree with the classes. */
 export function parseSliceCsv(text: string, label = "slice CSV"): SliceLabels {
-  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
+  const lines = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
   if (lines.length === 0) throw new Error(`${label}: empty`);
   const header = lines[0]!.split(",").map((h) => h.trim());
   if (header[0]?.toLowerCase() !== "slice") throw new Error(`${label}: the first column must be "slice", got "${header[0]}"`);
   const anyCol = header.findIndex((h) => h.toLowerCase() === "any");
-  const classCols = header.map((h, i) => [h, i] as const).filter(([h, i]) => i > 0 && i !== anyCol);
+  const classCols = header.map((h, i) => [h, i] as const).filter(([, i]) => i > 0 && i !== anyCol);
   const byName = new Map(Object.entries(BHSD_CLASSES).map(([c, n]) => [n.toLowerCase(), Number(c)]));
   const classes = classCols.map(([h]) => {
     const c = byName.get(h.toLowerCase()) ?? (/^class(\d+)$/i.exec(h) ? Number(/^class(\d+)$/i.exec(h)![1]) : NaN);
@@ -73,7 +79,10 @@ export function parseSliceCsv(text: string, label = "slice CSV"): SliceLabels {
       if (s === "0" || s.toLowerCase() === "false") return false;
       throw new Error(`${label}: line ${li + 1}, column ${col}: "${s}" is not 0 or 1`);
     };
-    rows.set(z, classCols.map(([h, i]) => bit(cells[i]!, h)));
+    rows.set(
+      z,
+      classCols.map(([h, i]) => bit(cells[i]!, h)),
+    );
     if (anyCol >= 0) anyVals.set(z, bit(cells[anyCol]!, "any"));
   }
   const nz = Math.max(...rows.keys()) + 1;
@@ -84,7 +93,8 @@ export function parseSliceCsv(text: string, label = "slice CSV"): SliceLabels {
     if (!p) throw new Error(`${label}: slice ${z} is missing (slices must be 0..${nz - 1})`);
     present.push(p);
     const a = p.some(Boolean);
-    if (anyVals.has(z) && anyVals.get(z) !== a) throw new Error(`${label}: slice ${z}: any = ${anyVals.get(z) ? 1 : 0} disagrees with its classes`);
+    if (anyVals.has(z) && anyVals.get(z) !== a)
+      throw new Error(`${label}: slice ${z}: any = ${anyVals.get(z) ? 1 : 0} disagrees with its classes`);
     any.push(a);
   }
   return { classes, present, any };
@@ -102,12 +112,18 @@ export interface SliceScore {
 }
 
 /** Sensitivity and specificity per class and for `any`, of `pred` against `truth`. */
-export function evaluateSlices(truth: SliceLabels, pred: SliceLabels): { perClass: Record<string, SliceScore>; any: SliceScore; slices: number } {
+export function evaluateSlices(
+  truth: SliceLabels,
+  pred: SliceLabels,
+): { perClass: Record<string, SliceScore>; any: SliceScore; slices: number } {
   if (truth.present.length !== pred.present.length) {
     throw new RangeError(`truth has ${truth.present.length} slices but pred has ${pred.present.length}`);
   }
   const score = (t: boolean[], p: boolean[]): SliceScore => {
-    let tp = 0, fp = 0, fn = 0, tn = 0;
+    let tp = 0,
+      fp = 0,
+      fn = 0,
+      tn = 0;
     t.forEach((x, i) => (x ? (p[i] ? tp++ : fn++) : p[i] ? fp++ : tn++));
     return { tp, fp, fn, tn, sensitivity: tp + fn ? tp / (tp + fn) : NaN, specificity: tn + fp ? tn / (tn + fp) : NaN };
   };
@@ -115,7 +131,10 @@ export function evaluateSlices(truth: SliceLabels, pred: SliceLabels): { perClas
   for (const [k, c] of truth.classes.entries()) {
     const j = pred.classes.indexOf(c);
     if (j < 0) throw invalidParameterError("pred.classes", `to include class ${c}`, pred.classes);
-    perClass[String(c)] = score(truth.present.map((r) => r[k]!), pred.present.map((r) => r[j]!));
+    perClass[String(c)] = score(
+      truth.present.map((r) => r[k]!),
+      pred.present.map((r) => r[j]!),
+    );
   }
   return { perClass, any: score(truth.any, pred.any), slices: truth.any.length };
 }

@@ -7,12 +7,35 @@
 import { producersOf, type Graph, type GraphNode } from "./graph.js";
 
 /** Where a value is written when its Concat is done in place: channels c0 … c0 + c of cTotal. */
-export interface ConcatSlot { concat: string; c0: number; c: number; cTotal: number }
+export interface ConcatSlot {
+  concat: string;
+  c0: number;
+  c: number;
+  cTotal: number;
+}
 
 /** Ops that write their whole result into a buffer from `alloc` (so it may be a slice of another). */
-const WRITES_ALLOC = new Set(["Conv", "ConvTranspose", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+const WRITES_ALLOC = new Set([
+  "Conv",
+  "ConvTranspose",
+  "InstanceNormalization",
+  "GroupNormalization",
+  "BatchNormalization",
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "PRelu",
+]);
 /** Ops whose output has their first input's channels. */
-const KEEPS_CHANNELS = new Set(["InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu"]);
+const KEEPS_CHANNELS = new Set([
+  "InstanceNormalization",
+  "GroupNormalization",
+  "BatchNormalization",
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "PRelu",
+]);
 
 /** Finds the channel Concats that can be done in place: each input's slot, by value name. */
 export function planConcats(nodes: GraphNode[], graph: Graph, outputs: readonly string[]): Map<string, ConcatSlot> {
@@ -35,7 +58,10 @@ export function planConcats(nodes: GraphNode[], graph: Graph, outputs: readonly 
   for (const n of nodes) {
     if (n.opType !== "Concat" || (n.attrs.axis !== 1 && n.attrs.axis !== -4)) continue;
     const ins = n.inputs;
-    const ok = ins.length > 1 && new Set(ins).size === ins.length && ins.every((i) => i && !taken.has(i) && !outputs.includes(i) && WRITES_ALLOC.has(producer.get(i)?.opType ?? ""));
+    const ok =
+      ins.length > 1 &&
+      new Set(ins).size === ins.length &&
+      ins.every((i) => i && !taken.has(i) && !outputs.includes(i) && WRITES_ALLOC.has(producer.get(i)?.opType ?? ""));
     const cs = ok ? ins.map((i) => channels(i!)) : [];
     if (!ok || cs.some((c) => typeof c !== "number" || !(c > 0))) continue;
     const cTotal = (cs as number[]).reduce((a, b) => a + b, 0);

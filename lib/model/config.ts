@@ -57,7 +57,8 @@ export function defaultConfig(): ModelConfig {
 }
 
 function triple(v: unknown, what: string): [number, number, number] {
-  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === "number" && x > 0)) throw new Error(`model config: ${what} must be three positive numbers [z, y, x], got ${JSON.stringify(v)}`);
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === "number" && x > 0))
+    throw new Error(`model config: ${what} must be three positive numbers [z, y, x], got ${JSON.stringify(v)}`);
   return v as [number, number, number];
 }
 
@@ -68,7 +69,8 @@ export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["so
   out.patchSize = triple(out.patchSize, "patchSize").map((v) => Math.round(v)) as [number, number, number];
   if (out.targetSpacing !== null) out.targetSpacing = triple(out.targetSpacing, "targetSpacing");
   const perm = out.transposeForward;
-  if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2") throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
+  if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2")
+    throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
   if (!(out.stepSize > 0 && out.stepSize <= 1)) throw new Error(`model config: stepSize must be in (0, 1], got ${out.stepSize}`);
   const ax = out.mirrorAxes;
   if (!Array.isArray(ax) || ax.length > 3 || !ax.every((a) => a === 0 || a === 1 || a === 2) || new Set(ax).size !== ax.length)
@@ -80,13 +82,20 @@ export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["so
     n?.type === "zscore" ||
     n?.type === "none" ||
     (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
-  if (!ok) throw new Error(`model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`);
+  if (!ok)
+    throw new Error(
+      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`,
+    );
   if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
   return out;
 }
 
 /** nnU-Net v2's plans.json and dataset.json (3d_fullres unless another configuration is named). */
-export function fromNnunet(plans: Record<string, unknown>, dataset: Record<string, unknown> | null, configuration = "3d_fullres"): Partial<ModelConfig> {
+export function fromNnunet(
+  plans: Record<string, unknown>,
+  dataset: Record<string, unknown> | null,
+  configuration = "3d_fullres",
+): Partial<ModelConfig> {
   const confs = plans.configurations as Record<string, Record<string, unknown>> | undefined;
   const conf = confs?.[configuration];
   if (!conf) throw new Error(`plans.json has no configuration "${configuration}" (it has ${Object.keys(confs ?? {}).join(", ")})`);
@@ -107,9 +116,15 @@ export function fromNnunet(plans: Record<string, unknown>, dataset: Record<strin
     out.normalization = { type: "ct", lower: props.percentile_00_5!, upper: props.percentile_99_5!, mean: props.mean!, std: props.std! };
   } else if (scheme === "ZScoreNormalization") out.normalization = { type: "zscore" };
   else if (scheme === "NoNormalization") out.normalization = { type: "none" };
-  else if (scheme) throw new Error(`plans.json normalization ${scheme} is not supported (CTNormalization, ZScoreNormalization, NoNormalization)`);
+  else if (scheme)
+    throw new Error(`plans.json normalization ${scheme} is not supported (CTNormalization, ZScoreNormalization, NoNormalization)`);
   const labels = dataset?.labels as Record<string, number> | undefined;
-  if (labels) out.classes = Object.fromEntries(Object.entries(labels).filter(([, v]) => typeof v === "number").map(([k, v]) => [String(v), k]));
+  if (labels)
+    out.classes = Object.fromEntries(
+      Object.entries(labels)
+        .filter(([, v]) => typeof v === "number")
+        .map(([k, v]) => [String(v), k]),
+    );
   return out;
 }
 
@@ -117,11 +132,15 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
   try {
     return JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`${path}: ${(e as Error).message}`);
+    throw new Error(`${path}: ${(e as Error).message}`, { cause: e });
   }
 }
 
-export async function readModelConfig(modelPath: string | null, metadata: Record<string, string>, given?: Partial<ModelConfig>): Promise<ModelConfig> {
+export async function readModelConfig(
+  modelPath: string | null,
+  metadata: Record<string, string>,
+  given?: Partial<ModelConfig>,
+): Promise<ModelConfig> {
   if (given) return normalizeConfig(given, "argument");
   if (modelPath) {
     const sidecar = modelPath.replace(/\.onnx$/i, "") + ".json";
@@ -136,7 +155,7 @@ export async function readModelConfig(modelPath: string | null, metadata: Record
     try {
       return normalizeConfig(JSON.parse(metadata.bhsd) as Partial<ModelConfig>, "metadata");
     } catch (e) {
-      throw new Error(`the model's metadata "bhsd" is not a valid config: ${(e as Error).message}`);
+      throw new Error(`the model's metadata "bhsd" is not a valid config: ${(e as Error).message}`, { cause: e });
     }
   }
   return defaultConfig();

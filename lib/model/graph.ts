@@ -68,7 +68,16 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Concat: ["axis"],
   MaxPool: ["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "storage_order"],
   AveragePool: ["kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad", "auto_pad"],
-  Resize: ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value", "antialias", "keep_aspect_ratio_policy"],
+  Resize: [
+    "mode",
+    "coordinate_transformation_mode",
+    "nearest_mode",
+    "cubic_coeff_a",
+    "exclude_outside",
+    "extrapolation_value",
+    "antialias",
+    "keep_aspect_ratio_policy",
+  ],
   Softmax: ["axis"],
   ArgMax: ["axis", "keepdims", "select_last_index"],
   // glue that exporters put around the real ops
@@ -143,7 +152,10 @@ export const SUPPORTED: Record<string, readonly string[]> = {
 function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
   const dims = ((t.dims as unknown[]) ?? []).map(Number);
   const dataType = Number(t.dataType ?? 0);
-  if (Array.isArray(t.externalData) && t.externalData.length) throw new Error(`${where}: tensor ${t.name} keeps its data in an external file, which bhsd does not read; save the model with all tensors inside (onnx.save(model, path, save_as_external_data=False))`);
+  if (Array.isArray(t.externalData) && t.externalData.length)
+    throw new Error(
+      `${where}: tensor ${t.name} keeps its data in an external file, which bhsd does not read; save the model with all tensors inside (onnx.save(model, path, save_as_external_data=False))`,
+    );
   const n = dims.reduce((a, b) => a * b, 1);
   const raw = t.rawData as Uint8Array | undefined;
   const hasRaw = raw !== undefined && raw.length > 0;
@@ -153,7 +165,8 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
   // raw bytes as an aligned array of their own: a decoded field may view a Node Buffer's shared
   // pool or the whole file at any offset, so `.buffer` is never read directly
   const own = (bytesPer: number): ArrayBuffer => {
-    if (raw!.length !== n * bytesPer) throw new Error(`${where}: tensor ${t.name} has ${raw!.length} bytes of data for ${n} values of ${bytesPer} bytes`);
+    if (raw!.length !== n * bytesPer)
+      throw new Error(`${where}: tensor ${t.name} has ${raw!.length} bytes of data for ${n} values of ${bytesPer} bytes`);
     const b = new ArrayBuffer(raw!.length);
     new Uint8Array(b).set(raw!);
     return b;
@@ -173,32 +186,56 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
     if (f64.length !== n) throw new Error(`${where}: tensor ${t.name} has ${f64.length} values for shape [${dims}]`);
     return { dims, dataType: ONNX_DTYPE.FLOAT, f32: Float32Array.from(f64) };
   }
-  if (dataType === ONNX_DTYPE.INT64 || dataType === ONNX_DTYPE.INT32 || dataType === ONNX_DTYPE.BOOL || dataType === ONNX_DTYPE.UINT8 || dataType === ONNX_DTYPE.INT8) {
+  if (
+    dataType === ONNX_DTYPE.INT64 ||
+    dataType === ONNX_DTYPE.INT32 ||
+    dataType === ONNX_DTYPE.BOOL ||
+    dataType === ONNX_DTYPE.UINT8 ||
+    dataType === ONNX_DTYPE.INT8
+  ) {
     let ints: number[];
-    if (n > MAX_INT_ELEMENTS) throw new Error(`${where}: integer tensor ${t.name} has ${n} values; bhsd keeps integer tensors for shape glue (at most ${MAX_INT_ELEMENTS})`);
+    if (n > MAX_INT_ELEMENTS)
+      throw new Error(
+        `${where}: integer tensor ${t.name} has ${n} values; bhsd keeps integer tensors for shape glue (at most ${MAX_INT_ELEMENTS})`,
+      );
     if (hasRaw) {
       const width = dataType === ONNX_DTYPE.INT64 ? 8 : dataType === ONNX_DTYPE.INT32 ? 4 : 1;
       const dv = new DataView(own(width));
       ints = Array.from({ length: n }, (_, i) =>
-        width === 8 ? Number(dv.getBigInt64(i * 8, true)) : width === 4 ? dv.getInt32(i * 4, true) : dataType === ONNX_DTYPE.INT8 ? dv.getInt8(i) : dv.getUint8(i),
+        width === 8
+          ? Number(dv.getBigInt64(i * 8, true))
+          : width === 4
+            ? dv.getInt32(i * 4, true)
+            : dataType === ONNX_DTYPE.INT8
+              ? dv.getInt8(i)
+              : dv.getUint8(i),
       );
     } else ints = (((dataType === ONNX_DTYPE.INT64 ? t.int64Data : t.int32Data) as unknown[]) ?? []).map(Number);
     if (ints.length !== n) throw new Error(`${where}: tensor ${t.name} has ${ints.length} values for shape [${dims}]`);
     return { dims, dataType: ONNX_DTYPE.INT64, ints };
   }
-  throw new Error(`${where}: tensor ${t.name} has ONNX data type ${dataType}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`);
+  throw new Error(
+    `${where}: tensor ${t.name} has ONNX data type ${dataType}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`,
+  );
 }
 
 function attrOf(a: Record<string, unknown>, where: string): Attr {
   switch (Number(a.type)) {
     // proto3 leaves a field at its default (0) out of the encoding: absent means 0
-    case 1: return Number(a.f ?? 0);
-    case 2: return Number(a.i ?? 0);
-    case 3: return new TextDecoder().decode(a.s as Uint8Array);
-    case 4: return tensorOf(a.t as Record<string, unknown>, where);
-    case 6: return ((a.floats as unknown[]) ?? []).map(Number);
-    case 7: return ((a.ints as unknown[]) ?? []).map(Number);
-    default: throw new Error(`${where}: attribute ${a.name} has a type (${a.type}) bhsd does not read`);
+    case 1:
+      return Number(a.f ?? 0);
+    case 2:
+      return Number(a.i ?? 0);
+    case 3:
+      return new TextDecoder().decode(a.s as Uint8Array);
+    case 4:
+      return tensorOf(a.t as Record<string, unknown>, where);
+    case 6:
+      return ((a.floats as unknown[]) ?? []).map(Number);
+    case 7:
+      return ((a.ints as unknown[]) ?? []).map(Number);
+    default:
+      throw new Error(`${where}: attribute ${a.name} has a type (${a.type}) bhsd does not read`);
   }
 }
 
@@ -210,20 +247,21 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
     try {
       bytes = await readFile(pathOrBytes);
     } catch (e) {
-      throw new Error(`${label}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+      throw new Error(`${label}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`, { cause: e });
     }
   } else bytes = pathOrBytes;
   let m: Record<string, unknown>;
   try {
     m = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, defaults: false, arrays: true }) as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`${label}: not an ONNX model (${(e as Error).message})`);
+    throw new Error(`${label}: not an ONNX model (${(e as Error).message})`, { cause: e });
   }
   const g = m.graph as Record<string, unknown> | undefined;
   if (!g || !Array.isArray(g.node)) throw new Error(`${label}: not an ONNX model (no graph)`);
   const opsets = (m.opsetImport as { domain?: string; version?: number }[]) ?? [];
   const opset = Number(opsets.find((o) => !o.domain || o.domain === "ai.onnx")?.version ?? 0);
-  if (opset < 13 || opset > 21) throw new Error(`${label}: opset ${opset} is not supported (bhsd runs opsets 13 to 21; re-export with opset_version=17)`);
+  if (opset < 13 || opset > 21)
+    throw new Error(`${label}: opset ${opset} is not supported (bhsd runs opsets 13 to 21; re-export with opset_version=17)`);
   const initializers = new Map<string, OnnxTensor>();
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) initializers.set(String(t.name), tensorOf(t, label));
   const problems: string[] = [];
@@ -251,9 +289,9 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
   const inputs = ((g.input as Record<string, unknown>[]) ?? [])
     .filter((v) => !initializers.has(String(v.name)))
     .map((v) => {
-      const dims = (((v.type as Record<string, Record<string, Record<string, unknown>>>)?.tensorType?.shape?.dim as Record<string, unknown>[]) ?? []).map((d) =>
-        d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?"),
-      );
+      const dims = (
+        ((v.type as Record<string, Record<string, Record<string, unknown>>>)?.tensorType?.shape?.dim as Record<string, unknown>[]) ?? []
+      ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
   const produced = new Set([...initializers.keys(), ...inputs.map((i) => i.name), ...nodes.flatMap((n) => n.outputs)]);
@@ -275,7 +313,17 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
 
 /** ONNX data types Cast may produce, and what the engine keeps them as. */
 export const CAST_FLOAT = new Set([ONNX_DTYPE.FLOAT, ONNX_DTYPE.DOUBLE]);
-export const CAST_INT = new Set<number>([ONNX_DTYPE.UINT8, ONNX_DTYPE.INT8, ONNX_DTYPE.UINT16, ONNX_DTYPE.INT16, ONNX_DTYPE.INT32, ONNX_DTYPE.INT64, ONNX_DTYPE.BOOL, ONNX_DTYPE.UINT32, ONNX_DTYPE.UINT64]);
+export const CAST_INT = new Set<number>([
+  ONNX_DTYPE.UINT8,
+  ONNX_DTYPE.INT8,
+  ONNX_DTYPE.UINT16,
+  ONNX_DTYPE.INT16,
+  ONNX_DTYPE.INT32,
+  ONNX_DTYPE.INT64,
+  ONNX_DTYPE.BOOL,
+  ONNX_DTYPE.UINT32,
+  ONNX_DTYPE.UINT64,
+]);
 
 const SPATIAL_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool"];
 /** Largest kernel extent or pad a model may ask for (far beyond any CT network). */
@@ -287,9 +335,11 @@ const MAX_STRIDE = 64;
 function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[] {
   const p: string[] = [];
   const autoPad = a.auto_pad as string | undefined;
-  if (autoPad !== undefined && autoPad !== "NOTSET" && autoPad !== "VALID") p.push(`${where}: attribute auto_pad = ${autoPad} is not supported (only NOTSET and VALID; export with explicit pads)`);
+  if (autoPad !== undefined && autoPad !== "NOTSET" && autoPad !== "VALID")
+    p.push(`${where}: attribute auto_pad = ${autoPad} is not supported (only NOTSET and VALID; export with explicit pads)`);
   const ks = a.kernel_shape as number[] | undefined;
-  if (ks && ks.length !== 3 && SPATIAL_OPS.includes(op)) p.push(`${where}: attribute kernel_shape has ${ks.length} axes; bhsd runs 3-D models`);
+  if (ks && ks.length !== 3 && SPATIAL_OPS.includes(op))
+    p.push(`${where}: attribute kernel_shape has ${ks.length} axes; bhsd runs 3-D models`);
   // every number an attribute holds must be finite: NaN or ∞ eps, alpha or pads are refused here
   for (const [k, v] of Object.entries(a)) {
     const nums = typeof v === "number" ? [v] : Array.isArray(v) ? v : [];
@@ -313,27 +363,35 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[
   }
   for (const k of ["epsilon"]) {
     const v = a[k];
-    if (v !== undefined && !(typeof v === "number" && v >= 0 && v < 1)) p.push(`${where}: attribute ${k} = ${v} must be a number in [0, 1)`);
+    if (v !== undefined && !(typeof v === "number" && v >= 0 && v < 1))
+      p.push(`${where}: attribute ${k} = ${v} must be a number in [0, 1)`);
   }
   if (a.alpha !== undefined && typeof a.alpha !== "number") p.push(`${where}: attribute alpha must be a number`);
   if (op === "Resize") {
     const mode = (a.mode as string | undefined) ?? "nearest";
     if (mode !== "nearest" && mode !== "linear") p.push(`${where}: attribute mode = ${mode} is not supported (nearest, linear)`);
     const ctm = (a.coordinate_transformation_mode as string | undefined) ?? "half_pixel";
-    if (!["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"].includes(ctm)) p.push(`${where}: attribute coordinate_transformation_mode = ${ctm} is not supported`);
+    if (!["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"].includes(ctm))
+      p.push(`${where}: attribute coordinate_transformation_mode = ${ctm} is not supported`);
     if (a.antialias) p.push(`${where}: attribute antialias = 1 is not supported`);
     if (a.exclude_outside) p.push(`${where}: attribute exclude_outside = 1 is not supported`);
   }
   if (op === "Pad") {
     const mode = (a.mode as string | undefined) ?? "constant";
-    if (!["constant", "edge", "reflect", "wrap"].includes(mode)) p.push(`${where}: attribute mode = ${mode} is not supported (constant, edge, reflect, wrap)`);
+    if (!["constant", "edge", "reflect", "wrap"].includes(mode))
+      p.push(`${where}: attribute mode = ${mode} is not supported (constant, edge, reflect, wrap)`);
   }
   if (op === "Cast" && !CAST_FLOAT.has(a.to as 1) && !CAST_INT.has(a.to as number)) {
-    p.push(`${where}: attribute to = ${a.to} is not a type bhsd computes in (float, double and the integer types; float16/bfloat16 would change the numbers)`);
+    p.push(
+      `${where}: attribute to = ${a.to} is not a type bhsd computes in (float, double and the integer types; float16/bfloat16 would change the numbers)`,
+    );
   }
-  if (op === "Gelu" && a.approximate !== undefined && a.approximate !== "none" && a.approximate !== "tanh") p.push(`${where}: attribute approximate = ${a.approximate} must be none or tanh`);
+  if (op === "Gelu" && a.approximate !== undefined && a.approximate !== "none" && a.approximate !== "tanh")
+    p.push(`${where}: attribute approximate = ${a.approximate} must be none or tanh`);
   if (op === "Einsum" && !/^[a-zA-Z]+,[a-zA-Z]+->[a-zA-Z]*$/.test(String(a.equation ?? "").replace(/\s/g, ""))) {
-    p.push(`${where}: attribute equation = ${JSON.stringify(a.equation)} is not a two-operand einsum with explicit output (bhsd runs "ab,bc->ac" forms)`);
+    p.push(
+      `${where}: attribute equation = ${JSON.stringify(a.equation)} is not a two-operand einsum with explicit output (bhsd runs "ab,bc->ac" forms)`,
+    );
   }
   if (op === "GroupNormalization") ints("num_groups", 1, 1 << 20);
   if (op === "ArgMax" && a.select_last_index) p.push(`${where}: attribute select_last_index = 1 is not supported`);
@@ -349,7 +407,8 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[
  */
 export function checkConstantInputs(nodes: readonly GraphNode[], consts: ReadonlyMap<string, OnnxTensor>, label: string): void {
   const problems: string[] = [];
-  const ints = (name: string | undefined) => (name ? consts.get(name)?.ints ?? (consts.get(name)?.f32 ? Array.from(consts.get(name)!.f32!) : undefined) : undefined);
+  const ints = (name: string | undefined) =>
+    name ? (consts.get(name)?.ints ?? (consts.get(name)?.f32 ? Array.from(consts.get(name)!.f32!) : undefined)) : undefined;
   for (const n of nodes) {
     const where = `${label}: node ${n.name} (${n.opType})`;
     if (SPATIAL_OPS.includes(n.opType)) {
@@ -359,11 +418,13 @@ export function checkConstantInputs(nodes: readonly GraphNode[], consts: Readonl
       const pads = n.attrs.pads as number[] | undefined;
       if (w && w.length !== 5) problems.push(`${where}: weight has shape [${w}]; bhsd runs 3-D convolutions ([Co, C, kD, kH, kW])`);
       const ka = n.attrs.kernel_shape as number[] | undefined;
-      if (w && w.length === 5 && ka && ka.some((v, i) => v !== w[i + 2])) problems.push(`${where}: kernel_shape [${ka}] disagrees with the weight's [${w.slice(2)}]`);
+      if (w && w.length === 5 && ka && ka.some((v, i) => v !== w[i + 2]))
+        problems.push(`${where}: kernel_shape [${ka}] disagrees with the weight's [${w.slice(2)}]`);
       if (k && pads && n.opType !== "ConvTranspose") {
         for (let i = 0; i < 3; i++) {
           const span = d[i]! * (k[i]! - 1) + 1;
-          if (pads[i]! >= span || pads[i + 3]! >= span) problems.push(`${where}: pads [${pads}] reach past the kernel's span ${span} on axis ${i} (output made of padding only)`);
+          if (pads[i]! >= span || pads[i + 3]! >= span)
+            problems.push(`${where}: pads [${pads}] reach past the kernel's span ${span} on axis ${i} (output made of padding only)`);
         }
       }
     }
@@ -373,7 +434,8 @@ export function checkConstantInputs(nodes: readonly GraphNode[], consts: Readonl
     }
     if (n.opType === "Reshape") {
       const shape = ints(n.inputs[1]);
-      if (shape && (shape.filter((v) => v === -1).length > 1 || shape.some((v) => v < -1))) problems.push(`${where}: shape [${shape}] may hold one -1 and no other negative`);
+      if (shape && (shape.filter((v) => v === -1).length > 1 || shape.some((v) => v < -1)))
+        problems.push(`${where}: shape [${shape}] may hold one -1 and no other negative`);
     }
     if (n.opType === "Range") {
       const delta = ints(n.inputs[2]);
@@ -414,7 +476,8 @@ function topoSort(nodes: GraphNode[], known: Set<string>, label: string): GraphN
     heap[i] = k;
   };
   const pop = (): number => {
-    const top = heap[0]!, last = heap.pop()!;
+    const top = heap[0]!,
+      last = heap.pop()!;
     if (heap.length) {
       let i = 0;
       for (;;) {
@@ -468,8 +531,22 @@ export function fuseActivations(graph: Graph): GraphNode[] {
   for (const n of graph.nodes) {
     if (n.opType !== "Relu" && n.opType !== "LeakyRelu") continue;
     const p = producer.get(n.inputs[0]!);
-    if (!p || (p.opType !== "Conv" && p.opType !== "InstanceNormalization" && p.opType !== "GroupNormalization") || p.fusedAct || fused.has(p) || consumers.get(n.inputs[0]!) !== 1) continue;
-    fused.set(p, { ...p, fusedAct: { act: n.opType === "Relu" ? "relu" : "leakyRelu", alpha: n.opType === "LeakyRelu" ? ((n.attrs.alpha as number | undefined) ?? 0.01) : 0, output: n.outputs[0]! } });
+    if (
+      !p ||
+      (p.opType !== "Conv" && p.opType !== "InstanceNormalization" && p.opType !== "GroupNormalization") ||
+      p.fusedAct ||
+      fused.has(p) ||
+      consumers.get(n.inputs[0]!) !== 1
+    )
+      continue;
+    fused.set(p, {
+      ...p,
+      fusedAct: {
+        act: n.opType === "Relu" ? "relu" : "leakyRelu",
+        alpha: n.opType === "LeakyRelu" ? ((n.attrs.alpha as number | undefined) ?? 0.01) : 0,
+        output: n.outputs[0]!,
+      },
+    });
     drop.add(n);
   }
   return graph.nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
@@ -498,23 +575,47 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     const t = name ? inits.get(name) : undefined;
     return t?.f32 && t.dims.length >= 1 && t.dims.slice(1).every((d) => d === 1) ? { C: t.dims[0]!, rank: t.dims.length } : undefined;
   };
-  const drop = new Set<GraphNode>(), replace = new Map<GraphNode, GraphNode>();
+  const drop = new Set<GraphNode>(),
+    replace = new Map<GraphNode, GraphNode>();
   for (const norm of nodes) {
     if (norm.opType !== "InstanceNormalization" || norm.fusedAct) continue;
     const r1 = producer.get(norm.inputs[0]!);
     const target = ints(r1?.inputs[1]);
-    if (!r1 || r1.opType !== "Reshape" || r1.attrs.allowzero || !target || target.length !== 3 || target[0] !== 0 || !(target[1]! > 0) || target[2] !== -1 || only(r1.outputs[0], "InstanceNormalization") !== norm) continue;
-    const G = target[1]!, one = floats(norm.inputs[1]), zero = floats(norm.inputs[2]);
+    if (
+      !r1 ||
+      r1.opType !== "Reshape" ||
+      r1.attrs.allowzero ||
+      !target ||
+      target.length !== 3 ||
+      target[0] !== 0 ||
+      !(target[1]! > 0) ||
+      target[2] !== -1 ||
+      only(r1.outputs[0], "InstanceNormalization") !== norm
+    )
+      continue;
+    const G = target[1]!,
+      one = floats(norm.inputs[1]),
+      zero = floats(norm.inputs[2]);
     if (!one || !zero || one.length !== G || zero.length !== G || one.some((v) => v !== 1) || zero.some((v) => v !== 0)) continue;
     const r2 = only(norm.outputs[0], "Reshape");
     const shape = r2 && producer.get(r2.inputs[1]!);
-    if (!r2 || !shape || shape.opType !== "Shape" || shape.inputs[0] !== r1.inputs[0] || shape.attrs.start !== undefined || shape.attrs.end !== undefined) continue;
+    if (
+      !r2 ||
+      !shape ||
+      shape.opType !== "Shape" ||
+      shape.inputs[0] !== r1.inputs[0] ||
+      shape.attrs.start !== undefined ||
+      shape.attrs.end !== undefined
+    )
+      continue;
     const mul = only(r2.outputs[0], "Mul");
     const gamma = mul && mul.inputs.find((i) => i !== r2.outputs[0]);
     const add = mul && only(mul.outputs[0], "Add");
     const beta = add && add.inputs.find((i) => i !== mul!.outputs[0]);
-    const g = channelConst(gamma), b = channelConst(beta);
-    if (!mul || !add || !g || !b || g.C !== b.C || g.rank !== b.rank || g.C % G || mul.inputs.length !== 2 || add.inputs.length !== 2) continue;
+    const g = channelConst(gamma),
+      b = channelConst(beta);
+    if (!mul || !add || !g || !b || g.C !== b.C || g.rank !== b.rank || g.C % G || mul.inputs.length !== 2 || add.inputs.length !== 2)
+      continue;
     replace.set(norm, {
       opType: "GroupNormalization",
       name: norm.name,

@@ -40,10 +40,12 @@ export function reshapeShape(s0: readonly number[], spec: readonly number[], all
     return d;
   });
   const holes = want.filter((d) => d === -1).length;
-  if (holes > 1 || want.some((d) => !Number.isInteger(d) || d < -1)) throw new RangeError(`Reshape to [${spec}]: dimensions must be integers ≥ 0 with at most one -1`);
+  if (holes > 1 || want.some((d) => !Number.isInteger(d) || d < -1))
+    throw new RangeError(`Reshape to [${spec}]: dimensions must be integers ≥ 0 with at most one -1`);
   const known = size(want.filter((d) => d !== -1));
   if (holes === 1) {
-    if (known === 0 || len % known !== 0) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}]: ${len} is not a multiple of ${known}`);
+    if (known === 0 || len % known !== 0)
+      throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}]: ${len} is not a multiple of ${known}`);
   } else if (known !== len) throw new RangeError(`Reshape of [${s0}] (${len} values) to [${spec}] (${known} values)`);
   return want.map((d) => (d === -1 ? len / known : d));
 }
@@ -58,7 +60,9 @@ export function squeezeShape(s: readonly number[], axes: readonly number[], unsq
     for (const ax of norm.sort((p, q) => p - q)) ns.splice(ax, 0, 1);
     return ns;
   }
-  const drop = new Set((axes.length ? axes : s.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0)).map((x) => normAxis(x, s.length, "Squeeze axis")));
+  const drop = new Set(
+    (axes.length ? axes : s.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0)).map((x) => normAxis(x, s.length, "Squeeze axis")),
+  );
   for (const i of drop) if (s[i] !== 1) throw new RangeError(`Squeeze of axis ${i} of [${s}], which is not 1`);
   return s.filter((_, i) => !drop.has(i));
 }
@@ -69,7 +73,8 @@ const ints = (k: Known | undefined | null): number[] | undefined => {
   return "ints" in v ? v.ints : v.f.data.length <= 64 ? Array.from(v.f.data) : undefined;
 };
 const triple = (a: Attr | undefined, d: number): number[] => (Array.isArray(a) ? (a as number[]) : [d, d, d]);
-const pads6 = (a: Attr | undefined, autoPad: Attr | undefined): number[] => (autoPad === "VALID" || !Array.isArray(a) ? [0, 0, 0, 0, 0, 0] : (a as number[]));
+const pads6 = (a: Attr | undefined, autoPad: Attr | undefined): number[] =>
+  autoPad === "VALID" || !Array.isArray(a) ? [0, 0, 0, 0, 0, 0] : (a as number[]);
 const same = (x: Known, int = x.int): Known => ({ shape: [...x.shape], int });
 const float = (shape: number[]): Known => ({ shape, int: false });
 const rank5 = (x: Known, what: string) => {
@@ -82,8 +87,53 @@ const perChannel = (p: Known | undefined | null, C: number, what: string, alt?: 
 
 type Rule = (x: (Known | undefined | null)[], at: Record<string, Attr>, n: GraphNode, opset: number) => (Known | undefined)[];
 
-const SAME_SHAPE = ["Relu", "LeakyRelu", "Sigmoid", "Identity", "Dropout", "Sqrt", "Exp", "Log", "Tanh", "Erf", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Softplus", "Elu", "Selu", "HardSigmoid", "Gelu", "Clip", "Softmax", "LogSoftmax"];
-const BROADCAST = ["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Where"];
+const SAME_SHAPE = [
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "Identity",
+  "Dropout",
+  "Sqrt",
+  "Exp",
+  "Log",
+  "Tanh",
+  "Erf",
+  "Neg",
+  "Abs",
+  "Reciprocal",
+  "Floor",
+  "Ceil",
+  "Round",
+  "Sign",
+  "Softplus",
+  "Elu",
+  "Selu",
+  "HardSigmoid",
+  "Gelu",
+  "Clip",
+  "Softmax",
+  "LogSoftmax",
+];
+const BROADCAST = [
+  "Add",
+  "Sub",
+  "Mul",
+  "Div",
+  "Pow",
+  "Mod",
+  "Max",
+  "Min",
+  "Sum",
+  "Mean",
+  "Equal",
+  "Less",
+  "Greater",
+  "LessOrEqual",
+  "GreaterOrEqual",
+  "And",
+  "Or",
+  "Where",
+];
 const COMPARE = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
 
 function convOut(x: Known, w: Known, at: Record<string, Attr>): number[] {
@@ -92,12 +142,20 @@ function convOut(x: Known, w: Known, at: Record<string, Attr>): number[] {
   const g = (at.group as number | undefined) ?? 1;
   if (C % g || Co % g) throw new RangeError(`input channels ${C} and output channels ${Co} must both be divisible by group ${g}`);
   if (Cg !== C / g) throw new RangeError(`the weights [${w.shape}] take ${Cg * g} input channels but the input [${x.shape}] has ${C}`);
-  const s = triple(at.strides, 1), d = triple(at.dilations, 1), p = pads6(at.pads, at.auto_pad);
-  return [N, Co, ...x.shape.slice(2).map((e, i) => {
-    const span = d[i]! * (w.shape[2 + i]! - 1) + 1, padded = e + p[i]! + p[i + 3]!;
-    if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
-    return Math.floor((padded - span) / s[i]!) + 1;
-  })];
+  const s = triple(at.strides, 1),
+    d = triple(at.dilations, 1),
+    p = pads6(at.pads, at.auto_pad);
+  return [
+    N,
+    Co,
+    ...x.shape.slice(2).map((e, i) => {
+      const span = d[i]! * (w.shape[2 + i]! - 1) + 1,
+        padded = e + p[i]! + p[i + 3]!;
+      if (padded < span)
+        throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
+      return Math.floor((padded - span) / s[i]!) + 1;
+    }),
+  ];
 }
 
 const RULES: Record<string, Rule> = {
@@ -114,8 +172,12 @@ const RULES: Record<string, Rule> = {
     rank5(x, "input");
     if (w.shape.length !== 5) throw new RangeError(`weights [${w.shape}] must be rank 5`);
     const g = (at.group as number | undefined) ?? 1;
-    if (w.shape[0] !== x.shape[1]) throw new RangeError(`the weights [${w.shape}] take ${w.shape[0]} input channels but the input [${x.shape}] has ${x.shape[1]}`);
-    const s = triple(at.strides, 1), d = triple(at.dilations, 1), p = pads6(at.pads, at.auto_pad), op = triple(at.output_padding, 0);
+    if (w.shape[0] !== x.shape[1])
+      throw new RangeError(`the weights [${w.shape}] take ${w.shape[0]} input channels but the input [${x.shape}] has ${x.shape[1]}`);
+    const s = triple(at.strides, 1),
+      d = triple(at.dilations, 1),
+      p = pads6(at.pads, at.auto_pad),
+      op = triple(at.output_padding, 0);
     const out = x.shape.slice(2).map((e, i) => {
       const o = (e - 1) * s[i]! - p[i]! - p[i + 3]! + d[i]! * (w.shape[2 + i]! - 1) + op[i]! + 1;
       if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
@@ -149,8 +211,11 @@ const RULES: Record<string, Rule> = {
   Concat: (xs, at) => {
     if (xs.some((x) => !x)) return [undefined];
     const ks = xs as Known[];
-    const r = ks[0]!.shape.length, a = normAxis((at.axis as number | undefined) ?? 0, r, "Concat axis");
-    for (const k of ks) if (k.shape.length !== r || k.shape.some((d, i) => i !== a && d !== ks[0]!.shape[i])) throw new RangeError(`shapes ${ks.map((y) => `[${y.shape}]`).join(", ")} do not concatenate on axis ${a}`);
+    const r = ks[0]!.shape.length,
+      a = normAxis((at.axis as number | undefined) ?? 0, r, "Concat axis");
+    for (const k of ks)
+      if (k.shape.length !== r || k.shape.some((d, i) => i !== a && d !== ks[0]!.shape[i]))
+        throw new RangeError(`shapes ${ks.map((y) => `[${y.shape}]`).join(", ")} do not concatenate on axis ${a}`);
     const shape = [...ks[0]!.shape];
     shape[a] = ks.reduce((s, k) => s + k.shape[a]!, 0);
     return [{ shape, int: ks.every((k) => k.int) }];
@@ -177,8 +242,10 @@ const RULES: Record<string, Rule> = {
   },
   Transpose: ([x], at) => {
     if (!x) return [undefined];
-    const r = x.shape.length, p = (at.perm as number[] | undefined) ?? x.shape.map((_, i) => r - 1 - i);
-    if (p.length !== r || new Set(p.map((a) => normAxis(a, r, "perm axis"))).size !== r) throw new RangeError(`perm [${p}] is not a permutation of ${r} axes`);
+    const r = x.shape.length,
+      p = (at.perm as number[] | undefined) ?? x.shape.map((_, i) => r - 1 - i);
+    if (p.length !== r || new Set(p.map((a) => normAxis(a, r, "perm axis"))).size !== r)
+      throw new RangeError(`perm [${p}] is not a permutation of ${r} axes`);
     return [{ shape: p.map((a) => x.shape[a < 0 ? a + r : a]!), int: x.int }];
   },
   Resize: ([x, , scales, sizes]) => {
@@ -186,7 +253,8 @@ const RULES: Record<string, Rule> = {
     rank5(x, "input");
     const sz = sizes ? ints(sizes) : undefined;
     if (sz?.length) {
-      if (sz.length !== 5 || sz[0] !== x.shape[0] || sz[1] !== x.shape[1]) throw new RangeError(`sizes [${sz}] must keep N and C of [${x.shape}]`);
+      if (sz.length !== 5 || sz[0] !== x.shape[0] || sz[1] !== x.shape[1])
+        throw new RangeError(`sizes [${sz}] must keep N and C of [${x.shape}]`);
       return [float([...sz])];
     }
     const sc = scales?.value ? ("f" in scales.value ? Array.from(scales.value.f.data) : scales.value.ints) : undefined;
@@ -205,20 +273,27 @@ const RULES: Record<string, Rule> = {
     if (!x || !idx) return [undefined];
     const a = normAxis((at.axis as number | undefined) ?? 0, x.shape.length, "Gather axis");
     const known = ints(idx);
-    if (known) for (const v of known) if (v < -x.shape[a]! || v >= x.shape[a]!) throw new RangeError(`index ${v} is out of range for axis ${a} of ${x.shape[a]}`);
+    if (known)
+      for (const v of known)
+        if (v < -x.shape[a]! || v >= x.shape[a]!) throw new RangeError(`index ${v} is out of range for axis ${a} of ${x.shape[a]}`);
     return [{ shape: [...x.shape.slice(0, a), ...idx.shape, ...x.shape.slice(a + 1)], int: x.int }];
   },
   Slice: ([x, starts, ends, axes, steps]) => {
-    const b = ints(starts), e = ints(ends), ax = axes ? ints(axes) : undefined, st = steps ? ints(steps) : undefined;
+    const b = ints(starts),
+      e = ints(ends),
+      ax = axes ? ints(axes) : undefined,
+      st = steps ? ints(steps) : undefined;
     if (!x || !b || !e || (axes && !ax) || (steps && !st)) return [undefined];
     const r = x.shape.length;
     const axn = (ax ?? b.map((_, i) => i)).map((a) => normAxis(a, r, "Slice axis"));
     const stp = st ?? b.map(() => 1);
-    if (e.length !== b.length || axn.length !== b.length || stp.length !== b.length) throw new RangeError("starts, ends, axes and steps differ in length");
+    if (e.length !== b.length || axn.length !== b.length || stp.length !== b.length)
+      throw new RangeError("starts, ends, axes and steps differ in length");
     if (new Set(axn).size !== axn.length) throw new RangeError("an axis is sliced twice");
     const shape = [...x.shape];
     axn.forEach((a, k) => {
-      const d = x.shape[a]!, s = stp[k]!;
+      const d = x.shape[a]!,
+        s = stp[k]!;
       if (!Number.isInteger(s) || s === 0) throw new RangeError(`step ${s} on axis ${a} (steps must be non-zero integers)`);
       const clamp = (v: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, v < 0 ? v + d : v));
       const lo = s > 0 ? clamp(b[k]!, 0, d) : clamp(b[k]!, -1, d - 1);
@@ -247,11 +322,22 @@ const RULES: Record<string, Rule> = {
   MatMul: ([a, b]) => {
     if (!a || !b) return [undefined];
     if (!a.shape.length || !b.shape.length) throw new RangeError("MatMul of a scalar");
-    const A = a.shape.length === 1 ? [1, a.shape[0]!] : a.shape, B = b.shape.length === 1 ? [b.shape[0]!, 1] : b.shape;
-    const M = A[A.length - 2]!, K = A[A.length - 1]!, K2 = B[B.length - 2]!, N = B[B.length - 1]!;
+    const A = a.shape.length === 1 ? [1, a.shape[0]!] : a.shape,
+      B = b.shape.length === 1 ? [b.shape[0]!, 1] : b.shape;
+    const M = A[A.length - 2]!,
+      K = A[A.length - 1]!,
+      K2 = B[B.length - 2]!,
+      N = B[B.length - 1]!;
     if (K !== K2) throw new RangeError(`[${a.shape}] × [${b.shape}]: inner dimensions ${K} and ${K2} differ`);
     const batch = broadcastShapes([A.slice(0, -2), B.slice(0, -2)], "MatMul");
-    const shape = a.shape.length === 1 && b.shape.length === 1 ? batch : a.shape.length === 1 ? [...batch, N] : b.shape.length === 1 ? [...batch, M] : [...batch, M, N];
+    const shape =
+      a.shape.length === 1 && b.shape.length === 1
+        ? batch
+        : a.shape.length === 1
+          ? [...batch, N]
+          : b.shape.length === 1
+            ? [...batch, M]
+            : [...batch, M, N];
     return [{ shape, int: a.int && b.int }];
   },
   Gemm: ([a, b, c], at) => {
@@ -266,29 +352,46 @@ const RULES: Record<string, Rule> = {
     if (!a || !b) return [undefined];
     const m = /^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]*)$/.exec(String(at.equation).replace(/\s/g, ""));
     if (!m) throw new RangeError(`equation ${String(at.equation)} is not a two-operand einsum with an explicit output`);
-    if (m[1]!.length !== a.shape.length || m[2]!.length !== b.shape.length) throw new RangeError(`${String(at.equation)} does not match ranks ${a.shape.length} and ${b.shape.length}`);
+    if (m[1]!.length !== a.shape.length || m[2]!.length !== b.shape.length)
+      throw new RangeError(`${String(at.equation)} does not match ranks ${a.shape.length} and ${b.shape.length}`);
     const dim = new Map<string, number>();
-    for (const [ls, s] of [[m[1]!, a.shape], [m[2]!, b.shape]] as const) [...ls].forEach((c, i) => {
-      const d = s[i]!, had = dim.get(c);
-      if (had !== undefined && had !== d && had !== 1 && d !== 1) throw new RangeError(`index ${c} is ${had} and ${d}`);
-      dim.set(c, Math.max(had ?? 1, d));
-    });
-    return [{ shape: [...m[3]!].map((c) => {
-      const d = dim.get(c);
-      if (d === undefined) throw new RangeError(`output index ${c} is in neither operand`);
-      return d;
-    }), int: a.int && b.int }];
+    for (const [ls, s] of [
+      [m[1]!, a.shape],
+      [m[2]!, b.shape],
+    ] as const)
+      [...ls].forEach((c, i) => {
+        const d = s[i]!,
+          had = dim.get(c);
+        if (had !== undefined && had !== d && had !== 1 && d !== 1) throw new RangeError(`index ${c} is ${had} and ${d}`);
+        dim.set(c, Math.max(had ?? 1, d));
+      });
+    return [
+      {
+        shape: [...m[3]!].map((c) => {
+          const d = dim.get(c);
+          if (d === undefined) throw new RangeError(`output index ${c} is in neither operand`);
+          return d;
+        }),
+        int: a.int && b.int,
+      },
+    ];
   },
   LayerNormalization: ([x, scale, bias], at) => {
     if (!x) return [undefined];
     const inner = size(x.shape.slice(normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis")));
-    for (const [t, nm] of [[scale, "Scale"], [bias, "B"]] as const) if (t && size(t.shape) !== inner && size(t.shape) !== 1) throw new RangeError(`${nm} has ${size(t.shape)} values for a normalised extent of ${inner}`);
+    for (const [t, nm] of [
+      [scale, "Scale"],
+      [bias, "B"],
+    ] as const)
+      if (t && size(t.shape) !== inner && size(t.shape) !== 1)
+        throw new RangeError(`${nm} has ${size(t.shape)} values for a normalised extent of ${inner}`);
     return [same(x)];
   },
   GroupNormalization: ([x, scale, bias], at) => {
     if (!x) return [undefined];
     if (x.shape.length < 3) throw new RangeError(`input [${x.shape}] must be [N, C, ...spatial]`);
-    const C = x.shape[1]!, G = at.num_groups as number;
+    const C = x.shape[1]!,
+      G = at.num_groups as number;
     if (!G || C % G) throw new RangeError(`${C} channels do not split into ${G} groups`);
     perChannel(scale, C, "scale", G);
     perChannel(bias, C, "bias", G);
@@ -307,7 +410,8 @@ const RULES: Record<string, Rule> = {
   Tile: ([x, reps]) => {
     const r = ints(reps);
     if (!x || !r) return [undefined];
-    if (r.length !== x.shape.length || r.some((v) => !Number.isInteger(v) || v < 0)) throw new RangeError(`repeats [${r}] must be ${x.shape.length} non-negative integers`);
+    if (r.length !== x.shape.length || r.some((v) => !Number.isInteger(v) || v < 0))
+      throw new RangeError(`repeats [${r}] must be ${x.shape.length} non-negative integers`);
     return [{ shape: x.shape.map((d, i) => d * r[i]!), int: x.int }];
   },
   ConstantOfShape: ([shape], at) => {
@@ -320,36 +424,45 @@ const RULES: Record<string, Rule> = {
   Range: ([start, limit, delta]) => {
     const [s0, l, d] = [ints(start), ints(limit), ints(delta)];
     if (!start || !s0 || !l || !d) return [undefined];
-    if (!(d[0] !== 0) || ![s0[0], l[0], d[0]].every((v) => Number.isFinite(v))) throw new RangeError(`Range(${s0[0]}, ${l[0]}, ${d[0]}) needs a non-zero delta and finite bounds`);
+    if (!(d[0] !== 0) || ![s0[0], l[0], d[0]].every((v) => Number.isFinite(v)))
+      throw new RangeError(`Range(${s0[0]}, ${l[0]}, ${d[0]}) needs a non-zero delta and finite bounds`);
     return [{ shape: [Math.max(Math.ceil((l[0]! - s0[0]!) / d[0]!), 0)], int: start.int }];
   },
   Split: ([x, split], at, n) => {
     if (!x) return n.outputs.map(() => undefined);
     const a = normAxis((at.axis as number | undefined) ?? 0, x.shape.length, "Split axis");
-    const d = x.shape[a]!, outs = n.outputs.length;
+    const d = x.shape[a]!,
+      outs = n.outputs.length;
     let parts = split ? ints(split) : (at.split as number[] | undefined);
     if (split && !parts) return n.outputs.map(() => undefined);
     if (!parts) {
-      const k = (at.num_outputs as number | undefined) ?? outs, each = Math.ceil(d / k);
+      const k = (at.num_outputs as number | undefined) ?? outs,
+        each = Math.ceil(d / k);
       parts = Array.from({ length: k }, (_, i) => Math.max(0, Math.min(each, d - i * each)));
     }
-    if (parts.length !== outs || parts.reduce((p, q) => p + q, 0) !== d || parts.some((p) => p < 0)) throw new RangeError(`split [${parts}] does not divide axis ${a} of [${x.shape}] into ${outs} outputs`);
+    if (parts.length !== outs || parts.reduce((p, q) => p + q, 0) !== d || parts.some((p) => p < 0))
+      throw new RangeError(`split [${parts}] does not divide axis ${a} of [${x.shape}] into ${outs} outputs`);
     return parts.map((p) => ({ shape: x.shape.map((e, i) => (i === a ? p : e)), int: x.int }));
   },
 };
 function poolRule([x]: (Known | undefined | null)[], at: Record<string, Attr>): (Known | undefined)[] {
-    if (!x) return [undefined];
-    rank5(x, "input");
-    const k = triple(at.kernel_shape, 1), s = triple(at.strides, 1), d = triple(at.dilations, 1), p = pads6(at.pads, at.auto_pad), ceil = at.ceil_mode === 1;
-    const out = x.shape.slice(2).map((e, i) => {
-      const span = d[i]! * (k[i]! - 1) + 1, padded = e + p[i]! + p[i + 3]!;
-      if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
-      let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
-      if (ceil && (o - 1) * s[i]! >= e + p[i]!) o--;
-      return o;
-    });
-    return [float([x.shape[0]!, x.shape[1]!, ...out])];
-  }
+  if (!x) return [undefined];
+  rank5(x, "input");
+  const k = triple(at.kernel_shape, 1),
+    s = triple(at.strides, 1),
+    d = triple(at.dilations, 1),
+    p = pads6(at.pads, at.auto_pad),
+    ceil = at.ceil_mode === 1;
+  const out = x.shape.slice(2).map((e, i) => {
+    const span = d[i]! * (k[i]! - 1) + 1,
+      padded = e + p[i]! + p[i + 3]!;
+    if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
+    let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
+    if (ceil && (o - 1) * s[i]! >= e + p[i]!) o--;
+    return o;
+  });
+  return [float([x.shape[0]!, x.shape[1]!, ...out])];
+}
 
 function reduceRule([x, axes]: (Known | undefined | null)[], at: Record<string, Attr>): (Known | undefined)[] {
   const ax = axes ? ints(axes) : ((at.axes as number[] | undefined) ?? []);
@@ -366,7 +479,10 @@ for (const op of BROADCAST) {
     const present = xs.filter((x): x is Known | undefined => x !== null);
     if (present.some((x) => !x) || present.length === 0) return [undefined];
     const ks = present as Known[];
-    const shape = broadcastShapes(ks.map((k) => k.shape), op);
+    const shape = broadcastShapes(
+      ks.map((k) => k.shape),
+      op,
+    );
     const int = COMPARE.has(op) || (op === "Where" ? ks[1]!.int && ks[2]!.int : ks.every((k) => k.int));
     return [{ shape, int: op === "Mean" ? false : int }];
   };
@@ -397,12 +513,16 @@ export async function inferShapes(
     try {
       outs = await inferNode(n, args, opset, evaluate);
     } catch (e) {
-      throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message} — for the model's declared input shapes ${inputs.map((i) => `${i.name} [${i.shape}]`).join(", ")}`);
+      throw new Error(
+        `node ${n.name} (${n.opType}): ${(e as Error).message} — for the model's declared input shapes ${inputs.map((i) => `${i.name} [${i.shape}]`).join(", ")}`,
+        { cause: e },
+      );
     }
     outs.forEach((k, i) => {
       const o = n.outputs[i];
       if (o && k) {
-        if (!k.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(size(k.shape))) throw new Error(`node ${n.name} (${n.opType}): output shape [${k.shape}] is not a valid size`);
+        if (!k.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(size(k.shape)))
+          throw new Error(`node ${n.name} (${n.opType}): output shape [${k.shape}] is not a valid size`);
         env.set(o, k);
       }
     });
@@ -412,13 +532,19 @@ export async function inferShapes(
   return shapes;
 }
 
-async function inferNode(n: GraphNode, args: (Known | undefined | null)[], opset: number, evaluate: Evaluate): Promise<(Known | undefined)[]> {
+async function inferNode(
+  n: GraphNode,
+  args: (Known | undefined | null)[],
+  opset: number,
+  evaluate: Evaluate,
+): Promise<(Known | undefined)[]> {
   const present = args.filter((a): a is Known | undefined => a !== null);
   // Shape and Size read only their input's shape: their numbers are known whenever it is
   if ((n.opType === "Shape" || n.opType === "Size") && args[0]) {
     const s = args[0].shape;
     if (n.opType === "Size") return [{ shape: [], int: true, value: { ints: [size(s)], shape: [] } }];
-    const r = s.length, clampI = (v: number) => Math.max(0, Math.min(r, v < 0 ? v + r : v));
+    const r = s.length,
+      clampI = (v: number) => Math.max(0, Math.min(r, v < 0 ? v + r : v));
     const d = s.slice(clampI((n.attrs.start as number | undefined) ?? 0), clampI((n.attrs.end as number | undefined) ?? r));
     return [{ shape: [d.length], int: true, value: { ints: d, shape: [d.length] } }];
   }
@@ -433,7 +559,10 @@ async function inferNode(n: GraphNode, args: (Known | undefined | null)[], opset
   // computes it for real; a big result (a ConstantOfShape of an activation's shape) stays a shape
   const small = (k: Known | undefined | null) => !!k && size(k.shape) <= MAX_EVALUATED;
   if (present.every((a) => a?.value && small(a)) && byRule.every(small)) {
-    const vs = await evaluate(n, args.map((a) => a?.value));
+    const vs = await evaluate(
+      n,
+      args.map((a) => a?.value),
+    );
     return vs.map((v) => ({ shape: "f" in v ? v.f.shape : v.shape, int: !("f" in v), value: v }));
   }
   return byRule;

@@ -17,7 +17,16 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
-import { checkConstantInputs, finalOutputs, fuseActivations, fuseConvNorm, fuseGroupNorm, parseModel, type Graph, type GraphNode } from "./graph.js";
+import {
+  checkConstantInputs,
+  finalOutputs,
+  fuseActivations,
+  fuseConvNorm,
+  fuseGroupNorm,
+  parseModel,
+  type Graph,
+  type GraphNode,
+} from "./graph.js";
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
@@ -25,7 +34,6 @@ import { constValue, markConstant, runNode, shapeOf, type Value } from "./ops.js
 import { Pool } from "./pool.js";
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
-
 
 export interface RunStats {
   /** Largest sum of live intermediate buffers during the run (bytes). */
@@ -42,7 +50,6 @@ export interface RunStats {
   /** The shape of every value the run computed, by name (fused intermediates are not computed). */
   shapes: Map<string, number[]>;
 }
-
 
 export class Model {
   readonly name: string;
@@ -94,7 +101,7 @@ export class Model {
     this.memoryLimit = memoryLimit;
     this.backend = backend;
     // `await using model = await loadModel(…)` (Node 20's Symbol.asyncDispose)
-    const sym = (Symbol as unknown as { asyncDispose?: symbol; dispose?: symbol });
+    const sym = Symbol as unknown as { asyncDispose?: symbol; dispose?: symbol };
     if (sym.asyncDispose) Object.defineProperty(this, sym.asyncDispose, { value: async () => this.dispose() });
     if (sym.dispose) Object.defineProperty(this, sym.dispose, { value: () => this.dispose() });
     this.config = config;
@@ -122,7 +129,6 @@ export class Model {
     }
   }
 
-
   /** Runs the graph on its one input and returns its first output. */
   async run(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor> {
     if (this.inputs.length !== 1) throw new Error(`${this.name} has ${this.inputs.length} inputs; use runAll`);
@@ -134,7 +140,8 @@ export class Model {
    * Runs the graph on named inputs; returns every graph output. On a GPU backend the whole run
    * stays on the device: only the inputs go up and the outputs come down.
    */
-  async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> { // signal: see runOn
+  async runAll(feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> {
+    // signal: see runOn
     if (this.disposed) throw new Error(`model ${this.name} was disposed`);
     if (this.backend) {
       const bound = getBackend(this.backend);
@@ -164,7 +171,10 @@ export class Model {
     const signal = options?.signal;
     // the signal reaches into native calls (a layer in flight stops at its next chunk), and is checked between nodes
     if (!be.residentRun) return withCancel(be, signal, () => this.runGraph(feeds, be, signal));
-    return be.residentRun(() => withCancel(be, signal, () => this.runGraph(feeds, be, signal)), { constants: this.constArrays, outputs: (r) => Object.values(r).map((t) => t.data) });
+    return be.residentRun(() => withCancel(be, signal, () => this.runGraph(feeds, be, signal)), {
+      constants: this.constArrays,
+      outputs: (r) => Object.values(r).map((t) => t.data),
+    });
   }
 
   private async runGraph(feeds: Record<string, Tensor>, be: Backend, signal?: AbortSignal): Promise<Record<string, Tensor>> {
@@ -197,19 +207,21 @@ export class Model {
     // A value with a Concat slot is written into its slice of the Concat's buffer (batch 1, the
     // channels planned; anything else gets a buffer of its own and the Concat copies as usual).
     const inPlace = !be.residentRun;
-    const slotAlloc = (slot: ConcatSlot) => (shape: number[]): Tensor => {
-      const S = prod(shape.slice(2));
-      let buf = concatBuf.get(slot.concat);
-      if (shape.length !== 5 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
-      if (!buf) {
-        buf = pool.take(slot.cTotal * S);
-        pooled.add(buf);
-        concatBuf.set(slot.concat, buf);
-      }
-      const data = buf.subarray(slot.c0 * S, (slot.c0 + slot.c) * S);
-      baseOf.set(data, buf);
-      return { data, shape };
-    };
+    const slotAlloc =
+      (slot: ConcatSlot) =>
+      (shape: number[]): Tensor => {
+        const S = prod(shape.slice(2));
+        let buf = concatBuf.get(slot.concat);
+        if (shape.length !== 5 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
+        if (!buf) {
+          buf = pool.take(slot.cTotal * S);
+          pooled.add(buf);
+          concatBuf.set(slot.concat, buf);
+        }
+        const data = buf.subarray(slot.c0 * S, (slot.c0 + slot.c) * S);
+        baseOf.set(data, buf);
+        return { data, shape };
+      };
     // The Concat's result when every input already lies in its slice of the buffer.
     const concatDone = (n: GraphNode, args: (Value | undefined)[]): Value | undefined => {
       const buf = concatBuf.get(n.outputs[0]!);
@@ -238,7 +250,13 @@ export class Model {
       const r = (refs.get(b) ?? 1) - 1;
       if (r > 0) return void refs.set(b, r);
       refs.delete(b);
-      if (pooled.has(b) && ![...keep].some((k) => { const d = (env.get(k) as { f?: Tensor } | undefined)?.f?.data; return d && base(d) === b; })) {
+      if (
+        pooled.has(b) &&
+        ![...keep].some((k) => {
+          const d = (env.get(k) as { f?: Tensor } | undefined)?.f?.data;
+          return d && base(d) === b;
+        })
+      ) {
         pooled.delete(b);
         pool.give(b);
         for (const [c, cb] of concatBuf) if (cb === b) concatBuf.delete(c);
@@ -294,7 +312,9 @@ export class Model {
       }
       const key = n.fusedNorm
         ? `${n.opType}+InstanceNormalization${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
-        : n.fusedAct ? `${n.opType}+${n.fusedAct.act}` : n.opType;
+        : n.fusedAct
+          ? `${n.opType}+${n.fusedAct.act}`
+          : n.opType;
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });
@@ -310,7 +330,8 @@ export class Model {
       if (!v) throw new Error(`output ${o} was not computed`);
       out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
     }
-    if (be.forget) be.forget(pool.drain()); // a GPU backend frees their device copies now
+    if (be.forget)
+      be.forget(pool.drain()); // a GPU backend frees their device copies now
     else {
       this.spare = pool.drain();
       clearTimeout(this.spareTimer);
@@ -324,8 +345,28 @@ export class Model {
 
 /** Ops whose float tensors pass only through backend calls (or are views: Reshape and the like). */
 const BACKEND_ONLY = new Set([
-  "Conv", "ConvTranspose", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "PRelu", "Add", "Mul",
-  "Concat", "MaxPool", "AveragePool", "Resize", "Softmax", "Identity", "Dropout", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
+  "Conv",
+  "ConvTranspose",
+  "InstanceNormalization",
+  "GroupNormalization",
+  "BatchNormalization",
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "PRelu",
+  "Add",
+  "Mul",
+  "Concat",
+  "MaxPool",
+  "AveragePool",
+  "Resize",
+  "Softmax",
+  "Identity",
+  "Dropout",
+  "Unsqueeze",
+  "Squeeze",
+  "Reshape",
+  "Flatten",
 ]);
 
 /**
@@ -338,9 +379,14 @@ const BACKEND_ONLY = new Set([
  * session's execution provider) and `inputShapes` (input name → the shape it will be run at,
  * filling the model's symbolic dimensions for shape inference at load: see Model.valueShapes).
  */
-export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName; inputShapes?: Record<string, number[]> }): Promise<Model> {
+export async function loadModel(
+  onnxPathOrBytes: string | Uint8Array,
+  config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName; inputShapes?: Record<string, number[]> },
+): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
-    throw new TypeError(`Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`);
+    throw new TypeError(
+      `Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`,
+    );
   }
   const { memoryLimit, backend, inputShapes, ...rest } = config ?? {};
   if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
@@ -349,13 +395,28 @@ export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: P
   if (backend !== undefined) getBackend(backend); // names the argument and says why when it is not available
   const graph = await parseModel(onnxPathOrBytes);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
-  const cfg = await readModelConfig(typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null, graph.metadata, Object.keys(rest).length ? rest : undefined); // memoryLimit/backend/inputShapes alone keep the sidecar's config
+  const cfg = await readModelConfig(
+    typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null,
+    graph.metadata,
+    Object.keys(rest).length ? rest : undefined,
+  ); // memoryLimit/backend/inputShapes alone keep the sidecar's config
   const limit = memoryLimit ?? defaultMemoryLimit();
   await foldConstants(graph, limit);
   checkConstantInputs(graph.nodes, graph.initializers, typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : "<model bytes>");
-  const budget: nd.Budget = { check: (bytes, what) => { if (bytes > limit) throw new RangeError(`${what}: shape inference needs more than the model's memoryLimit`); } };
+  const budget: nd.Budget = {
+    check: (bytes, what) => {
+      if (bytes > limit) throw new RangeError(`${what}: shape inference needs more than the model's memoryLimit`);
+    },
+  };
   const small = (shape: number[]): Tensor => ({ data: allocArray("float32", prod(shape), "inferred constant") as Float32Array, shape });
-  const valueShapes = await inferShapes(graph.nodes, graph.initializers, shapesToInfer(graph.inputs, inputShapes), graph.opset, (n, args) => runNode(n, args, small, budget, graph.opset), constValue);
+  const valueShapes = await inferShapes(
+    graph.nodes,
+    graph.initializers,
+    shapesToInfer(graph.inputs, inputShapes),
+    graph.opset,
+    (n, args) => runNode(n, args, small, budget, graph.opset),
+    constValue,
+  );
   const model = new Model(graph, name, cfg, limit, backend);
   model.valueShapes = valueShapes;
   return model;
@@ -367,16 +428,24 @@ export async function loadModel(onnxPathOrBytes: string | Uint8Array, config?: P
  */
 function shapesToInfer(declared: Graph["inputs"], given: Record<string, number[]> | undefined): Graph["inputs"] {
   if (given === undefined) return declared;
-  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new TypeError(`Expected an object of input name → shape for config.inputShapes but received ${JSON.stringify(given)}`);
-  for (const k of Object.keys(given)) if (!declared.some((i) => i.name === k)) throw new RangeError(`config.inputShapes names ${JSON.stringify(k)}, which is not an input of the model (inputs: ${declared.map((i) => i.name).join(", ")})`);
+  if (typeof given !== "object" || given === null || Array.isArray(given))
+    throw new TypeError(`Expected an object of input name → shape for config.inputShapes but received ${JSON.stringify(given)}`);
+  for (const k of Object.keys(given))
+    if (!declared.some((i) => i.name === k))
+      throw new RangeError(
+        `config.inputShapes names ${JSON.stringify(k)}, which is not an input of the model (inputs: ${declared.map((i) => i.name).join(", ")})`,
+      );
   return declared.map((i) => {
     const s = given[i.name];
     if (s === undefined) return i;
     if (!Array.isArray(s) || s.length !== i.shape.length || !s.every((d) => Number.isSafeInteger(d) && d >= 1 && d <= 1 << 24)) {
-      throw new RangeError(`Expected config.inputShapes.${i.name} to be ${i.shape.length} positive integers (the model declares [${i.shape}]) but received ${JSON.stringify(s)}`);
+      throw new RangeError(
+        `Expected config.inputShapes.${i.name} to be ${i.shape.length} positive integers (the model declares [${i.shape}]) but received ${JSON.stringify(s)}`,
+      );
     }
     i.shape.forEach((d, k) => {
-      if (typeof d === "number" && d !== s[k]) throw new RangeError(`config.inputShapes.${i.name} is [${s}] but the model declares [${i.shape}] (axis ${k} is ${d})`);
+      if (typeof d === "number" && d !== s[k])
+        throw new RangeError(`config.inputShapes.${i.name} is [${s}] but the model declares [${i.shape}] (axis ${k} is ${d})`);
     });
     return { name: i.name, shape: [...s] };
   });
@@ -407,14 +476,21 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
   };
   const keep: GraphNode[] = [];
   for (const n of graph.nodes) {
-    const foldable = n.inputs.every((i) => !i || known.has(i)) && !graph.outputs.some((o) => n.outputs.includes(o)) && n.opType !== "Dropout";
+    const foldable =
+      n.inputs.every((i) => !i || known.has(i)) && !graph.outputs.some((o) => n.outputs.includes(o)) && n.opType !== "Dropout";
     if (!foldable) {
       keep.push(n);
       continue;
     }
     let results: Value[];
     try {
-      results = await runNode(n, n.inputs.map((i) => (i ? known.get(i) : undefined)), alloc, budget, graph.opset);
+      results = await runNode(
+        n,
+        n.inputs.map((i) => (i ? known.get(i) : undefined)),
+        alloc,
+        budget,
+        graph.opset,
+      );
     } catch (e) {
       throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
     }

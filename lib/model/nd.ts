@@ -29,7 +29,8 @@ const MAX_INTS = 1 << 24;
 
 export function alloc(shape: number[], int: boolean, budget: Budget, what: string): Nd {
   const n = size(shape);
-  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n)) throw new RangeError(`${what}: shape [${shape}] is not a valid size`);
+  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n))
+    throw new RangeError(`${what}: shape [${shape}] is not a valid size`);
   if (int) {
     if (n > MAX_INTS) throw new RangeError(`${what}: an integer tensor of ${n} values is beyond the engine's ${MAX_INTS} for shape glue`);
     return { data: new Array<number>(n).fill(0), shape, int };
@@ -49,7 +50,8 @@ export function stridesOf(shape: readonly number[]): number[] {
 }
 
 export function normAxis(axis: number, rank: number, what: string): number {
-  if (!Number.isInteger(axis) || axis < -rank || axis >= Math.max(rank, 1)) throw new RangeError(`${what} ${axis} is out of range for rank ${rank}`);
+  if (!Number.isInteger(axis) || axis < -rank || axis >= Math.max(rank, 1))
+    throw new RangeError(`${what} ${axis} is out of range for rank ${rank}`);
   return axis < 0 ? axis + rank : axis;
 }
 
@@ -59,7 +61,8 @@ export function broadcastShapes(shapes: number[][], what: string): number[] {
   const out = new Array<number>(r).fill(1);
   for (const s of shapes) {
     for (let i = 0; i < s.length; i++) {
-      const d = s[s.length - 1 - i]!, k = r - 1 - i;
+      const d = s[s.length - 1 - i]!,
+        k = r - 1 - i;
       if (d === out[k] || d === 1) continue;
       if (out[k] === 1) out[k] = d;
       else throw new RangeError(`${what}: shapes ${shapes.map((x) => `[${x}]`).join(", ")} do not broadcast`);
@@ -71,7 +74,8 @@ export function broadcastShapes(shapes: number[][], what: string): number[] {
 /** Strides of `shape` as read over a broadcast result of rank `r` (0 along broadcast axes). */
 function bstrides(shape: number[], out: number[]): number[] {
   const st = stridesOf(shape);
-  const r = out.length, o = r - shape.length;
+  const r = out.length,
+    o = r - shape.length;
   return out.map((d, k) => (k < o || shape[k - o] === 1 ? 0 : st[k - o]!));
 }
 
@@ -79,7 +83,9 @@ function bstrides(shape: number[], out: number[]): number[] {
 export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, budget: Budget, what: string, toShape?: number[]): Nd {
   const shape = broadcastShapes([...ins.map((x) => x.shape), ...(toShape ? [toShape] : [])], what);
   const out = alloc(shape, int, budget, what);
-  const n = out.data.length, r = shape.length, y = out.data;
+  const n = out.data.length,
+    r = shape.length,
+    y = out.data;
   const intCast = int ? (v: number) => (Number.isFinite(v) ? Math.trunc(v) + 0 : v) : (v: number) => v;
   if (ins.every((x) => x.data.length === n)) {
     if (ins.length === 1) {
@@ -87,7 +93,8 @@ export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, bud
       if (!int) for (let i = 0; i < n; i++) y[i] = f(a[i]!);
       else for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!));
     } else if (ins.length === 2) {
-      const a = ins[0]!.data, b = ins[1]!.data;
+      const a = ins[0]!.data,
+        b = ins[1]!.data;
       for (let i = 0; i < n; i++) y[i] = intCast(f(a[i]!, b[i]!));
     } else {
       const ds = ins.map((x) => x.data);
@@ -95,9 +102,14 @@ export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, bud
     }
     return out;
   }
-  if (ins.length === 2 && (ins[0]!.data.length === n || ins[1]!.data.length === n) && (ins[0]!.data.length === 1 || ins[1]!.data.length === 1)) {
+  if (
+    ins.length === 2 &&
+    (ins[0]!.data.length === n || ins[1]!.data.length === n) &&
+    (ins[0]!.data.length === 1 || ins[1]!.data.length === 1)
+  ) {
     // one operand a single value (x / √d, x · 0.5, x + 1): no index walk
-    const a = ins[0]!.data, b = ins[1]!.data;
+    const a = ins[0]!.data,
+      b = ins[1]!.data;
     if (a.length === 1) {
       const c = a[0]!;
       for (let i = 0; i < n; i++) y[i] = intCast(f(c, b[i]!));
@@ -108,7 +120,8 @@ export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, bud
     return out;
   }
   const st = ins.map((x) => bstrides(x.shape, shape));
-  const off = ins.map(() => 0), idx = new Array<number>(r).fill(0);
+  const off = ins.map(() => 0),
+    idx = new Array<number>(r).fill(0);
   const ds = ins.map((x) => x.data);
   const vals = new Array<number>(ins.length);
   for (let i = 0; i < n; i++) {
@@ -129,16 +142,21 @@ export function mapN(ins: Nd[], int: boolean, f: (...v: number[]) => number, bud
 export function transpose(x: Nd, perm: number[] | undefined, budget: Budget, what: string): Nd {
   const r = x.shape.length;
   const p = perm ?? x.shape.map((_, i) => r - 1 - i);
-  if (p.length !== r || new Set(p.map((a) => normAxis(a, r, `${what}: perm axis`))).size !== r) throw new RangeError(`${what}: perm [${p}] is not a permutation of ${r} axes`);
+  if (p.length !== r || new Set(p.map((a) => normAxis(a, r, `${what}: perm axis`))).size !== r)
+    throw new RangeError(`${what}: perm [${p}] is not a permutation of ${r} axes`);
   const pn = p.map((a) => (a < 0 ? a + r : a));
   const shape = pn.map((a) => x.shape[a]!);
   const out = alloc(shape, x.int, budget, what);
-  const st = stridesOf(x.shape), ps = pn.map((a) => st[a]!);
-  const n = out.data.length, idx = new Array<number>(r).fill(0);
+  const st = stridesOf(x.shape),
+    ps = pn.map((a) => st[a]!);
+  const n = out.data.length,
+    idx = new Array<number>(r).fill(0);
   let off = 0;
-  const src = x.data, y = out.data;
+  const src = x.data,
+    y = out.data;
   // the innermost output axis as a strided run
-  const inner = r ? shape[r - 1]! : 1, is = r ? ps[r - 1]! : 0;
+  const inner = r ? shape[r - 1]! : 1,
+    is = r ? ps[r - 1]! : 0;
   for (let i = 0; i < n; i += inner) {
     for (let j = 0, o = off; j < inner; j++, o += is) y[i + j] = src[o]!;
     for (let d = r - 2; d >= 0; d--) {
@@ -163,7 +181,9 @@ export function reduce(x: Nd, axes: number[], keepdims: boolean, kind: ReduceKin
   const init = kind === "max" ? -Infinity : kind === "min" ? Infinity : kind === "prod" ? 1 : 0;
   const acc = new Float64Array(out.data.length).fill(init);
   const ost = bstrides(kept, x.shape); // output offset of each input index
-  const n = x.data.length, idx = new Array<number>(r).fill(0), src = x.data;
+  const n = x.data.length,
+    idx = new Array<number>(r).fill(0),
+    src = x.data;
   let o = 0;
   for (let i = 0; i < n; i++) {
     const v = src[i]!;
@@ -186,28 +206,35 @@ export function reduce(x: Nd, axes: number[], keepdims: boolean, kind: ReduceKin
 
 /** Softmax (or log-softmax) along one axis. */
 export function softmaxAxis(x: Nd, axis: number, log: boolean, budget: Budget, what: string): Nd {
-  const r = x.shape.length, a = normAxis(axis, r, `${what}: axis`);
+  const r = x.shape.length,
+    a = normAxis(axis, r, `${what}: axis`);
   const out = alloc([...x.shape], false, budget, what);
-  const L = x.shape[a]!, inner = size(x.shape.slice(a + 1)), outer = size(x.shape.slice(0, a));
-  const src = x.data, y = out.data;
-  for (let o = 0; o < outer; o++) for (let i = 0; i < inner; i++) {
-    const base = o * L * inner + i;
-    let m = -Infinity;
-    for (let k = 0; k < L; k++) m = Math.max(m, src[base + k * inner]!);
-    let s = 0;
-    for (let k = 0; k < L; k++) s += Math.exp(src[base + k * inner]! - m);
-    for (let k = 0; k < L; k++) {
-      const v = src[base + k * inner]! - m;
-      y[base + k * inner] = log ? v - Math.log(s) : Math.exp(v) / s;
+  const L = x.shape[a]!,
+    inner = size(x.shape.slice(a + 1)),
+    outer = size(x.shape.slice(0, a));
+  const src = x.data,
+    y = out.data;
+  for (let o = 0; o < outer; o++)
+    for (let i = 0; i < inner; i++) {
+      const base = o * L * inner + i;
+      let m = -Infinity;
+      for (let k = 0; k < L; k++) m = Math.max(m, src[base + k * inner]!);
+      let s = 0;
+      for (let k = 0; k < L; k++) s += Math.exp(src[base + k * inner]! - m);
+      for (let k = 0; k < L; k++) {
+        const v = src[base + k * inner]! - m;
+        y[base + k * inner] = log ? v - Math.log(s) : Math.exp(v) / s;
+      }
     }
-  }
   return out;
 }
 
 /** Normalises each group of `inner` consecutive values (LayerNorm over trailing axes), then y·scale + bias broadcast over them. */
 export function normalizeTrailing(x: Nd, inner: number, eps: number, scale: Nd | null, bias: Nd | null, budget: Budget, what: string): Nd {
   const out = alloc([...x.shape], false, budget, what);
-  const n = x.data.length, src = x.data, y = out.data;
+  const n = x.data.length,
+    src = x.data,
+    y = out.data;
   for (let b = 0; b < n; b += inner) {
     let m = 0;
     for (let k = 0; k < inner; k++) m += src[b + k]!;
@@ -216,7 +243,8 @@ export function normalizeTrailing(x: Nd, inner: number, eps: number, scale: Nd |
     for (let k = 0; k < inner; k++) v += (src[b + k]! - m) ** 2;
     const inv = 1 / Math.sqrt(v / inner + eps);
     for (let k = 0; k < inner; k++) {
-      const g = scale ? scale.data[scale.data.length === 1 ? 0 : k]! : 1, bb = bias ? bias.data[bias.data.length === 1 ? 0 : k]! : 0;
+      const g = scale ? scale.data[scale.data.length === 1 ? 0 : k]! : 1,
+        bb = bias ? bias.data[bias.data.length === 1 ? 0 : k]! : 0;
       y[b + k] = (src[b + k]! - m) * inv * g + bb;
     }
   }
@@ -225,20 +253,30 @@ export function normalizeTrailing(x: Nd, inner: number, eps: number, scale: Nd |
 
 /** numpy's matmul: 1-D operands promoted and their axis dropped; batch axes broadcast. */
 export function matmul(a: Nd, b: Nd, budget: Budget, what: string): Nd {
-  const A = a.shape.length === 1 ? [1, a.shape[0]!] : a.shape, B = b.shape.length === 1 ? [b.shape[0]!, 1] : b.shape;
-  const M = A[A.length - 2]!, K = A[A.length - 1]!, K2 = B[B.length - 2]!, N = B[B.length - 1]!;
+  const A = a.shape.length === 1 ? [1, a.shape[0]!] : a.shape,
+    B = b.shape.length === 1 ? [b.shape[0]!, 1] : b.shape;
+  const M = A[A.length - 2]!,
+    K = A[A.length - 1]!,
+    K2 = B[B.length - 2]!,
+    N = B[B.length - 1]!;
   if (K !== K2) throw new RangeError(`${what}: [${a.shape}] × [${b.shape}]: inner dimensions ${K} and ${K2} differ`);
   const batch = broadcastShapes([A.slice(0, -2), B.slice(0, -2)], what);
   let shape = [...batch, M, N];
   const out = alloc(shape, a.int && b.int, budget, what);
   const nb = size(batch);
-  const sa = bstrides(A.slice(0, -2), batch), sb = bstrides(B.slice(0, -2), batch);
-  const ad = a.data, bd = b.data, y = out.data;
+  const sa = bstrides(A.slice(0, -2), batch),
+    sb = bstrides(B.slice(0, -2), batch);
+  const ad = a.data,
+    bd = b.data,
+    y = out.data;
   const row = new Float64Array(N);
   const idx = new Array<number>(batch.length).fill(0);
-  let oa = 0, ob = 0;
+  let oa = 0,
+    ob = 0;
   for (let t = 0; t < nb; t++) {
-    const baseA = oa * M * K, baseB = ob * K * N, baseY = t * M * N;
+    const baseA = oa * M * K,
+      baseB = ob * K * N,
+      baseY = t * M * N;
     for (let i = 0; i < M; i++) {
       row.fill(0);
       for (let k = 0; k < K; k++) {
@@ -275,9 +313,11 @@ export function einsumAsMatmul(eq: string, a: Nd, b: Nd, budget: Budget, what: s
   if (!m) return undefined;
   const [la, lb, lo] = [m[1]!, m[2]!, m[3]!];
   const r = la.length;
-  if (r < 2 || lb.length !== r || lo.length !== r || a.shape.length !== r || b.shape.length !== r || new Set(la + lb).size !== r + 1) return undefined;
+  if (r < 2 || lb.length !== r || lo.length !== r || a.shape.length !== r || b.shape.length !== r || new Set(la + lb).size !== r + 1)
+    return undefined;
   const batch = la.slice(0, r - 2);
-  if (lb.slice(0, r - 2) !== batch || lo.slice(0, r - 2) !== batch || !a.shape.slice(0, r - 2).every((d, i) => d === b.shape[i])) return undefined;
+  if (lb.slice(0, r - 2) !== batch || lo.slice(0, r - 2) !== batch || !a.shape.slice(0, r - 2).every((d, i) => d === b.shape[i]))
+    return undefined;
   const [i, k, j] = [la[r - 2]!, la[r - 1]!, lo[r - 1]!];
   if (lo[r - 2] !== i || j === i || j === k) return undefined;
   if (lb.slice(r - 2) === `${k}${j}`) return [a, b];
@@ -289,15 +329,18 @@ export function einsum(eq: string, a: Nd, b: Nd, budget: Budget, what: string): 
   const m = /^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]*)$/.exec(eq.replace(/\s/g, ""));
   if (!m) throw new RangeError(`${what}: equation ${eq} is not a two-operand einsum with an explicit output`);
   const [la, lb, lo] = [m[1]!, m[2]!, m[3]!];
-  if (la.length !== a.shape.length || lb.length !== b.shape.length) throw new RangeError(`${what}: ${eq} does not match ranks ${a.shape.length} and ${b.shape.length}`);
+  if (la.length !== a.shape.length || lb.length !== b.shape.length)
+    throw new RangeError(`${what}: ${eq} does not match ranks ${a.shape.length} and ${b.shape.length}`);
   const mm = einsumAsMatmul(eq, a, b, budget, what);
   if (mm) return matmul(mm[0], mm[1], budget, what);
   const dim = new Map<string, number>();
-  const bind = (ls: string, shape: number[]) => [...ls].forEach((c, i) => {
-    const d = shape[i]!, had = dim.get(c);
-    if (had !== undefined && had !== d && had !== 1 && d !== 1) throw new RangeError(`${what}: index ${c} is ${had} and ${d}`);
-    dim.set(c, Math.max(had ?? 1, d));
-  });
+  const bind = (ls: string, shape: number[]) =>
+    [...ls].forEach((c, i) => {
+      const d = shape[i]!,
+        had = dim.get(c);
+      if (had !== undefined && had !== d && had !== 1 && d !== 1) throw new RangeError(`${what}: index ${c} is ${had} and ${d}`);
+      dim.set(c, Math.max(had ?? 1, d));
+    });
   bind(la, a.shape);
   bind(lb, b.shape);
   for (const c of lo) if (!dim.has(c)) throw new RangeError(`${what}: output index ${c} is in neither operand`);
@@ -308,15 +351,20 @@ export function einsum(eq: string, a: Nd, b: Nd, budget: Budget, what: string): 
     const st = stridesOf(shape);
     return letters.map((c) => [...ls].reduce((s, l, i) => (l === c && shape[i] !== 1 ? s + st[i]! : s), 0));
   };
-  const sa = strideIn(la, a.shape), sb = strideIn(lb, b.shape);
-  const ost = stridesOf(outShape), so = letters.map((c) => (lo.includes(c) ? ost[lo.indexOf(c)]! : 0));
+  const sa = strideIn(la, a.shape),
+    sb = strideIn(lb, b.shape);
+  const ost = stridesOf(outShape),
+    so = letters.map((c) => (lo.includes(c) ? ost[lo.indexOf(c)]! : 0));
   const ext = letters.map((c) => dim.get(c)!);
   const total = size(ext);
   budget.check(0, what);
   const acc = new Float64Array(out.data.length);
   const idx = new Array<number>(letters.length).fill(0);
-  let oa = 0, ob = 0, oo = 0;
-  const ad = a.data, bd = b.data;
+  let oa = 0,
+    ob = 0,
+    oo = 0;
+  const ad = a.data,
+    bd = b.data;
   for (let i = 0; i < total; i++) {
     acc[oo]! += ad[oa]! * bd[ob]!;
     for (let d = letters.length - 1; d >= 0; d--) {
@@ -345,10 +393,14 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
     if (mode === "reflect" && (pads[i]! >= x.shape[i]! || pads[i + r]! >= x.shape[i]!) && (pads[i]! > 0 || pads[i + r]! > 0)) {
       throw new RangeError(`${what}: reflect padding ${Math.max(pads[i]!, pads[i + r]!)} on an axis of ${x.shape[i]}`);
     }
-    if ((mode === "edge" || mode === "wrap") && x.shape[i] === 0 && shape[i]! > 0) throw new RangeError(`${what}: ${mode} padding of an empty axis`);
+    if ((mode === "edge" || mode === "wrap") && x.shape[i] === 0 && shape[i]! > 0)
+      throw new RangeError(`${what}: ${mode} padding of an empty axis`);
   }
   const out = alloc(shape, x.int, budget, what);
-  const st = stridesOf(x.shape), n = out.data.length, y = out.data, src = x.data;
+  const st = stridesOf(x.shape),
+    n = out.data.length,
+    y = out.data,
+    src = x.data;
   const idx = new Array<number>(r).fill(0);
   const map = (o: number, i: number): number => {
     const d = x.shape[i]!;
@@ -364,7 +416,8 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
     return v < d ? v : period - v;
   };
   for (let i = 0; i < n; i++) {
-    let off = 0, inside = true;
+    let off = 0,
+      inside = true;
     for (let d = 0; d < r; d++) {
       const v = map(idx[d]!, d);
       if (v < 0) {
@@ -384,15 +437,27 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
 }
 
 /** ONNX Slice with starts/ends/axes/steps (steps may be negative, never 0). */
-export function slice(x: Nd, starts: number[], ends: number[], axes: number[] | undefined, steps: number[] | undefined, budget: Budget, what: string): Nd {
+export function slice(
+  x: Nd,
+  starts: number[],
+  ends: number[],
+  axes: number[] | undefined,
+  steps: number[] | undefined,
+  budget: Budget,
+  what: string,
+): Nd {
   const r = x.shape.length;
   const ax = (axes ?? starts.map((_, i) => i)).map((a) => normAxis(a, r, `${what}: axis`));
   const st = steps ?? starts.map(() => 1);
-  if (ends.length !== starts.length || ax.length !== starts.length || st.length !== starts.length) throw new RangeError(`${what}: starts, ends, axes and steps differ in length`);
+  if (ends.length !== starts.length || ax.length !== starts.length || st.length !== starts.length)
+    throw new RangeError(`${what}: starts, ends, axes and steps differ in length`);
   if (new Set(ax).size !== ax.length) throw new RangeError(`${what}: an axis is sliced twice`);
-  const lo = x.shape.map(() => 0), step = x.shape.map(() => 1), shape = [...x.shape];
+  const lo = x.shape.map(() => 0),
+    step = x.shape.map(() => 1),
+    shape = [...x.shape];
   ax.forEach((a, k) => {
-    const d = x.shape[a]!, s = st[k]!;
+    const d = x.shape[a]!,
+      s = st[k]!;
     if (!Number.isInteger(s) || s === 0) throw new RangeError(`${what}: step ${s} on axis ${a} (steps must be non-zero integers)`);
     const clampF = (v: number, min: number, max: number) => Math.max(min, Math.min(max, v < 0 ? v + d : v));
     const b = s > 0 ? clampF(starts[k]!, 0, d) : clampF(starts[k]!, -1, d - 1);
@@ -402,7 +467,9 @@ export function slice(x: Nd, starts: number[], ends: number[], axes: number[] | 
     shape[a] = Math.max(0, s > 0 ? Math.ceil((e - b) / s) : Math.ceil((b - e) / -s));
   });
   const out = alloc(shape, x.int, budget, what);
-  const xs = stridesOf(x.shape), n = out.data.length, idx = new Array<number>(r).fill(0);
+  const xs = stridesOf(x.shape),
+    n = out.data.length,
+    idx = new Array<number>(r).fill(0);
   for (let i = 0; i < n; i++) {
     let off = 0;
     for (let d = 0; d < r; d++) off += (lo[d]! + idx[d]! * step[d]!) * xs[d]!;
@@ -418,9 +485,11 @@ export function slice(x: Nd, starts: number[], ends: number[], axes: number[] | 
 
 /** ONNX Gather along `axis` with any-rank indices (negative indices count from the end). */
 export function gather(x: Nd, idx: Nd, axis: number, budget: Budget, what: string): Nd {
-  const r = x.shape.length, a = normAxis(axis, r, `${what}: axis`);
+  const r = x.shape.length,
+    a = normAxis(axis, r, `${what}: axis`);
   const d = x.shape[a]!;
-  const outer = size(x.shape.slice(0, a)), inner = size(x.shape.slice(a + 1));
+  const outer = size(x.shape.slice(0, a)),
+    inner = size(x.shape.slice(a + 1));
   const shape = [...x.shape.slice(0, a), ...idx.shape, ...x.shape.slice(a + 1)];
   const out = alloc(shape, x.int, budget, what);
   const m = idx.data.length;
@@ -428,24 +497,35 @@ export function gather(x: Nd, idx: Nd, axis: number, budget: Budget, what: strin
     const v = idx.data[k]!;
     if (!Number.isInteger(v) || v < -d || v >= d) throw new RangeError(`${what}: index ${v} is out of range for axis ${a} of ${d}`);
   }
-  for (let o = 0; o < outer; o++) for (let k = 0; k < m; k++) {
-    const v = idx.data[k]!, j = v < 0 ? v + d : v;
-    const src = (o * d + j) * inner, dst = (o * m + k) * inner;
-    for (let i = 0; i < inner; i++) out.data[dst + i] = x.data[src + i]!;
-  }
+  for (let o = 0; o < outer; o++)
+    for (let k = 0; k < m; k++) {
+      const v = idx.data[k]!,
+        j = v < 0 ? v + d : v;
+      const src = (o * d + j) * inner,
+        dst = (o * m + k) * inner;
+      for (let i = 0; i < inner; i++) out.data[dst + i] = x.data[src + i]!;
+    }
   return out;
 }
 
 /** Concatenation along any axis. */
 export function concat(xs: Nd[], axis: number, budget: Budget, what: string): Nd {
-  const r = xs[0]!.shape.length, a = normAxis(axis, r, `${what}: axis`);
+  const r = xs[0]!.shape.length,
+    a = normAxis(axis, r, `${what}: axis`);
   for (const x of xs) {
-    if (x.shape.length !== r || x.shape.some((d, i) => i !== a && d !== xs[0]!.shape[i])) throw new RangeError(`${what}: shapes ${xs.map((y) => `[${y.shape}]`).join(", ")} do not concatenate on axis ${a}`);
+    if (x.shape.length !== r || x.shape.some((d, i) => i !== a && d !== xs[0]!.shape[i]))
+      throw new RangeError(`${what}: shapes ${xs.map((y) => `[${y.shape}]`).join(", ")} do not concatenate on axis ${a}`);
   }
   const shape = [...xs[0]!.shape];
   shape[a] = xs.reduce((s, x) => s + x.shape[a]!, 0);
-  const out = alloc(shape, xs.every((x) => x.int), budget, what);
-  const outer = size(shape.slice(0, a)), inner = size(shape.slice(a + 1));
+  const out = alloc(
+    shape,
+    xs.every((x) => x.int),
+    budget,
+    what,
+  );
+  const outer = size(shape.slice(0, a)),
+    inner = size(shape.slice(a + 1));
   let off = 0;
   for (const x of xs) {
     const run = x.shape[a]! * inner;
@@ -460,37 +540,49 @@ export function erf(x: number): number {
   const ax = Math.abs(x);
   if (ax < 0.5) {
     const t = x * x;
-    const p = [3.1611237438705656, 113.86415415105016, 377.485237685302, 3209.3775891384694, 0.18577770618460315];
+    const p = [3.1611237438705655, 113.86415415105016, 377.485237685302, 3209.3775891384694, 0.18577770618460315];
     const q = [23.601290952344122, 244.02463793444417, 1282.6165260773723, 2844.236833439171];
     const num = (((p[4]! * t + p[0]!) * t + p[1]!) * t + p[2]!) * t + p[3]!;
     const den = (((t + q[0]!) * t + q[1]!) * t + q[2]!) * t + q[3]!;
     return (x * num) / den;
   }
   if (ax < 4) {
-    const c = [0.5641884969886701, 8.883149794388377, 66.11919063714163, 298.635138197400131, 881.952221241769, 1712.0476126340707, 2051.0783778260716, 1230.3393547979972, 2.1531153547440383e-8];
-    const d = [15.744926110709835, 117.6939508913125, 537.1811018620099, 1621.3895745666903, 3290.7992357334597, 4362.619090143247, 3439.3676741437216, 1230.3393548037495];
-    let num = c[8]! * ax, den = ax;
+    const c = [
+      0.5641884969886701, 8.883149794388377, 66.11919063714163, 298.6351381974001, 881.952221241769, 1712.0476126340707, 2051.0783778260716,
+      1230.3393547979972, 2.1531153547440383e-8,
+    ];
+    const d = [
+      15.744926110709835, 117.6939508913125, 537.1811018620099, 1621.3895745666903, 3290.7992357334597, 4362.619090143247,
+      3439.3676741437216, 1230.3393548037495,
+    ];
+    let num = c[8]! * ax,
+      den = ax;
     for (let i = 0; i < 7; i++) {
       num = (num + c[i]!) * ax;
       den = (den + d[i]!) * ax;
     }
     const r = (num + c[7]!) / (den + d[7]!);
-    const z = Math.floor(ax * 16) / 16, del = (ax - z) * (ax + z);
+    const z = Math.floor(ax * 16) / 16,
+      del = (ax - z) * (ax + z);
     const v = 1 - Math.exp(-z * z) * Math.exp(-del) * r;
     return x < 0 ? -v : v;
   }
   if (ax < 27) {
-    const p = [0.30532663496123236, 0.36034489994980445, 0.12578172611122926, 0.016083785148742275, 6.587491615298378e-4, 0.016315387137302097];
+    const p = [
+      0.30532663496123236, 0.36034489994980445, 0.12578172611122926, 0.016083785148742275, 6.587491615298378e-4, 0.016315387137302097,
+    ];
     const q = [2.568520192289822, 1.8729528499234604, 0.5279051029514285, 0.06051834131244132, 0.0023352049762686918];
     const t = 1 / (ax * ax);
-    let num = p[5]! * t, den = t;
+    let num = p[5]! * t,
+      den = t;
     for (let i = 0; i < 4; i++) {
       num = (num + p[i]!) * t;
       den = (den + q[i]!) * t;
     }
     let r = (t * (num + p[4]!)) / (den + q[4]!);
     r = (0.5641895835477563 - r) / ax;
-    const z = Math.floor(ax * 16) / 16, del = (ax - z) * (ax + z);
+    const z = Math.floor(ax * 16) / 16,
+      del = (ax - z) * (ax + z);
     const v = 1 - Math.exp(-z * z) * Math.exp(-del) * r;
     return x < 0 ? -v : v;
   }

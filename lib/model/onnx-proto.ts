@@ -32,7 +32,23 @@ const schema = {
           },
           nested: {
             AttributeType: {
-              values: { UNDEFINED: 0, FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, GRAPH: 5, FLOATS: 6, INTS: 7, STRINGS: 8, TENSORS: 9, GRAPHS: 10, SPARSE_TENSOR: 11, SPARSE_TENSORS: 12, TYPE_PROTO: 13, TYPE_PROTOS: 14 },
+              values: {
+                UNDEFINED: 0,
+                FLOAT: 1,
+                INT: 2,
+                STRING: 3,
+                TENSOR: 4,
+                GRAPH: 5,
+                FLOATS: 6,
+                INTS: 7,
+                STRINGS: 8,
+                TENSORS: 9,
+                GRAPHS: 10,
+                SPARSE_TENSOR: 11,
+                SPARSE_TENSORS: 12,
+                TYPE_PROTO: 13,
+                TYPE_PROTOS: 14,
+              },
             },
           },
         },
@@ -118,7 +134,21 @@ const root = protobuf.Root.fromJSON(schema);
 export const ModelProto = root.lookupType("onnx.ModelProto");
 
 /** TensorProto.DataType codes. */
-export const ONNX_DTYPE = { FLOAT: 1, UINT8: 2, INT8: 3, UINT16: 4, INT16: 5, INT32: 6, INT64: 7, STRING: 8, BOOL: 9, FLOAT16: 10, DOUBLE: 11, UINT32: 12, UINT64: 13 } as const;
+export const ONNX_DTYPE = {
+  FLOAT: 1,
+  UINT8: 2,
+  INT8: 3,
+  UINT16: 4,
+  INT16: 5,
+  INT32: 6,
+  INT64: 7,
+  STRING: 8,
+  BOOL: 9,
+  FLOAT16: 10,
+  DOUBLE: 11,
+  UINT32: 12,
+  UINT64: 13,
+} as const;
 
 export const ATTR = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, GRAPH: 5, FLOATS: 6, INTS: 7, STRINGS: 8 } as const;
 
@@ -146,8 +176,10 @@ export function encodeModel(m: {
   const rawOf = (d: Float32Array | BigInt64Array | Int32Array) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
   const attr = (name: string, v: AttrValue) => {
     if (typeof v === "string") return { name, type: ATTR.STRING, s: new TextEncoder().encode(v) };
-    if (typeof v === "number") return Number.isInteger(v) && !Object.is(v, -0) ? { name, type: ATTR.INT, i: v } : { name, type: ATTR.FLOAT, f: v };
-    if (Array.isArray(v)) return v.every((x) => Number.isInteger(x)) ? { name, type: ATTR.INTS, ints: v } : { name, type: ATTR.FLOATS, floats: v };
+    if (typeof v === "number")
+      return Number.isInteger(v) && !Object.is(v, -0) ? { name, type: ATTR.INT, i: v } : { name, type: ATTR.FLOAT, f: v };
+    if (Array.isArray(v))
+      return v.every((x) => Number.isInteger(x)) ? { name, type: ATTR.INTS, ints: v } : { name, type: ATTR.FLOATS, floats: v };
     return { name, type: ATTR.TENSOR, t: { dims: v.dims, dataType: v.dataType, rawData: rawOf(v.data) } };
   };
   const model = {
@@ -169,7 +201,9 @@ export function encodeModel(m: {
       initializer: (m.initializers ?? []).map((t) => ({
         name: t.name,
         dims: t.dims,
-        dataType: t.dataType ?? (t.data instanceof Float32Array ? ONNX_DTYPE.FLOAT : t.data instanceof Int32Array ? ONNX_DTYPE.INT32 : ONNX_DTYPE.INT64),
+        dataType:
+          t.dataType ??
+          (t.data instanceof Float32Array ? ONNX_DTYPE.FLOAT : t.data instanceof Int32Array ? ONNX_DTYPE.INT32 : ONNX_DTYPE.INT64),
         rawData: rawOf(t.data),
       })),
     },

@@ -29,7 +29,8 @@ const I = (v: Value | undefined, what: string): number[] => {
   if (v.f.data.length <= 64) return Array.from(v.f.data);
   throw new Error(`${what} must be a small integer tensor`);
 };
-const triple = (a: Attr | undefined, d: number): [number, number, number] => (Array.isArray(a) ? (a as [number, number, number]) : [d, d, d]);
+const triple = (a: Attr | undefined, d: number): [number, number, number] =>
+  Array.isArray(a) ? (a as [number, number, number]) : [d, d, d];
 const pads6 = (a: Attr | undefined, autoPad: Attr | undefined): [number, number, number, number, number, number] =>
   autoPad === "VALID" || !Array.isArray(a) ? [0, 0, 0, 0, 0, 0] : (a as [number, number, number, number, number, number]);
 
@@ -39,29 +40,99 @@ function reshapeView(t: Tensor, shape: number[]): Value {
 }
 
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
-export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor, budget: nd.Budget = nd.NO_BUDGET, opset = 17): Promise<Value[]> {
+export async function runNode(
+  n: GraphNode,
+  a: (Value | undefined)[],
+  alloc: (shape: number[]) => Tensor,
+  budget: nd.Budget = nd.NO_BUDGET,
+  opset = 17,
+): Promise<Value[]> {
   const at = n.attrs;
   const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
   switch (n.opType) {
     case "Conv":
       if (n.fusedNorm) {
         const fn = n.fusedNorm;
-        const norm = { scale: F(a[3], "scale"), bias: F(a[4], "B"), eps: fn.eps, ...(fn.act ? { activation: fn.act, alpha: fn.alpha } : {}) };
-        return [{ f: await ops.conv3dInstanceNorm(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, norm, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), groups: (at.group as number) ?? 1, alloc }) }];
+        const norm = {
+          scale: F(a[3], "scale"),
+          bias: F(a[4], "B"),
+          eps: fn.eps,
+          ...(fn.act ? { activation: fn.act, alpha: fn.alpha } : {}),
+        };
+        return [
+          {
+            f: await ops.conv3dInstanceNorm(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, norm, {
+              stride: triple(at.strides, 1),
+              dilation: triple(at.dilations, 1),
+              padding: pads6(at.pads, at.auto_pad),
+              groups: (at.group as number) ?? 1,
+              alloc,
+            }),
+          },
+        ];
       }
-      return [{ f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), groups: (at.group as number) ?? 1, alloc, ...act }) }];
+      return [
+        {
+          f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, {
+            stride: triple(at.strides, 1),
+            dilation: triple(at.dilations, 1),
+            padding: pads6(at.pads, at.auto_pad),
+            groups: (at.group as number) ?? 1,
+            alloc,
+            ...act,
+          }),
+        },
+      ];
     case "ConvTranspose":
-      return [{ f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, { stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), outputPadding: triple(at.output_padding, 0), groups: (at.group as number) ?? 1, alloc }) }];
+      return [
+        {
+          f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, {
+            stride: triple(at.strides, 1),
+            dilation: triple(at.dilations, 1),
+            padding: pads6(at.pads, at.auto_pad),
+            outputPadding: triple(at.output_padding, 0),
+            groups: (at.group as number) ?? 1,
+            alloc,
+          }),
+        },
+      ];
     case "InstanceNormalization":
-      return [{ f: await ops.instanceNorm(F(a[0], "input"), F(a[1], "scale"), F(a[2], "B"), { eps: (at.epsilon as number) ?? 1e-5, alloc, ...act }) }];
+      return [
+        {
+          f: await ops.instanceNorm(F(a[0], "input"), F(a[1], "scale"), F(a[2], "B"), {
+            eps: (at.epsilon as number) ?? 1e-5,
+            alloc,
+            ...act,
+          }),
+        },
+      ];
     case "GroupNormalization": {
       const x = F(a[0], "X");
       // a fused exporter pattern (graph.ts fuseGroupNorm) holds for inputs of the rank it was exported at
-      if (at.bhsd_rank !== undefined && x.shape.length !== at.bhsd_rank) throw new RangeError(`input [${x.shape}] is not of rank ${at.bhsd_rank as number}, which this GroupNorm's γ [C, 1, …] broadcasts over`);
-      return [{ f: await ops.groupNorm(x, F(a[1], "scale"), F(a[2], "bias"), { groups: at.num_groups as number, eps: (at.epsilon as number | undefined) ?? 1e-5, alloc, ...act }) }];
+      if (at.bhsd_rank !== undefined && x.shape.length !== at.bhsd_rank)
+        throw new RangeError(
+          `input [${x.shape}] is not of rank ${at.bhsd_rank as number}, which this GroupNorm's γ [C, 1, …] broadcasts over`,
+        );
+      return [
+        {
+          f: await ops.groupNorm(x, F(a[1], "scale"), F(a[2], "bias"), {
+            groups: at.num_groups as number,
+            eps: (at.epsilon as number | undefined) ?? 1e-5,
+            alloc,
+            ...act,
+          }),
+        },
+      ];
     }
     case "BatchNormalization":
-      return [{ f: await ops.batchNorm(F(a[0], "X"), F(a[1], "scale"), F(a[2], "B"), F(a[3], "mean"), F(a[4], "var"), { eps: (at.epsilon as number) ?? 1e-5, alloc }) }];
+      return [
+        {
+          f: await ops.batchNorm(F(a[0], "X"), F(a[1], "scale"), F(a[2], "B"), F(a[3], "mean"), F(a[4], "var"), {
+            eps: (at.epsilon as number) ?? 1e-5,
+            alloc,
+          }),
+        },
+      ];
     case "Relu":
       return [{ f: await ops.relu(F(a[0], "X"), { alloc }) }];
     case "LeakyRelu":
@@ -81,12 +152,38 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
     }
     case "Concat": {
       const axis = (at.axis as number) ?? 0;
-      if (a.every((v) => v && "f" in v)) return [{ f: await ops.concat(a.map((v) => (v as { f: Tensor }).f), axis, { alloc }) }];
-      return [fromNd(nd.concat(a.map((v, k) => toNd(v, `input ${k}`)), axis, budget, "Concat"))];
+      if (a.every((v) => v && "f" in v))
+        return [
+          {
+            f: await ops.concat(
+              a.map((v) => (v as { f: Tensor }).f),
+              axis,
+              { alloc },
+            ),
+          },
+        ];
+      return [
+        fromNd(
+          nd.concat(
+            a.map((v, k) => toNd(v, `input ${k}`)),
+            axis,
+            budget,
+            "Concat",
+          ),
+        ),
+      ];
     }
     case "MaxPool":
     case "AveragePool": {
-      const o = { kernel: triple(at.kernel_shape, 1), stride: triple(at.strides, 1), dilation: triple(at.dilations, 1), padding: pads6(at.pads, at.auto_pad), ceilMode: at.ceil_mode === 1, countIncludePad: at.count_include_pad === 1, alloc };
+      const o = {
+        kernel: triple(at.kernel_shape, 1),
+        stride: triple(at.strides, 1),
+        dilation: triple(at.dilations, 1),
+        padding: pads6(at.pads, at.auto_pad),
+        ceilMode: at.ceil_mode === 1,
+        countIncludePad: at.count_include_pad === 1,
+        alloc,
+      };
       return [{ f: await (n.opType === "MaxPool" ? ops.maxPool3d : ops.avgPool3d)(F(a[0], "X"), o) }];
     }
     case "Resize": {
@@ -103,7 +200,7 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
         if (sizes[0] !== x.shape[0] || sizes[1] !== x.shape[1]) throw new Error("Resize may change only the spatial axes");
         return [{ f: await ops.resize(x, { ...common, sizes: sizes.slice(2) as [number, number, number] }) }];
       }
-      const scales = a[2] ? (("f" in a[2]) ? Array.from(a[2].f.data) : a[2].ints) : [];
+      const scales = a[2] ? ("f" in a[2] ? Array.from(a[2].f.data) : a[2].ints) : [];
       if (scales.length !== 5 || scales[0] !== 1 || scales[1] !== 1) throw new Error("Resize needs 5 scales (1 for N and C) or 5 sizes");
       return [{ f: await ops.resize(x, { ...common, scales: scales.slice(2) as [number, number, number] }) }];
     }
@@ -122,7 +219,8 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       const v = at.value as OnnxTensor | undefined;
       if (v) return [constValue(v)];
       if (at.value_float !== undefined) return [{ f: { data: Float32Array.of(at.value_float as number), shape: [1] } }];
-      if (at.value_floats !== undefined) return [{ f: { data: Float32Array.from(at.value_floats as number[]), shape: [(at.value_floats as number[]).length] } }];
+      if (at.value_floats !== undefined)
+        return [{ f: { data: Float32Array.from(at.value_floats as number[]), shape: [(at.value_floats as number[]).length] } }];
       if (at.value_int !== undefined) return [{ ints: [at.value_int as number], shape: [] }];
       if (at.value_ints !== undefined) return [{ ints: at.value_ints as number[], shape: [(at.value_ints as number[]).length] }];
       throw new Error("Constant without a value");
@@ -144,12 +242,19 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
       return ["f" in v ? reshapeView(v.f, ns) : { ints: v.ints, shape: ns }];
     }
     case "Cast": {
-      const v = a[0]!, to = at.to as number;
-      if (CAST_FLOAT.has(to as 1)) return ["f" in v ? v : { f: { data: allocFloats(v.ints.length, budget, "Cast").map((_, i) => v.ints[i]!) as Float32Array, shape: v.shape } }];
+      const v = a[0]!,
+        to = at.to as number;
+      if (CAST_FLOAT.has(to as 1))
+        return [
+          "f" in v
+            ? v
+            : { f: { data: allocFloats(v.ints.length, budget, "Cast").map((_, i) => v.ints[i]!) as Float32Array, shape: v.shape } },
+        ];
       // integer types: truncation toward zero, then wrapped into the type's range as C casts do
       const wrap = intWrap(to);
       const src = "f" in v ? v.f.data : v.ints;
-      if (src.length > (1 << 24)) throw new RangeError(`Cast to an integer type of ${src.length} values: integer tensors are shape glue here`);
+      if (src.length > 1 << 24)
+        throw new RangeError(`Cast to an integer type of ${src.length} values: integer tensors are shape glue here`);
       const ints = Array.from(src, (x) => {
         if (!Number.isFinite(x)) throw new RangeError(`Cast of ${x} to an integer type`);
         return to === 9 ? (x !== 0 ? 1 : 0) : wrap(Math.trunc(x) + 0); // bool: any non-zero; + 0: no -0 among integers
@@ -158,8 +263,10 @@ export async function runNode(n: GraphNode, a: (Value | undefined)[], alloc: (sh
     }
     case "Slice": {
       const x = toNd(a[0], "data");
-      const starts = I(a[1], "starts"), ends = I(a[2], "ends");
-      const axes = a[3] ? I(a[3], "axes") : undefined, steps = a[4] ? I(a[4], "steps") : undefined;
+      const starts = I(a[1], "starts"),
+        ends = I(a[2], "ends");
+      const axes = a[3] ? I(a[3], "axes") : undefined,
+        steps = a[4] ? I(a[4], "steps") : undefined;
       return [fromNd(nd.slice(x, starts, ends, axes, steps, budget, "Slice"))];
     }
     case "Reshape": {
@@ -209,11 +316,14 @@ export function markConstant(a: Float32Array): void {
  */
 async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budget: nd.Budget): Promise<Value | undefined> {
   if (!av || !bv || !("f" in av) || !("f" in bv)) return undefined;
-  const A = av.f, B = bv.f;
-  const ra = A.shape.length, rb = B.shape.length;
+  const A = av.f,
+    B = bv.f;
+  const ra = A.shape.length,
+    rb = B.shape.length;
   if (ra < 2 || rb < 2 || (rb > 2 && (rb !== ra || !B.shape.slice(0, -2).every((d, i) => d === A.shape[i])))) return undefined;
   const [K, N] = B.shape.slice(-2) as [number, number];
-  const M = A.shape[ra - 2]!, batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
+  const M = A.shape[ra - 2]!,
+    batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
   const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
   if (A.shape[ra - 1] !== K || K < 16 || N < 16 || rows < 16) return undefined;
   budget.check(batches * rows * N * 4 * 2, "MatMul");
@@ -226,9 +336,17 @@ async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budg
       Bt = nd.transpose({ data: Bb, shape: [K, N], int: false }, [1, 0], budget, "MatMul weight").data as Float32Array;
       if (keep) transposedWeights.set(B.data, Bt);
     }
-    const At = nd.transpose({ data: A.data.subarray(t * rows * K, (t + 1) * rows * K), shape: [rows, K], int: false }, [1, 0], budget, "MatMul input").data as Float32Array;
+    const At = nd.transpose(
+      { data: A.data.subarray(t * rows * K, (t + 1) * rows * K), shape: [rows, K], int: false },
+      [1, 0],
+      budget,
+      "MatMul input",
+    ).data as Float32Array;
     const yt = await ops.conv3d({ data: At, shape: [1, K, 1, 1, rows] }, { data: Bt, shape: [N, K, 1, 1, 1] }, null);
-    y.set(nd.transpose({ data: yt.data, shape: [N, rows], int: false }, [1, 0], budget, "MatMul output").data as Float32Array, t * rows * N);
+    y.set(
+      nd.transpose({ data: yt.data, shape: [N, rows], int: false }, [1, 0], budget, "MatMul output").data as Float32Array,
+      t * rows * N,
+    );
   }
   return { f: { data: y, shape: [...A.shape.slice(0, -1), N] } };
 }
@@ -248,14 +366,22 @@ function allocFloats(n: number, budget: nd.Budget, what: string): Float32Array {
 /** C's conversion of an integer into each ONNX integer type. */
 function intWrap(to: number): (x: number) => number {
   switch (to) {
-    case 2: return (x) => x & 0xff;
-    case 3: return (x) => (x << 24) >> 24;
-    case 4: return (x) => x & 0xffff;
-    case 5: return (x) => (x << 16) >> 16;
-    case 6: return (x) => x | 0;
-    case 12: return (x) => x >>> 0;
-    case 9: return (x) => (x !== 0 ? 1 : 0);
-    default: return (x) => x; // int64/uint64: exact below 2^53
+    case 2:
+      return (x) => x & 0xff;
+    case 3:
+      return (x) => (x << 24) >> 24;
+    case 4:
+      return (x) => x & 0xffff;
+    case 5:
+      return (x) => (x << 16) >> 16;
+    case 6:
+      return (x) => x | 0;
+    case 12:
+      return (x) => x >>> 0;
+    case 9:
+      return (x) => (x !== 0 ? 1 : 0);
+    default:
+      return (x) => x; // int64/uint64: exact below 2^53
   }
 }
 
@@ -270,13 +396,23 @@ const UNARY: Record<string, (x: number, at: Record<string, Attr>) => number> = {
   Reciprocal: (x) => 1 / x,
   Floor: (x) => Math.floor(x),
   Ceil: (x) => Math.ceil(x),
-  Round: (x) => { const f = Math.floor(x), d = x - f; return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1; },
+  Round: (x) => {
+    const f = Math.floor(x),
+      d = x - f;
+    return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1;
+  },
   Sign: (x) => Math.sign(x),
   Softplus: (x) => (x > 20 ? x : Math.log1p(Math.exp(x))),
   Elu: (x, at) => (x >= 0 ? x : ((at.alpha as number | undefined) ?? 1) * Math.expm1(x)),
-  Selu: (x, at) => ((at.gamma as number | undefined) ?? 1.0507009873554805) * (x > 0 ? x : ((at.alpha as number | undefined) ?? 1.6732632423543772) * Math.expm1(x)),
-  HardSigmoid: (x, at) => Math.max(0, Math.min(1, ((at.alpha as number | undefined) ?? 0.2) * x + ((at.beta as number | undefined) ?? 0.5))),
-  Gelu: (x, at) => (at.approximate === "tanh" ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))) : 0.5 * x * (1 + nd.erf(x / Math.SQRT2))),
+  Selu: (x, at) =>
+    ((at.gamma as number | undefined) ?? 1.0507009873554805) *
+    (x > 0 ? x : ((at.alpha as number | undefined) ?? 1.6732632423543772) * Math.expm1(x)),
+  HardSigmoid: (x, at) =>
+    Math.max(0, Math.min(1, ((at.alpha as number | undefined) ?? 0.2) * x + ((at.beta as number | undefined) ?? 0.5))),
+  Gelu: (x, at) =>
+    at.approximate === "tanh"
+      ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)))
+      : 0.5 * x * (1 + nd.erf(x / Math.SQRT2)),
   Not: (x) => (x ? 0 : 1),
   Relu: (x) => (x > 0 ? x : 0),
   Sigmoid: (x) => 1 / (1 + Math.exp(-x)),
@@ -305,11 +441,16 @@ const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
 
 /** The ops of real exports beyond a U-Net's blocks, on N-d arrays (see nd.ts). */
 function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset: number): Value[] {
-  const at = n.attrs, op = n.opType, what = op;
+  const at = n.attrs,
+    op = n.opType,
+    what = op;
   const x = () => toNd(a[0], "input");
   if (op in UNARY) {
-    const f = UNARY[op]!, v = x();
-    return [fromNd(nd.mapN([v], op === "Not" ? true : v.int && ["Neg", "Abs", "Sign", "Relu"].includes(op), (t) => f(t, at), budget, what))];
+    const f = UNARY[op]!,
+      v = x();
+    return [
+      fromNd(nd.mapN([v], op === "Not" ? true : v.int && ["Neg", "Abs", "Sign", "Relu"].includes(op), (t) => f(t, at), budget, what)),
+    ];
   }
   if (op in BINARY) {
     const ins = a.filter((v): v is Value => v !== undefined).map((v, k) => toNd(v, `input ${k}`));
@@ -329,7 +470,9 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       return [fromNd(nd.mapN([r], false, (p) => p / ins.length, budget, what))];
     }
     case "Where": {
-      const c = toNd(a[0], "condition"), p = toNd(a[1], "X"), q = toNd(a[2], "Y");
+      const c = toNd(a[0], "condition"),
+        p = toNd(a[1], "X"),
+        q = toNd(a[2], "Y");
       return [fromNd(nd.mapN([c, p, q], p.int && q.int, (k, u, v) => (k ? u : v), budget, what))];
     }
     case "Clip": {
@@ -348,7 +491,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       const kind = op.slice(6).toLowerCase() as nd.ReduceKind;
       // axes: an attribute before opset 18 (ReduceSum: 13), an input after
       const axesIn = a[1] ? I(a[1], "axes") : undefined;
-      const axes = axesIn ?? ((at.axes as number[] | undefined) ?? []);
+      const axes = axesIn ?? (at.axes as number[] | undefined) ?? [];
       const v = x();
       if (axes.length === 0 && at.noop_with_empty_axes) return [fromNd(v)];
       return [fromNd(nd.reduce(v, axes, (at.keepdims as number | undefined) !== 0, kind, budget, what))];
@@ -360,18 +503,26 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       const v = x();
       const axis = nd.normAxis((at.axis as number | undefined) ?? -1, v.shape.length, "LayerNormalization axis");
       const inner = prod(v.shape.slice(axis));
-      const sc = a[1] ? toNd(a[1], "Scale") : null, bi = a[2] ? toNd(a[2], "B") : null;
-      for (const [t, nm] of [[sc, "Scale"], [bi, "B"]] as const) if (t && t.data.length !== inner && t.data.length !== 1) throw new RangeError(`${nm} has ${t.data.length} values for a normalised extent of ${inner}`);
+      const sc = a[1] ? toNd(a[1], "Scale") : null,
+        bi = a[2] ? toNd(a[2], "B") : null;
+      for (const [t, nm] of [
+        [sc, "Scale"],
+        [bi, "B"],
+      ] as const)
+        if (t && t.data.length !== inner && t.data.length !== 1)
+          throw new RangeError(`${nm} has ${t.data.length} values for a normalised extent of ${inner}`);
       return [fromNd(nd.normalizeTrailing(v, inner, (at.epsilon as number | undefined) ?? 1e-5, sc, bi, budget, what))];
     }
     case "MatMul":
       return [fromNd(nd.matmul(toNd(a[0], "A"), toNd(a[1], "B"), budget, what))];
     case "Gemm": {
-      let A = toNd(a[0], "A"), B = toNd(a[1], "B");
+      let A = toNd(a[0], "A"),
+        B = toNd(a[1], "B");
       if (A.shape.length !== 2 || B.shape.length !== 2) throw new RangeError("Gemm takes 2-D A and B");
       if (at.transA) A = nd.transpose(A, [1, 0], budget, what);
       if (at.transB) B = nd.transpose(B, [1, 0], budget, what);
-      const alpha = (at.alpha as number | undefined) ?? 1, beta = (at.beta as number | undefined) ?? 1;
+      const alpha = (at.alpha as number | undefined) ?? 1,
+        beta = (at.beta as number | undefined) ?? 1;
       let y = nd.matmul(A, B, budget, what);
       if (alpha !== 1) y = nd.mapN([y], false, (t) => alpha * t, budget, what);
       if (a[2]) y = nd.mapN([y, toNd(a[2], "C")], false, (p, q) => p + beta * q, budget, what);
@@ -392,7 +543,8 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
         axes.forEach((ax, k) => ((full[ax] = pads[k]!), (full[ax + v.shape.length] = pads[k + axes.length]!)));
         pads = full;
       }
-      if (pads.some((p) => !Number.isInteger(p) || Math.abs(p) > 1 << 20)) throw new RangeError(`pads [${pads}] must be integers of sane size`);
+      if (pads.some((p) => !Number.isInteger(p) || Math.abs(p) > 1 << 20))
+        throw new RangeError(`pads [${pads}] must be integers of sane size`);
       return [fromNd(nd.pad(v, pads, mode, value, budget, what))];
     }
     case "ConstantOfShape": {
@@ -410,11 +562,14 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       return [fromNd(nd.mapN([v], v.int, (p) => p, budget, what, I(a[1], "shape")))];
     }
     case "Tile": {
-      const v = x(), reps = I(a[1], "repeats");
-      if (reps.length !== v.shape.length || reps.some((r) => !Number.isInteger(r) || r < 0)) throw new RangeError(`repeats [${reps}] must be ${v.shape.length} non-negative integers`);
+      const v = x(),
+        reps = I(a[1], "repeats");
+      if (reps.length !== v.shape.length || reps.some((r) => !Number.isInteger(r) || r < 0))
+        throw new RangeError(`repeats [${reps}] must be ${v.shape.length} non-negative integers`);
       const shape = v.shape.map((d, i) => d * reps[i]!);
       const out = nd.alloc(shape, v.int, budget, what);
-      const st = nd.stridesOf(v.shape), idx = new Array<number>(shape.length).fill(0);
+      const st = nd.stridesOf(v.shape),
+        idx = new Array<number>(shape.length).fill(0);
       for (let i = 0; i < out.data.length; i++) {
         let off = 0;
         for (let d = 0; d < shape.length; d++) off += (idx[d]! % v.shape[d]!) * st[d]!;
@@ -428,9 +583,14 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       return [fromNd(out)];
     }
     case "Range": {
-      const s0 = toNd(a[0], "start"), lim = toNd(a[1], "limit"), dl = toNd(a[2], "delta");
-      const st = s0.data[0]!, li = lim.data[0]!, de = dl.data[0]!;
-      if (!(de !== 0) || !Number.isFinite(st) || !Number.isFinite(li) || !Number.isFinite(de)) throw new RangeError(`Range(${st}, ${li}, ${de}) needs a non-zero delta and finite bounds`);
+      const s0 = toNd(a[0], "start"),
+        lim = toNd(a[1], "limit"),
+        dl = toNd(a[2], "delta");
+      const st = s0.data[0]!,
+        li = lim.data[0]!,
+        de = dl.data[0]!;
+      if (!(de !== 0) || !Number.isFinite(st) || !Number.isFinite(li) || !Number.isFinite(de))
+        throw new RangeError(`Range(${st}, ${li}, ${de}) needs a non-zero delta and finite bounds`);
       const count = Math.max(Math.ceil((li - st) / de), 0);
       const r = nd.alloc([count], s0.int, budget, what);
       for (let i = 0; i < count; i++) r.data[i] = st + i * de;
@@ -439,14 +599,16 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
     case "Split": {
       const v = x();
       const axis = nd.normAxis((at.axis as number | undefined) ?? 0, v.shape.length, "Split axis");
-      const d = v.shape[axis]!, outs = n.outputs.length;
+      const d = v.shape[axis]!,
+        outs = n.outputs.length;
       let parts = a[1] ? I(a[1], "split") : (at.split as number[] | undefined);
       if (!parts) {
         const k = (at.num_outputs as number | undefined) ?? outs;
         const each = Math.ceil(d / k);
         parts = Array.from({ length: k }, (_, i) => Math.max(0, Math.min(each, d - i * each)));
       }
-      if (parts.length !== outs || parts.reduce((p, q) => p + q, 0) !== d || parts.some((p) => p < 0)) throw new RangeError(`split [${parts}] does not divide axis ${axis} of [${v.shape}] into ${outs} outputs`);
+      if (parts.length !== outs || parts.reduce((p, q) => p + q, 0) !== d || parts.some((p) => p < 0))
+        throw new RangeError(`split [${parts}] does not divide axis ${axis} of [${v.shape}] into ${outs} outputs`);
       let start = 0;
       return parts.map((p) => {
         const r = nd.slice(v, [start], [start + p], [axis], [1], budget, what);

@@ -10,7 +10,9 @@ export class Pool {
   check(bytes: number, what: string) {
     if (this.liveBytes + bytes > this.limit) {
       const mb = (b: number) => `${(b / 2 ** 20).toFixed(0)} MB`;
-      throw new RangeError(`${what} needs ${mb(bytes)} more with ${mb(this.liveBytes)} live: over the model's memoryLimit of ${mb(this.limit)}`);
+      throw new RangeError(
+        `${what} needs ${mb(bytes)} more with ${mb(this.liveBytes)} live: over the model's memoryLimit of ${mb(this.limit)}`,
+      );
     }
   }
   take(n: number): Float32Array {

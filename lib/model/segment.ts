@@ -92,10 +92,12 @@ export function normalize(src: ArrayLike<number>, n: Normalization): Float32Arra
       if (n.type === "clipPercentile") {
         const sorted = Float32Array.from(out).sort();
         const q = (p: number) => sorted[Math.min(len - 1, Math.max(0, Math.round((p / 100) * (len - 1))))]!;
-        const lo = q(n.lowerPercentile), hi = q(n.upperPercentile);
+        const lo = q(n.lowerPercentile),
+          hi = q(n.upperPercentile);
         for (let i = 0; i < len; i++) out[i] = Math.min(Math.max(out[i]!, lo), hi);
       }
-      let sum = 0, ss = 0;
+      let sum = 0,
+        ss = 0;
       for (let i = 0; i < len; i++) sum += out[i]!;
       const mean = sum / len;
       for (let i = 0; i < len; i++) ss += (out[i]! - mean) ** 2;
@@ -108,14 +110,21 @@ export function normalize(src: ArrayLike<number>, n: Normalization): Float32Arra
 }
 
 /** Permutes the axes of a (z, y, x) C-order array: out axis k is in axis perm[k]. */
-export function transpose3(data: Float32Array, shape: [number, number, number], perm: readonly number[]): { data: Float32Array; shape: [number, number, number] } {
+export function transpose3(
+  data: Float32Array,
+  shape: [number, number, number],
+  perm: readonly number[],
+): { data: Float32Array; shape: [number, number, number] } {
   if (perm[0] === 0 && perm[1] === 1 && perm[2] === 2) return { data, shape };
   const ns = perm.map((p) => shape[p]!) as [number, number, number];
   const st = [shape[1] * shape[2], shape[2], 1];
-  const s0 = st[perm[0]!]!, s1 = st[perm[1]!]!, s2 = st[perm[2]!]!;
+  const s0 = st[perm[0]!]!,
+    s1 = st[perm[1]!]!,
+    s2 = st[perm[2]!]!;
   const out = allocArray("float32", data.length, "transposed image") as Float32Array;
   let o = 0;
-  for (let a = 0; a < ns[0]; a++) for (let b = 0; b < ns[1]; b++) for (let c = 0; c < ns[2]; c++) out[o++] = data[a * s0 + b * s1 + c * s2]!;
+  for (let a = 0; a < ns[0]; a++)
+    for (let b = 0; b < ns[1]; b++) for (let c = 0; c < ns[2]; c++) out[o++] = data[a * s0 + b * s1 + c * s2]!;
   return { data: out, shape: ns };
 }
 
@@ -129,7 +138,8 @@ export function windowStarts(length: number, patch: number, step: number): numbe
 
 /** numpy's np.round: halves go to the even neighbour (nnU-Net's window starts are rounded so). */
 export function roundHalfEven(v: number): number {
-  const f = Math.floor(v), d = v - f;
+  const f = Math.floor(v),
+    d = v - f;
   if (d > 0.5) return f + 1;
   if (d < 0.5) return f;
   return f % 2 === 0 ? f : f + 1;
@@ -138,16 +148,20 @@ export function roundHalfEven(v: number): number {
 /** Gaussian importance map (σ = patch/8, peak 1, zeros replaced by the smallest value), as nnU-Net. */
 export function gaussianMap(patch: [number, number, number]): Float32Array {
   const axes = patch.map((p) => {
-    const c = Math.floor(p / 2), s = p / 8;
+    const c = Math.floor(p / 2),
+      s = p / 8;
     return Float64Array.from({ length: p }, (_, i) => Math.exp(-((i - c) ** 2) / (2 * s * s)));
   });
   const out = new Float32Array(prod(patch));
-  let i = 0, min = Infinity;
-  for (let a = 0; a < patch[0]; a++) for (let b = 0; b < patch[1]; b++) for (let c = 0; c < patch[2]; c++) {
-    const v = axes[0]![a]! * axes[1]![b]! * axes[2]![c]!;
-    out[i++] = v;
-    if (v > 0 && v < min) min = v;
-  }
+  let i = 0,
+    min = Infinity;
+  for (let a = 0; a < patch[0]; a++)
+    for (let b = 0; b < patch[1]; b++)
+      for (let c = 0; c < patch[2]; c++) {
+        const v = axes[0]![a]! * axes[1]![b]! * axes[2]![c]!;
+        out[i++] = v;
+        if (v > 0 && v < min) min = v;
+      }
   for (let k = 0; k < out.length; k++) if (out[k] === 0) out[k] = min;
   return out;
 }
@@ -156,7 +170,9 @@ function flip(t: Tensor, axes: number[]): Tensor {
   if (!axes.length) return t;
   const [N, C, D, H, W] = t.shape as [number, number, number, number, number];
   const out = new Float32Array(t.data.length);
-  const fd = axes.includes(0), fh = axes.includes(1), fw = axes.includes(2);
+  const fd = axes.includes(0),
+    fh = axes.includes(1),
+    fw = axes.includes(2);
   let o = 0;
   for (let nc = 0; nc < N * C; nc++)
     for (let z = 0; z < D; z++)
@@ -225,16 +241,26 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   const opts = optionsObject("options", options) as SegmentOptions;
   const cfg: ModelConfig = model.config;
   const patch = (opts.patchSize ?? cfg.patchSize).map(Math.round) as [number, number, number];
-  if (patch.length !== 3 || !patch.every((p) => p >= 1)) throw invalidParameterError("options.patchSize", "[z, y, x] of positive integers", opts.patchSize);
+  if (patch.length !== 3 || !patch.every((p) => p >= 1))
+    throw invalidParameterError("options.patchSize", "[z, y, x] of positive integers", opts.patchSize);
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
   const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
-  if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2)) throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
+  if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2))
+    throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
   const signal = opts.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameterError("options.signal", "an AbortSignal", signal);
   const maxVoxels = opts.maxVoxels ?? Infinity;
   if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
-  return { patch, step, mirrorAxes, maxVoxels, signal, onProgress: typeof opts.onProgress === "function" ? opts.onProgress : () => {}, cleanup: opts.cleanup };
+  return {
+    patch,
+    step,
+    mirrorAxes,
+    maxVoxels,
+    signal,
+    onProgress: typeof opts.onProgress === "function" ? opts.onProgress : () => {},
+    cleanup: opts.cleanup,
+  };
 }
 
 /** The grids the run will allocate, from the dims and spacings alone (RangeError past maxVoxels before any allocation). */
@@ -248,7 +274,11 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
   const target = cfg.targetSpacing ? (perm.map((p) => cfg.targetSpacing![p]!) as [number, number, number]) : gridSpacing;
   const modelShape = perm.map((p, i) => Math.max(1, Math.round((zyx[p]! * gridSpacing[i]!) / target[i]!))) as [number, number, number];
   const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
-  for (const [what, shape] of [["the CT", zyx], ["the CT resampled to the model's spacing", modelShape], ["the resampled CT padded to a patch", padded]] as const) {
+  for (const [what, shape] of [
+    ["the CT", zyx],
+    ["the CT resampled to the model's spacing", modelShape],
+    ["the resampled CT padded to a patch", padded],
+  ] as const) {
     if (prod(shape) > maxVoxels) {
       throw new RangeError(`${what} would be ${shape.join(" × ")} = ${prod(shape)} voxels, more than options.maxVoxels (${maxVoxels})`);
     }
@@ -260,7 +290,11 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
  * Preprocessing (nnU-Net's DefaultPreprocessor): normalise on the CT's grid, reorder the axes,
  * resample to the model's spacing. Returns the image on the model grid and the reordered CT grid.
  */
-async function preprocess(ct: Volume, p: SegmentPlan, run: SegmentRun): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
+async function preprocess(
+  ct: Volume,
+  p: SegmentPlan,
+  run: SegmentRun,
+): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
   let img = normalize(ct.data, p.cfg.normalization);
   run.hold(img.byteLength);
   run.lap("normalize");
@@ -289,7 +323,12 @@ async function preprocess(ct: Volume, p: SegmentPlan, run: SegmentRun): Promise<
  * Gaussian map, then the padding cropped, the weights divided out and a softmax over the classes.
  * Returns the class probabilities on the model grid, class-major.
  */
-async function predictSlidingWindow(x: Tensor, model: SegmentModel, p: SegmentPlan, run: SegmentRun): Promise<{ probs: Float32Array; classes: number; windows: number; forwards: number; peakForward: number }> {
+async function predictSlidingWindow(
+  x: Tensor,
+  model: SegmentModel,
+  p: SegmentPlan,
+  run: SegmentRun,
+): Promise<{ probs: Float32Array; classes: number; windows: number; forwards: number; peakForward: number }> {
   const { patch, padded, modelShape } = p;
   const signal = run.signal;
   const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
@@ -300,58 +339,68 @@ async function predictSlidingWindow(x: Tensor, model: SegmentModel, p: SegmentPl
   let acc: Float32Array | undefined;
   const weight = new Float32Array(prod(padded));
   run.hold(weight.byteLength);
-  const [, PH, PW] = padded, [pd, ph, pw] = patch;
+  const [, PH, PW] = padded,
+    [pd, ph, pw] = patch;
   const patchT: Tensor = { data: new Float32Array(prod(patch)), shape: [1, 1, ...patch] };
-  let done = 0, forwards = 0, peakForward = 0;
+  let done = 0,
+    forwards = 0,
+    peakForward = 0;
   const flips = [[]] as number[][];
   for (const a of p.mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
-  for (const z0 of starts[0]!) for (const y0 of starts[1]!) for (const x0 of starts[2]!) {
-    signal?.throwIfAborted();
-    // extract the patch (zeros outside the image)
-    patchT.data.fill(0);
-    for (let a = 0; a < pd; a++) {
-      const zz = z0 + a - lead[0]!;
-      if (zz < 0 || zz >= modelShape[0]) continue;
-      for (let b = 0; b < ph; b++) {
-        const yy = y0 + b - lead[1]!;
-        if (yy < 0 || yy >= modelShape[1]) continue;
-        const src = (zz * modelShape[1] + yy) * modelShape[2];
-        for (let c = 0; c < pw; c++) {
-          const xx = x0 + c - lead[2]!;
-          if (xx >= 0 && xx < modelShape[2]) patchT.data[(a * ph + b) * pw + c] = x.data[src + xx]!;
-        }
-      }
-    }
-    let logits: Tensor | undefined;
-    for (const f of flips) {
-      const y = flip(await model.run(flip(patchT, f), signal ? { signal } : undefined), f);
-      forwards++;
-      peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
-      if (!logits) logits = f.length ? y : { data: Float32Array.from(y.data), shape: y.shape };
-      else for (let i = 0; i < y.data.length; i++) logits.data[i]! += y.data[i]!;
-    }
-    if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
-      throw new Error(`the model returned shape [${logits!.shape.join(", ")}] for a patch of [1, 1, ${patch.join(", ")}]`);
-    }
-    if (!acc) {
-      C = logits!.shape[1]!;
-      acc = allocArray("float32", C * prod(padded), "aggregated logits") as Float32Array;
-      run.hold(acc.byteLength);
-    }
-    const scale = 1 / flips.length, vol = prod(padded), pv = prod(patch);
-    for (let k = -1; k < C; k++) // k = −1: the weights; then each class, over contiguous rows
-      for (let a = 0; a < pd; a++)
-        for (let b = 0; b < ph; b++) {
-          const dst = ((z0 + a) * PH + (y0 + b)) * PW + x0, srcp = (a * ph + b) * pw;
-          if (k < 0) for (let c = 0; c < pw; c++) weight[dst + c]! += gauss[srcp + c]!;
-          else {
-            const ao = k * vol + dst, lo = k * pv + srcp;
-            for (let c = 0; c < pw; c++) acc[ao + c]! += logits!.data[lo + c]! * gauss[srcp + c]! * scale;
+  for (const z0 of starts[0]!)
+    for (const y0 of starts[1]!)
+      for (const x0 of starts[2]!) {
+        signal?.throwIfAborted();
+        // extract the patch (zeros outside the image)
+        patchT.data.fill(0);
+        for (let a = 0; a < pd; a++) {
+          const zz = z0 + a - lead[0]!;
+          if (zz < 0 || zz >= modelShape[0]) continue;
+          for (let b = 0; b < ph; b++) {
+            const yy = y0 + b - lead[1]!;
+            if (yy < 0 || yy >= modelShape[1]) continue;
+            const src = (zz * modelShape[1] + yy) * modelShape[2];
+            for (let c = 0; c < pw; c++) {
+              const xx = x0 + c - lead[2]!;
+              if (xx >= 0 && xx < modelShape[2]) patchT.data[(a * ph + b) * pw + c] = x.data[src + xx]!;
+            }
           }
         }
-    run.progress({ step: "window", done: ++done, total });
-    await run.yielder.maybe();
-  }
+        let logits: Tensor | undefined;
+        for (const f of flips) {
+          const y = flip(await model.run(flip(patchT, f), signal ? { signal } : undefined), f);
+          forwards++;
+          peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
+          if (!logits) logits = f.length ? y : { data: Float32Array.from(y.data), shape: y.shape };
+          else for (let i = 0; i < y.data.length; i++) logits.data[i]! += y.data[i]!;
+        }
+        if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
+          throw new Error(`the model returned shape [${logits!.shape.join(", ")}] for a patch of [1, 1, ${patch.join(", ")}]`);
+        }
+        if (!acc) {
+          C = logits!.shape[1]!;
+          acc = allocArray("float32", C * prod(padded), "aggregated logits") as Float32Array;
+          run.hold(acc.byteLength);
+        }
+        const scale = 1 / flips.length,
+          vol = prod(padded),
+          pv = prod(patch);
+        for (let k = -1; k < C; k++)
+          // k = −1: the weights; then each class, over contiguous rows
+          for (let a = 0; a < pd; a++)
+            for (let b = 0; b < ph; b++) {
+              const dst = ((z0 + a) * PH + (y0 + b)) * PW + x0,
+                srcp = (a * ph + b) * pw;
+              if (k < 0) for (let c = 0; c < pw; c++) weight[dst + c]! += gauss[srcp + c]!;
+              else {
+                const ao = k * vol + dst,
+                  lo = k * pv + srcp;
+                for (let c = 0; c < pw; c++) acc[ao + c]! += logits!.data[lo + c]! * gauss[srcp + c]! * scale;
+              }
+            }
+        run.progress({ step: "window", done: ++done, total });
+        await run.yielder.maybe();
+      }
   run.lap("inference");
 
   // crop the padding, average, softmax over classes
@@ -366,7 +415,8 @@ async function predictSlidingWindow(x: Tensor, model: SegmentModel, p: SegmentPl
     for (let z = 0; z < modelShape[0]; z++) {
       await run.yielder.maybe();
       for (let y = 0; y < modelShape[1]; y++) {
-        const src = ((z + lead[0]!) * PH + (y + lead[1]!)) * PW + lead[2]!, dst = (z * modelShape[1] + y) * modelShape[2];
+        const src = ((z + lead[0]!) * PH + (y + lead[1]!)) * PW + lead[2]!,
+          dst = (z * modelShape[1] + y) * modelShape[2];
         for (let xx = 0; xx < modelShape[2]; xx++) probs[k * mvol + dst + xx] = acc![k * vol + src + xx]! / weight[src + xx]!;
       }
     }
@@ -381,7 +431,14 @@ async function predictSlidingWindow(x: Tensor, model: SegmentModel, p: SegmentPl
  * probabilities back to the CT's grid and axis order, one class at a time with a running argmax,
  * so that only one class is ever resampled at once.
  */
-async function exportToCtGrid(probs: Float32Array, C: number, ct: Volume, p: SegmentPlan, pre: { gridShape: [number, number, number]; resampled: boolean }, run: SegmentRun): Promise<Uint8Array> {
+async function exportToCtGrid(
+  probs: Float32Array,
+  C: number,
+  ct: Volume,
+  p: SegmentPlan,
+  pre: { gridShape: [number, number, number]; resampled: boolean },
+  run: SegmentRun,
+): Promise<Uint8Array> {
   const { modelShape, perm } = p;
   const { gridShape, resampled } = pre;
   const mvol = prod(modelShape);
@@ -402,7 +459,10 @@ async function exportToCtGrid(probs: Float32Array, C: number, ct: Volume, p: Seg
       for (let lo = 0; lo < n; lo += 1 << 20) {
         for (let i = lo, hi = Math.min(n, lo + (1 << 20)); i < hi; i++) {
           const v = back.data[i]!;
-          if (v > best[i]!) (best[i] = v), (labels[i] = k);
+          if (v > best[i]!) {
+            best[i] = v;
+            labels[i] = k;
+          }
         }
         await run.yielder.maybe();
       }
@@ -413,7 +473,12 @@ async function exportToCtGrid(probs: Float32Array, C: number, ct: Volume, p: Seg
 }
 
 /** Optional cleanup, then the bleeds (components) and the volume of each class on the CT's grid. */
-async function postprocess(labels: Volume<Uint8Array>, cfg: ModelConfig, cleanupOptions: CleanupOptions | false | undefined, run: SegmentRun): Promise<{ out: Volume<Uint8Array>; components: Component[]; perClass: SegmentReport["perClass"] }> {
+async function postprocess(
+  labels: Volume<Uint8Array>,
+  cfg: ModelConfig,
+  cleanupOptions: CleanupOptions | false | undefined,
+  run: SegmentRun,
+): Promise<{ out: Volume<Uint8Array>; components: Component[]; perClass: SegmentReport["perClass"] }> {
   let out = labels;
   if (cleanupOptions) {
     out = (await cleanup(out, cleanupOptions)) as Volume<Uint8Array>;
@@ -440,7 +505,11 @@ async function postprocess(labels: Volume<Uint8Array>, cfg: ModelConfig, cleanup
  * Segments a head CT: preprocess, sliding-window prediction, export to the CT's grid, then
  * cleanup and the report (each step a function above, after nnU-Net's predictor).
  */
-export async function segment(ct: Volume, model: SegmentModel, options?: SegmentOptions): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+export async function segment(
+  ct: Volume,
+  model: SegmentModel,
+  options?: SegmentOptions,
+): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
   const opts = checkOptions(ct, model, options);
   opts.signal?.throwIfAborted();
   const run = new SegmentRun(opts.onProgress, opts.signal);
@@ -452,7 +521,12 @@ export async function segment(ct: Volume, model: SegmentModel, options?: Segment
   run.progress({ step: "postprocess", done: 1, total: 3 });
   const labels = await exportToCtGrid(probs, classes, ct, p, pre, run);
   run.signal?.throwIfAborted();
-  const { out, components, perClass } = await postprocess({ data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] }, p.cfg, opts.cleanup, run);
+  const { out, components, perClass } = await postprocess(
+    { data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] },
+    p.cfg,
+    opts.cleanup,
+    run,
+  );
   run.progress({ step: "postprocess", done: 3, total: 3 });
   return {
     labels: out,

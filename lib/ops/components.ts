@@ -51,7 +51,11 @@ function assertIntegerVolume(name: string, v: unknown): asserts v is Volume {
   assertVolume(name, v);
   const dt = dtypeOf(v.data)!;
   if (!INTEGER_DTYPES.includes(dt)) {
-    throw invalidParameterError(`${name}.data`, "integer voxels (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array or Uint32Array)", v.data);
+    throw invalidParameterError(
+      `${name}.data`,
+      "integer voxels (Uint8Array, Int8Array, Int16Array, Uint16Array, Int32Array or Uint32Array)",
+      v.data,
+    );
   }
 }
 
@@ -71,18 +75,24 @@ export async function asLabelVolume(volume: Volume, options?: { maxLabel?: numbe
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
   const name = (opts.name as string | undefined) ?? "volume";
   const s = await activeBackend().voxelStats(volume.data);
-  if (s.nonfinite > 0) throw new RangeError(`${name} holds ${s.nonfinite} NaN or infinite voxel(s); labels are integers from 0 to ${maxLabel}`);
+  if (s.nonfinite > 0)
+    throw new RangeError(`${name} holds ${s.nonfinite} NaN or infinite voxel(s); labels are integers from 0 to ${maxLabel}`);
   if (volume.data.length > 0 && (s.min < 0 || s.max > (maxLabel as number))) {
     throw new RangeError(
       `${name} holds values from ${s.min} to ${s.max}; labels are integers from 0 to ${maxLabel}` +
-        (s.min < 0 ? " (is it a CT in Hounsfield units rather than labels?)" : " (raise the limit if the labels are meant to go that high)"),
+        (s.min < 0
+          ? " (is it a CT in Hounsfield units rather than labels?)"
+          : " (raise the limit if the labels are meant to go that high)"),
     );
   }
   const dt = dtypeOf(volume.data)!;
   if (INTEGER_DTYPES.includes(dt)) return volume;
   const d = volume.data;
   for (let i = 0; i < d.length; i++) {
-    if (!Number.isInteger(d[i])) throw new RangeError(`${name} holds ${d[i]} at voxel ${i}; labels are integers from 0 to ${maxLabel} (is it a CT rather than labels?)`);
+    if (!Number.isInteger(d[i]))
+      throw new RangeError(
+        `${name} holds ${d[i]} at voxel ${i}; labels are integers from 0 to ${maxLabel} (is it a CT rather than labels?)`,
+      );
   }
   const type = s.max <= 255 ? "uint8" : s.max <= 65535 ? "uint16" : "int32";
   const out = allocArray(type, d.length, "labels");
@@ -94,7 +104,10 @@ export async function asLabelVolume(volume: Volume, options?: { maxLabel?: numbe
  * Labels the connected components of a volume's non-zero voxels. Labels are 1..count in raster
  * order (x fastest) of each component's first voxel, equal to scipy.ndimage.label's.
  */
-export async function connectedComponents(volume: Volume, options?: ComponentsOptions): Promise<{ labels: Volume<Int32Array>; count: number }> {
+export async function connectedComponents(
+  volume: Volume,
+  options?: ComponentsOptions,
+): Promise<{ labels: Volume<Int32Array>; count: number }> {
   assertIntegerVolume("volume", volume);
   const opts = optionsObject("options", options);
   const connectivity = checkConnectivity(opts.connectivity);
@@ -147,7 +160,8 @@ function denseLabels(data: Int32Array, limit: number): { values: Int32Array; den
   for (let i = 0; i < data.length; i++) {
     const v = data[i]!;
     if (v === 0) continue;
-    let lo = 0, hi = n - 1;
+    let lo = 0,
+      hi = n - 1;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (values[mid]! < v) lo = mid + 1;
@@ -170,7 +184,8 @@ export async function componentStats(
   options?: { classes?: Volume | VoxelArray; spacing?: [number, number, number]; maxComponents?: number },
 ): Promise<Component[]> {
   assertVolume("labels", labels);
-  if (!(labels.data instanceof Int32Array)) throw invalidParameterError("labels.data", "an Int32Array (the labels of connectedComponents)", labels.data);
+  if (!(labels.data instanceof Int32Array))
+    throw invalidParameterError("labels.data", "an Int32Array (the labels of connectedComponents)", labels.data);
   const opts = optionsObject("options", options);
   let classes: VoxelArray | null = null;
   if (opts.classes !== undefined) {
@@ -184,10 +199,13 @@ export async function componentStats(
   if (!Array.isArray(spacing) || spacing.length !== 3) throw invalidParameterError("options.spacing", "[sx, sy, sz] in mm", spacing);
   spacing.forEach((s, i) => assertNumber(`options.spacing[${i}]`, s, Number.MIN_VALUE));
   const maxComponents = opts.maxComponents ?? MAX_COMPONENTS;
-  if (!Number.isInteger(maxComponents) || (maxComponents as number) < 0) throw invalidParameterError("options.maxComponents", "a non-negative integer", maxComponents);
+  if (!Number.isInteger(maxComponents) || (maxComponents as number) < 0)
+    throw invalidParameterError("options.maxComponents", "a non-negative integer", maxComponents);
   const range = await labelRange(labels);
   // label values as given, or renumbered 1..n when they are sparse (values[k-1] is label k's value)
-  let work = labels, values: Int32Array | null = null, count = range.max;
+  let work = labels,
+    values: Int32Array | null = null,
+    count = range.max;
   if (range.max > DENSE_LABELS || range.max > (maxComponents as number)) {
     const d = denseLabels(labels.data, maxComponents as number);
     values = d.values;
@@ -198,7 +216,8 @@ export async function componentStats(
   if (!values) {
     let present = 0;
     for (let c = 0; c < count; c++) if (st[c * STATS]) present++;
-    if (present > (maxComponents as number)) throw new RangeError(`labels holds ${present} components, more than options.maxComponents (${maxComponents})`);
+    if (present > (maxComponents as number))
+      throw new RangeError(`labels holds ${present} components, more than options.maxComponents (${maxComponents})`);
   }
 
   // Voxels per slice of each component, for the slice of largest area and the slice count.
@@ -223,12 +242,21 @@ export async function componentStats(
     const min: [number, number, number] = [st[o + 1]!, st[o + 2]!, st[o + 3]!];
     const max: [number, number, number] = [st[o + 4]!, st[o + 5]!, st[o + 6]!];
     const cv: [number, number, number] = [st[o + 7]! / n, st[o + 8]! / n, st[o + 9]! / n];
-    const cw = [0, 1, 2].map((r) => A[4 * r]! * cv[0] + A[4 * r + 1]! * cv[1] + A[4 * r + 2]! * cv[2] + A[4 * r + 3]!) as [number, number, number];
-    let slices = 0, best = min[2], bestArea = -1;
+    const cw = [0, 1, 2].map((r) => A[4 * r]! * cv[0] + A[4 * r + 1]! * cv[1] + A[4 * r + 2]! * cv[2] + A[4 * r + 3]!) as [
+      number,
+      number,
+      number,
+    ];
+    let slices = 0,
+      best = min[2],
+      bestArea = -1;
     for (let z = min[2]; z <= max[2]; z++) {
       const a = areas[offsets[c]! + z - min[2]]!;
       if (a > 0) slices++;
-      if (a > bestArea) (bestArea = a), (best = z);
+      if (a > bestArea) {
+        bestArea = a;
+        best = z;
+      }
     }
     const { a, b } = sliceDiameters(work, c + 1, best, min, max, sx, sy);
     const cmm = slices * sz;
@@ -252,12 +280,21 @@ export async function componentStats(
  * A: the largest distance (mm) across the component's pixels on slice z, taken over the pixels'
  * corners (so one voxel has the diagonal as A); B: its extent perpendicular to A.
  */
-function sliceDiameters(labels: Volume<Int32Array>, label: number, z: number, min: number[], max: number[], sx: number, sy: number): { a: number; b: number } {
+function sliceDiameters(
+  labels: Volume<Int32Array>,
+  label: number,
+  z: number,
+  min: number[],
+  max: number[],
+  sx: number,
+  sy: number,
+): { a: number; b: number } {
   const [nx, ny] = labels.dims;
   const pts: [number, number][] = [];
   for (let y = min[1]!; y <= max[1]!; y++) {
     const row = (z * ny + y) * nx;
-    let lo = -1, hi = -1;
+    let lo = -1,
+      hi = -1;
     for (let x = min[0]!; x <= max[0]!; x++) {
       if (labels.data[row + x] === label) {
         if (lo < 0) lo = x;
@@ -269,15 +306,23 @@ function sliceDiameters(labels: Volume<Int32Array>, label: number, z: number, mi
     for (const x of [lo - 0.5, hi + 0.5]) for (const yy of [y - 0.5, y + 0.5]) pts.push([x * sx, yy * sy]);
   }
   const hull = convexHull(pts);
-  let a = 0, ux = 1, uy = 0;
+  let a = 0,
+    ux = 1,
+    uy = 0;
   for (let i = 0; i < hull.length; i++) {
     for (let j = i + 1; j < hull.length; j++) {
-      const dx = hull[j]![0] - hull[i]![0], dy = hull[j]![1] - hull[i]![1];
+      const dx = hull[j]![0] - hull[i]![0],
+        dy = hull[j]![1] - hull[i]![1];
       const d = Math.hypot(dx, dy);
-      if (d > a) (a = d), (ux = dx / d), (uy = dy / d);
+      if (d > a) {
+        a = d;
+        ux = dx / d;
+        uy = dy / d;
+      }
     }
   }
-  let lo = Infinity, hi = -Infinity;
+  let lo = Infinity,
+    hi = -Infinity;
   for (const [x, y] of hull) {
     const p = -uy * x + ux * y;
     lo = Math.min(lo, p);
@@ -290,8 +335,10 @@ function sliceDiameters(labels: Volume<Int32Array>, label: number, z: number, mi
 function convexHull(points: [number, number][]): [number, number][] {
   const p = [...points].sort((u, v) => u[0] - v[0] || u[1] - v[1]);
   if (p.length < 3) return p;
-  const cross = (o: [number, number], a: [number, number], b: [number, number]) => (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
-  const lower: [number, number][] = [], upper: [number, number][] = [];
+  const cross = (o: [number, number], a: [number, number], b: [number, number]) =>
+    (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
+  const lower: [number, number][] = [],
+    upper: [number, number][] = [];
   for (const q of p) {
     while (lower.length >= 2 && cross(lower[lower.length - 2]!, lower[lower.length - 1]!, q) <= 0) lower.pop();
     lower.push(q);

@@ -14,10 +14,14 @@ const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 /** Checks a Tensor: Float32Array data whose length is the product of a shape of positive integers. */
 export function assertTensor(name: string, t: unknown, rank?: number): asserts t is Tensor {
   const v = t as Partial<Tensor> | null;
-  if (typeof v !== "object" || v === null || !(v.data instanceof Float32Array)) throw invalidParameterError(name, "a Tensor { data: Float32Array, shape }", t);
-  if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isSafeInteger(d) && d >= 1)) throw invalidParameterError(`${name}.shape`, "an array of positive integers", v.shape);
-  if (rank !== undefined && v.shape.length !== rank) throw invalidParameterError(`${name}.shape`, `${rank} axes${rank === 5 ? " [N, C, D, H, W]" : ""}`, v.shape);
-  if (prod(v.shape) !== v.data.length) throw new RangeError(`${name}.data has ${v.data.length} elements but ${name}.shape [${v.shape.join(", ")}] needs ${prod(v.shape)}`);
+  if (typeof v !== "object" || v === null || !(v.data instanceof Float32Array))
+    throw invalidParameterError(name, "a Tensor { data: Float32Array, shape }", t);
+  if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isSafeInteger(d) && d >= 1))
+    throw invalidParameterError(`${name}.shape`, "an array of positive integers", v.shape);
+  if (rank !== undefined && v.shape.length !== rank)
+    throw invalidParameterError(`${name}.shape`, `${rank} axes${rank === 5 ? " [N, C, D, H, W]" : ""}`, v.shape);
+  if (prod(v.shape) !== v.data.length)
+    throw new RangeError(`${name}.data has ${v.data.length} elements but ${name}.shape [${v.shape.join(", ")}] needs ${prod(v.shape)}`);
 }
 
 function newTensor(shape: number[], what: string): Tensor {
@@ -31,7 +35,8 @@ function newTensor(shape: number[], what: string): Tensor {
  * allocated this way already; reuse one as `options.out`, or fill one with an input used many times.
  */
 export function allocTensor(shape: number[]): Tensor {
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 1)) throw invalidParameterError("shape", "an array of positive integers", shape);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 1))
+    throw invalidParameterError("shape", "an array of positive integers", shape);
   return newTensor([...shape], "allocTensor");
 }
 
@@ -91,7 +96,8 @@ export interface OutputOptions {
 function outputTensor(shape: number[], given: unknown, what: string, alloc?: unknown): Tensor {
   if (typeof alloc === "function") {
     const t = (alloc as (s: number[]) => Tensor)(shape);
-    if (!(t?.data instanceof Float32Array) || t.data.length !== prod(shape)) throw new RangeError(`options.alloc returned ${t?.data?.length} elements for [${shape.join(", ")}]`);
+    if (!(t?.data instanceof Float32Array) || t.data.length !== prod(shape))
+      throw new RangeError(`options.alloc returned ${t?.data?.length} elements for [${shape.join(", ")}]`);
     return t;
   }
   if (given === undefined) return newTensor(shape, what);
@@ -112,32 +118,74 @@ function convCommon(input: unknown, weight: unknown, bias: unknown, options: unk
   const pad = padding("options.padding", opts.padding);
   const groups = opts.groups ?? 1;
   if (!Number.isInteger(groups) || (groups as number) < 1) throw invalidParameterError("options.groups", "a positive integer", groups);
-  return { input: input as Tensor, weight: weight as Tensor, bias: (bias ?? null) as Tensor | null, opts, stride, dilation, pad, groups: groups as number };
+  return {
+    input: input as Tensor,
+    weight: weight as Tensor,
+    bias: (bias ?? null) as Tensor | null,
+    opts,
+    stride,
+    dilation,
+    pad,
+    groups: groups as number,
+  };
 }
 
 /**
  * conv3d's checks and output: everything but the backend call. `check` sees the output channels
  * once the arguments are valid, before the output is taken.
  */
-function convPlan(input: Tensor, weight: Tensor, bias: Tensor | null | undefined, options: Conv3dOptions | undefined, check?: (Co: number) => void) {
+function convPlan(
+  input: Tensor,
+  weight: Tensor,
+  bias: Tensor | null | undefined,
+  options: Conv3dOptions | undefined,
+  check?: (Co: number) => void,
+) {
   const c = convCommon(input, weight, bias, options);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = c.weight.shape as [number, number, number, number, number];
-  if (C % c.groups || Co % c.groups) throw new RangeError(`input channels ${C} and output channels ${Co} must both be divisible by groups ${c.groups}`);
-  if (Cg !== C / c.groups) throw new RangeError(`weight.shape[1] is ${Cg} but input has ${C} channels in ${c.groups} group(s) (${C / c.groups} each)`);
+  if (C % c.groups || Co % c.groups)
+    throw new RangeError(`input channels ${C} and output channels ${Co} must both be divisible by groups ${c.groups}`);
+  if (Cg !== C / c.groups)
+    throw new RangeError(`weight.shape[1] is ${Cg} but input has ${C} channels in ${c.groups} group(s) (${C / c.groups} each)`);
   if (c.bias && c.bias.shape[0] !== Co) throw new RangeError(`bias has ${c.bias.shape[0]} values but weight has ${Co} output channels`);
   const { act, alpha } = activation(c.opts);
-  const k = [kd, kh, kw], ext = [D, H, W];
+  const k = [kd, kh, kw],
+    ext = [D, H, W];
   const outS = ext.map((e, i) => {
-    const span = c.dilation[i]! * (k[i]! - 1) + 1, padded = e + c.pad.lead[i]! + c.pad.trail[i]!;
-    if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
+    const span = c.dilation[i]! * (k[i]! - 1) + 1,
+      padded = e + c.pad.lead[i]! + c.pad.trail[i]!;
+    if (padded < span)
+      throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
   check?.(Co);
   const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
-  if (out.data === c.input.data || out.data === c.weight.data) throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
-  const args: [Float32Array, [number, number, number, number, number], Float32Array, [number, number, number, number], Float32Array | null, Triple, Triple, Triple, number, Triple] =
-    [c.input.data, [N, C, D, H, W], c.weight.data, [Co, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS];
+  if (out.data === c.input.data || out.data === c.weight.data)
+    throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
+  const args: [
+    Float32Array,
+    [number, number, number, number, number],
+    Float32Array,
+    [number, number, number, number],
+    Float32Array | null,
+    Triple,
+    Triple,
+    Triple,
+    number,
+    Triple,
+  ] = [
+    c.input.data,
+    [N, C, D, H, W],
+    c.weight.data,
+    [Co, kd, kh, kw],
+    c.bias?.data ?? null,
+    c.stride,
+    c.dilation,
+    c.pad.lead,
+    c.groups,
+    outS,
+  ];
   return { args, act, alpha, out, Co };
 }
 
@@ -163,14 +211,27 @@ export interface FusedNorm {
  * elsewhere the two operations one after the other. `options.activation` must be unset (the
  * activation after the norm is `norm.activation`).
  */
-export async function conv3dInstanceNorm(input: Tensor, weight: Tensor, bias: Tensor | null, norm: FusedNorm, options?: Conv3dOptions): Promise<Tensor> {
-  if (options?.activation !== undefined && options.activation !== "none") throw invalidParameterError("options.activation", "none (the activation goes after the norm)", options.activation);
+export async function conv3dInstanceNorm(
+  input: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  norm: FusedNorm,
+  options?: Conv3dOptions,
+): Promise<Tensor> {
+  if (options?.activation !== undefined && options.activation !== "none")
+    throw invalidParameterError("options.activation", "none (the activation goes after the norm)", options.activation);
   const normOpts = optionsObject("norm", norm);
   const { act, alpha } = activation(normOpts, "norm");
   const eps = epsOf(normOpts, "norm");
   // the norm's scale and bias are checked before the output is allocated
   let perCo: [Float32Array, Float32Array] | undefined;
-  const p = convPlan(input, weight, bias, options, (Co) => (perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)]));
+  const p = convPlan(
+    input,
+    weight,
+    bias,
+    options,
+    (Co) => (perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)]),
+  );
   const [scale, nb] = perCo!;
   const be = activeBackend();
   if (be.conv3dNorm) {
@@ -194,7 +255,12 @@ export interface ConvTranspose3dOptions extends OutputOptions {
 }
 
 /** Transposed 3-D convolution: weight [C, Cout/groups, kD, kH, kW] (PyTorch and ONNX order). */
-export async function convTranspose3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: ConvTranspose3dOptions): Promise<Tensor> {
+export async function convTranspose3d(
+  input: Tensor,
+  weight: Tensor,
+  bias?: Tensor | null,
+  options?: ConvTranspose3dOptions,
+): Promise<Tensor> {
   const c = convCommon(input, weight, bias, options);
   const outPad = triple("options.outputPadding", c.opts.outputPadding, 0, 0);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
@@ -203,15 +269,29 @@ export async function convTranspose3d(input: Tensor, weight: Tensor, bias?: Tens
   if (C % c.groups) throw new RangeError(`input channels ${C} must be divisible by groups ${c.groups}`);
   const Co = Cog * c.groups;
   if (c.bias && c.bias.shape[0] !== Co) throw new RangeError(`bias has ${c.bias.shape[0]} values but the output has ${Co} channels`);
-  const k = [kd, kh, kw], ext = [D, H, W];
+  const k = [kd, kh, kw],
+    ext = [D, H, W];
   const outS = ext.map((e, i) => {
-    if (outPad[i]! >= Math.max(c.stride[i]!, c.dilation[i]!)) throw invalidParameterError("options.outputPadding", "values smaller than the stride or the dilation", c.opts.outputPadding);
+    if (outPad[i]! >= Math.max(c.stride[i]!, c.dilation[i]!))
+      throw invalidParameterError("options.outputPadding", "values smaller than the stride or the dilation", c.opts.outputPadding);
     const o = (e - 1) * c.stride[i]! - c.pad.lead[i]! - c.pad.trail[i]! + c.dilation[i]! * (k[i]! - 1) + outPad[i]! + 1;
     if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
     return o;
   }) as Triple;
   const out = outputTensor([N, Co, ...outS], c.opts.out, "convTranspose3d output", c.opts.alloc);
-  await activeBackend().convTranspose3d(c.input.data, [N, C, D, H, W], c.weight.data, [Cog, kd, kh, kw], c.bias?.data ?? null, c.stride, c.dilation, c.pad.lead, c.groups, outS, out.data);
+  await activeBackend().convTranspose3d(
+    c.input.data,
+    [N, C, D, H, W],
+    c.weight.data,
+    [Cog, kd, kh, kw],
+    c.bias?.data ?? null,
+    c.stride,
+    c.dilation,
+    c.pad.lead,
+    c.groups,
+    outS,
+    out.data,
+  );
   return out;
 }
 
@@ -221,7 +301,8 @@ function nc(x: Tensor): { N: number; C: number; spatial: number } {
 
 function perChannel(name: string, t: unknown, C: number): Float32Array {
   assertTensor(name, t);
-  if ((t as Tensor).data.length !== C) throw new RangeError(`${name} has ${(t as Tensor).data.length} values but the input has ${C} channels`);
+  if ((t as Tensor).data.length !== C)
+    throw new RangeError(`${name} has ${(t as Tensor).data.length} values but the input has ${C} channels`);
   return (t as Tensor).data;
 }
 
@@ -232,12 +313,18 @@ function epsOf(opts: Record<string, unknown>, where = "options"): number {
 }
 
 /** Instance normalisation over the spatial axes of each (n, c), biased variance; affine when scale/bias are given. */
-export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tensor | null, options?: OutputOptions & { eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
+export async function instanceNorm(
+  x: Tensor,
+  scale?: Tensor | null,
+  bias?: Tensor | null,
+  options?: OutputOptions & { eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number },
+): Promise<Tensor> {
   assertTensor("x", x);
   if (x.shape.length < 3) throw invalidParameterError("x.shape", "[N, C, ...spatial]", x.shape);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
-  const s = scale ? perChannel("scale", scale, C) : null, b = bias ? perChannel("bias", bias, C) : null;
+  const s = scale ? perChannel("scale", scale, C) : null,
+    b = bias ? perChannel("bias", bias, C) : null;
   const { act, alpha } = activation(opts);
   const out = outputTensor([...x.shape], opts.out, "instanceNorm output", opts.alloc);
   await activeBackend().instanceNorm(x.data, N, C, spatial, s, b, epsOf(opts), act, alpha, out.data);
@@ -250,22 +337,30 @@ export async function instanceNorm(x: Tensor, scale?: Tensor | null, bias?: Tens
  * (C values) or per group (`groups` values, ONNX opset 18); then the activation, in one pass where
  * the backend has it.
  */
-export async function groupNorm(x: Tensor, scale: Tensor | null, bias: Tensor | null, options: OutputOptions & { groups: number; eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number }): Promise<Tensor> {
+export async function groupNorm(
+  x: Tensor,
+  scale: Tensor | null,
+  bias: Tensor | null,
+  options: OutputOptions & { groups: number; eps?: number; activation?: "none" | "relu" | "leakyRelu"; alpha?: number },
+): Promise<Tensor> {
   assertTensor("x", x);
   if (x.shape.length < 3) throw invalidParameterError("x.shape", "[N, C, ...spatial]", x.shape);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
   const G = opts.groups;
-  if (!Number.isInteger(G) || (G as number) < 1 || C % (G as number)) throw invalidParameterError("options.groups", `a positive integer dividing the ${C} channels`, G);
+  if (!Number.isInteger(G) || (G as number) < 1 || C % (G as number))
+    throw invalidParameterError("options.groups", `a positive integer dividing the ${C} channels`, G);
   const perGroup = (name: string, t: Tensor | null): Float32Array | null => {
     if (!t) return null;
     assertTensor(name, t);
     if (t.data.length === C) return t.data;
-    if (t.data.length !== G) throw new RangeError(`${name} has ${t.data.length} values; expected ${C} (per channel) or ${G as number} (per group)`);
+    if (t.data.length !== G)
+      throw new RangeError(`${name} has ${t.data.length} values; expected ${C} (per channel) or ${G as number} (per group)`);
     const cpg = C / (G as number);
     return Float32Array.from({ length: C }, (_, c) => t.data[Math.floor(c / cpg)]!);
   };
-  const s = perGroup("scale", scale), b = perGroup("bias", bias);
+  const s = perGroup("scale", scale),
+    b = perGroup("bias", bias);
   const { act, alpha } = activation(opts);
   const eps = epsOf(opts);
   const out = outputTensor([...x.shape], opts.out, "groupNorm output", opts.alloc);
@@ -277,7 +372,9 @@ export async function groupNorm(x: Tensor, scale: Tensor | null, bias: Tensor | 
   // composed: the groups' statistics by instanceNorm over [N·G, C/G·spatial], then scale, bias and
   // the activation per channel
   await be.instanceNorm(x.data, N * (G as number), 1, (C / (G as number)) * spatial, null, null, eps, 0, 0, out.data);
-  const shape6 = [1, 1, N, C, 1, spatial], chan = [0, 0, 0, 1, 0, 0], all = [0, 0, C * spatial, spatial, 0, 1];
+  const shape6 = [1, 1, N, C, 1, spatial],
+    chan = [0, 0, 0, 1, 0, 0],
+    all = [0, 0, C * spatial, spatial, 0, 1];
   if (s) await be.binary(out.data, s, shape6, all, chan, true, out.data);
   if (b) await be.binary(out.data, b, shape6, all, chan, false, out.data);
   if (act !== ACT.none) await be.unary(out.data, N, C, spatial, act === ACT.relu ? UNARY.relu : UNARY.leaky, alpha, null, out.data);
@@ -285,16 +382,41 @@ export async function groupNorm(x: Tensor, scale: Tensor | null, bias: Tensor | 
 }
 
 /** Batch normalisation with running statistics (inference). */
-export async function batchNorm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, options?: OutputOptions & { eps?: number }): Promise<Tensor> {
+export async function batchNorm(
+  x: Tensor,
+  scale: Tensor,
+  bias: Tensor,
+  mean: Tensor,
+  variance: Tensor,
+  options?: OutputOptions & { eps?: number },
+): Promise<Tensor> {
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
   const out = outputTensor([...x.shape], opts.out, "batchNorm output", opts.alloc);
-  await activeBackend().batchNorm(x.data, N, C, spatial, perChannel("scale", scale, C), perChannel("bias", bias, C), perChannel("mean", mean, C), perChannel("variance", variance, C), epsOf(opts), out.data);
+  await activeBackend().batchNorm(
+    x.data,
+    N,
+    C,
+    spatial,
+    perChannel("scale", scale, C),
+    perChannel("bias", bias, C),
+    perChannel("mean", mean, C),
+    perChannel("variance", variance, C),
+    epsOf(opts),
+    out.data,
+  );
   return out;
 }
 
-async function unary(x: Tensor, op: number, alpha: number, slope: Float32Array | null, what: string, options?: OutputOptions): Promise<Tensor> {
+async function unary(
+  x: Tensor,
+  op: number,
+  alpha: number,
+  slope: Float32Array | null,
+  what: string,
+  options?: OutputOptions,
+): Promise<Tensor> {
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const o = optionsObject("options", options);
@@ -315,7 +437,8 @@ export async function prelu(x: Tensor, slope: Tensor, options?: OutputOptions): 
   assertTensor("x", x);
   assertTensor("slope", slope);
   const C = nc(x).C;
-  if (slope.data.length !== 1 && slope.data.length !== C) throw new RangeError(`slope has ${slope.data.length} values; expected 1 or ${C} (one per channel)`);
+  if (slope.data.length !== 1 && slope.data.length !== C)
+    throw new RangeError(`slope has ${slope.data.length} values; expected 1 or ${C} (one per channel)`);
   return unary(x, UNARY.prelu, 0, slope.data, "prelu", options);
 }
 
@@ -323,10 +446,12 @@ export async function prelu(x: Tensor, slope: Tensor, options?: OutputOptions): 
 function broadcast(a: Tensor, b: Tensor): { shape: number[]; sa: number[]; sb: number[]; out: number[] } {
   const rank = Math.max(a.shape.length, b.shape.length);
   if (rank > 6) throw new RangeError(`add/mul take at most 6 axes, got ${rank}`);
-  const pa = [...Array(rank - a.shape.length).fill(1), ...a.shape], pb = [...Array(rank - b.shape.length).fill(1), ...b.shape];
+  const pa = [...Array(rank - a.shape.length).fill(1), ...a.shape],
+    pb = [...Array(rank - b.shape.length).fill(1), ...b.shape];
   const out = pa.map((d, i) => {
     const e = pb[i]!;
-    if (d !== e && d !== 1 && e !== 1) throw new RangeError(`shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not broadcast (axis ${i}: ${d} vs ${e})`);
+    if (d !== e && d !== 1 && e !== 1)
+      throw new RangeError(`shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not broadcast (axis ${i}: ${d} vs ${e})`);
     return Math.max(d, e);
   });
   const strides = (p: number[]) => {
@@ -363,7 +488,9 @@ export async function concat(tensors: Tensor[], axis = 1, options?: OutputOption
   if (!Number.isInteger(ax) || ax < 0 || ax >= rank) throw invalidParameterError("axis", `an axis of a rank-${rank} tensor`, axis);
   for (const [i, t] of tensors.entries()) {
     if (t.shape.length !== rank || t.shape.some((d, j) => j !== ax && d !== tensors[0]!.shape[j])) {
-      throw new RangeError(`tensors[${i}] has shape [${t.shape.join(", ")}], which differs from [${tensors[0]!.shape.join(", ")}] off axis ${ax}`);
+      throw new RangeError(
+        `tensors[${i}] has shape [${t.shape.join(", ")}], which differs from [${tensors[0]!.shape.join(", ")}] off axis ${ax}`,
+      );
     }
   }
   const lens = tensors.map((t) => t.shape[ax]!);
@@ -371,7 +498,13 @@ export async function concat(tensors: Tensor[], axis = 1, options?: OutputOption
   shape[ax] = lens.reduce((a, b) => a + b, 0);
   const o = optionsObject("options", options);
   const out = outputTensor(shape, o.out, "concat output", o.alloc);
-  await activeBackend().concat(tensors.map((t) => t.data), lens, prod(shape.slice(0, ax)), prod(shape.slice(ax + 1)), out.data);
+  await activeBackend().concat(
+    tensors.map((t) => t.data),
+    lens,
+    prod(shape.slice(0, ax)),
+    prod(shape.slice(ax + 1)),
+    out.data,
+  );
   return out;
 }
 
@@ -397,8 +530,10 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
   const ceil = opts.ceilMode === true;
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const outS = [D, H, W].map((e, i) => {
-    const span = d[i]! * (k[i]! - 1) + 1, padded = e + p.lead[i]! + p.trail[i]!;
-    if (p.lead[i]! > Math.floor(k[i]! / 2) || p.trail[i]! > Math.floor(k[i]! / 2)) throw invalidParameterError("options.padding", "at most half the kernel", opts.padding);
+    const span = d[i]! * (k[i]! - 1) + 1,
+      padded = e + p.lead[i]! + p.trail[i]!;
+    if (p.lead[i]! > Math.floor(k[i]! / 2) || p.trail[i]! > Math.floor(k[i]! / 2))
+      throw invalidParameterError("options.padding", "at most half the kernel", opts.padding);
     if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
     let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
     if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
@@ -428,7 +563,8 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
   const mode = opts.mode ?? "linear";
   if (mode !== "nearest" && mode !== "linear") throw invalidParameterError("options.mode", '"nearest" or "linear"', mode);
   const cm = COORD_MODES.indexOf((opts.coordinateTransformationMode ?? "half_pixel") as never);
-  if (cm < 0) throw invalidParameterError("options.coordinateTransformationMode", COORD_MODES.join(", "), opts.coordinateTransformationMode);
+  if (cm < 0)
+    throw invalidParameterError("options.coordinateTransformationMode", COORD_MODES.join(", "), opts.coordinateTransformationMode);
   const nm = NEAREST_MODES.indexOf((opts.nearestMode ?? "round_prefer_floor") as never);
   if (nm < 0) throw invalidParameterError("options.nearestMode", NEAREST_MODES.join(", "), opts.nearestMode);
   const ext = [D, H, W];
@@ -448,7 +584,8 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
 
 function axisSplit(x: Tensor, axis: number) {
   const ax = axis < 0 ? axis + x.shape.length : axis;
-  if (!Number.isInteger(ax) || ax < 0 || ax >= x.shape.length) throw invalidParameterError("options.axis", `an axis of a rank-${x.shape.length} tensor`, axis);
+  if (!Number.isInteger(ax) || ax < 0 || ax >= x.shape.length)
+    throw invalidParameterError("options.axis", `an axis of a rank-${x.shape.length} tensor`, axis);
   return { ax, outer: prod(x.shape.slice(0, ax)), C: x.shape[ax]!, inner: prod(x.shape.slice(ax + 1)) };
 }
 

@@ -46,18 +46,41 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   const rnd = prng(seed * 2654435761 + 1);
   const uni = (a: number, b: number) => a + (b - a) * rnd();
   // head: ellipsoid semi-axes (mm); the volume covers it with some air around
-  const hx = Math.min(78, (nx * sx) / 2 - 8) * uni(0.92, 1), hy = Math.min(95, (ny * sy) / 2 - 8) * uni(0.92, 1);
+  const hx = Math.min(78, (nx * sx) / 2 - 8) * uni(0.92, 1),
+    hy = Math.min(95, (ny * sy) / 2 - 8) * uni(0.92, 1);
   const hz = Math.max(40, (nz * sz) / 2 + 10);
-  const scalp = 5, skull = uni(5, 8), csfGap = uni(1, 2.5);
+  const scalp = 5,
+    skull = uni(5, 8),
+    csfGap = uni(1, 2.5);
   const boneHu = uni(900, 1300);
   // ventricles: two ellipsoids either side of the midline
-  const vent = [-1, 1].map((side) => ({ c: [side * uni(7, 10), uni(-6, 6), uni(-5, 10)] as [number, number, number], a: [uni(4, 6), uni(16, 22), uni(10, 16)] as [number, number, number] }));
+  const vent = [-1, 1].map((side) => ({
+    c: [side * uni(7, 10), uni(-6, 6), uni(-5, 10)] as [number, number, number],
+    a: [uni(4, 6), uni(16, 22), uni(10, 16)] as [number, number, number],
+  }));
   // sulci: thin radial slits near the cortex, by angle and height
-  const sulci = Array.from({ length: 18 }, () => ({ th: uni(0, 2 * Math.PI), z: uni(-hz * 0.6, hz * 0.6), half: uni(0.7, 1.4), depth: uni(8, 18) }));
+  const sulci = Array.from({ length: 18 }, () => ({
+    th: uni(0, 2 * Math.PI),
+    z: uni(-hz * 0.6, hz * 0.6),
+    half: uni(0.7, 1.4),
+    depth: uni(8, 18),
+  }));
   // Sylvian fissures: a deep slit from each side's surface towards the centre, low in the head;
   // basal cisterns: a CSF ring around the midbrain below the ventricles
-  const sylv = [-1, 1].map((side) => ({ side, y: uni(-12, 0), z: uni(-hz * 0.35, -hz * 0.1), half: uni(1.2, 2), depth: uni(22, 32), tilt: uni(-0.25, 0.25) }));
-  const cistern = { c: [0, uni(-4, 8), uni(-hz * 0.55, -hz * 0.35)] as [number, number, number], r: uni(9, 13), w: uni(2.5, 4), h: uni(8, 12) };
+  const sylv = [-1, 1].map((side) => ({
+    side,
+    y: uni(-12, 0),
+    z: uni(-hz * 0.35, -hz * 0.1),
+    half: uni(1.2, 2),
+    depth: uni(22, 32),
+    tilt: uni(-0.25, 0.25),
+  }));
+  const cistern = {
+    c: [0, uni(-4, 8), uni(-hz * 0.55, -hz * 0.35)] as [number, number, number],
+    r: uni(9, 13),
+    w: uni(2.5, 4),
+    h: uni(8, 12),
+  };
 
   // which classes bleed
   const classes: number[] = [];
@@ -68,24 +91,33 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   const bloodHu = () => uni(55, 85);
   // EDH: a short thick lens at angle th, height z, radius R (15–26 mm), thickness T (8–15 mm);
   // SDH: a wide thin crescent (R 40–60 mm, T 4–8 mm)
-  const edh = classes.includes(1) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.4, hz * 0.4), R: uni(15, 26), T: uni(8, 15), hu: bloodHu() } : null;
-  const sdh = classes.includes(5) ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.3, hz * 0.3), R: uni(40, 60), T: uni(4, 8), hu: bloodHu() } : null;
+  const edh = classes.includes(1)
+    ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.4, hz * 0.4), R: uni(15, 26), T: uni(8, 15), hu: bloodHu() }
+    : null;
+  const sdh = classes.includes(5)
+    ? { th: uni(0, 2 * Math.PI), z: uni(-hz * 0.3, hz * 0.3), R: uni(40, 60), T: uni(4, 8), hu: bloodHu() }
+    : null;
   // IPH: 2–4 spheres near a point inside the white matter
   const iph: Blob[] = [];
   if (classes.includes(2)) {
     const c0: [number, number, number] = [uni(-0.45, 0.45) * hx, uni(-0.45, 0.45) * hy, uni(-0.35, 0.35) * hz];
-    for (let k = 0, n = 2 + Math.floor(rnd() * 3); k < n; k++) iph.push({ c: [c0[0] + uni(-6, 6), c0[1] + uni(-6, 6), c0[2] + uni(-5, 5)], r: uni(5, 11) });
+    for (let k = 0, n = 2 + Math.floor(rnd() * 3); k < n; k++)
+      iph.push({ c: [c0[0] + uni(-6, 6), c0[1] + uni(-6, 6), c0[2] + uni(-5, 5)], r: uni(5, 11) });
   }
   const iphHu = bloodHu();
   const ivh = classes.includes(3) ? { v: Math.floor(rnd() * 2), level: uni(-0.2, 0.5), hu: bloodHu() } : null;
   // SAH fills some sulci, often a Sylvian fissure, sometimes the basal cisterns (at least one of them)
-  const sah = classes.includes(4) ? { which: sulci.map(() => rnd() < 0.45), sylv: sylv.map(() => rnd() < 0.6), cistern: rnd() < 0.5, hu: bloodHu() } : null;
+  const sah = classes.includes(4)
+    ? { which: sulci.map(() => rnd() < 0.45), sylv: sylv.map(() => rnd() < 0.6), cistern: rnd() < 0.5, hu: bloodHu() }
+    : null;
   if (sah && !sah.sylv.some(Boolean) && !sah.cistern) sah.sylv[Math.floor(rnd() * 2)] = true;
 
   const ex = (x: number, y: number, z: number, a: number, b: number, c: number) => (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2;
   // One sample: HU, label and a tissue code (for finding edges) at a point (mm about the centre).
   // sample() leaves its answer here (no array per call: millions of calls per phantom)
-  let sHu = 0, sLab = 0, sTis = 0;
+  let sHu = 0,
+    sLab = 0,
+    sTis = 0;
   const R = (h: number, l: number, t: number) => {
     sHu = h;
     sLab = l;
@@ -126,12 +158,18 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
     for (let k = 0; k < sylv.length; k++) {
       const f = sylv[k]!;
       // a slit in the y–z plane's neighbourhood: |y − y0 − tilt·x| < half, reaching depth mm inwards from the side
-      if (Math.abs(z - f.z) < 9 && Math.sign(x) === f.side && Math.abs(x) > hx - scalp - skull - f.depth && Math.abs(y - f.y - f.tilt * x) < f.half)
+      if (
+        Math.abs(z - f.z) < 9 &&
+        Math.sign(x) === f.side &&
+        Math.abs(x) > hx - scalp - skull - f.depth &&
+        Math.abs(y - f.y - f.tilt * x) < f.half
+      )
         return sah && sah.sylv[k] ? R(sah.hu, 4, 8) : R(5, 0, 6);
     }
     {
       const dr = Math.sqrt((x - cistern.c[0]) ** 2 + ((y - cistern.c[1]) * 0.8) ** 2);
-      if (Math.abs(z - cistern.c[2]) < cistern.h / 2 && dr > cistern.r && dr < cistern.r + cistern.w) return sah && sah.cistern ? R(sah.hu, 4, 8) : R(5, 0, 6);
+      if (Math.abs(z - cistern.c[2]) < cistern.h / 2 && dr > cistern.r && dr < cistern.r + cistern.w)
+        return sah && sah.cistern ? R(sah.hu, 4, 8) : R(5, 0, 6);
     }
     for (let k = 0; k < sulci.length; k++) {
       const s = sulci[k]!;
@@ -154,13 +192,14 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   // voxel costs three samples and an edge twenty-seven.
   const sub = [-1 / 3, 0, 1 / 3];
   const tissue = new Int32Array(n);
-  const ls = [0, 0, 0];  // the three sub-slices' labels (one array for all voxels)
+  const ls = [0, 0, 0]; // the three sub-slices' labels (one array for all voxels)
   for (let k = 0; k < nz; k++) {
     for (let j = 0; j < ny; j++) {
       const y = (j - (ny - 1) / 2) * sy;
       for (let i = 0; i < nx; i++) {
         const x = (i - (nx - 1) / 2) * sx;
-        let acc = 0, code = 0;
+        let acc = 0,
+          code = 0;
         for (let q = 0; q < 3; q++) {
           sample(x, y, (k - (nz - 1) / 2 + sub[q]!) * sz);
           acc += sHu;
@@ -179,10 +218,13 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
   for (let k = 0; k < nz; k++) {
     for (let j = 0; j < ny; j++) {
       for (let i = 0; i < nx; i++) {
-        const idx = (k * ny + j) * nx + i, t0 = tissue[idx]!;
+        const idx = (k * ny + j) * nx + i,
+          t0 = tissue[idx]!;
         const edge =
-          (i > 0 && tissue[idx - 1] !== t0) || (i < nx - 1 && tissue[idx + 1] !== t0) ||
-          (j > 0 && tissue[idx - nx] !== t0) || (j < ny - 1 && tissue[idx + nx] !== t0);
+          (i > 0 && tissue[idx - 1] !== t0) ||
+          (i < nx - 1 && tissue[idx + 1] !== t0) ||
+          (j > 0 && tissue[idx - nx] !== t0) ||
+          (j < ny - 1 && tissue[idx + nx] !== t0);
         if (!edge) continue;
         let acc = 0;
         votes.fill(0);
@@ -211,7 +253,8 @@ export function makePhantom(seed: number, options: PhantomOptions = {}): Phantom
     const w = Math.exp(-1 / (2 * (0.45 / s) ** 2));
     return [w / (1 + 2 * w), 1 / (1 + 2 * w)] as const;
   };
-  const [wx1, wx0] = taps(sx), [wy1, wy0] = taps(sy);
+  const [wx1, wx0] = taps(sx),
+    [wy1, wy0] = taps(sy);
   const tmp = new Float32Array(n);
   for (let k = 0; k < nz; k++)
     for (let j = 0; j < ny; j++)

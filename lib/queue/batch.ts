@@ -68,7 +68,10 @@ export interface SubmitResult {
 
 /** A folder whose first file (by name) is a DICOM part-10 file ("DICM" at byte 128). */
 async function holdsDicom(dir: string): Promise<boolean> {
-  const first = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort()[0];
+  const first = (await readdir(dir, { withFileTypes: true }))
+    .filter((e) => e.isFile())
+    .map((e) => e.name)
+    .sort()[0];
   if (!first) return false;
   const fh = await open(join(dir, first), "r");
   try {
@@ -81,7 +84,10 @@ async function holdsDicom(dir: string): Promise<boolean> {
 }
 
 /** The cases of a dataset folder: images and, in BHSD's layout, the ground-truth folder. */
-export async function datasetCases(data: string, skip?: string): Promise<{ images: string; gtDir: string | null; files: { case: string; path: string }[] }> {
+export async function datasetCases(
+  data: string,
+  skip?: string,
+): Promise<{ images: string; gtDir: string | null; files: { case: string; path: string }[] }> {
   const root = resolve(data);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`--data ${data} is not a folder`);
   const layout = layoutFolders(root);
@@ -123,14 +129,31 @@ export async function submitBatch(o: SubmitOptions): Promise<SubmitResult> {
   const out = resolve(o.out ?? join(o.data, "predictions"));
   const { gtDir, files } = await datasetCases(o.data, out);
   const modelFile = join(defaultModelDir(o.modelDir), `${o.model}.onnx`);
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(o.model) || o.model.includes("..")) throw new Error(`--model must be a plain model name, got ${JSON.stringify(o.model)}`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(o.model) || o.model.includes(".."))
+    throw new Error(`--model must be a plain model name, got ${JSON.stringify(o.model)}`);
   const modelHash = existsSync(modelFile) ? await hashModel(modelFile) : null;
   const mirror = !!o.mirror;
-  const id = createHash("sha256").update(`${resolve(o.data)}\n${o.model}\n${modelHash ?? ""}\n${out}\n${mirror}`).digest("hex").slice(0, 12);
+  const id = createHash("sha256")
+    .update(`${resolve(o.data)}\n${o.model}\n${modelHash ?? ""}\n${out}\n${mirror}`)
+    .digest("hex")
+    .slice(0, 12);
   const q = openQueue(o);
   try {
-    const batch: BatchRecord = { id, created: new Date().toISOString(), data: resolve(o.data), gtDir, model: o.model, modelHash, out, cases: [] };
-    let added = 0, done = 0, pending = 0, retried = 0, k = 0;
+    const batch: BatchRecord = {
+      id,
+      created: new Date().toISOString(),
+      data: resolve(o.data),
+      gtDir,
+      model: o.model,
+      modelHash,
+      out,
+      cases: [],
+    };
+    let added = 0,
+      done = 0,
+      pending = 0,
+      retried = 0,
+      k = 0;
     for (const f of files) {
       const inputHash = await hashInput(f.path);
       const jobId = segmentJobId(inputHash, o.model, modelHash, mirror);
@@ -226,7 +249,10 @@ async function caseStatus(queue: Queue<JobData, JobResult>, c: { case: string; j
 }
 
 /** The state of every case of a batch (the latest submitted when no id is given). */
-export async function batchStatus(o: QueueConnectionOptions & { batch?: string }, finished?: Map<string, CaseStatus>): Promise<BatchStatus> {
+export async function batchStatus(
+  o: QueueConnectionOptions & { batch?: string },
+  finished?: Map<string, CaseStatus>,
+): Promise<BatchStatus> {
   const q = openQueue(o);
   try {
     const b = await loadBatch(q, o.batch);
@@ -257,7 +283,18 @@ const CLASS_IDS = DEFAULT_CLASSES;
 
 /** One row per case: state, label file, worker, backend, time, bleeds, mL per class, error. */
 export function resultsCsv(s: BatchStatus): string {
-  const head = ["case", "state", "labels", "worker", "backend", "ms", "bleeds", ...CLASS_IDS.map((c) => `${BHSD_CLASSES[c]}_ml`), "attempts", "error"];
+  const head = [
+    "case",
+    "state",
+    "labels",
+    "worker",
+    "backend",
+    "ms",
+    "bleeds",
+    ...CLASS_IDS.map((c) => `${BHSD_CLASSES[c]}_ml`),
+    "attempts",
+    "error",
+  ];
   const q = (v: string) => (/[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
   const rows = s.cases.map((c) => {
     const r = c.result;
@@ -272,7 +309,9 @@ export function resultsCsv(s: BatchStatus): string {
       ...CLASS_IDS.map((k) => (r?.perClass ? csvNumber(r.perClass[String(k)]?.volumeMl ?? 0) : "")),
       String(c.attempts),
       c.error ?? "",
-    ].map(q).join(",");
+    ]
+      .map(q)
+      .join(",");
   });
   return [head.join(","), ...rows].join("\n") + "\n";
 }
@@ -283,9 +322,12 @@ export function resultsCsv(s: BatchStatus): string {
  * are used; a completed case without them is scored here from its label file. Cases not
  * completed are listed as missing.
  */
-export async function batchEvaluate(o: QueueConnectionOptions & { batch?: string; onProgress?: (done: number, total: number, name: string) => void }): Promise<DatasetResult> {
+export async function batchEvaluate(
+  o: QueueConnectionOptions & { batch?: string; onProgress?: (done: number, total: number, name: string) => void },
+): Promise<DatasetResult> {
   const s = await batchStatus(o);
-  if (!s.batch.gtDir) throw new Error(`batch ${s.batch.id} has no ground truths (its --data ${s.batch.data} has no "ground truths" folder)`);
+  if (!s.batch.gtDir)
+    throw new Error(`batch ${s.batch.id} has no ground truths (its --data ${s.batch.data} has no "ground truths" folder)`);
   const gtDir = s.batch.gtDir;
   const cases: DatasetCase[] = [];
   const missing: string[] = [];
@@ -297,7 +339,9 @@ export async function batchEvaluate(o: QueueConnectionOptions & { batch?: string
     else if (c.state !== "completed" || !c.result?.labels) missing.push(c.case);
     else {
       try {
-        const metrics = c.result.metrics ?? (await evaluate(await readNifti(gt), await readNifti(c.result.labels), { names: [`gt ${c.case}`, `pred ${c.case}`] }));
+        const metrics =
+          c.result.metrics ??
+          (await evaluate(await readNifti(gt), await readNifti(c.result.labels), { names: [`gt ${c.case}`, `pred ${c.case}`] }));
         cases.push({ case: c.case, gt, pred: c.result.labels, metrics });
       } catch (e) {
         failed.push({ case: c.case, error: (e as Error).message });
@@ -305,11 +349,24 @@ export async function batchEvaluate(o: QueueConnectionOptions & { batch?: string
     }
     o.onProgress?.(++k, s.cases.length, c.case);
   }
-  return { gtDir, predDir: s.batch.out, cases, missing, extra: [], failed, summary: summarize(cases.map((c) => c.metrics), DEFAULT_CLASSES) };
+  return {
+    gtDir,
+    predDir: s.batch.out,
+    cases,
+    missing,
+    extra: [],
+    failed,
+    summary: summarize(
+      cases.map((c) => c.metrics),
+      DEFAULT_CLASSES,
+    ),
+  };
 }
 
 /** Follows a batch until no case is waiting, active or delayed; calls back with the status each time. */
-export async function waitBatch(o: QueueConnectionOptions & { batch?: string; intervalMs?: number; onStatus?: (s: BatchStatus) => void }): Promise<BatchStatus> {
+export async function waitBatch(
+  o: QueueConnectionOptions & { batch?: string; intervalMs?: number; onStatus?: (s: BatchStatus) => void },
+): Promise<BatchStatus> {
   const finished = new Map<string, CaseStatus>();
   for (;;) {
     const s = await batchStatus(o, finished);

@@ -119,7 +119,9 @@ export async function hashInput(path: string): Promise<string> {
 
 /** The job id of a segmentation: the same CT bytes with the same model are one job, whoever submits them. */
 export function segmentJobId(inputHash: string, model: string, modelHash: string | null, mirror: boolean): string {
-  const h = createHash("sha256").update(`${inputHash}\n${model}\n${modelHash ?? ""}\n${mirror ? 1 : 0}`).digest("hex");
+  const h = createHash("sha256")
+    .update(`${inputHash}\n${model}\n${modelHash ?? ""}\n${mirror ? 1 : 0}`)
+    .digest("hex");
   return `seg-${h.slice(0, 40)}`;
 }
 
@@ -131,10 +133,15 @@ const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** `<dir>/<name>.onnx`, checked: a plain name of a model in the folder. */
 export function modelPath(dir: string, name: string): string {
-  if (!MODEL_NAME.test(name) || name.includes("..")) throw new Error(`model must be a plain name (letters, digits, . _ -), got ${JSON.stringify(name)}`);
+  if (!MODEL_NAME.test(name) || name.includes(".."))
+    throw new Error(`model must be a plain name (letters, digits, . _ -), got ${JSON.stringify(name)}`);
   const p = join(dir, `${name}.onnx`);
   if (!existsSync(p)) {
-    const have = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".onnx")).map((f) => f.slice(0, -5)) : [];
+    const have = existsSync(dir)
+      ? readdirSync(dir)
+          .filter((f) => f.endsWith(".onnx"))
+          .map((f) => f.slice(0, -5))
+      : [];
     throw new Error(`no model "${name}" in ${dir} (available: ${have.join(", ") || "none"})`);
   }
   return p;
@@ -157,7 +164,9 @@ export function workerName(): string {
  * convention, see toJson) and are turned back into numbers on reading.
  */
 export function encodeNumbers<T>(v: T): T {
-  return JSON.parse(JSON.stringify(v, (_k, x) => (typeof x === "number" && !Number.isFinite(x) ? (Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf") : x))) as T;
+  return JSON.parse(
+    JSON.stringify(v, (_k, x) => (typeof x === "number" && !Number.isFinite(x) ? (Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf") : x)),
+  ) as T;
 }
 
 export function decodeNumbers<T>(v: T): T {

@@ -42,7 +42,11 @@ const ID = /^seg-[0-9a-f]{40}$/;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -52,7 +56,8 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   const token = o.token ?? process.env.BHSD_TOKEN;
   if (!LOOPBACK.test(host) && !token) throw new Error(`serving on ${host} needs a bearer token (--token or BHSD_TOKEN)`);
   const shared = resolve(o.sharedDir);
-  const inputs = join(shared, "inputs"), results = join(shared, "results");
+  const inputs = join(shared, "inputs"),
+    results = join(shared, "results");
   await mkdir(inputs, { recursive: true });
   await mkdir(results, { recursive: true });
   const modelDir = defaultModelDir(o.modelDir);
@@ -61,37 +66,52 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   const hashes = new Map<string, Promise<string>>();
 
   const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false });
-  app.addContentTypeParser(["application/octet-stream", "application/gzip", "application/x-gzip"], { parseAs: "buffer" }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser(
+    ["application/octet-stream", "application/gzip", "application/x-gzip"],
+    { parseAs: "buffer" },
+    (_req, body, done) => done(null, body),
+  );
   app.addHook("onClose", async () => q.close());
   const want = token ? createHash("sha256").update(token).digest() : null;
   app.addHook("onRequest", async (req) => {
     if (!want || req.url === "/v1/health") return; // health open, as in the in-process service
     const m = /^(\S+)\s+(.*)$/.exec(req.headers.authorization ?? "");
-    const got = createHash("sha256").update(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "").digest();
+    const got = createHash("sha256")
+      .update(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "")
+      .digest();
     if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)");
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
     if (err instanceof HttpError) return reply.code(err.status).send({ error: err.code, message: err.message });
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    return reply.code(status).send({ error: status === 500 ? "internal" : (err.code ?? "bad_request").toLowerCase(), message: status === 500 ? "the server could not complete the request" : err.message });
+    return reply.code(status).send({
+      error: status === 500 ? "internal" : (err.code ?? "bad_request").toLowerCase(),
+      message: status === 500 ? "the server could not complete the request" : err.message,
+    });
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: "not_found", message: `no route ${req.method} ${req.url}` }));
 
   app.get("/v1/health", async () => {
-    const [counts, workers] = await Promise.all([q.queue.getJobCounts("waiting", "active", "delayed", "completed", "failed", "prioritized", "paused"), q.queue.getWorkers()]);
+    const [counts, workers] = await Promise.all([
+      q.queue.getJobCounts("waiting", "active", "delayed", "completed", "failed", "prioritized", "paused"),
+      q.queue.getWorkers(),
+    ]);
     return { status: "ok", mode: "queue", queue: counts, workers: workers.length };
   });
 
   app.post("/v1/jobs/segment", async (req, reply) => {
     const query = req.query as { model?: string; tta?: string };
     const model = query.model ?? "demo";
-    if (!MODEL_NAME.test(model) || model.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name (letters, digits, . _ -)");
+    if (!MODEL_NAME.test(model) || model.includes(".."))
+      throw new HttpError(400, "bad_model", "model must be a plain name (letters, digits, . _ -)");
     const file = join(modelDir, `${model}.onnx`);
     if (!existsSync(file)) throw new HttpError(404, "no_such_model", `no model "${model}" in ${modelDir}`);
-    if (query.tta !== undefined && !["true", "false"].includes(query.tta)) throw new HttpError(400, "bad_request", "tta must be true or false");
+    if (query.tta !== undefined && !["true", "false"].includes(query.tta))
+      throw new HttpError(400, "bad_request", "tta must be true or false");
     const mirror = query.tta === "true";
     const body = req.body;
-    if (!Buffer.isBuffer(body) || body.length === 0) throw new HttpError(415, "unsupported_media_type", "send the CT as an application/octet-stream NIfTI body");
+    if (!Buffer.isBuffer(body) || body.length === 0)
+      throw new HttpError(415, "unsupported_media_type", "send the CT as an application/octet-stream NIfTI body");
     try {
       await readNiftiHeader(new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
     } catch (e) {
@@ -109,11 +129,29 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       await rename(tmp, input);
     }
     const id = segmentJobId(inputHash, model, mHash, mirror);
-    const data: SegmentJobData = { kind: "segment", case: inputHash.slice(0, 16), input, inputHash, model, modelHash: mHash, out: join(results, `${id}.nii.gz`), ...(mirror ? { mirror } : {}), batch: "rest" };
-    const job = await q.queue.add("segment", data, { jobId: id, attempts: o.attempts ?? 3, backoff: { type: "exponential", delay: o.backoffMs ?? 5000 }, removeOnComplete: false, removeOnFail: false });
+    const data: SegmentJobData = {
+      kind: "segment",
+      case: inputHash.slice(0, 16),
+      input,
+      inputHash,
+      model,
+      modelHash: mHash,
+      out: join(results, `${id}.nii.gz`),
+      ...(mirror ? { mirror } : {}),
+      batch: "rest",
+    };
+    const job = await q.queue.add("segment", data, {
+      jobId: id,
+      attempts: o.attempts ?? 3,
+      backoff: { type: "exponential", delay: o.backoffMs ?? 5000 },
+      removeOnComplete: false,
+      removeOnFail: false,
+    });
     const state = await job.getState();
     if (state === "failed") await job.retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true });
-    return reply.code(202).send({ id, state: state === "failed" ? "waiting" : state, status: `/v1/jobs/${id}`, labels: `/v1/jobs/${id}/labels` });
+    return reply
+      .code(202)
+      .send({ id, state: state === "failed" ? "waiting" : state, status: `/v1/jobs/${id}`, labels: `/v1/jobs/${id}/labels` });
   });
 
   async function getJob(id: string) {
@@ -144,7 +182,10 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     if (state !== "completed") throw new HttpError(409, "not_ready", `job ${job.id} is ${state}`);
     const labels = (job.returnvalue as JobResult).labels!;
     if (!existsSync(labels)) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
-    return reply.type("application/gzip").header("content-disposition", `attachment; filename="${job.id}.nii.gz"`).send(createReadStream(labels));
+    return reply
+      .type("application/gzip")
+      .header("content-disposition", `attachment; filename="${job.id}.nii.gz"`)
+      .send(createReadStream(labels));
   });
 
   await app.listen({ host, port: o.port ?? 8080 });

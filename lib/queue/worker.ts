@@ -83,15 +83,21 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
 
   async function runSegment(job: Job<JobData, JobResult>, d: SegmentJobData, t0: number): Promise<JobResult> {
     const hash = await hashInput(d.input);
-    if (hash !== d.inputHash) throw new UnrecoverableError(`${d.input} changed since it was submitted (sha256 ${hash.slice(0, 12)}…, submitted ${d.inputHash.slice(0, 12)}…); submit it again`);
+    if (hash !== d.inputHash)
+      throw new UnrecoverableError(
+        `${d.input} changed since it was submitted (sha256 ${hash.slice(0, 12)}…, submitted ${d.inputHash.slice(0, 12)}…); submit it again`,
+      );
     let m;
     try {
       m = await getModel(d.model);
     } catch (e) {
       // a worker without the model cannot do the job; another worker may: fail this attempt (retried)
-      throw new Error(`worker ${name}: ${(e as Error).message}`);
+      throw new Error(`worker ${name}: ${(e as Error).message}`, { cause: e });
     }
-    if (d.modelHash && d.modelHash !== m.hash) throw new UnrecoverableError(`worker ${name}: model "${d.model}" in ${modelDir} is not the one submitted (sha256 ${m.hash.slice(0, 12)}…, submitted ${d.modelHash.slice(0, 12)}…)`);
+    if (d.modelHash && d.modelHash !== m.hash)
+      throw new UnrecoverableError(
+        `worker ${name}: model "${d.model}" in ${modelDir} is not the one submitted (sha256 ${m.hash.slice(0, 12)}…, submitted ${d.modelHash.slice(0, 12)}…)`,
+      );
     const ct = await readCt(d.input, read);
     let last = 0;
     const { labels, report } = await segment(ct, m.model, {

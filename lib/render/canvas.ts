@@ -31,7 +31,10 @@ export class Canvas {
   }
 
   fill(x: number, y: number, w: number, h: number, c: Rgb): void {
-    const x0 = Math.max(0, x), y0 = Math.max(0, y), x1 = Math.min(this.width, x + w), y1 = Math.min(this.height, y + h);
+    const x0 = Math.max(0, x),
+      y0 = Math.max(0, y),
+      x1 = Math.min(this.width, x + w),
+      y1 = Math.min(this.height, y + h);
     for (let yy = y0; yy < y1; yy++) for (let xx = x0; xx < x1; xx++) this.set(xx, yy, c);
   }
 
@@ -56,7 +59,8 @@ export class Canvas {
       for (let xx = 0; xx < src.width; xx++) {
         const tx = x + xx;
         if (tx < 0 || tx >= this.width) continue;
-        const s = (yy * src.width + xx) * 4, d = (ty * this.width + tx) * 4;
+        const s = (yy * src.width + xx) * 4,
+          d = (ty * this.width + tx) * 4;
         this.rgba[d] = src.rgba[s]!;
         this.rgba[d + 1] = src.rgba[s + 1]!;
         this.rgba[d + 2] = src.rgba[s + 2]!;

@@ -39,7 +39,10 @@ export const CLASS_COLORS: Readonly<Record<number, Rgb>> = {
   4: [0xf0, 0xe4, 0x42], // SAH yellow
   5: [0xd5, 0x5e, 0x00], // SDH vermillion
 };
-const EXTRA_COLORS: Rgb[] = [[0xcc, 0x79, 0xa7], [0x00, 0x72, 0xb2]];
+const EXTRA_COLORS: Rgb[] = [
+  [0xcc, 0x79, 0xa7],
+  [0x00, 0x72, 0xb2],
+];
 
 export function classColor(c: number): Rgb {
   return CLASS_COLORS[c] ?? EXTRA_COLORS[(c - 6) % EXTRA_COLORS.length] ?? EXTRA_COLORS[0]!;
@@ -47,7 +50,12 @@ export function classColor(c: number): Rgb {
 
 /** The hex form of a class colour, for HTML. */
 export function classColorHex(c: number): string {
-  return "#" + classColor(c).map((v) => v.toString(16).padStart(2, "0")).join("");
+  return (
+    "#" +
+    classColor(c)
+      .map((v) => v.toString(16).padStart(2, "0"))
+      .join("")
+  );
 }
 
 export interface OverlayOptions {
@@ -115,7 +123,11 @@ const WHITE: Rgb = [255, 255, 255];
 const GREY: Rgb = [170, 170, 170];
 const BG: Rgb = [0, 0, 0];
 
-const WORLD_CODES = [["L", "R"], ["P", "A"], ["I", "S"]] as const;
+const WORLD_CODES = [
+  ["L", "R"],
+  ["P", "A"],
+  ["I", "S"],
+] as const;
 
 interface Orientation {
   h: 0 | 1;
@@ -138,22 +150,29 @@ export function sliceOrientation(affine: readonly number[], convention: "radiolo
     for (let w = 0; w < 3; w++) if (w !== not && (best < 0 || Math.abs(d[w]!) > Math.abs(d[best]!))) best = w;
     return best;
   };
-  const d0 = col(0), d1 = col(1);
-  let w0 = dominant(d0), w1 = dominant(d1);
+  const d0 = col(0),
+    d1 = col(1);
+  let w0 = dominant(d0),
+    w1 = dominant(d1);
   if (w0 === w1) {
     // an oblique plane pointing both axes at one world axis: the weaker one takes its next best
     if (Math.abs(d0[w0]!) >= Math.abs(d1[w1]!)) w1 = dominant(d1, w0);
     else w0 = dominant(d0, w1);
   }
   const swap = w1 === 0 && w0 !== 0;
-  const h = (swap ? 1 : 0) as 0 | 1, v = (swap ? 0 : 1) as 0 | 1;
-  const wh = swap ? w1 : w0, wv = swap ? w0 : w1;
-  const sh = Math.sign((swap ? d1 : d0)[wh]!) || 1, sv = Math.sign((swap ? d0 : d1)[wv]!) || 1;
+  const h = (swap ? 1 : 0) as 0 | 1,
+    v = (swap ? 0 : 1) as 0 | 1;
+  const wh = swap ? w1 : w0,
+    wv = swap ? w0 : w1;
+  const sh = Math.sign((swap ? d1 : d0)[wh]!) || 1,
+    sv = Math.sign((swap ? d0 : d1)[wv]!) || 1;
   // the world direction (sign along wh) the screen's x should run to
   const wantH = wh === 0 ? (convention === "radiological" ? -1 : 1) : 1;
-  const flipH = sh !== wantH, flipV = sv !== -1;
+  const flipH = sh !== wantH,
+    flipV = sv !== -1;
   const code = (w: number, s: number) => WORLD_CODES[w]![s > 0 ? 1 : 0]!;
-  const right = sh * (flipH ? -1 : 1), down = sv * (flipV ? -1 : 1);
+  const right = sh * (flipH ? -1 : 1),
+    down = sv * (flipV ? -1 : 1);
   return { h, v, flipH, flipV, letters: { left: code(wh, -right), right: code(wh, right), top: code(wv, -down), bottom: code(wv, down) } };
 }
 
@@ -199,13 +218,28 @@ interface Prepared {
 }
 
 /** Draws one slice region into `canvas` at (x, y), size w × h pixels of `p` mm. */
-function drawSlice(canvas: Canvas, x: number, y: number, P: Prepared, z: number, win: DisplayWindow, hr: [number, number], vr: [number, number], p: number, w: number, h: number): void {
+function drawSlice(
+  canvas: Canvas,
+  x: number,
+  y: number,
+  P: Prepared,
+  z: number,
+  win: DisplayWindow,
+  hr: [number, number],
+  vr: [number, number],
+  p: number,
+  w: number,
+  h: number,
+): void {
   const { orient: o, dims, spacing } = P;
   const [nx, ny] = dims;
-  const sh = spacing[o.h], sv = spacing[o.v];
-  const nh = hr[1] - hr[0] + 1, nv = vr[1] - vr[0] + 1;
+  const sh = spacing[o.h],
+    sv = spacing[o.v];
+  const nh = hr[1] - hr[0] + 1,
+    nv = vr[1] - vr[0] + 1;
   const idx = new Int32Array(w * h);
-  const hi = new Int32Array(w), vi = new Int32Array(h);
+  const hi = new Int32Array(w),
+    vi = new Int32Array(h);
   for (let u = 0; u < w; u++) {
     const t = Math.min(nh - 1, Math.floor(((u + 0.5) * p) / sh));
     hi[u] = o.flipH ? hr[1] - t : hr[0] + t;
@@ -217,7 +251,8 @@ function drawSlice(canvas: Canvas, x: number, y: number, P: Prepared, z: number,
   const base = z * nx * ny;
   for (let v = 0; v < h; v++) {
     for (let u = 0; u < w; u++) {
-      const ix = o.h === 0 ? hi[u]! : vi[v]!, iy = o.h === 0 ? vi[v]! : hi[u]!;
+      const ix = o.h === 0 ? hi[u]! : vi[v]!,
+        iy = o.h === 0 ? vi[v]! : hi[u]!;
       idx[v * w + u] = base + iy * nx + ix;
     }
   }
@@ -232,7 +267,7 @@ function drawSlice(canvas: Canvas, x: number, y: number, P: Prepared, z: number,
       if (L > 0) {
         const k = classColor(L);
         const edge = lab(u - 1, v) !== L || lab(u + 1, v) !== L || lab(u, v - 1) !== L || lab(u, v + 1) !== L;
-        c = edge ? k : [0, 1, 2].map((i) => Math.round((1 - P.fill) * g + P.fill * k[i]!)) as unknown as Rgb;
+        c = edge ? k : ([0, 1, 2].map((i) => Math.round((1 - P.fill) * g + P.fill * k[i]!)) as unknown as Rgb);
       }
       canvas.set(x + u, y + v, c);
     }
@@ -268,10 +303,12 @@ function cellSize(c: CellSpec): { w: number; h: number } {
 
 function drawCell(canvas: Canvas, x: number, y: number, c: CellSpec, P: Prepared): Panel {
   canvas.text(x + 2, y + 2, c.header, WHITE, TEXT);
-  const ix = x + MARGIN, iy = y + 2 * LINE;
+  const ix = x + MARGIN,
+    iy = y + 2 * LINE;
   drawSlice(canvas, ix, iy, P, c.z, c.win, c.hr, c.vr, c.p, c.w, c.h);
   const L = P.orient.letters;
-  const gw = (ADVANCE - 1) * TEXT, gh = GLYPH_H * TEXT;
+  const gw = (ADVANCE - 1) * TEXT,
+    gh = GLYPH_H * TEXT;
   canvas.text(ix + Math.floor((c.w - gw) / 2), iy - LINE + 2, L.top, WHITE, TEXT);
   canvas.text(ix + Math.floor((c.w - gw) / 2), iy + c.h + 2, L.bottom, WHITE, TEXT);
   canvas.text(x + Math.floor((MARGIN - gw) / 2), iy + Math.floor((c.h - gh) / 2), L.left, WHITE, TEXT);
@@ -283,9 +320,18 @@ function drawCell(canvas: Canvas, x: number, y: number, c: CellSpec, P: Prepared
   c.captions.forEach((s, i) => canvas.text(x + 2, by + LINE * (i + 1) + 2, s, WHITE, TEXT));
   const o = P.orient;
   return {
-    kind: c.kind, slice: c.z, window: c.win, x: ix, y: iy, width: c.w, height: c.h, pixelMm: c.p,
+    kind: c.kind,
+    slice: c.z,
+    window: c.win,
+    x: ix,
+    y: iy,
+    width: c.w,
+    height: c.h,
+    pixelMm: c.p,
     axes: { h: o.h, v: o.v, flipH: o.flipH, flipV: o.flipV, hRange: c.hr, vRange: c.vr },
-    letters: { ...o.letters }, scaleBar: bar, ...(c.bleed ? { bleed: c.bleed } : {}),
+    letters: { ...o.letters },
+    scaleBar: bar,
+    ...(c.bleed ? { bleed: c.bleed } : {}),
   };
 }
 
@@ -298,17 +344,27 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   const opts = optionsObject("options", options) as OverlayOptions;
   const [nx, ny, nz] = ct.dims;
   if (labels.dims[0] !== nx || labels.dims[1] !== ny || labels.dims[2] !== nz) {
-    throw new RangeError(`labels.dims [${labels.dims.join(", ")}] differ from ct.dims [${ct.dims.join(", ")}]: the labels must be on the CT's grid`);
+    throw new RangeError(
+      `labels.dims [${labels.dims.join(", ")}] differ from ct.dims [${ct.dims.join(", ")}]: the labels must be on the CT's grid`,
+    );
   }
   if (dtypeOf(ct.data) === undefined) throw invalidParameterError("ct.data", "a typed array", ct.data);
   const convention = opts.convention ?? "radiological";
-  if (convention !== "radiological" && convention !== "neurological") throw invalidParameterError("options.convention", '"radiological" or "neurological"', convention);
-  const wins = opts.window === undefined ? [{ ...BRAIN_WINDOW }] : Array.isArray(opts.window) ? opts.window.map((w, i) => checkWindow(`options.window[${i}]`, w)) : [checkWindow("options.window", opts.window)];
+  if (convention !== "radiological" && convention !== "neurological")
+    throw invalidParameterError("options.convention", '"radiological" or "neurological"', convention);
+  const wins =
+    opts.window === undefined
+      ? [{ ...BRAIN_WINDOW }]
+      : Array.isArray(opts.window)
+        ? opts.window.map((w, i) => checkWindow(`options.window[${i}]`, w))
+        : [checkWindow("options.window", opts.window)];
   if (wins.length === 0) throw invalidParameterError("options.window", "a window or a non-empty array of windows", opts.window);
-  if (opts.subdural !== undefined && typeof opts.subdural !== "boolean") throw invalidParameterError("options.subdural", "a boolean", opts.subdural);
+  if (opts.subdural !== undefined && typeof opts.subdural !== "boolean")
+    throw invalidParameterError("options.subdural", "a boolean", opts.subdural);
   if (opts.subdural) wins.push({ ...SUBDURAL_WINDOW });
   const columns = opts.columns ?? 4;
-  if (!Number.isInteger(columns) || columns < 1 || columns > 64) throw invalidParameterError("options.columns", "an integer from 1 to 64", columns);
+  if (!Number.isInteger(columns) || columns < 1 || columns > 64)
+    throw invalidParameterError("options.columns", "an integer from 1 to 64", columns);
   const fill = opts.fill ?? 0.35;
   assertNumber("options.fill", fill, 0, 1);
   const maxSlices = opts.maxSlices ?? 64;
@@ -322,9 +378,11 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   let slices: number[];
   let sliceNote = "";
   if (opts.slices !== undefined) {
-    if (!Array.isArray(opts.slices) || opts.slices.length === 0) throw invalidParameterError("options.slices", "a non-empty array of slice indices", opts.slices);
+    if (!Array.isArray(opts.slices) || opts.slices.length === 0)
+      throw invalidParameterError("options.slices", "a non-empty array of slice indices", opts.slices);
     opts.slices.forEach((z, i) => {
-      if (!Number.isInteger(z) || z < 0 || z >= nz) throw invalidParameterError(`options.slices[${i}]`, `a slice index from 0 to ${nz - 1}`, z);
+      if (!Number.isInteger(z) || z < 0 || z >= nz)
+        throw invalidParameterError(`options.slices[${i}]`, `a slice index from 0 to ${nz - 1}`, z);
     });
     slices = [...opts.slices];
   } else {
@@ -351,16 +409,31 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   const orient = sliceOrientation(ct.affine, convention);
   const spacing = ct.spacing;
   const P: Prepared = { ct, lab, dims: ct.dims, orient, spacing, fill };
-  const sh = spacing[orient.h], sv = spacing[orient.v];
-  const nh = ct.dims[orient.h], nv = ct.dims[orient.v];
+  const sh = spacing[orient.h],
+    sv = spacing[orient.v];
+  const nh = ct.dims[orient.h],
+    nv = ct.dims[orient.v];
   const p = opts.pixelMm ?? Math.max(nh * sh, nv * sv) / 256;
   assertPositive("options.pixelMm", p);
-  const W = Math.max(1, Math.round((nh * sh) / p)), H = Math.max(1, Math.round((nv * sv) / p));
+  const W = Math.max(1, Math.round((nh * sh) / p)),
+    H = Math.max(1, Math.round((nv * sv) / p));
   if (W * H > 16e6) throw new RangeError(`options.pixelMm ${p} makes a ${W} × ${H} pixel slice; choose a larger pixel size`);
 
   const montage: CellSpec[] = [];
   for (const z of slices) {
-    for (const win of wins) montage.push({ kind: "slice", z, win, hr: [0, nh - 1], vr: [0, nv - 1], p, w: W, h: H, header: `z ${z} ${windowLabel(win)}`, captions: [] });
+    for (const win of wins)
+      montage.push({
+        kind: "slice",
+        z,
+        win,
+        hr: [0, nh - 1],
+        vr: [0, nv - 1],
+        p,
+        w: W,
+        h: H,
+        header: `z ${z} ${windowLabel(win)}`,
+        captions: [],
+      });
   }
 
   // bleeds
@@ -379,30 +452,51 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   const allBleeds = comps.length;
   comps.forEach((c, i) => {
     const z = c?.abc?.slice;
-    if (!Number.isInteger(z) || z < 0 || z >= nz || !c.bbox) throw invalidParameterError(`options.bleeds[${i}]`, "a component with bbox and abc.slice inside the CT", c);
+    if (!Number.isInteger(z) || z < 0 || z >= nz || !c.bbox)
+      throw invalidParameterError(`options.bleeds[${i}]`, "a component with bbox and abc.slice inside the CT", c);
   });
   // the largest first (ties: in the given order)
-  comps = comps.map((c, i) => ({ c, i })).sort((a, b) => (b.c.volumeMl ?? 0) - (a.c.volumeMl ?? 0) || a.i - b.i).slice(0, maxBleeds).map((x) => x.c);
+  comps = comps
+    .map((c, i) => ({ c, i }))
+    .sort((a, b) => (b.c.volumeMl ?? 0) - (a.c.volumeMl ?? 0) || a.i - b.i)
+    .slice(0, maxBleeds)
+    .map((x) => x.c);
   const crops: CellSpec[] = [];
   comps.forEach((c) => {
     const z = c.abc.slice;
     const range = (axis: 0 | 1): [number, number] => {
-      const lo = c.bbox.min[axis], hi = c.bbox.max[axis], n = ct.dims[axis];
+      const lo = c.bbox.min[axis],
+        hi = c.bbox.max[axis],
+        n = ct.dims[axis];
       const m = Math.max(6, Math.ceil((hi - lo + 1) * 0.5));
       return [Math.max(0, lo - m), Math.min(n - 1, hi + m)];
     };
-    const hr = range(orient.h), vr = range(orient.v);
-    const mmH = (hr[1] - hr[0] + 1) * sh, mmV = (vr[1] - vr[0] + 1) * sv;
+    const hr = range(orient.h),
+      vr = range(orient.v);
+    const mmH = (hr[1] - hr[0] + 1) * sh,
+      mmV = (vr[1] - vr[0] + 1) * sv;
     const pc = Math.min(p, Math.max(Math.max(mmH, mmV) / 192, Math.min(sh, sv) / 8));
     const name = names[c.class] ?? `class ${c.class}`;
     crops.push({
-      kind: "bleed", z, win: wins[0]!, hr, vr, p: pc, w: Math.max(1, Math.round(mmH / pc)), h: Math.max(1, Math.round(mmV / pc)),
-      header: `#${c.label} ${name} z ${z}`, captions: [`${fmtMl(c.volumeMl)} mL`, `ABC/2 ${fmtMl(c.abc2Ml)} mL`], bleed: { label: c.label, class: c.class },
+      kind: "bleed",
+      z,
+      win: wins[0]!,
+      hr,
+      vr,
+      p: pc,
+      w: Math.max(1, Math.round(mmH / pc)),
+      h: Math.max(1, Math.round(mmV / pc)),
+      header: `#${c.label} ${name} z ${z}`,
+      captions: [`${fmtMl(c.volumeMl)} mL`, `ABC/2 ${fmtMl(c.abc2Ml)} mL`],
+      bleed: { label: c.label, class: c.class },
     });
   });
 
   // layout: title, legend, montage grid, crops in rows
-  const classList = Object.keys(names).map(Number).filter((k) => Number.isInteger(k) && k > 0).sort((a, b) => a - b);
+  const classList = Object.keys(names)
+    .map(Number)
+    .filter((k) => Number.isInteger(k) && k > 0)
+    .sort((a, b) => a - b);
   const legendItems = classList.map((k) => ({ k, text: `${k} ${names[k]}` }));
   const legendW = legendItems.reduce((a, it) => a + 18 + textWidth(it.text, TEXT) + 16, 0);
   const cellM = cellSize(montage[0]!);
@@ -410,10 +504,16 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   const montageW = cols * cellM.w + (cols - 1) * GAP;
   const pageW = Math.max(montageW, legendW, textWidth(opts.title ?? "", TEXT), textWidth(sliceNote, TEXT), 320) + 2 * GAP;
   const cropPos: { x: number; y: number }[] = [];
-  let cx = GAP, cy = 0, rowH = 0;
+  let cx = GAP,
+    cy = 0,
+    rowH = 0;
   for (const c of crops) {
     const s = cellSize(c);
-    if (cx > GAP && cx + s.w > pageW - GAP) (cx = GAP), (cy += rowH + GAP), (rowH = 0);
+    if (cx > GAP && cx + s.w > pageW - GAP) {
+      cx = GAP;
+      cy += rowH + GAP;
+      rowH = 0;
+    }
     cropPos.push({ x: cx, y: cy });
     cx += s.w + GAP;
     rowH = Math.max(rowH, s.h);
@@ -445,7 +545,8 @@ export async function renderOverlayImage(ct: Volume, labels: Volume, options?: O
   if (sliceNote) canvas.text(GAP, noteY, sliceNote, GREY, TEXT);
   const panels: Panel[] = [];
   montage.forEach((c, i) => {
-    const col = i % cols, row = Math.floor(i / cols);
+    const col = i % cols,
+      row = Math.floor(i / cols);
     panels.push(drawCell(canvas, GAP + col * (cellM.w + GAP), montageY + row * (cellM.h + GAP), c, P));
   });
   if (crops.length || bleedsOpt !== false) {

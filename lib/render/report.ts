@@ -59,12 +59,14 @@ function table(head: string[], rows: string[][], attrs: string[] = []): string {
   );
 }
 
-const td = (v: string, key?: string, cls?: string) => `<td${key ? ` data-key="${esc(key)}"` : ""}${cls ? ` class="${esc(cls)}"` : ""}>${esc(v)}</td>`;
+const td = (v: string, key?: string, cls?: string) =>
+  `<td${key ? ` data-key="${esc(key)}"` : ""}${cls ? ` class="${esc(cls)}"` : ""}>${esc(v)}</td>`;
 
 /** Class status against the truth: what the table says in words. */
 export function classStatus(m: CaseMetrics, c: number): "true positive" | "false positive" | "missed" | "absent" {
   const r = m.perClass[String(c)]!;
-  const t = r.tp + r.fn > 0, p = r.tp + r.fp > 0;
+  const t = r.tp + r.fn > 0,
+    p = r.tp + r.fp > 0;
   return t && p ? "true positive" : p ? "false positive" : t ? "missed" : "absent";
 }
 
@@ -83,7 +85,10 @@ async function measureBleeds(labels: Volume): Promise<Component[]> {
   return componentStats(cc.labels, { classes: lab });
 }
 
-function perClassVolumes(labels: Volume, names: Record<number, string>): Record<string, { name: string; voxels: number; volumeMl: number }> {
+function perClassVolumes(
+  labels: Volume,
+  names: Record<number, string>,
+): Record<string, { name: string; voxels: number; volumeMl: number }> {
   const counts = new Map<number, number>();
   const d = labels.data as ArrayLike<number>;
   for (let i = 0; i < d.length; i++) if (d[i]) counts.set(d[i]!, (counts.get(d[i]!) ?? 0) + 1);
@@ -116,12 +121,15 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
   assertVolume("input.ct", o.ct);
   assertVolume("input.labels", o.labels);
   if (o.truth !== undefined) assertVolume("input.truth", o.truth);
-  if (o.metrics !== undefined && o.truth === undefined) throw invalidParameterError("input.truth", "the ground truth the metrics were computed on (needed for the pictures)", o.truth);
+  if (o.metrics !== undefined && o.truth === undefined)
+    throw invalidParameterError("input.truth", "the ground truth the metrics were computed on (needed for the pictures)", o.truth);
   if (o.caseName !== undefined && typeof o.caseName !== "string") throw invalidParameterError("input.caseName", "a string", o.caseName);
   if (o.title !== undefined && typeof o.title !== "string") throw invalidParameterError("input.title", "a string", o.title);
-  if (o.notes !== undefined && (typeof o.notes !== "object" || o.notes === null)) throw invalidParameterError("input.notes", "an object of label → value", o.notes);
+  if (o.notes !== undefined && (typeof o.notes !== "object" || o.notes === null))
+    throw invalidParameterError("input.notes", "an object of label → value", o.notes);
   const r = o.report;
-  const names: Record<number, string> = o.classes ?? (r ? Object.fromEntries(Object.entries(r.classes).map(([k, v]) => [Number(k), v])) : { ...BHSD_CLASSES });
+  const names: Record<number, string> =
+    o.classes ?? (r ? Object.fromEntries(Object.entries(r.classes).map(([k, v]) => [Number(k), v])) : { ...BHSD_CLASSES });
   const name = (c: number) => names[c] ?? `class ${c}`;
   const perClass = r?.perClass ?? perClassVolumes(o.labels, names);
   const bleeds = r?.components ?? (await measureBleeds(o.labels));
@@ -153,7 +161,13 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
   ];
   if (r) caseRows.push(["model", r.model], ["backend", r.backend], ["sliding windows", `${r.windows} (${r.forwards} forward passes)`]);
   else caseRows.push(["model", "not given (labels read from a file)"]);
-  parts.push(`<h2>Case</h2>` + table(["", ""], caseRows.map(([k, v]) => [`<th scope="row">${esc(k)}</th>`, td(v)])));
+  parts.push(
+    `<h2>Case</h2>` +
+      table(
+        ["", ""],
+        caseRows.map(([k, v]) => [`<th scope="row">${esc(k)}</th>`, td(v)]),
+      ),
+  );
 
   // per-class volumes
   const swatch = (c: number) => `<span class="sw" style="background:${classColorHex(c)}"></span>`;
@@ -162,7 +176,11 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
     `<h2>Predicted volume per class</h2>` +
       table(
         ["class", "voxels", "mL"],
-        pcKeys.map((k) => [`<td>${swatch(Number(k))}${esc(`${k} ${perClass[k]!.name}`)}</td>`, td(String(perClass[k]!.voxels), "voxels"), td(reportNumber(perClass[k]!.volumeMl, 2), "volumeMl")]),
+        pcKeys.map((k) => [
+          `<td>${swatch(Number(k))}${esc(`${k} ${perClass[k]!.name}`)}</td>`,
+          td(String(perClass[k]!.voxels), "voxels"),
+          td(reportNumber(perClass[k]!.volumeMl, 2), "volumeMl"),
+        ]),
         pcKeys.map((k) => `data-class="${esc(k)}"`),
       ),
   );
@@ -173,7 +191,17 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
     `<h2>Predicted bleeds (${bleeds.length})</h2>` +
       (bleeds.length
         ? table(
-            ["#", "class", "mL", "ABC/2 mL", "centroid x, y, z (mm, scanner RAS)", "centroid voxel i, j, k", "slices", "z range", "largest slice z"],
+            [
+              "#",
+              "class",
+              "mL",
+              "ABC/2 mL",
+              "centroid x, y, z (mm, scanner RAS)",
+              "centroid voxel i, j, k",
+              "slices",
+              "z range",
+              "largest slice z",
+            ],
             bleeds.map((b) => [
               td(String(b.label), "label"),
               `<td>${swatch(b.class)}${esc(name(b.class))}</td>`,
@@ -208,7 +236,11 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
     const cls = (cs: number[]) => (cs.length ? cs.map(name).join(", ") : "none");
     parts.push(
       `<h2>Against the ground truth</h2>` +
-        table(["class", "status", "Dice", "HD95 mm", "true mL", "predicted mL", "volume error mL (predicted − true)"], rows, metrics.classes.map((c) => `data-class="${c}"`)) +
+        table(
+          ["class", "status", "Dice", "HD95 mm", "true mL", "predicted mL", "volume error mL (predicted − true)"],
+          rows,
+          metrics.classes.map((c) => `data-class="${c}"`),
+        ) +
         `<ul class="headline">` +
         `<li>Mean Dice over the classes in the truth or the prediction (the headline; a class in only one of them scores 0): <b data-key="meanDice">${esc(reportNumber(headline.meanDice, 3))}</b> over ${esc(cls(headline.classes))}</li>` +
         `<li>Mean Dice over the classes in the truth only: <span data-key="meanDiceTruth">${esc(reportNumber(headline.meanDiceTruth, 3))}</span> over ${esc(cls(headline.truthClasses))}</li>` +
@@ -221,13 +253,15 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
 
   // pictures
   const ov = o.overlay ?? {};
-  const side = ov.convention === "neurological" ? "the patient's right is on the viewer's right" : "the patient's right is on the viewer's left";
+  const side =
+    ov.convention === "neurological" ? "the patient's right is on the viewer's right" : "the patient's right is on the viewer's left";
   if (o.truth) {
     // the same slices on both sides: every slice holding a true or a predicted label
     const [nx, ny, nz] = o.ct.dims;
     const slices: number[] = [];
     for (let z = 0; z < nz; z++) {
-      const a = z * nx * ny, e = a + nx * ny;
+      const a = z * nx * ny,
+        e = a + nx * ny;
       let hit = false;
       for (let i = a; i < e && !hit; i++) hit = o.truth.data[i] !== 0 || o.labels.data[i] !== 0;
       if (hit) slices.push(z);
@@ -241,7 +275,12 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
         `<figure><img alt="prediction overlay" width="${predImg.width}" height="${predImg.height}" src="${dataUri(predImg.png)}"><figcaption>prediction</figcaption></figure></div>`,
     );
   } else {
-    const img = await renderOverlayImage(o.ct, o.labels, { ...ov, classes: names, title: "prediction", ...(r ? { bleeds: r.components } : {}) });
+    const img = await renderOverlayImage(o.ct, o.labels, {
+      ...ov,
+      classes: names,
+      title: "prediction",
+      ...(r ? { bleeds: r.components } : {}),
+    });
     parts.push(
       `<h2>Pictures</h2><p>Slices holding predicted blood, then each bleed at its largest slice; ${side}.</p>` +
         `<figure><img alt="prediction overlay" width="${img.width}" height="${img.height}" src="${dataUri(img.png)}"></figure>`,
@@ -250,7 +289,13 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
 
   if (r) {
     const t = Object.entries(r.timings);
-    parts.push(`<h2>Timings</h2>` + table(["step", "ms"], t.map(([k, v]) => [td(k), td(reportNumber(v, 0), k)])));
+    parts.push(
+      `<h2>Timings</h2>` +
+        table(
+          ["step", "ms"],
+          t.map(([k, v]) => [td(k), td(reportNumber(v, 0), k)]),
+        ),
+    );
   }
   parts.push(`<footer>bhsd ${esc(VERSION)}</footer>`);
   const json = toJson(data).replace(/</g, "\\u003c");

@@ -24,10 +24,19 @@ export class Ticket {
   reserve(bytes: number, what: string): void {
     const { maxRequestBytes, maxInflightBytes } = this.owner.limits;
     if (this.bytes + bytes > maxRequestBytes) {
-      throw new HttpError(413, "too_large", `${what} decodes to ${bytes} bytes; with this request's other data (${this.bytes} bytes) that exceeds the server's ${maxRequestBytes}-byte limit per request`);
+      throw new HttpError(
+        413,
+        "too_large",
+        `${what} decodes to ${bytes} bytes; with this request's other data (${this.bytes} bytes) that exceeds the server's ${maxRequestBytes}-byte limit per request`,
+      );
     }
     if (this.owner.inflightBytes + bytes > maxInflightBytes) {
-      throw new HttpError(503, "busy", `the server holds ${this.owner.inflightBytes} decoded bytes of other requests; ${what} (${bytes} bytes) would exceed its ${maxInflightBytes}-byte limit; retry later`, { "retry-after": "5" });
+      throw new HttpError(
+        503,
+        "busy",
+        `the server holds ${this.owner.inflightBytes} decoded bytes of other requests; ${what} (${bytes} bytes) would exceed its ${maxInflightBytes}-byte limit; retry later`,
+        { "retry-after": "5" },
+      );
     }
     this.bytes += bytes;
     this.owner.inflightBytes += bytes;
@@ -54,7 +63,12 @@ export class Admission {
       return new Ticket(this);
     }
     if (this.waiting.length >= this.limits.queue) {
-      throw new HttpError(503, "busy", `all ${this.limits.concurrency} workers are busy and the queue of ${this.limits.queue} is full; retry later`, { "retry-after": "5" });
+      throw new HttpError(
+        503,
+        "busy",
+        `all ${this.limits.concurrency} workers are busy and the queue of ${this.limits.queue} is full; retry later`,
+        { "retry-after": "5" },
+      );
     }
     signal.throwIfAborted();
     return new Promise<Ticket>((resolve, reject) => {

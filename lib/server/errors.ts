@@ -34,6 +34,7 @@ export function fastifyCode(code: string | undefined, status: number): string {
 
 /** A JS error that says the input was bad (the library's checks), not that the server failed. */
 export function clientFault(err: Error): boolean {
-  if (err instanceof RangeError) return !/Invalid array length|allocation failed|Maximum call stack|Invalid typed array length/i.test(err.message);
+  if (err instanceof RangeError)
+    return !/Invalid array length|allocation failed|Maximum call stack|Invalid typed array length/i.test(err.message);
   return err instanceof TypeError && err.message.startsWith("Expected ");
 }

@@ -46,7 +46,8 @@ export class ModelCache {
     readonly budget: number,
     private readonly load: (path: string) => Promise<Model> = (p) => loadModel(p),
   ) {
-    if (!(budget > 0) || !Number.isFinite(budget)) throw new RangeError(`Expected a positive number of bytes for the model cache budget but received ${String(budget)}`);
+    if (!(budget > 0) || !Number.isFinite(budget))
+      throw new RangeError(`Expected a positive number of bytes for the model cache budget but received ${String(budget)}`);
   }
 
   /** The model at `path` under `name`, loaded once; concurrent requests for it share the load. */
@@ -108,7 +109,11 @@ export class ModelCache {
   private drop(e: Entry) {
     this.entries.delete(e.name);
     e.dropped = true;
-    if (e.users === 0) void e.model.then((m) => m.dispose(), () => undefined);
+    if (e.users === 0)
+      void e.model.then(
+        (m) => m.dispose(),
+        () => undefined,
+      );
   }
 
   private total(): number {

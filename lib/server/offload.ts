@@ -105,7 +105,12 @@ export function runInWorker(job: WorkerJob, signal: AbortSignal): Promise<string
       reject(new HttpError(r.status, r.code, r.status >= 500 ? "the server could not complete the request" : r.message));
     };
     const onError = (e: Error & { code?: string }) => {
-      failed ??= { error: e.code === "ERR_WORKER_OUT_OF_MEMORY" ? new HttpError(413, "too_large", "the job needed more memory than the server allows one job") : e };
+      failed ??= {
+        error:
+          e.code === "ERR_WORKER_OUT_OF_MEMORY"
+            ? new HttpError(413, "too_large", "the job needed more memory than the server allows one job")
+            : e,
+      };
     };
     const onExit = () => {
       cleanup();

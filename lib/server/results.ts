@@ -85,7 +85,11 @@ export class ResultStore {
   /** Stores the bytes; returns the new result's id. */
   async put(data: Buffer): Promise<string> {
     if (data.length > this.opts.maxBytes) {
-      throw new HttpError(507, "result_too_large", `the result is ${data.length} bytes; the server keeps at most ${this.opts.maxBytes} bytes of results`);
+      throw new HttpError(
+        507,
+        "result_too_large",
+        `the result is ${data.length} bytes; the server keeps at most ${this.opts.maxBytes} bytes of results`,
+      );
     }
     const id = randomBytes(16).toString("hex");
     const tmp = join(this.opts.dir, `.tmp-${id}`);

@@ -32,9 +32,21 @@ const form = (fields: string[]) => ({
 
 /** Request bodies by path, for the OpenAPI document. */
 export const requestBodies: Record<string, unknown> = {
-  "/v1/segment": { required: true, description: "the CT as NIfTI (.nii or gzipped), or the multipart file `ct`", content: { ...nifti, ...form(["ct"]) } },
-  "/v1/evaluate": { required: true, description: "ground truth and prediction label volumes (NIfTI, labels 0..5)", content: form(["gt", "pred"]) },
-  "/v1/components": { required: true, description: "a label volume as NIfTI, or the multipart file `labels`", content: { ...nifti, ...form(["labels"]) } },
+  "/v1/segment": {
+    required: true,
+    description: "the CT as NIfTI (.nii or gzipped), or the multipart file `ct`",
+    content: { ...nifti, ...form(["ct"]) },
+  },
+  "/v1/evaluate": {
+    required: true,
+    description: "ground truth and prediction label volumes (NIfTI, labels 0..5)",
+    content: form(["gt", "pred"]),
+  },
+  "/v1/components": {
+    required: true,
+    description: "a label volume as NIfTI, or the multipart file `labels`",
+    content: { ...nifti, ...form(["labels"]) },
+  },
 };
 
 const query = (properties: Record<string, unknown>) => ({ type: "object", additionalProperties: false, properties });
@@ -66,11 +78,15 @@ export const schemas = {
   },
   result: {
     summary: "a segmentation's label NIfTI (uint8, gzip)",
-    params: { type: "object", properties: { id: { type: "string", pattern: "^[0-9a-f]{32}$", description: "the result's id" } }, required: ["id"] },
+    params: {
+      type: "object",
+      properties: { id: { type: "string", pattern: "^[0-9a-f]{32}$", description: "the result's id" } },
+      required: ["id"],
+    },
     response: { 200: { description: "label NIfTI (uint8, gzip)", content: { "application/gzip": { schema: binary } } }, ...common },
   },
   evaluate: {
-    summary: "metrics of a predicted label volume against ground truth (metrics.md); NaN and Infinity as \"nan\" and \"inf\"",
+    summary: 'metrics of a predicted label volume against ground truth (metrics.md); NaN and Infinity as "nan" and "inf"',
     querystring: query({ nsdToleranceMm: { type: "number", minimum: 0, description: "surface Dice tolerance (mm, default 1)" } }),
     response: { 200: ok("CaseMetrics"), ...jobErrors },
   },

@@ -55,7 +55,17 @@ const gzipAsync = promisify(gzip);
 
 /** Label volume → .nii.gz bytes (uint8, the CT's geometry), compressed off the event loop. */
 async function niftiBytes(v: Volume<Uint8Array>): Promise<Buffer> {
-  const header = buildHeader({ version: 1, dims: v.dims, dtype: "uint8", spacing: v.spacing, affine: v.affine, sclSlope: 0, sclInter: 0, qformCode: 1, sformCode: 1 });
+  const header = buildHeader({
+    version: 1,
+    dims: v.dims,
+    dtype: "uint8",
+    spacing: v.spacing,
+    affine: v.affine,
+    sclSlope: 0,
+    sclInter: 0,
+    qformCode: 1,
+    sformCode: 1,
+  });
   return gzipAsync(Buffer.concat([header, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]), { level: 6 });
 }
 
@@ -63,7 +73,9 @@ async function niftiBytes(v: Volume<Uint8Array>): Promise<Buffer> {
 function positive(name: string, v: number | undefined, dflt: number, min = 1, integer = false): number {
   const x = v ?? dflt;
   if (typeof x !== "number" || !(x >= min) || !Number.isFinite(x) || (integer && !Number.isInteger(x))) {
-    throw new TypeError(`Expected ${integer ? "an integer" : "a number"} >= ${min} for options.${name} but received ${typeof v === "string" ? JSON.stringify(v) : String(v)}`);
+    throw new TypeError(
+      `Expected ${integer ? "an integer" : "a number"} >= ${min} for options.${name} but received ${typeof v === "string" ? JSON.stringify(v) : String(v)}`,
+    );
   }
   return x;
 }
@@ -71,20 +83,23 @@ function positive(name: string, v: number | undefined, dflt: number, min = 1, in
 export async function createServer(options: ServeOptions = {}): Promise<FastifyInstance> {
   const host = options.host ?? "127.0.0.1";
   const token = options.token ?? process.env.BHSD_TOKEN;
-  if (!LOOPBACK.test(host) && !token) throw new Error(`refusing to listen on ${host} without a token: pass --token or set BHSD_TOKEN (127.0.0.1 needs none)`);
+  if (!LOOPBACK.test(host) && !token)
+    throw new Error(`refusing to listen on ${host} without a token: pass --token or set BHSD_TOKEN (127.0.0.1 needs none)`);
   const modelDir = resolve(options.modelDir ?? process.env.BHSD_MODEL_DIR ?? join(PACKAGE_ROOT, "models"));
   const maxBody = positive("maxBodyBytes", options.maxBodyBytes, 512 * 2 ** 20);
   const maxVoxels = positive("maxVoxels", options.maxVoxels, 64 * 2 ** 20);
   const maxRequestBytes = positive("maxRequestBytes", options.maxRequestBytes, 2 ** 30);
   const maxInflightBytes = positive("maxInflightBytes", options.maxInflightBytes, Math.max(2 * 2 ** 30, maxRequestBytes));
-  if (maxInflightBytes < maxRequestBytes) throw new RangeError(`options.maxInflightBytes (${maxInflightBytes}) must be at least options.maxRequestBytes (${maxRequestBytes})`);
+  if (maxInflightBytes < maxRequestBytes)
+    throw new RangeError(`options.maxInflightBytes (${maxInflightBytes}) must be at least options.maxRequestBytes (${maxRequestBytes})`);
   const maxComponents = positive("maxComponents", options.maxComponents, 10_000, 0, true);
   const concurrency = positive("concurrency", options.concurrency, 1, 1, true);
   const queueMax = positive("queue", options.queue, 4, 0, true);
   const jobTimeout = positive("jobTimeoutMs", options.jobTimeoutMs, 10 * 60_000);
   const ttl = positive("resultTtlMs", options.resultTtlMs, 15 * 60_000);
   const logLevel = options.logLevel ?? "warn";
-  if (!LOG_LEVELS.includes(logLevel)) throw new TypeError(`Expected one of ${LOG_LEVELS.join(", ")} for options.logLevel but received ${String(logLevel)}`);
+  if (!LOG_LEVELS.includes(logLevel))
+    throw new TypeError(`Expected one of ${LOG_LEVELS.join(", ")} for options.logLevel but received ${String(logLevel)}`);
   const admission = new Admission({ concurrency, queue: queueMax, maxRequestBytes, maxInflightBytes });
   const results = new ResultStore({
     dir: resolve(options.resultDir ?? process.env.BHSD_RESULT_DIR ?? join(tmpdir(), "bhsd-results")),
@@ -119,11 +134,16 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     clientErrorHandler: (err: Error & { code?: string }, socket) => {
       if (err.code === "ECONNRESET" || socket.destroyed) return;
       const [status, text, code, message] =
-        err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request Header Fields Too Large", "headers_too_large", "the request headers exceed the server's limit"]
-        : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? [408, "Request Timeout", "timeout", "the request was not received in time"]
-        : [400, "Bad Request", "bad_request", "the request is not valid HTTP"];
+        err.code === "HPE_HEADER_OVERFLOW"
+          ? [431, "Request Header Fields Too Large", "headers_too_large", "the request headers exceed the server's limit"]
+          : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+            ? [408, "Request Timeout", "timeout", "the request was not received in time"]
+            : [400, "Bad Request", "bad_request", "the request is not valid HTTP"];
       const body = JSON.stringify({ error: code, message });
-      if (socket.writable) socket.write(`HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+      if (socket.writable)
+        socket.write(
+          `HTTP/1.1 ${status} ${text}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+        );
       socket.destroy();
     },
   });
@@ -136,7 +156,11 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   await app.register(swagger, {
     openapi: {
       openapi: "3.0.3",
-      info: { title: "bhsd", version: VERSION, description: "Intracranial hemorrhage segmentation, bleed volumes and BHSD metrics on head CT (NIfTI)." },
+      info: {
+        title: "bhsd",
+        version: VERSION,
+        description: "Intracranial hemorrhage segmentation, bleed volumes and BHSD metrics on head CT (NIfTI).",
+      },
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
       security: [{ bearer: [] }],
     },
@@ -163,7 +187,10 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     // RFC 7235: the scheme is case-insensitive.
     const m = /^([A-Za-z]+)[ \t]+(.*)$/.exec(req.headers.authorization ?? "");
     const got = tokenDigest(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "");
-    if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)", { "www-authenticate": "Bearer" });
+    if (!timingSafeEqual(got, want))
+      throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)", {
+        "www-authenticate": "Bearer",
+      });
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -178,15 +205,27 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     if (err.validation) return send(reply, 400, err.validationContext === "querystring" ? "bad_query" : "bad_request", err.message);
     if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE" || err.code === "FST_ERR_CTP_EMPTY_TYPE") {
       const type = String(req.headers["content-type"] ?? "none").slice(0, 100);
-      return send(reply, 415, "unsupported_media_type", `content-type ${JSON.stringify(type)} is not taken here: send a NIfTI as ${NIFTI_TYPES[0]} or multipart/form-data`);
+      return send(
+        reply,
+        415,
+        "unsupported_media_type",
+        `content-type ${JSON.stringify(type)} is not taken here: send a NIfTI as ${NIFTI_TYPES[0]} or multipart/form-data`,
+      );
     }
-    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
+    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
+      return send(reply, err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
     if (clientFault(err)) return send(reply, 400, "bad_request", err.message);
     req.log.error({ err: { message: err.message, stack: err.stack } }, "request failed");
     return send(reply, 500, "internal", "the server could not complete the request");
   });
 
-  const listModels = () => (existsSync(modelDir) ? readdirSync(modelDir).filter((f) => f.endsWith(".onnx")).map((f) => f.slice(0, -5)).sort() : []);
+  const listModels = () =>
+    existsSync(modelDir)
+      ? readdirSync(modelDir)
+          .filter((f) => f.endsWith(".onnx"))
+          .map((f) => f.slice(0, -5))
+          .sort()
+      : [];
 
   /** The model's name, checked (no file is touched beyond listing the folder). */
   function modelName(name: string | undefined): string {
@@ -197,7 +236,8 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       else if (available.includes("default")) n = "default";
       else throw new HttpError(400, "model_required", `name a model with ?model= (available: ${available.join(", ") || "none"})`);
     }
-    if (!MODEL_NAME.test(n) || n.includes("..")) throw new HttpError(400, "bad_model", "model must be a plain name from the server's model folder (letters, digits, . _ -)");
+    if (!MODEL_NAME.test(n) || n.includes(".."))
+      throw new HttpError(400, "bad_model", "model must be a plain name from the server's model folder (letters, digits, . _ -)");
     if (!available.includes(n)) throw new HttpError(404, "no_such_model", `no model "${n}" (available: ${available.join(", ") || "none"})`);
     return n;
   }
@@ -227,7 +267,10 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       throw e;
     }
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(new HttpError(503, "timeout", `the job took longer than ${jobTimeout} ms and was stopped`, { "retry-after": "30" })), jobTimeout);
+    const timer = setTimeout(
+      () => ctl.abort(new HttpError(503, "timeout", `the job took longer than ${jobTimeout} ms and was stopped`, { "retry-after": "30" })),
+      jobTimeout,
+    );
     const onGone = () => ctl.abort(gone.signal.reason);
     gone.signal.addEventListener("abort", onGone, { once: true });
     if (gone.signal.aborted) onGone();
@@ -257,7 +300,12 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     signal.addEventListener("abort", stop, { once: true });
     try {
       for await (const c of stream as AsyncIterable<Buffer>) {
-        if (n + c.length > (into ? into.length : maxBody)) throw new HttpError(413, "too_large", `the body is more than ${into ? `its content-length of ${into.length}` : maxBody} bytes${into ? "" : ", this server's limit"}`);
+        if (n + c.length > (into ? into.length : maxBody))
+          throw new HttpError(
+            413,
+            "too_large",
+            `the body is more than ${into ? `its content-length of ${into.length}` : maxBody} bytes${into ? "" : ", this server's limit"}`,
+          );
         if (into) c.copy(into, n);
         else chunks.push(c);
         n += c.length;
@@ -275,7 +323,12 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
 
   /** The named multipart files (each at most once, no others), at most maxBody bytes together. */
   async function multipartFiles(req: FastifyRequest, fields: string[], signal: AbortSignal): Promise<Record<string, Buffer>> {
-    if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", `send multipart/form-data with the file field${fields.length > 1 ? "s" : ""} ${fields.join(", ")}`);
+    if (!req.isMultipart())
+      throw new HttpError(
+        415,
+        "unsupported_media_type",
+        `send multipart/form-data with the file field${fields.length > 1 ? "s" : ""} ${fields.join(", ")}`,
+      );
     const out: Record<string, Buffer> = {};
     let total = 0;
     const stop = () => req.raw.destroy();
@@ -284,18 +337,24 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       for await (const part of req.parts()) {
         if (part.type !== "file") continue;
         if (!fields.includes(part.fieldname) || out[part.fieldname]) {
-          throw new HttpError(400, "bad_multipart", `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`);
+          throw new HttpError(
+            400,
+            "bad_multipart",
+            `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`,
+          );
         }
         const b = await part.toBuffer();
         total += b.length;
-        if (total > maxBody) throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
+        if (total > maxBody)
+          throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
         out[part.fieldname] = b;
       }
     } catch (e) {
       if (e instanceof HttpError) throw e;
       if (signal.aborted) throw signal.reason;
       const err = e as FastifyError;
-      if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) throw new HttpError(err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
+      if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
+        throw new HttpError(err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
       throw new HttpError(400, "bad_multipart", `the multipart body could not be read: ${err.message}`);
     } finally {
       signal.removeEventListener("abort", stop);
@@ -308,7 +367,12 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   async function niftiBody(req: FastifyRequest, field: string, signal: AbortSignal): Promise<Buffer> {
     if (req.isMultipart()) return (await multipartFiles(req, [field], signal))[field]!;
     const body = req.body as Readable | undefined;
-    if (!body || typeof body.pipe !== "function") throw new HttpError(415, "unsupported_media_type", `send the NIfTI as application/octet-stream or as the multipart/form-data file field "${field}"`);
+    if (!body || typeof body.pipe !== "function")
+      throw new HttpError(
+        415,
+        "unsupported_media_type",
+        `send the NIfTI as application/octet-stream or as the multipart/form-data file field "${field}"`,
+      );
     return readBody(body, Number(req.headers["content-length"]), signal);
   }
 
@@ -318,7 +382,8 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       // A zip of a DICOM series: unpacked and voxel bytes bounded by what this request may still hold.
       const room = Math.min(maxVoxels * 4, Math.max(1, maxRequestBytes - ticket.bytes));
       const v = await readCt(bytes, { name, maxBytes: room });
-      if (v.data.length > maxVoxels) throw new HttpError(413, "too_large", `${name} has ${v.data.length} voxels; this server takes at most ${maxVoxels}`);
+      if (v.data.length > maxVoxels)
+        throw new HttpError(413, "too_large", `${name} has ${v.data.length} voxels; this server takes at most ${maxVoxels}`);
       ticket.reserve(v.data.byteLength, name);
       return v;
     }
@@ -346,33 +411,48 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   };
 
   app.get("/v1/health", { schema: schemas.health }, async () => ({ status: "ok", ...admission.load }));
-  app.get("/v1/info", { schema: schemas.info }, async () => ({ version: VERSION, node: process.version, backends: backendInfo(), models: listModels(), limits }));
+  app.get("/v1/info", { schema: schemas.info }, async () => ({
+    version: VERSION,
+    node: process.version,
+    backends: backendInfo(),
+    models: listModels(),
+    limits,
+  }));
   app.get("/v1/openapi.json", { schema: schemas.openapi }, async () => app.swagger());
 
-  app.post("/v1/segment", { schema: schemas.segment }, async (req: FastifyRequest<{ Querystring: { model?: string; cleanupMinMl?: number; tta?: boolean } }>, reply) => {
-    const q = req.query;
-    const name = modelName(q.model);
-    const text = await job(req, reply, async ({ ticket, signal }) => {
-      const bytes = await niftiBody(req, "ct", signal);
-      const ct = await decode(bytes, "ct", ticket);
-      const lease = await models.acquire(name, join(modelDir, `${name}.onnx`));
-      let out;
-      try {
-        signal.throwIfAborted();
-        out = await segment(ct, lease.model, { mirror: q.tta === true, maxVoxels, signal, ...(q.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: q.cleanupMinMl } } : {}) });
-      } catch (e) {
-        if (e instanceof RangeError && e.message.includes("options.maxVoxels")) {
-          throw new HttpError(413, "too_large", `${e.message.replace(/options\.maxVoxels/, "this server's limit")}`);
+  app.post(
+    "/v1/segment",
+    { schema: schemas.segment },
+    async (req: FastifyRequest<{ Querystring: { model?: string; cleanupMinMl?: number; tta?: boolean } }>, reply) => {
+      const q = req.query;
+      const name = modelName(q.model);
+      const text = await job(req, reply, async ({ ticket, signal }) => {
+        const bytes = await niftiBody(req, "ct", signal);
+        const ct = await decode(bytes, "ct", ticket);
+        const lease = await models.acquire(name, join(modelDir, `${name}.onnx`));
+        let out;
+        try {
+          signal.throwIfAborted();
+          out = await segment(ct, lease.model, {
+            mirror: q.tta === true,
+            maxVoxels,
+            signal,
+            ...(q.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: q.cleanupMinMl } } : {}),
+          });
+        } catch (e) {
+          if (e instanceof RangeError && e.message.includes("options.maxVoxels")) {
+            throw new HttpError(413, "too_large", `${e.message.replace(/options\.maxVoxels/, "this server's limit")}`);
+          }
+          throw e;
+        } finally {
+          lease.release();
         }
-        throw e;
-      } finally {
-        lease.release();
-      }
-      const id = await results.put(await niftiBytes(out.labels));
-      return toJson({ ...out.report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
-    });
-    return json(reply, text);
-  });
+        const id = await results.put(await niftiBytes(out.labels));
+        return toJson({ ...out.report, labels: `/v1/results/${id}/labels.nii.gz`, expiresInS: Math.round(ttl / 1000) });
+      });
+      return json(reply, text);
+    },
+  );
 
   app.get("/v1/results/:id/labels.nii.gz", { schema: schemas.result }, async (req: FastifyRequest<{ Params: { id: string } }>, reply) => {
     const s = RESULT_ID.test(req.params.id) ? await results.open(req.params.id) : undefined;
@@ -380,26 +460,34 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     return reply.type("application/gzip").send(s);
   });
 
-  app.post("/v1/evaluate", { schema: schemas.evaluate }, async (req: FastifyRequest<{ Querystring: { nsdToleranceMm?: number } }>, reply) => {
-    const tau = req.query.nsdToleranceMm;
-    if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", "send multipart/form-data with the file fields gt, pred");
-    const text = await job(req, reply, async ({ ticket, signal }) => {
-      const files = await multipartFiles(req, ["gt", "pred"], signal);
-      const gt = await decode(files.gt!, "gt", ticket);
-      const pred = await decode(files.pred!, "pred", ticket);
-      return runInWorker({ kind: "evaluate", gt, pred, ...(tau !== undefined ? { nsdToleranceMm: tau } : {}) }, signal);
-    });
-    return json(reply, text);
-  });
+  app.post(
+    "/v1/evaluate",
+    { schema: schemas.evaluate },
+    async (req: FastifyRequest<{ Querystring: { nsdToleranceMm?: number } }>, reply) => {
+      const tau = req.query.nsdToleranceMm;
+      if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", "send multipart/form-data with the file fields gt, pred");
+      const text = await job(req, reply, async ({ ticket, signal }) => {
+        const files = await multipartFiles(req, ["gt", "pred"], signal);
+        const gt = await decode(files.gt!, "gt", ticket);
+        const pred = await decode(files.pred!, "pred", ticket);
+        return runInWorker({ kind: "evaluate", gt, pred, ...(tau !== undefined ? { nsdToleranceMm: tau } : {}) }, signal);
+      });
+      return json(reply, text);
+    },
+  );
 
-  app.post("/v1/components", { schema: schemas.components }, async (req: FastifyRequest<{ Querystring: { connectivity: 6 | 18 | 26 } }>, reply) => {
-    const connectivity = req.query.connectivity ?? 26;
-    const text = await job(req, reply, async ({ ticket, signal }) => {
-      const vol = await decode(await niftiBody(req, "labels", signal), "labels", ticket);
-      return runInWorker({ kind: "components", volume: vol, connectivity, maxComponents }, signal);
-    });
-    return json(reply, text);
-  });
+  app.post(
+    "/v1/components",
+    { schema: schemas.components },
+    async (req: FastifyRequest<{ Querystring: { connectivity: 6 | 18 | 26 } }>, reply) => {
+      const connectivity = req.query.connectivity ?? 26;
+      const text = await job(req, reply, async ({ ticket, signal }) => {
+        const vol = await decode(await niftiBody(req, "labels", signal), "labels", ticket);
+        return runInWorker({ kind: "components", volume: vol, connectivity, maxComponents }, signal);
+      });
+      return json(reply, text);
+    },
+  );
 
   await registerViewer(app); // the web viewer: / and viewer/niivue.js (lib/server/viewer.ts)
   return app;

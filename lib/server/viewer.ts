@@ -69,7 +69,8 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
   if (c.labels) {
     labelBytes = await readFile(c.labels);
     const labels = await readNifti(labelBytes, readOptions);
-    if (labels.dims.join() !== ct.dims.join()) throw new RangeError(`labels ${c.labels} are ${labels.dims.join(" × ")} voxels but the CT ${c.ct} is ${ct.dims.join(" × ")}`);
+    if (labels.dims.join() !== ct.dims.join())
+      throw new RangeError(`labels ${c.labels} are ${labels.dims.join(" × ")} voxels but the CT ${c.ct} is ${ct.dims.join(" × ")}`);
     const lab = Uint8Array.from(labels.data as ArrayLike<number>, (v, i) => {
       if (!(v >= 0 && v <= 255 && Number.isInteger(v))) throw new RangeError(`labels ${c.labels}: voxel ${i} is ${v}, not a label 0..255`);
       return v;
@@ -82,7 +83,14 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
     for (const [k, name] of Object.entries(BHSD_CLASSES)) perClass[k] = { name, voxels: 0, volumeMl: 0 };
     for (const v of lab) if (v) (perClass[String(v)] ??= { name: `class ${v}`, voxels: 0, volumeMl: 0 }).voxels++;
     for (const k of Object.keys(perClass)) perClass[k]!.volumeMl = perClass[k]!.voxels * voxelMl;
-    report = { labels: "viewer/case/labels", reportHtml: "viewer/case/report.html", classes: { ...BHSD_CLASSES }, perClass, components, source: basename(c.labels) };
+    report = {
+      labels: "viewer/case/labels",
+      reportHtml: "viewer/case/report.html",
+      classes: { ...BHSD_CLASSES },
+      perClass,
+      components,
+      source: basename(c.labels),
+    };
     reportHtml = await renderReport({ ct, labels: lv, caseName: basename(c.ct), notes: { labels: basename(c.labels) } });
   }
   const name = (p: string) => (/\.nii(\.gz)?$/i.test(p) ? basename(p) : basename(p) + (ctBytes[0] === 0x1f ? ".nii.gz" : ".nii"));
@@ -92,7 +100,9 @@ export async function registerViewerCase(app: FastifyInstance, c: ViewerCase, re
     const lb = labelBytes;
     app.get("/viewer/case/labels", { schema: { hide: true } }, async (_req, reply) => reply.type("application/octet-stream").send(lb));
     const html = reportHtml!;
-    app.get("/viewer/case/report.html", { schema: { hide: true } }, async (_req, reply) => reply.type("text/html; charset=utf-8").send(html));
+    app.get("/viewer/case/report.html", { schema: { hide: true } }, async (_req, reply) =>
+      reply.type("text/html; charset=utf-8").send(html),
+    );
   }
 }
 
@@ -103,8 +113,12 @@ export async function registerViewer(app: FastifyInstance): Promise<void> {
   let bundle: Promise<Buffer> | null = null;
   const page = viewerPage();
   // the loaded case, or null: always answered, so that a page without one logs no failed request
-  app.get("/viewer/case.json", { schema: { hide: true } }, async (_req, reply) => reply.type("application/json").send(JSON.stringify(CASES.get(app) ?? null)));
-  app.get("/", { schema: { hide: true } }, async (_req, reply) => reply.type("text/html; charset=utf-8").header("cache-control", "no-cache").send(page));
+  app.get("/viewer/case.json", { schema: { hide: true } }, async (_req, reply) =>
+    reply.type("application/json").send(JSON.stringify(CASES.get(app) ?? null)),
+  );
+  app.get("/", { schema: { hide: true } }, async (_req, reply) =>
+    reply.type("text/html; charset=utf-8").header("cache-control", "no-cache").send(page),
+  );
   app.get("/viewer/niivue.js", { schema: { hide: true } }, async (_req, reply) => {
     bundle ??= niivueModule();
     let body: Buffer;
@@ -112,7 +126,9 @@ export async function registerViewer(app: FastifyInstance): Promise<void> {
       body = await bundle;
     } catch (e) {
       bundle = null;
-      return reply.code(503).send({ error: "unavailable", message: `the viewer's NiiVue build could not be read (${(e as Error).message.split("\n")[0]})` });
+      return reply
+        .code(503)
+        .send({ error: "unavailable", message: `the viewer's NiiVue build could not be read (${(e as Error).message.split("\n")[0]})` });
     }
     return reply.type("text/javascript; charset=utf-8").header("cache-control", "public, max-age=3600").send(body);
   });

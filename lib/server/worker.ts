@@ -21,7 +21,11 @@ export type WorkerJob =
 export type WorkerReply = { ok: true; json: string } | { ok: false; status: number; code: string; message: string };
 
 class JobError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -33,7 +37,9 @@ function checkLabels(name: string, v: Volume, max: number): void {
   for (let i = 0; i < d.length; i++) {
     const x = Number(d[i]);
     if (!(Number.isInteger(x) && x >= 0 && x <= max)) {
-      const X = i % nx, Y = Math.floor(i / nx) % ny, Z = Math.floor(i / (nx * ny));
+      const X = i % nx,
+        Y = Math.floor(i / nx) % ny,
+        Z = Math.floor(i / (nx * ny));
       throw new JobError(422, "bad_labels", `${name} holds the value ${x} at voxel (${X}, ${Y}, ${Z}); labels must be integers 0..${max}`);
     }
   }
@@ -43,7 +49,11 @@ async function run(job: WorkerJob): Promise<string> {
   if (job.kind === "components") {
     const { labels, count } = await connectedComponents(job.volume, { connectivity: job.connectivity });
     if (count > job.maxComponents) {
-      throw new JobError(422, "too_many_components", `labels holds ${count} connected components (connectivity ${job.connectivity}); this server reports at most ${job.maxComponents} (maxComponents) — is it a label volume?`);
+      throw new JobError(
+        422,
+        "too_many_components",
+        `labels holds ${count} connected components (connectivity ${job.connectivity}); this server reports at most ${job.maxComponents} (maxComponents) — is it a label volume?`,
+      );
     }
     // (maxComponents also for a componentStats that checks it itself; count ≤ it here)
     const statsOptions = { classes: job.volume, maxComponents: job.maxComponents } as Parameters<typeof componentStats>[1];
@@ -63,9 +73,11 @@ if (parentPort && (workerData as { bhsdServiceWorker?: boolean } | undefined)?.b
       (json) => port.postMessage({ ok: true, json } satisfies WorkerReply),
       (e: Error) => {
         const reply: WorkerReply =
-          e instanceof JobError ? { ok: false, status: e.status, code: e.code, message: e.message }
-          : clientFault(e) ? { ok: false, status: 400, code: "bad_request", message: e.message }
-          : { ok: false, status: 500, code: "internal", message: e.message };
+          e instanceof JobError
+            ? { ok: false, status: e.status, code: e.code, message: e.message }
+            : clientFault(e)
+              ? { ok: false, status: 400, code: "bad_request", message: e.message }
+              : { ok: false, status: 500, code: "internal", message: e.message };
         port.postMessage(reply);
       },
     );

@@ -31,7 +31,14 @@ function addInto(grads: Map<string, Float32Array>, name: string, g: Float32Array
   else for (let i = 0; i < cur.length; i++) cur[i]! += g[i]!;
 }
 
-const allocT = (shape: number[]): Tensor => ({ data: allocArray("float32", shape.reduce((p, q) => p * q, 1), "intermediate") as Float32Array, shape });
+const allocT = (shape: number[]): Tensor => ({
+  data: allocArray(
+    "float32",
+    shape.reduce((p, q) => p * q, 1),
+    "intermediate",
+  ) as Float32Array,
+  shape,
+});
 
 /**
  * Float32 buffers kept from one training step for the next. A step allocates ~100 MB of
@@ -47,7 +54,7 @@ export class BufferPool {
     return allocArray("float32", n, what) as Float32Array;
   }
   give(b: Float32Array): void {
-    if (b.byteOffset !== 0 || b.length !== b.buffer.byteLength / 4) return;  // views are not pooled
+    if (b.byteOffset !== 0 || b.length !== b.buffer.byteLength / 4) return; // views are not pooled
     const l = this.free.get(b.length);
     if (l) {
       if (!l.includes(b)) l.push(b);
@@ -63,7 +70,8 @@ const plans = new WeakMap<Graph, GraphNode[]>();
 function plan(graph: Graph): GraphNode[] {
   let p = plans.get(graph);
   if (!p) {
-    for (const n of graph.nodes) if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
+    for (const n of graph.nodes)
+      if (!DIFFERENTIABLE.has(n.opType)) throw new Error(`node ${n.name}: backprop does not support ${n.opType} yet`);
     p = fuseActivations(graph);
     // with a negative slope the output's sign is not the input's: then the graph runs as it is
     if (p.some((n) => n.fusedAct && n.fusedAct.alpha < 0)) p = graph.nodes;
@@ -82,7 +90,11 @@ async function forwardInto(graph: Graph, env: Map<string, Tensor>, alloc: (shape
     return t;
   };
   for (const n of plan(graph)) {
-    const [y] = await runNode(n, n.inputs.map((i) => (i ? { f: get(i) } : undefined)), alloc);
+    const [y] = await runNode(
+      n,
+      n.inputs.map((i) => (i ? { f: get(i) } : undefined)),
+      alloc,
+    );
     env.set(outName(n), (y as { f: Tensor }).f);
   }
 }
@@ -105,7 +117,12 @@ export type LossFn = (logits: Tensor) => { loss: number; dlogits: Tensor; ce?: n
  * the step ends (a training loop passes the same pool every step); the result's arrays are never
  * pooled, so they stay the caller's.
  */
-export async function backprop(model: Graph | Uint8Array | string, x: Tensor, target: ArrayLike<number> | LossFn, opts: { batchDice?: boolean; pool?: BufferPool } = {}): Promise<BackpropResult> {
+export async function backprop(
+  model: Graph | Uint8Array | string,
+  x: Tensor,
+  target: ArrayLike<number> | LossFn,
+  opts: { batchDice?: boolean; pool?: BufferPool } = {},
+): Promise<BackpropResult> {
   const graph = model instanceof Uint8Array || typeof model === "string" ? await parseModel(model) : model;
   const env = new Map<string, Tensor>();
   for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
@@ -115,9 +132,14 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     if (!t) throw new Error(`value ${n} is missing`);
     return t;
   };
-  const geo = (n: GraphNode) => ({ stride: T3(n.attrs.strides, 1), padding: (Array.isArray(n.attrs.pads) ? (n.attrs.pads as number[]).slice(0, 3) : [0, 0, 0]) as [number, number, number], dilation: T3(n.attrs.dilations, 1), groups: (n.attrs.group as number) ?? 1 });
+  const geo = (n: GraphNode) => ({
+    stride: T3(n.attrs.strides, 1),
+    padding: (Array.isArray(n.attrs.pads) ? (n.attrs.pads as number[]).slice(0, 3) : [0, 0, 0]) as [number, number, number],
+    dilation: T3(n.attrs.dilations, 1),
+    groups: (n.attrs.group as number) ?? 1,
+  });
   const pool = opts.pool;
-  const taken: Float32Array[] = [];  // what this step took from the pool (given back at the end)
+  const taken: Float32Array[] = []; // what this step took from the pool (given back at the end)
   const take = (n: number): Float32Array => {
     if (!pool) return allocArray("float32", n, "intermediate") as Float32Array;
     const b = pool.take(n);
@@ -128,9 +150,14 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
   // the forward is the executor's own node runner, without fusion or pooling: every intermediate is kept
   await forwardInto(graph, env, takeT);
   const logits = get(graph.outputs[0]!);
-  const loss = typeof target === "function" ? target(logits) : dcAndCeLossFast(logits, target, 1e-5, opts.batchDice ?? false, take(logits.data.length));
+  const loss =
+    typeof target === "function"
+      ? target(logits)
+      : dcAndCeLossFast(logits, target, 1e-5, opts.batchDice ?? false, take(logits.data.length));
   // the fused loss hands over a fresh array; a loss function's may be its own: copied
-  const grads = new Map<string, Float32Array>([[graph.outputs[0]!, typeof target === "function" ? Float32Array.from(loss.dlogits.data) : (loss.dlogits.data as Float32Array)]]);
+  const grads = new Map<string, Float32Array>([
+    [graph.outputs[0]!, typeof target === "function" ? Float32Array.from(loss.dlogits.data) : (loss.dlogits.data as Float32Array)],
+  ]);
   const paramGrads = new Map<string, Tensor>();
   const asT = (name: string, g: Float32Array): Tensor => ({ data: g, shape: get(name).shape });
   const nodes = plan(graph);
@@ -141,12 +168,30 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     const gy = grads.get(out);
     if (!gy) continue;
     const [i0, i1, i2] = n.inputs;
-    const param = (name: string | undefined, g: Tensor) => name && graph.initializers.has(name) && addInto(grads, name, g.data as Float32Array);
+    const param = (name: string | undefined, g: Tensor) =>
+      name && graph.initializers.has(name) && addInto(grads, name, g.data as Float32Array);
     if (n.opType === "InstanceNormalization" && be.instanceNormBackward) {
       // native: the activation's gate and the norm's backward in one pass
-      const x = get(i0!), gamma = get(i1!), [N, C] = x.shape as [number, number];
-      const dx = takeT(x.shape).data as Float32Array, dg = new Float32Array(C), db = new Float32Array(C);
-      await be.instanceNormBackward(x.data as Float32Array, n.fusedAct ? (get(out).data as Float32Array) : null, gy, N, C, x.data.length / (N * C), gamma.data as Float32Array, (n.attrs.epsilon as number) ?? 1e-5, n.fusedAct?.alpha ?? 1, dx, dg, db);
+      const x = get(i0!),
+        gamma = get(i1!),
+        [N, C] = x.shape as [number, number];
+      const dx = takeT(x.shape).data as Float32Array,
+        dg = new Float32Array(C),
+        db = new Float32Array(C);
+      await be.instanceNormBackward(
+        x.data as Float32Array,
+        n.fusedAct ? (get(out).data as Float32Array) : null,
+        gy,
+        N,
+        C,
+        x.data.length / (N * C),
+        gamma.data as Float32Array,
+        (n.attrs.epsilon as number) ?? 1e-5,
+        n.fusedAct?.alpha ?? 1,
+        dx,
+        dg,
+        db,
+      );
       addInto(grads, i0!, dx);
       param(i1, { data: dg, shape: [C] });
       param(i2, { data: db, shape: [C] });
@@ -175,13 +220,19 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
       case "LeakyRelu":
       case "Relu":
         // in place: dy is this node's own gradient, dropped below
-        addInto(grads, i0!, leakyReluBackward(get(i0!), dy, n.opType === "Relu" ? 0 : ((n.attrs.alpha as number) ?? 0.01), dy.data as Float32Array).data as Float32Array);
+        addInto(
+          grads,
+          i0!,
+          leakyReluBackward(get(i0!), dy, n.opType === "Relu" ? 0 : ((n.attrs.alpha as number) ?? 0.01), dy.data as Float32Array)
+            .data as Float32Array,
+        );
         break;
       case "Concat": {
         const axis = (n.attrs.axis as number) ?? 1;
         if (axis !== 1) throw new Error(`node ${n.name}: backprop of Concat supports axis 1`);
         const [N, , ...sp] = dy.shape as number[];
-        const S = sp.reduce((p, q) => p * q, 1), Ct = dy.shape[1]!;
+        const S = sp.reduce((p, q) => p * q, 1),
+          Ct = dy.shape[1]!;
         let off = 0;
         for (const name of n.inputs) {
           const C = get(name).shape[1]!;
@@ -206,5 +257,11 @@ export async function backprop(model: Graph | Uint8Array | string, x: Tensor, ta
     if (dx) kept.add(dx);
     for (const b of taken) if (!kept.has(b)) pool.give(b);
   }
-  return { ce: loss.ce ?? NaN, diceLoss: loss.diceLoss ?? NaN, loss: loss.loss, dx: dx ? asT(graph.inputs[0]!.name, dx) : { data: new Float32Array(x.data.length), shape: x.shape }, paramGrads };
+  return {
+    ce: loss.ce ?? NaN,
+    diceLoss: loss.diceLoss ?? NaN,
+    loss: loss.loss,
+    dx: dx ? asT(graph.inputs[0]!.name, dx) : { data: new Float32Array(x.data.length), shape: x.shape },
+    paramGrads,
+  };
 }

@@ -10,13 +10,24 @@ import type { ConvGeometry, LossResult } from "./grad.js";
 function biasGrad(dy: Tensor): Tensor {
   const [N, C] = dy.shape as [number, number];
   const S = dy.data.length / (N * C);
-  const db = new Float64Array(C), d = dy.data;
+  const db = new Float64Array(C),
+    d = dy.data;
   for (let n = 0; n < N; n++)
     for (let c = 0; c < C; c++) {
       // four partial sums in locals: the loop is then add-bound, not store-bound
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0, i = (n * C + c) * S;
-      const e = i + S, e4 = e - 3;
-      for (; i < e4; i += 4) (s0 += d[i]!), (s1 += d[i + 1]!), (s2 += d[i + 2]!), (s3 += d[i + 3]!);
+      let s0 = 0,
+        s1 = 0,
+        s2 = 0,
+        s3 = 0,
+        i = (n * C + c) * S;
+      const e = i + S,
+        e4 = e - 3;
+      for (; i < e4; i += 4) {
+        s0 += d[i]!;
+        s1 += d[i + 1]!;
+        s2 += d[i + 2]!;
+        s3 += d[i + 3]!;
+      }
       for (; i < e; i++) s0 += d[i]!;
       db[c]! += s0 + s1 + s2 + s3;
     }
@@ -24,43 +35,85 @@ function biasGrad(dy: Tensor): Tensor {
 }
 
 /** `alloc` gives dx's buffer (zeroed; default a fresh array): backprop's pool. */
-export async function conv3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry, alloc: (n: number) => Float32Array = (n) => new Float32Array(n)): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
+export async function conv3dBackwardFast(
+  x: Tensor,
+  w: Tensor,
+  dy: Tensor,
+  g: ConvGeometry,
+  alloc: (n: number) => Float32Array = (n) => new Float32Array(n),
+): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
   const b = activeBackend();
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, , Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
-  const groups = g.groups ?? 1, Cog = Co / groups;
+  const groups = g.groups ?? 1,
+    Cog = Co / groups;
   const dx = alloc(x.data.length);
-  await b.convTranspose3d(dy.data, [N, Co, Do, Ho, Wo], w.data, [Cg, kd, kh, kw], null, g.stride, g.dilation, g.padding, groups, [D, H, W], dx);
+  await b.convTranspose3d(
+    dy.data,
+    [N, Co, Do, Ho, Wo],
+    w.data,
+    [Cg, kd, kh, kw],
+    null,
+    g.stride,
+    g.dilation,
+    g.padding,
+    groups,
+    [D, H, W],
+    dx,
+  );
   const dw = new Float32Array(w.data.length);
-  const vi = D * H * W, vo = Do * Ho * Wo, wg = Cog * Cg * kd * kh * kw;
+  const vi = D * H * W,
+    vo = Do * Ho * Wo,
+    wg = Cog * Cg * kd * kh * kw;
   for (let n = 0; n < N; n++)
     for (let gi = 0; gi < groups; gi++) {
       await b.convWeightGrad(
-        dy.data.subarray((n * Co + gi * Cog) * vo, (n * Co + (gi + 1) * Cog) * vo), [Cog, Do, Ho, Wo],
-        x.data.subarray((n * C + gi * Cg) * vi, (n * C + (gi + 1) * Cg) * vi), [Cg, D, H, W],
-        [kd, kh, kw], g.stride, g.padding, g.dilation, dw.subarray(gi * wg, (gi + 1) * wg),
+        dy.data.subarray((n * Co + gi * Cog) * vo, (n * Co + (gi + 1) * Cog) * vo),
+        [Cog, Do, Ho, Wo],
+        x.data.subarray((n * C + gi * Cg) * vi, (n * C + (gi + 1) * Cg) * vi),
+        [Cg, D, H, W],
+        [kd, kh, kw],
+        g.stride,
+        g.padding,
+        g.dilation,
+        dw.subarray(gi * wg, (gi + 1) * wg),
       );
     }
   return { dx: { data: dx, shape: [...x.shape] }, dw: { data: dw, shape: [...w.shape] }, db: biasGrad(dy) };
 }
 
-export async function convTranspose3dBackwardFast(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry, alloc: (n: number) => Float32Array = (n) => new Float32Array(n)): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
+export async function convTranspose3dBackwardFast(
+  x: Tensor,
+  w: Tensor,
+  dy: Tensor,
+  g: ConvGeometry,
+  alloc: (n: number) => Float32Array = (n) => new Float32Array(n),
+): Promise<{ dx: Tensor; dw: Tensor; db: Tensor }> {
   const b = activeBackend();
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [, Cog, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, Co, Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
-  const groups = g.groups ?? 1, Cg = C / groups;
+  const groups = g.groups ?? 1,
+    Cg = C / groups;
   const dx = alloc(x.data.length);
   await b.conv3d(dy.data, [N, Co, Do, Ho, Wo], w.data, [C, kd, kh, kw], null, g.stride, g.dilation, g.padding, groups, [D, H, W], 0, 0, dx);
   const dw = new Float32Array(w.data.length);
-  const vi = D * H * W, vo = Do * Ho * Wo, wg = Cg * Cog * kd * kh * kw;
+  const vi = D * H * W,
+    vo = Do * Ho * Wo,
+    wg = Cg * Cog * kd * kh * kw;
   for (let n = 0; n < N; n++)
     for (let gi = 0; gi < groups; gi++) {
       await b.convWeightGrad(
-        x.data.subarray((n * C + gi * Cg) * vi, (n * C + (gi + 1) * Cg) * vi), [Cg, D, H, W],
-        dy.data.subarray((n * Co + gi * Cog) * vo, (n * Co + (gi + 1) * Cog) * vo), [Cog, Do, Ho, Wo],
-        [kd, kh, kw], g.stride, g.padding, g.dilation, dw.subarray(gi * wg, (gi + 1) * wg),
+        x.data.subarray((n * C + gi * Cg) * vi, (n * C + (gi + 1) * Cg) * vi),
+        [Cg, D, H, W],
+        dy.data.subarray((n * Co + gi * Cog) * vo, (n * Co + (gi + 1) * Cog) * vo),
+        [Cog, Do, Ho, Wo],
+        [kd, kh, kw],
+        g.stride,
+        g.padding,
+        g.dilation,
+        dw.subarray(gi * wg, (gi + 1) * wg),
       );
     }
   return { dx: { data: dx, shape: [...x.shape] }, dw: { data: dw, shape: [...w.shape] }, db: biasGrad(dy) };
@@ -74,16 +127,25 @@ export async function convTranspose3dBackwardFast(x: Tensor, w: Tensor, dy: Tens
  * target is that class and another where it is not, so the pass through the softmax needs no
  * per-voxel array of it. Sums are in double; the result equals the reference to float rounding.
  */
-export function dcAndCeLossFast(logits: Tensor, target: ArrayLike<number>, smooth = 1e-5, batchDice = false, out?: Float32Array): LossResult {
+export function dcAndCeLossFast(
+  logits: Tensor,
+  target: ArrayLike<number>,
+  smooth = 1e-5,
+  batchDice = false,
+  out?: Float32Array,
+): LossResult {
   const [N, C] = logits.shape as [number, number];
   const S = logits.data.length / (N * C);
   const z = logits.data;
-  const p = out && out.length === z.length ? out : new Float32Array(z.length);  // every element written
+  const p = out && out.length === z.length ? out : new Float32Array(z.length); // every element written
   const G = batchDice ? 1 : N;
-  const tp = new Float64Array(G * C), P = new Float64Array(G * C), Y = new Float64Array(G * C);
+  const tp = new Float64Array(G * C),
+    P = new Float64Array(G * C),
+    Y = new Float64Array(G * C);
   let ce = 0;
   for (let n = 0; n < N; n++) {
-    const base = n * C * S, gc = (batchDice ? 0 : n) * C;
+    const base = n * C * S,
+      gc = (batchDice ? 0 : n) * C;
     for (let i = 0; i < S; i++) {
       let m = -Infinity;
       for (let c = 0, k = base + i; c < C; c++, k += S) if (z[k]! > m) m = z[k]!;
@@ -101,19 +163,22 @@ export function dcAndCeLossFast(logits: Tensor, target: ArrayLike<number>, smoot
   ce /= N * S;
   // per (group, class ≥ 1): d(−mean Dice)/dp where the target is the class (alpha) and where not (beta)
   const K = G * (C - 1);
-  const alpha = new Float64Array(G * C), beta = new Float64Array(G * C);
+  const alpha = new Float64Array(G * C),
+    beta = new Float64Array(G * C);
   let dcSum = 0;
   for (let g = 0; g < G; g++)
     for (let c = 1; c < C; c++) {
       const j = g * C + c;
-      const den = Math.max(P[j]! + Y[j]! + smooth, 1e-8), num = 2 * tp[j]! + smooth;
+      const den = Math.max(P[j]! + Y[j]! + smooth, 1e-8),
+        num = 2 * tp[j]! + smooth;
       dcSum += num / den;
       alpha[j] = -(2 * den - num) / (den * den) / K;
       beta[j] = num / (den * den) / K;
     }
   const inv = 1 / (N * S);
   for (let n = 0; n < N; n++) {
-    const base = n * C * S, gc = (batchDice ? 0 : n) * C;
+    const base = n * C * S,
+      gc = (batchDice ? 0 : n) * C;
     for (let i = 0; i < S; i++) {
       const t = target[n * S + i]!;
       // dot = Σ_c p_c·g_c, g_c = beta (c ≠ t), alpha (c = t), 0 for the background

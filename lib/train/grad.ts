@@ -23,8 +23,11 @@ export function conv3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: ConvGeometry
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [Co, Cg, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, , Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
-  const groups = g.groups ?? 1, Cog = Co / groups;
-  const dx = zerosLike(x), dw = new Float64Array(w.data.length), db = new Float64Array(Co);
+  const groups = g.groups ?? 1,
+    Cog = Co / groups;
+  const dx = zerosLike(x),
+    dw = new Float64Array(w.data.length),
+    db = new Float64Array(Co);
   const dxa = new Float64Array(x.data.length);
   for (let n = 0; n < N; n++)
     for (let co = 0; co < Co; co++) {
@@ -68,9 +71,13 @@ export function convTranspose3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: Con
   const [N, C, D, H, W] = x.shape as [number, number, number, number, number];
   const [, Cog, kd, kh, kw] = w.shape as [number, number, number, number, number];
   const [, Co, Do, Ho, Wo] = dy.shape as [number, number, number, number, number];
-  const groups = g.groups ?? 1, Cg = C / groups;
-  const dxa = new Float64Array(x.data.length), dw = new Float64Array(w.data.length), db = new Float64Array(Co);
-  for (let n = 0; n < N; n++) for (let co = 0; co < Co; co++) for (let i = 0, yb = (n * Co + co) * Do * Ho * Wo; i < Do * Ho * Wo; i++) db[co]! += dy.data[yb + i]!;
+  const groups = g.groups ?? 1,
+    Cg = C / groups;
+  const dxa = new Float64Array(x.data.length),
+    dw = new Float64Array(w.data.length),
+    db = new Float64Array(Co);
+  for (let n = 0; n < N; n++)
+    for (let co = 0; co < Co; co++) for (let i = 0, yb = (n * Co + co) * Do * Ho * Wo; i < Do * Ho * Wo; i++) db[co]! += dy.data[yb + i]!;
   for (let n = 0; n < N; n++)
     for (let ci = 0; ci < C; ci++) {
       const gi = Math.floor(ci / Cg);
@@ -103,24 +110,36 @@ export function convTranspose3dBackward(x: Tensor, w: Tensor, dy: Tensor, g: Con
             }
       }
     }
-  return { dx: { data: Float32Array.from(dxa), shape: [...x.shape] }, dw: { data: Float32Array.from(dw), shape: [...w.shape] }, db: { data: Float32Array.from(db), shape: [Co] } };
+  return {
+    dx: { data: Float32Array.from(dxa), shape: [...x.shape] },
+    dw: { data: Float32Array.from(dw), shape: [...w.shape] },
+    db: { data: Float32Array.from(db), shape: [Co] },
+  };
 }
 
 /** Gradients of affine instance normalisation (biased variance); sums in float64, three passes per channel. */
 export function instanceNormBackward(x: Tensor, gamma: Tensor, dy: Tensor, eps = 1e-5): { dx: Tensor; dgamma: Tensor; dbeta: Tensor } {
   const [N, C] = x.shape as [number, number];
   const M = x.data.length / (N * C);
-  const dx = zerosLike(x), dg = new Float64Array(C), dbt = new Float64Array(C);
-  const xd = x.data, gd = dy.data, out = dx.data;
+  const dx = zerosLike(x),
+    dg = new Float64Array(C),
+    dbt = new Float64Array(C);
+  const xd = x.data,
+    gd = dy.data,
+    out = dx.data;
   for (let n = 0; n < N; n++)
     for (let c = 0; c < C; c++) {
-      const o = (n * C + c) * M, e = o + M;
+      const o = (n * C + c) * M,
+        e = o + M;
       let s = 0;
       for (let i = o; i < e; i++) s += xd[i]!;
       const mean = s / M;
-      let v = 0, sdy = 0, sdyx = 0;
+      let v = 0,
+        sdy = 0,
+        sdyx = 0;
       for (let i = o; i < e; i++) {
-        const xc = xd[i]! - mean, d = gd[i]!;
+        const xc = xd[i]! - mean,
+          d = gd[i]!;
         v += xc * xc;
         sdy += d;
         sdyx += d * xc;
@@ -129,7 +148,9 @@ export function instanceNormBackward(x: Tensor, gamma: Tensor, dy: Tensor, eps =
       sdyx *= inv; // Σ dy · x̂
       dbt[c]! += sdy;
       dg[c]! += sdyx;
-      const k = gamma.data[c]! * inv, a = sdy / M, b = (sdyx * inv) / M;
+      const k = gamma.data[c]! * inv,
+        a = sdy / M,
+        b = (sdyx * inv) / M;
       for (let i = o; i < e; i++) out[i] = k * (gd[i]! - a - (xd[i]! - mean) * b);
     }
   return { dx, dgamma: { data: Float32Array.from(dg), shape: [C] }, dbeta: { data: Float32Array.from(dbt), shape: [C] } };
@@ -138,7 +159,8 @@ export function instanceNormBackward(x: Tensor, gamma: Tensor, dy: Tensor, eps =
 /** dx of LeakyReLU (slope α where x ≤ 0, as PyTorch); `out` may be dy itself. */
 export function leakyReluBackward(x: Tensor, dy: Tensor, alpha = 0.01, out?: Float32Array): Tensor {
   const dx = out ?? new Float32Array(x.data.length);
-  const xd = x.data, gd = dy.data;
+  const xd = x.data,
+    gd = dy.data;
   for (let i = 0; i < xd.length; i++) dx[i] = xd[i]! > 0 ? gd[i]! : gd[i]! * alpha;
   return { data: dx, shape: [...x.shape] };
 }
@@ -161,7 +183,8 @@ export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 
   const p = softmax(logits);
   // the cross-entropy, and its gradient (p − onehot) / (N·S) added after the Dice term's
   let ce = 0;
-  for (let n = 0; n < N; n++) for (let i = 0; i < S; i++) ce -= Math.log(Math.max(p[(n * C + target[n * S + i]!) * S + i]!, Number.MIN_VALUE));
+  for (let n = 0; n < N; n++)
+    for (let i = 0; i < S; i++) ce -= Math.log(Math.max(p[(n * C + target[n * S + i]!) * S + i]!, Number.MIN_VALUE));
   ce /= N * S;
   // soft Dice per foreground class over each group of samples — each sample alone, or (nnU-Net's
   // batch Dice) the whole batch pooled — and its gradient with respect to p
@@ -171,7 +194,9 @@ export function dcAndCeLoss(logits: Tensor, target: ArrayLike<number>, smooth = 
   const K = groups.length * (C - 1);
   for (const g of groups)
     for (let c = 1; c < C; c++) {
-      let tp = 0, P = 0, Y = 0;
+      let tp = 0,
+        P = 0,
+        Y = 0;
       for (const n of g) {
         const o = (n * C + c) * S;
         for (let i = 0; i < S; i++) {

@@ -17,7 +17,8 @@ import { softmax, throughSoftmax } from "./grad.js";
  */
 export function milLoss(logits: Tensor, present: (boolean | null)[][][], eps = 1e-7): { loss: number; dlogits: Tensor } {
   const [N, C, D, H, W] = logits.shape as [number, number, number, number, number];
-  const plane = H * W, S = D * plane;
+  const plane = H * W,
+    S = D * plane;
   const p = softmax(logits);
   const g = new Float64Array(p.length);
   let M = 0;
@@ -34,8 +35,13 @@ export function milLoss(logits: Tensor, present: (boolean | null)[][][], eps = 1
         const known = label(n, z, c);
         if (known === null) continue;
         const base = (n * C + c) * S + z * plane;
-        let q = -1, at = base;
-        for (let i = 0; i < plane; i++) if (p[base + i]! > q) (q = p[base + i]!), (at = base + i);
+        let q = -1,
+          at = base;
+        for (let i = 0; i < plane; i++)
+          if (p[base + i]! > q) {
+            q = p[base + i]!;
+            at = base + i;
+          }
         const s = known ? 1 : 0;
         const qc = Math.min(1 - eps, Math.max(eps, q));
         loss -= s * Math.log(qc) + (1 - s) * Math.log(1 - qc);
@@ -46,7 +52,8 @@ export function milLoss(logits: Tensor, present: (boolean | null)[][][], eps = 1
 
 /** Mean-teacher consistency: mean over all elements of (softmax(student) − softmax(teacher))²; gradient for the student. */
 export function consistencyLoss(student: Tensor, teacher: Tensor): { loss: number; dlogits: Tensor } {
-  const ps = softmax(student), pt = softmax(teacher);
+  const ps = softmax(student),
+    pt = softmax(teacher);
   const g = new Float64Array(ps.length);
   let loss = 0;
   for (let i = 0; i < ps.length; i++) {

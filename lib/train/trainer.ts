@@ -110,24 +110,32 @@ export async function validationDice(onnx: Uint8Array, config: Partial<ModelConf
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
-  if (o.schedule !== undefined && o.schedule !== "poly" && o.schedule !== "constant") throw invalidParameterError("options.schedule", '"poly" or "constant"', o.schedule);
+  if (o.schedule !== undefined && o.schedule !== "poly" && o.schedule !== "constant")
+    throw invalidParameterError("options.schedule", '"poly" or "constant"', o.schedule);
   const spec = o.spec ?? DEMO_UNET;
   const patch = o.patch ?? [16, 64, 64];
   // the U-Net halves a patch once per strided stage and concatenates the halves back: each axis
   // must divide by the product of the strides along it
   const div = [0, 1, 2].map((a) => spec.strides.reduce((m, st) => m * st[a]!, 1));
   if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
-    throw invalidParameterError("options.patch", `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`, o.patch);
-  const batch = o.batch ?? 2, steps = o.steps ?? 200;
+    throw invalidParameterError(
+      "options.patch",
+      `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`,
+      o.patch,
+    );
+  const batch = o.batch ?? 2,
+    steps = o.steps ?? 200;
   // every case checked before anything is built or allocated; the same pass counts background
-  let bg = 0, nLab = 0;
+  let bg = 0,
+    nLab = 0;
   o.train.forEach((c, k) => {
     if (c.labels.data.length !== c.ct.data.length)
       throw new RangeError(`options.train[${k}]: labels have ${c.labels.data.length} voxels but the CT has ${c.ct.data.length}`);
     for (let i = 0; i < c.labels.data.length; i++, nLab++) {
       const l = c.labels.data[i]!;
       // the loss indexes its sums by label: a value past the network's classes must not reach it
-      if (!(l >= 0 && l < spec.classes && Number.isInteger(l))) throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
+      if (!(l >= 0 && l < spec.classes && Number.isInteger(l)))
+        throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
       if (!l) bg++;
     }
   });
@@ -142,7 +150,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
   const params = [...graph.initializers.entries()].filter(([, t]) => t.f32).map(([k, t]) => [k, t.f32!] as const);
   const lr = o.lr ?? (o.optimizer === "sgd" ? 1e-2 : 2e-3);
-  const opts = new Map(params.map(([k, p]) => [k, o.optimizer === "sgd" ? new SgdNesterov(p.length, { lr, momentum: 0.99, weightDecay: 3e-5 }) : new Adam(p.length, { lr })]));
+  const opts = new Map(
+    params.map(([k, p]) => [
+      k,
+      o.optimizer === "sgd" ? new SgdNesterov(p.length, { lr, momentum: 0.99, weightDecay: 3e-5 }) : new Adam(p.length, { lr }),
+    ]),
+  );
   const config: Partial<ModelConfig> = {
     patchSize: patch,
     normalization: BHSD_WINDOW,
@@ -160,13 +173,15 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
     return { img, lab: c.labels.data, dims: c.ct.dims, fg: [...byClass.values()] };
   });
-  const [pd, ph, pw] = patch, pv = pd * ph * pw;
-  const x = new Float32Array(batch * pv), t = new Int32Array(batch * pv);
+  const [pd, ph, pw] = patch,
+    pv = pd * ph * pw;
+  const x = new Float32Array(batch * pv),
+    t = new Int32Array(batch * pv);
   const history: TrainProgress[] = [];
   const t0 = performance.now();
   const every = o.evalEvery ?? Math.max(1, Math.floor(steps / 4));
   const snapshot = () => replaceInitializers(initial, new Map(params.map(([k, p]) => [k, p])));
-  const pool = new BufferPool();  // each step's activations and gradients reuse the last step's buffers
+  const pool = new BufferPool(); // each step's activations and gradients reuse the last step's buffers
   const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps, pool) : undefined;
   for (let step = 1; step <= steps; step++) {
     if ((o.schedule ?? "poly") === "poly") for (const opt of opts.values()) opt.lr = lr * (1 - (step - 1) / steps) ** 0.9;
@@ -177,15 +192,29 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (d.fg.length && rnd() < (o.foreground ?? 1 / 3)) {
         const cls = d.fg[Math.floor(rnd() * d.fg.length)]!;
         const i = cls[Math.floor(rnd() * cls.length)]!;
-        (cx = i % nx), (cy = Math.floor(i / nx) % ny), (cz = Math.floor(i / (nx * ny)));
-      } else (cx = Math.floor(rnd() * nx)), (cy = Math.floor(rnd() * ny)), (cz = Math.floor(rnd() * nz));
-      const z0 = cz - (pd >> 1), y0 = cy - (ph >> 1), x0 = cx - (pw >> 1);
-      const flip = rnd() < 0.5, scale = 0.9 + 0.2 * rnd(), shift = 0.1 * (rnd() - 0.5);
+        {
+          cx = i % nx;
+          cy = Math.floor(i / nx) % ny;
+          cz = Math.floor(i / (nx * ny));
+        }
+      } else {
+        cx = Math.floor(rnd() * nx);
+        cy = Math.floor(rnd() * ny);
+        cz = Math.floor(rnd() * nz);
+      }
+      const z0 = cz - (pd >> 1),
+        y0 = cy - (ph >> 1),
+        x0 = cx - (pw >> 1);
+      const flip = rnd() < 0.5,
+        scale = 0.9 + 0.2 * rnd(),
+        shift = 0.1 * (rnd() - 0.5);
       for (let a = 0; a < pd; a++)
         for (let bb = 0; bb < ph; bb++)
           for (let c = 0; c < pw; c++) {
             const o2 = b * pv + (a * ph + bb) * pw + (flip ? pw - 1 - c : c);
-            const z = z0 + a, y = y0 + bb, xx = x0 + c;
+            const z = z0 + a,
+              y = y0 + bb,
+              xx = x0 + c;
             if (z < 0 || y < 0 || xx < 0 || z >= nz || y >= ny || xx >= nx) {
               x[o2] = 0;
               t[o2] = 0;
@@ -213,7 +242,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
     semi?.follow();
     const prog: TrainProgress = { step, steps, loss: r.loss, ...semiTerms, elapsedS: (performance.now() - t0) / 1000 };
-    if (o.validation?.length && (step % every === 0 || step === steps)) prog.valDice = await validationDice(snapshot(), config, o.validation);
+    if (o.validation?.length && (step % every === 0 || step === steps))
+      prog.valDice = await validationDice(snapshot(), config, o.validation);
     history.push(prog);
     o.onProgress?.(prog);
   }
@@ -226,14 +256,31 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
  * slice labels plus the ramped consistency with the teacher; its gradients join the supervised
  * ones, and the teacher follows the student after each optimiser step.
  */
-function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Float32Array])[], rnd: () => number, steps: number, pool: BufferPool) {
-  const teacher: Graph = { ...graph, initializers: new Map([...graph.initializers].map(([k, t]) => [k, t.f32 ? { ...t, f32: t.f32.slice() } : t])) };
+function semiTrainer(
+  o: SemiOptions,
+  graph: Graph,
+  params: (readonly [string, Float32Array])[],
+  rnd: () => number,
+  steps: number,
+  pool: BufferPool,
+) {
+  const teacher: Graph = {
+    ...graph,
+    initializers: new Map([...graph.initializers].map(([k, t]) => [k, t.f32 ? { ...t, f32: t.f32.slice() } : t])),
+  };
   const tParams = new Map([...teacher.initializers].filter(([, t]) => t.f32).map(([k, t]) => [k, t.f32!]));
-  const data = o.cases.map((c) => ({ img: normalize(c.ct.data, BHSD_WINDOW), dims: c.ct.dims, slices: c.slices, pos: c.slices.flatMap((s, z) => (s.some(Boolean) ? [z] : [])) }));
+  const data = o.cases.map((c) => ({
+    img: normalize(c.ct.data, BHSD_WINDOW),
+    dims: c.ct.dims,
+    slices: c.slices,
+    pos: c.slices.flatMap((s, z) => (s.some(Boolean) ? [z] : [])),
+  }));
   const d0 = data[0]!.dims;
   const [pd, ph, pw] = o.patch ?? [8, d0[1], d0[0]];
-  const batch = o.batch ?? 1, pv = pd * ph * pw;
-  const xs = new Float32Array(batch * pv), xt = new Float32Array(batch * pv);
+  const batch = o.batch ?? 1,
+    pv = pd * ph * pw;
+  const xs = new Float32Array(batch * pv),
+    xt = new Float32Array(batch * pv);
   return {
     async step(step: number) {
       const present: (boolean | null)[][][] = [];
@@ -243,9 +290,11 @@ function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Fl
         // half the patches around a slice with a bleed, the rest anywhere
         const cz = d.pos.length && rnd() < 0.5 ? d.pos[Math.floor(rnd() * d.pos.length)]! : Math.floor(rnd() * nz);
         const z0 = Math.min(Math.max(0, cz - (pd >> 1)), Math.max(0, nz - pd));
-        const y0 = Math.floor(rnd() * Math.max(1, ny - ph + 1)), x0 = Math.floor(rnd() * Math.max(1, nx - pw + 1));
+        const y0 = Math.floor(rnd() * Math.max(1, ny - ph + 1)),
+          x0 = Math.floor(rnd() * Math.max(1, nx - pw + 1));
         const flip = rnd() < 0.5;
-        const [ss, st] = [0.9 + 0.2 * rnd(), 0.9 + 0.2 * rnd()], [hs, ht] = [0.1 * (rnd() - 0.5), 0.1 * (rnd() - 0.5)];
+        const [ss, st] = [0.9 + 0.2 * rnd(), 0.9 + 0.2 * rnd()],
+          [hs, ht] = [0.1 * (rnd() - 0.5), 0.1 * (rnd() - 0.5)];
         const pres: (boolean | null)[][] = [];
         const whole = ph >= ny && pw >= nx;
         for (let a = 0; a < pd; a++) {
@@ -255,7 +304,8 @@ function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Fl
           for (let bb = 0; bb < ph; bb++)
             for (let c = 0; c < pw; c++) {
               const o2 = b * pv + (a * ph + bb) * pw + (flip ? pw - 1 - c : c);
-              const y = y0 + bb, xx = x0 + c;
+              const y = y0 + bb,
+                xx = x0 + c;
               const v = z < nz && y < ny && xx < nx ? d.img[(z * ny + y) * nx + xx]! : 0;
               xs[o2] = v * ss + hs;
               xt[o2] = v * st + ht;
@@ -265,15 +315,22 @@ function semiTrainer(o: SemiOptions, graph: Graph, params: (readonly [string, Fl
       }
       const shape = [batch, 1, pd, ph, pw];
       const tLogits = await forward(teacher, { data: xt, shape });
-      const wm = o.mil ?? 1, wc = rampWeight(step, o.rampSteps ?? Math.max(1, Math.floor(steps / 4)), o.consistency ?? 1);
+      const wm = o.mil ?? 1,
+        wc = rampWeight(step, o.rampSteps ?? Math.max(1, Math.floor(steps / 4)), o.consistency ?? 1);
       let terms = { mil: 0, consistency: 0 };
-      const r = await backprop(graph, { data: xs, shape }, (logits) => {
-        const m = milLoss(logits, present), c = consistencyLoss(logits, tLogits);
-        terms = { mil: m.loss, consistency: c.loss };
-        const dl = new Float32Array(logits.data.length);
-        for (let i = 0; i < dl.length; i++) dl[i] = wm * m.dlogits.data[i]! + wc * c.dlogits.data[i]!;
-        return { loss: wm * m.loss + wc * c.loss, dlogits: { data: dl, shape: logits.shape } };
-      }, { pool });
+      const r = await backprop(
+        graph,
+        { data: xs, shape },
+        (logits) => {
+          const m = milLoss(logits, present),
+            c = consistencyLoss(logits, tLogits);
+          terms = { mil: m.loss, consistency: c.loss };
+          const dl = new Float32Array(logits.data.length);
+          for (let i = 0; i < dl.length; i++) dl[i] = wm * m.dlogits.data[i]! + wc * c.dlogits.data[i]!;
+          return { loss: wm * m.loss + wc * c.loss, dlogits: { data: dl, shape: logits.shape } };
+        },
+        { pool },
+      );
       return { terms, grads: r.paramGrads };
     },
     follow() {

@@ -17,8 +17,22 @@ export interface UNetSpec {
 /** nnU-Net 3d_fullres for 0.49×0.49×5 mm CT: 32-64-128-256-320-320, 1×3×3 kernels until z is reached. */
 export const NNUNET_FULLRES: UNetSpec = {
   features: [32, 64, 128, 256, 320, 320],
-  kernels: [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-  strides: [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+  kernels: [
+    [1, 3, 3],
+    [1, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+  ],
+  strides: [
+    [1, 1, 1],
+    [1, 2, 2],
+    [1, 2, 2],
+    [2, 2, 2],
+    [2, 2, 2],
+    [1, 2, 2],
+  ],
   inChannels: 1,
   classes: 6,
 };
@@ -26,8 +40,18 @@ export const NNUNET_FULLRES: UNetSpec = {
 /** A small U-Net for the demo: 4 stages (8, 16, 32, 64), 1×3×3 first stage, like the plainunet fixture. */
 export const DEMO_UNET: UNetSpec = {
   features: [8, 16, 32, 64],
-  kernels: [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-  strides: [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+  kernels: [
+    [1, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+    [3, 3, 3],
+  ],
+  strides: [
+    [1, 1, 1],
+    [1, 2, 2],
+    [2, 2, 2],
+    [2, 2, 2],
+  ],
   inChannels: 1,
   classes: 6,
 };
@@ -65,14 +89,23 @@ export function buildUNet(spec: UNetSpec, seed = 1): Uint8Array {
     return name;
   };
   const block = (x: string, cin: number, cout: number, k: [number, number, number], s: [number, number, number]) => {
-    const w = param([cout, cin, ...k], cin * k[0] * k[1] * k[2]), b = ones(cout, 0);
-    const c = `t${id++}`, n = `t${id++}`, a = `t${id++}`;
-    nodes.push({ opType: "Conv", inputs: [x, w, b], outputs: [c], attrs: { kernel_shape: k, strides: s, pads: [...k.map((q) => (q - 1) / 2), ...k.map((q) => (q - 1) / 2)] } });
+    const w = param([cout, cin, ...k], cin * k[0] * k[1] * k[2]),
+      b = ones(cout, 0);
+    const c = `t${id++}`,
+      n = `t${id++}`,
+      a = `t${id++}`;
+    nodes.push({
+      opType: "Conv",
+      inputs: [x, w, b],
+      outputs: [c],
+      attrs: { kernel_shape: k, strides: s, pads: [...k.map((q) => (q - 1) / 2), ...k.map((q) => (q - 1) / 2)] },
+    });
     nodes.push({ opType: "InstanceNormalization", inputs: [c, ones(cout, 1), ones(cout, 0)], outputs: [n], attrs: { epsilon: 1e-5 } });
     nodes.push({ opType: "LeakyRelu", inputs: [n], outputs: [a], attrs: { alpha: 0.01 } });
     return a;
   };
-  let x = "image", cin = spec.inChannels;
+  let x = "image",
+    cin = spec.inChannels;
   const skips: string[] = [];
   spec.features.forEach((f, i) => {
     x = block(x, cin, f, spec.kernels[i]!, spec.strides[i]!);
@@ -81,14 +114,32 @@ export function buildUNet(spec: UNetSpec, seed = 1): Uint8Array {
     skips.push(x);
   });
   for (let i = spec.features.length - 2; i >= 0; i--) {
-    const f = spec.features[i]!, st = spec.strides[i + 1]!;
-    const up = `t${id++}`, cat = `t${id++}`;
-    nodes.push({ opType: "ConvTranspose", inputs: [x, param([cin, f, ...st], cin), ones(f, 0)], outputs: [up], attrs: { kernel_shape: st, strides: st } });
+    const f = spec.features[i]!,
+      st = spec.strides[i + 1]!;
+    const up = `t${id++}`,
+      cat = `t${id++}`;
+    nodes.push({
+      opType: "ConvTranspose",
+      inputs: [x, param([cin, f, ...st], cin), ones(f, 0)],
+      outputs: [up],
+      attrs: { kernel_shape: st, strides: st },
+    });
     nodes.push({ opType: "Concat", inputs: [up, skips[i]!], outputs: [cat], attrs: { axis: 1 } });
     x = block(cat, 2 * f, f, spec.kernels[i]!, [1, 1, 1]);
     x = block(x, f, f, spec.kernels[i]!, [1, 1, 1]);
     cin = f;
   }
-  nodes.push({ opType: "Conv", inputs: [x, param([spec.classes, cin, 1, 1, 1], cin), ones(spec.classes, 0)], outputs: ["logits"], attrs: { kernel_shape: [1, 1, 1] } });
-  return encodeModel({ opset: 17, nodes, inputs: [{ name: "image", shape: [1, spec.inChannels, "D", "H", "W"] }], outputs: [{ name: "logits" }], initializers: inits });
+  nodes.push({
+    opType: "Conv",
+    inputs: [x, param([spec.classes, cin, 1, 1, 1], cin), ones(spec.classes, 0)],
+    outputs: ["logits"],
+    attrs: { kernel_shape: [1, 1, 1] },
+  });
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "image", shape: [1, spec.inChannels, "D", "H", "W"] }],
+    outputs: [{ name: "logits" }],
+    initializers: inits,
+  });
 }

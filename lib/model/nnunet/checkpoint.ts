@@ -45,12 +45,22 @@ const STORAGE_TYPES: Record<string, { dtype: StorageDType; bytes: number }> = {
 
 /** A storage type named in the pickle (`torch.FloatStorage`). */
 class StorageType {
-  constructor(readonly name: string, readonly dtype: StorageDType, readonly bytes: number) {}
+  constructor(
+    readonly name: string,
+    readonly dtype: StorageDType,
+    readonly bytes: number,
+  ) {}
 }
 
 /** A storage the pickle refers to; its bytes stay in the zip until asked for. */
 export class StorageRef {
-  constructor(readonly key: string, readonly dtype: StorageDType, readonly itemBytes: number, readonly numel: number, readonly location: string) {}
+  constructor(
+    readonly key: string,
+    readonly dtype: StorageDType,
+    readonly itemBytes: number,
+    readonly numel: number,
+    readonly location: string,
+  ) {}
 }
 
 /** A tensor of the pickle: a view of a storage (not read). */
@@ -72,7 +82,10 @@ export class TensorRef {
 /** A value of a global the reader does not interpret (an optimiser's class, a torch.device …). */
 export class Opaque {
   state: unknown;
-  constructor(readonly global: string, readonly args: unknown[]) {}
+  constructor(
+    readonly global: string,
+    readonly args: unknown[],
+  ) {}
   __setstate__(state: unknown) {
     this.state = state;
   }
@@ -88,7 +101,10 @@ export class PyDict extends Map<unknown, unknown> {
 
 /** torch.device(type[, index]). */
 export class TorchDevice {
-  constructor(readonly type: string, readonly index: number | null) {}
+  constructor(
+    readonly type: string,
+    readonly index: number | null,
+  ) {}
   toString() {
     return this.index === null ? this.type : `${this.type}:${this.index}`;
   }
@@ -140,7 +156,13 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     case "torch._utils._rebuild_tensor":
       return (storage: unknown, offset: unknown, size: unknown, stride: unknown) => {
         if (!(storage instanceof StorageRef)) throw new CheckpointError(`${where}: ${fqn} got ${typeName(storage)} instead of a storage`);
-        if (!isIntArray(size) || !isIntArray(stride) || size.length !== stride.length || !Number.isSafeInteger(offset) || (offset as number) < 0)
+        if (
+          !isIntArray(size) ||
+          !isIntArray(stride) ||
+          size.length !== stride.length ||
+          !Number.isSafeInteger(offset) ||
+          (offset as number) < 0
+        )
           throw new CheckpointError(`${where}: ${fqn} got a malformed size/stride/offset (${JSON.stringify([size, stride, offset])})`);
         return new TensorRef(storage, offset as number, size, stride);
       };
@@ -158,7 +180,8 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     case "_codecs.encode":
       return (s: unknown, encoding?: unknown) => {
         if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
-        if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1") return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
+        if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1")
+          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
         return new TextEncoder().encode(s);
       };
     case "numpy.dtype":
@@ -174,7 +197,13 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     const st = STORAGE_TYPES[name]!;
     return Object.assign(() => new StorageType(name, st.dtype, st.bytes), { storageType: new StorageType(name, st.dtype, st.bytes) });
   }
-  if (INERT_NAMESPACES.some((p) => fqn.startsWith(p)) || fqn === "copyreg._reconstructor" || fqn === "builtins.object" || fqn === "builtins.slice" || fqn === "builtins.complex") {
+  if (
+    INERT_NAMESPACES.some((p) => fqn.startsWith(p)) ||
+    fqn === "copyreg._reconstructor" ||
+    fqn === "builtins.object" ||
+    fqn === "builtins.slice" ||
+    fqn === "builtins.complex"
+  ) {
     return function (...args: unknown[]) {
       return new Opaque(fqn, args);
     };
@@ -189,11 +218,16 @@ function numpyScalar(dtype: unknown, bytes: unknown): number | undefined {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const want = (n: number) => bytes.byteLength === n;
   switch (dtype.str) {
-    case "f8": return want(8) ? dv.getFloat64(0, true) : undefined;
-    case "f4": return want(4) ? dv.getFloat32(0, true) : undefined;
-    case "i8": return want(8) ? Number(dv.getBigInt64(0, true)) : undefined;
-    case "i4": return want(4) ? dv.getInt32(0, true) : undefined;
-    case "b1": return want(1) ? bytes[0]! : undefined;
+    case "f8":
+      return want(8) ? dv.getFloat64(0, true) : undefined;
+    case "f4":
+      return want(4) ? dv.getFloat32(0, true) : undefined;
+    case "i8":
+      return want(8) ? Number(dv.getBigInt64(0, true)) : undefined;
+    case "i4":
+      return want(4) ? dv.getInt32(0, true) : undefined;
+    case "b1":
+      return want(1) ? bytes[0]! : undefined;
   }
   return undefined;
 }
@@ -222,7 +256,9 @@ export interface Checkpoint {
 
 function openZip(path: string): Promise<Yauzl.ZipFile> {
   return new Promise((resolve, reject) =>
-    yauzl.open(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false }, (err, zf) => (err ? reject(err) : resolve(zf!))),
+    yauzl.open(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false }, (err, zf) =>
+      err ? reject(err) : resolve(zf!),
+    ),
   );
 }
 
@@ -248,14 +284,28 @@ function listEntries(zf: Yauzl.ZipFile, max: number, where: string): Promise<Map
 function readEntry(zf: Yauzl.ZipFile, e: Yauzl.Entry, max: number, where: string): Promise<Uint8Array> {
   if (e.isEncrypted()) return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} is encrypted`));
   if (e.compressionMethod !== 0 && e.compressionMethod !== 8)
-    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} uses compression method ${e.compressionMethod} (only stored and deflate are read)`));
+    return Promise.reject(
+      new CheckpointError(
+        `${where}: zip entry ${e.fileName} uses compression method ${e.compressionMethod} (only stored and deflate are read)`,
+      ),
+    );
   if (e.uncompressedSize > max)
-    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes, more than the ${max} allowed`));
+    return Promise.reject(
+      new CheckpointError(`${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes, more than the ${max} allowed`),
+    );
   if (e.compressionMethod === 0 && e.compressedSize !== e.uncompressedSize)
-    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} is stored but declares ${e.compressedSize} bytes compressed and ${e.uncompressedSize} uncompressed`));
+    return Promise.reject(
+      new CheckpointError(
+        `${where}: zip entry ${e.fileName} is stored but declares ${e.compressedSize} bytes compressed and ${e.uncompressedSize} uncompressed`,
+      ),
+    );
   // deflate expands at most ~1032:1; a larger declared ratio is a lie (a zip bomb's header)
   if (e.compressionMethod === 8 && e.uncompressedSize > e.compressedSize * 1032 + 1024)
-    return Promise.reject(new CheckpointError(`${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed, beyond what deflate can produce (a zip bomb?)`));
+    return Promise.reject(
+      new CheckpointError(
+        `${where}: zip entry ${e.fileName} declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed, beyond what deflate can produce (a zip bomb?)`,
+      ),
+    );
   return new Promise((resolve, reject) => {
     zf.openReadStream(e, (err, stream) => {
       if (err) return reject(err);
@@ -263,24 +313,43 @@ function readEntry(zf: Yauzl.ZipFile, e: Yauzl.Entry, max: number, where: string
       let n = 0;
       (stream as Readable).on("data", (chunk: Buffer) => {
         if (n + chunk.length > out.length) {
-          (stream as Readable).destroy(new CheckpointError(`${where}: zip entry ${e.fileName} holds more than the ${out.length} bytes it declares`));
+          (stream as Readable).destroy(
+            new CheckpointError(`${where}: zip entry ${e.fileName} holds more than the ${out.length} bytes it declares`),
+          );
           return;
         }
         out.set(chunk, n);
         n += chunk.length;
       });
       (stream as Readable).once("error", reject);
-      (stream as Readable).once("end", () => (n === out.length ? resolve(out) : reject(new CheckpointError(`${where}: zip entry ${e.fileName} ends after ${n} of ${out.length} bytes`))));
+      (stream as Readable).once("end", () =>
+        n === out.length
+          ? resolve(out)
+          : reject(new CheckpointError(`${where}: zip entry ${e.fileName} ends after ${n} of ${out.length} bytes`)),
+      );
     });
   });
 }
 
 /** Reads bytes [start, end) of a stored entry into `out`: one positioned read at the data's offset, which yauzl checks lies in the file. */
-async function readRange(zf: Yauzl.ZipFile, fh: FileHandle, e: Yauzl.Entry, start: number, end: number, out: Uint8Array, where: string): Promise<void> {
+async function readRange(
+  zf: Yauzl.ZipFile,
+  fh: FileHandle,
+  e: Yauzl.Entry,
+  start: number,
+  end: number,
+  out: Uint8Array,
+  where: string,
+): Promise<void> {
   if (end === start) return;
   const dataStart = await new Promise<number>((resolve, reject) =>
-    (zf as unknown as { readLocalFileHeader(e: Yauzl.Entry, o: { minimal: boolean }, cb: (err: Error | null, h: { fileDataStart: number }) => void): void })
-      .readLocalFileHeader(e, { minimal: true }, (err, h) => (err ? reject(new CheckpointError(`${where}: cannot read ${e.fileName} (${err.message})`)) : resolve(h.fileDataStart))),
+    (
+      zf as unknown as {
+        readLocalFileHeader(e: Yauzl.Entry, o: { minimal: boolean }, cb: (err: Error | null, h: { fileDataStart: number }) => void): void;
+      }
+    ).readLocalFileHeader(e, { minimal: true }, (err, h) =>
+      err ? reject(new CheckpointError(`${where}: cannot read ${e.fileName} (${err.message})`)) : resolve(h.fileDataStart),
+    ),
   );
   let n = 0;
   while (n < out.length) {
@@ -304,12 +373,15 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
   } catch (e) {
     throw new CheckpointError(`${where}: cannot read the checkpoint (${(e as Error).message})`);
   }
-  if (size > lim.maxBytes) throw new CheckpointError(`${where}: the checkpoint is ${size} bytes, more than the ${lim.maxBytes} allowed (maxCheckpointBytes)`);
+  if (size > lim.maxBytes)
+    throw new CheckpointError(`${where}: the checkpoint is ${size} bytes, more than the ${lim.maxBytes} allowed (maxCheckpointBytes)`);
   let zf: Yauzl.ZipFile;
   try {
     zf = await openZip(path);
   } catch (e) {
-    throw new CheckpointError(`${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${(e as Error).message})`);
+    throw new CheckpointError(
+      `${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${(e as Error).message})`,
+    );
   }
   let fh: FileHandle | undefined;
   try {
@@ -322,7 +394,8 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       throw new CheckpointError(`${where}: damaged zip directory (${(e as Error).message})`);
     }
     const pkls = [...entries.keys()].filter((k) => /^[^/]+\/data\.pkl$/.test(k));
-    if (pkls.length !== 1) throw new CheckpointError(`${where}: expected one <root>/data.pkl in the archive, found ${pkls.length ? pkls.join(", ") : "none"}`);
+    if (pkls.length !== 1)
+      throw new CheckpointError(`${where}: expected one <root>/data.pkl in the archive, found ${pkls.length ? pkls.join(", ") : "none"}`);
     const root = pkls[0]!.slice(0, -"/data.pkl".length);
     const byteorder = entries.get(`${root}/byteorder`);
     if (byteorder) {
@@ -331,7 +404,8 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
     }
     const pklEntry = entries.get(pkls[0]!)!;
     const pklBytes = await readEntry(zf, pklEntry, lim.maxPickleBytes, where);
-    if (crc32(pklBytes) !== pklEntry.crc32) throw new CheckpointError(`${where}: ${pklEntry.fileName} fails its CRC-32 check (a damaged file)`);
+    if (crc32(pklBytes) !== pklEntry.crc32)
+      throw new CheckpointError(`${where}: ${pklEntry.fileName} fails its CRC-32 check (a damaged file)`);
     const storages = new Map<string, StorageRef>();
     const parser = new Parser({
       unpicklingTypeOfDictionary: "Map",
@@ -340,15 +414,20 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       persistentResolver: {
         resolve: (pid: unknown) => {
           if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5)
-            throw new CheckpointError(`${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`);
+            throw new CheckpointError(
+              `${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`,
+            );
           const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
           const st = (type as { storageType?: StorageType })?.storageType;
           if (!st) throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
-          if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key)) throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
-          if (!Number.isSafeInteger(numel) || (numel as number) < 0) throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
+          if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
+            throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
+          if (!Number.isSafeInteger(numel) || (numel as number) < 0)
+            throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
           const had = storages.get(key);
           if (had) {
-            if (had.dtype !== st.dtype || had.numel !== numel) throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
+            if (had.dtype !== st.dtype || had.numel !== numel)
+              throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
             return had;
           }
           const s = new StorageRef(key, st.dtype, st.bytes, numel as number, String(location));
@@ -383,20 +462,28 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
             throw new CheckpointError(`${where}: tensor ${name} has strides [${t.stride}] for shape [${t.shape}], not a contiguous layout`);
           expect *= t.shape[i]!;
         }
-        if (t.offset + n > s.numel) throw new CheckpointError(`${where}: tensor ${name} reads elements ${t.offset}…${t.offset + n} of storage ${s.key}, which has ${s.numel}`);
+        if (t.offset + n > s.numel)
+          throw new CheckpointError(
+            `${where}: tensor ${name} reads elements ${t.offset}…${t.offset + n} of storage ${s.key}, which has ${s.numel}`,
+          );
         const e = entries.get(`${root}/data/${s.key}`);
         if (!e) throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} (tensor ${name}) is missing from the archive`);
         const want = s.numel * s.itemBytes;
         if (e.uncompressedSize !== want)
-          throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} (tensor ${name}) has ${e.uncompressedSize} bytes; the pickle says ${s.numel} × ${s.itemBytes} = ${want}`);
+          throw new CheckpointError(
+            `${where}: storage record ${root}/data/${s.key} (tensor ${name}) has ${e.uncompressedSize} bytes; the pickle says ${s.numel} × ${s.itemBytes} = ${want}`,
+          );
         // PyTorch stores storages uncompressed: the bytes read are bounded by the file's size
         if (e.compressionMethod !== 0 || e.isEncrypted())
-          throw new CheckpointError(`${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`);
+          throw new CheckpointError(
+            `${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`,
+          );
         const out = new Float32Array(n);
         const bytes = new Uint8Array(out.buffer);
         await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
         // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
-        if (n * 4 === want && crc32(bytes) !== e.crc32) throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
+        if (n * 4 === want && crc32(bytes) !== e.crc32)
+          throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
         return out;
       },
       close() {

@@ -36,7 +36,8 @@ const key = (field: number, wire: number) => field * 8 + wire;
 
 /** Reads a varint at `pos`; returns [value, next position]. */
 function readVarint(buf: Uint8Array, pos: number): [number, number] {
-  let v = 0, mul = 1;
+  let v = 0,
+    mul = 1;
   for (;;) {
     if (pos >= buf.length) throw new Error("truncated varint");
     const b = buf[pos++]!;
@@ -64,7 +65,7 @@ export function encodeModelFast(spec: ModelSpec, initializers: { name: string; d
   // split the model's top-level fields: everything but the graph (field 7) is kept as is
   const kept: [number, number][] = [];
   let graph: [number, number] | undefined;
-  for (let pos = 0; pos < small.length; ) {
+  for (let pos = 0; pos < small.length;) {
     const start = pos;
     const [k, p1] = readVarint(small, pos);
     const wire = k & 7;

@@ -60,8 +60,16 @@ export class NnunetModel {
   private readonly divisor: [number, number, number];
 
   constructor(init: {
-    name: string; config: ModelConfig; folder: string; folds: Fold[]; configuration: string; trainerName: string;
-    architecture: Architecture; ensemble: "logits" | "softmax"; foldModels: Model[]; divisor: [number, number, number];
+    name: string;
+    config: ModelConfig;
+    folder: string;
+    folds: Fold[];
+    configuration: string;
+    trainerName: string;
+    architecture: Architecture;
+    ensemble: "logits" | "softmax";
+    foldModels: Model[];
+    divisor: [number, number, number];
   }) {
     this.name = init.name;
     this.config = init.config;
@@ -79,17 +87,23 @@ export class NnunetModel {
     const s = input?.shape;
     if (!input || !(input.data instanceof Float32Array) || !Array.isArray(s) || s.length !== 5 || prod(s) !== input.data.length)
       throw invalidParameterError("input", "a float32 tensor [N, C, D, H, W]", input);
-    if (s[1] !== this.architecture.inputChannels) throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
+    if (s[1] !== this.architecture.inputChannels)
+      throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
     const bad = [0, 1, 2].filter((k) => s[2 + k]! % this.divisor[k]! !== 0);
     if (bad.length)
-      throw new RangeError(`Expected spatial sizes that are multiples of [${this.divisor.join(", ")}] (the network's total strides) for input but received shape [${s.join(", ")}]`);
+      throw new RangeError(
+        `Expected spatial sizes that are multiples of [${this.divisor.join(", ")}] (the network's total strides) for input but received shape [${s.join(", ")}]`,
+      );
   }
 
   /** Each fold's logits, in `folds` order. */
   async runFolds(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor[]> {
     this.check(input);
     const out: Tensor[] = [];
-    let peak = 0, ms = 0, concats = 0, shapeCached = 0;
+    let peak = 0,
+      ms = 0,
+      concats = 0,
+      shapeCached = 0;
     const opMs: Record<string, number> = {};
     const nodeMs: RunStats["nodeMs"] = [];
     for (const m of this.foldModels) {
@@ -106,7 +120,15 @@ export class NnunetModel {
         nodeMs.push(...r.nodeMs);
       }
     }
-    this.lastRun = { peakBytes: peak, ms, opMs, nodeMs, concatsInPlace: concats, shapeNodesCached: shapeCached, shapes: this.foldModels[0]?.lastRun?.shapes ?? new Map() };
+    this.lastRun = {
+      peakBytes: peak,
+      ms,
+      opMs,
+      nodeMs,
+      concatsInPlace: concats,
+      shapeNodesCached: shapeCached,
+      shapes: this.foldModels[0]?.lastRun?.shapes ?? new Map(),
+    };
     return out;
   }
 
@@ -150,14 +172,14 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
   try {
     text = await readFile(path, "utf8");
   } catch (e) {
-    throw new Error(`nnU-Net folder: cannot read ${what} (${path}): ${(e as Error).message}`);
+    throw new Error(`nnU-Net folder: cannot read ${what} (${path}): ${(e as Error).message}`, { cause: e });
   }
   try {
     const v = JSON.parse(text) as unknown;
     if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
     return v as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`nnU-Net folder: ${what} (${path}) is not valid JSON: ${(e as Error).message}`);
+    throw new Error(`nnU-Net folder: ${what} (${path}) is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -165,7 +187,8 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
 function resolveConfiguration(plans: Record<string, unknown>, name: string, seen: string[] = []): Record<string, unknown> {
   const confs = plans.configurations as Record<string, Record<string, unknown>> | undefined;
   const conf = confs?.[name];
-  if (!conf || typeof conf !== "object") throw new Error(`plans.json has no configuration "${name}" (it has ${Object.keys(confs ?? {}).join(", ") || "none"})`);
+  if (!conf || typeof conf !== "object")
+    throw new Error(`plans.json has no configuration "${name}" (it has ${Object.keys(confs ?? {}).join(", ") || "none"})`);
   if (typeof conf.inherits_from !== "string") return conf;
   if (seen.includes(name)) throw new Error(`plans.json: configuration "${name}" inherits from itself (${[...seen, name].join(" → ")})`);
   const parent = resolveConfiguration(plans, conf.inherits_from, [...seen, name]);
@@ -201,7 +224,9 @@ function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: 
       const t = weights.get(n);
       if (!(t instanceof TensorRef)) throw new CheckpointError(`${where}: network_weights["${n}"] is ${typeName(t)}, not a tensor`);
       if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i]))
-        throw new CheckpointError(`${where}: network_weights["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`);
+        throw new CheckpointError(
+          `${where}: network_weights["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`,
+        );
       if (!first) first = t;
       else if (t.storage !== first.storage || t.offset !== first.offset || t.stride.join() !== first.stride.join())
         throw new CheckpointError(`${where}: network_weights["${n}"] and ["${present[0]}"] name one parameter but hold different tensors`);
@@ -225,12 +250,14 @@ function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: 
  * network (missing, unexpected, wrong shape, not float32, not contiguous).
  */
 export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOptions): Promise<NnunetModel> {
-  if (typeof trainerFolder !== "string" || !trainerFolder) throw invalidParameterError("trainerFolder", "the path of an nnU-Net trainer folder", trainerFolder);
+  if (typeof trainerFolder !== "string" || !trainerFolder)
+    throw invalidParameterError("trainerFolder", "the path of an nnU-Net trainer folder", trainerFolder);
   const opts = optionsObject("options", options) as LoadNnunetOptions;
   const ckName = opts.checkpoint ?? "final";
   if (ckName !== "final" && ckName !== "best") throw invalidParameterError("options.checkpoint", '"final" or "best"', opts.checkpoint);
   const ensemble = opts.ensemble ?? "logits";
-  if (ensemble !== "logits" && ensemble !== "softmax") throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
+  if (ensemble !== "logits" && ensemble !== "softmax")
+    throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
   if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
     throw invalidParameterError("options.maxCheckpointBytes", "a positive number of bytes", opts.maxCheckpointBytes);
   const folder = resolve(trainerFolder);
@@ -242,11 +269,17 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     folds = foldsIn(folder, file);
     if (!folds.length) throw new Error(`nnU-Net folder ${trainerFolder} has no fold_K/${file}`);
   } else {
-    if (!Array.isArray(opts.folds) || !opts.folds.length || !opts.folds.every((f) => f === "all" || (Number.isInteger(f) && (f as number) >= 0)))
+    if (
+      !Array.isArray(opts.folds) ||
+      !opts.folds.length ||
+      !opts.folds.every((f) => f === "all" || (Number.isInteger(f) && (f as number) >= 0))
+    )
       throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
     if (new Set(opts.folds).size !== opts.folds.length) throw invalidParameterError("options.folds", "distinct folds", opts.folds);
     folds = [...opts.folds];
-    for (const f of folds) if (!existsSync(join(folder, `fold_${f}`, file))) throw new Error(`nnU-Net folder ${trainerFolder}: fold_${f}/${file} does not exist`);
+    for (const f of folds)
+      if (!existsSync(join(folder, `fold_${f}`, file)))
+        throw new Error(`nnU-Net folder ${trainerFolder}: fold_${f}/${file} does not exist`);
   }
   const dataset = await readJson(join(folder, "dataset.json"), "dataset.json");
   const plans = await readJson(join(folder, "plans.json"), "plans.json");
@@ -259,18 +292,27 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const classes: Record<string, string> = {};
   for (const [name, v] of Object.entries(labels)) {
     if (name === "ignore") continue;
-    if (Array.isArray(v)) throw new Error(`dataset.json: label "${name}" is a region (${JSON.stringify(v)}); region-based models (sigmoid outputs) are not supported`);
-    if (!Number.isInteger(v) || (v as number) < 0) throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a non-negative integer`);
+    if (Array.isArray(v))
+      throw new Error(
+        `dataset.json: label "${name}" is a region (${JSON.stringify(v)}); region-based models (sigmoid outputs) are not supported`,
+      );
+    if (!Number.isInteger(v) || (v as number) < 0)
+      throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a non-negative integer`);
     classes[String(v)] = name;
   }
-  const values = Object.keys(classes).map(Number).sort((a, b) => a - b);
-  if (!values.every((v, i) => v === i)) throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
+  const values = Object.keys(classes)
+    .map(Number)
+    .sort((a, b) => a - b);
+  if (!values.every((v, i) => v === i))
+    throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
   const numClasses = values.length;
   const inputChannels = Object.keys(channels).length;
 
   const ckLimits = { maxBytes: opts.maxCheckpointBytes };
   const foldModels: Model[] = [];
-  let configuration = "", trainerName = "", mirrorAxes: number[] = [];
+  let configuration = "",
+    trainerName = "",
+    mirrorAxes: number[] = [];
   let arch: Architecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
   try {
     for (const [i, f] of folds.entries()) {
@@ -280,7 +322,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
       try {
         ck = await openCheckpoint(path, ckLimits);
         const root = ck.root;
-        if (!(root instanceof Map)) throw new CheckpointError(`${where}: the checkpoint is ${typeName(root)}, not nnU-Net's checkpoint dict`);
+        if (!(root instanceof Map))
+          throw new CheckpointError(`${where}: the checkpoint is ${typeName(root)}, not nnU-Net's checkpoint dict`);
         const weights = root.get("network_weights");
         if (!(weights instanceof Map)) throw new CheckpointError(`${where}: "network_weights" is ${typeName(weights)}, not a state_dict`);
         if (i === 0) {
@@ -292,7 +335,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           trainerName = typeof t === "string" ? t : "nnUNetTrainer";
           const m = root.get("inference_allowed_mirroring_axes");
           if (m !== undefined && m !== null) {
-            if (!Array.isArray(m) || !m.every((a) => a === 0 || a === 1 || a === 2)) throw new CheckpointError(`${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among 0, 1, 2`);
+            if (!Array.isArray(m) || !m.every((a) => a === 0 || a === 1 || a === 2))
+              throw new CheckpointError(`${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among 0, 1, 2`);
             mirrorAxes = [...new Set(m as number[])];
           }
           conf = resolveConfiguration(plans, configuration);
@@ -301,7 +345,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
         }
         const refs = matchWeights(weights, graph!, arch!.networkClass, where);
         const initializers: { name: string; dims: number[]; data: Float32Array }[] = [];
-        for (const [k, p] of graph!.params.entries()) initializers.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
+        for (const [k, p] of graph!.params.entries())
+          initializers.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
         initializers.push(...graph!.constants);
         ck.close();
         ck = undefined;
@@ -331,5 +376,16 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
   const config = normalizeConfig({ ...partial, classes, mirrorAxes, stepSize: 0.5 }, "nnunet");
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
-  return new NnunetModel({ name, config, folder, folds, configuration, trainerName, architecture: arch!, ensemble, foldModels, divisor: graph!.divisor });
+  return new NnunetModel({
+    name,
+    config,
+    folder,
+    folds,
+    configuration,
+    trainerName,
+    architecture: arch!,
+    ensemble,
+    foldModels,
+    divisor: graph!.divisor,
+  });
 }

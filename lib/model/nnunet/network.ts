@@ -80,14 +80,20 @@ const shortClass = (s: unknown) => (typeof s === "string" ? s.split(".").pop()! 
  * build (another network class, a 2-D configuration, batch norm, another nonlinearity …) is an
  * error naming the key.
  */
-export function architectureFromPlans(conf: Record<string, unknown>, inputChannels: number, numClasses: number, where = "plans.json"): Architecture {
+export function architectureFromPlans(
+  conf: Record<string, unknown>,
+  inputChannels: number,
+  numClasses: number,
+  where = "plans.json",
+): Architecture {
   let arch = conf.architecture as { network_class_name?: unknown; arch_kwargs?: Record<string, unknown> } | undefined;
   if (!arch && typeof conf.UNet_class_name === "string") {
     // nnU-Net ≤ 2.3 plans (ConfigurationManager's backwards-compatibility conversion)
     const cls = conf.UNet_class_name;
     const nEnc = conf.n_conv_per_stage_encoder as number[];
     if (!Array.isArray(nEnc)) throw err(where, "old-format plans without n_conv_per_stage_encoder");
-    const base = conf.UNet_base_num_features as number, max = conf.unet_max_num_features as number;
+    const base = conf.UNet_base_num_features as number,
+      max = conf.unet_max_num_features as number;
     arch = {
       network_class_name: cls,
       arch_kwargs: {
@@ -110,46 +116,59 @@ export function architectureFromPlans(conf: Record<string, unknown>, inputChanne
   if (!arch || typeof arch !== "object") throw err(where, "the configuration has no architecture");
   const cls = shortClass(arch.network_class_name);
   if (cls !== "PlainConvUNet" && cls !== "ResidualEncoderUNet")
-    throw err(where, `network_class_name ${JSON.stringify(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`);
+    throw err(
+      where,
+      `network_class_name ${JSON.stringify(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`,
+    );
   const k = arch.arch_kwargs ?? {};
-  if (shortClass(k.conv_op) !== "Conv3d") throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only 3-D networks (Conv3d) are built`);
+  if (shortClass(k.conv_op) !== "Conv3d")
+    throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only 3-D networks (Conv3d) are built`);
   const n = k.n_stages;
-  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 12) throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${JSON.stringify(n)}`);
+  if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 12)
+    throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${JSON.stringify(n)}`);
   const nStages = n as number;
   const features = intList(k.features_per_stage, nStages, "arch_kwargs.features_per_stage", where);
   const kernels = perAxis(k.kernel_sizes, nStages, "arch_kwargs.kernel_sizes", where);
   const strides = perAxis(k.strides, nStages, "arch_kwargs.strides", where);
   const perKey = cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage";
   const perStage = intList(k[perKey], nStages, `arch_kwargs.${perKey}`, where);
-  const perStageDecoder = nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
+  const perStageDecoder =
+    nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
   const normName = shortClass(k.norm_op);
   if (normName !== "InstanceNorm3d") throw err(where, `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm3d is built`);
   const nk = (k.norm_op_kwargs ?? {}) as Record<string, unknown>;
   if (nk.track_running_stats === true) throw err(where, "arch_kwargs.norm_op_kwargs.track_running_stats = true is not supported");
   const eps = nk.eps ?? 1e-5;
-  if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps)) throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${JSON.stringify(eps)}`);
+  if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps))
+    throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${JSON.stringify(eps)}`);
   const dropout = shortClass(k.dropout_op);
-  if (k.dropout_op != null && !/^Dropout[123]?d?$/.test(dropout)) throw err(where, `arch_kwargs.dropout_op ${JSON.stringify(k.dropout_op)} is not a dropout`);
+  if (k.dropout_op != null && !/^Dropout[123]?d?$/.test(dropout))
+    throw err(where, `arch_kwargs.dropout_op ${JSON.stringify(k.dropout_op)} is not a dropout`);
   let nonlin: Architecture["nonlin"];
   const nonlinName = shortClass(k.nonlin);
   const nlk = (k.nonlin_kwargs ?? {}) as Record<string, unknown>;
   if (k.nonlin == null) nonlin = null;
   else if (nonlinName === "LeakyReLU") {
     const alpha = nlk.negative_slope ?? 0.01;
-    if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw err(where, `arch_kwargs.nonlin_kwargs.negative_slope must be a number, got ${JSON.stringify(alpha)}`);
+    if (typeof alpha !== "number" || !Number.isFinite(alpha))
+      throw err(where, `arch_kwargs.nonlin_kwargs.negative_slope must be a number, got ${JSON.stringify(alpha)}`);
     nonlin = { op: "LeakyRelu", alpha };
   } else if (nonlinName === "ReLU") nonlin = { op: "Relu" };
   else throw err(where, `arch_kwargs.nonlin ${JSON.stringify(k.nonlin)}: only LeakyReLU and ReLU are built`);
   if (cls === "ResidualEncoderUNet") {
-    if (k.block != null && shortClass(k.block) !== "BasicBlockD") throw err(where, `arch_kwargs.block ${JSON.stringify(k.block)}: only BasicBlockD is built`);
+    if (k.block != null && shortClass(k.block) !== "BasicBlockD")
+      throw err(where, `arch_kwargs.block ${JSON.stringify(k.block)}: only BasicBlockD is built`);
     if (k.bottleneck_channels != null) throw err(where, "arch_kwargs.bottleneck_channels is for BottleneckD, which is not built");
     for (const key of ["stochastic_depth_p", "squeeze_excitation"]) if (k[key]) throw err(where, `arch_kwargs.${key} is not supported`);
   }
   if (k.nonlin_first && cls !== "PlainConvUNet") throw err(where, "arch_kwargs.nonlin_first is a PlainConvUNet argument");
   const stem = k.stem_channels == null ? features[0]! : (k.stem_channels as number);
-  if (!Number.isInteger(stem) || stem < 1) throw err(where, `arch_kwargs.stem_channels must be a positive integer, got ${JSON.stringify(k.stem_channels)}`);
-  if (!Number.isInteger(inputChannels) || inputChannels < 1) throw err(where, `input channels must be a positive integer, got ${inputChannels}`);
-  if (!Number.isInteger(numClasses) || numClasses < 1) throw err(where, `the number of classes must be a positive integer, got ${numClasses}`);
+  if (!Number.isInteger(stem) || stem < 1)
+    throw err(where, `arch_kwargs.stem_channels must be a positive integer, got ${JSON.stringify(k.stem_channels)}`);
+  if (!Number.isInteger(inputChannels) || inputChannels < 1)
+    throw err(where, `input channels must be a positive integer, got ${inputChannels}`);
+  if (!Number.isInteger(numClasses) || numClasses < 1)
+    throw err(where, `the number of classes must be a positive integer, got ${numClasses}`);
   return {
     networkClass: cls,
     inputChannels,
@@ -187,7 +206,13 @@ export function buildNetwork(a: Architecture): NetworkGraph {
   const act = (x: string, prefix: string): string => {
     if (!a.nonlin) return x;
     const y = fresh(`${prefix}.nonlin`);
-    nodes.push({ opType: a.nonlin.op, inputs: [x], outputs: [y], name: `${prefix}.nonlin`, attrs: a.nonlin.op === "LeakyRelu" ? { alpha: a.nonlin.alpha } : {} });
+    nodes.push({
+      opType: a.nonlin.op,
+      inputs: [x],
+      outputs: [y],
+      name: `${prefix}.nonlin`,
+      attrs: a.nonlin.op === "LeakyRelu" ? { alpha: a.nonlin.alpha } : {},
+    });
     return y;
   };
   const norm = (x: string, prefix: string, c: number, normIndex: number): string => {
@@ -201,16 +226,36 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       constants.push({ name: scale, dims: [c], data: new Float32Array(c).fill(1) }, { name: bias, dims: [c], data: new Float32Array(c) });
     }
     const y = fresh(`${prefix}.norm`);
-    nodes.push({ opType: "InstanceNormalization", inputs: [x, scale, bias], outputs: [y], name: `${prefix}.norm`, attrs: { epsilon: a.norm.eps } });
+    nodes.push({
+      opType: "InstanceNormalization",
+      inputs: [x, scale, bias],
+      outputs: [y],
+      name: `${prefix}.norm`,
+      attrs: { epsilon: a.norm.eps },
+    });
     return y;
   };
   /** dynamic_network_architectures' ConvDropoutNormReLU (dropout is the identity at inference). */
-  const convBlock = (prefix: string, x: string, cin: number, cout: number, k: number[], stride: number[], o: { bias: boolean; nonlin: boolean; dropout: boolean; nonlinFirst?: boolean }): string => {
+  const convBlock = (
+    prefix: string,
+    x: string,
+    cin: number,
+    cout: number,
+    k: number[],
+    stride: number[],
+    o: { bias: boolean; nonlin: boolean; dropout: boolean; nonlinFirst?: boolean },
+  ): string => {
     const w = param([`${prefix}.conv.weight`, `${prefix}.all_modules.0.weight`], [cout, cin, ...k]);
     const inputs = [x, w];
     if (o.bias) inputs.push(param([`${prefix}.conv.bias`, `${prefix}.all_modules.0.bias`], [cout]));
     let y = fresh(`${prefix}.conv`);
-    nodes.push({ opType: "Conv", inputs, outputs: [y], name: `${prefix}.conv`, attrs: { kernel_shape: k, strides: stride, pads: pads(k), dilations: [1, 1, 1], group: 1 } });
+    nodes.push({
+      opType: "Conv",
+      inputs,
+      outputs: [y],
+      name: `${prefix}.conv`,
+      attrs: { kernel_shape: k, strides: stride, pads: pads(k), dilations: [1, 1, 1], group: 1 },
+    });
     const withNonlin = o.nonlin && a.nonlin !== null;
     // all_modules: conv, [dropout], norm, nonlin — nonlin_first swaps the last two
     const normIndex = 1 + (o.dropout ? 1 : 0) + (withNonlin && o.nonlinFirst ? 1 : 0);
@@ -229,20 +274,36 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     if (a.networkClass === "PlainConvUNet") {
       for (let s = 0; s < a.nStages; s++) {
         for (let c = 0; c < a.perStage[s]!; c++) {
-          x = convBlock(`encoder.stages.${s}.0.convs.${c}`, x, c === 0 ? cin : a.features[s]!, a.features[s]!, a.kernels[s]!, c === 0 ? a.strides[s]! : [1, 1, 1], {
-            bias: a.convBias, nonlin: true, dropout: hasDropout, nonlinFirst: a.nonlinFirst,
-          });
+          x = convBlock(
+            `encoder.stages.${s}.0.convs.${c}`,
+            x,
+            c === 0 ? cin : a.features[s]!,
+            a.features[s]!,
+            a.kernels[s]!,
+            c === 0 ? a.strides[s]! : [1, 1, 1],
+            {
+              bias: a.convBias,
+              nonlin: true,
+              dropout: hasDropout,
+              nonlinFirst: a.nonlinFirst,
+            },
+          );
         }
         cin = a.features[s]!;
         skips.push(x);
       }
     } else {
-      x = convBlock("encoder.stem.convs.0", x, cin, a.stemChannels, a.kernels[0]!, [1, 1, 1], { bias: a.convBias, nonlin: true, dropout: hasDropout });
+      x = convBlock("encoder.stem.convs.0", x, cin, a.stemChannels, a.kernels[0]!, [1, 1, 1], {
+        bias: a.convBias,
+        nonlin: true,
+        dropout: hasDropout,
+      });
       cin = a.stemChannels;
       for (let s = 0; s < a.nStages; s++) {
         for (let b = 0; b < a.perStage[s]!; b++) {
           const p = `encoder.stages.${s}.blocks.${b}`;
-          const bin = b === 0 ? cin : a.features[s]!, bout = a.features[s]!;
+          const bin = b === 0 ? cin : a.features[s]!,
+            bout = a.features[s]!;
           const stride = b === 0 ? a.strides[s]! : [1, 1, 1];
           const y1 = convBlock(`${p}.conv1`, x, bin, bout, a.kernels[s]!, stride, { bias: a.convBias, nonlin: true, dropout: hasDropout });
           const y2 = convBlock(`${p}.conv2`, y1, bout, bout, a.kernels[s]!, [1, 1, 1], { bias: a.convBias, nonlin: false, dropout: false });
@@ -250,10 +311,21 @@ export function buildNetwork(a: Architecture): NetworkGraph {
           const strided = stride.some((q) => q !== 1);
           if (strided) {
             const pooled = fresh(`${p}.skip.pool`);
-            nodes.push({ opType: "AveragePool", inputs: [r], outputs: [pooled], name: `${p}.skip.0`, attrs: { kernel_shape: stride, strides: stride, pads: [0, 0, 0, 0, 0, 0], ceil_mode: 0, count_include_pad: 1 } });
+            nodes.push({
+              opType: "AveragePool",
+              inputs: [r],
+              outputs: [pooled],
+              name: `${p}.skip.0`,
+              attrs: { kernel_shape: stride, strides: stride, pads: [0, 0, 0, 0, 0, 0], ceil_mode: 0, count_include_pad: 1 },
+            });
             r = pooled;
           }
-          if (bin !== bout) r = convBlock(`${p}.skip.${strided ? 1 : 0}`, r, bin, bout, [1, 1, 1], [1, 1, 1], { bias: false, nonlin: false, dropout: false });
+          if (bin !== bout)
+            r = convBlock(`${p}.skip.${strided ? 1 : 0}`, r, bin, bout, [1, 1, 1], [1, 1, 1], {
+              bias: false,
+              nonlin: false,
+              dropout: false,
+            });
           const sum = fresh(`${p}.add`);
           nodes.push({ opType: "Add", inputs: [y2, r], outputs: [sum], name: `${p}.add` });
           x = act(sum, p);
@@ -266,19 +338,35 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     let lres = skips[skips.length - 1]!;
     const nDec = a.nStages - 1;
     for (let s = 0; s < nDec; s++) {
-      const below = a.features[a.nStages - 1 - s]!, skipC = a.features[a.nStages - 2 - s]!;
+      const below = a.features[a.nStages - 1 - s]!,
+        skipC = a.features[a.nStages - 2 - s]!;
       const st = a.strides[a.nStages - 1 - s]!;
       const w = param([`decoder.transpconvs.${s}.weight`], [below, skipC, ...st]);
       const inputs = [lres, w];
       if (a.convBias) inputs.push(param([`decoder.transpconvs.${s}.bias`], [skipC]));
       const up = fresh(`decoder.transpconvs.${s}`);
-      nodes.push({ opType: "ConvTranspose", inputs, outputs: [up], name: `decoder.transpconvs.${s}`, attrs: { kernel_shape: st, strides: st, pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 } });
+      nodes.push({
+        opType: "ConvTranspose",
+        inputs,
+        outputs: [up],
+        name: `decoder.transpconvs.${s}`,
+        attrs: { kernel_shape: st, strides: st, pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 },
+      });
       const cat = fresh(`decoder.cat.${s}`);
-      nodes.push({ opType: "Concat", inputs: [up, skips[a.nStages - 2 - s]!], outputs: [cat], name: `decoder.cat.${s}`, attrs: { axis: 1 } });
+      nodes.push({
+        opType: "Concat",
+        inputs: [up, skips[a.nStages - 2 - s]!],
+        outputs: [cat],
+        name: `decoder.cat.${s}`,
+        attrs: { axis: 1 },
+      });
       x = cat;
       for (let c = 0; c < a.perStageDecoder[s]!; c++) {
         x = convBlock(`decoder.stages.${s}.convs.${c}`, x, c === 0 ? 2 * skipC : skipC, skipC, a.kernels[a.nStages - 2 - s]!, [1, 1, 1], {
-          bias: a.convBias, nonlin: true, dropout: hasDropout, nonlinFirst: a.networkClass === "PlainConvUNet" && a.nonlinFirst,
+          bias: a.convBias,
+          nonlin: true,
+          dropout: hasDropout,
+          nonlinFirst: a.networkClass === "PlainConvUNet" && a.nonlinFirst,
         });
       }
       lres = x;
@@ -289,11 +377,19 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       const skipC = a.features[a.nStages - 2 - s]!;
       const w = param([`decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, 1, 1, 1]);
       const b = param([`decoder.seg_layers.${s}.bias`], [a.numClasses]);
-      if (s === nDec - 1) nodes.push({ opType: "Conv", inputs: [lres, w, b], outputs: [output], name: `decoder.seg_layers.${s}`, attrs: { kernel_shape: [1, 1, 1], strides: [1, 1, 1], pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 } });
+      if (s === nDec - 1)
+        nodes.push({
+          opType: "Conv",
+          inputs: [lres, w, b],
+          outputs: [output],
+          name: `decoder.seg_layers.${s}`,
+          attrs: { kernel_shape: [1, 1, 1], strides: [1, 1, 1], pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 },
+        });
     }
     if (nDec === 0) throw new Error("a network of one stage has no decoder and no segmentation head");
     // the decoder holds the encoder: every encoder tensor is in the state_dict twice
-    for (const p of params) if (p.names[0]!.startsWith("encoder.")) p.names.push(...p.names.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
+    for (const p of params)
+      if (p.names[0]!.startsWith("encoder.")) p.names.push(...p.names.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
     const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * s[ax]!, 1)) as [number, number, number];
     return { params, constants, nodes, input, output, divisor };
   }
