@@ -1,13 +1,15 @@
 // Direct vs Winograd on the C++ core (issue 23): F(2×2×2, 3×3×3) for the 3×3×3 layers of a U-Net,
-// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages. Built as the addon is built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
+// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages. Built as the addon is
+// built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
 //
 //   g++ -std=c++17 -O3 -pthread -Inative/include bench/winograd_bench.cc -o /tmp/winograd_bench
 //   /tmp/winograd_bench [runs=7] [threads=hardware]
 //
 // Per shape: the two paths interleaved (direct, Winograd, direct, …), each run timed alone, medians
 // of `runs`; GFLOP/s counts the direct convolution's FLOPs (2·Cin·Cout·27, or ·9 for the 1×3×3 rows,
-// per output voxel) for both, so the Winograd figure is an effective rate. Accuracy: 4096 sampled output voxels of each path
-// against a float64 direct sum, as a fraction of the output's scale (max |reference| over the sample).
+// per output voxel) for both, so the Winograd figure is an effective rate. Accuracy: 4096 sampled
+// output voxels of each path against a float64 direct sum, as a fraction of the output's scale
+// (max |reference| over the sample).
 // Prints /proc/loadavg before and after: on a shared machine the figures move with the load.
 #include <algorithm>
 #include <chrono>

@@ -1,5 +1,7 @@
 // bhsd — Winograd F(2×2×2, 3×3×3) for the 3×3×3, stride-1, dilation-1 convolutions U-Nets are made
-// of (issue 23), and the measured plan that chooses it or the direct convolution per layer shape.
+// of (issue 23), F(2×2, 3×3) per plane for 1×3×3 ones (nnU-Net's anisotropic stages: the same code
+// with one input plane, no transform along D and 16 points instead of 64), and the measured plan
+// that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
 //
 // Each output tile of 2×2×2 voxels needs a 4×4×4 input tile d; with Bᵀ, G, Aᵀ of F(2,3) along
@@ -13,7 +15,7 @@
 //
 // Work is cut into groups of 16 consecutive tiles (raster order of the tile grid, a group may span
 // rows, so that narrow deep layers still fill the 16 lanes), and tasks of a few groups whose
-// transformed inputs V and products M (64·16·(Cin + Cout) floats a group) stay in L2 while every
+// transformed inputs V and products M (points·16·(Cin + Cout) floats a group) stay in L2 while every
 // point's GEMM runs over them with that point's weights. The output transform adds the bias and
 // applies the activation as it stores, and drops the voxels of tiles past an odd extent.
 // Accuracy: F(2,3)'s transforms have coefficients 0, ±1, ±½ (for G) and ±1 (for Bᵀ and Aᵀ),
@@ -21,7 +23,7 @@
 // the output's scale).
 //
 // Which path runs: BHSD_WINOGRAD=0 never, =1 always where it applies, unset (default) by a plan:
-// the first call of each (shape, channels, padding, threads) times the direct convolution and
+// the first call of each (kernel, shape, channels, padding, threads) times the direct convolution and
 // Winograd once each (Winograd twice if its first, cold run was slower) and keeps the faster for
 // every later call of that key (a small map under a mutex), like cuDNN's find mode. Both paths
 // write the whole output, so the planning call's result is valid whichever ran last.
