@@ -473,6 +473,31 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
 
 }  // namespace wino_detail
 
+#ifdef BHSD_X86
+namespace wino_detail {
+// One point's GEMM for output-channel blocks cob … cobn − 1 (at most two) of 16 tiles into o (rows
+// of 16): kernel_blocks, except that on AVX-512 the two short tail blocks of a layer whose width is
+// not a multiple of 6 run as one pair (32 channels: 6+6, 6+6, 4+4 — 12, 12 and 8 accumulators —
+// instead of 4 and 4 alone, whose 4 accumulators leave the FMA units waiting on latency).
+inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob, std::int64_t cobn,
+                       const float* v, std::int64_t K, float* o) {
+  using namespace conv_detail;
+  const PackedB b{v};
+  if (cobn == cob + 2 && cbk.rows(cob) < MR && use_avx512()) {
+    const float* a0 = Up + cob * Kfull * MR;
+    const float* a1 = a0 + Kfull * MR;
+    float* oo = o + cbk.row0(cob) * TL;
+    const std::int64_t r0 = cbk.rows(cob), r1 = cbk.rows(cob + 1);
+    const __mmask16 all = 0xFFFF;
+    if (r0 == 4 && r1 == 4) return kernel_avx512_pair<4, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+    if (r0 == 4 && r1 == 3) return kernel_avx512_pair<4, 3>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+    if (r0 == 5 && r1 == 4) return kernel_avx512_pair<5, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+  }
+  kernel_blocks(Up, Kfull, cbk, cob, cobn, b, K, o, TL, nullptr, TL, true, false, Act::none, 0.0f);
+}
+}  // namespace wino_detail
+#endif
+
 // Whether Winograd serves this convolution here: a 3×3×3 (F(2×2×2, 3×3×3)) or 1×3×3 (F(2×2, 3×3)
 // per plane) kernel, stride 1, dilation 1, at least 16 input and output channels, an x86 processor
 // with AVX2 and FMA (the micro-kernels it runs on).
@@ -539,8 +564,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         for (std::int64_t cob = 0; cob < coblocks; cob += step) {
           const std::int64_t cobn = std::min(coblocks, cob + step);
           for (std::int64_t q = 0; q < gn; ++q)
-            conv_detail::kernel_blocks(Up, P * g.C, cbk, cob, cobn, conv_detail::PackedB{V + q * vsz + p * g.C * TL}, g.C,
-                                       M + q * msz + p * g.Co * TL, TL, nullptr, TL, true, false, Act::none, 0.0f);
+            point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * g.C * TL, g.C, M + q * msz + p * g.Co * TL);
         }
       }
       for (std::int64_t q = 0; q < gn; ++q) {
