@@ -31,7 +31,9 @@ static double cpu_ms() {
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
-static std::size_t huge_round(std::size_t n) { return (n + (std::size_t(2) << 20) - 1) / (std::size_t(2) << 20) * (std::size_t(2) << 20); }
+static std::size_t huge_round(std::size_t n) {
+  return (n + (std::size_t(2) << 20) - 1) / (std::size_t(2) << 20) * (std::size_t(2) << 20);
+}
 static void* fresh(std::size_t n) {
   void* p = mmap(nullptr, huge_round(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) std::exit(1);
@@ -49,7 +51,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const long nx = std::atol(argv[2]), ny = std::atol(argv[3]), nz = std::atol(argv[4]);
-  const int conn = std::atoi(argv[5]), threads = argc > 6 ? std::atoi(argv[6]) : 1, reps = argc > 7 ? std::atoi(argv[7]) : 5;
+  const int conn = std::atoi(argv[5]), threads = argc > 6 ? std::atoi(argv[6]) : 1,
+            reps = argc > 7 ? std::atoi(argv[7]) : 5;
   const std::size_t n = std::size_t(nx) * ny * nz;
   std::vector<std::uint8_t> d(n);
   FILE* f = std::fopen(argv[1], "rb");
@@ -77,8 +80,9 @@ int main(int argc, char** argv) {
     cw.push_back(wall_ms() - t0), cc.push_back(cpu_ms() - c0);
     munmap(o2, huge_round(n * 4));
   }
-  std::printf("%s %d-conn, %d thread(s): bhsd %.1f ms (CPU %.1f), into reused labels %.1f ms, %ld components | "
-              "cc3d %.1f ms (CPU %.1f), %zu components\n",
-              argv[1], conn, threads, median(bw), median(bc), median(rw), count, median(cw), median(cc), ccount);
+  std::printf(
+      "%s %d-conn, %d thread(s): bhsd %.1f ms (CPU %.1f), into reused labels %.1f ms, %ld components | "
+      "cc3d %.1f ms (CPU %.1f), %zu components\n",
+      argv[1], conn, threads, median(bw), median(bc), median(rw), count, median(cw), median(cc), ccount);
   return count == long(ccount) ? 0 : 1;
 }

@@ -26,8 +26,12 @@ export function blobMask(nx: number, ny: number, nz: number, blobs: number, seed
   const m = new Uint8Array(nx * ny * nz);
   const r = rng(seed);
   for (let b = 0; b < blobs; b++) {
-    const cx = r() * nx, cy = r() * ny, cz = r() * nz;
-    const ax = 3 + r() * 40, ay = 3 + r() * 40, az = 0.5 + r() * 4;
+    const cx = r() * nx,
+      cy = r() * ny,
+      cz = r() * nz;
+    const ax = 3 + r() * 40,
+      ay = 3 + r() * 40,
+      az = 0.5 + r() * 4;
     paintEllipsoid(m, [nx, ny, nz], [cx, cy, cz], [ax, ay, az], 1);
   }
   return m;
@@ -62,7 +66,8 @@ function buildCc3d(dir: string): { exe: string } | { why: string } {
   if (!existsSync(hpp)) {
     // a bare mirror (what the fetch tool leaves): the header from its newest commit
     const show = spawnSync("git", [`--git-dir=${CC3D_DIR}`, "show", "HEAD:cc3d/cc3d.hpp"], { encoding: "utf8", maxBuffer: 1 << 24 });
-    if (show.status !== 0) return { why: `no cc3d sources at ${CC3D_DIR} (set CC3D_DIR to a checkout of seung-lab/connected-components-3d)` };
+    if (show.status !== 0)
+      return { why: `no cc3d sources at ${CC3D_DIR} (set CC3D_DIR to a checkout of seung-lab/connected-components-3d)` };
     hpp = join(dir, "cc3d.hpp");
     writeFileSync(hpp, show.stdout);
   }
@@ -70,7 +75,8 @@ function buildCc3d(dir: string): { exe: string } | { why: string } {
   const exe = join(dir, "ccl_cc3d");
   // the addon's own flags (binding.gyp): -O3, no -march
   const cc = spawnSync("g++", ["-std=c++17", "-O3", "-w", "-include", hpp, src, "-o", exe], { encoding: "utf8" });
-  if (cc.status !== 0) return { why: `g++ could not build bench/ccl_cc3d.cc: ${(cc.stderr ?? String(cc.error)).trim().split("\n").slice(-2).join(" | ")}` };
+  if (cc.status !== 0)
+    return { why: `g++ could not build bench/ccl_cc3d.cc: ${(cc.stderr ?? String(cc.error)).trim().split("\n").slice(-2).join(" | ")}` };
   return { exe };
 }
 
@@ -83,14 +89,17 @@ export async function benchComponents(dir: string): Promise<string[]> {
     { name: "noise 256³ (35 %)", file: "noise", shape: [256, 256, 256], data: noiseMask(256 ** 3, 0.35, 12) },
   ];
   const conns = [26, 6] as const;
-  const rounds = Number(process.env.BENCH_ROUNDS ?? 5), perRound = 3;
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 5),
+    perRound = 3;
   const lines: string[] = [];
   const load0 = loadavg();
 
   // the same bytes for the three: .npy for scipy, raw for cc3d
-  const scipyArgs: string[] = [], cc3dArgs: string[] = [];
+  const scipyArgs: string[] = [],
+    cc3dArgs: string[] = [];
   for (const c of cases) {
-    const npy = join(dir, `${c.file}.npy`), raw = join(dir, `${c.file}.u8`);
+    const npy = join(dir, `${c.file}.npy`),
+      raw = join(dir, `${c.file}.u8`);
     await writeNpy(npy, c.data, c.shape);
     writeFileSync(raw, c.data);
     const [nz, ny, nx] = c.shape as [number, number, number];
@@ -101,13 +110,16 @@ export async function benchComponents(dir: string): Promise<string[]> {
   }
   const py = pythonWith("numpy", "scipy");
   const cc3d = buildCc3d(dir);
-  const key = (c: (typeof cases)[number], conn: number, who: "scipy" | "cc3d") => `${join(dir, `${c.file}.${who === "scipy" ? "npy" : "u8"}`)}:${conn}`;
+  const key = (c: (typeof cases)[number], conn: number, who: "scipy" | "cc3d") =>
+    `${join(dir, `${c.file}.${who === "scipy" ? "npy" : "u8"}`)}:${conn}`;
 
   const { active, available } = backendInfo();
   const hasNative = available.native;
-  const bhsd: Record<string, { ms: number[]; count: number }> = {}, bhsdGc: Record<string, { ms: number[] }> = {};
+  const bhsd: Record<string, { ms: number[]; count: number }> = {},
+    bhsdGc: Record<string, { ms: number[] }> = {};
   const gc = (globalThis as { gc?: () => void }).gc;
-  const scipy: Samples = {}, cc: Samples = {};
+  const scipy: Samples = {},
+    cc: Samples = {};
   const add = (into: Samples, got: Samples) => {
     for (const [k, v] of Object.entries(got)) {
       into[k] ??= { ms: [], count: v.count };
@@ -133,7 +145,7 @@ export async function benchComponents(dir: string): Promise<string[]> {
         bhsdGc[k] ??= { ms: [] };
         for (let i = 0; i < perRound; i++) {
           gc();
-          await new Promise((r) => setTimeout(r, 20));  // freed ArrayBuffers are released after the GC
+          await new Promise((r) => setTimeout(r, 20)); // freed ArrayBuffers are released after the GC
           const t0 = performance.now();
           await connectedComponents(vol, { connectivity: conn });
           bhsdGc[k]!.ms.push(performance.now() - t0);
@@ -162,16 +174,23 @@ export async function benchComponents(dir: string): Promise<string[]> {
     `connected components, public call (fresh labels each call), medians of ${rounds}×${perRound} interleaved runs; ` +
       `load average ${load0.map((l) => l.toFixed(1)).join(" / ")} before, ${load1.map((l) => l.toFixed(1)).join(" / ")} after (1 / 5 / 15 min)`,
   );
-  lines.push("| input | conn | bhsd native ms: back to back / after gc | MVx/s | peak MB | scipy ms | × scipy | cc3d ms | × cc3d | bhsd ts ms |");
+  lines.push(
+    "| input | conn | bhsd native ms: back to back / after gc | MVx/s | peak MB | scipy ms | × scipy | cc3d ms | × cc3d | bhsd ts ms |",
+  );
   lines.push("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const c of cases) {
     const vol = volumeFromArray(c.data, c.shape);
     for (const conn of conns) {
-      const b = bhsd[`${c.file}:${conn}`], bg = bhsdGc[`${c.file}:${conn}`];
+      const b = bhsd[`${c.file}:${conn}`],
+        bg = bhsdGc[`${c.file}:${conn}`];
       const msGc = bg?.ms.length ? median(bg.ms) : NaN;
-      const s = scipy[key(c, conn, "scipy")], k = cc[key(c, conn, "cc3d")];
+      const s = scipy[key(c, conn, "scipy")],
+        k = cc[key(c, conn, "cc3d")];
       const ms = b ? median(b.ms) : NaN;
-      for (const [who, ref] of [["scipy", s], ["cc3d", k]] as const) {
+      for (const [who, ref] of [
+        ["scipy", s],
+        ["cc3d", k],
+      ] as const) {
         if (b && ref && ref.count !== b.count) throw new Error(`${c.name} ${conn}: bhsd ${b.count} components, ${who} ${ref.count}`);
       }
       let peak = NaN;
@@ -184,7 +203,8 @@ export async function benchComponents(dir: string): Promise<string[]> {
         setBackend("ts");
         tsMs = (await measure(() => connectedComponents(vol, { connectivity: conn }), 1)).ms;
       }
-      const sm = s ? median(s.ms) : NaN, km = k ? median(k.ms) : NaN;
+      const sm = s ? median(s.ms) : NaN,
+        km = k ? median(k.ms) : NaN;
       lines.push(
         `| ${c.name} | ${conn} | ${fmt(ms)} / ${fmt(msGc)} | ${fmt(c.data.length / 1e3 / ms, 0)} / ${fmt(c.data.length / 1e3 / msGc, 0)} | ${fmt(peak, 0)} | ${fmt(sm)} | ${fmt(sm / ms, 1)} / ${fmt(sm / msGc, 1)} | ${fmt(km)} | ${fmt(km / ms, 1)} / ${fmt(km / msGc, 1)} | ${fmt(tsMs)} |`,
       );

@@ -38,16 +38,24 @@ static double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   const int runs = argc > 1 ? std::max(1, std::atoi(argv[1])) : 7;
-  const unsigned threads = argc > 2 ? unsigned(std::max(1, std::atoi(argv[2]))) : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads =
+      argc > 2 ? unsigned(std::max(1, std::atoi(argv[2]))) : std::max(1u, std::thread::hardware_concurrency());
   bhsd::ThreadPool pool(threads);
-  std::printf("simd: %s, threads %u, runs %d\nloadavg before: %s\n", bhsd::simd_level().c_str(), threads, runs, loadavg().c_str());
-  struct Shape { std::int64_t C, D, H, W, kd; };  // kd 1: a 1×3×3 kernel (F(2×2, 3×3) per plane), padding (0, 1, 1)
-  const Shape shapes[] = {{32, 32, 64, 64, 3}, {64, 16, 64, 64, 3}, {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3}, {320, 4, 8, 8, 3},
-                          {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1}, {128, 16, 32, 32, 1}};
-  std::printf("| layer | direct GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale (direct, Winograd) |\n");
+  std::printf("simd: %s, threads %u, runs %d\nloadavg before: %s\n", bhsd::simd_level().c_str(), threads, runs,
+              loadavg().c_str());
+  struct Shape {
+    std::int64_t C, D, H, W, kd;
+  };  // kd 1: a 1×3×3 kernel (F(2×2, 3×3) per plane), padding (0, 1, 1)
+  const Shape shapes[] = {{32, 32, 64, 64, 3}, {64, 16, 64, 64, 3},   {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3},
+                          {320, 4, 8, 8, 3},   {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},  {128, 16, 32, 32, 1}};
+  std::printf(
+      "| layer | direct GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale (direct, Winograd) |\n");
   std::printf("| --- | --- | --- | --- | --- |\n");
   std::uint32_t st = 12345;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
   for (const Shape& s : shapes) {
     const std::int64_t C = s.C, Co = s.C;
     const std::int64_t kd = s.kd, pd = kd / 2;
@@ -64,7 +72,8 @@ int main(int argc, char** argv) {
     auto time = [&](bool wino, float* y) {
       const auto t0 = std::chrono::steady_clock::now();
       if (wino) {
-        if (!bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), b.data(), y, bhsd::Act::none, 0.0f, pool)) return -1.0;
+        if (!bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), b.data(), y, bhsd::Act::none, 0.0f, pool))
+          return -1.0;
       } else {
         bhsd::conv3d_forward(g, x.data(), wp.data(), b.data(), y, bhsd::Act::none, 0.0f, pool, false);
       }
@@ -86,16 +95,17 @@ int main(int argc, char** argv) {
             for (int e = 0; e < 3; ++e) {
               const std::int64_t id = od - pd + a, ih = oh - 1 + bb, iw = ow - 1 + e;
               if (id < 0 || id >= s.D || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-              acc += double(x[std::size_t(((ci * s.D + id) * s.H + ih) * s.W + iw)]) * double(w[std::size_t((co * C + ci) * 9 * kd + a * 9 + bb * 3 + e)]);
+              acc += double(x[std::size_t(((ci * s.D + id) * s.H + ih) * s.W + iw)]) *
+                     double(w[std::size_t((co * C + ci) * 9 * kd + a * 9 + bb * 3 + e)]);
             }
       scale = std::max(scale, std::fabs(acc));
       ed = std::max(ed, std::fabs(acc - yd[std::size_t(i)])), ew = std::max(ew, std::fabs(acc - yw[std::size_t(i)]));
     }
     const double flops = 2.0 * double(C) * double(Co) * 9.0 * double(kd) * double(V);
     const double md = median(td), mw = median(tw);
-    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C, (long long)Co, kd == 3 ? "3×3×3" : "1×3×3", (long long)s.D,
-                (long long)s.H, (long long)s.W, flops / md * 1e-9, mw > 0 ? flops / mw * 1e-9 : 0.0, mw > 0 ? md / mw : 0.0, ed / scale,
-                ew / scale);
+    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C, (long long)Co,
+                kd == 3 ? "3×3×3" : "1×3×3", (long long)s.D, (long long)s.H, (long long)s.W, flops / md * 1e-9,
+                mw > 0 ? flops / mw * 1e-9 : 0.0, mw > 0 ? md / mw : 0.0, ed / scale, ew / scale);
     std::fflush(stdout);
   }
   std::printf("loadavg after: %s\n", loadavg().c_str());

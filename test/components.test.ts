@@ -27,9 +27,11 @@ function firstMismatch(a: ArrayLike<number>, b: ArrayLike<number>): string | und
 
 /** Whether two labellings induce the same partition of the voxels (numbering aside). */
 function samePartition(a: Int32Array, b: ArrayLike<number>): string | undefined {
-  const ab = new Map<number, number>(), ba = new Map<number, number>();
+  const ab = new Map<number, number>(),
+    ba = new Map<number, number>();
   for (let i = 0; i < a.length; i++) {
-    const x = a[i]!, y = b[i]!;
+    const x = a[i]!,
+      y = b[i]!;
     if ((x === 0) !== (y === 0)) return `voxel ${i}: ${x} vs ${y}`;
     if (x === 0) continue;
     if ((ab.get(x) ?? y) !== y || (ba.get(y) ?? x) !== x) return `voxel ${i} joins ${x}/${y} differently`;
@@ -42,7 +44,8 @@ function samePartition(a: Int32Array, b: ArrayLike<number>): string | undefined 
 const backends = backendsUnderTest();
 /** Tests comparing the native backend with others: skipped, saying why, where it is not under test. */
 const nativeTest = backends.some((b) => b.name === "native") ? test : test.skip;
-if (!backends.some((b) => b.name === "native")) console.log("# native comparisons skipped: the native backend is not built here or not in BHSD_TEST_BACKENDS");
+if (!backends.some((b) => b.name === "native"))
+  console.log("# native comparisons skipped: the native backend is not built here or not in BHSD_TEST_BACKENDS");
 
 for (const { name: backend } of backends) {
   for (const kase of ["blobs", "noise"]) {
@@ -75,21 +78,27 @@ for (const { name: backend } of backends) {
     t.deepEqual(perClass, expected.multiclass!.components26_per_class);
   });
 
-  for (const [what, perClass, conns] of [["perclass", true, [6, 18, 26]], ["binary", false, [6, 26]]] as const) {
-    test.serial(`${backend}: rows of 130 voxels, int16 classes (-5, 1, 2, 700), ${what}: labels equal scipy's at ${conns.join(", ")}-connectivity`, async (t) => {
-      setBackend(backend);
-      const m = await wideFixture("mask");
-      t.true(m.data instanceof Int16Array);
-      const vol = volumeFromArray(m.data, m.shape);
-      for (const conn of conns) {
-        const want = await wideFixture(`${what}${conn}`);
-        const { labels, count } = await connectedComponents(vol, { connectivity: conn, perClass });
-        let max = 0;
-        for (const v of want.data as Int32Array) max = Math.max(max, v);
-        t.is(count, max, `${conn}-connectivity: count`);
-        t.is(firstMismatch(labels.data, want.data), undefined, `${conn}-connectivity: labels`);
-      }
-    });
+  for (const [what, perClass, conns] of [
+    ["perclass", true, [6, 18, 26]],
+    ["binary", false, [6, 26]],
+  ] as const) {
+    test.serial(
+      `${backend}: rows of 130 voxels, int16 classes (-5, 1, 2, 700), ${what}: labels equal scipy's at ${conns.join(", ")}-connectivity`,
+      async (t) => {
+        setBackend(backend);
+        const m = await wideFixture("mask");
+        t.true(m.data instanceof Int16Array);
+        const vol = volumeFromArray(m.data, m.shape);
+        for (const conn of conns) {
+          const want = await wideFixture(`${what}${conn}`);
+          const { labels, count } = await connectedComponents(vol, { connectivity: conn, perClass });
+          let max = 0;
+          for (const v of want.data as Int32Array) max = Math.max(max, v);
+          t.is(count, max, `${conn}-connectivity: count`);
+          t.is(firstMismatch(labels.data, want.data), undefined, `${conn}-connectivity: labels`);
+        }
+      },
+    );
   }
 
   test.serial(`${backend}: edge cases with answers known by construction`, async (t) => {
@@ -114,7 +123,10 @@ for (const { name: backend } of backends) {
     for (const i of [124, 0, 62, 12]) dots[i] = 1;
     r = await run(dots, [5, 5, 5], 26);
     t.is(r.count, 4);
-    t.deepEqual([0, 12, 62, 124].map((i) => r.labels.data[i]), [1, 2, 3, 4]);
+    t.deepEqual(
+      [0, 12, 62, 124].map((i) => r.labels.data[i]),
+      [1, 2, 3, 4],
+    );
     // diagonal neighbours: joined by 26 only (corner), or by 18 (edge)
     const corner = new Uint8Array(8);
     corner[0] = corner[7] = 1;
@@ -125,10 +137,13 @@ for (const { name: backend } of backends) {
     t.is((await run(edge, [2, 2, 2], 18)).count, 1);
     t.is((await run(edge, [2, 2, 2], 6)).count, 2);
     // a shell touching every face is one component; its hollow inside is background
-    const n = 6, shell = new Uint8Array(n ** 3);
-    for (let z = 0; z < n; z++) for (let y = 0; y < n; y++) for (let x = 0; x < n; x++) {
-      if ([x, y, z].some((c) => c === 0 || c === n - 1)) shell[(z * n + y) * n + x] = 1;
-    }
+    const n = 6,
+      shell = new Uint8Array(n ** 3);
+    for (let z = 0; z < n; z++)
+      for (let y = 0; y < n; y++)
+        for (let x = 0; x < n; x++) {
+          if ([x, y, z].some((c) => c === 0 || c === n - 1)) shell[(z * n + y) * n + x] = 1;
+        }
     t.is((await run(shell, [n, n, n], 6)).count, 1);
     // 1×1×N and N×1×1 volumes
     const line = new Uint8Array(1000).map((_, i) => (i % 10 < 7 ? 1 : 0));
@@ -152,20 +167,24 @@ for (const { name: backend } of backends) {
 }
 
 nativeTest("randomised: native equals ts on many small random volumes", async (t) => {
-  const ts = getBackend("ts"), native = getBackend("native");
+  const ts = getBackend("ts"),
+    native = getBackend("native");
   let seed = 7;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   for (let k = 0; k < 300; k++) {
     const dims: [number, number, number] = [1 + Math.floor(rnd() * 20), 1 + Math.floor(rnd() * 12), 1 + Math.floor(rnd() * 12)];
     const n = dims[0] * dims[1] * dims[2];
-    const density = rnd(), classes = 1 + Math.floor(rnd() * 4);
+    const density = rnd(),
+      classes = 1 + Math.floor(rnd() * 4);
     const data = new Uint8Array(n).map(() => (rnd() < density ? 1 + Math.floor(rnd() * classes) : 0));
     const conn = ([6, 18, 26] as const)[k % 3]!;
     const perClass = k % 2 === 0;
-    const a = new Int32Array(n), b = new Int32Array(n);
+    const a = new Int32Array(n),
+      b = new Int32Array(n);
     const ca = await ts.connectedComponents(data, dims, conn, perClass, a);
     const cb = await native.connectedComponents(data, dims, conn, perClass, b);
-    if (ca !== cb || firstMismatch(a, b)) return t.fail(`case ${k}: dims ${dims} conn ${conn} perClass ${perClass}: ${ca} vs ${cb}, ${firstMismatch(a, b)}`);
+    if (ca !== cb || firstMismatch(a, b))
+      return t.fail(`case ${k}: dims ${dims} conn ${conn} perClass ${perClass}: ${ca} vs ${cb}, ${firstMismatch(a, b)}`);
   }
   t.pass();
 });
@@ -179,9 +198,11 @@ for (const { name: backend } of backends) {
     // a 10×6×3 box of class 2 at x 2..11, y 3..8, z 1..3
     for (let z = 1; z <= 3; z++) for (let y = 3; y <= 8; y++) for (let x = 2; x <= 11; x++) set(x, y, z, 2);
     // an ellipsoid of class 5, semi-axes 16 and 10 voxels in-plane and 6 slices
-    for (let z = 0; z < nz; z++) for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++) {
-      if (((x - 50) / 16) ** 2 + ((y - 30) / 10) ** 2 + ((z - 8) / 6) ** 2 <= 1) set(x, y, z, 5);
-    }
+    for (let z = 0; z < nz; z++)
+      for (let y = 0; y < ny; y++)
+        for (let x = 0; x < nx; x++) {
+          if (((x - 50) / 16) ** 2 + ((y - 30) / 10) ** 2 + ((z - 8) / 6) ** 2 <= 1) set(x, y, z, 5);
+        }
     const spacing: [number, number, number] = [0.5, 0.5, 5];
     const vol: Volume = { data, dims: [nx, ny, nz], spacing, affine: [0.5, 0, 0, -10, 0, 0.5, 0, 20, 0, 0, 5, 100, 0, 0, 0, 1] };
     const { labels, count } = await connectedComponents(vol);
@@ -212,7 +233,8 @@ for (const { name: backend } of backends) {
     const vol = await maskVolume("multiclass");
     const ref = await readNpy(sharedFixture("voxel", "ccl_multiclass_labels26.npy"));
     // sizes of scipy's components, and the class of each
-    const size = new Map<number, number>(), cls = new Map<number, number>();
+    const size = new Map<number, number>(),
+      cls = new Map<number, number>();
     for (let i = 0; i < ref.data.length; i++) {
       const l = ref.data[i]!;
       if (!l) continue;
@@ -242,10 +264,16 @@ for (const { name: backend } of backends) {
 
 test("bad input is refused with the argument named", async (t) => {
   const v = volumeFromArray(new Float32Array(8), [2, 2, 2]);
-  await t.throwsAsync(connectedComponents(v), { message: /Expected integer voxels .* for volume.data but received Float32Array of length 8/ });
+  await t.throwsAsync(connectedComponents(v), {
+    message: /Expected integer voxels .* for volume.data but received Float32Array of length 8/,
+  });
   const u = volumeFromArray(new Uint8Array(8), [2, 2, 2]);
-  await t.throwsAsync(connectedComponents(u, { connectivity: 8 as never }), { message: /Expected 6, 18 or 26 for options.connectivity but received number 8/ });
-  await t.throwsAsync(connectedComponents({ ...u, dims: [3, 2, 2] }), { message: /volume.data has 8 voxels but volume.dims \[3, 2, 2\] need 12/ });
+  await t.throwsAsync(connectedComponents(u, { connectivity: 8 as never }), {
+    message: /Expected 6, 18 or 26 for options.connectivity but received number 8/,
+  });
+  await t.throwsAsync(connectedComponents({ ...u, dims: [3, 2, 2] }), {
+    message: /volume.data has 8 voxels but volume.dims \[3, 2, 2\] need 12/,
+  });
   await t.throwsAsync(connectedComponents(u, { perClass: "yes" as never }), { message: /Expected a boolean for options.perClass/ });
   await t.throwsAsync(cleanup(u, { keepLargest: 1.5 }), { message: /Expected a non-negative integer for options.keepLargest/ });
   await t.throwsAsync(componentStats(u as never), { message: /Expected an Int32Array .* for labels.data/ });
@@ -298,11 +326,20 @@ test("componentStats refuses more components than options.maxComponents before m
   const data = new Int32Array(64);
   for (let i = 0; i < 5; i++) data[i * 9] = i + 1; // 5 one-voxel components, labels 1..5
   const labels = volumeFromArray(data, [4, 4, 4]);
-  await t.throwsAsync(componentStats(labels, { maxComponents: 4 }), { message: "labels holds 5 components, more than options.maxComponents (4)" });
+  await t.throwsAsync(componentStats(labels, { maxComponents: 4 }), {
+    message: "labels holds 5 components, more than options.maxComponents (4)",
+  });
   t.is((await componentStats(labels, { maxComponents: 5 })).length, 5);
-  const sparse = volumeFromArray(data.map((v) => (v ? v * 1_000_003 : 0)), [4, 4, 4]);
-  await t.throwsAsync(componentStats(sparse, { maxComponents: 4 }), { message: "labels holds 5 components, more than options.maxComponents (4)" });
-  await t.throwsAsync(componentStats(labels, { maxComponents: -1 }), { message: /Expected a non-negative integer for options.maxComponents but received number -1/ });
+  const sparse = volumeFromArray(
+    data.map((v) => (v ? v * 1_000_003 : 0)),
+    [4, 4, 4],
+  );
+  await t.throwsAsync(componentStats(sparse, { maxComponents: 4 }), {
+    message: "labels holds 5 components, more than options.maxComponents (4)",
+  });
+  await t.throwsAsync(componentStats(labels, { maxComponents: -1 }), {
+    message: /Expected a non-negative integer for options.maxComponents but received number -1/,
+  });
 });
 
 test("sparse labels measure as their dense renumbering does (a monotonic relabelling changes only the label values)", async (t) => {
@@ -311,21 +348,38 @@ test("sparse labels measure as their dense renumbering does (a monotonic relabel
   const dense = await componentStats(labels, { classes: vol });
   const map = (v: number) => (v ? 70_000 + v * 9_973 : 0); // above the dense range, order kept
   const sparse = await componentStats({ ...labels, data: labels.data.map(map) }, { classes: vol });
-  t.deepEqual(sparse.map((s) => s.label), dense.map((s) => map(s.label)));
-  t.deepEqual(sparse.map((s) => ({ ...s, label: 0 })), dense.map((s) => ({ ...s, label: 0 })));
+  t.deepEqual(
+    sparse.map((s) => s.label),
+    dense.map((s) => map(s.label)),
+  );
+  t.deepEqual(
+    sparse.map((s) => ({ ...s, label: 0 })),
+    dense.map((s) => ({ ...s, label: 0 })),
+  );
 });
 
 test("asLabelVolume accepts integer labels in range and refuses a CT in Hounsfield units, with what came", async (t) => {
   const ct = volumeFromArray(new Int16Array([-1024, 40, 0, 700, 35, 0, 0, 1]), [2, 2, 2]);
-  await t.throwsAsync(asLabelVolume(ct, { name: "ct.nii.gz" }), { message: "ct.nii.gz holds values from -1024 to 700; labels are integers from 0 to 255 (is it a CT in Hounsfield units rather than labels?)" });
+  await t.throwsAsync(asLabelVolume(ct, { name: "ct.nii.gz" }), {
+    message:
+      "ct.nii.gz holds values from -1024 to 700; labels are integers from 0 to 255 (is it a CT in Hounsfield units rather than labels?)",
+  });
   const high = volumeFromArray(new Uint16Array([0, 300, 0, 0, 0, 0, 0, 1]), [2, 2, 2]);
-  await t.throwsAsync(asLabelVolume(high), { message: /volume holds values from 0 to 300; labels are integers from 0 to 255 \(raise the limit/ });
+  await t.throwsAsync(asLabelVolume(high), {
+    message: /volume holds values from 0 to 300; labels are integers from 0 to 255 \(raise the limit/,
+  });
   t.is(await asLabelVolume(high, { maxLabel: 300 }), high);
   const floats = volumeFromArray(new Float32Array([0, 2, 0, 5, 0, 0, 0, 1]), [2, 2, 2]);
   const conv = await asLabelVolume(floats);
   t.true(conv.data instanceof Uint8Array);
   t.deepEqual(Array.from(conv.data), [0, 2, 0, 5, 0, 0, 0, 1]);
-  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, 2.5, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), { message: /volume holds 2.5 at voxel 1; labels are integers/ });
-  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, NaN, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), { message: /volume holds 1 NaN or infinite voxel/ });
-  await t.throwsAsync(asLabelVolume(high, { maxLabel: -2 }), { message: /Expected an integer from 0 to 2147483647 for options.maxLabel but received number -2/ });
+  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, 2.5, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), {
+    message: /volume holds 2.5 at voxel 1; labels are integers/,
+  });
+  await t.throwsAsync(asLabelVolume(volumeFromArray(new Float32Array([0, NaN, 0, 0, 0, 0, 0, 0]), [2, 2, 2])), {
+    message: /volume holds 1 NaN or infinite voxel/,
+  });
+  await t.throwsAsync(asLabelVolume(high, { maxLabel: -2 }), {
+    message: /Expected an integer from 0 to 2147483647 for options.maxLabel but received number -2/,
+  });
 });

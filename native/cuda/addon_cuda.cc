@@ -24,8 +24,8 @@ using bhsd_napi::ints_of;
 using bhsd_napi::number_of;
 using bhsd_napi::PromiseWorker;
 using bhsd_napi::require;
-using bhsd_napi::view_of;
 using bhsd_napi::View;
+using bhsd_napi::view_of;
 
 constexpr std::int64_t BIG = std::int64_t(1) << 40;
 
@@ -118,7 +118,9 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   return o;
 }
 
-Napi::Value LastDeviceMs(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), bhsd_cuda::last_device_ms()); }
+Napi::Value LastDeviceMs(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), bhsd_cuda::last_device_ms());
+}
 
 Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
   bhsd_cuda::reset_peak();
@@ -157,8 +159,9 @@ bhsd_cuda::Precision precision_of(const Napi::Value& v) {
   return static_cast<bhsd_cuda::Precision>(int_of(v, "precision", 0, 3));
 }
 
-// conv3d(x, [N,C,D,H,W], w, [Co,kd,kh,kw], bias|0, strides, dilations, pads, groups, [Do,Ho,Wo], act, alpha, out, precision)
-// convTranspose3d(x, [N,C,D,H,W], w, [Cog,kd,kh,kw], bias|0, strides, dilations, pads, groups, [Do,Ho,Wo], out, precision)
+// conv3d(x, [N,C,D,H,W], w, [Co,kd,kh,kw], bias|0, strides, dilations, pads, groups, [Do,Ho,Wo], act, alpha, out,
+// precision) convTranspose3d(x, [N,C,D,H,W], w, [Cog,kd,kh,kw], bias|0, strides, dilations, pads, groups, [Do,Ho,Wo],
+// out, precision)
 Napi::Value ConvCommon(const Napi::CallbackInfo& info, bool transposed) {
   Napi::Env env = info.Env();
   const auto in = ints_of(info[1], 5, "input shape", 1, BIG), ws = ints_of(info[3], 4, "weight shape", 1, BIG);
@@ -176,8 +179,8 @@ Napi::Value ConvCommon(const Napi::CallbackInfo& info, bool transposed) {
   float* y = fout(info[at], N * Co * os[0] * os[1] * os[2], "out");
   const int act = transposed ? 0 : int(int_of(info[10], "act", 0, 2));
   const float alpha = transposed ? 0.f : float(number_of(info[11], "alpha"));
-  bhsd_cuda::ConvShape s{N, C, in[2], in[3], in[4], Co, os[0], os[1], os[2], ws[1], ws[2], ws[3],
-                         st[0], st[1], st[2], di[0], di[1], di[2], pa[0], pa[1], pa[2], groups};
+  bhsd_cuda::ConvShape s{N,     C,     in[2], in[3], in[4], Co,    os[0], os[1], os[2], ws[1], ws[2],
+                         ws[3], st[0], st[1], st[2], di[0], di[1], di[2], pa[0], pa[1], pa[2], groups};
   bhsd_cuda::conv3d(x, w, b, y, s, transposed, act, alpha, precision_of(info[at + 1]));
   return env.Undefined();
 }
@@ -198,7 +201,8 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
 
 // instanceNorm(x, N, C, S, scale|0, bias|0, eps, act, alpha, out)
 Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   bhsd_cuda::instance_norm(fbuf(info[0], N * C * S, "x"), fout(info[9], N * C * S, "out"), N, C, S,
                            fbuf(info[4], C, "scale", true), fbuf(info[5], C, "bias", true), number_of(info[6], "eps"),
                            int(int_of(info[7], "act", 0, 2)), float(number_of(info[8], "alpha")));
@@ -207,15 +211,18 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
 
 // batchNorm(x, N, C, S, scale, bias, mean, var, eps, out)
 Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::batch_norm(fbuf(info[0], N * C * S, "x"), fout(info[9], N * C * S, "out"), N, C, S, fbuf(info[4], C, "scale"),
-                        fbuf(info[5], C, "bias"), fbuf(info[6], C, "mean"), fbuf(info[7], C, "var"), number_of(info[8], "eps"));
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
+  bhsd_cuda::batch_norm(fbuf(info[0], N * C * S, "x"), fout(info[9], N * C * S, "out"), N, C, S,
+                        fbuf(info[4], C, "scale"), fbuf(info[5], C, "bias"), fbuf(info[6], C, "mean"),
+                        fbuf(info[7], C, "var"), number_of(info[8], "eps"));
   return info.Env().Undefined();
 }
 
 // unary(x, N, C, S, op, alpha, slope|0, slopeLen, out)
 Napi::Value Unary(const Napi::CallbackInfo& info) {
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const int op = int(int_of(info[4], "op", 0, 3));
   const std::int64_t sl = int_of(info[7], "slope length", 0, BIG);
   const float* slope = fbuf(info[6], sl, "slope", true);
@@ -242,8 +249,8 @@ Napi::Value Pool3d(const Napi::CallbackInfo& info) {
   const auto in = ints_of(info[2], 3, "input shape", 1, BIG), os = ints_of(info[3], 3, "output shape", 1, BIG);
   const auto k = ints_of(info[4], 3, "kernel", 1, BIG), s = ints_of(info[5], 3, "strides", 1, BIG),
              d = ints_of(info[6], 3, "dilations", 1, BIG), p = ints_of(info[7], 3, "pads", 0, BIG);
-  bhsd_cuda::pool3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[10], NC * os[0] * os[1] * os[2], "out"), NC,
-                    in.data(), os.data(), k.data(), s.data(), d.data(), p.data(), info[8].ToBoolean().Value(),
+  bhsd_cuda::pool3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[10], NC * os[0] * os[1] * os[2], "out"),
+                    NC, in.data(), os.data(), k.data(), s.data(), d.data(), p.data(), info[8].ToBoolean().Value(),
                     info[9].ToBoolean().Value());
   return info.Env().Undefined();
 }
@@ -255,21 +262,24 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
   View sc = view_of(info[4], "scales");
   require(sc.type == bhsd::DType::f64 && sc.length == 3, info.Env(), "scales must be a Float64Array of 3");
   const double* scales = static_cast<const double*>(sc.data);
-  bhsd_cuda::resize3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[8], NC * os[0] * os[1] * os[2], "out"), NC,
-                      in.data(), os.data(), scales, info[5].ToBoolean().Value(), int(int_of(info[6], "coordMode", 0, 3)),
-                      int(int_of(info[7], "nearestMode", 0, 3)));
+  bhsd_cuda::resize3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[8], NC * os[0] * os[1] * os[2], "out"),
+                      NC, in.data(), os.data(), scales, info[5].ToBoolean().Value(),
+                      int(int_of(info[6], "coordMode", 0, 3)), int(int_of(info[7], "nearestMode", 0, 3)));
   return info.Env().Undefined();
 }
 
 // softmax(x, N, C, S, out) / argmax(x, N, C, S, out: int32 buffer)
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   bhsd_cuda::softmax(fbuf(info[0], N * C * S, "x"), fout(info[4], N * C * S, "out"), N, C, S);
   return info.Env().Undefined();
 }
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::argmax(fbuf(info[0], N * C * S, "x"), reinterpret_cast<std::int32_t*>(fout(info[4], N * S, "out")), N, C, S);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
+  bhsd_cuda::argmax(fbuf(info[0], N * C * S, "x"), reinterpret_cast<std::int32_t*>(fout(info[4], N * S, "out")), N, C,
+                    S);
   return info.Env().Undefined();
 }
 
@@ -279,8 +289,8 @@ Napi::Value ConcatPart(const Napi::CallbackInfo& info) {
                      total = int_of(info[3], "total", 0, BIG), off = int_of(info[4], "offset", 0, BIG),
                      inner = int_of(info[5], "inner", 1, BIG);
   require(off + len <= total, info.Env(), "concat: the part lies outside the output");
-  bhsd_cuda::concat_part(fbuf(info[0], outer * len * inner, "x"), fout(info[6], outer * total * inner, "out"), outer, len,
-                         total, off, inner);
+  bhsd_cuda::concat_part(fbuf(info[0], outer * len * inner, "x"), fout(info[6], outer * total * inner, "out"), outer,
+                         len, total, off, inner);
   return info.Env().Undefined();
 }
 
@@ -307,8 +317,8 @@ Napi::Value ConnectedComponents(const Napi::CallbackInfo& info) {
       [count](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, double(*count)); }, {info[0], info[6]});
 }
 
-// surfaceMetrics(gt, pred, nx, ny, nz, sx, sy, sz, classes: Int32Array, boxes: Float64Array, tau) → Promise<Float64Array>
-// The distances on the GPU; the reductions (sum, max, 95th percentile, within τ) on the host, in
+// surfaceMetrics(gt, pred, nx, ny, nz, sx, sy, sz, classes: Int32Array, boxes: Float64Array, tau) →
+// Promise<Float64Array> The distances on the GPU; the reductions (sum, max, 95th percentile, within τ) on the host, in
 // the CPU's order, so that every number equals the CPU backends'.
 Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -323,8 +333,8 @@ Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
       env,
       [=] {
         const auto dist = bhsd_cuda::surface_distances(static_cast<const std::uint8_t*>(gt.data),
-                                                       static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz, sx,
-                                                       sy, sz, *classes, *boxes);
+                                                       static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz,
+                                                       sx, sy, sz, *classes, *boxes);
         for (const auto& cd : dist) {
           double out[2][5];  // count, sum, max, p95, within
           for (int dir = 0; dir < 2; ++dir) {
@@ -339,8 +349,8 @@ Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
             out[dir][0] = double(v.size()), out[dir][1] = sum, out[dir][2] = mx, out[dir][4] = within;
             out[dir][3] = v.empty() ? 0 : bhsd::edt_detail::percentile(v, 0.95);
           }
-          res->insert(res->end(), {out[0][0], out[1][0], out[0][1], out[1][1], out[0][2], out[1][2], out[0][3], out[1][3],
-                                   out[0][4], out[1][4]});
+          res->insert(res->end(), {out[0][0], out[1][0], out[0][1], out[1][1], out[0][2], out[1][2], out[0][3],
+                                   out[1][3], out[0][4], out[1][4]});
         }
       },
       [res](Napi::Env e) -> Napi::Value {
@@ -381,8 +391,20 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   add<ConcatPart>(env, exports, "concatPart");
   add<ConnectedComponents>(env, exports, "connectedComponents");
   add<SurfaceMetrics>(env, exports, "surfaceMetrics");
-  const char* ops[] = {"conv3d", "convTranspose3d", "convWeightGrad", "instanceNorm", "batchNorm", "unary", "binary",
-                       "pool3d", "resize3d", "softmax", "argmax", "concat", "connectedComponents", "surfaceMetrics"};
+  const char* ops[] = {"conv3d",
+                       "convTranspose3d",
+                       "convWeightGrad",
+                       "instanceNorm",
+                       "batchNorm",
+                       "unary",
+                       "binary",
+                       "pool3d",
+                       "resize3d",
+                       "softmax",
+                       "argmax",
+                       "concat",
+                       "connectedComponents",
+                       "surfaceMetrics"};
   Napi::Array a = Napi::Array::New(env, sizeof(ops) / sizeof(ops[0]));
   for (std::uint32_t i = 0; i < a.Length(); ++i) a.Set(i, ops[i]);
   exports.Set("ops", a);

@@ -11,20 +11,20 @@ namespace bhsd_cuda {
 
 [[noreturn]] inline void fail(cudaError_t e, const char* what) {
   cudaGetLastError();  // clear a non-sticky error so that the next call starts clean
-  throw std::runtime_error(std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" +
-                           cudaGetErrorString(e) + ")");
+  throw std::runtime_error(std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                           ")");
 }
 
-#define BHSD_CUDA(call)                          \
-  do {                                           \
-    cudaError_t bhsd_e_ = (call);                \
+#define BHSD_CUDA(call)                               \
+  do {                                                \
+    cudaError_t bhsd_e_ = (call);                     \
     if (bhsd_e_ != cudaSuccess) fail(bhsd_e_, #call); \
   } while (0)
 
 // After a launch: a bad configuration is reported here; faults inside the kernel at the next sync.
-#define BHSD_LAUNCHED(name)                      \
-  do {                                           \
-    cudaError_t bhsd_e_ = cudaGetLastError();    \
+#define BHSD_LAUNCHED(name)                          \
+  do {                                               \
+    cudaError_t bhsd_e_ = cudaGetLastError();        \
     if (bhsd_e_ != cudaSuccess) fail(bhsd_e_, name); \
   } while (0)
 

@@ -28,7 +28,7 @@ constexpr int LDA = BM + 4;  // floats per k-row of the A tile (voxels contiguou
 
 struct Params {
   const float* x;
-  const float* bp;   // packed weights [groups][Kp][Np], zero-padded
+  const float* bp;  // packed weights [groups][Kp][Np], zero-padded
   const float* b;
   float* y;
   const int4* ktab;  // per k: channel offset in x, kernel offsets along z y x (times dilation)
@@ -58,7 +58,9 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src) {
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 __global__ void ktab_kernel(int4* tab, int K, int kvol, int kh, int kw, int dd, int dh, int dw, std::int64_t DHW) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
@@ -72,11 +74,13 @@ __global__ void ktab_kernel(int4* tab, int K, int kvol, int kh, int kw, int dd, 
 __global__ void pack_weights(const float* w, float* bp, int groups, int K, int Kp, int Np, int Cg, int Cog, int kvol,
                              int transposed) {
   const std::int64_t n = std::int64_t(groups) * Kp * Np;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     const int co = int(i % Np), k = int((i / Np) % Kp), g = int(i / (std::int64_t(Np) * Kp));
     float v = 0.f;
     if (k < K && co < Cog) {
-      if (!transposed) v = w[(std::int64_t(g) * Cog + co) * K + k];
+      if (!transposed)
+        v = w[(std::int64_t(g) * Cog + co) * K + k];
       else {
         const int c = k / kvol, r = k - c * kvol;
         v = w[((std::int64_t(g) * Cg + c) * Cog + co) * kvol + r];
@@ -91,16 +95,23 @@ struct Smem {
   static constexpr int LDB = BN + 4;
   static constexpr int A_ST = BK * LDA, B_ST = BK * LDB, STAGE = A_ST + B_ST;
   static constexpr int PIPE_FLOATS = STAGES * STAGE;
-  static constexpr int WN = BN / 2;                        // each warp: 32 voxels × WN channels
-  static constexpr int HA = 16 * 40, HB = 16 * (WN + 8);   // per-warp half staging (fp16/bf16 modes)
+  static constexpr int WN = BN / 2;                       // each warp: 32 voxels × WN channels
+  static constexpr int HA = 16 * 40, HB = 16 * (WN + 8);  // per-warp half staging (fp16/bf16 modes)
   static constexpr int C_FLOATS = BN * (BM + 4);
   static constexpr int BYTES_F = (PIPE_FLOATS > C_FLOATS ? PIPE_FLOATS : C_FLOATS) * 4;
   static constexpr int BYTES_H = BYTES_F + 8 * (HA + HB) * 2;
 };
 
-template <class H> __device__ __forceinline__ H to_half(float v);
-template <> __device__ __forceinline__ __half to_half<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <class H>
+__device__ __forceinline__ H to_half(float v);
+template <>
+__device__ __forceinline__ __half to_half<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // MODE 0: fp32 FMA; 1: TF32 tensor cores; 2: fp16; 3: bf16 (A and B rounded per k-step into a
 // per-warp staging tile, accumulating in fp32).
@@ -153,7 +164,8 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
       int k = k0 + kb * (BK / 2);
       int c = k / kvol, r = k - c * kvol;
       int az = r / khw, r2 = r - az * khw, ay = r2 / p.kw, ax = r2 - ay * p.kw;
-      std::int64_t off = std::int64_t(c) * DHW + std::int64_t(az) * p.dd * HWs + std::int64_t(ay) * p.dh * p.W + ax * p.dw;
+      std::int64_t off =
+          std::int64_t(c) * DHW + std::int64_t(az) * p.dd * HWs + std::int64_t(ay) * p.dh * p.W + ax * p.dw;
 #pragma unroll 4
       for (int j = 0; j < BK / 2; ++j, ++k) {
         const bool ok = mvalid && k < p.K && ((mz >> az) & (my >> ay) & (mx >> ax) & 1u);
@@ -199,7 +211,7 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
   constexpr int JN = S::WN / 16;
   constexpr int WK = MODE == 1 ? 8 : 16;
   using FT = typename std::conditional<MODE == 1, wmma::precision::tf32,
-             typename std::conditional<MODE == 3, __nv_bfloat16, __half>::type>::type;
+                                       typename std::conditional<MODE == 3, __nv_bfloat16, __half>::type>::type;
   wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc[2][JN];
   constexpr int TN = BN / 16;  // FMA path: 8 voxels × TN channels per thread
   float facc[8][TN];
@@ -310,7 +322,8 @@ __global__ void __launch_bounds__(THREADS, 2) conv_pipe(Params p) {
     for (int i = 0; i < 2; ++i)
 #pragma unroll
       for (int j = 0; j < JN; ++j)
-        wmma::store_matrix_sync(Cs + (wn * S::WN + j * 16) * LDC + wm * 32 + i * 16, acc[i][j], LDC, wmma::mem_col_major);
+        wmma::store_matrix_sync(Cs + (wn * S::WN + j * 16) * LDC + wm * 32 + i * 16, acc[i][j], LDC,
+                                wmma::mem_col_major);
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -347,13 +360,20 @@ void launch(const Params& p, std::int64_t N) {
 template <int BN>
 void launch_mode(const Params& p, std::int64_t N, Precision prec) {
   switch (prec) {
-    case Precision::fp32: launch<BN, 0>(p, N); break;
-    case Precision::tf32: launch<BN, 1>(p, N); break;
-    case Precision::fp16: launch<BN, 2>(p, N); break;
-    case Precision::bf16: launch<BN, 3>(p, N); break;
+    case Precision::fp32:
+      launch<BN, 0>(p, N);
+      break;
+    case Precision::tf32:
+      launch<BN, 1>(p, N);
+      break;
+    case Precision::fp16:
+      launch<BN, 2>(p, N);
+      break;
+    case Precision::bf16:
+      launch<BN, 3>(p, N);
+      break;
   }
 }
-
 
 // ---- stride-1 convolutions in TF32: halo tiles and mma.sync ------------------------------------
 // The gather above loads each input value once per tap (27 times for 3×3×3). For the layers a
@@ -397,7 +417,8 @@ struct HaloParams {
 __global__ void pack_halo_weights(const float* w, float* wp, int groups, int nblocks, int chunks, int taps, int Cg,
                                   int Cog, int ldw, int ttap, int tkvol) {
   const std::int64_t n = std::int64_t(groups) * nblocks * chunks * taps * 8 * ldw;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     std::int64_t r = i;
     const int col = int(r % ldw);
     r /= ldw;
@@ -441,7 +462,8 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
   using S = Halo<KD, KH, KW, MODE>;
   extern __shared__ __align__(128) float sm[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int tx = blockIdx.x % p.tilesX, ty = (blockIdx.x / p.tilesX) % p.tilesY, oz = blockIdx.x / (p.tilesX * p.tilesY);
+  const int tx = blockIdx.x % p.tilesX, ty = (blockIdx.x / p.tilesX) % p.tilesY,
+            oz = blockIdx.x / (p.tilesX * p.tilesY);
   const int oy0 = ty * S::TY, ox0 = tx * S::TX;
   const int nb = blockIdx.y, ng = blockIdx.z, n = ng / p.groups, g = ng - n * p.groups;
   const std::int64_t HW = p.H * p.W, DHW = HW * p.D;
@@ -456,8 +478,10 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
       const int c = e / S::PLANE, r = e - c * S::PLANE;
       const int hz = r / (S::HY * S::HX), r2 = r - hz * (S::HY * S::HX), hy = r2 / S::HX, hx = r2 - hy * S::HX;
       const int cg = ch * S::CC + c, iz = z0 + hz, iy = y0 + hy, ix = x0 + hx;
-      const bool ok = cg < p.Cg && unsigned(iz) < unsigned(p.D) && unsigned(iy) < unsigned(p.H) && unsigned(ix) < unsigned(p.W);
-      cp_async4(hs + c * S::PL + r, ok ? xb + std::int64_t(cg) * DHW + (std::int64_t(iz) * p.H + iy) * p.W + ix : p.x, ok);
+      const bool ok =
+          cg < p.Cg && unsigned(iz) < unsigned(p.D) && unsigned(iy) < unsigned(p.H) && unsigned(ix) < unsigned(p.W);
+      cp_async4(hs + c * S::PL + r, ok ? xb + std::int64_t(cg) * DHW + (std::int64_t(iz) * p.H + iy) * p.W + ix : p.x,
+                ok);
     }
     const float* src = wsrc + std::int64_t(ch) * S::W_FLOATS;
     for (int v = tid; v < S::W_FLOATS / 4; v += 256) cp_async16(ws + v * 4, src + v * 4);
@@ -537,7 +561,8 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
                       : "r"(a[i][0]), "r"(a[i][1]), "r"(bfr[j]));
                 else
                   asm volatile(
-                      "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                      "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+                      "{%0,%1,%2,%3};\n"
                       : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
                       : "r"(a[i][0]), "r"(a[i][1]), "r"(bfr[j]));
               }
@@ -562,8 +587,8 @@ __global__ void __launch_bounds__(256, 2) conv_halo(HaloParams p) {
         const int cout = g * p.Cog + co;
         float v = acc[i][j][q];
         if (p.b) v += __ldg(p.b + cout);
-        p.y[((std::int64_t(n) * p.Co + cout) * p.fullD + zf) * p.fullH * p.fullW + yf * p.fullW + std::int64_t(ox) * p.msx + p.mox] =
-            activate(v, p.act, p.alpha);
+        p.y[((std::int64_t(n) * p.Co + cout) * p.fullD + zf) * p.fullH * p.fullW + yf * p.fullW +
+            std::int64_t(ox) * p.msx + p.mox] = activate(v, p.act, p.alpha);
       }
 }
 
@@ -623,10 +648,14 @@ bool halo_mode(const float* x, const float* w, const float* b, float* y, const C
 bool halo_conv(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int act, float alpha,
                Precision prec, const TapSplit& ts = TapSplit()) {
   switch (prec) {
-    case Precision::tf32: return halo_mode<1>(x, w, b, y, s, act, alpha, ts);
-    case Precision::fp16: return halo_mode<2>(x, w, b, y, s, act, alpha, ts);
-    case Precision::bf16: return halo_mode<3>(x, w, b, y, s, act, alpha, ts);
-    default: return false;
+    case Precision::tf32:
+      return halo_mode<1>(x, w, b, y, s, act, alpha, ts);
+    case Precision::fp16:
+      return halo_mode<2>(x, w, b, y, s, act, alpha, ts);
+    case Precision::bf16:
+      return halo_mode<3>(x, w, b, y, s, act, alpha, ts);
+    default:
+      return false;
   }
 }
 
@@ -636,9 +665,11 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
             float alpha, Precision prec) {
   const std::int64_t Cg = s.C / s.groups, Cog = s.Co / s.groups, kvol = s.kd * s.kh * s.kw;
   const std::int64_t K = Cg * kvol, M = s.Do * s.Ho * s.Wo;
-  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 30) || s.Do * s.Ho >= (std::int64_t(1) << 31) ||
-      s.kd > 32 || s.kh > 32 || s.kw > 32)
-    throw std::runtime_error("cuda: conv3d: one batch item of the input must hold fewer than 2^31 elements, and kernels at most 32 taps per axis");
+  if (s.C * s.D * s.H * s.W >= (std::int64_t(1) << 31) || K >= (std::int64_t(1) << 30) ||
+      s.Do * s.Ho >= (std::int64_t(1) << 31) || s.kd > 32 || s.kh > 32 || s.kw > 32)
+    throw std::runtime_error(
+        "cuda: conv3d: one batch item of the input must hold fewer than 2^31 elements, and kernels at most 32 taps per "
+        "axis");
   const int BN = Cog <= 32 ? 32 : 64;
   const std::int64_t Kp = (K + BK - 1) / BK * BK, Np = (Cog + BN - 1) / BN * BN;
   if (s.N * s.groups > 65535 || Np / BN > 65535)
@@ -669,11 +700,11 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
   }
   Scratch<int4> tab{static_cast<std::size_t>(K)};
   ktab_kernel<<<blocks_for(K, 256), 256, 0, stream()>>>(tab.p, int(K), int(kvol), int(s.kh), int(s.kw), int(s.dd),
-                                                         int(s.dh), int(s.dw), s.D * s.H * s.W);
+                                                        int(s.dh), int(s.dw), s.D * s.H * s.W);
   BHSD_LAUNCHED("conv3d table");
   Scratch<float> bp{static_cast<std::size_t>(s.groups * Kp * Np)};
-  pack_weights<<<blocks_for(s.groups * Kp * Np, 256), 256, 0, stream()>>>(w, bp.p, int(s.groups), int(K), int(Kp), int(Np),
-                                                                           int(Cg), int(Cog), int(kvol), transposed);
+  pack_weights<<<blocks_for(s.groups * Kp * Np, 256), 256, 0, stream()>>>(
+      w, bp.p, int(s.groups), int(K), int(Kp), int(Np), int(Cg), int(Cog), int(kvol), transposed);
   BHSD_LAUNCHED("conv3d weight packing");
   Params p{};
   p.x = x, p.bp = bp.p, p.b = b, p.y = y, p.ktab = tab.p;
@@ -689,16 +720,18 @@ void conv3d(const float* x, const float* w, const float* b, float* y, const Conv
   const char* skip = std::getenv("BHSD_CONV_SKIP");
   p.skip = skip ? std::atoi(skip) : 0;
 #endif
-  if (BN == 32) launch_mode<32>(p, s.N, prec);
-  else launch_mode<64>(p, s.N, prec);
+  if (BN == 32)
+    launch_mode<32>(p, s.N, prec);
+  else
+    launch_mode<64>(p, s.N, prec);
 }
 
 namespace {
 
 // One block per (ca, cb, kernel offset): the correlation summed over A's voxels.
 __global__ void weight_grad_kernel(const float* A, const float* B, float* out, int Ca, int Cb, int Da, int Ha, int Wa,
-                                   int Db, int Hb, int Wb, int kd, int kh, int kw, int sd, int sh, int sw, int pd, int ph,
-                                   int pw, int dd, int dh, int dw) {
+                                   int Db, int Hb, int Wb, int kd, int kh, int kw, int sd, int sh, int sw, int pd,
+                                   int ph, int pw, int dd, int dh, int dw) {
   const int kvol = kd * kh * kw;
   const int idx = blockIdx.x;
   const int r = idx % kvol, cb = (idx / kvol) % Cb, ca = idx / (kvol * Cb);
@@ -726,8 +759,8 @@ __global__ void weight_grad_kernel(const float* A, const float* B, float* out, i
 }  // namespace
 
 void conv_weight_grad(const float* A, const std::int64_t a[4], const float* B, const std::int64_t b[4],
-                      const std::int64_t k[3], const std::int64_t s[3], const std::int64_t p[3], const std::int64_t d[3],
-                      float* out) {
+                      const std::int64_t k[3], const std::int64_t s[3], const std::int64_t p[3],
+                      const std::int64_t d[3], float* out) {
   const std::int64_t blocks = a[0] * b[0] * k[0] * k[1] * k[2];
   if (blocks == 0) return;
   if (blocks > 0x7fffffff) throw std::runtime_error("cuda: convWeightGrad: too many weights for one launch");

@@ -21,31 +21,31 @@ MemoryStats memory_stats();
 void release_cache();
 void reset_peak();
 
-void copy_to_device(void* dst, const void* src, std::size_t bytes);    // waits for the copy
-void copy_to_host(void* dst, const void* src, std::size_t bytes);      // waits for the stream
-void synchronize();                                                     // waits for the stream
+void copy_to_device(void* dst, const void* src, std::size_t bytes);  // waits for the copy
+void copy_to_host(void* dst, const void* src, std::size_t bytes);    // waits for the stream
+void synchronize();                                                  // waits for the stream
 
 // ---- tensor operations (float32, NCDHW, device pointers) ---------------------------------------
 enum class Precision { fp32 = 0, tf32 = 1, fp16 = 2, bf16 = 3 };
 
 struct ConvShape {
-  std::int64_t N, C, D, H, W;        // input
-  std::int64_t Co, Do, Ho, Wo;       // output
+  std::int64_t N, C, D, H, W;   // input
+  std::int64_t Co, Do, Ho, Wo;  // output
   std::int64_t kd, kh, kw;
   std::int64_t sd, sh, sw, dd, dh, dw, pd, ph, pw;  // stride, dilation, leading pads
   std::int64_t groups;
 };
 // y = act(conv(x, w) + b). transposed: w is [C, Co/groups, k…] and the op is ConvTranspose.
-void conv3d(const float* x, const float* w, const float* b, float* y, const ConvShape& s, bool transposed,
-            int act, float alpha, Precision p);
+void conv3d(const float* x, const float* w, const float* b, float* y, const ConvShape& s, bool transposed, int act,
+            float alpha, Precision p);
 // out[ca, cb, k…] += Σ_o A[ca, o] · B[cb, o·s − p + k·d] for one batch item.
 void conv_weight_grad(const float* A, const std::int64_t a[4], const float* B, const std::int64_t b[4],
                       const std::int64_t k[3], const std::int64_t s[3], const std::int64_t p[3],
                       const std::int64_t d[3], float* out);
-void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                   const float* scale, const float* bias, double eps, int act, float alpha);
-void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                const float* scale, const float* bias, const float* mean, const float* var, double eps);
+void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, const float* scale,
+                   const float* bias, double eps, int act, float alpha);
+void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, const float* scale,
+                const float* bias, const float* mean, const float* var, double eps);
 void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, int op, float alpha,
            const float* slope, std::int64_t slope_len);
 void binary(const float* a, const float* b, float* y, const std::int64_t shape[6], const std::int64_t sa[6],

@@ -16,8 +16,8 @@ namespace bhsd_cuda {
 namespace {
 
 std::mutex mu;
-std::multimap<std::size_t, void*> cache;        // free blocks by size
-std::unordered_map<void*, std::size_t> sizes;   // live blocks
+std::multimap<std::size_t, void*> cache;       // free blocks by size
+std::unordered_map<void*, std::size_t> sizes;  // live blocks
 std::size_t live_bytes = 0, peak_bytes = 0, cached_bytes = 0;
 cudaStream_t the_stream = nullptr;
 
@@ -70,8 +70,8 @@ void* device_alloc(std::size_t bytes) {
       std::size_t free_b = 0, total_b = 0;
       cudaMemGetInfo(&free_b, &total_b);
       throw std::runtime_error("cuda: cannot allocate " + std::to_string(n) + " bytes on the GPU (" +
-                               std::to_string(free_b) + " of " + std::to_string(total_b) + " free): " +
-                               cudaGetErrorString(e));
+                               std::to_string(free_b) + " of " + std::to_string(total_b) +
+                               " free): " + cudaGetErrorString(e));
     }
   }
   sizes[p] = n;

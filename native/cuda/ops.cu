@@ -15,8 +15,9 @@ namespace {
 
 constexpr int T = 256;
 
-#define GRID_LOOP(i, n) \
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += std::int64_t(gridDim.x) * blockDim.x)
+#define GRID_LOOP(i, n)                                                               \
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += std::int64_t(gridDim.x) * blockDim.x)
 
 unsigned grid_for(std::int64_t n) {
   const std::int64_t b = (n + T - 1) / T;
@@ -91,7 +92,8 @@ __global__ void instance_norm_apply(const float* x, float* y, std::int64_t C, st
 }
 
 __global__ void batch_norm_kernel(const float* x, float* y, std::int64_t C, std::int64_t S, std::int64_t n,
-                                  const float* scale, const float* bias, const float* mean, const float* var, double eps) {
+                                  const float* scale, const float* bias, const float* mean, const float* var,
+                                  double eps) {
   GRID_LOOP(i, n) {
     const std::int64_t c = (i / S) % C;
     const double inv = 1.0 / sqrt(double(var[c]) + eps);
@@ -106,9 +108,15 @@ __global__ void unary_kernel(const float* x, float* y, std::int64_t C, std::int6
     const float v = x[i];
     float r;
     switch (op) {
-      case 0: r = v > 0 ? v : 0.f; break;
-      case 1: r = v > 0 ? v : v * alpha; break;
-      case 2: r = float(1.0 / (1.0 + exp(-double(v)))); break;
+      case 0:
+        r = v > 0 ? v : 0.f;
+        break;
+      case 1:
+        r = v > 0 ? v : v * alpha;
+        break;
+      case 2:
+        r = float(1.0 / (1.0 + exp(-double(v))));
+        break;
       default: {
         const float s = slope[slope_len == 1 ? 0 : (i / S) % C];
         r = v > 0 ? v : v * s;
@@ -156,10 +164,14 @@ struct Resize3 {
 
 __device__ double resize_coord(std::int64_t i, std::int64_t in, std::int64_t out, double scale, int m) {
   switch (m) {
-    case 0: return (double(i) + 0.5) / scale - 0.5;
-    case 1: return out > 1 ? (double(i) + 0.5) / scale - 0.5 : 0.0;
-    case 2: return out > 1 ? double(i) * double(in - 1) / double(out - 1) : 0.0;
-    default: return double(i) / scale;
+    case 0:
+      return (double(i) + 0.5) / scale - 0.5;
+    case 1:
+      return out > 1 ? (double(i) + 0.5) / scale - 0.5 : 0.0;
+    case 2:
+      return out > 1 ? double(i) * double(in - 1) / double(out - 1) : 0.0;
+    default:
+      return double(i) / scale;
   }
 }
 
@@ -176,10 +188,18 @@ __device__ void resize_axis(std::int64_t i, const Resize3& g, int ax, bool linea
   } else {
     double r;
     switch (nm) {
-      case 0: r = (c - floor(c) == 0.5) ? floor(c) : round(c); break;
-      case 1: r = (c - floor(c) == 0.5) ? ceil(c) : round(c); break;
-      case 2: r = floor(c); break;
-      default: r = ceil(c); break;
+      case 0:
+        r = (c - floor(c) == 0.5) ? floor(c) : round(c);
+        break;
+      case 1:
+        r = (c - floor(c) == 0.5) ? ceil(c) : round(c);
+        break;
+      case 2:
+        r = floor(c);
+        break;
+      default:
+        r = ceil(c);
+        break;
     }
     std::int64_t k = std::int64_t(r);
     if (k < 0) k = 0;
@@ -253,7 +273,8 @@ __global__ void concat_kernel(const float* x, float* y, std::int64_t n, std::int
 void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t S, const float* scale,
                    const float* bias, double eps, int act, float alpha) {
   const std::int64_t chunks = (S + IN_CHUNK - 1) / IN_CHUNK;
-  if (N * C > 65535 || chunks > 0x7fffffff) throw std::runtime_error("cuda: instanceNorm: more than 65535 channels × batch items");
+  if (N * C > 65535 || chunks > 0x7fffffff)
+    throw std::runtime_error("cuda: instanceNorm: more than 65535 channels × batch items");
   Scratch<double> part(static_cast<std::size_t>(N * C * chunks * 3));
   const dim3 grid(unsigned(chunks), unsigned(N * C));
   instance_norm_partial<<<grid, 256, 0, stream()>>>(x, S, chunks, part.p);
@@ -287,10 +308,11 @@ void binary(const float* a, const float* b, float* y, const std::int64_t shape[6
 }
 
 void pool3d(const float* x, float* y, std::int64_t NC, const std::int64_t in[3], const std::int64_t out[3],
-            const std::int64_t k[3], const std::int64_t s[3], const std::int64_t d[3], const std::int64_t p[3], bool max,
-            bool cip) {
+            const std::int64_t k[3], const std::int64_t s[3], const std::int64_t d[3], const std::int64_t p[3],
+            bool max, bool cip) {
   Pool3 g;
-  for (int a = 0; a < 3; ++a) g.g.in[a] = in[a], g.out[a] = out[a], g.g.k[a] = k[a], g.g.s[a] = s[a], g.g.d[a] = d[a], g.g.p[a] = p[a];
+  for (int a = 0; a < 3; ++a)
+    g.g.in[a] = in[a], g.out[a] = out[a], g.g.k[a] = k[a], g.g.s[a] = s[a], g.g.d[a] = d[a], g.g.p[a] = p[a];
   const std::int64_t n = NC * out[0] * out[1] * out[2];
   pool_kernel<<<grid_for(n), T, 0, stream()>>>(x, y, n, g, max, cip);
   BHSD_LAUNCHED("pool3d kernel");
@@ -315,8 +337,8 @@ void argmax(const float* x, std::int32_t* y, std::int64_t N, std::int64_t C, std
   BHSD_LAUNCHED("argmax kernel");
 }
 
-void concat_part(const float* x, float* y, std::int64_t outer, std::int64_t len, std::int64_t total, std::int64_t offset,
-                 std::int64_t inner) {
+void concat_part(const float* x, float* y, std::int64_t outer, std::int64_t len, std::int64_t total,
+                 std::int64_t offset, std::int64_t inner) {
   const std::int64_t n = outer * len * inner;
   if (n == 0) return;
   concat_kernel<<<grid_for(n), T, 0, stream()>>>(x, y, n, len, total, offset, inner);

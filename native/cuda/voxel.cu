@@ -56,7 +56,8 @@ Neighbours backward_neighbours(int connectivity) {
 
 template <class T>
 __global__ void ccl_init(const T* data, unsigned* L, std::int64_t n) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x)
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x)
     L[i] = is_fg(data[i]) ? unsigned(i) : NONE;
 }
 
@@ -89,7 +90,8 @@ __device__ void unite(unsigned* L, unsigned a, unsigned b) {
 template <class T>
 __global__ void ccl_merge(const T* data, unsigned* L, int nx, int ny, int nz, Neighbours nb, bool per_class) {
   const std::int64_t n = std::int64_t(nx) * ny * nz;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     const T v = data[i];
     if (!is_fg(v)) continue;
     const int x = int(i % nx), y = int((i / nx) % ny), z = int(i / (std::int64_t(nx) * ny));
@@ -105,7 +107,8 @@ __global__ void ccl_merge(const T* data, unsigned* L, int nx, int ny, int nz, Ne
 }
 
 __global__ void ccl_flatten(unsigned* L, std::int64_t n) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     const unsigned l = L[i];
     if (l != NONE) L[i] = find_root(L, unsigned(i));
   }
@@ -151,7 +154,8 @@ __global__ void root_ranks(const unsigned* L, std::int64_t n, const unsigned* of
 }
 
 __global__ void ccl_paint(const unsigned* L, const unsigned* rank, std::int32_t* out, std::int64_t n) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     const unsigned l = L[i];
     out[i] = l == NONE ? 0 : std::int32_t(rank[l] + 1);
   }
@@ -199,8 +203,8 @@ std::vector<unsigned> scan_counts(const unsigned* dev_counts, std::int64_t block
 }
 
 template <class T>
-std::int64_t ccl_typed(const T* host, std::int64_t nx, std::int64_t ny, std::int64_t nz, int connectivity, bool per_class,
-                       std::int32_t* out) {
+std::int64_t ccl_typed(const T* host, std::int64_t nx, std::int64_t ny, std::int64_t nz, int connectivity,
+                       bool per_class, std::int32_t* out) {
   const std::int64_t n = nx * ny * nz;
   cudaStream_t s = stream();
   Scratch<T> data(static_cast<std::size_t>(n));
@@ -209,7 +213,8 @@ std::int64_t ccl_typed(const T* host, std::int64_t nx, std::int64_t ny, std::int
   Scratch<unsigned> L(static_cast<std::size_t>(n));
   ccl_init<T><<<grid_of(n), 256, 0, s>>>(data.p, L.p, n);
   BHSD_LAUNCHED("components init");
-  ccl_merge<T><<<grid_of(n), 256, 0, s>>>(data.p, L.p, int(nx), int(ny), int(nz), backward_neighbours(connectivity), per_class);
+  ccl_merge<T>
+      <<<grid_of(n), 256, 0, s>>>(data.p, L.p, int(nx), int(ny), int(nz), backward_neighbours(connectivity), per_class);
   BHSD_LAUNCHED("components merge");
   ccl_flatten<<<grid_of(n), 256, 0, s>>>(L.p, n);
   BHSD_LAUNCHED("components flatten");
@@ -233,11 +238,12 @@ std::int64_t ccl_typed(const T* host, std::int64_t nx, std::int64_t ny, std::int
 
 // ---- distances --------------------------------------------------------------------------------
 
-__global__ void box_surfaces(const std::uint8_t* gt, const std::uint8_t* pred, std::uint8_t* sg, std::uint8_t* sp, int c,
-                             std::int64_t nx, std::int64_t ny, std::int64_t x0, std::int64_t y0, std::int64_t z0,
+__global__ void box_surfaces(const std::uint8_t* gt, const std::uint8_t* pred, std::uint8_t* sg, std::uint8_t* sp,
+                             int c, std::int64_t nx, std::int64_t ny, std::int64_t x0, std::int64_t y0, std::int64_t z0,
                              std::int64_t w, std::int64_t h, std::int64_t d) {
   const std::int64_t n = w * h * d;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
     const std::int64_t x = i % w, y = (i / w) % h, z = i / (w * h);
     const std::int64_t src = ((z + z0) * ny + (y + y0)) * nx + (x + x0);
     const bool edge = x == 0 || x == w - 1 || y == 0 || y == h - 1 || z == 0 || z == d - 1;
@@ -314,12 +320,13 @@ std::vector<double> gather(const std::uint8_t* flags, const double* vals, std::i
   return out;
 }
 
-void edt_squared(const std::uint8_t* feat, std::int64_t w, std::int64_t h, std::int64_t d, double sx, double sy, double sz,
-                 double* out) {
+void edt_squared(const std::uint8_t* feat, std::int64_t w, std::int64_t h, std::int64_t d, double sx, double sy,
+                 double sz, double* out) {
   cudaStream_t s = stream();
   edt_x<<<blocks_for(h * d, 128), 128, 0, s>>>(feat, out, w, h * d, sx);
   BHSD_LAUNCHED("edt x");
-  auto pass = [&](std::int64_t n, std::int64_t stride, std::int64_t groups, std::int64_t glen, std::int64_t gstride, double sp) {
+  auto pass = [&](std::int64_t n, std::int64_t stride, std::int64_t groups, std::int64_t glen, std::int64_t gstride,
+                  double sp) {
     const std::int64_t lines = groups * glen;
     Scratch<double> fs(static_cast<std::size_t>(n * lines)), zs(static_cast<std::size_t>((n + 1) * lines));
     Scratch<std::int64_t> vs(static_cast<std::size_t>(n * lines));
@@ -337,26 +344,36 @@ double last_device_ms() { return last_ms; }
 std::int64_t connected_components(const void* data, int dtype, std::int64_t nx, std::int64_t ny, std::int64_t nz,
                                   int connectivity, bool per_class, std::int32_t* out) {
   const std::int64_t n = nx * ny * nz;
-  if (n >= std::int64_t(NONE)) throw std::runtime_error("cuda: connectedComponents: the volume must hold fewer than 2^32 − 1 voxels");
+  if (n >= std::int64_t(NONE))
+    throw std::runtime_error("cuda: connectedComponents: the volume must hold fewer than 2^32 − 1 voxels");
   if (nx >= (std::int64_t(1) << 31) || ny >= (std::int64_t(1) << 31) || nz >= (std::int64_t(1) << 31))
     throw std::runtime_error("cuda: connectedComponents: an axis is too long");
   if (n == 0) return 0;
   switch (dtype) {
-    case 0: return ccl_typed(static_cast<const std::uint8_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 1: return ccl_typed(static_cast<const std::int8_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 2: return ccl_typed(static_cast<const std::int16_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 3: return ccl_typed(static_cast<const std::uint16_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 4: return ccl_typed(static_cast<const std::int32_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 5: return ccl_typed(static_cast<const std::uint32_t*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 6: return ccl_typed(static_cast<const float*>(data), nx, ny, nz, connectivity, per_class, out);
-    case 7: return ccl_typed(static_cast<const double*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 0:
+      return ccl_typed(static_cast<const std::uint8_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 1:
+      return ccl_typed(static_cast<const std::int8_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 2:
+      return ccl_typed(static_cast<const std::int16_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 3:
+      return ccl_typed(static_cast<const std::uint16_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 4:
+      return ccl_typed(static_cast<const std::int32_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 5:
+      return ccl_typed(static_cast<const std::uint32_t*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 6:
+      return ccl_typed(static_cast<const float*>(data), nx, ny, nz, connectivity, per_class, out);
+    case 7:
+      return ccl_typed(static_cast<const double*>(data), nx, ny, nz, connectivity, per_class, out);
   }
   throw std::runtime_error("cuda: connectedComponents: unknown element type");
 }
 
 std::vector<SurfaceDistances> surface_distances(const std::uint8_t* gt, const std::uint8_t* pred, std::int64_t nx,
                                                 std::int64_t ny, std::int64_t nz, double sx, double sy, double sz,
-                                                const std::vector<int>& classes, const std::vector<std::int64_t>& boxes) {
+                                                const std::vector<int>& classes,
+                                                const std::vector<std::int64_t>& boxes) {
   const std::int64_t nv = nx * ny * nz;
   Scratch<std::uint8_t> g(static_cast<std::size_t>(nv)), p(static_cast<std::size_t>(nv));
   copy_to_device(g.p, gt, std::size_t(nv));

@@ -22,8 +22,9 @@ Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto pool = pool_of(env);
   auto out = std::make_shared<double>(0);
-  return PromiseWorker::Start(env, [pool, out] { *out = bhsd::fma_peak_gflops(*pool); },
-                              [out](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *out); }, {});
+  return PromiseWorker::Start(
+      env, [pool, out] { *out = bhsd::fma_peak_gflops(*pool); },
+      [out](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *out); }, {});
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -50,9 +51,7 @@ Napi::Value VoxelStats(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(
       env,
       [src, pool, out] {
-        *out = bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
-          return bhsd::voxel_stats(p, src.length, *pool);
-        });
+        *out = bhsd::visit_dtype(src.type, src.data, [&](auto* p) { return bhsd::voxel_stats(p, src.length, *pool); });
       },
       [out](Napi::Env e) -> Napi::Value {
         Napi::Object o = Napi::Object::New(e);
@@ -75,14 +74,14 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
   if (dst.type != bhsd::DType::f32 || dst.length != src.length)
     throw Napi::RangeError::New(env, "native: dst must be a Float32Array as long as src");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(
-      env,
-      [src, dst, slope, inter, pool] {
-        bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
-          bhsd::rescale_to_f32(p, src.length, slope, inter, static_cast<float*>(dst.data), *pool);
-        });
-      },
-      nullptr, {info[0], info[3]});
+  return PromiseWorker::Start(env,
+                              [src, dst, slope, inter, pool] {
+                                bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+                                  bhsd::rescale_to_f32(p, src.length, slope, inter, static_cast<float*>(dst.data),
+                                                       *pool);
+                                });
+                              },
+                              nullptr, {info[0], info[3]});
 }
 
 // connectedComponents(data, nx, ny, nz, connectivity, perClass, out: Int32Array zero-filled) → Promise<count>
@@ -103,12 +102,11 @@ Napi::Value ConnectedComponents(const Napi::CallbackInfo& info) {
       env,
       [=] {
         *count = bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
-          return bhsd::connected_components(p, d.nx, d.ny, d.nz, conn, per_class,
-                                            static_cast<std::int32_t*>(out.data), *pool);
+          return bhsd::connected_components(p, d.nx, d.ny, d.nz, conn, per_class, static_cast<std::int32_t*>(out.data),
+                                            *pool);
         });
       },
-      [count](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, double(*count)); },
-      {info[0], info[6]});
+      [count](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, double(*count)); }, {info[0], info[6]});
 }
 
 // componentStats(labels, nx, ny, nz, count, classes | null, out: Float64Array(count*11)) → Promise<void>
@@ -120,36 +118,41 @@ Napi::Value ComponentStats(const Napi::CallbackInfo& info) {
   const bool has_classes = !info[5].IsNull() && !info[5].IsUndefined();
   View cls = has_classes ? view_of(info[5], "classes") : View{bhsd::DType::u8, nullptr, 0};
   View out = out_view_of(info[6], "out");
-  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
+  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env,
+          "labels must be an Int32Array of nx*ny*nz");
   require(!has_classes || cls.length == lab.length, env, "classes must be as long as labels");
-  require(out.type == bhsd::DType::f64 && std::int64_t(out.length) == count * bhsd::STATS, env, "out must be a Float64Array of count*11");
+  require(out.type == bhsd::DType::f64 && std::int64_t(out.length) == count * bhsd::STATS, env,
+          "out must be a Float64Array of count*11");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(
-      env,
-      [=] {
-        auto* l = static_cast<const std::int32_t*>(lab.data);
-        auto* o = static_cast<double*>(out.data);
-        if (!has_classes) {
-          bhsd::component_stats<std::uint8_t>(l, d.nx, d.ny, d.nz, count, nullptr, o, *pool);
-          return;
-        }
-        bhsd::visit_dtype(cls.type, cls.data, [&](auto* c) {
-          bhsd::component_stats(l, d.nx, d.ny, d.nz, count, c, o, *pool);
-        });
-      },
-      nullptr, {info[0], info[5], info[6]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                auto* l = static_cast<const std::int32_t*>(lab.data);
+                                auto* o = static_cast<double*>(out.data);
+                                if (!has_classes) {
+                                  bhsd::component_stats<std::uint8_t>(l, d.nx, d.ny, d.nz, count, nullptr, o, *pool);
+                                  return;
+                                }
+                                bhsd::visit_dtype(cls.type, cls.data, [&](auto* c) {
+                                  bhsd::component_stats(l, d.nx, d.ny, d.nz, count, c, o, *pool);
+                                });
+                              },
+                              nullptr, {info[0], info[5], info[6]});
 }
 
-// componentSliceAreas(labels, nx, ny, nz, count, zmin: Int32Array, offsets: Float64Array(count+1), out: Uint32Array) → Promise<void>
+// componentSliceAreas(labels, nx, ny, nz, count, zmin: Int32Array, offsets: Float64Array(count+1), out: Uint32Array) →
+// Promise<void>
 Napi::Value ComponentSliceAreas(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   View lab = view_of(info[0], "labels");
   Dims d = dims_of(info, 1);
   const std::int64_t count = int_of(info[4], "count", 0, (std::int64_t(1) << 31) - 1);
   View zmin = view_of(info[5], "zmin"), offs = view_of(info[6], "offsets"), out = out_view_of(info[7], "out");
-  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env, "labels must be an Int32Array of nx*ny*nz");
-  require(zmin.type == bhsd::DType::i32 && std::int64_t(zmin.length) == count, env, "zmin must be an Int32Array of count");
-  require(offs.type == bhsd::DType::f64 && std::int64_t(offs.length) == count + 1, env, "offsets must be a Float64Array of count+1");
+  require(lab.type == bhsd::DType::i32 && std::int64_t(lab.length) == d.n(), env,
+          "labels must be an Int32Array of nx*ny*nz");
+  require(zmin.type == bhsd::DType::i32 && std::int64_t(zmin.length) == count, env,
+          "zmin must be an Int32Array of count");
+  require(offs.type == bhsd::DType::f64 && std::int64_t(offs.length) == count + 1, env,
+          "offsets must be a Float64Array of count+1");
   require(out.type == bhsd::DType::u32, env, "out must be a Uint32Array");
   auto offsets = std::make_shared<std::vector<std::int64_t>>(std::size_t(count + 1));
   const double* od = static_cast<const double*>(offs.data);
@@ -159,14 +162,14 @@ Napi::Value ComponentSliceAreas(const Napi::CallbackInfo& info) {
   }
   require(std::int64_t(out.length) >= (*offsets)[count], env, "out is shorter than offsets[count]");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(
-      env,
-      [=] {
-        bhsd::component_slice_areas(static_cast<const std::int32_t*>(lab.data), d.nx, d.ny, d.nz, count,
-                                    static_cast<const std::int32_t*>(zmin.data), offsets->data(),
-                                    static_cast<std::uint32_t*>(out.data), *pool);
-      },
-      nullptr, {info[0], info[5], info[7]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::component_slice_areas(static_cast<const std::int32_t*>(lab.data), d.nx, d.ny,
+                                                            d.nz, count, static_cast<const std::int32_t*>(zmin.data),
+                                                            offsets->data(), static_cast<std::uint32_t*>(out.data),
+                                                            *pool);
+                              },
+                              nullptr, {info[0], info[5], info[7]});
 }
 
 // selectComponents(src, labels: Int32Array, keep: Uint8Array(count+1), out: same type as src) → Promise<void>
@@ -178,17 +181,17 @@ Napi::Value SelectComponents(const Napi::CallbackInfo& info) {
   require(keep.type == bhsd::DType::u8 && keep.length >= 1, env, "keep must be a non-empty Uint8Array");
   require(out.type == src.type && out.length == src.length, env, "out must match src");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(
-      env,
-      [=] {
-        bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
-          using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
-          bhsd::select_components(p, static_cast<const std::int32_t*>(lab.data), std::int64_t(src.length),
-                                  static_cast<const std::uint8_t*>(keep.data), std::int64_t(keep.length) - 1,
-                                  static_cast<T*>(out.data), *pool);
-        });
-      },
-      nullptr, {info[0], info[1], info[2], info[3]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+                                  using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
+                                  bhsd::select_components(
+                                      p, static_cast<const std::int32_t*>(lab.data), std::int64_t(src.length),
+                                      static_cast<const std::uint8_t*>(keep.data), std::int64_t(keep.length) - 1,
+                                      static_cast<T*>(out.data), *pool);
+                                });
+                              },
+                              nullptr, {info[0], info[1], info[2], info[3]});
 }
 
 // narrowLabels(src, nx, ny, nz, maxLabel, out: Uint8Array, what: string) → Promise<void>
@@ -202,14 +205,14 @@ Napi::Value NarrowLabels(const Napi::CallbackInfo& info) {
   require(std::int64_t(src.length) == d.n(), env, "src length does not match nx*ny*nz");
   require(out.type == bhsd::DType::u8 && out.length == src.length, env, "out must be a Uint8Array as long as src");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(
-      env,
-      [=] {
-        bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
-          bhsd::narrow_labels(p, d.nx, d.ny, d.nz, max_label, static_cast<std::uint8_t*>(out.data), what.c_str(), *pool);
-        });
-      },
-      nullptr, {info[0], info[5]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::visit_dtype(src.type, src.data, [&](auto* p) {
+                                  bhsd::narrow_labels(p, d.nx, d.ny, d.nz, max_label,
+                                                      static_cast<std::uint8_t*>(out.data), what.c_str(), *pool);
+                                });
+                              },
+                              nullptr, {info[0], info[5]});
 }
 
 // Cancellation (see bhsd::CancelFlag): cancelToken() → an opaque token; cancel(token) stops the
@@ -237,8 +240,10 @@ Napi::Value Cancel(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value CancelNext(const Napi::CallbackInfo& info) {
-  if (info[0].IsNull() || info[0].IsUndefined()) pending_cancel().reset();
-  else pending_cancel() = token_of(info[0]);
+  if (info[0].IsNull() || info[0].IsUndefined())
+    pending_cancel().reset();
+  else
+    pending_cancel() = token_of(info[0]);
   return info.Env().Undefined();
 }
 
@@ -283,8 +288,8 @@ Napi::Value LabelPairStats(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(
       env,
       [=] {
-        *res = bhsd::label_pair_stats(static_cast<const std::uint8_t*>(gt.data), static_cast<const std::uint8_t*>(pred.data),
-                                      d.nx, d.ny, d.nz, L, *pool);
+        *res = bhsd::label_pair_stats(static_cast<const std::uint8_t*>(gt.data),
+                                      static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz, L, *pool);
       },
       [res](Napi::Env e) -> Napi::Value {
         Napi::Object o = Napi::Object::New(e);
@@ -312,15 +317,14 @@ Napi::Value SurfaceMetrics(const Napi::CallbackInfo& info) {
       env,
       [=] {
         for (std::size_t k = 0; k < classes->size(); ++k) {
-          bhsd::SurfaceMetrics m = bhsd::surface_metrics(
-              static_cast<const std::uint8_t*>(gt.data), static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz,
-              sx, sy, sz, (*classes)[k], boxes->data() + 6 * k, tau, *pool);
-          res->insert(res->end(), {m.n_pred, m.n_gt, m.sum_pg, m.sum_gp, m.max_pg, m.max_gp, m.p95_pg,
-                                   m.p95_gp, m.within_pg, m.within_gp});
+          bhsd::SurfaceMetrics m = bhsd::surface_metrics(static_cast<const std::uint8_t*>(gt.data),
+                                                         static_cast<const std::uint8_t*>(pred.data), d.nx, d.ny, d.nz,
+                                                         sx, sy, sz, (*classes)[k], boxes->data() + 6 * k, tau, *pool);
+          res->insert(res->end(), {m.n_pred, m.n_gt, m.sum_pg, m.sum_gp, m.max_pg, m.max_gp, m.p95_pg, m.p95_gp,
+                                   m.within_pg, m.within_gp});
         }
       },
-      [res](Napi::Env e) -> Napi::Value { return float64_of(e, res->data(), res->size()); },
-      {info[0], info[1]});
+      [res](Napi::Env e) -> Napi::Value { return float64_of(e, res->data(), res->size()); }, {info[0], info[1]});
 }
 
 }  // namespace

@@ -26,9 +26,7 @@ struct AddonData {
   std::shared_ptr<bhsd::ThreadPool> pool;
 };
 
-inline std::shared_ptr<bhsd::ThreadPool> pool_of(Napi::Env env) {
-  return env.GetInstanceData<AddonData>()->pool;
-}
+inline std::shared_ptr<bhsd::ThreadPool> pool_of(Napi::Env env) { return env.GetInstanceData<AddonData>()->pool; }
 
 // A typed array's element type, data and length, as a native call may use them on another thread.
 struct View {
@@ -39,10 +37,16 @@ struct View {
 
 inline std::size_t dtype_bytes(bhsd::DType t) {
   switch (t) {
-    case bhsd::DType::u8: case bhsd::DType::i8: return 1;
-    case bhsd::DType::i16: case bhsd::DType::u16: return 2;
-    case bhsd::DType::f64: return 8;
-    default: return 4;
+    case bhsd::DType::u8:
+    case bhsd::DType::i8:
+      return 1;
+    case bhsd::DType::i16:
+    case bhsd::DType::u16:
+      return 2;
+    case bhsd::DType::f64:
+      return 8;
+    default:
+      return 4;
   }
 }
 
@@ -91,14 +95,22 @@ struct Pins {
 
   static bhsd::DType type_of(napi_typedarray_type t) {
     switch (t) {
-      case napi_uint8_array: return bhsd::DType::u8;
-      case napi_int8_array: return bhsd::DType::i8;
-      case napi_int16_array: return bhsd::DType::i16;
-      case napi_uint16_array: return bhsd::DType::u16;
-      case napi_int32_array: return bhsd::DType::i32;
-      case napi_uint32_array: return bhsd::DType::u32;
-      case napi_float64_array: return bhsd::DType::f64;
-      default: return bhsd::DType::f32;
+      case napi_uint8_array:
+        return bhsd::DType::u8;
+      case napi_int8_array:
+        return bhsd::DType::i8;
+      case napi_int16_array:
+        return bhsd::DType::i16;
+      case napi_uint16_array:
+        return bhsd::DType::u16;
+      case napi_int32_array:
+        return bhsd::DType::i32;
+      case napi_uint32_array:
+        return bhsd::DType::u32;
+      case napi_float64_array:
+        return bhsd::DType::f64;
+      default:
+        return bhsd::DType::f32;
     }
   }
 };
@@ -127,8 +139,14 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
   NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off), View{});
   bhsd::DType t;
   switch (tt) {
-    case napi_uint8_array: case napi_int8_array: case napi_int16_array: case napi_uint16_array:
-    case napi_int32_array: case napi_uint32_array: case napi_float32_array: case napi_float64_array:
+    case napi_uint8_array:
+    case napi_int8_array:
+    case napi_int16_array:
+    case napi_uint16_array:
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+    case napi_float64_array:
       t = Pins::type_of(tt);
       break;
     default:
@@ -167,7 +185,8 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
   auto block = bhsd::Block::allocate(bytes, false);  // every byte copied next
   std::memcpy(block->data(), src, bytes);
   void* mine = block->data();
-  pins->copies.push_back(Pins::Copy{std::move(block), src, bytes, writable, name, Napi::Persistent(v.As<Napi::Object>())});
+  pins->copies.push_back(
+      Pins::Copy{std::move(block), src, bytes, writable, name, Napi::Persistent(v.As<Napi::Object>())});
   return View{t, mine, len};
 }
 
@@ -175,8 +194,7 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
 inline View out_view_of(const Napi::Value& v, const char* name) { return view_of(v, name, true); }
 
 inline double number_of(const Napi::Value& v, const char* name) {
-  if (!v.IsNumber())
-    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a number");
+  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a number");
   return v.As<Napi::Number>().DoubleValue();
 }
 
@@ -233,8 +251,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
   // Queues the worker and returns its promise (the worker deletes itself when done).
-  static Napi::Value Start(Napi::Env env, Exec execute, Resolve resolve,
-                           std::vector<Napi::Value> keep) {
+  static Napi::Value Start(Napi::Env env, Exec execute, Resolve resolve, std::vector<Napi::Value> keep) {
     auto* w = new PromiseWorker(env, std::move(execute), std::move(resolve), std::move(keep));
     Napi::Promise p = w->Promise();
     w->Queue();
@@ -264,20 +281,19 @@ struct Dims {
 
 inline Dims dims_of(const Napi::CallbackInfo& info, std::size_t at) {
   const std::int64_t big = std::int64_t(1) << 32;
-  return Dims{int_of(info[at], "nx", 1, big), int_of(info[at + 1], "ny", 1, big),
-              int_of(info[at + 2], "nz", 1, big)};
+  return Dims{int_of(info[at], "nx", 1, big), int_of(info[at + 1], "ny", 1, big), int_of(info[at + 2], "nz", 1, big)};
 }
 
 inline void require(bool ok, Napi::Env env, const char* what) {
   if (!ok) throw Napi::RangeError::New(env, std::string("native: ") + what);
 }
 
-
 // A JS array of `n` integers within [lo, hi].
 inline std::vector<std::int64_t> ints_of(const Napi::Value& v, std::size_t n, const char* name, std::int64_t lo,
                                          std::int64_t hi) {
   if (!v.IsArray() || v.As<Napi::Array>().Length() != n)
-    throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be an array of " + std::to_string(n) + " integers");
+    throw Napi::TypeError::New(
+        v.Env(), std::string("native: ") + name + " must be an array of " + std::to_string(n) + " integers");
   Napi::Array a = v.As<Napi::Array>();
   std::vector<std::int64_t> out(n);
   for (std::size_t i = 0; i < n; ++i) out[i] = int_of(a.Get(uint32_t(i)), name, lo, hi);
@@ -291,7 +307,8 @@ inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* n
   if (optional && (v.IsNull() || v.IsUndefined())) return nullptr;
   View x = view_of(v, name, writable);
   if (x.type != bhsd::DType::f32 || x.length != n)
-    throw Napi::RangeError::New(v.Env(), std::string("native: ") + name + " must be a Float32Array of " + std::to_string(n));
+    throw Napi::RangeError::New(v.Env(),
+                                std::string("native: ") + name + " must be a Float32Array of " + std::to_string(n));
   return static_cast<const float*>(x.data);
 }
 
@@ -332,11 +349,19 @@ struct SurfaceArgs {
 
 inline SurfaceArgs surface_args(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SurfaceArgs a{view_of(info[0], "gt"), view_of(info[1], "pred"), dims_of(info, 2), number_of(info[5], "sx"),
-                number_of(info[6], "sy"), number_of(info[7], "sz"), number_of(info[10], "tau"), nullptr, nullptr};
+  SurfaceArgs a{view_of(info[0], "gt"),
+                view_of(info[1], "pred"),
+                dims_of(info, 2),
+                number_of(info[5], "sx"),
+                number_of(info[6], "sy"),
+                number_of(info[7], "sz"),
+                number_of(info[10], "tau"),
+                nullptr,
+                nullptr};
   View cls = view_of(info[8], "classes"), bx = view_of(info[9], "boxes");
   require(a.gt.type == bhsd::DType::u8 && a.pred.type == bhsd::DType::u8, env, "gt and pred must be Uint8Arrays");
-  require(std::int64_t(a.gt.length) == a.d.n() && a.pred.length == a.gt.length, env, "gt and pred must have nx*ny*nz voxels");
+  require(std::int64_t(a.gt.length) == a.d.n() && a.pred.length == a.gt.length, env,
+          "gt and pred must have nx*ny*nz voxels");
   require(a.sx > 0 && a.sy > 0 && a.sz > 0, env, "spacing must be positive");
   require(cls.type == bhsd::DType::i32 && bx.type == bhsd::DType::f64 && bx.length == cls.length * 6, env,
           "classes and boxes disagree");
@@ -348,7 +373,8 @@ inline SurfaceArgs surface_args(const Napi::CallbackInfo& info) {
   for (std::size_t k = 0; k < cls.length; ++k) {
     const std::int64_t* q = a.boxes->data() + 6 * k;
     require(q[0] >= 0 && q[1] >= 0 && q[2] >= 0 && q[3] < a.d.nx && q[4] < a.d.ny && q[5] < a.d.nz && q[0] <= q[3] &&
-                q[1] <= q[4] && q[2] <= q[5], env, "a box lies outside the volume");
+                q[1] <= q[4] && q[2] <= q[5],
+            env, "a box lies outside the volume");
   }
   return a;
 }

@@ -12,7 +12,9 @@ namespace {
 
 constexpr std::int64_t BIG = std::int64_t(1) << 40;
 
-float* out_of(const Napi::Value& v, std::size_t n, const char* name) { return const_cast<float*>(floats_of(v, n, name, false, true)); }
+float* out_of(const Napi::Value& v, std::size_t n, const char* name) {
+  return const_cast<float*>(floats_of(v, n, name, false, true));
+}
 
 bhsd::Act act_of(const Napi::Value& v) {
   const auto a = int_of(v, "act", 0, 2);
@@ -55,11 +57,12 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const float* w = floats_of(info[2], std::size_t(Co * Cg * ws[1] * ws[2] * ws[3]), "w");
   const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
   float* y = out_of(info[12], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
-  bhsd::ConvGeom g{Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2], di[0], di[1], di[2],
-                   pa[0], pa[1], pa[2], os[0], os[1], os[2]};
+  bhsd::ConvGeom g{Cg,    in[2], in[3], in[4], Cog,   ws[1], ws[2], ws[3], st[0], st[1],
+                   st[2], di[0], di[1], di[2], pa[0], pa[1], pa[2], os[0], os[1], os[2]};
   // optional: the weights already packed by packConvWeights (a model's, packed once)
   const std::int64_t per_group = bhsd::packed_conv_size(Cog, g.K());
-  const float* packed = info.Length() > 13 ? floats_of(info[13], std::size_t(groups * per_group), "packed weights", true) : nullptr;
+  const float* packed =
+      info.Length() > 13 ? floats_of(info[13], std::size_t(groups * per_group), "packed weights", true) : nullptr;
   const float* nscale = norm ? floats_of(info[14], std::size_t(Co), "norm scale", true) : nullptr;
   const float* nbias = norm ? floats_of(info[15], std::size_t(Co), "norm bias", true) : nullptr;
   const double eps = norm ? number_of(info[16], "eps") : 0.0;
@@ -67,33 +70,39 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const float nalpha = norm ? float(number_of(info[18], "norm alpha")) : 0.0f;
   require(!norm || act == bhsd::Act::none, env, "an activation before the norm is not fused");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] {
-    const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
-    for (std::int64_t gi = 0; gi < groups; ++gi) {
-      std::vector<float> own;
-      if (!packed) own = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
-      const float* wp = packed ? packed + gi * per_group : own.data();
-      for (std::int64_t n = 0; n < N; ++n)
-        bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
-                             y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
-    }
-    if (norm) bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool);
-  }, nullptr, {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(),
-               norm ? info[14] : env.Null(), norm ? info[15] : env.Null()});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
+                                for (std::int64_t gi = 0; gi < groups; ++gi) {
+                                  std::vector<float> own;
+                                  if (!packed) own = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
+                                  const float* wp = packed ? packed + gi * per_group : own.data();
+                                  for (std::int64_t n = 0; n < N; ++n)
+                                    bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
+                                                         y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
+                                }
+                                if (norm)
+                                  bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool);
+                              },
+                              nullptr,
+                              {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(),
+                               norm ? info[14] : env.Null(), norm ? info[15] : env.Null()});
 }
 
 // packConvWeights(w, Co, K, groups) → Float32Array: w [Co, K] (K = C/groups · kd·kh·kw) packed per
 // group for conv3d's micro-kernel, for weights that do not change (a model's).
 Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t Co = int_of(info[1], "Co", 1, BIG), K = int_of(info[2], "K", 1, BIG), groups = int_of(info[3], "groups", 1, BIG);
+  const std::int64_t Co = int_of(info[1], "Co", 1, BIG), K = int_of(info[2], "K", 1, BIG),
+                     groups = int_of(info[3], "groups", 1, BIG);
   require(Co % groups == 0, env, "output channels are not divisible by groups");
   const float* w = floats_of(info[0], std::size_t(Co * K), "w");
   const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
   const std::size_t n = std::size_t(groups * per_group);
   Napi::ArrayBuffer ab = engine_buffer(env, n * sizeof(float));
   auto* dst = static_cast<float*>(ab.Data());
-  for (std::int64_t gi = 0; gi < groups; ++gi) bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
+  for (std::int64_t gi = 0; gi < groups; ++gi)
+    bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
   return Napi::Float32Array::New(env, n, ab, 0);
 }
 
@@ -112,21 +121,25 @@ Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
   const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
   float* y = out_of(info[10], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] {
-    const std::int64_t vin = in[2] * in[3] * in[4], vout = os[0] * os[1] * os[2], ksp = ws[1] * ws[2] * ws[3];
-    for (std::int64_t gi = 0; gi < groups; ++gi)
-      for (std::int64_t n = 0; n < N; ++n)
-        bhsd::conv_transpose3d_forward(Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2], di[0],
-                                       di[1], di[2], pa[0], pa[1], pa[2], os[0], os[1], os[2],
-                                       x + (n * C + gi * Cg) * vin, w + gi * Cg * Cog * ksp, b ? b + gi * Cog : nullptr,
-                                       y + (n * Co + gi * Cog) * vout, *pool);
-  }, nullptr, {info[0], info[2], info[4], info[10]});
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        const std::int64_t vin = in[2] * in[3] * in[4], vout = os[0] * os[1] * os[2], ksp = ws[1] * ws[2] * ws[3];
+        for (std::int64_t gi = 0; gi < groups; ++gi)
+          for (std::int64_t n = 0; n < N; ++n)
+            bhsd::conv_transpose3d_forward(Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2],
+                                           di[0], di[1], di[2], pa[0], pa[1], pa[2], os[0], os[1], os[2],
+                                           x + (n * C + gi * Cg) * vin, w + gi * Cg * Cog * ksp,
+                                           b ? b + gi * Cog : nullptr, y + (n * Co + gi * Cog) * vout, *pool);
+      },
+      nullptr, {info[0], info[2], info[4], info[10]});
 }
 
 // instanceNorm(x, N, C, spatial, scale|null, bias|null, eps, act, alpha, out)
 Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
   const float* sc = floats_of(info[4], std::size_t(C), "scale", true);
   const float* bi = floats_of(info[5], std::size_t(C), "bias", true);
@@ -142,7 +155,8 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
 // groupNorm(x, N, C, spatial, groups, scale|null, bias|null, eps, act, alpha, out): scale/bias per channel
 Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const std::int64_t G = int_of(info[4], "groups", 1, C);
   if (C % G) throw Napi::RangeError::New(env, "native: groups must divide the channels");
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
@@ -160,7 +174,8 @@ Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
 // instanceNormBackward(x, gate|null, dy, N, C, spatial, gamma|null, eps, alpha, dx, dgamma, dbeta)
 Napi::Value InstanceNormBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[3], "N", 1, BIG), C = int_of(info[4], "C", 1, BIG), S = int_of(info[5], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[3], "N", 1, BIG), C = int_of(info[4], "C", 1, BIG),
+                     S = int_of(info[5], "spatial", 1, BIG);
   const std::size_t n = std::size_t(N * C * S);
   const float* x = floats_of(info[0], n, "x");
   const float* gate = floats_of(info[1], n, "gate", true);
@@ -172,14 +187,16 @@ Napi::Value InstanceNormBackward(const Napi::CallbackInfo& info) {
   float* dg = out_of(info[10], std::size_t(C), "dgamma");
   float* db = out_of(info[11], std::size_t(C), "dbeta");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::instance_norm_backward(x, gate, dy, N, C, S, gamma, eps, alpha, dx, dg, db, *pool); },
-                              nullptr, {info[0], info[1], info[2], info[6], info[9], info[10], info[11]});
+  return PromiseWorker::Start(
+      env, [=] { bhsd::instance_norm_backward(x, gate, dy, N, C, S, gamma, eps, alpha, dx, dg, db, *pool); }, nullptr,
+      {info[0], info[1], info[2], info[6], info[9], info[10], info[11]});
 }
 
 // batchNorm(x, N, C, spatial, scale, bias, mean, var, eps, out)
 Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
   const float *sc = floats_of(info[4], std::size_t(C), "scale"), *bi = floats_of(info[5], std::size_t(C), "bias"),
               *mu = floats_of(info[6], std::size_t(C), "mean"), *va = floats_of(info[7], std::size_t(C), "var");
@@ -193,7 +210,8 @@ Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
 // unary(x, N, C, spatial, op, alpha, slope|null, out)
 Napi::Value Unary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
   const auto op = static_cast<bhsd::Unary>(int_of(info[4], "op", 0, 3));
   const float alpha = float(number_of(info[5], "alpha"));
@@ -201,7 +219,8 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
   const float* slope = nullptr;
   if (op == bhsd::Unary::prelu) {
     View sv = view_of(info[6], "slope");
-    require(sv.type == bhsd::DType::f32 && (sv.length == 1 || std::int64_t(sv.length) == C), env, "slope must have 1 or C values");
+    require(sv.type == bhsd::DType::f32 && (sv.length == 1 || std::int64_t(sv.length) == C), env,
+            "slope must have 1 or C values");
     slope = static_cast<const float*>(sv.data), slope_len = std::int64_t(sv.length);
   }
   float* y = out_of(info[7], std::size_t(N * C * S), "out");
@@ -239,9 +258,12 @@ Napi::Value Pool3d(const Napi::CallbackInfo& info) {
   const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
   float* y = out_of(info[10], std::size_t(NC * os[0] * os[1] * os[2]), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] {
-    bhsd::pool3d(x, y, NC, in[0], in[1], in[2], os[0], os[1], os[2], k.data(), s.data(), d.data(), p.data(), mx, cip, *pool);
-  }, nullptr, {info[0], info[10]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::pool3d(x, y, NC, in[0], in[1], in[2], os[0], os[1], os[2], k.data(), s.data(),
+                                             d.data(), p.data(), mx, cip, *pool);
+                              },
+                              nullptr, {info[0], info[10]});
 }
 
 // resize3d(x, NC, in[3], out[3], scales: Float64Array(3), linear, coordMode, nearestMode, y)
@@ -259,14 +281,16 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
   const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
   float* y = out_of(info[8], std::size_t(NC * os[0] * os[1] * os[2]), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::resize3d(x, y, NC, in.data(), os.data(), scales.data(), linear, cm, nm, *pool); },
-                              nullptr, {info[0], info[8]});
+  return PromiseWorker::Start(
+      env, [=] { bhsd::resize3d(x, y, NC, in.data(), os.data(), scales.data(), linear, cm, nm, *pool); }, nullptr,
+      {info[0], info[8]});
 }
 
 // softmax(x, N, C, spatial, out) / argmax(x, N, C, spatial, out: Int32Array)
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
   float* y = out_of(info[4], std::size_t(N * C * S), "out");
   auto pool = pool_of(env);
@@ -275,7 +299,8 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
 
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG), S = int_of(info[3], "spatial", 1, BIG);
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
   View o = out_view_of(info[4], "out");
   require(o.type == bhsd::DType::i32 && std::int64_t(o.length) == N * S, env, "out must be an Int32Array of N*spatial");
@@ -304,7 +329,8 @@ Napi::Value Concat(const Napi::CallbackInfo& info) {
   float* y = out_of(info[4], std::size_t(outer * total * inner), "out");
   keep.push_back(info[4]);
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep);
 }
 
 // convWeightGrad(A, [Ca, Ad, Ah, Aw], B, [Cb, Bd, Bh, Bw], [kd, kh, kw], strides, pads, dilations, out) → Promise<void>
@@ -318,10 +344,13 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
   const float* B = floats_of(info[2], std::size_t(bs[0] * bs[1] * bs[2] * bs[3]), "B");
   float* out = out_of(info[8], std::size_t(as[0] * bs[0] * k[0] * k[1] * k[2]), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] {
-    bhsd::correlate_weight_grad(A, as[0], as[1], as[2], as[3], B, bs[0], bs[1], bs[2], bs[3], k[0], k[1], k[2], st.data(),
-                                pa.data(), di.data(), out, *pool);
-  }, nullptr, {info[0], info[2], info[8]});
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::correlate_weight_grad(A, as[0], as[1], as[2], as[3], B, bs[0], bs[1], bs[2],
+                                                            bs[3], k[0], k[1], k[2], st.data(), pa.data(), di.data(),
+                                                            out, *pool);
+                              },
+                              nullptr, {info[0], info[2], info[8]});
 }
 
 }  // namespace

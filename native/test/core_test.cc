@@ -71,7 +71,8 @@ static void test_pool_cancel(bhsd::ThreadPool& pool) {
     flag.set = 1;
     bool threw = false;
     try {
-      pool.parallel_for(1000, [&](std::size_t, std::size_t) { ran++; }, 1, 4);
+      pool.parallel_for(
+          1000, [&](std::size_t, std::size_t) { ran++; }, 1, 4);
     } catch (const bhsd::Cancelled&) {
       threw = true;
     }
@@ -79,11 +80,14 @@ static void test_pool_cancel(bhsd::ThreadPool& pool) {
     flag.set = 0;
     threw = false;
     try {
-      pool.parallel_for(1000, [&](std::size_t lo, std::size_t) {
-        if (lo == 0) flag.set = 1;  // the first chunk cancels the loop
-        ran++;
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      }, 1, 64);
+      pool.parallel_for(
+          1000,
+          [&](std::size_t lo, std::size_t) {
+            if (lo == 0) flag.set = 1;  // the first chunk cancels the loop
+            ran++;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          },
+          1, 64);
     } catch (const bhsd::Cancelled&) {
       threw = true;
     }
@@ -131,8 +135,8 @@ static void test_stats_and_rescale(bhsd::ThreadPool& pool) {
 
 // Reference: breadth-first flood fill from each unlabelled voxel in raster order.
 template <class T>
-static std::vector<std::int32_t> flood_fill(const std::vector<T>& d, int nx, int ny, int nz,
-                                            int conn, bool per_class, int* count) {
+static std::vector<std::int32_t> flood_fill(const std::vector<T>& d, int nx, int ny, int nz, int conn, bool per_class,
+                                            int* count) {
   std::vector<std::int32_t> lab(d.size(), 0);
   std::vector<std::size_t> queue;
   int c = 0;
@@ -163,10 +167,13 @@ static std::vector<std::int32_t> flood_fill(const std::vector<T>& d, int nx, int
 
 static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
   std::uint64_t seed = 12345;
-  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  auto rnd = [&] {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return unsigned(seed >> 33);
+  };
   // rows of 64 voxels and more run the 16-byte (SSE2) mask path and cross 64-bit mask words
-  const int shapes[][3] = {{1, 1, 1}, {1, 1, 40}, {40, 1, 1}, {7, 5, 3}, {16, 9, 11}, {33, 17, 5}, {3, 30, 9},
-                           {64, 3, 3}, {65, 4, 3}, {130, 5, 4}, {128, 2, 2}, {200, 3, 5}};
+  const int shapes[][3] = {{1, 1, 1},  {1, 1, 40}, {40, 1, 1}, {7, 5, 3},   {16, 9, 11}, {33, 17, 5},
+                           {3, 30, 9}, {64, 3, 3}, {65, 4, 3}, {130, 5, 4}, {128, 2, 2}, {200, 3, 5}};
   int mismatches = 0, cases = 0;
   for (auto& sh : shapes)
     for (int density : {0, 20, 35, 45, 70, 100})
@@ -192,7 +199,10 @@ static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
 template <class T>
 static int ccl_typed_mismatches(bhsd::ThreadPool& pool, const std::vector<T>& classes) {
   std::uint64_t seed = 777 + sizeof(T);
-  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  auto rnd = [&] {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return unsigned(seed >> 33);
+  };
   const int shapes[][3] = {{70, 6, 5}, {129, 7, 3}, {64, 64, 2}, {33, 17, 5}};
   int mismatches = 0;
   for (auto& sh : shapes)
@@ -248,7 +258,10 @@ static void test_component_stats(bhsd::ThreadPool& pool) {
 // Reference: the distance to every feature voxel, the smallest kept.
 static void test_edt_against_brute_force(bhsd::ThreadPool& pool) {
   std::uint64_t seed = 99;
-  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  auto rnd = [&] {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return unsigned(seed >> 33);
+  };
   int bad = 0, cases = 0;
   const int shapes[][3] = {{1, 1, 1}, {9, 1, 1}, {1, 7, 1}, {1, 1, 8}, {6, 5, 4}, {13, 11, 7}, {20, 3, 9}};
   for (auto& sh : shapes)
@@ -282,7 +295,9 @@ static void test_edt_against_brute_force(bhsd::ThreadPool& pool) {
 // The blocked weight gradient against the one-dot-product-per-weight reference: strides, padding,
 // dilation, rows that are not a multiple of 16 voxels, more than 16 channels of A.
 static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
-  struct Case { std::int64_t Ca, Cb, Ad, Ah, Aw, Bd, Bh, Bw, kd, kh, kw, s[3], p[3], d[3]; };
+  struct Case {
+    std::int64_t Ca, Cb, Ad, Ah, Aw, Bd, Bh, Bw, kd, kh, kw, s[3], p[3], d[3];
+  };
   const Case cases[] = {
       {8, 4, 4, 9, 21, 4, 9, 21, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {20, 3, 3, 5, 7, 6, 10, 14, 3, 3, 3, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
@@ -291,17 +306,20 @@ static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
       {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
   };
   std::uint32_t st = 12345;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   for (const Case& c : cases) {
     std::vector<float> A(std::size_t(c.Ca * c.Ad * c.Ah * c.Aw)), B(std::size_t(c.Cb * c.Bd * c.Bh * c.Bw));
     for (auto& v : A) v = rnd();
     for (auto& v : B) v = rnd();
     const std::size_t n = std::size_t(c.Ca * c.Cb * c.kd * c.kh * c.kw);
     std::vector<float> ref(n, 0.5f), got(n, 0.5f);  // both add into what is there
-    bhsd::correlate_weight_grad_reference(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd, c.kh,
-                                          c.kw, c.s, c.p, c.d, ref.data(), pool);
-    bhsd::correlate_weight_grad(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd, c.kh, c.kw, c.s,
-                                c.p, c.d, got.data(), pool);
+    bhsd::correlate_weight_grad_reference(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd,
+                                          c.kh, c.kw, c.s, c.p, c.d, ref.data(), pool);
+    bhsd::correlate_weight_grad(A.data(), c.Ca, c.Ad, c.Ah, c.Aw, B.data(), c.Cb, c.Bd, c.Bh, c.Bw, c.kd, c.kh, c.kw,
+                                c.s, c.p, c.d, got.data(), pool);
     double worst = 0;
     for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::fabs(ref[i] - got[i])));
     CHECK(worst < 1e-4);
@@ -327,7 +345,9 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
   }
 #ifdef BHSD_X86
   if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
-  struct Case { std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3]; };
+  struct Case {
+    std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3];
+  };
   const Case cases[] = {
       {3, 5, 9, 21, 7, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 6, 8, 17, 6, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}},
@@ -355,10 +375,13 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {2, 3, 4, 3, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.k[0], c.k[1], c.k[2], c.s[0], c.s[1], c.s[2], c.d[0], c.d[1], c.d[2],
-                     c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
+                     c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
     g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
     g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
     g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
@@ -395,7 +418,8 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
     if (c.Co <= 48) {
       for (std::int64_t slab : {std::int64_t(16) << 20, std::int64_t(4)}) {
         std::vector<float> got(no, 9.0f);
-        CHECK(bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f, pool, slab));
+        CHECK(bhsd::conv3d_forward_indirect(g, x.data(), wp.data(), bias.data(), got.data(), bhsd::Act::leaky, 0.1f,
+                                            pool, slab));
         CHECK(worst_of(got) < 1e-4);
       }
     } else {
@@ -433,7 +457,9 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
 // longer than a tile, padding, strides, dilation, several blocks of input channels); and on AArch64
 // the NEON micro-kernel against the portable one tile by tile (K = 0 … 40, accumulating into c).
 static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
-  struct Case { std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3]; };
+  struct Case {
+    std::int64_t C, D, H, W, Co, k[3], s[3], p[3], d[3];
+  };
   const Case cases[] = {
       {3, 4, 7, 21, 7, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 5, 6, 9, 13, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
@@ -443,10 +469,13 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
       {6, 3, 5, 16, 32, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
   };
   std::uint32_t st = 4242;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.k[0], c.k[1], c.k[2], c.s[0], c.s[1], c.s[2], c.d[0], c.d[1], c.d[2],
-                     c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
+                     c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
     g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
     g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
     g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
@@ -502,7 +531,10 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
 // (NaN propagating through max; averages over the samples inside or the clipped padded window).
 static void test_host_device_sweeps() {
   std::uint64_t seed = 5;
-  auto rnd = [&] { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; return unsigned(seed >> 33); };
+  auto rnd = [&] {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return unsigned(seed >> 33);
+  };
   int bad = 0;
   const int shapes[][3] = {{1, 1, 1}, {7, 1, 1}, {1, 6, 5}, {6, 5, 4}, {11, 9, 7}};
   for (auto& sh : shapes)
@@ -513,15 +545,18 @@ static void test_host_device_sweeps() {
       for (auto& v : f) v = int(rnd() % 100) < density;
       std::vector<double> out(f.size());
       for (std::int64_t r = 0; r < h * d; ++r) bhsd::hd::edt_row(f.data() + r * w, out.data() + r * w, w, sx);
-      auto pass = [&](std::int64_t n, std::int64_t stride, std::int64_t groups, std::int64_t glen, std::int64_t gstride, double s) {
+      auto pass = [&](std::int64_t n, std::int64_t stride, std::int64_t groups, std::int64_t glen, std::int64_t gstride,
+                      double s) {
         const std::int64_t lines = groups * glen;
         std::vector<double> fs(std::size_t(n * lines)), zs(std::size_t((n + 1) * lines));
         std::vector<std::int64_t> vs(std::size_t(n * lines));
         for (std::int64_t l = 0; l < lines; ++l) {  // one GPU thread each
           double* base = out.data() + (l / glen) * gstride + (l % glen);
           bool any = false;
-          for (std::int64_t i = 0; i < n; ++i) fs[std::size_t(i * lines + l)] = base[i * stride], any |= base[i * stride] != INFINITY;
-          if (any) bhsd::hd::edt_envelope(fs.data() + l, lines, base, stride, n, s, vs.data() + l, zs.data() + l, lines);
+          for (std::int64_t i = 0; i < n; ++i)
+            fs[std::size_t(i * lines + l)] = base[i * stride], any |= base[i * stride] != INFINITY;
+          if (any)
+            bhsd::hd::edt_envelope(fs.data() + l, lines, base, stride, n, s, vs.data() + l, zs.data() + l, lines);
         }
       };
       if (h > 1) pass(h, w, d, w, w * h, sy);
@@ -545,7 +580,11 @@ static void test_host_device_sweeps() {
 
   int pbad = 0, nan_seen = 0;
   for (int c = 0; c < 24; ++c) {
-    bhsd::hd::PoolGeom g{{3 + c % 4, 4 + c % 5, 5 + c % 6}, {1 + c % 3, 2, 1 + c % 2}, {1 + c % 2, 1, 2}, {1, 1 + (c / 4) % 2, 1}, {c % 2, 1, 0}};
+    bhsd::hd::PoolGeom g{{3 + c % 4, 4 + c % 5, 5 + c % 6},
+                         {1 + c % 3, 2, 1 + c % 2},
+                         {1 + c % 2, 1, 2},
+                         {1, 1 + (c / 4) % 2, 1},
+                         {c % 2, 1, 0}};
     std::vector<float> x(std::size_t(g.in[0] * g.in[1] * g.in[2]));
     for (auto& v : x) v = float(int(rnd() % 2001) - 1000) / 100.0f;
     const std::int64_t o[3] = {1 + c % 2, 1 + c % 3, 2};
@@ -554,8 +593,10 @@ static void test_host_device_sweeps() {
       for (std::int64_t a = 0; a < g.k[0]; ++a)
         for (std::int64_t b = 0; b < g.k[1]; ++b)
           for (std::int64_t e = 0; e < g.k[2]; ++e) {
-            const std::int64_t i[3] = {o[0] * g.s[0] - g.p[0] + a * g.d[0], o[1] * g.s[1] - g.p[1] + b * g.d[1], o[2] * g.s[2] - g.p[2] + e * g.d[2]};
-            if (i[0] >= 0 && i[1] >= 0 && i[2] >= 0 && i[0] < g.in[0] && i[1] < g.in[1] && i[2] < g.in[2]) at = (i[0] * g.in[1] + i[1]) * g.in[2] + i[2];
+            const std::int64_t i[3] = {o[0] * g.s[0] - g.p[0] + a * g.d[0], o[1] * g.s[1] - g.p[1] + b * g.d[1],
+                                       o[2] * g.s[2] - g.p[2] + e * g.d[2]};
+            if (i[0] >= 0 && i[1] >= 0 && i[2] >= 0 && i[0] < g.in[0] && i[1] < g.in[1] && i[2] < g.in[2])
+              at = (i[0] * g.in[1] + i[1]) * g.in[2] + i[2];
           }
       if (at >= 0) x[std::size_t(at)] = NAN;
     }
@@ -572,14 +613,19 @@ static void test_host_device_sweeps() {
       for (std::int64_t a = 0; a < g.k[0]; ++a)
         for (std::int64_t b = 0; b < g.k[1]; ++b)
           for (std::int64_t e = 0; e < g.k[2]; ++e) {
-            const std::int64_t i[3] = {o[0] * g.s[0] - g.p[0] + a * g.d[0], o[1] * g.s[1] - g.p[1] + b * g.d[1], o[2] * g.s[2] - g.p[2] + e * g.d[2]};
+            const std::int64_t i[3] = {o[0] * g.s[0] - g.p[0] + a * g.d[0], o[1] * g.s[1] - g.p[1] + b * g.d[1],
+                                       o[2] * g.s[2] - g.p[2] + e * g.d[2]};
             if (i[0] < 0 || i[1] < 0 || i[2] < 0 || i[0] >= g.in[0] || i[1] >= g.in[1] || i[2] >= g.in[2]) continue;
             const double v = x[std::size_t((i[0] * g.in[1] + i[1]) * g.in[2] + i[2])];
             nan |= v != v, m = std::max(m, v), sum += v, ++inside;
           }
-      const double want = mode == 0 ? (nan ? NAN : m) : (mode == 1 ? inside : window) > 0 ? sum / double(mode == 1 ? inside : window) : 0.0;
-      if (want != want) nan_seen += got != got;
-      else if (!(std::fabs(double(got) - want) <= 1e-6 * std::max(1.0, std::fabs(want)))) ++pbad;
+      const double want = mode == 0                           ? (nan ? NAN : m)
+                          : (mode == 1 ? inside : window) > 0 ? sum / double(mode == 1 ? inside : window)
+                                                              : 0.0;
+      if (want != want)
+        nan_seen += got != got;
+      else if (!(std::fabs(double(got) - want) <= 1e-6 * std::max(1.0, std::fabs(want))))
+        ++pbad;
       if ((want != want) != (got != got)) ++pbad;
     }
   }
@@ -596,13 +642,19 @@ static void test_host_device_sweeps() {
 // gives about 1e-6. Then conv3d_forward's plan: the first call of a shape decides, later calls follow.
 static double winograd_worst = 0;
 static void test_conv_winograd(bhsd::ThreadPool& pool) {
-  struct Case { std::int64_t C, Co, D, H, W, p[3]; int act; bool bias; std::int64_t kd = 3; };
+  struct Case {
+    std::int64_t C, Co, D, H, W, p[3];
+    int act;
+    bool bias;
+    std::int64_t kd = 3;
+  };
   std::vector<Case> cases;
   for (std::int64_t i = 0; i < 9; ++i)  // every extent 1…9 on every axis, in 9 shapes
-    cases.push_back({16 + (i % 3), 16 + 7 * (i % 4), 1 + i, 1 + (i * 4) % 9, 1 + (i * 7) % 9, {1, 1, 1}, int(i % 3), i % 4 != 3});
-  cases.push_back({20, 30, 3, 4, 96, {1, 1, 1}, 2, true});   // whole rows of 16 tiles, read in place
-  cases.push_back({16, 17, 4, 5, 66, {1, 1, 1}, 1, true});   // 33 tiles a row: groups across rows
-  cases.push_back({33, 45, 5, 6, 7, {0, 1, 2}, 0, true});     // paddings 0, 1, 2; 45 = 6·6 + 5 + 4 outputs
+    cases.push_back(
+        {16 + (i % 3), 16 + 7 * (i % 4), 1 + i, 1 + (i * 4) % 9, 1 + (i * 7) % 9, {1, 1, 1}, int(i % 3), i % 4 != 3});
+  cases.push_back({20, 30, 3, 4, 96, {1, 1, 1}, 2, true});  // whole rows of 16 tiles, read in place
+  cases.push_back({16, 17, 4, 5, 66, {1, 1, 1}, 1, true});  // 33 tiles a row: groups across rows
+  cases.push_back({33, 45, 5, 6, 7, {0, 1, 2}, 0, true});   // paddings 0, 1, 2; 45 = 6·6 + 5 + 4 outputs
   cases.push_back({24, 64, 2, 9, 40, {2, 0, 1}, 2, false});
   // 1×3×3 kernels (F(2×2, 3×3) per plane): nnU-Net's anisotropic stages, padded along D or not
   cases.push_back({16, 20, 5, 7, 9, {0, 1, 1}, 0, true, 1});
@@ -610,7 +662,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   cases.push_back({24, 32, 3, 6, 66, {1, 1, 1}, 2, true, 1});
   cases.push_back({20, 18, 2, 4, 96, {0, 1, 1}, 0, false, 1});
   std::uint32_t st = 9001;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
   for (const Case& c : cases) {
     bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, 1, 1, 1, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
     g.Do = bhsd::conv_out(c.D, c.kd, 1, 1, c.p[0], c.p[0]);
@@ -672,7 +727,8 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
         std::vector<float> wn(w.size()), neg(no, 1.0f);
         for (std::size_t i = 0; i < w.size(); ++i) wn[i] = -w[i];
         std::vector<float> wp2 = wp;
-        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));  // cached at wp2
+        CHECK(
+            bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));  // cached at wp2
         bhsd::pack_conv_weights_into(wn.data(), c.Co, g.K(), wp2.data());
         CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp2.data(), bp, neg.data(), act, alpha, pool));
         double en = 0;
@@ -701,7 +757,8 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom no2{16, 6, 6, 6, 16, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2, 6, 6, 6};
   const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 4, 4, 4};
   const bhsd::ConvGeom no4{8, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
-  CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) && !bhsd::winograd_applies(no4));
+  CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) &&
+        !bhsd::winograd_applies(no4));
 }
 
 // Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
@@ -711,7 +768,10 @@ static void test_conv_concurrent() {
   if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
   const bhsd::ConvGeom g{4, 6, 20, 33, 10, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 20, 33};
   std::uint32_t st = 5150;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   std::vector<float> xa(std::size_t(4 * 6 * 20 * 33)), xb(xa.size()), w(std::size_t(10 * g.K()));
   for (auto& v : xa) v = rnd();
   for (auto& v : xb) v = rnd();
@@ -742,10 +802,15 @@ static void test_conv_concurrent() {
 static void test_conv_pointwise(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   if (!bhsd::cpu_features().avx2 || !bhsd::cpu_features().fma) return;
-  struct Case { std::int64_t C, D, H, W, Co; };
+  struct Case {
+    std::int64_t C, D, H, W, Co;
+  };
   const Case cases[] = {{8, 4, 16, 16, 6}, {3, 3, 5, 7, 13}, {600, 1, 3, 11, 7}, {16, 2, 9, 9, 32}};
   std::uint32_t st = 99;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   for (const Case& c : cases) {
     const bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, c.D, c.H, c.W};
     const std::int64_t V = c.D * c.H * c.W;
@@ -760,7 +825,8 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
     for (std::int64_t co = 0; co < c.Co; ++co)
       for (std::int64_t v = 0; v < V; ++v) {
         double acc = bias[std::size_t(co)];
-        for (std::int64_t ci = 0; ci < c.C; ++ci) acc += double(w[std::size_t(co * c.C + ci)]) * x[std::size_t(ci * V + v)];
+        for (std::int64_t ci = 0; ci < c.C; ++ci)
+          acc += double(w[std::size_t(co * c.C + ci)]) * x[std::size_t(ci * V + v)];
         worst = std::max(worst, std::fabs(std::max(acc, 0.0) - got[std::size_t(co * V + v)]));
       }
     CHECK(worst < 1e-4);
@@ -780,11 +846,19 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
 // volumes that end in a partial tile, a 64-row GEMM (packed blocks with a 4 + 4 tail), more input
 // channels than one K block.
 static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
-  struct Case { std::int64_t C, D, H, W, Co, s[3]; };
-  const Case cases[] = {{5, 3, 4, 21, 7, {2, 2, 2}}, {3, 2, 5, 9, 16, {1, 2, 2}}, {4, 2, 3, 7, 3, {1, 1, 3}},
-                        {6, 3, 2, 5, 4, {2, 1, 1}}, {600, 1, 2, 11, 2, {1, 2, 2}}};
+  struct Case {
+    std::int64_t C, D, H, W, Co, s[3];
+  };
+  const Case cases[] = {{5, 3, 4, 21, 7, {2, 2, 2}},
+                        {3, 2, 5, 9, 16, {1, 2, 2}},
+                        {4, 2, 3, 7, 3, {1, 1, 3}},
+                        {6, 3, 2, 5, 4, {2, 1, 1}},
+                        {600, 1, 2, 11, 2, {1, 2, 2}}};
   std::uint32_t st = 31337;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return float(st >> 8) / float(1 << 24) - 0.5f; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) - 0.5f;
+  };
   for (const Case& c : cases) {
     const std::int64_t kd = c.s[0], kh = c.s[1], kw = c.s[2], ksp = kd * kh * kw;
     const std::int64_t Do = c.D * kd, Ho = c.H * kh, Wo = c.W * kw;
@@ -795,7 +869,8 @@ static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
     const std::size_t no = std::size_t(c.Co * Do * Ho * Wo);
     std::vector<double> ref(no);
     for (std::int64_t o = 0; o < c.Co; ++o)
-      for (std::size_t i = 0; i < std::size_t(Do * Ho * Wo); ++i) ref[std::size_t(o * Do * Ho * Wo) + i] = bias[std::size_t(o)];
+      for (std::size_t i = 0; i < std::size_t(Do * Ho * Wo); ++i)
+        ref[std::size_t(o * Do * Ho * Wo) + i] = bias[std::size_t(o)];
     for (std::int64_t ci = 0; ci < c.C; ++ci)
       for (std::int64_t d = 0; d < c.D; ++d)
         for (std::int64_t h = 0; h < c.H; ++h)
@@ -808,8 +883,8 @@ static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
                         double(x[std::size_t(((ci * c.D + d) * c.H + h) * c.W + wv)]) *
                         w[std::size_t(((ci * c.Co + o) * kd + a) * kh * kw + b * kw + e)];
     std::vector<float> got(no, 9.0f);
-    bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo, x.data(),
-                                   w.data(), bias.data(), got.data(), pool);
+    bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo,
+                                   x.data(), w.data(), bias.data(), got.data(), pool);
     double worst = 0;
     for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - got[i]));
     CHECK(worst < 1e-4);
@@ -821,15 +896,20 @@ static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
 static void test_instance_norm(bhsd::ThreadPool& pool) {
   const std::int64_t N = 2, C = 3, S = 5000;
   std::uint32_t st = 4242;
-  auto rnd = [&] { st = st * 1664525u + 1013904223u; return double(st >> 8) / double(1 << 24) - 0.5; };
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return double(st >> 8) / double(1 << 24) - 0.5;
+  };
   std::vector<float> x(std::size_t(N * C * S)), dy(x.size()), y(x.size()), dx(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(100.0 * double(i / S + 1) + 2.0 * rnd() + 0.3 * std::sin(double(i) * 0.01)), dy[i] = float(rnd());
+  for (std::size_t i = 0; i < x.size(); ++i)
+    x[i] = float(100.0 * double(i / S + 1) + 2.0 * rnd() + 0.3 * std::sin(double(i) * 0.01)), dy[i] = float(rnd());
   const float gamma[3] = {0.5f, 1.5f, -2.0f}, beta[3] = {0.1f, -0.2f, 0.3f};
   const double eps = 1e-5;
   const float alpha = 0.01f;
   bhsd::instance_norm(x.data(), y.data(), N, C, S, gamma, beta, eps, bhsd::Act::leaky, alpha, pool);
   float dgamma[3], dbeta[3];
-  bhsd::instance_norm_backward(x.data(), y.data(), dy.data(), N, C, S, gamma, eps, alpha, dx.data(), dgamma, dbeta, pool);
+  bhsd::instance_norm_backward(x.data(), y.data(), dy.data(), N, C, S, gamma, eps, alpha, dx.data(), dgamma, dbeta,
+                               pool);
   double wy = 0, wdx = 0, wdg = 0, wdb = 0, dg_ref[3] = {0, 0, 0}, db_ref[3] = {0, 0, 0};
   for (std::int64_t nc = 0; nc < N * C; ++nc) {
     const float* p = x.data() + nc * S;
@@ -854,7 +934,8 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
       wdx = std::max(wdx, std::fabs(ref - double(dx[std::size_t(nc * S + i)])) / (std::fabs(gamma[c]) * inv));
     }
   }
-  for (int c = 0; c < 3; ++c) wdg = std::max(wdg, std::fabs(dg_ref[c] - dgamma[c])), wdb = std::max(wdb, std::fabs(db_ref[c] - dbeta[c]));
+  for (int c = 0; c < 3; ++c)
+    wdg = std::max(wdg, std::fabs(dg_ref[c] - dgamma[c])), wdb = std::max(wdb, std::fabs(db_ref[c] - dbeta[c]));
   CHECK(wy < 1e-4);
   CHECK(wdx < 1e-4);
   CHECK(wdg < 1e-3 && wdb < 1e-3);

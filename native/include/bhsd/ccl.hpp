@@ -80,8 +80,10 @@ inline void unite(std::uint32_t* parent, std::uint32_t a, std::uint32_t b) {
   a = find_root(parent, a);
   b = find_root(parent, b);
   if (a == b) return;
-  if (a < b) parent[b] = a;
-  else parent[a] = b;
+  if (a < b)
+    parent[b] = a;
+  else
+    parent[a] = b;
 }
 
 // Population count. The addon is built for baseline x86-64, where __builtin_popcountll is a libgcc
@@ -148,9 +150,8 @@ inline std::int64_t skip_zeros(const T* p, std::int64_t x, std::int64_t n) {
 // words + 1 entries.
 // Also widens [vmin, vmax] to the non-zero values seen (per class only).
 template <class T>
-inline void row_masks(const T* p, std::int64_t nx, bool per_class, std::int64_t words,
-                      std::uint64_t* nzw, std::uint64_t* start, std::uint64_t* end,
-                      std::uint64_t* scratch, T& vmin, T& vmax) {
+inline void row_masks(const T* p, std::int64_t nx, bool per_class, std::int64_t words, std::uint64_t* nzw,
+                      std::uint64_t* start, std::uint64_t* end, std::uint64_t* scratch, T& vmin, T& vmax) {
   std::uint64_t* cont = scratch;  // continues the run of x-1 (cont[words] = 0)
   std::int64_t x = 0;
 #ifdef BHSD_CCL_SSE2
@@ -169,8 +170,8 @@ inline void row_masks(const T* p, std::int64_t nx, bool per_class, std::int64_t 
         const __m128i isz = _mm_cmpeq_epi8(v, zero);
         nz |= std::uint64_t(~_mm_movemask_epi8(isz) & 0xFFFF) << (16 * k);
         if (per_class) {
-          const __m128i prev = (x + 16 * k == 0) ? _mm_slli_si128(v, 1)
-                                                 : _mm_loadu_si128(reinterpret_cast<const __m128i*>(q - 1));
+          const __m128i prev =
+              (x + 16 * k == 0) ? _mm_slli_si128(v, 1) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(q - 1));
           eq |= std::uint64_t(_mm_movemask_epi8(_mm_cmpeq_epi8(v, prev)) & 0xFFFF) << (16 * k);
           const __m128i u = _mm_xor_si128(v, flip);  // signed bytes ordered as unsigned ones
           mn = _mm_min_epu8(mn, _mm_or_si128(u, isz));
@@ -283,8 +284,8 @@ struct Rows {
 // other starts at x + 1. Each pair is found exactly once; i and k are rank queries (popcounts of the
 // start / end masks below x, plus the word's prefix count). No loop over runs, no run list.
 template <bool HW, class T>
-BHSD_CCL_INLINE void join_rows_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P,
-                                    std::int64_t ra, std::int64_t rb, int ext) {
+BHSD_CCL_INLINE void join_rows_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ra,
+                                    std::int64_t rb, int ext) {
   const std::uint32_t abase = R.row_start[ra], bbase = R.row_start[rb];
   if (R.row_start[rb + 1] == bbase || R.row_start[ra + 1] == abase) return;
   const std::int64_t oa = ra * R.stride, ob = rb * R.stride;
@@ -322,9 +323,9 @@ BHSD_CCL_INLINE void join_rows_impl(const Rows& R, const T* data, bool per_class
 
 // Joins row r with each of its earlier neighbour rows from row `from` on (the others: at a seam).
 template <bool HW, class T>
-BHSD_CCL_INLINE void join_row_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P,
-                                   std::int64_t ny, const NeighbourRow* nb, int nnb, std::int64_t r,
-                                   std::int64_t from, std::int64_t below) {
+BHSD_CCL_INLINE void join_row_impl(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ny,
+                                   const NeighbourRow* nb, int nnb, std::int64_t r, std::int64_t from,
+                                   std::int64_t below) {
   const std::int64_t y = r % ny, z = r / ny;
   for (int k = 0; k < nnb; ++k) {
     const std::int64_t yy = y + nb[k].dy, zz = z + nb[k].dz;
@@ -344,10 +345,9 @@ void join_rows_sw(const Rows& R, const T* data, bool per_class, std::uint32_t* P
 }
 #ifdef BHSD_CCL_POPCNT_DISPATCH
 template <class T>
-__attribute__((target("popcnt"))) void join_rows_hw(const Rows& R, const T* data, bool per_class,
-                                                    std::uint32_t* P, std::int64_t ny, const NeighbourRow* nb,
-                                                    int nnb, std::int64_t r0, std::int64_t r1,
-                                                    std::int64_t from, std::int64_t below) {
+__attribute__((target("popcnt"))) void join_rows_hw(const Rows& R, const T* data, bool per_class, std::uint32_t* P,
+                                                    std::int64_t ny, const NeighbourRow* nb, int nnb, std::int64_t r0,
+                                                    std::int64_t r1, std::int64_t from, std::int64_t below) {
   for (std::int64_t r = r0; r < r1; ++r) join_row_impl<true>(R, data, per_class, P, ny, nb, nnb, r, from, below);
 }
 // BHSD_NO_AVX2=1 (the core test's baseline run) takes the baseline path here too.
@@ -357,9 +357,8 @@ inline bool have_popcnt() {
 }
 #endif
 template <class T>
-void join_rows(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ny,
-               const NeighbourRow* nb, int nnb, std::int64_t r0, std::int64_t r1, std::int64_t from,
-               std::int64_t below) {
+void join_rows(const Rows& R, const T* data, bool per_class, std::uint32_t* P, std::int64_t ny, const NeighbourRow* nb,
+               int nnb, std::int64_t r0, std::int64_t r1, std::int64_t from, std::int64_t below) {
 #ifdef BHSD_CCL_POPCNT_DISPATCH
   if (have_popcnt()) return join_rows_hw(R, data, per_class, P, ny, nb, nnb, r0, r1, from, below);
 #endif
@@ -372,12 +371,10 @@ void join_rows(const Rows& R, const T* data, bool per_class, std::uint32_t* P, s
 // per_class: voxels join only voxels of the same value; else every non-zero voxel is foreground.
 // Returns the number of components.
 template <class T>
-std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t ny, std::int64_t nz,
-                                  int connectivity, bool per_class, std::int32_t* out,
-                                  ThreadPool& pool) {
+std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t ny, std::int64_t nz, int connectivity,
+                                  bool per_class, std::int32_t* out, ThreadPool& pool) {
   using namespace ccl_detail;
-  if (connectivity != 6 && connectivity != 18 && connectivity != 26)
-    throw Error("connectivity must be 6, 18 or 26");
+  if (connectivity != 6 && connectivity != 18 && connectivity != 26) throw Error("connectivity must be 6, 18 or 26");
   const std::int64_t rows = ny * nz;
   if (rows == 0 || nx == 0) return 0;
   if (nx > std::numeric_limits<std::int32_t>::max() - 2) throw Error("rows longer than 2^31-3 voxels");
@@ -395,26 +392,30 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   Scratch<std::uint32_t> row_start(std::size_t(rows) + 1);
   const std::size_t nchunk1 = std::size_t(std::min<std::int64_t>(rows, std::int64_t(pool.size()) * 8));
   std::vector<T> cmin(nchunk1, std::numeric_limits<T>::max()), cmax(nchunk1, std::numeric_limits<T>::lowest());
-  pool.parallel_for(nchunk1, [&](std::size_t lo, std::size_t hi) {
-    std::vector<std::uint64_t> m(std::size_t(words + 1));
-    for (std::size_t c = lo; c < hi; ++c) {
-      T vmin = std::numeric_limits<T>::max(), vmax = std::numeric_limits<T>::lowest();
-      for (std::int64_t r = rows * std::int64_t(c) / std::int64_t(nchunk1),
-                        re = rows * std::int64_t(c + 1) / std::int64_t(nchunk1); r < re; ++r) {
-        std::uint64_t *st = S.data + r * stride, *en = E.data + r * stride, *nz_ = N.data + r * stride;
-        std::uint32_t *ls = LS.data + r * stride, *le = LE.data + r * stride;
-        row_masks(data + r * nx, nx, per_class, words, nz_, st, en, m.data(), vmin, vmax);
-        st[words] = en[words] = nz_[words] = 0;
-        std::uint32_t cs = 0, ce = 0;
-        for (std::int64_t w = 0; w <= words; ++w) {
-          ls[w] = cs, le[w] = ce;
-          cs += std::uint32_t(popcount64(st[w])), ce += std::uint32_t(popcount64(en[w]));
+  pool.parallel_for(
+      nchunk1,
+      [&](std::size_t lo, std::size_t hi) {
+        std::vector<std::uint64_t> m(std::size_t(words + 1));
+        for (std::size_t c = lo; c < hi; ++c) {
+          T vmin = std::numeric_limits<T>::max(), vmax = std::numeric_limits<T>::lowest();
+          for (std::int64_t r = rows * std::int64_t(c) / std::int64_t(nchunk1),
+                            re = rows * std::int64_t(c + 1) / std::int64_t(nchunk1);
+               r < re; ++r) {
+            std::uint64_t *st = S.data + r * stride, *en = E.data + r * stride, *nz_ = N.data + r * stride;
+            std::uint32_t *ls = LS.data + r * stride, *le = LE.data + r * stride;
+            row_masks(data + r * nx, nx, per_class, words, nz_, st, en, m.data(), vmin, vmax);
+            st[words] = en[words] = nz_[words] = 0;
+            std::uint32_t cs = 0, ce = 0;
+            for (std::int64_t w = 0; w <= words; ++w) {
+              ls[w] = cs, le[w] = ce;
+              cs += std::uint32_t(popcount64(st[w])), ce += std::uint32_t(popcount64(en[w]));
+            }
+            row_start[std::size_t(r) + 1] = cs;
+          }
+          cmin[c] = vmin, cmax[c] = vmax;
         }
-        row_start[std::size_t(r) + 1] = cs;
-      }
-      cmin[c] = vmin, cmax[c] = vmax;
-    }
-  }, 1, 1);
+      },
+      1, 1);
   row_start[0] = 0;
   std::uint64_t total = 0;
   for (std::int64_t r = 1; r <= rows; ++r) {
@@ -435,20 +436,22 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   const std::int64_t kAll = std::numeric_limits<std::int64_t>::max();
 
   // 2. Unions inside each slab of rows (each row with its neighbour rows in the same slab).
-  const std::int64_t nslabs = std::max<std::int64_t>(
-      1, std::min<std::int64_t>(rows, std::int64_t(pool.size()) * 4));
+  const std::int64_t nslabs = std::max<std::int64_t>(1, std::min<std::int64_t>(rows, std::int64_t(pool.size()) * 4));
   std::vector<std::int64_t> slab_row(std::size_t(nslabs) + 1);
   for (std::int64_t s = 0; s <= nslabs; ++s) slab_row[std::size_t(s)] = rows * s / nslabs;
-  pool.parallel_for(std::size_t(nslabs), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t s = lo; s < hi; ++s) {
-      const std::int64_t r0 = slab_row[s], r1 = slab_row[s + 1];
-      for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = i;
-      join_rows(R, data, per_class, P, ny, nb, nnb, r0, r1, r0, kAll);
-      // flatten the slab's trees while they are in cache: in index order each parent (smaller, in
-      // the slab) already points at its root, so one step each, no branch
-      for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = P[P[i]];
-    }
-  }, 1, 1);
+  pool.parallel_for(
+      std::size_t(nslabs),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t s = lo; s < hi; ++s) {
+          const std::int64_t r0 = slab_row[s], r1 = slab_row[s + 1];
+          for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = i;
+          join_rows(R, data, per_class, P, ny, nb, nnb, r0, r1, r0, kAll);
+          // flatten the slab's trees while they are in cache: in index order each parent (smaller, in
+          // the slab) already points at its root, so one step each, no branch
+          for (std::uint32_t i = row_start[std::size_t(r0)], e = row_start[std::size_t(r1)]; i < e; ++i) P[i] = P[P[i]];
+        }
+      },
+      1, 1);
 
   // 3. Seams: the first rows of each slab against rows of earlier slabs.
   for (std::int64_t s = 1; s < nslabs; ++s) {
@@ -463,22 +466,28 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   const std::size_t nchunks = std::size_t(std::min<std::uint64_t>(total, std::uint64_t(pool.size()) * 8));
   std::vector<std::uint64_t> roots(nchunks + 1, 0);
   auto chunk_lo = [&](std::size_t c) { return std::uint32_t(total * c / nchunks); };
-  pool.parallel_for(nchunks, [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t c = lo; c < hi; ++c) {
-      std::uint32_t n = 0;
-      for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) n += std::uint32_t(P[i] == i);
-      roots[c + 1] = n;
-    }
-  }, 1, 1);
+  pool.parallel_for(
+      nchunks,
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t c = lo; c < hi; ++c) {
+          std::uint32_t n = 0;
+          for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) n += std::uint32_t(P[i] == i);
+          roots[c + 1] = n;
+        }
+      },
+      1, 1);
   for (std::size_t c = 0; c < nchunks; ++c) roots[c + 1] += roots[c];
   const std::int64_t count = std::int64_t(roots[nchunks]);  // ≤ total < 2^31
-  pool.parallel_for(nchunks, [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t c = lo; c < hi; ++c) {
-      std::uint32_t label = std::uint32_t(roots[c]);
-      for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i)
-        if (P[i] == i) P[i] = kLabel | ++label;
-    }
-  }, 1, 1);
+  pool.parallel_for(
+      nchunks,
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t c = lo; c < hi; ++c) {
+          std::uint32_t label = std::uint32_t(roots[c]);
+          for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i)
+            if (P[i] == i) P[i] = kLabel | ++label;
+        }
+      },
+      1, 1);
   // A run's label: up its tree to the root's entry. Inside a slab every run points at its slab's
   // root (flattened above); a seam may have hung that root under another, so a few steps at most.
   auto label_of = [P](std::uint32_t i) {
@@ -490,45 +499,48 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   // 5. Paint. Rows of long runs: each run's label over its x-range (the k-th start bit and the k-th
   // end bit bound run k). Rows of many short runs (a run every 8 voxels or more often): every voxel,
   // without a branch, as label[number of starts up to x] where x is non-zero, else 0.
-  pool.parallel_for(std::size_t(rows), [&](std::size_t lo, std::size_t hi) {
-    std::vector<std::int32_t> buf;  // a row's run starts, or its labels: as long as its runs
-    for (std::size_t r = lo; r < hi; ++r) {
-      const std::uint32_t first = row_start[r], last = row_start[r + 1];
-      if (first == last) continue;
-      if (buf.size() < std::size_t(last - first) + 1) buf.resize(std::size_t(last - first) + 1);
-      const std::int64_t off = std::int64_t(r) * stride;
-      const std::uint64_t *st = S.data + off, *en = E.data + off;
-      std::int32_t* o = out + std::int64_t(r) * nx;
-      if (std::int64_t(last - first) * 8 >= nx) {
-        std::int32_t* lab = buf.data();  // lab[0] = 0 (background), lab[k] = run k-1's label
-        lab[0] = 0;
-        for (std::uint32_t i = first; i < last; ++i) {
-          lab[i - first + 1] = label_of(i);
-        }
-        const std::uint64_t* nzw = N.data + off;
-        std::uint32_t c = 0;
-        for (std::int64_t w = 0; w < words; ++w) {
-          const std::uint64_t sv = st[w], nv = nzw[w];
-          const int n = int(std::min<std::int64_t>(64, nx - 64 * w));
-          std::int32_t* ow = o + 64 * w;
-          for (int b = 0; b < n; ++b) {
-            c += std::uint32_t((sv >> b) & 1);
-            ow[b] = lab[c & (0u - std::uint32_t((nv >> b) & 1))];
+  pool.parallel_for(
+      std::size_t(rows),
+      [&](std::size_t lo, std::size_t hi) {
+        std::vector<std::int32_t> buf;  // a row's run starts, or its labels: as long as its runs
+        for (std::size_t r = lo; r < hi; ++r) {
+          const std::uint32_t first = row_start[r], last = row_start[r + 1];
+          if (first == last) continue;
+          if (buf.size() < std::size_t(last - first) + 1) buf.resize(std::size_t(last - first) + 1);
+          const std::int64_t off = std::int64_t(r) * stride;
+          const std::uint64_t *st = S.data + off, *en = E.data + off;
+          std::int32_t* o = out + std::int64_t(r) * nx;
+          if (std::int64_t(last - first) * 8 >= nx) {
+            std::int32_t* lab = buf.data();  // lab[0] = 0 (background), lab[k] = run k-1's label
+            lab[0] = 0;
+            for (std::uint32_t i = first; i < last; ++i) {
+              lab[i - first + 1] = label_of(i);
+            }
+            const std::uint64_t* nzw = N.data + off;
+            std::uint32_t c = 0;
+            for (std::int64_t w = 0; w < words; ++w) {
+              const std::uint64_t sv = st[w], nv = nzw[w];
+              const int n = int(std::min<std::int64_t>(64, nx - 64 * w));
+              std::int32_t* ow = o + 64 * w;
+              for (int b = 0; b < n; ++b) {
+                c += std::uint32_t((sv >> b) & 1);
+                ow[b] = lab[c & (0u - std::uint32_t((nv >> b) & 1))];
+              }
+            }
+            continue;
           }
+          std::int32_t* a = buf.data();
+          for (std::int64_t w = 0; w < words; ++w)
+            for (std::uint64_t v = st[w]; v; v &= v - 1) *a++ = std::int32_t(64 * w + ctz64(v));
+          std::uint32_t i = first;
+          for (std::int64_t w = 0; w < words; ++w)
+            for (std::uint64_t v = en[w]; v; v &= v - 1, ++i) {
+              const std::int32_t label = label_of(i);
+              for (std::int32_t x = buf[i - first], xe = std::int32_t(64 * w + ctz64(v)); x <= xe; ++x) o[x] = label;
+            }
         }
-        continue;
-      }
-      std::int32_t* a = buf.data();
-      for (std::int64_t w = 0; w < words; ++w)
-        for (std::uint64_t v = st[w]; v; v &= v - 1) *a++ = std::int32_t(64 * w + ctz64(v));
-      std::uint32_t i = first;
-      for (std::int64_t w = 0; w < words; ++w)
-        for (std::uint64_t v = en[w]; v; v &= v - 1, ++i) {
-          const std::int32_t label = label_of(i);
-          for (std::int32_t x = buf[i - first], xe = std::int32_t(64 * w + ctz64(v)); x <= xe; ++x) o[x] = label;
-        }
-    }
-  }, 64);
+      },
+      64);
   return count;
 }
 
@@ -538,42 +550,45 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
 constexpr int STATS = 11;
 
 template <class C>
-void component_stats(const std::int32_t* labels, std::int64_t nx, std::int64_t ny, std::int64_t nz,
-                     std::int64_t count, const C* classes, double* out, ThreadPool& pool) {
+void component_stats(const std::int32_t* labels, std::int64_t nx, std::int64_t ny, std::int64_t nz, std::int64_t count,
+                     const C* classes, double* out, ThreadPool& pool) {
   std::int64_t nslabs = std::max<std::int64_t>(1, std::min<std::int64_t>(nz, pool.size()));
   // Per-slab accumulators cost count·88 bytes each: with very many components use one.
   if (double(count) * STATS * 8 * double(nslabs) > 256.0 * (1 << 20)) nslabs = 1;
   // One accumulator per slab: a slab sees each component's voxels in raster order, and slabs are
   // in z order, so the first slab that saw a component holds its first voxel.
   std::vector<std::vector<double>> acc(nslabs);
-  pool.parallel_for(std::size_t(nslabs), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t s = lo; s < hi; ++s) {
-      std::vector<double>& a = acc[s];
-      a.assign(std::size_t(count) * STATS, 0.0);
-      const std::int64_t z0 = nz * std::int64_t(s) / nslabs, z1 = nz * std::int64_t(s + 1) / nslabs;
-      for (std::int64_t z = z0; z < z1; ++z)
-        for (std::int64_t y = 0; y < ny; ++y) {
-          const std::int64_t row = (z * ny + y) * nx;
-          const std::int32_t* l = labels + row;
-          for (std::int64_t x = ccl_detail::skip_zeros(l, 0, nx); x < nx;
-               x = ccl_detail::skip_zeros(l, x + 1, nx)) {
-            const std::int32_t c = l[x];
-            if (c < 1 || c > count) throw Error("a label is outside 1..count");
-            double* s_ = a.data() + std::size_t(c - 1) * STATS;
-            if (s_[0] == 0) {
-              s_[1] = double(x), s_[2] = double(y), s_[3] = double(z);
-              s_[4] = double(x), s_[5] = double(y), s_[6] = double(z);
-              s_[10] = classes ? double(classes[row + x]) : 0.0;
-            } else {
-              s_[1] = std::min(s_[1], double(x)), s_[2] = std::min(s_[2], double(y));
-              s_[4] = std::max(s_[4], double(x)), s_[5] = std::max(s_[5], double(y));
-              s_[6] = double(z);
+  pool.parallel_for(
+      std::size_t(nslabs),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t s = lo; s < hi; ++s) {
+          std::vector<double>& a = acc[s];
+          a.assign(std::size_t(count) * STATS, 0.0);
+          const std::int64_t z0 = nz * std::int64_t(s) / nslabs, z1 = nz * std::int64_t(s + 1) / nslabs;
+          for (std::int64_t z = z0; z < z1; ++z)
+            for (std::int64_t y = 0; y < ny; ++y) {
+              const std::int64_t row = (z * ny + y) * nx;
+              const std::int32_t* l = labels + row;
+              for (std::int64_t x = ccl_detail::skip_zeros(l, 0, nx); x < nx;
+                   x = ccl_detail::skip_zeros(l, x + 1, nx)) {
+                const std::int32_t c = l[x];
+                if (c < 1 || c > count) throw Error("a label is outside 1..count");
+                double* s_ = a.data() + std::size_t(c - 1) * STATS;
+                if (s_[0] == 0) {
+                  s_[1] = double(x), s_[2] = double(y), s_[3] = double(z);
+                  s_[4] = double(x), s_[5] = double(y), s_[6] = double(z);
+                  s_[10] = classes ? double(classes[row + x]) : 0.0;
+                } else {
+                  s_[1] = std::min(s_[1], double(x)), s_[2] = std::min(s_[2], double(y));
+                  s_[4] = std::max(s_[4], double(x)), s_[5] = std::max(s_[5], double(y));
+                  s_[6] = double(z);
+                }
+                s_[0] += 1, s_[7] += double(x), s_[8] += double(y), s_[9] += double(z);
+              }
             }
-            s_[0] += 1, s_[7] += double(x), s_[8] += double(y), s_[9] += double(z);
-          }
         }
-    }
-  }, 1, 1);
+      },
+      1, 1);
   // Merge in slab order.
   std::fill(out, out + count * STATS, 0.0);
   for (std::int64_t s = 0; s < nslabs; ++s) {
@@ -595,9 +610,9 @@ void component_stats(const std::int32_t* labels, std::int64_t nx, std::int64_t n
 }
 
 // Voxels per slice of each component: out[offsets[c-1] + z - zmin[c-1]] for z in its z-range.
-inline void component_slice_areas(const std::int32_t* labels, std::int64_t nx, std::int64_t ny,
-                                  std::int64_t nz, std::int64_t count, const std::int32_t* zmin,
-                                  const std::int64_t* offsets, std::uint32_t* out, ThreadPool& pool) {
+inline void component_slice_areas(const std::int32_t* labels, std::int64_t nx, std::int64_t ny, std::int64_t nz,
+                                  std::int64_t count, const std::int32_t* zmin, const std::int64_t* offsets,
+                                  std::uint32_t* out, ThreadPool& pool) {
   const std::int64_t plane = nx * ny;
   pool.parallel_for(std::size_t(nz), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t z = lo; z < hi; ++z) {  // each z owns distinct entries: no races
@@ -616,14 +631,17 @@ inline void component_slice_areas(const std::int32_t* labels, std::int64_t nx, s
 
 // out[i] = keep[labels[i]] ? src[i] : 0, where keep has count+1 entries (keep[0] is ignored).
 template <class T>
-void select_components(const T* src, const std::int32_t* labels, std::int64_t n,
-                       const std::uint8_t* keep, std::int64_t count, T* out, ThreadPool& pool) {
-  pool.parallel_for(std::size_t(n), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t i = lo; i < hi; ++i) {
-      const std::int32_t c = labels[i];
-      out[i] = (c > 0 && c <= count && keep[c]) ? src[i] : T(0);
-    }
-  }, 1 << 16);
+void select_components(const T* src, const std::int32_t* labels, std::int64_t n, const std::uint8_t* keep,
+                       std::int64_t count, T* out, ThreadPool& pool) {
+  pool.parallel_for(
+      std::size_t(n),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t i = lo; i < hi; ++i) {
+          const std::int32_t c = labels[i];
+          out[i] = (c > 0 && c <= count && keep[c]) ? src[i] : T(0);
+        }
+      },
+      1 << 16);
 }
 
 }  // namespace bhsd

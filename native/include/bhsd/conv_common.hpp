@@ -26,13 +26,13 @@ namespace bhsd {
 enum class Act { none = 0, relu = 1, leaky = 2 };
 
 struct ConvGeom {
-  std::int64_t C, D, H, W;           // input channels (of one group) and extent
-  std::int64_t Co;                   // output channels (of one group)
+  std::int64_t C, D, H, W;  // input channels (of one group) and extent
+  std::int64_t Co;          // output channels (of one group)
   std::int64_t kd, kh, kw;
-  std::int64_t sd, sh, sw;           // strides
-  std::int64_t dd, dh, dw;           // dilations
-  std::int64_t pd, ph, pw;           // leading padding (trailing padding only changes Do/Ho/Wo)
-  std::int64_t Do, Ho, Wo;           // output extent
+  std::int64_t sd, sh, sw;  // strides
+  std::int64_t dd, dh, dw;  // dilations
+  std::int64_t pd, ph, pw;  // leading padding (trailing padding only changes Do/Ho/Wo)
+  std::int64_t Do, Ho, Wo;  // output extent
   std::int64_t K() const { return C * kd * kh * kw; }
 };
 
@@ -68,8 +68,8 @@ struct CoBlocks {
 };
 
 // Output extent of a convolution along one axis (negative when the input is too small).
-inline std::int64_t conv_out(std::int64_t in, std::int64_t k, std::int64_t s, std::int64_t d,
-                             std::int64_t p0, std::int64_t p1) {
+inline std::int64_t conv_out(std::int64_t in, std::int64_t k, std::int64_t s, std::int64_t d, std::int64_t p0,
+                             std::int64_t p1) {
   const std::int64_t span = d * (k - 1) + 1;
   const std::int64_t padded = in + p0 + p1;
   return padded < span ? 0 : (padded - span) / s + 1;

@@ -28,8 +28,8 @@ namespace bhsd {
 // along D and H only pick planes and rows; a stride s along W is undone by storing each padded row
 // as s phases (columns ≡ 0, 1, … mod s, one after another), in which consecutive outputs read
 // consecutive samples again. Returns false (nothing done) where this path does not apply.
-inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const float* wp, const float* bias,
-                                    float* out, Act act, float alpha, ThreadPool& pool,
+inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
+                                    Act act, float alpha, ThreadPool& pool,
                                     std::int64_t slab_bytes = std::int64_t(16) << 20) {
   using namespace conv_detail;
   const CoBlocks cbk(g.Co);
@@ -61,7 +61,8 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
     for (std::int64_t a = 0; a < g.kd; ++a)
       for (std::int64_t b = 0; b < g.kh; ++b)
         for (std::int64_t c = 0; c < g.kw; ++c, ++k)
-          delta[std::size_t(k)] = std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + ((c * g.dw) % sw) * Wph + (c * g.dw) / sw);
+          delta[std::size_t(k)] =
+              std::int32_t(ci * volS + a * g.dd * planeP + b * g.dh * Wp + ((c * g.dw) % sw) * Wph + (c * g.dw) / sw);
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
   const std::int64_t cb = channel_block(g.C, ksp);
@@ -70,58 +71,65 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
     const std::int64_t od1 = std::min(g.Do, od0 + odn);
     const std::int64_t planes = (od1 - 1 - od0) * g.sd + halo + 1, zd0 = od0 * g.sd;
     // the slab's padded planes, a (channel, plane) per task; every element written
-    pool.parallel_for(std::size_t(g.C * planes), [&](std::size_t t0, std::size_t t1) {
-      for (std::size_t t = t0; t < t1; ++t) {
-        const std::int64_t ci = std::int64_t(t) / planes, q = std::int64_t(t) % planes, id = zd0 + q - g.pd;
-        float* dst = P + ci * volS + q * planeP;
-        for (std::int64_t zh = 0; zh < Hp; ++zh, dst += Wp) {
-          const std::int64_t ih = zh - g.ph;
-          if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || w1 <= w0) {
-            std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
-            continue;
-          }
-          const float* src = in + ci * vol_in + id * plane_in + ih * g.W - g.pw;  // src[xp]: padded column xp
-          if (sw == 1) {
-            std::memset(dst, 0, std::size_t(w0) * sizeof(float));
-            std::memcpy(dst + w0, src + w0, std::size_t(w1 - w0) * sizeof(float));
-            std::memset(dst + w1, 0, std::size_t(Wp - w1) * sizeof(float));
-          } else {
-            std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
-            for (std::int64_t s = 0; s < sw; ++s) {  // phase s: padded columns s, s + sw, …
-              float* d = dst + s * Wph;
-              for (std::int64_t j = (w0 - s + sw - 1) / sw, xp = s + j * sw; xp < w1; ++j, xp += sw) d[j] = src[xp];
-            }
-          }
-        }
-      }
-    }, 1, 2);
-    const std::int64_t rows = (od1 - od0) * g.Ho;
-    const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
-    pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
-      for (std::size_t t = t0; t < t1; ++t) {
-        const std::int64_t r0 = std::int64_t(t) * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
-        for (std::int64_t kb = 0; kb < kblocks; ++kb) {
-          const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
-          const std::int64_t kbn = (c1 - c0) * ksp;
-          const std::int32_t* dk = delta.data() + c0 * ksp;
-          const bool first = kb == 0, last = kb == kblocks - 1;
-          const std::int64_t step = use_avx512() ? 2 : 1;
-          for (std::int64_t cob = 0; cob < coblocks; cob += step) {
-            const std::int64_t cobn = std::min(coblocks, cob + step);
-            for (std::int64_t r = r0; r < r1; ++r) {
-              const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
-              const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
-              float* orow = out + (od0 + odl) * plane_out + oh * g.Wo;
-              for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
-                const IndirectB src{base_row + ow0, dk};
-                const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
-                kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, src, kbn, orow + ow0, vol_out, bias, n, first, last, act, alpha);
+    pool.parallel_for(
+        std::size_t(g.C * planes),
+        [&](std::size_t t0, std::size_t t1) {
+          for (std::size_t t = t0; t < t1; ++t) {
+            const std::int64_t ci = std::int64_t(t) / planes, q = std::int64_t(t) % planes, id = zd0 + q - g.pd;
+            float* dst = P + ci * volS + q * planeP;
+            for (std::int64_t zh = 0; zh < Hp; ++zh, dst += Wp) {
+              const std::int64_t ih = zh - g.ph;
+              if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || w1 <= w0) {
+                std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
+                continue;
+              }
+              const float* src = in + ci * vol_in + id * plane_in + ih * g.W - g.pw;  // src[xp]: padded column xp
+              if (sw == 1) {
+                std::memset(dst, 0, std::size_t(w0) * sizeof(float));
+                std::memcpy(dst + w0, src + w0, std::size_t(w1 - w0) * sizeof(float));
+                std::memset(dst + w1, 0, std::size_t(Wp - w1) * sizeof(float));
+              } else {
+                std::memset(dst, 0, std::size_t(Wp) * sizeof(float));
+                for (std::int64_t s = 0; s < sw; ++s) {  // phase s: padded columns s, s + sw, …
+                  float* d = dst + s * Wph;
+                  for (std::int64_t j = (w0 - s + sw - 1) / sw, xp = s + j * sw; xp < w1; ++j, xp += sw) d[j] = src[xp];
+                }
               }
             }
           }
-        }
-      }
-    }, 1, 8);
+        },
+        1, 2);
+    const std::int64_t rows = (od1 - od0) * g.Ho;
+    const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+    pool.parallel_for(
+        std::size_t(tasks),
+        [&](std::size_t t0, std::size_t t1) {
+          for (std::size_t t = t0; t < t1; ++t) {
+            const std::int64_t r0 = std::int64_t(t) * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
+            for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+              const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
+              const std::int64_t kbn = (c1 - c0) * ksp;
+              const std::int32_t* dk = delta.data() + c0 * ksp;
+              const bool first = kb == 0, last = kb == kblocks - 1;
+              const std::int64_t step = use_avx512() ? 2 : 1;
+              for (std::int64_t cob = 0; cob < coblocks; cob += step) {
+                const std::int64_t cobn = std::min(coblocks, cob + step);
+                for (std::int64_t r = r0; r < r1; ++r) {
+                  const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
+                  const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
+                  float* orow = out + (od0 + odl) * plane_out + oh * g.Wo;
+                  for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
+                    const IndirectB src{base_row + ow0, dk};
+                    const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
+                    kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, src, kbn, orow + ow0, vol_out, bias, n, first,
+                                  last, act, alpha);
+                  }
+                }
+              }
+            }
+          }
+        },
+        1, 8);
   }
   return true;
 }
@@ -136,11 +144,13 @@ struct InPlaceInput {
   std::vector<float> stage;
   InPlaceInput(const float* in_, std::int64_t K, std::int64_t V_) : in(in_), V(V_) {
     delta.resize(std::size_t(K)), delta16.resize(std::size_t(K));
-    for (std::int64_t k = 0; k < K; ++k) delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
+    for (std::int64_t k = 0; k < K; ++k)
+      delta[std::size_t(k)] = std::int32_t(k * V), delta16[std::size_t(k)] = std::int32_t(k * NR);
     const std::int64_t vlast = V / NR * NR;
     if (vlast < V) {
       stage.assign(std::size_t(K * NR), 0.0f);
-      for (std::int64_t k = 0; k < K; ++k) std::memcpy(stage.data() + k * NR, in + k * V + vlast, std::size_t(V - vlast) * sizeof(float));
+      for (std::int64_t k = 0; k < K; ++k)
+        std::memcpy(stage.data() + k * NR, in + k * V + vlast, std::size_t(V - vlast) * sizeof(float));
     }
   }
   IndirectB at(std::int64_t v, std::int64_t k0) const {
@@ -156,9 +166,9 @@ struct InPlaceInput {
 // and the TLB misses cost more than the copy (an upsampling 128→64×4 taps: 62 → 27 ms); a single
 // block (a segmentation head) reads each sample once, so there the copy would only add traffic.
 __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlaceInput& src, const float* wp,
-                                                                  std::int64_t K, const CoBlocks& cbk, const float* bias,
-                                                                  std::int64_t v0, std::int64_t v1, float* o,
-                                                                  std::int64_t ldo, Act act, float alpha) {
+                                                                   std::int64_t K, const CoBlocks& cbk,
+                                                                   const float* bias, std::int64_t v0, std::int64_t v1,
+                                                                   float* o, std::int64_t ldo, Act act, float alpha) {
   const std::int64_t cb = channel_block(K, 1), kblocks = (K + cb - 1) / cb;
   const bool stage = cbk.count() > 1;
   const std::int64_t n = v1 - v0, Lp = (n + NR - 1) / NR * NR;
@@ -181,8 +191,9 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
     for (std::int64_t cob = 0; cob < cbk.count(); cob += step) {
       const std::int64_t cobn = std::min(cbk.count(), cob + step);
       for (std::int64_t v = v0; v < v1; v += NR)
-        kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn, stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn,
-                      o + (v - v0), ldo, bias, std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
+        kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn,
+                      stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn, o + (v - v0), ldo, bias,
+                      std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
     }
   }
 }
@@ -194,11 +205,11 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
 // partial tile through a zero-padded staging copy. Up to 48 output channels (a head; measured 2×
 // faster than packing there); wider layers reuse packed panels enough that packing wins (64→128
 // and 320→1280 measured 1.2–1.5× slower this way). Returns false where this path does not apply.
-inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const float* wp, const float* bias,
-                                     float* out, Act act, float alpha, ThreadPool& pool) {
+inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
+                                     Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
-  if (g.kd != 1 || g.kh != 1 || g.kw != 1 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.pd != 0 || g.ph != 0 || g.pw != 0 ||
-      g.Do != g.D || g.Ho != g.H || g.Wo != g.W)
+  if (g.kd != 1 || g.kh != 1 || g.kw != 1 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.pd != 0 || g.ph != 0 ||
+      g.pw != 0 || g.Do != g.D || g.Ho != g.H || g.Wo != g.W)
     return false;
   const std::int64_t V = g.D * g.H * g.W, K = g.C;
   if (K * V >= (std::int64_t(1) << 31)) return false;
@@ -208,25 +219,28 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
   const InPlaceInput src(in, K, V);
   const std::int64_t tiles = (V + NR - 1) / NR, per_task = 16;
   // a task's 16 tiles share each channel block's weights (read once per task, not once per tile)
-  pool.parallel_for(std::size_t((tiles + per_task - 1) / per_task), [&](std::size_t t0, std::size_t t1) {
-    for (std::size_t t = t0; t < t1; ++t) {
-      const std::int64_t v0 = std::int64_t(t) * per_task * NR, v1 = std::min(V, v0 + per_task * NR);
-      pointwise_run_avx2(src, wp, K, cbk, bias, v0, v1, out + v0, V, act, alpha);
-    }
-  }, 1, 8);
+  pool.parallel_for(
+      std::size_t((tiles + per_task - 1) / per_task),
+      [&](std::size_t t0, std::size_t t1) {
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::int64_t v0 = std::int64_t(t) * per_task * NR, v1 = std::min(V, v0 + per_task * NR);
+          pointwise_run_avx2(src, wp, K, cbk, bias, v0, v1, out + v0, V, act, alpha);
+        }
+      },
+      1, 8);
   return true;
 }
 #endif
 
 // conv_winograd.hpp (included at the end of this header): Winograd F(2×2×2, 3×3×3) where it
 // applies and the plan (or BHSD_WINOGRAD) chooses it; true when it wrote the output.
-inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act, float alpha,
-                          ThreadPool& pool);
+inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
+                          float alpha, ThreadPool& pool);
 
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
 // winograd = false: the direct paths only (the plan times them against Winograd).
-inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias,
-                           float* out, Act act, float alpha, ThreadPool& pool, bool winograd = true) {
+inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
+                           float alpha, ThreadPool& pool, bool winograd = true) {
   using namespace conv_detail;
   if (winograd && winograd_hook(g, in, wp, bias, out, act, alpha, pool)) return;
   static const Kernel kernel = pick_kernel();
@@ -272,96 +286,108 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   std::vector<std::int32_t> rdelta;
   if (rowwin) {
     rdelta.resize(std::size_t(cb * ksp));
-    for (std::int64_t k = 0; k < cb * ksp; ++k) rdelta[std::size_t(k)] = std::int32_t((k / g.kw) * RW + (k % g.kw) * g.dw);
+    for (std::int64_t k = 0; k < cb * ksp; ++k)
+      rdelta[std::size_t(k)] = std::int32_t((k / g.kw) * RW + (k % g.kw) * g.dw);
   }
   // A volume with fewer tasks of segments than threads (the deep stages: 2×4×4 is one) also splits
   // its output channels, at least 4 blocks each, so that every thread has work; each split packs
   // its own panels (320→320 at 2×4×4: 100 → 145 GFLOP/s; with as many tasks as threads the
   // duplicated packing cost more than it gained).
   const std::int64_t threads = std::int64_t(pool.size());
-  const std::int64_t co_splits = seg_tasks >= threads ? 1 : std::clamp<std::int64_t>((2 * threads + seg_tasks - 1) / seg_tasks, 1, std::max<std::int64_t>(1, coblocks / 4));
+  const std::int64_t co_splits = seg_tasks >= threads
+                                     ? 1
+                                     : std::clamp<std::int64_t>((2 * threads + seg_tasks - 1) / seg_tasks, 1,
+                                                                std::max<std::int64_t>(1, coblocks / 4));
   const std::int64_t tasks = seg_tasks * co_splits;
 
-  pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
-    thread_local Scratch panel_mem, tile_mem;
-    const std::int64_t max_segs = flat ? 8 : rows_per_task * segs_per_row;
-    float* panel = panel_mem.get(std::size_t(max_segs * cb * ksp * NR));
-    float* tile = tile_mem.get(MR * NR);
-    struct Seg { std::int64_t od, oh, ow0, n; };
-    std::vector<Seg> segs;
-    for (std::size_t task = t0; task < t1; ++task) {
-      const std::int64_t t = std::int64_t(task) / co_splits, split = std::int64_t(task) % co_splits;
-      const std::int64_t cob0 = split * coblocks / co_splits, cob1 = (split + 1) * coblocks / co_splits;
-      segs.clear();
-      if (flat)  // od, oh unused; ow0 is the flat start
-        for (std::int64_t q = t * 8; q < std::min(flat_segs, (t + 1) * 8); ++q)
-          segs.push_back({0, 0, q * NR, std::min<std::int64_t>(NR, vol_out - q * NR)});
-      else
-        for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
-          for (std::int64_t s = 0; s < segs_per_row; ++s)
-            segs.push_back({r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)});
-      for (std::int64_t kb = 0; kb < kblocks; ++kb) {
-        const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
-        const std::int64_t kbn = (c1 - c0) * ksp;
-        // Pack: panel[s][k][j] = input sample of weight k for voxel j of segment s (0 in padding).
-        for (std::size_t s = 0; s < segs.size(); ++s) {
-          const Seg& sg = segs[s];
+  pool.parallel_for(
+      std::size_t(tasks),
+      [&](std::size_t t0, std::size_t t1) {
+        thread_local Scratch panel_mem, tile_mem;
+        const std::int64_t max_segs = flat ? 8 : rows_per_task * segs_per_row;
+        float* panel = panel_mem.get(std::size_t(max_segs * cb * ksp * NR));
+        float* tile = tile_mem.get(MR * NR);
+        struct Seg {
+          std::int64_t od, oh, ow0, n;
+        };
+        std::vector<Seg> segs;
+        for (std::size_t task = t0; task < t1; ++task) {
+          const std::int64_t t = std::int64_t(task) / co_splits, split = std::int64_t(task) % co_splits;
+          const std::int64_t cob0 = split * coblocks / co_splits, cob1 = (split + 1) * coblocks / co_splits;
+          segs.clear();
+          if (flat)  // od, oh unused; ow0 is the flat start
+            for (std::int64_t q = t * 8; q < std::min(flat_segs, (t + 1) * 8); ++q)
+              segs.push_back({0, 0, q * NR, std::min<std::int64_t>(NR, vol_out - q * NR)});
+          else
+            for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
+              for (std::int64_t s = 0; s < segs_per_row; ++s)
+                segs.push_back({r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)});
+          for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+            const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
+            const std::int64_t kbn = (c1 - c0) * ksp;
+            // Pack: panel[s][k][j] = input sample of weight k for voxel j of segment s (0 in padding).
+            for (std::size_t s = 0; s < segs.size(); ++s) {
+              const Seg& sg = segs[s];
 #ifdef BHSD_X86
-          if (flat) {
-            pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
-            continue;
-          }
-          if (rowwin) {
-            pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, RW, panel + s * std::size_t(kbn * NR), ahead);
-            continue;
-          }
+              if (flat) {
+                pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
+                continue;
+              }
+              if (rowwin) {
+                pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, RW, panel + s * std::size_t(kbn * NR), ahead);
+                continue;
+              }
 #endif
-          pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR), ahead);
-        }
-        const bool first = kb == 0, last = kb == kblocks - 1;
+              pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR), ahead);
+            }
+            const bool first = kb == 0, last = kb == kblocks - 1;
         // Each block's weights stay in L1 while the segments' panels stream from L2 (the other
         // order, and 256- or 1024-row panels, measured no faster here: BHSD_CONV_KROWS to try).
 #ifdef BHSD_X86
-        const std::int64_t step = direct && use_avx512() ? 2 : 1;
+            const std::int64_t step = direct && use_avx512() ? 2 : 1;
 #else
-        const std::int64_t step = 1;
+            const std::int64_t step = 1;
 #endif
-        for (std::int64_t cob = cob0; cob < cob1; cob += step) {
-          const float* a = wp + (cob * K + c0 * ksp) * MR;
-          const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
-          const float* bb = bias ? bias + co0 : nullptr;
-          for (std::size_t s = 0; s < segs.size(); ++s) {
-            const Seg& sg = segs[s];
-            float* o = out + co0 * vol_out + (flat ? sg.ow0 : sg.od * plane_out + sg.oh * g.Wo + sg.ow0);
+            for (std::int64_t cob = cob0; cob < cob1; cob += step) {
+              const float* a = wp + (cob * K + c0 * ksp) * MR;
+              const std::int64_t rows_valid = cbk.rows(cob), co0 = cbk.row0(cob);
+              const float* bb = bias ? bias + co0 : nullptr;
+              for (std::size_t s = 0; s < segs.size(); ++s) {
+                const Seg& sg = segs[s];
+                float* o = out + co0 * vol_out + (flat ? sg.ow0 : sg.od * plane_out + sg.oh * g.Wo + sg.ow0);
 #ifdef BHSD_X86
-            const std::int64_t cobn = std::min(cob1, cob + step);
-            float* o0 = o - co0 * vol_out;
-            if (rowwin) {
-              kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn,
-                            o0, vol_out, bias, sg.n, first, last, act, alpha);
-              continue;
-            }
-            if (direct) {
-              kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{panel + s * std::size_t(kbn * NR)}, kbn, o0, vol_out, bias,
-                            sg.n, first, last, act, alpha);
-              continue;
-            }
+                const std::int64_t cobn = std::min(cob1, cob + step);
+                float* o0 = o - co0 * vol_out;
+                if (rowwin) {
+                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn,
+                                IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn, o0, vol_out, bias,
+                                sg.n, first, last, act, alpha);
+                  continue;
+                }
+                if (direct) {
+                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{panel + s * std::size_t(kbn * NR)}, kbn,
+                                o0, vol_out, bias, sg.n, first, last, act, alpha);
+                  continue;
+                }
 #endif
-            const std::size_t nbytes = std::size_t(sg.n) * sizeof(float);
-            std::memset(tile, 0, MR * NR * sizeof(float));
-            for (std::int64_t r = 0; r < rows_valid; ++r) {
-              if (first) std::fill(tile + r * NR, tile + r * NR + sg.n, bb ? bb[r] : 0.0f);
-              else std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
+                const std::size_t nbytes = std::size_t(sg.n) * sizeof(float);
+                std::memset(tile, 0, MR * NR * sizeof(float));
+                for (std::int64_t r = 0; r < rows_valid; ++r) {
+                  if (first)
+                    std::fill(tile + r * NR, tile + r * NR + sg.n, bb ? bb[r] : 0.0f);
+                  else
+                    std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
+                }
+                kernel(a, panel + s * std::size_t(kbn * NR), kbn, tile);
+                if (last && act != Act::none)
+                  for (std::int64_t i = 0; i < MR * NR; ++i) tile[i] = activate(tile[i], act, alpha);
+                for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(o + r * vol_out, tile + r * NR, nbytes);
+              }
             }
-            kernel(a, panel + s * std::size_t(kbn * NR), kbn, tile);
-            if (last && act != Act::none)
-              for (std::int64_t i = 0; i < MR * NR; ++i) tile[i] = activate(tile[i], act, alpha);
-            for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(o + r * vol_out, tile + r * NR, nbytes);
           }
         }
-      }
-    }
-  }, 1, 8);
+      },
+      1, 8);
 }
 
 }  // namespace bhsd

@@ -40,9 +40,9 @@ struct IndirectB {
 // (the output itself, or a staging tile with ldo = 16). first: start from the bias, else from what
 // the tile holds; last: apply the activation before storing. Only the R rows are read or written.
 template <int R, class B>
-__attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a, B bsrc, std::int64_t K,
-                                                                 float* o, std::int64_t ldo, const float* bias,
-                                                                 bool first, bool last, Act act, float alpha) {
+__attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a, B bsrc, std::int64_t K, float* o,
+                                                                 std::int64_t ldo, const float* bias, bool first,
+                                                                 bool last, Act act, float alpha) {
   static_assert(R >= 1 && R <= MR, "rows per tile");
   __m256 c0[R], c1[R];
 #pragma GCC unroll 6
@@ -82,12 +82,18 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_rows(std::int64_t ro
                                                                  const float* bias, bool first, bool last, Act act,
                                                                  float alpha) {
   switch (rows) {
-    case 6: return kernel_avx2_tile<6>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
-    case 5: return kernel_avx2_tile<5>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
-    case 4: return kernel_avx2_tile<4>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
-    case 3: return kernel_avx2_tile<3>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
-    case 2: return kernel_avx2_tile<2>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
-    default: return kernel_avx2_tile<1>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 6:
+      return kernel_avx2_tile<6>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 5:
+      return kernel_avx2_tile<5>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 4:
+      return kernel_avx2_tile<4>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 3:
+      return kernel_avx2_tile<3>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    case 2:
+      return kernel_avx2_tile<2>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
+    default:
+      return kernel_avx2_tile<1>(a, bsrc, K, o, ldo, bias, first, last, act, alpha);
   }
 }
 
@@ -101,7 +107,8 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2(const float* a, cons
 template <class B>
 __attribute__((target("avx2,fma"))) inline void kernel_avx2_any(const float* a, B bsrc, std::int64_t K, float* o,
                                                                 std::int64_t ldo, const float* bias, std::int64_t rows,
-                                                                std::int64_t n, bool first, bool last, Act act, float alpha) {
+                                                                std::int64_t n, bool first, bool last, Act act,
+                                                                float alpha) {
   if (n == NR) return kernel_avx2_rows(rows, a, bsrc, K, o, ldo, bias, first, last, act, alpha);
   alignas(64) float tile[MR * NR] = {};
   if (!first)
@@ -117,14 +124,16 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_any(const float* a, 
 // weights and panels as AVX2 (block b + 1's weights K·MR floats after block b's); partial tiles
 // (n < 16) by masked loads and stores, nothing past them read or written.
 template <int R0, int R1, class B>
-__attribute__((target("avx512f"))) inline void kernel_avx512_pair(const float* a0, const float* a1, B bsrc, std::int64_t K,
-                                                                  float* o, std::int64_t ldo, const float* bias, __mmask16 m,
-                                                                  bool first, bool last, Act act, float alpha) {
+__attribute__((target("avx512f"))) inline void kernel_avx512_pair(const float* a0, const float* a1, B bsrc,
+                                                                  std::int64_t K, float* o, std::int64_t ldo,
+                                                                  const float* bias, __mmask16 m, bool first, bool last,
+                                                                  Act act, float alpha) {
   static_assert(R0 >= 1 && R0 <= MR && R1 >= 0 && R1 <= MR, "rows per block");
   constexpr int R = R0 + R1;
   __m512 c[R];
 #pragma GCC unroll 12
-  for (int r = 0; r < R; ++r) c[r] = first ? _mm512_set1_ps(bias ? bias[r] : 0.0f) : _mm512_maskz_loadu_ps(m, o + r * ldo);
+  for (int r = 0; r < R; ++r)
+    c[r] = first ? _mm512_set1_ps(bias ? bias[r] : 0.0f) : _mm512_maskz_loadu_ps(m, o + r * ldo);
   for (std::int64_t k = 0; k < K; ++k) {
     const __m512 b = _mm512_loadu_ps(bsrc.at(k));
 #pragma GCC unroll 6
@@ -137,44 +146,59 @@ __attribute__((target("avx512f"))) inline void kernel_avx512_pair(const float* a
   if (last && act != Act::none) {
     const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) c[r] = _mm512_mask_mul_ps(c[r], _mm512_cmp_ps_mask(c[r], zero, _CMP_NGT_UQ), c[r], slope);
+    for (int r = 0; r < R; ++r)
+      c[r] = _mm512_mask_mul_ps(c[r], _mm512_cmp_ps_mask(c[r], zero, _CMP_NGT_UQ), c[r], slope);
   }
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(o + r * ldo, m, c[r]);
 }
 
 template <int R0, class B>
-__attribute__((target("avx512f"))) inline void kernel_avx512_second(std::int64_t rows1, const float* a0, const float* a1, B bsrc,
-                                                                    std::int64_t K, float* o, std::int64_t ldo, const float* bias,
-                                                                    __mmask16 m, bool first, bool last, Act act, float alpha) {
+__attribute__((target("avx512f"))) inline void kernel_avx512_second(std::int64_t rows1, const float* a0,
+                                                                    const float* a1, B bsrc, std::int64_t K, float* o,
+                                                                    std::int64_t ldo, const float* bias, __mmask16 m,
+                                                                    bool first, bool last, Act act, float alpha) {
   switch (rows1) {
-    case 6: return kernel_avx512_pair<R0, 6>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 5: return kernel_avx512_pair<R0, 5>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 4: return kernel_avx512_pair<R0, 4>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 3: return kernel_avx512_pair<R0, 3>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 2: return kernel_avx512_pair<R0, 2>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 1: return kernel_avx512_pair<R0, 1>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    default: return kernel_avx512_pair<R0, 0>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 6:
+      return kernel_avx512_pair<R0, 6>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 5:
+      return kernel_avx512_pair<R0, 5>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 4:
+      return kernel_avx512_pair<R0, 4>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 3:
+      return kernel_avx512_pair<R0, 3>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 2:
+      return kernel_avx512_pair<R0, 2>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 1:
+      return kernel_avx512_pair<R0, 1>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    default:
+      return kernel_avx512_pair<R0, 0>(a0, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
   }
 }
 
 // Blocks of `rows0` and `rows1` (0: none) output channels, the second's weights `astride` floats
 // after the first's, its rows right after the first's in the output; n ≤ 16 voxels.
 template <class B>
-__attribute__((target("avx512f"))) inline void kernel_avx512_any(const float* a, std::int64_t astride, std::int64_t rows0,
-                                                                 std::int64_t rows1, B bsrc, std::int64_t K, float* o,
-                                                                 std::int64_t ldo, const float* bias, std::int64_t n,
-                                                                 bool first, bool last, Act act, float alpha) {
+__attribute__((target("avx512f"))) inline void kernel_avx512_any(const float* a, std::int64_t astride,
+                                                                 std::int64_t rows0, std::int64_t rows1, B bsrc,
+                                                                 std::int64_t K, float* o, std::int64_t ldo,
+                                                                 const float* bias, std::int64_t n, bool first,
+                                                                 bool last, Act act, float alpha) {
   const __mmask16 m = n >= NR ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   const float* a1 = a + astride;
   if (rows0 == MR) return kernel_avx512_second<MR>(rows1, a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
   // a short first block (a layer of fewer than 6 channels) never has a second
   switch (rows0) {
-    case 5: return kernel_avx512_pair<5, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 4: return kernel_avx512_pair<4, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 3: return kernel_avx512_pair<3, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    case 2: return kernel_avx512_pair<2, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
-    default: return kernel_avx512_pair<1, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 5:
+      return kernel_avx512_pair<5, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 4:
+      return kernel_avx512_pair<4, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 3:
+      return kernel_avx512_pair<3, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    case 2:
+      return kernel_avx512_pair<2, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
+    default:
+      return kernel_avx512_pair<1, 0>(a, a1, bsrc, K, o, ldo, bias, m, first, last, act, alpha);
   }
 }
 
@@ -191,22 +215,23 @@ inline bool use_avx512() {
 // per AVX-512 call where it runs, one per AVX2 call elsewhere. wp: the layer's packed weights at
 // this block of K (block b at wp + b·Kfull·MR); kbn: the K rows of this call.
 template <class B>
-inline void kernel_blocks(const float* wp, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob0, std::int64_t cob1, B bsrc,
-                          std::int64_t kbn, float* o, std::int64_t ldo, const float* bias, std::int64_t n, bool first, bool last,
-                          Act act, float alpha) {
+inline void kernel_blocks(const float* wp, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob0,
+                          std::int64_t cob1, B bsrc, std::int64_t kbn, float* o, std::int64_t ldo, const float* bias,
+                          std::int64_t n, bool first, bool last, Act act, float alpha) {
   if (use_avx512()) {
     for (std::int64_t cob = cob0; cob < cob1; cob += 2) {
-      const std::int64_t r0 = cbk.rows(cob), r1 = cob + 1 < cob1 && r0 == MR ? cbk.rows(cob + 1) : 0, co0 = cbk.row0(cob);
-      kernel_avx512_any(wp + cob * Kfull * MR, Kfull * MR, r0, r1, bsrc, kbn, o + co0 * ldo, ldo, bias ? bias + co0 : nullptr, n,
-                        first, last, act, alpha);
+      const std::int64_t r0 = cbk.rows(cob), r1 = cob + 1 < cob1 && r0 == MR ? cbk.rows(cob + 1) : 0,
+                         co0 = cbk.row0(cob);
+      kernel_avx512_any(wp + cob * Kfull * MR, Kfull * MR, r0, r1, bsrc, kbn, o + co0 * ldo, ldo,
+                        bias ? bias + co0 : nullptr, n, first, last, act, alpha);
       if (r1 == 0) cob -= 1;  // the block ran alone
     }
     return;
   }
   for (std::int64_t cob = cob0; cob < cob1; ++cob) {
     const std::int64_t co0 = cbk.row0(cob);
-    kernel_avx2_any(wp + cob * Kfull * MR, bsrc, kbn, o + co0 * ldo, ldo, bias ? bias + co0 : nullptr, cbk.rows(cob), n, first,
-                    last, act, alpha);
+    kernel_avx2_any(wp + cob * Kfull * MR, bsrc, kbn, o + co0 * ldo, ldo, bias ? bias + co0 : nullptr, cbk.rows(cob), n,
+                    first, last, act, alpha);
   }
 }
 #endif

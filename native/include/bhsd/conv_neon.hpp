@@ -32,9 +32,9 @@ inline void kernel_neon(const float* a, const float* b, std::int64_t K, float* c
     const float* bk = b + k * NR;
     const float* ak = a + k * MR;
     const float32x4_t b0 = vld1q_f32(bk), b1 = vld1q_f32(bk + 4), b2 = vld1q_f32(bk + 8), b3 = vld1q_f32(bk + 12);
-    const float32x4_t a03 = vld1q_f32(ak);  // weights of rows 0–3
+    const float32x4_t a03 = vld1q_f32(ak);     // weights of rows 0–3
     const float32x2_t a45 = vld1_f32(ak + 4);  // rows 4–5 (exactly the 6 floats of weight k)
-#define BHSD_NEON_ROW(r, lanefma, av, lane)        \
+#define BHSD_NEON_ROW(r, lanefma, av, lane)     \
   acc[r][0] = lanefma(acc[r][0], b0, av, lane); \
   acc[r][1] = lanefma(acc[r][1], b1, av, lane); \
   acc[r][2] = lanefma(acc[r][2], b2, av, lane); \

@@ -58,7 +58,8 @@ inline void pack_panel_generic(const ConvGeom& g, const float* in, std::int64_t 
 // p + n floats, the address formed as an integer: it may lie outside the array when only masked
 // lanes or a prefetch use it.
 inline const float* float_at(const float* p, std::int64_t n) {
-  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) + std::uintptr_t(n * std::int64_t(sizeof(float))));
+  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) +
+                                        std::uintptr_t(n * std::int64_t(sizeof(float))));
 }
 
 // The two cache lines from p + n on (a prefetch never faults).
@@ -83,15 +84,18 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
   const std::int64_t lo = ow0 * sw - g.pw, span = (g.kw - 1) * g.dw;
   const bool interior = n == NR && lo >= 0 && lo + span + (NR - 1) * sw < g.W;
   const __m256 zero = _mm256_setzero_ps();
-  const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
-  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))), step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
+  const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))),
+                step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
   // lane j of tap c is read when 0 ≤ iw0 + j·sw < W and j < n, iw0 = lo + c·dw
   __m256i m0[32], m1[32];
   if (!interior)
     for (std::int64_t c = 0; c < g.kw; ++c) {
       const std::int64_t iw0 = lo + c * g.dw;
       const std::int64_t jlo = std::clamp<std::int64_t>(iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw, 0, NR);
-      const std::int64_t jhi = std::clamp<std::int64_t>(std::min(n, g.W - iw0 <= 0 ? 0 : (g.W - iw0 + sw - 1) / sw), 0, NR);
+      const std::int64_t jhi =
+          std::clamp<std::int64_t>(std::min(n, g.W - iw0 <= 0 ? 0 : (g.W - iw0 + sw - 1) / sw), 0, NR);
       const __m256i l = _mm256_set1_epi32(int(jlo) - 1), h = _mm256_set1_epi32(int(jhi));
       m0[c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota0, l), _mm256_cmpgt_epi32(h, iota0));
       m1[c] = _mm256_and_si256(_mm256_cmpgt_epi32(iota1, l), _mm256_cmpgt_epi32(h, iota1));
@@ -130,16 +134,20 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
 // most of each tile empty (an 8-wide row: half). Each piece of the segment within one output row
 // fills its lanes by masked loads (gathers with a stride along W); lanes of other pieces, and
 // samples in the padding, are zero. Needs Wo ≥ 4 (at most 5 pieces) and kw ≤ 8.
-__attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvGeom& g, const float* in, std::int64_t c0,
-                                                                     std::int64_t c1, std::int64_t v0, std::int64_t n,
-                                                                     float* p) {
+__attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvGeom& g, const float* in,
+                                                                     std::int64_t c0, std::int64_t c1, std::int64_t v0,
+                                                                     std::int64_t n, float* p) {
   constexpr int MAXP = 5, MAXKW = 8;
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in, sw = g.sw;
-  struct Piece { std::int64_t od, oh, base; };  // lane l of tap c reads iw = base + l·sw + c·dw
+  struct Piece {
+    std::int64_t od, oh, base;
+  };  // lane l of tap c reads iw = base + l·sw + c·dw
   Piece pc[MAXP];
   __m256i m0[MAXP][MAXKW], m1[MAXP][MAXKW];
-  const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
-  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))), step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
+  const __m256i iota0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                iota1 = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i step0 = _mm256_mullo_epi32(iota0, _mm256_set1_epi32(int(sw))),
+                step1 = _mm256_mullo_epi32(iota1, _mm256_set1_epi32(int(sw)));
   int np = 0;
   for (std::int64_t j = 0; j < n && np < MAXP;) {
     const std::int64_t v = v0 + j, od = v / (g.Ho * g.Wo), oh = (v / g.Wo) % g.Ho, ow = v % g.Wo;
@@ -202,8 +210,10 @@ __attribute__((target("avx2,fma"))) inline void pack_rows_avx2(const ConvGeom& g
   __m256i m[8];  // RW ≤ 64
   if (!interior)
     for (std::int64_t q = 0; q < nv; ++q) {
-      const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
-      m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), idx));
+      const __m256i idx =
+          _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
+      m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
+                              _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), idx));
     }
   for (std::int64_t ci = c0; ci < c1; ++ci)
     for (std::int64_t a = 0; a < g.kd; ++a) {

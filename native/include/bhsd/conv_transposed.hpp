@@ -14,7 +14,8 @@ namespace bhsd {
 // strided places in the output — no volume-sized temporary written and read back (a 64→32
 // (1, 2, 2) upsampling to 16×256×256 spent 170 ms that way, most of it memory traffic). wp:
 // pack_conv_weights of the [Co·taps, C] matrix; bt: each row's bias. False where it does not apply.
-__attribute__((target("avx2,fma"))) inline void spread_pair_avx2(const float* s0, const float* s1, std::int64_t m, float* d) {
+__attribute__((target("avx2,fma"))) inline void spread_pair_avx2(const float* s0, const float* s1, std::int64_t m,
+                                                                 float* d) {
   std::int64_t i = 0;
   for (; i + 8 <= m; i += 8) {  // d[2i] = s0[i], d[2i + 1] = s1[i]
     const __m256 x0 = _mm256_loadu_ps(s0 + i), x1 = _mm256_loadu_ps(s1 + i);
@@ -37,33 +38,36 @@ __attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
   const std::int64_t L = std::clamp<std::int64_t>((std::int64_t(64) << 10) / Cp / NR * NR, NR, 256);
   const InPlaceInput src(in, K, V);
   const std::int64_t tasks = (V + L - 1) / L;
-  pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
-    thread_local Scratch buf_mem;
-    float* buf = buf_mem.get(std::size_t(Cp * L));
-    for (std::size_t t = t0; t < t1; ++t) {
-      const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L);
-      pointwise_run_avx2(src, wp, K, cbk, bt, v0, v1, buf, L, Act::none, 0.0f);
-      // spread: row o·taps + (a·sh + b)·sw + c of voxel (id, ih, iw) → out[o, id·sd + a, ih·sh + b, iw·sw + c]
-      for (std::int64_t v = v0; v < v1;) {
-        const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
-        for (std::int64_t o = 0; o < Co; ++o)
-          for (std::int64_t a = 0; a < sd; ++a)
-            for (std::int64_t b = 0; b < sh; ++b) {
-              float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo + iw0 * sw;
-              const float* s = buf + (o * ksp + (a * sh + b) * sw) * L + (v - v0);  // tap c's row at s + c·L
-              if (sw == 2) {
-                spread_pair_avx2(s, s + L, m, drow);
-              } else if (sw == 1) {
-                std::memcpy(drow, s, std::size_t(m) * sizeof(float));
-              } else {
-                for (std::int64_t c = 0; c < sw; ++c)
-                  for (std::int64_t i = 0; i < m; ++i) drow[i * sw + c] = s[c * L + i];
-              }
-            }
-        v += m;
-      }
-    }
-  }, 1, 8);
+  pool.parallel_for(
+      std::size_t(tasks),
+      [&](std::size_t t0, std::size_t t1) {
+        thread_local Scratch buf_mem;
+        float* buf = buf_mem.get(std::size_t(Cp * L));
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L);
+          pointwise_run_avx2(src, wp, K, cbk, bt, v0, v1, buf, L, Act::none, 0.0f);
+          // spread: row o·taps + (a·sh + b)·sw + c of voxel (id, ih, iw) → out[o, id·sd + a, ih·sh + b, iw·sw + c]
+          for (std::int64_t v = v0; v < v1;) {
+            const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
+            for (std::int64_t o = 0; o < Co; ++o)
+              for (std::int64_t a = 0; a < sd; ++a)
+                for (std::int64_t b = 0; b < sh; ++b) {
+                  float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo + iw0 * sw;
+                  const float* s = buf + (o * ksp + (a * sh + b) * sw) * L + (v - v0);  // tap c's row at s + c·L
+                  if (sw == 2) {
+                    spread_pair_avx2(s, s + L, m, drow);
+                  } else if (sw == 1) {
+                    std::memcpy(drow, s, std::size_t(m) * sizeof(float));
+                  } else {
+                    for (std::int64_t c = 0; c < sw; ++c)
+                      for (std::int64_t i = 0; i < m; ++i) drow[i * sw + c] = s[c * L + i];
+                  }
+                }
+            v += m;
+          }
+        }
+      },
+      1, 8);
   return true;
 }
 #endif
@@ -71,13 +75,12 @@ __attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
 // Transposed convolution, one batch item and one group: in [C, D, H, W], weight [C, Co, kd, kh, kw]
 // → out [Co, Do, Ho, Wo] (already sized with output padding). For each kernel offset, a 1×1×1
 // convolution of the input by that offset's Co×C weights, scattered into the output.
-inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_t H, std::int64_t W,
-                                     std::int64_t Co, std::int64_t kd, std::int64_t kh, std::int64_t kw,
-                                     std::int64_t sd, std::int64_t sh, std::int64_t sw, std::int64_t dd,
-                                     std::int64_t dh, std::int64_t dw, std::int64_t pd, std::int64_t ph,
-                                     std::int64_t pw, std::int64_t Do, std::int64_t Ho, std::int64_t Wo,
-                                     const float* in, const float* w, const float* bias, float* out,
-                                     ThreadPool& pool) {
+inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_t H, std::int64_t W, std::int64_t Co,
+                                     std::int64_t kd, std::int64_t kh, std::int64_t kw, std::int64_t sd,
+                                     std::int64_t sh, std::int64_t sw, std::int64_t dd, std::int64_t dh,
+                                     std::int64_t dw, std::int64_t pd, std::int64_t ph, std::int64_t pw,
+                                     std::int64_t Do, std::int64_t Ho, std::int64_t Wo, const float* in, const float* w,
+                                     const float* bias, float* out, ThreadPool& pool) {
   const std::int64_t vol_out = Do * Ho * Wo, vol_in = D * H * W, ksp = kd * kh * kw;
   // Stride 1 (the gradient of a stride-1 convolution, a decoder's 3×3×3): a direct convolution
   // with the weights transposed and flipped and leading padding d·(k − 1) − p.
@@ -134,7 +137,10 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
   // j + (r + p − a)/s for the phase's j-th voxel), so each phase is one direct convolution, written
   // densely and then spread into its strided places. Every output voxel belongs to one phase.
   if (dd == 1 && dh == 1 && dw == 1) {
-    struct Taps { std::vector<std::int64_t> a; std::int64_t e0; };  // taps by input offset e0, e0 + 1, …
+    struct Taps {
+      std::vector<std::int64_t> a;
+      std::int64_t e0;
+    };  // taps by input offset e0, e0 + 1, …
     auto taps_of = [](std::int64_t r, std::int64_t p, std::int64_t k, std::int64_t s) {
       Taps t{{}, 0};
       for (std::int64_t a = k - 1; a >= 0; --a)  // e = (r + p − a)/s rises as a falls
@@ -151,10 +157,12 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
         for (std::int64_t rw = 0; rw < std::min(sw, Wo); ++rw) {
           const Taps td = taps_of(rd, pd, kd, sd), th = taps_of(rh, ph, kh, sh), tw = taps_of(rw, pw, kw, sw);
           const std::int64_t Dj = (Do - rd + sd - 1) / sd, Hj = (Ho - rh + sh - 1) / sh, Wj = (Wo - rw + sw - 1) / sw;
-          const std::int64_t nd = std::int64_t(td.a.size()), nh = std::int64_t(th.a.size()), nw = std::int64_t(tw.a.size());
+          const std::int64_t nd = std::int64_t(td.a.size()), nh = std::int64_t(th.a.size()),
+                             nw = std::int64_t(tw.a.size());
           const std::int64_t plane_j = Hj * Wj, vol_j = Dj * plane_j;
           if (nd == 0 || nh == 0 || nw == 0) {  // no tap reaches this phase: the bias alone
-            for (std::int64_t o = 0; o < Co; ++o) std::fill(tmp.data() + o * vol_j, tmp.data() + (o + 1) * vol_j, bias ? bias[o] : 0.0f);
+            for (std::int64_t o = 0; o < Co; ++o)
+              std::fill(tmp.data() + o * vol_j, tmp.data() + (o + 1) * vol_j, bias ? bias[o] : 0.0f);
           } else {
             const std::int64_t kn = nd * nh * nw;
             wsub.assign(static_cast<std::size_t>(Co * C * kn), 0.0f);
@@ -164,7 +172,8 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
                   for (std::int64_t y = 0; y < nh; ++y)
                     for (std::int64_t z = 0; z < nw; ++z)
                       wsub[std::size_t(((o * C + i) * nd + x) * nh * nw + y * nw + z)] =
-                          w[(i * Co + o) * ksp + (td.a[std::size_t(x)] * kh + th.a[std::size_t(y)]) * kw + tw.a[std::size_t(z)]];
+                          w[(i * Co + o) * ksp + (td.a[std::size_t(x)] * kh + th.a[std::size_t(y)]) * kw +
+                            tw.a[std::size_t(z)]];
             const std::vector<float> wp = pack_conv_weights(wsub.data(), Co, C * kn);
             const ConvGeom g{C, D, H, W, Co, nd, nh, nw, 1, 1, 1, 1, 1, 1, -td.e0, -th.e0, -tw.e0, Dj, Hj, Wj};
             conv3d_forward(g, in, wp.data(), bias, tmp.data(), Act::none, 0, pool);
@@ -184,7 +193,8 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
         }
     return;
   }
-  for (std::int64_t co = 0; co < Co; ++co) std::fill(out + co * vol_out, out + (co + 1) * vol_out, bias ? bias[co] : 0.0f);
+  for (std::int64_t co = 0; co < Co; ++co)
+    std::fill(out + co * vol_out, out + (co + 1) * vol_out, bias ? bias[co] : 0.0f);
   ConvGeom g{C, D, H, W, Co, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
   std::vector<float> wk(static_cast<std::size_t>(Co * C)), tmp(static_cast<std::size_t>(Co * vol_in));
   for (std::int64_t a = 0; a < kd; ++a)

@@ -122,43 +122,51 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
   const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
   constexpr std::int64_t CB = 16;
-  pool.parallel_for(std::size_t(cbk.count()), [&](std::size_t t0, std::size_t t1) {
-    alignas(64) float stage[CB * MR * 64];
-    for (std::size_t t = t0; t < t1; ++t) {
-      const std::int64_t blk = std::int64_t(t), rows = cbk.rows(blk);
-      for (std::int64_t c0 = 0; c0 < C; c0 += CB) {
-        const std::int64_t cn = std::min(CB, C - c0);
-        std::fill(stage, stage + cn * MR * 64, 0.0f);
-        for (std::int64_t cq = 0; cq < cn; ++cq)
-          for (std::int64_t r = 0; r < rows; ++r) {
-            double w[27], a1[3][3][4], a2[3][4][4] = {}, u[4][4][4];  // a 1×3×3 kernel leaves planes 1, 2 of a2 at 0
-            for (int k = 0; k < KS; ++k) w[k] = wp[(blk * K + (c0 + cq) * KS + k) * MR + r];
-            // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
-            for (int a = 0; a < A; ++a)
-              for (int b = 0; b < 3; ++b) {
-                const double* v = w + a * 9 + b * 3;
-                a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]), a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+  pool.parallel_for(
+      std::size_t(cbk.count()),
+      [&](std::size_t t0, std::size_t t1) {
+        alignas(64) float stage[CB * MR * 64];
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::int64_t blk = std::int64_t(t), rows = cbk.rows(blk);
+          for (std::int64_t c0 = 0; c0 < C; c0 += CB) {
+            const std::int64_t cn = std::min(CB, C - c0);
+            std::fill(stage, stage + cn * MR * 64, 0.0f);
+            for (std::int64_t cq = 0; cq < cn; ++cq)
+              for (std::int64_t r = 0; r < rows; ++r) {
+                double w[27], a1[3][3][4], a2[3][4][4] = {},
+                                           u[4][4][4];  // a 1×3×3 kernel leaves planes 1, 2 of a2 at 0
+                for (int k = 0; k < KS; ++k) w[k] = wp[(blk * K + (c0 + cq) * KS + k) * MR + r];
+                // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
+                for (int a = 0; a < A; ++a)
+                  for (int b = 0; b < 3; ++b) {
+                    const double* v = w + a * 9 + b * 3;
+                    a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]),
+                    a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+                  }
+                for (int a = 0; a < A; ++a)
+                  for (int x = 0; x < 4; ++x) {
+                    const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
+                    a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2),
+                    a2[a][3][x] = v2;
+                  }
+                for (int y = 0; y < 4; ++y)
+                  for (int x = 0; x < 4; ++x) {
+                    const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
+                    u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2),
+                    u[3][y][x] = v2;
+                  }
+                float* sp = stage + (cq * MR + r) * 64;
+                for (int p = 0; p < P; ++p)
+                  sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
               }
-            for (int a = 0; a < A; ++a)
-              for (int x = 0; x < 4; ++x) {
-                const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
-                a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2), a2[a][3][x] = v2;
-              }
-            for (int y = 0; y < 4; ++y)
-              for (int x = 0; x < 4; ++x) {
-                const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
-                u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2), u[3][y][x] = v2;
-              }
-            float* sp = stage + (cq * MR + r) * 64;
-            for (int p = 0; p < P; ++p) sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
+            for (int p = 0; p < P; ++p) {
+              float* dst = U + (blk * P + p) * run + c0 * MR;
+              for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * 64 + p];
+            }
           }
-        for (int p = 0; p < P; ++p) {
-          float* dst = U + (blk * P + p) * run + c0 * MR;
-          for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * 64 + p];
         }
-      }
-    }
-  }, 1, 4);
+      },
+      1, 4);
 }
 
 // Transformed weights kept for the next call with the same weights (a model's layers run once per
@@ -170,8 +178,8 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
 // 128 MB; a layer needing over 32 MB is transformed per call into the lease instead.
 struct WeightEntry {
   std::int64_t Co, C;
-  int P;            // transform points
-  std::size_t nw;   // floats of packed weights
+  int P;           // transform points
+  std::size_t nw;  // floats of packed weights
   std::uint64_t fp;
   std::shared_ptr<Block> block;  // the packed weights' copy, then U (P · C · MR floats a block, 64-byte aligned)
   const float* copy() const { return static_cast<const float*>(block->data()); }
@@ -188,7 +196,8 @@ class WeightCache {
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
   // (or memory ran out): the caller transforms into a buffer of its own.
   std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
-    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())), nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
+    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())),
+                      nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
     const std::size_t bytes = ((nw + 15) / 16 * 16 + nu) * sizeof(float);
     if (bytes > kEntryMax) return nullptr;
     std::uint64_t fp = 1469598103934665603ull ^ nw;
@@ -201,7 +210,8 @@ class WeightCache {
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->fp == fp) same.push_back(*it);
+        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->fp == fp)
+          same.push_back(*it);
     }
     for (auto& e : same)
       if (std::memcmp(e->copy(), wp, nw * sizeof(float)) == 0) {
@@ -255,7 +265,8 @@ struct Group {
 };
 
 // dz: output planes per tile (2, or 1 for a 1×3×3 kernel).
-inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t TH, std::int64_t TW, std::int64_t T, std::int64_t gi) {
+inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t TH, std::int64_t TW, std::int64_t T,
+                      std::int64_t gi) {
   Group gr;
   const std::int64_t t0 = gi * TL, t1 = std::min(T, t0 + TL);
   gr.n = int(t1 - t0);
@@ -303,15 +314,20 @@ BHSD_WT RowLoad row_load(std::int64_t a, std::int64_t W) {
   if (W < 8) return L.kind = 3, L;
   L.kind = 1, L.base = std::clamp<std::int64_t>(a, 0, W - 8);
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  L.idx = _mm256_add_epi32(iota, _mm256_set1_epi32(int(a - L.base)));  // lane l reads sample a + l of the window at base
-  L.keep = _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(int(-a - 1))), _mm256_cmpgt_epi32(_mm256_set1_epi32(int(W - a)), iota));
+  L.idx =
+      _mm256_add_epi32(iota, _mm256_set1_epi32(int(a - L.base)));  // lane l reads sample a + l of the window at base
+  L.keep = _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(int(-a - 1))),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(int(W - a)), iota));
   return L;
 }
 BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
   switch (L.kind) {
-    case 0: return _mm256_loadu_ps(row + L.base);
-    case 1: return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(row + L.base), L.idx), _mm256_castsi256_ps(L.keep));
-    case 2: return _mm256_setzero_ps();
+    case 0:
+      return _mm256_loadu_ps(row + L.base);
+    case 1:
+      return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(row + L.base), L.idx), _mm256_castsi256_ps(L.keep));
+    case 2:
+      return _mm256_setzero_ps();
     default: {
       alignas(32) float v[8];
       for (int l = 0; l < 8; ++l) v[l] = L.base + l >= 0 && L.base + l < W ? row[L.base + l] : 0.0f;
@@ -363,7 +379,8 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
           const L16 e0{e0a, e0b}, e1{e1a, e1b}, e2{e2a, e2b}, e3{e3a, e3b};
           st(tz, sub(e0, e2)), st(tz + TL, add(e1, e2)), st(tz + 2 * TL, sub(e2, e1)), st(tz + 3 * TL, sub(e1, e3));
         } else {
-          for (int q = 0; q < (len + 7) / 8; ++q) _mm256_store_ps(rb + 8 * q, load_row(row, ld8[s][q], g.W));  // off[q] = 8q, len ≤ 32
+          for (int q = 0; q < (len + 7) / 8; ++q)
+            _mm256_store_ps(rb + 8 * q, load_row(row, ld8[s][q], g.W));  // off[q] = 8q, len ≤ 32
           for (int j = 0; j < n; ++j) {
             const float* e = rb + 2 * j;
             const int l = sg.j0 + j;
@@ -407,24 +424,25 @@ BHSD_WT L16 act16(L16 v, Act act, float alpha) {
 // exists. Aᵀ along each axis: (m0, m1, m2, m3) → (m0 + m1 + m2, m1 − m2 − m3).
 // ZI = 1 (a 1×3×3 kernel): 16 points, no transform along D, tiles of one output plane.
 template <int ZI>
-BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out, Act act,
-                              float alpha) {
+BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                              Act act, float alpha) {
   constexpr int ZO = ZI == 4 ? 2 : 1;  // output planes per tile
   alignas(64) float r1[ZO * 16 * TL];  // [zo][y][x][lane]
   alignas(64) float r3[ZO * 4 * TL];   // [zo][yo][xo][lane]
   const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
   const Seg& s0 = gr.seg[0];
-  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + ZO - 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
+  const bool fast =
+      gr.nseg == 1 && gr.n == TL && s0.od0 + ZO - 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
   for (std::int64_t co = 0; co < Co; ++co) {
     const float* m = M + co * TL;
     if (ZI == 1)
       for (int yx = 0; yx < 16; ++yx) st(r1 + yx * TL, ld(m + yx * ps));
     else
       for (int yx = 0; yx < 16; ++yx) {
-      const L16 m0 = ld(m + (0 * 16 + yx) * ps), m1 = ld(m + (1 * 16 + yx) * ps), m2 = ld(m + (2 * 16 + yx) * ps),
-                m3 = ld(m + (3 * 16 + yx) * ps);
-      st(r1 + yx * TL, add(add(m0, m1), m2)), st(r1 + (16 + yx) * TL, sub(sub(m1, m2), m3));
-    }
+        const L16 m0 = ld(m + (0 * 16 + yx) * ps), m1 = ld(m + (1 * 16 + yx) * ps), m2 = ld(m + (2 * 16 + yx) * ps),
+                  m3 = ld(m + (3 * 16 + yx) * ps);
+        st(r1 + yx * TL, add(add(m0, m1), m2)), st(r1 + (16 + yx) * TL, sub(sub(m1, m2), m3));
+      }
     const __m256 bv = _mm256_set1_ps(bias ? bias[co] : 0.0f);
     const L16 b16{bv, bv};
     for (int zo = 0; zo < ZO; ++zo) {
@@ -446,7 +464,8 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
       for (int zy = 0; zy < ZO * 2; ++zy) {
         float* o = oc + (s0.od0 + (zy >> 1)) * plane + (s0.oh0 + (zy & 1)) * g.Wo + s0.ow0;
         for (int h8 = 0; h8 < 2; ++h8) {
-          const __m256 x0 = _mm256_load_ps(r3 + (zy * 2) * TL + 8 * h8), x1 = _mm256_load_ps(r3 + (zy * 2 + 1) * TL + 8 * h8);
+          const __m256 x0 = _mm256_load_ps(r3 + (zy * 2) * TL + 8 * h8),
+                       x1 = _mm256_load_ps(r3 + (zy * 2 + 1) * TL + 8 * h8);
           const __m256 lo = _mm256_unpacklo_ps(x0, x1), hi = _mm256_unpackhi_ps(x0, x1);
           _mm256_storeu_ps(o + 16 * h8, _mm256_permute2f128_ps(lo, hi, 0x20));
           _mm256_storeu_ps(o + 16 * h8 + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
@@ -489,9 +508,12 @@ inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk,
     float* oo = o + cbk.row0(cob) * TL;
     const std::int64_t r0 = cbk.rows(cob), r1 = cbk.rows(cob + 1);
     const __mmask16 all = 0xFFFF;
-    if (r0 == 4 && r1 == 4) return kernel_avx512_pair<4, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
-    if (r0 == 4 && r1 == 3) return kernel_avx512_pair<4, 3>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
-    if (r0 == 5 && r1 == 4) return kernel_avx512_pair<5, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+    if (r0 == 4 && r1 == 4)
+      return kernel_avx512_pair<4, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+    if (r0 == 4 && r1 == 3)
+      return kernel_avx512_pair<4, 3>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
+    if (r0 == 5 && r1 == 4)
+      return kernel_avx512_pair<5, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
   }
   kernel_blocks(Up, Kfull, cbk, cob, cobn, b, K, o, TL, nullptr, TL, true, false, Act::none, 0.0f);
 }
@@ -503,7 +525,9 @@ inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk,
 // with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
-  if ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 || g.dh != 1 || g.dw != 1) return false;
+  if ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 ||
+      g.dh != 1 || g.dw != 1)
+    return false;
   if (g.C < 16 || g.Co < 16 || g.Do < 1 || g.Ho < 1 || g.Wo < 1) return false;
   const CpuFeatures f = cpu_features();
   return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2");
@@ -516,8 +540,8 @@ inline bool winograd_applies(const ConvGeom& g) {
 // The convolution by Winograd F(2×2×2, 3×3×3): in [C, D, H, W] → out [Co, Do, Ho, Wo], wp the
 // direct path's packed weights (pack_conv_weights). Returns false (nothing written) where it does
 // not apply or its buffers could not be had.
-inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
-                                    float alpha, ThreadPool& pool) {
+inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
+                                    Act act, float alpha, ThreadPool& pool) {
 #ifdef BHSD_X86
   using namespace wino_detail;
   using conv_detail::Scratch;
@@ -534,7 +558,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     transform_weights(g, wp, lease->get(), pool);
     U = lease->get();
   }
-  const std::int64_t dz = g.kd == 3 ? 2 : 1, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, T = TD * TH * TW;
+  const std::int64_t dz = g.kd == 3 ? 2 : 1, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2,
+                     T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
   // at least two tasks per thread where there are groups enough
@@ -546,33 +571,40 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vsz = P * g.C * TL, msz = P * g.Co * TL;
-  pool.parallel_for(std::size_t(tasks), [&](std::size_t t0, std::size_t t1) {
-    thread_local Scratch vmem, mmem;
-    float* V = vmem.get(std::size_t(G * vsz));
-    float* M = mmem.get(std::size_t(G * msz));
-    Group grs[8];
-    for (std::size_t task = t0; task < t1; ++task) {
-      const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
-      for (std::int64_t q = 0; q < gn; ++q) {
-        grs[q] = group_of(g, dz, TH, TW, T, g0 + q);
-        if (P == 64) input_transform<4>(g, in, grs[q], V + q * vsz);
-        else input_transform<1>(g, in, grs[q], V + q * vsz);
-      }
-      const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
-      for (int p = 0; p < P; ++p) {
-        const float* Up = U + p * g.C * MR;
-        for (std::int64_t cob = 0; cob < coblocks; cob += step) {
-          const std::int64_t cobn = std::min(coblocks, cob + step);
-          for (std::int64_t q = 0; q < gn; ++q)
-            point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * g.C * TL, g.C, M + q * msz + p * g.Co * TL);
+  pool.parallel_for(
+      std::size_t(tasks),
+      [&](std::size_t t0, std::size_t t1) {
+        thread_local Scratch vmem, mmem;
+        float* V = vmem.get(std::size_t(G * vsz));
+        float* M = mmem.get(std::size_t(G * msz));
+        Group grs[8];
+        for (std::size_t task = t0; task < t1; ++task) {
+          const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
+          for (std::int64_t q = 0; q < gn; ++q) {
+            grs[q] = group_of(g, dz, TH, TW, T, g0 + q);
+            if (P == 64)
+              input_transform<4>(g, in, grs[q], V + q * vsz);
+            else
+              input_transform<1>(g, in, grs[q], V + q * vsz);
+          }
+          const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
+          for (int p = 0; p < P; ++p) {
+            const float* Up = U + p * g.C * MR;
+            for (std::int64_t cob = 0; cob < coblocks; cob += step) {
+              const std::int64_t cobn = std::min(coblocks, cob + step);
+              for (std::int64_t q = 0; q < gn; ++q)
+                point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * g.C * TL, g.C, M + q * msz + p * g.Co * TL);
+            }
+          }
+          for (std::int64_t q = 0; q < gn; ++q) {
+            if (P == 64)
+              output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
+            else
+              output_transform<1>(g, grs[q], M + q * msz, bias, out, act, alpha);
+          }
         }
-      }
-      for (std::int64_t q = 0; q < gn; ++q) {
-        if (P == 64) output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
-        else output_transform<1>(g, grs[q], M + q * msz, bias, out, act, alpha);
-      }
-    }
-  }, 1, 8);  // chunks handed out as threads come free: on a loaded machine halves would wait for the slower thread
+      },
+      1, 8);  // chunks handed out as threads come free: on a loaded machine halves would wait for the slower thread
   return true;
 #else
   (void)g, (void)in, (void)wp, (void)bias, (void)out, (void)act, (void)alpha, (void)pool;
@@ -606,8 +638,8 @@ inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
 
 // conv3d_forward's first question: true when Winograd (or the planning of this shape) wrote the
 // output, false when the direct path is to run.
-inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act, float alpha,
-                          ThreadPool& pool) {
+inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
+                          float alpha, ThreadPool& pool) {
   using namespace wino_detail;
   if (!winograd_applies(g)) return false;
   const Mode md = mode();

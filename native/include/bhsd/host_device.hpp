@@ -44,8 +44,10 @@ BHSD_HD inline float pool_voxel(const float* px, const PoolGeom& g, std::int64_t
         const std::int64_t iw = ow * g.s[2] - g.p[2] + c * g.d[2];
         if (iw < 0 || iw >= g.in[2]) continue;
         const double v = px[(id * g.in[1] + ih) * g.in[2] + iw];
-        if (max) acc = v > acc || v != v ? v : acc;
-        else acc += v;
+        if (max)
+          acc = v > acc || v != v ? v : acc;
+        else
+          acc += v;
         ++inside;
       }
     }
@@ -104,8 +106,10 @@ BHSD_HD inline void edt_envelope(const double* f, std::int64_t fs, double* d, st
     for (;;) {  // where q's parabola drops below that of v[k] (sample units); z[0] = −inf ends it
       const std::int64_t p = v[k * vz_stride];
       x = ((fq + s2 * double(q) * double(q)) - (f[p * fs] + s2 * double(p) * double(p))) / (2.0 * s2 * double(q - p));
-      if (x <= z[k * vz_stride]) --k;
-      else break;
+      if (x <= z[k * vz_stride])
+        --k;
+      else
+        break;
     }
     ++k;
     v[k * vz_stride] = q, z[k * vz_stride] = x, z[(k + 1) * vz_stride] = inf;

@@ -119,8 +119,7 @@ class Block {
     }
     if (p) {
       if (zero) std::memset(p, 0, size);  // reused: zero it as a fresh mapping is
-    }
-    else
+    } else
       p = detail::map_bytes(size);
     std::shared_ptr<Block> b(new Block(p, size, bytes));
     std::lock_guard<std::mutex> lock(r.mu);

@@ -57,9 +57,13 @@ inline double fma_peak_gflops(ThreadPool& pool, std::int64_t iters = 20'000'000)
   const unsigned threads = pool.size();
   std::atomic<float> sink{0};
   const auto t0 = std::chrono::steady_clock::now();
-  pool.parallel_for(threads, [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t t = lo; t < hi; ++t) sink = sink + (wide ? peak_detail::fma_chains512(iters) : peak_detail::fma_chains(iters));
-  }, 1, 1);
+  pool.parallel_for(
+      threads,
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t t = lo; t < hi; ++t)
+          sink = sink + (wide ? peak_detail::fma_chains512(iters) : peak_detail::fma_chains(iters));
+      },
+      1, 1);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return double(threads) * double(iters) * 12 * (wide ? 32 : 16) / s / 1e9;
 #else

@@ -63,13 +63,14 @@ __attribute__((target("avx2,fma"))) inline double hsum_avx2(__m256 v) {
 // for 65 536 voxels, an instance norm's whole cost; this one is several times faster). The same
 // blocks, block means and merging, with 16 lanes per sum instead of 8.
 __attribute__((target("avx2,fma"))) inline void block_stats_avx2(const float* p, std::int64_t n, double* mean_out,
-                                                                double* m2_out) {
+                                                                 double* m2_out) {
   MeanM2 acc;
   for (std::int64_t b = 0; b < n; b += 1024) {
     const std::int64_t e = std::min(n, b + 1024), nb = e - b;
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     std::int64_t i = b;
-    for (; i + 16 <= e; i += 16) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i)), s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+    for (; i + 16 <= e; i += 16)
+      s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i)), s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
     double sum = hsum_avx2(_mm256_add_ps(s0, s1));
     for (; i < e; ++i) sum += p[i];
     const float bmf = float(sum / double(nb));
@@ -122,8 +123,8 @@ BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double
 
 // q = act((p − m)·a + b): centred first, so that a mean far from zero costs no precision (the form
 // p·a + (b − m·a) loses it to cancellation when |m| ≫ σ).
-BHSD_MULTIVERSION inline void affine_act(const float* __restrict p, float* __restrict q, std::int64_t n, float m, float a, float b,
-                                         Act act, float alpha) {
+BHSD_MULTIVERSION inline void affine_act(const float* __restrict p, float* __restrict q, std::int64_t n, float m,
+                                         float a, float b, Act act, float alpha) {
   if (act == Act::none)
     for (std::int64_t i = 0; i < n; ++i) q[i] = (p[i] - m) * a + b;
   else {
@@ -140,8 +141,8 @@ BHSD_MULTIVERSION inline void affine_act(const float* __restrict p, float* __res
 #ifdef BHSD_X86
 // affine_act in explicit AVX2, element by element (each read before its own write), so that it
 // may run in place (q = p): a convolution's output normalised where it lies.
-__attribute__((target("avx2,fma"))) inline void affine_act_avx2(const float* p, float* q, std::int64_t n, float m, float a,
-                                                               float b, Act act, float alpha) {
+__attribute__((target("avx2,fma"))) inline void affine_act_avx2(const float* p, float* q, std::int64_t n, float m,
+                                                                float a, float b, Act act, float alpha) {
   const __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
   const __m256 neg = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
   std::int64_t i = 0;
@@ -174,22 +175,27 @@ inline void affine_act_inplace(float* q, std::int64_t n, float m, float a, float
 // (biased variance), then the activation: one pass for the statistics (block_stats), one to apply.
 // y may be x (normalised in place).
 inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                          const float* scale, const float* bias, double eps, Act act, float alpha,
-                          ThreadPool& pool) {
-  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t nc = lo; nc < hi; ++nc) {
-      const float* p = x + std::int64_t(nc) * spatial;
-      float* q = y + std::int64_t(nc) * spatial;
-      double mean, m2;
-      norm_detail::block_stats(p, spatial, &mean, &m2);
-      const double var = m2 / double(spatial);
-      const double inv = 1.0 / std::sqrt(var + eps);
-      const std::int64_t c = std::int64_t(nc) % C;
-      const double sc = scale ? scale[c] : 1.0f;
-      if (p == q) norm_detail::affine_act_inplace(q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
-      else norm_detail::affine_act(p, q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
-    }
-  }, 1, 8);
+                          const float* scale, const float* bias, double eps, Act act, float alpha, ThreadPool& pool) {
+  pool.parallel_for(
+      std::size_t(N * C),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t nc = lo; nc < hi; ++nc) {
+          const float* p = x + std::int64_t(nc) * spatial;
+          float* q = y + std::int64_t(nc) * spatial;
+          double mean, m2;
+          norm_detail::block_stats(p, spatial, &mean, &m2);
+          const double var = m2 / double(spatial);
+          const double inv = 1.0 / std::sqrt(var + eps);
+          const std::int64_t c = std::int64_t(nc) % C;
+          const double sc = scale ? scale[c] : 1.0f;
+          if (p == q)
+            norm_detail::affine_act_inplace(q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act,
+                                            alpha);
+          else
+            norm_detail::affine_act(p, q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
+        }
+      },
+      1, 8);
 }
 
 // Group normalisation (GroupNorm; MONAI SegResNet's norm): the statistics of each (n, group of C/G
@@ -199,24 +205,33 @@ inline void group_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
                        const float* scale, const float* bias, double eps, Act act, float alpha, ThreadPool& pool) {
   const std::int64_t cpg = C / G, span = cpg * spatial;
   std::vector<float> mean(std::size_t(N * G)), inv(std::size_t(N * G));
-  pool.parallel_for(std::size_t(N * G), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t ng = lo; ng < hi; ++ng) {
-      double m, m2;
-      norm_detail::block_stats(x + std::int64_t(ng) * span, span, &m, &m2);
-      mean[ng] = float(m);
-      inv[ng] = float(1.0 / std::sqrt(m2 / double(span) + eps));
-    }
-  }, 1, 8);
-  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t nc = lo; nc < hi; ++nc) {
-      const std::int64_t c = std::int64_t(nc) % C, ng = std::int64_t(nc) / C * G + c / cpg;
-      const float* p = x + std::int64_t(nc) * spatial;
-      float* q = y + std::int64_t(nc) * spatial;
-      const double a = double(inv[std::size_t(ng)]) * (scale ? scale[c] : 1.0f);
-      if (p == q) norm_detail::affine_act_inplace(q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act, alpha);
-      else norm_detail::affine_act(p, q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act, alpha);
-    }
-  }, 1, 8);
+  pool.parallel_for(
+      std::size_t(N * G),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t ng = lo; ng < hi; ++ng) {
+          double m, m2;
+          norm_detail::block_stats(x + std::int64_t(ng) * span, span, &m, &m2);
+          mean[ng] = float(m);
+          inv[ng] = float(1.0 / std::sqrt(m2 / double(span) + eps));
+        }
+      },
+      1, 8);
+  pool.parallel_for(
+      std::size_t(N * C),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t nc = lo; nc < hi; ++nc) {
+          const std::int64_t c = std::int64_t(nc) % C, ng = std::int64_t(nc) / C * G + c / cpg;
+          const float* p = x + std::int64_t(nc) * spatial;
+          float* q = y + std::int64_t(nc) * spatial;
+          const double a = double(inv[std::size_t(ng)]) * (scale ? scale[c] : 1.0f);
+          if (p == q)
+            norm_detail::affine_act_inplace(q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act,
+                                            alpha);
+          else
+            norm_detail::affine_act(p, q, spatial, mean[std::size_t(ng)], float(a), bias ? bias[c] : 0.0f, act, alpha);
+        }
+      },
+      1, 8);
 }
 
 namespace norm_detail {
@@ -230,12 +245,14 @@ inline float gated(const float* d, const float* gate, std::int64_t i, float alph
 // mispredicted branch on every other voxel of real activations: 4× slower than this).
 __attribute__((target("avx2,fma"))) inline __m256 gated8(const float* d, const float* gate, __m256 alpha) {
   const __m256 y = _mm256_loadu_ps(gate);
-  return _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_blendv_ps(alpha, _mm256_set1_ps(1.0f), _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ)));
+  return _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_blendv_ps(alpha, _mm256_set1_ps(1.0f),
+                                                            _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ)));
 }
 // lanes a0 += xc², a1 += g, a2 += g·xc, a3 += xc over [b, e) (whole groups of 8), xc = x − bm
-__attribute__((target("avx2,fma"))) inline std::int64_t grad_lanes_avx2(const float* p, const float* d, const float* gate, float alpha,
-                                                                        std::int64_t b, std::int64_t e, float bm, float* a0,
-                                                                        float* a1, float* a2, float* a3) {
+__attribute__((target("avx2,fma"))) inline std::int64_t grad_lanes_avx2(const float* p, const float* d,
+                                                                        const float* gate, float alpha, std::int64_t b,
+                                                                        std::int64_t e, float bm, float* a0, float* a1,
+                                                                        float* a2, float* a3) {
   __m256 s0 = _mm256_loadu_ps(a0), s1 = _mm256_loadu_ps(a1), s2 = _mm256_loadu_ps(a2), s3 = _mm256_loadu_ps(a3);
   const __m256 vm = _mm256_set1_ps(bm), al = _mm256_set1_ps(alpha);
   std::int64_t i = b;
@@ -250,9 +267,11 @@ __attribute__((target("avx2,fma"))) inline std::int64_t grad_lanes_avx2(const fl
   return i;
 }
 // q = k·(g − a − (x − m)·b) over whole groups of 8; returns where it stopped
-__attribute__((target("avx2,fma"))) inline std::int64_t grad_apply_avx2(const float* p, const float* d, const float* gate, float alpha,
-                                                                        std::int64_t n, float m, float k, float a, float b, float* q) {
-  const __m256 vm = _mm256_set1_ps(m), vk = _mm256_set1_ps(k), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), al = _mm256_set1_ps(alpha);
+__attribute__((target("avx2,fma"))) inline std::int64_t grad_apply_avx2(const float* p, const float* d,
+                                                                        const float* gate, float alpha, std::int64_t n,
+                                                                        float m, float k, float a, float b, float* q) {
+  const __m256 vm = _mm256_set1_ps(m), vk = _mm256_set1_ps(k), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b),
+               al = _mm256_set1_ps(alpha);
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 xc = _mm256_sub_ps(_mm256_loadu_ps(p + i), vm), g = gated8(d + i, gate + i, al);
@@ -302,7 +321,7 @@ BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const fl
     for (int j = 0; j < 8; ++j) d1 += a3[j], d2 += a0[j], g1 += a1[j], gx += a2[j];
     acc.add(bmf, d1, d2, nb);
     sg += g1;
-    sgx += gx;            // Σ g·(x − bmf)
+    sgx += gx;  // Σ g·(x − bmf)
     sbg += double(bmf) * g1;
   }
   *mean_out = acc.mean, *m2_out = acc.m2, *sg_out = sg;
@@ -310,8 +329,9 @@ BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const fl
 }
 
 // q = k·(g − a − (x − m)·b)
-BHSD_MULTIVERSION inline void grad_apply(const float* __restrict p, const float* __restrict d, const float* __restrict gate,
-                                         float alpha, std::int64_t n, float m, float k, float a, float b, float* __restrict q) {
+BHSD_MULTIVERSION inline void grad_apply(const float* __restrict p, const float* __restrict d,
+                                         const float* __restrict gate, float alpha, std::int64_t n, float m, float k,
+                                         float a, float b, float* __restrict q) {
   if (gate) {
     std::int64_t i = 0;
 #ifdef BHSD_X86
@@ -332,20 +352,23 @@ inline void instance_norm_backward(const float* x, const float* gate, const floa
                                    std::int64_t spatial, const float* gamma, double eps, float alpha, float* dx,
                                    float* dgamma, float* dbeta, ThreadPool& pool) {
   std::vector<double> sg(std::size_t(N * C)), sgx(std::size_t(N * C));
-  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t nc = lo; nc < hi; ++nc) {
-      const std::int64_t o = std::int64_t(nc) * spatial;
-      const float *p = x + o, *d = dy + o, *a = gate ? gate + o : nullptr;
-      double mean, v, g1, gx;
-      norm_detail::grad_sums(p, d, a, alpha, spatial, &mean, &v, &g1, &gx);
-      const double inv = 1.0 / std::sqrt(v / double(spatial) + eps);
-      sg[nc] = g1;
-      sgx[nc] = gx * inv;  // Σ g · x̂
-      const double k = double(gamma ? gamma[std::int64_t(nc) % C] : 1.0f) * inv;
-      norm_detail::grad_apply(p, d, a, alpha, spatial, float(mean), float(k), float(g1 / double(spatial)),
-                              float(gx * inv * inv / double(spatial)), dx + o);
-    }
-  }, 1, 8);
+  pool.parallel_for(
+      std::size_t(N * C),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t nc = lo; nc < hi; ++nc) {
+          const std::int64_t o = std::int64_t(nc) * spatial;
+          const float *p = x + o, *d = dy + o, *a = gate ? gate + o : nullptr;
+          double mean, v, g1, gx;
+          norm_detail::grad_sums(p, d, a, alpha, spatial, &mean, &v, &g1, &gx);
+          const double inv = 1.0 / std::sqrt(v / double(spatial) + eps);
+          sg[nc] = g1;
+          sgx[nc] = gx * inv;  // Σ g · x̂
+          const double k = double(gamma ? gamma[std::int64_t(nc) % C] : 1.0f) * inv;
+          norm_detail::grad_apply(p, d, a, alpha, spatial, float(mean), float(k), float(g1 / double(spatial)),
+                                  float(gx * inv * inv / double(spatial)), dx + o);
+        }
+      },
+      1, 8);
   for (std::int64_t c = 0; c < C; ++c) {
     double g1 = 0, gx = 0;
     for (std::int64_t n = 0; n < N; ++n) g1 += sg[std::size_t(n * C + c)], gx += sgx[std::size_t(n * C + c)];
@@ -356,75 +379,84 @@ inline void instance_norm_backward(const float* x, const float* gate, const floa
 
 // Inference batch normalisation: y = (x − mean[c]) / sqrt(var[c] + eps) · scale[c] + bias[c].
 inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                       const float* scale, const float* bias, const float* mean, const float* var,
-                       double eps, ThreadPool& pool) {
-  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t nc = lo; nc < hi; ++nc) {
-      const std::int64_t c = std::int64_t(nc) % C;
-      const double inv = 1.0 / std::sqrt(double(var[c]) + eps);
-      const float a = float(scale[c] * inv), b = float(bias[c] - mean[c] * scale[c] * inv);
-      const float* p = x + std::int64_t(nc) * spatial;
-      float* q = y + std::int64_t(nc) * spatial;
-      for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] * a + b;
-    }
-  }, 1, 8);
+                       const float* scale, const float* bias, const float* mean, const float* var, double eps,
+                       ThreadPool& pool) {
+  pool.parallel_for(
+      std::size_t(N * C),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t nc = lo; nc < hi; ++nc) {
+          const std::int64_t c = std::int64_t(nc) % C;
+          const double inv = 1.0 / std::sqrt(double(var[c]) + eps);
+          const float a = float(scale[c] * inv), b = float(bias[c] - mean[c] * scale[c] * inv);
+          const float* p = x + std::int64_t(nc) * spatial;
+          float* q = y + std::int64_t(nc) * spatial;
+          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] * a + b;
+        }
+      },
+      1, 8);
 }
 
 enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3 };
 
 // Elementwise activations; prelu's slope is per channel (slope[c], or slope[0] when it has one).
-inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, Unary op,
-                  float alpha, const float* slope, std::int64_t slope_len, ThreadPool& pool) {
-  pool.parallel_for(std::size_t(N * C), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t nc = lo; nc < hi; ++nc) {
-      const float* p = x + std::int64_t(nc) * spatial;
-      float* q = y + std::int64_t(nc) * spatial;
-      switch (op) {
-        case Unary::relu:
-          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : 0.0f;
-          break;
-        case Unary::leaky:
-          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * alpha;
-          break;
-        case Unary::sigmoid:
-          for (std::int64_t i = 0; i < spatial; ++i) q[i] = float(1.0 / (1.0 + std::exp(-double(p[i]))));
-          break;
-        case Unary::prelu: {
-          const float s = slope[slope_len == 1 ? 0 : std::int64_t(nc) % C];
-          for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * s;
-          break;
+inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, Unary op, float alpha,
+                  const float* slope, std::int64_t slope_len, ThreadPool& pool) {
+  pool.parallel_for(
+      std::size_t(N * C),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t nc = lo; nc < hi; ++nc) {
+          const float* p = x + std::int64_t(nc) * spatial;
+          float* q = y + std::int64_t(nc) * spatial;
+          switch (op) {
+            case Unary::relu:
+              for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : 0.0f;
+              break;
+            case Unary::leaky:
+              for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * alpha;
+              break;
+            case Unary::sigmoid:
+              for (std::int64_t i = 0; i < spatial; ++i) q[i] = float(1.0 / (1.0 + std::exp(-double(p[i]))));
+              break;
+            case Unary::prelu: {
+              const float s = slope[slope_len == 1 ? 0 : std::int64_t(nc) % C];
+              for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * s;
+              break;
+            }
+          }
         }
-      }
-    }
-  }, 1, 8);
+      },
+      1, 8);
 }
 
 // Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
 // and b (0 along broadcast axes), all padded to 6 axes.
-inline void binary(const float* a, const float* b, float* y, const std::int64_t* shape,
-                   const std::int64_t* sa, const std::int64_t* sb, bool mul, ThreadPool& pool) {
+inline void binary(const float* a, const float* b, float* y, const std::int64_t* shape, const std::int64_t* sa,
+                   const std::int64_t* sb, bool mul, ThreadPool& pool) {
   const std::int64_t inner = shape[5];
   std::int64_t outer = 1;
   for (int i = 0; i < 5; ++i) outer *= shape[i];
-  pool.parallel_for(std::size_t(outer), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t o = lo; o < hi; ++o) {
-      std::int64_t rem = std::int64_t(o), oa = 0, ob = 0;
-      for (int i = 4; i >= 0; --i) {
-        const std::int64_t idx = rem % shape[i];
-        rem /= shape[i];
-        oa += idx * sa[i];
-        ob += idx * sb[i];
-      }
-      float* q = y + std::int64_t(o) * inner;
-      const float* pa = a + oa;
-      const float* pb = b + ob;
-      const std::int64_t ia = sa[5], ib = sb[5];
-      if (mul)
-        for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
-      else
-        for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] + pb[i * ib];
-    }
-  }, std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
+  pool.parallel_for(
+      std::size_t(outer),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t o = lo; o < hi; ++o) {
+          std::int64_t rem = std::int64_t(o), oa = 0, ob = 0;
+          for (int i = 4; i >= 0; --i) {
+            const std::int64_t idx = rem % shape[i];
+            rem /= shape[i];
+            oa += idx * sa[i];
+            ob += idx * sb[i];
+          }
+          float* q = y + std::int64_t(o) * inner;
+          const float* pa = a + oa;
+          const float* pb = b + ob;
+          const std::int64_t ia = sa[5], ib = sb[5];
+          if (mul)
+            for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
+          else
+            for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] + pb[i * ib];
+        }
+      },
+      std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
 }
 
 // Pooling over the three last axes. pads: leading d h w; out extent given. avg: divide by the
@@ -432,8 +464,7 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
 // shared with the CUDA kernel (host_device.hpp).
 inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, std::int64_t H, std::int64_t W,
                    std::int64_t Do, std::int64_t Ho, std::int64_t Wo, const std::int64_t* k, const std::int64_t* s,
-                   const std::int64_t* d, const std::int64_t* p, bool max, bool count_include_pad,
-                   ThreadPool& pool) {
+                   const std::int64_t* d, const std::int64_t* p, bool max, bool count_include_pad, ThreadPool& pool) {
   const hd::PoolGeom g{{D, H, W}, {k[0], k[1], k[2]}, {s[0], s[1], s[2]}, {d[0], d[1], d[2]}, {p[0], p[1], p[2]}};
   pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t q = lo; q < hi; ++q) {
@@ -441,7 +472,8 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
       const float* px = x + nc * D * H * W;
       float* py = y + (nc * Do + od) * Ho * Wo;
       for (std::int64_t oh = 0; oh < Ho; ++oh)
-        for (std::int64_t ow = 0; ow < Wo; ++ow) py[oh * Wo + ow] = hd::pool_voxel(px, g, od, oh, ow, max, count_include_pad);
+        for (std::int64_t ow = 0; ow < Wo; ++ow)
+          py[oh * Wo + ow] = hd::pool_voxel(px, g, od, oh, ow, max, count_include_pad);
     }
   });
 }
@@ -452,10 +484,14 @@ enum class NearestMode { round_prefer_floor = 0, round_prefer_ceil = 1, floor = 
 // Source coordinate of output index i along an axis (ONNX Resize's coordinate transformation).
 inline double resize_coord(std::int64_t i, std::int64_t in, std::int64_t out, double scale, CoordMode m) {
   switch (m) {
-    case CoordMode::half_pixel: return (double(i) + 0.5) / scale - 0.5;
-    case CoordMode::pytorch_half_pixel: return out > 1 ? (double(i) + 0.5) / scale - 0.5 : 0.0;
-    case CoordMode::align_corners: return out > 1 ? double(i) * double(in - 1) / double(out - 1) : 0.0;
-    case CoordMode::asymmetric: return double(i) / scale;
+    case CoordMode::half_pixel:
+      return (double(i) + 0.5) / scale - 0.5;
+    case CoordMode::pytorch_half_pixel:
+      return out > 1 ? (double(i) + 0.5) / scale - 0.5 : 0.0;
+    case CoordMode::align_corners:
+      return out > 1 ? double(i) * double(in - 1) / double(out - 1) : 0.0;
+    case CoordMode::asymmetric:
+      return double(i) / scale;
   }
   return 0;
 }
@@ -479,10 +515,18 @@ inline void resize3d(const float* x, float* y, std::int64_t NC, const std::int64
       } else {
         double r;
         switch (nm) {
-          case NearestMode::round_prefer_floor: r = (c - std::floor(c) == 0.5) ? std::floor(c) : std::round(c); break;
-          case NearestMode::round_prefer_ceil: r = (c - std::floor(c) == 0.5) ? std::ceil(c) : std::round(c); break;
-          case NearestMode::floor: r = std::floor(c); break;
-          default: r = std::ceil(c); break;
+          case NearestMode::round_prefer_floor:
+            r = (c - std::floor(c) == 0.5) ? std::floor(c) : std::round(c);
+            break;
+          case NearestMode::round_prefer_ceil:
+            r = (c - std::floor(c) == 0.5) ? std::ceil(c) : std::round(c);
+            break;
+          case NearestMode::floor:
+            r = std::floor(c);
+            break;
+          default:
+            r = std::ceil(c);
+            break;
         }
         i0[ax][i] = std::min(std::max<std::int64_t>(std::int64_t(r), 0), in[ax] - 1);
       }
@@ -500,7 +544,8 @@ inline void resize3d(const float* x, float* y, std::int64_t NC, const std::int64
             py[oh * Wo + ow] = px[(i0[0][od] * Hin + i0[1][oh]) * Win + i0[2][ow]];
             continue;
           }
-          const std::int64_t zs[2] = {i0[0][od], i1[0][od]}, ys[2] = {i0[1][oh], i1[1][oh]}, xs[2] = {i0[2][ow], i1[2][ow]};
+          const std::int64_t zs[2] = {i0[0][od], i1[0][od]}, ys[2] = {i0[1][oh], i1[1][oh]},
+                             xs[2] = {i0[2][ow], i1[2][ow]};
           const double wz = wt[0][od], wy = wt[1][oh], wx = wt[2][ow];
           double v = 0;
           for (int a = 0; a < 2; ++a)
@@ -518,33 +563,39 @@ inline void resize3d(const float* x, float* y, std::int64_t NC, const std::int64
 // Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
 inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                              ThreadPool& pool) {
-  pool.parallel_for(std::size_t(N * spatial), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t q = lo; q < hi; ++q) {
-      const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
-      const float* p = x + n * C * spatial + i;
-      float* o = y + n * C * spatial + i;
-      float m = -std::numeric_limits<float>::infinity();
-      for (std::int64_t c = 0; c < C; ++c) m = std::max(m, p[c * spatial]);
-      double sum = 0;
-      for (std::int64_t c = 0; c < C; ++c) sum += std::exp(double(p[c * spatial]) - m);
-      for (std::int64_t c = 0; c < C; ++c) o[c * spatial] = float(std::exp(double(p[c * spatial]) - m) / sum);
-    }
-  }, 4096);
+  pool.parallel_for(
+      std::size_t(N * spatial),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t q = lo; q < hi; ++q) {
+          const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
+          const float* p = x + n * C * spatial + i;
+          float* o = y + n * C * spatial + i;
+          float m = -std::numeric_limits<float>::infinity();
+          for (std::int64_t c = 0; c < C; ++c) m = std::max(m, p[c * spatial]);
+          double sum = 0;
+          for (std::int64_t c = 0; c < C; ++c) sum += std::exp(double(p[c * spatial]) - m);
+          for (std::int64_t c = 0; c < C; ++c) o[c * spatial] = float(std::exp(double(p[c * spatial]) - m) / sum);
+        }
+      },
+      4096);
 }
 
 inline void argmax_channels(const float* x, std::int32_t* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                             ThreadPool& pool) {
-  pool.parallel_for(std::size_t(N * spatial), [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t q = lo; q < hi; ++q) {
-      const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
-      const float* p = x + n * C * spatial + i;
-      std::int32_t best = 0;
-      float bv = p[0];
-      for (std::int64_t c = 1; c < C; ++c)
-        if (p[c * spatial] > bv) bv = p[c * spatial], best = std::int32_t(c);
-      y[n * spatial + i] = best;
-    }
-  }, 4096);
+  pool.parallel_for(
+      std::size_t(N * spatial),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t q = lo; q < hi; ++q) {
+          const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
+          const float* p = x + n * C * spatial + i;
+          std::int32_t best = 0;
+          float bv = p[0];
+          for (std::int64_t c = 1; c < C; ++c)
+            if (p[c * spatial] > bv) bv = p[c * spatial], best = std::int32_t(c);
+          y[n * spatial + i] = best;
+        }
+      },
+      4096);
 }
 
 // Concatenation along an axis: each input is [outer, len_k, inner]; the output [outer, Σ len_k, inner].
@@ -558,7 +609,8 @@ inline void concat(const std::vector<const float*>& xs, const std::vector<std::i
       const std::size_t k = q % xs.size();
       std::int64_t off = 0;
       for (std::size_t j = 0; j < k; ++j) off += lens[j];
-      std::memcpy(y + (o * total + off) * inner, xs[k] + o * lens[k] * inner, std::size_t(lens[k] * inner) * sizeof(float));
+      std::memcpy(y + (o * total + off) * inner, xs[k] + o * lens[k] * inner,
+                  std::size_t(lens[k] * inner) * sizeof(float));
     }
   });
 }

@@ -82,8 +82,8 @@ class ThreadPool {
   }
 
   // Splits [0, n) into about `chunks_per_thread` chunks per thread, each at least `grain` long.
-  void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn,
-                    std::size_t grain = 1, unsigned chunks_per_thread = 4) {
+  void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn, std::size_t grain = 1,
+                    unsigned chunks_per_thread = 4) {
     if (n == 0) return;
     if (grain < 1) grain = 1;
     const unsigned threads = size();
@@ -138,10 +138,10 @@ class ThreadPool {
     std::size_t n, chunk, chunks;
     const CancelFlag* cancel;  // the caller's; workers run the job's chunks under it
     std::atomic<std::size_t> next{0};
-    std::size_t done = 0;    // guarded by mutex_
+    std::size_t done = 0;      // guarded by mutex_
     std::exception_ptr error;  // guarded by mutex_
-    Job(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n_, std::size_t c,
-        std::size_t cs, const CancelFlag* cf)
+    Job(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n_, std::size_t c, std::size_t cs,
+        const CancelFlag* cf)
         : fn(f), n(n_), chunk(c), chunks(cs), cancel(cf) {}
   };
 

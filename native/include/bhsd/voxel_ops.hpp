@@ -17,9 +17,9 @@ namespace bhsd {
 struct VoxelStats {
   double min = std::numeric_limits<double>::infinity();
   double max = -std::numeric_limits<double>::infinity();
-  double sum = 0;              // over finite values
-  std::uint64_t nonzero = 0;   // voxels != 0 (NaN counts as non-zero, as numpy's count_nonzero)
-  std::uint64_t nonfinite = 0; // NaN and ±Inf, left out of min, max and sum
+  double sum = 0;               // over finite values
+  std::uint64_t nonzero = 0;    // voxels != 0 (NaN counts as non-zero, as numpy's count_nonzero)
+  std::uint64_t nonfinite = 0;  // NaN and ±Inf, left out of min, max and sum
 };
 
 namespace detail {
@@ -70,15 +70,18 @@ template <class T>
 VoxelStats voxel_stats(const T* p, std::size_t n, ThreadPool& pool) {
   VoxelStats total;
   std::mutex m;
-  pool.parallel_for(n, [&](std::size_t lo, std::size_t hi) {
-    VoxelStats s = detail::stats_range(p, lo, hi);
-    std::lock_guard<std::mutex> lk(m);
-    total.min = s.min < total.min ? s.min : total.min;
-    total.max = s.max > total.max ? s.max : total.max;
-    total.sum += s.sum;
-    total.nonzero += s.nonzero;
-    total.nonfinite += s.nonfinite;
-  }, 1 << 16);
+  pool.parallel_for(
+      n,
+      [&](std::size_t lo, std::size_t hi) {
+        VoxelStats s = detail::stats_range(p, lo, hi);
+        std::lock_guard<std::mutex> lk(m);
+        total.min = s.min < total.min ? s.min : total.min;
+        total.max = s.max > total.max ? s.max : total.max;
+        total.sum += s.sum;
+        total.nonzero += s.nonzero;
+        total.nonfinite += s.nonfinite;
+      },
+      1 << 16);
   return total;
 }
 
@@ -86,19 +89,16 @@ namespace detail {
 // dst[i] = float(src[i] * slope + inter), computed in double so that the result is the float32
 // nearest to the exact value (what NIfTI readers that scale in float64 give, cast to float32).
 template <class T>
-BHSD_MULTIVERSION void rescale_range(const T* src, float* dst, std::size_t lo, std::size_t hi,
-                                     double slope, double inter) {
-  for (std::size_t i = lo; i < hi; ++i)
-    dst[i] = static_cast<float>(static_cast<double>(src[i]) * slope + inter);
+BHSD_MULTIVERSION void rescale_range(const T* src, float* dst, std::size_t lo, std::size_t hi, double slope,
+                                     double inter) {
+  for (std::size_t i = lo; i < hi; ++i) dst[i] = static_cast<float>(static_cast<double>(src[i]) * slope + inter);
 }
 }  // namespace detail
 
 template <class T>
-void rescale_to_f32(const T* src, std::size_t n, double slope, double inter, float* dst,
-                    ThreadPool& pool) {
-  pool.parallel_for(n, [&](std::size_t lo, std::size_t hi) {
-    detail::rescale_range(src, dst, lo, hi, slope, inter);
-  }, 1 << 16);
+void rescale_to_f32(const T* src, std::size_t n, double slope, double inter, float* dst, ThreadPool& pool) {
+  pool.parallel_for(
+      n, [&](std::size_t lo, std::size_t hi) { detail::rescale_range(src, dst, lo, hi, slope, inter); }, 1 << 16);
 }
 
 }  // namespace bhsd
