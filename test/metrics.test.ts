@@ -158,7 +158,7 @@ const python = (() => {
       execFileSync(py, ["-c", "import scipy, numpy"], { stdio: "ignore" });
       return py;
     } catch {
-      // best-effort cleanup: already gone is fine
+      // not this interpreter: try the next
     }
   }
   return undefined;

@@ -124,7 +124,7 @@ const nibabel = (() => {
       execFileSync(py, ["-c", "import nibabel"], { stdio: "ignore" });
       return py;
     } catch {
-      // best-effort cleanup: already gone is fine
+      // not this interpreter: try the next
     }
   }
   return undefined;
