@@ -849,3 +849,39 @@ test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ an
     }
   }
 });
+
+test("GELU as exported (Div √2 → Erf → Add 1 → Mul x → Mul 0.5) runs as one fused node and equals onnxruntime on every backend; a variant with another constant is left alone", async (t) => {
+  const x = randomTensor([1, 16, 96], 51);
+  x.data.forEach((v, i) => (x.data[i] = v * 4));
+  const gelu = (half: number) =>
+    encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "Div", name: "d", inputs: ["x", "sqrt2"], outputs: ["a"] },
+        { opType: "Erf", name: "e", inputs: ["a"], outputs: ["b"] },
+        { opType: "Add", name: "p", inputs: ["b", "one"], outputs: ["c"] },
+        { opType: "Mul", name: "m", inputs: ["x", "c"], outputs: ["d2"] },
+        { opType: "Mul", name: "h", inputs: ["d2", "half"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: x.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "sqrt2", dims: [], data: f32([Math.SQRT2]) },
+        { name: "one", dims: [], data: f32([1]) },
+        { name: "half", dims: [], data: f32([half]) },
+      ],
+    });
+  for (const [half, fused] of [
+    [0.5, true],
+    [0.25, false],
+  ] as const) {
+    const bytes = gelu(half);
+    const ref = await ortSession(bytes, { x });
+    for (const { name: b } of backendsUnderTest()) {
+      const m = await loadModel(bytes, { backend: b });
+      const y = await m.run(x);
+      t.true(relDiff(y.data, ref.data) < 1e-5, `${b}, ×${half}: ${relDiff(y.data, ref.data)}`);
+      t.is("Gelu" in m.lastRun!.opMs, fused, `${b}, ×${half}: ops ${Object.keys(m.lastRun!.opMs)}`);
+    }
+  }
+});

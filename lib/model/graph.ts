@@ -631,6 +631,47 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
 }
 
 /**
+ * GELU as exporters write it (PyTorch's nn.GELU: MONAI's UNETR and SwinUNETR MLPs): Div(x, √2) →
+ * Erf → Add 1 → Mul x → Mul 0.5, each read only by the next, becomes one Gelu node (one pass over
+ * the values instead of five, and four fewer intermediates). The divisor is kept as exported.
+ */
+export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const producer = producersOf(nodes);
+  const readers = new Map<string, GraphNode[]>();
+  for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
+  const only = (name: string | undefined, op: string): GraphNode | undefined => {
+    const r = name ? readers.get(name) : undefined;
+    return r && r.length === 1 && consumers.get(name!) === 1 && r[0]!.opType === op ? r[0] : undefined;
+  };
+  /** The value of a one-element float constant. */
+  const scalar = (name: string | undefined) => {
+    const t = name ? inits.get(name) : undefined;
+    return t?.f32 && t.f32.length === 1 ? t.f32[0]! : undefined;
+  };
+  const other = (n: GraphNode, name: string) =>
+    n.inputs.length === 2 && n.inputs.includes(name) ? (n.inputs.find((i) => i !== name) ?? name) : undefined;
+  const drop = new Set<GraphNode>(),
+    replace = new Map<GraphNode, GraphNode>();
+  for (const erf of nodes) {
+    if (erf.opType !== "Erf") continue;
+    const div = producer.get(erf.inputs[0]!);
+    const c = scalar(div?.inputs[1]);
+    if (!div || div.opType !== "Div" || c === undefined || Math.abs(c - Math.SQRT2) > 1e-6 || only(div.outputs[0], "Erf") !== erf) continue;
+    const x = div.inputs[0]!;
+    const add = only(erf.outputs[0], "Add");
+    if (!add || scalar(other(add, erf.outputs[0]!)) !== 1) continue;
+    const m1 = only(add.outputs[0], "Mul");
+    if (!m1 || other(m1, add.outputs[0]!) !== x) continue;
+    const m2 = only(m1.outputs[0], "Mul");
+    if (!m2 || scalar(other(m2, m1.outputs[0]!)) !== 0.5) continue;
+    replace.set(div, { opType: "Gelu", name: erf.name, inputs: [x], outputs: [m2.outputs[0]!], attrs: { bhsd_div: c } });
+    for (const d of [erf, add, m1, m2]) drop.add(d);
+  }
+  return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
+}
+
+/**
  * Fuses each InstanceNormalization (with its fused activation, if any) into the Conv whose output
  * it alone reads, for backends that normalise the convolution's output in place in the same call
  * (nodes from fuseActivations; the graph's own nodes are left as they are).

@@ -22,6 +22,7 @@ import {
   finalOutputs,
   fuseActivations,
   fuseConvNorm,
+  fuseGelu,
   fuseGroupNorm,
   parseModel,
   type Graph,
@@ -109,7 +110,10 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
-    const grouped = { ...graph, nodes: fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers) };
+    const grouped = {
+      ...graph,
+      nodes: fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+    };
     this.nodes = fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys()));
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) {

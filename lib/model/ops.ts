@@ -412,7 +412,7 @@ const UNARY: Record<string, (x: number, at: Record<string, Attr>) => number> = {
   Gelu: (x, at) =>
     at.approximate === "tanh"
       ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)))
-      : 0.5 * x * (1 + nd.erf(x / Math.SQRT2)),
+      : 0.5 * x * (1 + nd.erf(x / ((at.bhsd_div as number | undefined) ?? Math.SQRT2))),
   Not: (x) => (x ? 0 : 1),
   Relu: (x) => (x > 0 ? x : 0),
   Sigmoid: (x) => 1 / (1 + Math.exp(-x)),
