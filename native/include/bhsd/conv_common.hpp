@@ -92,18 +92,21 @@ inline std::int64_t krows() {
   return k;
 }
 
-// The indirect convolution's padded slab: one buffer kept for the whole process, lent to one call
-// at a time (calls come from several threads — the addon's libuv workers — which would otherwise
-// each keep up to 16 MB); a call that finds it lent, or needs more than keep_max floats, gets a
-// buffer of its own for that call. get() is null when memory ran out.
-class SlabLease {
+// A float buffer kept for the whole process, lent to one call at a time (calls come from several
+// threads — the addon's libuv workers — which would otherwise each keep their own); a call that
+// finds it lent, or needs more than keep_max floats, gets a buffer of its own for that call. get()
+// is null when memory ran out. Each Tag is a buffer of its own (a Winograd call and an indirect
+// call can run at once).
+template <class Tag>
+class LentBuffer {
  public:
-  SlabLease(std::size_t need, std::size_t keep_max) {
+  LentBuffer(std::size_t need, std::size_t keep_max) {
     Cache& c = cache();
     if (need <= keep_max) {
       std::lock_guard<std::mutex> lk(c.m);
       if (!c.lent) {
         if (c.n < need) {
+          c.buf.reset();  // the old one goes first: peak memory is the new size, not both
           c.buf.reset(new (std::nothrow) float[need]);
           c.n = c.buf ? need : 0;
         }
@@ -112,9 +115,9 @@ class SlabLease {
     }
     if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
   }
-  SlabLease(const SlabLease&) = delete;
-  SlabLease& operator=(const SlabLease&) = delete;
-  ~SlabLease() {
+  LentBuffer(const LentBuffer&) = delete;
+  LentBuffer& operator=(const LentBuffer&) = delete;
+  ~LentBuffer() {
     if (!shared_) return;
     std::lock_guard<std::mutex> lk(cache().m);
     cache().lent = false;
@@ -136,6 +139,9 @@ class SlabLease {
   bool shared_ = false;
   std::unique_ptr<float[]> own_;
 };
+
+// The indirect convolution's padded slab (up to 16 MB kept).
+using SlabLease = LentBuffer<struct SlabTag>;
 
 // Input channels per block of the reduction: as many blocks as about krows() rows of K need, the
 // channels shared evenly between them (64 channels of a 1×3×3 kernel: 32 + 32, not 56 + 8, whose

@@ -63,51 +63,9 @@ inline Mode mode() {
   return m;
 }
 
-// The process's buffer for transformed weights, lent to one call at a time (calls come from
-// several libuv threads); a call that finds it lent, or needs more than keep_max floats, gets its
-// own. get() is null when memory ran out. (A second cache beside SlabLease's: a Winograd call and
-// an indirect call can run at once.)
-class WeightLease {
- public:
-  WeightLease(std::size_t need, std::size_t keep_max) {
-    Cache& c = cache();
-    if (need <= keep_max) {
-      std::lock_guard<std::mutex> lk(c.m);
-      if (!c.lent) {
-        if (c.n < need) {
-          c.buf.reset();
-          c.buf.reset(new (std::nothrow) float[need]);
-          c.n = c.buf ? need : 0;
-        }
-        if (c.buf) c.lent = true, shared_ = true, p_ = c.buf.get();
-      }
-    }
-    if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
-  }
-  WeightLease(const WeightLease&) = delete;
-  WeightLease& operator=(const WeightLease&) = delete;
-  ~WeightLease() {
-    if (!shared_) return;
-    std::lock_guard<std::mutex> lk(cache().m);
-    cache().lent = false;
-  }
-  float* get() const { return p_; }
-
- private:
-  struct Cache {
-    std::mutex m;
-    std::unique_ptr<float[]> buf;
-    std::size_t n = 0;
-    bool lent = false;
-  };
-  static Cache& cache() {
-    static Cache c;
-    return c;
-  }
-  float* p_ = nullptr;
-  bool shared_ = false;
-  std::unique_ptr<float[]> own_;
-};
+// The process's buffer for transformed weights of layers too big for the weight cache (see
+// conv_common.hpp's LentBuffer; its own buffer beside the indirect convolution's slab).
+using WeightLease = conv_detail::LentBuffer<struct WinogradWeightTag>;
 
 // U_p = G w Gᵀ per axis, from the direct path's packed weights (w[co][ci·27 + a·9 + b·3 + c] at
 // wp[(blk·K + k)·MR + r]), into CoBlocks' blocks of packed [Co × C] matrices, block-major:
