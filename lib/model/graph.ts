@@ -552,6 +552,16 @@ export function fuseActivations(graph: Graph): GraphNode[] {
   return graph.nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
 }
 
+/** `only(name, op)`: the one node that reads value `name` (not a graph output), when it is an `op`. */
+function soleReader(nodes: GraphNode[], consumers: Map<string, number>): (name: string | undefined, op: string) => GraphNode | undefined {
+  const readers = new Map<string, GraphNode[]>();
+  for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
+  return (name, op) => {
+    const r = name ? readers.get(name) : undefined;
+    return r && r.length === 1 && consumers.get(name!) === 1 && r[0]!.opType === op ? r[0] : undefined;
+  };
+}
+
 /**
  * PyTorch's GroupNorm as exporters before opset 18 write it (MONAI SegResNet's norm): Reshape to
  * [0, G, -1] → InstanceNormalization (scale 1, bias 0) → Reshape back to Shape(X) → Mul by γ
@@ -562,12 +572,7 @@ export function fuseActivations(graph: Graph): GraphNode[] {
 export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
-  const readers = new Map<string, GraphNode[]>();
-  for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
-  const only = (name: string | undefined, op: string): GraphNode | undefined => {
-    const r = name ? readers.get(name) : undefined;
-    return r && r.length === 1 && consumers.get(name!) === 1 && r[0]!.opType === op ? r[0] : undefined;
-  };
+  const only = soleReader(nodes, consumers);
   const ints = (name: string | undefined) => (name ? inits.get(name)?.ints : undefined);
   const floats = (name: string | undefined) => (name ? inits.get(name)?.f32 : undefined);
   /** A per-channel constant [C, 1, …, 1]: its values and its rank. */
@@ -638,12 +643,7 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
 export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
-  const readers = new Map<string, GraphNode[]>();
-  for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
-  const only = (name: string | undefined, op: string): GraphNode | undefined => {
-    const r = name ? readers.get(name) : undefined;
-    return r && r.length === 1 && consumers.get(name!) === 1 && r[0]!.opType === op ? r[0] : undefined;
-  };
+  const only = soleReader(nodes, consumers);
   /** The value of a one-element float constant. */
   const scalar = (name: string | undefined) => {
     const t = name ? inits.get(name) : undefined;

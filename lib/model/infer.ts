@@ -13,7 +13,7 @@
  * inference then says nothing about it rather than guess, and the run checks it as before.
  */
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
-import { broadcastShapes, normAxis, size } from "./nd.js";
+import { broadcastShapes, normAxis, size, slicePlan } from "./nd.js";
 import type { Value } from "./ops.js";
 
 /** A value as inference knows it: its shape, whether it holds integers, and its numbers when known. */
@@ -284,23 +284,7 @@ const RULES: Record<string, Rule> = {
       ax = axes ? ints(axes) : undefined,
       st = steps ? ints(steps) : undefined;
     if (!x || !b || !e || (axes && !ax) || (steps && !st)) return [undefined];
-    const r = x.shape.length;
-    const axn = (ax ?? b.map((_, i) => i)).map((a) => normAxis(a, r, "Slice axis"));
-    const stp = st ?? b.map(() => 1);
-    if (e.length !== b.length || axn.length !== b.length || stp.length !== b.length)
-      throw new RangeError("starts, ends, axes and steps differ in length");
-    if (new Set(axn).size !== axn.length) throw new RangeError("an axis is sliced twice");
-    const shape = [...x.shape];
-    axn.forEach((a, k) => {
-      const d = x.shape[a]!,
-        s = stp[k]!;
-      if (!Number.isInteger(s) || s === 0) throw new RangeError(`step ${s} on axis ${a} (steps must be non-zero integers)`);
-      const clamp = (v: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, v < 0 ? v + d : v));
-      const lo = s > 0 ? clamp(b[k]!, 0, d) : clamp(b[k]!, -1, d - 1);
-      const hi = s > 0 ? clamp(e[k]!, 0, d) : clamp(e[k]!, -1, d - 1);
-      shape[a] = Math.max(0, s > 0 ? Math.ceil((hi - lo) / s) : Math.ceil((lo - hi) / -s));
-    });
-    return [{ shape, int: x.int }];
+    return [{ shape: slicePlan(x.shape, b, e, ax, st, "Slice").shape, int: x.int }];
   },
   Pad: ([x, pads, , axes], at) => {
     if (!x) return [undefined];

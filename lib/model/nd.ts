@@ -437,26 +437,26 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
 }
 
 /** ONNX Slice with starts/ends/axes/steps (steps may be negative, never 0). */
-export function slice(
-  x: Nd,
-  starts: number[],
-  ends: number[],
-  axes: number[] | undefined,
-  steps: number[] | undefined,
-  budget: Budget,
+/** ONNX Slice's geometry: the first index and step on every axis, and the output shape. */
+export function slicePlan(
+  inShape: readonly number[],
+  starts: readonly number[],
+  ends: readonly number[],
+  axes: readonly number[] | undefined,
+  steps: readonly number[] | undefined,
   what: string,
-): Nd {
-  const r = x.shape.length;
+): { lo: number[]; step: number[]; shape: number[] } {
+  const r = inShape.length;
   const ax = (axes ?? starts.map((_, i) => i)).map((a) => normAxis(a, r, `${what}: axis`));
   const st = steps ?? starts.map(() => 1);
   if (ends.length !== starts.length || ax.length !== starts.length || st.length !== starts.length)
     throw new RangeError(`${what}: starts, ends, axes and steps differ in length`);
   if (new Set(ax).size !== ax.length) throw new RangeError(`${what}: an axis is sliced twice`);
-  const lo = x.shape.map(() => 0),
-    step = x.shape.map(() => 1),
-    shape = [...x.shape];
+  const lo = inShape.map(() => 0),
+    step = inShape.map(() => 1),
+    shape = [...inShape];
   ax.forEach((a, k) => {
-    const d = x.shape[a]!,
+    const d = inShape[a]!,
       s = st[k]!;
     if (!Number.isInteger(s) || s === 0) throw new RangeError(`${what}: step ${s} on axis ${a} (steps must be non-zero integers)`);
     const clampF = (v: number, min: number, max: number) => Math.max(min, Math.min(max, v < 0 ? v + d : v));
@@ -466,6 +466,20 @@ export function slice(
     step[a] = s;
     shape[a] = Math.max(0, s > 0 ? Math.ceil((e - b) / s) : Math.ceil((b - e) / -s));
   });
+  return { lo, step, shape };
+}
+
+export function slice(
+  x: Nd,
+  starts: number[],
+  ends: number[],
+  axes: number[] | undefined,
+  steps: number[] | undefined,
+  budget: Budget,
+  what: string,
+): Nd {
+  const { lo, step, shape } = slicePlan(x.shape, starts, ends, axes, steps, what);
+  const r = x.shape.length;
   const out = alloc(shape, x.int, budget, what);
   const xs = stridesOf(x.shape),
     n = out.data.length,
