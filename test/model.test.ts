@@ -1,5 +1,5 @@
 import test from "ava";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
@@ -291,6 +291,21 @@ test.serial("bhsd segment: labels file, JSON report, one-line errors", async (t)
   const bad = run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "missing.onnx"));
   t.is(bad.status, 1);
   t.regex(bad.stderr, /^bhsd: .*missing.onnx: no such file\n$/);
+  // the model's own post-processing is applied and reported; --no-postprocessing and --cleanup-min-ml replace it
+  const pp = { mergeClasses: [[1, 2]], minVoxels: 3 };
+  writeFileSync(join(dir, "m.json"), JSON.stringify({ patchSize: [4, 16, 16], postprocessing: pp }));
+  const seg2 = (...extra: string[]) => run("segment", join(dir, "ct.nii.gz"), "--model", join(dir, "m.onnx"), "--json", ...extra);
+  t.deepEqual(JSON.parse(seg2().stdout).postprocessing, pp);
+  t.is(JSON.parse(seg2("--no-postprocessing").stdout).postprocessing, null);
+  t.deepEqual(JSON.parse(seg2("--cleanup-min-ml", "0.05").stdout).postprocessing, { minVolumeMl: 0.05 });
+  writeFileSync(join(dir, "m.json"), JSON.stringify({ postprocessing: { mergeClasses: [[1, 2]], minVoxel: 3 } }));
+  const badPp = seg2();
+  t.is(badPp.status, 1);
+  t.regex(badPp.stderr, /model config: Expected .* for postprocessing\.minVoxel /);
+  const badTrain = run("train", "--phantoms", "1", "--out", join(dir, "t.onnx"), "--postprocessing", "{bad");
+  t.not(badTrain.status, 0);
+  t.regex(badTrain.stderr, /--postprocessing must be JSON/);
+  t.false(existsSync(join(dir, "t.onnx")));
 });
 
 /** x → Conv+LeakyReLU → a; a → Conv → b; Concat(a, b) → Conv → y, and Concat(x, b) (x is not written by a node). */

@@ -4,15 +4,15 @@ import { loadModel, makePhantom, milLoss, setBackend, slicePresence, backendInfo
 import { train } from "../lib/train/trainer.js";
 import { relDiff } from "./ort.js";
 
-// What the bundled model must keep reaching on unseen phantoms (mean Dice over the classes in the
-// truth): 0.745 on these seeds on native, 2026-12-02, less a margin. The aim is 0.8; this guards
-// what there is.
-const DEMO_DICE_FLOOR = 0.7;
-// The demo's headline counts every class in the truth or the prediction (diceHeadline: a class the
-// model invents scores 0, and so does a case with no bleed where it predicts one): 0.54 on these
-// seeds with the bundled model on 2026-12-02 (0.75 by the truth-only mean above); the issue's aim
-// is 0.8. This guards what there is.
-const DEMO_HEADLINE_DICE_FLOOR = 0.5;
+// What the bundled model must keep reaching on unseen phantoms, segmented as the demo does (the
+// model's own post-processing: EDH/SDH collections voted to one class, small ones removed). The
+// demo's headline counts every class in the truth or the prediction (diceHeadline: a class the
+// model invents scores 0, and so does a case with no bleed where it predicts one): 0.816 on these
+// seeds on native, 2026-12-02 (0.54 before the post-processing); the issue's aim is 0.8. The
+// floors leave a margin for the backends' last-bit differences.
+const DEMO_HEADLINE_DICE_FLOOR = 0.78;
+// the older mean over the classes in the truth only (0.816 too: nothing invented on these seeds)
+const DEMO_DICE_FLOOR = 0.78;
 
 test.serial("training lowers the loss, and onnxruntime runs the trained file as the engine does", async (t) => {
   setBackend(backendInfo().available.native ? "native" : "ts");

@@ -20,6 +20,7 @@ interface Opts {
   outSeg?: string;
   series?: string;
   cleanupMinMl?: number;
+  postprocessing?: boolean;
   tta?: boolean;
   report?: string;
   html?: string;
@@ -50,7 +51,12 @@ export function segmentCommand(program: Command): void {
       "write the labels as a DICOM SEG over the source series (the CT must be DICOM); nothing is written when no bleed is found",
     )
     .option("--series <uid>", "DICOM: the SeriesInstanceUID to read when the folder holds several")
-    .option("--cleanup-min-ml <mL>", "remove bleeds smaller than this (mL)", numberArg("--cleanup-min-ml", 0))
+    .option(
+      "--cleanup-min-ml <mL>",
+      "remove bleeds smaller than this (mL), instead of the model's own post-processing",
+      numberArg("--cleanup-min-ml", 0),
+    )
+    .option("--no-postprocessing", "skip the model's own post-processing (its config's postprocessing)")
     .option(
       "--tta",
       "test-time mirroring along the axes the model allows (its config's mirrorAxes, all three by default: up to 8 forwards per window)",
@@ -81,7 +87,11 @@ export function segmentCommand(program: Command): void {
         const bar = progress(!o.quiet && !o.json);
         const { labels, report } = await segment(ct, model, {
           mirror: !!o.tta,
-          ...(o.cleanupMinMl !== undefined ? { cleanup: { minVolumeMl: o.cleanupMinMl } } : {}),
+          ...(o.cleanupMinMl !== undefined
+            ? { cleanup: { minVolumeMl: o.cleanupMinMl } }
+            : o.postprocessing === false
+              ? { cleanup: false as const }
+              : {}),
           onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
         });
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));

@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError, Option } from "commander";
 import { toJson } from "../json.js";
 import { layoutFolders, readLabelledCases, readSliceLabelledCases, type SliceLayoutCase } from "../metrics/dataset.js";
+import { checkCleanupOptions, type CleanupOptions } from "../ops/components.js";
 import { makePhantom } from "../phantom/phantom.js";
 import { train, type LabelledCase, type SliceLabelledCase } from "../train/trainer.js";
 import { demoSpec } from "../train/unet.js";
@@ -35,7 +36,23 @@ interface Opts {
   mil: number;
   consistency: number;
   json?: boolean;
+  postprocessing?: CleanupOptions;
   quiet?: boolean;
+}
+
+function postprocessingArg(v: string): CleanupOptions {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(v);
+  } catch {
+    throw new InvalidArgumentError(`--postprocessing must be JSON (cleanup's options), got ${JSON.stringify(v.slice(0, 200))}`);
+  }
+  try {
+    checkCleanupOptions(parsed, "--postprocessing");
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return parsed as CleanupOptions;
 }
 
 /** Slice labels as training takes them: per slice, classes 1..5 in order (a class the CSV lacks is absent). */
@@ -78,6 +95,11 @@ export function trainCommand(program: Command): void {
       "weight of the mean-teacher consistency (ramped up over the first quarter)",
       numberArg("--consistency", 0),
       1,
+    )
+    .option(
+      "--postprocessing <json>",
+      "the model's post-processing, kept in its config and applied by segment (cleanup's options), e.g. '{\"mergeClasses\":[[1,5]],\"minVoxels\":10}'",
+      postprocessingArg,
     )
     .option("--json", "machine-readable progress")
     .option("--quiet", "no progress")
@@ -153,6 +175,7 @@ export function trainCommand(program: Command): void {
                   schedule: o.schedule,
                   features: o.features ?? "8,16,32,64",
                   finalValidationDice: r.history.at(-1)?.valDice ?? null,
+                  ...(o.postprocessing ? { postprocessing: o.postprocessing } : {}),
                 },
                 null,
                 1,

@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
+import { checkCleanupOptions, type CleanupOptions } from "../ops/components.js";
 
 export type Normalization =
   /** Clip to [lower, upper] HU, then (x − center) / scale. The BHSD paper's: [-40, 120], 40, 80. */
@@ -37,6 +38,11 @@ export interface ModelConfig {
    * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
    */
   mirrorAxes: number[];
+  /**
+   * The model's own post-processing (cleanup's options), as nnU-Net keeps the post-processing it
+   * chose on validation with the model: segment() applies it unless given `cleanup` (false: none).
+   */
+  postprocessing?: CleanupOptions;
   /** Where the config came from. */
   source: "argument" | "sidecar" | "nnunet" | "metadata" | "default";
 }
@@ -87,6 +93,13 @@ export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["so
       `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`,
     );
   if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
+  if (out.postprocessing !== undefined) {
+    try {
+      checkCleanupOptions(out.postprocessing, "postprocessing");
+    } catch (e) {
+      throw new Error(`model config: ${(e as Error).message}`, { cause: e });
+    }
+  }
   return out;
 }
 

@@ -7,7 +7,14 @@
 import { activeBackend } from "../backends/index.js";
 import { Yielder } from "../backends/yield.js";
 import { invalidParameterError, optionsObject } from "../is.js";
-import { cleanup, componentStats, connectedComponents, type CleanupOptions, type Component } from "../ops/components.js";
+import {
+  checkCleanupOptions,
+  cleanup,
+  componentStats,
+  connectedComponents,
+  type CleanupOptions,
+  type Component,
+} from "../ops/components.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
@@ -33,7 +40,10 @@ export interface SegmentOptions {
    * three), or the axes (0 z, 1 y, 2 x) to flip. Default false.
    */
   mirror?: boolean | number[];
-  /** Remove small components afterwards (cleanup's options), e.g. { minVolumeMl: 0.05 }. Default: none. */
+  /**
+   * Post-processing (cleanup's options), e.g. { minVolumeMl: 0.05 }; false: none. Default: the
+   * model config's `postprocessing` (none when it has none).
+   */
   cleanup?: CleanupOptions | false;
   onProgress?: (p: SegmentProgress) => void;
   /**
@@ -68,6 +78,8 @@ export interface SegmentReport {
   /** Largest live set of one forward (bytes) and the largest buffers segment itself held (bytes). */
   peakForwardBytes: number;
   peakSegmentBytes: number;
+  /** The post-processing applied: the caller's `cleanup`, else the model's own; null when none. */
+  postprocessing: CleanupOptions | null;
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -250,6 +262,10 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
     throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
   const signal = opts.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameterError("options.signal", "an AbortSignal", signal);
+  // the model's own post-processing unless the caller gives one (false: none); checked before any work
+  const cleanupOptions = opts.cleanup === undefined ? cfg.postprocessing : opts.cleanup;
+  if (cleanupOptions !== false && cleanupOptions !== undefined)
+    checkCleanupOptions(cleanupOptions, opts.cleanup === undefined ? "model.config.postprocessing" : "options.cleanup");
   const maxVoxels = opts.maxVoxels ?? Infinity;
   if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
   return {
@@ -259,7 +275,7 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
     maxVoxels,
     signal,
     onProgress: typeof opts.onProgress === "function" ? opts.onProgress : () => {},
-    cleanup: opts.cleanup,
+    cleanup: cleanupOptions,
   };
 }
 
@@ -544,6 +560,7 @@ export async function segment(
       timings: run.timings,
       peakForwardBytes: peakForward,
       peakSegmentBytes: run.peakHeld,
+      postprocessing: opts.cleanup || null,
     },
   };
 }

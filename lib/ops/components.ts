@@ -352,28 +352,134 @@ function convexHull(points: [number, number][]): [number, number][] {
 }
 
 export interface CleanupOptions extends ComponentsOptions {
-  /** Remove components smaller than this volume (mL). */
-  minVolumeMl?: number;
+  /**
+   * Remove components smaller than this volume (mL): one number for every class, or per class
+   * value (`{ "1": 0.8, "5": 0.8 }`: classes not named have no minimum; needs perClass).
+   */
+  minVolumeMl?: number | Record<string, number>;
   /** Remove components with fewer voxels than this. */
   minVoxels?: number;
   /** Keep only the largest n components of each class (ties: the one seen first in raster order). */
   keepLargest?: number;
+  /**
+   * Groups of classes one connected bleed may not mix, applied first: each connected component of
+   * a group's voxels (any of its classes) takes the class most of its voxels have (ties: the group's
+   * first). `[[1, 5]]`: an extra-axial collection is epidural or subdural, not a patchwork of both.
+   */
+  mergeClasses?: number[][];
+}
+
+/** Largest class value mergeClasses may name. */
+const MAX_MERGE_CLASS = 65535;
+
+interface CheckedCleanup {
+  connectivity: Connectivity;
+  perClass: boolean;
+  minVoxels?: number;
+  minVolumeMl?: number;
+  minVolumeMlByClass?: Map<number, number>;
+  keepLargest?: number;
+  mergeClasses?: number[][];
+}
+
+const classKey = (k: string) => /^(0|[1-9]\d{0,9})$/.test(k) && Number(k) <= 2 ** 31 - 1;
+
+/** Checks cleanup's options (also a model config's `postprocessing`); `name` prefixes the messages. */
+export function checkCleanupOptions(options: unknown, name = "options"): CheckedCleanup {
+  const opts = optionsObject(name, options) as CleanupOptions;
+  const known = new Set(["connectivity", "perClass", "minVolumeMl", "minVoxels", "keepLargest", "mergeClasses"]);
+  for (const k of Object.keys(opts))
+    if (!known.has(k)) throw invalidParameterError(`${name}.${k}`, `one of ${[...known].join(", ")} (no other option)`, k);
+  const out: CheckedCleanup = {
+    connectivity: checkConnectivity(opts.connectivity),
+    perClass: checkBool(`${name}.perClass`, opts.perClass, true),
+  };
+  if (opts.minVoxels !== undefined) {
+    assertNumber(`${name}.minVoxels`, opts.minVoxels, 0);
+    out.minVoxels = opts.minVoxels;
+  }
+  const mv = opts.minVolumeMl as unknown;
+  if (typeof mv === "number") {
+    assertNumber(`${name}.minVolumeMl`, mv, 0);
+    out.minVolumeMl = mv;
+  } else if (mv !== undefined) {
+    const o = optionsObject(`${name}.minVolumeMl`, mv);
+    if (!out.perClass)
+      throw invalidParameterError(`${name}.minVolumeMl`, "one number when perClass is false (per class needs perClass)", mv);
+    out.minVolumeMlByClass = new Map();
+    for (const [k, v] of Object.entries(o)) {
+      if (!classKey(k)) throw invalidParameterError(`${name}.minVolumeMl key`, "a class value (an integer from 0)", k);
+      assertNumber(`${name}.minVolumeMl["${k}"]`, v, 0);
+      out.minVolumeMlByClass.set(Number(k), v);
+    }
+  }
+  if (opts.keepLargest !== undefined && (!Number.isInteger(opts.keepLargest) || opts.keepLargest < 0)) {
+    throw invalidParameterError(`${name}.keepLargest`, "a non-negative integer", opts.keepLargest);
+  }
+  out.keepLargest = opts.keepLargest;
+  if (opts.mergeClasses !== undefined) {
+    const groups = opts.mergeClasses as unknown;
+    const what = `an array of groups, each of 2 or more distinct classes from 1 to ${MAX_MERGE_CLASS}, no class in two groups`;
+    if (!Array.isArray(groups) || groups.length > 255) throw invalidParameterError(`${name}.mergeClasses`, what, groups);
+    const seen = new Set<number>();
+    out.mergeClasses = groups.map((g: unknown, i) => {
+      const ok =
+        Array.isArray(g) &&
+        g.length >= 2 &&
+        g.every((c) => Number.isInteger(c) && c >= 1 && c <= MAX_MERGE_CLASS && !seen.has(c as number) && (seen.add(c as number), true));
+      if (!ok) throw invalidParameterError(`${name}.mergeClasses[${i}]`, what, g);
+      return [...(g as number[])];
+    });
+  }
+  return out;
 }
 
 /**
- * Removes components (per class by default) below a size, or keeps only the largest n of each
- * class; returns a new label volume of the same type and geometry.
+ * mergeClasses: a connected component of each group's voxels becomes the group's class most of its
+ * voxels have. Classes outside every group are left as they are.
+ */
+async function mergeClassGroups(vol: Volume, groups: number[][], connectivity: Connectivity): Promise<VoxelArray> {
+  let top = 0;
+  for (const g of groups) for (const c of g) top = Math.max(top, c);
+  const groupOf = new Uint8Array(top + 1);
+  const slot = new Uint16Array(top + 1);
+  groups.forEach((g, i) => g.forEach((c, k) => ((groupOf[c] = i + 1), (slot[c] = k))));
+  const src = vol.data;
+  const n = src.length;
+  const member = allocArray("uint8", n, "class groups") as Uint8Array;
+  for (let i = 0; i < n; i++) {
+    const v = src[i]!;
+    member[i] = v > 0 && v <= top ? groupOf[v]! : 0;
+  }
+  const { labels, count } = await connectedComponents({ ...vol, data: member }, { connectivity, perClass: true });
+  const width = Math.max(...groups.map((g) => g.length));
+  const votes = allocArray("uint32", (count + 1) * width, "class votes") as Uint32Array;
+  const lab = labels.data;
+  for (let i = 0; i < n; i++) if (lab[i]) votes[lab[i]! * width + slot[src[i]!]!]!++;
+  const winner = new Float64Array(count + 1);
+  const groupOfComponent = new Uint8Array(count + 1);
+  for (let i = 0; i < n; i++) if (lab[i]) groupOfComponent[lab[i]!] = member[i]!;
+  for (let c = 1; c <= count; c++) {
+    const g = groups[groupOfComponent[c]! - 1]!;
+    let best = 0;
+    for (let k = 1; k < g.length; k++) if (votes[c * width + k]! > votes[c * width + best]!) best = k;
+    winner[c] = g[best]!;
+  }
+  const out = allocArray(dtypeOf(src)!, n, "merged labels");
+  for (let i = 0; i < n; i++) out[i] = lab[i] ? winner[lab[i]!]! : src[i]!;
+  return out;
+}
+
+/**
+ * Merges class groups (mergeClasses), then removes components (per class by default) below a size,
+ * or keeps only the largest n of each class; returns a new label volume of the same type and geometry.
  */
 export async function cleanup(labelVolume: Volume, options?: CleanupOptions): Promise<Volume> {
   assertIntegerVolume("labelVolume", labelVolume);
-  const opts = optionsObject("options", options) as CleanupOptions;
-  const connectivity = checkConnectivity(opts.connectivity);
-  const perClass = checkBool("options.perClass", opts.perClass, true);
-  if (opts.minVolumeMl !== undefined) assertNumber("options.minVolumeMl", opts.minVolumeMl, 0);
-  if (opts.minVoxels !== undefined) assertNumber("options.minVoxels", opts.minVoxels, 0);
-  if (opts.keepLargest !== undefined && (!Number.isInteger(opts.keepLargest) || opts.keepLargest < 0)) {
-    throw invalidParameterError("options.keepLargest", "a non-negative integer", opts.keepLargest);
-  }
+  const opts = checkCleanupOptions(options);
+  const { connectivity, perClass } = opts;
+  if (opts.mergeClasses?.length)
+    labelVolume = { ...labelVolume, data: await mergeClassGroups(labelVolume, opts.mergeClasses, connectivity) };
   const { labels, count } = await connectedComponents(labelVolume, { connectivity, perClass });
   const st = await packedStats(labels, count, labelVolume.data);
   const [sx, sy, sz] = labelVolume.spacing;
@@ -382,14 +488,13 @@ export async function cleanup(labelVolume: Volume, options?: CleanupOptions): Pr
   const byClass = new Map<number, number[]>();
   for (let c = 1; c <= count; c++) {
     const n = st[(c - 1) * STATS]!;
+    const cls = perClass ? st[(c - 1) * STATS + 10]! : 0;
+    const minMl = opts.minVolumeMlByClass ? opts.minVolumeMlByClass.get(cls) : opts.minVolumeMl;
     let ok = true;
     if (opts.minVoxels !== undefined && n < opts.minVoxels) ok = false;
-    if (opts.minVolumeMl !== undefined && n * voxelMl < opts.minVolumeMl) ok = false;
+    if (minMl !== undefined && n * voxelMl < minMl) ok = false;
     keep[c] = ok ? 1 : 0;
-    if (ok && opts.keepLargest !== undefined) {
-      const cls = perClass ? st[(c - 1) * STATS + 10]! : 0;
-      (byClass.get(cls) ?? byClass.set(cls, []).get(cls)!).push(c);
-    }
+    if (ok && opts.keepLargest !== undefined) (byClass.get(cls) ?? byClass.set(cls, []).get(cls)!).push(c);
   }
   if (opts.keepLargest !== undefined) {
     for (const comps of byClass.values()) {
