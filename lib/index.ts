@@ -56,6 +56,7 @@ export {
   relu,
   leakyRelu,
   prelu,
+  gelu,
   sigmoid,
   add,
   mul,

@@ -488,6 +488,55 @@ const cases: { op: string; inputs: OrtInput[]; attrs?: Record<string, AttrValue>
   { op: "Tanh", inputs: [{ name: "x", tensor: X }] },
   { op: "Gelu", inputs: [{ name: "x", tensor: X }], opset: 20 },
   {
+    op: "Gelu",
+    inputs: [{ name: "x", tensor: { data: X.data.map((v) => v * 3), shape: X.shape } }],
+    attrs: { approximate: "tanh" },
+    opset: 20,
+  },
+  // sizes that take the engine's paths: MatMul and Einsum on the convolution GEMM (K, N, rows ≥ 16),
+  // LayerNormalization on the group norm, Softmax over attention-like rows
+  {
+    op: "MatMul",
+    inputs: [
+      { name: "x", tensor: randomTensor([2, 20, 24], 11) },
+      { name: "b", init: { dims: [24, 18], data: randomTensor([24, 18], 12).data } },
+    ],
+  },
+  {
+    op: "MatMul",
+    inputs: [
+      { name: "x", tensor: randomTensor([2, 3, 20, 24], 13) },
+      { name: "b", tensor: randomTensor([2, 3, 24, 17], 14) },
+    ],
+  },
+  {
+    op: "Einsum",
+    inputs: [
+      { name: "q", tensor: randomTensor([1, 2, 20, 16], 15) },
+      { name: "k", tensor: randomTensor([1, 2, 18, 16], 16) },
+    ],
+    attrs: { equation: "bhxd,bhyd->bhxy" },
+  },
+  {
+    op: "LayerNormalization",
+    inputs: [
+      { name: "x", tensor: randomTensor([3, 20, 24], 17) },
+      { name: "s", init: { dims: [24], data: randomTensor([24], 18).data } },
+      { name: "b", init: { dims: [24], data: randomTensor([24], 19).data } },
+    ],
+    attrs: { axis: -1, epsilon: 1e-5 },
+  },
+  {
+    op: "LayerNormalization",
+    inputs: [
+      { name: "x", tensor: randomTensor([3, 4, 5, 6], 20) },
+      { name: "s", init: { dims: [5, 6], data: randomTensor([5, 6], 21).data } },
+    ],
+    attrs: { axis: 2, epsilon: 1e-3 },
+  },
+  { op: "Softmax", inputs: [{ name: "x", tensor: randomTensor([2, 3, 20, 40], 22) }], attrs: { axis: -1 } },
+  { op: "Softmax", inputs: [{ name: "x", tensor: randomTensor([2, 7, 3, 40], 23) }], attrs: { axis: 1 } },
+  {
     op: "Expand",
     inputs: [
       { name: "x", tensor: randomTensor([3, 1], 2) },

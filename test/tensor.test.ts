@@ -12,6 +12,7 @@ import {
   maxPool3d,
   mul,
   prelu,
+  gelu,
   relu,
   resize,
   setBackend,
@@ -191,6 +192,10 @@ test.serial("normalisation, activations and elementwise ops equal onnxruntime", 
   await check(t, "sigmoid", ref!, () => sigmoid(x));
   [ref] = await ortRun("PRelu", [...X, init("slope", sc, [5, 1, 1, 1])]);
   await check(t, "prelu", ref!, () => prelu(x, sc));
+  [ref] = await ortRun("Gelu", X, {}, 20);
+  await check(t, "gelu", ref!, () => gelu(x));
+  [ref] = await ortRun("Gelu", X, { approximate: "tanh" }, 20);
+  await check(t, "gelu tanh", ref!, () => gelu(x, { approximate: "tanh" }));
   const y = randomTensor([2, 5, 3, 6, 7], 75),
     perC = randomTensor([1, 5, 1, 1, 1], 76),
     row = randomTensor([7], 77);
@@ -300,6 +305,8 @@ test("bad arguments are refused before any work, naming the argument", async (t)
   await t.throwsAsync(conv3d(x, w, null, { padding: [1, 1] as never }), { message: /for options.padding/ });
   await t.throwsAsync(conv3d(x, randomTensor([3, 2, 5, 5, 5], 4)), { message: /smaller than the kernel's span 5/ });
   await t.throwsAsync(conv3d(x, w, randomTensor([4], 5)), { message: /bias has 4 values but weight has 3 output channels/ });
+  await t.throwsAsync(gelu(x, { approximate: "erf" as never }), { message: /"none" or "tanh" for options.approximate/ });
+  await t.throwsAsync(gelu(x, { divisor: 0 }), { message: /non-zero number for options.divisor/ });
   await t.throwsAsync(conv3d({ data: new Float32Array(8), shape: [2, 2, 2] }, w), {
     message: /Expected 5 axes \[N, C, D, H, W\] for input.shape/,
   });

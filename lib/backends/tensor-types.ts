@@ -5,7 +5,7 @@
 export type Triple = [number, number, number];
 
 export const ACT = { none: 0, relu: 1, leaky: 2 } as const;
-export const UNARY = { relu: 0, leaky: 1, sigmoid: 2, prelu: 3 } as const;
+export const UNARY = { relu: 0, leaky: 1, sigmoid: 2, prelu: 3, gelu: 4, geluTanh: 5 } as const;
 export const COORD_MODES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"] as const;
 export const NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"] as const;
 

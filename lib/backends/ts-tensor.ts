@@ -3,6 +3,7 @@
  * the fallback where no binary loads. Inner loops run over contiguous memory or precomputed
  * offsets, allocate nothing per voxel, and yield to the event loop between blocks of work.
  */
+import { erf } from "./erf.js";
 import { Yielder } from "./yield.js";
 import type { TensorBackend, Triple } from "./tensor-types.js";
 
@@ -280,7 +281,11 @@ export const tsTensor: TensorBackend = {
     if (op === 0) for (let i = 0; i < n; i++) out[i] = x[i]! > 0 ? x[i]! : 0;
     else if (op === 1) for (let i = 0; i < n; i++) out[i] = x[i]! > 0 ? x[i]! : x[i]! * alpha;
     else if (op === 2) for (let i = 0; i < n; i++) out[i] = 1 / (1 + Math.exp(-x[i]!));
-    else {
+    else if (op === 4) for (let i = 0; i < n; i++) out[i] = 0.5 * x[i]! * (1 + erf(Math.fround(x[i]! / alpha)));
+    else if (op === 5) {
+      const k = Math.sqrt(2 / Math.PI);
+      for (let i = 0; i < n; i++) out[i] = 0.5 * x[i]! * (1 + Math.tanh(k * (x[i]! + 0.044715 * x[i]! * x[i]! * x[i]!)));
+    } else {
       for (let nc = 0; nc < N * C; nc++) {
         const s = slope!.length === 1 ? slope![0]! : slope![nc % C]!;
         for (let i = nc * spatial, e = i + spatial; i < e; i++) out[i] = x[i]! > 0 ? x[i]! : x[i]! * s;

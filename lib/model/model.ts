@@ -31,7 +31,7 @@ import {
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
-import { constValue, markConstant, runNode, shapeOf, type Value } from "./ops.js";
+import { constValue, runNode, shapeOf, type Value } from "./ops.js";
 import { Pool } from "./pool.js";
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -119,7 +119,6 @@ export class Model {
     for (const v of this.consts.values()) {
       if (!("f" in v)) continue;
       this.constArrays.add(v.f.data);
-      markConstant(v.f.data);
     }
     for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
     this.concatSlots = planConcats(this.nodes, graph, this.outputs);

@@ -139,6 +139,39 @@ export async function runNode(
       return [{ f: await ops.leakyRelu(F(a[0], "X"), { alpha: (at.alpha as number) ?? 0.01, alloc }) }];
     case "Sigmoid":
       return [{ f: await ops.sigmoid(F(a[0], "X"), { alloc }) }];
+    case "LayerNormalization": {
+      // one group over the trailing axes of each row: the engine's group norm on [rows, inner, 1],
+      // scale and bias per element of the row (or one value); not when Mean/InvStdDev are wanted
+      const x = a[0] && "f" in a[0] ? a[0].f : null;
+      const sc = a[1] && "f" in a[1] ? a[1].f : null,
+        bi = a[2] && "f" in a[2] ? a[2].f : a[2] ? null : undefined;
+      if (x && sc && bi !== null && n.outputs.filter(Boolean).length <= 1 && x.shape.length >= 1) {
+        const axis = nd.normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis");
+        const inner = prod(x.shape.slice(axis));
+        const rows = x.data.length / inner;
+        const full = (t: Tensor) =>
+          t.data.length === inner ? t : t.data.length === 1 ? { data: new Float32Array(inner).fill(t.data[0]!), shape: [inner] } : null;
+        const s = full(sc),
+          b = bi ? full(bi) : null;
+        if (s && (b || !bi) && Number.isSafeInteger(rows)) {
+          const out = alloc([...x.shape]);
+          await ops.groupNorm({ data: x.data, shape: [rows, inner, 1] }, s, b, {
+            groups: 1,
+            eps: (at.epsilon as number | undefined) ?? 1e-5,
+            out: { data: out.data, shape: [rows, inner, 1] },
+          });
+          return [{ f: out }];
+        }
+      }
+      return runNd(n, a, budget, opset);
+    }
+    case "Gelu": {
+      // ONNX Gelu (opset 20) or the fused exported pattern (its divisor in bhsd_div)
+      if (!a[0] || !("f" in a[0])) return runNd(n, a, budget, opset);
+      const tanh = at.approximate === "tanh";
+      const divisor = tanh ? undefined : ((at.bhsd_div as number | undefined) ?? Math.SQRT2);
+      return [{ f: await ops.gelu(a[0].f, { approximate: tanh ? "tanh" : "none", ...(divisor !== undefined ? { divisor } : {}), alloc }) }];
+    }
     case "PRelu": {
       const s = F(a[1], "slope");
       return [{ f: await ops.prelu(F(a[0], "X"), { data: s.data, shape: [s.data.length] }, { alloc }) }];
@@ -298,21 +331,14 @@ export async function runNode(
   }
 }
 
-/** Bᵀ of a 2-D weight, made once per weight array (a model's Linear layers). */
-const transposedWeights = new WeakMap<Float32Array, Float32Array>();
-/** Models' constant arrays (weights): only these may have their transposes kept (a pooled activation's buffer is reused). */
-const constantArrays = new WeakSet<Float32Array>();
-/** Marks a model's weight: its derived forms (a transposed MatMul B) may be kept for later runs. */
-export function markConstant(a: Float32Array): void {
-  constantArrays.add(a);
-}
-
 /**
  * A float MatMul [..., M, K] × [K, N] (a transformer's Linear layers, most of its time) on the
- * engine's convolution GEMM: a 1×1×1 convolution of Aᵀ ([K] channels × M voxels) with Bᵀ as its
- * [N, K] weights gives (AB)ᵀ, transposed back. The two transposes cost O(M(K + N)) against the
- * GEMM's O(MKN). A batched B [..., K, N] of A's batch extents (attention's per-head products) runs
- * one GEMM per batch item. Other shapes (broadcast batches, integers, small K or N) stay on nd.matmul.
+ * engine's convolution GEMM, with no copy: a 1×1×1 convolution whose weights are A ([rows, K]: one
+ * output channel per row) and whose input is B (K channels of N voxels) writes out[r][n] =
+ * Σₖ A[r][k]·B[k][n], which is AB in row-major order. (It used to convolve Aᵀ with Bᵀ and transpose
+ * the result back: three transposes in TypeScript, a third of the MatMul time.) A batched B
+ * [..., K, N] of A's batch extents (attention's per-head products) runs one GEMM per batch item.
+ * Other shapes (broadcast batches, integers, small K or N) stay on nd.matmul.
  */
 async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budget: nd.Budget): Promise<Value | undefined> {
   if (!av || !bv || !("f" in av) || !("f" in bv)) return undefined;
@@ -326,27 +352,13 @@ async function matmulOnEngine(av: Value | undefined, bv: Value | undefined, budg
     batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
   const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
   if (A.shape[ra - 1] !== K || K < 16 || N < 16 || rows < 16) return undefined;
-  budget.check(batches * rows * N * 4 * 2, "MatMul");
   const y = allocFloats(batches * rows * N, budget, "MatMul output");
   for (let t = 0; t < batches; t++) {
-    const Bb = B.data.subarray(t * K * N, (t + 1) * K * N);
-    const keep = rb === 2 && constantArrays.has(B.data);
-    let Bt = keep ? transposedWeights.get(B.data) : undefined;
-    if (!Bt) {
-      Bt = nd.transpose({ data: Bb, shape: [K, N], int: false }, [1, 0], budget, "MatMul weight").data as Float32Array;
-      if (keep) transposedWeights.set(B.data, Bt);
-    }
-    const At = nd.transpose(
-      { data: A.data.subarray(t * rows * K, (t + 1) * rows * K), shape: [rows, K], int: false },
-      [1, 0],
-      budget,
-      "MatMul input",
-    ).data as Float32Array;
-    const yt = await ops.conv3d({ data: At, shape: [1, K, 1, 1, rows] }, { data: Bt, shape: [N, K, 1, 1, 1] }, null);
-    y.set(
-      nd.transpose({ data: yt.data, shape: [N, rows], int: false }, [1, 0], budget, "MatMul output").data as Float32Array,
-      t * rows * N,
-    );
+    const Bb = rb === 2 ? B.data : B.data.subarray(t * K * N, (t + 1) * K * N);
+    const Ab = A.data.subarray(t * rows * K, (t + 1) * rows * K);
+    await ops.conv3d({ data: Bb, shape: [1, K, 1, 1, N] }, { data: Ab, shape: [rows, K, 1, 1, 1] }, null, {
+      out: { data: y.subarray(t * rows * N, (t + 1) * rows * N), shape: [1, rows, 1, 1, N] },
+    });
   }
   return { f: { data: y, shape: [...A.shape.slice(0, -1), N] } };
 }

@@ -432,6 +432,36 @@ export async function leakyRelu(x: Tensor, options?: OutputOptions & { alpha?: n
   if (typeof alpha !== "number" || !Number.isFinite(alpha)) throw invalidParameterError("options.alpha", "a finite number", alpha);
   return unary(x, UNARY.leaky, alpha, null, "leakyRelu", options);
 }
+/**
+ * GELU, x·Φ(x): 0.5·x·(1 + erf(x / divisor)) with divisor √2 (or an exported graph's own constant,
+ * as the GELU fusion passes it), or ONNX's approximate "tanh" form. Any rank; elementwise.
+ */
+export async function gelu(x: Tensor, options?: OutputOptions & { approximate?: "none" | "tanh"; divisor?: number }): Promise<Tensor> {
+  assertTensor("x", x);
+  const o = optionsObject("options", options);
+  const approx = o.approximate ?? "none";
+  if (approx !== "none" && approx !== "tanh") throw invalidParameterError("options.approximate", '"none" or "tanh"', approx);
+  const divisor = o.divisor ?? Math.SQRT2;
+  if (typeof divisor !== "number" || !Number.isFinite(divisor) || divisor === 0)
+    throw invalidParameterError("options.divisor", "a finite non-zero number", divisor);
+  if (approx === "tanh" && o.divisor !== undefined)
+    throw invalidParameterError("options.divisor", 'nothing with approximate "tanh"', divisor);
+  // elementwise: the last axis is a run, the others count runs (the backend splits the work by runs)
+  const last = x.shape.at(-1) ?? 1;
+  const out = outputTensor([...x.shape], o.out, "gelu output", o.alloc);
+  await activeBackend().unary(
+    x.data,
+    1,
+    x.data.length / last,
+    last,
+    approx === "tanh" ? UNARY.geluTanh : UNARY.gelu,
+    divisor,
+    null,
+    out.data,
+  );
+  return out;
+}
+
 /** PReLU with one slope per channel (or one for all). */
 export async function prelu(x: Tensor, slope: Tensor, options?: OutputOptions): Promise<Tensor> {
   assertTensor("x", x);

@@ -223,7 +223,7 @@ Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
 Napi::Value Unary(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const int op = int(int_of(info[4], "op", 0, 3));
+  const int op = int(int_of(info[4], "op", 0, 5));
   const std::int64_t sl = int_of(info[7], "slope length", 0, BIG);
   const float* slope = fbuf(info[6], sl, "slope", true);
   require(op != 3 || (slope && (sl == 1 || sl == C)), info.Env(), "prelu needs 1 or C slopes");

@@ -117,10 +117,16 @@ __global__ void unary_kernel(const float* x, float* y, std::int64_t C, std::int6
       case 2:
         r = float(1.0 / (1.0 + exp(-double(v))));
         break;
-      default: {
+      case 3: {
         const float s = slope[slope_len == 1 ? 0 : (i / S) % C];
         r = v > 0 ? v : v * s;
+        break;
       }
+      case 4:  // GELU, erf form; alpha is the divisor (√2 as exported)
+        r = 0.5f * v * (1.f + erff(v / alpha));
+        break;
+      default:  // 5: GELU, tanh approximation
+        r = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     }
     y[i] = r;
   }

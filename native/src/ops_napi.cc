@@ -213,7 +213,7 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
-  const auto op = static_cast<bhsd::Unary>(int_of(info[4], "op", 0, 3));
+  const auto op = static_cast<bhsd::Unary>(int_of(info[4], "op", 0, 5));
   const float alpha = float(number_of(info[5], "alpha"));
   std::int64_t slope_len = 0;
   const float* slope = nullptr;

@@ -1,5 +1,6 @@
 // A small test of the Node-free core, built and run by scripts/native-core-test.mjs
 // (g++ -std=c++17 -O2 -pthread). Exits non-zero on the first failed check.
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -950,6 +951,60 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
   }
 }
 
+// The transformer paths of tensor_ops: GELU (erf and tanh forms), softmax over contiguous rows
+// (attention: C keys, spatial 1) and over channels, and a group norm over [rows, features, 1] (a
+// layer norm), each against the formula in double precision.
+static void test_transformer_ops(bhsd::ThreadPool& pool) {
+  std::vector<float> x(37 * 96);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(double(i) * 0.37) * 4.0 + 0.1);
+  std::vector<float> y(x.size());
+  double worst = 0;
+  bhsd::unary(x.data(), y.data(), 1, 37, 96, bhsd::Unary::gelu, float(std::sqrt(2.0)), nullptr, 0, pool);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    worst = std::max(worst, std::abs(y[i] - 0.5 * x[i] * (1 + std::erf(double(x[i]) / std::sqrt(2.0)))));
+  CHECK(worst < 4e-6);
+  worst = 0;
+  bhsd::unary(x.data(), y.data(), 1, 37, 96, bhsd::Unary::gelu_tanh, 0, nullptr, 0, pool);
+  const double k = std::sqrt(2 / 3.141592653589793);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double v = x[i];
+    worst = std::max(worst, std::abs(y[i] - 0.5 * v * (1 + std::tanh(k * (v + 0.044715 * v * v * v)))));
+  }
+  CHECK(worst < 4e-6);
+  for (const auto& [N, C, S] : {std::array<std::int64_t, 3>{37, 96, 1}, std::array<std::int64_t, 3>{2, 6, 296}}) {
+    bhsd::softmax_channels(x.data(), y.data(), N, C, S, pool);
+    worst = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) {
+        double m = -1e300, sum = 0;
+        for (std::int64_t c = 0; c < C; ++c) m = std::max(m, double(x[(n * C + c) * S + i]));
+        for (std::int64_t c = 0; c < C; ++c) sum += std::exp(x[(n * C + c) * S + i] - m);
+        for (std::int64_t c = 0; c < C; ++c)
+          worst = std::max(worst, std::abs(y[(n * C + c) * S + i] - std::exp(x[(n * C + c) * S + i] - m) / sum));
+      }
+    CHECK(worst < 1e-6);
+  }
+  std::vector<float> scale(96), bias(96);
+  for (int c = 0; c < 96; ++c) scale[c] = 0.5f + 0.01f * float(c), bias[c] = 0.1f * float(c % 7) - 0.3f;
+  for (const auto act : {bhsd::Act::none, bhsd::Act::leaky}) {
+    bhsd::group_norm(x.data(), y.data(), 37, 96, 1, 1, scale.data(), bias.data(), 1e-5, act, 0.01f, pool);
+    worst = 0;
+    for (int r = 0; r < 37; ++r) {
+      double m = 0, v = 0;
+      for (int c = 0; c < 96; ++c) m += x[r * 96 + c];
+      m /= 96;
+      for (int c = 0; c < 96; ++c) v += (x[r * 96 + c] - m) * (x[r * 96 + c] - m);
+      v /= 96;
+      for (int c = 0; c < 96; ++c) {
+        double want = (x[r * 96 + c] - m) / std::sqrt(v + 1e-5) * scale[c] + bias[c];
+        if (act == bhsd::Act::leaky && want < 0) want *= 0.01;
+        worst = std::max(worst, std::abs(y[r * 96 + c] - want));
+      }
+    }
+    CHECK(worst < 1e-5);
+  }
+}
+
 int main() {
   std::printf("simd level: %s\n", bhsd::simd_level().c_str());
   test_conv_concurrent();
@@ -972,6 +1027,7 @@ int main() {
     test_conv_winograd(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
+    test_transformer_ops(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

@@ -216,6 +216,27 @@ inline void group_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
         }
       },
       1, 8);
+  if (spatial == 1) {
+    // a layer norm seen as [rows, features, 1]: one pass per row (a call per value was most of its time)
+    pool.parallel_for(
+        std::size_t(N * G),
+        [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t ng = lo; ng < hi; ++ng) {
+            const std::int64_t c0 = std::int64_t(ng) % G * cpg;
+            const float* p = x + std::int64_t(ng) * span;
+            float* q = y + std::int64_t(ng) * span;
+            const float m = mean[ng], iv = inv[ng];
+            for (std::int64_t j = 0; j < span; ++j) {
+              float v = (p[j] - m) * (iv * (scale ? scale[c0 + j] : 1.0f)) + (bias ? bias[c0 + j] : 0.0f);
+              if (act == Act::relu) v = v > 0 ? v : 0.0f;
+              if (act == Act::leaky) v = v > 0 ? v : v * alpha;
+              q[j] = v;
+            }
+          }
+        },
+        1, 8);
+    return;
+  }
   pool.parallel_for(
       std::size_t(N * C),
       [&](std::size_t lo, std::size_t hi) {
@@ -396,11 +417,16 @@ inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
       1, 8);
 }
 
-enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3 };
+enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3, gelu = 4, gelu_tanh = 5 };
 
 // Elementwise activations; prelu's slope is per channel (slope[c], or slope[0] when it has one).
+// gelu: 0.5·x·(1 + erf(x / alpha)) (alpha √2 as exported, or the graph's own divisor); gelu_tanh:
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), ONNX Gelu's approximate="tanh".
 inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, Unary op, float alpha,
                   const float* slope, std::int64_t slope_len, ThreadPool& pool) {
+  // a chunk is a run of whole channels of at least 4096 values (a transformer's activations are
+  // few channels of many values or many channels of few)
+  const std::int64_t per = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(spatial, 1));
   pool.parallel_for(
       std::size_t(N * C),
       [&](std::size_t lo, std::size_t hi) {
@@ -422,10 +448,21 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
               for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * s;
               break;
             }
+            case Unary::gelu:  // divided, not multiplied by 1/alpha: the exported Div's rounding
+              for (std::int64_t i = 0; i < spatial; ++i) q[i] = 0.5f * p[i] * (1.0f + std::erf(p[i] / alpha));
+              break;
+            case Unary::gelu_tanh: {
+              const float k = 0.7978845608028654f;  // √(2/π)
+              for (std::int64_t i = 0; i < spatial; ++i) {
+                const float v = p[i];
+                q[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+              }
+              break;
+            }
           }
         }
       },
-      1, 8);
+      std::size_t(per), 8);
 }
 
 // Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
@@ -563,6 +600,9 @@ inline void resize3d(const float* x, float* y, std::int64_t NC, const std::int64
 // Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
 inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                              ThreadPool& pool) {
+  // each exponential is taken once (kept in y, then scaled), summed in double; a task holds at
+  // least 4096 values, so that attention's rows (C keys, spatial 1) spread over the threads too
+  const std::size_t grain = std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(C, 1)));
   pool.parallel_for(
       std::size_t(N * spatial),
       [&](std::size_t lo, std::size_t hi) {
@@ -573,11 +613,16 @@ inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int6
           float m = -std::numeric_limits<float>::infinity();
           for (std::int64_t c = 0; c < C; ++c) m = std::max(m, p[c * spatial]);
           double sum = 0;
-          for (std::int64_t c = 0; c < C; ++c) sum += std::exp(double(p[c * spatial]) - m);
-          for (std::int64_t c = 0; c < C; ++c) o[c * spatial] = float(std::exp(double(p[c * spatial]) - m) / sum);
+          for (std::int64_t c = 0; c < C; ++c) {
+            const double e = std::exp(double(p[c * spatial]) - m);
+            o[c * spatial] = float(e);
+            sum += e;
+          }
+          const float inv = float(1.0 / sum);
+          for (std::int64_t c = 0; c < C; ++c) o[c * spatial] *= inv;
         }
       },
-      4096);
+      grain);
 }
 
 inline void argmax_channels(const float* x, std::int32_t* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
