@@ -367,12 +367,10 @@ async function matmulOnEngine(
   const w = [128, 64].find((d) => N % d === 0 && N > d) ?? N;
   // a batched B: one grouped convolution, a group per batch item (B's items are its groups' input
   // channels, A's its groups' weights, each in place), instead of a call per item
-  await ops.conv3d(
-    { data: B.data, shape: [1, batches * K, 1, N / w, w] },
-    { data: A.data, shape: [batches * rows, K, 1, 1, 1] },
-    null,
-    { groups: batches, out: { data: y, shape: [1, batches * rows, 1, N / w, w] } },
-  );
+  await ops.conv3d({ data: B.data, shape: [1, batches * K, 1, N / w, w] }, { data: A.data, shape: [batches * rows, K, 1, 1, 1] }, null, {
+    groups: batches,
+    out: { data: y, shape: [1, batches * rows, 1, N / w, w] },
+  });
   return { f: yt };
 }
 
