@@ -316,6 +316,7 @@ export class NativeBackend implements Backend {
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);
+  gemm: TensorBackend["gemm"] = (...a) => this.addon.gemm!(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);
   unary: TensorBackend["unary"] = (...a) => this.addon.unary(...a);
   binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);

@@ -92,6 +92,20 @@ export interface TensorBackend {
     alpha: number,
     out: Float32Array,
   ): Promise<void>;
+  /**
+   * Optional: out[t] = a[t] · b[t or 0] for t < batches, row-major a [M, K], b [K, N], out [M, N]
+   * (MatMul and Einsum; without it they run as 1×1×1 convolutions).
+   */
+  gemm?(
+    a: Float32Array,
+    b: Float32Array,
+    batches: number,
+    M: number,
+    K: number,
+    N: number,
+    bBatched: boolean,
+    out: Float32Array,
+  ): Promise<void>;
   batchNorm(
     x: Float32Array,
     N: number,

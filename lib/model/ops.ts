@@ -3,6 +3,7 @@
  * U-Net's blocks on N-d arrays (runNd, over nd.ts), and float MatMuls on the engine's GEMM. The
  * executor (model.ts) decides where results go (its buffer pool) and what runs when.
  */
+import { activeBackend } from "../backends/index.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
@@ -365,6 +366,12 @@ async function matmulOnEngine(
   // B's N columns seen as rows of 128 or 64 voxels: the convolution gives each thread tasks of a
   // few rows (one row of N voxels was one task with an N-wide panel: 58–89 → 79–114 GFLOP/s)
   const w = [128, 64].find((d) => N % d === 0 && N > d) ?? N;
+  const be = activeBackend();
+  if (be.gemm) {
+    // the backend's own GEMM (native: AVX-512 8×32 / AVX2 6×16 micro-kernels, Goto blocking)
+    await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);
+    return { f: yt };
+  }
   // a batched B: one grouped convolution, a group per batch item (B's items are its groups' input
   // channels, A's its groups' weights, each in place), instead of a call per item
   await ops.conv3d({ data: B.data, shape: [1, batches * K, 1, N / w, w] }, { data: A.data, shape: [batches * rows, K, 1, 1, 1] }, null, {

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "bhsd/conv.hpp"
+#include "bhsd/gemm.hpp"
 #include "bhsd/tensor_ops.hpp"
 #include "napi_util.hpp"
 
@@ -297,6 +298,24 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
   return PromiseWorker::Start(env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]});
 }
 
+// gemm(a, b, batches, M, K, N, bBatched, out): out[t] = a[t] · b[t or 0], row-major, contiguous
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t T = int_of(info[2], "batches", 1, BIG), M = int_of(info[3], "M", 1, BIG),
+                     K = int_of(info[4], "K", 1, BIG), N = int_of(info[5], "N", 1, BIG);
+  const bool bb = info[6].ToBoolean();
+  // every product below 2^40 before any is formed from the next factor
+  require(
+      M <= BIG / K && M <= BIG / N && K <= BIG / N && T <= BIG / (M * K) && T <= BIG / (M * N) && T <= BIG / (K * N),
+      env, "gemm: batches × M × K × N is too large");
+  const float* a = floats_of(info[0], std::size_t(T * M * K), "a");
+  const float* b = floats_of(info[1], std::size_t((bb ? T : 1) * K * N), "b");
+  float* y = out_of(info[7], std::size_t(T * M * N), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool); }, nullptr,
+                              {info[0], info[1], info[7]});
+}
+
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
@@ -369,6 +388,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));
   exports.Set("softmax", Napi::Function::New<guarded<Softmax>>(env, "softmax"));
+  exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
   exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));
 }

@@ -14,6 +14,7 @@
 #include "bhsd/ccl.hpp"
 #include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/gemm.hpp"
 #include "bhsd/host_device.hpp"
 #include "bhsd/tensor_ops.hpp"
 #include "bhsd/metrics.hpp"
@@ -1005,8 +1006,38 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
   }
 }
 
+// gemm against a double-precision sum, on sizes that leave partial panels everywhere (rows, columns
+// and K blocks), batched with B per item and shared; out-of-tile memory is left untouched.
+static void test_gemm(bhsd::ThreadPool& pool) {
+  int bad = 0, cases = 0;
+  for (const auto& [T, M, K, N] :
+       {std::array<std::int64_t, 4>{1, 13, 37, 45}, std::array<std::int64_t, 4>{2, 97, 200, 33},
+        std::array<std::int64_t, 4>{3, 8, 16, 32}, std::array<std::int64_t, 4>{1, 130, 400, 270},
+        std::array<std::int64_t, 4>{2, 1, 1, 1}}) {
+    for (const bool bb : {false, true}) {
+      std::vector<float> a(std::size_t(T * M * K)), b(std::size_t((bb ? T : 1) * K * N)),
+          c(std::size_t(T * M * N + 8), 7.0f);
+      for (std::size_t i = 0; i < a.size(); ++i) a[i] = float(std::sin(double(i) * 0.61));
+      for (std::size_t i = 0; i < b.size(); ++i) b[i] = float(std::cos(double(i) * 0.37));
+      bhsd::gemm(a.data(), b.data(), c.data(), T, M, K, N, bb, pool);
+      ++cases;
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t i = 0; i < M; ++i)
+          for (std::int64_t j = 0; j < N; ++j) {
+            double want = 0;
+            for (std::int64_t k = 0; k < K; ++k)
+              want += double(a[(t * M + i) * K + k]) * b[((bb ? t : 0) * K + k) * N + j];
+            if (std::abs(c[(t * M + i) * N + j] - want) > 1e-5 * (1 + std::sqrt(double(K)))) ++bad;
+          }
+      for (std::size_t i = std::size_t(T * M * N); i < c.size(); ++i) bad += c[i] != 7.0f;
+    }
+  }
+  CHECK(cases == 10);
+  CHECK(bad == 0);
+}
+
 int main() {
-  std::printf("simd level: %s\n", bhsd::simd_level().c_str());
+  std::printf("simd level: %s, gemm kernel: %s\n", bhsd::simd_level().c_str(), bhsd::gemm_kernel_name());
   test_conv_concurrent();
   test_host_device_sweeps();
   for (unsigned threads : {1u, 2u, 5u}) {
@@ -1028,6 +1059,7 @@ int main() {
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     test_transformer_ops(pool);
+    test_gemm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }

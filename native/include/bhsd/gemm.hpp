@@ -1,0 +1,203 @@
+// bhsd — a single-precision GEMM for MatMul / Einsum (a transformer's Linear layers and attention):
+// C[M×N] = A[M×K] · B[K×N], all row-major and contiguous, for `batches` items (A and C per item,
+// B per item or shared). Node-free; conv.hpp's convolutions keep their own kernels.
+//
+// Goto/BLIS blocking: the work is cut into macro-tiles of MC rows × NC columns, one task each;
+// a task walks K in blocks of KC and packs its B block into NR-column panels (b[k·NR + j],
+// zero-padded to whole panels), then runs the micro-kernel over every (NR, MR) pair with the B
+// panel in L1 and the A rows (read in place, MR streams: packing them cost as much as the
+// products at a transformer's 128 rows) in L2. Micro-kernels, chosen at run
+// time: AVX-512 8 × 32 (16 zmm accumulators, two loads and eight broadcasts per eight pairs of
+// FMAs), AVX2/FMA 6 × 16 (12 ymm), and a portable one (the compiler's vectors; NEON on arm64).
+// Partial tiles store through masks (AVX-512) or a staging tile: nothing outside C is written.
+// The sum over K runs in K order in float, as onnxruntime's MLAS does (no double accumulation).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "conv_common.hpp"
+#include "conv_kernels.hpp"
+#include "thread_pool.hpp"
+
+namespace bhsd {
+
+namespace gemm_detail {
+
+constexpr std::int64_t KC = 192;  // a B panel of KC × 32 floats is 24 KB: it stays in L1
+constexpr std::int64_t MC = 96;   // the A rows of a tile, MC × KC floats, are 72 KB: L2
+constexpr std::int64_t NC = 256;
+
+// B[k0 … k0+kc) × [j0 … j0+nc) into panels of NR columns: b[k·NR + j] = B[k0 + k][j0 + p·NR + j].
+template <int NR>
+inline void pack_b(const float* B, std::int64_t ldb, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t nc,
+                   float* bp) {
+  for (std::int64_t p = 0; p < nc; p += NR) {
+    const std::int64_t cols = std::min<std::int64_t>(NR, nc - p);
+    for (std::int64_t k = 0; k < kc; ++k) {
+      const float* src = B + (k0 + k) * ldb + j0 + p;
+      float* dst = bp + k * NR;
+      std::memcpy(dst, src, std::size_t(cols) * sizeof(float));
+      if (cols < NR) std::memset(dst + cols, 0, std::size_t(NR - cols) * sizeof(float));
+    }
+    bp += kc * NR;
+  }
+}
+
+// The rows of A a micro-kernel reads (rows < MR: the last row again; its sums are not stored).
+template <int MR>
+inline void row_pointers(const float* a, std::int64_t lda, std::int64_t rows, const float* (&ar)[MR]) {
+  for (int r = 0; r < MR; ++r) ar[r] = a + std::min<std::int64_t>(r, rows - 1) * lda;
+}
+
+// The portable micro-kernel: c (rows × cols of C, ldc apart) = (first ? 0 : c) + Σ_k A[r][k]·b[k][j].
+template <int MR, int NR>
+inline void kernel_generic(std::int64_t kc, const float* a, std::int64_t lda, const float* bp, float* c,
+                           std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool first) {
+  const float* ar[MR];
+  row_pointers<MR>(a, lda, rows, ar);
+  float acc[MR][NR] = {};
+  for (std::int64_t k = 0; k < kc; ++k)
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NR; ++j) acc[r][j] += ar[r][k] * bp[k * NR + j];
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < cols; ++j) c[r * ldc + j] = first ? acc[r][j] : c[r * ldc + j] + acc[r][j];
+}
+
+#ifdef BHSD_X86
+__attribute__((target("avx512f"))) inline void kernel_avx512(std::int64_t kc, const float* a, std::int64_t lda,
+                                                             const float* bp, float* c, std::int64_t ldc,
+                                                             std::int64_t rows, std::int64_t cols, bool first) {
+  constexpr int MR = 8;
+  const float* ar[MR];
+  row_pointers<MR>(a, lda, rows, ar);
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (std::int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ar[r][k]);
+      c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+    }
+    bp += 32;
+  }
+  const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : __mmask16(0);
+  // a constant index for every accumulator (a loop to `rows` would keep them in memory, not registers)
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    if (r >= rows) break;
+    float* q = c + r * ldc;
+    if (!first) {
+      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, q));
+      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, q + 16));
+    }
+    _mm512_mask_storeu_ps(q, m0, c0[r]);
+    _mm512_mask_storeu_ps(q + 16, m1, c1[r]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline void kernel_avx2(std::int64_t kc, const float* a, std::int64_t lda,
+                                                            const float* bp, float* c, std::int64_t ldc,
+                                                            std::int64_t rows, std::int64_t cols, bool first) {
+  constexpr int MR = 6;
+  const float* ar[MR];
+  row_pointers<MR>(a, lda, rows, ar);
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ar[r] + k);
+      c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+    }
+    bp += 16;
+  }
+  alignas(32) float tile[MR][16];
+  for (int r = 0; r < MR; ++r) {
+    _mm256_store_ps(tile[r], c0[r]);
+    _mm256_store_ps(tile[r] + 8, c1[r]);
+  }
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < cols; ++j) c[r * ldc + j] = first ? tile[r][j] : c[r * ldc + j] + tile[r][j];
+}
+#endif
+
+using Kernel = void (*)(std::int64_t, const float*, std::int64_t, const float*, float*, std::int64_t, std::int64_t,
+                        std::int64_t, bool);
+
+// One macro-tile: C[i0 … i0+mc) × [j0 … j0+nc) of one batch item, over the whole K. A is read in
+// place (each micro-kernel broadcasts from its MR rows); B is packed, a KC × nc block at a time.
+template <int MR, int NR>
+inline void macro_tile(Kernel kernel, const float* A, const float* B, float* C, std::int64_t K, std::int64_t N,
+                       std::int64_t i0, std::int64_t mc, std::int64_t j0, std::int64_t nc) {
+  thread_local conv_detail::Scratch bpm;
+  const std::int64_t ncp = (nc + NR - 1) / NR * NR;
+  float* bp = bpm.get(std::size_t(ncp * KC));
+  for (std::int64_t k0 = 0; k0 < K; k0 += KC) {
+    const std::int64_t kc = std::min(KC, K - k0);
+    pack_b<NR>(B, N, k0, kc, j0, nc, bp);
+    for (std::int64_t jp = 0; jp < nc; jp += NR)
+      for (std::int64_t ip = 0; ip < mc; ip += MR)
+        kernel(kc, A + (i0 + ip) * K + k0, K, bp + jp * kc, C + (i0 + ip) * N + j0 + jp, N,
+               std::min<std::int64_t>(MR, mc - ip), std::min<std::int64_t>(NR, nc - jp), k0 == 0);
+  }
+}
+
+template <int MR, int NR>
+inline void run(Kernel kernel, const float* A, const float* B, float* C, std::int64_t batches, std::int64_t M,
+                std::int64_t K, std::int64_t N, bool b_batched, ThreadPool& pool) {
+  const std::int64_t mt = (M + MC - 1) / MC, nt = (N + NC - 1) / NC, per = mt * nt;
+  pool.parallel_for(
+      std::size_t(batches * per),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t t = lo; t < hi; ++t) {
+          const std::int64_t b = std::int64_t(t) / per, r = std::int64_t(t) % per;
+          const std::int64_t i0 = r / nt * MC, j0 = r % nt * NC;
+          macro_tile<MR, NR>(kernel, A + b * M * K, B + (b_batched ? b * K * N : 0), C + b * M * N, K, N, i0,
+                             std::min(MC, M - i0), j0, std::min(NC, N - j0));
+        }
+      },
+      1, 4);
+}
+
+}  // namespace gemm_detail
+
+// Which micro-kernel gemm() runs here: "avx512" (8 × 32), "avx2" (6 × 16) or "generic" (8 × 8);
+// BHSD_NO_AVX512 / BHSD_NO_AVX2 step down as for the convolutions.
+inline const char* gemm_kernel_name() {
+#ifdef BHSD_X86
+  if (conv_detail::use_avx512()) return "avx512";
+  const CpuFeatures f = cpu_features();
+  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return "avx2";
+#endif
+  return "generic";
+}
+
+// C[b] = A[b] · B[b or 0] for b < batches; A [M×K], B [K×N], C [M×N], each contiguous. K = 0
+// gives zeros.
+inline void gemm(const float* A, const float* B, float* C, std::int64_t batches, std::int64_t M, std::int64_t K,
+                 std::int64_t N, bool b_batched, ThreadPool& pool) {
+  using namespace gemm_detail;
+  if (batches <= 0 || M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    std::fill(C, C + batches * M * N, 0.0f);
+    return;
+  }
+  static const std::string which = gemm_kernel_name();
+#ifdef BHSD_X86
+  if (which == "avx512") return run<8, 32>(kernel_avx512, A, B, C, batches, M, K, N, b_batched, pool);
+  if (which == "avx2") return run<6, 16>(kernel_avx2, A, B, C, batches, M, K, N, b_batched, pool);
+#endif
+  run<8, 8>(kernel_generic<8, 8>, A, B, C, batches, M, K, N, b_batched, pool);
+}
+
+}  // namespace bhsd
