@@ -899,6 +899,36 @@ test("attention's products on the engine GEMM: batched MatMul, Einsum Q·Kᵀ an
   }
 });
 
+test("a residual Add → LeakyRelu runs as one fused node and equals onnxruntime on every backend; an Add with a second reader is left alone", async (t) => {
+  const x = randomTensor([1, 4, 3, 5, 6], 61),
+    r = randomTensor([1, 4, 3, 5, 6], 62);
+  const graph = (extraReader: boolean) =>
+    encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "Add", name: "sum", inputs: ["x", "r"], outputs: ["s"] },
+        { opType: "LeakyRelu", name: "act", inputs: ["s"], outputs: ["y"], attrs: { alpha: 0.2 } },
+        ...(extraReader ? [{ opType: "Mul", name: "twice", inputs: ["s", "r"], outputs: ["z"] }] : []),
+      ],
+      inputs: [
+        { name: "x", shape: x.shape },
+        { name: "r", shape: r.shape },
+      ],
+      outputs: [{ name: "y" }, ...(extraReader ? [{ name: "z" }] : [])],
+      initializers: [],
+    });
+  for (const extra of [false, true]) {
+    const bytes = graph(extra);
+    const ref = await ortSession(bytes, { x, r });
+    for (const { name: b } of backendsUnderTest()) {
+      const m = await loadModel(bytes, { backend: b });
+      const y = (await m.runAll({ x, r })).y!;
+      t.true(relDiff(y.data, ref.data) < 1e-6, `${b}, extra reader ${extra}: ${relDiff(y.data, ref.data)}`);
+      t.is("Add+leakyRelu" in m.lastRun!.opMs, !extra, `${b}: ops ${Object.keys(m.lastRun!.opMs)}`);
+    }
+  }
+});
+
 test("GELU as exported (Div √2 → Erf → Add 1 → Mul x → Mul 0.5) runs as one fused node and equals onnxruntime on every backend; a variant with another constant is left alone", async (t) => {
   const x = randomTensor([1, 16, 96], 51);
   x.data.forEach((v, i) => (x.data[i] = v * 4));

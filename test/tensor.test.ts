@@ -210,6 +210,13 @@ test.serial("normalisation, activations and elementwise ops equal onnxruntime", 
     [ref] = await ortRun(op, [init("r", row), ...X]);
     await check(t, `${op} trailing broadcast`, ref!, () => fn(row, x));
   }
+  // add with the activation stored in the same pass, against onnxruntime's Add then the activation
+  const sum = await ortRun("Add", [...X, init("c", perC)]);
+  const sumT = { name: "s", tensor: { data: sum[0]!.data as Float32Array, shape: sum[0]!.shape } };
+  [ref] = await ortRun("LeakyRelu", [sumT], { alpha: 0.01 });
+  await check(t, "add + leakyRelu", ref!, () => add(x, perC, { activation: "leakyRelu", alpha: 0.01 }));
+  [ref] = await ortRun("Relu", [sumT]);
+  await check(t, "add + relu", ref!, () => add(x, perC, { activation: "relu" }));
   const z = randomTensor([2, 3, 3, 6, 7], 78);
   [ref] = await ortRun("Concat", [...X, { name: "z", tensor: z }], { axis: 1 });
   await check(t, "concat", ref!, () => concat([x, z], 1));

@@ -94,7 +94,7 @@ export interface CudaAddon {
   instanceNorm(x: Id, N: number, C: number, S: number, scale: Id, bias: Id, eps: number, act: number, alpha: number, out: Id): void;
   batchNorm(x: Id, N: number, C: number, S: number, scale: Id, bias: Id, mean: Id, variance: Id, eps: number, out: Id): void;
   unary(x: Id, N: number, C: number, S: number, op: number, alpha: number, slope: Id, slopeLen: number, out: Id): void;
-  binary(a: Id, b: Id, shape: number[], sa: number[], sb: number[], mul: boolean, out: Id): void;
+  binary(a: Id, b: Id, shape: number[], sa: number[], sb: number[], mul: boolean, out: Id, act: number, alpha: number): void;
   pool3d(
     x: Id,
     NC: number,
@@ -379,8 +379,8 @@ export class CudaBackend implements Backend {
   unary: TensorBackend["unary"] = (x, N, C, S, op, alpha, slope, out) =>
     this.op([x, slope], [out], ([xi, si], [oi]) => this.addon.unary(xi!, N, C, S, op, alpha, si!, slope?.length ?? 0, oi!));
 
-  binary: TensorBackend["binary"] = (a, b, shape, sa, sb, mul, out) =>
-    this.op([a, b], [out], ([ai, bi], [oi]) => this.addon.binary(ai!, bi!, shape, sa, sb, mul, oi!));
+  binary: TensorBackend["binary"] = (a, b, shape, sa, sb, mul, out, act = 0, alpha = 0) =>
+    this.op([a, b], [out], ([ai, bi], [oi]) => this.addon.binary(ai!, bi!, shape, sa, sb, mul, oi!, act, alpha));
 
   pool3d: TensorBackend["pool3d"] = (x, NC, inS, outS, k, s, d, p, max, cip, out) =>
     this.op([x], [out], ([xi], [oi]) => this.addon.pool3d(xi!, NC, inS, outS, k, s, d, p, max, cip, oi!));

@@ -129,6 +129,7 @@ export interface TensorBackend {
     out: Float32Array,
   ): Promise<void>;
   /** Broadcasting a+b or a·b: shape and element strides padded to 6 axes (stride 0 along broadcast axes). */
+  /** act/alpha (ACT, optional): the activation applied as each value is stored (Add → LeakyRelu fused). */
   binary(
     a: Float32Array,
     b: Float32Array,
@@ -137,6 +138,8 @@ export interface TensorBackend {
     stridesB: number[],
     mul: boolean,
     out: Float32Array,
+    act?: number,
+    alpha?: number,
   ): Promise<void>;
   pool3d(
     x: Float32Array,

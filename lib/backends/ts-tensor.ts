@@ -293,7 +293,7 @@ export const tsTensor: TensorBackend = {
     }
   },
 
-  async binary(a, b, shape, sa, sb, mul, out) {
+  async binary(a, b, shape, sa, sb, mul, out, act = 0, alpha = 0) {
     const inner = shape[5]!;
     const outer = shape.slice(0, 5).reduce((p, q) => p * q, 1);
     for (let o = 0; o < outer; o++) {
@@ -311,6 +311,9 @@ export const tsTensor: TensorBackend = {
         q = o * inner;
       if (mul) for (let i = 0; i < inner; i++) out[q + i] = a[oa + i * ia]! * b[ob + i * ib]!;
       else for (let i = 0; i < inner; i++) out[q + i] = a[oa + i * ia]! + b[ob + i * ib]!;
+      // as the unary ops: relu gives 0 for NaN, leaky keeps it
+      if (act === 1) for (let i = q; i < q + inner; i++) out[i] = out[i]! > 0 ? out[i]! : 0;
+      else if (act === 2) for (let i = q; i < q + inner; i++) out[i] = out[i]! > 0 ? out[i]! : out[i]! * alpha;
     }
   },
 

@@ -533,7 +533,7 @@ export function fuseActivations(graph: Graph): GraphNode[] {
     const p = producer.get(n.inputs[0]!);
     if (
       !p ||
-      (p.opType !== "Conv" && p.opType !== "InstanceNormalization" && p.opType !== "GroupNormalization") ||
+      (p.opType !== "Conv" && p.opType !== "InstanceNormalization" && p.opType !== "GroupNormalization" && p.opType !== "Add") ||
       p.fusedAct ||
       fused.has(p) ||
       consumers.get(n.inputs[0]!) !== 1

@@ -179,10 +179,16 @@ export async function runNode(
     }
     case "Add":
     case "Mul": {
+      // an Add's fused activation (a residual block's Add → LeakyRelu) is applied as each sum is stored
       if (a[0] && a[1] && "f" in a[0] && "f" in a[1] && Math.max(a[0].f.shape.length, a[1].f.shape.length) <= 6) {
-        return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc }) }];
+        return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc, ...act }) }];
       }
-      return runNd(n, a, budget, opset);
+      const [r] = runNd(n, a, budget, opset);
+      if (!n.fusedAct) return [r!];
+      const fa = n.fusedAct;
+      const f = fa.act === "relu" ? (t: number) => (t > 0 ? t : 0) : (t: number) => (t > 0 ? t : t * fa.alpha);
+      const v = toNd(r, "sum");
+      return [fromNd(nd.mapN([v], v.int && fa.act === "relu", f, budget, `${n.opType} activation`))];
     }
     case "Concat": {
       const axis = (at.axis as number) ?? 0;

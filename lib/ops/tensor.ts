@@ -497,17 +497,22 @@ function broadcast(a: Tensor, b: Tensor): { shape: number[]; sa: number[]; sb: n
   return { shape: pad6(out, 1), sa: pad6(strides(pa), 0), sb: pad6(strides(pb), 0), out };
 }
 
-async function binary(a: Tensor, b: Tensor, mul: boolean, options?: OutputOptions): Promise<Tensor> {
+/** Options of add and mul: the output, and an activation applied as each value is stored. */
+export type BinaryOptions = OutputOptions & { activation?: "none" | "relu" | "leakyRelu"; alpha?: number };
+
+async function binary(a: Tensor, b: Tensor, mul: boolean, options?: BinaryOptions): Promise<Tensor> {
   assertTensor("a", a);
   assertTensor("b", b);
   const bc = broadcast(a, b);
   const o = optionsObject("options", options);
+  const { act, alpha } = activation(o);
   const out = outputTensor(bc.out, o.out, mul ? "mul output" : "add output", o.alloc);
-  await activeBackend().binary(a.data, b.data, bc.shape, bc.sa, bc.sb, mul, out.data);
+  await activeBackend().binary(a.data, b.data, bc.shape, bc.sa, bc.sb, mul, out.data, act, alpha);
   return out;
 }
-export const add = (a: Tensor, b: Tensor, options?: OutputOptions) => binary(a, b, false, options);
-export const mul = (a: Tensor, b: Tensor, options?: OutputOptions) => binary(a, b, true, options);
+/** a + b with numpy broadcasting; `activation` ("relu" | "leakyRelu", `alpha`) in the same pass (a residual block's sum). */
+export const add = (a: Tensor, b: Tensor, options?: BinaryOptions) => binary(a, b, false, options);
+export const mul = (a: Tensor, b: Tensor, options?: BinaryOptions) => binary(a, b, true, options);
 
 /** Concatenation along an axis (default 1, the channels). */
 export async function concat(tensors: Tensor[], axis = 1, options?: OutputOptions): Promise<Tensor> {

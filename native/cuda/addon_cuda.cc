@@ -239,7 +239,9 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   std::int64_t n = 1, la = 1, lb = 1;
   for (int k = 0; k < 6; ++k) n *= shape[k], la += (shape[k] - 1) * sa[k], lb += (shape[k] - 1) * sb[k];
   bhsd_cuda::binary(fbuf(info[0], la, "a"), fbuf(info[1], lb, "b"), fout(info[6], n, "out"), shape.data(), sa.data(),
-                    sb.data(), info[5].ToBoolean().Value());
+                    sb.data(), info[5].ToBoolean().Value(),
+                    info.Length() > 7 && !info[7].IsUndefined() ? int(int_of(info[7], "act", 0, 2)) : 0,
+                    info.Length() > 8 && !info[8].IsUndefined() ? float(number_of(info[8], "alpha")) : 0.f);
   return info.Env().Undefined();
 }
 

@@ -49,7 +49,7 @@ void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::i
 void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial, int op, float alpha,
            const float* slope, std::int64_t slope_len);
 void binary(const float* a, const float* b, float* y, const std::int64_t shape[6], const std::int64_t sa[6],
-            const std::int64_t sb[6], bool mul);
+            const std::int64_t sb[6], bool mul, int act, float alpha);
 void pool3d(const float* x, float* y, std::int64_t NC, const std::int64_t in[3], const std::int64_t out[3],
             const std::int64_t k[3], const std::int64_t s[3], const std::int64_t d[3], const std::int64_t p[3],
             bool max, bool count_include_pad);

@@ -136,7 +136,8 @@ struct Shape6 {
   std::int64_t s[6], a[6], b[6];
 };
 
-__global__ void binary_kernel(const float* a, const float* b, float* y, Shape6 sh, std::int64_t n, bool mul) {
+__global__ void binary_kernel(const float* a, const float* b, float* y, Shape6 sh, std::int64_t n, bool mul, int act,
+                              float alpha) {
   GRID_LOOP(i, n) {
     std::int64_t rem = i, oa = 0, ob = 0;
     for (int k = 5; k >= 0; --k) {
@@ -145,7 +146,8 @@ __global__ void binary_kernel(const float* a, const float* b, float* y, Shape6 s
       oa += idx * sh.a[k];
       ob += idx * sh.b[k];
     }
-    y[i] = mul ? a[oa] * b[ob] : a[oa] + b[ob];
+    const float v = mul ? a[oa] * b[ob] : a[oa] + b[ob];
+    y[i] = act == 0 || v > 0 ? v : act == 1 ? 0.f : v * alpha;  // as unary_kernel: relu 0 for NaN
   }
 }
 
@@ -304,12 +306,12 @@ void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_
 }
 
 void binary(const float* a, const float* b, float* y, const std::int64_t shape[6], const std::int64_t sa[6],
-            const std::int64_t sb[6], bool mul) {
+            const std::int64_t sb[6], bool mul, int act, float alpha) {
   Shape6 sh;
   std::int64_t n = 1;
   for (int k = 0; k < 6; ++k) sh.s[k] = shape[k], sh.a[k] = sa[k], sh.b[k] = sb[k], n *= shape[k];
   if (n == 0) return;
-  binary_kernel<<<grid_for(n), T, 0, stream()>>>(a, b, y, sh, n, mul);
+  binary_kernel<<<grid_for(n), T, 0, stream()>>>(a, b, y, sh, n, mul, act, alpha);
   BHSD_LAUNCHED("binary kernel");
 }
 

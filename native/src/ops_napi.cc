@@ -236,6 +236,10 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   auto sh = ints_of(info[2], 6, "shape", 1, BIG), sa = ints_of(info[3], 6, "strides of a", 0, BIG),
        sb = ints_of(info[4], 6, "strides of b", 0, BIG);
   const bool mul = info[5].ToBoolean();
+  // optional: the activation stored with each value (0 none, 1 relu, 2 leaky) and its slope
+  const auto act = info.Length() > 7 && !info[7].IsUndefined() ? static_cast<bhsd::Act>(int_of(info[7], "act", 0, 2))
+                                                               : bhsd::Act::none;
+  const float alpha = info.Length() > 8 && !info[8].IsUndefined() ? float(number_of(info[8], "alpha")) : 0.0f;
   std::int64_t n = 1, la = 1, lb = 1;
   for (int i = 0; i < 6; ++i) n *= sh[i], la += (sh[i] - 1) * sa[i], lb += (sh[i] - 1) * sb[i];
   View va = view_of(info[0], "a"), vb = view_of(info[1], "b");
@@ -244,8 +248,9 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   float* y = out_of(info[6], std::size_t(n), "out");
   const float *a = static_cast<const float*>(va.data), *b = static_cast<const float*>(vb.data);
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::binary(a, b, y, sh.data(), sa.data(), sb.data(), mul, *pool); }, nullptr,
-                              {info[0], info[1], info[6]});
+  return PromiseWorker::Start(env,
+                              [=] { bhsd::binary(a, b, y, sh.data(), sa.data(), sb.data(), mul, *pool, act, alpha); },
+                              nullptr, {info[0], info[1], info[6]});
 }
 
 // pool3d(x, NC, [D, H, W], [Do, Ho, Wo], k[3], s[3], d[3], p[3], max, countIncludePad, out)

@@ -28,8 +28,8 @@ inline std::string simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   const CpuFeatures f = cpu_features();
   if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) {
-    // the convolutions' micro-kernel; the other loops stay AVX2
-    if (f.avx512f && !std::getenv("BHSD_NO_AVX512")) return "avx512f (conv) + avx2+fma";
+    // the convolutions' and the GEMM's micro-kernels; the other loops stay AVX2
+    if (f.avx512f && !std::getenv("BHSD_NO_AVX512")) return "avx512f (conv, gemm) + avx2+fma";
     return "avx2+fma";
   }
   return "sse2";

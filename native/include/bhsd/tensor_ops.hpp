@@ -467,8 +467,9 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
 
 // Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
 // and b (0 along broadcast axes), all padded to 6 axes.
+// act/alpha: an activation applied as each sum or product is stored (a residual block's Add → LeakyReLU).
 inline void binary(const float* a, const float* b, float* y, const std::int64_t* shape, const std::int64_t* sa,
-                   const std::int64_t* sb, bool mul, ThreadPool& pool) {
+                   const std::int64_t* sb, bool mul, ThreadPool& pool, Act act = Act::none, float alpha = 0.0f) {
   const std::int64_t inner = shape[5];
   std::int64_t outer = 1;
   for (int i = 0; i < 5; ++i) outer *= shape[i];
@@ -491,6 +492,11 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
             for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
           else
             for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] + pb[i * ib];
+          // as the unary ops do it (relu: 0 for NaN; leaky: NaN stays NaN)
+          if (act == Act::relu)
+            for (std::int64_t i = 0; i < inner; ++i) q[i] = q[i] > 0 ? q[i] : 0.0f;
+          else if (act == Act::leaky)
+            for (std::int64_t i = 0; i < inner; ++i) q[i] = q[i] > 0 ? q[i] : q[i] * alpha;
         }
       },
       std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
