@@ -316,7 +316,11 @@ export class NativeBackend implements Backend {
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);
-  gemm: TensorBackend["gemm"] = (...a) => this.addon.gemm!(...a);
+  /** The addon's GEMM, where the binary has one (a prebuild older than it does not: MatMul then runs as a convolution). */
+  get gemm(): TensorBackend["gemm"] {
+    return typeof this.addon.gemm === "function" ? this.gemmCall : undefined;
+  }
+  private readonly gemmCall: NonNullable<TensorBackend["gemm"]> = (...a) => this.addon.gemm!(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);
   unary: TensorBackend["unary"] = (...a) => this.addon.unary(...a);
   binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);
