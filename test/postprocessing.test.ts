@@ -82,7 +82,7 @@ for (const { name: backend } of backendsUnderTest()) {
 
 test("cleanup's options are checked before any work, naming the option", async (t) => {
   const v = boxes([{ cls: 1, x: [0, 1], y: [0, 0], z: [0, 0] }]);
-  await t.throwsAsync(cleanup(v, { mergeClasses: [[1]] }), { message: /2 or more distinct classes.*for options\.mergeClasses\[0\]/ });
+  await t.throwsAsync(cleanup(v, { mergeClasses: [[1]] }), { message: /2 to 8 distinct classes.*for options\.mergeClasses\[0\]/ });
   await t.throwsAsync(
     cleanup(v, {
       mergeClasses: [
@@ -93,6 +93,7 @@ test("cleanup's options are checked before any work, naming the option", async (
     { message: /no class in two groups for options\.mergeClasses\[1\]/ },
   );
   await t.throwsAsync(cleanup(v, { mergeClasses: [[0, 1]] }), { message: /options\.mergeClasses\[0\]/ });
+  await t.throwsAsync(cleanup(v, { mergeClasses: [[1, 2, 3, 4, 5, 6, 7, 8, 9]] }), { message: /2 to 8 distinct classes/ });
   await t.throwsAsync(cleanup(v, { mergeClasses: "1,5" as never }), { message: /options\.mergeClasses/ });
   await t.throwsAsync(cleanup(v, { minVolumeMl: { EDH: 1 } }), {
     message: /class value .* for options\.minVolumeMl key but received .*EDH/,

@@ -369,8 +369,9 @@ export interface CleanupOptions extends ComponentsOptions {
   mergeClasses?: number[][];
 }
 
-/** Largest class value mergeClasses may name. */
+/** Largest class value mergeClasses may name, and the most classes in one group. */
 const MAX_MERGE_CLASS = 65535;
+const MAX_GROUP = 8;
 
 interface CheckedCleanup {
   connectivity: Connectivity;
@@ -419,13 +420,15 @@ export function checkCleanupOptions(options: unknown, name = "options"): Checked
   out.keepLargest = opts.keepLargest;
   if (opts.mergeClasses !== undefined) {
     const groups = opts.mergeClasses as unknown;
-    const what = `an array of groups, each of 2 or more distinct classes from 1 to ${MAX_MERGE_CLASS}, no class in two groups`;
+    // at most 8 classes a group: the votes take (components + 1) × 8 counts at most (32 bytes a component)
+    const what = `an array of groups, each of 2 to ${MAX_GROUP} distinct classes from 1 to ${MAX_MERGE_CLASS}, no class in two groups`;
     if (!Array.isArray(groups) || groups.length > 255) throw invalidParameterError(`${name}.mergeClasses`, what, groups);
     const seen = new Set<number>();
     out.mergeClasses = groups.map((g: unknown, i) => {
       const ok =
         Array.isArray(g) &&
         g.length >= 2 &&
+        g.length <= MAX_GROUP &&
         g.every((c) => Number.isInteger(c) && c >= 1 && c <= MAX_MERGE_CLASS && !seen.has(c as number) && (seen.add(c as number), true));
       if (!ok) throw invalidParameterError(`${name}.mergeClasses[${i}]`, what, g);
       return [...(g as number[])];
