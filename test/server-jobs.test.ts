@@ -13,8 +13,12 @@ function checkerboard(n: number): Buffer {
   return nifti(d, [n, n, n], "uint8");
 }
 
-/** Health's bound during a job: generous against this machine's idle answers, far below a blocked loop of seconds. */
-const bound = (baseline: number) => Math.min(1000, Math.max(300, 10 * baseline));
+/**
+ * Health's bound during a job: generous against this machine's idle answers and against a loaded
+ * machine's scheduling (a CI run with other test files beside it once saw 338 ms with the loop
+ * free), far below a blocked loop of seconds.
+ */
+const bound = (baseline: number) => Math.min(1000, Math.max(600, 10 * baseline));
 
 test.serial("components of a 64³ checkerboard: 422 past maxComponents, health prompt throughout", async (t) => {
   const body = checkerboard(64);
@@ -41,9 +45,11 @@ test.serial("with a higher maxComponents the 131072 components are answered, off
   const s = await start({ modelDir, maxComponents: 200_000 });
   try {
     const base = await healthBaseline(s.url);
+    const t0 = performance.now();
     const req = fetch(`${s.url}/v1/components?connectivity=6`, { method: "POST", body: checkerboard(64), headers: octet });
     const h = await pollHealth(s.url, req, 10);
     const r = await req;
+    t.log(`the job took ${(performance.now() - t0).toFixed(0)} ms`);
     t.is(r.status, 200);
     const b = await r.json();
     t.is(b.count, 131072);
