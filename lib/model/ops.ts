@@ -325,7 +325,7 @@ export async function runNode(
       return runNd(n, a, budget, opset);
     }
     case "Einsum": {
-      // a batched matrix product (attention) goes to the engine's GEMM head by head
+      // a batched matrix product (attention) goes to the engine's GEMM, all heads in one call
       if (a.length === 2 && a[0] && a[1] && "f" in a[0] && "f" in a[1]) {
         const mm = nd.einsumAsMatmul(String(at.equation), toNd(a[0], "A"), toNd(a[1], "B"), budget, "Einsum");
         const r = mm && (await matmulOnEngine(fromNd(mm[0]), fromNd(mm[1]), budget, alloc));
@@ -340,12 +340,12 @@ export async function runNode(
 
 /**
  * A float MatMul [..., M, K] × [K, N] (a transformer's Linear layers, most of its time) on the
- * engine's convolution GEMM, with no copy: a 1×1×1 convolution whose weights are A ([rows, K]: one
- * output channel per row) and whose input is B (K channels of N voxels) writes out[r][n] =
- * Σₖ A[r][k]·B[k][n], which is AB in row-major order. (It used to convolve Aᵀ with Bᵀ and transpose
- * the result back: three transposes in TypeScript, a third of the MatMul time.) A batched B
- * [..., K, N] of A's batch extents (attention's per-head products) runs one GEMM per batch item.
- * Other shapes (broadcast batches, integers, small K or N) stay on nd.matmul.
+ * engine, with no copy, into the run's pool: the backend's GEMM where it has one (native), else a
+ * 1×1×1 convolution whose weights are A ([rows, K]: one output channel per row) and whose input is
+ * B (K channels of N voxels), which writes out[r][n] = Σₖ A[r][k]·B[k][n], AB in row-major order.
+ * A batched B [..., K, N] of A's batch extents (attention's heads) is one call: a batched GEMM, or
+ * a grouped convolution with a group per item. Other shapes (broadcast batches, integers, small K
+ * or N) stay on nd.matmul.
  */
 async function matmulOnEngine(
   av: Value | undefined,
