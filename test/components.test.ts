@@ -383,3 +383,28 @@ test("asLabelVolume accepts integer labels in range and refuses a CT in Hounsfie
     message: /Expected an integer from 0 to 2147483647 for options.maxLabel but received number -2/,
   });
 });
+
+test("one-voxel components measure as the hull of their pixel's corners does (the fast path against a two-voxel neighbour's general one)", async (t) => {
+  // a voxel alone, and the same voxel beside a second one on the next slice: the largest slice's
+  // diameters of the pair come from the general path over the same single pixel
+  for (const spacing of [
+    [0.49, 0.49, 5],
+    [0.5, 0.25, 4],
+    [1.8, 0.7, 2],
+  ] as [number, number, number][]) {
+    const one = volumeFromArray(Uint8Array.from([0, 0, 0, 0, 1, 0, 0, 0, 0]), [1, 3, 3], [spacing[2], spacing[1], spacing[0]]);
+    const two = volumeFromArray(
+      Uint8Array.from([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+      [2, 3, 3],
+      [spacing[2], spacing[1], spacing[0]],
+    );
+    const [s1] = await componentStats((await connectedComponents(one)).labels, { classes: one });
+    const [s2] = await componentStats((await connectedComponents(two)).labels, { classes: two });
+    t.is(s1!.voxels, 1);
+    t.is(s2!.voxels, 2);
+    t.true(
+      Math.abs(s1!.abc.a - s2!.abc.a) < 1e-12 && Math.abs(s1!.abc.b - s2!.abc.b) < 1e-12,
+      `${JSON.stringify(s1!.abc)} ${JSON.stringify(s2!.abc)}`,
+    );
+  }
+});

@@ -258,7 +258,9 @@ export async function componentStats(
         best = z;
       }
     }
-    const { a, b } = sliceDiameters(work, c + 1, best, min, max, sx, sy);
+    // one voxel (a noisy prediction's specks: most of its components): its pixel's diagonal and
+    // the pixel's width across it, as the hull of its four corners gives them, without the hull
+    const { a, b } = n === 1 ? singlePixel(sx, sy) : sliceDiameters(work, c + 1, best, min, max, sx, sy);
     const cmm = slices * sz;
     out.push({
       label: values ? values[c]! : c + 1,
@@ -274,6 +276,12 @@ export async function componentStats(
     });
   }
   return out;
+}
+
+/** sliceDiameters of one pixel: A its diagonal, B the rectangle's extent across it (2·sx·sy / A). */
+function singlePixel(sx: number, sy: number): { a: number; b: number } {
+  const a = Math.hypot(sx, sy);
+  return { a, b: (2 * sx * sy) / a };
 }
 
 /**
