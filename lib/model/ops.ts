@@ -143,10 +143,11 @@ export async function runNode(
     case "LayerNormalization": {
       // one group over the trailing axes of each row: the engine's group norm on [rows, inner, 1],
       // scale and bias per element of the row (or one value); not when Mean/InvStdDev are wanted
-      const x = a[0] && "f" in a[0] ? a[0].f : null;
-      const sc = a[1] && "f" in a[1] ? a[1].f : null,
-        bi = a[2] && "f" in a[2] ? a[2].f : a[2] ? null : undefined;
-      if (x && sc && bi !== null && n.outputs.filter(Boolean).length <= 1 && x.shape.length >= 1) {
+      const float = (v: Value | undefined) => (v && "f" in v ? v.f : undefined);
+      const x = float(a[0]),
+        sc = float(a[1]),
+        bi = float(a[2]);
+      if (x && sc && (bi || !a[2]) && n.outputs.filter(Boolean).length <= 1) {
         const axis = nd.normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis");
         const inner = prod(x.shape.slice(axis));
         const rows = x.data.length / inner;
@@ -185,10 +186,11 @@ export async function runNode(
       }
       const [r] = runNd(n, a, budget, opset);
       if (!n.fusedAct) return [r!];
+      // the fused activation on the N-d result: the same elementwise functions as Relu/LeakyRelu nodes
       const fa = n.fusedAct;
-      const f = fa.act === "relu" ? (t: number) => (t > 0 ? t : 0) : (t: number) => (t > 0 ? t : t * fa.alpha);
+      const f = fa.act === "relu" ? UNARY.Relu! : UNARY.LeakyRelu!;
       const v = toNd(r, "sum");
-      return [fromNd(nd.mapN([v], v.int && fa.act === "relu", f, budget, `${n.opType} activation`))];
+      return [fromNd(nd.mapN([v], v.int && fa.act === "relu", (t) => f(t, { alpha: fa.alpha }), budget, `${n.opType} activation`))];
     }
     case "Concat": {
       const axis = (at.axis as number) ?? 0;
@@ -369,15 +371,15 @@ async function matmulOnEngine(
   // touch of its pages cost more than the GEMM of a small projection
   const yt = alloc([...A.shape.slice(0, -1), N]);
   const y = yt.data;
-  // B's N columns seen as rows of 128 or 64 voxels: the convolution gives each thread tasks of a
-  // few rows (one row of N voxels was one task with an N-wide panel: 58–89 → 79–114 GFLOP/s)
-  const w = [128, 64].find((d) => N % d === 0 && N > d) ?? N;
   const be = activeBackend();
   if (be.gemm) {
     // the backend's own GEMM (native: AVX-512 8×32 / AVX2 6×16 micro-kernels, Goto blocking)
     await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);
     return { f: yt };
   }
+  // B's N columns seen as rows of 128 or 64 voxels: the convolution gives each thread tasks of a
+  // few rows (one row of N voxels was one task with an N-wide panel: 58–89 → 79–114 GFLOP/s)
+  const w = [128, 64].find((d) => N % d === 0 && N > d) ?? N;
   // a batched B: one grouped convolution, a group per batch item (B's items are its groups' input
   // channels, A's its groups' weights, each in place), instead of a call per item
   await ops.conv3d({ data: B.data, shape: [1, batches * K, 1, N / w, w] }, { data: A.data, shape: [batches * rows, K, 1, 1, 1] }, null, {

@@ -466,10 +466,13 @@ async function mergeClassGroups(vol: Volume, groups: number[][], connectivity: C
   const width = Math.max(...groups.map((g) => g.length));
   const votes = allocArray("uint32", (count + 1) * width, "class votes") as Uint32Array;
   const lab = labels.data;
-  for (let i = 0; i < n; i++) if (lab[i]) votes[lab[i]! * width + slot[src[i]!]!]!++;
-  const winner = new Float64Array(count + 1);
   const groupOfComponent = new Uint8Array(count + 1);
-  for (let i = 0; i < n; i++) if (lab[i]) groupOfComponent[lab[i]!] = member[i]!;
+  for (let i = 0; i < n; i++)
+    if (lab[i]) {
+      votes[lab[i]! * width + slot[src[i]!]!]!++;
+      groupOfComponent[lab[i]!] = member[i]!;
+    }
+  const winner = new Float64Array(count + 1);
   for (let c = 1; c <= count; c++) {
     const g = groups[groupOfComponent[c]! - 1]!;
     let best = 0;
