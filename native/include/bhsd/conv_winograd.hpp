@@ -130,23 +130,53 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
 // Transformed weights kept for the next call with the same weights (a model's layers run once per
 // window: a 256→256 layer's transform cost a third of its time). Found by content, not address
 // (the addon packs weights it was not given packed into a fresh buffer per call): the layer's
-// shape, a fingerprint of 256 sampled values, then the whole packed weights compared with the
-// entry's copy — weights changed in place (training) are a miss. One engine block per entry (huge
-// pages: 26 MB of fresh 4 KB pages cost ~100 ms of faults here), least recently used evicted past
-// 128 MB; a layer needing over 32 MB is transformed per call into the lease instead.
+// shape and a 256-bit hash of all of the packed weights (4 independent 64-bit lanes, about 1 ms for
+// a 512→256 layer's 14 MB) — weights changed in place (training) are a miss. No copy of the
+// weights is kept (it had doubled the cache, and kept the 320- and 512-channel layers out of it:
+// they were transformed on every call, which cost as much as the products). One engine block per
+// entry (huge pages: 26 MB of fresh 4 KB pages cost ~100 ms of faults here), least recently used
+// evicted past 512 MB (an nnU-Net 3d_fullres network's 3×3×3 layers need 215 MB); a layer needing
+// over 256 MB is transformed per call into the lease instead.
 struct WeightEntry {
   std::int64_t Co, C;
   int P;           // transform points
   std::size_t nw;  // floats of packed weights
-  std::uint64_t fp;
-  std::shared_ptr<Block> block;  // the packed weights' copy, then U (P · C · MR floats a block, 64-byte aligned)
-  const float* copy() const { return static_cast<const float*>(block->data()); }
-  const float* U() const { return static_cast<const float*>(block->data()) + (nw + 15) / 16 * 16; }
+  std::array<std::uint64_t, 4> hash;
+  std::shared_ptr<Block> block;  // U (P · C · MR floats a block, 64-byte aligned)
+  std::size_t bytes() const { return std::size_t(P) * std::size_t(packed_conv_size(Co, C)) * sizeof(float); }
+  const float* U() const { return static_cast<const float*>(block->data()); }
 };
+
+// The weights' identity for the cache: four 64-bit lanes, each word xor-multiplied and folded
+// (each step a bijection of the lane for a given word, so a changed word changes its lane), plus
+// the length. Not a cryptographic hash: it tells weights apart, it does not resist forgery (who
+// can write the weights decides the output anyway).
+inline std::array<std::uint64_t, 4> weights_hash(const float* w, std::size_t n) {
+  std::array<std::uint64_t, 4> h = {0x243F6A8885A308D3ull ^ n, 0x13198A2E03707344ull, 0xA4093822299F31D0ull,
+                                    0x082EFA98EC4E6C89ull};
+  constexpr std::uint64_t K = 0x9E3779B97F4A7C15ull;
+  const auto* b = reinterpret_cast<const unsigned char*>(w);
+  const std::size_t bytes = n * sizeof(float);
+  std::size_t i = 0;
+  for (; i + 32 <= bytes; i += 32)
+    for (int k = 0; k < 4; ++k) {
+      std::uint64_t v;
+      std::memcpy(&v, b + i + 8 * k, 8);
+      h[k] = (h[k] ^ v) * K;
+      h[k] ^= h[k] >> 29;
+    }
+  for (int k = 0; i < bytes; i += 4, k = (k + 1) & 3) {
+    std::uint32_t v;
+    std::memcpy(&v, b + i, 4);
+    h[k] = (h[k] ^ v) * K;
+    h[k] ^= h[k] >> 29;
+  }
+  return h;
+}
 
 class WeightCache {
  public:
-  static constexpr std::size_t kCap = std::size_t(128) << 20, kEntryMax = std::size_t(32) << 20;
+  static constexpr std::size_t kCap = std::size_t(512) << 20, kEntryMax = std::size_t(256) << 20;
   static WeightCache& instance() {
     static WeightCache c;
     return c;
@@ -156,46 +186,30 @@ class WeightCache {
   std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
     const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())),
                       nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
-    const std::size_t bytes = ((nw + 15) / 16 * 16 + nu) * sizeof(float);
+    const std::size_t bytes = nu * sizeof(float);
     if (bytes > kEntryMax) return nullptr;
-    std::uint64_t fp = 1469598103934665603ull ^ nw;
-    for (std::size_t i = 0; i < 256; ++i) {
-      std::uint32_t bits;
-      std::memcpy(&bits, wp + i * (nw - 1) / 255, sizeof bits);
-      fp = (fp ^ bits) * 1099511628211ull;
-    }
-    std::vector<std::shared_ptr<const WeightEntry>> same;
+    const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw);
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->fp == fp)
-          same.push_back(*it);
+        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->hash == hash) {
+          lru_.splice(lru_.begin(), lru_, it);  // most recently used
+          return *lru_.begin();
+        }
     }
-    for (auto& e : same)
-      if (std::memcmp(e->copy(), wp, nw * sizeof(float)) == 0) {
-        std::lock_guard<std::mutex> lk(m_);
-        for (auto it = lru_.begin(); it != lru_.end(); ++it)
-          if (*it == e) {
-            lru_.splice(lru_.begin(), lru_, it);  // most recently used
-            break;
-          }
-        return e;
-      }
     auto e = std::make_shared<WeightEntry>();
-    e->Co = g.Co, e->C = g.C, e->P = points(g), e->nw = nw, e->fp = fp;
+    e->Co = g.Co, e->C = g.C, e->P = points(g), e->nw = nw, e->hash = hash;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
       return nullptr;
     }
-    std::memcpy(const_cast<float*>(e->copy()), wp, nw * sizeof(float));
     transform_weights(g, wp, const_cast<float*>(e->U()), pool);
     std::lock_guard<std::mutex> lk(m_);
     lru_.push_front(e);
     bytes_ += bytes;
     while (bytes_ > kCap && lru_.size() > 1) {
-      const auto& old = lru_.back();
-      bytes_ -= ((old->nw + 15) / 16 * 16 + std::size_t(old->P * packed_conv_size(old->Co, old->C))) * sizeof(float);
+      bytes_ -= lru_.back()->bytes();
       lru_.pop_back();  // a call still using it holds its own reference
     }
     return e;
@@ -519,11 +533,17 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t dz = g.kd == 3 ? 2 : 1, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2,
                      T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
-  // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2, and
-  // at least two tasks per thread where there are groups enough
+  // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2 — unless
+  // the transformed weights U pass 12 MB (256→256 and wider): each task streams all of U from L3
+  // or memory once, so it takes 8 groups (128 tiles) a pass and lets their V and M spill to L3
+  // (measured on the nnU-Net window: 512→256 at 8×32×32 115 → 85 ms, 256→256 50 → 41 ms, while
+  // 128-channel layers lost 10 % the same way). Then at least two tasks per thread where there
+  // are groups enough.
   const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
   const std::int64_t threads = std::int64_t(pool.size());
-  std::int64_t G = std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
+  const std::int64_t ubytes = P * g.C * g.Co * std::int64_t(sizeof(float));
+  std::int64_t G =
+      ubytes > (std::int64_t(12) << 20) ? 8 : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
   G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
   const std::int64_t tasks = (ngroups + G - 1) / G;
   const CoBlocks cbk(g.Co);
