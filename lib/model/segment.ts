@@ -178,22 +178,32 @@ export function gaussianMap(patch: [number, number, number]): Float32Array {
   return out;
 }
 
-function flip(t: Tensor, axes: number[]): Tensor {
-  if (!axes.length) return t;
+/**
+ * `t` mirrored along the spatial axes in `axes` (0 z, 1 y, 2 x) into `out` (same length, not
+ * `t.data`); with `add`, added to what `out` holds. Into buffers the sliding window reuses: a
+ * fresh 25 MB array per forward cost ~100 ms of first-touch page faults here.
+ */
+function flipInto(t: Tensor, axes: number[], out: Float32Array, add: boolean): void {
   const [N, C, D, H, W] = t.shape as [number, number, number, number, number];
-  const out = new Float32Array(t.data.length);
+  if (out.length !== t.data.length) throw new Error(`the model returned [${t.shape.join(", ")}], not the shape of its first run`);
   const fd = axes.includes(0),
     fh = axes.includes(1),
     fw = axes.includes(2);
+  const src = t.data;
   let o = 0;
   for (let nc = 0; nc < N * C; nc++)
     for (let z = 0; z < D; z++)
       for (let y = 0; y < H; y++) {
-        const src = ((nc * D + (fd ? D - 1 - z : z)) * H + (fh ? H - 1 - y : y)) * W;
-        if (fw) for (let x = W - 1; x >= 0; x--) out[o++] = t.data[src + x]!;
-        else for (let x = 0; x < W; x++) out[o++] = t.data[src + x]!;
+        const s = ((nc * D + (fd ? D - 1 - z : z)) * H + (fh ? H - 1 - y : y)) * W;
+        if (add) {
+          if (fw) for (let x = W - 1; x >= 0; x--) out[o++]! += src[s + x]!;
+          else for (let x = 0; x < W; x++) out[o++]! += src[s + x]!;
+        } else if (fw) for (let x = W - 1; x >= 0; x--) out[o++] = src[s + x]!;
+        else {
+          out.set(src.subarray(s, s + W), o);
+          o += W;
+        }
       }
-  return { data: out, shape: t.shape };
 }
 
 /** One segment() call's bookkeeping, shared by its steps: timings, bytes held, progress, cancelling. */
@@ -361,6 +371,7 @@ async function predictSlidingWindow(
   let done = 0,
     forwards = 0,
     peakForward = 0;
+  let flippedIn: Float32Array | undefined, summed: Float32Array | undefined;
   const flips = [[]] as number[][];
   for (const a of p.mirrorAxes) for (const f of [...flips]) flips.push([...f, a]);
   for (const z0 of starts[0]!)
@@ -382,13 +393,25 @@ async function predictSlidingWindow(
             }
           }
         }
+        // one forward: its output, which the caller owns, is used as it is; mirrored ones are
+        // summed, unmirrored, into a buffer kept for the whole call
         let logits: Tensor | undefined;
-        for (const f of flips) {
-          const y = flip(await model.run(flip(patchT, f), signal ? { signal } : undefined), f);
+        for (const [i, f] of flips.entries()) {
+          let input = patchT;
+          if (f.length) {
+            if (!flippedIn) run.hold((flippedIn = allocArray("float32", patchT.data.length, "mirrored patch") as Float32Array).byteLength);
+            flipInto(patchT, f, flippedIn, false);
+            input = { data: flippedIn, shape: patchT.shape };
+          }
+          const y = await model.run(input, signal ? { signal } : undefined);
           forwards++;
           peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
-          if (!logits) logits = f.length ? y : { data: Float32Array.from(y.data), shape: y.shape };
-          else for (let i = 0; i < y.data.length; i++) logits.data[i]! += y.data[i]!;
+          if (flips.length === 1 && y.data !== patchT.data) logits = y;
+          else {
+            if (!summed) run.hold((summed = allocArray("float32", y.data.length, "mirrored logits") as Float32Array).byteLength);
+            flipInto(y, f, summed, i > 0);
+            logits = { data: summed, shape: y.shape };
+          }
         }
         if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
           throw new Error(`the model returned shape [${logits!.shape.join(", ")}] for a patch of [1, 1, ${patch.join(", ")}]`);
