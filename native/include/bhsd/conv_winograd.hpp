@@ -627,22 +627,50 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   if (planned == 0) return false;
   if (planned == 1) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
-  const double direct = std::chrono::duration<double>(clock::now() - t0).count();
-  auto timed = [&]() -> double {
-    const auto t1 = clock::now();
-    if (!conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool)) return -1;
-    return std::chrono::duration<double>(clock::now() - t1).count();
+  auto timed = [&](const ConvGeom& at, bool wino) -> double {
+    const auto t0 = clock::now();
+    if (!wino)
+      conv3d_forward(at, in, wp, bias, out, act, alpha, pool, false);
+    else if (!conv3d_forward_winograd(at, in, wp, bias, out, act, alpha, pool))
+      return -1;
+    return std::chrono::duration<double>(clock::now() - t0).count();
   };
-  double wino = timed();
-  if (wino > direct) wino = std::min(wino, timed());  // the first run paid its buffers' page faults
+  // Timed on a slab of the output: its first eighth of planes (whole tiles deep), where that is
+  // at most half of them — both paths' cost follows the planes, and the layer's first call then
+  // costs about a quarter of each path plus the chosen one, not each path in full (a third of an
+  // nnU-Net window's first run went to this plan). Each path twice (the first call of each pays
+  // page faults of its buffers), the weights transformed before the clock starts (a cached
+  // transform is what every later call finds). The slab's output goes to the front of `out`,
+  // which the chosen path then writes in full. Shallower volumes are timed whole, and the path
+  // timed last leaves its output.
+  const std::int64_t dz = g.kd == 3 ? 2 : 1;
+  ConvGeom slab = g;
+  slab.Do = std::max(dz, ((g.Do + 7) / 8 + dz - 1) / dz * dz);
+  bool wino_faster;
+  if (2 * slab.Do <= g.Do) {
+    (void)WeightCache::instance().get(g, wp, pool);
+    double direct = timed(slab, false), wino = timed(slab, true);
+    if (wino >= 0) {
+      direct = std::min(direct, timed(slab, false));
+      wino = std::min(wino, timed(slab, true));
+    }
+    wino_faster = wino >= 0 && wino < direct;
+    if (!wino_faster || !conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool)) {
+      wino_faster = false;
+      conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
+    }
+  } else {
+    const double direct = timed(g, false);
+    double wino = timed(g, true);
+    if (wino > direct) wino = std::min(wino, timed(g, true));  // the first run paid its buffers' page faults
+    wino_faster = wino >= 0 && wino < direct;
+  }
   {
     auto& pl = plan();
     std::lock_guard<std::mutex> lk(pl.m);
-    pl.faster[key_of(g, pool)] = wino >= 0 && wino < direct;
+    pl.faster[key_of(g, pool)] = wino_faster;
   }
-  return true;  // the output is whole either way (whichever ran last wrote all of it)
+  return true;  // the output is whole either way
 }
 
 }  // namespace bhsd
