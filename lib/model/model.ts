@@ -154,6 +154,17 @@ export class Model {
   }
 
   /**
+   * @internal For segment(): an output array of this model's last run that the caller has done
+   * with, handed back for the next run's buffer pool (a sliding window would otherwise take a
+   * fresh 25 MB output a window: first-touch page faults, 47 ms of them at a cold hour here).
+   * Ignored for the model's own weights, an array already held, or a disposed model.
+   */
+  recycle(a: Float32Array): void {
+    if (this.disposed || this.constArrays.has(a) || this.spare.includes(a)) return;
+    this.spare.push(a);
+  }
+
+  /**
    * Releases the model's weights, their packed copies (native) or device copies (cuda) and its
    * spare buffers now, not when garbage collection gets to them; the model cannot run again.
    */

@@ -19,7 +19,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
-import type { Model } from "./model.js";
+import { Model } from "./model.js";
 
 /** What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). */
 export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun">;
@@ -411,6 +411,7 @@ async function predictSlidingWindow(
             if (!summed) run.hold((summed = allocArray("float32", y.data.length, "mirrored logits") as Float32Array).byteLength);
             flipInto(y, f, summed, i > 0);
             logits = { data: summed, shape: y.shape };
+            if (model instanceof Model && y.data !== patchT.data && y.data !== flippedIn) model.recycle(y.data);
           }
         }
         if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
@@ -437,6 +438,7 @@ async function predictSlidingWindow(
                 for (let c = 0; c < pw; c++) acc[ao + c]! += logits!.data[lo + c]! * gauss[srcp + c]! * scale;
               }
             }
+        if (model instanceof Model && logits!.data !== summed && logits!.data !== patchT.data) model.recycle(logits!.data);
         run.progress({ step: "window", done: ++done, total });
         await run.yielder.maybe();
       }
