@@ -96,18 +96,35 @@ interface Planned {
 const live = new Set<string>();
 let hooksInstalled = false;
 
+/**
+ * Removes a temporary on the way out. The work's asynchronous writes may still be creating files
+ * in it on libuv's threads while it is removed (ENOTEMPTY: seen on a loaded machine, where the
+ * error escaped the signal handler and the process exited with a code instead of the signal), so
+ * removal is retried, and never throws: the signal must still end the process.
+ */
+function removeTemporary(p: string): void {
+  try {
+    rmSync(p, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+  } catch {
+    // best effort
+  }
+}
+
 /** Removes every temporary left when the process ends early (an error, Ctrl-C, SIGTERM). */
 function installHooks() {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.on("exit", () => {
-    for (const p of live) rmSync(p, { recursive: true, force: true });
+    for (const p of live) removeTemporary(p);
   });
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     process.once(sig, () => {
-      for (const p of live) rmSync(p, { recursive: true, force: true });
-      live.clear();
-      process.kill(process.pid, sig);
+      try {
+        for (const p of live) removeTemporary(p);
+      } finally {
+        live.clear();
+        process.kill(process.pid, sig);
+      }
     });
   }
 }
