@@ -368,7 +368,13 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {2, 4, 7, 37, 49, {3, 3, 5}, {1, 1, 1}, {2, 0, 3}, {2, 1, 2}},
       {4, 3, 5, 9, 53, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 4, 5, 45, 55, {1, 3, 5}, {1, 1, 3}, {0, 1, 2}, {1, 1, 2}},
-      {3, 6, 9, 70, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},  // gathers: edges and interior
+      {3, 6, 9, 70, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},  // stride 2: even/odd row windows
+      // more stride-2 row windows: (1, 2, 2) with a row of several segments, 1×3×3 whose second
+      // segment holds one output, an even kernel, no padding with an odd width (the right edge)
+      {2, 3, 12, 100, 60, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {3, 2, 8, 33, 55, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}, {1, 1, 1}},
+      {2, 4, 10, 64, 52, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
+      {2, 3, 7, 37, 49, {3, 3, 3}, {1, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       // rows shorter than a tile (flat segments across rows and planes): Wo 6 strided, 4 (five
       // pieces per segment), 7 dilated; Wo 3 keeps row segments
       {3, 5, 8, 12, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
