@@ -408,3 +408,31 @@ test("one-voxel components measure as the hull of their pixel's corners does (th
     );
   }
 });
+
+nativeTest("native: labels made by the engine are written whole, even in a reused block that held other labels", async (t) => {
+  // labels in engine memory are not cleared before labelling (every voxel is written): a block
+  // that held a dense volume's labels, handed back, must come out as the next volume's labels only
+  setBackend("native");
+  const dims: [number, number, number] = [64, 64, 16];
+  const n = dims[0] * dims[1] * dims[2];
+  const { releaseEngineArray } = await import("../lib/backends/index.js");
+  for (const conn of [6, 26] as const) {
+    const dense = new Uint8Array(n).map((_, i) => (i % 3 === 0 ? 0 : 1));
+    const first = await connectedComponents(volumeFromArray(dense, dims, [1, 1, 1]), { connectivity: conn });
+    t.true(first.labels.data.some((v) => v > 0));
+    releaseEngineArray(first.labels.data); // its block goes back to the engine's cache
+    const empty = await connectedComponents(volumeFromArray(new Uint8Array(n), dims, [1, 1, 1]), { connectivity: conn });
+    t.is(empty.count, 0);
+    t.true(empty.labels.data.every((v) => v === 0));
+    releaseEngineArray(empty.labels.data);
+    // one voxel: a single label 1 there, 0 everywhere else
+    const one = new Uint8Array(n);
+    one[n - 5] = 3;
+    const single = await connectedComponents(volumeFromArray(one, dims, [1, 1, 1]), { connectivity: conn });
+    t.is(single.count, 1);
+    t.is(
+      single.labels.data.reduce((a, v, i) => a + (i === n - 5 ? (v === 1 ? 0 : 1) : v === 0 ? 0 : 1), 0),
+      0,
+    );
+  }
+});

@@ -44,8 +44,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
     nz: number,
     connectivity: number,
     perClass: boolean,
-    out: Int32Array,
-  ): Promise<number>;
+    out: Int32Array | null,
+  ): Promise<number | { count: number; labels: ArrayBuffer }>;
   componentStats(
     labels: Int32Array,
     nx: number,
@@ -187,7 +187,20 @@ export class NativeBackend implements Backend {
     perClass: boolean,
     out: Int32Array,
   ): Promise<number> {
-    return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out);
+    return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out) as Promise<number>;
+  }
+
+  async connectedComponentsFresh(
+    data: VoxelArray,
+    dims: readonly [number, number, number],
+    connectivity: 6 | 18 | 26,
+    perClass: boolean,
+  ): Promise<{ count: number; labels: Int32Array }> {
+    const r = (await this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, null)) as {
+      count: number;
+      labels: ArrayBuffer;
+    };
+    return { count: r.count, labels: new Int32Array(r.labels) };
   }
 
   componentStats(

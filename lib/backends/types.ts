@@ -52,6 +52,16 @@ export interface Backend extends TensorBackend {
     out: Int32Array,
   ): Promise<number>;
   /**
+   * The same into labels the backend allocates (engine memory not cleared first, since every
+   * voxel is written; the caller sees them only once labelling has finished). Optional.
+   */
+  connectedComponentsFresh?(
+    data: VoxelArray,
+    dims: readonly [number, number, number],
+    connectivity: 6 | 18 | 26,
+    perClass: boolean,
+  ): Promise<{ count: number; labels: Int32Array }>;
+  /**
    * Per component c in 1..count, at out[(c−1)·STATS + k]: 0 voxels, 1–3 min x y z, 4–6 max x y z,
    * 7–9 sums of x y z, 10 the value of `classes` at its first voxel (0 without classes).
    */

@@ -112,8 +112,15 @@ export async function connectedComponents(
   const opts = optionsObject("options", options);
   const connectivity = checkConnectivity(opts.connectivity);
   const perClass = checkBool("options.perClass", opts.perClass, true);
-  const out = allocArray("int32", volume.data.length, "labels") as Int32Array;
-  const count = await activeBackend().connectedComponents(volume.data, volume.dims, connectivity, perClass, out);
+  const be = activeBackend();
+  let out: Int32Array, count: number;
+  if (be.connectedComponentsFresh && volume.data.length > 0) {
+    // labels the engine allocates and fills whole: no clearing of a reused 42 MB block first
+    ({ labels: out, count } = await be.connectedComponentsFresh(volume.data, volume.dims, connectivity, perClass));
+  } else {
+    out = allocArray("int32", volume.data.length, "labels") as Int32Array;
+    count = await be.connectedComponents(volume.data, volume.dims, connectivity, perClass, out);
+  }
   return { labels: { data: out, dims: [...volume.dims], spacing: [...volume.spacing], affine: [...volume.affine] }, count };
 }
 

@@ -314,8 +314,9 @@ inline const float* floats_of(const Napi::Value& v, std::size_t n, const char* n
 
 // A new ArrayBuffer of `bytes` over engine memory (zero-filled; huge pages where the OS gives them),
 // freed or cached when JavaScript lets go of it and no native call uses it any more.
-inline Napi::ArrayBuffer engine_buffer(Napi::Env env, std::size_t bytes) {
-  auto* holder = new std::shared_ptr<bhsd::Block>(bhsd::Block::allocate(bytes));
+// An external ArrayBuffer of `bytes` over a block the caller made (and has filled).
+inline Napi::ArrayBuffer block_buffer(Napi::Env env, std::shared_ptr<bhsd::Block> block, std::size_t bytes) {
+  auto* holder = new std::shared_ptr<bhsd::Block>(std::move(block));
   const std::size_t cap = (*holder)->capacity();
   napi_value ab;
   napi_status st = napi_create_external_arraybuffer(
@@ -334,6 +335,10 @@ inline Napi::ArrayBuffer engine_buffer(Napi::Env env, std::size_t bytes) {
   int64_t ignored;
   napi_adjust_external_memory(env, int64_t(cap), &ignored);
   return Napi::ArrayBuffer(env, ab);
+}
+
+inline Napi::ArrayBuffer engine_buffer(Napi::Env env, std::size_t bytes) {
+  return block_buffer(env, bhsd::Block::allocate(bytes), bytes);
 }
 
 // surfaceMetrics' arguments, shared by the CPU and CUDA addons: (gt, pred, nx, ny, nz, sx, sy, sz,

@@ -187,7 +187,7 @@ static void test_ccl_against_flood_fill(bhsd::ThreadPool& pool) {
             for (auto& v : d) v = (int(rnd() % 100) < density) ? std::uint8_t(1 + rnd() % classes) : 0;
             int want_count = 0;
             auto want = flood_fill(d, nx, ny, nz, conn, per_class, &want_count);
-            std::vector<std::int32_t> got(d.size(), 0);
+            std::vector<std::int32_t> got(d.size(), -7);  // not cleared: every voxel must be written
             auto count = bhsd::connected_components(d.data(), nx, ny, nz, conn, per_class, got.data(), pool);
             ++cases;
             if (count != want_count || got != want) ++mismatches;
@@ -217,7 +217,7 @@ static int ccl_typed_mismatches(bhsd::ThreadPool& pool, const std::vector<T>& cl
             for (auto& v : d) v = (int(rnd() % 100) < density) ? classes[rnd() % ncls] : T(0);
             int want_count = 0;
             auto want = flood_fill(d, nx, ny, nz, conn, per_class, &want_count);
-            std::vector<std::int32_t> got(d.size(), 0);
+            std::vector<std::int32_t> got(d.size(), 12345);  // not cleared: every voxel must be written
             auto count = bhsd::connected_components(d.data(), nx, ny, nz, conn, per_class, got.data(), pool);
             if (count != want_count || got != want) ++mismatches;
           }
