@@ -32,14 +32,16 @@ export const ARRAY_CTOR: Record<DTypeName, ArrayCtor> = {
 /**
  * A zero-filled array of `n` elements, after checking that `n` is allocatable. Large arrays live in
  * the native engine's memory where the addon is loaded (huge pages, pooled; see engineBuffer), so
- * that native calls use them without a copy; elsewhere on the JavaScript heap.
+ * that native calls use them without a copy; elsewhere on the JavaScript heap. `overwritten`: the
+ * caller writes every element before the array is seen outside it (a file read into it whole, a
+ * conversion into it), so a reused engine block is not cleared first (a 42 MB memset).
  */
-export function allocArray(dtype: DTypeName, n: number, what = "result"): VoxelArray {
+export function allocArray(dtype: DTypeName, n: number, what = "result", options?: { overwritten?: boolean }): VoxelArray {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${what}: element count ${n} is not a valid size`);
   if (n > MAX_ELEMENTS)
     throw new RangeError(`${what}: ${n} elements of ${dtype} exceed the ${MAX_ELEMENTS}-element limit of one typed array`);
   try {
-    const engine = engineBuffer(n * BYTES_PER_ELEMENT[dtype]);
+    const engine = engineBuffer(n * BYTES_PER_ELEMENT[dtype], !options?.overwritten);
     if (engine) return new ARRAY_CTOR[dtype](engine, 0, n);
     return new ARRAY_CTOR[dtype](n);
   } catch (e) {

@@ -242,3 +242,36 @@ print(json.dumps(out))`;
     }
   },
 );
+
+test.serial("native: a read into reused engine memory holds the file's voxels and nothing of what the memory held", async (t) => {
+  // large reads go into engine blocks that are not cleared first (every byte is read or converted
+  // into them): blocks of the raw and the scaled arrays' sizes are dirtied and handed back first.
+  // writeNifti stores these values as int16 with the slope and intercept (each is stored × 0.5 − 3
+  // exactly), so the scaled read must give them back exactly
+  if (!backendsUnderTest().some((b) => b.name === "native")) return t.log("native backend not under test here");
+  setBackend("native");
+  const { allocArray } = await import("../lib/volume.js");
+  const { releaseEngineArray } = await import("../lib/backends/index.js");
+  const dims: [number, number, number] = [64, 64, 16];
+  const n = dims[0] * dims[1] * dims[2];
+  const raw = new Int16Array(n).map((_, i) => ((i * 37) % 4000) - 1024);
+  const [slope, inter] = [0.5, -3];
+  for (const ext of [".nii", ".nii.gz"]) {
+    const path = join(tmp, `dirty${ext}`);
+    await writeNifti(
+      path,
+      { data: raw, dims, spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] },
+      { sclSlope: slope, sclInter: inter },
+    );
+    for (const bytes of [2 * n, 4 * n]) {
+      const dirty = allocArray("uint8", bytes) as Uint8Array;
+      dirty.fill(0xa5);
+      releaseEngineArray(dirty);
+    }
+    const v = await readNifti(path);
+    t.is(v.data.constructor, Float32Array);
+    let bad = -1;
+    for (let i = 0; i < n && bad < 0; i++) if (v.data[i] !== raw[i]) bad = i;
+    t.is(bad, -1, `voxel ${bad}: ${v.data[bad]} vs ${raw[bad]}`);
+  }
+});

@@ -133,11 +133,13 @@ const ENGINE_MIN_BYTES = 1 << 16;
  * A zero-filled ArrayBuffer of `bytes` over the native engine's own memory (huge pages, reused
  * after release, held by every native call that uses it, so that no caller can free it under a
  * running call), or undefined where the native addon is not loaded or the array is small.
+ * `zero: false`: a reused block is not cleared first — only for a caller that overwrites every
+ * byte before the buffer is seen outside it (a file read into it whole, a conversion into it).
  */
-export function engineBuffer(bytes: number): ArrayBuffer | undefined {
+export function engineBuffer(bytes: number, zero = true): ArrayBuffer | undefined {
   if (bytes < ENGINE_MIN_BYTES) return undefined;
   const native = tryLoad("native") as NativeBackend | undefined;
-  return native?.allocBuffer(bytes);
+  return native?.allocBuffer(bytes, zero);
 }
 
 /** Returns engine memory to the engine now (detaching its buffer); a no-op without the native addon or for small arrays. */

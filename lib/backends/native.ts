@@ -26,7 +26,7 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
   packConvWeights(w: Float32Array, Co: number, K: number, groups: number): Float32Array;
   /** A zero-filled ArrayBuffer over engine memory (native/include/bhsd/memory.hpp). */
-  alloc(bytes: number): ArrayBuffer;
+  alloc(bytes: number, zero?: boolean): ArrayBuffer;
   /** Detaches an ArrayBuffer: engine memory goes back at once (unless a running call holds it). */
   detach(buffer: ArrayBuffer): void;
   memoryStats(): { liveBytes: number; cachedBytes: number };
@@ -159,8 +159,8 @@ export class NativeBackend implements Backend {
     return { token, cancel: () => this.addon.cancel(token) };
   }
 
-  allocBuffer(bytes: number): ArrayBuffer {
-    return this.addon.alloc(bytes);
+  allocBuffer(bytes: number, zero = true): ArrayBuffer {
+    return this.addon.alloc(bytes, zero);
   }
 
   memoryStats(): { liveBytes: number; cachedBytes: number } {

@@ -187,7 +187,7 @@ async function fromFile(src: string | URL, label: string, limit: Limit) {
         `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`,
       );
     }
-    const data = allocArray(layout.dtype, layout.nvox, label);
+    const data = allocArray(layout.dtype, layout.nvox, label, { overwritten: true });
     await readFully(fh, new Uint8Array(data.buffer, data.byteOffset, layout.nbytes), 0, layout.nbytes, layout.offset);
     return { header, layout, data };
   } finally {
@@ -224,7 +224,7 @@ async function fromBytes(bytes: Uint8Array, label: string, limit: Limit) {
   if (start % width === 0 && header.littleEndian) {
     data = new ARRAY_CTOR[layout.dtype](bytes.buffer, start, layout.nvox); // a view: no copy
   } else {
-    data = allocArray(layout.dtype, layout.nvox, label);
+    data = allocArray(layout.dtype, layout.nvox, label, { overwritten: true });
     new Uint8Array(data.buffer).set(bytes.subarray(layout.offset, layout.offset + layout.nbytes));
   }
   return { header, layout, data };
@@ -272,7 +272,7 @@ async function fromGzip(source: Readable, compressedSize: number, label: string,
             `truncated data: the header needs ${layout.offset + layout.nbytes} bytes but ${compressedSize} gzip bytes cannot inflate to more than about ${bound}`,
           );
         }
-        data = allocArray(layout.dtype, layout.nvox, label);
+        data = allocArray(layout.dtype, layout.nvox, label, { overwritten: true });
         target = new Uint8Array(data.buffer, data.byteOffset, layout.nbytes);
         skip = layout.offset;
         take(head);
@@ -364,7 +364,7 @@ async function toVolume(header: NiftiHeader, layout: VoxelLayout, raw: VoxelArra
   const meta = metaOf(header, layout, g.source);
   let data: VoxelArray = raw;
   if (meta.scaled) {
-    const out = allocArray("float32", layout.nvox, "scaled voxels") as Float32Array;
+    const out = allocArray("float32", layout.nvox, "scaled voxels", { overwritten: true }) as Float32Array;
     await activeBackend().rescaleToFloat32(raw, meta.sclSlope, meta.sclInter, out);
     data = out;
   }

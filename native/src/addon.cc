@@ -274,10 +274,13 @@ Napi::Value CancelNext(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// alloc(bytes) → ArrayBuffer over engine memory (see engine_buffer); memoryStats() → live/cached bytes
+// alloc(bytes[, zero = true]) → ArrayBuffer over engine memory (see engine_buffer); zero false: a
+// reused block is not cleared (for a caller that overwrites all of it before anyone reads it);
+// memoryStats() → live/cached bytes
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   const std::int64_t bytes = int_of(info[0], "bytes", 0, std::int64_t(1) << 40);
-  return engine_buffer(info.Env(), std::size_t(bytes));
+  const bool zero = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean();
+  return block_buffer(info.Env(), bhsd::Block::allocate(std::size_t(bytes), zero), std::size_t(bytes));
 }
 
 // detach(arrayBuffer): an external (engine) buffer's memory goes back now, not at collection
