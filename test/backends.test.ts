@@ -108,10 +108,17 @@ for (const { name, backend } of backendsUnderTest()) {
   });
 
   test(`${name}: rescaleToFloat32 rounds float64 arithmetic once, like nibabel's scaled read`, async (t) => {
+    // multiply, then add, each rounded in float64 as numpy does (0.1 and −1024.3: 10243 × 0.1 −
+    // 1024.3 is 0 so, 1.02e-13 if fused into one FMA, which GCC does to C++ unless told not to)
     const src = new Int16Array(100_003).map((_, i) => (i % 65536) - 32768);
     const dst = new Float32Array(src.length);
-    await backend().rescaleToFloat32(src, 0.3, -1024.7, dst);
-    for (let i = 0; i < src.length; i++) if (dst[i] !== Math.fround(src[i]! * 0.3 - 1024.7)) return t.fail(`voxel ${i}`);
+    for (const [slope, inter] of [
+      [0.3, -1024.7],
+      [0.1, -1024.3],
+    ] as const) {
+      await backend().rescaleToFloat32(src, slope, inter, dst);
+      for (let i = 0; i < src.length; i++) if (dst[i] !== Math.fround(src[i]! * slope + inter)) return t.fail(`voxel ${i}`);
+    }
     t.pass();
   });
 }

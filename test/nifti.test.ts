@@ -275,3 +275,36 @@ test.serial("native: a read into reused engine memory holds the file's voxels an
     t.is(bad, -1, `voxel ${bad}: ${v.data[bad]} vs ${raw[bad]}`);
   }
 });
+
+test.serial(
+  "native readScaled: pread and convert on the pool's threads, float64 multiply then add as numpy does (never fused); a file that ends early rejects",
+  async (t) => {
+    if (!backendsUnderTest().some((b) => b.name === "native")) return t.log("native backend not under test here");
+    const { getBackend } = await import("../lib/backends/index.js");
+    const be = getBackend("native");
+    if (!be.readScaled) return t.fail("the native backend has no readScaled");
+    const { open, writeFile } = await import("node:fs/promises");
+    const n = 3 * (1 << 19) + 7; // three 1 MB chunks of int16 and a partial one
+    const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 65536) - 32768);
+    const path = join(tmp, "raw.bin");
+    const offset = 352;
+    await writeFile(path, Buffer.concat([Buffer.alloc(offset, 0xee), Buffer.from(raw.buffer)]));
+    const fh = await open(path, "r");
+    try {
+      const [slope, inter] = [0.1, -1024.3];
+      const out = new Float32Array(n);
+      await be.readScaled(fh.fd, offset, "int16", n, slope, inter, out);
+      let bad = -1;
+      for (let i = 0; i < n && bad < 0; i++) if (out[i] !== Math.fround(raw[i]! * slope + inter)) bad = i;
+      t.is(bad, -1, `voxel ${bad}`);
+      await t.throwsAsync(be.readScaled(fh.fd, offset, "int16", n + 10, slope, inter, new Float32Array(n + 10)), {
+        message: /truncated data: the file ended at byte/,
+      });
+      await t.throwsAsync(async () => be.readScaled!(fh.fd, offset, "int16", n, slope, inter, new Float32Array(n - 1)), {
+        message: /out must be/,
+      });
+    } finally {
+      await fh.close();
+    }
+  },
+);

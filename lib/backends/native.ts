@@ -1,6 +1,6 @@
 /** The native C++ backend: the CPU addon built by node-gyp (or a prebuild), loaded by node-gyp-build. */
 import { createRequire } from "node:module";
-import type { VoxelArray } from "../types.js";
+import type { DTypeName, VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import { cancelScope } from "./cancel.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
@@ -46,6 +46,7 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
     perClass: boolean,
     out: Int32Array | null,
   ): Promise<number | { count: number; labels: ArrayBuffer }>;
+  readScaled(fd: number, offset: number, dtype: string, n: number, slope: number, inter: number, out: Float32Array): Promise<void>;
   componentStats(
     labels: Int32Array,
     nx: number,
@@ -188,6 +189,10 @@ export class NativeBackend implements Backend {
     out: Int32Array,
   ): Promise<number> {
     return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out) as Promise<number>;
+  }
+
+  readScaled(fd: number, offset: number, dtype: DTypeName, n: number, slope: number, inter: number, out: Float32Array): Promise<void> {
+    return this.addon.readScaled(fd, offset, dtype, n, slope, inter, out);
   }
 
   async connectedComponentsFresh(

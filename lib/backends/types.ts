@@ -3,7 +3,7 @@
  * arguments first and then call a backend, so implementations may trust shapes and types; they
  * allocate nothing the caller did not size, and never block the event loop for long.
  */
-import type { BackendName, VoxelArray } from "../types.js";
+import type { BackendName, DTypeName, VoxelArray } from "../types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
 export interface VoxelStats {
@@ -51,6 +51,11 @@ export interface Backend extends TensorBackend {
     perClass: boolean,
     out: Int32Array,
   ): Promise<number>;
+  /**
+   * n voxels of `dtype` (host byte order) at byte `offset` of the open file `fd`, each converted to
+   * float32 as rescaleToFloat32 does, into out; rejects when the file ends early. Optional.
+   */
+  readScaled?(fd: number, offset: number, dtype: DTypeName, n: number, slope: number, inter: number, out: Float32Array): Promise<void>;
   /**
    * The same into labels the backend allocates (engine memory not cleared first, since every
    * voxel is written; the caller sees them only once labelling has finished). Optional.

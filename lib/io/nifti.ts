@@ -5,6 +5,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants, createWriteStream, type Stats } from "node:fs";
+import { endianness } from "node:os";
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -65,9 +66,9 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
   checkSource(pathOrBytes);
   const label = labelOf(pathOrBytes, opts.name as string | undefined);
-  const { header, layout, data } =
+  const r: { header: NiftiHeader; layout: VoxelLayout; data: VoxelArray; prescaled?: boolean } =
     pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, limit) : await fromFile(pathOrBytes, label, limit);
-  return toVolume(header, layout, data);
+  return toVolume(r.header, r.layout, r.data, r.prescaled ?? false);
 }
 
 /** Reads only the header: dims, datatype, spacing, affine, without touching the voxels. */
@@ -187,9 +188,22 @@ async function fromFile(src: string | URL, label: string, limit: Limit) {
         `truncated data: the header needs ${layout.nbytes} bytes of voxels from offset ${layout.offset}, the file has ${size - layout.offset}`,
       );
     }
+    // scaled voxels on a backend that reads and converts in one pass (native: pread on its threads,
+    // no copy of the raw voxels); the file stays open until it is done
+    const be = activeBackend();
+    const s = scalingOf(header);
+    if (s.scaled && be.readScaled && header.littleEndian && endianness() === "LE" && layout.nvox > 0) {
+      const out = allocArray("float32", layout.nvox, label, { overwritten: true }) as Float32Array;
+      try {
+        await be.readScaled(fh.fd, layout.offset, layout.dtype, layout.nvox, s.slope, s.inter, out);
+      } catch (e) {
+        throw new NiftiError(label, (e as Error).message.replace(/^native: /, ""));
+      }
+      return { header, layout, data: out as VoxelArray, prescaled: true };
+    }
     const data = allocArray(layout.dtype, layout.nvox, label, { overwritten: true });
     await readFully(fh, new Uint8Array(data.buffer, data.byteOffset, layout.nbytes), 0, layout.nbytes, layout.offset);
-    return { header, layout, data };
+    return { header, layout, data, prescaled: false };
   } finally {
     await fh.close().catch(() => {});
   }
@@ -358,10 +372,11 @@ function metaOf(h: NiftiHeader, layout: VoxelLayout, source: NiftiMeta["affineSo
   };
 }
 
-async function toVolume(header: NiftiHeader, layout: VoxelLayout, raw: VoxelArray): Promise<Volume> {
-  if (!header.littleEndian) swapBytes(raw);
+async function toVolume(header: NiftiHeader, layout: VoxelLayout, raw: VoxelArray, prescaled = false): Promise<Volume> {
   const g = geometry(header);
   const meta = metaOf(header, layout, g.source);
+  if (prescaled) return { data: raw, dims: layout.dims, spacing: g.spacing, affine: g.affine, meta };
+  if (!header.littleEndian) swapBytes(raw);
   let data: VoxelArray = raw;
   if (meta.scaled) {
     const out = allocArray("float32", layout.nvox, "scaled voxels", { overwritten: true }) as Float32Array;

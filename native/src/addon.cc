@@ -4,6 +4,7 @@
 
 #include "bhsd/ccl.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/file_read.hpp"
 #include "bhsd/metrics.hpp"
 #include "bhsd/peak.hpp"
 #include "bhsd/voxel_ops.hpp"
@@ -82,6 +83,33 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
                                 });
                               },
                               nullptr, {info[0], info[3]});
+}
+
+// readScaled(fd, offset, dtype name, n, slope, inter, out: Float32Array of n) → Promise<void>: n voxels
+// of the named type (host byte order) at `offset` of the open file fd, scaled into out (NIfTI's
+// scl_slope / scl_inter, in float64). The caller keeps fd open until the promise settles; a file
+// shorter than offset + its voxels rejects with "truncated data".
+Napi::Value ReadScaled(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require(bhsd::read_scaled_supported(), env, "readScaled is not supported on this platform");
+  const int fd = int(int_of(info[0], "fd", 0, 1 << 30));
+  const std::int64_t offset = int_of(info[1], "offset", 0, std::int64_t(1) << 52);
+  if (!info[2].IsString()) throw Napi::TypeError::New(env, "native: dtype must be a string");
+  const std::string name = info[2].As<Napi::String>().Utf8Value();
+  bhsd::DType t = bhsd::DType::u8;
+  bool known = false;
+  for (bhsd::DType c : {bhsd::DType::u8, bhsd::DType::i8, bhsd::DType::i16, bhsd::DType::u16, bhsd::DType::i32,
+                        bhsd::DType::u32, bhsd::DType::f32, bhsd::DType::f64})
+    if (name == bhsd::dtype_name(c)) t = c, known = true;
+  require(known, env, "dtype must name a voxel type");
+  const std::int64_t n = int_of(info[3], "n", 0, std::int64_t(1) << 40);
+  const double slope = number_of(info[4], "slope"), inter = number_of(info[5], "inter");
+  View out = out_view_of(info[6], "out");
+  require(out.type == bhsd::DType::f32 && std::int64_t(out.length) == n, env, "out must be a Float32Array of n");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::read_scaled(fd, offset, t, n, slope, inter, static_cast<float*>(out.data), *pool); }, nullptr,
+      {info[6]});
 }
 
 // connectedComponents(data, nx, ny, nz, connectivity, perClass, out: Int32Array | null) → Promise<count>, or
@@ -389,6 +417,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
   exports.Set("rescaleToF32", Napi::Function::New<guarded<RescaleToF32>>(env, "rescaleToF32"));
+  exports.Set("readScaled", Napi::Function::New<guarded<ReadScaled>>(env, "readScaled"));
   exports.Set("connectedComponents", Napi::Function::New<guarded<ConnectedComponents>>(env, "connectedComponents"));
   exports.Set("componentStats", Napi::Function::New<guarded<ComponentStats>>(env, "componentStats"));
   exports.Set("componentSliceAreas", Napi::Function::New<guarded<ComponentSliceAreas>>(env, "componentSliceAreas"));
