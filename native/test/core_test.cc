@@ -14,6 +14,7 @@
 #include "bhsd/ccl.hpp"
 #include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
+#include "bhsd/file_read.hpp"
 #include "bhsd/gemm.hpp"
 #include "bhsd/host_device.hpp"
 #include "bhsd/tensor_ops.hpp"
@@ -1042,6 +1043,44 @@ static void test_gemm(bhsd::ThreadPool& pool) {
   CHECK(bad == 0);
 }
 
+// read_scaled: a temporary file of int16 voxels after a 352-byte header, read and scaled in chunks
+// across the pool (several 1 MB chunks and a partial one) against the same arithmetic here (the
+// multiply and the add each rounded in double, as numpy does); a read past the end throws.
+static void test_read_scaled(bhsd::ThreadPool& pool) {
+  if (!bhsd::read_scaled_supported()) return;
+  char path[] = "/tmp/bhsd-read-scaled-XXXXXX";
+  const int fd = mkstemp(path);
+  CHECK(fd >= 0);
+  if (fd < 0) return;
+  const std::int64_t n = 3 * (std::int64_t(1) << 19) + 7, offset = 352;
+  std::vector<std::int16_t> raw(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) raw[std::size_t(i)] = std::int16_t((i * 7919) % 65536 - 32768);
+  std::vector<unsigned char> head(offset, 0xee);
+  bool wrote = ::write(fd, head.data(), head.size()) == ssize_t(head.size()) &&
+               ::write(fd, raw.data(), raw.size() * 2) == ssize_t(raw.size() * 2);
+  CHECK(wrote);
+  std::vector<float> out(static_cast<std::size_t>(n), -1.0f);
+  const double slope = 0.1, inter = -1024.3;
+  bhsd::read_scaled(fd, offset, bhsd::DType::i16, n, slope, inter, out.data(), pool);
+  volatile double vs = slope, vi = inter;  // no contraction in the reference either
+  int bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const volatile double prod = double(raw[std::size_t(i)]) * vs;
+    if (out[std::size_t(i)] != float(prod + vi)) ++bad;
+  }
+  CHECK(bad == 0);
+  bool threw = false;
+  try {
+    std::vector<float> more(static_cast<std::size_t>(n + 10));
+    bhsd::read_scaled(fd, offset, bhsd::DType::i16, n + 10, slope, inter, more.data(), pool);
+  } catch (const std::runtime_error& e) {
+    threw = std::string(e.what()).find("truncated data") != std::string::npos;
+  }
+  CHECK(threw);
+  ::close(fd);
+  ::unlink(path);
+}
+
 int main() {
   std::printf("simd level: %s, gemm kernel: %s\n", bhsd::simd_level().c_str(), bhsd::gemm_kernel_name());
   test_conv_concurrent();
@@ -1053,6 +1092,7 @@ int main() {
     test_pool_many_loops(pool);
     test_pool_cancel(pool);
     test_stats_and_rescale(pool);
+    test_read_scaled(pool);
     test_ccl_against_flood_fill(pool);
     test_ccl_types(pool);
     test_component_stats(pool);
