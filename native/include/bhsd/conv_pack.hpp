@@ -194,6 +194,16 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvG
 #endif
 
 #ifdef BHSD_X86
+// Masks for nv vectors of 8 columns from column lo of a row of W: lanes inside [0, W) set.
+__attribute__((target("avx2,fma"))) inline void window_masks(std::int64_t lo, std::int64_t W, std::int64_t nv,
+                                                             __m256i* m) {
+  for (std::int64_t q = 0; q < nv; ++q) {
+    const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
+    m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(int(W)), idx));
+  }
+}
+
 // Row windows instead of one 16-sample copy per tap: for each (channel, a, b) of the block, the
 // RW ≥ 16 + (kw − 1)·dw samples (RW ≤ 64, a multiple of 8) a stride-1 row segment's taps read (0
 // outside the volume), so that tap c of output j is window[j + c·dw] — a kw-times smaller panel,
@@ -207,14 +217,8 @@ __attribute__((target("avx2,fma"))) inline void pack_rows_avx2(const ConvGeom& g
   const std::int64_t nv = RW / 8;
   const bool interior = lo >= 0 && lo + RW <= g.W;
   const __m256 zero = _mm256_setzero_ps();
-  __m256i m[8];  // RW ≤ 64
-  if (!interior)
-    for (std::int64_t q = 0; q < nv; ++q) {
-      const __m256i idx =
-          _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
-      m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
-                              _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), idx));
-    }
+  __m256i m[8];  // ≤ 64 columns
+  if (!interior) window_masks(lo, g.W, nv, m);
   for (std::int64_t ci = c0; ci < c1; ++ci)
     for (std::int64_t a = 0; a < g.kd; ++a) {
       const std::int64_t id = od * g.sd - g.pd + a * g.dd;
@@ -249,14 +253,8 @@ __attribute__((target("avx2,fma"))) inline void pack_rows_s2_avx2(const ConvGeom
   const std::int64_t nv = 2 * RW2 / 8;  // vectors of 8 columns read, ≤ 8
   const bool interior = lo >= 0 && lo + 2 * RW2 <= g.W;
   const __m256 zero = _mm256_setzero_ps();
-  __m256i m[8];
-  if (!interior)
-    for (std::int64_t q = 0; q < nv; ++q) {
-      const __m256i idx =
-          _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(lo + 8 * q)));
-      m[q] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
-                              _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), idx));
-    }
+  __m256i m[8];  // ≤ 64 columns
+  if (!interior) window_masks(lo, g.W, nv, m);
   for (std::int64_t ci = c0; ci < c1; ++ci)
     for (std::int64_t a = 0; a < g.kd; ++a) {
       const std::int64_t id = od * g.sd - g.pd + a * g.dd;
