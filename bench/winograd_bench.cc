@@ -46,11 +46,13 @@ int main(int argc, char** argv) {
   struct Shape {
     std::int64_t C, D, H, W, kd;
   };  // kd 1: a 1×3×3 kernel (F(2×2, 3×3) per plane), padding (0, 1, 1)
-  const Shape shapes[] = {{32, 32, 64, 64, 3}, {64, 16, 64, 64, 3},   {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3},
-                          {320, 4, 8, 8, 3},   {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},  {128, 16, 32, 32, 1}};
+  const Shape shapes[] = {{32, 32, 64, 64, 3},   {64, 16, 64, 64, 3},   {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3},
+                          {320, 4, 8, 8, 3},     {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},  {128, 16, 32, 32, 1},
+                          {32, 16, 256, 256, 1}, {64, 16, 128, 128, 1}};
   std::printf(
-      "| layer | direct GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale (direct, Winograd) |\n");
-  std::printf("| --- | --- | --- | --- | --- |\n");
+      "| layer | direct GFLOP/s | F(2×2, 3×3) GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale "
+      "(direct, Winograd) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- |\n");
   std::uint32_t st = 12345;
   auto rnd = [&] {
     st = st * 1664525u + 1013904223u;
@@ -69,7 +71,10 @@ int main(int argc, char** argv) {
     for (auto& v : b) v = rnd() * 0.1f;
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), Co, g.K());
     std::vector<float> yd(std::size_t(Co * V)), yw(std::size_t(Co * V));
-    auto time = [&](bool wino, float* y) {
+    // 1×3×3 where AVX-512 runs: F(2×2, 3×3) (the f2 column) beside F(4×4, 3×3) (the Winograd column)
+    const bool both = kd == 1 && bhsd::wino_detail::tile_m(g) == 4;
+    auto time = [&](bool wino, float* y, bool f2 = false) {
+      bhsd::wino_detail::f4_override() = f2 ? 0 : -1;
       const auto t0 = std::chrono::steady_clock::now();
       if (wino) {
         if (!bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), b.data(), y, bhsd::Act::none, 0.0f, pool))
@@ -79,9 +84,15 @@ int main(int argc, char** argv) {
       }
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
+    std::vector<float> y2(std::size_t(Co * V));
     time(false, yd.data()), time(true, yw.data());  // warm-up: buffers, page faults
-    std::vector<double> td, tw;
-    for (int r = 0; r < runs; ++r) td.push_back(time(false, yd.data())), tw.push_back(time(true, yw.data()));
+    if (both) time(true, y2.data(), true);
+    std::vector<double> td, tw, t2;
+    for (int r = 0; r < runs; ++r) {
+      td.push_back(time(false, yd.data())), tw.push_back(time(true, yw.data()));
+      if (both) t2.push_back(time(true, y2.data(), true));
+    }
+    bhsd::wino_detail::f4_override() = -1;
     // accuracy on sampled voxels
     double scale = 0, ed = 0, ew = 0;
     for (int q = 0; q < 4096; ++q) {
@@ -102,9 +113,15 @@ int main(int argc, char** argv) {
       ed = std::max(ed, std::fabs(acc - yd[std::size_t(i)])), ew = std::max(ew, std::fabs(acc - yw[std::size_t(i)]));
     }
     const double flops = 2.0 * double(C) * double(Co) * 9.0 * double(kd) * double(V);
-    const double md = median(td), mw = median(tw);
-    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C, (long long)Co,
-                kd == 3 ? "3×3×3" : "1×3×3", (long long)s.D, (long long)s.H, (long long)s.W, flops / md * 1e-9,
+    const double md = median(td), mw = median(tw), m2 = both ? median(t2) : 0.0;
+    char f2col[32] = "—";
+    if (both) std::snprintf(f2col, sizeof f2col, "%.0f", flops / m2 * 1e-9);
+    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %s | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C,
+                (long long)Co,
+                kd == 3 ? "3×3×3"
+                : both  ? "1×3×3, F(4×4, 3×3)"
+                        : "1×3×3",
+                (long long)s.D, (long long)s.H, (long long)s.W, flops / md * 1e-9, f2col,
                 mw > 0 ? flops / mw * 1e-9 : 0.0, mw > 0 ? md / mw : 0.0, ed / scale, ew / scale);
     std::fflush(stdout);
   }

@@ -1,7 +1,8 @@
 // bhsd — Winograd F(2×2×2, 3×3×3) for the 3×3×3, stride-1, dilation-1 convolutions U-Nets are made
-// of (issue 23), F(2×2, 3×3) per plane for 1×3×3 ones (nnU-Net's anisotropic stages: the same code
-// with one input plane, no transform along D and 16 points instead of 64), and the measured plan
-// that chooses Winograd or the direct convolution per layer shape.
+// of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(4×4, 3×3) per plane where the
+// AVX-512 kernels run (36 points, transforms of their own below) and F(2×2, 3×3) elsewhere (the same
+// code as 3×3×3 with one input plane, no transform along D and 16 points instead of 64), and the
+// measured plan that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
 //
 // Each output tile of 2×2×2 voxels needs a 4×4×4 input tile d; with Bᵀ, G, Aᵀ of F(2,3) along
@@ -47,9 +48,26 @@ namespace wino_detail {
 
 constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 
-// Transform points: 4³ = 64 for a 3×3×3 kernel (F(2×2×2, 3×3×3)), 4² = 16 for 1×3×3 (F(2×2, 3×3)
-// per plane: output tiles of 1×2×2, input tiles of 1×4×4).
-inline int points(const ConvGeom& g) { return g.kd == 3 ? 64 : 16; }
+// Which tiles a 1×3×3 kernel gets: F(4×4, 3×3) where the AVX-512 kernels run (its transforms are
+// AVX-512), else F(2×2, 3×3). BHSD_WINOGRAD_F4=0 keeps F(2×2, 3×3) everywhere (for the bench);
+// f4_override() is the tests' switch (−1 as the environment says, 0 off, 1 on where AVX-512 runs).
+inline int& f4_override() {
+  static int v = -1;
+  return v;
+}
+inline int tile_m(const ConvGeom& g) {
+  if (g.kd != 1) return 2;
+  static const bool env_off = [] {
+    const char* e = std::getenv("BHSD_WINOGRAD_F4");
+    return e && e[0] == '0' && !e[1];
+  }();
+  const int o = f4_override();
+  return (o >= 0 ? o == 1 : !env_off) && conv_detail::use_avx512() ? 4 : 2;
+}
+
+// Transform points: 4³ = 64 for a 3×3×3 kernel (F(2×2×2, 3×3×3)); for 1×3×3 (per plane) 4² = 16
+// (F(2×2, 3×3): output tiles of 1×2×2, input tiles of 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4 from 1×6×6).
+inline int points(const ConvGeom& g) { return g.kd == 3 ? 64 : tile_m(g) == 4 ? 36 : 16; }
 
 // Where BHSD_WINOGRAD says: 0 off, 1 on, anything else (or unset) the measured plan.
 enum class Mode { off, on, plan };
@@ -114,6 +132,20 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
                     u[3][y][x] = v2;
                   }
                 float* sp = stage + (cq * MR + r) * 64;
+                if (P == 36) {
+                  // F(4×4, 3×3): G along W, then H (y along H, x along W: point 6·y + x)
+                  auto g6 = [](double v0, double v1, double v2, double* o) {
+                    o[0] = v0 / 4, o[1] = -(v0 + v1 + v2) / 6, o[2] = -(v0 - v1 + v2) / 6;
+                    o[3] = v0 / 24 + v1 / 12 + v2 / 6, o[4] = v0 / 24 - v1 / 12 + v2 / 6, o[5] = v2;
+                  };
+                  double h[3][6], c6[6];
+                  for (int b = 0; b < 3; ++b) g6(w[b * 3], w[b * 3 + 1], w[b * 3 + 2], h[b]);
+                  for (int x = 0; x < 6; ++x) {
+                    g6(h[0][x], h[1][x], h[2][x], c6);
+                    for (int y = 0; y < 6; ++y) sp[y * 6 + x] = float(c6[y]);
+                  }
+                  continue;
+                }
                 for (int p = 0; p < P; ++p)
                   sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
               }
@@ -236,9 +268,10 @@ struct Group {
   Seg seg[TL];
 };
 
-// dz: output planes per tile (2, or 1 for a 1×3×3 kernel).
-inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t TH, std::int64_t TW, std::int64_t T,
-                      std::int64_t gi) {
+// dz: output planes per tile (2, or 1 for a 1×3×3 kernel); m: output rows and columns per tile (2, or 4
+// for F(4×4, 3×3)).
+inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t m, std::int64_t TH, std::int64_t TW,
+                      std::int64_t T, std::int64_t gi) {
   Group gr;
   const std::int64_t t0 = gi * TL, t1 = std::min(T, t0 + TL);
   gr.n = int(t1 - t0);
@@ -246,7 +279,7 @@ inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t TH, std::
     const std::int64_t row = t / TW, tw = t % TW, td = row / TH, th = row % TH;
     const std::int64_t len = std::min(t1 - t, TW - tw);
     const std::int64_t j0 = t - t0;
-    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), dz * td - g.pd, 2 * th - g.ph, 2 * tw - g.pw, dz * td, 2 * th, 2 * tw};
+    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), dz * td - g.pd, m * th - g.ph, m * tw - g.pw, dz * td, m * th, m * tw};
     t += len;
   }
   return gr;
@@ -460,6 +493,221 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
   }
 }
 #undef BHSD_WT
+
+// F(4×4, 3×3) for 1×3×3 kernels where the AVX-512 kernels run: output tiles of 1×4×4, input tiles
+// of 1×6×6, 36 points — 36 multiplications per 16 outputs instead of F(2×2, 3×3)'s 16 per 4 (1.78×
+// fewer), and fewer transformed values to write and read per output (2.25 instead of 4 per channel).
+// Bᵀ, G, Aᵀ (Lavin & Gray 2016, points 0, ±1, ±2, ∞):
+//   Bᵀ: (d0…d5) → (4d0 − 5d2 + d4, −4d1 − 4d2 + d3 + d4, 4d1 − 4d2 − d3 + d4, −2d1 − d2 + 2d3 + d4,
+//                  2d1 − d2 − 2d3 + d4, 4d1 − 5d3 + d5)
+//   G:  (g0, g1, g2) → (g0/4, −(g0 + g1 + g2)/6, −(g0 − g1 + g2)/6, g0/24 + g1/12 + g2/6,
+//                       g0/24 − g1/12 + g2/6, g2)
+//   Aᵀ: (m0…m5) → (m0 + m1 + m2 + m3 + m4, m1 − m2 + 2(m3 − m4), m1 + m2 + 4(m3 + m4),
+//                  m1 − m2 + 8(m3 − m4) + m5)
+// Larger coefficients than F(2,3)'s, so more rounding: measured against float64 in core_test (a few
+// 1e-6 of the output's scale, within the brief's 1e-4). The 16 lanes of a group are one zmm: a row
+// of 16 tiles reads 66 samples as 5 loads of 16 and picks every fourth sample by two-source lane
+// permutations (the transposes AVX2 would need 3× the shuffles for); a group whose tiles span rows
+// (or stop short) moves each segment's lanes into place by a masked permutation.
+#define BHSD_W5 __attribute__((target("avx512f,avx2,fma"))) inline
+
+// How to read samples a … a + 15 of a row of W (0 outside [0, W)), as RowLoad with 16 lanes: 0 a
+// plain load; 1 the nearest window of 16 inside the row, permuted into place and masked; 2 zeros;
+// 3 a row shorter than 16, sample by sample.
+struct RowLoad16 {
+  std::int64_t base;
+  int kind;
+  __mmask16 keep;
+  __m512i idx;
+};
+BHSD_W5 RowLoad16 row_load16(std::int64_t a, std::int64_t W) {
+  RowLoad16 L{a, 0, 0, _mm512_setzero_si512()};
+  if (a >= 0 && a + 16 <= W) return L;
+  if (a >= W || a + 16 <= 0) return L.kind = 2, L;
+  if (W < 16) return L.kind = 3, L;
+  L.kind = 1, L.base = std::clamp<std::int64_t>(a, 0, W - 16);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  L.idx = _mm512_add_epi32(iota, _mm512_set1_epi32(int(a - L.base)));  // lane l: sample a + l of the window at base
+  for (int l = 0; l < 16; ++l)
+    if (a + l >= 0 && a + l < W) L.keep = __mmask16(L.keep | (1u << l));
+  return L;
+}
+BHSD_W5 __m512 load_row16(const float* row, const RowLoad16& L, std::int64_t W) {
+  switch (L.kind) {
+    case 0:
+      return _mm512_loadu_ps(row + L.base);
+    case 1:
+      return _mm512_maskz_permutexvar_ps(L.keep, L.idx, _mm512_loadu_ps(row + L.base));
+    case 2:
+      return _mm512_setzero_ps();
+    default: {
+      alignas(64) float v[16];
+      for (int l = 0; l < 16; ++l) v[l] = L.base + l >= 0 && L.base + l < W ? row[L.base + l] : 0.0f;
+      return _mm512_load_ps(v);
+    }
+  }
+}
+
+// Bᵀ of F(4,3) on six vectors.
+BHSD_W5 void bt6(const __m512* d, __m512* o) {
+  const __m512 c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f), c2 = _mm512_set1_ps(2.0f);
+  const __m512 d42 = _mm512_sub_ps(d[4], d[2]);
+  o[0] = _mm512_fmadd_ps(c4, d[0], _mm512_fnmadd_ps(c5, d[2], d[4]));
+  o[1] = _mm512_fnmadd_ps(c4, _mm512_add_ps(d[1], d[2]), _mm512_add_ps(d[3], d[4]));
+  o[2] = _mm512_fmadd_ps(c4, _mm512_sub_ps(d[1], d[2]), _mm512_sub_ps(d[4], d[3]));
+  o[3] = _mm512_fmadd_ps(c2, _mm512_sub_ps(d[3], d[1]), d42);
+  o[4] = _mm512_fmadd_ps(c2, _mm512_sub_ps(d[1], d[3]), d42);
+  o[5] = _mm512_fmadd_ps(c4, d[1], _mm512_fnmadd_ps(c5, d[3], d[5]));
+}
+
+// Aᵀ of F(4,3) on six vectors.
+BHSD_W5 void at6(const __m512* m, __m512* o) {
+  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+  o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
+  o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
+}
+
+// V for one group of F(4×4, 3×3) tiles, every input channel: V[p·C·16 + ci·16 + j] for the 36
+// points p = 6·y + x (y along H, x along W) of lane j's input tile (0 outside the volume and past
+// the group's n tiles).
+BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  alignas(64) float t[36 * TL];  // [y][x][lane], transformed along W
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = C * TL;
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  // e_k[j] = sample 4j + k of a row segment (k < 4), from loads z0 … z3: lanes 0–7 from z0‖z1,
+  // 8–15 from z2‖z3; e_4, e_5 are e_0, e_1 one lane on, their last lane samples 64, 65 (z4)
+  alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
+                                                       {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
+                                                       {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
+                                                       {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
+  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
+  __m512i P[4], N[2];
+  for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
+  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+  RowLoad16 ld[TL][5];
+  __m512i shift[TL];
+  __mmask16 lanes[TL];
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    for (int q = 0; q < 5; ++q) ld[s][q] = row_load16(sg.iw0 + 16 * q, g.W);
+    // lane l of the group takes lane l − j0 of the segment's vectors
+    shift[s] = _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                _mm512_set1_epi32(sg.j0));
+    lanes[s] = __mmask16(((1u << sg.j1) - 1u) & ~((1u << sg.j0) - 1u));
+  }
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    for (int y = 0; y < 6; ++y) {
+      __m512 acc[6];
+      for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t id = sg.id0, ih = sg.ih0 + y;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
+        const float* row = x + id * plane + ih * g.W;
+        // the next tile row's new input rows (4 further on), as input_transform does
+        if (y >= 2 && ih + 4 < g.H) {
+          const float* nr = row + 4 * g.W;
+          for (int q = 0; q < 5; ++q)
+            _mm_prefetch(reinterpret_cast<const char*>(
+                             conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
+                         _MM_HINT_T0);
+        }
+        __m512 z[5], e[6], w[6];
+        for (int q = 0; q < 5; ++q) z[q] = load_row16(row, ld[s][q], g.W);
+        for (int k = 0; k < 4; ++k)
+          e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(z[0], P[k], z[1]),
+                                      _mm512_permutex2var_ps(z[2], P[k], z[3]));
+        e[4] = _mm512_permutex2var_ps(e[0], N[0], z[4]);
+        e[5] = _mm512_permutex2var_ps(e[1], N[1], z[4]);
+        bt6(e, w);
+        if (whole)
+          for (int k = 0; k < 6; ++k) acc[k] = w[k];
+        else
+          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], lanes[s], shift[s], w[k]);
+      }
+      for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (y * 6 + k) * TL, acc[k]);
+    }
+    // along H into V
+    float* v = V + ci * TL;
+    for (int k = 0; k < 6; ++k) {
+      __m512 d[6], o[6];
+      for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + (y * 6 + k) * TL);
+      bt6(d, o);
+      for (int y = 0; y < 6; ++y) _mm512_store_ps(v + (y * 6 + k) * ps, o[y]);
+    }
+  }
+}
+
+// Y = Aᵀ M A for one group of F(4×4, 3×3) tiles, every output channel, + bias, activation, stored
+// where the output exists: a whole row of 16 tiles as 4 rows of 64 columns (the 4 columns of each
+// tile interleaved by lane permutations), other groups voxel by voxel.
+BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                 Act act, float alpha) {
+  alignas(64) float r[16 * TL];  // [yo][xo][lane], the partial groups' outputs
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
+  const Seg& s0 = gr.seg[0];
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 < g.Do && s0.oh0 + 3 < g.Ho && s0.ow0 + 4 * TL <= g.Wo;
+  // interleaving: lo/hi pairs of columns (lane 2t + b = column b of tile t), then 4 columns of 4 tiles
+  alignas(64) static const std::int32_t il[2][16] = {{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},
+                                                     {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}};
+  alignas(64) static const std::int32_t iq[2][16] = {{0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23},
+                                                     {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}};
+  const __m512i IL0 = _mm512_load_si512(il[0]), IL1 = _mm512_load_si512(il[1]);
+  const __m512i IQ0 = _mm512_load_si512(iq[0]), IQ1 = _mm512_load_si512(iq[1]);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha), zero = _mm512_setzero_ps();
+  for (std::int64_t co = 0; co < Co; ++co) {
+    const float* m = M + co * TL;
+    __m512 h[4][6];  // along H: [yo][x]
+    for (int k = 0; k < 6; ++k) {
+      __m512 a[6], o[4];
+      for (int y = 0; y < 6; ++y) a[y] = _mm512_load_ps(m + (y * 6 + k) * ps);
+      at6(a, o);
+      for (int yo = 0; yo < 4; ++yo) h[yo][k] = o[yo];
+    }
+    const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+    float* oc = out + co * vol;
+    for (int yo = 0; yo < 4; ++yo) {
+      __m512 q[4];
+      at6(h[yo], q);
+      for (int xo = 0; xo < 4; ++xo) {
+        q[xo] = _mm512_add_ps(q[xo], bv);
+        if (act != Act::none)
+          q[xo] = _mm512_mask_mul_ps(q[xo], _mm512_cmp_ps_mask(q[xo], zero, _CMP_LE_OQ), q[xo], slope);
+      }
+      if (fast) {
+        float* o = oc + s0.od0 * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
+        const __m512 a0 = _mm512_permutex2var_ps(q[0], IL0, q[1]), a1 = _mm512_permutex2var_ps(q[0], IL1, q[1]);
+        const __m512 b0 = _mm512_permutex2var_ps(q[2], IL0, q[3]), b1 = _mm512_permutex2var_ps(q[2], IL1, q[3]);
+        _mm512_storeu_ps(o, _mm512_permutex2var_ps(a0, IQ0, b0));
+        _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a0, IQ1, b0));
+        _mm512_storeu_ps(o + 32, _mm512_permutex2var_ps(a1, IQ0, b1));
+        _mm512_storeu_ps(o + 48, _mm512_permutex2var_ps(a1, IQ1, b1));
+      } else
+        for (int xo = 0; xo < 4; ++xo) _mm512_store_ps(r + (yo * 4 + xo) * TL, q[xo]);
+    }
+    if (fast) continue;
+    for (int s = 0; s < gr.nseg; ++s) {
+      const Seg& sg = gr.seg[s];
+      if (sg.od0 >= g.Do) continue;
+      for (int yo = 0; yo < 4; ++yo) {
+        const std::int64_t oh = sg.oh0 + yo;
+        if (oh >= g.Ho) continue;
+        float* o = oc + sg.od0 * plane + oh * g.Wo;
+        for (int j = sg.j0; j < sg.j1; ++j)
+          for (int xo = 0; xo < 4; ++xo) {
+            const std::int64_t ow = sg.ow0 + 4 * (j - sg.j0) + xo;
+            if (ow < g.Wo) o[ow] = r[(yo * 4 + xo) * TL + j];
+          }
+      }
+    }
+  }
+}
+#undef BHSD_W5
 #endif
 
 }  // namespace wino_detail
@@ -530,8 +778,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     transform_weights(g, wp, lease->get(), pool);
     U = lease->get();
   }
-  const std::int64_t dz = g.kd == 3 ? 2 : 1, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2,
-                     T = TD * TH * TW;
+  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = P == 36 ? 4 : 2, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
+                     TW = (g.Wo + m - 1) / m, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2 — unless
   // the transformed weights U pass 12 MB (256→256 and wider): each task streams all of U from L3
@@ -559,8 +807,10 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         for (std::size_t task = t0; task < t1; ++task) {
           const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
           for (std::int64_t q = 0; q < gn; ++q) {
-            grs[q] = group_of(g, dz, TH, TW, T, g0 + q);
-            if (P == 64)
+            grs[q] = group_of(g, dz, m, TH, TW, T, g0 + q);
+            if (P == 36)
+              input_transform_f4(g, in, grs[q], V + q * vsz);
+            else if (P == 64)
               input_transform<4>(g, in, grs[q], V + q * vsz);
             else
               input_transform<1>(g, in, grs[q], V + q * vsz);
@@ -575,7 +825,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
             }
           }
           for (std::int64_t q = 0; q < gn; ++q) {
-            if (P == 64)
+            if (P == 36)
+              output_transform_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
+            else if (P == 64)
               output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
             else
               output_transform<1>(g, grs[q], M + q * msz, bias, out, act, alpha);
@@ -591,8 +843,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
 }
 
 namespace wino_detail {
-// The plan: per (C, Co, kd, D, H, W, pd, ph, pw, Do, Ho, Wo, threads), whether Winograd was faster.
-using PlanKey = std::array<std::int64_t, 13>;
+// The plan: per (C, Co, kd, D, H, W, pd, ph, pw, Do, Ho, Wo, threads, tiles), whether Winograd was faster.
+using PlanKey = std::array<std::int64_t, 14>;
 struct Plan {
   std::mutex m;
   std::map<PlanKey, bool> faster;
@@ -602,7 +854,7 @@ inline Plan& plan() {
   return p;
 }
 inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
-  return {g.C, g.Co, g.kd, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size())};
+  return {g.C, g.Co, g.kd, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size()), tile_m(g)};
 }
 }  // namespace wino_detail
 
