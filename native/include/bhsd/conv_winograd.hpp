@@ -48,6 +48,13 @@ namespace wino_detail {
 
 constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 
+// Floats between successive points of a group's V (channels = C) or M (channels = Co): each point's
+// [channel][lane] block and one spare line. Unpadded, the stride (C·64 bytes) is a multiple of 4 KB
+// for 64, 128, 256 channels, so the 64 (or 36, 16) values a transform stores or loads per channel all
+// fell in one set of the 12-way L1 and evicted each other: a 256→128 layer's input transform ran at
+// a quarter of its cache-hot speed.
+inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) * TL; }
+
 // Which tiles a 1×3×3 kernel gets: F(4×4, 3×3) where the AVX-512 kernels run (its transforms are
 // AVX-512), else F(2×2, 3×3). BHSD_WINOGRAD_F4=0 keeps F(2×2, 3×3) everywhere (for the bench);
 // f4_override() is the tests' switch (−1 as the environment says, 0 off, 1 on where AVX-512 runs).
@@ -341,7 +348,7 @@ BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
   }
 }
 
-// V for one group, every input channel: V[p·C·16 + ci·16 + j] = (Bᵀ d_j B)[p] for lane j's input
+// V for one group, every input channel: V[p·(C + 1)·16 + ci·16 + j] = (Bᵀ d_j B)[p] for lane j's input
 // tile d_j (0 outside the volume; lanes past the group's n tiles are 0). Bᵀ along each axis:
 // (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3). W is transformed as the rows are read:
 // a whole row of 16 tiles (2·16 + 2 samples) by 8 loads of 8 (samples 0, 8, 16, 24 and 2, 10, 18,
@@ -402,7 +409,7 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
         st(p0, sub(s0, s2)), st(p0 + 4 * TL, add(s1, s2)), st(p0 + 8 * TL, sub(s2, s1)), st(p0 + 12 * TL, sub(s1, s3));
       }
     float* v = V + ci * TL;
-    const std::int64_t ps = C * TL;  // point stride in V
+    const std::int64_t ps = point_stride(C);
     if (ZI == 1) {
       for (int yx = 0; yx < 16; ++yx) st(v + yx * ps, ld(t + yx * TL));
       continue;
@@ -434,7 +441,7 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
   constexpr int ZO = ZI == 4 ? 2 : 1;  // output planes per tile
   alignas(64) float r1[ZO * 16 * TL];  // [zo][y][x][lane]
   alignas(64) float r3[ZO * 4 * TL];   // [zo][yo][xo][lane]
-  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = point_stride(Co);
   const Seg& s0 = gr.seg[0];
   const bool fast =
       gr.nseg == 1 && gr.n == TL && s0.od0 + ZO - 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
@@ -570,12 +577,12 @@ BHSD_W5 void at6(const __m512* m, __m512* o) {
   o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
 }
 
-// V for one group of F(4×4, 3×3) tiles, every input channel: V[p·C·16 + ci·16 + j] for the 36
+// V for one group of F(4×4, 3×3) tiles, every input channel: V[p·(C + 1)·16 + ci·16 + j] for the 36
 // points p = 6·y + x (y along H, x along W) of lane j's input tile (0 outside the volume and past
 // the group's n tiles).
 BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
   alignas(64) float t[36 * TL];  // [y][x][lane], transformed along W
-  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = C * TL;
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
   // e_k[j] = sample 4j + k of a row segment (k < 4), from loads z0 … z3: lanes 0–7 from z0‖z1,
   // 8–15 from z2‖z3; e_4, e_5 are e_0, e_1 one lane on, their last lane samples 64, 65 (z4)
@@ -649,7 +656,7 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
 BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
                                  Act act, float alpha) {
   alignas(64) float r[16 * TL];  // [yo][xo][lane], the partial groups' outputs
-  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = Co * TL;
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = point_stride(Co);
   const Seg& s0 = gr.seg[0];
   const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 < g.Do && s0.oh0 + 3 < g.Ho && s0.ow0 + 4 * TL <= g.Wo;
   // interleaving: lo/hi pairs of columns (lane 2t + b = column b of tile t), then 4 columns of 4 tiles
@@ -796,7 +803,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t tasks = (ngroups + G - 1) / G;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
-  const std::int64_t vsz = P * g.C * TL, msz = P * g.Co * TL;
+  const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
   pool.parallel_for(
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
@@ -821,7 +828,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
             for (std::int64_t cob = 0; cob < coblocks; cob += step) {
               const std::int64_t cobn = std::min(coblocks, cob + step);
               for (std::int64_t q = 0; q < gn; ++q)
-                point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * g.C * TL, g.C, M + q * msz + p * g.Co * TL);
+                point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, g.C, M + q * msz + p * mps);
             }
           }
           for (std::int64_t q = 0; q < gn; ++q) {
