@@ -217,6 +217,40 @@ test.serial("normalisation, activations and elementwise ops equal onnxruntime", 
   await check(t, "add + leakyRelu", ref!, () => add(x, perC, { activation: "leakyRelu", alpha: 0.01 }));
   [ref] = await ortRun("Relu", [sumT]);
   await check(t, "add + relu", ref!, () => add(x, perC, { activation: "relu" }));
+  // rows long enough for the native vector path (37: 4 vectors of 8 and a tail), signs at random,
+  // ±0 among them
+  const u = randomTensor([1, 3, 4, 5, 37], 79),
+    w = randomTensor([1, 3, 4, 5, 37], 80);
+  u.data[40] = 0;
+  w.data[40] = -0;
+  u.data[77] = -0;
+  w.data[77] = -0;
+  const U = [
+    { name: "u", tensor: u },
+    { name: "w", tensor: w },
+  ];
+  for (const [op, fn] of [
+    ["Add", add],
+    ["Mul", mul],
+  ] as const) {
+    const [r] = await ortRun(op, U);
+    const rT = { name: "s", tensor: { data: r!.data as Float32Array, shape: r!.shape } };
+    [ref] = await ortRun("LeakyRelu", [rT], { alpha: 0.01 });
+    await check(t, `${op} + leakyRelu, rows of 37`, ref!, () => fn(u, w, { activation: "leakyRelu", alpha: 0.01 }));
+    [ref] = await ortRun("Relu", [rT]);
+    await check(t, `${op} + relu, rows of 37`, ref!, () => fn(u, w, { activation: "relu" }));
+  }
+  // a NaN in the vector part and in the tail: relu gives 0, leakyRelu keeps NaN (as relu and leakyRelu do)
+  const n = { data: Float32Array.from(u.data), shape: u.shape };
+  n.data[5] = NaN;
+  n.data[36] = NaN;
+  for (const { name } of backends) {
+    setBackend(name);
+    const r = await add(n, w, { activation: "relu" }),
+      l = await add(n, w, { activation: "leakyRelu", alpha: 0.01 });
+    t.deepEqual([r.data[5], r.data[36]], [0, 0], `${name} add + relu of NaN`);
+    t.true(Number.isNaN(l.data[5]!) && Number.isNaN(l.data[36]!), `${name} add + leakyRelu of NaN`);
+  }
   const z = randomTensor([2, 3, 3, 6, 7], 78);
   [ref] = await ortRun("Concat", [...X, { name: "z", tensor: z }], { axis: 1 });
   await check(t, "concat", ref!, () => concat([x, z], 1));

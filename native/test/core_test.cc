@@ -1067,6 +1067,69 @@ static void test_gemm(bhsd::ThreadPool& pool) {
 // read_scaled: a temporary file of int16 voxels after a 352-byte header, read and scaled in chunks
 // across the pool (several 1 MB chunks and a partial one) against the same arithmetic here (the
 // multiply and the add each rounded in double, as numpy does); a read past the end throws.
+// pool3d against pool_voxel (the shared per-voxel rule the CUDA kernel also runs), bit for bit:
+// its windows inside the input take a loop without bounds checks, the border pool_voxel. Paddings,
+// strides, dilations, count_include_pad, max with NaN, extents where no window is inside. And
+// binary's contiguous rows (the AVX2 path) against the plain sum and activation, in place too.
+static void test_pool_and_binary(bhsd::ThreadPool& pool) {
+  std::uint32_t st = 4242;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
+  struct Case {
+    std::int64_t D, H, W, k[3], s[3], d[3], p[3];
+  };
+  const Case cases[] = {{4, 9, 37, {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {0, 0, 0}},
+                        {5, 8, 21, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+                        {6, 7, 19, {2, 3, 2}, {1, 2, 1}, {2, 1, 2}, {0, 1, 1}},
+                        {3, 4, 3, {3, 3, 5}, {1, 1, 1}, {1, 1, 1}, {1, 1, 2}}};
+  for (const Case& c : cases)
+    for (int mode = 0; mode < 3; ++mode) {  // max, average, average counting the padding
+      const bool mx = mode == 0, cip = mode == 2;
+      std::int64_t o[3];
+      const std::int64_t in[3] = {c.D, c.H, c.W};
+      for (int a = 0; a < 3; ++a) o[a] = (in[a] + 2 * c.p[a] - c.d[a] * (c.k[a] - 1) - 1) / c.s[a] + 1;
+      const std::int64_t NC = 2;
+      std::vector<float> x(std::size_t(NC * c.D * c.H * c.W)), y(std::size_t(NC * o[0] * o[1] * o[2]), 7.0f);
+      for (auto& v : x) v = rnd();
+      x[3] = std::nanf("");
+      bhsd::pool3d(x.data(), y.data(), NC, c.D, c.H, c.W, o[0], o[1], o[2], c.k, c.s, c.d, c.p, mx, cip, pool);
+      const bhsd::hd::PoolGeom g{{c.D, c.H, c.W},
+                                 {c.k[0], c.k[1], c.k[2]},
+                                 {c.s[0], c.s[1], c.s[2]},
+                                 {c.d[0], c.d[1], c.d[2]},
+                                 {c.p[0], c.p[1], c.p[2]}};
+      std::int64_t bad = 0;
+      for (std::int64_t nc = 0; nc < NC; ++nc)
+        for (std::int64_t od = 0; od < o[0]; ++od)
+          for (std::int64_t oh = 0; oh < o[1]; ++oh)
+            for (std::int64_t ow = 0; ow < o[2]; ++ow) {
+              const float want = bhsd::hd::pool_voxel(x.data() + nc * c.D * c.H * c.W, g, od, oh, ow, mx, cip);
+              const float got = y[std::size_t(((nc * o[0] + od) * o[1] + oh) * o[2] + ow)];
+              if (std::memcmp(&want, &got, sizeof(float)) != 0) ++bad;
+            }
+      CHECK(bad == 0);
+    }
+  for (int act = 0; act < 3; ++act)
+    for (bool mul : {false, true}) {
+      const std::int64_t n = 3 * 37;
+      std::vector<float> a(n), b(n), y(n), want(n);
+      for (auto& v : a) v = rnd();
+      for (auto& v : b) v = rnd();
+      a[5] = std::nanf(""), a[36] = std::nanf(""), a[40] = 0.0f, b[40] = -0.0f;
+      for (std::int64_t i = 0; i < n; ++i) {
+        const float v = mul ? a[std::size_t(i)] * b[std::size_t(i)] : a[std::size_t(i)] + b[std::size_t(i)];
+        want[std::size_t(i)] = act == 0 ? v : v > 0 ? v : act == 1 ? 0.0f : v * 0.01f;
+      }
+      const std::int64_t shape[6] = {1, 1, 1, 1, 3, 37}, str[6] = {0, 0, 0, 0, 37, 1};
+      bhsd::binary(a.data(), b.data(), y.data(), shape, str, str, mul, pool, bhsd::Act(act), 0.01f);
+      CHECK(std::memcmp(y.data(), want.data(), n * sizeof(float)) == 0);
+      bhsd::binary(a.data(), b.data(), a.data(), shape, str, str, mul, pool, bhsd::Act(act), 0.01f);  // in place
+      CHECK(std::memcmp(a.data(), want.data(), n * sizeof(float)) == 0);
+    }
+}
+
 static void test_read_scaled(bhsd::ThreadPool& pool) {
   if (!bhsd::read_scaled_supported()) return;
   char path[] = "/tmp/bhsd-read-scaled-XXXXXX";
@@ -1114,6 +1177,7 @@ int main() {
     test_pool_cancel(pool);
     test_stats_and_rescale(pool);
     test_read_scaled(pool);
+    test_pool_and_binary(pool);
     test_ccl_against_flood_fill(pool);
     test_ccl_types(pool);
     test_component_stats(pool);

@@ -465,6 +465,33 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
       std::size_t(per), 8);
 }
 
+namespace binary_detail {
+#ifdef BHSD_X86
+// One contiguous row of a + b (or a · b) and the activation, in explicit AVX2 element by element
+// (each read before its own write, so that y may be a or b), branch-free: the scalar loops'
+// branch on the sign of each sum mispredicted half the time on real activations (a residual
+// block's Add → LeakyReLU of 32 × 16×256×256 took 90–130 ms on random signs, 15 ms on constant ones).
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* pa, const float* pb, float* q, std::int64_t n,
+                                                         bool mul, Act act, float alpha) {
+  const __m256 zero = _mm256_setzero_ps(), va = _mm256_set1_ps(alpha);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(pa + i), z = _mm256_loadu_ps(pb + i);
+    __m256 v = mul ? _mm256_mul_ps(x, z) : _mm256_add_ps(x, z);
+    if (act != Act::none) {
+      const __m256 pos = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);  // false for NaN
+      v = act == Act::relu ? _mm256_and_ps(v, pos) : _mm256_blendv_ps(_mm256_mul_ps(v, va), v, pos);
+    }
+    _mm256_storeu_ps(q + i, v);
+  }
+  for (; i < n; ++i) {
+    const float v = mul ? pa[i] * pb[i] : pa[i] + pb[i];
+    q[i] = act == Act::none ? v : v > 0 ? v : act == Act::relu ? 0.0f : v * alpha;
+  }
+}
+#endif
+}  // namespace binary_detail
+
 // Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
 // and b (0 along broadcast axes), all padded to 6 axes.
 // act/alpha: an activation applied as each sum or product is stored (a residual block's Add → LeakyReLU).
@@ -488,6 +515,13 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
           const float* pa = a + oa;
           const float* pb = b + ob;
           const std::int64_t ia = sa[5], ib = sb[5];
+#ifdef BHSD_X86
+          static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
+          if (avx2 && ia == 1 && ib == 1) {
+            binary_detail::row_avx2(pa, pb, q, inner, mul, act, alpha);
+            continue;
+          }
+#endif
           if (mul)
             for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
           else
@@ -509,14 +543,54 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
                    std::int64_t Do, std::int64_t Ho, std::int64_t Wo, const std::int64_t* k, const std::int64_t* s,
                    const std::int64_t* d, const std::int64_t* p, bool max, bool count_include_pad, ThreadPool& pool) {
   const hd::PoolGeom g{{D, H, W}, {k[0], k[1], k[2]}, {s[0], s[1], s[2]}, {d[0], d[1], d[2]}, {p[0], p[1], p[2]}};
+  // Windows wholly inside the input (all but a padded border) skip pool_voxel's bounds checks: the
+  // same sum in the same order (double, taps in D, H, W order), divided by the window's size as
+  // pool_voxel divides an unclipped window (both counts are then k0·k1·k2); a residual encoder's
+  // stride-(1, 2, 2) average pool of 32 × 16×256×256 took 45 ms through pool_voxel.
+  const auto inside = [](std::int64_t o, std::int64_t ax_s, std::int64_t ax_p, std::int64_t ax_k, std::int64_t ax_d,
+                         std::int64_t n) {
+    const std::int64_t a = o * ax_s - ax_p;
+    return a >= 0 && a + (ax_k - 1) * ax_d < n;
+  };
+  std::int64_t w0 = 0, w1 = 0;  // output columns [w0, w1) whose windows lie inside along W
+  while (w0 < Wo && !inside(w0, s[2], p[2], k[2], d[2], W)) ++w0;
+  for (w1 = w0; w1 < Wo && inside(w1, s[2], p[2], k[2], d[2], W);) ++w1;
+  const std::int64_t taps = k[0] * k[1];
+  const double denom = double(k[0] * k[1] * k[2]);
   pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
+    std::vector<std::int64_t> rows(static_cast<std::size_t>(taps));  // the window's rows, as offsets in px
     for (std::size_t q = lo; q < hi; ++q) {
       const std::int64_t nc = std::int64_t(q) / Do, od = std::int64_t(q) % Do;
       const float* px = x + nc * D * H * W;
       float* py = y + (nc * Do + od) * Ho * Wo;
-      for (std::int64_t oh = 0; oh < Ho; ++oh)
+      const bool din = inside(od, s[0], p[0], k[0], d[0], D);
+      for (std::int64_t oh = 0; oh < Ho; ++oh) {
+        float* yr = py + oh * Wo;
+        std::int64_t f0 = 0, f1 = 0;  // the columns done here
+        if (din && inside(oh, s[1], p[1], k[1], d[1], H) && w0 < w1) {
+          for (std::int64_t a = 0; a < k[0]; ++a)
+            for (std::int64_t b = 0; b < k[1]; ++b)
+              rows[std::size_t(a * k[1] + b)] = ((od * s[0] - p[0] + a * d[0]) * H + (oh * s[1] - p[1] + b * d[1])) * W;
+          for (std::int64_t ow = w0; ow < w1; ++ow) {
+            const std::int64_t c0 = ow * s[2] - p[2];
+            double acc = max ? -double(INFINITY) : 0.0;
+            for (std::int64_t t = 0; t < taps; ++t) {
+              const float* r = px + rows[std::size_t(t)] + c0;
+              for (std::int64_t c = 0; c < k[2]; ++c) {
+                const double v = r[c * d[2]];
+                if (max)
+                  acc = v > acc || v != v ? v : acc;
+                else
+                  acc += v;
+              }
+            }
+            yr[ow] = max ? float(acc) : float(acc / denom);
+          }
+          f0 = w0, f1 = w1;
+        }
         for (std::int64_t ow = 0; ow < Wo; ++ow)
-          py[oh * Wo + ow] = hd::pool_voxel(px, g, od, oh, ow, max, count_include_pad);
+          if (ow < f0 || ow >= f1) yr[ow] = hd::pool_voxel(px, g, od, oh, ow, max, count_include_pad);
+      }
     }
   });
 }
