@@ -714,6 +714,141 @@ BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float
     }
   }
 }
+
+// F(2×2×2, 3×3×3)'s transforms where AVX-512 runs, as the F(4×4, 3×3) ones: a group's 16 lanes one
+// zmm, a row of 16 tiles (34 samples) three loads whose evens and odds two-source permutations pick
+// (the AVX2 transforms above take eight loads and eight deinterleaves of two registers for the same
+// row, and twice the instructions for every add after; at 64 channels they were a third of the time).
+BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  alignas(64) float t[64 * TL];  // [z][y][x][lane], transformed along W
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  alignas(64) static const std::int32_t pick[4][16] = {
+      {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30},
+      {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31},
+      {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},   // e2 = e0 one lane on, then sample 32
+      {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};  // e3 = e1 one lane on, then sample 33
+  const __m512i EV = _mm512_load_si512(pick[0]), OD = _mm512_load_si512(pick[1]), N2 = _mm512_load_si512(pick[2]),
+                N3 = _mm512_load_si512(pick[3]);
+  RowLoad16 ld[TL][3];
+  __m512i shift[TL];
+  __mmask16 lanes[TL];
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    for (int q = 0; q < 3; ++q) ld[s][q] = row_load16(sg.iw0 + 16 * q, g.W);
+    shift[s] = _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                _mm512_set1_epi32(sg.j0));
+    lanes[s] = __mmask16(((1u << sg.j1) - 1u) & ~((1u << sg.j0) - 1u));
+  }
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    for (int zy = 0; zy < 16; ++zy) {
+      const int z = zy >> 2, y = zy & 3;
+      __m512 acc[4];
+      for (int k = 0; k < 4; ++k) acc[k] = _mm512_setzero_ps();
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
+        const float* row = x + id * plane + ih * g.W;
+        if (y >= 2 && ih + 2 < g.H) conv_detail::prefetch_row(row + 2 * g.W, std::max<std::int64_t>(0, sg.iw0));
+        const __m512 z0 = load_row16(row, ld[s][0], g.W), z1 = load_row16(row, ld[s][1], g.W),
+                     z2 = load_row16(row, ld[s][2], g.W);
+        const __m512 e0 = _mm512_permutex2var_ps(z0, EV, z1), e1 = _mm512_permutex2var_ps(z0, OD, z1);
+        const __m512 e2 = _mm512_permutex2var_ps(e0, N2, z2), e3 = _mm512_permutex2var_ps(e1, N3, z2);
+        const __m512 w[4] = {_mm512_sub_ps(e0, e2), _mm512_add_ps(e1, e2), _mm512_sub_ps(e2, e1),
+                             _mm512_sub_ps(e1, e3)};
+        if (whole)
+          for (int k = 0; k < 4; ++k) acc[k] = w[k];
+        else
+          for (int k = 0; k < 4; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], lanes[s], shift[s], w[k]);
+      }
+      for (int k = 0; k < 4; ++k) _mm512_store_ps(t + (zy * 4 + k) * TL, acc[k]);
+    }
+    // along H (in place), then along D into V
+    for (int z = 0; z < 4; ++z)
+      for (int xq = 0; xq < 4; ++xq) {
+        float* p0 = t + ((z * 4 + 0) * 4 + xq) * TL;
+        const __m512 s0 = _mm512_load_ps(p0), s1 = _mm512_load_ps(p0 + 4 * TL), s2 = _mm512_load_ps(p0 + 8 * TL),
+                     s3 = _mm512_load_ps(p0 + 12 * TL);
+        _mm512_store_ps(p0, _mm512_sub_ps(s0, s2)), _mm512_store_ps(p0 + 4 * TL, _mm512_add_ps(s1, s2));
+        _mm512_store_ps(p0 + 8 * TL, _mm512_sub_ps(s2, s1)), _mm512_store_ps(p0 + 12 * TL, _mm512_sub_ps(s1, s3));
+      }
+    float* v = V + ci * TL;
+    for (int yx = 0; yx < 16; ++yx) {
+      const float* p0 = t + yx * TL;
+      const __m512 s0 = _mm512_load_ps(p0), s1 = _mm512_load_ps(p0 + 16 * TL), s2 = _mm512_load_ps(p0 + 32 * TL),
+                   s3 = _mm512_load_ps(p0 + 48 * TL);
+      _mm512_store_ps(v + (0 * 16 + yx) * ps, _mm512_sub_ps(s0, s2));
+      _mm512_store_ps(v + (1 * 16 + yx) * ps, _mm512_add_ps(s1, s2));
+      _mm512_store_ps(v + (2 * 16 + yx) * ps, _mm512_sub_ps(s2, s1));
+      _mm512_store_ps(v + (3 * 16 + yx) * ps, _mm512_sub_ps(s1, s3));
+    }
+  }
+}
+
+BHSD_W5 void output_transform_3d512(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                    Act act, float alpha) {
+  alignas(64) float r1[2 * 16 * TL];  // [zo][y][x][lane], after Aᵀ along D
+  alignas(64) float r3[8 * TL];       // [zo][yo][xo][lane], the partial groups' outputs
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = point_stride(Co);
+  const Seg& s0 = gr.seg[0];
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + 1 < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
+  alignas(64) static const std::int32_t il[2][16] = {{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},
+                                                     {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}};
+  const __m512i IL0 = _mm512_load_si512(il[0]), IL1 = _mm512_load_si512(il[1]);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha), zero = _mm512_setzero_ps();
+  for (std::int64_t co = 0; co < Co; ++co) {
+    const float* m = M + co * TL;
+    for (int yx = 0; yx < 16; ++yx) {
+      const __m512 m0 = _mm512_load_ps(m + (0 * 16 + yx) * ps), m1 = _mm512_load_ps(m + (1 * 16 + yx) * ps),
+                   m2 = _mm512_load_ps(m + (2 * 16 + yx) * ps), m3 = _mm512_load_ps(m + (3 * 16 + yx) * ps);
+      _mm512_store_ps(r1 + yx * TL, _mm512_add_ps(_mm512_add_ps(m0, m1), m2));
+      _mm512_store_ps(r1 + (16 + yx) * TL, _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3));
+    }
+    const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+    float* oc = out + co * vol;
+    for (int zo = 0; zo < 2; ++zo) {
+      __m512 h[2][4];
+      for (int xq = 0; xq < 4; ++xq) {
+        const float* p = r1 + (zo * 16 + xq) * TL;
+        const __m512 a0 = _mm512_load_ps(p), a1 = _mm512_load_ps(p + 4 * TL), a2 = _mm512_load_ps(p + 8 * TL),
+                     a3 = _mm512_load_ps(p + 12 * TL);
+        h[0][xq] = _mm512_add_ps(_mm512_add_ps(a0, a1), a2), h[1][xq] = _mm512_sub_ps(_mm512_sub_ps(a1, a2), a3);
+      }
+      for (int yo = 0; yo < 2; ++yo) {
+        const __m512* q = h[yo];
+        __m512 o0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), q[2]), bv);
+        __m512 o1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(q[1], q[2]), q[3]), bv);
+        if (act != Act::none) {
+          o0 = _mm512_mask_mul_ps(o0, _mm512_cmp_ps_mask(o0, zero, _CMP_LE_OQ), o0, slope);
+          o1 = _mm512_mask_mul_ps(o1, _mm512_cmp_ps_mask(o1, zero, _CMP_LE_OQ), o1, slope);
+        }
+        if (fast) {
+          float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
+          _mm512_storeu_ps(o, _mm512_permutex2var_ps(o0, IL0, o1));
+          _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(o0, IL1, o1));
+        } else {
+          _mm512_store_ps(r3 + ((zo * 2 + yo) * 2 + 0) * TL, o0);
+          _mm512_store_ps(r3 + ((zo * 2 + yo) * 2 + 1) * TL, o1);
+        }
+      }
+    }
+    if (fast) continue;
+    for (int s = 0; s < gr.nseg; ++s) {
+      const Seg& sg = gr.seg[s];
+      for (int k = 0; k < 8; ++k) {
+        const std::int64_t od = sg.od0 + (k >> 2), oh = sg.oh0 + ((k >> 1) & 1);
+        if (od >= g.Do || oh >= g.Ho) continue;
+        float* o = oc + od * plane + oh * g.Wo;
+        for (int j = sg.j0; j < sg.j1; ++j) {
+          const std::int64_t ow = sg.ow0 + 2 * (j - sg.j0) + (k & 1);
+          if (ow < g.Wo) o[ow] = r3[k * TL + j];
+        }
+      }
+    }
+  }
+}
 #undef BHSD_W5
 #endif
 
@@ -817,6 +952,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
             grs[q] = group_of(g, dz, m, TH, TW, T, g0 + q);
             if (P == 36)
               input_transform_f4(g, in, grs[q], V + q * vsz);
+            else if (P == 64 && conv_detail::use_avx512())
+              input_transform_3d512(g, in, grs[q], V + q * vsz);
             else if (P == 64)
               input_transform<4>(g, in, grs[q], V + q * vsz);
             else
@@ -834,6 +971,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
           for (std::int64_t q = 0; q < gn; ++q) {
             if (P == 36)
               output_transform_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
+            else if (P == 64 && conv_detail::use_avx512())
+              output_transform_3d512(g, grs[q], M + q * msz, bias, out, act, alpha);
             else if (P == 64)
               output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
             else
