@@ -10,6 +10,7 @@ import { backendInfo, loadModel, segment, setBackend, volumeFromArray } from "..
 import { sharedFixture } from "../test/paths.js";
 import { fmt, measure, rng } from "./lib.js";
 import { buildUNet, NNUNET_FULLRES } from "../dist/train/unet.js";
+import { networkBytes, RESENC_M } from "./networks.js";
 
 async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string> {
   const r = rng(7);
@@ -52,19 +53,30 @@ export async function benchSegment(): Promise<string[]> {
     [nz, ny, nx],
     [5, 0.49, 0.49],
   );
-  const model = await loadModel(buildUNet(NNUNET_FULLRES), { patchSize: [16, 256, 256] });
   setBackend(backendInfo().available.native ? "native" : "ts");
-  const t0 = performance.now();
-  const { report } = await segment(ct, model);
-  const s = (performance.now() - t0) / 1000;
-  return [
-    `segment(), ${nx}×${ny}×${nz} CT at 0.49×0.49×5 mm, nnU-Net 3d_fullres-shaped model (random weights), patch 16×256×256, step 0.5, no mirroring, ${report.backend}`,
-    `| total s | windows | ${Object.keys(report.timings).join(" s | ")} s | forward live set MB | segment buffers MB |`,
-    `| --- | --- | ${Object.keys(report.timings)
-      .map(() => "---")
-      .join(" | ")} | --- | --- |`,
-    `| ${fmt(s)} | ${report.windows} | ${Object.values(report.timings)
-      .map((v) => fmt(v / 1000, 2))
-      .join(" | ")} | ${fmt(report.peakForwardBytes / 2 ** 20, 0)} | ${fmt(report.peakSegmentBytes / 2 ** 20, 0)} |`,
-  ];
+  const rows: string[] = [];
+  for (const [name, bytes] of [
+    ["nnU-Net 3d_fullres-shaped PlainConvUNet (train/unet.ts)", buildUNet(NNUNET_FULLRES)],
+    ["nnU-Net ResEnc-M (bench/networks.ts)", networkBytes(RESENC_M)],
+  ] as const) {
+    const model = await loadModel(bytes, { patchSize: [16, 256, 256] });
+    const t0 = performance.now();
+    const { report } = await segment(ct, model);
+    const s = (performance.now() - t0) / 1000;
+    model.dispose();
+    if (!rows.length)
+      rows.push(
+        `segment(), ${nx}×${ny}×${nz} CT at 0.49×0.49×5 mm, random weights, patch 16×256×256, step 0.5, no mirroring, ${report.backend}`,
+        `| model | total s | windows | ${Object.keys(report.timings).join(" s | ")} s | forward live set MB | segment buffers MB |`,
+        `| --- | --- | --- | ${Object.keys(report.timings)
+          .map(() => "---")
+          .join(" | ")} | --- | --- |`,
+      );
+    rows.push(
+      `| ${name} | ${fmt(s)} | ${report.windows} | ${Object.values(report.timings)
+        .map((v) => fmt(v / 1000, 2))
+        .join(" | ")} | ${fmt(report.peakForwardBytes / 2 ** 20, 0)} | ${fmt(report.peakSegmentBytes / 2 ** 20, 0)} |`,
+    );
+  }
+  return rows;
 }
