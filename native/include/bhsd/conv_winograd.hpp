@@ -37,6 +37,8 @@
 #include <array>
 #include <chrono>
 #include <list>
+#include <tuple>
+#include <utility>
 #include <map>
 
 #include "conv_forward.hpp"
@@ -319,12 +321,21 @@ struct RowLoad {
   int kind;
   __m256i idx, keep;
 };
+// Samples base … base + N − 1 of a row of W one by one, 0 outside it (a row shorter than a load).
+inline void row_samples(const float* row, std::int64_t base, std::int64_t W, float* v, int N) {
+  for (int l = 0; l < N; ++l) v[l] = base + l >= 0 && base + l < W ? row[base + l] : 0.0f;
+}
+// The kind and base of a load of N samples a … a + N − 1 of a row of W (RowLoad, RowLoad16).
+inline std::pair<int, std::int64_t> row_kind(std::int64_t a, std::int64_t W, std::int64_t N) {
+  if (a >= 0 && a + N <= W) return {0, a};
+  if (a >= W || a + N <= 0) return {2, a};
+  if (W < N) return {3, a};
+  return {1, std::clamp<std::int64_t>(a, 0, W - N)};
+}
 BHSD_WT RowLoad row_load(std::int64_t a, std::int64_t W) {
   RowLoad L{a, 0, _mm256_setzero_si256(), _mm256_setzero_si256()};
-  if (a >= 0 && a + 8 <= W) return L;
-  if (a >= W || a + 8 <= 0) return L.kind = 2, L;
-  if (W < 8) return L.kind = 3, L;
-  L.kind = 1, L.base = std::clamp<std::int64_t>(a, 0, W - 8);
+  std::tie(L.kind, L.base) = row_kind(a, W, 8);
+  if (L.kind != 1) return L;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   L.idx =
       _mm256_add_epi32(iota, _mm256_set1_epi32(int(a - L.base)));  // lane l reads sample a + l of the window at base
@@ -342,7 +353,7 @@ BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
       return _mm256_setzero_ps();
     default: {
       alignas(32) float v[8];
-      for (int l = 0; l < 8; ++l) v[l] = L.base + l >= 0 && L.base + l < W ? row[L.base + l] : 0.0f;
+      row_samples(row, L.base, W, v, 8);
       return _mm256_load_ps(v);
     }
   }
@@ -529,10 +540,8 @@ struct RowLoad16 {
 };
 BHSD_W5 RowLoad16 row_load16(std::int64_t a, std::int64_t W) {
   RowLoad16 L{a, 0, 0, _mm512_setzero_si512()};
-  if (a >= 0 && a + 16 <= W) return L;
-  if (a >= W || a + 16 <= 0) return L.kind = 2, L;
-  if (W < 16) return L.kind = 3, L;
-  L.kind = 1, L.base = std::clamp<std::int64_t>(a, 0, W - 16);
+  std::tie(L.kind, L.base) = row_kind(a, W, 16);
+  if (L.kind != 1) return L;
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   L.idx = _mm512_add_epi32(iota, _mm512_set1_epi32(int(a - L.base)));  // lane l: sample a + l of the window at base
   for (int l = 0; l < 16; ++l)
@@ -549,9 +558,29 @@ BHSD_W5 __m512 load_row16(const float* row, const RowLoad16& L, std::int64_t W) 
       return _mm512_setzero_ps();
     default: {
       alignas(64) float v[16];
-      for (int l = 0; l < 16; ++l) v[l] = L.base + l >= 0 && L.base + l < W ? row[L.base + l] : 0.0f;
+      row_samples(row, L.base, W, v, 16);
       return _mm512_load_ps(v);
     }
+  }
+}
+
+// A group's segments for the AVX-512 transforms: NL loads of 16 samples from each segment's first
+// input column, and how the segment's lanes move into the group's (lane l takes lane l − j0 of the
+// segment's vectors, for lanes j0 … j1 − 1).
+template <int NL>
+struct SegLanes16 {
+  RowLoad16 ld[TL][NL];
+  __m512i shift[TL];
+  __mmask16 lanes[TL];
+};
+template <int NL>
+BHSD_W5 void seg_lanes16(const ConvGeom& g, const Group& gr, SegLanes16<NL>& L) {
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    for (int q = 0; q < NL; ++q) L.ld[s][q] = row_load16(sg.iw0 + 16 * q, g.W);
+    L.shift[s] = _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  _mm512_set1_epi32(sg.j0));
+    L.lanes[s] = __mmask16(((1u << sg.j1) - 1u) & ~((1u << sg.j0) - 1u));
   }
 }
 
@@ -595,17 +624,8 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   __m512i P[4], N[2];
   for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
   for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
-  RowLoad16 ld[TL][5];
-  __m512i shift[TL];
-  __mmask16 lanes[TL];
-  for (int s = 0; s < gr.nseg; ++s) {
-    const Seg& sg = gr.seg[s];
-    for (int q = 0; q < 5; ++q) ld[s][q] = row_load16(sg.iw0 + 16 * q, g.W);
-    // lane l of the group takes lane l − j0 of the segment's vectors
-    shift[s] = _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                _mm512_set1_epi32(sg.j0));
-    lanes[s] = __mmask16(((1u << sg.j1) - 1u) & ~((1u << sg.j0) - 1u));
-  }
+  SegLanes16<5> L;
+  seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     for (int y = 0; y < 6; ++y) {
@@ -625,7 +645,7 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
                          _MM_HINT_T0);
         }
         __m512 z[5], e[6], w[6];
-        for (int q = 0; q < 5; ++q) z[q] = load_row16(row, ld[s][q], g.W);
+        for (int q = 0; q < 5; ++q) z[q] = load_row16(row, L.ld[s][q], g.W);
         for (int k = 0; k < 4; ++k)
           e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(z[0], P[k], z[1]),
                                       _mm512_permutex2var_ps(z[2], P[k], z[3]));
@@ -635,7 +655,7 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
         if (whole)
           for (int k = 0; k < 6; ++k) acc[k] = w[k];
         else
-          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], lanes[s], shift[s], w[k]);
+          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
       }
       for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (y * 6 + k) * TL, acc[k]);
     }
@@ -730,16 +750,8 @@ BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Gro
       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};  // e3 = e1 one lane on, then sample 33
   const __m512i EV = _mm512_load_si512(pick[0]), OD = _mm512_load_si512(pick[1]), N2 = _mm512_load_si512(pick[2]),
                 N3 = _mm512_load_si512(pick[3]);
-  RowLoad16 ld[TL][3];
-  __m512i shift[TL];
-  __mmask16 lanes[TL];
-  for (int s = 0; s < gr.nseg; ++s) {
-    const Seg& sg = gr.seg[s];
-    for (int q = 0; q < 3; ++q) ld[s][q] = row_load16(sg.iw0 + 16 * q, g.W);
-    shift[s] = _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                _mm512_set1_epi32(sg.j0));
-    lanes[s] = __mmask16(((1u << sg.j1) - 1u) & ~((1u << sg.j0) - 1u));
-  }
+  SegLanes16<3> L;
+  seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     for (int zy = 0; zy < 16; ++zy) {
@@ -752,8 +764,8 @@ BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Gro
         if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
         const float* row = x + id * plane + ih * g.W;
         if (y >= 2 && ih + 2 < g.H) conv_detail::prefetch_row(row + 2 * g.W, std::max<std::int64_t>(0, sg.iw0));
-        const __m512 z0 = load_row16(row, ld[s][0], g.W), z1 = load_row16(row, ld[s][1], g.W),
-                     z2 = load_row16(row, ld[s][2], g.W);
+        const __m512 z0 = load_row16(row, L.ld[s][0], g.W), z1 = load_row16(row, L.ld[s][1], g.W),
+                     z2 = load_row16(row, L.ld[s][2], g.W);
         const __m512 e0 = _mm512_permutex2var_ps(z0, EV, z1), e1 = _mm512_permutex2var_ps(z0, OD, z1);
         const __m512 e2 = _mm512_permutex2var_ps(e0, N2, z2), e3 = _mm512_permutex2var_ps(e1, N3, z2);
         const __m512 w[4] = {_mm512_sub_ps(e0, e2), _mm512_add_ps(e1, e2), _mm512_sub_ps(e2, e1),
@@ -761,7 +773,7 @@ BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Gro
         if (whole)
           for (int k = 0; k < 4; ++k) acc[k] = w[k];
         else
-          for (int k = 0; k < 4; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], lanes[s], shift[s], w[k]);
+          for (int k = 0; k < 4; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
       }
       for (int k = 0; k < 4; ++k) _mm512_store_ps(t + (zy * 4 + k) * TL, acc[k]);
     }
