@@ -71,7 +71,12 @@ inline int tile_m(const ConvGeom& g) {
     return e && e[0] == '0' && !e[1];
   }();
   const int o = f4_override();
+#ifdef BHSD_X86
   return (o >= 0 ? o == 1 : !env_off) && conv_detail::use_avx512() ? 4 : 2;
+#else
+  (void)o, (void)env_off;
+  return 2;  // Winograd runs on x86 only (winograd_applies)
+#endif
 }
 
 // Transform points: 4³ = 64 for a 3×3×3 kernel (F(2×2×2, 3×3×3)); for 1×3×3 (per plane) 4² = 16
