@@ -18,6 +18,14 @@
 
 namespace bhsd {
 
+#ifdef BHSD_X86
+// Whether the explicit AVX2 paths of these ops run (AVX2 and FMA here, BHSD_NO_AVX2 unset).
+inline bool ops_avx2() {
+  static const bool on = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
+  return on;
+}
+#endif
+
 namespace norm_detail {
 // Mean and Σ (x − mean)² over n floats in one pass from memory: each block of 1024 (in L1) gets
 // its own mean, then its Σ (x − block mean)² in eight float lanes; blocks are merged in double
@@ -94,8 +102,7 @@ __attribute__((target("avx2,fma"))) inline void block_stats_avx2(const float* p,
 
 BHSD_MULTIVERSION inline void block_stats(const float* p, std::int64_t n, double* mean_out, double* m2_out) {
 #ifdef BHSD_X86
-  static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
-  if (avx2) return block_stats_avx2(p, n, mean_out, m2_out);
+  if (ops_avx2()) return block_stats_avx2(p, n, mean_out, m2_out);
 #endif
   MeanM2 acc;
   for (std::int64_t b = 0; b < n; b += 1024) {
@@ -161,8 +168,7 @@ __attribute__((target("avx2,fma"))) inline void affine_act_avx2(const float* p, 
 // The same without the compiler's aliasing assumptions, for q = p.
 inline void affine_act_inplace(float* q, std::int64_t n, float m, float a, float b, Act act, float alpha) {
 #ifdef BHSD_X86
-  static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
-  if (avx2) return affine_act_avx2(q, q, n, m, a, b, act, alpha);
+  if (ops_avx2()) return affine_act_avx2(q, q, n, m, a, b, act, alpha);
 #endif
   for (std::int64_t i = 0; i < n; ++i) {
     const float v = (q[i] - m) * a + b;
@@ -300,10 +306,6 @@ __attribute__((target("avx2,fma"))) inline std::int64_t grad_apply_avx2(const fl
   }
   return i;
 }
-inline bool gated_avx2() {
-  static const bool ok = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
-  return ok;
-}
 #endif
 
 // In one pass from memory: the mean and Σ (x − mean)² (as block_stats), Σ g and Σ g·(x − mean)
@@ -320,7 +322,7 @@ BHSD_MULTIVERSION inline void grad_sums(const float* p, const float* d, const fl
     const float bmf = block_mean(p, b, e);
     std::int64_t i = b;
 #ifdef BHSD_X86
-    if (gate && gated_avx2()) i = grad_lanes_avx2(p, d, gate, alpha, b, e, bmf, a0, a1, a2, a3);
+    if (gate && ops_avx2()) i = grad_lanes_avx2(p, d, gate, alpha, b, e, bmf, a0, a1, a2, a3);
 #endif
     if (!gate)
       for (; i + 8 <= e; i += 8)
@@ -356,7 +358,7 @@ BHSD_MULTIVERSION inline void grad_apply(const float* __restrict p, const float*
   if (gate) {
     std::int64_t i = 0;
 #ifdef BHSD_X86
-    if (gated_avx2()) i = grad_apply_avx2(p, d, gate, alpha, n, m, k, a, b, q);
+    if (ops_avx2()) i = grad_apply_avx2(p, d, gate, alpha, n, m, k, a, b, q);
 #endif
     for (; i < n; ++i) q[i] = k * (gated(d, gate, i, alpha) - a - (p[i] - m) * b);
   } else
@@ -516,8 +518,7 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
           const float* pb = b + ob;
           const std::int64_t ia = sa[5], ib = sb[5];
 #ifdef BHSD_X86
-          static const bool avx2 = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
-          if (avx2 && ia == 1 && ib == 1) {
+          if (ops_avx2() && ia == 1 && ib == 1) {
             binary_detail::row_avx2(pa, pb, q, inner, mul, act, alpha);
             continue;
           }
