@@ -5,8 +5,9 @@
 // file in a child process of its own; the addon reads the switch at its first convolution), so every
 // layer here takes the Winograd path whatever the plan would have chosen; a second test shows, in
 // child processes, that the switch changes the arithmetic (=0 and =1 differ) and that this process's
-// results are Winograd's. 1×3×3 layers (nnU-Net's anisotropic stages, padding (0, 1, 1)) run as
-// F(4×4, 3×3) per plane where the AVX-512 kernels run, F(2×2, 3×3) elsewhere.
+// results are Winograd's. Where the AVX-512 kernels run, 3×3×3 layers up to 256×128 channels run as
+// F(2×4×4, 3×3×3) and 1×3×3 layers (nnU-Net's anisotropic stages, padding (0, 1, 1)) as F(4×4, 3×3)
+// per plane; elsewhere (and for wider 3×3×3 layers) F(2×2×2, 3×3×3) and F(2×2, 3×3).
 process.env.BHSD_WINOGRAD = "1";
 
 import test from "ava";
@@ -17,7 +18,7 @@ import type { Tensor } from "../lib/types.js";
 import { ROOT } from "./helpers.js";
 import { ortRun, randomTensor, scaleDiff } from "./ort.js";
 
-const TOL = 1e-4; // of the output's scale (max |reference|); F(2,3) measures about 1e-6, F(4×4, 3×3) about 1e-5
+const TOL = 1e-4; // of the output's scale (max |reference|); F(2,3) measures about 1e-6, F(4×4) tiles about 1e-5
 const native = backendInfo().available.native;
 const simd = native ? backendInfo().details.native!.simd : "";
 const why = !native
@@ -49,6 +50,7 @@ const layers: { C: number; Co: number; ext: [number, number, number]; act?: "lea
   { C: 640, Co: 320, ext: [2, 4, 4] },
   { C: 320, Co: 320, ext: [2, 2, 2] }, // the bottleneck
   { C: 17, Co: 23, ext: [5, 7, 9], act: "leakyRelu" }, // odd extents and channel counts
+  { C: 24, Co: 40, ext: [5, 18, 130], act: "leakyRelu" }, // rows of 33 F(2×4×4) tiles, an odd depth
   { C: 32, Co: 32, ext: [8, 64, 64], kd: 1 }, // 1×3×3
   { C: 64, Co: 32, ext: [8, 32, 32], kd: 1, act: "leakyRelu" },
   { C: 19, Co: 21, ext: [3, 9, 11], kd: 1 },

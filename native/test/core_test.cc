@@ -677,6 +677,14 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   cases.push_back({16, 20, 2, 8, 130, {0, 1, 1}, 1, false, 1});
   cases.push_back({17, 16, 2, 13, 15, {1, 1, 1}, 0, true, 1});
   cases.push_back({20, 18, 1, 6, 200, {0, 0, 0}, 2, true, 1});
+  // F(2×4×4, 3×3×3) (3×3×3 where AVX-512 runs): a row of exactly 16 tiles over an odd depth (the
+  // last tile's second plane dropped), 33 tiles a row, rows shorter than a load, no padding, and
+  // channels past 256×128 (F(2×2×2) there)
+  cases.push_back({24, 32, 5, 9, 64, {1, 1, 1}, 2, true});
+  cases.push_back({16, 20, 4, 5, 130, {1, 1, 1}, 1, false});
+  cases.push_back({17, 16, 3, 13, 15, {1, 1, 1}, 0, true});
+  cases.push_back({20, 18, 6, 8, 70, {0, 0, 0}, 2, true});
+  cases.push_back({200, 180, 2, 3, 5, {1, 1, 1}, 1, true});
   std::uint32_t st = 9001;
   auto rnd = [&] {
     st = st * 1664525u + 1013904223u;
@@ -730,9 +738,9 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     CHECK(ran == bhsd::winograd_applies(g));
     bhsd::conv3d_forward(g, x.data(), wp.data(), bp, direct.data(), act, alpha, pool, false);
     CHECK(rel(direct) < 1e-5);
-    if (ran && c.kd == 1) {
-      // the other tiles for 1×3×3 (F(2×2, 3×3) where F(4×4, 3×3) is the default, and the reverse
-      // where AVX-512 runs but the environment keeps F(2×2, 3×3)): the same answer
+    if (ran) {
+      // the other tiles (F(2×…) where F(4×4) tiles are the default, and the reverse where AVX-512
+      // runs but the environment keeps F(2×…)): the same answer
       const int m0 = bhsd::wino_detail::tile_m(g);
       bhsd::wino_detail::f4_override() = m0 == 4 ? 0 : 1;
       std::vector<float> other(no, 4.0f);
@@ -789,6 +797,65 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom no4{8, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) &&
         !bhsd::winograd_applies(no4));
+}
+
+// The transformed-weight cache when a model's layers need more than it holds: three layers whose
+// transforms fit two at a time, run in turn as a model's windows run. Least-recently-used eviction
+// missed on every call (each layer evicted the one needed next); entries in use are kept, the third
+// layer is transformed per call, and every answer is the direct path's. Once entries are idle
+// (busy = 0 here instead of seconds) a newcomer may evict them.
+static void test_weight_cache(bhsd::ThreadPool& pool) {
+  if (!bhsd::winograd_applies(bhsd::ConvGeom{16, 4, 6, 8, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 6, 8})) return;
+  const bhsd::ConvGeom g{16, 4, 6, 8, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 6, 8};
+  auto& wc = bhsd::wino_detail::WeightCache::instance();
+  const std::size_t one =
+      std::size_t(bhsd::wino_detail::points(g)) * std::size_t(bhsd::packed_conv_size(g.Co, g.C)) * sizeof(float);
+  std::uint32_t st = 77;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
+  std::vector<float> x(std::size_t(g.C * g.D * g.H * g.W));
+  for (auto& v : x) v = rnd();
+  std::vector<std::vector<float>> wp(3), ref(3);
+  const std::size_t no = std::size_t(g.Co * g.Do * g.Ho * g.Wo);
+  for (int l = 0; l < 3; ++l) {
+    std::vector<float> w(std::size_t(g.Co * g.K()));
+    for (auto& v : w) v = rnd() * 0.2f;
+    wp[std::size_t(l)] = bhsd::pack_conv_weights(w.data(), g.Co, g.K());
+    ref[std::size_t(l)].assign(no, 0.0f);
+    bhsd::conv3d_forward(g, x.data(), wp[std::size_t(l)].data(), nullptr, ref[std::size_t(l)].data(), bhsd::Act::none,
+                         0, pool, false);
+  }
+  const std::size_t cap0 = wc.cap;
+  const auto busy0 = wc.busy;
+  wc.clear();
+  wc.cap = one * 5 / 2;  // two of these
+  auto round = [&](std::size_t& hits) {
+    const std::size_t h0 = wc.hits;
+    bool same = true;
+    for (int l = 0; l < 3; ++l) {
+      std::vector<float> y(no, 5.0f);
+      CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp[std::size_t(l)].data(), nullptr, y.data(), bhsd::Act::none, 0,
+                                          pool));
+      for (std::size_t i = 0; i < no; ++i) same = same && std::fabs(y[i] - ref[std::size_t(l)][i]) < 1e-4f;
+    }
+    CHECK(same);
+    CHECK(wc.bytes() <= wc.cap && wc.entries() <= 2);
+    hits = wc.hits - h0;
+  };
+  std::size_t hits = 9;
+  wc.busy = std::chrono::steady_clock::duration::zero();  // every entry idle: plain least recently used
+  round(hits);
+  CHECK(hits == 0);
+  round(hits);
+  CHECK(hits == 0);  // three in turn through two places: each evicts the one needed next
+  wc.busy = busy0;   // entries in use stay: two hits a round, the third layer transformed per call
+  round(hits);
+  CHECK(hits == 2);
+  round(hits);
+  CHECK(hits == 2);
+  wc.cap = cap0, wc.busy = busy0;
 }
 
 // Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
@@ -1187,6 +1254,7 @@ int main() {
     test_conv_dispatch_any_platform(pool);
     test_conv_pointwise(pool);
     test_conv_winograd(pool);
+    test_weight_cache(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     test_transformer_ops(pool);

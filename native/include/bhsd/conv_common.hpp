@@ -14,6 +14,7 @@
 
 #include "cpu_features.hpp"
 #include "dtype.hpp"
+#include "memory.hpp"
 #include "thread_pool.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -107,13 +108,16 @@ class LentBuffer {
       if (!c.lent) {
         if (c.n < need) {
           c.buf.reset();  // the old one goes first: peak memory is the new size, not both
-          c.buf.reset(new (std::nothrow) float[need]);
+          c.buf = allocate(need);
           c.n = c.buf ? need : 0;
         }
-        if (c.buf) c.lent = true, shared_ = true, p_ = c.buf.get();
+        if (c.buf) c.lent = true, shared_ = true, p_ = static_cast<float*>(c.buf->data());
       }
     }
-    if (!p_) own_.reset(new (std::nothrow) float[need]), p_ = own_.get();
+    if (!p_) {
+      own_ = allocate(need);
+      p_ = own_ ? static_cast<float*>(own_->data()) : nullptr;
+    }
   }
   LentBuffer(const LentBuffer&) = delete;
   LentBuffer& operator=(const LentBuffer&) = delete;
@@ -125,9 +129,19 @@ class LentBuffer {
   float* get() const { return p_; }
 
  private:
+  // Engine blocks (memory.hpp): huge pages, and a buffer of one's own comes from (and goes back to)
+  // the engine's cache of freed mappings — new float[] faulted 4 KB pages in on every call (a
+  // 34 MB Winograd weight buffer, about 135 ms here)
+  static std::shared_ptr<Block> allocate(std::size_t n) {
+    try {
+      return Block::allocate(n * sizeof(float), false);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+  }
   struct Cache {
     std::mutex m;
-    std::unique_ptr<float[]> buf;
+    std::shared_ptr<Block> buf;
     std::size_t n = 0;
     bool lent = false;
   };
@@ -137,7 +151,7 @@ class LentBuffer {
   }
   float* p_ = nullptr;
   bool shared_ = false;
-  std::unique_ptr<float[]> own_;
+  std::shared_ptr<Block> own_;
 };
 
 // The indirect convolution's padded slab (up to 16 MB kept).

@@ -1,8 +1,9 @@
 // bhsd — Winograd F(2×2×2, 3×3×3) for the 3×3×3, stride-1, dilation-1 convolutions U-Nets are made
-// of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(4×4, 3×3) per plane where the
-// AVX-512 kernels run (36 points, transforms of their own below) and F(2×2, 3×3) elsewhere (the same
-// code as 3×3×3 with one input plane, no transform along D and 16 points instead of 64), and the
-// measured plan that chooses Winograd or the direct convolution per layer shape.
+// of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(2×2, 3×3) per plane (the same code
+// with one input plane, no transform along D and 16 points instead of 64); where the AVX-512 kernels
+// run, F(4×4) tiles across the planes instead — F(4×4, 3×3) for 1×3×3 (36 points) and F(2×4×4,
+// 3×3×3) for 3×3×3 layers up to 256×128 channels (144 points), transforms of their own below — and
+// the measured plan that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
 //
 // Each output tile of 2×2×2 voxels needs a 4×4×4 input tile d; with Bᵀ, G, Aᵀ of F(2,3) along
@@ -31,7 +32,8 @@
 //
 // The transformed weights are made from the packed weights conv3d_forward is given (the Node layer
 // keeps no second form) and kept in a small cache found by the weights' content (WeightCache), so
-// a model's layer transforms its weights once; the plan's second Winograd run finds them there.
+// a model's layer transforms its weights once (while the cache holds them: a model needing more
+// transforms the rest per call, a cost the plan counts); the plan's second Winograd run finds them.
 #pragma once
 
 #include <array>
@@ -57,15 +59,21 @@ constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 // a quarter of its cache-hot speed.
 inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) * TL; }
 
-// Which tiles a 1×3×3 kernel gets: F(4×4, 3×3) where the AVX-512 kernels run (its transforms are
-// AVX-512), else F(2×2, 3×3). BHSD_WINOGRAD_F4=0 keeps F(2×2, 3×3) everywhere (for the bench);
-// f4_override() is the tests' switch (−1 as the environment says, 0 off, 1 on where AVX-512 runs).
+// Which tiles a layer gets: where the AVX-512 kernels run (the transforms below are AVX-512), F(4×4)
+// across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
+// F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
+// F(2×2, 3×3) and F(2×2×2, 3×3×3). The 3×3×3 layers wider than 128×128 channels keep F(2×2×2):
+// their 144 transformed matrices (37 MB at 256×256, 59 MB at 320×320) stream from memory for every
+// few groups and overflow the weight cache, where F(2×2×2)'s 64 points are measured faster.
+// BHSD_WINOGRAD_F4=0 keeps F(2×…) everywhere (for the bench); f4_override() is the tests' switch
+// (−1 as the environment says, 0 off, 1 on where AVX-512 runs and the channels allow).
+constexpr std::int64_t kF4MaxChannels2 = 256 * 128;
 inline int& f4_override() {
   static int v = -1;
   return v;
 }
 inline int tile_m(const ConvGeom& g) {
-  if (g.kd != 1) return 2;
+  if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
   static const bool env_off = [] {
     const char* e = std::getenv("BHSD_WINOGRAD_F4");
     return e && e[0] == '0' && !e[1];
@@ -79,9 +87,13 @@ inline int tile_m(const ConvGeom& g) {
 #endif
 }
 
-// Transform points: 4³ = 64 for a 3×3×3 kernel (F(2×2×2, 3×3×3)); for 1×3×3 (per plane) 4² = 16
-// (F(2×2, 3×3): output tiles of 1×2×2, input tiles of 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4 from 1×6×6).
-inline int points(const ConvGeom& g) { return g.kd == 3 ? 64 : tile_m(g) == 4 ? 36 : 16; }
+// Transform points: for a 3×3×3 kernel 4³ = 64 (F(2×2×2, 3×3×3)) or 4·6² = 144 (F(2×4×4, 3×3×3):
+// output tiles of 2×4×4 from input tiles of 4×6×6); for 1×3×3 (per plane) 4² = 16 (F(2×2, 3×3):
+// output tiles of 1×2×2, input tiles of 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4 from 1×6×6).
+inline int points(const ConvGeom& g) {
+  const bool f4 = tile_m(g) == 4;
+  return g.kd == 3 ? (f4 ? 144 : 64) : f4 ? 36 : 16;
+}
 
 // Where BHSD_WINOGRAD says: 0 off, 1 on, anything else (or unset) the measured plan.
 enum class Mode { off, on, plan };
@@ -105,22 +117,25 @@ using WeightLease = conv_detail::LentBuffer<struct WinogradWeightTag>;
 // reads point p as a convolution's packed weights of K = 64·C whose first C rows it uses
 // (kernel_blocks(U + p·C·MR, 64·C, …, kbn = C)). Block-major keeps each task's writes within its
 // block's 64·C·MR floats (point-major writes strode over 64 distant pages: 256→256 took 43 ms).
-// In double: 27 products per point. 16 input channels at a time are staged ([ci][r][p], 24 KB).
+// In double: 27 products per point. 8 input channels at a time are staged ([ci][r][p], up to 27 KB).
 // A 1×3×3 kernel: the same with one plane (9 weights, 16 points, U[((blk·16 + p)·C + ci)·MR + r]).
+// F(4×4) tiles: G of F(4, 3) along W and H (36 points a plane), for 3×3×3 then F(2, 3)'s along D
+// (144 points, p = 36·z + 6·y + x).
 inline void transform_weights(const ConvGeom& g, const float* wp, float* U, ThreadPool& pool) {
   const CoBlocks cbk(g.Co);
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
   const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
-  constexpr std::int64_t CB = 16;
+  constexpr std::int64_t CB = 8;
+  constexpr int PMAX = 144;
   pool.parallel_for(
       std::size_t(cbk.count()),
       [&](std::size_t t0, std::size_t t1) {
-        alignas(64) float stage[CB * MR * 64];
+        alignas(64) float stage[CB * MR * PMAX];
         for (std::size_t t = t0; t < t1; ++t) {
           const std::int64_t blk = std::int64_t(t), rows = cbk.rows(blk);
           for (std::int64_t c0 = 0; c0 < C; c0 += CB) {
             const std::int64_t cn = std::min(CB, C - c0);
-            std::fill(stage, stage + cn * MR * 64, 0.0f);
+            std::fill(stage, stage + cn * MR * P, 0.0f);
             for (std::int64_t cq = 0; cq < cn; ++cq)
               for (std::int64_t r = 0; r < rows; ++r) {
                 double w[27], a1[3][3][4], a2[3][4][4] = {},
@@ -145,18 +160,30 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
                     u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2),
                     u[3][y][x] = v2;
                   }
-                float* sp = stage + (cq * MR + r) * 64;
-                if (P == 36) {
-                  // F(4×4, 3×3): G along W, then H (y along H, x along W: point 6·y + x)
+                float* sp = stage + (cq * MR + r) * P;
+                if (P == 36 || P == 144) {
+                  // F(4×4, 3×3) per plane: G along W, then H (y along H, x along W: point 6·y + x);
+                  // for 3×3×3 then F(2, 3)'s G along D (point 36·z + 6·y + x)
                   auto g6 = [](double v0, double v1, double v2, double* o) {
                     o[0] = v0 / 4, o[1] = -(v0 + v1 + v2) / 6, o[2] = -(v0 - v1 + v2) / 6;
                     o[3] = v0 / 24 + v1 / 12 + v2 / 6, o[4] = v0 / 24 - v1 / 12 + v2 / 6, o[5] = v2;
                   };
-                  double h[3][6], c6[6];
-                  for (int b = 0; b < 3; ++b) g6(w[b * 3], w[b * 3 + 1], w[b * 3 + 2], h[b]);
-                  for (int x = 0; x < 6; ++x) {
-                    g6(h[0][x], h[1][x], h[2][x], c6);
-                    for (int y = 0; y < 6; ++y) sp[y * 6 + x] = float(c6[y]);
+                  double h[3][6], c6[6], pl[3][36];
+                  for (int a = 0; a < A; ++a) {
+                    for (int b = 0; b < 3; ++b) g6(w[a * 9 + b * 3], w[a * 9 + b * 3 + 1], w[a * 9 + b * 3 + 2], h[b]);
+                    for (int x = 0; x < 6; ++x) {
+                      g6(h[0][x], h[1][x], h[2][x], c6);
+                      for (int y = 0; y < 6; ++y) pl[a][y * 6 + x] = c6[y];
+                    }
+                  }
+                  for (int i = 0; i < 36; ++i) {
+                    if (A == 1) {
+                      sp[i] = float(pl[0][i]);
+                      continue;
+                    }
+                    const double v0 = pl[0][i], v1 = pl[1][i], v2 = pl[2][i];
+                    sp[i] = float(v0), sp[36 + i] = float(0.5 * (v0 + v1 + v2)),
+                    sp[72 + i] = float(0.5 * (v0 - v1 + v2)), sp[108 + i] = float(v2);
                   }
                   continue;
                 }
@@ -165,7 +192,7 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
               }
             for (int p = 0; p < P; ++p) {
               float* dst = U + (blk * P + p) * run + c0 * MR;
-              for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * 64 + p];
+              for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * P + p];
             }
           }
         }
@@ -223,51 +250,82 @@ inline std::array<std::uint64_t, 4> weights_hash(const float* w, std::size_t n) 
 class WeightCache {
  public:
   static constexpr std::size_t kCap = std::size_t(512) << 20, kEntryMax = std::size_t(256) << 20;
+  std::size_t cap = kCap;  // the tests' switch
+  std::size_t hits = 0, misses = 0;
+  // An entry used within this long is not evicted to make room: a model whose layers need more
+  // than kCap would otherwise evict, in least-recently-used order, exactly the entry its next
+  // layer needs, and miss on every layer of every window (ResEnc-M's F(2×2×2) layers need ~600 MB:
+  // it re-transformed all of them, ~190 ms a window). The newcomer is transformed per call instead
+  // (the caller's lease), and what fits stays cached; another model's entries age out and give way.
+  static constexpr std::chrono::seconds kBusy{10};
+  std::chrono::steady_clock::duration busy = kBusy;  // the tests' switch
   static WeightCache& instance() {
     static WeightCache c;
     return c;
   }
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
-  // (or memory ran out): the caller transforms into a buffer of its own.
+  // (too big, the cache full of entries in use, or memory ran out): the caller transforms into a
+  // buffer of its own.
   std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
     const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())),
                       nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
     const std::size_t bytes = nu * sizeof(float);
-    if (bytes > kEntryMax) return nullptr;
+    if (bytes > kEntryMax || bytes > cap) return nullptr;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw);
+    const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if ((*it)->Co == g.Co && (*it)->C == g.C && (*it)->P == points(g) && (*it)->nw == nw && (*it)->hash == hash) {
+        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == points(g) && it->e->nw == nw && it->e->hash == hash) {
+          it->used = now;
+          ++hits;
           lru_.splice(lru_.begin(), lru_, it);  // most recently used
-          return *lru_.begin();
+          return lru_.begin()->e;
         }
+      ++misses;
+      // room: evict idle entries from the least recently used end; none in use
+      while (bytes_ + bytes > cap && !lru_.empty() && now - lru_.back().used >= busy) {
+        bytes_ -= lru_.back().e->bytes();
+        lru_.pop_back();  // a call still using it holds its own reference
+      }
+      if (bytes_ + bytes > cap) return nullptr;
+      bytes_ += bytes;  // reserved while the transform runs unlocked
     }
     auto e = std::make_shared<WeightEntry>();
     e->Co = g.Co, e->C = g.C, e->P = points(g), e->nw = nw, e->hash = hash;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
+      std::lock_guard<std::mutex> lk(m_);
+      bytes_ -= bytes;
       return nullptr;
     }
     transform_weights(g, wp, const_cast<float*>(e->U()), pool);
     std::lock_guard<std::mutex> lk(m_);
-    lru_.push_front(e);
-    bytes_ += bytes;
-    while (bytes_ > kCap && lru_.size() > 1) {
-      bytes_ -= lru_.back()->bytes();
-      lru_.pop_back();  // a call still using it holds its own reference
-    }
+    lru_.push_front({e, now});
     return e;
   }
   std::size_t entries() {
     std::lock_guard<std::mutex> lk(m_);
     return lru_.size();
   }
+  std::size_t bytes() {
+    std::lock_guard<std::mutex> lk(m_);
+    return bytes_;
+  }
+  void clear() {  // calls using an entry keep their own reference
+    std::lock_guard<std::mutex> lk(m_);
+    lru_.clear();
+    bytes_ = 0;
+  }
 
  private:
+  struct Slot {
+    std::shared_ptr<const WeightEntry> e;
+    std::chrono::steady_clock::time_point used;
+  };
   std::mutex m_;
-  std::list<std::shared_ptr<const WeightEntry>> lru_;
+  std::list<Slot> lru_;
   std::size_t bytes_ = 0;
 };
 
@@ -675,68 +733,186 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   }
 }
 
-// Y = Aᵀ M A for one group of F(4×4, 3×3) tiles, every output channel, + bias, activation, stored
-// where the output exists: a whole row of 16 tiles as 4 rows of 64 columns (the 4 columns of each
-// tile interleaved by lane permutations), other groups voxel by voxel.
-BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                 Act act, float alpha) {
+// Aᵀ m A of one output plane of a group's F(4×4) tiles (36 vectors of 16 lanes, stride ps apart:
+// point 6·y + x) + bias, activation, stored where the output exists in plane od0 + zo of channel oc:
+// a whole row of 16 tiles as 4 rows of 64 columns (the 4 columns of each tile interleaved by lane
+// permutations), other groups voxel by voxel.
+BHSD_W5 void f4_plane_out(const ConvGeom& g, const Group& gr, const float* m, std::int64_t ps, int zo, float* oc,
+                          __m512 bv, Act act, __m512 slope) {
   alignas(64) float r[16 * TL];  // [yo][xo][lane], the partial groups' outputs
-  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, Co = g.Co, ps = point_stride(Co);
+  const std::int64_t plane = g.Ho * g.Wo;
   const Seg& s0 = gr.seg[0];
-  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 < g.Do && s0.oh0 + 3 < g.Ho && s0.ow0 + 4 * TL <= g.Wo;
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + zo < g.Do && s0.oh0 + 3 < g.Ho && s0.ow0 + 4 * TL <= g.Wo;
   // interleaving: lo/hi pairs of columns (lane 2t + b = column b of tile t), then 4 columns of 4 tiles
   alignas(64) static const std::int32_t il[2][16] = {{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},
                                                      {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}};
   alignas(64) static const std::int32_t iq[2][16] = {{0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23},
                                                      {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}};
-  const __m512i IL0 = _mm512_load_si512(il[0]), IL1 = _mm512_load_si512(il[1]);
-  const __m512i IQ0 = _mm512_load_si512(iq[0]), IQ1 = _mm512_load_si512(iq[1]);
-  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha), zero = _mm512_setzero_ps();
-  for (std::int64_t co = 0; co < Co; ++co) {
-    const float* m = M + co * TL;
-    __m512 h[4][6];  // along H: [yo][x]
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 h[4][6];  // along H: [yo][x]
+  for (int k = 0; k < 6; ++k) {
+    __m512 a[6], o[4];
+    for (int y = 0; y < 6; ++y) a[y] = _mm512_load_ps(m + (y * 6 + k) * ps);
+    at6(a, o);
+    for (int yo = 0; yo < 4; ++yo) h[yo][k] = o[yo];
+  }
+  for (int yo = 0; yo < 4; ++yo) {
+    __m512 q[4];
+    at6(h[yo], q);
+    for (int xo = 0; xo < 4; ++xo) {
+      q[xo] = _mm512_add_ps(q[xo], bv);
+      if (act != Act::none)
+        q[xo] = _mm512_mask_mul_ps(q[xo], _mm512_cmp_ps_mask(q[xo], zero, _CMP_LE_OQ), q[xo], slope);
+    }
+    if (fast) {
+      const __m512i IL0 = _mm512_load_si512(il[0]), IL1 = _mm512_load_si512(il[1]);
+      const __m512i IQ0 = _mm512_load_si512(iq[0]), IQ1 = _mm512_load_si512(iq[1]);
+      float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
+      const __m512 a0 = _mm512_permutex2var_ps(q[0], IL0, q[1]), a1 = _mm512_permutex2var_ps(q[0], IL1, q[1]);
+      const __m512 b0 = _mm512_permutex2var_ps(q[2], IL0, q[3]), b1 = _mm512_permutex2var_ps(q[2], IL1, q[3]);
+      _mm512_storeu_ps(o, _mm512_permutex2var_ps(a0, IQ0, b0));
+      _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a0, IQ1, b0));
+      _mm512_storeu_ps(o + 32, _mm512_permutex2var_ps(a1, IQ0, b1));
+      _mm512_storeu_ps(o + 48, _mm512_permutex2var_ps(a1, IQ1, b1));
+    } else
+      for (int xo = 0; xo < 4; ++xo) _mm512_store_ps(r + (yo * 4 + xo) * TL, q[xo]);
+  }
+  if (fast) return;
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    if (sg.od0 + zo >= g.Do) continue;
+    for (int yo = 0; yo < 4; ++yo) {
+      const std::int64_t oh = sg.oh0 + yo;
+      if (oh >= g.Ho) continue;
+      float* o = oc + (sg.od0 + zo) * plane + oh * g.Wo;
+      for (int j = sg.j0; j < sg.j1; ++j)
+        for (int xo = 0; xo < 4; ++xo) {
+          const std::int64_t ow = sg.ow0 + 4 * (j - sg.j0) + xo;
+          if (ow < g.Wo) o[ow] = r[(yo * 4 + xo) * TL + j];
+        }
+    }
+  }
+}
+
+// Y = Aᵀ M A for one group of F(4×4, 3×3) tiles, every output channel, + bias, activation.
+BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                 Act act, float alpha) {
+  const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
+  for (std::int64_t co = 0; co < g.Co; ++co)
+    f4_plane_out(g, gr, M + co * TL, ps, 0, out + co * vol, _mm512_set1_ps(bias ? bias[co] : 0.0f), act, slope);
+}
+
+// F(2×4×4, 3×3×3): V for one group of tiles, every input channel — per input plane z of the tile
+// the F(4×4) transform of the plane (along W, then H), then F(2, 3)'s Bᵀ along D across the four
+// planes: V[p·(C + 1)·16 + ci·16 + j] for the 144 points p = 36·z + 6·y + x.
+BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  alignas(64) float t[144 * TL];  // [z][y][x][lane], transformed along W
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  // as input_transform_f4: e_k[j] = sample 4j + k of a row segment
+  alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
+                                                       {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
+                                                       {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
+                                                       {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
+  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
+  __m512i P[4], N[2];
+  for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
+  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+  SegLanes16<5> L;
+  seg_lanes16(g, gr, L);
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
+    // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
+    if (ci + 1 < C)
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t w0 = std::max<std::int64_t>(0, sg.iw0),
+                           w1 = std::min<std::int64_t>(g.W, sg.iw0 + 4 * (sg.j1 - sg.j0) + 2);
+        if (w1 <= w0) continue;
+        for (int z = 0; z < 4; ++z) {
+          const std::int64_t id = sg.id0 + z;
+          if (id < 0 || id >= g.D) continue;
+          for (int y = 0; y < 6; ++y) {
+            const std::int64_t ih = sg.ih0 + y;
+            if (ih < 0 || ih >= g.H) continue;
+            const float* row = x + vol + id * plane + ih * g.W;
+            for (std::int64_t c = w0; c < w1; c += 16)
+              _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(row + w1 - 1), _MM_HINT_T0);
+          }
+        }
+      }
+    for (int zy = 0; zy < 24; ++zy) {
+      const int z = zy / 6, y = zy % 6;
+      __m512 acc[6];
+      for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
+        const float* row = x + id * plane + ih * g.W;
+        if (y >= 2 && ih + 4 < g.H) {  // the next tile row's new input rows  // the next tile row's new input rows
+          const float* nr = row + 4 * g.W;
+          for (int q = 0; q < 5; ++q)
+            _mm_prefetch(reinterpret_cast<const char*>(
+                             conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
+                         _MM_HINT_T0);
+        }
+        __m512 zv[5], e[6], w[6];
+        for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
+        for (int k = 0; k < 4; ++k)
+          e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
+                                      _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
+        e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
+        e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
+        bt6(e, w);
+        if (whole)
+          for (int k = 0; k < 6; ++k) acc[k] = w[k];
+        else
+          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
+      }
+      for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
+    }
+    // along H per plane, then along D into V
+    float* v = V + ci * TL;
     for (int k = 0; k < 6; ++k) {
-      __m512 a[6], o[4];
-      for (int y = 0; y < 6; ++y) a[y] = _mm512_load_ps(m + (y * 6 + k) * ps);
-      at6(a, o);
-      for (int yo = 0; yo < 4; ++yo) h[yo][k] = o[yo];
+      __m512 h[4][6];
+      for (int z = 0; z < 4; ++z) {
+        __m512 d[6];
+        for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
+        bt6(d, h[z]);
+      }
+      for (int y = 0; y < 6; ++y) {
+        const std::int64_t i = (y * 6 + k) * ps;
+        _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
+        _mm512_store_ps(v + 36 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
+        _mm512_store_ps(v + 72 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
+        _mm512_store_ps(v + 108 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+      }
+    }
+  }
+}
+
+// Y for one group of F(2×4×4, 3×3×3) tiles, every output channel: F(2, 3)'s Aᵀ along D (144 points
+// → two planes of 36), then each plane as F(4×4, 3×3)'s, + bias, activation.
+BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                    Act act, float alpha) {
+  alignas(64) float r1[2 * 36 * TL];  // [zo][y][x][lane]
+  const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
+  for (std::int64_t co = 0; co < g.Co; ++co) {
+    const float* m = M + co * TL;
+    for (int i = 0; i < 36; ++i) {
+      const __m512 m0 = _mm512_load_ps(m + i * ps), m1 = _mm512_load_ps(m + (36 + i) * ps),
+                   m2 = _mm512_load_ps(m + (72 + i) * ps), m3 = _mm512_load_ps(m + (108 + i) * ps);
+      _mm512_store_ps(r1 + i * TL, _mm512_add_ps(_mm512_add_ps(m0, m1), m2));
+      _mm512_store_ps(r1 + (36 + i) * TL, _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3));
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    float* oc = out + co * vol;
-    for (int yo = 0; yo < 4; ++yo) {
-      __m512 q[4];
-      at6(h[yo], q);
-      for (int xo = 0; xo < 4; ++xo) {
-        q[xo] = _mm512_add_ps(q[xo], bv);
-        if (act != Act::none)
-          q[xo] = _mm512_mask_mul_ps(q[xo], _mm512_cmp_ps_mask(q[xo], zero, _CMP_LE_OQ), q[xo], slope);
-      }
-      if (fast) {
-        float* o = oc + s0.od0 * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
-        const __m512 a0 = _mm512_permutex2var_ps(q[0], IL0, q[1]), a1 = _mm512_permutex2var_ps(q[0], IL1, q[1]);
-        const __m512 b0 = _mm512_permutex2var_ps(q[2], IL0, q[3]), b1 = _mm512_permutex2var_ps(q[2], IL1, q[3]);
-        _mm512_storeu_ps(o, _mm512_permutex2var_ps(a0, IQ0, b0));
-        _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a0, IQ1, b0));
-        _mm512_storeu_ps(o + 32, _mm512_permutex2var_ps(a1, IQ0, b1));
-        _mm512_storeu_ps(o + 48, _mm512_permutex2var_ps(a1, IQ1, b1));
-      } else
-        for (int xo = 0; xo < 4; ++xo) _mm512_store_ps(r + (yo * 4 + xo) * TL, q[xo]);
-    }
-    if (fast) continue;
-    for (int s = 0; s < gr.nseg; ++s) {
-      const Seg& sg = gr.seg[s];
-      if (sg.od0 >= g.Do) continue;
-      for (int yo = 0; yo < 4; ++yo) {
-        const std::int64_t oh = sg.oh0 + yo;
-        if (oh >= g.Ho) continue;
-        float* o = oc + sg.od0 * plane + oh * g.Wo;
-        for (int j = sg.j0; j < sg.j1; ++j)
-          for (int xo = 0; xo < 4; ++xo) {
-            const std::int64_t ow = sg.ow0 + 4 * (j - sg.j0) + xo;
-            if (ow < g.Wo) o[ow] = r[(yo * 4 + xo) * TL + j];
-          }
-      }
-    }
+    for (int zo = 0; zo < 2; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
   }
 }
 
@@ -937,7 +1113,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     transform_weights(g, wp, lease->get(), pool);
     U = lease->get();
   }
-  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = P == 36 ? 4 : 2, TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
+  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
                      TW = (g.Wo + m - 1) / m, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2 — unless
@@ -967,7 +1143,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
           const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
           for (std::int64_t q = 0; q < gn; ++q) {
             grs[q] = group_of(g, dz, m, TH, TW, T, g0 + q);
-            if (P == 36)
+            if (P == 144)
+              input_transform_3d_f4(g, in, grs[q], V + q * vsz);
+            else if (P == 36)
               input_transform_f4(g, in, grs[q], V + q * vsz);
             else if (P == 64 && conv_detail::use_avx512())
               input_transform_3d512(g, in, grs[q], V + q * vsz);
@@ -986,7 +1164,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
             }
           }
           for (std::int64_t q = 0; q < gn; ++q) {
-            if (P == 36)
+            if (P == 144)
+              output_transform_3d_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
+            else if (P == 36)
               output_transform_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
             else if (P == 64 && conv_detail::use_avx512())
               output_transform_3d512(g, grs[q], M + q * msz, bias, out, act, alpha);
@@ -1063,13 +1243,27 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   slab.Do = std::max(dz, ((g.Do + 7) / 8 + dz - 1) / dz * dz);
   bool wino_faster;
   if (2 * slab.Do <= g.Do) {
-    (void)WeightCache::instance().get(g, wp, pool);
+    // weights the cache will not keep are transformed by every call, once per call whatever its
+    // size: that time (tw, measured here once) counts whole, the rest scaled from the slab to the
+    // layer (an uncached 512→256 layer's 11 ms transform against a quarter of its products had made
+    // the plan choose a direct path 2.5× slower)
+    double tw = 0;
+    if (!WeightCache::instance().get(g, wp, pool)) {
+      WeightLease lease(std::size_t(points(g) * packed_conv_size(g.Co, g.C)), (std::size_t(32) << 20) / sizeof(float));
+      if (lease.get()) {
+        transform_weights(g, wp, lease.get(), pool);  // the first pays the buffer's page faults
+        const auto t0 = clock::now();
+        transform_weights(g, wp, lease.get(), pool);
+        tw = std::chrono::duration<double>(clock::now() - t0).count();
+      }
+    }
     double direct = timed(slab, false), wino = timed(slab, true);
     if (wino >= 0) {
       direct = std::min(direct, timed(slab, false));
       wino = std::min(wino, timed(slab, true));
     }
-    wino_faster = wino >= 0 && wino < direct;
+    const double scale = double(g.Do) / double(slab.Do);
+    wino_faster = wino >= 0 && std::max(0.0, wino - tw) * scale + tw < direct * scale;
     if (!wino_faster || !conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool)) {
       wino_faster = false;
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
