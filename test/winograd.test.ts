@@ -5,7 +5,7 @@
 // file in a child process of its own; the addon reads the switch at its first convolution), so every
 // layer here takes the Winograd path whatever the plan would have chosen; a second test shows, in
 // child processes, that the switch changes the arithmetic (=0 and =1 differ) and that this process's
-// results are Winograd's. Where the AVX-512 kernels run, 3×3×3 layers up to 256×128 channels run as
+// results are Winograd's. Where the AVX-512 kernels run, 3×3×3 layers up to 256×256 channels run as
 // F(2×4×4, 3×3×3) and 1×3×3 layers (nnU-Net's anisotropic stages, padding (0, 1, 1)) as F(4×4, 3×3)
 // per plane; elsewhere (and for wider 3×3×3 layers) F(2×2×2, 3×3×3) and F(2×2, 3×3).
 process.env.BHSD_WINOGRAD = "1";

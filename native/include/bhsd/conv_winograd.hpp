@@ -2,7 +2,7 @@
 // of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(2×2, 3×3) per plane (the same code
 // with one input plane, no transform along D and 16 points instead of 64); where the AVX-512 kernels
 // run, F(4×4) tiles across the planes instead — F(4×4, 3×3) for 1×3×3 (36 points) and F(2×4×4,
-// 3×3×3) for 3×3×3 layers up to 256×128 channels (144 points), transforms of their own below — and
+// 3×3×3) for 3×3×3 layers up to 256×256 channels (144 points), transforms of their own below — and
 // the measured plan that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
 //
@@ -42,6 +42,9 @@
 #include <tuple>
 #include <utility>
 #include <map>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "conv_forward.hpp"
 #include "memory.hpp"
@@ -62,12 +65,12 @@ inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) 
 // Which tiles a layer gets: where the AVX-512 kernels run (the transforms below are AVX-512), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
 // F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
-// F(2×2, 3×3) and F(2×2×2, 3×3×3). The 3×3×3 layers wider than 128×128 channels keep F(2×2×2):
-// their 144 transformed matrices (37 MB at 256×256, 59 MB at 320×320) stream from memory for every
-// few groups and overflow the weight cache, where F(2×2×2)'s 64 points are measured faster.
+// F(2×2, 3×3) and F(2×2×2, 3×3×3). 3×3×3 layers wider than 256×256 channels keep F(2×2×2): their
+// 144 transformed matrices (59 MB at 320×320, 2.25× F(2×2×2)'s) would crowd the weight cache out
+// for layers whose small extent (nnU-Net's deepest stages) gains least from the larger tiles.
 // BHSD_WINOGRAD_F4=0 keeps F(2×…) everywhere (for the bench); f4_override() is the tests' switch
 // (−1 as the environment says, 0 off, 1 on where AVX-512 runs and the channels allow).
-constexpr std::int64_t kF4MaxChannels2 = 256 * 128;
+constexpr std::int64_t kF4MaxChannels2 = 256 * 256;
 inline int& f4_override() {
   static int v = -1;
   return v;
@@ -249,11 +252,27 @@ inline std::array<std::uint64_t, 4> weights_hash(const float* w, std::size_t n) 
 
 class WeightCache {
  public:
-  static constexpr std::size_t kCap = std::size_t(512) << 20, kEntryMax = std::size_t(256) << 20;
-  std::size_t cap = kCap;  // the tests' switch
+  static constexpr std::size_t kEntryMax = std::size_t(256) << 20;
+  // Capacity: BHSD_WINOGRAD_CACHE_MB where set, else a sixteenth of the machine's memory within
+  // [256 MB, 1 GB] (ResEnc-M's 3×3×3 layers need ~1 GB: on the nnU-Net window a 512 MB cache left
+  // a fifth of them transformed per call, 7 % of the window's time).
+  static std::size_t default_cap() {
+    if (const char* e = std::getenv("BHSD_WINOGRAD_CACHE_MB")) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(e, &end, 10);
+      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
+    }
+    std::uint64_t phys = 0;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) phys = std::uint64_t(pages) * std::uint64_t(page);
+#endif
+    return std::size_t(std::clamp<std::uint64_t>(phys / 16, std::uint64_t(256) << 20, std::uint64_t(1) << 30));
+  }
+  std::size_t cap = default_cap();  // (the tests set it)
   std::size_t hits = 0, misses = 0;
   // An entry used within this long is not evicted to make room: a model whose layers need more
-  // than kCap would otherwise evict, in least-recently-used order, exactly the entry its next
+  // than cap would otherwise evict, in least-recently-used order, exactly the entry its next
   // layer needs, and miss on every layer of every window (ResEnc-M's F(2×2×2) layers need ~600 MB:
   // it re-transformed all of them, ~190 ms a window). The newcomer is transformed per call instead
   // (the caller's lease), and what fits stays cached; another model's entries age out and give way.
