@@ -1,5 +1,6 @@
 // Direct vs Winograd on the C++ core (issue 23): F(2×2×2, 3×3×3) for the 3×3×3 layers of a U-Net,
-// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages. Built as the addon is
+// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages, and where AVX-512 runs
+// the F(4×4) tiles beside them (F(2×4×4, 3×3×3), F(4×4, 3×3): the default there). Built as the addon is
 // built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
 //
 //   g++ -std=c++17 -O3 -pthread -Inative/include bench/winograd_bench.cc -o /tmp/winograd_bench
@@ -46,11 +47,14 @@ int main(int argc, char** argv) {
   struct Shape {
     std::int64_t C, D, H, W, kd;
   };  // kd 1: a 1×3×3 kernel (F(2×2, 3×3) per plane), padding (0, 1, 1)
+  // the nnU-Net window's extents (16×256×256 patch: 64 channels at 16×128×128, 128 at 16×64×64,
+  // 256 at 8×32×32) after the smaller ones
   const Shape shapes[] = {{32, 32, 64, 64, 3},   {64, 16, 64, 64, 3},   {128, 16, 32, 32, 3}, {256, 8, 16, 16, 3},
-                          {320, 4, 8, 8, 3},     {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},  {128, 16, 32, 32, 1},
-                          {32, 16, 256, 256, 1}, {64, 16, 128, 128, 1}};
+                          {320, 4, 8, 8, 3},     {64, 16, 128, 128, 3}, {128, 16, 64, 64, 3}, {256, 8, 32, 32, 3},
+                          {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},   {128, 16, 32, 32, 1}, {32, 16, 256, 256, 1},
+                          {64, 16, 128, 128, 1}};
   std::printf(
-      "| layer | direct GFLOP/s | F(2×2, 3×3) GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale "
+      "| layer | direct GFLOP/s | F(2×2×2) / F(2×2) GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale "
       "(direct, Winograd) |\n");
   std::printf("| --- | --- | --- | --- | --- | --- |\n");
   std::uint32_t st = 12345;
@@ -71,8 +75,8 @@ int main(int argc, char** argv) {
     for (auto& v : b) v = rnd() * 0.1f;
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), Co, g.K());
     std::vector<float> yd(std::size_t(Co * V)), yw(std::size_t(Co * V));
-    // 1×3×3 where AVX-512 runs: F(2×2, 3×3) (the f2 column) beside F(4×4, 3×3) (the Winograd column)
-    const bool both = kd == 1 && bhsd::wino_detail::tile_m(g) == 4;
+    // where AVX-512 runs: F(2×2×2) / F(2×2) tiles (the f2 column) beside the F(4×4) ones (the Winograd column)
+    const bool both = bhsd::wino_detail::tile_m(g) == 4;
     auto time = [&](bool wino, float* y, bool f2 = false) {
       bhsd::wino_detail::f4_override() = f2 ? 0 : -1;
       const auto t0 = std::chrono::steady_clock::now();
@@ -118,7 +122,7 @@ int main(int argc, char** argv) {
     if (both) std::snprintf(f2col, sizeof f2col, "%.0f", flops / m2 * 1e-9);
     std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %s | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C,
                 (long long)Co,
-                kd == 3 ? "3×3×3"
+                kd == 3 ? (both ? "3×3×3, F(2×4×4, 3×3×3)" : "3×3×3")
                 : both  ? "1×3×3, F(4×4, 3×3)"
                         : "1×3×3",
                 (long long)s.D, (long long)s.H, (long long)s.W, flops / md * 1e-9, f2col,
