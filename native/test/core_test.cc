@@ -377,11 +377,15 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {2, 4, 10, 64, 52, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       {2, 3, 7, 37, 49, {3, 3, 3}, {1, 2, 2}, {0, 0, 0}, {1, 1, 1}},
       // rows shorter than a tile (flat segments across rows and planes): Wo 6 strided, 4 (five
-      // pieces per segment), 7 dilated; Wo 3 keeps row segments
+      // pieces per segment), 7 dilated, 3 (six pieces), 2 and 1 (the deepest stages' rows: eight
+      // and sixteen pieces), 2 strided along W (gathers)
       {3, 5, 8, 12, 50, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
       {2, 4, 6, 8, 50, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
       {2, 5, 6, 7, 49, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}},
       {2, 3, 4, 3, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {3, 4, 2, 2, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 5, 3, 1, 51, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
+      {2, 3, 5, 4, 50, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] {

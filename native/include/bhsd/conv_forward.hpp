@@ -262,9 +262,10 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
   const std::int64_t ahead = rows_per_task * g.sh * g.W;  // the next task's rows (a thread's tasks are consecutive)
   const std::int64_t rows = g.Do * g.Ho;
-  // Rows shorter than a tile: segments of 16 voxels in memory order instead (full tiles).
+  // Rows shorter than a tile: segments of 16 voxels in memory order instead (full tiles; the
+  // deepest stages' rows of 1–3 voxels too: 320→320 at 4×2×2 2.6 → 0.7 ms).
 #ifdef BHSD_X86
-  const bool flat = direct && g.Wo < NR && g.Wo >= 4 && g.kw <= 8;
+  const bool flat = direct && g.Wo < NR && g.kw <= 8;
 #else
   const bool flat = false;
 #endif

@@ -133,11 +133,11 @@ __attribute__((target("avx2,fma"))) inline void pack_panel_avx2(const ConvGeom& 
 // row (and plane) ends — for rows shorter than a tile (Wo < 16), whose row segments would leave
 // most of each tile empty (an 8-wide row: half). Each piece of the segment within one output row
 // fills its lanes by masked loads (gathers with a stride along W); lanes of other pieces, and
-// samples in the padding, are zero. Needs Wo ≥ 4 (at most 5 pieces) and kw ≤ 8.
+// samples in the padding, are zero. Needs kw ≤ 8; up to 16 pieces (rows of one voxel).
 __attribute__((target("avx2,fma"))) inline void pack_panel_flat_avx2(const ConvGeom& g, const float* in,
                                                                      std::int64_t c0, std::int64_t c1, std::int64_t v0,
                                                                      std::int64_t n, float* p) {
-  constexpr int MAXP = 5, MAXKW = 8;
+  constexpr int MAXP = 16, MAXKW = 8;
   const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in, sw = g.sw;
   struct Piece {
     std::int64_t od, oh, base;

@@ -113,6 +113,8 @@ inline Mode mode() {
 // The process's buffer for transformed weights of layers too big for the weight cache (see
 // conv_common.hpp's LentBuffer; its own buffer beside the indirect convolution's slab).
 using WeightLease = conv_detail::LentBuffer<struct WinogradWeightTag>;
+// All groups' V and M where the threads split a layer's points (conv3d_forward_winograd).
+using SplitLease = conv_detail::LentBuffer<struct WinogradSplitTag>;
 
 // U_p = G w Gᵀ per axis, from the direct path's packed weights (w[co][ci·27 + a·9 + b·3 + c] at
 // wp[(blk·K + k)·MR + r]), into CoBlocks' blocks of packed [Co × C] matrices, block-major:
@@ -1151,6 +1153,79 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
+  auto input_tf = [&](const Group& gr, float* V) {
+    if (P == 144)
+      input_transform_3d_f4(g, in, gr, V);
+    else if (P == 36)
+      input_transform_f4(g, in, gr, V);
+    else if (P == 64 && conv_detail::use_avx512())
+      input_transform_3d512(g, in, gr, V);
+    else if (P == 64)
+      input_transform<4>(g, in, gr, V);
+    else
+      input_transform<1>(g, in, gr, V);
+  };
+  auto output_tf = [&](const Group& gr, const float* M) {
+    if (P == 144)
+      output_transform_3d_f4(g, gr, M, bias, out, act, alpha);
+    else if (P == 36)
+      output_transform_f4(g, gr, M, bias, out, act, alpha);
+    else if (P == 64 && conv_detail::use_avx512())
+      output_transform_3d512(g, gr, M, bias, out, act, alpha);
+    else if (P == 64)
+      output_transform<4>(g, gr, M, bias, out, act, alpha);
+    else
+      output_transform<1>(g, gr, M, bias, out, act, alpha);
+  };
+  // point p's products for groups 0 … gn − 1 of V and M, every output channel
+  const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
+  auto point_products = [&](int p, std::int64_t gn, const float* V, float* M) {
+    const float* Up = U + p * g.C * MR;
+    for (std::int64_t cob = 0; cob < coblocks; cob += step) {
+      const std::int64_t cobn = std::min(coblocks, cob + step);
+      for (std::int64_t q = 0; q < gn; ++q)
+        point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, g.C, M + q * msz + p * mps);
+    }
+  };
+  // Fewer groups than four a thread (the deep stages' few voxels: 256 channels at 8×8×8 are one
+  // group of F(2×4×4) tiles, four of F(2×2×2)): the threads share the points instead of the groups —
+  // every group's input transformed (one task a group), then the points' products split between
+  // the threads (each streams its share of U from memory once: that is what these layers cost, and
+  // with groups as tasks one thread had streamed all of it, or each thread all of it for its own
+  // groups), then the output transforms. 256→256 at 8×8×8: 6.5 → 5.0 ms; 512→256: 10.0 → 8.3 ms.
+  // All groups' V and M at once, in engine memory kept for the next call (at most 64 MB).
+  const std::size_t split_floats = std::size_t(ngroups * (vsz + msz));
+  constexpr std::size_t kSplitMax = (std::size_t(64) << 20) / sizeof(float);
+  if (threads > 1 && ngroups < 4 * threads && split_floats <= kSplitMax) {
+    SplitLease vm(split_floats, kSplitMax);
+    if (vm.get()) {
+      float* V = vm.get();
+      float* M = V + ngroups * vsz;
+      std::vector<Group> grs(static_cast<std::size_t>(ngroups));
+      pool.parallel_for(
+          std::size_t(ngroups),
+          [&](std::size_t q0, std::size_t q1) {
+            for (std::size_t q = q0; q < q1; ++q) {
+              grs[q] = group_of(g, dz, m, TH, TW, T, std::int64_t(q));
+              input_tf(grs[q], V + std::int64_t(q) * vsz);
+            }
+          },
+          1, 1);
+      pool.parallel_for(
+          std::size_t(P),
+          [&](std::size_t p0, std::size_t p1) {
+            for (std::size_t p = p0; p < p1; ++p) point_products(int(p), ngroups, V, M);
+          },
+          1, 8);
+      pool.parallel_for(
+          std::size_t(ngroups),
+          [&](std::size_t q0, std::size_t q1) {
+            for (std::size_t q = q0; q < q1; ++q) output_tf(grs[q], M + std::int64_t(q) * msz);
+          },
+          1, 1);
+      return true;
+    }
+  }
   pool.parallel_for(
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
@@ -1162,38 +1237,10 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
           const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
           for (std::int64_t q = 0; q < gn; ++q) {
             grs[q] = group_of(g, dz, m, TH, TW, T, g0 + q);
-            if (P == 144)
-              input_transform_3d_f4(g, in, grs[q], V + q * vsz);
-            else if (P == 36)
-              input_transform_f4(g, in, grs[q], V + q * vsz);
-            else if (P == 64 && conv_detail::use_avx512())
-              input_transform_3d512(g, in, grs[q], V + q * vsz);
-            else if (P == 64)
-              input_transform<4>(g, in, grs[q], V + q * vsz);
-            else
-              input_transform<1>(g, in, grs[q], V + q * vsz);
+            input_tf(grs[q], V + q * vsz);
           }
-          const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
-          for (int p = 0; p < P; ++p) {
-            const float* Up = U + p * g.C * MR;
-            for (std::int64_t cob = 0; cob < coblocks; cob += step) {
-              const std::int64_t cobn = std::min(coblocks, cob + step);
-              for (std::int64_t q = 0; q < gn; ++q)
-                point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, g.C, M + q * msz + p * mps);
-            }
-          }
-          for (std::int64_t q = 0; q < gn; ++q) {
-            if (P == 144)
-              output_transform_3d_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
-            else if (P == 36)
-              output_transform_f4(g, grs[q], M + q * msz, bias, out, act, alpha);
-            else if (P == 64 && conv_detail::use_avx512())
-              output_transform_3d512(g, grs[q], M + q * msz, bias, out, act, alpha);
-            else if (P == 64)
-              output_transform<4>(g, grs[q], M + q * msz, bias, out, act, alpha);
-            else
-              output_transform<1>(g, grs[q], M + q * msz, bias, out, act, alpha);
-          }
+          for (int p = 0; p < P; ++p) point_products(p, gn, V, M);
+          for (std::int64_t q = 0; q < gn; ++q) output_tf(grs[q], M + q * msz);
         }
       },
       1, 8);  // chunks handed out as threads come free: on a loaded machine halves would wait for the slower thread
@@ -1260,8 +1307,14 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   const std::int64_t dz = g.kd == 3 ? 2 : 1;
   ConvGeom slab = g;
   slab.Do = std::max(dz, ((g.Do + 7) / 8 + dz - 1) / dz * dz);
+  // Layers of under 8 GFLOP (direct) are timed whole: a slab of a deep layer is a group or two
+  // of tiles whose cost is mostly streaming the transformed weights, the same for the slab as for
+  // the layer, so the slab's times had made Winograd look 4× slower than it is (256→256 at
+  // 8×8×8: 5.0 ms against the direct path's 6.5 ms, planned direct).
+  const double direct_flops =
+      2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
   bool wino_faster;
-  if (2 * slab.Do <= g.Do) {
+  if (2 * slab.Do <= g.Do && direct_flops > 8e9) {
     // weights the cache will not keep are transformed by every call, once per call whatever its
     // size: that time (tw, measured here once) counts whole, the rest scaled from the slab to the
     // layer (an uncached 512→256 layer's 11 ms transform against a quarter of its products had made
