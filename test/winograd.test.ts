@@ -51,6 +51,7 @@ const layers: { C: number; Co: number; ext: [number, number, number]; act?: "lea
   { C: 320, Co: 320, ext: [2, 2, 2] }, // the bottleneck
   { C: 17, Co: 23, ext: [5, 7, 9], act: "leakyRelu" }, // odd extents and channel counts
   { C: 24, Co: 40, ext: [5, 18, 130], act: "leakyRelu" }, // rows of 33 F(2×4×4) tiles, an odd depth
+  { C: 8, Co: 8, ext: [16, 32, 32], act: "leakyRelu" }, // 8 channels: MONAI SegResNet's first stage
   { C: 32, Co: 32, ext: [8, 64, 64], kd: 1 }, // 1×3×3
   { C: 64, Co: 32, ext: [8, 32, 32], kd: 1, act: "leakyRelu" },
   { C: 19, Co: 21, ext: [3, 9, 11], kd: 1 },

@@ -689,6 +689,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   cases.push_back({17, 16, 3, 13, 15, {1, 1, 1}, 0, true});
   cases.push_back({20, 18, 6, 8, 70, {0, 0, 0}, 2, true});
   cases.push_back({300, 240, 2, 3, 5, {1, 1, 1}, 1, true});
+  // 8 channels (MONAI SegResNet's first stage), both kernels, and 8 → 12 (two short output blocks)
+  cases.push_back({8, 8, 6, 10, 70, {1, 1, 1}, 2, true});
+  cases.push_back({8, 12, 3, 9, 33, {1, 1, 1}, 1, false});
+  cases.push_back({9, 8, 2, 8, 64, {0, 1, 1}, 0, true, 1});
   std::uint32_t st = 9001;
   auto rnd = [&] {
     st = st * 1664525u + 1013904223u;
@@ -798,9 +802,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
   const bhsd::ConvGeom no2{16, 6, 6, 6, 16, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2, 6, 6, 6};
   const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 4, 4, 4};
-  const bhsd::ConvGeom no4{8, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
+  const bhsd::ConvGeom no4{7, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
+  const bhsd::ConvGeom no5{16, 4, 4, 4, 7, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) &&
-        !bhsd::winograd_applies(no4));
+        !bhsd::winograd_applies(no4) && !bhsd::winograd_applies(no5));
 }
 
 // The transformed-weight cache when a model's layers need more than it holds: three layers whose
