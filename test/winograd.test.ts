@@ -121,3 +121,41 @@ winoTest.serial(
     t.is(createHash("sha256").update(here.data).digest("hex"), on);
   },
 );
+
+winoTest.serial("training's precise convolutions use F(2×…) tiles while held and F(4×4) ones again once released", async (t) => {
+  const { getBackend } = await import("../lib/backends/index.js");
+  const be = getBackend("native");
+  setBackend("native");
+  const x = randomTensor([1, 32, 6, 10, 40], 7),
+    w = randomTensor([24, 32, 3, 3, 3], 8);
+  const hash = async () =>
+    createHash("sha256")
+      .update((await conv3d(x, w, null, { padding: 1 })).data)
+      .digest("hex");
+  const before = await hash();
+  be.preciseConvolutions!(true);
+  let held: string;
+  try {
+    held = await hash();
+  } finally {
+    be.preciseConvolutions!(false);
+  }
+  t.is(await hash(), before, "released: the default tiles again");
+  // the F(2×…) tiles' answer: a child process where BHSD_WINOGRAD_F4=0 keeps them
+  const script = `
+    import { createHash } from "node:crypto";
+    import { conv3d, setBackend } from "./lib/index.ts";
+    import { randomTensor } from "./test/ort.ts";
+    setBackend("native");
+    const y = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1 });
+    console.log(createHash("sha256").update(y.data).digest("hex"));`;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    cwd: ROOT,
+    env: { ...process.env, BHSD_WINOGRAD: "1", BHSD_WINOGRAD_F4: "0" },
+    encoding: "utf8",
+    timeout: 120_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  t.is(held, r.stdout.trim());
+  if (/avx512f \(conv/.test(simd)) t.not(held, before, "where AVX-512 runs the default is F(2×4×4), which rounds differently");
+});

@@ -99,8 +99,26 @@ async function forwardInto(graph: Graph, env: Map<string, Tensor>, alloc: (shape
   }
 }
 
+/**
+ * Runs a training computation with the backend's precise convolutions held (native: F(2×…)
+ * Winograd tiles; see TensorBackend.preciseConvolutions), released however it ends.
+ */
+async function precisely<T>(f: () => Promise<T>): Promise<T> {
+  const be = activeBackend();
+  be.preciseConvolutions?.(true);
+  try {
+    return await f();
+  } finally {
+    be.preciseConvolutions?.(false);
+  }
+}
+
 /** The logits of a graph whose initializers may have been changed in place (a mean teacher's). */
-export async function forward(graph: Graph, x: Tensor): Promise<Tensor> {
+export function forward(graph: Graph, x: Tensor): Promise<Tensor> {
+  return precisely(() => forwardLogits(graph, x));
+}
+
+async function forwardLogits(graph: Graph, x: Tensor): Promise<Tensor> {
   const env = new Map<string, Tensor>();
   for (const [k, t] of graph.initializers) if (t.f32) env.set(k, { data: t.f32, shape: t.dims });
   env.set(graph.inputs[0]!.name, x);
@@ -117,11 +135,20 @@ export type LossFn = (logits: Tensor) => { loss: number; dlogits: Tensor; ce?: n
  * the step ends (a training loop passes the same pool every step); the result's arrays are never
  * pooled, so they stay the caller's.
  */
-export async function backprop(
+export function backprop(
   model: Graph | Uint8Array | string,
   x: Tensor,
   target: ArrayLike<number> | LossFn,
   opts: { batchDice?: boolean; pool?: BufferPool } = {},
+): Promise<BackpropResult> {
+  return precisely(() => backpropOnce(model, x, target, opts));
+}
+
+async function backpropOnce(
+  model: Graph | Uint8Array | string,
+  x: Tensor,
+  target: ArrayLike<number> | LossFn,
+  opts: { batchDice?: boolean; pool?: BufferPool },
 ): Promise<BackpropResult> {
   const graph = model instanceof Uint8Array || typeof model === "string" ? await parseModel(model) : model;
   const env = new Map<string, Tensor>();
