@@ -215,3 +215,46 @@ test("setCudaPrecision takes fp32, tf32, fp16 or bf16 and names the argument oth
   t.throws(() => setCudaPrecision("fp8" as never), { message: /one of fp32, tf32, fp16, bf16 for precision but received string "fp8"/ });
   t.notThrows(() => setCudaPrecision("tf32"));
 });
+
+nativeTest(
+  "native accumulateWindow (segment's window sum) equals a float64 loop rounded per store, and refuses a window outside the grid",
+  async (t) => {
+    const be = getBackend("native");
+    t.truthy(be.accumulateWindow);
+    const C = 3,
+      grid: [number, number, number] = [5, 7, 9],
+      patch: [number, number, number] = [3, 4, 6],
+      at: [number, number, number] = [2, 1, 3];
+    const vol = grid[0] * grid[1] * grid[2],
+      pv = patch[0] * patch[1] * patch[2];
+    let s = 12345;
+    const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32) * 2 - 1;
+    const acc = Float32Array.from({ length: C * vol }, rnd),
+      weight = Float32Array.from({ length: vol }, () => Math.abs(rnd())),
+      logits = Float32Array.from({ length: C * pv }, rnd),
+      gauss = Float32Array.from({ length: pv }, () => Math.abs(rnd()));
+    const wantAcc = acc.slice(),
+      wantW = weight.slice(),
+      scale = 1 / 3;
+    for (let a = 0; a < patch[0]; a++)
+      for (let b = 0; b < patch[1]; b++)
+        for (let c = 0; c < patch[2]; c++) {
+          const dst = ((at[0] + a) * grid[1] + at[1] + b) * grid[2] + at[2] + c,
+            src = (a * patch[1] + b) * patch[2] + c;
+          wantW[dst] = Math.fround(wantW[dst]! + gauss[src]!);
+          for (let k = 0; k < C; k++)
+            wantAcc[k * vol + dst] = Math.fround(wantAcc[k * vol + dst]! + logits[k * pv + src]! * gauss[src]! * scale);
+        }
+    await be.accumulateWindow!(acc, weight, logits, gauss, C, grid, patch, at, scale);
+    t.deepEqual(acc, wantAcc);
+    t.deepEqual(weight, wantW);
+    // a window past the grid's edge, and arrays of the wrong size: refused at the call, nothing written
+    const before = acc.slice();
+    t.throws(() => be.accumulateWindow!(acc, weight, logits, gauss, C, grid, patch, [3, 1, 3], scale), { message: /inside the grid/ });
+    t.throws(() => be.accumulateWindow!(acc.subarray(1), weight, logits, gauss, C, grid, patch, at, scale), { message: /acc must be/ });
+    t.throws(() => be.accumulateWindow!(acc, weight, logits.subarray(0, 5), gauss, C, grid, patch, at, scale), {
+      message: /logits must be/,
+    });
+    t.deepEqual(acc, before);
+  },
+);

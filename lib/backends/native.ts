@@ -7,7 +7,9 @@ import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
 /** The functions the addon exports (native/src/addon.cc); the tensor functions take the same arguments as the TensorBackend methods. */
-export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"> {
+export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm" | "preciseConvolutions"> {
+  /** Adds delta (1 or −1) to the count of calls that want F(2×…) Winograd tiles; the count after. */
+  preciseConvolutions(delta: number): number;
   /**
    * TensorBackend's conv3d; optionally the weights as packConvWeights packed them, and a norm
    * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm).
@@ -345,6 +347,8 @@ export class NativeBackend implements Backend {
   pool3d: TensorBackend["pool3d"] = (...a) => this.addon.pool3d(...a);
   resize3d: TensorBackend["resize3d"] = (...a) => this.addon.resize3d(...a);
   softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
+  accumulateWindow: NonNullable<TensorBackend["accumulateWindow"]> = (...a) => this.addon.accumulateWindow!(...a);
+  preciseConvolutions: NonNullable<TensorBackend["preciseConvolutions"]> = (on) => void this.addon.preciseConvolutions(on ? 1 : -1);
   argmax: TensorBackend["argmax"] = (...a) => this.addon.argmax(...a);
   concat: TensorBackend["concat"] = (...a) => this.addon.concat(...a);
   convWeightGrad: TensorBackend["convWeightGrad"] = (...a) => this.addon.convWeightGrad(...a);

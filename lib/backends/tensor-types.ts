@@ -166,6 +166,29 @@ export interface TensorBackend {
     out: Float32Array,
   ): Promise<void>;
   softmax(x: Float32Array, N: number, C: number, spatial: number, out: Float32Array): Promise<void>;
+  /**
+   * Training's convolutions: while held (each `true` matched by a `false`), the native backend runs
+   * Winograd with F(2×…) tiles, whose rounding keeps a backward pass within PyTorch's (F(4×4)
+   * tiles flip LeakyReLU gates near zero). Optional: other backends compute convolutions directly.
+   */
+  preciseConvolutions?(on: boolean): void;
+  /**
+   * segment()'s sliding-window sum of one window: acc[k] += logits[k]·gauss·scale over the window
+   * of extent `patch` at `at` of the [C, …grid] arrays, weight += gauss there (in double, each store
+   * rounded to float: the TypeScript loop's arithmetic). Optional: segment() runs that loop where a
+   * backend lacks it.
+   */
+  accumulateWindow?(
+    acc: Float32Array,
+    weight: Float32Array,
+    logits: Float32Array,
+    gauss: Float32Array,
+    C: number,
+    grid: Triple,
+    patch: Triple,
+    at: Triple,
+    scale: number,
+  ): Promise<void>;
   argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
   concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
   /**

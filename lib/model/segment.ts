@@ -482,7 +482,10 @@ async function predictSlidingWindow(
           acc = allocArray("float32", C * prod(padded), "aggregated logits") as Float32Array;
           run.hold(acc.byteLength);
         }
-        accumulateWindow(acc, weight, logits!.data, gauss, C, padded, patch, [z0, y0, x0], 1 / flips.length);
+        const be = activeBackend();
+        if (be.accumulateWindow)
+          await be.accumulateWindow(acc, weight, logits!.data, gauss, C, padded, patch, [z0, y0, x0], 1 / flips.length);
+        else accumulateWindow(acc, weight, logits!.data, gauss, C, padded, patch, [z0, y0, x0], 1 / flips.length);
         if (model instanceof Model && logits!.data !== summed && logits!.data !== patchT.data) model.recycle(logits!.data);
         run.progress({ step: "window", done: ++done, total });
         await run.yielder.maybe();

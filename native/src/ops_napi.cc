@@ -1,6 +1,7 @@
 // bhsd — Node-API surface of the tensor operations (conv3d and the other U-Net ops). Shapes are
 // checked in TypeScript first; here they are checked again against the arrays' lengths, so that
 // no call can read or write outside them.
+#include <cmath>
 #include <memory>
 
 #include "bhsd/conv.hpp"
@@ -292,6 +293,47 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
       {info[0], info[8]});
 }
 
+// preciseConvolutions(delta: 1 | -1) → the count after it: while above 0, Winograd convolutions use
+// F(2×…) tiles (bhsd::wino_detail::precise_tiles; training holds it for a forward and backward).
+Napi::Value PreciseConvolutions(const Napi::CallbackInfo& info) {
+  const std::int64_t d = int_of(info[0], "delta", -1, 1);
+  auto& n = bhsd::wino_detail::precise_tiles();
+  int v = n.load();
+  while (!n.compare_exchange_weak(v, std::max(0, v + int(d)))) {
+  }
+  return Napi::Number::New(info.Env(), std::max(0, v + int(d)));
+}
+
+// accumulateWindow(acc, weight, logits, gauss, C, grid[3], patch[3], at[3], scale) → Promise<void>:
+// segment()'s sliding-window sum of one window (bhsd::accumulate_window). The window must lie inside
+// the grid, and every array have exactly its size (the sizes' products checked before they are used).
+Napi::Value AccumulateWindow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t C = int_of(info[4], "C", 1, 1 << 16);
+  const auto grid = ints_of(info[5], 3, "grid", 1, BIG), patch = ints_of(info[6], 3, "patch", 1, BIG),
+             at = ints_of(info[7], 3, "at", 0, BIG);
+  for (int i = 0; i < 3; ++i)
+    require(at[std::size_t(i)] + patch[std::size_t(i)] <= grid[std::size_t(i)], env,
+            "the window must lie inside the grid");
+  const double limit = double(std::int64_t(1) << 42);  // well past any array's length; products stay exact
+  const double vol = double(grid[0]) * double(grid[1]) * double(grid[2]),
+               pv = double(patch[0]) * double(patch[1]) * double(patch[2]);
+  require(vol * double(C) <= limit, env, "the grid is too large");
+  const double scale = number_of(info[8], "scale");
+  require(std::isfinite(scale), env, "scale must be finite");
+  float* acc = out_of(info[0], std::size_t(vol) * std::size_t(C), "acc");
+  float* weight = out_of(info[1], std::size_t(vol), "weight");
+  const float* logits = floats_of(info[2], std::size_t(pv) * std::size_t(C), "logits");
+  const float* gauss = floats_of(info[3], std::size_t(pv), "gauss");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(env,
+                              [=] {
+                                bhsd::accumulate_window(acc, weight, logits, gauss, C, grid.data(), patch.data(),
+                                                        at.data(), scale, *pool);
+                              },
+                              nullptr, {info[0], info[1], info[2], info[3]});
+}
+
 // softmax(x, N, C, spatial, out) / argmax(x, N, C, spatial, out: Int32Array)
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -393,6 +435,8 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));
   exports.Set("softmax", Napi::Function::New<guarded<Softmax>>(env, "softmax"));
+  exports.Set("accumulateWindow", Napi::Function::New<guarded<AccumulateWindow>>(env, "accumulateWindow"));
+  exports.Set("preciseConvolutions", Napi::Function::New<guarded<PreciseConvolutions>>(env, "preciseConvolutions"));
   exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
   exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));

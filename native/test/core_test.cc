@@ -808,6 +808,41 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
         !bhsd::winograd_applies(no4) && !bhsd::winograd_applies(no5));
 }
 
+// segment()'s window sum: every element of the window in double, rounded once per store (the
+// TypeScript loop's arithmetic), nothing outside the window touched.
+static void test_accumulate_window(bhsd::ThreadPool& pool) {
+  const std::int64_t C = 2, grid[3] = {4, 6, 37}, patch[3] = {3, 5, 20}, at[3] = {1, 0, 17};
+  const std::int64_t vol = grid[0] * grid[1] * grid[2], pv = patch[0] * patch[1] * patch[2];
+  std::uint32_t st = 4242;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
+  std::vector<float> acc(static_cast<std::size_t>(C * vol)), weight(static_cast<std::size_t>(vol)),
+      logits(static_cast<std::size_t>(C * pv)), gauss(static_cast<std::size_t>(pv));
+  for (auto& v : acc) v = rnd();
+  for (auto& v : weight) v = std::fabs(rnd());
+  for (auto& v : logits) v = rnd();
+  for (auto& v : gauss) v = std::fabs(rnd());
+  std::vector<float> wa = acc, ww = weight;
+  const double scale = 1.0 / 3.0;
+  for (std::int64_t a = 0; a < patch[0]; ++a)
+    for (std::int64_t b = 0; b < patch[1]; ++b)
+      for (std::int64_t c = 0; c < patch[2]; ++c) {
+        const std::int64_t dst = ((at[0] + a) * grid[1] + at[1] + b) * grid[2] + at[2] + c,
+                           src = (a * patch[1] + b) * patch[2] + c;
+        ww[std::size_t(dst)] = float(double(ww[std::size_t(dst)]) + double(gauss[std::size_t(src)]));
+        for (std::int64_t k = 0; k < C; ++k) {
+          const volatile double prod =
+              double(logits[std::size_t(k * pv + src)]) * double(gauss[std::size_t(src)]) * scale;
+          wa[std::size_t(k * vol + dst)] = float(double(wa[std::size_t(k * vol + dst)]) + prod);
+        }
+      }
+  bhsd::accumulate_window(acc.data(), weight.data(), logits.data(), gauss.data(), C, grid, patch, at, scale, pool);
+  CHECK(std::memcmp(acc.data(), wa.data(), acc.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(weight.data(), ww.data(), weight.size() * sizeof(float)) == 0);
+}
+
 // The transformed-weight cache when a model's layers need more than it holds: three layers whose
 // transforms fit two at a time, run in turn as a model's windows run. Least-recently-used eviction
 // missed on every call (each layer evicted the one needed next); entries in use are kept, the third
@@ -1264,6 +1299,7 @@ int main() {
     test_conv_pointwise(pool);
     test_conv_winograd(pool);
     test_weight_cache(pool);
+    test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     test_transformer_ops(pool);
