@@ -701,6 +701,58 @@ BHSD_W5 void at6(const __m512* m, __m512* o) {
   o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
 }
 
+// f4_rows_w's lane tables: P[k] picks samples 4j + k of a row segment from two loads (lanes 0–7
+// from z0‖z1, 8–15 from z2‖z3); N[0], N[1] move e_0, e_1 one lane on and take samples 64, 65 of z4.
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_row_tables(__m512i* P, __m512i* N) {
+  alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
+                                                       {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
+                                                       {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
+                                                       {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
+  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
+  for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
+  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+}
+
+// F(4,3)'s Bᵀ along W of a group's input rows: row ih0 + y of plane id0 + z of each segment (x: one
+// channel's volume), the 6 transformed vectors of the group's 16 lanes into acc (0 where the row
+// lies outside the volume and past the group's n tiles). A segment's row of up to 16 tiles reads 66
+// samples as 5 loads of 16 (L.ld); e_k[j] = sample 4j + k (k < 4) from lanes 0–7 of z0‖z1 and 8–15
+// of z2‖z3 (P[k]); e_4, e_5 are e_0, e_1 one lane on, their last lane samples 64, 65 of z4 (N). Both
+// F(4×4) input transforms call it per row (always inlined: their tables stay in registers).
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w(
+    const ConvGeom& g, const float* x, const Group& gr, const SegLanes16<5>& L, const __m512i* P, const __m512i* N,
+    bool whole, int z, int y, __m512* acc) {
+  const std::int64_t plane = g.H * g.W;
+  for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
+    if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
+    const float* row = x + id * plane + ih * g.W;
+    // the next tile row's new input rows (4 further on), as input_transform does
+    if (y >= 2 && ih + 4 < g.H) {
+      const float* nr = row + 4 * g.W;
+      for (int q = 0; q < 5; ++q)
+        _mm_prefetch(reinterpret_cast<const char*>(
+                         conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
+                     _MM_HINT_T0);
+    }
+    __m512 zv[5], e[6], w[6];
+    for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
+    for (int k = 0; k < 4; ++k)
+      e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
+                                  _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
+    e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
+    e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
+    bt6(e, w);
+    if (whole)
+      for (int k = 0; k < 6; ++k) acc[k] = w[k];
+    else
+      for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
+  }
+}
+
 // V for one group of F(4×4, 3×3) tiles, every input channel: V[p·(C + 1)·16 + ci·16 + j] for the 36
 // points p = 6·y + x (y along H, x along W) of lane j's input tile (0 outside the volume and past
 // the group's n tiles).
@@ -708,50 +760,15 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   alignas(64) float t[36 * TL];  // [y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
-  // e_k[j] = sample 4j + k of a row segment (k < 4), from loads z0 … z3: lanes 0–7 from z0‖z1,
-  // 8–15 from z2‖z3; e_4, e_5 are e_0, e_1 one lane on, their last lane samples 64, 65 (z4)
-  alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
-                                                       {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
-                                                       {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
-                                                       {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
-  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
   __m512i P[4], N[2];
-  for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
-  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+  f4_row_tables(P, N);
   SegLanes16<5> L;
   seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     for (int y = 0; y < 6; ++y) {
       __m512 acc[6];
-      for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
-      for (int s = 0; s < gr.nseg; ++s) {
-        const Seg& sg = gr.seg[s];
-        const std::int64_t id = sg.id0, ih = sg.ih0 + y;
-        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
-        const float* row = x + id * plane + ih * g.W;
-        // the next tile row's new input rows (4 further on), as input_transform does
-        if (y >= 2 && ih + 4 < g.H) {
-          const float* nr = row + 4 * g.W;
-          for (int q = 0; q < 5; ++q)
-            _mm_prefetch(reinterpret_cast<const char*>(
-                             conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
-                         _MM_HINT_T0);
-        }
-        __m512 z[5], e[6], w[6];
-        for (int q = 0; q < 5; ++q) z[q] = load_row16(row, L.ld[s][q], g.W);
-        for (int k = 0; k < 4; ++k)
-          e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(z[0], P[k], z[1]),
-                                      _mm512_permutex2var_ps(z[2], P[k], z[3]));
-        e[4] = _mm512_permutex2var_ps(e[0], N[0], z[4]);
-        e[5] = _mm512_permutex2var_ps(e[1], N[1], z[4]);
-        bt6(e, w);
-        if (whole)
-          for (int k = 0; k < 6; ++k) acc[k] = w[k];
-        else
-          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
-      }
+      f4_rows_w(g, x, gr, L, P, N, whole, 0, y, acc);
       for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (y * 6 + k) * TL, acc[k]);
     }
     // along H into V
@@ -842,16 +859,8 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
   alignas(64) float t[144 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
-  // as input_transform_f4: e_k[j] = sample 4j + k of a row segment
-  alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
-                                                       {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
-                                                       {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
-                                                       {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
-  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
   __m512i P[4], N[2];
-  for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
-  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+  f4_row_tables(P, N);
   SegLanes16<5> L;
   seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
@@ -878,34 +887,8 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
         }
       }
     for (int zy = 0; zy < 24; ++zy) {
-      const int z = zy / 6, y = zy % 6;
       __m512 acc[6];
-      for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
-      for (int s = 0; s < gr.nseg; ++s) {
-        const Seg& sg = gr.seg[s];
-        const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
-        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
-        const float* row = x + id * plane + ih * g.W;
-        if (y >= 2 && ih + 4 < g.H) {  // the next tile row's new input rows  // the next tile row's new input rows
-          const float* nr = row + 4 * g.W;
-          for (int q = 0; q < 5; ++q)
-            _mm_prefetch(reinterpret_cast<const char*>(
-                             conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
-                         _MM_HINT_T0);
-        }
-        __m512 zv[5], e[6], w[6];
-        for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
-        for (int k = 0; k < 4; ++k)
-          e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
-                                      _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
-        e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
-        e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
-        bt6(e, w);
-        if (whole)
-          for (int k = 0; k < 6; ++k) acc[k] = w[k];
-        else
-          for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
-      }
+      f4_rows_w(g, x, gr, L, P, N, whole, zy / 6, zy % 6, acc);
       for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
     }
     // along H per plane, then along D into V
