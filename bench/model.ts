@@ -30,6 +30,48 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
   return `| ${label} | ${fmt(nat.ms)} | ${fmt(peak, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} |`;
 }
 
+/**
+ * setCpuPrecision's bf16 (loadModel's precision) beside fp32 on one window of each nnU-Net-shaped
+ * network, where the processor has AVX512_BF16; each model measured alone, 11 s apart, so that the
+ * other's transformed weights have aged out of the Winograd weight cache (both do not fit it).
+ */
+async function comparePrecision(): Promise<string[]> {
+  if (!backendInfo().available.native) return [];
+  setBackend("native");
+  if (!backendInfo().details.native?.precisions?.includes("bf16")) return ["(bf16: this processor has no AVX512_BF16)"];
+  const r = rng(7);
+  const shape = [1, 1, 16, 256, 256];
+  const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
+  const rows = [
+    "one 16×256×256 window in fp32 and in bf16 (native; median of 4 after 2 planning runs)",
+    "| network | fp32 ms | bf16 ms | bf16 ÷ fp32 time | bf16 max difference ÷ scale of fp32's output |",
+    "| --- | --- | --- | --- | --- |",
+  ];
+  for (const [name, bytes] of [
+    ["nnU-Net PlainConvUNet (train/unet.ts)", buildUNet(NNUNET_FULLRES)],
+    ["nnU-Net ResEnc-M (bench/networks.ts)", networkBytes(RESENC_M)],
+  ] as const) {
+    const ms: Record<string, number> = {};
+    const outs: Record<string, Float32Array> = {};
+    for (const precision of ["fp32", "bf16"] as const) {
+      await new Promise((done) => setTimeout(done, 11_000));
+      const m = await loadModel(bytes, { patchSize: [16, 256, 256], precision });
+      for (let i = 0; i < 2; i++) await m.run(x);
+      ms[precision] = (await measure(() => m.run(x), 4)).ms;
+      outs[precision] = (await m.run(x)).data.slice();
+      m.dispose();
+    }
+    let diff = 0,
+      scale = 0;
+    for (let i = 0; i < outs.fp32!.length; i++) {
+      diff = Math.max(diff, Math.abs(outs.fp32![i]! - outs.bf16![i]!));
+      scale = Math.max(scale, Math.abs(outs.fp32![i]!));
+    }
+    rows.push(`| ${name} | ${fmt(ms.fp32!)} | ${fmt(ms.bf16!)} | ${fmt(ms.bf16! / ms.fp32!, 2)} | ${(diff / scale).toExponential(1)} |`);
+  }
+  return rows;
+}
+
 export async function benchModel(): Promise<string[]> {
   return [
     "whole-model forward (median; native backend; onnxruntime-node CPU, 2 threads, same file and input)",
@@ -42,6 +84,8 @@ export async function benchModel(): Promise<string[]> {
       9,
     ),
     await compare("nnU-Net 3d_fullres shape (32…320), one 16×256×256 window", buildUNet(NNUNET_FULLRES), [1, 1, 16, 256, 256], 3),
+    "",
+    ...(await comparePrecision()),
   ];
 }
 
@@ -55,11 +99,14 @@ export async function benchSegment(): Promise<string[]> {
   );
   setBackend(backendInfo().available.native ? "native" : "ts");
   const rows: string[] = [];
-  for (const [name, bytes] of [
-    ["nnU-Net 3d_fullres-shaped PlainConvUNet (train/unet.ts)", buildUNet(NNUNET_FULLRES)],
-    ["nnU-Net ResEnc-M (bench/networks.ts)", networkBytes(RESENC_M)],
+  const bf16 = backendInfo().details.native?.precisions?.includes("bf16") ?? false;
+  for (const [name, bytes, precision] of [
+    ["nnU-Net 3d_fullres-shaped PlainConvUNet (train/unet.ts)", buildUNet(NNUNET_FULLRES), "fp32"],
+    ["nnU-Net ResEnc-M (bench/networks.ts)", networkBytes(RESENC_M), "fp32"],
+    ...(bf16 ? ([["nnU-Net ResEnc-M, precision bf16", networkBytes(RESENC_M), "bf16"]] as const) : []),
   ] as const) {
-    const model = await loadModel(bytes, { patchSize: [16, 256, 256] });
+    if (precision === "bf16") await new Promise((done) => setTimeout(done, 11_000)); // the fp32 transforms age out of the cache
+    const model = await loadModel(bytes, { patchSize: [16, 256, 256], precision });
     const t0 = performance.now();
     const { report } = await segment(ct, model);
     const s = (performance.now() - t0) / 1000;

@@ -2,7 +2,17 @@
 import "./public-globals.js";
 import type { ServeOptions, Service } from "./server/service.js";
 export type { BackendName, DTypeName, NiftiMeta, Tensor, Volume, VoxelArray } from "./types.js";
-export { backendInfo, setBackend, setCudaPrecision, availableBackends, type BackendInfo, type BackendDetails } from "./backends/index.js";
+export {
+  backendInfo,
+  setBackend,
+  setCudaPrecision,
+  setCpuPrecision,
+  availableBackends,
+  type BackendInfo,
+  type BackendDetails,
+  type CpuPrecision,
+  type Precision,
+} from "./backends/index.js";
 export type { CudaPrecision } from "./backends/cuda.js";
 export { readNifti, readNiftiHeader, writeNifti, NiftiError, type ReadNiftiOptions, type WriteNiftiOptions } from "./io/nifti.js";
 export { readNpy, writeNpy, parseNpy, formatNpy, type NpyArray } from "./io/npy.js";

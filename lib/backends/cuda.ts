@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { inArray, invalidParameterError } from "../is.js";
 import type { VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
+import { precisionScope } from "./precision.js";
 import type { TensorBackend, Triple } from "./tensor-types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 
@@ -348,8 +349,9 @@ export class CudaBackend implements Backend {
       throw e;
     }
   }
+  /** The running model's precision (loadModel's), else the backend's. */
   private get prec(): number {
-    return CUDA_PRECISIONS.indexOf(this.precision);
+    return CUDA_PRECISIONS.indexOf(precisionScope.getStore() ?? this.precision);
   }
 
   // ---- tensor operations --------------------------------------------------------------------------

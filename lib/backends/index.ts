@@ -12,6 +12,7 @@ import { TsBackend } from "./ts.js";
 import type { Backend, BackendDetails } from "./types.js";
 
 export type { Backend, BackendDetails, VoxelStats } from "./types.js";
+export { setCpuPrecision, CPU_PRECISIONS, PRECISIONS, type CpuPrecision, type Precision } from "./precision.js";
 
 export const BACKEND_NAMES: readonly BackendName[] = ["cuda", "native", "ts"];
 
@@ -117,7 +118,7 @@ let precision: CudaPrecision | undefined;
 /**
  * The arithmetic of convolutions on the cuda backend: "tf32" (the default, as PyTorch's
  * convolutions), "fp32", "fp16" or "bf16" (tensor cores, fp32 accumulation). Also settable by
- * BHSD_CUDA_PRECISION. The CPU backends always compute in fp32.
+ * BHSD_CUDA_PRECISION. The CPU backends compute in fp32 unless setCpuPrecision("bf16") asks otherwise.
  */
 export function setCudaPrecision(p: CudaPrecision): void {
   if (!inArray(p, CUDA_PRECISIONS)) throw invalidParameterError("precision", `one of ${CUDA_PRECISIONS.join(", ")}`, p);

@@ -3,6 +3,7 @@ import { createRequire } from "node:module";
 import type { DTypeName, VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import { cancelScope } from "./cancel.js";
+import { cpuPrecision } from "./precision.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
@@ -36,7 +37,9 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   cancelToken(): unknown;
   cancel(token: unknown): void;
   cancelNext(token: unknown): void;
-  info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string };
+  /** The arithmetic of this thread's next calls: 0 fp32, 1 bf16 (used where info().bf16). */
+  setPrecision?(p: number): void;
+  info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string; bf16?: boolean };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
   connectedComponents(
@@ -125,7 +128,18 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
 }
 
 /** Addon functions that are not computations (no cancel token is handed to them). */
-const NOT_CANCELLABLE = new Set(["alloc", "detach", "memoryStats", "info", "packConvWeights", "cancelToken", "cancel", "cancelNext"]);
+const NOT_CANCELLABLE = new Set([
+  "alloc",
+  "detach",
+  "memoryStats",
+  "info",
+  "packConvWeights",
+  "cancelToken",
+  "cancel",
+  "cancelNext",
+  "setPrecision",
+  "preciseConvolutions",
+]);
 
 export class NativeBackend implements Backend {
   readonly name = "native" as const;
@@ -134,8 +148,11 @@ export class NativeBackend implements Backend {
     addon: NativeAddon,
     private readonly path: string,
   ) {
-    // every computation made inside withCancel's scope runs under its token (see cancel.ts)
+    // every computation made inside withCancel's scope runs under its token (see cancel.ts), and
+    // in the precision asked for where it is made (see precision.ts; the addon keeps the last one
+    // set for this thread, so it is sent only when it changes)
     const cancellable = typeof addon.cancelNext === "function";
+    let sent = 0;
     this.addon = !cancellable
       ? addon
       : new Proxy(addon, {
@@ -143,6 +160,11 @@ export class NativeBackend implements Backend {
             const f = Reflect.get(target, key, receiver) as unknown;
             if (typeof f !== "function" || typeof key !== "string" || NOT_CANCELLABLE.has(key)) return f;
             return (...args: unknown[]) => {
+              const p = cpuPrecision() === "bf16" ? 1 : 0;
+              if (p !== sent && target.setPrecision) {
+                target.setPrecision(p);
+                sent = p;
+              }
               const token = cancelScope.getStore();
               if (token === undefined) return (f as (...a: unknown[]) => unknown).apply(target, args);
               target.cancelNext(token);
@@ -172,7 +194,15 @@ export class NativeBackend implements Backend {
 
   details(): BackendDetails {
     const i = this.addon.info();
-    return { threads: i.threads, simd: i.simd, version: i.version, binary: this.path, ...(i.compiler ? { compiler: i.compiler } : {}) };
+    return {
+      threads: i.threads,
+      simd: i.simd,
+      version: i.version,
+      binary: this.path,
+      ...(i.compiler ? { compiler: i.compiler } : {}),
+      precision: cpuPrecision(),
+      precisions: i.bf16 ? ["fp32", "bf16"] : ["fp32"],
+    };
   }
 
   voxelStats(data: VoxelArray): Promise<VoxelStats> {

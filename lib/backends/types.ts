@@ -28,6 +28,13 @@ export interface BackendDetails {
   /** Where the binary was loaded from. */
   binary?: string;
   compiler?: string;
+  /**
+   * The precision of convolutions outside a model that sets its own (setCpuPrecision /
+   * setCudaPrecision), and those this backend can run here: bf16 on the native backend needs
+   * AVX512_BF16 (elsewhere "bf16" runs in fp32).
+   */
+  precision?: string;
+  precisions?: string[];
 }
 
 /** Numbers per component in componentStats' packed output (see native/include/bhsd/ccl.hpp). */

@@ -6,6 +6,8 @@ import { writeNifti } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
+import { PRECISIONS, type Precision } from "../backends/precision.js";
+import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { segment } from "../model/segment.js";
@@ -26,6 +28,7 @@ interface Opts {
   html?: string;
   json?: boolean;
   quiet?: boolean;
+  precision?: Precision;
 }
 
 export function segmentCommand(program: Command): void {
@@ -63,6 +66,14 @@ export function segmentCommand(program: Command): void {
     )
     .option("--report <file>", "write the JSON report")
     .option("--html <file>", "write a self-contained HTML report: volumes, each bleed, timings and the overlay pictures")
+    .option(
+      "--precision <p>",
+      "arithmetic of the model's convolutions: fp32, tf32, fp16 or bf16 (CPU: bf16 where the processor has AVX512_BF16, else fp32; default: the backend's)",
+      (v: string) => {
+        if (!inArray(v, PRECISIONS)) throw new InvalidArgumentError(`expected one of ${PRECISIONS.join(", ")}`);
+        return v;
+      },
+    )
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")
     .action(async (file: string, o: Opts) => {
@@ -83,7 +94,10 @@ export function segmentCommand(program: Command): void {
         const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
         if (o.outSeg && !("dicom" in ct))
           throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
-        const model = o.nnunet ? await loadNnunet(o.nnunet, o.folds ? { folds: o.folds } : {}) : await loadModel(o.model!);
+        const prec = o.precision ? { precision: o.precision } : {};
+        const model = o.nnunet
+          ? await loadNnunet(o.nnunet, { ...(o.folds ? { folds: o.folds } : {}), ...prec })
+          : await loadModel(o.model!, prec);
         const bar = progress(!o.quiet && !o.json);
         const { labels, report } = await segment(ct, model, {
           mirror: !!o.tta,

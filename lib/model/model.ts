@@ -13,6 +13,7 @@ import { activeBackend, getBackend, releaseDerived, releaseEngineArray, withBack
 import type { BackendName } from "../types.js";
 import type { Backend } from "../backends/types.js";
 import { withCancel } from "../backends/cancel.js";
+import { checkPrecision, withPrecision, type Precision } from "../backends/precision.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
@@ -97,10 +98,21 @@ export class Model {
   readonly backend: BackendName | undefined;
   private disposed = false;
 
-  constructor(graph: Graph, name: string, config: ModelConfig, memoryLimit = defaultMemoryLimit(), backend?: BackendName) {
+  /** The arithmetic of this model's convolutions (loadModel's `precision`), or undefined: the backends' defaults. */
+  readonly precision: Precision | undefined;
+
+  constructor(
+    graph: Graph,
+    name: string,
+    config: ModelConfig,
+    memoryLimit = defaultMemoryLimit(),
+    backend?: BackendName,
+    precision?: Precision,
+  ) {
     this.name = name;
     this.memoryLimit = memoryLimit;
     this.backend = backend;
+    this.precision = precision;
     // `await using model = await loadModel(…)` (Node 20's Symbol.asyncDispose)
     const sym = Symbol as unknown as { asyncDispose?: symbol; dispose?: symbol };
     if (sym.asyncDispose) Object.defineProperty(this, sym.asyncDispose, { value: async () => this.dispose() });
@@ -148,9 +160,9 @@ export class Model {
     if (this.disposed) throw new Error(`model ${this.name} was disposed`);
     if (this.backend) {
       const bound = getBackend(this.backend);
-      return withBackend(bound, () => this.runOn(bound, feeds, options));
+      return withPrecision(this.precision, () => withBackend(bound, () => this.runOn(bound, feeds, options)));
     }
-    return this.runOn(activeBackend(), feeds, options);
+    return withPrecision(this.precision, () => this.runOn(activeBackend(), feeds, options));
   }
 
   /**
@@ -391,18 +403,27 @@ const BACKEND_ONLY = new Set([
  * plus `memoryLimit` (bytes a run may hold in intermediates; default half the RAM, at most 8 GiB)
  * and `backend` (run this model on that backend whatever the global choice, like an onnxruntime
  * session's execution provider) and `inputShapes` (input name → the shape it will be run at,
- * filling the model's symbolic dimensions for shape inference at load: see Model.valueShapes).
+ * filling the model's symbolic dimensions for shape inference at load: see Model.valueShapes)
+ * and `precision` ("fp32", "tf32", "fp16" or "bf16": the arithmetic of this model's convolutions
+ * whatever setCudaPrecision/setCpuPrecision say; the CPU backends run "bf16" in bf16 where the
+ * processor has AVX512_BF16 and the others in fp32 — see backends/precision.ts).
  */
 export async function loadModel(
   onnxPathOrBytes: string | Uint8Array,
-  config?: Partial<ModelConfig> & { memoryLimit?: number; backend?: BackendName; inputShapes?: Record<string, number[]> },
+  config?: Partial<ModelConfig> & {
+    memoryLimit?: number;
+    backend?: BackendName;
+    inputShapes?: Record<string, number[]>;
+    precision?: Precision;
+  },
 ): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(
       `Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`,
     );
   }
-  const { memoryLimit, backend, inputShapes, ...rest } = config ?? {};
+  const { memoryLimit, backend, inputShapes, precision, ...rest } = config ?? {};
+  checkPrecision(precision, "config.precision");
   if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
     throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
   }
@@ -413,7 +434,7 @@ export async function loadModel(
     typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null,
     graph.metadata,
     Object.keys(rest).length ? rest : undefined,
-  ); // memoryLimit/backend/inputShapes alone keep the sidecar's config
+  ); // memoryLimit/backend/inputShapes/precision alone keep the sidecar's config
   const limit = memoryLimit ?? defaultMemoryLimit();
   await foldConstants(graph, limit);
   checkConstantInputs(graph.nodes, graph.initializers, typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : "<model bytes>");
@@ -431,7 +452,7 @@ export async function loadModel(
     (n, args) => runNode(n, args, small, budget, graph.opset),
     constValue,
   );
-  const model = new Model(graph, name, cfg, limit, backend);
+  const model = new Model(graph, name, cfg, limit, backend, precision);
   model.valueShapes = valueShapes;
   return model;
 }

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "bhsd/ccl.hpp"
+#include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/file_read.hpp"
 #include "bhsd/metrics.hpp"
@@ -35,6 +36,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", pool_of(env)->size());
   o.Set("simd", bhsd::simd_level());
   o.Set("napiVersion", NAPI_VERSION);
+  o.Set("bf16", bhsd::wino_detail::bf16_available());
 #if defined(__clang__)
   o.Set("compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)
@@ -302,6 +304,13 @@ Napi::Value CancelNext(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setPrecision(0 fp32 | 1 bf16): the arithmetic of this thread's next asynchronous calls (each
+// takes it when made); bf16 is used only where the processor has it (info().bf16).
+Napi::Value SetPrecision(const Napi::CallbackInfo& info) {
+  js_precision() = int_of(info[0], "precision", 0, 1) == 1 ? bhsd::Precision::bf16 : bhsd::Precision::fp32;
+  return info.Env().Undefined();
+}
+
 // alloc(bytes[, zero = true]) → ArrayBuffer over engine memory (see engine_buffer); zero false: a
 // reused block is not cleared (for a caller that overwrites all of it before anyone reads it);
 // memoryStats() → live/cached bytes
@@ -412,6 +421,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cancelToken", Napi::Function::New<guarded<CancelToken>>(env, "cancelToken"));
   exports.Set("cancel", Napi::Function::New<guarded<Cancel>>(env, "cancel"));
   exports.Set("cancelNext", Napi::Function::New<guarded<CancelNext>>(env, "cancelNext"));
+  exports.Set("setPrecision", Napi::Function::New<guarded<SetPrecision>>(env, "setPrecision"));
   exports.Set("detach", Napi::Function::New<guarded<Detach>>(env, "detach"));
   exports.Set("memoryStats", Napi::Function::New<guarded<MemoryStats>>(env, "memoryStats"));
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));

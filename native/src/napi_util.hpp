@@ -123,6 +123,13 @@ inline std::shared_ptr<bhsd::CancelFlag>& pending_cancel() {
   return f;
 }
 
+// The arithmetic this JS thread's asynchronous calls run in (setPrecision sets it; each
+// PromiseWorker takes it when made and runs its work under it: bhsd::call_precision).
+inline bhsd::Precision& js_precision() {
+  static thread_local bhsd::Precision p = bhsd::Precision::fp32;
+  return p;
+}
+
 // The pins of the exported call now running on the JS thread (set by `guarded`).
 inline Pins*& current_pins() {
   static thread_local Pins* p = nullptr;
@@ -216,6 +223,7 @@ class PromiseWorker : public Napi::AsyncWorker {
     // the arrays this call viewed (kept alive, or copied) now belong to the work
     if (Pins* p = current_pins()) std::swap(pins_, *p);
     cancel_ = std::move(pending_cancel());
+    precision_ = js_precision();
   }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
@@ -223,6 +231,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       bhsd::CancelScope scope(cancel_.get());
+      bhsd::PrecisionScope precision(precision_);
       bhsd::check_cancel();  // cancelled while queued: do not start
       execute_();
     } catch (const std::bad_alloc&) {
@@ -265,6 +274,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   std::vector<Napi::ObjectReference> keep_;
   Pins pins_;
   std::shared_ptr<bhsd::CancelFlag> cancel_;
+  bhsd::Precision precision_ = bhsd::Precision::fp32;
 };
 
 inline std::int64_t int_of(const Napi::Value& v, const char* name, std::int64_t lo, std::int64_t hi) {

@@ -653,7 +653,7 @@ static void test_host_device_sweeps() {
 // bias or none, each activation, channel counts around the micro-kernel's blocks of 6 and 12. The
 // error is measured relative to the output's scale (max |reference|); the brief asks ≤ 1e-4, F(2,3)
 // gives about 1e-6. Then conv3d_forward's plan: the first call of a shape decides, later calls follow.
-static double winograd_worst = 0, winograd_f4_worst = 0;
+static double winograd_worst = 0, winograd_f4_worst = 0, winograd_bf16_worst = 0;
 static void test_conv_winograd(bhsd::ThreadPool& pool) {
   struct Case {
     std::int64_t C, Co, D, H, W, p[3];
@@ -759,6 +759,29 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
       CHECK(eo < 1e-5);
       bhsd::wino_detail::f4_override() = -1;
     }
+    if (ran && bhsd::wino_detail::bf16_available()) {
+      // bf16 products (setCpuPrecision("bf16")): F(2×…) tiles even where F(4×4) ones are asked
+      // for (their transforms amplify bf16's rounding to ~9 % of scale), within the stated 2e-2 of
+      // the output's scale, and not the fp32 answer (the bf16 kernel ran); a training call holding
+      // the precise tiles (preciseConvolutions) keeps fp32 even in a bf16 scope
+      bhsd::wino_detail::f4_override() = 1;
+      std::vector<float> half(no, 6.0f), held(no, 2.0f);
+      {
+        bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+        CHECK(bhsd::wino_detail::tile_m(g) == 2 && bhsd::wino_detail::use_bf16());
+        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, half.data(), act, alpha, pool));
+        ++bhsd::wino_detail::precise_tiles();
+        CHECK(!bhsd::wino_detail::use_bf16());
+        CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, held.data(), act, alpha, pool));
+        --bhsd::wino_detail::precise_tiles();
+      }
+      const double eb = rel(half);
+      winograd_bf16_worst = std::max(winograd_bf16_worst, eb);
+      CHECK(eb < 2e-2);
+      CHECK(eb > 1e-5);
+      CHECK(rel(held) < 1e-5);
+      bhsd::wino_detail::f4_override() = -1;
+    }
     if (ran) {
       const double e = rel(wino);
       (bhsd::wino_detail::tile_m(g) == 4 ? winograd_f4_worst : winograd_worst) =
@@ -797,6 +820,18 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     CHECK(ran && !forced ? decided == 0 || decided == 1 : decided == -1);  // forced or not served: no plan kept
     bhsd::conv3d_forward(g, x.data(), wp.data(), bp, again.data(), act, alpha, pool);
     CHECK(rel(again) < 1e-5);
+    if (ran && !forced && bhsd::wino_detail::bf16_available()) {
+      // a bf16 call's plan (a key of its own): direct, Winograd in bf16 or Winograd in fp32, each
+      // call's answer as the choice's precision gives it
+      bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+      for (int call = 0; call < 2; ++call) {
+        std::vector<float> b16(no, 8.0f);
+        bhsd::conv3d_forward(g, x.data(), wp.data(), bp, b16.data(), act, alpha, pool);
+        const int chose = bhsd::winograd_planned(g, pool);
+        CHECK(chose >= 0 && chose <= 2);
+        CHECK(rel(b16) < (chose == 1 ? 2e-2 : 1e-5));
+      }
+    }
   }
   // not served: a stride, a dilation, a 3×3×1 kernel, too few channels
   const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
@@ -1307,8 +1342,8 @@ int main() {
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
   }
-  std::printf("winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g)\n", winograd_worst,
-              winograd_f4_worst);
+  std::printf("winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g; bf16: %.3g)\n", winograd_worst,
+              winograd_f4_worst, winograd_bf16_worst);
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures ? 1 : 0;
 }

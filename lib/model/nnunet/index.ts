@@ -20,6 +20,7 @@ import { basename, join, resolve } from "node:path";
 import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
+import { checkPrecision, type Precision } from "../../backends/precision.js";
 import { loadModel, type Model, type RunStats } from "../model.js";
 import { encodeModelFast } from "./encode.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
@@ -39,6 +40,8 @@ export interface LoadNnunetOptions {
   ensemble?: "logits" | "softmax";
   /** Largest checkpoint file accepted (bytes). Default 4 GiB. */
   maxCheckpointBytes?: number;
+  /** The arithmetic of the folds' convolutions, as loadModel's `precision`. */
+  precision?: Precision;
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -260,6 +263,7 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
   if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
     throw invalidParameterError("options.maxCheckpointBytes", "a positive number of bytes", opts.maxCheckpointBytes);
+  const precision = checkPrecision(opts.precision, "options.precision");
   const folder = resolve(trainerFolder);
   const st = await stat(folder).catch(() => null);
   if (!st?.isDirectory()) throw new Error(`nnU-Net folder ${trainerFolder} does not exist or is not a folder`);
@@ -361,7 +365,7 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           initializers,
         );
         initializers.length = 0;
-        foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1] }));
+        foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
       } finally {
         ck?.close();
       }

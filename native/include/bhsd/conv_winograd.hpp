@@ -76,6 +76,19 @@ inline int& f4_override() {
   static int v = -1;
   return v;
 }
+// Whether this processor runs bf16 products (AVX512_BF16 beside the AVX-512 kernels; BHSD_NO_BF16=1
+// says no, for comparison).
+inline bool bf16_available() {
+#ifdef BHSD_X86
+  static const bool on = [] {
+    const CpuFeatures f = cpu_features();
+    return conv_detail::use_avx512() && f.avx512bw && f.avx512bf16 && !std::getenv("BHSD_NO_BF16");
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
 // Calls running while this is above 0 use F(2×…) tiles (training: preciseConvolutions in the Node
 // layer). F(4×4) tiles round to a few 1e-6 of scale where F(2,3)'s give ~1e-6 or less; through a
 // whole backward pass that flipped LeakyReLU gates whose input lay within that of zero, and the
@@ -88,6 +101,8 @@ inline std::atomic<int>& precise_tiles() {
 inline int tile_m(const ConvGeom& g) {
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0) return 2;
+  if (call_precision() == Precision::bf16 && bf16_available())
+    return 2;  // F(4×4)'s transforms amplify bf16's rounding to 9 % of scale
   static const bool env_off = [] {
     const char* e = std::getenv("BHSD_WINOGRAD_F4");
     return e && e[0] == '0' && !e[1];
@@ -107,6 +122,29 @@ inline int tile_m(const ConvGeom& g) {
 inline int points(const ConvGeom& g) {
   const bool f4 = tile_m(g) == 4;
   return g.kd == 3 ? (f4 ? 144 : 64) : f4 ? 36 : 16;
+}
+
+// float → bf16, rounded to nearest even as vcvtneps2bf16 rounds (a NaN stays a quiet NaN).
+inline std::uint16_t bf16_of(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return std::uint16_t((u >> 16) | 0x40u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return std::uint16_t(u >> 16);
+}
+
+// Whether this call uses bf16 products: its thread's precision asks for them, the processor has them,
+// and no training call holds the precise tiles (preciseConvolutions: gradients are compared with
+// PyTorch's in fp32).
+inline bool use_bf16() {
+  return call_precision() == Precision::bf16 && precise_tiles().load(std::memory_order_relaxed) == 0 &&
+         bf16_available();
+}
+// 32-bit words (floats, or pairs of bf16) of a layer's transformed weights.
+inline std::size_t u_words(const ConvGeom& g, bool bf) {
+  const int P = points(g);
+  if (!bf) return std::size_t(P * packed_conv_size(g.Co, g.C));
+  return std::size_t(CoBlocks(g.Co).count() * P * ((g.C + 1) / 2) * MR);
 }
 
 // Where BHSD_WINOGRAD says: 0 off, 1 on, anything else (or unset) the measured plan.
@@ -137,7 +175,10 @@ using SplitLease = conv_detail::LentBuffer<struct WinogradSplitTag>;
 // A 1×3×3 kernel: the same with one plane (9 weights, 16 points, U[((blk·16 + p)·C + ci)·MR + r]).
 // F(4×4) tiles: G of F(4, 3) along W and H (36 points a plane), for 3×3×3 then F(2, 3)'s along D
 // (144 points, p = 36·z + 6·y + x).
-inline void transform_weights(const ConvGeom& g, const float* wp, float* U, ThreadPool& pool) {
+// bf16 (setCpuPrecision("bf16")): the same blocks with each point's C rows of MR floats as ⌈C/2⌉
+// rows of MR 32-bit words, word (kp, r) holding U[2kp][r] (low half) and U[2kp + 1][r] (high half,
+// 0 past an odd C) rounded to bf16 — the pairs vdpbf16ps multiplies with a pair of V's rows.
+inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, ThreadPool& pool, bool bf = false) {
   const CoBlocks cbk(g.Co);
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
   const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
@@ -206,8 +247,21 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
                 for (int p = 0; p < P; ++p)
                   sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
               }
+            if (bf) {
+              const std::int64_t KP = (C + 1) / 2;
+              for (int p = 0; p < P; ++p) {
+                std::uint32_t* dst = static_cast<std::uint32_t*>(Uv) + ((blk * P + p) * KP + c0 / 2) * MR;
+                for (std::int64_t cq = 0; cq < cn; cq += 2)
+                  for (std::int64_t r = 0; r < MR; ++r) {
+                    const std::uint32_t lo = bf16_of(stage[(cq * MR + r) * P + p]),
+                                        hi = cq + 1 < cn ? bf16_of(stage[((cq + 1) * MR + r) * P + p]) : 0u;
+                    dst[(cq / 2) * MR + r] = lo | hi << 16;
+                  }
+              }
+              continue;
+            }
             for (int p = 0; p < P; ++p) {
-              float* dst = U + (blk * P + p) * run + c0 * MR;
+              float* dst = static_cast<float*>(Uv) + (blk * P + p) * run + c0 * MR;
               for (std::int64_t q = 0; q < cn * MR; ++q) dst[q] = stage[q * P + p];
             }
           }
@@ -229,11 +283,16 @@ inline void transform_weights(const ConvGeom& g, const float* wp, float* U, Thre
 struct WeightEntry {
   std::int64_t Co, C;
   int P;           // transform points
+  bool bf;         // bf16 pairs (transform_weights' bf) rather than floats
   std::size_t nw;  // floats of packed weights
   std::array<std::uint64_t, 4> hash;
-  std::shared_ptr<Block> block;  // U (P · C · MR floats a block, 64-byte aligned)
-  std::size_t bytes() const { return std::size_t(P) * std::size_t(packed_conv_size(Co, C)) * sizeof(float); }
-  const float* U() const { return static_cast<const float*>(block->data()); }
+  std::shared_ptr<Block> block;  // U (P · C · MR floats a block, or bf16 pairs; 64-byte aligned)
+  std::size_t bytes() const {
+    const std::size_t words =
+        bf ? std::size_t(CoBlocks(Co).count() * P * ((C + 1) / 2) * MR) : std::size_t(P * packed_conv_size(Co, C));
+    return words * sizeof(float);
+  }
+  const void* U() const { return block->data(); }
 };
 
 // The weights' identity for the cache: four 64-bit lanes, each word xor-multiplied and folded
@@ -298,17 +357,17 @@ class WeightCache {
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
   // (too big, the cache full of entries in use, or memory ran out): the caller transforms into a
   // buffer of its own.
-  std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool) {
-    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K())),
-                      nu = std::size_t(points(g) * packed_conv_size(g.Co, g.C));
-    const std::size_t bytes = nu * sizeof(float);
+  std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false) {
+    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
+    const std::size_t bytes = u_words(g, bf) * sizeof(float);
     if (bytes > kEntryMax || bytes > cap) return nullptr;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw);
     const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == points(g) && it->e->nw == nw && it->e->hash == hash) {
+        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == points(g) && it->e->bf == bf && it->e->nw == nw &&
+            it->e->hash == hash) {
           it->used = now;
           ++hits;
           lru_.splice(lru_.begin(), lru_, it);  // most recently used
@@ -324,7 +383,7 @@ class WeightCache {
       bytes_ += bytes;  // reserved while the transform runs unlocked
     }
     auto e = std::make_shared<WeightEntry>();
-    e->Co = g.Co, e->C = g.C, e->P = points(g), e->nw = nw, e->hash = hash;
+    e->Co = g.Co, e->C = g.C, e->P = points(g), e->bf = bf, e->nw = nw, e->hash = hash;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
@@ -332,7 +391,7 @@ class WeightCache {
       bytes_ -= bytes;
       return nullptr;
     }
-    transform_weights(g, wp, const_cast<float*>(e->U()), pool);
+    transform_weights(g, wp, const_cast<void*>(e->U()), pool, bf);
     std::lock_guard<std::mutex> lk(m_);
     lru_.push_front({e, now});
     return e;
@@ -1087,6 +1146,97 @@ inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk,
   }
   kernel_blocks(Up, Kfull, cbk, cob, cobn, b, K, o, TL, nullptr, TL, true, false, Act::none, 0.0f);
 }
+
+// bf16 products (setCpuPrecision("bf16")): vdpbf16ps multiplies 16 pairs of bf16 and adds both
+// products to each fp32 lane — two input channels per instruction where vfmadd231ps does one, the
+// same register tile: 419 against 227 GFLOP/s on one Zen 5 core. A point's V rows (16 tiles of one
+// input channel, fp32 from the input transform) become ⌈C/2⌉ rows of 16 words, word t holding
+// channel 2kp's tile t (low half) and channel 2kp + 1's (high half), in place: row kp is written
+// where rows 2kp, 2kp + 1 were read, never over a row still to be read.
+#define BHSD_BF __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline
+BHSD_BF void v_to_bf16(float* V, int P, std::int64_t vps, std::int64_t C) {
+  alignas(64) static const std::uint16_t order[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(order);
+  for (int p = 0; p < P; ++p) {
+    float* v = V + p * vps;
+    std::int64_t kp = 0;
+    for (; 2 * kp + 1 < C; ++kp) {
+      const __m512 lo = _mm512_loadu_ps(v + 32 * kp), hi = _mm512_loadu_ps(v + 32 * kp + 16);
+      _mm512_storeu_si512(v + 16 * kp, _mm512_permutexvar_epi16(idx, __m512i(_mm512_cvtne2ps_pbh(hi, lo))));
+    }
+    if (2 * kp < C) {  // an odd channel count: its last channel paired with zeros
+      const __m512 lo = _mm512_loadu_ps(v + 32 * kp);
+      _mm512_storeu_si512(v + 16 * kp,
+                          _mm512_permutexvar_epi16(idx, __m512i(_mm512_cvtne2ps_pbh(_mm512_setzero_ps(), lo))));
+    }
+  }
+}
+
+// M rows (R0 + R1 output channels of blocks a0, a1, 16 tiles each, rows of 16 at o) = Σ over the
+// KP pairs of channels of a's pair × b's pair; a: MR words a pair row, b: 16 words a pair row.
+template <int R0, int R1>
+BHSD_BF void kernel_bf16(const std::uint32_t* a0, const std::uint32_t* a1, const float* b, std::int64_t KP, float* o) {
+  constexpr int R = R0 + R1;
+  __m512 c[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) c[r] = _mm512_setzero_ps();
+  for (std::int64_t kp = 0; kp < KP; ++kp) {
+    const __m512bh v = __m512bh(_mm512_loadu_si512(b + 16 * kp));
+#pragma GCC unroll 6
+    for (int r = 0; r < R0; ++r) c[r] = _mm512_dpbf16_ps(c[r], __m512bh(_mm512_set1_epi32(int(a0[r]))), v);
+#pragma GCC unroll 6
+    for (int r = 0; r < R1; ++r) c[R0 + r] = _mm512_dpbf16_ps(c[R0 + r], __m512bh(_mm512_set1_epi32(int(a1[r]))), v);
+    a0 += MR;
+    if (R1) a1 += MR;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(o + r * TL, c[r]);
+}
+template <int R0>
+BHSD_BF void kernel_bf16_second(std::int64_t r1, const std::uint32_t* a0, const std::uint32_t* a1, const float* b,
+                                std::int64_t KP, float* o) {
+  switch (r1) {
+    case 6:
+      return kernel_bf16<R0, 6>(a0, a1, b, KP, o);
+    case 5:
+      return kernel_bf16<R0, 5>(a0, a1, b, KP, o);
+    case 4:
+      return kernel_bf16<R0, 4>(a0, a1, b, KP, o);
+    case 3:
+      return kernel_bf16<R0, 3>(a0, a1, b, KP, o);
+    case 2:
+      return kernel_bf16<R0, 2>(a0, a1, b, KP, o);
+    case 1:
+      return kernel_bf16<R0, 1>(a0, a1, b, KP, o);
+    default:
+      return kernel_bf16<R0, 0>(a0, a1, b, KP, o);
+  }
+}
+// Point p's products for output-channel blocks cob and, where cobn = cob + 2, cob + 1 (rows right
+// after cob's in o): Ub the layer's bf16 pairs ([block][point][pair][MR]), v the point's V pair rows.
+BHSD_BF void point_gemm_bf16(const std::uint32_t* Ub, int P, int p, std::int64_t KP, const CoBlocks& cbk,
+                             std::int64_t cob, std::int64_t cobn, const float* v, float* o) {
+  const std::uint32_t* a0 = Ub + (cob * P + p) * KP * MR;
+  const std::uint32_t* a1 = a0 + std::int64_t(P) * KP * MR;
+  const std::int64_t r1 = cobn == cob + 2 ? cbk.rows(cob + 1) : 0;
+  o += cbk.row0(cob) * TL;
+  switch (cbk.rows(cob)) {
+    case 6:
+      return kernel_bf16_second<6>(r1, a0, a1, v, KP, o);
+    case 5:
+      return kernel_bf16_second<5>(r1, a0, a1, v, KP, o);
+    case 4:
+      return kernel_bf16_second<4>(r1, a0, a1, v, KP, o);
+    case 3:
+      return kernel_bf16_second<3>(r1, a0, a1, v, KP, o);
+    case 2:
+      return kernel_bf16_second<2>(r1, a0, a1, v, KP, o);
+    default:
+      return kernel_bf16_second<1>(r1, a0, a1, v, KP, o);
+  }
+}
+#undef BHSD_BF
 }  // namespace wino_detail
 #endif
 
@@ -1117,17 +1267,21 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   using conv_detail::Scratch;
   if (!winograd_applies(g)) return false;
   const int P = points(g);
-  const std::size_t need = std::size_t(P * packed_conv_size(g.Co, g.C));
+  const bool bf = use_bf16();  // this call's precision (its thread's), fixed for the whole call
+  const std::size_t need = u_words(g, bf);
   if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
-  const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool);
+  const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool, bf);
   std::unique_ptr<WeightLease> lease;
-  const float* U = cached ? cached->U() : nullptr;
-  if (!U) {
+  const void* Uany = cached ? cached->U() : nullptr;
+  if (!Uany) {
     lease.reset(new WeightLease(need, (std::size_t(32) << 20) / sizeof(float)));
     if (!lease->get()) return false;
-    transform_weights(g, wp, lease->get(), pool);
-    U = lease->get();
+    transform_weights(g, wp, lease->get(), pool, bf);
+    Uany = lease->get();
   }
+  const float* U = static_cast<const float*>(Uany);
+  const auto* Ub = static_cast<const std::uint32_t*>(Uany);
+  const std::int64_t KP = (g.C + 1) / 2;
   const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
                      TW = (g.Wo + m - 1) / m, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
@@ -1139,7 +1293,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   // are groups enough.
   const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
   const std::int64_t threads = std::int64_t(pool.size());
-  const std::int64_t ubytes = P * g.C * g.Co * std::int64_t(sizeof(float));
+  const std::int64_t ubytes = std::int64_t(need * sizeof(float));
   std::int64_t G =
       ubytes > (std::int64_t(12) << 20) ? 8 : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
   G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
@@ -1158,6 +1312,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       input_transform<4>(g, in, gr, V);
     else
       input_transform<1>(g, in, gr, V);
+    if (bf) v_to_bf16(V, P, vps, g.C);
   };
   auto output_tf = [&](const Group& gr, const float* M) {
     if (P == 144)
@@ -1174,6 +1329,13 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   // point p's products for groups 0 … gn − 1 of V and M, every output channel
   const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
   auto point_products = [&](int p, std::int64_t gn, const float* V, float* M) {
+    if (bf) {
+      for (std::int64_t cob = 0; cob < coblocks; cob += 2)
+        for (std::int64_t q = 0; q < gn; ++q)
+          point_gemm_bf16(Ub, P, p, KP, cbk, cob, std::min(coblocks, cob + 2), V + q * vsz + p * vps,
+                          M + q * msz + p * mps);
+      return;
+    }
     const float* Up = U + p * g.C * MR;
     for (std::int64_t cob = 0; cob < coblocks; cob += step) {
       const std::int64_t cobn = std::min(coblocks, cob + step);
@@ -1247,26 +1409,54 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
 
 namespace wino_detail {
 // The plan: per (C, Co, kd, D, H, W, pd, ph, pw, Do, Ho, Wo, threads, tiles), whether Winograd was faster.
-using PlanKey = std::array<std::int64_t, 14>;
+using PlanKey = std::array<std::int64_t, 15>;
+// What the plan chose for a key: the direct path, Winograd in the call's precision, or (a bf16
+// call) Winograd in fp32 — F(4×4) tiles in fp32 beat F(2×…) tiles in bf16 where the transforms,
+// not the products, are most of the time (32-channel layers at 16×256×256: 49 against 61 ms).
+enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2 };
 struct Plan {
   std::mutex m;
-  std::map<PlanKey, bool> faster;
+  std::map<PlanKey, int> choice;
 };
 inline Plan& plan() {
   static Plan p;
   return p;
 }
 inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
-  return {g.C, g.Co, g.kd, g.D, g.H, g.W, g.pd, g.ph, g.pw, g.Do, g.Ho, g.Wo, std::int64_t(pool.size()), tile_m(g)};
+  return {g.C,
+          g.Co,
+          g.kd,
+          g.D,
+          g.H,
+          g.W,
+          g.pd,
+          g.ph,
+          g.pw,
+          g.Do,
+          g.Ho,
+          g.Wo,
+          std::int64_t(pool.size()),
+          tile_m(g),
+          std::int64_t(use_bf16())};
+}
+// Winograd as the choice says (kWinoFp32: in an fp32 scope, whatever the call's precision).
+inline bool winograd_as(int choice, const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
+                        Act act, float alpha, ThreadPool& pool) {
+  if (choice == kWinoFp32) {
+    PrecisionScope fp32(Precision::fp32);
+    return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+  }
+  return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
 }
 }  // namespace wino_detail
 
-// What the plan holds for this layer: 1 Winograd, 0 direct, −1 not planned yet (for tests and the bench).
+// What the plan holds for this layer: 1 Winograd (2: Winograd in fp32 for a bf16 call), 0 direct,
+// −1 not planned yet (for tests and the bench).
 inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
   std::lock_guard<std::mutex> lk(pl.m);
-  const auto it = pl.faster.find(wino_detail::key_of(g, pool));
-  return it == pl.faster.end() ? -1 : it->second ? 1 : 0;
+  const auto it = pl.choice.find(wino_detail::key_of(g, pool));
+  return it == pl.choice.end() ? -1 : it->second;
 }
 
 // conv3d_forward's first question: true when Winograd (or the planning of this shape) wrote the
@@ -1279,14 +1469,17 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   if (md == Mode::off) return false;
   if (md == Mode::on) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
   const int planned = winograd_planned(g, pool);
-  if (planned == 0) return false;
-  if (planned == 1) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+  if (planned == kDirect) return false;
+  if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
-  auto timed = [&](const ConvGeom& at, bool wino) -> double {
+  // the candidates: Winograd in the call's precision, and for a bf16 call Winograd in fp32 too
+  std::vector<int> winos{kWino};
+  if (use_bf16()) winos.push_back(kWinoFp32);
+  auto timed = [&](const ConvGeom& at, int c) -> double {
     const auto t0 = clock::now();
-    if (!wino)
+    if (c == kDirect)
       conv3d_forward(at, in, wp, bias, out, act, alpha, pool, false);
-    else if (!conv3d_forward_winograd(at, in, wp, bias, out, act, alpha, pool))
+    else if (!winograd_as(c, at, in, wp, bias, out, act, alpha, pool))
       return -1;
     return std::chrono::duration<double>(clock::now() - t0).count();
   };
@@ -1307,43 +1500,55 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   // 8×8×8: 5.0 ms against the direct path's 6.5 ms, planned direct).
   const double direct_flops =
       2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
-  bool wino_faster;
+  int best = kDirect;
   if (2 * slab.Do <= g.Do && direct_flops > 8e9) {
-    // weights the cache will not keep are transformed by every call, once per call whatever its
-    // size: that time (tw, measured here once) counts whole, the rest scaled from the slab to the
-    // layer (an uncached 512→256 layer's 11 ms transform against a quarter of its products had made
-    // the plan choose a direct path 2.5× slower)
-    double tw = 0;
-    if (!WeightCache::instance().get(g, wp, pool)) {
-      WeightLease lease(std::size_t(points(g) * packed_conv_size(g.Co, g.C)), (std::size_t(32) << 20) / sizeof(float));
-      if (lease.get()) {
-        transform_weights(g, wp, lease.get(), pool);  // the first pays the buffer's page faults
-        const auto t0 = clock::now();
-        transform_weights(g, wp, lease.get(), pool);
-        tw = std::chrono::duration<double>(clock::now() - t0).count();
-      }
-    }
-    double direct = timed(slab, false), wino = timed(slab, true);
-    if (wino >= 0) {
-      direct = std::min(direct, timed(slab, false));
-      wino = std::min(wino, timed(slab, true));
-    }
     const double scale = double(g.Do) / double(slab.Do);
-    wino_faster = wino >= 0 && std::max(0.0, wino - tw) * scale + tw < direct * scale;
-    if (!wino_faster || !conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool)) {
-      wino_faster = false;
+    const double direct1 = timed(slab, kDirect);
+    double best_t = direct1 * scale;
+    bool first = true;
+    for (const int c : winos) {
+      // weights the cache will not keep are transformed by every call, once per call whatever its
+      // size: that time (tw, measured here once) counts whole, the rest scaled from the slab to the
+      // layer (an uncached 512→256 layer's 11 ms transform against a quarter of its products had
+      // made the plan choose a direct path 2.5× slower)
+      double tw = 0;
+      {
+        std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+        const bool bf = use_bf16();
+        if (!WeightCache::instance().get(g, wp, pool, bf)) {
+          WeightLease lease(u_words(g, bf), (std::size_t(32) << 20) / sizeof(float));
+          if (lease.get()) {
+            transform_weights(g, wp, lease.get(), pool, bf);  // the first pays the buffer's page faults
+            const auto t0 = clock::now();
+            transform_weights(g, wp, lease.get(), pool, bf);
+            tw = std::chrono::duration<double>(clock::now() - t0).count();
+          }
+        }
+      }
+      double wino = timed(slab, c);
+      if (wino < 0) continue;
+      wino = std::min(wino, timed(slab, c));
+      if (first) best_t = std::min(direct1, timed(slab, kDirect)) * scale, first = false;
+      const double t = std::max(0.0, wino - tw) * scale + tw;
+      if (t < best_t) best_t = t, best = c;
+    }
+    if (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool)) {
+      best = kDirect;
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
   } else {
-    const double direct = timed(g, false);
-    double wino = timed(g, true);
-    if (wino > direct) wino = std::min(wino, timed(g, true));  // the first run paid its buffers' page faults
-    wino_faster = wino >= 0 && wino < direct;
+    double best_t = timed(g, kDirect);  // every path timed writes the whole output
+    for (const int c : winos) {
+      double wino = timed(g, c);
+      if (wino < 0) continue;
+      if (wino > best_t) wino = std::min(wino, timed(g, c));  // the first run paid its buffers' page faults
+      if (wino < best_t) best_t = wino, best = c;
+    }
   }
   {
     auto& pl = plan();
     std::lock_guard<std::mutex> lk(pl.m);
-    pl.faster[key_of(g, pool)] = wino_faster;
+    pl.choice[key_of(g, pool)] = best;
   }
   return true;  // the output is whole either way
 }

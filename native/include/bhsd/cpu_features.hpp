@@ -10,6 +10,9 @@ struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;
   bool avx512f = false;
+  bool avx512bw = false;
+  bool avx512bf16 =
+      false;  // vdpbf16ps: pairs of bf16 products summed into fp32 (Zen 4/5, Cooper Lake, Sapphire Rapids)
 };
 
 inline CpuFeatures cpu_features() {
@@ -19,6 +22,8 @@ inline CpuFeatures cpu_features() {
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
   f.avx512f = __builtin_cpu_supports("avx512f");
+  f.avx512bw = __builtin_cpu_supports("avx512bw");
+  f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
 #endif
   return f;
 }

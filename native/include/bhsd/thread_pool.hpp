@@ -50,6 +50,27 @@ class CancelScope {
   const CancelFlag* saved_;
 };
 
+// The arithmetic a convolution may use (the Node layer's setCpuPrecision / loadModel's precision):
+// fp32 throughout, or bf16 products with fp32 sums where the processor has AVX512_BF16 (the
+// Winograd convolutions' transformed-domain products; everything else stays fp32). Per thread: the
+// call that runs a computation sets it for its own thread (PrecisionScope), so two models of
+// different precision can run at once.
+enum class Precision { fp32 = 0, bf16 = 1 };
+inline Precision& call_precision() {
+  static thread_local Precision p = Precision::fp32;
+  return p;
+}
+class PrecisionScope {
+ public:
+  explicit PrecisionScope(Precision p) : saved_(call_precision()) { call_precision() = p; }
+  ~PrecisionScope() { call_precision() = saved_; }
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+ private:
+  Precision saved_;
+};
+
 // Runs `fn(lo, hi)` over [0, n) split into chunks, on the calling thread plus the pool's workers.
 // One loop runs at a time (callers from several threads queue on a mutex); a loop started from
 // inside a worker runs serially on that worker, so nesting cannot deadlock. The first exception
