@@ -98,9 +98,15 @@ inline std::atomic<int>& precise_tiles() {
   static std::atomic<int> n{0};
   return n;
 }
+// The plan's switch for one call on this thread: true runs F(2×…) tiles where F(4×4) ones are the
+// default (small layers, where F(4×4)'s larger transforms cost more than its products save).
+inline bool& small_tiles() {
+  static thread_local bool on = false;
+  return on;
+}
 inline int tile_m(const ConvGeom& g) {
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
-  if (precise_tiles().load(std::memory_order_relaxed) > 0) return 2;
+  if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
   if (call_precision() == Precision::bf16 && bf16_available())
     return 2;  // F(4×4)'s transforms amplify bf16's rounding to 9 % of scale
   static const bool env_off = [] {
@@ -1410,10 +1416,12 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
 namespace wino_detail {
 // The plan: per (C, Co, kd, D, H, W, pd, ph, pw, Do, Ho, Wo, threads, tiles), whether Winograd was faster.
 using PlanKey = std::array<std::int64_t, 15>;
-// What the plan chose for a key: the direct path, Winograd in the call's precision, or (a bf16
-// call) Winograd in fp32 — F(4×4) tiles in fp32 beat F(2×…) tiles in bf16 where the transforms,
-// not the products, are most of the time (32-channel layers at 16×256×256: 49 against 61 ms).
-enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2 };
+// What the plan chose for a key: the direct path, Winograd as the call would run it, (a bf16 call)
+// Winograd in fp32 — F(4×4) tiles in fp32 beat F(2×…) tiles in bf16 where the transforms, not the
+// products, are most of the time (32-channel layers at 16×256×256: 49 against 61 ms) — or (an fp32
+// call whose default is F(4×4)) F(2×…) tiles: on small layers their smaller transforms win
+// (32→32 at 4×16×16: 0.18 against 0.29 ms; MONAI SegResNet's deeper stages).
+enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2, kWinoSmall = 3 };
 struct Plan {
   std::mutex m;
   std::map<PlanKey, int> choice;
@@ -1439,19 +1447,28 @@ inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
           tile_m(g),
           std::int64_t(use_bf16())};
 }
-// Winograd as the choice says (kWinoFp32: in an fp32 scope, whatever the call's precision).
+// Winograd as the choice says (kWinoFp32: in an fp32 scope, whatever the call's precision;
+// kWinoSmall: with F(2×…) tiles).
 inline bool winograd_as(int choice, const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                         Act act, float alpha, ThreadPool& pool) {
   if (choice == kWinoFp32) {
     PrecisionScope fp32(Precision::fp32);
     return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
   }
+  if (choice == kWinoSmall) {
+    struct Small {
+      bool saved = small_tiles();
+      Small() { small_tiles() = true; }
+      ~Small() { small_tiles() = saved; }
+    } small;
+    return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+  }
   return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
 }
 }  // namespace wino_detail
 
-// What the plan holds for this layer: 1 Winograd (2: Winograd in fp32 for a bf16 call), 0 direct,
-// −1 not planned yet (for tests and the bench).
+// What the plan holds for this layer (a Choice): 0 direct, 1 Winograd as the call runs it, 2 in fp32
+// for a bf16 call, 3 with F(2×…) tiles; −1 not planned yet (for tests and the bench).
 inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
   std::lock_guard<std::mutex> lk(pl.m);
@@ -1472,9 +1489,13 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   if (planned == kDirect) return false;
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
-  // the candidates: Winograd in the call's precision, and for a bf16 call Winograd in fp32 too
+  // the candidates: Winograd as the call would run it; for a bf16 call Winograd in fp32 too, and
+  // for an fp32 call with F(4×4) tiles the F(2×…) tiles
   std::vector<int> winos{kWino};
-  if (use_bf16()) winos.push_back(kWinoFp32);
+  if (use_bf16())
+    winos.push_back(kWinoFp32);
+  else if (tile_m(g) == 4)
+    winos.push_back(kWinoSmall);
   auto timed = [&](const ConvGeom& at, int c) -> double {
     const auto t0 = clock::now();
     if (c == kDirect)
@@ -1514,6 +1535,8 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       double tw = 0;
       {
         std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+        const bool small = small_tiles();
+        small_tiles() = small || c == kWinoSmall;
         const bool bf = use_bf16();
         if (!WeightCache::instance().get(g, wp, pool, bf)) {
           WeightLease lease(u_words(g, bf), (std::size_t(32) << 20) / sizeof(float));
@@ -1524,6 +1547,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
             tw = std::chrono::duration<double>(clock::now() - t0).count();
           }
         }
+        small_tiles() = small;
       }
       double wino = timed(slab, c);
       if (wino < 0) continue;
@@ -1537,13 +1561,22 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
   } else {
-    double best_t = timed(g, kDirect);  // every path timed writes the whole output
-    for (const int c : winos) {
-      double wino = timed(g, c);
-      if (wino < 0) continue;
-      if (wino > best_t) wino = std::min(wino, timed(g, c));  // the first run paid its buffers' page faults
-      if (wino < best_t) best_t = wino, best = c;
+    // every path timed writes the whole output; each twice, in turn (the first run of each pays
+    // its buffers' page faults and, called from Node, a cold thread: once each, the direct path of
+    // SegResNet's 64→64 at 2×8×8 had timed slower than Winograd, which then ran at 1.7× its time)
+    std::vector<double> t(winos.size() + 1, -1);
+    for (int round = 0; round < 2; ++round) {
+      const double d = timed(g, kDirect);
+      t[0] = round ? std::min(t[0], d) : d;
+      for (std::size_t i = 0; i < winos.size(); ++i) {
+        if (round && t[i + 1] < 0) continue;  // it did not run
+        const double w = timed(g, winos[i]);
+        t[i + 1] = round ? std::min(t[i + 1], w) : w;
+      }
     }
+    double best_t = t[0];
+    for (std::size_t i = 0; i < winos.size(); ++i)
+      if (t[i + 1] >= 0 && t[i + 1] < best_t) best_t = t[i + 1], best = winos[i];
   }
   {
     auto& pl = plan();
