@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { inArray, invalidParameterError } from "../is.js";
 import type { VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
-import { precisionScope } from "./precision.js";
+import { scopedPrecision } from "./precision.js";
 import type { TensorBackend, Triple } from "./tensor-types.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 
@@ -351,7 +351,7 @@ export class CudaBackend implements Backend {
   }
   /** The running model's precision (loadModel's), else the backend's. */
   private get prec(): number {
-    return CUDA_PRECISIONS.indexOf(precisionScope.getStore() ?? this.precision);
+    return CUDA_PRECISIONS.indexOf(scopedPrecision() ?? this.precision);
   }
 
   // ---- tensor operations --------------------------------------------------------------------------

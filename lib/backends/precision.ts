@@ -18,8 +18,13 @@ export type CpuPrecision = (typeof CPU_PRECISIONS)[number];
 export const PRECISIONS = ["fp32", "tf32", "fp16", "bf16"] as const;
 export type Precision = (typeof PRECISIONS)[number];
 
-/** The precision of the run this async context belongs to, where a model set one. */
-export const precisionScope = new AsyncLocalStorage<Precision>();
+/** The precision of the run this async context belongs to, where a model set one (not exported: its type would put @types/node into the package's declarations). */
+const precisionScope = new AsyncLocalStorage<Precision>();
+
+/** The running model's precision, where it set one. */
+export function scopedPrecision(): Precision | undefined {
+  return precisionScope.getStore();
+}
 
 let cpuDefault: CpuPrecision | undefined;
 
