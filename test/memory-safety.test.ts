@@ -76,11 +76,13 @@ for (const { name, backend } of backendsUnderTest()) {
     }
   });
 
+  // (the native backend runs calls of under ~1 ms of work on the calling thread before they return —
+  // nothing can happen mid-call there — so the calls below are sized to be queued)
   test.serial(`${name}: an output transferred away mid-call is an error that says the result is lost`, async (t) => {
     use();
-    const x = { data: new Float32Array(8 * 16 * 32 * 32).fill(1), shape: [1, 8, 16, 32, 32] };
+    const x = { data: new Float32Array(8 * 32 * 64 * 64).fill(1), shape: [1, 8, 32, 64, 64] };
     const w = { data: new Float32Array(16 * 8 * 27).fill(0.01), shape: [16, 8, 3, 3, 3] };
-    const out = { data: new Float32Array(16 * 16 * 32 * 32), shape: [1, 16, 16, 32, 32] };
+    const out = { data: new Float32Array(16 * 32 * 64 * 64), shape: [1, 16, 32, 64, 64] };
     const p = conv3d(x, w, null, { padding: 1, out });
     structuredClone(out.data.buffer, { transfer: [out.data.buffer] });
     churn();
@@ -157,9 +159,10 @@ for (const { name, backend } of backendsUnderTest()) {
     );
     if (y instanceof Error) t.regex(y.message, /detached or resized during the call/);
     else t.true(y.data.every((v) => v === 4)); // 4 channels × 2 × 0.5
-    const rab2 = new ArrayBuffer(n * 4, { maxByteLength: n * 8 });
-    const out = { data: new Float32Array(rab2, 0, n), shape: [1, 4, 8, 16, 16] };
-    const p2 = conv3d({ data: new Float32Array(n).fill(1), shape: [1, 4, 8, 16, 16] }, w, null, { out });
+    const m = 4 * 64 * 128 * 128; // 16 MB in and out: a queued call
+    const rab2 = new ArrayBuffer(m * 4, { maxByteLength: m * 8 });
+    const out = { data: new Float32Array(rab2, 0, m), shape: [1, 4, 64, 128, 128] };
+    const p2 = conv3d({ data: new Float32Array(m).fill(1), shape: [1, 4, 64, 128, 128] }, w, null, { out });
     rab2.resize(16);
     await t.throwsAsync(p2, { message: /detached|shrunk|resized|result is lost/ });
   });

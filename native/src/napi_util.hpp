@@ -2,6 +2,8 @@
 // Only this layer knows Node; the core in native/include/bhsd knows nothing of it.
 #pragma once
 
+#include <cmath>
+
 #define NAPI_VERSION 8
 #include <napi.h>
 
@@ -228,19 +230,25 @@ class PromiseWorker : public Napi::AsyncWorker {
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
-  void Execute() override {
+  // The work under the call's cancel flag and precision; the error message, or empty.
+  std::string Run() noexcept {
     try {
       bhsd::CancelScope scope(cancel_.get());
       bhsd::PrecisionScope precision(precision_);
       bhsd::check_cancel();  // cancelled while queued: do not start
       execute_();
+      return {};
     } catch (const std::bad_alloc&) {
-      SetError("native: out of memory");
+      return "native: out of memory";
     } catch (const std::exception& e) {
-      SetError(e.what());
+      return e.what();
     } catch (...) {
-      SetError("native: unknown error");
+      return "native: unknown error";
     }
+  }
+  void Execute() override {
+    const std::string e = Run();
+    if (!e.empty()) SetError(e);
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -259,10 +267,35 @@ class PromiseWorker : public Napi::AsyncWorker {
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
-  // Queues the worker and returns its promise (the worker deletes itself when done).
-  static Napi::Value Start(Napi::Env env, Exec execute, Resolve resolve, std::vector<Napi::Value> keep) {
+  // Queues the worker and returns its promise (the worker deletes itself when done) — or, where
+  // `work` (the caller's estimate: bytes the call moves, plus a convolution's multiply-adds / 32)
+  // is at most kInlineWork (about 1 ms on 2 threads here), runs it now on this (the JavaScript)
+  // thread and returns the settled promise. A trip through libuv's worker threads and back costs
+  // 35 µs and more in these VMs (two thread wake-ups; more on a loaded machine), as much as a small
+  // layer's work: MONAI SegResNet's forward at 16×64×64 is 75 calls of 0.1–1 ms. Its loops take
+  // the native pool only if it is free (ThreadPool's no-wait scope: else they run on this thread
+  // alone), so the event loop never waits behind another call's long loop; an inline call blocks
+  // it for about a millisecond at most (a chain of them, one small network's forward: the service
+  // runs models in worker threads). BHSD_NO_INLINE=1 queues every call (for comparison).
+  static constexpr double kInlineWork = double(16 << 20);
+  static Napi::Value Start(Napi::Env env, Exec execute, Resolve resolve, std::vector<Napi::Value> keep,
+                           double work = HUGE_VAL) {
     auto* w = new PromiseWorker(env, std::move(execute), std::move(resolve), std::move(keep));
     Napi::Promise p = w->Promise();
+    static const bool never = std::getenv("BHSD_NO_INLINE") != nullptr;
+    if (work <= kInlineWork && !never) {
+      std::unique_ptr<PromiseWorker> own(w);  // never queued: deleted here
+      std::string e;
+      {
+        bhsd::PoolNoWaitScope no_wait;
+        e = w->Run();
+      }
+      if (e.empty())
+        w->OnOK();
+      else
+        w->deferred_.Reject(Napi::Error::New(env, e).Value());
+      return p;
+    }
     w->Queue();
     return p;
   }

@@ -116,6 +116,54 @@ static void test_pool_many_loops(bhsd::ThreadPool& pool) {
   CHECK(acc == 2000LL * (96 * 97 / 2));
 }
 
+// A loop made under PoolNoWaitScope while another thread's loop holds the pool runs serially on its
+// own thread instead of waiting for it (the Node layer's small calls, run on the JavaScript thread,
+// must not wait behind another call's long loop). A watchdog releases the holder after 10 s, so a
+// broken scope fails the check instead of hanging the test.
+static void test_pool_no_wait(bhsd::ThreadPool& pool) {
+  if (pool.size() < 2) return;
+  std::atomic<int> started{0}, release{0}, done{0}, timed_out{0};
+  std::thread holder([&] {
+    pool.parallel_for(
+        2,
+        [&](std::size_t, std::size_t) {
+          started = 1;
+          while (!release.load()) std::this_thread::yield();
+        },
+        1, 1);
+  });
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1000 && !done.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!done.load()) timed_out = 1;
+    release = 1;
+  });
+  while (!started.load()) std::this_thread::yield();
+  std::atomic<std::size_t> total{0};
+  std::atomic<int> elsewhere{0};
+  const std::thread::id self = std::this_thread::get_id();
+  {
+    bhsd::PoolNoWaitScope no_wait;
+    pool.parallel_for(1000, [&](std::size_t lo, std::size_t hi) {
+      total += hi - lo;
+      if (std::this_thread::get_id() != self) elsewhere = 1;
+    });
+  }
+  done = 1;
+  CHECK(total == 1000);
+  CHECK(elsewhere == 0);  // serially, on this thread
+  CHECK(timed_out == 0);  // before the holder let go
+  release = 1;
+  holder.join();
+  watchdog.join();
+  // and with the pool free, a no-wait loop uses it as any other
+  std::atomic<std::size_t> again{0};
+  {
+    bhsd::PoolNoWaitScope no_wait;
+    pool.parallel_for(1000, [&](std::size_t lo, std::size_t hi) { again += hi - lo; });
+  }
+  CHECK(again == 1000);
+}
+
 static void test_stats_and_rescale(bhsd::ThreadPool& pool) {
   std::vector<std::int16_t> v(300001);
   for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::int16_t(int(i % 4001) - 2000);
@@ -1321,6 +1369,7 @@ int main() {
     test_pool_covers_every_index(pool);
     test_pool_exception_and_nesting(pool);
     test_pool_many_loops(pool);
+    test_pool_no_wait(pool);
     test_pool_cancel(pool);
     test_stats_and_rescale(pool);
     test_read_scaled(pool);

@@ -71,6 +71,24 @@ class PrecisionScope {
   Precision saved_;
 };
 
+// While set on a thread, its parallel loops use the pool only if no other loop holds it, and
+// otherwise run serially on that thread instead of waiting (the Node layer's calls run inline on
+// the JavaScript thread, which must not wait behind another call's long loop).
+inline bool& pool_no_wait() {
+  static thread_local bool flag = false;
+  return flag;
+}
+class PoolNoWaitScope {
+ public:
+  PoolNoWaitScope() : saved_(pool_no_wait()) { pool_no_wait() = true; }
+  ~PoolNoWaitScope() { pool_no_wait() = saved_; }
+  PoolNoWaitScope(const PoolNoWaitScope&) = delete;
+  PoolNoWaitScope& operator=(const PoolNoWaitScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
 // Runs `fn(lo, hi)` over [0, n) split into chunks, on the calling thread plus the pool's workers.
 // One loop runs at a time (callers from several threads queue on a mutex); a loop started from
 // inside a worker runs serially on that worker, so nesting cannot deadlock. The first exception
@@ -113,24 +131,28 @@ class ThreadPool {
     const std::size_t chunks = (n + chunk - 1) / chunk;
     const CancelFlag* cancel = current_cancel();
     check_cancel();
-    if (chunks <= 1 || threads == 1 || in_worker()) {
+    auto serially = [&] {
       if (!cancel) {
         fn(0, n);
         return;
       }
-      for (std::size_t lo = 0; lo < n; lo += chunk) {  // serially, still checking between chunks
+      for (std::size_t lo = 0; lo < n; lo += chunk) {  // still checking between chunks
         check_cancel();
         fn(lo, std::min(n, lo + chunk));
       }
-      return;
-    }
+    };
+    if (chunks <= 1 || threads == 1 || in_worker()) return serially();
     // Shared with the workers: one that wakes after the last chunk is taken still holds the job,
     // finds nothing to do and lets go, while the caller has long returned (it never waits for a
     // descheduled thread that has no chunk: on a loaded machine that wait cost a scheduler quantum
     // per loop).
+    std::unique_lock<std::mutex> run(run_mutex_, std::defer_lock);
+    if (!pool_no_wait())
+      run.lock();
+    else if (!run.try_lock())
+      return serially();  // another loop holds the pool: this one does not wait for it
     auto shared = std::make_shared<Job>(&fn, n, chunk, chunks, cancel);
     Job& job = *shared;
-    std::unique_lock<std::mutex> run(run_mutex_);
     {
       std::lock_guard<std::mutex> lk(mutex_);
       if (stopping_) {
