@@ -104,6 +104,13 @@ inline bool& small_tiles() {
   static thread_local bool on = false;
   return on;
 }
+struct SmallTilesScope {  // sets it for a scope (restored on the way out, a cancellation's throw too)
+  bool saved = small_tiles();
+  explicit SmallTilesScope(bool on) { small_tiles() = saved || on; }
+  ~SmallTilesScope() { small_tiles() = saved; }
+  SmallTilesScope(const SmallTilesScope&) = delete;
+  SmallTilesScope& operator=(const SmallTilesScope&) = delete;
+};
 inline int tile_m(const ConvGeom& g) {
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
@@ -1456,11 +1463,7 @@ inline bool winograd_as(int choice, const ConvGeom& g, const float* in, const fl
     return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
   }
   if (choice == kWinoSmall) {
-    struct Small {
-      bool saved = small_tiles();
-      Small() { small_tiles() = true; }
-      ~Small() { small_tiles() = saved; }
-    } small;
+    SmallTilesScope small(true);
     return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
   }
   return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
@@ -1535,8 +1538,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       double tw = 0;
       {
         std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-        const bool small = small_tiles();
-        small_tiles() = small || c == kWinoSmall;
+        SmallTilesScope small(c == kWinoSmall);
         const bool bf = use_bf16();
         if (!WeightCache::instance().get(g, wp, pool, bf)) {
           WeightLease lease(u_words(g, bf), (std::size_t(32) << 20) / sizeof(float));
@@ -1547,7 +1549,6 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
             tw = std::chrono::duration<double>(clock::now() - t0).count();
           }
         }
-        small_tiles() = small;
       }
       double wino = timed(slab, c);
       if (wino < 0) continue;
