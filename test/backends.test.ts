@@ -148,6 +148,35 @@ nativeTest("the addon refuses bad arguments with JS errors, never a crash", asyn
     message: /dst must be a Float32Array as long as src/,
   });
   t.throws(() => addon.rescaleToF32!(new Int16Array(4), "x", 0, new Float32Array(4)), { message: /slope must be a number/ });
+  // dimensions whose product wraps around 64 bits to a small array's length: 16 · (2^20 + 1) ·
+  // (2^40 − 2^20 + 1) = 2^64 + 16, each factor within the 2^40 a dimension may be. Compared wrapped,
+  // a 16-element array would pass and the kernel run far past its end; the product is checked
+  // factor by factor instead
+  const a = 2 ** 20 + 1,
+    b = 2 ** 40 - 2 ** 20 + 1;
+  const x16 = new Float32Array(16),
+    y16 = new Float32Array(16);
+  t.throws(() => addon.unary!(x16, 16, a, b, 0, 0.01, null, y16), { message: /the sizes' product is too large/ });
+  t.throws(() => addon.softmax!(x16, 16, a, b, y16), { message: /the sizes' product is too large/ });
+  t.throws(
+    () =>
+      addon.conv3d!(
+        x16,
+        [16, a, b, 1, 1],
+        new Float32Array(27),
+        [1, 3, 3, 3],
+        null,
+        [1, 1, 1],
+        [1, 1, 1],
+        [0, 0, 0],
+        1,
+        [1, 1, 1],
+        0,
+        0,
+        y16,
+      ),
+    { message: /the sizes' product is too large/ },
+  );
   t.notThrows(() => getBackend("native"));
 });
 

@@ -9,6 +9,7 @@
 
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <new>
 #include <string>
@@ -341,6 +342,21 @@ inline std::vector<std::int64_t> ints_of(const Napi::Value& v, std::size_t n, co
   std::vector<std::int64_t> out(n);
   for (std::size_t i = 0; i < n; ++i) out[i] = int_of(a.Get(uint32_t(i)), name, lo, hi);
   return out;
+}
+
+// A product of sizes (each ≥ 0) as a count of elements, or a RangeError past 2^48 (no array is that
+// long): checked factor by factor, so that no product of a call's dimensions wraps around before it
+// is compared with an array's length (dimensions up to 2^40 each: five of them overflow 64 bits, and
+// a wrapped product equal to a small array's length would let the kernel run past its end).
+inline std::size_t elems(Napi::Env env, std::initializer_list<std::int64_t> factors) {
+  constexpr std::uint64_t kMax = std::uint64_t(1) << 48;
+  std::uint64_t p = 1;
+  for (const std::int64_t f : factors) {
+    if (f < 0 || (f > 0 && p > kMax / std::uint64_t(f)))
+      throw Napi::RangeError::New(env, "native: the sizes' product is too large");
+    p *= std::uint64_t(f);
+  }
+  return std::size_t(p);
 }
 
 // A Float32Array of exactly `n` elements (or null/undefined when optional); `writable` when the

@@ -62,16 +62,16 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const std::int64_t N = in[0], C = in[1], Co = ws[0];
   require(C % groups == 0 && Co % groups == 0, env, "channels are not divisible by groups");
   const std::int64_t Cg = C / groups, Cog = Co / groups;
-  const float* x = floats_of(info[0], std::size_t(N * C * in[2] * in[3] * in[4]), "x");
-  const float* w = floats_of(info[2], std::size_t(Co * Cg * ws[1] * ws[2] * ws[3]), "w");
+  const float* x = floats_of(info[0], elems(env, {N, C, in[2], in[3], in[4]}), "x");
+  const float* w = floats_of(info[2], elems(env, {Co, Cg, ws[1], ws[2], ws[3]}), "w");
   const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
-  float* y = out_of(info[12], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
+  float* y = out_of(info[12], elems(env, {N, Co, os[0], os[1], os[2]}), "out");
   bhsd::ConvGeom g{Cg,    in[2], in[3], in[4], Cog,   ws[1], ws[2], ws[3], st[0], st[1],
                    st[2], di[0], di[1], di[2], pa[0], pa[1], pa[2], os[0], os[1], os[2]};
   // optional: the weights already packed by packConvWeights (a model's, packed once)
   const std::int64_t per_group = bhsd::packed_conv_size(Cog, g.K());
   const float* packed =
-      info.Length() > 13 ? floats_of(info[13], std::size_t(groups * per_group), "packed weights", true) : nullptr;
+      info.Length() > 13 ? floats_of(info[13], elems(env, {groups, per_group}), "packed weights", true) : nullptr;
   const float* nscale = norm ? floats_of(info[14], std::size_t(Co), "norm scale", true) : nullptr;
   const float* nbias = norm ? floats_of(info[15], std::size_t(Co), "norm bias", true) : nullptr;
   const double eps = norm ? number_of(info[16], "eps") : 0.0;
@@ -106,9 +106,9 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   const std::int64_t Co = int_of(info[1], "Co", 1, BIG), K = int_of(info[2], "K", 1, BIG),
                      groups = int_of(info[3], "groups", 1, BIG);
   require(Co % groups == 0, env, "output channels are not divisible by groups");
-  const float* w = floats_of(info[0], std::size_t(Co * K), "w");
+  const float* w = floats_of(info[0], elems(env, {Co, K}), "w");
   const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
-  const std::size_t n = std::size_t(groups * per_group);
+  const std::size_t n = elems(env, {groups, per_group});
   Napi::ArrayBuffer ab = engine_buffer(env, n * sizeof(float));
   auto* dst = static_cast<float*>(ab.Data());
   for (std::int64_t gi = 0; gi < groups; ++gi)
@@ -126,10 +126,10 @@ Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
   const std::int64_t N = in[0], C = in[1], Cog = ws[0], Co = Cog * groups;
   require(C % groups == 0, env, "channels are not divisible by groups");
   const std::int64_t Cg = C / groups;
-  const float* x = floats_of(info[0], std::size_t(N * C * in[2] * in[3] * in[4]), "x");
-  const float* w = floats_of(info[2], std::size_t(C * Cog * ws[1] * ws[2] * ws[3]), "w");
+  const float* x = floats_of(info[0], elems(env, {N, C, in[2], in[3], in[4]}), "x");
+  const float* w = floats_of(info[2], elems(env, {C, Cog, ws[1], ws[2], ws[3]}), "w");
   const float* b = floats_of(info[4], std::size_t(Co), "bias", true);
-  float* y = out_of(info[10], std::size_t(N * Co * os[0] * os[1] * os[2]), "out");
+  float* y = out_of(info[10], elems(env, {N, Co, os[0], os[1], os[2]}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env,
@@ -152,13 +152,13 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   const float* sc = floats_of(info[4], std::size_t(C), "scale", true);
   const float* bi = floats_of(info[5], std::size_t(C), "bias", true);
   const double eps = number_of(info[6], "eps");
   const bhsd::Act act = act_of(info[7]);
   const float alpha = float(number_of(info[8], "alpha"));
-  float* y = out_of(info[9], std::size_t(N * C * S), "out");
+  float* y = out_of(info[9], elems(env, {N, C, S}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::instance_norm(x, y, N, C, S, sc, bi, eps, act, alpha, *pool); }, nullptr,
@@ -172,13 +172,13 @@ Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
                      S = int_of(info[3], "spatial", 1, BIG);
   const std::int64_t G = int_of(info[4], "groups", 1, C);
   if (C % G) throw Napi::RangeError::New(env, "native: groups must divide the channels");
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   const float* sc = floats_of(info[5], std::size_t(C), "scale", true);
   const float* bi = floats_of(info[6], std::size_t(C), "bias", true);
   const double eps = number_of(info[7], "eps");
   const bhsd::Act act = act_of(info[8]);
   const float alpha = float(number_of(info[9], "alpha"));
-  float* y = out_of(info[10], std::size_t(N * C * S), "out");
+  float* y = out_of(info[10], elems(env, {N, C, S}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::group_norm(x, y, N, C, S, G, sc, bi, eps, act, alpha, *pool); }, nullptr,
@@ -190,7 +190,7 @@ Napi::Value InstanceNormBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[3], "N", 1, BIG), C = int_of(info[4], "C", 1, BIG),
                      S = int_of(info[5], "spatial", 1, BIG);
-  const std::size_t n = std::size_t(N * C * S);
+  const std::size_t n = elems(env, {N, C, S});
   const float* x = floats_of(info[0], n, "x");
   const float* gate = floats_of(info[1], n, "gate", true);
   const float* dy = floats_of(info[2], n, "dy");
@@ -211,11 +211,11 @@ Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   const float *sc = floats_of(info[4], std::size_t(C), "scale"), *bi = floats_of(info[5], std::size_t(C), "bias"),
               *mu = floats_of(info[6], std::size_t(C), "mean"), *va = floats_of(info[7], std::size_t(C), "var");
   const double eps = number_of(info[8], "eps");
-  float* y = out_of(info[9], std::size_t(N * C * S), "out");
+  float* y = out_of(info[9], elems(env, {N, C, S}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::batch_norm(x, y, N, C, S, sc, bi, mu, va, eps, *pool); }, nullptr,
@@ -227,7 +227,7 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   const auto op = static_cast<bhsd::Unary>(int_of(info[4], "op", 0, 5));
   const float alpha = float(number_of(info[5], "alpha"));
   std::int64_t slope_len = 0;
@@ -238,7 +238,7 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
             "slope must have 1 or C values");
     slope = static_cast<const float*>(sv.data), slope_len = std::int64_t(sv.length);
   }
-  float* y = out_of(info[7], std::size_t(N * C * S), "out");
+  float* y = out_of(info[7], elems(env, {N, C, S}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::unary(x, y, N, C, S, op, alpha, slope, slope_len, *pool); }, nullptr,
@@ -276,15 +276,18 @@ Napi::Value Pool3d(const Napi::CallbackInfo& info) {
   auto k = ints_of(info[4], 3, "kernel", 1, BIG), s = ints_of(info[5], 3, "strides", 1, BIG),
        d = ints_of(info[6], 3, "dilations", 1, BIG), p = ints_of(info[7], 3, "pads", 0, BIG);
   const bool mx = info[8].ToBoolean(), cip = info[9].ToBoolean();
-  const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
-  float* y = out_of(info[10], std::size_t(NC * os[0] * os[1] * os[2]), "out");
+  const float* x = floats_of(info[0], elems(env, {NC, in[0], in[1], in[2]}), "x");
+  float* y = out_of(info[10], elems(env, {NC, os[0], os[1], os[2]}), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env,
-                              [=] {
-                                bhsd::pool3d(x, y, NC, in[0], in[1], in[2], os[0], os[1], os[2], k.data(), s.data(),
-                                             d.data(), p.data(), mx, cip, *pool);
-                              },
-                              nullptr, {info[0], info[10]});
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        bhsd::pool3d(x, y, NC, in[0], in[1], in[2], os[0], os[1], os[2], k.data(), s.data(), d.data(), p.data(), mx,
+                     cip, *pool);
+      },
+      nullptr, {info[0], info[10]},
+      double(NC) * (double(in[0] * in[1] * in[2]) + double(os[0] * os[1] * os[2]) * double(k[0] * k[1] * k[2])) *
+          sizeof(float));
 }
 
 // resize3d(x, NC, in[3], out[3], scales: Float64Array(3), linear, coordMode, nearestMode, y)
@@ -299,12 +302,13 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
   const bool linear = info[5].ToBoolean();
   const auto cm = static_cast<bhsd::CoordMode>(int_of(info[6], "coordMode", 0, 3));
   const auto nm = static_cast<bhsd::NearestMode>(int_of(info[7], "nearestMode", 0, 3));
-  const float* x = floats_of(info[0], std::size_t(NC * in[0] * in[1] * in[2]), "x");
-  float* y = out_of(info[8], std::size_t(NC * os[0] * os[1] * os[2]), "out");
+  const float* x = floats_of(info[0], elems(env, {NC, in[0], in[1], in[2]}), "x");
+  float* y = out_of(info[8], elems(env, {NC, os[0], os[1], os[2]}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::resize3d(x, y, NC, in.data(), os.data(), scales.data(), linear, cm, nm, *pool); }, nullptr,
-      {info[0], info[8]});
+      {info[0], info[8]},
+      double(NC) * (double(in[0] * in[1] * in[2]) + double(os[0] * os[1] * os[2]) * (linear ? 2 : 1)) * sizeof(float));
 }
 
 // preciseConvolutions(delta: 1 | -1) → the count after it: while above 0, Winograd convolutions use
@@ -353,10 +357,12 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
-  float* y = out_of(info[4], std::size_t(N * C * S), "out");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
+  float* y = out_of(info[4], elems(env, {N, C, S}), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]});
+  return PromiseWorker::Start(
+      env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]},
+      4.0 * double(N * C * S) * sizeof(float));  // an exp a value
 }
 
 // gemm(a, b, batches, M, K, N, bBatched, out): out[t] = a[t] · b[t or 0], row-major, contiguous
@@ -369,19 +375,20 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   require(
       M <= BIG / K && M <= BIG / N && K <= BIG / N && T <= BIG / (M * K) && T <= BIG / (M * N) && T <= BIG / (K * N),
       env, "gemm: batches × M × K × N is too large");
-  const float* a = floats_of(info[0], std::size_t(T * M * K), "a");
-  const float* b = floats_of(info[1], std::size_t((bb ? T : 1) * K * N), "b");
-  float* y = out_of(info[7], std::size_t(T * M * N), "out");
+  const float* a = floats_of(info[0], elems(env, {T, M, K}), "a");
+  const float* b = floats_of(info[1], elems(env, {bb ? T : 1, K, N}), "b");
+  float* y = out_of(info[7], elems(env, {T, M, N}), "out");
   auto pool = pool_of(env);
-  return PromiseWorker::Start(env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool); }, nullptr,
-                              {info[0], info[1], info[7]});
+  return PromiseWorker::Start(
+      env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool); }, nullptr, {info[0], info[1], info[7]},
+      conv_work(K, T * M * N, T * M * K + (bb ? T : 1) * K * N + T * M * N));
 }
 
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  const float* x = floats_of(info[0], std::size_t(N * C * S), "x");
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   View o = out_view_of(info[4], "out");
   require(o.type == bhsd::DType::i32 && std::int64_t(o.length) == N * S, env, "out must be an Int32Array of N*spatial");
   auto* y = static_cast<std::int32_t*>(o.data);
@@ -402,15 +409,16 @@ Napi::Value Concat(const Napi::CallbackInfo& info) {
   std::int64_t total = 0;
   for (std::size_t i = 0; i < k; ++i) {
     Napi::Value v = xs.Get(uint32_t(i));
-    ptrs[i] = floats_of(v, std::size_t(outer * lens[i] * inner), "an input");
+    ptrs[i] = floats_of(v, elems(env, {outer, lens[i], inner}), "an input");
     keep.push_back(v);
     total += lens[i];
   }
-  float* y = out_of(info[4], std::size_t(outer * total * inner), "out");
+  float* y = out_of(info[4], elems(env, {outer, total, inner}), "out");
   keep.push_back(info[4]);
   auto pool = pool_of(env);
   return PromiseWorker::Start(
-      env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep);
+      env, [=] { bhsd::concat(ptrs, lens, y, outer, inner, *pool); }, nullptr, keep,
+      2.0 * double(outer) * double(total) * double(inner) * sizeof(float));
 }
 
 // convWeightGrad(A, [Ca, Ad, Ah, Aw], B, [Cb, Bd, Bh, Bw], [kd, kh, kw], strides, pads, dilations, out) → Promise<void>
@@ -420,9 +428,9 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
   auto as = ints_of(info[1], 4, "A shape", 1, BIG), bs = ints_of(info[3], 4, "B shape", 1, BIG);
   auto k = ints_of(info[4], 3, "kernel", 1, BIG), st = ints_of(info[5], 3, "strides", 1, BIG),
        pa = ints_of(info[6], 3, "pads", 0, BIG), di = ints_of(info[7], 3, "dilations", 1, BIG);
-  const float* A = floats_of(info[0], std::size_t(as[0] * as[1] * as[2] * as[3]), "A");
-  const float* B = floats_of(info[2], std::size_t(bs[0] * bs[1] * bs[2] * bs[3]), "B");
-  float* out = out_of(info[8], std::size_t(as[0] * bs[0] * k[0] * k[1] * k[2]), "out");
+  const float* A = floats_of(info[0], elems(env, {as[0], as[1], as[2], as[3]}), "A");
+  const float* B = floats_of(info[2], elems(env, {bs[0], bs[1], bs[2], bs[3]}), "B");
+  float* out = out_of(info[8], elems(env, {as[0], bs[0], k[0], k[1], k[2]}), "out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(env,
                               [=] {
