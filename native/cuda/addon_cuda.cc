@@ -45,6 +45,11 @@ Buf buf_of(const Napi::Value& v, const char* name) {
   return it->second;
 }
 
+// A product of sizes as an element count, checked factor by factor (see bhsd_napi::elems).
+std::int64_t n_of(Napi::Env env, std::initializer_list<std::int64_t> factors) {
+  return std::int64_t(bhsd_napi::elems(env, factors));
+}
+
 // A float buffer of at least n elements (or nullptr for an optional id of 0).
 const float* fbuf(const Napi::Value& v, std::int64_t n, const char* name, bool optional = false) {
   if (optional && v.IsNumber() && v.As<Napi::Number>().DoubleValue() == 0) return nullptr;
@@ -169,14 +174,14 @@ Napi::Value ConvCommon(const Napi::CallbackInfo& info, bool transposed) {
   const auto pa = ints_of(info[7], 3, "pads", 0, BIG), os = ints_of(info[9], 3, "output shape", 1, BIG);
   const std::int64_t groups = int_of(info[8], "groups", 1, BIG);
   const std::int64_t N = in[0], C = in[1];
-  const std::int64_t Co = transposed ? ws[0] * groups : ws[0];
+  const std::int64_t Co = transposed ? n_of(env, {ws[0], groups}) : ws[0];
   require(C % groups == 0 && Co % groups == 0, env, "channels are not divisible by groups");
-  const std::int64_t kvol = ws[1] * ws[2] * ws[3];
-  const float* x = fbuf(info[0], N * C * in[2] * in[3] * in[4], "x");
-  const float* w = fbuf(info[2], transposed ? C * ws[0] * kvol : Co * (C / groups) * kvol, "w");
+  const std::int64_t kvol = n_of(env, {ws[1], ws[2], ws[3]});
+  const float* x = fbuf(info[0], n_of(info.Env(), {N, C, in[2], in[3], in[4]}), "x");
+  const float* w = fbuf(info[2], transposed ? n_of(env, {C, ws[0], kvol}) : n_of(env, {Co, C / groups, kvol}), "w");
   const float* b = fbuf(info[4], Co, "bias", true);
   const int at = transposed ? 10 : 12;
-  float* y = fout(info[at], N * Co * os[0] * os[1] * os[2], "out");
+  float* y = fout(info[at], n_of(info.Env(), {N, Co, os[0], os[1], os[2]}), "out");
   const int act = transposed ? 0 : int(int_of(info[10], "act", 0, 2));
   const float alpha = transposed ? 0.f : float(number_of(info[11], "alpha"));
   bhsd_cuda::ConvShape s{N,     C,     in[2], in[3], in[4], Co,    os[0], os[1], os[2], ws[1], ws[2],
@@ -192,9 +197,9 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
   const auto a = ints_of(info[1], 4, "A shape", 1, BIG), b = ints_of(info[3], 4, "B shape", 1, BIG);
   const auto k = ints_of(info[4], 3, "kernel", 1, BIG), s = ints_of(info[5], 3, "strides", 1, BIG);
   const auto p = ints_of(info[6], 3, "pads", 0, BIG), d = ints_of(info[7], 3, "dilations", 1, BIG);
-  const float* A = fbuf(info[0], a[0] * a[1] * a[2] * a[3], "A");
-  const float* B = fbuf(info[2], b[0] * b[1] * b[2] * b[3], "B");
-  float* out = fout(info[8], a[0] * b[0] * k[0] * k[1] * k[2], "out");
+  const float* A = fbuf(info[0], n_of(info.Env(), {a[0], a[1], a[2], a[3]}), "A");
+  const float* B = fbuf(info[2], n_of(info.Env(), {b[0], b[1], b[2], b[3]}), "B");
+  float* out = fout(info[8], n_of(info.Env(), {a[0], b[0], k[0], k[1], k[2]}), "out");
   bhsd_cuda::conv_weight_grad(A, a.data(), B, b.data(), k.data(), s.data(), p.data(), d.data(), out);
   return info.Env().Undefined();
 }
@@ -203,9 +208,10 @@ Napi::Value ConvWeightGrad(const Napi::CallbackInfo& info) {
 Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::instance_norm(fbuf(info[0], N * C * S, "x"), fout(info[9], N * C * S, "out"), N, C, S,
-                           fbuf(info[4], C, "scale", true), fbuf(info[5], C, "bias", true), number_of(info[6], "eps"),
-                           int(int_of(info[7], "act", 0, 2)), float(number_of(info[8], "alpha")));
+  bhsd_cuda::instance_norm(fbuf(info[0], n_of(info.Env(), {N, C, S}), "x"),
+                           fout(info[9], n_of(info.Env(), {N, C, S}), "out"), N, C, S, fbuf(info[4], C, "scale", true),
+                           fbuf(info[5], C, "bias", true), number_of(info[6], "eps"), int(int_of(info[7], "act", 0, 2)),
+                           float(number_of(info[8], "alpha")));
   return info.Env().Undefined();
 }
 
@@ -213,9 +219,10 @@ Napi::Value InstanceNorm(const Napi::CallbackInfo& info) {
 Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::batch_norm(fbuf(info[0], N * C * S, "x"), fout(info[9], N * C * S, "out"), N, C, S,
-                        fbuf(info[4], C, "scale"), fbuf(info[5], C, "bias"), fbuf(info[6], C, "mean"),
-                        fbuf(info[7], C, "var"), number_of(info[8], "eps"));
+  bhsd_cuda::batch_norm(fbuf(info[0], n_of(info.Env(), {N, C, S}), "x"),
+                        fout(info[9], n_of(info.Env(), {N, C, S}), "out"), N, C, S, fbuf(info[4], C, "scale"),
+                        fbuf(info[5], C, "bias"), fbuf(info[6], C, "mean"), fbuf(info[7], C, "var"),
+                        number_of(info[8], "eps"));
   return info.Env().Undefined();
 }
 
@@ -227,8 +234,8 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
   const std::int64_t sl = int_of(info[7], "slope length", 0, BIG);
   const float* slope = fbuf(info[6], sl, "slope", true);
   require(op != 3 || (slope && (sl == 1 || sl == C)), info.Env(), "prelu needs 1 or C slopes");
-  bhsd_cuda::unary(fbuf(info[0], N * C * S, "x"), fout(info[8], N * C * S, "out"), N, C, S, op,
-                   float(number_of(info[5], "alpha")), slope, sl);
+  bhsd_cuda::unary(fbuf(info[0], n_of(info.Env(), {N, C, S}), "x"), fout(info[8], n_of(info.Env(), {N, C, S}), "out"),
+                   N, C, S, op, float(number_of(info[5], "alpha")), slope, sl);
   return info.Env().Undefined();
 }
 
@@ -251,9 +258,9 @@ Napi::Value Pool3d(const Napi::CallbackInfo& info) {
   const auto in = ints_of(info[2], 3, "input shape", 1, BIG), os = ints_of(info[3], 3, "output shape", 1, BIG);
   const auto k = ints_of(info[4], 3, "kernel", 1, BIG), s = ints_of(info[5], 3, "strides", 1, BIG),
              d = ints_of(info[6], 3, "dilations", 1, BIG), p = ints_of(info[7], 3, "pads", 0, BIG);
-  bhsd_cuda::pool3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[10], NC * os[0] * os[1] * os[2], "out"),
-                    NC, in.data(), os.data(), k.data(), s.data(), d.data(), p.data(), info[8].ToBoolean().Value(),
-                    info[9].ToBoolean().Value());
+  bhsd_cuda::pool3d(fbuf(info[0], n_of(info.Env(), {NC, in[0], in[1], in[2]}), "x"),
+                    fout(info[10], n_of(info.Env(), {NC, os[0], os[1], os[2]}), "out"), NC, in.data(), os.data(),
+                    k.data(), s.data(), d.data(), p.data(), info[8].ToBoolean().Value(), info[9].ToBoolean().Value());
   return info.Env().Undefined();
 }
 
@@ -264,9 +271,10 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
   View sc = view_of(info[4], "scales");
   require(sc.type == bhsd::DType::f64 && sc.length == 3, info.Env(), "scales must be a Float64Array of 3");
   const double* scales = static_cast<const double*>(sc.data);
-  bhsd_cuda::resize3d(fbuf(info[0], NC * in[0] * in[1] * in[2], "x"), fout(info[8], NC * os[0] * os[1] * os[2], "out"),
-                      NC, in.data(), os.data(), scales, info[5].ToBoolean().Value(),
-                      int(int_of(info[6], "coordMode", 0, 3)), int(int_of(info[7], "nearestMode", 0, 3)));
+  bhsd_cuda::resize3d(fbuf(info[0], n_of(info.Env(), {NC, in[0], in[1], in[2]}), "x"),
+                      fout(info[8], n_of(info.Env(), {NC, os[0], os[1], os[2]}), "out"), NC, in.data(), os.data(),
+                      scales, info[5].ToBoolean().Value(), int(int_of(info[6], "coordMode", 0, 3)),
+                      int(int_of(info[7], "nearestMode", 0, 3)));
   return info.Env().Undefined();
 }
 
@@ -274,14 +282,15 @@ Napi::Value Resize3d(const Napi::CallbackInfo& info) {
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::softmax(fbuf(info[0], N * C * S, "x"), fout(info[4], N * C * S, "out"), N, C, S);
+  bhsd_cuda::softmax(fbuf(info[0], n_of(info.Env(), {N, C, S}), "x"), fout(info[4], n_of(info.Env(), {N, C, S}), "out"),
+                     N, C, S);
   return info.Env().Undefined();
 }
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
                      S = int_of(info[3], "spatial", 1, BIG);
-  bhsd_cuda::argmax(fbuf(info[0], N * C * S, "x"), reinterpret_cast<std::int32_t*>(fout(info[4], N * S, "out")), N, C,
-                    S);
+  bhsd_cuda::argmax(fbuf(info[0], n_of(info.Env(), {N, C, S}), "x"),
+                    reinterpret_cast<std::int32_t*>(fout(info[4], n_of(info.Env(), {N, S}), "out")), N, C, S);
   return info.Env().Undefined();
 }
 
@@ -291,8 +300,8 @@ Napi::Value ConcatPart(const Napi::CallbackInfo& info) {
                      total = int_of(info[3], "total", 0, BIG), off = int_of(info[4], "offset", 0, BIG),
                      inner = int_of(info[5], "inner", 1, BIG);
   require(off + len <= total, info.Env(), "concat: the part lies outside the output");
-  bhsd_cuda::concat_part(fbuf(info[0], outer * len * inner, "x"), fout(info[6], outer * total * inner, "out"), outer,
-                         len, total, off, inner);
+  bhsd_cuda::concat_part(fbuf(info[0], n_of(info.Env(), {outer, len, inner}), "x"),
+                         fout(info[6], n_of(info.Env(), {outer, total, inner}), "out"), outer, len, total, off, inner);
   return info.Env().Undefined();
 }
 
