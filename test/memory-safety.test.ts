@@ -46,7 +46,7 @@ for (const { name, backend } of backendsUnderTest()) {
 
   test.serial(`${name}: an input transferred away mid-call still gives the right convolution`, async (t) => {
     use();
-    const [C, D, H, W] = [4, 12, 24, 24];
+    const [C, D, H, W] = [8, 32, 64, 96]; // a queued call (see below), not one run before conv3d returns
     const xs = Float32Array.from({ length: C * D * H * W }, (_, i) => Math.sin(i * 0.37));
     const ws = Float32Array.from({ length: 8 * C * 27 }, (_, i) => Math.cos(i * 0.11) * 0.1);
     const x = { data: new Float32Array(xs), shape: [1, C, D, H, W] };

@@ -8,6 +8,7 @@
  * direct path often win: the plan's bf16 choices are core_test's).
  */
 process.env.BHSD_WINOGRAD = "1";
+delete process.env.BHSD_CPU_PRECISION; // the defaults below are fp32's
 
 import test from "ava";
 import { readFileSync } from "node:fs";

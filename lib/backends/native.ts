@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import type { DTypeName, VoxelArray } from "../types.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import { cancelScope } from "./cancel.js";
-import { cpuPrecision } from "./precision.js";
+import { checkCpuPrecisionEnv, cpuPrecision } from "./precision.js";
 import type { Backend, BackendDetails, VoxelStats } from "./types.js";
 import type { TensorBackend } from "./tensor-types.js";
 
@@ -148,6 +148,7 @@ export class NativeBackend implements Backend {
     addon: NativeAddon,
     private readonly path: string,
   ) {
+    checkCpuPrecisionEnv(); // a bad BHSD_CPU_PRECISION is the reason the backend did not load, not every call's error
     // every computation made inside withCancel's scope runs under its token (see cancel.ts), and
     // in the precision asked for where it is made (see precision.ts; the addon keeps the last one
     // set for this thread, so it is sent only when it changes)

@@ -35,6 +35,11 @@ function fromEnv(): CpuPrecision {
   return env;
 }
 
+/** Throws, naming it, when BHSD_CPU_PRECISION holds what it may not (the native backend checks it as it loads). */
+export function checkCpuPrecisionEnv(): void {
+  fromEnv();
+}
+
 /**
  * The CPU backends' precision outside a model that sets its own: "fp32" (the default) or "bf16"
  * (bf16 products, fp32 sums, in the Winograd convolutions where the processor has AVX512_BF16;

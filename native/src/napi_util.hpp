@@ -283,7 +283,10 @@ class PromiseWorker : public Napi::AsyncWorker {
                            double work = HUGE_VAL) {
     auto* w = new PromiseWorker(env, std::move(execute), std::move(resolve), std::move(keep));
     Napi::Promise p = w->Promise();
-    static const bool never = std::getenv("BHSD_NO_INLINE") != nullptr;
+    static const bool never = [] {
+      const char* e = std::getenv("BHSD_NO_INLINE");
+      return e && *e && std::string(e) != "0";
+    }();
     if (work <= kInlineWork && !never) {
       std::unique_ptr<PromiseWorker> own(w);  // never queued: deleted here
       std::string e;

@@ -15,8 +15,18 @@ namespace {
 // A convolution's work as PromiseWorker::Start estimates it: its multiply-adds (per output value ×
 // output values) / 32 plus the bytes it moves — about the bytes an element-wise pass would move in
 // the same time (~0.1 ms for 2 MB on 2 threads here).
-inline double conv_work(std::int64_t macs_per_value, std::int64_t values, std::int64_t floats) {
-  return double(macs_per_value) * double(values) / 32.0 + double(floats) * double(sizeof(float));
+inline double conv_work(double macs_per_value, double values, double floats, double per = 32.0) {
+  return macs_per_value * values / per + floats * double(sizeof(float));
+}
+// conv3d's: Winograd's rate where the plan chose it (/32), the direct path's (/16) elsewhere; and a
+// layer Winograd serves whose plan is not made yet is never run inline: its first call times the
+// candidates (several runs of the layer, the transforms of its weights).
+inline double conv3d_work(Napi::Env env, const bhsd::ConvGeom& g, double values, double floats) {
+  if (!bhsd::winograd_applies(g)) return conv_work(double(g.K()), values, floats, 16.0);
+  const bhsd::PrecisionScope precision(js_precision());  // the plan's key holds the call's precision
+  const int planned = bhsd::winograd_planned(g, *pool_of(env));
+  if (planned < 0) return HUGE_VAL;
+  return conv_work(double(g.K()), values, floats, planned == 0 ? 16.0 : 32.0);
 }
 
 constexpr std::int64_t BIG = std::int64_t(1) << 40;
@@ -96,7 +106,8 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
       nullptr,
       {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(), norm ? info[14] : env.Null(),
        norm ? info[15] : env.Null()},
-      conv_work(g.K(), N * Co * os[0] * os[1] * os[2], N * C * in[2] * in[3] * in[4] + Co * g.K() * (packed ? 1 : 2)));
+      conv3d_work(env, g, double(N * Co) * double(os[0] * os[1] * os[2]),
+                  double(N * C) * double(in[2] * in[3] * in[4]) + double(Co * g.K()) * (packed ? 1 : 2)));
 }
 
 // packConvWeights(w, Co, K, groups) → Float32Array: w [Co, K] (K = C/groups · kd·kh·kw) packed per
@@ -143,7 +154,7 @@ Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
                                            b ? b + gi * Cog : nullptr, y + (n * Co + gi * Cog) * vout, *pool);
       },
       nullptr, {info[0], info[2], info[4], info[10]},
-      conv_work(N * C * Cog * ws[1] * ws[2] * ws[3], in[2] * in[3] * in[4],
+      conv_work(double(N * C) * double(Cog) * double(ws[1] * ws[2] * ws[3]), double(in[2] * in[3] * in[4]),
                 N * (C * in[2] * in[3] * in[4] + Co * os[0] * os[1] * os[2])));
 }
 
@@ -286,7 +297,8 @@ Napi::Value Pool3d(const Napi::CallbackInfo& info) {
                      cip, *pool);
       },
       nullptr, {info[0], info[10]},
-      double(NC) * (double(in[0] * in[1] * in[2]) + double(os[0] * os[1] * os[2]) * double(k[0] * k[1] * k[2])) *
+      double(NC) *
+          (double(in[0] * in[1] * in[2]) + double(os[0] * os[1] * os[2]) * double(k[0]) * double(k[1]) * double(k[2])) *
           sizeof(float));
 }
 
@@ -381,7 +393,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool); }, nullptr, {info[0], info[1], info[7]},
-      conv_work(K, T * M * N, T * M * K + (bb ? T : 1) * K * N + T * M * N));
+      conv_work(double(K), double(T * M * N), double(T * M * K + (bb ? T : 1) * K * N + T * M * N), 24.0));
 }
 
 Napi::Value Argmax(const Napi::CallbackInfo& info) {

@@ -111,7 +111,16 @@ struct SmallTilesScope {  // sets it for a scope (restored on the way out, a can
   SmallTilesScope(const SmallTilesScope&) = delete;
   SmallTilesScope& operator=(const SmallTilesScope&) = delete;
 };
+// The tiles of the call running on this thread, fixed when it starts (0: none fixed): every later
+// question within the call (points, the weights' size, their transform, the cache) gets the same
+// answer even if a training call elsewhere changes precise_tiles meanwhile — a lease sized for 64
+// points must not receive 144.
+inline int& frozen_tile() {
+  static thread_local int m = 0;
+  return m;
+}
 inline int tile_m(const ConvGeom& g) {
+  if (const int f = frozen_tile()) return f;
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
   if (call_precision() == Precision::bf16 && bf16_available())
@@ -128,6 +137,13 @@ inline int tile_m(const ConvGeom& g) {
   return 2;  // Winograd runs on x86 only (winograd_applies)
 #endif
 }
+struct TileFreeze {  // fixes tile_m for this thread for a scope (the outermost one decides)
+  int saved = frozen_tile();
+  explicit TileFreeze(const ConvGeom& g) { frozen_tile() = tile_m(g); }
+  ~TileFreeze() { frozen_tile() = saved; }
+  TileFreeze(const TileFreeze&) = delete;
+  TileFreeze& operator=(const TileFreeze&) = delete;
+};
 
 // Transform points: for a 3×3×3 kernel 4³ = 64 (F(2×2×2, 3×3×3)) or 4·6² = 144 (F(2×4×4, 3×3×3):
 // output tiles of 2×4×4 from input tiles of 4×6×6); for 1×3×3 (per plane) 4² = 16 (F(2×2, 3×3):
@@ -404,7 +420,13 @@ class WeightCache {
       bytes_ -= bytes;
       return nullptr;
     }
-    transform_weights(g, wp, const_cast<void*>(e->U()), pool, bf);
+    try {
+      transform_weights(g, wp, const_cast<void*>(e->U()), pool, bf);
+    } catch (...) {  // cancelled (or failed): the reservation goes back
+      std::lock_guard<std::mutex> lk(m_);
+      bytes_ -= bytes;
+      throw;
+    }
     std::lock_guard<std::mutex> lk(m_);
     lru_.push_front({e, now});
     return e;
@@ -1279,6 +1301,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   using namespace wino_detail;
   using conv_detail::Scratch;
   if (!winograd_applies(g)) return false;
+  const TileFreeze freeze(g);  // the tiles of this call, whatever precise_tiles does meanwhile
   const int P = points(g);
   const bool bf = use_bf16();  // this call's precision (its thread's), fixed for the whole call
   const std::size_t need = u_words(g, bf);
@@ -1539,6 +1562,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       {
         std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
         SmallTilesScope small(c == kWinoSmall);
+        const TileFreeze freeze(g);
         const bool bf = use_bf16();
         if (!WeightCache::instance().get(g, wp, pool, bf)) {
           WeightLease lease(u_words(g, bf), (std::size_t(32) << 20) / sizeof(float));
@@ -1566,18 +1590,26 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     // its buffers' page faults and, called from Node, a cold thread: once each, the direct path of
     // SegResNet's 64→64 at 2×8×8 had timed slower than Winograd, which then ran at 1.7× its time)
     std::vector<double> t(winos.size() + 1, -1);
+    int last = kDirect;  // the path whose output `out` holds
     for (int round = 0; round < 2; ++round) {
       const double d = timed(g, kDirect);
       t[0] = round ? std::min(t[0], d) : d;
+      last = kDirect;
       for (std::size_t i = 0; i < winos.size(); ++i) {
         if (round && t[i + 1] < 0) continue;  // it did not run
         const double w = timed(g, winos[i]);
-        t[i + 1] = round ? std::min(t[i + 1], w) : w;
+        if (w >= 0) last = winos[i];
+        t[i + 1] = round ? (w < 0 ? -1 : std::min(t[i + 1], w)) : w;
       }
     }
     double best_t = t[0];
     for (std::size_t i = 0; i < winos.size(); ++i)
       if (t[i + 1] >= 0 && t[i + 1] < best_t) best_t = t[i + 1], best = winos[i];
+    // the output as every later call will give it (bit for bit: the candidates round differently)
+    if (best != last && (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool))) {
+      best = kDirect;
+      conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
+    }
   }
   {
     auto& pl = plan();
