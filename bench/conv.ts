@@ -9,7 +9,7 @@ import { createRequire } from "node:module";
 import { allocTensor, backendInfo, conv3d, setBackend } from "../dist/index.js";
 import { encodeModel } from "../dist/model/onnx-proto.js";
 import { getBackend } from "../dist/backends/index.js";
-import { fmt, measure, rng } from "./lib.js";
+import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
 const LAYERS: [number, number, number, number, number][] = [
   [1, 32, 24, 256, 256],
@@ -17,7 +17,39 @@ const LAYERS: [number, number, number, number, number][] = [
   [64, 64, 16, 64, 64],
   [128, 128, 16, 32, 32],
   [256, 256, 8, 16, 16],
+  // the nnU-Net 3d_fullres window's extents (16×256×256 patch): stages 2–4
+  [64, 64, 16, 128, 128],
+  [128, 128, 16, 64, 64],
+  [256, 256, 8, 32, 32],
 ];
+
+/**
+ * PyTorch's time for the same layer (torch.nn.functional.conv3d, fp32, 2 threads: oneDNN where
+ * the build has it), median of 5 after 2 warm-ups, in a python3 that has torch; NaN without one.
+ */
+const torchPy = pythonWith("torch");
+function torchMs([ci, co, d, h, w]: number[]): number {
+  if (!torchPy) return NaN;
+  const code = `
+import json, sys, time, torch
+torch.set_num_threads(2)
+ci, co, d, h, w = map(int, sys.argv[1:6])
+g = torch.Generator().manual_seed(1)
+x = torch.rand(1, ci, d, h, w, generator=g) * 2 - 1
+wt = (torch.rand(co, ci, 3, 3, 3, generator=g) * 2 - 1) * 0.1
+b = torch.rand(co, generator=g)
+ts = []
+with torch.no_grad():
+    for k in range(7):
+        t0 = time.perf_counter(); torch.nn.functional.conv3d(x, wt, b, padding=1); ts.append(time.perf_counter() - t0)
+ts = sorted(ts[2:])
+print(json.dumps({"ms": ts[2] * 1000, "mkldnn": torch.backends.mkldnn.is_available()}))`;
+  try {
+    return runPython<{ ms: number }>(torchPy, code, [ci, co, d, h, w].map(String)).ms;
+  } catch {
+    return NaN;
+  }
+}
 
 function random(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
@@ -59,8 +91,9 @@ export async function benchConv(): Promise<string[]> {
   const lines = [
     `conv3d 3×3×3 pad 1, batch 1, output buffer reused, weights packed once (median of 5; onnxruntime-node 2 threads; FMA peak of the native pool's ${info.details.native?.threads ?? "?"} threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
     "best case: input, weights and the reused output in engine memory (allocTensor); as users call it: the caller's own arrays (copied in), a fresh output each call",
-    "| layer | bhsd native ms | GFLOP/s | % of peak | as users call it, ms | peak MB | onnxruntime ms | GFLOP/s | × onnxruntime | bhsd ts GFLOP/s |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    `PyTorch: torch.nn.functional.conv3d in ${torchPy ?? "(no python3 with torch: no PyTorch column)"}, fp32, 2 threads`,
+    "| layer | bhsd native ms | GFLOP/s | % of peak | as users call it, ms | peak MB | onnxruntime ms | GFLOP/s | × onnxruntime | PyTorch ms | × PyTorch | bhsd ts GFLOP/s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const [i, [ci, co, d, h, w]] of LAYERS.entries()) {
     const x = { data: random(ci * d * h * w, 100 + i), shape: [1, ci, d, h, w] };
@@ -99,10 +132,11 @@ export async function benchConv(): Promise<string[]> {
       user = await measure(() => conv3d(x, wt, b, { padding: 1 }), 5);
     }
     const tsG = i <= 1 ? tsBackendGflops([ci, co, d, h, w], gflop) : NaN;
+    const tTorch = torchMs([ci, co, d, h, w]);
     const g = gflop / (nat.ms / 1000),
       go = gflop / (tOrt.ms / 1000);
     lines.push(
-      `| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tsG, 2)} |`,
+      `| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tTorch)} | ${fmt(tTorch / nat.ms, 2)} | ${fmt(tsG, 2)} |`,
     );
   }
   return lines;
