@@ -1,5 +1,5 @@
 /**
- * conv3d (3×3×3, pad 1) on the layer shapes of a 3-D U-Net, in GFLOP/s, beside onnxruntime-node
+ * conv3d (3×3×3, pad 1; stride 1, and 2 where a U-Net stage opens) on the layer shapes of a 3-D U-Net, in GFLOP/s, beside onnxruntime-node
  * (CPU provider, 2 intra-op threads) running the same weights on the same input in the same run,
  * and beside this machine's FMA peak measured here.
  */
@@ -11,7 +11,9 @@ import { encodeModel } from "../dist/model/onnx-proto.js";
 import { getBackend } from "../dist/backends/index.js";
 import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
 
-const LAYERS: [number, number, number, number, number][] = [
+type Layer = [number, number, number, number, number] | [number, number, number, number, number, [number, number, number]];
+/** cin, cout, input d×h×w and, for the layers that open an encoder stage, the stride (z, y, x). */
+const LAYERS: Layer[] = [
   [1, 32, 24, 256, 256],
   [32, 32, 32, 64, 64],
   [64, 64, 16, 64, 64],
@@ -21,6 +23,12 @@ const LAYERS: [number, number, number, number, number][] = [
   [64, 64, 16, 128, 128],
   [128, 128, 16, 64, 64],
   [256, 256, 8, 32, 32],
+  // the strided convolutions that open stages 1–5 of PlainConvUNet and ResEnc-M in that window
+  [32, 64, 16, 256, 256, [1, 2, 2]],
+  [64, 128, 16, 128, 128, [1, 2, 2]],
+  [128, 256, 16, 64, 64, [2, 2, 2]],
+  [256, 320, 8, 32, 32, [2, 2, 2]],
+  [320, 320, 4, 16, 16, [1, 2, 2]],
 ];
 
 /**
@@ -28,12 +36,12 @@ const LAYERS: [number, number, number, number, number][] = [
  * the build has it), median of 5 after 2 warm-ups, in a python3 that has torch; NaN without one.
  */
 const torchPy = pythonWith("torch");
-function torchMs([ci, co, d, h, w]: number[]): number {
+function torchMs([ci, co, d, h, w]: number[], [sz, sy, sx]: number[]): number {
   if (!torchPy) return NaN;
   const code = `
 import json, sys, time, torch
 torch.set_num_threads(2)
-ci, co, d, h, w = map(int, sys.argv[1:6])
+ci, co, d, h, w, sz, sy, sx = map(int, sys.argv[1:9])
 g = torch.Generator().manual_seed(1)
 x = torch.rand(1, ci, d, h, w, generator=g) * 2 - 1
 wt = (torch.rand(co, ci, 3, 3, 3, generator=g) * 2 - 1) * 0.1
@@ -41,11 +49,11 @@ b = torch.rand(co, generator=g)
 ts = []
 with torch.no_grad():
     for k in range(7):
-        t0 = time.perf_counter(); torch.nn.functional.conv3d(x, wt, b, padding=1); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); torch.nn.functional.conv3d(x, wt, b, stride=(sz, sy, sx), padding=1); ts.append(time.perf_counter() - t0)
 ts = sorted(ts[2:])
 print(json.dumps({"ms": ts[2] * 1000, "mkldnn": torch.backends.mkldnn.is_available()}))`;
   try {
-    return runPython<{ ms: number }>(torchPy, code, [ci, co, d, h, w].map(String)).ms;
+    return runPython<{ ms: number }>(torchPy, code, [ci, co, d, h, w, sz, sy, sx].map(String)).ms;
   } catch {
     return NaN;
   }
@@ -95,14 +103,23 @@ export async function benchConv(): Promise<string[]> {
     "| layer | bhsd native ms | GFLOP/s | % of peak | as users call it, ms | peak MB | onnxruntime ms | GFLOP/s | × onnxruntime | PyTorch ms | × PyTorch | bhsd ts GFLOP/s |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
-  for (const [i, [ci, co, d, h, w]] of LAYERS.entries()) {
+  for (const [i, [ci, co, d, h, w, st]] of LAYERS.entries()) {
+    const stride = st ?? [1, 1, 1];
+    const [od, oh, ow] = [d, h, w].map((n, k) => Math.floor((n + 2 - 3) / stride[k]!) + 1) as [number, number, number];
     const x = { data: random(ci * d * h * w, 100 + i), shape: [1, ci, d, h, w] };
     const wt = { data: random(co * ci * 27, 200 + i, 0.1), shape: [co, ci, 3, 3, 3] };
     const b = { data: random(co, 300 + i), shape: [co] };
-    const gflop = (2 * co * ci * 27 * d * h * w) / 1e9;
+    const gflop = (2 * co * ci * 27 * od * oh * ow) / 1e9;
     const bytes = encodeModel({
       opset: 17,
-      nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3] } }],
+      nodes: [
+        {
+          opType: "Conv",
+          inputs: ["x", "w", "b"],
+          outputs: ["y"],
+          attrs: { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3], strides: stride },
+        },
+      ],
       inputs: [{ name: "x", shape: x.shape }],
       outputs: [{ name: "y" }],
       initializers: [
@@ -123,20 +140,20 @@ export async function benchConv(): Promise<string[]> {
       // model's are (a bare conv3d call packs them each time).
       const xe = allocTensor(x.shape),
         we = allocTensor(wt.shape),
-        out = allocTensor([1, co, d, h, w]);
+        out = allocTensor([1, co, od, oh, ow]);
       xe.data.set(x.data);
       we.data.set(wt.data);
       (getBackend("native") as { constants?(a: ReadonlySet<Float32Array>): void }).constants?.(new Set([we.data]));
-      nat = await measure(() => conv3d(xe, we, b, { padding: 1, out }), 5);
+      nat = await measure(() => conv3d(xe, we, b, { padding: 1, stride, out }), 5);
       // as a user calls it: plain arrays of their own, a fresh result each time
-      user = await measure(() => conv3d(x, wt, b, { padding: 1 }), 5);
+      user = await measure(() => conv3d(x, wt, b, { padding: 1, stride }), 5);
     }
     const tsG = i <= 1 ? tsBackendGflops([ci, co, d, h, w], gflop) : NaN;
-    const tTorch = torchMs([ci, co, d, h, w]);
+    const tTorch = torchMs([ci, co, d, h, w], stride);
     const g = gflop / (nat.ms / 1000),
       go = gflop / (tOrt.ms / 1000);
     lines.push(
-      `| ${ci}→${co} at ${d}×${h}×${w} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tTorch)} | ${fmt(tTorch / nat.ms, 2)} | ${fmt(tsG, 2)} |`,
+      `| ${ci}→${co} at ${d}×${h}×${w}${st ? `, stride ${st.join("×")}` : ""} | ${fmt(nat.ms)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(user.ms)} | ${fmt(nat.peakMb, 0)} | ${fmt(tOrt.ms)} | ${fmt(go, 0)} | ${fmt(g / go, 2)} | ${fmt(tTorch)} | ${fmt(tTorch / nat.ms, 2)} | ${fmt(tsG, 2)} |`,
     );
   }
   return lines;

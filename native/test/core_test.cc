@@ -528,6 +528,11 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
       {70, 2, 4, 18, 9, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},  // 70·27 rows of K: several channel blocks
       {5, 3, 4, 5, 1, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {2, 1, 1}},
       {6, 3, 5, 16, 32, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      // two tiles per AVX-512 call: rows of 2 segments (16 + 4 voxels, stride 2) and 32 channels
+      // (the tail blocks 4 + 4 paired); rows of 16 + 16 + 1 voxels, 21 rows (a task of an odd
+      // number of segments), 20 channels (6 + 6, 4 + 4)
+      {8, 3, 5, 40, 32, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      {5, 3, 7, 33, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
   };
   std::uint32_t st = 4242;
   auto rnd = [&] {

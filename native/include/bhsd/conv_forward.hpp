@@ -118,7 +118,12 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
                   const std::int64_t odl = r / g.Ho, oh = r % g.Ho;
                   const float* base_row = P + odl * g.sd * planeP + oh * g.sh * Wp;
                   float* orow = out + (od0 + odl) * plane_out + oh * g.Wo;
-                  for (std::int64_t ow0 = 0; ow0 < g.Wo; ow0 += NR) {
+                  std::int64_t ow0 = 0;
+                  for (; ow0 + NR < g.Wo; ow0 += 2 * NR)  // two tiles per call (kernel_blocks2)
+                    kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{base_row + ow0, dk},
+                                   IndirectB{base_row + ow0 + NR, dk}, kbn, orow + ow0, orow + ow0 + NR, vol_out, bias,
+                                   NR, std::min<std::int64_t>(NR, g.Wo - ow0 - NR), first, last, act, alpha);
+                  for (; ow0 < g.Wo; ow0 += NR) {
                     const IndirectB src{base_row + ow0, dk};
                     const std::int64_t n = std::min<std::int64_t>(NR, g.Wo - ow0);
                     kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, src, kbn, orow + ow0, vol_out, bias, n, first,
@@ -190,7 +195,12 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
     const std::int64_t step = use_avx512() ? 2 : 1;
     for (std::int64_t cob = 0; cob < cbk.count(); cob += step) {
       const std::int64_t cobn = std::min(cbk.count(), cob + step);
-      for (std::int64_t v = v0; v < v1; v += NR)
+      auto b_at = [&](std::int64_t v) { return stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0); };
+      std::int64_t v = v0;
+      for (; v + NR < v1; v += 2 * NR)  // two tiles per call (kernel_blocks2)
+        kernel_blocks2(wp + k0 * MR, K, cbk, cob, cobn, b_at(v), b_at(v + NR), kbn, o + (v - v0), o + (v + NR - v0),
+                       ldo, bias, NR, std::min<std::int64_t>(NR, v1 - v - NR), first, last, act, alpha);
+      for (; v < v1; v += NR)
         kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn,
                       stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn, o + (v - v0), ldo, bias,
                       std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
@@ -380,6 +390,21 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
 #ifdef BHSD_X86
                 const std::int64_t cobn = std::min(cob1, cob + step);
                 float* o0 = o - co0 * vol_out;
+                if (direct && s + 1 < segs.size()) {  // two segments per call (kernel_blocks2)
+                  const Seg& sg1 = segs[s + 1];
+                  float* o1 = out + (flat ? sg1.ow0 : sg1.od * plane_out + sg1.oh * g.Wo + sg1.ow0);
+                  const float* p0 = panel + s * std::size_t(kbn * NR);
+                  const float* p1 = p0 + std::size_t(kbn * NR);
+                  if (rowwin || rowwin2)
+                    kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{p0, rdelta.data()},
+                                   IndirectB{p1, rdelta.data()}, kbn, o0, o1, vol_out, bias, sg.n, sg1.n, first, last,
+                                   act, alpha);
+                  else
+                    kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{p0}, PackedB{p1}, kbn, o0, o1,
+                                   vol_out, bias, sg.n, sg1.n, first, last, act, alpha);
+                  ++s;
+                  continue;
+                }
                 if (rowwin || rowwin2) {
                   kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn,
                                 IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn, o0, vol_out, bias,

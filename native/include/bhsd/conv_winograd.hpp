@@ -1159,27 +1159,20 @@ BHSD_W5 void output_transform_3d512(const ConvGeom& g, const Group& gr, const fl
 #ifdef BHSD_X86
 namespace wino_detail {
 // One point's GEMM for output-channel blocks cob … cobn − 1 (at most two) of 16 tiles into o (rows
-// of 16): kernel_blocks, except that on AVX-512 the two short tail blocks of a layer whose width is
-// not a multiple of 6 run as one pair (32 channels: 6+6, 6+6, 4+4 — 12, 12 and 8 accumulators —
-// instead of 4 and 4 alone, whose 4 accumulators leave the FMA units waiting on latency).
+// of 16): kernel_blocks (on AVX-512 the two short tail blocks of a layer whose width is not a
+// multiple of 6 run as one pair: 32 channels are 6+6, 6+6, 4+4).
 inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob, std::int64_t cobn,
                        const float* v, std::int64_t K, float* o) {
   using namespace conv_detail;
-  const PackedB b{v};
-  if (cobn == cob + 2 && cbk.rows(cob) < MR && use_avx512()) {
-    const float* a0 = Up + cob * Kfull * MR;
-    const float* a1 = a0 + Kfull * MR;
-    float* oo = o + cbk.row0(cob) * TL;
-    const std::int64_t r0 = cbk.rows(cob), r1 = cbk.rows(cob + 1);
-    const __mmask16 all = 0xFFFF;
-    if (r0 == 4 && r1 == 4)
-      return kernel_avx512_pair<4, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
-    if (r0 == 4 && r1 == 3)
-      return kernel_avx512_pair<4, 3>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
-    if (r0 == 5 && r1 == 4)
-      return kernel_avx512_pair<5, 4>(a0, a1, b, K, oo, TL, nullptr, all, true, false, Act::none, 0.0f);
-  }
-  kernel_blocks(Up, Kfull, cbk, cob, cobn, b, K, o, TL, nullptr, TL, true, false, Act::none, 0.0f);
+  kernel_blocks(Up, Kfull, cbk, cob, cobn, PackedB{v}, K, o, TL, nullptr, TL, true, false, Act::none, 0.0f);
+}
+
+// The same for two groups' tiles at once (v0 → o0, v1 → o1): each weight feeds both (kernel_blocks2).
+inline void point_gemm2(const float* Up, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob, std::int64_t cobn,
+                        const float* v0, const float* v1, std::int64_t K, float* o0, float* o1) {
+  using namespace conv_detail;
+  kernel_blocks2(Up, Kfull, cbk, cob, cobn, PackedB{v0}, PackedB{v1}, K, o0, o1, TL, nullptr, TL, TL, true, false,
+                 Act::none, 0.0f);
 }
 
 // bf16 products (setCpuPrecision("bf16")): vdpbf16ps multiplies 16 pairs of bf16 and adds both
@@ -1375,8 +1368,11 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     const float* Up = U + p * g.C * MR;
     for (std::int64_t cob = 0; cob < coblocks; cob += step) {
       const std::int64_t cobn = std::min(coblocks, cob + step);
-      for (std::int64_t q = 0; q < gn; ++q)
-        point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, g.C, M + q * msz + p * mps);
+      std::int64_t q = 0;
+      for (; q + 1 < gn; q += 2)
+        point_gemm2(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, V + (q + 1) * vsz + p * vps, g.C,
+                    M + q * msz + p * mps, M + (q + 1) * msz + p * mps);
+      if (q < gn) point_gemm(Up, P * g.C, cbk, cob, cobn, V + q * vsz + p * vps, g.C, M + q * msz + p * mps);
     }
   };
   // Fewer groups than four a thread (the deep stages' few voxels: 256 channels at 8×8×8 are one
