@@ -1264,6 +1264,71 @@ BHSD_BF void point_gemm_bf16(const std::uint32_t* Ub, int P, int p, std::int64_t
       return kernel_bf16_second<1>(r1, a0, a1, v, KP, o);
   }
 }
+
+// kernel_bf16 for two groups' tiles at once (b0 → o0, b1 → o1): each broadcast pair of weights feeds
+// two vdpbf16ps, as kernel_avx512_pair2 does for fp32.
+template <int R0, int R1>
+BHSD_BF void kernel_bf16_2(const std::uint32_t* a0, const std::uint32_t* a1, const float* b0, const float* b1,
+                           std::int64_t KP, float* o0, float* o1) {
+  constexpr int R = R0 + R1;
+  __m512 c[R], d[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) c[r] = d[r] = _mm512_setzero_ps();
+  for (std::int64_t kp = 0; kp < KP; ++kp) {
+    const __m512bh v = __m512bh(_mm512_loadu_si512(b0 + 16 * kp)), e = __m512bh(_mm512_loadu_si512(b1 + 16 * kp));
+#pragma GCC unroll 6
+    for (int r = 0; r < R0; ++r) {
+      const __m512bh w = __m512bh(_mm512_set1_epi32(int(a0[r])));
+      c[r] = _mm512_dpbf16_ps(c[r], w, v), d[r] = _mm512_dpbf16_ps(d[r], w, e);
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R1; ++r) {
+      const __m512bh w = __m512bh(_mm512_set1_epi32(int(a1[r])));
+      c[R0 + r] = _mm512_dpbf16_ps(c[R0 + r], w, v), d[R0 + r] = _mm512_dpbf16_ps(d[R0 + r], w, e);
+    }
+    a0 += MR;
+    if (R1) a1 += MR;
+  }
+  __asm__ volatile("" : "+r"(o0), "+r"(o1));  // addresses after the loop (see kernel_avx512_pair2)
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(o0 + r * TL, c[r]), _mm512_storeu_ps(o1 + r * TL, d[r]);
+}
+// point_gemm_bf16 for two groups (v0 → o0, v1 → o1): full blocks and the tail pairs in one call,
+// any other block shape as two.
+BHSD_BF void point_gemm_bf16_2(const std::uint32_t* Ub, int P, int p, std::int64_t KP, const CoBlocks& cbk,
+                               std::int64_t cob, std::int64_t cobn, const float* v0, const float* v1, float* o0,
+                               float* o1) {
+  const std::uint32_t* a0 = Ub + (cob * P + p) * KP * MR;
+  const std::uint32_t* a1 = a0 + std::int64_t(P) * KP * MR;
+  const std::int64_t r0 = cbk.rows(cob), r1 = cobn == cob + 2 ? cbk.rows(cob + 1) : 0;
+  float* q0 = o0 + cbk.row0(cob) * TL;
+  float* q1 = o1 + cbk.row0(cob) * TL;
+#define BHSD_BF2(A, B) return kernel_bf16_2<A, B>(a0, a1, v0, v1, KP, q0, q1)
+  if (r0 == MR) switch (r1) {
+      case 6:
+        BHSD_BF2(6, 6);
+      case 5:
+        BHSD_BF2(6, 5);
+      case 4:
+        BHSD_BF2(6, 4);
+      case 3:
+        BHSD_BF2(6, 3);
+      case 2:
+        BHSD_BF2(6, 2);
+      case 1:
+        BHSD_BF2(6, 1);
+      default:
+        BHSD_BF2(6, 0);
+    }
+  if (r0 == 4 && r1 == 4) BHSD_BF2(4, 4);
+  if (r0 == 4 && r1 == 3) BHSD_BF2(4, 3);
+  if (r0 == 5 && r1 == 4) BHSD_BF2(5, 4);
+  if (r0 == 5 && r1 == 0) BHSD_BF2(5, 0);
+  if (r0 == 4 && r1 == 0) BHSD_BF2(4, 0);
+#undef BHSD_BF2
+  point_gemm_bf16(Ub, P, p, KP, cbk, cob, cobn, v0, o0);
+  point_gemm_bf16(Ub, P, p, KP, cbk, cob, cobn, v1, o1);
+}
 #undef BHSD_BF
 }  // namespace wino_detail
 #endif
@@ -1359,10 +1424,14 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
   auto point_products = [&](int p, std::int64_t gn, const float* V, float* M) {
     if (bf) {
-      for (std::int64_t cob = 0; cob < coblocks; cob += 2)
-        for (std::int64_t q = 0; q < gn; ++q)
-          point_gemm_bf16(Ub, P, p, KP, cbk, cob, std::min(coblocks, cob + 2), V + q * vsz + p * vps,
-                          M + q * msz + p * mps);
+      for (std::int64_t cob = 0; cob < coblocks; cob += 2) {
+        const std::int64_t cobn = std::min(coblocks, cob + 2);
+        std::int64_t q = 0;
+        for (; q + 1 < gn; q += 2)
+          point_gemm_bf16_2(Ub, P, p, KP, cbk, cob, cobn, V + q * vsz + p * vps, V + (q + 1) * vsz + p * vps,
+                            M + q * msz + p * mps, M + (q + 1) * msz + p * mps);
+        if (q < gn) point_gemm_bf16(Ub, P, p, KP, cbk, cob, cobn, V + q * vsz + p * vps, M + q * msz + p * mps);
+      }
       return;
     }
     const float* Up = U + p * g.C * MR;
