@@ -1383,13 +1383,16 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   // the transformed weights U pass 12 MB (256→256 and wider): each task streams all of U from L3
   // or memory once, so it takes 8 groups (128 tiles) a pass and lets their V and M spill to L3
   // (measured on the nnU-Net window: 512→256 at 8×32×32 115 → 85 ms, 256→256 50 → 41 ms, while
-  // 128-channel layers lost 10 % the same way). Then at least two tasks per thread where there
-  // are groups enough.
+  // 128-channel layers lost 10 % the same way). At least two groups, past the 768 KB, where the
+  // AVX-512 GEMM takes two groups' tiles per call (kernel_blocks2): 64→64 F(2×4×4) at 16×128×128
+  // 58–63 → 45–49 ms, 32→32 at 16×256×256 85 → 68–79 ms; four lost again. Then at least two
+  // tasks per thread where there are groups enough.
   const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
   const std::int64_t threads = std::int64_t(pool.size());
   const std::int64_t ubytes = std::int64_t(need * sizeof(float));
+  const std::int64_t gmin = conv_detail::use_avx512() ? 2 : 1;
   std::int64_t G =
-      ubytes > (std::int64_t(12) << 20) ? 8 : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, 1, 8);
+      ubytes > (std::int64_t(12) << 20) ? 8 : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, gmin, 8);
   G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
   const std::int64_t tasks = (ngroups + G - 1) / G;
   const CoBlocks cbk(g.Co);
