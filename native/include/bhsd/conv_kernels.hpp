@@ -264,8 +264,9 @@ __attribute__((target("avx512f"))) inline void kernel_avx512_pair2(const float* 
   }
 }
 
-// kernel_avx512_any for two tiles (n0, n1 ≤ 16 voxels at o0 and o1); a first block of fewer than 6
-// rows (a layer of under 6 channels) runs as two single tiles.
+// kernel_avx512_any for two tiles (n0, n1 ≤ 16 voxels at o0 and o1): full blocks, the tail pairs and
+// a lone block of 4 or 5 rows take both tiles per call; a block of 1–3 rows (a layer of under 4
+// channels) runs as two single tiles.
 template <class B>
 __attribute__((target("avx512f"))) inline void kernel_avx512_any2(const float* a, std::int64_t astride,
                                                                   std::int64_t rows0, std::int64_t rows1, B b0src,
