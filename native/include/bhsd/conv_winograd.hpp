@@ -1651,7 +1651,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       double wino = timed(slab, c);
       if (wino < 0) continue;
       wino = std::min(wino, timed(slab, c));
-      if (first) best_t = std::min(direct1, timed(slab, kDirect)) * scale, first = false;
+      // the direct path's second run only where its first was within 2× of Winograd's: a warm
+      // rerun does not halve a slab of a gigaflop or more, and it is the plan's longest timing
+      if (first)
+        best_t = (direct1 < 2 * wino ? std::min(direct1, timed(slab, kDirect)) : direct1) * scale, first = false;
       const double t = std::max(0.0, wino - tw) * scale + tw;
       if (t < best_t) best_t = t, best = c;
     }
