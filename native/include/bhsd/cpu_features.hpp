@@ -52,6 +52,9 @@ inline std::string simd_level() {
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(BHSD_NO_MULTIVERSION)
 #define BHSD_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+// integer loops that gain from AVX-512's 64-bit multiplies (vpmullq) as well
+#define BHSD_MULTIVERSION_V4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define BHSD_MULTIVERSION
+#define BHSD_MULTIVERSION_V4
 #endif
