@@ -1269,7 +1269,8 @@ static void test_gemm(bhsd::ThreadPool& pool) {
 // multiply and the add each rounded in double, as numpy does); a read past the end throws.
 // pool3d against pool_voxel (the shared per-voxel rule the CUDA kernel also runs), bit for bit:
 // its windows inside the input take a loop without bounds checks, the border pool_voxel. Paddings,
-// strides, dilations, count_include_pad, max with NaN, extents where no window is inside. And
+// strides, dilations, count_include_pad, max with NaN, extents where no window is inside, the AVX2
+// two-column average. And
 // binary's contiguous rows (the AVX2 path) against the plain sum and activation, in place too.
 static void test_pool_and_binary(bhsd::ThreadPool& pool) {
   std::uint32_t st = 4242;
@@ -1283,7 +1284,9 @@ static void test_pool_and_binary(bhsd::ThreadPool& pool) {
   const Case cases[] = {{4, 9, 37, {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {0, 0, 0}},
                         {5, 8, 21, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
                         {6, 7, 19, {2, 3, 2}, {1, 2, 1}, {2, 1, 2}, {0, 1, 1}},
-                        {3, 4, 3, {3, 3, 5}, {1, 1, 1}, {1, 1, 1}, {1, 1, 2}}};
+                        {3, 4, 3, {3, 3, 5}, {1, 1, 1}, {1, 1, 1}, {1, 1, 2}},
+                        // the AVX2 two-column average (k = s = 2 along W) past a padded W border
+                        {5, 6, 23, {2, 2, 2}, {2, 2, 2}, {1, 1, 1}, {1, 0, 1}}};
   for (const Case& c : cases)
     for (int mode = 0; mode < 3; ++mode) {  // max, average, average counting the padding
       const bool mx = mode == 0, cip = mode == 2;

@@ -538,6 +538,33 @@ inline void binary(const float* a, const float* b, float* y, const std::int64_t*
       std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
 }
 
+namespace pool_detail {
+#ifdef BHSD_X86
+// Average pooling's inner loop where the window is two columns wide with stride 2 along W (a 2×2,
+// 1×2×2 or 2×2×2 pool): four outputs a step, each the same double sum as pool3d's scalar loop —
+// 0, then the taps' rows in order, the even column before the odd — divided by the same denom:
+// equal bit for bit. Returns the first column not done. The rows: `taps` offsets into px.
+__attribute__((target("avx2,fma"))) inline std::int64_t avg_row_w2_avx2(const float* px, const std::int64_t* rows,
+                                                                        std::int64_t taps, std::int64_t c0,
+                                                                        std::int64_t w0, std::int64_t w1, double denom,
+                                                                        float* yr) {
+  const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  const __m256d dv = _mm256_set1_pd(denom);
+  std::int64_t ow = w0;
+  for (; ow + 4 <= w1; ow += 4) {
+    __m256d acc = _mm256_setzero_pd();
+    for (std::int64_t t = 0; t < taps; ++t) {
+      const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(px + rows[t] + c0 + 2 * ow), split);
+      acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));    // even columns
+      acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));  // odd columns
+    }
+    _mm_storeu_ps(yr + ow, _mm256_cvtpd_ps(_mm256_div_pd(acc, dv)));
+  }
+  return ow;
+}
+#endif
+}  // namespace pool_detail
+
 // Pooling over the three last axes. pads: leading d h w; out extent given. avg: divide by the
 // window's size (count_include_pad) or by the samples inside the input. The window's loop is
 // shared with the CUDA kernel (host_device.hpp).
@@ -559,6 +586,7 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
   for (w1 = w0; w1 < Wo && inside(w1, s[2], p[2], k[2], d[2], W);) ++w1;
   const std::int64_t taps = k[0] * k[1];
   const double denom = double(k[0] * k[1] * k[2]);
+  const bool w2 = !max && k[2] == 2 && s[2] == 2 && d[2] == 1;  // avg_row_w2_avx2's case
   pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
     std::vector<std::int64_t> rows(static_cast<std::size_t>(taps));  // the window's rows, as offsets in px
     for (std::size_t q = lo; q < hi; ++q) {
@@ -573,7 +601,12 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
           for (std::int64_t a = 0; a < k[0]; ++a)
             for (std::int64_t b = 0; b < k[1]; ++b)
               rows[std::size_t(a * k[1] + b)] = ((od * s[0] - p[0] + a * d[0]) * H + (oh * s[1] - p[1] + b * d[1])) * W;
-          for (std::int64_t ow = w0; ow < w1; ++ow) {
+          std::int64_t ow = w0;
+#ifdef BHSD_X86
+          // (the window's columns c0 + 2·ow + {0, 1} lie inside the input for ow in [w0, w1))
+          if (w2 && ops_avx2()) ow = pool_detail::avg_row_w2_avx2(px, rows.data(), taps, -p[2], w0, w1, denom, yr);
+#endif
+          for (; ow < w1; ++ow) {
             const std::int64_t c0 = ow * s[2] - p[2];
             double acc = max ? -double(INFINITY) : 0.0;
             for (std::int64_t t = 0; t < taps; ++t) {
