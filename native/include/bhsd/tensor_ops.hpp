@@ -586,7 +586,7 @@ inline void pool3d(const float* x, float* y, std::int64_t NC, std::int64_t D, st
   for (w1 = w0; w1 < Wo && inside(w1, s[2], p[2], k[2], d[2], W);) ++w1;
   const std::int64_t taps = k[0] * k[1];
   const double denom = double(k[0] * k[1] * k[2]);
-  const bool w2 = !max && k[2] == 2 && s[2] == 2 && d[2] == 1;  // avg_row_w2_avx2's case
+  [[maybe_unused]] const bool w2 = !max && k[2] == 2 && s[2] == 2 && d[2] == 1;  // avg_row_w2_avx2's case
   pool.parallel_for(std::size_t(NC * Do), [&](std::size_t lo, std::size_t hi) {
     std::vector<std::int64_t> rows(static_cast<std::size_t>(taps));  // the window's rows, as offsets in px
     for (std::size_t q = lo; q < hi; ++q) {
