@@ -358,6 +358,42 @@ test("sparse labels measure as their dense renumbering does (a monotonic relabel
   );
 });
 
+test("labels with gaps below a sixteenth of the voxel count are measured in place, with the same numbers", async (t) => {
+  // 128×128×80 voxels: labels up to 81 920 are measured as they are (no renumbering); 1, 70 000 and
+  // 80 000 at three voxels must give three components, not 80 000, and each its own value as label
+  const dims: [number, number, number] = [128, 128, 80];
+  const data = new Int32Array(dims[0] * dims[1] * dims[2]);
+  const at = (x: number, y: number, z: number) => (z * dims[1] + y) * dims[0] + x;
+  data[at(3, 4, 5)] = 1;
+  data[at(4, 4, 5)] = 1; // two voxels in a row
+  data[at(100, 7, 9)] = 70_000;
+  data[at(9, 120, 79)] = 80_000;
+  const labels = volumeFromArray(data, [80, 128, 128], [5, 0.5, 0.5]);
+  for (const { name: backend } of backends) {
+    setBackend(backend);
+    const stats = await componentStats(labels);
+    t.deepEqual(
+      stats.map((s) => [s.label, s.voxels, s.bbox.min, s.bbox.max]),
+      [
+        [1, 2, [3, 4, 5], [4, 4, 5]],
+        [70_000, 1, [100, 7, 9], [100, 7, 9]],
+        [80_000, 1, [9, 120, 79], [9, 120, 79]],
+      ],
+      backend,
+    );
+    // the same through the renumbering path (its labels shifted past the in-place range)
+    const shifted = await componentStats({ ...labels, data: data.map((v) => (v ? v + 100_000 : 0)) }, { maxComponents: 3 });
+    t.deepEqual(
+      shifted.map((s) => ({ ...s, label: s.label - 100_000 })),
+      stats,
+      backend,
+    );
+    await t.throwsAsync(componentStats(labels, { maxComponents: 2 }), {
+      message: "labels holds 3 components, more than options.maxComponents (2)",
+    });
+  }
+});
+
 test("asLabelVolume accepts integer labels in range and refuses a CT in Hounsfield units, with what came", async (t) => {
   const ct = volumeFromArray(new Int16Array([-1024, 40, 0, 700, 35, 0, 0, 1]), [2, 2, 2]);
   await t.throwsAsync(asLabelVolume(ct, { name: "ct.nii.gz" }), {
