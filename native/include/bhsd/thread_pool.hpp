@@ -171,13 +171,7 @@ class ThreadPool {
     in_worker() = false;
     // the last chunks are most often a worker's a few µs from done: watched for up to kSpin first,
     // since sleeping on finished_ costs a futex wait here and a wake there (VM exits both)
-    if (job.finished.load(std::memory_order_acquire) != job.chunks) {
-      const auto until = std::chrono::steady_clock::now() + kSpin;
-      for (unsigned i = 1; job.finished.load(std::memory_order_acquire) != job.chunks; ++i) {
-        relax();
-        if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
-      }
-    }
+    watch([&] { return job.finished.load(std::memory_order_acquire) == job.chunks; });
     std::unique_lock<std::mutex> lk(mutex_);
     finished_.wait(lk, [&] { return job.done == job.chunks; });
     job_ = nullptr;  // no worker picks it up from here on; late ones find no chunk left
@@ -238,18 +232,23 @@ class ThreadPool {
 #endif
   }
 
+  // Spins (pausing) until ready() or kSpin has passed.
+  template <class Ready>
+  static void watch(const Ready& ready) {
+    if (ready()) return;
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (unsigned i = 1; !ready(); ++i) {
+      relax();
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > until) return;
+    }
+  }
+
   void worker_loop() {
     in_worker() = true;
     std::uint64_t seen = 0;
     for (;;) {
       std::shared_ptr<Job> job;
-      if (published_.load(std::memory_order_acquire) == seen) {
-        const auto until = std::chrono::steady_clock::now() + kSpin;
-        for (unsigned i = 1; published_.load(std::memory_order_acquire) == seen; ++i) {
-          relax();
-          if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
-        }
-      }
+      watch([&] { return published_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(mutex_);
         wake_.wait(lk, [&] { return stopping_ || (job_ != nullptr && generation_ != seen); });
