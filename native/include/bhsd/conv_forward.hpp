@@ -201,8 +201,7 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
         kernel_blocks2(wp + k0 * MR, K, cbk, cob, cobn, b_at(v), b_at(v + NR), kbn, o + (v - v0), o + (v + NR - v0),
                        ldo, bias, NR, std::min<std::int64_t>(NR, v1 - v - NR), first, last, act, alpha);
       for (; v < v1; v += NR)
-        kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn,
-                      stage ? IndirectB{panel + (v - v0), dpanel.data()} : src.at(v, k0), kbn, o + (v - v0), ldo, bias,
+        kernel_blocks(wp + k0 * MR, K, cbk, cob, cobn, b_at(v), kbn, o + (v - v0), ldo, bias,
                       std::min<std::int64_t>(NR, v1 - v), first, last, act, alpha);
     }
   }

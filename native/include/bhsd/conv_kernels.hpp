@@ -317,6 +317,12 @@ inline bool use_avx512() {
   return on;
 }
 
+// The rows of block cob + 1 that the AVX-512 kernel takes with block cob in one call (0: cob runs
+// alone): a full block takes its successor, and the first tail block (at cbk.full) the second.
+inline std::int64_t paired_rows(const CoBlocks& cbk, std::int64_t cob, std::int64_t cob1) {
+  return cob + 1 < cob1 && (cbk.rows(cob) == MR || cob == cbk.full) ? cbk.rows(cob + 1) : 0;
+}
+
 // Output-channel blocks cob0 … cob1 of one tile (n ≤ 16 voxels at o, rows ldo apart): two blocks
 // per AVX-512 call where it runs, one per AVX2 call elsewhere. wp: the layer's packed weights at
 // this block of K (block b at wp + b·Kfull·MR); kbn: the K rows of this call.
@@ -326,9 +332,7 @@ inline void kernel_blocks(const float* wp, std::int64_t Kfull, const CoBlocks& c
                           std::int64_t n, bool first, bool last, Act act, float alpha) {
   if (use_avx512()) {
     for (std::int64_t cob = cob0; cob < cob1; cob += 2) {
-      const std::int64_t r0 = cbk.rows(cob),
-                         r1 = cob + 1 < cob1 && (r0 == MR || cob == cbk.full) ? cbk.rows(cob + 1) : 0,
-                         co0 = cbk.row0(cob);
+      const std::int64_t r0 = cbk.rows(cob), r1 = paired_rows(cbk, cob, cob1), co0 = cbk.row0(cob);
       kernel_avx512_any(wp + cob * Kfull * MR, Kfull * MR, r0, r1, bsrc, kbn, o + co0 * ldo, ldo,
                         bias ? bias + co0 : nullptr, n, first, last, act, alpha);
       if (r1 == 0) cob -= 1;  // the block ran alone
@@ -355,8 +359,7 @@ inline void kernel_blocks2(const float* wp, std::int64_t Kfull, const CoBlocks& 
     return;
   }
   for (std::int64_t cob = cob0; cob < cob1; cob += 2) {
-    const std::int64_t r0 = cbk.rows(cob), r1 = cob + 1 < cob1 && (r0 == MR || cob == cbk.full) ? cbk.rows(cob + 1) : 0,
-                       co0 = cbk.row0(cob);
+    const std::int64_t r0 = cbk.rows(cob), r1 = paired_rows(cbk, cob, cob1), co0 = cbk.row0(cob);
     kernel_avx512_any2(wp + cob * Kfull * MR, Kfull * MR, r0, r1, b0src, b1src, kbn, o0 + co0 * ldo, o1 + co0 * ldo,
                        ldo, bias ? bias + co0 : nullptr, n0, n1, first, last, act, alpha);
     if (r1 == 0) cob -= 1;  // the block ran alone
