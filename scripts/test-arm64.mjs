@@ -10,8 +10,8 @@
 // separate process spoken to over pipes, and the emulated Node cannot start an arm64 one.
 // Takes a minute or two. Exits non-zero, saying why, when something is missing or a check fails.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -46,10 +46,46 @@ if (!existsSync(node)) {
 }
 
 const env = { ...process.env, QEMU_LD_PREFIX: SYSROOT, BHSD_NATIVE_BINARY: binary, ESBUILD_BINARY_PATH: esbuild };
-const version = spawnSync("qemu-aarch64-static", [node, "-p", "process.version + ' ' + process.arch"], { env, encoding: "utf8" });
+
+// qemu-aarch64 (Debian's 7.2) passes the host's /proc/cpuinfo through, and onnxruntime's arm64 build
+// parses it as an AArch64 one at load (pytorch/cpuinfo): on an Intel Xeon host (Sapphire Rapids, 57-bit
+// addresses) that parse dereferenced NULL and the emulated Node died of SIGSEGV before the first check,
+// where an AMD EPYC host had passed. Where this runs as root with util-linux's unshare, the emulated
+// Node gets a mount namespace of its own with an arm64 /proc/cpuinfo bound over the host's (one
+// Neoverse N1 entry per host CPU, as an arm64 VM of this size shows); elsewhere it sees the host's.
+const fake = mkdtempSync(join(tmpdir(), "bhsd-arm64-cpuinfo-"));
+process.on("exit", () => rmSync(fake, { recursive: true, force: true }));
+const cpuinfo = join(fake, "cpuinfo");
+writeFileSync(
+  cpuinfo,
+  cpus()
+    .map(
+      (_, i) =>
+        `processor\t: ${i}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n` +
+        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n",
+    )
+    .join(""),
+);
+const quote = (a) => `'${a.replace(/'/g, "'\\''")}'`;
+const isolated =
+  process.getuid?.() === 0 &&
+  spawnSync("unshare", ["-m", "sh", "-c", `mount --bind ${quote(cpuinfo)} /proc/cpuinfo && grep -q 0xd0c /proc/cpuinfo`]).status === 0;
+// qemu-aarch64-static with these arguments, inside that namespace where it could be made
+const emulate = (args, options) =>
+  isolated
+    ? spawnSync(
+        "unshare",
+        ["-m", "sh", "-c", `mount --bind ${quote(cpuinfo)} /proc/cpuinfo && exec qemu-aarch64-static ${args.map(quote).join(" ")}`],
+        options,
+      )
+    : spawnSync("qemu-aarch64-static", args, options);
+
+const version = emulate([node, "-p", "process.version + ' ' + process.arch"], { env, encoding: "utf8" });
 if (version.status !== 0) die(`the arm64 Node does not start under qemu-aarch64: ${version.stderr}`);
-console.log(`test:arm64: node ${version.stdout.trim()} under qemu-aarch64-static, addon ${binary}`);
-const r = spawnSync("qemu-aarch64-static", [node, "--import", "tsx", join(root, "scripts", "arm64-smoke.mjs")], {
+console.log(
+  `test:arm64: node ${version.stdout.trim()} under qemu-aarch64-static${isolated ? " (an arm64 /proc/cpuinfo in its own mount namespace)" : ""}, addon ${binary}`,
+);
+const r = emulate([node, "--import", "tsx", join(root, "scripts", "arm64-smoke.mjs")], {
   cwd: root,
   env,
   stdio: "inherit",
