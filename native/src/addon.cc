@@ -34,7 +34,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("version", BHSD_VERSION);
   o.Set("threads", pool_of(env)->size());
-  o.Set("simd", bhsd::simd_level());
+  // AMX tiles serve bf16 calls' convolutions where the processor has them (amx_tiles.hpp)
+  o.Set("simd", bhsd::simd_level() + (bhsd::amx_available() ? " + amx-bf16 (bf16 convolutions)" : ""));
   o.Set("napiVersion", NAPI_VERSION);
   o.Set("bf16", bhsd::wino_detail::bf16_available());
 #if defined(__clang__)

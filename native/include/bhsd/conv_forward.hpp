@@ -246,12 +246,18 @@ inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const f
 inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
                           float alpha, ThreadPool& pool);
 
+// conv_amx.hpp: the direct convolution on AMX tiles for a bf16 call where the processor has them;
+// true when it wrote the output.
+inline bool amx_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
+                     float alpha, ThreadPool& pool);
+
 // One batch item and one group: in [C, D, H, W] → out [Co, Do, Ho, Wo]; wp from pack_conv_weights.
 // winograd = false: the direct paths only (the plan times them against Winograd).
 inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,
                            float alpha, ThreadPool& pool, bool winograd = true) {
   using namespace conv_detail;
   if (winograd && winograd_hook(g, in, wp, bias, out, act, alpha, pool)) return;
+  if (amx_hook(g, in, wp, bias, out, act, alpha, pool)) return;
   static const Kernel kernel = pick_kernel();
   static const PackFn pack = pick_pack(kernel);
 #ifdef BHSD_X86
@@ -439,3 +445,4 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
 }  // namespace bhsd
 
 #include "conv_winograd.hpp"
+#include "conv_amx.hpp"

@@ -47,6 +47,7 @@
 #include <unistd.h>
 #endif
 
+#include "amx_tiles.hpp"
 #include "conv_forward.hpp"
 #include "memory.hpp"
 
@@ -311,18 +312,17 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
 // over 256 MB is transformed per call into the lease instead.
 struct WeightEntry {
   std::int64_t Co, C;
-  int P;           // transform points
+  int P;           // transform points (Winograd), or kAmxLayout: conv_amx.hpp's tiles of the weights
   bool bf;         // bf16 pairs (transform_weights' bf) rather than floats
   std::size_t nw;  // floats of packed weights
   std::array<std::uint64_t, 4> hash;
+  std::size_t size;              // bytes of block in use
   std::shared_ptr<Block> block;  // U (P · C · MR floats a block, or bf16 pairs; 64-byte aligned)
-  std::size_t bytes() const {
-    const std::size_t words =
-        bf ? std::size_t(CoBlocks(Co).count() * P * ((C + 1) / 2) * MR) : std::size_t(P * packed_conv_size(Co, C));
-    return words * sizeof(float);
-  }
+  std::size_t bytes() const { return size; }
   const void* U() const { return block->data(); }
 };
+// WeightEntry::P of the AMX direct path's weights (bf16 tiles of 16 output channels × 32 of K).
+constexpr int kAmxLayout = -1;
 
 // The weights' identity for the cache: each 1 MB chunk hashed in eight 64-bit lanes, each word
 // xor-multiplied and folded (each step a bijection of the lane for a given word, and of the word
@@ -417,15 +417,22 @@ class WeightCache {
   // (too big, the cache full of entries in use, or memory ran out): the caller transforms into a
   // buffer of its own.
   std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false) {
+    return get_as(g, wp, pool, points(g), bf, u_words(g, bf) * sizeof(float),
+                  [&](void* U) { transform_weights(g, wp, U, pool, bf); });
+  }
+  // The same for weights laid out as `P` says (another path's layout: kAmxLayout), `bytes` long,
+  // which make(U) writes from wp.
+  template <class Make>
+  std::shared_ptr<const WeightEntry> get_as(const ConvGeom& g, const float* wp, ThreadPool& pool, int P, bool bf,
+                                            std::size_t bytes, const Make& make) {
     const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
-    const std::size_t bytes = u_words(g, bf) * sizeof(float);
     if (bytes > kEntryMax || bytes > cap) return nullptr;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
     const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == points(g) && it->e->bf == bf && it->e->nw == nw &&
+        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->nw == nw &&
             it->e->hash == hash) {
           it->used = now;
           ++hits;
@@ -442,7 +449,7 @@ class WeightCache {
       bytes_ += bytes;  // reserved while the transform runs unlocked
     }
     auto e = std::make_shared<WeightEntry>();
-    e->Co = g.Co, e->C = g.C, e->P = points(g), e->bf = bf, e->nw = nw, e->hash = hash;
+    e->Co = g.Co, e->C = g.C, e->P = P, e->bf = bf, e->nw = nw, e->hash = hash, e->size = bytes;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
@@ -451,7 +458,7 @@ class WeightCache {
       return nullptr;
     }
     try {
-      transform_weights(g, wp, const_cast<void*>(e->U()), pool, bf);
+      make(const_cast<void*>(e->U()));
     } catch (...) {  // cancelled (or failed): the reservation goes back
       std::lock_guard<std::mutex> lk(m_);
       bytes_ -= bytes;

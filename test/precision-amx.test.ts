@@ -1,0 +1,209 @@
+/**
+ * bf16 on AMX tiles (issue 23: "where the CPU offers avx512_bf16 / AMX"): with BHSD_WINOGRAD=0 (read
+ * by the addon at its first convolution; ava runs each file in a process of its own) every
+ * convolution of a bf16 model runs the direct path, which on a processor with AMX-BF16 computes on
+ * the tiles (native/include/bhsd/conv_amx.hpp). Each fixture network's bf16 output against
+ * PyTorch's fp32 one (the fixtures) within README's bf16 tolerances; where AMX runs, not the fp32
+ * answer (the tiles ran); where it does not, the direct path stays fp32 and "bf16" gives the fp32
+ * answer bit for bit. The fixtures are narrow (SegResNet's 16 channels are the only layers wide enough
+ * for the tiles), so also nnU-Net's ResEnc-M at its real widths (32…320, random weights) against
+ * onnxruntime's fp32 run of the same bytes in this process. And backendInfo's statement against
+ * /proc/cpuinfo's amx_bf16 and amx_tile.
+ */
+process.env.BHSD_WINOGRAD = "0";
+delete process.env.BHSD_CPU_PRECISION;
+
+import test from "ava";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import ort from "onnxruntime-node";
+import { backendInfo, loadModel, readNpy, setBackend } from "../lib/index.js";
+import { buildNetwork, type Architecture } from "../lib/model/nnunet/network.js";
+import { encodeModel } from "../lib/model/onnx-proto.js";
+import { ROOT } from "./paths.js";
+import { scaleDiff } from "./ort.js";
+
+const NET = join(ROOT, "test", "fixtures", "networks");
+const CASES = ["segresnet"].map((n) => ({
+  name: n,
+  model: join(NET, `${n}_op17.onnx`),
+  input: join(NET, `${n}_input.npy`),
+  expected: join(NET, `${n}_expected.npy`),
+}));
+const BF16_SCALE = 3e-2; // README's bf16 tolerances, as test/precision.test.ts
+const BF16_ARGMAX = 0.99;
+
+function nativeLoads(): boolean {
+  try {
+    setBackend("native");
+    return true;
+  } catch {
+    return false;
+  }
+}
+const hasNative = nativeLoads();
+const cpuinfo = (() => {
+  try {
+    return readFileSync("/proc/cpuinfo", "utf8");
+  } catch {
+    return undefined;
+  }
+})();
+const forcedOff = ["BHSD_NO_AVX512", "BHSD_NO_AVX2", "BHSD_NO_BF16", "BHSD_NO_AMX"].some((k) => process.env[k]);
+const amxRuns = (): boolean => /amx-bf16/.test(backendInfo().details.native?.simd ?? "");
+
+function argmaxAgreement(a: Float32Array, b: Float32Array, C: number): number {
+  const S = a.length / C;
+  let same = 0;
+  for (let i = 0; i < S; i++) {
+    let ka = 0,
+      kb = 0;
+    for (let c = 1; c < C; c++) {
+      if (a[c * S + i]! > a[ka * S + i]!) ka = c;
+      if (b[c * S + i]! > b[kb * S + i]!) kb = c;
+    }
+    if (ka === kb) same++;
+  }
+  return same / S;
+}
+
+(hasNative ? test.serial : test.skip)("native: backendInfo names AMX exactly where /proc/cpuinfo lists amx_bf16 and amx_tile", (t) => {
+  const simd = backendInfo().details.native!.simd;
+  if (cpuinfo === undefined || forcedOff || !/\bavx512_bf16\b/.test(cpuinfo)) {
+    t.log(`simd: ${simd} (no /proc/cpuinfo, no AVX512_BF16, or switched off by the environment)`);
+    t.is(amxRuns(), /amx-bf16/.test(simd));
+    if (forcedOff && process.env.BHSD_NO_AMX) t.false(amxRuns());
+    return;
+  }
+  const listed = /\bamx_bf16\b/.test(cpuinfo) && /\bamx_tile\b/.test(cpuinfo);
+  // the kernel may still refuse the tile state (arch_prctl): then simd says nothing of AMX
+  if (listed && !amxRuns()) t.log("the processor lists AMX but this process was not given the tile state");
+  else t.is(amxRuns(), listed, `/proc/cpuinfo ${listed ? "lists" : "does not list"} amx_bf16 and amx_tile; simd: ${simd}`);
+});
+
+for (const c of CASES) {
+  (hasNative ? test.serial : test.skip)(
+    `native: ${c.name} in bf16 on the direct path (AMX where it runs) is within ${BF16_SCALE} of PyTorch's fp32 scale, argmax ≥ ${BF16_ARGMAX}`,
+    async (t) => {
+      setBackend("native");
+      const x = await readNpy(c.input),
+        want = await readNpy(c.expected);
+      const input = { data: x.data as Float32Array, shape: x.shape };
+      const fp32 = await loadModel(c.model);
+      const bf16 = await loadModel(c.model, { precision: "bf16" });
+      try {
+        const y32 = await fp32.run(input);
+        const y16 = await bf16.run(input);
+        const d32 = scaleDiff(y32.data, want.data),
+          d16 = scaleDiff(y16.data, want.data);
+        const agree = argmaxAgreement(y16.data, want.data as Float32Array, y16.shape[1]!);
+        t.log(
+          `fp32 ${d32.toExponential(2)}, bf16 ${d16.toExponential(2)} of scale; argmax ${(agree * 100).toFixed(2)} %; ${amxRuns() ? "AMX" : "no AMX"}`,
+        );
+        t.true(d32 <= 1e-4, `fp32: ${d32}`);
+        if (amxRuns()) {
+          t.true(d16 <= BF16_SCALE, `bf16: max |bhsd − PyTorch| is ${d16} of max |PyTorch|`);
+          t.true(d16 > 1e-5, `bf16 gave the fp32 answer (${d16}): the tiles did not run`);
+          t.true(agree >= BF16_ARGMAX, `bf16: argmax agrees on ${agree}`);
+          const again = await bf16.run(input);
+          t.deepEqual(again.data, y16.data, "the same answer every run");
+        } else {
+          t.deepEqual(y16.data, y32.data, "without AMX the direct path computes a bf16 call in fp32");
+        }
+      } finally {
+        fp32.dispose();
+        bf16.dispose();
+      }
+    },
+  );
+}
+
+/** nnU-Net's ResEnc-M preset at its real widths, five stages (16×64×64 in: the deepest 4×4×4), random weights. */
+function resencBytes(): Uint8Array {
+  const a: Architecture = {
+    inputChannels: 1,
+    numClasses: 6,
+    nStages: 5,
+    features: [32, 64, 128, 256, 320],
+    kernels: [
+      [1, 3, 3],
+      [3, 3, 3],
+      [3, 3, 3],
+      [3, 3, 3],
+      [3, 3, 3],
+    ],
+    strides: [
+      [1, 1, 1],
+      [1, 2, 2],
+      [1, 2, 2],
+      [2, 2, 2],
+      [2, 2, 2],
+    ],
+    convBias: true,
+    norm: { eps: 1e-5, affine: true },
+    nonlin: { op: "LeakyRelu", alpha: 0.01 },
+    nonlinFirst: false,
+    dropout: false,
+    stemChannels: 32,
+    networkClass: "ResidualEncoderUNet",
+    perStage: [1, 3, 4, 6, 6],
+    perStageDecoder: [1, 1, 1, 1],
+  };
+  const g = buildNetwork(a);
+  let s = 1;
+  const r = () => ((s = (s * 1664525 + 1013904223) >>> 0), s / 2 ** 32);
+  return encodeModel({
+    opset: 17,
+    nodes: g.nodes,
+    inputs: [{ name: g.input, shape: [1, 1, "d", "h", "w"] }],
+    outputs: [{ name: g.output }],
+    initializers: [
+      ...g.params.map((p) => {
+        const n = p.shape.reduce((x, y) => x * y, 1);
+        const fan = p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : 1;
+        const sc = p.shape.length > 1 ? Math.sqrt(2 / fan) : 0.1;
+        const one = p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0;
+        return { name: p.names[0]!, dims: p.shape, data: new Float32Array(n).map(() => (r() * 2 - 1) * sc + one) };
+      }),
+      ...g.constants,
+    ],
+  });
+}
+
+(hasNative ? test.serial : test.skip)(
+  `native: nnU-Net ResEnc-M at real widths in bf16 (AMX where it runs) is within ${BF16_SCALE} of onnxruntime's fp32 scale`,
+  async (t) => {
+    setBackend("native");
+    const bytes = resencBytes();
+    let s = 7;
+    const shape = [1, 1, 16, 64, 64];
+    const x = new Float32Array(16 * 64 * 64).map(() => ((s = (s * 1664525 + 1013904223) >>> 0), (s / 2 ** 32) * 2 - 1));
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2 });
+    const want = (await session.run({ [session.inputNames[0]!]: new ort.Tensor("float32", x, shape) }))[session.outputNames[0]!]!
+      .data as Float32Array;
+    await session.release();
+    const fp32 = await loadModel(bytes);
+    const bf16 = await loadModel(bytes, { precision: "bf16" });
+    try {
+      const y32 = await fp32.run({ data: x, shape });
+      const y16 = await bf16.run({ data: x, shape });
+      const d32 = scaleDiff(y32.data, want),
+        d16 = scaleDiff(y16.data, want);
+      const agree = argmaxAgreement(y16.data, want, 6);
+      t.log(
+        `fp32 ${d32.toExponential(2)}, bf16 ${d16.toExponential(2)} of scale; argmax ${(agree * 100).toFixed(2)} %; ${amxRuns() ? "AMX" : "no AMX"}`,
+      );
+      t.true(d32 <= 1e-4, `fp32: ${d32}`);
+      if (amxRuns()) {
+        t.true(d16 <= BF16_SCALE, `bf16: max |bhsd − onnxruntime| is ${d16} of max |onnxruntime|`);
+        t.true(d16 > 1e-5, `bf16 gave the fp32 answer (${d16}): the tiles did not run`);
+        t.true(agree >= BF16_ARGMAX, `bf16: argmax agrees on ${agree}`);
+      } else {
+        t.deepEqual(y16.data, y32.data, "without AMX the direct path computes a bf16 call in fp32");
+      }
+    } finally {
+      fp32.dispose();
+      bf16.dispose();
+    }
+  },
+);
