@@ -814,7 +814,7 @@ static void test_host_device_sweeps() {
 // bias or none, each activation, channel counts around the micro-kernel's blocks of 6 and 12. The
 // error is measured relative to the output's scale (max |reference|); the brief asks ≤ 1e-4, F(2,3)
 // gives about 1e-6. Then conv3d_forward's plan: the first call of a shape decides, later calls follow.
-static double winograd_worst = 0, winograd_f4_worst = 0, winograd_bf16_worst = 0;
+static double winograd_worst = 0, winograd_f4_worst = 0, winograd_bf16_worst = 0, winograd_tiles_worst = -1;
 static void test_conv_winograd(bhsd::ThreadPool& pool) {
   struct Case {
     std::int64_t C, Co, D, H, W, p[3];
@@ -935,6 +935,21 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
         CHECK(!bhsd::wino_detail::use_bf16());
         CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, held.data(), act, alpha, pool));
         --bhsd::wino_detail::precise_tiles();
+      }
+      if (bhsd::wino_detail::use_tiles(g, true)) {
+        // the products on AMX tiles: the same bf16 products as vdpbf16ps's, summed in another order
+        std::vector<float> dp(no, 1.0f);
+        bhsd::wino_detail::tiles_off() = true;
+        {
+          bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+          CHECK(!bhsd::wino_detail::use_tiles(g, true));
+          CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, dp.data(), act, alpha, pool));
+        }
+        bhsd::wino_detail::tiles_off() = false;
+        double dd = 0;
+        for (std::size_t i = 0; i < no; ++i) dd = std::max(dd, double(std::fabs(dp[i] - half[i])));
+        winograd_tiles_worst = std::max(winograd_tiles_worst, dd / std::max(scale, 1e-30));
+        CHECK(dd / std::max(scale, 1e-30) < 1e-5);
       }
       const double eb = rel(half);
       winograd_bf16_worst = std::max(winograd_bf16_worst, eb);
@@ -1512,6 +1527,8 @@ int main() {
   }
   std::printf("winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g; bf16: %.3g)\n", winograd_worst,
               winograd_f4_worst, winograd_bf16_worst);
+  std::printf("winograd bf16 on AMX tiles against vdpbf16ps: worst difference %.3g of the output's scale%s\n",
+              winograd_tiles_worst, winograd_tiles_worst < 0 ? " (not run)" : "");
   std::printf("amx (bf16 direct convolution): %s, worst error %.3g of the output's scale\n",
               bhsd::amx_available() ? "ran" : "off (not on this processor, or BHSD_NO_AMX / BHSD_NO_BF16 set)",
               amx_worst);

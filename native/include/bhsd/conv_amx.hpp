@@ -135,7 +135,7 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
   const Layout l = layout(g);
   const std::size_t wbytes = l.bytes();
   std::shared_ptr<const wino_detail::WeightEntry> cached = wino_detail::WeightCache::instance().get_as(
-      g, wp, pool, wino_detail::kAmxLayout, true, wbytes,
+      g, wp, pool, 0, true, wino_detail::kDirectTiles, wbytes,
       [&](void* U) { pack_weights(g, wp, l, static_cast<std::uint16_t*>(U), pool); });
   std::unique_ptr<AmxWeightLease> lease;
   const std::uint16_t* U = nullptr;

@@ -170,9 +170,24 @@ inline bool use_bf16() {
   return call_precision() == Precision::bf16 && precise_tiles().load(std::memory_order_relaxed) == 0 &&
          bf16_available();
 }
-// 32-bit words (floats, or pairs of bf16) of a layer's transformed weights.
-inline std::size_t u_words(const ConvGeom& g, bool bf) {
+// Whether a bf16 call's per-point products run on AMX tiles (amx_tiles.hpp): where the processor has
+// them and both channel counts fill a tile's 16 rows (a point's V rows then have room for the zero
+// rows that complete its last chunk of 16 channel pairs).
+// tiles_off(): the tests' switch (the same products with vdpbf16ps, to compare).
+inline std::atomic<bool>& tiles_off() {
+  static std::atomic<bool> off{false};
+  return off;
+}
+inline bool use_tiles(const ConvGeom& g, bool bf) {
+  return bf && g.C >= 16 && g.Co >= 16 && amx_available() && !tiles_off().load(std::memory_order_relaxed);
+}
+// Chunks of 16 channel pairs (a tile's K) per point.
+inline std::int64_t tile_chunks(const ConvGeom& g) { return ((g.C + 1) / 2 + 15) / 16; }
+// 32-bit words (floats, or pairs of bf16) of a layer's transformed weights; `tiles`: as AMX tiles,
+// 16 output channels × 16 pairs each, ⌈Co/16⌉ × P × tile_chunks of them.
+inline std::size_t u_words(const ConvGeom& g, bool bf, bool tiles = false) {
   const int P = points(g);
+  if (tiles) return std::size_t((g.Co + 15) / 16 * P * tile_chunks(g) * 256);
   if (!bf) return std::size_t(P * packed_conv_size(g.Co, g.C));
   return std::size_t(CoBlocks(g.Co).count() * P * ((g.C + 1) / 2) * MR);
 }
@@ -208,8 +223,16 @@ using SplitLease = conv_detail::LentBuffer<struct WinogradSplitTag>;
 // bf16 (setCpuPrecision("bf16")): the same blocks with each point's C rows of MR floats as ⌈C/2⌉
 // rows of MR 32-bit words, word (kp, r) holding U[2kp][r] (low half) and U[2kp + 1][r] (high half,
 // 0 past an odd C) rounded to bf16 — the pairs vdpbf16ps multiplies with a pair of V's rows.
-inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, ThreadPool& pool, bool bf = false) {
+// tiles (bf16 on AMX, use_tiles): per block of 16 output channels, point and chunk of 32 input
+// channels, an A tile of 16 rows (output channels) × 16 words (pairs of input channels, low half
+// the even one): word ((o·P + p)·chunks + ch)·256 + r·16 + j holds channels 32ch + 2j, + 1 of output
+// 16o + r; 0 past Co and past C.
+inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, ThreadPool& pool, bool bf = false,
+                              bool tiles = false) {
   const CoBlocks cbk(g.Co);
+  const std::int64_t chunks = tiles ? tile_chunks(g) : 0;
+  if (tiles)  // the padding's zeros (every block writes only its own channels' words)
+    std::memset(Uv, 0, u_words(g, bf, true) * sizeof(std::uint32_t));
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
   const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
   constexpr std::int64_t CB = 8;
@@ -277,6 +300,20 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                 for (int p = 0; p < P; ++p)
                   sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
               }
+            if (bf && tiles) {
+              auto* U32 = static_cast<std::uint32_t*>(Uv);
+              for (std::int64_t r = 0; r < rows; ++r) {
+                const std::int64_t co = cbk.row0(blk) + r, o = co / 16;
+                for (int p = 0; p < P; ++p)
+                  for (std::int64_t cq = 0; cq < cn; cq += 2) {
+                    const std::int64_t ci = c0 + cq;  // even: c0 is a multiple of CB
+                    const std::uint32_t lo = bf16_of(stage[(cq * MR + r) * P + p]),
+                                        hi = cq + 1 < cn ? bf16_of(stage[((cq + 1) * MR + r) * P + p]) : 0u;
+                    U32[((o * P + p) * chunks + ci / 32) * 256 + (co % 16) * 16 + (ci % 32) / 2] = lo | hi << 16;
+                  }
+              }
+              continue;
+            }
             if (bf) {
               const std::int64_t KP = (C + 1) / 2;
               for (int p = 0; p < P; ++p) {
@@ -312,8 +349,9 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
 // over 256 MB is transformed per call into the lease instead.
 struct WeightEntry {
   std::int64_t Co, C;
-  int P;           // transform points (Winograd), or kAmxLayout: conv_amx.hpp's tiles of the weights
+  int P;           // transform points (Winograd; 0 for the direct path's tiles)
   bool bf;         // bf16 pairs (transform_weights' bf) rather than floats
+  int layout;      // WeightLayout
   std::size_t nw;  // floats of packed weights
   std::array<std::uint64_t, 4> hash;
   std::size_t size;              // bytes of block in use
@@ -321,8 +359,9 @@ struct WeightEntry {
   std::size_t bytes() const { return size; }
   const void* U() const { return block->data(); }
 };
-// WeightEntry::P of the AMX direct path's weights (bf16 tiles of 16 output channels × 32 of K).
-constexpr int kAmxLayout = -1;
+// How an entry's weights are laid out: Winograd's blocks of MR (floats or bf16 pairs), Winograd's
+// per-point AMX tiles (transform_weights' tiles), the AMX direct path's tiles (conv_amx.hpp).
+enum WeightLayout : int { kWinogradBlocks = 0, kWinogradTiles = 1, kDirectTiles = 2 };
 
 // The weights' identity for the cache: each 1 MB chunk hashed in eight 64-bit lanes, each word
 // xor-multiplied and folded (each step a bijection of the lane for a given word, and of the word
@@ -416,15 +455,17 @@ class WeightCache {
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
   // (too big, the cache full of entries in use, or memory ran out): the caller transforms into a
   // buffer of its own.
-  std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false) {
-    return get_as(g, wp, pool, points(g), bf, u_words(g, bf) * sizeof(float),
-                  [&](void* U) { transform_weights(g, wp, U, pool, bf); });
+  std::shared_ptr<const WeightEntry> get(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false,
+                                         bool tiles = false) {
+    return get_as(g, wp, pool, points(g), bf, tiles ? kWinogradTiles : kWinogradBlocks,
+                  u_words(g, bf, tiles) * sizeof(float),
+                  [&](void* U) { transform_weights(g, wp, U, pool, bf, tiles); });
   }
-  // The same for weights laid out as `P` says (another path's layout: kAmxLayout), `bytes` long,
-  // which make(U) writes from wp.
+  // The same for weights laid out as `layout` says (with P points; another path's: kDirectTiles),
+  // `bytes` long, which make(U) writes from wp.
   template <class Make>
   std::shared_ptr<const WeightEntry> get_as(const ConvGeom& g, const float* wp, ThreadPool& pool, int P, bool bf,
-                                            std::size_t bytes, const Make& make) {
+                                            int layout, std::size_t bytes, const Make& make) {
     const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
     if (bytes > kEntryMax || bytes > cap) return nullptr;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
@@ -432,8 +473,8 @@ class WeightCache {
     {
       std::lock_guard<std::mutex> lk(m_);
       for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->nw == nw &&
-            it->e->hash == hash) {
+        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->layout == layout &&
+            it->e->nw == nw && it->e->hash == hash) {
           it->used = now;
           ++hits;
           lru_.splice(lru_.begin(), lru_, it);  // most recently used
@@ -449,7 +490,7 @@ class WeightCache {
       bytes_ += bytes;  // reserved while the transform runs unlocked
     }
     auto e = std::make_shared<WeightEntry>();
-    e->Co = g.Co, e->C = g.C, e->P = P, e->bf = bf, e->nw = nw, e->hash = hash, e->size = bytes;
+    e->Co = g.Co, e->C = g.C, e->P = P, e->bf = bf, e->layout = layout, e->nw = nw, e->hash = hash, e->size = bytes;
     try {
       e->block = Block::allocate(bytes, false);
     } catch (const std::bad_alloc&) {
@@ -1387,6 +1428,65 @@ inline bool winograd_applies(const ConvGeom& g) {
 #endif
 }
 
+namespace wino_detail {
+// The AMX tile state for a scope where `on` (a task of a call whose products run on tiles).
+struct TilesScope {
+#ifdef BHSD_AMX
+  std::unique_ptr<amx_detail::Tiles> t;
+  explicit TilesScope(bool on) : t(on ? new amx_detail::Tiles : nullptr) {}
+#else
+  explicit TilesScope(bool) {}
+#endif
+};
+
+#ifdef BHSD_AMX
+// Point p's products on AMX tiles for groups 0 … gn − 1 (V, M as conv3d_forward_winograd keeps
+// them): for each pair of 16-channel output blocks and pair of groups, 2 × 2 tiles over the
+// point's chunks of 16 channel pairs — A from transform_weights' tiles, B a group's V pair rows
+// as they are (16 rows of 16 tiles' pairs), the sums stored as M's rows (a last block past Co
+// through a spare tile, so that no row of the next point is touched).
+inline void point_tiles(const std::uint16_t* Ua, std::int64_t Co, int P, int p, std::int64_t chunks, std::int64_t gn,
+                        const float* V, std::int64_t vsz, std::int64_t vps, float* M, std::int64_t msz,
+                        std::int64_t mps) {
+  using namespace amx_detail;
+  const std::int64_t blocks = (Co + 15) / 16;
+  alignas(64) float spare[4][256];
+  for (std::int64_t o = 0; o < blocks; o += 2) {
+    const bool two_a = o + 1 < blocks;
+    const std::uint16_t* a0 = Ua + (o * P + p) * chunks * kTileWords;
+    const std::uint16_t* a1 = a0 + std::int64_t(P) * chunks * kTileWords;
+    const bool full0 = 16 * (o + 1) <= Co, full1 = 16 * (o + 2) <= Co;
+    for (std::int64_t q = 0; q < gn; q += 2) {
+      const bool two_b = q + 1 < gn;
+      const auto* b0 = reinterpret_cast<const std::uint16_t*>(V + q * vsz + p * vps);
+      const auto* b1 = reinterpret_cast<const std::uint16_t*>(V + (q + 1) * vsz + p * vps);
+      float* m0 = M + q * msz + p * mps + o * 256;
+      float* m1 = M + (q + 1) * msz + p * mps + o * 256;
+      float* s00 = full0 ? m0 : spare[0];
+      float* s01 = full0 ? m1 : spare[1];
+      float* s10 = full1 ? m0 + 256 : spare[2];
+      float* s11 = full1 ? m1 + 256 : spare[3];
+      if (two_a && two_b)
+        run_tiles<true, true>(a0, a1, b0, b1, chunks, s00, s01, s10, s11, true);
+      else if (two_a)
+        run_tiles<true, false>(a0, a1, b0, b1, chunks, s00, s01, s10, s11, true);
+      else if (two_b)
+        run_tiles<false, true>(a0, a1, b0, b1, chunks, s00, s01, s10, s11, true);
+      else
+        run_tiles<false, false>(a0, a1, b0, b1, chunks, s00, s01, s10, s11, true);
+      // a partial last block: its rows below Co from the spare tile
+      const std::int64_t last = two_a ? o + 1 : o, rows = Co - 16 * last;
+      if (rows < 16) {
+        const std::size_t bytes = std::size_t(rows) * 16 * sizeof(float);
+        std::memcpy(last == o ? m0 : m0 + 256, last == o ? spare[0] : spare[2], bytes);
+        if (two_b) std::memcpy(last == o ? m1 : m1 + 256, last == o ? spare[1] : spare[3], bytes);
+      }
+    }
+  }
+}
+#endif
+}  // namespace wino_detail
+
 // The convolution by Winograd F(2×2×2, 3×3×3): in [C, D, H, W] → out [Co, Do, Ho, Wo], wp the
 // direct path's packed weights (pack_conv_weights). Returns false (nothing written) where it does
 // not apply or its buffers could not be had.
@@ -1398,16 +1498,17 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   if (!winograd_applies(g)) return false;
   const TileFreeze freeze(g);  // the tiles of this call, whatever precise_tiles does meanwhile
   const int P = points(g);
-  const bool bf = use_bf16();  // this call's precision (its thread's), fixed for the whole call
-  const std::size_t need = u_words(g, bf);
+  const bool bf = use_bf16();           // this call's precision (its thread's), fixed for the whole call
+  const bool tiles = use_tiles(g, bf);  // its products on AMX tiles
+  const std::size_t need = u_words(g, bf, tiles);
   if (need > (std::size_t(1) << 30) / sizeof(float)) return false;  // over 1 GB of weights: leave it to the direct path
-  const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool, bf);
+  const std::shared_ptr<const WeightEntry> cached = WeightCache::instance().get(g, wp, pool, bf, tiles);
   std::unique_ptr<WeightLease> lease;
   const void* Uany = cached ? cached->U() : nullptr;
   if (!Uany) {
     lease.reset(new WeightLease(need, (std::size_t(32) << 20) / sizeof(float)));
     if (!lease->get()) return false;
-    transform_weights(g, wp, lease->get(), pool, bf);
+    transform_weights(g, wp, lease->get(), pool, bf, tiles);
     Uany = lease->get();
   }
   const float* U = static_cast<const float*>(Uany);
@@ -1447,6 +1548,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     else
       input_transform<1>(g, in, gr, V);
     if (bf) v_to_bf16(V, P, vps, g.C);
+    if (tiles)  // each point's last chunk completed with zero pairs (a tile reads 16 pair rows)
+      for (int p = 0; p < P; ++p)
+        std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
   auto output_tf = [&](const Group& gr, const float* M) {
     if (P == 144)
@@ -1463,6 +1567,11 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   // point p's products for groups 0 … gn − 1 of V and M, every output channel
   const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
   auto point_products = [&](int p, std::int64_t gn, const float* V, float* M) {
+#ifdef BHSD_AMX
+    if (tiles)
+      return point_tiles(static_cast<const std::uint16_t*>(Uany), g.Co, P, p, tile_chunks(g), gn, V, vsz, vps, M, msz,
+                         mps);
+#endif
     if (bf) {
       for (std::int64_t cob = 0; cob < coblocks; cob += 2) {
         const std::int64_t cobn = std::min(coblocks, cob + 2);
@@ -1511,6 +1620,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       pool.parallel_for(
           std::size_t(P),
           [&](std::size_t p0, std::size_t p1) {
+            const TilesScope ts(tiles);
             for (std::size_t p = p0; p < p1; ++p) point_products(int(p), ngroups, V, M);
           },
           1, 8);
@@ -1530,6 +1640,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         float* V = vmem.get(std::size_t(G * vsz));
         float* M = mmem.get(std::size_t(G * msz));
         Group grs[8];
+        const TilesScope ts(tiles);
         for (std::size_t task = t0; task < t1; ++task) {
           const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
           for (std::int64_t q = 0; q < gn; ++q) {
@@ -1674,13 +1785,13 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
         std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
         SmallTilesScope small(c == kWinoSmall);
         const TileFreeze freeze(g);
-        const bool bf = use_bf16();
-        if (!WeightCache::instance().get(g, wp, pool, bf)) {
-          WeightLease lease(u_words(g, bf), (std::size_t(32) << 20) / sizeof(float));
+        const bool bf = use_bf16(), tl = use_tiles(g, bf);
+        if (!WeightCache::instance().get(g, wp, pool, bf, tl)) {
+          WeightLease lease(u_words(g, bf, tl), (std::size_t(32) << 20) / sizeof(float));
           if (lease.get()) {
-            transform_weights(g, wp, lease.get(), pool, bf);  // the first pays the buffer's page faults
+            transform_weights(g, wp, lease.get(), pool, bf, tl);  // the first pays the buffer's page faults
             const auto t0 = clock::now();
-            transform_weights(g, wp, lease.get(), pool, bf);
+            transform_weights(g, wp, lease.get(), pool, bf, tl);
             tw = std::chrono::duration<double>(clock::now() - t0).count();
           }
         }
