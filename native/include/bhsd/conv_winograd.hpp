@@ -1107,8 +1107,20 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
 // zmm, a row of 16 tiles (34 samples) three loads whose evens and odds two-source permutations pick
 // (the AVX2 transforms above take eight loads and eight deinterleaves of two registers for the same
 // row, and twice the instructions for every add after; at 64 channels they were a third of the time).
-BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Group& gr, float* V) {
-  alignas(64) float t[64 * TL];  // [z][y][x][lane], transformed along W
+// Pairs (a bf16 call on AMX tiles): V's rows written straight as v_to_bf16 would leave them — each
+// pair of channels' 16 lanes as one row of 16 pairs (the even channel low), the odd channel's point
+// vectors paired with the even one's kept from the channel before — instead of fp32 rows converted
+// in a second pass (which read back V's megabytes from beyond L2 at 320 channels).
+template <bool Pairs = false>
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline void input_transform_3d512(const ConvGeom& g,
+                                                                                                   const float* in,
+                                                                                                   const Group& gr,
+                                                                                                   float* V) {
+  alignas(64) float t[64 * TL];     // [z][y][x][lane], transformed along W
+  alignas(64) float even[64 * TL];  // Pairs: the even channel's 64 points
+  alignas(64) static const std::uint16_t order[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pairs = _mm512_load_si512(order);
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
   alignas(64) static const std::int32_t pick[4][16] = {
@@ -1154,15 +1166,23 @@ BHSD_W5 void input_transform_3d512(const ConvGeom& g, const float* in, const Gro
         _mm512_store_ps(p0, _mm512_sub_ps(s0, s2)), _mm512_store_ps(p0 + 4 * TL, _mm512_add_ps(s1, s2));
         _mm512_store_ps(p0 + 8 * TL, _mm512_sub_ps(s2, s1)), _mm512_store_ps(p0 + 12 * TL, _mm512_sub_ps(s1, s3));
       }
-    float* v = V + ci * TL;
+    float* v = V + (Pairs ? ci / 2 : ci) * TL;
     for (int yx = 0; yx < 16; ++yx) {
       const float* p0 = t + yx * TL;
       const __m512 s0 = _mm512_load_ps(p0), s1 = _mm512_load_ps(p0 + 16 * TL), s2 = _mm512_load_ps(p0 + 32 * TL),
                    s3 = _mm512_load_ps(p0 + 48 * TL);
-      _mm512_store_ps(v + (0 * 16 + yx) * ps, _mm512_sub_ps(s0, s2));
-      _mm512_store_ps(v + (1 * 16 + yx) * ps, _mm512_add_ps(s1, s2));
-      _mm512_store_ps(v + (2 * 16 + yx) * ps, _mm512_sub_ps(s2, s1));
-      _mm512_store_ps(v + (3 * 16 + yx) * ps, _mm512_sub_ps(s1, s3));
+      const __m512 r[4] = {_mm512_sub_ps(s0, s2), _mm512_add_ps(s1, s2), _mm512_sub_ps(s2, s1), _mm512_sub_ps(s1, s3)};
+      for (int d = 0; d < 4; ++d) {
+        const int pt = d * 16 + yx;
+        if (!Pairs) {
+          _mm512_store_ps(v + pt * ps, r[d]);
+        } else if (ci % 2 == 0 && ci + 1 < C) {
+          _mm512_store_ps(even + pt * TL, r[d]);
+        } else {  // the odd channel (or an odd C's last, paired with zeros)
+          const __m512 lo = ci % 2 ? _mm512_load_ps(even + pt * TL) : r[d], hi = ci % 2 ? r[d] : _mm512_setzero_ps();
+          _mm512_store_si512(v + pt * ps, _mm512_permutexvar_epi16(pairs, __m512i(_mm512_cvtne2ps_pbh(hi, lo))));
+        }
+      }
     }
   }
 }
@@ -1541,13 +1561,15 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       input_transform_3d_f4(g, in, gr, V);
     else if (P == 36)
       input_transform_f4(g, in, gr, V);
+    else if (P == 64 && tiles)
+      input_transform_3d512<true>(g, in, gr, V);  // bf16 pair rows already
     else if (P == 64 && conv_detail::use_avx512())
       input_transform_3d512(g, in, gr, V);
     else if (P == 64)
       input_transform<4>(g, in, gr, V);
     else
       input_transform<1>(g, in, gr, V);
-    if (bf) v_to_bf16(V, P, vps, g.C);
+    if (bf && !(P == 64 && tiles)) v_to_bf16(V, P, vps, g.C);
     if (tiles)  // each point's last chunk completed with zero pairs (a tile reads 16 pair rows)
       for (int p = 0; p < P; ++p)
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
