@@ -75,3 +75,19 @@ export function scaleDiff(got: ArrayLike<number>, want: ArrayLike<number>): numb
   }
   return scale > 0 ? d / scale : d;
 }
+
+/** Share of voxels where the class of the largest value agrees between two [1, C, …] channel-major outputs. */
+export function argmaxAgreement(a: ArrayLike<number>, b: ArrayLike<number>, C: number): number {
+  const S = a.length / C;
+  let same = 0;
+  for (let i = 0; i < S; i++) {
+    let ka = 0,
+      kb = 0;
+    for (let c = 1; c < C; c++) {
+      if (a[c * S + i]! > a[ka * S + i]!) ka = c;
+      if (b[c * S + i]! > b[kb * S + i]!) kb = c;
+    }
+    if (ka === kb) same++;
+  }
+  return same / S;
+}

@@ -21,7 +21,7 @@ import { backendInfo, loadModel, readNpy, setBackend } from "../lib/index.js";
 import { buildNetwork, type Architecture } from "../lib/model/nnunet/network.js";
 import { encodeModel } from "../lib/model/onnx-proto.js";
 import { ROOT } from "./paths.js";
-import { scaleDiff } from "./ort.js";
+import { argmaxAgreement, scaleDiff } from "./ort.js";
 
 const NET = join(ROOT, "test", "fixtures", "networks");
 const CASES = ["segresnet"].map((n) => ({
@@ -51,21 +51,6 @@ const cpuinfo = (() => {
 })();
 const forcedOff = ["BHSD_NO_AVX512", "BHSD_NO_AVX2", "BHSD_NO_BF16", "BHSD_NO_AMX"].some((k) => process.env[k]);
 const amxRuns = (): boolean => /amx-bf16/.test(backendInfo().details.native?.simd ?? "");
-
-function argmaxAgreement(a: Float32Array, b: Float32Array, C: number): number {
-  const S = a.length / C;
-  let same = 0;
-  for (let i = 0; i < S; i++) {
-    let ka = 0,
-      kb = 0;
-    for (let c = 1; c < C; c++) {
-      if (a[c * S + i]! > a[ka * S + i]!) ka = c;
-      if (b[c * S + i]! > b[kb * S + i]!) kb = c;
-    }
-    if (ka === kb) same++;
-  }
-  return same / S;
-}
 
 (hasNative ? test.serial : test.skip)("native: backendInfo names AMX exactly where /proc/cpuinfo lists amx_bf16 and amx_tile", (t) => {
   const simd = backendInfo().details.native!.simd;

@@ -15,7 +15,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { backendInfo, loadModel, readNpy, setBackend, setCpuPrecision } from "../lib/index.js";
 import { ROOT, sharedFixture } from "./paths.js";
-import { scaleDiff } from "./ort.js";
+import { argmaxAgreement, scaleDiff } from "./ort.js";
 
 const NET = join(ROOT, "test", "fixtures", "networks");
 /** PyTorch fp32 references: the shared U-Net and three nnU-Net / MONAI networks (their READMEs say how they were made). */
@@ -68,22 +68,6 @@ const cpuHasBf16 = (() => {
 })();
 const forcedOff = ["BHSD_NO_AVX512", "BHSD_NO_AVX2", "BHSD_NO_BF16"].some((k) => process.env[k]);
 const bf16Runs = (): boolean => backendInfo().details.native?.precisions?.includes("bf16") ?? false;
-
-/** Share of voxels where the class of the largest logit agrees ([1, C, …] channel-major). */
-function argmaxAgreement(a: Float32Array, b: Float32Array, C: number): number {
-  const S = a.length / C;
-  let same = 0;
-  for (let i = 0; i < S; i++) {
-    let ka = 0,
-      kb = 0;
-    for (let c = 1; c < C; c++) {
-      if (a[c * S + i]! > a[ka * S + i]!) ka = c;
-      if (b[c * S + i]! > b[kb * S + i]!) kb = c;
-    }
-    if (ka === kb) same++;
-  }
-  return same / S;
-}
 
 test("setCpuPrecision and loadModel's precision refuse what they do not know, naming the argument", async (t) => {
   t.throws(() => setCpuPrecision("fp16" as "fp32"), { message: /Expected one of fp32, bf16 for precision but received string/ });

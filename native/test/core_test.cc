@@ -690,13 +690,15 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
     CHECK(ee < 2e-2 && ee > 1e-6);
     CHECK(rel(exact, fp32) < 1e-5);
   }
-  // fp32 calls, too few output channels, too short a reduction: not this path
+  // fp32 calls, too few or too many output channels, too short a reduction: not this path
   const bhsd::ConvGeom g{16, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   CHECK(!bhsd::amx_detail::applies(g));
   bhsd::PrecisionScope ps(bhsd::Precision::bf16);
   const bhsd::ConvGeom few{16, 4, 4, 4, 15, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   const bhsd::ConvGeom shortk{31, 4, 4, 4, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 4, 4, 4};
-  CHECK(bhsd::amx_detail::applies(g) && !bhsd::amx_detail::applies(few) && !bhsd::amx_detail::applies(shortk));
+  const bhsd::ConvGeom wide{16, 4, 4, 4, 2049, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 4, 4, 4};
+  CHECK(bhsd::amx_detail::applies(g) && !bhsd::amx_detail::applies(few) && !bhsd::amx_detail::applies(shortk) &&
+        !bhsd::amx_detail::applies(wide));
 }
 
 // The loops shared with the CUDA kernels (host_device.hpp), run here as the kernels run them: the

@@ -42,11 +42,12 @@ inline Layout layout(const ConvGeom& g) {
   return l;
 }
 
-// Where this path applies: an AMX call (bf16 precision, tiles here), at least 16 output channels
-// and a chunk of K, offsets within 32 bits.
+// Where this path applies: an AMX call (bf16 precision, tiles here), 16 to 2048 output channels (a
+// task keeps every channel's sums for its segments: 1 MB at 2048), a chunk of K or more, offsets
+// within 32 bits.
 inline bool applies(const ConvGeom& g) {
   if (!wino_detail::use_bf16() || !amx_available()) return false;
-  if (g.Co < 16 || g.K() < kChunk) return false;
+  if (g.Co < 16 || g.Co > 2048 || g.K() < kChunk) return false;
   const std::int64_t vol_in = g.C * g.D * g.H * g.W, vol_out = g.Co * g.Do * g.Ho * g.Wo;
   return vol_in < (std::int64_t(1) << 31) && vol_out < (std::int64_t(1) << 31);
 }
