@@ -1113,9 +1113,9 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
 // in a second pass (which read back V's megabytes from beyond L2 at 320 channels).
 template <bool Pairs = false>
 __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline void input_transform_3d512(const ConvGeom& g,
-                                                                                                   const float* in,
-                                                                                                   const Group& gr,
-                                                                                                   float* V) {
+                                                                                                  const float* in,
+                                                                                                  const Group& gr,
+                                                                                                  float* V) {
   alignas(64) float t[64 * TL];     // [z][y][x][lane], transformed along W
   alignas(64) float even[64 * TL];  // Pairs: the even channel's 64 points
   alignas(64) static const std::uint16_t order[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
