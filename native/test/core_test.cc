@@ -434,6 +434,9 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {3, 4, 2, 2, 50, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 5, 3, 1, 51, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}},
       {2, 3, 5, 4, 50, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+      // a kernel 35 wide at stride 2 along W: its even/odd row windows would need 10 vectors of
+      // masks where the packer holds 8 (gathered instead)
+      {2, 2, 3, 90, 50, {1, 1, 35}, {1, 1, 2}, {0, 0, 17}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] {
@@ -619,6 +622,7 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
       {320, 2, 2, 2, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 2, true},   // the deepest stage: 17 blocks
       {16, 6, 8, 16, 32, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}, 2, false},  // an even kernel, stride 2
       {16, 3, 4, 150, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1, true},  // 10 segments a row: 8 + 2
+      {2, 2, 3, 90, 16, {1, 1, 35}, {1, 1, 2}, {0, 0, 17}, {1, 1, 1}, 0, true},  // 35 wide, stride 2: gathers
   };
   std::uint32_t st = 31337;
   auto rnd = [&] {

@@ -165,7 +165,7 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
                                                       : (rows + rows_per_task - 1) / rows_per_task;
   const std::int64_t RW = (NR + (g.kw - 1) * g.dw + 7) / 8 * 8, RW2 = (NR + (g.kw - 1) / 2 + 7) / 8 * 8;
   const bool rowwin = !flat && g.sw == 1 && RW <= 64 && RW <= g.kw * NR;
-  const bool rowwin2 = !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR;
+  const bool rowwin2 = !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR && 2 * RW2 <= 64;
   std::vector<std::int32_t> rdelta;
   if (rowwin || rowwin2) {
     rdelta.resize(std::size_t(l.cb * ksp));

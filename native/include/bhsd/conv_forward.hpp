@@ -302,10 +302,12 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   // Stride 2 along W (down-sampling): the same with each row window split into its even and odd
   // columns (pack_rows_s2_avx2), RW2 samples each, instead of two gathers per tap (64→128 3×3×3 at
   // 16×64×64 out: 146–158 → 125–133 ms; 32→64 1×3×3 and 128→256 3×3×3 8–15 % faster).
+  // Both windows together at most 64 columns (the packer holds masks for 8 vectors of 8): kernels up
+  // to 33 wide; wider ones gather.
   const std::int64_t RW2 = (NR + (g.kw - 1) / 2 + 7) / 8 * 8;
 #ifdef BHSD_X86
-  const bool rowwin2 =
-      direct && !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR && !std::getenv("BHSD_CONV_NO_S2");
+  const bool rowwin2 = direct && !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR &&
+                       2 * RW2 <= 64 && !std::getenv("BHSD_CONV_NO_S2");
 #else
   const bool rowwin2 = false;
 #endif
