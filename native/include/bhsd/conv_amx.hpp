@@ -157,24 +157,15 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
   const std::int64_t groups_per_row = (segs_per_row + kSegs - 1) / kSegs;
   const std::int64_t ahead = rows_per_task * g.sh * g.W;
   const std::int64_t rows = g.Do * g.Ho;
-  // the direct path's packers, chosen as it chooses them (conv3d_forward)
-  const bool flat = g.Wo < NR && g.kw <= 8;
+  // the direct path's packers, by its rule (PanelPlan)
+  const PanelPlan pp(g, l.cb, true);
+  const bool flat = pp.flat, rowwin = pp.rowwin, rowwin2 = pp.rowwin2;
+  const std::int64_t RW = pp.RW, RW2 = pp.RW2;
+  const std::vector<std::int32_t>& rdelta = pp.rdelta;
   const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
   const std::int64_t seg_tasks = flat                 ? (flat_segs + kSegs - 1) / kSegs
                                  : groups_per_row > 1 ? rows * groups_per_row
                                                       : (rows + rows_per_task - 1) / rows_per_task;
-  const std::int64_t RW = (NR + (g.kw - 1) * g.dw + 7) / 8 * 8, RW2 = (NR + (g.kw - 1) / 2 + 7) / 8 * 8;
-  const bool rowwin = !flat && g.sw == 1 && RW <= 64 && RW <= g.kw * NR;
-  const bool rowwin2 = !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR && 2 * RW2 <= 64;
-  std::vector<std::int32_t> rdelta;
-  if (rowwin || rowwin2) {
-    rdelta.resize(std::size_t(l.cb * ksp));
-    for (std::int64_t k = 0; k < l.cb * ksp; ++k) {
-      const std::int64_t c = k % g.kw;
-      rdelta[std::size_t(k)] = rowwin ? std::int32_t((k / g.kw) * RW + c * g.dw)
-                                      : std::int32_t((k / g.kw) * 2 * RW2 + (c % 2) * RW2 + c / 2);
-    }
-  }
   // output channels split where there are fewer tasks of segments than threads (the deep stages)
   const std::int64_t threads = std::int64_t(pool.size());
   const std::int64_t co_splits = seg_tasks >= threads

@@ -277,53 +277,21 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
   const std::int64_t rows_per_task = std::max<std::int64_t>(1, 8 / segs_per_row);
   const std::int64_t ahead = rows_per_task * g.sh * g.W;  // the next task's rows (a thread's tasks are consecutive)
   const std::int64_t rows = g.Do * g.Ho;
-  // Rows shorter than a tile: segments of 16 voxels in memory order instead (full tiles; the
-  // deepest stages' rows of 1–3 voxels too: 320→320 at 4×2×2 2.6 → 0.7 ms).
-#ifdef BHSD_X86
-  const bool flat = direct && g.Wo < NR && g.kw <= 8;
-#else
-  const bool flat = false;
-#endif
-  const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
-  const std::int64_t seg_tasks = flat ? (flat_segs + 7) / 8 : (rows + rows_per_task - 1) / rows_per_task;
   // Input channels per block: about 512 rows of K (a 32 KB panel per segment, 12 KB of weights).
   const std::int64_t cb = channel_block(g.C, ksp);
   const std::int64_t kblocks = (g.C + cb - 1) / cb;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
-  // Stride 1 along W: one window of samples per input row instead of a copy per tap (a panel kw
-  // times smaller; 64→64 and 128→128 2–6 % faster, single thread), where the window is no wider.
-  const std::int64_t RW = (NR + (g.kw - 1) * g.dw + 7) / 8 * 8;
+  // flat segments, row windows (stride 1 or 2 along W) or gathers: PanelPlan (conv_pack.hpp)
 #ifdef BHSD_X86
-  const bool rowwin = direct && !flat && g.sw == 1 && RW <= 64 && RW <= g.kw * NR;
+  static const bool s2 = !std::getenv("BHSD_CONV_NO_S2");
+  const PanelPlan pp(g, cb, direct, s2);
 #else
-  const bool rowwin = false;
+  const PanelPlan pp(g, cb, false);
 #endif
-  // Stride 2 along W (down-sampling): the same with each row window split into its even and odd
-  // columns (pack_rows_s2_avx2), RW2 samples each, instead of two gathers per tap (64→128 3×3×3 at
-  // 16×64×64 out: 146–158 → 125–133 ms; 32→64 1×3×3 and 128→256 3×3×3 8–15 % faster).
-  // Both windows together at most 64 columns (the packer holds masks for 8 vectors of 8): kernels up
-  // to 33 wide; wider ones gather.
-  const std::int64_t RW2 = (NR + (g.kw - 1) / 2 + 7) / 8 * 8;
-#ifdef BHSD_X86
-  const bool rowwin2 = direct && !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR &&
-                       2 * RW2 <= 64 && !std::getenv("BHSD_CONV_NO_S2");
-#else
-  const bool rowwin2 = false;
-#endif
-  std::vector<std::int32_t> rdelta;
-  if (rowwin) {
-    rdelta.resize(std::size_t(cb * ksp));
-    for (std::int64_t k = 0; k < cb * ksp; ++k)
-      rdelta[std::size_t(k)] = std::int32_t((k / g.kw) * RW + (k % g.kw) * g.dw);
-  }
-  if (rowwin2) {
-    rdelta.resize(std::size_t(cb * ksp));
-    for (std::int64_t k = 0; k < cb * ksp; ++k) {
-      const std::int64_t c = k % g.kw;
-      rdelta[std::size_t(k)] = std::int32_t((k / g.kw) * 2 * RW2 + (c % 2) * RW2 + c / 2);
-    }
-  }
+  const bool flat = pp.flat;
+  const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
+  const std::int64_t seg_tasks = flat ? (flat_segs + 7) / 8 : (rows + rows_per_task - 1) / rows_per_task;
   // A volume with fewer tasks of segments than threads (the deep stages: 2×4×4 is one) also splits
   // its output channels, at least 4 blocks each, so that every thread has work; each split packs
   // its own panels (320→320 at 2×4×4: 100 → 145 GFLOP/s; with as many tasks as threads the
@@ -368,12 +336,13 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                 pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
                 continue;
               }
-              if (rowwin) {
-                pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, RW, panel + s * std::size_t(kbn * NR), ahead);
+              if (pp.rowwin) {
+                pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW, panel + s * std::size_t(kbn * NR), ahead);
                 continue;
               }
-              if (rowwin2) {
-                pack_rows_s2_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, RW2, panel + s * std::size_t(kbn * NR), ahead);
+              if (pp.rowwin2) {
+                pack_rows_s2_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW2, panel + s * std::size_t(kbn * NR),
+                                  ahead);
                 continue;
               }
 #endif
@@ -402,19 +371,19 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                   float* o1 = out + (flat ? sg1.ow0 : sg1.od * plane_out + sg1.oh * g.Wo + sg1.ow0);
                   const float* p0 = panel + s * std::size_t(kbn * NR);
                   const float* p1 = p0 + std::size_t(kbn * NR);
-                  if (rowwin || rowwin2)
-                    kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{p0, rdelta.data()},
-                                   IndirectB{p1, rdelta.data()}, kbn, o0, o1, vol_out, bias, sg.n, sg1.n, first, last,
-                                   act, alpha);
+                  if (pp.rowwin || pp.rowwin2)
+                    kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{p0, pp.rdelta.data()},
+                                   IndirectB{p1, pp.rdelta.data()}, kbn, o0, o1, vol_out, bias, sg.n, sg1.n, first,
+                                   last, act, alpha);
                   else
                     kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{p0}, PackedB{p1}, kbn, o0, o1,
                                    vol_out, bias, sg.n, sg1.n, first, last, act, alpha);
                   ++s;
                   continue;
                 }
-                if (rowwin || rowwin2) {
+                if (pp.rowwin || pp.rowwin2) {
                   kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn,
-                                IndirectB{panel + s * std::size_t(kbn * NR), rdelta.data()}, kbn, o0, vol_out, bias,
+                                IndirectB{panel + s * std::size_t(kbn * NR), pp.rdelta.data()}, kbn, o0, vol_out, bias,
                                 sg.n, first, last, act, alpha);
                   continue;
                 }

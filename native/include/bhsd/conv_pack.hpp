@@ -283,6 +283,35 @@ __attribute__((target("avx2,fma"))) inline void pack_rows_s2_avx2(const ConvGeom
 }
 #endif
 
+// Which packer a layer's panels take on the AVX2/AVX-512 paths (the direct path, conv3d_forward, and
+// the AMX one, conv_amx.hpp — one rule for both): flat segments for rows shorter than a tile (the
+// deepest stages' rows of 1–3 voxels fill whole tiles: 320→320 at 4×2×2 2.6 → 0.7 ms); at stride 1
+// along W one window of RW samples per input row instead of a copy per tap (a panel kw times smaller;
+// 64→64 and 128→128 2–6 % faster), where the window is no wider; at stride 2 the same split into
+// even and odd columns, RW2 each (pack_rows_s2_avx2: 64→128 3×3×3 at 16×64×64 out 146–158 → 125–133
+// ms), both at most 64 columns together — the packers hold masks for 8 vectors of 8, and a kernel 35
+// wide had overrun them — so kernels up to 33 wide; otherwise a gather per tap. rdelta: where row k
+// of a block of cb channels starts in a window panel (IndirectB).
+struct PanelPlan {
+  bool flat = false, rowwin = false, rowwin2 = false;
+  std::int64_t RW = 0, RW2 = 0;
+  std::vector<std::int32_t> rdelta;
+  PanelPlan(const ConvGeom& g, std::int64_t cb, bool on, bool s2 = true) {
+    const std::int64_t ksp = g.kd * g.kh * g.kw;
+    RW = (NR + (g.kw - 1) * g.dw + 7) / 8 * 8, RW2 = (NR + (g.kw - 1) / 2 + 7) / 8 * 8;
+    flat = on && g.Wo < NR && g.kw <= 8;
+    rowwin = on && !flat && g.sw == 1 && RW <= 64 && RW <= g.kw * NR;
+    rowwin2 = on && s2 && !flat && g.sw == 2 && g.dw == 1 && g.kw >= 2 && 2 * RW2 <= g.kw * NR && 2 * RW2 <= 64;
+    if (!rowwin && !rowwin2) return;
+    rdelta.resize(std::size_t(cb * ksp));
+    for (std::int64_t k = 0; k < cb * ksp; ++k) {
+      const std::int64_t c = k % g.kw;
+      rdelta[std::size_t(k)] = rowwin ? std::int32_t((k / g.kw) * RW + c * g.dw)
+                                      : std::int32_t((k / g.kw) * 2 * RW2 + (c % 2) * RW2 + c / 2);
+    }
+  }
+};
+
 using PackFn = void (*)(const ConvGeom&, const float*, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                         std::int64_t, std::int64_t, float*, std::int64_t);
 
