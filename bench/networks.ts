@@ -11,74 +11,18 @@
 import ort from "onnxruntime-node";
 import { existsSync, readFileSync } from "node:fs";
 import { backendInfo, loadModel, setBackend } from "../dist/index.js";
-import { buildNetwork, type Architecture } from "../dist/model/nnunet/network.js";
-import { encodeModel } from "../dist/model/onnx-proto.js";
+import type { Architecture } from "../dist/model/nnunet/network.js";
+import { PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
 import { fmt, measure, median, rng } from "./lib.js";
 
-const STAGES = 6;
-const base = {
-  inputChannels: 1,
-  numClasses: 6,
-  nStages: STAGES,
-  features: [32, 64, 128, 256, 320, 320],
-  kernels: [
-    [1, 3, 3],
-    [3, 3, 3],
-    [3, 3, 3],
-    [3, 3, 3],
-    [3, 3, 3],
-    [3, 3, 3],
-  ],
-  strides: [
-    [1, 1, 1],
-    [1, 2, 2],
-    [1, 2, 2],
-    [2, 2, 2],
-    [2, 2, 2],
-    [1, 2, 2],
-  ],
-  convBias: true,
-  norm: { eps: 1e-5, affine: true },
-  nonlin: { op: "LeakyRelu" as const, alpha: 0.01 },
-  nonlinFirst: false,
-  dropout: false,
-  stemChannels: 32,
-};
-export const PLAIN: Architecture = {
-  ...base,
-  networkClass: "PlainConvUNet",
-  perStage: [2, 2, 2, 2, 2, 2],
-  perStageDecoder: [2, 2, 2, 2, 2],
-};
-/** nnU-Net's ResEnc-M preset: 1, 3, 4, 6, 6, 6 residual blocks, one conv per decoder stage. */
-export const RESENC_M: Architecture = {
-  ...base,
-  networkClass: "ResidualEncoderUNet",
-  perStage: [1, 3, 4, 6, 6, 6],
-  perStageDecoder: [1, 1, 1, 1, 1],
-};
+/** nnU-Net's 3d_fullres PlainConvUNet and ResEnc-M at their real widths (lib/model/nnunet/presets.ts). */
+export const PLAIN: Architecture = PLAIN_CONV_UNET_FULLRES;
+export const RESENC_M: Architecture = RESENC_M_FULLRES;
 
+/** A network's ONNX bytes with random weights (the same for a given seed). */
 export function networkBytes(a: Architecture, seed = 1): Uint8Array {
-  const g = buildNetwork(a);
-  const r = rng(seed);
-  const initializers = g.params.map((p) => {
-    const n = p.shape.reduce((x, y) => x * y, 1);
-    const fan = p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : 1;
-    const s = p.shape.length > 1 ? Math.sqrt(2 / fan) : 0.1;
-    return {
-      name: p.names[0]!,
-      dims: p.shape,
-      data: new Float32Array(n).map(() => (r() * 2 - 1) * s + (p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0)),
-    };
-  });
-  return encodeModel({
-    opset: 17,
-    nodes: g.nodes,
-    inputs: [{ name: g.input, shape: [1, a.inputChannels, "d", "h", "w"] }],
-    outputs: [{ name: g.output }],
-    initializers: [...initializers, ...g.constants],
-  });
+  return randomWeightsModel(a, rng(seed));
 }
 
 async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string[]> {

@@ -6,7 +6,7 @@
  * PyTorch's fp32 one (the fixtures) within README's bf16 tolerances; where AMX runs, not the fp32
  * answer (the tiles ran); where it does not, the direct path stays fp32 and "bf16" gives the fp32
  * answer bit for bit. The fixtures are narrow (SegResNet's 16 channels are the only layers wide enough
- * for the tiles), so also nnU-Net's ResEnc-M at its real widths (32…320, random weights) against
+ * for the tiles), so also nnU-Net's ResEnc-M at its real widths (32…320, six stages, random weights) against
  * onnxruntime's fp32 run of the same bytes in this process. And backendInfo's statement against
  * /proc/cpuinfo's amx_bf16 and amx_tile.
  */
@@ -18,8 +18,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { backendInfo, loadModel, readNpy, setBackend } from "../lib/index.js";
-import { buildNetwork, type Architecture } from "../lib/model/nnunet/network.js";
-import { encodeModel } from "../lib/model/onnx-proto.js";
+import { RESENC_M_FULLRES, randomWeightsModel } from "../lib/model/nnunet/presets.js";
 import { ROOT } from "./paths.js";
 import { argmaxAgreement, scaleDiff } from "./ort.js";
 
@@ -117,63 +116,12 @@ for (const c of CASES) {
   );
 }
 
-/** nnU-Net's ResEnc-M preset at its real widths, five stages (16×64×64 in: the deepest 4×4×4), random weights. */
-function resencBytes(): Uint8Array {
-  const a: Architecture = {
-    inputChannels: 1,
-    numClasses: 6,
-    nStages: 5,
-    features: [32, 64, 128, 256, 320],
-    kernels: [
-      [1, 3, 3],
-      [3, 3, 3],
-      [3, 3, 3],
-      [3, 3, 3],
-      [3, 3, 3],
-    ],
-    strides: [
-      [1, 1, 1],
-      [1, 2, 2],
-      [1, 2, 2],
-      [2, 2, 2],
-      [2, 2, 2],
-    ],
-    convBias: true,
-    norm: { eps: 1e-5, affine: true },
-    nonlin: { op: "LeakyRelu", alpha: 0.01 },
-    nonlinFirst: false,
-    dropout: false,
-    stemChannels: 32,
-    networkClass: "ResidualEncoderUNet",
-    perStage: [1, 3, 4, 6, 6],
-    perStageDecoder: [1, 1, 1, 1],
-  };
-  const g = buildNetwork(a);
-  let s = 1;
-  const r = () => ((s = (s * 1664525 + 1013904223) >>> 0), s / 2 ** 32);
-  return encodeModel({
-    opset: 17,
-    nodes: g.nodes,
-    inputs: [{ name: g.input, shape: [1, 1, "d", "h", "w"] }],
-    outputs: [{ name: g.output }],
-    initializers: [
-      ...g.params.map((p) => {
-        const n = p.shape.reduce((x, y) => x * y, 1);
-        const fan = p.shape.length > 1 ? p.shape.slice(1).reduce((x, y) => x * y, 1) : 1;
-        const sc = p.shape.length > 1 ? Math.sqrt(2 / fan) : 0.1;
-        const one = p.shape.length === 1 && p.names[0]!.endsWith("weight") ? 1 : 0;
-        return { name: p.names[0]!, dims: p.shape, data: new Float32Array(n).map(() => (r() * 2 - 1) * sc + one) };
-      }),
-      ...g.constants,
-    ],
-  });
-}
-
 (hasNative ? test.serial : test.skip)(
   `native: nnU-Net ResEnc-M at real widths in bf16 (AMX where it runs) is within ${BF16_SCALE} of onnxruntime's fp32 scale`,
   async (t) => {
     setBackend("native");
-    const bytes = resencBytes();
+    let w = 1;
+    const bytes = randomWeightsModel(RESENC_M_FULLRES, () => ((w = (w * 1664525 + 1013904223) >>> 0), w / 2 ** 32));
     let s = 7;
     const shape = [1, 1, 16, 64, 64];
     const x = new Float32Array(16 * 64 * 64).map(() => ((s = (s * 1664525 + 1013904223) >>> 0), (s / 2 ** 32) * 2 - 1));
