@@ -381,6 +381,39 @@ static void test_weight_grad_blocked(bhsd::ThreadPool& pool) {
 // with one slab for all planes and with slabs of one output plane (halos re-padded per slab); the
 // full dispatcher on the same cases (cases with more than 48 outputs take packed panels), and the
 // AVX2 panel packing against the portable one, segment by segment (edges, dilation, W < 16).
+// A test case's geometry (input C × D × H × W, Co outputs, kernel k, strides s, padding p on both
+// sides, dilation d) with its output extents.
+template <class Case>
+static bhsd::ConvGeom geom_of(const Case& c) {
+  bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
+                   c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
+  g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
+  g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
+  g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+  return g;
+}
+
+// The convolution's sum at output voxel (co, od, oh, ow) in double, without bias (x [C, D, H, W],
+// w [Co, C, kd, kh, kw]), each sample and weight taken through `as` (a double of the float, or of it
+// rounded as a path under test rounds it).
+template <class As>
+static double conv_sum(const bhsd::ConvGeom& g, const float* x, const float* w, std::int64_t co, std::int64_t od,
+                       std::int64_t oh, std::int64_t ow, As as) {
+  double acc = 0;
+  for (std::int64_t ci = 0; ci < g.C; ++ci)
+    for (std::int64_t a = 0; a < g.kd; ++a)
+      for (std::int64_t b = 0; b < g.kh; ++b)
+        for (std::int64_t e = 0; e < g.kw; ++e) {
+          const std::int64_t id = od * g.sd - g.pd + a * g.dd, ih = oh * g.sh - g.ph + b * g.dh,
+                             iw = ow * g.sw - g.pw + e * g.dw;
+          if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+          acc += as(x[std::size_t(((ci * g.D + id) * g.H + ih) * g.W + iw)]) *
+                 as(w[std::size_t(((co * g.C + ci) * g.kd + a) * g.kh * g.kw + b * g.kw + e)]);
+        }
+  return acc;
+}
+static double as_double(float v) { return double(v); }
+
 static void test_conv_indirect(bhsd::ThreadPool& pool) {
   // output-channel blocks: contiguous, 1–6 rows each, ⌈Co / 6⌉ of them, no block under 3 rows
   // after a full one (the remainder shares the last full block)
@@ -444,11 +477,7 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
     return float(st >> 8) / float(1 << 24) - 0.5f;
   };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
-                     c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
-    g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
-    g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
-    g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+    const bhsd::ConvGeom g = geom_of(c);
     std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
     for (auto& v : x) v = rnd();
     for (auto& v : w) v = rnd();
@@ -459,17 +488,7 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       for (std::int64_t od = 0; od < g.Do; ++od)
         for (std::int64_t oh = 0; oh < g.Ho; ++oh)
           for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-            double acc = bias[std::size_t(co)];
-            for (std::int64_t ci = 0; ci < c.C; ++ci)
-              for (std::int64_t a = 0; a < c.k[0]; ++a)
-                for (std::int64_t b = 0; b < c.k[1]; ++b)
-                  for (std::int64_t e = 0; e < c.k[2]; ++e) {
-                    const std::int64_t id = od * c.s[0] - c.p[0] + a * c.d[0], ih = oh * c.s[1] - c.p[1] + b * c.d[1],
-                                       iw = ow * c.s[2] - c.p[2] + e * c.d[2];
-                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
-                           w[std::size_t(((co * c.C + ci) * c.k[0] + a) * c.k[1] * c.k[2] + b * c.k[2] + e)];
-                  }
+            const double acc = bias[std::size_t(co)] + conv_sum(g, x.data(), w.data(), co, od, oh, ow, as_double);
             const float v = float(acc);
             ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = v > 0 ? v : 0.1f * v;
           }
@@ -543,11 +562,7 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
     return float(st >> 8) / float(1 << 24) - 0.5f;
   };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
-                     c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
-    g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
-    g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
-    g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+    const bhsd::ConvGeom g = geom_of(c);
     std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
     for (auto& v : x) v = rnd();
     for (auto& v : w) v = rnd();
@@ -561,17 +576,7 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
       for (std::int64_t od = 0; od < g.Do; ++od)
         for (std::int64_t oh = 0; oh < g.Ho; ++oh)
           for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-            double acc = bias[std::size_t(co)];
-            for (std::int64_t ci = 0; ci < c.C; ++ci)
-              for (std::int64_t a = 0; a < c.k[0]; ++a)
-                for (std::int64_t b = 0; b < c.k[1]; ++b)
-                  for (std::int64_t e = 0; e < c.k[2]; ++e) {
-                    const std::int64_t id = od * c.s[0] - c.p[0] + a * c.d[0], ih = oh * c.s[1] - c.p[1] + b * c.d[1],
-                                       iw = ow * c.s[2] - c.p[2] + e * c.d[2];
-                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
-                           w[std::size_t(((co * c.C + ci) * c.k[0] + a) * c.k[1] * c.k[2] + b * c.k[2] + e)];
-                  }
+            const double acc = bias[std::size_t(co)] + conv_sum(g, x.data(), w.data(), co, od, oh, ow, as_double);
             const double ref = acc > 0 ? acc : 0;
             worst = std::max(worst, std::fabs(ref - got[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)]));
           }
@@ -636,11 +641,7 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
     return double(f);
   };
   for (const Case& c : cases) {
-    bhsd::ConvGeom g{c.C,    c.D,    c.H,    c.W,    c.Co,   c.k[0], c.k[1], c.k[2], c.s[0], c.s[1],
-                     c.s[2], c.d[0], c.d[1], c.d[2], c.p[0], c.p[1], c.p[2], 0,      0,      0};
-    g.Do = bhsd::conv_out(c.D, c.k[0], c.s[0], c.d[0], c.p[0], c.p[0]);
-    g.Ho = bhsd::conv_out(c.H, c.k[1], c.s[1], c.d[1], c.p[1], c.p[1]);
-    g.Wo = bhsd::conv_out(c.W, c.k[2], c.s[2], c.d[2], c.p[2], c.p[2]);
+    const bhsd::ConvGeom g = geom_of(c);
     const float wscale = std::sqrt(6.0f / float(g.K()));
     std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
     for (auto& v : x) v = rnd();
@@ -659,18 +660,9 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
       for (std::int64_t od = 0; od < g.Do; ++od)
         for (std::int64_t oh = 0; oh < g.Ho; ++oh)
           for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-            double e = bp ? bp[co] : 0.0, r = e;
-            for (std::int64_t ci = 0; ci < c.C; ++ci)
-              for (std::int64_t a = 0; a < c.k[0]; ++a)
-                for (std::int64_t b = 0; b < c.k[1]; ++b)
-                  for (std::int64_t f = 0; f < c.k[2]; ++f) {
-                    const std::int64_t id = od * c.s[0] - c.p[0] + a * c.d[0], ih = oh * c.s[1] - c.p[1] + b * c.d[1],
-                                       iw = ow * c.s[2] - c.p[2] + f * c.d[2];
-                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-                    const float xv = x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)];
-                    const float wv = w[std::size_t(((co * c.C + ci) * c.k[0] + a) * c.k[1] * c.k[2] + b * c.k[2] + f)];
-                    e += double(xv) * double(wv), r += b16(xv) * b16(wv);
-                  }
+            const double b0 = bp ? bp[co] : 0.0;
+            const double e = b0 + conv_sum(g, x.data(), w.data(), co, od, oh, ow, as_double),
+                         r = b0 + conv_sum(g, x.data(), w.data(), co, od, oh, ow, b16);
             const std::size_t i = std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow);
             exact[i] = activ(e), rounded[i] = activ(r);
             scale = std::max(scale, std::fabs(exact[i]));
