@@ -886,12 +886,35 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_row_ta
   for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
 }
 
+// The 66 samples of a row segment from column iw0 (five loads of 16, clamped into the row) into L1.
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void prefetch_row16x5(const float* row,
+                                                                                        std::int64_t iw0,
+                                                                                        std::int64_t W) {
+  for (int q = 0; q < 5; ++q)
+    _mm_prefetch(
+        reinterpret_cast<const char*>(conv_detail::float_at(row, std::clamp<std::int64_t>(iw0 + 16 * q, 0, W - 1))),
+        _MM_HINT_T0);
+}
+
+// F(4,3)'s Bᵀ along W of one row segment read as five loads of 16 (zv): e_k[j] = sample 4j + k
+// (k < 4) from lanes 0–7 of z0‖z1 and 8–15 of z2‖z3 (P[k]); e_4, e_5 are e_0, e_1 one lane on, their
+// last lane samples 64, 65 of z4 (N); w = Bᵀ e.
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row(const __m512* zv, const __m512i* P,
+                                                                                 const __m512i* N, __m512* w) {
+  __m512 e[6];
+  for (int k = 0; k < 4; ++k)
+    e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
+                                _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
+  e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
+  e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
+  bt6(e, w);
+}
+
 // F(4,3)'s Bᵀ along W of a group's input rows: row ih0 + y of plane id0 + z of each segment (x: one
 // channel's volume), the 6 transformed vectors of the group's 16 lanes into acc (0 where the row
 // lies outside the volume and past the group's n tiles). A segment's row of up to 16 tiles reads 66
-// samples as 5 loads of 16 (L.ld); e_k[j] = sample 4j + k (k < 4) from lanes 0–7 of z0‖z1 and 8–15
-// of z2‖z3 (P[k]); e_4, e_5 are e_0, e_1 one lane on, their last lane samples 64, 65 of z4 (N). Both
-// F(4×4) input transforms call it per row (always inlined: their tables stay in registers).
+// samples as 5 loads of 16 (L.ld), transformed by f4_bt_row. Both F(4×4) input transforms call it
+// per row for groups f4_rows_whole does not take (always inlined: their tables stay in registers).
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w(
     const ConvGeom& g, const float* x, const Group& gr, const SegLanes16<5>& L, const __m512i* P, const __m512i* N,
     bool whole, int z, int y, __m512* acc) {
@@ -903,21 +926,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
     if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
     const float* row = x + id * plane + ih * g.W;
     // the next tile row's new input rows (4 further on), as input_transform does
-    if (y >= 2 && ih + 4 < g.H) {
-      const float* nr = row + 4 * g.W;
-      for (int q = 0; q < 5; ++q)
-        _mm_prefetch(reinterpret_cast<const char*>(
-                         conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
-                     _MM_HINT_T0);
-    }
-    __m512 zv[5], e[6], w[6];
+    if (y >= 2 && ih + 4 < g.H) prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
+    __m512 zv[5], w[6];
     for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
-    for (int k = 0; k < 4; ++k)
-      e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
-                                  _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
-    e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
-    e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
-    bt6(e, w);
+    f4_bt_row(zv, P, N, w);
     if (whole)
       for (int k = 0; k < 6; ++k) acc[k] = w[k];
     else
@@ -931,8 +943,11 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
 // rows run as straight-line code — no per-load kinds, no lane moves, no bounds per segment. On the
 // Intel Xeon (2026-12-03) f4_rows_w's general path took ≈ 45 cycles a row where the same loads,
 // permutations and arithmetic alone take ≈ 16: the F(2×4×4) input transform of one group, 64
-// channels in L2, 2080 → 1360 cycles a channel; a PlainConvUNet window 1.52–1.60 → 1.48–1.49 s.
-// PF: prefetch the next tile row's four new input rows, as f4_rows_w does.
+// channels in L2, 2080 → 1360 cycles a channel; a PlainConvUNet window 1.52–1.60 → 1.48–1.49 s in
+// alternating runs. PF: prefetch the next tile row's four new input rows, as f4_rows_w does — kept
+// for the 1×3×3 transform (a 32→32 layer at 16×256×256 on one thread: 85.5–86.5 ms without it,
+// 76.9–77.2 with it, 79.0 before this path), not for the F(2×4×4) one, which prefetches the next
+// channel's rows (its layers the same either way; its own time 10 % more with both).
 template <int NZ, bool PF>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_whole(const ConvGeom& g, const float* x,
                                                                                      const Seg& sg, const __mmask16* mk,
@@ -949,23 +964,12 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
         continue;
       }
       const float* r = x + id * plane + ih * g.W;
-      if (PF && y >= 2 && ih + 4 < g.H) {  // the next tile row's new input rows (4 further on)
-        const float* nr = r + 4 * g.W;
-        for (int q = 0; q < 5; ++q)
-          _mm_prefetch(reinterpret_cast<const char*>(
-                           conv_detail::float_at(nr, std::clamp<std::int64_t>(sg.iw0 + 16 * q, 0, g.W - 1))),
-                       _MM_HINT_T0);
-      }
-      __m512 zv[5], e[6], w[6];
+      if (PF && y >= 2 && ih + 4 < g.H) prefetch_row16x5(r + 4 * g.W, sg.iw0, g.W);  // the next tile row's
+      __m512 zv[5], w[6];
       // every load masked (all lanes kept inside the row): a choice between a plain and a masked
       // load per load cost the Xeon 15 % of the transform
       for (int q = 0; q < 5; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, sg.iw0 + 16 * q));
-      for (int k = 0; k < 4; ++k)
-        e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
-                                    _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
-      e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
-      e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
-      bt6(e, w);
+      f4_bt_row(zv, P, N, w);
       for (int k = 0; k < 6; ++k) _mm512_store_ps(tr + k * TL, w[k]);
     }
   }
@@ -1127,7 +1131,7 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
         }
       }
     if (fast)
-      f4_rows_whole<4, true>(g, x, gr.seg[0], mk, P, N, t);
+      f4_rows_whole<4, false>(g, x, gr.seg[0], mk, P, N, t);
     else
       for (int zy = 0; zy < 24; ++zy) {
         __m512 acc[6];
