@@ -964,10 +964,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
         continue;
       }
       const float* r = x + id * plane + ih * g.W;
-      if (PF && y >= 2 && ih + 4 < g.H) prefetch_row16x5(r + 4 * g.W, sg.iw0, g.W);  // the next tile row's
+      if (PF && y >= 2 && ih + 4 < g.H) prefetch_row16x5(r + 4 * g.W, sg.iw0, g.W);  // next tile row's rows
       __m512 zv[5], w[6];
-      // every load masked (all lanes kept inside the row): a choice between a plain and a masked
-      // load per load cost the Xeon 15 % of the transform
+      // every load masked (a load inside the row has all 16 lanes set): choosing a plain load where
+      // the mask is full cost the Xeon 15 % of the transform
       for (int q = 0; q < 5; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, sg.iw0 + 16 * q));
       f4_bt_row(zv, P, N, w);
       for (int k = 0; k < 6; ++k) _mm512_store_ps(tr + k * TL, w[k]);
