@@ -937,7 +937,8 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
   }
 }
 
-// f4_rows_w for a group whose 16 tiles lie in one tile row (the common case), every row of the
+// f4_rows_w for a group whose 16 tiles lie in one tile row (every group where a row holds a multiple
+// of 16 tiles: the U-Nets' rows of 64, 128, 256 voxels; not 32 or fewer), every row of the
 // channel at once: NZ planes × 6 rows into t[(z·6 + y)·6 + k][lane]. The five loads of a row are
 // masked where they leave it (lanes outside [0, W) masked off read nothing and give 0: mk), so the
 // rows run as straight-line code — no per-load kinds, no lane moves, no bounds per segment. On the
@@ -999,10 +1000,10 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   const bool whole = gr.nseg == 1 && gr.n == TL;
   __m512i P[4], N[2];
   f4_row_tables(P, N);
-  SegLanes16<5> L;
-  seg_lanes16(g, gr, L);
   __mmask16 mk[5];
   const bool fast = whole_masks(g, gr, mk);
+  SegLanes16<5> L;  // the general path's loads and lane moves
+  if (!fast) seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     if (fast)
@@ -1103,10 +1104,10 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
   const bool whole = gr.nseg == 1 && gr.n == TL;
   __m512i P[4], N[2];
   f4_row_tables(P, N);
-  SegLanes16<5> L;
-  seg_lanes16(g, gr, L);
   __mmask16 mk[5];
   const bool fast = whole_masks(g, gr, mk);
+  SegLanes16<5> L;  // the general path's loads and lane moves
+  if (!fast) seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
