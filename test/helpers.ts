@@ -1,5 +1,5 @@
 /** Shared test helpers: where the outside references are, and which backends to run each case on. */
-import { getBackend } from "../lib/backends/index.js";
+import { getBackend, setBackend } from "../lib/backends/index.js";
 import type { Backend } from "../lib/backends/types.js";
 import type { BackendName } from "../lib/types.js";
 
@@ -28,4 +28,18 @@ export function backendsUnderTest(): { name: BackendName; backend: () => Backend
     out.push({ name, backend: () => getBackend(name) });
   }
   return out;
+}
+
+/** The tolerances README states for bf16 ("CPU precision"): of the output's scale, and the share of voxels whose argmax class agrees. */
+export const BF16_SCALE = 3e-2;
+export const BF16_ARGMAX = 0.99;
+
+/** Whether the native backend loads here (and, if so, makes it the active one). */
+export function nativeLoads(): boolean {
+  try {
+    setBackend("native");
+    return true;
+  } catch {
+    return false;
+  }
 }

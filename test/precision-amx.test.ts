@@ -21,6 +21,7 @@ import { backendInfo, loadModel, readNpy, setBackend } from "../lib/index.js";
 import { RESENC_M_FULLRES, randomWeightsModel } from "../lib/model/nnunet/presets.js";
 import { ROOT } from "./paths.js";
 import { argmaxAgreement, scaleDiff } from "./ort.js";
+import { BF16_ARGMAX, BF16_SCALE, nativeLoads } from "./helpers.js";
 
 const NET = join(ROOT, "test", "fixtures", "networks");
 const CASES = ["segresnet"].map((n) => ({
@@ -29,17 +30,6 @@ const CASES = ["segresnet"].map((n) => ({
   input: join(NET, `${n}_input.npy`),
   expected: join(NET, `${n}_expected.npy`),
 }));
-const BF16_SCALE = 3e-2; // README's bf16 tolerances, as test/precision.test.ts
-const BF16_ARGMAX = 0.99;
-
-function nativeLoads(): boolean {
-  try {
-    setBackend("native");
-    return true;
-  } catch {
-    return false;
-  }
-}
 const hasNative = nativeLoads();
 const cpuinfo = (() => {
   try {

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { backendInfo, loadModel, readNpy, setBackend, setCpuPrecision } from "../lib/index.js";
 import { ROOT, sharedFixture } from "./paths.js";
 import { argmaxAgreement, scaleDiff } from "./ort.js";
+import { BF16_ARGMAX, BF16_SCALE, nativeLoads } from "./helpers.js";
 
 const NET = join(ROOT, "test", "fixtures", "networks");
 /** PyTorch fp32 references: the shared U-Net and three nnU-Net / MONAI networks (their READMEs say how they were made). */
@@ -46,18 +47,6 @@ const CASES = [
   },
 ];
 
-/** The tolerances README states for bf16: of the output's scale, and the share of voxels whose argmax class agrees. */
-const BF16_SCALE = 3e-2;
-const BF16_ARGMAX = 0.99;
-
-function nativeLoads(): boolean {
-  try {
-    setBackend("native");
-    return true;
-  } catch {
-    return false;
-  }
-}
 const hasNative = nativeLoads();
 const cpuHasBf16 = (() => {
   try {
