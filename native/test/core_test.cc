@@ -393,6 +393,22 @@ static bhsd::ConvGeom geom_of(const Case& c) {
   return g;
 }
 
+// A convolution's operands at U-Net-like magnitudes: activations of order 1, Kaiming-scaled weights
+// (of g's K), biases about 0.1 — drawn from rnd in that order.
+struct ConvOperands {
+  std::vector<float> x, w, bias;
+};
+template <class Rnd>
+static ConvOperands conv_operands(const bhsd::ConvGeom& g, Rnd& rnd) {
+  const float wscale = std::sqrt(6.0f / float(g.K()));
+  ConvOperands o{std::vector<float>(std::size_t(g.C * g.D * g.H * g.W)), std::vector<float>(std::size_t(g.Co * g.K())),
+                 std::vector<float>(std::size_t(g.Co))};
+  for (auto& v : o.x) v = rnd();
+  for (auto& v : o.w) v = rnd() * wscale;
+  for (auto& v : o.bias) v = rnd() * 0.1f;
+  return o;
+}
+
 // The convolution's sum at output voxel (co, od, oh, ow) in double, without bias (x [C, D, H, W],
 // w [Co, C, kd, kh, kw]), each sample and weight taken through `as` (a double of the float, or of it
 // rounded as a path under test rounds it).
@@ -642,11 +658,8 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
   };
   for (const Case& c : cases) {
     const bhsd::ConvGeom g = geom_of(c);
-    const float wscale = std::sqrt(6.0f / float(g.K()));
-    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
-    for (auto& v : x) v = rnd();
-    for (auto& v : w) v = rnd() * wscale;
-    for (auto& v : bias) v = rnd() * 0.1f;
+    ConvOperands ops = conv_operands(g, rnd);
+    std::vector<float>&x = ops.x, &w = ops.w, &bias = ops.bias;
     const bhsd::Act act = bhsd::Act(c.act);
     const float alpha = 0.01f;
     const float* bp = c.bias ? bias.data() : nullptr;
@@ -863,12 +876,8 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     g.Ho = bhsd::conv_out(c.H, 3, 1, 1, c.p[1], c.p[1]);
     g.Wo = bhsd::conv_out(c.W, 3, 1, 1, c.p[2], c.p[2]);
     if (g.Do < 1 || g.Ho < 1 || g.Wo < 1) continue;
-    // U-Net-like magnitudes: activations of order 1, Kaiming-scaled weights
-    const float wscale = std::sqrt(6.0f / float(9 * c.kd * c.C));
-    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
-    for (auto& v : x) v = rnd();
-    for (auto& v : w) v = rnd() * wscale;
-    for (auto& v : bias) v = rnd() * 0.1f;
+    ConvOperands ops = conv_operands(g, rnd);
+    std::vector<float>&x = ops.x, &w = ops.w, &bias = ops.bias;
     const bhsd::Act act = bhsd::Act(c.act);
     const float alpha = 0.01f;
     const float* bp = c.bias ? bias.data() : nullptr;
