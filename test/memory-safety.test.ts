@@ -89,61 +89,65 @@ for (const { name, backend } of backendsUnderTest()) {
     await t.throwsAsync(p, { message: /detached|result is lost/ });
   });
 
-  test.serial(`${name}: connectedComponents survives its mask being transferred away`, async (t) => {
-    use();
-    const mask = new Uint8Array(16 * 64 * 64);
-    for (let i = 0; i < mask.length; i += 3) mask[i] = 1; // isolated voxels along x: many components
-    const ref = new Uint8Array(mask);
-    const vol = volumeFromArray(mask, [16, 64, 64]);
-    const p = connectedComponents(vol, { connectivity: 6 });
-    structuredClone(mask.buffer, { transfer: [mask.buffer] });
-    churn();
-    const r = await p.then(
-      (v) => v,
-      (e: Error) => e,
-    );
-    if (r instanceof Error) {
-      t.is(name, "ts");
-      t.regex(r.message, /detached or resized during the call/);
-      return;
-    }
-    // each voxel of a row x ≡ 0 (mod 3) stands alone under 6-connectivity unless rows touch: count
-    // the reference with a plain flood over the untouched copy
-    let n = 0;
-    const seen = new Uint8Array(ref.length);
-    const [X, Y, Z] = [64, 64, 16];
-    for (let s = 0; s < ref.length; s++) {
-      if (!ref[s] || seen[s]) continue;
-      n++;
-      const stack = [s];
-      seen[s] = 1;
-      while (stack.length) {
-        const v = stack.pop()!;
-        const x = v % X,
-          y = Math.floor(v / X) % Y,
-          z = Math.floor(v / (X * Y));
-        for (const [dx, dy, dz] of [
-          [1, 0, 0],
-          [-1, 0, 0],
-          [0, 1, 0],
-          [0, -1, 0],
-          [0, 0, 1],
-          [0, 0, -1],
-        ]) {
-          const a = x + dx!,
-            b = y + dy!,
-            c = z + dz!;
-          if (a < 0 || b < 0 || c < 0 || a >= X || b >= Y || c >= Z) continue;
-          const u = (c * Y + b) * X + a;
-          if (ref[u] && !seen[u]) {
-            seen[u] = 1;
-            stack.push(u);
+  // a binary mask (the native call reads it before returning and keeps nothing of it) and one of two
+  // values (whose voxels the native work reads again later, from its copy)
+  for (const values of [[1], [1, 2]])
+    test.serial(`${name}: connectedComponents survives its mask (values ${values.join(", ")}) being transferred away`, async (t) => {
+      use();
+      const mask = new Uint8Array(16 * 64 * 64);
+      // isolated voxels along x: many components
+      for (let i = 0; i < mask.length; i += 3) mask[i] = values[Math.floor(i / 64) % values.length]!;
+      const ref = new Uint8Array(mask);
+      const vol = volumeFromArray(mask, [16, 64, 64]);
+      const p = connectedComponents(vol, { connectivity: 6 });
+      structuredClone(mask.buffer, { transfer: [mask.buffer] });
+      churn();
+      const r = await p.then(
+        (v) => v,
+        (e: Error) => e,
+      );
+      if (r instanceof Error) {
+        t.is(name, "ts");
+        t.regex(r.message, /detached or resized during the call/);
+        return;
+      }
+      // each voxel of a row x ≡ 0 (mod 3) stands alone under 6-connectivity unless rows touch: count
+      // the reference with a plain flood over the untouched copy
+      let n = 0;
+      const seen = new Uint8Array(ref.length);
+      const [X, Y, Z] = [64, 64, 16];
+      for (let s = 0; s < ref.length; s++) {
+        if (!ref[s] || seen[s]) continue;
+        n++;
+        const stack = [s];
+        seen[s] = 1;
+        while (stack.length) {
+          const v = stack.pop()!;
+          const x = v % X,
+            y = Math.floor(v / X) % Y,
+            z = Math.floor(v / (X * Y));
+          for (const [dx, dy, dz] of [
+            [1, 0, 0],
+            [-1, 0, 0],
+            [0, 1, 0],
+            [0, -1, 0],
+            [0, 0, 1],
+            [0, 0, -1],
+          ]) {
+            const a = x + dx!,
+              b = y + dy!,
+              c = z + dz!;
+            if (a < 0 || b < 0 || c < 0 || a >= X || b >= Y || c >= Z) continue;
+            const u = (c * Y + b) * X + a;
+            if (ref[u] === ref[v] && !seen[u]) {
+              seen[u] = 1;
+              stack.push(u);
+            }
           }
         }
       }
-    }
-    t.is(r.count, n);
-  });
+      t.is(r.count, n);
+    });
 
   test.serial(`${name}: a resizable output shrunk mid-call is an error; a resizable input is read whole`, async (t) => {
     use();

@@ -139,15 +139,23 @@ inline Pins*& current_pins() {
   return p;
 }
 
-inline View view_of(const Napi::Value& v, const char* name, bool writable = false) {
+// A typed array's element type, memory and whether that memory is a SharedArrayBuffer's.
+struct ArrayInfo {
+  bhsd::DType type;
+  void* data;
+  std::size_t length;
+  bool shared;
+  std::size_t bytes() const { return length * dtype_bytes(type); }
+};
+
+inline ArrayInfo array_info(const Napi::Value& v, const char* name) {
   Napi::Env env = v.Env();
   if (!v.IsTypedArray()) throw Napi::TypeError::New(env, std::string("native: ") + name + " must be a typed array");
   napi_typedarray_type tt;
   size_t len = 0, off = 0;
   void* data = nullptr;
   napi_value ab;
-  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off), View{});
-  bhsd::DType t;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off), ArrayInfo{});
   switch (tt) {
     case napi_uint8_array:
     case napi_int8_array:
@@ -157,18 +165,25 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
     case napi_uint32_array:
     case napi_float32_array:
     case napi_float64_array:
-      t = Pins::type_of(tt);
       break;
     default:
       throw Napi::TypeError::New(env, std::string("native: ") + name + " has an element type the engine does not take");
   }
-  const std::size_t bytes = len * dtype_bytes(t);
+  bool is_ab = false;
+  napi_is_arraybuffer(env, ab, &is_ab);
+  return ArrayInfo{Pins::type_of(tt), data, len, !is_ab};
+}
+
+inline View view_of(const Napi::Value& v, const char* name, bool writable = false) {
+  Napi::Env env = v.Env();
+  const ArrayInfo a = array_info(v, name);
+  const bhsd::DType t = a.type;
+  void* const data = a.data;
+  const std::size_t len = a.length, bytes = a.bytes();
   Pins* pins = current_pins();
   if (!pins) throw Napi::Error::New(env, std::string("native: internal: ") + name + " viewed outside a call");
   if (bytes == 0 || data == nullptr) return View{t, nullptr, 0};
-  bool is_ab = false;
-  napi_is_arraybuffer(env, ab, &is_ab);
-  if (!is_ab) {  // a SharedArrayBuffer: never detached nor shrunk; hold the array
+  if (a.shared) {  // a SharedArrayBuffer: never detached nor shrunk; hold the array
     pins->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
     return View{t, data, len};
   }
@@ -202,6 +217,22 @@ inline View view_of(const Napi::Value& v, const char* name, bool writable = fals
 
 // An array the call writes.
 inline View out_view_of(const Napi::Value& v, const char* name) { return view_of(v, name, true); }
+
+// A typed array's memory to read while the call is still synchronous on the JavaScript thread
+// (no JavaScript runs meanwhile, so nothing can detach, shrink or collect it), neither copied nor
+// pinned. `stable`: the memory stays valid after the call returns too (engine memory, a
+// SharedArrayBuffer; then pinned as view_of pins it), so work on another thread may go on reading
+// it; otherwise a later pass that needs the voxels takes view_of's copy.
+struct Borrowed {
+  View view;
+  bool stable;
+};
+inline Borrowed borrow_view_of(const Napi::Value& v, const char* name) {
+  const ArrayInfo a = array_info(v, name);
+  if (a.bytes() == 0 || a.data == nullptr || a.shared || bhsd::Block::find(a.data, a.bytes()))
+    return Borrowed{view_of(v, name), true};
+  return Borrowed{View{a.type, a.data, a.length}, false};
+}
 
 inline double number_of(const Napi::Value& v, const char* name) {
   if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string("native: ") + name + " must be a number");

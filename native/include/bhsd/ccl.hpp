@@ -38,6 +38,7 @@
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
+#include <immintrin.h>
 #define BHSD_CCL_SSE2 1
 #endif
 
@@ -228,6 +229,197 @@ inline void row_masks(const T* p, std::int64_t nx, bool per_class, std::int64_t 
   }
 }
 
+// Output rows go to memory with streaming (non-temporal) stores: the labels of a CT are 42 MB or
+// more, far beyond the caches, and ordinary stores first read each line they write (40×512×512 on
+// two threads: 13 GB/s with ordinary stores, 33–39 GB/s streamed, in these VMs). A row is built
+// in a small buffer that stays in L1 and then streamed out; the fence at the end of each task
+// orders the streamed stores before the pool's completion signal.
+#ifdef BHSD_CCL_SSE2
+inline void stream_copy(std::int32_t* dst, const std::int32_t* src, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 15); ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+inline void stream_zero(std::int32_t* dst, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 15); ++i) dst[i] = 0;
+  for (; i + 4 <= n; i += 4) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_setzero_si128());
+  for (; i < n; ++i) dst[i] = 0;
+}
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_copy(std::int32_t* dst, const std::int32_t* src, std::int64_t n) {
+  std::memcpy(dst, src, std::size_t(n) * sizeof(std::int32_t));
+}
+inline void stream_zero(std::int32_t* dst, std::int64_t n) {
+  std::memset(dst, 0, std::size_t(n) * sizeof(std::int32_t));
+}
+inline void stream_fence() {}
+#endif
+// Rows up to this long are built in a buffer and streamed; longer ones are written in place.
+constexpr std::int64_t kStreamRow = 16384;
+
+// A row of many short runs, 16 voxels a step where the processor has AVX-512 (F): each voxel's
+// label is lab[c + p] (c: the run starts before the step, p: those in the step up to the voxel, a
+// byte-table prefix count), one two-vector permutation of lab[c .. c+31], zero where the voxel is
+// background. lab: lab[0] = 0, lab[k] = the label of the row's run k-1, with 32 entries of room
+// after the last. Writes o[0, nx).
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define BHSD_CCL_AVX512 1
+struct Prefix8 {  // byte l of t[b]: the set bits of b at or below bit l
+  std::uint64_t t[256];
+  constexpr Prefix8() : t{} {
+    for (int b = 0; b < 256; ++b)
+      for (int l = 0, n = 0; l < 8; ++l) {
+        n += (b >> l) & 1;
+        t[b] |= std::uint64_t(n) << (8 * l);
+      }
+  }
+};
+inline constexpr Prefix8 kPrefix8{};
+
+__attribute__((target("avx512f,popcnt"))) inline void paint_short_runs_avx512(std::int32_t* o, const std::int32_t* lab,
+                                                                              const std::uint64_t* st,
+                                                                              const std::uint64_t* nzw,
+                                                                              std::int64_t nx) {
+  std::uint32_t c = 0;
+  for (std::int64_t x = 0; x < nx; x += 16) {
+    const int sh = int(x & 63);
+    const unsigned s = unsigned(st[x >> 6] >> sh) & 0xFFFFu, nz = unsigned(nzw[x >> 6] >> sh) & 0xFFFFu;
+    const unsigned below = unsigned(__builtin_popcount(s & 0xFFu));
+    const __m128i pre = _mm_set_epi64x(std::int64_t(kPrefix8.t[s >> 8] + 0x0101010101010101ULL * below),
+                                       std::int64_t(kPrefix8.t[s & 0xFFu]));
+    const __m512i v =
+        _mm512_maskz_permutex2var_epi32(__mmask16(nz), _mm512_loadu_si512(lab + c),
+                                        _mm512_maskz_cvtepu8_epi32(0xFFFF, pre), _mm512_loadu_si512(lab + c + 16));
+    c += unsigned(__builtin_popcount(s));
+    if (x + 16 <= nx)
+      _mm512_storeu_si512(o + x, v);
+    else
+      _mm512_mask_storeu_epi32(o + x, __mmask16((1u << (nx - x)) - 1), v);
+  }
+}
+// Pass 1 for rows of byte voxels [r0, r1), 64 voxels a step with AVX-512 (F, BW): the non-zero
+// mask is one test, "continues the run of x-1" one compare with the row shifted by a voxel (a
+// masked load: lanes outside the row are off, so nothing is read there), the smallest and largest
+// non-zero value masked minima and maxima, reduced once for all the rows. The same masks, counts
+// and run numbers as row_masks and the prefix loop (the core test compares the two paths).
+// Rows: stride words each (words + 1: the last zero); row_runs[r] = the row's run count.
+template <class T>
+__attribute__((target("avx512f,avx512bw,popcnt"))) inline void masks_bytes_avx512(
+    const T* data, std::int64_t nx, bool per_class, std::int64_t words, std::int64_t stride, std::int64_t r0,
+    std::int64_t r1, std::uint64_t* S, std::uint64_t* E, std::uint64_t* N, std::uint32_t* LS, std::uint32_t* LE,
+    std::uint32_t* row_runs, T& vmin, T& vmax) {
+  static_assert(sizeof(T) == 1, "bytes only");
+  const __m512i flip = _mm512_set1_epi8(std::is_signed<T>::value ? char(0x80) : 0);
+  __m512i mn = _mm512_set1_epi8(char(0xFF)), mx = _mm512_setzero_si512();
+  std::uint64_t any = 0;
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(data + r * nx);
+    std::uint64_t *st = S + r * stride, *en = E + r * stride, *nzw = N + r * stride;
+    std::uint32_t *ls = LS + r * stride, *le = LE + r * stride;
+    std::uint32_t cs = 0, ce = 0;
+    std::uint64_t prev_nz = 0, prev_cont = 0, carry = 0;
+    // word w's start / end bits need the next word's first "continues" bit: each word is finished
+    // one step late
+    auto finish = [&](std::int64_t w, std::uint64_t nz, std::uint64_t cont, std::uint64_t next_cont) {
+      const std::uint64_t sv = nz & ~cont, ev = nz & ~((cont >> 1) | (next_cont << 63));
+      st[w] = sv, en[w] = ev, nzw[w] = nz, ls[w] = cs, le[w] = ce;
+      cs += std::uint32_t(__builtin_popcountll(sv)), ce += std::uint32_t(__builtin_popcountll(ev));
+    };
+    for (std::int64_t w = 0; w < words; ++w) {
+      const std::int64_t x = 64 * w, n = std::min<std::int64_t>(64, nx - x);
+      const __mmask64 in = n == 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(in, p + x);
+      const std::uint64_t nz = _mm512_test_epi8_mask(v, v);
+      std::uint64_t cont;
+      if (per_class) {
+        // voxel x-1 of each lane; lane 0 of the row's first word has none (masked off, read as 0,
+        // which a non-zero voxel never equals)
+        const __m512i prev = x == 0
+                                 ? _mm512_maskz_loadu_epi8(
+                                       __mmask64(in & ~std::uint64_t(1)),
+                                       reinterpret_cast<const std::uint8_t*>(reinterpret_cast<std::uintptr_t>(p) - 1))
+                                 : _mm512_maskz_loadu_epi8(in, p + x - 1);
+        cont = nz & _mm512_cmpeq_epi8_mask(v, prev);
+        const __m512i u = _mm512_xor_si512(v, flip);  // signed bytes ordered as unsigned ones
+        mn = _mm512_mask_min_epu8(mn, nz, mn, u);
+        mx = _mm512_mask_max_epu8(mx, nz, mx, u);
+        any |= nz;
+      } else {
+        cont = nz & ((nz << 1) | carry);
+        carry = nz >> 63;
+      }
+      if (w > 0) finish(w - 1, prev_nz, prev_cont, cont);
+      prev_nz = nz, prev_cont = cont;
+    }
+    if (words > 0) finish(words - 1, prev_nz, prev_cont, 0);
+    st[words] = en[words] = nzw[words] = 0, ls[words] = cs, le[words] = ce;
+    row_runs[r] = cs;
+  }
+  if (per_class && any) {
+    // lanes that saw no non-zero voxel keep 0xFF / 0 (see row_masks); `any` excludes all lanes so
+    const std::uint8_t f = std::is_signed<T>::value ? 0x80 : 0;
+    alignas(64) std::uint8_t lo[64], hi[64];
+    _mm512_store_si512(lo, mn), _mm512_store_si512(hi, mx);
+    std::uint8_t l = 0xFF, h = 0;
+    for (int k = 0; k < 64; ++k) l = std::min(l, lo[k]), h = std::max(h, hi[k]);
+    const std::uint8_t lf = std::uint8_t(l ^ f), hf = std::uint8_t(h ^ f);
+    T tl, th;
+    std::memcpy(&tl, &lf, 1), std::memcpy(&th, &hf, 1);
+    vmin = std::min(vmin, tl), vmax = std::max(vmax, th);
+  }
+}
+// Numbering, 16 parent entries a step (AVX-512 F): the roots among P[i0, i1) (P[i] = i) counted
+// and, with Write, each given kLabel | (label + 1 + the roots before it from i0), its rank in the
+// step by one expand of 1, 2, 3, … into the roots' lanes. Returns label + the roots counted.
+template <bool Write>
+__attribute__((target("avx512f,popcnt"))) inline std::uint32_t number_roots_avx512(std::uint32_t* P, std::uint32_t i0,
+                                                                                   std::uint32_t i1,
+                                                                                   std::uint32_t label) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i ranks = _mm512_add_epi32(lanes, _mm512_set1_epi32(1));
+  const __m512i flag = _mm512_set1_epi32(std::int32_t(0x80000000u));
+  for (std::uint32_t i = i0; i < i1; i += 16) {
+    const __mmask16 in = i1 - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (i1 - i)) - 1);
+    const __m512i p = _mm512_maskz_loadu_epi32(in, P + i);
+    const __mmask16 root =
+        _mm512_mask_cmpeq_epi32_mask(in, p, _mm512_add_epi32(_mm512_set1_epi32(std::int32_t(i)), lanes));
+    if constexpr (Write) {
+      const __m512i lab =
+          _mm512_add_epi32(_mm512_set1_epi32(std::int32_t(label)), _mm512_maskz_expand_epi32(root, ranks));
+      _mm512_mask_storeu_epi32(P + i, root, _mm512_or_si512(lab, flag));
+    }
+    label += std::uint32_t(__builtin_popcount(unsigned(root)));
+  }
+  return label;
+}
+
+// lab[k] = the label of run first + k for runs [first, last) (AVX-512 F), 16 runs a step: an
+// entry that is not yet a label (top bit clear) is its root's index, gathered until every lane
+// holds a label (one gather inside a slab, a few more across a seam).
+__attribute__((target("avx512f"))) inline void run_labels_avx512(const std::uint32_t* P, std::uint32_t first,
+                                                                 std::uint32_t last, std::int32_t* lab) {
+  const __m512i zero = _mm512_setzero_si512(), low = _mm512_set1_epi32(0x7FFFFFFF);
+  for (std::uint32_t i = first; i < last; i += 16) {
+    const __mmask16 in = last - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (last - i)) - 1);
+    __m512i v = _mm512_maskz_loadu_epi32(in, P + i);
+    for (__mmask16 up = _mm512_mask_cmpge_epi32_mask(in, v, zero); up; up = _mm512_mask_cmpge_epi32_mask(up, v, zero))
+      v = _mm512_mask_i32gather_epi32(v, up, v, P, 4);
+    _mm512_mask_storeu_epi32(lab + (i - first), in, _mm512_and_si512(v, low));
+  }
+}
+
+inline bool ccl_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("popcnt") && !std::getenv("BHSD_NO_AVX512") &&
+                          !std::getenv("BHSD_NO_AVX2");
+  return yes;
+}
+#endif
+
 // Bits below bit b, and up to and including it (b in 0..63).
 BHSD_CCL_INLINE std::uint64_t bits_below(int b) { return (std::uint64_t(1) << b) - 1; }
 BHSD_CCL_INLINE std::uint64_t bits_upto(int b) { return (std::uint64_t(2) << b) - 1; }
@@ -267,7 +459,9 @@ struct Scratch {
     block = Block::allocate(n * sizeof(E), /*zero=*/false);  // every entry used is written first
     data = static_cast<E*>(block->data());
   }
+  Scratch() = default;
   E& operator[](std::size_t i) { return data[i]; }
+  const E& operator[](std::size_t i) const { return data[i]; }
 };
 
 // Every row's masks (pass 1): start, end and non-zero words (stride a row, the last word zero) and
@@ -293,8 +487,8 @@ BHSD_CCL_INLINE void join_rows_impl(const Rows& R, const T* data, bool per_class
   const std::uint64_t *sa = R.S + oa, *ea = R.E + oa, *na = R.N + oa;
   const std::uint64_t *sb = R.S + ob, *eb = R.E + ob, *nb = R.N + ob;
   const std::uint32_t *lsa = R.LS + oa, *lea = R.LE + oa, *lsb = R.LS + ob, *leb = R.LE + ob;
-  const T* pa = data + ra * R.nx;
-  const T* pb = data + rb * R.nx;
+  const T* pa = per_class ? data + ra * R.nx : nullptr;  // the voxels only when compared
+  const T* pb = per_class ? data + rb * R.nx : nullptr;
   for (std::int64_t w = 0; w < R.words; ++w) {
     const std::int64_t x64 = 64 * w;
     for (std::uint64_t m = na[w] & nb[w] & (sa[w] | sb[w]); m; m &= m - 1) {
@@ -368,41 +562,58 @@ void join_rows(const Rows& R, const T* data, bool per_class, std::uint32_t* P, s
 
 }  // namespace ccl_detail
 
-// Labels the foreground of `data` (nx·ny·nz, x fastest) into `out`, writing every voxel (0 for
-// the background; `out` need not be cleared).
-// per_class: voxels join only voxels of the same value; else every non-zero voxel is foreground.
-// Returns the number of components.
+// Pass 1 of a labelling, all that the later passes need of the voxels: every row's start, end and
+// non-zero masks with their per-word prefix counts (the joins answer "which runs of that row touch
+// [lo, hi]" with two rank queries) and the index of its first run. Read from the voxels once; the
+// voxels themselves are read again only when per_class remains set (voxels of different non-zero
+// values, whose touching runs the joins compare). The Node layer runs this pass on the caller's
+// memory while the call is still synchronous, and so need not copy a binary mask for the rest.
+struct CclRows {
+  ccl_detail::Scratch<std::uint64_t> S, E, N;
+  ccl_detail::Scratch<std::uint32_t> LS, LE, row_start;
+  std::int64_t nx = 0, ny = 0, nz = 0, words = 0, stride = 0;
+  std::uint64_t total = 0;  // runs
+  bool per_class = false;   // the joins compare the voxels' values
+};
+
 template <class T>
-std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t ny, std::int64_t nz, int connectivity,
-                                  bool per_class, std::int32_t* out, ThreadPool& pool) {
+CclRows ccl_rows(const T* data, std::int64_t nx, std::int64_t ny, std::int64_t nz, bool per_class, ThreadPool& pool) {
   using namespace ccl_detail;
-  if (connectivity != 6 && connectivity != 18 && connectivity != 26) throw Error("connectivity must be 6, 18 or 26");
+  CclRows out;
   const std::int64_t rows = ny * nz;
-  if (rows == 0 || nx == 0) return 0;
+  if (rows == 0 || nx == 0) return out;
   if (nx > std::numeric_limits<std::int32_t>::max() - 2) throw Error("rows longer than 2^31-3 voxels");
-  NeighbourRow nb[4];
-  const int nnb = neighbour_rows(connectivity, nb);
   const std::int64_t words = (nx + 63) / 64, stride = words + 1;  // mask words a row (+ one zero)
   // 1 + the largest run count: labels are int32 and a root is marked by the top bit of its entry
   constexpr std::uint64_t kMaxRuns = (std::uint64_t(1) << 31) - 1;
-  constexpr std::uint32_t kLabel = 0x80000000u;
-
-  // 1. Each row's start / end masks and their per-word prefix counts (kept: the joins answer "which
-  // runs of that row touch [lo, hi]" with two rank queries), and its number of runs.
+  out.nx = nx, out.ny = ny, out.nz = nz, out.words = words, out.stride = stride;
   Scratch<std::uint64_t> S(std::size_t(rows * stride)), E(std::size_t(rows * stride)), N(std::size_t(rows * stride));
   Scratch<std::uint32_t> LS(std::size_t(rows * stride)), LE(std::size_t(rows * stride));
   Scratch<std::uint32_t> row_start(std::size_t(rows) + 1);
   const std::size_t nchunk1 = std::size_t(std::min<std::int64_t>(rows, std::int64_t(pool.size()) * 8));
   std::vector<T> cmin(nchunk1, std::numeric_limits<T>::max()), cmax(nchunk1, std::numeric_limits<T>::lowest());
+#ifdef BHSD_CCL_AVX512
+  const bool vector_masks = ccl_avx512();
+#endif
   pool.parallel_for(
       nchunk1,
       [&](std::size_t lo, std::size_t hi) {
         std::vector<std::uint64_t> m(std::size_t(words + 1));
         for (std::size_t c = lo; c < hi; ++c) {
           T vmin = std::numeric_limits<T>::max(), vmax = std::numeric_limits<T>::lowest();
-          for (std::int64_t r = rows * std::int64_t(c) / std::int64_t(nchunk1),
-                            re = rows * std::int64_t(c + 1) / std::int64_t(nchunk1);
-               r < re; ++r) {
+          const std::int64_t c0 = rows * std::int64_t(c) / std::int64_t(nchunk1),
+                             c1 = rows * std::int64_t(c + 1) / std::int64_t(nchunk1);
+#ifdef BHSD_CCL_AVX512
+          if constexpr (sizeof(T) == 1) {
+            if (vector_masks) {
+              masks_bytes_avx512(data, nx, per_class, words, stride, c0, c1, S.data, E.data, N.data, LS.data, LE.data,
+                                 row_start.data + 1, vmin, vmax);
+              cmin[c] = vmin, cmax[c] = vmax;
+              continue;
+            }
+          }
+#endif
+          for (std::int64_t r = c0; r < c1; ++r) {
             std::uint64_t *st = S.data + r * stride, *en = E.data + r * stride, *nz_ = N.data + r * stride;
             std::uint32_t *ls = LS.data + r * stride, *le = LE.data + r * stride;
             row_masks(data + r * nx, nx, per_class, words, nz_, st, en, m.data(), vmin, vmax);
@@ -425,20 +636,45 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
     if (total > kMaxRuns) throw Error("too many runs for one labelling (more than 2^31-1)");
     row_start[std::size_t(r)] = std::uint32_t(total);
   }
-  if (total == 0) {  // no foreground: all background
-    pool.parallel_for(
-        std::size_t(rows),
-        [&](std::size_t lo, std::size_t hi) {
-          std::memset(out + std::int64_t(lo) * nx, 0, std::size_t(hi - lo) * std::size_t(nx) * sizeof(std::int32_t));
-        },
-        64);
-    return 0;
-  }
   // One non-zero value throughout: labelling per class is labelling the foreground (no value checks).
   if (per_class) {
     T lo = std::numeric_limits<T>::max(), hi = std::numeric_limits<T>::lowest();
     for (std::size_t c = 0; c < nchunk1; ++c) lo = std::min(lo, cmin[c]), hi = std::max(hi, cmax[c]);
-    if (lo == hi) per_class = false;
+    if (lo >= hi) per_class = false;  // lo > hi: no non-zero voxel
+  }
+  out.S = std::move(S), out.E = std::move(E), out.N = std::move(N);
+  out.LS = std::move(LS), out.LE = std::move(LE), out.row_start = std::move(row_start);
+  out.total = total, out.per_class = per_class;
+  return out;
+}
+
+// The rest of a labelling: unions, numbering and paint into `out` (nx·ny·nz, every voxel written,
+// 0 for the background; `out` need not be cleared). `data`: the voxels ccl_rows read, needed
+// (and read) only when rows.per_class. Returns the number of components.
+template <class T>
+std::int64_t ccl_label(const CclRows& rows_in, const T* data, int connectivity, std::int32_t* out, ThreadPool& pool) {
+  using namespace ccl_detail;
+  if (connectivity != 6 && connectivity != 18 && connectivity != 26) throw Error("connectivity must be 6, 18 or 26");
+  const std::int64_t nx = rows_in.nx, ny = rows_in.ny, words = rows_in.words, stride = rows_in.stride;
+  const std::int64_t rows = ny * rows_in.nz;
+  if (rows == 0 || nx == 0) return 0;
+  const bool per_class = rows_in.per_class;
+  if (per_class && !data) throw Error("internal: labelling per class without the voxels");
+  NeighbourRow nb[4];
+  const int nnb = neighbour_rows(connectivity, nb);
+  constexpr std::uint32_t kLabel = 0x80000000u;
+  const std::uint64_t total = rows_in.total;
+  const Scratch<std::uint64_t>&S = rows_in.S, &E = rows_in.E, &N = rows_in.N;
+  const Scratch<std::uint32_t>&LS = rows_in.LS, &LE = rows_in.LE, &row_start = rows_in.row_start;
+  if (total == 0) {  // no foreground: all background
+    pool.parallel_for(
+        std::size_t(rows),
+        [&](std::size_t lo, std::size_t hi) {
+          stream_zero(out + std::int64_t(lo) * nx, std::int64_t(hi - lo) * nx);
+          stream_fence();
+        },
+        64);
+    return 0;
   }
   Scratch<std::uint32_t> parent(total);
   std::uint32_t* P = parent.data;
@@ -476,10 +712,19 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   const std::size_t nchunks = std::size_t(std::min<std::uint64_t>(total, std::uint64_t(pool.size()) * 8));
   std::vector<std::uint64_t> roots(nchunks + 1, 0);
   auto chunk_lo = [&](std::size_t c) { return std::uint32_t(total * c / nchunks); };
+#ifdef BHSD_CCL_AVX512
+  const bool vector_numbers = ccl_avx512();
+#endif
   pool.parallel_for(
       nchunks,
       [&](std::size_t lo, std::size_t hi) {
         for (std::size_t c = lo; c < hi; ++c) {
+#ifdef BHSD_CCL_AVX512
+          if (vector_numbers) {
+            roots[c + 1] = number_roots_avx512<false>(P, chunk_lo(c), chunk_lo(c + 1), 0);
+            continue;
+          }
+#endif
           std::uint32_t n = 0;
           for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) n += std::uint32_t(P[i] == i);
           roots[c + 1] = n;
@@ -492,9 +737,21 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
       nchunks,
       [&](std::size_t lo, std::size_t hi) {
         for (std::size_t c = lo; c < hi; ++c) {
+          // without a branch: where most runs are components of their own (noise), whether an entry
+          // is a root is a coin toss for the branch predictor (11 of 90 ms on 256³ noise at 35 %)
           std::uint32_t label = std::uint32_t(roots[c]);
-          for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i)
-            if (P[i] == i) P[i] = kLabel | ++label;
+#ifdef BHSD_CCL_AVX512
+          if (vector_numbers) {
+            number_roots_avx512<true>(P, chunk_lo(c), chunk_lo(c + 1), label);
+            continue;
+          }
+#endif
+          for (std::uint32_t i = chunk_lo(c), e = chunk_lo(c + 1); i < e; ++i) {
+            const std::uint32_t p = P[i];
+            const bool root = p == i;
+            label += std::uint32_t(root);
+            P[i] = root ? (kLabel | label) : p;
+          }
         }
       },
       1, 1);
@@ -509,27 +766,40 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
   // 5. Paint. Rows of long runs: each run's label over its x-range (the k-th start bit and the k-th
   // end bit bound run k). Rows of many short runs (a run every 8 voxels or more often): every voxel,
   // without a branch, as label[number of starts up to x] where x is non-zero, else 0.
+#ifdef BHSD_CCL_AVX512
+  const bool vector_paint = ccl_avx512();
+#endif
   pool.parallel_for(
       std::size_t(rows),
       [&](std::size_t lo, std::size_t hi) {
         std::vector<std::int32_t> buf;  // a row's run starts, or its labels: as long as its runs
+        // the row being built, streamed out when done (rows up to kStreamRow; longer ones in place)
+        std::vector<std::int32_t> image(std::size_t(nx <= kStreamRow ? nx : 0));
         for (std::size_t r = lo; r < hi; ++r) {
           const std::uint32_t first = row_start[r], last = row_start[r + 1];
-          std::int32_t* o = out + std::int64_t(r) * nx;
+          std::int32_t* const dst = out + std::int64_t(r) * nx;
           if (first == last) {
-            std::memset(o, 0, std::size_t(nx) * sizeof(std::int32_t));
+            stream_zero(dst, nx);
             continue;
           }
-          if (buf.size() < std::size_t(last - first) + 1) buf.resize(std::size_t(last - first) + 1);
+          std::int32_t* const o = image.empty() ? dst : image.data();
+          // + 32: room for the AVX-512 loads past the row's last label
+          if (buf.size() < std::size_t(last - first) + 33) buf.resize(std::size_t(last - first) + 33);
           const std::int64_t off = std::int64_t(r) * stride;
           const std::uint64_t *st = S.data + off, *en = E.data + off;
           if (std::int64_t(last - first) * 8 >= nx) {
             std::int32_t* lab = buf.data();  // lab[0] = 0 (background), lab[k] = run k-1's label
             lab[0] = 0;
-            for (std::uint32_t i = first; i < last; ++i) {
-              lab[i - first + 1] = label_of(i);
-            }
             const std::uint64_t* nzw = N.data + off;
+#ifdef BHSD_CCL_AVX512
+            if (vector_paint) {
+              run_labels_avx512(P, first, last, lab + 1);
+              paint_short_runs_avx512(o, lab, st, nzw, nx);
+              if (o != dst) stream_copy(dst, o, nx);
+              continue;
+            }
+#endif
+            for (std::uint32_t i = first; i < last; ++i) lab[i - first + 1] = label_of(i);
             std::uint32_t c = 0;
             for (std::int64_t w = 0; w < words; ++w) {
               const std::uint64_t sv = st[w], nv = nzw[w];
@@ -540,6 +810,7 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
                 ow[b] = lab[c & (0u - std::uint32_t((nv >> b) & 1))];
               }
             }
+            if (o != dst) stream_copy(dst, o, nx);
             continue;
           }
           std::memset(o, 0, std::size_t(nx) * sizeof(std::int32_t));  // the background between runs
@@ -552,10 +823,23 @@ std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t n
               const std::int32_t label = label_of(i);
               for (std::int32_t x = buf[i - first], xe = std::int32_t(64 * w + ctz64(v)); x <= xe; ++x) o[x] = label;
             }
+          if (o != dst) stream_copy(dst, o, nx);
         }
+        stream_fence();
       },
       64);
   return count;
+}
+
+// Labels the foreground of `data` (nx·ny·nz, x fastest) into `out`, writing every voxel (0 for
+// the background; `out` need not be cleared).
+// per_class: voxels join only voxels of the same value; else every non-zero voxel is foreground.
+// Returns the number of components.
+template <class T>
+std::int64_t connected_components(const T* data, std::int64_t nx, std::int64_t ny, std::int64_t nz, int connectivity,
+                                  bool per_class, std::int32_t* out, ThreadPool& pool) {
+  if (connectivity != 6 && connectivity != 18 && connectivity != 26) throw Error("connectivity must be 6, 18 or 26");
+  return ccl_label(ccl_rows(data, nx, ny, nz, per_class, pool), data, connectivity, out, pool);
 }
 
 // Per component c (1..count), packed at out[(c-1)*STATS + k]:
