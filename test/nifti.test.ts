@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { gunzipSync, gzipSync as gzipSyncOf } from "node:zlib";
 import { readNifti, readNiftiHeader, writeNifti, readNpy, setBackend } from "../lib/index.js";
 import type { Volume } from "../lib/types.js";
 import { backendsUnderTest, NIFTI_FIXTURES } from "./helpers.js";
@@ -273,6 +273,90 @@ test.serial("native: a read into reused engine memory holds the file's voxels an
     let bad = -1;
     for (let i = 0; i < n && bad < 0; i++) if (v.data[i] !== raw[i]) bad = i;
     t.is(bad, -1, `voxel ${bad}: ${v.data[bad]} vs ${raw[bad]}`);
+  }
+});
+
+test.serial(
+  "native gunzip: members split at odd bytes, a skip that ends inside a voxel, 1 MiB pieces; raw bytes and scaled voxels from a file or from bytes; ends early or broken",
+  async (t) => {
+    if (!backendsUnderTest().some((b) => b.name === "native")) return t.log("native backend not under test here");
+    const { getBackend } = await import("../lib/backends/index.js");
+    const be = getBackend("native");
+    if (!be.gunzip) return t.fail("the native backend has no gunzip");
+    const { gzipSync } = await import("node:zlib");
+    const { open, writeFile } = await import("node:fs/promises");
+    const n = 3 * (1 << 19) + 7; // three 1 MiB pieces of int16 and a partial one
+    const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 65536) - 32768);
+    const skip = 355; // odd: the voxels start inside a piece, off their alignment
+    const plain = Buffer.concat([Buffer.alloc(skip, 0xee), Buffer.from(raw.buffer)]);
+    // Node's gzip (zlib's deflate) as several members, cut at odd bytes (one inside the skipped
+    // bytes, others inside voxels), then bytes that do not start another member (ignored, as gunzip does)
+    const cuts = [0, 101, 1_000_003, 2_000_001, plain.length];
+    const gz = Buffer.concat([
+      ...cuts.slice(1).map((c, i) => gzipSync(plain.subarray(cuts[i], c), { level: 1 })),
+      Buffer.from("not a member"),
+    ]);
+    const path = join(tmp, "members.gz");
+    await writeFile(path, gz);
+    const fh = await open(path, "r");
+    try {
+      const [slope, inter] = [0.1, -1024.3];
+      for (const source of [fh.fd, new Uint8Array(gz)]) {
+        const what = typeof source === "number" ? "file" : "bytes";
+        const out = new Float32Array(n);
+        t.is(await be.gunzip(source, skip, "int16", slope, inter, out), 2 * n, what);
+        let bad = -1;
+        for (let i = 0; i < n && bad < 0; i++) if (out[i] !== Math.fround(raw[i]! * slope + inter)) bad = i;
+        t.is(bad, -1, `${what}, scaled: voxel ${bad}`);
+        const bytes = new Uint8Array(2 * n);
+        t.is(await be.gunzip(source, skip, null, 1, 0, bytes), 2 * n, what);
+        t.true(Buffer.from(bytes).equals(plain.subarray(skip)), `${what}, raw bytes`);
+        // more asked for than the stream holds: what it holds, and no more
+        const more = new Uint8Array(2 * n + 64).fill(7);
+        t.is(await be.gunzip(source, skip, null, 1, 0, more), 2 * n, what);
+        t.true(more.subarray(2 * n).every((v) => v === 7));
+      }
+      // a stream cut short: fewer bytes; a damaged one: an error that says so
+      const cut = new Uint8Array(gz.subarray(0, 700_000));
+      t.true((await be.gunzip(cut, skip, null, 1, 0, new Uint8Array(2 * n))) < 2 * n);
+      const bad = new Uint8Array(gz);
+      bad.fill(0xff, 40, 90);
+      await t.throwsAsync(be.gunzip(bad, skip, "int16", slope, inter, new Float32Array(n)), { message: /broken gzip stream/ });
+    } finally {
+      await fh.close();
+    }
+  },
+);
+
+test.serial("readNifti of a .nii.gz of several members with a vox_offset inside a voxel equals the .nii, on every backend", async (t) => {
+  const dims: [number, number, number] = [37, 29, 11];
+  const n = dims[0] * dims[1] * dims[2];
+  const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 8000) - 4000);
+  const path = join(tmp, "odd.nii");
+  await writeNifti(
+    path,
+    { data: raw, dims, spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] },
+    { sclSlope: 0.5, sclInter: -3, datatype: "int16" },
+  );
+  const file = readFileSync(path);
+  const off = file.readFloatLE(108);
+  // three bytes more before the voxels, vox_offset moved past them
+  const odd = Buffer.concat([file.subarray(0, off), Buffer.alloc(3), file.subarray(off)]);
+  odd.writeFloatLE(off + 3, 108);
+  const cuts = [0, 50, off + 1, off + 1001, odd.length];
+  const gz = Buffer.concat(cuts.slice(1).map((c, i) => gzipSyncOf(odd.subarray(cuts[i], c))));
+  const { writeFileSync } = await import("node:fs");
+  writeFileSync(join(tmp, "odd3.nii"), odd);
+  writeFileSync(join(tmp, "odd3.nii.gz"), gz);
+  for (const { name } of backendsUnderTest()) {
+    setBackend(name);
+    const want = await readNifti(join(tmp, "odd3.nii"));
+    for (const src of [join(tmp, "odd3.nii.gz"), new Uint8Array(gz)]) {
+      const got = await readNifti(src);
+      t.deepEqual(got.dims, want.dims);
+      t.is(sameValues(got.data, want.data), undefined, `${name}, ${typeof src === "string" ? "file" : "bytes"}`);
+    }
+    t.is(sameValues(want.data, raw), undefined, `${name}: the .nii holds what was written`);
   }
 });
 

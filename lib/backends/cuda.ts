@@ -444,6 +444,13 @@ export class CudaBackend implements Backend {
   }
   narrowLabels: Backend["narrowLabels"] = (...a) => this.cpu.narrowLabels(...a);
   labelPairStats: Backend["labelPairStats"] = (...a) => this.cpu.labelPairStats(...a);
+  // file reads (a .nii's scaled voxels, a .nii.gz's inflating) are the CPU backend's where it has them
+  get readScaled(): Backend["readScaled"] {
+    return this.cpu.readScaled?.bind(this.cpu);
+  }
+  get gunzip(): Backend["gunzip"] {
+    return this.cpu.gunzip?.bind(this.cpu);
+  }
 }
 
 /** Loads the CUDA addon and returns a backend, or throws an Error saying why there is none. */

@@ -52,6 +52,14 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
     out: Int32Array | null,
   ): Promise<number | { count: number; labels: ArrayBuffer }>;
   readScaled(fd: number, offset: number, dtype: string, n: number, slope: number, inter: number, out: Float32Array): Promise<void>;
+  gunzip(
+    source: number | Uint8Array,
+    skip: number,
+    dtype: string | null,
+    slope: number,
+    inter: number,
+    out: Uint8Array | Float32Array,
+  ): Promise<number>;
   componentStats(
     labels: Int32Array,
     nx: number,
@@ -222,6 +230,17 @@ export class NativeBackend implements Backend {
     out: Int32Array,
   ): Promise<number> {
     return this.addon.connectedComponents(data, dims[0], dims[1], dims[2], connectivity, perClass, out) as Promise<number>;
+  }
+
+  gunzip(
+    source: number | Uint8Array,
+    skip: number,
+    dtype: DTypeName | null,
+    slope: number,
+    inter: number,
+    out: Uint8Array | Float32Array,
+  ): Promise<number> {
+    return this.addon.gunzip(source, skip, dtype, slope, inter, out);
   }
 
   readScaled(fd: number, offset: number, dtype: DTypeName, n: number, slope: number, inter: number, out: Float32Array): Promise<void> {

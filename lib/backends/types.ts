@@ -64,6 +64,21 @@ export interface Backend extends TensorBackend {
    */
   readScaled?(fd: number, offset: number, dtype: DTypeName, n: number, slope: number, inter: number, out: Float32Array): Promise<void>;
   /**
+   * The gzip stream of an open file (from byte 0; kept open by the caller until this settles) or
+   * of bytes, inflated past its first `skip` bytes into out: with dtype null the bytes themselves
+   * (filling out's bytes), with a dtype that type's voxels (host byte order) converted to float32
+   * as readScaled converts them (out: one voxel each). Resolves with the stream's bytes delivered,
+   * fewer than wanted when the stream ends first; rejects with "broken gzip stream: …". Optional.
+   */
+  gunzip?(
+    source: number | Uint8Array,
+    skip: number,
+    dtype: DTypeName | null,
+    slope: number,
+    inter: number,
+    out: Uint8Array | Float32Array,
+  ): Promise<number>;
+  /**
    * The same into labels the backend allocates (engine memory not cleared first, since every
    * voxel is written; the caller sees them only once labelling has finished). Optional.
    */

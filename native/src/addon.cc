@@ -6,6 +6,7 @@
 #include "bhsd/conv.hpp"
 #include "bhsd/cpu_features.hpp"
 #include "bhsd/file_read.hpp"
+#include "bhsd/gunzip.hpp"
 #include "bhsd/metrics.hpp"
 #include "bhsd/peak.hpp"
 #include "bhsd/voxel_ops.hpp"
@@ -88,6 +89,54 @@ Napi::Value RescaleToF32(const Napi::CallbackInfo& info) {
                               nullptr, {info[0], info[3]});
 }
 
+// The voxel type a string names (bhsd::dtype_name's names).
+bhsd::DType dtype_named(const Napi::Value& v) {
+  Napi::Env env = v.Env();
+  if (!v.IsString()) throw Napi::TypeError::New(env, "native: dtype must be a string");
+  const std::string name = v.As<Napi::String>().Utf8Value();
+  for (bhsd::DType c : {bhsd::DType::u8, bhsd::DType::i8, bhsd::DType::i16, bhsd::DType::u16, bhsd::DType::i32,
+                        bhsd::DType::u32, bhsd::DType::f32, bhsd::DType::f64})
+    if (name == bhsd::dtype_name(c)) return c;
+  throw Napi::TypeError::New(env, "native: dtype must name a voxel type");
+}
+
+// gunzip(source: fd | Uint8Array, skip, dtype name | null, slope, inter, out) → Promise<bytes delivered>:
+// the gzip stream of an open file (from its byte 0; the caller keeps it open until the promise
+// settles) or of bytes in memory, inflated past its first `skip` bytes into out — with dtype null
+// the bytes themselves (out: any typed array, filled byte for byte), with a dtype that type's voxels
+// converted as readScaled converts them (out: a Float32Array, one voxel each). Resolves with the
+// bytes delivered (the stream's, before conversion): fewer than out holds when the stream ends first.
+Napi::Value Gunzip(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const bool from_fd = info[0].IsNumber();
+  const int fd = from_fd ? int(int_of(info[0], "fd", 0, 1 << 30)) : -1;
+  const View src = from_fd ? View{bhsd::DType::u8, nullptr, 0} : view_of(info[0], "source");
+  require(from_fd || src.type == bhsd::DType::u8, env, "source must be a file descriptor or a Uint8Array");
+  const std::int64_t skip = int_of(info[1], "skip", 0, std::int64_t(1) << 52);
+  bhsd::GunzipSink sink;
+  const View out = out_view_of(info[5], "out");
+  if (info[2].IsNull()) {
+    sink.bytes = out.length * dtype_bytes(out.type);
+  } else {
+    sink.scaled = true;
+    sink.type = dtype_named(info[2]);
+    sink.slope = number_of(info[3], "slope"), sink.inter = number_of(info[4], "inter");
+    require(out.type == bhsd::DType::f32, env, "out must be a Float32Array for scaled voxels");
+    sink.bytes = out.length * bhsd::dtype_size(sink.type);
+  }
+  sink.dst = static_cast<unsigned char*>(out.data);
+  auto n = std::make_shared<std::uint64_t>(0);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        if (sink.bytes == 0) return;
+        *n = from_fd ? bhsd::gunzip_into(bhsd::fd_reader(fd), std::uint64_t(skip), sink)
+                     : bhsd::gunzip_into(bhsd::memory_reader(static_cast<const unsigned char*>(src.data), src.length),
+                                         std::uint64_t(skip), sink);
+      },
+      [n](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, double(*n)); }, {info[0], info[5]});
+}
+
 // readScaled(fd, offset, dtype name, n, slope, inter, out: Float32Array of n) → Promise<void>: n voxels
 // of the named type (host byte order) at `offset` of the open file fd, scaled into out (NIfTI's
 // scl_slope / scl_inter, in float64). The caller keeps fd open until the promise settles; a file
@@ -97,14 +146,7 @@ Napi::Value ReadScaled(const Napi::CallbackInfo& info) {
   require(bhsd::read_scaled_supported(), env, "readScaled is not supported on this platform");
   const int fd = int(int_of(info[0], "fd", 0, 1 << 30));
   const std::int64_t offset = int_of(info[1], "offset", 0, std::int64_t(1) << 52);
-  if (!info[2].IsString()) throw Napi::TypeError::New(env, "native: dtype must be a string");
-  const std::string name = info[2].As<Napi::String>().Utf8Value();
-  bhsd::DType t = bhsd::DType::u8;
-  bool known = false;
-  for (bhsd::DType c : {bhsd::DType::u8, bhsd::DType::i8, bhsd::DType::i16, bhsd::DType::u16, bhsd::DType::i32,
-                        bhsd::DType::u32, bhsd::DType::f32, bhsd::DType::f64})
-    if (name == bhsd::dtype_name(c)) t = c, known = true;
-  require(known, env, "dtype must name a voxel type");
+  const bhsd::DType t = dtype_named(info[2]);
   const std::int64_t n = int_of(info[3], "n", 0, std::int64_t(1) << 40);
   const double slope = number_of(info[4], "slope"), inter = number_of(info[5], "inter");
   View out = out_view_of(info[6], "out");
@@ -443,6 +485,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
   exports.Set("rescaleToF32", Napi::Function::New<guarded<RescaleToF32>>(env, "rescaleToF32"));
   exports.Set("readScaled", Napi::Function::New<guarded<ReadScaled>>(env, "readScaled"));
+  exports.Set("gunzip", Napi::Function::New<guarded<Gunzip>>(env, "gunzip"));
   exports.Set("connectedComponents", Napi::Function::New<guarded<ConnectedComponents>>(env, "connectedComponents"));
   exports.Set("componentStats", Napi::Function::New<guarded<ComponentStats>>(env, "componentStats"));
   exports.Set("componentSliceAreas", Napi::Function::New<guarded<ComponentSliceAreas>>(env, "componentSliceAreas"));
