@@ -18,7 +18,12 @@
 //      scipy.ndimage.label (parallel, but for the sum over the chunks);
 //   5. paint: each row's runs again from its masks, their labels into the output, every voxel written
 //      (background 0), so the output need not be cleared first
-//      (parallel over rows; rows of many short runs voxel by voxel without a branch).
+//      (parallel over rows; rows of many short runs voxel by voxel without a branch; each row built
+//      in L1 and streamed to memory).
+// Passes 1, 4 and 5 have AVX-512 versions chosen at run time (ccl_avx512; BHSD_NO_AVX512=1 takes
+// the others), compared with flood fill by the core test like the rest. Pass 1 is a function of its
+// own (ccl_rows) so that a caller may run it where the voxels are at hand: the Node layer runs it
+// before the call returns and keeps no copy of a binary mask.
 // Scratch (about 0.4 bytes a voxel for the masks, 4 bytes a run) comes from the engine's huge-page
 // allocator (memory.hpp), which keeps freed blocks for reuse: in the VMs this runs in, first touch
 // of fresh pages is slow, and the std::vector scratch of the previous version (run lists gathered
