@@ -328,37 +328,58 @@ test.serial(
   },
 );
 
-test.serial("readNifti of a .nii.gz of several members with a vox_offset inside a voxel equals the .nii, on every backend", async (t) => {
-  const dims: [number, number, number] = [37, 29, 11];
-  const n = dims[0] * dims[1] * dims[2];
-  const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 8000) - 4000);
-  const path = join(tmp, "odd.nii");
-  await writeNifti(
-    path,
-    { data: raw, dims, spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] },
-    { sclSlope: 0.5, sclInter: -3, datatype: "int16" },
-  );
-  const file = readFileSync(path);
-  const off = file.readFloatLE(108);
-  // three bytes more before the voxels, vox_offset moved past them
-  const odd = Buffer.concat([file.subarray(0, off), Buffer.alloc(3), file.subarray(off)]);
-  odd.writeFloatLE(off + 3, 108);
-  const cuts = [0, 50, off + 1, off + 1001, odd.length];
-  const gz = Buffer.concat(cuts.slice(1).map((c, i) => gzipSyncOf(odd.subarray(cuts[i], c))));
-  const { writeFileSync } = await import("node:fs");
-  writeFileSync(join(tmp, "odd3.nii"), odd);
-  writeFileSync(join(tmp, "odd3.nii.gz"), gz);
-  for (const { name } of backendsUnderTest()) {
-    setBackend(name);
-    const want = await readNifti(join(tmp, "odd3.nii"));
-    for (const src of [join(tmp, "odd3.nii.gz"), new Uint8Array(gz)]) {
-      const got = await readNifti(src);
-      t.deepEqual(got.dims, want.dims);
-      t.is(sameValues(got.data, want.data), undefined, `${name}, ${typeof src === "string" ? "file" : "bytes"}`);
+test.serial(
+  "readNifti of a .nii.gz of several members with a vox_offset inside a voxel, or with a 70 kB gzip comment, equals the .nii, on every backend",
+  async (t) => {
+    const dims: [number, number, number] = [37, 29, 11];
+    const n = dims[0] * dims[1] * dims[2];
+    const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 8000) - 4000);
+    const path = join(tmp, "odd.nii");
+    await writeNifti(
+      path,
+      { data: raw, dims, spacing: [1, 1, 1], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] },
+      { sclSlope: 0.5, sclInter: -3, datatype: "int16" },
+    );
+    const file = readFileSync(path);
+    const off = file.readFloatLE(108);
+    // three bytes more before the voxels, vox_offset moved past them
+    const odd = Buffer.concat([file.subarray(0, off), Buffer.alloc(3), file.subarray(off)]);
+    odd.writeFloatLE(off + 3, 108);
+    const cuts = [0, 50, off + 1, off + 1001, odd.length];
+    const gz = Buffer.concat(cuts.slice(1).map((c, i) => gzipSyncOf(odd.subarray(cuts[i], c))));
+    // one member whose gzip header carries a comment (FLG.FCOMMENT, RFC 1952) longer than the prefix
+    // in which a reader of bytes first looks for the NIfTI header
+    const { crc32, deflateRawSync } = await import("node:zlib");
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(crc32(odd), 0);
+    trailer.writeUInt32LE(odd.length, 4);
+    const commented = Buffer.concat([
+      Buffer.from([0x1f, 0x8b, 8, 0x10, 0, 0, 0, 0, 0, 0xff]),
+      Buffer.alloc(70_000, 0x61),
+      Buffer.from([0]),
+      deflateRawSync(odd),
+      trailer,
+    ]);
+    t.true(gunzipSync(commented).equals(odd)); // a well-formed stream, as Node's gunzip reads it
+    const { writeFileSync } = await import("node:fs");
+    writeFileSync(join(tmp, "odd3.nii"), odd);
+    writeFileSync(join(tmp, "odd3.nii.gz"), gz);
+    for (const { name } of backendsUnderTest()) {
+      setBackend(name);
+      const want = await readNifti(join(tmp, "odd3.nii"));
+      for (const [what, src] of [
+        ["file", join(tmp, "odd3.nii.gz")],
+        ["bytes", new Uint8Array(gz)],
+        ["commented bytes", new Uint8Array(commented)],
+      ] as const) {
+        const got = await readNifti(src);
+        t.deepEqual(got.dims, want.dims);
+        t.is(sameValues(got.data, want.data), undefined, `${name}, ${what}`);
+      }
+      t.is(sameValues(want.data, raw), undefined, `${name}: the .nii holds what was written`);
     }
-    t.is(sameValues(want.data, raw), undefined, `${name}: the .nii holds what was written`);
-  }
-});
+  },
+);
 
 test.serial(
   "native readScaled: pread and convert on the pool's threads, float64 multiply then add as numpy does (never fused); a file that ends early rejects",

@@ -283,15 +283,27 @@ function checkedGzipHeader(head: Uint8Array, compressedSize: number, label: stri
  * an open file (read from byte 0) or the file's bytes.
  */
 async function fromGzipNative(gunzip: Gunzip, source: number | Uint8Array, compressedSize: number, label: string, limit: Limit) {
-  const inflate = async (skip: number, dtype: DTypeName | null, slope: number, inter: number, out: Uint8Array | Float32Array) => {
+  const inflate = async (
+    skip: number,
+    dtype: DTypeName | null,
+    slope: number,
+    inter: number,
+    out: Uint8Array | Float32Array,
+    from: number | Uint8Array = source,
+  ) => {
     try {
-      return await gunzip(source, skip, dtype, slope, inter, out);
+      return await gunzip(from, skip, dtype, slope, inter, out);
     } catch (e) {
       throw new NiftiError(label, (e as Error).message.replace(/^native: /, ""));
     }
   };
   const first = new Uint8Array(NIFTI2_HEADER);
-  const n = await inflate(0, null, 1, 0, first);
+  // the header from the stream's first bytes: of bytes in memory only a prefix is handed over (the
+  // native call copies what it is given), the whole when the prefix does not reach the header (a
+  // gzip header may carry a long name or comment)
+  const prefix = typeof source === "number" || source.length <= 1 << 16 ? source : source.subarray(0, 1 << 16);
+  let n = await inflate(0, null, 1, 0, first, prefix);
+  if (n < NIFTI2_HEADER && prefix !== source) n = await inflate(0, null, 1, 0, first);
   if (n === 0) throw new NiftiError(label, "empty file (the gzip stream holds no bytes)");
   const head = first.subarray(0, n);
   if (n < 4 || n < headerSizeFrom(head, label)) {
