@@ -233,9 +233,13 @@ async function loadBatch(q: ReturnType<typeof openQueue>, id?: string): Promise<
 }
 
 async function caseStatus(queue: Queue<JobData, JobResult>, c: { case: string; jobId: string }): Promise<CaseStatus> {
-  const job = (await queue.getJob(c.jobId)) as Job<JobData, JobResult> | undefined;
+  let job = (await queue.getJob(c.jobId)) as Job<JobData, JobResult> | undefined;
   if (!job) return { ...c, state: "unknown", progress: null, attempts: 0, error: "job not in Redis", worker: null, result: null };
   const state = await job.getState();
+  // the job's fields were read before its state: a last attempt that ended in between left them
+  // one attempt behind ("failed after 2 attempt(s)" of 3, seen on a loaded machine), so a finished
+  // job is read again — its fields no longer change once it is completed or failed
+  if (state === "completed" || state === "failed") job = ((await queue.getJob(c.jobId)) as Job<JobData, JobResult> | undefined) ?? job;
   const p = job.progress;
   return {
     ...c,

@@ -162,8 +162,12 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   }
 
   app.get("/v1/jobs/:id", async (req) => {
-    const job = await getJob((req.params as { id: string }).id);
+    const id = (req.params as { id: string }).id;
+    let job = await getJob(id);
     const state = await job.getState();
+    // read before its state, a job that finished in between has stale fields: read it again then
+    // (a completed one without its result, a failed one an attempt behind)
+    if (state === "completed" || state === "failed") job = await getJob(id);
     const r = state === "completed" && job.returnvalue ? decodeNumbers(job.returnvalue as JobResult) : null;
     return {
       id: job.id,
