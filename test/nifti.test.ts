@@ -283,19 +283,32 @@ test.serial(
     const { getBackend } = await import("../lib/backends/index.js");
     const be = getBackend("native");
     if (!be.gunzip) return t.fail("the native backend has no gunzip");
-    const { gzipSync } = await import("node:zlib");
+    const { gzipSync, crc32, deflateRawSync } = await import("node:zlib");
     const { open, writeFile } = await import("node:fs/promises");
+    // a gzip member of exactly `length` bytes: its header padded with a comment (FLG.FCOMMENT, RFC 1952)
+    const memberOf = (data: Uint8Array, length: number) => {
+      const body = deflateRawSync(data),
+        trailer = Buffer.alloc(8);
+      trailer.writeUInt32LE(crc32(data), 0);
+      trailer.writeUInt32LE(data.length, 4);
+      const comment = Buffer.alloc(length - 10 - 1 - body.length - 8, 0x61);
+      return Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 0x10, 0, 0, 0, 0, 0, 0xff]), comment, Buffer.from([0]), body, trailer]);
+    };
     const n = 3 * (1 << 19) + 7; // three 1 MiB pieces of int16 and a partial one
     const raw = new Int16Array(n).map((_, i) => ((i * 7919) % 65536) - 32768);
     const skip = 355; // odd: the voxels start inside a piece, off their alignment
     const plain = Buffer.concat([Buffer.alloc(skip, 0xee), Buffer.from(raw.buffer)]);
     // Node's gzip (zlib's deflate) as several members, cut at odd bytes (one inside the skipped
-    // bytes, others inside voxels), then bytes that do not start another member (ignored, as gunzip does)
+    // bytes, others inside voxels), then bytes that do not start another member (ignored, as GNU
+    // gzip does); the first member 1 MiB less one byte long, so that the second one's two magic
+    // bytes straddle the reader's first 1 MiB read
     const cuts = [0, 101, 1_000_003, 2_000_001, plain.length];
-    const gz = Buffer.concat([
-      ...cuts.slice(1).map((c, i) => gzipSync(plain.subarray(cuts[i], c), { level: 1 })),
-      Buffer.from("not a member"),
+    const members = Buffer.concat([
+      memberOf(plain.subarray(0, 101), (1 << 20) - 1),
+      ...cuts.slice(2).map((c, i) => gzipSync(plain.subarray(cuts[i + 1], c), { level: 1 })),
     ]);
+    t.true(gunzipSync(members).equals(plain)); // well-formed: Node's gunzip reads it whole
+    const gz = Buffer.concat([members, Buffer.from("not a member")]);
     const path = join(tmp, "members.gz");
     await writeFile(path, gz);
     const fh = await open(path, "r");
@@ -317,10 +330,10 @@ test.serial(
         t.true(more.subarray(2 * n).every((v) => v === 7));
       }
       // a stream cut short: fewer bytes; a damaged one: an error that says so
-      const cut = new Uint8Array(gz.subarray(0, 700_000));
+      const cut = new Uint8Array(gz.subarray(0, 1_500_000)); // inside the second member's deflate blocks
       t.true((await be.gunzip(cut, skip, null, 1, 0, new Uint8Array(2 * n))) < 2 * n);
       const bad = new Uint8Array(gz);
-      bad.fill(0xff, 40, 90);
+      bad.fill(0xff, (1 << 20) + 40, (1 << 20) + 90); // inside the second member's deflate blocks
       await t.throwsAsync(be.gunzip(bad, skip, "int16", slope, inter, new Float32Array(n)), { message: /broken gzip stream/ });
     } finally {
       await fh.close();

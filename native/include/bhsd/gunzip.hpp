@@ -59,7 +59,7 @@ struct Inflater {
 
 // Inflates the gzip stream that `read(buf, cap)` delivers (the bytes read, 0 at its end; throws on
 // an error) — one member or several concatenated, as gzip allows; bytes after the last member that
-// do not start another are ignored, as gunzip does — discards its first `skip` bytes and delivers
+// do not start another are ignored, as GNU gzip does — discards its first `skip` bytes and delivers
 // up to sink.bytes more; stops as soon as those have been inflated. Returns the bytes delivered:
 // fewer than sink.bytes when the stream ends first. Throws std::runtime_error for a damaged stream.
 // Memory: two 1 MiB buffers a thread, whatever the stream holds.
@@ -68,7 +68,7 @@ std::uint64_t gunzip_into(Read&& read, std::uint64_t skip, const GunzipSink& sin
   constexpr std::size_t kBuf = std::size_t(1) << 20;
   thread_local std::vector<unsigned char> in_buf, out_buf;
   if (in_buf.size() < kBuf) in_buf.resize(kBuf);
-  if (out_buf.size() < kBuf + 16) out_buf.resize(kBuf + 16);
+  if (out_buf.size() < kBuf) out_buf.resize(kBuf);
   gunzip_detail::Inflater inf;
   z_stream& zs = inf.zs;
   const std::size_t width = sink.scaled ? dtype_size(sink.type) : 1;
@@ -76,12 +76,17 @@ std::uint64_t gunzip_into(Read&& read, std::uint64_t skip, const GunzipSink& sin
   std::uint64_t produced = 0, delivered = 0;
   std::size_t carry = 0;  // bytes of a partial voxel at the start of out_buf (scaled)
   bool eof = false;
-  auto refill = [&] {
-    if (zs.avail_in > 0 || eof) return;
-    const std::size_t n = read(in_buf.data(), kBuf);
-    if (n == 0) eof = true;
-    zs.next_in = in_buf.data();
-    zs.avail_in = uInt(n);
+  // At least `need` bytes of input unless the stream ends first: what is left moves to the front
+  // and the reads fill the rest (a member's two magic bytes may straddle two reads).
+  auto refill = [&](std::size_t need) {
+    while (zs.avail_in < need && !eof) {
+      const std::size_t keep = zs.avail_in;
+      if (keep > 0) std::memmove(in_buf.data(), zs.next_in, keep);
+      const std::size_t n = read(in_buf.data() + keep, kBuf - keep);
+      if (n == 0) eof = true;
+      zs.next_in = in_buf.data();
+      zs.avail_in = uInt(keep + n);
+    }
   };
   auto deliver = [&](std::size_t got) {  // out_buf[carry, carry + got) just inflated
     std::size_t start = carry;
@@ -98,13 +103,10 @@ std::uint64_t gunzip_into(Read&& read, std::uint64_t skip, const GunzipSink& sin
       delivered += got;
       return;
     }
-    // a partial voxel of the last piece (carry bytes) waits at the front: start == carry then
-    std::size_t begin = start - carry;
+    // a partial voxel of the last piece waits at the front (carry bytes, and then start == carry);
+    // where the skipped bytes end inside this piece (carry 0), its voxels move to the front, aligned
+    if (start != carry) std::memmove(out_buf.data(), out_buf.data() + start, got);
     const std::size_t have = carry + got, whole = have / width * width;
-    if (begin != 0) {  // where the skipped bytes end inside a piece: voxels aligned at the front
-      std::memmove(out_buf.data(), out_buf.data() + begin, have);
-      begin = 0;
-    }
     if (whole > 0) {
       float* o = reinterpret_cast<float*>(sink.dst) + delivered / width;
       visit_dtype(sink.type, out_buf.data(),
@@ -116,7 +118,7 @@ std::uint64_t gunzip_into(Read&& read, std::uint64_t skip, const GunzipSink& sin
   };
   while (produced < want) {
     check_cancel();
-    refill();
+    refill(1);
     // never more than asked for: the last piece stops at the wanted byte
     const std::size_t room = std::size_t(std::min<std::uint64_t>(kBuf - carry, want - produced));
     zs.next_out = out_buf.data() + carry;
@@ -128,7 +130,7 @@ std::uint64_t gunzip_into(Read&& read, std::uint64_t skip, const GunzipSink& sin
     deliver(room - zs.avail_out);
     if (r == Z_STREAM_END) {
       // another member follows only if its magic bytes do
-      refill();
+      refill(2);
       if (zs.avail_in >= 2 && zs.next_in[0] == 0x1f && zs.next_in[1] == 0x8b) {
         if (inflateReset(&zs) != Z_OK) throw std::runtime_error("cannot restart zlib's inflate");
         continue;
