@@ -203,7 +203,7 @@ async function fromFile(src: string | URL, label: string, limit: Limit) {
     // no copy of the raw voxels); the file stays open until it is done
     const be = activeBackend();
     const s = scalingOf(header);
-    if (s.scaled && be.readScaled && header.littleEndian && endianness() === "LE" && layout.nvox > 0) {
+    if (be.readScaled && convertedOnRead(header, layout)) {
       const out = allocArray("float32", layout.nvox, label, { overwritten: true }) as Float32Array;
       try {
         await be.readScaled(fh.fd, layout.offset, layout.dtype, layout.nvox, s.slope, s.inter, out);
@@ -313,7 +313,7 @@ async function fromGzipNative(gunzip: Gunzip, source: number | Uint8Array, compr
   const { header, layout } = checkedGzipHeader(head, compressedSize, label, limit);
   const s = scalingOf(header);
   let data: VoxelArray, got: number, prescaled: boolean;
-  if (s.scaled && header.littleEndian && endianness() === "LE" && layout.nvox > 0) {
+  if (convertedOnRead(header, layout)) {
     data = allocArray("float32", layout.nvox, label, { overwritten: true });
     got = await inflate(layout.offset, layout.dtype, s.slope, s.inter, data as Float32Array);
     prescaled = true;
@@ -423,6 +423,11 @@ function swapBytes(data: VoxelArray) {
       b[i + k] = t;
     }
   }
+}
+
+/** Whether a native read converts the voxels to float32 as they come: scaled ones in the host's byte order. */
+function convertedOnRead(h: NiftiHeader, layout: VoxelLayout): boolean {
+  return scalingOf(h).scaled && h.littleEndian && endianness() === "LE" && layout.nvox > 0;
 }
 
 function scalingOf(h: NiftiHeader): { slope: number; inter: number; scaled: boolean } {

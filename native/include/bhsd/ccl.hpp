@@ -778,16 +778,8 @@ std::int64_t ccl_label(const CclRows& rows_in, const T* data, int connectivity, 
       std::size_t(rows),
       [&](std::size_t lo, std::size_t hi) {
         std::vector<std::int32_t> buf;  // a row's run starts, or its labels: as long as its runs
-        // the row being built, streamed out when done (rows up to kStreamRow; longer ones in place)
-        std::vector<std::int32_t> image(std::size_t(nx <= kStreamRow ? nx : 0));
-        for (std::size_t r = lo; r < hi; ++r) {
-          const std::uint32_t first = row_start[r], last = row_start[r + 1];
-          std::int32_t* const dst = out + std::int64_t(r) * nx;
-          if (first == last) {
-            stream_zero(dst, nx);
-            continue;
-          }
-          std::int32_t* const o = image.empty() ? dst : image.data();
+        // Row r's runs [first, last) into o[0, nx).
+        auto paint_row = [&](std::int32_t* o, std::size_t r, std::uint32_t first, std::uint32_t last) {
           // + 32: room for the AVX-512 loads past the row's last label
           if (buf.size() < std::size_t(last - first) + 33) buf.resize(std::size_t(last - first) + 33);
           const std::int64_t off = std::int64_t(r) * stride;
@@ -800,8 +792,7 @@ std::int64_t ccl_label(const CclRows& rows_in, const T* data, int connectivity, 
             if (vector_paint) {
               run_labels_avx512(P, first, last, lab + 1);
               paint_short_runs_avx512(o, lab, st, nzw, nx);
-              if (o != dst) stream_copy(dst, o, nx);
-              continue;
+              return;
             }
 #endif
             for (std::uint32_t i = first; i < last; ++i) lab[i - first + 1] = label_of(i);
@@ -815,8 +806,7 @@ std::int64_t ccl_label(const CclRows& rows_in, const T* data, int connectivity, 
                 ow[b] = lab[c & (0u - std::uint32_t((nv >> b) & 1))];
               }
             }
-            if (o != dst) stream_copy(dst, o, nx);
-            continue;
+            return;
           }
           std::memset(o, 0, std::size_t(nx) * sizeof(std::int32_t));  // the background between runs
           std::int32_t* a = buf.data();
@@ -828,7 +818,22 @@ std::int64_t ccl_label(const CclRows& rows_in, const T* data, int connectivity, 
               const std::int32_t label = label_of(i);
               for (std::int32_t x = buf[i - first], xe = std::int32_t(64 * w + ctz64(v)); x <= xe; ++x) o[x] = label;
             }
-          if (o != dst) stream_copy(dst, o, nx);
+        };
+        // the row being built, streamed out when done (rows up to kStreamRow; longer ones in place)
+        std::vector<std::int32_t> image(std::size_t(nx <= kStreamRow ? nx : 0));
+        for (std::size_t r = lo; r < hi; ++r) {
+          const std::uint32_t first = row_start[r], last = row_start[r + 1];
+          std::int32_t* const dst = out + std::int64_t(r) * nx;
+          if (first == last) {
+            stream_zero(dst, nx);
+            continue;
+          }
+          if (image.empty()) {
+            paint_row(dst, r, first, last);
+            continue;
+          }
+          paint_row(image.data(), r, first, last);
+          stream_copy(dst, image.data(), nx);
         }
         stream_fence();
       },
