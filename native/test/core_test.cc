@@ -633,7 +633,8 @@ static void test_conv_dispatch_any_platform(bhsd::ThreadPool& pool) {
 #endif
 }
 
-// The direct convolution on AMX tiles (a bf16 call where the processor has AMX-BF16): against a sum
+// The direct convolution on AMX tiles (a bf16 call where the processor has AMX-BF16), its panel path
+// and its implicit one (conv_amx.hpp): against a sum
 // in double of the input and weights rounded to bf16 as the tiles take them (the products are exact
 // and the sums fp32: within 1e-5 of the output's scale), and against the exact fp32 answer within the
 // stated 2e-2 of scale (and not equal to it: the tiles ran). Every packer the path uses (row windows
@@ -662,6 +663,20 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
       {16, 6, 8, 16, 32, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}, 2, false},  // an even kernel, stride 2
       {16, 3, 4, 150, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1, true},  // 10 segments a row: 8 + 2
       {2, 2, 3, 90, 16, {1, 1, 35}, {1, 1, 2}, {0, 0, 17}, {1, 1, 1}, 0, true},  // 35 wide, stride 2: gathers
+      // the implicit path (input converted once, taps read in place): partial chunks of 32
+      // channels (40, 16, 20), several (96), strides 2 along D, H and W, 1×3×3 and 1×1×1, output
+      // channels as one block, an odd count of blocks (48) and a partial one (17, 40); rows of one
+      // partial segment (Wo 8, 12: pairs across rows, one inside the volume and one outside at a
+      // border), of three (37), of 16 (whole, no activation: sums stored straight to the output
+      // from the bias); more padding than the kernel reaches (rows reading nothing inside)
+      {40, 5, 6, 37, 17, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 2, true},
+      {96, 4, 5, 32, 48, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 0, true},
+      {32, 6, 9, 33, 32, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, 0, true},
+      {20, 3, 8, 24, 40, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}, 1, false},
+      {64, 2, 7, 12, 16, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 0, false},
+      {16, 3, 5, 8, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 2, true},
+      {33, 2, 3, 64, 32, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 0, true},
+      {32, 3, 4, 20, 16, {1, 1, 3}, {1, 1, 1}, {2, 2, 1}, {1, 1, 1}, 0, true},
   };
   std::uint32_t st = 31337;
   auto rnd = [&] {
@@ -705,6 +720,8 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
     };
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
     std::vector<float> got(no, 9.0f), fp32(no, 7.0f);
+    const bool implicit = c.d[0] == 1 && c.d[1] == 1 && c.d[2] == 1 && c.s[2] <= 2 && c.C >= 16 && g.Wo >= 8;
+    CHECK(bhsd::amx_detail::implicit_applies(g) == implicit);
     {
       bhsd::PrecisionScope ps(bhsd::Precision::bf16);
       CHECK(bhsd::amx_detail::applies(g));
@@ -716,6 +733,20 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
     CHECK(er < 1e-5);
     CHECK(ee < 2e-2 && ee > 1e-6);
     CHECK(rel(exact, fp32) < 1e-5);
+    if (implicit) {
+      // the ring of converted planes made as small as it goes (one plane's kernel depth a pass):
+      // the same sums, every plane converted once and read from its slot
+      std::vector<float> small(no, 5.0f);
+      const std::size_t keep = bhsd::amx_detail::ring_bytes();
+      bhsd::amx_detail::ring_bytes() = 1;
+      {
+        bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+        CHECK(bhsd::amx_detail::conv3d_forward_amx_implicit(g, x.data(), wp.data(), bp, small.data(), act, alpha,
+                                                            pool));
+      }
+      bhsd::amx_detail::ring_bytes() = keep;
+      CHECK(rel(rounded, small) < 1e-5);
+    }
   }
   // fp32 calls, too few or too many output channels, too short a reduction: not this path
   const bhsd::ConvGeom g{16, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};

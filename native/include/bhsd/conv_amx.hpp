@@ -3,16 +3,23 @@
 // the samples to bf16 (8 significant bits), as in the bf16 Winograd path, without Winograd's
 // transforms to amplify it.
 //
-// The layout follows the direct path's (conv_forward.hpp): a task takes up to 8 output segments of
-// 16 voxels (row segments, or flat ones across rows shorter than 16), packs each one's panel of
-// input samples per block of input channels with the same packers (row windows at stride 1 and 2,
-// flat segments, per-tap gathers), turns it into bf16 pairs, and runs 2 × 2 tiles (two blocks of
-// 16 output channels × two segments) over the block's 32-row chunks. The sums stay in a per-task
-// fp32 buffer across blocks; bias and the activation are applied when the last block's are stored
-// (masked: partial segments and the padding of the last 16 channels are never written).
-// The weights (bf16 tiles, zero-padded to 16 output channels and to whole chunks per block) come
-// from the Winograd weight cache (WeightCache::get_as), found by content like Winograd's. Where the
-// call is fp32, or AMX is not at hand, this path does not apply and the AVX-512 direct path runs.
+// Two paths. The implicit one (below, "The implicit path") takes the layers U-Nets are made of —
+// unit dilation, stride 1 or 2 along W, 16 input channels or more, rows of 8 voxels or more: the
+// input turned into bf16 pairs once, each tap's tile read in place; 1.4–2.6× the panel path's speed
+// on the nnU-Net window's layers (bench: 64→64 at 16×128×128 74 → 35 ms on a 2-core Xeon). The
+// panel path takes the rest.
+//
+// The panel path's layout follows the direct path's (conv_forward.hpp): a task takes up to 8
+// output segments of 16 voxels (row segments, or flat ones across rows shorter than 16), packs each
+// one's panel of input samples per block of input channels with the same packers (row windows at
+// stride 1 and 2, flat segments, per-tap gathers), turns it into bf16 pairs, and runs 2 × 2 tiles
+// (two blocks of 16 output channels × two segments) over the block's 32-row chunks. The sums stay
+// in a per-task fp32 buffer across blocks; bias and the activation are applied when the last
+// block's are stored (masked: partial segments and the padding of the last 16 channels are never
+// written). Either path's weights (bf16 tiles, zero-padded to 16 output channels and to whole
+// chunks) come from the Winograd weight cache (WeightCache::get_as), found by content like
+// Winograd's. Where the call is fp32, or AMX is not at hand, neither applies and the AVX-512 direct
+// path runs.
 // Part of conv.hpp.
 #pragma once
 
@@ -124,6 +131,372 @@ __attribute__((target("avx512f"))) inline void store_tile(const float* s, std::i
 // The process's buffer for a layer's weight tiles where the cache will not hold them.
 using AmxWeightLease = conv_detail::LentBuffer<struct AmxWeightTag>;
 
+// ---------------------------------------------------------------------------------------------------
+// The implicit path: no panels. The input is turned into bf16 pairs once per layer, laid out so that
+// every tap's B tile is 16 rows of 64 bytes read in place — row i the channel pair (2i, 2i + 1) of a
+// 32-channel chunk, column j the pair of output voxel j's sample for that tap. Per input row (d, h):
+// [channel pairs][sw phases][Wq][2], phase p holding the padded row's samples p, p + sw, p + 2·sw, …
+// (so that a stride-2 tap's 16 samples lie side by side too). A tap (kz, ky, kx) of an output segment
+// (od, oh, ow0 … ow0 + 15) is then the row (od·sd + kz − pd, oh·sh + ky − ph), phase kx mod sw, from
+// ow0 + ⌊kx / sw⌋; a row outside the volume reads a plane of zeros. The weights are tiles per (16
+// output channels, tap, chunk). Each 2 × 2 block of tiles (two segments × two blocks of 16 output
+// channels) sums every tap and chunk in the tile registers and is stored once: straight into the
+// output, started from the bias, where there is no activation and both segments are whole (a conv
+// before a norm), else through a buffer that adds the bias and applies the activation. Against the
+// panel path this drops the per-task packing and conversion (a 64→64 3×3×3 layer reused each packed
+// B tile for only 4 products) for one conversion pass over the input. The input planes go through
+// a ring of about 32 MB (each converted once; one plane's kernel depth at least), whole layers in
+// one pass where they fit. Tried and dropped (no faster on the Xeon): the taps in groups summed
+// over every pair of channel blocks in turn (B rows from L1, sums held between groups), software
+// prefetch of the next step's rows, the four loads of a step before its four products.
+
+// Whether the implicit path takes this layer (beside applies()): unit dilations, stride 1 or 2
+// along W, and not turned off (BHSD_AMX_PACKED=1: the panel path, for comparison).
+inline bool implicit_applies(const ConvGeom& g) {
+  static const bool off = std::getenv("BHSD_AMX_PACKED") != nullptr;
+  return !off && g.dd == 1 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && g.C >= 16 && g.Wo >= 8;
+}
+
+struct Implicit {
+  std::int64_t nch, pairs, segs, Wq, row, plane, ntaps;
+  explicit Implicit(const ConvGeom& g)
+      : nch((g.C + kChunk - 1) / kChunk),
+        pairs(nch * 16),
+        segs((g.Wo + 15) / 16),
+        Wq((segs * 16 + (g.kw - 1) / g.sw + 15) / 16 * 16),
+        row(g.sw * Wq * 2),
+        plane(pairs * row),
+        ntaps(g.kd * g.kh * g.kw) {}
+  std::size_t weight_bytes(const ConvGeom& g) const {
+    return std::size_t((g.Co + 15) / 16 * ntaps * nch * kTileWords) * sizeof(std::uint16_t);
+  }
+};
+
+#ifdef BHSD_AMX
+// Tile (o, tap, cc) at U + ((o·ntaps + tap)·nch + cc)·512: row r, column e = w[16·o + r][32·cc + e][tap]
+// in bf16, zero past Co and C; from the direct path's packed weights (as pack_weights reads them).
+inline void pack_weights_implicit(const ConvGeom& g, const float* wp, const Implicit& im, std::uint16_t* U,
+                                  ThreadPool& pool) {
+  const std::int64_t K = g.K();
+  const CoBlocks cbk(g.Co);
+  std::vector<std::int64_t> at(std::size_t(g.Co));
+  for (std::int64_t b = 0; b < cbk.count(); ++b)
+    for (std::int64_t r = 0; r < cbk.rows(b); ++r) at[std::size_t(cbk.row0(b) + r)] = b * K * MR + r;
+  const std::int64_t cob = (g.Co + 15) / 16;
+  pool.parallel_for(
+      std::size_t(cob * im.ntaps),
+      [&](std::size_t t0, std::size_t t1) {
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::int64_t o = std::int64_t(t) / im.ntaps, tap = std::int64_t(t) % im.ntaps;
+          std::uint16_t* dst = U + std::size_t(t) * std::size_t(im.nch * kTileWords);
+          for (std::int64_t cc = 0; cc < im.nch; ++cc)
+            for (std::int64_t r = 0; r < 16; ++r) {
+              const std::int64_t co = 16 * o + r;
+              for (std::int64_t e = 0; e < kChunk; ++e) {
+                const std::int64_t c = cc * kChunk + e;
+                dst[(cc * 16 + r) * kChunk + e] =
+                    co < g.Co && c < g.C ? wino_detail::bf16_of(wp[at[std::size_t(co)] + (c * im.ntaps + tap) * MR])
+                                         : std::uint16_t(0);
+              }
+            }
+        }
+      },
+      1, 4);
+}
+
+// Input row (d, h) into its converted layout at dst (im.plane values); rowbuf: 2 · (sw·Wq + 32)
+// floats of scratch.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void convert_row(const ConvGeom& g, const float* in,
+                                                                               std::int64_t d, std::int64_t h,
+                                                                               const Implicit& im, float* rowbuf,
+                                                                               std::uint16_t* dst) {
+  alignas(64) static const std::uint16_t pair_idx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                         8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  alignas(64) static const std::int32_t even_idx[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const __m512i pidx = _mm512_load_si512(pair_idx);
+  const __m512i eidx = _mm512_load_si512(even_idx), oidx = _mm512_add_epi32(eidx, _mm512_set1_epi32(1));
+  const std::int64_t span = g.sw * im.Wq, len = span + 32;
+  float* r0 = rowbuf;
+  float* r1 = rowbuf + len;
+  // the padded row's samples xp = 0 … span − 1 are x = xp − pw of the input row
+  const std::int64_t x0 = std::max<std::int64_t>(0, g.pw), xs = std::max<std::int64_t>(0, -g.pw);
+  const std::int64_t n = std::max<std::int64_t>(0, std::min(g.W - xs, span - x0));
+  const std::int64_t plane_in = g.H * g.W, vol_in = g.D * plane_in;
+  const float* src = in + d * plane_in + h * g.W + xs;
+  for (std::int64_t k = 0; k < im.pairs; ++k) {
+    const std::int64_t c0 = 2 * k, c1 = 2 * k + 1;
+    std::uint16_t* out = dst + k * im.row;
+    if (c0 >= g.C) {
+      std::memset(out, 0, std::size_t(im.row) * sizeof(std::uint16_t));
+      continue;
+    }
+    std::memset(r0, 0, std::size_t(len) * sizeof(float));
+    std::memset(r1, 0, std::size_t(len) * sizeof(float));
+    if (n > 0) {
+      std::memcpy(r0 + x0, src + c0 * vol_in, std::size_t(n) * sizeof(float));
+      if (c1 < g.C) std::memcpy(r1 + x0, src + c1 * vol_in, std::size_t(n) * sizeof(float));
+    }
+    for (std::int64_t p = 0; p < g.sw; ++p)
+      for (std::int64_t q = 0; q < im.Wq; q += 16) {
+        __m512 a, b;
+        if (g.sw == 1) {
+          a = _mm512_loadu_ps(r0 + q), b = _mm512_loadu_ps(r1 + q);
+        } else {
+          const __m512i ix = p ? oidx : eidx;
+          a = _mm512_permutex2var_ps(_mm512_loadu_ps(r0 + 2 * q), ix, _mm512_loadu_ps(r0 + 2 * q + 16));
+          b = _mm512_permutex2var_ps(_mm512_loadu_ps(r1 + 2 * q), ix, _mm512_loadu_ps(r1 + 2 * q + 16));
+        }
+        const __m512i v = _mm512_permutexvar_epi16(pidx, __m512i(_mm512_cvtne2ps_pbh(b, a)));  // a low, b high
+        _mm512_storeu_si512(out + (p * im.Wq + q) * 2, v);
+      }
+  }
+}
+
+// One 2 × 2 block of tiles over taps [tap0, tap1) and every chunk: the
+// output channel blocks' weights at a0 and a1 (tap 0, chunk 0; tap t chunk cc (t·nch + cc)·512 on),
+// the two segments' B rows per tap at b0[tap] and b1[tap] (b0[tap] null: the tap is skipped; a chunk
+// `cstride` values on, rows ldb bytes apart). Sums start from the tiles at init (rows ldi bytes
+// apart; from zero where init[0] is null) and are stored to c (rows ldc bytes apart): 0 (a0, b0),
+// 1 (a0, b1), 2 (a1, b0), 3 (a1, b1).
+struct TileBlock {
+  const std::uint16_t *a0, *a1;
+  const std::uint16_t *const *b0, *const *b1;
+  std::int64_t tap0, tap1, nch, cstride, ldb;
+  const float* init[4];
+  std::int64_t ldi;
+  float* c[4];
+  std::int64_t ldc;
+};
+template <bool A1, bool B1>
+__attribute__((target("amx-tile,amx-bf16"))) inline void implicit_tiles(const TileBlock& x) {
+  if (x.init[0]) {
+    _tile_loadd(0, x.init[0], x.ldi);
+    if (B1) _tile_loadd(1, x.init[1], x.ldi);
+    if (A1) _tile_loadd(2, x.init[2], x.ldi);
+    if (A1 && B1) _tile_loadd(3, x.init[3], x.ldi);
+  } else {
+    _tile_zero(0);
+    if (B1) _tile_zero(1);
+    if (A1) _tile_zero(2);
+    if (A1 && B1) _tile_zero(3);
+  }
+  for (std::int64_t tap = x.tap0; tap < x.tap1; ++tap) {
+    const std::uint16_t* p0 = x.b0[tap];
+    if (!p0) continue;
+    const std::uint16_t* p1 = B1 ? x.b1[tap] : nullptr;
+    const std::size_t aoff = std::size_t(tap * x.nch) * kTileWords;
+    for (std::int64_t cc = 0; cc < x.nch; ++cc) {
+      const std::size_t ao = aoff + std::size_t(cc) * kTileWords;
+      _tile_loadd(4, x.a0 + ao, 64);
+      _tile_loadd(6, p0 + cc * x.cstride, x.ldb);
+      _tile_dpbf16ps(0, 4, 6);
+      if (B1) {
+        _tile_loadd(7, p1 + cc * x.cstride, x.ldb);
+        _tile_dpbf16ps(1, 4, 7);
+      }
+      if (A1) {
+        _tile_loadd(5, x.a1 + ao, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        if (B1) _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+  }
+  _tile_stored(0, x.c[0], x.ldc);
+  if (B1) _tile_stored(1, x.c[1], x.ldc);
+  if (A1) _tile_stored(2, x.c[2], x.ldc);
+  if (A1 && B1) _tile_stored(3, x.c[3], x.ldc);
+}
+#endif
+
+// The ring of converted input planes (an engine block: huge pages, kept between calls), and the
+// bytes of input planes it holds (the tests make it small to run many passes).
+using ImplicitRing = conv_detail::LentBuffer<struct ImplicitRingTag>;
+inline std::size_t& ring_bytes() {
+  static std::size_t b = std::size_t(32) << 20;
+  return b;
+}
+
+// conv3d_forward_amx's implicit path; false (nothing written) where it does not apply or memory
+// ran out.
+inline bool conv3d_forward_amx_implicit(const ConvGeom& g, const float* in, const float* wp, const float* bias,
+                                        float* out, Act act, float alpha, ThreadPool& pool) {
+#ifdef BHSD_AMX
+  if (!applies(g) || !implicit_applies(g)) return false;
+  const Implicit im(g);
+  const std::size_t wbytes = im.weight_bytes(g);
+  std::shared_ptr<const wino_detail::WeightEntry> cached = wino_detail::WeightCache::instance().get_as(
+      g, wp, pool, 0, true, wino_detail::kImplicitTiles, wbytes,
+      [&](void* U) { pack_weights_implicit(g, wp, im, static_cast<std::uint16_t*>(U), pool); });
+  std::unique_ptr<AmxWeightLease> wlease;
+  const std::uint16_t* U = nullptr;
+  if (cached) {
+    U = static_cast<const std::uint16_t*>(cached->U());
+  } else {
+    wlease.reset(new AmxWeightLease((wbytes + 3) / 4, (std::size_t(32) << 20) / sizeof(float)));
+    if (!wlease->get()) return false;
+    pack_weights_implicit(g, wp, im, reinterpret_cast<std::uint16_t*>(wlease->get()), pool);
+    U = reinterpret_cast<const std::uint16_t*>(wlease->get());
+  }
+  // the ring: output planes per pass as many as kRingBytes of input planes allow (one at least)
+  const std::size_t plane_bytes = std::size_t(g.H * im.plane) * sizeof(std::uint16_t);
+  const std::int64_t budget_planes = std::max<std::int64_t>(1, std::int64_t(ring_bytes() / plane_bytes));
+  std::int64_t nd = std::max<std::int64_t>(1, (budget_planes - g.kd) / g.sd + 1);
+  nd = std::min(nd, g.Do);
+  const std::int64_t ring = (nd - 1) * g.sd + g.kd;  // input planes an output pass reads
+  const std::size_t ring_words = std::size_t(ring) * std::size_t(g.H * im.plane) + std::size_t(im.plane);  // + zeros
+  // taken at the budget's size whenever it fits that (one buffer for every layer, its pages faulted
+  // in once: a ring grown layer by layer had faulted its pages in again for each larger layer, and
+  // made the plan's first timing of this path 5× its cost)
+  const std::size_t cap_floats = (ring_bytes() + (std::size_t(4) << 20)) / sizeof(float);
+  const std::size_t need_floats = (ring_words * sizeof(std::uint16_t) + 3) / 4;
+  ImplicitRing lease(need_floats <= cap_floats ? cap_floats : need_floats, cap_floats);
+  if (!lease.get()) return false;
+  auto* X = reinterpret_cast<std::uint16_t*>(lease.get());
+  std::uint16_t* zeros = X + std::size_t(ring) * std::size_t(g.H * im.plane);
+  std::memset(zeros, 0, std::size_t(im.plane) * sizeof(std::uint16_t));
+  auto plane_at = [&](std::int64_t d) { return X + std::size_t(d % ring) * std::size_t(g.H * im.plane); };
+
+  const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
+  const std::int64_t segs_per_row = im.segs;
+  // the bias as tiles (row r of block o: 16 copies of bias[16·o + r]), where sums start from it
+  std::vector<float> bias_mem(bias ? std::size_t(((g.Co + 15) / 16) * 256) : 0);
+  for (std::size_t i = 0; i < bias_mem.size(); ++i) bias_mem[i] = std::int64_t(i / 16) < g.Co ? bias[i / 16] : 0.0f;
+  const float* bias_tiles = bias_mem.data();
+  const std::int64_t rows_per_task = std::max<std::int64_t>(1, kSegs / segs_per_row);
+  const std::int64_t groups_per_row = (segs_per_row + kSegs - 1) / kSegs;
+  const std::int64_t cob = (g.Co + 15) / 16;
+  const std::int64_t threads = std::int64_t(pool.size());
+  const std::size_t rb_len = std::size_t(2 * (g.sw * im.Wq + 32));
+  std::int64_t converted = 0;  // input planes [0, converted) done (those a pass still needs are in the ring)
+  for (std::int64_t od0 = 0; od0 < g.Do; od0 += nd) {
+    const std::int64_t od1 = std::min(g.Do, od0 + nd);
+    // input planes this pass reads: [lo, hi) within the volume
+    const std::int64_t lo = std::max<std::int64_t>(0, od0 * g.sd - g.pd);
+    const std::int64_t hi = std::min(g.D, (od1 - 1) * g.sd - g.pd + g.kd);
+    const std::int64_t c0 = std::max(lo, converted);
+    if (hi > c0) {
+      pool.parallel_for(
+          std::size_t((hi - c0) * g.H),
+          [&](std::size_t t0, std::size_t t1) {
+            thread_local conv_detail::Scratch rb_mem;
+            float* rb = rb_mem.get(rb_len);
+            for (std::size_t t = t0; t < t1; ++t) {
+              const std::int64_t d = c0 + std::int64_t(t) / g.H, h = std::int64_t(t) % g.H;
+              convert_row(g, in, d, h, im, rb, plane_at(d) + std::size_t(h * im.plane));
+            }
+          },
+          4, 4);
+      converted = hi;
+    }
+    const std::int64_t rows = (od1 - od0) * g.Ho;
+    const std::int64_t seg_tasks =
+        groups_per_row > 1 ? rows * groups_per_row : (rows + rows_per_task - 1) / rows_per_task;
+    const std::int64_t co_splits = seg_tasks >= threads
+                                       ? 1
+                                       : std::clamp<std::int64_t>((2 * threads + seg_tasks - 1) / seg_tasks, 1,
+                                                                  std::max<std::int64_t>(1, cob / 2));
+    pool.parallel_for(
+        std::size_t(seg_tasks * co_splits),
+        [&](std::size_t t0, std::size_t t1) {
+          thread_local conv_detail::Scratch sums_mem, ptr_mem;
+          float* sums = sums_mem.get(4 * 256);
+          // B row pointers per segment and tap (floats' scratch holds pointers: 2 words each)
+          auto** bt = reinterpret_cast<const std::uint16_t**>(ptr_mem.get(std::size_t(kSegs * im.ntaps) * 2));
+          struct Seg {
+            std::int64_t od, oh, ow0, n;
+          };
+          Seg segs[kSegs];
+          const Tiles tiles;
+          for (std::size_t task = t0; task < t1; ++task) {
+            const std::int64_t t = std::int64_t(task) / co_splits, split = std::int64_t(task) % co_splits;
+            const std::int64_t o0 = split * cob / co_splits, o1 = (split + 1) * cob / co_splits;
+            std::int64_t ns = 0;
+            if (groups_per_row > 1)
+              for (std::int64_t r = t / groups_per_row, s = t % groups_per_row * kSegs;
+                   s < std::min(segs_per_row, (t % groups_per_row + 1) * kSegs); ++s)
+                segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
+            else
+              for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
+                for (std::int64_t s = 0; s < segs_per_row; ++s)
+                  segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
+            // each segment's tap rows (null where the row lies outside the volume)
+            for (std::int64_t s = 0; s < ns; ++s) {
+              const Seg& sg = segs[s];
+              for (std::int64_t kz = 0, tap = 0; kz < g.kd; ++kz)
+                for (std::int64_t ky = 0; ky < g.kh; ++ky)
+                  for (std::int64_t kx = 0; kx < g.kw; ++kx, ++tap) {
+                    const std::int64_t d = sg.od * g.sd + kz - g.pd, h = sg.oh * g.sh + ky - g.ph;
+                    const std::int64_t col = ((kx % g.sw) * im.Wq + sg.ow0 + kx / g.sw) * 2;
+                    const bool inside = d >= 0 && d < g.D && h >= 0 && h < g.H;
+                    bt[s * im.ntaps + tap] = inside ? plane_at(d) + std::size_t(h * im.plane + col) : nullptr;
+                  }
+            }
+            for (std::int64_t s = 0; s < ns; s += 2) {
+              const bool two_b = s + 1 < ns;
+              const std::uint16_t** p0 = bt + s * im.ntaps;
+              const std::uint16_t** p1 = two_b ? p0 + im.ntaps : p0;
+              // a tap outside for one segment of the pair and inside for the other reads zeros there
+              if (two_b)
+                for (std::int64_t tap = 0; tap < im.ntaps; ++tap)
+                  if (!p0[tap] != !p1[tap]) (p0[tap] ? p1[tap] : p0[tap]) = zeros;
+              // both segments whole: without an activation, the sums go straight to the output
+              // (tile rows are output channels, vol_out apart), started from the bias
+              const bool whole = act == Act::none && segs[s].n == 16 && (!two_b || segs[s + 1].n == 16);
+              for (std::int64_t o = o0; o < o1; o += 2) {
+                const bool two_a = o + 1 < o1;
+                const bool direct = whole && 16 * (o + (two_a ? 2 : 1)) <= g.Co;
+                TileBlock x;
+                x.a0 = U + std::size_t(o * im.ntaps * im.nch) * kTileWords;
+                x.a1 = x.a0 + std::size_t(im.ntaps * im.nch) * kTileWords;
+                x.b0 = p0, x.b1 = p1;
+                x.tap0 = 0, x.tap1 = im.ntaps;
+                x.nch = im.nch, x.cstride = 16 * im.row, x.ldb = im.row * 2;
+                x.ldi = 64;
+                if (direct && bias) {
+                  x.init[0] = x.init[1] = bias_tiles + 256 * o;
+                  x.init[2] = x.init[3] = bias_tiles + 256 * (o + 1);
+                } else {
+                  for (int k = 0; k < 4; ++k) x.init[k] = nullptr;
+                }
+                x.ldc = 64;
+                for (int k = 0; k < 4; ++k) x.c[k] = sums + 256 * k;
+                if (direct) {
+                  const Seg &sa = segs[s], &sb = segs[two_b ? s + 1 : s];
+                  x.c[0] = out + 16 * o * vol_out + sa.od * plane_out + sa.oh * g.Wo + sa.ow0;
+                  x.c[1] = out + 16 * o * vol_out + sb.od * plane_out + sb.oh * g.Wo + sb.ow0;
+                  x.c[2] = x.c[0] + 16 * vol_out, x.c[3] = x.c[1] + 16 * vol_out;
+                  x.ldc = vol_out * std::int64_t(sizeof(float));
+                }
+                if (two_b) {
+                  if (two_a)
+                    implicit_tiles<true, true>(x);
+                  else
+                    implicit_tiles<false, true>(x);
+                } else if (two_a) {
+                  implicit_tiles<true, false>(x);
+                } else {
+                  implicit_tiles<false, false>(x);
+                }
+                if (direct) continue;
+                for (std::int64_t j = 0; j < (two_b ? 2 : 1); ++j) {
+                  const Seg& sg = segs[s + j];
+                  float* ob = out + sg.od * plane_out + sg.oh * g.Wo + sg.ow0;
+                  store_tile(x.c[j], 16 * o, g.Co, bias, ob, vol_out, sg.n, act, alpha);
+                  if (two_a) store_tile(x.c[2 + j], 16 * (o + 1), g.Co, bias, ob, vol_out, sg.n, act, alpha);
+                }
+              }
+            }
+          }
+        },
+        1, 8);
+  }
+  return true;
+#else
+  (void)g, (void)in, (void)wp, (void)bias, (void)out, (void)act, (void)alpha, (void)pool;
+  return false;
+#endif
+}
+
 }  // namespace amx_detail
 
 // conv3d_forward's AMX path; true when it wrote the output, false when it does not apply.
@@ -133,6 +506,7 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
   using namespace conv_detail;
   using namespace amx_detail;
   if (!applies(g)) return false;
+  if (conv3d_forward_amx_implicit(g, in, wp, bias, out, act, alpha, pool)) return true;
   const Layout l = layout(g);
   const std::size_t wbytes = l.bytes();
   std::shared_ptr<const wino_detail::WeightEntry> cached = wino_detail::WeightCache::instance().get_as(

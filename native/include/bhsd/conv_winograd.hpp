@@ -360,8 +360,9 @@ struct WeightEntry {
   const void* U() const { return block->data(); }
 };
 // How an entry's weights are laid out: Winograd's blocks of MR (floats or bf16 pairs), Winograd's
-// per-point AMX tiles (transform_weights' tiles), the AMX direct path's tiles (conv_amx.hpp).
-enum WeightLayout : int { kWinogradBlocks = 0, kWinogradTiles = 1, kDirectTiles = 2 };
+// per-point AMX tiles (transform_weights' tiles), the AMX direct path's tiles and its implicit
+// path's tiles (conv_amx.hpp).
+enum WeightLayout : int { kWinogradBlocks = 0, kWinogradTiles = 1, kDirectTiles = 2, kImplicitTiles = 3 };
 
 // The weights' identity for the cache: each 1 MB chunk hashed in eight 64-bit lanes, each word
 // xor-multiplied and folded (each step a bijection of the lane for a given word, and of the word
@@ -1897,10 +1898,14 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       double wino = timed(slab, c);
       if (wino < 0) continue;
       wino = std::min(wino, timed(slab, c));
-      // the direct path's second run only where its first was within 2× of Winograd's: a warm
-      // rerun does not halve a slab of a gigaflop or more, and it is the plan's longest timing
+      // the direct path's second run only where its first was within 2× of Winograd's or took
+      // under 0.1 s: a warm rerun does not halve a slab of a gigaflop or more, and it is the plan's
+      // longest timing — but a short first run may be mostly a first call's costs (the AMX path's
+      // first call faults in its 36 MB ring: a 2-plane slab of 64→64 at 16×128×128 took 23 ms,
+      // then 3.5, and had been planned as Winograd at 1.7× the direct path's time)
       if (first)
-        best_t = (direct1 < 2 * wino ? std::min(direct1, timed(slab, kDirect)) : direct1) * scale, first = false;
+        best_t = (direct1 < 2 * wino || direct1 < 0.1 ? std::min(direct1, timed(slab, kDirect)) : direct1) * scale,
+        first = false;
       const double t = std::max(0.0, wino - tw) * scale + tw;
       if (t < best_t) best_t = t, best = c;
     }
