@@ -741,8 +741,8 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
       bhsd::amx_detail::ring_bytes() = 1;
       {
         bhsd::PrecisionScope ps(bhsd::Precision::bf16);
-        CHECK(bhsd::amx_detail::conv3d_forward_amx_implicit(g, x.data(), wp.data(), bp, small.data(), act, alpha,
-                                                            pool));
+        CHECK(
+            bhsd::amx_detail::conv3d_forward_amx_implicit(g, x.data(), wp.data(), bp, small.data(), act, alpha, pool));
       }
       bhsd::amx_detail::ring_bytes() = keep;
       CHECK(rel(rounded, small) < 1e-5);
