@@ -191,6 +191,9 @@ for (const { name } of backends) {
     const e = relErr(y.data, want);
     t.log(`ResEnc: relative error ${e.toExponential(2)}`);
     t.true(e <= 1e-4, `${e}`);
+    // the decoder's Concats take the encoder's residual sums (Add → LeakyRelu) in place: each
+    // stage's sum written into its slice of the Concat's buffer (CPU backends)
+    if (name !== "cuda") t.true(model.lastRun!.concatsInPlace >= 1, `${model.lastRun!.concatsInPlace}`);
     model.dispose();
   });
 }
