@@ -131,6 +131,22 @@ __attribute__((target("avx512f"))) inline void store_tile(const float* s, std::i
 // The process's buffer for a layer's weight tiles where the cache will not hold them.
 using AmxWeightLease = conv_detail::LentBuffer<struct AmxWeightTag>;
 
+// A layer's weight tiles (`layout`, `bytes` long, written by make(U)): from the weight cache (held
+// by `cached`), or made into `lease` where the cache will not hold them; null where memory ran out.
+template <class Make>
+inline const std::uint16_t* weight_tiles(const ConvGeom& g, const float* wp, ThreadPool& pool, int layout,
+                                         std::size_t bytes, std::shared_ptr<const wino_detail::WeightEntry>& cached,
+                                         std::unique_ptr<AmxWeightLease>& lease, const Make& make) {
+  cached = wino_detail::WeightCache::instance().get_as(g, wp, pool, 0, true, layout, bytes,
+                                                       [&](void* U) { make(static_cast<std::uint16_t*>(U)); });
+  if (cached) return static_cast<const std::uint16_t*>(cached->U());
+  lease.reset(new AmxWeightLease((bytes + 3) / 4, (std::size_t(32) << 20) / sizeof(float)));
+  if (!lease->get()) return nullptr;
+  auto* U = reinterpret_cast<std::uint16_t*>(lease->get());
+  make(U);
+  return U;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The implicit path: no panels. The input is turned into bf16 pairs once per layer, laid out so that
 // every tap's B tile is 16 rows of 64 bytes read in place — row i the channel pair (2i, 2i + 1) of a
@@ -323,21 +339,12 @@ inline bool conv3d_forward_amx_implicit(const ConvGeom& g, const float* in, cons
 #ifdef BHSD_AMX
   if (!applies(g) || !implicit_applies(g)) return false;
   const Implicit im(g);
-  const std::size_t wbytes = im.weight_bytes(g);
-  std::shared_ptr<const wino_detail::WeightEntry> cached = wino_detail::WeightCache::instance().get_as(
-      g, wp, pool, 0, true, wino_detail::kImplicitTiles, wbytes,
-      [&](void* U) { pack_weights_implicit(g, wp, im, static_cast<std::uint16_t*>(U), pool); });
+  std::shared_ptr<const wino_detail::WeightEntry> cached;
   std::unique_ptr<AmxWeightLease> wlease;
-  const std::uint16_t* U = nullptr;
-  if (cached) {
-    U = static_cast<const std::uint16_t*>(cached->U());
-  } else {
-    wlease.reset(new AmxWeightLease((wbytes + 3) / 4, (std::size_t(32) << 20) / sizeof(float)));
-    if (!wlease->get()) return false;
-    pack_weights_implicit(g, wp, im, reinterpret_cast<std::uint16_t*>(wlease->get()), pool);
-    U = reinterpret_cast<const std::uint16_t*>(wlease->get());
-  }
-  // the ring: output planes per pass as many as kRingBytes of input planes allow (one at least)
+  const std::uint16_t* U = weight_tiles(g, wp, pool, wino_detail::kImplicitTiles, im.weight_bytes(g), cached, wlease,
+                                        [&](std::uint16_t* dst) { pack_weights_implicit(g, wp, im, dst, pool); });
+  if (!U) return false;
+  // the ring: output planes per pass as many as ring_bytes() of input planes allow (one at least)
   const std::size_t plane_bytes = std::size_t(g.H * im.plane) * sizeof(std::uint16_t);
   const std::int64_t budget_planes = std::max<std::int64_t>(1, std::int64_t(ring_bytes() / plane_bytes));
   std::int64_t nd = std::max<std::int64_t>(1, (budget_planes - g.kd) / g.sd + 1);
@@ -508,20 +515,11 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
   if (!applies(g)) return false;
   if (conv3d_forward_amx_implicit(g, in, wp, bias, out, act, alpha, pool)) return true;
   const Layout l = layout(g);
-  const std::size_t wbytes = l.bytes();
-  std::shared_ptr<const wino_detail::WeightEntry> cached = wino_detail::WeightCache::instance().get_as(
-      g, wp, pool, 0, true, wino_detail::kDirectTiles, wbytes,
-      [&](void* U) { pack_weights(g, wp, l, static_cast<std::uint16_t*>(U), pool); });
+  std::shared_ptr<const wino_detail::WeightEntry> cached;
   std::unique_ptr<AmxWeightLease> lease;
-  const std::uint16_t* U = nullptr;
-  if (cached) {
-    U = static_cast<const std::uint16_t*>(cached->U());
-  } else {
-    lease.reset(new AmxWeightLease((wbytes + 3) / 4, (std::size_t(32) << 20) / sizeof(float)));
-    if (!lease->get()) return false;
-    pack_weights(g, wp, l, reinterpret_cast<std::uint16_t*>(lease->get()), pool);
-    U = reinterpret_cast<const std::uint16_t*>(lease->get());
-  }
+  const std::uint16_t* U = weight_tiles(g, wp, pool, wino_detail::kDirectTiles, l.bytes(), cached, lease,
+                                        [&](std::uint16_t* dst) { pack_weights(g, wp, l, dst, pool); });
+  if (!U) return false;
   const std::int64_t ksp = g.kd * g.kh * g.kw;
   const std::int64_t plane_out = g.Ho * g.Wo, vol_out = g.Do * plane_out;
   // a task: up to kSegs segments — whole rows where they are that short, else a row's segments in
