@@ -128,6 +128,28 @@ __attribute__((target("avx512f"))) inline void store_tile(const float* s, std::i
 }
 #endif
 
+// An output segment: up to 16 voxels of row (od, oh) from ow0 (or, flat, of the volume from ow0).
+struct Seg {
+  std::int64_t od, oh, ow0, n;
+};
+
+// Row task t's segments (at most kSegs): a row's segments in groups of kSegs where a row has more,
+// else whole rows, rows_per_task of them; rows counted from plane od0. Returns how many.
+inline std::int64_t row_segments(const ConvGeom& g, std::int64_t t, std::int64_t od0, std::int64_t rows,
+                                 std::int64_t rows_per_task, Seg* segs) {
+  const std::int64_t segs_per_row = (g.Wo + 15) / 16, groups_per_row = (segs_per_row + kSegs - 1) / kSegs;
+  std::int64_t ns = 0;
+  if (groups_per_row > 1)
+    for (std::int64_t r = t / groups_per_row, s = t % groups_per_row * kSegs;
+         s < std::min(segs_per_row, (t % groups_per_row + 1) * kSegs); ++s)
+      segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
+  else
+    for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
+      for (std::int64_t s = 0; s < segs_per_row; ++s)
+        segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
+  return ns;
+}
+
 // The process's buffer for a layer's weight tiles where the cache will not hold them.
 using AmxWeightLease = conv_detail::LentBuffer<struct AmxWeightTag>;
 
@@ -409,23 +431,12 @@ inline bool conv3d_forward_amx_implicit(const ConvGeom& g, const float* in, cons
           float* sums = sums_mem.get(4 * 256);
           // B row pointers per segment and tap (floats' scratch holds pointers: 2 words each)
           auto** bt = reinterpret_cast<const std::uint16_t**>(ptr_mem.get(std::size_t(kSegs * im.ntaps) * 2));
-          struct Seg {
-            std::int64_t od, oh, ow0, n;
-          };
           Seg segs[kSegs];
           const Tiles tiles;
           for (std::size_t task = t0; task < t1; ++task) {
             const std::int64_t t = std::int64_t(task) / co_splits, split = std::int64_t(task) % co_splits;
             const std::int64_t o0 = split * cob / co_splits, o1 = (split + 1) * cob / co_splits;
-            std::int64_t ns = 0;
-            if (groups_per_row > 1)
-              for (std::int64_t r = t / groups_per_row, s = t % groups_per_row * kSegs;
-                   s < std::min(segs_per_row, (t % groups_per_row + 1) * kSegs); ++s)
-                segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
-            else
-              for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
-                for (std::int64_t s = 0; s < segs_per_row; ++s)
-                  segs[ns++] = {od0 + r / g.Ho, r % g.Ho, s * 16, std::min<std::int64_t>(16, g.Wo - s * 16)};
+            const std::int64_t ns = row_segments(g, t, od0, rows, rows_per_task, segs);
             // each segment's tap rows (null where the row lies outside the volume)
             for (std::int64_t s = 0; s < ns; ++s) {
               const Seg& sg = segs[s];
@@ -554,9 +565,6 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
         float* panel = panel_mem.get(std::size_t(l.cb * ksp * NR));
         auto* pairs = reinterpret_cast<std::uint16_t*>(pairs_mem.get(std::size_t(kSegs) * chunk_words / 2));
         float* sums = sums_mem.get(std::size_t(kSegs * l.cob * 256));
-        struct Seg {
-          std::int64_t od, oh, ow0, n;
-        };
         Seg segs[kSegs];
         const Tiles tiles;
         for (std::size_t task = t0; task < t1; ++task) {
@@ -566,14 +574,8 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
           if (flat)
             for (std::int64_t q = t * kSegs; q < std::min(flat_segs, (t + 1) * kSegs); ++q)
               segs[ns++] = {0, 0, q * NR, std::min<std::int64_t>(NR, vol_out - q * NR)};
-          else if (groups_per_row > 1)
-            for (std::int64_t r = t / groups_per_row, s = t % groups_per_row * kSegs;
-                 s < std::min(segs_per_row, (t % groups_per_row + 1) * kSegs); ++s)
-              segs[ns++] = {r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)};
           else
-            for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
-              for (std::int64_t s = 0; s < segs_per_row; ++s)
-                segs[ns++] = {r / g.Ho, r % g.Ho, s * NR, std::min<std::int64_t>(NR, g.Wo - s * NR)};
+            ns = row_segments(g, t, 0, rows, rows_per_task, segs);
           auto sum_at = [&](std::int64_t s, std::int64_t o) { return sums + (s * l.cob + o) * 256; };
           for (std::int64_t kb = 0; kb < l.kblocks; ++kb) {
             const std::int64_t c0 = kb * l.cb, c1 = std::min(g.C, c0 + l.cb), kbn = (c1 - c0) * ksp;
