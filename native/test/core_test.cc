@@ -1263,42 +1263,78 @@ static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
                         {3, 2, 5, 9, 16, {1, 2, 2}},
                         {4, 2, 3, 7, 3, {1, 1, 3}},
                         {6, 3, 2, 5, 4, {2, 1, 1}},
-                        {600, 1, 2, 11, 2, {1, 2, 2}}};
+                        {600, 1, 2, 11, 2, {1, 2, 2}},
+                        // wide enough for AMX tiles in a bf16 call (32 channels or more, 16 rows or
+                        // more): a volume ending in a partial segment (222 voxels), a partial chunk of
+                        // 32 channels (40), two blocks of the reduction (600), an odd count of row
+                        // blocks with a partial one (17 × 2 = 34 rows)
+                        {64, 2, 3, 37, 32, {1, 2, 2}},
+                        {40, 3, 2, 9, 8, {2, 2, 2}},
+                        {600, 1, 3, 20, 4, {1, 2, 2}},
+                        {96, 2, 4, 16, 17, {1, 1, 2}}};
   std::uint32_t st = 31337;
   auto rnd = [&] {
     st = st * 1664525u + 1013904223u;
     return float(st >> 8) / float(1 << 24) - 0.5f;
   };
-  for (const Case& c : cases) {
-    const std::int64_t kd = c.s[0], kh = c.s[1], kw = c.s[2], ksp = kd * kh * kw;
-    const std::int64_t Do = c.D * kd, Ho = c.H * kh, Wo = c.W * kw;
-    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.C * c.Co * ksp)), bias(std::size_t(c.Co));
-    for (auto& v : x) v = rnd();
-    for (auto& v : w) v = rnd();
-    for (auto& v : bias) v = rnd();
-    const std::size_t no = std::size_t(c.Co * Do * Ho * Wo);
-    std::vector<double> ref(no);
-    for (std::int64_t o = 0; o < c.Co; ++o)
-      for (std::size_t i = 0; i < std::size_t(Do * Ho * Wo); ++i)
-        ref[std::size_t(o * Do * Ho * Wo) + i] = bias[std::size_t(o)];
-    for (std::int64_t ci = 0; ci < c.C; ++ci)
-      for (std::int64_t d = 0; d < c.D; ++d)
-        for (std::int64_t h = 0; h < c.H; ++h)
-          for (std::int64_t wv = 0; wv < c.W; ++wv)
-            for (std::int64_t o = 0; o < c.Co; ++o)
-              for (std::int64_t a = 0; a < kd; ++a)
-                for (std::int64_t b = 0; b < kh; ++b)
-                  for (std::int64_t e = 0; e < kw; ++e)
-                    ref[std::size_t(((o * Do + d * kd + a) * Ho + h * kh + b) * Wo + wv * kw + e)] +=
-                        double(x[std::size_t(((ci * c.D + d) * c.H + h) * c.W + wv)]) *
-                        w[std::size_t(((ci * c.Co + o) * kd + a) * kh * kw + b * kw + e)];
-    std::vector<float> got(no, 9.0f);
-    bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo,
-                                   x.data(), w.data(), bias.data(), got.data(), pool);
-    double worst = 0;
-    for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - got[i]));
-    CHECK(worst < 1e-4);
-  }
+  auto b16 = [](float v) {
+    const std::uint32_t u = std::uint32_t(bhsd::wino_detail::bf16_of(v)) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  for (const Case& c : cases)
+    for (int bf = 0; bf < (bhsd::amx_available() ? 2 : 1); ++bf) {
+      const std::int64_t kd = c.s[0], kh = c.s[1], kw = c.s[2], ksp = kd * kh * kw;
+      const std::int64_t Do = c.D * kd, Ho = c.H * kh, Wo = c.W * kw;
+      std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.C * c.Co * ksp)),
+          bias(std::size_t(c.Co));
+      for (auto& v : x) v = rnd();
+      for (auto& v : w) v = rnd();
+      for (auto& v : bias) v = rnd();
+      // a bf16 call on tiles rounds the samples and weights to bf16 (products exact, sums fp32): its
+      // reference is the float64 sum of the rounded operands
+      const std::int64_t Cp = c.Co * ksp;
+      const bool tiles = bf && c.C >= 32 && Cp >= 16;
+      std::vector<float> xr(x), wr(w);
+      if (tiles) {
+        for (auto& v : xr) v = b16(v);
+        for (auto& v : wr) v = b16(v);
+      }
+      const std::size_t no = std::size_t(c.Co * Do * Ho * Wo);
+      std::vector<double> ref(no);
+      for (std::int64_t o = 0; o < c.Co; ++o)
+        for (std::size_t i = 0; i < std::size_t(Do * Ho * Wo); ++i)
+          ref[std::size_t(o * Do * Ho * Wo) + i] = bias[std::size_t(o)];
+      for (std::int64_t ci = 0; ci < c.C; ++ci)
+        for (std::int64_t d = 0; d < c.D; ++d)
+          for (std::int64_t h = 0; h < c.H; ++h)
+            for (std::int64_t wv = 0; wv < c.W; ++wv)
+              for (std::int64_t o = 0; o < c.Co; ++o)
+                for (std::int64_t a = 0; a < kd; ++a)
+                  for (std::int64_t b = 0; b < kh; ++b)
+                    for (std::int64_t e = 0; e < kw; ++e)
+                      ref[std::size_t(((o * Do + d * kd + a) * Ho + h * kh + b) * Wo + wv * kw + e)] +=
+                          double(xr[std::size_t(((ci * c.D + d) * c.H + h) * c.W + wv)]) *
+                          wr[std::size_t(((ci * c.Co + o) * kd + a) * kh * kw + b * kw + e)];
+      std::vector<float> got(no, 9.0f);
+      {
+        bhsd::PrecisionScope ps(bf ? bhsd::Precision::bf16 : bhsd::Precision::fp32);
+        bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo,
+                                       x.data(), w.data(), bias.data(), got.data(), pool);
+      }
+      double worst = 0;
+      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - got[i]));
+      CHECK(worst < 1e-4);
+      if (tiles) {  // and not the fp32 answer: the tiles ran
+        std::vector<float> f32(no, 7.0f);
+        bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, kd, kh, kw, kd, kh, kw, 1, 1, 1, 0, 0, 0, Do, Ho, Wo,
+                                       x.data(), w.data(), bias.data(), f32.data(), pool);
+        double diff = 0;
+        for (std::size_t i = 0; i < no; ++i) diff = std::max(diff, double(std::fabs(f32[i] - got[i])));
+        CHECK(diff > 1e-4);
+      }
+    }
 }
 
 // Instance norm forward and backward against double-precision loops: several 1024-voxel blocks

@@ -26,16 +26,46 @@ __attribute__((target("avx2,fma"))) inline void spread_pair_avx2(const float* s0
   for (; i < m; ++i) d[2 * i] = s0[i], d[2 * i + 1] = s1[i];
 }
 
+// One task's spread: row o·taps + (a·sh + b)·sw + c of input voxel v0 + i, at buf[row·L + i], into
+// out[o, id·sd + a, ih·sh + b, iw·sw + c] for the voxels v = (id·H + ih)·W + iw in [v0, v1).
+__attribute__((target("avx2,fma"))) inline void upsample_spread(const float* buf, std::int64_t L, std::int64_t v0,
+                                                                std::int64_t v1, std::int64_t D, std::int64_t H,
+                                                                std::int64_t W, std::int64_t Co, std::int64_t sd,
+                                                                std::int64_t sh, std::int64_t sw, float* out) {
+  const std::int64_t ksp = sd * sh * sw, Ho = H * sh, Wo = W * sw, vol_out = D * sd * Ho * Wo;
+  for (std::int64_t v = v0; v < v1;) {
+    const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
+    for (std::int64_t o = 0; o < Co; ++o)
+      for (std::int64_t a = 0; a < sd; ++a)
+        for (std::int64_t b = 0; b < sh; ++b) {
+          float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo + iw0 * sw;
+          const float* s = buf + (o * ksp + (a * sh + b) * sw) * L + (v - v0);  // tap c's row at s + c·L
+          if (sw == 2) {
+            spread_pair_avx2(s, s + L, m, drow);
+          } else if (sw == 1) {
+            std::memcpy(drow, s, std::size_t(m) * sizeof(float));
+          } else {
+            for (std::int64_t c = 0; c < sw; ++c)
+              for (std::int64_t i = 0; i < m; ++i) drow[i * sw + c] = s[c * L + i];
+          }
+        }
+    v += m;
+  }
+}
+
+// Voxels per task of the fused upsampling: a multiple of 16, the task's Cp rows within about 256 KB.
+inline std::int64_t upsample_run(std::int64_t Cp) {
+  return std::clamp<std::int64_t>((std::int64_t(64) << 10) / Cp / NR * NR, NR, 256);
+}
+
 __attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
     std::int64_t C, std::int64_t D, std::int64_t H, std::int64_t W, std::int64_t Co, std::int64_t sd, std::int64_t sh,
     std::int64_t sw, const float* in, const float* wp, const float* bt, float* out, ThreadPool& pool) {
   using namespace conv_detail;
   const std::int64_t ksp = sd * sh * sw, Cp = Co * ksp, V = D * H * W, K = C;
   if (K * V + NR >= (std::int64_t(1) << 31)) return false;
-  const std::int64_t Ho = H * sh, Wo = W * sw, vol_out = D * sd * Ho * Wo;
   const CoBlocks cbk(Cp);
-  // voxels per task: a multiple of 16, the task's Cp rows within about 256 KB
-  const std::int64_t L = std::clamp<std::int64_t>((std::int64_t(64) << 10) / Cp / NR * NR, NR, 256);
+  const std::int64_t L = upsample_run(Cp);
   const InPlaceInput src(in, K, V);
   const std::int64_t tasks = (V + L - 1) / L;
   pool.parallel_for(
@@ -46,30 +76,101 @@ __attribute__((target("avx2,fma"))) inline bool conv_transpose_upsample_avx2(
         for (std::size_t t = t0; t < t1; ++t) {
           const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L);
           pointwise_run_avx2(src, wp, K, cbk, bt, v0, v1, buf, L, Act::none, 0.0f);
-          // spread: row o·taps + (a·sh + b)·sw + c of voxel (id, ih, iw) → out[o, id·sd + a, ih·sh + b, iw·sw + c]
-          for (std::int64_t v = v0; v < v1;) {
-            const std::int64_t id = v / (H * W), ih = (v / W) % H, iw0 = v % W, m = std::min(v1 - v, W - iw0);
-            for (std::int64_t o = 0; o < Co; ++o)
-              for (std::int64_t a = 0; a < sd; ++a)
-                for (std::int64_t b = 0; b < sh; ++b) {
-                  float* drow = out + o * vol_out + ((id * sd + a) * Ho + ih * sh + b) * Wo + iw0 * sw;
-                  const float* s = buf + (o * ksp + (a * sh + b) * sw) * L + (v - v0);  // tap c's row at s + c·L
-                  if (sw == 2) {
-                    spread_pair_avx2(s, s + L, m, drow);
-                  } else if (sw == 1) {
-                    std::memcpy(drow, s, std::size_t(m) * sizeof(float));
-                  } else {
-                    for (std::int64_t c = 0; c < sw; ++c)
-                      for (std::int64_t i = 0; i < m; ++i) drow[i * sw + c] = s[c * L + i];
-                  }
-                }
-            v += m;
-          }
+          upsample_spread(buf, L, v0, v1, D, H, W, Co, sd, sh, sw, out);
         }
       },
       1, 8);
   return true;
 }
+
+#ifdef BHSD_AMX
+// The same with its 1×1×1 GEMM on AMX tiles, for a bf16 call where the processor has them (the
+// direct convolution's applies(): 16 to 2048 rows, 32 channels or more): per task, each 16-voxel
+// segment's samples become bf16 pair tiles (conv_amx.hpp's to_pairs, per block of about 512
+// channels), 2 × 2 tiles of 16 rows × 16 voxels sum them in fp32, and the sums go to the task's
+// rows with the bias before the spread. The weights are the panel form's tiles of the [Cp, C]
+// matrix, cached by content. The last segment of the volume reads a zero-padded copy of its samples.
+inline bool conv_transpose_upsample_amx(std::int64_t C, std::int64_t D, std::int64_t H, std::int64_t W, std::int64_t Co,
+                                        std::int64_t sd, std::int64_t sh, std::int64_t sw, const float* in,
+                                        const float* wp, const float* bt, float* out, ThreadPool& pool) {
+  using namespace conv_detail;
+  using namespace amx_detail;
+  const std::int64_t ksp = sd * sh * sw, Cp = Co * ksp, V = D * H * W;
+  const ConvGeom g1{C, D, H, W, Cp, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
+  if (!applies(g1)) return false;
+  const Layout l = layout(g1);
+  std::shared_ptr<const wino_detail::WeightEntry> cached;
+  std::unique_ptr<AmxWeightLease> lease;
+  const std::uint16_t* U = weight_tiles(g1, wp, pool, wino_detail::kDirectTiles, l.bytes(), cached, lease,
+                                        [&](std::uint16_t* dst) { pack_weights(g1, wp, l, dst, pool); });
+  if (!U) return false;
+  const std::int64_t L = upsample_run(Cp), segs = L / 16;
+  const std::int64_t tasks = (V + L - 1) / L;
+  const std::size_t chunk_words = std::size_t(l.chunks * kTileWords);
+  struct Rows {  // row k's 16 samples at p + k·stride
+    const float* p;
+    std::int64_t stride;
+    const float* at(std::int64_t k) const { return p + k * stride; }
+  };
+  pool.parallel_for(
+      std::size_t(tasks),
+      [&](std::size_t t0, std::size_t t1) {
+        thread_local Scratch buf_mem, pairs_mem, sums_mem, tail_mem;
+        float* buf = buf_mem.get(std::size_t(Cp * L));
+        auto* pairs = reinterpret_cast<std::uint16_t*>(pairs_mem.get(std::size_t(segs) * chunk_words / 2));
+        float* sums = sums_mem.get(std::size_t(segs * l.cob * 256));
+        float* tail = tail_mem.get(std::size_t(l.cb * 16));
+        const Tiles tiles;
+        auto sum_at = [&](std::int64_t s, std::int64_t o) { return sums + (s * l.cob + o) * 256; };
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::int64_t v0 = std::int64_t(t) * L, v1 = std::min(V, v0 + L), ns = (v1 - v0 + 15) / 16;
+          for (std::int64_t kb = 0; kb < l.kblocks; ++kb) {
+            const std::int64_t c0 = kb * l.cb, c1 = std::min(C, c0 + l.cb), kbn = c1 - c0;
+            for (std::int64_t s = 0; s < ns; ++s) {
+              const std::int64_t v = v0 + 16 * s;
+              std::uint16_t* dst = pairs + std::size_t(s) * chunk_words;
+              if (v + 16 <= V) {
+                to_pairs(Rows{in + c0 * V + v, V}, kbn, l.chunks, dst);
+              } else {  // the volume's last samples: a zero-padded copy (16 past them is past the input)
+                for (std::int64_t k = 0; k < kbn; ++k)
+                  for (std::int64_t j = 0; j < 16; ++j) tail[k * 16 + j] = v + j < V ? in[(c0 + k) * V + v + j] : 0.0f;
+                to_pairs(Rows{tail, 16}, kbn, l.chunks, dst);
+              }
+            }
+            const bool first = kb == 0;
+            for (std::int64_t o = 0; o < l.cob; o += 2) {
+              const std::uint16_t* a0 = U + std::size_t(o * l.kblocks + kb) * chunk_words;
+              const std::uint16_t* a1 = a0 + std::size_t(l.kblocks) * chunk_words;
+              const bool two_a = o + 1 < l.cob;
+              for (std::int64_t s = 0; s < ns; s += 2) {
+                const std::uint16_t* b0 = pairs + std::size_t(s) * chunk_words;
+                const std::uint16_t* b1 = b0 + chunk_words;
+                float *s00 = sum_at(s, o), *s10 = sum_at(s, o + 1), *s01 = sum_at(s + 1, o),
+                      *s11 = sum_at(s + 1, o + 1);
+                if (s + 1 < ns) {
+                  if (two_a)
+                    run_tiles<true, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+                  else
+                    run_tiles<false, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+                } else if (two_a) {
+                  run_tiles<true, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+                } else {
+                  run_tiles<false, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+                }
+              }
+            }
+          }
+          for (std::int64_t s = 0; s < ns; ++s)
+            for (std::int64_t o = 0; o < l.cob; ++o)
+              store_tile(sum_at(s, o), 16 * o, Cp, bt, buf + 16 * s, L, std::min<std::int64_t>(16, v1 - v0 - 16 * s),
+                         Act::none, 0.0f);
+          upsample_spread(buf, L, v0, v1, D, H, W, Co, sd, sh, sw, out);
+        }
+      },
+      1, 8);
+  return true;
+}
+#endif
 #endif
 
 // Transposed convolution, one batch item and one group: in [C, D, H, W], weight [C, Co, kd, kh, kw]
@@ -108,6 +209,9 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
         for (std::int64_t i = 0; i < C; ++i) wt[std::size_t((o * ksp + k) * C + i)] = w[(i * Co + o) * ksp + k];
       }
     const std::vector<float> wp = pack_conv_weights(wt.data(), Cp, C);
+#ifdef BHSD_AMX
+    if (conv_transpose_upsample_amx(C, D, H, W, Co, sd, sh, sw, in, wp.data(), bt.data(), out, pool)) return;
+#endif
 #ifdef BHSD_X86
     static const bool fused = conv_detail::pick_kernel() == conv_detail::kernel_avx2;
     if (fused && conv_transpose_upsample_avx2(C, D, H, W, Co, sd, sh, sw, in, wp.data(), bt.data(), out, pool)) return;
