@@ -3,7 +3,8 @@
  * default); the CPU backends compute in fp32 unless asked for bf16 (`setCpuPrecision("bf16")` or
  * `BHSD_CPU_PRECISION=bf16`): then the native backend's Winograd convolutions — most of a U-Net's
  * arithmetic — multiply in bf16 and sum in fp32 where the processor has AVX512_BF16
- * (`backendInfo().details.native.precisions` lists "bf16" there; elsewhere they stay fp32).
+ * (`backendInfo().details.native.precisions` lists "bf16" there; elsewhere they stay fp32), and
+ * where it also has AMX tiles the direct convolutions and the upsampling transposed ones too.
  * `loadModel(…, { precision })` sets the precision of one model's runs (any of fp32, tf32, fp16,
  * bf16: the cuda backend takes it as it is, the CPU backends run "bf16" in bf16 and the others in
  * fp32); an AsyncLocalStorage carries it through the run's awaits, so models of different
@@ -42,8 +43,9 @@ export function checkCpuPrecisionEnv(): void {
 
 /**
  * The CPU backends' precision outside a model that sets its own: "fp32" (the default) or "bf16"
- * (bf16 products, fp32 sums, in the Winograd convolutions where the processor has AVX512_BF16;
- * about 1 % of the output's scale; fp32 elsewhere). Training always computes in fp32.
+ * (bf16 products, fp32 sums, in the Winograd convolutions where the processor has AVX512_BF16,
+ * and on AMX tiles in the direct and upsampling convolutions too; about 1 % of the output's scale;
+ * fp32 elsewhere). Training always computes in fp32.
  */
 export function setCpuPrecision(p: CpuPrecision): void {
   if (!inArray(p, CPU_PRECISIONS)) throw invalidParameterError("precision", `one of ${CPU_PRECISIONS.join(", ")}`, p);
