@@ -176,7 +176,8 @@ inline const std::uint16_t* weight_tiles(const ConvGeom& g, const float* wp, Thr
 // [channel pairs][sw phases][Wq][2], phase p holding the padded row's samples p, p + sw, p + 2·sw, …
 // (so that a stride-2 tap's 16 samples lie side by side too). A tap (kz, ky, kx) of an output segment
 // (od, oh, ow0 … ow0 + 15) is then the row (od·sd + kz − pd, oh·sh + ky − ph), phase kx mod sw, from
-// ow0 + ⌊kx / sw⌋; a row outside the volume reads a plane of zeros. The weights are tiles per (16
+// ow0 + ⌊kx / sw⌋; a tap whose row lies outside the volume is skipped (for one segment of a pair
+// and not the other, that one reads a plane of zeros). The weights are tiles per (16
 // output channels, tap, chunk). Each 2 × 2 block of tiles (two segments × two blocks of 16 output
 // channels) sums every tap and chunk in the tile registers and is stored once: straight into the
 // output, started from the bias, where there is no activation and both segments are whole (a conv
@@ -186,10 +187,13 @@ inline const std::uint16_t* weight_tiles(const ConvGeom& g, const float* wp, Thr
 // a ring of about 32 MB (each converted once; one plane's kernel depth at least), whole layers in
 // one pass where they fit. Tried and dropped (no faster on the Xeon): the taps in groups summed
 // over every pair of channel blocks in turn (B rows from L1, sums held between groups), software
-// prefetch of the next step's rows, the four loads of a step before its four products.
+// prefetch of the next step's rows, the four loads of a step before its four products, and (slower)
+// converting straight from the input rather than through a copy of each row.
 
 // Whether the implicit path takes this layer (beside applies()): unit dilations, stride 1 or 2
-// along W, and not turned off (BHSD_AMX_PACKED=1: the panel path, for comparison).
+// along W, 16 input channels or more (fewer would leave most of each 32-channel chunk zeros), rows
+// of 8 voxels or more (a 16-voxel segment half used at worst), and not turned off
+// (BHSD_AMX_PACKED=1: the panel path, for comparison).
 inline bool implicit_applies(const ConvGeom& g) {
   static const bool off = std::getenv("BHSD_AMX_PACKED") != nullptr;
   return !off && g.dd == 1 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && g.C >= 16 && g.Wo >= 8;
