@@ -103,7 +103,12 @@ export async function benchSegment(): Promise<string[]> {
   for (const [name, bytes, precision] of [
     ["nnU-Net 3d_fullres-shaped PlainConvUNet (train/unet.ts)", buildUNet(NNUNET_FULLRES), "fp32"],
     ["nnU-Net ResEnc-M (bench/networks.ts)", networkBytes(RESENC_M), "fp32"],
-    ...(bf16 ? ([["nnU-Net ResEnc-M, precision bf16", networkBytes(RESENC_M), "bf16"]] as const) : []),
+    ...(bf16
+      ? ([
+          ["nnU-Net 3d_fullres-shaped PlainConvUNet, precision bf16", buildUNet(NNUNET_FULLRES), "bf16"],
+          ["nnU-Net ResEnc-M, precision bf16", networkBytes(RESENC_M), "bf16"],
+        ] as const)
+      : []),
   ] as const) {
     if (precision === "bf16") await new Promise((done) => setTimeout(done, 11_000)); // the fp32 transforms age out of the cache
     const model = await loadModel(bytes, { patchSize: [16, 256, 256], precision });
