@@ -126,6 +126,36 @@ __attribute__((target("avx512f"))) inline void store_tile(const float* s, std::i
     _mm512_mask_storeu_ps(o + (co0 + r) * ldo, m, v);
   }
 }
+
+// One block of the reduction (kb) of a panel-form task: every pair of output channel blocks in
+// [o0, o1) by every pair of its ns segments' pair tiles (at pairs, a block's chunks apart), summed
+// into sums (segment s, channel block o: 256 floats at sums + (s·cob + o)·256), from zero where
+// first. The upsampling transposed convolution's GEMM runs the same (conv_transposed.hpp).
+inline void block_products(const std::uint16_t* U, const Layout& l, std::int64_t kb, std::int64_t o0, std::int64_t o1,
+                           const std::uint16_t* pairs, std::int64_t ns, float* sums, bool first) {
+  const std::size_t chunk_words = std::size_t(l.chunks * kTileWords);
+  auto sum_at = [&](std::int64_t s, std::int64_t o) { return sums + (s * l.cob + o) * 256; };
+  for (std::int64_t o = o0; o < o1; o += 2) {
+    const std::uint16_t* a0 = U + std::size_t(o * l.kblocks + kb) * chunk_words;
+    const std::uint16_t* a1 = a0 + std::size_t(l.kblocks) * chunk_words;
+    const bool two_a = o + 1 < o1;
+    for (std::int64_t s = 0; s < ns; s += 2) {
+      const std::uint16_t* b0 = pairs + std::size_t(s) * chunk_words;
+      const std::uint16_t* b1 = b0 + chunk_words;
+      float *s00 = sum_at(s, o), *s10 = sum_at(s, o + 1), *s01 = sum_at(s + 1, o), *s11 = sum_at(s + 1, o + 1);
+      if (s + 1 < ns) {
+        if (two_a)
+          run_tiles<true, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+        else
+          run_tiles<false, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+      } else if (two_a) {
+        run_tiles<true, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+      } else {
+        run_tiles<false, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
+      }
+    }
+  }
+}
 #endif
 
 // An output segment: up to 16 voxels of row (od, oh) from ow0 (or, flat, of the volume from ow0).
@@ -600,28 +630,7 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
                 to_pairs(PackedB{panel}, kbn, l.chunks, dst);
               }
             }
-            const bool first = kb == 0;
-            for (std::int64_t o = o0; o < o1; o += 2) {
-              const std::uint16_t* a0 = U + std::size_t(o * l.kblocks + kb) * chunk_words;
-              const std::uint16_t* a1 = a0 + std::size_t(l.kblocks) * chunk_words;
-              const bool two_a = o + 1 < o1;
-              for (std::int64_t s = 0; s < ns; s += 2) {
-                const std::uint16_t* b0 = pairs + std::size_t(s) * chunk_words;
-                const std::uint16_t* b1 = b0 + chunk_words;
-                float *s00 = sum_at(s, o), *s10 = sum_at(s, o + 1), *s01 = sum_at(s + 1, o),
-                      *s11 = sum_at(s + 1, o + 1);
-                if (s + 1 < ns) {
-                  if (two_a)
-                    run_tiles<true, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                  else
-                    run_tiles<false, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                } else if (two_a) {
-                  run_tiles<true, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                } else {
-                  run_tiles<false, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                }
-              }
-            }
+            block_products(U, l, kb, o0, o1, pairs, ns, sums, kb == 0);
           }
           for (std::int64_t s = 0; s < ns; ++s) {
             const Seg& sg = segs[s];

@@ -137,28 +137,7 @@ inline bool conv_transpose_upsample_amx(std::int64_t C, std::int64_t D, std::int
                 to_pairs(Rows{tail, 16}, kbn, l.chunks, dst);
               }
             }
-            const bool first = kb == 0;
-            for (std::int64_t o = 0; o < l.cob; o += 2) {
-              const std::uint16_t* a0 = U + std::size_t(o * l.kblocks + kb) * chunk_words;
-              const std::uint16_t* a1 = a0 + std::size_t(l.kblocks) * chunk_words;
-              const bool two_a = o + 1 < l.cob;
-              for (std::int64_t s = 0; s < ns; s += 2) {
-                const std::uint16_t* b0 = pairs + std::size_t(s) * chunk_words;
-                const std::uint16_t* b1 = b0 + chunk_words;
-                float *s00 = sum_at(s, o), *s10 = sum_at(s, o + 1), *s01 = sum_at(s + 1, o),
-                      *s11 = sum_at(s + 1, o + 1);
-                if (s + 1 < ns) {
-                  if (two_a)
-                    run_tiles<true, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                  else
-                    run_tiles<false, true>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                } else if (two_a) {
-                  run_tiles<true, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                } else {
-                  run_tiles<false, false>(a0, a1, b0, b1, l.chunks, s00, s01, s10, s11, first);
-                }
-              }
-            }
+            block_products(U, l, kb, 0, l.cob, pairs, ns, sums, kb == 0);
           }
           for (std::int64_t s = 0; s < ns; ++s)
             for (std::int64_t o = 0; o < l.cob; ++o)
