@@ -324,35 +324,34 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void convert_row(c
   }
 }
 
-// One 2 × 2 block of tiles over taps [tap0, tap1) and every chunk: the
+// One 2 × 2 block of tiles over every tap and chunk: the
 // output channel blocks' weights at a0 and a1 (tap 0, chunk 0; tap t chunk cc (t·nch + cc)·512 on),
 // the two segments' B rows per tap at b0[tap] and b1[tap] (b0[tap] null: the tap is skipped; a chunk
-// `cstride` values on, rows ldb bytes apart). Sums start from the tiles at init (rows ldi bytes
+// `cstride` values on, rows ldb bytes apart). Sums start from the tiles at init (rows 64 bytes
 // apart; from zero where init[0] is null) and are stored to c (rows ldc bytes apart): 0 (a0, b0),
 // 1 (a0, b1), 2 (a1, b0), 3 (a1, b1).
 struct TileBlock {
   const std::uint16_t *a0, *a1;
   const std::uint16_t *const *b0, *const *b1;
-  std::int64_t tap0, tap1, nch, cstride, ldb;
+  std::int64_t ntaps, nch, cstride, ldb;
   const float* init[4];
-  std::int64_t ldi;
   float* c[4];
   std::int64_t ldc;
 };
 template <bool A1, bool B1>
 __attribute__((target("amx-tile,amx-bf16"))) inline void implicit_tiles(const TileBlock& x) {
   if (x.init[0]) {
-    _tile_loadd(0, x.init[0], x.ldi);
-    if (B1) _tile_loadd(1, x.init[1], x.ldi);
-    if (A1) _tile_loadd(2, x.init[2], x.ldi);
-    if (A1 && B1) _tile_loadd(3, x.init[3], x.ldi);
+    _tile_loadd(0, x.init[0], 64);
+    if (B1) _tile_loadd(1, x.init[1], 64);
+    if (A1) _tile_loadd(2, x.init[2], 64);
+    if (A1 && B1) _tile_loadd(3, x.init[3], 64);
   } else {
     _tile_zero(0);
     if (B1) _tile_zero(1);
     if (A1) _tile_zero(2);
     if (A1 && B1) _tile_zero(3);
   }
-  for (std::int64_t tap = x.tap0; tap < x.tap1; ++tap) {
+  for (std::int64_t tap = 0; tap < x.ntaps; ++tap) {
     const std::uint16_t* p0 = x.b0[tap];
     if (!p0) continue;
     const std::uint16_t* p1 = B1 ? x.b1[tap] : nullptr;
@@ -501,9 +500,8 @@ inline bool conv3d_forward_amx_implicit(const ConvGeom& g, const float* in, cons
                 x.a0 = U + std::size_t(o * im.ntaps * im.nch) * kTileWords;
                 x.a1 = x.a0 + std::size_t(im.ntaps * im.nch) * kTileWords;
                 x.b0 = p0, x.b1 = p1;
-                x.tap0 = 0, x.tap1 = im.ntaps;
+                x.ntaps = im.ntaps;
                 x.nch = im.nch, x.cstride = 16 * im.row, x.ldb = im.row * 2;
-                x.ldi = 64;
                 if (direct && bias) {
                   x.init[0] = x.init[1] = bias_tiles + 256 * o;
                   x.init[2] = x.init[3] = bias_tiles + 256 * (o + 1);
