@@ -1171,6 +1171,59 @@ static void test_weight_cache(bhsd::ThreadPool& pool) {
   wc.cap = cap0, wc.busy = busy0;
 }
 
+// Layers wider than 256×256 channels: F(2×4×4) tiles from 4096 output voxels on (F(2×2×2) below),
+// checked at 512 sampled voxels against a plain loop in double; and the plan keeps only its
+// choice's transformed weights (the losing candidate's dropped from the cache).
+static void test_winograd_wide(bhsd::ThreadPool& pool) {
+  bhsd::ConvGeom g{260, 4, 32, 32, 256, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 32, 32};
+  if (!bhsd::winograd_applies(g)) return;
+  const bhsd::ConvGeom small{300, 2, 3, 5, 240, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 5};
+  CHECK(bhsd::wino_detail::tile_m(small) == 2);
+  CHECK(bhsd::wino_detail::tile_m(g) == (bhsd::conv_detail::use_avx512() ? 4 : 2));
+  std::uint32_t st = 4242;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
+  ConvOperands ops = conv_operands(g, rnd);
+  const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), g.Co, g.K());
+  const std::size_t no = std::size_t(g.Co * g.Do * g.Ho * g.Wo);
+  std::vector<float> y(no, 7.0f), planned(no, 7.0f);
+  CHECK(bhsd::conv3d_forward_winograd(g, ops.x.data(), wp.data(), ops.bias.data(), y.data(), bhsd::Act::none, 0, pool));
+  double worst = 0, scale = 0;
+  for (int k = 0; k < 512; ++k) {
+    const std::size_t o = (std::size_t(k) * 104729 + 17) % no;  // spread over channels, planes and rows
+    const std::int64_t ow = std::int64_t(o) % g.Wo, oh = std::int64_t(o) / g.Wo % g.Ho,
+                       od = std::int64_t(o) / (g.Wo * g.Ho) % g.Do, co = std::int64_t(o) / (g.Wo * g.Ho * g.Do);
+    double acc = ops.bias[std::size_t(co)];
+    for (std::int64_t ci = 0; ci < g.C; ++ci)
+      for (std::int64_t a = 0; a < 3; ++a)
+        for (std::int64_t b = 0; b < 3; ++b)
+          for (std::int64_t e = 0; e < 3; ++e) {
+            const std::int64_t id = od - 1 + a, ih = oh - 1 + b, iw = ow - 1 + e;
+            if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            acc += double(ops.x[std::size_t(((ci * g.D + id) * g.H + ih) * g.W + iw)]) *
+                   double(ops.w[std::size_t(((co * g.C + ci) * 3 + a) * 9 + b * 3 + e)]);
+          }
+    worst = std::max(worst, std::fabs(acc - double(y[o])));
+    scale = std::max(scale, std::fabs(acc));
+  }
+  CHECK(scale > 0 && worst / scale < 5e-5);  // 260 channels summed: ~1e-5 (F(2×2×2): ~1e-6)
+  // the plan (unless the environment forces a path): whichever it keeps, one entry for these weights
+  const char* env = std::getenv("BHSD_WINOGRAD");
+  if (env && (std::string(env) == "0" || std::string(env) == "1")) return;
+  auto& wc = bhsd::wino_detail::WeightCache::instance();
+  wc.clear();
+  bhsd::conv3d_forward(g, ops.x.data(), wp.data(), ops.bias.data(), planned.data(), bhsd::Act::none, 0, pool);
+  const int chose = bhsd::winograd_planned(g, pool);
+  CHECK(chose == 0 || chose == 1 || chose == 3);
+  CHECK(wc.entries() <= 1 && (chose != 0 || wc.entries() == 0));
+  double d = 0;
+  for (std::size_t i = 0; i < no; ++i) d = std::max(d, double(std::fabs(planned[i] - y[i])));
+  CHECK(d / scale < 5e-5);
+  wc.clear();
+}
+
 // Convolutions from two threads at once (as from two libuv workers): one borrows the kept slab,
 // the other gets its own; each gives what it gives alone.
 static void test_conv_concurrent() {
@@ -1609,6 +1662,7 @@ int main() {
     test_conv_winograd(pool);
     test_conv_amx(pool);
     test_weight_cache(pool);
+    test_winograd_wide(pool);
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

@@ -67,12 +67,17 @@ inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) 
 // Which tiles a layer gets: where the AVX-512 kernels run (the transforms below are AVX-512), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
 // F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
-// F(2×2, 3×3) and F(2×2×2, 3×3×3). 3×3×3 layers wider than 256×256 channels keep F(2×2×2): their
-// 144 transformed matrices (59 MB at 320×320, 2.25× F(2×2×2)'s) would crowd the weight cache out
-// for layers whose small extent (nnU-Net's deepest stages) gains least from the larger tiles.
+// F(2×2, 3×3) and F(2×2×2, 3×3×3). 3×3×3 layers wider than 256×256 channels keep F(2×2×2) where
+// their output has under 4096 voxels: their 144 transformed matrices (59 MB at 320×320, 2.25×
+// F(2×2×2)'s) would crowd the weight cache out for layers whose small extent (nnU-Net's deepest
+// stages: 320→320 at 4×16×16 8.5 ms either way on the Xeon, at 4×8×8 3.3 against 6.1 ms) gains
+// least from the larger tiles. From 4096 voxels on they take F(2×4×4) too, and the plan still
+// times F(2×2×2) beside it: the Xeon (2026-12-04, Winograd forced, F(2×2×2) → F(2×4×4)) ran 512→256
+// at 8×32×32 (ResEnc-M's and PlainConvUNet's decoder) 108–111 → 67 ms, 640→320 at 8×32×32 159 →
+// 94 ms, 320→320 at 16×16×16 42 → 28–30 ms.
 // BHSD_WINOGRAD_F4=0 keeps F(2×…) everywhere (for the bench); f4_override() is the tests' switch
 // (−1 as the environment says, 0 off, 1 on where AVX-512 runs and the channels allow).
-constexpr std::int64_t kF4MaxChannels2 = 256 * 256;
+constexpr std::int64_t kF4MaxChannels2 = 256 * 256, kF4WideMinVoxels = 4096;
 inline int& f4_override() {
   static int v = -1;
   return v;
@@ -122,7 +127,7 @@ inline int& frozen_tile() {
 }
 inline int tile_m(const ConvGeom& g) {
   if (const int f = frozen_tile()) return f;
-  if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2) return 2;
+  if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2 && g.Do * g.Ho * g.Wo < kF4WideMinVoxels) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
   if (call_precision() == Precision::bf16 && bf16_available())
     return 2;  // F(4×4)'s transforms amplify bf16's rounding to 9 % of scale
@@ -509,6 +514,23 @@ class WeightCache {
     std::lock_guard<std::mutex> lk(m_);
     lru_.push_front({e, now});
     return e;
+  }
+  // Forgets the transformed weights of wp for g as get() would find them (P points, bf, tiles):
+  // the plan's candidates that lost, which no later call of the layer asks for — kept, a model's
+  // losers (F(2×2×2) beside every F(2×4×4) layer: ~190 MB for ResEnc-M) had filled the cache that
+  // its chosen ones need.
+  void drop(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false, bool tiles = false) {
+    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
+    const int P = points(g), layout = tiles ? kWinogradTiles : kWinogradBlocks;
+    const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
+    std::lock_guard<std::mutex> lk(m_);
+    for (auto it = lru_.begin(); it != lru_.end(); ++it)
+      if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->layout == layout &&
+          it->e->nw == nw && it->e->hash == hash) {
+        bytes_ -= it->e->bytes();
+        lru_.erase(it);  // a call still using it holds its own reference
+        return;
+      }
   }
   std::size_t entries() {
     std::lock_guard<std::mutex> lk(m_);
@@ -1793,18 +1815,14 @@ inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
           std::int64_t(use_bf16())};
 }
 // Winograd as the choice says (kWinoFp32: in an fp32 scope, whatever the call's precision;
-// kWinoSmall: with F(2×…) tiles).
-inline bool winograd_as(int choice, const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
-                        Act act, float alpha, ThreadPool& pool) {
-  if (choice == kWinoFp32) {
-    PrecisionScope fp32(Precision::fp32);
-    return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
-  }
-  if (choice == kWinoSmall) {
-    SmallTilesScope small(true);
-    return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
-  }
-  return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
+// kWinoSmall: with F(2×…) tiles), on `at` with the tiles the whole layer g gets (the plan times a
+// slab of a layer: its own extent must not choose other tiles than the layer's).
+inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const float* wp, const float* bias, float* out,
+                        Act act, float alpha, ThreadPool& pool, const ConvGeom* layer = nullptr) {
+  std::unique_ptr<PrecisionScope> fp32(choice == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+  const SmallTilesScope small(choice == kWinoSmall);
+  const TileFreeze freeze(layer ? *layer : at);
+  return conv3d_forward_winograd(at, in, wp, bias, out, act, alpha, pool);
 }
 }  // namespace wino_detail
 
@@ -1847,7 +1865,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     const auto t0 = clock::now();
     if (c == kDirect)
       conv3d_forward(at, in, wp, bias, out, act, alpha, pool, false);
-    else if (!winograd_as(c, at, in, wp, bias, out, act, alpha, pool))
+    else if (!winograd_as(c, at, in, wp, bias, out, act, alpha, pool, &g))
       return -1;
     return std::chrono::duration<double>(clock::now() - t0).count();
   };
@@ -1939,6 +1957,14 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
   }
+  for (const int c : winos)  // the losers' transformed weights out of the cache (WeightCache::drop)
+    if (c != best) {
+      std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+      SmallTilesScope small(c == kWinoSmall);
+      const TileFreeze freeze(g);
+      const bool bf = use_bf16();
+      WeightCache::instance().drop(g, wp, pool, bf, use_tiles(g, bf));
+    }
   {
     auto& pl = plan();
     std::lock_guard<std::mutex> lk(pl.m);
