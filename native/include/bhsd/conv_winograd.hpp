@@ -117,6 +117,20 @@ struct SmallTilesScope {  // sets it for a scope (restored on the way out, a can
   SmallTilesScope(const SmallTilesScope&) = delete;
   SmallTilesScope& operator=(const SmallTilesScope&) = delete;
 };
+// The plan's other switch: groups of tiles per task for this thread's calls (0: task_groups' rule).
+inline int& groups_override() {
+  static thread_local int n = 0;
+  return n;
+}
+struct GroupsScope {  // sets it for a scope where n > 0
+  int saved = groups_override();
+  explicit GroupsScope(int n) {
+    if (n > 0) groups_override() = n;
+  }
+  ~GroupsScope() { groups_override() = saved; }
+  GroupsScope(const GroupsScope&) = delete;
+  GroupsScope& operator=(const GroupsScope&) = delete;
+};
 // The tiles of the call running on this thread, fixed when it starts (0: none fixed): every later
 // question within the call (points, the weights' size, their transform, the cache) gets the same
 // answer even if a training call elsewhere changes precise_tiles meanwhile — a lease sized for 64
@@ -1609,6 +1623,31 @@ inline void point_tiles(const std::uint16_t* Ua, std::int64_t Co, int P, int p, 
 // The convolution by Winograd F(2×2×2, 3×3×3): in [C, D, H, W] → out [Co, Do, Ho, Wo], wp the
 // direct path's packed weights (pack_conv_weights). Returns false (nothing written) where it does
 // not apply or its buffers could not be had.
+namespace wino_detail {
+// Groups of tiles per task (before the cap of two tasks a thread): their V and M (P·16·(C + Co) floats
+// each) within about 768 KB of L2 — unless the transformed weights U pass 12 MB (256→256 and
+// wider): each task streams all of U from L3 or memory once, so it takes 8 groups (128 tiles) a
+// pass and lets their V and M spill to L3 (measured on the nnU-Net window on a Zen 5: 512→256 at
+// 8×32×32 115 → 85 ms, 256→256 50 → 41 ms, while 128-channel layers lost 10 % the same way). At
+// least two groups, past the 768 KB, where the AVX-512 GEMM takes two groups' tiles per call
+// (kernel_blocks2): 64→64 F(2×4×4) at 16×128×128 58–63 → 45–49 ms, 32→32 at 16×256×256 85 →
+// 68–79 ms; four lost again. Where U passes 12 MB the plan also times 1 and 2 groups a task: which
+// wins depends on the machine's caches (the Xeon of 2026-12-04, whose L3 holds ~8 MB at 40 ns and
+// then goes to memory at 160 ns: 256→128 at 16×64×64 143 ms with 8 groups, 91 with 2; 256→256 at
+// 8×32×32 31 with 4, 25 with 1; 512→256 60 with 4, 65 with 2, 86 with 1).
+inline std::int64_t task_groups(const ConvGeom& g, int P, std::size_t u_floats) {
+  const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
+  const std::int64_t ubytes = std::int64_t(u_floats * sizeof(float));
+#ifdef BHSD_X86
+  const std::int64_t gmin = conv_detail::use_avx512() ? 2 : 1;
+#else
+  const std::int64_t gmin = 1;  // (Winograd runs on x86 only)
+#endif
+  return ubytes > (std::int64_t(12) << 20) ? 8
+                                           : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, gmin, 8);
+}
+}  // namespace wino_detail
+
 inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                                     Act act, float alpha, ThreadPool& pool) {
 #ifdef BHSD_X86
@@ -1636,21 +1675,12 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
                      TW = (g.Wo + m - 1) / m, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
-  // groups per task: their V and M (64·16·(C + Co) floats each) within about 768 KB of L2 — unless
-  // the transformed weights U pass 12 MB (256→256 and wider): each task streams all of U from L3
-  // or memory once, so it takes 8 groups (128 tiles) a pass and lets their V and M spill to L3
-  // (measured on the nnU-Net window: 512→256 at 8×32×32 115 → 85 ms, 256→256 50 → 41 ms, while
-  // 128-channel layers lost 10 % the same way). At least two groups, past the 768 KB, where the
-  // AVX-512 GEMM takes two groups' tiles per call (kernel_blocks2): 64→64 F(2×4×4) at 16×128×128
-  // 58–63 → 45–49 ms, 32→32 at 16×256×256 85 → 68–79 ms; four lost again. Then at least two
-  // tasks per thread where there are groups enough.
-  const std::int64_t per_group = P * TL * (g.C + g.Co) * std::int64_t(sizeof(float));
   const std::int64_t threads = std::int64_t(pool.size());
-  const std::int64_t ubytes = std::int64_t(need * sizeof(float));
-  const std::int64_t gmin = conv_detail::use_avx512() ? 2 : 1;
-  std::int64_t G =
-      ubytes > (std::int64_t(12) << 20) ? 8 : std::clamp<std::int64_t>((std::int64_t(768) << 10) / per_group, gmin, 8);
-  G = std::max<std::int64_t>(1, std::min(G, ngroups / (2 * threads)));
+  // groups per task: task_groups' rule (at least two tasks a thread where there are groups enough),
+  // or the plan's count (on a slab of the layer: the layer's own)
+  const std::int64_t G = groups_override() > 0
+                             ? std::min<std::int64_t>({groups_override(), ngroups, 8})
+                             : std::max<std::int64_t>(1, std::min(task_groups(g, P, need), ngroups / (2 * threads)));
   const std::int64_t tasks = (ngroups + G - 1) / G;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
@@ -1817,10 +1847,13 @@ inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
 // Winograd as the choice says (kWinoFp32: in an fp32 scope, whatever the call's precision;
 // kWinoSmall: with F(2×…) tiles), on `at` with the tiles the whole layer g gets (the plan times a
 // slab of a layer: its own extent must not choose other tiles than the layer's).
+// A plan's value: the Choice in its low 4 bits, above them the groups a task (0: task_groups' rule).
 inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const float* wp, const float* bias, float* out,
                         Act act, float alpha, ThreadPool& pool, const ConvGeom* layer = nullptr) {
-  std::unique_ptr<PrecisionScope> fp32(choice == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-  const SmallTilesScope small(choice == kWinoSmall);
+  const int base = choice & 15;
+  std::unique_ptr<PrecisionScope> fp32(base == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+  const SmallTilesScope small(base == kWinoSmall);
+  const GroupsScope groups(choice >> 4);
   const TileFreeze freeze(layer ? *layer : at);
   return conv3d_forward_winograd(at, in, wp, bias, out, act, alpha, pool);
 }
@@ -1832,7 +1865,14 @@ inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
   std::lock_guard<std::mutex> lk(pl.m);
   const auto it = pl.choice.find(wino_detail::key_of(g, pool));
-  return it == pl.choice.end() ? -1 : it->second;
+  return it == pl.choice.end() ? -1 : it->second & 15;
+}
+// The groups of tiles a task that the plan chose for this layer (0: task_groups' rule; −1 not planned).
+inline int winograd_planned_groups(const ConvGeom& g, const ThreadPool& pool) {
+  auto& pl = wino_detail::plan();
+  std::lock_guard<std::mutex> lk(pl.m);
+  const auto it = pl.choice.find(wino_detail::key_of(g, pool));
+  return it == pl.choice.end() ? -1 : it->second >> 4;
 }
 
 // conv3d_forward's first question: true when Winograd (or the planning of this shape) wrote the
@@ -1850,7 +1890,13 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   // one run of four (a LeakyReLU gate flipped; F(2×…) alone and direct alone both stay within 1e-4).
   if (precise_tiles().load(std::memory_order_relaxed) > 0)
     return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
-  const int planned = winograd_planned(g, pool);
+  int planned = -1;
+  {
+    auto& pl = plan();
+    std::lock_guard<std::mutex> lk(pl.m);
+    const auto it = pl.choice.find(key_of(g, pool));
+    if (it != pl.choice.end()) planned = it->second;
+  }
   if (planned == kDirect) return false;
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
@@ -1957,8 +2003,40 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
   }
+  // Groups a task where the transformed weights pass 12 MB (task_groups: 8 then): 2 and 1 timed
+  // beside it on the whole layer (a slab has too few groups to tell; the weights are transformed
+  // and cached by now), and kept where 5 % faster than the rule.
+  if (best != kDirect) {
+    std::size_t u_floats;
+    {
+      std::unique_ptr<PrecisionScope> fp32(best == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+      SmallTilesScope small(best == kWinoSmall);
+      const TileFreeze freeze(g);
+      const bool bf = use_bf16();
+      u_floats = u_words(g, bf, use_tiles(g, bf));
+    }
+    if (u_floats * sizeof(float) > (std::size_t(12) << 20)) {
+      // two rounds in turn, the faster of each (a count's first run was up to 1.5× its later ones)
+      const int cand[3] = {best, best | (2 << 4), best | (1 << 4)};
+      double t[3] = {-1, -1, -1};
+      int last = best;
+      for (int round = 0; round < 2; ++round)
+        for (int k = 0; k < 3; ++k) {
+          const double tk = timed(g, cand[k]);
+          if (tk < 0) continue;
+          last = cand[k];
+          t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
+        }
+      int chosen = best;
+      double best_t = t[0];
+      for (int k = 1; k < 3; ++k)
+        if (t[k] >= 0 && (best_t < 0 || t[k] < 0.95 * best_t)) best_t = t[k], chosen = cand[k];
+      if (chosen != last && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) chosen = best;
+      best = chosen;
+    }
+  }
   for (const int c : winos)  // the losers' transformed weights out of the cache (WeightCache::drop)
-    if (c != best) {
+    if (c != (best & 15)) {
       std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
       SmallTilesScope small(c == kWinoSmall);
       const TileFreeze freeze(g);
