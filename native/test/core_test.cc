@@ -1224,7 +1224,13 @@ static void test_winograd_wide(bhsd::ThreadPool& pool) {
   if (env && (std::string(env) == "0" || std::string(env) == "1")) return;
   auto& wc = bhsd::wino_detail::WeightCache::instance();
   wc.clear();
+  const std::int64_t from0 = bhsd::wino_detail::groups_timed_from();
+  bhsd::wino_detail::groups_timed_from() = 4;  // this layer's 8 groups: its plan times 1 and 2 a task
   bhsd::conv3d_forward(g, ops.x.data(), wp.data(), ops.bias.data(), planned.data(), bhsd::Act::none, 0, pool);
+  bhsd::wino_detail::groups_timed_from() = from0;
+  std::vector<float> again(no, 9.0f);  // the plan's output is what the layer gives from then on
+  bhsd::conv3d_forward(g, ops.x.data(), wp.data(), ops.bias.data(), again.data(), bhsd::Act::none, 0, pool);
+  CHECK(std::memcmp(again.data(), planned.data(), no * sizeof(float)) == 0);
   const int chose = bhsd::winograd_planned(g, pool);
   CHECK(chose == 0 || chose == 1 || chose == 3);
   const int groups = bhsd::winograd_planned_groups(g, pool);  // timed where U passes 12 MB: 38 MB here

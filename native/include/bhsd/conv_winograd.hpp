@@ -117,6 +117,12 @@ struct SmallTilesScope {  // sets it for a scope (restored on the way out, a can
   SmallTilesScope(const SmallTilesScope&) = delete;
   SmallTilesScope& operator=(const SmallTilesScope&) = delete;
 };
+// The fewest groups of tiles a layer has for the plan to time other counts of groups a task (the
+// tests lower it).
+inline std::int64_t& groups_timed_from() {
+  static std::int64_t n = 64;
+  return n;
+}
 // The plan's other switch: groups of tiles per task for this thread's calls (0: task_groups' rule).
 inline int& groups_override() {
   static thread_local int n = 0;
@@ -1933,6 +1939,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   const double direct_flops =
       2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
   int best = kDirect;
+  double est[4] = {-1, -1, -1, -1};  // each Winograd candidate's estimated time for the layer
   if (2 * slab.Do <= g.Do && direct_flops > 8e9) {
     const double scale = double(g.Do) / double(slab.Do);
     const double direct1 = timed(slab, kDirect);
@@ -1971,6 +1978,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
         best_t = (direct1 < 2 * wino || direct1 < 0.1 ? std::min(direct1, timed(slab, kDirect)) : direct1) * scale,
         first = false;
       const double t = std::max(0.0, wino - tw) * scale + tw;
+      est[c] = t;
       if (t < best_t) best_t = t, best = c;
     }
     if (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool)) {
@@ -1995,43 +2003,94 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       }
     }
     double best_t = t[0];
-    for (std::size_t i = 0; i < winos.size(); ++i)
+    for (std::size_t i = 0; i < winos.size(); ++i) {
+      est[winos[i]] = t[i + 1];
       if (t[i + 1] >= 0 && t[i + 1] < best_t) best_t = t[i + 1], best = winos[i];
+    }
     // the output as every later call will give it (bit for bit: the candidates round differently)
     if (best != last && (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool))) {
       best = kDirect;
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
   }
-  // Groups a task where the transformed weights pass 12 MB (task_groups: 8 then): 2 and 1 timed
-  // beside it on the whole layer (a slab has too few groups to tell; the weights are transformed
-  // and cached by now), and kept where 5 % faster than the rule.
+  // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
+  // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
+  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn; the
+  // weights cached by now), on the layer's first planes that give each thread 4 tasks of 8 groups
+  // (else the whole layer), and the fastest is kept where 5 % faster than the pick. The candidate
+  // need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
+  // (165 ms in ResEnc-M's window) and runs at ~100 with 1 or 2 on the Xeon. The plan's slab (one task
+  // a thread) had shown that layer 1.13× faster with 1 group a task where the whole layer ran 1.4×.
+  // Layers of fewer groups (the deep stages: 256→256 and 512→256 at 8×32×32 have 16) keep the
+  // rule: on the Xeon they gained nothing inside a window (28.5 against 30 ms) and their timings
+  // had added 1.7 s to ResEnc-M's first window.
   if (best != kDirect) {
-    std::size_t u_floats;
-    {
-      std::unique_ptr<PrecisionScope> fp32(best == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-      SmallTilesScope small(best == kWinoSmall);
+    std::vector<int> cand{best};  // the pick first, as planned
+    std::int64_t planes = 0;      // timed on: the first planes holding 4 tasks of 8 groups a thread
+    bool whole = false;           // (or the whole layer where it has fewer than twice those)
+    for (const int c : winos) {
+      std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+      SmallTilesScope small(c == kWinoSmall);
       const TileFreeze freeze(g);
       const bool bf = use_bf16();
-      u_floats = u_words(g, bf, use_tiles(g, bf));
+      if (u_words(g, bf, use_tiles(g, bf)) * sizeof(float) <= (std::size_t(12) << 20)) continue;
+      const std::int64_t m = tile_m(g);
+      auto groups = [&](std::int64_t Do) {
+        return ((Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
+      };
+      if (groups(g.Do) < groups_timed_from()) continue;
+      // another candidate only where it came within 1.4× of the pick: fewer groups a task gained
+      // at most 1.4× (F(2×2×2) for 512→256 at 8×32×32, 1.7× the pick's time, had cost 0.7 s to time)
+      if (c != best && !(est[c] >= 0 && est[c] <= 1.4 * est[best])) continue;
+      if (c != best) cand.push_back(c | (8 << 4));
+      cand.push_back(c | (2 << 4));
+      cand.push_back(c | (1 << 4));
+      std::int64_t d = dz;  // the planes these tiles need (the most any candidate needs)
+      while (2 * d <= g.Do && groups(d) < 32 * std::int64_t(pool.size())) d += dz;
+      if (2 * d <= g.Do)
+        planes = std::max(planes, d);
+      else
+        whole = true;
     }
-    if (u_floats * sizeof(float) > (std::size_t(12) << 20)) {
-      // two rounds in turn, the faster of each (a count's first run was up to 1.5× its later ones)
-      const int cand[3] = {best, best | (2 << 4), best | (1 << 4)};
-      double t[3] = {-1, -1, -1};
+    if (cand.size() > 1) {
+      ConvGeom at = g;
+      if (!whole) at.Do = planes;
+      std::vector<double> t(cand.size(), -1);
       int last = best;
       for (int round = 0; round < 2; ++round)
-        for (int k = 0; k < 3; ++k) {
-          const double tk = timed(g, cand[k]);
+        for (std::size_t k = 0; k < cand.size(); ++k) {
+          // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
+          // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
+          int c = cand[k];
+          if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
+            std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
+            SmallTilesScope small(c == kWinoSmall);
+            const TileFreeze freeze(g);
+            const bool bf = use_bf16();
+            const std::size_t uf = u_words(g, bf, use_tiles(g, bf));
+            const std::int64_t m = tile_m(g),
+                               ng = ((g.Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
+            c |= int(std::max<std::int64_t>(
+                     1, std::min(task_groups(g, points(g), uf), ng / (2 * std::int64_t(pool.size())))))
+                 << 4;
+          }
+          const double tk = timed(at, c);
           if (tk < 0) continue;
           last = cand[k];
           t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
         }
       int chosen = best;
       double best_t = t[0];
-      for (int k = 1; k < 3; ++k)
+      for (std::size_t k = 1; k < cand.size(); ++k)
         if (t[k] >= 0 && (best_t < 0 || t[k] < 0.95 * best_t)) best_t = t[k], chosen = cand[k];
-      if (chosen != last && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) chosen = best;
+      // an 8 (the rule where weights pass 12 MB) is stored as the rule itself
+      if ((chosen >> 4) == 8) chosen &= 15;
+      // the output: whole where the layer was timed and its last run is the choice; else again
+      if ((at.Do < g.Do || chosen != last) && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) {
+        chosen = best;
+        if (!winograd_as(best, g, in, wp, bias, out, act, alpha, pool))
+          conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false), chosen = kDirect;
+      }
       best = chosen;
     }
   }
