@@ -1854,13 +1854,27 @@ inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
 // kWinoSmall: with F(2×…) tiles), on `at` with the tiles the whole layer g gets (the plan times a
 // slab of a layer: its own extent must not choose other tiles than the layer's).
 // A plan's value: the Choice in its low 4 bits, above them the groups a task (0: task_groups' rule).
+// A plan value's settings for a scope, as winograd_as runs it: the precision (kWinoFp32), the tiles
+// (kWinoSmall; then frozen as the layer's extent gives them) and the groups a task.
+struct CandidateScope {
+  std::unique_ptr<PrecisionScope> fp32;
+  SmallTilesScope small;
+  GroupsScope groups;
+  TileFreeze freeze;
+  CandidateScope(int choice, const ConvGeom& layer)
+      : fp32((choice & 15) == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr),
+        small((choice & 15) == kWinoSmall),
+        groups(choice >> 4),
+        freeze(layer) {}
+};
+// Groups of 16 tiles in the first Do output planes of g, with the tiles of the scope.
+inline std::int64_t tile_groups(const ConvGeom& g, std::int64_t Do) {
+  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g);
+  return ((Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
+}
 inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const float* wp, const float* bias, float* out,
                         Act act, float alpha, ThreadPool& pool, const ConvGeom* layer = nullptr) {
-  const int base = choice & 15;
-  std::unique_ptr<PrecisionScope> fp32(base == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-  const SmallTilesScope small(base == kWinoSmall);
-  const GroupsScope groups(choice >> 4);
-  const TileFreeze freeze(layer ? *layer : at);
+  const CandidateScope scope(choice, layer ? *layer : at);
   return conv3d_forward_winograd(at, in, wp, bias, out, act, alpha, pool);
 }
 }  // namespace wino_detail
@@ -1952,9 +1966,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       // made the plan choose a direct path 2.5× slower)
       double tw = 0;
       {
-        std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-        SmallTilesScope small(c == kWinoSmall);
-        const TileFreeze freeze(g);
+        const CandidateScope scope(c, g);
         const bool bf = use_bf16(), tl = use_tiles(g, bf);
         if (!WeightCache::instance().get(g, wp, pool, bf, tl)) {
           WeightLease lease(u_words(g, bf, tl), (std::size_t(32) << 20) / sizeof(float));
@@ -2029,16 +2041,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     std::int64_t planes = 0;      // timed on: the first planes holding 4 tasks of 8 groups a thread
     bool whole = false;           // (or the whole layer where it has fewer than twice those)
     for (const int c : winos) {
-      std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-      SmallTilesScope small(c == kWinoSmall);
-      const TileFreeze freeze(g);
+      const CandidateScope scope(c, g);
       const bool bf = use_bf16();
       if (u_words(g, bf, use_tiles(g, bf)) * sizeof(float) <= (std::size_t(12) << 20)) continue;
-      const std::int64_t m = tile_m(g);
-      auto groups = [&](std::int64_t Do) {
-        return ((Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
-      };
-      if (groups(g.Do) < groups_timed_from()) continue;
+      if (tile_groups(g, g.Do) < groups_timed_from()) continue;
       // another candidate only where it came within 1.4× of the pick: fewer groups a task gained
       // at most 1.4× (F(2×2×2) for 512→256 at 8×32×32, 1.7× the pick's time, had cost 0.7 s to time)
       if (c != best && !(est[c] >= 0 && est[c] <= 1.4 * est[best])) continue;
@@ -2046,7 +2052,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       cand.push_back(c | (2 << 4));
       cand.push_back(c | (1 << 4));
       std::int64_t d = dz;  // the planes these tiles need (the most any candidate needs)
-      while (2 * d <= g.Do && groups(d) < 32 * std::int64_t(pool.size())) d += dz;
+      while (2 * d <= g.Do && tile_groups(g, d) < 32 * std::int64_t(pool.size())) d += dz;
       if (2 * d <= g.Do)
         planes = std::max(planes, d);
       else
@@ -2063,15 +2069,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
           // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
           int c = cand[k];
           if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
-            std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-            SmallTilesScope small(c == kWinoSmall);
-            const TileFreeze freeze(g);
+            const CandidateScope scope(c, g);
             const bool bf = use_bf16();
-            const std::size_t uf = u_words(g, bf, use_tiles(g, bf));
-            const std::int64_t m = tile_m(g),
-                               ng = ((g.Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
-            c |= int(std::max<std::int64_t>(
-                     1, std::min(task_groups(g, points(g), uf), ng / (2 * std::int64_t(pool.size())))))
+            const std::int64_t rule = task_groups(g, points(g), u_words(g, bf, use_tiles(g, bf)));
+            c |= int(std::max<std::int64_t>(1, std::min(rule, tile_groups(g, g.Do) / (2 * std::int64_t(pool.size())))))
                  << 4;
           }
           const double tk = timed(at, c);
@@ -2096,9 +2097,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   }
   for (const int c : winos)  // the losers' transformed weights out of the cache (WeightCache::drop)
     if (c != (best & 15)) {
-      std::unique_ptr<PrecisionScope> fp32(c == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr);
-      SmallTilesScope small(c == kWinoSmall);
-      const TileFreeze freeze(g);
+      const CandidateScope scope(c, g);
       const bool bf = use_bf16();
       WeightCache::instance().drop(g, wp, pool, bf, use_tiles(g, bf));
     }
