@@ -498,14 +498,13 @@ class WeightCache {
     const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lk(m_);
-      for (auto it = lru_.begin(); it != lru_.end(); ++it)
-        if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->layout == layout &&
-            it->e->nw == nw && it->e->hash == hash) {
-          it->used = now;
-          ++hits;
-          lru_.splice(lru_.begin(), lru_, it);  // most recently used
-          return lru_.begin()->e;
-        }
+      const auto it = find(g, P, bf, layout, nw, hash);
+      if (it != lru_.end()) {
+        it->used = now;
+        ++hits;
+        lru_.splice(lru_.begin(), lru_, it);  // most recently used
+        return lru_.begin()->e;
+      }
       ++misses;
       // room: evict idle entries from the least recently used end; none in use
       while (bytes_ + bytes > cap && !lru_.empty() && now - lru_.back().used >= busy) {
@@ -544,13 +543,10 @@ class WeightCache {
     const int P = points(g), layout = tiles ? kWinogradTiles : kWinogradBlocks;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
     std::lock_guard<std::mutex> lk(m_);
-    for (auto it = lru_.begin(); it != lru_.end(); ++it)
-      if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->layout == layout &&
-          it->e->nw == nw && it->e->hash == hash) {
-        bytes_ -= it->e->bytes();
-        lru_.erase(it);  // a call still using it holds its own reference
-        return;
-      }
+    const auto it = find(g, P, bf, layout, nw, hash);
+    if (it == lru_.end()) return;
+    bytes_ -= it->e->bytes();
+    lru_.erase(it);  // a call still using it holds its own reference
   }
   std::size_t entries() {
     std::lock_guard<std::mutex> lk(m_);
@@ -574,6 +570,15 @@ class WeightCache {
   std::mutex m_;
   std::list<Slot> lru_;
   std::size_t bytes_ = 0;
+  // the entry of these weights in this form (m_ held), or lru_.end()
+  std::list<Slot>::iterator find(const ConvGeom& g, int P, bool bf, int layout, std::size_t nw,
+                                 const std::array<std::uint64_t, 4>& hash) {
+    for (auto it = lru_.begin(); it != lru_.end(); ++it)
+      if (it->e->Co == g.Co && it->e->C == g.C && it->e->P == P && it->e->bf == bf && it->e->layout == layout &&
+          it->e->nw == nw && it->e->hash == hash)
+        return it;
+    return lru_.end();
+  }
 };
 
 // A group's lanes, cut where the tile grid's rows end: lanes j0 … j1 − 1 are tiles tw0 … of tile
@@ -1633,11 +1638,12 @@ namespace wino_detail {
 // Groups of tiles per task (before the cap of two tasks a thread): their V and M (P·16·(C + Co) floats
 // each) within about 768 KB of L2 — unless the transformed weights U pass 12 MB (256→256 and
 // wider): each task streams all of U from L3 or memory once, so it takes 8 groups (128 tiles) a
-// pass and lets their V and M spill to L3 (measured on the nnU-Net window on a Zen 5: 512→256 at
+// pass and lets their V and M spill to L3 (measured on the nnU-Net window when the rule was set: 512→256 at
 // 8×32×32 115 → 85 ms, 256→256 50 → 41 ms, while 128-channel layers lost 10 % the same way). At
 // least two groups, past the 768 KB, where the AVX-512 GEMM takes two groups' tiles per call
 // (kernel_blocks2): 64→64 F(2×4×4) at 16×128×128 58–63 → 45–49 ms, 32→32 at 16×256×256 85 →
-// 68–79 ms; four lost again. Where U passes 12 MB the plan also times 1 and 2 groups a task: which
+// 68–79 ms; four lost again. Where U passes 12 MB and the layer has 64 groups or more the plan also
+// times 1 and 2 groups a task (winograd_hook): which
 // wins depends on the machine's caches (the Xeon of 2026-12-04, whose L3 holds ~8 MB at 40 ns and
 // then goes to memory at 160 ns: 256→128 at 16×64×64 143 ms with 8 groups, 91 with 2; 256→256 at
 // 8×32×32 31 with 4, 25 with 1; 512→256 60 with 4, 65 with 2, 86 with 1).
