@@ -10,7 +10,8 @@
 // of `runs`; GFLOP/s counts the direct convolution's FLOPs (2·Cin·Cout·27, or ·9 for the 1×3×3 rows,
 // per output voxel) for both, so the Winograd figure is an effective rate. Accuracy: 4096 sampled
 // output voxels of each path against a float64 direct sum, as a fraction of the output's scale
-// (max |reference| over the sample).
+// (max |reference| over the sample). Where the plan may also time F(4×4×4, 3×3×3) tiles (deep_applies:
+// 3×3×3 layers up to 256×128 channels with 8 output planes or more) a column of its own.
 // Prints /proc/loadavg before and after: on a shared machine the figures move with the load.
 #include <algorithm>
 #include <chrono>
@@ -54,9 +55,10 @@ int main(int argc, char** argv) {
                           {32, 16, 128, 128, 1}, {64, 16, 64, 64, 1},   {128, 16, 32, 32, 1}, {32, 16, 256, 256, 1},
                           {64, 16, 128, 128, 1}};
   std::printf(
-      "| layer | direct GFLOP/s | F(2×2×2) / F(2×2) GFLOP/s | Winograd GFLOP/s | Winograd / direct | max error / scale "
-      "(direct, Winograd) |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- |\n");
+      "| layer | direct GFLOP/s | F(2×2×2) / F(2×2) GFLOP/s | Winograd GFLOP/s | F(4×4×4) GFLOP/s | Winograd / direct "
+      "| "
+      "max error / scale (direct, Winograd, F(4×4×4)) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   std::uint32_t st = 12345;
   auto rnd = [&] {
     st = st * 1664525u + 1013904223u;
@@ -77,8 +79,10 @@ int main(int argc, char** argv) {
     std::vector<float> yd(std::size_t(Co * V)), yw(std::size_t(Co * V));
     // where AVX-512 runs: F(2×2×2) / F(2×2) tiles (the f2 column) beside the F(4×4) ones (the Winograd column)
     const bool both = bhsd::wino_detail::tile_m(g) == 4;
-    auto time = [&](bool wino, float* y, bool f2 = false) {
+    const bool deep = bhsd::wino_detail::deep_applies(g);
+    auto time = [&](bool wino, float* y, bool f2 = false, bool f444 = false) {
       bhsd::wino_detail::f4_override() = f2 ? 0 : -1;
+      const bhsd::wino_detail::DeepTilesScope scope(f444);
       const auto t0 = std::chrono::steady_clock::now();
       if (wino) {
         if (!bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), b.data(), y, bhsd::Act::none, 0.0f, pool))
@@ -88,17 +92,19 @@ int main(int argc, char** argv) {
       }
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
-    std::vector<float> y2(std::size_t(Co * V));
+    std::vector<float> y2(std::size_t(Co * V)), y4(deep ? std::size_t(Co * V) : 0);
     time(false, yd.data()), time(true, yw.data());  // warm-up: buffers, page faults
     if (both) time(true, y2.data(), true);
-    std::vector<double> td, tw, t2;
+    if (deep) time(true, y4.data(), false, true);
+    std::vector<double> td, tw, t2, t4;
     for (int r = 0; r < runs; ++r) {
       td.push_back(time(false, yd.data())), tw.push_back(time(true, yw.data()));
       if (both) t2.push_back(time(true, y2.data(), true));
+      if (deep) t4.push_back(time(true, y4.data(), false, true));
     }
     bhsd::wino_detail::f4_override() = -1;
     // accuracy on sampled voxels
-    double scale = 0, ed = 0, ew = 0;
+    double scale = 0, ed = 0, ew = 0, e4 = 0;
     for (int q = 0; q < 4096; ++q) {
       st = st * 1664525u + 1013904223u;
       const std::int64_t i = std::int64_t(st % std::uint32_t(Co * V)), co = i / V, v = i % V;
@@ -115,18 +121,21 @@ int main(int argc, char** argv) {
             }
       scale = std::max(scale, std::fabs(acc));
       ed = std::max(ed, std::fabs(acc - yd[std::size_t(i)])), ew = std::max(ew, std::fabs(acc - yw[std::size_t(i)]));
+      if (deep) e4 = std::max(e4, std::fabs(acc - y4[std::size_t(i)]));
     }
     const double flops = 2.0 * double(C) * double(Co) * 9.0 * double(kd) * double(V);
-    const double md = median(td), mw = median(tw), m2 = both ? median(t2) : 0.0;
-    char f2col[32] = "—";
+    const double md = median(td), mw = median(tw), m2 = both ? median(t2) : 0.0, m4 = deep ? median(t4) : 0.0;
+    char f2col[32] = "—", f4col[32] = "—", e4col[32] = "";
     if (both) std::snprintf(f2col, sizeof f2col, "%.0f", flops / m2 * 1e-9);
-    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %s | %.0f | %.2f× | %.1e, %.1e |\n", (long long)C,
+    if (deep) std::snprintf(f4col, sizeof f4col, "%.0f", flops / m4 * 1e-9);
+    if (deep) std::snprintf(e4col, sizeof e4col, ", %.1e", e4 / scale);
+    std::printf("| %lld→%lld, %s, %lld×%lld×%lld | %.0f | %s | %.0f | %s | %.2f× | %.1e, %.1e%s |\n", (long long)C,
                 (long long)Co,
                 kd == 3 ? (both ? "3×3×3, F(2×4×4, 3×3×3)" : "3×3×3")
                 : both  ? "1×3×3, F(4×4, 3×3)"
                         : "1×3×3",
                 (long long)s.D, (long long)s.H, (long long)s.W, flops / md * 1e-9, f2col,
-                mw > 0 ? flops / mw * 1e-9 : 0.0, mw > 0 ? md / mw : 0.0, ed / scale, ew / scale);
+                mw > 0 ? flops / mw * 1e-9 : 0.0, f4col, mw > 0 ? md / mw : 0.0, ed / scale, ew / scale, e4col);
     std::fflush(stdout);
   }
   std::printf("loadavg after: %s\n", loadavg().c_str());

@@ -145,7 +145,26 @@ inline int& frozen_tile() {
   static thread_local int m = 0;
   return m;
 }
-inline int tile_m(const ConvGeom& g) {
+// The plan's switch for one call on this thread: true runs F(4×4×4, 3×3×3) tiles where F(2×4×4) ones
+// are the default (deep_applies: the plan times them as kWinoDeep).
+inline bool& deep_tiles() {
+  static thread_local bool on = false;
+  return on;
+}
+struct DeepTilesScope {  // sets it for a scope where on
+  bool saved = deep_tiles();
+  explicit DeepTilesScope(bool on) { deep_tiles() = saved || on; }
+  ~DeepTilesScope() { deep_tiles() = saved; }
+  DeepTilesScope(const DeepTilesScope&) = delete;
+  DeepTilesScope& operator=(const DeepTilesScope&) = delete;
+};
+// The tiles a call gets: 2 (F(2×2×2) / F(2×2)), 4 (F(2×4×4) / F(4×4)) or 8 (F(4×4×4, 3×3×3): a 3×3×3
+// layer with F(4, 3) along D too, where the plan picks it).
+inline int tile_code(const ConvGeom& g);
+inline int tile_m(const ConvGeom& g) { return std::min(4, tile_code(g)); }
+// Output planes per tile: 1 for a 1×3×3 kernel, else 2 or (F(4×4×4)) 4.
+inline std::int64_t tile_dz(const ConvGeom& g) { return g.kd == 3 ? (tile_code(g) == 8 ? 4 : 2) : 1; }
+inline int tile_code(const ConvGeom& g) {
   if (const int f = frozen_tile()) return f;
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2 && g.Do * g.Ho * g.Wo < kF4WideMinVoxels) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
@@ -157,7 +176,8 @@ inline int tile_m(const ConvGeom& g) {
   }();
   const int o = f4_override();
 #ifdef BHSD_X86
-  return (o >= 0 ? o == 1 : !env_off) && conv_detail::use_avx512() ? 4 : 2;
+  if (!((o >= 0 ? o == 1 : !env_off) && conv_detail::use_avx512())) return 2;
+  return g.kd == 3 && deep_tiles() ? 8 : 4;
 #else
   (void)o, (void)env_off;
   return 2;  // Winograd runs on x86 only (winograd_applies)
@@ -165,18 +185,36 @@ inline int tile_m(const ConvGeom& g) {
 }
 struct TileFreeze {  // fixes tile_m for this thread for a scope (the outermost one decides)
   int saved = frozen_tile();
-  explicit TileFreeze(const ConvGeom& g) { frozen_tile() = tile_m(g); }
+  explicit TileFreeze(const ConvGeom& g) { frozen_tile() = tile_code(g); }
   ~TileFreeze() { frozen_tile() = saved; }
   TileFreeze(const TileFreeze&) = delete;
   TileFreeze& operator=(const TileFreeze&) = delete;
 };
 
-// Transform points: for a 3×3×3 kernel 4³ = 64 (F(2×2×2, 3×3×3)) or 4·6² = 144 (F(2×4×4, 3×3×3):
-// output tiles of 2×4×4 from input tiles of 4×6×6); for 1×3×3 (per plane) 4² = 16 (F(2×2, 3×3):
-// output tiles of 1×2×2, input tiles of 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4 from 1×6×6).
+// Whether the plan also times F(4×4×4, 3×3×3) tiles for a layer whose default is F(2×4×4): F(4, 3)
+// along D as well, 216 points per 64 outputs (3.4 a voxel against 4.5; 8× fewer multiplications
+// than the direct path against 6×) for 1.5× the transformed weights — so only up to 128×128
+// channels (14 MB), and at least 8 output planes (two tiles deep). On the Xeon (2026-12-04, C++
+// core, Winograd forced, alternating runs): 64→64 at 16×128×128 58.6 → 50.9 ms, 128→64 there 110 →
+// 91, 128→128 at 16×64×64 43.8 → 42.1; rounding 1.6e-5–4.3e-5 of scale where F(2×4×4) gives
+// 5e-6–1.3e-5. 256→128 at 16×64×64 gained too (99 → 85 ms alone, 92 → 85 in ResEnc-M's window),
+// but its 28 MB of weights made the plan time three more counts of groups a task: 0.9 s more in the
+// first window for 0.25 s over a case's 36. BHSD_WINOGRAD_F444=0 leaves them out (for the bench).
+inline bool deep_applies(const ConvGeom& g) {
+  static const bool env_off = [] {
+    const char* e = std::getenv("BHSD_WINOGRAD_F444");
+    return e && e[0] == '0' && !e[1];
+  }();
+  return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 128 * 128 && tile_code(g) == 4;
+}
+
+// Transform points: for a 3×3×3 kernel 4³ = 64 (F(2×2×2, 3×3×3)), 4·6² = 144 (F(2×4×4, 3×3×3):
+// output tiles of 2×4×4 from input tiles of 4×6×6) or 6³ = 216 (F(4×4×4, 3×3×3)); for 1×3×3 (per
+// plane) 4² = 16 (F(2×2, 3×3): output tiles of 1×2×2 from 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4
+// from 1×6×6).
 inline int points(const ConvGeom& g) {
-  const bool f4 = tile_m(g) == 4;
-  return g.kd == 3 ? (f4 ? 144 : 64) : f4 ? 36 : 16;
+  const int c = tile_code(g);
+  return g.kd == 3 ? (c == 8 ? 216 : c == 4 ? 144 : 64) : c >= 4 ? 36 : 16;
 }
 
 // float → bf16, rounded to nearest even as vcvtneps2bf16 rounds (a NaN stays a quiet NaN).
@@ -261,7 +299,7 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
   const std::int64_t K = g.K(), C = g.C, run = C * MR;
   const int P = points(g), KS = int(g.kd) * 9, A = int(g.kd);  // points, weights and planes per (co, ci)
   constexpr std::int64_t CB = 8;
-  constexpr int PMAX = 144;
+  constexpr int PMAX = 216;
   pool.parallel_for(
       std::size_t(cbk.count()),
       [&](std::size_t t0, std::size_t t1) {
@@ -296,7 +334,7 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                     u[3][y][x] = v2;
                   }
                 float* sp = stage + (cq * MR + r) * P;
-                if (P == 36 || P == 144) {
+                if (P == 36 || P == 144 || P == 216) {
                   // F(4×4, 3×3) per plane: G along W, then H (y along H, x along W: point 6·y + x);
                   // for 3×3×3 then F(2, 3)'s G along D (point 36·z + 6·y + x)
                   auto g6 = [](double v0, double v1, double v2, double* o) {
@@ -312,6 +350,11 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                     }
                   }
                   for (int i = 0; i < 36; ++i) {
+                    if (P == 216) {  // F(4, 3)'s G along D too (point 36·z + 6·y + x, z < 6)
+                      g6(pl[0][i], pl[1][i], pl[2][i], c6);
+                      for (int z = 0; z < 6; ++z) sp[36 * z + i] = float(c6[z]);
+                      continue;
+                    }
                     if (A == 1) {
                       sp[i] = float(pl[0][i]);
                       continue;
@@ -1143,6 +1186,29 @@ BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float
     f4_plane_out(g, gr, M + co * TL, ps, 0, out + co * vol, _mm512_set1_ps(bias ? bias[co] : 0.0f), act, slope);
 }
 
+// Into L1: the input rows of a group's F(4×4) tiles (6 rows of 4·n + 2 columns, `planes` planes deep)
+// in channel volume x.
+BHSD_W5 void prefetch_tile_rows(const ConvGeom& g, const float* x, const Group& gr, int planes) {
+  const std::int64_t plane = g.H * g.W;
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    const std::int64_t w0 = std::max<std::int64_t>(0, sg.iw0),
+                       w1 = std::min<std::int64_t>(g.W, sg.iw0 + 4 * (sg.j1 - sg.j0) + 2);
+    if (w1 <= w0) continue;
+    for (int z = 0; z < planes; ++z) {
+      const std::int64_t id = sg.id0 + z;
+      if (id < 0 || id >= g.D) continue;
+      for (int y = 0; y < 6; ++y) {
+        const std::int64_t ih = sg.ih0 + y;
+        if (ih < 0 || ih >= g.H) continue;
+        const float* row = x + id * plane + ih * g.W;
+        for (std::int64_t c = w0; c < w1; c += 16) _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(row + w1 - 1), _MM_HINT_T0);
+      }
+    }
+  }
+}
+
 // F(2×4×4, 3×3×3): V for one group of tiles, every input channel — per input plane z of the tile
 // the F(4×4) transform of the plane (along W, then H), then F(2, 3)'s Bᵀ along D across the four
 // planes: V[p·(C + 1)·16 + ci·16 + j] for the 144 points p = 36·z + 6·y + x.
@@ -1160,25 +1226,7 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
     const float* x = in + ci * vol;
     // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
     // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
-    if (ci + 1 < C)
-      for (int s = 0; s < gr.nseg; ++s) {
-        const Seg& sg = gr.seg[s];
-        const std::int64_t w0 = std::max<std::int64_t>(0, sg.iw0),
-                           w1 = std::min<std::int64_t>(g.W, sg.iw0 + 4 * (sg.j1 - sg.j0) + 2);
-        if (w1 <= w0) continue;
-        for (int z = 0; z < 4; ++z) {
-          const std::int64_t id = sg.id0 + z;
-          if (id < 0 || id >= g.D) continue;
-          for (int y = 0; y < 6; ++y) {
-            const std::int64_t ih = sg.ih0 + y;
-            if (ih < 0 || ih >= g.H) continue;
-            const float* row = x + vol + id * plane + ih * g.W;
-            for (std::int64_t c = w0; c < w1; c += 16)
-              _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(row + w1 - 1), _MM_HINT_T0);
-          }
-        }
-      }
+    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, 4);
     if (fast)
       f4_rows_whole<4, false>(g, x, gr.seg[0], mk, P, N, t);
     else
@@ -1224,6 +1272,67 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
     for (int zo = 0; zo < 2; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
+  }
+}
+
+// F(4×4×4, 3×3×3): V for one group of tiles, every input channel — the six planes of each input tile
+// (6×6×6) through F(4, 3)'s Bᵀ along W and H as F(2×4×4)'s, then along D: V[p·(C + 1)·16 + ci·16 + j]
+// for the 216 points p = 36·z + 6·y + x.
+BHSD_W5 void input_transform_3d_f444(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  alignas(64) float t[216 * TL];  // [z][y][x][lane]: along W, then in place along H
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  __m512i P[4], N[2];
+  f4_row_tables(P, N);
+  __mmask16 mk[5];
+  const bool fast = whole_masks(g, gr, mk);
+  SegLanes16<5> L;
+  if (!fast) seg_lanes16(g, gr, L);
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, 6);  // the next channel's (as F(2×4×4)'s)
+    if (fast)
+      f4_rows_whole<6, false>(g, x, gr.seg[0], mk, P, N, t);
+    else
+      for (int zy = 0; zy < 36; ++zy) {
+        __m512 acc[6];
+        f4_rows_w(g, x, gr, L, P, N, whole, zy / 6, zy % 6, acc);
+        for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
+      }
+    for (int z = 0; z < 6; ++z)  // along H, in place
+      for (int k = 0; k < 6; ++k) {
+        __m512 d[6], o[6];
+        for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
+        bt6(d, o);
+        for (int y = 0; y < 6; ++y) _mm512_store_ps(t + ((z * 6 + y) * 6 + k) * TL, o[y]);
+      }
+    float* v = V + ci * TL;
+    for (int i = 0; i < 36; ++i) {  // along D into V
+      __m512 d[6], o[6];
+      for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 36 + i) * TL);
+      bt6(d, o);
+      for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (36 * z + i) * ps, o[z]);
+    }
+  }
+}
+
+// Y for one group of F(4×4×4, 3×3×3) tiles, every output channel: F(4, 3)'s Aᵀ along D (216 points →
+// four planes of 36), then each plane as F(4×4, 3×3)'s, + bias, activation.
+BHSD_W5 void output_transform_3d_f444(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                      Act act, float alpha) {
+  alignas(64) float r1[4 * 36 * TL];  // [zo][y][x][lane]
+  const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
+  for (std::int64_t co = 0; co < g.Co; ++co) {
+    const float* m = M + co * TL;
+    for (int i = 0; i < 36; ++i) {
+      __m512 a[6], o[4];
+      for (int z = 0; z < 6; ++z) a[z] = _mm512_load_ps(m + (36 * z + i) * ps);
+      at6(a, o);
+      for (int zo = 0; zo < 4; ++zo) _mm512_store_ps(r1 + (36 * zo + i) * TL, o[zo]);
+    }
+    const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+    for (int zo = 0; zo < 4; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
   }
 }
 
@@ -1684,7 +1793,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const float* U = static_cast<const float*>(Uany);
   const auto* Ub = static_cast<const std::uint32_t*>(Uany);
   const std::int64_t KP = (g.C + 1) / 2;
-  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
+  const std::int64_t dz = tile_dz(g), m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
                      TW = (g.Wo + m - 1) / m, T = TD * TH * TW;
   const std::int64_t ngroups = (T + TL - 1) / TL;
   const std::int64_t threads = std::int64_t(pool.size());
@@ -1698,7 +1807,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
   auto input_tf = [&](const Group& gr, float* V) {
-    if (P == 144)
+    if (P == 216)
+      input_transform_3d_f444(g, in, gr, V);
+    else if (P == 144)
       input_transform_3d_f4(g, in, gr, V);
     else if (P == 36)
       input_transform_f4(g, in, gr, V);
@@ -1716,7 +1827,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
   auto output_tf = [&](const Group& gr, const float* M) {
-    if (P == 144)
+    if (P == 216)
+      output_transform_3d_f444(g, gr, M, bias, out, act, alpha);
+    else if (P == 144)
       output_transform_3d_f4(g, gr, M, bias, out, act, alpha);
     else if (P == 36)
       output_transform_f4(g, gr, M, bias, out, act, alpha);
@@ -1830,7 +1943,8 @@ using PlanKey = std::array<std::int64_t, 15>;
 // products, are most of the time (32-channel layers at 16×256×256: 49 against 61 ms) — or (an fp32
 // call whose default is F(4×4)) F(2×…) tiles: on small layers their smaller transforms win
 // (32→32 at 4×16×16: 0.18 against 0.29 ms; MONAI SegResNet's deeper stages).
-enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2, kWinoSmall = 3 };
+// kWinoDeep: F(4×4×4) tiles where deep_applies.
+enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2, kWinoSmall = 3, kWinoDeep = 4 };
 struct Plan {
   std::mutex m;
   std::map<PlanKey, int> choice;
@@ -1861,21 +1975,23 @@ inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
 // slab of a layer: its own extent must not choose other tiles than the layer's).
 // A plan's value: the Choice in its low 4 bits, above them the groups a task (0: task_groups' rule).
 // A plan value's settings for a scope, as winograd_as runs it: the precision (kWinoFp32), the tiles
-// (kWinoSmall; then frozen as the layer's extent gives them) and the groups a task.
+// (kWinoSmall, kWinoDeep; then frozen as the layer's extent gives them) and the groups a task.
 struct CandidateScope {
   std::unique_ptr<PrecisionScope> fp32;
   SmallTilesScope small;
+  DeepTilesScope deep;
   GroupsScope groups;
   TileFreeze freeze;
   CandidateScope(int choice, const ConvGeom& layer)
       : fp32((choice & 15) == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr),
         small((choice & 15) == kWinoSmall),
+        deep((choice & 15) == kWinoDeep),
         groups(choice >> 4),
         freeze(layer) {}
 };
 // Groups of 16 tiles in the first Do output planes of g, with the tiles of the scope.
 inline std::int64_t tile_groups(const ConvGeom& g, std::int64_t Do) {
-  const std::int64_t dz = g.kd == 3 ? 2 : 1, m = tile_m(g);
+  const std::int64_t dz = tile_dz(g), m = tile_m(g);
   return ((Do + dz - 1) / dz * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m) + TL - 1) / TL;
 }
 inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const float* wp, const float* bias, float* out,
@@ -1886,7 +2002,8 @@ inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const f
 }  // namespace wino_detail
 
 // What the plan holds for this layer (a Choice): 0 direct, 1 Winograd as the call runs it, 2 in fp32
-// for a bf16 call, 3 with F(2×…) tiles; −1 not planned yet (for tests and the bench).
+// for a bf16 call, 3 with F(2×…) tiles, 4 with F(4×4×4) tiles; −1 not planned yet (for tests and the
+// bench).
 inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
   std::lock_guard<std::mutex> lk(pl.m);
@@ -1927,12 +2044,14 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
   // the candidates: Winograd as the call would run it; for a bf16 call Winograd in fp32 too, and
-  // for an fp32 call with F(4×4) tiles the F(2×…) tiles
+  // for an fp32 call with F(4×4) tiles the F(2×…) tiles and, where deep_applies, F(4×4×4) ones
   std::vector<int> winos{kWino};
   if (use_bf16())
     winos.push_back(kWinoFp32);
   else if (tile_m(g) == 4)
     winos.push_back(kWinoSmall);
+  const bool deep = !use_bf16() && deep_applies(g);
+  if (deep) winos.push_back(kWinoDeep);
   auto timed = [&](const ConvGeom& at, int c) -> double {
     const auto t0 = clock::now();
     if (c == kDirect)
@@ -1949,9 +2068,15 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   // transform is what every later call finds). The slab's output goes to the front of `out`,
   // which the chosen path then writes in full. Shallower volumes are timed whole, and the path
   // timed last leaves its output.
+  // F(4×4×4) tiles get a slab of their own, whole tiles of 4 planes (on a 4-plane slab for all,
+  // the nnU-Net PlainConvUNet's first window had taken 1.4 s longer)
   const std::int64_t dz = g.kd == 3 ? 2 : 1;
-  ConvGeom slab = g;
-  slab.Do = std::max(dz, ((g.Do + 7) / 8 + dz - 1) / dz * dz);
+  auto slab_of = [&](std::int64_t z) {
+    ConvGeom s = g;
+    s.Do = std::max(z, ((g.Do + 7) / 8 + z - 1) / z * z);
+    return s;
+  };
+  const ConvGeom slab = slab_of(dz), slab4 = slab_of(4);
   // Layers of under 8 GFLOP (direct) are timed whole: a slab of a deep layer is a group or two
   // of tiles whose cost is mostly streaming the transformed weights, the same for the slab as for
   // the layer, so the slab's times had made Winograd look 4× slower than it is (256→256 at
@@ -1959,8 +2084,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   const double direct_flops =
       2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
   int best = kDirect;
-  double est[4] = {-1, -1, -1, -1};  // each Winograd candidate's estimated time for the layer
-  if (2 * slab.Do <= g.Do && direct_flops > 8e9) {
+  std::array<double, kWinoDeep + 1> est;  // each Winograd candidate's estimated time for the layer (by Choice)
+  est.fill(-1);
+  if (2 * slab.Do <= g.Do && (!deep || 2 * slab4.Do <= g.Do) && direct_flops > 8e9) {
     const double scale = double(g.Do) / double(slab.Do);
     const double direct1 = timed(slab, kDirect);
     double best_t = direct1 * scale;
@@ -1984,9 +2110,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
           }
         }
       }
-      double wino = timed(slab, c);
+      const ConvGeom& at = c == kWinoDeep ? slab4 : slab;
+      double wino = timed(at, c);
       if (wino < 0) continue;
-      wino = std::min(wino, timed(slab, c));
+      wino = std::min(wino, timed(at, c));
       // the direct path's second run only where its first was within 2× of Winograd's or took
       // under 0.1 s: a warm rerun does not halve a slab of a gigaflop or more, and it is the plan's
       // longest timing — but a short first run may be mostly a first call's costs (the AMX path's
@@ -1995,7 +2122,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       if (first)
         best_t = (direct1 < 2 * wino || direct1 < 0.1 ? std::min(direct1, timed(slab, kDirect)) : direct1) * scale,
         first = false;
-      const double t = std::max(0.0, wino - tw) * scale + tw;
+      const double t = std::max(0.0, wino - tw) * (double(g.Do) / double(at.Do)) + tw;
       est[c] = t;
       if (t < best_t) best_t = t, best = c;
     }
@@ -2057,8 +2184,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       if (c != best) cand.push_back(c | (8 << 4));
       cand.push_back(c | (2 << 4));
       cand.push_back(c | (1 << 4));
-      std::int64_t d = dz;  // the planes these tiles need (the most any candidate needs)
-      while (2 * d <= g.Do && tile_groups(g, d) < 32 * std::int64_t(pool.size())) d += dz;
+      const std::int64_t cz = tile_dz(g);  // this candidate's tiles (4 planes for F(4×4×4))
+      std::int64_t d = cz;                 // the planes these tiles need (the most any candidate needs)
+      while (2 * d <= g.Do && tile_groups(g, d) < 32 * std::int64_t(pool.size())) d += cz;
       if (2 * d <= g.Do)
         planes = std::max(planes, d);
       else
@@ -2066,7 +2194,8 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     }
     if (cand.size() > 1) {
       ConvGeom at = g;
-      if (!whole) at.Do = planes;
+      if (!whole) at.Do = deep ? (planes + 3) / 4 * 4 : planes;  // whole tiles for F(4×4×4) too
+      if (at.Do * 2 > g.Do) at.Do = g.Do;
       std::vector<double> t(cand.size(), -1);
       int last = best;
       for (int round = 0; round < 2; ++round)
