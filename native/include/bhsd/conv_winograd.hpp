@@ -1209,11 +1209,14 @@ BHSD_W5 void prefetch_tile_rows(const ConvGeom& g, const float* x, const Group& 
   }
 }
 
-// F(2×4×4, 3×3×3): V for one group of tiles, every input channel — per input plane z of the tile
-// the F(4×4) transform of the plane (along W, then H), then F(2, 3)'s Bᵀ along D across the four
-// planes: V[p·(C + 1)·16 + ci·16 + j] for the 144 points p = 36·z + 6·y + x.
+// F(2×4×4, 3×3×3) (NZ = 4) and F(4×4×4, 3×3×3) (NZ = 6): V for one group of tiles, every input
+// channel — per input plane z of the tile the F(4×4) transform of the plane (along W, then H), then
+// along D across the NZ planes F(2, 3)'s Bᵀ (144 points) or F(4, 3)'s (216):
+// V[p·(C + 1)·16 + ci·16 + j] for the points p = 36·z + 6·y + x.
+template <int NZ>
 BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
-  alignas(64) float t[144 * TL];  // [z][y][x][lane], transformed along W
+  static_assert(NZ == 4 || NZ == 6, "F(2, 3) or F(4, 3) along D");
+  alignas(64) float t[NZ * 36 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
   __m512i P[4], N[2];
@@ -1226,113 +1229,77 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
     const float* x = in + ci * vol;
     // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
     // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
-    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, 4);
+    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
     if (fast)
-      f4_rows_whole<4, false>(g, x, gr.seg[0], mk, P, N, t);
+      f4_rows_whole<NZ, false>(g, x, gr.seg[0], mk, P, N, t);
     else
-      for (int zy = 0; zy < 24; ++zy) {
+      for (int zy = 0; zy < NZ * 6; ++zy) {
         __m512 acc[6];
         f4_rows_w(g, x, gr, L, P, N, whole, zy / 6, zy % 6, acc);
         for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
       }
-    // along H per plane, then along D into V
     float* v = V + ci * TL;
-    for (int k = 0; k < 6; ++k) {
-      __m512 h[4][6];
-      for (int z = 0; z < 4; ++z) {
-        __m512 d[6];
-        for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
-        bt6(d, h[z]);
+    if constexpr (NZ == 4) {  // along H per plane, then along D into V, in registers
+      for (int k = 0; k < 6; ++k) {
+        __m512 h[4][6];
+        for (int z = 0; z < 4; ++z) {
+          __m512 d[6];
+          for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
+          bt6(d, h[z]);
+        }
+        for (int y = 0; y < 6; ++y) {
+          const std::int64_t i = (y * 6 + k) * ps;
+          _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
+          _mm512_store_ps(v + 36 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
+          _mm512_store_ps(v + 72 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
+          _mm512_store_ps(v + 108 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+        }
       }
-      for (int y = 0; y < 6; ++y) {
-        const std::int64_t i = (y * 6 + k) * ps;
-        _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
-        _mm512_store_ps(v + 36 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
-        _mm512_store_ps(v + 72 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
-        _mm512_store_ps(v + 108 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+    } else {  // six planes (36 vectors a column) do not fit the registers: along H in place, then D
+      for (int z = 0; z < 6; ++z)
+        for (int k = 0; k < 6; ++k) {
+          __m512 d[6], o[6];
+          for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
+          bt6(d, o);
+          for (int y = 0; y < 6; ++y) _mm512_store_ps(t + ((z * 6 + y) * 6 + k) * TL, o[y]);
+        }
+      for (int i = 0; i < 36; ++i) {
+        __m512 d[6], o[6];
+        for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 36 + i) * TL);
+        bt6(d, o);
+        for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (36 * z + i) * ps, o[z]);
       }
     }
   }
 }
 
-// Y for one group of F(2×4×4, 3×3×3) tiles, every output channel: F(2, 3)'s Aᵀ along D (144 points
-// → two planes of 36), then each plane as F(4×4, 3×3)'s, + bias, activation.
+// Y for one group of F(2×4×4, 3×3×3) (NZ = 4) or F(4×4×4, 3×3×3) (NZ = 6) tiles, every output
+// channel: along D F(2, 3)'s Aᵀ (144 points → two planes of 36) or F(4, 3)'s (216 → four), then
+// each plane as F(4×4, 3×3)'s, + bias, activation.
+template <int NZ>
 BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
                                     Act act, float alpha) {
-  alignas(64) float r1[2 * 36 * TL];  // [zo][y][x][lane]
+  static_assert(NZ == 4 || NZ == 6, "F(2, 3) or F(4, 3) along D");
+  constexpr int ZO = NZ - 2;           // output planes a tile
+  alignas(64) float r1[ZO * 36 * TL];  // [zo][y][x][lane]
   const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
   const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
   for (std::int64_t co = 0; co < g.Co; ++co) {
     const float* m = M + co * TL;
     for (int i = 0; i < 36; ++i) {
-      const __m512 m0 = _mm512_load_ps(m + i * ps), m1 = _mm512_load_ps(m + (36 + i) * ps),
-                   m2 = _mm512_load_ps(m + (72 + i) * ps), m3 = _mm512_load_ps(m + (108 + i) * ps);
-      _mm512_store_ps(r1 + i * TL, _mm512_add_ps(_mm512_add_ps(m0, m1), m2));
-      _mm512_store_ps(r1 + (36 + i) * TL, _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3));
+      __m512 a[NZ];
+      for (int z = 0; z < NZ; ++z) a[z] = _mm512_load_ps(m + (36 * z + i) * ps);
+      if constexpr (NZ == 4) {
+        _mm512_store_ps(r1 + i * TL, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]));
+        _mm512_store_ps(r1 + (36 + i) * TL, _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]));
+      } else {
+        __m512 o[4];
+        at6(a, o);
+        for (int zo = 0; zo < 4; ++zo) _mm512_store_ps(r1 + (36 * zo + i) * TL, o[zo]);
+      }
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    for (int zo = 0; zo < 2; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
-  }
-}
-
-// F(4×4×4, 3×3×3): V for one group of tiles, every input channel — the six planes of each input tile
-// (6×6×6) through F(4, 3)'s Bᵀ along W and H as F(2×4×4)'s, then along D: V[p·(C + 1)·16 + ci·16 + j]
-// for the 216 points p = 36·z + 6·y + x.
-BHSD_W5 void input_transform_3d_f444(const ConvGeom& g, const float* in, const Group& gr, float* V) {
-  alignas(64) float t[216 * TL];  // [z][y][x][lane]: along W, then in place along H
-  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
-  const bool whole = gr.nseg == 1 && gr.n == TL;
-  __m512i P[4], N[2];
-  f4_row_tables(P, N);
-  __mmask16 mk[5];
-  const bool fast = whole_masks(g, gr, mk);
-  SegLanes16<5> L;
-  if (!fast) seg_lanes16(g, gr, L);
-  for (std::int64_t ci = 0; ci < C; ++ci) {
-    const float* x = in + ci * vol;
-    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, 6);  // the next channel's (as F(2×4×4)'s)
-    if (fast)
-      f4_rows_whole<6, false>(g, x, gr.seg[0], mk, P, N, t);
-    else
-      for (int zy = 0; zy < 36; ++zy) {
-        __m512 acc[6];
-        f4_rows_w(g, x, gr, L, P, N, whole, zy / 6, zy % 6, acc);
-        for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
-      }
-    for (int z = 0; z < 6; ++z)  // along H, in place
-      for (int k = 0; k < 6; ++k) {
-        __m512 d[6], o[6];
-        for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + ((z * 6 + y) * 6 + k) * TL);
-        bt6(d, o);
-        for (int y = 0; y < 6; ++y) _mm512_store_ps(t + ((z * 6 + y) * 6 + k) * TL, o[y]);
-      }
-    float* v = V + ci * TL;
-    for (int i = 0; i < 36; ++i) {  // along D into V
-      __m512 d[6], o[6];
-      for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 36 + i) * TL);
-      bt6(d, o);
-      for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (36 * z + i) * ps, o[z]);
-    }
-  }
-}
-
-// Y for one group of F(4×4×4, 3×3×3) tiles, every output channel: F(4, 3)'s Aᵀ along D (216 points →
-// four planes of 36), then each plane as F(4×4, 3×3)'s, + bias, activation.
-BHSD_W5 void output_transform_3d_f444(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                      Act act, float alpha) {
-  alignas(64) float r1[4 * 36 * TL];  // [zo][y][x][lane]
-  const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
-  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
-  for (std::int64_t co = 0; co < g.Co; ++co) {
-    const float* m = M + co * TL;
-    for (int i = 0; i < 36; ++i) {
-      __m512 a[6], o[4];
-      for (int z = 0; z < 6; ++z) a[z] = _mm512_load_ps(m + (36 * z + i) * ps);
-      at6(a, o);
-      for (int zo = 0; zo < 4; ++zo) _mm512_store_ps(r1 + (36 * zo + i) * TL, o[zo]);
-    }
-    const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    for (int zo = 0; zo < 4; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
+    for (int zo = 0; zo < ZO; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
   }
 }
 
@@ -1808,9 +1775,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
   auto input_tf = [&](const Group& gr, float* V) {
     if (P == 216)
-      input_transform_3d_f444(g, in, gr, V);
+      input_transform_3d_f4<6>(g, in, gr, V);
     else if (P == 144)
-      input_transform_3d_f4(g, in, gr, V);
+      input_transform_3d_f4<4>(g, in, gr, V);
     else if (P == 36)
       input_transform_f4(g, in, gr, V);
     else if (P == 64 && tiles)
@@ -1828,9 +1795,9 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   };
   auto output_tf = [&](const Group& gr, const float* M) {
     if (P == 216)
-      output_transform_3d_f444(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_f4<6>(g, gr, M, bias, out, act, alpha);
     else if (P == 144)
-      output_transform_3d_f4(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_f4<4>(g, gr, M, bias, out, act, alpha);
     else if (P == 36)
       output_transform_f4(g, gr, M, bias, out, act, alpha);
     else if (P == 64 && conv_detail::use_avx512())
