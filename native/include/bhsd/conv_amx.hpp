@@ -594,7 +594,7 @@ inline bool conv3d_forward_amx(const ConvGeom& g, const float* in, const float* 
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
         thread_local Scratch panel_mem, pairs_mem, sums_mem;
-        float* panel = panel_mem.get(std::size_t(l.cb * ksp * NR));
+        float* panel = panel_mem.get(std::size_t(pp.seg_floats(l.cb)));
         auto* pairs = reinterpret_cast<std::uint16_t*>(pairs_mem.get(std::size_t(kSegs) * chunk_words / 2));
         float* sums = sums_mem.get(std::size_t(kSegs * l.cob * 256));
         Seg segs[kSegs];

@@ -308,7 +308,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
       [&](std::size_t t0, std::size_t t1) {
         thread_local Scratch panel_mem, tile_mem;
         const std::int64_t max_segs = flat ? 8 : rows_per_task * segs_per_row;
-        float* panel = panel_mem.get(std::size_t(max_segs * cb * ksp * NR));
+        float* panel = panel_mem.get(std::size_t(max_segs * pp.seg_floats(cb)));
         float* tile = tile_mem.get(MR * NR);
         struct Seg {
           std::int64_t od, oh, ow0, n;
@@ -328,25 +328,25 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
           for (std::int64_t kb = 0; kb < kblocks; ++kb) {
             const std::int64_t c0 = kb * cb, c1 = std::min(g.C, c0 + cb);
             const std::int64_t kbn = (c1 - c0) * ksp;
+            const std::size_t sf = std::size_t(pp.seg_floats(c1 - c0));  // a segment's panel
             // Pack: panel[s][k][j] = input sample of weight k for voxel j of segment s (0 in padding).
             for (std::size_t s = 0; s < segs.size(); ++s) {
               const Seg& sg = segs[s];
 #ifdef BHSD_X86
               if (flat) {
-                pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR));
+                pack_panel_flat_avx2(g, in, c0, c1, sg.ow0, sg.n, panel + s * sf);
                 continue;
               }
               if (pp.rowwin) {
-                pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW, panel + s * std::size_t(kbn * NR), ahead);
+                pack_rows_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW, panel + s * sf, ahead);
                 continue;
               }
               if (pp.rowwin2) {
-                pack_rows_s2_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW2, panel + s * std::size_t(kbn * NR),
-                                  ahead);
+                pack_rows_s2_avx2(g, in, c0, c1, sg.od, sg.oh, sg.ow0, pp.RW2, panel + s * sf, ahead);
                 continue;
               }
 #endif
-              pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * std::size_t(kbn * NR), ahead);
+              pack(g, in, c0, c1, sg.od, sg.oh, sg.ow0, sg.n, panel + s * sf, ahead);
             }
             const bool first = kb == 0, last = kb == kblocks - 1;
         // Each block's weights stay in L1 while the segments' panels stream from L2 (the other
@@ -369,8 +369,8 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                 if (direct && s + 1 < segs.size()) {  // two segments per call (kernel_blocks2)
                   const Seg& sg1 = segs[s + 1];
                   float* o1 = out + (flat ? sg1.ow0 : sg1.od * plane_out + sg1.oh * g.Wo + sg1.ow0);
-                  const float* p0 = panel + s * std::size_t(kbn * NR);
-                  const float* p1 = p0 + std::size_t(kbn * NR);
+                  const float* p0 = panel + s * sf;
+                  const float* p1 = p0 + sf;
                   if (pp.rowwin || pp.rowwin2)
                     kernel_blocks2(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{p0, pp.rdelta.data()},
                                    IndirectB{p1, pp.rdelta.data()}, kbn, o0, o1, vol_out, bias, sg.n, sg1.n, first,
@@ -382,14 +382,13 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                   continue;
                 }
                 if (pp.rowwin || pp.rowwin2) {
-                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn,
-                                IndirectB{panel + s * std::size_t(kbn * NR), pp.rdelta.data()}, kbn, o0, vol_out, bias,
-                                sg.n, first, last, act, alpha);
+                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, IndirectB{panel + s * sf, pp.rdelta.data()}, kbn,
+                                o0, vol_out, bias, sg.n, first, last, act, alpha);
                   continue;
                 }
                 if (direct) {
-                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{panel + s * std::size_t(kbn * NR)}, kbn,
-                                o0, vol_out, bias, sg.n, first, last, act, alpha);
+                  kernel_blocks(wp + c0 * ksp * MR, K, cbk, cob, cobn, PackedB{panel + s * sf}, kbn, o0, vol_out, bias,
+                                sg.n, first, last, act, alpha);
                   continue;
                 }
 #endif
@@ -401,7 +400,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
                   else
                     std::memcpy(tile + r * NR, o + r * vol_out, nbytes);
                 }
-                kernel(a, panel + s * std::size_t(kbn * NR), kbn, tile);
+                kernel(a, panel + s * sf, kbn, tile);
                 if (last && act != Act::none)
                   for (std::int64_t i = 0; i < MR * NR; ++i) tile[i] = activate(tile[i], act, alpha);
                 for (std::int64_t r = 0; r < rows_valid; ++r) std::memcpy(o + r * vol_out, tile + r * NR, nbytes);
