@@ -14,6 +14,7 @@ export {
   type Precision,
 } from "./backends/index.js";
 export type { CudaPrecision } from "./backends/cuda.js";
+export { exportConvPlan, importConvPlan, clearConvPlan, type ConvPlan, type ConvPlanImport } from "./backends/conv-plan.js";
 export { readNifti, readNiftiHeader, writeNifti, NiftiError, type ReadNiftiOptions, type WriteNiftiOptions } from "./io/nifti.js";
 export { readNpy, writeNpy, parseNpy, formatNpy, type NpyArray } from "./io/npy.js";
 export {

@@ -485,3 +485,45 @@ test("OutputPlan.refuseInputs: an output found to be an input once the work has 
   );
   t.deepEqual(snapshot(dir), before);
 });
+
+test("segment --conv-plan keeps the convolution plan in a file: written after the run, read by the next, which labels alike; a file that is no plan is refused and left as it was", async (t) => {
+  const dir = freshDir("plan");
+  const plan = join(dir, "plan.json");
+  const first = await bhsd("segment", CT, "--model", MODEL, "--out", join(dir, "a.nii.gz"), "--conv-plan", plan, "--quiet");
+  t.is(first.status, 0, first.stderr);
+  const kept = JSON.parse(readFileSync(plan, "utf8"));
+  t.is(kept.format, "bhsd-conv-plan");
+  t.true(
+    Array.isArray(kept.entries) && kept.entries.every((e: unknown) => Array.isArray(e) && e.length === 16),
+    readFileSync(plan, "utf8"),
+  );
+  const second = await bhsd("segment", CT, "--model", MODEL, "--out", join(dir, "b.nii.gz"), "--conv-plan", plan, "--quiet");
+  t.is(second.status, 0, second.stderr);
+  t.is(second.stderr, "", "this machine's plan was not taken");
+  t.deepEqual(JSON.parse(readFileSync(plan, "utf8")).entries, kept.entries);
+  t.true(readFileSync(join(dir, "a.nii.gz")).equals(readFileSync(join(dir, "b.nii.gz"))));
+  // another machine's plan: a note, the run, the file replaced by this machine's
+  writeFileSync(plan, JSON.stringify({ ...kept, cpu: "Another CPU" }));
+  const third = await bhsd("segment", CT, "--model", MODEL, "--conv-plan", plan, "--quiet");
+  t.is(third.status, 0, third.stderr);
+  t.regex(third.stderr, /--conv-plan .*plan\.json: not used \(made for Another CPU, .*\); it will be replaced/);
+  t.is(JSON.parse(readFileSync(plan, "utf8")).cpu, kept.cpu);
+  // not a plan (a label volume named by mistake, a hand-broken plan): refused before any work, untouched
+  const lab = join(dir, "lab.nii.gz");
+  copyFileSync(LAB, lab);
+  writeFileSync(join(dir, "broken.json"), JSON.stringify({ ...kept, entries: [[1, 2, 3]] }));
+  const before = snapshot(dir);
+  for (const [file, message] of [
+    [lab, /--conv-plan .*lab\.nii\.gz: not a plan from an earlier run \(.*\); refusing to overwrite it/],
+    [
+      join(dir, "broken.json"),
+      /--conv-plan .*broken\.json: not a plan from an earlier run \(Expected an array of 16 non-negative integers for plan\.entries\[0\].*\); refusing to overwrite it/,
+    ],
+    [dir, /--conv-plan .*: is a folder, expected a file name/],
+    [CT, /--conv-plan .* is an input of this command .*refusing to overwrite it/],
+  ] as const) {
+    const r = await bhsd("segment", CT, "--model", MODEL, "--out", join(dir, "c.nii.gz"), "--conv-plan", file, "--quiet");
+    refused(t, r, message, file);
+  }
+  t.deepEqual(snapshot(dir), before);
+});

@@ -143,6 +143,11 @@ export function engineBuffer(bytes: number, zero = true): ArrayBuffer | undefine
   return native?.allocBuffer(bytes, zero);
 }
 
+/** The native backend where its addon loads (for the functions only it has), else undefined. */
+export function nativeBackend(): NativeBackend | undefined {
+  return tryLoad("native") as NativeBackend | undefined;
+}
+
 /** Returns engine memory to the engine now (detaching its buffer); a no-op without the native addon or for small arrays. */
 export function releaseEngineArray(a: ArrayBufferView): void {
   if (a.byteLength < ENGINE_MIN_BYTES) return;

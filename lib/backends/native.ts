@@ -11,6 +11,12 @@ import type { TensorBackend } from "./tensor-types.js";
 export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm" | "preciseConvolutions"> {
   /** Adds delta (1 or −1) to the count of calls that want F(2×…) Winograd tiles; the count after. */
   preciseConvolutions(delta: number): number;
+  /** The convolution plan's entries, 16 integers each (bhsd::plan_export). */
+  convPlanExport?(): number[];
+  /** Entries as convPlanExport gives them; the count taken, −1 where they are no plan (bhsd::plan_import). */
+  convPlanImport?(values: number[]): number;
+  /** Forgets the convolution plan. */
+  convPlanClear?(): void;
   /**
    * TensorBackend's conv3d; optionally the weights as packConvWeights packed them, and a norm
    * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm).
@@ -147,6 +153,9 @@ const NOT_CANCELLABLE = new Set([
   "cancelNext",
   "setPrecision",
   "preciseConvolutions",
+  "convPlanExport",
+  "convPlanImport",
+  "convPlanClear",
 ]);
 
 export class NativeBackend implements Backend {
@@ -191,6 +200,20 @@ export class NativeBackend implements Backend {
     if (typeof this.addon.cancelToken !== "function") return undefined;
     const token = this.addon.cancelToken();
     return { token, cancel: () => this.addon.cancel(token) };
+  }
+
+  /** The convolution plan as numbers (16 an entry), or undefined where this addon predates it. */
+  convPlanExport(): number[] | undefined {
+    return this.addon.convPlanExport?.();
+  }
+
+  /** Entries as convPlanExport gives them (checked by the caller); the count taken, −1 where refused. */
+  convPlanImport(values: number[]): number {
+    return this.addon.convPlanImport?.(values) ?? 0;
+  }
+
+  convPlanClear(): void {
+    this.addon.convPlanClear?.();
   }
 
   allocBuffer(bytes: number, zero = true): ArrayBuffer {

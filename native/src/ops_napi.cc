@@ -334,6 +334,31 @@ Napi::Value PreciseConvolutions(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), std::max(0, v + int(d)));
 }
 
+// convPlanExport() → number[]: the convolution plan's entries, kPlanEntryValues numbers each
+// (bhsd::plan_export). convPlanImport(numbers) → the entries taken, or −1 where the numbers are no
+// plan (bhsd::plan_import); at most kPlanMaxEntries entries. convPlanClear(): forgets the plan.
+constexpr std::size_t kPlanMaxEntries = std::size_t(1) << 16;
+Napi::Value ConvPlanExport(const Napi::CallbackInfo& info) {
+  const std::vector<std::int64_t> v = bhsd::plan_export();
+  Napi::Array a = Napi::Array::New(info.Env(), v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) a.Set(uint32_t(i), Napi::Number::New(info.Env(), double(v[i])));
+  return a;
+}
+Napi::Value ConvPlanImport(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "native: plan must be an array of integers");
+  Napi::Array a = info[0].As<Napi::Array>();
+  const std::size_t n = a.Length();
+  require(n <= kPlanMaxEntries * bhsd::kPlanEntryValues, env, "plan has too many entries");
+  std::vector<std::int64_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = int_of(a.Get(uint32_t(i)), "plan value", -BIG, BIG);
+  return Napi::Number::New(env, double(bhsd::plan_import(v.data(), v.size())));
+}
+Napi::Value ConvPlanClear(const Napi::CallbackInfo& info) {
+  bhsd::plan_clear();
+  return info.Env().Undefined();
+}
+
 // accumulateWindow(acc, weight, logits, gauss, C, grid[3], patch[3], at[3], scale) → Promise<void>:
 // segment()'s sliding-window sum of one window (bhsd::accumulate_window). The window must lie inside
 // the grid, and every array have exactly its size (the sizes' products checked before they are used).
@@ -470,6 +495,9 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));
   exports.Set("softmax", Napi::Function::New<guarded<Softmax>>(env, "softmax"));
   exports.Set("accumulateWindow", Napi::Function::New<guarded<AccumulateWindow>>(env, "accumulateWindow"));
+  exports.Set("convPlanExport", Napi::Function::New<guarded<ConvPlanExport>>(env, "convPlanExport"));
+  exports.Set("convPlanImport", Napi::Function::New<guarded<ConvPlanImport>>(env, "convPlanImport"));
+  exports.Set("convPlanClear", Napi::Function::New<guarded<ConvPlanClear>>(env, "convPlanClear"));
   exports.Set("preciseConvolutions", Napi::Function::New<guarded<PreciseConvolutions>>(env, "preciseConvolutions"));
   exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));

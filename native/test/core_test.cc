@@ -1223,6 +1223,48 @@ static double sampled_error(const bhsd::ConvGeom& g, const ConvOperands& ops, co
 // choice's transformed weights stay cached. (The plan's per-candidate estimates once had one slot
 // too few for kWinoDeep: the addon crashed in ResEnc-M's first window; ASan's build of this test
 // reports that overflow here and in test_winograd's deep cases.)
+// The plan as numbers (plan_export / plan_import, exportConvPlan in Node): a round trip, a key this
+// process planned keeps its choice, and numbers that are no plan refused whole (nothing taken).
+static void test_plan_export_import() {
+  using bhsd::kPlanEntryValues;
+  const std::vector<std::int64_t> before = bhsd::plan_export();
+  CHECK(before.size() % kPlanEntryValues == 0);
+  bhsd::plan_clear();
+  CHECK(bhsd::plan_export().empty());
+  std::vector<std::int64_t> e = {16, 16, 3, 8, 16, 16, 1, 1, 1, 8, 16, 16, 2, 4, 0, 1};
+  CHECK(e.size() == kPlanEntryValues);
+  std::vector<std::int64_t> two = e;
+  two.insert(two.end(), e.begin(), e.end());
+  two[kPlanEntryValues] = 17;                          // another key (C = 17)
+  two.back() = 2 * 16 + bhsd::wino_detail::kWinoDeep;  // F(4×4×4), two groups a task
+  CHECK(bhsd::plan_import(two.data(), two.size()) == 2);
+  CHECK(bhsd::plan_export() == two);  // (the map's order: C = 16 before 17)
+  std::vector<std::int64_t> other = e;
+  other.back() = 0;
+  CHECK(bhsd::plan_import(other.data(), other.size()) == 0);  // planned already: kept
+  CHECK(bhsd::plan_export() == two);
+  // refused whole: a partial entry, a negative key value, values the plan never stores
+  CHECK(bhsd::plan_import(e.data(), e.size() - 1) == -1);
+  for (const std::int64_t v : {std::int64_t(-1), std::int64_t(5), std::int64_t(15), std::int64_t(3 * 16),
+                               std::int64_t(8 * 16 + 1), std::int64_t(1) << 40}) {
+    std::vector<std::int64_t> bad = e;
+    bad[1] = 99;  // a key not planned yet, so that only the refusal keeps it out
+    bad.back() = v;
+    std::vector<std::int64_t> both = bad;
+    both.insert(both.begin(), e.begin(), e.end());
+    both[1] = 98;  // a good entry first: refused with the bad one
+    CHECK(bhsd::plan_import(both.data(), both.size()) == -1);
+  }
+  std::vector<std::int64_t> neg = e;
+  neg[3] = -8;
+  CHECK(bhsd::plan_import(neg.data(), neg.size()) == -1);
+  CHECK(bhsd::plan_export() == two);
+  CHECK(bhsd::plan_import(nullptr, 0) == 0);
+  bhsd::plan_clear();
+  CHECK(bhsd::plan_import(before.data(), before.size()) == std::int64_t(before.size() / kPlanEntryValues));
+  CHECK(bhsd::plan_export() == before);
+}
+
 static void test_winograd_deep_plan(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom g{64, 16, 32, 72, 64, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 16, 32, 72};
   if (!bhsd::winograd_applies(g) || !bhsd::wino_detail::deep_applies(g)) return;
@@ -1744,6 +1786,7 @@ int main() {
     test_weight_cache(pool);
     test_winograd_wide(pool);
     test_winograd_deep_plan(pool);
+    test_plan_export_import();
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

@@ -1985,6 +1985,58 @@ inline int winograd_planned_groups(const ConvGeom& g, const ThreadPool& pool) {
   return it == pl.choice.end() ? -1 : it->second >> 4;
 }
 
+// The plan as numbers, for a caller to keep and hand to a later process on the same machine and
+// build (exportConvPlan / importConvPlan in the Node layer, like FFTW's wisdom): per entry its
+// key's 15 values, then its value. A later process then runs each planned layer's first call as
+// every later one instead of timing the candidates (ResEnc-M's first 16×256×256 window: ~5 s).
+constexpr std::size_t kPlanEntryValues = std::tuple_size<wino_detail::PlanKey>::value + 1;
+inline std::vector<std::int64_t> plan_export() {
+  auto& pl = wino_detail::plan();
+  std::lock_guard<std::mutex> lk(pl.m);
+  std::vector<std::int64_t> v;
+  v.reserve(pl.choice.size() * kPlanEntryValues);
+  for (const auto& [key, value] : pl.choice) {
+    v.insert(v.end(), key.begin(), key.end());
+    v.push_back(value);
+  }
+  return v;
+}
+// Whether v is a value the plan itself stores: a Choice in the low 4 bits, above them the groups a
+// task 0 (the rule), 1 or 2 (8 is stored as the rule).
+inline bool plan_value_valid(std::int64_t v) {
+  const std::int64_t choice = v & 15, groups = v >> 4;
+  return v >= 0 && choice <= wino_detail::kWinoDeep && (groups == 0 || groups == 1 || groups == 2);
+}
+// Entries as plan_export gives them (n values, a multiple of kPlanEntryValues); refused whole (−1,
+// nothing taken) where n is not such a multiple or any value is not a plan value or any key value
+// is negative. A key this process has planned already keeps its own choice (its earlier outputs
+// came from it). Returns the entries taken. A key that matches no layer is never looked up; a
+// value of the wrong kind for its layer (F(4×4×4) where they do not apply) runs as the tiles the
+// layer allows, so a hand-made entry changes at most which correct path runs.
+inline std::int64_t plan_import(const std::int64_t* v, std::size_t n) {
+  if (n % kPlanEntryValues) return -1;
+  for (std::size_t i = 0; i < n; i += kPlanEntryValues) {
+    for (std::size_t k = 0; k + 1 < kPlanEntryValues; ++k)
+      if (v[i + k] < 0) return -1;
+    if (!plan_value_valid(v[i + kPlanEntryValues - 1])) return -1;
+  }
+  auto& pl = wino_detail::plan();
+  std::lock_guard<std::mutex> lk(pl.m);
+  std::int64_t taken = 0;
+  for (std::size_t i = 0; i < n; i += kPlanEntryValues) {
+    wino_detail::PlanKey key;
+    std::copy(v + i, v + i + key.size(), key.begin());
+    taken += pl.choice.emplace(key, int(v[i + key.size()])).second ? 1 : 0;
+  }
+  return taken;
+}
+// Forgets every plan (the tests; a caller that wants this process timed afresh).
+inline void plan_clear() {
+  auto& pl = wino_detail::plan();
+  std::lock_guard<std::mutex> lk(pl.m);
+  pl.choice.clear();
+}
+
 // conv3d_forward's first question: true when Winograd (or the planning of this shape) wrote the
 // output, false when the direct path is to run.
 inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out, Act act,

@@ -1,0 +1,115 @@
+/**
+ * The native backend's convolution plan, kept between processes (like FFTW's wisdom or a saved
+ * cuDNN find): the first call of each 3×3×3 / 1×3×3 layer shape times the direct path and the
+ * Winograd tilings and keeps the fastest for the process (native/include/bhsd/conv_winograd.hpp,
+ * winograd_hook). That timing is most of a model's first run — ResEnc-M's first 16×256×256 window
+ * took 8.9–10.8 s with it and 5.0–5.4 s with an imported plan on the Xeon of 2026-12-04 (2.4 s
+ * every later window). exportConvPlan() gives the plan as JSON-able data; importConvPlan() takes it
+ * back in a later process on the same machine, whose layers of those shapes then run their choice
+ * from the first call — and give the same output bit for bit as the process that made the plan
+ * (the candidates round differently: a fresh plan made by timing can choose another one).
+ *
+ * A plan says only which correct path runs: a stale or hand-edited one can make a layer slower,
+ * never wrong. It is refused whole when malformed, and skipped (nothing taken, a reason given)
+ * when another processor, instruction set, thread count or bhsd version made it.
+ */
+import { cpus } from "node:os";
+import { invalidParameterError, plainObject } from "../is.js";
+import { VERSION } from "../version.js";
+import { nativeBackend } from "./index.js";
+
+/** What exportConvPlan gives and importConvPlan takes (JSON as it is). */
+export interface ConvPlan {
+  format: "bhsd-conv-plan";
+  version: 1;
+  /** The bhsd version that made it (the plan's choices mean what that version's paths do). */
+  bhsd: string;
+  /** The processor's model name (os.cpus()). */
+  cpu: string;
+  /** The native kernels in use (backendInfo().details.native.simd). */
+  simd: string;
+  /** The native backend's threads (a plan is timed on them). */
+  threads: number;
+  /** One per planned layer shape: the shape's 15 key values, then the choice. */
+  entries: number[][];
+}
+
+/** What importConvPlan did: the entries taken, and where it took none although there were some, why. */
+export interface ConvPlanImport {
+  imported: number;
+  skipped?: string;
+}
+
+const FORMAT = "bhsd-conv-plan";
+const ENTRY_VALUES = 16;
+/** The most entries a plan may hold (a model has a few dozen layer shapes). */
+export const CONV_PLAN_MAX_ENTRIES = 1 << 16;
+
+function machine(): { cpu: string; simd: string; threads: number } | undefined {
+  const native = nativeBackend();
+  if (!native) return undefined;
+  const d = native.details();
+  return { cpu: cpus()[0]?.model?.trim() || "unknown", simd: d.simd, threads: d.threads };
+}
+
+/**
+ * The convolution plan this process has made so far (and imported), to keep — e.g. as a JSON file —
+ * for importConvPlan in a later process on the same machine. Empty entries where the native
+ * backend is not loaded or nothing was planned yet.
+ */
+export function exportConvPlan(): ConvPlan {
+  const m = machine();
+  const values = m ? (nativeBackend()!.convPlanExport() ?? []) : [];
+  const entries: number[][] = [];
+  for (let i = 0; i + ENTRY_VALUES <= values.length; i += ENTRY_VALUES) entries.push(values.slice(i, i + ENTRY_VALUES));
+  return {
+    format: FORMAT,
+    version: 1,
+    bhsd: VERSION,
+    cpu: m?.cpu ?? "unknown",
+    simd: m?.simd ?? "none",
+    threads: m?.threads ?? 0,
+    entries,
+  };
+}
+
+/**
+ * Takes a plan exportConvPlan made (here or in an earlier process): layer shapes it holds then run
+ * its choice from their first call instead of timing the candidates. Shapes this process has
+ * planned already keep their own choice. Throws a TypeError naming what is wrong where `plan` is
+ * not such a plan (nothing taken); takes nothing and says why in `skipped` where another
+ * processor, instruction set, thread count or bhsd version made it, or the native backend is not
+ * loaded (only its convolutions are planned).
+ */
+export function importConvPlan(plan: unknown): ConvPlanImport {
+  if (!plainObject(plan)) throw invalidParameterError("plan", "an object from exportConvPlan()", plan);
+  if (plan.format !== FORMAT) throw invalidParameterError("plan.format", `"${FORMAT}"`, plan.format);
+  if (plan.version !== 1) throw invalidParameterError("plan.version", "1", plan.version);
+  for (const k of ["bhsd", "cpu", "simd"] as const)
+    if (typeof plan[k] !== "string" || (plan[k] as string).length > 1000)
+      throw invalidParameterError(`plan.${k}`, "a string of at most 1000 characters", plan[k]);
+  if (!Number.isSafeInteger(plan.threads) || (plan.threads as number) < 0)
+    throw invalidParameterError("plan.threads", "a non-negative integer", plan.threads);
+  const entries = plan.entries;
+  if (!Array.isArray(entries) || entries.length > CONV_PLAN_MAX_ENTRIES)
+    throw invalidParameterError("plan.entries", `an array of at most ${CONV_PLAN_MAX_ENTRIES} entries`, entries);
+  const values: number[] = [];
+  entries.forEach((e: unknown, i) => {
+    if (!Array.isArray(e) || e.length !== ENTRY_VALUES || !e.every((v) => Number.isSafeInteger(v) && (v as number) >= 0))
+      throw invalidParameterError(`plan.entries[${i}]`, `an array of ${ENTRY_VALUES} non-negative integers`, e);
+    values.push(...(e as number[]));
+  });
+  const m = machine();
+  if (!m) return { imported: 0, skipped: "the native backend is not loaded (only its convolutions are planned)" };
+  const made = `${plan.cpu as string}, ${plan.simd as string}, ${plan.threads as number} threads, bhsd ${plan.bhsd as string}`;
+  const here = `${m.cpu}, ${m.simd}, ${m.threads} threads, bhsd ${VERSION}`;
+  if (made !== here) return { imported: 0, skipped: `made for ${made}; this is ${here}` };
+  const taken = nativeBackend()!.convPlanImport(values);
+  if (taken < 0) throw invalidParameterError("plan.entries", "entries whose choices are plan values", entries);
+  return { imported: taken };
+}
+
+/** Forgets this process's convolution plan: each layer shape's next first call times the candidates again. */
+export function clearConvPlan(): void {
+  nativeBackend()?.convPlanClear();
+}

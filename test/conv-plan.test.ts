@@ -1,0 +1,174 @@
+// The convolution plan kept between processes (exportConvPlan / importConvPlan, issue 23): what a
+// layer's first call chose by timing comes back in a later process, whose layers of that shape then
+// run the same path from their first call — bit for bit the same output; plans from elsewhere are
+// skipped with a reason, malformed ones refused whole with a message naming what is wrong.
+// BHSD_WINOGRAD is left unset here (the plan only runs where it is): ava gives each file a process.
+delete process.env.BHSD_WINOGRAD;
+
+import test from "ava";
+import { spawnSync } from "node:child_process";
+import { backendInfo, clearConvPlan, conv3d, exportConvPlan, importConvPlan, setBackend, type ConvPlan } from "../lib/index.js";
+import { ROOT } from "./helpers.js";
+import { randomTensor } from "./ort.js";
+
+const native = backendInfo().available.native;
+const simd = native ? backendInfo().details.native!.simd : "";
+const why = !native
+  ? `the native backend is not available here (${backendInfo().reasons.native ?? "not built"})`
+  : !/avx2/.test(simd)
+    ? `the plan chooses between Winograd and direct convolutions, which run on the AVX2/AVX-512 kernels; this processor offers ${simd}`
+    : "";
+const planTest = why ? test.serial.skip : test.serial;
+if (why) console.log(`# convolution plan tests skipped: ${why}`);
+
+// two 3×3×3 layer shapes Winograd serves (at least 8 channels each way), small enough to plan fast
+const LAYERS = [
+  { x: randomTensor([1, 16, 8, 16, 16], 1), w: randomTensor([16, 16, 3, 3, 3], 2) },
+  { x: randomTensor([1, 8, 4, 12, 20], 3), w: randomTensor([24, 8, 3, 3, 3], 4) },
+];
+async function runLayers(): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (const { x, w } of LAYERS) out.push((await conv3d(x, w, null, { padding: 1 })).data as Float32Array);
+  return out;
+}
+const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+test.before(() => {
+  if (native) setBackend("native");
+});
+
+planTest("a plan exported here and imported after a clear gives the same entries and bit-identical outputs", async (t) => {
+  clearConvPlan();
+  t.is(exportConvPlan().entries.length, 0);
+  const first = await runLayers();
+  const plan = exportConvPlan();
+  t.is(plan.format, "bhsd-conv-plan");
+  t.is(plan.version, 1);
+  t.is(plan.simd, simd);
+  t.is(plan.threads, backendInfo().details.native!.threads);
+  t.is(plan.entries.length, 2, JSON.stringify(plan.entries));
+  for (const e of plan.entries) t.true(e.length === 16 && e.every((v) => Number.isSafeInteger(v) && v >= 0), JSON.stringify(e));
+  // through JSON as a file would keep it
+  const kept = JSON.parse(JSON.stringify(plan)) as ConvPlan;
+  clearConvPlan();
+  t.is(exportConvPlan().entries.length, 0);
+  t.deepEqual(importConvPlan(kept), { imported: 2 });
+  t.deepEqual(exportConvPlan().entries, plan.entries);
+  const again = await runLayers();
+  again.forEach((a, i) => t.true(bits(a).equals(bits(first[i]!)), `layer ${i}: not the planned path's output`));
+  t.deepEqual(exportConvPlan().entries, plan.entries, "the layers' first calls planned again");
+  // shapes planned already keep this process's choice
+  t.deepEqual(importConvPlan(kept), { imported: 0 });
+});
+
+planTest(
+  "an imported choice is the path that runs: direct and Winograd, imported in turn, each give their own bits every time",
+  async (t) => {
+    clearConvPlan();
+    const { x, w } = LAYERS[0]!;
+    await conv3d(x, w, null, { padding: 1 });
+    const plan = exportConvPlan();
+    t.is(plan.entries.length, 1);
+    const key = plan.entries[0]!.slice(0, 15);
+    const withChoice = async (choice: number) => {
+      clearConvPlan();
+      t.deepEqual(importConvPlan({ ...plan, entries: [[...key, choice]] }), { imported: 1 });
+      const y = (await conv3d(x, w, null, { padding: 1 })).data as Float32Array;
+      t.deepEqual(exportConvPlan().entries, [[...key, choice]], `choice ${choice} was planned again`);
+      return bits(y);
+    };
+    const direct = await withChoice(0),
+      wino = await withChoice(1);
+    t.false(direct.equals(wino), "the direct path and Winograd round differently: the import was not what ran");
+    t.true((await withChoice(0)).equals(direct));
+    t.true((await withChoice(1)).equals(wino));
+    clearConvPlan();
+  },
+);
+
+planTest("a plan from another processor, instruction set, thread count or version is skipped with the reason", (t) => {
+  const plan = exportConvPlan();
+  const other: [keyof ConvPlan, unknown][] = [
+    ["cpu", "Some Other CPU"],
+    ["simd", "sse2"],
+    ["threads", plan.threads + 7],
+    ["bhsd", "0.0.1"],
+  ];
+  clearConvPlan();
+  for (const [k, v] of other) {
+    const r = importConvPlan({ ...plan, [k]: v });
+    t.is(r.imported, 0, k);
+    t.regex(r.skipped ?? "", /^made for .*; this is /, k);
+    t.true((r.skipped ?? "").includes(String(v)), `${k}: ${r.skipped}`);
+  }
+  t.is(exportConvPlan().entries.length, 0, "a skipped plan left entries");
+});
+
+planTest("malformed plans are refused whole, naming what is wrong, and nothing is taken", (t) => {
+  clearConvPlan();
+  const good = {
+    format: "bhsd-conv-plan",
+    version: 1,
+    bhsd: "x",
+    cpu: "x",
+    simd: "x",
+    threads: 1,
+    entries: [] as unknown[],
+  };
+  const entry = [16, 16, 3, 8, 16, 16, 1, 1, 1, 8, 16, 16, 2, 4, 0, 1];
+  const bad: [unknown, RegExp][] = [
+    [null, /for plan but received null/],
+    ["plan", /for plan but received/],
+    [[good], /for plan but received/],
+    [{ ...good, format: "fftw" }, /"bhsd-conv-plan" for plan\.format/],
+    [{ ...good, version: 2 }, /1 for plan\.version/],
+    [{ ...good, cpu: 7 }, /for plan\.cpu/],
+    [{ ...good, simd: "x".repeat(1001) }, /for plan\.simd/],
+    [{ ...good, threads: -1 }, /for plan\.threads/],
+    [{ ...good, threads: 1.5 }, /for plan\.threads/],
+    [{ ...good, entries: "[]" }, /for plan\.entries/],
+    [{ ...good, entries: new Array(65537).fill(entry) }, /at most 65536 entries for plan\.entries/],
+    [{ ...good, entries: [entry.slice(1)] }, /16 non-negative integers for plan\.entries\[0\]/],
+    [{ ...good, entries: [entry, [...entry.slice(0, 15), -1]] }, /plan\.entries\[1\]/],
+    [{ ...good, entries: [[...entry.slice(0, 15), 0.5]] }, /plan\.entries\[0\]/],
+    [{ ...good, entries: [[...entry.slice(0, 15), 2 ** 60]] }, /plan\.entries\[0\]/],
+    [{ ...good, entries: [["16", ...entry.slice(1)]] }, /plan\.entries\[0\]/],
+  ];
+  for (const [plan, message] of bad)
+    t.throws(() => importConvPlan(plan), { instanceOf: TypeError, message }, JSON.stringify(plan)?.slice(0, 80));
+  // values the plan never stores (a choice past F(4×4×4), 3 or 8 groups a task), from this machine:
+  // the native layer refuses them all, the good entry beside them too
+  const here = exportConvPlan();
+  for (const value of [5, 15, 3 * 16 + 1, 8 * 16 + 1, 2 ** 40]) {
+    t.throws(() => importConvPlan({ ...here, entries: [entry, [...entry.slice(0, 15), value]] }), {
+      instanceOf: TypeError,
+      message: /choices are plan values for plan\.entries/,
+    });
+    t.is(exportConvPlan().entries.length, 0, `value ${value}: entries were taken`);
+  }
+  // and the values it does store are taken, as given
+  for (const value of [0, 1, 2, 3, 4, 1 * 16 + 1, 2 * 16 + 4]) {
+    clearConvPlan();
+    t.deepEqual(importConvPlan({ ...here, entries: [[...entry.slice(0, 15), value]] }), { imported: 1 });
+    t.deepEqual(exportConvPlan().entries, [[...entry.slice(0, 15), value]]);
+  }
+  clearConvPlan();
+});
+
+planTest("without the native backend there is no plan: an empty export, an import that says why", (t) => {
+  const r = spawnSync(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "-e",
+      `import("${ROOT}/lib/index.ts").then((m) => console.log(JSON.stringify([m.exportConvPlan().entries, m.importConvPlan(m.exportConvPlan())])))`,
+    ],
+    { cwd: ROOT, encoding: "utf8", env: { ...process.env, BHSD_DISABLE_NATIVE: "1", BHSD_BACKEND: "" }, timeout: 60_000 },
+  );
+  t.is(r.status, 0, r.stderr);
+  const [entries, imported] = JSON.parse(r.stdout.trim().split("\n").pop()!);
+  t.deepEqual(entries, []);
+  t.is(imported.imported, 0);
+  t.regex(imported.skipped, /native backend is not loaded/);
+});
