@@ -1223,6 +1223,52 @@ static double sampled_error(const bhsd::ConvGeom& g, const ConvOperands& ops, co
 // choice's transformed weights stay cached. (The plan's per-candidate estimates once had one slot
 // too few for kWinoDeep: the addon crashed in ResEnc-M's first window; ASan's build of this test
 // reports that overflow here and in test_winograd's deep cases.)
+// The F(4×4) input transforms' aligned row reads (f4_bt_row_aligned: six loads on cache lines where a
+// row's first sample lies one before a line) give bit for bit what the five unaligned loads give —
+// the same samples through the same arithmetic — for F(2×4×4), F(4×4×4) and the 1×3×3 F(4×4)
+// tiles, on rows of 64 and 128 voxels (one and two groups of 16 tiles; the first group's first load
+// lies wholly before the row, the last group's last after it), every plane's edges, an input that
+// does not start on a line (the unaligned reads then) too; and match a loop in double.
+static void test_winograd_aligned_rows(bhsd::ThreadPool& pool) {
+#ifdef BHSD_X86
+  if (!bhsd::conv_detail::use_avx512()) return;  // the F(4×4) transforms are AVX-512's
+  using namespace bhsd::wino_detail;
+  std::uint32_t st = 77;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  };
+  for (const std::int64_t W : {64, 128})
+    for (const int kind : {0, 1, 2}) {  // F(2×4×4), F(4×4×4), 1×3×3
+      const std::int64_t kd = kind == 2 ? 1 : 3, pd = kind == 2 ? 0 : 1, D = 8, H = 12;
+      const bhsd::ConvGeom g{16, D, H, W, 24, kd, 3, 3, 1, 1, 1, 1, 1, 1, pd, 1, 1, D, H, W};
+      const ConvOperands ops = conv_operands(g, rnd);
+      const std::size_t nx = ops.x.size(), no = std::size_t(g.Co * g.Do * g.Ho * g.Wo);
+      auto xb = bhsd::Block::allocate((nx + 16) * sizeof(float));
+      float* x = static_cast<float*>(xb->data());
+      std::copy(ops.x.begin(), ops.x.end(), x);
+      float* x1 = x + 1;  // the same input one float on (copied there in its turn): no row starts on a line
+      const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), g.Co, g.K());
+      const DeepTilesScope deep(kind == 1);
+      CHECK(tile_code(g) == (kind == 1 ? 8 : 4));
+      std::vector<float> y[3];
+      for (int r = 0; r < 3; ++r) {
+        aligned_rows_override() = r == 1 ? 0 : 1;
+        std::copy(ops.x.begin(), ops.x.end(), r == 2 ? x1 : x);
+        y[r].assign(no, 7.0f);
+        CHECK(bhsd::conv3d_forward_winograd(g, r == 2 ? x1 : x, wp.data(), ops.bias.data(), y[r].data(),
+                                            bhsd::Act::leaky, 0.01f, pool));
+      }
+      aligned_rows_override() = -1;
+      CHECK(std::memcmp(y[0].data(), y[1].data(), no * sizeof(float)) == 0);
+      CHECK(std::memcmp(y[0].data(), y[2].data(), no * sizeof(float)) == 0);
+      if (kind != 2) CHECK(sampled_error(g, ops, y[0], std::size_t(W + kind), 0.01) < 5e-5);
+    }
+#else
+  (void)pool;
+#endif
+}
+
 // The plan as numbers (plan_export / plan_import, exportConvPlan in Node): a round trip, a key this
 // process planned keeps its choice, and numbers that are no plan refused whole (nothing taken).
 static void test_plan_export_import() {
@@ -1787,6 +1833,7 @@ int main() {
     test_winograd_wide(pool);
     test_winograd_deep_plan(pool);
     test_plan_export_import();
+    test_winograd_aligned_rows(pool);
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

@@ -82,6 +82,12 @@ inline int& f4_override() {
   static int v = -1;
   return v;
 }
+// The F(4×4) input transforms' aligned row reads (whole_masks): −1 as BHSD_WINOGRAD_UNALIGNED says
+// (set: never), 0 never, 1 where they apply (the tests' switch).
+inline int& aligned_rows_override() {
+  static int v = -1;
+  return v;
+}
 // Whether this processor runs bf16 products (AVX512_BF16 beside the AVX-512 kernels; BHSD_NO_BF16=1
 // says no, for comparison).
 inline bool bf16_available() {
@@ -965,16 +971,19 @@ BHSD_W5 void at6(const __m512* m, __m512* o) {
 }
 
 // f4_rows_w's lane tables: P[k] picks samples 4j + k of a row segment from two loads (lanes 0–7
-// from z0‖z1, 8–15 from z2‖z3); N[0], N[1] move e_0, e_1 one lane on and take samples 64, 65 of z4.
+// from z0‖z1, 8–15 from z2‖z3); N[0], N[1] move e_0, e_1 one lane on and take samples 64, 65 of z4;
+// N[2] moves a vector one lane back and takes the last sample of another into lane 0
+// (f4_bt_row_aligned).
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_row_tables(__m512i* P, __m512i* N) {
   alignas(64) static const std::int32_t pick[4][16] = {{0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28},
                                                        {1, 5, 9, 13, 17, 21, 25, 29, 1, 5, 9, 13, 17, 21, 25, 29},
                                                        {2, 6, 10, 14, 18, 22, 26, 30, 2, 6, 10, 14, 18, 22, 26, 30},
                                                        {3, 7, 11, 15, 19, 23, 27, 31, 3, 7, 11, 15, 19, 23, 27, 31}};
-  alignas(64) static const std::int32_t next[2][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17}};
+  alignas(64) static const std::int32_t next[3][16] = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+                                                       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17},
+                                                       {31, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}};
   for (int k = 0; k < 4; ++k) P[k] = _mm512_load_si512(pick[k]);
-  for (int k = 0; k < 2; ++k) N[k] = _mm512_load_si512(next[k]);
+  for (int k = 0; k < 3; ++k) N[k] = _mm512_load_si512(next[k]);
 }
 
 // The 66 samples of a row segment from column iw0 (five loads of 16, clamped into the row) into L1.
@@ -998,6 +1007,27 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
                                 _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
   e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
   e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
+  bt6(e, w);
+}
+
+// f4_bt_row for a segment whose first sample (column iw0) lies one before a 64-byte line: six
+// aligned loads zv of 16 from iw0 − 15 (zv[0] holds sample iw0 in its last lane, zv[5] sample
+// iw0 + 65 in its first), so that no load splits two cache lines (five loads from iw0 split ten).
+// e_1 … e_4 (samples 4j + k, k = 1 … 4, from iw0) are zv[1] … zv[4]'s samples 4j + k − 1 — the
+// tables P pick them as f4_bt_row picks e_0 … e_3 —, e_0 is e_4 one lane back with sample iw0 in
+// lane 0 (N[2]), e_5 is e_1 one lane on with sample iw0 + 65 in lane 15 (N[0]). The same
+// permutations and arithmetic as f4_bt_row, one load more. The Xeon (2026-12-04, 64→64 F(4×4×4)
+// at 16×128×128) ran the input transform of a layer 33.7 → 30.3 ms on one thread with loads at
+// aligned addresses.
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row_aligned(const __m512* zv,
+                                                                                         const __m512i* P,
+                                                                                         const __m512i* N, __m512* w) {
+  __m512 e[6];
+  for (int k = 1; k < 5; ++k)
+    e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[1], P[k - 1], zv[2]),
+                                _mm512_permutex2var_ps(zv[3], P[k - 1], zv[4]));
+  e[0] = _mm512_permutex2var_ps(e[4], N[2], zv[0]);
+  e[5] = _mm512_permutex2var_ps(e[1], N[0], zv[5]);
   bt6(e, w);
 }
 
@@ -1040,7 +1070,9 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
 // for the 1×3×3 transform (a 32→32 layer at 16×256×256 on one thread: 85.5–86.5 ms without it,
 // 76.9–77.2 with it, 79.0 before this path), not for the F(2×4×4) one, which prefetches the next
 // channel's rows (its layers the same either way; its own time 10 % more with both).
-template <int NZ, bool PF>
+// A (aligned): the segment's first column lies one before a line (whole_masks), and the rows are
+// read as f4_bt_row_aligned reads them: six loads from iw0 − 15, masked by mk[0 … 5].
+template <int NZ, bool PF, bool A = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_whole(const ConvGeom& g, const float* x,
                                                                                      const Seg& sg, const __mmask16* mk,
                                                                                      const __m512i* P, const __m512i* N,
@@ -1057,24 +1089,37 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
       }
       const float* r = x + id * plane + ih * g.W;
       if (PF && y >= 2 && ih + 4 < g.H) prefetch_row16x5(r + 4 * g.W, sg.iw0, g.W);  // next tile row's rows
-      __m512 zv[5], w[6];
+      constexpr int NL = A ? 6 : 5;
+      const std::int64_t c0 = A ? sg.iw0 - 15 : sg.iw0;
+      __m512 zv[NL], w[6];
       // every load masked (a load inside the row has all 16 lanes set): choosing a plain load where
       // the mask is full cost the Xeon 15 % of the transform
-      for (int q = 0; q < 5; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, sg.iw0 + 16 * q));
-      f4_bt_row(zv, P, N, w);
+      for (int q = 0; q < NL; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, c0 + 16 * q));
+      if constexpr (A)
+        f4_bt_row_aligned(zv, P, N, w);
+      else
+        f4_bt_row(zv, P, N, w);
       for (int k = 0; k < 6; ++k) _mm512_store_ps(tr + k * TL, w[k]);
     }
   }
 }
 
-// The load masks of a one-segment group's rows for f4_rows_whole; false where its rows are shorter
-// than a load (then f4_rows_w's general path runs).
-BHSD_W5 bool whole_masks(const ConvGeom& g, const Group& gr, __mmask16* mk) {
+// The load masks of a one-segment group's rows for f4_rows_whole (mk: room for 6); false where its
+// rows are shorter than a load (then f4_rows_w's general path runs). aligned: the rows are read as
+// f4_bt_row_aligned reads them (six loads from iw0 − 15), where iw0 + 1 is a multiple of 16 samples
+// (a padding of 1 and groups of 16 tiles from a row's start: nnU-Net's layers) and the input and its
+// rows start on lines (then every load does); else five loads from iw0.
+BHSD_W5 bool whole_masks(const ConvGeom& g, const float* in, const Group& gr, __mmask16* mk, bool& aligned) {
+  aligned = false;
   if (gr.nseg != 1 || gr.n != TL || g.W < 16) return false;
-  for (int q = 0; q < 5; ++q) {
+  static const bool env_off = std::getenv("BHSD_WINOGRAD_UNALIGNED") != nullptr;  // (for comparison)
+  const bool off = aligned_rows_override() < 0 ? env_off : aligned_rows_override() == 0;
+  aligned = !off && (gr.seg[0].iw0 + 1) % 16 == 0 && g.W % 16 == 0 && (reinterpret_cast<std::uintptr_t>(in) & 63) == 0;
+  const std::int64_t c0 = aligned ? gr.seg[0].iw0 - 15 : gr.seg[0].iw0;
+  for (int q = 0; q < (aligned ? 6 : 5); ++q) {
     unsigned m = 0;
     for (int l = 0; l < 16; ++l) {
-      const std::int64_t c = gr.seg[0].iw0 + 16 * q + l;
+      const std::int64_t c = c0 + 16 * q + l;
       if (c >= 0 && c < g.W) m |= 1u << l;
     }
     mk[q] = __mmask16(m);
@@ -1089,15 +1134,18 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   alignas(64) float t[36 * TL];  // [y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
-  __m512i P[4], N[2];
+  __m512i P[4], N[3];
   f4_row_tables(P, N);
-  __mmask16 mk[5];
-  const bool fast = whole_masks(g, gr, mk);
+  __mmask16 mk[6];
+  bool al = false;
+  const bool fast = whole_masks(g, in, gr, mk, al);
   SegLanes16<5> L;  // the general path's loads and lane moves
   if (!fast) seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
-    if (fast)
+    if (fast && al)
+      f4_rows_whole<1, true, true>(g, x, gr.seg[0], mk, P, N, t);
+    else if (fast)
       f4_rows_whole<1, true>(g, x, gr.seg[0], mk, P, N, t);
     else
       for (int y = 0; y < 6; ++y) {
@@ -1219,10 +1267,11 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
   alignas(64) float t[NZ * 36 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
-  __m512i P[4], N[2];
+  __m512i P[4], N[3];
   f4_row_tables(P, N);
-  __mmask16 mk[5];
-  const bool fast = whole_masks(g, gr, mk);
+  __mmask16 mk[6];
+  bool al = false;
+  const bool fast = whole_masks(g, in, gr, mk, al);
   SegLanes16<5> L;  // the general path's loads and lane moves
   if (!fast) seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
@@ -1230,7 +1279,9 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
     // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
     // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
     if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
-    if (fast)
+    if (fast && al)
+      f4_rows_whole<NZ, false, true>(g, x, gr.seg[0], mk, P, N, t);
+    else if (fast)
       f4_rows_whole<NZ, false>(g, x, gr.seg[0], mk, P, N, t);
     else
       for (int zy = 0; zy < NZ * 6; ++zy) {
