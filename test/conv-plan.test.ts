@@ -7,6 +7,9 @@ delete process.env.BHSD_WINOGRAD;
 
 import test from "ava";
 import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { backendInfo, clearConvPlan, conv3d, exportConvPlan, importConvPlan, setBackend, type ConvPlan } from "../lib/index.js";
 import { ROOT } from "./helpers.js";
 import { randomTensor } from "./ort.js";
@@ -172,3 +175,54 @@ planTest("without the native backend there is no plan: an empty export, an impor
   t.is(imported.imported, 0);
   t.regex(imported.skipped, /native backend is not loaded/);
 });
+
+planTest(
+  "BHSD_CONV_PLAN=FILE: written at exit where the process planned something, imported by the next process when its addon loads; a file that is no plan is left as it was",
+  (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "bhsd-conv-plan-"));
+    const file = join(dir, "plan.json");
+    const child = (code: string, env: Record<string, string> = { BHSD_CONV_PLAN: file }) =>
+      spawnSync(process.execPath, ["--import", "tsx", "-e", `import("${ROOT}/lib/index.ts").then(async (m) => { ${code} })`], {
+        cwd: ROOT,
+        encoding: "utf8",
+        env: { ...process.env, BHSD_BACKEND: "native", ...env },
+        timeout: 60_000,
+      });
+    const conv = `const x = { data: new Float32Array(16 * 8 * 16 * 16).fill(0.5), shape: [1, 16, 8, 16, 16] };
+    const w = { data: new Float32Array(16 * 16 * 27).fill(0.01), shape: [16, 16, 3, 3, 3] };
+    await m.conv3d(x, w, null, { padding: 1 });`;
+    // nothing planned: nothing written
+    let r = child(`console.log(m.exportConvPlan().entries.length);`);
+    t.is(r.status, 0, r.stderr);
+    t.false(existsSync(file));
+    r = child(`${conv} console.log(JSON.stringify(m.exportConvPlan().entries));`);
+    t.is(r.status, 0, r.stderr);
+    const planned = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    t.is(planned.length, 1);
+    const kept = JSON.parse(readFileSync(file, "utf8"));
+    t.is(kept.format, "bhsd-conv-plan");
+    t.deepEqual(kept.entries, planned);
+    t.deepEqual(readdirSync(dir), ["plan.json"], "a temporary was left");
+    // the next process has it before any convolution, and does not rewrite an unchanged plan
+    const mtime = statSync(file).mtimeMs;
+    r = child(`console.log(JSON.stringify(m.exportConvPlan().entries)); ${conv}`);
+    t.is(r.status, 0, r.stderr);
+    t.is(r.stderr, "");
+    t.deepEqual(JSON.parse(r.stdout.trim().split("\n").pop()!), planned);
+    t.is(statSync(file).mtimeMs, mtime);
+    // not a plan: reported, left alone, nothing written at exit
+    for (const text of ["not json", JSON.stringify({ ...kept, entries: [[1, 2]] }), "[]"]) {
+      writeFileSync(file, text);
+      r = child(conv);
+      t.is(r.status, 0, r.stderr);
+      t.regex(r.stderr, /BHSD_CONV_PLAN=.*plan\.json: not a plan \(.*\); left as it is/);
+      t.is(readFileSync(file, "utf8"), text);
+    }
+    // another machine's: reported and replaced by this one's
+    writeFileSync(file, JSON.stringify({ ...kept, cpu: "Another CPU", entries: [] }));
+    r = child(conv);
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stderr, /not used \(made for Another CPU, .*\); it will be replaced/);
+    t.deepEqual(JSON.parse(readFileSync(file, "utf8")).entries, planned);
+  },
+);

@@ -13,10 +13,12 @@
  * never wrong. It is refused whole when malformed, and skipped (nothing taken, a reason given)
  * when another processor, instruction set, thread count or bhsd version made it.
  */
+import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
+import { basename, dirname, join } from "node:path";
 import { invalidParameterError, plainObject } from "../is.js";
 import { VERSION } from "../version.js";
-import { nativeBackend } from "./index.js";
+import { nativeBackend, onNativeLoad } from "./index.js";
 
 /** What exportConvPlan gives and importConvPlan takes (JSON as it is). */
 export interface ConvPlan {
@@ -113,3 +115,81 @@ export function importConvPlan(plan: unknown): ConvPlanImport {
 export function clearConvPlan(): void {
   nativeBackend()?.convPlanClear();
 }
+
+/** The most bytes a plan file may have (a model's plan is under a kilobyte a layer shape). */
+export const CONV_PLAN_FILE_MAX_BYTES = 16 << 20;
+
+/**
+ * A plan file's text, or undefined where there is no file; throws where it is not a regular file
+ * or is larger than a plan can be (read through one descriptor: no race between the check and the
+ * read).
+ */
+export function readConvPlanFile(path: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
+  }
+  try {
+    const s = fstatSync(fd);
+    if (!s.isFile()) throw new Error("is not a file");
+    if (s.size > CONV_PLAN_FILE_MAX_BYTES) throw new Error(`${s.size} bytes, more than a plan's ${CONV_PLAN_FILE_MAX_BYTES}`);
+    const buf = Buffer.alloc(s.size);
+    let off = 0;
+    while (off < buf.length) {
+      const n = readSync(fd, buf, off, buf.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The plan as a file holds it: JSON, one entry a line. */
+export function convPlanText(plan: ConvPlan = exportConvPlan()): string {
+  const { entries, ...rest } = plan;
+  const head = JSON.stringify(rest).slice(0, -1);
+  return `${head},"entries":[${entries.map((e) => `\n  ${JSON.stringify(e)}`).join(",")}\n]}\n`;
+}
+
+/**
+ * BHSD_CONV_PLAN=FILE: when the native addon loads, the plan in FILE is imported where FILE exists;
+ * at the process's exit, where it planned shapes FILE did not hold, the plan is written back
+ * (atomically: a temporary beside it, renamed). A FILE that is there but is no plan (or not a
+ * file, or too big) is reported on stderr and left as it is: it may be something else named by
+ * mistake. A plan another machine or version made is reported and replaced.
+ */
+function planFileOfEnvironment(): void {
+  const path = process.env.BHSD_CONV_PLAN;
+  if (!path) return;
+  const say = (what: string) => process.stderr.write(`bhsd: BHSD_CONV_PLAN=${path}: ${what}\n`);
+  let text: string | undefined;
+  try {
+    text = readConvPlanFile(path);
+    if (text !== undefined) {
+      const r = importConvPlan(JSON.parse(text));
+      if (r.skipped) say(`not used (${r.skipped}); it will be replaced`);
+    }
+  } catch (e) {
+    say(`not a plan (${(e as Error).message}); left as it is, and this process's plan is not kept`);
+    return;
+  }
+  const before = JSON.stringify(text === undefined ? [] : exportConvPlan().entries);
+  process.on("exit", () => {
+    const plan = exportConvPlan();
+    if (JSON.stringify(plan.entries) === before) return;
+    const temp = join(dirname(path), `.bhsd-${process.pid}-${basename(path)}`);
+    try {
+      writeFileSync(temp, convPlanText(plan));
+      renameSync(temp, path);
+    } catch (e) {
+      rmSync(temp, { force: true });
+      say(`the plan was not written (${(e as Error).message})`);
+    }
+  });
+}
+onNativeLoad(planFileOfEnvironment);

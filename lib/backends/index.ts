@@ -37,7 +37,9 @@ function tryLoad(name: BackendName): Backend | undefined {
       if (name === "ts") loaded.set(name, new TsBackend());
       else if (name === "native") {
         const { addon, path } = loadNativeAddon();
-        loaded.set(name, new NativeBackend(addon, path));
+        const native = new NativeBackend(addon, path);
+        loaded.set(name, native);
+        for (const hook of nativeLoadHooks) hook(native);
       } else {
         const cuda = loadCudaBackend(() => tryLoad("native") ?? tryLoad("ts")!).backend;
         if (precision) cuda.precision = precision;
@@ -48,6 +50,17 @@ function tryLoad(name: BackendName): Backend | undefined {
     }
   }
   return loaded.get(name);
+}
+
+const nativeLoadHooks: ((native: NativeBackend) => void)[] = [];
+/**
+ * @internal Runs `hook` with the native backend when its addon loads (at once where it has): the
+ * convolution plan file of BHSD_CONV_PLAN (conv-plan.ts). A hook must not throw.
+ */
+export function onNativeLoad(hook: (native: NativeBackend) => void): void {
+  nativeLoadHooks.push(hook);
+  const native = loaded.get("native");
+  if (native) hook(native as NativeBackend);
 }
 
 function unavailableError(name: BackendName, via: string): Error {

@@ -1,10 +1,10 @@
 /** Shared bits of the commands: number parsing with clear errors, tables, progress on stderr. */
 import { randomBytes } from "node:crypto";
 import { constants, rmSync } from "node:fs";
-import { access, mkdir, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
+import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { InvalidArgumentError } from "commander";
-import { exportConvPlan, importConvPlan } from "../backends/conv-plan.js";
+import { importConvPlan, readConvPlanFile } from "../backends/conv-plan.js";
 
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
@@ -178,24 +178,18 @@ export async function inputFiles(path: string, subfolders: string[] = []): Promi
  * hidden file beside it, and `commit()` renames them all into place at the end; anything that
  * fails before leaves no output behind and names only the outputs' own paths.
  */
-/** The most bytes a --conv-plan file may have (a model's plan is under a kilobyte a layer shape). */
-const CONV_PLAN_FILE_MAX_BYTES = 16 << 20;
-
 /**
  * --conv-plan FILE, before the work: the convolution plan in FILE imported where FILE exists (a note
  * on stderr where another machine or version made it); an error, before any work and with FILE left
  * as it is, where FILE is not such a plan — it may be something else named by mistake, and the
  * command writes the plan back to FILE when it is done.
  */
-export async function importConvPlanFile(flag: string, path: string): Promise<void> {
-  const s = await statOrNull(path);
-  if (!s) return;
-  if (!s.isFile()) throw new Error(`${flag} ${path}: is not a file`);
-  if (s.size > CONV_PLAN_FILE_MAX_BYTES)
-    throw new Error(`${flag} ${path}: ${s.size} bytes, more than a plan's ${CONV_PLAN_FILE_MAX_BYTES}; refusing to read or overwrite it`);
+export function importConvPlanFile(flag: string, path: string): void {
   let plan: unknown;
   try {
-    plan = JSON.parse(await readFile(path, "utf8"));
+    const text = readConvPlanFile(path);
+    if (text === undefined) return;
+    plan = JSON.parse(text);
   } catch (e) {
     throw new Error(`${flag} ${path}: not a plan from an earlier run (${(e as Error).message}); refusing to overwrite it`, { cause: e });
   }
@@ -205,13 +199,6 @@ export async function importConvPlanFile(flag: string, path: string): Promise<vo
   } catch (e) {
     throw new Error(`${flag} ${path}: not a plan from an earlier run (${(e as Error).message}); refusing to overwrite it`, { cause: e });
   }
-}
-
-/** The convolution plan as --conv-plan writes it (JSON, one entry a line). */
-export function convPlanText(): string {
-  const { entries, ...rest } = exportConvPlan();
-  const head = JSON.stringify(rest).slice(0, -1);
-  return `${head},"entries":[${entries.map((e) => `\n  ${JSON.stringify(e)}`).join(",")}\n]}\n`;
 }
 
 export class OutputPlan {
