@@ -218,6 +218,14 @@ planTest(
       t.regex(r.stderr, /BHSD_CONV_PLAN=.*plan\.json: not a plan \(.*\); left as it is/);
       t.is(readFileSync(file, "utf8"), text);
     }
+    // a FIFO named by mistake: not opened for a blocking read (the process would hang), left as it is
+    const fifo = join(dir, "fifo");
+    if (spawnSync("mkfifo", [fifo]).status === 0) {
+      r = child(conv, { BHSD_CONV_PLAN: fifo });
+      t.is(r.status, 0, r.stderr);
+      t.regex(r.stderr, /BHSD_CONV_PLAN=.*fifo: not a plan \(is not a file\); left as it is/);
+      t.true(statSync(fifo).isFIFO());
+    }
     // another machine's: reported and replaced by this one's
     writeFileSync(file, JSON.stringify({ ...kept, cpu: "Another CPU", entries: [] }));
     r = child(conv);

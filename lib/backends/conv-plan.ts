@@ -13,7 +13,7 @@
  * never wrong. It is refused whole when malformed, and skipped (nothing taken, a reason given)
  * when another processor, instruction set, thread count or bhsd version made it.
  */
-import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { invalidParameterError, plainObject } from "../is.js";
@@ -127,7 +127,7 @@ export const CONV_PLAN_FILE_MAX_BYTES = 16 << 20;
 export function readConvPlanFile(path: string): string | undefined {
   let fd: number;
   try {
-    fd = openSync(path, "r");
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK); // a FIFO named here must not block the open
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw e;

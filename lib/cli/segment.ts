@@ -6,6 +6,7 @@ import { writeNifti } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
+import { convPlanText } from "../backends/conv-plan.js";
 import { PRECISIONS, type Precision } from "../backends/precision.js";
 import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
@@ -13,7 +14,6 @@ import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
 import { fmt, importConvPlanFile, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
-import { convPlanText } from "../backends/conv-plan.js";
 
 interface Opts {
   model?: string;

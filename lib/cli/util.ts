@@ -170,15 +170,6 @@ export async function inputFiles(path: string, subfolders: string[] = []): Promi
 }
 
 /**
- * The outputs of a command, planned before any work. An input that is a FIFO, a device or a
- * socket is refused (reading it could block forever). Each output is refused when it is one of the
- * inputs (the same file after symlinks and hard links: real path or device and inode), when two
- * outputs are the same file, when its folder is missing or not writable, or when it is a folder
- * (a file output) or a file (a folder output). The command writes each output to `temp(flag)`, a
- * hidden file beside it, and `commit()` renames them all into place at the end; anything that
- * fails before leaves no output behind and names only the outputs' own paths.
- */
-/**
  * --conv-plan FILE, before the work: the convolution plan in FILE imported where FILE exists (a note
  * on stderr where another machine or version made it); an error, before any work and with FILE left
  * as it is, where FILE is not such a plan — it may be something else named by mistake, and the
@@ -201,6 +192,15 @@ export function importConvPlanFile(flag: string, path: string): void {
   }
 }
 
+/**
+ * The outputs of a command, planned before any work. An input that is a FIFO, a device or a
+ * socket is refused (reading it could block forever). Each output is refused when it is one of the
+ * inputs (the same file after symlinks and hard links: real path or device and inode), when two
+ * outputs are the same file, when its folder is missing or not writable, or when it is a folder
+ * (a file output) or a file (a folder output). The command writes each output to `temp(flag)`, a
+ * hidden file beside it, and `commit()` renames them all into place at the end; anything that
+ * fails before leaves no output behind and names only the outputs' own paths.
+ */
 export class OutputPlan {
   private readonly planned: Planned[];
   private committed = false;
