@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|model|networks|segment|server|semi]` (all but segment and semi by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|model|networks|segment|plan|server|semi]` (all but segment, plan and semi by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -14,6 +14,7 @@ import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
 import { benchNetworks } from "./networks.js";
+import { benchPlan } from "./plan.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 
@@ -25,6 +26,7 @@ const sections: Record<string, (dir: string) => Promise<string[]>> = {
   model: benchModel,
   networks: benchNetworks,
   segment: benchSegment,
+  plan: benchPlan,
   server: benchServer,
   semi: benchSemi,
 };
@@ -36,8 +38,8 @@ try {
     `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`,
   );
   for (const [name, fn] of Object.entries(sections)) {
-    // "segment" and "semi" take minutes: only when asked for by name
-    if (wanted.length ? !wanted.includes(name) : name === "segment" || name === "semi") continue;
+    // "segment", "plan" and "semi" take minutes: only when asked for by name
+    if (wanted.length ? !wanted.includes(name) : name === "segment" || name === "plan" || name === "semi") continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {
