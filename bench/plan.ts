@@ -6,10 +6,11 @@
  * model's first run, then its second.
  */
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fmt, median } from "./lib.js";
 
-type Run = { total: number; first: number; second: number };
+type Run = { total: number; first: number; second: number; planned: number };
 
 function child(which: string, engine: string, plan?: string): Run {
   const r = spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "plan-window.ts"), which, engine], {
@@ -19,6 +20,7 @@ function child(which: string, engine: string, plan?: string): Run {
   });
   const line = r.stdout.trim().split("\n").pop() ?? "";
   if (r.status !== 0 || !line.startsWith("{")) throw new Error(`bench plan: ${which} ${engine} failed: ${r.stderr.slice(-500)}`);
+  if (/BHSD_CONV_PLAN/.test(r.stderr)) throw new Error(`bench plan: ${which} ${engine}: ${r.stderr.slice(-500)}`);
   return JSON.parse(line) as Run;
 }
 
@@ -34,12 +36,14 @@ export async function benchPlan(dir: string): Promise<string[]> {
   ] as const) {
     const plan = join(dir, `plan-${which}.json`);
     child(which, "native", plan); // makes the plan (written at its exit)
+    if (!existsSync(plan)) throw new Error(`bench plan: ${which}: the first process wrote no plan to ${plan}`);
     const fresh: Run[] = [],
       imported: Run[] = [],
       onnx: Run[] = [];
     for (let i = 0; i < 2; i++) {
       fresh.push(child(which, "native"));
       imported.push(child(which, "native", plan));
+      if (!imported.at(-1)!.planned) throw new Error(`bench plan: ${which}: the plan in ${plan} was not imported`);
       onnx.push(child(which, "ort"));
     }
     const ms = (rs: Run[], k: keyof Run) => median(rs.map((r) => r[k]));

@@ -517,7 +517,7 @@ test("segment --conv-plan keeps the convolution plan in a file: written after th
     [lab, /--conv-plan .*lab\.nii\.gz: not a plan from an earlier run \(.*\); refusing to overwrite it/],
     [
       join(dir, "broken.json"),
-      /--conv-plan .*broken\.json: not a plan from an earlier run \(Expected an array of 16 non-negative integers for plan\.entries\[0\].*\); refusing to overwrite it/,
+      /--conv-plan .*broken\.json: not a plan from an earlier run \(Expected an array of 16 integers in \[0, 2\^40\] for plan\.entries\[0\].*\); refusing to overwrite it/,
     ],
     [dir, /--conv-plan .*: is a folder, expected a file name/],
     [CT, /--conv-plan .* is an input of this command .*refusing to overwrite it/],

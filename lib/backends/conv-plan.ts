@@ -13,6 +13,7 @@
  * never wrong. It is refused whole when malformed, and skipped (nothing taken, a reason given)
  * when another processor, instruction set, thread count or bhsd version made it.
  */
+import { randomBytes } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -46,6 +47,8 @@ const FORMAT = "bhsd-conv-plan";
 const ENTRY_VALUES = 16;
 /** The most entries a plan may hold (a model has a few dozen layer shapes). */
 export const CONV_PLAN_MAX_ENTRIES = 1 << 16;
+/** The largest value of an entry (the addon's bound on a size; a layer's extents are far below it). */
+const MAX_VALUE = 2 ** 40;
 
 function machine(): { cpu: string; simd: string; threads: number } | undefined {
   const native = nativeBackend();
@@ -56,8 +59,8 @@ function machine(): { cpu: string; simd: string; threads: number } | undefined {
 
 /**
  * The convolution plan this process has made so far (and imported), to keep — e.g. as a JSON file —
- * for importConvPlan in a later process on the same machine. Empty entries where the native
- * backend is not loaded or nothing was planned yet.
+ * for importConvPlan in a later process on the same machine. Loads the native addon where it has
+ * not loaded yet; empty entries (and `simd: "none"`) where it cannot, or nothing was planned yet.
  */
 export function exportConvPlan(): ConvPlan {
   const m = machine();
@@ -95,12 +98,18 @@ export function importConvPlan(plan: unknown): ConvPlanImport {
   const entries = plan.entries;
   if (!Array.isArray(entries) || entries.length > CONV_PLAN_MAX_ENTRIES)
     throw invalidParameterError("plan.entries", `an array of at most ${CONV_PLAN_MAX_ENTRIES} entries`, entries);
+  // index loops, not forEach/every: those skip an array's holes ([e, , e])
   const values: number[] = [];
-  entries.forEach((e: unknown, i) => {
-    if (!Array.isArray(e) || e.length !== ENTRY_VALUES || !e.every((v) => Number.isSafeInteger(v) && (v as number) >= 0))
-      throw invalidParameterError(`plan.entries[${i}]`, `an array of ${ENTRY_VALUES} non-negative integers`, e);
-    values.push(...(e as number[]));
-  });
+  for (let i = 0; i < entries.length; i++) {
+    const e: unknown = entries[i];
+    let ok = Array.isArray(e) && e.length === ENTRY_VALUES;
+    for (let k = 0; ok && k < ENTRY_VALUES; k++) {
+      const v: unknown = (e as unknown[])[k];
+      ok = Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= MAX_VALUE;
+    }
+    if (!ok) throw invalidParameterError(`plan.entries[${i}]`, `an array of ${ENTRY_VALUES} integers in [0, 2^40]`, e);
+    for (let k = 0; k < ENTRY_VALUES; k++) values.push((e as number[])[k]!);
+  }
   const m = machine();
   if (!m) return { imported: 0, skipped: "the native backend is not loaded (only its convolutions are planned)" };
   const made = `${plan.cpu as string}, ${plan.simd as string}, ${plan.threads as number} threads, bhsd ${plan.bhsd as string}`;
@@ -111,7 +120,7 @@ export function importConvPlan(plan: unknown): ConvPlanImport {
   return { imported: taken };
 }
 
-/** Forgets this process's convolution plan: each layer shape's next first call times the candidates again. */
+/** Forgets this process's convolution plan (loading the addon where it has not loaded): each layer shape's next first call times the candidates again. */
 export function clearConvPlan(): void {
   nativeBackend()?.convPlanClear();
 }
@@ -157,11 +166,50 @@ export function convPlanText(plan: ConvPlan = exportConvPlan()): string {
 }
 
 /**
+ * The plan to write to `path`: this process's, with the entries of a plan another process wrote
+ * there meanwhile taken in first (this process's own choices kept), so that runs sharing a file
+ * add to it rather than the last one's plan replacing the others'. Undefined where nothing should
+ * be written: the native backend is not loaded (its plan would be empty), or the file there now is
+ * not a plan (it may be something else; it is left as it is).
+ */
+export function convPlanToKeep(path: string): ConvPlan | undefined {
+  if (!machine()) return undefined;
+  try {
+    const text = readConvPlanFile(path);
+    if (text !== undefined) importConvPlan(JSON.parse(text));
+  } catch {
+    return undefined;
+  }
+  return exportConvPlan();
+}
+
+/**
+ * Writes `plan` to `path` atomically: a temporary of an unguessable name beside it, created
+ * exclusively (never through a link planted there), renamed over `path` (a link at `path` itself is
+ * replaced, not followed).
+ */
+export function writeConvPlanFile(path: string, plan: ConvPlan): void {
+  const temp = join(dirname(path), `.bhsd-${randomBytes(6).toString("hex")}-${basename(path)}`);
+  try {
+    writeFileSync(temp, convPlanText(plan), { flag: "wx" });
+    renameSync(temp, path);
+  } catch (e) {
+    try {
+      rmSync(temp, { force: true });
+    } catch {
+      // (a temporary that cannot be removed is left; the error below says why the plan was not kept)
+    }
+    throw e;
+  }
+}
+
+/**
  * BHSD_CONV_PLAN=FILE: when the native addon loads, the plan in FILE is imported where FILE exists;
- * at the process's exit, where it planned shapes FILE did not hold, the plan is written back
- * (atomically: a temporary beside it, renamed). A FILE that is there but is no plan (or not a
- * file, or too big) is reported on stderr and left as it is: it may be something else named by
- * mistake. A plan another machine or version made is reported and replaced.
+ * at the process's normal exit (not a kill by a signal), where it planned shapes FILE did not hold,
+ * the plan is written back (convPlanToKeep: merged with what other processes wrote there meanwhile;
+ * atomically). A FILE that is there but is no plan (or not a file, or too big), at the start or at
+ * exit, is reported on stderr and left as it is: it may be something else named by mistake. A plan
+ * another machine or version made is reported, and replaced where this process plans shapes.
  */
 function planFileOfEnvironment(): void {
   const path = process.env.BHSD_CONV_PLAN;
@@ -180,14 +228,12 @@ function planFileOfEnvironment(): void {
   }
   const before = JSON.stringify(text === undefined ? [] : exportConvPlan().entries);
   process.on("exit", () => {
-    const plan = exportConvPlan();
-    if (JSON.stringify(plan.entries) === before) return;
-    const temp = join(dirname(path), `.bhsd-${process.pid}-${basename(path)}`);
+    if (JSON.stringify(exportConvPlan().entries) === before) return;
+    const plan = convPlanToKeep(path);
+    if (!plan) return say("is no longer a plan; left as it is, and this process's plan is not kept");
     try {
-      writeFileSync(temp, convPlanText(plan));
-      renameSync(temp, path);
+      writeConvPlanFile(path, plan);
     } catch (e) {
-      rmSync(temp, { force: true });
       say(`the plan was not written (${(e as Error).message})`);
     }
   });

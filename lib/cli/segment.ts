@@ -6,7 +6,7 @@ import { writeNifti } from "../io/nifti.js";
 import { readCt } from "../io/ct.js";
 import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
-import { convPlanText } from "../backends/conv-plan.js";
+import { convPlanText, convPlanToKeep } from "../backends/conv-plan.js";
 import { PRECISIONS, type Precision } from "../backends/precision.js";
 import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
@@ -122,7 +122,10 @@ export function segmentCommand(program: Command): void {
         else if (o.outSeg) process.stderr.write(`segment: no bleed found, no DICOM SEG written to ${o.outSeg}\n`);
         if (o.report) await plan.write("--report", (tmp) => writeFile(tmp, toJson(report) + "\n"));
         if (o.html) await plan.write("--html", async (tmp) => writeFile(tmp, await renderReport({ ct, labels, report, caseName: file })));
-        if (o.convPlan) await plan.write("--conv-plan", (tmp) => writeFile(tmp, convPlanText()));
+        // the plan merged with what another run wrote there meanwhile; none where the native backend
+        // is not loaded or the file became something else (then it is left as it is)
+        const keep = o.convPlan ? convPlanToKeep(o.convPlan) : undefined;
+        if (keep && keep.entries.length) await plan.write("--conv-plan", (tmp) => writeFile(tmp, convPlanText(keep)));
         return { ct, report };
       });
       if (o.json) return void process.stdout.write(toJson(report) + "\n");

@@ -1252,6 +1252,7 @@ static void test_winograd_aligned_rows(bhsd::ThreadPool& pool) {
       const DeepTilesScope deep(kind == 1);
       CHECK(tile_code(g) == (kind == 1 ? 8 : 4));
       std::vector<float> y[3];
+      const std::int64_t hits0 = aligned_row_groups().load();
       for (int r = 0; r < 3; ++r) {
         aligned_rows_override() = r == 1 ? 0 : 1;
         std::copy(ops.x.begin(), ops.x.end(), r == 2 ? x1 : x);
@@ -1260,6 +1261,10 @@ static void test_winograd_aligned_rows(bhsd::ThreadPool& pool) {
                                             bhsd::Act::leaky, 0.01f, pool));
       }
       aligned_rows_override() = -1;
+      // the aligned reads ran (run 0 only: run 1 has them off, run 2's input is off the line): every
+      // group of the layer, each channel's rows from its first group on
+      const std::int64_t TW = W / 4, groups = (kind == 1 ? D / 4 : kind == 0 ? D / 2 : D) * (H / 4) * TW / 16;
+      CHECK(aligned_row_groups().load() - hits0 == groups);
       CHECK(std::memcmp(y[0].data(), y[1].data(), no * sizeof(float)) == 0);
       CHECK(std::memcmp(y[0].data(), y[2].data(), no * sizeof(float)) == 0);
       if (kind != 2) CHECK(sampled_error(g, ops, y[0], std::size_t(W + kind), 0.01) < 5e-5);
@@ -1291,8 +1296,9 @@ static void test_plan_export_import() {
   CHECK(bhsd::plan_export() == two);
   // refused whole: a partial entry, a negative key value, values the plan never stores
   CHECK(bhsd::plan_import(e.data(), e.size() - 1) == -1);
-  for (const std::int64_t v : {std::int64_t(-1), std::int64_t(5), std::int64_t(15), std::int64_t(3 * 16),
-                               std::int64_t(8 * 16 + 1), std::int64_t(1) << 40}) {
+  for (const std::int64_t v :
+       {std::int64_t(-1), std::int64_t(5), std::int64_t(15), std::int64_t(3 * 16), std::int64_t(16),
+        std::int64_t(2 * 16), std::int64_t(8 * 16 + 1), std::int64_t(1) << 40}) {
     std::vector<std::int64_t> bad = e;
     bad[1] = 99;  // a key not planned yet, so that only the refusal keeps it out
     bad.back() = v;

@@ -83,10 +83,15 @@ inline int& f4_override() {
   return v;
 }
 // The F(4×4) input transforms' aligned row reads (whole_masks): −1 as BHSD_WINOGRAD_UNALIGNED says
-// (set: never), 0 never, 1 where they apply (the tests' switch).
+// (1: never), 0 never, 1 where they apply (the tests' switch).
 inline int& aligned_rows_override() {
   static int v = -1;
   return v;
+}
+// Groups whose rows were read aligned, since the process started (for the tests: that the path ran).
+inline std::atomic<std::int64_t>& aligned_row_groups() {
+  static std::atomic<std::int64_t> n{0};
+  return n;
 }
 // Whether this processor runs bf16 products (AVX512_BF16 beside the AVX-512 kernels; BHSD_NO_BF16=1
 // says no, for comparison).
@@ -1112,9 +1117,13 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
 BHSD_W5 bool whole_masks(const ConvGeom& g, const float* in, const Group& gr, __mmask16* mk, bool& aligned) {
   aligned = false;
   if (gr.nseg != 1 || gr.n != TL || g.W < 16) return false;
-  static const bool env_off = std::getenv("BHSD_WINOGRAD_UNALIGNED") != nullptr;  // (for comparison)
+  static const bool env_off = [] {  // BHSD_WINOGRAD_UNALIGNED=1 (for comparison)
+    const char* e = std::getenv("BHSD_WINOGRAD_UNALIGNED");
+    return e && e[0] == '1' && !e[1];
+  }();
   const bool off = aligned_rows_override() < 0 ? env_off : aligned_rows_override() == 0;
   aligned = !off && (gr.seg[0].iw0 + 1) % 16 == 0 && g.W % 16 == 0 && (reinterpret_cast<std::uintptr_t>(in) & 63) == 0;
+  if (aligned) aligned_row_groups().fetch_add(1, std::memory_order_relaxed);
   const std::int64_t c0 = aligned ? gr.seg[0].iw0 - 15 : gr.seg[0].iw0;
   for (int q = 0; q < (aligned ? 6 : 5); ++q) {
     unsigned m = 0;
@@ -2053,17 +2062,18 @@ inline std::vector<std::int64_t> plan_export() {
   return v;
 }
 // Whether v is a value the plan itself stores: a Choice in the low 4 bits, above them the groups a
-// task 0 (the rule), 1 or 2 (8 is stored as the rule).
+// task 0 (the rule), 1 or 2 (8 is stored as the rule) — for a Winograd choice only.
 inline bool plan_value_valid(std::int64_t v) {
   const std::int64_t choice = v & 15, groups = v >> 4;
-  return v >= 0 && choice <= wino_detail::kWinoDeep && (groups == 0 || groups == 1 || groups == 2);
+  return v >= 0 && choice <= wino_detail::kWinoDeep && (groups == 0 || groups == 1 || groups == 2) &&
+         (choice != wino_detail::kDirect || groups == 0);
 }
 // Entries as plan_export gives them (n values, a multiple of kPlanEntryValues); refused whole (−1,
 // nothing taken) where n is not such a multiple or any value is not a plan value or any key value
 // is negative. A key this process has planned already keeps its own choice (its earlier outputs
 // came from it). Returns the entries taken. A key that matches no layer is never looked up; a
-// value of the wrong kind for its layer (F(4×4×4) where they do not apply) runs as the tiles the
-// layer allows, so a hand-made entry changes at most which correct path runs.
+// value of the wrong kind for its layer (F(4×4×4) where they do not apply) runs the layer's default
+// tiles (winograd_hook), so a hand-made entry changes at most which correct path runs.
 inline std::int64_t plan_import(const std::int64_t* v, std::size_t n) {
   if (n % kPlanEntryValues) return -1;
   for (std::size_t i = 0; i < n; i += kPlanEntryValues) {
@@ -2110,7 +2120,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     const auto it = pl.choice.find(key_of(g, pool));
     if (it != pl.choice.end()) planned = it->second;
   }
-  if (planned == kDirect) return false;
+  if (planned >= 0 && (planned & 15) == kDirect) return false;
+  // F(4×4×4) tiles only where the plan itself would time them (an imported plan's entry may say so
+  // for any 3×3×3 layer): else the layer's default tiles, with the entry's groups a task
+  if (planned > 0 && (planned & 15) == kWinoDeep && !deep_applies(g)) planned = kWino | (planned & ~15);
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
   // the candidates: Winograd as the call would run it; for a bf16 call Winograd in fp32 too, and
