@@ -7,7 +7,7 @@ delete process.env.BHSD_WINOGRAD;
 
 import test from "ava";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { backendInfo, clearConvPlan, conv3d, exportConvPlan, importConvPlan, setBackend, type ConvPlan } from "../lib/index.js";
@@ -233,6 +233,14 @@ planTest(
       t.regex(r.stderr, /BHSD_CONV_PLAN=.*fifo: not a plan \(is not a file\); left as it is/);
       t.true(statSync(fifo).isFIFO());
     }
+    // a process that never exits normally (a service killed by a signal) has kept its plan by then
+    rmSync(file, { force: true });
+    r = child(`${conv} await new Promise((done) => setTimeout(done, 6500)); process.kill(process.pid, "SIGKILL");`);
+    t.is(r.signal, "SIGKILL", r.stderr);
+    t.deepEqual(
+      JSON.parse(readFileSync(file, "utf8")).entries.map((e: number[]) => e.slice(0, 15)),
+      planned.map((e: number[]) => e.slice(0, 15)),
+    );
     // another machine's: reported and replaced by this one's
     writeFileSync(file, JSON.stringify({ ...kept, cpu: "Another CPU", entries: [] }));
     r = child(conv);

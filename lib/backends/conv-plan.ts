@@ -205,8 +205,8 @@ export function writeConvPlanFile(path: string, plan: ConvPlan): void {
 
 /**
  * BHSD_CONV_PLAN=FILE: when the native addon loads, the plan in FILE is imported where FILE exists;
- * at the process's normal exit (not a kill by a signal), where it planned shapes FILE did not hold,
- * the plan is written back (convPlanToKeep: merged with what other processes wrote there meanwhile;
+ * within CONV_PLAN_SAVE_MS of planning shapes FILE did not hold, and at the process's exit, the
+ * plan is written back (convPlanToKeep: merged with what other processes wrote there meanwhile;
  * atomically). A FILE that is there but is no plan (or not a file, or too big), at the start or at
  * exit, is reported on stderr and left as it is: it may be something else named by mistake. A plan
  * another machine or version made is reported, and replaced where this process plans shapes.
@@ -226,16 +226,28 @@ function planFileOfEnvironment(): void {
     say(`not a plan (${(e as Error).message}); left as it is, and this process's plan is not kept`);
     return;
   }
-  const before = JSON.stringify(text === undefined ? [] : exportConvPlan().entries);
-  process.on("exit", () => {
-    if (JSON.stringify(exportConvPlan().entries) === before) return;
+  let written = JSON.stringify(text === undefined ? [] : exportConvPlan().entries);
+  let given = false; // (up: the file became something else; said once, never written again)
+  const keep = () => {
+    if (given || JSON.stringify(exportConvPlan().entries) === written) return;
     const plan = convPlanToKeep(path);
-    if (!plan) return say("is no longer a plan; left as it is, and this process's plan is not kept");
+    if (!plan) {
+      given = true;
+      return say("is no longer a plan; left as it is, and this process's plan is not kept");
+    }
     try {
       writeConvPlanFile(path, plan);
+      written = JSON.stringify(plan.entries);
     } catch (e) {
       say(`the plan was not written (${(e as Error).message})`);
     }
-  });
+  };
+  process.on("exit", keep);
+  // a service or worker runs until a signal ends it (no exit event): its new plans are kept within
+  // CONV_PLAN_SAVE_MS of being made, by a timer that never keeps the process alive
+  setInterval(keep, CONV_PLAN_SAVE_MS).unref();
 }
+
+/** How often a process with BHSD_CONV_PLAN looks for new plan entries to write (besides at exit). */
+export const CONV_PLAN_SAVE_MS = 5000;
 onNativeLoad(planFileOfEnvironment);
