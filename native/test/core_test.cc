@@ -32,6 +32,15 @@ static int checks = 0, failures = 0;
     }                                                                      \
   } while (0)
 
+// The tests' uniform floats in [−1, 1): a linear congruential generator from a seed.
+struct Uniform {
+  std::uint32_t st;
+  float operator()() {
+    st = st * 1664525u + 1013904223u;
+    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
+  }
+};
+
 static void test_pool_covers_every_index(bhsd::ThreadPool& pool) {
   for (std::size_t n : {1u, 2u, 7u, 1000u, 100003u}) {
     std::vector<std::atomic<int>> hits(n);
@@ -678,11 +687,7 @@ static void test_conv_amx(bhsd::ThreadPool& pool) {
       {33, 2, 3, 64, 32, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 0, true},
       {32, 3, 4, 20, 16, {1, 1, 3}, {1, 1, 1}, {2, 2, 1}, {1, 1, 1}, 0, true},
   };
-  std::uint32_t st = 31337;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{31337u};
   auto b16 = [](float v) {
     const std::uint32_t u = std::uint32_t(bhsd::wino_detail::bf16_of(v)) << 16;
     float f;
@@ -919,11 +924,7 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
   cases.push_back({8, 8, 6, 10, 70, {1, 1, 1}, 2, true});
   cases.push_back({8, 12, 3, 9, 33, {1, 1, 1}, 1, false});
   cases.push_back({9, 8, 2, 8, 64, {0, 1, 1}, 0, true, 1});
-  std::uint32_t st = 9001;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{9001u};
   for (const Case& c : cases) {
     bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, 1, 1, 1, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
     g.Do = bhsd::conv_out(c.D, c.kd, 1, 1, c.p[0], c.p[0]);
@@ -1099,11 +1100,7 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
 static void test_accumulate_window(bhsd::ThreadPool& pool) {
   const std::int64_t C = 2, grid[3] = {4, 6, 37}, patch[3] = {3, 5, 20}, at[3] = {1, 0, 17};
   const std::int64_t vol = grid[0] * grid[1] * grid[2], pv = patch[0] * patch[1] * patch[2];
-  std::uint32_t st = 4242;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{4242u};
   std::vector<float> acc(static_cast<std::size_t>(C * vol)), weight(static_cast<std::size_t>(vol)),
       logits(static_cast<std::size_t>(C * pv)), gauss(static_cast<std::size_t>(pv));
   for (auto& v : acc) v = rnd();
@@ -1140,11 +1137,7 @@ static void test_weight_cache(bhsd::ThreadPool& pool) {
   auto& wc = bhsd::wino_detail::WeightCache::instance();
   const std::size_t one =
       std::size_t(bhsd::wino_detail::points(g)) * std::size_t(bhsd::packed_conv_size(g.Co, g.C)) * sizeof(float);
-  std::uint32_t st = 77;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{77u};
   std::vector<float> x(std::size_t(g.C * g.D * g.H * g.W));
   for (auto& v : x) v = rnd();
   std::vector<std::vector<float>> wp(3), ref(3);
@@ -1233,11 +1226,7 @@ static void test_winograd_aligned_rows(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   if (!bhsd::conv_detail::use_avx512()) return;  // the F(4×4) transforms are AVX-512's
   using namespace bhsd::wino_detail;
-  std::uint32_t st = 77;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{77u};
   for (const std::int64_t W : {64, 128})
     for (const int kind : {0, 1, 2}) {  // F(2×4×4), F(4×4×4), 1×3×3
       const std::int64_t kd = kind == 2 ? 1 : 3, pd = kind == 2 ? 0 : 1, D = 8, H = 12;
@@ -1323,11 +1312,7 @@ static void test_winograd_deep_plan(bhsd::ThreadPool& pool) {
   const char* env = std::getenv("BHSD_WINOGRAD");
   if (env && (std::string(env) == "0" || std::string(env) == "1")) return;
   CHECK(2.0 * 64 * 64 * 27 * 16 * 32 * 72 > 8e9);  // the slab branch
-  std::uint32_t st = 777;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{777u};
   ConvOperands ops = conv_operands(g, rnd);
   const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), g.Co, g.K());
   const std::size_t no = std::size_t(g.Co * g.Do * g.Ho * g.Wo);
@@ -1355,11 +1340,7 @@ static void test_winograd_wide(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   CHECK(bhsd::wino_detail::tile_m(g) == (bhsd::conv_detail::use_avx512() ? 4 : 2));
 #endif
-  std::uint32_t st = 4242;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{4242u};
   ConvOperands ops = conv_operands(g, rnd);
   const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), g.Co, g.K());
   const std::size_t no = std::size_t(g.Co * g.Do * g.Ho * g.Wo);
@@ -1716,11 +1697,7 @@ static void test_gemm(bhsd::ThreadPool& pool) {
 // two-column average. And
 // binary's contiguous rows (the AVX2 path) against the plain sum and activation, in place too.
 static void test_pool_and_binary(bhsd::ThreadPool& pool) {
-  std::uint32_t st = 4242;
-  auto rnd = [&] {
-    st = st * 1664525u + 1013904223u;
-    return float(st >> 8) / float(1 << 24) * 2.0f - 1.0f;
-  };
+  Uniform rnd{4242u};
   struct Case {
     std::int64_t D, H, W, k[3], s[3], d[3], p[3];
   };
