@@ -158,6 +158,15 @@ export function readConvPlanFile(path: string): string | undefined {
   }
 }
 
+/**
+ * The plan in the file at `path` imported (importConvPlan), or undefined where there is no file;
+ * throws where the file is not a plan (readConvPlanFile's refusals, JSON's, importConvPlan's).
+ */
+export function importConvPlanFile(path: string): ConvPlanImport | undefined {
+  const text = readConvPlanFile(path);
+  return text === undefined ? undefined : importConvPlan(JSON.parse(text));
+}
+
 /** The plan as a file holds it: JSON, one entry a line. */
 export function convPlanText(plan: ConvPlan = exportConvPlan()): string {
   const { entries, ...rest } = plan;
@@ -175,8 +184,7 @@ export function convPlanText(plan: ConvPlan = exportConvPlan()): string {
 export function convPlanToKeep(path: string): ConvPlan | undefined {
   if (!machine()) return undefined;
   try {
-    const text = readConvPlanFile(path);
-    if (text !== undefined) importConvPlan(JSON.parse(text));
+    importConvPlanFile(path);
   } catch {
     return undefined;
   }
@@ -215,18 +223,15 @@ function planFileOfEnvironment(): void {
   const path = process.env.BHSD_CONV_PLAN;
   if (!path) return;
   const say = (what: string) => process.stderr.write(`bhsd: BHSD_CONV_PLAN=${path}: ${what}\n`);
-  let text: string | undefined;
+  let r: ConvPlanImport | undefined;
   try {
-    text = readConvPlanFile(path);
-    if (text !== undefined) {
-      const r = importConvPlan(JSON.parse(text));
-      if (r.skipped) say(`not used (${r.skipped}); it will be replaced`);
-    }
+    r = importConvPlanFile(path);
+    if (r?.skipped) say(`not used (${r.skipped}); it will be replaced`);
   } catch (e) {
     say(`not a plan (${(e as Error).message}); left as it is, and this process's plan is not kept`);
     return;
   }
-  let written = JSON.stringify(text === undefined ? [] : exportConvPlan().entries);
+  let written = JSON.stringify(r === undefined ? [] : exportConvPlan().entries);
   let given = false; // (up: the file became something else; said once, never written again)
   const keep = () => {
     if (given || JSON.stringify(exportConvPlan().entries) === written) return;

@@ -13,7 +13,7 @@ import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
-import { fmt, importConvPlanFile, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
+import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
   model?: string;
@@ -98,7 +98,7 @@ export function segmentCommand(program: Command): void {
         ...(o.convPlan ? [{ flag: "--conv-plan", path: o.convPlan }] : []),
       ];
       const { ct, report } = await OutputPlan.run(inputs, outputs, async (plan) => {
-        if (o.convPlan) importConvPlanFile("--conv-plan", o.convPlan);
+        if (o.convPlan) importConvPlanFileOrRefuse("--conv-plan", o.convPlan);
         const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
         if (o.outSeg && !("dicom" in ct))
           throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);

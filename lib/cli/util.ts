@@ -4,7 +4,7 @@ import { constants, rmSync } from "node:fs";
 import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { InvalidArgumentError } from "commander";
-import { importConvPlan, readConvPlanFile } from "../backends/conv-plan.js";
+import { importConvPlanFile, type ConvPlanImport } from "../backends/conv-plan.js";
 
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
@@ -175,21 +175,14 @@ export async function inputFiles(path: string, subfolders: string[] = []): Promi
  * as it is, where FILE is not such a plan — it may be something else named by mistake, and the
  * command writes the plan back to FILE when it is done.
  */
-export function importConvPlanFile(flag: string, path: string): void {
-  let plan: unknown;
+export function importConvPlanFileOrRefuse(flag: string, path: string): void {
+  let r: ConvPlanImport | undefined;
   try {
-    const text = readConvPlanFile(path);
-    if (text === undefined) return;
-    plan = JSON.parse(text);
+    r = importConvPlanFile(path);
   } catch (e) {
     throw new Error(`${flag} ${path}: not a plan from an earlier run (${(e as Error).message}); refusing to overwrite it`, { cause: e });
   }
-  try {
-    const r = importConvPlan(plan);
-    if (r.skipped) process.stderr.write(`${flag} ${path}: not used (${r.skipped}); it will be replaced\n`);
-  } catch (e) {
-    throw new Error(`${flag} ${path}: not a plan from an earlier run (${(e as Error).message}); refusing to overwrite it`, { cause: e });
-  }
+  if (r?.skipped) process.stderr.write(`${flag} ${path}: not used (${r.skipped}); it will be replaced\n`);
 }
 
 /**
