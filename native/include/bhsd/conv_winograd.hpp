@@ -440,8 +440,15 @@ struct WeightEntry {
 };
 // How an entry's weights are laid out: Winograd's blocks of MR (floats or bf16 pairs), Winograd's
 // per-point AMX tiles (transform_weights' tiles), the AMX direct path's tiles and its implicit
-// path's tiles (conv_amx.hpp).
-enum WeightLayout : int { kWinogradBlocks = 0, kWinogradTiles = 1, kDirectTiles = 2, kImplicitTiles = 3 };
+// path's tiles (conv_amx.hpp), and a transposed convolution's upsampling as one packed [Co·taps, C]
+// matrix (conv_transposed.hpp).
+enum WeightLayout : int {
+  kWinogradBlocks = 0,
+  kWinogradTiles = 1,
+  kDirectTiles = 2,
+  kImplicitTiles = 3,
+  kUpsamplePacked = 4
+};
 
 // The weights' identity for the cache: each 1 MB chunk hashed in eight 64-bit lanes, each word
 // xor-multiplied and folded (each step a bijection of the lane for a given word, and of the word
@@ -546,7 +553,13 @@ class WeightCache {
   template <class Make>
   std::shared_ptr<const WeightEntry> get_as(const ConvGeom& g, const float* wp, ThreadPool& pool, int P, bool bf,
                                             int layout, std::size_t bytes, const Make& make) {
-    const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
+    return get_raw(g, wp, std::size_t(packed_conv_size(g.Co, g.K())), pool, P, bf, layout, bytes, make);
+  }
+  // The same for the nw floats at w in any form (a transposed convolution's weights as the caller
+  // gave them: kUpsamplePacked), identified by g's C and Co, P, layout and their hash.
+  template <class Make>
+  std::shared_ptr<const WeightEntry> get_raw(const ConvGeom& g, const float* wp, std::size_t nw, ThreadPool& pool,
+                                             int P, bool bf, int layout, std::size_t bytes, const Make& make) {
     if (bytes > kEntryMax || bytes > cap) return nullptr;
     const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
     const auto now = std::chrono::steady_clock::now();
