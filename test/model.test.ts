@@ -361,6 +361,101 @@ test.serial(
 );
 
 test.serial(
+  "a residual block's Add (→ LeakyRelu) is fused into the Conv → InstanceNorm it sums where its other operand exists by then, and equals onnxruntime's",
+  async (t) => {
+    const ort = await import("onnxruntime-node");
+    const w = (k: number, seed: number, co = 4, ci = 4) => randomTensor([co, ci, k, k, k], seed);
+    const w1 = w(3, 501, 4, 2),
+      w2 = w(3, 502),
+      ws = w(1, 503, 4, 2),
+      w3 = w(3, 504),
+      w4 = w(3, 505),
+      w5 = w(3, 506),
+      w6 = w(1, 507);
+    const s = randomTensor([4], 508),
+      b = randomTensor([4], 509),
+      bvec = randomTensor([1, 4, 1, 1, 1], 510);
+    const conv = (x: string, wt: string, y: string, k = 3) => ({
+      opType: "Conv",
+      inputs: [x, wt],
+      outputs: [y],
+      attrs: { kernel_shape: [k, k, k], pads: k === 3 ? [1, 1, 1, 1, 1, 1] : [0, 0, 0, 0, 0, 0] },
+    });
+    const norm = (x: string, y: string) => ({
+      opType: "InstanceNormalization",
+      inputs: [x, "s", "b"],
+      outputs: [y],
+      attrs: { epsilon: 1e-5 },
+    });
+    const leaky = (x: string, y: string) => ({ opType: "LeakyRelu", inputs: [x], outputs: [y], attrs: { alpha: 0.01 } });
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        // a block with a projected skip computed after its second convolution (as ResEnc exports
+        // it): the Add goes into the skip's Conv → InstanceNorm, the main path its residual
+        conv("x", "w1", "c1"),
+        norm("c1", "n1"),
+        leaky("n1", "h1"),
+        conv("h1", "w2", "c2"),
+        norm("c2", "n2"),
+        conv("x", "ws", "cs", 1),
+        norm("cs", "ns"),
+        { opType: "Add", inputs: ["n2", "ns"], outputs: ["a1"] },
+        leaky("a1", "y"),
+        // an identity skip, no activation: fused, and its result a graph output
+        conv("y", "w3", "c3"),
+        norm("c3", "n3"),
+        { opType: "Add", inputs: ["y", "n3"], outputs: ["z"] },
+        // a broadcast operand [1, 4, 1, 1, 1]: fused, summed by a broadcasting add after the norm
+        conv("z", "w4", "c4"),
+        norm("c4", "n4"),
+        { opType: "Add", inputs: ["n4", "bvec"], outputs: ["a4"] },
+        leaky("a4", "q"),
+        // the other operand made after the Conv by a plain Conv: not fused
+        conv("q", "w5", "c5"),
+        norm("c5", "n5"),
+        conv("q", "w6", "m", 1),
+        { opType: "Add", inputs: ["n5", "m"], outputs: ["r"] },
+      ],
+      inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
+      outputs: [{ name: "y" }, { name: "z" }, { name: "q" }, { name: "r" }],
+      initializers: [
+        ...Object.entries({ w1, w2, ws, w3, w4, w5, w6, bvec }).map(([name, v]) => ({ name, dims: v.shape, data: v.data })),
+        { name: "s", dims: [4], data: s.data },
+        { name: "b", dims: [4], data: b.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const x = randomTensor([1, 2, 4, 5, 6], 511);
+    const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+    await session.release();
+    for (const { name } of backends) {
+      setBackend(name);
+      const model = await loadModel(bytes);
+      const got = await model.runAll({ x });
+      for (const o of ["y", "z", "q", "r"]) {
+        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+        t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
+      }
+      t.deepEqual(
+        model.lastRun!.nodeMs.map((n) => n.op),
+        [
+          "Conv+InstanceNormalization+leakyRelu",
+          "Conv+InstanceNormalization",
+          "Conv+InstanceNormalization+Add+leakyRelu",
+          "Conv+InstanceNormalization+Add",
+          "Conv+InstanceNormalization+Add+leakyRelu",
+          "Conv+InstanceNormalization",
+          "Conv",
+          "Add",
+        ],
+        name,
+      );
+    }
+  },
+);
+
+test.serial(
   "Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it",
   async (t) => {
     const ort = await import("onnxruntime-node");

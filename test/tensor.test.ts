@@ -513,6 +513,75 @@ test.serial(
   },
 );
 
+test.serial(
+  "conv3dInstanceNorm with a residual equals onnxruntime's Conv → InstanceNormalization → Add → LeakyRelu (natively in the norm's pass, bit for bit the two steps)",
+  async (t) => {
+    const { conv3dInstanceNorm, add } = await import("../lib/index.js");
+    const ort = await import("onnxruntime-node");
+    const { encodeModel } = await import("../lib/model/onnx-proto.js");
+    const x = randomTensor([2, 4, 5, 6, 19], 120),
+      w = randomTensor([6, 4, 3, 3, 3], 121),
+      b = randomTensor([6], 122),
+      r = randomTensor([2, 6, 5, 6, 19], 123);
+    const sc = randomTensor([6], 124),
+      nb = randomTensor([6], 125);
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+        { opType: "InstanceNormalization", inputs: ["c", "s", "nb"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
+        { opType: "Add", inputs: ["n", "r"], outputs: ["a"], attrs: {} },
+        { opType: "LeakyRelu", inputs: ["a"], outputs: ["y"], attrs: { alpha: 0.01 } },
+      ],
+      inputs: [
+        { name: "x", shape: x.shape },
+        { name: "r", shape: r.shape },
+      ],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "b", dims: [6], data: b.data },
+        { name: "s", dims: [6], data: sc.data },
+        { name: "nb", dims: [6], data: nb.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape), r: new ort.Tensor("float32", r.data, r.shape) })).y!;
+    await session.release();
+    const norm = { scale: sc, bias: nb, eps: 1e-5, activation: "leakyRelu" as const, alpha: 0.01 };
+    for (const { name } of backends) {
+      setBackend(name);
+      const y = await conv3dInstanceNorm(x, w, b, { ...norm, residual: r }, { padding: 1 });
+      t.deepEqual(y.shape, [...want.dims]);
+      const d = relDiff(y.data, want.data as Float32Array);
+      t.true(d <= TOL, `${name}: max relative difference ${d}`);
+      // the same arithmetic as the norm, then add() with the activation
+      const { activation: _a, alpha: _al, ...plain } = norm;
+      const two = await add(await conv3dInstanceNorm(x, w, b, plain, { padding: 1 }), r, { activation: "leakyRelu", alpha: 0.01 });
+      t.deepEqual(y.data, two.data, `${name}: the fused sum differs from the two steps`);
+      if (name === "native") {
+        const { activeBackend } = await import("../lib/backends/index.js");
+        t.true(activeBackend().convNormResidual, "the addon takes the residual in the norm's pass");
+      }
+      // checked before the output is taken
+      let allocated = 0;
+      const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, residual: randomTensor([2, 6, 5, 6, 18], 1) }, { padding: 1, alloc }), {
+        message: /norm.residual has shape \[2, 6, 5, 6, 18\] but the output is \[2, 6, 5, 6, 19\]/,
+      });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, residual: { data: r.data } as never }, { padding: 1, alloc }), {
+        message: /norm.residual/,
+      });
+      t.is(allocated, 0);
+      // the output may not be the residual: it is read after the output is written
+      const out = randomTensor([2, 6, 5, 6, 19], 126);
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, residual: out }, { padding: 1, out }), {
+        message: /norm.residual/,
+      });
+    }
+  },
+);
+
 // PyTorch 1.13: max_pool3d(tensor([5, nan, 1, 2]).view(1,1,1,1,4), (1,1,2)) → [nan, 2]: a NaN in a
 // window wins, as in torch (the kernels kept the larger number and dropped the NaN)
 for (const { name, backend } of backendsUnderTest()) {

@@ -30,6 +30,7 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
       eps?: number,
       normAct?: number,
       normAlpha?: number,
+      residual?: Float32Array | null,
     ]
   ): Promise<void>;
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
@@ -45,7 +46,16 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   cancelNext(token: unknown): void;
   /** The arithmetic of this thread's next calls: 0 fp32, 1 bf16 (used where info().bf16). */
   setPrecision?(p: number): void;
-  info(): { version: string; threads: number; simd: string; napiVersion: number; compiler?: string; bf16?: boolean };
+  info(): {
+    version: string;
+    threads: number;
+    simd: string;
+    napiVersion: number;
+    compiler?: string;
+    bf16?: boolean;
+    /** conv3d takes a residual after the norm's arguments (binaries from 2026-12-04 on). */
+    convNormResidual?: boolean;
+  };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
   connectedComponents(
@@ -384,6 +394,7 @@ export class NativeBackend implements Backend {
     eps,
     act,
     alpha,
+    residual,
   ) =>
     this.addon.conv3d(
       x,
@@ -405,7 +416,13 @@ export class NativeBackend implements Backend {
       eps,
       act,
       alpha,
+      ...(residual ? [residual] : []),
     );
+  /** Whether this binary's conv3d takes a residual (an older prebuild would ignore the argument). */
+  get convNormResidual(): boolean {
+    return (this.residualArg ??= this.addon.info().convNormResidual === true);
+  }
+  private residualArg?: boolean;
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);

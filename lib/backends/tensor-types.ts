@@ -29,6 +29,8 @@ export interface TensorBackend {
   /**
    * Optional: conv3d without an activation, then out instance-normalised in place (scale, bias
    * per output channel, eps) and activated, in one call. Callers fall back to conv3d + instanceNorm.
+   * `residual` (where convNormResidual): a tensor of out's size added after the norm, before the
+   * activation (a residual block's InstanceNorm → Add → LeakyReLU).
    */
   conv3dNorm?(
     x: Float32Array,
@@ -47,7 +49,10 @@ export interface TensorBackend {
     eps: number,
     act: number,
     alpha: number,
+    residual?: Float32Array | null,
   ): Promise<void>;
+  /** Whether conv3dNorm takes a residual. */
+  readonly convNormResidual?: boolean;
   /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */
   convTranspose3d(
     x: Float32Array,

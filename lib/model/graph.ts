@@ -35,7 +35,18 @@ export interface GraphNode {
    * Set by fuseConvNorm on a Conv: the InstanceNormalization (and its activation) that read only
    * this Conv's output, applied to it in place. inputs[3] and [4] are the norm's scale and bias.
    */
-  fusedNorm?: { name: string; eps: number; act?: "relu" | "leakyRelu"; alpha: number; output: string };
+  fusedNorm?: {
+    name: string;
+    eps: number;
+    act?: "relu" | "leakyRelu";
+    alpha: number;
+    output: string;
+    /**
+     * Set by fuseConvNormResidual: the Add that alone read the norm's output, fused (act, alpha and
+     * output are then the Add's); inputs[5] is its other operand.
+     */
+    residual?: boolean;
+  };
 }
 
 /** The names a node's results are bound to, after fusion. */
@@ -700,6 +711,49 @@ export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constan
       },
     });
     drop.add(n);
+  }
+  return nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
+}
+
+/**
+ * Fuses a residual block's Add (with its fused activation, if any) into the Conv →
+ * InstanceNormalization before it (from fuseConvNorm, the norm without an activation of its own)
+ * where the Add alone reads the norm's output and its other operand exists before the Conv runs
+ * (a graph input, a weight, or an earlier node's result): the sum then happens in the norm's own
+ * pass instead of a pass of its own over both tensors (nnU-Net's ResEnc blocks: conv2 → norm2 →
+ * Add(skip) → LeakyReLU). inputs[5] of the fused node is the other operand.
+ */
+export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const producer = producersOf(nodes);
+  const index = new Map(nodes.map((n, i) => [n, i]));
+  const drop = new Set<GraphNode>();
+  const fused = new Map<GraphNode, GraphNode>();
+  for (const n of nodes) {
+    if (n.opType !== "Add" || n.inputs.length !== 2) continue;
+    for (const k of [0, 1]) {
+      const mine = n.inputs[k]!,
+        other = n.inputs[1 - k]!;
+      const p = producer.get(mine);
+      const fn = p?.fusedNorm;
+      if (!p || !fn || p.opType !== "Conv" || fn.act || fn.residual || fused.has(p) || !other || other === mine) continue;
+      if (consumers.get(mine) !== 1) continue;
+      const q = producer.get(other);
+      if (q && !(index.get(q)! < index.get(p)!)) continue; // made after the Conv: not there when it runs
+      fused.set(p, {
+        ...p,
+        inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", p.inputs[3]!, p.inputs[4]!, other],
+        fusedNorm: {
+          ...fn,
+          ...(n.fusedAct ? { act: n.fusedAct.act } : {}),
+          alpha: n.fusedAct?.alpha ?? 0,
+          output: finalOutputs(n)[0]!,
+          residual: true,
+        },
+      });
+      drop.add(n);
+      break;
+    }
   }
   return nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
 }

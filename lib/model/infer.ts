@@ -158,6 +158,10 @@ function convOut(x: Known, w: Known, at: Record<string, Attr>): number[] {
   ];
 }
 
+/** A Conv node's output shape for these input and weight shapes (throws where they do not fit). */
+export const convOutputShape = (x: number[], w: number[], at: Record<string, Attr>): number[] =>
+  convOut({ shape: x, int: false }, { shape: w, int: false }, at);
+
 const RULES: Record<string, Rule> = {
   Conv: ([x, w, b], at) => {
     if (!x || !w) return [undefined];

@@ -23,6 +23,7 @@ import {
   finalOutputs,
   fuseActivations,
   fuseConvNorm,
+  fuseConvNormResidual,
   fuseGelu,
   fuseGroupNorm,
   parseModel,
@@ -126,7 +127,10 @@ export class Model {
       ...graph,
       nodes: fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
     };
-    this.nodes = fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys()));
+    this.nodes = fuseConvNormResidual(
+      fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys())),
+      graph.outputs,
+    );
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) {
       if (!("f" in v)) continue;
@@ -337,7 +341,7 @@ export class Model {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
       }
       const key = n.fusedNorm
-        ? `${n.opType}+InstanceNormalization${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
+        ? `${n.opType}+InstanceNormalization${n.fusedNorm.residual ? "+Add" : ""}${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
         : n.fusedAct
           ? `${n.opType}+${n.fusedAct.act}`
           : n.opType;

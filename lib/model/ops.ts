@@ -8,7 +8,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
-import { reshapeShape, squeezeShape } from "./infer.js";
+import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 
 /** A value in a run: a float tensor, or integers (shapes, indices, masks) with their shape. */
@@ -40,6 +40,8 @@ function reshapeView(t: Tensor, shape: number[]): Value {
   return { f: { data: t.data, shape } };
 }
 
+const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
 export async function runNode(
   n: GraphNode,
@@ -54,23 +56,29 @@ export async function runNode(
     case "Conv":
       if (n.fusedNorm) {
         const fn = n.fusedNorm;
+        const x = F(a[0], "X"),
+          w = F(a[1], "W");
+        // a fused residual Add (graph.ts fuseConvNormResidual): its other operand, where it has the
+        // output's shape (else the Add as it was, broadcasting, after the norm)
+        const res = fn.residual ? F(a[5], "the residual Add's other operand") : undefined;
+        const inPass = res && sameShape(res.shape, convOutputShape(x.shape, w.shape, at));
+        const actOpts = fn.act ? { activation: fn.act, alpha: fn.alpha } : {};
         const norm = {
           scale: F(a[3], "scale"),
           bias: F(a[4], "B"),
           eps: fn.eps,
-          ...(fn.act ? { activation: fn.act, alpha: fn.alpha } : {}),
+          ...(res && !inPass ? {} : actOpts),
+          ...(inPass ? { residual: res } : {}),
         };
-        return [
-          {
-            f: await ops.conv3dInstanceNorm(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, norm, {
-              stride: triple(at.strides, 1),
-              dilation: triple(at.dilations, 1),
-              padding: pads6(at.pads, at.auto_pad),
-              groups: (at.group as number) ?? 1,
-              alloc,
-            }),
-          },
-        ];
+        const y = await ops.conv3dInstanceNorm(x, w, a[2] ? F(a[2], "B") : null, norm, {
+          stride: triple(at.strides, 1),
+          dilation: triple(at.dilations, 1),
+          padding: pads6(at.pads, at.auto_pad),
+          groups: (at.group as number) ?? 1,
+          ...(res && !inPass ? {} : { alloc }),
+        });
+        if (!res || inPass) return [{ f: y }];
+        return [{ f: await ops.add(y, res, { alloc, ...actOpts }) }];
       }
       return [
         {

@@ -139,7 +139,7 @@ function convPlan(
   weight: Tensor,
   bias: Tensor | null | undefined,
   options: Conv3dOptions | undefined,
-  check?: (Co: number) => void,
+  check?: (Co: number, outShape: number[]) => void,
 ) {
   const c = convCommon(input, weight, bias, options);
   const [N, C, D, H, W] = c.input.shape as [number, number, number, number, number];
@@ -159,7 +159,7 @@ function convPlan(
       throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} (padded ${padded}) is smaller than the kernel's span ${span}`);
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
-  check?.(Co);
+  check?.(Co, [N, Co, ...outS]);
   const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
   if (out.data === c.input.data || out.data === c.weight.data)
     throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
@@ -196,6 +196,11 @@ export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null
   return p.out;
 }
 
+/** Whether two arrays' bytes overlap (views of one buffer). */
+function sharesMemory(a: Float32Array, b: Float32Array): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
 /** The instance normalisation a convolution's output goes through (scale and bias per output channel). */
 export interface FusedNorm {
   scale: Tensor;
@@ -203,6 +208,12 @@ export interface FusedNorm {
   eps?: number;
   activation?: "none" | "relu" | "leakyRelu";
   alpha?: number;
+  /**
+   * A tensor of the output's shape added after the norm, before its activation: a residual
+   * block's Conv → InstanceNorm → Add(skip) → LeakyReLU in one call (the sum in the norm's own
+   * pass on backends that have it).
+   */
+  residual?: Tensor;
 }
 
 /**
@@ -223,24 +234,38 @@ export async function conv3dInstanceNorm(
   const normOpts = optionsObject("norm", norm);
   const { act, alpha } = activation(normOpts, "norm");
   const eps = epsOf(normOpts, "norm");
-  // the norm's scale and bias are checked before the output is allocated
+  const residual = normOpts.residual;
+  if (residual !== undefined) assertTensor("norm.residual", residual);
+  // the norm's scale, bias and residual are checked before the output is allocated
   let perCo: [Float32Array, Float32Array] | undefined;
-  const p = convPlan(
-    input,
-    weight,
-    bias,
-    options,
-    (Co) => (perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)]),
-  );
+  const p = convPlan(input, weight, bias, options, (Co, outShape) => {
+    perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)];
+    if (residual && (residual.shape.length !== outShape.length || residual.shape.some((d, i) => d !== outShape[i])))
+      throw new RangeError(`norm.residual has shape [${residual.shape.join(", ")}] but the output is [${outShape.join(", ")}]`);
+  });
+  if (residual && sharesMemory(residual.data, p.out.data))
+    throw invalidParameterError(
+      "norm.residual",
+      "a tensor apart from the output (it is read after the output is written)",
+      "the output's memory",
+    );
   const [scale, nb] = perCo!;
   const be = activeBackend();
-  if (be.conv3dNorm) {
-    await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha);
+  if (be.conv3dNorm && (!residual || be.convNormResidual)) {
+    await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha, residual?.data ?? null);
   } else {
     const conv = newTensor(p.out.shape, "conv3d output");
     await be.conv3d(...p.args, ACT.none, 0, conv.data);
     const [N, C] = p.out.shape as [number, number];
-    await be.instanceNorm(conv.data, N, C, conv.data.length / (N * C), scale, nb, eps, act, alpha, p.out.data);
+    const spatial = conv.data.length / (N * C);
+    if (!residual) await be.instanceNorm(conv.data, N, C, spatial, scale, nb, eps, act, alpha, p.out.data);
+    else {
+      // the norm, then the sum and the activation as add() applies them
+      await be.instanceNorm(conv.data, N, C, spatial, scale, nb, eps, ACT.none, 0, p.out.data);
+      const shape6 = [1, 1, 1, 1, 1, p.out.data.length],
+        one = [0, 0, 0, 0, 0, 1];
+      await be.binary(p.out.data, residual.data, shape6, one, one, false, p.out.data, act, alpha);
+    }
     be.forget?.([conv.data]); // a GPU backend frees its device copy now, not at the end of the run
   }
   return p.out;

@@ -39,6 +39,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("simd", bhsd::simd_level() + (bhsd::amx_available() ? " + amx-bf16 (bf16 convolutions)" : ""));
   o.Set("napiVersion", NAPI_VERSION);
   o.Set("bf16", bhsd::wino_detail::bf16_available());
+  // conv3d takes a residual after the norm's arguments (an older binary would ignore it)
+  o.Set("convNormResidual", true);
 #if defined(__clang__)
   o.Set("compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)

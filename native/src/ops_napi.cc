@@ -42,7 +42,7 @@ bhsd::Act act_of(const Napi::Value& v) {
 
 // conv3d(x, [N, C, D, H, W], w, [Co, kd, kh, kw], bias|null, [sd, sh, sw], [dd, dh, dw], [pd, ph, pw],
 //        groups, [Do, Ho, Wo], act, alpha, out[, packed|null[, scale|null, normBias|null, eps,
-//        normAct, normAlpha]]) → Promise<void>
+//        normAct, normAlpha[, residual|null]]]) → Promise<void>
 // packed: the weights as packConvWeights packed them. With the norm's arguments (act must then be
 // none), the output is instance-normalised (and activated) in place after the convolution, in the
 // same call: one trip through the worker threads instead of two, and no second buffer.
@@ -88,6 +88,11 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const bhsd::Act nact = norm ? act_of(info[17]) : bhsd::Act::none;
   const float nalpha = norm ? float(number_of(info[18], "norm alpha")) : 0.0f;
   require(!norm || act == bhsd::Act::none, env, "an activation before the norm is not fused");
+  // optional after the norm's: a residual [N, Co, Do, Ho, Wo] added before the norm's activation
+  const std::size_t nout = elems(env, {N, Co, os[0], os[1], os[2]});
+  const bool has_res = norm && info.Length() > 19 && !info[19].IsNull() && !info[19].IsUndefined();
+  const float* res = has_res ? floats_of(info[19], nout, "residual") : nullptr;
+  require(!res || res + nout <= y || y + nout <= res, env, "residual overlaps out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env,
@@ -101,11 +106,11 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
             bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                                  y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
         }
-        if (norm) bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool);
+        if (norm) bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool, res);
       },
       nullptr,
       {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(), norm ? info[14] : env.Null(),
-       norm ? info[15] : env.Null()},
+       norm ? info[15] : env.Null(), has_res ? info[19] : env.Null()},
       conv3d_work(env, g, double(N * Co) * double(os[0] * os[1] * os[2]),
                   double(N * C) * double(in[2] * in[3] * in[4]) + double(Co * g.K()) * (packed ? 1 : 2)));
 }

@@ -1543,6 +1543,48 @@ static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
         CHECK(diff > 1e-4);
       }
     }
+  // The packed [Co·taps, C] matrix is kept in the weight cache by content: a second call finds it
+  // (same output, bit for bit), and weights changed in place are a miss — one weight of input
+  // channel 1, output channel 2, tap (1, 0, 1) raised by 1 moves exactly that tap's outputs of
+  // channel 2, by channel 1's samples.
+  {
+    const std::int64_t C = 5, D = 3, H = 4, W = 21, Co = 7, k = 2, ksp = 8, Do = D * k, Ho = H * k, Wo = W * k;
+    std::vector<float> x(std::size_t(C * D * H * W)), w(std::size_t(C * Co * ksp)), bias(static_cast<std::size_t>(Co));
+    for (auto& v : x) v = rnd();
+    for (auto& v : w) v = rnd();
+    for (auto& v : bias) v = rnd();
+    const std::size_t no = std::size_t(Co * Do * Ho * Wo);
+    std::vector<float> a(no), b(no, 5.0f), c(no, 6.0f);
+    auto run = [&](std::vector<float>& out) {
+      bhsd::conv_transpose3d_forward(C, D, H, W, Co, k, k, k, k, k, k, 1, 1, 1, 0, 0, 0, Do, Ho, Wo, x.data(), w.data(),
+                                     bias.data(), out.data(), pool);
+    };
+    auto& cache = bhsd::wino_detail::WeightCache::instance();
+    run(a);
+    const std::size_t hits = cache.hits;
+    run(b);
+    CHECK(cache.hits == hits + 1);
+    CHECK(a == b);
+    w[std::size_t((1 * Co + 2) * ksp + 5)] += 1.0f;  // tap 5 = (a, b, e) = (1, 0, 1)
+    const std::size_t misses = cache.misses;
+    run(c);
+    CHECK(cache.misses == misses + 1);
+    double worst = 0;
+    std::size_t moved = 0;
+    for (std::int64_t o = 0; o < Co; ++o)
+      for (std::int64_t od = 0; od < Do; ++od)
+        for (std::int64_t oh = 0; oh < Ho; ++oh)
+          for (std::int64_t ow = 0; ow < Wo; ++ow) {
+            const std::size_t i = std::size_t(((o * Do + od) * Ho + oh) * Wo + ow);
+            const bool tap = o == 2 && od % 2 == 1 && oh % 2 == 0 && ow % 2 == 1;
+            const double want =
+                tap ? double(a[i]) + x[std::size_t(((1 * D + od / 2) * H + oh / 2) * W + ow / 2)] : double(a[i]);
+            worst = std::max(worst, std::fabs(double(c[i]) - want));
+            moved += c[i] != a[i];
+          }
+    CHECK(worst < 1e-5);
+    CHECK(moved == std::size_t(D * H * W));
+  }
 }
 
 // Instance norm forward and backward against double-precision loops: several 1024-voxel blocks
@@ -1601,6 +1643,34 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
     double worst = 0;
     for (std::size_t i = 0; i < z.size(); ++i) worst = std::max(worst, double(std::fabs(z[i] - ref[i])));
     CHECK(worst < 1e-5);
+  }
+  // a residual added in the norm's pass (in place, as after a fused convolution): the norm without
+  // an activation, then binary's add with the activation, bit for bit; and within 1e-4 of double
+  std::vector<float> r(x.size());
+  for (auto& v : r) v = float(rnd());
+  const std::int64_t shape[6] = {1, 1, 1, 1, 1, std::int64_t(x.size())}, one[6] = {0, 0, 0, 0, 0, 1};
+  for (bhsd::Act act : {bhsd::Act::none, bhsd::Act::relu, bhsd::Act::leaky}) {
+    std::vector<float> two(x.size()), z = x;
+    bhsd::instance_norm(x.data(), two.data(), N, C, S, gamma, beta, eps, bhsd::Act::none, 0.0f, pool);
+    bhsd::binary(two.data(), r.data(), two.data(), shape, one, one, false, pool, act, alpha);
+    bhsd::instance_norm(z.data(), z.data(), N, C, S, gamma, beta, eps, act, alpha, pool, r.data());
+    CHECK(z == two);
+    double worst = 0;
+    for (std::int64_t nc = 0; nc < N * C; ++nc) {
+      const float* p = x.data() + nc * S;
+      const std::int64_t c = nc % C;
+      double m = 0, v = 0;
+      for (std::int64_t i = 0; i < S; ++i) m += p[i];
+      m /= double(S);
+      for (std::int64_t i = 0; i < S; ++i) v += (p[i] - m) * (p[i] - m);
+      const double inv = 1.0 / std::sqrt(v / double(S) + eps);
+      for (std::int64_t i = 0; i < S; ++i) {
+        const double pre = (p[i] - m) * inv * gamma[c] + beta[c] + r[std::size_t(nc * S + i)];
+        const double want = act == bhsd::Act::none ? pre : pre > 0 ? pre : act == bhsd::Act::relu ? 0.0 : pre * alpha;
+        worst = std::max(worst, std::fabs(want - double(z[std::size_t(nc * S + i)])));
+      }
+    }
+    CHECK(worst < 1e-4);
   }
 }
 

@@ -166,6 +166,44 @@ __attribute__((target("avx2,fma"))) inline void affine_act_avx2(const float* p, 
 }
 #endif
 
+// q = act((p − m)·a + b + r): a residual block's norm, sum and activation in one pass (the same
+// arithmetic as affine_act then binary's add: the affine rounded to float, then the sum, then the
+// activation as binary applies it — v > 0 ? v : v·alpha), element by element so that q may be p.
+#ifdef BHSD_X86
+__attribute__((target("avx2,fma"))) inline void affine_add_act_avx2(const float* p, const float* r, float* q,
+                                                                    std::int64_t n, float m, float a, float b, Act act,
+                                                                    float alpha) {
+  const __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps(),
+               vs = _mm256_set1_ps(alpha);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p + i), vm), va), vb);
+    v = _mm256_add_ps(v, _mm256_loadu_ps(r + i));
+    if (act != Act::none) {
+      const __m256 pos = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);  // false for NaN
+      v = act == Act::relu ? _mm256_and_ps(v, pos) : _mm256_blendv_ps(_mm256_mul_ps(v, vs), v, pos);
+    }
+    _mm256_storeu_ps(q + i, v);
+  }
+  for (; i < n; ++i) {
+    float v = (p[i] - m) * a + b;
+    v = v + r[i];
+    q[i] = act == Act::none ? v : v > 0 ? v : act == Act::relu ? 0.0f : v * alpha;
+  }
+}
+#endif
+inline void affine_add_act(const float* p, const float* r, float* q, std::int64_t n, float m, float a, float b, Act act,
+                           float alpha) {
+#ifdef BHSD_X86
+  if (ops_avx2()) return affine_add_act_avx2(p, r, q, n, m, a, b, act, alpha);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) {
+    float v = (p[i] - m) * a + b;  // as affine_act_inplace's own loop
+    v = v + r[i];
+    q[i] = act == Act::none ? v : v > 0 ? v : act == Act::relu ? 0.0f : v * alpha;
+  }
+}
+
 // The same without the compiler's aliasing assumptions, for q = p.
 inline void affine_act_inplace(float* q, std::int64_t n, float m, float a, float b, Act act, float alpha) {
 #ifdef BHSD_X86
@@ -180,9 +218,12 @@ inline void affine_act_inplace(float* q, std::int64_t n, float m, float a, float
 
 // y = (x − mean) / sqrt(var + eps) · scale[c] + bias[c], per (n, c) over the `spatial` voxels
 // (biased variance), then the activation: one pass for the statistics (block_stats), one to apply.
-// y may be x (normalised in place).
+// y may be x (normalised in place). residual (N·C·spatial floats apart from y: the addon refuses an
+// overlap): added after the affine, before the activation — a residual block's InstanceNorm → Add →
+// LeakyReLU in the norm's own pass (affine_add_act), not a second pass over both tensors.
 inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                          const float* scale, const float* bias, double eps, Act act, float alpha, ThreadPool& pool) {
+                          const float* scale, const float* bias, double eps, Act act, float alpha, ThreadPool& pool,
+                          const float* residual = nullptr) {
   pool.parallel_for(
       std::size_t(N * C),
       [&](std::size_t lo, std::size_t hi) {
@@ -195,7 +236,10 @@ inline void instance_norm(const float* x, float* y, std::int64_t N, std::int64_t
           const double inv = 1.0 / std::sqrt(var + eps);
           const std::int64_t c = std::int64_t(nc) % C;
           const double sc = scale ? scale[c] : 1.0f;
-          if (p == q)
+          if (residual)
+            norm_detail::affine_add_act(p, residual + std::int64_t(nc) * spatial, q, spatial, float(mean),
+                                        float(inv * sc), bias ? bias[c] : 0.0f, act, alpha);
+          else if (p == q)
             norm_detail::affine_act_inplace(q, spatial, float(mean), float(inv * sc), bias ? bias[c] : 0.0f, act,
                                             alpha);
           else
