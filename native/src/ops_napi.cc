@@ -129,6 +129,12 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   auto* dst = static_cast<float*>(ab.Data());
   for (std::int64_t gi = 0; gi < groups; ++gi)
     bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
+  // weights packed once are never written again (NativeBackend keeps them to itself): their hash,
+  // stored with the block now, is what the Winograd weight cache finds them by on every call
+  if (groups == 1)
+    if (auto b = bhsd::Block::find(dst, n * sizeof(float)))
+      b->set_content_hash(bhsd::wino_detail::weights_hash(dst, n),
+                          n * sizeof(float));  // (this thread alone: the pool may be busy with a running call)
   return Napi::Float32Array::New(env, n, ab, 0);
 }
 

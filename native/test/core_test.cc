@@ -1179,6 +1179,33 @@ static void test_weight_cache(bhsd::ThreadPool& pool) {
   round(hits);
   CHECK(hits == 2);
   wc.cap = cap0, wc.busy = busy0;
+  // Weights in a block whose maker stored their hash (packConvWeights) are found by that hash, not
+  // hashed again: layer 0's weights in a block stamped with layer 1's hash give layer 1's answer
+  // (the contract: such a block is never written after), a fresh block with no hash layer 0's.
+  wc.clear();
+  const std::size_t nw = wp[0].size(), bytes = nw * sizeof(float);
+  auto stamped = bhsd::Block::allocate(bytes, false);
+  std::memcpy(stamped->data(), wp[0].data(), bytes);
+  stamped->set_content_hash(bhsd::wino_detail::weights_hash(wp[1].data(), nw), bytes);
+  auto plain = bhsd::Block::allocate(bytes, false);
+  std::memcpy(plain->data(), wp[0].data(), bytes);
+  auto near = [&](const std::vector<float>& y, const std::vector<float>& want) {
+    bool same = true;
+    for (std::size_t i = 0; i < no; ++i) same = same && std::fabs(y[i] - want[i]) < 1e-4f;
+    return same;
+  };
+  std::vector<float> y(no);
+  CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp[1].data(), nullptr, y.data(), bhsd::Act::none, 0, pool));
+  CHECK(near(y, ref[1]));
+  CHECK(bhsd::conv3d_forward_winograd(g, x.data(), static_cast<const float*>(stamped->data()), nullptr, y.data(),
+                                      bhsd::Act::none, 0, pool));
+  CHECK(near(y, ref[1]));  // the cache's entry for layer 1, by the stored hash
+  CHECK(bhsd::conv3d_forward_winograd(g, x.data(), static_cast<const float*>(plain->data()), nullptr, y.data(),
+                                      bhsd::Act::none, 0, pool));
+  CHECK(near(y, ref[0]));  // hashed: layer 0
+  CHECK(stamped->content_hash(stamped->data(), bytes) && !stamped->content_hash(stamped->data(), bytes - 4) &&
+        !plain->content_hash(plain->data(), bytes));
+  wc.clear();
 }
 
 // A 3×3×3 convolution (padding 1, stride 1) at 512 output voxels spread over channels, planes and

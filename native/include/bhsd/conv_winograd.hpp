@@ -504,6 +504,14 @@ inline std::array<std::uint64_t, 4> weights_hash(const float* w, std::size_t n, 
   return h;
 }
 
+// The weights' identity as the cache keys them: the hash their block's maker stored (packed once
+// and never written again: a loaded model's, packConvWeights), else weights_hash now.
+inline std::array<std::uint64_t, 4> weights_identity(const float* w, std::size_t n, ThreadPool& pool) {
+  if (const auto b = Block::find(w, n * sizeof(float)))
+    if (const auto* h = b->content_hash(w, n * sizeof(float))) return *h;
+  return weights_hash(w, n, &pool);
+}
+
 class WeightCache {
  public:
   static constexpr std::size_t kEntryMax = std::size_t(256) << 20;
@@ -561,7 +569,7 @@ class WeightCache {
   std::shared_ptr<const WeightEntry> get_raw(const ConvGeom& g, const float* wp, std::size_t nw, ThreadPool& pool,
                                              int P, bool bf, int layout, std::size_t bytes, const Make& make) {
     if (bytes > kEntryMax || bytes > cap) return nullptr;
-    const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
+    const std::array<std::uint64_t, 4> hash = weights_identity(wp, nw, pool);
     const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lk(m_);
@@ -608,7 +616,7 @@ class WeightCache {
   void drop(const ConvGeom& g, const float* wp, ThreadPool& pool, bool bf = false, bool tiles = false) {
     const std::size_t nw = std::size_t(packed_conv_size(g.Co, g.K()));
     const int P = points(g), layout = tiles ? kWinogradTiles : kWinogradBlocks;
-    const std::array<std::uint64_t, 4> hash = weights_hash(wp, nw, &pool);
+    const std::array<std::uint64_t, 4> hash = weights_identity(wp, nw, pool);
     std::lock_guard<std::mutex> lk(m_);
     const auto it = find(g, P, bf, layout, nw, hash);
     if (it == lru_.end()) return;

@@ -10,6 +10,7 @@
 // Node-free: the Node-API layer (native/src/napi_util.hpp) wraps blocks in external ArrayBuffers.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -172,6 +173,19 @@ class Block {
   std::size_t size() const { return bytes_; }  // as asked for
   std::size_t capacity() const { return size_; }
 
+  // A hash of the block's first `bytes` that its maker stored once it had filled the block, for
+  // contents that never change afterwards (a model's packed weights: the Winograd weight cache
+  // then need not hash 360 MB a window to find them). Set before the block is shared; a block
+  // handed out again (after this one is freed) starts without one.
+  void set_content_hash(const std::array<std::uint64_t, 4>& h, std::size_t bytes) {
+    content_hash_ = h;
+    hashed_bytes_ = bytes;
+  }
+  // The stored hash where it covers exactly [data(), data() + bytes), else null.
+  const std::array<std::uint64_t, 4>* content_hash(const void* p, std::size_t bytes) const {
+    return hashed_bytes_ && p == data_ && bytes == hashed_bytes_ ? &content_hash_ : nullptr;
+  }
+
   ~Block() {
     auto& r = detail::registry();
     bool keep = false;
@@ -194,6 +208,8 @@ class Block {
   void* data_;
   std::size_t size_;   // mapped
   std::size_t bytes_;  // asked for
+  std::array<std::uint64_t, 4> content_hash_{};
+  std::size_t hashed_bytes_ = 0;  // 0: none stored
 };
 
 }  // namespace bhsd
