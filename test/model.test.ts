@@ -1,9 +1,9 @@
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
-import type { Volume } from "../lib/types.js";
+import type { Tensor, Volume } from "../lib/types.js";
 import { backendsUnderTest, ROOT, sharedFixture } from "./helpers.js";
 import { randomTensor, relDiff } from "./ort.js";
 
@@ -360,10 +360,36 @@ test.serial(
   },
 );
 
+/**
+ * Runs a model (input "x") on onnxruntime and on each backend: each named output within 1e-4 of
+ * onnxruntime's, then `check` with the backend's model after its run.
+ */
+async function againstOrt(
+  t: ExecutionContext,
+  bytes: Uint8Array,
+  x: Tensor,
+  outputs: string[],
+  check: (backend: string, model: Awaited<ReturnType<typeof loadModel>>) => void,
+): Promise<void> {
+  const ort = await import("onnxruntime-node");
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+  await session.release();
+  for (const { name } of backends) {
+    setBackend(name);
+    const model = await loadModel(bytes);
+    const got = await model.runAll({ x });
+    for (const o of outputs) {
+      const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
+      t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
+    }
+    check(name, model);
+  }
+}
+
 test.serial(
   "a residual block's Add (→ LeakyRelu) is fused into the Conv → InstanceNorm it sums where its other operand exists by then, and equals onnxruntime's",
   async (t) => {
-    const ort = await import("onnxruntime-node");
     const w = (k: number, seed: number, co = 4, ci = 4) => randomTensor([co, ci, k, k, k], seed);
     const w1 = w(3, 501, 4, 2),
       w2 = w(3, 502),
@@ -425,18 +451,7 @@ test.serial(
         { name: "b", dims: [4], data: b.data },
       ],
     });
-    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-    const x = randomTensor([1, 2, 4, 5, 6], 511);
-    const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
-    await session.release();
-    for (const { name } of backends) {
-      setBackend(name);
-      const model = await loadModel(bytes);
-      const got = await model.runAll({ x });
-      for (const o of ["y", "z", "q", "r"]) {
-        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
-        t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
-      }
+    await againstOrt(t, bytes, randomTensor([1, 2, 4, 5, 6], 511), ["y", "z", "q", "r"], (name, model) =>
       t.deepEqual(
         model.lastRun!.nodeMs.map((n) => n.op),
         [
@@ -450,15 +465,14 @@ test.serial(
           "Add",
         ],
         name,
-      );
-    }
+      ),
+    );
   },
 );
 
 test.serial(
   "Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it",
   async (t) => {
-    const ort = await import("onnxruntime-node");
     const w1 = randomTensor([4, 2, 3, 3, 3], 401),
       w2 = randomTensor([4, 4, 1, 1, 1], 402),
       w3 = randomTensor([4, 4, 3, 3, 3], 405);
@@ -486,23 +500,12 @@ test.serial(
         { name: "b", dims: [4], data: b.data },
       ],
     });
-    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-    const x = randomTensor([1, 2, 4, 5, 6], 406);
-    const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
-    await session.release();
-    for (const { name } of backends) {
-      setBackend(name);
-      const model = await loadModel(bytes);
-      const got = await model.runAll({ x });
-      for (const o of ["y", "z"]) {
-        const d = relDiff(got[o]!.data, want[o]!.data as Float32Array);
-        t.true(d <= 1e-4, `${name} ${o}: max relative difference ${d}`);
-      }
+    await againstOrt(t, bytes, randomTensor([1, 2, 4, 5, 6], 406), ["y", "z"], (name, model) =>
       t.deepEqual(
         model.lastRun!.nodeMs.map((n) => n.op),
         ["Conv", "InstanceNormalization", "Conv", "Add", "Conv+InstanceNormalization"],
         name,
-      );
-    }
+      ),
+    );
   },
 );

@@ -1633,15 +1633,20 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
   float dgamma[3], dbeta[3];
   bhsd::instance_norm_backward(x.data(), y.data(), dy.data(), N, C, S, gamma, eps, alpha, dx.data(), dgamma, dbeta,
                                pool);
-  double wy = 0, wdx = 0, wdg = 0, wdb = 0, dg_ref[3] = {0, 0, 0}, db_ref[3] = {0, 0, 0};
-  for (std::int64_t nc = 0; nc < N * C; ++nc) {
+  // (n, c)'s mean and 1 / σ in double
+  auto stats = [&](std::int64_t nc) {
     const float* p = x.data() + nc * S;
-    const std::int64_t c = nc % C;
     double m = 0, v = 0;
     for (std::int64_t i = 0; i < S; ++i) m += p[i];
     m /= double(S);
     for (std::int64_t i = 0; i < S; ++i) v += (p[i] - m) * (p[i] - m);
-    const double inv = 1.0 / std::sqrt(v / double(S) + eps);
+    return std::pair<double, double>(m, 1.0 / std::sqrt(v / double(S) + eps));
+  };
+  double wy = 0, wdx = 0, wdg = 0, wdb = 0, dg_ref[3] = {0, 0, 0}, db_ref[3] = {0, 0, 0};
+  for (std::int64_t nc = 0; nc < N * C; ++nc) {
+    const float* p = x.data() + nc * S;
+    const std::int64_t c = nc % C;
+    const auto [m, inv] = stats(nc);
     double sg = 0, sgx = 0;
     std::vector<double> g(static_cast<std::size_t>(S)), xh(static_cast<std::size_t>(S));
     for (std::int64_t i = 0; i < S; ++i) {
@@ -1686,11 +1691,7 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
     for (std::int64_t nc = 0; nc < N * C; ++nc) {
       const float* p = x.data() + nc * S;
       const std::int64_t c = nc % C;
-      double m = 0, v = 0;
-      for (std::int64_t i = 0; i < S; ++i) m += p[i];
-      m /= double(S);
-      for (std::int64_t i = 0; i < S; ++i) v += (p[i] - m) * (p[i] - m);
-      const double inv = 1.0 / std::sqrt(v / double(S) + eps);
+      const auto [m, inv] = stats(nc);
       for (std::int64_t i = 0; i < S; ++i) {
         const double pre = (p[i] - m) * inv * gamma[c] + beta[c] + r[std::size_t(nc * S + i)];
         const double want = act == bhsd::Act::none ? pre : pre > 0 ? pre : act == bhsd::Act::relu ? 0.0 : pre * alpha;
