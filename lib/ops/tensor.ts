@@ -236,7 +236,8 @@ export async function conv3dInstanceNorm(
   const eps = epsOf(normOpts, "norm");
   const residual = normOpts.residual;
   if (residual !== undefined) assertTensor("norm.residual", residual);
-  // the norm's scale, bias and residual are checked before the output is allocated
+  // the norm's scale and bias and the residual's shape are checked before the output is allocated
+  // (whether the residual shares the output's memory only once the output is there)
   let perCo: [Float32Array, Float32Array] | undefined;
   const p = convPlan(input, weight, bias, options, (Co, outShape) => {
     perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)];
