@@ -4,7 +4,7 @@
 import test from "ava";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { conv3d, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
+import { conv3d, conv3dInstanceNorm, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
 import { getBackend } from "../lib/backends/index.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 
@@ -74,6 +74,38 @@ for (const { name, backend } of backendsUnderTest()) {
       const want = convAt(xs, ws, C, D, H, W, co, z, yy, xx);
       t.true(Math.abs(y.data[((co * D + z) * H + yy) * W + xx]! - want) < 1e-4, `voxel ${co},${z},${yy},${xx}`);
     }
+  });
+
+  test.serial(`${name}: a residual transferred away mid-call still gives the same sum, or says it was lost`, async (t) => {
+    use();
+    const [C, D, H, W] = [8, 32, 64, 96]; // a queued call, as above
+    const x = { data: Float32Array.from({ length: C * D * H * W }, (_, i) => Math.sin(i * 0.37)), shape: [1, C, D, H, W] };
+    const w = { data: Float32Array.from({ length: 8 * C * 27 }, (_, i) => Math.cos(i * 0.11) * 0.1), shape: [8, C, 3, 3, 3] };
+    const rs = Float32Array.from({ length: 8 * D * H * W }, (_, i) => Math.cos(i * 0.013));
+    const ones = { data: new Float32Array(8).fill(1), shape: [8] },
+      zeros = { data: new Float32Array(8), shape: [8] };
+    const norm = (residual: { data: Float32Array; shape: number[] }) => ({
+      scale: ones,
+      bias: zeros,
+      activation: "leakyRelu" as const,
+      alpha: 0.01,
+      residual,
+    });
+    const want = await conv3dInstanceNorm(x, w, null, norm({ data: new Float32Array(rs), shape: [1, 8, D, H, W] }), { padding: 1 });
+    const residual = { data: new Float32Array(rs), shape: [1, 8, D, H, W] };
+    const p = conv3dInstanceNorm(x, w, null, norm(residual), { padding: 1 });
+    structuredClone(residual.data.buffer, { transfer: [residual.data.buffer] });
+    churn();
+    const settled = await p.then(
+      (y) => ({ y }),
+      (e: Error) => ({ e }),
+    );
+    if ("e" in settled) {
+      t.is(name, "ts");
+      t.regex(settled.e.message, /detached or resized during the call/);
+      return;
+    }
+    t.deepEqual(settled.y.data, want.data);
   });
 
   // (the native backend runs calls of under ~1 ms of work on the calling thread before they return —

@@ -251,6 +251,7 @@ export async function conv3dInstanceNorm(
       "the output's memory",
     );
   const [scale, nb] = perCo!;
+  const resBytes = residual?.data.byteLength;
   const be = activeBackend();
   if (be.conv3dNorm && (!residual || be.convNormResidual)) {
     await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha, residual?.data ?? null);
@@ -261,8 +262,11 @@ export async function conv3dInstanceNorm(
     const spatial = conv.data.length / (N * C);
     if (!residual) await be.instanceNorm(conv.data, N, C, spatial, scale, nb, eps, act, alpha, p.out.data);
     else {
-      // the norm, then the sum and the activation as add() applies them
+      // the norm, then the sum and the activation as add() applies them — from the residual as the
+      // call found it (a caller that transferred it away meanwhile gets an error, not NaNs)
       await be.instanceNorm(conv.data, N, C, spatial, scale, nb, eps, ACT.none, 0, p.out.data);
+      if (residual.data.byteLength !== resBytes)
+        throw new Error("norm.residual was detached or resized during the call; the result is lost");
       const shape6 = [1, 1, 1, 1, 1, p.out.data.length],
         one = [0, 0, 0, 0, 0, 1];
       await be.binary(p.out.data, residual.data, shape6, one, one, false, p.out.data, act, alpha);
