@@ -1,7 +1,7 @@
 // Whatever a caller does to its arrays while a call runs (transfer them away, shrink a resizable
 // buffer, share them), the process survives and the answer is right or an error says what was lost.
 // Before the engine pinned its arrays, transferring a conv3d input mid-call segfaulted the process.
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { conv3d, conv3dInstanceNorm, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
@@ -40,6 +40,22 @@ function churn(): void {
   (globalThis as { gc?: () => void }).gc?.();
 }
 
+/**
+ * The result of a call whose arrays were transferred away while it ran, or undefined where it
+ * failed: only the ts backend may (it reads on after yielding), and it must say the input was
+ * lost, never answer wrongly.
+ */
+async function resultOrLost<T>(t: ExecutionContext, name: string, p: Promise<T>): Promise<T | undefined> {
+  const settled = await p.then(
+    (y) => ({ y }),
+    (e: Error) => ({ e }),
+  );
+  if (!("e" in settled)) return settled.y;
+  t.is(name, "ts");
+  t.regex(settled.e.message, /detached or resized during the call/);
+  return undefined;
+}
+
 for (const { name, backend } of backendsUnderTest()) {
   if (name === "cuda") continue; // host-side pinning is the same code; the device run covers cuda
   const use = () => setBackend(backend().name);
@@ -55,17 +71,8 @@ for (const { name, backend } of backendsUnderTest()) {
     structuredClone(x.data.buffer, { transfer: [x.data.buffer] });
     structuredClone(w.data.buffer, { transfer: [w.data.buffer] });
     churn();
-    const settled = await p.then(
-      (y) => ({ y }),
-      (e: Error) => ({ e }),
-    );
-    if ("e" in settled) {
-      // the ts backend reads on after yielding: it must say the input was lost, never answer wrongly
-      t.is(name, "ts");
-      t.regex(settled.e.message, /detached or resized during the call/);
-      return;
-    }
-    const y = settled.y;
+    const y = await resultOrLost(t, name, p);
+    if (!y) return;
     for (const [co, z, yy, xx] of [
       [0, 0, 0, 0],
       [3, 5, 11, 7],
@@ -96,16 +103,8 @@ for (const { name, backend } of backendsUnderTest()) {
     const p = conv3dInstanceNorm(x, w, null, norm(residual), { padding: 1 });
     structuredClone(residual.data.buffer, { transfer: [residual.data.buffer] });
     churn();
-    const settled = await p.then(
-      (y) => ({ y }),
-      (e: Error) => ({ e }),
-    );
-    if ("e" in settled) {
-      t.is(name, "ts");
-      t.regex(settled.e.message, /detached or resized during the call/);
-      return;
-    }
-    t.deepEqual(settled.y.data, want.data);
+    const y = await resultOrLost(t, name, p);
+    if (y) t.deepEqual(y.data, want.data);
   });
 
   // (the native backend runs calls of under ~1 ms of work on the calling thread before they return —
