@@ -185,7 +185,7 @@ __attribute__((target("avx2,fma"))) inline void affine_add_act_avx2(const float*
     }
     _mm256_storeu_ps(q + i, v);
   }
-  for (; i < n; ++i) {
+  for (; i < n; ++i) {  // (here, not in affine_add_act: compiled for FMA, as affine_act_avx2's tail is)
     float v = (p[i] - m) * a + b;
     v = v + r[i];
     q[i] = act == Act::none ? v : v > 0 ? v : act == Act::relu ? 0.0f : v * alpha;
