@@ -117,7 +117,11 @@ test.serial("fold ensembling: the mean of the folds' logits (nnU-Net v2), or the
   let d = 0,
     dd = 0;
   for (let i = 0; i < got.length; i++) d = Math.max(d, Math.abs(got[i]! - meanProb[i]!));
-  t.true(d <= 1e-5, `max |softmax(run) − mean of PyTorch's softmax| = ${d}`);
+  // Each fold's logits are held to 1e-4 of their scale above; a probability moves by at most about
+  // the logits' largest error, so 1e-4 here — still ten times finer than the two rules' difference
+  // checked below (1e-5 had failed on a CI CPU at 1.007e-5 while the logits were within 6.2e-6).
+  t.log(`mean-of-softmax ensemble: max |difference| ${d.toExponential(2)}`);
+  t.true(d <= 1e-4, `max |softmax(run) − mean of PyTorch's softmax| = ${d}`);
   // the two rules differ: the softmax of the mean logits is not the mean of the softmax
   const viaLogits = softmax(meanLogits, 6);
   for (let i = 0; i < got.length; i++) dd = Math.max(dd, Math.abs(viaLogits[i]! - meanProb[i]!));
