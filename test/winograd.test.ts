@@ -159,3 +159,39 @@ winoTest.serial("training's precise convolutions use F(2×…) tiles while held 
   t.is(held, r.stdout.trim());
   if (/avx512f \(conv/.test(simd)) t.not(held, before, "where AVX-512 runs the default is F(2×4×4), which rounds differently");
 });
+
+winoTest.serial(
+  "a disposed model's transformed weights leave the Winograd weight cache; a model of the same weights gets them again, bit for bit",
+  async (t) => {
+    const { engineMemory } = await import("../lib/backends/index.js");
+    const { encodeModel } = await import("../lib/model/onnx-proto.js");
+    const { loadModel } = await import("../lib/index.js");
+    const { x, w, b } = layer(32, 32, 3, [8, 16, 16], 41);
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } }],
+      inputs: [{ name: "x", shape: x.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "b", dims: b.shape, data: b.data },
+      ],
+    });
+    const digest = (y: Tensor) => createHash("sha256").update(y.data).digest("hex");
+    const a = await loadModel(bytes, { backend: "native" }),
+      c = await loadModel(bytes, { backend: "native" });
+    const before = engineMemory().weightCacheBytes;
+    const ya = digest(await a.run(x));
+    const held = engineMemory().weightCacheBytes - before;
+    // F(2×2×2) tiles at the least: 64 points of 32 × 32 weights
+    t.true(held >= 64 * 32 * 32 * 4, `the run left ${held} bytes of transformed weights in the cache`);
+    t.is(digest(await c.run(x)), ya);
+    t.is(engineMemory().weightCacheBytes - before, held, "the second model of these weights found them");
+    a.dispose();
+    t.is(engineMemory().weightCacheBytes, before, "the first model's dispose took them out");
+    t.is(digest(await c.run(x)), ya, "the other model transformed them again: the same output");
+    t.is(engineMemory().weightCacheBytes - before, held);
+    c.dispose();
+    t.is(engineMemory().weightCacheBytes, before);
+  },
+);

@@ -167,10 +167,13 @@ export function releaseEngineArray(a: ArrayBufferView): void {
   (tryLoad("native") as NativeBackend | undefined)?.detach(a.buffer as ArrayBuffer);
 }
 
-/** Bytes of engine memory in use and kept for reuse (zero without the native addon). */
-export function engineMemory(): { liveBytes: number; cachedBytes: number } {
+/**
+ * Bytes of engine memory in use and kept for reuse, and of transformed convolution weights the
+ * Winograd weight cache holds (part of liveBytes); zero without the native addon.
+ */
+export function engineMemory(): { liveBytes: number; cachedBytes: number; weightCacheBytes: number } {
   const native = tryLoad("native") as NativeBackend | undefined;
-  return native?.memoryStats() ?? { liveBytes: 0, cachedBytes: 0 };
+  return native?.memoryStats() ?? { liveBytes: 0, cachedBytes: 0, weightCacheBytes: 0 };
 }
 
 /** The backends that loaded, in the default order. */

@@ -39,7 +39,7 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   alloc(bytes: number, zero?: boolean): ArrayBuffer;
   /** Detaches an ArrayBuffer: engine memory goes back at once (unless a running call holds it). */
   detach(buffer: ArrayBuffer): void;
-  memoryStats(): { liveBytes: number; cachedBytes: number };
+  memoryStats(): { liveBytes: number; cachedBytes: number; weightCacheBytes?: number };
   /** Cancellation (native/src/addon.cc): a token, setting it, and the next async call's token. */
   cancelToken(): unknown;
   cancel(token: unknown): void;
@@ -230,8 +230,8 @@ export class NativeBackend implements Backend {
     return this.addon.alloc(bytes, zero);
   }
 
-  memoryStats(): { liveBytes: number; cachedBytes: number } {
-    return this.addon.memoryStats();
+  memoryStats(): { liveBytes: number; cachedBytes: number; weightCacheBytes: number } {
+    return { weightCacheBytes: 0, ...this.addon.memoryStats() }; // (a binary before the weight cache's figure: 0)
   }
 
   details(): BackendDetails {

@@ -379,12 +379,21 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return block_buffer(info.Env(), bhsd::Block::allocate(std::size_t(bytes), zero), std::size_t(bytes));
 }
 
-// detach(arrayBuffer): an external (engine) buffer's memory goes back now, not at collection
+// detach(arrayBuffer): an external (engine) buffer's memory goes back now, not at collection; where
+// it held weights packed by packConvWeights (their hash stored with the block), their transformed
+// forms leave the Winograd weight cache too (WeightCache::forget)
 Napi::Value Detach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "native: detach takes an ArrayBuffer");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  std::array<std::uint64_t, 4> hash{};
+  bool hashed = false;
+  if (ab.ByteLength() > 0)
+    if (auto b = bhsd::Block::find(ab.Data(), ab.ByteLength()))
+      if (const auto* h = b->content_hash(ab.Data(), ab.ByteLength())) hash = *h, hashed = true;
   napi_status st = napi_detach_arraybuffer(env, info[0]);
   if (st != napi_ok) throw Napi::Error::New(env, "native: this ArrayBuffer cannot be detached");
+  if (hashed) bhsd::wino_detail::WeightCache::instance().forget(hash);
   return env.Undefined();
 }
 
@@ -392,6 +401,7 @@ Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("liveBytes", double(bhsd::Block::live_bytes()));
   o.Set("cachedBytes", double(bhsd::Block::cached_bytes()));
+  o.Set("weightCacheBytes", double(bhsd::wino_detail::WeightCache::instance().bytes()));
   return o;
 }
 

@@ -1205,6 +1205,19 @@ static void test_weight_cache(bhsd::ThreadPool& pool) {
   CHECK(near(y, ref[0]));  // hashed: layer 0
   CHECK(stamped->content_hash(stamped->data(), bytes) && !stamped->content_hash(stamped->data(), bytes - 4) &&
         !plain->content_hash(plain->data(), bytes));
+  // forget(hash) (a disposed model's weights, as the addon's detach calls it): the entries of those
+  // weights go, others stay; an unknown hash forgets nothing; the weights run again as before
+  CHECK(wc.entries() == 2);
+  const std::size_t held = wc.bytes();
+  CHECK(wc.forget(*stamped->content_hash(stamped->data(), bytes)) == held / 2);
+  CHECK(wc.entries() == 1 && wc.bytes() == held / 2);
+  CHECK(wc.forget(*stamped->content_hash(stamped->data(), bytes)) == 0 && wc.entries() == 1);
+  const std::size_t h0 = wc.hits;
+  CHECK(bhsd::conv3d_forward_winograd(g, x.data(), static_cast<const float*>(plain->data()), nullptr, y.data(),
+                                      bhsd::Act::none, 0, pool));
+  CHECK(near(y, ref[0]) && wc.hits == h0 + 1);  // layer 0's entry stayed
+  CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp[1].data(), nullptr, y.data(), bhsd::Act::none, 0, pool));
+  CHECK(near(y, ref[1]) && wc.hits == h0 + 1 && wc.entries() == 2);  // layer 1's made again
   wc.clear();
 }
 

@@ -623,6 +623,26 @@ class WeightCache {
     bytes_ -= it->e->bytes();
     lru_.erase(it);  // a call still using it holds its own reference
   }
+  // Forgets every form of the weights whose hash (weights_identity) is `hash`: their owner let them
+  // go (a disposed model's packed weights, detached), so no later call asks for them. Kept, they
+  // held their memory until another model's weights evicted them — the 340 MB of the nnU-Net-shaped
+  // PlainConvUNet's transforms, ResEnc-M's 1.2 GB, for the life of the process after dispose() —
+  // and, where the cache cannot hold two models (an eighth of the machine's memory: 1 GB on 8 GB),
+  // a model loaded next had transformed its layers per call for their first 10 s (busy). Other
+  // holders of identical weights find them missing and transform them again (their speed only); a
+  // call still using an entry keeps its own reference. Returns the bytes forgotten.
+  std::size_t forget(const std::array<std::uint64_t, 4>& hash) {
+    std::lock_guard<std::mutex> lk(m_);
+    std::size_t freed = 0;
+    for (auto it = lru_.begin(); it != lru_.end();)
+      if (it->e->hash == hash) {
+        freed += it->e->bytes();
+        it = lru_.erase(it);
+      } else
+        ++it;
+    bytes_ -= freed;
+    return freed;
+  }
   std::size_t entries() {
     std::lock_guard<std::mutex> lk(m_);
     return lru_.size();
