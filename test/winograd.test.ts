@@ -195,3 +195,24 @@ winoTest.serial(
     t.is(engineMemory().weightCacheBytes, before);
   },
 );
+
+winoTest.serial(
+  "weights let go while a call of them runs: the cache entry that call makes leaves when the call lets go of them",
+  async (t) => {
+    const { engineMemory, getBackend } = await import("../lib/backends/index.js");
+    setBackend("native");
+    // NativeBackend's hold on a model's constant weights (packed once), as loadModel uses it
+    const be = getBackend("native") as unknown as {
+      constants(a: ReadonlySet<Float32Array>): void;
+      release(a: Float32Array[]): void;
+    };
+    const { x, w } = layer(256, 256, 3, [4, 8, 8], 61); // 38 MB of transformed weights: the call runs on the pool
+    const before = engineMemory().weightCacheBytes;
+    be.constants(new Set([w.data]));
+    const pending = conv3d(x, w, null, { padding: 1 });
+    be.release([w.data]); // the packed weights detached while the call, pinning them, transforms them
+    await pending;
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r)); // finalizers run from the event loop
+    t.is(engineMemory().weightCacheBytes, before, "the entry the call made went with the packed weights' block");
+  },
+);

@@ -547,6 +547,12 @@ class WeightCache {
     static WeightCache c;
     return c;
   }
+  WeightCache() {
+    detail::on_hashed_free().store([](const std::array<std::uint64_t, 4>& h) { instance().forget(h); });
+  }
+  ~WeightCache() { detail::on_hashed_free().store(nullptr); }  // (at exit: blocks freed later tell nobody)
+  WeightCache(const WeightCache&) = delete;
+  WeightCache& operator=(const WeightCache&) = delete;
   // The transformed weights of wp, from the cache or made now; null when they would not fit it
   // (too big, the cache full of entries in use, or memory ran out): the caller transforms into a
   // buffer of its own.
@@ -624,7 +630,9 @@ class WeightCache {
     lru_.erase(it);  // a call still using it holds its own reference
   }
   // Forgets every form of the weights whose hash (weights_identity) is `hash`: their owner let them
-  // go (a disposed model's packed weights, detached), so no later call asks for them. Kept, they
+  // go, so no later call asks for them — the addon's detach of a disposed model's packed weights
+  // calls it at once, and the block that held them when it is freed (detail::on_hashed_free, after
+  // a call still running on them has let go: an entry that call made meanwhile goes too). Kept, they
   // held their memory until another model's weights evicted them — the 340 MB of the nnU-Net-shaped
   // PlainConvUNet's transforms, ResEnc-M's 1.2 GB, for the life of the process after dispose() —
   // and, where the cache cannot hold two models (an eighth of the machine's memory: 1 GB on 8 GB),

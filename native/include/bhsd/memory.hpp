@@ -11,6 +11,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -93,6 +94,17 @@ struct Registry {
 inline Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: blocks may outlive static destructors
   return *r;
+}
+
+// Told the hash of a block that carried one (set_content_hash) as the block is freed, when its
+// last holder — a call pinning it, the ArrayBuffer over it — lets go: the Winograd weight cache
+// (conv_winograd.hpp) registers its forget() here, so the transformed forms of weights nobody can
+// pass any more leave with them, whether their model was disposed (even while a call of it ran) or
+// collected. memory.hpp knows nothing of that cache.
+using HashedFreeHook = void (*)(const std::array<std::uint64_t, 4>&);
+inline std::atomic<HashedFreeHook>& on_hashed_free() {
+  static std::atomic<HashedFreeHook> hook{nullptr};
+  return hook;
 }
 
 }  // namespace detail
@@ -187,6 +199,11 @@ class Block {
   }
 
   ~Block() {
+    if (hashed_bytes_)
+      if (const detail::HashedFreeHook f = detail::on_hashed_free().load()) try {
+          f(content_hash_);
+        } catch (...) {  // (a mutex that failed to lock): the entries stay, as before, and age out
+        }
     auto& r = detail::registry();
     bool keep = false;
     {
