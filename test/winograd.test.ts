@@ -216,3 +216,44 @@ winoTest.serial(
     t.is(engineMemory().weightCacheBytes, before, "the entry the call made went with the packed weights' block");
   },
 );
+
+winoTest.serial("a disposed model's transposed convolution leaves its cached weights too", async (t) => {
+  const { engineMemory } = await import("../lib/backends/index.js");
+  const { encodeModel } = await import("../lib/model/onnx-proto.js");
+  const { loadModel } = await import("../lib/index.js");
+  const x = randomTensor([1, 64, 4, 8, 8], 71),
+    w = randomTensor([64, 32, 2, 2, 2], 72); // ConvTranspose weights [C, Co, kd, kh, kw]: an upsampling
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "ConvTranspose", inputs: ["x", "w"], outputs: ["y"], attrs: { kernel_shape: [2, 2, 2], strides: [2, 2, 2] } }],
+    inputs: [{ name: "x", shape: x.shape }],
+    outputs: [{ name: "y" }],
+    initializers: [{ name: "w", dims: w.shape, data: w.data }],
+  });
+  const m = await loadModel(bytes, { backend: "native" });
+  const before = engineMemory().weightCacheBytes;
+  const [want] = await ortRun(
+    "ConvTranspose",
+    [
+      { name: "x", tensor: x },
+      { name: "w", tensor: w },
+    ],
+    { kernel_shape: [2, 2, 2], strides: [2, 2, 2] },
+  );
+  const y = await m.run(x);
+  t.true(scaleDiff(y.data, want!.data as Float32Array) <= 1e-5, "the upsampling is onnxruntime's");
+  const held = engineMemory().weightCacheBytes - before;
+  t.true(held >= 64 * 32 * 8 * 4, `the run cached ${held} bytes of packed upsampling weights`);
+  m.dispose();
+  t.is(engineMemory().weightCacheBytes, before, "gone with the model");
+  // the addon's call itself, given what it must not take or has nothing to do with
+  const { getBackend } = await import("../lib/backends/index.js");
+  const addon = (getBackend("native") as unknown as { addon: { forgetWeights(w: unknown): number } }).addon;
+  t.throws(() => addon.forgetWeights(3), { message: /typed array/ });
+  t.throws(() => addon.forgetWeights(new Int32Array(8)), { message: /Float32Array/ });
+  t.is(addon.forgetWeights(new Float32Array(0)), 0);
+  const gone = new Float32Array(64);
+  structuredClone(gone.buffer, { transfer: [gone.buffer] });
+  t.is(addon.forgetWeights(gone), 0, "a detached array: nothing to forget");
+  t.is(addon.forgetWeights(new Float32Array(new SharedArrayBuffer(256))), 0);
+});

@@ -40,6 +40,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   /** Detaches an ArrayBuffer: engine memory goes back at once (unless a running call holds it). */
   detach(buffer: ArrayBuffer): void;
   memoryStats(): { liveBytes: number; cachedBytes: number; weightCacheBytes?: number };
+  /** The weight cache forgets its forms of these weights (absent from binaries before 2026-12-04). */
+  forgetWeights?(w: Float32Array): number;
   /** Cancellation (native/src/addon.cc): a token, setting it, and the next async call's token. */
   cancelToken(): unknown;
   cancel(token: unknown): void;
@@ -156,6 +158,7 @@ const NOT_CANCELLABLE = new Set([
   "alloc",
   "detach",
   "memoryStats",
+  "forgetWeights",
   "info",
   "packConvWeights",
   "cancelToken",
@@ -341,6 +344,8 @@ export class NativeBackend implements Backend {
   /** Weights that do not change while they live (a model's): conv3d packs them once. */
   private readonly fixed = new WeakSet<Float32Array>();
   private readonly packed = new WeakMap<Float32Array, Float32Array>();
+  /** Constant weights a transposed convolution ran with: the addon caches its form of them by their content. */
+  private readonly transposed = new WeakSet<Float32Array>();
 
   constants(arrays: ReadonlySet<Float32Array>): void {
     for (const a of arrays) this.fixed.add(a);
@@ -352,7 +357,8 @@ export class NativeBackend implements Backend {
       const p = this.packed.get(a);
       this.packed.delete(a);
       this.fixed.delete(a);
-      if (p) this.detach(p.buffer as ArrayBuffer);
+      if (p) this.detach(p.buffer as ArrayBuffer); // (their cached Winograd forms go with the block)
+      if (this.transposed.delete(a)) this.addon.forgetWeights?.(a);
     }
   }
 
@@ -423,7 +429,10 @@ export class NativeBackend implements Backend {
     return (this.residualArg ??= this.addon.info().convNormResidual === true);
   }
   private residualArg?: boolean;
-  convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => this.addon.convTranspose3d(...a);
+  convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => {
+    if (this.fixed.has(a[2])) this.transposed.add(a[2]);
+    return this.addon.convTranspose3d(...a);
+  };
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);
   /** The addon's GEMM, where the binary has one (a prebuild older than it does not: MatMul then runs as a convolution). */

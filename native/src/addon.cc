@@ -397,6 +397,21 @@ Napi::Value Detach(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// forgetWeights(w: Float32Array) → bytes: the weight cache forgets the forms it holds of weights a
+// caller passed as they are (a transposed convolution's: keyed by their content, not by a packed
+// block's stored hash), read now on this thread — their model is being disposed
+Napi::Value ForgetWeights(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ArrayInfo a = array_info(info[0], "w");
+  if (a.type != bhsd::DType::f32) throw Napi::TypeError::New(env, "native: forgetWeights takes a Float32Array");
+  if (a.length == 0 || a.data == nullptr) return Napi::Number::New(env, 0);
+  const auto* w = static_cast<const float*>(a.data);
+  std::array<std::uint64_t, 4> hash = bhsd::wino_detail::weights_hash(w, a.length);
+  if (const auto b = bhsd::Block::find(w, a.bytes()))
+    if (const auto* h = b->content_hash(w, a.bytes())) hash = *h;  // as weights_identity keys them
+  return Napi::Number::New(env, double(bhsd::wino_detail::WeightCache::instance().forget(hash)));
+}
+
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("liveBytes", double(bhsd::Block::live_bytes()));
@@ -492,6 +507,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cancelNext", Napi::Function::New<guarded<CancelNext>>(env, "cancelNext"));
   exports.Set("setPrecision", Napi::Function::New<guarded<SetPrecision>>(env, "setPrecision"));
   exports.Set("detach", Napi::Function::New<guarded<Detach>>(env, "detach"));
+  exports.Set("forgetWeights", Napi::Function::New<guarded<ForgetWeights>>(env, "forgetWeights"));
   exports.Set("memoryStats", Napi::Function::New<guarded<MemoryStats>>(env, "memoryStats"));
   exports.Set("fmaPeak", Napi::Function::New<guarded<FmaPeak>>(env, "fmaPeak"));
   exports.Set("voxelStats", Napi::Function::New<guarded<VoxelStats>>(env, "voxelStats"));
