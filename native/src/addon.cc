@@ -405,10 +405,7 @@ Napi::Value ForgetWeights(const Napi::CallbackInfo& info) {
   const ArrayInfo a = array_info(info[0], "w");
   if (a.type != bhsd::DType::f32) throw Napi::TypeError::New(env, "native: forgetWeights takes a Float32Array");
   if (a.length == 0 || a.data == nullptr) return Napi::Number::New(env, 0);
-  const auto* w = static_cast<const float*>(a.data);
-  std::array<std::uint64_t, 4> hash = bhsd::wino_detail::weights_hash(w, a.length);
-  if (const auto b = bhsd::Block::find(w, a.bytes()))
-    if (const auto* h = b->content_hash(w, a.bytes())) hash = *h;  // as weights_identity keys them
+  const auto hash = bhsd::wino_detail::weights_identity(static_cast<const float*>(a.data), a.length, nullptr);
   return Napi::Number::New(env, double(bhsd::wino_detail::WeightCache::instance().forget(hash)));
 }
 

@@ -506,10 +506,14 @@ inline std::array<std::uint64_t, 4> weights_hash(const float* w, std::size_t n, 
 
 // The weights' identity as the cache keys them: the hash their block's maker stored (packed once
 // and never written again: a loaded model's, packConvWeights), else weights_hash now.
-inline std::array<std::uint64_t, 4> weights_identity(const float* w, std::size_t n, ThreadPool& pool) {
+// (pool null: hashed on this thread — the addon's forgetWeights, a few MB at a model's dispose)
+inline std::array<std::uint64_t, 4> weights_identity(const float* w, std::size_t n, ThreadPool* pool) {
   if (const auto b = Block::find(w, n * sizeof(float)))
     if (const auto* h = b->content_hash(w, n * sizeof(float))) return *h;
-  return weights_hash(w, n, &pool);
+  return weights_hash(w, n, pool);
+}
+inline std::array<std::uint64_t, 4> weights_identity(const float* w, std::size_t n, ThreadPool& pool) {
+  return weights_identity(w, n, &pool);
 }
 
 class WeightCache {
