@@ -1724,6 +1724,58 @@ static void test_instance_norm(bhsd::ThreadPool& pool) {
   }
 }
 
+// Softmax over channels as segment() runs it (6 classes, a plane of voxels): the AVX2 path (four
+// voxels, a vector exponential) against the per-voxel path with std::exp, which it replaced — the
+// same floats but for a rare last-bit difference; exp4 itself within 2 ulp of std::exp over
+// [−700, 0]; NaN, ±infinity and channels far below the largest as the per-voxel path gives them.
+static void test_softmax_vector(bhsd::ThreadPool& pool) {
+#ifdef BHSD_X86
+  if (bhsd::ops_avx2()) {
+    double worst_ulp = 0;
+    for (int k = 0; k <= 200000; ++k) {
+      const double v = -700.0 * k / 200000.0 - (k % 7) * 1e-9;
+      const double got = bhsd::softmax_detail::exp1(std::max(v, -700.0)), want = std::exp(std::max(v, -700.0));
+      worst_ulp = std::max(worst_ulp, std::fabs(got - want) / (std::nextafter(want, 1e308) - want));
+    }
+    std::printf("softmax: exp4 within %.2f ulp of std::exp on [-700, 0]\n", worst_ulp);
+    CHECK(worst_ulp <= 2);
+  }
+#endif
+  const std::int64_t C = 6, S = 4099;  // a tail of 3 voxels
+  std::vector<float> x(std::size_t(2 * C * S));
+  std::uint32_t r = 7;
+  auto rnd = [&] { return float((r = r * 1664525u + 1013904223u) >> 8) / float(1 << 24); };
+  for (auto& v : x) v = (rnd() - 0.5f) * 40.0f;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  x[std::size_t(1 * S + 10)] = nan;                                        // voxel 10: a NaN in channel 1
+  x[std::size_t(2 * S + 21)] = inf;                                        // voxel 21: +inf in channel 2
+  for (std::int64_t c = 0; c < C; ++c) x[std::size_t(c * S + 33)] = -inf;  // voxel 33: all −inf
+  x[std::size_t(3 * S + 45)] = -inf;                                       // voxel 45: one −inf
+  x[std::size_t(4 * S + 57)] = -1000.0f;                                   // voxel 57: a channel 1000 below the others
+  std::vector<float> y(x.size()), want(x.size()), inplace(x);
+  bhsd::softmax_channels(x.data(), y.data(), 2, C, S, pool);
+  bhsd::softmax_channels(inplace.data(), inplace.data(), 2, C, S, pool);
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t i = 0; i < S; ++i)
+      bhsd::softmax_detail::voxel(x.data() + n * C * S + i, want.data() + n * C * S + i, C, S);
+  std::size_t differ = 0, special = 0, nan_mismatch = 0, inplace_mismatch = 0;
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(want[i]) || std::isnan(y[i])) {
+      special += std::isnan(want[i]) && std::isnan(y[i]);
+      nan_mismatch += !(std::isnan(want[i]) && std::isnan(y[i]));
+    } else if (y[i] != want[i])
+      ++differ, worst = std::max(worst, double(std::fabs(y[i] - want[i])));
+    inplace_mismatch += std::memcmp(&y[i], &inplace[i], sizeof(float)) != 0;
+  }
+  CHECK(nan_mismatch == 0 && inplace_mismatch == 0);
+  std::printf("softmax: %zu of %zu values differ from std::exp's (at most %.3g), %zu NaN alike\n", differ, x.size(),
+              worst, special);
+  CHECK(special > 0);
+  CHECK(differ <= 4 && worst <= 1e-7);
+  CHECK(y[std::size_t(4 * S + 57)] == 0.0f && y[std::size_t(3 * S + 45)] == 0.0f);
+}
+
 // The transformer paths of tensor_ops: GELU (erf and tanh forms), softmax over contiguous rows
 // (attention: C keys, spatial 1) and over channels, and a group norm over [rows, features, 1] (a
 // layer norm), each against the formula in double precision.
@@ -1941,6 +1993,7 @@ int main() {
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);
     test_transformer_ops(pool);
+    test_softmax_vector(pool);
     test_gemm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
