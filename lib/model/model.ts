@@ -229,8 +229,18 @@ export class Model {
     const base = (a: Float32Array) => baseOf.get(a) ?? a;
     const left = new Map(this.readers);
     const keep = new Set(this.outputs);
+    // (a GPU backend, which mirrors each array on its device and frees the mirrors of the buffers
+    // the pool returns at the end, takes buffers of their own length: a view's mirror would stay)
+    const fit = !be.forget;
     const alloc = (shape: number[]): Tensor => {
-      const data = pool.take(prod(shape));
+      const data = pool.take(prod(shape), fit);
+      pooled.add(data);
+      return { data, shape };
+    };
+    // a run's outputs get buffers of their own length: a view of a longer one would keep all of it
+    // alive for as long as the caller keeps the result
+    const allocOut = (shape: number[]): Tensor => {
+      const data = pool.take(prod(shape), false);
       pooled.add(data);
       return { data, shape };
     };
@@ -244,7 +254,7 @@ export class Model {
         let buf = concatBuf.get(slot.concat);
         if (shape.length !== 5 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
         if (!buf) {
-          buf = pool.take(slot.cTotal * S);
+          buf = pool.take(slot.cTotal * S, fit);
           pooled.add(buf);
           concatBuf.set(slot.concat, buf);
         }
@@ -335,7 +345,8 @@ export class Model {
         const slot = inPlace ? this.concatSlots.get(finalOutputs(n)[0]!) : undefined;
         const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
         if (done) concatsInPlace++;
-        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : alloc, budget, this.opset);
+        const outs = finalOutputs(n).some((o) => keep.has(o));
+        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : outs ? allocOut : alloc, budget, this.opset);
         if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });

@@ -1,6 +1,22 @@
 import { allocArray } from "../volume.js";
 
-/** Float32 buffers by length, handed out again after their last reader. */
+/**
+ * The buffer a view handed out by a Pool lies in (as its first elements), wherever the view goes
+ * next (a buffer kept for the next run comes back to that run's pool as the view).
+ */
+const bases = new WeakMap<Float32Array, Float32Array>();
+
+/** A free buffer serves requests down to this fraction of its length. */
+const FIT = 1 / 4;
+
+/**
+ * Float32 buffers, handed out again after their last reader: a free one of the same length, else
+ * (`fit`) the shortest free one up to 4× as long, as a view of its first elements, else a new one.
+ * By length alone, a model's run had kept buffers of every length it met: ResEnc-M's 16×256×256
+ * window 852 MB of them, 600 MB now, for a live set of 512 MB — memory kept between runs, and in
+ * the first run page faults of fresh memory. `liveBytes` counts the buffers held (a view: all of
+ * its buffer), so a model's memoryLimit bounds what its run holds.
+ */
 export class Pool {
   private free = new Map<number, Float32Array[]>();
   liveBytes = 0;
@@ -15,13 +31,40 @@ export class Pool {
       );
     }
   }
-  take(n: number): Float32Array {
+  /** `fit: false`: a buffer of exactly n (a run's outputs, which the caller keeps). */
+  take(n: number, fit = true): Float32Array {
     this.check(n * 4, "an intermediate");
-    const list = this.free.get(n);
-    const a = list?.pop() ?? (allocArray("float32", n, "model intermediate") as Float32Array);
-    this.liveBytes += n * 4;
+    let a = this.pop(n);
+    let held = n;
+    if (!a && fit) {
+      let best = Infinity;
+      for (const [m, list] of this.free)
+        if (m > n && m < best && n >= m * FIT && list.length > 0 && this.liveBytes + m * 4 <= this.limit) best = m;
+      if (best !== Infinity) {
+        const base = this.pop(best)!;
+        a = base.subarray(0, n);
+        bases.set(a, base);
+        held = best;
+      }
+    }
+    a ??= allocArray("float32", n, "model intermediate") as Float32Array;
+    this.liveBytes += held * 4;
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     return a;
+  }
+  private pop(n: number): Float32Array | undefined {
+    const list = this.free.get(n);
+    const a = list?.pop();
+    if (list && list.length === 0) this.free.delete(n);
+    return a;
+  }
+  /** Into the free lists as its whole buffer; returns that buffer. */
+  private put(a: Float32Array): Float32Array {
+    const b = bases.get(a) ?? a;
+    const list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, [b]);
+    else if (!list.includes(b)) list.push(b);
+    return b;
   }
   /**
    * A buffer from an earlier run (not counted as live). Not zeroed: every op writes all of its
@@ -29,17 +72,12 @@ export class Pool {
    * plainunet forward).
    */
   stock(a: Float32Array) {
-    const list = this.free.get(a.length) ?? [];
-    list.push(a);
-    this.free.set(a.length, list);
+    this.put(a);
   }
   give(a: Float32Array) {
-    this.liveBytes -= a.length * 4;
-    const list = this.free.get(a.length) ?? [];
-    list.push(a);
-    this.free.set(a.length, list);
+    this.liveBytes -= this.put(a).length * 4;
   }
-  /** Empties the pool and returns the arrays it held. */
+  /** Empties the pool and returns the buffers it held. */
   drain(): Float32Array[] {
     const all = [...this.free.values()].flat();
     this.free.clear();

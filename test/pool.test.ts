@@ -1,0 +1,87 @@
+import test from "ava";
+import { loadModel, readNpy, setBackend } from "../lib/index.js";
+import { Pool } from "../lib/model/pool.js";
+import { backendsUnderTest, sharedFixture } from "./helpers.js";
+import { relDiff } from "./ort.js";
+
+test("Pool: a free buffer of the same length first, else the shortest up to 4× as long, as a view", (t) => {
+  const pool = new Pool();
+  const a = pool.take(1000);
+  t.is(pool.liveBytes, 4000);
+  pool.give(a);
+  t.is(pool.liveBytes, 0);
+  const v = pool.take(400); // 400 ≥ 1000 / 4: a's first 400 floats
+  t.is(v.length, 400);
+  t.is(v.buffer, a.buffer);
+  t.is(v.byteOffset, a.byteOffset);
+  t.is(pool.liveBytes, 4000, "a view counts its whole buffer");
+  const w = pool.take(400); // nothing free now: a new buffer
+  t.not(w.buffer, a.buffer);
+  pool.give(v);
+  t.is(pool.liveBytes, 1600);
+  t.is(pool.take(1000), a, "the view's buffer is free again, whole");
+  pool.give(a);
+  t.not(pool.take(200).buffer, a.buffer, "200 < 1000 / 4: not served by a");
+  t.not(pool.take(400, false).buffer, a.buffer, "fit: false takes a buffer of its own length");
+});
+
+test("Pool: the shortest fitting buffer, within the memory limit, and views coming back from the caller", (t) => {
+  const pool = new Pool();
+  const big = pool.take(4000),
+    mid = pool.take(1500);
+  pool.give(big);
+  pool.give(mid);
+  const v = pool.take(1000);
+  t.is(v.buffer, mid.buffer, "1500 fits better than 4000");
+  // a view handed back by a later run's caller (Model.recycle → stock) goes back as its buffer
+  const next = new Pool();
+  next.stock(v);
+  t.is(next.take(1500), mid);
+  // where holding the longer buffer would pass the limit, a buffer of the request's own length
+  const limited = new Pool(8000);
+  const x = limited.take(1600);
+  limited.give(x);
+  const y = limited.take(1000); // x (6400 B) fits the limit
+  t.is(y.buffer, x.buffer);
+  limited.give(y);
+  const z = limited.take(800); // 3200 B live
+  t.is(z.buffer, x.buffer);
+  const u = limited.take(400); // x is held: a new one
+  t.is(limited.liveBytes, 6400 + 1600);
+  t.throws(() => limited.take(1), { message: /memoryLimit/ });
+  limited.give(z);
+  limited.give(u);
+  t.is(limited.liveBytes, 0);
+});
+
+for (const { name } of backendsUnderTest()) {
+  test.serial(
+    `${name}: a model's runs reuse their buffers as views and give PyTorch's logits, each output a buffer of its own`,
+    async (t) => {
+      setBackend(name);
+      const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+      const x = await readNpy(sharedFixture("onnx-plainunet", "input.npy"));
+      const want = await readNpy(sharedFixture("onnx-plainunet", "expected.npy"));
+      let first: Float32Array | undefined;
+      // count the intermediates served as views of longer buffers (5 of the 15 in each run here)
+      let views = 0;
+      const take = Pool.prototype.take;
+      Pool.prototype.take = function (this: Pool, n: number, fit?: boolean) {
+        const a = take.call(this, n, fit);
+        if (a.buffer.byteLength > a.byteLength) views++;
+        return a;
+      };
+      t.teardown(() => void (Pool.prototype.take = take));
+      for (let run = 0; run < 3; run++) {
+        const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+        t.true(relDiff(y.data, want.data) <= 1e-4, `run ${run}: ${relDiff(y.data, want.data)}`);
+        t.is(y.data.byteOffset, 0);
+        t.is(y.data.buffer.byteLength, y.data.byteLength, "the output is not a view of a longer buffer");
+        if (first) t.deepEqual(y.data, first, `run ${run} gives run 0's floats`);
+        else first = Float32Array.from(y.data);
+      }
+      if (name === "cuda") t.is(views, 0, "a GPU backend takes buffers of their own length");
+      else t.true(views >= 3, `${views} views in 3 runs`);
+    },
+  );
+}
