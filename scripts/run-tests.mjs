@@ -10,8 +10,8 @@
 // The exit code is non-zero on any failure, and when nothing passed.
 // The tests' temporary files (result stores, model folders, CLI outputs, a core build) go under one
 // folder of this run, named as TMPDIR for ava and everything it starts, and removed when the run
-// ends, whatever its end (BHSD_KEEP_TMP=1 keeps it and says where): they had been left in /tmp,
-// about 80 folders and 90 MB a run.
+// passes; a run with a failure keeps it and says where (a fuzzer's failing case is kept there), as
+// does BHSD_KEEP_TMP=1. They had been left in /tmp: about 80 folders and 90 MB a run.
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -30,8 +30,8 @@ if (tsc.status !== 0) {
 }
 
 const scratch = mkdtempSync(join(tmpdir(), "bhsd-test-"));
-const cleanup = () => {
-  if (process.env.BHSD_KEEP_TMP === "1") console.log(`# temporary files kept in ${scratch}`);
+const cleanup = (failed) => {
+  if (failed || process.env.BHSD_KEEP_TMP === "1") console.log(`# temporary files kept in ${scratch}`);
   else rmSync(scratch, { recursive: true, force: true, maxRetries: 3 });
 };
 const ava = spawn(process.execPath, [join(root, "scripts", "ava-tap.mjs"), "--tap", ...process.argv.slice(2)], {
@@ -85,7 +85,7 @@ ava.on("close", (code, signal) => {
     failed = 1;
   }
   for (const n of notes) console.log(`# ${n}`);
-  cleanup();
+  cleanup(failed > 0 || passed === 0);
   const skips = skipped + todo;
   console.log(`\n${passed} passed, ${failed} failed${skips ? `, ${skips} skipped` : ""}`);
   process.exit(failed > 0 || passed === 0 ? 1 : 0);
