@@ -31,16 +31,23 @@ if (tsc.status !== 0) {
 
 const scratch = mkdtempSync(join(tmpdir(), "bhsd-test-"));
 const cleanup = (failed) => {
-  if (failed || process.env.BHSD_KEEP_TMP === "1") console.log(`# temporary files kept in ${scratch}`);
-  else rmSync(scratch, { recursive: true, force: true, maxRetries: 3 });
+  if (failed || process.env.BHSD_KEEP_TMP === "1") return console.log(`# temporary files kept in ${scratch}`);
+  try {
+    rmSync(scratch, { recursive: true, force: true, maxRetries: 3 });
+  } catch (e) {
+    console.log(`# could not remove ${scratch}: ${e.message}`);
+  }
 };
 const ava = spawn(process.execPath, [join(root, "scripts", "ava-tap.mjs"), "--tap", ...process.argv.slice(2)], {
   cwd: root,
   stdio: ["ignore", "pipe", "inherit"],
   env: { ...process.env, TMPDIR: scratch },
 });
-// Interrupted (Ctrl-C, a CI's timeout): let ava end its workers, then the close handler cleans up.
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => ava.kill(sig));
+// Interrupted (Ctrl-C, a CI's timeout, a closed terminal): ava is sent SIGINT, the one signal on
+// which it ends its worker processes (on SIGTERM it dies and leaves them running); a second signal
+// kills it. The close handler then reports, keeping the folder (the run did not pass).
+let interrupted = 0;
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => ava.kill(interrupted++ ? "SIGKILL" : "SIGINT"));
 let passed = 0,
   failed = 0,
   skipped = 0,
