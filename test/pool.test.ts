@@ -1,8 +1,10 @@
 import test from "ava";
-import { loadModel, readNpy, setBackend } from "../lib/index.js";
+import ort from "onnxruntime-node";
+import { activeBackend } from "../lib/backends/index.js";
+import { encodeModel, loadModel, readNpy, setBackend } from "../lib/index.js";
 import { Pool } from "../lib/model/pool.js";
 import { backendsUnderTest, sharedFixture } from "./helpers.js";
-import { relDiff } from "./ort.js";
+import { randomTensor, relDiff } from "./ort.js";
 
 test("Pool: a free buffer of the same length first, else the shortest up to 4× as long, as a view", (t) => {
   const pool = new Pool();
@@ -85,3 +87,65 @@ for (const { name } of backendsUnderTest()) {
     },
   );
 }
+
+/** Three 1×1×1 convolutions, then `last` (Identity or Reshape) as the output: a run's output that is an intermediate's array. */
+function chainModel(last: "Identity" | "Reshape"): Uint8Array {
+  const w = (name: string, dims: number[], seed: number) => ({ name, dims, data: randomTensor(dims, seed).data });
+  const nodes = [
+    { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
+    { opType: "Conv", inputs: ["h", "w2", "b2"], outputs: ["k"], attrs: { kernel_shape: [1, 1, 1] } },
+    { opType: "Conv", inputs: ["k", "w3", "b3"], outputs: ["g"], attrs: { kernel_shape: [1, 1, 1] } },
+    last === "Identity"
+      ? { opType: "Identity", inputs: ["g"], outputs: ["y"] }
+      : { opType: "Reshape", inputs: ["g", "shape"], outputs: ["y"] },
+  ];
+  const initializers = [
+    w("w1", [3, 1, 1, 1, 1], 1),
+    w("b1", [3], 2),
+    w("w2", [3, 3, 1, 1, 1], 3),
+    w("b2", [3], 4),
+    w("w3", [2, 3, 1, 1, 1], 5),
+    w("b3", [2], 6),
+    ...(last === "Reshape" ? [{ name: "shape", dims: [2], data: BigInt64Array.from([2n, -1n]) }] : []),
+  ];
+  return encodeModel({ opset: 17, nodes, inputs: [{ name: "x", shape: [1, 1, 32, 32, 32] }], outputs: [{ name: "y" }], initializers });
+}
+
+for (const { name } of backendsUnderTest()) {
+  for (const last of ["Identity", "Reshape"] as const) {
+    test.serial(`${name}: a run's output passed on through ${last} is onnxruntime's, in a buffer of its own`, async (t) => {
+      setBackend(name);
+      const bytes = chainModel(last);
+      const model = await loadModel(bytes);
+      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+      t.teardown(() => session.release());
+      for (let run = 0; run < 3; run++) {
+        const x = randomTensor([1, 1, 32, 32, 32], 10 + run);
+        const y = await model.run(x);
+        const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!.data as Float32Array;
+        t.true(relDiff(y.data, want) <= 1e-5, `run ${run}: ${relDiff(y.data, want)}`);
+        t.is(y.data.buffer.byteLength, y.data.byteLength, `run ${run}: the output is not a view of a longer buffer`);
+      }
+      model.dispose();
+    });
+  }
+}
+
+test.serial("a backend with device copies (forget): recycled outputs are handed to forget at the next run, not kept", async (t) => {
+  setBackend("ts");
+  const be = activeBackend() as { forget?: (a: Float32Array[]) => void };
+  const forgotten: Float32Array[] = [];
+  be.forget = (a) => void forgotten.push(...a);
+  t.teardown(() => delete be.forget);
+  const model = await loadModel(sharedFixture("onnx-plainunet", "plainunet.onnx"));
+  const x = await readNpy(sharedFixture("onnx-plainunet", "input.npy"));
+  const outputs: Float32Array[] = [];
+  for (let run = 0; run < 5; run++) {
+    const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+    outputs.push(y.data);
+    model.recycle(y.data); // as segment() does after each window
+  }
+  for (const o of outputs.slice(0, 4)) t.true(forgotten.includes(o), "each recycled output but the last was forgotten");
+  t.true((model as unknown as { spare: Float32Array[] }).spare.length <= 1);
+  model.dispose();
+});

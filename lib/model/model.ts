@@ -222,6 +222,7 @@ export class Model {
     const pool = new Pool(this.memoryLimit);
     const budget: nd.Budget = { check: (bytes, what) => pool.check(bytes, what) };
     if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
+    else if (this.spare.length) be.forget(this.spare.splice(0)); // (recycled outputs: their device copies go now)
     const pooled = new Set<Float32Array>(); // buffers owned by the pool
     const refs = new Map<Float32Array, number>(); // live values per buffer (views share one)
     const baseOf = new Map<Float32Array, Float32Array>(); // a slice of a Concat's buffer → that buffer
@@ -366,10 +367,17 @@ export class Model {
       settle(n, results);
     }
     const out: Record<string, Tensor> = {};
+    const owned = new Map<Float32Array, Float32Array>(); // (two outputs may be one array)
     for (const o of this.outputs) {
       const v = env.get(o);
       if (!v) throw new Error(`output ${o} was not computed`);
-      out[o] = "f" in v ? v.f : { data: Float32Array.from(v.ints), shape: v.shape };
+      if (!("f" in v)) {
+        out[o] = { data: Float32Array.from(v.ints), shape: v.shape };
+        continue;
+      }
+      let data = owned.get(v.f.data);
+      if (!data) owned.set(v.f.data, (data = pooled.has(v.f.data) ? pool.own(v.f.data) : v.f.data));
+      out[o] = data === v.f.data ? v.f : { data, shape: v.f.shape };
     }
     if (be.forget)
       be.forget(pool.drain()); // a GPU backend frees their device copies now

@@ -11,7 +11,8 @@ const FIT = 1 / 4;
 
 /**
  * Float32 buffers, handed out again after their last reader: a free one of the same length, else
- * (`fit`) the shortest free one up to 4× as long, as a view of its first elements, else a new one.
+ * (`fit`) the shortest free one up to 4× as long, as a view of its first elements, else a new one
+ * (a run's outputs: `own`).
  * By length alone, a model's run had kept buffers of every length it met: ResEnc-M's 16×256×256
  * window 852 MB of them, 600 MB now, for a live set of 512 MB — memory kept between runs, and in
  * the first run page faults of fresh memory. `liveBytes` counts the buffers held (a view: all of
@@ -76,6 +77,19 @@ export class Pool {
   }
   give(a: Float32Array) {
     this.liveBytes -= this.put(a).length * 4;
+  }
+  /**
+   * `a` with a buffer of its own length: a view of a longer buffer is copied into a new one, and the
+   * longer buffer goes back to the free lists (a run's output that came as a view through Identity,
+   * Reshape or an in-place Concat: the caller's result would have kept all of it alive).
+   */
+  own(a: Float32Array): Float32Array {
+    const base = bases.get(a);
+    if (!base) return a;
+    const copy = allocArray("float32", a.length, "model output", { overwritten: true }) as Float32Array;
+    copy.set(a);
+    this.give(a);
+    return copy;
   }
   /** Empties the pool and returns the buffers it held. */
   drain(): Float32Array[] {

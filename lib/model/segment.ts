@@ -571,8 +571,8 @@ async function exportToCtGrid(
       if (back.data !== ch.data) releaseEngineArray(back.data);
       if (resampled) releaseEngineArray(ch.data);
     }
+    run.held -= best.byteLength; // (before the release, which leaves it 0 bytes long)
     releaseEngineArray(best);
-    run.held -= best.byteLength;
   }
   run.lap("resample back");
   return labels;
