@@ -9,7 +9,7 @@
 //
 // Exits 0 when every build and run passed; prints one line per run and the failing output.
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -43,6 +43,8 @@ if (spawnSync("g++", ["--version"]).status !== 0) {
   console.error("native-core-test: g++ is not installed (the C++ core test needs a C++17 g++)");
   process.exit(1);
 }
+// the builds go to --out DIR (kept), else to a temporary folder removed when every build passed
+const temporary = !out;
 if (out) mkdirSync(out, { recursive: true });
 else out = mkdtempSync(join(tmpdir(), "bhsd-core-"));
 
@@ -77,5 +79,6 @@ for (const name of wanted.length ? wanted : Object.keys(VARIANTS)) {
     if (!ok) console.log(run.stdout + run.stderr);
   }
 }
-console.log(failed ? `native core: ${failed} failed` : "native core: all passed");
+console.log(failed ? `native core: ${failed} failed (the builds are in ${out})` : "native core: all passed");
+if (temporary && !failed) rmSync(out, { recursive: true, force: true, maxRetries: 3 });
 process.exit(failed ? 1 : 0);

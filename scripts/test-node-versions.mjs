@@ -7,7 +7,7 @@
 //
 //   node scripts/test-node-versions.mjs [22 24 …]
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -52,7 +52,9 @@ for (const major of majors) {
     }
   }
   const version = spawnSync(bin, ["--version"], { encoding: "utf8" }).stdout.trim();
-  const env = { ...process.env, PATH: `${dirname(bin)}:${process.env.PATH}` };
+  // the tests' temporary files in a folder of this run, removed when it passes (as npm test does)
+  const scratch = mkdtempSync(join(tmpdir(), `bhsd-test-node${major}-`));
+  const env = { ...process.env, PATH: `${dirname(bin)}:${process.env.PATH}`, TMPDIR: scratch };
   const r = spawnSync(bin, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...files], {
     cwd: root,
     env,
@@ -63,6 +65,7 @@ for (const major of majors) {
   const ok = r.status === 0;
   if (!ok) failed++;
   console.log(`${ok ? "ok" : "FAIL"} node ${version}: ${summary ? summary[0] : "no summary"}`);
-  if (!ok) console.log(r.stdout + r.stderr);
+  if (!ok) console.log(`${r.stdout}${r.stderr}\n(temporary files kept in ${scratch})`);
+  else rmSync(scratch, { recursive: true, force: true, maxRetries: 3 });
 }
 process.exit(failed ? 1 : 0);
