@@ -447,6 +447,10 @@ export class NativeBackend implements Backend {
   resize3d: TensorBackend["resize3d"] = (...a) => this.addon.resize3d(...a);
   softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
   accumulateWindow: NonNullable<TensorBackend["accumulateWindow"]> = (...a) => this.addon.accumulateWindow!(...a);
+  /** (an addon built before it has none: segment() then divides in TypeScript) */
+  get softmaxDivided(): TensorBackend["softmaxDivided"] {
+    return this.addon.softmaxDivided ? (...a) => this.addon.softmaxDivided!(...a) : undefined;
+  }
   preciseConvolutions: NonNullable<TensorBackend["preciseConvolutions"]> = (on) => void this.addon.preciseConvolutions(on ? 1 : -1);
   argmax: TensorBackend["argmax"] = (...a) => this.addon.argmax(...a);
   concat: TensorBackend["concat"] = (...a) => this.addon.concat(...a);

@@ -194,6 +194,12 @@ export interface TensorBackend {
     at: Triple,
     scale: number,
   ): Promise<void>;
+  /**
+   * segment()'s softmax of its window sums by their weights: the softmax over C of x[n, c, i] /
+   * div[n, i], each quotient rounded to float first (as dividing into a Float32Array, then the
+   * softmax, gives it). Optional: segment() divides in TypeScript where a backend lacks it.
+   */
+  softmaxDivided?(x: Float32Array, div: Float32Array, N: number, C: number, spatial: number, out: Float32Array): Promise<void>;
   argmax(x: Float32Array, N: number, C: number, spatial: number, out: Int32Array): Promise<void>;
   concat(xs: Float32Array[], lens: number[], outer: number, inner: number, out: Float32Array): Promise<void>;
   /**

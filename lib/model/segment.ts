@@ -494,10 +494,20 @@ async function predictSlidingWindow(
       }
   run.lap("inference");
 
-  // crop the padding, average, softmax over classes
+  // crop the padding, average, softmax over classes (where nothing is cropped, the backend may
+  // divide by the weights within its softmax: one pass over the sums instead of a TypeScript one)
   const mvol = prod(modelShape);
   let probs = acc!;
-  if (padded.some((q, i) => q !== modelShape[i])) {
+  const cropped = padded.some((q, i) => q !== modelShape[i]);
+  const be = activeBackend();
+  if (!cropped && be.softmaxDivided) {
+    await be.softmaxDivided(probs, weight, 1, C, mvol, probs);
+    run.held -= weight.byteLength;
+    releaseEngineArray(weight);
+    run.lap("softmax");
+    return { probs, classes: C, windows: total, forwards, peakForward };
+  }
+  if (cropped) {
     probs = allocArray("float32", C * mvol, "logits") as Float32Array;
     run.hold(probs.byteLength);
   }

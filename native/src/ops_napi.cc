@@ -413,6 +413,22 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
       4.0 * double(N * C * S) * sizeof(float));  // an exp a value
 }
 
+// softmaxDivided(x, div, N, C, spatial, out): the softmax over C of x[n, c, i] / div[n, i] (each
+// quotient rounded to float first, as a Float32Array holding it would): segment()'s window-weighted
+// sums and their weights in one pass
+Napi::Value SoftmaxDivided(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[2], "N", 1, BIG), C = int_of(info[3], "C", 1, BIG),
+                     S = int_of(info[4], "spatial", 1, BIG);
+  const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
+  const float* d = floats_of(info[1], elems(env, {N, S}), "div");
+  float* y = out_of(info[5], elems(env, {N, C, S}), "out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool, d); }, nullptr, {info[0], info[1], info[5]},
+      4.0 * double(N * C * S) * sizeof(float));
+}
+
 // gemm(a, b, batches, M, K, N, bBatched, out): out[t] = a[t] · b[t or 0], row-major, contiguous
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -505,6 +521,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));
   exports.Set("softmax", Napi::Function::New<guarded<Softmax>>(env, "softmax"));
+  exports.Set("softmaxDivided", Napi::Function::New<guarded<SoftmaxDivided>>(env, "softmaxDivided"));
   exports.Set("accumulateWindow", Napi::Function::New<guarded<AccumulateWindow>>(env, "accumulateWindow"));
   exports.Set("convPlanExport", Napi::Function::New<guarded<ConvPlanExport>>(env, "convPlanExport"));
   exports.Set("convPlanImport", Napi::Function::New<guarded<ConvPlanImport>>(env, "convPlanImport"));

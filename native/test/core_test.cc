@@ -1774,6 +1774,34 @@ static void test_softmax_vector(bhsd::ThreadPool& pool) {
   CHECK(special > 0);
   CHECK(differ <= 4 && worst <= 1e-7);
   CHECK(y[std::size_t(4 * S + 57)] == 0.0f && y[std::size_t(3 * S + 45)] == 0.0f);
+
+  // with a divisor per voxel (segment()'s window sums and weights): the softmax of the quotients
+  // rounded to float, as dividing into a float array and then taking the softmax gives it
+  std::vector<float> w(std::size_t(2 * S));
+  for (auto& v : w) v = 0.5f + rnd() * 1.5f;
+  w[7] = 0.0f;                                                     // voxel 7: x / 0 (±inf, or NaN)
+  w[std::size_t(S + 8)] = std::numeric_limits<float>::infinity();  // voxel S + 8: x / inf = 0
+  std::vector<float> q(x.size()), qwant(x.size()), qy(x.size()), qin(x);
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t i = 0; i < S; ++i) {
+        const std::size_t k = std::size_t((n * C + c) * S + i);
+        q[k] = float(double(x[k]) / double(w[std::size_t(n * S + i)]));
+      }
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t i = 0; i < S; ++i)
+      bhsd::softmax_detail::voxel(q.data() + n * C * S + i, qwant.data() + n * C * S + i, C, S);
+  bhsd::softmax_channels(x.data(), qy.data(), 2, C, S, pool, w.data());
+  bhsd::softmax_channels(qin.data(), qin.data(), 2, C, S, pool, w.data());
+  std::size_t qdiffer = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const bool same = (std::isnan(qwant[i]) && std::isnan(qy[i])) || qwant[i] == qy[i];
+    qdiffer += !same;
+    qdiffer += std::memcmp(&qy[i], &qin[i], sizeof(float)) != 0;
+  }
+  std::printf("softmax of quotients: %zu of %zu differ from dividing first\n", qdiffer, x.size());
+  CHECK(qdiffer <= 4);
+  CHECK(std::isnan(qy[7]) || std::isinf(qy[7]) || qy[7] == 0.0f || qy[7] == 1.0f);
 }
 
 // The transformer paths of tensor_ops: GELU (erf and tanh forms), softmax over contiguous rows

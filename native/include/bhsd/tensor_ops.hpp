@@ -809,14 +809,20 @@ inline void accumulate_window(float* acc, float* weight, const float* logits, co
 }
 
 namespace softmax_detail {
+// Channel c of a voxel: its value, or its value divided by the voxel's divisor (d: null or the
+// divisor), rounded to float as a float array holding the quotient would.
+inline float value(const float* p, std::int64_t c, std::int64_t spatial, const float* d) {
+  return d ? float(double(p[c * spatial]) / double(*d)) : p[c * spatial];
+}
+
 // One voxel's softmax over its C channels, `spatial` apart: each exponential taken once in double
 // (kept in y, then scaled), summed in double.
-inline void voxel(const float* p, float* o, std::int64_t C, std::int64_t spatial) {
+inline void voxel(const float* p, float* o, std::int64_t C, std::int64_t spatial, const float* d = nullptr) {
   float m = -std::numeric_limits<float>::infinity();
-  for (std::int64_t c = 0; c < C; ++c) m = std::max(m, p[c * spatial]);
+  for (std::int64_t c = 0; c < C; ++c) m = std::max(m, value(p, c, spatial, d));
   double sum = 0;
   for (std::int64_t c = 0; c < C; ++c) {
-    const double e = std::exp(double(p[c * spatial]) - m);
+    const double e = std::exp(double(value(p, c, spatial, d)) - m);
     o[c * spatial] = float(e);
     sum += e;
   }
@@ -847,23 +853,30 @@ __attribute__((target("avx2,fma"))) inline __m256d exp4(__m256d x) {
 // exp4 of one value (the core test compares it with std::exp).
 __attribute__((target("avx2,fma"))) inline double exp1(double x) { return _mm256_cvtsd_f64(exp4(_mm256_set1_pd(x))); }
 
+// Four voxels' values of one channel as value() gives them (dv: their divisors, where d is set).
+__attribute__((target("avx2,fma"))) inline __m128 values4(const float* p, const float* d, __m256d dv) {
+  const __m128 v = _mm_loadu_ps(p);
+  return d ? _mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(v), dv)) : v;
+}
+
 // Four voxels i..i+3 (contiguous in each channel plane) as voxel() computes them, in the same order
 // of operations, their exponentials by exp4; false (nothing written) where an exponent falls
 // outside exp4's range — a NaN or an infinity among the inputs, or a channel more than 700 below
 // the largest — which voxel() then handles.
-__attribute__((target("avx2,fma"))) inline bool voxels4(const float* p, float* o, std::int64_t C,
-                                                        std::int64_t spatial) {
+__attribute__((target("avx2,fma"))) inline bool voxels4(const float* p, float* o, std::int64_t C, std::int64_t spatial,
+                                                        const float* d = nullptr) {
+  const __m256d dv = d ? _mm256_cvtps_pd(_mm_loadu_ps(d)) : _mm256_setzero_pd();
   __m128 m = _mm_set1_ps(-std::numeric_limits<float>::infinity());
-  for (std::int64_t c = 0; c < C; ++c) m = _mm_max_ps(m, _mm_loadu_ps(p + c * spatial));
+  for (std::int64_t c = 0; c < C; ++c) m = _mm_max_ps(m, values4(p + c * spatial, d, dv));
   const __m256d md = _mm256_cvtps_pd(m), lo = _mm256_set1_pd(-700.0), zero = _mm256_setzero_pd();
   for (std::int64_t c = 0; c < C; ++c) {
-    const __m256d x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c * spatial)), md);
+    const __m256d x = _mm256_sub_pd(_mm256_cvtps_pd(values4(p + c * spatial, d, dv)), md);
     const __m256d ok = _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, zero, _CMP_LE_OQ));
     if (_mm256_movemask_pd(ok) != 15) return false;
   }
   __m256d sum = _mm256_setzero_pd();
   for (std::int64_t c = 0; c < C; ++c) {
-    const __m256d e = exp4(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c * spatial)), md));
+    const __m256d e = exp4(_mm256_sub_pd(_mm256_cvtps_pd(values4(p + c * spatial, d, dv)), md));
     _mm_storeu_ps(o + c * spatial, _mm256_cvtpd_ps(e));
     sum = _mm256_add_pd(sum, e);
   }
@@ -875,8 +888,9 @@ __attribute__((target("avx2,fma"))) inline bool voxels4(const float* p, float* o
 }  // namespace softmax_detail
 
 // Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
+// div (optional, [N, spatial]): the softmax of x / div, each quotient rounded to float first.
 inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
-                             ThreadPool& pool) {
+                             ThreadPool& pool, const float* div = nullptr) {
   // a task holds at least 4096 values, so that attention's rows (C keys, spatial 1) spread over the
   // threads too. Where AVX2 runs, four voxels at a time with a vector exponential: segment()'s
   // softmax of a 512×512×40 CT's 6 classes (63 M values) had taken 0.4 s in std::exp.
@@ -891,13 +905,14 @@ inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int6
           const std::int64_t n = std::int64_t(q) / spatial, i = std::int64_t(q) % spatial;
           const float* p = x + n * C * spatial + i;
           float* o = y + n * C * spatial + i;
+          const float* d = div ? div + n * spatial + i : nullptr;
 #ifdef BHSD_X86
-          if (vec && i + 4 <= spatial && q + 4 <= hi && softmax_detail::voxels4(p, o, C, spatial)) {
+          if (vec && i + 4 <= spatial && q + 4 <= hi && softmax_detail::voxels4(p, o, C, spatial, d)) {
             q += 4;
             continue;
           }
 #endif
-          softmax_detail::voxel(p, o, C, spatial);
+          softmax_detail::voxel(p, o, C, spatial, d);
           ++q;
         }
       },
