@@ -80,5 +80,11 @@ for (const name of wanted.length ? wanted : Object.keys(VARIANTS)) {
   }
 }
 console.log(failed ? `native core: ${failed} failed (the builds are in ${out})` : "native core: all passed");
-if (temporary && !failed) rmSync(out, { recursive: true, force: true, maxRetries: 3 });
+if (temporary && !failed && process.env.BHSD_KEEP_TMP !== "1") {
+  try {
+    rmSync(out, { recursive: true, force: true, maxRetries: 3 });
+  } catch (e) {
+    console.log(`native core: could not remove ${out}: ${e.message}`);
+  }
+}
 process.exit(failed ? 1 : 0);

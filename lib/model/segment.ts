@@ -499,9 +499,9 @@ async function predictSlidingWindow(
   const mvol = prod(modelShape);
   let probs = acc!;
   const cropped = padded.some((q, i) => q !== modelShape[i]);
-  const be = activeBackend();
-  if (!cropped && be.softmaxDivided) {
-    await be.softmaxDivided(probs, weight, 1, C, mvol, probs);
+  const backend = activeBackend();
+  if (!cropped && backend.softmaxDivided) {
+    await backend.softmaxDivided(probs, weight, 1, C, mvol, probs);
     run.held -= weight.byteLength;
     releaseEngineArray(weight);
     run.lap("softmax");

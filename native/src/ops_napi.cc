@@ -422,7 +422,10 @@ Napi::Value SoftmaxDivided(const Napi::CallbackInfo& info) {
                      S = int_of(info[4], "spatial", 1, BIG);
   const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   const float* d = floats_of(info[1], elems(env, {N, S}), "div");
-  float* y = out_of(info[5], elems(env, {N, C, S}), "out");
+  const std::size_t ny = elems(env, {N, C, S}), nd = elems(env, {N, S});
+  float* y = out_of(info[5], ny, "out");
+  // the divisors are read while out is written: a div inside out would be overwritten unread
+  require(d + nd <= y || y + ny <= d, env, "div overlaps out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool, d); }, nullptr, {info[0], info[1], info[5]},
