@@ -14,7 +14,7 @@ const FIT = 1 / 4;
  * (`fit`) the shortest free one up to 4× as long, as a view of its first elements, else a new one
  * (a run's outputs: `own`).
  * By length alone, a model's run had kept buffers of every length it met: ResEnc-M's 16×256×256
- * window 852 MB of them, 600 MB now, for a live set of 512 MB — memory kept between runs, and in
+ * window 852 MB of them, 631 MB now, for a live set of 512 MB — memory kept between runs, and in
  * the first run page faults of fresh memory. `liveBytes` counts the buffers held (a view: all of
  * its buffer), so a model's memoryLimit bounds what its run holds.
  */
