@@ -7,7 +7,10 @@
 // child processes, that the switch changes the arithmetic (=0 and =1 differ) and that this process's
 // results are Winograd's. Where the AVX-512 kernels run, 3×3×3 layers up to 256×256 channels run as
 // F(2×4×4, 3×3×3) and 1×3×3 layers (nnU-Net's anisotropic stages, padding (0, 1, 1)) as F(4×4, 3×3)
-// per plane; elsewhere (and for wider 3×3×3 layers) F(2×2×2, 3×3×3) and F(2×2, 3×3).
+// per plane; elsewhere (and for wider 3×3×3 layers) F(2×2×2, 3×3×3) and F(2×2, 3×3). The strided
+// 3×3×3 layers that open each stage (stride 1×2×2 or 2×2×2) run, where AVX-512 does, as Winograd on
+// the phases of the strided axes (F(2, 2) on the odd samples, the even ones as they are: 100 or 125
+// points per 2×2×2 outputs); elsewhere the direct path.
 process.env.BHSD_WINOGRAD = "1";
 
 import test from "ava";
@@ -40,7 +43,15 @@ function layer(C: number, Co: number, kd: number, ext: [number, number, number],
   return { x, w, b };
 }
 
-const layers: { C: number; Co: number; ext: [number, number, number]; act?: "leakyRelu"; kd?: 1 }[] = [
+const layers: {
+  C: number;
+  Co: number;
+  ext: [number, number, number];
+  act?: "leakyRelu";
+  kd?: 1;
+  stride?: [number, number, number];
+  pads?: number[];
+}[] = [
   { C: 32, Co: 32, ext: [16, 64, 64] },
   { C: 64, Co: 32, ext: [16, 64, 64], act: "leakyRelu" }, // decoder: skip ‖ upsampled
   { C: 64, Co: 64, ext: [16, 32, 32] },
@@ -56,14 +67,25 @@ const layers: { C: number; Co: number; ext: [number, number, number]; act?: "lea
   { C: 64, Co: 32, ext: [8, 32, 32], kd: 1, act: "leakyRelu" },
   { C: 19, Co: 21, ext: [3, 9, 11], kd: 1 },
   { C: 24, Co: 40, ext: [3, 18, 130], kd: 1, act: "leakyRelu" }, // rows of 33 F(4×4) tiles: groups across rows
+  // the strided layers that open the stages (input extents of a 16×128×128 patch), odd extents,
+  // rows of 17 tiles (groups across rows), other paddings
+  { C: 32, Co: 64, ext: [16, 128, 128], stride: [1, 2, 2], act: "leakyRelu" },
+  { C: 64, Co: 128, ext: [16, 64, 64], stride: [1, 2, 2] },
+  { C: 128, Co: 256, ext: [16, 32, 32], stride: [2, 2, 2], act: "leakyRelu" },
+  { C: 256, Co: 320, ext: [8, 16, 16], stride: [2, 2, 2] },
+  { C: 320, Co: 320, ext: [4, 8, 8], stride: [1, 2, 2], act: "leakyRelu" },
+  { C: 17, Co: 23, ext: [5, 9, 13], stride: [1, 2, 2] },
+  { C: 20, Co: 12, ext: [7, 11, 66], stride: [2, 2, 2], act: "leakyRelu" },
+  { C: 24, Co: 40, ext: [6, 10, 20], stride: [1, 2, 2], pads: [0, 2, 1, 2, 1, 0] },
 ];
 
 for (const [i, l] of layers.entries()) {
   winoTest.serial(
-    `Winograd conv3d ${l.C}→${l.Co} ${l.kd ?? 3}×3×3 at ${l.ext.join("×")}${l.act ? " + LeakyReLU" : ""} equals onnxruntime within ${TOL} of scale`,
+    `Winograd conv3d ${l.C}→${l.Co} ${l.kd ?? 3}×3×3${l.stride ? ` stride ${l.stride.join("×")}` : ""} at ${l.ext.join("×")}${l.act ? " + LeakyReLU" : ""} equals onnxruntime within ${TOL} of scale`,
     async (t) => {
       const kd = l.kd ?? 3,
-        pads = kd === 3 ? [1, 1, 1, 1, 1, 1] : [0, 1, 1, 0, 1, 1];
+        pads = l.pads ?? (kd === 3 ? [1, 1, 1, 1, 1, 1] : [0, 1, 1, 0, 1, 1]),
+        strides = l.stride ?? [1, 1, 1];
       const { x, w, b } = layer(l.C, l.Co, kd, l.ext, 100 + 10 * i);
       const [conv] = await ortRun(
         "Conv",
@@ -72,7 +94,7 @@ for (const [i, l] of layers.entries()) {
           { name: "w", init: { dims: w.shape, data: w.data } },
           { name: "b", init: { dims: b.shape, data: b.data } },
         ],
-        { pads },
+        { pads, strides },
       );
       const ref = l.act
         ? (
@@ -82,6 +104,7 @@ for (const [i, l] of layers.entries()) {
       setBackend("native");
       const got = await conv3d(x, w, b, {
         padding: pads as [number, number, number, number, number, number],
+        stride: strides as [number, number, number],
         ...(l.act ? { activation: l.act, alpha: 0.01 } : {}),
       });
       t.deepEqual(got.shape, ref.shape);
@@ -101,7 +124,8 @@ winoTest.serial(
     import { randomTensor } from "./test/ort.ts";
     setBackend("native");
     const y = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1 });
-    console.log(createHash("sha256").update(y.data).digest("hex"));`;
+    const s = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1, stride: [2, 2, 2] });
+    console.log(createHash("sha256").update(y.data).digest("hex"), createHash("sha256").update(s.data).digest("hex"));`;
     const run = (v: string) => {
       const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
         cwd: ROOT,
@@ -110,15 +134,20 @@ winoTest.serial(
         timeout: 120_000,
       });
       t.is(r.status, 0, r.stderr);
-      return r.stdout.trim();
+      return r.stdout.trim().split(" ");
     };
-    const off = run("0"),
-      on = run("1");
+    const [off, offStrided] = run("0"),
+      [on, onStrided] = run("1");
     setBackend("native");
     const here = await conv3d(randomTensor([1, 32, 6, 10, 40], 7), randomTensor([24, 32, 3, 3, 3], 8), null, { padding: 1 });
-    t.regex(on, /^[0-9a-f]{64}$/);
+    t.regex(on!, /^[0-9a-f]{64}$/);
     t.not(on, off, "the direct path and Winograd round differently; equal hashes mean the switch did nothing");
     t.is(createHash("sha256").update(here.data).digest("hex"), on);
+    // a strided layer: Winograd on its phases where the AVX-512 kernels run (its transforms are
+    // AVX-512 ones), else the direct path either way
+    t.regex(onStrided!, /^[0-9a-f]{64}$/);
+    if (/avx512f \(conv/.test(simd)) t.not(onStrided, offStrided, "a strided layer's Winograd path did not run");
+    else t.is(onStrided, offStrided);
   },
 );
 

@@ -1086,13 +1086,138 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     }
   }
   // not served: a stride, a dilation, a 3×3×1 kernel, too few channels
-  const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
+  const bhsd::ConvGeom no1{16, 4, 4, 4, 16, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 2, 2, 4};
   const bhsd::ConvGeom no2{16, 6, 6, 6, 16, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2, 6, 6, 6};
   const bhsd::ConvGeom no3{16, 4, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 4, 4, 4};
   const bhsd::ConvGeom no4{7, 4, 4, 4, 16, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   const bhsd::ConvGeom no5{16, 4, 4, 4, 7, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4};
   CHECK(!bhsd::winograd_applies(no1) && !bhsd::winograd_applies(no2) && !bhsd::winograd_applies(no3) &&
         !bhsd::winograd_applies(no4) && !bhsd::winograd_applies(no5));
+}
+
+// Winograd on the phases of a 1×2×2 or 2×2×2 stride (is_s2: tiles of 2×2×2 outputs, 100 or 125
+// points) against a
+// plain loop in double and against the direct path: odd and even extents (the last tile's second
+// row, column or plane dropped), paddings 0–2 on each axis, whole rows of 16 tiles read at aligned
+// addresses and not, groups across tile rows, rows shorter than a load, channel counts around the
+// micro-kernel's blocks, bias or none, each activation; a bf16 call (vdpbf16ps) within 2e-2; a
+// training call's precise tiles keep the direct path; then the plan for such a layer. Where
+// AVX-512 is off the layer is not served (the direct path only).
+static double winograd_s2_worst = -1;
+static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
+  struct Case {
+    std::int64_t C, Co, D, H, W, p[3];
+    int act;
+    bool bias;
+    std::int64_t sd = 1;
+  };
+  const std::vector<Case> cases = {
+      // 2×2×2: nnU-Net's stages 3 and 4 (8 and 4 output planes), odd depths, paddings 0–2 along D
+      {16, 24, 16, 64, 128, {1, 1, 1}, 2, true, 2},
+      {20, 12, 9, 9, 13, {1, 1, 1}, 1, false, 2},
+      {12, 17, 8, 6, 66, {0, 1, 1}, 0, true, 2},
+      {24, 8, 7, 10, 5, {2, 1, 0}, 2, true, 2},
+      {64, 20, 3, 4, 64, {1, 2, 2}, 1, true, 2},
+      {16, 24, 5, 64, 128, {1, 1, 1}, 2, true},  // 32 tiles a row: two whole groups, rows aligned
+      {16, 24, 4, 8, 64, {1, 1, 1}, 1, false},   // 16 tiles a row
+      {17, 13, 3, 9, 13, {1, 1, 1}, 0, true},    // 4×5×7 outputs: partial groups across rows
+      {20, 30, 2, 7, 66, {1, 1, 1}, 2, true},    // 17 tiles a row: a group across two rows
+      {12, 8, 6, 10, 5, {0, 1, 1}, 1, true},     // rows shorter than a load, no padding along D
+      {24, 12, 3, 11, 70, {2, 0, 2}, 0, false},  // paddings 2, 0, 2
+      {33, 45, 1, 6, 9, {1, 2, 0}, 2, true},     // a single plane; 45 outputs (6·7 + 3)
+      {8, 8, 9, 16, 130, {1, 1, 1}, 2, true},    // 8 channels, 33 tiles a row
+      {64, 20, 2, 4, 64, {1, 1, 1}, 1, true},    // a short last block of outputs
+  };
+  Uniform rnd{4242u};
+  for (const Case& c : cases) {
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, 3, 3, 3, c.sd, 2, 2, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, 3, c.sd, 1, c.p[0], c.p[0]);
+    g.Ho = bhsd::conv_out(c.H, 3, 2, 1, c.p[1], c.p[1]);
+    g.Wo = bhsd::conv_out(c.W, 3, 2, 1, c.p[2], c.p[2]);
+    CHECK(g.Do >= 1 && g.Ho >= 1 && g.Wo >= 1);
+    const ConvOperands ops = conv_operands(g, rnd);
+    const bhsd::Act act = bhsd::Act(c.act);
+    const float alpha = 0.01f;
+    const float* bp = c.bias ? ops.bias.data() : nullptr;
+    const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo), nx = ops.x.size();
+    std::vector<double> ref(no);
+    double scale = 0;
+    for (std::int64_t co = 0; co < c.Co; ++co)
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            double acc = (bp ? bp[co] : 0.0) + conv_sum(g, ops.x.data(), ops.w.data(), co, od, oh, ow, as_double);
+            if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
+            if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
+            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = acc;
+            scale = std::max(scale, std::fabs(acc));
+          }
+    auto rel = [&](const std::vector<float>& got) {
+      double worst = 0;
+      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - double(got[i])));
+      return std::isfinite(worst) ? worst / std::max(scale, 1e-30) : 1e30;
+    };
+    // the input in a 64-byte-aligned block (the aligned row reads where rows allow them)
+    auto xb = bhsd::Block::allocate((nx + 16) * sizeof(float));
+    float* x = static_cast<float*>(xb->data());
+    std::copy(ops.x.begin(), ops.x.end(), x);
+    const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), c.Co, g.K());
+    std::vector<float> wino(no, 9.0f), direct(no, 7.0f), planned(no, 5.0f), again(no, 3.0f);
+    const bool ran = bhsd::conv3d_forward_winograd(g, x, wp.data(), bp, wino.data(), act, alpha, pool);
+#ifdef BHSD_X86
+    CHECK(ran == bhsd::conv_detail::use_avx512() && ran == bhsd::winograd_applies(g));
+#else
+    CHECK(!ran && !bhsd::winograd_applies(g));
+#endif
+    bhsd::conv3d_forward(g, x, wp.data(), bp, direct.data(), act, alpha, pool, false);
+    CHECK(rel(direct) < 1e-5);
+    if (ran) {
+      CHECK(bhsd::wino_detail::points(g) == (c.sd == 2 ? 125 : 100) && bhsd::wino_detail::tile_m(g) == 2 &&
+            bhsd::wino_detail::tile_dz(g) == 2);
+      const double e = rel(wino);
+      winograd_s2_worst = std::max(winograd_s2_worst, e);
+      CHECK(e < 1e-5);
+      // the input one float on (no row on a line): the same answer bit for bit
+      std::copy(ops.x.begin(), ops.x.end(), x + 1);
+      std::vector<float> off(no, 4.0f);
+      CHECK(bhsd::conv3d_forward_winograd(g, x + 1, wp.data(), bp, off.data(), act, alpha, pool));
+      CHECK(std::memcmp(off.data(), wino.data(), no * sizeof(float)) == 0);
+      std::copy(ops.x.begin(), ops.x.end(), x);
+      ++bhsd::wino_detail::precise_tiles();  // training: the direct path, as before this path
+      std::vector<float> held(no, 2.0f);
+      bhsd::conv3d_forward(g, x, wp.data(), bp, held.data(), act, alpha, pool);
+      CHECK(std::memcmp(held.data(), direct.data(), no * sizeof(float)) == 0);
+      --bhsd::wino_detail::precise_tiles();
+      if (bhsd::wino_detail::bf16_available()) {
+        std::vector<float> half(no, 6.0f);
+        {
+          bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+          CHECK(bhsd::wino_detail::use_bf16() && !bhsd::wino_detail::use_tiles(g, true));
+          CHECK(bhsd::conv3d_forward_winograd(g, x, wp.data(), bp, half.data(), act, alpha, pool));
+        }
+        const double eb = rel(half);
+        winograd_bf16_worst = std::max(winograd_bf16_worst, eb);
+        CHECK(eb < 2e-2 && eb > 1e-5);
+      }
+    }
+    // the plan: the first call decides, the second follows, both correct
+    bhsd::conv3d_forward(g, x, wp.data(), bp, planned.data(), act, alpha, pool);
+    const int decided = bhsd::winograd_planned(g, pool);
+    CHECK(rel(planned) < 1e-5);
+    const char* env = std::getenv("BHSD_WINOGRAD");
+    const bool forced = env && (std::string(env) == "0" || std::string(env) == "1");
+    CHECK(ran && !forced ? decided == 0 || decided == 1 : decided == -1);
+    bhsd::conv3d_forward(g, x, wp.data(), bp, again.data(), act, alpha, pool);
+    CHECK(rel(again) < 1e-5);
+  }
+  // strides the path does not serve: 2×1×1, 1×2×1, 1×1×2, and 1×2×2 with a 1×3×3 kernel or a dilation
+  const bhsd::ConvGeom n1{16, 4, 8, 8, 16, 3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 2, 8, 8};
+  const bhsd::ConvGeom n2{16, 4, 8, 8, 16, 3, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 4, 4, 8};
+  const bhsd::ConvGeom n3{16, 4, 8, 8, 16, 3, 3, 3, 1, 1, 2, 1, 1, 1, 1, 1, 1, 4, 8, 4};
+  const bhsd::ConvGeom n4{16, 4, 8, 8, 16, 1, 3, 3, 1, 2, 2, 1, 1, 1, 0, 1, 1, 4, 4, 4};
+  const bhsd::ConvGeom n5{16, 4, 8, 8, 16, 3, 3, 3, 1, 2, 2, 1, 2, 2, 1, 2, 2, 4, 4, 4};
+  CHECK(!bhsd::winograd_applies(n1) && !bhsd::winograd_applies(n2) && !bhsd::winograd_applies(n3) &&
+        !bhsd::winograd_applies(n4) && !bhsd::winograd_applies(n5));
 }
 
 // segment()'s window sum: every element of the window in double, rounded once per store (the
@@ -2009,6 +2134,7 @@ int main() {
     test_conv_dispatch_any_platform(pool);
     test_conv_pointwise(pool);
     test_conv_winograd(pool);
+    test_conv_winograd_s2(pool);
     test_conv_amx(pool);
     test_weight_cache(pool);
     test_winograd_wide(pool);
@@ -2028,6 +2154,8 @@ int main() {
       "winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g; F(4×4×4, 3×3×3): %.3g%s; bf16: %.3g)\n",
       winograd_worst, winograd_f4_worst, winograd_f444_worst, winograd_f444_worst < 0 ? " (not run)" : "",
       winograd_bf16_worst);
+  std::printf("winograd on strides 1×2×2 and 2×2×2 (100 and 125 points): worst error %.3g of the output's scale%s\n",
+              winograd_s2_worst, winograd_s2_worst < 0 ? " (not run)" : "");
   std::printf("winograd bf16 on AMX tiles against vdpbf16ps: worst difference %.3g of the output's scale%s\n",
               winograd_tiles_worst, winograd_tiles_worst < 0 ? " (not run)" : "");
   std::printf("amx (bf16 direct convolution): %s, worst error %.3g of the output's scale\n",

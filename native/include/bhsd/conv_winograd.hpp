@@ -2,7 +2,9 @@
 // of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(2×2, 3×3) per plane (the same code
 // with one input plane, no transform along D and 16 points instead of 64); where the AVX-512 kernels
 // run, F(4×4) tiles across the planes instead — F(4×4, 3×3) for 1×3×3 (36 points) and F(2×4×4,
-// 3×3×3) for 3×3×3 layers up to 256×256 channels (144 points), transforms of their own below — and
+// 3×3×3) for 3×3×3 layers up to 256×256 channels (144 points), transforms of their own below —; for
+// the strided 3×3×3 layers that open a U-Net's stages (stride 1×2×2 or 2×2×2; AVX-512 only) Winograd
+// on the phases of each strided axis ("Stride 2" below: 100 or 125 points per 2×2×2 outputs); and
 // the measured plan that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
 //
@@ -172,10 +174,23 @@ struct DeepTilesScope {  // sets it for a scope where on
 // The tiles a call gets: 2 (F(2×2×2) / F(2×2)), 4 (F(2×4×4) / F(4×4)) or 8 (F(4×4×4, 3×3×3): a 3×3×3
 // layer with F(4, 3) along D too, where the plan picks it).
 inline int tile_code(const ConvGeom& g);
+// A 3×3×3 layer of stride 1×2×2 or 2×2×2 (nnU-Net's downsamplings: the first convolution of stages
+// 1–5 of its 3d_fullres U-Nets): Winograd on the phases of the strided axes (see "Stride 2" below),
+// tiles of 2×2×2 outputs, 100 points (4·5², F(2, 3) along D) or 125 (5³).
+// BHSD_WINOGRAD_S2=0 leaves them to the direct path (for the bench).
+inline bool is_s2(const ConvGeom& g) {
+  static const bool env_off = [] {
+    const char* e = std::getenv("BHSD_WINOGRAD_S2");
+    return e && e[0] == '0' && !e[1];
+  }();
+  return !env_off && g.kd == 3 && g.kh == 3 && g.kw == 3 && (g.sd == 1 || g.sd == 2) && g.sh == 2 && g.sw == 2 &&
+         g.dd == 1 && g.dh == 1 && g.dw == 1;
+}
 inline int tile_m(const ConvGeom& g) { return std::min(4, tile_code(g)); }
 // Output planes per tile: 1 for a 1×3×3 kernel, else 2 or (F(4×4×4)) 4.
 inline std::int64_t tile_dz(const ConvGeom& g) { return g.kd == 3 ? (tile_code(g) == 8 ? 4 : 2) : 1; }
 inline int tile_code(const ConvGeom& g) {
+  if (is_s2(g)) return 2;
   if (const int f = frozen_tile()) return f;
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2 && g.Do * g.Ho * g.Wo < kF4WideMinVoxels) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
@@ -219,11 +234,12 @@ inline bool deep_applies(const ConvGeom& g) {
   return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 128 * 128 && tile_code(g) == 4;
 }
 
-// Transform points: for a 3×3×3 kernel 4³ = 64 (F(2×2×2, 3×3×3)), 4·6² = 144 (F(2×4×4, 3×3×3):
-// output tiles of 2×4×4 from input tiles of 4×6×6) or 6³ = 216 (F(4×4×4, 3×3×3)); for 1×3×3 (per
-// plane) 4² = 16 (F(2×2, 3×3): output tiles of 1×2×2 from 1×4×4) or 6² = 36 (F(4×4, 3×3): 1×4×4
-// from 1×6×6).
+// Transform points (a strided 3×3×3 layer, is_s2: 4·5² = 100 for 1×2×2, 5³ = 125 for 2×2×2): for a 3×3×3 kernel 4³ = 64
+// (F(2×2×2, 3×3×3)), 4·6² = 144 (F(2×4×4, 3×3×3): output tiles of 2×4×4 from input tiles of 4×6×6) or 6³ = 216
+// (F(4×4×4, 3×3×3)); for 1×3×3 (per plane) 4² = 16 (F(2×2, 3×3): output tiles of 1×2×2 from 1×4×4) or 6² = 36 (F(4×4,
+// 3×3): 1×4×4 from 1×6×6).
 inline int points(const ConvGeom& g) {
+  if (is_s2(g)) return g.sd == 2 ? 125 : 100;
   const int c = tile_code(g);
   return g.kd == 3 ? (c == 8 ? 216 : c == 4 ? 144 : 64) : c >= 4 ? 36 : 16;
 }
@@ -253,7 +269,7 @@ inline std::atomic<bool>& tiles_off() {
   return off;
 }
 inline bool use_tiles(const ConvGeom& g, bool bf) {
-  return bf && g.C >= 16 && g.Co >= 16 && amx_available() && !tiles_off().load(std::memory_order_relaxed);
+  return bf && !is_s2(g) && g.C >= 16 && g.Co >= 16 && amx_available() && !tiles_off().load(std::memory_order_relaxed);
 }
 // Chunks of 16 channel pairs (a tile's K) per point.
 inline std::int64_t tile_chunks(const ConvGeom& g) { return ((g.C + 1) / 2 + 15) / 16; }
@@ -345,6 +361,32 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                     u[3][y][x] = v2;
                   }
                 float* sp = stage + (cq * MR + r) * P;
+                if (P == 100 || P == 125) {
+                  // strides 1×2×2 / 2×2×2: bt5s2's G along W, then H (point 5·y + x), then F(2, 3)'s
+                  // or bt5s2's along D (point 25·z + 5·y + x)
+                  auto g5 = [](double v0, double v1, double v2, double* o) {
+                    o[0] = v1, o[1] = v1, o[2] = v0, o[3] = v0 + v2, o[4] = v2;
+                  };
+                  double h[3][5], c5[5], pl[3][25];
+                  for (int a = 0; a < 3; ++a) {
+                    for (int b = 0; b < 3; ++b) g5(w[a * 9 + b * 3], w[a * 9 + b * 3 + 1], w[a * 9 + b * 3 + 2], h[b]);
+                    for (int x = 0; x < 5; ++x) {
+                      g5(h[0][x], h[1][x], h[2][x], c5);
+                      for (int y = 0; y < 5; ++y) pl[a][y * 5 + x] = c5[y];
+                    }
+                  }
+                  for (int i = 0; i < 25; ++i) {
+                    const double v0 = pl[0][i], v1 = pl[1][i], v2 = pl[2][i];
+                    if (P == 125) {
+                      g5(v0, v1, v2, c5);
+                      for (int z = 0; z < 5; ++z) sp[25 * z + i] = float(c5[z]);
+                      continue;
+                    }
+                    sp[i] = float(v0), sp[25 + i] = float(0.5 * (v0 + v1 + v2)),
+                    sp[50 + i] = float(0.5 * (v0 - v1 + v2)), sp[75 + i] = float(v2);
+                  }
+                  continue;
+                }
                 if (P == 36 || P == 144 || P == 216) {
                   // F(4×4, 3×3) per plane: G along W, then H (y along H, x along W: point 6·y + x);
                   // for 3×3×3 then F(2, 3)'s G along D (point 36·z + 6·y + x)
@@ -689,7 +731,8 @@ class WeightCache {
 };
 
 // A group's lanes, cut where the tile grid's rows end: lanes j0 … j1 − 1 are tiles tw0 … of tile
-// row (td, th), whose input tiles start at plane id0, row ih0 and column iw0 (+ 2 per lane).
+// row (td, th), whose input tiles start at plane id0, row ih0 and column iw0 (+ m·stride per lane)
+// and output tiles at od0, oh0, ow0 (+ m per lane).
 struct Seg {
   int j0, j1;
   std::int64_t id0, ih0, iw0, od0, oh0, ow0;
@@ -710,7 +753,9 @@ inline Group group_of(const ConvGeom& g, std::int64_t dz, std::int64_t m, std::i
     const std::int64_t row = t / TW, tw = t % TW, td = row / TH, th = row % TH;
     const std::int64_t len = std::min(t1 - t, TW - tw);
     const std::int64_t j0 = t - t0;
-    gr.seg[gr.nseg++] = {int(j0), int(j0 + len), dz * td - g.pd, m * th - g.ph, m * tw - g.pw, dz * td, m * th, m * tw};
+    gr.seg[gr.nseg++] = {
+        int(j0), int(j0 + len), dz * td * g.sd - g.pd, m * th * g.sh - g.ph, m * tw * g.sw - g.pw, dz * td,
+        m * th,  m * tw};
     t += len;
   }
   return gr;
@@ -1028,6 +1073,29 @@ BHSD_W5 void at6(const __m512* m, __m512* o) {
   o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
 }
 
+// Stride 2 (is_s2). Along an axis of stride 2, output o of a 3-tap kernel (w0, w1, w2) reads
+// samples 2o − p … 2o − p + 2: its even samples e[j] = x[2j − p + 1] with the one tap w1, its odd
+// ones d[j] = x[2j − p] with the two taps (w0, w2) — a 1-tap and a 2-tap stride-1 convolution of the
+// two phases. A tile of 2 outputs (o = 2t, 2t + 1) reads the 5 samples s0 … s4 from column 4t − p;
+// F(2, 2) on the odd phase (s0, s2, s4) and the even phase as it is give 5 points for its 2 outputs
+// instead of 6 products:
+//   Bᵀ s = (s1, s3, s0 − s2, s2, s4 − s2),  G w = (w1, w1, w0, w0 + w2, w2),
+//   Aᵀ m = (m0 + m2 + m3, m1 + m3 + m4)
+// (y0 = w1·s1 + w0·(s0 − s2) + (w0 + w2)·s2 = w0·s0 + w1·s1 + w2·s2, and y1 = w0·s2 + w1·s3 + w2·s4
+// likewise). Coefficients 0 and ±1 only: the rounding of a sum of products, as the direct path's.
+// With F(2, 3) along D (stride 1): output tiles of 2×2×2 from input tiles of 4×5×5, 100 points per
+// 8 outputs (12.5 a voxel instead of the direct path's 27); with stride 2 along D too, from 5×5×5,
+// 125 points (15.6 a voxel). A tile's 5 columns are 4 apart, as
+// F(4, 3)'s 6: the F(4×4) row reads serve (their first five vectors), and a group of 16 tiles reads
+// 65 samples of a row.
+BHSD_W5 void bt5s2(const __m512* d, __m512* o) {
+  o[0] = d[1], o[1] = d[3], o[2] = _mm512_sub_ps(d[0], d[2]), o[3] = d[2], o[4] = _mm512_sub_ps(d[4], d[2]);
+}
+BHSD_W5 void at5s2(const __m512* m, __m512* o) {
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], m[2]), m[3]);
+  o[1] = _mm512_add_ps(_mm512_add_ps(m[1], m[3]), m[4]);
+}
+
 // f4_rows_w's lane tables: P[k] picks samples 4j + k of a row segment from two loads (lanes 0–7
 // from z0‖z1, 8–15 from z2‖z3); N[0], N[1] move e_0, e_1 one lane on and take samples 64, 65 of z4;
 // N[2] moves a vector one lane back and takes the last sample of another into lane 0
@@ -1057,6 +1125,8 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void prefetch_
 // F(4,3)'s Bᵀ along W of one row segment read as five loads of 16 (zv): e_k[j] = sample 4j + k
 // (k < 4) from lanes 0–7 of z0‖z1 and 8–15 of z2‖z3 (P[k]); e_4, e_5 are e_0, e_1 one lane on, their
 // last lane samples 64, 65 of z4 (N); w = Bᵀ e.
+// S2: the first five vectors e_0 … e_4 only, through bt5s2 (5 transformed vectors).
+template <bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row(const __m512* zv, const __m512i* P,
                                                                                  const __m512i* N, __m512* w) {
   __m512 e[6];
@@ -1064,8 +1134,12 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
     e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[0], P[k], zv[1]),
                                 _mm512_permutex2var_ps(zv[2], P[k], zv[3]));
   e[4] = _mm512_permutex2var_ps(e[0], N[0], zv[4]);
-  e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
-  bt6(e, w);
+  if constexpr (S2) {
+    bt5s2(e, w);
+  } else {
+    e[5] = _mm512_permutex2var_ps(e[1], N[1], zv[4]);
+    bt6(e, w);
+  }
 }
 
 // f4_bt_row for a segment whose first sample (column iw0) lies one before a 64-byte line: six
@@ -1077,6 +1151,7 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
 // permutations and arithmetic as f4_bt_row, one load more. The Xeon (2026-12-04, 64→64 F(4×4×4)
 // at 16×128×128) ran the input transform of a layer 33.7 → 30.3 ms on one thread with loads at
 // aligned addresses.
+template <bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row_aligned(const __m512* zv,
                                                                                          const __m512i* P,
                                                                                          const __m512i* N, __m512* w) {
@@ -1085,8 +1160,12 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
     e[k] = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(zv[1], P[k - 1], zv[2]),
                                 _mm512_permutex2var_ps(zv[3], P[k - 1], zv[4]));
   e[0] = _mm512_permutex2var_ps(e[4], N[2], zv[0]);
-  e[5] = _mm512_permutex2var_ps(e[1], N[0], zv[5]);
-  bt6(e, w);
+  if constexpr (S2) {
+    bt5s2(e, w);
+  } else {
+    e[5] = _mm512_permutex2var_ps(e[1], N[0], zv[5]);
+    bt6(e, w);
+  }
 }
 
 // F(4,3)'s Bᵀ along W of a group's input rows: row ih0 + y of plane id0 + z of each segment (x: one
@@ -1094,11 +1173,14 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
 // lies outside the volume and past the group's n tiles). A segment's row of up to 16 tiles reads 66
 // samples as 5 loads of 16 (L.ld), transformed by f4_bt_row. Both F(4×4) input transforms call it
 // per row for groups f4_rows_whole does not take (always inlined: their tables stay in registers).
+// S2: stride 2's five vectors (bt5s2) instead of six.
+template <bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w(
     const ConvGeom& g, const float* x, const Group& gr, const SegLanes16<5>& L, const __m512i* P, const __m512i* N,
     bool whole, int z, int y, __m512* acc) {
+  constexpr int R = S2 ? 5 : 6;
   const std::int64_t plane = g.H * g.W;
-  for (int k = 0; k < 6; ++k) acc[k] = _mm512_setzero_ps();
+  for (int k = 0; k < R; ++k) acc[k] = _mm512_setzero_ps();
   for (int s = 0; s < gr.nseg; ++s) {
     const Seg& sg = gr.seg[s];
     const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
@@ -1108,11 +1190,11 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
     if (y >= 2 && ih + 4 < g.H) prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
     __m512 zv[5], w[6];
     for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
-    f4_bt_row(zv, P, N, w);
+    f4_bt_row<S2>(zv, P, N, w);
     if (whole)
-      for (int k = 0; k < 6; ++k) acc[k] = w[k];
+      for (int k = 0; k < R; ++k) acc[k] = w[k];
     else
-      for (int k = 0; k < 6; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
+      for (int k = 0; k < R; ++k) acc[k] = _mm512_mask_permutexvar_ps(acc[k], L.lanes[s], L.shift[s], w[k]);
   }
 }
 
@@ -1130,19 +1212,21 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
 // channel's rows (its layers the same either way; its own time 10 % more with both).
 // A (aligned): the segment's first column lies one before a line (whole_masks), and the rows are
 // read as f4_bt_row_aligned reads them: six loads from iw0 − 15, masked by mk[0 … 5].
-template <int NZ, bool PF, bool A = false>
+// S2: stride 2's tiles (5 rows of 5 transformed vectors: t[(z·5 + y)·5 + k][lane]).
+template <int NZ, bool PF, bool A = false, bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_whole(const ConvGeom& g, const float* x,
                                                                                      const Seg& sg, const __mmask16* mk,
                                                                                      const __m512i* P, const __m512i* N,
                                                                                      float* t) {
+  constexpr int R = S2 ? 5 : 6;
   const std::int64_t plane = g.H * g.W;
   for (int z = 0; z < NZ; ++z) {
     const std::int64_t id = sg.id0 + z;
-    for (int y = 0; y < 6; ++y) {
-      float* tr = t + (z * 6 + y) * 6 * TL;
+    for (int y = 0; y < R; ++y) {
+      float* tr = t + (z * R + y) * R * TL;
       const std::int64_t ih = sg.ih0 + y;
       if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
-        for (int k = 0; k < 6; ++k) _mm512_store_ps(tr + k * TL, _mm512_setzero_ps());
+        for (int k = 0; k < R; ++k) _mm512_store_ps(tr + k * TL, _mm512_setzero_ps());
         continue;
       }
       const float* r = x + id * plane + ih * g.W;
@@ -1154,10 +1238,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
       // the mask is full cost the Xeon 15 % of the transform
       for (int q = 0; q < NL; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, c0 + 16 * q));
       if constexpr (A)
-        f4_bt_row_aligned(zv, P, N, w);
+        f4_bt_row_aligned<S2>(zv, P, N, w);
       else
-        f4_bt_row(zv, P, N, w);
-      for (int k = 0; k < 6; ++k) _mm512_store_ps(tr + k * TL, w[k]);
+        f4_bt_row<S2>(zv, P, N, w);
+      for (int k = 0; k < R; ++k) _mm512_store_ps(tr + k * TL, w[k]);
     }
   }
 }
@@ -1413,6 +1497,144 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
     for (int zo = 0; zo < ZO; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
+  }
+}
+
+// Strides 1×2×2 (NZ = 4) and 2×2×2 (NZ = 5; is_s2): V for one group of tiles, every input channel —
+// per input plane z of the tile the stride-2 transform along W (bt5s2 on the F(4×4) row reads), then
+// along H, then along D F(2, 3)'s Bᵀ across 4 planes or bt5s2 across 5:
+// V[p·(C + 1)·16 + ci·16 + j] for the points p = 25·z + 5·y + x.
+template <int NZ>
+BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  static_assert(NZ == 4 || NZ == 5, "stride 1 or 2 along D");
+  alignas(64) float t[NZ * 25 * TL];  // [z][y][x][lane], transformed along W
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  __m512i P[4], N[3];
+  f4_row_tables(P, N);
+  __mmask16 mk[6];
+  bool al = false;
+  const bool fast = whole_masks(g, in, gr, mk, al);
+  SegLanes16<5> L;  // the general path's loads and lane moves
+  if (!fast) seg_lanes16(g, gr, L);
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
+    if (fast && al)
+      f4_rows_whole<NZ, false, true, true>(g, x, gr.seg[0], mk, P, N, t);
+    else if (fast)
+      f4_rows_whole<NZ, false, false, true>(g, x, gr.seg[0], mk, P, N, t);
+    else
+      for (int zy = 0; zy < NZ * 5; ++zy) {
+        __m512 acc[5];
+        f4_rows_w<true>(g, x, gr, L, P, N, whole, zy / 5, zy % 5, acc);
+        for (int k = 0; k < 5; ++k) _mm512_store_ps(t + (zy * 5 + k) * TL, acc[k]);
+      }
+    float* v = V + ci * TL;
+    for (int k = 0; k < 5; ++k) {  // along H per plane, then along D into V, in registers
+      __m512 h[NZ][5];
+      for (int z = 0; z < NZ; ++z) {
+        __m512 d[5];
+        for (int y = 0; y < 5; ++y) d[y] = _mm512_load_ps(t + ((z * 5 + y) * 5 + k) * TL);
+        bt5s2(d, h[z]);
+      }
+      for (int y = 0; y < 5; ++y) {
+        const std::int64_t i = (y * 5 + k) * ps;
+        if constexpr (NZ == 4) {
+          _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
+          _mm512_store_ps(v + 25 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
+          _mm512_store_ps(v + 50 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
+          _mm512_store_ps(v + 75 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+        } else {
+          const __m512 d[5] = {h[0][y], h[1][y], h[2][y], h[3][y], h[4][y]};
+          __m512 o[5];
+          bt5s2(d, o);
+          for (int z = 0; z < 5; ++z) _mm512_store_ps(v + 25 * z * ps + i, o[z]);
+        }
+      }
+    }
+  }
+}
+
+// at5s2 along H then W of one output plane of a group's stride-2 tiles (25 vectors of 16 lanes,
+// stride ps apart: point 5·y + x) + bias, activation, stored where the output exists in plane
+// od0 + zo of channel oc: a whole row of 16 tiles as 2 rows of 32 columns (each tile's 2 columns
+// interleaved by a lane permutation), other groups voxel by voxel.
+BHSD_W5 void s2_plane_out(const ConvGeom& g, const Group& gr, const float* m, std::int64_t ps, int zo, float* oc,
+                          __m512 bv, Act act, __m512 slope) {
+  alignas(64) float r[4 * TL];  // [yo][xo][lane], the partial groups' outputs
+  const std::int64_t plane = g.Ho * g.Wo;
+  const Seg& s0 = gr.seg[0];
+  const bool fast = gr.nseg == 1 && gr.n == TL && s0.od0 + zo < g.Do && s0.oh0 + 1 < g.Ho && s0.ow0 + 2 * TL <= g.Wo;
+  alignas(64) static const std::int32_t il[2][16] = {{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},
+                                                     {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}};
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 h[2][5];  // along H: [yo][x]
+  for (int k = 0; k < 5; ++k) {
+    __m512 a[5], o[2];
+    for (int y = 0; y < 5; ++y) a[y] = _mm512_load_ps(m + (y * 5 + k) * ps);
+    at5s2(a, o);
+    h[0][k] = o[0], h[1][k] = o[1];
+  }
+  for (int yo = 0; yo < 2; ++yo) {
+    __m512 q[2];
+    at5s2(h[yo], q);
+    for (int xo = 0; xo < 2; ++xo) {
+      q[xo] = _mm512_add_ps(q[xo], bv);
+      if (act != Act::none)
+        q[xo] = _mm512_mask_mul_ps(q[xo], _mm512_cmp_ps_mask(q[xo], zero, _CMP_LE_OQ), q[xo], slope);
+    }
+    if (fast) {
+      float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
+      _mm512_storeu_ps(o, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[0]), q[1]));
+      _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[1]), q[1]));
+    } else
+      for (int xo = 0; xo < 2; ++xo) _mm512_store_ps(r + (yo * 2 + xo) * TL, q[xo]);
+  }
+  if (fast) return;
+  for (int s = 0; s < gr.nseg; ++s) {
+    const Seg& sg = gr.seg[s];
+    if (sg.od0 + zo >= g.Do) continue;
+    for (int yo = 0; yo < 2; ++yo) {
+      const std::int64_t oh = sg.oh0 + yo;
+      if (oh >= g.Ho) continue;
+      float* o = oc + (sg.od0 + zo) * plane + oh * g.Wo;
+      for (int j = sg.j0; j < sg.j1; ++j)
+        for (int xo = 0; xo < 2; ++xo) {
+          const std::int64_t ow = sg.ow0 + 2 * (j - sg.j0) + xo;
+          if (ow < g.Wo) o[ow] = r[(yo * 2 + xo) * TL + j];
+        }
+    }
+  }
+}
+
+// Y for one group of strided tiles, every output channel: along D F(2, 3)'s Aᵀ (NZ = 4: 100 points)
+// or at5s2 (NZ = 5: 125 points) into two planes of 25, then each plane as s2_plane_out, + bias,
+// activation.
+template <int NZ>
+BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                    Act act, float alpha) {
+  static_assert(NZ == 4 || NZ == 5, "stride 1 or 2 along D");
+  alignas(64) float r1[2 * 25 * TL];  // [zo][y][x][lane]
+  const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
+  const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
+  for (std::int64_t co = 0; co < g.Co; ++co) {
+    const float* m = M + co * TL;
+    for (int i = 0; i < 25; ++i) {
+      __m512 a[NZ];
+      for (int z = 0; z < NZ; ++z) a[z] = _mm512_load_ps(m + (25 * z + i) * ps);
+      if constexpr (NZ == 4) {
+        _mm512_store_ps(r1 + i * TL, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]));
+        _mm512_store_ps(r1 + (25 + i) * TL, _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]));
+      } else {
+        __m512 o[2];
+        at5s2(a, o);
+        _mm512_store_ps(r1 + i * TL, o[0]);
+        _mm512_store_ps(r1 + (25 + i) * TL, o[1]);
+      }
+    }
+    const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+    for (int zo = 0; zo < 2; ++zo) s2_plane_out(g, gr, r1 + zo * 25 * TL, TL, zo, out + co * vol, bv, act, slope);
   }
 }
 
@@ -1749,12 +1971,13 @@ BHSD_BF void point_gemm_bf16_2(const std::uint32_t* Ub, int P, int p, std::int64
 // first stage: 1.13 → 0.80 ms), an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
-  if ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 ||
-      g.dh != 1 || g.dw != 1)
+  const bool s2 = wino_detail::is_s2(g);  // its transforms are AVX-512 ones only
+  if (!s2 && ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 ||
+              g.dh != 1 || g.dw != 1))
     return false;
   if (g.C < 8 || g.Co < 8 || g.Do < 1 || g.Ho < 1 || g.Wo < 1) return false;
   const CpuFeatures f = cpu_features();
-  return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2");
+  return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2") && (!s2 || conv_detail::use_avx512());
 #else
   (void)g;
   return false;
@@ -1887,7 +2110,11 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
   auto input_tf = [&](const Group& gr, float* V) {
-    if (P == 216)
+    if (P == 100)
+      input_transform_3d_s2<4>(g, in, gr, V);
+    else if (P == 125)
+      input_transform_3d_s2<5>(g, in, gr, V);
+    else if (P == 216)
       input_transform_3d_f4<6>(g, in, gr, V);
     else if (P == 144)
       input_transform_3d_f4<4>(g, in, gr, V);
@@ -1907,7 +2134,11 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
   auto output_tf = [&](const Group& gr, const float* M) {
-    if (P == 216)
+    if (P == 100)
+      output_transform_3d_s2<4>(g, gr, M, bias, out, act, alpha);
+    else if (P == 125)
+      output_transform_3d_s2<5>(g, gr, M, bias, out, act, alpha);
+    else if (P == 216)
       output_transform_3d_f4<6>(g, gr, M, bias, out, act, alpha);
     else if (P == 144)
       output_transform_3d_f4<4>(g, gr, M, bias, out, act, alpha);
@@ -2157,6 +2388,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
                           float alpha, ThreadPool& pool) {
   using namespace wino_detail;
   if (!winograd_applies(g)) return false;
+  // a training call (precise tiles held) keeps the direct path for a strided layer, whatever the mode:
+  // its gradients are compared with PyTorch's, and the forward they follow stays what it was
+  if (is_s2(g) && precise_tiles().load(std::memory_order_relaxed) > 0) return false;
   const Mode md = mode();
   if (md == Mode::off) return false;
   if (md == Mode::on) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
