@@ -1103,7 +1103,7 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
 // micro-kernel's blocks, bias or none, each activation; a bf16 call (vdpbf16ps) within 2e-2; a
 // training call's precise tiles keep the direct path; then the plan for such a layer. Where
 // AVX-512 is off the layer is not served (the direct path only).
-static double winograd_s2_worst = -1;
+static double winograd_s2_worst = -1, winograd_s2_deep_worst = -1;
 static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
   struct Case {
     std::int64_t C, Co, D, H, W, p[3];
@@ -1114,6 +1114,7 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
   const std::vector<Case> cases = {
       // 2×2×2: nnU-Net's stages 3 and 4 (8 and 4 output planes), odd depths, paddings 0–2 along D
       {16, 24, 16, 64, 128, {1, 1, 1}, 2, true, 2},
+      {16, 20, 9, 18, 64, {1, 1, 1}, 1, true},  // 1×2×2, 9 planes: F(4, 3) along D's last tile cut short
       {20, 12, 9, 9, 13, {1, 1, 1}, 1, false, 2},
       {12, 17, 8, 6, 66, {0, 1, 1}, 0, true, 2},
       {24, 8, 7, 10, 5, {2, 1, 0}, 2, true, 2},
@@ -1177,6 +1178,22 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
       const double e = rel(wino);
       winograd_s2_worst = std::max(winograd_s2_worst, e);
       CHECK(e < 1e-5);
+      if (c.sd == 1) {
+        // F(4, 3) along D (the plan's kWinoDeep where deep_applies): 150 points, 4×2×2 outputs a tile
+        CHECK(bhsd::wino_detail::deep_applies(g) == (g.Do >= 8 && g.C * g.Co <= 256 * 256));
+        const bhsd::wino_detail::DeepTilesScope deep(true);
+        CHECK(bhsd::wino_detail::points(g) == 150 && bhsd::wino_detail::tile_dz(g) == 4 &&
+              bhsd::wino_detail::tile_m(g) == 2);
+        std::vector<float> d4(no, 4.0f);
+        CHECK(bhsd::conv3d_forward_winograd(g, x, wp.data(), bp, d4.data(), act, alpha, pool));
+        const double ed = rel(d4);
+        winograd_s2_deep_worst = std::max(winograd_s2_deep_worst, ed);
+        CHECK(ed < 5e-5);
+      } else {
+        CHECK(!bhsd::wino_detail::deep_applies(g));
+        const bhsd::wino_detail::DeepTilesScope deep(true);  // 2×2×2: no such tiles
+        CHECK(bhsd::wino_detail::points(g) == 125);
+      }
       // the input one float on (no row on a line): the same answer bit for bit
       std::copy(ops.x.begin(), ops.x.end(), x + 1);
       std::vector<float> off(no, 4.0f);
@@ -1206,7 +1223,8 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
     CHECK(rel(planned) < 1e-5);
     const char* env = std::getenv("BHSD_WINOGRAD");
     const bool forced = env && (std::string(env) == "0" || std::string(env) == "1");
-    CHECK(ran && !forced ? decided == 0 || decided == 1 : decided == -1);
+    CHECK(ran && !forced ? decided == 0 || decided == 1 || (decided == 4 && bhsd::wino_detail::deep_applies(g))
+                         : decided == -1);
     bhsd::conv3d_forward(g, x, wp.data(), bp, again.data(), act, alpha, pool);
     CHECK(rel(again) < 1e-5);
   }
@@ -2154,8 +2172,10 @@ int main() {
       "winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g; F(4×4×4, 3×3×3): %.3g%s; bf16: %.3g)\n",
       winograd_worst, winograd_f4_worst, winograd_f444_worst, winograd_f444_worst < 0 ? " (not run)" : "",
       winograd_bf16_worst);
-  std::printf("winograd on strides 1×2×2 and 2×2×2 (100 and 125 points): worst error %.3g of the output's scale%s\n",
-              winograd_s2_worst, winograd_s2_worst < 0 ? " (not run)" : "");
+  std::printf(
+      "winograd on strides 1×2×2 and 2×2×2 (100 and 125 points): worst error %.3g of the output's scale%s; with "
+      "F(4, 3) along D (150 points): %.3g\n",
+      winograd_s2_worst, winograd_s2_worst < 0 ? " (not run)" : "", winograd_s2_deep_worst);
   std::printf("winograd bf16 on AMX tiles against vdpbf16ps: worst difference %.3g of the output's scale%s\n",
               winograd_tiles_worst, winograd_tiles_worst < 0 ? " (not run)" : "");
   std::printf("amx (bf16 direct convolution): %s, worst error %.3g of the output's scale\n",

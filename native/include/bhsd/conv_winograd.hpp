@@ -186,12 +186,19 @@ inline bool is_s2(const ConvGeom& g) {
   return !env_off && g.kd == 3 && g.kh == 3 && g.kw == 3 && (g.sd == 1 || g.sd == 2) && g.sh == 2 && g.sw == 2 &&
          g.dd == 1 && g.dh == 1 && g.dw == 1;
 }
-inline int tile_m(const ConvGeom& g) { return std::min(4, tile_code(g)); }
-// Output planes per tile: 1 for a 1×3×3 kernel, else 2 or (F(4×4×4)) 4.
+// Output rows and columns per tile (a strided layer's tiles: 2).
+inline int tile_m(const ConvGeom& g) { return is_s2(g) ? 2 : std::min(4, tile_code(g)); }
+// Output planes per tile: 1 for a 1×3×3 kernel, else 2 or (F(4×4×4); a 1×2×2-strided layer with F(4, 3)
+// along D) 4.
 inline std::int64_t tile_dz(const ConvGeom& g) { return g.kd == 3 ? (tile_code(g) == 8 ? 4 : 2) : 1; }
 inline int tile_code(const ConvGeom& g) {
-  if (is_s2(g)) return 2;
   if (const int f = frozen_tile()) return f;
+  // a strided layer: 2, or 8 where the plan asks for F(4, 3) along an unstrided D (kWinoDeep)
+  if (is_s2(g))
+    return g.sd == 1 && deep_tiles() && precise_tiles().load(std::memory_order_relaxed) == 0 &&
+                   !(call_precision() == Precision::bf16 && bf16_available())
+               ? 8
+               : 2;
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2 && g.Do * g.Ho * g.Wo < kF4WideMinVoxels) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
   if (call_precision() == Precision::bf16 && bf16_available())
@@ -231,15 +238,18 @@ inline bool deep_applies(const ConvGeom& g) {
     const char* e = std::getenv("BHSD_WINOGRAD_F444");
     return e && e[0] == '0' && !e[1];
   }();
+  if (is_s2(g))  // 1×2×2-strided: 150 points per 4×2×2 outputs instead of 100 per 2×2×2 (see "Stride 2")
+    return !env_off && g.sd == 1 && g.Do >= 8 && g.C * g.Co <= 256 * 256 && tile_code(g) == 2;
   return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 128 * 128 && tile_code(g) == 4;
 }
 
-// Transform points (a strided 3×3×3 layer, is_s2: 4·5² = 100 for 1×2×2, 5³ = 125 for 2×2×2): for a 3×3×3 kernel 4³ = 64
+// Transform points (a strided 3×3×3 layer, is_s2: 4·5² = 100 for 1×2×2 — 6·5² = 150 with F(4, 3)
+// along D —, 5³ = 125 for 2×2×2): for a 3×3×3 kernel 4³ = 64
 // (F(2×2×2, 3×3×3)), 4·6² = 144 (F(2×4×4, 3×3×3): output tiles of 2×4×4 from input tiles of 4×6×6) or 6³ = 216
 // (F(4×4×4, 3×3×3)); for 1×3×3 (per plane) 4² = 16 (F(2×2, 3×3): output tiles of 1×2×2 from 1×4×4) or 6² = 36 (F(4×4,
 // 3×3): 1×4×4 from 1×6×6).
 inline int points(const ConvGeom& g) {
-  if (is_s2(g)) return g.sd == 2 ? 125 : 100;
+  if (is_s2(g)) return g.sd == 2 ? 125 : tile_code(g) == 8 ? 150 : 100;
   const int c = tile_code(g);
   return g.kd == 3 ? (c == 8 ? 216 : c == 4 ? 144 : 64) : c >= 4 ? 36 : 16;
 }
@@ -361,9 +371,14 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                     u[3][y][x] = v2;
                   }
                 float* sp = stage + (cq * MR + r) * P;
-                if (P == 100 || P == 125) {
-                  // strides 1×2×2 / 2×2×2: bt5s2's G along W, then H (point 5·y + x), then F(2, 3)'s
-                  // or bt5s2's along D (point 25·z + 5·y + x)
+                // F(4, 3)'s G on three values
+                auto g6 = [](double v0, double v1, double v2, double* o) {
+                  o[0] = v0 / 4, o[1] = -(v0 + v1 + v2) / 6, o[2] = -(v0 - v1 + v2) / 6;
+                  o[3] = v0 / 24 + v1 / 12 + v2 / 6, o[4] = v0 / 24 - v1 / 12 + v2 / 6, o[5] = v2;
+                };
+                if (P == 100 || P == 125 || P == 150) {
+                  // strides 1×2×2 / 2×2×2: bt5s2's G along W, then H (point 5·y + x), then F(2, 3)'s,
+                  // bt5s2's or F(4, 3)'s along D (point 25·z + 5·y + x)
                   auto g5 = [](double v0, double v1, double v2, double* o) {
                     o[0] = v1, o[1] = v1, o[2] = v0, o[3] = v0 + v2, o[4] = v2;
                   };
@@ -382,6 +397,12 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                       for (int z = 0; z < 5; ++z) sp[25 * z + i] = float(c5[z]);
                       continue;
                     }
+                    if (P == 150) {
+                      double c6[6];
+                      g6(v0, v1, v2, c6);
+                      for (int z = 0; z < 6; ++z) sp[25 * z + i] = float(c6[z]);
+                      continue;
+                    }
                     sp[i] = float(v0), sp[25 + i] = float(0.5 * (v0 + v1 + v2)),
                     sp[50 + i] = float(0.5 * (v0 - v1 + v2)), sp[75 + i] = float(v2);
                   }
@@ -390,10 +411,6 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                 if (P == 36 || P == 144 || P == 216) {
                   // F(4×4, 3×3) per plane: G along W, then H (y along H, x along W: point 6·y + x);
                   // for 3×3×3 then F(2, 3)'s G along D (point 36·z + 6·y + x)
-                  auto g6 = [](double v0, double v1, double v2, double* o) {
-                    o[0] = v0 / 4, o[1] = -(v0 + v1 + v2) / 6, o[2] = -(v0 - v1 + v2) / 6;
-                    o[3] = v0 / 24 + v1 / 12 + v2 / 6, o[4] = v0 / 24 - v1 / 12 + v2 / 6, o[5] = v2;
-                  };
                   double h[3][6], c6[6], pl[3][36];
                   for (int a = 0; a < A; ++a) {
                     for (int b = 0; b < 3; ++b) g6(w[a * 9 + b * 3], w[a * 9 + b * 3 + 1], w[a * 9 + b * 3 + 2], h[b]);
@@ -1084,10 +1101,11 @@ BHSD_W5 void at6(const __m512* m, __m512* o) {
 // (y0 = w1·s1 + w0·(s0 − s2) + (w0 + w2)·s2 = w0·s0 + w1·s1 + w2·s2, and y1 = w0·s2 + w1·s3 + w2·s4
 // likewise). Coefficients 0 and ±1 only: the rounding of a sum of products, as the direct path's.
 // With F(2, 3) along D (stride 1): output tiles of 2×2×2 from input tiles of 4×5×5, 100 points per
-// 8 outputs (12.5 a voxel instead of the direct path's 27); with stride 2 along D too, from 5×5×5,
-// 125 points (15.6 a voxel). A tile's 5 columns are 4 apart, as
-// F(4, 3)'s 6: the F(4×4) row reads serve (their first five vectors), and a group of 16 tiles reads
-// 65 samples of a row.
+// 8 outputs (12.5 a voxel instead of the direct path's 27) — or, where the plan picks it (kWinoDeep),
+// F(4, 3) along D: 4×2×2 from 6×5×5, 150 points (9.4 a voxel, and the input's planes read 1.5 times
+// instead of twice); with stride 2 along D too, from 5×5×5, 125 points (15.6 a voxel). A tile's 5 columns are 4 apart,
+// as F(4, 3)'s 6: the F(4×4) row reads serve (their first five vectors), and a group of 16 tiles reads 65 samples of a
+// row.
 BHSD_W5 void bt5s2(const __m512* d, __m512* o) {
   o[0] = d[1], o[1] = d[3], o[2] = _mm512_sub_ps(d[0], d[2]), o[3] = d[2], o[4] = _mm512_sub_ps(d[4], d[2]);
 }
@@ -1506,7 +1524,7 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
 // V[p·(C + 1)·16 + ci·16 + j] for the points p = 25·z + 5·y + x.
 template <int NZ>
 BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
-  static_assert(NZ == 4 || NZ == 5, "stride 1 or 2 along D");
+  static_assert(NZ == 4 || NZ == 5 || NZ == 6, "F(2, 3), stride 2 or F(4, 3) along D");
   alignas(64) float t[NZ * 25 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
@@ -1531,6 +1549,22 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
         for (int k = 0; k < 5; ++k) _mm512_store_ps(t + (zy * 5 + k) * TL, acc[k]);
       }
     float* v = V + ci * TL;
+    if constexpr (NZ == 6) {  // six planes (30 vectors a column) do not fit the registers: along H in place, then D
+      for (int z = 0; z < 6; ++z)
+        for (int k = 0; k < 5; ++k) {
+          __m512 d[5], o[5];
+          for (int y = 0; y < 5; ++y) d[y] = _mm512_load_ps(t + ((z * 5 + y) * 5 + k) * TL);
+          bt5s2(d, o);
+          for (int y = 0; y < 5; ++y) _mm512_store_ps(t + ((z * 5 + y) * 5 + k) * TL, o[y]);
+        }
+      for (int i = 0; i < 25; ++i) {
+        __m512 d[6], o[6];
+        for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 25 + i) * TL);
+        bt6(d, o);
+        for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (25 * z + i) * ps, o[z]);
+      }
+      continue;
+    }
     for (int k = 0; k < 5; ++k) {  // along H per plane, then along D into V, in registers
       __m512 h[NZ][5];
       for (int z = 0; z < NZ; ++z) {
@@ -1614,8 +1648,9 @@ BHSD_W5 void s2_plane_out(const ConvGeom& g, const Group& gr, const float* m, st
 template <int NZ>
 BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
                                     Act act, float alpha) {
-  static_assert(NZ == 4 || NZ == 5, "stride 1 or 2 along D");
-  alignas(64) float r1[2 * 25 * TL];  // [zo][y][x][lane]
+  static_assert(NZ == 4 || NZ == 5 || NZ == 6, "F(2, 3), stride 2 or F(4, 3) along D");
+  constexpr int ZO = NZ == 6 ? 4 : 2;  // output planes a tile
+  alignas(64) float r1[ZO * 25 * TL];  // [zo][y][x][lane]
   const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
   const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
   for (std::int64_t co = 0; co < g.Co; ++co) {
@@ -1626,15 +1661,19 @@ BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const fl
       if constexpr (NZ == 4) {
         _mm512_store_ps(r1 + i * TL, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]));
         _mm512_store_ps(r1 + (25 + i) * TL, _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]));
-      } else {
+      } else if constexpr (NZ == 5) {
         __m512 o[2];
         at5s2(a, o);
         _mm512_store_ps(r1 + i * TL, o[0]);
         _mm512_store_ps(r1 + (25 + i) * TL, o[1]);
+      } else {
+        __m512 o[4];
+        at6(a, o);
+        for (int zo = 0; zo < 4; ++zo) _mm512_store_ps(r1 + (25 * zo + i) * TL, o[zo]);
       }
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    for (int zo = 0; zo < 2; ++zo) s2_plane_out(g, gr, r1 + zo * 25 * TL, TL, zo, out + co * vol, bv, act, slope);
+    for (int zo = 0; zo < ZO; ++zo) s2_plane_out(g, gr, r1 + zo * 25 * TL, TL, zo, out + co * vol, bv, act, slope);
   }
 }
 
@@ -2114,6 +2153,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       input_transform_3d_s2<4>(g, in, gr, V);
     else if (P == 125)
       input_transform_3d_s2<5>(g, in, gr, V);
+    else if (P == 150)
+      input_transform_3d_s2<6>(g, in, gr, V);
     else if (P == 216)
       input_transform_3d_f4<6>(g, in, gr, V);
     else if (P == 144)
@@ -2138,6 +2179,8 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       output_transform_3d_s2<4>(g, gr, M, bias, out, act, alpha);
     else if (P == 125)
       output_transform_3d_s2<5>(g, gr, M, bias, out, act, alpha);
+    else if (P == 150)
+      output_transform_3d_s2<6>(g, gr, M, bias, out, act, alpha);
     else if (P == 216)
       output_transform_3d_f4<6>(g, gr, M, bias, out, act, alpha);
     else if (P == 144)
@@ -2548,6 +2591,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       const bool bf = use_bf16();
       if (u_words(g, bf, use_tiles(g, bf)) * sizeof(float) <= (std::size_t(12) << 20)) continue;
       if (tile_groups(g, g.Do) < groups_timed_from()) continue;
+      // a strided layer keeps the rule: its timings had added ~0.45 s to the PlainConvUNet's first
+      // window (128→256 at 16×64×64, stride 2×2×2: 16 MB of weights, 64 groups) for nothing measurable
+      if (is_s2(g)) continue;
       // another candidate only where it came within 1.4× of the pick: fewer groups a task gained
       // at most 1.4× (F(2×2×2) for 512→256 at 8×32×32, 1.7× the pick's time, had cost 0.7 s to time)
       if (c != best && !(est[c] >= 0 && est[c] <= 1.4 * est[best])) continue;
