@@ -1164,8 +1164,13 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
     std::copy(ops.x.begin(), ops.x.end(), x);
     const std::vector<float> wp = bhsd::pack_conv_weights(ops.w.data(), c.Co, g.K());
     std::vector<float> wino(no, 9.0f), direct(no, 7.0f), planned(no, 5.0f), again(no, 3.0f);
+#ifdef BHSD_X86
+    const std::int64_t aligned0 = bhsd::wino_detail::aligned_row_groups().load();
+#endif
     const bool ran = bhsd::conv3d_forward_winograd(g, x, wp.data(), bp, wino.data(), act, alpha, pool);
 #ifdef BHSD_X86
+    // whole rows of 16 tiles from a line's last column (padding 1, W a multiple of 16): the aligned reads
+    if (ran && c.p[2] == 1 && c.W % 64 == 0) CHECK(bhsd::wino_detail::aligned_row_groups().load() > aligned0);
     CHECK(ran == bhsd::conv_detail::use_avx512() && ran == bhsd::winograd_applies(g));
 #else
     CHECK(!ran && !bhsd::winograd_applies(g));
@@ -1178,6 +1183,8 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
       const double e = rel(wino);
       winograd_s2_worst = std::max(winograd_s2_worst, e);
       CHECK(e < 1e-5);
+      // its own rounding, not the direct path's (else the training check below could not tell them apart)
+      CHECK(std::memcmp(wino.data(), direct.data(), no * sizeof(float)) != 0);
       if (c.sd == 1) {
         // F(4, 3) along D (the plan's kWinoDeep where deep_applies): 150 points, 4×2×2 outputs a tile
         CHECK(bhsd::wino_detail::deep_applies(g) == (g.Do >= 8 && g.C * g.Co <= 256 * 256));

@@ -176,7 +176,8 @@ struct DeepTilesScope {  // sets it for a scope where on
 inline int tile_code(const ConvGeom& g);
 // A 3×3×3 layer of stride 1×2×2 or 2×2×2 (nnU-Net's downsamplings: the first convolution of stages
 // 1–5 of its 3d_fullres U-Nets): Winograd on the phases of the strided axes (see "Stride 2" below),
-// tiles of 2×2×2 outputs, 100 points (4·5², F(2, 3) along D) or 125 (5³).
+// tiles of 2×2×2 outputs, 100 points (4·5², F(2, 3) along D) or 125 (5³); where the plan picks F(4, 3)
+// along an unstrided D, 4×2×2 outputs from 150 points.
 // BHSD_WINOGRAD_S2=0 leaves them to the direct path (for the bench).
 inline bool is_s2(const ConvGeom& g) {
   static const bool env_off = [] {
@@ -2006,7 +2007,8 @@ BHSD_BF void point_gemm_bf16_2(const std::uint32_t* Ub, int P, int p, std::int64
 #endif
 
 // Whether Winograd serves this convolution here: a 3×3×3 (F(2×2×2, 3×3×3)) or 1×3×3 (F(2×2, 3×3)
-// per plane) kernel, stride 1, dilation 1, at least 8 input and output channels (8→8 at 16×64×64, MONAI SegResNet's
+// per plane) kernel, stride 1 — or a 3×3×3 kernel of stride 1×2×2 or 2×2×2 where the AVX-512
+// kernels run (is_s2) —, dilation 1, at least 8 input and output channels (8→8 at 16×64×64, MONAI SegResNet's
 // first stage: 1.13 → 0.80 ms), an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
@@ -2308,9 +2310,12 @@ inline Plan& plan() {
   return p;
 }
 inline PlanKey key_of(const ConvGeom& g, const ThreadPool& pool) {
+  // a strided layer's kd slot also holds its strides (kd + 8·(sd − 1) + 16·(sh − 1) + 32·(sw − 1)): a
+  // 1×2×2 and a 2×2×2 layer of the same channels and extents were one key (Do = 1), and a stride-1
+  // layer's key is as it was (plans exported before strided layers had keys still match)
   return {g.C,
           g.Co,
-          g.kd,
+          g.kd + 8 * (g.sd - 1) + 16 * (g.sh - 1) + 32 * (g.sw - 1),
           g.D,
           g.H,
           g.W,
