@@ -2232,9 +2232,16 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   // with groups as tasks one thread had streamed all of it, or each thread all of it for its own
   // groups), then the output transforms. 256→256 at 8×8×8: 6.5 → 5.0 ms; 512→256: 10.0 → 8.3 ms.
   // All groups' V and M at once, in engine memory kept for the next call (at most 64 MB).
+  // Also where more groups' tasks would stream U more than splitting moves V and M: each of the
+  // `tasks` streams all of U, the split path writes and reads every group's V and M once. The
+  // stride-2×2×2 256→320 layer at 8×32×32 (8 groups, 41 MB of weights: 123 MB more of U against
+  // 74 MB of V and M) ran 14.9–18.7 → 11.6–12.7 ms; 256→256 and 512→256 there (113 against 151 MB,
+  // 226 against 227) ran the same either way (C++ core, alternating runs).
   const std::size_t split_floats = std::size_t(ngroups * (vsz + msz));
   constexpr std::size_t kSplitMax = (std::size_t(64) << 20) / sizeof(float);
-  if (threads > 1 && ngroups < 4 * threads && split_floats <= kSplitMax) {
+  const double u_streams = double(need) * double(std::max<std::int64_t>(0, tasks - 1)),
+               vm_moves = 2.0 * double(split_floats);
+  if (threads > 1 && (ngroups < 4 * threads || u_streams > 1.2 * vm_moves) && split_floats <= kSplitMax) {
     SplitLease vm(split_floats, kSplitMax);
     if (vm.get()) {
       float* V = vm.get();
