@@ -872,6 +872,31 @@ static void test_host_device_sweeps() {
   CHECK(nan_seen > 0);
 }
 
+// A convolution (any strides, paddings, kernel) + bias + activation in double at every output, and
+// a path's worst error relative to the output's scale (max |reference|): the Winograd tests' yardstick.
+struct ConvReference {
+  std::vector<double> ref;
+  double scale = 0;
+  ConvReference(const bhsd::ConvGeom& g, const ConvOperands& ops, const float* bias, bhsd::Act act, float alpha)
+      : ref(std::size_t(g.Co * g.Do * g.Ho * g.Wo)) {
+    for (std::int64_t co = 0; co < g.Co; ++co)
+      for (std::int64_t od = 0; od < g.Do; ++od)
+        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            double acc = (bias ? bias[co] : 0.0) + conv_sum(g, ops.x.data(), ops.w.data(), co, od, oh, ow, as_double);
+            if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
+            if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
+            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = acc;
+            scale = std::max(scale, std::fabs(acc));
+          }
+  }
+  double rel(const std::vector<float>& got) const {
+    double worst = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(ref[i] - double(got[i])));
+    return std::isfinite(worst) ? worst / std::max(scale, 1e-30) : 1e30;
+  }
+};
+
 // Winograd F(2×2×2, 3×3×3) and, for 1×3×3 kernels, F(2×2, 3×3) against a plain loop in double and
 // against the direct path: odd and even extents 1–9 along every axis (tiles past the output's end
 // dropped), rows of 16 tiles that read the input in place (W = 96) and rows whose groups of 16
@@ -937,32 +962,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
     const float alpha = 0.01f;
     const float* bp = c.bias ? bias.data() : nullptr;
     const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
-    std::vector<double> ref(no);
-    double scale = 0;
-    for (std::int64_t co = 0; co < c.Co; ++co)
-      for (std::int64_t od = 0; od < g.Do; ++od)
-        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
-          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-            double acc = bp ? bp[co] : 0.0;
-            for (std::int64_t ci = 0; ci < c.C; ++ci)
-              for (std::int64_t a = 0; a < c.kd; ++a)
-                for (std::int64_t b = 0; b < 3; ++b)
-                  for (std::int64_t e = 0; e < 3; ++e) {
-                    const std::int64_t id = od - c.p[0] + a, ih = oh - c.p[1] + b, iw = ow - c.p[2] + e;
-                    if (id < 0 || id >= c.D || ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-                    acc += double(x[std::size_t(((ci * c.D + id) * c.H + ih) * c.W + iw)]) *
-                           double(w[std::size_t(((co * c.C + ci) * c.kd + a) * 9 + b * 3 + e)]);
-                  }
-            if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
-            if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
-            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = acc;
-            scale = std::max(scale, std::fabs(acc));
-          }
-    auto rel = [&](const std::vector<float>& got) {
-      double worst = 0;
-      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - double(got[i])));
-      return std::isfinite(worst) ? worst / std::max(scale, 1e-30) : 1e30;
-    };
+    const ConvReference cr(g, ops, bp, act, alpha);
+    const std::vector<double>& ref = cr.ref;
+    const double scale = cr.scale;
+    auto rel = [&](const std::vector<float>& got) { return cr.rel(got); };
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
     std::vector<float> wino(no, 9.0f), direct(no, 7.0f), planned(no, 5.0f), again(no, 3.0f);
     const bool ran = bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bp, wino.data(), act, alpha, pool);
@@ -1141,23 +1144,8 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
     const float alpha = 0.01f;
     const float* bp = c.bias ? ops.bias.data() : nullptr;
     const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo), nx = ops.x.size();
-    std::vector<double> ref(no);
-    double scale = 0;
-    for (std::int64_t co = 0; co < c.Co; ++co)
-      for (std::int64_t od = 0; od < g.Do; ++od)
-        for (std::int64_t oh = 0; oh < g.Ho; ++oh)
-          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-            double acc = (bp ? bp[co] : 0.0) + conv_sum(g, ops.x.data(), ops.w.data(), co, od, oh, ow, as_double);
-            if (act == bhsd::Act::relu) acc = acc > 0 ? acc : 0;
-            if (act == bhsd::Act::leaky) acc = acc > 0 ? acc : acc * alpha;
-            ref[std::size_t(((co * g.Do + od) * g.Ho + oh) * g.Wo + ow)] = acc;
-            scale = std::max(scale, std::fabs(acc));
-          }
-    auto rel = [&](const std::vector<float>& got) {
-      double worst = 0;
-      for (std::size_t i = 0; i < no; ++i) worst = std::max(worst, std::fabs(ref[i] - double(got[i])));
-      return std::isfinite(worst) ? worst / std::max(scale, 1e-30) : 1e30;
-    };
+    const ConvReference cr(g, ops, bp, act, alpha);
+    auto rel = [&](const std::vector<float>& got) { return cr.rel(got); };
     // the input in a 64-byte-aligned block (the aligned row reads where rows allow them)
     auto xb = bhsd::Block::allocate((nx + 16) * sizeof(float));
     float* x = static_cast<float*>(xb->data());

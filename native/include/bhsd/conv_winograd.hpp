@@ -1422,6 +1422,43 @@ BHSD_W5 void prefetch_tile_rows(const ConvGeom& g, const float* x, const Group& 
   }
 }
 
+// A group's row reads for the 3×3×3 F(4×4)-row transforms (F(2×4×4), F(4×4×4) and the strided
+// ones): the lane tables, and the whole-row masks where its 16 tiles are one row segment (whole_masks),
+// else the general path's loads and lane moves. rows<NZ, S2>(x, t): one channel's NZ planes of
+// rows, each along W (6 vectors, or 5 for stride 2), into t[(z·R + y)·R + k][lane].
+struct GroupRows {
+  const ConvGeom& g;
+  const Group& gr;
+  __m512i P[4], N[3];
+  __mmask16 mk[6];
+  bool al = false, fast, whole;
+  SegLanes16<5> L;
+  BHSD_W5 GroupRows(const ConvGeom& g_, const float* in, const Group& gr_) : g(g_), gr(gr_) {
+    whole = gr.nseg == 1 && gr.n == TL;
+    f4_row_tables(P, N);
+    fast = whole_masks(g, in, gr, mk, al);
+    if (!fast) seg_lanes16(g, gr, L);
+  }
+  template <int NZ, bool S2>
+  __attribute__((target("avx512f,avx2,fma"), always_inline)) void rows(const float* x, float* t) const {
+    constexpr int R = S2 ? 5 : 6;
+    // the tables and masks as locals: __m512i may alias the float stores into t, so read through
+    // `this` they were loaded again after every store (a stride-2 layer's transform 5 % slower)
+    const __m512i Pl[4] = {P[0], P[1], P[2], P[3]}, Nl[3] = {N[0], N[1], N[2]};
+    const __mmask16 ml[6] = {mk[0], mk[1], mk[2], mk[3], mk[4], mk[5]};
+    if (fast && al)
+      f4_rows_whole<NZ, false, true, S2>(g, x, gr.seg[0], ml, Pl, Nl, t);
+    else if (fast)
+      f4_rows_whole<NZ, false, false, S2>(g, x, gr.seg[0], ml, Pl, Nl, t);
+    else
+      for (int zy = 0; zy < NZ * R; ++zy) {
+        __m512 acc[6];
+        f4_rows_w<S2>(g, x, gr, L, Pl, Nl, whole, zy / R, zy % R, acc);
+        for (int k = 0; k < R; ++k) _mm512_store_ps(t + (zy * R + k) * TL, acc[k]);
+      }
+  }
+};
+
 // F(2×4×4, 3×3×3) (NZ = 4) and F(4×4×4, 3×3×3) (NZ = 6): V for one group of tiles, every input
 // channel — per input plane z of the tile the F(4×4) transform of the plane (along W, then H), then
 // along D across the NZ planes F(2, 3)'s Bᵀ (144 points) or F(4, 3)'s (216):
@@ -1431,29 +1468,13 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
   static_assert(NZ == 4 || NZ == 6, "F(2, 3) or F(4, 3) along D");
   alignas(64) float t[NZ * 36 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
-  const bool whole = gr.nseg == 1 && gr.n == TL;
-  __m512i P[4], N[3];
-  f4_row_tables(P, N);
-  __mmask16 mk[6];
-  bool al = false;
-  const bool fast = whole_masks(g, in, gr, mk, al);
-  SegLanes16<5> L;  // the general path's loads and lane moves
-  if (!fast) seg_lanes16(g, gr, L);
+  const GroupRows rr(g, in, gr);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
     // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
     if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
-    if (fast && al)
-      f4_rows_whole<NZ, false, true>(g, x, gr.seg[0], mk, P, N, t);
-    else if (fast)
-      f4_rows_whole<NZ, false>(g, x, gr.seg[0], mk, P, N, t);
-    else
-      for (int zy = 0; zy < NZ * 6; ++zy) {
-        __m512 acc[6];
-        f4_rows_w(g, x, gr, L, P, N, whole, zy / 6, zy % 6, acc);
-        for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (zy * 6 + k) * TL, acc[k]);
-      }
+    rr.rows<NZ, false>(x, t);
     float* v = V + ci * TL;
     if constexpr (NZ == 4) {  // along H per plane, then along D into V, in registers
       for (int k = 0; k < 6; ++k) {
@@ -1528,27 +1549,11 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
   static_assert(NZ == 4 || NZ == 5 || NZ == 6, "F(2, 3), stride 2 or F(4, 3) along D");
   alignas(64) float t[NZ * 25 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
-  const bool whole = gr.nseg == 1 && gr.n == TL;
-  __m512i P[4], N[3];
-  f4_row_tables(P, N);
-  __mmask16 mk[6];
-  bool al = false;
-  const bool fast = whole_masks(g, in, gr, mk, al);
-  SegLanes16<5> L;  // the general path's loads and lane moves
-  if (!fast) seg_lanes16(g, gr, L);
+  const GroupRows rr(g, in, gr);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
-    if (fast && al)
-      f4_rows_whole<NZ, false, true, true>(g, x, gr.seg[0], mk, P, N, t);
-    else if (fast)
-      f4_rows_whole<NZ, false, false, true>(g, x, gr.seg[0], mk, P, N, t);
-    else
-      for (int zy = 0; zy < NZ * 5; ++zy) {
-        __m512 acc[5];
-        f4_rows_w<true>(g, x, gr, L, P, N, whole, zy / 5, zy % 5, acc);
-        for (int k = 0; k < 5; ++k) _mm512_store_ps(t + (zy * 5 + k) * TL, acc[k]);
-      }
+    rr.rows<NZ, true>(x, t);
     float* v = V + ci * TL;
     if constexpr (NZ == 6) {  // six planes (30 vectors a column) do not fit the registers: along H in place, then D
       for (int z = 0; z < 6; ++z)
