@@ -22,10 +22,7 @@ inline double conv_work(double macs_per_value, double values, double floats, dou
 // layer Winograd serves whose plan is not made yet is never run inline: its first call times the
 // candidates (several runs of the layer, the transforms of its weights).
 inline double conv3d_work(Napi::Env env, const bhsd::ConvGeom& g, double values, double floats) {
-  // (a training call runs a strided layer on the direct path, unplanned)
-  if (!bhsd::winograd_applies(g) ||
-      (bhsd::wino_detail::is_s2(g) && bhsd::wino_detail::precise_tiles().load(std::memory_order_relaxed) > 0))
-    return conv_work(double(g.K()), values, floats, 16.0);
+  if (!bhsd::winograd_applies(g)) return conv_work(double(g.K()), values, floats, 16.0);
   const bhsd::PrecisionScope precision(js_precision());  // the plan's key holds the call's precision
   const int planned = bhsd::winograd_planned(g, *pool_of(env));
   if (planned < 0) return HUGE_VAL;

@@ -194,16 +194,12 @@ inline int tile_m(const ConvGeom& g) { return is_s2(g) ? 2 : std::min(4, tile_co
 inline std::int64_t tile_dz(const ConvGeom& g) { return g.kd == 3 ? (tile_code(g) == 8 ? 4 : 2) : 1; }
 inline int tile_code(const ConvGeom& g) {
   if (const int f = frozen_tile()) return f;
-  // a strided layer: 2, or 8 where the plan asks for F(4, 3) along an unstrided D (kWinoDeep)
-  if (is_s2(g))
-    return g.sd == 1 && deep_tiles() && precise_tiles().load(std::memory_order_relaxed) == 0 &&
-                   !(call_precision() == Precision::bf16 && bf16_available())
-               ? 8
-               : 2;
   if (g.kd == 3 && g.C * g.Co > kF4MaxChannels2 && g.Do * g.Ho * g.Wo < kF4WideMinVoxels) return 2;
   if (precise_tiles().load(std::memory_order_relaxed) > 0 || small_tiles()) return 2;
   if (call_precision() == Precision::bf16 && bf16_available())
     return 2;  // F(4×4)'s transforms amplify bf16's rounding to 9 % of scale
+  // a strided layer: 2, or 8 where the plan asks for F(4, 3) along an unstrided D (kWinoDeep)
+  if (is_s2(g)) return g.sd == 1 && deep_tiles() ? 8 : 2;
   static const bool env_off = [] {
     const char* e = std::getenv("BHSD_WINOGRAD_F4");
     return e && e[0] == '0' && !e[1];
@@ -2013,8 +2009,8 @@ BHSD_BF void point_gemm_bf16_2(const std::uint32_t* Ub, int P, int p, std::int64
 
 // Whether Winograd serves this convolution here: a 3×3×3 (F(2×2×2, 3×3×3)) or 1×3×3 (F(2×2, 3×3)
 // per plane) kernel, stride 1 — or a 3×3×3 kernel of stride 1×2×2 or 2×2×2 where the AVX-512
-// kernels run (is_s2) —, dilation 1, at least 8 input and output channels (8→8 at 16×64×64, MONAI SegResNet's
-// first stage: 1.13 → 0.80 ms), an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
+// kernels run (is_s2), not in a training call —, dilation 1, at least 8 input and output channels (8→8 at 16×64×64,
+// MONAI SegResNet's first stage: 1.13 → 0.80 ms), an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
   const bool s2 = wino_detail::is_s2(g);  // its transforms are AVX-512 ones only
@@ -2022,6 +2018,9 @@ inline bool winograd_applies(const ConvGeom& g) {
               g.dh != 1 || g.dw != 1))
     return false;
   if (g.C < 8 || g.Co < 8 || g.Do < 1 || g.Ho < 1 || g.Wo < 1) return false;
+  // a training call (precise tiles held) keeps the direct path for a strided layer, whatever the mode:
+  // its gradients are compared with PyTorch's, and the forward they follow stays what it was
+  if (s2 && wino_detail::precise_tiles().load(std::memory_order_relaxed) > 0) return false;
   const CpuFeatures f = cpu_features();
   return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2") && (!s2 || conv_detail::use_avx512());
 #else
@@ -2448,9 +2447,6 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
                           float alpha, ThreadPool& pool) {
   using namespace wino_detail;
   if (!winograd_applies(g)) return false;
-  // a training call (precise tiles held) keeps the direct path for a strided layer, whatever the mode:
-  // its gradients are compared with PyTorch's, and the forward they follow stays what it was
-  if (is_s2(g) && precise_tiles().load(std::memory_order_relaxed) > 0) return false;
   const Mode md = mode();
   if (md == Mode::off) return false;
   if (md == Mode::on) return conv3d_forward_winograd(g, in, wp, bias, out, act, alpha, pool);
