@@ -1188,11 +1188,12 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
 // lies outside the volume and past the group's n tiles). A segment's row of up to 16 tiles reads 66
 // samples as 5 loads of 16 (L.ld), transformed by f4_bt_row. Both F(4×4) input transforms call it
 // per row for groups f4_rows_whole does not take (always inlined: their tables stay in registers).
-// S2: stride 2's five vectors (bt5s2) instead of six.
+// S2: stride 2's five vectors (bt5s2) instead of six. pf: where it is not 0, the same row segment
+// pf floats on (the next channel's) is prefetched instead of the next tile row's rows.
 template <bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w(
     const ConvGeom& g, const float* x, const Group& gr, const SegLanes16<5>& L, const __m512i* P, const __m512i* N,
-    bool whole, int z, int y, __m512* acc) {
+    bool whole, int z, int y, __m512* acc, std::int64_t pf = 0) {
   constexpr int R = S2 ? 5 : 6;
   const std::int64_t plane = g.H * g.W;
   for (int k = 0; k < R; ++k) acc[k] = _mm512_setzero_ps();
@@ -1201,8 +1202,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
     const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
     if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
     const float* row = x + id * plane + ih * g.W;
-    // the next tile row's new input rows (4 further on), as input_transform does
-    if (y >= 2 && ih + 4 < g.H) prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
+    if (pf)
+      prefetch_row16x5(row + pf, sg.iw0, g.W);
+    else if (y >= 2 && ih + 4 < g.H)  // the next tile row's new input rows (4 further on), as input_transform does
+      prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
     __m512 zv[5], w[6];
     for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
     f4_bt_row<S2>(zv, P, N, w);
@@ -1228,11 +1231,17 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
 // A (aligned): the segment's first column lies one before a line (whole_masks), and the rows are
 // read as f4_bt_row_aligned reads them: six loads from iw0 − 15, masked by mk[0 … 5].
 // S2: stride 2's tiles (5 rows of 5 transformed vectors: t[(z·5 + y)·5 + k][lane]).
+// pf: where not 0, each row's lines pf floats on (the same row of the next channel) are prefetched
+// as the row is read. The 3×3×3 transforms' input comes from memory, channel after channel: asked
+// for all at once before a channel (a group's 180 lines of a 64-channel 16×128×128 input), the
+// prefetches waited for each other, and the F(4×4×4) input transform took 1.3–1.6 µs a channel of a
+// group on one thread against 0.4 with its input in cache; spread over the rows like this, 0.68–0.70
+// (Zen 5, 2026-12-05).
 template <int NZ, bool PF, bool A = false, bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_whole(const ConvGeom& g, const float* x,
                                                                                      const Seg& sg, const __mmask16* mk,
                                                                                      const __m512i* P, const __m512i* N,
-                                                                                     float* t) {
+                                                                                     float* t, std::int64_t pf = 0) {
   constexpr int R = S2 ? 5 : 6;
   const std::int64_t plane = g.H * g.W;
   for (int z = 0; z < NZ; ++z) {
@@ -1251,6 +1260,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
       __m512 zv[NL], w[6];
       // every load masked (a load inside the row has all 16 lanes set): choosing a plain load where
       // the mask is full cost the Xeon 15 % of the transform
+      if (pf) {  // (a prefetch never faults: lines past the row's ends are harmless)
+        for (int q = 0; q < NL; ++q) _mm_prefetch(reinterpret_cast<const char*>(r + pf + c0 + 16 * q), _MM_HINT_T0);
+        if constexpr (!A) _mm_prefetch(reinterpret_cast<const char*>(r + pf + c0 + 16 * NL - 1), _MM_HINT_T0);
+      }
       for (int q = 0; q < NL; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, c0 + 16 * q));
       if constexpr (A)
         f4_bt_row_aligned<S2>(zv, P, N, w);
@@ -1304,14 +1317,17 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
   if (!fast) seg_lanes16(g, gr, L);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
+    // the next channel's rows as these are read, beside the next tile row's (f4_rows_whole): a 64→32
+    // layer at 16×256×256 60.7–61.2 → 54.5–56.4 ms, 32→32 there 30.7–33.7 → 29.5–31.8 (Zen 5)
+    const std::int64_t pf = ci + 1 < C ? vol : 0;
     if (fast && al)
-      f4_rows_whole<1, true, true>(g, x, gr.seg[0], mk, P, N, t);
+      f4_rows_whole<1, true, true>(g, x, gr.seg[0], mk, P, N, t, pf);
     else if (fast)
-      f4_rows_whole<1, true>(g, x, gr.seg[0], mk, P, N, t);
+      f4_rows_whole<1, true>(g, x, gr.seg[0], mk, P, N, t, pf);
     else
       for (int y = 0; y < 6; ++y) {
         __m512 acc[6];
-        f4_rows_w(g, x, gr, L, P, N, whole, 0, y, acc);
+        f4_rows_w(g, x, gr, L, P, N, whole, 0, y, acc, pf);
         for (int k = 0; k < 6; ++k) _mm512_store_ps(t + (y * 6 + k) * TL, acc[k]);
       }
     // along H into V
@@ -1395,33 +1411,11 @@ BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float
     f4_plane_out(g, gr, M + co * TL, ps, 0, out + co * vol, _mm512_set1_ps(bias ? bias[co] : 0.0f), act, slope);
 }
 
-// Into L1: the input rows of a group's F(4×4) tiles (6 rows of 4·n + 2 columns, `planes` planes deep)
-// in channel volume x.
-BHSD_W5 void prefetch_tile_rows(const ConvGeom& g, const float* x, const Group& gr, int planes) {
-  const std::int64_t plane = g.H * g.W;
-  for (int s = 0; s < gr.nseg; ++s) {
-    const Seg& sg = gr.seg[s];
-    const std::int64_t w0 = std::max<std::int64_t>(0, sg.iw0),
-                       w1 = std::min<std::int64_t>(g.W, sg.iw0 + 4 * (sg.j1 - sg.j0) + 2);
-    if (w1 <= w0) continue;
-    for (int z = 0; z < planes; ++z) {
-      const std::int64_t id = sg.id0 + z;
-      if (id < 0 || id >= g.D) continue;
-      for (int y = 0; y < 6; ++y) {
-        const std::int64_t ih = sg.ih0 + y;
-        if (ih < 0 || ih >= g.H) continue;
-        const float* row = x + id * plane + ih * g.W;
-        for (std::int64_t c = w0; c < w1; c += 16) _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(row + w1 - 1), _MM_HINT_T0);
-      }
-    }
-  }
-}
-
 // A group's row reads for the 3×3×3 F(4×4)-row transforms (F(2×4×4), F(4×4×4) and the strided
 // ones): the lane tables, and the whole-row masks where its 16 tiles are one row segment (whole_masks),
-// else the general path's loads and lane moves. rows<NZ, S2>(x, t): one channel's NZ planes of
-// rows, each along W (6 vectors, or 5 for stride 2), into t[(z·R + y)·R + k][lane].
+// else the general path's loads and lane moves. rows<NZ, S2>(x, t, pf): one channel's NZ planes of
+// rows, each along W (6 vectors, or 5 for stride 2), into t[(z·R + y)·R + k][lane], prefetching the
+// same rows pf floats on (the next channel's; 0: none).
 struct GroupRows {
   const ConvGeom& g;
   const Group& gr;
@@ -1436,20 +1430,21 @@ struct GroupRows {
     if (!fast) seg_lanes16(g, gr, L);
   }
   template <int NZ, bool S2>
-  __attribute__((target("avx512f,avx2,fma"), always_inline)) void rows(const float* x, float* t) const {
+  __attribute__((target("avx512f,avx2,fma"), always_inline)) void rows(const float* x, float* t,
+                                                                       std::int64_t pf) const {
     constexpr int R = S2 ? 5 : 6;
     // the tables and masks as locals: __m512i may alias the float stores into t, so read through
     // `this` they were loaded again after every store (a stride-2 layer's transform 5 % slower)
     const __m512i Pl[4] = {P[0], P[1], P[2], P[3]}, Nl[3] = {N[0], N[1], N[2]};
     const __mmask16 ml[6] = {mk[0], mk[1], mk[2], mk[3], mk[4], mk[5]};
     if (fast && al)
-      f4_rows_whole<NZ, false, true, S2>(g, x, gr.seg[0], ml, Pl, Nl, t);
+      f4_rows_whole<NZ, false, true, S2>(g, x, gr.seg[0], ml, Pl, Nl, t, pf);
     else if (fast)
-      f4_rows_whole<NZ, false, false, S2>(g, x, gr.seg[0], ml, Pl, Nl, t);
+      f4_rows_whole<NZ, false, false, S2>(g, x, gr.seg[0], ml, Pl, Nl, t, pf);
     else
       for (int zy = 0; zy < NZ * R; ++zy) {
         __m512 acc[6];
-        f4_rows_w<S2>(g, x, gr, L, Pl, Nl, whole, zy / R, zy % R, acc);
+        f4_rows_w<S2>(g, x, gr, L, Pl, Nl, whole, zy / R, zy % R, acc, pf);
         for (int k = 0; k < R; ++k) _mm512_store_ps(t + (zy * R + k) * TL, acc[k]);
       }
   }
@@ -1467,10 +1462,9 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
   const GroupRows rr(g, in, gr);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
-    // the next channel's rows of these tiles, one channel ahead (their loads below are most of this
-    // transform's time at 64 channels: 65 → 58 ms for 64→64 at 16×128×128)
-    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
-    rr.rows<NZ, false>(x, t);
+    // the next channel's rows of these tiles, one channel ahead, row by row (their loads are most of
+    // this transform's time at 64 channels: f4_rows_whole)
+    rr.rows<NZ, false>(x, t, ci + 1 < C ? vol : 0);
     float* v = V + ci * TL;
     if constexpr (NZ == 4) {  // along H per plane, then along D into V, in registers
       for (int k = 0; k < 6; ++k) {
@@ -1548,8 +1542,7 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
   const GroupRows rr(g, in, gr);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
-    if (ci + 1 < C) prefetch_tile_rows(g, x + vol, gr, NZ);
-    rr.rows<NZ, true>(x, t);
+    rr.rows<NZ, true>(x, t, ci + 1 < C ? vol : 0);
     float* v = V + ci * TL;
     if constexpr (NZ == 6) {  // six planes (30 vectors a column) do not fit the registers: along H in place, then D
       for (int z = 0; z < 6; ++z)
