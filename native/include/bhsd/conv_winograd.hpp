@@ -345,33 +345,15 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
             std::fill(stage, stage + cn * MR * P, 0.0f);
             for (std::int64_t cq = 0; cq < cn; ++cq)
               for (std::int64_t r = 0; r < rows; ++r) {
-                double w[27], a1[3][3][4], a2[3][4][4] = {},
-                                           u[4][4][4];  // a 1×3×3 kernel leaves planes 1, 2 of a2 at 0
+                double w[27];
                 for (int k = 0; k < KS; ++k) w[k] = wp[(blk * K + (c0 + cq) * KS + k) * MR + r];
-                // G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)
-                for (int a = 0; a < A; ++a)
-                  for (int b = 0; b < 3; ++b) {
-                    const double* v = w + a * 9 + b * 3;
-                    a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]),
-                    a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
-                  }
-                for (int a = 0; a < A; ++a)
-                  for (int x = 0; x < 4; ++x) {
-                    const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
-                    a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2),
-                    a2[a][3][x] = v2;
-                  }
-                for (int y = 0; y < 4; ++y)
-                  for (int x = 0; x < 4; ++x) {
-                    const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
-                    u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2),
-                    u[3][y][x] = v2;
-                  }
                 float* sp = stage + (cq * MR + r) * P;
-                // F(4, 3)'s G on three values
+                // F(4, 3)'s G on three values, by the reciprocals (divisions had made this transform
+                // 2× slower: a model's first window transforms all of its weights, ResEnc-M's 1.2 GB)
                 auto g6 = [](double v0, double v1, double v2, double* o) {
-                  o[0] = v0 / 4, o[1] = -(v0 + v1 + v2) / 6, o[2] = -(v0 - v1 + v2) / 6;
-                  o[3] = v0 / 24 + v1 / 12 + v2 / 6, o[4] = v0 / 24 - v1 / 12 + v2 / 6, o[5] = v2;
+                  constexpr double k6 = 1.0 / 6, k12 = 1.0 / 12, k24 = 1.0 / 24;
+                  o[0] = v0 * 0.25, o[1] = -(v0 + v1 + v2) * k6, o[2] = -(v0 - v1 + v2) * k6;
+                  o[3] = v0 * k24 + v1 * k12 + v2 * k6, o[4] = v0 * k24 - v1 * k12 + v2 * k6, o[5] = v2;
                 };
                 if (P == 100 || P == 125 || P == 150) {
                   // strides 1×2×2 / 2×2×2: bt5s2's G along W, then H (point 5·y + x), then F(2, 3)'s,
@@ -432,6 +414,27 @@ inline void transform_weights(const ConvGeom& g, const float* wp, void* Uv, Thre
                   }
                   continue;
                 }
+                // F(2×2×2) / F(2×2): G along W, then H, then D: (g0, g1, g2) → (g0, (g0+g1+g2)/2,
+                // (g0−g1+g2)/2, g2)
+                double a1[3][3][4], a2[3][4][4] = {}, u[4][4][4];  // a 1×3×3 kernel leaves planes 1, 2 of a2 at 0
+                for (int a = 0; a < A; ++a)
+                  for (int b = 0; b < 3; ++b) {
+                    const double* v = w + a * 9 + b * 3;
+                    a1[a][b][0] = v[0], a1[a][b][1] = 0.5 * (v[0] + v[1] + v[2]),
+                    a1[a][b][2] = 0.5 * (v[0] - v[1] + v[2]), a1[a][b][3] = v[2];
+                  }
+                for (int a = 0; a < A; ++a)
+                  for (int x = 0; x < 4; ++x) {
+                    const double v0 = a1[a][0][x], v1 = a1[a][1][x], v2 = a1[a][2][x];
+                    a2[a][0][x] = v0, a2[a][1][x] = 0.5 * (v0 + v1 + v2), a2[a][2][x] = 0.5 * (v0 - v1 + v2),
+                    a2[a][3][x] = v2;
+                  }
+                for (int y = 0; y < 4; ++y)
+                  for (int x = 0; x < 4; ++x) {
+                    const double v0 = a2[0][y][x], v1 = a2[1][y][x], v2 = a2[2][y][x];
+                    u[0][y][x] = v0, u[1][y][x] = 0.5 * (v0 + v1 + v2), u[2][y][x] = 0.5 * (v0 - v1 + v2),
+                    u[3][y][x] = v2;
+                  }
                 for (int p = 0; p < P; ++p)
                   sp[p] = float(u[p >> 4][(p >> 2) & 3][p & 3]);  // P = 16: u[0], the plane itself
               }
@@ -2503,8 +2506,49 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   const double direct_flops =
       2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
   int best = kDirect;
+  bool out_whole = false;                 // whether `out` holds the pick's whole output already
   std::array<double, kWinoDeep + 1> est;  // each Winograd candidate's estimated time for the layer (by Choice)
   est.fill(-1);
+  // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
+  // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
+  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn; the
+  // weights cached by now), on the layer's first planes that give each thread 4 tasks of 8 groups
+  // (else the whole layer), and the fastest is kept where 5 % faster than the pick. The candidate
+  // need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
+  // (165 ms in ResEnc-M's window) and runs at ~100 with 1 or 2 on the Xeon. The plan's slab (one task
+  // a thread) had shown that layer 1.13× faster with 1 group a task where the whole layer ran 1.4×.
+  // Layers of fewer groups (the deep stages: 256→256 and 512→256 at 8×32×32 have 16) keep the
+  // rule: on the Xeon they gained nothing inside a window (28.5 against 30 ms) and their timings
+  // had added 1.7 s to ResEnc-M's first window.
+  std::vector<int> cand;    // the counts to time, the pick first as planned (none: the rule stays)
+  std::int64_t planes = 0;  // timed on: the first planes holding 4 tasks of 8 groups a thread
+  bool whole = false;       // (or the whole layer where it has fewer than twice those)
+  auto group_candidates = [&] {
+    cand.assign(1, best);
+    for (const int c : winos) {
+      const CandidateScope scope(c, g);
+      const bool bf = use_bf16();
+      if (u_words(g, bf, use_tiles(g, bf)) * sizeof(float) <= (std::size_t(12) << 20)) continue;
+      if (tile_groups(g, g.Do) < groups_timed_from()) continue;
+      // a strided layer keeps the rule: its timings had added ~0.45 s to the PlainConvUNet's first
+      // window (128→256 at 16×64×64, stride 2×2×2: 16 MB of weights, 64 groups) for nothing measurable
+      if (is_s2(g)) continue;
+      // another candidate only where it came within 1.4× of the pick: fewer groups a task gained
+      // at most 1.4× (F(2×2×2) for 512→256 at 8×32×32, 1.7× the pick's time, had cost 0.7 s to time)
+      if (c != best && !(est[c] >= 0 && est[c] <= 1.4 * est[best])) continue;
+      if (c != best) cand.push_back(c | (8 << 4));
+      cand.push_back(c | (2 << 4));
+      cand.push_back(c | (1 << 4));
+      const std::int64_t cz = tile_dz(g);  // this candidate's tiles (4 planes for F(4×4×4))
+      std::int64_t d = cz;                 // the planes these tiles need (the most any candidate needs)
+      while (2 * d <= g.Do && tile_groups(g, d) < 32 * std::int64_t(pool.size())) d += cz;
+      if (2 * d <= g.Do)
+        planes = std::max(planes, d);
+      else
+        whole = true;
+    }
+    if (cand.size() < 2) cand.clear();
+  };
   if (2 * slab.Do <= g.Do && (!deep || 2 * slab4.Do <= g.Do) && direct_flops > 8e9) {
     const double scale = double(g.Do) / double(slab.Do);
     const double direct1 = timed(slab, kDirect);
@@ -2545,7 +2589,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       est[c] = t;
       if (t < best_t) best_t = t, best = c;
     }
-    if (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool)) {
+    // the layer's output: where the groups a task are timed next, their runs write it (a run of the
+    // pick here, 100 ms for 256→128 at 16×64×64, was overwritten)
+    if (best != kDirect) group_candidates();
+    if (cand.empty() && (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool))) {
       best = kDirect;
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
@@ -2576,81 +2623,51 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       best = kDirect;
       conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false);
     }
+    if (best != kDirect) group_candidates();
+    out_whole = true;
   }
-  // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
-  // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
-  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn; the
-  // weights cached by now), on the layer's first planes that give each thread 4 tasks of 8 groups
-  // (else the whole layer), and the fastest is kept where 5 % faster than the pick. The candidate
-  // need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
-  // (165 ms in ResEnc-M's window) and runs at ~100 with 1 or 2 on the Xeon. The plan's slab (one task
-  // a thread) had shown that layer 1.13× faster with 1 group a task where the whole layer ran 1.4×.
-  // Layers of fewer groups (the deep stages: 256→256 and 512→256 at 8×32×32 have 16) keep the
-  // rule: on the Xeon they gained nothing inside a window (28.5 against 30 ms) and their timings
-  // had added 1.7 s to ResEnc-M's first window.
-  if (best != kDirect) {
-    std::vector<int> cand{best};  // the pick first, as planned
-    std::int64_t planes = 0;      // timed on: the first planes holding 4 tasks of 8 groups a thread
-    bool whole = false;           // (or the whole layer where it has fewer than twice those)
-    for (const int c : winos) {
-      const CandidateScope scope(c, g);
-      const bool bf = use_bf16();
-      if (u_words(g, bf, use_tiles(g, bf)) * sizeof(float) <= (std::size_t(12) << 20)) continue;
-      if (tile_groups(g, g.Do) < groups_timed_from()) continue;
-      // a strided layer keeps the rule: its timings had added ~0.45 s to the PlainConvUNet's first
-      // window (128→256 at 16×64×64, stride 2×2×2: 16 MB of weights, 64 groups) for nothing measurable
-      if (is_s2(g)) continue;
-      // another candidate only where it came within 1.4× of the pick: fewer groups a task gained
-      // at most 1.4× (F(2×2×2) for 512→256 at 8×32×32, 1.7× the pick's time, had cost 0.7 s to time)
-      if (c != best && !(est[c] >= 0 && est[c] <= 1.4 * est[best])) continue;
-      if (c != best) cand.push_back(c | (8 << 4));
-      cand.push_back(c | (2 << 4));
-      cand.push_back(c | (1 << 4));
-      const std::int64_t cz = tile_dz(g);  // this candidate's tiles (4 planes for F(4×4×4))
-      std::int64_t d = cz;                 // the planes these tiles need (the most any candidate needs)
-      while (2 * d <= g.Do && tile_groups(g, d) < 32 * std::int64_t(pool.size())) d += cz;
-      if (2 * d <= g.Do)
-        planes = std::max(planes, d);
-      else
-        whole = true;
-    }
-    if (cand.size() > 1) {
-      ConvGeom at = g;
-      if (!whole) at.Do = deep ? (planes + 3) / 4 * 4 : planes;  // whole tiles for F(4×4×4) too
-      if (at.Do * 2 > g.Do) at.Do = g.Do;
-      std::vector<double> t(cand.size(), -1);
-      int last = best;
-      for (int round = 0; round < 2; ++round)
-        for (std::size_t k = 0; k < cand.size(); ++k) {
-          // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
-          // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
-          int c = cand[k];
-          if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
-            const CandidateScope scope(c, g);
-            const bool bf = use_bf16();
-            const std::int64_t rule = task_groups(g, points(g), u_words(g, bf, use_tiles(g, bf)));
-            c |= int(std::max<std::int64_t>(1, std::min(rule, tile_groups(g, g.Do) / (2 * std::int64_t(pool.size())))))
-                 << 4;
-          }
-          const double tk = timed(at, c);
-          if (tk < 0) continue;
-          last = cand[k];
-          t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
+  if (cand.size() > 1) {
+    ConvGeom at = g;
+    if (!whole) at.Do = deep ? (planes + 3) / 4 * 4 : planes;  // whole tiles for F(4×4×4) too
+    if (at.Do * 2 > g.Do) at.Do = g.Do;
+    std::vector<double> t(cand.size(), -1);
+    int last = out_whole ? best : -1;  // the path whose output `out` holds (−1: none whole)
+    double tmin = -1;                  // the fastest first run
+    for (int round = 0; round < 2; ++round)
+      for (std::size_t k = 0; k < cand.size(); ++k) {
+        // a second run only where the first came within 1.25× of the fastest (a choice must be 5 %
+        // faster than the pick): 256→128 at 16×64×64 with 1 group a task, 1.65× the pick's time,
+        // had taken 80 ms more to time again
+        if (round == 1 && !(t[k] >= 0 && t[k] <= 1.25 * tmin)) continue;
+        // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
+        // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
+        int c = cand[k];
+        if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
+          const CandidateScope scope(c, g);
+          const bool bf = use_bf16();
+          const std::int64_t rule = task_groups(g, points(g), u_words(g, bf, use_tiles(g, bf)));
+          c |= int(std::max<std::int64_t>(1, std::min(rule, tile_groups(g, g.Do) / (2 * std::int64_t(pool.size())))))
+               << 4;
         }
-      int chosen = best;
-      double best_t = t[0];
-      for (std::size_t k = 1; k < cand.size(); ++k)
-        if (t[k] >= 0 && (best_t < 0 || t[k] < 0.95 * best_t)) best_t = t[k], chosen = cand[k];
-      // an 8 (the rule where weights pass 12 MB) is stored as the rule itself
-      if ((chosen >> 4) == 8) chosen &= 15;
-      // the output: whole where the layer was timed and its last run is the choice; else again
-      if ((at.Do < g.Do || chosen != last) && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) {
-        chosen = best;
-        if (!winograd_as(best, g, in, wp, bias, out, act, alpha, pool))
-          conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false), chosen = kDirect;
+        const double tk = timed(at, c);
+        if (tk < 0) continue;
+        last = cand[k];
+        t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
+        if (round == 0 && (tmin < 0 || tk < tmin)) tmin = tk;
       }
-      best = chosen;
+    int chosen = best;
+    double best_t = t[0];
+    for (std::size_t k = 1; k < cand.size(); ++k)
+      if (t[k] >= 0 && (best_t < 0 || t[k] < 0.95 * best_t)) best_t = t[k], chosen = cand[k];
+    // an 8 (the rule where weights pass 12 MB) is stored as the rule itself
+    if ((chosen >> 4) == 8) chosen &= 15;
+    // the output: whole where the layer was timed and its last run is the choice; else again
+    if ((at.Do < g.Do || chosen != last) && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) {
+      chosen = best;
+      if (!winograd_as(best, g, in, wp, bias, out, act, alpha, pool))
+        conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false), chosen = kDirect;
     }
+    best = chosen;
   }
   for (const int c : winos)  // the losers' transformed weights out of the cache (WeightCache::drop)
     if (c != (best & 15)) {
