@@ -223,13 +223,15 @@ struct TileFreeze {  // fixes tile_m for this thread for a scope (the outermost 
 
 // Whether the plan also times F(4×4×4, 3×3×3) tiles for a layer whose default is F(2×4×4): F(4, 3)
 // along D as well, 216 points per 64 outputs (3.4 a voxel against 4.5; 8× fewer multiplications
-// than the direct path against 6×) for 1.5× the transformed weights — so only up to 128×128
-// channels (14 MB), and at least 8 output planes (two tiles deep). On the Xeon (2026-12-04, C++
+// than the direct path against 6×) for 1.5× the transformed weights — so only up to 256×256
+// channels (57 MB), and at least 8 output planes (two tiles deep). On the Xeon (2026-12-04, C++
 // core, Winograd forced, alternating runs): 64→64 at 16×128×128 58.6 → 50.9 ms, 128→64 there 110 →
 // 91, 128→128 at 16×64×64 43.8 → 42.1; rounding 1.6e-5–4.3e-5 of scale where F(2×4×4) gives
-// 5e-6–1.3e-5. 256→128 at 16×64×64 gained too (99 → 85 ms alone, 92 → 85 in ResEnc-M's window),
-// but its 28 MB of weights made the plan time three more counts of groups a task: 0.9 s more in the
-// first window for 0.25 s over a case's 36. BHSD_WINOGRAD_F444=0 leaves them out (for the bench).
+// 5e-6–1.3e-5. On Zen 5 (2026-12-05): 256→128 at 16×64×64 75–76 → 58–60 ms, 256→256 at 8×32×32
+// (ResEnc-M's 11 stage-3 layers) 18.6–19.2 → 14.6; 512→256 there 37–38 → 36, left out (113 MB of
+// weights). 256-channel layers had been left out for the plan's time (three more counts of groups a
+// task for 256→128: 0.9 s more in the first window on the Xeon; about 0.35 s here, for 1.2 s less
+// over a case's 36 windows). BHSD_WINOGRAD_F444=0 leaves them out (for the bench).
 inline bool deep_applies(const ConvGeom& g) {
   static const bool env_off = [] {
     const char* e = std::getenv("BHSD_WINOGRAD_F444");
@@ -237,7 +239,7 @@ inline bool deep_applies(const ConvGeom& g) {
   }();
   if (is_s2(g))  // 1×2×2-strided: 150 points per 4×2×2 outputs instead of 100 per 2×2×2 (see "Stride 2")
     return !env_off && g.sd == 1 && g.Do >= 8 && g.C * g.Co <= 256 * 256 && tile_code(g) == 2;
-  return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 128 * 128 && tile_code(g) == 4;
+  return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 256 * 256 && tile_code(g) == 4;
 }
 
 // Transform points (a strided 3×3×3 layer, is_s2: 4·5² = 100 for 1×2×2 — 6·5² = 150 with F(4, 3)
@@ -2633,12 +2635,16 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     std::vector<double> t(cand.size(), -1);
     int last = out_whole ? best : -1;  // the path whose output `out` holds (−1: none whole)
     double tmin = -1;                  // the fastest first run
+    // each count twice, in turn — but 1 or 2 groups a task a second time only where the first run
+    // came within 1.25× of the fastest (their runs of 256→128 at 16×64×64, 1.2–1.75× the pick's
+    // time, had taken 0.3 s to time again). The pick and the other 8-group counts always run twice:
+    // a first run can pay its tasks' fresh scratch (8 groups of that layer's F(4×4×4) tiles: 56 MB a
+    // thread; 1 or 2 groups of any tiles need less than 8 of any), and the pick timed once on that
+    // had lost to a count 1.2× slower.
     for (int round = 0; round < 2; ++round)
       for (std::size_t k = 0; k < cand.size(); ++k) {
-        // a second run only where the first came within 1.25× of the fastest (a choice must be 5 %
-        // faster than the pick): 256→128 at 16×64×64 with 1 group a task, 1.65× the pick's time,
-        // had taken 80 ms more to time again
-        if (round == 1 && !(t[k] >= 0 && t[k] <= 1.25 * tmin)) continue;
+        const int n = cand[k] >> 4;
+        if (round == 1 && (n == 1 || n == 2) && !(t[k] >= 0 && t[k] <= 1.25 * tmin)) continue;
         // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
         // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
         int c = cand[k];
