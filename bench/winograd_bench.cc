@@ -11,7 +11,7 @@
 // per output voxel) for both, so the Winograd figure is an effective rate. Accuracy: 4096 sampled
 // output voxels of each path against a float64 direct sum, as a fraction of the output's scale
 // (max |reference| over the sample). Where the plan may also time F(4×4×4, 3×3×3) tiles (deep_applies:
-// 3×3×3 layers up to 256×128 channels with 8 output planes or more) a column of its own.
+// 3×3×3 layers up to 256×256 channels with 8 output planes or more) a column of its own.
 // Prints /proc/loadavg before and after: on a shared machine the figures move with the load.
 #include <algorithm>
 #include <chrono>

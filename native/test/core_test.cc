@@ -1175,7 +1175,9 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
       CHECK(std::memcmp(wino.data(), direct.data(), no * sizeof(float)) != 0);
       if (c.sd == 1) {
         // F(4, 3) along D (the plan's kWinoDeep where deep_applies): 150 points, 4×2×2 outputs a tile
-        CHECK(bhsd::wino_detail::deep_applies(g) == (g.Do >= 8 && g.C * g.Co <= 256 * 256));
+        const char* f444 = std::getenv("BHSD_WINOGRAD_F444");  // "0": the plan never times them
+        const bool f444_off = f444 && std::string(f444) == "0";
+        CHECK(bhsd::wino_detail::deep_applies(g) == (!f444_off && g.Do >= 8 && g.C * g.Co <= 256 * 256));
         const bhsd::wino_detail::DeepTilesScope deep(true);
         CHECK(bhsd::wino_detail::points(g) == 150 && bhsd::wino_detail::tile_dz(g) == 4 &&
               bhsd::wino_detail::tile_m(g) == 2);
@@ -1493,6 +1495,15 @@ static void test_plan_export_import() {
 static void test_winograd_deep_plan(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom g{64, 16, 32, 72, 64, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 16, 32, 72};
   if (!bhsd::winograd_applies(g) || !bhsd::wino_detail::deep_applies(g)) return;
+  // which layers the plan times F(4×4×4) tiles for: up to 256×256 channels (ResEnc-M's stage 3 and
+  // decoder 256→128), 8 output planes or more; not 512→256 (113 MB of transformed weights)
+  auto shape = [](std::int64_t C, std::int64_t Co, std::int64_t D, std::int64_t H) {
+    return bhsd::ConvGeom{C, D, H, H, Co, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, D, H, H};
+  };
+  CHECK(bhsd::wino_detail::deep_applies(shape(256, 256, 8, 32)));
+  CHECK(bhsd::wino_detail::deep_applies(shape(256, 128, 16, 64)));
+  CHECK(!bhsd::wino_detail::deep_applies(shape(512, 256, 8, 32)));
+  CHECK(!bhsd::wino_detail::deep_applies(shape(256, 256, 4, 32)));
   const char* env = std::getenv("BHSD_WINOGRAD");
   if (env && (std::string(env) == "0" || std::string(env) == "1")) return;
   CHECK(2.0 * 64 * 64 * 27 * 16 * 32 * 72 > 8e9);  // the slab branch

@@ -582,10 +582,10 @@ class WeightCache {
   static constexpr std::size_t kEntryMax = std::size_t(256) << 20;
   // Capacity: BHSD_WINOGRAD_CACHE_MB where set, else an eighth of the machine's memory within
   // [256 MB, 2 GB]. ResEnc-M's layers need ~1.2 GB since F(2×4×4) tiles (144 points a weight
-  // pair): at 1 GB (a sixteenth) its deepest decoder and stage-4/5 layers, ~140 MB of transformed
-  // weights, were transformed again by every window into fresh buffers (transform 2.5 % and page
-  // clearing 2.4 % of a steady window in perf; 2 GB ran the window 1.96 → 1.88 s, medians of three
-  // alternating processes of three runs each).
+  // pair; ~1.5 GB since its 256-channel layers take F(4×4×4) ones, 216 points): at 1 GB (a sixteenth) its deepest
+  // decoder and stage-4/5 layers, ~140 MB of transformed weights, were transformed again by every window into fresh
+  // buffers (transform 2.5 % and page clearing 2.4 % of a steady window in perf; 2 GB ran the window 1.96 → 1.88 s,
+  // medians of three alternating processes of three runs each).
   static std::size_t default_cap() {
     if (const char* e = std::getenv("BHSD_WINOGRAD_CACHE_MB")) {
       char* end = nullptr;
@@ -1194,7 +1194,7 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_bt_row
 // samples as 5 loads of 16 (L.ld), transformed by f4_bt_row. Both F(4×4) input transforms call it
 // per row for groups f4_rows_whole does not take (always inlined: their tables stay in registers).
 // S2: stride 2's five vectors (bt5s2) instead of six. pf: where it is not 0, the same row segment
-// pf floats on (the next channel's) is prefetched instead of the next tile row's rows.
+// pf floats on (the next channel's) is prefetched too, beside the next tile row's rows.
 template <bool S2 = false>
 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w(
     const ConvGeom& g, const float* x, const Group& gr, const SegLanes16<5>& L, const __m512i* P, const __m512i* N,
@@ -1207,10 +1207,9 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
     const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
     if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) continue;
     const float* row = x + id * plane + ih * g.W;
-    if (pf)
-      prefetch_row16x5(row + pf, sg.iw0, g.W);
-    else if (y >= 2 && ih + 4 < g.H)  // the next tile row's new input rows (4 further on), as input_transform does
-      prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
+    if (pf) prefetch_row16x5(row + pf, sg.iw0, g.W);
+    // the next tile row's new input rows (4 further on), as input_transform does
+    if (y >= 2 && ih + 4 < g.H) prefetch_row16x5(row + 4 * g.W, sg.iw0, g.W);
     __m512 zv[5], w[6];
     for (int q = 0; q < 5; ++q) zv[q] = load_row16(row, L.ld[s][q], g.W);
     f4_bt_row<S2>(zv, P, N, w);
@@ -1266,8 +1265,10 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void f4_rows_w
       // every load masked (a load inside the row has all 16 lanes set): choosing a plain load where
       // the mask is full cost the Xeon 15 % of the transform
       if (pf) {  // (a prefetch never faults: lines past the row's ends are harmless)
-        for (int q = 0; q < NL; ++q) _mm_prefetch(reinterpret_cast<const char*>(r + pf + c0 + 16 * q), _MM_HINT_T0);
-        if constexpr (!A) _mm_prefetch(reinterpret_cast<const char*>(r + pf + c0 + 16 * NL - 1), _MM_HINT_T0);
+        for (int q = 0; q < NL; ++q)
+          _mm_prefetch(reinterpret_cast<const char*>(conv_detail::float_at(r + pf, c0 + 16 * q)), _MM_HINT_T0);
+        if constexpr (!A)
+          _mm_prefetch(reinterpret_cast<const char*>(conv_detail::float_at(r + pf, c0 + 16 * NL - 1)), _MM_HINT_T0);
       }
       for (int q = 0; q < NL; ++q) zv[q] = _mm512_maskz_loadu_ps(mk[q], conv_detail::float_at(r, c0 + 16 * q));
       if constexpr (A)
@@ -2513,10 +2514,10 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   est.fill(-1);
   // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
   // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
-  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn; the
-  // weights cached by now), on the layer's first planes that give each thread 4 tasks of 8 groups
-  // (else the whole layer), and the fastest is kept where 5 % faster than the pick. The candidate
-  // need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
+  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn, but for
+  // counts far behind after one run: see the loop below; the weights cached by now), on the layer's first planes that
+  // give each thread 4 tasks of 8 groups (else the whole layer), and the fastest is kept where 5 % faster than the
+  // pick. The candidate need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
   // (165 ms in ResEnc-M's window) and runs at ~100 with 1 or 2 on the Xeon. The plan's slab (one task
   // a thread) had shown that layer 1.13× faster with 1 group a task where the whole layer ran 1.4×.
   // Layers of fewer groups (the deep stages: 256→256 and 512→256 at 8×32×32 have 16) keep the
@@ -2591,8 +2592,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
       est[c] = t;
       if (t < best_t) best_t = t, best = c;
     }
-    // the layer's output: where the groups a task are timed next, their runs write it (a run of the
-    // pick here, 100 ms for 256→128 at 16×64×64, was overwritten)
+    // the layer's output: where the groups a task are timed next, they write it (their last timed
+    // run where it covered the layer and is the choice, else the choice run once more after them): a
+    // run of the pick here, 100 ms for 256→128 at 16×64×64, was overwritten
     if (best != kDirect) group_candidates();
     if (cand.empty() && (best == kDirect || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool))) {
       best = kDirect;
@@ -2669,8 +2671,9 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     if ((chosen >> 4) == 8) chosen &= 15;
     // the output: whole where the layer was timed and its last run is the choice; else again
     if ((at.Do < g.Do || chosen != last) && !winograd_as(chosen, g, in, wp, bias, out, act, alpha, pool)) {
+      const bool tried = chosen == best;
       chosen = best;
-      if (!winograd_as(best, g, in, wp, bias, out, act, alpha, pool))
+      if (tried || !winograd_as(best, g, in, wp, bias, out, act, alpha, pool))
         conv3d_forward(g, in, wp, bias, out, act, alpha, pool, false), chosen = kDirect;
     }
     best = chosen;
