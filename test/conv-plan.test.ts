@@ -145,10 +145,10 @@ planTest("malformed plans are refused whole, naming what is wrong, and nothing i
   ];
   for (const [plan, message] of bad)
     t.throws(() => importConvPlan(plan), { instanceOf: TypeError, message }, JSON.stringify(plan)?.slice(0, 80));
-  // values the plan never stores (a choice past F(4×4×4), 3 or 8 groups a task), from this machine:
-  // the native layer refuses them all, the good entry beside them too
+  // values the plan never stores (a choice past F(4×4×4) in fp32 for a bf16 call, 3 or 8 groups a
+  // task), from this machine: the native layer refuses them all, the good entry beside them too
   const here = exportConvPlan();
-  for (const value of [5, 15, 16, 2 * 16, 3 * 16 + 1, 8 * 16 + 1, 2 ** 40]) {
+  for (const value of [6, 15, 16, 2 * 16, 3 * 16 + 1, 8 * 16 + 1, 2 ** 40]) {
     t.throws(() => importConvPlan({ ...here, entries: [entry, [...entry.slice(0, 15), value]] }), {
       instanceOf: TypeError,
       message: /choices are plan values for plan\.entries/,
@@ -156,7 +156,7 @@ planTest("malformed plans are refused whole, naming what is wrong, and nothing i
     t.is(exportConvPlan().entries.length, 0, `value ${value}: entries were taken`);
   }
   // and the values it does store are taken, as given
-  for (const value of [0, 1, 2, 3, 4, 1 * 16 + 1, 2 * 16 + 4]) {
+  for (const value of [0, 1, 2, 3, 4, 5, 1 * 16 + 1, 2 * 16 + 4, 2 * 16 + 5]) {
     clearConvPlan();
     t.deepEqual(importConvPlan({ ...here, entries: [[...entry.slice(0, 15), value]] }), { imported: 1 });
     t.deepEqual(exportConvPlan().entries, [[...entry.slice(0, 15), value]]);

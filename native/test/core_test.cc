@@ -1082,9 +1082,10 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
         std::vector<float> b16(no, 8.0f);
         bhsd::conv3d_forward(g, x.data(), wp.data(), bp, b16.data(), act, alpha, pool);
         const int chose = bhsd::winograd_planned(g, pool);
-        CHECK(chose >= 0 && chose <= 2);
+        // (5: F(4×4×4) tiles in fp32, where an fp32 call's plan would time them)
+        CHECK((chose >= 0 && chose <= 2) || (chose == 5 && bhsd::wino_detail::deep_applies_fp32(g)));
         // (the direct path of a bf16 call runs on AMX tiles where the processor has them)
-        CHECK(rel(b16) < (chose == 1 || (chose == 0 && bhsd::amx_available()) ? 2e-2 : 1e-5));
+        CHECK(rel(b16) < (chose == 1 || (chose == 0 && bhsd::amx_available()) ? 2e-2 : chose == 5 ? 5e-5 : 1e-5));
       }
     }
   }
@@ -1472,7 +1473,7 @@ static void test_plan_export_import() {
   // refused whole: a partial entry, a negative key value, values the plan never stores
   CHECK(bhsd::plan_import(e.data(), e.size() - 1) == -1);
   for (const std::int64_t v :
-       {std::int64_t(-1), std::int64_t(5), std::int64_t(15), std::int64_t(3 * 16), std::int64_t(16),
+       {std::int64_t(-1), std::int64_t(6), std::int64_t(15), std::int64_t(3 * 16), std::int64_t(16),
         std::int64_t(2 * 16), std::int64_t(8 * 16 + 1), std::int64_t(1) << 40}) {
     std::vector<std::int64_t> bad = e;
     bad[1] = 99;  // a key not planned yet, so that only the refusal keeps it out
@@ -1521,6 +1522,23 @@ static void test_winograd_deep_plan(bhsd::ThreadPool& pool) {
   bhsd::conv3d_forward(g, ops.x.data(), wp.data(), ops.bias.data(), again.data(), bhsd::Act::leaky, 0.01f, pool);
   CHECK(std::memcmp(again.data(), planned.data(), no * sizeof(float)) == 0);
   CHECK(sampled_error(g, ops, planned, 31, 0.01) < 5e-5);
+  // a bf16 call's candidate of F(4×4×4) tiles in fp32 (kWinoFp32Deep): the fp32 call's F(4×4×4)
+  // answer bit for bit, and timed by a bf16 call's plan (its own key) where they apply
+  if (bhsd::wino_detail::bf16_available()) {
+    using namespace bhsd::wino_detail;
+    std::vector<float> f32(no, 1.0f), mixed(no, 2.0f), b16(no, 3.0f);
+    CHECK(
+        winograd_as(kWinoDeep, g, ops.x.data(), wp.data(), ops.bias.data(), f32.data(), bhsd::Act::leaky, 0.01f, pool));
+    bhsd::PrecisionScope ps(bhsd::Precision::bf16);
+    CHECK(deep_applies_fp32(g) && !deep_applies(g));  // (a bf16 call's own tiles are F(2×…))
+    CHECK(winograd_as(kWinoFp32Deep, g, ops.x.data(), wp.data(), ops.bias.data(), mixed.data(), bhsd::Act::leaky, 0.01f,
+                      pool));
+    CHECK(std::memcmp(mixed.data(), f32.data(), no * sizeof(float)) == 0);
+    bhsd::conv3d_forward(g, ops.x.data(), wp.data(), ops.bias.data(), b16.data(), bhsd::Act::leaky, 0.01f, pool);
+    const int b16_chose = bhsd::winograd_planned(g, pool);
+    CHECK(b16_chose == 0 || b16_chose == 1 || b16_chose == 2 || b16_chose == 5);
+    CHECK(sampled_error(g, ops, b16, 31, 0.01) < (b16_chose == 1 ? 2e-2 : 5e-5));
+  }
   wc.clear();
 }
 

@@ -241,6 +241,11 @@ inline bool deep_applies(const ConvGeom& g) {
     return !env_off && g.sd == 1 && g.Do >= 8 && g.C * g.Co <= 256 * 256 && tile_code(g) == 2;
   return !env_off && g.kd == 3 && g.Do >= 8 && g.C * g.Co <= 256 * 256 && tile_code(g) == 4;
 }
+// deep_applies as an fp32 call of this thread would see it (a bf16 call's fp32 candidates).
+inline bool deep_applies_fp32(const ConvGeom& g) {
+  const PrecisionScope fp32(Precision::fp32);
+  return deep_applies(g);
+}
 
 // Transform points (a strided 3×3×3 layer, is_s2: 4·5² = 100 for 1×2×2 — 6·5² = 150 with F(4, 3)
 // along D —, 5³ = 125 for 2×2×2): for a 3×3×3 kernel 4³ = 64
@@ -2309,8 +2314,10 @@ using PlanKey = std::array<std::int64_t, 15>;
 // products, are most of the time (32-channel layers at 16×256×256: 49 against 61 ms) — or (an fp32
 // call whose default is F(4×4)) F(2×…) tiles: on small layers their smaller transforms win
 // (32→32 at 4×16×16: 0.18 against 0.29 ms; MONAI SegResNet's deeper stages).
-// kWinoDeep: F(4×4×4) tiles where deep_applies.
-enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2, kWinoSmall = 3, kWinoDeep = 4 };
+// kWinoDeep: F(4×4×4) tiles where deep_applies; kWinoFp32Deep: the same in fp32 for a bf16 call (whose
+// own tiles are F(2×…): F(4×4)'s transforms amplify bf16's rounding) — without it, once F(4×4×4) tiles
+// reached the 256-channel layers, ResEnc-M ran slower in bf16 than in fp32 (67.1 against 65.4 s).
+enum Choice : int { kDirect = 0, kWino = 1, kWinoFp32 = 2, kWinoSmall = 3, kWinoDeep = 4, kWinoFp32Deep = 5 };
 struct Plan {
   std::mutex m;
   std::map<PlanKey, int> choice;
@@ -2352,9 +2359,10 @@ struct CandidateScope {
   GroupsScope groups;
   TileFreeze freeze;
   CandidateScope(int choice, const ConvGeom& layer)
-      : fp32((choice & 15) == kWinoFp32 ? new PrecisionScope(Precision::fp32) : nullptr),
+      : fp32((choice & 15) == kWinoFp32 || (choice & 15) == kWinoFp32Deep ? new PrecisionScope(Precision::fp32)
+                                                                          : nullptr),
         small((choice & 15) == kWinoSmall),
-        deep((choice & 15) == kWinoDeep),
+        deep((choice & 15) == kWinoDeep || (choice & 15) == kWinoFp32Deep),
         groups(choice >> 4),
         freeze(layer) {}
 };
@@ -2371,7 +2379,8 @@ inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const f
 }  // namespace wino_detail
 
 // What the plan holds for this layer (a Choice): 0 direct, 1 Winograd as the call runs it, 2 in fp32
-// for a bf16 call, 3 with F(2×…) tiles, 4 with F(4×4×4) tiles; −1 not planned yet (for tests and the
+// for a bf16 call, 3 with F(2×…) tiles, 4 with F(4×4×4) tiles, 5 with those in fp32 for a bf16 call;
+// −1 not planned yet (for tests and the
 // bench).
 inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
@@ -2407,7 +2416,7 @@ inline std::vector<std::int64_t> plan_export() {
 // task 0 (the rule), 1 or 2 (8 is stored as the rule) — for a Winograd choice only.
 inline bool plan_value_valid(std::int64_t v) {
   const std::int64_t choice = v & 15, groups = v >> 4;
-  return v >= 0 && choice <= wino_detail::kWinoDeep && (groups == 0 || groups == 1 || groups == 2) &&
+  return v >= 0 && choice <= wino_detail::kWinoFp32Deep && (groups == 0 || groups == 1 || groups == 2) &&
          (choice != wino_detail::kDirect || groups == 0);
 }
 // Entries as plan_export gives them (n values, a multiple of kPlanEntryValues); refused whole (−1,
@@ -2466,17 +2475,20 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   // F(4×4×4) tiles only where the plan itself would time them (an imported plan's entry may say so
   // for any 3×3×3 layer): else the layer's default tiles, with the entry's groups a task
   if (planned > 0 && (planned & 15) == kWinoDeep && !deep_applies(g)) planned = kWino | (planned & ~15);
+  if (planned > 0 && (planned & 15) == kWinoFp32Deep && !deep_applies_fp32(g)) planned = kWinoFp32 | (planned & ~15);
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
   // the candidates: Winograd as the call would run it; for a bf16 call Winograd in fp32 too, and
-  // for an fp32 call with F(4×4) tiles the F(2×…) tiles and, where deep_applies, F(4×4×4) ones
+  // for an fp32 call with F(4×4) tiles the F(2×…) tiles; where F(4×4×4) tiles apply in fp32, those
+  // (in fp32 for a bf16 call)
   std::vector<int> winos{kWino};
-  if (use_bf16())
+  const bool bf_call = use_bf16();
+  if (bf_call)
     winos.push_back(kWinoFp32);
   else if (tile_m(g) == 4)
     winos.push_back(kWinoSmall);
-  const bool deep = !use_bf16() && deep_applies(g);
-  if (deep) winos.push_back(kWinoDeep);
+  const bool deep = bf_call ? deep_applies_fp32(g) : deep_applies(g);
+  if (deep) winos.push_back(bf_call ? kWinoFp32Deep : kWinoDeep);
   auto timed = [&](const ConvGeom& at, int c) -> double {
     const auto t0 = clock::now();
     if (c == kDirect)
@@ -2509,8 +2521,8 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   const double direct_flops =
       2.0 * double(g.C) * double(g.Co) * double(g.kd * g.kh * g.kw) * double(g.Do) * double(g.Ho) * double(g.Wo);
   int best = kDirect;
-  bool out_whole = false;                 // whether `out` holds the pick's whole output already
-  std::array<double, kWinoDeep + 1> est;  // each Winograd candidate's estimated time for the layer (by Choice)
+  bool out_whole = false;                     // whether `out` holds the pick's whole output already
+  std::array<double, kWinoFp32Deep + 1> est;  // each Winograd candidate's estimated time for the layer (by Choice)
   est.fill(-1);
   // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
   // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
@@ -2576,7 +2588,7 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
           }
         }
       }
-      const ConvGeom& at = c == kWinoDeep ? slab4 : slab;
+      const ConvGeom& at = c == kWinoDeep || c == kWinoFp32Deep ? slab4 : slab;
       double wino = timed(at, c);
       if (wino < 0) continue;
       wino = std::min(wino, timed(at, c));
