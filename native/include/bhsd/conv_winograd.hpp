@@ -2380,8 +2380,7 @@ inline bool winograd_as(int choice, const ConvGeom& at, const float* in, const f
 
 // What the plan holds for this layer (a Choice): 0 direct, 1 Winograd as the call runs it, 2 in fp32
 // for a bf16 call, 3 with F(2×…) tiles, 4 with F(4×4×4) tiles, 5 with those in fp32 for a bf16 call;
-// −1 not planned yet (for tests and the
-// bench).
+// −1 not planned yet (for tests and the bench).
 inline int winograd_planned(const ConvGeom& g, const ThreadPool& pool) {
   auto& pl = wino_detail::plan();
   std::lock_guard<std::mutex> lk(pl.m);
