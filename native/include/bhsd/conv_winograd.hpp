@@ -2648,32 +2648,61 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     std::vector<double> t(cand.size(), -1);
     int last = out_whole ? best : -1;  // the path whose output `out` holds (−1: none whole)
     double tmin = -1;                  // the fastest first run
-    // each count twice, in turn — but 1 or 2 groups a task a second time only where the first run
-    // came within 1.25× of the fastest (their runs of 256→128 at 16×64×64, 1.2–1.75× the pick's
-    // time, had taken 0.3 s to time again). The pick and the other 8-group counts always run twice:
-    // a first run can pay its tasks' fresh scratch (8 groups of that layer's F(4×4×4) tiles: 56 MB a
-    // thread; 1 or 2 groups of any tiles need less than 8 of any), and the pick timed once on that
-    // had lost to a count 1.2× slower.
-    for (int round = 0; round < 2; ++round)
-      for (std::size_t k = 0; k < cand.size(); ++k) {
-        const int n = cand[k] >> 4;
-        if (round == 1 && (n == 1 || n == 2) && !(t[k] >= 0 && t[k] <= 1.25 * tmin)) continue;
-        // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
-        // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
-        int c = cand[k];
-        if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
-          const CandidateScope scope(c, g);
-          const bool bf = use_bf16();
-          const std::int64_t rule = task_groups(g, points(g), u_words(g, bf, use_tiles(g, bf)));
-          c |= int(std::max<std::int64_t>(1, std::min(rule, tile_groups(g, g.Do) / (2 * std::int64_t(pool.size())))))
-               << 4;
-        }
-        const double tk = timed(at, c);
-        if (tk < 0) continue;
-        last = cand[k];
-        t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
-        if (round == 0 && (tmin < 0 || tk < tmin)) tmin = tk;
+    // The counts of 8 and 2 groups a task twice, in turn — but a second time only where the first
+    // run came within 1.25× of the fastest (their runs of 256→128 at 16×64×64, 1.2–1.75× the pick's
+    // time, had taken 0.3 s to time again). The pick always runs twice, and 8 groups of tiles with
+    // more points than the pick's: a first run can pay its tasks' fresh scratch (8 groups of that
+    // layer's F(4×4×4) tiles: 56 MB a thread; 1 or 2 groups of any tiles need less than 8 of any, and
+    // 8 of fewer points less than the pick's 8), and the pick timed once on that had lost to a count
+    // 1.2× slower. Then 1 group a task (below).
+    auto run = [&](std::size_t k, bool first_round) {
+      // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
+      // could lower it): 8 where its weights pass 12 MB, else its rule on the layer
+      int c = cand[k];
+      if (k == 0 && at.Do < g.Do && (c >> 4) == 0) {
+        const CandidateScope scope(c, g);
+        const bool bf = use_bf16();
+        const std::int64_t rule = task_groups(g, points(g), u_words(g, bf, use_tiles(g, bf)));
+        c |= int(std::max<std::int64_t>(1, std::min(rule, tile_groups(g, g.Do) / (2 * std::int64_t(pool.size())))))
+             << 4;
       }
+      const double tk = timed(at, c);
+      if (tk < 0) return;
+      last = cand[k];
+      t[k] = t[k] < 0 ? tk : std::min(t[k], tk);
+      if (first_round && (tmin < 0 || tk < tmin)) tmin = tk;
+    };
+    for (std::size_t k = 0; k < cand.size(); ++k)
+      if ((cand[k] >> 4) != 1) run(k, true);
+    // the second round: the pick last, so that where it stays the choice on the whole layer its run
+    // leaves the output (256→128 at 16×64×64: one run of ~60 ms fewer)
+    const auto points_of = [&](int c) {
+      const CandidateScope scope(c, g);
+      return points(g);
+    };
+    for (std::size_t k = 1; k < cand.size(); ++k) {
+      // another tiling's 8 groups a task again where within 1.25× of the fastest too, or where its
+      // tiles have more points than the pick's (its first run then paid the larger scratch)
+      const int n = cand[k] >> 4;
+      const bool near = t[k] >= 0 && t[k] <= 1.25 * tmin;
+      if ((n == 8 && (near || points_of(cand[k] & 15) > points_of(cand[0] & 15))) || (n == 2 && near)) run(k, false);
+    }
+    run(0, false);
+    // 1 group a task once, and only where 2 ran faster than 8 (the pick's rule) for the same tiles:
+    // fewer groups a task stream the transformed weights more often for less scratch, so where going
+    // from 8 to 2 lost, 1 lost more (256→128 at 16×64×64 on Zen 5: 62, 78 and 116 ms for its F(4×4×4)
+    // tiles' 8, 2 and 1, 81, 97 and 137 for its F(2×4×4) ones: 0.25 s of its plan). Last, after both
+    // runs of the pick (its first can pay fresh scratch).
+    for (std::size_t k = 1; k < cand.size(); ++k) {
+      if ((cand[k] >> 4) != 1) continue;
+      double t8 = -1, t2 = -1;  // the same tiles' 8 (or the pick's rule) and 2 groups a task
+      for (std::size_t j = 0; j < cand.size(); ++j)
+        if ((cand[j] & 15) == (cand[k] & 15)) {
+          if (j == 0 || (cand[j] >> 4) == 8) t8 = t[j];
+          if ((cand[j] >> 4) == 2) t2 = t[j];
+        }
+      if (t2 >= 0 && t8 >= 0 && t2 < t8) run(k, false);
+    }
     int chosen = best;
     double best_t = t[0];
     for (std::size_t k = 1; k < cand.size(); ++k)
