@@ -3,6 +3,9 @@
 // no call can read or write outside them.
 #include <cmath>
 #include <memory>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "bhsd/conv.hpp"
 #include "bhsd/gemm.hpp"
@@ -125,10 +128,33 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   const float* w = floats_of(info[0], elems(env, {Co, K}), "w");
   const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
   const std::size_t n = elems(env, {groups, per_group});
-  Napi::ArrayBuffer ab = engine_buffer(env, n * sizeof(float));
+  // every float is written below (zeros in the blocks' unused slots): a reused block is not cleared first
+  Napi::ArrayBuffer ab = block_buffer(env, bhsd::Block::allocate(n * sizeof(float), false), n * sizeof(float));
   auto* dst = static_cast<float*>(ab.Data());
-  for (std::int64_t gi = 0; gi < groups; ++gi)
-    bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
+  if (groups == 1) {
+    // A model's weights are packed at its first run, on this thread while the pool runs nothing of
+    // it; most of the time is the first touch of fresh pages (ResEnc-M's 407 MB: 0.5–0.85 s of its
+    // first window on one thread of a VM that faults at ~0.5 GB/s). Big ones are split by blocks
+    // over threads of their own (the pool may be running another caller's work), as many as the
+    // pool has: where a thread cannot start, this one packs its share.
+    const std::int64_t blocks = bhsd::CoBlocks(Co).count();
+    const std::int64_t parts =
+        n * sizeof(float) >= (std::size_t(4) << 20) ? std::min<std::int64_t>(blocks, pool_of(env)->size()) : 1;
+    const auto part = [=](std::int64_t i) {
+      bhsd::pack_conv_weights_into(w, Co, K, dst, blocks * i / parts, blocks * (i + 1) / parts);
+    };
+    std::vector<std::thread> helpers;
+    std::int64_t started = 1;  // part 0 is this thread's
+    try {
+      for (; started < parts; ++started) helpers.emplace_back(part, started);
+    } catch (const std::system_error&) {  // (no thread to be had: the rest here)
+    }
+    part(0);
+    for (std::int64_t i = started; i < parts; ++i) part(i);
+    for (auto& t : helpers) t.join();
+  } else
+    for (std::int64_t gi = 0; gi < groups; ++gi)
+      bhsd::pack_conv_weights_into(w + gi * Cog * K, Cog, K, dst + gi * per_group);
   // weights packed once are never written again (NativeBackend keeps them to itself): their hash,
   // stored with the block now, is what the Winograd weight cache finds them by on every call
   if (groups == 1)

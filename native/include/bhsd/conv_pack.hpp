@@ -12,15 +12,20 @@ inline std::int64_t packed_conv_size(std::int64_t Co, std::int64_t K) { return C
 
 // Weights [Co, K] → CoBlocks' blocks, k-major, MR slots per k: out[(b·K + k)·MR + r] =
 // w[(row0(b) + r)·K + k] for r < rows(b); the other slots are zero. out: packed_conv_size floats.
-inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t K, float* out) {
+// Blocks b0 … b1 − 1 of them only (each its own K · MR floats of out: callers split the blocks
+// between threads).
+inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t K, float* out, std::int64_t b0,
+                                   std::int64_t b1) {
   const CoBlocks cbk(Co);
-  const std::int64_t blocks = cbk.count();
-  std::fill(out, out + blocks * K * MR, 0.0f);
-  for (std::int64_t b = 0; b < blocks; ++b)
+  std::fill(out + b0 * K * MR, out + b1 * K * MR, 0.0f);
+  for (std::int64_t b = b0; b < b1; ++b)
     for (std::int64_t r = 0; r < cbk.rows(b); ++r) {
       const float* src = w + (cbk.row0(b) + r) * K;
       for (std::int64_t k = 0; k < K; ++k) out[(b * K + k) * MR + r] = src[k];
     }
+}
+inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t K, float* out) {
+  pack_conv_weights_into(w, Co, K, out, 0, CoBlocks(Co).count());
 }
 
 inline std::vector<float> pack_conv_weights(const float* w, std::int64_t Co, std::int64_t K) {
