@@ -102,9 +102,9 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
       [=] {
         const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
         for (std::int64_t gi = 0; gi < groups; ++gi) {
-          std::vector<float> own;
-          if (!packed) own = bhsd::pack_conv_weights(w + gi * Cog * K, Cog, K);
-          const float* wp = packed ? packed + gi * per_group : own.data();
+          std::shared_ptr<bhsd::Block> own;
+          if (!packed) own = bhsd::pack_conv_weights_block(w + gi * Cog * K, Cog, K);
+          const float* wp = packed ? packed + gi * per_group : static_cast<const float*>(own->data());
           for (std::int64_t n = 0; n < N; ++n)
             bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                                  y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
@@ -144,7 +144,8 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
       bhsd::pack_conv_weights_into(w, Co, K, dst, blocks * i / parts, blocks * (i + 1) / parts);
     };
     std::vector<std::thread> helpers;
-    std::int64_t started = 1;  // part 0 is this thread's
+    helpers.reserve(std::size_t(parts - 1));  // (before any starts: a throw below leaves none unjoined)
+    std::int64_t started = 1;                 // part 0 is this thread's
     try {
       for (; started < parts; ++started) helpers.emplace_back(part, started);
     } catch (const std::system_error&) {  // (no thread to be had: the rest here)

@@ -28,6 +28,16 @@ inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t
   pack_conv_weights_into(w, Co, K, out, 0, CoBlocks(Co).count());
 }
 
+// The same into an engine block (huge pages, reused when freed), for a call that packs weights it
+// was not given packed: a std::vector of a 256→256 layer's 7 MB had come from glibc's per-thread
+// arenas, which hand such sizes back to the system when freed — fresh 4 KB pages every call on each
+// of libuv's threads until its thresholds adapt (a bare conv3d's 2nd–5th calls 31–37 ms, then 8).
+inline std::shared_ptr<Block> pack_conv_weights_block(const float* w, std::int64_t Co, std::int64_t K) {
+  auto b = Block::allocate(std::size_t(packed_conv_size(Co, K)) * sizeof(float), false);  // all written
+  pack_conv_weights_into(w, Co, K, static_cast<float*>(b->data()));
+  return b;
+}
+
 inline std::vector<float> pack_conv_weights(const float* w, std::int64_t Co, std::int64_t K) {
   std::vector<float> out(static_cast<std::size_t>(packed_conv_size(Co, K)));
   pack_conv_weights_into(w, Co, K, out.data());

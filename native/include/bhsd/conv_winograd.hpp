@@ -2104,7 +2104,7 @@ namespace wino_detail {
 // least two groups, past the 768 KB, where the AVX-512 GEMM takes two groups' tiles per call
 // (kernel_blocks2): 64→64 F(2×4×4) at 16×128×128 58–63 → 45–49 ms, 32→32 at 16×256×256 85 →
 // 68–79 ms; four lost again. Where U passes 12 MB and the layer has 64 groups or more the plan also
-// times 1 and 2 groups a task (winograd_hook): which
+// times 2 groups a task, and 1 where 2 beat 8 (winograd_hook): which
 // wins depends on the machine's caches (the Xeon of 2026-12-04, whose L3 holds ~8 MB at 40 ns and
 // then goes to memory at 160 ns: 256→128 at 16×64×64 143 ms with 8 groups, 91 with 2; 256→256 at
 // 8×32×32 31 with 4, 25 with 1; 512→256 60 with 4, 65 with 2, 86 with 1).
@@ -2525,8 +2525,8 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   est.fill(-1);
   // Groups a task. Where a Winograd candidate's transformed weights pass 12 MB (task_groups: 8
   // groups then) and the layer has at least groups_timed_from() groups of its tiles, that candidate
-  // with 2 and with 1 group a task is timed beside the plan's pick (twice each, in turn, but for
-  // counts far behind after one run: see the loop below; the weights cached by now), on the layer's first planes that
+  // with 2 groups a task (and 1 where 2 beat 8) is timed beside the plan's pick (see the loop below for
+  // which run twice; the weights cached by now), on the layer's first planes that
   // give each thread 4 tasks of 8 groups (else the whole layer), and the fastest is kept where 5 % faster than the
   // pick. The candidate need not be the pick: with 8 groups a task 256→128 at 16×64×64 had lost to its F(2×2×2) tiles
   // (165 ms in ResEnc-M's window) and runs at ~100 with 1 or 2 on the Xeon. The plan's slab (one task
@@ -2648,13 +2648,12 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
     std::vector<double> t(cand.size(), -1);
     int last = out_whole ? best : -1;  // the path whose output `out` holds (−1: none whole)
     double tmin = -1;                  // the fastest first run
-    // The counts of 8 and 2 groups a task twice, in turn — but a second time only where the first
-    // run came within 1.25× of the fastest (their runs of 256→128 at 16×64×64, 1.2–1.75× the pick's
-    // time, had taken 0.3 s to time again). The pick always runs twice, and 8 groups of tiles with
-    // more points than the pick's: a first run can pay its tasks' fresh scratch (8 groups of that
-    // layer's F(4×4×4) tiles: 56 MB a thread; 1 or 2 groups of any tiles need less than 8 of any, and
-    // 8 of fewer points less than the pick's 8), and the pick timed once on that had lost to a count
-    // 1.2× slower. Then 1 group a task (below).
+    // The counts of 8 and 2 groups a task once each, in turn, then a second time (the others first,
+    // the pick last) only where the first run came within 1.25× of the fastest (their runs of 256→128 at
+    // 16×64×64, 1.2–1.75× the pick's time, had taken 0.3 s to time again). The pick always runs twice, and 8 groups of
+    // tiles with more points than the pick's: a first run can pay its tasks' fresh scratch (8 groups of that layer's
+    // F(4×4×4) tiles: 56 MB a thread; 1 or 2 groups of any tiles need less than 8 of any, and 8 of fewer points less
+    // than the pick's 8), and the pick timed once on that had lost to a count 1.2× slower. Then 1 group a task (below).
     auto run = [&](std::size_t k, bool first_round) {
       // the pick's own count as the layer has it (on fewer planes the cap of two tasks a thread
       // could lower it): 8 where its weights pass 12 MB, else its rule on the layer

@@ -85,7 +85,7 @@ inline void unmap_bytes(void* p, std::size_t size) {
 struct Registry {
   std::mutex mu;
   std::map<std::uintptr_t, std::weak_ptr<Block>> live;
-  std::multimap<std::size_t, void*> cache;  // size → mapping, zeroed on reuse
+  std::multimap<std::size_t, void*> cache;  // mapped size → mapping, zeroed on reuse (as far as asked)
   std::size_t cached_bytes = 0;
   std::size_t cache_limit = std::size_t(512) << 20;
   std::size_t live_bytes = 0;
@@ -118,7 +118,8 @@ class Block {
   // zero: a reused mapping is cleared (a fresh one is zero already); a caller that overwrites the
   // whole block at once (a copy of a caller's array) passes false
   static std::shared_ptr<Block> allocate(std::size_t bytes, bool zero = true) {
-    const std::size_t size = detail::round_size(bytes ? bytes : 1);
+    const std::size_t want = detail::round_size(bytes ? bytes : 1);
+    std::size_t size = want;  // mapped (larger where a freed mapping of up to 1.5× is reused)
     auto& r = detail::registry();
     void* p = nullptr;
     {
@@ -128,24 +129,22 @@ class Block {
         p = it->second;
         r.cache.erase(it);
         r.cached_bytes -= size;
-      }
-#ifdef BHSD_HAVE_MMAP
-      else if (size % detail::kHuge == 0 && (it = r.cache.lower_bound(size)) != r.cache.end()) {
-        // none of this size: the front of the smallest larger mapping, its rest kept as one of its
-        // own (both whole huge pages; munmap takes any part of a mapping). Memory touched once is
-        // used again rather than fresh pages faulted in — ~0.5 GB/s in these VMs, against ~10 GB/s
-        // to clear a reused one — where sizes change: a model's first run, whose plan frees the
-        // losing candidates' transformed weights, and a case after one of another size.
-        const std::size_t big = it->first;
+      } else if ((it = r.cache.lower_bound(size)) != r.cache.end() && it->first - size <= size / 2) {
+        // none of this size: the smallest larger one, whole, where at most 1.5× (its tail unused).
+        // Memory touched once is used again rather than fresh pages faulted in — ~0.5 GB/s in these
+        // VMs, against ~10 GB/s to clear a reused one — where sizes change from call to call (a
+        // CT after one of another size; a model's first run, whose plan frees the losing
+        // candidates' transformed weights). Not split: a small request taking the front of a big
+        // mapping had left a later request for the big one to fault in afresh every time, once the
+        // cache could not hold both (a piece never grows back).
+        size = it->first;
         p = it->second;
         r.cache.erase(it);
-        r.cache.emplace(big - size, static_cast<char*>(p) + size);
         r.cached_bytes -= size;
       }
-#endif
     }
     if (p) {
-      if (zero) std::memset(p, 0, size);  // reused: zero it as a fresh mapping is
+      if (zero) std::memset(p, 0, want);  // reused: zero it as a fresh mapping is (its unused tail stays as it was)
     } else
       p = detail::map_bytes(size);
     std::shared_ptr<Block> b(new Block(p, size, bytes));
