@@ -242,4 +242,25 @@ class Block {
   std::size_t hashed_bytes_ = 0;  // 0: none stored
 };
 
+// n elements of T in one engine block (huge pages, reused when freed): a call's big scratch. A
+// std::vector of that size comes from glibc, which maps it afresh and gives it back when freed —
+// fresh 4 KB pages on every call (a surface-distance pass over a 512×512×40 box allocated 120 MB
+// that way per class). zero: cleared (else every element is written before it is read).
+template <class T>
+class EngineArray {
+ public:
+  EngineArray() = default;
+  EngineArray(std::size_t n, bool zero) : block_(Block::allocate(n * sizeof(T), zero)), n_(n) {}
+  T* data() { return static_cast<T*>(block_->data()); }
+  const T* data() const { return static_cast<const T*>(block_->data()); }
+  T& operator[](std::size_t i) { return data()[i]; }
+  const T& operator[](std::size_t i) const { return data()[i]; }
+  std::size_t size() const { return n_; }
+  void reset() { block_.reset(), n_ = 0; }  // back to the engine now
+
+ private:
+  std::shared_ptr<Block> block_;
+  std::size_t n_ = 0;
+};
+
 }  // namespace bhsd

@@ -13,6 +13,7 @@
 
 #include "dtype.hpp"
 #include "host_device.hpp"
+#include "memory.hpp"
 #include "thread_pool.hpp"
 
 namespace bhsd {
@@ -226,7 +227,8 @@ inline SurfaceMetrics surface_metrics(const std::uint8_t* gt, const std::uint8_t
   const std::int64_t w = box[3] - x0 + 1, h = box[4] - y0 + 1, d = box[5] - z0 + 1;
   const std::int64_t n = w * h * d;
   // Masks of the box; outside the box neither mask has voxels, so the box border is background.
-  std::vector<std::uint8_t> mg(static_cast<std::size_t>(n)), mp(static_cast<std::size_t>(n));
+  // (engine memory, not std::vectors: EngineArray)
+  EngineArray<std::uint8_t> mg(static_cast<std::size_t>(n), false), mp(static_cast<std::size_t>(n), false);
   pool.parallel_for(
       std::size_t(h * d),
       [&](std::size_t lo, std::size_t hi) {
@@ -241,8 +243,8 @@ inline SurfaceMetrics surface_metrics(const std::uint8_t* gt, const std::uint8_t
       },
       64);
   // Surface: in the mask with a face-neighbour outside it (or outside the box).
-  auto surface = [&](const std::vector<std::uint8_t>& m, std::vector<std::uint8_t>& s) {
-    s.assign(std::size_t(n), 0);
+  auto surface = [&](const EngineArray<std::uint8_t>& m, EngineArray<std::uint8_t>& s) {
+    s = EngineArray<std::uint8_t>(std::size_t(n), true);
     pool.parallel_for(
         std::size_t(h * d),
         [&](std::size_t lo, std::size_t hi) {
@@ -259,14 +261,14 @@ inline SurfaceMetrics surface_metrics(const std::uint8_t* gt, const std::uint8_t
         },
         64);
   };
-  std::vector<std::uint8_t> sg, sp;
+  EngineArray<std::uint8_t> sg, sp;
   surface(mg, sg);
   surface(mp, sp);
-  std::vector<std::uint8_t>().swap(mg);
-  std::vector<std::uint8_t>().swap(mp);
-  std::vector<double> dist(static_cast<std::size_t>(n));
+  mg.reset();
+  mp.reset();
+  EngineArray<double> dist(static_cast<std::size_t>(n), false);  // (edt_squared writes it all)
   SurfaceMetrics out;
-  auto distances = [&](const std::vector<std::uint8_t>& to, const std::vector<std::uint8_t>& from, double& count,
+  auto distances = [&](const EngineArray<std::uint8_t>& to, const EngineArray<std::uint8_t>& from, double& count,
                        double& sum, double& mx, double& p95, double& within) {
     edt_squared(to.data(), w, h, d, sx, sy, sz, dist.data(), pool, from.data());
     std::vector<double> v;
