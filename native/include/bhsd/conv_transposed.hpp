@@ -201,9 +201,9 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
     const auto cached = wino_detail::WeightCache::instance().get_raw(
         g, w, std::size_t(C * Co * ksp), pool, int(ksp), false, wino_detail::kUpsamplePacked,
         packed_floats * sizeof(float), [&](void* U) { make(static_cast<float*>(U)); });
-    std::vector<float> own;
+    EngineArray<float> own;  // (engine memory, not a std::vector: EngineArray)
     if (!cached) {
-      own.resize(packed_floats);
+      own = EngineArray<float>(packed_floats, false);  // (make writes it all)
       make(own.data());
     }
     const float* wp = cached ? static_cast<const float*>(cached->U()) : own.data();
@@ -214,7 +214,7 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
     static const bool fused = conv_detail::pick_kernel() == conv_detail::kernel_avx2;
     if (fused && conv_transpose_upsample_avx2(C, D, H, W, Co, sd, sh, sw, in, wp, bt.data(), out, pool)) return;
 #endif
-    std::vector<float> tmp(static_cast<std::size_t>(Cp * vol_in));
+    EngineArray<float> tmp(static_cast<std::size_t>(Cp * vol_in), true);
     conv3d_forward(g, in, wp, bt.data(), tmp.data(), Act::none, 0, pool);
     pool.parallel_for(std::size_t(Co * D), [&](std::size_t lo, std::size_t hi) {
       for (std::size_t q = lo; q < hi; ++q) {
@@ -252,7 +252,8 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
       return t;
     };
     const std::int64_t Dj0 = (Do + sd - 1) / sd, Hj0 = (Ho + sh - 1) / sh, Wj0 = (Wo + sw - 1) / sw;
-    std::vector<float> tmp(static_cast<std::size_t>(Co * Dj0 * Hj0 * Wj0)), wsub;
+    EngineArray<float> tmp(static_cast<std::size_t>(Co * Dj0 * Hj0 * Wj0), true);
+    std::vector<float> wsub;
     for (std::int64_t rd = 0; rd < std::min(sd, Do); ++rd)
       for (std::int64_t rh = 0; rh < std::min(sh, Ho); ++rh)
         for (std::int64_t rw = 0; rw < std::min(sw, Wo); ++rw) {
@@ -297,7 +298,8 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
   for (std::int64_t co = 0; co < Co; ++co)
     std::fill(out + co * vol_out, out + (co + 1) * vol_out, bias ? bias[co] : 0.0f);
   ConvGeom g{C, D, H, W, Co, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, D, H, W};
-  std::vector<float> wk(static_cast<std::size_t>(Co * C)), tmp(static_cast<std::size_t>(Co * vol_in));
+  std::vector<float> wk(static_cast<std::size_t>(Co * C));
+  EngineArray<float> tmp(static_cast<std::size_t>(Co * vol_in), true);
   for (std::int64_t a = 0; a < kd; ++a)
     for (std::int64_t b = 0; b < kh; ++b)
       for (std::int64_t c = 0; c < kw; ++c) {
