@@ -186,7 +186,8 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
     let f32: Float32Array;
     if (hasRaw) {
       if (raw.length !== n * 4) throw new Error(`${where}: tensor ${t.name} has ${raw.length} bytes of data for ${n} floats`);
-      f32 = allocArray("float32", n, `tensor ${t.name}`) as Float32Array;
+      // (not cleared first where the engine reuses a block: the copy writes every byte)
+      f32 = allocArray("float32", n, `tensor ${t.name}`, { overwritten: true }) as Float32Array;
       new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength).set(raw);
     } else f32 = Float32Array.from((t.floatData as number[]) ?? []);
     if (f32.length !== n) throw new Error(`${where}: tensor ${t.name} has ${f32.length} values for shape [${dims}]`);
