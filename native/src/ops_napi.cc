@@ -129,7 +129,8 @@ Napi::Value PackConvWeights(const Napi::CallbackInfo& info) {
   const std::int64_t Cog = Co / groups, per_group = bhsd::packed_conv_size(Cog, K);
   const std::size_t n = elems(env, {groups, per_group});
   // every float is written below (zeros in the blocks' unused slots): a reused block is not cleared first
-  Napi::ArrayBuffer ab = block_buffer(env, bhsd::Block::allocate(n * sizeof(float), false), n * sizeof(float));
+  // (kept while the model lives: its size exactly, not a larger freed block's)
+  Napi::ArrayBuffer ab = block_buffer(env, bhsd::Block::allocate(n * sizeof(float), false, false), n * sizeof(float));
   auto* dst = static_cast<float*>(ab.Data());
   if (groups == 1) {
     // A model's weights are packed at its first run, on this thread while the pool runs nothing of

@@ -2183,11 +2183,15 @@ static void test_block_cache_reuse() {
     auto d = bhsd::Block::allocate(10 * MB);  // 20 MB is more than 1.5×: not taken
     CHECK(d->capacity() == 10 * MB && bhsd::Block::cached_bytes() == 66 * MB);
     auto e = bhsd::Block::allocate(40 * MB);  // the smallest of up to 1.5×: the 46 MB one
-    CHECK(e->data() == p0 && bhsd::Block::cached_bytes() == 20 * MB);
+    CHECK(e->data() == p0 && e->size() == 40 * MB && bhsd::Block::cached_bytes() == 20 * MB);
     auto f = bhsd::Block::allocate(20 * MB);  // an exact fit
     CHECK(f->capacity() == 20 * MB && bhsd::Block::cached_bytes() == 0);
   }
   CHECK(bhsd::Block::cached_bytes() == 76 * MB);
+  {
+    auto g = bhsd::Block::allocate(40 * MB, true, false);  // larger: false — a fresh one of its size
+    CHECK(g->capacity() == 40 * MB && bhsd::Block::cached_bytes() == 76 * MB);
+  }
   bhsd::Block::set_cache_limit(0);  // (unmaps them)
   CHECK(bhsd::Block::cached_bytes() == 0);
   bhsd::Block::set_cache_limit(std::size_t(512) << 20);

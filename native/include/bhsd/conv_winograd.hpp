@@ -668,7 +668,7 @@ class WeightCache {
     auto e = std::make_shared<WeightEntry>();
     e->Co = g.Co, e->C = g.C, e->P = P, e->bf = bf, e->layout = layout, e->nw = nw, e->hash = hash, e->size = bytes;
     try {
-      e->block = Block::allocate(bytes, false);
+      e->block = Block::allocate(bytes, false, false);  // (its size exactly: the cap counts it)
     } catch (const std::bad_alloc&) {
       std::lock_guard<std::mutex> lk(m_);
       bytes_ -= bytes;

@@ -109,15 +109,19 @@ inline std::atomic<HashedFreeHook>& on_hashed_free() {
 
 }  // namespace detail
 
-// A block of zero-filled memory of at least `bytes`, freed (or cached) when its last holder lets go.
+// A block of zero-filled memory of at least `bytes` (zero to round_size(bytes); a reused larger
+// mapping's tail past that, capacity(), holds what it held and is never handed out), freed (or
+// cached) when its last holder lets go.
 class Block {
  public:
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
 
   // zero: a reused mapping is cleared (a fresh one is zero already); a caller that overwrites the
-  // whole block at once (a copy of a caller's array) passes false
-  static std::shared_ptr<Block> allocate(std::size_t bytes, bool zero = true) {
+  // whole block at once (a copy of a caller's array) passes false. larger: a freed mapping of up to
+  // 1.5× the size may serve (false for blocks kept long under a budget of their own: the Winograd
+  // weight cache counts what it asks for, and a tail would hold memory past it)
+  static std::shared_ptr<Block> allocate(std::size_t bytes, bool zero = true, bool larger = true) {
     const std::size_t want = detail::round_size(bytes ? bytes : 1);
     std::size_t size = want;  // mapped (larger where a freed mapping of up to 1.5× is reused)
     auto& r = detail::registry();
@@ -129,7 +133,7 @@ class Block {
         p = it->second;
         r.cache.erase(it);
         r.cached_bytes -= size;
-      } else if ((it = r.cache.lower_bound(size)) != r.cache.end() && it->first - size <= size / 2) {
+      } else if (larger && (it = r.cache.lower_bound(size)) != r.cache.end() && it->first - size <= size / 2) {
         // none of this size: the smallest larger one, whole, where at most 1.5× (its tail unused).
         // Memory touched once is used again rather than fresh pages faulted in — ~0.5 GB/s in these
         // VMs, against ~10 GB/s to clear a reused one — where sizes change from call to call (a
@@ -195,8 +199,8 @@ class Block {
   }
 
   void* data() const { return data_; }
-  std::size_t size() const { return bytes_; }  // as asked for
-  std::size_t capacity() const { return size_; }
+  std::size_t size() const { return bytes_; }     // as asked for
+  std::size_t capacity() const { return size_; }  // mapped
 
   // A hash of the block's first `bytes` that its maker stored once it had filled the block, for
   // contents that never change afterwards (a model's packed weights: the Winograd weight cache
@@ -251,6 +255,10 @@ class EngineArray {
  public:
   EngineArray() = default;
   EngineArray(std::size_t n, bool zero) : block_(Block::allocate(n * sizeof(T), zero)), n_(n) {}
+  EngineArray(const EngineArray&) = delete;  // (a copy would share the block)
+  EngineArray& operator=(const EngineArray&) = delete;
+  EngineArray(EngineArray&&) = default;
+  EngineArray& operator=(EngineArray&&) = default;
   T* data() { return static_cast<T*>(block_->data()); }
   const T* data() const { return static_cast<const T*>(block_->data()); }
   T& operator[](std::size_t i) { return data()[i]; }
