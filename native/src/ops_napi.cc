@@ -102,9 +102,9 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
       [=] {
         const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
         for (std::int64_t gi = 0; gi < groups; ++gi) {
-          std::shared_ptr<bhsd::Block> own;
+          bhsd::EngineArray<float> own;
           if (!packed) own = bhsd::pack_conv_weights_block(w + gi * Cog * K, Cog, K);
-          const float* wp = packed ? packed + gi * per_group : static_cast<const float*>(own->data());
+          const float* wp = packed ? packed + gi * per_group : own.data();
           for (std::int64_t n = 0; n < N; ++n)
             bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                                  y + (n * Co + gi * Cog) * vout, act, alpha, *pool);

@@ -32,9 +32,9 @@ inline void pack_conv_weights_into(const float* w, std::int64_t Co, std::int64_t
 // was not given packed: a std::vector of a 256→256 layer's 7 MB had come from glibc's per-thread
 // arenas, which hand such sizes back to the system when freed — fresh 4 KB pages every call on each
 // of libuv's threads until its thresholds adapt (a bare conv3d's 2nd–5th calls 31–37 ms, then 8).
-inline std::shared_ptr<Block> pack_conv_weights_block(const float* w, std::int64_t Co, std::int64_t K) {
-  auto b = Block::allocate(std::size_t(packed_conv_size(Co, K)) * sizeof(float), false);  // all written
-  pack_conv_weights_into(w, Co, K, static_cast<float*>(b->data()));
+inline EngineArray<float> pack_conv_weights_block(const float* w, std::int64_t Co, std::int64_t K) {
+  EngineArray<float> b(std::size_t(packed_conv_size(Co, K)), false);  // (all written)
+  pack_conv_weights_into(w, Co, K, b.data());
   return b;
 }
 

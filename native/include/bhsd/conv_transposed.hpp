@@ -166,15 +166,13 @@ inline void conv_transpose3d_forward(std::int64_t C, std::int64_t D, std::int64_
   // with the weights transposed and flipped and leading padding d·(k − 1) − p.
   const std::int64_t qd = dd * (kd - 1) - pd, qh = dh * (kh - 1) - ph, qw = dw * (kw - 1) - pw;
   if (sd == 1 && sh == 1 && sw == 1 && qd >= 0 && qh >= 0 && qw >= 0) {
-    // (engine blocks, not vectors: see pack_conv_weights_block)
-    const auto fb = Block::allocate(std::size_t(Co * C * ksp) * sizeof(float), false);  // all written
-    float* wf = static_cast<float*>(fb->data());
+    EngineArray<float> wf(std::size_t(Co * C * ksp), false);  // (all written; see pack_conv_weights_block)
     for (std::int64_t o = 0; o < Co; ++o)
       for (std::int64_t i = 0; i < C; ++i)
         for (std::int64_t k = 0; k < ksp; ++k) wf[(o * C + i) * ksp + (ksp - 1 - k)] = w[(i * Co + o) * ksp + k];
-    const auto wp = pack_conv_weights_block(wf, Co, C * ksp);
+    const EngineArray<float> wp = pack_conv_weights_block(wf.data(), Co, C * ksp);
     const ConvGeom g{C, D, H, W, Co, kd, kh, kw, 1, 1, 1, dd, dh, dw, qd, qh, qw, Do, Ho, Wo};
-    conv3d_forward(g, in, static_cast<const float*>(wp->data()), bias, out, Act::none, 0, pool);
+    conv3d_forward(g, in, wp.data(), bias, out, Act::none, 0, pool);
     return;
   }
   // Kernel equal to the stride, no padding (a U-Net's upsampling): the taps do not overlap, so each
