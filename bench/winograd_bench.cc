@@ -1,7 +1,7 @@
 // Direct vs Winograd on the C++ core (issue 23): F(2×2×2, 3×3×3) for the 3×3×3 layers of a U-Net,
-// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages, and where AVX-512 runs
-// the F(4×4) tiles beside them (F(2×4×4, 3×3×3), F(4×4, 3×3): the default there). Built as the addon is
-// built — no -march: the kernels are chosen at run time (AVX-512 / AVX2):
+// F(2×2, 3×3) per plane for the 1×3×3 layers of nnU-Net's anisotropic stages, and the F(4×4) tiles
+// beside them (F(2×4×4, 3×3×3), F(4×4, 3×3): the default). Built as the addon is built — no -march:
+// the kernels are chosen at run time (AVX-512 / AVX2; BHSD_NO_AVX512=1 measures the AVX2 ones):
 //
 //   g++ -std=c++17 -O3 -pthread -Inative/include bench/winograd_bench.cc -o /tmp/winograd_bench
 //   /tmp/winograd_bench [runs=7] [threads=hardware]
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     for (auto& v : b) v = rnd() * 0.1f;
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), Co, g.K());
     std::vector<float> yd(std::size_t(Co * V)), yw(std::size_t(Co * V));
-    // where AVX-512 runs: F(2×2×2) / F(2×2) tiles (the f2 column) beside the F(4×4) ones (the Winograd column)
+    // F(2×2×2) / F(2×2) tiles (the f2 column) beside the F(4×4) ones (the Winograd column)
     const bool both = bhsd::wino_detail::tile_m(g) == 4;
     const bool deep = bhsd::wino_detail::deep_applies(g);
     auto time = [&](bool wino, float* y, bool f2 = false, bool f444 = false) {

@@ -1106,8 +1106,8 @@ static void test_conv_winograd(bhsd::ThreadPool& pool) {
 // row, column or plane dropped), paddings 0–2 on each axis, whole rows of 16 tiles read at aligned
 // addresses and not, groups across tile rows, rows shorter than a load, channel counts around the
 // micro-kernel's blocks, bias or none, each activation; a bf16 call (vdpbf16ps) within 2e-2; a
-// training call's precise tiles keep the direct path; then the plan for such a layer. Where
-// AVX-512 is off the layer is not served (the direct path only).
+// training call's precise tiles keep the direct path; then the plan for such a layer. The
+// AVX-512 transforms where they run, else (BHSD_NO_AVX512) the AVX2 ones.
 static double winograd_s2_worst = -1, winograd_s2_deep_worst = -1;
 static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
   struct Case {
@@ -1160,8 +1160,11 @@ static void test_conv_winograd_s2(bhsd::ThreadPool& pool) {
     const bool ran = bhsd::conv3d_forward_winograd(g, x, wp.data(), bp, wino.data(), act, alpha, pool);
 #ifdef BHSD_X86
     // whole rows of 16 tiles from a line's last column (padding 1, W a multiple of 16): the aligned reads
-    if (ran && c.p[2] == 1 && c.W % 64 == 0) CHECK(bhsd::wino_detail::aligned_row_groups().load() > aligned0);
-    CHECK(ran == bhsd::conv_detail::use_avx512() && ran == bhsd::winograd_applies(g));
+    // (AVX-512's transforms; AVX2's read quads, and no row of them lies across a line)
+    if (ran && c.p[2] == 1 && c.W % 64 == 0 && bhsd::conv_detail::use_avx512())
+      CHECK(bhsd::wino_detail::aligned_row_groups().load() > aligned0);
+    const bhsd::CpuFeatures f = bhsd::cpu_features();
+    CHECK(ran == (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) && ran == bhsd::winograd_applies(g));
 #else
     CHECK(!ran && !bhsd::winograd_applies(g));
 #endif
@@ -1412,7 +1415,8 @@ static double sampled_error(const bhsd::ConvGeom& g, const ConvOperands& ops, co
 // does not start on a line (the unaligned reads then) too; and match a loop in double.
 static void test_winograd_aligned_rows(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
-  if (!bhsd::conv_detail::use_avx512()) return;  // the F(4×4) transforms are AVX-512's
+  const char* f4 = std::getenv("BHSD_WINOGRAD_F4");                                // "0" keeps F(2×2×2) tiles
+  if (!bhsd::conv_detail::use_avx512() || (f4 && std::string(f4) == "0")) return;  // AVX-512's reads
   using namespace bhsd::wino_detail;
   Uniform rnd{77u};
   for (const std::int64_t W : {64, 128})
@@ -1552,7 +1556,8 @@ static void test_winograd_wide(bhsd::ThreadPool& pool) {
   const bhsd::ConvGeom small{300, 2, 3, 5, 240, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 5};
   CHECK(bhsd::wino_detail::tile_m(small) == 2);
 #ifdef BHSD_X86
-  CHECK(bhsd::wino_detail::tile_m(g) == (bhsd::conv_detail::use_avx512() ? 4 : 2));
+  const char* f4 = std::getenv("BHSD_WINOGRAD_F4");                               // "0" keeps F(2×2×2) tiles
+  CHECK(bhsd::wino_detail::tile_m(g) == (f4 && std::string(f4) == "0" ? 2 : 4));  // (AVX-512's transforms or AVX2's)
 #endif
   Uniform rnd{4242u};
   ConvOperands ops = conv_operands(g, rnd);

@@ -1,9 +1,10 @@
 // bhsd — Winograd F(2×2×2, 3×3×3) for the 3×3×3, stride-1, dilation-1 convolutions U-Nets are made
 // of (issue 23), for 1×3×3 ones (nnU-Net's anisotropic stages) F(2×2, 3×3) per plane (the same code
-// with one input plane, no transform along D and 16 points instead of 64); where the AVX-512 kernels
-// run, F(4×4) tiles across the planes instead — F(4×4, 3×3) for 1×3×3 (36 points) and F(2×4×4,
-// 3×3×3) for 3×3×3 layers up to 256×256 channels (144 points), transforms of their own below —; for
-// the strided 3×3×3 layers that open a U-Net's stages (stride 1×2×2 or 2×2×2; AVX-512 only) Winograd
+// with one input plane, no transform along D and 16 points instead of 64); by default F(4×4) tiles
+// across the planes instead — F(4×4, 3×3) for 1×3×3 (36 points) and F(2×4×4, 3×3×3) for 3×3×3
+// layers up to 256×256 channels (144 points), transforms of their own below (AVX-512 ones, and
+// AVX2 ones where AVX-512 does not run) —; for the strided 3×3×3 layers that open a U-Net's stages
+// (stride 1×2×2 or 2×2×2) Winograd
 // on the phases of each strided axis ("Stride 2" below: 100 or 125 points per 2×2×2 outputs); and
 // the measured plan that chooses Winograd or the direct convolution per layer shape.
 // Part of conv.hpp (conv_forward.hpp includes it last: conv3d_forward asks winograd_hook first).
@@ -66,7 +67,7 @@ constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 // a quarter of its cache-hot speed.
 inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) * TL; }
 
-// Which tiles a layer gets: where the AVX-512 kernels run (the transforms below are AVX-512), F(4×4)
+// Which tiles a layer gets: on AVX-512 and AVX2 alike (each has its transforms below), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
 // F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
 // F(2×2, 3×3) and F(2×2×2, 3×3×3). 3×3×3 layers wider than 256×256 channels keep F(2×2×2) where
@@ -78,7 +79,7 @@ inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) 
 // at 8×32×32 (ResEnc-M's and PlainConvUNet's decoder) 108–111 → 67 ms, 640→320 at 8×32×32 159 →
 // 94 ms, 320→320 at 16×16×16 42 → 28–30 ms.
 // BHSD_WINOGRAD_F4=0 keeps F(2×…) everywhere (for the bench); f4_override() is the tests' switch
-// (−1 as the environment says, 0 off, 1 on where AVX-512 runs and the channels allow).
+// (−1 as the environment says, 0 off, 1 on where the channels allow).
 constexpr std::int64_t kF4MaxChannels2 = 256 * 256, kF4WideMinVoxels = 4096;
 inline int& f4_override() {
   static int v = -1;
@@ -206,7 +207,7 @@ inline int tile_code(const ConvGeom& g) {
   }();
   const int o = f4_override();
 #ifdef BHSD_X86
-  if (!((o >= 0 ? o == 1 : !env_off) && conv_detail::use_avx512())) return 2;
+  if (!(o >= 0 ? o == 1 : !env_off)) return 2;  // (AVX-512's transforms, or input_transform_avx2's)
   return g.kd == 3 && deep_tiles() ? 8 : 4;
 #else
   (void)o, (void)env_off;
@@ -1003,7 +1004,7 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
 }
 #undef BHSD_WT
 
-// F(4×4, 3×3) for 1×3×3 kernels where the AVX-512 kernels run: output tiles of 1×4×4, input tiles
+// F(4×4, 3×3) for 1×3×3 kernels (AVX-512 transforms; AVX2's below): output tiles of 1×4×4, input tiles
 // of 1×6×6, 36 points — 36 multiplications per 16 outputs instead of F(2×2, 3×3)'s 16 per 4 (1.78×
 // fewer), and fewer transformed values to write and read per output (2.25 instead of 4 per channel).
 // Bᵀ, G, Aᵀ (Lavin & Gray 2016, points 0, ±1, ±2, ∞):
@@ -1832,6 +1833,302 @@ BHSD_W5 void output_transform_3d512(const ConvGeom& g, const Group& gr, const fl
 #undef BHSD_W5
 #endif
 
+#ifdef BHSD_X86
+// The F(4×4)-row transforms where AVX-512 does not run (AVX2 and FMA: Zen 3, older Intel): the same
+// tiles as the AVX-512 ones above — F(4×4, 3×3) for 1×3×3 kernels (36 points), F(2×4×4, 3×3×3) (144),
+// F(4×4×4, 3×3×3) (216) and the strided layers' phases (100, 125, 150) — with a group's 16 lanes
+// as two halves of 8 in ymm registers. Until 2026-12-05 such machines ran F(2×2×2) / F(2×2) tiles
+// only (64 points per 8 outputs, 16 per 4) and their strided layers the direct path: on the AVX2
+// kernels, where the products are a larger share of a layer than with AVX-512 (half the FMA rate,
+// the same transforms), the larger tiles' 1.78× fewer multiplications are most of a layer's time.
+// A row of 8 tiles reads its samples as 4-sample quads r_i (samples 4i … 4i + 3 from the segment's
+// first column; tile j's six are r_j and the first two of r_{j+1}): two quads a register, r_i with
+// r_{i+4}, so that one 4×4 transpose within each 128-bit lane (unpacks, then shuffles) gives
+// e_k[j] = sample 4j + k in tile order, e_0 … e_3 from r_0 … r_3 ‖ r_4 … r_7 and e_4, e_5 from
+// r_1 … r_4 ‖ r_5 … r_8 — no lane-crossing permutation, which AVX2 has only as one-source vpermps.
+#define BHSD_W2 __attribute__((target("avx2,fma"))) inline
+
+// How to read samples a … a + 3 of a row of W (0 outside [0, W)), RowLoad's kinds on 4 lanes.
+struct QuadLoad {
+  std::int64_t base;
+  int kind;
+  __m128i idx, keep;
+};
+BHSD_W2 QuadLoad quad_load(std::int64_t a, std::int64_t W) {
+  QuadLoad L{a, 0, _mm_setzero_si128(), _mm_setzero_si128()};
+  std::tie(L.kind, L.base) = row_kind(a, W, 4);
+  if (L.kind != 1) return L;
+  const __m128i iota = _mm_setr_epi32(0, 1, 2, 3);
+  L.idx = _mm_add_epi32(iota, _mm_set1_epi32(int(a - L.base)));  // lane l: sample a + l of the quad at base
+  L.keep = _mm_and_si128(_mm_cmpgt_epi32(iota, _mm_set1_epi32(int(-a - 1))),
+                         _mm_cmpgt_epi32(_mm_set1_epi32(int(W - a)), iota));
+  return L;
+}
+BHSD_W2 __m128 load_quad(const float* row, const QuadLoad& L, std::int64_t W) {
+  switch (L.kind) {
+    case 0:
+      return _mm_loadu_ps(row + L.base);
+    case 1:
+      return _mm_and_ps(_mm_permutevar_ps(_mm_loadu_ps(row + L.base), L.idx), _mm_castsi128_ps(L.keep));
+    case 2:
+      return _mm_setzero_ps();
+    default: {
+      alignas(16) float v[4];
+      row_samples(row, L.base, W, v, 4);
+      return _mm_load_ps(v);
+    }
+  }
+}
+
+// F(4,3)'s Bᵀ, Aᵀ and stride 2's bt5s2, at5s2 on vectors of 8 (the same arithmetic as bt6 … at5s2).
+BHSD_W2 void bt6x8(const __m256* d, __m256* o) {
+  const __m256 c4 = _mm256_set1_ps(4.0f), c5 = _mm256_set1_ps(5.0f), c2 = _mm256_set1_ps(2.0f);
+  const __m256 d42 = _mm256_sub_ps(d[4], d[2]);
+  o[0] = _mm256_fmadd_ps(c4, d[0], _mm256_fnmadd_ps(c5, d[2], d[4]));
+  o[1] = _mm256_fnmadd_ps(c4, _mm256_add_ps(d[1], d[2]), _mm256_add_ps(d[3], d[4]));
+  o[2] = _mm256_fmadd_ps(c4, _mm256_sub_ps(d[1], d[2]), _mm256_sub_ps(d[4], d[3]));
+  o[3] = _mm256_fmadd_ps(c2, _mm256_sub_ps(d[3], d[1]), d42);
+  o[4] = _mm256_fmadd_ps(c2, _mm256_sub_ps(d[1], d[3]), d42);
+  o[5] = _mm256_fmadd_ps(c4, d[1], _mm256_fnmadd_ps(c5, d[3], d[5]));
+}
+BHSD_W2 void at6x8(const __m256* m, __m256* o) {
+  const __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
+  const __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
+  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
+  o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);
+  o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);
+  o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m[5]);
+}
+BHSD_W2 void bt5s2x8(const __m256* d, __m256* o) {
+  o[0] = d[1], o[1] = d[3], o[2] = _mm256_sub_ps(d[0], d[2]), o[3] = d[2], o[4] = _mm256_sub_ps(d[4], d[2]);
+}
+BHSD_W2 void at5s2x8(const __m256* m, __m256* o) {
+  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], m[2]), m[3]);
+  o[1] = _mm256_add_ps(_mm256_add_ps(m[1], m[3]), m[4]);
+}
+// Along an axis of a tile: R inputs (6: F(4, 3); 5: stride 2) → its transform, Bᵀ or Aᵀ.
+template <bool S2>
+BHSD_W2 void btx8(const __m256* d, __m256* o) {
+  if constexpr (S2)
+    bt5s2x8(d, o);
+  else
+    bt6x8(d, o);
+}
+template <bool S2>
+BHSD_W2 void atx8(const __m256* m, __m256* o) {
+  if constexpr (S2)
+    at5s2x8(m, o);
+  else
+    at6x8(m, o);
+}
+
+// Bᵀ along W of one row segment of up to 16 tiles from its quads Q[0 … 16] (Q[i]: samples 4i … 4i + 3
+// from the segment's first column): w[2k + h] = transformed sample k of tiles 8h … 8h + 7 (k < 6, or
+// 5 for stride 2: the first five e_k through bt5s2).
+template <bool S2>
+BHSD_W2 void bt_row_quads(const __m128* Q, __m256* w) {
+  for (int h = 0; h < 2; ++h) {
+    const __m128* q = Q + 8 * h;
+    const __m256 y0 = _mm256_set_m128(q[4], q[0]), y1 = _mm256_set_m128(q[5], q[1]), y2 = _mm256_set_m128(q[6], q[2]),
+                 y3 = _mm256_set_m128(q[7], q[3]), y4 = _mm256_set_m128(q[8], q[4]);
+    const __m256 a = _mm256_unpacklo_ps(y0, y1), b = _mm256_unpackhi_ps(y0, y1), c = _mm256_unpacklo_ps(y2, y3),
+                 d = _mm256_unpackhi_ps(y2, y3);
+    const __m256 a1 = _mm256_unpacklo_ps(y1, y2), c1 = _mm256_unpacklo_ps(y3, y4);
+    __m256 e[6], o[6];
+    e[0] = _mm256_shuffle_ps(a, c, 0x44), e[1] = _mm256_shuffle_ps(a, c, 0xEE);
+    e[2] = _mm256_shuffle_ps(b, d, 0x44), e[3] = _mm256_shuffle_ps(b, d, 0xEE);
+    e[4] = _mm256_shuffle_ps(a1, c1, 0x44), e[5] = _mm256_shuffle_ps(a1, c1, 0xEE);
+    btx8<S2>(e, o);
+    for (int k = 0; k < (S2 ? 5 : 6); ++k) w[2 * k + h] = o[k];
+  }
+}
+
+// The 16 quads' lines of a row segment from column iw0 (five lines, clamped into the row) into L1.
+BHSD_W2 void prefetch_row_quads(const float* row, std::int64_t iw0, std::int64_t W) {
+  for (int q = 0; q < 5; ++q)
+    _mm_prefetch(
+        reinterpret_cast<const char*>(conv_detail::float_at(row, std::clamp<std::int64_t>(iw0 + 16 * q, 0, W - 1))),
+        _MM_HINT_T0);
+}
+
+// V for one group of tiles, every input channel, on AVX2: NZ input planes a tile — 1 (1×3×3,
+// F(4×4, 3×3): 36 points), 4 (F(2, 3) along D: 144, or with S2 100), 6 (F(4, 3) along D: 216, or 150)
+// or 5 (S2 with stride 2 along D: 125) —, each plane's rows along W (bt_row_quads), then along H, then
+// along D: V[p·(C + 1)·16 + ci·16 + j] for the points p = R²·z + R·y + x (R = 6, or 5 for stride 2),
+// as input_transform_f4 / _3d_f4 / _3d_s2 leave them. A group whose 16 tiles are one segment with
+// every quad inside the row reads the quads straight; others through QuadLoad's kinds, a partial
+// group's segments moved into their lanes one by one.
+template <int NZ, bool S2>
+BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+  constexpr int R = S2 ? 5 : 6, RR = R * R;
+  alignas(64) float t[NZ * RR * TL];  // [z][y][x][lane]
+  alignas(64) float tmp[6 * TL];      // a partial group's segment, before its lanes move into place
+  const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
+  const bool whole = gr.nseg == 1 && gr.n == TL;
+  const bool plain = whole && gr.seg[0].iw0 >= 0 && gr.seg[0].iw0 + 68 <= g.W;
+  QuadLoad ql[TL][17];
+  if (!plain)
+    for (int s = 0; s < gr.nseg; ++s)
+      for (int i = 0; i < 17; ++i) ql[s][i] = quad_load(gr.seg[s].iw0 + 4 * i, g.W);
+  for (std::int64_t ci = 0; ci < C; ++ci) {
+    const float* x = in + ci * vol;
+    const std::int64_t pf = ci + 1 < C ? vol : 0;  // the next channel's same rows, as these are read
+    for (int zy = 0; zy < NZ * R; ++zy) {
+      const int z = zy / R, y = zy % R;
+      float* tr = t + zy * R * TL;
+      if (!whole) std::memset(tr, 0, R * TL * sizeof(float));
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        const std::int64_t id = sg.id0 + z, ih = sg.ih0 + y;
+        if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
+          if (whole) std::memset(tr, 0, R * TL * sizeof(float));
+          continue;
+        }
+        const float* row = x + id * plane + ih * g.W;
+        if (pf) prefetch_row_quads(row + pf, sg.iw0, g.W);
+        if (NZ == 1 && y >= 2 && ih + 4 < g.H) prefetch_row_quads(row + 4 * g.W, sg.iw0, g.W);  // next tile row's
+        __m128 Q[17];
+        if (plain)
+          for (int i = 0; i < 17; ++i) Q[i] = _mm_loadu_ps(row + sg.iw0 + 4 * i);
+        else
+          for (int i = 0; i < 17; ++i) Q[i] = load_quad(row, ql[s][i], g.W);
+        __m256 w[12];
+        bt_row_quads<S2>(Q, w);
+        float* dst = whole ? tr : tmp;
+        for (int k = 0; k < R; ++k)
+          _mm256_store_ps(dst + k * TL, w[2 * k]), _mm256_store_ps(dst + k * TL + 8, w[2 * k + 1]);
+        if (!whole)
+          for (int k = 0; k < R; ++k)
+            for (int j = sg.j0; j < sg.j1; ++j) tr[k * TL + j] = tmp[k * TL + j - sg.j0];
+      }
+    }
+    // along H, in place
+    for (int z = 0; z < NZ; ++z)
+      for (int k = 0; k < R; ++k)
+        for (int h = 0; h < 2; ++h) {
+          __m256 d[6], o[6];
+          float* p0 = t + (z * RR + k) * TL + 8 * h;
+          for (int y = 0; y < R; ++y) d[y] = _mm256_load_ps(p0 + y * R * TL);
+          btx8<S2>(d, o);
+          for (int y = 0; y < R; ++y) _mm256_store_ps(p0 + y * R * TL, o[y]);
+        }
+    // along D into V
+    float* v = V + ci * TL;
+    for (int i = 0; i < RR; ++i)
+      for (int h = 0; h < 2; ++h) {
+        __m256 d[6], o[6];
+        for (int z = 0; z < NZ; ++z) d[z] = _mm256_load_ps(t + (z * RR + i) * TL + 8 * h);
+        if constexpr (NZ == 1) {
+          o[0] = d[0];
+        } else if constexpr (NZ == 4) {  // F(2, 3)'s Bᵀ
+          o[0] = _mm256_sub_ps(d[0], d[2]), o[1] = _mm256_add_ps(d[1], d[2]);
+          o[2] = _mm256_sub_ps(d[2], d[1]), o[3] = _mm256_sub_ps(d[1], d[3]);
+        } else if constexpr (NZ == 5) {
+          bt5s2x8(d, o);
+        } else {
+          bt6x8(d, o);
+        }
+        for (int z = 0; z < NZ; ++z) _mm256_store_ps(v + (RR * z + i) * ps + 8 * h, o[z]);
+      }
+  }
+}
+
+// Y for one group of input_transform_avx2's tiles, every output channel: along D (F(2, 3)'s Aᵀ,
+// F(4, 3)'s, stride 2's or none) into ZO output planes of R² points, then each plane along H and W
+// (Aᵀ: MO = 4 outputs a tile along each, or 2 for stride 2), + bias, activation, stored where the
+// output exists: a whole row of 16 tiles as MO rows of 16·MO columns (each tile's columns
+// interleaved by unpacks and shuffles within 128-bit lanes), other groups voxel by voxel.
+template <int NZ, bool S2>
+BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
+                                   Act act, float alpha) {
+  constexpr int R = S2 ? 5 : 6, RR = R * R, MO = S2 ? 2 : 4;
+  constexpr int ZO = NZ == 1 ? 1 : NZ == 6 ? 4 : 2;  // output planes a tile
+  alignas(64) float r1[ZO * RR * TL];                // [zo][y][x][lane], after Aᵀ along D
+  alignas(64) float hb[MO * R * TL];                 // [yo][x][lane], after Aᵀ along H
+  alignas(64) float r[MO * MO * TL];                 // [yo][xo][lane], a partial group's outputs
+  const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, ps = point_stride(g.Co);
+  const Seg& s0 = gr.seg[0];
+  const bool rows = gr.nseg == 1 && gr.n == TL && s0.oh0 + MO - 1 < g.Ho && s0.ow0 + MO * TL <= g.Wo;
+  const __m256 slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
+  for (std::int64_t co = 0; co < g.Co; ++co) {
+    const float* m = M + co * TL;
+    for (int i = 0; i < RR; ++i)
+      for (int h = 0; h < 2; ++h) {
+        __m256 a[6], o[4];
+        for (int z = 0; z < NZ; ++z) a[z] = _mm256_load_ps(m + (RR * z + i) * ps + 8 * h);
+        if constexpr (NZ == 1) {
+          o[0] = a[0];
+        } else if constexpr (NZ == 4) {  // F(2, 3)'s Aᵀ
+          o[0] = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), o[1] = _mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]);
+        } else if constexpr (NZ == 5) {
+          at5s2x8(a, o);
+        } else {
+          at6x8(a, o);
+        }
+        for (int zo = 0; zo < ZO; ++zo) _mm256_store_ps(r1 + (RR * zo + i) * TL + 8 * h, o[zo]);
+      }
+    const __m256 bv = _mm256_set1_ps(bias ? bias[co] : 0.0f);
+    float* oc = out + co * vol;
+    for (int zo = 0; zo < ZO; ++zo) {
+      const bool fast = rows && s0.od0 + zo < g.Do;
+      const float* p = r1 + zo * RR * TL;
+      for (int k = 0; k < R; ++k)  // along H
+        for (int h = 0; h < 2; ++h) {
+          __m256 a[6], o[4];
+          for (int y = 0; y < R; ++y) a[y] = _mm256_load_ps(p + (y * R + k) * TL + 8 * h);
+          atx8<S2>(a, o);
+          for (int yo = 0; yo < MO; ++yo) _mm256_store_ps(hb + (yo * R + k) * TL + 8 * h, o[yo]);
+        }
+      for (int yo = 0; yo < MO; ++yo)  // along W
+        for (int h = 0; h < 2; ++h) {
+          __m256 a[6], q[4];
+          for (int k = 0; k < R; ++k) a[k] = _mm256_load_ps(hb + (yo * R + k) * TL + 8 * h);
+          atx8<S2>(a, q);
+          for (int xo = 0; xo < MO; ++xo) {
+            q[xo] = _mm256_add_ps(q[xo], bv);
+            if (act != Act::none) q[xo] = act8(q[xo], slope);
+          }
+          if (!fast) {
+            for (int xo = 0; xo < MO; ++xo) _mm256_store_ps(r + (yo * MO + xo) * TL + 8 * h, q[xo]);
+            continue;
+          }
+          float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0 + 8 * MO * h;
+          if constexpr (MO == 2) {  // tiles 0–3 ‖ 4–7 as pairs of columns
+            const __m256 lo = _mm256_unpacklo_ps(q[0], q[1]), hi = _mm256_unpackhi_ps(q[0], q[1]);
+            _mm256_storeu_ps(o, _mm256_permute2f128_ps(lo, hi, 0x20));
+            _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+          } else {  // a 4×4 transpose in each 128-bit lane: tiles (0, 4), (1, 5), (2, 6), (3, 7)
+            const __m256 a0 = _mm256_unpacklo_ps(q[0], q[1]), b0 = _mm256_unpackhi_ps(q[0], q[1]),
+                         c0 = _mm256_unpacklo_ps(q[2], q[3]), d0 = _mm256_unpackhi_ps(q[2], q[3]);
+            const __m256 t04 = _mm256_shuffle_ps(a0, c0, 0x44), t15 = _mm256_shuffle_ps(a0, c0, 0xEE),
+                         t26 = _mm256_shuffle_ps(b0, d0, 0x44), t37 = _mm256_shuffle_ps(b0, d0, 0xEE);
+            _mm256_storeu_ps(o, _mm256_permute2f128_ps(t04, t15, 0x20));
+            _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(t26, t37, 0x20));
+            _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(t04, t15, 0x31));
+            _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(t26, t37, 0x31));
+          }
+        }
+      if (fast) continue;
+      for (int s = 0; s < gr.nseg; ++s) {
+        const Seg& sg = gr.seg[s];
+        if (sg.od0 + zo >= g.Do) continue;
+        for (int yo = 0; yo < MO; ++yo) {
+          const std::int64_t oh = sg.oh0 + yo;
+          if (oh >= g.Ho) continue;
+          float* o = oc + (sg.od0 + zo) * plane + oh * g.Wo;
+          for (int j = sg.j0; j < sg.j1; ++j)
+            for (int xo = 0; xo < MO; ++xo) {
+              const std::int64_t ow = sg.ow0 + MO * (j - sg.j0) + xo;
+              if (ow < g.Wo) o[ow] = r[(yo * MO + xo) * TL + j];
+            }
+        }
+      }
+    }
+  }
+}
+#undef BHSD_W2
+#endif
+
 }  // namespace wino_detail
 
 #ifdef BHSD_X86
@@ -2012,12 +2309,12 @@ BHSD_BF void point_gemm_bf16_2(const std::uint32_t* Ub, int P, int p, std::int64
 #endif
 
 // Whether Winograd serves this convolution here: a 3×3×3 (F(2×2×2, 3×3×3)) or 1×3×3 (F(2×2, 3×3)
-// per plane) kernel, stride 1 — or a 3×3×3 kernel of stride 1×2×2 or 2×2×2 where the AVX-512
-// kernels run (is_s2), not in a training call —, dilation 1, at least 8 input and output channels (8→8 at 16×64×64,
+// per plane) kernel, stride 1 — or a 3×3×3 kernel of stride 1×2×2 or 2×2×2 (is_s2), not in a
+// training call —, dilation 1, at least 8 input and output channels (8→8 at 16×64×64,
 // MONAI SegResNet's first stage: 1.13 → 0.80 ms), an x86 processor with AVX2 and FMA (the micro-kernels it runs on).
 inline bool winograd_applies(const ConvGeom& g) {
 #ifdef BHSD_X86
-  const bool s2 = wino_detail::is_s2(g);  // its transforms are AVX-512 ones only
+  const bool s2 = wino_detail::is_s2(g);
   if (!s2 && ((g.kd != 3 && g.kd != 1) || g.kh != 3 || g.kw != 3 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.dd != 1 ||
               g.dh != 1 || g.dw != 1))
     return false;
@@ -2026,7 +2323,7 @@ inline bool winograd_applies(const ConvGeom& g) {
   // its gradients are compared with PyTorch's, and the forward they follow stays what it was
   if (s2 && wino_detail::precise_tiles().load(std::memory_order_relaxed) > 0) return false;
   const CpuFeatures f = cpu_features();
-  return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2") && (!s2 || conv_detail::use_avx512());
+  return f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2");
 #else
   (void)g;
   return false;
@@ -2158,8 +2455,22 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
+  const bool avx2 = !conv_detail::use_avx512();  // the F(4×4)-row tiles' AVX2 transforms
   auto input_tf = [&](const Group& gr, float* V) {
-    if (P == 100)
+    if (avx2 && P != 64 && P != 16) {
+      if (P == 100)
+        input_transform_avx2<4, true>(g, in, gr, V);
+      else if (P == 125)
+        input_transform_avx2<5, true>(g, in, gr, V);
+      else if (P == 150)
+        input_transform_avx2<6, true>(g, in, gr, V);
+      else if (P == 216)
+        input_transform_avx2<6, false>(g, in, gr, V);
+      else if (P == 144)
+        input_transform_avx2<4, false>(g, in, gr, V);
+      else
+        input_transform_avx2<1, false>(g, in, gr, V);
+    } else if (P == 100)
       input_transform_3d_s2<4>(g, in, gr, V);
     else if (P == 125)
       input_transform_3d_s2<5>(g, in, gr, V);
@@ -2185,7 +2496,20 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
   auto output_tf = [&](const Group& gr, const float* M) {
-    if (P == 100)
+    if (avx2 && P != 64 && P != 16) {
+      if (P == 100)
+        output_transform_avx2<4, true>(g, gr, M, bias, out, act, alpha);
+      else if (P == 125)
+        output_transform_avx2<5, true>(g, gr, M, bias, out, act, alpha);
+      else if (P == 150)
+        output_transform_avx2<6, true>(g, gr, M, bias, out, act, alpha);
+      else if (P == 216)
+        output_transform_avx2<6, false>(g, gr, M, bias, out, act, alpha);
+      else if (P == 144)
+        output_transform_avx2<4, false>(g, gr, M, bias, out, act, alpha);
+      else
+        output_transform_avx2<1, false>(g, gr, M, bias, out, act, alpha);
+    } else if (P == 100)
       output_transform_3d_s2<4>(g, gr, M, bias, out, act, alpha);
     else if (P == 125)
       output_transform_3d_s2<5>(g, gr, M, bias, out, act, alpha);
