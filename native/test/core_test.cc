@@ -1401,6 +1401,90 @@ static double sampled_error(const bhsd::ConvGeom& g, const ConvOperands& ops, co
   return scale > 0 ? worst / scale : 1e30;
 }
 
+// The AVX2 transforms of the F(4×4)-row tiles (input_transform_avx2, output_transform_avx2: what a
+// processor without AVX-512 runs) against the AVX-512 ones, bit for bit, group by group — the
+// F(4×4, 3×3), F(2×4×4, 3×3×3), F(4×4×4, 3×3×3) tiles and the strided layers' 100, 125 and 150
+// points —, on rows of 64 and 128 voxels (whole groups whose first or last quad leaves the row),
+// rows of 70 and 13 (groups across tile rows, partial groups, rows shorter than a load), paddings
+// 0–2, every plane's edges, bias or none and each activation. Runs where AVX-512 does (both sets
+// callable); the core test's BHSD_NO_AVX512 run checks the AVX2 path against float64 end to end.
+static void test_winograd_avx2_transforms() {
+#ifdef BHSD_X86
+  if (!bhsd::conv_detail::use_avx512()) return;
+  using namespace bhsd::wino_detail;
+  Uniform rnd{4711u};
+  struct Case {
+    std::int64_t C, Co, D, H, W, kd, sd, sh, p[3];
+    bool deep;
+    int act;
+  };
+  const std::vector<Case> cases = {
+      {9, 7, 5, 9, 128, 3, 1, 1, {1, 1, 1}, false, 2},  {9, 7, 9, 6, 64, 3, 1, 1, {1, 1, 1}, true, 1},
+      {5, 12, 4, 7, 70, 3, 1, 1, {1, 2, 0}, false, 0},  {6, 5, 10, 5, 13, 3, 1, 1, {2, 1, 1}, true, 2},
+      {7, 9, 3, 10, 128, 1, 1, 1, {0, 1, 1}, false, 2}, {8, 6, 2, 9, 70, 1, 1, 1, {0, 0, 2}, false, 1},
+      {9, 8, 6, 12, 128, 3, 1, 2, {1, 1, 1}, false, 2}, {9, 8, 9, 10, 66, 3, 1, 2, {1, 1, 1}, true, 1},
+      {6, 11, 7, 9, 13, 3, 2, 2, {1, 1, 1}, false, 0},  {8, 8, 8, 20, 64, 3, 2, 2, {0, 2, 1}, false, 2},
+  };
+  for (const Case& c : cases) {
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, c.sd, c.sh, c.sh, 1, 1, 1, c.p[0], c.p[1], c.p[2], 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, c.kd, c.sd, 1, c.p[0], c.p[0]);
+    g.Ho = bhsd::conv_out(c.H, 3, c.sh, 1, c.p[1], c.p[1]);
+    g.Wo = bhsd::conv_out(c.W, 3, c.sh, 1, c.p[2], c.p[2]);
+    const DeepTilesScope deep(c.deep);
+    const TileFreeze freeze(g);
+    const int P = points(g);
+    CHECK(P == (is_s2(g) ? (c.sd == 2 ? 125 : c.deep ? 150 : 100) : c.kd == 1 ? 36 : c.deep ? 216 : 144));
+    const std::int64_t dz = tile_dz(g), m = tile_m(g), TD = (g.Do + dz - 1) / dz, TH = (g.Ho + m - 1) / m,
+                       TW = (g.Wo + m - 1) / m, T = TD * TH * TW, ngroups = (T + TL - 1) / TL;
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), bias(std::size_t(c.Co));
+    for (float& v : x) v = rnd();
+    for (float& v : bias) v = rnd();
+    const std::size_t vsz = std::size_t(P * point_stride(c.C)), msz = std::size_t(P * point_stride(c.Co)),
+                      no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
+    // (aligned blocks: both sets store V's and M's rows with aligned stores)
+    auto vb = bhsd::Block::allocate(2 * vsz * sizeof(float)), mb = bhsd::Block::allocate(msz * sizeof(float));
+    float *v512 = static_cast<float*>(vb->data()), *v2 = v512 + vsz, *M = static_cast<float*>(mb->data());
+    for (std::size_t i = 0; i < msz; ++i) M[i] = rnd();
+    std::vector<float> o512(no, 3.0f), o2(no, 3.0f);
+    const bhsd::Act act = bhsd::Act(c.act);
+    for (std::int64_t q = 0; q < ngroups; ++q) {
+      const Group gr = group_of(g, dz, m, TH, TW, T, q);
+      std::fill(v512, v512 + 2 * vsz, 0.0f);
+      if (P == 144)
+        input_transform_3d_f4<4>(g, x.data(), gr, v512), input_transform_avx2<4, false>(g, x.data(), gr, v2);
+      if (P == 216)
+        input_transform_3d_f4<6>(g, x.data(), gr, v512), input_transform_avx2<6, false>(g, x.data(), gr, v2);
+      if (P == 36) input_transform_f4(g, x.data(), gr, v512), input_transform_avx2<1, false>(g, x.data(), gr, v2);
+      if (P == 100) input_transform_3d_s2<4>(g, x.data(), gr, v512), input_transform_avx2<4, true>(g, x.data(), gr, v2);
+      if (P == 125) input_transform_3d_s2<5>(g, x.data(), gr, v512), input_transform_avx2<5, true>(g, x.data(), gr, v2);
+      if (P == 150) input_transform_3d_s2<6>(g, x.data(), gr, v512), input_transform_avx2<6, true>(g, x.data(), gr, v2);
+      CHECK(std::memcmp(v512, v2, vsz * sizeof(float)) == 0);
+      const float* bp = c.act == 1 ? nullptr : bias.data();
+      if (P == 144)
+        output_transform_3d_f4<4>(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<4, false>(g, gr, M, bp, o2.data(), act, 0.01f);
+      if (P == 216)
+        output_transform_3d_f4<6>(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<6, false>(g, gr, M, bp, o2.data(), act, 0.01f);
+      if (P == 36)
+        output_transform_f4(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<1, false>(g, gr, M, bp, o2.data(), act, 0.01f);
+      if (P == 100)
+        output_transform_3d_s2<4>(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<4, true>(g, gr, M, bp, o2.data(), act, 0.01f);
+      if (P == 125)
+        output_transform_3d_s2<5>(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<5, true>(g, gr, M, bp, o2.data(), act, 0.01f);
+      if (P == 150)
+        output_transform_3d_s2<6>(g, gr, M, bp, o512.data(), act, 0.01f),
+            output_transform_avx2<6, true>(g, gr, M, bp, o2.data(), act, 0.01f);
+    }
+    CHECK(std::memcmp(o512.data(), o2.data(), no * sizeof(float)) == 0);
+    CHECK(std::count(o2.begin(), o2.end(), 3.0f) == 0);  // every output voxel written
+  }
+#endif
+}
+
 // A layer big enough for the plan to time its candidates on a slab (over 8 GFLOP direct), where
 // F(4×4×4) tiles are one of them (deep_applies): the slab is whole tiles of 4 planes, the plan's
 // output is the layer's from then on, sampled voxels match a plain loop in double, and only the
@@ -2233,6 +2317,7 @@ int main() {
     test_winograd_deep_plan(pool);
     test_plan_export_import();
     test_winograd_aligned_rows(pool);
+    test_winograd_avx2_transforms();
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

@@ -1956,8 +1956,8 @@ BHSD_W2 void prefetch_row_quads(const float* row, std::int64_t iw0, std::int64_t
 // or 5 (S2 with stride 2 along D: 125) —, each plane's rows along W (bt_row_quads), then along H, then
 // along D: V[p·(C + 1)·16 + ci·16 + j] for the points p = R²·z + R·y + x (R = 6, or 5 for stride 2),
 // as input_transform_f4 / _3d_f4 / _3d_s2 leave them. A group whose 16 tiles are one segment with
-// every quad inside the row reads the quads straight; others through QuadLoad's kinds, a partial
-// group's segments moved into their lanes one by one.
+// quads 1 … 15 inside the row reads those straight and its first and last through QuadLoad's kinds;
+// others read every quad so, a partial group's segments moved into their lanes one by one.
 template <int NZ, bool S2>
 BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
   constexpr int R = S2 ? 5 : 6, RR = R * R;
@@ -1965,11 +1965,12 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
   alignas(64) float tmp[6 * TL];      // a partial group's segment, before its lanes move into place
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
-  const bool plain = whole && gr.seg[0].iw0 >= 0 && gr.seg[0].iw0 + 68 <= g.W;
+  // quads 1 … 15 inside the row (every whole group of a row of 64 or more with padding 1: only the
+  // first quad of a row's first group and the last of its last leave it), read straight
+  const bool inner = whole && gr.seg[0].iw0 + 4 >= 0 && gr.seg[0].iw0 + 64 <= g.W;
   QuadLoad ql[TL][17];
-  if (!plain)
-    for (int s = 0; s < gr.nseg; ++s)
-      for (int i = 0; i < 17; ++i) ql[s][i] = quad_load(gr.seg[s].iw0 + 4 * i, g.W);
+  for (int s = 0; s < gr.nseg; ++s)
+    for (int i = 0; i < 17; ++i) ql[s][i] = quad_load(gr.seg[s].iw0 + 4 * i, g.W);
   for (std::int64_t ci = 0; ci < C; ++ci) {
     const float* x = in + ci * vol;
     const std::int64_t pf = ci + 1 < C ? vol : 0;  // the next channel's same rows, as these are read
@@ -1988,9 +1989,10 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
         if (pf) prefetch_row_quads(row + pf, sg.iw0, g.W);
         if (NZ == 1 && y >= 2 && ih + 4 < g.H) prefetch_row_quads(row + 4 * g.W, sg.iw0, g.W);  // next tile row's
         __m128 Q[17];
-        if (plain)
-          for (int i = 0; i < 17; ++i) Q[i] = _mm_loadu_ps(row + sg.iw0 + 4 * i);
-        else
+        if (inner) {
+          Q[0] = load_quad(row, ql[0][0], g.W), Q[16] = load_quad(row, ql[0][16], g.W);
+          for (int i = 1; i < 16; ++i) Q[i] = _mm_loadu_ps(row + sg.iw0 + 4 * i);
+        } else
           for (int i = 0; i < 17; ++i) Q[i] = load_quad(row, ql[s][i], g.W);
         __m256 w[12];
         bt_row_quads<S2>(Q, w);
