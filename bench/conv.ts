@@ -99,7 +99,7 @@ export async function benchConv(): Promise<string[]> {
   const lines = [
     `conv3d 3×3×3 pad 1, batch 1, output buffer reused, weights packed once (median of 5; onnxruntime-node 2 threads; FMA peak of the native pool's ${info.details.native?.threads ?? "?"} threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
     "best case: input, weights and the reused output in engine memory (allocTensor); as users call it: the caller's own arrays (copied in), a fresh output each call",
-    `PyTorch: torch.nn.functional.conv3d in ${torchPy ?? "(no python3 with torch: no PyTorch column)"}, fp32, 2 threads`,
+    `PyTorch: torch.nn.functional.conv3d in ${torchPy ?? "(no python3 with torch: no PyTorch column)"}, fp32, 2 threads${process.env.ONEDNN_MAX_CPU_ISA ? `, oneDNN held to ONEDNN_MAX_CPU_ISA=${process.env.ONEDNN_MAX_CPU_ISA}` : ""}`,
     "| layer | bhsd native ms | GFLOP/s | % of peak | as users call it, ms | peak MB | onnxruntime ms | GFLOP/s | × onnxruntime | PyTorch ms | × PyTorch | bhsd ts GFLOP/s |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
