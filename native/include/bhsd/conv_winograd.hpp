@@ -2004,7 +2004,8 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
             for (int j = sg.j0; j < sg.j1; ++j) tr[k * TL + j] = tmp[k * TL + j - sg.j0];
       }
     }
-    // along H, in place
+    // along H, in place — or, with one plane (1×3×3: nothing along D), straight into V
+    float* v = V + ci * TL;
     for (int z = 0; z < NZ; ++z)
       for (int k = 0; k < R; ++k)
         for (int h = 0; h < 2; ++h) {
@@ -2012,26 +2013,24 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
           float* p0 = t + (z * RR + k) * TL + 8 * h;
           for (int y = 0; y < R; ++y) d[y] = _mm256_load_ps(p0 + y * R * TL);
           btx8<S2>(d, o);
-          for (int y = 0; y < R; ++y) _mm256_store_ps(p0 + y * R * TL, o[y]);
+          for (int y = 0; y < R; ++y) _mm256_store_ps(NZ == 1 ? v + (y * R + k) * ps + 8 * h : p0 + y * R * TL, o[y]);
         }
-    // along D into V
-    float* v = V + ci * TL;
-    for (int i = 0; i < RR; ++i)
-      for (int h = 0; h < 2; ++h) {
-        __m256 d[6], o[6];
-        for (int z = 0; z < NZ; ++z) d[z] = _mm256_load_ps(t + (z * RR + i) * TL + 8 * h);
-        if constexpr (NZ == 1) {
-          o[0] = d[0];
-        } else if constexpr (NZ == 4) {  // F(2, 3)'s Bᵀ
-          o[0] = _mm256_sub_ps(d[0], d[2]), o[1] = _mm256_add_ps(d[1], d[2]);
-          o[2] = _mm256_sub_ps(d[2], d[1]), o[3] = _mm256_sub_ps(d[1], d[3]);
-        } else if constexpr (NZ == 5) {
-          bt5s2x8(d, o);
-        } else {
-          bt6x8(d, o);
+    if constexpr (NZ > 1) {  // along D into V
+      for (int i = 0; i < RR; ++i)
+        for (int h = 0; h < 2; ++h) {
+          __m256 d[6], o[6];
+          for (int z = 0; z < NZ; ++z) d[z] = _mm256_load_ps(t + (z * RR + i) * TL + 8 * h);
+          if constexpr (NZ == 4) {  // F(2, 3)'s Bᵀ
+            o[0] = _mm256_sub_ps(d[0], d[2]), o[1] = _mm256_add_ps(d[1], d[2]);
+            o[2] = _mm256_sub_ps(d[2], d[1]), o[3] = _mm256_sub_ps(d[1], d[3]);
+          } else if constexpr (NZ == 5) {
+            bt5s2x8(d, o);
+          } else {
+            bt6x8(d, o);
+          }
+          for (int z = 0; z < NZ; ++z) _mm256_store_ps(v + (RR * z + i) * ps + 8 * h, o[z]);
         }
-        for (int z = 0; z < NZ; ++z) _mm256_store_ps(v + (RR * z + i) * ps + 8 * h, o[z]);
-      }
+    }
   }
 }
 
@@ -2045,7 +2044,7 @@ BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const flo
                                    Act act, float alpha) {
   constexpr int R = S2 ? 5 : 6, RR = R * R, MO = S2 ? 2 : 4;
   constexpr int ZO = NZ == 1 ? 1 : NZ == 6 ? 4 : 2;  // output planes a tile
-  alignas(64) float r1[ZO * RR * TL];                // [zo][y][x][lane], after Aᵀ along D
+  alignas(64) float r1[ZO * RR * TL];                // [zo][y][x][lane], after Aᵀ along D (NZ > 1)
   alignas(64) float hb[MO * R * TL];                 // [yo][x][lane], after Aᵀ along H
   alignas(64) float r[MO * MO * TL];                 // [yo][xo][lane], a partial group's outputs
   const std::int64_t plane = g.Ho * g.Wo, vol = g.Do * plane, ps = point_stride(g.Co);
@@ -2054,30 +2053,31 @@ BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const flo
   const __m256 slope = _mm256_set1_ps(act == Act::relu ? 0.0f : alpha);
   for (std::int64_t co = 0; co < g.Co; ++co) {
     const float* m = M + co * TL;
-    for (int i = 0; i < RR; ++i)
-      for (int h = 0; h < 2; ++h) {
-        __m256 a[6], o[4];
-        for (int z = 0; z < NZ; ++z) a[z] = _mm256_load_ps(m + (RR * z + i) * ps + 8 * h);
-        if constexpr (NZ == 1) {
-          o[0] = a[0];
-        } else if constexpr (NZ == 4) {  // F(2, 3)'s Aᵀ
-          o[0] = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), o[1] = _mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]);
-        } else if constexpr (NZ == 5) {
-          at5s2x8(a, o);
-        } else {
-          at6x8(a, o);
+    if constexpr (NZ > 1)  // along D (one plane: H and W read M itself)
+      for (int i = 0; i < RR; ++i)
+        for (int h = 0; h < 2; ++h) {
+          __m256 a[6], o[4];
+          for (int z = 0; z < NZ; ++z) a[z] = _mm256_load_ps(m + (RR * z + i) * ps + 8 * h);
+          if constexpr (NZ == 4) {  // F(2, 3)'s Aᵀ
+            o[0] = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]),
+            o[1] = _mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]);
+          } else if constexpr (NZ == 5) {
+            at5s2x8(a, o);
+          } else {
+            at6x8(a, o);
+          }
+          for (int zo = 0; zo < ZO; ++zo) _mm256_store_ps(r1 + (RR * zo + i) * TL + 8 * h, o[zo]);
         }
-        for (int zo = 0; zo < ZO; ++zo) _mm256_store_ps(r1 + (RR * zo + i) * TL + 8 * h, o[zo]);
-      }
     const __m256 bv = _mm256_set1_ps(bias ? bias[co] : 0.0f);
     float* oc = out + co * vol;
     for (int zo = 0; zo < ZO; ++zo) {
       const bool fast = rows && s0.od0 + zo < g.Do;
-      const float* p = r1 + zo * RR * TL;
-      for (int k = 0; k < R; ++k)  // along H
+      const float* p = NZ == 1 ? m : r1 + zo * RR * TL;
+      const std::int64_t pst = NZ == 1 ? ps : TL;  // (its points' stride)
+      for (int k = 0; k < R; ++k)                  // along H
         for (int h = 0; h < 2; ++h) {
           __m256 a[6], o[4];
-          for (int y = 0; y < R; ++y) a[y] = _mm256_load_ps(p + (y * R + k) * TL + 8 * h);
+          for (int y = 0; y < R; ++y) a[y] = _mm256_load_ps(p + (y * R + k) * pst + 8 * h);
           atx8<S2>(a, o);
           for (int yo = 0; yo < MO; ++yo) _mm256_store_ps(hb + (yo * R + k) * TL + 8 * h, o[yo]);
         }
