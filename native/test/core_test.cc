@@ -1459,6 +1459,30 @@ static void test_winograd_avx2_transforms() {
       if (P == 125) input_transform_3d_s2<5>(g, x.data(), gr, v512), input_transform_avx2<5, true>(g, x.data(), gr, v2);
       if (P == 150) input_transform_3d_s2<6>(g, x.data(), gr, v512), input_transform_avx2<6, true>(g, x.data(), gr, v2);
       CHECK(std::memcmp(v512, v2, vsz * sizeof(float)) == 0);
+      // streamed stores (st_v: V too large for the caches) leave the same V, in either set
+      for (const bool avx2 : {false, true}) {
+        std::fill(v2, v2 + vsz, 0.0f);
+        if (P == 144)
+          avx2 ? input_transform_avx2<4, false>(g, x.data(), gr, v2, true)
+               : input_transform_3d_f4<4>(g, x.data(), gr, v2, true);
+        if (P == 216)
+          avx2 ? input_transform_avx2<6, false>(g, x.data(), gr, v2, true)
+               : input_transform_3d_f4<6>(g, x.data(), gr, v2, true);
+        if (P == 36)
+          avx2 ? input_transform_avx2<1, false>(g, x.data(), gr, v2, true)
+               : input_transform_f4(g, x.data(), gr, v2, true);
+        if (P == 100)
+          avx2 ? input_transform_avx2<4, true>(g, x.data(), gr, v2, true)
+               : input_transform_3d_s2<4>(g, x.data(), gr, v2, true);
+        if (P == 125)
+          avx2 ? input_transform_avx2<5, true>(g, x.data(), gr, v2, true)
+               : input_transform_3d_s2<5>(g, x.data(), gr, v2, true);
+        if (P == 150)
+          avx2 ? input_transform_avx2<6, true>(g, x.data(), gr, v2, true)
+               : input_transform_3d_s2<6>(g, x.data(), gr, v2, true);
+        _mm_sfence();
+        CHECK(std::memcmp(v512, v2, vsz * sizeof(float)) == 0);
+      }
       const float* bp = c.act == 1 ? nullptr : bias.data();
       if (P == 144)
         output_transform_3d_f4<4>(g, gr, M, bp, o512.data(), act, 0.01f),
@@ -1482,6 +1506,59 @@ static void test_winograd_avx2_transforms() {
     CHECK(std::memcmp(o512.data(), o2.data(), no * sizeof(float)) == 0);
     CHECK(std::count(o2.begin(), o2.end(), 3.0f) == 0);  // every output voxel written
   }
+#endif
+}
+
+// V's streamed stores (stream_v_bytes; 0: every V streamed) give each layer's output bit for bit as
+// stores through the caches do — a task's groups and the split path's (one group: the threads share
+// its points, reading V that another thread wrote) — for every tiling: F(2×2×2) (64 points), 1×3×3
+// F(2×2) (16) and F(4×4) (36), F(2×4×4) (144), F(4×4×4) (216), stride 2×2×2 (125) and 1×2×2 (100),
+// with AVX-512 and (the BHSD_NO_AVX512 run) AVX2.
+static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
+#ifdef BHSD_X86
+  using namespace bhsd::wino_detail;
+  Uniform rnd{2027u};
+  struct Case {
+    std::int64_t C, Co, D, H, W, kd, sd, sh;
+    int f4;
+    bool deep;
+  };
+  const std::vector<Case> cases = {
+      {8, 9, 6, 20, 40, 3, 1, 1, 0, false}, {8, 9, 3, 20, 40, 1, 1, 1, 0, false}, {8, 9, 3, 20, 40, 1, 1, 1, 1, false},
+      {8, 9, 6, 20, 40, 3, 1, 1, 1, false}, {8, 9, 9, 20, 40, 3, 1, 1, 1, true},  {8, 9, 6, 20, 40, 3, 2, 2, 1, false},
+      {8, 9, 6, 20, 40, 3, 1, 2, 1, false}, {16, 12, 2, 6, 6, 3, 1, 1, 1, false},
+  };
+  const std::size_t saved = stream_v_bytes();
+  for (const Case& c : cases) {
+    const std::int64_t pd = c.kd == 3 ? 1 : 0;
+    bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, c.sd, c.sh, c.sh, 1, 1, 1, pd, 1, 1, 0, 0, 0};
+    g.Do = bhsd::conv_out(c.D, c.kd, c.sd, 1, pd, pd);
+    g.Ho = bhsd::conv_out(c.H, 3, c.sh, 1, 1, 1);
+    g.Wo = bhsd::conv_out(c.W, 3, c.sh, 1, 1, 1);
+    f4_override() = c.f4;
+    const DeepTilesScope deep(c.deep);
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.Co * g.K())), bias(std::size_t(c.Co));
+    for (float& v : x) v = rnd();
+    for (float& v : w) v = rnd();
+    for (float& v : bias) v = rnd();
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
+    const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
+    std::vector<float> cached(no, 7.0f), streamed(no, 7.0f);
+    stream_v_bytes() = ~std::size_t(0);
+    const bool ran = bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), cached.data(), bhsd::Act::leaky,
+                                                   0.01f, pool);
+    CHECK(ran == bhsd::winograd_applies(g));
+    if (!ran) continue;  // (BHSD_NO_AVX2: no Winograd)
+    stream_v_bytes() = 0;
+    CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed.data(), bhsd::Act::leaky, 0.01f,
+                                        pool) == ran);
+    CHECK(std::memcmp(cached.data(), streamed.data(), no * sizeof(float)) == 0);
+    CHECK(std::count(streamed.begin(), streamed.end(), 7.0f) == 0);
+  }
+  stream_v_bytes() = saved;
+  f4_override() = -1;
+#else
+  (void)pool;
 #endif
 }
 
@@ -2318,6 +2395,7 @@ int main() {
     test_plan_export_import();
     test_winograd_aligned_rows(pool);
     test_winograd_avx2_transforms();
+    test_winograd_streamed_v(pool);
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
     test_instance_norm(pool);

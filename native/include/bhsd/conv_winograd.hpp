@@ -67,6 +67,31 @@ constexpr int TL = 16;  // tiles per group (the micro-kernel's NR lanes)
 // a quarter of its cache-hot speed.
 inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) * TL; }
 
+// From how many bytes the V of the groups transformed before their products (a task's G groups, or
+// the split path's all) is written with streaming stores (st_v): past the caches, which cannot hold
+// that much until the products read it — written through them, every line of V was first read in
+// from memory and later written back, beside the products' own reads of V and of the weights. Tasks
+// of 8 groups (task_groups: layers whose transformed weights pass 12 MB) and the split path get
+// there; other layers' tasks take as few groups as keep V and M near 768 KB (at least 2 on AVX-512:
+// 64→64 F(4×4×4) at 1.8 MB of V), which the caches hold. On Zen 5 (2026-12-05, C++ core, alternating
+// runs, medians of 4–6): F(4×4×4) 128→128 at 16×64×64 (8 groups, 14 MB of V) 38.4 → 36.8 ms
+// (39.7–41.4 → 34.9–36.6 in an hour of heavier memory traffic; AVX2 67.4 → 65.2), 256→128 there 73.0
+// → 71.2, stride 2×2×2 128→256 at 16×64×64 44.4 → 42.4 and 256→320 at 8×32×32 (the split path) 12.8
+// → 12.4, 320→320 at 4×16×16 (1×2×2) 4.55 → 4.24; streaming every V instead cost the small layers
+// 4–15 % (64→64 at 16×128×128: F(2×4×4), 1.2 MB of V, 46.0 → 53.2; F(4×4×4), 1.8 MB, 41.5 → 43.7;
+// 32→32 at 16×256×256 64.2 → 73.9). BHSD_WINOGRAD_STREAM_MB sets it (0: always); the tests set it.
+inline std::size_t& stream_v_bytes() {
+  static std::size_t b = [] {
+    if (const char* e = std::getenv("BHSD_WINOGRAD_STREAM_MB")) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(e, &end, 10);
+      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
+    }
+    return std::size_t(5) << 19;  // 2.5 MB
+  }();
+  return b;
+}
+
 // Which tiles a layer gets: on AVX-512 and AVX2 alike (each has its transforms below), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
 // F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
@@ -794,6 +819,15 @@ struct L16 {
 #define BHSD_WT __attribute__((target("avx2,fma"))) inline
 BHSD_WT L16 ld(const float* p) { return {_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
 BHSD_WT void st(float* p, L16 v) { _mm256_store_ps(p, v.a), _mm256_store_ps(p + 8, v.b); }
+// A store into V: streaming (non-temporal — past the caches, without reading the line in first)
+// where nt says V is too large for them to hold until the products read it (stream_v_bytes).
+BHSD_WT void st_v(float* p, __m256 v, bool nt) {
+  if (nt)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_store_ps(p, v);
+}
+BHSD_WT void st_v(float* p, L16 v, bool nt) { st_v(p, v.a, nt), st_v(p + 8, v.b, nt); }
 BHSD_WT L16 add(L16 x, L16 y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
 BHSD_WT L16 sub(L16 x, L16 y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
 
@@ -858,7 +892,7 @@ BHSD_WT __m256 load_row(const float* row, const RowLoad& L, std::int64_t W) {
 // 26 on) split into evens and odds in registers; a shorter segment through rb, sample by sample.
 // ZI: input planes per tile, 4 (3×3×3) or 1 (1×3×3: no transform along D, 16 points).
 template <int ZI>
-BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   alignas(64) float t[ZI * 16 * TL];  // [z][y][x][lane]
   alignas(64) float rb[40];
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C;
@@ -914,14 +948,14 @@ BHSD_WT void input_transform(const ConvGeom& g, const float* in, const Group& gr
     float* v = V + ci * TL;
     const std::int64_t ps = point_stride(C);
     if (ZI == 1) {
-      for (int yx = 0; yx < 16; ++yx) st(v + yx * ps, ld(t + yx * TL));
+      for (int yx = 0; yx < 16; ++yx) st_v(v + yx * ps, ld(t + yx * TL), nt);
       continue;
     }
     for (int yx = 0; yx < 16; ++yx) {
       const float* p0 = t + yx * TL;
       const L16 s0 = ld(p0), s1 = ld(p0 + 16 * TL), s2 = ld(p0 + 32 * TL), s3 = ld(p0 + 48 * TL);
-      st(v + (0 * 16 + yx) * ps, sub(s0, s2)), st(v + (1 * 16 + yx) * ps, add(s1, s2));
-      st(v + (2 * 16 + yx) * ps, sub(s2, s1)), st(v + (3 * 16 + yx) * ps, sub(s1, s3));
+      st_v(v + (0 * 16 + yx) * ps, sub(s0, s2), nt), st_v(v + (1 * 16 + yx) * ps, add(s1, s2), nt);
+      st_v(v + (2 * 16 + yx) * ps, sub(s2, s1), nt), st_v(v + (3 * 16 + yx) * ps, sub(s1, s3), nt);
     }
   }
 }
@@ -1020,6 +1054,12 @@ BHSD_WT void output_transform(const ConvGeom& g, const Group& gr, const float* M
 // permutations (the transposes AVX2 would need 3× the shuffles for); a group whose tiles span rows
 // (or stop short) moves each segment's lanes into place by a masked permutation.
 #define BHSD_W5 __attribute__((target("avx512f,avx2,fma"))) inline
+BHSD_W5 void st_v(float* p, __m512 v, bool nt) {  // (st_v of 16 lanes in one register)
+  if (nt)
+    _mm512_stream_ps(p, v);
+  else
+    _mm512_store_ps(p, v);
+}
 
 // How to read samples a … a + 15 of a row of W (0 outside [0, W)), as RowLoad with 16 lanes: 0 a
 // plain load; 1 the nearest window of 16 inside the row, permuted into place and masked; 2 zeros;
@@ -1316,7 +1356,7 @@ BHSD_W5 bool whole_masks(const ConvGeom& g, const float* in, const Group& gr, __
 // V for one group of F(4×4, 3×3) tiles, every input channel: V[p·(C + 1)·16 + ci·16 + j] for the 36
 // points p = 6·y + x (y along H, x along W) of lane j's input tile (0 outside the volume and past
 // the group's n tiles).
-BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   alignas(64) float t[36 * TL];  // [y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
   const bool whole = gr.nseg == 1 && gr.n == TL;
@@ -1348,7 +1388,7 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
       __m512 d[6], o[6];
       for (int y = 0; y < 6; ++y) d[y] = _mm512_load_ps(t + (y * 6 + k) * TL);
       bt6(d, o);
-      for (int y = 0; y < 6; ++y) _mm512_store_ps(v + (y * 6 + k) * ps, o[y]);
+      for (int y = 0; y < 6; ++y) st_v(v + (y * 6 + k) * ps, o[y], nt);
     }
   }
 }
@@ -1467,7 +1507,7 @@ struct GroupRows {
 // along D across the NZ planes F(2, 3)'s Bᵀ (144 points) or F(4, 3)'s (216):
 // V[p·(C + 1)·16 + ci·16 + j] for the points p = 36·z + 6·y + x.
 template <int NZ>
-BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   static_assert(NZ == 4 || NZ == 6, "F(2, 3) or F(4, 3) along D");
   alignas(64) float t[NZ * 36 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
@@ -1488,10 +1528,10 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
         }
         for (int y = 0; y < 6; ++y) {
           const std::int64_t i = (y * 6 + k) * ps;
-          _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
-          _mm512_store_ps(v + 36 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
-          _mm512_store_ps(v + 72 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
-          _mm512_store_ps(v + 108 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+          st_v(v + i, _mm512_sub_ps(h[0][y], h[2][y]), nt);
+          st_v(v + 36 * ps + i, _mm512_add_ps(h[1][y], h[2][y]), nt);
+          st_v(v + 72 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]), nt);
+          st_v(v + 108 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]), nt);
         }
       }
     } else {  // six planes (36 vectors a column) do not fit the registers: along H in place, then D
@@ -1506,7 +1546,7 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
         __m512 d[6], o[6];
         for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 36 + i) * TL);
         bt6(d, o);
-        for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (36 * z + i) * ps, o[z]);
+        for (int z = 0; z < 6; ++z) st_v(v + (36 * z + i) * ps, o[z], nt);
       }
     }
   }
@@ -1547,7 +1587,7 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
 // along H, then along D F(2, 3)'s Bᵀ across 4 planes or bt5s2 across 5:
 // V[p·(C + 1)·16 + ci·16 + j] for the points p = 25·z + 5·y + x.
 template <int NZ>
-BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   static_assert(NZ == 4 || NZ == 5 || NZ == 6, "F(2, 3), stride 2 or F(4, 3) along D");
   alignas(64) float t[NZ * 25 * TL];  // [z][y][x][lane], transformed along W
   const std::int64_t plane = g.H * g.W, vol = g.D * plane, C = g.C, ps = point_stride(C);
@@ -1568,7 +1608,7 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
         __m512 d[6], o[6];
         for (int z = 0; z < 6; ++z) d[z] = _mm512_load_ps(t + (z * 25 + i) * TL);
         bt6(d, o);
-        for (int z = 0; z < 6; ++z) _mm512_store_ps(v + (25 * z + i) * ps, o[z]);
+        for (int z = 0; z < 6; ++z) st_v(v + (25 * z + i) * ps, o[z], nt);
       }
       continue;
     }
@@ -1582,15 +1622,15 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
       for (int y = 0; y < 5; ++y) {
         const std::int64_t i = (y * 5 + k) * ps;
         if constexpr (NZ == 4) {
-          _mm512_store_ps(v + i, _mm512_sub_ps(h[0][y], h[2][y]));
-          _mm512_store_ps(v + 25 * ps + i, _mm512_add_ps(h[1][y], h[2][y]));
-          _mm512_store_ps(v + 50 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]));
-          _mm512_store_ps(v + 75 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]));
+          st_v(v + i, _mm512_sub_ps(h[0][y], h[2][y]), nt);
+          st_v(v + 25 * ps + i, _mm512_add_ps(h[1][y], h[2][y]), nt);
+          st_v(v + 50 * ps + i, _mm512_sub_ps(h[2][y], h[1][y]), nt);
+          st_v(v + 75 * ps + i, _mm512_sub_ps(h[1][y], h[3][y]), nt);
         } else {
           const __m512 d[5] = {h[0][y], h[1][y], h[2][y], h[3][y], h[4][y]};
           __m512 o[5];
           bt5s2(d, o);
-          for (int z = 0; z < 5; ++z) _mm512_store_ps(v + 25 * z * ps + i, o[z]);
+          for (int z = 0; z < 5; ++z) st_v(v + 25 * z * ps + i, o[z], nt);
         }
       }
     }
@@ -1693,10 +1733,8 @@ BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const fl
 // vectors paired with the even one's kept from the channel before — instead of fp32 rows converted
 // in a second pass (which read back V's megabytes from beyond L2 at 320 channels).
 template <bool Pairs = false>
-__attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline void input_transform_3d512(const ConvGeom& g,
-                                                                                                  const float* in,
-                                                                                                  const Group& gr,
-                                                                                                  float* V) {
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline void input_transform_3d512(
+    const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   alignas(64) float t[64 * TL];     // [z][y][x][lane], transformed along W
   alignas(64) float even[64 * TL];  // Pairs: the even channel's 64 points
   alignas(64) static const std::uint16_t order[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
@@ -1756,7 +1794,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma"))) inline void inpu
       for (int d = 0; d < 4; ++d) {
         const int pt = d * 16 + yx;
         if (!Pairs) {
-          _mm512_store_ps(v + pt * ps, r[d]);
+          st_v(v + pt * ps, r[d], nt);
         } else if (ci % 2 == 0 && ci + 1 < C) {
           _mm512_store_ps(even + pt * TL, r[d]);
         } else {  // the odd channel (or an odd C's last, paired with zeros)
@@ -1959,7 +1997,7 @@ BHSD_W2 void prefetch_row_quads(const float* row, std::int64_t iw0, std::int64_t
 // quads 1 … 15 inside the row reads those straight and its first and last through QuadLoad's kinds;
 // others read every quad so, a partial group's segments moved into their lanes one by one.
 template <int NZ, bool S2>
-BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Group& gr, float* V) {
+BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Group& gr, float* V, bool nt = false) {
   constexpr int R = S2 ? 5 : 6, RR = R * R;
   alignas(64) float t[NZ * RR * TL];  // [z][y][x][lane]
   alignas(64) float tmp[6 * TL];      // a partial group's segment, before its lanes move into place
@@ -2013,7 +2051,11 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
           float* p0 = t + (z * RR + k) * TL + 8 * h;
           for (int y = 0; y < R; ++y) d[y] = _mm256_load_ps(p0 + y * R * TL);
           btx8<S2>(d, o);
-          for (int y = 0; y < R; ++y) _mm256_store_ps(NZ == 1 ? v + (y * R + k) * ps + 8 * h : p0 + y * R * TL, o[y]);
+          for (int y = 0; y < R; ++y)
+            if constexpr (NZ == 1)
+              st_v(v + (y * R + k) * ps + 8 * h, o[y], nt);
+            else
+              _mm256_store_ps(p0 + y * R * TL, o[y]);
         }
     if constexpr (NZ > 1) {  // along D into V
       for (int i = 0; i < RR; ++i)
@@ -2028,7 +2070,7 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
           } else {
             bt6x8(d, o);
           }
-          for (int z = 0; z < NZ; ++z) _mm256_store_ps(v + (RR * z + i) * ps + 8 * h, o[z]);
+          for (int z = 0; z < NZ; ++z) st_v(v + (RR * z + i) * ps + 8 * h, o[z], nt);
         }
     }
   }
@@ -2458,40 +2500,50 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   const std::int64_t coblocks = cbk.count();
   const std::int64_t vps = point_stride(g.C), mps = point_stride(g.Co), vsz = P * vps, msz = P * mps;
   const bool avx2 = !conv_detail::use_avx512();  // the F(4×4)-row tiles' AVX2 transforms
-  auto input_tf = [&](const Group& gr, float* V) {
+  // V's stores stream past the caches (st_v) where the V of the groups transformed before their
+  // products (a task's, or the split path's all) is too large for the caches to hold until the
+  // products read it: written through them, each line is first read from memory and later evicted
+  // back. Not for bf16's V, converted in place at once (v_to_bf16) or written as pairs for AMX.
+  const auto stream_v = [&](std::int64_t groups) {
+    return !bf && !tiles && std::size_t(groups * vsz) * sizeof(float) >= stream_v_bytes();
+  };
+  auto input_tf = [&](const Group& gr, float* V, bool nt) {
     if (avx2 && P != 64 && P != 16) {
       if (P == 100)
-        input_transform_avx2<4, true>(g, in, gr, V);
+        input_transform_avx2<4, true>(g, in, gr, V, nt);
       else if (P == 125)
-        input_transform_avx2<5, true>(g, in, gr, V);
+        input_transform_avx2<5, true>(g, in, gr, V, nt);
       else if (P == 150)
-        input_transform_avx2<6, true>(g, in, gr, V);
+        input_transform_avx2<6, true>(g, in, gr, V, nt);
       else if (P == 216)
-        input_transform_avx2<6, false>(g, in, gr, V);
+        input_transform_avx2<6, false>(g, in, gr, V, nt);
       else if (P == 144)
-        input_transform_avx2<4, false>(g, in, gr, V);
+        input_transform_avx2<4, false>(g, in, gr, V, nt);
       else
-        input_transform_avx2<1, false>(g, in, gr, V);
+        input_transform_avx2<1, false>(g, in, gr, V, nt);
     } else if (P == 100)
-      input_transform_3d_s2<4>(g, in, gr, V);
+      input_transform_3d_s2<4>(g, in, gr, V, nt);
     else if (P == 125)
-      input_transform_3d_s2<5>(g, in, gr, V);
+      input_transform_3d_s2<5>(g, in, gr, V, nt);
     else if (P == 150)
-      input_transform_3d_s2<6>(g, in, gr, V);
+      input_transform_3d_s2<6>(g, in, gr, V, nt);
     else if (P == 216)
-      input_transform_3d_f4<6>(g, in, gr, V);
+      input_transform_3d_f4<6>(g, in, gr, V, nt);
     else if (P == 144)
-      input_transform_3d_f4<4>(g, in, gr, V);
+      input_transform_3d_f4<4>(g, in, gr, V, nt);
     else if (P == 36)
-      input_transform_f4(g, in, gr, V);
+      input_transform_f4(g, in, gr, V, nt);
     else if (P == 64 && tiles)
       input_transform_3d512<true>(g, in, gr, V);  // bf16 pair rows already
     else if (P == 64 && conv_detail::use_avx512())
-      input_transform_3d512(g, in, gr, V);
+      input_transform_3d512(g, in, gr, V, nt);
     else if (P == 64)
-      input_transform<4>(g, in, gr, V);
+      input_transform<4>(g, in, gr, V, nt);
     else
-      input_transform<1>(g, in, gr, V);
+      input_transform<1>(g, in, gr, V, nt);
+    // streamed stores are weakly ordered: complete before another thread may read them (the split
+    // path's products run on any thread)
+    if (nt) _mm_sfence();
     if (bf && !(P == 64 && tiles)) v_to_bf16(V, P, vps, g.C);
     if (tiles)  // each point's last chunk completed with zero pairs (a tile reads 16 pair rows)
       for (int p = 0; p < P; ++p)
@@ -2578,6 +2630,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   if (threads > 1 && (ngroups < 4 * threads || u_streams > 1.2 * vm_moves) && split_floats <= kSplitMax) {
     SplitLease vm(split_floats, kSplitMax);
     if (vm.get()) {
+      const bool nt_split = stream_v(ngroups);
       float* V = vm.get();
       float* M = V + ngroups * vsz;
       std::vector<Group> grs(static_cast<std::size_t>(ngroups));
@@ -2586,7 +2639,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
           [&](std::size_t q0, std::size_t q1) {
             for (std::size_t q = q0; q < q1; ++q) {
               grs[q] = group_of(g, dz, m, TH, TW, T, std::int64_t(q));
-              input_tf(grs[q], V + std::int64_t(q) * vsz);
+              input_tf(grs[q], V + std::int64_t(q) * vsz, nt_split);
             }
           },
           1, 1);
@@ -2606,6 +2659,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       return true;
     }
   }
+  const bool nt_task = stream_v(G);
   pool.parallel_for(
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
@@ -2618,7 +2672,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
           const std::int64_t g0 = std::int64_t(task) * G, gn = std::min(ngroups, g0 + G) - g0;
           for (std::int64_t q = 0; q < gn; ++q) {
             grs[q] = group_of(g, dz, m, TH, TW, T, g0 + q);
-            input_tf(grs[q], V + q * vsz);
+            input_tf(grs[q], V + q * vsz, nt_task);
           }
           for (int p = 0; p < P; ++p) point_products(p, gn, V, M);
           for (std::int64_t q = 0; q < gn; ++q) output_tf(grs[q], M + q * msz);
