@@ -1509,11 +1509,12 @@ static void test_winograd_avx2_transforms() {
 #endif
 }
 
-// V's streamed stores (stream_v_bytes; 0: every V streamed) give each layer's output bit for bit as
-// stores through the caches do — a task's groups and the split path's (one group: the threads share
-// its points, reading V that another thread wrote) — for every tiling: F(2×2×2) (64 points), 1×3×3
-// F(2×2) (16) and F(4×4) (36), F(2×4×4) (144), F(4×4×4) (216), stride 2×2×2 (125) and 1×2×2 (100),
-// with AVX-512 and (the BHSD_NO_AVX512 run) AVX2.
+// Streamed stores — V's (stream_v_bytes; 0: every V) and the output's (stream_out_bytes; 0: every
+// aligned whole row) — give each layer's output bit for bit as stores through the caches do: a
+// task's groups and the split path's (one group: the threads share its points, reading V another
+// thread wrote), for every tiling — F(2×2×2) (64 points), 1×3×3 F(2×2) (16) and F(4×4) (36),
+// F(2×4×4) (144), F(4×4×4) (216), stride 2×2×2 (125) and 1×2×2 (100) —, rows of 64 and 128 (whole
+// rows of 16 tiles, streamed) and of 40 (not), with AVX-512 and (the BHSD_NO_AVX512 run) AVX2.
 static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   using namespace bhsd::wino_detail;
@@ -1524,11 +1525,13 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     bool deep;
   };
   const std::vector<Case> cases = {
-      {8, 9, 6, 20, 40, 3, 1, 1, 0, false}, {8, 9, 3, 20, 40, 1, 1, 1, 0, false}, {8, 9, 3, 20, 40, 1, 1, 1, 1, false},
-      {8, 9, 6, 20, 40, 3, 1, 1, 1, false}, {8, 9, 9, 20, 40, 3, 1, 1, 1, true},  {8, 9, 6, 20, 40, 3, 2, 2, 1, false},
-      {8, 9, 6, 20, 40, 3, 1, 2, 1, false}, {16, 12, 2, 6, 6, 3, 1, 1, 1, false},
+      {8, 9, 6, 20, 40, 3, 1, 1, 0, false},  {8, 9, 3, 20, 64, 1, 1, 1, 0, false},
+      {8, 9, 3, 20, 64, 1, 1, 1, 1, false},  {8, 9, 6, 10, 64, 3, 1, 1, 1, false},
+      {8, 9, 6, 20, 40, 3, 1, 1, 1, false},  {8, 9, 9, 10, 64, 3, 1, 1, 1, true},
+      {8, 9, 6, 10, 128, 3, 2, 2, 1, false}, {8, 9, 6, 10, 128, 3, 1, 2, 1, false},
+      {8, 9, 6, 20, 40, 3, 2, 2, 1, false},  {16, 12, 2, 6, 6, 3, 1, 1, 1, false},
   };
-  const std::size_t saved = stream_v_bytes();
+  const std::size_t saved_v = stream_v_bytes(), saved_out = stream_out_bytes();
   for (const Case& c : cases) {
     const std::int64_t pd = c.kd == 3 ? 1 : 0;
     bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, c.sd, c.sh, c.sh, 1, 1, 1, pd, 1, 1, 0, 0, 0};
@@ -1543,19 +1546,21 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     for (float& v : bias) v = rnd();
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), c.Co, g.K());
     const std::size_t no = std::size_t(c.Co * g.Do * g.Ho * g.Wo);
-    std::vector<float> cached(no, 7.0f), streamed(no, 7.0f);
-    stream_v_bytes() = ~std::size_t(0);
-    const bool ran = bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), cached.data(), bhsd::Act::leaky,
-                                                   0.01f, pool);
+    // (engine blocks: page-aligned, so that rows of 64 and 128 outputs start on cache lines)
+    auto cb = bhsd::Block::allocate(no * sizeof(float)), sb = bhsd::Block::allocate(no * sizeof(float));
+    float *cached = static_cast<float*>(cb->data()), *streamed = static_cast<float*>(sb->data());
+    std::fill(cached, cached + no, 7.0f), std::fill(streamed, streamed + no, 7.0f);
+    stream_v_bytes() = ~std::size_t(0), stream_out_bytes() = ~std::size_t(0);
+    const bool ran =
+        bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), cached, bhsd::Act::leaky, 0.01f, pool);
     CHECK(ran == bhsd::winograd_applies(g));
     if (!ran) continue;  // (BHSD_NO_AVX2: no Winograd)
-    stream_v_bytes() = 0;
-    CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed.data(), bhsd::Act::leaky, 0.01f,
-                                        pool) == ran);
-    CHECK(std::memcmp(cached.data(), streamed.data(), no * sizeof(float)) == 0);
-    CHECK(std::count(streamed.begin(), streamed.end(), 7.0f) == 0);
+    stream_v_bytes() = 0, stream_out_bytes() = 0;
+    CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed, bhsd::Act::leaky, 0.01f, pool));
+    CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
+    CHECK(std::count(streamed, streamed + no, 7.0f) == 0);
   }
-  stream_v_bytes() = saved;
+  stream_v_bytes() = saved_v, stream_out_bytes() = saved_out;
   f4_override() = -1;
 #else
   (void)pool;

@@ -91,6 +91,25 @@ inline std::size_t& stream_v_bytes() {
   }();
   return b;
 }
+// From how many bytes a Winograd layer's output is stored with streaming stores where its rows
+// allow (the F(4×4)-row tiles' whole rows of 16 tiles, aligned): an output that large leaves the
+// caches before the next pass (the norm's) reads it, and written through them each line was first
+// read in. Zen 5 (2026-12-05, C++ core, the layer then its InstanceNorm in place, alternating runs,
+// medians of 4): F(4×4×4) 64→64 at 16×128×128 (64 MB) 42.8 → 39.8 ms, 128→128 at 16×64×64 41.2 →
+// 40.5, F(2×4×4) 32→32 at 16×256×256 71.6 → 66.5, the 1×2×2-strided 32→64 there 78.9 → 71.9; AVX2
+// 64→64 64.3 → 61.7, 32→32 122.5 → 115.1; outputs of 4–8 MB (128→128 at 16×32×32, 256→256 at
+// 8×32×32) the same either way. BHSD_WINOGRAD_STREAM_OUT_MB sets it (0: always); the tests set it.
+inline std::size_t& stream_out_bytes() {
+  static std::size_t b = [] {
+    if (const char* e = std::getenv("BHSD_WINOGRAD_STREAM_OUT_MB")) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(e, &end, 10);
+      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
+    }
+    return std::size_t(16) << 20;
+  }();
+  return b;
+}
 
 // Which tiles a layer gets: on AVX-512 and AVX2 alike (each has its transforms below), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
@@ -1060,6 +1079,13 @@ BHSD_W5 void st_v(float* p, __m512 v, bool nt) {  // (st_v of 16 lanes in one re
   else
     _mm512_store_ps(p, v);
 }
+// An output row's vector: streamed where nt (the row's start aligned: stream_out_bytes), else as is.
+BHSD_W5 void st_out(float* p, __m512 v, bool nt) {
+  if (nt)
+    _mm512_stream_ps(p, v);
+  else
+    _mm512_storeu_ps(p, v);
+}
 
 // How to read samples a … a + 15 of a row of W (0 outside [0, W)), as RowLoad with 16 lanes: 0 a
 // plain load; 1 the nearest window of 16 inside the row, permuted into place and masked; 2 zeros;
@@ -1398,7 +1424,7 @@ BHSD_W5 void input_transform_f4(const ConvGeom& g, const float* in, const Group&
 // a whole row of 16 tiles as 4 rows of 64 columns (the 4 columns of each tile interleaved by lane
 // permutations), other groups voxel by voxel.
 BHSD_W5 void f4_plane_out(const ConvGeom& g, const Group& gr, const float* m, std::int64_t ps, int zo, float* oc,
-                          __m512 bv, Act act, __m512 slope) {
+                          __m512 bv, Act act, __m512 slope, bool nt = false) {
   alignas(64) float r[16 * TL];  // [yo][xo][lane], the partial groups' outputs
   const std::int64_t plane = g.Ho * g.Wo;
   const Seg& s0 = gr.seg[0];
@@ -1430,10 +1456,11 @@ BHSD_W5 void f4_plane_out(const ConvGeom& g, const Group& gr, const float* m, st
       float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
       const __m512 a0 = _mm512_permutex2var_ps(q[0], IL0, q[1]), a1 = _mm512_permutex2var_ps(q[0], IL1, q[1]);
       const __m512 b0 = _mm512_permutex2var_ps(q[2], IL0, q[3]), b1 = _mm512_permutex2var_ps(q[2], IL1, q[3]);
-      _mm512_storeu_ps(o, _mm512_permutex2var_ps(a0, IQ0, b0));
-      _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a0, IQ1, b0));
-      _mm512_storeu_ps(o + 32, _mm512_permutex2var_ps(a1, IQ0, b1));
-      _mm512_storeu_ps(o + 48, _mm512_permutex2var_ps(a1, IQ1, b1));
+      const bool ntr = nt && !(reinterpret_cast<std::uintptr_t>(o) & 63);
+      st_out(o, _mm512_permutex2var_ps(a0, IQ0, b0), ntr);
+      st_out(o + 16, _mm512_permutex2var_ps(a0, IQ1, b0), ntr);
+      st_out(o + 32, _mm512_permutex2var_ps(a1, IQ0, b1), ntr);
+      st_out(o + 48, _mm512_permutex2var_ps(a1, IQ1, b1), ntr);
     } else
       for (int xo = 0; xo < 4; ++xo) _mm512_store_ps(r + (yo * 4 + xo) * TL, q[xo]);
   }
@@ -1456,11 +1483,11 @@ BHSD_W5 void f4_plane_out(const ConvGeom& g, const Group& gr, const float* m, st
 
 // Y = Aᵀ M A for one group of F(4×4, 3×3) tiles, every output channel, + bias, activation.
 BHSD_W5 void output_transform_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                 Act act, float alpha) {
+                                 Act act, float alpha, bool nt = false) {
   const std::int64_t vol = g.Do * g.Ho * g.Wo, ps = point_stride(g.Co);
   const __m512 slope = _mm512_set1_ps(act == Act::relu ? 0.0f : alpha);
   for (std::int64_t co = 0; co < g.Co; ++co)
-    f4_plane_out(g, gr, M + co * TL, ps, 0, out + co * vol, _mm512_set1_ps(bias ? bias[co] : 0.0f), act, slope);
+    f4_plane_out(g, gr, M + co * TL, ps, 0, out + co * vol, _mm512_set1_ps(bias ? bias[co] : 0.0f), act, slope, nt);
 }
 
 // A group's row reads for the 3×3×3 F(4×4)-row transforms (F(2×4×4), F(4×4×4) and the strided
@@ -1557,7 +1584,7 @@ BHSD_W5 void input_transform_3d_f4(const ConvGeom& g, const float* in, const Gro
 // each plane as F(4×4, 3×3)'s, + bias, activation.
 template <int NZ>
 BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                    Act act, float alpha) {
+                                    Act act, float alpha, bool nt = false) {
   static_assert(NZ == 4 || NZ == 6, "F(2, 3) or F(4, 3) along D");
   constexpr int ZO = NZ - 2;           // output planes a tile
   alignas(64) float r1[ZO * 36 * TL];  // [zo][y][x][lane]
@@ -1578,7 +1605,7 @@ BHSD_W5 void output_transform_3d_f4(const ConvGeom& g, const Group& gr, const fl
       }
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    for (int zo = 0; zo < ZO; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope);
+    for (int zo = 0; zo < ZO; ++zo) f4_plane_out(g, gr, r1 + zo * 36 * TL, TL, zo, out + co * vol, bv, act, slope, nt);
   }
 }
 
@@ -1642,7 +1669,7 @@ BHSD_W5 void input_transform_3d_s2(const ConvGeom& g, const float* in, const Gro
 // od0 + zo of channel oc: a whole row of 16 tiles as 2 rows of 32 columns (each tile's 2 columns
 // interleaved by a lane permutation), other groups voxel by voxel.
 BHSD_W5 void s2_plane_out(const ConvGeom& g, const Group& gr, const float* m, std::int64_t ps, int zo, float* oc,
-                          __m512 bv, Act act, __m512 slope) {
+                          __m512 bv, Act act, __m512 slope, bool nt = false) {
   alignas(64) float r[4 * TL];  // [yo][xo][lane], the partial groups' outputs
   const std::int64_t plane = g.Ho * g.Wo;
   const Seg& s0 = gr.seg[0];
@@ -1667,8 +1694,9 @@ BHSD_W5 void s2_plane_out(const ConvGeom& g, const Group& gr, const float* m, st
     }
     if (fast) {
       float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0;
-      _mm512_storeu_ps(o, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[0]), q[1]));
-      _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[1]), q[1]));
+      const bool ntr = nt && !(reinterpret_cast<std::uintptr_t>(o) & 63);
+      st_out(o, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[0]), q[1]), ntr);
+      st_out(o + 16, _mm512_permutex2var_ps(q[0], _mm512_load_si512(il[1]), q[1]), ntr);
     } else
       for (int xo = 0; xo < 2; ++xo) _mm512_store_ps(r + (yo * 2 + xo) * TL, q[xo]);
   }
@@ -1694,7 +1722,7 @@ BHSD_W5 void s2_plane_out(const ConvGeom& g, const Group& gr, const float* m, st
 // activation.
 template <int NZ>
 BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                    Act act, float alpha) {
+                                    Act act, float alpha, bool nt = false) {
   static_assert(NZ == 4 || NZ == 5 || NZ == 6, "F(2, 3), stride 2 or F(4, 3) along D");
   constexpr int ZO = NZ == 6 ? 4 : 2;  // output planes a tile
   alignas(64) float r1[ZO * 25 * TL];  // [zo][y][x][lane]
@@ -1720,7 +1748,7 @@ BHSD_W5 void output_transform_3d_s2(const ConvGeom& g, const Group& gr, const fl
       }
     }
     const __m512 bv = _mm512_set1_ps(bias ? bias[co] : 0.0f);
-    for (int zo = 0; zo < ZO; ++zo) s2_plane_out(g, gr, r1 + zo * 25 * TL, TL, zo, out + co * vol, bv, act, slope);
+    for (int zo = 0; zo < ZO; ++zo) s2_plane_out(g, gr, r1 + zo * 25 * TL, TL, zo, out + co * vol, bv, act, slope, nt);
   }
 }
 
@@ -1885,6 +1913,12 @@ BHSD_W5 void output_transform_3d512(const ConvGeom& g, const Group& gr, const fl
 // e_k[j] = sample 4j + k in tile order, e_0 … e_3 from r_0 … r_3 ‖ r_4 … r_7 and e_4, e_5 from
 // r_1 … r_4 ‖ r_5 … r_8 — no lane-crossing permutation, which AVX2 has only as one-source vpermps.
 #define BHSD_W2 __attribute__((target("avx2,fma"))) inline
+BHSD_W2 void st_out(float* p, __m256 v, bool nt) {  // (st_out of 8 lanes)
+  if (nt)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
 
 // How to read samples a … a + 3 of a row of W (0 outside [0, W)), RowLoad's kinds on 4 lanes.
 struct QuadLoad {
@@ -2083,7 +2117,7 @@ BHSD_W2 void input_transform_avx2(const ConvGeom& g, const float* in, const Grou
 // interleaved by unpacks and shuffles within 128-bit lanes), other groups voxel by voxel.
 template <int NZ, bool S2>
 BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const float* M, const float* bias, float* out,
-                                   Act act, float alpha) {
+                                   Act act, float alpha, bool nt = false) {
   constexpr int R = S2 ? 5 : 6, RR = R * R, MO = S2 ? 2 : 4;
   constexpr int ZO = NZ == 1 ? 1 : NZ == 6 ? 4 : 2;  // output planes a tile
   alignas(64) float r1[ZO * RR * TL];                // [zo][y][x][lane], after Aᵀ along D (NZ > 1)
@@ -2137,19 +2171,20 @@ BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const flo
             continue;
           }
           float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0 + 8 * MO * h;
+          const bool ntr = nt && !(reinterpret_cast<std::uintptr_t>(o) & 31);
           if constexpr (MO == 2) {  // tiles 0–3 ‖ 4–7 as pairs of columns
             const __m256 lo = _mm256_unpacklo_ps(q[0], q[1]), hi = _mm256_unpackhi_ps(q[0], q[1]);
-            _mm256_storeu_ps(o, _mm256_permute2f128_ps(lo, hi, 0x20));
-            _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+            st_out(o, _mm256_permute2f128_ps(lo, hi, 0x20), ntr);
+            st_out(o + 8, _mm256_permute2f128_ps(lo, hi, 0x31), ntr);
           } else {  // a 4×4 transpose in each 128-bit lane: tiles (0, 4), (1, 5), (2, 6), (3, 7)
             const __m256 a0 = _mm256_unpacklo_ps(q[0], q[1]), b0 = _mm256_unpackhi_ps(q[0], q[1]),
                          c0 = _mm256_unpacklo_ps(q[2], q[3]), d0 = _mm256_unpackhi_ps(q[2], q[3]);
             const __m256 t04 = _mm256_shuffle_ps(a0, c0, 0x44), t15 = _mm256_shuffle_ps(a0, c0, 0xEE),
                          t26 = _mm256_shuffle_ps(b0, d0, 0x44), t37 = _mm256_shuffle_ps(b0, d0, 0xEE);
-            _mm256_storeu_ps(o, _mm256_permute2f128_ps(t04, t15, 0x20));
-            _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(t26, t37, 0x20));
-            _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(t04, t15, 0x31));
-            _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(t26, t37, 0x31));
+            st_out(o, _mm256_permute2f128_ps(t04, t15, 0x20), ntr);
+            st_out(o + 8, _mm256_permute2f128_ps(t26, t37, 0x20), ntr);
+            st_out(o + 16, _mm256_permute2f128_ps(t04, t15, 0x31), ntr);
+            st_out(o + 24, _mm256_permute2f128_ps(t26, t37, 0x31), ntr);
           }
         }
       if (fast) continue;
@@ -2549,38 +2584,42 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       for (int p = 0; p < P; ++p)
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
+  // the output streamed past the caches where it is too large for them to hold until the next pass
+  // reads it (stream_out_bytes; the F(4×4)-row tiles' whole rows)
+  const bool nt_out = std::size_t(g.Co * g.Do * g.Ho * g.Wo) * sizeof(float) >= stream_out_bytes();
   auto output_tf = [&](const Group& gr, const float* M) {
     if (avx2 && P != 64 && P != 16) {
       if (P == 100)
-        output_transform_avx2<4, true>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<4, true>(g, gr, M, bias, out, act, alpha, nt_out);
       else if (P == 125)
-        output_transform_avx2<5, true>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<5, true>(g, gr, M, bias, out, act, alpha, nt_out);
       else if (P == 150)
-        output_transform_avx2<6, true>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<6, true>(g, gr, M, bias, out, act, alpha, nt_out);
       else if (P == 216)
-        output_transform_avx2<6, false>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<6, false>(g, gr, M, bias, out, act, alpha, nt_out);
       else if (P == 144)
-        output_transform_avx2<4, false>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<4, false>(g, gr, M, bias, out, act, alpha, nt_out);
       else
-        output_transform_avx2<1, false>(g, gr, M, bias, out, act, alpha);
+        output_transform_avx2<1, false>(g, gr, M, bias, out, act, alpha, nt_out);
     } else if (P == 100)
-      output_transform_3d_s2<4>(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_s2<4>(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 125)
-      output_transform_3d_s2<5>(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_s2<5>(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 150)
-      output_transform_3d_s2<6>(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_s2<6>(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 216)
-      output_transform_3d_f4<6>(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_f4<6>(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 144)
-      output_transform_3d_f4<4>(g, gr, M, bias, out, act, alpha);
+      output_transform_3d_f4<4>(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 36)
-      output_transform_f4(g, gr, M, bias, out, act, alpha);
+      output_transform_f4(g, gr, M, bias, out, act, alpha, nt_out);
     else if (P == 64 && conv_detail::use_avx512())
       output_transform_3d512(g, gr, M, bias, out, act, alpha);
     else if (P == 64)
       output_transform<4>(g, gr, M, bias, out, act, alpha);
     else
       output_transform<1>(g, gr, M, bias, out, act, alpha);
+    if (nt_out) _mm_sfence();  // (streamed stores are weakly ordered: complete before the call returns)
   };
   // point p's products for groups 0 … gn − 1 of V and M, every output channel
   const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
