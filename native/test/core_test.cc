@@ -1510,11 +1510,11 @@ static void test_winograd_avx2_transforms() {
 }
 
 // Streamed stores — V's (stream_v_bytes; 0: every V) and the output's (stream_out_bytes; 0: every
-// aligned whole row) — give each layer's output bit for bit as stores through the caches do: a
-// task's groups and the split path's (one group: the threads share its points, reading V another
-// thread wrote), for every tiling — F(2×2×2) (64 points), 1×3×3 F(2×2) (16) and F(4×4) (36),
-// F(2×4×4) (144), F(4×4×4) (216), stride 2×2×2 (125) and 1×2×2 (100) —, rows of 64 and 128 (whole
-// rows of 16 tiles, streamed) and of 40 (not), with AVX-512 and (the BHSD_NO_AVX512 run) AVX2.
+// aligned whole row, and the direct path's whole tiles) — give each layer's output bit for bit as stores through the
+// caches do: a task's groups and the split path's (one group: the threads share its points, reading V another thread
+// wrote), for every tiling — F(2×2×2) (64 points), 1×3×3 F(2×2) (16) and F(4×4) (36), F(2×4×4) (144), F(4×4×4) (216),
+// stride 2×2×2 (125) and 1×2×2 (100) —, rows of 64 and 128 (whole rows of 16 tiles, streamed) and of 40 (not), with
+// AVX-512 and (the BHSD_NO_AVX512 run) AVX2.
 static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
 #ifdef BHSD_X86
   using namespace bhsd::wino_detail;
@@ -1531,7 +1531,7 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
       {8, 9, 6, 10, 128, 3, 2, 2, 1, false}, {8, 9, 6, 10, 128, 3, 1, 2, 1, false},
       {8, 9, 6, 20, 40, 3, 2, 2, 1, false},  {16, 12, 2, 6, 6, 3, 1, 1, 1, false},
   };
-  const std::size_t saved_v = stream_v_bytes(), saved_out = stream_out_bytes();
+  const std::size_t saved_v = stream_v_bytes(), saved_out = bhsd::stream_out_bytes();
   for (const Case& c : cases) {
     const std::int64_t pd = c.kd == 3 ? 1 : 0;
     bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, c.sd, c.sh, c.sh, 1, 1, 1, pd, 1, 1, 0, 0, 0};
@@ -1550,17 +1550,42 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     auto cb = bhsd::Block::allocate(no * sizeof(float)), sb = bhsd::Block::allocate(no * sizeof(float));
     float *cached = static_cast<float*>(cb->data()), *streamed = static_cast<float*>(sb->data());
     std::fill(cached, cached + no, 7.0f), std::fill(streamed, streamed + no, 7.0f);
-    stream_v_bytes() = ~std::size_t(0), stream_out_bytes() = ~std::size_t(0);
+    stream_v_bytes() = ~std::size_t(0), bhsd::stream_out_bytes() = ~std::size_t(0);
     const bool ran =
         bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), cached, bhsd::Act::leaky, 0.01f, pool);
     CHECK(ran == bhsd::winograd_applies(g));
     if (!ran) continue;  // (BHSD_NO_AVX2: no Winograd)
-    stream_v_bytes() = 0, stream_out_bytes() = 0;
+    stream_v_bytes() = 0, bhsd::stream_out_bytes() = 0;
     CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed, bhsd::Act::leaky, 0.01f, pool));
     CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
     CHECK(std::count(streamed, streamed + no, 7.0f) == 0);
   }
-  stream_v_bytes() = saved_v, stream_out_bytes() = saved_out;
+  // the direct path's whole tiles (one block of input channels: each stored once), rows of 64
+  // (streamed) and 40 (their tails not), 1–3 input channels, with and without bias and activation
+  for (const std::int64_t C : {1, 3}) {
+    for (const std::int64_t W : {64, 40}) {
+      bhsd::ConvGeom g{C, 5, 9, W, 13, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+      g.Do = 5, g.Ho = 9, g.Wo = W;
+      std::vector<float> x(std::size_t(C * 5 * 9 * W)), w(std::size_t(13 * g.K())), bias(13);
+      for (float& v : x) v = rnd();
+      for (float& v : w) v = rnd();
+      for (float& v : bias) v = rnd();
+      const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), 13, g.K());
+      const std::size_t no = std::size_t(13 * 5 * 9 * W);
+      auto cb = bhsd::Block::allocate(no * sizeof(float)), sb = bhsd::Block::allocate(no * sizeof(float));
+      float *cached = static_cast<float*>(cb->data()), *streamed = static_cast<float*>(sb->data());
+      std::fill(cached, cached + no, 7.0f), std::fill(streamed, streamed + no, 7.0f);
+      const float* bp = C == 1 ? bias.data() : nullptr;
+      const bhsd::Act act = C == 1 ? bhsd::Act::leaky : bhsd::Act::none;
+      bhsd::stream_out_bytes() = ~std::size_t(0);
+      bhsd::conv3d_forward(g, x.data(), wp.data(), bp, cached, act, 0.01f, pool, false);
+      bhsd::stream_out_bytes() = 0;
+      bhsd::conv3d_forward(g, x.data(), wp.data(), bp, streamed, act, 0.01f, pool, false);
+      CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
+      CHECK(std::count(streamed, streamed + no, 7.0f) == 0);
+    }
+  }
+  stream_v_bytes() = saved_v, bhsd::stream_out_bytes() = saved_out;
   f4_override() = -1;
 #else
   (void)pool;

@@ -71,6 +71,11 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a,
       c1[r] = _mm256_blendv_ps(_mm256_mul_ps(c1[r], slope), c1[r], _mm256_cmp_ps(c1[r], zero, _CMP_GT_OQ));
     }
   }
+  if (last && ldo > NR && stream_tiles() && !((reinterpret_cast<std::uintptr_t>(o) | std::uintptr_t(ldo * 4)) & 31)) {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) _mm256_stream_ps(o + r * ldo, c0[r]), _mm256_stream_ps(o + r * ldo + 8, c1[r]);
+    return;
+  }
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(o + r * ldo, c0[r]), _mm256_storeu_ps(o + r * ldo + 8, c1[r]);
 }
@@ -256,6 +261,16 @@ __attribute__((target("avx512f"))) inline void kernel_avx512_pair2(const float* 
       c[r] = _mm512_mask_mul_ps(c[r], _mm512_cmp_ps_mask(c[r], zero, _CMP_NGT_UQ), c[r], slope);
       d[r] = _mm512_mask_mul_ps(d[r], _mm512_cmp_ps_mask(d[r], zero, _CMP_NGT_UQ), d[r], slope);
     }
+  }
+  // the output itself (not a staging tile), whole tiles on cache lines, in a StreamTiles scope
+  if (last && ldo > NR && m0 == 0xFFFF && m1 == 0xFFFF && stream_tiles() &&
+      !((reinterpret_cast<std::uintptr_t>(o0) | reinterpret_cast<std::uintptr_t>(o1) | std::uintptr_t(ldo * 4)) & 63)) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      _mm512_stream_ps(o0 + r * ldo, c[r]);
+      _mm512_stream_ps(o1 + r * ldo, d[r]);
+    }
+    return;
   }
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) {

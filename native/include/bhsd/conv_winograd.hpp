@@ -91,25 +91,6 @@ inline std::size_t& stream_v_bytes() {
   }();
   return b;
 }
-// From how many bytes a Winograd layer's output is stored with streaming stores where its rows
-// allow (the F(4×4)-row tiles' whole rows of 16 tiles, aligned): an output that large leaves the
-// caches before the next pass (the norm's) reads it, and written through them each line was first
-// read in. Zen 5 (2026-12-05, C++ core, the layer then its InstanceNorm in place, alternating runs,
-// medians of 4): F(4×4×4) 64→64 at 16×128×128 (64 MB) 42.8 → 39.8 ms, 128→128 at 16×64×64 41.2 →
-// 40.5, F(2×4×4) 32→32 at 16×256×256 71.6 → 66.5, the 1×2×2-strided 32→64 there 78.9 → 71.9; AVX2
-// 64→64 64.3 → 61.7, 32→32 122.5 → 115.1; outputs of 4–8 MB (128→128 at 16×32×32, 256→256 at
-// 8×32×32) the same either way. BHSD_WINOGRAD_STREAM_OUT_MB sets it (0: always); the tests set it.
-inline std::size_t& stream_out_bytes() {
-  static std::size_t b = [] {
-    if (const char* e = std::getenv("BHSD_WINOGRAD_STREAM_OUT_MB")) {
-      char* end = nullptr;
-      const unsigned long long mb = std::strtoull(e, &end, 10);
-      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
-    }
-    return std::size_t(16) << 20;
-  }();
-  return b;
-}
 
 // Which tiles a layer gets: on AVX-512 and AVX2 alike (each has its transforms below), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
@@ -2585,7 +2566,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
         std::memset(V + p * vps + 16 * KP, 0, std::size_t(16 * tile_chunks(g) - KP) * 16 * sizeof(float));
   };
   // the output streamed past the caches where it is too large for them to hold until the next pass
-  // reads it (stream_out_bytes; the F(4×4)-row tiles' whole rows)
+  // reads it (stream_out_bytes, conv_common.hpp; the F(4×4)-row tiles' whole rows)
   const bool nt_out = std::size_t(g.Co * g.Do * g.Ho * g.Wo) * sizeof(float) >= stream_out_bytes();
   auto output_tf = [&](const Group& gr, const float* M) {
     if (avx2 && P != 64 && P != 16) {
