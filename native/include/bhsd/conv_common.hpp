@@ -44,8 +44,9 @@ struct ConvGeom {
 
 // From how many bytes a convolution's output is stored with streaming stores (past the caches,
 // without reading each line in first) where its rows allow — Winograd's F(4×4)-row tiles' whole rows
-// of 16 tiles, the direct path's whole tiles of a layer whose input channels are one block (each
-// tile written once): an output that large leaves the caches before the next pass (the norm's)
+// of 16 tiles; the indirect direct path's (up to 48 output channels) whole tiles of 16 voxels in
+// pairs (AVX-512) or alone (AVX2), where its input channels are one block (each tile written
+// once): an output that large leaves the caches before the next pass (the norm's)
 // reads it, and written through them each line was first read in from memory. Zen 5 (2026-12-05,
 // C++ core, alternating runs, medians of 3–4): the layer then its InstanceNorm in place, F(4×4×4)
 // 64→64 at 16×128×128 (64 MB) 42.8 → 39.8 ms, 128→128 at 16×64×64 41.2 → 40.5, F(2×4×4) 32→32 at
@@ -66,9 +67,30 @@ inline std::size_t& stream_out_bytes() {
 }
 
 namespace conv_detail {
+// The whole layer's output bytes while the plan times a slab of it (winograd_hook; 0 otherwise): a
+// slab streams its output as the layer it stands for will (stream_output), so that each candidate
+// is timed as it will run.
+inline std::size_t& planned_out_bytes() {
+  static thread_local std::size_t b = 0;
+  return b;
+}
+class PlannedOut {
+ public:
+  explicit PlannedOut(std::size_t bytes) : saved_(planned_out_bytes()) { planned_out_bytes() = bytes; }
+  ~PlannedOut() { planned_out_bytes() = saved_; }
+  PlannedOut(const PlannedOut&) = delete;
+  PlannedOut& operator=(const PlannedOut&) = delete;
+
+ private:
+  std::size_t saved_;
+};
+// Whether an output of `bytes` (this call's) is stored with streaming stores where its rows allow.
+inline bool stream_output(std::size_t bytes) { return std::max(bytes, planned_out_bytes()) >= stream_out_bytes(); }
 // Whether this thread's micro-kernels store finished tiles (last) with streaming stores where the
 // tile is whole and its rows aligned: a direct-path driver's scope (StreamTiles) for a layer whose
-// output passes stream_out_bytes and whose every tile is written once.
+// output passes stream_out_bytes and whose every tile is written once. The kernels take ldo > NR
+// as "the output itself": a caller that stages tiles in a scratch of rows wider than NR must not
+// run inside such a scope.
 inline bool& stream_tiles() {
   static thread_local bool on = false;
   return on;

@@ -103,7 +103,7 @@ inline bool conv3d_forward_indirect(const ConvGeom& g, const float* in, const fl
     const std::int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
     // one block of input channels: each tile stored once, streamed past the caches where the output
     // is too large for them (stream_out_bytes: a U-Net's first layer, 1→32 at 16×256×256, 8.9 → 6.8 ms)
-    const bool stream = kblocks == 1 && std::size_t(g.Co * vol_out) * sizeof(float) >= stream_out_bytes();
+    const bool stream = kblocks == 1 && stream_output(std::size_t(g.Co * vol_out) * sizeof(float));
     pool.parallel_for(
         std::size_t(tasks),
         [&](std::size_t t0, std::size_t t1) {

@@ -71,7 +71,7 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a,
       c1[r] = _mm256_blendv_ps(_mm256_mul_ps(c1[r], slope), c1[r], _mm256_cmp_ps(c1[r], zero, _CMP_GT_OQ));
     }
   }
-  if (last && ldo > NR && stream_tiles() && !((reinterpret_cast<std::uintptr_t>(o) | std::uintptr_t(ldo * 4)) & 31)) {
+  if (last && ldo > NR && stream_tiles() && !((reinterpret_cast<std::uintptr_t>(o) | std::uintptr_t(ldo * 4)) & 63)) {
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) _mm256_stream_ps(o + r * ldo, c0[r]), _mm256_stream_ps(o + r * ldo + 8, c1[r]);
     return;

@@ -71,13 +71,16 @@ inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) 
 // the split path's all) is written with streaming stores (st_v): past the caches, which cannot hold
 // that much until the products read it — written through them, every line of V was first read in
 // from memory and later written back, beside the products' own reads of V and of the weights. Tasks
-// of 8 groups (task_groups: layers whose transformed weights pass 12 MB) and the split path get
-// there; other layers' tasks take as few groups as keep V and M near 768 KB (at least 2 on AVX-512:
-// 64→64 F(4×4×4) at 1.8 MB of V), which the caches hold. On Zen 5 (2026-12-05, C++ core, alternating
+// of 8 groups (task_groups: layers whose transformed weights pass 12 MB), the split path and, on
+// AVX-512 (at least 2 groups a task), F(4×4×4) tasks from about 96 input channels (128→64: 3.6 MB)
+// get there; other layers' tasks take as few groups as keep V and M near 768 KB (64→64 F(4×4×4):
+// 2 groups, 1.8 MB of V), which the caches hold. On Zen 5 (2026-12-05, C++ core, alternating
 // runs, medians of 4–6): F(4×4×4) 128→128 at 16×64×64 (8 groups, 14 MB of V) 38.4 → 36.8 ms
 // (39.7–41.4 → 34.9–36.6 in an hour of heavier memory traffic; AVX2 67.4 → 65.2), 256→128 there 73.0
 // → 71.2, stride 2×2×2 128→256 at 16×64×64 44.4 → 42.4 and 256→320 at 8×32×32 (the split path) 12.8
-// → 12.4, 320→320 at 4×16×16 (1×2×2) 4.55 → 4.24; streaming every V instead cost the small layers
+// → 12.4, 320→320 at 4×16×16 (1×2×2) 4.55 → 4.24, 128→64 at 16×128×128 (2 groups) 81.0 → 75.9 and
+// 128→128 at 16×64×64 with 2 groups 40.1–41.5 → 36.0–36.5 (both in the busier hour); streaming every
+// V instead cost the small layers
 // 4–15 % (64→64 at 16×128×128: F(2×4×4), 1.2 MB of V, 46.0 → 53.2; F(4×4×4), 1.8 MB, 41.5 → 43.7;
 // 32→32 at 16×256×256 64.2 → 73.9). BHSD_WINOGRAD_STREAM_MB sets it (0: always); the tests set it.
 inline std::size_t& stream_v_bytes() {
@@ -2152,7 +2155,7 @@ BHSD_W2 void output_transform_avx2(const ConvGeom& g, const Group& gr, const flo
             continue;
           }
           float* o = oc + (s0.od0 + zo) * plane + (s0.oh0 + yo) * g.Wo + s0.ow0 + 8 * MO * h;
-          const bool ntr = nt && !(reinterpret_cast<std::uintptr_t>(o) & 31);
+          const bool ntr = nt && !(reinterpret_cast<std::uintptr_t>(o) & 63);  // whole lines
           if constexpr (MO == 2) {  // tiles 0–3 ‖ 4–7 as pairs of columns
             const __m256 lo = _mm256_unpacklo_ps(q[0], q[1]), hi = _mm256_unpackhi_ps(q[0], q[1]);
             st_out(o, _mm256_permute2f128_ps(lo, hi, 0x20), ntr);
@@ -2567,7 +2570,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   };
   // the output streamed past the caches where it is too large for them to hold until the next pass
   // reads it (stream_out_bytes, conv_common.hpp; the F(4×4)-row tiles' whole rows)
-  const bool nt_out = std::size_t(g.Co * g.Do * g.Ho * g.Wo) * sizeof(float) >= stream_out_bytes();
+  const bool nt_out = conv_detail::stream_output(std::size_t(g.Co * g.Do * g.Ho * g.Wo) * sizeof(float));
   auto output_tf = [&](const Group& gr, const float* M) {
     if (avx2 && P != 64 && P != 16) {
       if (P == 100)
@@ -2877,6 +2880,8 @@ inline bool winograd_hook(const ConvGeom& g, const float* in, const float* wp, c
   if (planned > 0 && (planned & 15) == kWinoFp32Deep && !deep_applies_fp32(g)) planned = kWinoFp32 | (planned & ~15);
   if (planned > 0) return winograd_as(planned, g, in, wp, bias, out, act, alpha, pool);
   using clock = std::chrono::steady_clock;
+  // slabs stream their outputs as the whole layer will (stream_output)
+  const conv_detail::PlannedOut planned_out(std::size_t(g.Co * g.Do * g.Ho * g.Wo) * sizeof(float));
   // the candidates: Winograd as the call would run it; for a bf16 call Winograd in fp32 too, and
   // for an fp32 call with F(4×4) tiles the F(2×…) tiles; where F(4×4×4) tiles apply in fp32, those
   // (in fp32 for a bf16 call)
