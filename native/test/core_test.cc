@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -124,6 +125,50 @@ static void test_pool_many_loops(bhsd::ThreadPool& pool) {
     acc += s;
   }
   CHECK(acc == 2000LL * (96 * 97 / 2));
+}
+
+// slot_local: per pool slot, not per OS thread — the caller's slot's object is the same whichever
+// thread calls (libuv's threads take turns), each slot's object stays from loop to loop, another
+// tag is another object, and outside a pooled loop's chunks (or in a loop run serially) there is none.
+static void test_pool_slot_local(bhsd::ThreadPool& pool) {
+  struct TagA {};
+  struct TagB {};
+  CHECK((bhsd::ThreadPool::slot_local<int, TagA>() == nullptr));
+  std::mutex mu;
+  std::set<int*> seen;
+  const void* caller_obj[2] = {nullptr, nullptr};
+  bool distinct_tags = true, all_set = true;
+  for (int who = 0; who < 2; ++who) {
+    std::thread caller([&] {
+      const auto me = std::this_thread::get_id();
+      for (int loop = 0; loop < 20; ++loop)
+        pool.parallel_for(
+            64,
+            [&](std::size_t, std::size_t) {
+              int* a = bhsd::ThreadPool::slot_local<int, TagA>();
+              int* b = bhsd::ThreadPool::slot_local<int, TagB>();
+              std::lock_guard<std::mutex> lk(mu);
+              if (pool.size() == 1) {  // serial: no slot
+                all_set = all_set && a == nullptr && b == nullptr;
+                return;
+              }
+              all_set = all_set && a && b;
+              distinct_tags = distinct_tags && a != b;
+              if (a) seen.insert(a);
+              if (std::this_thread::get_id() == me) caller_obj[who] = a;
+            },
+            1, 4);
+    });
+    caller.join();
+  }
+  CHECK(all_set);
+  CHECK(distinct_tags);
+  CHECK(seen.size() <= pool.size());
+  if (pool.size() > 1) {
+    CHECK(caller_obj[0] != nullptr);
+    CHECK(caller_obj[0] == caller_obj[1]);  // two OS threads, one caller slot
+  }
+  CHECK((bhsd::ThreadPool::slot_local<int, TagA>() == nullptr));
 }
 
 // A loop made under PoolNoWaitScope while another thread's loop holds the pool runs serially on its
@@ -2404,6 +2449,7 @@ int main() {
     test_pool_exception_and_nesting(pool);
     test_pool_many_loops(pool);
     test_pool_no_wait(pool);
+    test_pool_slot_local(pool);
     test_pool_cancel(pool);
     test_stats_and_rescale(pool);
     test_read_scaled(pool);

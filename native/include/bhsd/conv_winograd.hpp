@@ -2686,9 +2686,13 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   pool.parallel_for(
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
-        thread_local Scratch vmem, mmem;
-        float* V = vmem.get(std::size_t(G * vsz));
-        float* M = mmem.get(std::size_t(G * msz));
+        // the pool slot's scratch (ThreadPool::slot_local), not this OS thread's: libuv's threads
+        // take turns as the caller; a loop run serially keeps the thread's own
+        thread_local Scratch vown, mown;
+        Scratch* vs = ThreadPool::slot_local<Scratch, struct WinogradV>();
+        Scratch* ms = ThreadPool::slot_local<Scratch, struct WinogradM>();
+        float* V = (vs ? *vs : vown).get(std::size_t(G * vsz));
+        float* M = (ms ? *ms : mown).get(std::size_t(G * msz));
         Group grs[8];
         const TilesScope ts(tiles);
         for (std::size_t task = t0; task < t1; ++task) {

@@ -98,8 +98,9 @@ class ThreadPool {
  public:
   explicit ThreadPool(unsigned threads) {
     if (threads < 1) threads = 1;
+    slot_store_.resize(threads);
     workers_.reserve(threads - 1);
-    for (unsigned i = 0; i + 1 < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+    for (unsigned i = 0; i + 1 < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i + 1); });
   }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -167,7 +168,7 @@ class ThreadPool {
     }
     wake_.notify_all();
     in_worker() = true;  // the caller works too; a nested loop inside its chunks runs serially
-    work(job);
+    work(job, 0);
     in_worker() = false;
     // the last chunks are most often a worker's a few µs from done: watched for up to kSpin first,
     // since sleeping on finished_ costs a futex wait here and a wake there (VM exits both)
@@ -180,7 +181,54 @@ class ThreadPool {
     if (error) std::rethrow_exception(error);
   }
 
+  // What a loop's chunks keep from loop to loop per slot of this pool — the caller's (0: whichever
+  // thread calls parallel_for, one at a time) and each worker's (1 …) — where thread_local keeps it
+  // per OS thread: a pool's callers are libuv's threads in turn, and each had faulted in its own
+  // copy of a layer's scratch (a Winograd task's V and M: up to 56 MB each at 256 channels), once
+  // per size, in the first windows of a model and in every bench's first runs. The current chunk's
+  // slot's T (made on first use; one per T and Tag), or null outside a pooled loop's chunks (a loop
+  // run serially: its caller keeps its own). A nested loop runs serially inside its chunk, in the
+  // same slot, as it ran on the same thread before.
+  template <class T, class Tag>
+  static T* slot_local() {
+    const SlotContext& c = slot_context();
+    if (!c.pool) return nullptr;
+    auto& v = c.pool->slot_store_[c.slot];
+    const std::size_t id = slot_tag<T, Tag>();
+    if (v.size() <= id) v.resize(id + 1);
+    if (!v[id]) v[id] = std::make_shared<T>();
+    return static_cast<T*>(v[id].get());
+  }
+
  private:
+  struct SlotContext {
+    ThreadPool* pool = nullptr;
+    unsigned slot = 0;
+  };
+  static SlotContext& slot_context() {
+    static thread_local SlotContext c;
+    return c;
+  }
+  class SlotScope {
+   public:
+    SlotScope(ThreadPool* pool, unsigned slot) : saved_(slot_context()) { slot_context() = {pool, slot}; }
+    ~SlotScope() { slot_context() = saved_; }
+    SlotScope(const SlotScope&) = delete;
+    SlotScope& operator=(const SlotScope&) = delete;
+
+   private:
+    SlotContext saved_;
+  };
+  static std::atomic<std::size_t>& tag_count() {
+    static std::atomic<std::size_t> n{0};
+    return n;
+  }
+  template <class T, class Tag>
+  static std::size_t slot_tag() {
+    static const std::size_t id = tag_count().fetch_add(1);
+    return id;
+  }
+
   struct Job {
     const std::function<void(std::size_t, std::size_t)>* fn;
     std::size_t n, chunk, chunks;
@@ -199,8 +247,9 @@ class ThreadPool {
     return flag;
   }
 
-  void work(Job& job) {
+  void work(Job& job, unsigned slot) {
     CancelScope scope(job.cancel);  // nested loops and check_cancel() in the chunks see it
+    const SlotScope in_slot(this, slot);
     for (;;) {
       const std::size_t c = job.next.fetch_add(1, std::memory_order_relaxed);
       if (c >= job.chunks) return;
@@ -243,7 +292,7 @@ class ThreadPool {
     }
   }
 
-  void worker_loop() {
+  void worker_loop(unsigned slot) {
     in_worker() = true;
     std::uint64_t seen = 0;
     for (;;) {
@@ -256,11 +305,14 @@ class ThreadPool {
         seen = generation_;
         job = job_;
       }
-      work(*job);
+      work(*job, slot);
     }
   }
 
   std::vector<std::thread> workers_;
+  // slot_local's objects: [slot][tag], each slot's touched only by the thread in it (the caller's
+  // slot by whichever holds run_mutex_)
+  std::vector<std::vector<std::shared_ptr<void>>> slot_store_;
   std::mutex run_mutex_;  // one loop at a time
   std::mutex mutex_;
   std::condition_variable wake_, finished_;
