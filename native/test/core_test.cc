@@ -141,7 +141,9 @@ static void test_pool_slot_local(bhsd::ThreadPool& pool) {
   for (int who = 0; who < 2; ++who) {
     std::thread caller([&] {
       const auto me = std::this_thread::get_id();
-      for (int loop = 0; loop < 20; ++loop)
+      // (the workers may take every chunk of a loop before the caller takes one: on until it has,
+      // a few hundred loops at most)
+      for (int loop = 0; loop < 20 || (pool.size() > 1 && !caller_obj[who] && loop < 2000); ++loop)
         pool.parallel_for(
             64,
             [&](std::size_t, std::size_t) {

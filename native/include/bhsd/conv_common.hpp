@@ -42,27 +42,31 @@ struct ConvGeom {
 #define BHSD_CONV_KROWS 512
 #endif
 
-// From how many bytes a convolution's output is stored with streaming stores (past the caches,
-// without reading each line in first) where its rows allow — Winograd's F(4×4)-row tiles' whole rows
-// of 16 tiles; the indirect direct path's (up to 48 output channels) whole tiles of 16 voxels in
-// pairs (AVX-512) or alone (AVX2), where its input channels are one block (each tile written
-// once): an output that large leaves the caches before the next pass (the norm's)
-// reads it, and written through them each line was first read in from memory. Zen 5 (2026-12-05,
-// C++ core, alternating runs, medians of 3–4): the layer then its InstanceNorm in place, F(4×4×4)
-// 64→64 at 16×128×128 (64 MB) 42.8 → 39.8 ms, 128→128 at 16×64×64 41.2 → 40.5, F(2×4×4) 32→32 at
-// 16×256×256 71.6 → 66.5, the 1×2×2-strided 32→64 there 78.9 → 71.9; AVX2 64→64 64.3 → 61.7, 32→32
-// 122.5 → 115.1; the direct path's 1→32 at 16×256×256 (a U-Net's first layer, 134 MB) 8.9 → 6.8 (AVX2 12.1 → 11.4);
-// outputs of 4–8 MB (128→128 at 16×32×32, 256→256 at 8×32×32) the same either way.
-// BHSD_STREAM_OUT_MB sets it (0: always); the tests set it.
+// Bytes from an environment variable of whole megabytes (0 … 2^20) where it is set to one, else
+// `fallback` (the streaming thresholds' settings).
+inline std::size_t env_megabytes(const char* name, std::size_t fallback) {
+  if (const char* e = std::getenv(name)) {
+    char* end = nullptr;
+    const unsigned long long mb = std::strtoull(e, &end, 10);
+    if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
+  }
+  return fallback;
+}
+
+// From how many bytes a convolution's output is stored with streaming stores (past the caches, without
+// reading each line in first) where its rows allow — Winograd's F(4×4)-row tiles' whole rows of 16
+// tiles; the indirect direct path's (up to 48 output channels) whole tiles of 16 voxels in pairs
+// (AVX-512) or alone (AVX2), where its input channels are one block (each tile written once): an
+// output that large leaves the caches before the next pass (the norm's) reads it, and written through
+// them each line was first read in from memory. Zen 5 (2026-12-05, C++ core, alternating runs, medians
+// of 3–4): the layer then its InstanceNorm in place, F(4×4×4) 64→64 at 16×128×128 (64 MB) 42.8 → 39.8
+// ms, 128→128 at 16×64×64 41.2 → 40.5, F(2×4×4) 32→32 at 16×256×256 71.6 → 66.5, the 1×2×2-strided
+// 32→64 there 78.9 → 71.9; AVX2 64→64 64.3 → 61.7, 32→32 122.5 → 115.1; the direct path's 1→32 at
+// 16×256×256 (a U-Net's first layer, 134 MB) 8.9 → 6.8 (AVX2 12.1 → 11.4); outputs of 4–8 MB (128→128
+// at 16×32×32, 256→256 at 8×32×32) the same either way. BHSD_STREAM_OUT_MB sets it (0: always); the
+// tests set it.
 inline std::size_t& stream_out_bytes() {
-  static std::size_t b = [] {
-    if (const char* e = std::getenv("BHSD_STREAM_OUT_MB")) {
-      char* end = nullptr;
-      const unsigned long long mb = std::strtoull(e, &end, 10);
-      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
-    }
-    return std::size_t(16) << 20;
-  }();
+  static std::size_t b = env_megabytes("BHSD_STREAM_OUT_MB", std::size_t(16) << 20);
   return b;
 }
 

@@ -84,14 +84,7 @@ inline std::int64_t point_stride(std::int64_t channels) { return (channels + 1) 
 // 4–15 % (64→64 at 16×128×128: F(2×4×4), 1.2 MB of V, 46.0 → 53.2; F(4×4×4), 1.8 MB, 41.5 → 43.7;
 // 32→32 at 16×256×256 64.2 → 73.9). BHSD_WINOGRAD_STREAM_MB sets it (0: always); the tests set it.
 inline std::size_t& stream_v_bytes() {
-  static std::size_t b = [] {
-    if (const char* e = std::getenv("BHSD_WINOGRAD_STREAM_MB")) {
-      char* end = nullptr;
-      const unsigned long long mb = std::strtoull(e, &end, 10);
-      if (end != e && !*end && mb <= (1ull << 20)) return std::size_t(mb) << 20;
-    }
-    return std::size_t(5) << 19;  // 2.5 MB
-  }();
+  static std::size_t b = env_megabytes("BHSD_WINOGRAD_STREAM_MB", std::size_t(5) << 19);  // 2.5 MB
   return b;
 }
 
