@@ -25,15 +25,27 @@ inline void kernel_generic(const float* a, const float* b, std::int64_t K, float
 
 #ifdef BHSD_X86
 // Where the micro-kernel finds the 16 input samples of weight k: a packed panel (k·16 on), or the
-// input itself, zero-padded, at base + delta[k] (an indirect GEMM: nothing packed).
+// input itself, zero-padded, at base + delta[k] (an indirect GEMM: nothing packed). At each step k
+// the kernels also call pf(k): nothing, but for PackedAhead.
 struct PackedB {
   const float* b;
   const float* at(std::int64_t k) const { return b + k * NR; }
+  void pf(std::int64_t) const {}
 };
 struct IndirectB {
   const float* base;
   const std::int32_t* delta;
   const float* at(std::int64_t k) const { return base + delta[k]; }
+  void pf(std::int64_t) const {}
+};
+// PackedB that also asks for the same row `ahead` floats on, a line a step, while the products run:
+// a Winograd point's products ask for the next point's V (point_gemm2), whose lines are then in the
+// caches when that point starts.
+struct PackedAhead {
+  const float* b;
+  std::int64_t ahead;
+  const float* at(std::int64_t k) const { return b + k * NR; }
+  void pf(std::int64_t k) const { _mm_prefetch(reinterpret_cast<const char*>(b + k * NR + ahead), _MM_HINT_T0); }
 };
 
 // The AVX2 micro-kernel: an R×16 tile (R ≤ 6 output channels) in 2R registers, rows `ldo` apart
@@ -56,6 +68,7 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2_tile(const float* a,
   for (std::int64_t k = 0; k < K; ++k) {
     const float* b = bsrc.at(k);
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    bsrc.pf(k);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m256 w = _mm256_broadcast_ss(a + r);
@@ -141,6 +154,7 @@ __attribute__((target("avx512f"))) inline void kernel_avx512_pair(const float* a
     c[r] = first ? _mm512_set1_ps(bias ? bias[r] : 0.0f) : _mm512_maskz_loadu_ps(m, o + r * ldo);
   for (std::int64_t k = 0; k < K; ++k) {
     const __m512 b = _mm512_loadu_ps(bsrc.at(k));
+    bsrc.pf(k);
 #pragma GCC unroll 6
     for (int r = 0; r < R0; ++r) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a0[r]), b, c[r]);
 #pragma GCC unroll 6
@@ -238,6 +252,7 @@ __attribute__((target("avx512f"))) inline void kernel_avx512_pair2(const float* 
   }
   for (std::int64_t k = 0; k < K; ++k) {
     const __m512 b = _mm512_loadu_ps(b0src.at(k)), e = _mm512_loadu_ps(b1src.at(k));
+    b0src.pf(k), b1src.pf(k);
 #pragma GCC unroll 6
     for (int r = 0; r < R0; ++r) {
       const __m512 w = _mm512_set1_ps(a0[r]);
