@@ -1606,6 +1606,15 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed, bhsd::Act::leaky, 0.01f, pool));
     CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
     CHECK(std::count(streamed, streamed + no, 7.0f) == 0);
+    // the point products asking for the next point's V and M (PackedAhead) as they run: the same
+    // products, bit for bit
+    stream_v_bytes() = saved_v, bhsd::stream_out_bytes() = saved_out;
+    const std::size_t saved_ahead = ahead_bytes();
+    std::fill(streamed, streamed + no, 7.0f);
+    ahead_bytes() = 0;
+    CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed, bhsd::Act::leaky, 0.01f, pool));
+    ahead_bytes() = saved_ahead;
+    CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
   }
   // the direct path's whole tiles (one block of input channels: each stored once), rows of 64
   // (streamed) and 40 (their tails not), 1–3 input channels, with and without bias and activation

@@ -88,6 +88,13 @@ inline std::size_t& stream_v_bytes() {
   return b;
 }
 
+// A call of the point products asks for the next point's V and M rows where its V and M pass these
+// bytes (2 MB: conv3d_forward_winograd's point_products); the tests set it.
+inline std::size_t& ahead_bytes() {
+  static std::size_t b = std::size_t(2) << 20;
+  return b;
+}
+
 // Which tiles a layer gets: on AVX-512 and AVX2 alike (each has its transforms below), F(4×4)
 // across each plane — F(4×4, 3×3) for a 1×3×3 kernel, F(2×4×4, 3×3×3) for 3×3×3 (F(2, 3) along D,
 // F(4, 3) along H and W: 144 points per 32 outputs, 4.5 a voxel instead of F(2×2×2)'s 8) — else
@@ -2639,7 +2646,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     // 1.42 → 1.32 s; asking for the weights too (in the kernel's loop, beside its 14 loads a step)
     // lost 5 %. Only where a call's V and M pass 2 MB: otherwise they stay in L2 anyway (32→32 at
     // 16×256×256 lost 9 % to the requests).
-    const bool ahead = p + 1 < P && std::size_t(gn * (vsz + msz)) * sizeof(float) > (std::size_t(2) << 20);
+    const bool ahead = p + 1 < P && std::size_t(gn * (vsz + msz)) * sizeof(float) > ahead_bytes();
     for (std::int64_t cob = 0; cob < coblocks; cob += step) {
       const std::int64_t cobn = std::min(coblocks, cob + step);
       std::int64_t q = 0;
