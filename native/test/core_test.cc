@@ -1578,7 +1578,7 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
       {8, 9, 6, 10, 128, 3, 2, 2, 1, false}, {8, 9, 6, 10, 128, 3, 1, 2, 1, false},
       {8, 9, 6, 20, 40, 3, 2, 2, 1, false},  {16, 12, 2, 6, 6, 3, 1, 1, 1, false},
   };
-  const std::size_t saved_v = stream_v_bytes(), saved_out = bhsd::stream_out_bytes();
+  const std::size_t saved_v = stream_v_bytes(), saved_out = bhsd::stream_out_bytes(), saved_ahead = ahead_bytes();
   for (const Case& c : cases) {
     const std::int64_t pd = c.kd == 3 ? 1 : 0;
     bhsd::ConvGeom g{c.C, c.D, c.H, c.W, c.Co, c.kd, 3, 3, c.sd, c.sh, c.sh, 1, 1, 1, pd, 1, 1, 0, 0, 0};
@@ -1598,6 +1598,7 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     float *cached = static_cast<float*>(cb->data()), *streamed = static_cast<float*>(sb->data());
     std::fill(cached, cached + no, 7.0f), std::fill(streamed, streamed + no, 7.0f);
     stream_v_bytes() = ~std::size_t(0), bhsd::stream_out_bytes() = ~std::size_t(0);
+    ahead_bytes() = ~std::size_t(0);  // (the references ask for nothing ahead)
     const bool ran =
         bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), cached, bhsd::Act::leaky, 0.01f, pool);
     CHECK(ran == bhsd::winograd_applies(g));
@@ -1609,11 +1610,9 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
     // the point products asking for the next point's V and M (PackedAhead) as they run: the same
     // products, bit for bit
     stream_v_bytes() = saved_v, bhsd::stream_out_bytes() = saved_out;
-    const std::size_t saved_ahead = ahead_bytes();
     std::fill(streamed, streamed + no, 7.0f);
     ahead_bytes() = 0;
     CHECK(bhsd::conv3d_forward_winograd(g, x.data(), wp.data(), bias.data(), streamed, bhsd::Act::leaky, 0.01f, pool));
-    ahead_bytes() = saved_ahead;
     CHECK(std::memcmp(cached, streamed, no * sizeof(float)) == 0);
   }
   // the direct path's whole tiles (one block of input channels: each stored once), rows of 64
@@ -1641,7 +1640,7 @@ static void test_winograd_streamed_v(bhsd::ThreadPool& pool) {
       CHECK(std::count(streamed, streamed + no, 7.0f) == 0);
     }
   }
-  stream_v_bytes() = saved_v, bhsd::stream_out_bytes() = saved_out;
+  stream_v_bytes() = saved_v, bhsd::stream_out_bytes() = saved_out, ahead_bytes() = saved_ahead;
   f4_override() = -1;
 #else
   (void)pool;

@@ -2208,14 +2208,15 @@ inline void point_gemm(const float* Up, std::int64_t Kfull, const CoBlocks& cbk,
 // The same for two groups' tiles at once (v0 → o0, v1 → o1): each weight feeds both (kernel_blocks2).
 // With vnext and mnext (0: not asked), the products also ask for the lines that the same call of the
 // next point will read and write: its V rows vnext floats on (a line a step of the kernel's loop:
-// PackedAhead) and its M rows mnext floats on (for writing, before the loop).
+// PackedAhead) and its M rows mnext floats on (before the loop: prefetch_rows_for_write).
 inline void point_gemm2(const float* Up, std::int64_t Kfull, const CoBlocks& cbk, std::int64_t cob, std::int64_t cobn,
                         const float* v0, const float* v1, std::int64_t K, float* o0, float* o1, std::int64_t vnext = 0,
                         std::int64_t mnext = 0) {
   using namespace conv_detail;
-  if (mnext)
-    for (std::int64_t r = cbk.row0(cob); r < cbk.row0(cobn - 1) + cbk.rows(cobn - 1); ++r)
-      _m_prefetchw(o0 + r * TL + mnext), _m_prefetchw(o1 + r * TL + mnext);
+  if (mnext) {
+    const std::int64_t r0 = cbk.row0(cob), r1 = cbk.row0(cobn - 1) + cbk.rows(cobn - 1);
+    prefetch_rows_for_write(o0 + mnext, r0, r1, TL), prefetch_rows_for_write(o1 + mnext, r0, r1, TL);
+  }
   if (vnext)
     return kernel_blocks2(Up, Kfull, cbk, cob, cobn, PackedAhead{v0, vnext}, PackedAhead{v1, vnext}, K, o0, o1, TL,
                           nullptr, TL, TL, true, false, Act::none, 0.0f);
@@ -2617,6 +2618,7 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
   };
   // point p's products for groups 0 … gn − 1 of V and M, every output channel
   const std::int64_t step = conv_detail::use_avx512() ? 2 : 1;
+  const std::size_t ahead_min = ahead_bytes();  // (read once here, not on the pool's threads)
   auto point_products = [&](int p, std::int64_t gn, const float* V, float* M) {
 #ifdef BHSD_AMX
     if (tiles)
@@ -2635,18 +2637,19 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
       return;
     }
     const float* Up = U + p * g.C * MR;
-    // The next point's V and M asked for while this point's products run (point_gemm2): its V rows
-    // during the first pass over the output channels (which reads this point's), its M rows at every
-    // call. A point's V and M rows lie in as many places as there are groups, its weights in as many
-    // as there are blocks of output channels (P·C·6 floats apart): more streams than the hardware
-    // prefetchers follow, so their lines came from memory as each call first read them. The
-    // products of F(4×4×4) 128→128 at 16×64×64 ran at 145–155 GFLOP/s a thread, 195–210 when a
-    // point's products ran again with its lines in the caches. Asked ahead, that layer ran 2.5–4 %
-    // faster in a quiet hour of Zen 5 and 15 % in a busier one (AVX2: 5 %), ResEnc-M's window
-    // 1.42 → 1.32 s; asking for the weights too (in the kernel's loop, beside its 14 loads a step)
-    // lost 5 %. Only where a call's V and M pass 2 MB: otherwise they stay in L2 anyway (32→32 at
-    // 16×256×256 lost 9 % to the requests).
-    const bool ahead = p + 1 < P && std::size_t(gn * (vsz + msz)) * sizeof(float) > ahead_bytes();
+    // The next point's V and M asked for while a pair of groups' products run (point_gemm2): its V
+    // rows during the first pass over the output channels (which reads this point's), its M rows at
+    // every call (a lone group asks for nothing: on AVX2, whose tasks may hold one group, 64→64 and
+    // 128→64 at 16×128×128 ran 0–6 % slower asking). A point's V and M rows lie in as many places as there are groups,
+    // its weights in as many as there are blocks of output channels (P·C·6 floats apart): more streams than the
+    // hardware prefetchers follow, so their lines came from memory as each call first read them. The products of
+    // F(4×4×4) 128→128 at 16×64×64 ran at 145–155 GFLOP/s a thread, 195–210 when a point's products ran again with its
+    // lines in the caches. Asked ahead, that layer ran 2–4 % faster in a quiet hour of Zen 5 and 15 % in a busier one
+    // (AVX2: 5 %), ResEnc-M's window 1.42 → 1.32 s; asking for the weights too (in the kernel's loop, beside its 14
+    // loads a step) lost 5 %. Only where the call's groups' V and M (a task's, or on the split path the layer's) pass
+    // ahead_bytes(), 2 MB: a cut-off measured, not derived (32→32 at 16×256×256, 1.2 MB a task, lost 9 % to the
+    // requests).
+    const bool ahead = p + 1 < P && std::size_t(gn * (vsz + msz)) * sizeof(float) > ahead_min;
     for (std::int64_t cob = 0; cob < coblocks; cob += step) {
       const std::int64_t cobn = std::min(coblocks, cob + step);
       std::int64_t q = 0;
