@@ -88,8 +88,9 @@ inline std::size_t& stream_v_bytes() {
   return b;
 }
 
-// A call of the point products asks for the next point's V and M rows where its V and M pass these
-// bytes (2 MB: conv3d_forward_winograd's point_products); the tests set it.
+// The point products ask for the next point's V and M rows where the V and M of the groups they run
+// over (a task's, or the layer's on the split path) pass these bytes (2 MB: conv3d_forward_winograd's
+// point_products); the tests set it.
 inline std::size_t& ahead_bytes() {
   static std::size_t b = std::size_t(2) << 20;
   return b;
@@ -2639,16 +2640,17 @@ inline bool conv3d_forward_winograd(const ConvGeom& g, const float* in, const fl
     const float* Up = U + p * g.C * MR;
     // The next point's V and M asked for while a pair of groups' products run (point_gemm2): its V
     // rows during the first pass over the output channels (which reads this point's), its M rows at
-    // every call (a lone group asks for nothing: on AVX2, whose tasks may hold one group, 64→64 and
-    // 128→64 at 16×128×128 ran 0–6 % slower asking). A point's V and M rows lie in as many places as there are groups,
-    // its weights in as many as there are blocks of output channels (P·C·6 floats apart): more streams than the
-    // hardware prefetchers follow, so their lines came from memory as each call first read them. The products of
-    // F(4×4×4) 128→128 at 16×64×64 ran at 145–155 GFLOP/s a thread, 195–210 when a point's products ran again with its
-    // lines in the caches. Asked ahead, that layer ran 2–4 % faster in a quiet hour of Zen 5 and 15 % in a busier one
-    // (AVX2: 5 %), ResEnc-M's window 1.42 → 1.32 s; asking for the weights too (in the kernel's loop, beside its 14
-    // loads a step) lost 5 %. Only where the call's groups' V and M (a task's, or on the split path the layer's) pass
-    // ahead_bytes(), 2 MB: a cut-off measured, not derived (32→32 at 16×256×256, 1.2 MB a task, lost 9 % to the
-    // requests).
+    // every call. A point's V and M rows lie in as many places as there are groups, its weights in
+    // as many as there are blocks of output channels (P·C·6 floats apart): more streams than the
+    // hardware prefetchers follow, so their lines came from memory as each call first read them.
+    // The products of F(4×4×4) 128→128 at 16×64×64 ran at 145–155 GFLOP/s a thread, 195–210 when a
+    // point's products ran again with its lines in the caches; asked ahead, that layer ran 2–10 %
+    // faster on Zen 5 by the half hour, 15 % in a busy one (AVX2: 3–5 %). Left out: the weights
+    // (asked for in the kernel's loop, beside its 14 loads a step: 5 % slower) and a lone group's
+    // rows (on AVX2, whose tasks may hold one group, 64→64 and 128→64 at 16×128×128 ran 0–6 %
+    // slower asking). Only where the V and M of the groups run over (a task's; on the split path the
+    // layer's) pass ahead_bytes(), 2 MB: a cut-off measured, not derived (32→32 at 16×256×256, 1.2 MB
+    // a task, lost 9 % to the requests).
     const bool ahead = p + 1 < P && std::size_t(gn * (vsz + msz)) * sizeof(float) > ahead_min;
     for (std::int64_t cob = 0; cob < coblocks; cob += step) {
       const std::int64_t cobn = std::min(coblocks, cob + step);
