@@ -127,6 +127,42 @@ static void test_pool_many_loops(bhsd::ThreadPool& pool) {
   CHECK(acc == 2000LL * (96 * 97 / 2));
 }
 
+// Loops after the workers have slept (each call made after an idle spell): every index still
+// covered, and a worker runs its chunks free to use every processor the process may use — the pool
+// confines sleeping workers to the processors other than the caller's only for their wake-up
+// (ThreadPool::steer_workers), and a worker left confined would stay off the caller's processor
+// for good.
+static void test_pool_after_sleep(bhsd::ThreadPool& pool) {
+  const std::thread::id caller = std::this_thread::get_id();
+#ifdef __linux__
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  const bool known = sched_getaffinity(0, sizeof allowed, &allowed) == 0;
+#endif
+  for (int rep = 0; rep < 6; ++rep) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // past the workers' spin: asleep
+    std::atomic<long long> sum{0};
+    std::atomic<int> confined{0};
+    pool.parallel_for(
+        64,
+        [&](std::size_t lo, std::size_t hi) {
+#ifdef __linux__
+          cpu_set_t mine;
+          CPU_ZERO(&mine);
+          if (known && std::this_thread::get_id() != caller &&
+              (pthread_getaffinity_np(pthread_self(), sizeof mine, &mine) != 0 || !CPU_EQUAL(&mine, &allowed)))
+            ++confined;
+#endif
+          for (std::size_t i = lo; i < hi; ++i) sum += (long long)i;
+          std::this_thread::sleep_for(std::chrono::microseconds(200));  // long enough for every worker to wake
+        },
+        1, 4);
+    CHECK(sum == 64 * 63 / 2);
+    CHECK(confined == 0);
+  }
+  (void)caller;
+}
+
 // slot_local: per pool slot, not per OS thread — the caller's slot's object is the same whichever
 // thread calls (libuv's threads take turns), each slot's object stays from loop to loop, another
 // tag is another object, and outside a pooled loop's chunks (or in a loop run serially) there is none.
@@ -2458,6 +2494,7 @@ int main() {
     test_pool_covers_every_index(pool);
     test_pool_exception_and_nesting(pool);
     test_pool_many_loops(pool);
+    test_pool_after_sleep(pool);
     test_pool_no_wait(pool);
     test_pool_slot_local(pool);
     test_pool_cancel(pool);
