@@ -128,25 +128,30 @@ static void test_pool_many_loops(bhsd::ThreadPool& pool) {
 }
 
 // Loops after the workers have slept (each call made after an idle spell): every index still
-// covered, and a worker runs its chunks free to use every processor the process may use — the pool
-// confines sleeping workers to the processors other than the caller's only for their wake-up
-// (ThreadPool::steer_workers), and a worker left confined would stay off the caller's processor
-// for good.
-static void test_pool_after_sleep(bhsd::ThreadPool& pool) {
+// covered; where the pool steers (ThreadPool::steer_sleepers), every worker asleep as the loop
+// began was confined for its wake-up; and a worker runs its chunks with its own mask back — a worker
+// left confined would stay off the caller's processor for good — while the caller's own mask is
+// never touched.
+static void test_pool_after_sleep(bhsd::ThreadPool& pool, bool stopped = false) {
   const std::thread::id caller = std::this_thread::get_id();
-#ifdef __linux__
+  const int workers = stopped ? 0 : int(pool.size()) - 1;  // (after shutdown none)
+#ifdef BHSD_POOL_STEER
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
   const bool known = sched_getaffinity(0, sizeof allowed, &allowed) == 0;
 #endif
   for (int rep = 0; rep < 6; ++rep) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // past the workers' spin: asleep
+    // until every worker sleeps (past its spin; up to 2 s where a loaded machine runs it late)
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (pool.steering_stats().asleep < workers && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const bhsd::ThreadPool::SteeringStats before = pool.steering_stats();
     std::atomic<long long> sum{0};
     std::atomic<int> confined{0};
     pool.parallel_for(
         64,
         [&](std::size_t lo, std::size_t hi) {
-#ifdef __linux__
+#ifdef BHSD_POOL_STEER
           cpu_set_t mine;
           CPU_ZERO(&mine);
           if (known && std::this_thread::get_id() != caller &&
@@ -157,9 +162,17 @@ static void test_pool_after_sleep(bhsd::ThreadPool& pool) {
           std::this_thread::sleep_for(std::chrono::microseconds(200));  // long enough for every worker to wake
         },
         1, 4);
+    const bhsd::ThreadPool::SteeringStats after = pool.steering_stats();
     CHECK(sum == 64 * 63 / 2);
     CHECK(confined == 0);
+    if (before.on) CHECK(after.steers == before.steers + std::uint64_t(before.asleep));
+    if (!before.on) CHECK(after.steers == before.steers);
   }
+#ifdef BHSD_POOL_STEER
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  CHECK(!known || (pthread_getaffinity_np(pthread_self(), sizeof mine, &mine) == 0 && CPU_EQUAL(&mine, &allowed)));
+#endif
   (void)caller;
 }
 
@@ -2527,6 +2540,7 @@ int main() {
     test_gemm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
+    test_pool_after_sleep(pool, true);   // (no worker left to steer)
   }
   std::printf(
       "winograd: worst error %.3g of the output's scale (F(4×4, 3×3): %.3g; F(4×4×4, 3×3×3): %.3g%s; bf16: %.3g)\n",

@@ -16,7 +16,10 @@
 #include <stdexcept>
 #include <thread>
 #include <vector>
-#ifdef __linux__
+// Steering the workers' wake-up (ThreadPool::steer_sleepers): Linux's affinity calls (not bionic's,
+// which lacks pthread_setaffinity_np).
+#if defined(__linux__) && !defined(__ANDROID__)
+#define BHSD_POOL_STEER 1
 #include <pthread.h>
 #include <sched.h>
 #endif
@@ -104,11 +107,13 @@ class ThreadPool {
     if (threads < 1) threads = 1;
     slot_store_.resize(threads);
     workers_.reserve(threads - 1);
-#ifdef __linux__
-    // steering (steer_workers) only where each thread can have a processor of its own
-    CPU_ZERO(&allowed_);
-    steer_ = threads > 1 && !std::getenv("BHSD_POOL_NO_STEER") &&
-             sched_getaffinity(0, sizeof allowed_, &allowed_) == 0 && unsigned(CPU_COUNT(&allowed_)) >= threads;
+    sleeper_.resize(threads - 1);
+#ifdef BHSD_POOL_STEER
+    // steering (steer_sleepers) only where each thread can have a processor of its own
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    steer_ = threads > 1 && !std::getenv("BHSD_POOL_NO_STEER") && sched_getaffinity(0, sizeof allowed, &allowed) == 0 &&
+             unsigned(CPU_COUNT(&allowed)) >= threads;
 #endif
     for (unsigned i = 0; i + 1 < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i + 1); });
   }
@@ -118,6 +123,22 @@ class ThreadPool {
 
   // Threads that take part in a loop (the workers and the caller).
   unsigned size() const { return static_cast<unsigned>(workers_.size()) + 1; }
+
+  // For the tests: whether this pool steers its sleeping workers' wake-up (steer_sleepers), the
+  // workers asleep now, and how many times a worker has been steered.
+  struct SteeringStats {
+    bool on;
+    int asleep;
+    std::uint64_t steers;
+  };
+  SteeringStats steering_stats() {
+    std::lock_guard<std::mutex> lk(mutex_);
+#ifdef BHSD_POOL_STEER
+    return {steer_, sleepers_, steers_};
+#else
+    return {false, sleepers_, steers_};
+#endif
+  }
 
   // Stops and joins the workers; later loops run on the calling thread alone.
   void shutdown() {
@@ -163,7 +184,6 @@ class ThreadPool {
       run.lock();
     else if (!run.try_lock())
       return serially();  // another loop holds the pool: this one does not wait for it
-    if (sleepers_.load(std::memory_order_relaxed) > 0) steer_workers();
     auto shared = std::make_shared<Job>(&fn, n, chunk, chunks, cancel);
     Job& job = *shared;
     {
@@ -173,6 +193,7 @@ class ThreadPool {
         fn(0, n);
         return;
       }
+      if (sleepers_ > 0) steer_sleepers();  // (under mutex_: no worker leaves its wait meanwhile)
       job_ = shared;
       ++generation_;
       published_.store(generation_, std::memory_order_release);
@@ -309,16 +330,23 @@ class ThreadPool {
     for (;;) {
       std::shared_ptr<Job> job;
       watch([&] { return published_.load(std::memory_order_acquire) != seen; });
+      Sleeper& me = sleeper_[slot - 1];
+      bool restore = false;
       {
         std::unique_lock<std::mutex> lk(mutex_);
-        sleepers_.fetch_add(1, std::memory_order_relaxed);
-        wake_.wait(lk, [&] { return stopping_ || (job_ != nullptr && generation_ != seen); });
-        sleepers_.fetch_sub(1, std::memory_order_relaxed);
+        const auto ready = [&] { return stopping_ || (job_ != nullptr && generation_ != seen); };
+        if (!ready()) {  // asleep until the next loop: the caller may steer where this thread wakes
+          remember_mask(me);
+          me.asleep = true, ++sleepers_;
+          wake_.wait(lk, ready);
+          me.asleep = false, --sleepers_;
+          restore = me.steered, me.steered = false;
+        }
         if (stopping_) return;
         seen = generation_;
         job = job_;
       }
-      unsteer_self();
+      if (restore) restore_mask(me);
       work(*job, slot);
     }
   }
@@ -327,33 +355,50 @@ class ThreadPool {
   // left idle is descheduled by the host; Linux then treats it as busy (vcpu_is_preempted) and wakes
   // the worker on the caller's own processor, where the two take turns while the other processor
   // stays idle — in these 2-vCPU VMs every loop of a call made after 20 ms without one ran on one
-  // processor: 320→320 at 4×16×16 (stride 1×2×2) took 7.6 ms instead of 3.8, and a loop of two
-  // 1 ms chunks ran them one after the other. So the caller, finding workers asleep, first confines
-  // them to the processors other than its own (one call a worker), and each worker, once awake,
-  // takes back every processor it may use (unsteer_self): it is pinned only for the wake, and
-  // where the caller's processor later comes free (the caller waiting on a loaded machine) the
-  // worker may still move there. Linux only, and only where every thread can have a processor of its
-  // own (BHSD_POOL_NO_STEER turns it off, for the bench); a failed call changes nothing.
-#ifdef __linux__
-  void steer_workers() {
+  // processor: 320→320 at 4×16×16 (stride 1×2×2) took 7.6 ms instead of 3.8, and a loop of two 1 ms
+  // chunks ran them one after the other. So the caller, finding workers asleep, confines each of
+  // them to the processors of its own mask other than the caller's (one call a sleeping worker),
+  // and a worker so confined, once awake, takes its own mask back: it is confined only for its
+  // wake-up, and where the caller's processor later comes free (the caller waiting on a loaded
+  // machine) it may still move there. Steered under mutex_, where no worker leaves its wait and
+  // shutdown has not begun (stopping_ is checked first: a worker that has exited has no thread to
+  // set). Linux only, and only where every thread can have a processor of its own
+  // (BHSD_POOL_NO_STEER turns it off, for the bench); a failed call leaves that worker as it was.
+  struct Sleeper {
+    bool asleep = false;   // waiting on wake_ (guarded by mutex_, as all of these)
+    bool steered = false;  // confined by a caller since it went to sleep
+#ifdef BHSD_POOL_STEER
+    bool known = false;  // mask read
+    cpu_set_t mask;      // its own mask as it went to sleep
+#endif
+  };
+#ifdef BHSD_POOL_STEER
+  void remember_mask(Sleeper& me) {
+    if (steer_) me.known = pthread_getaffinity_np(pthread_self(), sizeof me.mask, &me.mask) == 0;
+  }
+  void restore_mask(Sleeper& me) { pthread_setaffinity_np(pthread_self(), sizeof me.mask, &me.mask); }
+  void steer_sleepers() {
     if (!steer_) return;
     const int cpu = sched_getcpu();
-    if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed_)) return;
-    cpu_set_t others = allowed_;
-    CPU_CLR(cpu, &others);
-    for (auto& w : workers_)
-      if (w.joinable()) pthread_setaffinity_np(w.native_handle(), sizeof others, &others);
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return;
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      Sleeper& w = sleeper_[i];
+      if (!w.asleep || w.steered || !w.known || !CPU_ISSET(cpu, &w.mask)) continue;
+      cpu_set_t others = w.mask;
+      CPU_CLR(cpu, &others);
+      if (CPU_COUNT(&others) > 0 && pthread_setaffinity_np(workers_[i].native_handle(), sizeof others, &others) == 0)
+        w.steered = true, ++steers_;
+    }
   }
-  void unsteer_self() {
-    if (steer_) pthread_setaffinity_np(pthread_self(), sizeof allowed_, &allowed_);
-  }
-  cpu_set_t allowed_;  // the processors this process may use, as the pool was made
   bool steer_ = false;
 #else
-  void steer_workers() {}
-  void unsteer_self() {}
+  void remember_mask(Sleeper&) {}
+  void restore_mask(Sleeper&) {}
+  void steer_sleepers() {}
 #endif
-  std::atomic<int> sleepers_{0};  // workers waiting on wake_
+  std::vector<Sleeper> sleeper_;  // per worker
+  int sleepers_ = 0;              // workers asleep (mutex_)
+  std::uint64_t steers_ = 0;      // workers steered so far (mutex_; steering_stats)
 
   std::vector<std::thread> workers_;
   // slot_local's objects: [slot][tag], each slot's touched only by the thread in it (the caller's
