@@ -165,7 +165,12 @@ static void test_pool_after_sleep(bhsd::ThreadPool& pool, bool stopped = false) 
     const bhsd::ThreadPool::SteeringStats after = pool.steering_stats();
     CHECK(sum == 64 * 63 / 2);
     CHECK(confined == 0);
-    if (before.on) CHECK(after.steers == before.steers + std::uint64_t(before.asleep));
+    // (a worker still confined from an earlier loop, woken for it too late to take part, is left so;
+    // one not yet asleep after the 2 s may or may not be by the time the loop starts)
+    if (before.on && before.asleep == workers)
+      CHECK(after.steers == before.steers + std::uint64_t(before.asleep - before.steered));
+    if (before.on && before.asleep < workers)
+      CHECK(after.steers <= before.steers + std::uint64_t(workers - before.steered));
     if (!before.on) CHECK(after.steers == before.steers);
   }
 #ifdef BHSD_POOL_STEER

@@ -125,18 +125,22 @@ class ThreadPool {
   unsigned size() const { return static_cast<unsigned>(workers_.size()) + 1; }
 
   // For the tests: whether this pool steers its sleeping workers' wake-up (steer_sleepers), the
-  // workers asleep now, and how many times a worker has been steered.
+  // workers asleep now, those of them already steered (woken for a loop that was over before they
+  // ran — on a loaded machine the caller may take every chunk — they wait on for the next, still
+  // confined, and the next loop leaves them so), and how many times a worker has been steered.
   struct SteeringStats {
     bool on;
-    int asleep;
+    int asleep, steered;
     std::uint64_t steers;
   };
   SteeringStats steering_stats() {
     std::lock_guard<std::mutex> lk(mutex_);
+    int steered = 0;
+    for (const Sleeper& w : sleeper_) steered += w.asleep && w.steered;
 #ifdef BHSD_POOL_STEER
-    return {steer_, sleepers_, steers_};
+    return {steer_, sleepers_, steered, steers_};
 #else
-    return {false, sleepers_, steers_};
+    return {false, sleepers_, steered, steers_};
 #endif
   }
 
