@@ -305,6 +305,9 @@ const resizeCases: { mode: "nearest" | "linear"; ctm: string; nearest?: string; 
   { mode: "linear", ctm: "pytorch_half_pixel", sizes: [1, 7, 20] },
   { mode: "linear", ctm: "align_corners", sizes: [9, 5, 12] },
   { mode: "linear", ctm: "asymmetric", scales: [2, 2, 2] },
+  // doubling with half-pixel centres (every U-Net's upsampling): the native backend's doubled-row path
+  { mode: "linear", ctm: "half_pixel", scales: [2, 2, 2] },
+  { mode: "linear", ctm: "pytorch_half_pixel", sizes: [8, 12, 14] },
   { mode: "nearest", ctm: "asymmetric", nearest: "floor", scales: [2, 2, 2] },
   { mode: "nearest", ctm: "half_pixel", nearest: "round_prefer_floor", sizes: [5, 13, 9] },
   { mode: "nearest", ctm: "align_corners", nearest: "round_prefer_ceil", sizes: [7, 4, 15] },
