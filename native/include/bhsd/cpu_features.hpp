@@ -54,7 +54,11 @@ inline std::string simd_level() {
 #define BHSD_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 // integer loops that gain from AVX-512's 64-bit multiplies (vpmullq) as well
 #define BHSD_MULTIVERSION_V4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// loops that must round as the baseline does: AVX2 without FMA (where FMA is enabled GCC contracts a
+// product and a sum into one rounding)
+#define BHSD_MULTIVERSION_NO_FMA __attribute__((target_clones("avx2", "default")))
 #else
 #define BHSD_MULTIVERSION
 #define BHSD_MULTIVERSION_V4
+#define BHSD_MULTIVERSION_NO_FMA
 #endif

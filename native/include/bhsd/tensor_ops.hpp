@@ -699,12 +699,7 @@ inline double resize_coord(std::int64_t i, std::int64_t in, std::int64_t out, do
 // (AVX2 alone, not FMA: GCC contracts a product and a sum into one rounding where FMA is enabled,
 // and then 134 of 720,444 values of a test differed by an ulp). The row's first two and last two
 // outputs stay with the general loop (the caller's).
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(BHSD_NO_MULTIVERSION)
-__attribute__((target_clones("avx2", "default")))
-#endif
-inline void
-resize_row_x2(const double* __restrict r, float* __restrict orow, std::int64_t n) {
+BHSD_MULTIVERSION_NO_FMA inline void resize_row_x2(const double* __restrict r, float* __restrict orow, std::int64_t n) {
   for (std::int64_t i = 1; i + 1 < n; ++i) {
     orow[2 * i] = float((0.0 + 0.25 * r[i - 1]) + 0.75 * r[i]);
     orow[2 * i + 1] = float((0.0 + 0.75 * r[i]) + 0.25 * r[i + 1]);
