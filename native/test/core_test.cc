@@ -2422,6 +2422,45 @@ static void test_pool_and_binary(bhsd::ThreadPool& pool) {
       bhsd::binary(a.data(), b.data(), a.data(), shape, str, str, mul, pool, bhsd::Act(act), 0.01f);  // in place
       CHECK(std::memcmp(a.data(), want.data(), n * sizeof(float)) == 0);
     }
+  // broadcasting shapes whose axes merge in part (size-1 axes, runs of broadcast axes, a broadcast
+  // inner axis), large enough to be split by elements inside rows; against the index arithmetic
+  const std::int64_t shapes[][6] = {{1, 1, 3, 5, 7, 4099},  {2, 3, 1, 4, 5, 6},   {1, 7, 3, 1, 1, 2311},
+                                    {1, 1, 1, 1, 1, 40000}, {3, 1, 2, 9, 17, 33}, {1, 1, 1, 1, 1, 1}};
+  for (const auto& sh : shapes)
+    for (int pattern = 0; pattern < 4; ++pattern) {
+      // which axes each operand broadcasts along (a bit per axis)
+      const unsigned bmask = pattern == 0 ? 0u : pattern == 1 ? 0x21u : pattern == 2 ? 0x0cu : 0x1eu;
+      const unsigned amask = pattern == 3 ? 0x01u : 0u;
+      std::int64_t la = 1, lb = 1, stra[6], strb[6], n = 1;
+      for (int i = 5; i >= 0; --i) {
+        const bool ba = (amask >> i) & 1u, bb = (bmask >> i) & 1u;
+        stra[i] = ba || sh[i] == 1 ? 0 : la;
+        strb[i] = bb || sh[i] == 1 ? 0 : lb;
+        la *= ba ? 1 : sh[i];
+        lb *= bb ? 1 : sh[i];
+        n *= sh[i];
+      }
+      std::vector<float> a(static_cast<std::size_t>(la)), b(static_cast<std::size_t>(lb)),
+          y(static_cast<std::size_t>(n), 7.0f), want(static_cast<std::size_t>(n));
+      for (auto& v : a) v = rnd();
+      for (auto& v : b) v = rnd();
+      std::int64_t bad = 0;
+      for (int act = 0; act < 3; ++act) {
+        for (std::int64_t o = 0; o < n; ++o) {
+          std::int64_t rem = o, oa = 0, ob = 0;
+          for (int i = 5; i >= 0; --i) {
+            const std::int64_t k = rem % sh[i];
+            rem /= sh[i];
+            oa += k * stra[i], ob += k * strb[i];
+          }
+          const float v = a[std::size_t(oa)] + b[std::size_t(ob)];
+          want[std::size_t(o)] = act == 0 ? v : v > 0 ? v : act == 1 ? 0.0f : v * 0.01f;
+        }
+        bhsd::binary(a.data(), b.data(), y.data(), sh, stra, strb, false, pool, bhsd::Act(act), 0.01f);
+        if (std::memcmp(y.data(), want.data(), std::size_t(n) * sizeof(float)) != 0) ++bad;
+      }
+      CHECK(bad == 0);
+    }
 }
 
 static void test_read_scaled(bhsd::ThreadPool& pool) {

@@ -542,44 +542,68 @@ __attribute__((target("avx2,fma"))) inline void row_avx2(const float* pa, const 
 // Broadcasting binary op on tensors of rank ≤ 6 given as output shape and element strides of a
 // and b (0 along broadcast axes), all padded to 6 axes.
 // act/alpha: an activation applied as each sum or product is stored (a residual block's Add → LeakyReLU).
+// Axes are merged first wherever both operands run on contiguously (size-1 axes dropped), so two
+// tensors of one shape are a single run of n values; the loop is split by elements, not rows, and
+// each chunk finds its first index once and then steps through its rows: a residual block's Add of
+// 64 × 2×8×8 had been 1024 rows of 8, each found by five divisions (most of a 15 µs call).
 inline void binary(const float* a, const float* b, float* y, const std::int64_t* shape, const std::int64_t* sa,
                    const std::int64_t* sb, bool mul, ThreadPool& pool, Act act = Act::none, float alpha = 0.0f) {
-  const std::int64_t inner = shape[5];
-  std::int64_t outer = 1;
-  for (int i = 0; i < 5; ++i) outer *= shape[i];
-  pool.parallel_for(
-      std::size_t(outer),
-      [&](std::size_t lo, std::size_t hi) {
-        for (std::size_t o = lo; o < hi; ++o) {
-          std::int64_t rem = std::int64_t(o), oa = 0, ob = 0;
-          for (int i = 4; i >= 0; --i) {
-            const std::int64_t idx = rem % shape[i];
-            rem /= shape[i];
-            oa += idx * sa[i];
-            ob += idx * sb[i];
-          }
-          float* q = y + std::int64_t(o) * inner;
-          const float* pa = a + oa;
-          const float* pb = b + ob;
-          const std::int64_t ia = sa[5], ib = sb[5];
+  std::int64_t dim[6], ta[6], tb[6];
+  int r = 0;
+  for (int i = 0; i < 6; ++i) {
+    if (shape[i] == 1) continue;
+    if (r > 0 && ta[r - 1] == sa[i] * shape[i] && tb[r - 1] == sb[i] * shape[i]) {
+      dim[r - 1] *= shape[i];
+      ta[r - 1] = sa[i];
+      tb[r - 1] = sb[i];
+    } else {
+      dim[r] = shape[i], ta[r] = sa[i], tb[r] = sb[i];
+      ++r;
+    }
+  }
+  if (r == 0) dim[0] = 1, ta[0] = tb[0] = 0, r = 1;
+  std::int64_t n = 1;
+  for (int i = 0; i < r; ++i) n *= dim[i];
+  const std::int64_t inner = dim[r - 1], ia = ta[r - 1], ib = tb[r - 1];
+  const auto run = [&](const float* pa, const float* pb, float* q, std::int64_t len) {
 #ifdef BHSD_X86
-          if (ops_avx2() && ia == 1 && ib == 1) {
-            binary_detail::row_avx2(pa, pb, q, inner, mul, act, alpha);
-            continue;
-          }
+    if (ops_avx2() && ia == 1 && ib == 1) return binary_detail::row_avx2(pa, pb, q, len, mul, act, alpha);
 #endif
-          if (mul)
-            for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] * pb[i * ib];
-          else
-            for (std::int64_t i = 0; i < inner; ++i) q[i] = pa[i * ia] + pb[i * ib];
-          // as the unary ops do it (relu: 0 for NaN; leaky: NaN stays NaN)
-          if (act == Act::relu)
-            for (std::int64_t i = 0; i < inner; ++i) q[i] = q[i] > 0 ? q[i] : 0.0f;
-          else if (act == Act::leaky)
-            for (std::int64_t i = 0; i < inner; ++i) q[i] = q[i] > 0 ? q[i] : q[i] * alpha;
+    if (mul)
+      for (std::int64_t i = 0; i < len; ++i) q[i] = pa[i * ia] * pb[i * ib];
+    else
+      for (std::int64_t i = 0; i < len; ++i) q[i] = pa[i * ia] + pb[i * ib];
+    // as the unary ops do it (relu: 0 for NaN; leaky: NaN stays NaN)
+    if (act == Act::relu)
+      for (std::int64_t i = 0; i < len; ++i) q[i] = q[i] > 0 ? q[i] : 0.0f;
+    else if (act == Act::leaky)
+      for (std::int64_t i = 0; i < len; ++i) q[i] = q[i] > 0 ? q[i] : q[i] * alpha;
+  };
+  pool.parallel_for(
+      std::size_t(n),
+      [&](std::size_t lo, std::size_t hi) {
+        std::int64_t idx[6], oa = 0, ob = 0, rem = std::int64_t(lo);
+        for (int i = r - 1; i >= 0; --i) {
+          idx[i] = rem % dim[i];
+          rem /= dim[i];
+          oa += idx[i] * ta[i];
+          ob += idx[i] * tb[i];
+        }
+        for (std::int64_t pos = std::int64_t(lo); pos < std::int64_t(hi);) {
+          const std::int64_t len = std::min(inner - idx[r - 1], std::int64_t(hi) - pos);
+          run(a + oa, b + ob, y + pos, len);
+          pos += len;
+          idx[r - 1] += len, oa += len * ia, ob += len * ib;
+          if (idx[r - 1] < inner) continue;  // (the chunk ended inside the row)
+          idx[r - 1] = 0, oa -= inner * ia, ob -= inner * ib;
+          for (int i = r - 2; i >= 0; --i) {
+            oa += ta[i], ob += tb[i];
+            if (++idx[i] < dim[i]) break;
+            idx[i] = 0, oa -= dim[i] * ta[i], ob -= dim[i] * tb[i];
+          }
         }
       },
-      std::size_t(std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, inner))));
+      16384);
 }
 
 namespace pool_detail {
