@@ -295,12 +295,19 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
 #endif
   const bool flat = pp.flat;
   const std::int64_t flat_segs = (vol_out + NR - 1) / NR;
-  const std::int64_t seg_tasks = flat ? (flat_segs + 7) / 8 : (rows + rows_per_task - 1) / rows_per_task;
+  const std::int64_t threads = std::int64_t(pool.size());
+  // A flat task has 8 segments, or, where that leaves a thread without one, as many as share them
+  // out (an even number, for the two-segment kernel): a deep stage of 128 voxels (8 segments) had
+  // been one task split by output channels, each thread packing the whole panel again (64→64 at
+  // 2×8×8: 117 → 97 µs; 32→64 at stride 2 to 2×8×8: 96 → 69 µs)
+  const std::int64_t fsegs = flat && (flat_segs + 7) / 8 < threads
+                                 ? std::max<std::int64_t>(2, ((flat_segs + threads - 1) / threads + 1) / 2 * 2)
+                                 : 8;
+  const std::int64_t seg_tasks = flat ? (flat_segs + fsegs - 1) / fsegs : (rows + rows_per_task - 1) / rows_per_task;
   // A volume with fewer tasks of segments than threads (the deep stages: 2×4×4 is one) also splits
   // its output channels, at least 4 blocks each, so that every thread has work; each split packs
   // its own panels (320→320 at 2×4×4: 100 → 145 GFLOP/s; with as many tasks as threads the
   // duplicated packing cost more than it gained).
-  const std::int64_t threads = std::int64_t(pool.size());
   const std::int64_t co_splits = seg_tasks >= threads
                                      ? 1
                                      : std::clamp<std::int64_t>((2 * threads + seg_tasks - 1) / seg_tasks, 1,
@@ -311,7 +318,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
       std::size_t(tasks),
       [&](std::size_t t0, std::size_t t1) {
         thread_local Scratch panel_mem, tile_mem;
-        const std::int64_t max_segs = flat ? 8 : rows_per_task * segs_per_row;
+        const std::int64_t max_segs = flat ? fsegs : rows_per_task * segs_per_row;
         float* panel = panel_mem.get(std::size_t(max_segs * pp.seg_floats(cb)));
         float* tile = tile_mem.get(MR * NR);
         struct Seg {
@@ -323,7 +330,7 @@ inline void conv3d_forward(const ConvGeom& g, const float* in, const float* wp, 
           const std::int64_t cob0 = split * coblocks / co_splits, cob1 = (split + 1) * coblocks / co_splits;
           segs.clear();
           if (flat)  // od, oh unused; ow0 is the flat start
-            for (std::int64_t q = t * 8; q < std::min(flat_segs, (t + 1) * 8); ++q)
+            for (std::int64_t q = t * fsegs; q < std::min(flat_segs, (t + 1) * fsegs); ++q)
               segs.push_back({0, 0, q * NR, std::min<std::int64_t>(NR, vol_out - q * NR)});
           else
             for (std::int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r)
