@@ -585,6 +585,75 @@ test.serial(
   },
 );
 
+test.serial(
+  "conv3dInstanceNorm with norm.groups equals onnxruntime's Conv → GroupNorm (the exporter's Reshape → InstanceNormalization → Reshape → Mul → Add) → Relu",
+  async (t) => {
+    const { conv3dInstanceNorm, groupNorm, conv3d } = await import("../lib/index.js");
+    const ort = await import("onnxruntime-node");
+    const { encodeModel } = await import("../lib/model/onnx-proto.js");
+    const x = randomTensor([2, 4, 5, 6, 7], 130),
+      w = randomTensor([6, 4, 3, 3, 3], 131),
+      b = randomTensor([6], 132);
+    const sc = randomTensor([6], 133),
+      nb = randomTensor([6], 134);
+    // PyTorch's GroupNorm(3, 6) as torch.onnx.export (opset 17) writes it
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "Conv", inputs: ["x", "w", "b"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+        { opType: "Reshape", inputs: ["c", "g"], outputs: ["r"], attrs: {} },
+        { opType: "InstanceNormalization", inputs: ["r", "one", "zero"], outputs: ["i"], attrs: { epsilon: 1e-5 } },
+        { opType: "Shape", inputs: ["c"], outputs: ["sh"], attrs: {} },
+        { opType: "Reshape", inputs: ["i", "sh"], outputs: ["back"], attrs: {} },
+        { opType: "Mul", inputs: ["back", "s"], outputs: ["m"], attrs: {} },
+        { opType: "Add", inputs: ["m", "nb"], outputs: ["a"], attrs: {} },
+        { opType: "Relu", inputs: ["a"], outputs: ["y"], attrs: {} },
+      ],
+      inputs: [{ name: "x", shape: x.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "b", dims: [6], data: b.data },
+        { name: "g", dims: [3], data: BigInt64Array.of(0n, 3n, -1n) },
+        { name: "one", dims: [3], data: Float32Array.of(1, 1, 1) },
+        { name: "zero", dims: [3], data: Float32Array.of(0, 0, 0) },
+        { name: "s", dims: [6, 1, 1, 1], data: sc.data },
+        { name: "nb", dims: [6, 1, 1, 1], data: nb.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+    await session.release();
+    const norm = { scale: sc, bias: nb, eps: 1e-5, groups: 3, activation: "relu" as const };
+    for (const { name } of backends) {
+      setBackend(name);
+      const y = await conv3dInstanceNorm(x, w, b, norm, { padding: 1 });
+      t.deepEqual(y.shape, [...want.dims]);
+      const d = relDiff(y.data, want.data as Float32Array);
+      t.true(d <= TOL, `${name}: max relative difference ${d}`);
+      // the same arithmetic as conv3d, then groupNorm
+      const two = await groupNorm(await conv3d(x, w, b, { padding: 1 }), sc, nb, { groups: 3, eps: 1e-5, activation: "relu" });
+      t.deepEqual(y.data, two.data, `${name}: the fused norm differs from the two steps`);
+      if (name === "native") {
+        const { activeBackend } = await import("../lib/backends/index.js");
+        t.true(activeBackend().convNormGroups, "the addon takes the norm's groups");
+      }
+      // checked before the output is taken
+      let allocated = 0;
+      const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, groups: 4 }, { padding: 1, alloc }), {
+        message: /Expected a positive integer dividing the 6 output channels for norm.groups but received number 4/,
+      });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, groups: 0 }, { padding: 1, alloc }), { message: /norm.groups/ });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, groups: 1.5 }, { padding: 1, alloc }), { message: /norm.groups/ });
+      await t.throwsAsync(conv3dInstanceNorm(x, w, b, { ...norm, residual: randomTensor([2, 6, 5, 6, 7], 1) }, { padding: 1, alloc }), {
+        message: /norm.residual/,
+      });
+      t.is(allocated, 0);
+    }
+  },
+);
+
 // PyTorch 1.13: max_pool3d(tensor([5, nan, 1, 2]).view(1,1,1,1,4), (1,1,2)) → [nan, 2]: a NaN in a
 // window wins, as in torch (the kernels kept the larger number and dropped the NaN)
 for (const { name, backend } of backendsUnderTest()) {

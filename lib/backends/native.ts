@@ -57,6 +57,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
     bf16?: boolean;
     /** conv3d takes a residual after the norm's arguments (binaries from 2026-12-04 on). */
     convNormResidual?: boolean;
+    /** conv3d takes the norm's groups after the residual (binaries from 2026-12-05 on). */
+    convNormGroups?: boolean;
   };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -401,6 +403,7 @@ export class NativeBackend implements Backend {
     act,
     alpha,
     residual,
+    normGroups,
   ) =>
     this.addon.conv3d(
       x,
@@ -422,13 +425,19 @@ export class NativeBackend implements Backend {
       eps,
       act,
       alpha,
-      ...(residual ? [residual] : []),
+      ...(residual ? [residual] : normGroups !== undefined ? [null] : []),
+      ...(normGroups !== undefined ? [normGroups] : []),
     );
   /** Whether this binary's conv3d takes a residual (an older prebuild would ignore the argument). */
   get convNormResidual(): boolean {
     return (this.residualArg ??= this.addon.info().convNormResidual === true);
   }
   private residualArg?: boolean;
+  /** Whether this binary's conv3d takes the norm's groups (after the residual). */
+  get convNormGroups(): boolean {
+    return (this.groupsArg ??= this.addon.info().convNormGroups === true);
+  }
+  private groupsArg?: boolean;
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => {
     if (this.fixed.has(a[2])) this.transposed.add(a[2]);
     return this.addon.convTranspose3d(...a);

@@ -30,7 +30,8 @@ export interface TensorBackend {
    * Optional: conv3d without an activation, then out instance-normalised in place (scale, bias
    * per output channel, eps) and activated, in one call. Callers fall back to conv3d + instanceNorm.
    * `residual` (where convNormResidual): a tensor of out's size added after the norm, before the
-   * activation (a residual block's InstanceNorm → Add → LeakyReLU).
+   * activation (a residual block's InstanceNorm → Add → LeakyReLU). `normGroups` (where
+   * convNormGroups; no residual then): a group norm's groups of consecutive output channels instead.
    */
   conv3dNorm?(
     x: Float32Array,
@@ -50,9 +51,12 @@ export interface TensorBackend {
     act: number,
     alpha: number,
     residual?: Float32Array | null,
+    normGroups?: number,
   ): Promise<void>;
   /** Whether conv3dNorm takes a residual. */
   readonly convNormResidual?: boolean;
+  /** Whether conv3dNorm takes the norm's groups (a group norm). */
+  readonly convNormGroups?: boolean;
   /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */
   convTranspose3d(
     x: Float32Array,

@@ -32,12 +32,17 @@ export interface GraphNode {
   /** Set by fusion: an activation applied in this node's epilogue. */
   fusedAct?: { act: "relu" | "leakyRelu"; alpha: number; output: string };
   /**
-   * Set by fuseConvNorm on a Conv: the InstanceNormalization (and its activation) that read only
-   * this Conv's output, applied to it in place. inputs[3] and [4] are the norm's scale and bias.
+   * Set by fuseConvNorm on a Conv: the InstanceNormalization or GroupNormalization (and its
+   * activation) that read only this Conv's output, applied to it in place. inputs[3] and [4] are
+   * the norm's scale and bias.
    */
   fusedNorm?: {
     name: string;
     eps: number;
+    /** A GroupNormalization's num_groups (absent: the instance norm). */
+    groups?: number;
+    /** A GroupNormalization fused from an exporter's pattern: the rank of the input it holds for (its bhsd_rank). */
+    rank?: number;
     act?: "relu" | "leakyRelu";
     alpha: number;
     output: string;
@@ -684,9 +689,9 @@ export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: Read
 }
 
 /**
- * Fuses each InstanceNormalization (with its fused activation, if any) into the Conv whose output
- * it alone reads, for backends that normalise the convolution's output in place in the same call
- * (nodes from fuseActivations; the graph's own nodes are left as they are).
+ * Fuses each InstanceNormalization or GroupNormalization (with its fused activation, if any) into
+ * the Conv whose output it alone reads, for backends that normalise the convolution's output in
+ * place in the same call (nodes from fuseActivations; the graph's own nodes are left as they are).
  */
 export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constants?: ReadonlySet<string>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
@@ -694,7 +699,9 @@ export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constan
   const drop = new Set<GraphNode>();
   const fused = new Map<GraphNode, GraphNode>();
   for (const n of nodes) {
-    if (n.opType !== "InstanceNormalization" || !n.inputs[1] || !n.inputs[2]) continue;
+    const group = n.opType === "GroupNormalization";
+    if ((n.opType !== "InstanceNormalization" && !group) || !n.inputs[1] || !n.inputs[2]) continue;
+    if (group && typeof n.attrs.num_groups !== "number") continue;
     // the fused call reads the norm's scale and bias when the Conv runs: they must exist by then
     // (MONAI's exports make them with Constant nodes after the Conv; folding turns those into weights)
     if (constants && (!constants.has(n.inputs[1]) || !constants.has(n.inputs[2]))) continue;
@@ -706,6 +713,8 @@ export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constan
       fusedNorm: {
         name: n.name,
         eps: (n.attrs.epsilon as number | undefined) ?? 1e-5,
+        ...(group ? { groups: n.attrs.num_groups as number } : {}),
+        ...(group && typeof n.attrs.bhsd_rank === "number" ? { rank: n.attrs.bhsd_rank } : {}),
         ...(n.fusedAct ? { act: n.fusedAct.act } : {}),
         alpha: n.fusedAct?.alpha ?? 0,
         output: finalOutputs(n)[0]!,
@@ -737,7 +746,8 @@ export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[])
         other = n.inputs[1 - k]!;
       const p = producer.get(mine);
       const fn = p?.fusedNorm;
-      if (!p || !fn || p.opType !== "Conv" || fn.act || fn.residual || fused.has(p) || !other || other === mine) continue;
+      if (!p || !fn || p.opType !== "Conv" || fn.act || fn.residual || fn.groups !== undefined || fused.has(p) || !other || other === mine)
+        continue;
       if (consumers.get(mine) !== 1) continue;
       const q = producer.get(other);
       if (q && !(index.get(q)! < index.get(p)!)) continue; // made after the Conv: not there when it runs

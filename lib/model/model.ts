@@ -353,7 +353,7 @@ export class Model {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
       }
       const key = n.fusedNorm
-        ? `${n.opType}+InstanceNormalization${n.fusedNorm.residual ? "+Add" : ""}${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
+        ? `${n.opType}+${n.fusedNorm.groups !== undefined ? "GroupNormalization" : "InstanceNormalization"}${n.fusedNorm.residual ? "+Add" : ""}${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
         : n.fusedAct
           ? `${n.opType}+${n.fusedAct.act}`
           : n.opType;

@@ -206,6 +206,12 @@ export interface FusedNorm {
   scale: Tensor;
   bias: Tensor;
   eps?: number;
+  /**
+   * A group norm instead (GroupNorm: MONAI SegResNet's Conv → GroupNorm → ReLU): the statistics of
+   * each group of `groups` consecutive output channels together, as groupNorm takes them; the
+   * default, the output's channels, is the instance norm. Not with `residual`.
+   */
+  groups?: number;
   activation?: "none" | "relu" | "leakyRelu";
   alpha?: number;
   /**
@@ -236,11 +242,18 @@ export async function conv3dInstanceNorm(
   const eps = epsOf(normOpts, "norm");
   const residual = normOpts.residual;
   if (residual !== undefined) assertTensor("norm.residual", residual);
+  const G = normOpts.groups;
+  if (G !== undefined && (!Number.isInteger(G) || (G as number) < 1))
+    throw invalidParameterError("norm.groups", "a positive integer dividing the output channels", G);
   // the norm's scale and bias and the residual's shape are checked before the output is allocated
   // (whether the residual shares the output's memory only once the output is there)
   let perCo: [Float32Array, Float32Array] | undefined;
   const p = convPlan(input, weight, bias, options, (Co, outShape) => {
     perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)];
+    if (G !== undefined && Co % (G as number))
+      throw invalidParameterError("norm.groups", `a positive integer dividing the ${Co} output channels`, G);
+    if (G !== undefined && G !== Co && residual)
+      throw invalidParameterError("norm.residual", "absent with norm.groups (a residual follows an instance norm only)", "a tensor");
     if (residual && (residual.shape.length !== outShape.length || residual.shape.some((d, i) => d !== outShape[i])))
       throw new RangeError(`norm.residual has shape [${residual.shape.join(", ")}] but the output is [${outShape.join(", ")}]`);
   });
@@ -253,8 +266,25 @@ export async function conv3dInstanceNorm(
   const [scale, nb] = perCo!;
   const resBytes = residual?.data.byteLength;
   const be = activeBackend();
-  if (be.conv3dNorm && (!residual || be.convNormResidual)) {
-    await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha, residual?.data ?? null);
+  const Co = p.out.shape[1]!;
+  const groups = G === undefined || G === Co ? undefined : (G as number);
+  if (be.conv3dNorm && (!residual || be.convNormResidual) && (groups === undefined || be.convNormGroups)) {
+    if (groups === undefined) await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha, residual?.data ?? null);
+    else await be.conv3dNorm(...p.args, p.out.data, scale, nb, eps, act, alpha, null, groups);
+  } else if (groups !== undefined) {
+    // the convolution, then the group norm as groupNorm runs it, in place
+    await be.conv3d(...p.args, ACT.none, 0, p.out.data);
+    await groupNorm(
+      p.out,
+      { data: scale, shape: [Co] },
+      { data: nb, shape: [Co] },
+      {
+        groups,
+        eps,
+        ...(act === ACT.none ? {} : { activation: act === ACT.relu ? "relu" : "leakyRelu", alpha }),
+        out: p.out,
+      },
+    );
   } else {
     const conv = newTensor(p.out.shape, "conv3d output");
     await be.conv3d(...p.args, ACT.none, 0, conv.data);

@@ -41,6 +41,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("bf16", bhsd::wino_detail::bf16_available());
   // conv3d takes a residual after the norm's arguments (an older binary would ignore it)
   o.Set("convNormResidual", true);
+  // and the norm's groups after the residual (a GroupNorm fused into its Conv)
+  o.Set("convNormGroups", true);
 #if defined(__clang__)
   o.Set("compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)

@@ -45,7 +45,7 @@ bhsd::Act act_of(const Napi::Value& v) {
 
 // conv3d(x, [N, C, D, H, W], w, [Co, kd, kh, kw], bias|null, [sd, sh, sw], [dd, dh, dw], [pd, ph, pw],
 //        groups, [Do, Ho, Wo], act, alpha, out[, packed|null[, scale|null, normBias|null, eps,
-//        normAct, normAlpha[, residual|null]]]) → Promise<void>
+//        normAct, normAlpha[, residual|null[, normGroups]]]]) → Promise<void>
 // packed: the weights as packConvWeights packed them. With the norm's arguments (act must then be
 // none), the output is instance-normalised (and activated) in place after the convolution, in the
 // same call: one trip through the worker threads instead of two, and no second buffer.
@@ -96,6 +96,12 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const bool has_res = norm && info.Length() > 19 && !info[19].IsNull() && !info[19].IsUndefined();
   const float* res = has_res ? floats_of(info[19], nout, "residual") : nullptr;
   require(!res || res + nout <= y || y + nout <= res, env, "residual overlaps out");
+  // optional after the residual: the norm's groups of consecutive channels (a GroupNorm: MONAI
+  // SegResNet's Conv → GroupNorm → ReLU); Co, the default, is the instance norm
+  const std::int64_t ngroups =
+      norm && info.Length() > 20 && !info[20].IsUndefined() ? int_of(info[20], "norm groups", 1, Co) : Co;
+  require(Co % ngroups == 0, env, "the norm's groups do not divide the output channels");
+  require(ngroups == Co || !res, env, "a residual is added only after an instance norm (norm groups = channels)");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env,
@@ -109,7 +115,10 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
             bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
                                  y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
         }
-        if (norm) bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool, res);
+        if (norm && ngroups != Co)
+          bhsd::group_norm(y, y, N, Co, vout, ngroups, nscale, nbias, eps, nact, nalpha, *pool);
+        else if (norm)
+          bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool, res);
       },
       nullptr,
       {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(), norm ? info[14] : env.Null(),
