@@ -107,6 +107,22 @@ for (const { name, backend } of backendsUnderTest()) {
     if (y) t.deepEqual(y.data, want.data);
   });
 
+  test.serial(`${name}: a convolution's residual transferred away mid-call still gives the same sum, or says it was lost`, async (t) => {
+    use();
+    const [C, D, H, W] = [8, 32, 64, 96]; // a queued call, as above
+    const x = { data: Float32Array.from({ length: C * D * H * W }, (_, i) => Math.sin(i * 0.37)), shape: [1, C, D, H, W] };
+    const w = { data: Float32Array.from({ length: 8 * C * 27 }, (_, i) => Math.cos(i * 0.11) * 0.1), shape: [8, C, 3, 3, 3] };
+    const rs = Float32Array.from({ length: 8 * D * H * W }, (_, i) => Math.cos(i * 0.013));
+    const opts = { padding: 1, activation: "relu" as const };
+    const want = await conv3d(x, w, null, { ...opts, residual: { data: new Float32Array(rs), shape: [1, 8, D, H, W] } });
+    const residual = { data: new Float32Array(rs), shape: [1, 8, D, H, W] };
+    const p = conv3d(x, w, null, { ...opts, residual });
+    structuredClone(residual.data.buffer, { transfer: [residual.data.buffer] });
+    churn();
+    const y = await resultOrLost(t, name, p);
+    if (y) t.deepEqual(y.data, want.data);
+  });
+
   // (the native backend runs calls of under ~1 ms of work on the calling thread before they return —
   // nothing can happen mid-call there — so the calls below are sized to be queued)
   test.serial(`${name}: an output transferred away mid-call is an error that says the result is lost`, async (t) => {

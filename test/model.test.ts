@@ -437,7 +437,8 @@ test.serial(
         norm("c4", "n4"),
         { opType: "Add", inputs: ["n4", "bvec"], outputs: ["a4"] },
         leaky("a4", "q"),
-        // the other operand made after the Conv by a plain Conv: not fused
+        // the other operand made after the Conv by a plain Conv: not fused into the norm's pass — the
+        // plain Conv takes the Add instead (fuseConvResidual: its other operand, n5, exists by then)
         conv("q", "w5", "c5"),
         norm("c5", "n5"),
         conv("q", "w6", "m", 1),
@@ -461,9 +462,58 @@ test.serial(
           "Conv+InstanceNormalization+Add",
           "Conv+InstanceNormalization+Add+leakyRelu",
           "Conv+InstanceNormalization",
-          "Conv",
-          "Add",
+          "Conv+Add",
         ],
+        name,
+      ),
+    );
+  },
+);
+
+test.serial(
+  "a residual Add (→ Relu) is fused into a plain Conv before it (SegResNet's conv2 → Add) where its other operand exists by then and the Conv alone feeds it, and equals onnxruntime's",
+  async (t) => {
+    const w1 = randomTensor([4, 2, 3, 3, 3], 521),
+      w2 = randomTensor([4, 4, 3, 3, 3], 522),
+      w3 = randomTensor([4, 4, 1, 1, 1], 523),
+      bias = randomTensor([4], 524),
+      chan = randomTensor([1, 4, 1, 1, 1], 525);
+    const conv = (x: string, wt: string, y: string, k = 3, b?: string) => ({
+      opType: "Conv",
+      inputs: b ? [x, wt, b] : [x, wt],
+      outputs: [y],
+      attrs: { kernel_shape: [k, k, k], pads: k === 3 ? [1, 1, 1, 1, 1, 1] : [0, 0, 0, 0, 0, 0] },
+    });
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        conv("x", "w1", "a"),
+        // fused, with the Add's Relu, and the Conv's bias: (a + bias + conv) → relu
+        conv("a", "w2", "c1", 3, "bias"),
+        { opType: "Add", inputs: ["c1", "a"], outputs: ["s1"] },
+        { opType: "Relu", inputs: ["s1"], outputs: ["r1"] },
+        // the other operand first: fused too
+        conv("r1", "w2", "c2"),
+        { opType: "Add", inputs: ["r1", "c2"], outputs: ["s2"] },
+        // c3 has a second reader (the output q): not fused
+        conv("s2", "w3", "c3", 1),
+        { opType: "Add", inputs: ["c3", "s2"], outputs: ["s3"] },
+        // a broadcasting operand [1, 4, 1, 1, 1]: fused, the sum by add() after the convolution
+        conv("s3", "w2", "c4"),
+        { opType: "Add", inputs: ["c4", "chan"], outputs: ["s4"] },
+        // of two convolutions, the first cannot take the Add (the other's result is made after it); the second does
+        conv("s4", "w3", "c5", 1),
+        conv("s4", "w2", "c6"),
+        { opType: "Add", inputs: ["c5", "c6"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
+      outputs: [{ name: "y" }, { name: "c3" }, { name: "s4" }],
+      initializers: [...Object.entries({ w1, w2, w3, bias, chan }).map(([name, v]) => ({ name, dims: v.shape, data: v.data }))],
+    });
+    await againstOrt(t, bytes, randomTensor([1, 2, 4, 5, 6], 526), ["y", "c3", "s4"], (name, model) =>
+      t.deepEqual(
+        model.lastRun!.nodeMs.map((n) => n.op),
+        ["Conv", "Conv+Add+relu", "Conv+Add", "Conv", "Add", "Conv+Add", "Conv", "Conv+Add"],
         name,
       ),
     );
@@ -503,7 +553,8 @@ test.serial(
     await againstOrt(t, bytes, randomTensor([1, 2, 4, 5, 6], 406), ["y", "z"], (name, model) =>
       t.deepEqual(
         model.lastRun!.nodeMs.map((n) => n.op),
-        ["Conv", "InstanceNormalization", "Conv", "Add", "Conv+InstanceNormalization"],
+        // (the 1×1×1 convolution takes the Add: its other operand, n, exists by then)
+        ["Conv", "InstanceNormalization", "Conv+Add", "Conv+InstanceNormalization"],
         name,
       ),
     );

@@ -586,6 +586,69 @@ test.serial(
 );
 
 test.serial(
+  "conv3d with options.residual equals onnxruntime's Conv → Add → LeakyRelu (natively in the convolution's call, bit for bit conv3d then add)",
+  async (t) => {
+    const { conv3d, add } = await import("../lib/index.js");
+    const ort = await import("onnxruntime-node");
+    const { encodeModel } = await import("../lib/model/onnx-proto.js");
+    const x = randomTensor([2, 4, 5, 6, 19], 140),
+      w = randomTensor([6, 4, 3, 3, 3], 141),
+      b = randomTensor([6], 142),
+      r = randomTensor([2, 6, 5, 3, 10], 143);
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        {
+          opType: "Conv",
+          inputs: ["x", "w", "b"],
+          outputs: ["c"],
+          attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1], strides: [1, 2, 2] },
+        },
+        { opType: "Add", inputs: ["c", "r"], outputs: ["a"], attrs: {} },
+        { opType: "LeakyRelu", inputs: ["a"], outputs: ["y"], attrs: { alpha: 0.01 } },
+      ],
+      inputs: [
+        { name: "x", shape: x.shape },
+        { name: "r", shape: r.shape },
+      ],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: w.shape, data: w.data },
+        { name: "b", dims: [6], data: b.data },
+      ],
+    });
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape), r: new ort.Tensor("float32", r.data, r.shape) })).y!;
+    await session.release();
+    const opts = { padding: 1, stride: [1, 2, 2] as [number, number, number], activation: "leakyRelu" as const, alpha: 0.01 };
+    for (const { name } of backends) {
+      setBackend(name);
+      const y = await conv3d(x, w, b, { ...opts, residual: r });
+      t.deepEqual(y.shape, [...want.dims]);
+      const d = relDiff(y.data, want.data as Float32Array);
+      t.true(d <= TOL, `${name}: max relative difference ${d}`);
+      const two = await add(await conv3d(x, w, b, { padding: 1, stride: [1, 2, 2] }), r, { activation: "leakyRelu", alpha: 0.01 });
+      t.deepEqual(y.data, two.data, `${name}: the fused sum differs from the two steps`);
+      if (name === "native") {
+        const { activeBackend } = await import("../lib/backends/index.js");
+        t.true(activeBackend().convResidual, "the addon adds the residual in the convolution's call");
+      }
+      // checked before the output is taken
+      let allocated = 0;
+      const alloc = (shape: number[]) => (allocated++, { data: new Float32Array(shape.reduce((a, c) => a * c, 1)), shape });
+      await t.throwsAsync(conv3d(x, w, b, { ...opts, residual: randomTensor([2, 6, 5, 3, 9], 1), alloc }), {
+        message: /options.residual has shape \[2, 6, 5, 3, 9\] but the output is \[2, 6, 5, 3, 10\]/,
+      });
+      await t.throwsAsync(conv3d(x, w, b, { ...opts, residual: { data: r.data } as never, alloc }), { message: /options.residual/ });
+      t.is(allocated, 0);
+      // the output may not be the residual: it is read after the output is written
+      const out = randomTensor([2, 6, 5, 3, 10], 144);
+      await t.throwsAsync(conv3d(x, w, b, { ...opts, residual: out, out }), { message: /options.residual/ });
+    }
+  },
+);
+
+test.serial(
   "conv3dInstanceNorm with norm.groups equals onnxruntime's Conv → GroupNorm (the exporter's Reshape → InstanceNormalization → Reshape → Mul → Add) → Relu",
   async (t) => {
     const { conv3dInstanceNorm, groupNorm, conv3d } = await import("../lib/index.js");

@@ -19,7 +19,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
   convPlanClear?(): void;
   /**
    * TensorBackend's conv3d; optionally the weights as packConvWeights packed them, and a norm
-   * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm).
+   * applied in place after it (scale, bias, eps, act, alpha: conv3dNorm), then a residual and the
+   * norm's groups; with nulls in the norm's places, a residual added before act (conv3dResidual).
    */
   conv3d(
     ...a: [
@@ -27,10 +28,11 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
       packed?: Float32Array | null,
       scale?: Float32Array | null,
       normBias?: Float32Array | null,
-      eps?: number,
-      normAct?: number,
-      normAlpha?: number,
+      eps?: number | null,
+      normAct?: number | null,
+      normAlpha?: number | null,
       residual?: Float32Array | null,
+      normGroups?: number,
     ]
   ): Promise<void>;
   /** w [Co, K] packed for conv3d's micro-kernel, per group. */
@@ -59,6 +61,8 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
     convNormResidual?: boolean;
     /** conv3d takes the norm's groups after the residual (binaries from 2026-12-05 on). */
     convNormGroups?: boolean;
+    /** conv3d takes a residual with nulls in the norm's places (binaries from 2026-12-05 on). */
+    convResidual?: boolean;
   };
   voxelStats(data: VoxelArray): Promise<VoxelStats>;
   rescaleToF32(src: VoxelArray, slope: number, inter: number, dst: Float32Array): Promise<void>;
@@ -438,6 +442,49 @@ export class NativeBackend implements Backend {
     return (this.groupsArg ??= this.addon.info().convNormGroups === true);
   }
   private groupsArg?: boolean;
+  conv3dResidual: NonNullable<TensorBackend["conv3dResidual"]> = (
+    x,
+    inShape,
+    w,
+    wShape,
+    bias,
+    strides,
+    dil,
+    pads,
+    groups,
+    outS,
+    act,
+    alpha,
+    out,
+    residual,
+  ) =>
+    this.addon.conv3d(
+      x,
+      inShape,
+      w,
+      wShape,
+      bias,
+      strides,
+      dil,
+      pads,
+      groups,
+      outS,
+      act,
+      alpha,
+      out,
+      this.packedFor(w, wShape[0], groups) ?? null,
+      null,
+      null,
+      null,
+      null,
+      null,
+      residual,
+    );
+  /** Whether this binary's conv3d takes a residual without a norm. */
+  get convResidual(): boolean {
+    return (this.plainResidual ??= this.addon.info().convResidual === true);
+  }
+  private plainResidual?: boolean;
   convTranspose3d: TensorBackend["convTranspose3d"] = (...a) => {
     if (this.fixed.has(a[2])) this.transposed.add(a[2]);
     return this.addon.convTranspose3d(...a);

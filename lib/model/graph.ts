@@ -52,11 +52,16 @@ export interface GraphNode {
      */
     residual?: boolean;
   };
+  /**
+   * Set by fuseConvResidual on a Conv without a norm or an activation: the Add that alone read its
+   * output, fused (act, alpha and output are the Add's); inputs[3] is the Add's other operand.
+   */
+  fusedAdd?: { act?: "relu" | "leakyRelu"; alpha: number; output: string };
 }
 
 /** The names a node's results are bound to, after fusion. */
 export function finalOutputs(n: GraphNode): string[] {
-  return n.fusedNorm ? [n.fusedNorm.output] : n.fusedAct ? [n.fusedAct.output] : n.outputs;
+  return n.fusedNorm ? [n.fusedNorm.output] : n.fusedAdd ? [n.fusedAdd.output] : n.fusedAct ? [n.fusedAct.output] : n.outputs;
 }
 
 export interface Graph {
@@ -761,6 +766,41 @@ export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[])
           output: finalOutputs(n)[0]!,
           residual: true,
         },
+      });
+      drop.add(n);
+      break;
+    }
+  }
+  return nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
+}
+
+/**
+ * Fuses a residual block's Add (with its fused activation, if any) into the Conv before it, where
+ * the Conv has no norm or activation of its own, the Add alone reads its output and the Add's other
+ * operand exists before the Conv runs: the sum then happens in the convolution's own call, in
+ * place (MONAI SegResNet's ResBlock: conv2 → Add(identity)). inputs[3] of the fused node is the
+ * other operand.
+ */
+export function fuseConvResidual(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const producer = producersOf(nodes);
+  const index = new Map(nodes.map((n, i) => [n, i]));
+  const drop = new Set<GraphNode>();
+  const fused = new Map<GraphNode, GraphNode>();
+  for (const n of nodes) {
+    if (n.opType !== "Add" || n.inputs.length !== 2) continue;
+    for (const k of [0, 1]) {
+      const mine = n.inputs[k]!,
+        other = n.inputs[1 - k]!;
+      const p = producer.get(mine);
+      if (!p || p.opType !== "Conv" || p.fusedNorm || p.fusedAct || p.fusedAdd || fused.has(p) || !other || other === mine) continue;
+      if (consumers.get(mine) !== 1) continue;
+      const q = producer.get(other);
+      if (q && !(index.get(q)! < index.get(p)!)) continue; // made after the Conv: not there when it runs
+      fused.set(p, {
+        ...p,
+        inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", other],
+        fusedAdd: { ...(n.fusedAct ? { act: n.fusedAct.act } : {}), alpha: n.fusedAct?.alpha ?? 0, output: finalOutputs(n)[0]! },
       });
       drop.add(n);
       break;

@@ -24,6 +24,7 @@ import {
   fuseActivations,
   fuseConvNorm,
   fuseConvNormResidual,
+  fuseConvResidual,
   fuseGelu,
   fuseGroupNorm,
   parseModel,
@@ -127,8 +128,8 @@ export class Model {
       ...graph,
       nodes: fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
     };
-    this.nodes = fuseConvNormResidual(
-      fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys())),
+    this.nodes = fuseConvResidual(
+      fuseConvNormResidual(fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys())), graph.outputs),
       graph.outputs,
     );
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
@@ -354,9 +355,11 @@ export class Model {
       }
       const key = n.fusedNorm
         ? `${n.opType}+${n.fusedNorm.groups !== undefined ? "GroupNormalization" : "InstanceNormalization"}${n.fusedNorm.residual ? "+Add" : ""}${n.fusedNorm.act ? `+${n.fusedNorm.act}` : ""}`
-        : n.fusedAct
-          ? `${n.opType}+${n.fusedAct.act}`
-          : n.opType;
+        : n.fusedAdd
+          ? `${n.opType}+Add${n.fusedAdd.act ? `+${n.fusedAdd.act}` : ""}`
+          : n.fusedAct
+            ? `${n.opType}+${n.fusedAct.act}`
+            : n.opType;
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });

@@ -90,6 +90,24 @@ export async function runNode(
         if (!res || inPass) return [{ f: y }];
         return [{ f: await ops.add(y, res, { alloc, ...actOpts }) }];
       }
+      if (n.fusedAdd) {
+        // a fused residual Add (graph.ts fuseConvResidual): in the convolution's call where the other
+        // operand has the output's shape, else the Add as it was (broadcasting) after it
+        const fa = n.fusedAdd;
+        const x = F(a[0], "X"),
+          w = F(a[1], "W"),
+          res = F(a[3], "the residual Add's other operand");
+        const inPass = sameShape(res.shape, convOutputShape(x.shape, w.shape, at));
+        const actOpts = fa.act ? { activation: fa.act, alpha: fa.alpha } : {};
+        const y = await ops.conv3d(x, w, a[2] ? F(a[2], "B") : null, {
+          stride: triple(at.strides, 1),
+          dilation: triple(at.dilations, 1),
+          padding: pads6(at.pads, at.auto_pad),
+          groups: (at.group as number) ?? 1,
+          ...(inPass ? { alloc, residual: res, ...actOpts } : {}),
+        });
+        return [{ f: inPass ? y : await ops.add(y, res, { alloc, ...actOpts }) }];
+      }
       return [
         {
           f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, {

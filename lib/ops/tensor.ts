@@ -82,6 +82,11 @@ export interface Conv3dOptions extends OutputOptions {
   activation?: "none" | "relu" | "leakyRelu";
   /** LeakyReLU's negative slope (default 0.01). */
   alpha?: number;
+  /**
+   * conv3d only: a tensor of the output's shape added to the convolution, before the activation
+   * (a residual block's Conv → Add(skip): natively in the same call, in place).
+   */
+  residual?: Tensor;
 }
 
 /**
@@ -191,8 +196,36 @@ function convPlan(
 
 /** 3-D convolution: input [N, C, D, H, W], weight [Cout, C/groups, kD, kH, kW], bias [Cout]. */
 export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null, options?: Conv3dOptions): Promise<Tensor> {
-  const p = convPlan(input, weight, bias, options);
-  await activeBackend().conv3d(...p.args, p.act, p.alpha, p.out.data);
+  const residual = (options as Record<string, unknown> | undefined)?.residual as Tensor | undefined;
+  if (residual !== undefined) assertTensor("options.residual", residual);
+  // the residual's shape is checked before the output is allocated, its memory once it is there
+  const p = convPlan(input, weight, bias, options, (_, outShape) => {
+    if (residual && (residual.shape.length !== outShape.length || residual.shape.some((d, i) => d !== outShape[i])))
+      throw new RangeError(`options.residual has shape [${residual.shape.join(", ")}] but the output is [${outShape.join(", ")}]`);
+  });
+  const be = activeBackend();
+  if (!residual) {
+    await be.conv3d(...p.args, p.act, p.alpha, p.out.data);
+    return p.out;
+  }
+  if (sharesMemory(residual.data, p.out.data))
+    throw invalidParameterError(
+      "options.residual",
+      "a tensor apart from the output (it is read after the output is written)",
+      "the output's memory",
+    );
+  if (be.conv3dResidual && be.convResidual) {
+    await be.conv3dResidual(...p.args, p.act, p.alpha, p.out.data, residual.data);
+    return p.out;
+  }
+  // the convolution, then the sum and the activation as add() applies them
+  const resBytes = residual.data.byteLength;
+  await be.conv3d(...p.args, ACT.none, 0, p.out.data);
+  if (residual.data.byteLength !== resBytes)
+    throw new Error("options.residual was detached or resized during the call; the result is lost");
+  const shape6 = [1, 1, 1, 1, 1, p.out.data.length],
+    one = [0, 0, 0, 0, 0, 1];
+  await be.binary(p.out.data, residual.data, shape6, one, one, false, p.out.data, p.act, p.alpha);
   return p.out;
 }
 

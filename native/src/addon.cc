@@ -43,6 +43,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("convNormResidual", true);
   // and the norm's groups after the residual (a GroupNorm fused into its Conv)
   o.Set("convNormGroups", true);
+  // and a residual without a norm (null in the norm's places), added before the activation
+  o.Set("convResidual", true);
 #if defined(__clang__)
   o.Set("compiler", "clang " __clang_version__);
 #elif defined(__GNUC__)

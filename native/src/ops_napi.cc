@@ -48,7 +48,8 @@ bhsd::Act act_of(const Napi::Value& v) {
 //        normAct, normAlpha[, residual|null[, normGroups]]]]) → Promise<void>
 // packed: the weights as packConvWeights packed them. With the norm's arguments (act must then be
 // none), the output is instance-normalised (and activated) in place after the convolution, in the
-// same call: one trip through the worker threads instead of two, and no second buffer.
+// same call: one trip through the worker threads instead of two, and no second buffer. With nulls
+// in the norm's five places and a residual, the residual is added in place before `act`.
 // The arguments both convolutions share: x, [N, C, D, H, W], w, [c, kd, kh, kw], bias, strides,
 // dilations, pads, groups, [Do, Ho, Wo] (info[0..9]).
 struct ConvArgs {
@@ -71,7 +72,8 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const std::int64_t groups = c.groups;
   const bhsd::Act act = act_of(info[10]);
   const float alpha = float(number_of(info[11], "alpha"));
-  const bool norm = info.Length() > 14;
+  // the norm's arguments, where eps is given (null there: a residual alone, see below)
+  const bool norm = info.Length() > 16 && !info[16].IsNull() && !info[16].IsUndefined();
   const std::int64_t N = in[0], C = in[1], Co = ws[0];
   require(C % groups == 0 && Co % groups == 0, env, "channels are not divisible by groups");
   const std::int64_t Cg = C / groups, Cog = Co / groups;
@@ -91,9 +93,11 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
   const bhsd::Act nact = norm ? act_of(info[17]) : bhsd::Act::none;
   const float nalpha = norm ? float(number_of(info[18], "norm alpha")) : 0.0f;
   require(!norm || act == bhsd::Act::none, env, "an activation before the norm is not fused");
-  // optional after the norm's: a residual [N, Co, Do, Ho, Wo] added before the norm's activation
+  // optional after the norm's: a residual [N, Co, Do, Ho, Wo] added before the norm's activation —
+  // or, with null in the norm's places, after the convolution, before `act` (MONAI SegResNet's
+  // Conv → Add(skip): the sum in the same call, in place, while the output is in cache)
   const std::size_t nout = elems(env, {N, Co, os[0], os[1], os[2]});
-  const bool has_res = norm && info.Length() > 19 && !info[19].IsNull() && !info[19].IsUndefined();
+  const bool has_res = info.Length() > 19 && !info[19].IsNull() && !info[19].IsUndefined();
   const float* res = has_res ? floats_of(info[19], nout, "residual") : nullptr;
   require(!res || res + nout <= y || y + nout <= res, env, "residual overlaps out");
   // optional after the residual: the norm's groups of consecutive channels (a GroupNorm: MONAI
@@ -107,18 +111,23 @@ Napi::Value Conv3d(const Napi::CallbackInfo& info) {
       env,
       [=] {
         const std::int64_t vin = g.D * g.H * g.W, vout = g.Do * g.Ho * g.Wo, K = g.K();
+        const bhsd::Act conv_act = res && !norm ? bhsd::Act::none : act;  // (then after the sum)
         for (std::int64_t gi = 0; gi < groups; ++gi) {
           bhsd::EngineArray<float> own;
           if (!packed) own = bhsd::pack_conv_weights_block(w + gi * Cog * K, Cog, K);
           const float* wp = packed ? packed + gi * per_group : own.data();
           for (std::int64_t n = 0; n < N; ++n)
             bhsd::conv3d_forward(g, x + (n * C + gi * Cg) * vin, wp, b ? b + gi * Cog : nullptr,
-                                 y + (n * Co + gi * Cog) * vout, act, alpha, *pool);
+                                 y + (n * Co + gi * Cog) * vout, conv_act, alpha, *pool);
         }
         if (norm && ngroups != Co)
           bhsd::group_norm(y, y, N, Co, vout, ngroups, nscale, nbias, eps, nact, nalpha, *pool);
         else if (norm)
           bhsd::instance_norm(y, y, N, Co, vout, nscale, nbias, eps, nact, nalpha, *pool, res);
+        else if (res) {
+          const std::int64_t shape[6] = {1, 1, 1, 1, 1, std::int64_t(nout)}, unit[6] = {0, 0, 0, 0, 0, 1};
+          bhsd::binary(y, res, y, shape, unit, unit, false, *pool, act, alpha);
+        }
       },
       nullptr,
       {info[0], info[2], info[4], info[12], info.Length() > 13 ? info[13] : env.Null(), norm ? info[14] : env.Null(),
