@@ -4,7 +4,7 @@
 import test, { type ExecutionContext } from "ava";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { conv3d, conv3dInstanceNorm, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
+import { add, conv3d, conv3dInstanceNorm, connectedComponents, setBackend, volumeFromArray } from "../lib/index.js";
 import { getBackend } from "../lib/backends/index.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 
@@ -114,7 +114,12 @@ for (const { name, backend } of backendsUnderTest()) {
     const w = { data: Float32Array.from({ length: 8 * C * 27 }, (_, i) => Math.cos(i * 0.11) * 0.1), shape: [8, C, 3, 3, 3] };
     const rs = Float32Array.from({ length: 8 * D * H * W }, (_, i) => Math.cos(i * 0.013));
     const opts = { padding: 1, activation: "relu" as const };
-    const want = await conv3d(x, w, null, { ...opts, residual: { data: new Float32Array(rs), shape: [1, 8, D, H, W] } });
+    // the reference in two steps: the convolution, then add() with the activation
+    const want = await add(
+      await conv3d(x, w, null, { padding: 1 }),
+      { data: new Float32Array(rs), shape: [1, 8, D, H, W] },
+      { activation: "relu" },
+    );
     const residual = { data: new Float32Array(rs), shape: [1, 8, D, H, W] };
     const p = conv3d(x, w, null, { ...opts, residual });
     structuredClone(residual.data.buffer, { transfer: [residual.data.buffer] });

@@ -520,6 +520,34 @@ test.serial(
   },
 );
 
+test.serial("ONNX GroupNormalization (opset 18: γ, β per group) after a Conv is fused into it and equals onnxruntime's", async (t) => {
+  const w1 = randomTensor([6, 2, 3, 3, 3], 531),
+    gs = randomTensor([3], 532),
+    gb = randomTensor([3], 533);
+  const bytes = encodeModel({
+    opset: 18,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w1"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+      { opType: "GroupNormalization", inputs: ["c", "gs", "gb"], outputs: ["g"], attrs: { num_groups: 3, epsilon: 1e-5 } },
+      { opType: "Relu", inputs: ["g"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [1, 2, 4, 5, 6] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w1", dims: w1.shape, data: w1.data },
+      { name: "gs", dims: [3], data: gs.data },
+      { name: "gb", dims: [3], data: gb.data },
+    ],
+  });
+  await againstOrt(t, bytes, randomTensor([1, 2, 4, 5, 6], 534), ["y"], (name, model) =>
+    t.deepEqual(
+      model.lastRun!.nodeMs.map((n) => n.op),
+      ["Conv+GroupNormalization+relu"],
+      name,
+    ),
+  );
+});
+
 test.serial(
   "Conv → InstanceNorm is fused only where the norm alone reads the convolution: a second reader of the raw output keeps it",
   async (t) => {

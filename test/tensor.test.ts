@@ -512,6 +512,13 @@ test.serial(
       await t.throwsAsync(conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb, activation: "gelu" as never }, { padding: 1, groups: 2 }), {
         message: /norm.activation/,
       });
+      // a residual after the norm is norm.residual; conv3d's options.residual is refused here
+      await t.throwsAsync(
+        conv3dInstanceNorm(x, w, b, { scale: sc, bias: nb }, { padding: 1, groups: 2, residual: randomTensor([1, 10, 5, 7, 10], 1) }),
+        {
+          message: /options.residual/,
+        },
+      );
     }
   },
 );

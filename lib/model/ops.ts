@@ -96,17 +96,26 @@ export async function runNode(
         const fa = n.fusedAdd;
         const x = F(a[0], "X"),
           w = F(a[1], "W"),
-          res = F(a[3], "the residual Add's other operand");
-        const inPass = sameShape(res.shape, convOutputShape(x.shape, w.shape, at));
-        const actOpts = fa.act ? { activation: fa.act, alpha: fa.alpha } : {};
+          other = a[3];
+        const res = other && "f" in other && sameShape(other.f.shape, convOutputShape(x.shape, w.shape, at)) ? other.f : undefined;
         const y = await ops.conv3d(x, w, a[2] ? F(a[2], "B") : null, {
           stride: triple(at.strides, 1),
           dilation: triple(at.dilations, 1),
           padding: pads6(at.pads, at.auto_pad),
           groups: (at.group as number) ?? 1,
-          ...(inPass ? { alloc, residual: res, ...actOpts } : {}),
+          ...(res ? { alloc, residual: res, ...(fa.act ? { activation: fa.act, alpha: fa.alpha } : {}) } : {}),
         });
-        return [{ f: inPass ? y : await ops.add(y, res, { alloc, ...actOpts }) }];
+        if (res) return [{ f: y }];
+        // the Add as it was (broadcasting, integers, more than 6 axes), after the convolution
+        const add: GraphNode = {
+          name: n.name,
+          opType: "Add",
+          inputs: ["", ""],
+          outputs: [fa.output],
+          attrs: {},
+          ...(fa.act ? { fusedAct: { act: fa.act, alpha: fa.alpha, output: fa.output } } : {}),
+        };
+        return runNode(add, [{ f: y }, other], alloc, budget, opset);
       }
       return [
         {

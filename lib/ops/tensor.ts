@@ -270,6 +270,8 @@ export async function conv3dInstanceNorm(
 ): Promise<Tensor> {
   if (options?.activation !== undefined && options.activation !== "none")
     throw invalidParameterError("options.activation", "none (the activation goes after the norm)", options.activation);
+  if (options?.residual !== undefined)
+    throw invalidParameterError("options.residual", "absent (a residual after the norm is norm.residual)", options.residual);
   const normOpts = optionsObject("norm", norm);
   const { act, alpha } = activation(normOpts, "norm");
   const eps = epsOf(normOpts, "norm");

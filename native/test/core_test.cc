@@ -2445,20 +2445,26 @@ static void test_pool_and_binary(bhsd::ThreadPool& pool) {
       for (auto& v : a) v = rnd();
       for (auto& v : b) v = rnd();
       std::int64_t bad = 0;
-      for (int act = 0; act < 3; ++act) {
-        for (std::int64_t o = 0; o < n; ++o) {
-          std::int64_t rem = o, oa = 0, ob = 0;
-          for (int i = 5; i >= 0; --i) {
-            const std::int64_t k = rem % sh[i];
-            rem /= sh[i];
-            oa += k * stra[i], ob += k * strb[i];
+      for (int act = 0; act < 3; ++act)
+        for (bool mul : {false, true}) {
+          for (std::int64_t o = 0; o < n; ++o) {
+            std::int64_t rem = o, oa = 0, ob = 0;
+            for (int i = 5; i >= 0; --i) {
+              const std::int64_t k = rem % sh[i];
+              rem /= sh[i];
+              oa += k * stra[i], ob += k * strb[i];
+            }
+            const float v = mul ? a[std::size_t(oa)] * b[std::size_t(ob)] : a[std::size_t(oa)] + b[std::size_t(ob)];
+            want[std::size_t(o)] = act == 0 ? v : v > 0 ? v : act == 1 ? 0.0f : v * 0.01f;
           }
-          const float v = a[std::size_t(oa)] + b[std::size_t(ob)];
-          want[std::size_t(o)] = act == 0 ? v : v > 0 ? v : act == 1 ? 0.0f : v * 0.01f;
+          bhsd::binary(a.data(), b.data(), y.data(), sh, stra, strb, mul, pool, bhsd::Act(act), 0.01f);
+          if (std::memcmp(y.data(), want.data(), std::size_t(n) * sizeof(float)) != 0) ++bad;
+          if (amask == 0) {  // a of the output's shape: in place, as a residual block's sum is taken
+            std::vector<float> in_place(a);
+            bhsd::binary(in_place.data(), b.data(), in_place.data(), sh, stra, strb, mul, pool, bhsd::Act(act), 0.01f);
+            if (std::memcmp(in_place.data(), want.data(), std::size_t(n) * sizeof(float)) != 0) ++bad;
+          }
         }
-        bhsd::binary(a.data(), b.data(), y.data(), sh, stra, strb, false, pool, bhsd::Act(act), 0.01f);
-        if (std::memcmp(y.data(), want.data(), std::size_t(n) * sizeof(float)) != 0) ++bad;
-      }
       CHECK(bad == 0);
     }
 }
