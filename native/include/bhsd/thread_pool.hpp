@@ -338,11 +338,11 @@ class ThreadPool {
   // (or a syscall: steering), and a thread that blocks on a held mutex costs itself a futex wait
   // and its holder a futex wake, each a VM exit here. A worker that saw a loop published went for
   // mutex_ while the caller still held it, nearly every time.
-  // Tried for up to 20 µs (by the clock, as a pause takes 18 ns on one core and 40 on another):
+  // Tried for up to 80 µs (by the clock, as a pause takes 18 ns on one core and 40 on another):
   // the longest hold is a steering call, a syscall or two.
   static void lock_soon(std::unique_lock<std::mutex>& lk) {
     if (lk.try_lock()) return;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(80);
     for (unsigned i = 1;; ++i) {
       relax();
       if (lk.try_lock()) return;
