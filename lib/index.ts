@@ -31,7 +31,7 @@ export {
 } from "./io/dicom.js";
 export { writeDicomSeg, type WriteDicomSegOptions, type DicomSegResult } from "./io/dicom-seg.js";
 export { readCt, type ReadCtOptions } from "./io/ct.js";
-export { volumeFromArray } from "./volume.js";
+export { volumeFromArray, release } from "./volume.js";
 export { voxelStats, type VolumeStats } from "./ops/stats.js";
 export { VERSION } from "./version.js";
 export { toJson } from "./json.js";
