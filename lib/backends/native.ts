@@ -442,44 +442,10 @@ export class NativeBackend implements Backend {
     return (this.groupsArg ??= this.addon.info().convNormGroups === true);
   }
   private groupsArg?: boolean;
-  conv3dResidual: NonNullable<TensorBackend["conv3dResidual"]> = (
-    x,
-    inShape,
-    w,
-    wShape,
-    bias,
-    strides,
-    dil,
-    pads,
-    groups,
-    outS,
-    act,
-    alpha,
-    out,
-    residual,
-  ) =>
-    this.addon.conv3d(
-      x,
-      inShape,
-      w,
-      wShape,
-      bias,
-      strides,
-      dil,
-      pads,
-      groups,
-      outS,
-      act,
-      alpha,
-      out,
-      this.packedFor(w, wShape[0], groups) ?? null,
-      null,
-      null,
-      null,
-      null,
-      null,
-      residual,
-    );
+  conv3dResidual: NonNullable<TensorBackend["conv3dResidual"]> = (...a) => {
+    const conv = a.slice(0, 13) as Parameters<TensorBackend["conv3d"]>;
+    return this.addon.conv3d(...conv, this.packedFor(conv[2], conv[3][0], conv[8]) ?? null, null, null, null, null, null, a[13]);
+  };
   /** Whether this binary's conv3d takes a residual without a norm. */
   get convResidual(): boolean {
     return (this.plainResidual ??= this.addon.info().convResidual === true);

@@ -61,22 +61,7 @@ export interface TensorBackend {
    * Optional (where convResidual): conv3d, then `residual` (out's size) added in place and the
    * activation applied to the sum, in one call (a residual block's Conv → Add(skip)).
    */
-  conv3dResidual?(
-    x: Float32Array,
-    inShape: [number, number, number, number, number],
-    w: Float32Array,
-    wShape: [number, number, number, number],
-    bias: Float32Array | null,
-    strides: Triple,
-    dilations: Triple,
-    pads: Triple,
-    groups: number,
-    outSpatial: Triple,
-    act: number,
-    alpha: number,
-    out: Float32Array,
-    residual: Float32Array,
-  ): Promise<void>;
+  conv3dResidual?(...a: [...conv: Parameters<TensorBackend["conv3d"]>, residual: Float32Array]): Promise<void>;
   /** Whether conv3dResidual runs in one call (an older binary lacks it). */
   readonly convResidual?: boolean;
   /** w [C, Co/groups, kd, kh, kw]; wShape = [Co/groups, kd, kh, kw]; out extent includes output padding. */

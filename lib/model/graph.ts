@@ -739,6 +739,29 @@ export function fuseConvNorm(nodes: GraphNode[], graphOutputs: string[], constan
  * Add(skip) → LeakyReLU). inputs[5] of the fused node is the other operand.
  */
 export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
+  return fuseResidualAdds(
+    nodes,
+    graphOutputs,
+    (p) => !!p.fusedNorm && !p.fusedNorm.act && !p.fusedNorm.residual && p.fusedNorm.groups === undefined,
+    (p, other, act) => ({
+      ...p,
+      inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", p.inputs[3]!, p.inputs[4]!, other],
+      fusedNorm: { ...p.fusedNorm!, ...act, residual: true },
+    }),
+  );
+}
+
+/**
+ * The Adds of two inputs that alone read a Conv's result, where `accepts` the Conv and the other
+ * operand exists before the Conv runs (a graph input, a weight, or an earlier node's result),
+ * fused into it by `fuse` (given the other operand, and the Add's activation and output).
+ */
+function fuseResidualAdds(
+  nodes: GraphNode[],
+  graphOutputs: string[],
+  accepts: (conv: GraphNode) => boolean,
+  fuse: (conv: GraphNode, other: string, add: { act?: "relu" | "leakyRelu"; alpha: number; output: string }) => GraphNode,
+): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
   const index = new Map(nodes.map((n, i) => [n, i]));
@@ -750,23 +773,14 @@ export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[])
       const mine = n.inputs[k]!,
         other = n.inputs[1 - k]!;
       const p = producer.get(mine);
-      const fn = p?.fusedNorm;
-      if (!p || !fn || p.opType !== "Conv" || fn.act || fn.residual || fn.groups !== undefined || fused.has(p) || !other || other === mine)
-        continue;
+      if (!p || p.opType !== "Conv" || !accepts(p) || fused.has(p) || !other || other === mine) continue;
       if (consumers.get(mine) !== 1) continue;
       const q = producer.get(other);
       if (q && !(index.get(q)! < index.get(p)!)) continue; // made after the Conv: not there when it runs
-      fused.set(p, {
-        ...p,
-        inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", p.inputs[3]!, p.inputs[4]!, other],
-        fusedNorm: {
-          ...fn,
-          ...(n.fusedAct ? { act: n.fusedAct.act } : {}),
-          alpha: n.fusedAct?.alpha ?? 0,
-          output: finalOutputs(n)[0]!,
-          residual: true,
-        },
-      });
+      fused.set(
+        p,
+        fuse(p, other, { ...(n.fusedAct ? { act: n.fusedAct.act } : {}), alpha: n.fusedAct?.alpha ?? 0, output: finalOutputs(n)[0]! }),
+      );
       drop.add(n);
       break;
     }
@@ -782,29 +796,10 @@ export function fuseConvNormResidual(nodes: GraphNode[], graphOutputs: string[])
  * other operand.
  */
 export function fuseConvResidual(nodes: GraphNode[], graphOutputs: string[]): GraphNode[] {
-  const consumers = consumersOf(nodes, graphOutputs);
-  const producer = producersOf(nodes);
-  const index = new Map(nodes.map((n, i) => [n, i]));
-  const drop = new Set<GraphNode>();
-  const fused = new Map<GraphNode, GraphNode>();
-  for (const n of nodes) {
-    if (n.opType !== "Add" || n.inputs.length !== 2) continue;
-    for (const k of [0, 1]) {
-      const mine = n.inputs[k]!,
-        other = n.inputs[1 - k]!;
-      const p = producer.get(mine);
-      if (!p || p.opType !== "Conv" || p.fusedNorm || p.fusedAct || p.fusedAdd || fused.has(p) || !other || other === mine) continue;
-      if (consumers.get(mine) !== 1) continue;
-      const q = producer.get(other);
-      if (q && !(index.get(q)! < index.get(p)!)) continue; // made after the Conv: not there when it runs
-      fused.set(p, {
-        ...p,
-        inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", other],
-        fusedAdd: { ...(n.fusedAct ? { act: n.fusedAct.act } : {}), alpha: n.fusedAct?.alpha ?? 0, output: finalOutputs(n)[0]! },
-      });
-      drop.add(n);
-      break;
-    }
-  }
-  return nodes.filter((n) => !drop.has(n)).map((n) => fused.get(n) ?? n);
+  return fuseResidualAdds(
+    nodes,
+    graphOutputs,
+    (p) => !p.fusedNorm && !p.fusedAct && !p.fusedAdd,
+    (p, other, add) => ({ ...p, inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", other], fusedAdd: add }),
+  );
 }
