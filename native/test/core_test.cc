@@ -2427,10 +2427,15 @@ static void test_pool_and_binary(bhsd::ThreadPool& pool) {
   const std::int64_t shapes[][6] = {{1, 1, 3, 5, 7, 4099},  {2, 3, 1, 4, 5, 6},   {1, 7, 3, 1, 1, 2311},
                                     {1, 1, 1, 1, 1, 40000}, {3, 1, 2, 9, 17, 33}, {1, 1, 1, 1, 1, 1}};
   for (const auto& sh : shapes)
-    for (int pattern = 0; pattern < 4; ++pattern) {
-      // which axes each operand broadcasts along (a bit per axis)
-      const unsigned bmask = pattern == 0 ? 0u : pattern == 1 ? 0x21u : pattern == 2 ? 0x0cu : 0x1eu;
-      const unsigned amask = pattern == 3 ? 0x01u : 0u;
+    for (int pattern = 0; pattern < 5; ++pattern) {
+      // which axes each operand broadcasts along (a bit per axis; 0x20 the inner one: a stride-0
+      // row, as a per-channel scale or bias is)
+      const unsigned bmask = pattern == 0   ? 0u
+                             : pattern == 1 ? 0x21u
+                             : pattern == 2 ? 0x0cu
+                             : pattern == 3 ? 0x1eu
+                                            : 0u;
+      const unsigned amask = pattern == 3 ? 0x01u : pattern == 4 ? 0x22u : 0u;
       std::int64_t la = 1, lb = 1, stra[6], strb[6], n = 1;
       for (int i = 5; i >= 0; --i) {
         const bool ba = (amask >> i) & 1u, bb = (bmask >> i) & 1u;
