@@ -65,16 +65,12 @@ export async function runNode(
         const inPass = res && sameShape(res.shape, y0);
         const actOpts = fn.act ? { activation: fn.act, alpha: fn.alpha } : {};
         // a fused GroupNormalization (graph.ts fuseConvNorm) as the node itself runs it: an exporter's
-        // pattern holds for the rank it was exported at, and γ, β may be per group
+        // pattern holds for the rank it was exported at (γ, β per group are conv3dInstanceNorm's to take)
         if (fn.rank !== undefined && y0.length !== fn.rank)
           throw new RangeError(`input [${y0}] is not of rank ${fn.rank}, which this GroupNorm's γ [C, 1, …] broadcasts over`);
-        const perCo = (t: Tensor) =>
-          fn.groups !== undefined && t.data.length === fn.groups && fn.groups !== y0[1]
-            ? { data: Float32Array.from({ length: y0[1]! }, (_, c) => t.data[Math.floor(c / (y0[1]! / fn.groups!))]!), shape: [y0[1]!] }
-            : t;
         const norm = {
-          scale: perCo(F(a[3], "scale")),
-          bias: perCo(F(a[4], "B")),
+          scale: F(a[3], "scale"),
+          bias: F(a[4], "B"),
           eps: fn.eps,
           ...(fn.groups !== undefined ? { groups: fn.groups } : {}),
           ...(res && !inPass ? {} : actOpts),

@@ -221,11 +221,7 @@ export async function conv3d(input: Tensor, weight: Tensor, bias?: Tensor | null
   // the convolution, then the sum and the activation as add() applies them
   const resBytes = residual.data.byteLength;
   await be.conv3d(...p.args, ACT.none, 0, p.out.data);
-  if (residual.data.byteLength !== resBytes)
-    throw new Error("options.residual was detached or resized during the call; the result is lost");
-  const shape6 = [1, 1, 1, 1, 1, p.out.data.length],
-    one = [0, 0, 0, 0, 0, 1];
-  await be.binary(p.out.data, residual.data, shape6, one, one, false, p.out.data, p.act, p.alpha);
+  await addResidualInPlace(p.out.data, residual.data, resBytes, p.act, p.alpha, "options.residual");
   return p.out;
 }
 
@@ -241,8 +237,9 @@ export interface FusedNorm {
   eps?: number;
   /**
    * A group norm instead (GroupNorm: MONAI SegResNet's Conv → GroupNorm → ReLU): the statistics of
-   * each group of `groups` consecutive output channels together, as groupNorm takes them; the
-   * default, the output's channels, is the instance norm. Not with `residual`.
+   * each group of `groups` consecutive output channels together, as groupNorm takes them (scale
+   * and bias per channel or per group); the default, the output's channels, is the instance norm.
+   * Not with `residual`.
    */
   groups?: number;
   activation?: "none" | "relu" | "leakyRelu";
@@ -284,9 +281,15 @@ export async function conv3dInstanceNorm(
   // (whether the residual shares the output's memory only once the output is there)
   let perCo: [Float32Array, Float32Array] | undefined;
   const p = convPlan(input, weight, bias, options, (Co, outShape) => {
-    perCo = [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)];
     if (G !== undefined && Co % (G as number))
       throw invalidParameterError("norm.groups", `a positive integer dividing the ${Co} output channels`, G);
+    perCo =
+      G === undefined
+        ? [perChannel("norm.scale", normOpts.scale, Co), perChannel("norm.bias", normOpts.bias, Co)]
+        : [
+            perChannelOrGroup("norm.scale", normOpts.scale, Co, G as number),
+            perChannelOrGroup("norm.bias", normOpts.bias, Co, G as number),
+          ];
     if (G !== undefined && G !== Co && residual)
       throw invalidParameterError("norm.residual", "absent with norm.groups (a residual follows an instance norm only)", "a tensor");
     if (residual && (residual.shape.length !== outShape.length || residual.shape.some((d, i) => d !== outShape[i])))
@@ -330,11 +333,7 @@ export async function conv3dInstanceNorm(
       // the norm, then the sum and the activation as add() applies them — from the residual as the
       // call found it (a caller that transferred it away meanwhile gets an error, not NaNs)
       await be.instanceNorm(conv.data, N, C, spatial, scale, nb, eps, ACT.none, 0, p.out.data);
-      if (residual.data.byteLength !== resBytes)
-        throw new Error("norm.residual was detached or resized during the call; the result is lost");
-      const shape6 = [1, 1, 1, 1, 1, p.out.data.length],
-        one = [0, 0, 0, 0, 0, 1];
-      await be.binary(p.out.data, residual.data, shape6, one, one, false, p.out.data, act, alpha);
+      await addResidualInPlace(p.out.data, residual.data, resBytes!, act, alpha, "norm.residual");
     }
     be.forget?.([conv.data]); // a GPU backend frees its device copy now, not at the end of the run
   }
@@ -401,6 +400,31 @@ function perChannel(name: string, t: unknown, C: number): Float32Array {
   return (t as Tensor).data;
 }
 
+/** A group norm's scale or bias as C values: given per channel (C) or per group (G, ONNX opset 18's), expanded. */
+function perChannelOrGroup(name: string, t: unknown, C: number, G: number): Float32Array {
+  assertTensor(name, t);
+  const d = (t as Tensor).data;
+  if (d.length === C) return d;
+  if (d.length !== G) throw new RangeError(`${name} has ${d.length} values; expected ${C} (per channel) or ${G} (per group)`);
+  const cpg = C / G;
+  return Float32Array.from({ length: C }, (_, c) => d[Math.floor(c / cpg)]!);
+}
+
+/** out += residual, then the activation, as add() applies them — from the residual as the call found it (a caller that transferred it away meanwhile gets an error, not NaNs). */
+async function addResidualInPlace(
+  out: Float32Array,
+  residual: Float32Array,
+  bytesAtStart: number,
+  act: number,
+  alpha: number,
+  what: string,
+) {
+  if (residual.byteLength !== bytesAtStart) throw new Error(`${what} was detached or resized during the call; the result is lost`);
+  const shape6 = [1, 1, 1, 1, 1, out.length],
+    one = [0, 0, 0, 0, 0, 1];
+  await activeBackend().binary(out, residual, shape6, one, one, false, out, act, alpha);
+}
+
 function epsOf(opts: Record<string, unknown>, where = "options"): number {
   const eps = opts.eps ?? 1e-5;
   if (typeof eps !== "number" || !(eps > 0)) throw invalidParameterError(`${where}.eps`, "a positive number", eps);
@@ -445,15 +469,7 @@ export async function groupNorm(
   const G = opts.groups;
   if (!Number.isInteger(G) || (G as number) < 1 || C % (G as number))
     throw invalidParameterError("options.groups", `a positive integer dividing the ${C} channels`, G);
-  const perGroup = (name: string, t: Tensor | null): Float32Array | null => {
-    if (!t) return null;
-    assertTensor(name, t);
-    if (t.data.length === C) return t.data;
-    if (t.data.length !== G)
-      throw new RangeError(`${name} has ${t.data.length} values; expected ${C} (per channel) or ${G as number} (per group)`);
-    const cpg = C / (G as number);
-    return Float32Array.from({ length: C }, (_, c) => t.data[Math.floor(c / cpg)]!);
-  };
+  const perGroup = (name: string, t: Tensor | null): Float32Array | null => (t ? perChannelOrGroup(name, t, C, G as number) : null);
   const s = perGroup("scale", scale),
     b = perGroup("bias", bias);
   const { act, alpha } = activation(opts);
