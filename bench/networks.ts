@@ -6,15 +6,20 @@
  * Time (median) and peak memory; also where bhsd's time goes (per op type). MONAI's SegResNet at
  * its default widths (bench/models/segresnet_default.onnx, 4.8 MB, made by make_segresnet.py there).
  * UNETR at its real widths (hidden size 768, 12 layers: about 90 M parameters, 370 MB) is not
- * kept; its small fixture is a test.
+ * kept; its small fixture is a test. PyTorch's time beside them where a python3 has torch (and onnx;
+ * MONAI's networks need MONAI 1.4.0 on PYTHONPATH): bench/torch_networks.py, eager as PyTorch
+ * runs it and with every forward convolution through oneDNN, its output checked against bhsd's.
  */
 import ort from "onnxruntime-node";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { backendInfo, loadModel, setBackend } from "../dist/index.js";
 import type { Architecture } from "../dist/model/nnunet/network.js";
 import { PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
-import { fmt, measure, median, rng } from "./lib.js";
+import { fmt, measure, median, pythonWith, rng, runPython } from "./lib.js";
 
 /** nnU-Net's 3d_fullres PlainConvUNet and ResEnc-M at their real widths (lib/model/nnunet/presets.ts). */
 export const PLAIN: Architecture = PLAIN_CONV_UNET_FULLRES;
@@ -25,7 +30,58 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
   return randomWeightsModel(a, rng(seed));
 }
 
-async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number): Promise<string[]> {
+/** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
+type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" };
+
+const torchPy = pythonWith("torch", "onnx", "numpy");
+const monaiPy = pythonWith("torch", "numpy", "monai");
+const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.url));
+
+/**
+ * PyTorch's median forward time (eager, and with oneDNN forced) and the largest difference of its
+ * output from `ref` (bhsd's), as a fraction of the output's largest magnitude; undefined where no
+ * python3 has what the network needs.
+ */
+function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number, ref: Float32Array | undefined) {
+  const py = "onnx" in net ? torchPy : monaiPy;
+  if (!py) return undefined;
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-torch-"));
+  try {
+    const input = join(dir, "x.f32"),
+      out = join(dir, "y.f32");
+    writeFileSync(input, x);
+    let netArg: string;
+    if ("onnx" in net) {
+      netArg = join(dir, "net.onnx");
+      writeFileSync(netArg, net.onnx);
+    } else netArg = net.monai;
+    const args = (extra: string[]) => [TORCH_SCRIPT, netArg, input, ...dims.map(String), String(reps), out, ...extra];
+    const run = (extra: string[]) =>
+      runPython<{ ms: number }>(
+        py,
+        `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`,
+        args(extra),
+      ).ms;
+    const eager = run([]);
+    const y = new Float32Array(readFileSync(out).buffer.slice(0));
+    const onednn = run(["--onednn"]);
+    let diff = NaN;
+    if (ref && ref.length === y.length) {
+      let d = 0,
+        s = 0;
+      for (let i = 0; i < y.length; i++) {
+        d = Math.max(d, Math.abs(y[i]! - ref[i]!));
+        s = Math.max(s, Math.abs(ref[i]!));
+      }
+      diff = d / s;
+    }
+    return { eager, onednn, diff };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number, torchNet?: TorchNet): Promise<string[]> {
   const r = rng(7);
   const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
@@ -38,9 +94,13 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
   // would compare two different minutes
   const oMs: number[] = [],
     nMs: number[] = [];
+  let torch: ReturnType<typeof torchTimes>;
   for (let round = 0; round < 3; round++) {
     oMs.push(await timeMedian(() => session.run(feed), reps));
     if (m) nMs.push(await timeMedian(() => m.run(x), reps));
+    // PyTorch (its own process) once, between the rounds; its output checked against bhsd's
+    if (round === 1 && torchNet)
+      torch = torchTimes(torchNet, x.data, shape.slice(2), shape[2] === 16 ? 5 : 2, m ? (await m.run(x)).data : undefined);
   }
   const o = { ms: median(oMs), peakMb: (await measure(() => session.run(feed), 1)).peakMb };
   await session.release();
@@ -59,7 +119,7 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
     m.dispose();
   }
   return [
-    `| ${label} | ${fmt(nat.ms)} | ${fmt(live, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} | ${ops} |`,
+    `| ${label} | ${fmt(nat.ms)} | ${fmt(live, 0)} | ${fmt(nat.peakMb, 0)} | ${fmt(o.ms)} | ${fmt(o.peakMb, 0)} | ${fmt(o.ms / nat.ms, 2)} | ${torch ? `${fmt(torch.eager)} / ${fmt(torch.onednn)}` : "—"} | ${torch ? `${fmt(torch.eager / nat.ms, 2)} / ${fmt(torch.onednn / nat.ms, 2)}` : "—"} | ${torch && Number.isFinite(torch.diff) ? torch.diff.toExponential(1) : "—"} | ${ops} |`,
   ];
 }
 
@@ -74,29 +134,38 @@ export async function benchNetworks(): Promise<string[]> {
       [1, 1, 16, 64, 64],
       [1, 1, 32, 128, 128],
     ])
-      rows.push(...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 9 : 3)));
+      rows.push(
+        ...(await compare(`${name} (32…320), ${shape.slice(2).join("×")}`, bytes, shape, shape[2] === 16 ? 9 : 3, { onnx: bytes })),
+      );
   }
   const seg = readFileSync(new URL("./models/segresnet_default.onnx", import.meta.url));
   for (const shape of [
     [1, 1, 16, 64, 64],
     [1, 1, 32, 128, 128],
   ])
-    rows.push(...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 9 : 3)));
+    rows.push(
+      ...(await compare(`MONAI SegResNet (default, 8…64), ${shape.slice(2).join("×")}`, seg, shape, shape[2] === 16 ? 9 : 3, {
+        monai: "segresnet",
+      })),
+    );
   // UNETR at its real widths (121 M parameters, a 354 MB export): made by bench/models/make_unetr.py
   // (PyTorch and MONAI 1.4.0 needed), never committed; its positional embedding fixes the input shape
   const unetr = new URL("./models/unetr_real.onnx", import.meta.url);
   if (existsSync(unetr))
     rows.push(
-      ...(await compare("MONAI UNETR (real: hidden 768, 12 layers, feature 16), 32×128×128", readFileSync(unetr), [1, 1, 32, 128, 128], 3)),
+      ...(await compare("MONAI UNETR (real: hidden 768, 12 layers, feature 16), 32×128×128", readFileSync(unetr), [1, 1, 32, 128, 128], 3, {
+        monai: "unetr",
+      })),
     );
   else
     rows.push(
-      "| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | |",
+      "| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | | | | |",
     );
   return [
     "real networks at real widths, random weights (median of three rounds, each the median of 9 runs at 16×64×64 or 3 at the larger inputs, the engines in turn; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
-    "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | bhsd's time by op (top 4) |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    `PyTorch: ${(torchPy ?? monaiPy) ? `bench/torch_networks.py in ${torchPy ?? monaiPy}, fp32, 2 threads, one process between the rounds, median of 5 runs (2 at the larger inputs); eager as PyTorch runs it / every forward convolution through oneDNN; its output's largest difference from bhsd's, of the output's scale (MONAI's networks: ${monaiPy ? "MONAI from PYTHONPATH" : "no MONAI importable: set PYTHONPATH to MONAI 1.4.0"})` : "no python3 with torch, onnx and numpy: no PyTorch column"}`,
+    "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | PyTorch ms (eager / oneDNN) | × PyTorch | PyTorch's output, max difference | bhsd's time by op (top 4) |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ...rows,
   ];
 }

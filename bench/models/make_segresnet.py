@@ -5,11 +5,19 @@ Run: PYTHONPATH=/path/to/monai-1.4.0 /usr/bin/python3 make_segresnet.py"""
 import torch
 from monai.networks.nets import SegResNet
 
-torch.manual_seed(17)
-m = SegResNet(spatial_dims=3, in_channels=1, out_channels=6).eval()
-x = torch.randn(1, 1, 16, 64, 64)
-axes = {"input": {2: "D", 3: "H", 4: "W"}, "output": {2: "D", 3: "H", 4: "W"}}
-with torch.no_grad():
-    torch.onnx.export(m, x, "segresnet_default.onnx", opset_version=17, input_names=["input"], output_names=["output"],
-                      dynamic_axes=axes, do_constant_folding=True)
-print(sum(p.numel() for p in m.parameters()))
+
+
+def build():
+    """The network with the exported weights (seed 17): bench/torch_networks.py times it in PyTorch."""
+    torch.manual_seed(17)
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=6).eval()
+
+
+if __name__ == "__main__":
+    m = build()
+    x = torch.randn(1, 1, 16, 64, 64)
+    axes = {"input": {2: "D", 3: "H", 4: "W"}, "output": {2: "D", 3: "H", 4: "W"}}
+    with torch.no_grad():
+        torch.onnx.export(m, x, "segresnet_default.onnx", opset_version=17, input_names=["input"],
+                          output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+    print(sum(p.numel() for p in m.parameters()))

@@ -18,12 +18,21 @@ from make_fixtures import install_einops_stub  # noqa: E402
 install_einops_stub()
 from monai.networks.nets import UNETR  # noqa: E402
 
-torch.manual_seed(17)
 shape = (32, 128, 128)
-m = UNETR(in_channels=1, out_channels=6, img_size=shape, feature_size=16, hidden_size=768, mlp_dim=3072,
-          num_heads=12, proj_type="conv", norm_name="instance", res_block=True, dropout_rate=0.0).eval()
-x = torch.randn(1, 1, *shape)
-out = os.path.join(here, "unetr_real.onnx")
-with torch.no_grad():
-    torch.onnx.export(m, x, out, opset_version=17, input_names=["input"], output_names=["output"], do_constant_folding=True)
-print(f"{out}: {sum(p.numel() for p in m.parameters())} parameters, {os.path.getsize(out) / 2**20:.0f} MB")
+
+
+def build():
+    """The network with the exported weights (seed 17): bench/torch_networks.py times it in PyTorch."""
+    torch.manual_seed(17)
+    return UNETR(in_channels=1, out_channels=6, img_size=shape, feature_size=16, hidden_size=768, mlp_dim=3072,
+                 num_heads=12, proj_type="conv", norm_name="instance", res_block=True, dropout_rate=0.0).eval()
+
+
+if __name__ == "__main__":
+    m = build()
+    x = torch.randn(1, 1, *shape)
+    out = os.path.join(here, "unetr_real.onnx")
+    with torch.no_grad():
+        torch.onnx.export(m, x, out, opset_version=17, input_names=["input"], output_names=["output"],
+                          do_constant_folding=True)
+    print(f"{out}: {sum(p.numel() for p in m.parameters())} parameters, {os.path.getsize(out) / 2**20:.0f} MB")
