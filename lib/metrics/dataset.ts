@@ -10,6 +10,7 @@ import { basename, join } from "node:path";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { readNifti, type ReadNiftiOptions } from "../io/nifti.js";
 import type { Volume } from "../types.js";
+import { releaseDropped } from "../volume.js";
 import { parseSliceCsv, type SliceLabels } from "./slices.js";
 import { evaluate, type CaseMetrics, type EvaluateOptions, DEFAULT_CLASSES } from "./evaluate.js";
 import { summarize, type Summary } from "./summary.js";
@@ -107,13 +108,16 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   let done = 0;
   for (const [name, gtPath] of todo) {
     const predPath = preds.get(name) ?? null;
+    let gt: Volume | undefined, pred: Volume | undefined;
     try {
-      const gt = await readNifti(gtPath, read);
-      const pred = predPath ? await readNifti(predPath, read) : { ...gt, data: new Uint8Array(gt.data.length) };
+      gt = await readNifti(gtPath, read);
+      pred = predPath ? await readNifti(predPath, read) : { ...gt, data: new Uint8Array(gt.data.length) };
       const metrics = await evaluate(gt, pred, { ...evalOpts, names: [`gt ${name}`, `pred ${name}`] });
       cases.push({ case: name, gt: gtPath, pred: predPath, metrics });
     } catch (e) {
       failed.push({ case: name, error: (e as Error).message });
+    } finally {
+      releaseDropped(gt, pred); // (each case's volumes back now, not at V8's next collection)
     }
     opts.onProgress?.(++done, todo.length, name);
   }

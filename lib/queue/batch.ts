@@ -17,6 +17,7 @@ import { caseName, layoutFolders, type DatasetCase, type DatasetResult } from ".
 import { evaluate, BHSD_CLASSES, DEFAULT_CLASSES } from "../metrics/evaluate.js";
 import { csvNumber } from "../metrics/csv.js";
 import { summarize } from "../metrics/summary.js";
+import { releaseDropped } from "../volume.js";
 import {
   batchesKey,
   batchKey,
@@ -343,9 +344,13 @@ export async function batchEvaluate(
     else if (c.state !== "completed" || !c.result?.labels) missing.push(c.case);
     else {
       try {
-        const metrics =
-          c.result.metrics ??
-          (await evaluate(await readNifti(gt), await readNifti(c.result.labels), { names: [`gt ${c.case}`, `pred ${c.case}`] }));
+        let metrics = c.result.metrics;
+        if (!metrics) {
+          const g = await readNifti(gt),
+            p = await readNifti(c.result.labels);
+          metrics = await evaluate(g, p, { names: [`gt ${c.case}`, `pred ${c.case}`] });
+          releaseDropped(g, p);
+        }
         cases.push({ case: c.case, gt, pred: c.result.labels, metrics });
       } catch (e) {
         failed.push({ case: c.case, error: (e as Error).message });

@@ -19,6 +19,7 @@ import { readNifti, writeNifti } from "../io/nifti.js";
 import { evaluate } from "../metrics/evaluate.js";
 import { loadModel, type Model } from "../model/model.js";
 import { segment } from "../model/segment.js";
+import { releaseDropped } from "../volume.js";
 import {
   connect,
   DEFAULT_QUEUE,
@@ -110,6 +111,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
         job.updateProgress({ step: p.step, done: p.done, total: p.total }).catch(() => {});
       },
     });
+    releaseDropped(ct); // (a long-running worker's CTs back now, not at V8's next collection)
     await mkdir(dirname(d.out), { recursive: true });
     await writeNifti(d.out, labels);
     const result: JobResult = {
@@ -126,7 +128,9 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
     if (d.gt) {
       const gt = await readNifti(d.gt, read);
       result.metrics = encodeNumbers(await evaluate(gt, labels, { names: [`gt ${d.case}`, `pred ${d.case}`] }));
+      releaseDropped(gt);
     }
+    releaseDropped(labels);
     result.ms = Date.now() - t0;
     return result;
   }
@@ -134,6 +138,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
   async function runEvaluate(d: EvaluateJobData, t0: number): Promise<JobResult> {
     const [gt, pred] = await Promise.all([readNifti(d.gt, read), readNifti(d.pred, read)]);
     const metrics = encodeNumbers(await evaluate(gt, pred, { names: [`gt ${d.case}`, `pred ${d.case}`] }));
+    releaseDropped(gt, pred);
     return { case: d.case, kind: "evaluate", metrics, worker: name, ms: Date.now() - t0 };
   }
 
