@@ -9,7 +9,7 @@ import { createRequire } from "node:module";
 import { allocTensor, backendInfo, conv3d, setBackend } from "../dist/index.js";
 import { encodeModel } from "../dist/model/onnx-proto.js";
 import { getBackend } from "../dist/backends/index.js";
-import { fmt, measure, pythonWith, rng, runPython } from "./lib.js";
+import { fmt, measure, pythonWith, rng, runPython, settle } from "./lib.js";
 
 type Layer = [number, number, number, number, number] | [number, number, number, number, number, [number, number, number]];
 /** cin, cout, input d×h×w and, for the layers that open an encoder stage, the stride (z, y, x). */
@@ -129,6 +129,7 @@ export async function benchConv(): Promise<string[]> {
     });
     const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
     const feed = { x: new ort.Tensor("float32", x.data, x.shape) };
+    await settle();
     const tOrt = await measure(() => session.run(feed), 5);
     await session.release();
     let nat = { ms: NaN, peakMb: NaN },
@@ -144,6 +145,7 @@ export async function benchConv(): Promise<string[]> {
       xe.data.set(x.data);
       we.data.set(wt.data);
       (getBackend("native") as { constants?(a: ReadonlySet<Float32Array>): void }).constants?.(new Set([we.data]));
+      await settle(); // (onnxruntime's threads spin on after its runs)
       nat = await measure(() => conv3d(xe, we, b, { padding: 1, stride, out }), 5);
       // as a user calls it: plain arrays of their own, a fresh result each time
       user = await measure(() => conv3d(x, wt, b, { padding: 1, stride }), 5);

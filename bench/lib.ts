@@ -48,6 +48,17 @@ export async function measure(fn: () => Promise<unknown>, reps = 5): Promise<Tim
   return { ms, peakMb: Math.max(0, peak) };
 }
 
+/**
+ * A pause before timing one engine right after another in the same process: onnxruntime's
+ * intra-op threads spin for some 20–40 ms after a run (its default), and a block of bhsd's small
+ * calls timed inside that window shared the 2 cores with them (320→320 at 4×16×16: 5–8 ms a call
+ * there, 3.3–4.2 after it). bhsd's workers watch for 80 µs at most, but the pause is the same
+ * both ways.
+ */
+export async function settle(ms = 100): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
 /** The python3 that has the given modules, or undefined (the bench then says so). */
 export function pythonWith(...modules: string[]): string | undefined {
   for (const py of ["python3", "/usr/bin/python3"]) {

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 
 import { backendInfo, loadModel, segment, setBackend, volumeFromArray } from "../dist/index.js";
 import { sharedFixture } from "../test/paths.js";
-import { fmt, measure, rng } from "./lib.js";
+import { fmt, measure, rng, settle } from "./lib.js";
 import { buildUNet, NNUNET_FULLRES } from "../dist/train/unet.js";
 import { networkBytes, RESENC_M } from "./networks.js";
 
@@ -24,6 +24,7 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
   if (backendInfo().available.native) {
     setBackend("native");
     const m = await loadModel(bytes);
+    await settle(); // (onnxruntime's threads spin on after its runs)
     nat = await measure(() => m.run(x), reps);
     peak = m.lastRun!.peakBytes / 2 ** 20;
   }

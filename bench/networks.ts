@@ -19,7 +19,7 @@ import { backendInfo, loadModel, setBackend } from "../dist/index.js";
 import type { Architecture } from "../dist/model/nnunet/network.js";
 import { PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
-import { fmt, measure, median, pythonWith, rng, runPython } from "./lib.js";
+import { fmt, measure, median, pythonWith, rng, runPython, settle } from "./lib.js";
 
 /** nnU-Net's 3d_fullres PlainConvUNet and ResEnc-M at their real widths (lib/model/nnunet/presets.ts). */
 export const PLAIN: Architecture = PLAIN_CONV_UNET_FULLRES;
@@ -96,12 +96,15 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
     nMs: number[] = [];
   let torch: ReturnType<typeof torchTimes>;
   for (let round = 0; round < 3; round++) {
+    await settle(); // (each engine's threads idle before the other's block: onnxruntime's spin on)
     oMs.push(await timeMedian(() => session.run(feed), reps));
+    await settle();
     if (m) nMs.push(await timeMedian(() => m.run(x), reps));
     // PyTorch (its own process) once, between the rounds; its output checked against bhsd's
     if (round === 1 && torchNet)
       torch = torchTimes(torchNet, x.data, shape.slice(2), shape[2] === 16 ? 5 : 2, m ? (await m.run(x)).data : undefined);
   }
+  await settle();
   const o = { ms: median(oMs), peakMb: (await measure(() => session.run(feed), 1)).peakMb };
   await session.release();
   let nat = { ms: NaN, peakMb: NaN },
