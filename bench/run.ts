@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|model|networks|segment|plan|server|semi]` (all but segment, plan and semi by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|layers|model|networks|segment|plan|server|semi]` (all but layers, segment, plan and semi by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { backendInfo } from "../dist/index.js";
 import { benchComponents } from "./components.js";
 import { benchConv } from "./conv.js";
+import { benchLayers } from "./layers.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
@@ -23,6 +24,7 @@ const sections: Record<string, (dir: string) => Promise<string[]>> = {
   components: benchComponents,
   metrics: benchMetrics,
   conv: benchConv,
+  layers: benchLayers,
   model: benchModel,
   networks: benchNetworks,
   segment: benchSegment,
@@ -38,8 +40,8 @@ try {
     `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`,
   );
   for (const [name, fn] of Object.entries(sections)) {
-    // "segment", "plan" and "semi" take minutes: only when asked for by name
-    if (wanted.length ? !wanted.includes(name) : name === "segment" || name === "plan" || name === "semi") continue;
+    // "layers", "segment", "plan" and "semi" take minutes: only when asked for by name
+    if (wanted.length ? !wanted.includes(name) : ["layers", "segment", "plan", "semi"].includes(name)) continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {
