@@ -7,7 +7,8 @@
  * the transposed convolutions and the 1×1×1 segmentation head. Each alone, as one ONNX node: bhsd
  * native best case (engine tensors, the output reused, weights packed once as a loaded model's are)
  * beside onnxruntime-node (2 threads, same bytes) and PyTorch's torch.nn.functional.conv3d /
- * conv_transpose3d (eager, 2 threads) in a python3 that has torch. Medians of 5 to 50 runs (about
+ * conv_transpose3d (eager, 2 threads) in a python3 that has torch, and the forward ones through
+ * oneDNN as well (torch.mkldnn_convolution), which PyTorch 1.13 does not choose for small layers. Medians of 5 to 50 runs (about
  * 150 ms of each engine's runs) after a warm-up.
  * `npm run bench layers` (minutes; not in the default set).
  */
@@ -96,16 +97,20 @@ for l in json.load(open(sys.argv[1])):
     wt = (torch.rand(*((l["co"], l["ci"]) if conv else (l["ci"], l["co"])), *l["k"], generator=g) * 2 - 1) * 0.1
     b = torch.rand(l["co"], generator=g)
     p = l["pads"][:3]
-    def run():
+    def eager():
         if conv: F.conv3d(x, wt, b, stride=l["stride"], padding=p)
         else: F.conv_transpose3d(x, wt, b, stride=l["stride"], padding=p)
-    with torch.no_grad():
+    def onednn():
+        torch.mkldnn_convolution(x, wt, b, p, l["stride"], [1, 1, 1], 1)
+    def median_ms(run):
         t0 = time.perf_counter(); run(); once = time.perf_counter() - t0
         ts = []
         for _ in range(max(5, min(50, int(0.15 / max(once, 1e-6))))):
             t0 = time.perf_counter(); run(); ts.append(time.perf_counter() - t0)
-    ts.sort()
-    out.append(ts[len(ts) // 2] * 1000)
+        ts.sort()
+        return ts[len(ts) // 2] * 1000
+    with torch.no_grad():
+        out.append([median_ms(eager), median_ms(onednn) if conv and torch.backends.mkldnn.is_available() else None])
 print(json.dumps(out))`;
 
 /**
@@ -148,12 +153,12 @@ export async function benchLayers(): Promise<string[]> {
   }
   // PyTorch: one process for all layers
   const py = pythonWith("torch");
-  let torch: number[] = [];
+  let torch: [number, number | null][] = [];
   if (py) {
     const dir = mkdtempSync(join(tmpdir(), "bhsd-layers-"));
     try {
       writeFileSync(join(dir, "layers.json"), JSON.stringify(layers));
-      torch = runPython<number[]>(py, TORCH, [join(dir, "layers.json")]);
+      torch = runPython<[number, number | null][]>(py, TORCH, [join(dir, "layers.json")]);
     } catch {
       torch = [];
     } finally {
@@ -161,8 +166,8 @@ export async function benchLayers(): Promise<string[]> {
     }
   }
   const lines = [
-    `every distinct convolution of nnU-Net's PlainConvUNet and ResEnc-M (real widths) in the ${window.join("×")} window, each alone (medians of 5–50 runs, about 150 ms each; bhsd native best case; onnxruntime-node 2 threads; PyTorch ${py ? "F.conv3d / F.conv_transpose3d eager, 2 threads" : "— no python3 with torch"}; FMA peak of the native pool's threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
-    "| layer | uses (Plain / ResEnc-M) | GFLOP | bhsd ms | GFLOP/s | % of peak | onnxruntime ms | × onnxruntime | PyTorch ms | × PyTorch |",
+    `every distinct convolution of nnU-Net's PlainConvUNet and ResEnc-M (real widths) in the ${window.join("×")} window, each alone (medians of 5–50 runs, about 150 ms each; bhsd native best case; onnxruntime-node 2 threads; PyTorch ${py ? "F.conv3d / F.conv_transpose3d eager, 2 threads, and the forward ones through oneDNN (torch.mkldnn_convolution: PyTorch 1.13 sends layers of batch · channels · depth · height ≤ 20480 to slow_conv3d; 1.13 has no oneDNN path of its own for transposed ones)" : "— no python3 with torch"}; FMA peak of the native pool's threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
+    "| layer | uses (Plain / ResEnc-M) | GFLOP | bhsd ms | GFLOP/s | % of peak | onnxruntime ms | × onnxruntime | PyTorch ms (eager / oneDNN) | × PyTorch (eager / oneDNN) |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const [i, l] of layers.entries()) {
@@ -208,10 +213,11 @@ export async function benchLayers(): Promise<string[]> {
     }
     const gf = flops(l) / 1e9;
     const g = gf / (tNat / 1000);
-    const tT = torch[i] ?? NaN;
+    const tT = torch[i]?.[0] ?? NaN,
+      tD = torch[i]?.[1] ?? NaN;
     const name = `${conv ? "" : "transposed "}${l.ci}→${l.co} ${l.k.join("×")}${l.stride.some((s) => s > 1) ? ` stride ${l.stride.join("×")}` : ""} at ${l.input.join("×")}`;
     lines.push(
-      `| ${name} | ${l.uses.PlainConvUNet ?? 0} / ${l.uses["ResEnc-M"] ?? 0} | ${fmt(gf, 2)} | ${fmt(tNat, 2)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(tOrt, 2)} | ${fmt(tOrt / tNat, 2)} | ${fmt(tT, 2)} | ${fmt(tT / tNat, 2)} |`,
+      `| ${name} | ${l.uses.PlainConvUNet ?? 0} / ${l.uses["ResEnc-M"] ?? 0} | ${fmt(gf, 2)} | ${fmt(tNat, 2)} | ${fmt(g, 0)} | ${fmt((100 * g) / peak, 0)} | ${fmt(tOrt, 2)} | ${fmt(tOrt / tNat, 2)} | ${fmt(tT, 2)} / ${fmt(tD, 2)} | ${fmt(tT / tNat, 2)} / ${fmt(tD / tNat, 2)} |`,
     );
   }
   return lines;

@@ -71,7 +71,8 @@ export function pythonWith(...modules: string[]): string | undefined {
 /** Runs a Python snippet that prints one JSON line; returns it parsed. */
 export function runPython<T>(py: string, code: string, args: string[] = []): T {
   const env = { ...process.env };
-  const r = spawnSync(py, ["-c", code, ...args], { encoding: "utf8", env, maxBuffer: 1 << 26 });
+  // (30 minutes at most: a stuck python fails its column, not the whole bench)
+  const r = spawnSync(py, ["-c", code, ...args], { encoding: "utf8", env, maxBuffer: 1 << 26, timeout: 30 * 60_000 });
   if (r.status !== 0) throw new Error(`python failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
   return JSON.parse(r.stdout.trim().split("\n").pop()!) as T;
 }

@@ -33,8 +33,9 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
 type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" };
 
-const torchPy = pythonWith("torch", "onnx", "numpy");
-const monaiPy = pythonWith("torch", "numpy", "monai");
+// (looked up once, when first needed: bench plan's fresh processes import this module too)
+let pythons: { torch: string | undefined; monai: string | undefined } | undefined;
+const pythonsFor = () => (pythons ??= { torch: pythonWith("torch", "onnx", "numpy"), monai: pythonWith("torch", "numpy", "monai") });
 const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.url));
 
 /**
@@ -43,7 +44,7 @@ const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.ur
  * python3 has what the network needs.
  */
 function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number, ref: Float32Array | undefined) {
-  const py = "onnx" in net ? torchPy : monaiPy;
+  const py = "onnx" in net ? pythonsFor().torch : pythonsFor().monai;
   if (!py) return undefined;
   const dir = mkdtempSync(join(tmpdir(), "bhsd-torch-"));
   try {
@@ -62,20 +63,28 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
         `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`,
         args(extra),
       ).ms;
-    const eager = run([]);
-    const y = new Float32Array(readFileSync(out).buffer.slice(0));
-    const onednn = run(["--onednn"]);
-    let diff = NaN;
-    if (ref && ref.length === y.length) {
+    // the largest difference of this run's output from bhsd's, of the output's scale
+    const diffOf = () => {
+      const y = new Float32Array(new Uint8Array(readFileSync(out)).buffer); // (a copy: aligned, its own buffer)
+      if (!ref || ref.length !== y.length) return NaN;
       let d = 0,
         s = 0;
       for (let i = 0; i < y.length; i++) {
         d = Math.max(d, Math.abs(y[i]! - ref[i]!));
         s = Math.max(s, Math.abs(ref[i]!));
       }
-      diff = d / s;
+      return d / s;
+    };
+    try {
+      const eager = run([]);
+      const d1 = diffOf();
+      const onednn = run(["--onednn"]);
+      return { eager, onednn, diff: Math.max(d1, diffOf()) };
+    } catch (e) {
+      // (a torch without oneDNN, another MONAI, a process killed for memory: the column says —)
+      process.stderr.write(`bench networks: PyTorch not timed: ${(e as Error).message}\n`);
+      return undefined;
     }
-    return { eager, onednn, diff };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -166,7 +175,7 @@ export async function benchNetworks(): Promise<string[]> {
     );
   return [
     "real networks at real widths, random weights (median of three rounds, each the median of 9 runs at 16×64×64 or 3 at the larger inputs, the engines in turn; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
-    `PyTorch: ${(torchPy ?? monaiPy) ? `bench/torch_networks.py in ${torchPy ?? monaiPy}, fp32, 2 threads, one process between the rounds, median of 5 runs (2 at the larger inputs); eager as PyTorch runs it / every forward convolution through oneDNN; its output's largest difference from bhsd's, of the output's scale (MONAI's networks: ${monaiPy ? "MONAI from PYTHONPATH" : "no MONAI importable: set PYTHONPATH to MONAI 1.4.0"})` : "no python3 with torch, onnx and numpy: no PyTorch column"}`,
+    `PyTorch: ${(pythonsFor().torch ?? pythonsFor().monai) ? `bench/torch_networks.py in ${pythonsFor().torch ?? pythonsFor().monai}, fp32, 2 threads, one process between the rounds, median of 5 runs (2 at the larger inputs); eager as PyTorch runs it / every forward convolution through oneDNN; the larger of its two outputs' largest differences from bhsd's, of the output's scale (MONAI's networks: ${pythonsFor().monai ? "MONAI from PYTHONPATH" : "no MONAI importable: set PYTHONPATH to MONAI 1.4.0"})` : "no python3 with torch, onnx and numpy: no PyTorch column"}`,
     "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | PyTorch ms (eager / oneDNN) | × PyTorch | PyTorch's output, max difference | bhsd's time by op (top 4) |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ...rows,

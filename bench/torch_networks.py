@@ -32,10 +32,12 @@ def onnx_network(path):
 
     g = onnx.load(path).graph
     w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in g.initializer}
-    uses = {}
+    uses = {}  # consumers of each value; the graph's input and outputs count once more (never in place)
     for n in g.node:
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
+    for v in [*g.input, *g.output]:
+        uses[v.name] = uses.get(v.name, 0) + 1
     steps = []
     for n in g.node:
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
