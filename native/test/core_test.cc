@@ -615,6 +615,14 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       // a kernel 35 wide at stride 2 along W: its even/odd row windows would need 10 vectors of
       // masks where the packer holds 8 (gathered instead)
       {2, 2, 3, 90, 50, {1, 1, 35}, {1, 1, 2}, {0, 0, 17}, {1, 1, 1}},
+      // 1×1×1 with more than 48 outputs (pointwise_wide_avx512 on AVX-512): a partial last tile, an
+      // odd pair of tail blocks, a volume of one partial tile, more tiles than a run of 16, and
+      // 513 input channels (past its limit: the packed path)
+      {7, 3, 5, 11, 50, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      {20, 2, 4, 9, 61, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      {5, 1, 1, 7, 55, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      {3, 4, 16, 17, 49, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      {513, 1, 2, 19, 50, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] {
@@ -1973,6 +1981,18 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
   CHECK(!bhsd::conv3d_forward_pointwise(g3, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
   const bhsd::ConvGeom wide{8, 2, 2, 2, 49, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2};
   CHECK(!bhsd::conv3d_forward_pointwise(wide, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+  // ... which pointwise_wide_avx512 takes on AVX-512 (conv3d_forward's cases above check its sums),
+  // and no other geometry
+  CHECK(!bhsd::pointwise_wide_avx512(g3, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+  const bhsd::ConvGeom narrow{8, 2, 2, 2, 48, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2};
+  CHECK(!bhsd::pointwise_wide_avx512(narrow, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+  if (bhsd::conv_detail::use_avx512()) {
+    const std::int64_t V = 8, n = 49 * V;
+    std::vector<float> x(std::size_t(8 * V), 1.0f), w(std::size_t(49 * 8), 0.5f), got(std::size_t(n), 9.0f);
+    const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), 49, 8);
+    CHECK(bhsd::pointwise_wide_avx512(wide, x.data(), wp.data(), nullptr, got.data(), bhsd::Act::none, 0.0f, pool));
+    CHECK(std::all_of(got.begin(), got.end(), [](float v) { return v == 4.0f; }));
+  }
 #else
   (void)pool;
 #endif
