@@ -7,9 +7,8 @@ import ort from "onnxruntime-node";
 import { spawnSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { allocTensor, backendInfo, conv3d, setBackend } from "../dist/index.js";
-import { encodeModel } from "../dist/model/onnx-proto.js";
 import { getBackend } from "../dist/backends/index.js";
-import { fmt, measure, pythonWith, rng, runPython, settle } from "./lib.js";
+import { convModelBytes, fmt, measure, pythonWith, rng, runPython, settle } from "./lib.js";
 
 type Layer = [number, number, number, number, number] | [number, number, number, number, number, [number, number, number]];
 /** cin, cout, input d×h×w and, for the layers that open an encoder stage, the stride (z, y, x). */
@@ -110,23 +109,7 @@ export async function benchConv(): Promise<string[]> {
     const wt = { data: random(co * ci * 27, 200 + i, 0.1), shape: [co, ci, 3, 3, 3] };
     const b = { data: random(co, 300 + i), shape: [co] };
     const gflop = (2 * co * ci * 27 * od * oh * ow) / 1e9;
-    const bytes = encodeModel({
-      opset: 17,
-      nodes: [
-        {
-          opType: "Conv",
-          inputs: ["x", "w", "b"],
-          outputs: ["y"],
-          attrs: { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3], strides: stride },
-        },
-      ],
-      inputs: [{ name: "x", shape: x.shape }],
-      outputs: [{ name: "y" }],
-      initializers: [
-        { name: "w", dims: wt.shape, data: wt.data },
-        { name: "b", dims: b.shape, data: b.data },
-      ],
-    });
+    const bytes = convModelBytes("Conv", x.shape, wt, b, { pads: [1, 1, 1, 1, 1, 1], kernel_shape: [3, 3, 3], strides: stride });
     const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
     const feed = { x: new ort.Tensor("float32", x.data, x.shape) };
     await settle();

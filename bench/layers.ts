@@ -20,9 +20,8 @@ import { join } from "node:path";
 import { allocTensor, backendInfo, conv3d, convTranspose3d, setBackend } from "../dist/index.js";
 import { getBackend } from "../dist/backends/index.js";
 import { parseModel, type Attr, type GraphNode } from "../dist/model/graph.js";
-import { encodeModel } from "../dist/model/onnx-proto.js";
 import { timeMedian } from "../dist/timing.js";
-import { fmt, pythonWith, rng, runPython, settle } from "./lib.js";
+import { convModelBytes, fmt, pythonWith, rng, runPython, settle } from "./lib.js";
 import { networkBytes, PLAIN, RESENC_M } from "./networks.js";
 
 type Triple = [number, number, number];
@@ -183,16 +182,7 @@ export async function benchLayers(): Promise<string[]> {
       shape: wShape,
     };
     const b = { data: random(l.co, 300 + i), shape: [l.co] };
-    const bytes = encodeModel({
-      opset: 17,
-      nodes: [{ opType: l.op, inputs: ["x", "w", "b"], outputs: ["y"], attrs: { pads: l.pads, kernel_shape: l.k, strides: l.stride } }],
-      inputs: [{ name: "x", shape: x.shape }],
-      outputs: [{ name: "y" }],
-      initializers: [
-        { name: "w", dims: wt.shape, data: wt.data },
-        { name: "b", dims: b.shape, data: b.data },
-      ],
-    });
+    const bytes = convModelBytes(l.op, x.shape, wt, b, { pads: l.pads, kernel_shape: l.k, strides: l.stride });
     const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
     const feed = { x: new ort.Tensor("float32", x.data, x.shape) };
     await settle();

@@ -2,6 +2,7 @@
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 
+import { encodeModel } from "../dist/model/onnx-proto.js";
 import { median, timeMedian } from "../dist/timing.js";
 
 export { median };
@@ -91,3 +92,23 @@ export function rng(seed: number): () => number {
 }
 
 export const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "—");
+
+/** One convolution (Conv or ConvTranspose, weights w and bias b) as an ONNX model: onnxruntime's side of a layer's comparison. */
+export function convModelBytes(
+  op: "Conv" | "ConvTranspose",
+  xShape: number[],
+  w: { data: Float32Array; shape: number[] },
+  b: { data: Float32Array; shape: number[] },
+  attrs: { pads: number[]; kernel_shape: number[]; strides: number[] },
+): Uint8Array {
+  return encodeModel({
+    opset: 17,
+    nodes: [{ opType: op, inputs: ["x", "w", "b"], outputs: ["y"], attrs }],
+    inputs: [{ name: "x", shape: xShape }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w", dims: w.shape, data: w.data },
+      { name: "b", dims: b.shape, data: b.data },
+    ],
+  });
+}

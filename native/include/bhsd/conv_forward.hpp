@@ -212,6 +212,12 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
 }
 }  // namespace conv_detail
 
+// A 1 × 1 × 1 kernel at stride 1 without padding: a GEMM over the voxels.
+inline bool is_pointwise(const ConvGeom& g) {
+  return g.kd == 1 && g.kh == 1 && g.kw == 1 && g.sd == 1 && g.sh == 1 && g.sw == 1 && g.pd == 0 && g.ph == 0 &&
+         g.pw == 0 && g.Do == g.D && g.Ho == g.H && g.Wo == g.W;
+}
+
 // A 1 × 1 × 1 convolution, stride 1, no padding, with more than 48 output channels (ResEnc's 1×1×1 projections; a
 // transposed convolution's phases) on the AVX-512 kernels, with at most 512 input channels (a pair
 // of weight blocks, 12 rows of K, stays in L1): every pair of output-channel blocks over runs of up
@@ -223,9 +229,7 @@ __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlace
 inline bool pointwise_wide_avx512(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                                   Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
-  if (g.kd != 1 || g.kh != 1 || g.kw != 1 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.pd != 0 || g.ph != 0 ||
-      g.pw != 0 || g.Do != g.D || g.Ho != g.H || g.Wo != g.W)
-    return false;
+  if (!is_pointwise(g)) return false;
   const std::int64_t V = g.D * g.H * g.W, K = g.C;
   const CoBlocks cbk(g.Co);
   const std::int64_t coblocks = cbk.count();
@@ -264,9 +268,7 @@ inline bool pointwise_wide_avx512(const ConvGeom& g, const float* in, const floa
 inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                                      Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
-  if (g.kd != 1 || g.kh != 1 || g.kw != 1 || g.sd != 1 || g.sh != 1 || g.sw != 1 || g.pd != 0 || g.ph != 0 ||
-      g.pw != 0 || g.Do != g.D || g.Ho != g.H || g.Wo != g.W)
-    return false;
+  if (!is_pointwise(g)) return false;
   const std::int64_t V = g.D * g.H * g.W, K = g.C;
   if (K * V >= (std::int64_t(1) << 31)) return false;
   const CoBlocks cbk(g.Co);
