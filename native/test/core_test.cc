@@ -623,6 +623,9 @@ static void test_conv_indirect(bhsd::ThreadPool& pool) {
       {5, 1, 1, 7, 55, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
       {3, 4, 16, 17, 49, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
       {513, 1, 2, 19, 50, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      // a pair of tiles whose second is partial (its samples staged): 17 and 50 voxels
+      {4, 1, 1, 17, 50, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
+      {9, 1, 5, 10, 52, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}},
   };
   std::uint32_t st = 777;
   auto rnd = [&] {
@@ -1986,12 +1989,22 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
   CHECK(!bhsd::pointwise_wide_avx512(g3, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
   const bhsd::ConvGeom narrow{8, 2, 2, 2, 48, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2};
   CHECK(!bhsd::pointwise_wide_avx512(narrow, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
+  const bhsd::ConvGeom deep{513, 2, 2, 2, 49, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2};  // K past 512
+  CHECK(!bhsd::pointwise_wide_avx512(deep, nullptr, nullptr, nullptr, nullptr, bhsd::Act::none, 0.0f, pool));
   if (bhsd::conv_detail::use_avx512()) {
     const std::int64_t V = 8, n = 49 * V;
     std::vector<float> x(std::size_t(8 * V), 1.0f), w(std::size_t(49 * 8), 0.5f), got(std::size_t(n), 9.0f);
     const std::vector<float> wp = bhsd::pack_conv_weights(w.data(), 49, 8);
     CHECK(bhsd::pointwise_wide_avx512(wide, x.data(), wp.data(), nullptr, got.data(), bhsd::Act::none, 0.0f, pool));
     CHECK(std::all_of(got.begin(), got.end(), [](float v) { return v == 4.0f; }));
+    // 17 and 50 voxels (a pair of tiles whose second is partial): nothing written past the output
+    for (const std::int64_t W : {17, 50}) {
+      const bhsd::ConvGeom gw{8, 1, 1, W, 49, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, W};
+      std::vector<float> xw(std::size_t(8 * W), 1.0f), out(std::size_t(49 * W + 64), 9.0f);
+      CHECK(bhsd::pointwise_wide_avx512(gw, xw.data(), wp.data(), nullptr, out.data(), bhsd::Act::none, 0.0f, pool));
+      CHECK(std::all_of(out.begin(), out.begin() + 49 * W, [](float v) { return v == 4.0f; }));
+      CHECK(std::all_of(out.begin() + 49 * W, out.end(), [](float v) { return v == 9.0f; }));
+    }
   }
 #else
   (void)pool;
