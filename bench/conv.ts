@@ -5,10 +5,9 @@
  */
 import ort from "onnxruntime-node";
 import { spawnSync } from "node:child_process";
-import { createRequire } from "node:module";
 import { allocTensor, backendInfo, conv3d, setBackend } from "../dist/index.js";
 import { getBackend } from "../dist/backends/index.js";
-import { convModelBytes, fmt, measure, pythonWith, rng, runPython, settle } from "./lib.js";
+import { convModelBytes, fmaPeak, fmt, measure, pythonWith, rng, runPython, settle } from "./lib.js";
 
 type Layer = [number, number, number, number, number] | [number, number, number, number, number, [number, number, number]];
 /** cin, cout, input d×h×w and, for the layers that open an encoder stage, the stride (z, y, x). */
@@ -88,13 +87,7 @@ function tsBackendGflops([ci, co, d, h, w]: number[], gflop: number): number {
 
 export async function benchConv(): Promise<string[]> {
   const info = backendInfo();
-  let peak = NaN;
-  if (info.available.native) {
-    const addon = createRequire(import.meta.url)(info.details.native!.binary!) as { fmaPeak(): Promise<number> };
-    const runs: number[] = [];
-    for (let i = 0; i < 5; i++) runs.push(await addon.fmaPeak());
-    peak = Math.max(...runs);
-  }
+  const peak = await fmaPeak();
   const lines = [
     `conv3d 3×3×3 pad 1, batch 1, output buffer reused, weights packed once (median of 5; onnxruntime-node 2 threads; FMA peak of the native pool's ${info.details.native?.threads ?? "?"} threads measured now: ${fmt(peak, 0)} GFLOP/s)`,
     "best case: input, weights and the reused output in engine memory (allocTensor); as users call it: the caller's own arrays (copied in), a fresh output each call",

@@ -13,7 +13,6 @@
  * `npm run bench layers` (minutes; not in the default set).
  */
 import ort from "onnxruntime-node";
-import { createRequire } from "node:module";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,7 +20,7 @@ import { allocTensor, backendInfo, conv3d, convTranspose3d, setBackend } from ".
 import { getBackend } from "../dist/backends/index.js";
 import { parseModel, type Attr, type GraphNode } from "../dist/model/graph.js";
 import { timeMedian } from "../dist/timing.js";
-import { convModelBytes, fmt, pythonWith, rng, runPython, settle } from "./lib.js";
+import { convModelBytes, fmaPeak, fmt, pythonWith, rng, runPython, settle } from "./lib.js";
 import { networkBytes, PLAIN, RESENC_M } from "./networks.js";
 
 type Triple = [number, number, number];
@@ -143,13 +142,7 @@ export async function benchLayers(): Promise<string[]> {
     }
   const layers = [...byKey.values()];
   const info = backendInfo();
-  let peak = NaN;
-  if (info.available.native) {
-    const addon = createRequire(import.meta.url)(info.details.native!.binary!) as { fmaPeak(): Promise<number> };
-    const runs: number[] = [];
-    for (let i = 0; i < 5; i++) runs.push(await addon.fmaPeak());
-    peak = Math.max(...runs);
-  }
+  const peak = await fmaPeak();
   // PyTorch: one process for all layers
   const py = pythonWith("torch");
   let torch: [number, number | null][] = [];

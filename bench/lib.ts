@@ -2,6 +2,8 @@
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 
+import { createRequire } from "node:module";
+import { backendInfo } from "../dist/index.js";
 import { encodeModel } from "../dist/model/onnx-proto.js";
 import { median, timeMedian } from "../dist/timing.js";
 
@@ -111,4 +113,14 @@ export function convModelBytes(
       { name: "b", dims: b.shape, data: b.data },
     ],
   });
+}
+
+/** The FMA peak of the native pool's threads, the best of 5 probes now (GFLOP/s); NaN without the addon. */
+export async function fmaPeak(): Promise<number> {
+  const info = backendInfo();
+  if (!info.available.native) return NaN;
+  const addon = createRequire(import.meta.url)(info.details.native!.binary!) as { fmaPeak(): Promise<number> };
+  const runs: number[] = [];
+  for (let i = 0; i < 5; i++) runs.push(await addon.fmaPeak());
+  return Math.max(...runs);
 }
