@@ -174,12 +174,14 @@ struct InPlaceInput {
 // read in place, every weight's 16 samples lie in another channel's plane, a page apart or more,
 // and the TLB misses cost more than the copy (an upsampling 128→64×4 taps: 62 → 27 ms); a single
 // block (a segmentation head) reads each sample once, so there the copy would only add traffic.
+// in_place: never copied (pointwise_wide_avx512: huge-page inputs, where those TLB misses do not arise).
 __attribute__((target("avx2,fma"))) inline void pointwise_run_avx2(const InPlaceInput& src, const float* wp,
                                                                    std::int64_t K, const CoBlocks& cbk,
                                                                    const float* bias, std::int64_t v0, std::int64_t v1,
-                                                                   float* o, std::int64_t ldo, Act act, float alpha) {
+                                                                   float* o, std::int64_t ldo, Act act, float alpha,
+                                                                   bool in_place = false) {
   const std::int64_t cb = channel_block(K, 1), kblocks = (K + cb - 1) / cb;
-  const bool stage = cbk.count() > 1;
+  const bool stage = !in_place && cbk.count() > 1;
   const std::int64_t n = v1 - v0, Lp = (n + NR - 1) / NR * NR;
   thread_local Scratch panel_mem;
   thread_local std::vector<std::int32_t> dpanel;
@@ -225,7 +227,8 @@ inline bool is_pointwise(const ConvGeom& g) {
 // buffers are huge pages: no TLB misses to pay, as there were on 4 KB pages). Against the packed
 // path's row panels, C++ core, Zen 5, 2 threads: 128→256 at 8×32×32 2.26 → 1.82 ms, 256→320 at
 // 4×16×16 0.62 → 0.50, 64→128 at 16×64×64 7.0 → 5.2, 32→64 at 16×128×128 11.9 → 7.9 (bit for bit
-// the same sums). The AVX2 kernel, a block at a time, measured 20–30 % slower this way: false there.
+// the same sums; public conv3d, alternating processes: 2.63 → 2.36, 0.676 → 0.581, 7.31 → 6.62, 12.3 →
+// 10.5). The AVX2 kernel, a block at a time, measured 20–30 % slower this way: false there.
 inline bool pointwise_wide_avx512(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                                   Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
@@ -243,16 +246,7 @@ inline bool pointwise_wide_avx512(const ConvGeom& g, const float* in, const floa
       [&](std::size_t t0, std::size_t t1) {
         for (std::size_t t = t0; t < t1; ++t) {
           const std::int64_t v0 = std::int64_t(t) * per * NR, v1 = std::min(V, v0 + per * NR);
-          for (std::int64_t cob = 0; cob < coblocks; cob += 2) {
-            const std::int64_t cobn = std::min(coblocks, cob + 2);
-            std::int64_t v = v0;
-            for (; v + NR < v1; v += 2 * NR)
-              kernel_blocks2(wp, K, cbk, cob, cobn, src.at(v, 0), src.at(v + NR, 0), K, out + v, out + v + NR, V, bias,
-                             NR, std::min<std::int64_t>(NR, v1 - v - NR), true, true, act, alpha);
-            for (; v < v1; v += NR)
-              kernel_blocks(wp, K, cbk, cob, cobn, src.at(v, 0), K, out + v, V, bias,
-                            std::min<std::int64_t>(NR, v1 - v), true, true, act, alpha);
-          }
+          pointwise_run_avx2(src, wp, K, cbk, bias, v0, v1, out + v0, V, act, alpha, true);
         }
       },
       1, 8);
@@ -263,8 +257,9 @@ inline bool pointwise_wide_avx512(const ConvGeom& g, const float* in, const floa
 // convolution whose kernel equals its stride): a plain GEMM out[Co, V] = W[Co, C] · in[C, V], the
 // micro-kernel reading each channel's 16 voxels from the input in place (no copy at all); the last
 // partial tile through a zero-padded staging copy. Up to 48 output channels (a head; measured 2×
-// faster than packing there); wider layers reuse packed panels enough that packing wins (64→128
-// and 320→1280 measured 1.2–1.5× slower this way). Returns false where this path does not apply.
+// faster than packing there); wider layers reuse packed panels enough that packing wins on AVX2
+// (64→128 and 320→1280 measured 1.2–1.5× slower this way; AVX-512 takes them in pointwise_wide_avx512).
+// Returns false where this path does not apply.
 inline bool conv3d_forward_pointwise(const ConvGeom& g, const float* in, const float* wp, const float* bias, float* out,
                                      Act act, float alpha, ThreadPool& pool) {
   using namespace conv_detail;
