@@ -157,3 +157,22 @@ export function releaseDropped(...xs: (Volume | undefined)[]): void {
         // a view or a SharedArrayBuffer: the collector frees it, as before
       }
 }
+
+/**
+ * `v`, made disposable: its `[Symbol.dispose]()` release()s the array it holds now, so that
+ * `using ct = await readNifti(path)` hands a CT's memory back as the block ends, as numpy's
+ * reference counting does for nibabel (TypeScript ≥ 5.2 or a bundler lowers `using` on Node 20;
+ * Node 24 has it natively). Calling it twice, or after release(), does nothing; an array release()
+ * refuses is left to the collector. Not enumerable: a spread or structured copy of the volume (which
+ * shares or copies the array) is not disposable.
+ */
+export function disposable<V extends Volume>(v: V): V & Disposable {
+  const data = v.data;
+  Object.defineProperty(v, Symbol.dispose, {
+    value: () => releaseDropped({ ...v, data }),
+    enumerable: false,
+    configurable: true,
+    writable: true,
+  });
+  return v as V & Disposable;
+}

@@ -3,10 +3,12 @@
 import test from "ava";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { conv3d, readNifti, release, setBackend, writeNifti } from "../lib/index.js";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { conv3d, readCt, readNifti, release, setBackend, writeNifti } from "../lib/index.js";
 import { engineMemory } from "../lib/backends/index.js";
 import { releaseDropped } from "../lib/volume.js";
+import type { Volume } from "../lib/types.js";
 import { backendsUnderTest } from "./helpers.js";
 
 const dir = mkdtempSync(join(tmpdir(), "bhsd-release-"));
@@ -100,4 +102,41 @@ test.serial("releaseDropped (the package's own loops): empties what release() ta
   t.is(own.data.length, 0, "a volume over its own buffer is released");
   t.is(whole.length, 1 << 16, "a view beside others is left to the collector");
   t.is(whole[1], 3);
+});
+
+test.serial("a volume read from a file is disposable: `using` releases it as its block ends, a copy of it is not", async (t) => {
+  const file = join(dir, "ct-using.nii");
+  const raw = Int16Array.from({ length: 64 * 64 * 20 }, (_, i) => (i % 2000) - 1000);
+  await writeNifti(file, { data: raw, dims: [64, 64, 20], spacing: [1, 1, 2], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1] });
+  let seen: Volume | undefined;
+  let copy: Volume | undefined;
+  {
+    using ct = await readNifti(file);
+    seen = ct;
+    copy = { ...ct };
+    t.is(ct.data.length, raw.length);
+    t.is(ct.data[7], raw[7]);
+    t.false(Object.keys(ct).includes(String(Symbol.dispose)), "not enumerable");
+  }
+  t.is(seen.data.length, 0, "released as the block ended");
+  t.is(copy.data.length, 0, "the copy shared the array");
+  t.false(Symbol.dispose in copy, "a spread copy is not disposable");
+  t.notThrows(() => (seen as Volume & Disposable)[Symbol.dispose](), "disposing twice does nothing");
+  // the array it was read with is the one released, even where the caller swapped another in
+  const v = await readNifti(file);
+  const mine = new Float32Array(raw.length).fill(1);
+  const original = v.data;
+  v.data = mine;
+  v[Symbol.dispose]();
+  t.is(original.length, 0);
+  t.is(mine.length, raw.length, "an array the caller put in is left alone");
+  // a DICOM series (readCt of the shared case A's folder) is disposable too
+  const here = dirname(fileURLToPath(import.meta.url));
+  let dcm: Volume | undefined;
+  {
+    using d = await readCt(join(here, "fixtures/dicom/cases/A_axial"));
+    dcm = d;
+    t.true(d.data.length > 0);
+  }
+  t.is(dcm.data.length, 0);
 });

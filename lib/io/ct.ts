@@ -29,7 +29,10 @@ const isZip = (b: Uint8Array) => b.length >= 4 && b[0] === 0x50 && b[1] === 0x4b
  * Reads a CT: a NIfTI file or its bytes, a DICOM series folder, a zip of a DICOM series (path or
  * bytes), or a single DICOM file. A volume read from DICOM carries `dicom` (see readDicomSeries).
  */
-export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: ReadCtOptions): Promise<Volume | DicomVolume> {
+export async function readCt(
+  pathOrBytes: string | URL | Uint8Array,
+  options?: ReadCtOptions,
+): Promise<(Volume | DicomVolume) & Disposable> {
   const opts = optionsObject("options", options);
   const maxBytes = (opts.maxBytes as number | undefined) ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);

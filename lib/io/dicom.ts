@@ -17,7 +17,7 @@ import { inflateRawSync } from "node:zlib";
 import type dicomParser from "dicom-parser";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
 import type { Volume } from "../types.js";
-import { allocArray } from "../volume.js";
+import { allocArray, disposable, releaseDropped } from "../volume.js";
 import { DecodePool, poolSize, type DecodeTask } from "./dicom-decode-pool.js";
 import {
   decodeFrame,
@@ -743,7 +743,7 @@ function group(headers: Header[]): Map<string, Header[]> {
  * exact, else float32), RAS+ affine, dcm2niix's voxel order. `volume.dicom` keeps the UIDs and the
  * instance order (writeDicomSeg uses them).
  */
-export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDicomOptions): Promise<DicomVolume> {
+export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDicomOptions): Promise<DicomVolume & Disposable> {
   const opts = resolvedOptions(options);
   const where = typeof pathOrFiles === "string" ? pathOrFiles : "";
   const { headers, skipped, others } = await readHeaders(pathOrFiles, opts, opts.seriesUid);
@@ -889,6 +889,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   try {
     if (!(await fill(data, true))) {
       checkBytes(n * 4);
+      releaseDropped({ data } as Volume); // the int16 attempt's memory, now rather than at the next collection
       data = allocArray("float32", n, "DICOM volume") as Float32Array;
       await fill(data, false);
     }
@@ -923,13 +924,13 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     warnings,
   };
   Object.defineProperty(dicom, "studyAttributes", { value: Object.freeze(studyAttributes), enumerable: false });
-  return {
+  return disposable({
     data,
     dims: [nx, ny, nz],
     spacing: [h0.pixelSpacing![1]!, h0.pixelSpacing![0]!, p.spacingZ],
     affine,
     dicom,
-  };
+  });
 }
 
 /** Whether a path is a folder (a DICOM series candidate) — used by readCt. */

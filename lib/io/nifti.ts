@@ -14,7 +14,7 @@ import { createGunzip, createGzip } from "node:zlib";
 import { activeBackend } from "../backends/index.js";
 import { assertNumber, dtypeOf, inArray, invalidParameterError, optionsObject } from "../is.js";
 import type { DTypeName, NiftiMeta, Volume, VoxelArray } from "../types.js";
-import { ARRAY_CTOR, allocArray, assertVolume, BYTES_PER_ELEMENT, MAX_ELEMENTS } from "../volume.js";
+import { ARRAY_CTOR, allocArray, assertVolume, BYTES_PER_ELEMENT, disposable, MAX_ELEMENTS } from "../volume.js";
 import {
   geometry,
   headerSizeFrom,
@@ -63,8 +63,11 @@ function isGzip(b: Uint8Array): boolean {
   return b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b;
 }
 
-/** Reads a NIfTI-1 or NIfTI-2 file (`.nii` or `.nii.gz`, detected from the bytes) or its bytes. */
-export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions): Promise<Volume> {
+/**
+ * Reads a NIfTI-1 or NIfTI-2 file (`.nii` or `.nii.gz`, detected from the bytes) or its bytes. The
+ * volume is disposable: `using ct = await readNifti(path)` gives its memory back as the block ends.
+ */
+export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions): Promise<Volume & Disposable> {
   const opts = optionsObject("options", options);
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
@@ -76,7 +79,7 @@ export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions)
   const label = labelOf(pathOrBytes, opts.name as string | undefined);
   const r: { header: NiftiHeader; layout: VoxelLayout; data: VoxelArray; prescaled?: boolean } =
     pathOrBytes instanceof Uint8Array ? await fromBytes(pathOrBytes, label, limit) : await fromFile(pathOrBytes, label, limit);
-  return toVolume(r.header, r.layout, r.data, r.prescaled ?? false);
+  return disposable(await toVolume(r.header, r.layout, r.data, r.prescaled ?? false));
 }
 
 /** Reads only the header: dims, datatype, spacing, affine, without touching the voxels. */
