@@ -71,9 +71,28 @@ export function pythonWith(...modules: string[]): string | undefined {
   return undefined;
 }
 
+/**
+ * The instruction set PyTorch's oneDNN is held to where bhsd's kernels are held below what the CPU
+ * has (BHSD_NO_AVX512 → AVX2, BHSD_NO_AVX2 → SSE4.1): the comparison a machine without them would
+ * give (Zen 3 for AVX2), both sides on the same instructions. Undefined where bhsd uses everything
+ * the CPU offers or the caller set ONEDNN_MAX_CPU_ISA itself. onnxruntime has no such switch: it
+ * uses what the CPU has, so its column stays the stronger machine's.
+ */
+export function torchIsaHold(): string | undefined {
+  if (process.env.ONEDNN_MAX_CPU_ISA || process.env.DNNL_MAX_CPU_ISA) return undefined;
+  if (process.env.BHSD_NO_AVX2) return "SSE41";
+  if (process.env.BHSD_NO_AVX512) return "AVX2";
+  return undefined;
+}
+
 /** Runs a Python snippet that prints one JSON line; returns it parsed. */
 export function runPython<T>(py: string, code: string, args: string[] = []): T {
   const env = { ...process.env };
+  const hold = torchIsaHold();
+  if (hold) {
+    env.ONEDNN_MAX_CPU_ISA = hold;
+    env.ATEN_CPU_CAPABILITY = hold === "AVX2" ? "avx2" : "default";
+  }
   // (30 minutes at most: a stuck python fails its column, not the whole bench)
   const r = spawnSync(py, ["-c", code, ...args], { encoding: "utf8", env, maxBuffer: 1 << 26, timeout: 30 * 60_000 });
   if (r.status !== 0) throw new Error(`python failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);

@@ -18,6 +18,7 @@ import { benchNetworks } from "./networks.js";
 import { benchPlan } from "./plan.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
+import { torchIsaHold } from "./lib.js";
 
 const sections: Record<string, (dir: string) => Promise<string[]>> = {
   io: benchIo,
@@ -36,8 +37,9 @@ const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
 try {
   const info = backendInfo();
+  const hold = torchIsaHold();
   console.log(
-    `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})\n`,
+    `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})${hold ? `; PyTorch's oneDNN held to ${hold} as bhsd's kernels are (ONEDNN_MAX_CPU_ISA), onnxruntime not (it has no such switch)` : ""}\n`,
   );
   for (const [name, fn] of Object.entries(sections)) {
     // "layers", "segment", "plan" and "semi" take minutes: only when asked for by name
