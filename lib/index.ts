@@ -1,7 +1,7 @@
 /** bhsd — intracranial hemorrhage on head CT, from Node.js. The public surface (shared/spec/api.md). */
 import "./public-globals.js";
 import type { ServeOptions, Service } from "./server/service.js";
-export type { BackendName, DTypeName, NiftiMeta, Tensor, Volume, VoxelArray } from "./types.js";
+export type { BackendName, Disposal, DTypeName, NiftiMeta, Tensor, Volume, VoxelArray } from "./types.js";
 export {
   backendInfo,
   setBackend,

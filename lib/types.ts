@@ -34,6 +34,14 @@ export interface Volume<T extends VoxelArray = VoxelArray> {
   meta?: NiftiMeta;
 }
 
+/**
+ * What `using` needs of a value (TypeScript's `Disposable`): a `[Symbol.dispose]()` method, spelled
+ * so that these declarations still compile for a user whose TypeScript has neither
+ * `lib: ["esnext.disposable"]` (or ES2025+) nor @types/node — there it is `unknown` (and `using`,
+ * which needs that library, is not available either).
+ */
+export type Disposal = SymbolConstructor extends { readonly dispose: infer K extends symbol } ? { [P in K]: () => void } : unknown;
+
 /** A dense float tensor, C-order (NCDHW for 3-D images). */
 export interface Tensor {
   data: Float32Array;

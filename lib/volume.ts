@@ -1,7 +1,7 @@
 /** Building and checking `Volume`s. */
 import { engineBuffer, nativeBackend } from "./backends/index.js";
 import { dtypeOf, invalidParameterError, number, plainObject } from "./is.js";
-import type { DTypeName, Volume, VoxelArray } from "./types.js";
+import type { Disposal, DTypeName, Volume, VoxelArray } from "./types.js";
 
 /** The largest number of elements one typed array may hold here. */
 export const MAX_ELEMENTS = 2 ** 32 - 1;
@@ -166,7 +166,7 @@ export function releaseDropped(...xs: (Volume | undefined)[]): void {
  * refuses is left to the collector. Not enumerable: a spread or structured copy of the volume (which
  * shares or copies the array) is not disposable.
  */
-export function disposable<V extends Volume>(v: V): V & Disposable {
+export function disposable<V extends Volume>(v: V): V & Disposal {
   const data = v.data;
   Object.defineProperty(v, Symbol.dispose, {
     value: () => releaseDropped({ ...v, data }),
@@ -174,5 +174,5 @@ export function disposable<V extends Volume>(v: V): V & Disposable {
     configurable: true,
     writable: true,
   });
-  return v as V & Disposable;
+  return v as V & Disposal;
 }

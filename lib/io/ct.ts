@@ -6,7 +6,7 @@ import { open, stat } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import type yauzl from "yauzl";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
-import type { Volume } from "../types.js";
+import type { Disposal, Volume } from "../types.js";
 import { DicomError, readDicomSeries, sniffDicom, type DicomFileBytes, type DicomVolume } from "./dicom.js";
 import { readNifti } from "./nifti.js";
 import { buildHeader } from "./nifti-header.js";
@@ -29,10 +29,7 @@ const isZip = (b: Uint8Array) => b.length >= 4 && b[0] === 0x50 && b[1] === 0x4b
  * Reads a CT: a NIfTI file or its bytes, a DICOM series folder, a zip of a DICOM series (path or
  * bytes), or a single DICOM file. A volume read from DICOM carries `dicom` (see readDicomSeries).
  */
-export async function readCt(
-  pathOrBytes: string | URL | Uint8Array,
-  options?: ReadCtOptions,
-): Promise<(Volume | DicomVolume) & Disposable> {
+export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: ReadCtOptions): Promise<(Volume | DicomVolume) & Disposal> {
   const opts = optionsObject("options", options);
   const maxBytes = (opts.maxBytes as number | undefined) ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);

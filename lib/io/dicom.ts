@@ -16,7 +16,7 @@ import { join, resolve } from "node:path";
 import { inflateRawSync } from "node:zlib";
 import type dicomParser from "dicom-parser";
 import { invalidParameterError, optionsObject, assertNumber } from "../is.js";
-import type { Volume } from "../types.js";
+import type { Disposal, Volume } from "../types.js";
 import { allocArray, disposable, releaseDropped } from "../volume.js";
 import { DecodePool, poolSize, type DecodeTask } from "./dicom-decode-pool.js";
 import {
@@ -743,7 +743,7 @@ function group(headers: Header[]): Map<string, Header[]> {
  * exact, else float32), RAS+ affine, dcm2niix's voxel order. `volume.dicom` keeps the UIDs and the
  * instance order (writeDicomSeg uses them).
  */
-export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDicomOptions): Promise<DicomVolume & Disposable> {
+export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDicomOptions): Promise<DicomVolume & Disposal> {
   const opts = resolvedOptions(options);
   const where = typeof pathOrFiles === "string" ? pathOrFiles : "";
   const { headers, skipped, others } = await readHeaders(pathOrFiles, opts, opts.seriesUid);

@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { createGunzip, createGzip } from "node:zlib";
 import { activeBackend } from "../backends/index.js";
 import { assertNumber, dtypeOf, inArray, invalidParameterError, optionsObject } from "../is.js";
-import type { DTypeName, NiftiMeta, Volume, VoxelArray } from "../types.js";
+import type { Disposal, DTypeName, NiftiMeta, Volume, VoxelArray } from "../types.js";
 import { ARRAY_CTOR, allocArray, assertVolume, BYTES_PER_ELEMENT, disposable, MAX_ELEMENTS } from "../volume.js";
 import {
   geometry,
@@ -67,7 +67,7 @@ function isGzip(b: Uint8Array): boolean {
  * Reads a NIfTI-1 or NIfTI-2 file (`.nii` or `.nii.gz`, detected from the bytes) or its bytes. The
  * volume is disposable: `using ct = await readNifti(path)` gives its memory back as the block ends.
  */
-export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions): Promise<Volume & Disposable> {
+export async function readNifti(pathOrBytes: Source, options?: ReadNiftiOptions): Promise<Volume & Disposal> {
   const opts = optionsObject("options", options);
   const maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   assertNumber("options.maxBytes", maxBytes, 1);
