@@ -221,7 +221,6 @@ export class Model {
     }
     be.constants?.(this.constArrays);
     const pool = new Pool(this.memoryLimit);
-    const budget: nd.Budget = { check: (bytes, what) => pool.check(bytes, what) };
     if (!be.forget) for (const a of this.spare.splice(0)) pool.stock(a);
     else if (this.spare.length) be.forget(this.spare.splice(0)); // (recycled outputs: their device copies go now)
     const pooled = new Set<Float32Array>(); // buffers owned by the pool
@@ -238,6 +237,28 @@ export class Model {
       const data = pool.take(prod(shape), fit);
       pooled.add(data);
       return { data, shape };
+    };
+    // the n-d functions' float results (Transpose, Gather, Softmax over an axis, …) come from the
+    // pool too; what a node took but does not return (an Einsum's transposed operand, the first
+    // sum of a three-input Sum) goes back once the node is done
+    const taken: Float32Array[] = [];
+    const budget: nd.Budget = {
+      check: (bytes, what) => pool.check(bytes, what),
+      take: (n) => {
+        const data = pool.take(n, fit);
+        pooled.add(data);
+        taken.push(data);
+        return data;
+      },
+    };
+    const giveBackUnused = (results: Value[]) => {
+      if (taken.length === 0) return;
+      const used = new Set(results.flatMap((v) => ("f" in v ? [v.f.data.buffer] : [])));
+      for (const t of taken.splice(0))
+        if (!used.has(t.buffer)) {
+          pooled.delete(t);
+          pool.give(t);
+        }
     };
     // a run's outputs get buffers of their own length: a view of a longer one would keep all of it
     // alive for as long as the caller keeps the result
@@ -348,7 +369,9 @@ export class Model {
         const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
         if (done) concatsInPlace++;
         const outs = finalOutputs(n).some((o) => keep.has(o));
+        taken.length = 0;
         results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : outs ? allocOut : alloc, budget, this.opset);
+        giveBackUnused(results);
         if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
