@@ -2306,6 +2306,41 @@ static void test_softmax_vector(bhsd::ThreadPool& pool) {
   std::printf("softmax of quotients: %zu of %zu differ from dividing first\n", qdiffer, x.size());
   CHECK(qdiffer == 0);
   CHECK(std::isnan(qy[7]) || std::isinf(qy[7]) || qy[7] == 0.0f || qy[7] == 1.0f);
+
+  // over contiguous rows (spatial 1: attention's keys, row4 where AVX2 runs), rows of 128 and of
+  // 131 (a tail of 3), with a NaN, +inf, an all −inf row and a value 1000 below the rest among them
+  for (const std::int64_t R : {std::int64_t(128), std::int64_t(131)}) {
+    const std::int64_t rows = 67;
+    std::vector<float> a(std::size_t(rows * R));
+    for (auto& v : a) v = (rnd() - 0.5f) * 30.0f;
+    a[std::size_t(3 * R + 5)] = nan;
+    a[std::size_t(4 * R + R - 1)] = inf;  // in the tail where R = 131
+    for (std::int64_t c = 0; c < R; ++c) a[std::size_t(5 * R + c)] = -inf;
+    a[std::size_t(6 * R + 2)] = -1000.0f;
+    a[std::size_t(7 * R + R - 2)] = nan;
+    std::vector<float> b(a.size()), bw(a.size()), bin(a);
+    bhsd::softmax_channels(a.data(), b.data(), rows, R, 1, pool);
+    bhsd::softmax_channels(bin.data(), bin.data(), rows, R, 1, pool);
+    for (std::int64_t n = 0; n < rows; ++n) bhsd::softmax_detail::voxel(a.data() + n * R, bw.data() + n * R, R, 1);
+    std::size_t rdiffer = 0, rnan = 0, rnan_mismatch = 0, rin = 0;
+    double rworst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (std::isnan(bw[i]) || std::isnan(b[i])) {
+        rnan += std::isnan(bw[i]) && std::isnan(b[i]);
+        rnan_mismatch += !(std::isnan(bw[i]) && std::isnan(b[i]));
+      } else if (b[i] != bw[i])
+        ++rdiffer, rworst = std::max(rworst, double(std::fabs(b[i] - bw[i])));
+      rin += std::memcmp(&b[i], &bin[i], sizeof(float)) != 0;
+    }
+    std::printf("softmax over rows of %lld: %zu of %zu values differ from std::exp's (at most %.3g), %zu NaN alike\n",
+                static_cast<long long>(R), rdiffer, a.size(), rworst, rnan);
+    CHECK(rnan_mismatch == 0 && rin == 0 && rnan > 0);
+    CHECK(rdiffer <= 4 && rworst <= 1e-7);
+    CHECK(b[std::size_t(6 * R + 2)] == 0.0f);
+    double rowsum = 0;
+    for (std::int64_t c = 0; c < R; ++c) rowsum += b[std::size_t(10 * R + c)];
+    CHECK(std::fabs(rowsum - 1.0) < 1e-5);
+  }
 }
 
 // The transformer paths of tensor_ops: GELU (erf and tanh forms), softmax over contiguous rows
@@ -2320,6 +2355,54 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
   for (std::size_t i = 0; i < x.size(); ++i)
     worst = std::max(worst, std::abs(y[i] - 0.5 * x[i] * (1 + std::erf(double(x[i]) / std::sqrt(2.0)))));
   CHECK(worst < 4e-6);
+#ifdef BHSD_X86
+  if (bhsd::ops_avx2()) {
+    // erf4 against std::erf in double over [−6, 6] and beyond; GELU's row (with a tail of 3) against
+    // the scalar formula with std::erf, value by value, and at NaN, ±inf, ±0 and the branches' edges
+    double erf_worst = 0, erf_far = 0;  // |x| < 4, and beyond (±1 there: erfc(4) = 1.5e-8)
+    for (int k = -60000; k <= 60000; ++k) {
+      const double v = k * 1e-4 + (k % 3) * 1e-9, d = std::fabs(bhsd::gelu_detail::erf1(v) - std::erf(v));
+      (std::fabs(v) < 4 ? erf_worst : erf_far) = std::max(std::fabs(v) < 4 ? erf_worst : erf_far, d);
+    }
+    std::printf("gelu: erf4 within %.3g of std::erf on (-4, 4), %.3g beyond up to 6\n", erf_worst, erf_far);
+    CHECK(erf_worst < 1e-14 && erf_far < 1.6e-8);
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> g = {std::numeric_limits<float>::quiet_NaN(),
+                            inf,
+                            -inf,
+                            0.0f,
+                            -0.0f,
+                            0.7071067f,
+                            -0.7071068f,
+                            5.656854f,
+                            -5.656855f,
+                            1e-30f,
+                            -1e30f,
+                            3.0f,
+                            -3.0f};
+    for (int k = 0; k < 2000; ++k) g.push_back(float(std::sin(k * 0.731) * 9.0));
+    g.push_back(0.25f), g.push_back(-2.5f), g.push_back(7.0f);  // (the count is 2016: no tail; one more makes 3)
+    g.resize(g.size() + 3, -1.25f);
+    std::vector<float> gy(g.size());
+    const float alpha = float(std::sqrt(2.0));
+    bhsd::gelu_detail::row_avx2(g.data(), gy.data(), std::int64_t(g.size()), alpha);
+    std::size_t gdiffer = 0, gbad = 0;
+    double gworst = 0;
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      const float want = 0.5f * g[i] * (1.0f + std::erf(g[i] / alpha));
+      if (std::isnan(want) || std::isnan(gy[i])) {
+        gbad += !(std::isnan(want) && std::isnan(gy[i]));
+        continue;
+      }
+      if (want != gy[i])
+        ++gdiffer, gworst = std::max(gworst, double(std::fabs(want - gy[i])) / std::max(1.0f, std::fabs(want)));
+    }
+    std::printf("gelu: %zu of %zu values differ from std::erf's (at most %.3g relative)\n", gdiffer, g.size(), gworst);
+    CHECK(gbad == 0 && gworst <= 2.5e-7);
+    CHECK(gy[1] == inf && std::isnan(gy[2]) && gy[3] == 0.0f && gy[7] == g[7] &&
+          gy[8] == 0.0f);  // (−inf · 0, as the scalar loop gives)
+  }
+#endif
   worst = 0;
   bhsd::unary(x.data(), y.data(), 1, 37, 96, bhsd::Unary::gelu_tanh, 0, nullptr, 0, pool);
   const double k = std::sqrt(2 / 3.141592653589793);

@@ -466,6 +466,12 @@ inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
 
 enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3, gelu = 4, gelu_tanh = 5 };
 
+#ifdef BHSD_X86
+namespace gelu_detail {
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha);
+}
+#endif
+
 // Elementwise activations; prelu's slope is per channel (slope[c], or slope[0] when it has one).
 // gelu: 0.5·x·(1 + erf(x / alpha)) (alpha √2 as exported, or the graph's own divisor); gelu_tanh:
 // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), ONNX Gelu's approximate="tanh".
@@ -496,6 +502,12 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
               break;
             }
             case Unary::gelu:  // divided, not multiplied by 1/alpha: the exported Div's rounding
+#ifdef BHSD_X86
+              if (ops_avx2()) {
+                gelu_detail::row_avx2(p, q, spatial, alpha);
+                break;
+              }
+#endif
               for (std::int64_t i = 0; i < spatial; ++i) q[i] = 0.5f * p[i] * (1.0f + std::erf(p[i] / alpha));
               break;
             case Unary::gelu_tanh: {
@@ -937,8 +949,122 @@ __attribute__((target("avx2,fma"))) inline bool voxels4(const float* p, float* o
   for (std::int64_t c = 0; c < C; ++c) _mm_storeu_ps(o + c * spatial, _mm_mul_ps(_mm_loadu_ps(o + c * spatial), inv));
   return true;
 }
+
+// One contiguous row of C values (softmax over the last axis: attention's keys) as voxel() computes
+// it with spatial 1, in the same order of operations — the maximum, each exponential stored as a
+// float and added into one double sum in order, then the row scaled by the float reciprocal — the
+// exponentials by exp4, four at a time; false (nothing written) where an exponent falls outside
+// exp4's range (a NaN or an infinity in the row, or a value more than 700 below its maximum), which
+// voxel() then handles. UNETR's 12 attention softmaxes (12×128 rows of 128) took 0.7 ms each in
+// std::exp.
+__attribute__((target("avx2,fma"))) inline bool row4(const float* p, float* o, std::int64_t C) {
+  const std::int64_t C4 = C / 4 * 4;
+  // the largest value; _mm_max_ps(v, m) keeps m where v is NaN, as std::max(m, v) does
+  __m128 mv = _mm_set1_ps(-std::numeric_limits<float>::infinity());
+  for (std::int64_t c = 0; c < C4; c += 4) mv = _mm_max_ps(_mm_loadu_ps(p + c), mv);
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, mv);
+  float m = -std::numeric_limits<float>::infinity();
+  for (float v : lanes) m = std::max(m, v);
+  for (std::int64_t c = C4; c < C; ++c) m = std::max(m, p[c]);
+  const double md = m;
+  const __m256d mdv = _mm256_set1_pd(md), lo = _mm256_set1_pd(-700.0), zero = _mm256_setzero_pd();
+  for (std::int64_t c = 0; c < C4; c += 4) {
+    const __m256d x = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c)), mdv);
+    const __m256d ok = _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, zero, _CMP_LE_OQ));
+    if (_mm256_movemask_pd(ok) != 15) return false;
+  }
+  for (std::int64_t c = C4; c < C; ++c) {
+    const double x = double(p[c]) - md;
+    if (!(x >= -700.0 && x <= 0.0)) return false;
+  }
+  double sum = 0;
+  alignas(32) double e4[4];
+  for (std::int64_t c = 0; c < C4; c += 4) {
+    const __m256d e = exp4(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + c)), mdv));
+    _mm_storeu_ps(o + c, _mm256_cvtpd_ps(e));
+    _mm256_store_pd(e4, e);
+    sum += e4[0], sum += e4[1], sum += e4[2], sum += e4[3];  // in order, as voxel() adds them
+  }
+  for (std::int64_t c = C4; c < C; ++c) {
+    const double e = exp1(double(p[c]) - md);
+    o[c] = float(e);
+    sum += e;
+  }
+  const float inv = float(1.0 / sum);
+  const __m128 iv = _mm_set1_ps(inv);
+  for (std::int64_t c = 0; c < C4; c += 4) _mm_storeu_ps(o + c, _mm_mul_ps(_mm_loadu_ps(o + c), iv));
+  for (std::int64_t c = C4; c < C; ++c) o[c] *= inv;
+  return true;
+}
 #endif
 }  // namespace softmax_detail
+
+#ifdef BHSD_X86
+namespace gelu_detail {
+// erf of four doubles by W. J. Cody's rational approximations (as lib/backends/erf.ts computes it
+// for the ts backend: |error| under 1e-15), for a caller that rounds it to float: |x| < 0.5 by
+// x·P(x²)/Q(x²); 0.5 ≤ |x| < 4 by 1 − e^(−x²)·R(|x|) (the exponential by softmax_detail::exp4);
+// beyond, ±1 — erfc(4) = 1.5e−8 is under half a float ulp of 1, so float(erf) is ±1 there exactly;
+// NaN stays NaN.
+__attribute__((target("avx2,fma"))) inline __m256d erf4(__m256d x) {
+  static constexpr double P1[5] = {3.1611237438705655, 113.86415415105016, 377.485237685302, 3209.3775891384694,
+                                   0.18577770618460315};
+  static constexpr double Q1[4] = {23.601290952344122, 244.02463793444417, 1282.6165260773723, 2844.236833439171};
+  static constexpr double C2[9] = {0.5641884969886701, 8.883149794388377,  66.11919063714163,
+                                   298.6351381974001,  881.952221241769,   1712.0476126340707,
+                                   2051.0783778260716, 1230.3393547979972, 2.1531153547440383e-8};
+  static constexpr double D2[8] = {15.744926110709835, 117.6939508913125, 537.1811018620099,  1621.3895745666903,
+                                   3290.7992357334597, 4362.619090143247, 3439.3676741437216, 1230.3393548037495};
+  const __m256d signbit = _mm256_set1_pd(-0.0);
+  const __m256d ax = _mm256_andnot_pd(signbit, x), sign = _mm256_and_pd(signbit, x);
+  // |x| < 0.5
+  const __m256d t = _mm256_mul_pd(x, x);
+  __m256d num = _mm256_set1_pd(P1[4]);
+  for (int i = 0; i < 4; ++i) num = _mm256_fmadd_pd(num, t, _mm256_set1_pd(P1[i]));
+  __m256d den = _mm256_add_pd(t, _mm256_set1_pd(Q1[0]));
+  for (int i = 1; i < 4; ++i) den = _mm256_fmadd_pd(den, t, _mm256_set1_pd(Q1[i]));
+  const __m256d small = _mm256_div_pd(_mm256_mul_pd(x, num), den);
+  // 0.5 ≤ |x| < 4, on |x| clamped into that range (lanes outside it take another branch's value;
+  // a NaN lane becomes 0.5 here: max returns its second operand where one is NaN)
+  const __m256d a = _mm256_min_pd(_mm256_max_pd(ax, _mm256_set1_pd(0.5)), _mm256_set1_pd(4.0));
+  __m256d n2 = _mm256_mul_pd(_mm256_set1_pd(C2[8]), a), d2 = a;
+  for (int i = 0; i < 7; ++i) {
+    n2 = _mm256_mul_pd(_mm256_add_pd(n2, _mm256_set1_pd(C2[i])), a);
+    d2 = _mm256_mul_pd(_mm256_add_pd(d2, _mm256_set1_pd(D2[i])), a);
+  }
+  const __m256d r = _mm256_div_pd(_mm256_add_pd(n2, _mm256_set1_pd(C2[7])), _mm256_add_pd(d2, _mm256_set1_pd(D2[7])));
+  // e^(−a²) in one exponential: Cody splits it as e^(−z²)·e^(−(a−z)(a+z)) for full double precision;
+  // a² rounded costs under 2e−15 of it here, far below the float the caller keeps
+  const __m256d e = _mm256_mul_pd(softmax_detail::exp4(_mm256_sub_pd(_mm256_setzero_pd(), _mm256_mul_pd(a, a))), r);
+  const __m256d mid = _mm256_sub_pd(_mm256_set1_pd(1.0), e);
+  __m256d v = _mm256_blendv_pd(_mm256_set1_pd(1.0), mid, _mm256_cmp_pd(ax, _mm256_set1_pd(4.0), _CMP_LT_OQ));
+  v = _mm256_or_pd(v, sign);
+  v = _mm256_blendv_pd(v, small, _mm256_cmp_pd(ax, _mm256_set1_pd(0.5), _CMP_LT_OQ));
+  return _mm256_blendv_pd(v, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+}
+
+// erf4 of one value (the core test compares it with std::erf; GELU's row tail).
+__attribute__((target("avx2,fma"))) inline double erf1(double x) { return _mm256_cvtsd_f64(erf4(_mm256_set1_pd(x))); }
+
+// GELU of a row, four values at a time: 0.5·v·(1 + erf(v / alpha)) in float as the scalar loop
+// computes it (v / alpha rounded to float, erf rounded to float), erf by erf4 rather than std::erf:
+// UNETR's twelve GELUs of 128×3072 values took 1.3–1.8 ms each in std::erf.
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha) {
+  const __m128 va = _mm_set1_ps(alpha), half = _mm_set1_ps(0.5f), one = _mm_set1_ps(1.0f);
+  std::int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(p + i);
+    const __m128 e = _mm256_cvtpd_ps(erf4(_mm256_cvtps_pd(_mm_div_ps(v, va))));
+    _mm_storeu_ps(q + i, _mm_mul_ps(_mm_mul_ps(half, v), _mm_add_ps(one, e)));
+  }
+  for (; i < n; ++i) {
+    const float e = float(erf1(double(p[i] / alpha)));
+    q[i] = 0.5f * p[i] * (1.0f + e);
+  }
+}
+}  // namespace gelu_detail
+#endif
 
 // Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
 // div (optional, [N, spatial]): the softmax of x / div, each quotient rounded to float first.
@@ -962,6 +1088,10 @@ inline void softmax_channels(const float* x, float* y, std::int64_t N, std::int6
 #ifdef BHSD_X86
           if (vec && i + 4 <= spatial && q + 4 <= hi && softmax_detail::voxels4(p, o, C, spatial, d)) {
             q += 4;
+            continue;
+          }
+          if (vec && spatial == 1 && !d && softmax_detail::row4(p, o, C)) {
+            ++q;
             continue;
           }
 #endif
