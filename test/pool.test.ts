@@ -149,3 +149,58 @@ test.serial("a backend with device copies (forget): recycled outputs are handed 
   t.true((model as unknown as { spare: Float32Array[] }).spare.length <= 1);
   model.dispose();
 });
+
+/**
+ * The n-d functions' results from the run's pool (uncleared buffers from the run before): a
+ * transformer's q/k/v split (Transpose with axes of 1 merged away, runs of 64 copied whole; Gather),
+ * a head merge (Transpose, runs of 64) and a strided Transpose (runs of 1), an Einsum whose transposed
+ * operand the pool lends for the call, and a float ConstantOfShape of zeros.
+ */
+function ndModel(): Uint8Array {
+  const nodes = [
+    { opType: "Transpose", inputs: ["x"], outputs: ["t1"], attrs: { perm: [2, 0, 3, 1, 4] } }, // [3, 1, 4, 40, 64]
+    { opType: "Gather", inputs: ["t1", "one"], outputs: ["g"], attrs: { axis: 0 } }, // [1, 4, 40, 64]
+    { opType: "Transpose", inputs: ["g"], outputs: ["t2"], attrs: { perm: [0, 2, 1, 3] } }, // [1, 40, 4, 64]
+    { opType: "Transpose", inputs: ["t2"], outputs: ["t3"], attrs: { perm: [3, 1, 2, 0] } }, // [64, 40, 4, 1]
+    { opType: "Shape", inputs: ["t3"], outputs: ["s3"] },
+    { opType: "ConstantOfShape", inputs: ["s3"], outputs: ["z"] }, // float zeros (no value attribute)
+    { opType: "Add", inputs: ["t3", "z"], outputs: ["y"] },
+    { opType: "Einsum", inputs: ["g", "g"], outputs: ["att"], attrs: { equation: "bhxd,bhyd->bhxy" } }, // [1, 4, 40, 40]
+    { opType: "Sigmoid", inputs: ["z"], outputs: ["half"] }, // 0.5 everywhere where z is zeros
+  ];
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "x", shape: [1, 40, 3, 4, 64] }],
+    outputs: [{ name: "y" }, { name: "att" }, { name: "half" }],
+    initializers: [{ name: "one", dims: [], data: BigInt64Array.of(1n) }],
+  });
+}
+
+for (const { name } of backendsUnderTest()) {
+  test.serial(
+    `${name}: Transpose, Gather, Einsum and ConstantOfShape results from the run's pool are onnxruntime's, run after run`,
+    async (t) => {
+      setBackend(name);
+      const bytes = ndModel();
+      const model = await loadModel(bytes);
+      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+      t.teardown(() => session.release());
+      for (let run = 0; run < 3; run++) {
+        const x = randomTensor([1, 40, 3, 4, 64], 30 + run);
+        const got = await model.runAll({ x });
+        const want = await session.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+        for (const o of ["y", "att", "half"]) {
+          const w = want[o]!.data as Float32Array;
+          t.deepEqual(got[o]!.shape, [...want[o]!.dims], `run ${run}: ${o}'s shape`);
+          t.true(relDiff(got[o]!.data, w) <= 1e-5, `run ${run}: ${o} differs by ${relDiff(got[o]!.data, w)}`);
+        }
+        t.true(
+          got.half!.data.every((v) => v === 0.5),
+          `run ${run}: ConstantOfShape's zeros, not an earlier run's values`,
+        );
+      }
+      model.dispose();
+    },
+  );
+}

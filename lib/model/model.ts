@@ -248,6 +248,9 @@ export class Model {
         const data = pool.take(n, fit);
         pooled.add(data);
         taken.push(data);
+        // written in JavaScript now: a GPU backend's copy of this buffer from an earlier use is stale
+        // (an Einsum's transposed operand is never a node's result, which hostWrote sees below)
+        be.hostWrote?.([data]);
         return data;
       },
     };

@@ -633,7 +633,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       const int = t !== undefined && !t.f32;
       const fill = t ? (t.f32 ? t.f32[0]! : t.ints![0]!) : 0;
       const r = nd.alloc(shape, int, budget, what);
-      if (fill !== 0) r.data.fill(fill);
+      r.data.fill(fill); // (a float result is a pool buffer, not cleared: zeros are written too)
       return [fromNd(r)];
     }
     case "Expand": {
