@@ -92,6 +92,10 @@ export function runPython<T>(py: string, code: string, args: string[] = []): T {
   if (hold) {
     env.ONEDNN_MAX_CPU_ISA = hold;
     env.ATEN_CPU_CAPABILITY = hold === "AVX2" ? "avx2" : "default";
+    // and the BLAS under its Linear/MatMul where that is MKL or a dynamic-arch OpenBLAS (a
+    // reference BLAS has no AVX-512 to hold)
+    env.MKL_ENABLE_INSTRUCTIONS = hold === "AVX2" ? "AVX2" : "SSE4_2";
+    env.OPENBLAS_CORETYPE = hold === "AVX2" ? "Haswell" : "Nehalem";
   }
   // (30 minutes at most: a stuck python fails its column, not the whole bench)
   const r = spawnSync(py, ["-c", code, ...args], { encoding: "utf8", env, maxBuffer: 1 << 26, timeout: 30 * 60_000 });

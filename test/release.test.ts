@@ -116,7 +116,7 @@ test.serial("a volume read from a file is disposable: `using` releases it as its
     copy = { ...ct };
     t.is(ct.data.length, raw.length);
     t.is(ct.data[7], raw[7]);
-    t.false(Object.keys(ct).includes(String(Symbol.dispose)), "not enumerable");
+    t.is(Object.getOwnPropertyDescriptor(ct, Symbol.dispose)?.enumerable, false, "a method of its own, not enumerable");
   }
   t.is(seen.data.length, 0, "released as the block ended");
   t.is(copy.data.length, 0, "the copy shared the array");
