@@ -178,45 +178,25 @@ export function transpose(x: Nd, perm: number[] | undefined, budget: Budget, wha
     dims.push(1);
     strides.push(1);
   }
-  if (x.data instanceof Float32Array) permuteF32(x.data, out.data as Float32Array, dims, strides);
-  else permuteAny(x.data, out.data, dims, strides);
+  permute(x.data, out.data, dims, strides);
   return out;
 }
 
 /**
- * y (dense, of extents `dims`) = src read at the given strides: the innermost axis a run (a copy
- * where its stride is 1), the outer ones an odometer. One function per element type, so that V8
- * keeps each loop monomorphic (a loop shared by Float32Array and number[] ran at 10–17 ns a value).
+ * y (dense, of extents `dims`) = src read at the given strides: the innermost axis a run (copied
+ * whole where its stride is 1 and it holds 64 floats or more), the outer ones an odometer.
  */
-function permuteF32(src: Float32Array, y: Float32Array, dims: number[], strides: number[]): void {
+function permute(src: NdData, y: NdData, dims: number[], strides: number[]): void {
   const r = dims.length,
     inner = dims[r - 1]!,
     is = strides[r - 1]!,
     n = y.length,
     idx = new Array<number>(r).fill(0);
+  const runs = is === 1 && inner >= 64 && src instanceof Float32Array && y instanceof Float32Array;
   let off = 0;
   for (let i = 0; i < n; i += inner) {
-    if (is === 1 && inner >= 64) y.set(src.subarray(off, off + inner), i);
+    if (runs) (y as Float32Array).set((src as Float32Array).subarray(off, off + inner), i);
     else for (let j = 0, o = off; j < inner; j++, o += is) y[i + j] = src[o]!;
-    for (let d = r - 2; d >= 0; d--) {
-      idx[d]!++;
-      off += strides[d]!;
-      if (idx[d]! < dims[d]!) break;
-      off -= strides[d]! * dims[d]!;
-      idx[d] = 0;
-    }
-  }
-}
-
-function permuteAny(src: NdData, y: NdData, dims: number[], strides: number[]): void {
-  const r = dims.length,
-    inner = dims[r - 1]!,
-    is = strides[r - 1]!,
-    n = y.length,
-    idx = new Array<number>(r).fill(0);
-  let off = 0;
-  for (let i = 0; i < n; i += inner) {
-    for (let j = 0, o = off; j < inner; j++, o += is) y[i + j] = src[o]!;
     for (let d = r - 2; d >= 0; d--) {
       idx[d]!++;
       off += strides[d]!;
