@@ -148,7 +148,7 @@ export function release(x: Volume | { data: ArrayBufferView } | ArrayBufferView)
  * queue worker's jobs): each one's memory goes back at once rather than at V8's next collection.
  * A volume release() refuses (a view beside others) is left to the collector.
  */
-export function releaseDropped(...xs: (Volume | undefined)[]): void {
+export function releaseDropped(...xs: (Volume | { data: ArrayBufferView } | undefined)[]): void {
   for (const x of xs)
     if (x)
       try {
@@ -169,7 +169,7 @@ export function releaseDropped(...xs: (Volume | undefined)[]): void {
 export function disposable<V extends Volume>(v: V): V & Disposal {
   const data = v.data;
   Object.defineProperty(v, Symbol.dispose, {
-    value: () => releaseDropped({ ...v, data }),
+    value: () => releaseDropped({ data }),
     enumerable: false,
     configurable: true,
     writable: true,

@@ -889,7 +889,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
   try {
     if (!(await fill(data, true))) {
       checkBytes(n * 4);
-      releaseDropped({ data } as Volume); // the int16 attempt's memory, now rather than at the next collection
+      releaseDropped({ data }); // the int16 attempt's memory, now rather than at the next collection
       data = allocArray("float32", n, "DICOM volume") as Float32Array;
       await fill(data, false);
     }

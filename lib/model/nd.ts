@@ -23,9 +23,10 @@ export interface Budget {
   check(bytes: number, what: string): void;
   /**
    * A float buffer of n values for a result, not cleared (every function here writes all of its
-   * output, and so must a caller of alloc: ConstantOfShape fills even zeros): a model run's pool, whose buffers come back for the next run. Without it, engine
-   * memory of its own — a transformer's Transpose and Gather results, fresh each run, had cost
-   * 2–5 ms each in first touches of their pages, more than the copy.
+   * output, and so must a caller of alloc: ConstantOfShape fills even zeros): a model run's pool,
+   * whose buffers come back for the next run. Without it, engine memory of its own — a
+   * transformer's Transpose and Gather results, fresh each run, had cost 2–5 ms each in first
+   * touches of their pages, more than the copy.
    */
   take?(n: number): Float32Array;
 }
