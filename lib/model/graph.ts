@@ -5,7 +5,9 @@
  * Relu/LeakyRelu).
  */
 import { readFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import { allocArray } from "../volume.js";
+import { isExternal, loadExternalData } from "./external-data.js";
 import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Largest float tensor one model may store (1 G elements: 4 GB). */
@@ -173,10 +175,8 @@ export const SUPPORTED: Record<string, readonly string[]> = {
 function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
   const dims = ((t.dims as unknown[]) ?? []).map(Number);
   const dataType = Number(t.dataType ?? 0);
-  if (Array.isArray(t.externalData) && t.externalData.length)
-    throw new Error(
-      `${where}: tensor ${t.name} keeps its data in an external file, which bhsd does not read; save the model with all tensors inside (onnx.save(model, path, save_as_external_data=False))`,
-    );
+  // (external data is read into rawData by loadExternalData before any tensor is made)
+  if (isExternal(t) && t.rawData === undefined) throw new Error(`${where}: tensor ${t.name}: its external data was not read`);
   const n = dims.reduce((a, b) => a * b, 1);
   const raw = t.rawData as Uint8Array | undefined;
   const hasRaw = raw !== undefined && raw.length > 0;
@@ -261,8 +261,12 @@ function attrOf(a: Record<string, unknown>, where: string): Attr {
   }
 }
 
-/** Decodes ONNX bytes (or a file) into a Graph and checks that the engine can run all of it. */
-export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Graph> {
+/**
+ * Decodes ONNX bytes (or a file) into a Graph and checks that the engine can run all of it.
+ * External tensor data is read from the model file's folder, or from `externalData` (location →
+ * bytes) where given.
+ */
+export async function parseModel(pathOrBytes: string | Uint8Array, externalData?: Record<string, Uint8Array>): Promise<Graph> {
   const label = typeof pathOrBytes === "string" ? pathOrBytes : "<model bytes>";
   let bytes: Uint8Array;
   if (typeof pathOrBytes === "string") {
@@ -284,6 +288,14 @@ export async function parseModel(pathOrBytes: string | Uint8Array): Promise<Grap
   const opset = Number(opsets.find((o) => !o.domain || o.domain === "ai.onnx")?.version ?? 0);
   if (opset < 13 || opset > 21)
     throw new Error(`${label}: opset ${opset} is not supported (bhsd runs opsets 13 to 21; re-export with opset_version=17)`);
+  const tensors = [...((g.initializer as Record<string, unknown>[]) ?? [])];
+  for (const n of g.node as Record<string, unknown>[])
+    for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.push(a.t as Record<string, unknown>);
+  await loadExternalData(
+    tensors,
+    externalData ? { files: externalData } : typeof pathOrBytes === "string" ? { dir: dirname(pathOrBytes) } : {},
+    label,
+  );
   const initializers = new Map<string, OnnxTensor>();
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) initializers.set(String(t.name), tensorOf(t, label));
   const problems: string[] = [];

@@ -17,6 +17,7 @@ import { checkPrecision, withPrecision, type Precision } from "../backends/preci
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
+import * as is from "../is.js";
 import { readModelConfig, type ModelConfig } from "./config.js";
 import {
   checkConstantInputs,
@@ -467,6 +468,12 @@ export async function loadModel(
     backend?: BackendName;
     inputShapes?: Record<string, number[]>;
     precision?: Precision;
+    /**
+     * A model handed over as bytes whose tensors live in external files: each file's bytes by
+     * the location the model names (`{ "model.onnx.data": bytes }`). A model loaded from a path
+     * reads them from beside it.
+     */
+    externalData?: Record<string, Uint8Array>;
   },
 ): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
@@ -474,13 +481,14 @@ export async function loadModel(
       `Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`,
     );
   }
-  const { memoryLimit, backend, inputShapes, precision, ...rest } = config ?? {};
+  const { memoryLimit, backend, inputShapes, precision, externalData, ...rest } = config ?? {};
   checkPrecision(precision, "config.precision");
+  checkExternalData(externalData);
   if (memoryLimit !== undefined && !(typeof memoryLimit === "number" && memoryLimit > 0)) {
     throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
   }
   if (backend !== undefined) getBackend(backend); // names the argument and says why when it is not available
-  const graph = await parseModel(onnxPathOrBytes);
+  const graph = await parseModel(onnxPathOrBytes, externalData);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
   const cfg = await readModelConfig(
     typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null,
@@ -507,6 +515,14 @@ export async function loadModel(
   const model = new Model(graph, name, cfg, limit, backend, precision);
   model.valueShapes = valueShapes;
   return model;
+}
+
+function checkExternalData(files: unknown): void {
+  if (files === undefined) return;
+  if (!is.plainObject(files)) throw is.invalidParameterError("config.externalData", "an object of file name → bytes", files);
+  for (const [k, v] of Object.entries(files))
+    if (!(v instanceof Uint8Array))
+      throw is.invalidParameterError(`config.externalData[${JSON.stringify(k)}]`, "the file's bytes (a Uint8Array)", v);
 }
 
 /**

@@ -1,0 +1,225 @@
+/**
+ * ONNX external tensor data: weights kept in files beside the model (`model.onnx.data`), as
+ * `torch.onnx.export(..., dynamo=True)` writes them by default since PyTorch 2.6 (its
+ * `external_data=True`) and as `onnx.save(..., save_as_external_data=True)` does.
+ *
+ * A model file names the data files, so a hostile model is kept to what its own folder holds:
+ * a location must be relative, with no `..` step, and must resolve (symbolic links followed)
+ * inside the model's folder to a regular file (opened without blocking, so a FIFO is refused, not
+ * waited on); each tensor's byte range must lie inside its file, have exactly its shape's size
+ * and not overlap another's; all of them together at most {@link maxExternalBytes}. Everything
+ * is checked before a byte is read. The checksum key (an optional SHA-1 of the whole file) is
+ * not checked: exporters do not write it.
+ */
+import { constants } from "node:fs";
+import { open, realpath, type FileHandle } from "node:fs/promises";
+import { totalmem } from "node:os";
+import { isAbsolute, join, sep, win32 } from "node:path";
+import { ONNX_DTYPE } from "./onnx-proto.js";
+
+/** Bytes per value of the ONNX data types the engine reads (others are refused by the tensor reader). */
+const WIDTH: Record<number, number> = {
+  [ONNX_DTYPE.FLOAT]: 4,
+  [ONNX_DTYPE.DOUBLE]: 8,
+  [ONNX_DTYPE.INT64]: 8,
+  [ONNX_DTYPE.INT32]: 4,
+  [ONNX_DTYPE.INT8]: 1,
+  [ONNX_DTYPE.UINT8]: 1,
+  [ONNX_DTYPE.BOOL]: 1,
+};
+
+/** TensorProto.DataLocation.EXTERNAL */
+const EXTERNAL = 1;
+
+/** The most external bytes one model may read: half the RAM, at most 8 GiB (a segmentation network's weights are well under 1 GB). */
+export function maxExternalBytes(): number {
+  return Math.min(8 * 2 ** 30, Math.floor(totalmem() / 2));
+}
+
+/** Where a model's external data comes from: the folder of the model's file, or files handed over by name. */
+export interface ExternalSource {
+  /** the model file's folder (a model loaded from a path) */
+  dir?: string;
+  /** config.externalData: location → the file's bytes (a model handed over as bytes) */
+  files?: Record<string, Uint8Array>;
+}
+
+/** A decoded TensorProto as protobufjs's toObject gives it (longs as numbers). */
+type TensorObject = Record<string, unknown>;
+
+interface Pending {
+  t: TensorObject;
+  name: string;
+  key: string;
+  offset: number;
+  length: number;
+}
+
+/** Whether a decoded tensor keeps its data outside the model. */
+export function isExternal(t: TensorObject): boolean {
+  return (Array.isArray(t.externalData) && t.externalData.length > 0) || Number(t.dataLocation ?? 0) === EXTERNAL;
+}
+
+/**
+ * A location as a key: its steps joined by "/" ("./a//b" and "a/b" are one file), or an error
+ * for an absolute path, a `..` step, a NUL or an empty name.
+ */
+export function locationKey(location: string): string | Error {
+  if (location.length === 0 || location.length > 4096 || location.includes("\0"))
+    return new Error(`"${location.slice(0, 200)}" is not a file name`);
+  if (isAbsolute(location) || win32.isAbsolute(location) || /^[A-Za-z]:/.test(location))
+    return new Error(`"${location}" is an absolute path; bhsd reads external data only from the model's own folder`);
+  const steps = location.split(/[\\/]+/).filter((s) => s !== "" && s !== ".");
+  if (steps.includes("..")) return new Error(`"${location}" climbs out of the model's folder (..)`);
+  if (steps.length === 0) return new Error(`"${location}" names no file`);
+  return steps.join("/");
+}
+
+/** A decimal string (or number) that is a safe non-negative integer, or undefined. */
+function count(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,16}$/.test(v.trim())) return NaN;
+  const n = Number(v.trim());
+  return Number.isSafeInteger(n) ? n : NaN;
+}
+
+/**
+ * Reads the external data of `tensors` (initializers and tensor attributes of a decoded model)
+ * into their `rawData`, after checking every reference; `label` names the model in errors.
+ */
+export async function loadExternalData(tensors: TensorObject[], source: ExternalSource, label: string): Promise<void> {
+  const pending: Pending[] = [];
+  for (const t of tensors) {
+    if (!isExternal(t)) continue;
+    const name = String(t.name ?? "");
+    const where = `${label}: tensor ${name}`;
+    const entries = new Map<string, string>();
+    for (const e of (t.externalData as { key?: string; value?: string }[] | undefined) ?? [])
+      entries.set(String(e.key ?? ""), String(e.value ?? ""));
+    const location = entries.get("location");
+    if (location === undefined) throw new Error(`${where} is marked external but names no file (no "location" in its external_data)`);
+    const raw = t.rawData as Uint8Array | undefined;
+    if (raw !== undefined && raw.length > 0) throw new Error(`${where} has both raw_data and external data (location "${location}")`);
+    const key = locationKey(location);
+    if (key instanceof Error) throw new Error(`${where}: external data location ${key.message}`);
+    const dims = ((t.dims as unknown[]) ?? []).map(Number);
+    const n = dims.reduce((a, b) => a * b, 1);
+    if (!dims.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n))
+      throw new Error(`${where} has dims [${dims}], not a valid size`);
+    const width = WIDTH[Number(t.dataType ?? 0)];
+    if (width === undefined)
+      throw new Error(
+        `${where} has ONNX data type ${Number(t.dataType ?? 0)}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`,
+      );
+    const offset = count(entries.get("offset")) ?? 0,
+      given = count(entries.get("length"));
+    if (Number.isNaN(offset)) throw new Error(`${where}: external data offset "${entries.get("offset")}" is not a byte count`);
+    if (Number.isNaN(given)) throw new Error(`${where}: external data length "${entries.get("length")}" is not a byte count`);
+    const length = n * width;
+    if (given !== undefined && given !== length)
+      throw new Error(`${where}: external data length ${given} bytes, but dims [${dims}] of ${width}-byte values take ${length}`);
+    pending.push({ t, name, key, offset, length });
+  }
+  if (pending.length === 0) return;
+  const total = pending.reduce((a, p) => a + p.length, 0),
+    cap = maxExternalBytes();
+  if (total > cap)
+    throw new Error(
+      `${label}: its external data comes to ${total} bytes, more than bhsd reads for one model (${cap}: half the RAM, at most 8 GiB)`,
+    );
+
+  const byFile = new Map<string, Pending[]>();
+  for (const p of pending) (byFile.get(p.key) ?? byFile.set(p.key, []).get(p.key)!).push(p);
+  // every file opened and every range checked before any tensor is read
+  const opened: { key: string; size: number; read: (p: Pending) => Promise<Uint8Array>; close: () => Promise<void> }[] = [];
+  try {
+    for (const [key, list] of byFile) {
+      const file = await openSource(key, source, label, list[0]!.name);
+      opened.push({ key, ...file });
+      list.sort((a, b) => a.offset - b.offset);
+      let end = 0,
+        prev: Pending | undefined;
+      for (const p of list) {
+        if (p.offset + p.length > file.size)
+          throw new Error(
+            `${label}: tensor ${p.name}: bytes ${p.offset}–${p.offset + p.length} of external file "${key}", which has ${file.size}`,
+          );
+        if (prev && p.length > 0 && p.offset < end)
+          throw new Error(`${label}: tensors ${prev.name} and ${p.name} overlap in external file "${key}" (at byte ${p.offset})`);
+        if (p.length > 0) {
+          end = p.offset + p.length;
+          prev = p;
+        }
+      }
+    }
+    for (const f of opened) for (const p of byFile.get(f.key)!) p.t.rawData = await f.read(p);
+  } finally {
+    await Promise.all(opened.map((f) => f.close()));
+  }
+}
+
+/** One external file: opened (from the model's folder) or handed over, with its size and a reader of ranges. */
+async function openSource(
+  key: string,
+  source: ExternalSource,
+  label: string,
+  first: string,
+): Promise<{ size: number; read: (p: Pending) => Promise<Uint8Array>; close: () => Promise<void> }> {
+  const where = `${label}: tensor ${first}: external file "${key}"`;
+  if (source.files) {
+    const bytes = Object.entries(source.files).find(([k]) => locationKey(k) === key)?.[1];
+    if (!bytes)
+      throw new Error(
+        `${where} is not among config.externalData (${
+          Object.keys(source.files)
+            .map((k) => JSON.stringify(k))
+            .join(", ") || "none given"
+        })`,
+      );
+    return { size: bytes.length, read: async (p) => bytes.subarray(p.offset, p.offset + p.length), close: async () => {} };
+  }
+  if (source.dir === undefined)
+    throw new Error(
+      `${where}: the model was handed over as bytes, so bhsd cannot know its folder; load it from its path, or pass the file in config.externalData ({ "${key}": bytes })`,
+    );
+  const path = join(source.dir, ...key.split("/"));
+  let real: string, dir: string;
+  try {
+    [dir, real] = await Promise.all([realpath(source.dir), realpath(path)]);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new Error(`${where}: ${code === "ENOENT" ? `no such file beside the model (${path})` : (e as Error).message}`, { cause: e });
+  }
+  if (!real.startsWith(dir.endsWith(sep) ? dir : dir + sep))
+    throw new Error(`${where} leads out of the model's folder (to ${real}); bhsd reads external data only from the model's own folder`);
+  let fh: FileHandle;
+  try {
+    // O_NONBLOCK: opening a FIFO returns at once (and is refused below) instead of waiting for a writer
+    fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new Error(`${where}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error(`${where} (${real}) is not a regular file`);
+    const size = st.size;
+    return {
+      size,
+      read: async (p) => {
+        const out = new Uint8Array(p.length);
+        let done = 0;
+        while (done < p.length) {
+          const { bytesRead } = await fh.read(out, done, p.length - done, p.offset + done);
+          if (bytesRead === 0)
+            throw new Error(`${label}: tensor ${p.name}: external file "${key}" ended early (it changed while being read)`);
+          done += bytesRead;
+        }
+        return out;
+      },
+      close: () => fh.close(),
+    };
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+}
