@@ -10,6 +10,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
+import { ModelProto } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
@@ -216,3 +217,47 @@ for (const { name: backend } of backendsUnderTest()) {
     }
   }
 }
+
+/**
+ * Opsets 22–25 (PyTorch ≥ 2.9 exports up to 23 on request): they changed none of the supported
+ * ops' meaning, so the opset-17 exports with their opset raised are the same models. onnxruntime
+ * and bhsd must both give PyTorch's output on them; 26 is refused, and so is an op those opsets
+ * added (RMSNormalization), by name.
+ */
+function withOpset(file: string, version: number, edit?: (g: { node: unknown[] }) => void): Uint8Array {
+  const m = ModelProto.decode(readFileSync(fixture(file))) as unknown as {
+    opsetImport: { domain?: string; version: number }[];
+    irVersion: number;
+    graph: { node: unknown[] };
+  };
+  m.opsetImport = [{ domain: "", version }];
+  m.irVersion = 10;
+  edit?.(m.graph);
+  return ModelProto.encode(m as never).finish();
+}
+for (const name of ["resencunet", "segresnet", "attentionunet", "unetr"])
+  test.serial(`opsets 22–25: ${name}'s opset-17 export with its opset raised equals PyTorch in onnxruntime and bhsd`, async (t) => {
+    const m = manifest.networks[name]!;
+    const x = await readNpy(fixture(m.input)),
+      want = await readNpy(fixture(m.expected));
+    for (const v of [22, 23, 24, 25]) {
+      const bytes = withOpset(m.opsets[17]!.file, v);
+      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+      const o = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).output!;
+      await session.release();
+      t.true(scaleDiff(o.data as Float32Array, want.data) <= 1e-4, `onnxruntime at opset ${v}`);
+      for (const { name: backend } of backendsUnderTest().filter((b) => b.name !== "cuda")) {
+        setBackend(backend);
+        const y = await (await loadModel(bytes)).run({ data: x.data as Float32Array, shape: x.shape });
+        const d = scaleDiff(y.data, want.data);
+        t.true(d <= 1e-4, `${backend} at opset ${v}: max |bhsd − PyTorch| is ${d} of max |PyTorch|`);
+      }
+    }
+  });
+
+test("opset 26 is refused, and so is an op opset 23 added, by name", async (t) => {
+  const file = manifest.networks.plainconvunet!.opsets[17]!.file;
+  await t.throwsAsync(loadModel(withOpset(file, 26)), { message: /opset 26 is not supported \(bhsd runs opsets 13 to 25;/ });
+  const rms = withOpset(file, 23, (g) => g.node.push({ name: "rms", opType: "RMSNormalization", input: ["input"], output: ["extra"] }));
+  await t.throwsAsync(loadModel(rms), { message: /node rms \(RMSNormalization\): op RMSNormalization is not supported/ });
+});

@@ -12,6 +12,8 @@ import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Largest float tensor one model may store (1 G elements: 4 GB). */
 const MAX_TENSOR_ELEMENTS = 2 ** 30;
+/** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
+export const MAX_OPSET = 25;
 /** Integer tensors are shape glue (indices, shapes, axes): small. */
 const MAX_INT_ELEMENTS = 1 << 20;
 
@@ -286,8 +288,13 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
   if (!g || !Array.isArray(g.node)) throw new Error(`${label}: not an ONNX model (no graph)`);
   const opsets = (m.opsetImport as { domain?: string; version?: number }[]) ?? [];
   const opset = Number(opsets.find((o) => !o.domain || o.domain === "ai.onnx")?.version ?? 0);
-  if (opset < 13 || opset > 21)
-    throw new Error(`${label}: opset ${opset} is not supported (bhsd runs opsets 13 to 21; re-export with opset_version=17)`);
+  // 22–25 changed none of the supported ops' meaning (bfloat16/float8/int4 types, float8 casts,
+  // documentation; pools' "windows starting in the right padding are ignored" is what they do
+  // already); the ops those opsets added (Attention, RMSNormalization, …) are refused by name
+  if (opset < 13 || opset > MAX_OPSET)
+    throw new Error(
+      `${label}: opset ${opset} is not supported (bhsd runs opsets 13 to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
+    );
   const tensors = [...((g.initializer as Record<string, unknown>[]) ?? [])];
   for (const n of g.node as Record<string, unknown>[])
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.push(a.t as Record<string, unknown>);
