@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { allocArray } from "../volume.js";
 import { isExternal, loadExternalData } from "./external-data.js";
+import { inlineFunctions } from "./functions.js";
 import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Largest float tensor one model may store (1 G elements: 4 GB). */
@@ -295,6 +296,7 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
     throw new Error(
       `${label}: opset ${opset} is not supported (bhsd runs opsets 13 to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
     );
+  inlineFunctions(m, opset, label);
   const tensors = [...((g.initializer as Record<string, unknown>[]) ?? [])];
   for (const n of g.node as Record<string, unknown>[])
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.push(a.t as Record<string, unknown>);

@@ -1,6 +1,7 @@
 /**
  * The part of ONNX's public schema (onnx/onnx.proto, IR version ≤ 10) that bhsd reads and writes,
- * as a protobufjs reflection tree: models, graphs, nodes, attributes, tensors and value infos.
+ * as a protobufjs reflection tree: models, graphs, local functions, nodes, attributes, tensors and
+ * value infos.
  * Field numbers are onnx.proto's.
  */
 import { createRequire } from "node:module";
@@ -62,8 +63,23 @@ const schema = {
             name: { type: "string", id: 3 },
             opType: { type: "string", id: 4 },
             domain: { type: "string", id: 7 },
+            overload: { type: "string", id: 8 },
             attribute: { rule: "repeated", type: "AttributeProto", id: 5 },
             docString: { type: "string", id: 6 },
+          },
+        },
+        FunctionProto: {
+          fields: {
+            name: { type: "string", id: 1 },
+            input: { rule: "repeated", type: "string", id: 4 },
+            output: { rule: "repeated", type: "string", id: 5 },
+            attribute: { rule: "repeated", type: "string", id: 6 },
+            attributeProto: { rule: "repeated", type: "AttributeProto", id: 11 },
+            node: { rule: "repeated", type: "NodeProto", id: 7 },
+            docString: { type: "string", id: 8 },
+            opsetImport: { rule: "repeated", type: "OperatorSetIdProto", id: 9 },
+            domain: { type: "string", id: 10 },
+            overload: { type: "string", id: 13 },
           },
         },
         StringStringEntryProto: { fields: { key: { type: "string", id: 1 }, value: { type: "string", id: 2 } } },
@@ -79,6 +95,7 @@ const schema = {
             docString: { type: "string", id: 6 },
             graph: { type: "GraphProto", id: 7 },
             metadataProps: { rule: "repeated", type: "StringStringEntryProto", id: 14 },
+            functions: { rule: "repeated", type: "FunctionProto", id: 25 },
           },
         },
         GraphProto: {
