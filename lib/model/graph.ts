@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { allocArray } from "../volume.js";
 import { isExternal, loadExternalData } from "./external-data.js";
+import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
@@ -115,6 +116,8 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Unsqueeze: ["axes"],
   Squeeze: ["axes"],
   Cast: ["to", "saturate"],
+  // made a Cast at load where its target's type is known (cast-like.ts); else float targets only
+  CastLike: ["saturate"],
   Slice: [],
   Reshape: ["allowzero"],
   Flatten: ["axis"],
@@ -297,6 +300,7 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
       `${label}: opset ${opset} is not supported (bhsd runs opsets 13 to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
     );
   inlineFunctions(m, opset, label);
+  resolveCastLike(g);
   const tensors = [...((g.initializer as Record<string, unknown>[]) ?? [])];
   for (const n of g.node as Record<string, unknown>[])
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.push(a.t as Record<string, unknown>);

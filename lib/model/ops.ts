@@ -10,6 +10,7 @@ import { allocArray } from "../volume.js";
 import { CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
 import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
+import { ONNX_DTYPE } from "./onnx-proto.js";
 
 /** A value in a run: a float tensor, or integers (shapes, indices, masks) with their shape. */
 export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
@@ -324,9 +325,18 @@ export async function runNode(
       const ns = squeezeShape(shapeOf(v), axes, n.opType === "Unsqueeze");
       return ["f" in v ? reshapeView(v.f, ns) : { ints: v.ints, shape: ns }];
     }
+    case "CastLike":
     case "Cast": {
-      const v = a[0]!,
-        to = at.to as number;
+      const v = a[0]!;
+      let to = at.to as number;
+      if (n.opType === "CastLike") {
+        // (a CastLike whose target's type the model declares was made a Cast at load)
+        if (!a[1] || !("f" in a[1]))
+          throw new Error(
+            `CastLike ${n.name}: its target ${n.inputs[1]} is an integer tensor whose width the model does not declare (value_info); bhsd casts to declared integer types only`,
+          );
+        to = ONNX_DTYPE.FLOAT;
+      }
       if (CAST_FLOAT.has(to as 1))
         return [
           "f" in v
