@@ -992,3 +992,49 @@ test("GELU as exported (Div √2 → Erf → Add 1 → Mul x → Mul 0.5) runs a
     }
   }
 });
+
+/**
+ * Optional outputs exporters declare (PyTorch's dynamo exporter writes LayerNormalization's mean
+ * and inverse deviation, MaxPool's indices): unread, the node runs and equals onnxruntime; read,
+ * the model is refused at load naming the node and the output (bhsd does not make them).
+ */
+test.serial("optional outputs bhsd does not make: unread they are ignored, read the model is refused at load", async (t) => {
+  setBackend("native");
+  const X = randomTensor([1, 4, 6, 8, 4], 3);
+  const scale = { name: "s", dims: [4], data: randomTensor([4], 1).data };
+  const nodes = {
+    LayerNormalization: {
+      opType: "LayerNormalization",
+      inputs: ["x", "s"],
+      outputs: ["y", "mean", "rstd"],
+      attrs: { axis: -1, epsilon: 1e-5 },
+    },
+    MaxPool: { opType: "MaxPool", inputs: ["x"], outputs: ["y", "idx"], attrs: { kernel_shape: [2, 2, 2], strides: [2, 2, 2] } },
+    Dropout: { opType: "Dropout", inputs: ["x"], outputs: ["y", "mask"] },
+  } as const;
+  for (const [op, node] of Object.entries(nodes)) {
+    const unread = encodeModel({
+      opset: 18,
+      nodes: [node],
+      inputs: [{ name: "x", shape: X.shape }],
+      outputs: [{ name: "y" }],
+      initializers: [scale],
+    });
+    const session = await ort.InferenceSession.create(unread, { logSeverityLevel: 3 });
+    const want = (await session.run({ x: new ort.Tensor("float32", X.data, X.shape) })).y!.data as Float32Array;
+    await session.release();
+    const y = await (await loadModel(unread)).run(X);
+    t.true(relDiff(y.data, want) <= 1e-5, `${op}, second output unread`);
+    const second = node.outputs[1];
+    const read = encodeModel({
+      opset: 18,
+      nodes: [node, { opType: "Relu", inputs: [second], outputs: ["z"] }],
+      inputs: [{ name: "x", shape: X.shape }],
+      outputs: [{ name: "y" }, { name: "z" }],
+      initializers: [scale],
+    });
+    await t.throwsAsync(loadModel(read), {
+      message: new RegExp(`node ${op}_0 \\(${op}\\): its output 2 \\(${second}\\) is read, and bhsd makes only the first output of ${op}`),
+    });
+  }
+});

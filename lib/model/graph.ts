@@ -80,6 +80,13 @@ export interface Graph {
   metadata: Record<string, string>;
 }
 
+/**
+ * Ops with optional outputs the engine does not make, and how many it does: MaxPool's indices,
+ * LayerNormalization's mean and inverse deviation, Dropout's mask, BatchNormalization's running
+ * statistics (training only).
+ */
+const OUTPUTS_MADE: Record<string, number> = { MaxPool: 1, LayerNormalization: 1, Dropout: 1, BatchNormalization: 1 };
+
 /** Ops the engine runs, and for each the attributes it understands. */
 export const SUPPORTED: Record<string, readonly string[]> = {
   Conv: ["kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"],
@@ -331,6 +338,18 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
     problems.push(...checkAttrs(opType, attrs, where));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
+  // optional outputs the engine does not make (inference needs none of them): refused where read
+  const read = new Set([...nodes.flatMap((n) => n.inputs), ...((g.output as Record<string, unknown>[]) ?? []).map((v) => String(v.name))]);
+  for (const n of nodes) {
+    const made = OUTPUTS_MADE[n.opType];
+    if (made === undefined) continue;
+    n.outputs.forEach((o, k) => {
+      if (k >= made && o !== "" && read.has(o))
+        problems.push(
+          `${label}: node ${n.name} (${n.opType}): its output ${k + 1} (${o}) is read, and bhsd makes only the first ${made === 1 ? "" : made + " "}output of ${n.opType}`,
+        );
+    });
+  }
   if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
   if (!Array.isArray(g.output) || g.output.length === 0) throw new Error(`${label}: the graph declares no outputs`);
   const inputs = ((g.input as Record<string, unknown>[]) ?? [])
