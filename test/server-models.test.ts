@@ -3,9 +3,10 @@ import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadModel, type Model } from "../lib/index.js";
 import { ModelCache } from "../lib/server/models.js";
+import { ROOT } from "./helpers.js";
 import { pointwiseBytes, tempDir } from "./server-helpers.js";
 
-// The service's model cache: least recently used first out, by bytes (the .onnx sizes), a model in
+// The service's model cache: least recently used first out, by bytes (weights, or the .onnx size), a model in
 // use never disposed under its request, every model loaded once however many ask at once.
 
 /** Model files of the given channel counts (their sizes differ), and a loader that counts loads and disposals. */
@@ -95,4 +96,16 @@ test("a failed load is not cached: the next request tries again", async (t) => {
   await t.throwsAsync(cache.acquire("x", join(tempDir("bhsd-cache-"), "missing.onnx")), { code: "ENOENT" });
   t.deepEqual(cache.stats.names, []);
   t.throws(() => new ModelCache(0), { instanceOf: RangeError, message: /budget/ });
+});
+
+test("a model whose tensors live in external data is counted by its weights, not its small .onnx file", async (t) => {
+  const fixture = join(ROOT, "test", "fixtures", "external-data", "one-file");
+  const cache = new ModelCache(1e9);
+  const lease = await cache.acquire("ext", join(fixture, "resencunet.onnx"));
+  const onnx = statSync(join(fixture, "resencunet.onnx")).size,
+    data = statSync(join(fixture, "resencunet.onnx.data")).size;
+  t.true(onnx < data / 2, `the fixture keeps its weights outside (${onnx} of ${data} bytes)`);
+  t.true(cache.stats.bytes >= data, `counted ${cache.stats.bytes} bytes for ${data} bytes of external data`);
+  lease.release();
+  cache.close();
 });

@@ -63,6 +63,8 @@ export class Model {
   readonly outputs: string[];
   readonly opset: number;
   readonly producer: string;
+  /** Bytes of the weights as loaded (float32 initializers), wherever the file kept them (inside it or in external data). */
+  readonly weightBytes: number;
   /** Statistics of the last run. */
   lastRun: RunStats | undefined;
   /**
@@ -125,6 +127,9 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
+    let weights = 0;
+    for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
+    this.weightBytes = weights;
     const grouped = {
       ...graph,
       nodes: fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),

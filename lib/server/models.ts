@@ -1,7 +1,8 @@
 /**
  * The service's models: loaded once per name, shared by concurrent requests, and kept in
- * least-recently-used order within a byte budget. A model's bytes are counted as its .onnx file's
- * size (its weights; the native backend's packed copies come on top of that). When a load passes
+ * least-recently-used order within a byte budget. A model's bytes are counted as its weights as
+ * loaded, or its .onnx file's size where that is larger (the native backend's packed copies come
+ * on top of that; a model whose tensors live in external data has a small .onnx file). When a load passes
  * the budget, the least recently used models are dropped until it fits again (the one just used is
  * always kept, so a model larger than the budget still serves); a dropped model is disposed (its
  * weights and packed or device copies released) as soon as no request is using it.
@@ -87,11 +88,12 @@ export class ModelCache {
   }
 
   private async sizedLoad(name: string, path: string): Promise<Model> {
-    const bytes = (await stat(path)).size;
+    const fileBytes = (await stat(path)).size;
     const model = await this.load(path);
     const e = this.entries.get(name);
     if (e) {
-      e.bytes = bytes;
+      // the weights as loaded: a model whose tensors live in external data has a small .onnx file
+      e.bytes = Math.max(fileBytes, model.weightBytes ?? 0);
       this.evict(e);
     }
     return model;
