@@ -16,6 +16,7 @@ import { dirname, join } from "node:path";
 import ort from "onnxruntime-node";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
+import { modelHash } from "../lib/queue/common.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
@@ -230,3 +231,54 @@ test.serial(
     }
   },
 );
+
+test.serial(
+  "external_data entries without data_location EXTERNAL are ignored (the data is inline), as onnx and onnxruntime read them",
+  async (t) => {
+    setBackend("ts");
+    const data = readFileSync(fixture("one-file/resencunet.onnx.data"));
+    const bytes = hostile((inits) => {
+      const x = inits[0]!;
+      const offset = Number(get(x, "offset") ?? 0),
+        length = Number(get(x, "length"));
+      (x as unknown as { rawData: Uint8Array }).rawData = data.subarray(offset, offset + length);
+      x.dataLocation = 0; // stale entries left behind by a tool
+      set(x, "location", "no-such-file.data");
+    });
+    const root = mkdtempSync(join(tmpdir(), "bhsd-ext-"));
+    try {
+      writeFileSync(join(root, "m.onnx"), bytes);
+      copyFileSync(fixture("one-file/resencunet.onnx.data"), join(root, "resencunet.onnx.data"));
+      const x = await input(),
+        want = await expected();
+      const session = await ort.InferenceSession.create(join(root, "m.onnx"), { intraOpNumThreads: 1 });
+      const o = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).output!;
+      await session.release();
+      t.true(scaleDiff(o.data as Float32Array, want.data) <= 1e-4, "onnxruntime reads the inline data");
+      const y = await (await loadModel(join(root, "m.onnx"))).run({ data: x.data as Float32Array, shape: x.shape });
+      t.true(scaleDiff(y.data, want.data) <= 1e-4);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  },
+);
+
+test("the queue's model hash takes in the external data: new weights in the same .onnx make another job id; a FIFO does not hang it", async (t) => {
+  const root = mkdtempSync(join(tmpdir(), "bhsd-ext-"));
+  try {
+    const model = join(root, "resencunet.onnx"),
+      data = join(root, "resencunet.onnx.data");
+    copyFileSync(fixture("one-file/resencunet.onnx"), model);
+    copyFileSync(fixture("one-file/resencunet.onnx.data"), data);
+    const before = await modelHash(model);
+    const bytes = readFileSync(data);
+    bytes[100] = bytes[100]! ^ 1;
+    writeFileSync(data, bytes);
+    t.not(await modelHash(model), before);
+    rmSync(data);
+    execFileSync("mkfifo", [data]);
+    t.not(await modelHash(model), before); // (returns: the FIFO is not read)
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

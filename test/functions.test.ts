@@ -8,11 +8,12 @@
  */
 import test from "ava";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
-import { MAX_DEPTH, MAX_NODES } from "../lib/model/functions.js";
+import { MAX_DEPTH, MAX_INLINED_BYTES, MAX_NODES } from "../lib/model/functions.js";
 import { parseModel } from "../lib/model/graph.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
@@ -261,3 +262,111 @@ test.serial(
     }
   },
 );
+
+test("a node of 50 000 inputs copied by a chain of calls is refused by the bytes it would take, at once", async (t) => {
+  const dom = "t";
+  const wide = Array.from({ length: 50_000 }, (_, i) => `input_value_${i}`);
+  const functions = Array.from({ length: 17 }, (_, k) => ({
+    name: `f${k}`,
+    domain: dom,
+    input: ["x"],
+    output: ["y"],
+    opsetImport: [{ domain: "", version: 17 }],
+    node: k
+      ? [
+          { opType: `f${k - 1}`, domain: dom, input: ["x"], output: ["a"] },
+          { opType: `f${k - 1}`, domain: dom, input: ["a"], output: ["y"] },
+        ]
+      : [{ opType: "Sum", input: ["x", ...wide.map(() => "x")], output: ["y"] }],
+  }));
+  const bytes = ModelProto.encode(
+    ModelProto.fromObject({
+      irVersion: 8,
+      opsetImport: [
+        { domain: "", version: 17 },
+        { domain: dom, version: 1 },
+      ],
+      functions,
+      graph: {
+        name: "g",
+        input: [{ name: "input", type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: 2 }] } } } }],
+        output: [{ name: "out", type: { tensorType: { elemType: 1 } } }],
+        node: [{ name: "top", opType: "f16", domain: dom, input: ["input"], output: ["out"] }],
+      },
+    }),
+  ).finish();
+  t.true(bytes.length < 400_000, `${bytes.length} bytes of model`);
+  const t0 = performance.now();
+  await t.throwsAsync(loadModel(bytes), {
+    message: new RegExp(`its functions expand to nodes of more than ${MAX_INLINED_BYTES / 2 ** 20} MiB`),
+  });
+  t.true(performance.now() - t0 < 10_000);
+});
+
+test.serial("a Constant held in a function called twice is one tensor (read once when its data is external)", async (t) => {
+  setBackend("ts");
+  const root = mkdtempSync(join(tmpdir(), "bhsd-fn-"));
+  try {
+    const c = new Float32Array([0.5, -1.25, 2, 4]);
+    writeFileSync(join(root, "c.data"), new Uint8Array(c.buffer));
+    const vi = (name: string) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: 4 }] } } } });
+    const bytes = ModelProto.encode(
+      ModelProto.fromObject({
+        irVersion: 8,
+        opsetImport: [
+          { domain: "", version: 17 },
+          { domain: "t", version: 1 },
+        ],
+        functions: [
+          {
+            name: "AddC",
+            domain: "t",
+            input: ["x"],
+            output: ["y"],
+            opsetImport: [{ domain: "", version: 17 }],
+            node: [
+              {
+                opType: "Constant",
+                output: ["c"],
+                attribute: [
+                  {
+                    name: "value",
+                    type: 4,
+                    t: {
+                      dims: [4],
+                      dataType: 1,
+                      dataLocation: 1,
+                      externalData: [
+                        { key: "location", value: "c.data" },
+                        { key: "length", value: "16" },
+                      ],
+                    },
+                  },
+                ],
+              },
+              { opType: "Add", input: ["x", "c"], output: ["y"] },
+            ],
+          },
+        ],
+        graph: {
+          name: "g",
+          input: [vi("input")],
+          output: [vi("out")],
+          node: [
+            { name: "one", opType: "AddC", domain: "t", input: ["input"], output: ["mid"] },
+            { name: "two", opType: "AddC", domain: "t", input: ["mid"], output: ["out"] },
+          ],
+        },
+      }),
+    ).finish();
+    writeFileSync(join(root, "m.onnx"), bytes);
+    const x = new Float32Array([1, 2, 3, 4]);
+    const y = await (await loadModel(join(root, "m.onnx"))).run({ data: x, shape: [4] });
+    t.deepEqual(
+      [...y.data],
+      [...x].map((v, i) => v + 2 * c[i]!),
+    );
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -1038,3 +1038,24 @@ test.serial("optional outputs bhsd does not make: unread they are ignored, read 
     });
   }
 });
+
+test("a value made by two nodes is refused at load, naming both (onnxruntime refuses it too)", async (t) => {
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Relu", inputs: ["x"], outputs: ["y"], name: "first" },
+      { opType: "Sigmoid", inputs: ["x"], outputs: ["y"], name: "second" },
+    ],
+    inputs: [{ name: "x", shape: [2, 3] }],
+    outputs: [{ name: "y" }],
+  });
+  await t.throwsAsync(ort.InferenceSession.create(bytes, { logSeverityLevel: 4 }));
+  await t.throwsAsync(loadModel(bytes), { message: /value y is made by node second and by node first/ });
+  const input = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["x"], name: "again" }],
+    inputs: [{ name: "x", shape: [2, 3] }],
+    outputs: [{ name: "x" }],
+  });
+  await t.throwsAsync(loadModel(input), { message: /value x is made by node again and by the graph's inputs/ });
+});

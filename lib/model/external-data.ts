@@ -8,14 +8,15 @@
  * inside the model's folder to a regular file (opened without blocking, so a FIFO is refused, not
  * waited on); each tensor's byte range must lie inside its file, have exactly its shape's size
  * and not overlap another's; all of them together at most {@link maxExternalBytes}. Everything
- * is checked before a byte is read. The checksum key (an optional SHA-1 of the whole file) is
+ * is checked before a byte is read, and the files are then read one at a time (and checked to be
+ * the files that were sized). The checksum key (an optional SHA-1 of the whole file) is
  * not checked: exporters do not write it.
  */
 import { constants } from "node:fs";
-import { open, realpath, type FileHandle } from "node:fs/promises";
+import { open, readFile, realpath, stat, type FileHandle } from "node:fs/promises";
 import { totalmem } from "node:os";
 import { isAbsolute, join, sep, win32 } from "node:path";
-import { ONNX_DTYPE } from "./onnx-proto.js";
+import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Bytes per value of the ONNX data types the engine reads (others are refused by the tensor reader). */
 const WIDTH: Record<number, number> = {
@@ -55,9 +56,13 @@ interface Pending {
   length: number;
 }
 
-/** Whether a decoded tensor keeps its data outside the model. */
+/**
+ * Whether a decoded tensor keeps its data outside the model: its data_location says EXTERNAL (as
+ * onnx's `uses_external_data` and onnxruntime read it; external_data entries without it are
+ * ignored).
+ */
 export function isExternal(t: TensorObject): boolean {
-  return (Array.isArray(t.externalData) && t.externalData.length > 0) || Number(t.dataLocation ?? 0) === EXTERNAL;
+  return Number(t.dataLocation ?? 0) === EXTERNAL;
 }
 
 /**
@@ -130,41 +135,39 @@ export async function loadExternalData(tensors: TensorObject[], source: External
 
   const byFile = new Map<string, Pending[]>();
   for (const p of pending) (byFile.get(p.key) ?? byFile.set(p.key, []).get(p.key)!).push(p);
-  // every file opened and every range checked before any tensor is read
-  const opened: { key: string; size: number; read: (p: Pending) => Promise<Uint8Array>; close: () => Promise<void> }[] = [];
-  try {
-    for (const [key, list] of byFile) {
-      const file = await openSource(key, source, label, list[0]!.name);
-      opened.push({ key, ...file });
-      list.sort((a, b) => a.offset - b.offset);
-      let end = 0,
-        prev: Pending | undefined;
-      for (const p of list) {
-        if (p.offset + p.length > file.size)
-          throw new Error(
-            `${label}: tensor ${p.name}: bytes ${p.offset}–${p.offset + p.length} of external file "${key}", which has ${file.size}`,
-          );
-        if (prev && p.length > 0 && p.offset < end)
-          throw new Error(`${label}: tensors ${prev.name} and ${p.name} overlap in external file "${key}" (at byte ${p.offset})`);
-        if (p.length > 0) {
-          end = p.offset + p.length;
-          prev = p;
-        }
+  // every file found and every range checked before any tensor is read; then the files are read
+  // one at a time (a file per tensor may be thousands of files: one is open at once)
+  const files: { key: string; file: ExternalFile }[] = [];
+  for (const [key, list] of byFile) {
+    const file = await findSource(key, source, label, list[0]!.name);
+    files.push({ key, file });
+    list.sort((a, b) => a.offset - b.offset);
+    let end = 0,
+      prev: Pending | undefined;
+    for (const p of list) {
+      if (p.offset + p.length > file.size)
+        throw new Error(
+          `${label}: tensor ${p.name}: bytes ${p.offset}–${p.offset + p.length} of external file "${key}", which has ${file.size}`,
+        );
+      if (prev && p.length > 0 && p.offset < end)
+        throw new Error(`${label}: tensors ${prev.name} and ${p.name} overlap in external file "${key}" (at byte ${p.offset})`);
+      if (p.length > 0) {
+        end = p.offset + p.length;
+        prev = p;
       }
     }
-    for (const f of opened) for (const p of byFile.get(f.key)!) p.t.rawData = await f.read(p);
-  } finally {
-    await Promise.all(opened.map((f) => f.close()));
   }
+  for (const { key, file } of files) await file.readAll(byFile.get(key)!);
 }
 
-/** One external file: opened (from the model's folder) or handed over, with its size and a reader of ranges. */
-async function openSource(
-  key: string,
-  source: ExternalSource,
-  label: string,
-  first: string,
-): Promise<{ size: number; read: (p: Pending) => Promise<Uint8Array>; close: () => Promise<void> }> {
+/** One external file, found and sized; `readAll` reads the tensors' ranges into their rawData. */
+interface ExternalFile {
+  size: number;
+  readAll(list: Pending[]): Promise<void>;
+}
+
+/** One external file: handed over, or found in the model's folder (not opened until it is read). */
+async function findSource(key: string, source: ExternalSource, label: string, first: string): Promise<ExternalFile> {
   const where = `${label}: tensor ${first}: external file "${key}"`;
   if (source.files) {
     const bytes = Object.entries(source.files).find(([k]) => locationKey(k) === key)?.[1];
@@ -176,7 +179,12 @@ async function openSource(
             .join(", ") || "none given"
         })`,
       );
-    return { size: bytes.length, read: async (p) => bytes.subarray(p.offset, p.offset + p.length), close: async () => {} };
+    return {
+      size: bytes.length,
+      readAll: async (list) => {
+        for (const p of list) p.t.rawData = bytes.subarray(p.offset, p.offset + p.length);
+      },
+    };
   }
   if (source.dir === undefined)
     throw new Error(
@@ -192,34 +200,69 @@ async function openSource(
   }
   if (!real.startsWith(dir.endsWith(sep) ? dir : dir + sep))
     throw new Error(`${where} leads out of the model's folder (to ${real}); bhsd reads external data only from the model's own folder`);
-  let fh: FileHandle;
-  try {
-    // O_NONBLOCK: opening a FIFO returns at once (and is refused below) instead of waiting for a writer
-    fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK);
-  } catch (e) {
-    throw new Error(`${where}: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new Error(`${where} (${real}) is not a regular file`);
-    const size = st.size;
-    return {
-      size,
-      read: async (p) => {
-        const out = new Uint8Array(p.length);
-        let done = 0;
-        while (done < p.length) {
-          const { bytesRead } = await fh.read(out, done, p.length - done, p.offset + done);
-          if (bytesRead === 0)
-            throw new Error(`${label}: tensor ${p.name}: external file "${key}" ended early (it changed while being read)`);
-          done += bytesRead;
+  const st = await stat(real);
+  if (!st.isFile()) throw new Error(`${where} (${real}) is not a regular file`);
+  return {
+    size: st.size,
+    readAll: async (list) => {
+      let fh: FileHandle;
+      try {
+        // O_NONBLOCK: should the name now be a FIFO, opening returns at once (and fstat refuses it)
+        fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK);
+      } catch (e) {
+        throw new Error(`${where}: ${(e as Error).message}`, { cause: e });
+      }
+      try {
+        const now = await fh.stat();
+        if (!now.isFile() || now.size !== st.size || now.ino !== st.ino || now.dev !== st.dev)
+          throw new Error(`${where} (${real}) changed while the model was loading`);
+        for (const p of list) {
+          const out = new Uint8Array(p.length);
+          let done = 0;
+          while (done < p.length) {
+            const { bytesRead } = await fh.read(out, done, p.length - done, p.offset + done);
+            if (bytesRead === 0)
+              throw new Error(`${label}: tensor ${p.name}: external file "${key}" ended early (it changed while being read)`);
+            done += bytesRead;
+          }
+          p.t.rawData = out;
         }
-        return out;
-      },
-      close: () => fh.close(),
-    };
-  } catch (e) {
-    await fh.close();
-    throw e;
+      } finally {
+        await fh.close();
+      }
+    },
+  };
+}
+
+/**
+ * The external data files a model file names, as keys relative to its folder (sorted, each
+ * once): what a hash of the whole model must take in besides the .onnx file (the queue's job ids).
+ * A file that names none is not decoded (the word "location" does not occur in it).
+ */
+export async function externalDataFiles(modelPath: string): Promise<string[]> {
+  const bytes = await readFile(modelPath);
+  if (bytes.indexOf("location") < 0) return [];
+  let m: Record<string, unknown>;
+  try {
+    m = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, arrays: true }) as Record<string, unknown>;
+  } catch {
+    return []; // not a model: loading it says why
   }
+  const keys = new Set<string>();
+  const visit = (t: TensorObject) => {
+    if (!isExternal(t)) return;
+    for (const e of (t.externalData as { key?: string; value?: string }[] | undefined) ?? [])
+      if (e.key === "location") {
+        const k = locationKey(String(e.value ?? ""));
+        if (typeof k === "string") keys.add(k);
+      }
+  };
+  const g = (m.graph as Record<string, unknown> | undefined) ?? {};
+  for (const t of (g.initializer as TensorObject[] | undefined) ?? []) visit(t);
+  const nodes = [
+    ...((g.node as Record<string, unknown>[] | undefined) ?? []),
+    ...((m.functions as { node?: Record<string, unknown>[] }[] | undefined) ?? []).flatMap((f) => f.node ?? []),
+  ];
+  for (const n of nodes) for (const a of (n.attribute as Record<string, unknown>[] | undefined) ?? []) if (a.t) visit(a.t as TensorObject);
+  return [...keys].sort();
 }

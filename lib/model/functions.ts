@@ -7,7 +7,8 @@
  * `export_modules_as_functions`, `torch.onnx.dynamo_export` (2.1–2.5), the dynamo exporter for
  * subgraphs. Bounded for a hostile model: a function that calls itself is refused, nesting is at
  * most {@link MAX_DEPTH} deep and the inlined graph at most {@link MAX_NODES} nodes (counting the
- * calls expanded, so a chain of functions each calling the next twice stops early).
+ * calls expanded, so a chain of functions each calling the next twice stops early) and
+ * {@link MAX_INLINED_BYTES} of names, lists and tensors.
  */
 
 type Attribute = Record<string, unknown> & { name?: string; refAttrName?: string };
@@ -36,6 +37,27 @@ type Fn = {
 export const MAX_DEPTH = 32;
 /** Most nodes (and calls expanded) one model's graph may come to. */
 export const MAX_NODES = 1 << 18;
+/**
+ * Most bytes the inlined nodes may take, reckoned from their names, lists and tensors (a few
+ * nodes with 50 000 inputs each, copied 2^17 times by a chain of calls, would otherwise fill the
+ * memory from a 150 KB file).
+ */
+export const MAX_INLINED_BYTES = 2 ** 28;
+
+/** About what one node takes in memory: its names, attribute lists and tensors. */
+function weight(n: Node): number {
+  let w = 64 + String(n.name ?? "").length;
+  for (const v of n.input ?? []) w += 16 + v.length;
+  for (const v of n.output ?? []) w += 16 + v.length;
+  for (const a of n.attribute ?? []) {
+    w += 32 + String(a.name ?? "").length;
+    for (const k of ["ints", "floats", "strings"]) w += 8 * ((a[k] as unknown[] | undefined)?.length ?? 0);
+    w += (a.s as Uint8Array | undefined)?.length ?? 0;
+    const t = a.t as { dims?: unknown[]; rawData?: Uint8Array } | undefined;
+    if (t) w += Math.max(t.rawData?.length ?? 0, 4 * (t.dims ?? []).reduce((p: number, d) => p * Number(d), 1));
+  }
+  return w;
+}
 
 const standard = (domain: string | undefined) => !domain || domain === "ai.onnx";
 const keyOf = (domain: string | undefined, name: string | undefined, overload: string | undefined) =>
@@ -64,10 +86,15 @@ export function inlineFunctions(m: Record<string, unknown>, opset: number, label
 
   const out: Node[] = [];
   let visited = 0,
-    calls = 0;
+    calls = 0,
+    bytes = 0;
   const expand = (n: Node, stack: string[]): void => {
     if (++visited > MAX_NODES)
       throw new Error(`${label}: its functions expand to more than ${MAX_NODES} nodes; bhsd does not inline a graph that large`);
+    if ((bytes += weight(n)) > MAX_INLINED_BYTES)
+      throw new Error(
+        `${label}: its functions expand to nodes of more than ${MAX_INLINED_BYTES / 2 ** 20} MiB; bhsd does not inline a graph that large`,
+      );
     const key = keyOf(n.domain, n.opType, n.overload);
     const f = standard(n.domain) ? undefined : table.get(key);
     if (!f) {

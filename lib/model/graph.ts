@@ -308,16 +308,27 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
     );
   inlineFunctions(m, opset, label);
   resolveCastLike(g);
-  const tensors = [...((g.initializer as Record<string, unknown>[]) ?? [])];
+  // ops the engine does not run are refused before any external data is read
+  const unknown = (g.node as Record<string, unknown>[]).flatMap((n, k) => {
+    const where = `${label}: node ${String(n.name || `#${k}`)} (${String(n.opType)})`;
+    if (n.domain && n.domain !== "ai.onnx") return [`${where}: domain "${n.domain}" is not supported`];
+    return SUPPORTED[String(n.opType)] ? [] : [`${where}: op ${String(n.opType)} is not supported`];
+  });
+  if (unknown.length) throw new Error(`${label}: the engine cannot run this model:\n  ${unknown.join("\n  ")}`);
+  // (a Set: a tensor attribute of a function called twice is one tensor, read once)
+  const tensors = new Set<Record<string, unknown>>((g.initializer as Record<string, unknown>[]) ?? []);
   for (const n of g.node as Record<string, unknown>[])
-    for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.push(a.t as Record<string, unknown>);
+    for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.add(a.t as Record<string, unknown>);
   await loadExternalData(
-    tensors,
+    [...tensors],
     externalData ? { files: externalData } : typeof pathOrBytes === "string" ? { dir: dirname(pathOrBytes) } : {},
     label,
   );
   const initializers = new Map<string, OnnxTensor>();
-  for (const t of (g.initializer as Record<string, unknown>[]) ?? []) initializers.set(String(t.name), tensorOf(t, label));
+  for (const t of (g.initializer as Record<string, unknown>[]) ?? []) {
+    initializers.set(String(t.name), tensorOf(t, label));
+    if (isExternal(t)) t.rawData = undefined; // read for this copy alone: the weights are not held twice
+  }
   const problems: string[] = [];
   const nodes: GraphNode[] = (g.node as Record<string, unknown>[]).map((n, k) => {
     const name = String(n.name || `#${k}`);
@@ -338,6 +349,16 @@ export async function parseModel(pathOrBytes: string | Uint8Array, externalData?
     problems.push(...checkAttrs(opType, attrs, where));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
+  // each value made once (ONNX's single assignment; a second maker would silently win in topoSort)
+  const maker = new Map<string, string>();
+  for (const v of (g.input as Record<string, unknown>[]) ?? []) maker.set(String(v.name), "the graph's inputs");
+  for (const n of nodes)
+    for (const o of n.outputs) {
+      if (o === "") continue;
+      const before = maker.get(o);
+      if (before !== undefined) problems.push(`${label}: value ${o} is made by node ${n.name} and by ${before}`);
+      else maker.set(o, `node ${n.name}`);
+    }
   // optional outputs the engine does not make (inference needs none of them): refused where read
   const read = new Set([...nodes.flatMap((n) => n.inputs), ...((g.output as Record<string, unknown>[]) ?? []).map((v) => String(v.name))]);
   for (const n of nodes) {

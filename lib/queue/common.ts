@@ -8,10 +8,11 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { hostname } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
+import { externalDataFiles } from "../model/external-data.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import type { CaseMetrics } from "../metrics/evaluate.js";
 
@@ -147,10 +148,20 @@ export function modelPath(dir: string, name: string): string {
   return p;
 }
 
-/** sha256 over the model's ONNX bytes and its sidecar JSON (if any). */
+/**
+ * sha256 over the model's ONNX bytes, its sidecar JSON (if any) and the external data files it
+ * names (a network retrained and exported again by PyTorch's dynamo exporter changes only its
+ * .onnx.data: the same .onnx must not make the same job id).
+ */
 export async function modelHash(onnxPath: string): Promise<string> {
   const side = onnxPath.replace(/\.onnx$/i, ".json");
   const parts = [await sha256File(onnxPath), existsSync(side) ? await sha256File(side) : ""];
+  for (const key of await externalDataFiles(onnxPath)) {
+    const p = join(dirname(onnxPath), ...key.split("/"));
+    // (only a regular file is read: a FIFO would never end; loading the model refuses what is not one)
+    const st = await stat(p).catch(() => undefined);
+    parts.push(`${key}:${st?.isFile() ? await sha256File(p) : "not a file"}`);
+  }
   return createHash("sha256").update(parts.join("\n")).digest("hex");
 }
 
