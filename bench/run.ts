@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|layers|model|networks|segment|plan|server|semi]` (all but layers, segment, plan and semi by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|layers|model|load|networks|segment|plan|server|semi]` (all but layers, segment, plan and semi by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -11,6 +11,7 @@ import { backendInfo } from "../dist/index.js";
 import { benchComponents } from "./components.js";
 import { benchConv } from "./conv.js";
 import { benchLayers } from "./layers.js";
+import { benchLoad } from "./load.js";
 import { benchIo } from "./io.js";
 import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
@@ -27,6 +28,7 @@ const sections: Record<string, (dir: string) => Promise<string[]>> = {
   conv: benchConv,
   layers: benchLayers,
   model: benchModel,
+  load: benchLoad,
   networks: benchNetworks,
   segment: benchSegment,
   plan: benchPlan,

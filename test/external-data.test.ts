@@ -14,6 +14,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import ort from "onnxruntime-node";
+import { engineMemory } from "../lib/backends/index.js";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
 import { modelHash } from "../lib/queue/common.js";
@@ -282,3 +283,31 @@ test("the queue's model hash takes in the external data: new weights in the same
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test.serial(
+  "a model file is read into engine memory and given back once parsed; a FIFO or a folder as the model is refused at once",
+  async (t) => {
+    setBackend("native");
+    const path = network("resencunet_op17.onnx");
+    const size = readFileSync(path).length;
+    t.true(size >= 1 << 16, "the file is large enough to take engine memory");
+    await loadModel(path); // (the engine's first blocks of these sizes)
+    const before = engineMemory().liveBytes;
+    const model = await loadModel(path);
+    t.true(
+      engineMemory().liveBytes - before < size,
+      `engine memory held after the load grew by ${engineMemory().liveBytes - before} bytes`,
+    );
+    model.dispose();
+    const root = mkdtempSync(join(tmpdir(), "bhsd-ext-"));
+    try {
+      execFileSync("mkfifo", [join(root, "fifo.onnx")]);
+      const t0 = performance.now();
+      await t.throwsAsync(loadModel(join(root, "fifo.onnx")), { message: /fifo\.onnx: not a regular file/ });
+      await t.throwsAsync(loadModel(root), { message: /not a regular file/ });
+      t.true(performance.now() - t0 < 5000);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  },
+);

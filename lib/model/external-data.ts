@@ -16,6 +16,7 @@ import { constants } from "node:fs";
 import { open, readFile, realpath, stat, type FileHandle } from "node:fs/promises";
 import { totalmem } from "node:os";
 import { isAbsolute, join, sep, win32 } from "node:path";
+import { allocArray } from "../volume.js";
 import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Bytes per value of the ONNX data types the engine reads (others are refused by the tensor reader). */
@@ -54,6 +55,28 @@ interface Pending {
   key: string;
   offset: number;
   length: number;
+}
+
+/** Float tensors read from a file straight into the array the weights will be (see destination). */
+const ADOPTED = new WeakMap<Uint8Array, Float32Array>();
+
+/**
+ * Where a tensor's external bytes are read to: for a float tensor, the bytes of a float32 array
+ * of engine memory (huge pages, no copy after: the tensor reader adopts it), else a byte array.
+ */
+function destination(p: Pending): Uint8Array {
+  if (Number(p.t.dataType) !== ONNX_DTYPE.FLOAT) return new Uint8Array(p.length);
+  const f32 = allocArray("float32", p.length / 4, `tensor ${p.name}`, { overwritten: true }) as Float32Array;
+  const bytes = new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength);
+  ADOPTED.set(bytes, f32);
+  return bytes;
+}
+
+/** The float32 array a tensor's external data was read into, for the tensor reader to keep (once). */
+export function adoptedFloats(raw: Uint8Array): Float32Array | undefined {
+  const f32 = ADOPTED.get(raw);
+  ADOPTED.delete(raw);
+  return f32;
 }
 
 /**
@@ -217,7 +240,7 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
         if (!now.isFile() || now.size !== st.size || now.ino !== st.ino || now.dev !== st.dev)
           throw new Error(`${where} (${real}) changed while the model was loading`);
         for (const p of list) {
-          const out = new Uint8Array(p.length);
+          const out = destination(p);
           let done = 0;
           while (done < p.length) {
             const { bytesRead } = await fh.read(out, done, p.length - done, p.offset + done);
