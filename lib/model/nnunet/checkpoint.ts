@@ -20,6 +20,7 @@
 import { open, stat, type FileHandle } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { crc32 } from "node:zlib";
+import { allocArray } from "../../volume.js";
 import type { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
 
@@ -478,8 +479,10 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
           throw new CheckpointError(
             `${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`,
           );
-        const out = new Float32Array(n);
-        const bytes = new Uint8Array(out.buffer);
+        // engine memory (huge pages; a fresh Float32Array's 4 KB pages touch at about 0.3 GB/s here):
+        // the read writes every byte
+        const out = allocArray("float32", n, `tensor ${name}`, { overwritten: true }) as Float32Array;
+        const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
         await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
         // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
         if (n * 4 === want && crc32(bytes) !== e.crc32)

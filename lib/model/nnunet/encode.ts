@@ -8,6 +8,7 @@
  * tensor. Protobuf allows a message's fields in any order and a repeated field's entries anywhere,
  * so the result decodes exactly as encodeModel's own output would (a test checks).
  */
+import { allocArray } from "../../volume.js";
 import { encodeModel, ONNX_DTYPE } from "../onnx-proto.js";
 
 type ModelSpec = Parameters<typeof encodeModel>[0];
@@ -83,7 +84,8 @@ export function encodeModelFast(spec: ModelSpec, initializers: { name: string; d
   const graphLen = graph[1] - graph[0] + extra;
   let total = 1 + varintLength(graphLen) + graphLen;
   for (const [a, b] of kept) total += b - a;
-  const out = new Uint8Array(total);
+  // engine memory (huge pages): every byte is written below
+  const out = allocArray("uint8", total, "encoded model", { overwritten: true }) as Uint8Array;
   let pos = 0;
   for (const [a, b] of kept) {
     out.set(small.subarray(a, b), pos);

@@ -21,6 +21,7 @@ import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
+import { releaseEngineArray } from "../../backends/index.js";
 import { loadModel, type Model, type RunStats } from "../model.js";
 import { encodeModelFast } from "./encode.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
@@ -351,6 +352,7 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
         const initializers: { name: string; dims: number[]; data: Float32Array }[] = [];
         for (const [k, p] of graph!.params.entries())
           initializers.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
+        const read = initializers.map((t) => t.data); // (the graph's constants are kept for the next fold)
         initializers.push(...graph!.constants);
         ck.close();
         ck = undefined;
@@ -365,7 +367,12 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           initializers,
         );
         initializers.length = 0;
-        foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
+        for (const a of read) releaseEngineArray(a); // copied into the encoded model
+        try {
+          foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
+        } finally {
+          releaseEngineArray(bytes); // parsed: every weight copied out of it
+        }
       } finally {
         ck?.close();
       }
