@@ -124,7 +124,7 @@ test.serial("a model handed over as bytes reads its data from config.externalDat
 // ---- hostile models: the one-file model with its references rewritten ----
 
 type Entry = { key: string; value: string };
-type Tensor = { name: string; externalData: Entry[]; dims: number[]; dataLocation?: number };
+type Tensor = { name: string; externalData: Entry[]; dims: number[]; dataLocation?: number; dataType: number };
 /** The one-file model decoded, its initializers' external_data editable; `write` saves it to `dir`. */
 function hostile(edit: (inits: Tensor[]) => void): Uint8Array {
   const m = ModelProto.decode(readFileSync(fixture("one-file/resencunet.onnx"))) as unknown as { graph: { initializer: Tensor[] } };
@@ -203,8 +203,13 @@ test.serial(
           /has dims \[1099511627776,1099511627776\], not a valid size/,
         ],
         [
-          "2^40 bytes in all",
-          (i) => i.forEach((x) => ((x.dims = [2 ** 32]), drop(x, "length"))),
+          "a float tensor of 2^32 values",
+          (i) => ((i[0]!.dims = [2 ** 32]), drop(i[0]!, "length")),
+          /has dims \[4294967296\]: 4294967296 values, more than bhsd takes for a float tensor/,
+        ],
+        [
+          "2^28 values in every float tensor (over 100 GiB in all)",
+          (i) => i.filter((x) => x.dataType === 1).forEach((x) => ((x.dims = [2 ** 28]), drop(x, "length"))),
           /its external data comes to \d+ bytes, more than bhsd reads for one model/,
         ],
       ];

@@ -17,7 +17,7 @@ import { open, readFile, realpath, stat, type FileHandle } from "node:fs/promise
 import { totalmem } from "node:os";
 import { isAbsolute, join, sep, win32 } from "node:path";
 import { allocArray } from "../volume.js";
-import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
+import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** Bytes per value of the ONNX data types the engine reads (others are refused by the tensor reader). */
 const WIDTH: Record<number, number> = {
@@ -138,6 +138,11 @@ export async function loadExternalData(tensors: TensorObject[], source: External
     if (width === undefined)
       throw new Error(
         `${where} has ONNX data type ${Number(t.dataType ?? 0)}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`,
+      );
+    const float = Number(t.dataType) === ONNX_DTYPE.FLOAT || Number(t.dataType) === ONNX_DTYPE.DOUBLE;
+    if (n > (float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS))
+      throw new Error(
+        `${where} has dims [${dims}]: ${n} values, more than bhsd takes for a ${float ? "float" : "integer"} tensor (${float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS})`,
       );
     const offset = count(entries.get("offset")) ?? 0,
       given = count(entries.get("length"));

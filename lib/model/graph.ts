@@ -12,14 +12,10 @@ import { releaseEngineArray } from "../backends/index.js";
 import { adoptedFloats, isExternal, loadExternalData, type ExternalSource } from "./external-data.js";
 import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
-import { ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
+import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
-/** Largest float tensor one model may store (1 G elements: 4 GB). */
-const MAX_TENSOR_ELEMENTS = 2 ** 30;
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
 export const MAX_OPSET = 25;
-/** Integer tensors are shape glue (indices, shapes, axes): small. */
-const MAX_INT_ELEMENTS = 1 << 20;
 
 export interface OnnxTensor {
   dims: number[];

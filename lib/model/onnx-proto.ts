@@ -150,6 +150,11 @@ const schema = {
 const root = protobuf.Root.fromJSON(schema);
 export const ModelProto = root.lookupType("onnx.ModelProto");
 
+/** Largest float tensor one model may store (1 G elements: 4 GB). */
+export const MAX_TENSOR_ELEMENTS = 2 ** 30;
+/** Integer tensors are shape glue (indices, shapes, axes): small. */
+export const MAX_INT_ELEMENTS = 1 << 20;
+
 /** TensorProto.DataType codes. */
 export const ONNX_DTYPE = {
   FLOAT: 1,
