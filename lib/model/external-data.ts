@@ -16,6 +16,7 @@ import { constants } from "node:fs";
 import { open, readFile, realpath, stat, type FileHandle } from "node:fs/promises";
 import { totalmem } from "node:os";
 import { isAbsolute, join, sep, win32 } from "node:path";
+import { releaseEngineArray } from "../backends/index.js";
 import { allocArray } from "../volume.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
@@ -185,7 +186,23 @@ export async function loadExternalData(tensors: TensorObject[], source: External
       }
     }
   }
-  for (const { key, file } of files) await file.readAll(byFile.get(key)!);
+  try {
+    for (const { key, file } of files) await file.readAll(byFile.get(key)!);
+  } catch (e) {
+    releaseUnadopted(pending.map((p) => p.t)); // what was read goes back to the engine now, not at a collection
+    throw e;
+  }
+}
+
+/** Gives back the engine arrays external data was read into for tensors that were not made (a load that failed). */
+export function releaseUnadopted(tensors: Iterable<TensorObject>): void {
+  for (const t of tensors) {
+    const f = adoptedFloats(t.rawData as Uint8Array);
+    if (f) {
+      releaseEngineArray(f);
+      t.rawData = undefined;
+    }
+  }
 }
 
 /** One external file, found and sized; `readAll` reads the tensors' ranges into their rawData. */
@@ -246,6 +263,7 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
           throw new Error(`${where} (${real}) changed while the model was loading`);
         for (const p of list) {
           const out = destination(p);
+          p.t.rawData = out; // (before the read: a failed read gives it back with the rest)
           let done = 0;
           while (done < p.length) {
             const { bytesRead } = await fh.read(out, done, p.length - done, p.offset + done);
@@ -253,7 +271,6 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
               throw new Error(`${label}: tensor ${p.name}: external file "${key}" ended early (it changed while being read)`);
             done += bytesRead;
           }
-          p.t.rawData = out;
         }
       } finally {
         await fh.close();

@@ -9,7 +9,7 @@ import { open, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { allocArray } from "../volume.js";
 import { releaseEngineArray } from "../backends/index.js";
-import { adoptedFloats, isExternal, loadExternalData, type ExternalSource } from "./external-data.js";
+import { adoptedFloats, isExternal, loadExternalData, releaseUnadopted, type ExternalSource } from "./external-data.js";
 import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
@@ -313,11 +313,16 @@ async function readModelFile(path: string): Promise<Uint8Array> {
         `${path}: ${st.size} bytes, past protobuf's 2 GiB limit on one model (a model that large keeps its weights in external data)`,
       );
     const bytes = allocArray("uint8", st.size, `model file ${path}`, { overwritten: true }) as Uint8Array;
-    let done = 0;
-    while (done < st.size) {
-      const { bytesRead } = await fh.read(bytes, done, st.size - done, done);
-      if (bytesRead === 0) throw new Error(`${path}: the file ended early (it changed while being read)`);
-      done += bytesRead;
+    try {
+      let done = 0;
+      while (done < st.size) {
+        const { bytesRead } = await fh.read(bytes, done, st.size - done, done);
+        if (bytesRead === 0) throw new Error(`${path}: the file ended early (it changed while being read)`);
+        done += bytesRead;
+      }
+    } catch (e) {
+      releaseEngineArray(bytes);
+      throw e;
     }
     return bytes;
   } finally {
@@ -326,6 +331,17 @@ async function readModelFile(path: string): Promise<Uint8Array> {
 }
 
 async function parseBytes(bytes: Uint8Array, label: string, source: ExternalSource): Promise<Graph> {
+  const tensors = new Set<Record<string, unknown>>();
+  try {
+    return await parseInto(bytes, label, source, tensors);
+  } catch (e) {
+    releaseUnadopted(tensors); // external data read for a model that is refused goes back to the engine now
+    throw e;
+  }
+}
+
+/** parseBytes, recording in `tensors` the decoded tensors whose external data it reads. */
+async function parseInto(bytes: Uint8Array, label: string, source: ExternalSource, tensors: Set<Record<string, unknown>>): Promise<Graph> {
   let m: Record<string, unknown>;
   try {
     m = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, defaults: false, arrays: true }) as Record<string, unknown>;
@@ -353,7 +369,7 @@ async function parseBytes(bytes: Uint8Array, label: string, source: ExternalSour
   });
   if (unknown.length) throw new Error(`${label}: the engine cannot run this model:\n  ${unknown.join("\n  ")}`);
   // (a Set: a tensor attribute of a function called twice is one tensor, read once)
-  const tensors = new Set<Record<string, unknown>>((g.initializer as Record<string, unknown>[]) ?? []);
+  for (const t of (g.initializer as Record<string, unknown>[]) ?? []) tensors.add(t);
   for (const n of g.node as Record<string, unknown>[])
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.add(a.t as Record<string, unknown>);
   await loadExternalData([...tensors], source, label);

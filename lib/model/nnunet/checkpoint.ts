@@ -20,6 +20,7 @@
 import { open, stat, type FileHandle } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { crc32 } from "node:zlib";
+import { releaseEngineArray } from "../../backends/index.js";
 import { allocArray } from "../../volume.js";
 import type { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
@@ -483,10 +484,15 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
         // the read writes every byte
         const out = allocArray("float32", n, `tensor ${name}`, { overwritten: true }) as Float32Array;
         const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-        await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
-        // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
-        if (n * 4 === want && crc32(bytes) !== e.crc32)
-          throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
+        try {
+          await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
+          // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
+          if (n * 4 === want && crc32(bytes) !== e.crc32)
+            throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
+        } catch (err) {
+          releaseEngineArray(out);
+          throw err;
+        }
         return out;
       },
       close() {

@@ -350,24 +350,30 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
         }
         const refs = matchWeights(weights, graph!, arch!.networkClass, where);
         const initializers: { name: string; dims: number[]; data: Float32Array }[] = [];
-        for (const [k, p] of graph!.params.entries())
-          initializers.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
-        const read = initializers.map((t) => t.data); // (the graph's constants are kept for the next fold)
-        initializers.push(...graph!.constants);
-        ck.close();
-        ck = undefined;
-        const bytes = encodeModelFast(
-          {
-            opset: 17,
-            producer: "bhsd-nnunet",
-            nodes: graph!.nodes,
-            inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
-            outputs: [{ name: graph!.output }],
-          },
-          initializers,
-        );
-        initializers.length = 0;
-        for (const a of read) releaseEngineArray(a); // copied into the encoded model
+        const read: Float32Array[] = []; // (the graph's constants are kept for the next fold: not among these)
+        let bytes: Uint8Array;
+        try {
+          for (const [k, p] of graph!.params.entries()) {
+            read.push(await ck.readFloat32(refs[k]!, p.names[0]!));
+            initializers.push({ name: p.names[0]!, dims: p.shape, data: read[read.length - 1]! });
+          }
+          initializers.push(...graph!.constants);
+          ck.close();
+          ck = undefined;
+          bytes = encodeModelFast(
+            {
+              opset: 17,
+              producer: "bhsd-nnunet",
+              nodes: graph!.nodes,
+              inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
+              outputs: [{ name: graph!.output }],
+            },
+            initializers,
+          );
+        } finally {
+          initializers.length = 0;
+          for (const a of read) releaseEngineArray(a); // copied into the encoded model (or the load failed)
+        }
         try {
           foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
         } finally {
