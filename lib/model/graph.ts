@@ -16,6 +16,12 @@ import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from ".
 
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
 export const MAX_OPSET = 25;
+/**
+ * The oldest: 11 and 12 differ from 13 for the supported ops in Softmax / LogSoftmax (the input
+ * taken as 2-D at the axis), Dropout's ratio attribute, and attributes that became inputs
+ * (Squeeze, Unsqueeze, Split, ReduceSum axes), all read either way.
+ */
+export const MIN_OPSET = 11;
 
 export interface OnnxTensor {
   dims: number[];
@@ -114,7 +120,7 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   ArgMax: ["axis", "keepdims", "select_last_index"],
   // glue that exporters put around the real ops
   Identity: [],
-  Dropout: ["seed"],
+  Dropout: ["seed", "ratio"], // (ratio: an attribute before opset 12; inference ignores it)
   Constant: ["value", "value_float", "value_floats", "value_int", "value_ints"],
   Shape: ["start", "end"],
   Gather: ["axis"],
@@ -355,9 +361,9 @@ async function parseInto(bytes: Uint8Array, label: string, source: ExternalSourc
   // 22–25 changed none of the supported ops' meaning (bfloat16/float8/int4 types, float8 casts,
   // documentation; pools' "windows starting in the right padding are ignored" is what they do
   // already); the ops those opsets added (Attention, RMSNormalization, …) are refused by name
-  if (opset < 13 || opset > MAX_OPSET)
+  if (opset < MIN_OPSET || opset > MAX_OPSET)
     throw new Error(
-      `${label}: opset ${opset} is not supported (bhsd runs opsets 13 to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
+      `${label}: opset ${opset} is not supported (bhsd runs opsets ${MIN_OPSET} to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
     );
   inlineFunctions(m, opset, label);
   resolveCastLike(g);

@@ -288,8 +288,18 @@ export async function runNode(
       if (scales.length !== 5 || scales[0] !== 1 || scales[1] !== 1) throw new Error("Resize needs 5 scales (1 for N and C) or 5 sizes");
       return [{ f: await ops.resize(x, { ...common, scales: scales.slice(2) as [number, number, number] }) }];
     }
-    case "Softmax":
-      return [{ f: await ops.softmax(F(a[0], "input"), { axis: (at.axis as number) ?? -1, alloc }) }];
+    case "Softmax": {
+      const x = F(a[0], "input");
+      if (opset < 13) {
+        // before opset 13 the input is taken as 2-D at `axis` (default 1): one softmax over all
+        // the axes from it on. (PyTorch's exports put the axis last, where the two agree.)
+        const ax = nd.normAxis((at.axis as number | undefined) ?? 1, x.shape.length, "Softmax axis");
+        const flat = { data: x.data, shape: [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))] };
+        const y = await ops.softmax(flat, { axis: 1, alloc });
+        return [reshapeView(y, [...x.shape])];
+      }
+      return [{ f: await ops.softmax(x, { axis: (at.axis as number) ?? -1, alloc }) }];
+    }
     case "ArgMax": {
       const r = await ops.argmax(F(a[0], "data"), { axis: (at.axis as number) ?? 0, keepdims: (at.keepdims as number | undefined) !== 0 });
       const t = alloc(r.shape);
@@ -586,8 +596,22 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       return [fromNd(nd.reduce(v, axes, (at.keepdims as number | undefined) !== 0, kind, budget, what))];
     }
     case "Softmax":
-    case "LogSoftmax":
-      return [fromNd(nd.softmaxAxis(x(), (at.axis as number | undefined) ?? (opset >= 13 ? -1 : 1), op === "LogSoftmax", budget, what))];
+    case "LogSoftmax": {
+      const v = x();
+      if (opset < 13) {
+        // the input as 2-D at `axis` (default 1), as Softmax above
+        const ax = nd.normAxis((at.axis as number | undefined) ?? 1, v.shape.length, `${op} axis`);
+        const r = nd.softmaxAxis(
+          { ...v, shape: [prod(v.shape.slice(0, ax)), prod(v.shape.slice(ax))] },
+          1,
+          op === "LogSoftmax",
+          budget,
+          what,
+        );
+        return [fromNd({ ...r, shape: [...v.shape] })];
+      }
+      return [fromNd(nd.softmaxAxis(v, (at.axis as number | undefined) ?? -1, op === "LogSoftmax", budget, what))];
+    }
     case "LayerNormalization": {
       const v = x();
       const axis = nd.normAxis((at.axis as number | undefined) ?? -1, v.shape.length, "LayerNormalization axis");
