@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The one Node-API binary under the other supported Node majors: installs node@22 and node@24 from
 // the npm registry (the `node` package's platform builds) into a cache folder and runs the tests
-// that drive the addon most (backends, caller-held buffers, models, and NIfTI reads: .nii.gz inflates
+// that drive the addon most (backends, caller-held buffers, models — their files read into engine
+// memory, which is detached once parsed — and NIfTI reads: .nii.gz inflates
 // through the zlib each Node exports to addons) under each. Node 20 runs the
 // whole suite (`npm test`). Exits non-zero when any run fails.
 //
@@ -16,6 +17,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const majors = process.argv.slice(2).length ? process.argv.slice(2) : ["22", "24"];
 const files = [
   "test/backends.test.ts",
+  "test/external-data.test.ts",
   "test/memory-safety.test.ts",
   "test/model-validation.test.ts",
   "test/networks.test.ts",
