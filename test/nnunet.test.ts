@@ -10,8 +10,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
 import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
-import { encodeModelFast } from "../lib/model/nnunet/encode.js";
-import { encodeModel, ModelProto } from "../lib/model/onnx-proto.js";
 import { normalize } from "../lib/model/segment.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
@@ -283,34 +281,6 @@ test.serial("fold_all and checkpoint_best.pth are found as nnU-Net finds them", 
   const c1 = await fixtureCase(1);
   t.true(relErr((await best.run(c1.input)).data, c1.logits) <= 1e-4);
   best.dispose();
-});
-
-test("encodeModelFast decodes exactly as encodeModel's own encoding of the same model", (t) => {
-  const spec = {
-    opset: 17,
-    producer: "bhsd-nnunet",
-    nodes: [
-      {
-        opType: "Conv",
-        inputs: ["x", "w", "b"],
-        outputs: ["y"],
-        name: "c",
-        attrs: { kernel_shape: [1, 3, 3], pads: [0, 1, 1, 0, 1, 1], alpha: 0.25 },
-      },
-    ],
-    inputs: [{ name: "x", shape: ["N", 2, "D", "H", "W"] as (string | number)[] }],
-    outputs: [{ name: "y" }],
-  };
-  const w = Float32Array.from({ length: 3 * 2 * 9 }, (_, i) => Math.sin(i) * 1e3),
-    b = Float32Array.of(1.5, -2, 3e-8);
-  const inits = [
-    { name: "w", dims: [3, 2, 1, 3, 3], data: w },
-    { name: "b€", dims: [3], data: b },
-    { name: "big", dims: [300, 1, 1, 1, 1], data: new Float32Array(300).fill(7) },
-  ];
-  const want = ModelProto.toObject(ModelProto.decode(encodeModel({ ...spec, initializers: inits })), { longs: Number, bytes: Array });
-  const got = ModelProto.toObject(ModelProto.decode(encodeModelFast(spec, inits)), { longs: Number, bytes: Array });
-  t.deepEqual(got, want);
 });
 
 // ---- malformed folders and checkpoints -------------------------------------------------------

@@ -73,6 +73,16 @@ function destination(p: Pending): Uint8Array {
   return bytes;
 }
 
+/**
+ * A decoded float tensor whose data is `data` itself, for the tensor reader to keep without a copy
+ * (weights a loader already holds in arrays of their own: nnU-Net's checkpoint tensors).
+ */
+export function adoptedTensor(name: string, dims: number[], data: Float32Array): TensorObject {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  ADOPTED.set(bytes, data);
+  return { name, dims, dataType: ONNX_DTYPE.FLOAT, rawData: bytes };
+}
+
 /** The float32 array a tensor's external data was read into, for the tensor reader to keep (once). */
 export function adoptedFloats(raw: Uint8Array): Float32Array | undefined {
   const f32 = ADOPTED.get(raw);

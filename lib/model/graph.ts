@@ -9,7 +9,7 @@ import { open, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { allocArray } from "../volume.js";
 import { releaseEngineArray } from "../backends/index.js";
-import { adoptedFloats, isExternal, loadExternalData, releaseUnadopted, type ExternalSource } from "./external-data.js";
+import { adoptedFloats, adoptedTensor, isExternal, loadExternalData, releaseUnadopted, type ExternalSource } from "./external-data.js";
 import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
@@ -287,8 +287,13 @@ function attrOf(a: Record<string, unknown>, where: string): Attr {
  * External tensor data is read from the model file's folder, or from `externalData` (location →
  * bytes) where given.
  */
-export async function parseModel(pathOrBytes: string | Uint8Array, externalData?: Record<string, Uint8Array>): Promise<Graph> {
-  if (typeof pathOrBytes !== "string") return parseBytes(pathOrBytes, "<model bytes>", externalData ? { files: externalData } : {});
+export async function parseModel(
+  pathOrBytes: string | Uint8Array,
+  externalData?: Record<string, Uint8Array>,
+  weights?: { name: string; dims: number[]; data: Float32Array }[],
+): Promise<Graph> {
+  if (typeof pathOrBytes !== "string")
+    return parseBytes(pathOrBytes, "<model bytes>", externalData ? { files: externalData } : {}, weights);
   const file = await readModelFile(pathOrBytes);
   try {
     return await parseBytes(file, pathOrBytes, externalData ? { files: externalData } : { dir: dirname(pathOrBytes) });
@@ -336,18 +341,32 @@ async function readModelFile(path: string): Promise<Uint8Array> {
   }
 }
 
-async function parseBytes(bytes: Uint8Array, label: string, source: ExternalSource): Promise<Graph> {
+async function parseBytes(
+  bytes: Uint8Array,
+  label: string,
+  source: ExternalSource,
+  weights?: { name: string; dims: number[]; data: Float32Array }[],
+): Promise<Graph> {
   const tensors = new Set<Record<string, unknown>>();
   try {
-    return await parseInto(bytes, label, source, tensors);
+    return await parseInto(bytes, label, source, tensors, weights);
   } catch (e) {
     releaseUnadopted(tensors); // external data read for a model that is refused goes back to the engine now
     throw e;
   }
 }
 
-/** parseBytes, recording in `tensors` the decoded tensors whose external data it reads. */
-async function parseInto(bytes: Uint8Array, label: string, source: ExternalSource, tensors: Set<Record<string, unknown>>): Promise<Graph> {
+/**
+ * parseBytes, recording in `tensors` the decoded tensors whose external data it reads; `weights`
+ * are float initializers added to the model's, kept as they are (no copy: the graph owns them).
+ */
+async function parseInto(
+  bytes: Uint8Array,
+  label: string,
+  source: ExternalSource,
+  tensors: Set<Record<string, unknown>>,
+  weights?: { name: string; dims: number[]; data: Float32Array }[],
+): Promise<Graph> {
   let m: Record<string, unknown>;
   try {
     m = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, defaults: false, arrays: true }) as Record<string, unknown>;
@@ -365,6 +384,8 @@ async function parseInto(bytes: Uint8Array, label: string, source: ExternalSourc
     throw new Error(
       `${label}: opset ${opset} is not supported (bhsd runs opsets ${MIN_OPSET} to ${MAX_OPSET}; re-export with opset_version=18, torch.onnx.export's default)`,
     );
+  if (weights?.length)
+    g.initializer = [...((g.initializer as unknown[]) ?? []), ...weights.map((w) => adoptedTensor(w.name, w.dims, w.data))];
   inlineFunctions(m, opset, label);
   resolveCastLike(g);
   // ops the engine does not run are refused before any external data is read

@@ -481,6 +481,27 @@ export async function loadModel(
     externalData?: Record<string, Uint8Array>;
   },
 ): Promise<Model> {
+  return load(onnxPathOrBytes, config);
+}
+
+/**
+ * loadModel for a graph whose float weights the caller holds in arrays of its own (loadNnunet's
+ * checkpoint tensors): they become the model's weights as they are, with no copy and no encoding
+ * into the model's bytes; the model owns them from then on (a load that fails gives them back).
+ */
+export async function loadModelWithWeights(
+  bytes: Uint8Array,
+  weights: { name: string; dims: number[]; data: Float32Array }[],
+  config?: Parameters<typeof loadModel>[1],
+): Promise<Model> {
+  return load(bytes, config, weights);
+}
+
+async function load(
+  onnxPathOrBytes: string | Uint8Array,
+  config: Parameters<typeof loadModel>[1],
+  weights?: { name: string; dims: number[]; data: Float32Array }[],
+): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(
       `Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`,
@@ -493,7 +514,7 @@ export async function loadModel(
     throw new RangeError(`Expected a positive number of bytes for config.memoryLimit but received ${JSON.stringify(memoryLimit)}`);
   }
   if (backend !== undefined) getBackend(backend); // names the argument and says why when it is not available
-  const graph = await parseModel(onnxPathOrBytes, externalData);
+  const graph = await parseModel(onnxPathOrBytes, externalData, weights);
   const name = typeof onnxPathOrBytes === "string" ? basename(onnxPathOrBytes).replace(/\.onnx$/i, "") : (graph.metadata.name ?? "model");
   const cfg = await readModelConfig(
     typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null,

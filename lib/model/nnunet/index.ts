@@ -22,8 +22,8 @@ import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
 import { releaseEngineArray } from "../../backends/index.js";
-import { loadModel, type Model, type RunStats } from "../model.js";
-import { encodeModelFast } from "./encode.js";
+import { loadModelWithWeights, type Model, type RunStats } from "../model.js";
+import { encodeModel } from "../onnx-proto.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 
@@ -349,36 +349,28 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           graph = buildNetwork(arch);
         }
         const refs = matchWeights(weights, graph!, arch!.networkClass, where);
-        const initializers: { name: string; dims: number[]; data: Float32Array }[] = [];
-        const read: Float32Array[] = []; // (the graph's constants are kept for the next fold: not among these)
-        let bytes: Uint8Array;
+        // the checkpoint's tensors become the fold's weights as read (engine memory, no copy); the
+        // graph's constants, shared by the folds, go into the encoded graph
+        const tensors: { name: string; dims: number[]; data: Float32Array }[] = [];
+        let small: Uint8Array;
         try {
-          for (const [k, p] of graph!.params.entries()) {
-            read.push(await ck.readFloat32(refs[k]!, p.names[0]!));
-            initializers.push({ name: p.names[0]!, dims: p.shape, data: read[read.length - 1]! });
-          }
-          initializers.push(...graph!.constants);
+          for (const [k, p] of graph!.params.entries())
+            tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
           ck.close();
           ck = undefined;
-          bytes = encodeModelFast(
-            {
-              opset: 17,
-              producer: "bhsd-nnunet",
-              nodes: graph!.nodes,
-              inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
-              outputs: [{ name: graph!.output }],
-            },
-            initializers,
-          );
-        } finally {
-          initializers.length = 0;
-          for (const a of read) releaseEngineArray(a); // copied into the encoded model (or the load failed)
+          small = encodeModel({
+            opset: 17,
+            producer: "bhsd-nnunet",
+            nodes: graph!.nodes,
+            inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
+            outputs: [{ name: graph!.output }],
+            initializers: graph!.constants,
+          });
+        } catch (e) {
+          for (const w of tensors) releaseEngineArray(w.data); // read for a fold that will not load
+          throw e;
         }
-        try {
-          foldModels.push(await loadModel(bytes, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
-        } finally {
-          releaseEngineArray(bytes); // parsed: every weight copied out of it
-        }
+        foldModels.push(await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
       } finally {
         ck?.close();
       }
