@@ -1039,7 +1039,7 @@ test.serial("optional outputs bhsd does not make: unread they are ignored, read 
   }
 });
 
-test("a value made by two nodes is refused at load, naming both (onnxruntime refuses it too)", async (t) => {
+test("a value made by two nodes, or an initializer defined twice, is refused at load, naming it (onnxruntime refuses the first too)", async (t) => {
   const bytes = encodeModel({
     opset: 17,
     nodes: [
@@ -1058,4 +1058,15 @@ test("a value made by two nodes is refused at load, naming both (onnxruntime ref
     outputs: [{ name: "x" }],
   });
   await t.throwsAsync(loadModel(input), { message: /value x is made by node again and by the graph's inputs/ });
+  const twice = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "Add", inputs: ["x", "w"], outputs: ["y"] }],
+    inputs: [{ name: "x", shape: [2] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w", dims: [2], data: Float32Array.of(1, 2) },
+      { name: "w", dims: [2], data: Float32Array.of(3, 4) },
+    ],
+  });
+  await t.throwsAsync(loadModel(twice), { message: /initializer w is defined twice/ });
 });

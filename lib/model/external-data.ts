@@ -83,7 +83,10 @@ export function adoptedTensor(name: string, dims: number[], data: Float32Array):
   return { name, dims, dataType: ONNX_DTYPE.FLOAT, rawData: bytes };
 }
 
-/** The float32 array a tensor's external data was read into, for the tensor reader to keep (once). */
+/**
+ * The float32 array a tensor's data already is — external data read into it, or weights handed
+ * over by adoptedTensor — for the tensor reader to keep (once), or undefined: copy the bytes.
+ */
 export function adoptedFloats(raw: Uint8Array): Float32Array | undefined {
   const f32 = ADOPTED.get(raw);
   ADOPTED.delete(raw);

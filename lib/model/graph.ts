@@ -294,6 +294,7 @@ export async function parseModel(
 ): Promise<Graph> {
   if (typeof pathOrBytes !== "string")
     return parseBytes(pathOrBytes, "<model bytes>", externalData ? { files: externalData } : {}, weights);
+  if (weights) throw new TypeError("parseModel: weights are handed over with the model's bytes, not with a path");
   const file = await readModelFile(pathOrBytes);
   try {
     return await parseBytes(file, pathOrBytes, externalData ? { files: externalData } : { dir: dirname(pathOrBytes) });
@@ -402,6 +403,8 @@ async function parseInto(
   await loadExternalData([...tensors], source, label);
   const initializers = new Map<string, OnnxTensor>();
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) {
+    // (ONNX's single assignment: a second initializer of a name would silently replace the first)
+    if (initializers.has(String(t.name))) throw new Error(`${label}: initializer ${String(t.name)} is defined twice`);
     initializers.set(String(t.name), tensorOf(t, label));
     if (isExternal(t)) t.rawData = undefined; // read for this copy alone: the weights are not held twice
   }

@@ -487,7 +487,9 @@ export async function loadModel(
 /**
  * loadModel for a graph whose float weights the caller holds in arrays of its own (loadNnunet's
  * checkpoint tensors): they become the model's weights as they are, with no copy and no encoding
- * into the model's bytes; the model owns them from then on (a load that fails gives them back).
+ * into the model's bytes; the model owns them from then on (disposing it detaches their buffers:
+ * hand over arrays of their own, never views of a buffer something else uses). A failed load
+ * leaves them to the caller, but may already have given back (detached) some of them.
  */
 export async function loadModelWithWeights(
   bytes: Uint8Array,

@@ -370,7 +370,13 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           for (const w of tensors) releaseEngineArray(w.data); // read for a fold that will not load
           throw e;
         }
-        foldModels.push(await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
+        try {
+          foldModels.push(await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
+        } catch (e) {
+          // no model holds them: back to the engine now (what a failed parse gave back already reads as empty)
+          for (const w of tensors) releaseEngineArray(w.data);
+          throw e;
+        }
       } finally {
         ck?.close();
       }
