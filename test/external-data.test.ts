@@ -17,6 +17,7 @@ import ort from "onnxruntime-node";
 import { engineMemory } from "../lib/backends/index.js";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
 import { allocArray } from "../lib/volume.js";
+import { mentions } from "../lib/model/external-data.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
 import { modelHash } from "../lib/queue/common.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
@@ -335,3 +336,21 @@ test.serial(
     t.is(junk.length, 4);
   },
 );
+
+test("the scan for external data references finds the key across its 1 MB reads, and nothing where there is none", async (t) => {
+  const root = mkdtempSync(join(tmpdir(), "bhsd-ext-"));
+  try {
+    for (const at of [0, (1 << 20) - 7, (1 << 20) - 3, (1 << 20) - 1, 1 << 20, (2 << 20) - 4]) {
+      const bytes = new Uint8Array((2 << 20) + 64).fill(0x61);
+      bytes.set(new TextEncoder().encode("location"), at);
+      writeFileSync(join(root, "f"), bytes);
+      t.true(await mentions(join(root, "f"), "location"), `at byte ${at}`);
+    }
+    const none = new Uint8Array((2 << 20) + 64).fill(0x61);
+    none.set(new TextEncoder().encode("locatio"), (1 << 20) - 3); // a prefix only, across the boundary
+    writeFileSync(join(root, "f"), none);
+    t.false(await mentions(join(root, "f"), "location"));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
