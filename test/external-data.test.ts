@@ -9,7 +9,6 @@
  */
 import test from "ava";
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -21,39 +20,17 @@ import { mentions } from "../lib/model/external-data.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
 import { modelHash } from "../lib/queue/common.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
+import { checkedFolder, networkFixture } from "./paths.js";
 import { scaleDiff } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "external-data");
-const NETWORKS = join(ROOT, "test", "fixtures", "networks");
-const sums = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => {
-      const [h, p] = l.split(/\s+/);
-      return [p!, h!];
-    }),
-);
-const networkSums = (JSON.parse(readFileSync(join(NETWORKS, "manifest.json"), "utf8")) as { sha256: Record<string, string> }).sha256;
-
-/** A fixture's path, checked against its recorded sha256 (a damaged copy fails loudly). */
-function fixture(rel: string): string {
-  const path = join(DIR, rel);
-  const got = createHash("sha256").update(readFileSync(path)).digest("hex");
-  if (got !== sums.get(rel)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${sums.get(rel)}`);
-  return path;
-}
-function network(file: string): string {
-  const path = join(NETWORKS, file);
-  if (createHash("sha256").update(readFileSync(path)).digest("hex") !== networkSums[file])
-    throw new Error(`${path} differs from its manifest`);
-  return path;
-}
+const { file: fixture, listed: LISTED } = checkedFolder(DIR);
+const network = networkFixture;
 
 const VARIANTS = ["one-file", "per-tensor", "aligned"] as const;
 
 test("every fixture file is listed in SHA256SUMS and matches it", (t) => {
-  const listed = [...sums.keys()].sort();
+  const listed = [...LISTED].sort();
   const found: string[] = [];
   for (const v of VARIANTS) {
     const walk = (d: string): void => {

@@ -7,7 +7,6 @@
  * model whose functions call themselves, nest too deep, blow up, or do not fit their calls.
  */
 import test from "ava";
-import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,21 +16,10 @@ import { MAX_DEPTH, MAX_INLINED_BYTES, MAX_NODES } from "../lib/model/functions.
 import { parseModel } from "../lib/model/graph.js";
 import { ModelProto } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
+import { checkedFolder } from "./paths.js";
 import { randomTensor, scaleDiff } from "./ort.js";
 
-const DIR = join(ROOT, "test", "fixtures", "functions");
-const sums = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-function fixture(name: string): string {
-  const path = join(DIR, name);
-  const got = createHash("sha256").update(readFileSync(path)).digest("hex");
-  if (got !== sums.get(name)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${sums.get(name)}`);
-  return path;
-}
+const { file: fixture } = checkedFolder(join(ROOT, "test", "fixtures", "functions"));
 
 const FILES = ["blocks.onnx", "nested.onnx"] as const;
 /** A second shape (the export's spatial axes are dynamic): onnxruntime's output is the reference there. */

@@ -6,38 +6,18 @@
  * their input as 2-D at the axis — must equal onnxruntime at 11 on an axis that is not the last.
  */
 import test from "ava";
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { loadModel, readNpy, setBackend } from "../lib/index.js";
 import { encodeModel } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
+import { checkedFolder, networkFixture } from "./paths.js";
 import { ortRun, randomTensor, relDiff, scaleDiff } from "./ort.js";
 
-const DIR = join(ROOT, "test", "fixtures", "old-opsets");
-const NETWORKS = join(ROOT, "test", "fixtures", "networks");
-const sums = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-const networkSums = (JSON.parse(readFileSync(join(NETWORKS, "manifest.json"), "utf8")) as { sha256: Record<string, string> }).sha256;
-function fixture(file: string): string {
-  const path = join(DIR, file);
-  const got = createHash("sha256").update(readFileSync(path)).digest("hex");
-  if (got !== sums.get(file)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${sums.get(file)}`);
-  return path;
-}
-function network(file: string): string {
-  const path = join(NETWORKS, file);
-  if (createHash("sha256").update(readFileSync(path)).digest("hex") !== networkSums[file])
-    throw new Error(`${path} differs from its manifest`);
-  return path;
-}
+const { file: fixture, listed } = checkedFolder(join(ROOT, "test", "fixtures", "old-opsets"));
+const network = networkFixture;
 
-const FILES = [...sums.keys()].sort();
+const FILES = [...listed].sort();
 
 test("the fixtures: every MONAI network at opsets 11 and 12 (UNETR at 12: Einsum came then)", (t) => {
   t.deepEqual(

@@ -76,3 +76,35 @@ export function sharedFixture(...parts: string[]): string {
   checked.set(rel, path);
   return path;
 }
+
+/**
+ * A fixture folder with a SHA256SUMS of its own (`<sha256>  <relative path>` lines): `file(rel)`
+ * is the path, checked against its recorded sha256 (a damaged copy fails loudly); `listed` the
+ * relative paths it names.
+ */
+export function checkedFolder(dir: string): { file: (rel: string) => string; listed: string[] } {
+  const recorded = new Map<string, string>();
+  for (const line of readFileSync(join(dir, "SHA256SUMS"), "utf8").split("\n")) {
+    const m = /^([0-9a-f]{64})\s+\*?(\S.*)$/.exec(line.trim());
+    if (m) recorded.set(m[2]!, m[1]!);
+  }
+  return {
+    listed: [...recorded.keys()],
+    file: (rel) => {
+      const path = join(dir, rel);
+      const got = sha256(readFileSync(path));
+      if (got !== recorded.get(rel)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${recorded.get(rel)}`);
+      return path;
+    },
+  };
+}
+
+let networkSums: Record<string, string> | undefined;
+/** A file of test/fixtures/networks (the real networks' exports, inputs and PyTorch outputs), checked against its manifest. */
+export function networkFixture(file: string): string {
+  const dir = join(ROOT, "test", "fixtures", "networks");
+  networkSums ??= (JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as { sha256: Record<string, string> }).sha256;
+  const path = join(dir, file);
+  if (sha256(readFileSync(path)) !== networkSums[file]) throw new Error(`${path} differs from test/fixtures/networks/manifest.json`);
+  return path;
+}
