@@ -91,7 +91,8 @@ if (!process.argv.includes("--skip-core-test")) {
       "prebuild:arm64: qemu-aarch64-static is not installed (apt-get install qemu-user-static): the core test was built, not run",
     );
   } else {
-    const r = spawnSync("qemu-aarch64-static", ["-L", `/usr/${TRIPLE}`, exe], { encoding: "utf8", timeout: 300_000 });
+    // 80 s alone on a 2-core Zen 5 under qemu; 300 s once ran out on a loaded machine (12-06): 15 minutes
+    const r = spawnSync("qemu-aarch64-static", ["-L", `/usr/${TRIPLE}`, exe], { encoding: "utf8", timeout: 900_000 });
     const summary = /(\d+) passed, (\d+) failed/.exec(r.stdout);
     process.stdout.write(r.stdout + r.stderr);
     if (r.status !== 0 || !summary || summary[2] !== "0") {
