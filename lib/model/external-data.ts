@@ -199,12 +199,8 @@ export async function loadExternalData(tensors: TensorObject[], source: External
       }
     }
   }
-  try {
-    for (const { key, file } of files) await file.readAll(byFile.get(key)!);
-  } catch (e) {
-    releaseUnadopted(pending.map((p) => p.t)); // what was read goes back to the engine now, not at a collection
-    throw e;
-  }
+  // (a read that fails leaves what it read in rawData: the caller's releaseUnadopted gives it back)
+  for (const { key, file } of files) await file.readAll(byFile.get(key)!);
 }
 
 /** Gives back the engine arrays external data was read into for tensors that were not made (a load that failed). */

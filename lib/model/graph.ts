@@ -23,6 +23,9 @@ export const MAX_OPSET = 25;
  */
 export const MIN_OPSET = 11;
 
+/** Float weights a loader already holds, handed to parseModel with the graph's bytes (adopted, not copied). */
+export type HeldWeights = { name: string; dims: number[]; data: Float32Array }[];
+
 export interface OnnxTensor {
   dims: number[];
   dataType: number;
@@ -290,7 +293,7 @@ function attrOf(a: Record<string, unknown>, where: string): Attr {
 export async function parseModel(
   pathOrBytes: string | Uint8Array,
   externalData?: Record<string, Uint8Array>,
-  weights?: { name: string; dims: number[]; data: Float32Array }[],
+  weights?: HeldWeights,
 ): Promise<Graph> {
   if (typeof pathOrBytes !== "string")
     return parseBytes(pathOrBytes, "<model bytes>", externalData ? { files: externalData } : {}, weights);
@@ -342,12 +345,7 @@ async function readModelFile(path: string): Promise<Uint8Array> {
   }
 }
 
-async function parseBytes(
-  bytes: Uint8Array,
-  label: string,
-  source: ExternalSource,
-  weights?: { name: string; dims: number[]; data: Float32Array }[],
-): Promise<Graph> {
+async function parseBytes(bytes: Uint8Array, label: string, source: ExternalSource, weights?: HeldWeights): Promise<Graph> {
   const tensors = new Set<Record<string, unknown>>();
   try {
     return await parseInto(bytes, label, source, tensors, weights);
@@ -366,7 +364,7 @@ async function parseInto(
   label: string,
   source: ExternalSource,
   tensors: Set<Record<string, unknown>>,
-  weights?: { name: string; dims: number[]; data: Float32Array }[],
+  weights?: HeldWeights,
 ): Promise<Graph> {
   let m: Record<string, unknown>;
   try {
@@ -421,10 +419,9 @@ async function parseInto(
         problems.push((e as Error).message);
       }
     }
-    if (n.domain && n.domain !== "ai.onnx") problems.push(`${where}: domain "${n.domain}" is not supported`);
-    const allowed = SUPPORTED[opType];
-    if (!allowed) problems.push(`${where}: op ${opType} is not supported`);
-    else for (const a of Object.keys(attrs)) if (!allowed.includes(a)) problems.push(`${where}: attribute ${a} is not supported`);
+    // (every node's domain and op were checked above, before any external data was read)
+    const allowed = SUPPORTED[opType]!;
+    for (const a of Object.keys(attrs)) if (!allowed.includes(a)) problems.push(`${where}: attribute ${a} is not supported`);
     problems.push(...checkAttrs(opType, attrs, where));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });

@@ -31,6 +31,7 @@ import {
   parseModel,
   type Graph,
   type GraphNode,
+  type HeldWeights,
 } from "./graph.js";
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
@@ -493,17 +494,13 @@ export async function loadModel(
  */
 export async function loadModelWithWeights(
   bytes: Uint8Array,
-  weights: { name: string; dims: number[]; data: Float32Array }[],
+  weights: HeldWeights,
   config?: Parameters<typeof loadModel>[1],
 ): Promise<Model> {
   return load(bytes, config, weights);
 }
 
-async function load(
-  onnxPathOrBytes: string | Uint8Array,
-  config: Parameters<typeof loadModel>[1],
-  weights?: { name: string; dims: number[]; data: Float32Array }[],
-): Promise<Model> {
+async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typeof loadModel>[1], weights?: HeldWeights): Promise<Model> {
   if (typeof onnxPathOrBytes !== "string" && !(onnxPathOrBytes instanceof Uint8Array)) {
     throw new TypeError(
       `Expected a file path or the model's bytes (Uint8Array) for onnxPathOrBytes but received ${typeof onnxPathOrBytes}`,

@@ -23,6 +23,7 @@ import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
 import { releaseEngineArray } from "../../backends/index.js";
 import { loadModelWithWeights, type Model, type RunStats } from "../model.js";
+import type { HeldWeights } from "../graph.js";
 import { encodeModel } from "../onnx-proto.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
@@ -351,14 +352,13 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
         const refs = matchWeights(weights, graph!, arch!.networkClass, where);
         // the checkpoint's tensors become the fold's weights as read (engine memory, no copy); the
         // graph's constants, shared by the folds, go into the encoded graph
-        const tensors: { name: string; dims: number[]; data: Float32Array }[] = [];
-        let small: Uint8Array;
+        const tensors: HeldWeights = [];
         try {
           for (const [k, p] of graph!.params.entries())
             tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
           ck.close();
           ck = undefined;
-          small = encodeModel({
+          const small = encodeModel({
             opset: 17,
             producer: "bhsd-nnunet",
             nodes: graph!.nodes,
@@ -366,11 +366,6 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
             outputs: [{ name: graph!.output }],
             initializers: graph!.constants,
           });
-        } catch (e) {
-          for (const w of tensors) releaseEngineArray(w.data); // read for a fold that will not load
-          throw e;
-        }
-        try {
           foldModels.push(await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
         } catch (e) {
           // no model holds them: back to the engine now (what a failed parse gave back already reads as empty)
