@@ -57,7 +57,7 @@ export function planConcats(nodes: GraphNode[], graph: Graph, outputs: readonly 
     } else {
       const group = (p.attrs.group as number | undefined) ?? 1;
       if (p.opType === "Conv") c = dims(p.inputs[1])?.[0];
-      else if (p.opType === "ConvTranspose") c = dims(p.inputs[1])?.length === 5 ? dims(p.inputs[1])![1]! * group : undefined;
+      else if (p.opType === "ConvTranspose") c = (dims(p.inputs[1])?.length ?? 0) >= 3 ? dims(p.inputs[1])![1]! * group : undefined;
       else if (KEEPS_CHANNELS.has(p.opType) && p.inputs[0]) c = channels(p.inputs[0], depth + 1);
       else if ((p.opType === "Add" || p.opType === "Mul") && p.inputs.length === 2 && p.inputs[0] && p.inputs[1]) {
         // broadcasting could widen either input's channels: only where both are known and equal

@@ -12,6 +12,7 @@ import { releaseEngineArray } from "../backends/index.js";
 import { adoptedFloats, adoptedTensor, isExternal, loadExternalData, releaseUnadopted, type ExternalSource } from "./external-data.js";
 import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
+import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
@@ -422,7 +423,9 @@ async function parseInto(
     // (every node's domain and op were checked above, before any external data was read)
     const allowed = SUPPORTED[opType]!;
     for (const a of Object.keys(attrs)) if (!allowed.includes(a)) problems.push(`${where}: attribute ${a} is not supported`);
-    problems.push(...checkAttrs(opType, attrs, where));
+    // a 1-D or 2-D node runs on the 3-D kernels: its attributes lifted to three axes (spatial.ts)
+    const lifted = liftSpatialAttrs(opType, attrs, initializers.get(String((n.input as string[] | undefined)?.[1] ?? ""))?.dims, where);
+    problems.push(...lifted, ...checkAttrs(opType, attrs, where, lifted.length === 0));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
   // each value made once (ONNX's single assignment; a second maker would silently win in topoSort)
@@ -488,21 +491,17 @@ export const CAST_INT = new Set<number>([
   ONNX_DTYPE.UINT64,
 ]);
 
-const SPATIAL_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool"];
 /** Largest kernel extent or pad a model may ask for (far beyond any CT network). */
 const MAX_GEOMETRY = 4096;
 /** Largest stride or dilation (U-Nets use 1 to 4; a stride of 400 only blows up a transposed convolution). */
 const MAX_STRIDE = 64;
 
 /** Attribute values the engine does not implement, or that no sane model has: refused at load. */
-function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[] {
+function checkAttrs(op: string, a: Record<string, Attr>, where: string, spatial = true): string[] {
   const p: string[] = [];
   const autoPad = a.auto_pad as string | undefined;
   if (autoPad !== undefined && autoPad !== "NOTSET" && autoPad !== "VALID")
     p.push(`${where}: attribute auto_pad = ${autoPad} is not supported (only NOTSET and VALID; export with explicit pads)`);
-  const ks = a.kernel_shape as number[] | undefined;
-  if (ks && ks.length !== 3 && SPATIAL_OPS.includes(op))
-    p.push(`${where}: attribute kernel_shape has ${ks.length} axes; bhsd runs 3-D models`);
   // every number an attribute holds must be finite: NaN or ∞ eps, alpha or pads are refused here
   for (const [k, v] of Object.entries(a)) {
     const nums = typeof v === "number" ? [v] : Array.isArray(v) ? v : [];
@@ -516,7 +515,8 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string): string[
       p.push(`${where}: attribute ${k} = ${JSON.stringify(v)} must be ${len !== undefined ? `${len} ` : ""}integers in ${lo}..${hi}`);
     }
   };
-  if (SPATIAL_OPS.includes(op)) {
+  if (SPATIAL_OPS.includes(op) && spatial) {
+    // (1-D and 2-D nodes' attributes are lifted to three axes by now)
     ints("kernel_shape", 1, MAX_GEOMETRY, 3);
     ints("strides", 1, MAX_STRIDE, 3);
     ints("dilations", 1, MAX_STRIDE, 3);
@@ -576,18 +576,27 @@ export function checkConstantInputs(nodes: readonly GraphNode[], consts: Readonl
     const where = `${label}: node ${n.name} (${n.opType})`;
     if (SPATIAL_OPS.includes(n.opType)) {
       const w = n.opType.endsWith("Pool") ? undefined : consts.get(n.inputs[1] ?? "")?.dims;
-      const k = (n.attrs.kernel_shape as number[] | undefined) ?? (w && w.length === 5 ? w.slice(2) : undefined);
+      // (a 1-D or 2-D node's attributes are lifted to three axes: its kernel has leading 1s)
+      const sp = spatialOf(n.attrs),
+        rank = sp + 2;
+      const wk = w && w.length === rank ? [...Array<number>(3 - sp).fill(1), ...w.slice(2)] : undefined;
+      const k = (n.attrs.kernel_shape as number[] | undefined) ?? wk;
       const d = (n.attrs.dilations as number[] | undefined) ?? [1, 1, 1];
       const pads = n.attrs.pads as number[] | undefined;
-      if (w && w.length !== 5) problems.push(`${where}: weight has shape [${w}]; bhsd runs 3-D convolutions ([Co, C, kD, kH, kW])`);
+      if (w && w.length !== rank)
+        problems.push(
+          `${where}: weight has shape [${w}]; this ${sp}-D node takes ${["[Co, C, kL]", "[Co, C, kH, kW]", "[Co, C, kD, kH, kW]"][sp - 1]}`,
+        );
       const ka = n.attrs.kernel_shape as number[] | undefined;
-      if (w && w.length === 5 && ka && ka.some((v, i) => v !== w[i + 2]))
-        problems.push(`${where}: kernel_shape [${ka}] disagrees with the weight's [${w.slice(2)}]`);
+      if (wk && ka && ka.some((v, i) => v !== wk[i]))
+        problems.push(`${where}: kernel_shape [${ka.slice(3 - sp)}] disagrees with the weight's [${w!.slice(2)}]`);
       if (k && pads && n.opType !== "ConvTranspose") {
         for (let i = 0; i < 3; i++) {
           const span = d[i]! * (k[i]! - 1) + 1;
           if (pads[i]! >= span || pads[i + 3]! >= span)
-            problems.push(`${where}: pads [${pads}] reach past the kernel's span ${span} on axis ${i} (output made of padding only)`);
+            problems.push(
+              `${where}: pads [${[...pads.slice(3 - sp, 3), ...pads.slice(6 - sp)]}] reach past the kernel's span ${span} on spatial axis ${i - 3 + sp} (output made of padding only)`,
+            );
         }
       }
     }

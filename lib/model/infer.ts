@@ -15,6 +15,7 @@
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
 import { broadcastShapes, normAxis, size, slicePlan } from "./nd.js";
 import type { Value } from "./ops.js";
+import { checkSpatialRank, dropShape, liftShape, SPATIAL_OPS, spatialOf } from "./spatial.js";
 
 /** A value as inference knows it: its shape, whether it holds integers, and its numbers when known. */
 interface Known {
@@ -255,16 +256,19 @@ const RULES: Record<string, Rule> = {
   },
   Resize: ([x, , scales, sizes]) => {
     if (!x) return [undefined];
-    rank5(x, "input");
+    // over one, two or three spatial axes (spatial.ts: the fewer are the 3-D op with unit axes added)
+    const r = x.shape.length;
+    if (r < 3 || r > 5) throw new RangeError(`input [${x.shape}] must be [N, C, ...1 to 3 spatial axes] for Resize`);
     const sz = sizes ? ints(sizes) : undefined;
     if (sz?.length) {
-      if (sz.length !== 5 || sz[0] !== x.shape[0] || sz[1] !== x.shape[1])
+      if (sz.length !== r || sz[0] !== x.shape[0] || sz[1] !== x.shape[1])
         throw new RangeError(`sizes [${sz}] must keep N and C of [${x.shape}]`);
       return [float([...sz])];
     }
     const sc = scales?.value ? ("f" in scales.value ? Array.from(scales.value.f.data) : scales.value.ints) : undefined;
     if (!sc) return [undefined];
-    if (sc.length !== 5 || sc[0] !== 1 || sc[1] !== 1) throw new RangeError("Resize needs 5 scales (1 for N and C) or 5 sizes");
+    if (sc.length !== r || sc[0] !== 1 || sc[1] !== 1)
+      throw new RangeError(`Resize needs ${r} scales (1 for N and C) or ${r} sizes for its input [${x.shape}]`);
     const out = x.shape.slice(2).map((e, i) => Math.floor(e * sc[2 + i]!));
     if (out.some((o) => o < 1)) throw new RangeError(`scales [${sc}] make an empty output`);
     return [float([x.shape[0]!, x.shape[1]!, ...out])];
@@ -462,6 +466,20 @@ function reduceRule([x, axes]: (Known | undefined | null)[], at: Record<string, 
   return [{ shape: at.keepdims === 0 ? x.shape.filter((_, i) => !set.has(i)) : x.shape.map((d, i) => (set.has(i) ? 1 : d)), int: x.int }];
 }
 
+// a 1-D or 2-D spatial node (spatial.ts): its input and weights of its own rank, viewed with unit
+// axes added as it runs, and its output without them
+for (const op of SPATIAL_OPS) {
+  const rule3 = RULES[op]!;
+  RULES[op] = (xs, at, n, opset) => {
+    const sp = spatialOf(at);
+    if (sp === 3) return rule3(xs, at, n, opset);
+    const [x, w] = xs;
+    if (x) checkSpatialRank(x.shape, sp, "input");
+    if (w && !op.endsWith("Pool")) checkSpatialRank(w.shape, sp, "weights");
+    const lifted = xs.map((k, i) => (k && i < 2 && !(i === 1 && op.endsWith("Pool")) ? { ...k, shape: liftShape(k.shape, sp) } : k));
+    return rule3(lifted, at, n, opset).map((k) => k && { ...k, shape: dropShape(k.shape, sp) });
+  };
+}
 for (const op of SAME_SHAPE) RULES[op] ??= ([x]) => [x ? same(x) : undefined];
 for (const op of BROADCAST) {
   RULES[op] = (xs) => {

@@ -285,7 +285,7 @@ export class Model {
       (shape: number[]): Tensor => {
         const S = prod(shape.slice(2));
         let buf = concatBuf.get(slot.concat);
-        if (shape.length !== 5 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
+        if (shape.length < 3 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
         if (!buf) {
           buf = pool.take(slot.cTotal * S, fit);
           pooled.add(buf);

@@ -11,6 +11,7 @@ import { CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.
 import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 import { ONNX_DTYPE } from "./onnx-proto.js";
+import { checkSpatialRank, dropShape, liftShape, spatialOf } from "./spatial.js";
 
 /** A value in a run: a float tensor, or integers (shapes, indices, masks) with their shape. */
 export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
@@ -43,6 +44,18 @@ function reshapeView(t: Tensor, shape: number[]): Value {
 
 const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
+/**
+ * A 1-D or 2-D spatial node's operand viewed on the 3-D kernels (spatial.ts): unit axes added
+ * after C, the same memory. `what` names it where it has another rank than the node's.
+ */
+const up = (t: Tensor, sp: number, what: string): Tensor => {
+  if (sp === 3) return t;
+  checkSpatialRank(t.shape, sp, what);
+  return { data: t.data, shape: liftShape(t.shape, sp) };
+};
+/** A 3-D kernel's result seen as the node's own rank again. */
+const down = (t: Tensor, sp: number): Tensor => (sp === 3 ? t : { data: t.data, shape: dropShape(t.shape, sp) });
+
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
 export async function runNode(
   n: GraphNode,
@@ -54,28 +67,32 @@ export async function runNode(
   const at = n.attrs;
   const act = n.fusedAct ? { activation: n.fusedAct.act, alpha: n.fusedAct.alpha } : {};
   switch (n.opType) {
-    case "Conv":
+    case "Conv": {
+      // (a 1-D or 2-D node runs on the 3-D kernels: operands viewed with unit axes added)
+      const sp = spatialOf(at);
       if (n.fusedNorm) {
         const fn = n.fusedNorm;
-        const x = F(a[0], "X"),
-          w = F(a[1], "W");
+        const x = up(F(a[0], "X"), sp, "X"),
+          w = up(F(a[1], "W"), sp, "W");
         // a fused residual Add (graph.ts fuseConvNormResidual): its other operand, where it has the
         // output's shape (else the Add as it was, broadcasting, after the norm)
         const res = fn.residual ? F(a[5], "the residual Add's other operand") : undefined;
         const y0 = convOutputShape(x.shape, w.shape, at);
-        const inPass = res && sameShape(res.shape, y0);
+        const inPass = res && sameShape(res.shape, dropShape(y0, sp));
         const actOpts = fn.act ? { activation: fn.act, alpha: fn.alpha } : {};
         // a fused GroupNormalization (graph.ts fuseConvNorm) as the node itself runs it: an exporter's
         // pattern holds for the rank it was exported at (γ, β per group are conv3dInstanceNorm's to take)
-        if (fn.rank !== undefined && y0.length !== fn.rank)
-          throw new RangeError(`input [${y0}] is not of rank ${fn.rank}, which this GroupNorm's γ [C, 1, …] broadcasts over`);
+        if (fn.rank !== undefined && sp + 2 !== fn.rank)
+          throw new RangeError(
+            `input [${dropShape(y0, sp)}] is not of rank ${fn.rank}, which this GroupNorm's γ [C, 1, …] broadcasts over`,
+          );
         const norm = {
           scale: F(a[3], "scale"),
           bias: F(a[4], "B"),
           eps: fn.eps,
           ...(fn.groups !== undefined ? { groups: fn.groups } : {}),
           ...(res && !inPass ? {} : actOpts),
-          ...(inPass ? { residual: res } : {}),
+          ...(inPass ? { residual: up(res, sp, "the residual") } : {}),
         };
         const y = await ops.conv3dInstanceNorm(x, w, a[2] ? F(a[2], "B") : null, norm, {
           stride: triple(at.strides, 1),
@@ -84,25 +101,26 @@ export async function runNode(
           groups: (at.group as number) ?? 1,
           ...(res && !inPass ? {} : { alloc }),
         });
-        if (!res || inPass) return [{ f: y }];
-        return [{ f: await ops.add(y, res, { alloc, ...actOpts }) }];
+        if (!res || inPass) return [{ f: down(y, sp) }];
+        return [{ f: await ops.add(down(y, sp), res, { alloc, ...actOpts }) }];
       }
       if (n.fusedAdd) {
         // a fused residual Add (graph.ts fuseConvResidual): in the convolution's call where the other
         // operand has the output's shape, else the Add as it was (broadcasting) after it
         const fa = n.fusedAdd;
-        const x = F(a[0], "X"),
-          w = F(a[1], "W"),
+        const x = up(F(a[0], "X"), sp, "X"),
+          w = up(F(a[1], "W"), sp, "W"),
           other = a[3];
-        const res = other && "f" in other && sameShape(other.f.shape, convOutputShape(x.shape, w.shape, at)) ? other.f : undefined;
+        const res =
+          other && "f" in other && sameShape(other.f.shape, dropShape(convOutputShape(x.shape, w.shape, at), sp)) ? other.f : undefined;
         const y = await ops.conv3d(x, w, a[2] ? F(a[2], "B") : null, {
           stride: triple(at.strides, 1),
           dilation: triple(at.dilations, 1),
           padding: pads6(at.pads, at.auto_pad),
           groups: (at.group as number) ?? 1,
-          ...(res ? { alloc, residual: res, ...(fa.act ? { activation: fa.act, alpha: fa.alpha } : {}) } : {}),
+          ...(res ? { alloc, residual: up(res, sp, "the residual"), ...(fa.act ? { activation: fa.act, alpha: fa.alpha } : {}) } : {}),
         });
-        if (res) return [{ f: y }];
+        if (res) return [{ f: down(y, sp) }];
         // the Add as it was (broadcasting, integers, more than 6 axes), after the convolution
         const add: GraphNode = {
           name: n.name,
@@ -112,33 +130,42 @@ export async function runNode(
           attrs: {},
           ...(fa.act ? { fusedAct: { act: fa.act, alpha: fa.alpha, output: fa.output } } : {}),
         };
-        return runNode(add, [{ f: y }, other], alloc, budget, opset);
+        return runNode(add, [{ f: down(y, sp) }, other], alloc, budget, opset);
       }
       return [
         {
-          f: await ops.conv3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, {
-            stride: triple(at.strides, 1),
-            dilation: triple(at.dilations, 1),
-            padding: pads6(at.pads, at.auto_pad),
-            groups: (at.group as number) ?? 1,
-            alloc,
-            ...act,
-          }),
+          f: down(
+            await ops.conv3d(up(F(a[0], "X"), sp, "X"), up(F(a[1], "W"), sp, "W"), a[2] ? F(a[2], "B") : null, {
+              stride: triple(at.strides, 1),
+              dilation: triple(at.dilations, 1),
+              padding: pads6(at.pads, at.auto_pad),
+              groups: (at.group as number) ?? 1,
+              alloc,
+              ...act,
+            }),
+            sp,
+          ),
         },
       ];
-    case "ConvTranspose":
+    }
+    case "ConvTranspose": {
+      const sp = spatialOf(at);
       return [
         {
-          f: await ops.convTranspose3d(F(a[0], "X"), F(a[1], "W"), a[2] ? F(a[2], "B") : null, {
-            stride: triple(at.strides, 1),
-            dilation: triple(at.dilations, 1),
-            padding: pads6(at.pads, at.auto_pad),
-            outputPadding: triple(at.output_padding, 0),
-            groups: (at.group as number) ?? 1,
-            alloc,
-          }),
+          f: down(
+            await ops.convTranspose3d(up(F(a[0], "X"), sp, "X"), up(F(a[1], "W"), sp, "W"), a[2] ? F(a[2], "B") : null, {
+              stride: triple(at.strides, 1),
+              dilation: triple(at.dilations, 1),
+              padding: pads6(at.pads, at.auto_pad),
+              outputPadding: triple(at.output_padding, 0),
+              groups: (at.group as number) ?? 1,
+              alloc,
+            }),
+            sp,
+          ),
         },
       ];
+    }
     case "InstanceNormalization":
       return [
         {
@@ -268,10 +295,16 @@ export async function runNode(
         countIncludePad: at.count_include_pad === 1,
         alloc,
       };
-      return [{ f: await (n.opType === "MaxPool" ? ops.maxPool3d : ops.avgPool3d)(F(a[0], "X"), o) }];
+      const sp = spatialOf(at);
+      return [{ f: down(await (n.opType === "MaxPool" ? ops.maxPool3d : ops.avgPool3d)(up(F(a[0], "X"), sp, "X"), o), sp) }];
     }
     case "Resize": {
-      const x = F(a[0], "X");
+      // over one, two or three spatial axes (the fewer on the 3-D op with unit axes added)
+      const x0 = F(a[0], "X"),
+        r = x0.shape.length;
+      if (r < 3 || r > 5) throw new RangeError(`input [${x0.shape}] must be [N, C, ...1 to 3 spatial axes] for Resize`);
+      const sp = r - 2,
+        x = up(x0, sp, "X");
       const mode = ((at.mode as string) ?? "nearest") as "nearest" | "linear";
       const common = {
         mode,
@@ -281,12 +314,16 @@ export async function runNode(
       };
       const sizes = a[3] ? I(a[3], "sizes") : [];
       if (sizes.length) {
+        if (sizes.length !== r) throw new Error(`Resize needs ${r} sizes for its input [${x0.shape}], got [${sizes}]`);
         if (sizes[0] !== x.shape[0] || sizes[1] !== x.shape[1]) throw new Error("Resize may change only the spatial axes");
-        return [{ f: await ops.resize(x, { ...common, sizes: sizes.slice(2) as [number, number, number] }) }];
+        const s3 = liftShape(sizes, sp).slice(2) as [number, number, number];
+        return [{ f: down(await ops.resize(x, { ...common, sizes: s3 }), sp) }];
       }
       const scales = a[2] ? ("f" in a[2] ? Array.from(a[2].f.data) : a[2].ints) : [];
-      if (scales.length !== 5 || scales[0] !== 1 || scales[1] !== 1) throw new Error("Resize needs 5 scales (1 for N and C) or 5 sizes");
-      return [{ f: await ops.resize(x, { ...common, scales: scales.slice(2) as [number, number, number] }) }];
+      if (scales.length !== r || scales[0] !== 1 || scales[1] !== 1)
+        throw new Error(`Resize needs ${r} scales (1 for N and C) or ${r} sizes for its input [${x0.shape}]`);
+      const c3 = liftShape(scales, sp).slice(2) as [number, number, number];
+      return [{ f: down(await ops.resize(x, { ...common, scales: c3 }), sp) }];
     }
     case "Softmax": {
       const x = F(a[0], "input");
