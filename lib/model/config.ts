@@ -23,10 +23,22 @@ export type Normalization =
 export interface ModelConfig {
   /** Label value → name (0 is background). */
   classes: Record<string, string>;
-  /** Sliding-window patch [z, y, x] in voxels of the model's grid. */
+  /**
+   * 3: the network takes [N, C, D, H, W] windows; 2: it takes [N, C, H, W], one slice (axis 0 of
+   * its grid) at a time, as nnU-Net's `2d` configuration and slice-wise U-Nets do. Default: 2 where
+   * the patch has two sizes or the model's input has four axes, else 3.
+   */
+  spatialDims: 2 | 3;
+  /**
+   * Sliding-window patch [z, y, x] in voxels of the model's grid; for a 2-D model [1, y, x] (given
+   * as [y, x] or [1, y, x]).
+   */
   patchSize: [number, number, number];
-  /** Spacing [z, y, x] (mm) the model was trained at; null: the image's own. */
-  targetSpacing: [number, number, number] | null;
+  /**
+   * Spacing [z, y, x] (mm) the model was trained at; null: the image's own. A 2-D model may give
+   * [y, x] (its grid's axes 1 and 2, as nnU-Net's 2d plans): its slices keep their spacing.
+   */
+  targetSpacing: [number, number, number] | [number, number] | null;
   normalization: Normalization;
   /** nnU-Net's transpose_forward: the axis order of the network's input, as a permutation of (z, y, x). */
   transposeForward: [number, number, number];
@@ -52,6 +64,7 @@ export const BHSD_WINDOW: Normalization = { type: "window", lower: -40, upper: 1
 export function defaultConfig(): ModelConfig {
   return {
     classes: { "0": "background", ...Object.fromEntries(Object.entries(BHSD_CLASSES).map(([k, v]) => [k, v])) },
+    spatialDims: 3,
     patchSize: [32, 128, 128],
     targetSpacing: null,
     normalization: BHSD_WINDOW,
@@ -68,12 +81,57 @@ function triple(v: unknown, what: string): [number, number, number] {
   return v as [number, number, number];
 }
 
-/** Checks and completes a partial config. */
-export function normalizeConfig(c: Partial<ModelConfig>, source: ModelConfig["source"]): ModelConfig {
+/** Default patch of a 2-D model whose input sizes are not fixed: a whole BHSD slice. */
+export const DEFAULT_PATCH_2D: [number, number] = [512, 512];
+
+/**
+ * Checks and completes a partial config. `modelInput`, the model's first input's declared shape
+ * where known, tells a 2-D model (four axes) from a 3-D one, and gives a 2-D model's default patch
+ * where its sizes are fixed.
+ */
+export function normalizeConfig(
+  c: Partial<ModelConfig> | Record<string, unknown>,
+  source: ModelConfig["source"],
+  modelInput?: readonly (number | string)[],
+): ModelConfig {
+  const given = c as Partial<Omit<ModelConfig, "patchSize" | "targetSpacing" | "spatialDims">> & {
+    patchSize?: number[];
+    targetSpacing?: number[] | null;
+    spatialDims?: number;
+  };
   const d = defaultConfig();
-  const out: ModelConfig = { ...d, ...c, source } as ModelConfig;
-  out.patchSize = triple(out.patchSize, "patchSize").map((v) => Math.round(v)) as [number, number, number];
-  if (out.targetSpacing !== null) out.targetSpacing = triple(out.targetSpacing, "targetSpacing");
+  const out: ModelConfig = { ...d, ...given, source } as ModelConfig;
+  const rank = modelInput?.length;
+  const sd = given.spatialDims ?? (given.patchSize?.length === 2 || rank === 4 ? 2 : 3);
+  if (sd !== 2 && sd !== 3) throw new Error(`model config: spatialDims must be 2 or 3, got ${JSON.stringify(given.spatialDims)}`);
+  if (rank !== undefined && (rank === 4 || rank === 5) && rank !== sd + 2)
+    throw new Error(
+      `model config: a ${sd}-D config (${given.spatialDims !== undefined ? "spatialDims" : "patchSize"} ${JSON.stringify(given.spatialDims ?? given.patchSize)}) for a model whose input has ${rank} axes (${rank === 4 ? "[N, C, H, W]: a 2-D model" : "[N, C, D, H, W]: a 3-D model"})`,
+    );
+  out.spatialDims = sd as 2 | 3;
+  if (sd === 3) {
+    out.patchSize = triple(out.patchSize, "patchSize").map((v) => Math.round(v)) as [number, number, number];
+    if (out.targetSpacing !== null) out.targetSpacing = triple(out.targetSpacing, "targetSpacing");
+  } else {
+    // a 2-D model: [y, x] (or [1, y, x]) patches, by default its fixed input sizes or a whole slice
+    const fixed =
+      rank === 4 && modelInput!.slice(2).every((v) => typeof v === "number" && v > 0) ? (modelInput!.slice(2) as number[]) : null;
+    const p = given.patchSize ?? fixed ?? DEFAULT_PATCH_2D;
+    const yx = Array.isArray(p) && p.length === 3 && p[0] === 1 ? p.slice(1) : p;
+    if (!Array.isArray(yx) || yx.length !== 2 || !yx.every((v) => typeof v === "number" && v > 0))
+      throw new Error(`model config: patchSize of a 2-D model must be [y, x] (or [1, y, x]) positive numbers, got ${JSON.stringify(p)}`);
+    out.patchSize = [1, Math.round(yx[0]!), Math.round(yx[1]!)];
+    const t = out.targetSpacing as number[] | null;
+    if (t !== null && !(Array.isArray(t) && (t.length === 2 || t.length === 3) && t.every((v) => typeof v === "number" && v > 0)))
+      throw new Error(
+        `model config: targetSpacing of a 2-D model must be [y, x] (its slices keep their spacing) or [z, y, x] positive numbers, got ${JSON.stringify(t)}`,
+      );
+    if (given.mirrorAxes === undefined) out.mirrorAxes = [1, 2];
+    else if (Array.isArray(given.mirrorAxes) && given.mirrorAxes.includes(0))
+      throw new Error(
+        `model config: mirrorAxes of a 2-D model are among 1 and 2 (a slice's y and x), got ${JSON.stringify(given.mirrorAxes)}`,
+      );
+  }
   const perm = out.transposeForward;
   if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2")
     throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
@@ -115,6 +173,8 @@ export function fromNnunet(
   const out: Partial<ModelConfig> = {};
   if (conf.patch_size) out.patchSize = conf.patch_size as [number, number, number];
   if (Array.isArray(plans.transpose_forward)) out.transposeForward = plans.transpose_forward as [number, number, number];
+  // a 2d configuration's spacing is in-plane (the transposed grid's axes 1 and 2), kept as given
+  if (Array.isArray(conf.spacing) && conf.spacing.length === 2) out.targetSpacing = conf.spacing as [number, number];
   if (Array.isArray(conf.spacing) && conf.spacing.length === 3) {
     // plans keep the spacing in the network's (transposed) axis order; targetSpacing is (z, y, x)
     const perm = out.transposeForward ?? [0, 1, 2];
@@ -153,23 +213,27 @@ export async function readModelConfig(
   modelPath: string | null,
   metadata: Record<string, string>,
   given?: Partial<ModelConfig>,
+  modelInput?: readonly (number | string)[],
 ): Promise<ModelConfig> {
-  if (given) return normalizeConfig(given, "argument");
+  if (given) return normalizeConfig(given, "argument", modelInput);
   if (modelPath) {
     const sidecar = modelPath.replace(/\.onnx$/i, "") + ".json";
-    if (existsSync(sidecar)) return normalizeConfig((await readJson(sidecar)) as Partial<ModelConfig>, "sidecar");
+    if (existsSync(sidecar)) return normalizeConfig((await readJson(sidecar)) as Partial<ModelConfig>, "sidecar", modelInput);
     const plans = join(dirname(modelPath), "plans.json");
     if (existsSync(plans)) {
       const ds = join(dirname(modelPath), "dataset.json");
-      return normalizeConfig(fromNnunet(await readJson(plans), existsSync(ds) ? await readJson(ds) : null), "nnunet");
+      // a 2-D export (four input axes) beside nnU-Net's plans is its 2d configuration
+      const p = await readJson(plans);
+      const conf = modelInput?.length === 4 && (p.configurations as Record<string, unknown> | undefined)?.["2d"] ? "2d" : "3d_fullres";
+      return normalizeConfig(fromNnunet(p, existsSync(ds) ? await readJson(ds) : null, conf), "nnunet", modelInput);
     }
   }
   if (metadata.bhsd) {
     try {
-      return normalizeConfig(JSON.parse(metadata.bhsd) as Partial<ModelConfig>, "metadata");
+      return normalizeConfig(JSON.parse(metadata.bhsd) as Partial<ModelConfig>, "metadata", modelInput);
     } catch (e) {
       throw new Error(`the model's metadata "bhsd" is not a valid config: ${(e as Error).message}`, { cause: e });
     }
   }
-  return defaultConfig();
+  return { ...normalizeConfig({}, "default", modelInput), source: "default" };
 }

@@ -519,6 +519,7 @@ async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typ
     typeof onnxPathOrBytes === "string" ? onnxPathOrBytes : null,
     graph.metadata,
     Object.keys(rest).length ? rest : undefined,
+    graph.inputs[0]?.shape, // (four axes: a 2-D model, run a slice at a time)
   ); // memoryLimit/backend/inputShapes/precision alone keep the sidecar's config
   const limit = memoryLimit ?? defaultMemoryLimit();
   await foldConstants(graph, limit);

@@ -336,14 +336,26 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel or loadNnunet", model);
   const opts = optionsObject("options", options) as SegmentOptions;
   const cfg: ModelConfig = model.config;
-  const patch = (opts.patchSize ?? cfg.patchSize).map(Math.round) as [number, number, number];
-  if (patch.length !== 3 || !patch.every((p) => p >= 1))
-    throw invalidParameterError("options.patchSize", "[z, y, x] of positive integers", opts.patchSize);
+  const twoD = cfg.spatialDims === 2;
+  // a 2-D model's patch is one slice: [y, x] or [1, y, x]
+  let patch = (opts.patchSize ?? cfg.patchSize) as number[];
+  if (twoD && Array.isArray(patch) && patch.length === 2) patch = [1, ...patch];
+  if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => typeof p === "number" && p >= 1) || (twoD && patch[0] !== 1))
+    throw invalidParameterError(
+      "options.patchSize",
+      twoD ? "[y, x] (or [1, y, x]) of positive integers for this 2-D model" : "[z, y, x] of positive integers",
+      opts.patchSize,
+    );
+  patch = patch.map(Math.round);
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
   const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
-  if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2))
-    throw invalidParameterError("options.mirror", "true, false or axes among 0, 1, 2", opts.mirror);
+  if (!mirrorAxes.every((a) => a === 0 || a === 1 || a === 2) || (twoD && mirrorAxes.includes(0)))
+    throw invalidParameterError(
+      "options.mirror",
+      `true, false or axes among ${twoD ? "1, 2 (a 2-D model's y and x)" : "0, 1, 2"}`,
+      opts.mirror,
+    );
   const signal = opts.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidParameterError("options.signal", "an AbortSignal", signal);
   // the model's own post-processing unless the caller gives one (false: none); checked before any work
@@ -353,7 +365,7 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   const maxVoxels = opts.maxVoxels ?? Infinity;
   if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
   return {
-    patch,
+    patch: patch as [number, number, number],
     step,
     mirrorAxes,
     maxVoxels,
@@ -371,7 +383,13 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
   // Every grid this run allocates, from dims and spacings alone, checked before any allocation.
   const perm = cfg.transposeForward;
   const gridSpacing = perm.map((p) => spacingZyx[p]!) as [number, number, number];
-  const target = cfg.targetSpacing ? (perm.map((p) => cfg.targetSpacing![p]!) as [number, number, number]) : gridSpacing;
+  // (a 2-D model's [y, x] spacing is its grid's axes 1 and 2: the slices keep theirs, as nnU-Net's 2d)
+  const ts = cfg.targetSpacing;
+  const target = !ts
+    ? gridSpacing
+    : ts.length === 2
+      ? ([gridSpacing[0], ts[0], ts[1]] as [number, number, number])
+      : (perm.map((p) => ts[p]!) as [number, number, number]);
   const modelShape = perm.map((p, i) => Math.max(1, Math.round((zyx[p]! * gridSpacing[i]!) / target[i]!))) as [number, number, number];
   const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
   for (const [what, shape] of [
@@ -435,6 +453,11 @@ async function predictSlidingWindow(
   const signal = run.signal;
   const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
   const starts = padded.map((L, i) => windowStarts(L, patch[i]!, p.step));
+  // a 2-D model: every slice once (nnU-Net's 2-D predictor; overlapping one-slice windows would
+  // only repeat it), each given to the network as [1, 1, y, x] and its logits read as one slice
+  const twoD = p.cfg.spatialDims === 2;
+  if (twoD) starts[0] = Array.from({ length: padded[0] }, (_, z) => z);
+  const netShape = (s: readonly number[]) => (twoD ? [s[0]!, s[1]!, ...s.slice(3)] : [...s]);
   const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
   const gauss = gaussianMap(patch);
   let C = 0;
@@ -465,7 +488,10 @@ async function predictSlidingWindow(
             flipInto(patchT, f, flippedIn, false);
             input = { data: flippedIn, shape: patchT.shape };
           }
-          const y = await model.run(input, signal ? { signal } : undefined);
+          const out = await model.run({ data: input.data, shape: netShape(input.shape) }, signal ? { signal } : undefined);
+          // (a 2-D model's [1, C, y, x] seen as one slice of the grid)
+          const y =
+            twoD && out.shape.length === 4 ? { data: out.data, shape: [out.shape[0]!, out.shape[1]!, 1, ...out.shape.slice(2)] } : out;
           forwards++;
           peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
           if (flips.length === 1 && y.data !== patchT.data) logits = y;
@@ -477,7 +503,9 @@ async function predictSlidingWindow(
           }
         }
         if (logits!.shape.length !== 5 || logits!.shape[2] !== pd || logits!.shape[3] !== ph || logits!.shape[4] !== pw) {
-          throw new Error(`the model returned shape [${logits!.shape.join(", ")}] for a patch of [1, 1, ${patch.join(", ")}]`);
+          throw new Error(
+            `the model returned shape [${netShape(logits!.shape).join(", ")}] for a patch of [${netShape([1, 1, ...patch]).join(", ")}]`,
+          );
         }
         if (!acc) {
           C = logits!.shape[1]!;

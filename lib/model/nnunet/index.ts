@@ -90,14 +90,19 @@ export class NnunetModel {
 
   private check(input: Tensor) {
     const s = input?.shape;
-    if (!input || !(input.data instanceof Float32Array) || !Array.isArray(s) || s.length !== 5 || prod(s) !== input.data.length)
-      throw invalidParameterError("input", "a float32 tensor [N, C, D, H, W]", input);
+    const dims = this.architecture.dims;
+    if (!input || !(input.data instanceof Float32Array) || !Array.isArray(s) || s.length !== dims + 2 || prod(s) !== input.data.length)
+      throw invalidParameterError(
+        "input",
+        `a float32 tensor ${dims === 2 ? "[N, C, H, W] (a 2d configuration)" : "[N, C, D, H, W]"}`,
+        input,
+      );
     if (s[1] !== this.architecture.inputChannels)
       throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
-    const bad = [0, 1, 2].filter((k) => s[2 + k]! % this.divisor[k]! !== 0);
-    if (bad.length)
+    const div = this.divisor.slice(3 - dims);
+    if (div.some((d, k) => s[2 + k]! % d !== 0))
       throw new RangeError(
-        `Expected spatial sizes that are multiples of [${this.divisor.join(", ")}] (the network's total strides) for input but received shape [${s.join(", ")}]`,
+        `Expected spatial sizes that are multiples of [${div.join(", ")}] (the network's total strides) for input but received shape [${s.join(", ")}]`,
       );
   }
 
@@ -137,7 +142,10 @@ export class NnunetModel {
     return out;
   }
 
-  /** One fold's logits, or the folds' ensemble (see `ensemble`). Input [N, C, D, H, W]; output [N, classes, D, H, W]. */
+  /**
+   * One fold's logits, or the folds' ensemble (see `ensemble`). Input [N, C, D, H, W]; output
+   * [N, classes, D, H, W] ([N, C, H, W] → [N, classes, H, W] for a 2d configuration).
+   */
   async run(input: Tensor, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const ys = await this.runFolds(input, options);
     if (ys.length === 1) return ys[0]!;
@@ -339,15 +347,19 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           configuration = typeof c === "string" ? c : (/__([^_]+(?:_[^_]+)*)$/.exec(basename(folder))?.[1] ?? "3d_fullres");
           const t = root.get("trainer_name");
           trainerName = typeof t === "string" ? t : "nnUNetTrainer";
-          const m = root.get("inference_allowed_mirroring_axes");
-          if (m !== undefined && m !== null) {
-            if (!Array.isArray(m) || !m.every((a) => a === 0 || a === 1 || a === 2))
-              throw new CheckpointError(`${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among 0, 1, 2`);
-            mirrorAxes = [...new Set(m as number[])];
-          }
           conf = resolveConfiguration(plans, configuration);
           arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
           graph = buildNetwork(arch);
+          // the network's axes: a 2d configuration's (0, 1) are its slices' y and x, axes 1 and 2 of the grid
+          const m = root.get("inference_allowed_mirroring_axes");
+          if (m !== undefined && m !== null) {
+            const axes = arch.dims === 2 ? [0, 1] : [0, 1, 2];
+            if (!Array.isArray(m) || !m.every((a) => axes.includes(a as number)))
+              throw new CheckpointError(
+                `${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among ${axes.join(", ")} (a ${arch.dims}-D network)`,
+              );
+            mirrorAxes = [...new Set(m as number[])].map((a) => a + 3 - arch!.dims);
+          }
         }
         const refs = matchWeights(weights, graph!, arch!.networkClass, where);
         // the checkpoint's tensors become the fold's weights as read (engine memory, no copy); the
@@ -362,7 +374,9 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
             opset: 17,
             producer: "bhsd-nnunet",
             nodes: graph!.nodes,
-            inputs: [{ name: graph!.input, shape: ["N", inputChannels, "D", "H", "W"] }],
+            inputs: [
+              { name: graph!.input, shape: arch!.dims === 2 ? ["N", inputChannels, "H", "W"] : ["N", inputChannels, "D", "H", "W"] },
+            ],
             outputs: [{ name: graph!.output }],
             initializers: graph!.constants,
           });

@@ -14,6 +14,8 @@ export type NetworkClass = "PlainConvUNet" | "ResidualEncoderUNet";
 
 export interface Architecture {
   networkClass: NetworkClass;
+  /** 3: Conv3d (3d_fullres, 3d_lowres); 2: Conv2d (nnU-Net's 2d configuration), run a slice at a time. */
+  dims: 2 | 3;
   inputChannels: number;
   numClasses: number;
   nStages: number;
@@ -53,7 +55,7 @@ export interface NetworkGraph {
   nodes: GraphNodeSpec[];
   input: string;
   output: string;
-  /** Product of the strides per axis: a patch's sizes must be multiples of these. */
+  /** Product of the strides per axis ([z, y, x]; z is 1 for a 2-D network): a patch's sizes must be multiples of these. */
   divisor: [number, number, number];
 }
 
@@ -65,10 +67,10 @@ function intList(v: unknown, n: number, what: string, where: string): number[] {
   throw err(where, `${what} must be a positive integer or ${n} of them, got ${JSON.stringify(v)}`);
 }
 
-function perAxis(v: unknown, n: number, what: string, where: string): number[][] {
-  if (typeof v === "number" || (Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === "number"))) v = Array(n).fill(v);
+function perAxis(v: unknown, n: number, dims: number, what: string, where: string): number[][] {
+  if (typeof v === "number" || (Array.isArray(v) && v.length === dims && v.every((x) => typeof x === "number"))) v = Array(n).fill(v);
   if (!Array.isArray(v) || v.length !== n) throw err(where, `${what} must list ${n} stages, got ${JSON.stringify(v)}`);
-  return v.map((s, i) => intList(s, 3, `${what}[${i}]`, where));
+  return v.map((s, i) => intList(s, dims, `${what}[${i}]`, where));
 }
 
 const shortClass = (s: unknown) => (typeof s === "string" ? s.split(".").pop()! : "");
@@ -99,13 +101,13 @@ export function architectureFromPlans(
       arch_kwargs: {
         n_stages: nEnc.length,
         features_per_stage: nEnc.map((_, i) => Math.min(base * 2 ** i, max)),
-        conv_op: (conf.patch_size as unknown[])?.length === 3 ? "torch.nn.modules.conv.Conv3d" : "torch.nn.modules.conv.Conv2d",
+        conv_op: (conf.patch_size as unknown[])?.length === 2 ? "torch.nn.modules.conv.Conv2d" : "torch.nn.modules.conv.Conv3d",
         kernel_sizes: conf.conv_kernel_sizes,
         strides: conf.pool_op_kernel_sizes,
         [cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage"]: nEnc,
         n_conv_per_stage_decoder: conf.n_conv_per_stage_decoder,
         conv_bias: true,
-        norm_op: "torch.nn.modules.instancenorm.InstanceNorm3d",
+        norm_op: `torch.nn.modules.instancenorm.InstanceNorm${(conf.patch_size as unknown[])?.length === 2 ? 2 : 3}d`,
         norm_op_kwargs: { eps: 1e-5, affine: true },
         dropout_op: null,
         nonlin: "torch.nn.LeakyReLU",
@@ -121,21 +123,24 @@ export function architectureFromPlans(
       `network_class_name ${JSON.stringify(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`,
     );
   const k = arch.arch_kwargs ?? {};
-  if (shortClass(k.conv_op) !== "Conv3d")
-    throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only 3-D networks (Conv3d) are built`);
+  const convOp = shortClass(k.conv_op);
+  if (convOp !== "Conv3d" && convOp !== "Conv2d")
+    throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only Conv2d and Conv3d networks are built`);
+  const dims = convOp === "Conv2d" ? 2 : 3;
   const n = k.n_stages;
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 12)
     throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${JSON.stringify(n)}`);
   const nStages = n as number;
   const features = intList(k.features_per_stage, nStages, "arch_kwargs.features_per_stage", where);
-  const kernels = perAxis(k.kernel_sizes, nStages, "arch_kwargs.kernel_sizes", where);
-  const strides = perAxis(k.strides, nStages, "arch_kwargs.strides", where);
+  const kernels = perAxis(k.kernel_sizes, nStages, dims, "arch_kwargs.kernel_sizes", where);
+  const strides = perAxis(k.strides, nStages, dims, "arch_kwargs.strides", where);
   const perKey = cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage";
   const perStage = intList(k[perKey], nStages, `arch_kwargs.${perKey}`, where);
   const perStageDecoder =
     nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
   const normName = shortClass(k.norm_op);
-  if (normName !== "InstanceNorm3d") throw err(where, `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm3d is built`);
+  if (normName !== `InstanceNorm${dims}d`)
+    throw err(where, `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm${dims}d is built with ${convOp}`);
   const nk = (k.norm_op_kwargs ?? {}) as Record<string, unknown>;
   if (nk.track_running_stats === true) throw err(where, "arch_kwargs.norm_op_kwargs.track_running_stats = true is not supported");
   const eps = nk.eps ?? 1e-5;
@@ -171,6 +176,7 @@ export function architectureFromPlans(
     throw err(where, `the number of classes must be a positive integer, got ${numClasses}`);
   return {
     networkClass: cls,
+    dims,
     inputChannels,
     numClasses,
     nStages,
@@ -199,6 +205,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     params.push({ names, shape });
     return names[0]!;
   };
+  const ones = Array<number>(a.dims).fill(1);
   const pads = (k: number[]) => {
     const p = k.map((x) => (x - 1) >> 1);
     return [...p, ...p];
@@ -254,7 +261,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       inputs,
       outputs: [y],
       name: `${prefix}.conv`,
-      attrs: { kernel_shape: k, strides: stride, pads: pads(k), dilations: [1, 1, 1], group: 1 },
+      attrs: { kernel_shape: k, strides: stride, pads: pads(k), dilations: ones, group: 1 },
     });
     const withNonlin = o.nonlin && a.nonlin !== null;
     // all_modules: conv, [dropout], norm, nonlin — nonlin_first swaps the last two
@@ -280,7 +287,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
             c === 0 ? cin : a.features[s]!,
             a.features[s]!,
             a.kernels[s]!,
-            c === 0 ? a.strides[s]! : [1, 1, 1],
+            c === 0 ? a.strides[s]! : ones,
             {
               bias: a.convBias,
               nonlin: true,
@@ -293,7 +300,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
         skips.push(x);
       }
     } else {
-      x = convBlock("encoder.stem.convs.0", x, cin, a.stemChannels, a.kernels[0]!, [1, 1, 1], {
+      x = convBlock("encoder.stem.convs.0", x, cin, a.stemChannels, a.kernels[0]!, ones, {
         bias: a.convBias,
         nonlin: true,
         dropout: hasDropout,
@@ -304,9 +311,9 @@ export function buildNetwork(a: Architecture): NetworkGraph {
           const p = `encoder.stages.${s}.blocks.${b}`;
           const bin = b === 0 ? cin : a.features[s]!,
             bout = a.features[s]!;
-          const stride = b === 0 ? a.strides[s]! : [1, 1, 1];
+          const stride = b === 0 ? a.strides[s]! : ones;
           const y1 = convBlock(`${p}.conv1`, x, bin, bout, a.kernels[s]!, stride, { bias: a.convBias, nonlin: true, dropout: hasDropout });
-          const y2 = convBlock(`${p}.conv2`, y1, bout, bout, a.kernels[s]!, [1, 1, 1], { bias: a.convBias, nonlin: false, dropout: false });
+          const y2 = convBlock(`${p}.conv2`, y1, bout, bout, a.kernels[s]!, ones, { bias: a.convBias, nonlin: false, dropout: false });
           let r = x;
           const strided = stride.some((q) => q !== 1);
           if (strided) {
@@ -316,12 +323,12 @@ export function buildNetwork(a: Architecture): NetworkGraph {
               inputs: [r],
               outputs: [pooled],
               name: `${p}.skip.0`,
-              attrs: { kernel_shape: stride, strides: stride, pads: [0, 0, 0, 0, 0, 0], ceil_mode: 0, count_include_pad: 1 },
+              attrs: { kernel_shape: stride, strides: stride, pads: [...ones, ...ones].fill(0), ceil_mode: 0, count_include_pad: 1 },
             });
             r = pooled;
           }
           if (bin !== bout)
-            r = convBlock(`${p}.skip.${strided ? 1 : 0}`, r, bin, bout, [1, 1, 1], [1, 1, 1], {
+            r = convBlock(`${p}.skip.${strided ? 1 : 0}`, r, bin, bout, ones, ones, {
               bias: false,
               nonlin: false,
               dropout: false,
@@ -350,7 +357,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
         inputs,
         outputs: [up],
         name: `decoder.transpconvs.${s}`,
-        attrs: { kernel_shape: st, strides: st, pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 },
+        attrs: { kernel_shape: st, strides: st, pads: [...ones, ...ones].fill(0), dilations: ones, group: 1 },
       });
       const cat = fresh(`decoder.cat.${s}`);
       nodes.push({
@@ -362,7 +369,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       });
       x = cat;
       for (let c = 0; c < a.perStageDecoder[s]!; c++) {
-        x = convBlock(`decoder.stages.${s}.convs.${c}`, x, c === 0 ? 2 * skipC : skipC, skipC, a.kernels[a.nStages - 2 - s]!, [1, 1, 1], {
+        x = convBlock(`decoder.stages.${s}.convs.${c}`, x, c === 0 ? 2 * skipC : skipC, skipC, a.kernels[a.nStages - 2 - s]!, ones, {
           bias: a.convBias,
           nonlin: true,
           dropout: hasDropout,
@@ -375,7 +382,7 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     const output = "logits";
     for (let s = 0; s < nDec; s++) {
       const skipC = a.features[a.nStages - 2 - s]!;
-      const w = param([`decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, 1, 1, 1]);
+      const w = param([`decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, ...ones]);
       const b = param([`decoder.seg_layers.${s}.bias`], [a.numClasses]);
       if (s === nDec - 1)
         nodes.push({
@@ -383,14 +390,15 @@ export function buildNetwork(a: Architecture): NetworkGraph {
           inputs: [lres, w, b],
           outputs: [output],
           name: `decoder.seg_layers.${s}`,
-          attrs: { kernel_shape: [1, 1, 1], strides: [1, 1, 1], pads: [0, 0, 0, 0, 0, 0], dilations: [1, 1, 1], group: 1 },
+          attrs: { kernel_shape: ones, strides: ones, pads: [...ones, ...ones].fill(0), dilations: ones, group: 1 },
         });
     }
     if (nDec === 0) throw new Error("a network of one stage has no decoder and no segmentation head");
     // the decoder holds the encoder: every encoder tensor is in the state_dict twice
     for (const p of params)
       if (p.names[0]!.startsWith("encoder.")) p.names.push(...p.names.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
-    const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * s[ax]!, 1)) as [number, number, number];
+    // (z, y, x): a 2-D network's strides are y and x
+    const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * (s[ax - 3 + a.dims] ?? 1), 1)) as [number, number, number];
     return { params, constants, nodes, input, output, divisor };
   }
 }

@@ -29,6 +29,7 @@ const FULLRES_BASE = {
     [2, 2, 2],
     [1, 2, 2],
   ],
+  dims: 3 as const,
   convBias: true,
   norm: { eps: 1e-5, affine: true },
   nonlin: { op: "LeakyRelu" as const, alpha: 0.01 },
