@@ -17,13 +17,15 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { backendInfo, loadModel, setBackend } from "../dist/index.js";
 import type { Architecture } from "../dist/model/nnunet/network.js";
-import { PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
+import { PLAIN_CONV_UNET_2D, PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
 import { fmt, measure, median, pythonWith, rng, runPython, settle } from "./lib.js";
 
 /** nnU-Net's 3d_fullres PlainConvUNet and ResEnc-M at their real widths (lib/model/nnunet/presets.ts). */
 export const PLAIN: Architecture = PLAIN_CONV_UNET_FULLRES;
 export const RESENC_M: Architecture = RESENC_M_FULLRES;
+/** nnU-Net's 2d configuration's PlainConvUNet for 512 × 512 slices. */
+export const PLAIN_2D: Architecture = PLAIN_CONV_UNET_2D;
 
 /** A network's ONNX bytes with random weights (the same for a given seed). */
 export function networkBytes(a: Architecture, seed = 1): Uint8Array {
@@ -111,7 +113,13 @@ async function compare(label: string, bytes: Uint8Array, shape: number[], reps: 
     if (m) nMs.push(await timeMedian(() => m.run(x), reps));
     // PyTorch (its own process) once, between the rounds; its output checked against bhsd's
     if (round === 1 && torchNet)
-      torch = torchTimes(torchNet, x.data, shape.slice(2), shape[2] === 16 ? 5 : 2, m ? (await m.run(x)).data : undefined);
+      torch = torchTimes(
+        torchNet,
+        x.data,
+        shape.length === 4 ? [1, ...shape.slice(2)] : shape.slice(2), // (a 2-D network's slice: depth 1)
+        shape[2] === 16 ? 5 : 2,
+        m ? (await m.run(x)).data : undefined,
+      );
   }
   await settle();
   const o = { ms: median(oMs), peakMb: (await measure(() => session.run(feed), 1)).peakMb };
@@ -173,11 +181,27 @@ export async function benchNetworks(): Promise<string[]> {
     rows.push(
       "| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | | | | |",
     );
+  return [...header(), ...rows];
+}
+
+/** The table's header lines (what was run, how, and the columns). */
+function header(): string[] {
   return [
     "real networks at real widths, random weights (median of three rounds, each the median of 9 runs at 16×64×64 or 3 at the larger inputs, the engines in turn; native backend; onnxruntime-node CPU, 2 threads, same bytes and input)",
     `PyTorch: ${(pythonsFor().torch ?? pythonsFor().monai) ? `bench/torch_networks.py in ${pythonsFor().torch ?? pythonsFor().monai}, fp32, 2 threads, one process between the rounds, median of 5 runs (2 at the larger inputs); eager as PyTorch runs it / every forward convolution through oneDNN; the larger of its two outputs' largest differences from bhsd's, of the output's scale (MONAI's networks: ${pythonsFor().monai ? "MONAI from PYTHONPATH" : "no MONAI importable: set PYTHONPATH to MONAI 1.4.0"})` : "no python3 with torch, onnx and numpy: no PyTorch column"}`,
     "| network, input | bhsd ms | live set MB | RSS peak MB | onnxruntime ms | RSS peak MB | × onnxruntime | PyTorch ms (eager / oneDNN) | × PyTorch | PyTorch's output, max difference | bhsd's time by op (top 4) |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ...rows,
+  ];
+}
+
+/**
+ * `npm run bench slices`: nnU-Net's 2d configuration as its planner makes it for 512 × 512 CT slices
+ * (PlainConvUNet, 8 stages of 32…512 features), one slice a forward, as segment() runs a 2-D model.
+ */
+export async function benchSlices(): Promise<string[]> {
+  const bytes = networkBytes(PLAIN_2D);
+  return [
+    ...header(),
+    ...(await compare("nnU-Net 2d PlainConvUNet (32…512, 8 stages), a 512×512 slice", bytes, [1, 1, 512, 512], 3, { onnx: bytes })),
   ];
 }

@@ -4,6 +4,7 @@ torch.no_grad(), eager (oneDNN's convolutions where the build has them): the col
   python3 torch_networks.py NET INPUT.f32 D H W REPS OUT.f32 [--onednn]
 
 NET is an ONNX file of nnU-Net's PlainConvUNet or ResEnc-M as bhsd's nnU-Net builder makes them
+(3-D, or 2-D for the 2d configuration: D is then 1 and the input [1, 1, H, W])
 (Conv, InstanceNormalization, LeakyRelu, ConvTranspose, Concat, Add, AveragePool), run here as the
 PyTorch calls dynamic-network-architectures' modules make, in the graph's order, with its weights
 (F.conv3d, F.instance_norm, in-place leaky_relu_, F.conv_transpose3d, torch.cat, in-place add_,
@@ -43,18 +44,20 @@ def onnx_network(path):
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
         op, ins, out = n.op_type, list(n.input), n.output[0]
         if op in ("Conv", "ConvTranspose"):
-            pads = a.get("pads", [0] * 6)
-            if pads[:3] != pads[3:]:
+            wt, b = w[ins[1]], w[ins[2]] if len(ins) > 2 and ins[2] else None
+            r = wt.dim() - 2  # spatial axes: 3 (3d_fullres) or 2 (nnU-Net's 2d configuration)
+            pads = a.get("pads", [0] * 2 * r)
+            if pads[:r] != pads[r:]:
                 raise ValueError(f"{n.name}: asymmetric pads {pads}")
-            kw = dict(stride=a.get("strides", [1, 1, 1]), padding=pads[:3], dilation=a.get("dilations", [1, 1, 1]),
+            kw = dict(stride=a.get("strides", [1] * r), padding=pads[:r], dilation=a.get("dilations", [1] * r),
                       groups=a.get("group", 1))
             if op == "ConvTranspose":
-                kw["output_padding"] = a.get("output_padding", [0, 0, 0])
-            wt, b = w[ins[1]], w[ins[2]] if len(ins) > 2 and ins[2] else None
+                kw["output_padding"] = a.get("output_padding", [0] * r)
+            # (looked up at call time: --onednn replaces F.conv2d / F.conv3d)
             if op == "Conv":
-                steps.append((out, ins[:1], lambda x, wt=wt, b=b, kw=kw: F.conv3d(x, wt, b, **kw)))
+                steps.append((out, ins[:1], lambda x, wt=wt, b=b, kw=kw, r=r: getattr(F, f"conv{r}d")(x, wt, b, **kw)))
             else:
-                steps.append((out, ins[:1], lambda x, wt=wt, b=b, kw=kw: F.conv_transpose3d(x, wt, b, **kw)))
+                steps.append((out, ins[:1], lambda x, wt=wt, b=b, kw=kw, r=r: getattr(F, f"conv_transpose{r}d")(x, wt, b, **kw)))
         elif op == "InstanceNormalization":
             s, b, eps = w[ins[1]], w[ins[2]], a.get("epsilon", 1e-5)
             steps.append((out, ins[:1], lambda x, s=s, b=b, eps=eps: F.instance_norm(x, weight=s, bias=b, eps=eps)))
@@ -68,16 +71,18 @@ def onnx_network(path):
         elif op == "Concat":
             steps.append((out, ins, lambda *xs, ax=a["axis"]: torch.cat(xs, ax)))
         elif op == "AveragePool":
-            pads = a.get("pads", [0] * 6)
-            steps.append((out, ins, lambda x, k=a["kernel_shape"], s=a.get("strides", a["kernel_shape"]), p=pads[:3],
-                          c=bool(a.get("ceil_mode", 0)), z=not a.get("count_include_pad", 0):
-                          F.avg_pool3d(x, k, s, p, ceil_mode=c, count_include_pad=not z)))
+            r = len(a["kernel_shape"])
+            pads = a.get("pads", [0] * 2 * r)
+            steps.append((out, ins, lambda x, k=a["kernel_shape"], s=a.get("strides", a["kernel_shape"]), p=pads[:r],
+                          c=bool(a.get("ceil_mode", 0)), z=not a.get("count_include_pad", 0), r=r:
+                          getattr(F, f"avg_pool{r}d")(x, k, s, p, ceil_mode=c, count_include_pad=not z)))
         else:
             raise ValueError(f"{op} is not among the ops of nnU-Net's PlainConvUNet and ResEnc-M")
     inp, outp = g.input[0].name, g.output[0].name
+    rank = len(g.input[0].type.tensor_type.shape.dim)
 
     def forward(x):
-        env = {inp: x}
+        env = {inp: x if x.dim() == rank else x.reshape(x.shape[0], x.shape[1], *x.shape[2 + x.dim() - rank:])}
         for o, ins, f in steps:
             env[o] = f(*(env[i] for i in ins))
         return env[outp]
@@ -91,13 +96,14 @@ def onednn_forced():
     heuristic in ConvParams::use_mkldnn), else to slow_conv3d (im2col and the BLAS: Debian's build
     has a generic one): SegResNet's 8-channel layers at 16×64×64 go there. Transposed convolutions
     keep PyTorch's own choice (1.13 does not expose oneDNN's)."""
-    def conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-        t = lambda v: list(v) if isinstance(v, (tuple, list)) else [v] * 3  # noqa: E731
+    def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        t = lambda v: list(v) if isinstance(v, (tuple, list)) else [v] * (w.dim() - 2)  # noqa: E731
         if isinstance(padding, str):
             raise ValueError("padding given as a string")
         return torch.mkldnn_convolution(x, w, b, t(padding), t(stride), t(dilation), groups)
 
-    F.conv3d = conv3d
+    F.conv3d = conv
+    F.conv2d = conv
 
 
 def monai_network(name):

@@ -55,7 +55,24 @@ export const RESENC_M_FULLRES: Architecture = {
 };
 
 /**
- * The network of `a` as ONNX bytes (opset 17, input [1, C, d, h, w]) with random weights drawn from
+ * nnU-Net's PlainConvUNet as its planner makes the `2d` configuration for BHSD-like CT (512 × 512
+ * slices): patch 512 × 512, 8 stages of 32…512 features (min(32·2^k, 512)), 3 × 3 kernels, 2 × 2
+ * strides, two convs per stage.
+ */
+export const PLAIN_CONV_UNET_2D: Architecture = {
+  ...FULLRES_BASE,
+  dims: 2,
+  networkClass: "PlainConvUNet",
+  nStages: 8,
+  features: [32, 64, 128, 256, 512, 512, 512, 512],
+  kernels: Array.from({ length: 8 }, () => [3, 3]),
+  strides: [[1, 1], ...Array.from({ length: 7 }, () => [2, 2])],
+  perStage: [2, 2, 2, 2, 2, 2, 2, 2],
+  perStageDecoder: [2, 2, 2, 2, 2, 2, 2],
+};
+
+/**
+ * The network of `a` as ONNX bytes (opset 17, input [1, C, d, h, w]; a 2-D one's [1, C, h, w]) with random weights drawn from
  * `random` (uniform in [0, 1)): He-scaled convolution weights, norm weights about 1, biases about
  * 0 — for measuring what a network costs and comparing engines on it, not for predictions.
  */
@@ -71,7 +88,7 @@ export function randomWeightsModel(a: Architecture, random: () => number): Uint8
   return encodeModel({
     opset: 17,
     nodes: g.nodes,
-    inputs: [{ name: g.input, shape: [1, a.inputChannels, "d", "h", "w"] }],
+    inputs: [{ name: g.input, shape: a.dims === 2 ? [1, a.inputChannels, "h", "w"] : [1, a.inputChannels, "d", "h", "w"] }],
     outputs: [{ name: g.output }],
     initializers: [...initializers, ...g.constants],
   });
