@@ -2,7 +2,7 @@
  * Connected components, per-bleed statistics and cleanup (shared/spec/api.md; ABC/2 as defined in
  * shared/spec/metrics.md). Validation here, the voxel work on the active backend.
  */
-import { activeBackend } from "../backends/index.js";
+import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { STATS } from "../backends/types.js";
 import { assertNumber, dtypeOf, INTEGER_DTYPES, invalidParameterError, optionsObject, voxelArray } from "../is.js";
 import type { Volume, VoxelArray } from "../types.js";
@@ -388,6 +388,14 @@ export interface CleanupOptions extends ComponentsOptions {
    * first). `[[1, 5]]`: an extra-axial collection is epidural or subdural, not a patchwork of both.
    */
   mergeClasses?: number[][];
+  /**
+   * nnU-Net's post-processing steps (`remove_all_but_largest_component_from_segmentation`, what its
+   * `postprocessing.pkl` holds), applied first and in order: for each group of classes, the
+   * connected components of the group's voxels (any of its classes together) are found and all but
+   * the largest — every one of the largest size, as nnU-Net keeps ties — become background. `[[1, 2,
+   * 3, 4, 5]]`: the largest bleed of any class alone; `[[2]]`: the largest IPH alone.
+   */
+  largestOf?: number[][];
 }
 
 /** Largest class value mergeClasses may name, and the most classes in one group. */
@@ -402,6 +410,7 @@ interface CheckedCleanup {
   minVolumeMlByClass?: Map<number, number>;
   keepLargest?: number;
   mergeClasses?: number[][];
+  largestOf?: number[][];
 }
 
 const classKey = (k: string) => /^(0|[1-9]\d{0,9})$/.test(k) && Number(k) <= 2 ** 31 - 1;
@@ -409,7 +418,7 @@ const classKey = (k: string) => /^(0|[1-9]\d{0,9})$/.test(k) && Number(k) <= 2 *
 /** Checks cleanup's options (also a model config's `postprocessing`); `name` prefixes the messages. */
 export function checkCleanupOptions(options: unknown, name = "options"): CheckedCleanup {
   const opts = optionsObject(name, options) as CleanupOptions;
-  const known = new Set(["connectivity", "perClass", "minVolumeMl", "minVoxels", "keepLargest", "mergeClasses"]);
+  const known = new Set(["connectivity", "perClass", "minVolumeMl", "minVoxels", "keepLargest", "mergeClasses", "largestOf"]);
   for (const k of Object.keys(opts))
     if (!known.has(k)) throw invalidParameterError(`${name}.${k}`, `one of ${[...known].join(", ")} (no other option)`, k);
   const out: CheckedCleanup = {
@@ -455,7 +464,58 @@ export function checkCleanupOptions(options: unknown, name = "options"): Checked
       return [...(g as number[])];
     });
   }
+  if (opts.largestOf !== undefined) {
+    const steps = opts.largestOf as unknown;
+    const what = `an array of at most 64 groups, each of 1 to 255 distinct classes from 1 to ${MAX_MERGE_CLASS}`;
+    if (!Array.isArray(steps) || steps.length > 64) throw invalidParameterError(`${name}.largestOf`, what, steps);
+    out.largestOf = steps.map((g: unknown, i) => {
+      const ok =
+        Array.isArray(g) &&
+        g.length >= 1 &&
+        g.length <= 255 &&
+        new Set(g).size === g.length &&
+        g.every((c) => Number.isInteger(c) && c >= 1 && c <= MAX_MERGE_CLASS);
+      if (!ok) throw invalidParameterError(`${name}.largestOf[${i}]`, what, g);
+      return [...(g as number[])];
+    });
+  }
   return out;
+}
+
+/**
+ * largestOf (nnU-Net's remove_all_but_largest_component_from_segmentation, step by step): the
+ * components of each group's voxels; those smaller than the group's largest become background.
+ */
+async function keepLargestOfGroups(vol: Volume, groups: number[][], connectivity: Connectivity): Promise<VoxelArray> {
+  const n = vol.data.length;
+  let data: VoxelArray = vol.data;
+  const mask = allocArray("uint8", n, "class group") as Uint8Array;
+  for (const g of groups) {
+    const inGroup = new Set(g);
+    let any = false;
+    for (let i = 0; i < n; i++) any = (mask[i] = inGroup.has(data[i]!) ? 1 : 0) === 1 || any;
+    if (!any) continue;
+    const { labels, count } = await connectedComponents({ ...vol, data: mask }, { connectivity, perClass: true });
+    const lab = labels.data;
+    if (count <= 1) {
+      releaseEngineArray(lab);
+      continue;
+    }
+    const size = new Float64Array(count + 1);
+    for (let i = 0; i < n; i++) size[lab[i]!]!++;
+    let max = 0;
+    for (let c = 1; c <= count; c++) max = Math.max(max, size[c]!);
+    if (data === vol.data) {
+      // (the caller's labels are never written: a copy at the first step that removes anything)
+      const copy = allocArray(dtypeOf(vol.data)!, n, "labels, largest components") as VoxelArray;
+      copy.set(vol.data as never);
+      data = copy;
+    }
+    for (let i = 0; i < n; i++) if (lab[i] && size[lab[i]!]! < max) data[i] = 0;
+    releaseEngineArray(lab);
+  }
+  releaseEngineArray(mask);
+  return data;
 }
 
 /**
@@ -505,8 +565,24 @@ export async function cleanup(labelVolume: Volume, options?: CleanupOptions): Pr
   assertIntegerVolume("labelVolume", labelVolume);
   const opts = checkCleanupOptions(options);
   const { connectivity, perClass } = opts;
+  const given = labelVolume.data;
+  if (opts.largestOf?.length) labelVolume = { ...labelVolume, data: await keepLargestOfGroups(labelVolume, opts.largestOf, connectivity) };
   if (opts.mergeClasses?.length)
     labelVolume = { ...labelVolume, data: await mergeClassGroups(labelVolume, opts.mergeClasses, connectivity) };
+  const geometry = {
+    dims: [...labelVolume.dims] as Volume["dims"],
+    spacing: [...labelVolume.spacing] as Volume["spacing"],
+    affine: [...labelVolume.affine],
+  };
+  if (opts.minVoxels === undefined && opts.minVolumeMl === undefined && !opts.minVolumeMlByClass && opts.keepLargest === undefined) {
+    // nothing to filter by size (nnU-Net's post-processing alone): the steps' result, as a new volume
+    let data = labelVolume.data;
+    if (data === given) {
+      data = allocArray(dtypeOf(given)!, given.length, "cleaned labels") as VoxelArray;
+      data.set(given as never);
+    }
+    return { ...labelVolume, data, ...geometry };
+  }
   const { labels, count } = await connectedComponents(labelVolume, { connectivity, perClass });
   const st = await packedStats(labels, count, labelVolume.data);
   const [sx, sy, sz] = labelVolume.spacing;

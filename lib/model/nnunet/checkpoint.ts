@@ -113,7 +113,7 @@ export class TorchDevice {
 }
 
 /** A numpy dtype as pickled (`numpy.dtype('f8', False, True)` then BUILD with its state tuple). */
-class NumpyDType {
+export class NumpyDType {
   state: unknown;
   constructor(readonly str: string) {}
   __setstate__(state: unknown) {
@@ -215,7 +215,7 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
   );
 }
 
-function numpyScalar(dtype: unknown, bytes: unknown): number | undefined {
+export function numpyScalar(dtype: unknown, bytes: unknown): number | undefined {
   if (!(dtype instanceof NumpyDType) || !(bytes instanceof Uint8Array)) return undefined;
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const want = (n: number) => bytes.byteLength === n;

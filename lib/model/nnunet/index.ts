@@ -27,6 +27,8 @@ import type { HeldWeights } from "../graph.js";
 import { encodeModel } from "../onnx-proto.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
+import { readNnunetPostprocessing } from "./postprocessing.js";
+import type { CleanupOptions } from "../../ops/components.js";
 
 export { CheckpointError } from "./checkpoint.js";
 export type { Architecture } from "./network.js";
@@ -44,6 +46,13 @@ export interface LoadNnunetOptions {
   maxCheckpointBytes?: number;
   /** The arithmetic of the folds' convolutions, as loadModel's `precision`. */
   precision?: Precision;
+  /**
+   * nnU-Net's post-processing (`postprocessing.pkl` or `.json`, as `nnUNetv2_find_best_configuration`
+   * writes it) as the model config's `postprocessing`, which segment() applies unless given
+   * `cleanup`: a path, or false for none. Default: the folder's
+   * `crossval_results_folds_<folds>/postprocessing.pkl` (or `.json`) for the folds loaded, where it exists.
+   */
+  postprocessing?: string | false;
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -274,6 +283,16 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
     throw invalidParameterError("options.maxCheckpointBytes", "a positive number of bytes", opts.maxCheckpointBytes);
   const precision = checkPrecision(opts.precision, "options.precision");
+  if (
+    opts.postprocessing !== undefined &&
+    opts.postprocessing !== false &&
+    (typeof opts.postprocessing !== "string" || !opts.postprocessing)
+  )
+    throw invalidParameterError(
+      "options.postprocessing",
+      "the path of nnU-Net's postprocessing.pkl or .json, or false",
+      opts.postprocessing,
+    );
   const folder = resolve(trainerFolder);
   const st = await stat(folder).catch(() => null);
   if (!st?.isDirectory()) throw new Error(`nnU-Net folder ${trainerFolder} does not exist or is not a folder`);
@@ -321,6 +340,16 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
   const numClasses = values.length;
   const inputChannels = Object.keys(channels).length;
+
+  // nnU-Net's post-processing chosen on the cross-validation of these folds, where the folder has it
+  // (read before any checkpoint: a bad file is refused at once)
+  let ppFile: string | undefined;
+  if (typeof opts.postprocessing === "string") ppFile = resolve(opts.postprocessing);
+  else if (opts.postprocessing === undefined) {
+    const cv = join(folder, `crossval_results_folds_${folds.join("_")}`);
+    ppFile = ["postprocessing.pkl", "postprocessing.json"].map((f) => join(cv, f)).find((f) => existsSync(f));
+  }
+  const postprocessing: CleanupOptions | null = ppFile ? await readNnunetPostprocessing(ppFile, values) : null;
 
   const ckLimits = { maxBytes: opts.maxCheckpointBytes };
   const foldModels: Model[] = [];
@@ -398,7 +427,10 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   // the config segment() uses: plans' patch, spacing and normalisation, the checkpoint's mirror axes
   // (fromNnunet maps plans' spacing, kept in the network's transposed order, back to (z, y, x))
   const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
-  const config = normalizeConfig({ ...partial, classes, mirrorAxes, stepSize: 0.5 }, "nnunet");
+  const config = normalizeConfig(
+    { ...partial, classes, mirrorAxes, stepSize: 0.5, ...(postprocessing ? { postprocessing } : {}) },
+    "nnunet",
+  );
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
   return new NnunetModel({
     name,

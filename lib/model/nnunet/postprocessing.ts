@@ -1,0 +1,123 @@
+/**
+ * nnU-Net's post-processing file: what `nnUNetv2_find_best_configuration` chose on the
+ * cross-validation (`crossval_results_folds_…/postprocessing.pkl`, and `postprocessing.json` beside
+ * it since nnU-Net 2.1), as cleanup's options (`largestOf`).
+ *
+ * The pickle is `(pp_fns, pp_fn_kwargs)`: a list of functions — nnU-Net writes only
+ * `nnunetv2.postprocessing.remove_connected_components.remove_all_but_largest_component_from_segmentation`
+ * — and a list of their keyword arguments, `{"labels_or_regions": …}` with a label, a region (a
+ * tuple of labels) or a list of either, numpy integers included. Every form means the union of the
+ * labels named, whose largest connected component alone is kept. Parsed by pickleparser, which
+ * runs nothing: any other global refuses the file.
+ */
+import { readFile, stat } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { basename } from "node:path";
+import type { CleanupOptions } from "../../ops/components.js";
+import { CheckpointError, NumpyDType, numpyScalar } from "./checkpoint.js";
+
+const require = createRequire(import.meta.url);
+const { Parser } = require("pickleparser") as typeof import("pickleparser");
+
+/** The one function nnU-Net's post-processing names. */
+const LARGEST = "remove_all_but_largest_component_from_segmentation";
+const LARGEST_GLOBAL = `nnunetv2.postprocessing.remove_connected_components.${LARGEST}`;
+const LARGEST_MARK = Object.freeze({ fn: LARGEST });
+
+/** Larger than any post-processing file nnU-Net writes (a few hundred bytes). */
+const MAX_BYTES = 1 << 20;
+const MAX_STEPS = 64;
+
+/**
+ * Reads `postprocessing.pkl` or `postprocessing.json` into cleanup's options: `{ largestOf,
+ * connectivity: 26 }` (nnU-Net labels with skimage's full connectivity), or null where nnU-Net chose
+ * no post-processing. `classes`: the model's label values, each named label must be one of them.
+ */
+export async function readNnunetPostprocessing(path: string, classes: readonly number[]): Promise<CleanupOptions | null> {
+  const where = `nnU-Net post-processing ${basename(path)}`;
+  const st = await stat(path).catch((e: Error) => {
+    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
+  });
+  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
+  if (st.size > MAX_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_BYTES} such a file could hold`);
+  const bytes = await readFile(path);
+  let fns: unknown[], kwargs: unknown[];
+  if (/\.json$/i.test(path)) {
+    let j: { postprocessing_fns?: unknown; postprocessing_kwargs?: unknown };
+    try {
+      j = JSON.parse(bytes.toString("utf8")) as typeof j;
+    } catch (e) {
+      throw new Error(`${where}: not valid JSON (${(e as Error).message})`, { cause: e });
+    }
+    if (!Array.isArray(j?.postprocessing_fns) || !Array.isArray(j.postprocessing_kwargs))
+      throw new Error(`${where}: expected postprocessing_fns and postprocessing_kwargs lists, as nnU-Net writes`);
+    fns = j.postprocessing_fns.map((f) => (f === LARGEST ? LARGEST_MARK : f));
+    kwargs = j.postprocessing_kwargs.map((k) => (k && typeof k === "object" && !Array.isArray(k) ? new Map(Object.entries(k)) : k));
+  } else {
+    const parser = new Parser({
+      unpicklingTypeOfDictionary: "Map",
+      unpicklingTypeOfSet: "array",
+      nameResolver: {
+        resolve: (module: string, name: string) => {
+          const fqn = `${module}.${name}`;
+          if (fqn === LARGEST_GLOBAL) return LARGEST_MARK as never;
+          if (fqn === "numpy.dtype") return ((s: unknown) => new NumpyDType(String(s))) as never;
+          if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
+            return ((dtype: unknown, b: unknown) => {
+              const v = numpyScalar(dtype, b);
+              if (v === undefined || !Number.isInteger(v)) throw new CheckpointError(`${where}: a numpy scalar that is not an integer`);
+              return v;
+            }) as never;
+          throw new CheckpointError(
+            `${where}: the pickle names the Python global "${fqn}", which nnU-Net's post-processing never holds; the file is refused (nothing in it was run)`,
+          );
+        },
+      },
+      persistentResolver: {
+        resolve: () => {
+          throw new CheckpointError(`${where}: the pickle uses a persistent id, which nnU-Net's post-processing never does`);
+        },
+      },
+      extensionResolver: {
+        resolve: (code: number) => {
+          throw new CheckpointError(`${where}: the pickle uses extension code ${code}`);
+        },
+      },
+    });
+    let root: unknown;
+    try {
+      root = parser.parse(bytes);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw e;
+      throw new CheckpointError(`${where}: not a readable pickle (${(e as Error).message})`);
+    }
+    if (!Array.isArray(root) || root.length !== 2 || !Array.isArray(root[0]) || !Array.isArray(root[1]))
+      throw new Error(`${where}: expected (pp_fns, pp_fn_kwargs), two lists, as nnU-Net pickles them`);
+    [fns, kwargs] = root as [unknown[], unknown[]];
+  }
+  if (fns.length !== kwargs.length) throw new Error(`${where}: ${fns.length} functions but ${kwargs.length} argument sets`);
+  if (fns.length > MAX_STEPS) throw new Error(`${where}: ${fns.length} steps, more than ${MAX_STEPS}`);
+  const known = new Set(classes.filter((c) => c > 0));
+  const largestOf = fns.map((f, i) => {
+    if (f !== LARGEST_MARK)
+      throw new Error(
+        `${where}: step ${i + 1} is ${typeof f === "string" ? f : "a function"}, not ${LARGEST} (the only one nnU-Net writes)`,
+      );
+    const k = kwargs[i];
+    if (!(k instanceof Map) || k.size !== 1 || !k.has("labels_or_regions"))
+      throw new Error(`${where}: step ${i + 1}'s arguments must be { labels_or_regions } alone`);
+    const labels = new Set<number>();
+    const take = (v: unknown, depth: number): void => {
+      if (Array.isArray(v) && depth < 2) for (const x of v) take(x, depth + 1);
+      else if (Number.isInteger(v) && known.has(v as number)) labels.add(v as number);
+      else
+        throw new Error(
+          `${where}: step ${i + 1} names ${JSON.stringify(v)}, not a label of the model (${[...known].join(", ")}) or a list or region of them`,
+        );
+    };
+    take(k.get("labels_or_regions"), 0);
+    if (labels.size === 0) throw new Error(`${where}: step ${i + 1} names no label`);
+    return [...labels];
+  });
+  return largestOf.length ? { largestOf, connectivity: 26 } : null;
+}
