@@ -7,7 +7,8 @@
  * patch and a CT wider than it.
  */
 import test from "ava";
-import { copyFileSync, cpSync, mkdtempSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, loadNnunet, readNifti, readNpy, segment, setBackend, type Volume } from "../lib/index.js";
@@ -178,3 +179,86 @@ test("a config that disagrees with the model's rank is refused at load, naming b
   t.deepEqual(m.config.mirrorAxes, [1, 2]);
   m.dispose();
 });
+
+test.serial(
+  "an ensemble of the 2d and 3d_fullres folders (segment given both) matches nnU-Net's ensemble of their probabilities",
+  async (t) => {
+    cpu();
+    const ct = await readNifti(SMOKE_CT);
+    const m2 = await loadNnunet(FOLDER);
+    const m3 = await loadNnunet(
+      join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres"),
+    );
+    const progress: number[] = [];
+    const { labels, report } = await segment(ct, [m2, m3], {
+      onProgress: (p) => p.step === "window" && progress.push(p.done / p.total),
+    });
+    t.is(report.windows, 24 + 18, "24 slices of the 2d model, 2 × 3 × 3 windows of the 3d one");
+    t.deepEqual(
+      report.ensemble!.map((e) => e.windows),
+      [24, 18],
+    );
+    t.is(report.model, `${m2.name} + ${m3.name}`);
+    t.true(progress.every((v, i) => i === 0 || v > progress[i - 1]!) && progress.at(-1) === 1, "one progress over both members");
+    const c = await compareLabels(labels.data, "ensemble_2d_3d_fullres");
+    t.log(`ensemble: ${c.differ} of ${c.n} differ from nnU-Net's (${c.clear} not near-ties)`);
+    t.is(c.len, c.n);
+    t.is(c.clear, 0);
+    // members with other classes are refused before any work
+    const other = {
+      ...m3,
+      name: "other",
+      run: m3.run.bind(m3),
+      lastRun: undefined,
+      config: { ...m3.config, classes: { "0": "bg", "1": "blood" } },
+    };
+    await t.throwsAsync(segment(ct, [m2, other]), { message: /model\[1\]\.config\.classes/ });
+    await t.throwsAsync(segment(ct, []), { message: /an array of 1 to 8 models/ });
+    m2.dispose();
+    m3.dispose();
+  },
+);
+
+test.serial(
+  "bhsd segment CT --nnunet 2D --nnunet 3D writes the ensemble's labels; --pp-pkl applies nnU-Net's post-processing file",
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "bhsd-2d-cli-"));
+    made.push(dir);
+    const folder3d = join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres");
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", SMOKE_CT, ...args], {
+        encoding: "utf8",
+        cwd: ROOT,
+        timeout: 180_000,
+      });
+    const ok = cli(
+      "--nnunet",
+      FOLDER,
+      "--nnunet",
+      folder3d,
+      "--out",
+      join(dir, "labels.nii.gz"),
+      "--report",
+      join(dir, "report.json"),
+      "--quiet",
+    );
+    t.is(ok.status, 0, ok.stderr);
+    const labels = await readNifti(join(dir, "labels.nii.gz"));
+    const c = await compareLabels(Uint8Array.from(labels.data), "ensemble_2d_3d_fullres");
+    t.is(c.clear, 0, `${c.differ} labels differ from nnU-Net's ensemble`);
+    t.is(JSON.parse(readFileSync(join(dir, "report.json"), "utf8")).ensemble.length, 2);
+    // (the report goes to a file: a random network's thousands of specks outgrow spawnSync's stdout buffer)
+    const pp = cli("--nnunet", FOLDER, "--pp-pkl", fx.file("postprocessing/labels.pkl"), "--report", join(dir, "pp.json"), "--quiet");
+    t.is(pp.status, 0, pp.stderr);
+    t.deepEqual(JSON.parse(readFileSync(join(dir, "pp.json"), "utf8")).postprocessing, {
+      largestOf: [[1, 2, 3, 4, 5], [2]],
+      connectivity: 26,
+    });
+    const hostile = cli("--nnunet", FOLDER, "--pp-pkl", fx.file("postprocessing/hostile.pkl"), "--quiet");
+    t.not(hostile.status, 0);
+    t.regex(hostile.stderr, /posix\.system/);
+    const both = cli("--nnunet", FOLDER, "--pp-pkl", fx.file("postprocessing/labels.pkl"), "--no-postprocessing", "--quiet");
+    t.not(both.status, 0);
+    t.regex(both.stderr, /--pp-pkl is a post-processing: not with --cleanup-min-ml or --no-postprocessing/);
+  },
+);

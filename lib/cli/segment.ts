@@ -11,13 +11,15 @@ import { PRECISIONS, type Precision } from "../backends/precision.js";
 import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
+import { readNnunetPostprocessing } from "../model/nnunet/postprocessing.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
 import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
   model?: string;
-  nnunet?: string;
+  nnunet?: string[];
+  ppPkl?: string;
   folds?: Fold[];
   out?: string;
   outSeg?: string;
@@ -43,7 +45,12 @@ export function segmentCommand(program: Command): void {
     .option("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
     .option(
       "--nnunet <folder>",
-      "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres), run directly; its predictor mirrors by default, add --tta for that",
+      "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres or __2d), run directly; its predictor mirrors by default, add --tta for that. Given twice or more: an ensemble (the mean of the configurations' probabilities, as nnUNetv2_ensemble)",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
+    .option(
+      "--pp-pkl <file>",
+      "apply nnU-Net's post-processing file (postprocessing.pkl or .json: an ensemble's from nnUNet_results/…/ensembles/…, or another model's) instead of the model's own",
     )
     .option(
       "--folds <list>",
@@ -85,11 +92,17 @@ export function segmentCommand(program: Command): void {
     .action(async (file: string, o: Opts) => {
       if (!o.model === !o.nnunet) throw new Error("segment: give exactly one of --model <onnx> and --nnunet <folder>");
       if (o.folds && !o.nnunet) throw new Error("segment: --folds goes with --nnunet");
+      if (o.ppPkl && (o.cleanupMinMl !== undefined || o.postprocessing === false))
+        throw new Error("segment: --pp-pkl is a post-processing: not with --cleanup-min-ml or --no-postprocessing");
       // every output is checked (not an input, its folder writable) before the work, and appears only when all is done
       const modelBase = (o.model ?? "").replace(/\.onnx$/i, "");
-      const inputs = o.nnunet
-        ? [file, join(o.nnunet, "plans.json"), join(o.nnunet, "dataset.json")]
-        : [file, o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")];
+      const inputs = [
+        file,
+        ...(o.nnunet
+          ? o.nnunet.flatMap((f) => [join(f, "plans.json"), join(f, "dataset.json")])
+          : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),
+        ...(o.ppPkl ? [o.ppPkl] : []),
+      ];
       const outputs = [
         ...(o.out ? [{ flag: "--out", path: o.out }] : []),
         ...(o.outSeg ? [{ flag: "--out-seg", path: o.outSeg }] : []),
@@ -103,17 +116,23 @@ export function segmentCommand(program: Command): void {
         if (o.outSeg && !("dicom" in ct))
           throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
         const prec = o.precision ? { precision: o.precision } : {};
-        const model = o.nnunet
-          ? await loadNnunet(o.nnunet, { ...(o.folds ? { folds: o.folds } : {}), ...prec })
-          : await loadModel(o.model!, prec);
+        const models = [];
+        for (const f of o.nnunet ?? []) models.push(await loadNnunet(f, { ...(o.folds ? { folds: o.folds } : {}), ...prec }));
+        if (o.model) models.push(await loadModel(o.model, prec));
+        // nnU-Net's post-processing file, read against the model's labels (refused before the work)
+        const pp = o.ppPkl
+          ? ((await readNnunetPostprocessing(o.ppPkl, Object.keys(models[0]!.config.classes).map(Number))) ?? (false as const))
+          : undefined;
         const bar = progress(!o.quiet && !o.json);
-        const { labels, report } = await segment(ct, model, {
+        const { labels, report } = await segment(ct, models.length === 1 ? models[0]! : models, {
           mirror: !!o.tta,
-          ...(o.cleanupMinMl !== undefined
-            ? { cleanup: { minVolumeMl: o.cleanupMinMl } }
-            : o.postprocessing === false
-              ? { cleanup: false as const }
-              : {}),
+          ...(pp !== undefined
+            ? { cleanup: pp }
+            : o.cleanupMinMl !== undefined
+              ? { cleanup: { minVolumeMl: o.cleanupMinMl } }
+              : o.postprocessing === false
+                ? { cleanup: false as const }
+                : {}),
           onProgress: (p) => p.step === "window" && bar(p.done, p.total, "windows"),
         });
         if (o.out) await plan.write("--out", (tmp) => writeNifti(tmp, labels));

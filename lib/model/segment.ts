@@ -80,6 +80,13 @@ export interface SegmentReport {
   peakSegmentBytes: number;
   /** The post-processing applied: the caller's `cleanup`, else the model's own; null when none. */
   postprocessing: CleanupOptions | null;
+  /** An ensemble's members (segment given several models): each one's grid, windows and forwards. */
+  ensemble?: {
+    model: string;
+    modelGrid: { dims: [number, number, number]; spacing: [number, number, number] };
+    windows: number;
+    forwards: number;
+  }[];
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -287,6 +294,9 @@ class SegmentRun {
   private t = performance.now();
   held = 0;
   peakHeld = 0;
+  /** An ensemble's progress: the windows of the members before this one, and all members' windows. */
+  windowBase = 0;
+  windowTotal: number | undefined;
   constructor(
     readonly progress: (p: SegmentProgress) => void,
     readonly signal: AbortSignal | undefined,
@@ -438,6 +448,17 @@ async function preprocess(
 }
 
 /**
+ * The windows' starts along each axis of the padded model grid. A 2-D model: every slice once
+ * (nnU-Net's 2-D predictor; overlapping one-slice windows would only repeat it), each given to the
+ * network as [1, 1, y, x] and its logits read as one slice.
+ */
+function windowStartsOf(p: SegmentPlan): number[][] {
+  const starts = p.padded.map((L, i) => windowStarts(L, p.patch[i]!, p.step));
+  if (p.cfg.spatialDims === 2) starts[0] = Array.from({ length: p.padded[0] }, (_, z) => z);
+  return starts;
+}
+
+/**
  * Sliding-window prediction (nnU-Net's predict_sliding_window_return_logits): windows over the
  * model grid padded to at least one patch, each forward (and its mirrored forwards) weighted by the
  * Gaussian map, then the padding cropped, the weights divided out and a softmax over the classes.
@@ -452,11 +473,8 @@ async function predictSlidingWindow(
   const { patch, padded, modelShape } = p;
   const signal = run.signal;
   const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
-  const starts = padded.map((L, i) => windowStarts(L, patch[i]!, p.step));
-  // a 2-D model: every slice once (nnU-Net's 2-D predictor; overlapping one-slice windows would
-  // only repeat it), each given to the network as [1, 1, y, x] and its logits read as one slice
+  const starts = windowStartsOf(p);
   const twoD = p.cfg.spatialDims === 2;
-  if (twoD) starts[0] = Array.from({ length: padded[0] }, (_, z) => z);
   const netShape = (s: readonly number[]) => (twoD ? [s[0]!, s[1]!, ...s.slice(3)] : [...s]);
   const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
   const gauss = gaussianMap(patch);
@@ -517,7 +535,7 @@ async function predictSlidingWindow(
           await be.accumulateWindow(acc, weight, logits!.data, gauss, C, padded, patch, [z0, y0, x0], 1 / flips.length);
         else accumulateWindow(acc, weight, logits!.data, gauss, C, padded, patch, [z0, y0, x0], 1 / flips.length);
         if (model instanceof Model && logits!.data !== summed && logits!.data !== patchT.data) model.recycle(logits!.data);
-        run.progress({ step: "window", done: ++done, total });
+        run.progress({ step: "window", done: run.windowBase + ++done, total: run.windowTotal ?? total });
         await run.yielder.maybe();
       }
   run.lap("inference");
@@ -616,6 +634,42 @@ async function exportToCtGrid(
   return labels;
 }
 
+/**
+ * An ensemble member's share: its class probabilities back on the CT's grid and axis order, one
+ * class at a time, times `w`, added into `acc` (class-major, C × the CT's voxels), as nnU-Net's
+ * ensembling averages each configuration's probabilities exported to the image's own grid.
+ */
+async function addToCtGrid(
+  probs: Float32Array,
+  C: number,
+  ct: Volume,
+  p: SegmentPlan,
+  pre: { gridShape: [number, number, number]; resampled: boolean },
+  run: SegmentRun,
+  acc: Float32Array,
+  w: number,
+): Promise<void> {
+  const { modelShape, perm } = p;
+  const { gridShape, resampled } = pre;
+  const mvol = prod(modelShape);
+  const n = ct.data.length;
+  const inv = [0, 1, 2].map((k) => perm.indexOf(k));
+  for (let k = 0; k < C; k++) {
+    let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
+    if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    const back = transpose3(ch.data, gridShape, inv);
+    const dst = acc.subarray(k * n, (k + 1) * n),
+      src = back.data;
+    for (let lo = 0; lo < n; lo += 1 << 20) {
+      for (let i = lo, hi = Math.min(n, lo + (1 << 20)); i < hi; i++) dst[i]! += src[i]! * w;
+      await run.yielder.maybe();
+    }
+    if (back.data !== ch.data) releaseEngineArray(back.data);
+    if (resampled) releaseEngineArray(ch.data);
+  }
+  run.lap("resample back");
+}
+
 /** Optional cleanup, then the bleeds (components) and the volume of each class on the CT's grid. */
 async function postprocess(
   labels: Volume<Uint8Array>,
@@ -647,20 +701,25 @@ async function postprocess(
 
 /**
  * Segments a head CT: preprocess, sliding-window prediction, export to the CT's grid, then
- * cleanup and the report (each step a function above, after nnU-Net's predictor).
+ * cleanup and the report (each step a function above, after nnU-Net's predictor). Given several
+ * models (an ensemble, as nnU-Net's of 2d and 3d_fullres), each runs with its own config and the
+ * mean of their class probabilities on the CT's grid is taken (nnUNetv2_ensemble); only the
+ * caller's `cleanup` applies to an ensemble (the members' own post-processing does not).
  */
 export async function segment(
   ct: Volume,
-  model: SegmentModel,
+  model: SegmentModel | readonly SegmentModel[],
   options?: SegmentOptions,
 ): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
-  const opts = checkOptions(ct, model, options);
+  if (Array.isArray(model)) return segmentEnsemble(ct, model, options);
+  const one = model as SegmentModel;
+  const opts = checkOptions(ct, one, options);
   opts.signal?.throwIfAborted();
   const run = new SegmentRun(opts.onProgress, opts.signal);
   run.progress({ step: "preprocess", done: 0, total: 3 });
-  const p = plan(ct, model.config, opts);
+  const p = plan(ct, one.config, opts);
   const pre = await preprocess(ct, p, run);
-  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, model, p, run);
+  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run);
   run.signal?.throwIfAborted();
   run.progress({ step: "postprocess", done: 1, total: 3 });
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
@@ -668,18 +727,32 @@ export async function segment(
   releaseEngineArray(pre.x.data);
   const labels = await exportToCtGrid(probs, classes, ct, p, pre, run);
   releaseEngineArray(probs);
+  return finish(ct, labels, one.name, p, opts.cleanup, run, { windows, forwards, peakForward });
+}
+
+/** Cleanup and the report, for one model or an ensemble. */
+async function finish(
+  ct: Volume,
+  labels: Uint8Array,
+  name: string,
+  p: SegmentPlan,
+  cleanupOptions: CleanupOptions | false | undefined,
+  run: SegmentRun,
+  counts: { windows: number; forwards: number; peakForward: number },
+  members?: SegmentReport["ensemble"],
+): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
   run.signal?.throwIfAborted();
   const { out, components, perClass } = await postprocess(
     { data: labels, dims: [...ct.dims], spacing: [...ct.spacing], affine: [...ct.affine] },
     p.cfg,
-    opts.cleanup,
+    cleanupOptions,
     run,
   );
   run.progress({ step: "postprocess", done: 3, total: 3 });
   return {
     labels: out,
     report: {
-      model: model.name,
+      model: name,
       backend: activeBackend().name,
       classes: p.cfg.classes,
       perClass,
@@ -687,12 +760,85 @@ export async function segment(
       dims: [...ct.dims],
       spacing: [...ct.spacing],
       modelGrid: { dims: p.modelShape, spacing: p.target },
-      windows,
-      forwards,
+      windows: counts.windows,
+      forwards: counts.forwards,
       timings: run.timings,
-      peakForwardBytes: peakForward,
+      peakForwardBytes: counts.peakForward,
       peakSegmentBytes: run.peakHeld,
-      postprocessing: opts.cleanup || null,
+      postprocessing: cleanupOptions || null,
+      ...(members ? { ensemble: members } : {}),
     },
   };
+}
+
+/** Most models one ensemble may hold (nnU-Net's are two or three configurations). */
+const MAX_ENSEMBLE = 8;
+
+/** segment() of several models: the mean of their probabilities on the CT's grid. */
+async function segmentEnsemble(
+  ct: Volume,
+  models: readonly SegmentModel[],
+  options?: SegmentOptions,
+): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
+  if (models.length < 1 || models.length > MAX_ENSEMBLE)
+    throw invalidParameterError("model", `a model, or an array of 1 to ${MAX_ENSEMBLE} models (an ensemble)`, models);
+  // every member checked, and its grids planned, before any work
+  const settings = models.map((m, i) => {
+    try {
+      return checkOptions(ct, m, options);
+    } catch (e) {
+      if (e instanceof TypeError && models.length > 1) throw new TypeError(`ensemble member ${i} (${m?.name}): ${e.message}`, { cause: e });
+      throw e;
+    }
+  });
+  const classes = JSON.stringify(models[0]!.config.classes);
+  models.forEach((m, i) => {
+    if (JSON.stringify(m.config.classes) !== classes)
+      throw invalidParameterError(`model[${i}].config.classes`, `the classes of model[0] (${classes})`, m.config.classes);
+  });
+  const opts = settings[0]!;
+  // an ensemble's post-processing is its own (nnU-Net determines one for the ensemble): the caller's
+  const cleanupOptions = models.length === 1 ? opts.cleanup : (options as SegmentOptions | undefined)?.cleanup;
+  opts.signal?.throwIfAborted();
+  const run = new SegmentRun(opts.onProgress, opts.signal);
+  run.progress({ step: "preprocess", done: 0, total: 3 });
+  const plans = models.map((m, i) => plan(ct, m.config, settings[i]!));
+  run.windowTotal = plans.reduce((a, p) => a + windowStartsOf(p).reduce((b, s) => b * s.length, 1), 0);
+  const n = ct.data.length;
+  let acc: Float32Array | undefined;
+  let C = 0;
+  const counts = { windows: 0, forwards: 0, peakForward: 0 };
+  const members: NonNullable<SegmentReport["ensemble"]> = [];
+  for (const [i, m] of models.entries()) {
+    const p = plans[i]!;
+    const pre = await preprocess(ct, p, run);
+    const r = await predictSlidingWindow(pre.x, m, p, run);
+    releaseEngineArray(pre.x.data);
+    if (!acc) {
+      C = r.classes;
+      acc = allocArray("float32", C * n, "ensemble probabilities") as Float32Array;
+      run.hold(acc.byteLength);
+    } else if (r.classes !== C) {
+      releaseEngineArray(r.probs);
+      throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} classes, member 0 ${C}`);
+    }
+    await addToCtGrid(r.probs, C, ct, p, pre, run, acc, 1 / models.length);
+    releaseEngineArray(r.probs);
+    run.windowBase += r.windows;
+    counts.windows += r.windows;
+    counts.forwards += r.forwards;
+    counts.peakForward = Math.max(counts.peakForward, r.peakForward);
+    members.push({ model: m.name, modelGrid: { dims: p.modelShape, spacing: p.target }, windows: r.windows, forwards: r.forwards });
+    run.signal?.throwIfAborted();
+  }
+  run.progress({ step: "postprocess", done: 1, total: 3 });
+  const lab = allocArray("int32", n, "argmax", { overwritten: true }) as Int32Array;
+  await activeBackend().argmax(acc!, 1, C, n, lab);
+  run.held -= acc!.byteLength;
+  releaseEngineArray(acc!);
+  const labels = allocArray("uint8", n, "labels") as Uint8Array;
+  labels.set(lab); // (class indices < C ≤ 255)
+  releaseEngineArray(lab);
+  run.lap("argmax");
+  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, cleanupOptions, run, counts, members);
 }
