@@ -12,6 +12,7 @@ import { releaseEngineArray } from "../backends/index.js";
 import { adoptedFloats, adoptedTensor, isExternal, loadExternalData, releaseUnadopted, type ExternalSource } from "./external-data.js";
 import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
+import { decode16 } from "./half.js";
 import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
@@ -227,6 +228,17 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
     } else f32 = Float32Array.from((t.floatData as number[]) ?? []);
     if (f32.length !== n) throw new Error(`${where}: tensor ${t.name} has ${f32.length} values for shape [${dims}]`);
     return { dims, dataType, f32 };
+  }
+  if (dataType === ONNX_DTYPE.FLOAT16 || dataType === ONNX_DTYPE.BFLOAT16) {
+    // float16 / bfloat16 weights as float32 (half.ts): raw 2-byte values or int32_data's low halves
+    const ints = t.int32Data as number[] | undefined;
+    if (hasRaw ? raw.length !== n * 2 : (ints?.length ?? 0) !== n)
+      throw new Error(
+        `${where}: tensor ${t.name} has ${hasRaw ? `${raw.length} bytes` : `${ints?.length ?? 0} values`} of data for ${n} 16-bit floats`,
+      );
+    const f32 = allocArray("float32", n, `tensor ${t.name}`, { overwritten: true }) as Float32Array;
+    decode16(hasRaw ? raw : undefined, ints, n, dataType === ONNX_DTYPE.BFLOAT16, f32);
+    return { dims, dataType: ONNX_DTYPE.FLOAT, f32 };
   }
   if (dataType === ONNX_DTYPE.DOUBLE) {
     const f64 = hasRaw ? new Float64Array(own(8)) : Float64Array.from((t.doubleData as number[]) ?? []);
@@ -460,6 +472,7 @@ async function parseInto(
       ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
+  roundHalfBoundaries(g, nodes, initializers);
   const produced = new Set([...initializers.keys(), ...inputs.map((i) => i.name), ...nodes.flatMap((n) => n.outputs)]);
   for (const v of g.output as Record<string, unknown>[]) {
     if (!produced.has(String(v.name))) throw new Error(`${label}: graph output ${String(v.name)} is produced by no node`);
@@ -477,8 +490,57 @@ async function parseInto(
   };
 }
 
+/**
+ * A graph input or output declared float16 or bfloat16 (a `model.half()` export): the values given
+ * are rounded to that type as they enter (what a caller of onnxruntime converts them to), and the
+ * output is rounded to it as it leaves, by Cast nodes added at the boundary; the engine computes in
+ * float32 between (half.ts).
+ */
+function roundHalfBoundaries(g: Record<string, unknown>, nodes: GraphNode[], initializers: ReadonlyMap<string, OnnxTensor>): void {
+  const elemOf = (v: Record<string, unknown>) =>
+    Number((v.type as Record<string, Record<string, unknown>> | undefined)?.tensorType?.elemType ?? 0);
+  const taken = new Set([...nodes.flatMap((n) => [...n.inputs, ...n.outputs]), ...initializers.keys()]);
+  const fresh = (base: string) => {
+    let name = `${base}:bhsd_16`;
+    for (let k = 1; taken.has(name); k++) name = `${base}:bhsd_16_${k}`;
+    taken.add(name);
+    return name;
+  };
+  const cast = (from: string, to: string, type: number): GraphNode => ({
+    name: `bhsd_round16(${to})`,
+    opType: "Cast",
+    inputs: [from],
+    outputs: [to],
+    attrs: { to: type },
+  });
+  const head: GraphNode[] = [];
+  for (const v of (g.input as Record<string, unknown>[]) ?? []) {
+    const name = String(v.name),
+      type = elemOf(v);
+    if (!CAST_16.has(type) || initializers.has(name)) continue;
+    const inner = fresh(name);
+    for (const n of nodes) n.inputs = n.inputs.map((i) => (i === name ? inner : i));
+    head.push(cast(name, inner, type));
+  }
+  for (const v of (g.output as Record<string, unknown>[]) ?? []) {
+    const name = String(v.name),
+      type = elemOf(v);
+    const maker = nodes.find((n) => n.outputs.includes(name));
+    if (!CAST_16.has(type) || !maker) continue;
+    const inner = fresh(name);
+    for (const n of nodes) {
+      n.outputs = n.outputs.map((o) => (o === name ? inner : o));
+      n.inputs = n.inputs.map((i) => (i === name ? inner : i));
+    }
+    nodes.push(cast(inner, name, type));
+  }
+  nodes.unshift(...head);
+}
+
 /** ONNX data types Cast may produce, and what the engine keeps them as. */
 export const CAST_FLOAT = new Set([ONNX_DTYPE.FLOAT, ONNX_DTYPE.DOUBLE]);
+/** 16-bit float types Cast may produce: values rounded to the type, kept as float32 (half.ts). */
+export const CAST_16 = new Set<number>([ONNX_DTYPE.FLOAT16, ONNX_DTYPE.BFLOAT16]);
 export const CAST_INT = new Set<number>([
   ONNX_DTYPE.UINT8,
   ONNX_DTYPE.INT8,
@@ -544,10 +606,8 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string, spatial 
     if (!["constant", "edge", "reflect", "wrap"].includes(mode))
       p.push(`${where}: attribute mode = ${mode} is not supported (constant, edge, reflect, wrap)`);
   }
-  if (op === "Cast" && !CAST_FLOAT.has(a.to as 1) && !CAST_INT.has(a.to as number)) {
-    p.push(
-      `${where}: attribute to = ${a.to} is not a type bhsd computes in (float, double and the integer types; float16/bfloat16 would change the numbers)`,
-    );
+  if (op === "Cast" && !CAST_FLOAT.has(a.to as 1) && !CAST_16.has(a.to as number) && !CAST_INT.has(a.to as number)) {
+    p.push(`${where}: attribute to = ${a.to} is not a type bhsd computes in (float, double, float16, bfloat16 and the integer types)`);
   }
   if (op === "Gelu" && a.approximate !== undefined && a.approximate !== "none" && a.approximate !== "tanh")
     p.push(`${where}: attribute approximate = ${a.approximate} must be none or tanh`);

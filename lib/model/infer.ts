@@ -212,7 +212,7 @@ const RULES: Record<string, Rule> = {
     return [same(x)];
   },
   Not: ([x]) => [x ? same(x, true) : undefined],
-  Cast: ([x], at) => [x ? { shape: [...x.shape], int: !(at.to === 1 || at.to === 11) } : undefined],
+  Cast: ([x], at) => [x ? { shape: [...x.shape], int: ![1, 10, 11, 16].includes(at.to as number) } : undefined],
   CastLike: ([x, like]) => [x && like ? { shape: [...x.shape], int: like.int } : undefined],
   Concat: (xs, at) => {
     if (xs.some((x) => !x)) return [undefined];

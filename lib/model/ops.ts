@@ -7,7 +7,8 @@ import { activeBackend } from "../backends/index.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
-import { CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
+import { CAST_16, CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
+import { roundTo16 } from "./half.js";
 import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 import { ONNX_DTYPE } from "./onnx-proto.js";
@@ -390,6 +391,13 @@ export async function runNode(
             ? v
             : { f: { data: allocFloats(v.ints.length, budget, "Cast").map((_, i) => v.ints[i]!) as Float32Array, shape: v.shape } },
         ];
+      if (CAST_16.has(to)) {
+        // float16 / bfloat16: the values rounded to the type, kept as float32 (half.ts)
+        const src = "f" in v ? v.f.data : Float32Array.from(v.ints);
+        const out = alloc("f" in v ? [...v.f.shape] : [...v.shape]);
+        roundTo16(src, out.data, to === ONNX_DTYPE.BFLOAT16);
+        return [{ f: out }];
+      }
       // integer types: truncation toward zero, then wrapped into the type's range as C casts do
       const wrap = intWrap(to);
       const src = "f" in v ? v.f.data : v.ints;
