@@ -25,7 +25,7 @@ const SUMS = Object.fromEntries(
 );
 function fixture(rel: string): string {
   const path = join(ROOT, "test", "fixtures", rel);
-  const key = rel.startsWith("float16/") ? rel.slice(8) : undefined;
+  const key = rel.startsWith("float16/") ? rel.slice("float16/".length) : undefined;
   if (key !== undefined && createHash("sha256").update(readFileSync(path)).digest("hex") !== SUMS[key])
     throw new Error(`${path} differs from its SHA256SUMS`);
   return path;
@@ -158,4 +158,18 @@ test("float16 and bfloat16 weights are decoded from raw data and from int32_data
       t.deepEqual(Array.from(y.data), Array.from(Float32Array.from(want)), `${dataType} from ${how}`);
     }
   }
+});
+
+test.serial("a float16 model's tensors in external data (model.onnx + model.onnx.data) load as the inline file's", async (t) => {
+  setBackend("ts");
+  const x = await readNpy(fixture("float16/segresnet2d_fp16_input.npy"));
+  const inline = await (await loadModel(fixture("float16/segresnet2d_fp16.onnx"))).run({ data: x.data as Float32Array, shape: x.shape });
+  fixture("float16/external/model.onnx.data");
+  const file = fixture("float16/external/model.onnx");
+  const ext = await (await loadModel(file)).run({ data: x.data as Float32Array, shape: x.shape });
+  t.deepEqual(Array.from(ext.data), Array.from(inline.data));
+  const session = await ort.InferenceSession.create(file, { intraOpNumThreads: 1 });
+  const o = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).output!;
+  await session.release();
+  t.true(scaleDiff(ext.data, o.data as Float32Array) <= 1e-5);
 });

@@ -24,6 +24,8 @@ import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from ".
 const WIDTH: Record<number, number> = {
   [ONNX_DTYPE.FLOAT]: 4,
   [ONNX_DTYPE.DOUBLE]: 8,
+  [ONNX_DTYPE.FLOAT16]: 2,
+  [ONNX_DTYPE.BFLOAT16]: 2,
   [ONNX_DTYPE.INT64]: 8,
   [ONNX_DTYPE.INT32]: 4,
   [ONNX_DTYPE.INT8]: 1,
@@ -151,9 +153,9 @@ export async function loadExternalData(tensors: TensorObject[], source: External
     const width = WIDTH[Number(t.dataType ?? 0)];
     if (width === undefined)
       throw new Error(
-        `${where} has ONNX data type ${Number(t.dataType ?? 0)}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`,
+        `${where} has ONNX data type ${Number(t.dataType ?? 0)}, which bhsd does not take (float, double, float16, bfloat16, int64, int32, int8, uint8, bool)`,
       );
-    const float = Number(t.dataType) === ONNX_DTYPE.FLOAT || Number(t.dataType) === ONNX_DTYPE.DOUBLE;
+    const float = [ONNX_DTYPE.FLOAT, ONNX_DTYPE.DOUBLE, ONNX_DTYPE.FLOAT16, ONNX_DTYPE.BFLOAT16].includes(Number(t.dataType) as 1);
     if (n > (float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS))
       throw new Error(
         `${where} has dims [${dims}]: ${n} values, more than bhsd takes for a ${float ? "float" : "integer"} tensor (${float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS})`,
