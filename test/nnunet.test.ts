@@ -340,6 +340,13 @@ test("plans in nnU-Net's pre-2.4 format and configurations with inherits_from gi
   await t.throwsAsync(loadNnunet(loop), { message: /configuration "3d_fullres" inherits from itself/ });
 });
 
+test("a cascade's second stage (previous_stage in its plans) is refused, naming the stage it needs", async (t) => {
+  const dir = variant({ plans: (p) => (p.configurations["3d_fullres"].previous_stage = "3d_lowres") });
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /is a cascade stage: its network takes 3d_lowres's segmentation as extra input channels/,
+  });
+});
+
 test("plans this engine does not build are refused, naming the key", async (t) => {
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- plans.json is untyped JSON, edited in place
   const cases: [(a: any) => void, RegExp][] = [

@@ -377,6 +377,11 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           const t = root.get("trainer_name");
           trainerName = typeof t === "string" ? t : "nnUNetTrainer";
           conf = resolveConfiguration(plans, configuration);
+          // a cascade's second stage takes the first stage's segmentation as input channels
+          if (typeof conf.previous_stage === "string")
+            throw new Error(
+              `nnU-Net folder ${basename(folder)}: configuration "${configuration}" is a cascade stage: its network takes ${conf.previous_stage}'s segmentation as extra input channels, which bhsd does not make; run the ${conf.previous_stage} or 3d_fullres folder instead`,
+            );
           arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
           graph = buildNetwork(arch);
           // the network's axes: a 2d configuration's (0, 1) are its slices' y and x, axes 1 and 2 of the grid
