@@ -175,10 +175,49 @@ test.serial("a 2-D convolution without kernel_shape takes its axes from its weig
     outputs: [{ name: "y" }],
     initializers: [{ name: "w", dims: w.shape, data: w.data }],
   });
-  const y = await (await loadModel(bytes)).run(x);
+  const model = await loadModel(bytes);
+  const y = await model.run(x);
   const session = await ort.InferenceSession.create(bytes);
   const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
   await session.release();
   t.deepEqual(y.shape, [...want.dims]);
   t.true(scaleDiff(y.data, want.data as Float32Array) <= 1e-6);
+  model.dispose();
 });
+
+test.serial(
+  "a Concat on axis −4 of 4-D tensors (the batch axis there) is not written in place as channels; equals onnxruntime",
+  async (t) => {
+    for (const backend of backendsUnderTest().map((b) => b.name)) {
+      setBackend(backend);
+      const w1 = randomTensor([2, 1, 3, 3], 61),
+        w2 = randomTensor([2, 1, 3, 3], 62),
+        x = randomTensor([1, 1, 4, 4], 63);
+      for (const axis of [-4, 0, 1]) {
+        const bytes = encodeModel({
+          opset: 17,
+          nodes: [
+            { opType: "Conv", name: "a", inputs: ["x", "w1"], outputs: ["a"], attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1] } },
+            { opType: "Conv", name: "b", inputs: ["x", "w2"], outputs: ["b"], attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1] } },
+            { opType: "Concat", name: "cat", inputs: ["a", "b"], outputs: ["y"], attrs: { axis } },
+          ],
+          inputs: [{ name: "x", shape: x.shape }],
+          outputs: [{ name: "y" }],
+          initializers: [
+            { name: "w1", dims: w1.shape, data: w1.data },
+            { name: "w2", dims: w2.shape, data: w2.data },
+          ],
+        });
+        const model = await loadModel(bytes);
+        const y = await model.run(x);
+        const session = await ort.InferenceSession.create(bytes);
+        const want = (await session.run({ x: new ort.Tensor("float32", x.data, x.shape) })).y!;
+        await session.release();
+        t.deepEqual(y.shape, [...want.dims], `${backend} axis ${axis}`);
+        t.deepEqual(model.valueShapes!.get("y"), [...want.dims], `${backend} axis ${axis}: inferred`);
+        t.true(scaleDiff(y.data, want.data as Float32Array) <= 1e-6, `${backend} axis ${axis}`);
+        model.dispose();
+      }
+    }
+  },
+);

@@ -157,3 +157,56 @@ test.serial(
     await t.throwsAsync(loadNnunet(folder, { postprocessing: 3 as never }), { message: /options\.postprocessing/ });
   },
 );
+
+test("a small post-processing pickle naming one list many times over (memo) is refused at once, not walked N² times", async (t) => {
+  // ([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": [L] * N}]), L = [1] * N:
+  // 4N bytes; walking it whole would take N² = 4·10^8 steps
+  const N = 20000;
+  const parts: number[] = [0x80, 2, 0x5d, 0x28];
+  const ascii = (s: string) => [...s].map((c) => c.charCodeAt(0));
+  parts.push(0x63, ...ascii("nnunetv2.postprocessing.remove_connected_components\nremove_all_but_largest_component_from_segmentation\n"));
+  parts.push(0x65, 0x5d, 0x28, 0x7d); // APPENDS, the kwargs list, MARK, {}
+  const key = ascii("labels_or_regions");
+  parts.push(0x58, key.length, 0, 0, 0, ...key);
+  parts.push(0x5d, 0x28); // L = [1] * N, memoised as 0
+  for (let i = 0; i < N; i++) parts.push(0x4b, 1);
+  parts.push(0x65, 0x71, 0, 0x30, 0x5d, 0x28); // APPENDS, BINPUT 0, POP; the outer list
+  for (let i = 0; i < N; i++) parts.push(0x68, 0);
+  parts.push(0x65, 0x73, 0x65, 0x86, 0x2e); // APPENDS, SETITEM, APPENDS, TUPLE2, STOP
+  const d = tmp();
+  writeFileSync(join(d, "memo.pkl"), Uint8Array.from(parts));
+  const t0 = performance.now();
+  await t.throwsAsync(readNnunetPostprocessing(join(d, "memo.pkl"), CLASSES), { message: /more than 4096 labels and regions/ });
+  t.true(performance.now() - t0 < 2000, `${performance.now() - t0} ms`);
+  // numpy floats are not labels
+  const f = [
+    0x80,
+    2,
+    0x5d,
+    0x28,
+    0x63,
+    ...ascii("nnunetv2.postprocessing.remove_connected_components\nremove_all_but_largest_component_from_segmentation\n"),
+    0x65,
+  ];
+  f.push(0x5d, 0x28, 0x7d, 0x58, key.length, 0, 0, 0, ...key);
+  f.push(
+    0x63,
+    ...ascii("numpy.core.multiarray\nscalar\n"),
+    0x63,
+    ...ascii("numpy\ndtype\n"),
+    0x58,
+    2,
+    0,
+    0,
+    0,
+    ...ascii("f8"),
+    0x89,
+    0x88,
+    0x87,
+    0x52,
+  ); // dtype('f8', False, True)
+  f.push(0x43, 8, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x86, 0x52); // SHORT_BINBYTES 2.0, TUPLE2, REDUCE
+  f.push(0x73, 0x65, 0x86, 0x2e);
+  writeFileSync(join(d, "float.pkl"), Uint8Array.from(f));
+  await t.throwsAsync(readNnunetPostprocessing(join(d, "float.pkl"), CLASSES), { message: /not an integer label/ });
+});

@@ -117,7 +117,9 @@ export function segmentCommand(program: Command): void {
           throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
         const prec = o.precision ? { precision: o.precision } : {};
         const models = [];
-        for (const f of o.nnunet ?? []) models.push(await loadNnunet(f, { ...(o.folds ? { folds: o.folds } : {}), ...prec }));
+        // (an ensemble's members' own post-processing does not apply: not read)
+        const ensemble = (o.nnunet?.length ?? 0) > 1 ? { postprocessing: false as const } : {};
+        for (const f of o.nnunet ?? []) models.push(await loadNnunet(f, { ...(o.folds ? { folds: o.folds } : {}), ...prec, ...ensemble }));
         if (o.model) models.push(await loadModel(o.model, prec));
         // nnU-Net's post-processing file, read against the model's labels (refused before the work)
         const pp = o.ppPkl

@@ -12,6 +12,11 @@ export interface ConcatSlot {
   c0: number;
   c: number;
   cTotal: number;
+  /**
+   * The rank the Concat's axis is the channel axis of: 5 for axis −4 (a 5-D tensor's axis 1; on a
+   * 4-D one it is the batch axis), undefined for axis 1 (any rank ≥ 3).
+   */
+  rank?: number;
 }
 
 /** Ops that write their whole result into a buffer from `alloc` (so it may be a slice of another). */
@@ -82,7 +87,7 @@ export function planConcats(nodes: GraphNode[], graph: Graph, outputs: readonly 
     const cTotal = (cs as number[]).reduce((a, b) => a + b, 0);
     let c0 = 0;
     ins.forEach((i, k) => {
-      slots.set(i!, { concat: n.outputs[0]!, c0, c: cs[k]!, cTotal });
+      slots.set(i!, { concat: n.outputs[0]!, c0, c: cs[k]!, cTotal, ...(n.attrs.axis === -4 ? { rank: 5 } : {}) });
       taken.add(i!);
       c0 += cs[k]!;
     });

@@ -285,7 +285,9 @@ export class Model {
       (shape: number[]): Tensor => {
         const S = prod(shape.slice(2));
         let buf = concatBuf.get(slot.concat);
-        if (shape.length < 3 || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
+        // (axis 1 of any rank from 3 on; axis −4 only of rank 5, where it is the channel axis)
+        const rankOk = slot.rank === undefined ? shape.length >= 3 : shape.length === slot.rank;
+        if (!rankOk || shape[0] !== 1 || shape[1] !== slot.c || (buf && buf.length !== slot.cTotal * S)) return alloc(shape);
         if (!buf) {
           buf = pool.take(slot.cTotal * S, fit);
           pooled.add(buf);
@@ -305,6 +307,10 @@ export class Model {
         if (!v || !("f" in v) || !slot || baseOf.get(v.f.data) !== buf) return undefined;
         const S = prod(v.f.shape.slice(2));
         if (v.f.data.byteOffset !== buf.byteOffset + slot.c0 * S * 4 || v.f.data.length !== slot.c * S) return undefined;
+        // every input of the same rank and spatial shape, its channels those planned (else the
+        // Concat as it was: it checks and says what does not fit)
+        if (v.f.shape[0] !== 1 || v.f.shape[1] !== slot.c || (slot.rank !== undefined && v.f.shape.length !== slot.rank)) return undefined;
+        if (shape && (v.f.shape.length !== shape.length || v.f.shape.some((d, i) => i > 1 && d !== shape![i]))) return undefined;
         shape ??= [1, slot.cTotal, ...v.f.shape.slice(2)];
       }
       return shape && { f: { data: buf, shape } };

@@ -433,7 +433,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   // (fromNnunet maps plans' spacing, kept in the network's transposed order, back to (z, y, x))
   const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
   const config = normalizeConfig(
-    { ...partial, classes, mirrorAxes, stepSize: 0.5, ...(postprocessing ? { postprocessing } : {}) },
+    // (the network's rank: a plans configuration whose patch disagrees with its conv_op is refused here)
+    { ...partial, classes, mirrorAxes, stepSize: 0.5, spatialDims: arch!.dims, ...(postprocessing ? { postprocessing } : {}) },
     "nnunet",
   );
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;

@@ -27,6 +27,8 @@ const LARGEST_MARK = Object.freeze({ fn: LARGEST });
 /** Larger than any post-processing file nnU-Net writes (a few hundred bytes). */
 const MAX_BYTES = 1 << 20;
 const MAX_STEPS = 64;
+/** Labels, regions and lists visited over all steps (nnU-Net's name each label once or twice). */
+const MAX_VISITED = 4096;
 
 /**
  * Reads `postprocessing.pkl` or `postprocessing.json` into cleanup's options: `{ largestOf,
@@ -64,8 +66,10 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
           if (fqn === "numpy.dtype") return ((s: unknown) => new NumpyDType(String(s))) as never;
           if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
             return ((dtype: unknown, b: unknown) => {
-              const v = numpyScalar(dtype, b);
-              if (v === undefined || !Number.isInteger(v)) throw new CheckpointError(`${where}: a numpy scalar that is not an integer`);
+              // labels are numpy integers (LabelManager's np.unique): a float or bool is not one
+              const v = dtype instanceof NumpyDType && /^[iu][1248]$/.test(dtype.str) ? numpyScalar(dtype, b) : undefined;
+              if (v === undefined || !Number.isInteger(v))
+                throw new CheckpointError(`${where}: a numpy scalar that is not an integer label`);
               return v;
             }) as never;
           throw new CheckpointError(
@@ -98,6 +102,7 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
   if (fns.length !== kwargs.length) throw new Error(`${where}: ${fns.length} functions but ${kwargs.length} argument sets`);
   if (fns.length > MAX_STEPS) throw new Error(`${where}: ${fns.length} steps, more than ${MAX_STEPS}`);
   const known = new Set(classes.filter((c) => c > 0));
+  let visited = 0;
   const largestOf = fns.map((f, i) => {
     if (f !== LARGEST_MARK)
       throw new Error(
@@ -107,7 +112,10 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
     if (!(k instanceof Map) || k.size !== 1 || !k.has("labels_or_regions"))
       throw new Error(`${where}: step ${i + 1}'s arguments must be { labels_or_regions } alone`);
     const labels = new Set<number>();
+    // (a pickle's memo can name one list many times over: the values visited are counted, so a
+    // small file cannot ask for N² steps)
     const take = (v: unknown, depth: number): void => {
+      if (++visited > MAX_VISITED) throw new Error(`${where}: more than ${MAX_VISITED} labels and regions named in all`);
       if (Array.isArray(v) && depth < 2) for (const x of v) take(x, depth + 1);
       else if (Number.isInteger(v) && known.has(v as number)) labels.add(v as number);
       else
