@@ -11,8 +11,9 @@ import { caseRng, type Rng } from "./fuzz-rng.js";
 type Spec = Parameters<typeof encodeModel>[0];
 type Init = NonNullable<Spec["initializers"]>[number];
 
-/** The input every case runs on: one channel, 4×8×8 (the plainunet's strides divide it). */
+/** The input every case runs on: one channel, 4×8×8 (the plainunet's strides divide it); a 2-D model's 8×8. */
 export const INPUT_SHAPE = [1, 1, 4, 8, 8];
+export const INPUT_SHAPE_2D = [1, 1, 8, 8];
 
 const f32 = (n: number, seed: number) => {
   const r = caseRng(seed, 0);
@@ -111,6 +112,37 @@ export function baseModels(): { name: string; spec: Spec }[] {
           { opType: "Softmax", inputs: ["rs"], outputs: ["y"], attrs: { axis: -1 } },
         ],
         initializers: [i64("s0", [2]), i64("s1", [5]), i64("ax", [0]), i64("st", [1]), i64("head", [1, 1])],
+      },
+    },
+    {
+      // a 2-D model (run on [1, 1, 8, 8]): attributes lifted to three axes at load, tensors viewed
+      // with a unit depth; strided conv, pooling, transposed conv, bilinear Resize, float16 Cast
+      name: "conv2d-pool-up",
+      spec: {
+        opset: 17,
+        inputs: [{ name: "x", shape: [1, 1, "H", "W"] }],
+        outputs: [{ name: "y" }],
+        nodes: [
+          {
+            opType: "Conv",
+            inputs: ["x", "w2a", "b2a"],
+            outputs: ["c"],
+            attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1], strides: [2, 2] },
+          },
+          { opType: "MaxPool", inputs: ["c"], outputs: ["p"], attrs: { kernel_shape: [2, 2], strides: [1, 1], pads: [0, 0, 1, 1] } },
+          { opType: "ConvTranspose", inputs: ["p", "w2u"], outputs: ["u"], attrs: { kernel_shape: [2, 2], strides: [2, 2] } },
+          { opType: "Cast", inputs: ["u"], outputs: ["h"], attrs: { to: 10 } },
+          { opType: "Cast", inputs: ["h"], outputs: ["f"], attrs: { to: 1 } },
+          { opType: "Resize", inputs: ["f", "", "scales2"], outputs: ["r"], attrs: { mode: "linear" } },
+          { opType: "Conv", inputs: ["r", "w2h"], outputs: ["y"], attrs: { kernel_shape: [1, 1] } },
+        ],
+        initializers: [
+          w("w2a", [4, 1, 3, 3], 10),
+          w("b2a", [4], 11),
+          w("w2u", [4, 2, 2, 2], 12),
+          { name: "scales2", dims: [4], data: Float32Array.from([1, 1, 1, 1]) },
+          w("w2h", [3, 2, 1, 1], 13),
+        ],
       },
     },
   ];
