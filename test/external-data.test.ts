@@ -189,7 +189,7 @@ test.serial(
         [
           "2^28 values in every float tensor (over 100 GiB in all)",
           (i) => i.filter((x) => x.dataType === 1).forEach((x) => ((x.dims = [2 ** 28]), drop(x, "length"))),
-          /its external data comes to \d+ bytes, more than bhsd reads for one model/,
+          /its external data comes to \d+ bytes as the engine holds it, more than bhsd reads for one model/,
         ],
       ];
       for (const [what, edit, msg] of cases) {

@@ -173,3 +173,112 @@ test.serial("a float16 model's tensors in external data (model.onnx + model.onnx
   await session.release();
   t.true(scaleDiff(ext.data, o.data as Float32Array) <= 1e-5);
 });
+
+test.serial(
+  "a float16 input is rounded as it enters: 3 · x on float16 equals onnxruntime exactly, where rounding after only would not",
+  async (t) => {
+    setBackend("ts");
+    // y = x · 3 with x, 3 and y float16 (onnxruntime is fed x converted to float16 bits here)
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Mul", inputs: ["x", "k"], outputs: ["y"] }],
+      inputs: [{ name: "x", shape: [4096], elemType: 10 }],
+      outputs: [{ name: "y", elemType: 10 }],
+      // (encodeModel writes a typed array's bytes as raw_data: these two are float16 3.0)
+      initializers: [{ name: "k", dims: [], data: new Uint8Array([0x00, 0x42]) as never, dataType: 10 }],
+    });
+    /** float → float16 bits, ties to even, for normal magnitudes (2^-14 … 65504): the test's own */
+    const toHalfBits = (v: number) => {
+      const a = Math.abs(v);
+      let e = Math.floor(Math.log2(a));
+      if (2 ** e > a) e--;
+      if (2 ** (e + 1) <= a) e++;
+      const r = a / 2 ** (e - 10);
+      let m = Math.floor(r);
+      const d = r - m;
+      if (d > 0.5 || (d === 0.5 && m % 2 === 1)) m++;
+      if (m === 2048) ((m = 1024), e++);
+      return (v < 0 ? 0x8000 : 0) | ((e + 15) << 10) | (m - 1024);
+    };
+    // values at and near float16 ties: x's own rounding changes 3 · x's
+    const x = Float32Array.from({ length: 4096 }, (_, i) => (1 + (i + 0.5) * 2 ** -10) * (i % 2 ? 1 : -0.37));
+    const bits = Uint16Array.from(x, toHalfBits);
+    const session = await ort.InferenceSession.create(bytes);
+    const want = Float32Array.from((await session.run({ x: new ort.Tensor("float16", bits, [4096]) })).y!.data as Uint16Array, halfBits);
+    await session.release();
+    const y = await (await loadModel(bytes)).run({ data: x, shape: [4096] });
+    t.deepEqual(Array.from(y.data), Array.from(want));
+    // the case discriminates: rounding only the product (no rounding as x enters) differs somewhere
+    const onceOnly = Array.from(x, (v) => halfBits(toHalfBits(Math.fround(v * 3))));
+    t.true(
+      onceOnly.some((v, i) => v !== want[i]),
+      "3 · x rounded once equals onnxruntime everywhere: the input rounding is not tested",
+    );
+  },
+);
+
+test("float16 models: a CastLike to a target of unknown type, a float16 input returned as an output, and names the boundary Casts could take", async (t) => {
+  setBackend("ts");
+  // the reviewer's case: CastLike(x, Sigmoid(Cast(x, float16))) — resolved through Sigmoid, rounded as onnxruntime
+  const chain = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Cast", inputs: ["x"], outputs: ["a"], attrs: { to: 10 } },
+      { opType: "Sigmoid", inputs: ["a"], outputs: ["s"] },
+      { opType: "CastLike", inputs: ["x", "s"], outputs: ["h"] },
+      { opType: "Cast", inputs: ["h"], outputs: ["y"], attrs: { to: 1 } },
+    ],
+    inputs: [{ name: "x", shape: [3] }],
+    outputs: [{ name: "y" }],
+  });
+  const x = Float32Array.of(1.0001, 70000, 0.1);
+  const session = await ort.InferenceSession.create(chain);
+  const want = (await session.run({ x: new ort.Tensor("float32", x, [3]) })).y!.data as Float32Array;
+  await session.release();
+  t.deepEqual(Array.from((await (await loadModel(chain)).run({ data: x, shape: [3] })).data), Array.from(want));
+  // a target whose type nothing tells (an op bhsd does not type: a Where's other branch here is a graph input of no declared type)
+  const unknown = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Cast", inputs: ["x"], outputs: ["a"], attrs: { to: 10 } },
+      { opType: "CastLike", inputs: ["x", "z"], outputs: ["h"], name: "cl" },
+      { opType: "Add", inputs: ["h", "a"], outputs: ["y"] },
+    ],
+    inputs: [
+      { name: "x", shape: [3] },
+      { name: "z", shape: [3], elemType: 0 },
+    ],
+    outputs: [{ name: "y" }],
+  });
+  await t.throwsAsync(loadModel(unknown), { message: /node cl \(CastLike\): its target's type is not declared/ });
+  const passthrough = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["y"] }],
+    inputs: [{ name: "x", shape: [2], elemType: 10 }],
+    outputs: [
+      { name: "y", elemType: 10 },
+      { name: "x", elemType: 10 },
+    ],
+  });
+  await t.throwsAsync(loadModel(passthrough), { message: /returns its float16 input x as an output/ });
+  // an unread input named as the boundary Cast's value would be: kept apart
+  const collide = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Relu", inputs: ["x"], outputs: ["y"] },
+      { opType: "Identity", inputs: ["x:bhsd_16"], outputs: ["z"] },
+    ],
+    inputs: [
+      { name: "x", shape: [2], elemType: 10 },
+      { name: "x:bhsd_16", shape: [2] },
+    ],
+    outputs: [{ name: "y", elemType: 10 }, { name: "z" }],
+  });
+  const m = await loadModel(collide);
+  const out = await m.runAll({
+    x: { data: Float32Array.of(1.0001, 2), shape: [2] },
+    "x:bhsd_16": { data: Float32Array.of(7, 8), shape: [2] },
+  });
+  t.deepEqual(Array.from(out.z!.data), [7, 8]);
+  t.deepEqual(Array.from(out.y!.data), [1, 2]);
+});

@@ -49,7 +49,44 @@ const KEEPS = new Set([
   "ReduceMax",
   "ReduceMin",
   "ReduceProd",
+  "ReduceMean",
   "Split",
+  // float ops whose output is their input's type (T): a float16 model's values stay float16
+  "Sigmoid",
+  "Tanh",
+  "Exp",
+  "Log",
+  "Sqrt",
+  "Reciprocal",
+  "Floor",
+  "Ceil",
+  "Round",
+  "Sign",
+  "Erf",
+  "Elu",
+  "Selu",
+  "HardSigmoid",
+  "Softplus",
+  "Gelu",
+  "PRelu",
+  "Clip",
+  "Softmax",
+  "LogSoftmax",
+  "Conv",
+  "ConvTranspose",
+  "InstanceNormalization",
+  "BatchNormalization",
+  "LayerNormalization",
+  "GroupNormalization",
+  "MaxPool",
+  "AveragePool",
+  "Resize",
+  "MatMul",
+  "Gemm",
+  "Einsum",
+  "Dropout",
+  "Sum",
+  "Mean",
 ]);
 const BOOLEAN = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
 
@@ -102,17 +139,28 @@ function knownTypes(g: Record<string, unknown>, nodes: Node[]): Map<string, numb
   return types;
 }
 
-/** Rewrites each CastLike whose target type is known into a Cast (in the decoded graph `g`). */
-export function resolveCastLike(g: Record<string, unknown>): void {
+/**
+ * Rewrites each CastLike whose target type is known into a Cast (in the decoded graph `g`).
+ * Returns the names of those left: in a model that holds 16-bit floats anywhere, a target of
+ * unknown type could be one, whose rounding a cast to float32 would skip (the caller refuses them).
+ */
+export function resolveCastLike(g: Record<string, unknown>): { unresolved: string[]; halfFloats: boolean } {
   const nodes = (g.node as Node[] | undefined) ?? [];
-  if (!nodes.some((n) => n.opType === "CastLike")) return;
+  if (!nodes.some((n) => n.opType === "CastLike")) return { unresolved: [], halfFloats: false };
   const types = knownTypes(g, nodes);
+  // (declared, initializers' and Casts' types: knownTypes takes them all in)
+  const halfFloats = [...types.values()].some((t) => t === ONNX_DTYPE.FLOAT16 || t === ONNX_DTYPE.BFLOAT16);
+  const unresolved: string[] = [];
   for (const n of nodes) {
     if (n.opType !== "CastLike" || (n.domain && n.domain !== "ai.onnx")) continue;
     const to = types.get(n.input?.[1] ?? "");
-    if (!to) continue;
+    if (!to) {
+      unresolved.push(String(n.name || n.output?.[0] || "CastLike"));
+      continue;
+    }
     n.opType = "Cast";
     n.input = [n.input![0]!];
     n.attribute = [...(n.attribute ?? []).filter((a) => a.name !== "to"), { name: "to", type: 2, i: to }];
   }
+  return { unresolved, halfFloats };
 }

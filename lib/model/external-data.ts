@@ -170,11 +170,14 @@ export async function loadExternalData(tensors: TensorObject[], source: External
     pending.push({ t, name, key, offset, length });
   }
   if (pending.length === 0) return;
-  const total = pending.reduce((a, p) => a + p.length, 0),
+  // (what the weights will hold: 16-bit floats become float32, twice their bytes)
+  const held = (p: Pending) =>
+    Number(p.t.dataType) === ONNX_DTYPE.FLOAT16 || Number(p.t.dataType) === ONNX_DTYPE.BFLOAT16 ? 2 * p.length : p.length;
+  const total = pending.reduce((a, p) => a + held(p), 0),
     cap = maxExternalBytes();
   if (total > cap)
     throw new Error(
-      `${label}: its external data comes to ${total} bytes, more than bhsd reads for one model (${cap}: half the RAM, at most 8 GiB)`,
+      `${label}: its external data comes to ${total} bytes as the engine holds it, more than bhsd reads for one model (${cap}: half the RAM, at most 8 GiB)`,
     );
 
   const byFile = new Map<string, Pending[]>();

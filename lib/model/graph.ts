@@ -399,7 +399,11 @@ async function parseInto(
   if (weights?.length)
     g.initializer = [...((g.initializer as unknown[]) ?? []), ...weights.map((w) => adoptedTensor(w.name, w.dims, w.data))];
   inlineFunctions(m, opset, label);
-  resolveCastLike(g);
+  const castLike = resolveCastLike(g);
+  if (castLike.halfFloats && castLike.unresolved.length)
+    throw new Error(
+      `${label}: the engine cannot run this model:\n  ${castLike.unresolved.map((n) => `${label}: node ${n} (CastLike): its target's type is not declared, and in a model with float16 or bfloat16 values it could be one (whose rounding a cast to float32 would skip); declare it in value_info`).join("\n  ")}`,
+    );
   // ops the engine does not run are refused before any external data is read
   const unknown = (g.node as Record<string, unknown>[]).flatMap((n, k) => {
     const where = `${label}: node ${String(n.name || `#${k}`)} (${String(n.opType)})`;
@@ -472,7 +476,7 @@ async function parseInto(
       ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
-  roundHalfBoundaries(g, nodes, initializers);
+  roundHalfBoundaries(g, nodes, initializers, label);
   const produced = new Set([...initializers.keys(), ...inputs.map((i) => i.name), ...nodes.flatMap((n) => n.outputs)]);
   for (const v of g.output as Record<string, unknown>[]) {
     if (!produced.has(String(v.name))) throw new Error(`${label}: graph output ${String(v.name)} is produced by no node`);
@@ -496,10 +500,16 @@ async function parseInto(
  * output is rounded to it as it leaves, by Cast nodes added at the boundary; the engine computes in
  * float32 between (half.ts).
  */
-function roundHalfBoundaries(g: Record<string, unknown>, nodes: GraphNode[], initializers: ReadonlyMap<string, OnnxTensor>): void {
+function roundHalfBoundaries(
+  g: Record<string, unknown>,
+  nodes: GraphNode[],
+  initializers: ReadonlyMap<string, OnnxTensor>,
+  label: string,
+): void {
   const elemOf = (v: Record<string, unknown>) =>
     Number((v.type as Record<string, Record<string, unknown>> | undefined)?.tensorType?.elemType ?? 0);
-  const taken = new Set([...nodes.flatMap((n) => [...n.inputs, ...n.outputs]), ...initializers.keys()]);
+  const names = (k: string) => ((g[k] as Record<string, unknown>[] | undefined) ?? []).map((v) => String(v.name));
+  const taken = new Set([...nodes.flatMap((n) => [...n.inputs, ...n.outputs]), ...initializers.keys(), ...names("input"), ...names("output")]);
   const fresh = (base: string) => {
     let name = `${base}:bhsd_16`;
     for (let k = 1; taken.has(name); k++) name = `${base}:bhsd_16_${k}`;
@@ -518,6 +528,11 @@ function roundHalfBoundaries(g: Record<string, unknown>, nodes: GraphNode[], ini
     const name = String(v.name),
       type = elemOf(v);
     if (!CAST_16.has(type) || initializers.has(name)) continue;
+    // (a graph output under the input's own name could not be the rounded value)
+    if (names("output").includes(name))
+      throw new Error(
+        `${label}: the graph returns its float16 input ${name} as an output; bhsd rounds an input to float16 as it enters and cannot return it unrounded under its own name`,
+      );
     const inner = fresh(name);
     for (const n of nodes) n.inputs = n.inputs.map((i) => (i === name ? inner : i));
     head.push(cast(name, inner, type));
