@@ -197,7 +197,10 @@ test.serial(
       let m = Math.floor(r);
       const d = r - m;
       if (d > 0.5 || (d === 0.5 && m % 2 === 1)) m++;
-      if (m === 2048) ((m = 1024), e++);
+      if (m === 2048) {
+        m = 1024;
+        e++;
+      }
       return (v < 0 ? 0x8000 : 0) | ((e + 15) << 10) | (m - 1024);
     };
     // values at and near float16 ties: x's own rounding changes 3 · x's

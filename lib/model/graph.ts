@@ -509,7 +509,12 @@ function roundHalfBoundaries(
   const elemOf = (v: Record<string, unknown>) =>
     Number((v.type as Record<string, Record<string, unknown>> | undefined)?.tensorType?.elemType ?? 0);
   const names = (k: string) => ((g[k] as Record<string, unknown>[] | undefined) ?? []).map((v) => String(v.name));
-  const taken = new Set([...nodes.flatMap((n) => [...n.inputs, ...n.outputs]), ...initializers.keys(), ...names("input"), ...names("output")]);
+  const taken = new Set([
+    ...nodes.flatMap((n) => [...n.inputs, ...n.outputs]),
+    ...initializers.keys(),
+    ...names("input"),
+    ...names("output"),
+  ]);
   const fresh = (base: string) => {
     let name = `${base}:bhsd_16`;
     for (let k = 1; taken.has(name); k++) name = `${base}:bhsd_16_${k}`;
