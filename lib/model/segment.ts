@@ -592,14 +592,13 @@ async function exportToCtGrid(
   run: SegmentRun,
 ): Promise<Uint8Array> {
   const { modelShape, perm } = p;
-  const { gridShape, resampled } = pre;
+  const { resampled } = pre;
   const mvol = prod(modelShape);
   const n = ct.data.length;
   // the labels (the caller's) and the scratch below in engine memory where the addon is loaded:
   // fresh JavaScript arrays of a 512×512×40 CT's 10 M voxels (labels 10 MB, scratch 42 MB) had cost
   // 0.1–0.2 s of page faults in these VMs
   const labels = allocArray("uint8", n, "labels") as Uint8Array;
-  const inv = [0, 1, 2].map((k) => perm.indexOf(k)); // grid axis holding zyx axis k
   if (!resampled && perm.every((q, i) => q === i)) {
     const lab = allocArray("int32", mvol, "argmax", { overwritten: true }) as Int32Array;
     await activeBackend().argmax(probs, 1, C, mvol, lab);
@@ -608,25 +607,15 @@ async function exportToCtGrid(
   } else {
     const best = (allocArray("float32", n, "running maximum", { overwritten: true }) as Float32Array).fill(-1);
     run.hold(best.byteLength);
-    for (let k = 0; k < C; k++) {
-      let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
-      if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
-      const back = transpose3(ch.data, gridShape, inv);
-      for (let lo = 0; lo < n; lo += 1 << 20) {
-        for (let i = lo, hi = Math.min(n, lo + (1 << 20)); i < hi; i++) {
-          const v = back.data[i]!;
-          if (v > best[i]!) {
-            best[i] = v;
-            labels[i] = k;
-          }
+    await forEachClassOnCtGrid(probs, C, p, pre, run, (k, back, lo, hi) => {
+      for (let i = lo; i < hi; i++) {
+        const v = back[i]!;
+        if (v > best[i]!) {
+          best[i] = v;
+          labels[i] = k;
         }
-        await run.yielder.maybe();
       }
-      // this class's resampled and reordered copies go back to the engine now, for the next
-      // class to reuse, not at a collection (each a fresh 42 MB block for a 512×512×40 CT)
-      if (back.data !== ch.data) releaseEngineArray(back.data);
-      if (resampled) releaseEngineArray(ch.data);
-    }
+    });
     run.held -= best.byteLength; // (before the release, which leaves it 0 bytes long)
     releaseEngineArray(best);
   }
@@ -649,25 +638,44 @@ async function addToCtGrid(
   acc: Float32Array,
   w: number,
 ): Promise<void> {
+  const n = ct.data.length;
+  await forEachClassOnCtGrid(probs, C, p, pre, run, (k, back, lo, hi) => {
+    const dst = acc.subarray(k * n, (k + 1) * n);
+    for (let i = lo; i < hi; i++) dst[i]! += back[i]! * w;
+  });
+  run.lap("resample back");
+}
+
+/**
+ * Each class of the model-grid probabilities on the CT's grid and axis order in turn (resampled,
+ * reordered), handed to `use` a million voxels at a time (the event loop let in between); each
+ * class's copies go back to the engine before the next (each a fresh 42 MB block for a
+ * 512×512×40 CT were it left to a collection).
+ */
+async function forEachClassOnCtGrid(
+  probs: Float32Array,
+  C: number,
+  p: SegmentPlan,
+  pre: { gridShape: [number, number, number]; resampled: boolean },
+  run: SegmentRun,
+  use: (k: number, back: Float32Array, lo: number, hi: number) => void,
+): Promise<void> {
   const { modelShape, perm } = p;
   const { gridShape, resampled } = pre;
   const mvol = prod(modelShape);
-  const n = ct.data.length;
-  const inv = [0, 1, 2].map((k) => perm.indexOf(k));
+  const inv = [0, 1, 2].map((k) => perm.indexOf(k)); // grid axis holding zyx axis k
   for (let k = 0; k < C; k++) {
     let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
     if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
     const back = transpose3(ch.data, gridShape, inv);
-    const dst = acc.subarray(k * n, (k + 1) * n),
-      src = back.data;
+    const n = back.data.length;
     for (let lo = 0; lo < n; lo += 1 << 20) {
-      for (let i = lo, hi = Math.min(n, lo + (1 << 20)); i < hi; i++) dst[i]! += src[i]! * w;
+      use(k, back.data, lo, Math.min(n, lo + (1 << 20)));
       await run.yielder.maybe();
     }
     if (back.data !== ch.data) releaseEngineArray(back.data);
     if (resampled) releaseEngineArray(ch.data);
   }
-  run.lap("resample back");
 }
 
 /** Optional cleanup, then the bleeds (components) and the volume of each class on the CT's grid. */
