@@ -6,22 +6,17 @@
  * Runs the TypeScript entry point through tsx (the compiled dist/ is built by npm test for cli.test.ts).
  */
 import test from "ava";
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readNifti, writeNifti } from "../lib/io/nifti.js";
 import { DICOM_FIXTURES, pydicomPython, runPython } from "./dicom-helpers.js";
+import { bhsdSync } from "./helpers.js";
 import { ROOT } from "./paths.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "bhsd-dcmcli-"));
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }));
-const cli = (args: string[]) =>
-  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], {
-    encoding: "utf8",
-    cwd: ROOT,
-    timeout: 110_000,
-  });
+const cli = (args: string[]) => bhsdSync(args, 110_000);
 
 test("bhsd info on a folder of two series lists them; on one series describes the volume", (t) => {
   t.timeout(240_000);

@@ -18,16 +18,12 @@ import { writeDicomSeries } from "../lib/io/dicom-write.js";
 import { readNifti } from "../lib/io/nifti.js";
 import type { Volume } from "../lib/types.js";
 import { compareWorld, pydicomPython, runPython } from "./dicom-helpers.js";
+import { bhsdSync } from "./helpers.js";
 import { ROOT } from "./paths.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "bhsd-dcmphantom-"));
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }));
-const cli = (args: string[]) =>
-  spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], {
-    encoding: "utf8",
-    cwd: ROOT,
-    timeout: 170_000,
-  });
+const cli = (args: string[]) => bhsdSync(args, 170_000);
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: "utf8" }).error === undefined;
 const DCM2NIIX = has("dcm2niix", ["-v"]);
 const DCIODVFY = has("dciodvfy", ["-help"]);

@@ -1,9 +1,21 @@
 /** Shared test helpers: where the outside references are, and which backends to run each case on. */
+import { spawnSync, type SpawnSyncReturns } from "node:child_process";
+import { join } from "node:path";
 import { getBackend, setBackend } from "../lib/backends/index.js";
 import type { Backend } from "../lib/backends/types.js";
 import type { BackendName } from "../lib/types.js";
 
+import { ROOT } from "./paths.js";
 export { ROOT, FIXTURES, NIFTI_FIXTURES, sharedFixture } from "./paths.js";
+
+/** `bhsd ARGS…` from the sources (tsx), run to its end: its status, stdout and stderr as text. */
+export function bhsdSync(args: readonly string[], timeoutMs: number): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), ...args], {
+    encoding: "utf8",
+    cwd: ROOT,
+    timeout: timeoutMs,
+  });
+}
 
 /**
  * The backends every case runs on: ts always, native unless BHSD_TEST_BACKENDS says otherwise

@@ -7,12 +7,11 @@
  * patch and a CT wider than it.
  */
 import test from "ava";
-import { spawnSync } from "node:child_process";
 import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, loadNnunet, readNifti, readNpy, segment, setBackend, type Volume } from "../lib/index.js";
-import { backendsUnderTest, ROOT } from "./helpers.js";
+import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { checkedFolder } from "./paths.js";
 import { scaleDiff } from "./ort.js";
 
@@ -225,12 +224,7 @@ test.serial(
     const dir = mkdtempSync(join(tmpdir(), "bhsd-2d-cli-"));
     made.push(dir);
     const folder3d = join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres");
-    const cli = (...args: string[]) =>
-      spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", SMOKE_CT, ...args], {
-        encoding: "utf8",
-        cwd: ROOT,
-        timeout: 180_000,
-      });
+    const cli = (...args: string[]) => bhsdSync(["segment", SMOKE_CT, ...args], 180_000);
     const ok = cli(
       "--nnunet",
       FOLDER,

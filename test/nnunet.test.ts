@@ -5,13 +5,12 @@
  */
 import test from "ava";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
 import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { normalize } from "../lib/model/segment.js";
-import { backendsUnderTest, ROOT } from "./helpers.js";
+import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
 const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-folder");
@@ -206,12 +205,7 @@ test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels
   const dir = mkdtempSync(join(tmpdir(), "bhsd-nnunet-cli-"));
   made.push(dir);
   const ct = join(CASES, "PhantomICH_001_0000.nii.gz");
-  const cli = (...args: string[]) =>
-    spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "lib", "cli", "main.ts"), "segment", ct, ...args], {
-      encoding: "utf8",
-      cwd: ROOT,
-      timeout: 120_000,
-    });
+  const cli = (...args: string[]) => bhsdSync(["segment", ct, ...args], 120_000);
   const ok = cli(
     "--nnunet",
     FOLDER,
