@@ -1,8 +1,8 @@
 /**
  * segment(): the path nnU-Net's predictor takes, from a head CT in Hounsfield units to labels in
  * the CT's own grid, as separate steps: normalise, reorder axes, resample to the model's spacing,
- * sliding-window inference with Gaussian weighting (and optional mirroring), softmax, resample the
- * class probabilities back one class at a time with a running argmax, cleanup, report.
+ * sliding-window inference with Gaussian weighting (and optional mirroring), resample the class
+ * logits back one class at a time with a running argmax (nnU-Net v2's export), cleanup, report.
  */
 import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { Yielder } from "../backends/yield.js";
@@ -400,7 +400,9 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
     : ts.length === 2
       ? ([gridSpacing[0], ts[0], ts[1]] as [number, number, number])
       : (perm.map((p) => ts[p]!) as [number, number, number]);
-  const modelShape = perm.map((p, i) => Math.max(1, Math.round((zyx[p]! * gridSpacing[i]!) / target[i]!))) as [number, number, number];
+  // nnU-Net's compute_new_shape: round(old spacing / new spacing · old shape), halves to even as
+  // Python's round (Math.round would make 12.5 voxels 13 where nnU-Net makes them 12)
+  const modelShape = perm.map((p, i) => Math.max(1, roundHalfEven((gridSpacing[i]! / target[i]!) * zyx[p]!))) as [number, number, number];
   const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
   for (const [what, shape] of [
     ["the CT", zyx],
@@ -462,13 +464,15 @@ function windowStartsOf(p: SegmentPlan): number[][] {
  * Sliding-window prediction (nnU-Net's predict_sliding_window_return_logits): windows over the
  * model grid padded to at least one patch, each forward (and its mirrored forwards) weighted by the
  * Gaussian map, then the padding cropped, the weights divided out and a softmax over the classes.
- * Returns the class probabilities on the model grid, class-major.
+ * Returns the class probabilities (or, without `softmax`, the averaged logits) on the model grid,
+ * class-major.
  */
 async function predictSlidingWindow(
   x: Tensor,
   model: SegmentModel,
   p: SegmentPlan,
   run: SegmentRun,
+  softmax = true,
 ): Promise<{ probs: Float32Array; classes: number; windows: number; forwards: number; peakForward: number }> {
   const { patch, padded, modelShape } = p;
   const signal = run.signal;
@@ -541,12 +545,13 @@ async function predictSlidingWindow(
   run.lap("inference");
 
   // crop the padding, average, softmax over classes (where nothing is cropped, the backend may
-  // divide by the weights within its softmax: one pass over the sums instead of a TypeScript one)
+  // divide by the weights within its softmax: one pass over the sums instead of a TypeScript one);
+  // without `softmax`, the averaged logits (for an export that resamples them, as nnU-Net v2's)
   const mvol = prod(modelShape);
   let probs = acc!;
   const cropped = padded.some((q, i) => q !== modelShape[i]);
   const backend = activeBackend();
-  if (!cropped && backend.softmaxDivided) {
+  if (!cropped && backend.softmaxDivided && softmax) {
     await backend.softmaxDivided(probs, weight, 1, C, mvol, probs);
     run.held -= weight.byteLength;
     releaseEngineArray(weight);
@@ -573,15 +578,18 @@ async function predictSlidingWindow(
   }
   run.held -= weight.byteLength;
   releaseEngineArray(weight);
-  await activeBackend().softmax(probs, 1, C, mvol, probs);
+  if (softmax) await activeBackend().softmax(probs, 1, C, mvol, probs);
   run.lap("softmax");
   return { probs, classes: C, windows: total, forwards, peakForward };
 }
 
+/** Whether the export resamples or reorders (the model grid is not the CT's): then it takes logits. */
+const exportMoves = (p: SegmentPlan, pre: { resampled: boolean }) => pre.resampled || p.perm.some((q, i) => q !== i);
+
 /**
- * Export (nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape): the class
- * probabilities back to the CT's grid and axis order, one class at a time with a running argmax,
- * so that only one class is ever resampled at once.
+ * Export (nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape): the class logits
+ * (probabilities where nothing moves: the same argmax) back to the CT's grid and axis order, one
+ * class at a time with a running argmax, so that only one class is ever resampled at once.
  */
 async function exportToCtGrid(
   probs: Float32Array,
@@ -605,7 +613,8 @@ async function exportToCtGrid(
     labels.set(lab); // (class indices < C ≤ 255)
     releaseEngineArray(lab);
   } else {
-    const best = (allocArray("float32", n, "running maximum", { overwritten: true }) as Float32Array).fill(-1);
+    // (the values are logits here: any real number)
+    const best = (allocArray("float32", n, "running maximum", { overwritten: true }) as Float32Array).fill(-Infinity);
     run.hold(best.byteLength);
     await forEachClassOnCtGrid(probs, C, p, pre, run, (k, back, lo, hi) => {
       for (let i = lo; i < hi; i++) {
@@ -624,12 +633,14 @@ async function exportToCtGrid(
 }
 
 /**
- * An ensemble member's share: its class probabilities back on the CT's grid and axis order, one
- * class at a time, times `w`, added into `acc` (class-major, C × the CT's voxels), as nnU-Net's
- * ensembling averages each configuration's probabilities exported to the image's own grid.
+ * An ensemble member's share: its class probabilities on the CT's grid and axis order (its logits
+ * resampled there and softmaxed, where its grid is not the CT's), times `w`, added into `acc`
+ * (class-major, C × the CT's voxels), as nnU-Net's ensembling averages each configuration's
+ * probabilities exported to the image's own grid.
  */
 async function addToCtGrid(
-  probs: Float32Array,
+  values: Float32Array,
+  logits: boolean,
   C: number,
   ct: Volume,
   p: SegmentPlan,
@@ -639,10 +650,28 @@ async function addToCtGrid(
   w: number,
 ): Promise<void> {
   const n = ct.data.length;
-  await forEachClassOnCtGrid(probs, C, p, pre, run, (k, back, lo, hi) => {
-    const dst = acc.subarray(k * n, (k + 1) * n);
-    for (let i = lo; i < hi; i++) dst[i]! += back[i]! * w;
-  });
+  if (!logits) {
+    // probabilities already on the CT's grid (nothing resampled or reordered)
+    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => {
+      const dst = acc.subarray(k * n, (k + 1) * n);
+      for (let i = lo; i < hi; i++) dst[i]! += back[i]! * w;
+    });
+  } else {
+    // logits resampled to the CT's grid, then the softmax there (nnU-Net v2 with
+    // --save_probabilities, whose probabilities nnUNetv2_ensemble averages)
+    const probs = allocArray("float32", C * n, "member probabilities", { overwritten: true }) as Float32Array;
+    run.hold(probs.byteLength);
+    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => probs.set(back.subarray(lo, hi), k * n + lo));
+    await activeBackend().softmax(probs, 1, C, n, probs);
+    for (let k = 0; k < C; k++) {
+      const src = probs.subarray(k * n, (k + 1) * n),
+        dst = acc.subarray(k * n, (k + 1) * n);
+      for (let i = 0; i < n; i++) dst[i]! += src[i]! * w;
+      await run.yielder.maybe();
+    }
+    run.held -= probs.byteLength;
+    releaseEngineArray(probs);
+  }
   run.lap("resample back");
 }
 
@@ -727,7 +756,9 @@ export async function segment(
   run.progress({ step: "preprocess", done: 0, total: 3 });
   const p = plan(ct, one.config, opts);
   const pre = await preprocess(ct, p, run);
-  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run);
+  // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
+  // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
+  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, !exportMoves(p, pre));
   run.signal?.throwIfAborted();
   run.progress({ step: "postprocess", done: 1, total: 3 });
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
@@ -820,7 +851,8 @@ async function segmentEnsemble(
   for (const [i, m] of models.entries()) {
     const p = plans[i]!;
     const pre = await preprocess(ct, p, run);
-    const r = await predictSlidingWindow(pre.x, m, p, run);
+    const moves = exportMoves(p, pre);
+    const r = await predictSlidingWindow(pre.x, m, p, run, !moves);
     releaseEngineArray(pre.x.data);
     if (!acc) {
       C = r.classes;
@@ -830,7 +862,7 @@ async function segmentEnsemble(
       releaseEngineArray(r.probs);
       throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} classes, member 0 ${C}`);
     }
-    await addToCtGrid(r.probs, C, ct, p, pre, run, acc, 1 / models.length);
+    await addToCtGrid(r.probs, moves, C, ct, p, pre, run, acc, 1 / models.length);
     releaseEngineArray(r.probs);
     run.windowBase += r.windows;
     counts.windows += r.windows;
