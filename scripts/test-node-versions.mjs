@@ -18,7 +18,6 @@ const majors = process.argv.slice(2).length ? process.argv.slice(2) : ["22", "24
 const files = [
   "test/backends.test.ts",
   "test/external-data.test.ts",
-  "test/float16.test.ts",
   "test/memory-safety.test.ts",
   "test/model-validation.test.ts",
   "test/networks.test.ts",
