@@ -235,5 +235,5 @@ export async function readModelConfig(
       throw new Error(`the model's metadata "bhsd" is not a valid config: ${(e as Error).message}`, { cause: e });
     }
   }
-  return { ...normalizeConfig({}, "default", modelInput), source: "default" };
+  return normalizeConfig({}, "default", modelInput);
 }

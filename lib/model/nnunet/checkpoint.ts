@@ -246,6 +246,45 @@ export function typeName(v: unknown): string {
   return `a ${typeof v}`;
 }
 
+/**
+ * A pickle parsed by pickleparser, which runs nothing: every global goes through `resolveGlobal`
+ * (which refuses what it does not know), persistent ids through `persistent` (refused without it),
+ * extension codes are refused; dicts come back as Maps, sets as arrays. A parse error is a
+ * CheckpointError: `where`, `unreadable` and the parser's message (`what` the bytes are names them
+ * in the refusals).
+ */
+export function unpickle(
+  bytes: Uint8Array,
+  where: string,
+  what: string,
+  unreadable: string,
+  resolveGlobal: (module: string, name: string) => unknown,
+  persistent?: (pid: unknown) => unknown,
+): unknown {
+  const parser = new Parser({
+    unpicklingTypeOfDictionary: "Map",
+    unpicklingTypeOfSet: "array",
+    nameResolver: { resolve: (module: string, name: string) => resolveGlobal(module, name) as never },
+    persistentResolver: {
+      resolve: (pid: unknown) => {
+        if (!persistent) throw new CheckpointError(`${where}: the pickle uses a persistent id, which ${what} never holds`);
+        return persistent(pid) as never;
+      },
+    },
+    extensionResolver: {
+      resolve: (code: number) => {
+        throw new CheckpointError(`${where}: the pickle uses extension code ${code}, which ${what} never holds`);
+      },
+    },
+  });
+  try {
+    return parser.parse(bytes);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw new CheckpointError(`${where}: ${unreadable} (${(e as Error).message})`);
+  }
+}
+
 /** An open checkpoint: its pickled object (dicts as PyDict) and a reader for its tensors. */
 export interface Checkpoint {
   path: string;
@@ -409,47 +448,36 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
     if (crc32(pklBytes) !== pklEntry.crc32)
       throw new CheckpointError(`${where}: ${pklEntry.fileName} fails its CRC-32 check (a damaged file)`);
     const storages = new Map<string, StorageRef>();
-    const parser = new Parser({
-      unpicklingTypeOfDictionary: "Map",
-      unpicklingTypeOfSet: "array",
-      nameResolver: { resolve: (module: string, name: string) => resolveGlobal(module, name, where) as never },
-      persistentResolver: {
-        resolve: (pid: unknown) => {
-          if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5)
-            throw new CheckpointError(
-              `${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`,
-            );
-          const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
-          const st = (type as { storageType?: StorageType })?.storageType;
-          if (!st) throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
-          if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
-            throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
-          if (!Number.isSafeInteger(numel) || (numel as number) < 0)
-            throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
-          const had = storages.get(key);
-          if (had) {
-            if (had.dtype !== st.dtype || had.numel !== numel)
-              throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
-            return had;
-          }
-          const s = new StorageRef(key, st.dtype, st.bytes, numel as number, String(location));
-          storages.set(key, s);
-          return s;
-        },
-      },
-      extensionResolver: {
-        resolve: (code: number) => {
-          throw new CheckpointError(`${where}: the pickle uses extension code ${code}, which a checkpoint never does`);
-        },
-      },
-    });
-    let obj: unknown;
-    try {
-      obj = parser.parse(pklBytes);
-    } catch (e) {
-      if (e instanceof CheckpointError) throw e;
-      throw new CheckpointError(`${where}: malformed data.pkl (${(e as Error).message})`);
-    }
+    const persistent = (pid: unknown) => {
+      if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5)
+        throw new CheckpointError(
+          `${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`,
+        );
+      const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
+      const st = (type as { storageType?: StorageType })?.storageType;
+      if (!st) throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
+      if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
+        throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
+      if (!Number.isSafeInteger(numel) || (numel as number) < 0)
+        throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
+      const had = storages.get(key);
+      if (had) {
+        if (had.dtype !== st.dtype || had.numel !== numel)
+          throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
+        return had;
+      }
+      const s = new StorageRef(key, st.dtype, st.bytes, numel as number, String(location));
+      storages.set(key, s);
+      return s;
+    };
+    const obj = unpickle(
+      pklBytes,
+      where,
+      "a checkpoint",
+      "malformed data.pkl",
+      (module, name) => resolveGlobal(module, name, where),
+      persistent,
+    );
     return {
       path,
       root: obj,

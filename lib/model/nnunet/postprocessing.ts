@@ -11,13 +11,9 @@
  * runs nothing: any other global refuses the file.
  */
 import { readFile, stat } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { basename } from "node:path";
 import type { CleanupOptions } from "../../ops/components.js";
-import { CheckpointError, NumpyDType, numpyScalar } from "./checkpoint.js";
-
-const require = createRequire(import.meta.url);
-const { Parser } = require("pickleparser") as typeof import("pickleparser");
+import { CheckpointError, NumpyDType, numpyScalar, unpickle } from "./checkpoint.js";
 
 /** The one function nnU-Net's post-processing names. */
 const LARGEST = "remove_all_but_largest_component_from_segmentation";
@@ -56,45 +52,21 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
     fns = j.postprocessing_fns.map((f) => (f === LARGEST ? LARGEST_MARK : f));
     kwargs = j.postprocessing_kwargs.map((k) => (k && typeof k === "object" && !Array.isArray(k) ? new Map(Object.entries(k)) : k));
   } else {
-    const parser = new Parser({
-      unpicklingTypeOfDictionary: "Map",
-      unpicklingTypeOfSet: "array",
-      nameResolver: {
-        resolve: (module: string, name: string) => {
-          const fqn = `${module}.${name}`;
-          if (fqn === LARGEST_GLOBAL) return LARGEST_MARK as never;
-          if (fqn === "numpy.dtype") return ((s: unknown) => new NumpyDType(String(s))) as never;
-          if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
-            return ((dtype: unknown, b: unknown) => {
-              // labels are numpy integers (LabelManager's np.unique): a float or bool is not one
-              const v = dtype instanceof NumpyDType && /^[iu][1248]$/.test(dtype.str) ? numpyScalar(dtype, b) : undefined;
-              if (v === undefined || !Number.isInteger(v))
-                throw new CheckpointError(`${where}: a numpy scalar that is not an integer label`);
-              return v;
-            }) as never;
-          throw new CheckpointError(
-            `${where}: the pickle names the Python global "${fqn}", which nnU-Net's post-processing never holds; the file is refused (nothing in it was run)`,
-          );
-        },
-      },
-      persistentResolver: {
-        resolve: () => {
-          throw new CheckpointError(`${where}: the pickle uses a persistent id, which nnU-Net's post-processing never does`);
-        },
-      },
-      extensionResolver: {
-        resolve: (code: number) => {
-          throw new CheckpointError(`${where}: the pickle uses extension code ${code}`);
-        },
-      },
+    const root = unpickle(bytes, where, "nnU-Net's post-processing", "not a readable pickle", (module, name) => {
+      const fqn = `${module}.${name}`;
+      if (fqn === LARGEST_GLOBAL) return LARGEST_MARK;
+      if (fqn === "numpy.dtype") return (str: unknown) => new NumpyDType(String(str));
+      if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
+        return (dtype: unknown, b: unknown) => {
+          // labels are numpy integers (LabelManager's np.unique): a float or bool is not one
+          const v = dtype instanceof NumpyDType && /^[iu][1248]$/.test(dtype.str) ? numpyScalar(dtype, b) : undefined;
+          if (v === undefined || !Number.isInteger(v)) throw new CheckpointError(`${where}: a numpy scalar that is not an integer label`);
+          return v;
+        };
+      throw new CheckpointError(
+        `${where}: the pickle names the Python global "${fqn}", which nnU-Net's post-processing never holds; the file is refused (nothing in it was run)`,
+      );
     });
-    let root: unknown;
-    try {
-      root = parser.parse(bytes);
-    } catch (e) {
-      if (e instanceof CheckpointError) throw e;
-      throw new CheckpointError(`${where}: not a readable pickle (${(e as Error).message})`);
-    }
     if (!Array.isArray(root) || root.length !== 2 || !Array.isArray(root[0]) || !Array.isArray(root[1]))
       throw new Error(`${where}: expected (pp_fns, pp_fn_kwargs), two lists, as nnU-Net pickles them`);
     [fns, kwargs] = root as [unknown[], unknown[]];
