@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 import { checkCleanupOptions, type CleanupOptions } from "../ops/components.js";
+import { NNUNET_RESAMPLING, type NnunetResamplingStep, type Resampling } from "./resample.js";
 
 export type Normalization =
   /** Clip to [lower, upper] HU, then (x − center) / scale. The BHSD paper's: [-40, 120], 40, 80. */
@@ -45,6 +46,18 @@ export interface ModelConfig {
   /** Sliding-window step as a fraction of the patch (nnU-Net: 0.5). */
   stepSize: number;
   /**
+   * How the image goes to the model's spacing and the class logits come back (see Resampling):
+   * "linear" by default, nnU-Net's B-splines (`{ type: "nnunet", … }`, or "nnunet" for its
+   * defaults) where the config comes from nnU-Net's plans.
+   */
+  resampling: Resampling;
+  /**
+   * Run on the bounding box of the CT's non-zero voxels and give the rest background, as nnU-Net's
+   * preprocessing crops (crop_to_nonzero; it changes the grid resampled, and a z-score's statistics).
+   * Default false; true where the config comes from nnU-Net's plans.
+   */
+  cropToNonzero: boolean;
+  /**
    * Axes of the network's input grid (0 z, 1 y, 2 x, after transposeForward) along which the model
    * was trained mirrored, so that test-time mirroring may flip them (nnU-Net's
    * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
@@ -70,6 +83,8 @@ export function defaultConfig(): ModelConfig {
     normalization: BHSD_WINDOW,
     transposeForward: [0, 1, 2],
     stepSize: 0.5,
+    resampling: { type: "linear" },
+    cropToNonzero: false,
     mirrorAxes: [0, 1, 2],
     source: "default",
   };
@@ -94,13 +109,17 @@ export function normalizeConfig(
   source: ModelConfig["source"],
   modelInput?: readonly (number | string)[],
 ): ModelConfig {
-  const given = c as Partial<Omit<ModelConfig, "patchSize" | "targetSpacing" | "spatialDims">> & {
+  const given = c as Partial<Omit<ModelConfig, "patchSize" | "targetSpacing" | "spatialDims" | "resampling">> & {
     patchSize?: number[];
     targetSpacing?: number[] | null;
     spatialDims?: number;
+    resampling?: unknown;
   };
   const d = defaultConfig();
   const out: ModelConfig = { ...d, ...given, source } as ModelConfig;
+  out.resampling = resamplingOf(given.resampling ?? d.resampling);
+  if (typeof out.cropToNonzero !== "boolean")
+    throw new Error(`model config: cropToNonzero must be true or false, got ${JSON.stringify(out.cropToNonzero)}`);
   const rank = modelInput?.length;
   const sd = given.spatialDims ?? (given.patchSize?.length === 2 || rank === 4 ? 2 : 3);
   if (sd !== 2 && sd !== 3) throw new Error(`model config: spatialDims must be 2 or 3, got ${JSON.stringify(given.spatialDims)}`);
@@ -161,6 +180,72 @@ export function normalizeConfig(
   return out;
 }
 
+function resamplingOf(r: unknown): Resampling {
+  if (r === "linear") return { type: "linear" };
+  if (r === "nnunet") return structuredClone(NNUNET_RESAMPLING);
+  const o = r as Record<string, unknown> | null;
+  if (o?.type === "linear" && Object.keys(o).length === 1) return { type: "linear" };
+  if (o?.type === "nnunet") {
+    const step = (v: unknown, what: string): NnunetResamplingStep => {
+      const t = v as Partial<NnunetResamplingStep> | null;
+      const order = (x: unknown) => Number.isInteger(x) && (x as number) >= 0 && (x as number) <= 5;
+      if (
+        typeof t === "object" &&
+        t !== null &&
+        order(t.order) &&
+        order(t.orderZ) &&
+        (t.forceSeparateZ === null || typeof t.forceSeparateZ === "boolean") &&
+        typeof t.anisotropyThreshold === "number" &&
+        t.anisotropyThreshold > 0 &&
+        Number.isFinite(t.anisotropyThreshold)
+      )
+        return { order: t.order!, orderZ: t.orderZ!, forceSeparateZ: t.forceSeparateZ, anisotropyThreshold: t.anisotropyThreshold };
+      throw new Error(
+        `model config: resampling.${what} must be { order: 0–5, orderZ: 0–5, forceSeparateZ: true | false | null, anisotropyThreshold: a positive number }, got ${JSON.stringify(v)}`,
+      );
+    };
+    return { type: "nnunet", data: step(o.data, "data"), probabilities: step(o.probabilities, "probabilities") };
+  }
+  throw new Error(
+    `model config: resampling must be "linear", "nnunet" or { type: "nnunet", data: {…}, probabilities: {…} }, got ${JSON.stringify(r)}`,
+  );
+}
+
+/**
+ * A plans configuration's resampling step (resampling_fn_data or resampling_fn_probabilities and
+ * its kwargs) as bhsd runs it; absent kwargs take the function's own defaults.
+ */
+function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities", configuration: string): NnunetResamplingStep {
+  const fn = conf[`resampling_fn_${key}`] ?? "resample_data_or_seg_to_shape";
+  const kw = (conf[`resampling_fn_${key}_kwargs`] ?? {}) as Record<string, unknown>;
+  const threshold = kw.separate_z_anisotropy_threshold ?? 3;
+  const force = kw.force_separate_z;
+  if (fn === "resample_data_or_seg_to_shape" || fn === "resample_data_or_seg_to_spacing")
+    return {
+      order: (kw.order ?? 3) as number,
+      orderZ: (kw.order_z ?? 0) as number,
+      forceSeparateZ: (force === undefined ? false : force) as boolean | null,
+      anisotropyThreshold: threshold as number,
+    };
+  if (fn === "resample_torch_fornnunet") {
+    // torch's interpolate: linear in-plane (or along every axis), 'nearest-exact' along a separate axis
+    // (scipy's order 0 but for rounding at exact halves)
+    if ((kw.mode ?? "linear") !== "linear" || (kw.aniso_axis_mode ?? "nearest-exact") !== "nearest-exact")
+      throw new Error(
+        `plans.json: configuration "${configuration}" resamples (${key}) with resample_torch_fornnunet in mode ${JSON.stringify(kw.mode ?? "linear")} / aniso_axis_mode ${JSON.stringify(kw.aniso_axis_mode ?? "nearest-exact")}; bhsd has "linear" / "nearest-exact"`,
+      );
+    return {
+      order: 1,
+      orderZ: 0,
+      forceSeparateZ: (force === undefined ? null : force) as boolean | null,
+      anisotropyThreshold: threshold as number,
+    };
+  }
+  throw new Error(
+    `plans.json: configuration "${configuration}" resamples (${key}) with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape and resample_torch_fornnunet`,
+  );
+}
+
 /** nnU-Net v2's plans.json and dataset.json (3d_fullres unless another configuration is named). */
 export function fromNnunet(
   plans: Record<string, unknown>,
@@ -182,6 +267,13 @@ export function fromNnunet(
     perm.forEach((p, k) => (zyx[p] = (conf.spacing as number[])[k]!));
     out.targetSpacing = zyx;
   }
+  // nnU-Net's DefaultPreprocessor crops every image to its non-zero region
+  out.cropToNonzero = true;
+  out.resampling = {
+    type: "nnunet",
+    data: nnunetStep(conf, "data", configuration),
+    probabilities: nnunetStep(conf, "probabilities", configuration),
+  };
   const scheme = (conf.normalization_schemes as string[] | undefined)?.[0];
   const props = (plans.foreground_intensity_properties_per_channel as Record<string, Record<string, number>> | undefined)?.["0"];
   if (scheme === "CTNormalization") {

@@ -4,6 +4,8 @@ import * as ops from "../ops/tensor.js";
 import type { Volume } from "../types.js";
 import { ARRAY_CTOR, assertVolume } from "../volume.js";
 import { dtypeOf } from "../is.js";
+import { activeBackend, releaseEngineArray } from "../backends/index.js";
+import { zoomAxis } from "../ops/spline.js";
 
 /** Default bound of a resampled grid: 2^30 voxels (4 GB as float32), far beyond any head CT. */
 export const DEFAULT_MAX_VOXELS = 2 ** 30;
@@ -55,4 +57,162 @@ export async function resampleVolume(
     affine[4 * r2 + 3] = A[4 * r2 + 3]! + shift;
   }
   return { data, dims, spacing: [...spacing], affine };
+}
+
+/**
+ * One of nnU-Net's resampling steps (its plans' `resampling_fn_data_kwargs` or
+ * `resampling_fn_probabilities_kwargs`): the spline order in-plane (or along every axis), the order
+ * along the low-resolution axis where that axis is resampled separately, and whether it is
+ * (null: where either grid's spacing is anisotropic past the threshold).
+ */
+export interface NnunetResamplingStep {
+  order: number;
+  orderZ: number;
+  forceSeparateZ: boolean | null;
+  /** Largest over smallest spacing past which an axis is resampled separately (nnU-Net's ANISO_THRESHOLD, 3). */
+  anisotropyThreshold: number;
+}
+
+/**
+ * How segment() takes the image to the model's spacing and the class logits back:
+ * - "linear": trilinear both ways (half-pixel centres, the edge repeated: ONNX Resize's and
+ *   torch's F.interpolate(align_corners=False)); the default of models not from nnU-Net.
+ * - "nnunet": nnU-Net v2's resample_data_or_seg_to_shape (scipy B-splines of each step's order;
+ *   an anisotropic grid resampled slice by slice in-plane, then along its low-resolution axis with
+ *   `orderZ`), the default where the config comes from nnU-Net's plans: the image with
+ *   { order 3, orderZ 0 }, the logits with { order 1, orderZ 0 }.
+ */
+export type Resampling = { type: "linear" } | { type: "nnunet"; data: NnunetResamplingStep; probabilities: NnunetResamplingStep };
+
+/** nnU-Net's own resampling (its default plans', ANISO_THRESHOLD 3). */
+export const NNUNET_RESAMPLING: Resampling = {
+  type: "nnunet",
+  data: { order: 3, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 },
+  probabilities: { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 },
+};
+
+/**
+ * nnU-Net's determine_do_sep_z_and_axis: the axis resampled on its own (the one whose spacing is
+ * the largest, where just one is), or null.
+ */
+export function separateAxis(
+  force: boolean | null,
+  current: readonly number[],
+  next: readonly number[],
+  threshold: number,
+): 0 | 1 | 2 | null {
+  const anisotropic = (s: readonly number[]) => Math.max(...s) / Math.min(...s) > threshold;
+  const lowres = (s: readonly number[]) => {
+    const mx = Math.max(...s);
+    return [0, 1, 2].filter((i) => mx / s[i]! === 1);
+  };
+  let axes: number[] | null;
+  if (force !== null) axes = force ? lowres(current) : null;
+  else if (anisotropic(current)) axes = lowres(current);
+  else if (anisotropic(next)) axes = lowres(next);
+  else axes = null;
+  return axes?.length === 1 ? (axes[0] as 0 | 1 | 2) : null;
+}
+
+/**
+ * One channel resampled as nnU-Net v2's resample_data_or_seg (is_seg false) does it: along every
+ * axis with a B-spline of `step.order` and the result clipped to the input's range
+ * (skimage.transform.resize's clip=True), or, where an axis is resampled separately, each slice
+ * across it so (clipped to that slice's range) and then that axis with `step.orderZ` (unclipped,
+ * scipy.ndimage.map_coordinates). Lines in float64, results float32 (its output dtype). `shape`
+ * and the spacings in the same (grid) axis order. Returns `data` itself where the shapes agree.
+ * Intermediate arrays go back to the engine; `between` is awaited between the axes.
+ */
+export async function resampleNnunet(
+  data: Float32Array,
+  shape: readonly [number, number, number],
+  newShape: readonly [number, number, number],
+  currentSpacing: readonly number[],
+  newSpacing: readonly number[],
+  step: NnunetResamplingStep,
+  between: () => Promise<void> = async () => {},
+): Promise<Float32Array> {
+  if (shape.every((d, i) => d === newShape[i])) return data;
+  const axis = separateAxis(step.forceSeparateZ, currentSpacing, newSpacing, step.anisotropyThreshold);
+  let cur = data;
+  const curShape = [...shape] as [number, number, number];
+  const zoom = async (ax: 0 | 1 | 2, order: number) => {
+    if (curShape[ax] === newShape[ax]) return;
+    const next = zoomAxis(cur, curShape, ax, newShape[ax]!, order);
+    if (cur !== data) releaseEngineArray(cur);
+    cur = next;
+    curShape[ax] = newShape[ax]!;
+    await between();
+  };
+  const inPlane = ([0, 1, 2] as const).filter((a) => a !== axis);
+  if (step.order === 1 && activeBackend().name !== "ts" && inPlane.some((a) => shape[a] !== newShape[a])) {
+    // linear: the backend's resize (the same half-pixel interpolation with the edge repeated, in
+    // float32: a class of logits in 35 ms where the spline code takes 300; on the TypeScript
+    // backend, whose resize is a generic loop ten times slower, the spline code)
+    const sizes = [...newShape] as [number, number, number];
+    if (axis !== null) sizes[axis] = shape[axis];
+    cur = (await ops.resize({ data, shape: [1, 1, ...shape] }, { sizes, mode: "linear", coordinateTransformationMode: "half_pixel" }))
+      .data as Float32Array;
+    for (const a of inPlane) curShape[a] = newShape[a]!;
+    await between();
+  }
+  for (const ax of inPlane) await zoom(ax, step.order);
+  // orders 0 and 1 never leave the input's range: the clip is for the B-splines of order ≥ 2
+  if (step.order > 1 && cur !== data) {
+    if (axis === null) clipTo(cur, 0, cur.length, minMax(data, 0, data.length));
+    else clipSlices(data, shape, cur, curShape, axis);
+  }
+  if (axis !== null) await zoom(axis, step.orderZ);
+  return cur;
+}
+
+function minMax(a: Float32Array, lo: number, hi: number): [number, number] {
+  let mn = Infinity,
+    mx = -Infinity;
+  for (let i = lo; i < hi; i++) {
+    const v = a[i]!;
+    if (v < mn) mn = v;
+    if (v > mx) mx = v;
+  }
+  return [mn, mx];
+}
+
+function clipTo(a: Float32Array, lo: number, hi: number, [mn, mx]: [number, number]): void {
+  for (let i = lo; i < hi; i++) {
+    const v = a[i]!;
+    if (v < mn) a[i] = mn;
+    else if (v > mx) a[i] = mx;
+  }
+}
+
+/** Each slice across `axis` of `out` clipped to the range of the same slice of `src`. */
+function clipSlices(
+  src: Float32Array,
+  shape: readonly [number, number, number],
+  out: Float32Array,
+  outShape: readonly [number, number, number],
+  axis: 0 | 1 | 2,
+): void {
+  const ranges: [number, number][] = [];
+  for (let s = 0; s < shape[axis]!; s++) ranges.push([Infinity, -Infinity]);
+  const sliceOf = (sh: readonly number[], i: number) =>
+    axis === 0 ? Math.floor(i / (sh[1]! * sh[2]!)) : axis === 1 ? Math.floor(i / sh[2]!) % sh[1]! : i % sh[2]!;
+  if (axis === 0) {
+    const plane = shape[1] * shape[2],
+      outPlane = outShape[1] * outShape[2];
+    for (let s = 0; s < shape[0]; s++) clipTo(out, s * outPlane, (s + 1) * outPlane, minMax(src, s * plane, (s + 1) * plane));
+    return;
+  }
+  for (let i = 0; i < src.length; i++) {
+    const r = ranges[sliceOf(shape, i)]!,
+      v = src[i]!;
+    if (v < r[0]) r[0] = v;
+    if (v > r[1]) r[1] = v;
+  }
+  for (let i = 0; i < out.length; i++) {
+    const [mn, mx] = ranges[sliceOf(outShape, i)]!,
+      v = out[i]!;
+    if (v < mn) out[i] = mn;
+    else if (v > mx) out[i] = mx;
+  }
 }

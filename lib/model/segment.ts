@@ -20,6 +20,8 @@ import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
 import { Model } from "./model.js";
+import { cropVolume, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
+import { resampleNnunet } from "./resample.js";
 
 /** What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). */
 export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun">;
@@ -80,9 +82,15 @@ export interface SegmentReport {
   peakSegmentBytes: number;
   /** The post-processing applied: the caller's `cleanup`, else the model's own; null when none. */
   postprocessing: CleanupOptions | null;
+  /**
+   * The box of the CT the model ran on where its config crops to the non-zero voxels (nnU-Net's
+   * crop_to_nonzero) and that box is not the whole CT: first voxel and size, (x, y, z); else null.
+   */
+  cropped: Box | null;
   /** An ensemble's members (segment given several models): each one's grid, windows and forwards. */
   ensemble?: {
     model: string;
+    cropped: Box | null;
     modelGrid: { dims: [number, number, number]; spacing: [number, number, number] };
     windows: number;
     forwards: number;
@@ -324,6 +332,7 @@ interface SegmentPlan {
   zyx: [number, number, number];
   perm: readonly number[];
   /** Spacing in the model's axis order: the CT's, and the one the model runs at. */
+  gridSpacing: [number, number, number];
   target: [number, number, number];
   /** The CT on the model's spacing, and that grid padded to at least one patch. */
   modelShape: [number, number, number];
@@ -413,7 +422,7 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
       throw new RangeError(`${what} would be ${shape.join(" × ")} = ${prod(shape)} voxels, more than options.maxVoxels (${maxVoxels})`);
     }
   }
-  return { cfg, patch, step, mirrorAxes, maxVoxels, zyx, perm, target, modelShape, padded };
+  return { cfg, patch, step, mirrorAxes, maxVoxels, zyx, perm, gridSpacing, target, modelShape, padded };
 }
 
 /**
@@ -440,7 +449,11 @@ async function preprocess(
   const resampled = p.modelShape.some((d, i) => d !== gridShape[i]);
   let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
   if (resampled) {
-    x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    const rs = p.cfg.resampling;
+    if (rs.type === "nnunet") {
+      const data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe());
+      x = { data, shape: [1, 1, ...p.modelShape] };
+    } else x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
     run.hold(x.data.byteLength);
     run.held -= img.byteLength;
     releaseEngineArray(img);
@@ -643,6 +656,7 @@ async function addToCtGrid(
   logits: boolean,
   C: number,
   ct: Volume,
+  box: Box | null,
   p: SegmentPlan,
   pre: { gridShape: [number, number, number]; resampled: boolean },
   run: SegmentRun,
@@ -650,28 +664,37 @@ async function addToCtGrid(
   w: number,
 ): Promise<void> {
   const n = ct.data.length;
+  // the member's grid: the CT's, or its non-zero box (outside which its background is certain,
+  // as nnU-Net's revert_cropping_on_probabilities)
+  const m = box ? prod(box.dims) : n;
+  const add = (dst: Float32Array, src: Float32Array, lo: number, hi: number) => {
+    if (!box) for (let i = lo; i < hi; i++) dst[i]! += src[i]! * w;
+    else
+      forEachBoxRun(box, ct.dims, lo, hi, (from, to, len) => {
+        for (let j = 0; j < len; j++) dst[to + j]! += src[from + j]! * w;
+      });
+  };
   if (!logits) {
     // probabilities already on the CT's grid (nothing resampled or reordered)
-    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => {
-      const dst = acc.subarray(k * n, (k + 1) * n);
-      for (let i = lo; i < hi; i++) dst[i]! += back[i]! * w;
-    });
+    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => add(acc.subarray(k * n, (k + 1) * n), back, lo, hi));
   } else {
     // logits resampled to the CT's grid, then the softmax there (nnU-Net v2 with
     // --save_probabilities, whose probabilities nnUNetv2_ensemble averages)
-    const probs = allocArray("float32", C * n, "member probabilities", { overwritten: true }) as Float32Array;
+    const probs = allocArray("float32", C * m, "member probabilities", { overwritten: true }) as Float32Array;
     run.hold(probs.byteLength);
-    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => probs.set(back.subarray(lo, hi), k * n + lo));
-    await activeBackend().softmax(probs, 1, C, n, probs);
+    await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => probs.set(back.subarray(lo, hi), k * m + lo));
+    await activeBackend().softmax(probs, 1, C, m, probs);
     for (let k = 0; k < C; k++) {
-      const src = probs.subarray(k * n, (k + 1) * n),
-        dst = acc.subarray(k * n, (k + 1) * n);
-      for (let i = 0; i < n; i++) dst[i]! += src[i]! * w;
+      add(acc.subarray(k * n, (k + 1) * n), probs.subarray(k * m, (k + 1) * m), 0, m);
       await run.yielder.maybe();
     }
     run.held -= probs.byteLength;
     releaseEngineArray(probs);
   }
+  if (box)
+    forEachOutsideRun(box, ct.dims, (to, len) => {
+      for (let j = 0; j < len; j++) acc[to + j]! += w;
+    });
   run.lap("resample back");
 }
 
@@ -695,7 +718,16 @@ async function forEachClassOnCtGrid(
   const inv = [0, 1, 2].map((k) => perm.indexOf(k)); // grid axis holding zyx axis k
   for (let k = 0; k < C; k++) {
     let ch: Tensor = { data: probs.subarray(k * mvol, (k + 1) * mvol), shape: [1, 1, ...modelShape] };
-    if (resampled) ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    if (resampled) {
+      const rs = p.cfg.resampling;
+      if (rs.type === "nnunet") {
+        // (nnU-Net's export: from the model's spacing back to the CT's, resampling_fn_probabilities)
+        const data = await resampleNnunet(ch.data, modelShape, gridShape, p.target, p.gridSpacing, rs.probabilities, () =>
+          run.yielder.maybe(),
+        );
+        ch = { data, shape: [1, 1, ...gridShape] };
+      } else ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
+    }
     const back = transpose3(ch.data, gridShape, inv);
     const n = back.data.length;
     for (let lo = 0; lo < n; lo += 1 << 20) {
@@ -754,8 +786,11 @@ export async function segment(
   opts.signal?.throwIfAborted();
   const run = new SegmentRun(opts.onProgress, opts.signal);
   run.progress({ step: "preprocess", done: 0, total: 3 });
-  const p = plan(ct, one.config, opts);
-  const pre = await preprocess(ct, p, run);
+  // (nnU-Net's crop to the non-zero region: the run's CT is that box, the labels go back into the whole)
+  const box = one.config.cropToNonzero ? nonzeroBox(ct) : null;
+  const work = box ? cropVolume(ct, box) : ct;
+  const p = plan(work, one.config, opts);
+  const pre = await preprocess(work, p, run);
   // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
   const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, !exportMoves(p, pre));
@@ -764,9 +799,15 @@ export async function segment(
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
   // engine now, for the labels and components that follow to reuse (not fresh memory's page faults)
   releaseEngineArray(pre.x.data);
-  const labels = await exportToCtGrid(probs, classes, ct, p, pre, run);
+  let labels = await exportToCtGrid(probs, classes, work, p, pre, run);
   releaseEngineArray(probs);
-  return finish(ct, labels, one.name, p, opts.cleanup, run, { windows, forwards, peakForward });
+  if (box) {
+    releaseEngineArray(work.data);
+    const inBox = labels;
+    labels = uncropLabels(inBox, box, ct.dims);
+    releaseEngineArray(inBox);
+  }
+  return finish(ct, labels, one.name, p, box, opts.cleanup, run, { windows, forwards, peakForward });
 }
 
 /** Cleanup and the report, for one model or an ensemble. */
@@ -775,6 +816,7 @@ async function finish(
   labels: Uint8Array,
   name: string,
   p: SegmentPlan,
+  cropped: Box | null,
   cleanupOptions: CleanupOptions | false | undefined,
   run: SegmentRun,
   counts: { windows: number; forwards: number; peakForward: number },
@@ -799,6 +841,7 @@ async function finish(
       dims: [...ct.dims],
       spacing: [...ct.spacing],
       modelGrid: { dims: p.modelShape, spacing: p.target },
+      cropped,
       windows: counts.windows,
       forwards: counts.forwards,
       timings: run.timings,
@@ -841,7 +884,11 @@ async function segmentEnsemble(
   opts.signal?.throwIfAborted();
   const run = new SegmentRun(opts.onProgress, opts.signal);
   run.progress({ step: "preprocess", done: 0, total: 3 });
-  const plans = models.map((m, i) => plan(ct, m.config, settings[i]!));
+  // (the non-zero box is the CT's: one crop for the members whose configs crop)
+  const box = models.some((m) => m.config.cropToNonzero) ? nonzeroBox(ct) : null;
+  const cropped = box ? cropVolume(ct, box) : null;
+  const works = models.map((m) => (m.config.cropToNonzero && cropped ? cropped : ct));
+  const plans = models.map((m, i) => plan(works[i]!, m.config, settings[i]!));
   run.windowTotal = plans.reduce((a, p) => a + windowStartsOf(p).reduce((b, s) => b * s.length, 1), 0);
   const n = ct.data.length;
   let acc: Float32Array | undefined;
@@ -850,7 +897,9 @@ async function segmentEnsemble(
   const members: NonNullable<SegmentReport["ensemble"]> = [];
   for (const [i, m] of models.entries()) {
     const p = plans[i]!;
-    const pre = await preprocess(ct, p, run);
+    const work = works[i]!;
+    const pre = await preprocess(work, p, run);
+    if (work === cropped && !works.slice(i + 1).includes(cropped)) releaseEngineArray(cropped.data);
     const moves = exportMoves(p, pre);
     const r = await predictSlidingWindow(pre.x, m, p, run, !moves);
     releaseEngineArray(pre.x.data);
@@ -862,13 +911,19 @@ async function segmentEnsemble(
       releaseEngineArray(r.probs);
       throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} classes, member 0 ${C}`);
     }
-    await addToCtGrid(r.probs, moves, C, ct, p, pre, run, acc, 1 / models.length);
+    await addToCtGrid(r.probs, moves, C, ct, work === ct ? null : box, p, pre, run, acc, 1 / models.length);
     releaseEngineArray(r.probs);
     run.windowBase += r.windows;
     counts.windows += r.windows;
     counts.forwards += r.forwards;
     counts.peakForward = Math.max(counts.peakForward, r.peakForward);
-    members.push({ model: m.name, modelGrid: { dims: p.modelShape, spacing: p.target }, windows: r.windows, forwards: r.forwards });
+    members.push({
+      model: m.name,
+      cropped: work === ct ? null : box,
+      modelGrid: { dims: p.modelShape, spacing: p.target },
+      windows: r.windows,
+      forwards: r.forwards,
+    });
     run.signal?.throwIfAborted();
   }
   run.progress({ step: "postprocess", done: 1, total: 3 });
@@ -880,5 +935,5 @@ async function segmentEnsemble(
   labels.set(lab); // (class indices < C ≤ 255)
   releaseEngineArray(lab);
   run.lap("argmax");
-  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, cleanupOptions, run, counts, members);
+  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, members[0]!.cropped, cleanupOptions, run, counts, members);
 }
