@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|layers|model|load|networks|slices|segment|plan|server|semi]` (all but layers, slices, segment, plan and semi by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|layers|model|load|networks|slices|segment|plan|server|semi|resample]` (all but layers, slices, segment, plan, semi and resample by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -17,6 +17,7 @@ import { benchMetrics } from "./metrics.js";
 import { benchModel, benchSegment } from "./model.js";
 import { benchNetworks, benchSlices } from "./networks.js";
 import { benchPlan } from "./plan.js";
+import { benchResample } from "./resample.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 import { torchIsaHold } from "./lib.js";
@@ -35,6 +36,7 @@ const sections: Record<string, (dir: string) => Promise<string[]>> = {
   plan: benchPlan,
   server: benchServer,
   semi: benchSemi,
+  resample: benchResample,
 };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
@@ -45,8 +47,9 @@ try {
     `# bhsd bench — ${new Date().toISOString().slice(0, 10)}, ${cpus()[0]?.model ?? "?"} × ${cpus().length}, node ${process.version}, native threads ${info.details.native?.threads ?? "—"} (${info.details.native?.simd ?? "no native"})${hold ? `; PyTorch's oneDNN held to ${hold} as bhsd's kernels are (ONEDNN_MAX_CPU_ISA), onnxruntime not (it has no such switch)` : ""}\n`,
   );
   for (const [name, fn] of Object.entries(sections)) {
-    // "layers", "slices", "segment", "plan" and "semi" take minutes: only when asked for by name
-    if (wanted.length ? !wanted.includes(name) : ["layers", "slices", "segment", "plan", "semi"].includes(name)) continue;
+    // "layers", "slices", "segment", "plan" and "semi" take minutes, "resample" is one step of
+    // segment's: only when asked for by name
+    if (wanted.length ? !wanted.includes(name) : ["layers", "slices", "segment", "plan", "semi", "resample"].includes(name)) continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {
