@@ -254,3 +254,23 @@ test("nonzeroBox is the bounding box of the voxels that are not 0, or null for t
   t.deepEqual(c.dims, [3, 3, 2]);
   t.deepEqual(c.affine.slice(0, 12), [2, 0, 0, 12, 0, 3, 0, 26, 0, 0, 4, 34], "the box's first voxel where it was");
 });
+
+test("no intermediate grid is larger than the input or the result (shrinking axes first)", async (t) => {
+  // two coarse axes (not separated): 1 × 1 × 2000 → 2000 × 2000 × 1 would pass through 8·10^9
+  // voxels were the growing axes taken first
+  const line = Float32Array.from({ length: 2000 }, (_, i) => Math.sin(i / 50));
+  const step = { order: 3, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 };
+  const a = await resampleNnunet(line, [1, 1, 2000], [2000, 2000, 1], [2, 2, 0.001], [0.001, 0.001, 2], step);
+  t.is(a.length, 2000 * 2000);
+  t.true(
+    a.every((v) => v === a[0]),
+    "one sample, repeated",
+  );
+  // a separate axis shrunk with nearest goes first: 2000 × 1 × 1 → 1 × 2000 × 2000
+  const b = await resampleNnunet(line, [2000, 1, 1], [1, 2000, 2000], [2, 0.001, 0.001], [4000, 5e-7, 5e-7], step);
+  t.is(b.length, 2000 * 2000);
+  t.true(
+    b.every((v) => v === line[1000]),
+    "the middle slice (nearest), repeated in-plane",
+  );
+});

@@ -136,33 +136,50 @@ export async function resampleNnunet(
   const axis = separateAxis(step.forceSeparateZ, currentSpacing, newSpacing, step.anisotropyThreshold);
   let cur = data;
   const curShape = [...shape] as [number, number, number];
+  // `src`: what the clip takes each slice's range from (kept until then)
+  let src = data;
+  let srcShape = shape;
   const zoom = async (ax: 0 | 1 | 2, order: number) => {
     if (curShape[ax] === newShape[ax]) return;
     const next = zoomAxis(cur, curShape, ax, newShape[ax]!, order);
-    if (cur !== data) releaseEngineArray(cur);
+    if (cur !== data && cur !== src) releaseEngineArray(cur);
     cur = next;
     curShape[ax] = newShape[ax]!;
     await between();
   };
-  const inPlane = ([0, 1, 2] as const).filter((a) => a !== axis);
-  if (step.order === 1 && activeBackend().name !== "ts" && inPlane.some((a) => shape[a] !== newShape[a])) {
+  // Axes that shrink go first, so that no intermediate is larger than the input or the result (a
+  // 1000 × 1000 × 1 image claiming 1000 mm slices, resampled to 1 mm, would otherwise pass through
+  // 10^9 voxels on its way to 10^3). Nearest across a separate axis picks whole slices: where it
+  // shrinks that axis it goes first too, each picked slice clipped to its own range as before.
+  const inPlane = ([0, 1, 2] as const).filter((a) => a !== axis).sort((a, b) => +(newShape[b]! < shape[b]!) - +(newShape[a]! < shape[a]!));
+  const acrossFirst = axis !== null && step.orderZ === 0 && newShape[axis] < shape[axis];
+  if (acrossFirst) {
+    await zoom(axis, 0);
+    src = cur;
+    srcShape = [...curShape];
+  }
+  if (step.order === 1 && activeBackend().name !== "ts" && inPlane.some((a) => curShape[a] !== newShape[a])) {
     // linear: the backend's resize (the same half-pixel interpolation with the edge repeated, in
     // float32: a class of logits in 35 ms where the spline code takes 300; on the TypeScript
     // backend, whose resize is a generic loop ten times slower, the spline code)
     const sizes = [...newShape] as [number, number, number];
-    if (axis !== null) sizes[axis] = shape[axis];
-    cur = (await ops.resize({ data, shape: [1, 1, ...shape] }, { sizes, mode: "linear", coordinateTransformationMode: "half_pixel" }))
-      .data as Float32Array;
+    if (axis !== null) sizes[axis] = curShape[axis];
+    const next = (
+      await ops.resize({ data: cur, shape: [1, 1, ...curShape] }, { sizes, mode: "linear", coordinateTransformationMode: "half_pixel" })
+    ).data as Float32Array;
+    if (cur !== data && cur !== src) releaseEngineArray(cur);
+    cur = next;
     for (const a of inPlane) curShape[a] = newShape[a]!;
     await between();
   }
   for (const ax of inPlane) await zoom(ax, step.order);
   // orders 0 and 1 never leave the input's range: the clip is for the B-splines of order ≥ 2
-  if (step.order > 1 && cur !== data) {
-    if (axis === null) clipTo(cur, 0, cur.length, minMax(data, 0, data.length));
-    else clipSlices(data, shape, cur, curShape, axis);
+  if (step.order > 1 && cur !== src) {
+    if (axis === null) clipTo(cur, 0, cur.length, minMax(src, 0, src.length));
+    else clipSlices(src, srcShape, cur, curShape, axis);
   }
-  if (axis !== null) await zoom(axis, step.orderZ);
+  if (src !== data && src !== cur) releaseEngineArray(src);
+  if (axis !== null && !acrossFirst) await zoom(axis, step.orderZ);
   return cur;
 }
 
