@@ -236,10 +236,13 @@ test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels
   t.regex(missing.stderr, /fold_3\/checkpoint_final\.pth does not exist/);
 });
 
-for (const variant of ["nonlin_first_dropout", "relu_no_affine"]) {
+// (batch norm and instance norm with running statistics: eval mode's per-channel map of them;
+// bn_trainer: nnUNetTrainerBN's batch norm behind plans that say instance norm)
+for (const variant of ["nonlin_first_dropout", "relu_no_affine", "batchnorm", "instancenorm_running_stats", "bn_trainer"]) {
   test.serial(`a PlainConvUNet with ${variant.replace(/_/g, " ")} gives PyTorch's logits`, async (t) => {
     setBackend(backends[backends.length - 1]!.name);
-    const dir = join(EXTRA, "variants", "Dataset501_PhantomICH", `nnUNetTrainer__nnUNetPlans_${variant}__3d_fullres`);
+    const trainer = variant === "bn_trainer" ? "nnUNetTrainerBN" : "nnUNetTrainer";
+    const dir = join(EXTRA, "variants", "Dataset501_PhantomICH", `${trainer}__nnUNetPlans_${variant}__3d_fullres`);
     const model = await loadNnunet(dir);
     const x = await readNpy(join(EXTRA, "variants", `${variant}_input.npy`));
     const want = (await readNpy(join(EXTRA, "variants", `${variant}_logits.npy`))).data as Float32Array;
@@ -349,8 +352,12 @@ test("plans this engine does not build are refused, naming the key", async (t) =
       /network_class_name "dynamic_network_architectures\.architectures\.primus\.Primus" is not built here/,
     ],
     [
-      (a) => (a.arch_kwargs.norm_op = "torch.nn.modules.batchnorm.BatchNorm3d"),
-      /arch_kwargs\.norm_op "torch\.nn\.modules\.batchnorm\.BatchNorm3d": only InstanceNorm3d is built/,
+      (a) => (a.arch_kwargs.norm_op = "torch.nn.modules.normalization.GroupNorm"),
+      /arch_kwargs\.norm_op "torch\.nn\.modules\.normalization\.GroupNorm": only InstanceNorm3d and BatchNorm3d are built/,
+    ],
+    [
+      (a) => (a.arch_kwargs.norm_op_kwargs = { eps: 1e-5, affine: "yes" }),
+      /arch_kwargs\.norm_op_kwargs\.affine must be true or false, got "yes"/,
     ],
     [(a) => (a.arch_kwargs.nonlin = "torch.nn.GELU"), /arch_kwargs\.nonlin "torch\.nn\.GELU": only LeakyReLU and ReLU are built/],
     [

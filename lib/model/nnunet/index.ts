@@ -231,6 +231,7 @@ function foldsIn(folder: string, file: string): Fold[] {
 function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: string, where: string): TensorRef[] {
   const known = new Map<string, number>();
   graph.params.forEach((p, i) => p.names.forEach((n) => known.set(n, i)));
+  for (const n of graph.unused) known.set(n, -1);
   const unexpected: string[] = [];
   for (const k of weights.keys()) if (typeof k !== "string" || !known.has(k)) unexpected.push(String(k));
   const missing: string[] = [];
@@ -383,6 +384,13 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
               `nnU-Net folder ${basename(folder)}: configuration "${configuration}" is a cascade stage: its network takes ${conf.previous_stage}'s segmentation as extra input channels, which bhsd does not make; run the ${conf.previous_stage} or 3d_fullres folder instead`,
             );
           arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
+          // nnUNetTrainerBN builds batch norm (eps 1e-5, affine) where the plans say instance norm;
+          // another trainer that does the same shows it by its norms' running statistics
+          if (!arch.norm.runningStats) {
+            if (trainerName === "nnUNetTrainerBN") arch = { ...arch, norm: { eps: 1e-5, affine: true, runningStats: true } };
+            else if ([...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
+              arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
+          }
           graph = buildNetwork(arch);
           // the network's axes: a 2d configuration's (0, 1) are its slices' y and x, axes 1 and 2 of the grid
           const m = root.get("inference_allowed_mirroring_axes");

@@ -26,7 +26,12 @@ export interface Architecture {
   perStage: number[];
   perStageDecoder: number[];
   convBias: boolean;
-  norm: { eps: number; affine: boolean };
+  /**
+   * The norm after each conv: instance norm, or — where it keeps running statistics (batch norm,
+   * as nnUNetTrainerBN builds it, or instance norm with track_running_stats) — those statistics'
+   * per-channel affine map, which eval mode applies.
+   */
+  norm: { eps: number; affine: boolean; runningStats: boolean };
   nonlin: { op: "LeakyRelu"; alpha: number } | { op: "Relu" } | null;
   nonlinFirst: boolean;
   /** A dropout module sits after each conv (the identity at inference, but it shifts `all_modules` indices). */
@@ -52,6 +57,8 @@ export interface NetworkGraph {
   params: Param[];
   /** Constant initializers that are not in the checkpoint (instance norm without affine: scale 1, bias 0). */
   constants: { name: string; dims: number[]; data: Float32Array }[];
+  /** state_dict keys the network has but inference does not read (a norm's num_batches_tracked). */
+  unused: string[];
   nodes: GraphNodeSpec[];
   input: string;
   output: string;
@@ -139,10 +146,21 @@ export function architectureFromPlans(
   const perStageDecoder =
     nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
   const normName = shortClass(k.norm_op);
-  if (normName !== `InstanceNorm${dims}d`)
-    throw err(where, `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm${dims}d is built with ${convOp}`);
+  const batchNorm = normName === `BatchNorm${dims}d`;
+  if (normName !== `InstanceNorm${dims}d` && !batchNorm)
+    throw err(
+      where,
+      `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm${dims}d and BatchNorm${dims}d are built with ${convOp}`,
+    );
   const nk = (k.norm_op_kwargs ?? {}) as Record<string, unknown>;
-  if (nk.track_running_stats === true) throw err(where, "arch_kwargs.norm_op_kwargs.track_running_stats = true is not supported");
+  for (const key of ["affine", "track_running_stats"])
+    if (nk[key] !== undefined && typeof nk[key] !== "boolean")
+      throw err(where, `arch_kwargs.norm_op_kwargs.${key} must be true or false, got ${JSON.stringify(nk[key])}`);
+  // PyTorch's defaults: batch norm affine and tracking, instance norm neither. Batch norm without
+  // running statistics normalises by the batch's own in eval mode too: one window at a time, as
+  // nnU-Net predicts, that is instance norm.
+  const runningStats = batchNorm ? nk.track_running_stats !== false : nk.track_running_stats === true;
+  const affine = (nk.affine ?? batchNorm) as boolean;
   const eps = nk.eps ?? 1e-5;
   if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps))
     throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${JSON.stringify(eps)}`);
@@ -186,7 +204,7 @@ export function architectureFromPlans(
     perStage,
     perStageDecoder,
     convBias: k.conv_bias === true,
-    norm: { eps, affine: nk.affine !== false },
+    norm: { eps, affine, runningStats },
     nonlin,
     nonlinFirst: k.nonlin_first === true,
     dropout: k.dropout_op != null,
@@ -198,6 +216,7 @@ export function architectureFromPlans(
 export function buildNetwork(a: Architecture): NetworkGraph {
   const params: Param[] = [];
   const constants: NetworkGraph["constants"] = [];
+  const unused: string[] = [];
   const nodes: GraphNodeSpec[] = [];
   let v = 0;
   const fresh = (hint: string) => `${hint}:${v++}`;
@@ -233,6 +252,20 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       constants.push({ name: scale, dims: [c], data: new Float32Array(c).fill(1) }, { name: bias, dims: [c], data: new Float32Array(c) });
     }
     const y = fresh(`${prefix}.norm`);
+    if (a.norm.runningStats) {
+      const stat = (s: string) => param([`${prefix}.norm.${s}`, `${prefix}.all_modules.${normIndex}.${s}`], [c]);
+      const mean = stat("running_mean"),
+        variance = stat("running_var");
+      unused.push(`${prefix}.norm.num_batches_tracked`, `${prefix}.all_modules.${normIndex}.num_batches_tracked`);
+      nodes.push({
+        opType: "BatchNormalization",
+        inputs: [x, scale, bias, mean, variance],
+        outputs: [y],
+        name: `${prefix}.norm`,
+        attrs: { epsilon: a.norm.eps },
+      });
+      return y;
+    }
     nodes.push({
       opType: "InstanceNormalization",
       inputs: [x, scale, bias],
@@ -397,8 +430,9 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     // the decoder holds the encoder: every encoder tensor is in the state_dict twice
     for (const p of params)
       if (p.names[0]!.startsWith("encoder.")) p.names.push(...p.names.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
+    unused.push(...unused.filter((n) => n.startsWith("encoder.")).map((n) => `decoder.${n}`));
     // (z, y, x): a 2-D network's strides are y and x
     const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * (s[ax - 3 + a.dims] ?? 1), 1)) as [number, number, number];
-    return { params, constants, nodes, input, output, divisor };
+    return { params, constants, unused, nodes, input, output, divisor };
   }
 }

@@ -31,7 +31,7 @@ const FULLRES_BASE = {
   ],
   dims: 3 as const,
   convBias: true,
-  norm: { eps: 1e-5, affine: true },
+  norm: { eps: 1e-5, affine: true, runningStats: false },
   nonlin: { op: "LeakyRelu" as const, alpha: 0.01 },
   nonlinFirst: false,
   dropout: false,
