@@ -232,11 +232,21 @@ for (const { name: backend } of backends)
       t.true(r2.compared > 0.99 * ens.labels.data.length, `${r2.compared} compared`);
       t.is(r2.differ, 0);
       // a member that does not crop beside one that does: the cropping member's box is its own
-      const mixed = await segment(vol, [a, whole]);
-      t.deepEqual(
-        mixed.report.ensemble!.map((e) => e.cropped),
-        [{ offset: [2, 3, 1], dims: [34, 34, 7] }, null],
-      );
+      const [wantMixed, marginMixed] = await Promise.all(["e2e_crop_mixed_labels", "e2e_crop_mixed_margin"].map(npy));
+      for (const members of [
+        [a, whole],
+        [whole, a],
+      ]) {
+        const mixed = await segment(vol, members);
+        t.deepEqual(
+          mixed.report.ensemble!.map((e) => e.cropped),
+          members.map((m) => (m === a ? { offset: [2, 3, 1], dims: [34, 34, 7] } : null)),
+        );
+        t.deepEqual(mixed.report.cropped, { offset: [2, 3, 1], dims: [34, 34, 7] }, "the box, where any member ran on it");
+        const r3 = compare(mixed.labels.data, wantMixed!.data as Uint8Array, marginMixed!.data as Float32Array);
+        t.true(r3.compared > 0.99 * mixed.labels.data.length, `${r3.compared} compared`);
+        t.is(r3.differ, 0);
+      }
       for (const m of [a, whole, b]) m.dispose();
     },
   );
@@ -273,4 +283,100 @@ test("no intermediate grid is larger than the input or the result (shrinking axe
     b.every((v) => v === line[1000]),
     "the middle slice (nearest), repeated in-plane",
   );
+});
+
+for (const { name: backend } of backends)
+  test.serial(`${backend}: a z-score with nnU-Net's use_mask_for_norm normalises the hole-filled non-zero region only`, async (t) => {
+    setBackend(backend);
+    const [mr, want, margin] = await Promise.all(["e2e_mask_mr", "e2e_mask_labels", "e2e_mask_margin"].map(npy));
+    const vol = volumeFromArray(mr!.data as Float32Array, mr!.shape, [5, 0.45, 0.45]);
+    const [w1, b1, w2, b2] = await Promise.all(["e2e_w1", "e2e_b1", "e2e_w2", "e2e_b2"].map(npy));
+    const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
+      name,
+      dims: a.shape,
+      data: Float32Array.from(a.data),
+    });
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
+        { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
+        { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+      ],
+      inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+      outputs: [{ name: "y" }],
+      initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
+    });
+    const run = async (nonzeroMask: boolean) => {
+      const model = await loadModel(bytes, {
+        patchSize: [4, 16, 16],
+        targetSpacing: [5, 0.5, 0.5],
+        resampling: "nnunet",
+        cropToNonzero: true,
+        normalization: { type: "zscore", nonzeroMask },
+      });
+      const { labels } = await segment(vol, model);
+      model.dispose();
+      return compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array);
+    };
+    const masked = await run(true);
+    t.true(masked.compared > 0.99 * vol.data.length, `${masked.compared} compared`);
+    t.is(masked.differ, 0);
+    t.true((await run(false)).differ > 100, "the whole box's statistics give other labels");
+  });
+
+test("plans with use_mask_for_norm, and the no-resampling planners' plans, map to their config", (t) => {
+  const conf = (c: Record<string, unknown>) =>
+    normalizeConfig(
+      fromNnunet({ configurations: { "3d_fullres": { patch_size: [8, 16, 16], spacing: [5, 0.5, 0.5], ...c } } }, null),
+      "nnunet",
+    );
+  t.deepEqual(conf({ normalization_schemes: ["ZScoreNormalization"], use_mask_for_norm: [true] }).normalization, {
+    type: "zscore",
+    nonzeroMask: true,
+  });
+  t.deepEqual(conf({ normalization_schemes: ["ZScoreNormalization"], use_mask_for_norm: [false] }).normalization, { type: "zscore" });
+  t.throws(() => conf({ normalization_schemes: ["ZScoreNormalization"], use_mask_for_norm: ["yes"] }), {
+    message: /use_mask_for_norm must list true or false/,
+  });
+  // nnU-Net's no_resampling_hack returns the image as it is: the model runs on the CT's own grid
+  const none = conf({
+    resampling_fn_data: "no_resampling_hack",
+    resampling_fn_probabilities: "no_resampling_hack",
+    resampling_fn_data_kwargs: {},
+    resampling_fn_probabilities_kwargs: {},
+  });
+  t.is(none.targetSpacing, null);
+  t.true(none.cropToNonzero);
+});
+
+test("a resampling whose slices would pass through a grid larger than the bound is refused before it allocates", async (t) => {
+  // cubic in-plane with a clip, then linear across: nnU-Net's order stands, 400 × 400 in-plane at 400 slices
+  const step = { order: 3, orderZ: 1, forceSeparateZ: true, anisotropyThreshold: 3 };
+  const line = new Float32Array(400).fill(1);
+  await t.throwsAsync(resampleNnunet(line, [400, 1, 1], [1, 400, 400], [2, 1, 1], [800, 0.0025, 0.0025], step, undefined, 1e6), {
+    instanceOf: RangeError,
+    message: /passes through a grid of 64000000 voxels/,
+  });
+  // in segment, from the dims and spacings alone, against options.maxVoxels
+  const model = await loadModel(
+    encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Identity", inputs: ["x"], outputs: ["y"] }],
+      inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+      outputs: [{ name: "y" }],
+      initializers: [],
+    }),
+    {
+      patchSize: [1, 1, 1],
+      targetSpacing: [800, 0.0025, 0.0025],
+      resampling: { type: "nnunet", data: step, probabilities: { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 } },
+    },
+  );
+  const ct = volumeFromArray(new Float32Array(400).fill(1), [400, 1, 1], [2, 1, 1]);
+  await t.throwsAsync(segment(ct, model, { maxVoxels: 1e6 }), {
+    instanceOf: RangeError,
+    message: /resampling the CT to the model's spacing would pass through a grid of 64000000 voxels/,
+  });
+  model.dispose();
 });

@@ -15,8 +15,12 @@ export type Normalization =
   | { type: "window"; lower: number; upper: number; center: number; scale: number }
   /** nnU-Net's CTNormalization: clip to the dataset's 0.5/99.5 percentiles, then (x − mean) / std. */
   | { type: "ct"; lower: number; upper: number; mean: number; std: number }
-  /** Per-image z-score. */
-  | { type: "zscore" }
+  /**
+   * Per-image z-score; `nonzeroMask` (nnU-Net's use_mask_for_norm): the mean and deviation of the
+   * voxels inside the image's non-zero region (holes filled) only, and only those normalised
+   * (outside it the image is 0 and stays so), as nnU-Net's ZScoreNormalization does.
+   */
+  | { type: "zscore"; nonzeroMask?: boolean }
   /** Clip to the image's own percentiles, then per-image z-score. */
   | { type: "clipPercentile"; lowerPercentile: number; upperPercentile: number }
   | { type: "none" };
@@ -162,7 +166,7 @@ export function normalizeConfig(
   const ok =
     (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
     (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
-    n?.type === "zscore" ||
+    (n?.type === "zscore" && (n.nonzeroMask === undefined || typeof n.nonzeroMask === "boolean")) ||
     n?.type === "none" ||
     (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
   if (!ok)
@@ -227,6 +231,9 @@ function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities"
       forceSeparateZ: (force === undefined ? false : force) as boolean | null,
       anisotropyThreshold: threshold as number,
     };
+  // the no-resampling planners': the data as it is (the model runs on the CT's own grid; fromNnunet
+  // then drops the target spacing); the step is never taken
+  if (fn === "no_resampling_hack") return { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: threshold as number };
   if (fn === "resample_torch_fornnunet") {
     // torch's interpolate: linear in-plane (or along every axis), 'nearest-exact' along a separate axis
     // (scipy's order 0 but for rounding at exact halves)
@@ -242,7 +249,7 @@ function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities"
     };
   }
   throw new Error(
-    `plans.json: configuration "${configuration}" resamples (${key}) with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape and resample_torch_fornnunet`,
+    `plans.json: configuration "${configuration}" resamples (${key}) with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape, resample_torch_fornnunet and no_resampling_hack`,
   );
 }
 
@@ -267,6 +274,9 @@ export function fromNnunet(
     perm.forEach((p, k) => (zyx[p] = (conf.spacing as number[])[k]!));
     out.targetSpacing = zyx;
   }
+  // nnU-Net's no-resampling planners (nnUNetPlannerResEnc*_noResampling): the image is not
+  // resampled whatever the plans' spacing says
+  if (conf.resampling_fn_data === "no_resampling_hack") out.targetSpacing = null;
   // nnU-Net's DefaultPreprocessor crops every image to its non-zero region
   out.cropToNonzero = true;
   out.resampling = {
@@ -279,8 +289,14 @@ export function fromNnunet(
   if (scheme === "CTNormalization") {
     if (!props) throw new Error("plans.json uses CTNormalization but has no foreground_intensity_properties_per_channel");
     out.normalization = { type: "ct", lower: props.percentile_00_5!, upper: props.percentile_99_5!, mean: props.mean!, std: props.std! };
-  } else if (scheme === "ZScoreNormalization") out.normalization = { type: "zscore" };
-  else if (scheme === "NoNormalization") out.normalization = { type: "none" };
+  } else if (scheme === "ZScoreNormalization") {
+    // use_mask_for_norm: nnU-Net's planner sets it where the crop to the non-zero region shrinks the
+    // images by a quarter or more (skull-stripped MR, not CT, whose air is -1000 HU)
+    const mask = (conf.use_mask_for_norm as unknown[] | undefined)?.[0];
+    if (mask !== undefined && mask !== null && typeof mask !== "boolean")
+      throw new Error(`plans.json: use_mask_for_norm must list true or false per channel, got ${JSON.stringify(conf.use_mask_for_norm)}`);
+    out.normalization = mask ? { type: "zscore", nonzeroMask: true } : { type: "zscore" };
+  } else if (scheme === "NoNormalization") out.normalization = { type: "none" };
   else if (scheme)
     throw new Error(`plans.json normalization ${scheme} is not supported (CTNormalization, ZScoreNormalization, NoNormalization)`);
   const labels = dataset?.labels as Record<string, number> | undefined;

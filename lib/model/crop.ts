@@ -3,7 +3,9 @@
  * box of the image's non-zero voxels (the box of the hole-filled mask it takes is the same box),
  * and its export puts the labels back into a background-filled image of the original size.
  */
+import { releaseEngineArray } from "../backends/index.js";
 import { dtypeOf } from "../is.js";
+import { connectedComponents } from "../ops/components.js";
 import type { Volume } from "../types.js";
 import { allocArray } from "../volume.js";
 
@@ -117,4 +119,36 @@ export function forEachOutsideRun(box: Box, dims: readonly [number, number, numb
         if (ox + bx < nx) run(row + ox + bx, nx - ox - bx);
       }
     }
+}
+
+/**
+ * nnU-Net's create_nonzero_mask for one channel: 1 where the volume is not 0, and in the holes of
+ * that region (scipy's binary_fill_holes: the zero voxels not 6-connected to the volume's border
+ * through zero voxels), else 0.
+ */
+export async function filledNonzeroMask(v: Volume): Promise<Uint8Array> {
+  const n = v.data.length;
+  const zero = allocArray("uint8", n, "zero mask", { overwritten: true }) as Uint8Array;
+  for (let i = 0; i < n; i++) zero[i] = v.data[i] === 0 ? 1 : 0;
+  const { labels, count } = await connectedComponents(
+    { data: zero, dims: v.dims, spacing: v.spacing, affine: v.affine },
+    { connectivity: 6 },
+  );
+  // the zero components that touch a face of the volume are outside
+  const [nx, ny, nz] = v.dims;
+  const outside = new Uint8Array(count + 1);
+  for (let z = 0; z < nz; z++)
+    for (let y = 0; y < ny; y++) {
+      const row = (z * ny + y) * nx;
+      if (z === 0 || z === nz - 1 || y === 0 || y === ny - 1) for (let x = 0; x < nx; x++) outside[labels.data[row + x]!] = 1;
+      else {
+        outside[labels.data[row]!] = 1;
+        outside[labels.data[row + nx - 1]!] = 1;
+      }
+    }
+  outside[0] = 0;
+  const mask = zero; // (reused: each voxel read before it is written)
+  for (let i = 0; i < n; i++) mask[i] = zero[i] && outside[labels.data[i]!] ? 0 : 1;
+  releaseEngineArray(labels.data);
+  return mask;
 }

@@ -131,9 +131,14 @@ export async function resampleNnunet(
   newSpacing: readonly number[],
   step: NnunetResamplingStep,
   between: () => Promise<void> = async () => {},
+  maxVoxels = DEFAULT_MAX_VOXELS,
 ): Promise<Float32Array> {
   if (shape.every((d, i) => d === newShape[i])) return data;
-  const axis = separateAxis(step.forceSeparateZ, currentSpacing, newSpacing, step.anisotropyThreshold);
+  const { axis, inPlane, acrossFirst, peak } = nnunetPath(shape, newShape, currentSpacing, newSpacing, step);
+  if (peak > maxVoxels)
+    throw new RangeError(
+      `resampling [${shape.join(", ")}] to [${newShape.join(", ")}] passes through a grid of ${peak} voxels (the slices resampled in-plane before across them, with a clip between), over ${maxVoxels}`,
+    );
   let cur = data;
   const curShape = [...shape] as [number, number, number];
   // `src`: what the clip takes each slice's range from (kept until then)
@@ -147,14 +152,8 @@ export async function resampleNnunet(
     curShape[ax] = newShape[ax]!;
     await between();
   };
-  // Axes that shrink go first, so that no intermediate is larger than the input or the result (a
-  // 1000 × 1000 × 1 image claiming 1000 mm slices, resampled to 1 mm, would otherwise pass through
-  // 10^9 voxels on its way to 10^3). Nearest across a separate axis picks whole slices: where it
-  // shrinks that axis it goes first too, each picked slice clipped to its own range as before.
-  const inPlane = ([0, 1, 2] as const).filter((a) => a !== axis).sort((a, b) => +(newShape[b]! < shape[b]!) - +(newShape[a]! < shape[a]!));
-  const acrossFirst = axis !== null && step.orderZ === 0 && newShape[axis] < shape[axis];
   if (acrossFirst) {
-    await zoom(axis, 0);
+    await zoom(axis!, step.orderZ);
     src = cur;
     srcShape = [...curShape];
   }
@@ -181,6 +180,33 @@ export async function resampleNnunet(
   if (src !== data && src !== cur) releaseEngineArray(src);
   if (axis !== null && !acrossFirst) await zoom(axis, step.orderZ);
   return cur;
+}
+
+/**
+ * The order resampleNnunet takes the axes in, and the largest grid it passes through (voxels).
+ * Axes that shrink go first, so that no intermediate is larger than the input or the result (a
+ * 1000 × 1000 × 1 image claiming 1000 mm slices, resampled to 1 mm, would otherwise pass through
+ * 10^9 voxels on its way to 10^3). A separate axis that shrinks goes first too where that changes
+ * nothing: with nearest across it (it picks whole slices, each then clipped to its own range as
+ * before) or no clip at all (orders ≤ 1 in-plane: the steps commute). Else nnU-Net's order stands
+ * (in-plane, clip, across), and its intermediate can be larger than either end: `peak` says so.
+ */
+export function nnunetPath(
+  shape: readonly [number, number, number],
+  newShape: readonly [number, number, number],
+  currentSpacing: readonly number[],
+  newSpacing: readonly number[],
+  step: NnunetResamplingStep,
+): { axis: 0 | 1 | 2 | null; inPlane: (0 | 1 | 2)[]; acrossFirst: boolean; peak: number } {
+  const axis = separateAxis(step.forceSeparateZ, currentSpacing, newSpacing, step.anisotropyThreshold);
+  const inPlane = ([0, 1, 2] as const).filter((a) => a !== axis).sort((a, b) => +(newShape[b]! < shape[b]!) - +(newShape[a]! < shape[a]!));
+  const acrossFirst = axis !== null && newShape[axis] < shape[axis] && (step.orderZ === 0 || step.order <= 1);
+  const vox = (s: readonly number[]) => s[0]! * s[1]! * s[2]!;
+  const s1 = [...shape];
+  if (acrossFirst) s1[axis] = newShape[axis]!;
+  const s2 = [...newShape];
+  if (axis !== null && !acrossFirst) s2[axis] = shape[axis]!;
+  return { axis, inPlane, acrossFirst, peak: Math.max(vox(shape), vox(s1), vox(s2), vox(newShape)) };
 }
 
 function minMax(a: Float32Array, lo: number, hi: number): [number, number] {

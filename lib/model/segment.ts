@@ -20,8 +20,8 @@ import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
 import { Model } from "./model.js";
-import { cropVolume, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
-import { resampleNnunet } from "./resample.js";
+import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
+import { DEFAULT_MAX_VOXELS, nnunetPath, resampleNnunet } from "./resample.js";
 
 /** What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). */
 export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun">;
@@ -85,6 +85,7 @@ export interface SegmentReport {
   /**
    * The box of the CT the model ran on where its config crops to the non-zero voxels (nnU-Net's
    * crop_to_nonzero) and that box is not the whole CT: first voxel and size, (x, y, z); else null.
+   * An ensemble's: the box where any member ran on it (each member says whether it did).
    */
   cropped: Box | null;
   /** An ensemble's members (segment given several models): each one's grid, windows and forwards. */
@@ -99,8 +100,11 @@ export interface SegmentReport {
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
-/** Intensity normalisation of the CT, into a new float32 array. */
-export function normalize(src: ArrayLike<number>, n: Normalization): Float32Array {
+/**
+ * Intensity normalisation of the CT, into a new float32 array. `mask` (1 inside): where given, a
+ * z-score takes its statistics from the voxels inside and changes only those.
+ */
+export function normalize(src: ArrayLike<number>, n: Normalization, mask?: Uint8Array): Float32Array {
   const out = allocArray("float32", src.length, "normalised image") as Float32Array;
   const len = src.length;
   switch (n.type) {
@@ -122,6 +126,21 @@ export function normalize(src: ArrayLike<number>, n: Normalization): Float32Arra
         const lo = q(n.lowerPercentile),
           hi = q(n.upperPercentile);
         for (let i = 0; i < len; i++) out[i] = Math.min(Math.max(out[i]!, lo), hi);
+      }
+      if (mask) {
+        let sum = 0,
+          ss = 0,
+          count = 0;
+        for (let i = 0; i < len; i++)
+          if (mask[i]) {
+            sum += out[i]!;
+            count++;
+          }
+        const mean = count ? sum / count : 0;
+        for (let i = 0; i < len; i++) if (mask[i]) ss += (out[i]! - mean) ** 2;
+        const sd = Math.max(Math.sqrt(count ? ss / count : 0), 1e-8);
+        for (let i = 0; i < len; i++) if (mask[i]) out[i] = (out[i]! - mean) / sd;
+        break;
       }
       let sum = 0,
         ss = 0;
@@ -422,8 +441,23 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
       throw new RangeError(`${what} would be ${shape.join(" × ")} = ${prod(shape)} voxels, more than options.maxVoxels (${maxVoxels})`);
     }
   }
+  // nnU-Net's resampling can pass through a grid larger than either end (its slices resampled
+  // in-plane before across them, with a clip between): that too, both ways
+  const rs = cfg.resampling;
+  if (rs.type === "nnunet") {
+    const grid = perm.map((q) => zyx[q]!) as [number, number, number];
+    for (const [what, peak] of [
+      ["resampling the CT to the model's spacing", nnunetPath(grid, modelShape, gridSpacing, target, rs.data).peak],
+      ["resampling the logits back", nnunetPath(modelShape, grid, target, gridSpacing, rs.probabilities).peak],
+    ] as const)
+      if (peak > maxVoxels)
+        throw new RangeError(`${what} would pass through a grid of ${peak} voxels, more than options.maxVoxels (${maxVoxels})`);
+  }
   return { cfg, patch, step, mirrorAxes, maxVoxels, zyx, perm, gridSpacing, target, modelShape, padded };
 }
+
+/** The largest grid a resampling step may pass through: the caller's bound, and the resampler's own past it. */
+const cap = (p: SegmentPlan) => Math.min(p.maxVoxels, DEFAULT_MAX_VOXELS);
 
 /**
  * Preprocessing (nnU-Net's DefaultPreprocessor): normalise on the CT's grid, reorder the axes,
@@ -434,7 +468,10 @@ async function preprocess(
   p: SegmentPlan,
   run: SegmentRun,
 ): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
-  let img = normalize(ct.data, p.cfg.normalization);
+  const norm = p.cfg.normalization;
+  const mask = norm.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
+  let img = normalize(ct.data, norm, mask);
+  if (mask) releaseEngineArray(mask);
   run.hold(img.byteLength);
   run.lap("normalize");
   const tr = transpose3(img, p.zyx, p.perm);
@@ -451,7 +488,7 @@ async function preprocess(
   if (resampled) {
     const rs = p.cfg.resampling;
     if (rs.type === "nnunet") {
-      const data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe());
+      const data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe(), cap(p));
       x = { data, shape: [1, 1, ...p.modelShape] };
     } else x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
     run.hold(x.data.byteLength);
@@ -722,8 +759,15 @@ async function forEachClassOnCtGrid(
       const rs = p.cfg.resampling;
       if (rs.type === "nnunet") {
         // (nnU-Net's export: from the model's spacing back to the CT's, resampling_fn_probabilities)
-        const data = await resampleNnunet(ch.data, modelShape, gridShape, p.target, p.gridSpacing, rs.probabilities, () =>
-          run.yielder.maybe(),
+        const data = await resampleNnunet(
+          ch.data,
+          modelShape,
+          gridShape,
+          p.target,
+          p.gridSpacing,
+          rs.probabilities,
+          () => run.yielder.maybe(),
+          cap(p),
         );
         ch = { data, shape: [1, 1, ...gridShape] };
       } else ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
@@ -935,5 +979,6 @@ async function segmentEnsemble(
   labels.set(lab); // (class indices < C ≤ 255)
   releaseEngineArray(lab);
   run.lap("argmax");
-  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, members[0]!.cropped, cleanupOptions, run, counts, members);
+  // (the box, where any member ran on it: it is the CT's one non-zero box)
+  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, cropped ? box : null, cleanupOptions, run, counts, members);
 }
