@@ -127,6 +127,7 @@ function knownTypes(g: Record<string, unknown>, nodes: Node[]): Map<string, numb
         t = Number((attr("value")?.t as { dataType?: number } | undefined)?.dataType ?? ONNX_DTYPE.FLOAT);
       else if (op === "Where") t = types.get(n.input?.[1] ?? "");
       else if (op === "CastLike") t = types.get(n.input?.[1] ?? "");
+      else if (op === "DequantizeLinear") t = types.get(n.input?.[1] ?? "") ?? ONNX_DTYPE.FLOAT;
       else if (KEEPS.has(op)) t = types.get(n.input?.[0] ?? "");
       if (t) {
         types.set(out, t);

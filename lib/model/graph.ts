@@ -14,6 +14,7 @@ import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { decode16 } from "./half.js";
 import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
+import { fuseQuantizePairs } from "./quant.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
@@ -34,6 +35,8 @@ export interface OnnxTensor {
   /** float tensors as Float32Array; integer ones as plain numbers (shape glue). */
   f32?: Float32Array;
   ints?: number[];
+  /** An integer tensor's ONNX type as stored (dataType says INT64 for all: they are numbers here). */
+  intType?: number;
 }
 
 export type Attr = number | number[] | string | OnnxTensor;
@@ -192,9 +195,16 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Clip: ["min", "max"],
   Size: [],
   LogSoftmax: ["axis"],
+  // quantized (QDQ) models, run in float (quant.ts)
+  QuantizeLinear: ["axis", "saturate"],
+  DequantizeLinear: ["axis"],
 };
 
-function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
+/**
+ * An ONNX tensor's values. `quantized`: the tensor is a DequantizeLinear's integers (a quantized
+ * model's weights, millions of int8 values): not held to the shape glue's bound of integers.
+ */
+function tensorOf(t: Record<string, unknown>, where: string, quantized = false): OnnxTensor {
   const dims = ((t.dims as unknown[]) ?? []).map(Number);
   const dataType = Number(t.dataType ?? 0);
   // (external data is read into rawData by loadExternalData before any tensor is made)
@@ -253,7 +263,8 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
     dataType === ONNX_DTYPE.INT8
   ) {
     let ints: number[];
-    if (n > MAX_INT_ELEMENTS)
+    const wide = quantized && (dataType === ONNX_DTYPE.INT8 || dataType === ONNX_DTYPE.UINT8 || dataType === ONNX_DTYPE.INT32);
+    if (n > MAX_INT_ELEMENTS && !wide)
       throw new Error(
         `${where}: integer tensor ${t.name} has ${n} values; bhsd keeps integer tensors for shape glue (at most ${MAX_INT_ELEMENTS})`,
       );
@@ -271,7 +282,7 @@ function tensorOf(t: Record<string, unknown>, where: string): OnnxTensor {
       );
     } else ints = (((dataType === ONNX_DTYPE.INT64 ? t.int64Data : t.int32Data) as unknown[]) ?? []).map(Number);
     if (ints.length !== n) throw new Error(`${where}: tensor ${t.name} has ${ints.length} values for shape [${dims}]`);
-    return { dims, dataType: ONNX_DTYPE.INT64, ints };
+    return { dims, dataType: ONNX_DTYPE.INT64, ints, intType: dataType };
   }
   throw new Error(
     `${where}: tensor ${t.name} has ONNX data type ${dataType}, which bhsd does not take (float, double, int64, int32, int8, uint8, bool)`,
@@ -417,10 +428,14 @@ async function parseInto(
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.add(a.t as Record<string, unknown>);
   await loadExternalData([...tensors], source, label);
   const initializers = new Map<string, OnnxTensor>();
+  // a quantized model's integer weights (read by DequantizeLinear) are no shape glue
+  const dequantized = new Set(
+    (g.node as Record<string, unknown>[]).filter((n) => n.opType === "DequantizeLinear").map((n) => String((n.input as string[])?.[0])),
+  );
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) {
     // (ONNX's single assignment: a second initializer of a name would silently replace the first)
     if (initializers.has(String(t.name))) throw new Error(`${label}: initializer ${String(t.name)} is defined twice`);
-    initializers.set(String(t.name), tensorOf(t, label));
+    initializers.set(String(t.name), tensorOf(t, label, dequantized.has(String(t.name))));
     if (isExternal(t)) t.rawData = undefined; // read for this copy alone: the weights are not held twice
   }
   const problems: string[] = [];
@@ -476,6 +491,12 @@ async function parseInto(
       ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
+  fuseQuantizePairs(
+    nodes,
+    initializers,
+    ((g.output as Record<string, unknown>[]) ?? []).map((v) => String(v.name)),
+    label,
+  );
   roundHalfBoundaries(g, nodes, initializers, label);
   const produced = new Set([...initializers.keys(), ...inputs.map((i) => i.name), ...nodes.flatMap((n) => n.outputs)]);
   for (const v of g.output as Record<string, unknown>[]) {

@@ -212,6 +212,9 @@ const RULES: Record<string, Rule> = {
     return [same(x)];
   },
   Not: ([x]) => [x ? same(x, true) : undefined],
+  // (quant.ts: both give floats, a QuantizeLinear being fused with its DequantizeLinear)
+  QuantizeLinear: ([x]) => [x ? float([...x.shape]) : undefined],
+  DequantizeLinear: ([x]) => [x ? float([...x.shape]) : undefined],
   Cast: ([x], at) => [x ? { shape: [...x.shape], int: ![1, 10, 11, 16].includes(at.to as number) } : undefined],
   CastLike: ([x, like]) => [x && like ? { shape: [...x.shape], int: like.int } : undefined],
   Concat: (xs, at) => {

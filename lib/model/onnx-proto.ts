@@ -183,7 +183,12 @@ export function encodeModel(m: {
   nodes: { opType: string; inputs: string[]; outputs: string[]; name?: string; attrs?: Record<string, AttrValue> }[];
   inputs: { name: string; shape: (number | string)[]; elemType?: number }[];
   outputs: { name: string; shape?: (number | string)[]; elemType?: number }[];
-  initializers?: { name: string; dims: number[]; data: Float32Array | BigInt64Array | Int32Array; dataType?: number }[];
+  initializers?: {
+    name: string;
+    dims: number[];
+    data: Float32Array | BigInt64Array | Int32Array | Int8Array | Uint8Array;
+    dataType?: number;
+  }[];
   metadata?: Record<string, string>;
   producer?: string;
 }): Uint8Array {
@@ -196,7 +201,7 @@ export function encodeModel(m: {
       },
     },
   });
-  const rawOf = (d: Float32Array | BigInt64Array | Int32Array) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+  const rawOf = (d: ArrayBufferView) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
   const attr = (name: string, v: AttrValue) => {
     if (typeof v === "string") return { name, type: ATTR.STRING, s: new TextEncoder().encode(v) };
     if (typeof v === "number")
@@ -226,7 +231,15 @@ export function encodeModel(m: {
         dims: t.dims,
         dataType:
           t.dataType ??
-          (t.data instanceof Float32Array ? ONNX_DTYPE.FLOAT : t.data instanceof Int32Array ? ONNX_DTYPE.INT32 : ONNX_DTYPE.INT64),
+          (t.data instanceof Float32Array
+            ? ONNX_DTYPE.FLOAT
+            : t.data instanceof Int32Array
+              ? ONNX_DTYPE.INT32
+              : t.data instanceof Int8Array
+                ? ONNX_DTYPE.INT8
+                : t.data instanceof Uint8Array
+                  ? ONNX_DTYPE.UINT8
+                  : ONNX_DTYPE.INT64),
         rawData: rawOf(t.data),
       })),
     },

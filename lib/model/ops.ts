@@ -613,6 +613,44 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], false, (p, q) => p + q, budget, what);
       return [fromNd(nd.mapN([r], false, (p) => p / ins.length, budget, what))];
     }
+    case "DequantizeLinear":
+    case "QuantizeLinear": {
+      // quant.ts: a DequantizeLinear of integer constants (run once at load), or a QuantizeLinear
+      // fused with its DequantizeLinear: the floats rounded to the integer grid and back, in float32
+      const v = x();
+      const perAxis = (k: number, what: string): nd.Nd | undefined => {
+        if (!a[k]) return undefined;
+        const p = toNd(a[k], what);
+        if (p.data.length === 1) return { ...p, shape: [] };
+        const axis = nd.normAxis((at.axis as number | undefined) ?? 1, v.shape.length, `${op} axis`);
+        if (p.shape.length !== 1 || p.data.length !== v.shape[axis])
+          throw new RangeError(`${what} [${p.shape}] must be one value or one per index of axis ${axis} (${v.shape[axis]})`);
+        return { ...p, shape: v.shape.map((d, i) => (i === axis ? d : 1)) };
+      };
+      const scale = perAxis(1, "y_scale")!;
+      const zp = perAxis(2, "zero_point") ?? { data: [0], shape: [], int: true };
+      if (op === "DequantizeLinear") return [fromNd(nd.mapN([v, scale, zp], false, (q, sc, z) => Math.fround((q - z) * sc), budget, what))];
+      const lo = at.bhsd_qmin as number | undefined,
+        hi = at.bhsd_qmax as number | undefined;
+      if (lo === undefined || hi === undefined) throw new Error("a QuantizeLinear not read by its DequantizeLinear alone");
+      return [
+        fromNd(
+          nd.mapN(
+            [v, scale, zp],
+            false,
+            (t, sc, z) => {
+              const r = Math.fround(t / sc),
+                f = Math.floor(r),
+                d = r - f;
+              const q = (d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1) + z;
+              return Math.fround((Math.min(hi, Math.max(lo, q)) - z) * sc);
+            },
+            budget,
+            what,
+          ),
+        ),
+      ];
+    }
     case "Where": {
       const c = toNd(a[0], "condition"),
         p = toNd(a[1], "X"),

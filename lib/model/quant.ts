@@ -1,0 +1,98 @@
+/**
+ * Quantized models in onnxruntime's QDQ format (quantize_static's default): integer weights and
+ * biases behind DequantizeLinear, and QuantizeLinear → DequantizeLinear pairs on the activations.
+ * bhsd runs them in float32, as the QDQ format defines them: a constant DequantizeLinear is run
+ * once at load (the weights become float), and each activation pair becomes one node that rounds
+ * the values to the integer grid and back (round half to even, saturated to the zero point's type)
+ * — the numbers onnxruntime's int8 kernels give up to the rounding of their requantisation. No
+ * integer arithmetic is used: a quantized model runs at its float twin's speed here.
+ */
+import { ONNX_DTYPE } from "./onnx-proto.js";
+import type { GraphNode, OnnxTensor } from "./graph.js";
+
+/**
+ * Fuses each QuantizeLinear with the DequantizeLinear nodes that read it (same scale, zero point and
+ * axis) into one float node (attributes bhsd_qmin / bhsd_qmax: the integer type's range), in place.
+ * Refused, naming the node: a QuantizeLinear whose integers go anywhere else (a graph output,
+ * another op), a scale or zero point that is not a constant, an integer type other than int8 or
+ * uint8, and a DequantizeLinear of integers the graph does not hold as constants.
+ */
+export function fuseQuantizePairs(
+  nodes: GraphNode[],
+  initializers: ReadonlyMap<string, OnnxTensor>,
+  outputs: readonly string[],
+  label: string,
+): void {
+  if (!nodes.some((n) => n.opType === "QuantizeLinear" || n.opType === "DequantizeLinear")) return;
+  const readers = new Map<string, GraphNode[]>();
+  for (const n of nodes)
+    for (const i of n.inputs)
+      if (i) {
+        const list = readers.get(i);
+        if (list) list.push(n);
+        else readers.set(i, [n]);
+      }
+  const problems: string[] = [];
+  const constant = (name: string | undefined) => (name ? initializers.get(name) : undefined);
+  const sameConst = (a: string | undefined, b: string | undefined) => {
+    if (a === b) return true;
+    const x = constant(a),
+      y = constant(b);
+    if (!x || !y || x.dataType !== y.dataType || x.intType !== y.intType || x.dims.join() !== y.dims.join()) return false;
+    const p = x.f32 ?? x.ints!,
+      q = y.f32 ?? y.ints!;
+    return p.length === q.length && p.every((v, i) => Object.is(v, q[i]));
+  };
+  const axisOf = (n: GraphNode) => (n.attrs.axis as number | undefined) ?? 1;
+  const dropped = new Set<GraphNode>();
+  for (const q of nodes) {
+    if (q.opType !== "QuantizeLinear") continue;
+    const where = `${label}: node ${q.name} (QuantizeLinear)`;
+    const out = q.outputs[0]!;
+    const users = readers.get(out) ?? [];
+    const scale = constant(q.inputs[1]),
+      zp = constant(q.inputs[2]);
+    if (!scale?.f32) {
+      problems.push(`${where}: its scale ${q.inputs[1]} is not a float constant (bhsd runs QDQ models with calibrated, constant scales)`);
+      continue;
+    }
+    if (q.inputs[2] && (!zp?.ints || (zp.intType !== ONNX_DTYPE.INT8 && zp.intType !== ONNX_DTYPE.UINT8))) {
+      problems.push(`${where}: its zero point ${q.inputs[2]} is not an int8 or uint8 constant`);
+      continue;
+    }
+    if (outputs.includes(out) || !users.length || users.some((u) => u.opType !== "DequantizeLinear" || u.inputs[0] !== out)) {
+      problems.push(
+        `${where}: its integers (${out}) go ${outputs.includes(out) ? "out of the graph" : users.length ? `to ${users.filter((u) => u.opType !== "DequantizeLinear").map((u) => `${u.name} (${u.opType})`)[0] ?? "another input"}` : "nowhere"}; bhsd runs quantized (QDQ) models in float and needs each QuantizeLinear read by DequantizeLinear nodes alone`,
+      );
+      continue;
+    }
+    const odd = users.find((u) => !sameConst(u.inputs[1], q.inputs[1]) || !sameConst(u.inputs[2], q.inputs[2]) || axisOf(u) !== axisOf(q));
+    if (odd) {
+      problems.push(`${where}: DequantizeLinear ${odd.name} reads its integers with another scale, zero point or axis`);
+      continue;
+    }
+    const [qmin, qmax] = zp?.intType === ONNX_DTYPE.INT8 ? [-128, 127] : [0, 255];
+    const first = users[0]!;
+    q.outputs = [first.outputs[0]!];
+    q.attrs = { ...q.attrs, bhsd_qmin: qmin, bhsd_qmax: qmax };
+    dropped.add(first);
+    // (more readers of the same integers: the same floats)
+    for (const u of users.slice(1)) {
+      u.opType = "Identity";
+      u.inputs = [first.outputs[0]!];
+      u.attrs = {};
+    }
+  }
+  for (const d of nodes) {
+    if (d.opType !== "DequantizeLinear" || dropped.has(d)) continue;
+    const x = constant(d.inputs[0]);
+    if (!x?.ints || (x.intType !== ONNX_DTYPE.INT8 && x.intType !== ONNX_DTYPE.UINT8 && x.intType !== ONNX_DTYPE.INT32))
+      problems.push(
+        `${label}: node ${d.name} (DequantizeLinear): its input ${d.inputs[0]} is not an int8, uint8 or int32 constant (or a QuantizeLinear's integers); bhsd runs quantized (QDQ) models in float`,
+      );
+    else if (!constant(d.inputs[1])?.f32)
+      problems.push(`${label}: node ${d.name} (DequantizeLinear): its scale ${d.inputs[1]} is not a float constant`);
+  }
+  if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
+  for (let i = nodes.length - 1; i >= 0; i--) if (dropped.has(nodes[i]!)) nodes.splice(i, 1);
+}

@@ -1,0 +1,104 @@
+/**
+ * Quantized models in onnxruntime's QDQ format, run in float (lib/model/quant.ts): against
+ * onnxruntime in this process on the same bytes (its int8 kernels). test/fixtures/qdq/make.py made
+ * the fixture model as quantize_static writes one.
+ */
+import test from "ava";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import ort from "onnxruntime-node";
+import { loadModel, readNpy, setBackend } from "../lib/index.js";
+import { encodeModel } from "../lib/model/onnx-proto.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+import { randomTensor, scaleDiff } from "./ort.js";
+
+const DIR = join(ROOT, "test", "fixtures", "qdq");
+const backends = backendsUnderTest();
+
+async function ortRun(bytes: Uint8Array, x: { data: Float32Array; shape: number[] }): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  const r = await s.run({ x: new ort.Tensor("float32", x.data, x.shape) });
+  await s.release();
+  return r[s.outputNames[0]!]!.data as Float32Array;
+}
+
+for (const { name } of backends)
+  test.serial(`${name}: a QDQ model (int8 weights per channel, uint8 and int8 activations) gives onnxruntime's outputs`, async (t) => {
+    setBackend(name);
+    const bytes = new Uint8Array(readFileSync(join(DIR, "qdq.onnx")));
+    const model = await loadModel(bytes, { patchSize: [8, 16, 16] });
+    for (const f of ["input.npy", "input2.npy"]) {
+      const x = await readNpy(join(DIR, f));
+      const input = { data: x.data as Float32Array, shape: x.shape };
+      const want = await ortRun(bytes, input);
+      const y = await model.run(input);
+      t.deepEqual(y.shape, [1, 4, 4, 8, 8]);
+      // the same integers: float32 rounding of the last conv's sums only
+      t.true(scaleDiff(y.data, want) <= 1e-5, `${f}: ${scaleDiff(y.data, want)}`);
+    }
+    model.dispose();
+  });
+
+/** x → Q/DQ (uint8) → Conv 1×1×1 with int8 weights per output channel (DequantizeLinear axis 0) → y. */
+function wideModel(
+  cin: number,
+  cout: number,
+  extra?: (n: { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number> }[]) => void,
+) {
+  let s = 12345;
+  const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32) * 2 - 1;
+  const wq = Int8Array.from({ length: cout * cin }, () => Math.round(rnd() * 127));
+  const ws = Float32Array.from({ length: cout }, () => 0.001 + Math.abs(rnd()) * 0.01);
+  const nodes: { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number> }[] = [
+    { opType: "QuantizeLinear", inputs: ["x", "xs", "xz"], outputs: ["xq"] },
+    { opType: "DequantizeLinear", inputs: ["xq", "xs", "xz"], outputs: ["xd"] },
+    { opType: "DequantizeLinear", inputs: ["wq", "ws", "wz"], outputs: ["w"], attrs: { axis: 0 } },
+    { opType: "Conv", inputs: ["xd", "w"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } as never },
+  ];
+  extra?.(nodes);
+  return encodeModel({
+    opset: 13,
+    nodes,
+    inputs: [{ name: "x", shape: [1, cin, 2, 2, 2] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "xs", dims: [], data: Float32Array.of(2 / 255) },
+      { name: "xz", dims: [], data: Uint8Array.of(128) },
+      { name: "wq", dims: [cout, cin, 1, 1, 1], data: wq },
+      { name: "ws", dims: [cout], data: ws },
+      { name: "wz", dims: [cout], data: new Int8Array(cout) },
+      { name: "xz2", dims: [], data: Uint8Array.of(127) },
+    ],
+  });
+}
+
+test.serial("a quantized model's int8 weights are not held to the shape glue's bound of integers (1.1 M values)", async (t) => {
+  setBackend(backends[backends.length - 1]!.name);
+  const bytes = wideModel(1100, 1000);
+  const x = randomTensor([1, 1100, 2, 2, 2], 7);
+  const model = await loadModel(bytes, { patchSize: [2, 2, 2] });
+  const y = await model.run(x);
+  t.true(scaleDiff(y.data, await ortRun(bytes, x as { data: Float32Array; shape: number[] })) <= 1e-5);
+  model.dispose();
+});
+
+test("QDQ patterns bhsd cannot run in float are refused at load, naming the node", async (t) => {
+  // the integers of a QuantizeLinear read by another op
+  await t.throwsAsync(
+    loadModel(
+      wideModel(4, 2, (n) => n.push({ opType: "Cast", inputs: ["xq"], outputs: ["c"], attrs: { to: 1 } })),
+      { patchSize: [2, 2, 2] },
+    ),
+    { message: /QuantizeLinear\): its integers \(xq\) go to Cast_4 \(Cast\); bhsd runs quantized \(QDQ\) models in float/ },
+  );
+  // a DequantizeLinear with another zero point than its QuantizeLinear's
+  await t.throwsAsync(
+    loadModel(
+      wideModel(4, 2, (n) => {
+        n[1]!.inputs[2] = "xz2";
+      }),
+      { patchSize: [2, 2, 2] },
+    ),
+    { message: /DequantizeLinear_1 reads its integers with another scale, zero point or axis/ },
+  );
+});
