@@ -131,7 +131,12 @@ function count(v: string | undefined): number | undefined {
  * Reads the external data of `tensors` (initializers and tensor attributes of a decoded model)
  * into their `rawData`, after checking every reference; `label` names the model in errors.
  */
-export async function loadExternalData(tensors: TensorObject[], source: ExternalSource, label: string): Promise<void> {
+export async function loadExternalData(
+  tensors: TensorObject[],
+  source: ExternalSource,
+  label: string,
+  quantized: ReadonlySet<string> = new Set(),
+): Promise<void> {
   const pending: Pending[] = [];
   for (const t of tensors) {
     if (!isExternal(t)) continue;
@@ -156,9 +161,12 @@ export async function loadExternalData(tensors: TensorObject[], source: External
         `${where} has ONNX data type ${Number(t.dataType ?? 0)}, which bhsd does not take (float, double, float16, bfloat16, int64, int32, int8, uint8, bool)`,
       );
     const float = [ONNX_DTYPE.FLOAT, ONNX_DTYPE.DOUBLE, ONNX_DTYPE.FLOAT16, ONNX_DTYPE.BFLOAT16].includes(Number(t.dataType) as 1);
-    if (n > (float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS))
+    // (a quantized model's integer weights, read by DequantizeLinear alone, are no shape glue)
+    const wide = quantized.has(name) && [ONNX_DTYPE.INT8, ONNX_DTYPE.UINT8, ONNX_DTYPE.INT32].includes(Number(t.dataType) as 2);
+    const bound = float || wide ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS;
+    if (n > bound)
       throw new Error(
-        `${where} has dims [${dims}]: ${n} values, more than bhsd takes for a ${float ? "float" : "integer"} tensor (${float ? MAX_TENSOR_ELEMENTS : MAX_INT_ELEMENTS})`,
+        `${where} has dims [${dims}]: ${n} values, more than bhsd takes for a ${float ? "float" : "integer"} tensor (${bound})`,
       );
     const offset = count(entries.get("offset")) ?? 0,
       given = count(entries.get("length"));

@@ -268,6 +268,16 @@ function tensorOf(t: Record<string, unknown>, where: string, quantized = false):
       throw new Error(
         `${where}: integer tensor ${t.name} has ${n} values; bhsd keeps integer tensors for shape glue (at most ${MAX_INT_ELEMENTS})`,
       );
+    if (wide && hasRaw) {
+      // a quantized model's weights: a typed array of the stored type (its bytes, not 8 per value
+      // on the JavaScript heap), read only by the DequantizeLinear folded at load
+      const width = dataType === ONNX_DTYPE.INT32 ? 4 : 1;
+      const bytes = own(width);
+      const typed =
+        dataType === ONNX_DTYPE.INT32 ? new Int32Array(bytes) : dataType === ONNX_DTYPE.INT8 ? new Int8Array(bytes) : new Uint8Array(bytes);
+      if (typed.length !== n) throw new Error(`${where}: tensor ${t.name} has ${typed.length} values for shape [${dims}]`);
+      return { dims, dataType: ONNX_DTYPE.INT64, ints: typed as unknown as number[], intType: dataType };
+    }
     if (hasRaw) {
       const width = dataType === ONNX_DTYPE.INT64 ? 8 : dataType === ONNX_DTYPE.INT32 ? 4 : 1;
       const dv = new DataView(own(width));
@@ -426,12 +436,18 @@ async function parseInto(
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) tensors.add(t);
   for (const n of g.node as Record<string, unknown>[])
     for (const a of (n.attribute as Record<string, unknown>[]) ?? []) if (a.t) tensors.add(a.t as Record<string, unknown>);
-  await loadExternalData([...tensors], source, label);
+  // a quantized model's integer weights are no shape glue
+  // (those whose every reader is a DequantizeLinear's integers: nothing else sees them)
+  const readBy = new Map<string, boolean>();
+  for (const n of g.node as Record<string, unknown>[])
+    ((n.input as string[] | undefined) ?? []).forEach((i, k) => {
+      const dq = n.opType === "DequantizeLinear" && k === 0;
+      readBy.set(String(i), (readBy.get(String(i)) ?? true) && dq);
+    });
+  for (const o of (g.output as Record<string, unknown>[] | undefined) ?? []) readBy.set(String(o.name), false);
+  const dequantized = new Set([...readBy].filter(([, onlyDq]) => onlyDq).map(([name]) => name));
+  await loadExternalData([...tensors], source, label, dequantized);
   const initializers = new Map<string, OnnxTensor>();
-  // a quantized model's integer weights (read by DequantizeLinear) are no shape glue
-  const dequantized = new Set(
-    (g.node as Record<string, unknown>[]).filter((n) => n.opType === "DequantizeLinear").map((n) => String((n.input as string[])?.[0])),
-  );
   for (const t of (g.initializer as Record<string, unknown>[]) ?? []) {
     // (ONNX's single assignment: a second initializer of a name would silently replace the first)
     if (initializers.has(String(t.name))) throw new Error(`${label}: initializer ${String(t.name)} is defined twice`);

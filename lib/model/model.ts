@@ -638,4 +638,7 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
     });
   }
   graph.nodes = keep;
+  // integer constants nothing reads any more (a quantized model's weights, now float) are let go
+  const read = new Set([...keep.flatMap((n) => n.inputs), ...graph.outputs]);
+  for (const [k, t] of graph.initializers) if (t.ints && !read.has(k)) graph.initializers.delete(k);
 }

@@ -14,8 +14,9 @@ import type { GraphNode, OnnxTensor } from "./graph.js";
  * Fuses each QuantizeLinear with the DequantizeLinear nodes that read it (same scale, zero point and
  * axis) into one float node (attributes bhsd_qmin / bhsd_qmax: the integer type's range), in place.
  * Refused, naming the node: a QuantizeLinear whose integers go anywhere else (a graph output,
- * another op), a scale or zero point that is not a constant, an integer type other than int8 or
- * uint8, and a DequantizeLinear of integers the graph does not hold as constants.
+ * another op), a zero point that is not a constant (its type is the integers' range), an integer
+ * type other than int8 or uint8, and a DequantizeLinear of integers the graph does not hold as
+ * constants. Scales may be computed (PyTorch's per-channel weight scales are).
  */
 export function fuseQuantizePairs(
   nodes: GraphNode[],
@@ -33,17 +34,26 @@ export function fuseQuantizePairs(
         else readers.set(i, [n]);
       }
   const problems: string[] = [];
-  const constant = (name: string | undefined) => (name ? initializers.get(name) : undefined);
-  const sameConst = (a: string | undefined, b: string | undefined) => {
-    if (a === b) return true;
-    const x = constant(a),
-      y = constant(b);
-    if (!x || !y || x.dataType !== y.dataType || x.intType !== y.intType || x.dims.join() !== y.dims.join()) return false;
+  // constants: initializers, and Constant nodes' tensors (PyTorch's fake-quantize exports)
+  const made = new Map<string, OnnxTensor>();
+  for (const n of nodes)
+    if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
+      made.set(n.outputs[0]!, n.attrs.value);
+  const constant = (name: string | undefined) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
+  const UINT8_ZERO: OnnxTensor = { dims: [], dataType: ONNX_DTYPE.INT64, ints: [0], intType: ONNX_DTYPE.UINT8 };
+  // (an absent zero point is uint8 0)
+  const zeroPoint = (name: string | undefined) => (name ? constant(name) : UINT8_ZERO);
+  const sameValues = (x: OnnxTensor | undefined, y: OnnxTensor | undefined) => {
+    if (!x || !y || x.dataType !== y.dataType || x.intType !== y.intType) return false;
     const p = x.f32 ?? x.ints!,
       q = y.f32 ?? y.ints!;
-    return p.length === q.length && p.every((v, i) => Object.is(v, q[i]));
+    // (one value, whatever its rank; else the same shape)
+    if (p.length !== q.length || (p.length > 1 && x.dims.join() !== y.dims.join())) return false;
+    for (let i = 0; i < p.length; i++) if (!Object.is(p[i], q[i])) return false;
+    return true;
   };
-  const axisOf = (n: GraphNode) => (n.attrs.axis as number | undefined) ?? 1;
+  // the axis matters unless the scale is known to be one value
+  const axisOf = (n: GraphNode) => (constant(n.inputs[1])?.f32?.length === 1 ? 1 : ((n.attrs.axis as number | undefined) ?? 1));
   const dropped = new Set<GraphNode>();
   for (const q of nodes) {
     if (q.opType !== "QuantizeLinear") continue;
@@ -51,12 +61,8 @@ export function fuseQuantizePairs(
     const out = q.outputs[0]!;
     const users = readers.get(out) ?? [];
     const scale = constant(q.inputs[1]),
-      zp = constant(q.inputs[2]);
-    if (!scale?.f32) {
-      problems.push(`${where}: its scale ${q.inputs[1]} is not a float constant (bhsd runs QDQ models with calibrated, constant scales)`);
-      continue;
-    }
-    if (q.inputs[2] && (!zp?.ints || (zp.intType !== ONNX_DTYPE.INT8 && zp.intType !== ONNX_DTYPE.UINT8))) {
+      zp = zeroPoint(q.inputs[2]);
+    if (!zp?.ints || (zp.intType !== ONNX_DTYPE.INT8 && zp.intType !== ONNX_DTYPE.UINT8)) {
       problems.push(`${where}: its zero point ${q.inputs[2]} is not an int8 or uint8 constant`);
       continue;
     }
@@ -66,12 +72,19 @@ export function fuseQuantizePairs(
       );
       continue;
     }
-    const odd = users.find((u) => !sameConst(u.inputs[1], q.inputs[1]) || !sameConst(u.inputs[2], q.inputs[2]) || axisOf(u) !== axisOf(q));
+    // (the same scale: the same value, or equal constants; a scale computed by the graph, as
+    // PyTorch's per-channel weight scales are, is read at run time — folded at load where constant)
+    const odd = users.find(
+      (u) =>
+        (u.inputs[1] !== q.inputs[1] && !sameValues(constant(u.inputs[1]), scale)) ||
+        !sameValues(zeroPoint(u.inputs[2]), zp) ||
+        axisOf(u) !== axisOf(q),
+    );
     if (odd) {
       problems.push(`${where}: DequantizeLinear ${odd.name} reads its integers with another scale, zero point or axis`);
       continue;
     }
-    const [qmin, qmax] = zp?.intType === ONNX_DTYPE.INT8 ? [-128, 127] : [0, 255];
+    const [qmin, qmax] = zp.intType === ONNX_DTYPE.INT8 ? [-128, 127] : [0, 255];
     const first = users[0]!;
     q.outputs = [first.outputs[0]!];
     q.attrs = { ...q.attrs, bhsd_qmin: qmin, bhsd_qmax: qmax };
@@ -83,15 +96,19 @@ export function fuseQuantizePairs(
       u.attrs = {};
     }
   }
+  const quantizeOutputs = new Set(nodes.filter((n) => n.opType === "QuantizeLinear").map((n) => n.outputs[0]));
   for (const d of nodes) {
-    if (d.opType !== "DequantizeLinear" || dropped.has(d)) continue;
+    // (a QuantizeLinear's reader was fused above, or its QuantizeLinear was refused: said once)
+    if (d.opType !== "DequantizeLinear" || dropped.has(d) || quantizeOutputs.has(d.inputs[0])) continue;
+    const where = `${label}: node ${d.name} (DequantizeLinear)`;
     const x = constant(d.inputs[0]);
-    if (!x?.ints || (x.intType !== ONNX_DTYPE.INT8 && x.intType !== ONNX_DTYPE.UINT8 && x.intType !== ONNX_DTYPE.INT32))
+    const type = x?.intType;
+    if (!x?.ints || (type !== ONNX_DTYPE.INT8 && type !== ONNX_DTYPE.UINT8 && type !== ONNX_DTYPE.INT32))
       problems.push(
-        `${label}: node ${d.name} (DequantizeLinear): its input ${d.inputs[0]} is not an int8, uint8 or int32 constant (or a QuantizeLinear's integers); bhsd runs quantized (QDQ) models in float`,
+        `${where}: its input ${d.inputs[0]} is not an int8, uint8 or int32 constant (or a QuantizeLinear's integers); bhsd runs quantized (QDQ) models in float`,
       );
-    else if (!constant(d.inputs[1])?.f32)
-      problems.push(`${label}: node ${d.name} (DequantizeLinear): its scale ${d.inputs[1]} is not a float constant`);
+    else if (d.inputs[2] && constant(d.inputs[2])?.intType !== type)
+      problems.push(`${where}: its zero point ${d.inputs[2]} is not a constant of its integers' type`);
   }
   if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
   for (let i = nodes.length - 1; i >= 0; i--) if (dropped.has(nodes[i]!)) nodes.splice(i, 1);

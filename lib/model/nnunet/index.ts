@@ -386,11 +386,9 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
           // nnUNetTrainerBN builds batch norm (eps 1e-5, affine) where the plans say instance norm;
           // another trainer that does the same shows it by its norms' running statistics
-          if (!arch.norm.runningStats) {
-            if (trainerName === "nnUNetTrainerBN") arch = { ...arch, norm: { eps: 1e-5, affine: true, runningStats: true } };
-            else if ([...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
-              arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
-          }
+          if (trainerName === "nnUNetTrainerBN") arch = { ...arch, norm: { eps: 1e-5, affine: true, runningStats: true } };
+          else if (!arch.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
+            arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
           graph = buildNetwork(arch);
           // the network's axes: a 2d configuration's (0, 1) are its slices' y and x, axes 1 and 2 of the grid
           const m = root.get("inference_allowed_mirroring_axes");
