@@ -53,6 +53,35 @@ export function baseModels(): { name: string; spec: Spec }[] {
       },
     },
     {
+      // a quantized model in onnxruntime's QDQ format: int8 weights per channel and an int32 bias
+      // behind DequantizeLinear, uint8 and int8 QuantizeLinear → DequantizeLinear pairs
+      name: "qdq-conv",
+      spec: {
+        opset: 17,
+        ...io,
+        nodes: [
+          { opType: "QuantizeLinear", inputs: ["x", "xs", "xz"], outputs: ["xq"] },
+          { opType: "DequantizeLinear", inputs: ["xq", "xs", "xz"], outputs: ["xd"] },
+          { opType: "DequantizeLinear", inputs: ["wq", "ws", "wz"], outputs: ["wd"], attrs: { axis: 0 } },
+          { opType: "DequantizeLinear", inputs: ["bq", "bs"], outputs: ["bd"], attrs: { axis: 0 } },
+          { opType: "Conv", inputs: ["xd", "wd", "bd"], outputs: ["c"], attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] } },
+          { opType: "QuantizeLinear", inputs: ["c", "cs", "cz"], outputs: ["cq"] },
+          { opType: "DequantizeLinear", inputs: ["cq", "cs", "cz"], outputs: ["y"] },
+        ],
+        initializers: [
+          { name: "xs", dims: [], data: Float32Array.of(1 / 127) },
+          { name: "xz", dims: [], data: Uint8Array.of(128) },
+          { name: "wq", dims: [3, 1, 3, 3, 3], data: Int8Array.from(f32(81, 11), (v) => Math.round(v * 127)) },
+          { name: "ws", dims: [3], data: Float32Array.of(0.01, 0.02, 0.005) },
+          { name: "wz", dims: [3], data: new Int8Array(3) },
+          { name: "bq", dims: [3], data: Int32Array.of(100, -50, 7) },
+          { name: "bs", dims: [3], data: Float32Array.of(0.01 / 127, 0.02 / 127, 0.005 / 127) },
+          { name: "cs", dims: [], data: Float32Array.of(0.05) },
+          { name: "cz", dims: [], data: Int8Array.of(0) },
+        ],
+      },
+    },
+    {
       name: "down-up-concat",
       spec: {
         opset: 17,
