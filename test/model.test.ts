@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, resampleVolume, segment, setBackend, volumeFromArray, windowStarts } from "../lib/index.js";
 import type { Tensor, Volume } from "../lib/types.js";
 import { backendsUnderTest, ROOT, sharedFixture } from "./helpers.js";
-import { randomTensor, relDiff } from "./ort.js";
+import { pointwiseOnnx, randomTensor, relDiff } from "./ort.js";
 
 const backends = backendsUnderTest();
 
@@ -135,22 +135,7 @@ test.serial("segment resamples to the model's spacing and back to the CT's grid 
   const dir = join(ROOT, "test", "fixtures", "resample");
   const npy = (name: string) => readNpy(join(dir, `${name}.npy`));
   const [ct, w1, b1, w2, b2, want, margin] = await Promise.all(["ct", "w1", "b1", "w2", "b2", "labels", "margin"].map(npy));
-  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
-    name,
-    dims: a.shape,
-    data: Float32Array.from(a.data),
-  });
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [
-      { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
-      { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
-      { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
-    ],
-    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
-    outputs: [{ name: "y" }],
-    initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
-  });
+  const bytes = pointwiseOnnx(w1!, b1!, w2!, b2!);
   const model = await loadModel(bytes, { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] });
   const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape as [number, number, number], [5, 0.5, 0.5]);
   const { labels, report } = await segment(vol, model);
@@ -179,34 +164,8 @@ test.serial(
     const [ct, w1, b1, w2, b2, w3, b3, want, margin] = await Promise.all(
       ["ct", "w1", "b1", "w2", "b2", "w3", "b3", "ensemble_labels", "ensemble_margin"].map(npy),
     );
-    const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
-      name,
-      dims: a.shape,
-      data: Float32Array.from(a.data),
-    });
-    const io = { inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] as (number | string)[] }], outputs: [{ name: "y" }] };
-    const m1 = await loadModel(
-      encodeModel({
-        opset: 17,
-        ...io,
-        nodes: [
-          { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
-          { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
-          { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
-        ],
-        initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
-      }),
-      { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] },
-    );
-    const m2 = await loadModel(
-      encodeModel({
-        opset: 17,
-        ...io,
-        nodes: [{ opType: "Conv", inputs: ["x", "w3", "b3"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } }],
-        initializers: [init("w3", w3!), init("b3", b3!)],
-      }),
-      { patchSize: [4, 8, 8], targetSpacing: [5, 0.8, 0.8] },
-    );
+    const m1 = await loadModel(pointwiseOnnx(w1!, b1!, w2!, b2!), { patchSize: [4, 16, 16], targetSpacing: [2.5, 1, 1] });
+    const m2 = await loadModel(pointwiseOnnx(w3!, b3!), { patchSize: [4, 8, 8], targetSpacing: [5, 0.8, 0.8] });
     const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape as [number, number, number], [5, 0.5, 0.5]);
     const { labels, report } = await segment(vol, [m1, m2]);
     t.deepEqual(

@@ -12,6 +12,7 @@ import { fromNnunet, normalizeConfig } from "../lib/model/config.js";
 import { cropVolume, nonzeroBox } from "../lib/model/crop.js";
 import { resampleNnunet, separateAxis } from "../lib/model/resample.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
+import { pointwiseOnnx } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-resampling");
 const backends = backendsUnderTest();
@@ -73,43 +74,22 @@ test("the axis resampled on its own is chosen as nnU-Net's determine_do_sep_z_an
   t.is(separateAxis(false, [5, 0.45, 0.45], [4, 0.5, 0.5], 3), null);
 });
 
-/** The fixture's pointwise model (1×1×1 Conv 1 → 4, LeakyReLU 0.1, 1×1×1 Conv 4 → 6). */
-async function pointwise(resampling: "nnunet" | "linear", cropToNonzero = false) {
+/** The fixture's pointwise model's bytes (1×1×1 Conv 1 → 4, LeakyReLU 0.1, 1×1×1 Conv 4 → 6). */
+async function pointwiseBytes(): Promise<Uint8Array> {
   const [w1, b1, w2, b2] = await Promise.all(["e2e_w1", "e2e_b1", "e2e_w2", "e2e_b2"].map(npy));
-  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
-    name,
-    dims: a.shape,
-    data: Float32Array.from(a.data),
-  });
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [
-      { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
-      { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
-      { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
-    ],
-    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
-    outputs: [{ name: "y" }],
-    initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
-  });
+  return pointwiseOnnx(w1!, b1!, w2!, b2!);
+}
+
+/** The fixture's pointwise model, resampling and cropping as asked. */
+async function pointwise(resampling: "nnunet" | "linear", cropToNonzero = false) {
+  const bytes = await pointwiseBytes();
   return loadModel(bytes, { patchSize: [4, 16, 16], targetSpacing: [5, 0.5, 0.5], resampling, cropToNonzero });
 }
 
 /** The fixture's second member (one 1×1×1 Conv 1 → 6) at 5 × 0.8 × 0.8 mm. */
 async function pointwiseB() {
   const [w3, b3] = await Promise.all(["e2e_w3", "e2e_b3"].map(npy));
-  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
-    name,
-    dims: a.shape,
-    data: Float32Array.from(a.data),
-  });
-  const bytes = encodeModel({
-    opset: 17,
-    nodes: [{ opType: "Conv", inputs: ["x", "w3", "b3"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } }],
-    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
-    outputs: [{ name: "y" }],
-    initializers: [init("w3", w3!), init("b3", b3!)],
-  });
+  const bytes = pointwiseOnnx(w3!, b3!);
   return loadModel(bytes, { patchSize: [4, 8, 8], targetSpacing: [5, 0.8, 0.8], resampling: "nnunet", cropToNonzero: true });
 }
 
@@ -290,23 +270,7 @@ for (const { name: backend } of backends)
     setBackend(backend);
     const [mr, want, margin] = await Promise.all(["e2e_mask_mr", "e2e_mask_labels", "e2e_mask_margin"].map(npy));
     const vol = volumeFromArray(mr!.data as Float32Array, mr!.shape, [5, 0.45, 0.45]);
-    const [w1, b1, w2, b2] = await Promise.all(["e2e_w1", "e2e_b1", "e2e_w2", "e2e_b2"].map(npy));
-    const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
-      name,
-      dims: a.shape,
-      data: Float32Array.from(a.data),
-    });
-    const bytes = encodeModel({
-      opset: 17,
-      nodes: [
-        { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
-        { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
-        { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
-      ],
-      inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
-      outputs: [{ name: "y" }],
-      initializers: [init("w1", w1!), init("b1", b1!), init("w2", w2!), init("b2", b2!)],
-    });
+    const bytes = await pointwiseBytes();
     const run = async (nonzeroMask: boolean) => {
       const model = await loadModel(bytes, {
         patchSize: [4, 16, 16],

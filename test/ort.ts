@@ -91,3 +91,35 @@ export function argmaxAgreement(a: ArrayLike<number>, b: ArrayLike<number>, C: n
   }
   return same / S;
 }
+
+/**
+ * A model of 1×1×1 convolutions from weights given as arrays (a fixture's npy files): `w2`/`b2`
+ * absent, one Conv; else Conv → LeakyReLU 0.1 → Conv. Its output at a voxel depends on that voxel
+ * alone, so a reference needs no sliding window.
+ */
+export function pointwiseOnnx(
+  w1: { data: ArrayLike<number>; shape: number[] },
+  b1: { data: ArrayLike<number>; shape: number[] },
+  w2?: { data: ArrayLike<number>; shape: number[] },
+  b2?: { data: ArrayLike<number>; shape: number[] },
+): Uint8Array {
+  const init = (name: string, a: { data: ArrayLike<number>; shape: number[] }) => ({
+    name,
+    dims: a.shape,
+    data: Float32Array.from(a.data),
+  });
+  const two = w2 && b2;
+  return encodeModel({
+    opset: 17,
+    nodes: two
+      ? [
+          { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["h"], attrs: { kernel_shape: [1, 1, 1] } },
+          { opType: "LeakyRelu", inputs: ["h"], outputs: ["a"], attrs: { alpha: 0.1 } },
+          { opType: "Conv", inputs: ["a", "w2", "b2"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+        ]
+      : [{ opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } }],
+    inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [init("w1", w1), init("b1", b1), ...(two ? [init("w2", w2), init("b2", b2)] : [])],
+  });
+}
