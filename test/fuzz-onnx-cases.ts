@@ -82,6 +82,30 @@ export function baseModels(): { name: string; spec: Spec }[] {
       },
     },
     {
+      // onnxruntime's quantize_dynamic form: the activation's range at run time, integer convolution
+      name: "dynamic-quant-conv",
+      spec: {
+        opset: 17,
+        ...io,
+        nodes: [
+          { opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["xq", "xs", "xz"] },
+          {
+            opType: "ConvInteger",
+            inputs: ["xq", "wq", "xz"],
+            outputs: ["ci"],
+            attrs: { kernel_shape: [3, 3, 3], pads: [1, 1, 1, 1, 1, 1] },
+          },
+          { opType: "Cast", inputs: ["ci"], outputs: ["cf"], attrs: { to: 1 } },
+          { opType: "Mul", inputs: ["xs", "ws"], outputs: ["s"] },
+          { opType: "Mul", inputs: ["cf", "s"], outputs: ["y"] },
+        ],
+        initializers: [
+          { name: "wq", dims: [2, 1, 3, 3, 3], data: Int8Array.from(f32(54, 12), (v) => Math.round(v * 127)) },
+          { name: "ws", dims: [], data: Float32Array.of(0.01) },
+        ],
+      },
+    },
+    {
       name: "down-up-concat",
       spec: {
         opset: 17,

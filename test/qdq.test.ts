@@ -172,3 +172,34 @@ test.serial(
     model.dispose();
   },
 );
+
+for (const { name } of backends)
+  test.serial(
+    `${name}: a quantize_dynamic model (DynamicQuantizeLinear, ConvInteger, MatMulInteger) gives onnxruntime's outputs`,
+    async (t) => {
+      setBackend(name);
+      const bytes = new Uint8Array(readFileSync(join(DIR, "dynamic.onnx")));
+      const model = await loadModel(bytes, { patchSize: [8, 16, 16] });
+      for (const f of ["input.npy", "input2.npy"]) {
+        const x = await readNpy(join(DIR, f));
+        const input = { data: x.data as Float32Array, shape: x.shape };
+        const y = await model.run(input);
+        t.deepEqual(y.shape, [1, 3, 8, 16, 16]);
+        t.true(scaleDiff(y.data, await ortRun(bytes, input)) <= 1e-6, f);
+      }
+      model.dispose();
+    },
+  );
+
+test("quantize_dynamic's integer ops with weights that are not integer constants are refused at load, naming the node", async (t) => {
+  const bytes = encodeModel({
+    opset: 13,
+    nodes: [
+      { opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["xq", "xs", "xz"] },
+      { opType: "MatMulInteger", inputs: ["xq", "xq", "xz", "xz"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [2, 2] }],
+    outputs: [{ name: "y" }],
+  });
+  await t.throwsAsync(loadModel(bytes), { message: /MatMulInteger_1 \(MatMulInteger\): its weights xq are not an int8 or uint8 constant/ });
+});

@@ -14,7 +14,7 @@ import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { decode16 } from "./half.js";
 import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
-import { fuseQuantizePairs } from "./quant.js";
+import { fuseQuantizePairs, lowerIntegerOps } from "./quant.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
@@ -198,6 +198,10 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   // quantized (QDQ) models, run in float (quant.ts)
   QuantizeLinear: ["axis", "saturate"],
   DequantizeLinear: ["axis"],
+  // onnxruntime's quantize_dynamic: run in float too (quant.ts)
+  DynamicQuantizeLinear: [],
+  ConvInteger: ["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"],
+  MatMulInteger: [],
 };
 
 /**
@@ -441,7 +445,7 @@ async function parseInto(
   const readBy = new Map<string, boolean>();
   for (const n of g.node as Record<string, unknown>[])
     ((n.input as string[] | undefined) ?? []).forEach((i, k) => {
-      const dq = n.opType === "DequantizeLinear" && k === 0;
+      const dq = (n.opType === "DequantizeLinear" && k === 0) || ((n.opType === "ConvInteger" || n.opType === "MatMulInteger") && k === 1);
       readBy.set(String(i), (readBy.get(String(i)) ?? true) && dq);
     });
   for (const o of (g.output as Record<string, unknown>[] | undefined) ?? []) readBy.set(String(o.name), false);
@@ -471,8 +475,10 @@ async function parseInto(
     const allowed = SUPPORTED[opType]!;
     for (const a of Object.keys(attrs)) if (!allowed.includes(a)) problems.push(`${where}: attribute ${a} is not supported`);
     // a 1-D or 2-D node runs on the 3-D kernels: its attributes lifted to three axes (spatial.ts)
-    const lifted = liftSpatialAttrs(opType, attrs, initializers.get(String((n.input as string[] | undefined)?.[1] ?? ""))?.dims, where);
-    problems.push(...lifted, ...checkAttrs(opType, attrs, where, lifted.length === 0));
+    // (a ConvInteger's attributes are a Conv's: it becomes one, quant.ts)
+    const asOp = opType === "ConvInteger" ? "Conv" : opType;
+    const lifted = liftSpatialAttrs(asOp, attrs, initializers.get(String((n.input as string[] | undefined)?.[1] ?? ""))?.dims, where);
+    problems.push(...lifted, ...checkAttrs(asOp, attrs, where, lifted.length === 0));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
   // each value made once (ONNX's single assignment; a second maker would silently win in topoSort)
@@ -507,6 +513,7 @@ async function parseInto(
       ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
+  lowerIntegerOps(nodes, initializers, label);
   fuseQuantizePairs(
     nodes,
     initializers,

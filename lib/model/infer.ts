@@ -215,6 +215,7 @@ const RULES: Record<string, Rule> = {
   // (quant.ts: both give floats, a QuantizeLinear being fused with its DequantizeLinear)
   QuantizeLinear: ([x]) => [x ? float([...x.shape]) : undefined],
   DequantizeLinear: ([x]) => [x ? float([...x.shape]) : undefined],
+  DynamicQuantizeLinear: ([x]) => (x ? [float([...x.shape]), float([]), float([])] : [undefined, undefined, undefined]),
   Cast: ([x], at) => [x ? { shape: [...x.shape], int: ![1, 10, 11, 16].includes(at.to as number) } : undefined],
   CastLike: ([x, like]) => [x && like ? { shape: [...x.shape], int: like.int } : undefined],
   Concat: (xs, at) => {

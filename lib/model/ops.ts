@@ -613,6 +613,34 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], false, (p, q) => p + q, budget, what);
       return [fromNd(nd.mapN([r], false, (p) => p / ins.length, budget, what))];
     }
+    case "DynamicQuantizeLinear": {
+      // onnxruntime's: the range widened to hold 0, scale = range / 255, the zero point rounded
+      // (halves to even) from 0 − min / scale, the values rounded to uint8 — as floats (quant.ts)
+      const v = x();
+      if (v.int) throw new Error("input must be float");
+      const src = v.data as Float32Array;
+      let mn = 0,
+        mx = 0;
+      for (let i = 0; i < src.length; i++) {
+        const t = src[i]!;
+        if (t < mn) mn = t;
+        else if (t > mx) mx = t;
+      }
+      const even = (r: number) => r + 6755399441055744 - 6755399441055744;
+      const sc = mx === mn ? 1 : Math.fround(Math.fround(mx - mn) / 255);
+      const zp = even(Math.min(255, Math.max(0, Math.fround(0 - Math.fround(mn / sc)))));
+      const out = allocFloats(src.length, budget, what);
+      for (let i = 0; i < src.length; i++) {
+        const r = Math.fround(src[i]! / sc);
+        const q = r !== r ? 0 : even(r) + zp;
+        out[i] = q < 0 ? 0 : q > 255 ? 255 : q;
+      }
+      return [
+        { f: { data: out, shape: [...v.shape] } },
+        { f: { data: Float32Array.of(sc), shape: [] } },
+        { f: { data: Float32Array.of(zp), shape: [] } },
+      ];
+    }
     case "DequantizeLinear":
     case "QuantizeLinear": {
       // quant.ts: a DequantizeLinear of integer constants (run once at load), or a QuantizeLinear

@@ -113,3 +113,74 @@ export function fuseQuantizePairs(
   if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
   for (let i = nodes.length - 1; i >= 0; i--) if (dropped.has(nodes[i]!)) nodes.splice(i, 1);
 }
+
+/**
+ * onnxruntime's quantize_dynamic form — DynamicQuantizeLinear on an activation, ConvInteger /
+ * MatMulInteger with integer weights, Cast to float, Mul by the scales — in float: each
+ * ConvInteger or MatMulInteger whose weights are integer constants becomes a Sub of the
+ * activation's zero point and a float Conv or MatMul with the weights less theirs (a new float
+ * initializer), in place; DynamicQuantizeLinear runs as an op giving floats that hold its
+ * integers. Refused, naming the node: weights that are not int8/uint8 constants, or a weight zero
+ * point that is not a constant of their type.
+ */
+export function lowerIntegerOps(nodes: GraphNode[], initializers: Map<string, OnnxTensor>, label: string): void {
+  if (!nodes.some((n) => n.opType === "ConvInteger" || n.opType === "MatMulInteger")) return;
+  const made = new Map<string, OnnxTensor>();
+  for (const n of nodes)
+    if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
+      made.set(n.outputs[0]!, n.attrs.value);
+  const constant = (name: string | undefined) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
+  const taken = new Set([...initializers.keys(), ...nodes.flatMap((n) => [...n.inputs, ...n.outputs])]);
+  const fresh = (base: string) => {
+    let name = `${base}:bhsd_float`;
+    for (let k = 1; taken.has(name); k++) name = `${base}:bhsd_float_${k}`;
+    taken.add(name);
+    return name;
+  };
+  const problems: string[] = [];
+  const out: GraphNode[] = [];
+  for (const n of nodes) {
+    if (n.opType !== "ConvInteger" && n.opType !== "MatMulInteger") {
+      out.push(n);
+      continue;
+    }
+    const where = `${label}: node ${n.name} (${n.opType})`;
+    const [x, wName, xZero, wZero] = n.inputs;
+    const w = constant(wName);
+    const type = w?.intType;
+    if (!w?.ints || (type !== ONNX_DTYPE.INT8 && type !== ONNX_DTYPE.UINT8)) {
+      problems.push(
+        `${where}: its weights ${wName} are not an int8 or uint8 constant; bhsd runs quantize_dynamic's models in float with constant weights`,
+      );
+      continue;
+    }
+    const wz = wZero ? constant(wZero) : undefined;
+    if (wZero && (!wz?.ints || wz.intType !== type)) {
+      problems.push(`${where}: its weight zero point ${wZero} is not a constant of its weights' type`);
+      continue;
+    }
+    // the weights less their zero point (one, or one per output channel: axis 0 of a Conv's
+    // weights, the last axis of a MatMul's)
+    const conv = n.opType === "ConvInteger";
+    const zs = wz?.ints ?? [0];
+    const per = conv ? w.dims[0]! : w.dims[w.dims.length - 1]!;
+    if (zs.length !== 1 && zs.length !== per) {
+      problems.push(`${where}: its weight zero point has ${zs.length} values, not 1 or ${per}`);
+      continue;
+    }
+    const n0 = w.ints.length;
+    const inner = conv ? n0 / Math.max(1, w.dims[0]!) : 1;
+    const f32 = new Float32Array(n0);
+    for (let i = 0; i < n0; i++) f32[i] = w.ints[i]! - zs[zs.length === 1 ? 0 : conv ? Math.floor(i / inner) : i % per]!;
+    const wf = fresh(wName!);
+    initializers.set(wf, { dims: [...w.dims], dataType: ONNX_DTYPE.FLOAT, f32 });
+    let xin = x!;
+    if (xZero) {
+      xin = fresh(`${x}-zero_point`);
+      out.push({ name: `${n.name}:bhsd_sub_zero_point`, opType: "Sub", inputs: [x!, xZero], outputs: [xin], attrs: {} });
+    }
+    out.push({ ...n, opType: conv ? "Conv" : "MatMul", inputs: [xin, wf], attrs: conv ? n.attrs : {} });
+  }
+  if (problems.length) throw new Error(`${label}: the engine cannot run this model:\n  ${problems.join("\n  ")}`);
+  nodes.splice(0, nodes.length, ...out);
+}
