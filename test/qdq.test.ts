@@ -203,3 +203,66 @@ test("quantize_dynamic's integer ops with weights that are not integer constants
   });
   await t.throwsAsync(loadModel(bytes), { message: /MatMulInteger_1 \(MatMulInteger\): its weights xq are not an int8 or uint8 constant/ });
 });
+
+test.serial(
+  "DynamicQuantizeLinear's edge cases (±∞, NaN, a range that rounds to nothing) and a graph input named as bhsd's own names: as onnxruntime",
+  async (t) => {
+    setBackend(backends[backends.length - 1]!.name);
+    const bytes = encodeModel({
+      opset: 13,
+      nodes: [
+        { opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["q", "s", "z"] },
+        { opType: "Cast", inputs: ["q"], outputs: ["y"], attrs: { to: 1 } },
+      ],
+      inputs: [{ name: "x", shape: [1, 4] }],
+      outputs: [{ name: "y" }],
+    });
+    for (const values of [
+      [-Infinity, 1, -1, 0],
+      [Infinity, 1, -1, 0],
+      [NaN, 1, -2, 3],
+      [1e-45, 0, 0, 0],
+      [-3, -2, -1, -0.5],
+      [0, 0, 0, 0],
+    ]) {
+      const x = { data: Float32Array.from(values), shape: [1, 4] };
+      const model = await loadModel(bytes);
+      t.deepEqual([...(await model.run(x)).data], [...(await ortRun(bytes, x))], `[${values}]`);
+      model.dispose();
+    }
+    // an unused graph input under the name bhsd would give the float weights: not taken for them
+    const dyn = readFileSync(join(DIR, "dynamic.onnx"));
+    const { ModelProto } = await import("../lib/model/onnx-proto.js");
+    const m = ModelProto.decode(dyn) as unknown as { graph: { input: { name: string; type: unknown }[] } };
+    m.graph.input.push({ ...m.graph.input[0]!, name: "w1q:bhsd_float" });
+    const shadowed = ModelProto.encode(m as never).finish();
+    const x = await readNpy(join(DIR, "input.npy"));
+    const input = { data: x.data as Float32Array, shape: x.shape };
+    const model = await loadModel(shadowed, { patchSize: [8, 16, 16] });
+    const out = await model.runAll({
+      x: input,
+      "w1q:bhsd_float": { data: new Float32Array(input.data.length).fill(7), shape: input.shape },
+    });
+    t.true(scaleDiff(out.y!.data, await ortRun(new Uint8Array(readFileSync(join(DIR, "dynamic.onnx"))), input)) <= 1e-6);
+    model.dispose();
+  },
+);
+
+test("a quantize_dynamic model's weights become float within the model's memoryLimit", async (t) => {
+  const nodes = [
+    { opType: "DynamicQuantizeLinear", inputs: ["x"], outputs: ["xq", "xs", "xz"] },
+    { opType: "MatMulInteger", inputs: ["xq", "w", "xz"], outputs: ["y"] },
+  ];
+  const bytes = encodeModel({
+    opset: 13,
+    nodes,
+    inputs: [{ name: "x", shape: [1, 2000] }],
+    outputs: [{ name: "y", elemType: 6 }],
+    initializers: [{ name: "w", dims: [2000, 2000], data: new Int8Array(4e6).fill(3) }],
+  });
+  await t.throwsAsync(loadModel(bytes, { memoryLimit: 1 << 20 }), { message: /folding constants needs more than the model's memoryLimit/ });
+  const model = await loadModel(bytes);
+  const x = { data: Float32Array.from({ length: 2000 }, (_, i) => Math.sin(i)), shape: [1, 2000] };
+  t.deepEqual([...(await model.run(x)).data], [...(await ortRun(bytes, x))]);
+  model.dispose();
+});

@@ -513,7 +513,12 @@ async function parseInto(
       ).map((d) => (d.dimValue !== undefined ? Number(d.dimValue) : String(d.dimParam ?? "?")));
       return { name: String(v.name), shape: dims };
     });
-  lowerIntegerOps(nodes, initializers, label);
+  lowerIntegerOps(
+    nodes,
+    initializers,
+    [...inputs.map((i) => i.name), ...((g.output as Record<string, unknown>[]) ?? []).map((v) => String(v.name))],
+    label,
+  );
   fuseQuantizePairs(
     nodes,
     initializers,

@@ -628,7 +628,11 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       }
       const even = (r: number) => r + 6755399441055744 - 6755399441055744;
       const sc = mx === mn ? 1 : Math.fround(Math.fround(mx - mn) / 255);
-      const zp = even(Math.min(255, Math.max(0, Math.fround(0 - Math.fround(mn / sc)))));
+      // (a NaN start — −∞ in the input, or a range whose scale rounds to 0 — gives 255, as
+      // onnxruntime's std::min(255, NaN) does)
+      const z0 = Math.fround(0 - Math.fround(mn / sc)),
+        zc = z0 < 255 ? z0 : 255;
+      const zp = even(zc > 0 ? zc : 0);
       const out = allocFloats(src.length, budget, what);
       for (let i = 0; i < src.length; i++) {
         const r = Math.fround(src[i]! / sc);

@@ -123,20 +123,31 @@ export function fuseQuantizePairs(
  * integers. Refused, naming the node: weights that are not int8/uint8 constants, or a weight zero
  * point that is not a constant of their type.
  */
-export function lowerIntegerOps(nodes: GraphNode[], initializers: Map<string, OnnxTensor>, label: string): void {
+export function lowerIntegerOps(
+  nodes: GraphNode[],
+  initializers: Map<string, OnnxTensor>,
+  graphNames: readonly string[],
+  label: string,
+): void {
   if (!nodes.some((n) => n.opType === "ConvInteger" || n.opType === "MatMulInteger")) return;
   const made = new Map<string, OnnxTensor>();
   for (const n of nodes)
     if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
       made.set(n.outputs[0]!, n.attrs.value);
   const constant = (name: string | undefined) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
-  const taken = new Set([...initializers.keys(), ...nodes.flatMap((n) => [...n.inputs, ...n.outputs])]);
+  // (every name the graph has, its inputs and outputs too: a fresh one must not shadow any)
+  const taken = new Set([...initializers.keys(), ...graphNames, ...nodes.flatMap((n) => [...n.inputs, ...n.outputs])]);
   const fresh = (base: string) => {
     let name = `${base}:bhsd_float`;
     for (let k = 1; taken.has(name); k++) name = `${base}:bhsd_float_${k}`;
     taken.add(name);
     return name;
   };
+  const one = fresh("one");
+  initializers.set(one, { dims: [], dataType: ONNX_DTYPE.FLOAT, f32: Float32Array.of(1) });
+  // the float weights of each (weights, zero point, axis): a DequantizeLinear with scale 1, folded at
+  // load within the model's memoryLimit like any constant, made once however many nodes share them
+  const floats = new Map<string, string>();
   const problems: string[] = [];
   const out: GraphNode[] = [];
   for (const n of nodes) {
@@ -159,21 +170,36 @@ export function lowerIntegerOps(nodes: GraphNode[], initializers: Map<string, On
       problems.push(`${where}: its weight zero point ${wZero} is not a constant of its weights' type`);
       continue;
     }
-    // the weights less their zero point (one, or one per output channel: axis 0 of a Conv's
-    // weights, the last axis of a MatMul's)
-    const conv = n.opType === "ConvInteger";
-    const zs = wz?.ints ?? [0];
-    const per = conv ? w.dims[0]! : w.dims[w.dims.length - 1]!;
-    if (zs.length !== 1 && zs.length !== per) {
-      problems.push(`${where}: its weight zero point has ${zs.length} values, not 1 or ${per}`);
+    // the activation's zero point is one value (DynamicQuantizeLinear's; a per-row one of a
+    // MatMulInteger's A would need another axis than a Sub broadcasts along: refused, as onnxruntime)
+    const xz = xZero ? constant(xZero) : undefined;
+    if (xz && (xz.f32 ?? xz.ints)!.length !== 1) {
+      problems.push(`${where}: its input's zero point ${xZero} has ${(xz.f32 ?? xz.ints)!.length} values; bhsd takes one`);
       continue;
     }
-    const n0 = w.ints.length;
-    const inner = conv ? n0 / Math.max(1, w.dims[0]!) : 1;
-    const f32 = new Float32Array(n0);
-    for (let i = 0; i < n0; i++) f32[i] = w.ints[i]! - zs[zs.length === 1 ? 0 : conv ? Math.floor(i / inner) : i % per]!;
-    const wf = fresh(wName!);
-    initializers.set(wf, { dims: [...w.dims], dataType: ONNX_DTYPE.FLOAT, f32 });
+    // the weights' zero point: one, or one per output channel (axis 0 of a Conv's weights, the last
+    // axis of a MatMul's B — a 1-D B has one column)
+    const conv = n.opType === "ConvInteger";
+    const axis = conv ? 0 : w.dims.length - 1;
+    const per = conv ? w.dims[0]! : w.dims.length === 1 ? 1 : w.dims[axis]!;
+    const zs = wz?.ints?.length ?? 1;
+    if (zs !== 1 && (zs !== per || wz!.dims.length !== 1)) {
+      problems.push(`${where}: its weight zero point has ${zs} values, not 1 or ${per} (one per output channel)`);
+      continue;
+    }
+    const key = `${wName}\u0000${wZero ?? ""}\u0000${axis}`;
+    let wf = floats.get(key);
+    if (!wf) {
+      wf = fresh(wName!);
+      floats.set(key, wf);
+      out.push({
+        name: `${n.name}:bhsd_weights`,
+        opType: "DequantizeLinear",
+        inputs: [wName!, one, ...(wZero ? [wZero] : [])],
+        outputs: [wf],
+        attrs: { axis },
+      });
+    }
     let xin = x!;
     if (xZero) {
       xin = fresh(`${x}-zero_point`);
