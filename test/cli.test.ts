@@ -78,6 +78,32 @@ test("bhsd info FILE describes a NIfTI file", async (t) => {
   t.true(o.scaled);
 });
 
+test("bhsd info MODEL describes an ONNX model or an nnU-Net folder and the config segment would use", async (t) => {
+  const onnx = await bhsd("info", join(ROOT, "test", "fixtures", "qdq", "qdq.onnx"), "--json");
+  t.is(onnx.status, 0, onnx.stderr);
+  const o = JSON.parse(onnx.stdout);
+  t.is(o.opset, 13);
+  t.deepEqual(o.inputs, [{ name: "x", shape: [1, 1, "D", "H", "W"] }]);
+  t.deepEqual(o.config.resampling, { type: "linear" });
+  const nn = await bhsd(
+    "info",
+    join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres"),
+    "--json",
+  );
+  t.is(nn.status, 0, nn.stderr);
+  const n = JSON.parse(nn.stdout);
+  t.is(n.configuration, "3d_fullres");
+  t.deepEqual(n.folds, [0, 1]);
+  t.is(n.network.class, "PlainConvUNet");
+  t.is(n.config.resampling.data.order, 3, "nnU-Net's plans: cubic image resampling");
+  t.true(n.config.cropToNonzero);
+  const text = await bhsd(
+    "info",
+    join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres"),
+  );
+  t.regex(text.stdout, /nnU-Net 3d_fullres, nnUNetTrainer, folds 0, 1\n {2}PlainConvUNet \(3-D\), 5 stages/);
+});
+
 test("bad input: one line on stderr, a non-zero exit, no stack trace", async (t) => {
   const r = await bhsd("info", join(NIFTI_FIXTURES, "three_volumes_4d.nii"));
   t.is(r.status, 1);

@@ -1,8 +1,16 @@
-/** `bhsd info [file]`: version, backends (and why any is missing), threads, SIMD; or a NIfTI file's header and intensities. */
+/**
+ * `bhsd info [file]`: version, backends (and why any is missing), threads, SIMD; or a NIfTI file's
+ * header and intensities, a DICOM folder's series, an ONNX model's inputs and config, an nnU-Net
+ * results folder's network and config.
+ */
 import type { Command } from "commander";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
 import { isFolder, listDicomSeries } from "../io/dicom.js";
+import { loadModel } from "../model/model.js";
+import { loadNnunet } from "../model/nnunet/index.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
@@ -11,8 +19,13 @@ import { readLimits } from "./util.js";
 export function infoCommand(program: Command): void {
   program
     .command("info")
-    .description("print version, backends (and why any is unavailable), threads and SIMD level; with a file, its geometry and intensities")
-    .argument("[file]", "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series) or a zip of a series to describe")
+    .description(
+      "print version, backends (and why any is unavailable), threads and SIMD level; with a file, its geometry and intensities, or a model's inputs and the config segment would use",
+    )
+    .argument(
+      "[file]",
+      "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series), a zip of a series, an ONNX model (.onnx) or an nnU-Net results folder to describe",
+    )
     .option("--json", "machine-readable output")
     .action(async (file: string | undefined, opts: { json?: boolean }) => {
       if (file !== undefined) return describeFile(file, !!opts.json);
@@ -40,7 +53,63 @@ export function infoCommand(program: Command): void {
     });
 }
 
+/** An ONNX model or an nnU-Net results folder: what segment() would run, and with which config. */
+async function describeModel(file: string, json: boolean): Promise<void> {
+  if (file.toLowerCase().endsWith(".onnx")) {
+    const m = await loadModel(file);
+    try {
+      const out = {
+        file,
+        model: m.name,
+        producer: m.producer,
+        opset: m.opset,
+        inputs: m.inputs,
+        outputs: m.outputs,
+        weightBytes: m.weightBytes,
+        config: m.config,
+      };
+      if (json) return void process.stdout.write(toJson(out) + "\n");
+      process.stdout.write(
+        [
+          `${file}: ONNX opset ${m.opset}${m.producer ? ` from ${m.producer}` : ""}, ${(m.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
+          ...m.inputs.map((i) => `  input ${i.name} [${i.shape.join(", ")}]`),
+          `  outputs ${m.outputs.join(", ")}`,
+          `  config (${m.config.source}): ${JSON.stringify(m.config)}`,
+        ].join("\n") + "\n",
+      );
+    } finally {
+      m.dispose();
+    }
+    return;
+  }
+  const nn = await loadNnunet(file);
+  try {
+    const a = nn.architecture;
+    const out = {
+      file,
+      model: nn.name,
+      configuration: nn.configuration,
+      trainer: nn.trainerName,
+      folds: nn.folds,
+      ensemble: nn.ensemble,
+      network: { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
+      config: nn.config,
+    };
+    if (json) return void process.stdout.write(toJson(out) + "\n");
+    process.stdout.write(
+      [
+        `${file}: nnU-Net ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
+        `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+        `  config: ${JSON.stringify(nn.config)}`,
+      ].join("\n") + "\n",
+    );
+  } finally {
+    nn.dispose();
+  }
+}
+
 async function describeFile(file: string, json: boolean) {
+  if (file.toLowerCase().endsWith(".onnx") || existsSync(join(file, "plans.json"))) return describeModel(file, json);
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {
     if (json) return void process.stdout.write(toJson({ file, series }) + "\n");
