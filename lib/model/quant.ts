@@ -10,6 +10,18 @@
 import { ONNX_DTYPE } from "./onnx-proto.js";
 import type { GraphNode, OnnxTensor } from "./graph.js";
 
+/** The graph's constants by name: initializers, and Constant nodes' tensors (where PyTorch's exports put scales). */
+function constantsOf(
+  nodes: readonly GraphNode[],
+  initializers: ReadonlyMap<string, OnnxTensor>,
+): (name: string | undefined) => OnnxTensor | undefined {
+  const made = new Map<string, OnnxTensor>();
+  for (const n of nodes)
+    if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
+      made.set(n.outputs[0]!, n.attrs.value);
+  return (name) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
+}
+
 /**
  * Fuses each QuantizeLinear with the DequantizeLinear nodes that read it (same scale, zero point and
  * axis) into one float node (attributes bhsd_qmin / bhsd_qmax: the integer type's range), in place.
@@ -34,12 +46,7 @@ export function fuseQuantizePairs(
         else readers.set(i, [n]);
       }
   const problems: string[] = [];
-  // constants: initializers, and Constant nodes' tensors (PyTorch's fake-quantize exports)
-  const made = new Map<string, OnnxTensor>();
-  for (const n of nodes)
-    if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
-      made.set(n.outputs[0]!, n.attrs.value);
-  const constant = (name: string | undefined) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
+  const constant = constantsOf(nodes, initializers);
   const UINT8_ZERO: OnnxTensor = { dims: [], dataType: ONNX_DTYPE.INT64, ints: [0], intType: ONNX_DTYPE.UINT8 };
   // (an absent zero point is uint8 0)
   const zeroPoint = (name: string | undefined) => (name ? constant(name) : UINT8_ZERO);
@@ -130,11 +137,7 @@ export function lowerIntegerOps(
   label: string,
 ): void {
   if (!nodes.some((n) => n.opType === "ConvInteger" || n.opType === "MatMulInteger")) return;
-  const made = new Map<string, OnnxTensor>();
-  for (const n of nodes)
-    if (n.opType === "Constant" && typeof n.attrs.value === "object" && !Array.isArray(n.attrs.value))
-      made.set(n.outputs[0]!, n.attrs.value);
-  const constant = (name: string | undefined) => (name ? (initializers.get(name) ?? made.get(name)) : undefined);
+  const constant = constantsOf(nodes, initializers);
   // (every name the graph has, its inputs and outputs too: a fresh one must not shadow any)
   const taken = new Set([...initializers.keys(), ...graphNames, ...nodes.flatMap((n) => [...n.inputs, ...n.outputs])]);
   const fresh = (base: string) => {
