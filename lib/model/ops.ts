@@ -583,6 +583,23 @@ const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
   Or: (x, y) => (x || y ? 1 : 0),
 };
 
+/**
+ * A quantizer's rounding to an integer, halves to even: 1.5·2^52 added and taken away (exact for
+ * |r| < 2^51; past that r is far outside any integer type's range and saturates either way).
+ */
+const toGridInt = (r: number) => r + 6755399441055744 - 6755399441055744;
+
+/**
+ * QuantizeLinear then DequantizeLinear of one value (quant.ts): t / scale rounded to the grid,
+ * plus the zero point, saturated to [lo, hi], and back, in float32. NaN (a NaN input, or 0 / 0
+ * with a zero scale) saturates to the low end, as onnxruntime's conversion of it to an integer does.
+ */
+function fakeQuantize(t: number, sc: number, z: number, lo: number, hi: number): number {
+  const r = Math.fround(t / sc);
+  const q = r !== r ? lo : toGridInt(r) + z;
+  return Math.fround(((q < lo ? lo : q > hi ? hi : q) - z) * sc);
+}
+
 /** The ops of real exports beyond a U-Net's blocks, on N-d arrays (see nd.ts). */
 function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset: number): Value[] {
   const at = n.attrs,
@@ -626,17 +643,16 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
         if (t < mn) mn = t;
         else if (t > mx) mx = t;
       }
-      const even = (r: number) => r + 6755399441055744 - 6755399441055744;
       const sc = mx === mn ? 1 : Math.fround(Math.fround(mx - mn) / 255);
       // (a NaN start — −∞ in the input, or a range whose scale rounds to 0 — gives 255, as
       // onnxruntime's std::min(255, NaN) does)
       const z0 = Math.fround(0 - Math.fround(mn / sc)),
         zc = z0 < 255 ? z0 : 255;
-      const zp = even(zc > 0 ? zc : 0);
+      const zp = toGridInt(zc > 0 ? zc : 0);
       const out = allocFloats(src.length, budget, what);
       for (let i = 0; i < src.length; i++) {
         const r = Math.fround(src[i]! / sc);
-        const q = r !== r ? 0 : even(r) + zp;
+        const q = r !== r ? 0 : toGridInt(r) + zp;
         out[i] = q < 0 ? 0 : q > 255 ? 255 : q;
       }
       return [
@@ -671,34 +687,10 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
           out = allocFloats(src.length, budget, what),
           sc = scale.data[0]!,
           z = zp.data[0]!;
-        for (let i = 0; i < src.length; i++) {
-          // (1.5·2^52 added and taken away: the double rounded to an integer, halves to even, exactly
-          // for |r| < 2^51; past that r is far outside the integer range and saturates either way)
-          const r = Math.fround(src[i]! / sc);
-          const q = r !== r ? lo : r + 6755399441055744 - 6755399441055744 + z;
-          out[i] = ((q < lo ? lo : q > hi ? hi : q) - z) * sc; // (rounded to float32 as it is stored)
-        }
+        for (let i = 0; i < src.length; i++) out[i] = fakeQuantize(src[i]!, sc, z, lo, hi);
         return [{ f: { data: out, shape: [...v.shape] } }];
       }
-      return [
-        fromNd(
-          nd.mapN(
-            [v, scale, zp],
-            false,
-            (t, sc, z) => {
-              const r = Math.fround(t / sc),
-                f = Math.floor(r),
-                d = r - f;
-              // (NaN — a NaN input, or 0 / 0 with a zero scale — saturates to the low end, as
-              // onnxruntime's conversion of it to an integer does)
-              const q = Number.isNaN(r) ? lo : (d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1) + z;
-              return Math.fround((Math.min(hi, Math.max(lo, q)) - z) * sc);
-            },
-            budget,
-            what,
-          ),
-        ),
-      ];
+      return [fromNd(nd.mapN([v, scale, zp], false, (t, sc, z) => fakeQuantize(t, sc, z, lo, hi), budget, what))];
     }
     case "Where": {
       const c = toNd(a[0], "condition"),
