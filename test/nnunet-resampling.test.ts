@@ -12,7 +12,7 @@ import { fromNnunet, normalizeConfig } from "../lib/model/config.js";
 import { cropVolume, nonzeroBox } from "../lib/model/crop.js";
 import { resampleNnunet, separateAxis } from "../lib/model/resample.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
-import { pointwiseOnnx } from "./ort.js";
+import { compareLabels as compare, pointwiseOnnx } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-resampling");
 const backends = backendsUnderTest();
@@ -91,18 +91,6 @@ async function pointwiseB() {
   const [w3, b3] = await Promise.all(["e2e_w3", "e2e_b3"].map(npy));
   const bytes = pointwiseOnnx(w3!, b3!);
   return loadModel(bytes, { patchSize: [4, 8, 8], targetSpacing: [5, 0.8, 0.8], resampling: "nnunet", cropToNonzero: true });
-}
-
-/** Voxels compared (where the reference's two best classes are more than 1e-4 apart) and those that differ. */
-function compare(got: Uint8Array, want: ArrayLike<number>, margin: ArrayLike<number>): { compared: number; differ: number } {
-  let compared = 0,
-    differ = 0;
-  for (let i = 0; i < got.length; i++) {
-    if (margin[i]! <= 1e-4) continue;
-    compared++;
-    if (got[i] !== want[i]) differ++;
-  }
-  return { compared, differ };
 }
 
 for (const { name: backend } of backends)

@@ -123,3 +123,15 @@ export function pointwiseOnnx(
     initializers: [init("w1", w1), init("b1", b1), ...(two ? [init("w2", w2), init("b2", b2)] : [])],
   });
 }
+
+/** Voxels compared (where the reference's two best classes are more than 1e-4 apart) and those that differ. */
+export function compareLabels(got: Uint8Array, want: ArrayLike<number>, margin: ArrayLike<number>): { compared: number; differ: number } {
+  let compared = 0,
+    differ = 0;
+  for (let i = 0; i < got.length; i++) {
+    if (margin[i]! <= 1e-4) continue;
+    compared++;
+    if (got[i] !== want[i]) differ++;
+  }
+  return { compared, differ };
+}
