@@ -62,6 +62,18 @@ export interface ModelConfig {
    */
   cropToNonzero: boolean;
   /**
+   * Normalise on the model's grid, after resampling, as nnU-Net v1's GenericPreprocessor (v2 and the
+   * default normalise the CT first). A clip before or after cubic splines gives other values along
+   * every edge the clip cuts (bone, air). Not with a z-score's `nonzeroMask`.
+   */
+  normalizeAfterResampling: boolean;
+  /**
+   * What the sliding windows and mirrors average, and what the export resamples: "logits" (nnU-Net
+   * v2, the default: the softmax follows the average) or "probabilities" (nnU-Net v1: each forward's
+   * softmax is averaged, and those probabilities go back to the CT's grid).
+   */
+  aggregate: "logits" | "probabilities";
+  /**
    * Axes of the network's input grid (0 z, 1 y, 2 x, after transposeForward) along which the model
    * was trained mirrored, so that test-time mirroring may flip them (nnU-Net's
    * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
@@ -89,6 +101,8 @@ export function defaultConfig(): ModelConfig {
     stepSize: 0.5,
     resampling: { type: "linear" },
     cropToNonzero: false,
+    normalizeAfterResampling: false,
+    aggregate: "logits",
     mirrorAxes: [0, 1, 2],
     source: "default",
   };
@@ -124,6 +138,10 @@ export function normalizeConfig(
   out.resampling = resamplingOf(given.resampling ?? d.resampling);
   if (typeof out.cropToNonzero !== "boolean")
     throw new Error(`model config: cropToNonzero must be true or false, got ${JSON.stringify(out.cropToNonzero)}`);
+  if (typeof out.normalizeAfterResampling !== "boolean")
+    throw new Error(`model config: normalizeAfterResampling must be true or false, got ${JSON.stringify(out.normalizeAfterResampling)}`);
+  if (out.aggregate !== "logits" && out.aggregate !== "probabilities")
+    throw new Error(`model config: aggregate must be "logits" or "probabilities", got ${JSON.stringify(out.aggregate)}`);
   const rank = modelInput?.length;
   const sd = given.spatialDims ?? (given.patchSize?.length === 2 || rank === 4 ? 2 : 3);
   if (sd !== 2 && sd !== 3) throw new Error(`model config: spatialDims must be 2 or 3, got ${JSON.stringify(given.spatialDims)}`);
@@ -172,6 +190,10 @@ export function normalizeConfig(
   if (!ok)
     throw new Error(
       `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`,
+    );
+  if (out.normalizeAfterResampling && n.type === "zscore" && n.nonzeroMask)
+    throw new Error(
+      "model config: a z-score's nonzeroMask is the CT's own region, taken before resampling: not with normalizeAfterResampling",
     );
   if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
   if (out.postprocessing !== undefined) {

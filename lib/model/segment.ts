@@ -469,11 +469,13 @@ async function preprocess(
   run: SegmentRun,
 ): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
   const norm = p.cfg.normalization;
-  const mask = norm.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
-  let img = normalize(ct.data, norm, mask);
+  // nnU-Net v1 (normalizeAfterResampling): NaN to 0, resample, then normalise on the model's grid
+  const late = p.cfg.normalizeAfterResampling;
+  const mask = !late && norm.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
+  let img = late ? noNaN(ct.data) : normalize(ct.data, norm, mask);
   if (mask) releaseEngineArray(mask);
   run.hold(img.byteLength);
-  run.lap("normalize");
+  if (!late) run.lap("normalize");
   const tr = transpose3(img, p.zyx, p.perm);
   if (tr.data !== img) {
     run.hold(tr.data.byteLength);
@@ -496,7 +498,25 @@ async function preprocess(
     releaseEngineArray(img);
   }
   run.lap("resample");
+  if (late) {
+    const y = normalize(x.data, norm);
+    run.hold(y.byteLength);
+    run.held -= x.data.byteLength;
+    releaseEngineArray(x.data);
+    x = { data: y, shape: x.shape };
+    run.lap("normalize");
+  }
   return { x, gridShape, resampled };
+}
+
+/** The CT as float32 with NaN as 0 (nnU-Net v1's resample_and_normalize, before it resamples). */
+function noNaN(src: ArrayLike<number>): Float32Array {
+  const out = allocArray("float32", src.length, "image", { overwritten: true }) as Float32Array;
+  for (let i = 0; i < src.length; i++) {
+    const v = src[i]!;
+    out[i] = v === v ? v : 0;
+  }
+  return out;
 }
 
 /**
@@ -525,6 +545,9 @@ async function predictSlidingWindow(
   softmax = true,
 ): Promise<{ probs: Float32Array; classes: number; windows: number; forwards: number; peakForward: number }> {
   const { patch, padded, modelShape } = p;
+  // (averaged probabilities need no softmax after)
+  const probabilities = p.cfg.aggregate === "probabilities";
+  if (probabilities) softmax = false;
   const signal = run.signal;
   const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
   const starts = windowStartsOf(p);
@@ -562,8 +585,15 @@ async function predictSlidingWindow(
           }
           const out = await model.run({ data: input.data, shape: netShape(input.shape) }, signal ? { signal } : undefined);
           // (a 2-D model's [1, C, y, x] seen as one slice of the grid)
-          const y =
+          let y =
             twoD && out.shape.length === 4 ? { data: out.data, shape: [out.shape[0]!, out.shape[1]!, 1, ...out.shape.slice(2)] } : out;
+          if (probabilities && y.shape.length === 5) {
+            // nnU-Net v1: each forward's softmax is what the mirrors and windows average (a model
+            // that hands back its input gets a copy: the patch is read again for the next mirror)
+            if (y.data === input.data) y = { data: Float32Array.from(y.data), shape: y.shape };
+            const c = y.shape[1]!;
+            await activeBackend().softmax(y.data, 1, c, y.data.length / c, y.data);
+          }
           forwards++;
           peakForward = Math.max(peakForward, model.lastRun?.peakBytes ?? 0);
           if (flips.length === 1 && y.data !== patchT.data) logits = y;
@@ -633,7 +663,10 @@ async function predictSlidingWindow(
   return { probs, classes: C, windows: total, forwards, peakForward };
 }
 
-/** Whether the export resamples or reorders (the model grid is not the CT's): then it takes logits. */
+/**
+ * Whether the export resamples or reorders (the model grid is not the CT's): then it takes logits
+ * (or, aggregating probabilities, the probabilities, which it resamples as nnU-Net v1).
+ */
 const exportMoves = (p: SegmentPlan, pre: { resampled: boolean }) => pre.resampled || p.perm.some((q, i) => q !== i);
 
 /**
@@ -955,7 +988,18 @@ async function segmentEnsemble(
       releaseEngineArray(r.probs);
       throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} classes, member 0 ${C}`);
     }
-    await addToCtGrid(r.probs, moves, C, ct, work === ct ? null : box, p, pre, run, acc, 1 / models.length);
+    await addToCtGrid(
+      r.probs,
+      moves && m.config.aggregate === "logits",
+      C,
+      ct,
+      work === ct ? null : box,
+      p,
+      pre,
+      run,
+      acc,
+      1 / models.length,
+    );
     releaseEngineArray(r.probs);
     run.windowBase += r.windows;
     counts.windows += r.windows;

@@ -13,6 +13,9 @@
  * windows and mirrors are averaged (all linear, so averaging per window is the same as nnU-Net's
  * per-fold sliding windows averaged afterwards). `ensemble: "softmax"` gives instead the mean of
  * the folds' softmax (as nnU-Net v1 did), returned as its logarithm so that a softmax recovers it.
+ *
+ * nnU-Net v1 folders (`plans.pkl`, `fold_K/model_final_checkpoint.model`) load the same way, with
+ * v1's network and pipeline (v1.ts).
  */
 import { existsSync, readdirSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
@@ -27,7 +30,8 @@ import type { HeldWeights } from "../graph.js";
 import { encodeModel } from "../onnx-proto.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
-import { readNnunetPostprocessing } from "./postprocessing.js";
+import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
+import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
 import type { CleanupOptions } from "../../ops/components.js";
 
 export { CheckpointError } from "./checkpoint.js";
@@ -53,6 +57,11 @@ export interface LoadNnunetOptions {
    * `crossval_results_folds_<folds>/postprocessing.pkl` (or `.json`) for the folds loaded, where it exists.
    */
   postprocessing?: string | false;
+  /**
+   * nnU-Net v1 only: the trainer whose network to build ("nnUNetTrainerV2"), where the folder's
+   * trainer is a variant bhsd does not know by name but whose network is nnUNetTrainerV2's.
+   */
+  trainer?: string;
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -228,7 +237,14 @@ function foldsIn(folder: string, file: string): Fold[] {
 }
 
 /** Checks the state_dict against the network's parameters; returns, per parameter, the tensor to read. */
-function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: string, where: string): TensorRef[] {
+function matchWeights(
+  weights: Map<unknown, unknown>,
+  graph: NetworkGraph,
+  cls: string,
+  where: string,
+  plansFile: string,
+  dictName: string,
+): TensorRef[] {
   const known = new Map<string, number>();
   graph.params.forEach((p, i) => p.names.forEach((n) => known.set(n, i)));
   for (const n of graph.unused) known.set(n, -1);
@@ -245,14 +261,14 @@ function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: 
     let first: TensorRef | undefined;
     for (const n of present) {
       const t = weights.get(n);
-      if (!(t instanceof TensorRef)) throw new CheckpointError(`${where}: network_weights["${n}"] is ${typeName(t)}, not a tensor`);
+      if (!(t instanceof TensorRef)) throw new CheckpointError(`${where}: ${dictName}["${n}"] is ${typeName(t)}, not a tensor`);
       if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i]))
         throw new CheckpointError(
-          `${where}: network_weights["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`,
+          `${where}: ${dictName}["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`,
         );
       if (!first) first = t;
       else if (t.storage !== first.storage || t.offset !== first.offset || t.stride.join() !== first.stride.join())
-        throw new CheckpointError(`${where}: network_weights["${n}"] and ["${present[0]}"] name one parameter but hold different tensors`);
+        throw new CheckpointError(`${where}: ${dictName}["${n}"] and ["${present[0]}"] name one parameter but hold different tensors`);
     }
     refs.push(first!);
   }
@@ -261,9 +277,55 @@ function matchWeights(weights: Map<unknown, unknown>, graph: NetworkGraph, cls: 
     const parts = [];
     if (missing.length) parts.push(`missing ${list(missing)}`);
     if (unexpected.length) parts.push(`unexpected ${list(unexpected)}`);
-    throw new CheckpointError(`${where}: network_weights do not match the ${cls} that plans.json describes: ${parts.join("; ")}`);
+    throw new CheckpointError(`${where}: ${dictName} do not match the ${cls} that ${plansFile} describes: ${parts.join("; ")}`);
   }
   return refs;
+}
+
+/**
+ * One fold's model: the checkpoint's tensors, matched to the network, become its weights as read
+ * (engine memory, no copy); the graph's constants, shared by the folds, go into the encoded graph.
+ * Closes the checkpoint.
+ */
+async function foldModel(
+  ck: Checkpoint,
+  weights: Map<unknown, unknown>,
+  graph: NetworkGraph,
+  arch: Architecture,
+  precision: Precision | undefined,
+  where: string,
+  plansFile: string,
+): Promise<Model> {
+  const refs = matchWeights(
+    weights,
+    graph,
+    arch.networkClass,
+    where,
+    plansFile,
+    plansFile === "plans.json" ? "network_weights" : "state_dict",
+  );
+  const tensors: HeldWeights = [];
+  try {
+    for (const [k, p] of graph.params.entries())
+      tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
+    ck.close();
+    const c = arch.inputChannels;
+    const small = encodeModel({
+      opset: 17,
+      producer: "bhsd-nnunet",
+      nodes: graph.nodes,
+      inputs: [{ name: graph.input, shape: arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"] }],
+      outputs: [{ name: graph.output }],
+      initializers: graph.constants,
+    });
+    return await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) });
+  } catch (e) {
+    // no model holds them: back to the engine now (what a failed parse gave back already reads as empty)
+    for (const w of tensors) releaseEngineArray(w.data);
+    throw e;
+  } finally {
+    ck.close();
+  }
 }
 
 /**
@@ -279,6 +341,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const ckName = opts.checkpoint ?? "final";
   if (ckName !== "final" && ckName !== "best") throw invalidParameterError("options.checkpoint", '"final" or "best"', opts.checkpoint);
   const ensemble = opts.ensemble ?? "logits";
+  if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2")
+    throw invalidParameterError("options.trainer", '"nnUNetTrainerV2" (an nnU-Net v1 folder\'s network)', opts.trainer);
   if (ensemble !== "logits" && ensemble !== "softmax")
     throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
   if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
@@ -297,6 +361,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const folder = resolve(trainerFolder);
   const st = await stat(folder).catch(() => null);
   if (!st?.isDirectory()) throw new Error(`nnU-Net folder ${trainerFolder} does not exist or is not a folder`);
+  if (isNnunetV1Folder(folder)) return loadNnunetV1(folder, trainerFolder, opts, precision);
+  if (opts.trainer !== undefined) throw new Error(`options.trainer is for nnU-Net v1 folders; ${trainerFolder} has plans.json (v2)`);
   const file = `checkpoint_${ckName}.pth`;
   let folds: Fold[];
   if (opts.folds === undefined) {
@@ -401,31 +467,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
             mirrorAxes = [...new Set(m as number[])].map((a) => a + 3 - arch!.dims);
           }
         }
-        const refs = matchWeights(weights, graph!, arch!.networkClass, where);
-        // the checkpoint's tensors become the fold's weights as read (engine memory, no copy); the
-        // graph's constants, shared by the folds, go into the encoded graph
-        const tensors: HeldWeights = [];
-        try {
-          for (const [k, p] of graph!.params.entries())
-            tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
-          ck.close();
-          ck = undefined;
-          const small = encodeModel({
-            opset: 17,
-            producer: "bhsd-nnunet",
-            nodes: graph!.nodes,
-            inputs: [
-              { name: graph!.input, shape: arch!.dims === 2 ? ["N", inputChannels, "H", "W"] : ["N", inputChannels, "D", "H", "W"] },
-            ],
-            outputs: [{ name: graph!.output }],
-            initializers: graph!.constants,
-          });
-          foldModels.push(await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) }));
-        } catch (e) {
-          // no model holds them: back to the engine now (what a failed parse gave back already reads as empty)
-          for (const w of tensors) releaseEngineArray(w.data);
-          throw e;
-        }
+        foldModels.push(await foldModel(ck, weights, graph!, arch!, precision, where, "plans.json"));
+        ck = undefined;
       } finally {
         ck?.close();
       }
@@ -453,6 +496,102 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     trainerName,
     architecture: arch!,
     ensemble,
+    foldModels,
+    divisor: graph!.divisor,
+  });
+}
+
+/**
+ * An nnU-Net v1 trainer folder (v1.ts): plans from the first fold's `.model.pkl` (v1's predictor
+ * restores each trainer with them), Generic_UNet per fold from `state_dict`, v1's pipeline in the
+ * config, the folds' softmax averaged (v1's ensemble) unless `ensemble` says otherwise, and the
+ * folder's `postprocessing.json` (v1's consolidate_folds) as the model's post-processing.
+ */
+async function loadNnunetV1(
+  folder: string,
+  given: string,
+  opts: LoadNnunetOptions,
+  precision: Precision | undefined,
+): Promise<NnunetModel> {
+  const file = V1_CHECKPOINT[opts.checkpoint ?? "final"];
+  let folds: Fold[];
+  if (opts.folds === undefined) {
+    folds = v1FoldsIn(folder, file);
+    if (!folds.length) throw new Error(`nnU-Net v1 folder ${given} has no fold_K/${file} with its ${file}.pkl`);
+  } else {
+    folds = [...opts.folds];
+    for (const f of folds)
+      for (const x of [file, `${file}.pkl`])
+        if (!existsSync(join(folder, `fold_${f}`, x))) throw new Error(`nnU-Net v1 folder ${given}: fold_${f}/${x} does not exist`);
+  }
+  const first = join(folder, `fold_${folds[0]}`, `${file}.pkl`);
+  const info = await readV1ModelPkl(first);
+  const trainer = opts.trainer ?? info.trainer;
+  if (/Cascade/.test(info.trainer))
+    throw new Error(
+      `nnU-Net v1 folder ${basename(folder)}: trainer ${info.trainer} is a cascade stage: its network takes the low-resolution stage's segmentation as extra input channels, which bhsd does not make; run the 3d_lowres or 3d_fullres folder instead`,
+    );
+  // label names where the folder keeps the task's dataset.json (v1's trainer folders need not)
+  let names: Record<string, string> | null = null;
+  if (existsSync(join(folder, "dataset.json"))) {
+    const ds = await readJson(join(folder, "dataset.json"), "dataset.json");
+    const labels = ds.labels;
+    if (labels && typeof labels === "object" && !Array.isArray(labels))
+      names = Object.fromEntries(Object.entries(labels as Record<string, unknown>).filter(([, v]) => typeof v === "string")) as Record<
+        string,
+        string
+      >;
+  }
+  const where = `${basename(folder)}/fold_${folds[0]}/${file}.pkl`;
+  const v1 = fromV1Plans(info.plans, info.stage, trainer, names, where);
+  const values = Object.keys(v1.config.classes).map(Number);
+  let ppFile: string | undefined;
+  if (typeof opts.postprocessing === "string") ppFile = resolve(opts.postprocessing);
+  else if (opts.postprocessing === undefined && existsSync(join(folder, "postprocessing.json")))
+    ppFile = join(folder, "postprocessing.json");
+  const postprocessing = ppFile ? await readNnunetV1Postprocessing(ppFile, values) : null;
+
+  let arch = v1.architecture;
+  let graph: NetworkGraph | undefined;
+  const foldModels: Model[] = [];
+  try {
+    for (const f of folds) {
+      const path = join(folder, `fold_${f}`, file);
+      const whereF = `${basename(folder)}/fold_${f}/${file}`;
+      let ck: Checkpoint | undefined;
+      try {
+        ck = await openCheckpoint(path, { maxBytes: opts.maxCheckpointBytes });
+        const root = ck.root;
+        if (!(root instanceof Map))
+          throw new CheckpointError(`${whereF}: the checkpoint is ${typeName(root)}, not nnU-Net v1's checkpoint dict`);
+        const weights = root.get("state_dict");
+        if (!(weights instanceof Map)) throw new CheckpointError(`${whereF}: "state_dict" is ${typeName(weights)}, not a state_dict`);
+        if (!graph) {
+          // batch norm (nnUNetTrainerV2_BN, or a variant loaded as V2) shows in its running statistics
+          if (!arch.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
+            arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
+          graph = buildNetwork(arch);
+        }
+        foldModels.push(await foldModel(ck, weights, graph, arch, precision, whereF, `${file}.pkl's plans`));
+        ck = undefined;
+      } finally {
+        ck?.close();
+      }
+    }
+  } catch (e) {
+    for (const m of foldModels) (m as { dispose?: () => void }).dispose?.();
+    throw e;
+  }
+  const config = postprocessing ? { ...v1.config, postprocessing } : v1.config;
+  return new NnunetModel({
+    name: `${basename(folder)} (nnU-Net v1 ${v1.configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`,
+    config,
+    folder,
+    folds,
+    configuration: v1.configuration,
+    trainerName: info.trainer,
+    architecture: arch,
+    ensemble: opts.ensemble ?? "softmax",
     foldModels,
     divisor: graph!.divisor,
   });

@@ -10,7 +10,12 @@
  */
 import type { AttrValue } from "../onnx-proto.js";
 
-export type NetworkClass = "PlainConvUNet" | "ResidualEncoderUNet";
+/**
+ * PlainConvUNet and ResidualEncoderUNet: nnU-Net v2's; Generic_UNet: nnU-Net v1's (nnUNetTrainerV2's
+ * arguments), the same network as PlainConvUNet under other state_dict names, with no bias on its
+ * transposed convolutions and segmentation heads.
+ */
+export type NetworkClass = "PlainConvUNet" | "ResidualEncoderUNet" | "Generic_UNet";
 
 export interface Architecture {
   networkClass: NetworkClass;
@@ -22,7 +27,11 @@ export interface Architecture {
   features: number[];
   kernels: number[][];
   strides: number[][];
-  /** PlainConvUNet: convs per encoder stage; ResidualEncoderUNet: residual blocks per stage. */
+  /**
+   * PlainConvUNet and Generic_UNet: convs per encoder stage; ResidualEncoderUNet: residual blocks per
+   * stage. (Generic_UNet's bottleneck and decoder stages are two StackedConvLayers: max(1, n − 1)
+   * convs, then one.)
+   */
   perStage: number[];
   perStageDecoder: number[];
   convBias: boolean;
@@ -241,11 +250,15 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     });
     return y;
   };
+  // nnU-Net v1's ConvDropoutNormNonlin keeps its norm (instance or batch) as `instnorm`, and has no all_modules
+  const v1 = a.networkClass === "Generic_UNet";
+  const normNames = (prefix: string, normIndex: number, s: string) =>
+    v1 ? [`${prefix}.instnorm.${s}`] : [`${prefix}.norm.${s}`, `${prefix}.all_modules.${normIndex}.${s}`];
   const norm = (x: string, prefix: string, c: number, normIndex: number): string => {
     let scale: string, bias: string;
     if (a.norm.affine) {
-      scale = param([`${prefix}.norm.weight`, `${prefix}.all_modules.${normIndex}.weight`], [c]);
-      bias = param([`${prefix}.norm.bias`, `${prefix}.all_modules.${normIndex}.bias`], [c]);
+      scale = param(normNames(prefix, normIndex, "weight"), [c]);
+      bias = param(normNames(prefix, normIndex, "bias"), [c]);
     } else {
       scale = `${prefix}.norm.ones`;
       bias = `${prefix}.norm.zeros`;
@@ -253,10 +266,10 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     }
     const y = fresh(`${prefix}.norm`);
     if (a.norm.runningStats) {
-      const stat = (s: string) => param([`${prefix}.norm.${s}`, `${prefix}.all_modules.${normIndex}.${s}`], [c]);
+      const stat = (s: string) => param(normNames(prefix, normIndex, s), [c]);
       const mean = stat("running_mean"),
         variance = stat("running_var");
-      unused.push(`${prefix}.norm.num_batches_tracked`, `${prefix}.all_modules.${normIndex}.num_batches_tracked`);
+      unused.push(...normNames(prefix, normIndex, "num_batches_tracked"));
       nodes.push({
         opType: "BatchNormalization",
         inputs: [x, scale, bias, mean, variance],
@@ -285,9 +298,9 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     stride: number[],
     o: { bias: boolean; nonlin: boolean; dropout: boolean; nonlinFirst?: boolean },
   ): string => {
-    const w = param([`${prefix}.conv.weight`, `${prefix}.all_modules.0.weight`], [cout, cin, ...k]);
+    const w = param(v1 ? [`${prefix}.conv.weight`] : [`${prefix}.conv.weight`, `${prefix}.all_modules.0.weight`], [cout, cin, ...k]);
     const inputs = [x, w];
-    if (o.bias) inputs.push(param([`${prefix}.conv.bias`, `${prefix}.all_modules.0.bias`], [cout]));
+    if (o.bias) inputs.push(param(v1 ? [`${prefix}.conv.bias`] : [`${prefix}.conv.bias`, `${prefix}.all_modules.0.bias`], [cout]));
     let y = fresh(`${prefix}.conv`);
     nodes.push({
       opType: "Conv",
@@ -305,17 +318,26 @@ export function buildNetwork(a: Architecture): NetworkGraph {
   };
   return finish();
 
+  /**
+   * Generic_UNet's name of a conv: a plain stage's `blocks.c`; a two-part stage (the bottleneck,
+   * each decoder stage) holds max(1, n − 1) convs in `.0` and its last in `.1`.
+   */
+  function genericPrefix(module: string, s: number, c: number, n: number, twoPart: boolean): string {
+    if (!twoPart) return `${module}.${s}.blocks.${c}`;
+    return c < n - 1 ? `${module}.${s}.0.blocks.${c}` : `${module}.${s}.1.blocks.0`;
+  }
+
   function finish(): NetworkGraph {
     const hasDropout = a.dropout;
     const input = "input";
     let x = input;
     const skips: string[] = [];
     let cin = a.inputChannels;
-    if (a.networkClass === "PlainConvUNet") {
+    if (a.networkClass === "PlainConvUNet" || v1) {
       for (let s = 0; s < a.nStages; s++) {
         for (let c = 0; c < a.perStage[s]!; c++) {
           x = convBlock(
-            `encoder.stages.${s}.0.convs.${c}`,
+            v1 ? genericPrefix("conv_blocks_context", s, c, a.perStage[s]!, s === a.nStages - 1) : `encoder.stages.${s}.0.convs.${c}`,
             x,
             c === 0 ? cin : a.features[s]!,
             a.features[s]!,
@@ -381,9 +403,9 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       const below = a.features[a.nStages - 1 - s]!,
         skipC = a.features[a.nStages - 2 - s]!;
       const st = a.strides[a.nStages - 1 - s]!;
-      const w = param([`decoder.transpconvs.${s}.weight`], [below, skipC, ...st]);
+      const w = param([v1 ? `tu.${s}.weight` : `decoder.transpconvs.${s}.weight`], [below, skipC, ...st]);
       const inputs = [lres, w];
-      if (a.convBias) inputs.push(param([`decoder.transpconvs.${s}.bias`], [skipC]));
+      if (a.convBias && !v1) inputs.push(param([`decoder.transpconvs.${s}.bias`], [skipC]));
       const up = fresh(`decoder.transpconvs.${s}`);
       nodes.push({
         opType: "ConvTranspose",
@@ -402,7 +424,10 @@ export function buildNetwork(a: Architecture): NetworkGraph {
       });
       x = cat;
       for (let c = 0; c < a.perStageDecoder[s]!; c++) {
-        x = convBlock(`decoder.stages.${s}.convs.${c}`, x, c === 0 ? 2 * skipC : skipC, skipC, a.kernels[a.nStages - 2 - s]!, ones, {
+        const prefix = v1 ? genericPrefix("conv_blocks_localization", s, c, a.perStageDecoder[s]!, true) : `decoder.stages.${s}.convs.${c}`;
+        // (Generic_UNet gives decoder stage s the kernel of the stage below its skip, conv_kernel_sizes[-(s + 1)])
+        const kernel = a.kernels[a.nStages - (v1 ? 1 : 2) - s]!;
+        x = convBlock(prefix, x, c === 0 ? 2 * skipC : skipC, skipC, kernel, ones, {
           bias: a.convBias,
           nonlin: true,
           dropout: hasDropout,
@@ -415,12 +440,20 @@ export function buildNetwork(a: Architecture): NetworkGraph {
     const output = "logits";
     for (let s = 0; s < nDec; s++) {
       const skipC = a.features[a.nStages - 2 - s]!;
-      const w = param([`decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, ...ones]);
-      const b = param([`decoder.seg_layers.${s}.bias`], [a.numClasses]);
+      if (v1) {
+        // (Generic_UNet's heads have no bias; the deep-supervision ones are not read)
+        if (s < nDec - 1) {
+          unused.push(`seg_outputs.${s}.weight`);
+          continue;
+        }
+      }
+      const w = param([v1 ? `seg_outputs.${s}.weight` : `decoder.seg_layers.${s}.weight`], [a.numClasses, skipC, ...ones]);
+      const inputs = [lres, w];
+      if (!v1) inputs.push(param([`decoder.seg_layers.${s}.bias`], [a.numClasses]));
       if (s === nDec - 1)
         nodes.push({
           opType: "Conv",
-          inputs: [lres, w, b],
+          inputs,
           outputs: [output],
           name: `decoder.seg_layers.${s}`,
           attrs: { kernel_shape: ones, strides: ones, pads: [...ones, ...ones].fill(0), dilations: ones, group: 1 },

@@ -101,3 +101,43 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
   });
   return largestOf.length ? { largestOf, connectivity: 26 } : null;
 }
+
+/**
+ * nnU-Net v1's `postprocessing.json` (consolidate_folds / determine_postprocessing, in the trainer
+ * folder, which v1's predictor applies): `for_which_classes`, each a label or a list of labels whose
+ * union keeps its largest connected components (all of that size) alone, labelled with scipy's
+ * default structure, the 6-neighbourhood; `min_valid_object_sizes` "None" (the default). The
+ * advanced form, which keeps components above a size, is refused by name.
+ */
+export async function readNnunetV1Postprocessing(path: string, classes: readonly number[]): Promise<CleanupOptions | null> {
+  const where = `nnU-Net v1 post-processing ${basename(path)}`;
+  const st = await stat(path).catch((e: Error) => {
+    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
+  });
+  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
+  if (st.size > MAX_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_BYTES} such a file could hold`);
+  let j: { for_which_classes?: unknown; min_valid_object_sizes?: unknown };
+  try {
+    j = JSON.parse(await readFile(path, "utf8")) as typeof j;
+  } catch (e) {
+    throw new Error(`${where}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  const steps = j?.for_which_classes;
+  if (!Array.isArray(steps)) throw new Error(`${where}: expected a for_which_classes list, as nnU-Net v1 writes`);
+  if (steps.length > MAX_STEPS) throw new Error(`${where}: ${steps.length} steps, more than ${MAX_STEPS}`);
+  const mv = j.min_valid_object_sizes;
+  if (mv !== undefined && mv !== null && mv !== "None" && !(typeof mv === "string" && /^\s*\{\s*\}\s*$/.test(mv) && steps.length === 0))
+    throw new Error(
+      `${where}: min_valid_object_sizes ${JSON.stringify(mv)} (the advanced post-processing, which keeps components above a size) is not built`,
+    );
+  const known = new Set(classes.filter((c) => c > 0));
+  const largestOf = steps.map((c, i) => {
+    const labels = Array.isArray(c) ? c : [c];
+    if (!labels.length || labels.length > 255 || !labels.every((v) => Number.isInteger(v) && known.has(v as number)))
+      throw new Error(
+        `${where}: for_which_classes[${i}] is ${JSON.stringify(c)}, not a label of the model (${[...known].join(", ")}) or a list of them`,
+      );
+    return [...new Set(labels as number[])];
+  });
+  return largestOf.length ? { largestOf, connectivity: 6 } : null;
+}

@@ -1,0 +1,339 @@
+/**
+ * nnU-Net v1 trained-model folders (`nnUNet/3d_fullres/TaskXXX_Name/nnUNetTrainerV2__nnUNetPlansv2.1`),
+ * the form most published nnU-Net models of 2019–2023 take: `plans.pkl`, and per fold
+ * `model_final_checkpoint.model` (a PyTorch zip holding `state_dict`) beside
+ * `model_final_checkpoint.model.pkl` (the trainer's `init` arguments, its class `name` and the
+ * `plans` it ran with — the plans v1's predictor uses, as restore_model does).
+ *
+ * The network is nnUNetTrainerV2's Generic_UNet (network.ts builds it under v1's state_dict names);
+ * the config is v1's pipeline, which differs from v2's in three places that change labels:
+ * GenericPreprocessor resamples the CT before it normalises it (clip and z-score on the model's
+ * grid); each window's forwards (and mirrors) are averaged as softmax probabilities, not logits; the
+ * folds' probabilities are averaged and those probabilities are what the export resamples. The
+ * pickles are read by pickleparser, which runs nothing: numpy arrays and scalars become numbers,
+ * any global other than the few a v1 pickle holds refuses the file.
+ */
+import { existsSync, readdirSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { normalizeConfig, type ModelConfig, type Normalization } from "../config.js";
+import { NNUNET_RESAMPLING } from "../resample.js";
+import type { Architecture } from "./network.js";
+import { CheckpointError, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
+
+/** Largest v1 pickle read (plans.pkl lists every training case's sizes and spacings: a few MB for thousands). */
+const MAX_PICKLE_BYTES = 64 * 2 ** 20;
+/** Most numbers all numpy arrays of one pickle may hold together. */
+const MAX_ARRAY_VALUES = 4_000_000;
+
+/** v1's checkpoint file names: `checkpoint` "final" → model_final_checkpoint, "best" → model_best. */
+export const V1_CHECKPOINT = { final: "model_final_checkpoint.model", best: "model_best.model" } as const;
+
+/** Whether a trainer folder is nnU-Net v1's (plans.pkl, no plans.json). */
+export function isNnunetV1Folder(folder: string): boolean {
+  return !existsSync(join(folder, "plans.json")) && existsSync(join(folder, "plans.pkl"));
+}
+
+/** A numpy array as pickled (`_reconstruct(ndarray, (0,), b'b')`, then BUILD with its state). */
+class NumpyArray {
+  value: unknown;
+  constructor(
+    private readonly where: string,
+    private readonly budget: { left: number },
+  ) {}
+  __setstate__(state: unknown) {
+    // (version, shape, dtype, is_fortran, raw bytes — or a list, for dtype object)
+    if (!Array.isArray(state) || state.length !== 5) throw new CheckpointError(`${this.where}: a numpy array with a malformed state`);
+    const [, shape, dtype, fortran, raw] = state as [unknown, unknown, unknown, unknown, unknown];
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0) || shape.length > 8)
+      throw new CheckpointError(`${this.where}: a numpy array with shape ${JSON.stringify(shape)}`);
+    const dims = shape as number[];
+    const n = dims.reduce((a, b) => a * b, 1);
+    if (n > this.budget.left)
+      throw new CheckpointError(
+        `${this.where}: numpy arrays of more than ${MAX_ARRAY_VALUES} values in all, more than nnU-Net's plans hold`,
+      );
+    this.budget.left -= n;
+    let flat: unknown[];
+    if (Array.isArray(raw)) {
+      if (raw.length !== n) throw new CheckpointError(`${this.where}: a numpy object array of ${raw.length} items for shape [${dims}]`);
+      flat = raw;
+    } else if (raw instanceof Uint8Array && dtype instanceof NumpyDType) {
+      const size = Number(/\d+$/.exec(dtype.str)?.[0] ?? NaN);
+      if (!(size > 0) || raw.byteLength !== n * size)
+        throw new CheckpointError(`${this.where}: a numpy array of dtype ${dtype.str} with ${raw.byteLength} bytes for shape [${dims}]`);
+      flat = [];
+      for (let i = 0; i < n; i++) {
+        const v = numpyScalar(dtype, raw.subarray(i * size, (i + 1) * size));
+        if (v === undefined)
+          throw new CheckpointError(`${this.where}: a numpy array of dtype ${dtype.str}, which nnU-Net's plans never hold`);
+        flat.push(v);
+      }
+    } else throw new CheckpointError(`${this.where}: a numpy array whose data is ${typeName(raw)}`);
+    // nested lists in C order (a Fortran-ordered array's bytes run along its first axis fastest)
+    const strides = dims.map((_, k) =>
+      fortran === true ? dims.slice(0, k).reduce((a, b) => a * b, 1) : dims.slice(k + 1).reduce((a, b) => a * b, 1),
+    );
+    const build = (k: number, off: number): unknown =>
+      k === dims.length ? flat[off] : Array.from({ length: dims[k]! }, (_, i) => build(k + 1, off + i * strides[k]!));
+    this.value = build(0, 0);
+  }
+}
+
+/** A v1 pickle (plans.pkl, model_*.model.pkl): dicts as Maps, numpy arrays as nested arrays, numpy scalars as numbers. */
+export async function readV1Pickle(path: string): Promise<unknown> {
+  const where = `nnU-Net v1 ${basename(path)}`;
+  const st = await stat(path).catch((e: Error) => {
+    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
+  });
+  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
+  if (st.size > MAX_PICKLE_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_PICKLE_BYTES} nnU-Net's plans take`);
+  const bytes = await readFile(path);
+  const budget = { left: MAX_ARRAY_VALUES };
+  const root = unpickle(bytes, where, "nnU-Net v1's plans", "not a readable pickle", (module, name) => {
+    const fqn = `${module}.${name}`;
+    switch (fqn) {
+      case "collections.OrderedDict":
+      case "builtins.dict":
+        return (items?: unknown) => {
+          const d = new Map();
+          if (Array.isArray(items)) for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+          return d;
+        };
+      case "numpy.dtype":
+        return (str: unknown) => new NumpyDType(String(str));
+      case "numpy.core.multiarray.scalar":
+      case "numpy._core.multiarray.scalar":
+        return (dtype: unknown, b: unknown) => {
+          const v = numpyScalar(dtype, b);
+          if (v === undefined) throw new CheckpointError(`${where}: a numpy scalar of a type nnU-Net's plans never hold`);
+          return v;
+        };
+      case "numpy.core.multiarray._reconstruct":
+      case "numpy._core.multiarray._reconstruct":
+        return () => new NumpyArray(where, budget);
+      case "numpy.ndarray":
+        return "numpy.ndarray";
+      case "_codecs.encode":
+        return (s: unknown) => {
+          if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
+          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
+        };
+      case "builtins.set":
+      case "builtins.frozenset":
+        return (items?: unknown) => (Array.isArray(items) ? [...items] : []);
+    }
+    throw new CheckpointError(
+      `${where}: the pickle names the Python global "${fqn}", which nnU-Net v1's plans never hold; the file is refused (nothing in it was run)`,
+    );
+  });
+  const plain = (v: unknown, depth: number): unknown => {
+    if (depth > 64) throw new CheckpointError(`${where}: nested more than 64 deep`);
+    if (v instanceof NumpyArray) return v.value;
+    if (v instanceof Map) {
+      for (const [k, x] of v) v.set(k, plain(x, depth + 1));
+      return v;
+    }
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) v[i] = plain(v[i], depth + 1);
+      return v;
+    }
+    return v;
+  };
+  return plain(root, 0);
+}
+
+/**
+ * Trainers whose network and inference are nnUNetTrainerV2's: v1's own schedule, loss and
+ * augmentation variants. Any other is refused by name (its network may differ in what the weights
+ * do not show: a nonlinearity, group norm under `instnorm`); `trainer: "nnUNetTrainerV2"` loads it
+ * as nnUNetTrainerV2 all the same. `_BN` builds batch norm, which its weights' running statistics show.
+ */
+const V2_LIKE =
+  /^nnUNetTrainerV2(_(noDeepSupervision|fp32|noMirroring|BN|\d+epochs|ep\d+|Loss_\w+|lReLU_\w+__|DA\d|SGD_\w+|Adam\w*|momentum\w*|warmup\w*|reduceMomentumDuringTraining|cycleAtEnd\w*|fast\w*))?$/;
+
+const mapGet = (m: unknown, k: unknown): unknown => (m instanceof Map ? (m.get(k) ?? m.get(String(k))) : undefined);
+
+/** What a v1 fold's `.model.pkl` says: the trainer, its stage and its plans. */
+export interface V1Info {
+  trainer: string;
+  stage: number | null;
+  plans: Map<unknown, unknown>;
+}
+
+export async function readV1ModelPkl(path: string): Promise<V1Info> {
+  const where = `nnU-Net v1 ${basename(path)}`;
+  const info = await readV1Pickle(path);
+  if (!(info instanceof Map)) throw new Error(`${where}: the pickle is ${typeName(info)}, not v1's {init, name, plans}`);
+  const name = info.get("name");
+  if (typeof name !== "string") throw new Error(`${where}: no trainer "name"`);
+  const plans = info.get("plans");
+  if (!(plans instanceof Map)) throw new Error(`${where}: "plans" is ${typeName(plans)}, not the plans dict`);
+  // nnUNetTrainer's __init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, …)
+  const init = info.get("init");
+  const s = Array.isArray(init) ? init[5] : undefined;
+  const stage = Number.isSafeInteger(s) && (s as number) >= 0 ? (s as number) : null;
+  return { trainer: name, stage, plans };
+}
+
+/** Folds with the checkpoint and its .pkl (`fold_K`; v1 has no fold "all" folder of another name). */
+export function v1FoldsIn(folder: string, file: string): (number | "all")[] {
+  const out: (number | "all")[] = [];
+  for (const d of readdirSync(folder)) {
+    const m = /^fold_(\d+|all)$/.exec(d);
+    if (m && existsSync(join(folder, d, file)) && existsSync(join(folder, d, `${file}.pkl`)))
+      out.push(m[1] === "all" ? "all" : Number(m[1]));
+  }
+  return out.sort((a, b) => (a === "all" ? 1 : b === "all" ? -1 : a - b));
+}
+
+function intVector(v: unknown, n: number | null, what: string, where: string): number[] {
+  if (!Array.isArray(v) || (n !== null && v.length !== n) || !v.every((x) => Number.isSafeInteger(x) && (x as number) > 0))
+    throw new Error(`${where}: ${what} must be ${n ?? "a list of"} positive integers, got ${JSON.stringify(v)}`);
+  return v as number[];
+}
+
+function numVector(v: unknown, n: number, what: string, where: string): number[] {
+  if (!Array.isArray(v) || v.length !== n || !v.every((x) => typeof x === "number" && x > 0 && Number.isFinite(x)))
+    throw new Error(`${where}: ${what} must be ${n} positive numbers, got ${JSON.stringify(v)}`);
+  return v as number[];
+}
+
+/** The v1 model: Generic_UNet's architecture, the segment() config, the configuration's name. */
+export interface V1Model {
+  architecture: Architecture;
+  config: ModelConfig;
+  configuration: string;
+  mirrorAxes: number[];
+}
+
+/**
+ * Reads a v1 plans dict for one stage (nnUNetTrainerV2.initialize_network and GenericPreprocessor /
+ * PreprocessorFor2D): the network, then the config segment() runs with. `classNames`: label value →
+ * name where the folder has a dataset.json, else "label N".
+ */
+export function fromV1Plans(
+  plans: Map<unknown, unknown>,
+  stageGiven: number | null,
+  trainer: string,
+  classNames: Record<string, string> | null,
+  where: string,
+): V1Model {
+  const perStage = plans.get("plans_per_stage");
+  if (!(perStage instanceof Map) || perStage.size < 1) throw new Error(`${where}: plans have no plans_per_stage`);
+  const stages = [...perStage.keys()].filter((k): k is number => Number.isSafeInteger(k)).sort((a, b) => a - b);
+  const stage = stageGiven ?? stages[stages.length - 1]!;
+  const sp = perStage.get(stage);
+  if (!(sp instanceof Map)) throw new Error(`${where}: plans_per_stage has no stage ${stage} (it has ${stages.join(", ")})`);
+  const patch = intVector(sp.get("patch_size"), null, `plans_per_stage[${stage}].patch_size`, where);
+  if (patch.length !== 2 && patch.length !== 3) throw new Error(`${where}: patch_size ${JSON.stringify(patch)} is neither 2-D nor 3-D`);
+  const dims = patch.length as 2 | 3;
+  const pools = sp.get("pool_op_kernel_sizes");
+  const kernels = sp.get("conv_kernel_sizes");
+  if (!Array.isArray(pools) || !Array.isArray(kernels) || kernels.length !== pools.length + 1 || pools.length < 1 || pools.length > 11)
+    throw new Error(`${where}: plans_per_stage[${stage}] needs pool_op_kernel_sizes (n) and conv_kernel_sizes (n + 1)`);
+  const pool = pools.map((p, i) => intVector(p, dims, `pool_op_kernel_sizes[${i}]`, where));
+  const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
+  // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
+  if (kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
+    throw new Error(`${where}: conv_kernel_sizes ${JSON.stringify(kern)}: Generic_UNet keeps sizes with kernels of 1 and 3 only`);
+  const base = plans.get("base_num_features");
+  if (!Number.isSafeInteger(base) || (base as number) < 1) throw new Error(`${where}: base_num_features ${JSON.stringify(base)}`);
+  const cps = plans.get("conv_per_stage") ?? 2;
+  if (!Number.isSafeInteger(cps) || (cps as number) < 1 || (cps as number) > 8)
+    throw new Error(`${where}: conv_per_stage ${JSON.stringify(cps)}`);
+  const nc = plans.get("num_classes");
+  if (!Number.isSafeInteger(nc) || (nc as number) < 1 || (nc as number) > 254)
+    throw new Error(`${where}: num_classes ${JSON.stringify(nc)} (the foreground classes, 1…254)`);
+  const modalities = plans.get("modalities");
+  const nIn = modalities instanceof Map ? modalities.size : (plans.get("num_modalities") as number);
+  if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${JSON.stringify(nIn)}`);
+  if (!V2_LIKE.test(trainer))
+    throw new Error(
+      `${where}: trainer ${trainer} is not nnUNetTrainerV2 or one of its schedule/loss variants, whose network bhsd rebuilds; if its network is nnUNetTrainerV2's, load it with { trainer: "nnUNetTrainerV2" }`,
+    );
+  // nnUNetTrainerV2.initialize_network: Generic_UNet(…, num_classes + 1, conv_per_stage, feat ×2, …,
+  // InstanceNorm eps 1e-5 affine, LeakyReLU 0.01, convolutional pooling and upsampling), 320
+  // features at most in 3-D and 480 in 2-D
+  const maxF = dims === 3 ? 320 : 480;
+  const n = pool.length + 1;
+  const features = Array.from({ length: n }, (_, i) => Math.min(Math.round((base as number) * 2 ** i), maxF));
+  const ones = Array<number>(dims).fill(1);
+  const twoPart = Math.max(1, (cps as number) - 1) + 1;
+  const architecture: Architecture = {
+    networkClass: "Generic_UNet",
+    dims,
+    inputChannels: nIn,
+    numClasses: (nc as number) + 1,
+    nStages: n,
+    features,
+    kernels: kern,
+    strides: [ones, ...pool],
+    perStage: Array.from({ length: n }, (_, i) => (i < n - 1 ? (cps as number) : twoPart)),
+    perStageDecoder: Array<number>(n - 1).fill(twoPart),
+    convBias: true,
+    norm: { eps: 1e-5, affine: true, runningStats: /_BN$/.test(trainer) },
+    nonlin: { op: "LeakyRelu", alpha: 0.01 },
+    nonlinFirst: false,
+    dropout: false,
+    stemChannels: features[0]!,
+  };
+
+  // transpose_forward: the network's axes as a permutation of the CT's (z, y, x)
+  const tf = plans.get("transpose_forward") ?? [0, 1, 2];
+  if (!Array.isArray(tf) || tf.length !== 3 || [...tf].sort().join() !== "0,1,2")
+    throw new Error(`${where}: transpose_forward ${JSON.stringify(tf)} is not a permutation of 0, 1, 2`);
+  const perm = tf as [number, number, number];
+  // current_spacing: the stage's target spacing, in the network's (transposed) order
+  const cur = numVector(sp.get("current_spacing"), 3, `plans_per_stage[${stage}].current_spacing`, where);
+  const targetZyx = [0, 0, 0];
+  perm.forEach((p, i) => (targetZyx[p] = cur[i]!));
+
+  // GenericPreprocessor's normalisation of the (single) channel, on the resampled grid
+  if (nIn !== 1) throw new Error(`${where}: ${nIn} input modalities; bhsd's segment() feeds one channel (a CT)`);
+  const scheme = mapGet(plans.get("normalization_schemes"), 0);
+  const useMask = mapGet(plans.get("use_mask_for_norm"), 0) === true;
+  let normalization: Normalization;
+  if (scheme === "CT") {
+    const ip = mapGet(mapGet(plans.get("dataset_properties"), "intensityproperties"), 0);
+    const num = (k: string) => {
+      const v = mapGet(ip, k);
+      if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${where}: intensityproperties[0].${k} is ${JSON.stringify(v)}`);
+      return v;
+    };
+    normalization = { type: "ct", lower: num("percentile_00_5"), upper: num("percentile_99_5"), mean: num("mean"), std: num("sd") };
+  } else if (scheme === "noNorm") normalization = { type: "none" };
+  else if (scheme === "CT2") throw new Error(`${where}: normalization scheme CT2 (per-case statistics of the clipped CT) is not built`);
+  else normalization = { type: "zscore" };
+  // (v1 masks the normalisation by the resampled crop mask; nnU-Net never asks it for a CT)
+  if (useMask) throw new Error(`${where}: use_mask_for_norm on the resampled grid (v1's, for non-CT images) is not built`);
+  const pre = plans.get("preprocessor_name");
+  if (pre !== undefined && pre !== "GenericPreprocessor" && pre !== "PreprocessorFor2D")
+    throw new Error(`${where}: preprocessor ${JSON.stringify(pre)}; bhsd follows GenericPreprocessor and PreprocessorFor2D`);
+
+  const classes: Record<string, string> = {};
+  for (let k = 0; k <= (nc as number); k++) classes[String(k)] = classNames?.[String(k)] ?? (k === 0 ? "background" : `label ${k}`);
+  const nStages = stages.length;
+  const configuration = dims === 2 ? "2d" : nStages > 1 && stage === 0 ? "3d_lowres" : "3d_fullres";
+  // v1's mirror axes: every axis of the network (nnUNetTrainerV2.setup_DA_params), none for _noMirroring
+  const mirrorAxes = /_noMirroring$/.test(trainer) ? [] : dims === 2 ? [1, 2] : [0, 1, 2];
+  const config = normalizeConfig(
+    {
+      classes,
+      spatialDims: dims,
+      patchSize: dims === 2 ? patch : patch,
+      // a 2-D stage keeps each slice's spacing along the network's first axis (PreprocessorFor2D)
+      targetSpacing: dims === 2 ? [cur[1]!, cur[2]!] : targetZyx,
+      normalization,
+      transposeForward: perm,
+      stepSize: 0.5,
+      resampling: structuredClone(NNUNET_RESAMPLING),
+      cropToNonzero: true,
+      normalizeAfterResampling: true,
+      aggregate: "probabilities",
+      mirrorAxes,
+    },
+    "nnunet",
+  );
+  return { architecture, config, configuration, mirrorAxes };
+}

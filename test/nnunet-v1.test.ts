@@ -1,0 +1,197 @@
+/**
+ * nnU-Net v1 trainer folders (plans.pkl, fold_K/model_final_checkpoint.model + .pkl): Generic_UNet's
+ * logits and the whole v1 pipeline's labels (crop, resample then normalise, per-forward softmax,
+ * folds' mean, the probabilities resampled back, postprocessing.json) against nnU-Net v1.7.1's own
+ * code, run by test/fixtures/nnunet-v1/make.py.
+ */
+import test from "ava";
+import { createHash } from "node:crypto";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadNnunet, readNpy, segment, setBackend, volumeFromArray } from "../lib/index.js";
+import { readV1Pickle } from "../lib/model/nnunet/v1.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+import { compareLabels as compare } from "./ort.js";
+
+const DIR = join(ROOT, "test", "fixtures", "nnunet-v1");
+const TRAINER = "Task501_PhantomICH/nnUNetTrainerV2__nnUNetPlansv2.1";
+const FOLDER = join(DIR, "nnUNet", "3d_fullres", TRAINER);
+const FOLDER_2D = join(DIR, "nnUNet", "2d", TRAINER);
+const backends = backendsUnderTest();
+const SUMS = new Map(
+  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => l.split(/\s+/).reverse() as [string, string]),
+);
+function fixture(file: string): Buffer {
+  const bytes = readFileSync(join(DIR, file));
+  if (createHash("sha256").update(bytes).digest("hex") !== SUMS.get(file)) throw new Error(`${file} differs from its SHA256SUMS`);
+  return bytes;
+}
+const npy = (name: string) => readNpy(new Uint8Array(fixture(`${name}.npy`)));
+
+test("the fixture folders' files are the ones make.py wrote", (t) => {
+  const ck = (k: number) => [`fold_${k}/model_final_checkpoint.model`, `fold_${k}/model_final_checkpoint.model.pkl`];
+  for (const f of ["plans.pkl", "postprocessing.json", ...ck(0), ...ck(1)]) t.truthy(fixture(`nnUNet/3d_fullres/${TRAINER}/${f}`), f);
+  for (const f of ["plans.pkl", ...ck(0)]) t.truthy(fixture(`nnUNet/2d/${TRAINER}/${f}`), f);
+});
+
+test("plans.pkl: numpy arrays and scalars read as numbers, dicts as Maps", async (t) => {
+  const plans = (await readV1Pickle(join(FOLDER, "plans.pkl"))) as Map<string, unknown>;
+  t.true(plans instanceof Map);
+  t.deepEqual(plans.get("transpose_forward"), [0, 1, 2]);
+  const stage1 = (plans.get("plans_per_stage") as Map<number, Map<string, unknown>>).get(1)!;
+  t.deepEqual(stage1.get("patch_size"), [8, 32, 32]);
+  t.deepEqual(stage1.get("current_spacing"), [5, 0.9, 0.9]);
+  const ip = (
+    (plans.get("dataset_properties") as Map<string, unknown>).get("intensityproperties") as Map<number, Map<string, unknown>>
+  ).get(0)!;
+  t.is(ip.get("sd"), 31.25);
+});
+
+test("loadNnunet reads a v1 folder: Generic_UNet, stage 1 (3d_fullres), v1's pipeline in the config", async (t) => {
+  const m = await loadNnunet(FOLDER);
+  try {
+    t.deepEqual(m.folds, [0, 1]);
+    t.is(m.configuration, "3d_fullres");
+    t.is(m.trainerName, "nnUNetTrainerV2");
+    t.is(m.architecture.networkClass, "Generic_UNet");
+    t.deepEqual(m.architecture.features, [4, 8, 16, 32]);
+    t.is(m.ensemble, "softmax");
+    const c = m.config;
+    t.deepEqual(c.patchSize, [8, 32, 32]);
+    t.deepEqual(c.targetSpacing, [5, 0.9, 0.9]);
+    t.deepEqual(c.normalization, { type: "ct", lower: -12, upper: 96, mean: 41.5, std: 31.25 });
+    t.true(c.normalizeAfterResampling);
+    t.is(c.aggregate, "probabilities");
+    t.true(c.cropToNonzero);
+    t.deepEqual(c.postprocessing, { largestOf: [[1, 2, 3, 4, 5], [2]], connectivity: 6 });
+    t.is(Object.keys(c.classes).length, 6);
+  } finally {
+    m.dispose();
+  }
+});
+
+for (const { name: backend } of backends) {
+  for (const [dims, folder, prefix] of [
+    ["3-D", FOLDER, "forward"],
+    ["2-D", FOLDER_2D, "forward_2d"],
+  ] as const)
+    test.serial(`${backend}: a v1 fold's logits equal Generic_UNet's in PyTorch (${dims})`, async (t) => {
+      setBackend(backend);
+      const m = await loadNnunet(folder, { folds: [0] });
+      try {
+        const [x, want] = await Promise.all([`${prefix}_input`, `${prefix}_logits`].map(npy));
+        const y = await m.run({ data: x!.data as Float32Array, shape: x!.shape });
+        t.deepEqual(y.shape, want!.shape);
+        let worst = 0;
+        const w = want!.data as Float32Array;
+        for (let i = 0; i < w.length; i++) worst = Math.max(worst, Math.abs(y.data[i]! - w[i]!));
+        t.true(worst < 2e-4, `largest difference ${worst}`);
+      } finally {
+        m.dispose();
+      }
+    });
+
+  for (const [tag, folder, folds, mirror] of [
+    ["folds01", FOLDER, [0, 1], false],
+    ["fold0_mirrored", FOLDER, [0], true],
+    ["2d_mirrored", FOLDER_2D, [0], true],
+  ] as const)
+    test.serial(`${backend}: segment with a v1 folder gives nnU-Net v1's labels (${tag})`, async (t) => {
+      setBackend(backend);
+      const [ct, want, margin] = await Promise.all([`e2e_ct`, `e2e_${tag}_labels`, `e2e_${tag}_margin`].map(npy));
+      const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+      const m = await loadNnunet(folder, { folds: [...folds] });
+      try {
+        const { labels, report } = await segment(vol, m, { mirror, cleanup: false });
+        t.deepEqual(report.modelGrid.dims, [11, 33, 33]);
+        const { compared, differ } = compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array);
+        t.true(compared > 0.99 * labels.data.length, `${compared} of ${labels.data.length} voxels compared`);
+        t.is(differ, 0);
+        if (tag === "folds01") {
+          // the folder's postprocessing.json, which segment applies by default: v1's remove_all_but_the_largest_connected_component
+          const pp = await npy(`e2e_${tag}_postprocessed`);
+          const { labels: cleaned } = await segment(vol, m);
+          const p = pp!.data as Uint8Array;
+          let differs = 0,
+            changed = 0;
+          for (let i = 0; i < p.length; i++) {
+            if (margin!.data[i]! <= 1e-4) continue;
+            if (cleaned.data[i] !== p[i]) differs++;
+            if (p[i] !== want!.data[i]) changed++;
+          }
+          t.true(changed > 10, `the post-processing changes ${changed} voxels`);
+          t.is(differs, 0);
+        }
+      } finally {
+        m.dispose();
+      }
+    });
+}
+
+test.serial("the v1 pipeline's three differences each change labels (the fixture tells them apart)", async (t) => {
+  setBackend(backends[0]!.name);
+  const [ct, want, margin] = await Promise.all(["e2e_ct", "e2e_folds01_labels", "e2e_folds01_margin"].map(npy));
+  const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+  const m = await loadNnunet(FOLDER);
+  const base = m.config;
+  try {
+    for (const change of [{ normalizeAfterResampling: false }, { aggregate: "logits" as const }]) {
+      (m as { config: typeof base }).config = { ...base, ...change };
+      const { labels } = await segment(vol, m, { cleanup: false });
+      t.true(compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array).differ > 0, JSON.stringify(change));
+    }
+    // the folds' logits averaged (v2's ensemble) instead of their probabilities
+    (m as { config: typeof base }).config = base;
+    (m as { ensemble: string }).ensemble = "logits";
+    const { labels } = await segment(vol, m, { cleanup: false });
+    t.true(compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array).differ > 0, "ensemble logits");
+  } finally {
+    (m as { config: typeof base }).config = base;
+    m.dispose();
+  }
+});
+
+test("v1 folders: refusals name the file and what is wrong", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-"));
+  try {
+    cpSync(FOLDER, dir, { recursive: true });
+    // an unknown trainer: refused by name, loadable as nnUNetTrainerV2 when the caller says so
+    const pkl = join(dir, "fold_0", "model_final_checkpoint.model.pkl");
+    const bytes = readFileSync(pkl);
+    const i = bytes.indexOf(Buffer.from("nnUNetTrainerV2\x94", "latin1"));
+    t.true(i > 0);
+    const renamed = Buffer.concat([bytes.subarray(0, i), Buffer.from("nnUNetTrainerV2_Mish"), bytes.subarray(i + 15)]);
+    // (the pickle's SHORT_BINUNICODE length byte before the name)
+    renamed[i - 1] = 20;
+    writeFileSync(pkl, renamed);
+    await t.throwsAsync(loadNnunet(dir, { folds: [0] }), {
+      message: /trainer nnUNetTrainerV2_Mish is not nnUNetTrainerV2.*trainer: "nnUNetTrainerV2"/,
+    });
+    const m = await loadNnunet(dir, { folds: [0], trainer: "nnUNetTrainerV2" });
+    t.is(m.trainerName, "nnUNetTrainerV2_Mish");
+    m.dispose();
+    // a pickle naming a global outside what v1's plans hold
+    writeFileSync(pkl, Buffer.from("\x80\x04\x95\x15\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.", "latin1"));
+    await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /global "os\.system".*refused \(nothing in it was run\)/ });
+    // the advanced post-processing
+    cpSync(join(FOLDER, "fold_0"), join(dir, "fold_0"), { recursive: true });
+    writeFileSync(join(dir, "postprocessing.json"), JSON.stringify({ for_which_classes: [2], min_valid_object_sizes: "{2: 10.5}" }));
+    await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /min_valid_object_sizes .* is not built/ });
+    writeFileSync(join(dir, "postprocessing.json"), JSON.stringify({ for_which_classes: [7], min_valid_object_sizes: "None" }));
+    await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /for_which_classes\[0\] is 7, not a label of the model/ });
+    // a missing fold
+    await t.throwsAsync(loadNnunet(dir, { folds: [3], postprocessing: false }), {
+      message: /fold_3\/model_final_checkpoint\.model does not exist/,
+    });
+    await t.throwsAsync(loadNnunet(FOLDER, { trainer: "nnUNetTrainer" as "nnUNetTrainerV2" }), {
+      instanceOf: TypeError,
+      message: /options\.trainer/,
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
