@@ -101,7 +101,7 @@ test("bhsd info MODEL describes an ONNX model or an nnU-Net folder and the confi
     "info",
     join(ROOT, "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH", "nnUNetTrainer__nnUNetPlans__3d_fullres"),
   );
-  t.regex(text.stdout, /nnU-Net 3d_fullres, nnUNetTrainer, folds 0, 1\n {2}PlainConvUNet \(3-D\), 5 stages/);
+  t.regex(text.stdout, /nnU-Net v2 3d_fullres, nnUNetTrainer, folds 0, 1\n {2}PlainConvUNet \(3-D\), 5 stages/);
 });
 
 test("bad input: one line on stderr, a non-zero exit, no stack trace", async (t) => {

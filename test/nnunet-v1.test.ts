@@ -9,9 +9,9 @@ import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadNnunet, readNpy, segment, setBackend, volumeFromArray } from "../lib/index.js";
+import { loadNnunet, readNifti, readNpy, segment, setBackend, volumeFromArray, writeNifti } from "../lib/index.js";
 import { readV1Pickle } from "../lib/model/nnunet/v1.js";
-import { backendsUnderTest, ROOT } from "./helpers.js";
+import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { compareLabels as compare } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-v1");
@@ -191,6 +191,30 @@ test("v1 folders: refusals name the file and what is wrong", async (t) => {
       instanceOf: TypeError,
       message: /options\.trainer/,
     });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial("bhsd info and bhsd segment --nnunet take a v1 folder: the labels of v1's predictor and post-processing", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-cli-"));
+  try {
+    const info = bhsdSync(["info", FOLDER, "--json"], 60_000);
+    t.is(info.status, 0, info.stderr);
+    const i = JSON.parse(info.stdout);
+    t.is(i.nnunetVersion, 1);
+    t.is(i.network.class, "Generic_UNet");
+    t.is(i.config.aggregate, "probabilities");
+    const text = bhsdSync(["info", FOLDER], 60_000);
+    t.regex(text.stdout, /nnU-Net v1 3d_fullres, nnUNetTrainerV2, folds 0, 1\n {2}Generic_UNet \(3-D\), 4 stages of 4-8-16-32 features/);
+    const [ct, want, margin] = await Promise.all(["e2e_ct", "e2e_folds01_postprocessed", "e2e_folds01_margin"].map(npy));
+    // (numpy's (z, y, x) as NIfTI's (x, y, z): volumeFromArray's affine, written and read back)
+    const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+    await writeNifti(join(dir, "ct.nii.gz"), vol);
+    const r = bhsdSync(["segment", join(dir, "ct.nii.gz"), "--nnunet", FOLDER, "--out", join(dir, "labels.nii.gz"), "--quiet"], 180_000);
+    t.is(r.status, 0, r.stderr);
+    const got = Uint8Array.from((await readNifti(join(dir, "labels.nii.gz"))).data);
+    t.is(compare(got, want!.data as Uint8Array, margin!.data as Float32Array).differ, 0);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -88,6 +88,7 @@ async function describeModel(file: string, json: boolean): Promise<void> {
     const out = {
       file,
       model: nn.name,
+      nnunetVersion: nn.version,
       configuration: nn.configuration,
       trainer: nn.trainerName,
       folds: nn.folds,
@@ -98,7 +99,7 @@ async function describeModel(file: string, json: boolean): Promise<void> {
     if (json) return void process.stdout.write(toJson(out) + "\n");
     process.stdout.write(
       [
-        `${file}: nnU-Net ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
+        `${file}: nnU-Net v${nn.version} ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
         `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",
@@ -109,7 +110,8 @@ async function describeModel(file: string, json: boolean): Promise<void> {
 }
 
 async function describeFile(file: string, json: boolean) {
-  if (file.toLowerCase().endsWith(".onnx") || existsSync(join(file, "plans.json"))) return describeModel(file, json);
+  if (file.toLowerCase().endsWith(".onnx") || existsSync(join(file, "plans.json")) || existsSync(join(file, "plans.pkl")))
+    return describeModel(file, json);
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {
     if (json) return void process.stdout.write(toJson({ file, series }) + "\n");

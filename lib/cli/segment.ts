@@ -99,7 +99,7 @@ export function segmentCommand(program: Command): void {
       const inputs = [
         file,
         ...(o.nnunet
-          ? o.nnunet.flatMap((f) => [join(f, "plans.json"), join(f, "dataset.json")])
+          ? o.nnunet.flatMap((f) => ["plans.json", "dataset.json", "plans.pkl", "postprocessing.json"].map((x) => join(f, x)))
           : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),
         ...(o.ppPkl ? [o.ppPkl] : []),
       ];

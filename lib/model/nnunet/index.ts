@@ -74,6 +74,8 @@ export class NnunetModel {
   readonly folds: Fold[];
   readonly configuration: string;
   readonly trainerName: string;
+  /** The nnU-Net major version whose folder this is (1: plans.pkl and v1's pipeline; 2: plans.json). */
+  readonly version: 1 | 2;
   readonly architecture: Architecture;
   readonly ensemble: "logits" | "softmax";
   /** The engine's model of each fold, in `folds` order. */
@@ -89,6 +91,7 @@ export class NnunetModel {
     folds: Fold[];
     configuration: string;
     trainerName: string;
+    version?: 1 | 2;
     architecture: Architecture;
     ensemble: "logits" | "softmax";
     foldModels: Model[];
@@ -100,6 +103,7 @@ export class NnunetModel {
     this.folds = init.folds;
     this.configuration = init.configuration;
     this.trainerName = init.trainerName;
+    this.version = init.version ?? 2;
     this.architecture = init.architecture;
     this.ensemble = init.ensemble;
     this.foldModels = init.foldModels;
@@ -590,6 +594,7 @@ async function loadNnunetV1(
     folds,
     configuration: v1.configuration,
     trainerName: info.trainer,
+    version: 1,
     architecture: arch,
     ensemble: opts.ensemble ?? "softmax",
     foldModels,
