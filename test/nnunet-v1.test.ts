@@ -51,6 +51,45 @@ test("plans.pkl: numpy arrays and scalars read as numbers, dicts as Maps", async
   t.is(ip.get("sd"), 31.25);
 });
 
+test("v1 pickles: Fortran-ordered arrays in C order; hostile ones refused or read in bounded time", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-pkl-"));
+  const read = (name: string, bytes: Uint8Array) => {
+    writeFileSync(join(dir, name), bytes);
+    return readV1Pickle(join(dir, name));
+  };
+  try {
+    // pickle.dumps({"a": np.arange(6, dtype=np.int64).reshape(2, 3).T.copy(order="F")}, protocol=2), numpy 1.24
+    const fortran = Buffer.from(
+      "gAJ9cQBYAQAAAGFxAWNudW1weS5jb3JlLm11bHRpYXJyYXkKX3JlY29uc3RydWN0CnECY251bXB5Cm5kYXJyYXkKcQNLAIVxBGNfY29kZWNzCmVuY29kZQpxBVgBAAAAYnEGWAYAAABsYXRpbjFxB4ZxCFJxCYdxClJxCyhLAUsDSwKGcQxjbnVtcHkKZHR5cGUKcQ1YAgAAAGk4cQ6JiIdxD1JxEChLA1gBAAAAPHERTk5OSv////9K/////0sAdHESYohoBVgwAAAAAAAAAAAAAAABAAAAAAAAAAIAAAAAAAAAAwAAAAAAAAAEAAAAAAAAAAUAAAAAAAAAcRNoB4ZxFFJxFXRxFmJzLg==",
+      "base64",
+    );
+    t.deepEqual(((await read("f.pkl", fortran)) as Map<string, unknown>).get("a"), [
+      [0, 3],
+      [1, 4],
+      [2, 5],
+    ]);
+    // pickle.dumps({"a": np.empty((2**31, 0))}, protocol=4): no bytes, 2^31 empty rows
+    const wide = Buffer.from(
+      "gASVlgAAAAAAAAB9lIwBYZSMFW51bXB5LmNvcmUubXVsdGlhcnJheZSMDF9yZWNvbnN0cnVjdJSTlIwFbnVtcHmUjAduZGFycmF5lJOUSwCFlEMBYpSHlFKUKEsBigUAAACAAEsAhpRoBYwFZHR5cGWUk5SMAmY4lImIh5RSlChLA4wBPJROTk5K/////0r/////SwB0lGKJQwCUdJRicy4=",
+      "base64",
+    );
+    await t.throwsAsync(read("w.pkl", wide), { message: /numpy arrays of more than 4000000 values/ });
+    // lists of lists, each naming the one below twice (memo gets): 2^60 paths, 61 lists
+    const ops = [0x80, 0x02, 0x5d, 0x71, 0];
+    for (let k = 1; k <= 60; k++) ops.push(0x30, 0x5d, 0x71, k, 0x28, 0x68, k - 1, 0x68, k - 1, 0x65);
+    ops.push(0x2e);
+    const t0 = Date.now();
+    const dag = (await read("d.pkl", Uint8Array.from(ops))) as unknown[];
+    t.is(dag.length, 2);
+    t.true(Date.now() - t0 < 2000);
+    // a list that holds itself
+    const cyc = (await read("c.pkl", Uint8Array.from([0x80, 0x02, 0x5d, 0x71, 0, 0x68, 0, 0x61, 0x2e]))) as unknown[];
+    t.is(cyc[0], cyc);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("loadNnunet reads a v1 folder: Generic_UNet, stage 1 (3d_fullres), v1's pipeline in the config", async (t) => {
   const m = await loadNnunet(FOLDER);
   try {

@@ -49,16 +49,20 @@ class NumpyArray {
       throw new CheckpointError(`${this.where}: a numpy array with shape ${JSON.stringify(shape)}`);
     const dims = shape as number[];
     const n = dims.reduce((a, b) => a * b, 1);
-    if (n > this.budget.left)
+    // (the nested lists built below, zero-length axes or not: [2^31, 0] is 2^31 empty lists)
+    const cells = dims.reduce((a, b) => a * Math.max(b, 1), 1);
+    if (cells > this.budget.left)
       throw new CheckpointError(
         `${this.where}: numpy arrays of more than ${MAX_ARRAY_VALUES} values in all, more than nnU-Net's plans hold`,
       );
-    this.budget.left -= n;
+    this.budget.left -= cells;
     let flat: unknown[];
     if (Array.isArray(raw)) {
       if (raw.length !== n) throw new CheckpointError(`${this.where}: a numpy object array of ${raw.length} items for shape [${dims}]`);
       flat = raw;
     } else if (raw instanceof Uint8Array && dtype instanceof NumpyDType) {
+      if (Array.isArray(dtype.state) && dtype.state[1] === ">")
+        throw new CheckpointError(`${this.where}: a big-endian numpy array (${dtype.str}), which nnU-Net's plans never hold`);
       const size = Number(/\d+$/.exec(dtype.str)?.[0] ?? NaN);
       if (!(size > 0) || raw.byteLength !== n * size)
         throw new CheckpointError(`${this.where}: a numpy array of dtype ${dtype.str} with ${raw.byteLength} bytes for shape [${dims}]`);
@@ -127,9 +131,14 @@ export async function readV1Pickle(path: string): Promise<unknown> {
       `${where}: the pickle names the Python global "${fqn}", which nnU-Net v1's plans never hold; the file is refused (nothing in it was run)`,
     );
   });
+  // (each list and dict once: a pickle's memo can name one object many times, and lists of lists
+  // that each name the one below twice are 2^depth visits)
+  const seen = new Set<unknown>();
   const plain = (v: unknown, depth: number): unknown => {
     if (depth > 64) throw new CheckpointError(`${where}: nested more than 64 deep`);
-    if (v instanceof NumpyArray) return v.value;
+    if (v instanceof NumpyArray) return plain(v.value, depth + 1);
+    if (seen.has(v)) return v;
+    if (v instanceof Map || Array.isArray(v)) seen.add(v);
     if (v instanceof Map) {
       for (const [k, x] of v) v.set(k, plain(x, depth + 1));
       return v;
@@ -233,6 +242,8 @@ export function fromV1Plans(
   if (!Array.isArray(pools) || !Array.isArray(kernels) || kernels.length !== pools.length + 1 || pools.length < 1 || pools.length > 11)
     throw new Error(`${where}: plans_per_stage[${stage}] needs pool_op_kernel_sizes (n) and conv_kernel_sizes (n + 1)`);
   const pool = pools.map((p, i) => intVector(p, dims, `pool_op_kernel_sizes[${i}]`, where));
+  if (pool.some((p) => p.some((x) => x > 8)) || patch.some((x) => x > 4096))
+    throw new Error(`${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${JSON.stringify([pool, patch])}), which no v1 plan holds`);
   const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
   // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
   if (kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
