@@ -243,7 +243,9 @@ export function fromV1Plans(
     throw new Error(`${where}: plans_per_stage[${stage}] needs pool_op_kernel_sizes (n) and conv_kernel_sizes (n + 1)`);
   const pool = pools.map((p, i) => intVector(p, dims, `pool_op_kernel_sizes[${i}]`, where));
   if (pool.some((p) => p.some((x) => x > 8)) || patch.some((x) => x > 4096))
-    throw new Error(`${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${JSON.stringify([pool, patch])}), which no v1 plan holds`);
+    throw new Error(
+      `${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${JSON.stringify([pool, patch])}), which no v1 plan holds`,
+    );
   const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
   // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
   if (kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
