@@ -21,6 +21,7 @@ interface Opts {
   nnunet?: string[];
   ppPkl?: string;
   folds?: Fold[];
+  previousStage?: string;
   out?: string;
   outSeg?: string;
   series?: string;
@@ -45,7 +46,7 @@ export function segmentCommand(program: Command): void {
     .option("--model <onnx>", "ONNX model (config from <model>.json, nnU-Net plans.json beside it, or defaults)")
     .option(
       "--nnunet <folder>",
-      "instead of --model: an nnU-Net v2 trained-model folder (…/DatasetXXX/Trainer__Plans__3d_fullres or __2d), run directly; its predictor mirrors by default, add --tta for that. Given twice or more: an ensemble (the mean of the configurations' probabilities, as nnUNetv2_ensemble)",
+      "instead of --model: an nnU-Net trained-model folder, run directly — v2 (…/DatasetXXX/Trainer__Plans__3d_fullres, __2d, __3d_lowres, __3d_cascade_fullres with its __3d_lowres sibling) or v1 (…/3d_fullres/TaskXXX/nnUNetTrainerV2__nnUNetPlansv2.1); its predictor mirrors by default, add --tta for that. Given twice or more: an ensemble (the mean of the configurations' probabilities, as nnUNetv2_ensemble)",
       (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
     )
     .option(
@@ -56,6 +57,10 @@ export function segmentCommand(program: Command): void {
       "--folds <list>",
       "with --nnunet: folds to ensemble, e.g. 0,1 or all (default every fold_K with a checkpoint_final.pth)",
       foldsArg,
+    )
+    .option(
+      "--previous-stage <folder>",
+      "with --nnunet …__3d_cascade_fullres: the folder of its first stage (default its __3d_lowres sibling)",
     )
     .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
     .option(
@@ -92,6 +97,8 @@ export function segmentCommand(program: Command): void {
     .action(async (file: string, o: Opts) => {
       if (!o.model === !o.nnunet) throw new Error("segment: give exactly one of --model <onnx> and --nnunet <folder>");
       if (o.folds && !o.nnunet) throw new Error("segment: --folds goes with --nnunet");
+      if (o.previousStage && o.nnunet?.length !== 1)
+        throw new Error("segment: --previous-stage goes with one --nnunet (a cascade's second stage)");
       if (o.ppPkl && (o.cleanupMinMl !== undefined || o.postprocessing === false))
         throw new Error("segment: --pp-pkl is a post-processing: not with --cleanup-min-ml or --no-postprocessing");
       // every output is checked (not an input, its folder writable) before the work, and appears only when all is done
@@ -119,7 +126,15 @@ export function segmentCommand(program: Command): void {
         const models = [];
         // (an ensemble's members' own post-processing does not apply: not read)
         const ensemble = (o.nnunet?.length ?? 0) > 1 ? { postprocessing: false as const } : {};
-        for (const f of o.nnunet ?? []) models.push(await loadNnunet(f, { ...(o.folds ? { folds: o.folds } : {}), ...prec, ...ensemble }));
+        for (const f of o.nnunet ?? [])
+          models.push(
+            await loadNnunet(f, {
+              ...(o.folds ? { folds: o.folds } : {}),
+              ...(o.previousStage ? { previousStage: o.previousStage } : {}),
+              ...prec,
+              ...ensemble,
+            }),
+          );
         if (o.model) models.push(await loadModel(o.model, prec));
         // nnU-Net's post-processing file, read against the model's labels (refused before the work)
         const pp = o.ppPkl

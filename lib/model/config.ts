@@ -230,7 +230,12 @@ function resamplingOf(r: unknown): Resampling {
         `model config: resampling.${what} must be { order: 0–5, orderZ: 0–5, forceSeparateZ: true | false | null, anisotropyThreshold: a positive number }, got ${JSON.stringify(v)}`,
       );
     };
-    return { type: "nnunet", data: step(o.data, "data"), probabilities: step(o.probabilities, "probabilities") };
+    return {
+      type: "nnunet",
+      data: step(o.data, "data"),
+      probabilities: step(o.probabilities, "probabilities"),
+      ...(o.seg !== undefined ? { seg: step(o.seg, "seg") } : {}),
+    };
   }
   throw new Error(
     `model config: resampling must be "linear", "nnunet" or { type: "nnunet", data: {…}, probabilities: {…} }, got ${JSON.stringify(r)}`,
@@ -241,7 +246,7 @@ function resamplingOf(r: unknown): Resampling {
  * A plans configuration's resampling step (resampling_fn_data or resampling_fn_probabilities and
  * its kwargs) as bhsd runs it; absent kwargs take the function's own defaults.
  */
-function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities", configuration: string): NnunetResamplingStep {
+function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities" | "seg", configuration: string): NnunetResamplingStep {
   const fn = conf[`resampling_fn_${key}`] ?? "resample_data_or_seg_to_shape";
   const kw = (conf[`resampling_fn_${key}_kwargs`] ?? {}) as Record<string, unknown>;
   const threshold = kw.separate_z_anisotropy_threshold ?? 3;
@@ -306,6 +311,15 @@ export function fromNnunet(
     data: nnunetStep(conf, "data", configuration),
     probabilities: nnunetStep(conf, "probabilities", configuration),
   };
+  // a cascade's second stage: the first stage's labels go to its grid by resampling_fn_seg
+  if (typeof conf.previous_stage === "string") {
+    const fn = conf.resampling_fn_seg ?? "resample_data_or_seg_to_shape";
+    if (fn !== "resample_data_or_seg_to_shape" && fn !== "resample_data_or_seg_to_spacing")
+      throw new Error(
+        `plans.json: configuration "${configuration}" resamples the previous stage's labels with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape for them`,
+      );
+    out.resampling.seg = nnunetStep(conf, "seg", configuration);
+  }
   const scheme = (conf.normalization_schemes as string[] | undefined)?.[0];
   const props = (plans.foreground_intensity_properties_per_channel as Record<string, Record<string, number>> | undefined)?.["0"];
   if (scheme === "CTNormalization") {

@@ -2,7 +2,7 @@
 import { invalidParameterError } from "../is.js";
 import * as ops from "../ops/tensor.js";
 import type { Volume } from "../types.js";
-import { ARRAY_CTOR, assertVolume } from "../volume.js";
+import { allocArray, ARRAY_CTOR, assertVolume } from "../volume.js";
 import { dtypeOf } from "../is.js";
 import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { zoomAxis } from "../ops/spline.js";
@@ -82,7 +82,15 @@ export interface NnunetResamplingStep {
  *   `orderZ`), the default where the config comes from nnU-Net's plans: the image with
  *   { order 3, orderZ 0 }, the logits with { order 1, orderZ 0 }.
  */
-export type Resampling = { type: "linear" } | { type: "nnunet"; data: NnunetResamplingStep; probabilities: NnunetResamplingStep };
+export type Resampling =
+  | { type: "linear" }
+  | {
+      type: "nnunet";
+      data: NnunetResamplingStep;
+      probabilities: NnunetResamplingStep;
+      /** A cascade's previous-stage labels to the model's grid (nnU-Net's resampling_fn_seg, is_seg). */
+      seg?: NnunetResamplingStep;
+    };
 
 /** nnU-Net's own resampling (its default plans', ANISO_THRESHOLD 3). */
 export const NNUNET_RESAMPLING: Resampling = {
@@ -132,6 +140,8 @@ export async function resampleNnunet(
   step: NnunetResamplingStep,
   between: () => Promise<void> = async () => {},
   maxVoxels = DEFAULT_MAX_VOXELS,
+  /** The splines' float64 lines on every backend (not the backend's float32 resize for order 1). */
+  exact = false,
 ): Promise<Float32Array> {
   if (shape.every((d, i) => d === newShape[i])) return data;
   const { axis, inPlane, acrossFirst, peak } = nnunetPath(shape, newShape, currentSpacing, newSpacing, step);
@@ -157,7 +167,7 @@ export async function resampleNnunet(
     src = cur;
     srcShape = [...curShape];
   }
-  if (step.order === 1 && activeBackend().name !== "ts" && inPlane.some((a) => curShape[a] !== newShape[a])) {
+  if (step.order === 1 && !exact && activeBackend().name !== "ts" && inPlane.some((a) => curShape[a] !== newShape[a])) {
     // linear: the backend's resize (the same half-pixel interpolation with the edge repeated, in
     // float32: a class of logits in 35 ms where the spline code takes 300; on the TypeScript
     // backend, whose resize is a generic loop ten times slower, the spline code)
@@ -180,6 +190,47 @@ export async function resampleNnunet(
   if (src !== data && src !== cur) releaseEngineArray(src);
   if (axis !== null && !acrossFirst) await zoom(axis, step.orderZ);
   return cur;
+}
+
+/**
+ * A label map resampled as nnU-Net v2's resample_data_or_seg with is_seg (batchgenerators'
+ * resize_segmentation): each label present, in ascending order, as a 0/1 mask resampled with the
+ * step's spline (order ≥ 1) and set where the result is ≥ 0.5, a later label over an earlier;
+ * across a separately resampled axis the nearest slice (orderZ 0: a label's mask then picks the
+ * same slice as the labels would). Labels < 1 are background. Returns a new array.
+ */
+export async function resampleLabelsNnunet(
+  labels: Uint8Array,
+  shape: readonly [number, number, number],
+  newShape: readonly [number, number, number],
+  currentSpacing: readonly number[],
+  newSpacing: readonly number[],
+  step: NnunetResamplingStep,
+  between: () => Promise<void> = async () => {},
+  maxVoxels = DEFAULT_MAX_VOXELS,
+): Promise<Uint8Array> {
+  const n = newShape[0] * newShape[1] * newShape[2];
+  if (shape.every((d, i) => d === newShape[i])) return Uint8Array.from(labels);
+  if (step.order < 1 || step.order > 5)
+    throw new RangeError(`a label map is resampled with a spline of order 1 to 5 (resize_segmentation), not ${step.order}`);
+  if (step.orderZ !== 0)
+    throw new RangeError(`a label map is resampled across a separate axis with order_z 0 (nearest) here, not ${step.orderZ}`);
+  const present = new Set<number>();
+  for (let i = 0; i < labels.length; i++) if (labels[i]! > 0) present.add(labels[i]!);
+  const out = new Uint8Array(n);
+  const mask = allocArray("float32", labels.length, "label mask", { overwritten: true }) as Float32Array;
+  try {
+    for (const c of [...present].sort((a, b) => a - b)) {
+      for (let i = 0; i < labels.length; i++) mask[i] = labels[i] === c ? 1 : 0;
+      const r = await resampleNnunet(mask, shape, newShape, currentSpacing, newSpacing, step, between, maxVoxels, true);
+      for (let i = 0; i < n; i++) if (r[i]! >= 0.5) out[i] = c;
+      if (r !== mask) releaseEngineArray(r);
+      await between();
+    }
+  } finally {
+    releaseEngineArray(mask);
+  }
+  return out;
 }
 
 /**

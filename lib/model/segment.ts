@@ -21,10 +21,14 @@ import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
-import { DEFAULT_MAX_VOXELS, nnunetPath, resampleNnunet } from "./resample.js";
+import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet } from "./resample.js";
 
-/** What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). */
-export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun">;
+/**
+ * What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). A
+ * cascade's second stage names its first (`previousStage`): segment runs that first, on the same
+ * CT, and gives the network its labels as one input channel per foreground class.
+ */
+export type SegmentModel = Pick<Model, "run" | "config" | "name" | "lastRun"> & { readonly previousStage?: SegmentModel };
 
 export interface SegmentProgress {
   step: "preprocess" | "window" | "postprocess";
@@ -156,18 +160,18 @@ export function normalize(src: ArrayLike<number>, n: Normalization, mask?: Uint8
 }
 
 /** Permutes the axes of a (z, y, x) C-order array: out axis k is in axis perm[k]. */
-export function transpose3(
-  data: Float32Array,
+export function transpose3<T extends Float32Array | Uint8Array>(
+  data: T,
   shape: [number, number, number],
   perm: readonly number[],
-): { data: Float32Array; shape: [number, number, number] } {
+): { data: T; shape: [number, number, number] } {
   if (perm[0] === 0 && perm[1] === 1 && perm[2] === 2) return { data, shape };
   const ns = perm.map((p) => shape[p]!) as [number, number, number];
   const st = [shape[1] * shape[2], shape[2], 1];
   const s0 = st[perm[0]!]!,
     s1 = st[perm[1]!]!,
     s2 = st[perm[2]!]!;
-  const out = allocArray("float32", data.length, "transposed image") as Float32Array;
+  const out = allocArray(data instanceof Uint8Array ? "uint8" : "float32", data.length, "transposed image") as T;
   let o = 0;
   for (let a = 0; a < ns[0]; a++)
     for (let b = 0; b < ns[1]; b++) for (let c = 0; c < ns[2]; c++) out[o++] = data[a * s0 + b * s1 + c * s2]!;
@@ -467,6 +471,7 @@ async function preprocess(
   ct: Volume,
   p: SegmentPlan,
   run: SegmentRun,
+  previous?: Uint8Array,
 ): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
   const norm = p.cfg.normalization;
   // nnU-Net v1 (normalizeAfterResampling): NaN to 0, resample, then normalise on the model's grid
@@ -506,7 +511,46 @@ async function preprocess(
     x = { data: y, shape: x.shape };
     run.lap("normalize");
   }
+  if (previous) x = await withPreviousStage(x, previous, gridShape, p, run);
   return { x, gridShape, resampled };
+}
+
+/**
+ * A cascade's input (nnU-Net's DefaultPreprocessor with the previous stage's segmentation, then
+ * convert_labelmap_to_one_hot): the previous stage's labels on the CT's grid (`labels`, cropped as
+ * the CT was), reordered, resampled to the model's grid as nnU-Net resamples a segmentation
+ * (resampling_fn_seg), and appended to the image as one 0/1 channel per foreground class.
+ */
+async function withPreviousStage(
+  x: Tensor,
+  labels: Uint8Array,
+  gridShape: [number, number, number],
+  p: SegmentPlan,
+  run: SegmentRun,
+): Promise<Tensor> {
+  const tr = transpose3(labels, p.zyx, p.perm);
+  const rs = p.cfg.resampling;
+  const step = (rs.type === "nnunet" ? rs.seg : undefined) ?? { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 };
+  const onGrid = await resampleLabelsNnunet(tr.data, gridShape, p.modelShape, p.gridSpacing, p.target, step, () => run.yielder.maybe());
+  if (tr.data !== labels) releaseEngineArray(tr.data);
+  releaseEngineArray(labels);
+  const foreground = Object.keys(p.cfg.classes)
+    .map(Number)
+    .filter((k) => k > 0)
+    .sort((a, b) => a - b);
+  const m = onGrid.length;
+  const c0 = x.shape[1]!;
+  const out = allocArray("float32", (c0 + foreground.length) * m, "cascade input") as Float32Array;
+  out.set(x.data);
+  foreground.forEach((k, j) => {
+    const base = (c0 + j) * m;
+    for (let i = 0; i < m; i++) if (onGrid[i] === k) out[base + i] = 1;
+  });
+  run.hold(out.byteLength);
+  run.held -= x.data.byteLength;
+  releaseEngineArray(x.data);
+  run.lap("previous stage");
+  return { data: out, shape: [1, c0 + foreground.length, ...p.modelShape] };
 }
 
 /** The CT as float32 with NaN as 0 (nnU-Net v1's resample_and_normalize, before it resamples). */
@@ -561,7 +605,11 @@ async function predictSlidingWindow(
   run.hold(weight.byteLength);
   const [, PH, PW] = padded,
     [pd, ph, pw] = patch;
-  const patchT: Tensor = { data: new Float32Array(prod(patch)), shape: [1, 1, ...patch] };
+  // (a cascade's input has its previous stage's channels after the image's)
+  const channels = x.shape[1]!;
+  const pvol = prod(patch),
+    mvolIn = prod(modelShape);
+  const patchT: Tensor = { data: new Float32Array(channels * pvol), shape: [1, channels, ...patch] };
   let done = 0,
     forwards = 0,
     peakForward = 0;
@@ -572,7 +620,12 @@ async function predictSlidingWindow(
     for (const y0 of starts[1]!)
       for (const x0 of starts[2]!) {
         signal?.throwIfAborted();
-        extractWindow(x.data, modelShape, patchT.data, patch, [z0 - lead[0]!, y0 - lead[1]!, x0 - lead[2]!]);
+        for (let c = 0; c < channels; c++)
+          extractWindow(x.data.subarray(c * mvolIn, (c + 1) * mvolIn), modelShape, patchT.data.subarray(c * pvol, (c + 1) * pvol), patch, [
+            z0 - lead[0]!,
+            y0 - lead[1]!,
+            x0 - lead[2]!,
+          ]);
         // one forward: its output, which the caller owns, is used as it is; mirrored ones are
         // summed, unmirrored, into a buffer kept for the whole call
         let logits: Tensor | undefined;
@@ -865,9 +918,10 @@ export async function segment(
   run.progress({ step: "preprocess", done: 0, total: 3 });
   // (nnU-Net's crop to the non-zero region: the run's CT is that box, the labels go back into the whole)
   const box = one.config.cropToNonzero ? nonzeroBox(ct) : null;
+  const previous = await previousStageLabels(ct, one, box, opts);
   const work = box ? cropVolume(ct, box) : ct;
   const p = plan(work, one.config, opts);
-  const pre = await preprocess(work, p, run);
+  const pre = await preprocess(work, p, run, previous);
   // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
   const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, !exportMoves(p, pre));
@@ -885,6 +939,27 @@ export async function segment(
     releaseEngineArray(inBox);
   }
   return finish(ct, labels, one.name, p, box, opts.cleanup, run, { windows, forwards, peakForward });
+}
+
+/**
+ * A cascade's first stage run on the CT as nnU-Net's predictor exports it (its own config, the
+ * caller's mirroring, no post-processing), its labels cropped to `box` where the second stage
+ * crops; undefined for a model without a previous stage.
+ */
+async function previousStageLabels(ct: Volume, model: SegmentModel, box: Box | null, opts: Settings): Promise<Uint8Array | undefined> {
+  const prev = model.previousStage;
+  if (!prev) return undefined;
+  const mirror = opts.mirrorAxes.length > 0;
+  const { labels } = await segment(ct, prev, {
+    mirror,
+    cleanup: false,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(Number.isFinite(opts.maxVoxels) ? { maxVoxels: opts.maxVoxels } : {}),
+  });
+  if (!box) return labels.data;
+  const cropped = cropVolume(labels, box).data as Uint8Array;
+  releaseEngineArray(labels.data);
+  return cropped;
 }
 
 /** Cleanup and the report, for one model or an ensemble. */
@@ -975,7 +1050,8 @@ async function segmentEnsemble(
   for (const [i, m] of models.entries()) {
     const p = plans[i]!;
     const work = works[i]!;
-    const pre = await preprocess(work, p, run);
+    const previous = await previousStageLabels(ct, m, work === ct ? null : box, settings[i]!);
+    const pre = await preprocess(work, p, run, previous);
     if (work === cropped && !works.slice(i + 1).includes(cropped)) releaseEngineArray(cropped.data);
     const moves = exportMoves(p, pre);
     const r = await predictSlidingWindow(pre.x, m, p, run, !moves);

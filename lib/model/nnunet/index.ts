@@ -19,7 +19,7 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
@@ -62,6 +62,12 @@ export interface LoadNnunetOptions {
    * trainer is a variant bhsd does not know by name but whose network is nnUNetTrainerV2's.
    */
   trainer?: string;
+  /**
+   * A cascade's second stage (`3d_cascade_fullres`): its first stage, whose labels the network takes
+   * as input channels — a loaded model, or its folder. Default: the sibling folder of the plans'
+   * `previous_stage` (`…__3d_lowres` beside `…__3d_cascade_fullres`), loaded with every fold it has.
+   */
+  previousStage?: string | NnunetModel;
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -80,6 +86,9 @@ export class NnunetModel {
   readonly ensemble: "logits" | "softmax";
   /** The engine's model of each fold, in `folds` order. */
   readonly foldModels: Model[];
+  /** A cascade's first stage: segment() runs it and gives its labels to this model as input channels. */
+  readonly previousStage?: NnunetModel;
+  private readonly ownsPreviousStage: boolean;
   /** Statistics of the last run (peak of any fold's forward, time of all folds). */
   lastRun: RunStats | undefined;
   private readonly divisor: [number, number, number];
@@ -92,6 +101,8 @@ export class NnunetModel {
     configuration: string;
     trainerName: string;
     version?: 1 | 2;
+    previousStage?: NnunetModel;
+    ownsPreviousStage?: boolean;
     architecture: Architecture;
     ensemble: "logits" | "softmax";
     foldModels: Model[];
@@ -104,6 +115,8 @@ export class NnunetModel {
     this.configuration = init.configuration;
     this.trainerName = init.trainerName;
     this.version = init.version ?? 2;
+    if (init.previousStage) this.previousStage = init.previousStage;
+    this.ownsPreviousStage = init.ownsPreviousStage ?? false;
     this.architecture = init.architecture;
     this.ensemble = init.ensemble;
     this.foldModels = init.foldModels;
@@ -199,6 +212,8 @@ export class NnunetModel {
   /** Releases the folds' models. */
   dispose() {
     for (const m of this.foldModels) (m as { dispose?: () => void }).dispose?.();
+    // (a first stage the caller handed over stays the caller's)
+    if (this.ownsPreviousStage) this.previousStage?.dispose();
   }
 }
 
@@ -345,6 +360,12 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const ckName = opts.checkpoint ?? "final";
   if (ckName !== "final" && ckName !== "best") throw invalidParameterError("options.checkpoint", '"final" or "best"', opts.checkpoint);
   const ensemble = opts.ensemble ?? "logits";
+  if (
+    opts.previousStage !== undefined &&
+    !(opts.previousStage instanceof NnunetModel) &&
+    (typeof opts.previousStage !== "string" || !opts.previousStage)
+  )
+    throw invalidParameterError("options.previousStage", "the first stage's folder or loaded NnunetModel", opts.previousStage);
   if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2")
     throw invalidParameterError("options.trainer", '"nnUNetTrainerV2" (an nnU-Net v1 folder\'s network)', opts.trainer);
   if (ensemble !== "logits" && ensemble !== "softmax")
@@ -448,12 +469,15 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           const t = root.get("trainer_name");
           trainerName = typeof t === "string" ? t : "nnUNetTrainer";
           conf = resolveConfiguration(plans, configuration);
-          // a cascade's second stage takes the first stage's segmentation as input channels
-          if (typeof conf.previous_stage === "string")
-            throw new Error(
-              `nnU-Net folder ${basename(folder)}: configuration "${configuration}" is a cascade stage: its network takes ${conf.previous_stage}'s segmentation as extra input channels, which bhsd does not make; run the ${conf.previous_stage} or 3d_fullres folder instead`,
-            );
-          arch = architectureFromPlans(conf, inputChannels, numClasses, `plans.json configuration "${configuration}"`);
+          // a cascade's second stage takes the first stage's segmentation as input channels, one per
+          // foreground class (nnU-Net's determine_num_input_channels)
+          const cascade = typeof conf.previous_stage === "string";
+          arch = architectureFromPlans(
+            conf,
+            inputChannels + (cascade ? numClasses - 1 : 0),
+            numClasses,
+            `plans.json configuration "${configuration}"`,
+          );
           // nnUNetTrainerBN builds batch norm (eps 1e-5, affine) where the plans say instance norm;
           // another trainer that does the same shows it by its norms' running statistics
           if (trainerName === "nnUNetTrainerBN") arch = { ...arch, norm: { eps: 1e-5, affine: true, runningStats: true } };
@@ -491,7 +515,42 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     "nnunet",
   );
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
+  let previousStage: NnunetModel | undefined;
+  let ownsPreviousStage = false;
+  if (typeof conf!.previous_stage === "string") {
+    try {
+      if (inputChannels !== 1)
+        throw new Error(`nnU-Net folder ${basename(folder)}: a cascade of ${inputChannels} input channels; segment() feeds one (a CT)`);
+      if (opts.previousStage instanceof NnunetModel) previousStage = opts.previousStage;
+      else {
+        // nnU-Net's layout: Trainer__Plans__<configuration> side by side
+        const parts = basename(folder).split("__");
+        const sibling = parts.length === 3 ? join(dirname(folder), `${parts[0]}__${parts[1]}__${conf!.previous_stage}`) : undefined;
+        const prevFolder = opts.previousStage ?? sibling;
+        if (!prevFolder || !existsSync(prevFolder))
+          throw new Error(
+            `nnU-Net folder ${basename(folder)}: configuration "${configuration}" is a cascade's second stage; its first (${conf!.previous_stage}) was not found${sibling ? ` at ${sibling}` : ""}: give it as options.previousStage (bhsd segment --previous-stage)`,
+          );
+        previousStage = await loadNnunet(prevFolder, {
+          ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+          ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
+          ...(precision ? { precision } : {}),
+        });
+        ownsPreviousStage = true;
+      }
+      if (JSON.stringify(previousStage.config.classes) !== JSON.stringify(config.classes))
+        throw new Error(
+          `nnU-Net folder ${basename(folder)}: its first stage ${previousStage.name} has the classes ${JSON.stringify(previousStage.config.classes)}, this stage ${JSON.stringify(config.classes)}`,
+        );
+    } catch (e) {
+      for (const m of foldModels) (m as { dispose?: () => void }).dispose?.();
+      if (ownsPreviousStage) previousStage?.dispose();
+      throw e;
+    }
+  }
   return new NnunetModel({
+    previousStage,
+    ownsPreviousStage,
     name,
     config,
     folder,
