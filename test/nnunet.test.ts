@@ -341,7 +341,8 @@ test("a cascade's second stage (previous_stage in its plans) needs 1 + 5 input c
   // (test/nnunet-cascade.test.ts runs real cascades; here a 3d_fullres checkpoint under cascade plans)
   const dir = variant({ plans: (p) => (p.configurations["3d_fullres"].previous_stage = "3d_lowres") });
   await t.throwsAsync(loadNnunet(dir), {
-    message: /network_weights\["encoder\.stages\.0\.0\.convs\.0\.conv\.weight"\] has shape \[8, 1, 1, 3, 3\]; the plans' PlainConvUNet needs \[8, 6, 1, 3, 3\]/,
+    message:
+      /network_weights\["encoder\.stages\.0\.0\.convs\.0\.conv\.weight"\] has shape \[8, 1, 1, 3, 3\]; the plans' PlainConvUNet needs \[8, 6, 1, 3, 3\]/,
   });
 });
 
