@@ -93,6 +93,7 @@ async function describeModel(file: string, json: boolean): Promise<void> {
       trainer: nn.trainerName,
       folds: nn.folds,
       ensemble: nn.ensemble,
+      ...(nn.previousStage ? { previousStage: nn.previousStage.name } : {}),
       network: { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
       config: nn.config,
     };
@@ -101,6 +102,7 @@ async function describeModel(file: string, json: boolean): Promise<void> {
       [
         `${file}: nnU-Net v${nn.version} ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
         `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+        ...(nn.previousStage ? [`  a cascade's second stage: its first is ${nn.previousStage.name}`] : []),
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",
     );
