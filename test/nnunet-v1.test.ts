@@ -81,7 +81,18 @@ test("v1 pickles: Fortran-ordered arrays in C order; hostile ones refused or rea
     const t0 = Date.now();
     const dag = (await read("d.pkl", Uint8Array.from(ops))) as unknown[];
     t.is(dag.length, 2);
-    t.true(Date.now() - t0 < 2000);
+    t.true(Date.now() - t0 < 10_000);
+    // a BUILD that sets a list's length to 2^31 (23 bytes): refused, not walked
+    const long = Buffer.from("\x80\x02]}(X\x06\x00\x00\x00lengthJ\xff\xff\xff\x7fub.", "latin1");
+    await t.throwsAsync(read("l.pkl", long), { message: /lists, dicts and arrays of more than/ });
+    // a 512 KB integer (pickleparser's BigInt reading is quadratic): refused by the scan before parsing
+    const big = Buffer.alloc(3 + 4 + 512 * 1024 + 1, 0x7f);
+    big.set([0x80, 0x02, 0x8b]);
+    big.writeUInt32LE(512 * 1024, 3);
+    big[big.length - 1] = 0x2e;
+    const t1 = Date.now();
+    await t.throwsAsync(read("b.pkl", big), { message: /an integer of 524288 bytes at offset 2/ });
+    t.true(Date.now() - t1 < 10_000);
     // a list that holds itself
     const cyc = (await read("c.pkl", Uint8Array.from([0x80, 0x02, 0x5d, 0x71, 0, 0x68, 0, 0x61, 0x2e]))) as unknown[];
     t.is(cyc[0], cyc);
@@ -222,6 +233,19 @@ test("v1 folders: refusals name the file and what is wrong", async (t) => {
     await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /min_valid_object_sizes .* is not built/ });
     writeFileSync(join(dir, "postprocessing.json"), JSON.stringify({ for_which_classes: [7], min_valid_object_sizes: "None" }));
     await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /for_which_classes\[0\] is 7, not a label of the model/ });
+    // the stage is the .model.pkl's init[5]: stage 0 (this task's 3d_lowres) is another network
+    // than the checkpoint's, whose plans stage is 1
+    const fresh = readFileSync(join(FOLDER, "fold_0", "model_final_checkpoint.model.pkl"));
+    const at = fresh.indexOf(Buffer.from([0x88, 0x4b, 0x01, 0x88, 0x89, 0x88]));
+    t.true(at > 0);
+    const stage0 = Buffer.from(fresh);
+    stage0[at + 2] = 0;
+    writeFileSync(pkl, stage0);
+    await t.throwsAsync(loadNnunet(dir, { folds: [0], postprocessing: false }), {
+      message: /state_dict\["tu\.0\.weight"\] has shape \[32, 16, 2, 2, 2\]; the plans' Generic_UNet needs \[16, 8, 2, 2, 2\]/,
+    });
+    writeFileSync(pkl, fresh);
+    await t.throwsAsync(loadNnunet(dir, { folds: [0, 0], postprocessing: false }), { instanceOf: TypeError, message: /distinct folds/ });
     // a missing fold
     await t.throwsAsync(loadNnunet(dir, { folds: [3], postprocessing: false }), {
       message: /fold_3\/model_final_checkpoint\.model does not exist/,

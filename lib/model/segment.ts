@@ -371,6 +371,11 @@ interface Settings {
   signal: AbortSignal | undefined;
   onProgress: (p: SegmentProgress) => void;
   cleanup: CleanupOptions | false | undefined;
+  /**
+   * The report's bleeds: 26-connected, or as the caller's `cleanup` says (a model's own
+   * post-processing, such as nnU-Net v1's 6-connected one, does not change how bleeds are counted).
+   */
+  reportConnectivity: 6 | 18 | 26;
 }
 
 function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions | undefined): Settings {
@@ -414,6 +419,7 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
     signal,
     onProgress: typeof opts.onProgress === "function" ? opts.onProgress : () => {},
     cleanup: cleanupOptions,
+    reportConnectivity: (opts.cleanup && opts.cleanup.connectivity) || 26,
   };
 }
 
@@ -452,12 +458,22 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
     const grid = perm.map((q) => zyx[q]!) as [number, number, number];
     for (const [what, peak] of [
       ["resampling the CT to the model's spacing", nnunetPath(grid, modelShape, gridSpacing, target, rs.data).peak],
-      ["resampling the logits back", nnunetPath(modelShape, grid, target, gridSpacing, rs.probabilities).peak],
+      ["resampling the logits back", nnunetPath(modelShape, grid, ...exportSpacings(cfg, target, gridSpacing), rs.probabilities).peak],
     ] as const)
       if (peak > maxVoxels)
         throw new RangeError(`${what} would pass through a grid of ${peak} voxels, more than options.maxVoxels (${maxVoxels})`);
   }
   return { cfg, patch, step, mirrorAxes, maxVoxels, zyx, perm, gridSpacing, target, modelShape, padded };
+}
+
+/**
+ * The spacings the export's resampling decides its separate axis by, the one it checks first
+ * first: nnU-Net v2 the model's grid's (resample_data_or_seg_to_shape's current spacing); v1's
+ * export (save_segmentation_nifti_from_softmax, which the probability aggregate stands for) the
+ * CT's. They differ only where both are anisotropic along different axes.
+ */
+function exportSpacings(cfg: ModelConfig, model: [number, number, number], ct: [number, number, number]): [number[], number[]] {
+  return cfg.aggregate === "probabilities" ? [ct, model] : [model, ct];
 }
 
 /** The largest grid a resampling step may pass through: the caller's bound, and the resampler's own past it. */
@@ -849,8 +865,7 @@ async function forEachClassOnCtGrid(
           ch.data,
           modelShape,
           gridShape,
-          p.target,
-          p.gridSpacing,
+          ...exportSpacings(p.cfg, p.target, p.gridSpacing),
           rs.probabilities,
           () => run.yielder.maybe(),
           cap(p),
@@ -875,6 +890,7 @@ async function postprocess(
   cfg: ModelConfig,
   cleanupOptions: CleanupOptions | false | undefined,
   run: SegmentRun,
+  connectivity: 6 | 18 | 26,
 ): Promise<{ out: Volume<Uint8Array>; components: Component[]; perClass: SegmentReport["perClass"] }> {
   let out = labels;
   if (cleanupOptions) {
@@ -882,7 +898,7 @@ async function postprocess(
     run.lap("cleanup");
   }
   run.progress({ step: "postprocess", done: 2, total: 3 });
-  const { labels: cc, count } = await connectedComponents(out, { connectivity: (cleanupOptions && cleanupOptions.connectivity) || 26 });
+  const { labels: cc, count } = await connectedComponents(out, { connectivity });
   // a prediction's components are bounded by its voxels: no cap here (the labels must not be lost
   // to a noisy model's 10^5 specks; the service bounds what it returns)
   const components = await componentStats(cc, { classes: out, maxComponents: count });
@@ -938,7 +954,7 @@ export async function segment(
     labels = uncropLabels(inBox, box, ct.dims);
     releaseEngineArray(inBox);
   }
-  return finish(ct, labels, one.name, p, box, opts.cleanup, run, { windows, forwards, peakForward });
+  return finish(ct, labels, one.name, p, box, opts.cleanup, run, { windows, forwards, peakForward }, opts.reportConnectivity);
 }
 
 /**
@@ -972,6 +988,7 @@ async function finish(
   cleanupOptions: CleanupOptions | false | undefined,
   run: SegmentRun,
   counts: { windows: number; forwards: number; peakForward: number },
+  connectivity: 6 | 18 | 26,
   members?: SegmentReport["ensemble"],
 ): Promise<{ labels: Volume<Uint8Array>; report: SegmentReport }> {
   run.signal?.throwIfAborted();
@@ -980,6 +997,7 @@ async function finish(
     p.cfg,
     cleanupOptions,
     run,
+    connectivity,
   );
   run.progress({ step: "postprocess", done: 3, total: 3 });
   return {
@@ -1100,5 +1118,16 @@ async function segmentEnsemble(
   releaseEngineArray(lab);
   run.lap("argmax");
   // (the box, where any member ran on it: it is the CT's one non-zero box)
-  return finish(ct, labels, models.map((m) => m.name).join(" + "), plans[0]!, cropped ? box : null, cleanupOptions, run, counts, members);
+  return finish(
+    ct,
+    labels,
+    models.map((m) => m.name).join(" + "),
+    plans[0]!,
+    cropped ? box : null,
+    cleanupOptions,
+    run,
+    counts,
+    opts.reportConnectivity,
+    members,
+  );
 }

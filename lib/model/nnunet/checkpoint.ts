@@ -24,6 +24,7 @@ import { releaseEngineArray } from "../../backends/index.js";
 import { allocArray } from "../../volume.js";
 import type { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
+import { scanPickle } from "./pickle-scan.js";
 
 const require = createRequire(import.meta.url);
 // Both are CommonJS; loaded through require as the project does for protobufjs.
@@ -151,7 +152,11 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     case "builtins.dict":
       return (items?: unknown) => {
         const d = new PyDict();
-        if (Array.isArray(items)) for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+        // (a list's length can be set by a BUILD to 2^31 without a byte behind it: bounded first)
+        if (Array.isArray(items)) {
+          if (items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a dict of ${items.length} items`);
+          for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+        }
         return d;
       };
     case "torch._utils._rebuild_tensor_v2":
@@ -193,7 +198,10 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
       return (dtype: unknown, bytes: unknown) => numpyScalar(dtype, bytes) ?? new Opaque(fqn, [dtype, bytes]);
     case "builtins.set":
     case "builtins.frozenset":
-      return (items?: unknown) => (Array.isArray(items) ? [...items] : []);
+      return (items?: unknown) => {
+        if (Array.isArray(items) && items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a set of ${items.length} items`);
+        return Array.isArray(items) ? [...items] : [];
+      };
   }
   if (module === "torch" && STORAGE_TYPES[name]) {
     const st = STORAGE_TYPES[name]!;
@@ -217,6 +225,8 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
 
 export function numpyScalar(dtype: unknown, bytes: unknown): number | undefined {
   if (!(dtype instanceof NumpyDType) || !(bytes instanceof Uint8Array)) return undefined;
+  // (the dtype's state names its byte order: big-endian values are not read as little-endian ones)
+  if (Array.isArray(dtype.state) && dtype.state[1] === ">" && !/1$/.test(dtype.str)) return undefined;
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const want = (n: number) => bytes.byteLength === n;
   switch (dtype.str) {
@@ -234,7 +244,10 @@ export function numpyScalar(dtype: unknown, bytes: unknown): number | undefined 
   return undefined;
 }
 
-const isIntArray = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && x >= 0);
+const isIntArray = (v: unknown): v is number[] => Array.isArray(v) && v.length <= 64 && v.every((x) => Number.isSafeInteger(x) && x >= 0);
+
+/** Most items a pickled dict or set may hold (a state_dict has thousands; its bytes bound it too). */
+const MAX_ITEMS = 10_000_000;
 
 export function typeName(v: unknown): string {
   if (v === null || v === undefined) return "None";
@@ -261,6 +274,9 @@ export function unpickle(
   resolveGlobal: (module: string, name: string) => unknown,
   persistent?: (pid: unknown) => unknown,
 ): unknown {
+  // (a linear walk first: what would cost the parser time or memory out of proportion is refused)
+  const bad = scanPickle(bytes);
+  if (bad) throw new CheckpointError(`${where}: ${unreadable} (${bad})`);
   const parser = new Parser({
     unpicklingTypeOfDictionary: "Map",
     unpicklingTypeOfSet: "array",

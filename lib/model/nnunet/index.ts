@@ -24,7 +24,7 @@ import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
-import { releaseEngineArray } from "../../backends/index.js";
+import { activeBackend, releaseEngineArray } from "../../backends/index.js";
 import { loadModelWithWeights, type Model, type RunStats } from "../model.js";
 import type { HeldWeights } from "../graph.js";
 import { encodeModel } from "../onnx-proto.js";
@@ -191,20 +191,13 @@ export class NnunetModel {
       for (const y of ys) for (let i = 0; i < out.length; i++) out[i]! += y.data[i]! * inv;
       return { data: out, shape };
     }
-    // mean of softmax over the class axis, as log-probabilities
+    // mean of softmax over the class axis (the backend's, on each fold's copy), as log-probabilities
     const [N, C] = shape as [number, number];
     const S = out.length / (N * C);
-    const p = new Float64Array(C);
-    for (const y of ys)
-      for (let n = 0; n < N; n++)
-        for (let s = 0; s < S; s++) {
-          const base = n * C * S + s;
-          let max = -Infinity;
-          for (let c = 0; c < C; c++) max = Math.max(max, y.data[base + c * S]!);
-          let sum = 0;
-          for (let c = 0; c < C; c++) sum += p[c] = Math.exp(y.data[base + c * S]! - max);
-          for (let c = 0; c < C; c++) out[base + c * S]! += (p[c]! / sum) * inv;
-        }
+    for (const y of ys) {
+      await activeBackend().softmax(y.data, N, C, S, y.data);
+      for (let i = 0; i < out.length; i++) out[i]! += y.data[i]! * inv;
+    }
     for (let i = 0; i < out.length; i++) out[i] = Math.log(out[i]!);
     return { data: out, shape };
   }
@@ -386,6 +379,15 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const folder = resolve(trainerFolder);
   const st = await stat(folder).catch(() => null);
   if (!st?.isDirectory()) throw new Error(`nnU-Net folder ${trainerFolder} does not exist or is not a folder`);
+  if (
+    opts.folds !== undefined &&
+    (!Array.isArray(opts.folds) ||
+      !opts.folds.length ||
+      !opts.folds.every((f) => f === "all" || (Number.isInteger(f) && (f as number) >= 0)))
+  )
+    throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
+  if (opts.folds !== undefined && new Set(opts.folds).size !== opts.folds.length)
+    throw invalidParameterError("options.folds", "distinct folds", opts.folds);
   if (isNnunetV1Folder(folder)) return loadNnunetV1(folder, trainerFolder, opts, precision);
   if (opts.trainer !== undefined) throw new Error(`options.trainer is for nnU-Net v1 folders; ${trainerFolder} has plans.json (v2)`);
   const file = `checkpoint_${ckName}.pth`;
@@ -394,13 +396,6 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     folds = foldsIn(folder, file);
     if (!folds.length) throw new Error(`nnU-Net folder ${trainerFolder} has no fold_K/${file}`);
   } else {
-    if (
-      !Array.isArray(opts.folds) ||
-      !opts.folds.length ||
-      !opts.folds.every((f) => f === "all" || (Number.isInteger(f) && (f as number) >= 0))
-    )
-      throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
-    if (new Set(opts.folds).size !== opts.folds.length) throw invalidParameterError("options.folds", "distinct folds", opts.folds);
     folds = [...opts.folds];
     for (const f of folds)
       if (!existsSync(join(folder, `fold_${f}`, file)))

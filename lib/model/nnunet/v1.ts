@@ -93,7 +93,13 @@ export async function readV1Pickle(path: string): Promise<unknown> {
   if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
   if (st.size > MAX_PICKLE_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_PICKLE_BYTES} nnU-Net's plans take`);
   const bytes = await readFile(path);
-  const budget = { left: MAX_ARRAY_VALUES };
+  // every list, dict and numpy array counts against one budget before it is walked or built: a
+  // BUILD can set a list's length to 2^31 with no byte behind it
+  const budget = { left: MAX_ARRAY_VALUES + bytes.length };
+  const take = (n: number) => {
+    if (n > budget.left) throw new CheckpointError(`${where}: lists, dicts and arrays of more than ${MAX_ARRAY_VALUES} items in all`);
+    budget.left -= n;
+  };
   const root = unpickle(bytes, where, "nnU-Net v1's plans", "not a readable pickle", (module, name) => {
     const fqn = `${module}.${name}`;
     switch (fqn) {
@@ -101,7 +107,10 @@ export async function readV1Pickle(path: string): Promise<unknown> {
       case "builtins.dict":
         return (items?: unknown) => {
           const d = new Map();
-          if (Array.isArray(items)) for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+          if (Array.isArray(items)) {
+            take(items.length);
+            for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+          }
           return d;
         };
       case "numpy.dtype":
@@ -125,7 +134,10 @@ export async function readV1Pickle(path: string): Promise<unknown> {
         };
       case "builtins.set":
       case "builtins.frozenset":
-        return (items?: unknown) => (Array.isArray(items) ? [...items] : []);
+        return (items?: unknown) => {
+          if (Array.isArray(items)) take(items.length);
+          return Array.isArray(items) ? [...items] : [];
+        };
     }
     throw new CheckpointError(
       `${where}: the pickle names the Python global "${fqn}", which nnU-Net v1's plans never hold; the file is refused (nothing in it was run)`,
@@ -138,7 +150,10 @@ export async function readV1Pickle(path: string): Promise<unknown> {
     if (depth > 64) throw new CheckpointError(`${where}: nested more than 64 deep`);
     if (v instanceof NumpyArray) return plain(v.value, depth + 1);
     if (seen.has(v)) return v;
-    if (v instanceof Map || Array.isArray(v)) seen.add(v);
+    if (v instanceof Map || Array.isArray(v)) {
+      seen.add(v);
+      take(v instanceof Map ? v.size : v.length);
+    }
     if (v instanceof Map) {
       for (const [k, x] of v) v.set(k, plain(x, depth + 1));
       return v;
@@ -153,13 +168,29 @@ export async function readV1Pickle(path: string): Promise<unknown> {
 }
 
 /**
- * Trainers whose network and inference are nnUNetTrainerV2's: v1's own schedule, loss and
- * augmentation variants. Any other is refused by name (its network may differ in what the weights
- * do not show: a nonlinearity, group norm under `instnorm`); `trainer: "nnUNetTrainerV2"` loads it
- * as nnUNetTrainerV2 all the same. `_BN` builds batch norm, which its weights' running statistics show.
+ * Trainers whose network and inference are nnUNetTrainerV2's: v1.7.1's own schedule, loss and
+ * augmentation variants, by exact name (each checked against v1's source), and the `_<N>epochs`
+ * ones users make. Any other is refused by name (its network may differ in what the weights do not
+ * show: a nonlinearity, group norm under `instnorm`); `trainer: "nnUNetTrainerV2"` loads it as
+ * nnUNetTrainerV2 all the same. `_BN` and `_DA3` build batch norm, which the weights' running
+ * statistics show.
  */
-const V2_LIKE =
-  /^nnUNetTrainerV2(_(noDeepSupervision|fp32|noMirroring|BN|\d+epochs|ep\d+|Loss_\w+|lReLU_\w+__|DA\d|SGD_\w+|Adam\w*|momentum\w*|warmup\w*|reduceMomentumDuringTraining|cycleAtEnd\w*|fast\w*))?$/;
+const V2_LIKE = new Set(
+  (
+    "nnUNetTrainerV2 nnUNetTrainerV2_Adam nnUNetTrainerV2_Adam_ReduceOnPlateau nnUNetTrainerV2_Adam_nnUNetTrainerlr " +
+    "nnUNetTrainerV2_BN nnUNetTrainerV2_DA2 nnUNetTrainerV2_DA3 nnUNetTrainerV2_DA5 nnUNetTrainerV2_Loss_CE " +
+    "nnUNetTrainerV2_Loss_CEGDL nnUNetTrainerV2_Loss_Dice nnUNetTrainerV2_Loss_DiceCE_noSmooth nnUNetTrainerV2_Loss_DiceTopK10 " +
+    "nnUNetTrainerV2_Loss_Dice_LR1en3 nnUNetTrainerV2_Loss_Dice_squared nnUNetTrainerV2_Loss_DicewithBG " +
+    "nnUNetTrainerV2_Loss_DicewithBG_LR1en3 nnUNetTrainerV2_Loss_MCC nnUNetTrainerV2_Loss_MCCnoBG nnUNetTrainerV2_Loss_TopK10 " +
+    "nnUNetTrainerV2_SGD_ReduceOnPlateau nnUNetTrainerV2_SGD_fixedSchedule nnUNetTrainerV2_SGD_fixedSchedule2 " +
+    "nnUNetTrainerV2_SGD_lr1en1 nnUNetTrainerV2_SGD_lr1en3 nnUNetTrainerV2_cycleAtEnd nnUNetTrainerV2_cycleAtEnd2 " +
+    "nnUNetTrainerV2_fp32 nnUNetTrainerV2_momentum09 nnUNetTrainerV2_momentum095 nnUNetTrainerV2_momentum098 " +
+    "nnUNetTrainerV2_momentum09in2D nnUNetTrainerV2_noDeepSupervision nnUNetTrainerV2_noMirroring " +
+    "nnUNetTrainerV2_reduceMomentumDuringTraining nnUNetTrainerV2_warmup"
+  ).split(" "),
+);
+/** The schedule variants users make by the thousand (nnUNetTrainerV2_250epochs …): the name says it. */
+const EPOCHS_VARIANT = /^nnUNetTrainerV2_\d+epochs$/;
 
 const mapGet = (m: unknown, k: unknown): unknown => (m instanceof Map ? (m.get(k) ?? m.get(String(k))) : undefined);
 
@@ -261,7 +292,7 @@ export function fromV1Plans(
   const modalities = plans.get("modalities");
   const nIn = modalities instanceof Map ? modalities.size : (plans.get("num_modalities") as number);
   if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${JSON.stringify(nIn)}`);
-  if (!V2_LIKE.test(trainer))
+  if (!V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
     throw new Error(
       `${where}: trainer ${trainer} is not nnUNetTrainerV2 or one of its schedule/loss variants, whose network bhsd rebuilds; if its network is nnUNetTrainerV2's, load it with { trainer: "nnUNetTrainerV2" }`,
     );
@@ -321,8 +352,29 @@ export function fromV1Plans(
   // (v1 masks the normalisation by the resampled crop mask; nnU-Net never asks it for a CT)
   if (useMask) throw new Error(`${where}: use_mask_for_norm on the resampled grid (v1's, for non-CT images) is not built`);
   const pre = plans.get("preprocessor_name");
-  if (pre !== undefined && pre !== "GenericPreprocessor" && pre !== "PreprocessorFor2D")
-    throw new Error(`${where}: preprocessor ${JSON.stringify(pre)}; bhsd follows GenericPreprocessor and PreprocessorFor2D`);
+  if (pre !== undefined && pre !== (dims === 2 ? "PreprocessorFor2D" : "GenericPreprocessor"))
+    throw new Error(
+      `${where}: preprocessor ${JSON.stringify(pre)} with a ${dims}-D patch; bhsd follows GenericPreprocessor (3-D) and PreprocessorFor2D (2-D)`,
+    );
+  // v1's predictor takes the export's resampling from the plans where they name one
+  const resampling = structuredClone(NNUNET_RESAMPLING) as Extract<typeof NNUNET_RESAMPLING, { type: "nnunet" }>;
+  const ep = plans.get("segmentation_export_params");
+  if (ep !== undefined) {
+    const force = mapGet(ep, "force_separate_z"),
+      order = mapGet(ep, "interpolation_order"),
+      orderZ = mapGet(ep, "interpolation_order_z");
+    const ok = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 5;
+    if (!(force == null || typeof force === "boolean") || !ok(order) || !ok(orderZ))
+      throw new Error(
+        `${where}: segmentation_export_params ${JSON.stringify([force, order, orderZ])} are not a force_separate_z and two orders`,
+      );
+    resampling.probabilities = {
+      ...resampling.probabilities,
+      order: order as number,
+      orderZ: orderZ as number,
+      forceSeparateZ: (force ?? null) as boolean | null,
+    };
+  }
 
   const classes: Record<string, string> = {};
   for (let k = 0; k <= (nc as number); k++) classes[String(k)] = classNames?.[String(k)] ?? (k === 0 ? "background" : `label ${k}`);
@@ -340,7 +392,7 @@ export function fromV1Plans(
       normalization,
       transposeForward: perm,
       stepSize: 0.5,
-      resampling: structuredClone(NNUNET_RESAMPLING),
+      resampling,
       cropToNonzero: true,
       normalizeAfterResampling: true,
       aggregate: "probabilities",
