@@ -282,3 +282,36 @@ test.serial("bhsd info and bhsd segment --nnunet take a v1 folder: the labels of
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("fuzz: 60 mutated .model.pkl files (the plans v1 loads) load or are refused with an Error naming the file, each within seconds", async (t) => {
+  const original = readFileSync(join(FOLDER, "fold_0", "model_final_checkpoint.model.pkl"));
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-fuzz-"));
+  try {
+    cpSync(FOLDER, dir, { recursive: true });
+    const pkl = join(dir, "fold_0", "model_final_checkpoint.model.pkl");
+    let seed = 20261206,
+      loaded = 0,
+      refused = 0;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let it = 0; it < 60; it++) {
+      const c = Buffer.from(original);
+      for (let k = 0, n = 1 + Math.floor(rnd() * 4); k < n; k++) c[Math.floor(rnd() * c.length)] = Math.floor(rnd() * 256);
+      writeFileSync(pkl, c);
+      const t0 = performance.now();
+      try {
+        (await loadNnunet(dir, { folds: [0], postprocessing: false })).dispose();
+        loaded++;
+      } catch (e) {
+        // a programming error (a property of undefined …) would be a TypeError without the file's name
+        if (e instanceof TypeError || !(e instanceof Error) || !/model_final_checkpoint|fold_0/.test(e.message))
+          t.fail(`mutation ${it}: ${(e as Error).constructor?.name}: ${(e as Error).message}`);
+        refused++;
+      }
+      t.true(performance.now() - t0 < 10_000, `mutation ${it} took ${performance.now() - t0} ms`);
+    }
+    t.log(`${loaded} loaded, ${refused} refused`);
+    t.true(refused > 10, "most random changes to the pickle break it");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
