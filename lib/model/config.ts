@@ -74,6 +74,12 @@ export interface ModelConfig {
    */
   aggregate: "logits" | "probabilities";
   /**
+   * A region-based model's (nnU-Net's regions_class_order): its outputs are one sigmoid channel per
+   * region, and a voxel's label is, of these values in this order, the last whose region's
+   * probability is above 0.5 (0 where none is). Absent: one softmax channel per class.
+   */
+  regions?: number[];
+  /**
    * Axes of the network's input grid (0 z, 1 y, 2 x, after transposeForward) along which the model
    * was trained mirrored, so that test-time mirroring may flip them (nnU-Net's
    * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
@@ -140,6 +146,16 @@ export function normalizeConfig(
     throw new Error(`model config: cropToNonzero must be true or false, got ${JSON.stringify(out.cropToNonzero)}`);
   if (typeof out.normalizeAfterResampling !== "boolean")
     throw new Error(`model config: normalizeAfterResampling must be true or false, got ${JSON.stringify(out.normalizeAfterResampling)}`);
+  if (
+    out.regions !== undefined &&
+    (!Array.isArray(out.regions) ||
+      !out.regions.length ||
+      out.regions.length > 255 ||
+      !out.regions.every((v) => Number.isInteger(v) && v >= 1 && v <= 255))
+  )
+    throw new Error(`model config: regions must list 1 to 255 label values in 1…255, got ${JSON.stringify(out.regions)}`);
+  if (out.regions !== undefined && out.aggregate !== "logits")
+    throw new Error('model config: a region-based model (regions) averages logits: aggregate must be "logits"');
   if (out.aggregate !== "logits" && out.aggregate !== "probabilities")
     throw new Error(`model config: aggregate must be "logits" or "probabilities", got ${JSON.stringify(out.aggregate)}`);
   const rank = modelInput?.length;

@@ -607,7 +607,8 @@ async function predictSlidingWindow(
   const { patch, padded, modelShape } = p;
   // (averaged probabilities need no softmax after)
   const probabilities = p.cfg.aggregate === "probabilities";
-  if (probabilities) softmax = false;
+  // (a region-based model's logits stay logits: the export thresholds each region's sigmoid)
+  if (probabilities || p.cfg.regions) softmax = false;
   const signal = run.signal;
   const lead = padded.map((q, i) => Math.floor((q - modelShape[i]!) / 2));
   const starts = windowStartsOf(p);
@@ -759,7 +760,16 @@ async function exportToCtGrid(
   // fresh JavaScript arrays of a 512×512×40 CT's 10 M voxels (labels 10 MB, scratch 42 MB) had cost
   // 0.1–0.2 s of page faults in these VMs
   const labels = allocArray("uint8", n, "labels") as Uint8Array;
-  if (!resampled && perm.every((q, i) => q === i)) {
+  const regions = p.cfg.regions;
+  if (regions) {
+    // nnU-Net's convert_probabilities_to_segmentation for regions: each region's logits on the CT's
+    // grid, its sigmoid above 0.5 (float32, as torch's) sets its value, a later region over an earlier
+    if (C !== regions.length) throw new Error(`the model gives ${C} channels for ${regions.length} regions`);
+    await forEachClassOnCtGrid(probs, C, p, pre, run, (k, back, lo, hi) => {
+      const value = regions[k]!;
+      for (let i = lo; i < hi; i++) if (sigmoid32(back[i]!) > 0.5) labels[i] = value;
+    });
+  } else if (!resampled && perm.every((q, i) => q === i)) {
     const lab = allocArray("int32", mvol, "argmax", { overwritten: true }) as Int32Array;
     await activeBackend().argmax(probs, 1, C, mvol, lab);
     labels.set(lab); // (class indices < C ≤ 255)
@@ -782,6 +792,11 @@ async function exportToCtGrid(
   }
   run.lap("resample back");
   return labels;
+}
+
+/** The logistic function rounded to float32 (torch.sigmoid's result type). */
+function sigmoid32(v: number): number {
+  return Math.fround(1 / (1 + Math.exp(-v)));
 }
 
 /**
@@ -822,7 +837,9 @@ async function addToCtGrid(
     const probs = allocArray("float32", C * m, "member probabilities", { overwritten: true }) as Float32Array;
     run.hold(probs.byteLength);
     await forEachClassOnCtGrid(values, C, p, pre, run, (k, back, lo, hi) => probs.set(back.subarray(lo, hi), k * m + lo));
-    await activeBackend().softmax(probs, 1, C, m, probs);
+    // (a region-based model's probabilities are each region's sigmoid)
+    if (p.cfg.regions) for (let i = 0; i < probs.length; i++) probs[i] = sigmoid32(probs[i]!);
+    else await activeBackend().softmax(probs, 1, C, m, probs);
     for (let k = 0; k < C; k++) {
       add(acc.subarray(k * n, (k + 1) * n), probs.subarray(k * m, (k + 1) * m), 0, m);
       await run.yielder.maybe();
@@ -830,7 +847,8 @@ async function addToCtGrid(
     run.held -= probs.byteLength;
     releaseEngineArray(probs);
   }
-  if (box)
+  // (outside the box: background certain — a region-based model's regions have probability 0 there)
+  if (box && !p.cfg.regions)
     forEachOutsideRun(box, ct.dims, (to, len) => {
       for (let j = 0; j < len; j++) acc[to + j]! += w;
     });
@@ -1044,9 +1062,12 @@ async function segmentEnsemble(
     }
   });
   const classes = JSON.stringify(models[0]!.config.classes);
+  const regions = models[0]!.config.regions;
   models.forEach((m, i) => {
     if (JSON.stringify(m.config.classes) !== classes)
       throw invalidParameterError(`model[${i}].config.classes`, `the classes of model[0] (${classes})`, m.config.classes);
+    if (JSON.stringify(m.config.regions) !== JSON.stringify(regions))
+      throw invalidParameterError(`model[${i}].config.regions`, `the regions of model[0] (${JSON.stringify(regions)})`, m.config.regions);
   });
   const opts = settings[0]!;
   // an ensemble's post-processing is its own (nnU-Net determines one for the ensemble): the caller's
@@ -1084,7 +1105,8 @@ async function segmentEnsemble(
     }
     await addToCtGrid(
       r.probs,
-      moves && m.config.aggregate === "logits",
+      // (a region-based model's are logits, moved or not: each gets its sigmoid)
+      (moves && m.config.aggregate === "logits") || !!m.config.regions,
       C,
       ct,
       work === ct ? null : box,
@@ -1109,13 +1131,18 @@ async function segmentEnsemble(
     run.signal?.throwIfAborted();
   }
   run.progress({ step: "postprocess", done: 1, total: 3 });
-  const lab = allocArray("int32", n, "argmax", { overwritten: true }) as Int32Array;
-  await activeBackend().argmax(acc!, 1, C, n, lab);
+  const labels = allocArray("uint8", n, "labels") as Uint8Array;
+  if (regions) {
+    // the mean of the members' region probabilities, each above 0.5 setting its value in order
+    for (let k = 0; k < C; k++) for (let i = 0; i < n; i++) if (acc![k * n + i]! > 0.5) labels[i] = regions[k]!;
+  } else {
+    const lab = allocArray("int32", n, "argmax", { overwritten: true }) as Int32Array;
+    await activeBackend().argmax(acc!, 1, C, n, lab);
+    labels.set(lab); // (class indices < C ≤ 255)
+    releaseEngineArray(lab);
+  }
   run.held -= acc!.byteLength;
   releaseEngineArray(acc!);
-  const labels = allocArray("uint8", n, "labels") as Uint8Array;
-  labels.set(lab); // (class indices < C ≤ 255)
-  releaseEngineArray(lab);
   run.lap("argmax");
   // (the box, where any member ran on it: it is the CT's one non-zero box)
   return finish(

@@ -295,6 +295,45 @@ function matchWeights(
 }
 
 /**
+ * dataset.json's labels as nnU-Net's LabelManager reads them: label values 0…K, each a softmax
+ * channel; or, where any label is a list of more than one value, regions — every entry but the
+ * background and `ignore`, in order, one sigmoid channel each, whose values `regions_class_order`
+ * gives (the label each region's voxels get).
+ */
+function labelsOf(
+  labels: Record<string, unknown>,
+  order: unknown,
+): { classes: Record<string, string>; numClasses: number; regions: number[] | null } {
+  const entries = Object.entries(labels).filter(([name]) => name !== "ignore");
+  const isLabel = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 255;
+  for (const [name, v] of entries)
+    if (!isLabel(v) && !(Array.isArray(v) && v.length > 0 && v.length <= 255 && v.every(isLabel)))
+      throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a label value 0…255 or a list of them (a region)`);
+  if (!entries.some(([, v]) => Array.isArray(v) && v.length > 1)) {
+    const classes: Record<string, string> = {};
+    for (const [name, v] of entries) classes[String(Array.isArray(v) ? v[0] : v)] = name;
+    const values = Object.keys(classes)
+      .map(Number)
+      .sort((a, b) => a - b);
+    if (!values.every((v, i) => v === i))
+      throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
+    return { classes, numClasses: values.length, regions: null };
+  }
+  const regionEntries = entries.filter(([, v]) => !(v === 0 || (Array.isArray(v) && v.every((x) => x === 0))));
+  if (
+    !Array.isArray(order) ||
+    order.length !== regionEntries.length ||
+    !order.every((v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 255)
+  )
+    throw new Error(
+      `dataset.json: a region-based model needs regions_class_order, ${regionEntries.length} label values in 1…255 (one per region: ${regionEntries.map(([n]) => n).join(", ")}), got ${JSON.stringify(order)}`,
+    );
+  const classes: Record<string, string> = { "0": "background" };
+  regionEntries.forEach(([name], i) => (classes[String(order[i])] = name));
+  return { classes, numClasses: regionEntries.length, regions: order as number[] };
+}
+
+/**
  * One fold's model: the checkpoint's tensors, matched to the network, become its weights as read
  * (engine memory, no copy); the graph's constants, shared by the folds, go into the encoded graph.
  * Closes the checkpoint.
@@ -404,28 +443,15 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const dataset = await readJson(join(folder, "dataset.json"), "dataset.json");
   const plans = await readJson(join(folder, "plans.json"), "plans.json");
 
-  // dataset.json: input channels and output classes (label value = channel; regions are not supported)
+  // dataset.json: input channels and output classes (label value = channel), or regions
   const channels = (dataset.channel_names ?? dataset.modality) as Record<string, unknown> | undefined;
   if (!channels || typeof channels !== "object") throw new Error("dataset.json has no channel_names");
   const labels = dataset.labels as Record<string, unknown> | undefined;
   if (!labels || typeof labels !== "object") throw new Error("dataset.json has no labels");
-  const classes: Record<string, string> = {};
-  for (const [name, v] of Object.entries(labels)) {
-    if (name === "ignore") continue;
-    if (Array.isArray(v))
-      throw new Error(
-        `dataset.json: label "${name}" is a region (${JSON.stringify(v)}); region-based models (sigmoid outputs) are not supported`,
-      );
-    if (!Number.isInteger(v) || (v as number) < 0)
-      throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a non-negative integer`);
-    classes[String(v)] = name;
-  }
+  const { classes, numClasses, regions } = labelsOf(labels, dataset.regions_class_order);
   const values = Object.keys(classes)
     .map(Number)
     .sort((a, b) => a - b);
-  if (!values.every((v, i) => v === i))
-    throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
-  const numClasses = values.length;
   const inputChannels = Object.keys(channels).length;
 
   // nnU-Net's post-processing chosen on the cross-validation of these folds, where the folder has it
@@ -467,6 +493,8 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           // a cascade's second stage takes the first stage's segmentation as input channels, one per
           // foreground class (nnU-Net's determine_num_input_channels)
           const cascade = typeof conf.previous_stage === "string";
+          if (cascade && regions)
+            throw new Error(`nnU-Net folder ${basename(folder)}: a region-based cascade stage; bhsd's cascades take label maps`);
           arch = architectureFromPlans(
             conf,
             inputChannels + (cascade ? numClasses - 1 : 0),
@@ -506,7 +534,15 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
   const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
   const config = normalizeConfig(
     // (the network's rank: a plans configuration whose patch disagrees with its conv_op is refused here)
-    { ...partial, classes, mirrorAxes, stepSize: 0.5, spatialDims: arch!.dims, ...(postprocessing ? { postprocessing } : {}) },
+    {
+      ...partial,
+      classes,
+      mirrorAxes,
+      stepSize: 0.5,
+      spatialDims: arch!.dims,
+      ...(postprocessing ? { postprocessing } : {}),
+      ...(regions ? { regions } : {}),
+    },
     "nnunet",
   );
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
