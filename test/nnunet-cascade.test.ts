@@ -5,7 +5,7 @@
  */
 import test from "ava";
 import { createHash } from "node:crypto";
-import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNnunet, readNifti, readNpy, segment, setBackend, volumeFromArray, writeNifti } from "../lib/index.js";
@@ -150,6 +150,41 @@ test.serial("bhsd segment --nnunet <cascade> [--previous-stage <folder>] writes 
     const bad = bhsdSync(["segment", join(dir, "ct.nii.gz"), "--nnunet", alone, "--quiet"], 60_000);
     t.is(bad.status, 1);
     t.regex(bad.stderr, /its first \(3d_lowres\) was not found .*--previous-stage/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("cascade plans that loop or point outside are refused: previous_stage must be another configuration, its stage no cascade", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-cascade-loop-"));
+  try {
+    cpSync(DATASET, dir, { recursive: true });
+    const cascade = join(dir, "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres");
+    const lowres = join(dir, "nnUNetTrainer__nnUNetPlans__3d_lowres");
+    const edit = (folder: string, f: (c: Record<string, Record<string, unknown>>) => void) => {
+      const plans = JSON.parse(readFileSync(join(folder, "plans.json"), "utf8")) as {
+        configurations: Record<string, Record<string, unknown>>;
+      };
+      f(plans.configurations);
+      writeFileSync(join(folder, "plans.json"), JSON.stringify(plans));
+    };
+    const original = readFileSync(join(cascade, "plans.json"));
+    for (const bad of ["3d_cascade_fullres", "../../x", "nope"]) {
+      edit(cascade, (c) => (c["3d_cascade_fullres"]!.previous_stage = bad));
+      await t.throwsAsync(loadNnunet(cascade), { message: /previous_stage .* is not another configuration of the plans/ }, bad);
+      writeFileSync(join(cascade, "plans.json"), original);
+    }
+    // a first stage whose plans make it a cascade too (A → B → A would never end)
+    edit(lowres, (c) => (c["3d_lowres"]!.previous_stage = "3d_cascade_fullres"));
+    await t.throwsAsync(loadNnunet(cascade), { message: /a cascade's first stage \(3d_lowres\) that names a previous stage itself/ });
+    writeFileSync(join(lowres, "plans.json"), original);
+    // the first stage given: of the configuration the plans name; the option only for a cascade
+    await t.throwsAsync(loadNnunet(cascade, { previousStage: cascade }), {
+      message: /holds configuration "3d_cascade_fullres", not the cascade's first stage "3d_lowres"|names a previous stage itself/,
+    });
+    await t.throwsAsync(loadNnunet(lowres, { previousStage: lowres }), {
+      message: /options\.previousStage is for a cascade's second stage/,
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -39,7 +39,7 @@ test("the fixture folders' files are the ones make.py wrote", (t) => {
 });
 
 test("plans.pkl: numpy arrays and scalars read as numbers, dicts as Maps", async (t) => {
-  const plans = (await readV1Pickle(join(FOLDER, "plans.pkl"))) as Map<string, unknown>;
+  const plans = (await readV1Pickle(join(FOLDER, "plans.pkl"))).value as Map<string, unknown>;
   t.true(plans instanceof Map);
   t.deepEqual(plans.get("transpose_forward"), [0, 1, 2]);
   const stage1 = (plans.get("plans_per_stage") as Map<number, Map<string, unknown>>).get(1)!;
@@ -53,9 +53,9 @@ test("plans.pkl: numpy arrays and scalars read as numbers, dicts as Maps", async
 
 test("v1 pickles: Fortran-ordered arrays in C order; hostile ones refused or read in bounded time", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-pkl-"));
-  const read = (name: string, bytes: Uint8Array) => {
+  const read = async (name: string, bytes: Uint8Array) => {
     writeFileSync(join(dir, name), bytes);
-    return readV1Pickle(join(dir, name));
+    return (await readV1Pickle(join(dir, name))).value;
   };
   try {
     // pickle.dumps({"a": np.arange(6, dtype=np.int64).reshape(2, 3).T.copy(order="F")}, protocol=2), numpy 1.24
@@ -85,6 +85,15 @@ test("v1 pickles: Fortran-ordered arrays in C order; hostile ones refused or rea
     // a BUILD that sets a list's length to 2^31 (23 bytes): refused, not walked
     const long = Buffer.from("\x80\x02]}(X\x06\x00\x00\x00lengthJ\xff\xff\xff\x7fub.", "latin1");
     await t.throwsAsync(read("l.pkl", long), { message: /lists, dicts and arrays of more than/ });
+    // a list given a `then` (a BUILD from a dict): read, not taken for a promise that never settles
+    const thenable = Buffer.from("\x80\x02]}\x8c\x04thencbuiltins\nset\nsb.", "latin1");
+    writeFileSync(join(dir, "t.pkl"), thenable);
+    const box = await readV1Pickle(join(dir, "t.pkl"));
+    t.true(Array.isArray(box.value));
+    // a 3·10^6-long list (a BUILD sets its length) given to set() again and again: the budget stops it
+    let amp = "\x80\x02]q\x00}(X\x06\x00\x00\x00lengthJ\xc0\xc6\x2d\x00ub";
+    for (let k = 0; k < 10; k++) amp += "cbuiltins\nset\n(h\x00tR0";
+    await t.throwsAsync(read("a.pkl", Buffer.from(amp + ".", "latin1")), { message: /lists, dicts and arrays of more than/ });
     // a 512 KB integer (pickleparser's BigInt reading is quadratic): refused by the scan before parsing
     const big = Buffer.alloc(3 + 4 + 512 * 1024 + 1, 0x7f);
     big.set([0x80, 0x02, 0x8b]);

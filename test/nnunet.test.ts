@@ -337,9 +337,11 @@ test("plans in nnU-Net's pre-2.4 format and configurations with inherits_from gi
   await t.throwsAsync(loadNnunet(loop), { message: /configuration "3d_fullres" inherits from itself/ });
 });
 
-test("a cascade's second stage (previous_stage in its plans) needs 1 + 5 input channels in its weights", async (t) => {
+test("a cascade's second stage (previous_stage in its plans) names another configuration and needs 1 + 5 input channels", async (t) => {
   // (test/nnunet-cascade.test.ts runs real cascades; here a 3d_fullres checkpoint under cascade plans)
-  const dir = variant({ plans: (p) => (p.configurations["3d_fullres"].previous_stage = "3d_lowres") });
+  const missing = variant({ plans: (p) => (p.configurations["3d_fullres"].previous_stage = "3d_lowres") });
+  await t.throwsAsync(loadNnunet(missing), { message: /previous_stage "3d_lowres" is not another configuration of the plans/ });
+  const dir = variant({ plans: (p) => (p.configurations["3d_fullres"].previous_stage = "2d") });
   await t.throwsAsync(loadNnunet(dir), {
     message:
       /network_weights\["encoder\.stages\.0\.0\.convs\.0\.conv\.weight"\] has shape \[8, 1, 1, 3, 3\]; the plans' PlainConvUNet needs \[8, 6, 1, 3, 3\]/,

@@ -334,7 +334,13 @@ export function fromNnunet(
       throw new Error(
         `plans.json: configuration "${configuration}" resamples the previous stage's labels with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape for them`,
       );
-    out.resampling.seg = nnunetStep(conf, "seg", configuration);
+    const seg = nnunetStep(conf, "seg", configuration);
+    // (resize_segmentation: a spline of order 1–5 per label; across a separate axis, nearest)
+    if (seg.order < 1 || seg.order > 5 || seg.orderZ !== 0)
+      throw new Error(
+        `plans.json: configuration "${configuration}" resamples the previous stage's labels with order ${seg.order} / order_z ${seg.orderZ}; bhsd has orders 1–5 with order_z 0`,
+      );
+    out.resampling.seg = seg;
   }
   const scheme = (conf.normalization_schemes as string[] | undefined)?.[0];
   const props = (plans.foreground_intensity_properties_per_channel as Record<string, Record<string, number>> | undefined)?.["0"];

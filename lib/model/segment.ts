@@ -547,9 +547,18 @@ async function withPreviousStage(
   const tr = transpose3(labels, p.zyx, p.perm);
   const rs = p.cfg.resampling;
   const step = (rs.type === "nnunet" ? rs.seg : undefined) ?? { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 };
-  const onGrid = await resampleLabelsNnunet(tr.data, gridShape, p.modelShape, p.gridSpacing, p.target, step, () => run.yielder.maybe());
-  if (tr.data !== labels) releaseEngineArray(tr.data);
-  releaseEngineArray(labels);
+  let onGrid: Uint8Array;
+  try {
+    // (the caller's bound on the grids, and its signal between the labels)
+    const between = () => {
+      run.signal?.throwIfAborted();
+      return run.yielder.maybe();
+    };
+    onGrid = await resampleLabelsNnunet(tr.data, gridShape, p.modelShape, p.gridSpacing, p.target, step, between, cap(p));
+  } finally {
+    if (tr.data !== labels) releaseEngineArray(tr.data);
+    releaseEngineArray(labels);
+  }
   const foreground = Object.keys(p.cfg.classes)
     .map(Number)
     .filter((k) => k > 0)
@@ -952,9 +961,10 @@ export async function segment(
   run.progress({ step: "preprocess", done: 0, total: 3 });
   // (nnU-Net's crop to the non-zero region: the run's CT is that box, the labels go back into the whole)
   const box = one.config.cropToNonzero ? nonzeroBox(ct) : null;
-  const previous = await previousStageLabels(ct, one, box, opts);
   const work = box ? cropVolume(ct, box) : ct;
+  // (planned, and so bounded, before a cascade's first stage runs)
   const p = plan(work, one.config, opts);
+  const previous = await previousStageLabels(ct, one, box, opts);
   const pre = await preprocess(work, p, run, previous);
   // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
@@ -983,6 +993,7 @@ export async function segment(
 async function previousStageLabels(ct: Volume, model: SegmentModel, box: Box | null, opts: Settings): Promise<Uint8Array | undefined> {
   const prev = model.previousStage;
   if (!prev) return undefined;
+  if (prev.previousStage) throw invalidParameterError("model.previousStage", "a first stage that is no cascade itself", prev.name);
   const mirror = opts.mirrorAxes.length > 0;
   const { labels } = await segment(ct, prev, {
     mirror,

@@ -73,7 +73,9 @@ export class TensorRef {
     readonly offset: number,
     readonly shape: number[],
     readonly stride: number[],
-  ) {}
+  ) {
+    Object.freeze(this);
+  }
   get numel(): number {
     return this.shape.reduce((a, b) => a * b, 1);
   }
@@ -145,7 +147,20 @@ const INERT_NAMESPACES = ["torch.", "numpy.", "collections.", "nnunetv2.", "dyna
 
 const label = (module: string, name: string) => `${module}.${name}`;
 
-function resolveGlobal(module: string, name: string, where: string): (...args: unknown[]) => unknown {
+/**
+ * The work a parse's globals may do in all (items copied, characters encoded), charged as they run:
+ * a few bytes of pickle can call a global on a 10^7-item list (a BUILD sets its length) again and
+ * again. Proportional to the pickle's size.
+ */
+export function pickleBudget(bytes: number, where: string): (n: number) => void {
+  let left = 8 * bytes + 1_000_000;
+  return (n: number) => {
+    left -= n;
+    if (left < 0) throw new CheckpointError(`${where}: the pickle's objects are far larger than its ${bytes} bytes could hold`);
+  };
+}
+
+function resolveGlobal(module: string, name: string, where: string, charge: (n: number) => void): (...args: unknown[]) => unknown {
   const fqn = label(module, name);
   switch (fqn) {
     case "collections.OrderedDict":
@@ -155,6 +170,7 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
         // (a list's length can be set by a BUILD to 2^31 without a byte behind it: bounded first)
         if (Array.isArray(items)) {
           if (items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a dict of ${items.length} items`);
+          charge(items.length);
           for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
         }
         return d;
@@ -171,7 +187,8 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
           (offset as number) < 0
         )
           throw new CheckpointError(`${where}: ${fqn} got a malformed size/stride/offset (${JSON.stringify([size, stride, offset])})`);
-        return new TensorRef(storage, offset as number, size, stride);
+        // (frozen, as the shape and strides: a later BUILD cannot change what was checked)
+        return new TensorRef(storage, offset as number, Object.freeze([...size]) as number[], Object.freeze([...stride]) as number[]);
       };
     case "torch._utils._rebuild_parameter":
     case "torch._utils._rebuild_parameter_with_state":
@@ -187,12 +204,16 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     case "_codecs.encode":
       return (s: unknown, encoding?: unknown) => {
         if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
+        charge(s.length);
         if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1")
           return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
         return new TextEncoder().encode(s);
       };
     case "numpy.dtype":
-      return (str: unknown) => new NumpyDType(String(str));
+      return (str: unknown) => {
+        if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of ${typeName(str)}`);
+        return new NumpyDType(str);
+      };
     case "numpy.core.multiarray.scalar":
     case "numpy._core.multiarray.scalar":
       return (dtype: unknown, bytes: unknown) => numpyScalar(dtype, bytes) ?? new Opaque(fqn, [dtype, bytes]);
@@ -200,12 +221,14 @@ function resolveGlobal(module: string, name: string, where: string): (...args: u
     case "builtins.frozenset":
       return (items?: unknown) => {
         if (Array.isArray(items) && items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a set of ${items.length} items`);
+        if (Array.isArray(items)) charge(items.length);
         return Array.isArray(items) ? [...items] : [];
       };
   }
   if (module === "torch" && STORAGE_TYPES[name]) {
     const st = STORAGE_TYPES[name]!;
-    return Object.assign(() => new StorageType(name, st.dtype, st.bytes), { storageType: new StorageType(name, st.dtype, st.bytes) });
+    const type = Object.freeze(new StorageType(name, st.dtype, st.bytes));
+    return Object.freeze(Object.assign(() => type, { storageType: type }));
   }
   if (
     INERT_NAMESPACES.some((p) => fqn.startsWith(p)) ||
@@ -471,7 +494,8 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
         );
       const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
       const st = (type as { storageType?: StorageType })?.storageType;
-      if (!st) throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
+      if (!(st instanceof StorageType) || !Object.isFrozen(st))
+        throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
       if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
         throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
       if (!Number.isSafeInteger(numel) || (numel as number) < 0)
@@ -482,16 +506,17 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
           throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
         return had;
       }
-      const s = new StorageRef(key, st.dtype, st.bytes, numel as number, String(location));
+      const s = Object.freeze(new StorageRef(key, st.dtype, st.bytes, numel as number, String(location)));
       storages.set(key, s);
       return s;
     };
+    const charge = pickleBudget(pklBytes.length, where);
     const obj = unpickle(
       pklBytes,
       where,
       "a checkpoint",
       "malformed data.pkl",
-      (module, name) => resolveGlobal(module, name, where),
+      (module, name) => resolveGlobal(module, name, where, charge),
       persistent,
     );
     return {

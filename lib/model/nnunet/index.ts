@@ -295,6 +295,40 @@ function matchWeights(
 }
 
 /**
+ * A cascade's stages, before any checkpoint is read: previous_stage names another configuration of
+ * the plans (a plain name: it becomes part of a folder's name); a first stage is the configuration
+ * its cascade names and no cascade itself (nnU-Net's have two stages: no loops); the option
+ * `previousStage` only for a second stage.
+ */
+function checkStages(
+  conf: Record<string, unknown>,
+  configuration: string,
+  plans: Record<string, unknown>,
+  firstStageOf: string | null,
+  opts: LoadNnunetOptions,
+  trainerFolder: string,
+): void {
+  const prevName = conf.previous_stage;
+  if (firstStageOf !== null) {
+    // nnU-Net's cascades have two stages: a first stage that is itself one is refused (no loops)
+    if (prevName !== undefined && prevName !== null)
+      throw new Error(`nnU-Net folder ${trainerFolder}: a cascade's first stage (${firstStageOf}) that names a previous stage itself`);
+    if (configuration !== firstStageOf)
+      throw new Error(
+        `nnU-Net folder ${trainerFolder} holds configuration "${configuration}", not the cascade's first stage "${firstStageOf}"`,
+      );
+  }
+  if (prevName !== undefined && prevName !== null) {
+    const confs = plans.configurations as Record<string, unknown>;
+    if (typeof prevName !== "string" || !/^[A-Za-z0-9_]+$/.test(prevName) || !Object.hasOwn(confs, prevName) || prevName === configuration)
+      throw new Error(
+        `plans.json: configuration "${configuration}"'s previous_stage ${JSON.stringify(prevName)} is not another configuration of the plans`,
+      );
+  } else if (opts.previousStage !== undefined)
+    throw new Error(`options.previousStage is for a cascade's second stage; configuration "${configuration}" of ${trainerFolder} is none`);
+}
+
+/**
  * dataset.json's labels as nnU-Net's LabelManager reads them: label values 0…K, each a softmax
  * channel; or, where any label is a list of more than one value, regions — every entry but the
  * background and `ignore`, in order, one sigmoid channel each, whose values `regions_class_order`
@@ -386,6 +420,11 @@ async function foldModel(
  * network (missing, unexpected, wrong shape, not float32, not contiguous).
  */
 export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOptions): Promise<NnunetModel> {
+  return loadStage(trainerFolder, options, null);
+}
+
+/** loadNnunet, or (`firstStageOf`) a cascade's first stage, which must be that configuration and no cascade itself. */
+async function loadStage(trainerFolder: string, options: LoadNnunetOptions | undefined, firstStageOf: string | null): Promise<NnunetModel> {
   if (typeof trainerFolder !== "string" || !trainerFolder)
     throw invalidParameterError("trainerFolder", "the path of an nnU-Net trainer folder", trainerFolder);
   const opts = optionsObject("options", options) as LoadNnunetOptions;
@@ -427,7 +466,12 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
   if (opts.folds !== undefined && new Set(opts.folds).size !== opts.folds.length)
     throw invalidParameterError("options.folds", "distinct folds", opts.folds);
-  if (isNnunetV1Folder(folder)) return loadNnunetV1(folder, trainerFolder, opts, precision);
+  if (isNnunetV1Folder(folder)) {
+    if (firstStageOf) throw new Error(`nnU-Net folder ${trainerFolder} is an nnU-Net v1 folder, not the v2 ${firstStageOf} stage`);
+    if (opts.previousStage !== undefined)
+      throw new Error(`options.previousStage is for a v2 cascade's second stage; ${trainerFolder} is an nnU-Net v1 folder`);
+    return loadNnunetV1(folder, trainerFolder, opts, precision);
+  }
   if (opts.trainer !== undefined) throw new Error(`options.trainer is for nnU-Net v1 folders; ${trainerFolder} has plans.json (v2)`);
   const file = `checkpoint_${ckName}.pth`;
   let folds: Fold[];
@@ -492,6 +536,7 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           conf = resolveConfiguration(plans, configuration);
           // a cascade's second stage takes the first stage's segmentation as input channels, one per
           // foreground class (nnU-Net's determine_num_input_channels)
+          checkStages(conf, configuration, plans, firstStageOf, opts, trainerFolder);
           const cascade = typeof conf.previous_stage === "string";
           if (cascade && regions)
             throw new Error(`nnU-Net folder ${basename(folder)}: a region-based cascade stage; bhsd's cascades take label maps`);
@@ -529,31 +574,42 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
     throw e;
   }
 
-  // the config segment() uses: plans' patch, spacing and normalisation, the checkpoint's mirror axes
-  // (fromNnunet maps plans' spacing, kept in the network's transposed order, back to (z, y, x))
-  const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
-  const config = normalizeConfig(
-    // (the network's rank: a plans configuration whose patch disagrees with its conv_op is refused here)
-    {
-      ...partial,
-      classes,
-      mirrorAxes,
-      stepSize: 0.5,
-      spatialDims: arch!.dims,
-      ...(postprocessing ? { postprocessing } : {}),
-      ...(regions ? { regions } : {}),
-    },
-    "nnunet",
-  );
+  let config: ModelConfig;
   const name = `${basename(folder)} (${configuration}, fold${folds.length > 1 ? "s" : ""} ${folds.join(", ")})`;
   let previousStage: NnunetModel | undefined;
   let ownsPreviousStage = false;
+  try {
+    // the config segment() uses: plans' patch, spacing and normalisation, the checkpoint's mirror axes
+    // (fromNnunet maps plans' spacing, kept in the network's transposed order, back to (z, y, x))
+    const partial = fromNnunet({ ...plans, configurations: { [configuration]: conf! } }, { labels: {} }, configuration);
+    config = normalizeConfig(
+      // (the network's rank: a plans configuration whose patch disagrees with its conv_op is refused here)
+      {
+        ...partial,
+        classes,
+        mirrorAxes,
+        stepSize: 0.5,
+        spatialDims: arch!.dims,
+        ...(postprocessing ? { postprocessing } : {}),
+        ...(regions ? { regions } : {}),
+      },
+      "nnunet",
+    );
+  } catch (e) {
+    for (const m of foldModels) (m as { dispose?: () => void }).dispose?.();
+    throw e;
+  }
   if (typeof conf!.previous_stage === "string") {
     try {
       if (inputChannels !== 1)
         throw new Error(`nnU-Net folder ${basename(folder)}: a cascade of ${inputChannels} input channels; segment() feeds one (a CT)`);
-      if (opts.previousStage instanceof NnunetModel) previousStage = opts.previousStage;
-      else {
+      if (opts.previousStage instanceof NnunetModel) {
+        previousStage = opts.previousStage;
+        if (previousStage.previousStage || previousStage.configuration !== conf!.previous_stage)
+          throw new Error(
+            `options.previousStage is ${previousStage.name}; configuration "${configuration}" needs its first stage "${conf!.previous_stage}", no cascade itself`,
+          );
+      } else {
         // nnU-Net's layout: Trainer__Plans__<configuration> side by side
         const parts = basename(folder).split("__");
         const sibling = parts.length === 3 ? join(dirname(folder), `${parts[0]}__${parts[1]}__${conf!.previous_stage}`) : undefined;
@@ -562,11 +618,17 @@ export async function loadNnunet(trainerFolder: string, options?: LoadNnunetOpti
           throw new Error(
             `nnU-Net folder ${basename(folder)}: configuration "${configuration}" is a cascade's second stage; its first (${conf!.previous_stage}) was not found${sibling ? ` at ${sibling}` : ""}: give it as options.previousStage (bhsd segment --previous-stage)`,
           );
-        previousStage = await loadNnunet(prevFolder, {
-          ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
-          ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
-          ...(precision ? { precision } : {}),
-        });
+        // (its own post-processing is never applied: not read)
+        previousStage = await loadStage(
+          prevFolder,
+          {
+            ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+            ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
+            ...(precision ? { precision } : {}),
+            postprocessing: false,
+          },
+          conf!.previous_stage,
+        );
         ownsPreviousStage = true;
       }
       if (JSON.stringify(previousStage.config.classes) !== JSON.stringify(config.classes))

@@ -55,7 +55,11 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
     const root = unpickle(bytes, where, "nnU-Net's post-processing", "not a readable pickle", (module, name) => {
       const fqn = `${module}.${name}`;
       if (fqn === LARGEST_GLOBAL) return LARGEST_MARK;
-      if (fqn === "numpy.dtype") return (str: unknown) => new NumpyDType(String(str));
+      if (fqn === "numpy.dtype")
+        return (str: unknown) => {
+          if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of a ${typeof str}`);
+          return new NumpyDType(str);
+        };
       if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
         return (dtype: unknown, b: unknown) => {
           // labels are numpy integers (LabelManager's np.unique): a float or bool is not one

@@ -14,7 +14,7 @@
  * any global other than the few a v1 pickle holds refuses the file.
  */
 import { existsSync, readdirSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { normalizeConfig, type ModelConfig, type Normalization } from "../config.js";
 import { NNUNET_RESAMPLING } from "../resample.js";
@@ -84,15 +84,29 @@ class NumpyArray {
   }
 }
 
-/** A v1 pickle (plans.pkl, model_*.model.pkl): dicts as Maps, numpy arrays as nested arrays, numpy scalars as numbers. */
-export async function readV1Pickle(path: string): Promise<unknown> {
+/**
+ * A v1 pickle (plans.pkl, model_*.model.pkl): dicts as Maps, numpy arrays as nested arrays, numpy
+ * scalars as numbers. (Boxed: a pickle can give a list a `then` property, which an async function's
+ * result would be taken for a promise by.)
+ */
+export async function readV1Pickle(path: string): Promise<{ value: unknown }> {
   const where = `nnU-Net v1 ${basename(path)}`;
   const st = await stat(path).catch((e: Error) => {
     throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
   });
   if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
   if (st.size > MAX_PICKLE_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_PICKLE_BYTES} nnU-Net's plans take`);
-  const bytes = await readFile(path);
+  // (no more than the limit, should the file grow after the stat)
+  const fh = await open(path, "r");
+  let bytes: Uint8Array;
+  try {
+    const buf = Buffer.alloc(Math.min(st.size, MAX_PICKLE_BYTES) + 1);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    if (bytesRead > MAX_PICKLE_BYTES) throw new Error(`${where}: more than the ${MAX_PICKLE_BYTES} bytes nnU-Net's plans take`);
+    bytes = buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
   // every list, dict and numpy array counts against one budget before it is walked or built: a
   // BUILD can set a list's length to 2^31 with no byte behind it
   const budget = { left: MAX_ARRAY_VALUES + bytes.length };
@@ -114,7 +128,10 @@ export async function readV1Pickle(path: string): Promise<unknown> {
           return d;
         };
       case "numpy.dtype":
-        return (str: unknown) => new NumpyDType(String(str));
+        return (str: unknown) => {
+          if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of ${typeName(str)}`);
+          return new NumpyDType(str);
+        };
       case "numpy.core.multiarray.scalar":
       case "numpy._core.multiarray.scalar":
         return (dtype: unknown, b: unknown) => {
@@ -130,6 +147,7 @@ export async function readV1Pickle(path: string): Promise<unknown> {
       case "_codecs.encode":
         return (s: unknown) => {
           if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
+          take(s.length);
           return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
         };
       case "builtins.set":
@@ -164,7 +182,7 @@ export async function readV1Pickle(path: string): Promise<unknown> {
     }
     return v;
   };
-  return plain(root, 0);
+  return { value: plain(root, 0) };
 }
 
 /**
@@ -203,7 +221,7 @@ export interface V1Info {
 
 export async function readV1ModelPkl(path: string): Promise<V1Info> {
   const where = `nnU-Net v1 ${basename(path)}`;
-  const info = await readV1Pickle(path);
+  const { value: info } = await readV1Pickle(path);
   if (!(info instanceof Map)) throw new Error(`${where}: the pickle is ${typeName(info)}, not v1's {init, name, plans}`);
   const name = info.get("name");
   if (typeof name !== "string") throw new Error(`${where}: no trainer "name"`);
