@@ -324,3 +324,47 @@ test("fuzz: 60 mutated .model.pkl files (the plans v1 loads) load or are refused
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+const CASCADE_V1 = join(DIR, "nnUNet", "3d_cascade_fullres", "Task501_PhantomICH", "nnUNetTrainerV2CascadeFullRes__nnUNetPlansv2.1");
+const LOWRES_V1 = join(DIR, "nnUNet", "3d_lowres", "Task501_PhantomICH", "nnUNetTrainerV2__nnUNetPlansv2.1");
+
+for (const { name: backend } of backends)
+  test.serial(`${backend}: a v1 cascade (nnUNetTrainerV2CascadeFullRes) gives v1's labels of both stages`, async (t) => {
+    setBackend(backend);
+    const [ct, low, lowMargin, want, margin] = await Promise.all(
+      ["e2e_ct", "cascade_lowres_labels", "cascade_lowres_margin", "cascade_labels", "cascade_margin"].map(npy),
+    );
+    const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+    const m = await loadNnunet(CASCADE_V1);
+    try {
+      t.is(m.configuration, "3d_cascade_fullres");
+      t.is(m.architecture.inputChannels, 6);
+      t.is(m.previousStage?.configuration, "3d_lowres");
+      // the first stage as nnUNet_predict leaves it: its folder's post-processing applied
+      const first = await segment(vol, m.previousStage!);
+      t.is(compare(first.labels.data, low!.data as Uint8Array, lowMargin!.data as Float32Array).differ, 0);
+      const { labels } = await segment(vol, m, { cleanup: false });
+      const { compared, differ } = compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array);
+      t.true(compared > 0.99 * labels.data.length, `${compared} compared`);
+      t.is(differ, 0);
+    } finally {
+      m.dispose();
+    }
+  });
+
+test("a v1 cascade without its 3d_lowres sibling names what it needs; previousStage as a folder works", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-v1-cascade-"));
+  try {
+    const alone = join(dir, "nnUNetTrainerV2CascadeFullRes__nnUNetPlansv2.1");
+    cpSync(CASCADE_V1, alone, { recursive: true });
+    await t.throwsAsync(loadNnunet(alone), {
+      message: /its first stage \(3d_lowres\) was not found at .*3d_lowres.*nnUNetTrainerV2__nnUNetPlansv2\.1/,
+    });
+    const m = await loadNnunet(alone, { previousStage: LOWRES_V1 });
+    t.is(m.previousStage?.trainerName, "nnUNetTrainerV2");
+    m.dispose();
+    await t.throwsAsync(loadNnunet(alone, { previousStage: FOLDER }), { message: /not the cascade's first stage "3d_lowres"/ });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -80,6 +80,14 @@ export interface ModelConfig {
    */
   regions?: number[];
   /**
+   * A cascade's second stage: how its first stage's labels are taken. nnU-Net v2 (the default,
+   * `{ cropped: true, postprocessed: false }`): cropped with the CT, resampled by `resampling.seg`,
+   * the first stage not post-processed. nnU-Net v1 (`{ cropped: false, postprocessed: true }`): the
+   * whole CT's labels after the first stage's own post-processing, resized to the cropped model grid
+   * (v1's predictor does not crop them).
+   */
+  previousStage?: { cropped: boolean; postprocessed: boolean };
+  /**
    * Axes of the network's input grid (0 z, 1 y, 2 x, after transposeForward) along which the model
    * was trained mirrored, so that test-time mirroring may flip them (nnU-Net's
    * inference_allowed_mirroring_axes). `segment(…, { mirror: true })` flips these. Default all three.
@@ -154,6 +162,19 @@ export function normalizeConfig(
       !out.regions.every((v) => Number.isInteger(v) && v >= 1 && v <= 255))
   )
     throw new Error(`model config: regions must list 1 to 255 label values in 1…255, got ${JSON.stringify(out.regions)}`);
+  const ps = out.previousStage as unknown;
+  if (
+    ps !== undefined &&
+    !(
+      typeof ps === "object" &&
+      ps !== null &&
+      typeof (ps as { cropped?: unknown }).cropped === "boolean" &&
+      typeof (ps as { postprocessed?: unknown }).postprocessed === "boolean"
+    )
+  )
+    throw new Error(
+      `model config: previousStage must be { cropped: true | false, postprocessed: true | false }, got ${JSON.stringify(ps)}`,
+    );
   if (out.regions !== undefined && out.aggregate !== "logits")
     throw new Error('model config: a region-based model (regions) averages logits: aggregate must be "logits"');
   if (out.aggregate !== "logits" && out.aggregate !== "probabilities")
@@ -335,10 +356,10 @@ export function fromNnunet(
         `plans.json: configuration "${configuration}" resamples the previous stage's labels with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape for them`,
       );
     const seg = nnunetStep(conf, "seg", configuration);
-    // (resize_segmentation: a spline of order 1–5 per label; across a separate axis, nearest)
-    if (seg.order < 1 || seg.order > 5 || seg.orderZ !== 0)
+    // (resize_segmentation: each label's mask linear, as nnU-Net's default; across a separate axis, nearest)
+    if (seg.order !== 1 || seg.orderZ !== 0)
       throw new Error(
-        `plans.json: configuration "${configuration}" resamples the previous stage's labels with order ${seg.order} / order_z ${seg.orderZ}; bhsd has orders 1–5 with order_z 0`,
+        `plans.json: configuration "${configuration}" resamples the previous stage's labels with order ${seg.order} / order_z ${seg.orderZ}; bhsd has nnU-Net's default, order 1 with order_z 0`,
       );
     out.resampling.seg = seg;
   }

@@ -2,7 +2,7 @@
 import { invalidParameterError } from "../is.js";
 import * as ops from "../ops/tensor.js";
 import type { Volume } from "../types.js";
-import { allocArray, ARRAY_CTOR, assertVolume } from "../volume.js";
+import { ARRAY_CTOR, assertVolume } from "../volume.js";
 import { dtypeOf } from "../is.js";
 import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { zoomAxis } from "../ops/spline.js";
@@ -211,24 +211,110 @@ export async function resampleLabelsNnunet(
 ): Promise<Uint8Array> {
   const n = newShape[0] * newShape[1] * newShape[2];
   if (shape.every((d, i) => d === newShape[i])) return Uint8Array.from(labels);
-  if (step.order < 1 || step.order > 5)
-    throw new RangeError(`a label map is resampled with a spline of order 1 to 5 (resize_segmentation), not ${step.order}`);
+  if (step.order !== 1)
+    throw new RangeError(`a label map is resampled with a linear spline here (resize_segmentation's order 1), not order ${step.order}`);
   if (step.orderZ !== 0)
     throw new RangeError(`a label map is resampled across a separate axis with order_z 0 (nearest) here, not ${step.orderZ}`);
+  const axis = separateAxis(step.forceSeparateZ, currentSpacing, newSpacing, step.anisotropyThreshold);
+  // in-plane (or every axis) first, as nnU-Net: the grid between is the in-plane result
+  const mid = [...newShape] as [number, number, number];
+  if (axis !== null) mid[axis] = shape[axis];
+  const peak = Math.max(shape[0] * shape[1] * shape[2], mid[0] * mid[1] * mid[2], n);
+  if (peak > maxVoxels)
+    throw new RangeError(
+      `resampling labels [${shape.join(", ")}] to [${newShape.join(", ")}] passes through a grid of ${peak} voxels, over ${maxVoxels}`,
+    );
   const present = new Set<number>();
   for (let i = 0; i < labels.length; i++) if (labels[i]! > 0) present.add(labels[i]!);
   const out = new Uint8Array(n);
-  const mask = allocArray("float32", labels.length, "label mask", { overwritten: true }) as Float32Array;
-  try {
-    for (const c of [...present].sort((a, b) => a - b)) {
-      for (let i = 0; i < labels.length; i++) mask[i] = labels[i] === c ? 1 : 0;
-      const r = await resampleNnunet(mask, shape, newShape, currentSpacing, newSpacing, step, between, maxVoxels, true);
-      for (let i = 0; i < n; i++) if (r[i]! >= 0.5) out[i] = c;
-      if (r !== mask) releaseEngineArray(r);
-      await between();
+  for (const c of [...present].sort((a, b) => a - b)) {
+    let m: Float64Array = linearMaskZoom(labels, c, shape, mid);
+    await between();
+    if (axis !== null && mid[axis] !== newShape[axis]) m = zoomAxis(m, mid, axis, newShape[axis]!, 0, true);
+    for (let i = 0; i < n; i++) if (m[i]! >= 0.5) out[i] = c;
+    await between();
+  }
+  return out;
+}
+
+/**
+ * The 0/1 mask `labels === c` resized from `shape` to `newShape` by linear interpolation over every
+ * axis at once, as scipy.ndimage.zoom (grid_mode, mode nearest, order 1) computes it — the
+ * arithmetic of NI_ZoomShift: per output voxel the 2^3 corners in C order, each one's weights
+ * multiplied left to right, summed in that order; weights 1 − x and 1 − (1 − x). (Separable
+ * passes round otherwise: a value that is 0.49999999999999994 there can come out 0.5, and the
+ * threshold at 0.5 then gives another label.) An axis that keeps its size has weights 1 and 0,
+ * which change nothing: it is copied.
+ */
+function linearMaskZoom(
+  labels: Uint8Array,
+  c: number,
+  shape: readonly [number, number, number],
+  newShape: readonly [number, number, number],
+): Float64Array {
+  const taps = [0, 1, 2].map((ax) => {
+    const n = shape[ax]!,
+      m = newShape[ax]!;
+    const i0 = new Int32Array(m),
+      i1 = new Int32Array(m);
+    const w0 = new Float64Array(m),
+      w1 = new Float64Array(m);
+    const zoom = n / m;
+    for (let j = 0; j < m; j++) {
+      if (n === m) {
+        i0[j] = i1[j] = j;
+        w0[j] = 1;
+        w1[j] = 0;
+        continue;
+      }
+      let cc = j;
+      cc += 0.5;
+      cc *= zoom;
+      cc -= 0.5;
+      const start = Math.floor(cc);
+      const x = cc - start;
+      w0[j] = 1.0 - x;
+      w1[j] = 1.0 - w0[j]!;
+      i0[j] = Math.min(n - 1, Math.max(0, start));
+      i1[j] = Math.min(n - 1, Math.max(0, start + 1));
     }
-  } finally {
-    releaseEngineArray(mask);
+    return { i0, i1, w0, w1 };
+  });
+  const [tz, ty, tx] = taps as [(typeof taps)[0], (typeof taps)[0], (typeof taps)[0]];
+  const [, H, W] = shape;
+  const [D2, H2, W2] = newShape;
+  const out = new Float64Array(D2 * H2 * W2);
+  let o = 0;
+  for (let z = 0; z < D2; z++) {
+    const z0 = tz.i0[z]! * H,
+      z1 = tz.i1[z]! * H,
+      wz0 = tz.w0[z]!,
+      wz1 = tz.w1[z]!;
+    for (let y = 0; y < H2; y++) {
+      const r00 = (z0 + ty.i0[y]!) * W,
+        r01 = (z0 + ty.i1[y]!) * W,
+        r10 = (z1 + ty.i0[y]!) * W,
+        r11 = (z1 + ty.i1[y]!) * W;
+      const wy0 = ty.w0[y]!,
+        wy1 = ty.w1[y]!;
+      for (let x = 0; x < W2; x++) {
+        const x0 = tx.i0[x]!,
+          x1 = tx.i1[x]!,
+          wx0 = tx.w0[x]!,
+          wx1 = tx.w1[x]!;
+        // (the corners in C order, z slowest; each product left to right, as NI_ZoomShift)
+        let t = 0;
+        if (labels[r00 + x0] === c) t += wz0 * wy0 * wx0;
+        if (labels[r00 + x1] === c) t += wz0 * wy0 * wx1;
+        if (labels[r01 + x0] === c) t += wz0 * wy1 * wx0;
+        if (labels[r01 + x1] === c) t += wz0 * wy1 * wx1;
+        if (labels[r10 + x0] === c) t += wz1 * wy0 * wx0;
+        if (labels[r10 + x1] === c) t += wz1 * wy0 * wx1;
+        if (labels[r11 + x0] === c) t += wz1 * wy1 * wx0;
+        if (labels[r11 + x1] === c) t += wz1 * wy1 * wx1;
+        out[o++] = t;
+      }
+    }
   }
   return out;
 }

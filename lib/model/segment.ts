@@ -487,7 +487,7 @@ async function preprocess(
   ct: Volume,
   p: SegmentPlan,
   run: SegmentRun,
-  previous?: Uint8Array,
+  previous?: { labels: Uint8Array; zyx: [number, number, number] },
 ): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
   const norm = p.cfg.normalization;
   // nnU-Net v1 (normalizeAfterResampling): NaN to 0, resample, then normalise on the model's grid
@@ -527,7 +527,7 @@ async function preprocess(
     x = { data: y, shape: x.shape };
     run.lap("normalize");
   }
-  if (previous) x = await withPreviousStage(x, previous, gridShape, p, run);
+  if (previous) x = await withPreviousStage(x, previous.labels, previous.zyx, p, run);
   return { x, gridShape, resampled };
 }
 
@@ -540,11 +540,13 @@ async function preprocess(
 async function withPreviousStage(
   x: Tensor,
   labels: Uint8Array,
-  gridShape: [number, number, number],
+  zyx: [number, number, number],
   p: SegmentPlan,
   run: SegmentRun,
 ): Promise<Tensor> {
-  const tr = transpose3(labels, p.zyx, p.perm);
+  // (the labels' grid: the CT's crop, as the image's — or, nnU-Net v1's, the whole CT)
+  const tr = transpose3(labels, zyx, p.perm);
+  const gridShape = tr.shape;
   const rs = p.cfg.resampling;
   const step = (rs.type === "nnunet" ? rs.seg : undefined) ?? { order: 1, orderZ: 0, forceSeparateZ: null, anisotropyThreshold: 3 };
   let onGrid: Uint8Array;
@@ -990,21 +992,28 @@ export async function segment(
  * caller's mirroring, no post-processing), its labels cropped to `box` where the second stage
  * crops; undefined for a model without a previous stage.
  */
-async function previousStageLabels(ct: Volume, model: SegmentModel, box: Box | null, opts: Settings): Promise<Uint8Array | undefined> {
+async function previousStageLabels(
+  ct: Volume,
+  model: SegmentModel,
+  box: Box | null,
+  opts: Settings,
+): Promise<{ labels: Uint8Array; zyx: [number, number, number] } | undefined> {
   const prev = model.previousStage;
   if (!prev) return undefined;
   if (prev.previousStage) throw invalidParameterError("model.previousStage", "a first stage that is no cascade itself", prev.name);
   const mirror = opts.mirrorAxes.length > 0;
+  // nnU-Net v2 feeds the first stage's exported labels; v1's predictor its post-processed ones, uncropped
+  const how = model.config.previousStage ?? { cropped: true, postprocessed: false };
   const { labels } = await segment(ct, prev, {
     mirror,
-    cleanup: false,
+    ...(how.postprocessed ? {} : { cleanup: false }),
     ...(opts.signal ? { signal: opts.signal } : {}),
     ...(Number.isFinite(opts.maxVoxels) ? { maxVoxels: opts.maxVoxels } : {}),
   });
-  if (!box) return labels.data;
-  const cropped = cropVolume(labels, box).data as Uint8Array;
+  if (!box || !how.cropped) return { labels: labels.data, zyx: [ct.dims[2], ct.dims[1], ct.dims[0]] };
+  const cropped = cropVolume(labels, box);
   releaseEngineArray(labels.data);
-  return cropped;
+  return { labels: cropped.data as Uint8Array, zyx: [cropped.dims[2], cropped.dims[1], cropped.dims[0]] };
 }
 
 /** Cleanup and the report, for one model or an ensemble. */

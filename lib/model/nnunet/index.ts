@@ -31,7 +31,7 @@ import { encodeModel } from "../onnx-proto.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
-import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
+import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
 import type { CleanupOptions } from "../../ops/components.js";
 
 export { CheckpointError } from "./checkpoint.js";
@@ -466,12 +466,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
     throw invalidParameterError("options.folds", 'a non-empty array of fold numbers or "all"', opts.folds);
   if (opts.folds !== undefined && new Set(opts.folds).size !== opts.folds.length)
     throw invalidParameterError("options.folds", "distinct folds", opts.folds);
-  if (isNnunetV1Folder(folder)) {
-    if (firstStageOf) throw new Error(`nnU-Net folder ${trainerFolder} is an nnU-Net v1 folder, not the v2 ${firstStageOf} stage`);
-    if (opts.previousStage !== undefined)
-      throw new Error(`options.previousStage is for a v2 cascade's second stage; ${trainerFolder} is an nnU-Net v1 folder`);
-    return loadNnunetV1(folder, trainerFolder, opts, precision);
-  }
+  if (isNnunetV1Folder(folder)) return loadNnunetV1(folder, trainerFolder, opts, precision, firstStageOf);
   if (opts.trainer !== undefined) throw new Error(`options.trainer is for nnU-Net v1 folders; ${trainerFolder} has plans.json (v2)`);
   const file = `checkpoint_${ckName}.pth`;
   let folds: Fold[];
@@ -631,7 +626,11 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
         );
         ownsPreviousStage = true;
       }
-      if (JSON.stringify(previousStage.config.classes) !== JSON.stringify(config.classes))
+      if (previousStage.version !== 2)
+        throw new Error(
+          `nnU-Net folder ${basename(folder)}: its first stage ${previousStage.name} is an nnU-Net v1 model; a v2 cascade takes its v2 ${conf!.previous_stage}`,
+        );
+      if (JSON.stringify(previousStage.config.classes) !== JSON.stringify(config!.classes))
         throw new Error(
           `nnU-Net folder ${basename(folder)}: its first stage ${previousStage.name} has the classes ${JSON.stringify(previousStage.config.classes)}, this stage ${JSON.stringify(config.classes)}`,
         );
@@ -668,6 +667,77 @@ async function loadNnunetV1(
   given: string,
   opts: LoadNnunetOptions,
   precision: Precision | undefined,
+  firstStageOf: string | null,
+): Promise<NnunetModel> {
+  const file = V1_CHECKPOINT[opts.checkpoint ?? "final"];
+  const first = opts.folds?.[0] ?? v1FoldsIn(folder, file)[0];
+  const pkl = first === undefined ? undefined : join(folder, `fold_${first}`, `${file}.pkl`);
+  // (which trainer, before any checkpoint: a cascade's first stage loads first)
+  const info = pkl && existsSync(pkl) ? await readV1ModelPkl(pkl) : null;
+  const cascade = info?.trainer === V1_CASCADE_TRAINER;
+  if (firstStageOf !== null && cascade)
+    throw new Error(`nnU-Net v1 folder ${given} holds ${V1_CASCADE_TRAINER}, not the cascade's first stage "${firstStageOf}"`);
+  if (!cascade && opts.previousStage !== undefined)
+    throw new Error(`options.previousStage is for a cascade's second stage; ${given}${info ? ` (${info.trainer})` : ""} is none`);
+  let previousStage: NnunetModel | undefined;
+  let owns = false;
+  if (cascade) {
+    if (opts.previousStage instanceof NnunetModel) previousStage = opts.previousStage;
+    else {
+      // v1's layout: nnUNet/3d_lowres/<task>/<previous trainer>__<plans> beside nnUNet/3d_cascade_fullres/<task>/…
+      const plansId = basename(folder).split("__")[1];
+      const sibling = plansId
+        ? join(dirname(dirname(dirname(folder))), "3d_lowres", basename(dirname(folder)), `${info!.previousTrainer}__${plansId}`)
+        : undefined;
+      const prevFolder = opts.previousStage ?? sibling;
+      if (!prevFolder || !existsSync(prevFolder))
+        throw new Error(
+          `nnU-Net v1 folder ${basename(folder)}: ${V1_CASCADE_TRAINER} is a cascade's second stage; its first stage (3d_lowres) was not found${sibling ? ` at ${sibling}` : ""}: give it as options.previousStage (bhsd segment --previous-stage)`,
+        );
+      // (as nnUNet_predict leaves its output: with its own post-processing)
+      previousStage = await loadStage(
+        prevFolder,
+        {
+          ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+          ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
+          ...(precision ? { precision } : {}),
+        },
+        "3d_lowres",
+      );
+      owns = true;
+    }
+  }
+  let model: NnunetModel;
+  try {
+    if (previousStage && (previousStage.version !== 1 || previousStage.previousStage || previousStage.configuration !== "3d_lowres"))
+      throw new Error(`the first stage ${previousStage.name} is not a v1 3d_lowres stage, which a v1 cascade needs`);
+    model = await loadNnunetV1Folds(folder, given, opts, precision, previousStage, owns);
+  } catch (e) {
+    if (owns) previousStage?.dispose();
+    throw e;
+  }
+  if (
+    (firstStageOf !== null && model.configuration !== firstStageOf) ||
+    (previousStage && JSON.stringify(previousStage.config.classes) !== JSON.stringify(model.config.classes))
+  ) {
+    model.dispose();
+    throw new Error(
+      firstStageOf !== null
+        ? `nnU-Net v1 folder ${given} holds ${model.configuration}, not the cascade's first stage "${firstStageOf}"`
+        : `nnU-Net v1 folder ${given}: its first stage ${previousStage!.name} has other classes`,
+    );
+  }
+  return model;
+}
+
+/** A v1 folder's folds (see loadNnunetV1); a cascade's with its first stage. */
+async function loadNnunetV1Folds(
+  folder: string,
+  given: string,
+  opts: LoadNnunetOptions,
+  precision: Precision | undefined,
+  previousStage: NnunetModel | undefined,
+  ownsPreviousStage: boolean,
 ): Promise<NnunetModel> {
   const file = V1_CHECKPOINT[opts.checkpoint ?? "final"];
   let folds: Fold[];
@@ -683,7 +753,7 @@ async function loadNnunetV1(
   const first = join(folder, `fold_${folds[0]}`, `${file}.pkl`);
   const info = await readV1ModelPkl(first);
   const trainer = opts.trainer ?? info.trainer;
-  if (/Cascade/.test(info.trainer))
+  if (/Cascade/.test(info.trainer) && info.trainer !== V1_CASCADE_TRAINER)
     throw new Error(
       `nnU-Net v1 folder ${basename(folder)}: trainer ${info.trainer} is a cascade stage: its network takes the low-resolution stage's segmentation as extra input channels, which bhsd does not make; run the 3d_lowres or 3d_fullres folder instead`,
     );
@@ -747,6 +817,7 @@ async function loadNnunetV1(
     configuration: v1.configuration,
     trainerName: info.trainer,
     version: 1,
+    ...(previousStage ? { previousStage, ownsPreviousStage } : {}),
     architecture: arch,
     ensemble: opts.ensemble ?? "softmax",
     foldModels,

@@ -217,7 +217,12 @@ export interface V1Info {
   trainer: string;
   stage: number | null;
   plans: Map<unknown, unknown>;
+  /** A cascade's (nnUNetTrainerV2CascadeFullRes's init_args[8]): the trainer of its 3d_lowres stage. */
+  previousTrainer: string | null;
 }
+
+/** v1's cascade trainer: Generic_UNet as nnUNetTrainerV2's, with the previous stage's classes as input channels. */
+export const V1_CASCADE_TRAINER = "nnUNetTrainerV2CascadeFullRes";
 
 export async function readV1ModelPkl(path: string): Promise<V1Info> {
   const where = `nnU-Net v1 ${basename(path)}`;
@@ -231,7 +236,10 @@ export async function readV1ModelPkl(path: string): Promise<V1Info> {
   const init = info.get("init");
   const s = Array.isArray(init) ? init[5] : undefined;
   const stage = Number.isSafeInteger(s) && (s as number) >= 0 ? (s as number) : null;
-  return { trainer: name, stage, plans };
+  const pt = name === V1_CASCADE_TRAINER && Array.isArray(init) ? init[8] : undefined;
+  const previousTrainer =
+    typeof pt === "string" && /^[A-Za-z0-9_]{1,100}$/.test(pt) ? pt : name === V1_CASCADE_TRAINER ? "nnUNetTrainerV2" : null;
+  return { trainer: name, stage, plans, previousTrainer };
 }
 
 /** Folds with the checkpoint and its .pkl (`fold_K`; v1 has no fold "all" folder of another name). */
@@ -310,7 +318,8 @@ export function fromV1Plans(
   const modalities = plans.get("modalities");
   const nIn = modalities instanceof Map ? modalities.size : (plans.get("num_modalities") as number);
   if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${JSON.stringify(nIn)}`);
-  if (!V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
+  const cascade = trainer === V1_CASCADE_TRAINER;
+  if (!cascade && !V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
     throw new Error(
       `${where}: trainer ${trainer} is not nnUNetTrainerV2 or one of its schedule/loss variants, whose network bhsd rebuilds; if its network is nnUNetTrainerV2's, load it with { trainer: "nnUNetTrainerV2" }`,
     );
@@ -325,7 +334,8 @@ export function fromV1Plans(
   const architecture: Architecture = {
     networkClass: "Generic_UNet",
     dims,
-    inputChannels: nIn,
+    // (a cascade's network takes the previous stage's foreground classes as channels after the image's)
+    inputChannels: nIn + (cascade ? (nc as number) : 0),
     numClasses: (nc as number) + 1,
     nStages: n,
     features,
@@ -397,7 +407,12 @@ export function fromV1Plans(
   const classes: Record<string, string> = {};
   for (let k = 0; k <= (nc as number); k++) classes[String(k)] = classNames?.[String(k)] ?? (k === 0 ? "background" : `label ${k}`);
   const nStages = stages.length;
-  const configuration = dims === 2 ? "2d" : nStages > 1 && stage === 0 ? "3d_lowres" : "3d_fullres";
+  const configuration = cascade ? "3d_cascade_fullres" : dims === 2 ? "2d" : nStages > 1 && stage === 0 ? "3d_lowres" : "3d_fullres";
+  if (cascade && (dims !== 3 || stage === 0))
+    throw new Error(`${where}: a v1 cascade of a ${dims}-D stage ${stage}: v1 cascades the 3-D full-resolution stage`);
+  // v1's predictor resizes the whole CT's post-processed first-stage labels to the cropped grid
+  // (resize_segmentation, order 1, all axes at once)
+  if (cascade) resampling.seg = { order: 1, orderZ: 0, forceSeparateZ: false, anisotropyThreshold: 3 };
   // v1's mirror axes: every axis of the network (nnUNetTrainerV2.setup_DA_params), none for _noMirroring
   const mirrorAxes = /_noMirroring$/.test(trainer) ? [] : dims === 2 ? [1, 2] : [0, 1, 2];
   const config = normalizeConfig(
@@ -415,6 +430,7 @@ export function fromV1Plans(
       normalizeAfterResampling: true,
       aggregate: "probabilities",
       mirrorAxes,
+      ...(cascade ? { previousStage: { cropped: false, postprocessed: true } } : {}),
     },
     "nnunet",
   );
