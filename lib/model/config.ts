@@ -243,6 +243,15 @@ export function normalizeConfig(
   return out;
 }
 
+/** A cascade's label resampling: nnU-Net's default, linear masks (order 1) and nearest across a separate axis. */
+function segStep(s: NnunetResamplingStep): NnunetResamplingStep {
+  if (s.order !== 1 || s.orderZ !== 0)
+    throw new Error(
+      `model config: resampling.seg resamples labels with order 1 and orderZ 0 (nnU-Net's default), got ${JSON.stringify(s)}`,
+    );
+  return s;
+}
+
 function resamplingOf(r: unknown): Resampling {
   if (r === "linear") return { type: "linear" };
   if (r === "nnunet") return structuredClone(NNUNET_RESAMPLING);
@@ -271,7 +280,7 @@ function resamplingOf(r: unknown): Resampling {
       type: "nnunet",
       data: step(o.data, "data"),
       probabilities: step(o.probabilities, "probabilities"),
-      ...(o.seg !== undefined ? { seg: step(o.seg, "seg") } : {}),
+      ...(o.seg !== undefined ? { seg: segStep(step(o.seg, "seg")) } : {}),
     };
   }
   throw new Error(

@@ -227,11 +227,15 @@ export async function resampleLabelsNnunet(
   const present = new Set<number>();
   for (let i = 0; i < labels.length; i++) if (labels[i]! > 0) present.add(labels[i]!);
   const out = new Uint8Array(n);
+  // in-plane (or every axis) straight into the result, else into one 0/1 mask reused by the labels,
+  // whose nearest slices (scipy's order 0) then set the result: no float grid per label
+  const across = axis !== null && mid[axis] !== newShape[axis];
+  const mask = across ? new Uint8Array(mid[0] * mid[1] * mid[2]) : out;
   for (const c of [...present].sort((a, b) => a - b)) {
-    let m: Float64Array = linearMaskZoom(labels, c, shape, mid);
+    if (across) mask.fill(0);
+    linearMaskZoom(labels, c, shape, mid, mask, across ? 1 : c);
     await between();
-    if (axis !== null && mid[axis] !== newShape[axis]) m = zoomAxis(m, mid, axis, newShape[axis]!, 0, true);
-    for (let i = 0; i < n; i++) if (m[i]! >= 0.5) out[i] = c;
+    if (across) nearestSlices(mask, mid, axis!, newShape, out, c);
     await between();
   }
   return out;
@@ -251,7 +255,9 @@ function linearMaskZoom(
   c: number,
   shape: readonly [number, number, number],
   newShape: readonly [number, number, number],
-): Float64Array {
+  dst: Uint8Array,
+  value: number,
+): void {
   const taps = [0, 1, 2].map((ax) => {
     const n = shape[ax]!,
       m = newShape[ax]!;
@@ -283,7 +289,6 @@ function linearMaskZoom(
   const [tz, ty, tx] = taps as [(typeof taps)[0], (typeof taps)[0], (typeof taps)[0]];
   const [, H, W] = shape;
   const [D2, H2, W2] = newShape;
-  const out = new Float64Array(D2 * H2 * W2);
   let o = 0;
   for (let z = 0; z < D2; z++) {
     const z0 = tz.i0[z]! * H,
@@ -312,11 +317,44 @@ function linearMaskZoom(
         if (labels[r10 + x1] === c) t += wz1 * wy0 * wx1;
         if (labels[r11 + x0] === c) t += wz1 * wy1 * wx0;
         if (labels[r11 + x1] === c) t += wz1 * wy1 * wx1;
-        out[o++] = t;
+        if (t >= 0.5) dst[o] = value;
+        o++;
       }
     }
   }
-  return out;
+}
+
+/** Each slice of `out` across `axis` from its nearest slice of `mask` (scipy's zoom of order 0), where the mask is 1, set to `value`. */
+function nearestSlices(
+  mask: Uint8Array,
+  shape: readonly [number, number, number],
+  axis: 0 | 1 | 2,
+  newShape: readonly [number, number, number],
+  out: Uint8Array,
+  value: number,
+): void {
+  const n = shape[axis]!,
+    m = newShape[axis]!;
+  const zoom = n / m;
+  const src = new Int32Array(m);
+  for (let j = 0; j < m; j++) {
+    let cc = j;
+    cc += 0.5;
+    cc *= zoom;
+    cc -= 0.5;
+    src[j] = Math.min(n - 1, Math.max(0, Math.floor(cc + 0.5)));
+  }
+  const [D, H, W] = newShape;
+  const [, h, w] = shape;
+  let o = 0;
+  for (let z = 0; z < D; z++)
+    for (let y = 0; y < H; y++)
+      for (let x = 0; x < W; x++, o++) {
+        const zz = axis === 0 ? src[z]! : z,
+          yy = axis === 1 ? src[y]! : y,
+          xx = axis === 2 ? src[x]! : x;
+        if (mask[(zz * h + yy) * w + xx]) out[o] = value;
+      }
 }
 
 /**

@@ -328,6 +328,8 @@ class SegmentRun {
   /** An ensemble's progress: the windows of the members before this one, and all members' windows. */
   windowBase = 0;
   windowTotal: number | undefined;
+  /** A cascade's first-stage labels were handed to withPreviousStage (which releases them). */
+  previousTaken = false;
   constructor(
     readonly progress: (p: SegmentProgress) => void,
     readonly signal: AbortSignal | undefined,
@@ -545,6 +547,7 @@ async function withPreviousStage(
   run: SegmentRun,
 ): Promise<Tensor> {
   // (the labels' grid: the CT's crop, as the image's — or, nnU-Net v1's, the whole CT)
+  run.previousTaken = true;
   const tr = transpose3(labels, zyx, p.perm);
   const gridShape = tr.shape;
   const rs = p.cfg.resampling;
@@ -966,8 +969,22 @@ export async function segment(
   const work = box ? cropVolume(ct, box) : ct;
   // (planned, and so bounded, before a cascade's first stage runs)
   const p = plan(work, one.config, opts);
-  const previous = await previousStageLabels(ct, one, box, opts);
-  const pre = await preprocess(work, p, run, previous);
+  let previous: Awaited<ReturnType<typeof previousStageLabels>>;
+  let pre: Awaited<ReturnType<typeof preprocess>>;
+  try {
+    previous = await previousStageLabels(ct, one, box, opts);
+  } catch (e) {
+    if (work !== ct) releaseEngineArray(work.data);
+    throw e;
+  }
+  try {
+    pre = await preprocess(work, p, run, previous);
+  } catch (e) {
+    if (work !== ct) releaseEngineArray(work.data);
+    // (withPreviousStage releases the labels once it has them)
+    if (previous && !run.previousTaken) releaseEngineArray(previous.labels);
+    throw e;
+  }
   // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
   const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, !exportMoves(p, pre));
@@ -1122,6 +1139,10 @@ async function segmentEnsemble(
     } else if (r.classes !== C) {
       releaseEngineArray(r.probs);
       throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} classes, member 0 ${C}`);
+    }
+    if (regions && r.classes !== regions.length) {
+      releaseEngineArray(r.probs);
+      throw new RangeError(`ensemble member ${i} (${m.name}) gives ${r.classes} channels for ${regions.length} regions`);
     }
     await addToCtGrid(
       r.probs,

@@ -142,33 +142,14 @@ export function zoomAxis(
   axis: 0 | 1 | 2,
   m: number,
   order: number,
-): Float32Array;
-/** The same, into float64 (a label mask's lines, as scipy keeps them between its axes). */
-export function zoomAxis(
-  src: Float32Array | Float64Array,
-  shape: readonly [number, number, number],
-  axis: 0 | 1 | 2,
-  m: number,
-  order: number,
-  float64: true,
-): Float64Array;
-export function zoomAxis(
-  src: Float32Array | Float64Array,
-  shape: readonly [number, number, number],
-  axis: 0 | 1 | 2,
-  m: number,
-  order: number,
-  float64 = false,
-): Float32Array | Float64Array {
+): Float32Array {
   if (!Number.isInteger(order) || order < 0 || order > 5) throw new RangeError(`spline order must be 0 to 5, got ${order}`);
   const n = shape[axis]!;
   const A = axis === 0 ? 1 : axis === 1 ? shape[0] : shape[0] * shape[1];
   const B = axis === 0 ? shape[1] * shape[2] : axis === 1 ? shape[2] : 1;
   // (engine memory where the addon is loaded: a fresh 40 MB array's first touch costs more here
   // than the interpolation; the caller releases it)
-  const out = float64
-    ? new Float64Array(A * m * B)
-    : (allocArray("float32", A * m * B, "resampled image", { overwritten: true }) as Float32Array);
+  const out = allocArray("float32", A * m * B, "resampled image", { overwritten: true }) as Float32Array;
   const pad = order > 1 ? PAD : 0;
   const L = n + 2 * pad;
   // each output sample's first (clamped) coefficients and weights, as NI_ZoomShift precomputes them

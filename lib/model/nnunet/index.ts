@@ -337,7 +337,7 @@ function checkStages(
 function labelsOf(
   labels: Record<string, unknown>,
   order: unknown,
-): { classes: Record<string, string>; numClasses: number; regions: number[] | null } {
+): { classes: Record<string, string>; numClasses: number; regions: number[] | null; allLabels: number[] } {
   const entries = Object.entries(labels).filter(([name]) => name !== "ignore");
   const isLabel = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 255;
   for (const [name, v] of entries)
@@ -351,7 +351,7 @@ function labelsOf(
       .sort((a, b) => a - b);
     if (!values.every((v, i) => v === i))
       throw new Error(`dataset.json: label values must be 0…${values.length - 1} with none missing, got ${values.join(", ")}`);
-    return { classes, numClasses: values.length, regions: null };
+    return { classes, numClasses: values.length, regions: null, allLabels: values };
   }
   const regionEntries = entries.filter(([, v]) => !(v === 0 || (Array.isArray(v) && v.every((x) => x === 0))));
   if (
@@ -364,7 +364,9 @@ function labelsOf(
     );
   const classes: Record<string, string> = { "0": "background" };
   regionEntries.forEach(([name], i) => (classes[String(order[i])] = name));
-  return { classes, numClasses: regionEntries.length, regions: order as number[] };
+  const all = new Set<number>([0, ...(order as number[])]);
+  for (const [, v] of entries) for (const x of Array.isArray(v) ? v : [v]) all.add(x as number);
+  return { classes, numClasses: regionEntries.length, regions: order as number[], allLabels: [...all] };
 }
 
 /**
@@ -487,10 +489,13 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
   if (!channels || typeof channels !== "object") throw new Error("dataset.json has no channel_names");
   const labels = dataset.labels as Record<string, unknown> | undefined;
   if (!labels || typeof labels !== "object") throw new Error("dataset.json has no labels");
-  const { classes, numClasses, regions } = labelsOf(labels, dataset.regions_class_order);
-  const values = Object.keys(classes)
-    .map(Number)
-    .sort((a, b) => a - b);
+  const { classes, numClasses, regions, allLabels } = labelsOf(labels, dataset.regions_class_order);
+  // (a region model's post-processing names dataset labels — nnU-Net's foreground_labels — which
+  // its output may not hold: those steps keep nothing and change nothing, as np.isin there)
+  const values = regions ? allLabels : Object.keys(classes).map(Number);
+  values.sort((a, b) => a - b);
+  if (regions && ensemble === "softmax")
+    throw invalidParameterError("options.ensemble", '"logits" for a region-based model (its heads are sigmoids)', opts.ensemble);
   const inputChannels = Object.keys(channels).length;
 
   // nnU-Net's post-processing chosen on the cross-validation of these folds, where the folder has it
@@ -694,11 +699,12 @@ async function loadNnunetV1(
         throw new Error(
           `nnU-Net v1 folder ${basename(folder)}: ${V1_CASCADE_TRAINER} is a cascade's second stage; its first stage (3d_lowres) was not found${sibling ? ` at ${sibling}` : ""}: give it as options.previousStage (bhsd segment --previous-stage)`,
         );
-      // (as nnUNet_predict leaves its output: with its own post-processing)
+      // (as nnUNet_predict runs it for the cascade: the folds asked for, model_final_checkpoint,
+      // and its output with its own post-processing)
       previousStage = await loadStage(
         prevFolder,
         {
-          ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+          ...(opts.folds ? { folds: opts.folds } : {}),
           ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
           ...(precision ? { precision } : {}),
         },
