@@ -4,13 +4,13 @@
  * own preprocessing and resampling functions (test/fixtures/nnunet-cascade/make.py).
  */
 import test from "ava";
-import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNnunet, readNifti, readNpy, segment, setBackend, volumeFromArray, writeNifti } from "../lib/index.js";
 import { cropVolume, nonzeroBox } from "../lib/model/crop.js";
 import { resampleLabelsNnunet } from "../lib/model/resample.js";
+import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { compareLabels as compare } from "./ort.js";
 
@@ -19,18 +19,8 @@ const DATASET = join(DIR, "Dataset501_PhantomICH");
 const LOWRES = join(DATASET, "nnUNetTrainer__nnUNetPlans__3d_lowres");
 const CASCADE = join(DATASET, "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres");
 const backends = backendsUnderTest();
-const SUMS = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-function fixture(file: string): Buffer {
-  const bytes = readFileSync(join(DIR, file));
-  if (createHash("sha256").update(bytes).digest("hex") !== SUMS.get(file)) throw new Error(`${file} differs from its SHA256SUMS`);
-  return bytes;
-}
-const npy = (name: string) => readNpy(new Uint8Array(fixture(`${name}.npy`)));
+const { bytes: fixture } = checkedFolder(DIR);
+const npy = (name: string) => readNpy(fixture(`${name}.npy`));
 const SPACING = [5, 0.45, 0.45];
 
 test("the fixture folders' files are the ones make.py wrote", (t) => {

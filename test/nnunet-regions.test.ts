@@ -4,29 +4,19 @@
  * (test/fixtures/nnunet-regions/make.py).
  */
 import test from "ava";
-import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNnunet, readNpy, segment, setBackend, volumeFromArray } from "../lib/index.js";
+import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 import { compareLabels as compare } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-regions");
 const FOLDER = join(DIR, "Dataset502_PhantomRegions", "nnUNetTrainer__nnUNetPlans__3d_fullres");
 const backends = backendsUnderTest();
-const SUMS = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-function fixture(file: string): Buffer {
-  const bytes = readFileSync(join(DIR, file));
-  if (createHash("sha256").update(bytes).digest("hex") !== SUMS.get(file)) throw new Error(`${file} differs from its SHA256SUMS`);
-  return bytes;
-}
-const npy = (name: string) => readNpy(new Uint8Array(fixture(`${name}.npy`)));
+const { bytes: fixture } = checkedFolder(DIR);
+const npy = (name: string) => readNpy(fixture(`${name}.npy`));
 
 test("a region-based folder: 3 sigmoid heads, the regions' values and names in the config", async (t) => {
   for (const f of ["plans.json", "dataset.json", "fold_0/checkpoint_final.pth", "fold_1/checkpoint_final.pth"])

@@ -4,31 +4,19 @@
  * test/fixtures/nnunet-resampling/make.py.
  */
 import test from "ava";
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeModel, loadModel, readNpy, segment, setBackend, volumeFromArray } from "../lib/index.js";
 import { fromNnunet, normalizeConfig } from "../lib/model/config.js";
 import { cropVolume, nonzeroBox } from "../lib/model/crop.js";
 import { resampleNnunet, separateAxis } from "../lib/model/resample.js";
+import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, ROOT } from "./helpers.js";
 import { compareLabels as compare, pointwiseOnnx } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-resampling");
 const backends = backendsUnderTest();
-const SUMS = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-/** A fixture file's bytes, checked against SHA256SUMS (a damaged copy fails loudly, not as other numbers). */
-function fixture(file: string): Buffer {
-  const bytes = readFileSync(join(DIR, file));
-  if (createHash("sha256").update(bytes).digest("hex") !== SUMS.get(file)) throw new Error(`${file} differs from its SHA256SUMS`);
-  return bytes;
-}
-const npy = (name: string) => readNpy(new Uint8Array(fixture(`${name}.npy`)));
+const { bytes: fixture } = checkedFolder(DIR);
+const npy = (name: string) => readNpy(fixture(`${name}.npy`));
 
 interface Case {
   name: string;
@@ -41,7 +29,7 @@ interface Case {
   orderZ: number;
   forceSeparateZ: boolean | null;
 }
-const cases = JSON.parse(fixture("cases.json").toString("utf8")) as Case[];
+const cases = JSON.parse(new TextDecoder().decode(fixture("cases.json"))) as Case[];
 
 for (const { name: backend } of backends)
   test.serial(`${backend}: resampleNnunet equals nnU-Net's resample_data_or_seg_to_shape in ${cases.length} cases`, async (t) => {

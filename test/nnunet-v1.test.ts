@@ -5,12 +5,12 @@
  * code, run by test/fixtures/nnunet-v1/make.py.
  */
 import test from "ava";
-import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNnunet, readNifti, readNpy, segment, setBackend, volumeFromArray, writeNifti } from "../lib/index.js";
 import { readV1Pickle } from "../lib/model/nnunet/v1.js";
+import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { compareLabels as compare } from "./ort.js";
 
@@ -19,18 +19,8 @@ const TRAINER = "Task501_PhantomICH/nnUNetTrainerV2__nnUNetPlansv2.1";
 const FOLDER = join(DIR, "nnUNet", "3d_fullres", TRAINER);
 const FOLDER_2D = join(DIR, "nnUNet", "2d", TRAINER);
 const backends = backendsUnderTest();
-const SUMS = new Map(
-  readFileSync(join(DIR, "SHA256SUMS"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => l.split(/\s+/).reverse() as [string, string]),
-);
-function fixture(file: string): Buffer {
-  const bytes = readFileSync(join(DIR, file));
-  if (createHash("sha256").update(bytes).digest("hex") !== SUMS.get(file)) throw new Error(`${file} differs from its SHA256SUMS`);
-  return bytes;
-}
-const npy = (name: string) => readNpy(new Uint8Array(fixture(`${name}.npy`)));
+const { bytes: fixture } = checkedFolder(DIR);
+const npy = (name: string) => readNpy(fixture(`${name}.npy`));
 
 test("the fixture folders' files are the ones make.py wrote", (t) => {
   const ck = (k: number) => [`fold_${k}/model_final_checkpoint.model`, `fold_${k}/model_final_checkpoint.model.pkl`];

@@ -82,20 +82,24 @@ export function sharedFixture(...parts: string[]): string {
  * is the path, checked against its recorded sha256 (a damaged copy fails loudly); `listed` the
  * relative paths it names.
  */
-export function checkedFolder(dir: string): { file: (rel: string) => string; listed: string[] } {
+export function checkedFolder(dir: string): { file: (rel: string) => string; bytes: (rel: string) => Uint8Array; listed: string[] } {
   const recorded = new Map<string, string>();
   for (const line of readFileSync(join(dir, "SHA256SUMS"), "utf8").split("\n")) {
     const m = /^([0-9a-f]{64})\s+\*?(\S.*)$/.exec(line.trim());
     if (m) recorded.set(m[2]!, m[1]!);
   }
+  const read = (rel: string) => {
+    const path = join(dir, rel);
+    const bytes = readFileSync(path);
+    const got = sha256(bytes);
+    if (got !== recorded.get(rel)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${recorded.get(rel)}`);
+    return { path, bytes };
+  };
   return {
     listed: [...recorded.keys()],
-    file: (rel) => {
-      const path = join(dir, rel);
-      const got = sha256(readFileSync(path));
-      if (got !== recorded.get(rel)) throw new Error(`${path} has sha256 ${got}, SHA256SUMS says ${recorded.get(rel)}`);
-      return path;
-    },
+    file: (rel) => read(rel).path,
+    // (the bytes checked are the bytes returned)
+    bytes: (rel) => new Uint8Array(read(rel).bytes),
   };
 }
 

@@ -160,21 +160,58 @@ export function pickleBudget(bytes: number, where: string): (n: number) => void 
   };
 }
 
+/**
+ * The globals every pickle bhsd reads may name, each charged to the parse's budget: dict /
+ * OrderedDict (a PyDict; a list's length can be set by a BUILD to 2^31 without a byte behind it, so
+ * bounded before it is walked), set / frozenset (an array), numpy.dtype (of a short type string
+ * only: String() of a memo DAG is 2^depth), _codecs.encode (protocol 2's bytes). Undefined for any
+ * other.
+ */
+export function commonGlobal(fqn: string, where: string, charge: (n: number) => void): ((...args: unknown[]) => unknown) | undefined {
+  const items = (v: unknown, what: string): unknown[] => {
+    if (!Array.isArray(v)) return [];
+    if (v.length > MAX_ITEMS) throw new CheckpointError(`${where}: a ${what} of ${v.length} items`);
+    charge(v.length);
+    return v;
+  };
+  switch (fqn) {
+    case "collections.OrderedDict":
+    case "builtins.dict":
+      return (kvs?: unknown) => {
+        const d = new PyDict();
+        for (const kv of items(kvs, "dict")) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
+        return d;
+      };
+    case "builtins.set":
+    case "builtins.frozenset":
+      return (xs?: unknown) => [...items(xs, "set")];
+    case "numpy.dtype":
+      return (str: unknown) => {
+        if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of ${typeName(str)}`);
+        return new NumpyDType(str);
+      };
+    case "_codecs.encode":
+      return (s: unknown, encoding?: unknown) => {
+        if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
+        charge(s.length);
+        if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1")
+          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
+        return new TextEncoder().encode(s);
+      };
+  }
+  return undefined;
+}
+
 function resolveGlobal(module: string, name: string, where: string, charge: (n: number) => void): (...args: unknown[]) => unknown {
   const fqn = label(module, name);
   switch (fqn) {
     case "collections.OrderedDict":
     case "builtins.dict":
-      return (items?: unknown) => {
-        const d = new PyDict();
-        // (a list's length can be set by a BUILD to 2^31 without a byte behind it: bounded first)
-        if (Array.isArray(items)) {
-          if (items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a dict of ${items.length} items`);
-          charge(items.length);
-          for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
-        }
-        return d;
-      };
+    case "builtins.set":
+    case "builtins.frozenset":
+    case "numpy.dtype":
+    case "_codecs.encode":
+      return commonGlobal(fqn, where, charge)!;
     case "torch._utils._rebuild_tensor_v2":
     case "torch._utils._rebuild_tensor":
       return (storage: unknown, offset: unknown, size: unknown, stride: unknown) => {
@@ -201,29 +238,9 @@ function resolveGlobal(module: string, name: string, where: string, charge: (n: 
       };
     case "torch.Size":
       return (dims: unknown) => dims;
-    case "_codecs.encode":
-      return (s: unknown, encoding?: unknown) => {
-        if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
-        charge(s.length);
-        if (encoding === "latin1" || encoding === "latin-1" || encoding === "iso-8859-1")
-          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
-        return new TextEncoder().encode(s);
-      };
-    case "numpy.dtype":
-      return (str: unknown) => {
-        if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of ${typeName(str)}`);
-        return new NumpyDType(str);
-      };
     case "numpy.core.multiarray.scalar":
     case "numpy._core.multiarray.scalar":
       return (dtype: unknown, bytes: unknown) => numpyScalar(dtype, bytes) ?? new Opaque(fqn, [dtype, bytes]);
-    case "builtins.set":
-    case "builtins.frozenset":
-      return (items?: unknown) => {
-        if (Array.isArray(items) && items.length > MAX_ITEMS) throw new CheckpointError(`${where}: a set of ${items.length} items`);
-        if (Array.isArray(items)) charge(items.length);
-        return Array.isArray(items) ? [...items] : [];
-      };
   }
   if (module === "torch" && STORAGE_TYPES[name]) {
     const st = STORAGE_TYPES[name]!;

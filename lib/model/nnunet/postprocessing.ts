@@ -13,7 +13,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { basename } from "node:path";
 import type { CleanupOptions } from "../../ops/components.js";
-import { CheckpointError, NumpyDType, numpyScalar, unpickle } from "./checkpoint.js";
+import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, pickleBudget, unpickle } from "./checkpoint.js";
 
 /** The one function nnU-Net's post-processing names. */
 const LARGEST = "remove_all_but_largest_component_from_segmentation";
@@ -55,11 +55,7 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
     const root = unpickle(bytes, where, "nnU-Net's post-processing", "not a readable pickle", (module, name) => {
       const fqn = `${module}.${name}`;
       if (fqn === LARGEST_GLOBAL) return LARGEST_MARK;
-      if (fqn === "numpy.dtype")
-        return (str: unknown) => {
-          if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of a ${typeof str}`);
-          return new NumpyDType(str);
-        };
+      if (fqn === "numpy.dtype") return commonGlobal(fqn, where, pickleBudget(bytes.length, where));
       if (fqn === "numpy.core.multiarray.scalar" || fqn === "numpy._core.multiarray.scalar")
         return (dtype: unknown, b: unknown) => {
           // labels are numpy integers (LabelManager's np.unique): a float or bool is not one

@@ -19,7 +19,7 @@ import { basename, join } from "node:path";
 import { normalizeConfig, type ModelConfig, type Normalization } from "../config.js";
 import { NNUNET_RESAMPLING } from "../resample.js";
 import type { Architecture } from "./network.js";
-import { CheckpointError, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
+import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
 
 /** Largest v1 pickle read (plans.pkl lists every training case's sizes and spacings: a few MB for thousands). */
 const MAX_PICKLE_BYTES = 64 * 2 ** 20;
@@ -119,19 +119,11 @@ export async function readV1Pickle(path: string): Promise<{ value: unknown }> {
     switch (fqn) {
       case "collections.OrderedDict":
       case "builtins.dict":
-        return (items?: unknown) => {
-          const d = new Map();
-          if (Array.isArray(items)) {
-            take(items.length);
-            for (const kv of items) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
-          }
-          return d;
-        };
+      case "builtins.set":
+      case "builtins.frozenset":
       case "numpy.dtype":
-        return (str: unknown) => {
-          if (typeof str !== "string" || str.length > 16) throw new CheckpointError(`${where}: numpy.dtype of ${typeName(str)}`);
-          return new NumpyDType(str);
-        };
+      case "_codecs.encode":
+        return commonGlobal(fqn, where, take);
       case "numpy.core.multiarray.scalar":
       case "numpy._core.multiarray.scalar":
         return (dtype: unknown, b: unknown) => {
@@ -144,18 +136,6 @@ export async function readV1Pickle(path: string): Promise<{ value: unknown }> {
         return () => new NumpyArray(where, budget);
       case "numpy.ndarray":
         return "numpy.ndarray";
-      case "_codecs.encode":
-        return (s: unknown) => {
-          if (typeof s !== "string") throw new CheckpointError(`${where}: _codecs.encode got ${typeName(s)}`);
-          take(s.length);
-          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
-        };
-      case "builtins.set":
-      case "builtins.frozenset":
-        return (items?: unknown) => {
-          if (Array.isArray(items)) take(items.length);
-          return Array.isArray(items) ? [...items] : [];
-        };
     }
     throw new CheckpointError(
       `${where}: the pickle names the Python global "${fqn}", which nnU-Net v1's plans never hold; the file is refused (nothing in it was run)`,
