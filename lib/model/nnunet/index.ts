@@ -42,9 +42,9 @@ export type Fold = number | "all";
 export interface LoadNnunetOptions {
   /** Folds to load (`fold_K` folders); default every fold folder that has the checkpoint, as nnU-Net. */
   folds?: Fold[];
-  /** `checkpoint_final.pth` (default) or `checkpoint_best.pth`. */
+  /** `checkpoint_final.pth` (default) or `checkpoint_best.pth` (v1: `model_final_checkpoint.model` or `model_best.model`). */
   checkpoint?: "final" | "best";
-  /** How folds are combined: "logits" (nnU-Net v2: the mean of the logits, default) or "softmax" (the mean of the probabilities). */
+  /** How folds are combined: "logits" (the mean of the logits: nnU-Net v2, the default) or "softmax" (the mean of the probabilities: nnU-Net v1, the default of a v1 folder). */
   ensemble?: "logits" | "softmax";
   /** Largest checkpoint file accepted (bytes). Default 4 GiB. */
   maxCheckpointBytes?: number;
