@@ -204,14 +204,9 @@ export function commonGlobal(fqn: string, where: string, charge: (n: number) => 
 
 function resolveGlobal(module: string, name: string, where: string, charge: (n: number) => void): (...args: unknown[]) => unknown {
   const fqn = label(module, name);
+  const common = commonGlobal(fqn, where, charge);
+  if (common) return common;
   switch (fqn) {
-    case "collections.OrderedDict":
-    case "builtins.dict":
-    case "builtins.set":
-    case "builtins.frozenset":
-    case "numpy.dtype":
-    case "_codecs.encode":
-      return commonGlobal(fqn, where, charge)!;
     case "torch._utils._rebuild_tensor_v2":
     case "torch._utils._rebuild_tensor":
       return (storage: unknown, offset: unknown, size: unknown, stride: unknown) => {

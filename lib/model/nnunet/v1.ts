@@ -116,14 +116,9 @@ export async function readV1Pickle(path: string): Promise<{ value: unknown }> {
   };
   const root = unpickle(bytes, where, "nnU-Net v1's plans", "not a readable pickle", (module, name) => {
     const fqn = `${module}.${name}`;
+    const common = commonGlobal(fqn, where, take);
+    if (common) return common;
     switch (fqn) {
-      case "collections.OrderedDict":
-      case "builtins.dict":
-      case "builtins.set":
-      case "builtins.frozenset":
-      case "numpy.dtype":
-      case "_codecs.encode":
-        return commonGlobal(fqn, where, take);
       case "numpy.core.multiarray.scalar":
       case "numpy._core.multiarray.scalar":
         return (dtype: unknown, b: unknown) => {
