@@ -91,6 +91,15 @@ export { encodeModel } from "./model/onnx-proto.js";
 export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
 export { resampleVolume } from "./model/resample.js";
 export { loadNnunet, NnunetModel, CheckpointError, type LoadNnunetOptions, type Fold, type Architecture } from "./model/nnunet/index.js";
+export {
+  loadMonai,
+  monaiInfo,
+  MONAI_NETWORKS,
+  type LoadMonaiOptions,
+  type MonaiInfo,
+  type MonaiBundle,
+  type MonaiNetworkClass,
+} from "./model/monai/index.js";
 export { readNnunetPostprocessing } from "./model/nnunet/postprocessing.js";
 export type { ServeOptions } from "./server/service.js";
 export type { Service, InjectRequest, InjectResponse } from "./server/service.js";

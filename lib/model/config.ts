@@ -99,7 +99,7 @@ export interface ModelConfig {
    */
   postprocessing?: CleanupOptions;
   /** Where the config came from. */
-  source: "argument" | "sidecar" | "nnunet" | "metadata" | "default";
+  source: "argument" | "sidecar" | "nnunet" | "monai" | "metadata" | "default";
 }
 
 export const BHSD_WINDOW: Normalization = { type: "window", lower: -40, upper: 120, center: 40, scale: 80 };

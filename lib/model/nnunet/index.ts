@@ -24,11 +24,10 @@ import { invalidParameterError, optionsObject } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
-import { activeBackend, releaseEngineArray } from "../../backends/index.js";
-import { loadModelWithWeights, type Model, type RunStats } from "../model.js";
-import type { HeldWeights } from "../graph.js";
-import { encodeModel } from "../onnx-proto.js";
-import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "./checkpoint.js";
+import { activeBackend } from "../../backends/index.js";
+import type { Model, RunStats } from "../model.js";
+import { CheckpointError, openCheckpoint, typeName, type Checkpoint } from "./checkpoint.js";
+import { modelFromStateDict } from "../state-dict.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
@@ -248,52 +247,6 @@ function foldsIn(folder: string, file: string): Fold[] {
   return out.sort((a, b) => (a === "all" ? 1 : b === "all" ? -1 : a - b));
 }
 
-/** Checks the state_dict against the network's parameters; returns, per parameter, the tensor to read. */
-function matchWeights(
-  weights: Map<unknown, unknown>,
-  graph: NetworkGraph,
-  cls: string,
-  where: string,
-  plansFile: string,
-  dictName: string,
-): TensorRef[] {
-  const known = new Map<string, number>();
-  graph.params.forEach((p, i) => p.names.forEach((n) => known.set(n, i)));
-  for (const n of graph.unused) known.set(n, -1);
-  const unexpected: string[] = [];
-  for (const k of weights.keys()) if (typeof k !== "string" || !known.has(k)) unexpected.push(String(k));
-  const missing: string[] = [];
-  const refs: TensorRef[] = [];
-  for (const p of graph.params) {
-    const present = p.names.filter((n) => weights.has(n));
-    if (!present.length) {
-      missing.push(`${p.names[0]} [${p.shape.join(", ")}]`);
-      continue;
-    }
-    let first: TensorRef | undefined;
-    for (const n of present) {
-      const t = weights.get(n);
-      if (!(t instanceof TensorRef)) throw new CheckpointError(`${where}: ${dictName}["${n}"] is ${typeName(t)}, not a tensor`);
-      if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i]))
-        throw new CheckpointError(
-          `${where}: ${dictName}["${n}"] has shape [${t.shape.join(", ")}]; the plans' ${cls} needs [${p.shape.join(", ")}]`,
-        );
-      if (!first) first = t;
-      else if (t.storage !== first.storage || t.offset !== first.offset || t.stride.join() !== first.stride.join())
-        throw new CheckpointError(`${where}: ${dictName}["${n}"] and ["${present[0]}"] name one parameter but hold different tensors`);
-    }
-    refs.push(first!);
-  }
-  if (missing.length || unexpected.length) {
-    const list = (xs: string[]) => xs.slice(0, 6).join(", ") + (xs.length > 6 ? `, … (${xs.length} in all)` : "");
-    const parts = [];
-    if (missing.length) parts.push(`missing ${list(missing)}`);
-    if (unexpected.length) parts.push(`unexpected ${list(unexpected)}`);
-    throw new CheckpointError(`${where}: ${dictName} do not match the ${cls} that ${plansFile} describes: ${parts.join("; ")}`);
-  }
-  return refs;
-}
-
 /**
  * A cascade's stages, before any checkpoint is read: previous_stage names another configuration of
  * the plans (a plain name: it becomes part of a folder's name); a first stage is the configuration
@@ -369,11 +322,7 @@ function labelsOf(
   return { classes, numClasses: regionEntries.length, regions: order as number[], allLabels: [...all] };
 }
 
-/**
- * One fold's model: the checkpoint's tensors, matched to the network, become its weights as read
- * (engine memory, no copy); the graph's constants, shared by the folds, go into the encoded graph.
- * Closes the checkpoint.
- */
+/** One fold's model (see modelFromStateDict). Closes the checkpoint. */
 async function foldModel(
   ck: Checkpoint,
   weights: Map<unknown, unknown>,
@@ -383,36 +332,18 @@ async function foldModel(
   where: string,
   plansFile: string,
 ): Promise<Model> {
-  const refs = matchWeights(
-    weights,
-    graph,
-    arch.networkClass,
+  const c = arch.inputChannels;
+  return modelFromStateDict(ck, weights, graph, {
+    cls: arch.networkClass,
     where,
-    plansFile,
-    plansFile === "plans.json" ? "network_weights" : "state_dict",
-  );
-  const tensors: HeldWeights = [];
-  try {
-    for (const [k, p] of graph.params.entries())
-      tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
-    ck.close();
-    const c = arch.inputChannels;
-    const small = encodeModel({
-      opset: 17,
-      producer: "bhsd-nnunet",
-      nodes: graph.nodes,
-      inputs: [{ name: graph.input, shape: arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"] }],
-      outputs: [{ name: graph.output }],
-      initializers: graph.constants,
-    });
-    return await loadModelWithWeights(small, tensors, { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) });
-  } catch (e) {
-    // no model holds them: back to the engine now (what a failed parse gave back already reads as empty)
-    for (const w of tensors) releaseEngineArray(w.data);
-    throw e;
-  } finally {
-    ck.close();
-  }
+    describedBy: plansFile,
+    owner: "the plans'",
+    dictName: plansFile === "plans.json" ? "network_weights" : "state_dict",
+    inputShape: arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
+    producer: "bhsd-nnunet",
+    opset: 17,
+    config: { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) },
+  });
 }
 
 /**

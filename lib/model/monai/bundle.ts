@@ -1,0 +1,187 @@
+/**
+ * A MONAI bundle folder as MONAI's model zoo and `monai.bundle` lay it out: `configs/inference.json`
+ * (or `.yaml` / `.yml`), `configs/metadata.json`, `models/model.pt`. The config is read as data —
+ * MONAI's ConfigParser would run its `$` expressions as Python; bhsd never does: `@id` references
+ * (`::` or the older `#` between keys) and `%` macros (`%id` or `%configs/other.json::id`, inside
+ * the bundle) are replaced by the values they name, and an expression where bhsd needs a value is
+ * an error naming the key. What bhsd reads: the `network_def`, and the inference pipeline
+ * (pipeline.ts) as segment()'s config.
+ */
+import { existsSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+import { join, normalize, isAbsolute, sep } from "node:path";
+import { parse as parseYaml } from "yaml";
+import type { ModelConfig } from "../config.js";
+import { monaiError } from "./layers.js";
+import { pipelineConfig } from "./pipeline.js";
+
+export interface MonaiBundle {
+  folder: string;
+  /** The inference config read, relative to the folder. */
+  configFile: string;
+  /** The weights, relative to the folder (`models/model.pt`). */
+  weights: string;
+  /** The network_def, references replaced. */
+  networkDef: Record<string, unknown>;
+  /** segment()'s config from the bundle's preprocessing, inferer and postprocessing. */
+  config: Partial<ModelConfig>;
+  /** Each transform of the pipeline and what bhsd made of it, in order. */
+  pipeline: string[];
+  /** configs/metadata.json's name and version, where present. */
+  name?: string;
+  version?: string;
+}
+
+/** Config files bhsd reads (a bundle's are kilobytes). */
+const MAX_CONFIG_BYTES = 4 << 20;
+/** References followed within one value (a cycle or a chain this long is refused). */
+const MAX_REF_DEPTH = 32;
+
+/** Values one item may expand to, references followed (a bundle's network_def or pipeline is a few hundred). */
+const MAX_VALUES = 100_000;
+
+const CONFIG_NAMES = ["inference.json", "inference.yaml", "inference.yml"];
+
+async function readConfigFile(path: string, where: string): Promise<Record<string, unknown>> {
+  const st = await stat(path).catch(() => null);
+  if (!st?.isFile()) throw monaiError(where, "no such file");
+  if (st.size > MAX_CONFIG_BYTES) throw monaiError(where, `${st.size} bytes, more than the ${MAX_CONFIG_BYTES} a bundle's config may have`);
+  const text = await readFile(path, "utf8");
+  let v: unknown;
+  try {
+    // (yaml's alias limit keeps a "billion laughs" document from expanding without bound)
+    v = /\.ya?ml$/i.test(path) ? parseYaml(text, { maxAliasCount: 100, uniqueKeys: true }) : JSON.parse(text);
+  } catch (e) {
+    throw monaiError(where, `not valid ${/\.ya?ml$/i.test(path) ? "YAML" : "JSON"} (${(e as Error).message})`);
+  }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw monaiError(where, "the config must be a mapping of ids to items");
+  return v as Record<string, unknown>;
+}
+
+/** Resolves references and macros in a bundle's config (the files it names are read on demand, inside the bundle). */
+export class BundleConfig {
+  private readonly files = new Map<string, Record<string, unknown>>();
+  /** Values visited by the current get(): references may name one item many times, each copy counts. */
+  private budget = 0;
+  constructor(
+    readonly folder: string,
+    readonly configFile: string,
+    root: Record<string, unknown>,
+  ) {
+    this.files.set(configFile, root);
+  }
+
+  static async open(folder: string, configFile: string): Promise<BundleConfig> {
+    return new BundleConfig(folder, configFile, await readConfigFile(join(folder, configFile), join(folder, configFile)));
+  }
+
+  private where(file: string, id: string) {
+    return `${join(this.folder, file)} (${id || "the root"})`;
+  }
+
+  /** The raw item at `id` ("a::b::0" or "a#b#0") of a config file, or undefined. */
+  private raw(file: string, id: string): unknown {
+    let v: unknown = this.files.get(file);
+    if (id === "") return v;
+    for (const k of id.replace(/#/g, "::").split("::")) {
+      if (Array.isArray(v) && /^\d+$/.test(k)) v = v[Number(k)];
+      else if (v !== null && typeof v === "object" && !Array.isArray(v) && Object.hasOwn(v, k)) v = (v as Record<string, unknown>)[k];
+      else return undefined;
+    }
+    return v;
+  }
+
+  private async fileOf(rel: string, from: string): Promise<string> {
+    if (!rel) return from;
+    const n = normalize(rel);
+    if (isAbsolute(rel) || n.startsWith("..") || n.split(sep).includes("..") || !/\.(json|ya?ml)$/i.test(n))
+      throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}: only a JSON or YAML file inside the bundle is read`);
+    if (!this.files.has(n)) {
+      if (this.files.size >= 16) throw monaiError(this.where(from, ""), "macros name more than 16 config files");
+      this.files.set(n, await readConfigFile(join(this.folder, n), join(this.folder, n)));
+    }
+    return n;
+  }
+
+  /**
+   * The item at `id`, references and macros replaced throughout (`$` expressions are left as
+   * strings); undefined where there is none.
+   */
+  async get(id: string, file = this.configFile): Promise<unknown> {
+    this.budget = MAX_VALUES;
+    return this.resolve(this.raw(file, id), file, id, 0, new Set([`${file}|${id}`]));
+  }
+
+  private async resolve(v: unknown, file: string, id: string, depth: number, seen: Set<string>): Promise<unknown> {
+    if (depth > MAX_REF_DEPTH) throw monaiError(this.where(file, id), `references nest deeper than ${MAX_REF_DEPTH}`);
+    if (--this.budget < 0) throw monaiError(this.where(file, id), `references expand to more than ${MAX_VALUES} values`);
+    if (typeof v === "string") {
+      // a whole-value reference "@id" or macro "%file::id" / "%id"
+      const m = /^([@%])((?:[^:#]*\.(?:json|ya?ml))?)(?:::|#)?([\w:#]*)$/.exec(v);
+      if (m && (m[1] === "%" || !m[2])) {
+        const target = await this.fileOf(m[2]!, file);
+        const tid = m[3]!.replace(/#/g, "::");
+        const key = `${target}|${tid}`;
+        if (seen.has(key)) throw monaiError(this.where(file, id), `${v} refers back to itself`);
+        const r = this.raw(target, tid);
+        if (r === undefined) throw monaiError(this.where(file, id), `${v} names no item of ${target}`);
+        return this.resolve(r, target, tid, depth + 1, new Set([...seen, key]));
+      }
+      return v;
+    }
+    if (Array.isArray(v)) {
+      if (v.length > 4096) throw monaiError(this.where(file, id), "a list of more than 4096 items");
+      const out = [];
+      for (const [i, x] of v.entries()) out.push(await this.resolve(x, file, `${id}::${i}`, depth + 1, seen));
+      return out;
+    }
+    if (v !== null && typeof v === "object") {
+      const out: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) out[k] = await this.resolve(x, file, id ? `${id}::${k}` : k, depth + 1, seen);
+      return out;
+    }
+    return v;
+  }
+}
+
+/** Reads a bundle folder: its inference config, network_def and pipeline. */
+export async function readBundle(folder: string): Promise<MonaiBundle> {
+  const cfgName = CONFIG_NAMES.find((n) => existsSync(join(folder, "configs", n)));
+  if (!cfgName)
+    throw new Error(
+      `MONAI bundle ${folder}: no configs/inference.json (or .yaml) — a bundle folder holds configs/ and models/; a checkpoint file is loaded with options.network`,
+    );
+  const configFile = join("configs", cfgName);
+  const cfg = await BundleConfig.open(folder, configFile);
+  let def = await cfg.get("network_def");
+  if (def === undefined) {
+    const net = await cfg.get("network");
+    if (net !== null && typeof net === "object" && !Array.isArray(net) && "_target_" in net) def = net;
+  }
+  if (def === null || typeof def !== "object" || Array.isArray(def))
+    throw monaiError(
+      join(folder, configFile),
+      def === undefined
+        ? "no network_def (nor a network with a _target_)"
+        : `network_def is ${JSON.stringify(def)}, not a network's definition`,
+    );
+  const weights = join("models", "model.pt");
+  const { config, pipeline } = await pipelineConfig(cfg);
+  let name: string | undefined, version: string | undefined;
+  const metaPath = join(folder, "configs", "metadata.json");
+  if (existsSync(metaPath)) {
+    const meta = await readConfigFile(metaPath, metaPath).catch(() => null);
+    if (typeof meta?.name === "string") name = meta.name;
+    if (typeof meta?.version === "string") version = meta.version;
+  }
+  return {
+    folder,
+    configFile,
+    weights,
+    networkDef: def as Record<string, unknown>,
+    config,
+    pipeline,
+    ...(name !== undefined ? { name } : {}),
+    ...(version !== undefined ? { version } : {}),
+  };
+}

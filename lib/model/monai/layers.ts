@@ -1,0 +1,284 @@
+/**
+ * MONAI's building blocks as ONNX nodes for the engine: its norm and activation factories
+ * (`monai.networks.layers.factories`, read from a network_def's `norm` / `act` arguments as MONAI's
+ * split_args reads them), Convolution / ADN, and a graph builder that names every parameter as
+ * PyTorch's state_dict does (the module path, then `weight`, `bias`, `running_mean` …).
+ */
+import type { AttrValue } from "../onnx-proto.js";
+import type { GraphNodeSpec, Param } from "../nnunet/network.js";
+
+/** A norm layer in eval mode. */
+export interface NormSpec {
+  kind: "instance" | "batch" | "group";
+  affine: boolean;
+  /** Eval mode applies running statistics (batch norm; instance norm with track_running_stats). */
+  runningStats: boolean;
+  eps: number;
+  groups: number;
+}
+
+export type ActSpec =
+  | { op: "relu" | "selu" | "sigmoid" | "tanh" | "relu6" | "mish" | "gelu" }
+  | { op: "leakyrelu"; slope: number }
+  | { op: "prelu"; n: number }
+  | { op: "elu"; alpha: number }
+  | { op: "swish"; alpha: number };
+
+export const monaiError = (where: string, msg: string) => new Error(`${where}: ${msg}`);
+
+/** MONAI's split_args: "name" or (name, {kwargs}) — a JSON list of two here. */
+function splitArgs(v: unknown, where: string, what: string): [string, Record<string, unknown>] {
+  if (typeof v === "string") return [v, {}];
+  if (Array.isArray(v) && v.length === 2 && typeof v[0] === "string" && v[1] !== null && typeof v[1] === "object" && !Array.isArray(v[1]))
+    return [v[0], v[1] as Record<string, unknown>];
+  throw monaiError(where, `${what} must be a name or [name, {arguments}], got ${JSON.stringify(v)}`);
+}
+
+function checkKwargs(kw: Record<string, unknown>, allowed: string[], where: string, what: string) {
+  for (const k of Object.keys(kw))
+    if (!allowed.includes(k))
+      throw monaiError(where, `${what} has argument "${k}", which bhsd does not know for it (it knows ${allowed.join(", ") || "none"})`);
+}
+
+const num = (v: unknown, dflt: number, where: string, what: string, ok: (x: number) => boolean = Number.isFinite): number => {
+  if (v === undefined) return dflt;
+  if (typeof v !== "number" || !ok(v)) throw monaiError(where, `${what} must be a number in range, got ${JSON.stringify(v)}`);
+  return v;
+};
+const bool = (v: unknown, dflt: boolean, where: string, what: string): boolean => {
+  if (v === undefined) return dflt;
+  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+};
+
+/**
+ * A norm argument as MONAI's get_norm_layer builds it (null or "": none): INSTANCE (affine off, no
+ * running statistics by default, as torch's InstanceNormNd), BATCH / SYNCBATCH (affine, running
+ * statistics), GROUP (num_groups, affine). Names are case-insensitive, as MONAI's factories.
+ */
+export function parseNorm(v: unknown, channelsHint: number | null, where: string, what: string): NormSpec | null {
+  if (v === null || v === "") return null;
+  const [rawName, kw] = splitArgs(v, where, what);
+  const name = rawName.toLowerCase();
+  const eps = num(kw.eps, 1e-5, where, `${what}'s eps`, (x) => x > 0 && x < 1);
+  if (name === "instance" || name === "instance_nvfuser") {
+    checkKwargs(kw, ["affine", "eps", "momentum", "track_running_stats", "num_features"], where, what);
+    return {
+      kind: "instance",
+      affine: bool(kw.affine, false, where, `${what}'s affine`),
+      runningStats: bool(kw.track_running_stats, false, where, `${what}'s track_running_stats`),
+      eps,
+      groups: 0,
+    };
+  }
+  if (name === "batch" || name === "syncbatch") {
+    checkKwargs(kw, ["affine", "eps", "momentum", "track_running_stats", "num_features"], where, what);
+    if (!bool(kw.track_running_stats, true, where, `${what}'s track_running_stats`))
+      throw monaiError(
+        where,
+        `${what}: batch norm without running statistics normalises by each batch's own in eval mode, which bhsd does not run`,
+      );
+    return { kind: "batch", affine: bool(kw.affine, true, where, `${what}'s affine`), runningStats: true, eps, groups: 0 };
+  }
+  if (name === "group") {
+    checkKwargs(kw, ["num_groups", "affine", "eps", "num_channels"], where, what);
+    if (kw.num_groups === undefined) throw monaiError(where, `${what}: a group norm needs num_groups`);
+    const groups = num(kw.num_groups, 0, where, `${what}'s num_groups`, (x) => Number.isInteger(x) && x >= 1 && x <= 4096);
+    if (channelsHint !== null && channelsHint % groups)
+      throw monaiError(where, `${what}: ${channelsHint} channels do not split into ${groups} groups`);
+    return { kind: "group", affine: bool(kw.affine, true, where, `${what}'s affine`), runningStats: false, eps, groups };
+  }
+  throw monaiError(where, `${what} "${rawName}" is not a norm bhsd builds (instance, batch, group)`);
+}
+
+/** An activation argument as MONAI's get_act_layer builds it (null or "": none). */
+export function parseAct(v: unknown, where: string, what: string): ActSpec | null {
+  if (v === null || v === "") return null;
+  const [rawName, kw] = splitArgs(v, where, what);
+  const name = rawName.toLowerCase();
+  const simple = { relu: "relu", selu: "selu", sigmoid: "sigmoid", tanh: "tanh", relu6: "relu6", mish: "mish" } as const;
+  if (Object.hasOwn(simple, name)) {
+    checkKwargs(kw, ["inplace"], where, what);
+    return { op: simple[name as keyof typeof simple] };
+  }
+  switch (name) {
+    case "gelu":
+      checkKwargs(kw, ["approximate"], where, what);
+      if (kw.approximate !== undefined && kw.approximate !== "none")
+        throw monaiError(where, `${what}: GELU's approximate ${JSON.stringify(kw.approximate)} (bhsd builds "none")`);
+      return { op: "gelu" };
+    case "leakyrelu":
+      checkKwargs(kw, ["negative_slope", "inplace"], where, what);
+      return { op: "leakyrelu", slope: num(kw.negative_slope, 0.01, where, `${what}'s negative_slope`) };
+    case "prelu":
+      checkKwargs(kw, ["num_parameters", "init"], where, what);
+      return { op: "prelu", n: num(kw.num_parameters, 1, where, `${what}'s num_parameters`, (x) => Number.isInteger(x) && x >= 1) };
+    case "elu":
+      checkKwargs(kw, ["alpha", "inplace"], where, what);
+      return { op: "elu", alpha: num(kw.alpha, 1, where, `${what}'s alpha`) };
+    case "swish":
+    case "memswish":
+      checkKwargs(kw, name === "swish" ? ["alpha"] : ["inplace"], where, what);
+      return { op: "swish", alpha: num(kw.alpha, 1, where, `${what}'s alpha`) };
+  }
+  throw monaiError(
+    where,
+    `${what} "${rawName}" is not an activation bhsd builds (relu, leakyrelu, prelu, elu, selu, gelu, sigmoid, tanh, relu6, swish, mish)`,
+  );
+}
+
+/** A positive integer, or one per spatial axis. */
+export function perAxis(v: unknown, dims: number, where: string, what: string, min = 1): number[] {
+  if (typeof v === "number" && Number.isInteger(v) && v >= min && v <= 1 << 16) return Array<number>(dims).fill(v);
+  if (Array.isArray(v) && v.length === dims && v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16)) return v as number[];
+  throw monaiError(where, `${what} must be an integer ≥ ${min} or ${dims} of them, got ${JSON.stringify(v)}`);
+}
+
+/** MONAI's same_padding: (k − 1) / 2 × dilation, which must be whole. */
+export function samePadding(k: number[], dilation: number[], where: string, what: string): number[] {
+  return k.map((x, i) => {
+    const p = ((x - 1) / 2) * dilation[i]!;
+    if (!Number.isInteger(p))
+      throw monaiError(where, `${what}: kernel ${JSON.stringify(k)} has no "same" padding (MONAI needs odd kernels)`);
+    return p;
+  });
+}
+
+export interface ConvOptions {
+  cin: number;
+  cout: number;
+  kernel: number[];
+  stride: number[];
+  /** Padding per spatial axis (both sides). */
+  pad: number[];
+  dilation?: number[];
+  bias: boolean;
+  transposed?: boolean;
+  outputPadding?: number[];
+}
+
+/** Nodes, parameters and constants of a network under construction. */
+export class GraphBuilder {
+  readonly params: Param[] = [];
+  readonly constants: { name: string; dims: number[]; data: Float32Array }[] = [];
+  readonly unused: string[] = [];
+  readonly nodes: GraphNodeSpec[] = [];
+  private v = 0;
+  constructor(
+    readonly dims: 1 | 2 | 3,
+    readonly where: string,
+  ) {}
+
+  private fresh(hint: string) {
+    return `${hint}:${this.v++}`;
+  }
+  /** A parameter; a module applied twice (SegResNet's ResBlock.act) names its parameters once. */
+  param(names: string[], shape: number[]): string {
+    const had = this.params.find((p) => p.names[0] === names[0]);
+    if (had) {
+      if (had.shape.join() !== shape.join()) throw new Error(`internal: parameter ${names[0]} with two shapes`);
+      return had.names[0]!;
+    }
+    this.params.push({ names, shape });
+    return names[0]!;
+  }
+  constant(hint: string, dims: number[], data: Float32Array): string {
+    const name = this.fresh(`${hint}.const`);
+    this.constants.push({ name, dims, data });
+    return name;
+  }
+  node(opType: string, inputs: string[], name: string, attrs: Record<string, AttrValue> = {}): string {
+    const y = this.fresh(name);
+    this.nodes.push({ opType, inputs, outputs: [y], name, attrs });
+    return y;
+  }
+  /** torch.nn.ConvNd / ConvTransposeNd at module path `path` (`path.weight`, `path.bias`). */
+  conv(path: string, x: string, o: ConvOptions): string {
+    const k = o.kernel;
+    const ones = Array<number>(this.dims).fill(1);
+    const w = this.param([`${path}.weight`], o.transposed ? [o.cin, o.cout, ...k] : [o.cout, o.cin, ...k]);
+    const inputs = [x, w];
+    if (o.bias) inputs.push(this.param([`${path}.bias`], [o.cout]));
+    const attrs: Record<string, AttrValue> = {
+      kernel_shape: k,
+      strides: o.stride,
+      pads: [...o.pad, ...o.pad],
+      dilations: o.dilation ?? ones,
+      group: 1,
+    };
+    if (o.transposed && o.outputPadding?.some((p) => p !== 0)) attrs.output_padding = o.outputPadding;
+    return this.node(o.transposed ? "ConvTranspose" : "Conv", inputs, path, attrs);
+  }
+  /** A norm module at `path` over `c` channels. */
+  norm(spec: NormSpec, path: string, x: string, c: number): string {
+    let scale: string, bias: string;
+    if (spec.affine) {
+      scale = this.param([`${path}.weight`], [c]);
+      bias = this.param([`${path}.bias`], [c]);
+    } else {
+      scale = this.constant(`${path}.ones`, [c], new Float32Array(c).fill(1));
+      bias = this.constant(`${path}.zeros`, [c], new Float32Array(c));
+    }
+    if (spec.runningStats) {
+      const mean = this.param([`${path}.running_mean`], [c]),
+        variance = this.param([`${path}.running_var`], [c]);
+      this.unused.push(`${path}.num_batches_tracked`);
+      return this.node("BatchNormalization", [x, scale, bias, mean, variance], path, { epsilon: spec.eps });
+    }
+    if (spec.kind === "group") {
+      if (c % spec.groups) throw monaiError(this.where, `${path}: ${c} channels do not split into ${spec.groups} groups`);
+      return this.node("GroupNormalization", [x, scale, bias], path, { epsilon: spec.eps, num_groups: spec.groups });
+    }
+    return this.node("InstanceNormalization", [x, scale, bias], path, { epsilon: spec.eps });
+  }
+  /** An activation module at `path` (PReLU's slopes are `path.weight`). */
+  act(spec: ActSpec, path: string, x: string, c: number): string {
+    switch (spec.op) {
+      case "relu":
+        return this.node("Relu", [x], path);
+      case "leakyrelu":
+        return this.node("LeakyRelu", [x], path, { alpha: spec.slope });
+      case "prelu":
+        if (spec.n !== 1 && spec.n !== c) throw monaiError(this.where, `${path}: PReLU with ${spec.n} parameters over ${c} channels`);
+        return this.node("PRelu", [x, this.param([`${path}.weight`], [spec.n])], path);
+      case "elu":
+        return this.node("Elu", [x], path, { alpha: spec.alpha });
+      case "selu":
+        return this.node("Selu", [x], path);
+      case "gelu":
+        return this.node("Gelu", [x], path);
+      case "sigmoid":
+        return this.node("Sigmoid", [x], path);
+      case "tanh":
+        return this.node("Tanh", [x], path);
+      case "relu6":
+        return this.node(
+          "Clip",
+          [x, this.constant(`${path}.min`, [], new Float32Array([0])), this.constant(`${path}.max`, [], new Float32Array([6]))],
+          path,
+        );
+      case "swish": {
+        const ax = spec.alpha === 1 ? x : this.node("Mul", [x, this.constant(`${path}.alpha`, [], new Float32Array([spec.alpha]))], path);
+        return this.node("Mul", [x, this.node("Sigmoid", [ax], path)], path);
+      }
+      case "mish":
+        return this.node("Mul", [x, this.node("Tanh", [this.node("Softplus", [x], path)], path)], path);
+    }
+  }
+  add(a: string, b: string, name: string): string {
+    return this.node("Add", [a, b], name);
+  }
+  concat(xs: string[], name: string): string {
+    return this.node("Concat", xs, name, { axis: 1 });
+  }
+  maxPool(x: string, k: number[], name: string): string {
+    return this.node("MaxPool", [x], name, { kernel_shape: k, strides: k, pads: [...k, ...k].fill(0) });
+  }
+  /** torch's interpolate(scale_factor=s, mode="(bi|tri)linear", align_corners=False). */
+  upsampleLinear(x: string, scale: number[], name: string): string {
+    return this.node("Resize", [x, "", this.constant(`${name}.scales`, [scale.length + 2], new Float32Array([1, 1, ...scale]))], name, {
+      mode: "linear",
+      coordinate_transformation_mode: "pytorch_half_pixel",
+    });
+  }
+}

@@ -1,0 +1,602 @@
+/**
+ * MONAI's segmentation networks rebuilt from a bundle's `network_def` (the class and its keyword
+ * arguments) as ONNX graphs for the engine, following MONAI 1.4's modules: UNet (with or without
+ * residual units), SegResNet, DynUNet (basic or residual blocks; deep-supervision heads are read
+ * past, as eval mode does) and BasicUNet. Each parameter is listed under every name PyTorch's
+ * state_dict gives it: DynUNet registers its blocks twice (`input_block.…` is also
+ * `skip_layers.downsample.…`). Arguments are checked as the class's constructor would and anything
+ * bhsd does not build is an error naming the argument; the inference graph is what eval mode runs
+ * (dropout is the identity).
+ */
+import { GraphBuilder, monaiError, parseAct, parseNorm, perAxis, samePadding, type ActSpec, type NormSpec } from "./layers.js";
+import type { GraphNodeSpec, Param } from "../nnunet/network.js";
+
+export type MonaiNetworkClass = "UNet" | "SegResNet" | "DynUNet" | "BasicUNet";
+export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "SegResNet", "DynUNet", "BasicUNet"];
+
+export interface MonaiNetwork {
+  networkClass: MonaiNetworkClass;
+  /** The network_def's keyword arguments (without `_target_`). */
+  args: Record<string, unknown>;
+  dims: 2 | 3;
+  inputChannels: number;
+  outputChannels: number;
+  params: Param[];
+  constants: { name: string; dims: number[]; data: Float32Array }[];
+  /** state_dict keys the network has but inference does not read (num_batches_tracked, deep-supervision heads). */
+  unused: string[];
+  nodes: GraphNodeSpec[];
+  input: string;
+  output: string;
+  /** What the spatial sizes [z, y, x] must be multiples of (z is 1 for a 2-D network). */
+  divisor: [number, number, number];
+}
+
+/** The class a `_target_` names: "UNet", "monai.networks.nets.UNet", or MONAI's aliases (Unet, DynUnet …). */
+export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass {
+  if (typeof target !== "string" || !/^[A-Za-z_][A-Za-z0-9_.]*$/.test(target))
+    throw monaiError(where, `network_def's _target_ must name a MONAI network class, got ${JSON.stringify(target)}`);
+  const parts = target.split(".");
+  const cls = parts[parts.length - 1]!;
+  const mod = parts.slice(0, -1).join(".");
+  if (
+    mod &&
+    ![
+      "monai.networks.nets",
+      "monai.networks.nets.unet",
+      "monai.networks.nets.segresnet",
+      "monai.networks.nets.dynunet",
+      "monai.networks.nets.basic_unet",
+    ].includes(mod)
+  )
+    throw monaiError(where, `network_def's _target_ "${target}" is not one of MONAI's networks (monai.networks.nets)`);
+  const aliases: Record<string, MonaiNetworkClass> = {
+    UNet: "UNet",
+    Unet: "UNet",
+    unet: "UNet",
+    SegResNet: "SegResNet",
+    DynUNet: "DynUNet",
+    DynUnet: "DynUNet",
+    Dynunet: "DynUNet",
+    BasicUNet: "BasicUNet",
+    BasicUnet: "BasicUNet",
+    Basicunet: "BasicUNet",
+    basicunet: "BasicUNet",
+  };
+  const c = Object.hasOwn(aliases, cls) ? aliases[cls] : undefined;
+  if (!c) throw monaiError(where, `network_def's _target_ "${target}": bhsd builds MONAI's ${MONAI_NETWORKS.join(", ")}`);
+  return c;
+}
+
+/** Keyword arguments with their defaults; any other is an error (as the constructor's TypeError). */
+function kwargs(
+  args: Record<string, unknown>,
+  defaults: Record<string, unknown>,
+  required: string[],
+  cls: string,
+  where: string,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...defaults };
+  for (const [k0, v] of Object.entries(args)) {
+    // (MONAI ≤ 0.9 called spatial_dims `dimensions`; the argument still appears in old bundles)
+    const k = k0 === "dimensions" ? "spatial_dims" : k0;
+    if (!Object.hasOwn(defaults, k) && !required.includes(k))
+      throw monaiError(where, `${cls} has no argument "${k0}" (bhsd knows ${[...required, ...Object.keys(defaults)].join(", ")})`);
+    out[k] = v;
+  }
+  for (const k of required) if (out[k] === undefined) throw monaiError(where, `${cls} needs the argument "${k}"`);
+  return out;
+}
+
+const posInt = (v: unknown, where: string, what: string, max = 1 << 16): number => {
+  if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max)
+    throw monaiError(where, `${what} must be a positive integer, got ${JSON.stringify(v)}`);
+  return v as number;
+};
+const intList = (v: unknown, where: string, what: string, min = 1): number[] => {
+  if (!Array.isArray(v) || !v.length || v.length > 64 || !v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16))
+    throw monaiError(where, `${what} must be a list of integers ≥ ${min}, got ${JSON.stringify(v)}`);
+  return v as number[];
+};
+const flag = (v: unknown, where: string, what: string): boolean => {
+  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+};
+const spatialDims = (v: unknown, where: string, cls: string): 2 | 3 => {
+  if (v !== 2 && v !== 3)
+    throw monaiError(where, `${cls}'s spatial_dims must be 2 or 3 (bhsd segments CT slices or volumes), got ${JSON.stringify(v)}`);
+  return v;
+};
+const dropoutOk = (v: unknown, where: string, what: string) => {
+  // eval mode: any dropout is the identity; only its form is checked
+  if (v === null || v === undefined || typeof v === "number" || typeof v === "string" || (Array.isArray(v) && v.length === 2)) return;
+  throw monaiError(where, `${what} must be a probability, a name or [name, {arguments}], got ${JSON.stringify(v)}`);
+};
+const divisorOf = (dims: number, strides: number[][]): [number, number, number] => {
+  const d = [1, 1, 1];
+  for (const s of strides) s.forEach((x, i) => (d[3 - dims + i]! *= x));
+  return d as [number, number, number];
+};
+
+/** MONAI's Convolution (conv then ADN: the norm, dropout and activation in `ordering`'s order). */
+interface ConvSpec {
+  kernel: number[];
+  stride: number[];
+  pad?: number[];
+  act: ActSpec | null;
+  norm: NormSpec | null;
+  bias: boolean;
+  convOnly?: boolean;
+  transposed?: boolean;
+  ordering?: string;
+}
+
+function convolution(b: GraphBuilder, path: string, x: string, cin: number, cout: number, s: ConvSpec): string {
+  const dil = Array<number>(b.dims).fill(1);
+  const pad = s.pad ?? samePadding(s.kernel, dil, b.where, path);
+  let y = b.conv(`${path}.conv`, x, {
+    cin,
+    cout,
+    kernel: s.kernel,
+    stride: s.stride,
+    pad,
+    bias: s.bias,
+    transposed: s.transposed ?? false,
+    // stride_minus_kernel_padding(1, strides)
+    outputPadding: s.stride.map((st) => st - 1),
+  });
+  if (s.convOnly) return y;
+  for (const ch of (s.ordering ?? "NDA").toUpperCase()) {
+    if (ch === "N" && s.norm) y = b.norm(s.norm, `${path}.adn.N`, y, cout);
+    else if (ch === "A" && s.act) y = b.act(s.act, `${path}.adn.A`, y, cout);
+  }
+  return y;
+}
+
+function ordering(v: unknown, where: string): string {
+  if (typeof v !== "string" || !/^[NDAnda]{0,3}$/.test(v) || new Set(v.toUpperCase()).size !== v.length)
+    throw monaiError(where, `adn_ordering must be a string of N, D and A (each at most once), got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function buildUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    { kernel_size: 3, up_kernel_size: 3, num_res_units: 0, act: "PRELU", norm: "INSTANCE", dropout: 0.0, bias: true, adn_ordering: "NDA" },
+    ["spatial_dims", "in_channels", "out_channels", "channels", "strides"],
+    "UNet",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "UNet");
+  const cin0 = posInt(k.in_channels, where, "UNet's in_channels"),
+    cout0 = posInt(k.out_channels, where, "UNet's out_channels");
+  const channels = intList(k.channels, where, "UNet's channels");
+  if (channels.length < 2) throw monaiError(where, "UNet's channels must list at least 2 values");
+  if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
+    throw monaiError(
+      where,
+      `UNet's strides must list at least ${channels.length - 1} values (len(channels) − 1), got ${JSON.stringify(k.strides)}`,
+    );
+  const strides = (k.strides as unknown[]).slice(0, channels.length - 1).map((s, i) => perAxis(s, dims, where, `UNet's strides[${i}]`));
+  const kernel = perAxis(k.kernel_size, dims, where, "UNet's kernel_size");
+  const upKernel = perAxis(k.up_kernel_size, dims, where, "UNet's up_kernel_size");
+  if (!Number.isInteger(k.num_res_units) || (k.num_res_units as number) < 0 || (k.num_res_units as number) > 64)
+    throw monaiError(where, `UNet's num_res_units must be an integer ≥ 0, got ${JSON.stringify(k.num_res_units)}`);
+  const nres = k.num_res_units as number;
+  const act = parseAct(k.act, where, "UNet's act");
+  const norm = parseNorm(k.norm, null, where, "UNet's norm");
+  dropoutOk(k.dropout, where, "UNet's dropout");
+  const bias = flag(k.bias, where, "UNet's bias");
+  const ord = ordering(k.adn_ordering, where);
+  const b = new GraphBuilder(dims, where);
+  const ones = Array<number>(dims).fill(1);
+  const common = { act, norm, bias, ordering: ord };
+
+  const residualUnit = (
+    path: string,
+    x: string,
+    cin: number,
+    cout: number,
+    stride: number[],
+    subunits: number,
+    lastConvOnly: boolean,
+  ): string => {
+    let cx = x,
+      sch = cin,
+      sst = stride;
+    const n = Math.max(1, subunits);
+    for (let su = 0; su < n; su++) {
+      cx = convolution(b, `${path}.conv.unit${su}`, cx, sch, cout, {
+        ...common,
+        kernel,
+        stride: sst,
+        convOnly: lastConvOnly && su === n - 1,
+      });
+      sch = cout;
+      sst = ones;
+    }
+    let res = x;
+    const strided = stride.some((s) => s !== 1);
+    if (strided || cin !== cout) {
+      const rk = strided ? kernel : ones;
+      res = b.conv(`${path}.residual`, x, {
+        cin,
+        cout,
+        kernel: rk,
+        stride,
+        pad: strided ? samePadding(kernel, ones, where, `${path}.residual`) : rk.map(() => 0),
+        bias,
+      });
+    }
+    return b.add(cx, res, `${path}.add`);
+  };
+  const down = (path: string, x: string, cin: number, cout: number, stride: number[]) =>
+    nres > 0 ? residualUnit(path, x, cin, cout, stride, nres, false) : convolution(b, path, x, cin, cout, { ...common, kernel, stride });
+  const up = (path: string, x: string, cin: number, cout: number, stride: number[], isTop: boolean): string => {
+    const convPath = nres > 0 ? `${path}.0` : path;
+    const y = convolution(b, convPath, x, cin, cout, {
+      ...common,
+      kernel: upKernel,
+      stride,
+      transposed: true,
+      convOnly: isTop && nres === 0,
+    });
+    return nres > 0 ? residualUnit(`${path}.1`, y, cout, cout, ones, 1, isTop) : y;
+  };
+  const block = (path: string, x: string, inc: number, outc: number, ch: number[], st: number[][], isTop: boolean): string => {
+    const c = ch[0]!;
+    const d = down(`${path}.0`, x, inc, c, st[0]!);
+    let sub: string, upc: number;
+    if (ch.length > 2) {
+      sub = block(`${path}.1.submodule`, d, c, c, ch.slice(1), st.slice(1), false);
+      upc = 2 * c;
+    } else {
+      sub = down(`${path}.1.submodule`, d, c, ch[1]!, ones);
+      upc = c + ch[1]!;
+    }
+    // SkipConnection: cat([x, submodule(x)], dim=1)
+    return up(`${path}.2`, b.concat([d, sub], `${path}.1`), upc, outc, st[0]!, isTop);
+  };
+  const output = block("model", "input", cin0, cout0, channels, strides, true);
+  return finish(b, "UNet", k, dims, cin0, cout0, output, divisorOf(dims, strides));
+}
+
+function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      spatial_dims: 3,
+      init_filters: 8,
+      in_channels: 1,
+      out_channels: 2,
+      dropout_prob: null,
+      act: ["RELU", { inplace: true }],
+      norm: ["GROUP", { num_groups: 8 }],
+      norm_name: "",
+      num_groups: 8,
+      use_conv_final: true,
+      blocks_down: [1, 2, 2, 4],
+      blocks_up: [1, 1, 1],
+      upsample_mode: "nontrainable",
+    },
+    [],
+    "SegResNet",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "SegResNet");
+  const f = posInt(k.init_filters, where, "SegResNet's init_filters");
+  const cin = posInt(k.in_channels, where, "SegResNet's in_channels"),
+    cout = posInt(k.out_channels, where, "SegResNet's out_channels");
+  if (k.dropout_prob !== null && typeof k.dropout_prob !== "number")
+    throw monaiError(where, `SegResNet's dropout_prob must be a number or null, got ${JSON.stringify(k.dropout_prob)}`);
+  const act = parseAct(k.act, where, "SegResNet's act");
+  if (!act) throw monaiError(where, "SegResNet's act must name an activation");
+  let normArg = k.norm;
+  if (k.norm_name !== "") {
+    if (typeof k.norm_name !== "string" || k.norm_name.toLowerCase() !== "group")
+      throw monaiError(
+        where,
+        `SegResNet's norm_name must be "" or "group" (MONAI's deprecated option), got ${JSON.stringify(k.norm_name)}`,
+      );
+    normArg = ["group", { num_groups: posInt(k.num_groups, where, "SegResNet's num_groups") }];
+  }
+  const norm = parseNorm(normArg, null, where, "SegResNet's norm");
+  if (!norm) throw monaiError(where, "SegResNet's norm must name a norm");
+  const useFinal = flag(k.use_conv_final, where, "SegResNet's use_conv_final");
+  const down = intList(k.blocks_down, where, "SegResNet's blocks_down", 0);
+  const upBlocks = intList(k.blocks_up, where, "SegResNet's blocks_up", 0);
+  if (upBlocks.length !== down.length - 1)
+    throw monaiError(
+      where,
+      `SegResNet's blocks_up must have one entry fewer than blocks_down (${down.length - 1}), got ${JSON.stringify(upBlocks)}`,
+    );
+  if (String(k.upsample_mode).toLowerCase() !== "nontrainable")
+    throw monaiError(where, `SegResNet's upsample_mode ${JSON.stringify(k.upsample_mode)}: bhsd builds "nontrainable" (MONAI's default)`);
+  const b = new GraphBuilder(dims, where);
+  const ones = Array<number>(dims).fill(1),
+    twos = Array<number>(dims).fill(2),
+    k3 = Array<number>(dims).fill(3);
+  const conv = (path: string, x: string, ci: number, co: number, kernel: number[], stride = ones, bias = false) =>
+    b.conv(`${path}.conv`, x, { cin: ci, cout: co, kernel, stride, pad: kernel.map((q) => (q - 1) >> 1), bias });
+  const resBlock = (path: string, x: string, c: number) => {
+    let y = b.act(act, `${path}.act`, b.norm(norm, `${path}.norm1`, x, c), c);
+    y = conv(`${path}.conv1`, y, c, c, k3);
+    y = b.act(act, `${path}.act`, b.norm(norm, `${path}.norm2`, y, c), c);
+    y = conv(`${path}.conv2`, y, c, c, k3);
+    return b.add(y, x, `${path}.add`);
+  };
+  let x = conv("convInit", "input", cin, f, k3);
+  const skips: string[] = [];
+  down.forEach((n, i) => {
+    const c = f * 2 ** i;
+    if (i > 0) x = conv(`down_layers.${i}.0`, x, c / 2, c, k3, twos);
+    for (let j = 0; j < n; j++) x = resBlock(`down_layers.${i}.${j + 1}`, x, c);
+    skips.push(x);
+  });
+  skips.reverse();
+  const nUp = upBlocks.length;
+  for (let i = 0; i < nUp; i++) {
+    const c = f * 2 ** (nUp - i);
+    x = conv(`up_samples.${i}.0`, x, c, c / 2, ones);
+    x = b.upsampleLinear(x, twos, `up_samples.${i}.1`);
+    x = b.add(x, skips[i + 1]!, `up_samples.${i}.add`);
+    for (let j = 0; j < upBlocks[i]!; j++) x = resBlock(`up_layers.${i}.${j}`, x, c / 2);
+  }
+  let out = f;
+  if (useFinal) {
+    x = b.act(act, "conv_final.1", b.norm(norm, "conv_final.0", x, f), f);
+    x = conv("conv_final.2", x, f, cout, ones, ones, true);
+    out = cout;
+  }
+  // (the final activation is also registered as `act_mod`: a PReLU's slope is in the state_dict twice)
+  for (const p of b.params) if (p.names[0]!.startsWith("conv_final.1.")) p.names.push(`act_mod.${p.names[0]!.slice(13)}`);
+  const div = 2 ** (down.length - 1);
+  return finish(b, "SegResNet", k, dims, cin, out, x, divisorOf(dims, [[div, div, div].slice(0, dims)]));
+}
+
+function buildDynUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      filters: null,
+      dropout: null,
+      norm_name: ["INSTANCE", { affine: true }],
+      act_name: ["leakyrelu", { inplace: true, negative_slope: 0.01 }],
+      deep_supervision: false,
+      deep_supr_num: 1,
+      res_block: false,
+      trans_bias: false,
+    },
+    ["spatial_dims", "in_channels", "out_channels", "kernel_size", "strides", "upsample_kernel_size"],
+    "DynUNet",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "DynUNet");
+  const cin = posInt(k.in_channels, where, "DynUNet's in_channels"),
+    cout = posInt(k.out_channels, where, "DynUNet's out_channels");
+  const list = (v: unknown, what: string) => {
+    if (!Array.isArray(v) || v.length > 64) throw monaiError(where, `DynUNet's ${what} must be a list, got ${JSON.stringify(v)}`);
+    return v.map((s, i) => perAxis(s, dims, where, `DynUNet's ${what}[${i}]`));
+  };
+  const kernels = list(k.kernel_size, "kernel_size"),
+    strides = list(k.strides, "strides"),
+    upK = list(k.upsample_kernel_size, "upsample_kernel_size");
+  const n = strides.length;
+  if (kernels.length !== n || n < 3)
+    throw monaiError(where, `DynUNet's kernel_size and strides must have the same length, at least 3 (got ${kernels.length} and ${n})`);
+  if (upK.length !== n - 1)
+    throw monaiError(where, `DynUNet's upsample_kernel_size must have ${n - 1} entries (one fewer than strides), got ${upK.length}`);
+  let filters: number[];
+  if (k.filters === null) filters = Array.from({ length: n }, (_, i) => Math.min(2 ** (5 + i), dims === 3 ? 320 : 512));
+  else {
+    filters = intList(k.filters, where, "DynUNet's filters");
+    if (filters.length < n)
+      throw monaiError(where, `DynUNet's filters must list at least ${n} values (one per stride), got ${filters.length}`);
+    filters = filters.slice(0, n);
+  }
+  dropoutOk(k.dropout, where, "DynUNet's dropout");
+  const norm = parseNorm(k.norm_name, null, where, "DynUNet's norm_name");
+  const act = parseAct(k.act_name, where, "DynUNet's act_name");
+  if (!norm || !act) throw monaiError(where, "DynUNet's norm_name and act_name must name a norm and an activation");
+  const ds = flag(k.deep_supervision, where, "DynUNet's deep_supervision");
+  const dsNum = posInt(k.deep_supr_num, where, "DynUNet's deep_supr_num");
+  if (ds && dsNum >= n - 1) throw monaiError(where, `DynUNet's deep_supr_num must be less than ${n - 1} (the up-sampling layers)`);
+  const res = flag(k.res_block, where, "DynUNet's res_block");
+  const transBias = flag(k.trans_bias, where, "DynUNet's trans_bias");
+  const b = new GraphBuilder(dims, where);
+  const ones = Array<number>(dims).fill(1);
+  // get_padding: (k − s + 1) / 2, truncated; get_output_padding: 2p + s − k
+  const padding = (kk: number[], s: number[], what: string) =>
+    kk.map((q, i) => {
+      const p = (q - s[i]! + 1) / 2;
+      if (p < 0)
+        throw monaiError(where, `DynUNet's ${what}: kernel ${JSON.stringify(kk)} is smaller than its stride ${JSON.stringify(s)} allows`);
+      return Math.trunc(p);
+    });
+  const conv = (path: string, x: string, ci: number, co: number, kk: number[], s: number[], bias = false) =>
+    b.conv(`${path}.conv`, x, { cin: ci, cout: co, kernel: kk, stride: s, pad: padding(kk, s, path), bias });
+  const block = (path: string, x: string, ci: number, co: number, kk: number[], s: number[], residual: boolean): string => {
+    let y = b.act(act, `${path}.lrelu`, b.norm(norm, `${path}.norm1`, conv(`${path}.conv1`, x, ci, co, kk, s), co), co);
+    y = b.norm(norm, `${path}.norm2`, conv(`${path}.conv2`, y, co, co, kk, ones), co);
+    if (residual) {
+      let r = x;
+      if (ci !== co || s.some((q) => q !== 1)) r = b.norm(norm, `${path}.norm3`, conv(`${path}.conv3`, x, ci, co, ones, s), co);
+      y = b.add(y, r, `${path}.add`);
+    }
+    return b.act(act, `${path}.lrelu`, y, co);
+  };
+  const upBlock = (path: string, x: string, skip: string, ci: number, co: number, kk: number[], uk: number[]) => {
+    const pad = padding(uk, uk, `${path}.transp_conv`);
+    const outPad = uk.map((q, i) => 2 * pad[i]! + q - q);
+    const t = b.conv(`${path}.transp_conv.conv`, x, {
+      cin: ci,
+      cout: co,
+      kernel: uk,
+      stride: uk,
+      pad,
+      bias: transBias,
+      transposed: true,
+      outputPadding: outPad,
+    });
+    return block(`${path}.conv_block`, b.concat([t, skip], `${path}.cat`), 2 * co, co, kk, ones, false);
+  };
+  // level i: its down block, the level below (or the bottleneck), then its up block (upsamples.{n−2−i})
+  const level = (i: number, x: string): string => {
+    const d =
+      i === 0
+        ? block("input_block", x, cin, filters[0]!, kernels[0]!, strides[0]!, res)
+        : block(`downsamples.${i - 1}`, x, filters[i - 1]!, filters[i]!, kernels[i]!, strides[i]!, res);
+    const next =
+      i === n - 2 ? block("bottleneck", d, filters[n - 2]!, filters[n - 1]!, kernels[n - 1]!, strides[n - 1]!, res) : level(i + 1, d);
+    const u = n - 2 - i;
+    // (upsamples.j takes the reversed lists' j-th kernel_size and upsample_kernel_size: those of level i)
+    return upBlock(`upsamples.${u}`, next, d, filters[i + 1]!, filters[i]!, kernels[i + 1]!, upK[i]!);
+  };
+  const top = level(0, "input");
+  const out = b.conv("output_block.conv.conv", top, {
+    cin: filters[0]!,
+    cout,
+    kernel: ones,
+    stride: ones,
+    pad: ones.map(() => 0),
+    bias: true,
+  });
+  // deep-supervision heads: in the state_dict, not in eval mode's output
+  if (ds)
+    for (let h = 0; h < dsNum; h++)
+      b.unused.push(`deep_supervision_heads.${h}.conv.conv.weight`, `deep_supervision_heads.${h}.conv.conv.bias`);
+  // every block is also registered under skip_layers (DynUNetSkipLayer's downsample, next_layer, upsample, super_head)
+  const nl = (j: number) => "skip_layers" + ".next_layer".repeat(j);
+  const alias: [string, string][] = [["input_block.", `${nl(0)}.downsample.`]];
+  for (let j = 0; j < n - 2; j++) alias.push([`downsamples.${j}.`, `${nl(j + 1)}.downsample.`]);
+  alias.push(["bottleneck.", `${nl(n - 1)}.`]);
+  for (let i = 0; i < n - 1; i++) alias.push([`upsamples.${n - 2 - i}.`, `${nl(i)}.upsample.`]);
+  if (ds) for (let h = 0; h < dsNum; h++) alias.push([`deep_supervision_heads.${h}.`, `${nl(h + 1)}.super_head.`]);
+  const aliasOf = (name: string) => alias.filter(([p]) => name.startsWith(p)).map(([p, q]) => q + name.slice(p.length));
+  for (const p of b.params) p.names.push(...aliasOf(p.names[0]!));
+  b.unused.push(...b.unused.flatMap(aliasOf));
+  return finish(b, "DynUNet", k, dims, cin, cout, out, divisorOf(dims, strides));
+}
+
+function buildBasicUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      spatial_dims: 3,
+      in_channels: 1,
+      out_channels: 2,
+      features: [32, 32, 64, 128, 256, 32],
+      act: ["LeakyReLU", { negative_slope: 0.1, inplace: true }],
+      norm: ["instance", { affine: true }],
+      bias: true,
+      dropout: 0.0,
+      upsample: "deconv",
+    },
+    [],
+    "BasicUNet",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "BasicUNet");
+  const cin = posInt(k.in_channels, where, "BasicUNet's in_channels"),
+    cout = posInt(k.out_channels, where, "BasicUNet's out_channels");
+  const fea = intList(k.features, where, "BasicUNet's features");
+  if (fea.length !== 6) throw monaiError(where, `BasicUNet's features must be six integers, got ${JSON.stringify(k.features)}`);
+  const act = parseAct(k.act, where, "BasicUNet's act");
+  const norm = parseNorm(k.norm, null, where, "BasicUNet's norm");
+  const bias = flag(k.bias, where, "BasicUNet's bias");
+  dropoutOk(k.dropout, where, "BasicUNet's dropout");
+  if (k.upsample !== "deconv")
+    throw monaiError(where, `BasicUNet's upsample ${JSON.stringify(k.upsample)}: bhsd builds "deconv" (MONAI's default)`);
+  const b = new GraphBuilder(dims, where);
+  const k3 = Array<number>(dims).fill(3),
+    ones = Array<number>(dims).fill(1),
+    twos = Array<number>(dims).fill(2);
+  const spec = { kernel: k3, stride: ones, pad: ones, act, norm, bias };
+  const twoConv = (path: string, x: string, ci: number, co: number) =>
+    convolution(b, `${path}.conv_1`, convolution(b, `${path}.conv_0`, x, ci, co, spec), co, co, spec);
+  const downL = (path: string, x: string, ci: number, co: number) =>
+    twoConv(`${path}.convs`, b.maxPool(x, twos, `${path}.max_pooling`), ci, co);
+  const upCat = (path: string, x: string, xe: string, ci: number, cat: number, co: number, halves: boolean) => {
+    const up = halves ? Math.floor(ci / 2) : ci;
+    const x0 = b.conv(`${path}.upsample.deconv`, x, {
+      cin: ci,
+      cout: up,
+      kernel: twos,
+      stride: twos,
+      pad: ones.map(() => 0),
+      bias: true,
+      transposed: true,
+    });
+    return twoConv(`${path}.convs`, b.concat([xe, x0], `${path}.cat`), cat + up, co);
+  };
+  const x0 = twoConv("conv_0", "input", cin, fea[0]!);
+  const x1 = downL("down_1", x0, fea[0]!, fea[1]!);
+  const x2 = downL("down_2", x1, fea[1]!, fea[2]!);
+  const x3 = downL("down_3", x2, fea[2]!, fea[3]!);
+  const x4 = downL("down_4", x3, fea[3]!, fea[4]!);
+  const u4 = upCat("upcat_4", x4, x3, fea[4]!, fea[3]!, fea[3]!, true);
+  const u3 = upCat("upcat_3", u4, x2, fea[3]!, fea[2]!, fea[2]!, true);
+  const u2 = upCat("upcat_2", u3, x1, fea[2]!, fea[1]!, fea[1]!, true);
+  const u1 = upCat("upcat_1", u2, x0, fea[1]!, fea[0]!, fea[5]!, false);
+  const out = b.conv("final_conv", u1, { cin: fea[5]!, cout, kernel: ones, stride: ones, pad: ones.map(() => 0), bias: true });
+  // (sizes that are not multiples of 16 take MONAI's replicate padding after each up-sampling, which bhsd does not build)
+  return finish(b, "BasicUNet", k, dims, cin, cout, out, divisorOf(dims, [Array<number>(dims).fill(16)]));
+}
+
+function finish(
+  b: GraphBuilder,
+  cls: MonaiNetworkClass,
+  args: Record<string, unknown>,
+  dims: 2 | 3,
+  cin: number,
+  cout: number,
+  out: string,
+  divisor: [number, number, number],
+): MonaiNetwork {
+  // the last node writes the graph's output
+  const last = [...b.nodes].reverse().find((nd) => nd.outputs[0] === out);
+  if (!last) throw new Error(`internal: ${cls}'s output ${out} has no node`);
+  last.outputs[0] = "logits";
+  for (const nd of b.nodes) nd.inputs = nd.inputs.map((i) => (i === out ? "logits" : i));
+  return {
+    networkClass: cls,
+    args,
+    dims,
+    inputChannels: cin,
+    outputChannels: cout,
+    params: b.params,
+    constants: b.constants,
+    unused: b.unused,
+    nodes: b.nodes,
+    input: "input",
+    output: "logits",
+    divisor,
+  };
+}
+
+/**
+ * The network a network_def describes (`{ "_target_": "UNet", "spatial_dims": 3, … }`), its graph
+ * and parameter names; `where` names the file or option it came from in errors.
+ */
+export function buildMonaiNetwork(def: Record<string, unknown>, where: string): MonaiNetwork {
+  if (def === null || typeof def !== "object" || Array.isArray(def))
+    throw monaiError(where, `network_def must be an object { "_target_": "UNet", … }, got ${JSON.stringify(def)}`);
+  const { _target_: target, ...args } = def;
+  for (const [key, v] of Object.entries(args))
+    if (typeof v === "string" && /^[$@%]/.test(v))
+      throw monaiError(
+        where,
+        `network_def's ${key} is ${JSON.stringify(v)}, a reference or expression bhsd does not evaluate (give the value itself)`,
+      );
+  const cls = monaiClassOf(target, where);
+  switch (cls) {
+    case "UNet":
+      return buildUNet(args, where);
+    case "SegResNet":
+      return buildSegResNet(args, where);
+    case "DynUNet":
+      return buildDynUNet(args, where);
+    case "BasicUNet":
+      return buildBasicUNet(args, where);
+  }
+}
