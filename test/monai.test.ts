@@ -6,12 +6,13 @@
  * `{"state_dict": …}` wrapper, DataParallel's `module.` keys.
  */
 import test from "ava";
-import { readFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadMonai, monaiInfo, readNpy, setBackend } from "../lib/index.js";
+import { loadMonai, monaiInfo, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { checkedFolder } from "./paths.js";
-import { backendsUnderTest, ROOT } from "./helpers.js";
-import { scaleDiff } from "./ort.js";
+import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
+import { compareLabels as compare, scaleDiff } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "monai");
 const { file: fixture, bytes } = checkedFolder(DIR);
@@ -37,3 +38,161 @@ for (const [name, m] of Object.entries(manifest.networks)) {
     }
   });
 }
+
+const BUNDLES = join(DIR, "bundles");
+for (const name of ["unet_bundle", "segresnet_bundle"]) {
+  test.serial(`the ${name} folder segments the CT as MONAI's own pipeline does (Orientation, Spacing, windows, Invert)`, async (t) => {
+    fixture(`bundles/${name}/models/model.pt`);
+    const ct = await readNifti(fixture("bundles/ct.nii.gz"));
+    const want = await readNpy(bytes(`bundles/${name}_labels.npy`));
+    const margin = await readNpy(bytes(`bundles/${name}_margin.npy`));
+    const model = await loadMonai(join(BUNDLES, name));
+    t.log(monaiInfo(model)?.bundle?.pipeline.join("\n"));
+    for (const { name: backend } of backends) {
+      setBackend(backend);
+      const { labels, report } = await segment(ct, model);
+      t.deepEqual(labels.dims, ct.dims);
+      const { compared, differ } = compare(labels.data, want.data as Uint8Array, margin.data as Float32Array);
+      t.log(backend, report.modelGrid, report.windows, compared, differ);
+      t.is(differ, 0, `${backend}: ${differ} of ${compared} voxels differ from MONAI's where its top two are apart`);
+    }
+  });
+}
+
+/** A copy of the UNet bundle with its inference.json replaced by `edit` of the original. */
+function bundleWith(edit: (cfg: Record<string, unknown>) => Record<string, unknown> | string, file = "inference.json"): string {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-"));
+  mkdirSync(join(dir, "configs"));
+  mkdirSync(join(dir, "models"));
+  cpSync(fixture("bundles/unet_bundle/models/model.pt"), join(dir, "models", "model.pt"));
+  const cfg = JSON.parse(readFileSync(join(BUNDLES, "unet_bundle", "configs", "inference.json"), "utf8")) as Record<string, unknown>;
+  const out = edit(cfg);
+  writeFileSync(join(dir, "configs", file), typeof out === "string" ? out : JSON.stringify(out));
+  return dir;
+}
+
+test("a bundle's config is data: references and macros resolve, expressions and hostile configs are refused in bounded time", async (t) => {
+  const dirs: string[] = [];
+  const refused = async (edit: Parameters<typeof bundleWith>[0], message: RegExp, file?: string) => {
+    const d = bundleWith(edit, file);
+    dirs.push(d);
+    const t0 = Date.now();
+    await t.throwsAsync(loadMonai(d), { message }, message.source);
+    t.true(Date.now() - t0 < 5000, `${message.source}: ${Date.now() - t0} ms`);
+  };
+  try {
+    // a macro from another file of the bundle, and the older `#` separator, resolve as MONAI's parser does
+    const d = bundleWith((c) => ({ ...c, network_def: "%configs/common.json#nets#unet" }));
+    dirs.push(d);
+    const def = JSON.parse(readFileSync(join(BUNDLES, "unet_bundle", "configs", "inference.json"), "utf8")).network_def;
+    writeFileSync(join(d, "configs", "common.json"), JSON.stringify({ nets: { unet: { ...def, out_channels: 6 } } }));
+    const m = await loadMonai(d);
+    t.is(monaiInfo(m)?.networkClass, "UNet");
+    t.is(monaiInfo(m)?.args.out_channels, 6);
+    await refused((c) => ({ ...c, network_def: "@loop", loop: "@network_def" }), /refers back to itself/);
+    // references that expand a little config into billions of values
+    await refused((c) => {
+      const out: Record<string, unknown> = { ...c, a0: Array(10).fill(1) };
+      for (let i = 1; i < 12; i++) out[`a${i}`] = Array(10).fill(`@a${i - 1}`);
+      return { ...out, network_def: { ...(c.network_def as object), channels: "@a11" } };
+    }, /expand to more than 100000 values/);
+    await refused((c) => ({ ...c, network_def: "%../../../../etc/passwd::x" }), /only a JSON or YAML file inside the bundle/);
+    const linked = bundleWith((c) => ({ ...c, network_def: "%configs/outside.json::x" }));
+    dirs.push(linked);
+    const outside = mkdtempSync(join(tmpdir(), "bhsd-monai-outside-"));
+    dirs.push(outside);
+    writeFileSync(join(outside, "secret.json"), JSON.stringify({ x: { _target_: "UNet" } }));
+    symlinkSync(join(outside, "secret.json"), join(linked, "configs", "outside.json"));
+    await t.throwsAsync(loadMonai(linked), { message: /leads out of the bundle/ });
+    await refused(
+      (c) => ({ ...c, network_def: { ...(c.network_def as object), out_channels: "$@num_classes + 1" } }),
+      /out_channels is "\$@num_classes \+ 1", a reference or expression bhsd does not evaluate/,
+    );
+    await refused(
+      (c) => ({ ...c, network_def: { ...(c.network_def as object), _target_: "SwinUNETR" } }),
+      /bhsd builds MONAI's UNet, SegResNet, DynUNet, BasicUNet/,
+    );
+    await refused((c) => ({ ...c, network_def: { ...(c.network_def as object), kernal_size: 3 } }), /UNet has no argument "kernal_size"/);
+    await refused((c) => {
+      const pre = c.preprocessing as { transforms: unknown[] };
+      return {
+        ...c,
+        preprocessing: {
+          ...pre,
+          transforms: [...pre.transforms.slice(0, 4), { _target_: "CropForegroundd", keys: "image", source_key: "image" }],
+        },
+      };
+    }, /preprocessing 4 \(CropForegroundd\) is a transform bhsd does not run/);
+    await refused((c) => ({ ...c, inferer: { _target_: "SimpleInferer" } }), /the inferer SimpleInferer: bhsd runs SlidingWindowInferer/);
+    // YAML: an alias bomb, and a file past the size bound
+    const bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"];
+    for (let i = 1; i < 9; i++)
+      bomb.push(
+        `${"abcdefghi"[i]}: &${"abcdefghi"[i]} [${Array(10)
+          .fill(`*${"abcdefghi"[i - 1]}`)
+          .join(", ")}]`,
+      );
+    await refused(() => bomb.join("\n") + "\nnetwork_def: *i\n", /not valid YAML/, "inference.yaml");
+    await refused(() => `{"pad": "${"x".repeat(5 << 20)}"}`, /more than the 4194304 a bundle's config may have/);
+  } finally {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test("loadMonai refuses bad arguments and weights that are not the network's, naming what is wrong", async (t) => {
+  await t.throwsAsync(loadMonai(42 as never), { message: /path/ });
+  await t.throwsAsync(loadMonai(fixture("unet_res.pt")), { message: /options\.network/ });
+  await t.throwsAsync(loadMonai(fixture("unet_res.pt"), { network: [] as never }), { message: /options\.network/ });
+  const m = manifest.networks;
+  // another network's weights
+  await t.throwsAsync(loadMonai(fixture("unet_plain.pt"), { network: m.unet_res!.network_def }), {
+    message: /state_dict do not match the UNet that options\.network describes: missing model\.0\.conv\.unit0\.conv\.weight/,
+  });
+  // a wrapper dict: found under "state_dict", or where options.key says; refused where it is not
+  await t.throwsAsync(loadMonai(fixture("segresnet.pt"), { network: m.segresnet!.network_def, key: "model" }), {
+    message: /the checkpoint's "model" \(options\.key\) is absent, not a state_dict/,
+  });
+  const model = await loadMonai(fixture("segresnet.pt"), {
+    network: m.segresnet!.network_def,
+    key: "state_dict",
+    config: { patchSize: [16, 16, 24] },
+  });
+  t.is(model.config.source, "argument");
+  await t.throwsAsync(loadMonai(fixture("segresnet.pt"), { network: m.segresnet!.network_def, config: { patchSize: [16, 16, 20] } }), {
+    message: /patchSize \[16, 16, 20\] must be a multiple of \[8, 8, 8\]/,
+  });
+  await t.throwsAsync(loadMonai(fixture("segresnet_input.npy"), { network: m.segresnet!.network_def }), {
+    message: /not a readable PyTorch zip checkpoint/,
+  });
+});
+
+test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MONAI's", async (t) => {
+  const bundle = join(BUNDLES, "unet_bundle");
+  const info = bhsdSync(["info", bundle, "--json"], 120_000);
+  t.is(info.status, 0, info.stderr);
+  const o = JSON.parse(info.stdout) as {
+    network: { class: string };
+    pipeline: string[];
+    config: { orientation: string; patchSize: number[] };
+  };
+  t.is(o.network.class, "UNet");
+  t.is(o.config.orientation, "RAS");
+  t.deepEqual(o.config.patchSize, [32, 32, 8]);
+  t.true(o.pipeline.some((p) => /^Spacing: to 1\.5 × 1\.5 × 4 mm/.test(p)));
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-cli-"));
+  try {
+    const out = join(dir, "labels.nii.gz");
+    const r = bhsdSync(["segment", fixture("bundles/ct.nii.gz"), "--monai", bundle, "--out", out, "--quiet"], 180_000);
+    t.is(r.status, 0, r.stderr);
+    const labels = await readNifti(out);
+    const want = await readNpy(bytes("bundles/unet_bundle_labels.npy"));
+    const margin = await readNpy(bytes("bundles/unet_bundle_margin.npy"));
+    t.is(compare(labels.data as Uint8Array, want.data as Uint8Array, margin.data as Float32Array).differ, 0);
+    // its weights may not be overwritten by an output
+    const bad = bhsdSync(["segment", fixture("bundles/ct.nii.gz"), "--monai", bundle, "--out", join(bundle, "models", "model.pt")], 60_000);
+    t.not(bad.status, 0);
+    t.regex(bad.stderr, /--out/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

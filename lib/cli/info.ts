@@ -11,6 +11,7 @@ import { readCt } from "../io/ct.js";
 import { isFolder, listDicomSeries } from "../io/dicom.js";
 import { loadModel } from "../model/model.js";
 import { loadNnunet } from "../model/nnunet/index.js";
+import { loadMonai, monaiInfo } from "../model/monai/index.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
@@ -24,7 +25,7 @@ export function infoCommand(program: Command): void {
     )
     .argument(
       "[file]",
-      "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series), a zip of a series, an ONNX model (.onnx) or an nnU-Net results folder to describe",
+      "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series), a zip of a series, an ONNX model (.onnx), an nnU-Net results folder or a MONAI bundle folder to describe",
     )
     .option("--json", "machine-readable output")
     .action(async (file: string | undefined, opts: { json?: boolean }) => {
@@ -111,9 +112,40 @@ async function describeModel(file: string, json: boolean): Promise<void> {
   }
 }
 
+/** A MONAI bundle: its network, what bhsd makes of its pipeline, and the config segment would use. */
+async function describeMonai(file: string, json: boolean): Promise<void> {
+  const m = await loadMonai(file);
+  try {
+    const info = monaiInfo(m)!;
+    const b = info.bundle!;
+    const out = {
+      file,
+      model: m.name,
+      bundle: { name: b.name ?? null, version: b.version ?? null, config: b.configFile, weights: b.weights },
+      network: { class: info.networkClass, args: info.args },
+      pipeline: b.pipeline,
+      weightBytes: m.weightBytes,
+      config: m.config,
+    };
+    if (json) return void process.stdout.write(toJson(out) + "\n");
+    process.stdout.write(
+      [
+        `${file}: MONAI bundle${b.name ? ` ${b.name}` : ""}${b.version ? ` ${b.version}` : ""} (${b.configFile}, ${b.weights}), ${(m.weightBytes / 2 ** 20).toFixed(1)} MiB of weights`,
+        `  ${info.networkClass} ${JSON.stringify(info.args)}`,
+        ...b.pipeline.map((p) => `  ${p}`),
+        `  config: ${JSON.stringify(m.config)}`,
+      ].join("\n") + "\n",
+    );
+  } finally {
+    m.dispose();
+  }
+}
+
 async function describeFile(file: string, json: boolean) {
   if (file.toLowerCase().endsWith(".onnx") || existsSync(join(file, "plans.json")) || existsSync(join(file, "plans.pkl")))
     return describeModel(file, json);
+  if (["inference.json", "inference.yaml", "inference.yml"].some((n) => existsSync(join(file, "configs", n))))
+    return describeMonai(file, json);
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {
     if (json) return void process.stdout.write(toJson({ file, series }) + "\n");

@@ -1,5 +1,5 @@
 /** `bhsd segment`: a head CT through an ONNX model to a label NIfTI and a report. */
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import { writeNifti } from "../io/nifti.js";
@@ -12,6 +12,7 @@ import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { readNnunetPostprocessing } from "../model/nnunet/postprocessing.js";
+import { loadMonai } from "../model/monai/index.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
 import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
@@ -19,6 +20,8 @@ import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readL
 interface Opts {
   model?: string;
   nnunet?: string[];
+  monai?: string;
+  network?: string;
   ppPkl?: string;
   folds?: Fold[];
   previousStage?: string;
@@ -49,6 +52,11 @@ export function segmentCommand(program: Command): void {
       "instead of --model: an nnU-Net trained-model folder, run directly — v2 (…/DatasetXXX/Trainer__Plans__3d_fullres, __2d, __3d_lowres, __3d_cascade_fullres with its __3d_lowres sibling) or v1 (…/3d_fullres/TaskXXX/nnUNetTrainerV2__nnUNetPlansv2.1); its predictor mirrors by default, add --tta for that. Given twice or more: an ensemble (the mean of the configurations' probabilities, as nnUNetv2_ensemble)",
       (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
     )
+    .option(
+      "--monai <bundle>",
+      "instead of --model: a MONAI bundle folder (configs/inference.json or .yaml, models/model.pt), run directly with its own pipeline (Orientation, Spacing, intensity scaling, sliding windows, Invert); or a checkpoint file with --network",
+    )
+    .option("--network <json>", 'with --monai <checkpoint>: a JSON file holding the network_def ({"_target_": "UNet", …})')
     .option(
       "--pp-pkl <file>",
       "apply nnU-Net's post-processing file (postprocessing.pkl or .json: an ensemble's from nnUNet_results/…/ensembles/…, or another model's) instead of the model's own",
@@ -95,7 +103,9 @@ export function segmentCommand(program: Command): void {
     .option("--json", "print the JSON report")
     .option("--quiet", "no progress")
     .action(async (file: string, o: Opts) => {
-      if (!o.model === !o.nnunet) throw new Error("segment: give exactly one of --model <onnx> and --nnunet <folder>");
+      if ([o.model, o.nnunet, o.monai].filter((x) => x !== undefined).length !== 1)
+        throw new Error("segment: give exactly one of --model <onnx>, --nnunet <folder> and --monai <bundle>");
+      if (o.network && !o.monai) throw new Error("segment: --network goes with --monai <checkpoint>");
       if (o.folds && !o.nnunet) throw new Error("segment: --folds goes with --nnunet");
       if (o.previousStage && o.nnunet?.length !== 1)
         throw new Error("segment: --previous-stage goes with one --nnunet (a cascade's second stage)");
@@ -107,7 +117,15 @@ export function segmentCommand(program: Command): void {
         file,
         ...(o.nnunet
           ? o.nnunet.flatMap((f) => ["plans.json", "dataset.json", "plans.pkl", "postprocessing.json"].map((x) => join(f, x)))
-          : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),
+          : o.monai
+            ? [
+                o.monai,
+                ...["configs/inference.json", "configs/inference.yaml", "configs/inference.yml", "models/model.pt"].map((x) =>
+                  join(o.monai!, x),
+                ),
+                ...(o.network ? [o.network] : []),
+              ]
+            : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),
         ...(o.ppPkl ? [o.ppPkl] : []),
       ];
       const outputs = [
@@ -136,6 +154,20 @@ export function segmentCommand(program: Command): void {
             }),
           );
         if (o.model) models.push(await loadModel(o.model, prec));
+        if (o.monai) {
+          let network: Record<string, unknown> | undefined;
+          if (o.network) {
+            const text = await readFile(o.network, "utf8").catch((e: Error) => {
+              throw new Error(`segment: --network ${o.network}: ${e.message}`, { cause: e });
+            });
+            try {
+              network = JSON.parse(text) as Record<string, unknown>;
+            } catch (e) {
+              throw new Error(`segment: --network ${o.network} is not JSON (${(e as Error).message})`, { cause: e });
+            }
+          }
+          models.push(await loadMonai(o.monai, { ...(network ? { network } : {}), ...prec }));
+        }
         // nnU-Net's post-processing file, read against the model's labels (refused before the work)
         const pp = o.ppPkl
           ? ((await readNnunetPostprocessing(o.ppPkl, Object.keys(models[0]!.config.classes).map(Number))) ?? (false as const))

@@ -98,6 +98,24 @@ export interface ModelConfig {
    * chose on validation with the model: segment() applies it unless given `cleanup` (false: none).
    */
   postprocessing?: CleanupOptions;
+  /**
+   * What the export resamples back to the CT's grid, where the model's grid is not the CT's:
+   * "logits" (nnU-Net v2) or "probabilities" (the softmax first: nnU-Net v1, and MONAI's
+   * Activationsd before Invertd). Default: as `aggregate`.
+   */
+  exportValues?: "logits" | "probabilities";
+  /**
+   * MONAI's Orientationd: the CT's voxel axes reordered and flipped to run along these world
+   * directions (nibabel's axis codes: "RAS", the first axis toward the right) before anything
+   * else, the labels put back on the CT's own grid after. Absent: the CT's axes as stored.
+   */
+  orientation?: string;
+  /**
+   * The sliding windows: nnU-Net's (absent: steps of `stepSize`, spread evenly, a Gaussian of
+   * σ = patch/8 with peak 1), or MONAI's sliding_window_inference — its window starts, `overlap`
+   * per axis of the model's grid, a constant or Gaussian (σ = patch · sigmaScale) importance map.
+   */
+  slidingWindow?: { type: "monai"; overlap: [number, number, number]; mode: "constant" | "gaussian"; sigmaScale: [number, number, number] };
   /** Where the config came from. */
   source: "argument" | "sidecar" | "nnunet" | "monai" | "metadata" | "default";
 }
@@ -232,6 +250,38 @@ export function normalizeConfig(
     throw new Error(
       "model config: a z-score's nonzeroMask is the CT's own region, taken before resampling: not with normalizeAfterResampling",
     );
+  if (out.exportValues !== undefined && out.exportValues !== "logits" && out.exportValues !== "probabilities")
+    throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
+  if (out.regions !== undefined && out.exportValues === "probabilities")
+    throw new Error('model config: a region-based model exports each region\'s logits: exportValues must be "logits"');
+  if (out.orientation !== undefined) {
+    const o = out.orientation as unknown;
+    if (
+      typeof o !== "string" ||
+      !/^[RLAPSIrlapsi]{3}$/.test(o) ||
+      new Set([...o.toUpperCase()].map((c) => "RLAPSI".indexOf(c) >> 1)).size !== 3
+    )
+      throw new Error(
+        `model config: orientation must be three axis letters naming each of R/L, A/P and S/I once ("RAS"), got ${JSON.stringify(o)}`,
+      );
+    out.orientation = o.toUpperCase();
+  }
+  if (out.slidingWindow !== undefined) {
+    const w = out.slidingWindow as unknown as Record<string, unknown> | null;
+    const three = (v: unknown, ok: (x: number) => boolean) =>
+      Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === "number" && ok(x));
+    if (
+      w === null ||
+      typeof w !== "object" ||
+      w.type !== "monai" ||
+      !three(w.overlap, (x) => x >= 0 && x < 1) ||
+      (w.mode !== "constant" && w.mode !== "gaussian") ||
+      !three(w.sigmaScale, (x) => x > 0 && Number.isFinite(x))
+    )
+      throw new Error(
+        `model config: slidingWindow must be { type: "monai", overlap: three numbers in [0, 1), mode: "constant" | "gaussian", sigmaScale: three positive numbers }, got ${JSON.stringify(w)}`,
+      );
+  }
   if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
   if (out.postprocessing !== undefined) {
     try {
@@ -257,6 +307,14 @@ function resamplingOf(r: unknown): Resampling {
   if (r === "nnunet") return structuredClone(NNUNET_RESAMPLING);
   const o = r as Record<string, unknown> | null;
   if (o?.type === "linear" && Object.keys(o).length === 1) return { type: "linear" };
+  if (o?.type === "monai") {
+    const mode = (v: unknown) => v === "bilinear" || v === "nearest";
+    if (Object.keys(o).length === 3 && mode(o.image) && mode(o.back))
+      return { type: "monai", image: o.image as "bilinear" | "nearest", back: o.back as "bilinear" | "nearest" };
+    throw new Error(
+      `model config: resampling { type: "monai" } needs image and back, each "bilinear" or "nearest", got ${JSON.stringify(r)}`,
+    );
+  }
   if (o?.type === "nnunet") {
     const step = (v: unknown, what: string): NnunetResamplingStep => {
       const t = v as Partial<NnunetResamplingStep> | null;
@@ -284,7 +342,7 @@ function resamplingOf(r: unknown): Resampling {
     };
   }
   throw new Error(
-    `model config: resampling must be "linear", "nnunet" or { type: "nnunet", data: {…}, probabilities: {…} }, got ${JSON.stringify(r)}`,
+    `model config: resampling must be "linear", "nnunet", { type: "nnunet", data: {…}, probabilities: {…} } or { type: "monai", image, back }, got ${JSON.stringify(r)}`,
   );
 }
 

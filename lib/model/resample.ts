@@ -84,6 +84,12 @@ export interface NnunetResamplingStep {
  */
 export type Resampling =
   | { type: "linear" }
+  /**
+   * MONAI's Spacingd and its inverse (Invertd): the model grid's size from the extent between the
+   * first and last voxel centres, each grid_sample'd in float64 with border padding — `image` the
+   * CT's mode, `back` the export's (Invertd's nearest_interp: "nearest").
+   */
+  | { type: "monai"; image: "bilinear" | "nearest"; back: "bilinear" | "nearest" }
   | {
       type: "nnunet";
       data: NnunetResamplingStep;

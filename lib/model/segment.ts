@@ -22,6 +22,8 @@ import type { ModelConfig, Normalization } from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
 import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet } from "./resample.js";
+import { monaiImportanceMap, monaiSpacingSize, monaiWindowStarts, resampleMonai } from "./monai/grid.js";
+import { moveAxes, reorient } from "../ops/orient.js";
 
 /**
  * What segment() uses of a model: a Model from loadModel, or a model-like one (loadNnunet's). A
@@ -385,6 +387,8 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   if (typeof (model as Model)?.run !== "function") throw invalidParameterError("model", "a Model from loadModel or loadNnunet", model);
   const opts = optionsObject("options", options) as SegmentOptions;
   const cfg: ModelConfig = model.config;
+  if (cfg.orientation !== undefined && model.previousStage)
+    throw invalidParameterError("model.config.orientation", "no reorientation in a cascade's second stage", cfg.orientation);
   const twoD = cfg.spatialDims === 2;
   // a 2-D model's patch is one slice: [y, x] or [1, y, x]
   let patch = (opts.patchSize ?? cfg.patchSize) as number[];
@@ -442,7 +446,11 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
       : (perm.map((p) => ts[p]!) as [number, number, number]);
   // nnU-Net's compute_new_shape: round(old spacing / new spacing · old shape), halves to even as
   // Python's round (Math.round would make 12.5 voxels 13 where nnU-Net makes them 12)
-  const modelShape = perm.map((p, i) => Math.max(1, roundHalfEven((gridSpacing[i]! / target[i]!) * zyx[p]!))) as [number, number, number];
+  const modelShape = perm.map((p, i) =>
+    cfg.resampling.type === "monai"
+      ? monaiSpacingSize(zyx[p]!, gridSpacing[i]!, target[i]!)
+      : Math.max(1, roundHalfEven((gridSpacing[i]! / target[i]!) * zyx[p]!)),
+  ) as [number, number, number];
   const padded = modelShape.map((d, i) => Math.max(d, patch[i]!)) as [number, number, number];
   for (const [what, shape] of [
     ["the CT", zyx],
@@ -515,6 +523,9 @@ async function preprocess(
     if (rs.type === "nnunet") {
       const data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe(), cap(p));
       x = { data, shape: [1, 1, ...p.modelShape] };
+    } else if (rs.type === "monai") {
+      const ratio = p.target.map((t, i) => t / p.gridSpacing[i]!) as [number, number, number];
+      x = { data: resampleMonai(img, gridShape, p.modelShape, ratio, rs.image), shape: [1, 1, ...p.modelShape] };
     } else x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
     run.hold(x.data.byteLength);
     run.held -= img.byteLength;
@@ -599,7 +610,8 @@ function noNaN(src: ArrayLike<number>): Float32Array {
  * network as [1, 1, y, x] and its logits read as one slice.
  */
 function windowStartsOf(p: SegmentPlan): number[][] {
-  const starts = p.padded.map((L, i) => windowStarts(L, p.patch[i]!, p.step));
+  const w = p.cfg.slidingWindow;
+  const starts = p.padded.map((L, i) => (w ? monaiWindowStarts(L, p.patch[i]!, w.overlap[i]!) : windowStarts(L, p.patch[i]!, p.step)));
   if (p.cfg.spatialDims === 2) starts[0] = Array.from({ length: p.padded[0] }, (_, z) => z);
   return starts;
 }
@@ -629,7 +641,8 @@ async function predictSlidingWindow(
   const twoD = p.cfg.spatialDims === 2;
   const netShape = (s: readonly number[]) => (twoD ? [s[0]!, s[1]!, ...s.slice(3)] : [...s]);
   const total = starts[0]!.length * starts[1]!.length * starts[2]!.length;
-  const gauss = gaussianMap(patch);
+  const sw = p.cfg.slidingWindow;
+  const gauss = sw ? monaiImportanceMap(patch, sw.mode, sw.sigmaScale) : gaussianMap(patch);
   let C = 0;
   let acc: Float32Array | undefined;
   const weight = allocArray("float32", prod(padded), "window weights") as Float32Array;
@@ -752,6 +765,9 @@ async function predictSlidingWindow(
  * (or, aggregating probabilities, the probabilities, which it resamples as nnU-Net v1).
  */
 const exportMoves = (p: SegmentPlan, pre: { resampled: boolean }) => pre.resampled || p.perm.some((q, i) => q !== i);
+
+/** Whether the export resamples logits (else probabilities: the softmax comes first). */
+const exportsLogits = (cfg: ModelConfig) => (cfg.exportValues ?? cfg.aggregate) === "logits";
 
 /**
  * Export (nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape): the class logits
@@ -903,6 +919,10 @@ async function forEachClassOnCtGrid(
           cap(p),
         );
         ch = { data, shape: [1, 1, ...gridShape] };
+      } else if (rs.type === "monai") {
+        // (Invertd: the CT's voxel i is the model grid's i · spacing / pixdim)
+        const ratio = p.gridSpacing.map((g, i) => g / p.target[i]!) as [number, number, number];
+        ch = { data: resampleMonai(ch.data, modelShape, gridShape, ratio, rs.back), shape: [1, 1, ...gridShape] };
       } else ch = await ops.resize(ch, { sizes: gridShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
     }
     const back = transpose3(ch.data, gridShape, inv);
@@ -966,28 +986,39 @@ export async function segment(
   run.progress({ step: "preprocess", done: 0, total: 3 });
   // (nnU-Net's crop to the non-zero region: the run's CT is that box, the labels go back into the whole)
   const box = one.config.cropToNonzero ? nonzeroBox(ct) : null;
-  const work = box ? cropVolume(ct, box) : ct;
+  const boxed = box ? cropVolume(ct, box) : ct;
+  // (MONAI's Orientationd: the model's part runs on the CT's voxels reordered and flipped; the
+  // labels go back to the CT's own axes before the cleanup and the report)
+  const oriented = one.config.orientation ? reorient(boxed, one.config.orientation) : null;
+  const work = oriented ? oriented.volume : boxed;
+  const releaseWork = () => {
+    if (work !== boxed) releaseEngineArray(work.data);
+    if (boxed !== ct) releaseEngineArray(boxed.data);
+  };
   // (planned, and so bounded, before a cascade's first stage runs)
-  const p = plan(work, one.config, opts);
+  let p: SegmentPlan;
   let previous: Awaited<ReturnType<typeof previousStageLabels>>;
   let pre: Awaited<ReturnType<typeof preprocess>>;
   try {
+    p = plan(work, one.config, opts);
     previous = await previousStageLabels(ct, one, box, opts);
   } catch (e) {
-    if (work !== ct) releaseEngineArray(work.data);
+    releaseWork();
     throw e;
   }
   try {
     pre = await preprocess(work, p, run, previous);
   } catch (e) {
-    if (work !== ct) releaseEngineArray(work.data);
+    releaseWork();
     // (withPreviousStage releases the labels once it has them)
     if (previous && !run.previousTaken) releaseEngineArray(previous.labels);
     throw e;
   }
   // where the export resamples, the logits are resampled and their argmax taken, as nnU-Net v2's
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
-  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, !exportMoves(p, pre));
+  // (MONAI's Activationsd before Invertd: the probabilities are what goes back)
+  const softmax = !exportMoves(p, pre) || !exportsLogits(p.cfg);
+  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, softmax);
   run.signal?.throwIfAborted();
   run.progress({ step: "postprocess", done: 1, total: 3 });
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
@@ -995,8 +1026,14 @@ export async function segment(
   releaseEngineArray(pre.x.data);
   let labels = await exportToCtGrid(probs, classes, work, p, pre, run);
   releaseEngineArray(probs);
-  if (box) {
+  if (oriented && work !== boxed) {
+    const onWork = labels;
+    labels = moveAxes(onWork, boxed.dims, oriented.orientation, true);
+    releaseEngineArray(onWork);
     releaseEngineArray(work.data);
+  }
+  if (box) {
+    releaseEngineArray(boxed.data);
     const inBox = labels;
     labels = uncropLabels(inBox, box, ct.dims);
     releaseEngineArray(inBox);
@@ -1106,6 +1143,14 @@ async function segmentEnsemble(
     if (JSON.stringify(m.config.regions) !== JSON.stringify(regions))
       throw invalidParameterError(`model[${i}].config.regions`, `the regions of model[0] (${JSON.stringify(regions)})`, m.config.regions);
   });
+  // (a member that reorients the CT would need its probabilities put back before the mean: not built)
+  const turned = models.findIndex((m) => m.config.orientation !== undefined);
+  if (models.length > 1 && turned >= 0)
+    throw invalidParameterError(
+      `model[${turned}].config.orientation`,
+      "no reorientation in an ensemble (segment with one such model)",
+      models[turned]!.config.orientation,
+    );
   const opts = settings[0]!;
   // an ensemble's post-processing is its own (nnU-Net determines one for the ensemble): the caller's
   const cleanupOptions = models.length === 1 ? opts.cleanup : (options as SegmentOptions | undefined)?.cleanup;
@@ -1130,7 +1175,7 @@ async function segmentEnsemble(
     const pre = await preprocess(work, p, run, previous);
     if (work === cropped && !works.slice(i + 1).includes(cropped)) releaseEngineArray(cropped.data);
     const moves = exportMoves(p, pre);
-    const r = await predictSlidingWindow(pre.x, m, p, run, !moves);
+    const r = await predictSlidingWindow(pre.x, m, p, run, !moves || !exportsLogits(p.cfg));
     releaseEngineArray(pre.x.data);
     if (!acc) {
       C = r.classes;
@@ -1147,7 +1192,7 @@ async function segmentEnsemble(
     await addToCtGrid(
       r.probs,
       // (a region-based model's are logits, moved or not: each gets its sigmoid)
-      (moves && m.config.aggregate === "logits") || !!m.config.regions,
+      (moves && exportsLogits(m.config)) || !!m.config.regions,
       C,
       ct,
       work === ct ? null : box,

@@ -8,12 +8,12 @@
  * (pipeline.ts) as segment()'s config.
  */
 import { existsSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, realpath, stat } from "node:fs/promises";
 import { join, normalize, isAbsolute, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
 import type { ModelConfig } from "../config.js";
 import { monaiError } from "./layers.js";
-import { pipelineConfig } from "./pipeline.js";
+import { pipelineConfig, type KeepLargest } from "./pipeline.js";
 
 export interface MonaiBundle {
   folder: string;
@@ -27,6 +27,10 @@ export interface MonaiBundle {
   config: Partial<ModelConfig>;
   /** Each transform of the pipeline and what bhsd made of it, in order. */
   pipeline: string[];
+  /** The postprocessing's KeepLargestConnectedComponent, where it has one. */
+  keepLargest?: KeepLargest;
+  /** configs/metadata.json's class names (network_data_format's outputs' channel_def), where given. */
+  classes?: Record<string, string>;
   /** configs/metadata.json's name and version, where present. */
   name?: string;
   version?: string;
@@ -98,6 +102,10 @@ export class BundleConfig {
       throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}: only a JSON or YAML file inside the bundle is read`);
     if (!this.files.has(n)) {
       if (this.files.size >= 16) throw monaiError(this.where(from, ""), "macros name more than 16 config files");
+      // (a link inside the bundle that leads out of it is not followed)
+      const [root, real] = await Promise.all([realpath(this.folder), realpath(join(this.folder, n)).catch(() => null)]);
+      if (real !== null && !real.startsWith(root + sep))
+        throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}, which leads out of the bundle`);
       this.files.set(n, await readConfigFile(join(this.folder, n), join(this.folder, n)));
     }
     return n;
@@ -116,11 +124,21 @@ export class BundleConfig {
     if (depth > MAX_REF_DEPTH) throw monaiError(this.where(file, id), `references nest deeper than ${MAX_REF_DEPTH}`);
     if (--this.budget < 0) throw monaiError(this.where(file, id), `references expand to more than ${MAX_VALUES} values`);
     if (typeof v === "string") {
-      // a whole-value reference "@id" or macro "%file::id" / "%id"
-      const m = /^([@%])((?:[^:#]*\.(?:json|ya?ml))?)(?:::|#)?([\w:#]*)$/.exec(v);
-      if (m && (m[1] === "%" || !m[2])) {
-        const target = await this.fileOf(m[2]!, file);
-        const tid = m[3]!.replace(/#/g, "::");
+      // a whole-value reference "@a::b", or a macro "%a::b" / "%configs/other.json::a::b" (`#` the older separator)
+      let target: string | undefined, tid: string | undefined;
+      if (/^@[\w:#]*$/.test(v)) {
+        target = file;
+        tid = v.slice(1);
+      } else if (v.startsWith("%")) {
+        const rest = v.slice(1);
+        const m = /::|#/.exec(rest);
+        const f = m ? rest.slice(0, m.index) : "";
+        tid = m ? rest.slice(m.index + m[0].length) : rest;
+        if (!/^[\w:#]*$/.test(tid)) throw monaiError(this.where(file, id), `macro ${JSON.stringify(v)} names no item`);
+        target = await this.fileOf(f, file);
+      }
+      if (target !== undefined && tid !== undefined) {
+        tid = tid.replace(/#/g, "::");
         const key = `${target}|${tid}`;
         if (seen.has(key)) throw monaiError(this.where(file, id), `${v} refers back to itself`);
         const r = this.raw(target, tid);
@@ -166,13 +184,21 @@ export async function readBundle(folder: string): Promise<MonaiBundle> {
         : `network_def is ${JSON.stringify(def)}, not a network's definition`,
     );
   const weights = join("models", "model.pt");
-  const { config, pipeline } = await pipelineConfig(cfg);
-  let name: string | undefined, version: string | undefined;
+  const { config, pipeline, keepLargest } = await pipelineConfig(cfg);
+  let name: string | undefined, version: string | undefined, classes: Record<string, string> | undefined;
   const metaPath = join(folder, "configs", "metadata.json");
   if (existsSync(metaPath)) {
     const meta = await readConfigFile(metaPath, metaPath).catch(() => null);
     if (typeof meta?.name === "string") name = meta.name;
     if (typeof meta?.version === "string") version = meta.version;
+    // network_data_format.outputs.pred.channel_def: { "0": "background", "1": "spleen" }
+    const outputs = (meta?.network_data_format as Record<string, unknown> | undefined)?.outputs as Record<string, unknown> | undefined;
+    const def = (outputs?.pred as Record<string, unknown> | undefined)?.channel_def;
+    if (def && typeof def === "object" && !Array.isArray(def)) {
+      const entries = Object.entries(def as Record<string, unknown>);
+      if (entries.length && entries.length <= 256 && entries.every(([k, v]) => /^\d+$/.test(k) && typeof v === "string"))
+        classes = Object.fromEntries(entries.map(([k, v]) => [String(Number(k)), (v as string).slice(0, 200)]));
+    }
   }
   return {
     folder,
@@ -181,6 +207,8 @@ export async function readBundle(folder: string): Promise<MonaiBundle> {
     networkDef: def as Record<string, unknown>,
     config,
     pipeline,
+    ...(keepLargest ? { keepLargest } : {}),
+    ...(classes ? { classes } : {}),
     ...(name !== undefined ? { name } : {}),
     ...(version !== undefined ? { version } : {}),
   };

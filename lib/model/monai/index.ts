@@ -19,6 +19,7 @@ import type { Model } from "../model.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "../nnunet/checkpoint.js";
 import { modelFromStateDict } from "../state-dict.js";
 import { readBundle, type MonaiBundle } from "./bundle.js";
+import { keepLargestCleanup } from "./pipeline.js";
 import { buildMonaiNetwork, type MonaiNetwork } from "./networks.js";
 
 export { MONAI_NETWORKS, type MonaiNetworkClass } from "./networks.js";
@@ -139,7 +140,7 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
       def = bundle.networkDef;
       where = bundle.configFile;
     }
-    base = bundle.config;
+    base = { ...bundle.config, ...(bundle.classes ? { classes: bundle.classes } : {}) };
   } else if (opts.weights !== undefined) throw new Error("options.weights names a bundle's weights: path is a file, not a bundle folder");
   else if (!def)
     throw invalidParameterError("options.network", `the network_def of ${path} (a checkpoint holds weights, not the network)`, def);
@@ -150,8 +151,9 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
     ck = await openCheckpoint(weightsPath, limits);
     const { dict, name } = stateDictOf(ck.root, opts.key, weightsPath);
     const c = net.inputChannels;
+    const fromBundle = bundle?.keepLargest ? { postprocessing: keepLargestCleanup(bundle.keepLargest, net.outputChannels) } : {};
     const config = normalizeConfig(
-      { classes: defaultClasses(net.outputChannels), spatialDims: net.dims, ...base, ...(opts.config ?? {}) },
+      { classes: defaultClasses(net.outputChannels), spatialDims: net.dims, ...base, ...fromBundle, ...(opts.config ?? {}) },
       opts.config ? "argument" : bundle ? "monai" : "default",
       net.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
     );
