@@ -70,7 +70,8 @@ for (const name of wanted.length ? wanted : Object.keys(VARIANTS)) {
     ["BHSD_NO_AVX512=1", { BHSD_NO_AVX512: "1" }],
     ["BHSD_NO_AVX2=1", { BHSD_NO_AVX2: "1" }],
   ]) {
-    const run = spawnSync(exe, [], { encoding: "utf8", timeout: 120_000, env: { ...process.env, ...env } });
+    // (a bound for a stuck run: a sanitized one takes minutes on a loaded 2-vCPU machine)
+    const run = spawnSync(exe, [], { encoding: "utf8", timeout: 360_000, env: { ...process.env, ...env } });
     const summary = /(\d+) passed, (\d+) failed/.exec(run.stdout);
     const ok = run.status === 0 && summary !== null && summary[2] === "0";
     if (!ok) failed++;
