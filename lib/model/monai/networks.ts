@@ -11,8 +11,8 @@
 import { GraphBuilder, monaiError, parseAct, parseNorm, perAxis, samePadding, type ActSpec, type NormSpec } from "./layers.js";
 import type { GraphNodeSpec, Param } from "../nnunet/network.js";
 
-export type MonaiNetworkClass = "UNet" | "SegResNet" | "DynUNet" | "BasicUNet";
-export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "SegResNet", "DynUNet", "BasicUNet"];
+export type MonaiNetworkClass = "UNet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet";
+export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "SegResNet", "SegResNetDS", "DynUNet", "BasicUNet"];
 
 export interface MonaiNetwork {
   networkClass: MonaiNetworkClass;
@@ -45,6 +45,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
       "monai.networks.nets",
       "monai.networks.nets.unet",
       "monai.networks.nets.segresnet",
+      "monai.networks.nets.segresnet_ds",
       "monai.networks.nets.dynunet",
       "monai.networks.nets.basic_unet",
     ].includes(mod)
@@ -55,6 +56,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     Unet: "UNet",
     unet: "UNet",
     SegResNet: "SegResNet",
+    SegResNetDS: "SegResNetDS",
     DynUNet: "DynUNet",
     DynUnet: "DynUNet",
     Dynunet: "DynUNet",
@@ -354,6 +356,148 @@ function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork
   return finish(b, "SegResNet", k, dims, cin, out, x, divisorOf(dims, [[div, div, div].slice(0, dims)]));
 }
 
+/**
+ * segresnet_ds's scales_for_resolution: per level, 2 along the axes downsampled there — the finer
+ * axes first, until each is within a factor 2 of the coarsest — then 2 along all.
+ */
+export function scalesForResolution(resolution: number[], nStages: number): number[][] {
+  const mx = Math.max(...resolution);
+  const nl = resolution.map((r) => Math.floor(Math.log2(mx / r)));
+  const maxNl = Math.max(...nl);
+  let scales: number[][] = Array.from({ length: maxNl }, (_, i) => nl.map((n) => (2 ** i >= 2 ** n ? 1 : 2)));
+  if (nStages > maxNl) scales = [...scales, ...Array.from({ length: nStages - maxNl }, () => resolution.map(() => 2))];
+  else scales = scales.slice(0, nStages);
+  return scales;
+}
+
+/**
+ * SegResNetDS (Auto3DSeg's segresnet): an encoder of pre-activation residual blocks, transposed
+ * convolutions up (or linear), the skips added; the full-resolution head gives the logits (the
+ * deep-supervision heads above it are read past). With `resolution`, anisotropic kernels and
+ * strides (scales_for_resolution). Norms get affine parameters unless told otherwise, as its
+ * constructor sets them.
+ */
+function buildSegResNetDS(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      spatial_dims: 3,
+      init_filters: 32,
+      in_channels: 1,
+      out_channels: 2,
+      act: "relu",
+      norm: "batch",
+      blocks_down: [1, 2, 2, 4],
+      blocks_up: null,
+      dsdepth: 1,
+      preprocess: null,
+      upsample_mode: "deconv",
+      resolution: null,
+    },
+    [],
+    "SegResNetDS",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "SegResNetDS");
+  const f0 = posInt(k.init_filters, where, "SegResNetDS's init_filters");
+  const cin = posInt(k.in_channels, where, "SegResNetDS's in_channels"),
+    cout = posInt(k.out_channels, where, "SegResNetDS's out_channels");
+  if (k.preprocess !== null) throw monaiError(where, "SegResNetDS's preprocess is a module bhsd does not build");
+  // (the constructor's setdefault: affine norms)
+  const rawNorm = typeof k.norm === "string" ? [k.norm, {}] : k.norm;
+  const withAffine =
+    Array.isArray(rawNorm) && rawNorm.length === 2 && rawNorm[1] && typeof rawNorm[1] === "object"
+      ? [rawNorm[0], { affine: true, ...(rawNorm[1] as object) }]
+      : rawNorm;
+  const norm = parseNorm(withAffine, null, where, "SegResNetDS's norm");
+  const act = parseAct(k.act, where, "SegResNetDS's act");
+  if (!norm || !act) throw monaiError(where, "SegResNetDS's norm and act must name a norm and an activation");
+  const down = intList(k.blocks_down, where, "SegResNetDS's blocks_down", 0);
+  const nUp = down.length - 1;
+  const upBlocks = k.blocks_up === null ? Array<number>(nUp).fill(1) : intList(k.blocks_up, where, "SegResNetDS's blocks_up", 0);
+  if (upBlocks.length !== nUp)
+    throw monaiError(
+      where,
+      `SegResNetDS's blocks_up must have ${nUp} entries (one fewer than blocks_down), got ${JSON.stringify(k.blocks_up)}`,
+    );
+  if (nUp === 0) throw monaiError(where, "SegResNetDS with one level (no down-sampling) is not one bhsd builds");
+  if (!Number.isInteger(k.dsdepth)) throw monaiError(where, `SegResNetDS's dsdepth must be an integer, got ${JSON.stringify(k.dsdepth)}`);
+  const dsdepth = Math.max(k.dsdepth as number, 1);
+  const upMode = String(k.upsample_mode).toLowerCase();
+  if (upMode !== "deconv")
+    throw monaiError(where, `SegResNetDS's upsample_mode ${JSON.stringify(k.upsample_mode)}: bhsd builds "deconv" (the default)`);
+  let scales: number[][] | null = null;
+  if (k.resolution !== null) {
+    const r = k.resolution;
+    if (!Array.isArray(r) || r.length !== dims || !r.every((v) => typeof v === "number" && v > 0 && Number.isFinite(v)))
+      throw monaiError(where, `SegResNetDS's resolution must be ${dims} positive spacings, got ${JSON.stringify(r)}`);
+    scales = scalesForResolution(r as number[], down.length);
+  }
+  const b = new GraphBuilder(dims, where);
+  const fill = (v: number) => Array<number>(dims).fill(v);
+  // aniso_kernel: 3 along the axes a level scales, 1 along the others
+  const level = (i: number) => {
+    const sc = scales ? scales[i]! : fill(2);
+    const kern = scales ? sc.map((q) => (q > 1 ? 3 : 1)) : fill(3);
+    return { kern, pad: kern.map((q) => q >> 1), stride: sc };
+  };
+  const block = (path: string, x: string, c: number, kern: number[]) => {
+    const pad = kern.map((q) => q >> 1);
+    let y = b.act(act, `${path}.act1`, b.norm(norm, `${path}.norm1`, x, c), c);
+    y = b.conv(`${path}.conv1`, y, { cin: c, cout: c, kernel: kern, stride: fill(1), pad, bias: false });
+    y = b.act(act, `${path}.act2`, b.norm(norm, `${path}.norm2`, y, c), c);
+    y = b.conv(`${path}.conv2`, y, { cin: c, cout: c, kernel: kern, stride: fill(1), pad, bias: false });
+    return b.add(y, x, `${path}.add`);
+  };
+  const l0 = level(0);
+  let x = b.conv("encoder.conv_init", "input", {
+    cin,
+    cout: f0,
+    kernel: scales ? l0.kern : fill(3),
+    stride: fill(1),
+    pad: scales ? l0.pad : fill(1),
+    bias: false,
+  });
+  const skips: string[] = [];
+  let f = f0;
+  down.forEach((n, i) => {
+    const { kern, pad, stride } = level(i);
+    for (let j = 0; j < n; j++) x = block(`encoder.layers.${i}.blocks.${j}`, x, f, kern);
+    skips.push(x);
+    if (i < down.length - 1) {
+      x = b.conv(`encoder.layers.${i}.downsample`, x, { cin: f, cout: 2 * f, kernel: kern, stride, pad, bias: false });
+      f *= 2;
+    }
+  });
+  skips.pop();
+  skips.reverse();
+  let out = "";
+  for (let i = 0; i < nUp; i++) {
+    f /= 2;
+    const { kern, stride } = level(upBlocks.length - i - 1);
+    // UpSample "deconv" with a kernel: padding (k − 1) / 2, output padding s − 1 − (k − 1) % 2
+    x = b.conv(`up_layers.${i}.upsample.deconv`, x, {
+      cin: 2 * f,
+      cout: f,
+      kernel: kern,
+      stride,
+      pad: kern.map((q) => (q - 1) >> 1),
+      bias: false,
+      transposed: true,
+      outputPadding: kern.map((q, d) => stride[d]! - 1 - ((q - 1) % 2)),
+    });
+    x = b.add(x, skips[i]!, `up_layers.${i}.add`);
+    for (let j = 0; j < upBlocks[i]!; j++) x = block(`up_layers.${i}.blocks.${j}`, x, f, kern);
+    if (nUp - i <= dsdepth) {
+      if (i === nUp - 1)
+        out = b.conv(`up_layers.${i}.head`, x, { cin: f, cout, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
+      else b.unused.push(`up_layers.${i}.head.weight`, `up_layers.${i}.head.bias`);
+    }
+  }
+  const divisor = scales ? (scales.slice(0, -1).reduce((m, s) => m.map((v, d) => v * s[d]!), fill(1)) as number[]) : fill(2 ** nUp);
+  return finish(b, "SegResNetDS", k, dims, cin, cout, out, divisorOf(dims, [divisor]));
+}
+
 function buildDynUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const k = kwargs(
     a,
@@ -598,5 +742,7 @@ export function buildMonaiNetwork(def: Record<string, unknown>, where: string): 
       return buildDynUNet(args, where);
     case "BasicUNet":
       return buildBasicUNet(args, where);
+    case "SegResNetDS":
+      return buildSegResNetDS(args, where);
   }
 }
