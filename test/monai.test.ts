@@ -8,6 +8,7 @@
 import test from "ava";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
 import { loadMonai, monaiInfo, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { checkedFolder } from "./paths.js";
@@ -59,13 +60,18 @@ for (const name of ["unet_bundle", "segresnet_bundle"]) {
   });
 }
 
-/** A copy of the UNet bundle with its inference.json replaced by `edit` of the original. */
-function bundleWith(edit: (cfg: Record<string, unknown>) => Record<string, unknown> | string, file = "inference.json"): string {
+/** A copy of a bundle (the UNet one by default) with its config replaced by `edit` of the original, as `file`. */
+function bundleWith(
+  edit: (cfg: Record<string, unknown>) => Record<string, unknown> | string,
+  file = "inference.json",
+  name = "unet_bundle",
+): string {
   const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-"));
   mkdirSync(join(dir, "configs"));
   mkdirSync(join(dir, "models"));
-  cpSync(fixture("bundles/unet_bundle/models/model.pt"), join(dir, "models", "model.pt"));
-  const cfg = JSON.parse(readFileSync(join(BUNDLES, "unet_bundle", "configs", "inference.json"), "utf8")) as Record<string, unknown>;
+  cpSync(fixture(`bundles/${name}/models/model.pt`), join(dir, "models", "model.pt"));
+  const src = join(BUNDLES, name, "configs", name === "unet_bundle" ? "inference.json" : "inference.yaml");
+  const cfg = parseYaml(readFileSync(src, "utf8")) as Record<string, unknown>;
   const out = edit(cfg);
   writeFileSync(join(dir, "configs", file), typeof out === "string" ? out : JSON.stringify(out));
   return dir;
@@ -196,3 +202,52 @@ test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MO
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test.serial(
+  "variants of the bundles' pipelines: KeepLargestConnectedComponentd; NormalizeIntensityd with Invertd's default nearest",
+  async (t) => {
+    type Cfg = { preprocessing: { transforms: Record<string, unknown>[] }; postprocessing: { transforms: Record<string, unknown>[] } };
+    // the edits make_bundles.py makes (klcc, znorm)
+    const variants: [string, string, (c: Cfg) => void][] = [
+      [
+        "unet_bundle_klcc",
+        "unet_bundle",
+        (c) => c.postprocessing.transforms.splice(3, 0, { _target_: "KeepLargestConnectedComponentd", keys: "pred" }),
+      ],
+      [
+        "segresnet_bundle_znorm",
+        "segresnet_bundle",
+        (c) => {
+          c.preprocessing.transforms[4] = { _target_: "NormalizeIntensityd", keys: "image" };
+          delete c.postprocessing.transforms[1]!.nearest_interp;
+        },
+      ],
+    ];
+    const ct = await readNifti(fixture("bundles/ct.nii.gz"));
+    for (const [variant, base, edit] of variants) {
+      const dir = bundleWith(
+        (c) => {
+          edit(c as unknown as Cfg);
+          return c;
+        },
+        "inference.json",
+        base,
+      );
+      try {
+        const model = await loadMonai(dir);
+        const pipeline = monaiInfo(model)!.bundle!.pipeline;
+        const want = await readNpy(bytes(`bundles/${variant}_labels.npy`));
+        const margin = await readNpy(bytes(`bundles/${variant}_margin.npy`));
+        for (const { name: backend } of backends) {
+          setBackend(backend);
+          const { labels } = await segment(ct, model);
+          const { compared, differ } = compare(labels.data, want.data as Uint8Array, margin.data as Float32Array);
+          t.true(compared > 39_000, variant);
+          t.is(differ, 0, `${variant} on ${backend}: ${differ} of ${compared} voxels differ (${pipeline.join("; ")})`);
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  },
+);
