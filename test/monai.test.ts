@@ -116,7 +116,7 @@ test("a bundle's config is data: references and macros resolve, expressions and 
     );
     await refused(
       (c) => ({ ...c, network_def: { ...(c.network_def as object), _target_: "SwinUNETR" } }),
-      /bhsd builds MONAI's UNet, SegResNet, SegResNetDS, DynUNet, BasicUNet/,
+      /bhsd builds MONAI's UNet, AttentionUnet, SegResNet, SegResNetDS, DynUNet, BasicUNet/,
     );
     await refused((c) => ({ ...c, network_def: { ...(c.network_def as object), kernal_size: 3 } }), /UNet has no argument "kernal_size"/);
     await refused((c) => {

@@ -11,8 +11,8 @@
 import { GraphBuilder, monaiError, parseAct, parseNorm, perAxis, samePadding, type ActSpec, type NormSpec } from "./layers.js";
 import type { GraphNodeSpec, Param } from "../nnunet/network.js";
 
-export type MonaiNetworkClass = "UNet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet";
-export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "SegResNet", "SegResNetDS", "DynUNet", "BasicUNet"];
+export type MonaiNetworkClass = "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet";
+export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "AttentionUnet", "SegResNet", "SegResNetDS", "DynUNet", "BasicUNet"];
 
 export interface MonaiNetwork {
   networkClass: MonaiNetworkClass;
@@ -44,6 +44,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     ![
       "monai.networks.nets",
       "monai.networks.nets.unet",
+      "monai.networks.nets.attentionunet",
       "monai.networks.nets.segresnet",
       "monai.networks.nets.segresnet_ds",
       "monai.networks.nets.dynunet",
@@ -55,6 +56,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     UNet: "UNet",
     Unet: "UNet",
     unet: "UNet",
+    AttentionUnet: "AttentionUnet",
     SegResNet: "SegResNet",
     SegResNetDS: "SegResNetDS",
     DynUNet: "DynUNet",
@@ -261,6 +263,81 @@ function buildUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   };
   const output = block("model", "input", cin0, cout0, channels, strides, true);
   return finish(b, "UNet", k, dims, cin0, cout0, output, divisorOf(dims, strides));
+}
+
+/**
+ * AttentionUnet: UNet-like levels of two conv → batch norm → ReLU blocks, each skip gated by an
+ * attention block (1×1 convolutions, batch norms, a sigmoid map multiplying the skip) before it is
+ * concatenated with the transposed-convolution output and merged (conv → instance norm → PReLU).
+ */
+function buildAttentionUnet(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    { kernel_size: 3, up_kernel_size: 3, dropout: 0.0 },
+    ["spatial_dims", "in_channels", "out_channels", "channels", "strides"],
+    "AttentionUnet",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "AttentionUnet");
+  const cin = posInt(k.in_channels, where, "AttentionUnet's in_channels"),
+    cout = posInt(k.out_channels, where, "AttentionUnet's out_channels");
+  const channels = intList(k.channels, where, "AttentionUnet's channels");
+  if (channels.length < 2) throw monaiError(where, "AttentionUnet's channels must list at least 2 values");
+  if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
+    throw monaiError(where, `AttentionUnet's strides must list at least ${channels.length - 1} values, got ${JSON.stringify(k.strides)}`);
+  const strides = (k.strides as unknown[])
+    .slice(0, channels.length - 1)
+    .map((s, i) => perAxis(s, dims, where, `AttentionUnet's strides[${i}]`));
+  const kernel = perAxis(k.kernel_size, dims, where, "AttentionUnet's kernel_size");
+  const upKernel = perAxis(k.up_kernel_size, dims, where, "AttentionUnet's up_kernel_size");
+  dropoutOk(k.dropout, where, "AttentionUnet's dropout");
+  const b = new GraphBuilder(dims, where);
+  const ones = Array<number>(dims).fill(1),
+    zeros = Array<number>(dims).fill(0);
+  const bn: NormSpec = { kind: "batch", affine: true, runningStats: true, eps: 1e-5, groups: 0 };
+  const relu: ActSpec = { op: "relu" };
+  const convBlock = (path: string, x: string, ci: number, co: number, stride: number[]) => {
+    const y = convolution(b, `${path}.conv.0`, x, ci, co, { kernel, stride, act: relu, norm: bn, bias: true });
+    return convolution(b, `${path}.conv.1`, y, co, co, { kernel, stride: ones, act: relu, norm: bn, bias: true });
+  };
+  const gate = (path: string, x: string, ci: number, co: number) =>
+    b.norm(bn, `${path}.1`, b.conv(`${path}.0.conv`, x, { cin: ci, cout: co, kernel: ones, stride: ones, pad: zeros, bias: true }), co);
+  const layer = (path: string, x: string, c: number, ch: number[], st: number[][]): string => {
+    const below = ch[1]!;
+    let lower: string;
+    if (ch.length > 2) {
+      const d = convBlock(`${path}.submodule.0`, x, c, below, st[0]!);
+      lower = layer(`${path}.submodule.1`, d, below, ch.slice(1), st.slice(1));
+    } else lower = convBlock(`${path}.submodule`, x, c, below, st[0]!);
+    const up = convolution(b, `${path}.upconv.up`, lower, below, c, {
+      kernel: upKernel,
+      stride: st[0]!,
+      act: relu,
+      norm: bn,
+      bias: true,
+      transposed: true,
+    });
+    const fint = Math.floor(c / 2);
+    const psi0 = b.act(
+      relu,
+      `${path}.attention.relu`,
+      b.add(gate(`${path}.attention.W_g`, up, c, fint), gate(`${path}.attention.W_x`, x, c, fint), `${path}.attention.add`),
+      fint,
+    );
+    const psi = b.act({ op: "sigmoid" }, `${path}.attention.psi.2`, gate(`${path}.attention.psi`, psi0, fint, 1), 1);
+    const att = b.node("Mul", [x, psi], `${path}.attention.mul`);
+    return convolution(b, `${path}.merge`, b.concat([att, up], `${path}.cat`), 2 * c, c, {
+      kernel: Array<number>(dims).fill(3),
+      stride: ones,
+      act: { op: "prelu", n: 1 },
+      norm: { kind: "instance", affine: false, runningStats: false, eps: 1e-5, groups: 0 },
+      bias: true,
+    });
+  };
+  const head = convBlock("model.0", "input", cin, channels[0]!, ones);
+  const mid = layer("model.1", head, channels[0]!, channels, strides);
+  const out = b.conv("model.2.conv", mid, { cin: channels[0]!, cout, kernel: ones, stride: ones, pad: zeros, bias: true });
+  return finish(b, "AttentionUnet", k, dims, cin, cout, out, divisorOf(dims, strides));
 }
 
 function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork {
@@ -744,5 +821,7 @@ export function buildMonaiNetwork(def: Record<string, unknown>, where: string): 
       return buildBasicUNet(args, where);
     case "SegResNetDS":
       return buildSegResNetDS(args, where);
+    case "AttentionUnet":
+      return buildAttentionUnet(args, where);
   }
 }
