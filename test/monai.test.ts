@@ -57,6 +57,10 @@ for (const name of ["unet_bundle", "segresnet_bundle"]) {
       t.log(backend, report.modelGrid, report.windows, compared, differ);
       t.is(differ, 0, `${backend}: ${differ} of ${compared} voxels differ from MONAI's where its top two are apart`);
     }
+    // an array of one model is that model; with another model, reorientation is refused
+    const one = await segment(ct, [model]);
+    t.is(compare(one.labels.data, want.data as Uint8Array, margin.data as Float32Array).differ, 0);
+    await t.throwsAsync(segment(ct, [model, model]), { message: /config\.orientation/ });
   });
 }
 
@@ -103,6 +107,14 @@ test("a bundle's config is data: references and macros resolve, expressions and 
       return { ...out, network_def: { ...(c.network_def as object), channels: "@a11" } };
     }, /expand to more than 100000 values/);
     await refused((c) => ({ ...c, network_def: "%../../../../etc/passwd::x" }), /only a JSON or YAML file inside the bundle/);
+    // references whose ids walk deep lists, many times over
+    await refused((c) => {
+      let deep: unknown = 1;
+      for (let i = 0; i < 30; i++) deep = [deep];
+      const id = "@deep" + "::0".repeat(30);
+      return { ...c, deep, a: Array(4096).fill(id), b: Array(4096).fill("@a"), network_def: "@b" };
+    }, /expand to more than 100000 values/);
+    await refused((c) => ({ ...c, network_def: "@" + "x".repeat(300) }), /longer than 256 characters or 32 keys/);
     const linked = bundleWith((c) => ({ ...c, network_def: "%configs/outside.json::x" }));
     dirs.push(linked);
     const outside = mkdtempSync(join(tmpdir(), "bhsd-monai-outside-"));
@@ -170,6 +182,16 @@ test("loadMonai refuses bad arguments and weights that are not the network's, na
   await t.throwsAsync(loadMonai(fixture("segresnet_input.npy"), { network: m.segresnet!.network_def }), {
     message: /not a readable PyTorch zip checkpoint/,
   });
+  // checked before any file is read
+  await t.throwsAsync(loadMonai(join(BUNDLES, "unet_bundle"), { weights: "../segresnet_bundle/models/model.pt" }), {
+    message: /options\.weights/,
+  });
+  await t.throwsAsync(loadMonai(join(BUNDLES, "unet_bundle"), { maxCheckpointBytes: Number.NaN }), {
+    message: /options\.maxCheckpointBytes/,
+  });
+  await t.throwsAsync(loadMonai(join(BUNDLES, "unet_bundle"), { config: { stepSize: 7 } }), { message: /stepSize/ });
+  // a checkpoint's network sees MONAI's (x, y, z) axes
+  t.deepEqual((await loadMonai(fixture("unet_res.pt"), { network: m.unet_res!.network_def })).config.transposeForward, [2, 1, 0]);
 });
 
 test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MONAI's", async (t) => {
@@ -204,7 +226,7 @@ test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MO
 });
 
 test.serial(
-  "variants of the bundles' pipelines: KeepLargestConnectedComponentd; NormalizeIntensityd with Invertd's default nearest",
+  "variants of the bundles' pipelines: KeepLargestConnectedComponentd; a pixdim near the CT's; Invertd before the softmax; NormalizeIntensityd with Invertd's default nearest",
   async (t) => {
     type Cfg = { preprocessing: { transforms: Record<string, unknown>[] }; postprocessing: { transforms: Record<string, unknown>[] } };
     // the edits make_bundles.py makes (klcc, znorm)
@@ -213,6 +235,17 @@ test.serial(
         "unet_bundle_klcc",
         "unet_bundle",
         (c) => c.postprocessing.transforms.splice(3, 0, { _target_: "KeepLargestConnectedComponentd", keys: "pred" }),
+      ],
+      // a pixdim a hair from the CT's spacing: the grid keeps its size, and is resampled all the same
+      ["unet_bundle_near", "unet_bundle", (c) => void ((c as unknown as { pixdim: number[] }).pixdim = [0.905, 0.905, 5.2])],
+      // Invertd before the softmax: the logits go back
+      [
+        "unet_bundle_logits",
+        "unet_bundle",
+        (c) => {
+          const t = c.postprocessing.transforms;
+          [t[0], t[1]] = [t[1]!, t[0]!];
+        },
       ],
       [
         "segresnet_bundle_znorm",

@@ -429,11 +429,18 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   };
 }
 
+/** The lengths of an affine's voxel axes (its columns), [x, y, z]. */
+function affineSpacing(a: readonly number[]): [number, number, number] {
+  return [0, 1, 2].map((c) => Math.hypot(a[c]!, a[4 + c]!, a[8 + c]!)) as [number, number, number];
+}
+
 /** The grids the run will allocate, from the dims and spacings alone (RangeError past maxVoxels before any allocation). */
 function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels }: Settings): SegmentPlan {
   const [nx, ny, nz] = ct.dims;
   const zyx: [number, number, number] = [nz, ny, nx];
-  const spacingZyx: [number, number, number] = [ct.spacing[2], ct.spacing[1], ct.spacing[0]];
+  // (MONAI's Spacing takes the spacing from the affine's columns, affine_to_spacing: not pixdim)
+  const sp = cfg.resampling.type === "monai" ? affineSpacing(ct.affine) : ct.spacing;
+  const spacingZyx: [number, number, number] = [sp[2], sp[1], sp[0]];
   // Every grid this run allocates, from dims and spacings alone, checked before any allocation.
   const perm = cfg.transposeForward;
   const gridSpacing = perm.map((p) => spacingZyx[p]!) as [number, number, number];
@@ -486,6 +493,18 @@ function exportSpacings(cfg: ModelConfig, model: [number, number, number], ct: [
   return cfg.aggregate === "probabilities" ? [ct, model] : [model, ct];
 }
 
+/**
+ * MONAI's SpatialResample leaves a volume as it is only where the grid keeps its size and the
+ * affines agree (allclose, atol 1e-3 mm) or the voxel map is the identity (within 1e-3): a pixdim a
+ * hair from the CT's spacing is still resampled, as MONAI does.
+ */
+function monaiResamples(p: SegmentPlan): boolean {
+  const close = (a: number, b: number, atol: number) => Math.abs(a - b) <= atol + 1e-5 * Math.abs(b);
+  const affinesAgree = p.target.every((t, i) => close(t, p.gridSpacing[i]!, 1e-3));
+  const identityMap = p.target.every((t, i) => close(t / p.gridSpacing[i]!, 1, 1e-3));
+  return !(affinesAgree || identityMap);
+}
+
 /** The largest grid a resampling step may pass through: the caller's bound, and the resampler's own past it. */
 const cap = (p: SegmentPlan) => Math.min(p.maxVoxels, DEFAULT_MAX_VOXELS);
 
@@ -516,7 +535,7 @@ async function preprocess(
   img = tr.data;
   const gridShape = tr.shape;
   run.lap("reorder");
-  const resampled = p.modelShape.some((d, i) => d !== gridShape[i]);
+  const resampled = p.modelShape.some((d, i) => d !== gridShape[i]) || (p.cfg.resampling.type === "monai" && monaiResamples(p));
   let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
   if (resampled) {
     const rs = p.cfg.resampling;
@@ -989,7 +1008,13 @@ export async function segment(
   const boxed = box ? cropVolume(ct, box) : ct;
   // (MONAI's Orientationd: the model's part runs on the CT's voxels reordered and flipped; the
   // labels go back to the CT's own axes before the cleanup and the report)
-  const oriented = one.config.orientation ? reorient(boxed, one.config.orientation) : null;
+  let oriented: ReturnType<typeof reorient<Volume["data"]>> | null;
+  try {
+    oriented = one.config.orientation ? reorient(boxed, one.config.orientation) : null;
+  } catch (e) {
+    if (boxed !== ct) releaseEngineArray(boxed.data);
+    throw e;
+  }
   const work = oriented ? oriented.volume : boxed;
   const releaseWork = () => {
     if (work !== boxed) releaseEngineArray(work.data);
@@ -1018,7 +1043,15 @@ export async function segment(
   // convert_predicted_logits_to_segmentation_with_correct_shape (the softmax changes no argmax)
   // (MONAI's Activationsd before Invertd: the probabilities are what goes back)
   const softmax = !exportMoves(p, pre) || !exportsLogits(p.cfg);
-  const { probs, classes, windows, forwards, peakForward } = await predictSlidingWindow(pre.x, one, p, run, softmax);
+  let predicted: Awaited<ReturnType<typeof predictSlidingWindow>>;
+  try {
+    predicted = await predictSlidingWindow(pre.x, one, p, run, softmax);
+  } catch (e) {
+    releaseEngineArray(pre.x.data);
+    releaseWork();
+    throw e;
+  }
+  const { probs, classes, windows, forwards, peakForward } = predicted;
   run.signal?.throwIfAborted();
   run.progress({ step: "postprocess", done: 1, total: 3 });
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
@@ -1145,7 +1178,9 @@ async function segmentEnsemble(
   });
   // (a member that reorients the CT would need its probabilities put back before the mean: not built)
   const turned = models.findIndex((m) => m.config.orientation !== undefined);
-  if (models.length > 1 && turned >= 0)
+  // (an array of one such model is that model)
+  if (models.length === 1 && turned === 0) return segment(ct, models[0]!, options);
+  if (turned >= 0)
     throw invalidParameterError(
       `model[${turned}].config.orientation`,
       "no reorientation in an ensemble (segment with one such model)",

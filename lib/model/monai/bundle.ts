@@ -43,6 +43,9 @@ const MAX_REF_DEPTH = 32;
 
 /** Values one item may expand to, references followed (a bundle's network_def or pipeline is a few hundred). */
 const MAX_VALUES = 100_000;
+/** A reference's id: at most this long, and this many keys deep. */
+const MAX_ID_CHARS = 256;
+const MAX_ID_PARTS = 32;
 
 const CONFIG_NAMES = ["inference.json", "inference.yaml", "inference.yml"];
 
@@ -62,6 +65,15 @@ async function readConfigFile(path: string, where: string): Promise<Record<strin
   return v as Record<string, unknown>;
 }
 
+/**
+ * Refuses a file of the bundle that is a link leading out of it (the bundle's own files are read,
+ * nothing else); `rel` is relative to the folder. A file that does not exist passes (its reader says so).
+ */
+export async function insideBundle(folder: string, rel: string, what = `${rel}`): Promise<void> {
+  const [root, real] = await Promise.all([realpath(folder), realpath(join(folder, rel)).catch(() => null)]);
+  if (real !== null && !real.startsWith(root + sep)) throw monaiError(join(folder, rel), `${what} leads out of the bundle (a link)`);
+}
+
 /** Resolves references and macros in a bundle's config (the files it names are read on demand, inside the bundle). */
 export class BundleConfig {
   private readonly files = new Map<string, Record<string, unknown>>();
@@ -76,6 +88,7 @@ export class BundleConfig {
   }
 
   static async open(folder: string, configFile: string): Promise<BundleConfig> {
+    await insideBundle(folder, configFile);
     return new BundleConfig(folder, configFile, await readConfigFile(join(folder, configFile), join(folder, configFile)));
   }
 
@@ -87,7 +100,12 @@ export class BundleConfig {
   private raw(file: string, id: string): unknown {
     let v: unknown = this.files.get(file);
     if (id === "") return v;
-    for (const k of id.replace(/#/g, "::").split("::")) {
+    const parts = id.replace(/#/g, "::").split("::");
+    // (each step of an id's walk counts against the expansion budget: long ids are work too)
+    this.budget -= parts.length;
+    if (id.length > MAX_ID_CHARS || parts.length > MAX_ID_PARTS)
+      throw monaiError(join(this.folder, file), `a reference names an id longer than ${MAX_ID_CHARS} characters or ${MAX_ID_PARTS} keys`);
+    for (const k of parts) {
       if (Array.isArray(v) && /^\d+$/.test(k)) v = v[Number(k)];
       else if (v !== null && typeof v === "object" && !Array.isArray(v) && Object.hasOwn(v, k)) v = (v as Record<string, unknown>)[k];
       else return undefined;
@@ -102,10 +120,7 @@ export class BundleConfig {
       throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}: only a JSON or YAML file inside the bundle is read`);
     if (!this.files.has(n)) {
       if (this.files.size >= 16) throw monaiError(this.where(from, ""), "macros name more than 16 config files");
-      // (a link inside the bundle that leads out of it is not followed)
-      const [root, real] = await Promise.all([realpath(this.folder), realpath(join(this.folder, n)).catch(() => null)]);
-      if (real !== null && !real.startsWith(root + sep))
-        throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}, which leads out of the bundle`);
+      await insideBundle(this.folder, n, `a macro names ${JSON.stringify(rel)}, which`);
       this.files.set(n, await readConfigFile(join(this.folder, n), join(this.folder, n)));
     }
     return n;
@@ -155,7 +170,14 @@ export class BundleConfig {
     }
     if (v !== null && typeof v === "object") {
       const out: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(v)) out[k] = await this.resolve(x, file, id ? `${id}::${k}` : k, depth + 1, seen);
+      // (defined, not assigned: a key "__proto__" is a key like any other)
+      for (const [k, x] of Object.entries(v))
+        Object.defineProperty(out, k, {
+          value: await this.resolve(x, file, id ? `${id}::${k}` : k, depth + 1, seen),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
       return out;
     }
     return v;
@@ -188,6 +210,7 @@ export async function readBundle(folder: string): Promise<MonaiBundle> {
   let name: string | undefined, version: string | undefined, classes: Record<string, string> | undefined;
   const metaPath = join(folder, "configs", "metadata.json");
   if (existsSync(metaPath)) {
+    await insideBundle(folder, join("configs", "metadata.json"));
     const meta = await readConfigFile(metaPath, metaPath).catch(() => null);
     if (typeof meta?.name === "string") name = meta.name;
     if (typeof meta?.version === "string") version = meta.version;

@@ -11,14 +11,14 @@
  * on the engine as an in-memory ONNX graph: a Model, which segment() takes as any other.
  */
 import { existsSync, statSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, isAbsolute, join, normalize, sep } from "node:path";
 import { invalidParameterError, optionsObject } from "../../is.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
 import { normalizeConfig, type ModelConfig } from "../config.js";
 import type { Model } from "../model.js";
 import { CheckpointError, openCheckpoint, TensorRef, typeName, type Checkpoint } from "../nnunet/checkpoint.js";
 import { modelFromStateDict } from "../state-dict.js";
-import { readBundle, type MonaiBundle } from "./bundle.js";
+import { insideBundle, readBundle, type MonaiBundle } from "./bundle.js";
 import { keepLargestCleanup } from "./pipeline.js";
 import { buildMonaiNetwork, type MonaiNetwork } from "./networks.js";
 
@@ -123,10 +123,17 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
   if (opts.network !== undefined && (opts.network === null || typeof opts.network !== "object" || Array.isArray(opts.network)))
     throw invalidParameterError("options.network", 'a network_def object { "_target_": "UNet", … }', opts.network);
   if (opts.key !== undefined && typeof opts.key !== "string") throw invalidParameterError("options.key", "a string", opts.key);
-  if (opts.weights !== undefined && (typeof opts.weights !== "string" || !opts.weights))
-    throw invalidParameterError("options.weights", "a path relative to the bundle", opts.weights);
-  if (opts.config !== undefined && (opts.config === null || typeof opts.config !== "object"))
+  if (
+    opts.weights !== undefined &&
+    (typeof opts.weights !== "string" || !opts.weights || isAbsolute(opts.weights) || normalize(opts.weights).split(sep).includes(".."))
+  )
+    throw invalidParameterError("options.weights", "a path inside the bundle, relative to it", opts.weights);
+  if (opts.config !== undefined && (opts.config === null || typeof opts.config !== "object" || Array.isArray(opts.config)))
     throw invalidParameterError("options.config", "a partial model config", opts.config);
+  if (opts.config) normalizeConfig({ ...opts.config }, "argument"); // (its own values, checked before any file is read)
+  const maxBytes = opts.maxCheckpointBytes;
+  if (maxBytes !== undefined && !(typeof maxBytes === "number" && maxBytes > 0 && Number.isFinite(maxBytes)))
+    throw invalidParameterError("options.maxCheckpointBytes", "a positive number of bytes", maxBytes);
   if (!existsSync(path)) throw new Error(`MONAI model ${path}: no such file or folder`);
   let bundle: MonaiBundle | undefined;
   let weightsPath = path;
@@ -136,6 +143,7 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
   if (statSync(path).isDirectory()) {
     bundle = await readBundle(path);
     weightsPath = join(path, opts.weights ?? bundle.weights);
+    await insideBundle(path, opts.weights ?? bundle.weights);
     if (!def) {
       def = bundle.networkDef;
       where = bundle.configFile;
@@ -145,15 +153,22 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
   else if (!def)
     throw invalidParameterError("options.network", `the network_def of ${path} (a checkpoint holds weights, not the network)`, def);
   const net = buildMonaiNetwork(def, where);
-  const limits = opts.maxCheckpointBytes !== undefined ? { maxBytes: opts.maxCheckpointBytes } : {};
+  const limits = maxBytes !== undefined ? { maxBytes } : {};
   let ck: Checkpoint | undefined;
   try {
     ck = await openCheckpoint(weightsPath, limits);
     const { dict, name } = stateDictOf(ck.root, opts.key, weightsPath);
     const c = net.inputChannels;
     const fromBundle = bundle?.keepLargest ? { postprocessing: keepLargestCleanup(bundle.keepLargest, net.outputChannels) } : {};
+    // a checkpoint's network was trained on MONAI's arrays: (x, y, z), as LoadImage reads a NIfTI
+    // (a 2-D one on its (x, y) slices)
+    const monaiAxes = bundle
+      ? {}
+      : net.dims === 3
+        ? { transposeForward: [2, 1, 0], patchSize: [128, 128, 32] }
+        : { transposeForward: [0, 2, 1] };
     const config = normalizeConfig(
-      { classes: defaultClasses(net.outputChannels), spatialDims: net.dims, ...base, ...fromBundle, ...(opts.config ?? {}) },
+      { classes: defaultClasses(net.outputChannels), spatialDims: net.dims, ...monaiAxes, ...base, ...fromBundle, ...(opts.config ?? {}) },
       opts.config ? "argument" : bundle ? "monai" : "default",
       net.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
     );

@@ -426,6 +426,19 @@ function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork
     x = b.act(act, "conv_final.1", b.norm(norm, "conv_final.0", x, f), f);
     x = conv("conv_final.2", x, f, cout, ones, ones, true);
     out = cout;
+  } else {
+    // (MONAI builds conv_final all the same: its tensors are in the state_dict, unread)
+    const affine = norm.affine ? ["conv_final.0.weight", "conv_final.0.bias"] : [];
+    const stats = norm.runningStats ? ["conv_final.0.running_mean", "conv_final.0.running_var", "conv_final.0.num_batches_tracked"] : [];
+    const slope = act.op === "prelu" ? ["conv_final.1.weight"] : [];
+    b.unused.push(
+      ...affine,
+      ...stats,
+      ...slope,
+      ...(act.op === "prelu" ? ["act_mod.weight"] : []),
+      "conv_final.2.conv.weight",
+      "conv_final.2.conv.bias",
+    );
   }
   // (the final activation is also registered as `act_mod`: a PReLU's slope is in the state_dict twice)
   for (const p of b.params) if (p.names[0]!.startsWith("conv_final.1.")) p.names.push(`act_mod.${p.names[0]!.slice(13)}`);
@@ -620,7 +633,8 @@ function buildDynUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const act = parseAct(k.act_name, where, "DynUNet's act_name");
   if (!norm || !act) throw monaiError(where, "DynUNet's norm_name and act_name must name a norm and an activation");
   const ds = flag(k.deep_supervision, where, "DynUNet's deep_supervision");
-  const dsNum = posInt(k.deep_supr_num, where, "DynUNet's deep_supr_num");
+  // (checked only where deep supervision is on, as DynUNet's constructor)
+  const dsNum = ds ? posInt(k.deep_supr_num, where, "DynUNet's deep_supr_num") : 0;
   if (ds && dsNum >= n - 1) throw monaiError(where, `DynUNet's deep_supr_num must be less than ${n - 1} (the up-sampling layers)`);
   const res = flag(k.res_block, where, "DynUNet's res_block");
   const transBias = flag(k.trans_bias, where, "DynUNet's trans_bias");

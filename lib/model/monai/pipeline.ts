@@ -246,7 +246,36 @@ export async function pipelineConfig(
   const sigma = isNum(ss) ? [ss, ss, ss] : ss;
   if (!Array.isArray(sigma) || sigma.length !== 3 || !sigma.every((v) => isNum(v) && v > 0))
     throw monaiError(where, `the inferer's sigma_scale must be positive, got ${JSON.stringify(ss)}`);
-  defaults(it, { padding_mode: "constant", cval: 0 }, where, "the inferer");
+  defaults(
+    it,
+    { padding_mode: "constant", cval: 0, with_coord: false, roi_weight_map: null, process_fn: null, buffer_steps: null },
+    where,
+    "the inferer",
+  );
+  // (where and how it runs changes nothing bhsd computes)
+  const inferKeys = [
+    "_target_",
+    "roi_size",
+    "sw_batch_size",
+    "overlap",
+    "mode",
+    "sigma_scale",
+    "padding_mode",
+    "cval",
+    "sw_device",
+    "device",
+    "progress",
+    "cache_roi_weight_map",
+    "cpu_thresh",
+    "buffer_steps",
+    "buffer_dim",
+    "with_coord",
+    "roi_weight_map",
+    "process_fn",
+  ];
+  for (const key of Object.keys(it))
+    if (!inferKeys.includes(key))
+      throw monaiError(where, `the inferer's argument "${key}" is not one bhsd knows (it knows ${inferKeys.slice(1).join(", ")})`);
   config.patchSize = roi as [number, number, number];
   config.slidingWindow = {
     type: "monai",
@@ -266,16 +295,28 @@ export async function pipelineConfig(
     const c = classOf(item);
     const what = label(i, "postprocessing", item);
     if (!c) throw monaiError(where, `postprocessing ${i} is not a transform (${JSON.stringify(item)?.slice(0, 120)})`);
+    for (const [k, v] of Object.entries(item))
+      if (
+        expr(v) &&
+        !["keys", "output_dir", "output_postfix", "meta_keys", "orig_meta_keys", "device"].includes(k) &&
+        c.name !== "SaveImage"
+      )
+        throw monaiError(where, `${what}'s ${k} is an expression (${JSON.stringify(v)}), which bhsd does not evaluate`);
     switch (c.name) {
-      case "Activations":
+      case "Activations": {
+        for (const key of ["softmax", "sigmoid"])
+          if (item[key] !== undefined && typeof item[key] !== "boolean")
+            throw monaiError(where, `${what}'s ${key} must be true or false, got ${JSON.stringify(item[key])}`);
         if (item.sigmoid === true || (item.other !== undefined && item.other !== null))
           throw monaiError(where, `${what}: bhsd runs a softmax over the classes (sigmoid or other activations are not)`);
         if (item.softmax === true) {
           if (argmax) throw monaiError(where, `${what} comes after AsDiscrete`);
-          softmax = true;
-          pipeline.push("Activations: softmax");
+          // (a softmax after Invert: the logits went back; the argmax is the same)
+          if (!inverted) softmax = true;
+          pipeline.push(`Activations: softmax${inverted ? " (after Invert: the argmax is the logits')" : ""}`);
         } else pipeline.push("Activations: none");
         break;
+      }
       case "Invert": {
         if (argmax)
           throw monaiError(where, `${what} inverts labels (after AsDiscrete); bhsd inverts the network's output before its argmax`);
