@@ -10,7 +10,8 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writ
 import { tmpdir } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
-import { loadMonai, monaiInfo, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
+import { createServer, loadMonai, monaiInfo, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
+import { modelHash, modelPath } from "../lib/queue/common.js";
 import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { compareLabels as compare, scaleDiff } from "./ort.js";
@@ -284,3 +285,37 @@ test.serial(
     }
   },
 );
+
+test.serial("the REST service and the queue find a bundle in their model folder by name; the service's labels are MONAI's", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-serve-"));
+  const modelDir = join(dir, "models");
+  mkdirSync(modelDir);
+  cpSync(join(BUNDLES, "unet_bundle"), join(modelDir, "ich"), { recursive: true });
+  mkdirSync(join(modelDir, "notes")); // a folder that is no model
+  const app = await createServer({ modelDir, logger: false, resultDir: join(dir, "results") });
+  try {
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+    t.deepEqual(((await (await fetch(`${url}/v1/info`)).json()) as { models: string[] }).models, ["ich"]);
+    const r = await fetch(`${url}/v1/segment?model=ich`, {
+      method: "POST",
+      body: readFileSync(fixture("bundles/ct.nii.gz")),
+      headers: { "content-type": "application/octet-stream" },
+    });
+    t.is(r.status, 200);
+    const report = (await r.json()) as { labels: string; model: string };
+    const labels = await readNifti(Buffer.from(await (await fetch(url + report.labels)).arrayBuffer()));
+    const want = await readNpy(bytes("bundles/unet_bundle_labels.npy"));
+    const margin = await readNpy(bytes("bundles/unet_bundle_margin.npy"));
+    t.is(compare(labels.data as Uint8Array, want.data as Uint8Array, margin.data as Float32Array).differ, 0);
+    // the workers' lookup and fingerprint: every file of the folder counts
+    t.is(modelPath(modelDir, "ich"), join(modelDir, "ich"));
+    t.throws(() => modelPath(modelDir, "notes"), { message: /no model "notes" .*available: ich/ });
+    const h1 = await modelHash(join(modelDir, "ich"));
+    writeFileSync(join(modelDir, "ich", "configs", "metadata.json"), "{}");
+    t.not(await modelHash(join(modelDir, "ich")), h1);
+  } finally {
+    await app.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

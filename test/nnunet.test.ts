@@ -227,7 +227,7 @@ test.serial("bhsd segment CT --nnunet FOLDER --folds 0,1 writes PyTorch's labels
   t.is(JSON.parse(readFileSync(join(dir, "report.json"), "utf8")).windows, 18);
   const both = cli("--nnunet", FOLDER, "--model", "x.onnx", "--quiet");
   t.is(both.status, 1);
-  t.regex(both.stderr, /give exactly one of --model <onnx> and --nnunet <folder>/);
+  t.regex(both.stderr, /give exactly one of --model <onnx>, --nnunet <folder> and --monai <bundle>/);
   const bad = cli("--nnunet", FOLDER, "--folds", "0,x", "--quiet");
   t.not(bad.status, 0);
   t.regex(bad.stderr, /--folds must be a comma-separated list of fold numbers or "all", got "0,x"/);

@@ -48,7 +48,7 @@ export function batchCommand(program: Command): void {
       'one job per case (BHSD layout: images/ and "ground truths"/, or a folder of NIfTI files, DICOM series folders and zips of one; a case already done with the same CT and model is not redone, and identical CTs share one job and its label file, which batch results names)',
     )
     .requiredOption("--data <dir>", "dataset folder (every worker must reach it at this path)")
-    .requiredOption("--model <name>", "model name (<name>.onnx in the workers' --model-dir)")
+    .requiredOption("--model <name>", "model name (<name>.onnx, or a <name>/ nnU-Net folder or MONAI bundle, in the workers' --model-dir)")
     .option("--model-dir <dir>", "where this machine finds the model to fingerprint it (default BHSD_MODEL_DIR or the package's models/)")
     .option("--out <dir>", "folder of the label files, reached by every worker (default <data>/predictions)")
     .option("--tta", "test-time mirroring")

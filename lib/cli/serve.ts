@@ -35,7 +35,10 @@ export function serveCommand(program: Command): void {
     .option("--host <address>", "address to bind (any but loopback needs a token)", "127.0.0.1")
     .option("--port <n>", "port", intArg("--port", 0, 65535), 8080)
     .option("--token <token>", "bearer token (default BHSD_TOKEN)")
-    .option("--model-dir <dir>", "folder of <name>.onnx models (default BHSD_MODEL_DIR or the package's models/)")
+    .option(
+      "--model-dir <dir>",
+      "folder of models: <name>.onnx files, and nnU-Net trainer folders or MONAI bundles as <name>/ (default BHSD_MODEL_DIR or the package's models/)",
+    )
     .option(
       "--model-cache-mb <n>",
       "models kept loaded between requests (MiB, counted as their .onnx sizes), least recently used dropped first",

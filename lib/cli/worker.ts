@@ -21,7 +21,10 @@ export function workerCommand(program: Command): void {
       "take segmentation and evaluation jobs from a Redis queue (any number of workers on any machines; labels go to the paths the jobs name); SIGTERM finishes the jobs in hand, then exits",
     )
     .requiredOption("--redis <url>", "redis://HOST:PORT")
-    .option("--model-dir <dir>", "folder of <name>.onnx models (default BHSD_MODEL_DIR or the package's models/)")
+    .option(
+      "--model-dir <dir>",
+      "folder of models: <name>.onnx files, and nnU-Net trainer folders or MONAI bundles as <name>/ (default BHSD_MODEL_DIR or the package's models/)",
+    )
     .option("--concurrency <n>", "jobs at once in this process", intArg("--concurrency", 1, 64), 1)
     .option("--queue <name>", "queue name", DEFAULT_QUEUE)
     .option(

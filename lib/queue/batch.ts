@@ -11,6 +11,7 @@ import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import { open, readdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import { findNamedModel } from "../model/named.js";
 import { Queue, type Job, type JobState } from "bullmq";
 import { readNifti } from "../io/nifti.js";
 import { caseName, layoutFolders, type DatasetCase, type DatasetResult } from "../metrics/dataset.js";
@@ -129,10 +130,11 @@ export function openQueue(o: QueueConnectionOptions) {
 export async function submitBatch(o: SubmitOptions): Promise<SubmitResult> {
   const out = resolve(o.out ?? join(o.data, "predictions"));
   const { gtDir, files } = await datasetCases(o.data, out);
-  const modelFile = join(defaultModelDir(o.modelDir), `${o.model}.onnx`);
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(o.model) || o.model.includes(".."))
     throw new Error(`--model must be a plain model name, got ${JSON.stringify(o.model)}`);
-  const modelHash = existsSync(modelFile) ? await hashModel(modelFile) : null;
+  // (<name>.onnx or a <name>/ model folder, where this machine has it)
+  const found = findNamedModel(defaultModelDir(o.modelDir), o.model);
+  const modelHash = found ? await hashModel(found.path) : null;
   const mirror = !!o.mirror;
   const id = createHash("sha256")
     .update(`${resolve(o.data)}\n${o.model}\n${modelHash ?? ""}\n${out}\n${mirror}`)

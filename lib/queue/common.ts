@@ -7,12 +7,13 @@
  * reaches: NFS, a mounted volume), never voxels.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
-import { readdir, stat } from "node:fs/promises";
+import { createReadStream, existsSync, statSync } from "node:fs";
+import { lstat, readdir, readlink, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
 import { externalDataFiles } from "../model/external-data.js";
+import { findNamedModel, listNamedModels, MODEL_NAME } from "../model/named.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import type { CaseMetrics } from "../metrics/evaluate.js";
 
@@ -130,30 +131,29 @@ export function defaultModelDir(dir?: string): string {
   return resolve(dir ?? process.env.BHSD_MODEL_DIR ?? join(PACKAGE_ROOT, "models"));
 }
 
-const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
-/** `<dir>/<name>.onnx`, checked: a plain name of a model in the folder. */
+/**
+ * The model `name` of the folder (`<name>.onnx`, or a `<name>/` nnU-Net trainer folder or MONAI
+ * bundle), checked: a plain name of a model there.
+ */
 export function modelPath(dir: string, name: string): string {
   if (!MODEL_NAME.test(name) || name.includes(".."))
     throw new Error(`model must be a plain name (letters, digits, . _ -), got ${JSON.stringify(name)}`);
-  const p = join(dir, `${name}.onnx`);
-  if (!existsSync(p)) {
-    const have = existsSync(dir)
-      ? readdirSync(dir)
-          .filter((f) => f.endsWith(".onnx"))
-          .map((f) => f.slice(0, -5))
-      : [];
+  const m = findNamedModel(dir, name);
+  if (!m) {
+    const have = listNamedModels(dir).map((x) => x.name);
     throw new Error(`no model "${name}" in ${dir} (available: ${have.join(", ") || "none"})`);
   }
-  return p;
+  return m.path;
 }
 
 /**
- * sha256 over the model's ONNX bytes, its sidecar JSON (if any) and the external data files it
- * names (a network retrained and exported again by PyTorch's dynamo exporter changes only its
- * .onnx.data: the same .onnx must not make the same job id).
+ * The model's fingerprint: for an .onnx file, sha256 over its bytes, its sidecar JSON (if any)
+ * and the external data files it names (a network retrained and exported again by PyTorch's
+ * dynamo exporter changes only its .onnx.data: the same .onnx must not make the same job id); for
+ * a model folder, over every file in it.
  */
 export async function modelHash(onnxPath: string): Promise<string> {
+  if ((await stat(onnxPath)).isDirectory()) return folderHash(onnxPath);
   const side = onnxPath.replace(/\.onnx$/i, ".json");
   const parts = [await sha256File(onnxPath), existsSync(side) ? await sha256File(side) : ""];
   for (const key of await externalDataFiles(onnxPath)) {
@@ -182,4 +182,30 @@ export function encodeNumbers<T>(v: T): T {
 
 export function decodeNumbers<T>(v: T): T {
   return JSON.parse(JSON.stringify(v), (_k, x) => (x === "nan" ? NaN : x === "inf" ? Infinity : x === "-inf" ? -Infinity : x)) as T;
+}
+
+/** Most files, and folder levels, a model folder's fingerprint reads. */
+const MAX_FILES = 10_000;
+const MAX_DEPTH = 8;
+
+/**
+ * sha256 over every regular file of a model folder (its path and its sha256, in path order; a link
+ * counts by where it points, not what it holds): a retrained fold or an edited config changes it.
+ */
+async function folderHash(dir: string): Promise<string> {
+  const lines: string[] = [];
+  const walk = async (d: string, depth: number): Promise<void> => {
+    if (depth > MAX_DEPTH) throw new Error(`${dir}: model folder nested deeper than ${MAX_DEPTH} levels`);
+    for (const f of (await readdir(d)).sort()) {
+      if (lines.length >= MAX_FILES) throw new Error(`${dir}: more than ${MAX_FILES} files in a model folder`);
+      const p = join(d, f);
+      const st = await lstat(p);
+      const rel = relative(dir, p);
+      if (st.isSymbolicLink()) lines.push(`${rel} -> ${await readlink(p)}`);
+      else if (st.isDirectory()) await walk(p, depth + 1);
+      else if (st.isFile()) lines.push(`${rel} ${await sha256File(p)}`);
+    }
+  };
+  await walk(dir, 0);
+  return createHash("sha256").update(lines.join("\n")).digest("hex");
 }

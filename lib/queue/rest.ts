@@ -20,6 +20,7 @@ import { join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
 import { openQueue } from "./batch.js";
+import { findNamedModel } from "../model/named.js";
 import { decodeNumbers, DEFAULT_QUEUE, defaultModelDir, modelHash, segmentJobId, type JobResult, type SegmentJobData } from "./common.js";
 
 export interface QueueServeOptions {
@@ -104,8 +105,9 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     const model = query.model ?? "demo";
     if (!MODEL_NAME.test(model) || model.includes(".."))
       throw new HttpError(400, "bad_model", "model must be a plain name (letters, digits, . _ -)");
-    const file = join(modelDir, `${model}.onnx`);
-    if (!existsSync(file)) throw new HttpError(404, "no_such_model", `no model "${model}" in ${modelDir}`);
+    const found = findNamedModel(modelDir, model);
+    if (!found) throw new HttpError(404, "no_such_model", `no model "${model}" in ${modelDir}`);
+    const file = found.path;
     if (query.tta !== undefined && !["true", "false"].includes(query.tta))
       throw new HttpError(400, "bad_request", "tta must be true or false");
     const mirror = query.tta === "true";

@@ -17,7 +17,7 @@ import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
 import { readNifti, writeNifti } from "../io/nifti.js";
 import { evaluate } from "../metrics/evaluate.js";
-import { loadModel, type Model } from "../model/model.js";
+import { loadModelAt, type LoadedModel } from "../model/named.js";
 import { segment } from "../model/segment.js";
 import { releaseDropped } from "../volume.js";
 import {
@@ -65,7 +65,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
   const modelDir = defaultModelDir(o.modelDir);
   const name = workerName();
   const log = o.log ?? ((l: string) => process.stderr.write(l + "\n"));
-  const models = new Map<string, Promise<{ model: Model; hash: string }>>();
+  const models = new Map<string, Promise<{ model: LoadedModel; hash: string }>>();
   const read = o.maxInputBytes ? { maxBytes: o.maxInputBytes } : {};
 
   function getModel(n: string) {
@@ -73,7 +73,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
     if (!m) {
       m = (async () => {
         const p = modelPath(modelDir, n);
-        const [model, hash] = await Promise.all([loadModel(p), modelHash(p)]);
+        const [model, hash] = await Promise.all([loadModelAt(p), modelHash(p)]);
         return { model, hash };
       })();
       models.set(n, m);

@@ -12,11 +12,11 @@
  * eviction callback cannot wait for.
  */
 import { stat } from "node:fs/promises";
-import { loadModel, type Model } from "../model/model.js";
+import { loadModelAt, type LoadedModel } from "../model/named.js";
 
 interface Entry {
   name: string;
-  model: Promise<Model>;
+  model: Promise<LoadedModel>;
   /** Counted bytes, 0 until loaded. */
   bytes: number;
   /** Requests holding a lease. */
@@ -27,7 +27,7 @@ interface Entry {
 
 /** A model in use by one request; `release()` once the request is done with it (idempotent). */
 export interface ModelLease {
-  model: Model;
+  model: LoadedModel;
   release(): void;
 }
 
@@ -42,10 +42,10 @@ export class ModelCache {
   private readonly entries = new Map<string, Entry>(); // least recently used first
   private closed = false;
 
-  /** `load` defaults to loadModel (tests pass their own). */
+  /** `load` defaults to loadModelAt: an .onnx file or a model folder (tests pass their own). */
   constructor(
     readonly budget: number,
-    private readonly load: (path: string) => Promise<Model> = (p) => loadModel(p),
+    private readonly load: (path: string) => Promise<LoadedModel> = (p) => loadModelAt(p),
   ) {
     if (!(budget > 0) || !Number.isFinite(budget))
       throw new RangeError(`Expected a positive number of bytes for the model cache budget but received ${String(budget)}`);
@@ -67,7 +67,7 @@ export class ModelCache {
       });
     }
     e.users++;
-    let model: Model;
+    let model: LoadedModel;
     try {
       model = await e.model;
     } catch (err) {
@@ -87,7 +87,7 @@ export class ModelCache {
     };
   }
 
-  private async sizedLoad(name: string, path: string): Promise<Model> {
+  private async sizedLoad(name: string, path: string): Promise<LoadedModel> {
     const fileBytes = (await stat(path)).size;
     const model = await this.load(path);
     const e = this.entries.get(name);

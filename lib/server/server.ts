@@ -13,7 +13,6 @@
  * (descrip, aux_file, intent_name) is never read into logs.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { existsSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
@@ -30,6 +29,7 @@ import { readCt } from "../io/ct.js";
 import { DicomError } from "../io/dicom.js";
 import { toJson } from "../json.js";
 import { segment } from "../model/segment.js";
+import { findNamedModel, listNamedModels } from "../model/named.js";
 import type { Volume } from "../types.js";
 import { VERSION } from "../version.js";
 import { Admission, type Ticket } from "./admission.js";
@@ -219,13 +219,8 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     return send(reply, 500, "internal", "the server could not complete the request");
   });
 
-  const listModels = () =>
-    existsSync(modelDir)
-      ? readdirSync(modelDir)
-          .filter((f) => f.endsWith(".onnx"))
-          .map((f) => f.slice(0, -5))
-          .sort()
-      : [];
+  // (<name>.onnx files, and nnU-Net trainer folders and MONAI bundles as <name>/ folders)
+  const listModels = () => listNamedModels(modelDir).map((m) => m.name);
 
   /** The model's name, checked (no file is touched beyond listing the folder). */
   function modelName(name: string | undefined): string {
@@ -429,7 +424,9 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       const text = await job(req, reply, async ({ ticket, signal }) => {
         const bytes = await niftiBody(req, "ct", signal);
         const ct = await decode(bytes, "ct", ticket);
-        const lease = await models.acquire(name, join(modelDir, `${name}.onnx`));
+        const found = findNamedModel(modelDir, name);
+        if (!found) throw new HttpError(404, "no_such_model", `no model "${name}"`);
+        const lease = await models.acquire(name, found.path);
         let out;
         try {
           signal.throwIfAborted();

@@ -13,7 +13,10 @@ export interface ServeOptions {
   port?: number;
   /** Bearer token; required when host is not a loopback address. Default BHSD_TOKEN. */
   token?: string;
-  /** Folder of `<name>.onnx` models (with their sidecars). Default BHSD_MODEL_DIR or the package's models/. */
+  /**
+   * Folder of models: `<name>.onnx` (with its sidecar), and nnU-Net trainer folders and MONAI
+   * bundles as `<name>/`. Default BHSD_MODEL_DIR or the package's models/.
+   */
   modelDir?: string;
   /**
    * Bytes of models kept loaded between requests (each counted as its .onnx file's size), least

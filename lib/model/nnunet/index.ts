@@ -201,6 +201,12 @@ export class NnunetModel {
     return { data: out, shape };
   }
 
+  /** Bytes of the folds' weights as loaded (and a cascade's first stage's, where this model holds it). */
+  get weightBytes(): number {
+    const own = this.foldModels.reduce((a, m) => a + m.weightBytes, 0);
+    return own + (this.ownsPreviousStage && this.previousStage ? this.previousStage.weightBytes : 0);
+  }
+
   /** Releases the folds' models. */
   dispose() {
     for (const m of this.foldModels) (m as { dispose?: () => void }).dispose?.();
