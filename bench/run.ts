@@ -1,5 +1,5 @@
 /**
- * `npm run bench [io|components|metrics|conv|layers|model|load|networks|slices|segment|plan|server|semi|resample]` (all but layers, slices, segment, plan, semi and resample by default): the README's performance figures, each beside a competitor
+ * `npm run bench [io|components|metrics|conv|layers|model|load|networks|slices|segment|plan|server|semi|resample|monai]` (all but layers, slices, segment, plan, semi, resample and monai by default): the README's performance figures, each beside a competitor
  * measured in the same run on the same input. Medians; the machine is shared and noisy. It measures
  * the package as users run it — the compiled dist/, rebuilt first — not the sources through tsx
  * (which ran the TypeScript convolution 20 % slower).
@@ -18,6 +18,7 @@ import { benchModel, benchSegment } from "./model.js";
 import { benchNetworks, benchSlices } from "./networks.js";
 import { benchPlan } from "./plan.js";
 import { benchResample } from "./resample.js";
+import { benchMonai } from "./monai.js";
 import { benchSemi } from "./semi.js";
 import { benchServer } from "./server.js";
 import { torchIsaHold } from "./lib.js";
@@ -37,6 +38,7 @@ const sections: Record<string, (dir: string) => Promise<string[]>> = {
   server: benchServer,
   semi: benchSemi,
   resample: benchResample,
+  monai: (d) => benchMonai(d, backendInfo().details.native?.threads ?? cpus().length),
 };
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const dir = mkdtempSync(join(tmpdir(), "bhsd-bench-"));
@@ -49,7 +51,8 @@ try {
   for (const [name, fn] of Object.entries(sections)) {
     // "layers", "slices", "segment", "plan" and "semi" take minutes, "resample" is one step of
     // segment's: only when asked for by name
-    if (wanted.length ? !wanted.includes(name) : ["layers", "slices", "segment", "plan", "semi", "resample"].includes(name)) continue;
+    if (wanted.length ? !wanted.includes(name) : ["layers", "slices", "segment", "plan", "semi", "resample", "monai"].includes(name))
+      continue;
     console.log((await fn(dir)).join("\n") + "\n");
   }
 } finally {

@@ -4,11 +4,12 @@
  * gives on the same folders, each case must run once, and a resubmission must redo nothing.
  */
 import test from "ava";
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Queue } from "bullmq";
 import { readNifti } from "../lib/io/nifti.js";
+import { readNpy } from "../lib/io/npy.js";
 import { decodeNumbers } from "../lib/queue/common.js";
 import { writePhantoms } from "../lib/phantom/write.js";
 import { ROOT } from "./helpers.js";
@@ -253,6 +254,52 @@ t(title("SIGTERM: the worker finishes the job in hand, takes no other and exits 
     t.is(s.workers, 0);
   } finally {
     w.kill("SIGKILL");
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+t(title("a worker runs a MONAI bundle from its --model-dir by name; the batch's labels are MONAI's own pipeline's"), async (t) => {
+  const dir = tmp();
+  const redis = await RedisServer.start();
+  const workers: Proc[] = [];
+  try {
+    const fixtures = join(ROOT, "test", "fixtures", "monai", "bundles");
+    const modelDir = join(dir, "models"),
+      data = join(dir, "data"),
+      out = join(dir, "out");
+    mkdirSync(join(data, "images"), { recursive: true });
+    cpSync(join(fixtures, "unet_bundle"), join(modelDir, "ich"), { recursive: true });
+    cpSync(join(fixtures, "ct.nii.gz"), join(data, "images", "case_001.nii.gz"));
+    workers.push(startWorker(redis.url, ["--model-dir", modelDir], "worker M"));
+    await workers[0]!.waitLine(/^worker \S+ on queue bhsd/);
+    const sub = await bhsdRun([
+      "batch",
+      "submit",
+      "--redis",
+      redis.url,
+      "--data",
+      data,
+      "--model",
+      "ich",
+      "--model-dir",
+      modelDir,
+      "--out",
+      out,
+      "--wait",
+      "--json",
+    ]);
+    t.is(sub.code, 0, sub.stderr);
+    const s = JSON.parse(sub.stdout) as { counts: { completed: number }; cases: { jobId: string }[] };
+    t.is(s.counts.completed, 1);
+    const labels = await readNifti(join(out, "case_001.nii.gz"));
+    const want = (await readNpy(join(fixtures, "unet_bundle_labels.npy"))).data;
+    const margin = (await readNpy(join(fixtures, "unet_bundle_margin.npy"))).data;
+    let differ = 0;
+    for (let i = 0; i < want.length; i++) if (margin[i]! > 1e-4 && labels.data[i] !== want[i]) differ++;
+    t.is(differ, 0);
+  } finally {
+    await stopAll(workers);
     await redis.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -56,10 +56,20 @@ export function listNamedModels(dir: string): NamedModel[] {
   return [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
 }
 
-/** The model `name` of the folder, or undefined (a name that is not plain never matches). */
+/** The model `name` of the folder, or undefined (a name that is not plain never matches); only its own entries are looked at. */
 export function findNamedModel(dir: string, name: string): NamedModel | undefined {
   if (!MODEL_NAME.test(name) || name.includes("..")) return undefined;
-  return listNamedModels(dir).find((m) => m.name === name);
+  const onnx = join(dir, `${name}.onnx`);
+  if (existsSync(onnx)) return { name, kind: "onnx", path: onnx };
+  const p = join(dir, name);
+  let isDir: boolean;
+  try {
+    isDir = statSync(p).isDirectory();
+  } catch {
+    return undefined;
+  }
+  const kind = isDir ? folderKind(p) : null;
+  return kind ? { name, kind, path: p } : undefined;
 }
 
 /** Loads the model at `path`: an .onnx file, an nnU-Net trainer folder or a MONAI bundle. */

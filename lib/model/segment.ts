@@ -429,9 +429,10 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   };
 }
 
-/** The lengths of an affine's voxel axes (its columns), [x, y, z]. */
-function affineSpacing(a: readonly number[]): [number, number, number] {
-  return [0, 1, 2].map((c) => Math.hypot(a[c]!, a[4 + c]!, a[8 + c]!)) as [number, number, number];
+/** The lengths of an affine's voxel axes (its columns), [x, y, z]; the volume's spacing where one has none. */
+function affineSpacing(a: readonly number[], fallback: readonly [number, number, number]): [number, number, number] {
+  const s = [0, 1, 2].map((c) => Math.hypot(a[c]!, a[4 + c]!, a[8 + c]!));
+  return s.every((v) => v > 0 && Number.isFinite(v)) ? (s as [number, number, number]) : [...fallback];
 }
 
 /** The grids the run will allocate, from the dims and spacings alone (RangeError past maxVoxels before any allocation). */
@@ -439,7 +440,7 @@ function plan(ct: Volume, cfg: ModelConfig, { patch, step, mirrorAxes, maxVoxels
   const [nx, ny, nz] = ct.dims;
   const zyx: [number, number, number] = [nz, ny, nx];
   // (MONAI's Spacing takes the spacing from the affine's columns, affine_to_spacing: not pixdim)
-  const sp = cfg.resampling.type === "monai" ? affineSpacing(ct.affine) : ct.spacing;
+  const sp = cfg.resampling.type === "monai" ? affineSpacing(ct.affine, ct.spacing) : ct.spacing;
   const spacingZyx: [number, number, number] = [sp[2], sp[1], sp[0]];
   // Every grid this run allocates, from dims and spacings alone, checked before any allocation.
   const perm = cfg.transposeForward;
@@ -1052,13 +1053,20 @@ export async function segment(
     throw e;
   }
   const { probs, classes, windows, forwards, peakForward } = predicted;
-  run.signal?.throwIfAborted();
-  run.progress({ step: "postprocess", done: 1, total: 3 });
   // the model-grid image and, once exported, the probabilities are this call's own: back to the
   // engine now, for the labels and components that follow to reuse (not fresh memory's page faults)
   releaseEngineArray(pre.x.data);
-  let labels = await exportToCtGrid(probs, classes, work, p, pre, run);
-  releaseEngineArray(probs);
+  let labels: Uint8Array;
+  try {
+    run.signal?.throwIfAborted();
+    run.progress({ step: "postprocess", done: 1, total: 3 });
+    labels = await exportToCtGrid(probs, classes, work, p, pre, run);
+  } catch (e) {
+    releaseWork();
+    throw e;
+  } finally {
+    releaseEngineArray(probs);
+  }
   if (oriented && work !== boxed) {
     const onWork = labels;
     labels = moveAxes(onWork, boxed.dims, oriented.orientation, true);

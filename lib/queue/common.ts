@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, statSync } from "node:fs";
-import { lstat, readdir, readlink, stat } from "node:fs/promises";
+import { readdir, realpath, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
@@ -189,19 +189,27 @@ const MAX_FILES = 10_000;
 const MAX_DEPTH = 8;
 
 /**
- * sha256 over every regular file of a model folder (its path and its sha256, in path order; a link
- * counts by where it points, not what it holds): a retrained fold or an edited config changes it.
+ * sha256 over every regular file of a model folder (its path and its bytes' sha256, in path order),
+ * links followed as the loaders follow them (a fold linked from elsewhere and retrained changes
+ * it; a folder reached twice is hashed once): a retrained fold or an edited config changes it.
+ * Bounded: at most MAX_FILES entries of any kind, MAX_DEPTH levels.
  */
 async function folderHash(dir: string): Promise<string> {
   const lines: string[] = [];
+  const seen = new Set<string>();
+  let entries = 0;
   const walk = async (d: string, depth: number): Promise<void> => {
     if (depth > MAX_DEPTH) throw new Error(`${dir}: model folder nested deeper than ${MAX_DEPTH} levels`);
+    const real = await realpath(d);
+    if (seen.has(real)) return void lines.push(`${relative(dir, d)} (a folder seen before)`);
+    seen.add(real);
     for (const f of (await readdir(d)).sort()) {
-      if (lines.length >= MAX_FILES) throw new Error(`${dir}: more than ${MAX_FILES} files in a model folder`);
+      if (++entries > MAX_FILES) throw new Error(`${dir}: more than ${MAX_FILES} entries in a model folder`);
       const p = join(d, f);
-      const st = await lstat(p);
+      // (stat follows links; a link to nothing, or a file gone meanwhile, counts as such)
+      const st = await stat(p).catch(() => null);
       const rel = relative(dir, p);
-      if (st.isSymbolicLink()) lines.push(`${rel} -> ${await readlink(p)}`);
+      if (!st) lines.push(`${rel} (unreadable)`);
       else if (st.isDirectory()) await walk(p, depth + 1);
       else if (st.isFile()) lines.push(`${rel} ${await sha256File(p)}`);
     }

@@ -120,7 +120,11 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       throw new HttpError(400, "bad_nifti", (e as Error).message.split("\n")[0]!);
     }
     let mh = hashes.get(model);
-    if (!mh) hashes.set(model, (mh = modelHash(file)));
+    if (!mh) {
+      hashes.set(model, (mh = modelHash(file)));
+      // (a failed fingerprint is tried again by the next request, not kept)
+      mh.catch(() => hashes.delete(model));
+    }
     const mHash = await mh;
     const inputHash = createHash("sha256").update(body).digest("hex");
     const gz = body[0] === 0x1f && body[1] === 0x8b;

@@ -73,8 +73,9 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
     if (!m) {
       m = (async () => {
         const p = modelPath(modelDir, n);
-        const [model, hash] = await Promise.all([loadModelAt(p), modelHash(p)]);
-        return { model, hash };
+        // (the fingerprint first: a model loaded for a job that cannot name it would be left loaded)
+        const hash = await modelHash(p);
+        return { model: await loadModelAt(p), hash };
       })();
       models.set(n, m);
       m.catch(() => models.delete(n));
