@@ -227,7 +227,7 @@ test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MO
 });
 
 test.serial(
-  "variants of the bundles' pipelines: KeepLargestConnectedComponentd; a pixdim near the CT's; Invertd before the softmax; NormalizeIntensityd with Invertd's default nearest",
+  "variants of the bundles' pipelines: KeepLargestConnectedComponentd; a pixdim near the CT's; Invertd before the softmax; NormalizeIntensityd (all voxels with Invertd's default nearest, or the non-zero ones); ScaleIntensityd",
   async (t) => {
     type Cfg = { preprocessing: { transforms: Record<string, unknown>[] }; postprocessing: { transforms: Record<string, unknown>[] } };
     // the edits make_bundles.py makes (klcc, znorm)
@@ -256,9 +256,25 @@ test.serial(
           delete c.postprocessing.transforms[1]!.nearest_interp;
         },
       ],
+      // the image's own range to [0, 1]
+      [
+        "unet_bundle_minmax",
+        "unet_bundle",
+        (c) => void (c.preprocessing.transforms[4] = { _target_: "ScaleIntensityd", keys: "image", minv: 0.0, maxv: 1.0 }),
+      ],
+      // a z-score of the non-zero voxels, on a CT that is 0 outside its field of view
+      [
+        "segresnet_bundle_nonzero",
+        "segresnet_bundle",
+        (c) => void (c.preprocessing.transforms[4] = { _target_: "NormalizeIntensityd", keys: "image", nonzero: true, channel_wise: true }),
+      ],
     ];
-    const ct = await readNifti(fixture("bundles/ct.nii.gz"));
+    const cts: Record<string, Awaited<ReturnType<typeof readNifti>>> = {
+      "ct.nii.gz": await readNifti(fixture("bundles/ct.nii.gz")),
+      "ct_fov.nii.gz": await readNifti(fixture("bundles/ct_fov.nii.gz")),
+    };
     for (const [variant, base, edit] of variants) {
+      const ct = cts[variant === "segresnet_bundle_nonzero" ? "ct_fov.nii.gz" : "ct.nii.gz"]!;
       const dir = bundleWith(
         (c) => {
           edit(c as unknown as Cfg);

@@ -21,6 +21,13 @@ export type Normalization =
    * (outside it the image is 0 and stays so), as nnU-Net's ZScoreNormalization does.
    */
   | { type: "zscore"; nonzeroMask?: boolean }
+  /**
+   * MONAI's NormalizeIntensity: a per-image z-score (the deviation without Bessel's correction, 1
+   * where it is 0); `nonzero`: over the voxels that are not 0 only, and only those changed.
+   */
+  | { type: "monaiZscore"; nonzero: boolean }
+  /** MONAI's ScaleIntensity: the image's own minimum and maximum to [min, max]. */
+  | { type: "minmax"; min: number; max: number }
   /** Clip to the image's own percentiles, then per-image z-score. */
   | { type: "clipPercentile"; lowerPercentile: number; upperPercentile: number }
   | { type: "none" };
@@ -240,11 +247,13 @@ export function normalizeConfig(
     (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
     (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
     (n?.type === "zscore" && (n.nonzeroMask === undefined || typeof n.nonzeroMask === "boolean")) ||
+    (n?.type === "monaiZscore" && typeof n.nonzero === "boolean") ||
+    (n?.type === "minmax" && Number.isFinite(n.min) && Number.isFinite(n.max)) ||
     n?.type === "none" ||
     (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
   if (!ok)
     throw new Error(
-      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, clipPercentile, none (with their numbers)`,
+      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, monaiZscore, minmax, clipPercentile, none (with their numbers)`,
     );
   if (out.normalizeAfterResampling && n.type === "zscore" && n.nonzeroMask)
     throw new Error(

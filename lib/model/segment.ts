@@ -123,6 +123,38 @@ export function normalize(src: ArrayLike<number>, n: Normalization, mask?: Uint8
     case "none":
       for (let i = 0; i < len; i++) out[i] = src[i]!;
       break;
+    case "monaiZscore": {
+      // NormalizeIntensity: mean and deviation (no Bessel's correction) of the voxels taken, 1 where it is 0
+      const take = (v: number) => !n.nonzero || v !== 0;
+      let sum = 0,
+        count = 0;
+      for (let i = 0; i < len; i++)
+        if (take(src[i]!)) {
+          sum += src[i]!;
+          count++;
+        }
+      for (let i = 0; i < len; i++) out[i] = src[i]!;
+      if (!count) break;
+      const mean = Math.fround(sum / count);
+      let ss = 0;
+      for (let i = 0; i < len; i++) if (take(src[i]!)) ss += (src[i]! - mean) ** 2;
+      const sd = Math.fround(Math.sqrt(ss / count)) || 1;
+      for (let i = 0; i < len; i++) if (take(src[i]!)) out[i] = (src[i]! - mean) / sd;
+      break;
+    }
+    case "minmax": {
+      // ScaleIntensity (rescale_array): (x − min) / (max − min) · (maxv − minv) + minv; a constant image times minv
+      let lo = Infinity,
+        hi = -Infinity;
+      for (let i = 0; i < len; i++) {
+        const v = src[i]!;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      if (lo === hi) for (let i = 0; i < len; i++) out[i] = src[i]! * n.min;
+      else for (let i = 0; i < len; i++) out[i] = Math.fround((src[i]! - lo) / (hi - lo)) * (n.max - n.min) + n.min;
+      break;
+    }
     case "zscore":
     case "clipPercentile": {
       for (let i = 0; i < len; i++) out[i] = src[i]!;

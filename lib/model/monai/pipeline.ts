@@ -52,6 +52,7 @@ function classOf(item: unknown): { name: string; dict: boolean } | null {
     "Spacing",
     "ScaleIntensityRange",
     "NormalizeIntensity",
+    "ScaleIntensity",
     "Activations",
     "Invert",
     "AsDiscrete",
@@ -210,11 +211,25 @@ export async function pipelineConfig(
       }
       case "NormalizeIntensity": {
         if (normalized) throw monaiError(where, `${what} is a second intensity scaling; bhsd runs one`);
-        defaults(item, { subtrahend: null, divisor: null, nonzero: false, channel_wise: [false, true] }, where, what);
-        config.normalization = { type: "zscore" };
+        defaults(item, { subtrahend: null, divisor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] }, where, what);
+        const nonzero = item.nonzero ?? false;
+        if (typeof nonzero !== "boolean") throw monaiError(where, `${what}'s nonzero must be true or false`);
+        config.normalization = { type: "monaiZscore", nonzero };
         config.normalizeAfterResampling = resampled;
         normalized = true;
-        pipeline.push(`NormalizeIntensity: z-score${resampled ? ", after Spacing" : ""}`);
+        pipeline.push(`NormalizeIntensity: z-score${nonzero ? " of the non-zero voxels" : ""}${resampled ? ", after Spacing" : ""}`);
+        break;
+      }
+      case "ScaleIntensity": {
+        if (normalized) throw monaiError(where, `${what} is a second intensity scaling; bhsd runs one`);
+        defaults(item, { factor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] }, where, what);
+        const lo = item.minv ?? 0,
+          hi = item.maxv ?? 1;
+        if (!isNum(lo) || !isNum(hi)) throw monaiError(where, `${what}'s minv and maxv must be numbers (bhsd runs both given)`);
+        config.normalization = { type: "minmax", min: lo, max: hi };
+        config.normalizeAfterResampling = resampled;
+        normalized = true;
+        pipeline.push(`ScaleIntensity: the image's range to [${lo}, ${hi}]${resampled ? ", after Spacing" : ""}`);
         break;
       }
       default:
