@@ -211,7 +211,12 @@ export async function pipelineConfig(
       }
       case "NormalizeIntensity": {
         if (normalized) throw monaiError(where, `${what} is a second intensity scaling; bhsd runs one`);
-        defaults(item, { subtrahend: null, divisor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] }, where, what);
+        defaults(
+          item,
+          { subtrahend: null, divisor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] },
+          where,
+          what,
+        );
         const nonzero = item.nonzero ?? false;
         if (typeof nonzero !== "boolean") throw monaiError(where, `${what}'s nonzero must be true or false`);
         config.normalization = { type: "monaiZscore", nonzero };
@@ -222,7 +227,12 @@ export async function pipelineConfig(
       }
       case "ScaleIntensity": {
         if (normalized) throw monaiError(where, `${what} is a second intensity scaling; bhsd runs one`);
-        defaults(item, { factor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] }, where, what);
+        defaults(
+          item,
+          { factor: null, channel_wise: [false, true], dtype: [null, "$np.float32", "$numpy.float32", "float32"] },
+          where,
+          what,
+        );
         const lo = item.minv ?? 0,
           hi = item.maxv ?? 1;
         if (!isNum(lo) || !isNum(hi)) throw monaiError(where, `${what}'s minv and maxv must be numbers (bhsd runs both given)`);
