@@ -9,25 +9,19 @@
  * (dropout is the identity).
  */
 import { GraphBuilder, monaiError, parseAct, parseNorm, perAxis, samePadding, type ActSpec, type NormSpec } from "./layers.js";
-import type { GraphNodeSpec, Param } from "../nnunet/network.js";
+import type { StateDictNetwork } from "../state-dict.js";
 
 export type MonaiNetworkClass = "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet";
 export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "AttentionUnet", "SegResNet", "SegResNetDS", "DynUNet", "BasicUNet"];
 
-export interface MonaiNetwork {
+/** A rebuilt MONAI network (its `unused` names: num_batches_tracked, deep-supervision heads). */
+export interface MonaiNetwork extends StateDictNetwork {
   networkClass: MonaiNetworkClass;
   /** The network_def's keyword arguments (without `_target_`). */
   args: Record<string, unknown>;
   dims: 2 | 3;
   inputChannels: number;
   outputChannels: number;
-  params: Param[];
-  constants: { name: string; dims: number[]; data: Float32Array }[];
-  /** state_dict keys the network has but inference does not read (num_batches_tracked, deep-supervision heads). */
-  unused: string[];
-  nodes: GraphNodeSpec[];
-  input: string;
-  output: string;
   /** What the spatial sizes [z, y, x] must be multiples of (z is 1 for a 2-D network). */
   divisor: [number, number, number];
 }
@@ -122,6 +116,19 @@ const divisorOf = (dims: number, strides: number[][]): [number, number, number] 
   return d as [number, number, number];
 };
 
+/** UNet's and AttentionUnet's `channels` (two or more) and the `strides` between them (the rest unused, as theirs). */
+function levels(k: Record<string, unknown>, dims: number, cls: string, where: string): { channels: number[]; strides: number[][] } {
+  const channels = intList(k.channels, where, `${cls}'s channels`);
+  if (channels.length < 2) throw monaiError(where, `${cls}'s channels must list at least 2 values`);
+  if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
+    throw monaiError(
+      where,
+      `${cls}'s strides must list at least ${channels.length - 1} values (len(channels) − 1), got ${JSON.stringify(k.strides)}`,
+    );
+  const strides = (k.strides as unknown[]).slice(0, channels.length - 1).map((s, i) => perAxis(s, dims, where, `${cls}'s strides[${i}]`));
+  return { channels, strides };
+}
+
 /** MONAI's Convolution (conv then ADN: the norm, dropout and activation in `ordering`'s order). */
 interface ConvSpec {
   kernel: number[];
@@ -174,14 +181,7 @@ function buildUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const dims = spatialDims(k.spatial_dims, where, "UNet");
   const cin0 = posInt(k.in_channels, where, "UNet's in_channels"),
     cout0 = posInt(k.out_channels, where, "UNet's out_channels");
-  const channels = intList(k.channels, where, "UNet's channels");
-  if (channels.length < 2) throw monaiError(where, "UNet's channels must list at least 2 values");
-  if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
-    throw monaiError(
-      where,
-      `UNet's strides must list at least ${channels.length - 1} values (len(channels) − 1), got ${JSON.stringify(k.strides)}`,
-    );
-  const strides = (k.strides as unknown[]).slice(0, channels.length - 1).map((s, i) => perAxis(s, dims, where, `UNet's strides[${i}]`));
+  const { channels, strides } = levels(k, dims, "UNet", where);
   const kernel = perAxis(k.kernel_size, dims, where, "UNet's kernel_size");
   const upKernel = perAxis(k.up_kernel_size, dims, where, "UNet's up_kernel_size");
   if (!Number.isInteger(k.num_res_units) || (k.num_res_units as number) < 0 || (k.num_res_units as number) > 64)
@@ -281,13 +281,7 @@ function buildAttentionUnet(a: Record<string, unknown>, where: string): MonaiNet
   const dims = spatialDims(k.spatial_dims, where, "AttentionUnet");
   const cin = posInt(k.in_channels, where, "AttentionUnet's in_channels"),
     cout = posInt(k.out_channels, where, "AttentionUnet's out_channels");
-  const channels = intList(k.channels, where, "AttentionUnet's channels");
-  if (channels.length < 2) throw monaiError(where, "AttentionUnet's channels must list at least 2 values");
-  if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
-    throw monaiError(where, `AttentionUnet's strides must list at least ${channels.length - 1} values, got ${JSON.stringify(k.strides)}`);
-  const strides = (k.strides as unknown[])
-    .slice(0, channels.length - 1)
-    .map((s, i) => perAxis(s, dims, where, `AttentionUnet's strides[${i}]`));
+  const { channels, strides } = levels(k, dims, "AttentionUnet", where);
   const kernel = perAxis(k.kernel_size, dims, where, "AttentionUnet's kernel_size");
   const upKernel = perAxis(k.up_kernel_size, dims, where, "AttentionUnet's up_kernel_size");
   dropoutOk(k.dropout, where, "AttentionUnet's dropout");

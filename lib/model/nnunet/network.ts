@@ -9,6 +9,7 @@
  * decoder keeps a reference to the encoder, so every `encoder.…` tensor is also `decoder.encoder.…`.
  */
 import type { AttrValue } from "../onnx-proto.js";
+import type { StateDictNetwork } from "../state-dict.js";
 
 /**
  * PlainConvUNet and ResidualEncoderUNet: nnU-Net v2's; Generic_UNet: nnU-Net v1's (nnUNetTrainerV2's
@@ -62,15 +63,11 @@ export interface GraphNodeSpec {
   attrs?: Record<string, AttrValue>;
 }
 
-export interface NetworkGraph {
-  params: Param[];
-  /** Constant initializers that are not in the checkpoint (instance norm without affine: scale 1, bias 0). */
-  constants: { name: string; dims: number[]; data: Float32Array }[];
-  /** state_dict keys the network has but inference does not read (a norm's num_batches_tracked). */
-  unused: string[];
-  nodes: GraphNodeSpec[];
-  input: string;
-  output: string;
+/**
+ * A rebuilt nnU-Net network: its constants are what the checkpoint does not hold (instance norm
+ * without affine: scale 1, bias 0), its `unused` names a norm's num_batches_tracked.
+ */
+export interface NetworkGraph extends StateDictNetwork {
   /** Product of the strides per axis ([z, y, x]; z is 1 for a 2-D network): a patch's sizes must be multiples of these. */
   divisor: [number, number, number];
 }
