@@ -123,6 +123,12 @@ export interface ModelConfig {
    * per axis of the model's grid, a constant or Gaussian (σ = patch · sigmaScale) importance map.
    */
   slidingWindow?: { type: "monai"; overlap: [number, number, number]; mode: "constant" | "gaussian"; sigmaScale: [number, number, number] };
+  /**
+   * MONAI's CropForegroundd at the end of a bundle's preprocessing: the windows run on the bounding
+   * box of the model grid's voxels above 0 (after normalisation), and outside it the values that go
+   * back to the CT's grid are 0, as Invertd pads them. Default false.
+   */
+  cropForeground?: boolean;
   /** Where the config came from. */
   source: "argument" | "sidecar" | "nnunet" | "monai" | "metadata" | "default";
 }
@@ -263,6 +269,8 @@ export function normalizeConfig(
     throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
   if (out.regions !== undefined && out.exportValues === "probabilities")
     throw new Error('model config: a region-based model exports each region\'s logits: exportValues must be "logits"');
+  if (out.cropForeground !== undefined && typeof out.cropForeground !== "boolean")
+    throw new Error(`model config: cropForeground must be true or false, got ${JSON.stringify(out.cropForeground)}`);
   if (out.orientation !== undefined) {
     const o = out.orientation as unknown;
     if (

@@ -813,6 +813,69 @@ async function predictSlidingWindow(
 }
 
 /**
+ * predictSlidingWindow, or — MONAI's CropForegroundd (config cropForeground) — on the bounding box
+ * of the model grid's voxels above 0 (generate_spatial_bounding_box: any channel, margin 0), its
+ * values put back into the grid with 0 outside, as Invertd pads them.
+ */
+async function predictForeground(
+  x: Tensor,
+  model: SegmentModel,
+  p: SegmentPlan,
+  run: SegmentRun,
+  softmax: boolean,
+): Promise<Awaited<ReturnType<typeof predictSlidingWindow>>> {
+  if (!p.cfg.cropForeground) return predictSlidingWindow(x, model, p, run, softmax);
+  const [D, H, W] = p.modelShape;
+  const vol = D * H * W,
+    ch = x.shape[1]!;
+  const lo = [D, H, W],
+    hi = [-1, -1, -1];
+  for (let c = 0; c < ch; c++)
+    for (let z = 0, i = c * vol; z < D; z++)
+      for (let y = 0; y < H; y++)
+        for (let xx = 0; xx < W; xx++, i++)
+          if (x.data[i]! > 0) {
+            if (z < lo[0]!) lo[0] = z;
+            if (z > hi[0]!) hi[0] = z;
+            if (y < lo[1]!) lo[1] = y;
+            if (y > hi[1]!) hi[1] = y;
+            if (xx < lo[2]!) lo[2] = xx;
+            if (xx > hi[2]!) hi[2] = xx;
+          }
+  // (no foreground: the whole grid, where MONAI's empty box would leave nothing to run)
+  if (hi[0]! < 0 || (lo.every((v) => v === 0) && hi[0] === D - 1 && hi[1] === H - 1 && hi[2] === W - 1))
+    return predictSlidingWindow(x, model, p, run, softmax);
+  const box = lo.map((v, i) => hi[i]! - v + 1) as [number, number, number];
+  const bvol = box[0] * box[1] * box[2];
+  const crop = allocArray("float32", ch * bvol, "foreground", { overwritten: true }) as Float32Array;
+  for (let c = 0, o = 0; c < ch; c++)
+    for (let z = 0; z < box[0]; z++)
+      for (let y = 0; y < box[1]; y++) {
+        const s0 = c * vol + ((z + lo[0]!) * H + y + lo[1]!) * W + lo[2]!;
+        crop.set(x.data.subarray(s0, s0 + box[2]), o);
+        o += box[2];
+      }
+  const sub: SegmentPlan = { ...p, modelShape: box, padded: box.map((d, i) => Math.max(d, p.patch[i]!)) as [number, number, number] };
+  let r: Awaited<ReturnType<typeof predictSlidingWindow>>;
+  try {
+    r = await predictSlidingWindow({ data: crop, shape: [1, ch, ...box] }, model, sub, run, softmax);
+  } finally {
+    releaseEngineArray(crop);
+  }
+  const C = r.classes;
+  const full = allocArray("float32", C * vol, "probabilities") as Float32Array;
+  for (let k = 0, o = 0; k < C; k++)
+    for (let z = 0; z < box[0]; z++)
+      for (let y = 0; y < box[1]; y++) {
+        const d0 = k * vol + ((z + lo[0]!) * H + y + lo[1]!) * W + lo[2]!;
+        full.set(r.probs.subarray(o, o + box[2]), d0);
+        o += box[2];
+      }
+  releaseEngineArray(r.probs);
+  return { ...r, probs: full };
+}
+
+/**
  * Whether the export resamples or reorders (the model grid is not the CT's): then it takes logits
  * (or, aggregating probabilities, the probabilities, which it resamples as nnU-Net v1).
  */
@@ -1078,7 +1141,7 @@ export async function segment(
   const softmax = !exportMoves(p, pre) || !exportsLogits(p.cfg);
   let predicted: Awaited<ReturnType<typeof predictSlidingWindow>>;
   try {
-    predicted = await predictSlidingWindow(pre.x, one, p, run, softmax);
+    predicted = await predictForeground(pre.x, one, p, run, softmax);
   } catch (e) {
     releaseEngineArray(pre.x.data);
     releaseWork();

@@ -53,6 +53,7 @@ function classOf(item: unknown): { name: string; dict: boolean } | null {
     "ScaleIntensityRange",
     "NormalizeIntensity",
     "ScaleIntensity",
+    "CropForeground",
     "Activations",
     "Invert",
     "AsDiscrete",
@@ -242,10 +243,32 @@ export async function pipelineConfig(
         pipeline.push(`ScaleIntensity: the image's range to [${lo}, ${hi}]${resampled ? ", after Spacing" : ""}`);
         break;
       }
+      case "CropForeground": {
+        // (on the model grid once normalised: where it comes last but for type conversions)
+        const rest = pre.slice(i + 1).map((t) => classOf(t)?.name);
+        if (rest.some((n) => !["EnsureType", "ToTensor", "CastToType", "Identity", "ToDevice"].includes(n ?? "")))
+          throw monaiError(where, `${what} before other transforms is not one bhsd runs (it crops the model grid once the rest is done)`);
+        defaults(
+          item,
+          {
+            select_fn: null,
+            channel_indices: null,
+            margin: 0,
+            k_divisible: 1,
+            return_coords: false,
+            lazy: false,
+          },
+          where,
+          what,
+        );
+        config.cropForeground = true;
+        pipeline.push("CropForeground: the windows on the box of the voxels above 0");
+        break;
+      }
       default:
         throw monaiError(
           where,
-          `${what} is a transform bhsd does not run; its preprocessing reads ${["LoadImage", "EnsureChannelFirst", "Orientation", "Spacing", "ScaleIntensityRange", "NormalizeIntensity", "type conversions"].join(", ")}`,
+          `${what} is a transform bhsd does not run; its preprocessing reads ${["LoadImage", "EnsureChannelFirst", "Orientation", "Spacing", "ScaleIntensityRange", "NormalizeIntensity", "ScaleIntensity", "CropForeground", "type conversions"].join(", ")}`,
         );
     }
   }
