@@ -4,14 +4,13 @@
  * results folder's network and config.
  */
 import type { Command } from "commander";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
 import { isFolder, listDicomSeries } from "../io/dicom.js";
 import { loadModel } from "../model/model.js";
 import { loadNnunet } from "../model/nnunet/index.js";
 import { loadMonai, monaiInfo } from "../model/monai/index.js";
+import { folderKind } from "../model/named.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
@@ -142,10 +141,9 @@ async function describeMonai(file: string, json: boolean): Promise<void> {
 }
 
 async function describeFile(file: string, json: boolean) {
-  if (file.toLowerCase().endsWith(".onnx") || existsSync(join(file, "plans.json")) || existsSync(join(file, "plans.pkl")))
-    return describeModel(file, json);
-  if (["inference.json", "inference.yaml", "inference.yml"].some((n) => existsSync(join(file, "configs", n))))
-    return describeMonai(file, json);
+  const kind = folderKind(file);
+  if (file.toLowerCase().endsWith(".onnx") || kind === "nnunet") return describeModel(file, json);
+  if (kind === "monai") return describeMonai(file, json);
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {
     if (json) return void process.stdout.write(toJson({ file, series }) + "\n");

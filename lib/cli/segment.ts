@@ -13,6 +13,7 @@ import { loadModel } from "../model/model.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { readNnunetPostprocessing } from "../model/nnunet/postprocessing.js";
 import { loadMonai } from "../model/monai/index.js";
+import { CONFIG_NAMES } from "../model/monai/bundle.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
 import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
@@ -120,9 +121,7 @@ export function segmentCommand(program: Command): void {
           : o.monai
             ? [
                 o.monai,
-                ...["configs/inference.json", "configs/inference.yaml", "configs/inference.yml", "models/model.pt"].map((x) =>
-                  join(o.monai!, x),
-                ),
+                ...[...CONFIG_NAMES.map((n) => join("configs", n)), join("models", "model.pt")].map((x) => join(o.monai!, x)),
                 ...(o.network ? [o.network] : []),
               ]
             : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),

@@ -7,6 +7,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { loadModel } from "./model.js";
+import { CONFIG_NAMES } from "./monai/bundle.js";
 import { loadMonai } from "./monai/index.js";
 import { loadNnunet } from "./nnunet/index.js";
 import type { SegmentModel } from "./segment.js";
@@ -28,7 +29,7 @@ export type LoadedModel = SegmentModel & { readonly weightBytes: number; dispose
 /** What kind of model folder `path` is, or null. */
 export function folderKind(path: string): NamedModelKind | null {
   if (existsSync(join(path, "plans.json")) || existsSync(join(path, "plans.pkl"))) return "nnunet";
-  if (["inference.json", "inference.yaml", "inference.yml"].some((n) => existsSync(join(path, "configs", n)))) return "monai";
+  if (CONFIG_NAMES.some((n) => existsSync(join(path, "configs", n)))) return "monai";
   return null;
 }
 

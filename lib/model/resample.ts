@@ -7,6 +7,15 @@ import { dtypeOf } from "../is.js";
 import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { zoomAxis } from "../ops/spline.js";
 
+/** numpy's np.round: halves go to the even neighbour (nnU-Net's window starts and MONAI's Spacing sizes are rounded so). */
+export function roundHalfEven(v: number): number {
+  const f = Math.floor(v),
+    d = v - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
 /** Default bound of a resampled grid: 2^30 voxels (4 GB as float32), far beyond any head CT. */
 export const DEFAULT_MAX_VOXELS = 2 ** 30;
 

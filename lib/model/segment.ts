@@ -21,7 +21,7 @@ import { allocArray, assertVolume } from "../volume.js";
 import type { ModelConfig, Normalization } from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
-import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet } from "./resample.js";
+import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet, roundHalfEven } from "./resample.js";
 import { monaiImportanceMap, monaiSpacingSize, monaiWindowStarts, resampleMonai } from "./monai/grid.js";
 import { moveAxes, reorient } from "../ops/orient.js";
 
@@ -218,15 +218,6 @@ export function windowStarts(length: number, patch: number, step: number): numbe
   const n = Math.ceil((length - patch) / (patch * step)) + 1;
   const actual = (length - patch) / (n - 1);
   return Array.from({ length: n }, (_, i) => roundHalfEven(actual * i));
-}
-
-/** numpy's np.round: halves go to the even neighbour (nnU-Net's window starts are rounded so). */
-export function roundHalfEven(v: number): number {
-  const f = Math.floor(v),
-    d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
 }
 
 /** Gaussian importance map (σ = patch/8, peak 1, zeros replaced by the smallest value), as nnU-Net. */

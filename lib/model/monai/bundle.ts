@@ -47,7 +47,8 @@ const MAX_VALUES = 100_000;
 const MAX_ID_CHARS = 256;
 const MAX_ID_PARTS = 32;
 
-const CONFIG_NAMES = ["inference.json", "inference.yaml", "inference.yml"];
+/** A bundle's inference config, as configs/<one of these>. */
+export const CONFIG_NAMES = ["inference.json", "inference.yaml", "inference.yml"];
 
 async function readConfigFile(path: string, where: string): Promise<Record<string, unknown>> {
   const st = await stat(path).catch(() => null);

@@ -6,12 +6,7 @@
  */
 import { releaseEngineArray } from "../../backends/index.js";
 import { allocArray } from "../../volume.js";
-
-const roundHalfEven = (v: number) => {
-  const f = Math.floor(v),
-    d = v - f;
-  return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1;
-};
+import { roundHalfEven } from "../resample.js";
 
 /**
  * Spacing's output size along an axis of `n` voxels of `spacing` mm resampled to `pixdim` mm
