@@ -423,6 +423,15 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
       opts.patchSize,
     );
   patch = patch.map(Math.round);
+  // a graph built for one input size (a static ONNX export, a MONAI transformer) runs that window only
+  const declared = (model as Partial<Model>).inputs?.[0]?.shape.slice(2);
+  const windowSize = twoD ? patch.slice(1) : patch;
+  if (declared?.length === windowSize.length && declared.every((d) => typeof d === "number") && declared.join() !== windowSize.join())
+    throw invalidParameterError(
+      opts.patchSize ? "options.patchSize" : "model.config.patchSize",
+      `the model's fixed input size [${declared.join(", ")}] (its graph runs that size only)`,
+      opts.patchSize ?? cfg.patchSize,
+    );
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
   const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
