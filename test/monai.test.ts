@@ -1,7 +1,7 @@
 /**
  * MONAI networks from their PyTorch weights (loadMonai): UNet (residual units or plain, batch norm,
- * 2-D), SegResNet, DynUNet (residual blocks, deep-supervision heads in the state_dict) and
- * BasicUNet, each against MONAI 1.4.0's own module's output on the same input
+ * 2-D), SegResNet, DynUNet (residual blocks, deep-supervision heads in the state_dict),
+ * BasicUNet, SwinUNETR and UNETR, each against MONAI 1.4.0's own module's output on the same input
  * (test/fixtures/monai/make.py); checkpoints as saved by torch.save — a state_dict, a
  * `{"state_dict": …}` wrapper, DataParallel's `module.` keys.
  */
@@ -42,13 +42,26 @@ for (const [name, m] of Object.entries(manifest.networks)) {
 }
 
 const BUNDLES = join(DIR, "bundles");
-for (const name of ["unet_bundle", "segresnet_bundle"]) {
+
+/** The swinunetr_bundle's folder: its configs, and the swinunetr network's weights as its models/model.pt (make_bundles.py's WEIGHTS_FROM). */
+function swinBundle(): string {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-swin-"));
+  cpSync(join(BUNDLES, "swinunetr_bundle", "configs"), join(dir, "configs"), { recursive: true });
+  mkdirSync(join(dir, "models"));
+  cpSync(fixture("swinunetr.pt"), join(dir, "models", "model.pt"));
+  return dir;
+}
+
+for (const name of ["unet_bundle", "segresnet_bundle", "swinunetr_bundle"]) {
   test.serial(`the ${name} folder segments the CT as MONAI's own pipeline does (Orientation, Spacing, windows, Invert)`, async (t) => {
-    fixture(`bundles/${name}/models/model.pt`);
+    const swin = name === "swinunetr_bundle";
+    if (!swin) fixture(`bundles/${name}/models/model.pt`);
     const ct = await readNifti(fixture("bundles/ct.nii.gz"));
     const want = await readNpy(bytes(`bundles/${name}_labels.npy`));
     const margin = await readNpy(bytes(`bundles/${name}_margin.npy`));
-    const model = await loadMonai(join(BUNDLES, name));
+    const dir = swin ? swinBundle() : join(BUNDLES, name);
+    t.teardown(() => swin && rmSync(dir, { recursive: true, force: true }));
+    const model = await loadMonai(dir);
     t.log(monaiInfo(model)?.bundle?.pipeline.join("\n"));
     for (const { name: backend } of backends) {
       setBackend(backend);
@@ -128,8 +141,8 @@ test("a bundle's config is data: references and macros resolve, expressions and 
       /out_channels is "\$@num_classes \+ 1", a reference or expression bhsd does not evaluate/,
     );
     await refused(
-      (c) => ({ ...c, network_def: { ...(c.network_def as object), _target_: "SwinUNETR" } }),
-      /bhsd builds MONAI's UNet, AttentionUnet, SegResNet, SegResNetDS, DynUNet, BasicUNet/,
+      (c) => ({ ...c, network_def: { ...(c.network_def as object), _target_: "DiNTS" } }),
+      /bhsd builds MONAI's UNet, AttentionUnet, SegResNet, SegResNetDS, DynUNet, BasicUNet, SwinUNETR, UNETR/,
     );
     await refused((c) => ({ ...c, network_def: { ...(c.network_def as object), kernal_size: 3 } }), /UNet has no argument "kernal_size"/);
     await refused((c) => {
@@ -193,6 +206,51 @@ test("loadMonai refuses bad arguments and weights that are not the network's, na
   await t.throwsAsync(loadMonai(join(BUNDLES, "unet_bundle"), { config: { stepSize: 7 } }), { message: /stepSize/ });
   // a checkpoint's network sees MONAI's (x, y, z) axes
   t.deepEqual((await loadMonai(fixture("unet_res.pt"), { network: m.unet_res!.network_def })).config.transposeForward, [2, 1, 0]);
+});
+
+test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI refuses, or bhsd cannot run, is an error naming it", async (t) => {
+  const m = manifest.networks;
+  const swin = m.swinunetr!.network_def;
+  const withArgs = (extra: Record<string, unknown>) => loadMonai(fixture("swinunetr.pt"), { network: { ...swin, ...extra } });
+  await t.throwsAsync(withArgs({ feature_size: 16 }), { message: /SwinUNETR's feature_size must be divisible by 12, got 16/ });
+  await t.throwsAsync(withArgs({ depths: [2, 2, 2] }), { message: /depths and num_heads must have 4 entries/ });
+  await t.throwsAsync(withArgs({ num_heads: [3, 5, 6, 6] }), { message: /num_heads\[1\] = 5 does not divide stage 2's 24 channels/ });
+  await t.throwsAsync(withArgs({ downsample: "pool" }), { message: /downsample must be "merging" or "mergingv2", got "pool"/ });
+  await t.throwsAsync(withArgs({ img_size: [64, 64, 48] }), { message: /img_size: spatial size \[64, 64, 48\] must be divisible by 32/ });
+  await t.throwsAsync(withArgs({ drop_rate: 2 }), { message: /drop_rate must be between 0 and 1/ });
+  // the window: a multiple of 32 (the checkpoint's default [128, 128, 32] is one), not a one-voxel bottleneck
+  const loaded = await withArgs({});
+  t.deepEqual(loaded.inputs[0]!.shape, [1, 1, 128, 128, 32]);
+  await t.throwsAsync(loadMonai(fixture("swinunetr.pt"), { network: swin, config: { patchSize: [64, 64, 48] } }), {
+    message: /patchSize \[64, 64, 48\] must be a multiple of \[32, 32, 32\]/,
+  });
+  await t.throwsAsync(loadMonai(fixture("swinunetr.pt"), { network: swin, config: { patchSize: [32, 32, 32] } }), {
+    message: /bottleneck of one voxel/,
+  });
+  // segment runs the window the graph was built for, and says so for another
+  const ct = await readNifti(fixture("bundles/ct.nii.gz"));
+  await t.throwsAsync(segment(ct, loaded, { patchSize: [64, 64, 32] }), {
+    message: /the model's fixed input size \[128, 128, 32\] \(its graph runs that size only\) for options\.patchSize/,
+  });
+  // UNETR's position embeddings fit its img_size only: the default patch for a checkpoint, and an error for another
+  const unetr = m.unetr!.network_def;
+  t.deepEqual((await loadMonai(fixture("unetr.pt"), { network: unetr })).config.patchSize, [32, 32, 48]);
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: unetr, config: { patchSize: [32, 32, 32] } }), {
+    message: /UNETR runs only its img_size \[32, 32, 48\].*not \[32, 32, 32\]/,
+  });
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, img_size: [32, 32, 40] } }), {
+    message: /UNETR's img_size: spatial size \[32, 32, 40\] must be divisible by 16/,
+  });
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, hidden_size: 50 } }), {
+    message: /hidden_size 50 must be divisible by num_heads 4/,
+  });
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, proj_type: "linear" } }), {
+    message: /proj_type must be "conv" or "perceptron"/,
+  });
+  // weights of another size: named with the shape the network_def needs
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, img_size: [32, 32, 32] } }), {
+    message: /position_embeddings"\] has shape \[1, 12, 48\]; the network_def's UNETR needs \[1, 8, 48\]/,
+  });
 });
 
 test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MONAI's", async (t) => {

@@ -14,7 +14,8 @@ import { encodeModel } from "./onnx-proto.js";
 /** The parts of a rebuilt network the weights are matched to and the graph is made of. */
 export interface StateDictNetwork {
   params: Param[];
-  constants: { name: string; dims: number[]; data: Float32Array }[];
+  /** Values the checkpoint does not hold: float ones, and int64 shapes and indices. */
+  constants: { name: string; dims: number[]; data: Float32Array | BigInt64Array }[];
   /** state_dict keys that may be present but are not read. */
   unused: string[];
   nodes: GraphNodeSpec[];

@@ -152,7 +152,7 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
   } else if (opts.weights !== undefined) throw new Error("options.weights names a bundle's weights: path is a file, not a bundle folder");
   else if (!def)
     throw invalidParameterError("options.network", `the network_def of ${path} (a checkpoint holds weights, not the network)`, def);
-  const net = buildMonaiNetwork(def, where);
+  let net = buildMonaiNetwork(def, where);
   const limits = maxBytes !== undefined ? { maxBytes } : {};
   let ck: Checkpoint | undefined;
   try {
@@ -162,11 +162,13 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
     const fromBundle = bundle?.keepLargest ? { postprocessing: keepLargestCleanup(bundle.keepLargest, net.outputChannels) } : {};
     // a checkpoint's network was trained on MONAI's arrays: (x, y, z), as LoadImage reads a NIfTI
     // (a 2-D one on its (x, y) slices)
+    // (UNETR runs its img_size only: that is its patch)
+    const fixedPatch = net.networkClass === "UNETR" ? { patchSize: net.inputSize } : {};
     const monaiAxes = bundle
-      ? {}
+      ? fixedPatch
       : net.dims === 3
-        ? { transposeForward: [2, 1, 0], patchSize: [128, 128, 32] }
-        : { transposeForward: [0, 2, 1] };
+        ? { transposeForward: [2, 1, 0], patchSize: [128, 128, 32], ...fixedPatch }
+        : { transposeForward: [0, 2, 1], ...fixedPatch };
     const config = normalizeConfig(
       { classes: defaultClasses(net.outputChannels), spatialDims: net.dims, ...monaiAxes, ...base, ...fromBundle, ...(opts.config ?? {}) },
       opts.config ? "argument" : bundle ? "monai" : "default",
@@ -177,13 +179,18 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
       throw new Error(
         `MONAI model ${path}: patchSize [${config.patchSize.join(", ")}] must be a multiple of [${div.join(", ")}] (the ${net.networkClass}'s total strides)`,
       );
+    // a transformer's graph is built for the sliding window's size
+    if (net.inputSize) {
+      const size = net.dims === 2 ? config.patchSize.slice(1) : [...config.patchSize];
+      net = buildMonaiNetwork(def, where, size);
+    }
     const model = await modelFromStateDict(ck, dict, net, {
       cls: net.networkClass,
       where: weightsPath,
       describedBy: where === "options.network" ? "options.network" : `${where}'s network_def`,
       owner: "the network_def's",
       dictName: name,
-      inputShape: net.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
+      inputShape: net.inputSize ? [1, c, ...net.inputSize] : net.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
       producer: "bhsd-monai",
       opset: 21,
       name: bundle ? basename(path) : basename(path).replace(/\.(pt|pth|ckpt)$/i, ""),

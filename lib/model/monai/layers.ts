@@ -160,7 +160,7 @@ export interface ConvOptions {
 /** Nodes, parameters and constants of a network under construction. */
 export class GraphBuilder {
   readonly params: Param[] = [];
-  readonly constants: { name: string; dims: number[]; data: Float32Array }[] = [];
+  readonly constants: { name: string; dims: number[]; data: Float32Array | BigInt64Array }[] = [];
   readonly unused: string[] = [];
   readonly nodes: GraphNodeSpec[] = [];
   private v = 0;
@@ -182,10 +182,45 @@ export class GraphBuilder {
     this.params.push({ names, shape });
     return names[0]!;
   }
-  constant(hint: string, dims: number[], data: Float32Array): string {
+  constant(hint: string, dims: number[], data: Float32Array | BigInt64Array): string {
     const name = this.fresh(`${hint}.const`);
     this.constants.push({ name, dims, data });
     return name;
+  }
+  /** A 1-D int64 constant (a shape, axes, starts …). */
+  ints(hint: string, values: readonly number[]): string {
+    return this.constant(
+      hint,
+      [values.length],
+      BigInt64Array.from(values, (v) => BigInt(v)),
+    );
+  }
+  reshape(x: string, shape: readonly number[], name: string): string {
+    return this.node("Reshape", [x, this.ints(`${name}.shape`, shape)], name);
+  }
+  transpose(x: string, perm: number[], name: string): string {
+    return this.node("Transpose", [x], name, { perm });
+  }
+  /** ONNX Slice over `axes` (ends clamp, as ONNX's). */
+  slice(x: string, starts: number[], ends: number[], axes: number[], name: string, steps?: number[]): string {
+    const inputs = [x, this.ints(`${name}.starts`, starts), this.ints(`${name}.ends`, ends), this.ints(`${name}.axes`, axes)];
+    if (steps) inputs.push(this.ints(`${name}.steps`, steps));
+    return this.node("Slice", inputs, name);
+  }
+  /**
+   * torch.nn.Linear at `path` over the last axis of `x`, whose `rows` leading extents are flat:
+   * MatMul with the transposed weight (the engine's GEMM), then the bias.
+   */
+  linear(path: string, x: string, cin: number, cout: number, bias: boolean): string {
+    const w = this.param([`${path}.weight`], [cout, cin]);
+    const y = this.node("MatMul", [x, this.transpose(w, [1, 0], `${path}.weightT`)], path);
+    return bias ? this.add(y, this.param([`${path}.bias`], [cout]), `${path}.bias`) : y;
+  }
+  /** torch.nn.LayerNorm over the last axis (`path` null: F.layer_norm without weights). */
+  layerNorm(path: string | null, x: string, c: number, name = path ?? "layer_norm", eps = 1e-5): string {
+    const scale = path ? this.param([`${path}.weight`], [c]) : this.constant(`${name}.ones`, [c], new Float32Array(c).fill(1));
+    const bias = path ? this.param([`${path}.bias`], [c]) : this.constant(`${name}.zeros`, [c], new Float32Array(c));
+    return this.node("LayerNormalization", [x, scale, bias], name, { axis: -1, epsilon: eps });
   }
   node(opType: string, inputs: string[], name: string, attrs: Record<string, AttrValue> = {}): string {
     const y = this.fresh(name);
@@ -281,4 +316,59 @@ export class GraphBuilder {
       coordinate_transformation_mode: "pytorch_half_pixel",
     });
   }
+}
+
+/** dynunet_block's get_padding: (k − s + 1) / 2 per axis, truncated (an error where negative). */
+export function getPadding(kernel: number[], stride: number[], where: string, what: string): number[] {
+  return kernel.map((q, i) => {
+    const p = (q - stride[i]! + 1) / 2;
+    if (p < 0)
+      throw monaiError(where, `${what}: kernel ${JSON.stringify(kernel)} is smaller than its stride ${JSON.stringify(stride)} allows`);
+    return Math.trunc(p);
+  });
+}
+
+/**
+ * dynunet_block's UnetResBlock (`residual`) or UnetBasicBlock at `path`: conv → norm → act → conv
+ * → norm (+ the input, through a 1×1 conv and norm where channels or stride change) → act; the
+ * convolutions without bias, as get_conv_layer makes them.
+ */
+export function unetBlock(
+  b: GraphBuilder,
+  norm: NormSpec,
+  act: ActSpec,
+  path: string,
+  x: string,
+  ci: number,
+  co: number,
+  kernel: number[],
+  stride: number[],
+  residual: boolean,
+): string {
+  const ones = Array<number>(b.dims).fill(1);
+  const conv = (p: string, v: string, i: number, kk: number[], s: number[]) =>
+    b.conv(`${p}.conv`, v, { cin: i, cout: co, kernel: kk, stride: s, pad: getPadding(kk, s, b.where, p), bias: false });
+  let y = b.act(act, `${path}.lrelu`, b.norm(norm, `${path}.norm1`, conv(`${path}.conv1`, x, ci, kernel, stride), co), co);
+  y = b.norm(norm, `${path}.norm2`, conv(`${path}.conv2`, y, co, kernel, ones), co);
+  if (residual) {
+    let r = x;
+    if (ci !== co || stride.some((q) => q !== 1)) r = b.norm(norm, `${path}.norm3`, conv(`${path}.conv3`, x, ci, ones, stride), co);
+    y = b.add(y, r, `${path}.add`);
+  }
+  return b.act(act, `${path}.lrelu`, y, co);
+}
+
+/** get_conv_layer's transposed convolution at `path` (kernel = stride, as UNETR's and SwinUNETR's up-sampling; no bias). */
+export function transposedConv(b: GraphBuilder, path: string, x: string, ci: number, co: number, k: number[], bias = false): string {
+  const pad = getPadding(k, k, b.where, path);
+  return b.conv(`${path}.conv`, x, {
+    cin: ci,
+    cout: co,
+    kernel: k,
+    stride: k,
+    pad,
+    bias,
+    transposed: true,
+    outputPadding: pad.map((p) => 2 * p),
+  });
 }

@@ -2,29 +2,41 @@
  * MONAI's segmentation networks rebuilt from a bundle's `network_def` (the class and its keyword
  * arguments) as ONNX graphs for the engine, following MONAI 1.4's modules: UNet (with or without
  * residual units), SegResNet, DynUNet (basic or residual blocks; deep-supervision heads are read
- * past, as eval mode does) and BasicUNet. Each parameter is listed under every name PyTorch's
+ * past, as eval mode does) and BasicUNet; SwinUNETR and UNETR in transformers.ts. Each parameter is listed under every name PyTorch's
  * state_dict gives it: DynUNet registers its blocks twice (`input_block.…` is also
  * `skip_layers.downsample.…`). Arguments are checked as the class's constructor would and anything
  * bhsd does not build is an error naming the argument; the inference graph is what eval mode runs
  * (dropout is the identity).
  */
-import { GraphBuilder, monaiError, parseAct, parseNorm, perAxis, samePadding, type ActSpec, type NormSpec } from "./layers.js";
-import type { StateDictNetwork } from "../state-dict.js";
+import {
+  GraphBuilder,
+  monaiError,
+  parseAct,
+  parseNorm,
+  perAxis,
+  samePadding,
+  transposedConv,
+  unetBlock,
+  type ActSpec,
+  type NormSpec,
+} from "./layers.js";
+import {
+  divisorOf,
+  dropoutOk,
+  finish,
+  flag,
+  intList,
+  kwargs,
+  MONAI_NETWORKS,
+  posInt,
+  spatialDims,
+  type MonaiNetwork,
+  type MonaiNetworkClass,
+} from "./args.js";
 
-export type MonaiNetworkClass = "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet";
-export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = ["UNet", "AttentionUnet", "SegResNet", "SegResNetDS", "DynUNet", "BasicUNet"];
+import { buildSwinUNETR, buildUNETR } from "./transformers.js";
 
-/** A rebuilt MONAI network (its `unused` names: num_batches_tracked, deep-supervision heads). */
-export interface MonaiNetwork extends StateDictNetwork {
-  networkClass: MonaiNetworkClass;
-  /** The network_def's keyword arguments (without `_target_`). */
-  args: Record<string, unknown>;
-  dims: 2 | 3;
-  inputChannels: number;
-  outputChannels: number;
-  /** What the spatial sizes [z, y, x] must be multiples of (z is 1 for a 2-D network). */
-  divisor: [number, number, number];
-}
+export { MONAI_NETWORKS, type MonaiNetwork, type MonaiNetworkClass } from "./args.js";
 
 /** The class a `_target_` names: "UNet", "monai.networks.nets.UNet", or MONAI's aliases (Unet, DynUnet …). */
 export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass {
@@ -43,6 +55,8 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
       "monai.networks.nets.segresnet_ds",
       "monai.networks.nets.dynunet",
       "monai.networks.nets.basic_unet",
+      "monai.networks.nets.swin_unetr",
+      "monai.networks.nets.unetr",
     ].includes(mod)
   )
     throw monaiError(where, `network_def's _target_ "${target}" is not one of MONAI's networks (monai.networks.nets)`);
@@ -60,61 +74,13 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     BasicUnet: "BasicUNet",
     Basicunet: "BasicUNet",
     basicunet: "BasicUNet",
+    SwinUNETR: "SwinUNETR",
+    UNETR: "UNETR",
   };
   const c = Object.hasOwn(aliases, cls) ? aliases[cls] : undefined;
   if (!c) throw monaiError(where, `network_def's _target_ "${target}": bhsd builds MONAI's ${MONAI_NETWORKS.join(", ")}`);
   return c;
 }
-
-/** Keyword arguments with their defaults; any other is an error (as the constructor's TypeError). */
-function kwargs(
-  args: Record<string, unknown>,
-  defaults: Record<string, unknown>,
-  required: string[],
-  cls: string,
-  where: string,
-): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...defaults };
-  for (const [k0, v] of Object.entries(args)) {
-    // (MONAI ≤ 0.9 called spatial_dims `dimensions`; the argument still appears in old bundles)
-    const k = k0 === "dimensions" ? "spatial_dims" : k0;
-    if (!Object.hasOwn(defaults, k) && !required.includes(k))
-      throw monaiError(where, `${cls} has no argument "${k0}" (bhsd knows ${[...required, ...Object.keys(defaults)].join(", ")})`);
-    out[k] = v;
-  }
-  for (const k of required) if (out[k] === undefined) throw monaiError(where, `${cls} needs the argument "${k}"`);
-  return out;
-}
-
-const posInt = (v: unknown, where: string, what: string, max = 1 << 16): number => {
-  if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max)
-    throw monaiError(where, `${what} must be a positive integer, got ${JSON.stringify(v)}`);
-  return v as number;
-};
-const intList = (v: unknown, where: string, what: string, min = 1): number[] => {
-  if (!Array.isArray(v) || !v.length || v.length > 64 || !v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16))
-    throw monaiError(where, `${what} must be a list of integers ≥ ${min}, got ${JSON.stringify(v)}`);
-  return v as number[];
-};
-const flag = (v: unknown, where: string, what: string): boolean => {
-  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${JSON.stringify(v)}`);
-  return v;
-};
-const spatialDims = (v: unknown, where: string, cls: string): 2 | 3 => {
-  if (v !== 2 && v !== 3)
-    throw monaiError(where, `${cls}'s spatial_dims must be 2 or 3 (bhsd segments CT slices or volumes), got ${JSON.stringify(v)}`);
-  return v;
-};
-const dropoutOk = (v: unknown, where: string, what: string) => {
-  // eval mode: any dropout is the identity; only its form is checked
-  if (v === null || v === undefined || typeof v === "number" || typeof v === "string" || (Array.isArray(v) && v.length === 2)) return;
-  throw monaiError(where, `${what} must be a probability, a name or [name, {arguments}], got ${JSON.stringify(v)}`);
-};
-const divisorOf = (dims: number, strides: number[][]): [number, number, number] => {
-  const d = [1, 1, 1];
-  for (const s of strides) s.forEach((x, i) => (d[3 - dims + i]! *= x));
-  return d as [number, number, number];
-};
 
 /** UNet's and AttentionUnet's `channels` (two or more) and the `strides` between them (the rest unused, as theirs). */
 function levels(k: Record<string, unknown>, dims: number, cls: string, where: string): { channels: number[]; strides: number[][] } {
@@ -634,39 +600,10 @@ function buildDynUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const transBias = flag(k.trans_bias, where, "DynUNet's trans_bias");
   const b = new GraphBuilder(dims, where);
   const ones = Array<number>(dims).fill(1);
-  // get_padding: (k − s + 1) / 2, truncated; get_output_padding: 2p + s − k
-  const padding = (kk: number[], s: number[], what: string) =>
-    kk.map((q, i) => {
-      const p = (q - s[i]! + 1) / 2;
-      if (p < 0)
-        throw monaiError(where, `DynUNet's ${what}: kernel ${JSON.stringify(kk)} is smaller than its stride ${JSON.stringify(s)} allows`);
-      return Math.trunc(p);
-    });
-  const conv = (path: string, x: string, ci: number, co: number, kk: number[], s: number[], bias = false) =>
-    b.conv(`${path}.conv`, x, { cin: ci, cout: co, kernel: kk, stride: s, pad: padding(kk, s, path), bias });
-  const block = (path: string, x: string, ci: number, co: number, kk: number[], s: number[], residual: boolean): string => {
-    let y = b.act(act, `${path}.lrelu`, b.norm(norm, `${path}.norm1`, conv(`${path}.conv1`, x, ci, co, kk, s), co), co);
-    y = b.norm(norm, `${path}.norm2`, conv(`${path}.conv2`, y, co, co, kk, ones), co);
-    if (residual) {
-      let r = x;
-      if (ci !== co || s.some((q) => q !== 1)) r = b.norm(norm, `${path}.norm3`, conv(`${path}.conv3`, x, ci, co, ones, s), co);
-      y = b.add(y, r, `${path}.add`);
-    }
-    return b.act(act, `${path}.lrelu`, y, co);
-  };
+  const block = (path: string, x: string, ci: number, co: number, kk: number[], s: number[], residual: boolean): string =>
+    unetBlock(b, norm, act, path, x, ci, co, kk, s, residual);
   const upBlock = (path: string, x: string, skip: string, ci: number, co: number, kk: number[], uk: number[]) => {
-    const pad = padding(uk, uk, `${path}.transp_conv`);
-    const outPad = uk.map((q, i) => 2 * pad[i]! + q - q);
-    const t = b.conv(`${path}.transp_conv.conv`, x, {
-      cin: ci,
-      cout: co,
-      kernel: uk,
-      stride: uk,
-      pad,
-      bias: transBias,
-      transposed: true,
-      outputPadding: outPad,
-    });
+    const t = transposedConv(b, `${path}.transp_conv`, x, ci, co, uk, transBias);
     return block(`${path}.conv_block`, b.concat([t, skip], `${path}.cat`), 2 * co, co, kk, ones, false);
   };
   // level i: its down block, the level below (or the bottleneck), then its up block (upsamples.{n−2−i})
@@ -772,42 +709,13 @@ function buildBasicUNet(a: Record<string, unknown>, where: string): MonaiNetwork
   return finish(b, "BasicUNet", k, dims, cin, cout, out, divisorOf(dims, [Array<number>(dims).fill(16)]));
 }
 
-function finish(
-  b: GraphBuilder,
-  cls: MonaiNetworkClass,
-  args: Record<string, unknown>,
-  dims: 2 | 3,
-  cin: number,
-  cout: number,
-  out: string,
-  divisor: [number, number, number],
-): MonaiNetwork {
-  // the last node writes the graph's output
-  const last = [...b.nodes].reverse().find((nd) => nd.outputs[0] === out);
-  if (!last) throw new Error(`internal: ${cls}'s output ${out} has no node`);
-  last.outputs[0] = "logits";
-  for (const nd of b.nodes) nd.inputs = nd.inputs.map((i) => (i === out ? "logits" : i));
-  return {
-    networkClass: cls,
-    args,
-    dims,
-    inputChannels: cin,
-    outputChannels: cout,
-    params: b.params,
-    constants: b.constants,
-    unused: b.unused,
-    nodes: b.nodes,
-    input: "input",
-    output: "logits",
-    divisor,
-  };
-}
-
 /**
  * The network a network_def describes (`{ "_target_": "UNet", "spatial_dims": 3, … }`), its graph
- * and parameter names; `where` names the file or option it came from in errors.
+ * and parameter names; `where` names the file or option it came from in errors. `size`: the spatial
+ * input size (the network's axes) a transformer's graph is built for (SwinUNETR: any multiple of
+ * 32, by default its img_size or 64; UNETR: its img_size only).
  */
-export function buildMonaiNetwork(def: Record<string, unknown>, where: string): MonaiNetwork {
+export function buildMonaiNetwork(def: Record<string, unknown>, where: string, size?: readonly number[]): MonaiNetwork {
   if (def === null || typeof def !== "object" || Array.isArray(def))
     throw monaiError(where, `network_def must be an object { "_target_": "UNet", … }, got ${JSON.stringify(def)}`);
   const { _target_: target, ...args } = def;
@@ -831,5 +739,16 @@ export function buildMonaiNetwork(def: Record<string, unknown>, where: string): 
       return buildSegResNetDS(args, where);
     case "AttentionUnet":
       return buildAttentionUnet(args, where);
+    case "SwinUNETR":
+      return buildSwinUNETR(args, where, size);
+    case "UNETR": {
+      const net = buildUNETR(args, where);
+      if (size && size.join() !== net.inputSize!.join())
+        throw monaiError(
+          where,
+          `UNETR runs only its img_size [${net.inputSize!.join(", ")}] (its position embeddings are one per 16-voxel patch of it), not [${size.join(", ")}]: give the sliding window that size`,
+        );
+      return net;
+    }
   }
 }

@@ -1,0 +1,556 @@
+/**
+ * MONAI's transformer segmentation networks rebuilt from a network_def, as MONAI 1.4 computes them
+ * in eval mode: SwinUNETR (shifted-window attention; v1 or v2, either patch merging) and UNETR (a
+ * ViT encoder). Unlike the convolutional networks their graphs hold the input's size — SwinUNETR's
+ * window sizes, padding and attention masks follow it, UNETR's position embeddings are one per
+ * patch of `img_size` — so each is built for one spatial input size: the sliding window's.
+ *
+ * Tensors inside the transformers are channels-last, as MONAI's ([1, d, h, w, c]); a Linear layer
+ * is a MatMul with its transposed weight (the engine's GEMM), LayerNorm ONNX's LayerNormalization.
+ * Buffers MONAI recomputes at construction (SwinUNETR's relative_position_index) are read past and
+ * computed here, as MONAI computes them — including its use of the 7-wide window's index table
+ * where a stage is narrower than the window.
+ */
+import { GraphBuilder, monaiError, parseNorm, perAxis, transposedConv, unetBlock, type ActSpec, type NormSpec } from "./layers.js";
+import { divisorOf, finish, flag, intList, kwargs, posInt, spatialDims, type MonaiNetwork } from "./args.js";
+
+/** UnetResBlock's activation in UNETR's and SwinUNETR's blocks (dynunet_block's default). */
+const LRELU: ActSpec = { op: "leakyrelu", slope: 0.01 };
+
+const rate = (v: unknown, where: string, what: string) => {
+  if (typeof v !== "number" || !(v >= 0 && v <= 1)) throw monaiError(where, `${what} must be between 0 and 1, got ${JSON.stringify(v)}`);
+};
+
+/** The input's spatial size: `size` where given, else `dflt`; each a multiple of `mult`. */
+function inputSize(size: readonly number[] | undefined, dflt: number[], dims: number, mult: number, where: string, cls: string): number[] {
+  const s = size ? [...size] : dflt;
+  if (s.length !== dims || !s.every((v) => Number.isInteger(v) && v >= 1 && v <= 1 << 16))
+    throw monaiError(where, `${cls}: input size ${JSON.stringify(s)} must be ${dims} positive integers`);
+  if (s.some((v) => v % mult))
+    throw monaiError(where, `${cls}: spatial size [${s.join(", ")}] must be divisible by ${mult} on every axis (as MONAI checks)`);
+  return s;
+}
+
+const prod = (xs: readonly number[]) => xs.reduce((p, q) => p * q, 1);
+
+/** MONAI's UnetrUpBlock: a transposed conv (kernel = stride = 2), the skip concatenated, a residual or basic block. */
+function unetrUp(b: GraphBuilder, norm: NormSpec, path: string, x: string, skip: string, ci: number, co: number, res: boolean): string {
+  const k3 = Array<number>(b.dims).fill(3),
+    ones = Array<number>(b.dims).fill(1),
+    twos = Array<number>(b.dims).fill(2);
+  const t = transposedConv(b, `${path}.transp_conv`, x, ci, co, twos);
+  return unetBlock(b, norm, LRELU, `${path}.conv_block`, b.concat([t, skip], `${path}.cat`), 2 * co, co, k3, ones, res);
+}
+
+/** UnetOutBlock: a 1×1 conv with bias. */
+function outBlock(b: GraphBuilder, x: string, ci: number, co: number): string {
+  const ones = Array<number>(b.dims).fill(1);
+  return b.conv("out.conv.conv", x, { cin: ci, cout: co, kernel: ones, stride: ones, pad: ones.map(() => 0), bias: true });
+}
+
+/** Channels-first [1, c, …] ↔ channels-last [1, …, c]. */
+const toLast = (b: GraphBuilder, x: string, name: string) =>
+  b.transpose(x, b.dims === 3 ? [0, 2, 3, 4, 1] : [0, 2, 3, 1], `${name}.channels_last`);
+const toFirst = (b: GraphBuilder, x: string, name: string) =>
+  b.transpose(x, b.dims === 3 ? [0, 4, 1, 2, 3] : [0, 3, 1, 2], `${name}.channels_first`);
+
+/** Multi-head attention over [..., n, c] with q, k, v [batch, heads, n, hd]: softmax(q·kᵀ + extra) · v, back to [batch, n, c]. */
+function attend(
+  b: GraphBuilder,
+  q: string,
+  k: string,
+  v: string,
+  shape: { batch: number; heads: number; n: number; hd: number },
+  name: string,
+  scaleAfter: number | null,
+  extra: string[],
+): string {
+  let a = b.node("MatMul", [q, b.transpose(k, [0, 1, 3, 2], `${name}.kT`)], `${name}.scores`);
+  if (scaleAfter !== null) a = b.node("Mul", [a, b.constant(`${name}.scale`, [], new Float32Array([scaleAfter]))], `${name}.scale`);
+  for (const e of extra) a = b.add(a, e, `${name}.bias`);
+  a = b.node("Softmax", [a], `${name}.softmax`, { axis: -1 });
+  const o = b.node("MatMul", [a, v], `${name}.weighted`);
+  return b.reshape(b.transpose(o, [0, 2, 1, 3], `${name}.heads_last`), [shape.batch, shape.n, shape.heads * shape.hd], `${name}.merge`);
+}
+
+/** q, k, v of a fused qkv projection [batch, n, 3c] split as MONAI's rearrange "b h (qkv l d) -> qkv b l h d". */
+function splitQkv(
+  b: GraphBuilder,
+  qkv: string,
+  batch: number,
+  n: number,
+  heads: number,
+  hd: number,
+  name: string,
+): [string, string, string] {
+  const t = b.transpose(b.reshape(qkv, [batch, n, 3, heads, hd], `${name}.qkv_split`), [2, 0, 3, 1, 4], `${name}.qkv_first`);
+  const part = (i: number) => b.reshape(b.slice(t, [i], [i + 1], [0], `${name}.qkv${i}`), [batch, heads, n, hd], `${name}.qkv${i}.squeeze`);
+  return [part(0), part(1), part(2)];
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwinUNETR
+
+/** get_window_size: the window (and shift) shrink to a stage's size where it is no wider. */
+export function swinWindow(
+  size: readonly number[],
+  window: readonly number[],
+  shift: readonly number[],
+): { window: number[]; shift: number[] } {
+  return {
+    window: size.map((s, i) => (s <= window[i]! ? s : window[i]!)),
+    shift: size.map((s, i) => (s <= window[i]! ? 0 : shift[i]!)),
+  };
+}
+
+/** The tokens of a channels-last grid `dims` in window order (window_partition): index into the grid for each window's each token. */
+function windowOrder(dims: readonly number[], window: readonly number[]): Int32Array {
+  const nd = dims.length;
+  const counts = dims.map((d, i) => d / window[i]!);
+  const nW = prod(counts),
+    n = prod(window);
+  const out = new Int32Array(nW * n);
+  const strides = dims.map((_, i) => prod(dims.slice(i + 1)));
+  for (let w = 0; w < nW; w++) {
+    // window w's block coordinates, then each token's offset in it (C order)
+    const wc: number[] = [];
+    for (let i = nd - 1, r = w; i >= 0; i--) {
+      wc[i] = r % counts[i]!;
+      r = Math.floor(r / counts[i]!);
+    }
+    for (let t = 0; t < n; t++) {
+      let at = 0;
+      for (let i = nd - 1, r = t; i >= 0; i--) {
+        const o = r % window[i]!;
+        r = Math.floor(r / window[i]!);
+        at += (wc[i]! * window[i]! + o) * strides[i]!;
+      }
+      out[w * n + t] = at;
+    }
+  }
+  return out;
+}
+
+/**
+ * compute_mask's region of each token, by window ([nW, n]): the padded grid cut by Python's slices
+ * (−window), (−window, −shift), (−shift, None) on each axis, later regions overwriting earlier
+ * ones as MONAI's loop does (a zero shift makes the last slice the whole axis).
+ */
+export function swinMaskRegions(padded: readonly number[], window: readonly number[], shift: readonly number[]): Float32Array {
+  const nd = padded.length;
+  const ranges = padded.map((L, i) => {
+    const w = window[i]!,
+      s = shift[i]!;
+    // Python: slice(-w) = [0, L−w); slice(-w, -s) = [L−w, L−s) (empty for s = 0: -0 is 0); slice(-s, None) = [L−s, L) ([0, L) for s = 0)
+    return [
+      [0, L - w],
+      [L - w, s === 0 ? 0 : L - s],
+      [s === 0 ? 0 : L - s, L],
+    ];
+  });
+  const grid = new Float32Array(prod(padded));
+  const strides = padded.map((_, i) => prod(padded.slice(i + 1)));
+  let cnt = 0;
+  const fill = (axis: number, box: number[][]) => {
+    if (axis === nd) {
+      const rec = (i: number, at: number) => {
+        if (i === nd) {
+          grid[at] = cnt;
+          return;
+        }
+        for (let v = box[i]![0]!; v < box[i]![1]!; v++) rec(i + 1, at + v * strides[i]!);
+      };
+      rec(0, 0);
+      cnt++;
+      return;
+    }
+    for (const r of ranges[axis]!) fill(axis + 1, [...box, r]);
+  };
+  fill(0, []);
+  const order = windowOrder(padded, window);
+  return Float32Array.from(order, (at) => grid[at]!);
+}
+
+/** WindowAttention's relative_position_index for the full window, its first n × n (MONAI's `[:n, :n]`). */
+export function swinRelativeIndex(fullWindow: readonly number[], n: number): BigInt64Array {
+  const nd = fullWindow.length;
+  const N = prod(fullWindow);
+  const coords = (t: number) => {
+    const c: number[] = [];
+    for (let i = nd - 1, r = t; i >= 0; i--) {
+      c[i] = r % fullWindow[i]!;
+      r = Math.floor(r / fullWindow[i]!);
+    }
+    return c;
+  };
+  const mult = fullWindow.map((_, i) => prod(fullWindow.slice(i + 1).map((w) => 2 * w - 1)));
+  const out = new BigInt64Array(n * n);
+  if (n > N) throw new Error(`internal: a window of ${n} tokens over a ${N}-token table`);
+  for (let i = 0; i < n; i++) {
+    const ci = coords(i);
+    for (let j = 0; j < n; j++) {
+      const cj = coords(j);
+      let idx = 0;
+      for (let a = 0; a < nd; a++) idx += (ci[a]! - cj[a]! + fullWindow[a]! - 1) * mult[a]!;
+      out[i * n + j] = BigInt(idx);
+    }
+  }
+  return out;
+}
+
+interface SwinStage {
+  path: string;
+  /** Channels and heads. */
+  c: number;
+  heads: number;
+  depth: number;
+  /** The stage's spatial size (before its patch merging). */
+  size: number[];
+}
+
+/** torch.roll along the spatial axes 1… of a channels-last tensor by `shifts` (positive: towards higher indices). */
+function roll(b: GraphBuilder, x: string, size: number[], shifts: number[], name: string): string {
+  let y = x;
+  shifts.forEach((s0, i) => {
+    const L = size[i]!;
+    const s = ((s0 % L) + L) % L;
+    if (!s) return;
+    // out[j] = x[(j − s) mod L]: x's last s, then its first L − s
+    const tail = b.slice(y, [L - s], [L], [i + 1], `${name}.roll${i}.tail`);
+    const head = b.slice(y, [0], [L - s], [i + 1], `${name}.roll${i}.head`);
+    y = b.node("Concat", [tail, head], `${name}.roll${i}`, { axis: i + 1 });
+  });
+  return y;
+}
+
+/** One BasicLayer (its blocks, then its patch merging) on a channels-last [1, …size, c]; returns [1, …size/2, 2c]. */
+function swinStage(b: GraphBuilder, st: SwinStage, x: string, mergingV1: boolean): string {
+  const dims = b.dims;
+  const full = Array<number>(dims).fill(7);
+  const { window, shift } = swinWindow(
+    st.size,
+    full,
+    full.map((w) => Math.floor(w / 2)),
+  );
+  const padded = st.size.map((L, i) => Math.ceil(L / window[i]!) * window[i]!);
+  const counts = padded.map((L, i) => L / window[i]!);
+  const nW = prod(counts),
+    n = prod(window),
+    c = st.c,
+    hd = c / st.heads;
+  const shifted = shift.some((s) => s > 0);
+  // the attention mask of the shifted blocks ([nW, 1, n, n]: 0 within a region, −100 across), from each token's region
+  let mask: string | null = null;
+  if (shifted && st.depth > 1) {
+    const regions = swinMaskRegions(padded, window, shift);
+    const ri = b.constant(`${st.path}.mask_regions`, [nW, 1, n, 1], regions);
+    const rj = b.constant(`${st.path}.mask_regions`, [nW, 1, 1, n], regions);
+    const differ = b.node("Sign", [b.node("Abs", [b.node("Sub", [rj, ri], `${st.path}.mask`)], `${st.path}.mask`)], `${st.path}.mask`);
+    mask = b.node("Mul", [differ, b.constant(`${st.path}.mask`, [], new Float32Array([-100]))], `${st.path}.mask`);
+  }
+  const relIndex = b.constant(`${st.path}.relative_position_index`, [n * n], swinRelativeIndex(full, n));
+  const tableRows = prod(full.map((w) => 2 * w - 1));
+  const scale = Math.fround(hd ** -0.5);
+  const padEnd = padded.map((p, i) => p - st.size[i]!);
+  for (let j = 0; j < st.depth; j++) {
+    const p = `${st.path}.blocks.${j}`;
+    const shiftHere = j % 2 === 1 && shifted;
+    const shortcut = x;
+    let y = b.layerNorm(`${p}.norm1`, x, c);
+    if (padEnd.some((q) => q > 0))
+      y = b.node("Pad", [y, b.ints(`${p}.pads`, [0, ...padEnd.map(() => 0), 0, 0, ...padEnd, 0])], `${p}.pad`, { mode: "constant" });
+    if (shiftHere)
+      y = roll(
+        b,
+        y,
+        padded,
+        shift.map((s) => -s),
+        `${p}.shift`,
+      );
+    // window_partition: [1, c0, w0, c1, w1, (c2, w2,) c] → [nW, n, c]
+    const split = padded.flatMap((_, i) => [counts[i]!, window[i]!]);
+    const perm = dims === 3 ? [0, 1, 3, 5, 2, 4, 6, 7] : [0, 1, 3, 2, 4, 5];
+    const windows = b.reshape(
+      b.transpose(b.reshape(y, [1, ...split, c], `${p}.windows`), perm, `${p}.windows`),
+      [nW, n, c],
+      `${p}.windows`,
+    );
+    // WindowAttention: q scaled before q·kᵀ, the relative position bias, the shifted blocks' mask
+    const qkv = b.linear(`${p}.attn.qkv`, windows, c, 3 * c, true);
+    const [q, k, v] = splitQkv(b, qkv, nW, n, st.heads, hd, `${p}.attn`);
+    const qs = b.node("Mul", [q, b.constant(`${p}.attn.scale`, [], new Float32Array([scale]))], `${p}.attn.q_scaled`);
+    const table = b.param([`${p}.attn.relative_position_bias_table`], [tableRows, st.heads]);
+    b.unused.push(`${p}.attn.relative_position_index`);
+    const bias = b.transpose(
+      b.reshape(b.node("Gather", [table, relIndex], `${p}.attn.rel_bias`, { axis: 0 }), [n, n, st.heads], `${p}.attn.rel_bias`),
+      [2, 0, 1],
+      `${p}.attn.rel_bias`,
+    );
+    let o = attend(b, qs, k, v, { batch: nW, heads: st.heads, n, hd }, `${p}.attn`, null, shiftHere && mask ? [bias, mask] : [bias]);
+    o = b.linear(`${p}.attn.proj`, o, c, c, true);
+    // window_reverse: [nW, n, c] → [1, c0, c1, (c2,) w0, w1, (w2,) c] → [1, …padded, c]
+    const rperm = dims === 3 ? [0, 1, 4, 2, 5, 3, 6, 7] : [0, 1, 3, 2, 4, 5];
+    y = b.reshape(
+      b.transpose(b.reshape(o, [1, ...counts, ...window, c], `${p}.reverse`), rperm, `${p}.reverse`),
+      [1, ...padded, c],
+      `${p}.reverse`,
+    );
+    if (shiftHere) y = roll(b, y, padded, shift, `${p}.unshift`);
+    if (padEnd.some((q) => q > 0))
+      y = b.slice(
+        y,
+        st.size.map(() => 0),
+        st.size,
+        st.size.map((_, i) => i + 1),
+        `${p}.crop`,
+      );
+    x = b.add(shortcut, y, `${p}.residual1`);
+    let m = b.linear(`${p}.mlp.linear1`, b.layerNorm(`${p}.norm2`, x, c), c, 4 * c, true);
+    m = b.linear(`${p}.mlp.linear2`, b.node("Gelu", [m], `${p}.mlp.gelu`), 4 * c, c, true);
+    x = b.add(x, m, `${p}.residual2`);
+  }
+  // patch merging: the 2^dims sub-grids (MONAI's order, v1's repeated ones included) side by side, norm, reduction
+  const offsets =
+    dims === 2
+      ? [
+          [0, 0],
+          [1, 0],
+          [0, 1],
+          [1, 1],
+        ]
+      : mergingV1
+        ? [
+            [0, 0, 0],
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 0, 1],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 1, 1],
+          ]
+        : [0, 1].flatMap((i) => [0, 1].flatMap((j) => [0, 1].map((k) => [i, j, k])));
+  const d = `${st.path}.downsample`;
+  const axes = st.size.map((_, i) => i + 1);
+  const parts = offsets.map((o, k) =>
+    b.slice(
+      x,
+      o,
+      st.size,
+      axes,
+      `${d}.part${k}`,
+      axes.map(() => 2),
+    ),
+  );
+  const cat = b.node("Concat", parts, `${d}.cat`, { axis: -1 });
+  const width = offsets.length * c;
+  return b.linear(`${d}.reduction`, b.layerNorm(`${d}.norm`, cat, width), width, 2 * c, false);
+}
+
+export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?: readonly number[]): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      img_size: null,
+      depths: [2, 2, 2, 2],
+      num_heads: [3, 6, 12, 24],
+      feature_size: 24,
+      norm_name: "instance",
+      drop_rate: 0,
+      attn_drop_rate: 0,
+      dropout_path_rate: 0,
+      normalize: true,
+      use_checkpoint: false,
+      spatial_dims: 3,
+      downsample: "merging",
+      use_v2: false,
+    },
+    ["in_channels", "out_channels"],
+    "SwinUNETR",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "SwinUNETR");
+  const cin = posInt(k.in_channels, where, "SwinUNETR's in_channels"),
+    cout = posInt(k.out_channels, where, "SwinUNETR's out_channels");
+  let img: number[] | undefined;
+  if (k.img_size !== null)
+    img = inputSize(perAxis(k.img_size, dims, where, "SwinUNETR's img_size"), [], dims, 32, where, "SwinUNETR's img_size");
+  for (const r of ["drop_rate", "attn_drop_rate", "dropout_path_rate"]) rate(k[r], where, `SwinUNETR's ${r}`);
+  const f = posInt(k.feature_size, where, "SwinUNETR's feature_size", 4096);
+  if (f % 12) throw monaiError(where, `SwinUNETR's feature_size must be divisible by 12, got ${f}`);
+  const depths = intList(k.depths, where, "SwinUNETR's depths", 0),
+    heads = intList(k.num_heads, where, "SwinUNETR's num_heads");
+  if (depths.length !== 4 || heads.length !== 4)
+    throw monaiError(
+      where,
+      `SwinUNETR's depths and num_heads must have 4 entries (its four stages), got ${depths.length} and ${heads.length}`,
+    );
+  if (depths.some((d) => d > 64))
+    throw monaiError(where, `SwinUNETR's depths must be at most 64 blocks a stage, got ${JSON.stringify(depths)}`);
+  heads.forEach((h, i) => {
+    if ((f << i) % h) throw monaiError(where, `SwinUNETR's num_heads[${i}] = ${h} does not divide stage ${i + 1}'s ${f << i} channels`);
+  });
+  const norm = parseNorm(k.norm_name, null, where, "SwinUNETR's norm_name");
+  if (!norm) throw monaiError(where, "SwinUNETR's norm_name must name a norm");
+  const normalize = flag(k.normalize, where, "SwinUNETR's normalize");
+  flag(k.use_checkpoint, where, "SwinUNETR's use_checkpoint");
+  const v2 = flag(k.use_v2, where, "SwinUNETR's use_v2");
+  if (k.downsample !== "merging" && k.downsample !== "mergingv2")
+    throw monaiError(where, `SwinUNETR's downsample must be "merging" or "mergingv2", got ${JSON.stringify(k.downsample)}`);
+  const mergingV1 = k.downsample === "merging";
+  const s = inputSize(size, img ?? Array<number>(dims).fill(64), dims, 32, where, "SwinUNETR");
+  if (size && norm.kind === "instance" && !norm.runningStats && s.every((v) => v === 32))
+    throw monaiError(
+      where,
+      `SwinUNETR at [${s.join(", ")}] reaches a bottleneck of one voxel, which PyTorch's instance norm refuses to normalise: give a window of 64 on some axis`,
+    );
+
+  const b = new GraphBuilder(dims, where);
+  const k3 = Array<number>(dims).fill(3),
+    ones = Array<number>(dims).fill(1),
+    twos = Array<number>(dims).fill(2);
+  const block = (path: string, x: string, ci: number, co: number, nm: NormSpec = norm) =>
+    unetBlock(b, nm, LRELU, path, x, ci, co, k3, ones, true);
+  // swinViT: patch embedding (a 2-stride conv), four stages; each stage's output through proj_out
+  const x0 = b.conv("swinViT.patch_embed.proj", "input", { cin, cout: f, kernel: twos, stride: twos, pad: ones.map(() => 0), bias: true });
+  const projOut = (xFirst: string, xLast: string | null, c: number, name: string) =>
+    normalize ? toFirst(b, b.layerNorm(null, xLast ?? toLast(b, xFirst, name), c, `${name}.proj_out`), name) : xFirst;
+  const hidden = [projOut(x0, null, f, "swinViT.hidden0")];
+  let x = x0;
+  const instance = parseNorm("instance", null, where, "SwinUNETR's use_v2 blocks")!;
+  for (let i = 0; i < 4; i++) {
+    const c = f << i;
+    if (v2) x = block(`swinViT.layers${i + 1}c.0.layer`, x, c, c, instance);
+    const stage: SwinStage = { path: `swinViT.layers${i + 1}.0`, c, heads: heads[i]!, depth: depths[i]!, size: s.map((v) => v >> (i + 1)) };
+    const y = swinStage(b, stage, toLast(b, x, stage.path), mergingV1);
+    x = toFirst(b, y, stage.path);
+    hidden.push(projOut(x, y, 2 * c, `swinViT.hidden${i + 1}`));
+  }
+  const enc0 = block("encoder1.layer", "input", cin, f);
+  const enc1 = block("encoder2.layer", hidden[0]!, f, f);
+  const enc2 = block("encoder3.layer", hidden[1]!, 2 * f, 2 * f);
+  const enc3 = block("encoder4.layer", hidden[2]!, 4 * f, 4 * f);
+  const dec4 = block("encoder10.layer", hidden[4]!, 16 * f, 16 * f);
+  const dec3 = unetrUp(b, norm, "decoder5", dec4, hidden[3]!, 16 * f, 8 * f, true);
+  const dec2 = unetrUp(b, norm, "decoder4", dec3, enc3, 8 * f, 4 * f, true);
+  const dec1 = unetrUp(b, norm, "decoder3", dec2, enc2, 4 * f, 2 * f, true);
+  const dec0 = unetrUp(b, norm, "decoder2", dec1, enc1, 2 * f, f, true);
+  const top = unetrUp(b, norm, "decoder1", dec0, enc0, f, f, true);
+  const out = outBlock(b, top, f, cout);
+  return { ...finish(b, "SwinUNETR", k, dims, cin, cout, out, divisorOf(dims, [Array<number>(dims).fill(32)])), inputSize: s };
+}
+
+// ---------------------------------------------------------------------------------------------
+// UNETR
+
+export function buildUNETR(a: Record<string, unknown>, where: string): MonaiNetwork {
+  const k = kwargs(
+    a,
+    {
+      feature_size: 16,
+      hidden_size: 768,
+      mlp_dim: 3072,
+      num_heads: 12,
+      proj_type: "conv",
+      norm_name: "instance",
+      conv_block: true,
+      res_block: true,
+      dropout_rate: 0,
+      spatial_dims: 3,
+      qkv_bias: false,
+      save_attn: false,
+    },
+    ["in_channels", "out_channels", "img_size"],
+    "UNETR",
+    where,
+  );
+  const dims = spatialDims(k.spatial_dims, where, "UNETR");
+  const cin = posInt(k.in_channels, where, "UNETR's in_channels"),
+    cout = posInt(k.out_channels, where, "UNETR's out_channels");
+  const img = inputSize(perAxis(k.img_size, dims, where, "UNETR's img_size"), [], dims, 16, where, "UNETR's img_size");
+  const f = posInt(k.feature_size, where, "UNETR's feature_size", 4096);
+  const hs = posInt(k.hidden_size, where, "UNETR's hidden_size", 1 << 14);
+  const heads = posInt(k.num_heads, where, "UNETR's num_heads", 1024);
+  if (hs % heads) throw monaiError(where, `UNETR's hidden_size ${hs} must be divisible by num_heads ${heads}`);
+  if (!Number.isInteger(k.mlp_dim) || (k.mlp_dim as number) < 0 || (k.mlp_dim as number) > 1 << 16)
+    throw monaiError(where, `UNETR's mlp_dim must be a non-negative integer, got ${JSON.stringify(k.mlp_dim)}`);
+  const mlp = (k.mlp_dim as number) || hs;
+  if (k.proj_type !== "conv" && k.proj_type !== "perceptron")
+    throw monaiError(where, `UNETR's proj_type must be "conv" or "perceptron", got ${JSON.stringify(k.proj_type)}`);
+  const norm = parseNorm(k.norm_name, null, where, "UNETR's norm_name");
+  if (!norm) throw monaiError(where, "UNETR's norm_name must name a norm");
+  const convBlock = flag(k.conv_block, where, "UNETR's conv_block"),
+    res = flag(k.res_block, where, "UNETR's res_block"),
+    qkvBias = flag(k.qkv_bias, where, "UNETR's qkv_bias");
+  flag(k.save_attn, where, "UNETR's save_attn");
+  rate(k.dropout_rate, where, "UNETR's dropout_rate");
+
+  const b = new GraphBuilder(dims, where);
+  const k3 = Array<number>(dims).fill(3),
+    ones = Array<number>(dims).fill(1),
+    twos = Array<number>(dims).fill(2),
+    p16 = Array<number>(dims).fill(16);
+  const feat = img.map((v) => v / 16);
+  const n = prod(feat),
+    hd = hs / heads;
+  // ViT: patch embedding (a 16-stride conv, or patches flattened into a Linear), position embeddings, 12 blocks
+  const pe = "vit.patch_embedding";
+  let t: string;
+  if (k.proj_type === "conv") {
+    const e = b.conv(`${pe}.patch_embeddings`, "input", { cin, cout: hs, kernel: p16, stride: p16, pad: ones.map(() => 0), bias: true });
+    t = b.transpose(b.reshape(e, [1, hs, n], `${pe}.flatten`), [0, 2, 1], `${pe}.tokens`);
+  } else {
+    // "b c (h p1) (w p2) (d p3) -> b (h w d) (p1 p2 p3 c)"
+    const split = b.reshape("input", [1, cin, ...feat.flatMap((q) => [q, 16])], `${pe}.patches`);
+    const perm = dims === 3 ? [0, 2, 4, 6, 3, 5, 7, 1] : [0, 2, 4, 3, 5, 1];
+    const flat = b.reshape(b.transpose(split, perm, `${pe}.patches`), [1, n, cin * 16 ** dims], `${pe}.patches`);
+    t = b.linear(`${pe}.patch_embeddings.1`, flat, cin * 16 ** dims, hs, true);
+  }
+  t = b.add(t, b.param([`${pe}.position_embeddings`], [1, n, hs]), `${pe}.position`);
+  const hidden: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const p = `vit.blocks.${i}`;
+    const qkv = b.linear(`${p}.attn.qkv`, b.layerNorm(`${p}.norm1`, t, hs), hs, 3 * hs, qkvBias);
+    const [q, kk, v] = splitQkv(b, qkv, 1, n, heads, hd, `${p}.attn`);
+    // SABlock: (q·kᵀ) × scale, softmax, · v
+    const o = attend(b, q, kk, v, { batch: 1, heads, n, hd }, `${p}.attn`, Math.fround(hd ** -0.5), []);
+    t = b.add(t, b.linear(`${p}.attn.out_proj`, o, hs, hs, true), `${p}.residual1`);
+    let m = b.linear(`${p}.mlp.linear1`, b.layerNorm(`${p}.norm2`, t, hs), hs, mlp, true);
+    m = b.linear(`${p}.mlp.linear2`, b.node("Gelu", [m], `${p}.mlp.gelu`), mlp, hs, true);
+    t = b.add(t, m, `${p}.residual2`);
+    hidden.push(t);
+    // (TransformerBlock's cross-attention, built but unused without with_cross_attention)
+    b.unused.push(
+      `${p}.norm_cross_attn.weight`,
+      `${p}.norm_cross_attn.bias`,
+      `${p}.cross_attn.out_proj.weight`,
+      `${p}.cross_attn.out_proj.bias`,
+    );
+    for (const w of ["to_q", "to_k", "to_v"])
+      b.unused.push(`${p}.cross_attn.${w}.weight`, ...(qkvBias ? [`${p}.cross_attn.${w}.bias`] : []));
+  }
+  const last = b.layerNorm("vit.norm", t, hs);
+  // proj_feat: tokens [1, n, hidden] → [1, hidden, …feat]
+  const proj = (x: string, name: string) =>
+    b.transpose(b.reshape(x, [1, ...feat, hs], name), dims === 3 ? [0, 4, 1, 2, 3] : [0, 3, 1, 2], name);
+  const prUp = (path: string, x: string, co: number, layers: number) => {
+    let y = transposedConv(b, `${path}.transp_conv_init`, x, hs, co, twos);
+    for (let j = 0; j < layers; j++) {
+      if (convBlock) {
+        y = transposedConv(b, `${path}.blocks.${j}.0`, y, co, co, twos);
+        y = unetBlock(b, norm, LRELU, `${path}.blocks.${j}.1`, y, co, co, k3, ones, res);
+      } else y = transposedConv(b, `${path}.blocks.${j}`, y, co, co, twos);
+    }
+    return y;
+  };
+  const enc1 = unetBlock(b, norm, LRELU, "encoder1.layer", "input", cin, f, k3, ones, res);
+  const enc2 = prUp("encoder2", proj(hidden[3]!, "proj3"), 2 * f, 2);
+  const enc3 = prUp("encoder3", proj(hidden[6]!, "proj6"), 4 * f, 1);
+  const enc4 = prUp("encoder4", proj(hidden[9]!, "proj9"), 8 * f, 0);
+  const dec3 = unetrUp(b, norm, "decoder5", proj(last, "proj_last"), enc4, hs, 8 * f, res);
+  const dec2 = unetrUp(b, norm, "decoder4", dec3, enc3, 8 * f, 4 * f, res);
+  const dec1 = unetrUp(b, norm, "decoder3", dec2, enc2, 4 * f, 2 * f, res);
+  const top = unetrUp(b, norm, "decoder2", dec1, enc1, 2 * f, f, res);
+  const out = outBlock(b, top, f, cout);
+  return { ...finish(b, "UNETR", k, dims, cin, cout, out, divisorOf(dims, [p16])), inputSize: img };
+}
