@@ -218,6 +218,20 @@ test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI re
   await t.throwsAsync(withArgs({ downsample: "pool" }), { message: /downsample must be "merging" or "mergingv2", got "pool"/ });
   await t.throwsAsync(withArgs({ img_size: [64, 64, 48] }), { message: /img_size: spatial size \[64, 64, 48\] must be divisible by 32/ });
   await t.throwsAsync(withArgs({ drop_rate: 2 }), { message: /drop_rate must be between 0 and 1/ });
+  // MONAI 1.5's arguments (swinunetr15) are not 1.4's, whose img_size 1.5 removed
+  await t.throwsAsync(withArgs({ window_size: 5 }), {
+    message: /img_size \(MONAI 1\.4 and before; removed in 1\.5\) and window_size \(MONAI 1\.5's\) are not arguments of one MONAI version/,
+  });
+  const swin15 = m.swinunetr15!.network_def;
+  await t.throwsAsync(loadMonai(fixture("swinunetr15.pt"), { network: { ...swin15, patch_size: 4 } }), {
+    message: /patch_size 4: bhsd builds 2/,
+  });
+  await t.throwsAsync(loadMonai(fixture("swinunetr15.pt"), { network: { ...swin15, mlp_ratio: 0 } }), {
+    message: /mlp_ratio must be a number/,
+  });
+  await t.throwsAsync(loadMonai(fixture("swinunetr15.pt"), { network: swin15, config: { patchSize: [512, 512, 256] } }), {
+    message: /more than 2\^25 voxels/,
+  });
   // the window: a multiple of 32 (the checkpoint's default [128, 128, 32] is one), not a one-voxel bottleneck
   const loaded = await withArgs({});
   t.deepEqual(loaded.inputs[0]!.shape, [1, 1, 128, 128, 32]);

@@ -198,6 +198,16 @@ export function swinRelativeIndex(fullWindow: readonly number[], n: number): Big
   return out;
 }
 
+/** What a SwinUNETR's stages share: MONAI 1.5's arguments (1.4's fixed values before), and which patch merging. */
+interface SwinOptions {
+  /** The configured window (7 before MONAI 1.5). */
+  window: number[];
+  qkvBias: boolean;
+  mlpRatio: number;
+  /** "merging" (PatchMerging), as MONAI ≤ 1.4 ("v1-1.4": two sub-grids repeated) or 1.5 computes it; or "mergingv2". */
+  merging: "v1-1.4" | "v1" | "v2";
+}
+
 interface SwinStage {
   path: string;
   /** Channels and heads. */
@@ -223,10 +233,39 @@ function roll(b: GraphBuilder, x: string, size: number[], shifts: number[], name
   return y;
 }
 
+/**
+ * The 3-D patch merging's sub-grid offsets, in its concatenation order: PatchMergingV2's
+ * itertools.product; PatchMerging's own list — before MONAI 1.5 with (0, 1, 0) and (0, 0, 1) twice
+ * where (1, 1, 0) and (0, 1, 1) belong (fixed in 1.5, MONAI PR 8285).
+ */
+const MERGING_3D: Record<SwinOptions["merging"], number[][]> = {
+  "v1-1.4": [
+    [0, 0, 0],
+    [1, 0, 0],
+    [0, 1, 0],
+    [0, 0, 1],
+    [1, 0, 1],
+    [0, 1, 0],
+    [0, 0, 1],
+    [1, 1, 1],
+  ],
+  v1: [
+    [0, 0, 0],
+    [1, 0, 0],
+    [0, 1, 0],
+    [0, 0, 1],
+    [1, 1, 0],
+    [1, 0, 1],
+    [0, 1, 1],
+    [1, 1, 1],
+  ],
+  v2: [0, 1].flatMap((i) => [0, 1].flatMap((j) => [0, 1].map((k) => [i, j, k]))),
+};
+
 /** One BasicLayer (its blocks, then its patch merging) on a channels-last [1, …size, c]; returns [1, …size/2, 2c]. */
-function swinStage(b: GraphBuilder, st: SwinStage, x: string, mergingV1: boolean): string {
+function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions): string {
   const dims = b.dims;
-  const full = Array<number>(dims).fill(7);
+  const full = opt.window;
   const { window, shift } = swinWindow(
     st.size,
     full,
@@ -276,7 +315,7 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, mergingV1: boolean
       `${p}.windows`,
     );
     // WindowAttention: q scaled before q·kᵀ, the relative position bias, the shifted blocks' mask
-    const qkv = b.linear(`${p}.attn.qkv`, windows, c, 3 * c, true);
+    const qkv = b.linear(`${p}.attn.qkv`, windows, c, 3 * c, opt.qkvBias);
     const [q, k, v] = splitQkv(b, qkv, nW, n, st.heads, hd, `${p}.attn`);
     const qs = b.node("Mul", [q, b.constant(`${p}.attn.scale`, [], new Float32Array([scale]))], `${p}.attn.q_scaled`);
     const table = b.param([`${p}.attn.relative_position_bias_table`], [tableRows, st.heads]);
@@ -305,11 +344,13 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, mergingV1: boolean
         `${p}.crop`,
       );
     x = b.add(shortcut, y, `${p}.residual1`);
-    let m = b.linear(`${p}.mlp.linear1`, b.layerNorm(`${p}.norm2`, x, c), c, 4 * c, true);
-    m = b.linear(`${p}.mlp.linear2`, b.node("Gelu", [m], `${p}.mlp.gelu`), 4 * c, c, true);
+    // (int(dim × mlp_ratio), as Python truncates it)
+    const hidden = Math.trunc(c * opt.mlpRatio);
+    let m = b.linear(`${p}.mlp.linear1`, b.layerNorm(`${p}.norm2`, x, c), c, hidden, true);
+    m = b.linear(`${p}.mlp.linear2`, b.node("Gelu", [m], `${p}.mlp.gelu`), hidden, c, true);
     x = b.add(x, m, `${p}.residual2`);
   }
-  // patch merging: the 2^dims sub-grids (MONAI's order, v1's repeated ones included) side by side, norm, reduction
+  // patch merging: the 2^dims sub-grids side by side in MONAI's order, norm, reduction
   const offsets =
     dims === 2
       ? [
@@ -318,18 +359,7 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, mergingV1: boolean
           [0, 1],
           [1, 1],
         ]
-      : mergingV1
-        ? [
-            [0, 0, 0],
-            [1, 0, 0],
-            [0, 1, 0],
-            [0, 0, 1],
-            [1, 0, 1],
-            [0, 1, 0],
-            [0, 0, 1],
-            [1, 1, 1],
-          ]
-        : [0, 1].flatMap((i) => [0, 1].flatMap((j) => [0, 1].map((k) => [i, j, k])));
+      : MERGING_3D[opt.merging];
   const d = `${st.path}.downsample`;
   const axes = st.size.map((_, i) => i + 1);
   const parts = offsets.map((o, k) =>
@@ -364,11 +394,25 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
       spatial_dims: 3,
       downsample: "merging",
       use_v2: false,
+      // MONAI 1.5's
+      patch_size: 2,
+      window_size: 7,
+      qkv_bias: true,
+      mlp_ratio: 4.0,
+      patch_norm: false,
     },
     ["in_channels", "out_channels"],
     "SwinUNETR",
     where,
   );
+  // img_size: MONAI ≤ 1.4 (required there, removed in 1.5); 1.5 added the others and fixed PatchMerging's order
+  const since15 = ["patch_size", "window_size", "qkv_bias", "mlp_ratio", "patch_norm"].filter((n) => Object.hasOwn(a, n));
+  const before15 = k.img_size !== null;
+  if (before15 && since15.length)
+    throw monaiError(
+      where,
+      `SwinUNETR's img_size (MONAI 1.4 and before; removed in 1.5) and ${since15.join(", ")} (MONAI 1.5's) are not arguments of one MONAI version`,
+    );
   const dims = spatialDims(k.spatial_dims, where, "SwinUNETR");
   const cin = posInt(k.in_channels, where, "SwinUNETR's in_channels"),
     cout = posInt(k.out_channels, where, "SwinUNETR's out_channels");
@@ -397,8 +441,34 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
   const v2 = flag(k.use_v2, where, "SwinUNETR's use_v2");
   if (k.downsample !== "merging" && k.downsample !== "mergingv2")
     throw monaiError(where, `SwinUNETR's downsample must be "merging" or "mergingv2", got ${JSON.stringify(k.downsample)}`);
-  const mergingV1 = k.downsample === "merging";
+  if (k.patch_size !== 2)
+    throw monaiError(
+      where,
+      `SwinUNETR's patch_size ${JSON.stringify(k.patch_size)}: bhsd builds 2 (its decoder up-samples by 2 back to the input's size only from there)`,
+    );
+  const opts: SwinOptions = {
+    window: perAxis(k.window_size, dims, where, "SwinUNETR's window_size"),
+    qkvBias: flag(k.qkv_bias, where, "SwinUNETR's qkv_bias"),
+    mlpRatio: (() => {
+      const r = k.mlp_ratio;
+      if (typeof r !== "number" || !(r > 0 && r <= 64))
+        throw monaiError(where, `SwinUNETR's mlp_ratio must be a number in (0, 64], got ${JSON.stringify(r)}`);
+      if (heads.some((_, i) => Math.trunc((f << i) * r) < 1))
+        throw monaiError(where, `SwinUNETR's mlp_ratio ${r} leaves an MLP without units`);
+      return r;
+    })(),
+    merging: k.downsample === "mergingv2" ? "v2" : before15 ? "v1-1.4" : "v1",
+  };
+  if (opts.window.some((w) => w > 64))
+    throw monaiError(where, `SwinUNETR's window_size must be at most 64, got ${JSON.stringify(k.window_size)}`);
+  const patchNorm = flag(k.patch_norm, where, "SwinUNETR's patch_norm");
   const s = inputSize(size, img ?? Array<number>(dims).fill(64), dims, 32, where, "SwinUNETR");
+  // (its attention holds windows × heads × n² scores a stage: 2^25 voxels, 320³, is already tens of GB)
+  if (prod(s) > 1 << 25)
+    throw monaiError(
+      where,
+      `SwinUNETR at [${s.join(", ")}]: a window of more than 2^25 voxels (320³) is more attention than bhsd will hold`,
+    );
   if (size && norm.kind === "instance" && !norm.runningStats && s.every((v) => v === 32))
     throw monaiError(
       where,
@@ -412,7 +482,9 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
   const block = (path: string, x: string, ci: number, co: number, nm: NormSpec = norm) =>
     unetBlock(b, nm, LRELU, path, x, ci, co, k3, ones, true);
   // swinViT: patch embedding (a 2-stride conv), four stages; each stage's output through proj_out
-  const x0 = b.conv("swinViT.patch_embed.proj", "input", { cin, cout: f, kernel: twos, stride: twos, pad: ones.map(() => 0), bias: true });
+  let x0 = b.conv("swinViT.patch_embed.proj", "input", { cin, cout: f, kernel: twos, stride: twos, pad: ones.map(() => 0), bias: true });
+  // (patch_norm: PatchEmbed's LayerNorm over the channels)
+  if (patchNorm) x0 = toFirst(b, b.layerNorm("swinViT.patch_embed.norm", toLast(b, x0, "swinViT.patch_embed"), f), "swinViT.patch_embed");
   const projOut = (xFirst: string, xLast: string | null, c: number, name: string) =>
     normalize ? toFirst(b, b.layerNorm(null, xLast ?? toLast(b, xFirst, name), c, `${name}.proj_out`), name) : xFirst;
   const hidden = [projOut(x0, null, f, "swinViT.hidden0")];
@@ -422,7 +494,7 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
     const c = f << i;
     if (v2) x = block(`swinViT.layers${i + 1}c.0.layer`, x, c, c, instance);
     const stage: SwinStage = { path: `swinViT.layers${i + 1}.0`, c, heads: heads[i]!, depth: depths[i]!, size: s.map((v) => v >> (i + 1)) };
-    const y = swinStage(b, stage, toLast(b, x, stage.path), mergingV1);
+    const y = swinStage(b, stage, toLast(b, x, stage.path), opts);
     x = toFirst(b, y, stage.path);
     hidden.push(projOut(x, y, 2 * c, `swinViT.hidden${i + 1}`));
   }
