@@ -15,7 +15,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { backendInfo, loadModel, setBackend } from "../dist/index.js";
+import { backendInfo, loadModel, loadMonai, setBackend, type Model } from "../dist/index.js";
 import type { Architecture } from "../dist/model/nnunet/network.js";
 import { PLAIN_CONV_UNET_2D, PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
@@ -33,7 +33,7 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 }
 
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
-type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" };
+type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" };
 
 // (looked up once, when first needed: bench plan's fresh processes import this module too)
 let pythons: { torch: string | undefined; monai: string | undefined } | undefined;
@@ -92,14 +92,24 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
   }
 }
 
-async function compare(label: string, bytes: Uint8Array, shape: number[], reps: number, torchNet?: TorchNet): Promise<string[]> {
+async function compare(
+  label: string,
+  bytes: Uint8Array,
+  shape: number[],
+  reps: number,
+  torchNet?: TorchNet,
+  /** bhsd's own model of the network (loadMonai's, from the state_dict) instead of the ONNX bytes'. */
+  own?: () => Promise<Model>,
+): Promise<string[]> {
+  // (BENCH_MATCH=regex: only the rows whose label matches)
+  if (process.env.BENCH_MATCH && !new RegExp(process.env.BENCH_MATCH).test(label)) return [];
   const r = rng(7);
   const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
   const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
   const native = backendInfo().available.native;
   if (native) setBackend("native");
-  const m = native ? await loadModel(bytes) : undefined;
+  const m = native ? await (own ? own() : loadModel(bytes)) : undefined;
   // three rounds, each engine's medians in turn: on this shared machine either one's time drifts by
   // 20–30 % over a minute (onnxruntime's SegResNet at 16×64×64: 22–32 ms), so one block each
   // would compare two different minutes
@@ -180,6 +190,29 @@ export async function benchNetworks(): Promise<string[]> {
   else
     rows.push(
       "| MONAI UNETR (real widths), 32×128×128 | not run: make bench/models/unetr_real.onnx first (PYTHONPATH=<MONAI 1.4.0> /usr/bin/python3 bench/models/make_unetr.py) | | | | | | | | | |",
+    );
+  // SwinUNETR at the BTCV bundle's widths (62 M parameters): made by bench/models/make_swinunetr.py,
+  // never committed; bhsd runs it from the state_dict (loadMonai), onnxruntime from the export
+  const swin = new URL("./models/swinunetr_btcv.json", import.meta.url);
+  if (existsSync(swin)) {
+    const { network_def: network, size } = JSON.parse(readFileSync(swin, "utf8")) as {
+      network_def: Record<string, unknown>;
+      size: number[];
+    };
+    const pt = fileURLToPath(new URL("./models/swinunetr_btcv.pt", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `MONAI SwinUNETR (BTCV: feature 48, loadMonai from the state_dict), ${size.join("×")}`,
+        readFileSync(new URL("./models/swinunetr_btcv.onnx", import.meta.url)),
+        [1, 1, ...size],
+        3,
+        { monai: "swinunetr" },
+        () => loadMonai(pt, { network, config: { patchSize: size as [number, number, number] } }),
+      )),
+    );
+  } else
+    rows.push(
+      "| MONAI SwinUNETR (BTCV widths), 64×64×64 | not run: make bench/models/swinunetr_btcv.* first (PYTHONPATH=<MONAI 1.4.0>:<einops> /usr/bin/python3 bench/models/make_swinunetr.py) | | | | | | | | | |",
     );
   return [...header(), ...rows];
 }

@@ -471,13 +471,16 @@ async function matmulOnEngine(
   const M = A.shape[ra - 2]!,
     batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
   const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
-  if (A.shape[ra - 1] !== K || K < 16 || N < 16 || rows < 16) return undefined;
+  if (A.shape[ra - 1] !== K) return undefined;
+  const be = activeBackend();
+  // a few rows of a large product (SwinUNETR's last patch merging at a 64³ window: 8 tokens × 3072
+  // × 768, 0.1 s in nd.matmul) go to a backend GEMM all the same
+  if ((K < 16 || N < 16 || rows < 16) && !(be.gemm && rows * K * N >= 1 << 18)) return undefined;
   budget.check(batches * rows * N * 4, "MatMul output");
   // from the run's pool (engine memory on huge pages, reused across runs): a fresh array's first
   // touch of its pages cost more than the GEMM of a small projection
   const yt = alloc([...A.shape.slice(0, -1), N]);
   const y = yt.data;
-  const be = activeBackend();
   if (be.gemm) {
     // the backend's own GEMM (native: AVX-512 8×32 / AVX2 6×16 micro-kernels, Goto blocking)
     await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);

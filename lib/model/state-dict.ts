@@ -79,6 +79,14 @@ export function matchWeights(
   return refs;
 }
 
+/** A row-major [r, c] matrix transposed in place (through a copy); its new dims [c, r]. */
+function transpose2d(data: Float32Array, shape: number[]): number[] {
+  const [r, c] = shape as [number, number];
+  const src = data.slice();
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) data[j * r + i] = src[i * c + j]!;
+  return [c, r];
+}
+
 /**
  * The model: the checkpoint's tensors, matched to the network, become its weights as read (engine
  * memory, no copy); the network's constants go into the encoded graph. Closes the checkpoint.
@@ -99,8 +107,10 @@ export async function modelFromStateDict(
   const tensors: HeldWeights = [];
   try {
     const refs = matchWeights(weights, net, o);
-    for (const [k, p] of net.params.entries())
-      tensors.push({ name: p.names[0]!, dims: p.shape, data: await ck.readFloat32(refs[k]!, p.names[0]!) });
+    for (const [k, p] of net.params.entries()) {
+      const data = await ck.readFloat32(refs[k]!, p.names[0]!);
+      tensors.push({ name: p.names[0]!, dims: p.transposed ? transpose2d(data, p.shape) : p.shape, data });
+    }
     ck.close();
     const small = encodeModel({
       opset: o.opset,

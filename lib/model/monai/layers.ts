@@ -173,13 +173,14 @@ export class GraphBuilder {
     return `${hint}:${this.v++}`;
   }
   /** A parameter; a module applied twice (SegResNet's ResBlock.act) names its parameters once. */
-  param(names: string[], shape: number[]): string {
+  param(names: string[], shape: number[], transposed = false): string {
     const had = this.params.find((p) => p.names[0] === names[0]);
     if (had) {
-      if (had.shape.join() !== shape.join()) throw new Error(`internal: parameter ${names[0]} with two shapes`);
+      if (had.shape.join() !== shape.join() || !!had.transposed !== transposed)
+        throw new Error(`internal: parameter ${names[0]} with two shapes`);
       return had.names[0]!;
     }
-    this.params.push({ names, shape });
+    this.params.push({ names, shape, ...(transposed ? { transposed } : {}) });
     return names[0]!;
   }
   constant(hint: string, dims: number[], data: Float32Array | BigInt64Array): string {
@@ -201,19 +202,13 @@ export class GraphBuilder {
   transpose(x: string, perm: number[], name: string): string {
     return this.node("Transpose", [x], name, { perm });
   }
-  /** ONNX Slice over `axes` (ends clamp, as ONNX's). */
-  slice(x: string, starts: number[], ends: number[], axes: number[], name: string, steps?: number[]): string {
-    const inputs = [x, this.ints(`${name}.starts`, starts), this.ints(`${name}.ends`, ends), this.ints(`${name}.axes`, axes)];
-    if (steps) inputs.push(this.ints(`${name}.steps`, steps));
-    return this.node("Slice", inputs, name);
-  }
   /**
-   * torch.nn.Linear at `path` over the last axis of `x`, whose `rows` leading extents are flat:
-   * MatMul with the transposed weight (the engine's GEMM), then the bias.
+   * torch.nn.Linear at `path` over the last axis of `x`: MatMul with the transposed weight (the
+   * engine's GEMM), then the bias.
    */
   linear(path: string, x: string, cin: number, cout: number, bias: boolean): string {
-    const w = this.param([`${path}.weight`], [cout, cin]);
-    const y = this.node("MatMul", [x, this.transpose(w, [1, 0], `${path}.weightT`)], path);
+    // (the weight, [cout, cin] in the state_dict, is held transposed: read so at load, not every run)
+    const y = this.node("MatMul", [x, this.param([`${path}.weight`], [cout, cin], true)], path);
     return bias ? this.add(y, this.param([`${path}.bias`], [cout]), `${path}.bias`) : y;
   }
   /** torch.nn.LayerNorm over the last axis (`path` null: F.layer_norm without weights). */

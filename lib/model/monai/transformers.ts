@@ -1,15 +1,18 @@
 /**
- * MONAI's transformer segmentation networks rebuilt from a network_def, as MONAI 1.4 computes them
- * in eval mode: SwinUNETR (shifted-window attention; v1 or v2, either patch merging) and UNETR (a
- * ViT encoder). Unlike the convolutional networks their graphs hold the input's size — SwinUNETR's
- * window sizes, padding and attention masks follow it, UNETR's position embeddings are one per
- * patch of `img_size` — so each is built for one spatial input size: the sliding window's.
+ * MONAI's transformer segmentation networks rebuilt from a network_def, as MONAI 1.4 and 1.5
+ * compute them in eval mode: SwinUNETR (shifted-window attention; v1 or v2, either patch merging,
+ * 1.5's window_size, qkv_bias, mlp_ratio and patch_norm) and UNETR (a ViT encoder). Unlike the
+ * convolutional networks their graphs hold the input's size — SwinUNETR's window sizes, padding and
+ * attention masks follow it, UNETR's position embeddings are one per patch of `img_size` — so each
+ * is built for one spatial input size: the sliding window's.
  *
  * Tensors inside the transformers are channels-last, as MONAI's ([1, d, h, w, c]); a Linear layer
- * is a MatMul with its transposed weight (the engine's GEMM), LayerNorm ONNX's LayerNormalization.
- * Buffers MONAI recomputes at construction (SwinUNETR's relative_position_index) are read past and
- * computed here, as MONAI computes them — including its use of the 7-wide window's index table
- * where a stage is narrower than the window.
+ * is a MatMul with its weight transposed once at load (the engine's GEMM), LayerNorm ONNX's
+ * LayerNormalization. SwinUNETR's padding, cyclic shift and window partition (and their inverse)
+ * are one Gather of token rows each, by tables computed here; its patch merging another. Buffers
+ * MONAI recomputes at construction (relative_position_index) are read past and computed here as
+ * MONAI computes them — including its use of the full window's index table (`[:n, :n]`) where a
+ * stage is narrower than the window.
  */
 import { GraphBuilder, monaiError, parseNorm, perAxis, transposedConv, unetBlock, type ActSpec, type NormSpec } from "./layers.js";
 import { divisorOf, finish, flag, intList, kwargs, posInt, spatialDims, type MonaiNetwork } from "./args.js";
@@ -84,7 +87,9 @@ function splitQkv(
   name: string,
 ): [string, string, string] {
   const t = b.transpose(b.reshape(qkv, [batch, n, 3, heads, hd], `${name}.qkv_split`), [2, 0, 3, 1, 4], `${name}.qkv_first`);
-  const part = (i: number) => b.reshape(b.slice(t, [i], [i + 1], [0], `${name}.qkv${i}`), [batch, heads, n, hd], `${name}.qkv${i}.squeeze`);
+  // (a scalar index: the axis goes, each part one contiguous copy)
+  const part = (i: number) =>
+    b.node("Gather", [t, b.constant(`${name}.qkv${i}`, [], BigInt64Array.of(BigInt(i)))], `${name}.qkv${i}`, { axis: 0 });
   return [part(0), part(1), part(2)];
 }
 
@@ -92,11 +97,7 @@ function splitQkv(
 // SwinUNETR
 
 /** get_window_size: the window (and shift) shrink to a stage's size where it is no wider. */
-export function swinWindow(
-  size: readonly number[],
-  window: readonly number[],
-  shift: readonly number[],
-): { window: number[]; shift: number[] } {
+function swinWindow(size: readonly number[], window: readonly number[], shift: readonly number[]): { window: number[]; shift: number[] } {
   return {
     window: size.map((s, i) => (s <= window[i]! ? s : window[i]!)),
     shift: size.map((s, i) => (s <= window[i]! ? 0 : shift[i]!)),
@@ -136,7 +137,7 @@ function windowOrder(dims: readonly number[], window: readonly number[]): Int32A
  * (−window), (−window, −shift), (−shift, None) on each axis, later regions overwriting earlier
  * ones as MONAI's loop does (a zero shift makes the last slice the whole axis).
  */
-export function swinMaskRegions(padded: readonly number[], window: readonly number[], shift: readonly number[]): Float32Array {
+function swinMaskRegions(padded: readonly number[], window: readonly number[], shift: readonly number[]): Float32Array {
   const nd = padded.length;
   const ranges = padded.map((L, i) => {
     const w = window[i]!,
@@ -172,7 +173,7 @@ export function swinMaskRegions(padded: readonly number[], window: readonly numb
 }
 
 /** WindowAttention's relative_position_index for the full window, its first n × n (MONAI's `[:n, :n]`). */
-export function swinRelativeIndex(fullWindow: readonly number[], n: number): BigInt64Array {
+function swinRelativeIndex(fullWindow: readonly number[], n: number): BigInt64Array {
   const nd = fullWindow.length;
   const N = prod(fullWindow);
   const coords = (t: number) => {
@@ -218,19 +219,54 @@ interface SwinStage {
   size: number[];
 }
 
-/** torch.roll along the spatial axes 1… of a channels-last tensor by `shifts` (positive: towards higher indices). */
-function roll(b: GraphBuilder, x: string, size: number[], shifts: number[], name: string): string {
-  let y = x;
-  shifts.forEach((s0, i) => {
-    const L = size[i]!;
-    const s = ((s0 % L) + L) % L;
-    if (!s) return;
-    // out[j] = x[(j − s) mod L]: x's last s, then its first L − s
-    const tail = b.slice(y, [L - s], [L], [i + 1], `${name}.roll${i}.tail`);
-    const head = b.slice(y, [0], [L - s], [i + 1], `${name}.roll${i}.head`);
-    y = b.node("Concat", [tail, head], `${name}.roll${i}`, { axis: i + 1 });
-  });
-  return y;
+/** C-order strides of a grid. */
+const stridesOf = (dims: readonly number[]) => dims.map((_, i) => prod(dims.slice(i + 1)));
+
+/**
+ * The rows of a stage's tokens [T, c] that window_partition gathers after padding the grid to whole
+ * windows and rolling it by −shift (torch.roll: the window grid's position p holds the token at
+ * (p + shift) mod padded), each window's tokens in turn; T (a zero row) where that is padding. And
+ * back — window_reverse, the roll by +shift and the crop — each token's row among the windows'.
+ */
+function swinWindowRows(
+  size: readonly number[],
+  window: readonly number[],
+  shift: readonly number[],
+): { rows: BigInt64Array; back: BigInt64Array } {
+  const padded = size.map((L, i) => Math.ceil(L / window[i]!) * window[i]!);
+  const order = windowOrder(padded, window);
+  const T = prod(size);
+  const pStr = stridesOf(padded),
+    sStr = stridesOf(size);
+  const rows = new BigInt64Array(order.length),
+    back = new BigInt64Array(T);
+  for (let r = 0; r < order.length; r++) {
+    let q = 0,
+      inside = true;
+    for (let i = 0; i < padded.length; i++) {
+      const v = ((Math.floor(order[r]! / pStr[i]!) % padded[i]!) + shift[i]!) % padded[i]!;
+      if (v >= size[i]!) inside = false;
+      q += v * sStr[i]!;
+    }
+    rows[r] = BigInt(inside ? q : T);
+    if (inside) back[q] = BigInt(r);
+  }
+  return { rows, back };
+}
+
+/** Patch merging's gather: for each token of the half-size grid, the rows of its sub-grids in `offsets`' order. */
+function mergeRows(size: readonly number[], offsets: readonly (readonly number[])[]): BigInt64Array {
+  const half = size.map((v) => v / 2);
+  const hStr = stridesOf(half),
+    sStr = stridesOf(size);
+  const out = new BigInt64Array(prod(half) * offsets.length);
+  for (let t = 0; t < prod(half); t++)
+    offsets.forEach((o, k) => {
+      let q = 0;
+      for (let i = 0; i < size.length; i++) q += (2 * (Math.floor(t / hStr[i]!) % half[i]!) + o[i]!) * sStr[i]!;
+      out[t * offsets.length + k] = BigInt(q);
+    });
+  return out;
 }
 
 /**
@@ -291,29 +327,26 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions):
   const tableRows = prod(full.map((w) => 2 * w - 1));
   const scale = Math.fround(hd ** -0.5);
   const padEnd = padded.map((p, i) => p - st.size[i]!);
+  const T = prod(st.size);
+  const zeroRow = b.constant(`${st.path}.zero_row`, [1, c], new Float32Array(c));
+  const rowsOf = (sh: number[], name: string) => {
+    const r = swinWindowRows(st.size, window, sh);
+    return { rows: b.constant(`${name}.rows`, [r.rows.length], r.rows), back: b.constant(`${name}.back`, [T], r.back) };
+  };
+  const plainRows = rowsOf(
+    shift.map(() => 0),
+    `${st.path}.windows`,
+  );
+  const shiftedRows = shifted && st.depth > 1 ? rowsOf(shift, `${st.path}.shifted_windows`) : undefined;
   for (let j = 0; j < st.depth; j++) {
     const p = `${st.path}.blocks.${j}`;
     const shiftHere = j % 2 === 1 && shifted;
     const shortcut = x;
-    let y = b.layerNorm(`${p}.norm1`, x, c);
-    if (padEnd.some((q) => q > 0))
-      y = b.node("Pad", [y, b.ints(`${p}.pads`, [0, ...padEnd.map(() => 0), 0, 0, ...padEnd, 0])], `${p}.pad`, { mode: "constant" });
-    if (shiftHere)
-      y = roll(
-        b,
-        y,
-        padded,
-        shift.map((s) => -s),
-        `${p}.shift`,
-      );
-    // window_partition: [1, c0, w0, c1, w1, (c2, w2,) c] → [nW, n, c]
-    const split = padded.flatMap((_, i) => [counts[i]!, window[i]!]);
-    const perm = dims === 3 ? [0, 1, 3, 5, 2, 4, 6, 7] : [0, 1, 3, 2, 4, 5];
-    const windows = b.reshape(
-      b.transpose(b.reshape(y, [1, ...split, c], `${p}.windows`), perm, `${p}.windows`),
-      [nW, n, c],
-      `${p}.windows`,
-    );
+    // pad, roll by −shift and window_partition as one gather of token rows (padding: a zero row)
+    const tokens = b.reshape(b.layerNorm(`${p}.norm1`, x, c), [T, c], `${p}.tokens`);
+    const source = padEnd.some((q) => q > 0) ? b.node("Concat", [tokens, zeroRow], `${p}.pad`, { axis: 0 }) : tokens;
+    const rows = shiftHere ? shiftedRows! : plainRows;
+    const windows = b.node("Gather", [source, rows.rows], `${p}.windows`, { axis: 0 });
     // WindowAttention: q scaled before q·kᵀ, the relative position bias, the shifted blocks' mask
     const qkv = b.linear(`${p}.attn.qkv`, windows, c, 3 * c, opt.qkvBias);
     const [q, k, v] = splitQkv(b, qkv, nW, n, st.heads, hd, `${p}.attn`);
@@ -325,24 +358,10 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions):
       [2, 0, 1],
       `${p}.attn.rel_bias`,
     );
-    let o = attend(b, qs, k, v, { batch: nW, heads: st.heads, n, hd }, `${p}.attn`, null, shiftHere && mask ? [bias, mask] : [bias]);
-    o = b.linear(`${p}.attn.proj`, o, c, c, true);
-    // window_reverse: [nW, n, c] → [1, c0, c1, (c2,) w0, w1, (w2,) c] → [1, …padded, c]
-    const rperm = dims === 3 ? [0, 1, 4, 2, 5, 3, 6, 7] : [0, 1, 3, 2, 4, 5];
-    y = b.reshape(
-      b.transpose(b.reshape(o, [1, ...counts, ...window, c], `${p}.reverse`), rperm, `${p}.reverse`),
-      [1, ...padded, c],
-      `${p}.reverse`,
-    );
-    if (shiftHere) y = roll(b, y, padded, shift, `${p}.unshift`);
-    if (padEnd.some((q) => q > 0))
-      y = b.slice(
-        y,
-        st.size.map(() => 0),
-        st.size,
-        st.size.map((_, i) => i + 1),
-        `${p}.crop`,
-      );
+    const o = attend(b, qs, k, v, { batch: nW, heads: st.heads, n, hd }, `${p}.attn`, null, shiftHere && mask ? [bias, mask] : [bias]);
+    const proj = b.linear(`${p}.attn.proj`, b.reshape(o, [nW * n, c], `${p}.attn.rows`), c, c, true);
+    // window_reverse, roll back and crop: each token's row among the windows'
+    const y = b.reshape(b.node("Gather", [proj, rows.back], `${p}.reverse`, { axis: 0 }), [1, ...st.size, c], `${p}.reverse`);
     x = b.add(shortcut, y, `${p}.residual1`);
     // (int(dim × mlp_ratio), as Python truncates it)
     const hidden = Math.trunc(c * opt.mlpRatio);
@@ -361,18 +380,14 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions):
         ]
       : MERGING_3D[opt.merging];
   const d = `${st.path}.downsample`;
-  const axes = st.size.map((_, i) => i + 1);
-  const parts = offsets.map((o, k) =>
-    b.slice(
-      x,
-      o,
-      st.size,
-      axes,
-      `${d}.part${k}`,
-      axes.map(() => 2),
-    ),
+  const half = st.size.map((v) => v / 2);
+  const picked = b.node(
+    "Gather",
+    [b.reshape(x, [T, c], `${d}.tokens`), b.constant(`${d}.rows`, [prod(half) * offsets.length], mergeRows(st.size, offsets))],
+    `${d}.cat`,
+    { axis: 0 },
   );
-  const cat = b.node("Concat", parts, `${d}.cat`, { axis: -1 });
+  const cat = b.reshape(picked, [1, ...half, offsets.length * c], `${d}.cat`);
   const width = offsets.length * c;
   return b.linear(`${d}.reduction`, b.layerNorm(`${d}.norm`, cat, width), width, 2 * c, false);
 }
@@ -459,8 +474,9 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
     })(),
     merging: k.downsample === "mergingv2" ? "v2" : before15 ? "v1-1.4" : "v1",
   };
-  if (opts.window.some((w) => w > 64))
-    throw monaiError(where, `SwinUNETR's window_size must be at most 64, got ${JSON.stringify(k.window_size)}`);
+  // (a window's tokens attend to each other: its relative-position table is n² entries)
+  if (opts.window.some((w) => w > 32) || prod(opts.window) > 4096)
+    throw monaiError(where, `SwinUNETR's window_size must be at most 32 a side and 4096 voxels, got ${JSON.stringify(k.window_size)}`);
   const patchNorm = flag(k.patch_norm, where, "SwinUNETR's patch_norm");
   const s = inputSize(size, img ?? Array<number>(dims).fill(64), dims, 32, where, "SwinUNETR");
   // (its attention holds windows × heads × n² scores a stage: 2^25 voxels, 320³, is already tens of GB)
@@ -540,6 +556,7 @@ export function buildUNETR(a: Record<string, unknown>, where: string): MonaiNetw
   const cin = posInt(k.in_channels, where, "UNETR's in_channels"),
     cout = posInt(k.out_channels, where, "UNETR's out_channels");
   const img = inputSize(perAxis(k.img_size, dims, where, "UNETR's img_size"), [], dims, 16, where, "UNETR's img_size");
+  if (prod(img) > 1 << 25) throw monaiError(where, `UNETR's img_size [${img.join(", ")}] is more than 2^25 voxels (320³)`);
   const f = posInt(k.feature_size, where, "UNETR's feature_size", 4096);
   const hs = posInt(k.hidden_size, where, "UNETR's hidden_size", 1 << 14);
   const heads = posInt(k.num_heads, where, "UNETR's num_heads", 1024);

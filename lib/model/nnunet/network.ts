@@ -53,6 +53,8 @@ export interface Architecture {
 export interface Param {
   names: string[];
   shape: number[];
+  /** A 2-D weight the graph reads transposed, [shape[1], shape[0]] (a Linear's, for MatMul): transposed once, at load. */
+  transposed?: boolean;
 }
 
 export interface GraphNodeSpec {
