@@ -610,6 +610,7 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
     return { data: allocArray("float32", prod(shape), "folded constant") as Float32Array, shape };
   };
   const keep: GraphNode[] = [];
+  const folded = new Set<string>();
   for (const n of graph.nodes) {
     const foldable =
       n.inputs.every((i) => !i || known.has(i)) && !graph.outputs.some((o) => n.outputs.includes(o)) && n.opType !== "Dropout";
@@ -633,6 +634,7 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
       const o = n.outputs[k];
       if (!o) return;
       known.set(o, v);
+      folded.add(o);
       held += "f" in v ? v.f.data.byteLength : 0;
       graph.initializers.set(o, "f" in v ? { dims: v.f.shape, dataType: 1, f32: v.f.data } : { dims: v.shape, dataType: 7, ints: v.ints });
     });
@@ -641,4 +643,18 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
   // integer constants nothing reads any more (a quantized model's weights, now float) are let go
   const read = new Set([...keep.flatMap((n) => n.inputs), ...graph.outputs]);
   for (const [k, t] of graph.initializers) if (t.ints && !read.has(k)) graph.initializers.delete(k);
+  // and so are folded results only other folded nodes read (SwinUNETR's attention mask is four
+  // steps over 161 MB at a 96³ window: only the last is kept), their memory back to the engine
+  // unless a kept constant is a view of it
+  const kept = new Set<ArrayBufferLike>();
+  for (const [k, t] of graph.initializers) if (t.f32 && (read.has(k) || !folded.has(k))) kept.add(t.f32.buffer);
+  for (const k of folded) {
+    const t = graph.initializers.get(k);
+    if (!t || read.has(k)) continue;
+    graph.initializers.delete(k);
+    if (t.f32 && !kept.has(t.f32.buffer)) {
+      kept.add(t.f32.buffer); // (released once)
+      releaseEngineArray(t.f32);
+    }
+  }
 }
