@@ -261,6 +261,19 @@ test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI re
   await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, proj_type: "linear" } }), {
     message: /proj_type must be "conv" or "perceptron"/,
   });
+  // MONAI ≤ 1.3's name for proj_type
+  const old = await loadMonai(fixture("unetr2d_perceptron.pt"), {
+    network: {
+      ...Object.fromEntries(Object.entries(m.unetr2d_perceptron!.network_def).filter(([k]) => k !== "proj_type")),
+      pos_embed: "perceptron",
+    },
+  });
+  const x = await readNpy(bytes("unetr2d_perceptron_input.npy"));
+  const y = await old.run({ data: x.data as Float32Array, shape: [...x.shape] });
+  t.true(scaleDiff(y.data, (await readNpy(bytes("unetr2d_perceptron_expected.npy"))).data as Float32Array) <= 1e-4);
+  await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, pos_embed: "conv", proj_type: "conv" } }), {
+    message: /both pos_embed .* and proj_type/,
+  });
   // weights of another size: named with the shape the network_def needs
   await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, img_size: [32, 32, 32] } }), {
     message: /position_embeddings"\] has shape \[1, 12, 48\]; the network_def's UNETR needs \[1, 8, 48\]/,

@@ -531,7 +531,13 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
 // ---------------------------------------------------------------------------------------------
 // UNETR
 
-export function buildUNETR(a: Record<string, unknown>, where: string): MonaiNetwork {
+export function buildUNETR(a0: Record<string, unknown>, where: string): MonaiNetwork {
+  // (MONAI ≤ 1.3 called proj_type `pos_embed`; bundles of that time still say so)
+  const { pos_embed: posEmbed, ...a } = a0;
+  if (posEmbed !== undefined) {
+    if (a.proj_type !== undefined) throw monaiError(where, "UNETR has both pos_embed (MONAI ≤ 1.3's name) and proj_type: give one");
+    a.proj_type = posEmbed;
+  }
   const k = kwargs(
     a,
     {
