@@ -216,7 +216,7 @@ test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI re
   await t.throwsAsync(withArgs({ depths: [2, 2, 2] }), { message: /depths and num_heads must have 4 entries/ });
   await t.throwsAsync(withArgs({ num_heads: [3, 5, 6, 6] }), { message: /num_heads\[1\] = 5 does not divide stage 2's 24 channels/ });
   await t.throwsAsync(withArgs({ downsample: "pool" }), { message: /downsample must be "merging" or "mergingv2", got "pool"/ });
-  await t.throwsAsync(withArgs({ img_size: [64, 64, 48] }), { message: /img_size: spatial size \[64, 64, 48\] must be divisible by 32/ });
+  await t.throwsAsync(withArgs({ img_size: [64, 64, 48] }), { message: /img_size \[64, 64, 48\] must be divisible by 32 on every axis/ });
   await t.throwsAsync(withArgs({ drop_rate: 2 }), { message: /drop_rate must be between 0 and 1/ });
   // MONAI 1.5's arguments (swinunetr15) are not 1.4's, whose img_size 1.5 removed
   await t.throwsAsync(withArgs({ window_size: 5 }), {
@@ -230,8 +230,22 @@ test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI re
     message: /mlp_ratio must be a number/,
   });
   await t.throwsAsync(loadMonai(fixture("swinunetr15.pt"), { network: swin15, config: { patchSize: [512, 512, 256] } }), {
-    message: /more than 2\^25 voxels/,
+    message: /patchSize\) \[512, 512, 256\] gives a first stage of \d+ tokens in windows; bhsd indexes at most 2\^20/,
   });
+  await t.throwsAsync(loadMonai(fixture("swinunetr15.pt"), { network: { ...swin15, window_size: [20, 20, 20] } }), {
+    message: /window_size must be at most 32 a side and 1024 voxels, got \[20,20,20\]/,
+  });
+  // img_size is only checked, as MONAI checks it: a window of another size runs
+  t.deepEqual((await withArgs({ img_size: [512, 512, 256] })).inputs[0]!.shape, [1, 1, 128, 128, 32]);
+  await t.throwsAsync(withArgs({ img_size: null }), { message: /img_size is null: give a size \(MONAI ≤ 1\.4\)/ });
+  // what bhsd would hold is bounded before any of it is built: window tables, folded biases and masks
+  await t.throwsAsync(
+    loadMonai(fixture("swinunetr15.pt"), {
+      network: { ...swin15, depths: [64, 64, 64, 64], num_heads: [12, 24, 48, 96], window_size: [10, 10, 10] },
+      config: { patchSize: [64, 64, 64] },
+    }),
+    { message: /attention biases and masks would hold \d+\.\d GiB \(bhsd holds at most 4 GiB of them\)/ },
+  );
   // the window: a multiple of 32 (the checkpoint's default [128, 128, 32] is one), not a one-voxel bottleneck
   const loaded = await withArgs({});
   t.deepEqual(loaded.inputs[0]!.shape, [1, 1, 128, 128, 32]);
@@ -253,7 +267,7 @@ test("SwinUNETR and UNETR are built for the sliding window's size; what MONAI re
     message: /UNETR runs only its img_size \[32, 32, 48\].*not \[32, 32, 32\]/,
   });
   await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, img_size: [32, 32, 40] } }), {
-    message: /UNETR's img_size: spatial size \[32, 32, 40\] must be divisible by 16/,
+    message: /UNETR's img_size \[32, 32, 40\] must be divisible by 16/,
   });
   await t.throwsAsync(loadMonai(fixture("unetr.pt"), { network: { ...unetr, hidden_size: 50 } }), {
     message: /hidden_size 50 must be divisible by num_heads 4/,

@@ -56,12 +56,12 @@ export function kwargs(
 
 export const posInt = (v: unknown, where: string, what: string, max = 1 << 16): number => {
   if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max)
-    throw monaiError(where, `${what} must be a positive integer, got ${JSON.stringify(v)}`);
+    throw monaiError(where, `${what} must be a positive integer up to ${max}, got ${JSON.stringify(v)}`);
   return v as number;
 };
 export const intList = (v: unknown, where: string, what: string, min = 1): number[] => {
   if (!Array.isArray(v) || !v.length || v.length > 64 || !v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16))
-    throw monaiError(where, `${what} must be a list of integers ≥ ${min}, got ${JSON.stringify(v)}`);
+    throw monaiError(where, `${what} must be a list of 1 to 64 integers from ${min} to 65536, got ${JSON.stringify(v)}`);
   return v as number[];
 };
 export const flag = (v: unknown, where: string, what: string): boolean => {

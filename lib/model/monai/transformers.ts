@@ -9,10 +9,10 @@
  * Tensors inside the transformers are channels-last, as MONAI's ([1, d, h, w, c]); a Linear layer
  * is a MatMul with its weight transposed once at load (the engine's GEMM), LayerNorm ONNX's
  * LayerNormalization. SwinUNETR's padding, cyclic shift and window partition (and their inverse)
- * are one Gather of token rows each, by tables computed here; its patch merging another. Buffers
- * MONAI recomputes at construction (relative_position_index) are read past and computed here as
- * MONAI computes them — including its use of the full window's index table (`[:n, :n]`) where a
- * stage is narrower than the window.
+ * are one Gather of token rows each, by tables computed here; its patch merging another. The
+ * checkpoint's relative_position_index buffers are read past: each is a function of the window, as
+ * MONAI's constructor computes it (and a checkpoint saves it), computed here the same way —
+ * including MONAI's use of the full window's table (`[:n, :n]`) where a stage is narrower.
  */
 import { GraphBuilder, monaiError, parseNorm, perAxis, transposedConv, unetBlock, type ActSpec, type NormSpec } from "./layers.js";
 import { divisorOf, finish, flag, intList, kwargs, posInt, spatialDims, type MonaiNetwork } from "./args.js";
@@ -24,14 +24,12 @@ const rate = (v: unknown, where: string, what: string) => {
   if (typeof v !== "number" || !(v >= 0 && v <= 1)) throw monaiError(where, `${what} must be between 0 and 1, got ${JSON.stringify(v)}`);
 };
 
-/** The input's spatial size: `size` where given, else `dflt`; each a multiple of `mult`. */
-function inputSize(size: readonly number[] | undefined, dflt: number[], dims: number, mult: number, where: string, cls: string): number[] {
-  const s = size ? [...size] : dflt;
+/** A spatial size (`what`: img_size, or the sliding window's patchSize): `dims` integers up to 65536, each a multiple of `mult`. */
+function inputSize(s: readonly number[], dims: number, mult: number, where: string, what: string): number[] {
   if (s.length !== dims || !s.every((v) => Number.isInteger(v) && v >= 1 && v <= 1 << 16))
-    throw monaiError(where, `${cls}: input size ${JSON.stringify(s)} must be ${dims} positive integers`);
-  if (s.some((v) => v % mult))
-    throw monaiError(where, `${cls}: spatial size [${s.join(", ")}] must be divisible by ${mult} on every axis (as MONAI checks)`);
-  return s;
+    throw monaiError(where, `${what} must be ${dims} integers from 1 to 65536, got ${JSON.stringify(s)}`);
+  if (s.some((v) => v % mult)) throw monaiError(where, `${what} [${s.join(", ")}] must be divisible by ${mult} on every axis`);
+  return [...s];
 }
 
 const prod = (xs: readonly number[]) => xs.reduce((p, q) => p * q, 1);
@@ -298,9 +296,41 @@ const MERGING_3D: Record<SwinOptions["merging"], number[][]> = {
   v2: [0, 1].flatMap((i) => [0, 1].flatMap((j) => [0, 1].map((k) => [i, j, k]))),
 };
 
+/**
+ * What bhsd will hold of a SwinUNETR at input size `s`: its first stage's window tables (integer
+ * tensors, at most 2^20 entries) and the attention biases and masks folded at load (at most 4 GiB;
+ * MONAI makes them each forward).
+ */
+function swinBounds(s: number[], heads: number[], depths: number[], window: number[], where: string, what: string) {
+  let bytes = 0;
+  for (let i = 0; i < 4; i++) {
+    const size = s.map((v) => v >> (i + 1));
+    const w = swinWindow(
+      size,
+      window,
+      window.map((q) => Math.floor(q / 2)),
+    );
+    const padded = size.map((L, a) => Math.ceil(L / w.window[a]!) * w.window[a]!);
+    const n = prod(w.window),
+      nW = prod(padded) / n;
+    if (i === 0 && prod(padded) > 1 << 20)
+      throw monaiError(
+        where,
+        `${what} [${s.join(", ")}] gives a first stage of ${prod(padded)} tokens in windows; bhsd indexes at most 2^20 (a window of about 200³)`,
+      );
+    bytes += depths[i]! * heads[i]! * n * n * 4;
+    if (depths[i]! > 1 && w.shift.some((q) => q > 0)) bytes += nW * n * n * 4;
+  }
+  if (bytes > 4 * 2 ** 30)
+    throw monaiError(
+      where,
+      `${what} [${s.join(", ")}]: its attention biases and masks would hold ${(bytes / 2 ** 30).toFixed(1)} GiB (bhsd holds at most 4 GiB of them): a smaller window, fewer heads or blocks`,
+    );
+}
+
 /** One BasicLayer (its blocks, then its patch merging) on a channels-last [1, …size, c]; returns [1, …size/2, 2c]. */
 function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions): string {
-  const dims = b.dims;
+  if (st.depth === 0) return patchMerging(b, st, x, opt);
   const full = opt.window;
   const { window, shift } = swinWindow(
     st.size,
@@ -369,9 +399,15 @@ function swinStage(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions):
     m = b.linear(`${p}.mlp.linear2`, b.node("Gelu", [m], `${p}.mlp.gelu`), hidden, c, true);
     x = b.add(x, m, `${p}.residual2`);
   }
-  // patch merging: the 2^dims sub-grids side by side in MONAI's order, norm, reduction
+  return patchMerging(b, st, x, opt);
+}
+
+/** PatchMerging(V2): the 2^dims sub-grids side by side in MONAI's order, norm, reduction; [1, …size/2, 2c]. */
+function patchMerging(b: GraphBuilder, st: SwinStage, x: string, opt: SwinOptions): string {
+  const { c } = st;
+  const T = prod(st.size);
   const offsets =
-    dims === 2
+    b.dims === 2
       ? [
           [0, 0],
           [1, 0],
@@ -422,6 +458,8 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
   );
   // img_size: MONAI ≤ 1.4 (required there, removed in 1.5); 1.5 added the others and fixed PatchMerging's order
   const since15 = ["patch_size", "window_size", "qkv_bias", "mlp_ratio", "patch_norm"].filter((n) => Object.hasOwn(a, n));
+  if (Object.hasOwn(a, "img_size") && a.img_size === null)
+    throw monaiError(where, "SwinUNETR's img_size is null: give a size (MONAI ≤ 1.4) or leave the argument out (MONAI 1.5)");
   const before15 = k.img_size !== null;
   if (before15 && since15.length)
     throw monaiError(
@@ -431,9 +469,8 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
   const dims = spatialDims(k.spatial_dims, where, "SwinUNETR");
   const cin = posInt(k.in_channels, where, "SwinUNETR's in_channels"),
     cout = posInt(k.out_channels, where, "SwinUNETR's out_channels");
-  let img: number[] | undefined;
-  if (k.img_size !== null)
-    img = inputSize(perAxis(k.img_size, dims, where, "SwinUNETR's img_size"), [], dims, 32, where, "SwinUNETR's img_size");
+  // (img_size: only checked, as MONAI ≤ 1.4 checks it; the graph's size is the sliding window's)
+  if (k.img_size !== null) inputSize(perAxis(k.img_size, dims, where, "SwinUNETR's img_size"), dims, 32, where, "SwinUNETR's img_size");
   for (const r of ["drop_rate", "attn_drop_rate", "dropout_path_rate"]) rate(k[r], where, `SwinUNETR's ${r}`);
   const f = posInt(k.feature_size, where, "SwinUNETR's feature_size", 4096);
   if (f % 12) throw monaiError(where, `SwinUNETR's feature_size must be divisible by 12, got ${f}`);
@@ -450,7 +487,7 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
     if ((f << i) % h) throw monaiError(where, `SwinUNETR's num_heads[${i}] = ${h} does not divide stage ${i + 1}'s ${f << i} channels`);
   });
   const norm = parseNorm(k.norm_name, null, where, "SwinUNETR's norm_name");
-  if (!norm) throw monaiError(where, "SwinUNETR's norm_name must name a norm");
+  if (!norm) throw monaiError(where, `SwinUNETR's norm_name must name a norm (instance, batch, group), got ${JSON.stringify(k.norm_name)}`);
   const normalize = flag(k.normalize, where, "SwinUNETR's normalize");
   flag(k.use_checkpoint, where, "SwinUNETR's use_checkpoint");
   const v2 = flag(k.use_v2, where, "SwinUNETR's use_v2");
@@ -474,17 +511,16 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
     })(),
     merging: k.downsample === "mergingv2" ? "v2" : before15 ? "v1-1.4" : "v1",
   };
-  // (a window's tokens attend to each other: its relative-position table is n² entries)
-  if (opts.window.some((w) => w > 32) || prod(opts.window) > 4096)
-    throw monaiError(where, `SwinUNETR's window_size must be at most 32 a side and 4096 voxels, got ${JSON.stringify(k.window_size)}`);
+  // (a window's tokens attend to each other: its relative-position index has n² entries, an
+  // integer tensor, which bhsd holds up to 2^20 values)
+  if (opts.window.some((w) => w > 32) || prod(opts.window) > 1024)
+    throw monaiError(where, `SwinUNETR's window_size must be at most 32 a side and 1024 voxels, got ${JSON.stringify(k.window_size)}`);
   const patchNorm = flag(k.patch_norm, where, "SwinUNETR's patch_norm");
-  const s = inputSize(size, img ?? Array<number>(dims).fill(64), dims, 32, where, "SwinUNETR");
-  // (its attention holds windows × heads × n² scores a stage: 2^25 voxels, 320³, is already tens of GB)
-  if (prod(s) > 1 << 25)
-    throw monaiError(
-      where,
-      `SwinUNETR at [${s.join(", ")}]: a window of more than 2^25 voxels (320³) is more attention than bhsd will hold`,
-    );
+  // the graph's size: the sliding window's (img_size is only checked, as MONAI does); without one,
+  // 64 a side (a first build, for the channels and the arguments' checks)
+  const what = "SwinUNETR's input size (the sliding window, patchSize)";
+  const s = inputSize(size ?? Array<number>(dims).fill(64), dims, 32, where, what);
+  if (size) swinBounds(s, heads, depths, opts.window, where, what);
   if (size && norm.kind === "instance" && !norm.runningStats && s.every((v) => v === 32))
     throw monaiError(
       where,
@@ -561,7 +597,8 @@ export function buildUNETR(a0: Record<string, unknown>, where: string): MonaiNet
   const dims = spatialDims(k.spatial_dims, where, "UNETR");
   const cin = posInt(k.in_channels, where, "UNETR's in_channels"),
     cout = posInt(k.out_channels, where, "UNETR's out_channels");
-  const img = inputSize(perAxis(k.img_size, dims, where, "UNETR's img_size"), [], dims, 16, where, "UNETR's img_size");
+  // (16-voxel patches: MONAI's decoder gives back the input's size only from a multiple of 16)
+  const img = inputSize(perAxis(k.img_size, dims, where, "UNETR's img_size"), dims, 16, where, "UNETR's img_size");
   if (prod(img) > 1 << 25) throw monaiError(where, `UNETR's img_size [${img.join(", ")}] is more than 2^25 voxels (320³)`);
   const f = posInt(k.feature_size, where, "UNETR's feature_size", 4096);
   const hs = posInt(k.hidden_size, where, "UNETR's hidden_size", 1 << 14);
@@ -573,7 +610,7 @@ export function buildUNETR(a0: Record<string, unknown>, where: string): MonaiNet
   if (k.proj_type !== "conv" && k.proj_type !== "perceptron")
     throw monaiError(where, `UNETR's proj_type must be "conv" or "perceptron", got ${JSON.stringify(k.proj_type)}`);
   const norm = parseNorm(k.norm_name, null, where, "UNETR's norm_name");
-  if (!norm) throw monaiError(where, "UNETR's norm_name must name a norm");
+  if (!norm) throw monaiError(where, `UNETR's norm_name must name a norm (instance, batch, group), got ${JSON.stringify(k.norm_name)}`);
   const convBlock = flag(k.conv_block, where, "UNETR's conv_block"),
     res = flag(k.res_block, where, "UNETR's res_block"),
     qkvBias = flag(k.qkv_bias, where, "UNETR's qkv_bias");
