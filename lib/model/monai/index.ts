@@ -182,7 +182,8 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
     // a transformer's graph is built for the sliding window's size
     if (net.inputSize) {
       const size = net.dims === 2 ? config.patchSize.slice(1) : [...config.patchSize];
-      net = buildMonaiNetwork(def, where, size);
+      // (UNETR's first build is already at its img_size: rebuilt only to say the window differs)
+      if (net.networkClass !== "UNETR" || size.join() !== net.inputSize.join()) net = buildMonaiNetwork(def, where, size);
     }
     const model = await modelFromStateDict(ck, dict, net, {
       cls: net.networkClass,
