@@ -16,6 +16,7 @@
  */
 import { GraphBuilder, monaiError, parseNorm, perAxis, transposedConv, unetBlock, type ActSpec, type NormSpec } from "./layers.js";
 import { divisorOf, finish, flag, intList, kwargs, posInt, spatialDims, type MonaiNetwork } from "./args.js";
+import { stridesOf } from "../nd.js";
 
 /** UnetResBlock's activation in UNETR's and SwinUNETR's blocks (dynunet_block's default). */
 const LRELU: ActSpec = { op: "leakyrelu", slope: 0.01 };
@@ -109,7 +110,7 @@ function windowOrder(dims: readonly number[], window: readonly number[]): Int32A
   const nW = prod(counts),
     n = prod(window);
   const out = new Int32Array(nW * n);
-  const strides = dims.map((_, i) => prod(dims.slice(i + 1)));
+  const strides = stridesOf(dims);
   for (let w = 0; w < nW; w++) {
     // window w's block coordinates, then each token's offset in it (C order)
     const wc: number[] = [];
@@ -148,7 +149,7 @@ function swinMaskRegions(padded: readonly number[], window: readonly number[], s
     ];
   });
   const grid = new Float32Array(prod(padded));
-  const strides = padded.map((_, i) => prod(padded.slice(i + 1)));
+  const strides = stridesOf(padded);
   let cnt = 0;
   const fill = (axis: number, box: number[][]) => {
     if (axis === nd) {
@@ -182,7 +183,7 @@ function swinRelativeIndex(fullWindow: readonly number[], n: number): BigInt64Ar
     }
     return c;
   };
-  const mult = fullWindow.map((_, i) => prod(fullWindow.slice(i + 1).map((w) => 2 * w - 1)));
+  const mult = stridesOf(fullWindow.map((w) => 2 * w - 1));
   const out = new BigInt64Array(n * n);
   if (n > N) throw new Error(`internal: a window of ${n} tokens over a ${N}-token table`);
   for (let i = 0; i < n; i++) {
@@ -216,9 +217,6 @@ interface SwinStage {
   /** The stage's spatial size (before its patch merging). */
   size: number[];
 }
-
-/** C-order strides of a grid. */
-const stridesOf = (dims: readonly number[]) => dims.map((_, i) => prod(dims.slice(i + 1)));
 
 /**
  * The rows of a stage's tokens [T, c] that window_partition gathers after padding the grid to whole
