@@ -470,6 +470,10 @@ export class NativeBackend implements Backend {
   softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
   accumulateWindow: NonNullable<TensorBackend["accumulateWindow"]> = (...a) => this.addon.accumulateWindow!(...a);
   /** (an addon built before it has none: segment() then divides in TypeScript) */
+  get attention(): TensorBackend["attention"] {
+    return typeof this.addon.attention === "function" ? this.attentionCall : undefined;
+  }
+  private readonly attentionCall: NonNullable<TensorBackend["attention"]> = (...a) => this.addon.attention!(...a);
   get softmaxDivided(): TensorBackend["softmaxDivided"] {
     return this.addon.softmaxDivided ? (...a) => this.addon.softmaxDivided!(...a) : undefined;
   }

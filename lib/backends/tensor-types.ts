@@ -122,6 +122,21 @@ export interface TensorBackend {
     bBatched: boolean,
     out: Float32Array,
   ): Promise<void>;
+  /**
+   * Optional: fused multi-head self-attention from a qkv projection. qkv [batch, n, 3, heads, hd];
+   * scores q·kᵀ (q multiplied by `scale` first where scaleQ, else the products), plus each extra in
+   * order — item (b, h)'s n × n block of extra.data at extra.offsets[b·heads + h] (−1: a block of
+   * zeros, skipped), row i at i·rowStride (0 or n) — softmax over the keys, times v; out [batch,
+   * n, heads·hd]. Without it the model runs the unfused nodes.
+   */
+  attention?(
+    qkv: Float32Array,
+    shape: [batch: number, n: number, heads: number, hd: number],
+    scale: number,
+    scaleQ: boolean,
+    extras: [data: Float32Array, offsets: Float64Array, rowStride: number][],
+    out: Float32Array,
+  ): Promise<void>;
   batchNorm(
     x: Float32Array,
     N: number,

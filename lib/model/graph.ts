@@ -16,6 +16,7 @@ import { decode16 } from "./half.js";
 import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
 import { fuseQuantizePairs, lowerIntegerOps } from "./quant.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
+import type { FusedAttention } from "./attention.js";
 
 /** The newest ONNX opset read (onnx 1.20's docs/Changelog.md checked for every supported op). */
 export const MAX_OPSET = 25;
@@ -75,6 +76,8 @@ export interface GraphNode {
    * output, fused (act, alpha and output are the Add's); inputs[3] is the Add's other operand.
    */
   fusedAdd?: { act?: "relu" | "leakyRelu"; alpha: number; output: string };
+  /** Set on the node fuseAttention makes (op ATTENTION_OP): the self-attention it runs. */
+  attention?: FusedAttention;
 }
 
 /** The names a node's results are bound to, after fusion. */
@@ -808,7 +811,7 @@ function topoSort(nodes: GraphNode[], known: Set<string>, label: string): GraphN
 }
 
 /** How many nodes read each value, a graph output counting as one more reader. */
-function consumersOf(nodes: GraphNode[], graphOutputs: string[]): Map<string, number> {
+export function consumersOf(nodes: GraphNode[], graphOutputs: string[]): Map<string, number> {
   const consumers = new Map<string, number>();
   for (const n of nodes) for (const i of n.inputs) if (i) consumers.set(i, (consumers.get(i) ?? 0) + 1);
   for (const o of graphOutputs) consumers.set(o, (consumers.get(o) ?? 0) + 1);
@@ -854,7 +857,10 @@ export function fuseActivations(graph: Graph): GraphNode[] {
 }
 
 /** `only(name, op)`: the one node that reads value `name` (not a graph output), when it is an `op`. */
-function soleReader(nodes: GraphNode[], consumers: Map<string, number>): (name: string | undefined, op: string) => GraphNode | undefined {
+export function soleReader(
+  nodes: GraphNode[],
+  consumers: Map<string, number>,
+): (name: string | undefined, op: string) => GraphNode | undefined {
   const readers = new Map<string, GraphNode[]>();
   for (const n of nodes) for (const i of n.inputs) if (i) (readers.get(i) ?? readers.set(i, []).get(i)!).push(n);
   return (name, op) => {

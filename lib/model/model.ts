@@ -36,7 +36,8 @@ import {
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
-import { constValue, runNode, shapeOf, type Value } from "./ops.js";
+import { BACKEND_ONLY, constValue, runNode, shapeOf, type Value } from "./ops.js";
+import { fuseAttention } from "./attention.js";
 import { Pool } from "./pool.js";
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -133,7 +134,11 @@ export class Model {
     this.weightBytes = weights;
     const grouped = {
       ...graph,
-      nodes: fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+      nodes: fuseAttention(
+        fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+        graph.outputs,
+        graph.initializers,
+      ),
     };
     this.nodes = fuseConvResidual(
       fuseConvNormResidual(fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys())), graph.outputs),
@@ -398,7 +403,9 @@ export class Model {
           ? `${n.opType}+Add${n.fusedAdd.act ? `+${n.fusedAdd.act}` : ""}`
           : n.fusedAct
             ? `${n.opType}+${n.fusedAct.act}`
-            : n.opType;
+            : n.attention && !be.attention
+              ? `${n.opType} (as its nodes)` // a backend without the fused kernel ran the nodes it replaced
+              : n.opType;
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });
@@ -435,30 +442,6 @@ export class Model {
 }
 
 /** Ops whose float tensors pass only through backend calls (or are views: Reshape and the like). */
-const BACKEND_ONLY = new Set([
-  "Conv",
-  "ConvTranspose",
-  "InstanceNormalization",
-  "GroupNormalization",
-  "BatchNormalization",
-  "Relu",
-  "LeakyRelu",
-  "Sigmoid",
-  "PRelu",
-  "Add",
-  "Mul",
-  "Concat",
-  "MaxPool",
-  "AveragePool",
-  "Resize",
-  "Softmax",
-  "Identity",
-  "Dropout",
-  "Unsqueeze",
-  "Squeeze",
-  "Reshape",
-  "Flatten",
-]);
 
 /**
  * Loads an ONNX model (path or bytes). The config comes from the argument, else a JSON sidecar

@@ -7,6 +7,7 @@ import { activeBackend } from "../backends/index.js";
 import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
+import { ATTENTION_OP } from "./attention.js";
 import { CAST_16, CAST_FLOAT, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
 import { roundTo16 } from "./half.js";
 import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
@@ -56,6 +57,32 @@ const up = (t: Tensor, sp: number, what: string): Tensor => {
 };
 /** A 3-D kernel's result seen as the node's own rank again. */
 const down = (t: Tensor, sp: number): Tensor => (sp === 3 ? t : { data: t.data, shape: dropShape(t.shape, sp) });
+
+/** Ops whose float inputs a GPU backend reads on the device (the executor brings the others' to the host first). */
+export const BACKEND_ONLY: ReadonlySet<string> = new Set([
+  "Conv",
+  "ConvTranspose",
+  "InstanceNormalization",
+  "GroupNormalization",
+  "BatchNormalization",
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "PRelu",
+  "Add",
+  "Mul",
+  "Concat",
+  "MaxPool",
+  "AveragePool",
+  "Resize",
+  "Softmax",
+  "Identity",
+  "Dropout",
+  "Unsqueeze",
+  "Squeeze",
+  "Reshape",
+  "Flatten",
+]);
 
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
 export async function runNode(
@@ -427,6 +454,8 @@ export async function runNode(
       const ax = (at.axis as number) ?? 1;
       return [reshapeView(x, [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))])];
     }
+    case ATTENTION_OP:
+      return runAttention(n, a, alloc, budget, opset);
     case "MatMul": {
       const r = await matmulOnEngine(a[0], a[1], budget, alloc);
       if (r) return [r];
@@ -444,6 +473,49 @@ export async function runNode(
     default:
       return runNd(n, a, budget, opset);
   }
+}
+
+/**
+ * A fused self-attention (attention.ts): the backend's kernel where it has one, else the nodes it
+ * replaced, one after another, as the executor would run them (a GPU backend's results brought to
+ * the host before a node that reads them there; intermediates on the heap, the last in `alloc`).
+ */
+async function runAttention(
+  n: GraphNode,
+  a: (Value | undefined)[],
+  alloc: (shape: number[]) => Tensor,
+  budget: nd.Budget,
+  opset: number,
+): Promise<Value[]> {
+  const fa = n.attention!;
+  const [B, N, H, hd] = fa.shape;
+  const qkv = F(a[0], "qkv");
+  if (qkv.data.length !== B * N * 3 * H * hd) throw new Error(`cannot reshape [${qkv.shape}] to [${[B, N, 3, H, hd]}]`);
+  const be = activeBackend();
+  if (be.attention) {
+    const out = alloc([...fa.outShape]);
+    const extras = fa.extras.map((e): [Float32Array, Float64Array, number] => [
+      F(a[n.inputs.indexOf(e.name)], e.name).data,
+      e.offsets,
+      e.rowStride,
+    ]);
+    await be.attention(qkv.data, [B, N, H, hd], fa.scale, fa.scaleQ, extras, out.data);
+    return [{ f: out }];
+  }
+  const env = new Map<string, Value>();
+  n.inputs.forEach((name, i) => a[i] && env.set(name, a[i]!));
+  const heap = (shape: number[]): Tensor => ({ data: allocArray("float32", prod(shape), "attention intermediate") as Float32Array, shape });
+  const floats = (vs: (Value | undefined)[]) => vs.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
+  let last: Value[] = [];
+  for (const [k, m] of fa.nodes.entries()) {
+    const args = m.inputs.map((i) => (i ? env.get(i) : undefined));
+    const host = !BACKEND_ONLY.has(m.opType);
+    if (host && be.hostRead) await be.hostRead(floats(args));
+    last = await runNode(m, args, k === fa.nodes.length - 1 ? alloc : heap, budget, opset);
+    if (host && be.hostWrote) be.hostWrote(floats(last));
+    m.outputs.forEach((o, j) => last[j] && env.set(o, last[j]!));
+  }
+  return last;
 }
 
 /**

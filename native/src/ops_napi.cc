@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "bhsd/attention.hpp"
 #include "bhsd/conv.hpp"
 #include "bhsd/gemm.hpp"
 #include "bhsd/tensor_ops.hpp"
@@ -497,6 +498,64 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
       conv_work(double(K), double(T * M * N), double(T * M * K + (bb ? T : 1) * K * N + T * M * N), 24.0));
 }
 
+// attention(qkv, [batch, n, heads, hd], scale, scaleQ, [[data, offsets: Float64Array, rowStride]…], out):
+// attention.hpp's fused self-attention; out [batch, n, heads·hd]. Each additive term's offsets
+// (batch·heads of them, −1 for a block of zeros) are copied and checked against its array here.
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const auto dims = ints_of(info[1], 4, "attention shape", 1, BIG);
+  const std::int64_t B = dims[0], n = dims[1], H = dims[2], hd = dims[3];
+  const float scale = float(number_of(info[2], "scale"));
+  const bool scale_q = info[3].ToBoolean();
+  const float* qkv = floats_of(info[0], elems(env, {B, n, 3, H, hd}), "qkv");
+  const std::size_t no = elems(env, {B, n, H, hd});
+  float* y = out_of(info[5], no, "out");
+  require(qkv + elems(env, {B, n, 3, H, hd}) <= y || y + no <= qkv, env, "qkv overlaps out");
+  require(info[4].IsArray(), env, "extras must be an array");
+  Napi::Array xs = info[4].As<Napi::Array>();
+  require(xs.Length() <= 4, env, "attention takes at most 4 additive terms");
+  const std::size_t items = elems(env, {B, H});
+  auto offsets = std::make_shared<std::vector<std::vector<std::int64_t>>>();
+  auto extras = std::make_shared<std::vector<bhsd::AttentionExtra>>();
+  std::vector<Napi::Value> keep{info[0], info[5]};
+  for (std::uint32_t e = 0; e < xs.Length(); ++e) {
+    Napi::Value item = xs.Get(e);
+    require(item.IsArray() && item.As<Napi::Array>().Length() == 3, env,
+            "each extra must be [data, offsets, rowStride]");
+    Napi::Array a = item.As<Napi::Array>();
+    View d = view_of(a.Get(0u), "extra data");
+    View o = view_of(a.Get(1u), "extra offsets");
+    require(d.type == bhsd::DType::f32, env, "extra data must be a Float32Array");
+    require(o.type == bhsd::DType::f64 && o.length == items, env,
+            "extra offsets must be a Float64Array of batch*heads");
+    const std::int64_t rs = int_of(a.Get(2u), "extra rowStride", 0, BIG);
+    require(rs == 0 || rs == n, env, "extra rowStride must be 0 or n");
+    // the last value an item's block reaches: (n − 1) · rowStride + n
+    const std::int64_t span = (n - 1) * rs + n;
+    std::vector<std::int64_t> off(items);
+    const double* od = static_cast<const double*>(o.data);
+    for (std::size_t i = 0; i < items; ++i) {
+      const double v = od[i];
+      require(v == -1 || (v >= 0 && v == std::floor(v) && v + double(span) <= double(d.length)), env,
+              "an extra's offset is outside its array");
+      off[i] = std::int64_t(v);
+    }
+    offsets->push_back(std::move(off));
+    extras->push_back({static_cast<const float*>(d.data), nullptr, rs});
+    keep.push_back(a.Get(0u));
+  }
+  for (std::size_t e = 0; e < extras->size(); ++e) (*extras)[e].offsets = (*offsets)[e].data();
+  const bhsd::AttentionShape sh{B, n, H, hd, scale, scale_q};
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env,
+      [=] {
+        (void)offsets;  // (held with the call: the terms point into it)
+        bhsd::attention(qkv, y, sh, extras->data(), int(extras->size()), *pool);
+      },
+      nullptr, std::move(keep), conv_work(double(2 * hd + 24), double(B * H * n * n), double(4 * no)));
+}
+
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
@@ -577,6 +636,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("convPlanClear", Napi::Function::New<guarded<ConvPlanClear>>(env, "convPlanClear"));
   exports.Set("preciseConvolutions", Napi::Function::New<guarded<PreciseConvolutions>>(env, "preciseConvolutions"));
   exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
+  exports.Set("attention", Napi::Function::New<guarded<Attention>>(env, "attention"));
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
   exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));
 }

@@ -1,0 +1,294 @@
+// bhsd — fused multi-head self-attention, as a transformer's attention block computes it from its
+// qkv projection (MONAI's SABlock and SwinUNETR's WindowAttention, and their ONNX exports):
+//
+//   qkv [batch, n, 3, heads, hd] (the Linear layer's output, contiguous)
+//   s = q·kᵀ (q first multiplied by `scale` where scale_q, else the products afterwards)
+//   s += extra[e] for each additive term in order (relative position bias, a shifted window's mask)
+//   out [batch, n, heads, hd] = softmax(s over the keys) · v
+//
+// One task is one (batch item, head) pair's block of query rows: its keys are packed transposed
+// (kᵀ [hd, n], rows padded to whole vectors with zeros) and its values row by row ([n, hd], padded),
+// then for R rows at a time the scores (R × n, in L1), their softmax and the weighted sum of the
+// values. Nothing of size n × n leaves the cache: the unfused graph wrote each score array, its
+// sums with the bias and mask, and its softmax to memory (SwinUNETR at 96³: 0.5 GB a block).
+//
+// The kernel is written once with the compiler's vector types and compiled three times: for
+// AVX-512 (16 lanes), AVX2 + FMA (two 8-lane halves of each vector) and the default target (NEON on
+// arm64, SSE2 elsewhere). The exponential is Cephes' expf (a degree-6 polynomial after a two-part
+// ln 2 reduction, within 2 ulp); exponents below −87.3 give 0, a NaN stays NaN (a row with a NaN, or
+// all −∞, comes out NaN, as torch.softmax gives it). Sums are in float, in key order per lane.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu_features.hpp"
+#include "thread_pool.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BHSD_X86 1  // (as conv_common.hpp defines it)
+#endif
+
+namespace bhsd {
+
+// An additive term of the scores: item (b, h)'s n × n block at data + offsets[b·heads + h]; its row
+// i at row_stride · i (0: one row for every query, e.g. a key mask). An offset of −1: the block is
+// all zeros, skipped (adding +0 changes no softmax: SwinUNETR's mask is zero in most windows).
+struct AttentionExtra {
+  const float* data;
+  const std::int64_t* offsets;
+  std::int64_t row_stride;
+};
+
+struct AttentionShape {
+  std::int64_t batch, n, heads, hd;
+  float scale;
+  bool scale_q;
+};
+
+namespace attention_detail {
+
+// The compiler's vector types: W lanes (AVX-512 16, AVX2 8, the default target 4).
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef float fu __attribute__((vector_size(4 * W), aligned(4)));
+  typedef std::int32_t i __attribute__((vector_size(4 * W)));
+};
+
+// (No function takes or returns a vector by value: that would change the call ABI between targets.)
+#define BHSD_VLOAD(p) (*reinterpret_cast<const typename Vec<W>::fu*>(p))
+#define BHSD_VSTORE(p, v) (*reinterpret_cast<typename Vec<W>::fu*>(p) = (v))
+
+// x = e^x for x ≤ 0 (and NaN): Cephes' expf; 0 below −87.3 (and for −∞).
+template <int W>
+__attribute__((always_inline)) inline void vexp(typename Vec<W>::f& x) {
+  using vf = typename Vec<W>::f;
+  using vi = typename Vec<W>::i;
+  const vf zero = vf{}, lo = zero - 87.3f;
+  const vi nan = x != x;
+  const vi tiny = x < lo;
+  const vf xs = nan ? zero : (tiny ? lo : x);
+  const vf n = (xs * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  vf r = xs - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = zero + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  const vf e = p * (vf)bits;  // (a vector cast reinterprets the bits)
+  x = nan ? x : (tiny ? zero : e);
+}
+
+// Scratch of one task, reused across its items.
+struct Scratch {
+  std::vector<float> kt, v, s, q, sum;
+};
+
+// Rows [r0, r1) of item (b, h), R rows a step: the scores two column vectors at a time (2R
+// accumulators), then the weighted sum of the values two output vectors at a time.
+template <int W, int R>
+__attribute__((always_inline)) inline void item_rows(const float* qkv, float* out, const AttentionShape& sh,
+                                                     const AttentionExtra* extras, int n_extras, std::int64_t b,
+                                                     std::int64_t h, std::int64_t r0, std::int64_t r1, Scratch& sc) {
+  using vf = typename Vec<W>::f;
+  using vi = typename Vec<W>::i;
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const std::int64_t n = sh.n, hd = sh.hd, H = sh.heads;
+  const std::int64_t np = (n + W - 1) / W * W, hp = (hd + W - 1) / W * W;
+  const std::int64_t row = 3 * H * hd;  // one token's q, k and v
+  const float* base = qkv + b * n * row + h * hd;
+  sc.kt.assign(std::size_t(hd * np), 0.0f);
+  sc.v.assign(std::size_t(n * hp), 0.0f);
+  sc.s.resize(std::size_t(R * np));
+  sc.q.resize(std::size_t(R * hd));
+  sc.sum.resize(R);
+  float* kt = sc.kt.data();
+  float* vp = sc.v.data();
+  for (std::int64_t j = 0; j < n; ++j) {
+    const float* k = base + j * row + H * hd;
+    for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t];
+    std::memcpy(vp + j * hp, k + H * hd, std::size_t(hd) * sizeof(float));
+  }
+  const std::int64_t eb = b * H + h;
+  for (std::int64_t i0 = r0; i0 < r1; i0 += R) {
+    const int rows = int(std::min<std::int64_t>(R, r1 - i0));
+    float* q = sc.q.data();
+    float* s = sc.s.data();
+    for (int r = 0; r < R; ++r) {
+      const float* src = base + (i0 + std::min(r, rows - 1)) * row;
+      for (std::int64_t t = 0; t < hd; ++t) q[r * hd + t] = sh.scale_q ? src[t] * sh.scale : src[t];
+    }
+    std::int64_t j = 0;
+    for (; j + 2 * W <= np; j += 2 * W) {
+      vf a0[R], a1[R];
+      for (int r = 0; r < R; ++r) a0[r] = a1[r] = vf{};
+      for (std::int64_t t = 0; t < hd; ++t) {
+        const vf k0 = BHSD_VLOAD(kt + t * np + j), k1 = BHSD_VLOAD(kt + t * np + j + W);
+        for (int r = 0; r < R; ++r) {
+          const float qv = q[r * hd + t];
+          a0[r] += qv * k0;
+          a1[r] += qv * k1;
+        }
+      }
+      for (int r = 0; r < R; ++r) BHSD_VSTORE(s + r * np + j, a0[r]), BHSD_VSTORE(s + r * np + j + W, a1[r]);
+    }
+    if (j < np) {
+      vf a0[R];
+      for (int r = 0; r < R; ++r) a0[r] = vf{};
+      for (std::int64_t t = 0; t < hd; ++t) {
+        const vf k0 = BHSD_VLOAD(kt + t * np + j);
+        for (int r = 0; r < R; ++r) a0[r] += q[r * hd + t] * k0;
+      }
+      for (int r = 0; r < R; ++r) BHSD_VSTORE(s + r * np + j, a0[r]);
+    }
+    // scale, the additive terms, the softmax's exponentials and their sums, row by row
+    for (int r = 0; r < rows; ++r) {
+      float* sr = s + r * np;
+      const std::int64_t i = i0 + r;
+      if (!sh.scale_q)
+        for (std::int64_t c = 0; c < n; ++c) sr[c] *= sh.scale;
+      for (int e = 0; e < n_extras; ++e) {
+        if (extras[e].offsets[eb] < 0) continue;  // a block of zeros
+        const float* add = extras[e].data + extras[e].offsets[eb] + i * extras[e].row_stride;
+        for (std::int64_t c = 0; c < n; ++c) sr[c] += add[c];
+      }
+      for (std::int64_t c = n; c < np; ++c) sr[c] = -inf;
+      vf mv = vf{} - inf;
+      vi seen_nan = vi{};
+      for (std::int64_t c = 0; c < np; c += W) {
+        const vf x = BHSD_VLOAD(sr + c);
+        seen_nan |= x != x;
+        mv = x > mv ? x : mv;
+      }
+      float m = -inf;
+      bool nan = false;
+      for (int l = 0; l < W; ++l) m = std::max(m, mv[l]), nan = nan || seen_nan[l] != 0;
+      if (nan) m = std::numeric_limits<float>::quiet_NaN();
+      vf sv = vf{};
+      for (std::int64_t c = 0; c < np; c += W) {
+        vf e = BHSD_VLOAD(sr + c) - m;
+        vexp<W>(e);
+        BHSD_VSTORE(sr + c, e);
+        sv += e;
+      }
+      float sum = 0;
+      for (int l = 0; l < W; ++l) sum += sv[l];
+      sc.sum[std::size_t(r)] = 1.0f / sum;
+    }
+    // out = (e · v) / sum
+    alignas(64) float tmp[2 * W];
+    for (std::int64_t c0 = 0; c0 < hp; c0 += 2 * W) {
+      const bool two = c0 + W < hp;
+      vf o0[R], o1[R];
+      for (int r = 0; r < R; ++r) o0[r] = o1[r] = vf{};
+      if (two) {
+        for (std::int64_t k = 0; k < n; ++k) {
+          const vf v0 = BHSD_VLOAD(vp + k * hp + c0), v1 = BHSD_VLOAD(vp + k * hp + c0 + W);
+          for (int r = 0; r < R; ++r) {
+            const float p = s[r * np + k];
+            o0[r] += p * v0;
+            o1[r] += p * v1;
+          }
+        }
+      } else {
+        for (std::int64_t k = 0; k < n; ++k) {
+          const vf v0 = BHSD_VLOAD(vp + k * hp + c0);
+          for (int r = 0; r < R; ++r) o0[r] += s[r * np + k] * v0;
+        }
+      }
+      const std::int64_t cols = std::min<std::int64_t>(hd - c0, two ? 2 * W : W);
+      for (int r = 0; r < rows; ++r) {
+        BHSD_VSTORE(tmp, o0[r] * sc.sum[std::size_t(r)]);
+        if (two) BHSD_VSTORE(tmp + W, o1[r] * sc.sum[std::size_t(r)]);
+        std::memcpy(out + ((b * n + i0 + r) * H + h) * hd + c0, tmp, std::size_t(cols) * sizeof(float));
+      }
+    }
+  }
+}
+#undef BHSD_VLOAD
+#undef BHSD_VSTORE
+
+// A task: item t / chunks, its rows in the (t % chunks)-th block of `per`.
+template <int W, int R>
+__attribute__((always_inline)) inline void tasks(const float* qkv, float* out, const AttentionShape& sh,
+                                                 const AttentionExtra* extras, int n_extras, std::int64_t per,
+                                                 std::int64_t chunks, std::size_t lo, std::size_t hi) {
+  Scratch sc;
+  for (std::size_t t = lo; t < hi; ++t) {
+    const std::int64_t item = std::int64_t(t) / chunks, c = std::int64_t(t) % chunks;
+    const std::int64_t r0 = c * per, r1 = std::min(sh.n, r0 + per);
+    if (r0 < r1) item_rows<W, R>(qkv, out, sh, extras, n_extras, item / sh.heads, item % sh.heads, r0, r1, sc);
+  }
+}
+
+#ifdef BHSD_X86
+// 16 and 12 accumulators of the 32 and 16 registers
+__attribute__((target("avx512f"))) inline void tasks_avx512(const float* qkv, float* out, const AttentionShape& sh,
+                                                            const AttentionExtra* extras, int n_extras,
+                                                            std::int64_t per, std::int64_t chunks, std::size_t lo,
+                                                            std::size_t hi) {
+  tasks<16, 8>(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+}
+__attribute__((target("avx2,fma"))) inline void tasks_avx2(const float* qkv, float* out, const AttentionShape& sh,
+                                                           const AttentionExtra* extras, int n_extras, std::int64_t per,
+                                                           std::int64_t chunks, std::size_t lo, std::size_t hi) {
+  tasks<8, 6>(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+}
+#endif
+inline void tasks_generic(const float* qkv, float* out, const AttentionShape& sh, const AttentionExtra* extras,
+                          int n_extras, std::int64_t per, std::int64_t chunks, std::size_t lo, std::size_t hi) {
+  tasks<4, 6>(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+}
+
+}  // namespace attention_detail
+#undef BHSD_VLOAD
+#undef BHSD_VSTORE
+
+// Which kernel attention() runs here: "avx512", "avx2" or "generic" (BHSD_NO_AVX512 / BHSD_NO_AVX2
+// step down as for the convolutions).
+inline const char* attention_kernel_name() {
+#ifdef BHSD_X86
+  const CpuFeatures f = cpu_features();
+  if (f.avx512f && f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2")) return "avx512";
+  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return "avx2";
+#endif
+  return "generic";
+}
+
+// out [batch, n, heads, hd] from qkv [batch, n, 3, heads, hd] (see the top of this file). extras:
+// n_extras additive terms, each offset table holding batch · heads entries. The caller has checked
+// every offset against its array.
+inline void attention(const float* qkv, float* out, const AttentionShape& sh, const AttentionExtra* extras,
+                      int n_extras, ThreadPool& pool) {
+  using namespace attention_detail;
+  if (sh.batch <= 0 || sh.n <= 0 || sh.heads <= 0 || sh.hd <= 0) return;
+  const std::int64_t items = sh.batch * sh.heads;
+  const std::int64_t threads = std::int64_t(pool.size());
+  // rows split where there are too few items for about four tasks a thread (UNETR: 12 heads)
+  const std::int64_t split = std::clamp<std::int64_t>((4 * threads + items - 1) / items, 1, (sh.n + 7) / 8);
+  const std::int64_t per = (sh.n + split - 1) / split;
+  const std::int64_t chunks = (sh.n + per - 1) / per;
+  static const std::string which = attention_kernel_name();
+  pool.parallel_for(
+      std::size_t(items * chunks),
+      [&](std::size_t lo, std::size_t hi) {
+#ifdef BHSD_X86
+        if (which == "avx512") return tasks_avx512(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+        if (which == "avx2") return tasks_avx2(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+#endif
+        tasks_generic(qkv, out, sh, extras, n_extras, per, chunks, lo, hi);
+      },
+      1, 4);
+}
+
+}  // namespace bhsd

@@ -1,0 +1,192 @@
+/**
+ * The fused self-attention (lib/model/attention.ts, native/include/bhsd/attention.hpp) against
+ * onnxruntime running the same ONNX graphs: the node patterns transformer blocks export as —
+ * SwinUNETR's (q scaled first, a relative position bias, a window mask added through a Reshape
+ * to [b, nW, H, n, n] and back, windows whose mask is all zeros), UNETR's SABlock (Einsums, the
+ * products scaled) and a key mask broadcast over the queries with −∞ — at sizes off whole vectors.
+ * The native backend runs each as one node, the ts backend as the nodes it replaced; a graph that
+ * reads the scores elsewhere is left unfused. And the native call refuses what it cannot run safely.
+ */
+import test from "ava";
+import ort from "onnxruntime-node";
+import { loadModel, setBackend } from "../lib/index.js";
+import { getBackend } from "../lib/backends/index.js";
+import { encodeModel, ONNX_DTYPE } from "../lib/model/onnx-proto.js";
+import { backendsUnderTest } from "./helpers.js";
+import { randomTensor, scaleDiff } from "./ort.js";
+
+interface Case {
+  B: number;
+  n: number;
+  H: number;
+  hd: number;
+  scaleQ?: boolean;
+  einsum?: boolean;
+  /** SwinUNETR's bias [H, n, n] and a mask over nW windows through a 5-D Reshape. */
+  windows?: number;
+  /** A key mask [B, 1, 1, n]: −∞ at every third key. */
+  keyMask?: boolean;
+  /** The scores are a second graph output (the pattern must not fuse). */
+  scoresOut?: boolean;
+}
+
+const i64 = (name: string, dims: number[], v: number[]) => ({
+  name,
+  dims,
+  data: BigInt64Array.from(v.map(BigInt)),
+  dataType: ONNX_DTYPE.INT64,
+});
+
+function graph(c: Case): Uint8Array {
+  const { B, n, H, hd } = c;
+  const scale = hd ** -0.5;
+  type N = { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[] | string> };
+  const nodes: N[] = [
+    { opType: "Reshape", inputs: ["qkv", "s5"], outputs: ["r5"] },
+    { opType: "Transpose", inputs: ["r5"], outputs: ["t5"], attrs: { perm: [2, 0, 3, 1, 4] } },
+    { opType: "Gather", inputs: ["t5", "i0"], outputs: ["q0"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["t5", "i1"], outputs: ["k"], attrs: { axis: 0 } },
+    { opType: "Gather", inputs: ["t5", "i2"], outputs: ["v"], attrs: { axis: 0 } },
+  ];
+  const inits: Parameters<typeof encodeModel>[0]["initializers"] = [
+    i64("s5", [5], [B, n, 3, H, hd]),
+    i64("i0", [], [0]),
+    i64("i1", [], [1]),
+    i64("i2", [], [2]),
+    i64("sout", [3], [B, n, H * hd]),
+    { name: "scale", dims: [], data: Float32Array.of(scale) },
+  ];
+  let q = "q0";
+  if (c.scaleQ) nodes.push({ opType: "Mul", inputs: ["q0", "scale"], outputs: ((q = "q"), ["q"]) });
+  if (c.einsum) nodes.push({ opType: "Einsum", inputs: [q, "k"], outputs: ["s0"], attrs: { equation: "blxd,blyd->blxy" } });
+  else
+    nodes.push(
+      { opType: "Transpose", inputs: ["k"], outputs: ["kt"], attrs: { perm: [0, 1, 3, 2] } },
+      { opType: "MatMul", inputs: [q, "kt"], outputs: ["s0"] },
+    );
+  let s = "s0";
+  const step = (opType: string, other: string, out: string) => {
+    nodes.push({ opType, inputs: opType === "Add" && out.endsWith("b") ? [other, s] : [s, other], outputs: [out] });
+    s = out;
+  };
+  if (!c.scaleQ) step("Mul", "scale", "s1");
+  if (c.windows) {
+    const nW = c.windows;
+    const bias = randomTensor([H, n, n], 11);
+    inits.push({ name: "bias", dims: [H, n, n], data: bias.data });
+    step("Add", "bias", "s2b"); // (the constant first: either operand order)
+    // the mask: window w masks key j of query i where (i + w) % 3 ≠ (j + w) % 3, except windows 0 and 2 (all zero)
+    const mask = new Float32Array(nW * n * n);
+    for (let w = 0; w < nW; w++)
+      if (w % 2 === 1)
+        for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) mask[(w * n + i) * n + j] = (i + w) % 3 !== (j + w) % 3 ? -100 : 0;
+    inits.push({ name: "mask", dims: [nW, 1, n, n], data: mask }, i64("s5w", [5], [B / nW, nW, H, n, n]), i64("s4", [4], [-1, H, n, n]));
+    step("Reshape", "s5w", "w3");
+    step("Add", "mask", "w4a");
+    step("Reshape", "s4", "w5");
+  }
+  if (c.keyMask) {
+    const km = new Float32Array(B * n);
+    for (let i = 0; i < km.length; i++) km[i] = i % 3 === 1 ? -Infinity : 0;
+    inits.push({ name: "keymask", dims: [B, 1, 1, n], data: km });
+    step("Add", "keymask", "s6");
+  }
+  nodes.push({ opType: "Softmax", inputs: [s], outputs: ["p"], attrs: { axis: -1 } });
+  if (c.einsum) nodes.push({ opType: "Einsum", inputs: ["p", "v"], outputs: ["o"], attrs: { equation: "bhxy,bhyd->bhxd" } });
+  else nodes.push({ opType: "MatMul", inputs: ["p", "v"], outputs: ["o"] });
+  nodes.push(
+    { opType: "Transpose", inputs: ["o"], outputs: ["ot"], attrs: { perm: [0, 2, 1, 3] } },
+    { opType: "Reshape", inputs: ["ot", "sout"], outputs: ["y"] },
+  );
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "qkv", shape: [B, n, 3 * H * hd] }],
+    outputs: [{ name: "y", shape: [B, n, H * hd] }, ...(c.scoresOut ? [{ name: "s0" }] : [])],
+    initializers: inits,
+  });
+}
+
+const CASES: [string, Case][] = [
+  [
+    "SwinUNETR's window attention (q scaled, bias, a mask through a 5-D Reshape; n 49, hd 12)",
+    { B: 6, n: 49, H: 3, hd: 12, scaleQ: true, windows: 3 },
+  ],
+  ["UNETR's SABlock (Einsums, the products scaled; n 37, hd 20)", { B: 1, n: 37, H: 4, hd: 20, einsum: true }],
+  ["a key mask broadcast over the queries, −∞ at a third of the keys (n 20, hd 33)", { B: 2, n: 20, H: 2, hd: 33, keyMask: true }],
+  ["one token and one channel a head", { B: 3, n: 1, H: 2, hd: 1, scaleQ: true }],
+];
+
+for (const [title, c] of [
+  ...CASES,
+  ["the scores also a graph output: not fused", { B: 2, n: 24, H: 2, hd: 16, windows: 2, scoresOut: true }] as [string, Case],
+]) {
+  test.serial(`${title}: equals onnxruntime on every backend`, async (t) => {
+    const bytes = graph(c);
+    const x = randomTensor([c.B, c.n, 3 * c.H * c.hd], 7);
+    for (let i = 0; i < x.data.length; i++) x.data[i]! *= 3; // scores of a few units: a peaked softmax
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = await session.run({ qkv: new ort.Tensor("float32", x.data, x.shape) });
+    await session.release();
+    const model = await loadModel(bytes);
+    try {
+      for (const { name } of backendsUnderTest()) {
+        setBackend(name);
+        const out = await model.runAll({ qkv: x });
+        for (const k of Object.keys(want)) {
+          const d = scaleDiff(out[k]!.data, want[k]!.data as Float32Array);
+          t.true(d <= 2e-6, `${name}, ${k}: ${d} of onnxruntime's scale`);
+        }
+        const ops = Object.keys(model.lastRun!.opMs);
+        const expected = c.scoresOut ? undefined : name === "native" ? "bhsd.SelfAttention" : "bhsd.SelfAttention (as its nodes)";
+        if (expected) t.true(ops.includes(expected), `${name}: ${ops.join(", ")}`);
+        else
+          t.false(
+            ops.some((o) => o.startsWith("bhsd.")),
+            `${name}: ${ops.join(", ")}`,
+          );
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test.serial("the native attention refuses offsets outside their arrays, overlapping buffers and wrong lengths", async (t) => {
+  let be;
+  try {
+    be = getBackend("native");
+  } catch {
+    return t.log("the native backend is not loaded here: nothing to check");
+  }
+  if (!be.attention) return t.fail("the native backend has no attention kernel");
+  const B = 2,
+    n = 5,
+    H = 2,
+    hd = 3;
+  const qkv = randomTensor([B * n * 3 * H * hd], 3).data;
+  const out = new Float32Array(B * n * H * hd);
+  const extra = new Float32Array(H * n * n);
+  const ok = Float64Array.of(0, n * n, 0, n * n);
+  const call = (e: [Float32Array, Float64Array, number][], o = out, q = qkv, shape: [number, number, number, number] = [B, n, H, hd]) =>
+    (async () => be.attention!(q, shape, 0.5, false, e, o))();
+  await call([[extra, ok, n]]);
+  t.true(out.every(Number.isFinite));
+  for (const [what, e, re] of [
+    ["an offset past the end", [[extra, Float64Array.of(0, n * n, 0, n * n + 1), n]], /outside its array/],
+    ["a negative offset other than −1", [[extra, Float64Array.of(0, -2, 0, 0), n]], /outside its array/],
+    ["a fractional offset", [[extra, Float64Array.of(0, 0.5, 0, 0), n]], /outside its array/],
+    ["a NaN offset", [[extra, Float64Array.of(0, NaN, 0, 0), n]], /outside its array/],
+    ["too few offsets", [[extra, Float64Array.of(0, 0, 0), n]], /batch\*heads/],
+    ["a row stride other than 0 or n", [[extra, ok, 3]], /rowStride/],
+    ["five terms", Array(5).fill([extra, ok, n]), /at most 4/],
+  ] as [string, [Float32Array, Float64Array, number][], RegExp][])
+    await t.throwsAsync(call(e), { message: re }, what);
+  await t.throwsAsync(call([], out, qkv.subarray(1)), { message: /qkv must be a Float32Array/ }, "a short qkv");
+  const shared = new Float32Array(qkv.length + out.length);
+  await t.throwsAsync(call([], shared.subarray(qkv.length - 1, qkv.length - 1 + out.length), shared.subarray(0, qkv.length)), {
+    message: /overlaps/,
+  });
+  await t.throwsAsync(call([], out, qkv, [B, n, H, 0]), { message: /attention shape/ }, "a zero size");
+  await t.throwsAsync(call([], out, qkv, [2 ** 40, 2 ** 40, 1, 1]), { message: /too large/ }, "sizes whose product overflows");
+});
