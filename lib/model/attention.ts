@@ -9,7 +9,7 @@
  *   MatMul(q, Transpose(k, [0, 1, 3, 2]))  or  Einsum "blxd,blyd->blxy"(q, k)
  *   [Mul by a scalar]                                             (SABlock's scores · scale)
  *   Add of constants, with Reshapes between that keep the last two axes   (bias, window masks)
- *   Softmax over the last axis of [B, H, n, n]
+ *   Softmax over the last axis of [B, H, n, n]   [→ a Cast to float]
  *   MatMul(·, v)  or  Einsum "bhxy,bhyd->bhxd"
  *   Transpose [0, 2, 1, 3] → Reshape (to [B, n, H·hd] or any shape of that size)
  *
@@ -66,8 +66,14 @@ export function fuseAttention(nodes: GraphNode[], graphOutputs: string[], inits:
 
   const match = (sm: GraphNode): GraphNode | undefined => {
     // the weighted sum, and the output's Transpose → Reshape
-    const smOut = sm.outputs[0];
+    let smOut = sm.outputs[0];
     if (!once(smOut)) return undefined;
+    // (torch.onnx writes attn.to(v.dtype) as a Cast to float, which changes nothing)
+    const cast = only(smOut, "Cast");
+    if (cast) {
+      if (cast.attrs.to !== 1 || !once(cast.outputs[0])) return undefined;
+      smOut = cast.outputs[0];
+    }
     const pv = only(smOut, "MatMul") ?? only(smOut, "Einsum");
     if (!pv || pv.inputs.length !== 2 || pv.inputs[0] !== smOut) return undefined;
     if (pv.opType === "Einsum") {
@@ -195,7 +201,7 @@ export function fuseAttention(nodes: GraphNode[], graphOutputs: string[], inits:
     }
     if (prod(outShape) !== B * n * H * hd || extras.length > 4) return undefined;
 
-    const all = [r5, t5, ...gathers.map((g) => g!), ...inner.reverse(), scores, ...chain, sm, pv, tr, rs];
+    const all = [r5, t5, ...gathers.map((g) => g!), ...inner, scores, ...chain, sm, ...(cast ? [cast] : []), pv, tr, rs];
     const order = new Map(nodes.map((m, i) => [m, i]));
     all.sort((a, b) => order.get(a)! - order.get(b)!);
     const qkv = r5.inputs[0]!;

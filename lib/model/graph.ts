@@ -151,6 +151,7 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Tile: [],
   Range: [],
   Where: [],
+  ScatterND: ["reduction"],
   Split: ["axis", "split", "num_outputs"],
   MatMul: [],
   Gemm: ["alpha", "beta", "transA", "transB"],
@@ -976,6 +977,73 @@ export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: Read
     for (const d of [erf, add, m1, m2]) drop.add(d);
   }
   return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
+}
+
+/**
+ * LayerNorm over the last axis as exporters before opset 17 write it (torch.onnx's F.layer_norm,
+ * every norm of a SwinUNETR or UNETR export): ReduceMean(x) → Sub → Pow 2 → ReduceMean → Add ε →
+ * Sqrt → Div [→ Mul γ [→ Add β]], each step read only by the next (the difference by the Pow and
+ * the Div), becomes one LayerNormalization (axis −1, epsilon ε), which the engine runs in one pass
+ * with double sums instead of eight element-wise steps in float.
+ */
+export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const only = soleReader(nodes, consumers);
+  const scalar = (name: string | undefined) => {
+    const t = name ? inits.get(name) : undefined;
+    return t?.f32 && t.f32.length === 1 ? t.f32[0]! : t?.ints && t.ints.length === 1 ? t.ints[0]! : undefined;
+  };
+  const vector = (name: string | undefined) => {
+    const t = name ? inits.get(name) : undefined;
+    return t?.f32 && t.dims.length === 1 ? name : undefined;
+  };
+  const other = (n: GraphNode, name: string) =>
+    n.inputs.length === 2 && n.inputs.includes(name) ? n.inputs.find((i) => i !== name) : undefined;
+  /** A ReduceMean over the last axis only, keeping it (axes as an attribute, or opset 18's input). */
+  const lastAxisMean = (n: GraphNode | undefined) => {
+    if (!n || n.opType !== "ReduceMean" || n.attrs.keepdims === 0) return false;
+    const axes = n.inputs[1] ? inits.get(n.inputs[1])?.ints : (n.attrs.axes as number[] | undefined);
+    return !!axes && axes.length === 1 && axes[0] === -1;
+  };
+  const replace = new Map<GraphNode, GraphNode>(),
+    drop = new Set<GraphNode>();
+  for (const mean of nodes) {
+    if (!lastAxisMean(mean) || drop.has(mean) || consumers.get(mean.outputs[0]!) !== 1) continue;
+    const x = mean.inputs[0]!;
+    const sub = only(mean.outputs[0], "Sub");
+    if (!sub || sub.inputs[0] !== x || sub.inputs[1] !== mean.outputs[0]) continue;
+    const d = sub.outputs[0]!;
+    const readers = nodes.filter((n) => n.inputs.includes(d));
+    if (consumers.get(d) !== 2 || readers.length !== 2) continue;
+    const pow = readers.find((n) => n.opType === "Pow" && n.inputs[0] === d && scalar(n.inputs[1]) === 2);
+    const div = readers.find((n) => n.opType === "Div" && n.inputs[0] === d);
+    if (!pow || !div) continue;
+    const mean2 = only(pow.outputs[0], "ReduceMean");
+    if (!lastAxisMean(mean2) || consumers.get(mean2!.outputs[0]!) !== 1) continue;
+    const addEps = only(mean2!.outputs[0], "Add");
+    const eps = addEps && scalar(other(addEps, mean2!.outputs[0]!));
+    if (!addEps || eps === undefined || !(eps >= 0)) continue;
+    const sqrt = only(addEps.outputs[0], "Sqrt");
+    if (!sqrt || div.inputs[1] !== sqrt.outputs[0] || consumers.get(sqrt.outputs[0]!) !== 1) continue;
+    // γ and β where a Mul and an Add of vectors follow (F.layer_norm without weights has neither)
+    const mul = only(div.outputs[0], "Mul");
+    const gamma = mul && vector(other(mul, div.outputs[0]!));
+    const add = gamma ? only(mul!.outputs[0], "Add") : undefined;
+    const beta = add && vector(other(add, mul!.outputs[0]!));
+    const last = beta ? add! : gamma ? mul! : div;
+    const steps = [mean, sub, pow, mean2!, addEps, sqrt, div, ...(gamma ? [mul!] : []), ...(beta ? [add!] : [])];
+    if (steps.some((n) => drop.has(n) || n.fusedAct)) continue;
+    for (const n of steps) drop.add(n);
+    replace.set(last, {
+      name: mean.name,
+      opType: "LayerNormalization",
+      inputs: beta ? [x, gamma!, beta] : gamma ? [x, gamma] : [x],
+      outputs: [last.outputs[0]!],
+      attrs: { axis: -1, epsilon: eps },
+    });
+  }
+  if (replace.size === 0) return nodes;
+  return nodes.flatMap((n) => (replace.has(n) ? [replace.get(n)!] : drop.has(n) ? [] : [n]));
 }
 
 /**

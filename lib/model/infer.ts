@@ -291,6 +291,24 @@ const RULES: Record<string, Rule> = {
         if (v < -x.shape[a]! || v >= x.shape[a]!) throw new RangeError(`index ${v} is out of range for axis ${a} of ${x.shape[a]}`);
     return [{ shape: [...x.shape.slice(0, a), ...idx.shape, ...x.shape.slice(a + 1)], int: x.int }];
   },
+  ScatterND: ([x, idx, upd]) => {
+    if (!x) return [undefined];
+    if (idx && upd) {
+      const r = x.shape.length,
+        q = idx.shape.length,
+        k = idx.shape[q - 1] ?? 0;
+      if (q < 1 || k < 1 || k > r)
+        throw new RangeError(`the indices' last axis must hold 1 to ${r} values, got indices of shape [${idx.shape}]`);
+      const want = [...idx.shape.slice(0, q - 1), ...x.shape.slice(k)];
+      if (upd.shape.length !== want.length || upd.shape.some((d, i) => d !== want[i]))
+        throw new RangeError(`updates must have shape [${want}] for data [${x.shape}] and indices [${idx.shape}], got [${upd.shape}]`);
+      ints(idx)?.forEach((v, i) => {
+        const d = x.shape[i % k]!;
+        if (v < -d || v >= d) throw new RangeError(`index ${v} is out of range for axis ${i % k} of ${d}`);
+      });
+    }
+    return [{ shape: [...x.shape], int: x.int }];
+  },
   Slice: ([x, starts, ends, axes, steps]) => {
     const b = ints(starts),
       e = ints(ends),
@@ -502,6 +520,8 @@ for (const op of BROADCAST) {
 /**
  * Infers every value's shape for the declared input shapes, or returns undefined when an input
  * declares a symbolic dimension. Throws `node NAME (OP): …` for a node that cannot run on them.
+ * `values`, where given, receives the values computed along the way (shape glue, small results of
+ * known inputs), by name — what these input shapes make constant.
  */
 export async function inferShapes(
   nodes: readonly GraphNode[],
@@ -510,6 +530,7 @@ export async function inferShapes(
   opset: number,
   evaluate: Evaluate,
   constValue: (t: OnnxTensor) => Value,
+  values?: Map<string, Value>,
 ): Promise<Map<string, number[]> | undefined> {
   if (!inputs.every((i) => i.shape.every((d) => typeof d === "number" && Number.isSafeInteger(d) && d >= 0))) return undefined;
   const env = new Map<string, Known>();
@@ -535,6 +556,7 @@ export async function inferShapes(
         if (!k.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(size(k.shape)))
           throw new Error(`node ${n.name} (${n.opType}): output shape [${k.shape}] is not a valid size`);
         env.set(o, k);
+        if (values && k.value) values.set(o, k.value);
       }
     });
   }

@@ -28,6 +28,7 @@ import {
   fuseConvResidual,
   fuseGelu,
   fuseGroupNorm,
+  fuseLayerNorm,
   parseModel,
   type Graph,
   type GraphNode,
@@ -135,7 +136,11 @@ export class Model {
     const grouped = {
       ...graph,
       nodes: fuseAttention(
-        fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+        fuseLayerNorm(
+          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+          graph.outputs,
+          graph.initializers,
+        ),
         graph.outputs,
         graph.initializers,
       ),
@@ -519,14 +524,22 @@ async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typ
     },
   };
   const small = (shape: number[]): Tensor => ({ data: allocArray("float32", prod(shape), "inferred constant") as Float32Array, shape });
+  const inferred = shapesToInfer(graph.inputs, inputShapes);
+  const values = new Map<string, Value>();
   const valueShapes = await inferShapes(
     graph.nodes,
     graph.initializers,
-    shapesToInfer(graph.inputs, inputShapes),
+    inferred,
     graph.opset,
     (n, args) => runNode(n, args, small, budget, graph.opset),
     constValue,
+    values,
   );
+  if (valueShapes && foldShapes(graph, values)) {
+    // what the input shapes make constant is constant now: the model runs at those shapes only
+    graph.inputs = inferred;
+    await foldConstants(graph, limit);
+  }
   const model = new Model(graph, name, cfg, limit, backend, precision);
   model.valueShapes = valueShapes;
   return model;
@@ -572,6 +585,29 @@ function shapesToInfer(declared: Graph["inputs"], given: Record<string, number[]
 /** Half the machine's memory, at most 8 GiB: what one model run may hold unless told otherwise. */
 export function defaultMemoryLimit(): number {
   return Math.min(os.totalmem() / 2, 8 * 2 ** 30);
+}
+
+/**
+ * Makes initializers of the values shape inference computed (exporters' shape glue — Shape →
+ * Gather → Concat → a Reshape's target — and what follows from it, e.g. a window mask's indices)
+ * and drops the nodes that made them, where the inputs' shapes are fixed: the Reshapes and
+ * additions fusions look for then read constants (a torch.onnx export of SwinUNETR computes its
+ * attention's shapes, relative position indices and masks from Shape nodes). Returns whether any
+ * node went; foldConstants then folds what these made constant.
+ */
+function foldShapes(graph: Graph, values: ReadonlyMap<string, Value>): boolean {
+  const outputs = new Set(graph.outputs);
+  const before = graph.nodes.length;
+  graph.nodes = graph.nodes.filter((n) => {
+    const outs = n.outputs.filter(Boolean);
+    if (outs.length === 0 || !outs.every((o) => values.has(o) && !outputs.has(o))) return true;
+    for (const o of outs) {
+      const v = values.get(o)!;
+      graph.initializers.set(o, "f" in v ? { dims: v.f.shape, dataType: 1, f32: v.f.data } : { dims: v.shape, dataType: 7, ints: v.ints });
+    }
+    return false;
+  });
+  return graph.nodes.length < before;
 }
 
 /**

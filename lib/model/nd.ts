@@ -435,6 +435,10 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
       throw new RangeError(`${what}: ${mode} padding of an empty axis`);
   }
   const out = alloc(shape, x.int, budget, what);
+  if (mode === "constant" && pads.every((p) => p >= 0)) {
+    padConstant(x, pads, value, out);
+    return out;
+  }
   const st = stridesOf(x.shape),
     n = out.data.length,
     y = out.data,
@@ -472,6 +476,61 @@ export function pad(x: Nd, pads: number[], mode: string, value: number, budget: 
     }
   }
   return out;
+}
+
+/**
+ * Copies `runs` runs of `run` values: run i from src at srcOffset(i) to dst at dstOffset(i) (whole
+ * typed-array copies where both are float arrays: a padded or cropped activation of a transformer,
+ * 2 MB, had taken 30–75 ms value by value).
+ */
+function copyRuns(
+  dst: NdData,
+  src: NdData,
+  runs: number,
+  run: number,
+  srcOffset: (i: number) => number,
+  dstOffset: (i: number) => number,
+): void {
+  const typed = dst instanceof Float32Array && src instanceof Float32Array;
+  for (let i = 0; i < runs; i++) {
+    const a = srcOffset(i),
+      b = dstOffset(i);
+    if (typed && run >= 16) dst.set(src.subarray(a, a + run), b);
+    else for (let j = 0; j < run; j++) dst[b + j] = src[a + j]!;
+  }
+}
+
+/** The offset, by `strides`, of index i of a row-major `shape`, each coordinate mapped by `at`. */
+function offsetOf(i: number, shape: readonly number[], strides: readonly number[], at: (d: number, v: number) => number): number {
+  let off = 0;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const n = shape[d]!;
+    off += at(d, i % n) * strides[d]!;
+    i = Math.floor(i / n);
+  }
+  return off;
+}
+
+/** Constant padding (no cropping): out filled with `value`, then x's rows copied into place. */
+function padConstant(x: Nd, pads: readonly number[], value: number, out: Nd): void {
+  const r = x.shape.length;
+  out.data.fill(value);
+  if (x.data.length === 0) return;
+  // the trailing axes without padding and the one before them make one run per outer index
+  let k = r;
+  while (k > 0 && pads[k - 1] === 0 && pads[k - 1 + r] === 0) k--;
+  const outer = Math.max(0, k - 1);
+  const run = size(x.shape.slice(outer));
+  const os = stridesOf(out.shape);
+  const lead = k > 0 ? pads[k - 1]! * os[k - 1]! : 0;
+  copyRuns(
+    out.data,
+    x.data,
+    size(x.shape.slice(0, outer)),
+    run,
+    (i) => i * run,
+    (i) => offsetOf(i, x.shape.slice(0, outer), os, (d, v) => v + pads[d]!) + lead,
+  );
 }
 
 /** ONNX Slice with starts/ends/axes/steps (steps may be negative, never 0). */
@@ -519,6 +578,27 @@ export function slice(
   const { lo, step, shape } = slicePlan(x.shape, starts, ends, axes, steps, what);
   const r = x.shape.length;
   const out = alloc(shape, x.int, budget, what);
+  if (out.data.length === 0) return out;
+  // the trailing axes taken whole and the one before them at step 1 make one contiguous run
+  let k = r;
+  while (k > 0 && lo[k - 1] === 0 && step[k - 1] === 1 && shape[k - 1] === x.shape[k - 1]) k--;
+  // (and SwinUNETR's patch merging's x[:, 0::2, 0::2, 0::2, :]: runs of the channels)
+  const a = k > 0 && step[k - 1] === 1 ? k - 1 : k; // the run's first axis
+  if (a < r) {
+    const outerShape = shape.slice(0, a);
+    const run = size(shape.slice(a));
+    const xs = stridesOf(x.shape);
+    const first = a < k ? lo[a]! * xs[a]! : 0;
+    copyRuns(
+      out.data,
+      x.data,
+      size(outerShape),
+      run,
+      (i) => offsetOf(i, outerShape, xs, (d, v) => lo[d]! + v * step[d]!) + first,
+      (i) => i * run,
+    );
+    return out;
+  }
   const xs = stridesOf(x.shape),
     n = out.data.length,
     idx = new Array<number>(r).fill(0);
@@ -561,6 +641,52 @@ export function gather(x: Nd, idx: Nd, axis: number, budget: Budget, what: strin
       if (f32 && inner >= 64) (out.data as Float32Array).set((x.data as Float32Array).subarray(src, src + inner), dst);
       else for (let i = 0; i < inner; i++) out.data[dst + i] = x.data[src + i]!;
     }
+  return out;
+}
+
+const SCATTER_REDUCTIONS: Record<string, (a: number, b: number) => number> = {
+  none: (_a, b) => b,
+  add: (a, b) => a + b,
+  mul: (a, b) => a * b,
+  max: (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : Math.max(a, b)),
+  min: (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : Math.min(a, b)),
+};
+
+/**
+ * ScatterND: a copy of data with each update written at its index tuple (the last axis of indices:
+ * k ≤ rank values, negative ones counted from the end) — a slice of data's trailing axes per tuple
+ * — or combined with what is there by `reduction` (add, mul, max, min), in the updates' order
+ * (PyTorch's slice assignments, e.g. SwinUNETR's attention mask, export as these).
+ */
+export function scatterND(x: Nd, idx: Nd, upd: Nd, reduction: string, budget: Budget, what: string): Nd {
+  const r = x.shape.length,
+    q = idx.shape.length;
+  const k = idx.shape[q - 1] ?? 0;
+  if (q < 1 || k < 1 || k > r)
+    throw new RangeError(
+      `${what}: the indices' last axis must hold 1 to ${r} (the data's rank) values, got indices of shape [${idx.shape}]`,
+    );
+  const want = [...idx.shape.slice(0, q - 1), ...x.shape.slice(k)];
+  if (upd.shape.length !== want.length || upd.shape.some((d, i) => d !== want[i]))
+    throw new RangeError(`${what}: updates must have shape [${want}] for data [${x.shape}] and indices [${idx.shape}], got [${upd.shape}]`);
+  const combine = SCATTER_REDUCTIONS[reduction];
+  if (!combine)
+    throw new RangeError(`${what}: reduction ${JSON.stringify(reduction)} is not one of ${Object.keys(SCATTER_REDUCTIONS).join(", ")}`);
+  const out = alloc([...x.shape], x.int, budget, what, true);
+  for (let i = 0; i < x.data.length; i++) out.data[i] = x.data[i]!;
+  const inner = size(x.shape.slice(k)),
+    tuples = size(idx.shape.slice(0, q - 1));
+  const strides = x.shape.slice(0, k).map((_, i) => size(x.shape.slice(i + 1)));
+  for (let t = 0; t < tuples; t++) {
+    let off = 0;
+    for (let j = 0; j < k; j++) {
+      const v = idx.data[t * k + j]!,
+        d = x.shape[j]!;
+      if (!Number.isInteger(v) || v < -d || v >= d) throw new RangeError(`${what}: index ${v} is out of range for axis ${j} of ${d}`);
+      off += (v < 0 ? v + d : v) * strides[j]!;
+    }
+    for (let i = 0; i < inner; i++) out.data[off + i] = combine(out.data[off + i]!, upd.data[t * inner + i]!);
+  }
   return out;
 }
 

@@ -244,13 +244,14 @@ export async function runNode(
       const x = float(a[0]),
         sc = float(a[1]),
         bi = float(a[2]);
-      if (x && sc && (bi || !a[2]) && n.outputs.filter(Boolean).length <= 1) {
+      if (x && (sc || !a[1]) && (bi || !a[2]) && n.outputs.filter(Boolean).length <= 1) {
         const axis = nd.normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis");
         const inner = prod(x.shape.slice(axis));
         const rows = x.data.length / inner;
         const full = (t: Tensor) =>
           t.data.length === inner ? t : t.data.length === 1 ? { data: new Float32Array(inner).fill(t.data[0]!), shape: [inner] } : null;
-        const s = full(sc),
+        // (no scale: fuseLayerNorm's norm without an affine map)
+        const s = sc ? full(sc) : { data: new Float32Array(inner).fill(1), shape: [inner] },
           b = bi ? full(bi) : null;
         if (s && (b || !bi) && Number.isSafeInteger(rows)) {
           const out = alloc([...x.shape]);
@@ -767,6 +768,19 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       }
       return [fromNd(nd.mapN([v, scale, zp], false, (t, sc, z) => fakeQuantize(t, sc, z, lo, hi), budget, what))];
     }
+    case "ScatterND":
+      return [
+        fromNd(
+          nd.scatterND(
+            toNd(a[0], "data"),
+            toNd(a[1], "indices"),
+            toNd(a[2], "updates"),
+            (at.reduction as string | undefined) ?? "none",
+            budget,
+            what,
+          ),
+        ),
+      ];
     case "Where": {
       const c = toNd(a[0], "condition"),
         p = toNd(a[1], "X"),

@@ -1,0 +1,272 @@
+/**
+ * What torch.onnx writes for transformer networks (a SwinUNETR export holds all of these), each
+ * against onnxruntime on the same graph: ScatterND (PyTorch's slice assignments — SwinUNETR's
+ * attention mask), LayerNorm decomposed into eight steps (fused back into one LayerNormalization,
+ * with γ and β, γ alone or neither), shape glue made constant at load for a fixed input shape (and
+ * a run at another shape refused), and Slice / Pad over whole trailing axes (copied in runs).
+ */
+import test from "ava";
+import ort from "onnxruntime-node";
+import { loadModel, setBackend } from "../lib/index.js";
+import { encodeModel, ONNX_DTYPE } from "../lib/model/onnx-proto.js";
+import { backendsUnderTest } from "./helpers.js";
+import { ortRun, randomTensor, scaleDiff } from "./ort.js";
+
+const i64 = (name: string, dims: number[], v: number[]) => ({
+  name,
+  dims,
+  data: BigInt64Array.from(v.map(BigInt)),
+  dataType: ONNX_DTYPE.INT64,
+});
+type Node = Parameters<typeof encodeModel>[0]["nodes"][number];
+
+async function ortOf(bytes: Uint8Array, feeds: Record<string, { data: Float32Array; shape: number[] }>) {
+  const s = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+  const r = await s.run(Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)])));
+  await s.release();
+  return r;
+}
+
+test("ScatterND equals onnxruntime: whole slices and single values, negative indices, each reduction; bad indices are refused", async (t) => {
+  const data = randomTensor([4, 5, 6], 1);
+  const cases: { idx: number[]; idxShape: number[]; updShape: number[]; reduction?: string }[] = [
+    { idx: [0, -1], idxShape: [2, 1], updShape: [2, 5, 6] }, // two whole [5, 6] slices, one counted from the end
+    { idx: [1, 2, 3, 4, 0, 0], idxShape: [3, 2], updShape: [3, 6] }, // rows
+    { idx: [0, 0, 0, 3, 4, 5], idxShape: [2, 3], updShape: [2] }, // single values
+    { idx: [2, 2, 1], idxShape: [3, 1], updShape: [3, 5, 6], reduction: "add" }, // repeated indices accumulate
+    { idx: [2, 2, 1], idxShape: [3, 1], updShape: [3, 5, 6], reduction: "mul" },
+    { idx: [0, 3], idxShape: [2, 1], updShape: [2, 5, 6], reduction: "max" },
+    { idx: [0, 3], idxShape: [2, 1], updShape: [2, 5, 6], reduction: "min" },
+  ];
+  for (const [k, c] of cases.entries()) {
+    const upd = randomTensor(c.updShape, 10 + k);
+    const attrs = c.reduction ? { reduction: c.reduction } : {};
+    const graph = (idx: number[]) =>
+      encodeModel({
+        opset: 18,
+        nodes: [{ opType: "ScatterND", inputs: ["x", "i", "u"], outputs: ["y"], attrs }],
+        inputs: [
+          { name: "x", shape: data.shape },
+          { name: "u", shape: upd.shape },
+        ],
+        outputs: [{ name: "y" }],
+        initializers: [i64("i", c.idxShape, idx)],
+      });
+    const [want] = await ortRun(
+      "ScatterND",
+      [
+        { name: "x", tensor: data },
+        { name: "i", init: { dims: c.idxShape, data: BigInt64Array.from(c.idx.map(BigInt)) } },
+        { name: "u", tensor: upd },
+      ],
+      attrs,
+      18,
+    );
+    const model = await loadModel(graph(c.idx));
+    for (const { name } of backendsUnderTest()) {
+      setBackend(name);
+      const y = await model.runAll({ x: data, u: upd });
+      t.deepEqual(y.y!.shape, want!.shape);
+      t.true(scaleDiff(y.y!.data, want!.data as Float32Array) === 0, `case ${k} (${c.reduction ?? "none"}) on ${name}`);
+    }
+    model.dispose();
+  }
+  const bad = encodeModel({
+    opset: 18,
+    nodes: [{ opType: "ScatterND", inputs: ["x", "i", "u"], outputs: ["y"] }],
+    inputs: [
+      { name: "x", shape: [4, 5, 6] },
+      { name: "u", shape: [1, 5, 6] },
+    ],
+    outputs: [{ name: "y" }],
+    initializers: [i64("i", [1, 1], [4])],
+  });
+  await t.throwsAsync(loadModel(bad), { message: /index 4 is out of range for axis 0 of 4/ });
+  const badShape = encodeModel({
+    opset: 18,
+    nodes: [{ opType: "ScatterND", inputs: ["x", "i", "u"], outputs: ["y"] }],
+    inputs: [
+      { name: "x", shape: [4, 5, 6] },
+      { name: "u", shape: [2, 6] },
+    ],
+    outputs: [{ name: "y" }],
+    initializers: [i64("i", [1, 1], [0])],
+  });
+  await t.throwsAsync(loadModel(badShape), { message: /updates must have shape \[1,5,6\]/ });
+});
+
+/** torch.onnx's F.layer_norm before opset 17. */
+function layerNormGraph(affine: "both" | "gamma" | "none", c: number): Uint8Array {
+  const nodes: Node[] = [
+    { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [-1] } },
+    { opType: "Sub", inputs: ["x", "m"], outputs: ["d"] },
+    { opType: "Pow", inputs: ["d", "two"], outputs: ["p"] },
+    { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [-1] } },
+    { opType: "Add", inputs: ["v", "eps"], outputs: ["ve"] },
+    { opType: "Sqrt", inputs: ["ve"], outputs: ["s"] },
+    { opType: "Div", inputs: ["d", "s"], outputs: [affine === "none" ? "y" : "n"] },
+  ];
+  if (affine !== "none") nodes.push({ opType: "Mul", inputs: ["n", "g"], outputs: [affine === "both" ? "ng" : "y"] });
+  if (affine === "both") nodes.push({ opType: "Add", inputs: ["ng", "b"], outputs: ["y"] });
+  return encodeModel({
+    opset: 13,
+    nodes,
+    inputs: [{ name: "x", shape: [2, 7, c] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "two", dims: [], data: Float32Array.of(2) },
+      { name: "eps", dims: [], data: Float32Array.of(1e-5) },
+      { name: "g", dims: [c], data: randomTensor([c], 4).data },
+      { name: "b", dims: [c], data: randomTensor([c], 5).data },
+    ],
+  });
+}
+
+test("LayerNorm written as eight steps runs as one LayerNormalization and equals onnxruntime (γ and β, γ alone, neither)", async (t) => {
+  for (const affine of ["both", "gamma", "none"] as const) {
+    const bytes = layerNormGraph(affine, 48);
+    const x = randomTensor([2, 7, 48], 9);
+    for (let i = 0; i < x.data.length; i++) x.data[i] = x.data[i]! * 5 + 3; // a mean far from 0
+    const want = await ortOf(bytes, { x });
+    const model = await loadModel(bytes);
+    for (const { name } of backendsUnderTest()) {
+      setBackend(name);
+      const y = await model.run(x);
+      const d = scaleDiff(y.data, want.y!.data as Float32Array);
+      t.true(d <= 1e-6, `${affine} on ${name}: ${d}`);
+      t.deepEqual(Object.keys(model.lastRun!.opMs), ["LayerNormalization"], `${affine} on ${name}`);
+    }
+    model.dispose();
+  }
+});
+
+test("a difference read by a third node, or a mean over another axis, is left as it is (and still equals onnxruntime)", async (t) => {
+  // the same steps, but the centred values are also a graph output
+  const bytes = layerNormGraph("both", 16);
+  const x = randomTensor([2, 7, 16], 2);
+  const two = encodeModel({
+    opset: 13,
+    nodes: [
+      { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [1] } },
+      { opType: "Sub", inputs: ["x", "m"], outputs: ["d"] },
+      { opType: "Pow", inputs: ["d", "two"], outputs: ["p"] },
+      { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [1] } },
+      { opType: "Add", inputs: ["v", "eps"], outputs: ["ve"] },
+      { opType: "Sqrt", inputs: ["ve"], outputs: ["s"] },
+      { opType: "Div", inputs: ["d", "s"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [2, 7, 16] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "two", dims: [], data: Float32Array.of(2) },
+      { name: "eps", dims: [], data: Float32Array.of(1e-5) },
+    ],
+  });
+  const withD = encodeModel({
+    opset: 13,
+    nodes: [
+      { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [-1] } },
+      { opType: "Sub", inputs: ["x", "m"], outputs: ["d"] },
+      { opType: "Pow", inputs: ["d", "two"], outputs: ["p"] },
+      { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [-1] } },
+      { opType: "Add", inputs: ["v", "eps"], outputs: ["ve"] },
+      { opType: "Sqrt", inputs: ["ve"], outputs: ["s"] },
+      { opType: "Div", inputs: ["d", "s"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [2, 7, 16] }],
+    outputs: [{ name: "y" }, { name: "d" }],
+    initializers: [
+      { name: "two", dims: [], data: Float32Array.of(2) },
+      { name: "eps", dims: [], data: Float32Array.of(1e-5) },
+    ],
+  });
+  for (const g of [two, withD]) {
+    const want = await ortOf(g, { x });
+    const model = await loadModel(g);
+    const out = await model.runAll({ x });
+    t.false(Object.keys(model.lastRun!.opMs).includes("LayerNormalization"));
+    for (const k of Object.keys(want)) t.true(scaleDiff(out[k]!.data, want[k]!.data as Float32Array) <= 1e-6, k);
+    model.dispose();
+  }
+  t.truthy(bytes);
+});
+
+test("shape glue is constant at load for a fixed input shape: Shape → Gather → Concat → Reshape folded, a run at another shape refused", async (t) => {
+  // y = Reshape(x, [Shape(x)[0], Shape(x)[1], -1]) · 2: the target from the input's shape
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Shape", inputs: ["x"], outputs: ["s"] },
+      { opType: "Gather", inputs: ["s", "i01"], outputs: ["nc"], attrs: { axis: 0 } },
+      { opType: "Concat", inputs: ["nc", "m1"], outputs: ["spec"], attrs: { axis: 0 } },
+      { opType: "Reshape", inputs: ["x", "spec"], outputs: ["r"] },
+      { opType: "Mul", inputs: ["r", "k"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: ["batch", 3, "d", 4] }],
+    outputs: [{ name: "y" }],
+    initializers: [i64("i01", [2], [0, 1]), i64("m1", [1], [-1]), { name: "k", dims: [], data: Float32Array.of(2) }],
+  });
+  const x = randomTensor([2, 3, 5, 4], 3);
+  const want = await ortOf(bytes, { x });
+  // symbolic dimensions: nothing folded, any shape runs
+  const free = await loadModel(bytes);
+  const y0 = await free.run(x);
+  t.deepEqual(y0.shape, [2, 3, 20]);
+  t.true(Object.keys(free.lastRun!.opMs).includes("Shape"));
+  t.deepEqual((await free.run(randomTensor([1, 3, 2, 4], 4))).shape, [1, 3, 8]);
+  // inputShapes fixes them: the glue is constant, the model runs at that shape only
+  const fixed = await loadModel(bytes, { inputShapes: { x: [2, 3, 5, 4] } });
+  t.deepEqual(fixed.inputs[0]!.shape, [2, 3, 5, 4]);
+  const y1 = await fixed.run(x);
+  t.deepEqual(Object.keys(fixed.lastRun!.opMs).sort(), ["Mul", "Reshape"]);
+  t.true(scaleDiff(y1.data, want.y!.data as Float32Array) === 0);
+  await t.throwsAsync(fixed.run(randomTensor([1, 3, 2, 4], 4)), {
+    message: /input x has shape \[1, 3, 2, 4\] but the model expects \[2, 3, 5, 4\]/,
+  });
+});
+
+test("Slice and Pad over whole trailing axes equal onnxruntime: crops, strided and reversed axes, constant padding", async (t) => {
+  const x = randomTensor([2, 7, 9, 5, 24], 6);
+  const slices: [string, number[], number[], number[], number[]][] = [
+    ["a crop of axis 1 (the rest whole)", [0], [5], [1], [1]],
+    ["SwinUNETR's x[:, 0::2, 1::2, 0::2, :]", [0, 1, 0], [7, 9, 5], [1, 2, 3], [2, 2, 2]],
+    ["a reversed axis", [-1], [-100], [2], [-1]],
+    ["everything", [0], [2], [0], [1]],
+    ["the last axis strided", [1], [24], [4], [3]],
+    ["an empty result", [3], [3], [1], [1]],
+  ];
+  const model = async (nodes: Node[], inits: Parameters<typeof encodeModel>[0]["initializers"]) =>
+    encodeModel({ opset: 17, nodes, inputs: [{ name: "x", shape: x.shape }], outputs: [{ name: "y" }], initializers: inits });
+  for (const [what, starts, ends, axes, steps] of slices) {
+    const bytes = await model(
+      [{ opType: "Slice", inputs: ["x", "st", "en", "ax", "sp"], outputs: ["y"] }],
+      [
+        i64("st", [starts.length], starts),
+        i64("en", [ends.length], ends),
+        i64("ax", [axes.length], axes),
+        i64("sp", [steps.length], steps),
+      ],
+    );
+    const want = await ortOf(bytes, { x });
+    const m = await loadModel(bytes);
+    const y = await m.run(x);
+    t.deepEqual(y.shape, [...want.y!.dims], what);
+    t.deepEqual(Array.from(y.data), Array.from(want.y!.data as Float32Array), what);
+  }
+  for (const [what, pads, value] of [
+    ["SwinUNETR's padding at the end of the three spatial axes", [0, 0, 0, 0, 0, 0, 3, 2, 1, 0], 0],
+    ["the leading axes and a value", [1, 0, 2, 0, 0, 0, 1, 0, 0, 0], 7.5],
+    ["nothing", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0],
+  ] as [string, number[], number][]) {
+    const p = pads;
+    const bytes = await model(
+      [{ opType: "Pad", inputs: ["x", "p", "v"], outputs: ["y"] }],
+      [i64("p", [10], p), { name: "v", dims: [], data: Float32Array.of(value) }],
+    );
+    const want = await ortOf(bytes, { x });
+    const m = await loadModel(bytes);
+    const y = await m.run(x);
+    t.deepEqual(y.shape, [...want.y!.dims], what);
+    t.deepEqual(Array.from(y.data), Array.from(want.y!.data as Float32Array), what);
+  }
+});
