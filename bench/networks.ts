@@ -210,6 +210,16 @@ export async function benchNetworks(): Promise<string[]> {
         () => loadMonai(pt, { network, config: { patchSize: size as [number, number, number] } }),
       )),
     );
+    // the same network as users of ONNX have it: torch.onnx's export (ScatterND masks, LayerNorm in
+    // eight steps, shape glue), run by both engines
+    rows.push(
+      ...(await compare(
+        `MONAI SwinUNETR (BTCV), its torch.onnx export run by both, ${size.join("×")}`,
+        readFileSync(new URL("./models/swinunetr_btcv.onnx", import.meta.url)),
+        [1, 1, ...size],
+        3,
+      )),
+    );
   } else
     rows.push(
       "| MONAI SwinUNETR (BTCV widths), 64×64×64 | not run: make bench/models/swinunetr_btcv.* first (PYTHONPATH=<MONAI 1.4.0>:<einops> /usr/bin/python3 bench/models/make_swinunetr.py) | | | | | | | | | |",

@@ -15,7 +15,7 @@
  *
  * Every value between the first Reshape and the last is read by the next node alone and is not a
  * graph output; the shapes, scales and constants are initializers (after constant folding). A
- * backend without the fused kernel (ts, cuda) runs the nodes it replaced, which it keeps.
+ * backend without the fused kernel (ts, cuda) runs the nodes it replaced: the model plans both.
  */
 import { consumersOf, producersOf, soleReader, type GraphNode, type OnnxTensor } from "./graph.js";
 import { reshapeShape } from "./infer.js";
@@ -44,11 +44,17 @@ const sameInts = (a: readonly number[] | undefined, b: readonly number[]) => !!a
 const prod = (xs: readonly number[]) => xs.reduce((p, q) => p * q, 1);
 
 /** Einsum equations of the scores and of the weighted sum, letters as the exporter chose them. */
-const SCORES_EQ = /^([a-z])([a-z])([a-z])([a-z]),\1\2([a-z])\4->\1\2\3\5$/i;
-const WEIGHTED_EQ = /^([a-z])([a-z])([a-z])([a-z]),\1\2\4([a-z])->\1\2\3\5$/i;
-const distinct = (m: RegExpMatchArray) => new Set(m.slice(1).map((c) => c.toLowerCase())).size === m.length - 1;
+const SCORES_EQ = /^([a-zA-Z])([a-zA-Z])([a-zA-Z])([a-zA-Z]),\1\2([a-zA-Z])\4->\1\2\3\5$/;
+const WEIGHTED_EQ = /^([a-zA-Z])([a-zA-Z])([a-zA-Z])([a-zA-Z]),\1\2\4([a-zA-Z])->\1\2\3\5$/;
+/** (Einsum's labels are case-sensitive: "i" and "I" are two axes.) */
+const distinct = (m: RegExpMatchArray) => new Set(m.slice(1)).size === m.length - 1;
 
-export function fuseAttention(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+export function fuseAttention(
+  nodes: GraphNode[],
+  graphOutputs: string[],
+  inits: ReadonlyMap<string, OnnxTensor>,
+  opset: number,
+): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
   const only = soleReader(nodes, consumers);
@@ -191,7 +197,8 @@ export function fuseAttention(nodes: GraphNode[], graphOutputs: string[], inits:
       }
     }
     if (!sameInts(shape, [B, H, n, n])) return undefined;
-    const axis = (sm.attrs.axis as number | undefined) ?? -1;
+    // (before opset 13 a Softmax without an axis is one over all but the first axis)
+    const axis = (sm.attrs.axis as number | undefined) ?? (opset < 13 ? 1 : -1);
     if (axis !== -1 && axis !== 3) return undefined;
     let outShape: number[];
     try {

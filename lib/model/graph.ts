@@ -989,9 +989,11 @@ export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: Read
 export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const only = soleReader(nodes, consumers);
+  /** A one-value constant of rank 0 or 1 (a higher rank would broadcast x to more axes). */
   const scalar = (name: string | undefined) => {
     const t = name ? inits.get(name) : undefined;
-    return t?.f32 && t.f32.length === 1 ? t.f32[0]! : t?.ints && t.ints.length === 1 ? t.ints[0]! : undefined;
+    if (!t || t.dims.length > 1) return undefined;
+    return t.f32 && t.f32.length === 1 ? t.f32[0]! : t.ints && t.ints.length === 1 ? t.ints[0]! : undefined;
   };
   const vector = (name: string | undefined) => {
     const t = name ? inits.get(name) : undefined;

@@ -59,6 +59,22 @@ export interface RunStats {
   shapes: Map<string, number[]>;
 }
 
+/** The nodes a run walks, with what is planned from them once. */
+interface Plan {
+  nodes: GraphNode[];
+  /** Readers of each value. */
+  readers: Map<string, number>;
+  /** Values written into their Concat's buffer (CPU backends), by value name. */
+  concatSlots: ReadonlyMap<string, ConcatSlot>;
+  /**
+   * Nodes whose inputs follow from the graph inputs' shapes and the weights alone (Shape →
+   * Gather → Unsqueeze → Concat → Reshape targets and the like): their integer results are kept
+   * per set of input shapes and not recomputed on the next run of the same shapes (a sliding
+   * window runs one shape hundreds of times).
+   */
+  shapeOnly: Set<GraphNode>;
+}
+
 export class Model {
   readonly name: string;
   readonly config: ModelConfig;
@@ -76,16 +92,10 @@ export class Model {
    * data or follow an op without a shape rule are absent.
    */
   valueShapes: ReadonlyMap<string, number[]> | undefined;
-  private readonly nodes: GraphNode[];
+  /** The run's plan where the backend has the fused attention kernel (native), and where it has not. */
+  private readonly fused: Plan;
+  private readonly unfused: Plan;
   private readonly consts = new Map<string, Value>();
-  private readonly readers = new Map<string, number>();
-  /**
-   * Nodes whose inputs follow from the graph inputs' shapes and the weights alone (Shape →
-   * Gather → Unsqueeze → Concat → Reshape targets and the like): their integer results are kept
-   * per set of input shapes and not recomputed on the next run of the same shapes (a sliding
-   * window runs one shape hundreds of times).
-   */
-  private readonly shapeOnly = new Set<GraphNode>();
   private readonly shapeCache = new Map<string, Map<GraphNode, Value[]>>();
   /**
    * The last run's intermediate buffers (CPU backends), for the next run of the same shapes — a
@@ -96,8 +106,6 @@ export class Model {
   private spareTimer: ReturnType<typeof setTimeout> | undefined;
   /** The weights' arrays (a GPU backend keeps them on the device while the model lives). */
   private readonly constArrays = new Set<Float32Array>();
-  /** Values written into their Concat's buffer (CPU backends), by value name. */
-  private readonly concatSlots: ReadonlyMap<string, ConcatSlot>;
 
   /** Bytes a run may hold in intermediates (loadModel's memoryLimit). */
   readonly memoryLimit: number;
@@ -133,37 +141,45 @@ export class Model {
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;
-    const grouped = {
-      ...graph,
-      nodes: fuseAttention(
-        fuseLayerNorm(
-          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
-          graph.outputs,
-          graph.initializers,
-        ),
-        graph.outputs,
-        graph.initializers,
-      ),
-    };
-    this.nodes = fuseConvResidual(
-      fuseConvNormResidual(fuseConvNorm(fuseActivations(grouped), graph.outputs, new Set(graph.initializers.keys())), graph.outputs),
+    const grouped = fuseLayerNorm(
+      fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
       graph.outputs,
+      graph.initializers,
     );
+    const attended = fuseAttention(grouped, graph.outputs, graph.initializers, graph.opset);
     for (const [k, t] of graph.initializers) this.consts.set(k, constValue(t));
     for (const v of this.consts.values()) {
       if (!("f" in v)) continue;
       this.constArrays.add(v.f.data);
     }
-    for (const n of this.nodes) for (const i of n.inputs) if (i) this.readers.set(i, (this.readers.get(i) ?? 0) + 1);
-    this.concatSlots = planConcats(this.nodes, graph, this.outputs);
-    const fixed = new Set<string>(this.consts.keys());
-    for (const n of this.nodes) {
-      // a Shape reads only its input's shape; other nodes qualify when all they read is fixed
-      if (n.opType === "Shape" || (n.inputs.length > 0 && n.inputs.every((i) => !i || fixed.has(i)))) {
-        this.shapeOnly.add(n);
-        for (const o of finalOutputs(n)) fixed.add(o);
+    const plan = (nodes: GraphNode[]): Plan => {
+      const out: Plan = {
+        nodes: fuseConvResidual(
+          fuseConvNormResidual(
+            fuseConvNorm(fuseActivations({ ...graph, nodes }), graph.outputs, new Set(graph.initializers.keys())),
+            graph.outputs,
+          ),
+          graph.outputs,
+        ),
+        readers: new Map(),
+        concatSlots: new Map(),
+        shapeOnly: new Set(),
+      };
+      for (const n of out.nodes) for (const i of n.inputs) if (i) out.readers.set(i, (out.readers.get(i) ?? 0) + 1);
+      out.concatSlots = planConcats(out.nodes, graph, this.outputs);
+      const fixed = new Set<string>(this.consts.keys());
+      for (const n of out.nodes) {
+        // a Shape reads only its input's shape; other nodes qualify when all they read is fixed
+        if (n.opType === "Shape" || (n.inputs.length > 0 && n.inputs.every((i) => !i || fixed.has(i)))) {
+          out.shapeOnly.add(n);
+          for (const o of finalOutputs(n)) fixed.add(o);
+        }
       }
-    }
+      return out;
+    };
+    // a backend without the fused attention kernel runs the nodes it replaced, planned as any graph
+    this.fused = plan(attended);
+    this.unfused = attended === grouped ? this.fused : plan(grouped);
   }
 
   /** Runs the graph on its one input and returns its first output. */
@@ -227,6 +243,7 @@ export class Model {
 
   private async runGraph(feeds: Record<string, Tensor>, be: Backend, signal?: AbortSignal): Promise<Record<string, Tensor>> {
     const t0 = performance.now();
+    const plan = be.attention ? this.fused : this.unfused;
     const env = new Map<string, Value>(this.consts);
     for (const i of this.inputs) {
       const t = feeds[i.name];
@@ -245,7 +262,7 @@ export class Model {
     const baseOf = new Map<Float32Array, Float32Array>(); // a slice of a Concat's buffer → that buffer
     const concatBuf = new Map<string, Float32Array>(); // Concat output → its buffer, once taken
     const base = (a: Float32Array) => baseOf.get(a) ?? a;
-    const left = new Map(this.readers);
+    const left = new Map(plan.readers);
     const keep = new Set(this.outputs);
     // (a GPU backend, which mirrors each array on its device and frees the mirrors of the buffers
     // the pool returns at the end, takes buffers of their own length: a view's mirror would stay)
@@ -313,7 +330,7 @@ export class Model {
       if (!buf) return undefined;
       let shape: number[] | undefined;
       for (const [k, v] of args.entries()) {
-        const slot = this.concatSlots.get(n.inputs[k]!);
+        const slot = plan.concatSlots.get(n.inputs[k]!);
         if (!v || !("f" in v) || !slot || baseOf.get(v.f.data) !== buf) return undefined;
         const S = prod(v.f.shape.slice(2));
         if (v.f.data.byteOffset !== buf.byteOffset + slot.c0 * S * 4 || v.f.data.length !== slot.c * S) return undefined;
@@ -373,12 +390,12 @@ export class Model {
     }
     let shapeNodesCached = 0;
     const shapes = new Map<string, number[]>();
-    for (const n of this.nodes) {
+    for (const n of plan.nodes) {
       signal?.throwIfAborted();
       const args = n.inputs.map((i) => (i ? env.get(i) : undefined));
       let results: Value[];
       const tn = performance.now();
-      const hit = this.shapeOnly.has(n) ? cached.get(n) : undefined;
+      const hit = plan.shapeOnly.has(n) ? cached.get(n) : undefined;
       if (hit) {
         shapeNodesCached++;
         settle(n, hit);
@@ -391,7 +408,7 @@ export class Model {
           const floats = args.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
           await be.hostRead(viaBackend ? floats.filter((a) => a.length <= 64) : floats);
         }
-        const slot = inPlace ? this.concatSlots.get(finalOutputs(n)[0]!) : undefined;
+        const slot = inPlace ? plan.concatSlots.get(finalOutputs(n)[0]!) : undefined;
         const done = inPlace && n.opType === "Concat" ? concatDone(n, args) : undefined;
         if (done) concatsInPlace++;
         const outs = finalOutputs(n).some((o) => keep.has(o));
@@ -408,15 +425,13 @@ export class Model {
           ? `${n.opType}+Add${n.fusedAdd.act ? `+${n.fusedAdd.act}` : ""}`
           : n.fusedAct
             ? `${n.opType}+${n.fusedAct.act}`
-            : n.attention && !be.attention
-              ? `${n.opType} (as its nodes)` // a backend without the fused kernel ran the nodes it replaced
-              : n.opType;
+            : n.opType;
       const ms = performance.now() - tn;
       opMs[key] = (opMs[key] ?? 0) + ms;
       nodeMs.push({ name: n.name, op: key, ms });
       // integer results of shape-only nodes are kept for the next run of these shapes (float ones
       // may live in the buffer pool, which hands them out again)
-      if (this.shapeOnly.has(n) && results.every((v) => "ints" in v)) cached.set(n, results);
+      if (plan.shapeOnly.has(n) && results.every((v) => "ints" in v)) cached.set(n, results);
       finalOutputs(n).forEach((o, k) => results[k] && shapes.set(o, shapeOf(results[k]!)));
       settle(n, results);
     }
@@ -537,8 +552,9 @@ async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typ
   );
   if (valueShapes && foldShapes(graph, values)) {
     // what the input shapes make constant is constant now: the model runs at those shapes only
+    // (and what would not fit in memoryLimit as a constant stays a node)
     graph.inputs = inferred;
-    await foldConstants(graph, limit);
+    await foldConstants(graph, limit, true);
   }
   const model = new Model(graph, name, cfg, limit, backend, precision);
   model.valueShapes = valueShapes;
@@ -587,6 +603,8 @@ export function defaultMemoryLimit(): number {
   return Math.min(os.totalmem() / 2, 8 * 2 ** 30);
 }
 
+const FOLD_LIMIT = "folding constants needs more than the model's memoryLimit";
+
 /**
  * Makes initializers of the values shape inference computed (exporters' shape glue — Shape →
  * Gather → Concat → a Reshape's target — and what follows from it, e.g. a window mask's indices)
@@ -613,15 +631,16 @@ function foldShapes(graph: Graph, values: ReadonlyMap<string, Value>): boolean {
 /**
  * Runs, once at load, every node whose inputs are all constants (Constant nodes, shape glue on
  * weights, a norm's scale made by a Constant …) and makes its results initializers: the run does
- * less, and fusions see the weights they need. Results are bounded by `limit`.
+ * less, and fusions see the weights they need. Results are bounded by `limit`; `lenient` (the
+ * pass after foldShapes): a node whose results would pass it stays a node instead of failing the load.
  */
-async function foldConstants(graph: Graph, limit: number): Promise<void> {
+async function foldConstants(graph: Graph, limit: number, lenient = false): Promise<void> {
   const known = new Map<string, Value>();
   for (const [k, t] of graph.initializers) known.set(k, constValue(t));
   let held = 0;
   const budget: nd.Budget = {
     check: (bytes, what) => {
-      if (held + bytes > limit) throw new RangeError(`${what}: folding constants needs more than the model's memoryLimit`);
+      if (held + bytes > limit) throw new RangeError(`${what}: ${FOLD_LIMIT}`);
     },
   };
   const alloc = (shape: number[]): Tensor => {
@@ -647,6 +666,10 @@ async function foldConstants(graph: Graph, limit: number): Promise<void> {
         graph.opset,
       );
     } catch (e) {
+      if (lenient && e instanceof RangeError && e.message.includes(FOLD_LIMIT)) {
+        keep.push(n);
+        continue;
+      }
       throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
     }
     results.forEach((v, k) => {

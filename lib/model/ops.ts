@@ -456,7 +456,7 @@ export async function runNode(
       return [reshapeView(x, [prod(x.shape.slice(0, ax)), prod(x.shape.slice(ax))])];
     }
     case ATTENTION_OP:
-      return runAttention(n, a, alloc, budget, opset);
+      return runAttention(n, a, alloc);
     case "MatMul": {
       const r = await matmulOnEngine(a[0], a[1], budget, alloc);
       if (r) return [r];
@@ -477,46 +477,24 @@ export async function runNode(
 }
 
 /**
- * A fused self-attention (attention.ts): the backend's kernel where it has one, else the nodes it
- * replaced, one after another, as the executor would run them (a GPU backend's results brought to
- * the host before a node that reads them there; intermediates on the heap, the last in `alloc`).
+ * A fused self-attention (attention.ts) on the backend's kernel. (A model runs the nodes it
+ * replaced instead where the backend has none: see Model's plans.)
  */
-async function runAttention(
-  n: GraphNode,
-  a: (Value | undefined)[],
-  alloc: (shape: number[]) => Tensor,
-  budget: nd.Budget,
-  opset: number,
-): Promise<Value[]> {
+async function runAttention(n: GraphNode, a: (Value | undefined)[], alloc: (shape: number[]) => Tensor): Promise<Value[]> {
   const fa = n.attention!;
   const [B, N, H, hd] = fa.shape;
   const qkv = F(a[0], "qkv");
   if (qkv.data.length !== B * N * 3 * H * hd) throw new Error(`cannot reshape [${qkv.shape}] to [${[B, N, 3, H, hd]}]`);
   const be = activeBackend();
-  if (be.attention) {
-    const out = alloc([...fa.outShape]);
-    const extras = fa.extras.map((e): [Float32Array, Float64Array, number] => [
-      F(a[n.inputs.indexOf(e.name)], e.name).data,
-      e.offsets,
-      e.rowStride,
-    ]);
-    await be.attention(qkv.data, [B, N, H, hd], fa.scale, fa.scaleQ, extras, out.data);
-    return [{ f: out }];
-  }
-  const env = new Map<string, Value>();
-  n.inputs.forEach((name, i) => a[i] && env.set(name, a[i]!));
-  const heap = (shape: number[]): Tensor => ({ data: allocArray("float32", prod(shape), "attention intermediate") as Float32Array, shape });
-  const floats = (vs: (Value | undefined)[]) => vs.flatMap((v) => (v && "f" in v ? [v.f.data] : []));
-  let last: Value[] = [];
-  for (const [k, m] of fa.nodes.entries()) {
-    const args = m.inputs.map((i) => (i ? env.get(i) : undefined));
-    const host = !BACKEND_ONLY.has(m.opType);
-    if (host && be.hostRead) await be.hostRead(floats(args));
-    last = await runNode(m, args, k === fa.nodes.length - 1 ? alloc : heap, budget, opset);
-    if (host && be.hostWrote) be.hostWrote(floats(last));
-    m.outputs.forEach((o, j) => last[j] && env.set(o, last[j]!));
-  }
-  return last;
+  if (!be.attention) throw new Error(`the ${be.name} backend has no fused attention kernel`);
+  const out = alloc([...fa.outShape]);
+  const extras = fa.extras.map((e): [Float32Array, Float64Array, number] => [
+    F(a[n.inputs.indexOf(e.name)], e.name).data,
+    e.offsets,
+    e.rowStride,
+  ]);
+  await be.attention(qkv.data, [B, N, H, hd], fa.scale, fa.scaleQ, extras, out.data);
+  return [{ f: out }];
 }
 
 /**

@@ -530,8 +530,11 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
             "extra offsets must be a Float64Array of batch*heads");
     const std::int64_t rs = int_of(a.Get(2u), "extra rowStride", 0, BIG);
     require(rs == 0 || rs == n, env, "extra rowStride must be 0 or n");
-    // the last value an item's block reaches: (n − 1) · rowStride + n
-    const std::int64_t span = (n - 1) * rs + n;
+    // the values an item's block reaches: n · n, or one row of n (checked products: no wrap)
+    const std::int64_t span = std::int64_t(rs ? elems(env, {n, n}) : elems(env, {n}));
+    // an extra read while out is written must not lie inside it
+    const float* ed = static_cast<const float*>(d.data);
+    require(ed + d.length <= y || y + no <= ed, env, "an extra overlaps out");
     std::vector<std::int64_t> off(items);
     const double* od = static_cast<const double*>(o.data);
     for (std::size_t i = 0; i < items; ++i) {
