@@ -150,7 +150,11 @@ test("a bundle's config is data: references and macros resolve, expressions and 
     );
     await refused(
       (c) => ({ ...c, network_def: { ...(c.network_def as object), _target_: "DiNTS" } }),
-      /bhsd builds MONAI's UNet, AttentionUnet, SegResNet, SegResNetDS, DynUNet, BasicUNet, SwinUNETR, UNETR/,
+      /bhsd builds MONAI's UNet, AttentionUnet, SegResNet, SegResNetVAE, SegResNetDS, DynUNet, BasicUNet, SwinUNETR, UNETR/,
+    );
+    await refused(
+      (c) => ({ ...c, network_def: { _target_: "SegResNetVAE", in_channels: 1, out_channels: 6 } }),
+      /SegResNetVAE needs the argument "input_image_size"/,
     );
     await refused((c) => ({ ...c, network_def: { ...(c.network_def as object), kernal_size: 3 } }), /UNet has no argument "kernal_size"/);
     await refused((c) => {

@@ -5,11 +5,13 @@
 import { monaiError, type GraphBuilder } from "./layers.js";
 import type { StateDictNetwork } from "../state-dict.js";
 
-export type MonaiNetworkClass = "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetDS" | "DynUNet" | "BasicUNet" | "SwinUNETR" | "UNETR";
+export type MonaiNetworkClass =
+  "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetVAE" | "SegResNetDS" | "DynUNet" | "BasicUNet" | "SwinUNETR" | "UNETR";
 export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = [
   "UNet",
   "AttentionUnet",
   "SegResNet",
+  "SegResNetVAE",
   "SegResNetDS",
   "DynUNet",
   "BasicUNet",

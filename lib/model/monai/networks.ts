@@ -1,7 +1,7 @@
 /**
  * MONAI's segmentation networks rebuilt from a bundle's `network_def` (the class and its keyword
  * arguments) as ONNX graphs for the engine, following MONAI 1.4's modules: UNet (with or without
- * residual units), SegResNet, DynUNet (basic or residual blocks; deep-supervision heads are read
+ * residual units), SegResNet (and SegResNetVAE, the same in eval mode), DynUNet (basic or residual blocks; deep-supervision heads are read
  * past, as eval mode does) and BasicUNet; SwinUNETR and UNETR in transformers.ts. Each parameter is listed under every name PyTorch's
  * state_dict gives it: DynUNet registers its blocks twice (`input_block.…` is also
  * `skip_layers.downsample.…`). Arguments are checked as the class's constructor would and anything
@@ -66,6 +66,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     unet: "UNet",
     AttentionUnet: "AttentionUnet",
     SegResNet: "SegResNet",
+    SegResNetVAE: "SegResNetVAE",
     SegResNetDS: "SegResNetDS",
     DynUNet: "DynUNet",
     DynUnet: "DynUNet",
@@ -300,10 +301,17 @@ function buildAttentionUnet(a: Record<string, unknown>, where: string): MonaiNet
   return finish(b, "AttentionUnet", k, dims, cin, cout, out, divisorOf(dims, strides));
 }
 
-function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork {
+/**
+ * SegResNet, or SegResNetVAE (`vae`): the same network in eval mode — its variational
+ * auto-encoder branch regularises training only (forward returns the segmentation and no loss
+ * outside training), so its tensors are read past by name, as MONAI's constructor makes them.
+ */
+function buildSegResNet(a: Record<string, unknown>, where: string, vae = false): MonaiNetwork {
+  const cls = vae ? "SegResNetVAE" : "SegResNet";
   const k = kwargs(
     a,
     {
+      ...(vae ? { vae_estimate_std: false, vae_default_std: 0.3, vae_nz: 256 } : {}),
       spatial_dims: 3,
       init_filters: 8,
       in_channels: 1,
@@ -311,17 +319,23 @@ function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork
       dropout_prob: null,
       act: ["RELU", { inplace: true }],
       norm: ["GROUP", { num_groups: 8 }],
-      norm_name: "",
-      num_groups: 8,
+      // (SegResNetVAE's constructor has no norm_name or num_groups)
+      ...(vae ? {} : { norm_name: "", num_groups: 8 }),
       use_conv_final: true,
       blocks_down: [1, 2, 2, 4],
       blocks_up: [1, 1, 1],
       upsample_mode: "nontrainable",
     },
-    [],
-    "SegResNet",
+    vae ? ["input_image_size"] : [],
+    cls,
     where,
   );
+  if (vae) {
+    const size = k.input_image_size;
+    if (!Array.isArray(size) || size.length < 1 || !size.every((v) => Number.isInteger(v) && v >= 1))
+      throw monaiError(where, `SegResNetVAE's input_image_size must list positive integers, got ${JSON.stringify(size)}`);
+    posInt(k.vae_nz, where, "SegResNetVAE's vae_nz");
+  }
   const dims = spatialDims(k.spatial_dims, where, "SegResNet");
   const f = posInt(k.init_filters, where, "SegResNet's init_filters");
   const cin = posInt(k.in_channels, where, "SegResNet's in_channels"),
@@ -331,7 +345,7 @@ function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork
   const act = parseAct(k.act, where, "SegResNet's act");
   if (!act) throw monaiError(where, "SegResNet's act must name an activation");
   let normArg = k.norm;
-  if (k.norm_name !== "") {
+  if (!vae && k.norm_name !== "") {
     if (typeof k.norm_name !== "string" || k.norm_name.toLowerCase() !== "group")
       throw monaiError(
         where,
@@ -402,8 +416,33 @@ function buildSegResNet(a: Record<string, unknown>, where: string): MonaiNetwork
   }
   // (the final activation is also registered as `act_mod`: a PReLU's slope is in the state_dict twice)
   for (const p of b.params) if (p.names[0]!.startsWith("conv_final.1.")) p.names.push(`act_mod.${p.names[0]!.slice(13)}`);
+  if (vae) {
+    // _prepare_vae_modules and vae_conv_final: norms, the shared activation (a PReLU's slope under
+    // each place it is used), convolutions and three Linear layers
+    const normOf = (p: string) => [
+      ...(norm.affine ? [`${p}.weight`, `${p}.bias`] : []),
+      ...(norm.runningStats ? [`${p}.running_mean`, `${p}.running_var`, `${p}.num_batches_tracked`] : []),
+    ];
+    const actOf = (p: string) => (act.op === "prelu" ? [`${p}.weight`] : []);
+    b.unused.push(
+      ...normOf("vae_down.0"),
+      ...actOf("vae_down.1"),
+      "vae_down.2.conv.weight",
+      "vae_down.2.conv.bias",
+      ...normOf("vae_down.3"),
+      ...actOf("vae_down.4"),
+      ...["vae_fc1", "vae_fc2", "vae_fc3"].flatMap((l) => [`${l}.weight`, `${l}.bias`]),
+      "vae_fc_up_sample.0.conv.weight",
+      ...normOf("vae_fc_up_sample.2"),
+      ...actOf("vae_fc_up_sample.3"),
+      ...normOf("vae_conv_final.0"),
+      ...actOf("vae_conv_final.1"),
+      "vae_conv_final.2.conv.weight",
+      "vae_conv_final.2.conv.bias",
+    );
+  }
   const div = 2 ** (down.length - 1);
-  return finish(b, "SegResNet", k, dims, cin, out, x, divisorOf(dims, [[div, div, div].slice(0, dims)]));
+  return finish(b, cls, k, dims, cin, out, x, divisorOf(dims, [[div, div, div].slice(0, dims)]));
 }
 
 /**
@@ -731,6 +770,8 @@ export function buildMonaiNetwork(def: Record<string, unknown>, where: string, s
       return buildUNet(args, where);
     case "SegResNet":
       return buildSegResNet(args, where);
+    case "SegResNetVAE":
+      return buildSegResNet(args, where, true);
     case "DynUNet":
       return buildDynUNet(args, where);
     case "BasicUNet":
