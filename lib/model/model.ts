@@ -200,7 +200,9 @@ export class Model {
       const bound = getBackend(this.backend);
       return withPrecision(this.precision, () => withBackend(bound, () => this.runOn(bound, feeds, options)));
     }
-    return withPrecision(this.precision, () => this.runOn(activeBackend(), feeds, options));
+    // the whole run on the backend active now (its plan is chosen for it), whatever setBackend does meanwhile
+    const be = activeBackend();
+    return withPrecision(this.precision, () => withBackend(be, () => this.runOn(be, feeds, options)));
   }
 
   /**

@@ -355,6 +355,9 @@ function buildSegResNet(a: Record<string, unknown>, where: string, vae = false):
   }
   const norm = parseNorm(normArg, null, where, "SegResNet's norm");
   if (!norm) throw monaiError(where, "SegResNet's norm must name a norm");
+  // (the VAE branch's norms take 16 channels: PyTorch's GroupNorm refuses groups that do not divide them)
+  if (vae && norm.kind === "group" && 16 % norm.groups !== 0)
+    throw monaiError(where, `SegResNetVAE's group norm: num_groups ${norm.groups} does not divide its VAE branch's 16 channels`);
   const useFinal = flag(k.use_conv_final, where, "SegResNet's use_conv_final");
   const down = intList(k.blocks_down, where, "SegResNet's blocks_down", 0);
   const upBlocks = intList(k.blocks_up, where, "SegResNet's blocks_up", 0);
