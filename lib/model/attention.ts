@@ -36,8 +36,6 @@ export interface FusedAttention {
   extras: { name: string; offsets: Float64Array; rowStride: number }[];
   /** The output's shape (the last Reshape's). */
   outShape: number[];
-  /** The nodes it replaces, in order (what a backend without the kernel runs). */
-  nodes: GraphNode[];
 }
 
 const sameInts = (a: readonly number[] | undefined, b: readonly number[]) => !!a && a.length === b.length && a.every((v, i) => v === b[i]);
@@ -70,7 +68,8 @@ export function fuseAttention(
   const replace = new Map<GraphNode, GraphNode>(),
     drop = new Set<GraphNode>();
 
-  const match = (sm: GraphNode): GraphNode | undefined => {
+  /** The fused node, and the final Reshape whose place it takes (every node it replaces runs before). */
+  const match = (sm: GraphNode): { fused: GraphNode; at: GraphNode } | undefined => {
     // the weighted sum, and the output's Transpose → Reshape
     let smOut = sm.outputs[0];
     if (!once(smOut)) return undefined;
@@ -209,32 +208,26 @@ export function fuseAttention(
     if (prod(outShape) !== B * n * H * hd || extras.length > 4) return undefined;
 
     const all = [r5, t5, ...gathers.map((g) => g!), ...inner, scores, ...chain, sm, ...(cast ? [cast] : []), pv, tr, rs];
-    const order = new Map(nodes.map((m, i) => [m, i]));
-    all.sort((a, b) => order.get(a)! - order.get(b)!);
     const qkv = r5.inputs[0]!;
     const consts = [...new Set(all.flatMap((m) => m.inputs).filter((i) => i && inits.has(i) && i !== qkv))];
     for (const m of all) drop.add(m);
     return {
-      name: sm.name,
-      opType: ATTENTION_OP,
-      inputs: [qkv, ...consts],
-      outputs: [rs.outputs[0]!],
-      attrs: {},
-      attention: {
-        shape: [B, n, H, hd],
-        scale: scaleQ ?? scaleAfter ?? 1,
-        scaleQ: scaleQ !== undefined,
-        extras,
-        outShape,
-        nodes: all,
+      fused: {
+        name: sm.name,
+        opType: ATTENTION_OP,
+        inputs: [qkv, ...consts],
+        outputs: [rs.outputs[0]!],
+        attrs: {},
+        attention: { shape: [B, n, H, hd], scale: scaleQ ?? scaleAfter ?? 1, scaleQ: scaleQ !== undefined, extras, outShape },
       },
+      at: rs,
     };
   };
 
   for (const sm of nodes) {
     if (sm.opType !== "Softmax" || drop.has(sm)) continue;
-    const fused = match(sm);
-    if (fused) replace.set(fused.attention!.nodes.at(-1)!, fused);
+    const m = match(sm);
+    if (m) replace.set(m.at, m.fused);
   }
   if (replace.size === 0) return nodes;
   return nodes.flatMap((m) => (replace.has(m) ? [replace.get(m)!] : drop.has(m) ? [] : [m]));

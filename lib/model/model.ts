@@ -37,7 +37,7 @@ import {
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
-import { BACKEND_ONLY, constValue, runNode, shapeOf, type Value } from "./ops.js";
+import { constValue, runNode, shapeOf, type Value } from "./ops.js";
 import { fuseAttention } from "./attention.js";
 import { Pool } from "./pool.js";
 
@@ -464,6 +464,30 @@ export class Model {
 }
 
 /** Ops whose float tensors pass only through backend calls (or are views: Reshape and the like). */
+const BACKEND_ONLY = new Set([
+  "Conv",
+  "ConvTranspose",
+  "InstanceNormalization",
+  "GroupNormalization",
+  "BatchNormalization",
+  "Relu",
+  "LeakyRelu",
+  "Sigmoid",
+  "PRelu",
+  "Add",
+  "Mul",
+  "Concat",
+  "MaxPool",
+  "AveragePool",
+  "Resize",
+  "Softmax",
+  "Identity",
+  "Dropout",
+  "Unsqueeze",
+  "Squeeze",
+  "Reshape",
+  "Flatten",
+]);
 
 /**
  * Loads an ONNX model (path or bytes). The config comes from the argument, else a JSON sidecar

@@ -58,32 +58,6 @@ const up = (t: Tensor, sp: number, what: string): Tensor => {
 /** A 3-D kernel's result seen as the node's own rank again. */
 const down = (t: Tensor, sp: number): Tensor => (sp === 3 ? t : { data: t.data, shape: dropShape(t.shape, sp) });
 
-/** Ops whose float inputs a GPU backend reads on the device (the executor brings the others' to the host first). */
-export const BACKEND_ONLY: ReadonlySet<string> = new Set([
-  "Conv",
-  "ConvTranspose",
-  "InstanceNormalization",
-  "GroupNormalization",
-  "BatchNormalization",
-  "Relu",
-  "LeakyRelu",
-  "Sigmoid",
-  "PRelu",
-  "Add",
-  "Mul",
-  "Concat",
-  "MaxPool",
-  "AveragePool",
-  "Resize",
-  "Softmax",
-  "Identity",
-  "Dropout",
-  "Unsqueeze",
-  "Squeeze",
-  "Reshape",
-  "Flatten",
-]);
-
 /** Runs one node. Float results are taken from `alloc` (the executor passes its pool). */
 export async function runNode(
   n: GraphNode,
