@@ -17,7 +17,7 @@
  * graph output; the shapes, scales and constants are initializers (after constant folding). A
  * backend without the fused kernel (ts, cuda) runs the nodes it replaced: the model plans both.
  */
-import { consumersOf, producersOf, soleReader, type GraphNode, type OnnxTensor } from "./graph.js";
+import { consumersOf, otherInput, producersOf, soleReader, type GraphNode, type OnnxTensor } from "./graph.js";
 import { reshapeShape } from "./infer.js";
 
 /** The op type of a fused node (not an ONNX op: a file naming it is refused at parse). */
@@ -63,8 +63,7 @@ export function fuseAttention(
     const t = name ? inits.get(name) : undefined;
     return t?.f32 && t.f32.length === 1 && t.dims.length <= rank ? t.f32[0]! : undefined;
   };
-  const other = (n: GraphNode, name: string) =>
-    n.inputs.length === 2 && n.inputs.includes(name) ? n.inputs.find((i) => i !== name) : undefined;
+  const other = otherInput;
   const replace = new Map<GraphNode, GraphNode>(),
     drop = new Set<GraphNode>();
 

@@ -979,6 +979,10 @@ export function fuseGelu(nodes: GraphNode[], graphOutputs: string[], inits: Read
   return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
 }
 
+/** A two-input node's input other than `name` (undefined when it has not two, or reads `name` twice). */
+export const otherInput = (n: GraphNode, name: string): string | undefined =>
+  n.inputs.length === 2 && n.inputs.includes(name) ? n.inputs.find((i) => i !== name) : undefined;
+
 /**
  * LayerNorm over the last axis as exporters before opset 17 write it (torch.onnx's F.layer_norm,
  * every norm of a SwinUNETR or UNETR export): ReduceMean(x) → Sub → Pow 2 → ReduceMean → Add ε →
@@ -999,8 +1003,7 @@ export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     const t = name ? inits.get(name) : undefined;
     return t?.f32 && t.dims.length === 1 ? name : undefined;
   };
-  const other = (n: GraphNode, name: string) =>
-    n.inputs.length === 2 && n.inputs.includes(name) ? n.inputs.find((i) => i !== name) : undefined;
+  const other = otherInput;
   /** A ReduceMean over the last axis only, keeping it (axes as an attribute, or opset 18's input). */
   const lastAxisMean = (n: GraphNode | undefined) => {
     if (!n || n.opType !== "ReduceMean" || n.attrs.keepdims === 0) return false;

@@ -521,15 +521,16 @@ function padConstant(x: Nd, pads: readonly number[], value: number, out: Nd): vo
   while (k > 0 && pads[k - 1] === 0 && pads[k - 1 + r] === 0) k--;
   const outer = Math.max(0, k - 1);
   const run = size(x.shape.slice(outer));
+  const outerShape = x.shape.slice(0, outer);
   const os = stridesOf(out.shape);
   const lead = k > 0 ? pads[k - 1]! * os[k - 1]! : 0;
   copyRuns(
     out.data,
     x.data,
-    size(x.shape.slice(0, outer)),
+    size(outerShape),
     run,
     (i) => i * run,
-    (i) => offsetOf(i, x.shape.slice(0, outer), os, (d, v) => v + pads[d]!) + lead,
+    (i) => offsetOf(i, outerShape, os, (d, v) => v + pads[d]!) + lead,
   );
 }
 
