@@ -1,6 +1,7 @@
 /** Shared test helpers: where the outside references are, and which backends to run each case on. */
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { getBackend, setBackend } from "../lib/backends/index.js";
 import type { Backend } from "../lib/backends/types.js";
 import type { BackendName } from "../lib/types.js";
@@ -54,4 +55,25 @@ export function nativeLoads(): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The stored data.pkl of a fixture checkpoint: where its bytes lie and how to fix its CRC after a
+ * change. PyTorch's writer puts sizes and CRC in data descriptors (local header fields are 0), so
+ * they are read from the central directory, whose first entry is data.pkl.
+ */
+export function pickleSpan(b: Buffer) {
+  const name = "checkpoint_final/data.pkl";
+  const start = 30 + b.readUInt16LE(26) + b.readUInt16LE(28);
+  const eocd = b.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  const cd = b.readUInt32LE(eocd + 16);
+  if (
+    b.toString("latin1", 30, 30 + name.length) !== name ||
+    b.toString("latin1", cd + 46, cd + 46 + name.length) !== name ||
+    b.readUInt16LE(8) !== 0
+  )
+    throw new Error("fixture changed: data.pkl is not the first stored entry");
+  const size = b.readUInt32LE(cd + 24);
+  const fixCrc = () => b.writeUInt32LE(crc32(b.subarray(start, start + size)), cd + 16);
+  return { start, size, fixCrc };
 }

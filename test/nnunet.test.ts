@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
 import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { normalize } from "../lib/model/segment.js";
-import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
+import { backendsUnderTest, bhsdSync, pickleSpan, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
 const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-folder");
@@ -508,27 +508,6 @@ test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clea
   });
   await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
 });
-
-/**
- * The stored data.pkl of a fixture checkpoint: where its bytes lie and how to fix its CRC after a
- * change. PyTorch's writer puts sizes and CRC in data descriptors (local header fields are 0), so
- * they are read from the central directory, whose first entry is data.pkl.
- */
-function pickleSpan(b: Buffer) {
-  const name = "checkpoint_final/data.pkl";
-  const start = 30 + b.readUInt16LE(26) + b.readUInt16LE(28);
-  const eocd = b.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
-  const cd = b.readUInt32LE(eocd + 16);
-  if (
-    b.toString("latin1", 30, 30 + name.length) !== name ||
-    b.toString("latin1", cd + 46, cd + 46 + name.length) !== name ||
-    b.readUInt16LE(8) !== 0
-  )
-    throw new Error("fixture changed: data.pkl is not the first stored entry");
-  const size = b.readUInt32LE(cd + 24);
-  const fixCrc = () => b.writeUInt32LE(crc32(b.subarray(start, start + size)), cd + 16);
-  return { start, size, fixCrc };
-}
 
 test("a damaged storage or pickle fails its CRC-32 check", async (t) => {
   // storage 0 is the first conv's weight; its record's local header follows the pickle

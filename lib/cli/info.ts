@@ -14,7 +14,7 @@ import { folderKind } from "../model/named.js";
 import { voxelStats } from "../ops/stats.js";
 import { VERSION } from "../version.js";
 import { toJson } from "../json.js";
-import { readLimits } from "./util.js";
+import { intArg, readLimits } from "./util.js";
 
 export function infoCommand(program: Command): void {
   program
@@ -27,8 +27,10 @@ export function infoCommand(program: Command): void {
       "a NIfTI file (.nii or .nii.gz), a DICOM folder (its series), a zip of a series, an ONNX model (.onnx), an nnU-Net results folder or a MONAI bundle folder to describe",
     )
     .option("--json", "machine-readable output")
-    .action(async (file: string | undefined, opts: { json?: boolean }) => {
-      if (file !== undefined) return describeFile(file, !!opts.json);
+    .option("--heads <n>", "an nnU-Net Primus folder's number of attention heads (as bhsd segment --heads)", intArg("--heads", 1, 4096))
+    .action(async (file: string | undefined, opts: { json?: boolean; heads?: number }) => {
+      if (opts.heads !== undefined && file === undefined) throw new Error("info: --heads goes with an nnU-Net folder");
+      if (file !== undefined) return describeFile(file, !!opts.json, opts.heads);
       const info = backendInfo();
       const out = {
         version: VERSION,
@@ -54,7 +56,7 @@ export function infoCommand(program: Command): void {
 }
 
 /** An ONNX model or an nnU-Net results folder: what segment() would run, and with which config. */
-async function describeModel(file: string, json: boolean): Promise<void> {
+async function describeModel(file: string, json: boolean, heads?: number): Promise<void> {
   if (file.toLowerCase().endsWith(".onnx")) {
     const m = await loadModel(file);
     try {
@@ -82,7 +84,7 @@ async function describeModel(file: string, json: boolean): Promise<void> {
     }
     return;
   }
-  const nn = await loadNnunet(file);
+  const nn = await loadNnunet(file, heads !== undefined ? { heads } : {});
   try {
     const a = nn.architecture;
     const out = {
@@ -94,14 +96,27 @@ async function describeModel(file: string, json: boolean): Promise<void> {
       folds: nn.folds,
       ensemble: nn.ensemble,
       ...(nn.previousStage ? { previousStage: nn.previousStage.name } : {}),
-      network: { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
+      network:
+        a.networkClass === "Primus"
+          ? {
+              class: a.networkClass,
+              dims: a.dims,
+              width: a.embedDim,
+              blocks: a.depth,
+              heads: a.heads,
+              registers: a.registers,
+              patch: a.inputSize,
+            }
+          : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
       config: nn.config,
     };
     if (json) return void process.stdout.write(toJson(out) + "\n");
     process.stdout.write(
       [
         `${file}: nnU-Net v${nn.version} ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
-        `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+        a.networkClass === "Primus"
+          ? `  Primus (3-D transformer): width ${a.embedDim}, ${a.depth} blocks of ${a.heads} heads, ${a.registers} register tokens, patch ${a.inputSize.join(" × ")}`
+          : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
         ...(nn.previousStage ? [`  a cascade's second stage: its first is ${nn.previousStage.name}`] : []),
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",
@@ -140,9 +155,10 @@ async function describeMonai(file: string, json: boolean): Promise<void> {
   }
 }
 
-async function describeFile(file: string, json: boolean) {
+async function describeFile(file: string, json: boolean, heads?: number) {
   const kind = folderKind(file);
-  if (file.toLowerCase().endsWith(".onnx") || kind === "nnunet") return describeModel(file, json);
+  if (heads !== undefined && kind !== "nnunet") throw new Error(`info: --heads goes with an nnU-Net folder; ${file} is none`);
+  if (file.toLowerCase().endsWith(".onnx") || kind === "nnunet") return describeModel(file, json, heads);
   if (kind === "monai") return describeMonai(file, json);
   const series = (await isFolder(file)) ? await listDicomSeries(file) : undefined;
   if (series && series.length !== 1) {

@@ -16,7 +16,7 @@ import { loadMonai } from "../model/monai/index.js";
 import { CONFIG_NAMES } from "../model/monai/bundle.js";
 import { segment } from "../model/segment.js";
 import { renderReport } from "../render/report.js";
-import { fmt, importConvPlanFileOrRefuse, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
+import { fmt, importConvPlanFileOrRefuse, intArg, numberArg, OutputPlan, progress, readLimits, table } from "./util.js";
 
 interface Opts {
   model?: string;
@@ -26,6 +26,7 @@ interface Opts {
   ppPkl?: string;
   folds?: Fold[];
   previousStage?: string;
+  heads?: number;
   out?: string;
   outSeg?: string;
   series?: string;
@@ -71,6 +72,11 @@ export function segmentCommand(program: Command): void {
       "--previous-stage <folder>",
       "with --nnunet …__3d_cascade_fullres: the folder of its first stage (default its __3d_lowres sibling)",
     )
+    .option(
+      "--heads <n>",
+      "with --nnunet: a Primus network's number of attention heads, which its checkpoint does not hold (needed for a trainer other than nnU-Net's nnUNet_Primus_{S,B,M,L}_Trainer)",
+      intArg("--heads", 1, 4096),
+    )
     .option("--out <labels>", "write the label volume (uint8 NIfTI, the CT's geometry)")
     .option(
       "--out-seg <file>",
@@ -108,6 +114,7 @@ export function segmentCommand(program: Command): void {
         throw new Error("segment: give exactly one of --model <onnx>, --nnunet <folder> and --monai <bundle>");
       if (o.network && !o.monai) throw new Error("segment: --network goes with --monai <checkpoint>");
       if (o.folds && !o.nnunet) throw new Error("segment: --folds goes with --nnunet");
+      if (o.heads !== undefined && !o.nnunet) throw new Error("segment: --heads goes with --nnunet");
       if (o.previousStage && o.nnunet?.length !== 1)
         throw new Error("segment: --previous-stage goes with one --nnunet (a cascade's second stage)");
       if (o.ppPkl && (o.cleanupMinMl !== undefined || o.postprocessing === false))
@@ -148,6 +155,7 @@ export function segmentCommand(program: Command): void {
             await loadNnunet(f, {
               ...(o.folds ? { folds: o.folds } : {}),
               ...(o.previousStage ? { previousStage: o.previousStage } : {}),
+              ...(o.heads !== undefined ? { heads: o.heads } : {}),
               ...prec,
               ...ensemble,
             }),

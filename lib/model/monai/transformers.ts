@@ -57,7 +57,7 @@ const toFirst = (b: GraphBuilder, x: string, name: string) =>
   b.transpose(x, b.dims === 3 ? [0, 4, 1, 2, 3] : [0, 3, 1, 2], `${name}.channels_first`);
 
 /** Multi-head attention over [..., n, c] with q, k, v [batch, heads, n, hd]: softmax(q·kᵀ + extra) · v, back to [batch, n, c]. */
-function attend(
+export function attend(
   b: GraphBuilder,
   q: string,
   k: string,
@@ -76,7 +76,7 @@ function attend(
 }
 
 /** q, k, v of a fused qkv projection [batch, n, 3c] split as MONAI's rearrange "b h (qkv l d) -> qkv b l h d". */
-function splitQkv(
+export function splitQkv(
   b: GraphBuilder,
   qkv: string,
   batch: number,

@@ -29,12 +29,14 @@ import type { Model, RunStats } from "../model.js";
 import { CheckpointError, openCheckpoint, typeName, type Checkpoint } from "./checkpoint.js";
 import { modelFromStateDict } from "../state-dict.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
+import { buildPrimus, isDeeperPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
 import type { CleanupOptions } from "../../ops/components.js";
 
 export { CheckpointError } from "./checkpoint.js";
 export type { Architecture } from "./network.js";
+export type { PrimusArchitecture } from "./primus.js";
 
 export type Fold = number | "all";
 
@@ -62,6 +64,11 @@ export interface LoadNnunetOptions {
    */
   trainer?: string;
   /**
+   * A Primus network's number of attention heads, which its checkpoint does not hold: needed for a
+   * trainer other than nnU-Net's own nnUNet_Primus_{S,B,M,L}_Trainer (whose heads bhsd knows).
+   */
+  heads?: number;
+  /**
    * A cascade's second stage (`3d_cascade_fullres`): its first stage, whose labels the network takes
    * as input channels — a loaded model, or its folder. Default: the sibling folder of the plans'
    * `previous_stage` (`…__3d_lowres` beside `…__3d_cascade_fullres`), loaded with every fold it has.
@@ -81,7 +88,7 @@ export class NnunetModel {
   readonly trainerName: string;
   /** The nnU-Net major version whose folder this is (1: plans.pkl and v1's pipeline; 2: plans.json). */
   readonly version: 1 | 2;
-  readonly architecture: Architecture;
+  readonly architecture: Architecture | PrimusArchitecture;
   readonly ensemble: "logits" | "softmax";
   /** The engine's model of each fold, in `folds` order. */
   readonly foldModels: Model[];
@@ -102,7 +109,7 @@ export class NnunetModel {
     version?: 1 | 2;
     previousStage?: NnunetModel;
     ownsPreviousStage?: boolean;
-    architecture: Architecture;
+    architecture: Architecture | PrimusArchitecture;
     ensemble: "logits" | "softmax";
     foldModels: Model[];
     divisor: [number, number, number];
@@ -133,6 +140,15 @@ export class NnunetModel {
       );
     if (s[1] !== this.architecture.inputChannels)
       throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
+    const a = this.architecture;
+    if (a.networkClass === "Primus") {
+      // (its position embeddings and rotary tables are one per token of the plans' patch)
+      if (s[0] !== 1 || a.inputSize.some((d, k) => s[2 + k] !== d))
+        throw new RangeError(
+          `Expected shape [1, ${a.inputChannels}, ${a.inputSize.join(", ")}] (Primus runs the plans' patch, one at a time) for input but received shape [${s.join(", ")}]`,
+        );
+      return;
+    }
     const div = this.divisor.slice(3 - dims);
     if (div.some((d, k) => s[2 + k]! % d !== 0))
       throw new RangeError(
@@ -333,7 +349,7 @@ async function foldModel(
   ck: Checkpoint,
   weights: Map<unknown, unknown>,
   graph: NetworkGraph,
-  arch: Architecture,
+  arch: Architecture | PrimusArchitecture,
   precision: Precision | undefined,
   where: string,
   plansFile: string,
@@ -342,10 +358,11 @@ async function foldModel(
   return modelFromStateDict(ck, weights, graph, {
     cls: arch.networkClass,
     where,
-    describedBy: plansFile,
-    owner: "the plans'",
+    describedBy: arch.networkClass === "Primus" ? "the checkpoint's shapes" : plansFile,
+    owner: arch.networkClass === "Primus" ? "the checkpoint's" : "the plans'",
     dictName: plansFile === "plans.json" ? "network_weights" : "state_dict",
-    inputShape: arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
+    // (Primus: the plans' patch, one window at a time)
+    inputShape: arch.networkClass === "Primus" ? [1, c, ...arch.inputSize] : arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
     producer: "bhsd-nnunet",
     opset: 17,
     config: { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) },
@@ -376,6 +393,8 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
     (typeof opts.previousStage !== "string" || !opts.previousStage)
   )
     throw invalidParameterError("options.previousStage", "the first stage's folder or loaded NnunetModel", opts.previousStage);
+  if (opts.heads !== undefined && !(Number.isInteger(opts.heads) && opts.heads >= 1 && opts.heads <= 4096))
+    throw invalidParameterError("options.heads", "a whole number of attention heads from 1 to 4096", opts.heads);
   if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2")
     throw invalidParameterError("options.trainer", '"nnUNetTrainerV2" (an nnU-Net v1 folder\'s network)', opts.trainer);
   if (ensemble !== "logits" && ensemble !== "softmax")
@@ -450,7 +469,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
   let configuration = "",
     trainerName = "",
     mirrorAxes: number[] = [];
-  let arch: Architecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
+  let arch: Architecture | PrimusArchitecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
   try {
     for (const [i, f] of folds.entries()) {
       const path = join(folder, `fold_${f}`, file);
@@ -477,27 +496,52 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
           const cascade = typeof conf.previous_stage === "string";
           if (cascade && regions)
             throw new Error(`nnU-Net folder ${basename(folder)}: a region-based cascade stage; bhsd's cascades take label maps`);
-          arch = architectureFromPlans(
-            conf,
-            inputChannels + (cascade ? numClasses - 1 : 0),
-            numClasses,
-            `plans.json configuration "${configuration}"`,
-          );
-          // nnUNetTrainerBN builds batch norm (eps 1e-5, affine) where the plans say instance norm;
-          // another trainer that does the same shows it by its norms' running statistics
-          if (trainerName === "nnUNetTrainerBN") arch = { ...arch, norm: { eps: 1e-5, affine: true, runningStats: true } };
-          else if (!arch.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
-            arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
-          graph = buildNetwork(arch);
+          if (isDeeperPrimus(weights))
+            throw new CheckpointError(
+              `${where}: trainer ${trainerName} built a PrimusV2 or V3 (a convolutional patch embedding), which bhsd does not build; Primus (nnUNet_Primus_{S,B,M,L}_Trainer) it does`,
+            );
+          if (isPrimus(weights)) {
+            // a trainer's own network (AbstractPrimus.build_network_architecture): the plans' architecture is not used
+            if (cascade)
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: a cascade stage trained as Primus; bhsd builds Primus for single-stage configurations`,
+              );
+            const patch = conf.patch_size;
+            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (Primus is 3-D)`,
+              );
+            const pa = primusArchitecture(weights, trainerName, patch as number[], inputChannels, numClasses, opts.heads, where);
+            const tokens = prod(pa.inputSize) / prod(pa.patchEmbed);
+            if (tokens > 1 << 16)
+              throw new Error(`nnU-Net folder ${basename(folder)}: Primus on a patch of ${tokens} tokens; bhsd runs up to 65536`);
+            arch = pa;
+            graph = buildPrimus(pa, where);
+          } else {
+            const a = architectureFromPlans(
+              conf,
+              inputChannels + (cascade ? numClasses - 1 : 0),
+              numClasses,
+              `plans.json configuration "${configuration}"`,
+            );
+            // nnUNetTrainerBN builds batch norm (eps 1e-5, affine) where the plans say instance norm;
+            // another trainer that does the same shows it by its norms' running statistics
+            if (trainerName === "nnUNetTrainerBN") arch = { ...a, norm: { eps: 1e-5, affine: true, runningStats: true } };
+            else if (!a.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
+              arch = { ...a, norm: { ...a.norm, runningStats: true } };
+            else arch = a;
+            graph = buildNetwork(arch);
+          }
           // the network's axes: a 2d configuration's (0, 1) are its slices' y and x, axes 1 and 2 of the grid
           const m = root.get("inference_allowed_mirroring_axes");
           if (m !== undefined && m !== null) {
-            const axes = arch.dims === 2 ? [0, 1] : [0, 1, 2];
+            const dims = arch.dims;
+            const axes = dims === 2 ? [0, 1] : [0, 1, 2];
             if (!Array.isArray(m) || !m.every((a) => axes.includes(a as number)))
               throw new CheckpointError(
-                `${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among ${axes.join(", ")} (a ${arch.dims}-D network)`,
+                `${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among ${axes.join(", ")} (a ${dims}-D network)`,
               );
-            mirrorAxes = [...new Set(m as number[])].map((a) => a + 3 - arch!.dims);
+            mirrorAxes = [...new Set(m as number[])].map((a) => a + 3 - dims);
           }
         }
         foldModels.push(await foldModel(ck, weights, graph!, arch!, precision, where, "plans.json"));
