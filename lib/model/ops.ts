@@ -266,11 +266,13 @@ export async function runNode(
     }
     case "Concat": {
       const axis = (at.axis as number) ?? 0;
-      if (a.every((v) => v && "f" in v))
+      // (an empty input adds nothing: timm's EVA concatenates its 0 prefix tokens, q[:, :, :0], to the rest)
+      const parts = a.filter((v) => !(v && "f" in v && v.f.data.length === 0));
+      if (parts.length && parts.every((v) => v && "f" in v))
         return [
           {
             f: await ops.concat(
-              a.map((v) => (v as { f: Tensor }).f),
+              parts.map((v) => (v as { f: Tensor }).f),
               axis,
               { alloc },
             ),
