@@ -470,6 +470,9 @@ export class NativeBackend implements Backend {
   softmax: TensorBackend["softmax"] = (...a) => this.addon.softmax(...a);
   accumulateWindow: NonNullable<TensorBackend["accumulateWindow"]> = (...a) => this.addon.accumulateWindow!(...a);
   /** (an addon built before it has none: segment() then divides in TypeScript) */
+  get attentionRope(): boolean {
+    return typeof this.addon.attention === "function" && this.addon.attentionRope === true;
+  }
   get attention(): TensorBackend["attention"] {
     return typeof this.addon.attention === "function" ? this.attentionCall : undefined;
   }

@@ -127,7 +127,9 @@ export interface TensorBackend {
    * scores q·kᵀ (q multiplied by `scale` first where scaleQ, else the products), plus each extra in
    * order — item (b, h)'s n × n block of extra.data at extra.offsets[b·heads + h] (−1: a block of
    * zeros, skipped), row i at i·rowStride (0 or n) — softmax over the keys, times v; out [batch,
-   * n, heads·hd]. Without it the model runs the unfused nodes.
+   * n, heads·hd]. Without it the model runs the unfused nodes. rope (where attentionRope): q and k
+   * rotated first by a rotary embedding's table [n, 2·hd] — token j's channel t becomes
+   * x[t]·cos[j][t] + x[t ^ 1]·sin[j][t], cos then signed sin per token, shared by every head.
    */
   attention?(
     qkv: Float32Array,
@@ -136,7 +138,10 @@ export interface TensorBackend {
     scaleQ: boolean,
     extras: [data: Float32Array, offsets: Float64Array, rowStride: number][],
     out: Float32Array,
+    rope?: Float32Array,
   ): Promise<void>;
+  /** Whether attention() takes a rotary embedding's table (an addon built before it would ignore one). */
+  readonly attentionRope?: boolean;
   batchNorm(
     x: Float32Array,
     N: number,

@@ -13,6 +13,9 @@
  *   MatMul(·, v)  or  Einsum "bhxy,bhyd->bhxd"
  *   Transpose [0, 2, 1, 3] → Reshape (to [B, n, H·hd] or any shape of that size)
  *
+ * Before the first Reshape, the qkv projection may be rotated as bhsd's Primus builder writes a
+ * rotary embedding (see ropeOf): the kernel then rotates q and k as it loads them.
+ *
  * Every value between the first Reshape and the last is read by the next node alone and is not a
  * graph output; the shapes, scales and constants are initializers (after constant folding). A
  * backend without the fused kernel (ts, cuda) runs the nodes it replaced: the model plans both.
@@ -36,6 +39,11 @@ export interface FusedAttention {
   extras: { name: string; offsets: Float64Array; rowStride: number }[];
   /** The output's shape (the last Reshape's). */
   outShape: number[];
+  /**
+   * A rotary position embedding applied to q and k before the products, where the graph rotates the
+   * qkv projection first (bhsd's Primus): [n, 2·hd], token j's cos then signed sin (see ropeOf).
+   */
+  rope?: Float32Array;
 }
 
 const sameInts = (a: readonly number[] | undefined, b: readonly number[]) => !!a && a.length === b.length && a.every((v, i) => v === b[i]);
@@ -206,8 +214,23 @@ export function fuseAttention(
     }
     if (prod(outShape) !== B * n * H * hd || extras.length > 4) return undefined;
 
-    const all = [r5, t5, ...gathers.map((g) => g!), ...inner, scores, ...chain, sm, ...(cast ? [cast] : []), pv, tr, rs];
-    const qkv = r5.inputs[0]!;
+    let qkv = r5.inputs[0]!;
+    const rope = once(qkv) ? ropeOf(qkv, n, H, hd) : undefined;
+    if (rope) qkv = rope.input;
+    const all = [
+      ...(rope?.nodes ?? []),
+      r5,
+      t5,
+      ...gathers.map((g) => g!),
+      ...inner,
+      scores,
+      ...chain,
+      sm,
+      ...(cast ? [cast] : []),
+      pv,
+      tr,
+      rs,
+    ];
     const consts = [...new Set(all.flatMap((m) => m.inputs).filter((i) => i && inits.has(i) && i !== qkv))];
     for (const m of all) drop.add(m);
     return {
@@ -217,10 +240,71 @@ export function fuseAttention(
         inputs: [qkv, ...consts],
         outputs: [rs.outputs[0]!],
         attrs: {},
-        attention: { shape: [B, n, H, hd], scale: scaleQ ?? scaleAfter ?? 1, scaleQ: scaleQ !== undefined, extras, outShape },
+        attention: {
+          shape: [B, n, H, hd],
+          scale: scaleQ ?? scaleAfter ?? 1,
+          scaleQ: scaleQ !== undefined,
+          extras,
+          outShape,
+          ...(rope ? { rope: rope.table } : {}),
+        },
       },
       at: rs,
     };
+  };
+
+  /**
+   * The rotary embedding bhsd's Primus builder applies to the qkv projection Y ([B, n, 3·H·hd]):
+   * Add(Mul(Y, cos), Mul(Gather(Y, pairs swapped, axis −1), sin)), in either order of each Add and
+   * Mul, with cos and sin [n, 3·H·hd] (leading 1s allowed) the same for every head of q and of k, 1
+   * and 0 on v's channels: the table [n, 2·hd] of head 0's q, and the nodes it replaces.
+   */
+  const ropeOf = (name: string, n: number, H: number, hd: number) => {
+    const add = producer.get(name);
+    if (!add || add.opType !== "Add" || add.fusedAct || add.inputs.length !== 2 || hd % 2) return undefined;
+    const muls = add.inputs.map((i) => producer.get(i));
+    if (!muls.every((m, k) => m && m.opType === "Mul" && !m.fusedAct && once(add.inputs[k]))) return undefined;
+    const C3 = 3 * H * hd;
+    /** A Mul's table (an initializer of n · 3·H·hd values, trailing dims [n, 3·H·hd]) and its other operand. */
+    const table = (m: GraphNode) => {
+      const t = m.inputs.map((i) => inits.get(i));
+      const k = t.findIndex((v) => v?.f32 && v.f32.length === n * C3 && v.dims.at(-1) === C3 && v.dims.at(-2) === n);
+      return k < 0 || m.inputs.length !== 2 ? undefined : { data: t[k]!.f32!, other: m.inputs[1 - k]! };
+    };
+    // which Mul takes Y itself (cos) and which the swapped Y (sin)
+    for (const k of [0, 1]) {
+      const cm = muls[k]!,
+        smul = muls[1 - k]!;
+      const c = table(cm),
+        s = table(smul);
+      if (!c || !s) return undefined;
+      const g = producer.get(s.other);
+      if (!g || g.opType !== "Gather" || g.inputs[0] !== c.other || !once(s.other)) continue;
+      if ((g.attrs.axis as number | undefined) !== -1) continue;
+      const idx = ints(g.inputs[1]);
+      if (!idx || idx.length !== C3 || !idx.every((v, t) => (v < 0 ? v + C3 : v) === (t ^ 1))) continue;
+      const Y = c.other;
+      // Y is read by the cos Mul and the Gather alone
+      if (consumers.get(Y) !== 2) return undefined;
+      const cos = c.data,
+        sin = s.data,
+        C = H * hd;
+      const out = new Float32Array(n * 2 * hd);
+      for (let j = 0; j < n; j++) {
+        const row = j * C3;
+        for (let t = 0; t < hd; t++) {
+          const cv = cos[row + t]!,
+            sv = sin[row + t]!;
+          out[j * 2 * hd + t] = cv;
+          out[j * 2 * hd + hd + t] = sv;
+          // every head of q and of k alike; v not rotated
+          for (let h = 0; h < 2 * H; h++) if (cos[row + h * hd + t] !== cv || sin[row + h * hd + t] !== sv) return undefined;
+          for (let h = 0; h < H; h++) if (cos[row + 2 * C + h * hd + t] !== 1 || sin[row + 2 * C + h * hd + t] !== 0) return undefined;
+        }
+      }
+      return { input: Y, table: out, nodes: [cm, g, smul, add] };
+    }
+    return undefined;
   };
 
   for (const sm of nodes) {

@@ -95,6 +95,8 @@ export class Model {
   /** The run's plan where the backend has the fused attention kernel (native), and where it has not. */
   private readonly fused: Plan;
   private readonly unfused: Plan;
+  /** Whether the fused plan's attention rotates q and k (a kernel must take a rotary table). */
+  private readonly fusedRope: boolean;
   private readonly consts = new Map<string, Value>();
   private readonly shapeCache = new Map<string, Map<GraphNode, Value[]>>();
   /**
@@ -180,6 +182,7 @@ export class Model {
     // a backend without the fused attention kernel runs the nodes it replaced, planned as any graph
     this.fused = plan(attended);
     this.unfused = attended === grouped ? this.fused : plan(grouped);
+    this.fusedRope = attended.some((n) => !!n.attention?.rope);
   }
 
   /** Runs the graph on its one input and returns its first output. */
@@ -245,7 +248,7 @@ export class Model {
 
   private async runGraph(feeds: Record<string, Tensor>, be: Backend, signal?: AbortSignal): Promise<Record<string, Tensor>> {
     const t0 = performance.now();
-    const plan = be.attention ? this.fused : this.unfused;
+    const plan = be.attention && (!this.fusedRope || be.attentionRope) ? this.fused : this.unfused;
     const env = new Map<string, Value>(this.consts);
     for (const i of this.inputs) {
       const t = feeds[i.name];

@@ -633,6 +633,15 @@ export function gather(x: Nd, idx: Nd, axis: number, budget: Budget, what: strin
   // each (outer, index) pair one run of `inner` values: copied whole (q, k, v taken from a
   // transformer's stacked projections: 98 304 values a run), element by element where short
   const f32 = x.data instanceof Float32Array && out.data instanceof Float32Array;
+  if (f32 && inner === 1) {
+    // along the last axis (a permutation of each row's values: a rotary embedding's pair swap), one
+    // tight loop per row over the indices made non-negative once
+    const ix = Int32Array.from(idx.data as ArrayLike<number>, (v) => (v < 0 ? v + d : v));
+    const src = x.data as Float32Array,
+      dst = out.data as Float32Array;
+    for (let o = 0, so = 0, dO = 0; o < outer; o++, so += d, dO += m) for (let k = 0; k < m; k++) dst[dO + k] = src[so + ix[k]!]!;
+    return out;
+  }
   for (let o = 0; o < outer; o++)
     for (let k = 0; k < m; k++) {
       const v = idx.data[k]!,

@@ -469,7 +469,8 @@ async function runAttention(n: GraphNode, a: (Value | undefined)[], alloc: (shap
     e.offsets,
     e.rowStride,
   ]);
-  await be.attention(qkv.data, [B, N, H, hd], fa.scale, fa.scaleQ, extras, out.data);
+  if (fa.rope && !be.attentionRope) throw new Error(`the ${be.name} backend's attention kernel takes no rotary embedding`);
+  await be.attention(qkv.data, [B, N, H, hd], fa.scale, fa.scaleQ, extras, out.data, fa.rope);
   return [{ f: out }];
 }
 

@@ -498,9 +498,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
       conv_work(double(K), double(T * M * N), double(T * M * K + (bb ? T : 1) * K * N + T * M * N), 24.0));
 }
 
-// attention(qkv, [batch, n, heads, hd], scale, scaleQ, [[data, offsets: Float64Array, rowStride]…], out):
+// attention(qkv, [batch, n, heads, hd], scale, scaleQ, [[data, offsets: Float64Array, rowStride]…], out[, rope]):
 // attention.hpp's fused self-attention; out [batch, n, heads·hd]. Each additive term's offsets
 // (batch·heads of them, −1 for a block of zeros) are copied and checked against its array here.
+// rope (optional): a rotary embedding's table, Float32Array [n, 2·hd] (cos, then signed sin), hd even.
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const auto dims = ints_of(info[1], 4, "attention shape", 1, BIG);
@@ -548,7 +549,14 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     keep.push_back(a.Get(0u));
   }
   for (std::size_t e = 0; e < extras->size(); ++e) (*extras)[e].offsets = (*offsets)[e].data();
-  const bhsd::AttentionShape sh{B, n, H, hd, scale, scale_q};
+  bhsd::AttentionShape sh{B, n, H, hd, scale, scale_q};
+  if (info.Length() > 6 && !info[6].IsUndefined()) {
+    require(hd % 2 == 0, env, "a rotary embedding needs an even head width");
+    const float* rope = floats_of(info[6], elems(env, {n, 2, hd}), "rope");
+    require(rope + elems(env, {n, 2, hd}) <= y || y + no <= rope, env, "rope overlaps out");
+    sh.rope = rope;
+    keep.push_back(info[6]);
+  }
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env,
@@ -640,6 +648,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("preciseConvolutions", Napi::Function::New<guarded<PreciseConvolutions>>(env, "preciseConvolutions"));
   exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
   exports.Set("attention", Napi::Function::New<guarded<Attention>>(env, "attention"));
+  exports.Set("attentionRope", Napi::Boolean::New(env, true));  // (attention's 7th argument)
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
   exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));
 }

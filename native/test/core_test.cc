@@ -2402,6 +2402,25 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
     CHECK(gbad == 0 && gworst <= 2.5e-7);
     CHECK(gy[1] == inf && std::isnan(gy[2]) && gy[3] == 0.0f && gy[7] == g[7] &&
           gy[8] == 0.0f);  // (−inf · 0, as the scalar loop gives)
+    // the sigmoid's row against the scalar formula in double, value by value (the same floats but
+    // where exp4's last-ulp differences cross a float's rounding boundary), and at its extremes
+    std::vector<float> sg = g;
+    for (float v : {-700.0f, -701.0f, -89.0f, -88.7f, -20.0f, 20.0f, 88.7f, 1e-7f, -1e-7f}) sg.push_back(v);
+    sg.push_back(-3e38f);  // (a tail of 2 after the vectors)
+    std::vector<float> sy(sg.size());
+    bhsd::unary(sg.data(), sy.data(), 1, 1, std::int64_t(sg.size()), bhsd::Unary::sigmoid, 0, nullptr, 0, pool);
+    std::size_t sdiffer = 0, sbad = 0;
+    for (std::size_t i = 0; i < sg.size(); ++i) {
+      const float want = float(1.0 / (1.0 + std::exp(-double(sg[i]))));
+      if (std::isnan(want) || std::isnan(sy[i])) {
+        sbad += !(std::isnan(want) && std::isnan(sy[i]));
+        continue;
+      }
+      if (want != sy[i]) sbad += std::fabs(want - sy[i]) > 1.2e-7f * std::fabs(want), ++sdiffer;
+    }
+    std::printf("sigmoid: %zu of %zu values differ from std::exp's by an ulp, %zu by more\n", sdiffer, sg.size(), sbad);
+    CHECK(sbad == 0 && sdiffer <= 2);
+    CHECK(std::isnan(sy[0]) && sy[1] == 1.0f && sy[2] == 0.0f && sy[3] == 0.5f && sy[4] == 0.5f && sy.back() == 0.0f);
   }
 #endif
   worst = 0;
@@ -2487,9 +2506,11 @@ static void test_attention(bhsd::ThreadPool& pool) {
     std::int64_t batch, n, heads, hd;
     bool scale_q;
     int extras;
+    bool rope = false;  // a rotary table (timm's EVA: pairs of channels, Primus's head width 66)
   };
   for (const Case& c : {Case{3, 343, 3, 16, true, 2}, Case{1, 37, 12, 64, false, 0}, Case{2, 20, 2, 5, false, 1},
-                        Case{5, 16, 1, 33, true, 2}, Case{1, 1, 1, 1, false, 0}, Case{1, 130, 2, 48, true, 1}}) {
+                        Case{5, 16, 1, 33, true, 2}, Case{1, 1, 1, 1, false, 0}, Case{1, 130, 2, 48, true, 1},
+                        Case{2, 50, 3, 66, true, 1, true}, Case{1, 37, 2, 12, false, 0, true}}) {
     const std::int64_t B = c.batch, n = c.n, H = c.heads, hd = c.hd;
     std::vector<float> qkv(std::size_t(B * n * 3 * H * hd)), out(std::size_t(B * n * H * hd + 8), 7.0f);
     for (std::size_t i = 0; i < qkv.size(); ++i) qkv[i] = float(std::sin(double(i) * 0.713) * 2.0);
@@ -2502,11 +2523,26 @@ static void test_attention(bhsd::ThreadPool& pool) {
     for (std::int64_t b = 0; b < B; ++b)
       for (std::int64_t h = 0; h < H; ++h) o0[std::size_t(b * H + h)] = h * n * n, o1[std::size_t(b * H + h)] = b * n;
     const bhsd::AttentionExtra ex[2] = {{e0.data(), o0.data(), n}, {e1.data(), o1.data(), 0}};
-    const bhsd::AttentionShape sh{B, n, H, hd, scale, c.scale_q};
+    // token j's cos (hd values) then signed sin: an angle per pair of channels
+    std::vector<float> rope(std::size_t(n * 2 * hd));
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t t = 0; t < hd; ++t) {
+        const double ang = double(j % 9) * std::pow(10000.0, -double(t / 2) / double(hd / 2 + 1)) + 0.1 * double(j / 9);
+        rope[std::size_t(j * 2 * hd + t)] = float(std::cos(ang));
+        rope[std::size_t(j * 2 * hd + hd + t)] = float(t % 2 ? std::sin(ang) : -std::sin(ang));
+      }
+    bhsd::AttentionShape sh{B, n, H, hd, scale, c.scale_q};
+    if (c.rope) sh.rope = rope.data();
     bhsd::attention(qkv.data(), out.data(), sh, ex, c.extras, pool);
     ++cases;
     const std::int64_t row = 3 * H * hd;
     std::vector<double> s(static_cast<std::size_t>(n));
+    // q or k of token j, rotated where the case has a table
+    auto rotated = [&](const float* x, std::int64_t j, std::int64_t t) {
+      if (!c.rope) return double(x[t]);
+      const float* r = rope.data() + j * 2 * hd;
+      return double(x[t]) * r[t] + double(x[t ^ 1]) * r[hd + t];
+    };
     for (std::int64_t b = 0; b < B; ++b)
       for (std::int64_t h = 0; h < H; ++h)
         for (std::int64_t i = 0; i < n; ++i) {
@@ -2515,7 +2551,7 @@ static void test_attention(bhsd::ThreadPool& pool) {
           for (std::int64_t j = 0; j < n; ++j) {
             const float* k = qkv.data() + (b * n + j) * row + H * hd + h * hd;
             double d = 0;
-            for (std::int64_t t = 0; t < hd; ++t) d += double(c.scale_q ? q[t] * scale : q[t]) * k[t];
+            for (std::int64_t t = 0; t < hd; ++t) d += rotated(q, i, t) * (c.scale_q ? scale : 1.0) * rotated(k, j, t);
             if (!c.scale_q) d *= scale;
             if (c.extras > 0) d += e0[std::size_t(h * n * n + i * n + j)];
             if (c.extras > 1) d += e1[std::size_t(b * n + j)];
@@ -2549,8 +2585,8 @@ static void test_attention(bhsd::ThreadPool& pool) {
     }
   }
   std::printf("attention (%s kernel): worst error %.3g against double\n", bhsd::attention_kernel_name(), worst);
-  CHECK(cases == 6);
-  CHECK(nan_ok == 4);
+  CHECK(cases == 8);
+  CHECK(nan_ok == 5);
   CHECK(bad == 0);
 }
 

@@ -293,7 +293,7 @@ export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph 
       qkv = b.add(qkv, bias, `${p}.attn.qkv_bias`);
     }
     // the rotary embedding on q and k: qkv · cos + swap(qkv) · ±sin
-    const swapped = b.node("Gather", [qkv, swapIdx], `${p}.attn.rope_swap`, { axis: 2 });
+    const swapped = b.node("Gather", [qkv, swapIdx], `${p}.attn.rope_swap`, { axis: -1 });
     qkv = b.add(b.node("Mul", [qkv, cosT], `${p}.attn.rope_cos`), b.node("Mul", [swapped, sinT], `${p}.attn.rope_sin`), `${p}.attn.rope`);
     const [q, k, v] = splitQkv(b, qkv, 1, N, H, hd, `${p}.attn`);
     // (timm's EvaAttention without fused SDPA: q · scale first)

@@ -2,6 +2,9 @@
 // qkv projection (MONAI's SABlock and SwinUNETR's WindowAttention, and their ONNX exports):
 //
 //   qkv [batch, n, 3, heads, hd] (the Linear layer's output, contiguous)
+//   [q and k rotated by a rotary position embedding, where `rope` is given: channel t of token j's
+//    head becomes x[t] · cos[j][t] + x[t ^ 1] · sin[j][t] (pairs of channels, the sign in sin), the
+//    table shared by every head — timm's EVA as nnU-Net's Primus uses it]
 //   s = q·kᵀ (q first multiplied by `scale` where scale_q, else the products afterwards)
 //   s += extra[e] for each additive term in order (relative position bias, a shifted window's mask)
 //   out [batch, n, heads, hd] = softmax(s over the keys) · v
@@ -49,6 +52,8 @@ struct AttentionShape {
   std::int64_t batch, n, heads, hd;
   float scale;
   bool scale_q;
+  // [n, 2 · hd]: token j's cos (hd values) then sin (hd, with the rotation's sign); null: none
+  const float* rope = nullptr;
 };
 
 namespace attention_detail {
@@ -116,7 +121,11 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
   float* vp = sc.v.data();
   for (std::int64_t j = 0; j < n; ++j) {
     const float* k = base + j * row + H * hd;
-    for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t];
+    if (sh.rope) {
+      const float *c = sh.rope + j * 2 * hd, *si = c + hd;
+      for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t] * c[t] + k[t ^ 1] * si[t];
+    } else
+      for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t];
     std::memcpy(vp + j * hp, k + H * hd, std::size_t(hd) * sizeof(float));
   }
   const std::int64_t eb = b * H + h;
@@ -125,8 +134,16 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
     float* q = sc.q.data();
     float* s = sc.s.data();
     for (int r = 0; r < R; ++r) {
-      const float* src = base + (i0 + std::min(r, rows - 1)) * row;
-      for (std::int64_t t = 0; t < hd; ++t) q[r * hd + t] = sh.scale_q ? src[t] * sh.scale : src[t];
+      const std::int64_t i = i0 + std::min(r, rows - 1);
+      const float* src = base + i * row;
+      if (sh.rope) {
+        const float *c = sh.rope + i * 2 * hd, *si = c + hd;
+        for (std::int64_t t = 0; t < hd; ++t) {
+          const float x = src[t] * c[t] + src[t ^ 1] * si[t];
+          q[r * hd + t] = sh.scale_q ? x * sh.scale : x;
+        }
+      } else
+        for (std::int64_t t = 0; t < hd; ++t) q[r * hd + t] = sh.scale_q ? src[t] * sh.scale : src[t];
     }
     std::int64_t j = 0;
     for (; j + 2 * W <= np; j += 2 * W) {

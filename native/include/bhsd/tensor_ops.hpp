@@ -470,6 +470,9 @@ enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3, gelu = 4, gelu_t
 namespace gelu_detail {
 __attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha);
 }
+namespace sigmoid_detail {
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n);
+}
 #endif
 
 // Elementwise activations; prelu's slope is per channel (slope[c], or slope[0] when it has one).
@@ -494,6 +497,12 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
               for (std::int64_t i = 0; i < spatial; ++i) q[i] = p[i] > 0 ? p[i] : p[i] * alpha;
               break;
             case Unary::sigmoid:
+#ifdef BHSD_X86
+              if (ops_avx2()) {
+                sigmoid_detail::row_avx2(p, q, spatial);
+                break;
+              }
+#endif
               for (std::int64_t i = 0; i < spatial; ++i) q[i] = float(1.0 / (1.0 + std::exp(-double(p[i]))));
               break;
             case Unary::prelu: {
@@ -1064,6 +1073,27 @@ __attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* 
   }
 }
 }  // namespace gelu_detail
+
+namespace sigmoid_detail {
+// 1 / (1 + e^−x) in double, four values at a time, rounded to float as the scalar loop does: with
+// t = e^−|x| (exp4's range, clamped at −700, where the float result is 0 or 1 already), 1 / (1 + t)
+// for x ≥ 0 and t / (1 + t) below; NaN stays NaN. (SwiGLU's SiLU in a transformer's MLP: Primus-S
+// at 1024 tokens took 34 ms a forward in std::exp.)
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n) {
+  const __m256d one = _mm256_set1_pd(1.0), lo = _mm256_set1_pd(-700.0), signbit = _mm256_set1_pd(-0.0);
+  std::int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(p + i));
+    const __m256d t = softmax_detail::exp4(_mm256_max_pd(_mm256_or_pd(x, signbit), lo));  // e^−|x| (max(NaN, lo) is lo)
+    const __m256d d = _mm256_add_pd(one, t);
+    __m256d s =
+        _mm256_blendv_pd(_mm256_div_pd(t, d), _mm256_div_pd(one, d), _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_GE_OQ));
+    s = _mm256_blendv_pd(s, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+    _mm_storeu_ps(q + i, _mm256_cvtpd_ps(s));
+  }
+  for (; i < n; ++i) q[i] = float(1.0 / (1.0 + std::exp(-double(p[i]))));
+}
+}  // namespace sigmoid_detail
 #endif
 
 // Softmax over axis 1 of [N, C, spatial]; argmax over axis 1 (the first of equal maxima).
