@@ -119,13 +119,18 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
   sc.sum.resize(R);
   float* kt = sc.kt.data();
   float* vp = sc.v.data();
+  // kᵀ in blocks of 2W keys (the last W wide where np is an odd number of vectors), each block's hd
+  // rows together: the score loop then reads one contiguous run per block, where rows np apart (a
+  // page each at n = 1024) had left every load to the L2's latency, no prefetcher following
   for (std::int64_t j = 0; j < n; ++j) {
     const float* k = base + j * row + H * hd;
+    const std::int64_t blk = j / (2 * W), bw = blk * 2 * W + 2 * W <= np ? 2 * W : W;
+    float* dst = kt + blk * 2 * W * hd + (j - blk * 2 * W);
     if (sh.rope) {
       const float *c = sh.rope + j * 2 * hd, *si = c + hd;
-      for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t] * c[t] + k[t ^ 1] * si[t];
+      for (std::int64_t t = 0; t < hd; ++t) dst[t * bw] = k[t] * c[t] + k[t ^ 1] * si[t];
     } else
-      for (std::int64_t t = 0; t < hd; ++t) kt[t * np + j] = k[t];
+      for (std::int64_t t = 0; t < hd; ++t) dst[t * bw] = k[t];
     std::memcpy(vp + j * hp, k + H * hd, std::size_t(hd) * sizeof(float));
   }
   const std::int64_t eb = b * H + h;
@@ -149,8 +154,9 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
     for (; j + 2 * W <= np; j += 2 * W) {
       vf a0[R], a1[R];
       for (int r = 0; r < R; ++r) a0[r] = a1[r] = vf{};
+      const float* kb = kt + j * hd;  // (block j / 2W, 2W columns a row)
       for (std::int64_t t = 0; t < hd; ++t) {
-        const vf k0 = BHSD_VLOAD(kt + t * np + j), k1 = BHSD_VLOAD(kt + t * np + j + W);
+        const vf k0 = BHSD_VLOAD(kb + t * 2 * W), k1 = BHSD_VLOAD(kb + t * 2 * W + W);
         for (int r = 0; r < R; ++r) {
           const float qv = q[r * hd + t];
           a0[r] += qv * k0;
@@ -162,8 +168,9 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
     if (j < np) {
       vf a0[R];
       for (int r = 0; r < R; ++r) a0[r] = vf{};
+      const float* kb = kt + j * hd;  // (the last block, W columns a row)
       for (std::int64_t t = 0; t < hd; ++t) {
-        const vf k0 = BHSD_VLOAD(kt + t * np + j);
+        const vf k0 = BHSD_VLOAD(kb + t * W);
         for (int r = 0; r < R; ++r) a0[r] += q[r * hd + t] * k0;
       }
       for (int r = 0; r < R; ++r) BHSD_VSTORE(s + r * np + j, a0[r]);

@@ -156,17 +156,27 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2(std::int64_t kc, con
 using Kernel = void (*)(std::int64_t, const float*, std::int64_t, const float*, float*, std::int64_t, std::int64_t,
                         std::int64_t, bool);
 
+// K in blocks of at most KC, as even as whole blocks allow (396 as 3 × 132, not 192 + 192 + 12: a
+// last sliver of a block costs a whole read and write of C for a few products).
+inline std::int64_t k_block(std::int64_t K) {
+  const std::int64_t blocks = (K + KC - 1) / KC;
+  return (K + blocks - 1) / blocks;
+}
+
 // One macro-tile: C[i0 … i0+mc) × [j0 … j0+nc) of one batch item, over the whole K. A is read in
-// place (each micro-kernel broadcasts from its MR rows); B is packed, a KC × nc block at a time.
+// place (each micro-kernel broadcasts from its MR rows); B is packed, a K block × nc at a time —
+// here, or (packed non-null) already, for the whole call: the panels of B's k block at k0 start at
+// packed + k0 · Np, column j's panel at + j · kc (Np: N rounded up to whole panels).
 template <int MR, int NR>
 inline void macro_tile(Kernel kernel, const float* A, const float* B, float* C, std::int64_t K, std::int64_t N,
-                       std::int64_t i0, std::int64_t mc, std::int64_t j0, std::int64_t nc) {
+                       std::int64_t i0, std::int64_t mc, std::int64_t j0, std::int64_t nc, const float* packed) {
   thread_local conv_detail::Scratch bpm;
-  const std::int64_t ncp = (nc + NR - 1) / NR * NR;
-  float* bp = bpm.get(std::size_t(ncp * KC));
-  for (std::int64_t k0 = 0; k0 < K; k0 += KC) {
-    const std::int64_t kc = std::min(KC, K - k0);
-    pack_b<NR>(B, N, k0, kc, j0, nc, bp);
+  const std::int64_t ncp = (nc + NR - 1) / NR * NR, Np = (N + NR - 1) / NR * NR, kb = k_block(K);
+  float* own = packed ? nullptr : bpm.get(std::size_t(ncp * kb));
+  for (std::int64_t k0 = 0; k0 < K; k0 += kb) {
+    const std::int64_t kc = std::min(kb, K - k0);
+    const float* bp = packed ? packed + k0 * Np + j0 * kc : own;
+    if (!packed) pack_b<NR>(B, N, k0, kc, j0, nc, own);
     for (std::int64_t jp = 0; jp < nc; jp += NR)
       for (std::int64_t ip = 0; ip < mc; ip += MR)
         kernel(kc, A + (i0 + ip) * K + k0, K, bp + jp * kc, C + (i0 + ip) * N + j0 + jp, N,
@@ -188,6 +198,26 @@ inline void run(Kernel kernel, const float* A, const float* B, float* C, std::in
   const std::int64_t nc = std::clamp<std::int64_t>((N + want - 1) / want, 1, NC);
   const std::int64_t ncb = std::clamp<std::int64_t>((nc + NR - 1) / NR * NR, NR, NC);
   const std::int64_t mt = (M + mc - 1) / mc, nt = (N + ncb - 1) / ncb, per = mt * nt;
+  // a B shared by more than one row of tiles (a Linear layer over 1024 tokens: 11 rows of 96) is
+  // packed once, in parallel, not once per row of tiles (Primus-S's 396 × 1188 projection: 11
+  // packings of 1.9 MB, a third of its time)
+  const float* packed = nullptr;
+  thread_local conv_detail::Scratch whole;
+  if (!b_batched && batches * mt > 1) {
+    const std::int64_t Np = (N + NR - 1) / NR * NR, kb = k_block(K), nkb = (K + kb - 1) / kb;
+    float* dst = whole.get(std::size_t(K * Np));
+    pool.parallel_for(
+        std::size_t(nkb * nt),
+        [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t t = lo; t < hi; ++t) {
+            const std::int64_t k0 = std::int64_t(t) / nt * kb, j0 = std::int64_t(t) % nt * ncb;
+            const std::int64_t kc = std::min(kb, K - k0);
+            pack_b<NR>(B, N, k0, kc, j0, std::min(ncb, N - j0), dst + k0 * Np + j0 * kc);
+          }
+        },
+        1, 4);
+    packed = dst;
+  }
   pool.parallel_for(
       std::size_t(batches * per),
       [&](std::size_t lo, std::size_t hi) {
@@ -195,7 +225,7 @@ inline void run(Kernel kernel, const float* A, const float* B, float* C, std::in
           const std::int64_t b = std::int64_t(t) / per, r = std::int64_t(t) % per;
           const std::int64_t i0 = r / nt * mc, j0 = r % nt * ncb;
           macro_tile<MR, NR>(kernel, A + b * M * K, B + (b_batched ? b * K * N : 0), C + b * M * N, K, N, i0,
-                             std::min(mc, M - i0), j0, std::min(ncb, N - j0));
+                             std::min(mc, M - i0), j0, std::min(ncb, N - j0), packed);
         }
       },
       1, 4);
