@@ -2472,7 +2472,8 @@ static void test_gemm(bhsd::ThreadPool& pool) {
   for (const auto& [T, M, K, N] :
        {std::array<std::int64_t, 4>{1, 13, 37, 45}, std::array<std::int64_t, 4>{2, 97, 200, 33},
         std::array<std::int64_t, 4>{3, 8, 16, 32}, std::array<std::int64_t, 4>{1, 130, 400, 270},
-        std::array<std::int64_t, 4>{2, 1, 1, 1}}) {
+        std::array<std::int64_t, 4>{2, 1, 1, 1}, std::array<std::int64_t, 4>{1, 300, 396, 77}}) {
+    // (the last: rows in four tiles of 96 sharing one packing of B, K in three even blocks of 132)
     for (const bool bb : {false, true}) {
       std::vector<float> a(std::size_t(T * M * K)), b(std::size_t((bb ? T : 1) * K * N)),
           c(std::size_t(T * M * N + 8), 7.0f);
@@ -2491,7 +2492,7 @@ static void test_gemm(bhsd::ThreadPool& pool) {
       for (std::size_t i = std::size_t(T * M * N); i < c.size(); ++i) bad += c[i] != 7.0f;
     }
   }
-  CHECK(cases == 10);
+  CHECK(cases == 12);
   CHECK(bad == 0);
 }
 
