@@ -147,10 +147,10 @@ test("a difference read by a third node, or a mean over another axis, is left as
   const two = encodeModel({
     opset: 13,
     nodes: [
-      { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [1] } },
+      { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [0] } },
       { opType: "Sub", inputs: ["x", "m"], outputs: ["d"] },
       { opType: "Pow", inputs: ["d", "two"], outputs: ["p"] },
-      { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [1] } },
+      { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [0] } },
       { opType: "Add", inputs: ["v", "eps"], outputs: ["ve"] },
       { opType: "Sqrt", inputs: ["ve"], outputs: ["s"] },
       { opType: "Div", inputs: ["d", "s"], outputs: ["y"] },
@@ -184,11 +184,100 @@ test("a difference read by a third node, or a mean over another axis, is left as
     const want = await ortOf(g, { x });
     const model = await loadModel(g);
     const out = await model.runAll({ x });
-    t.false(Object.keys(model.lastRun!.opMs).includes("LayerNormalization"));
+    t.false(Object.keys(model.lastRun!.opMs).some((o) => o === "LayerNormalization" || o === "bhsd.ChannelNorm"));
     for (const k of Object.keys(want)) t.true(scaleDiff(out[k]!.data, want[k]!.data as Float32Array) <= 1e-6, k);
     model.dispose();
   }
   t.truthy(bytes);
+});
+
+/**
+ * A LayerNorm over the channels of [N, C, …]: dynamic-network-architectures' LayerNormNd (Primus's
+ * decoder), SAM's and ConvNeXt's LayerNorm2d, as torch.onnx writes them — the eight steps over
+ * axis 1, γ and β as [C, 1, …] — or as channels-last: Transpose → LayerNormalization → Transpose.
+ */
+function channelNormGraph(
+  form: "steps" | "transposed",
+  gammaDims: number[] | null,
+  betaDims: number[] | null,
+  shape: number[],
+): Uint8Array {
+  const r = shape.length;
+  const nodes: Node[] =
+    form === "steps"
+      ? [
+          { opType: "ReduceMean", inputs: ["x"], outputs: ["m"], attrs: { axes: [1] } },
+          { opType: "Sub", inputs: ["x", "m"], outputs: ["d"] },
+          { opType: "Pow", inputs: ["d", "two"], outputs: ["p"] },
+          { opType: "ReduceMean", inputs: ["p"], outputs: ["v"], attrs: { axes: [1] } },
+          { opType: "Add", inputs: ["v", "eps"], outputs: ["ve"] },
+          { opType: "Sqrt", inputs: ["ve"], outputs: ["s"] },
+          { opType: "Div", inputs: ["d", "s"], outputs: [gammaDims ? "n" : "y"] },
+          ...(gammaDims ? [{ opType: "Mul", inputs: ["g", "n"], outputs: [betaDims ? "ng" : "y"] }] : []),
+          ...(betaDims ? [{ opType: "Add", inputs: ["ng", "b"], outputs: ["y"] }] : []),
+        ]
+      : [
+          {
+            opType: "Transpose",
+            inputs: ["x"],
+            outputs: ["xt"],
+            attrs: { perm: [0, ...Array.from({ length: r - 2 }, (_, i) => i + 2), 1] },
+          },
+          { opType: "LayerNormalization", inputs: ["xt", "g", "b"], outputs: ["nt"], attrs: { axis: -1, epsilon: 1e-6 } },
+          {
+            opType: "Transpose",
+            inputs: ["nt"],
+            outputs: ["y"],
+            attrs: { perm: [0, r - 1, ...Array.from({ length: r - 2 }, (_, i) => i + 1)] },
+          },
+        ];
+  const size = (d: number[]) => d.reduce((p, q) => p * q, 1);
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "x", shape }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "two", dims: [], data: Float32Array.of(2) },
+      { name: "eps", dims: [], data: Float32Array.of(1e-6) },
+      ...(gammaDims ? [{ name: "g", dims: gammaDims, data: randomTensor([size(gammaDims)], 4).data }] : []),
+      ...(betaDims ? [{ name: "b", dims: betaDims, data: randomTensor([size(betaDims)], 5).data }] : []),
+    ],
+  });
+}
+
+test("a LayerNorm over the channels (eight steps over axis 1, or channels-last between Transposes) runs as one pass and equals onnxruntime", async (t) => {
+  const cases: [string, "steps" | "transposed", number[] | null, number[] | null, number[]][] = [
+    ["LayerNormNd, 5-D, γ β [C, 1, 1, 1]", "steps", [12, 1, 1, 1], [12, 1, 1, 1], [2, 12, 3, 4, 5]],
+    ["LayerNorm2d, γ β [1, C, 1, 1]", "steps", [1, 12, 1, 1], [1, 12, 1, 1], [1, 12, 7, 9]],
+    ["no affine map", "steps", null, null, [1, 5, 4, 4, 4]],
+    ["γ varying along the last axis (broadcast as the Mul did)", "steps", [6], [1, 1, 1, 6], [2, 12, 3, 6]],
+    ["channels-last between Transposes", "transposed", [12], [12], [1, 12, 4, 5, 6]],
+  ];
+  for (const [what, form, g, b, shape] of cases) {
+    const bytes = channelNormGraph(form, g, b, shape);
+    const x = randomTensor(shape, 11);
+    for (let i = 0; i < x.data.length; i++) x.data[i] = x.data[i]! * 4 + 2; // a mean far from 0
+    const want = await ortOf(bytes, { x });
+    const model = await loadModel(bytes);
+    for (const { name } of backendsUnderTest()) {
+      setBackend(name);
+      const y = await model.run(x);
+      t.deepEqual(y.shape, shape);
+      const d = scaleDiff(y.data, want.y!.data as Float32Array);
+      t.true(d <= 2e-6, `${what} on ${name}: ${d}`);
+      t.deepEqual(Object.keys(model.lastRun!.opMs), ["bhsd.ChannelNorm"], `${what} on ${name}`);
+    }
+    model.dispose();
+  }
+  // a file may not name the internal op
+  const bad = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "bhsd.ChannelNorm", inputs: ["x"], outputs: ["y"] }],
+    inputs: [{ name: "x", shape: [1, 2, 3] }],
+    outputs: [{ name: "y" }],
+  });
+  await t.throwsAsync(loadModel(bad), { message: /op bhsd\.ChannelNorm is not supported/ });
 });
 
 test("shape glue is constant at load for a fixed input shape: Shape → Gather → Concat → Reshape folded, a run at another shape refused", async (t) => {

@@ -464,6 +464,10 @@ export class NativeBackend implements Backend {
   private readonly gemmCall: NonNullable<TensorBackend["gemm"]> = (...a) => this.addon.gemm!(...a);
   batchNorm: TensorBackend["batchNorm"] = (...a) => this.addon.batchNorm(...a);
   unary: TensorBackend["unary"] = (...a) => this.addon.unary(...a);
+  get channelNorm(): TensorBackend["channelNorm"] {
+    return typeof this.addon.channelNorm === "function" ? this.channelNormCall : undefined;
+  }
+  private readonly channelNormCall: NonNullable<TensorBackend["channelNorm"]> = (...a) => this.addon.channelNorm!(...a);
   binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);
   pool3d: TensorBackend["pool3d"] = (...a) => this.addon.pool3d(...a);
   resize3d: TensorBackend["resize3d"] = (...a) => this.addon.resize3d(...a);

@@ -154,6 +154,21 @@ export interface TensorBackend {
     eps: number,
     out: Float32Array,
   ): Promise<void>;
+  /**
+   * Optional: a LayerNorm over the channels of x [N, C, spatial] — each position's values less their
+   * mean over √(mean square + eps), then × gamma[c] + beta[c] (null: 1 and 0). Without it the
+   * executor computes it in JavaScript.
+   */
+  channelNorm?(
+    x: Float32Array,
+    N: number,
+    C: number,
+    spatial: number,
+    gamma: Float32Array | null,
+    beta: Float32Array | null,
+    eps: number,
+    out: Float32Array,
+  ): Promise<void>;
   unary(
     x: Float32Array,
     N: number,

@@ -990,6 +990,58 @@ export const otherInput = (n: GraphNode, name: string): string | undefined =>
  * the Div), becomes one LayerNormalization (axis −1, epsilon ε), which the engine runs in one pass
  * with double sums instead of eight element-wise steps in float.
  */
+/**
+ * The op of a LayerNorm over the channels (axis 1) of [N, C, …] that fuseLayerNorm and
+ * fuseChannelNorm make (not an ONNX op: a file naming it is refused at parse). Inputs x, then γ and
+ * β where present: per channel where the attribute channel_affine is 1 (fuseChannelNorm's, from a
+ * LayerNormalization's vectors), else each broadcast as ONNX broadcasts a Mul's and an Add's constant.
+ */
+export const CHANNEL_NORM_OP = "bhsd.ChannelNorm";
+
+/**
+ * A LayerNorm over the channels written as Transpose to channels-last → LayerNormalization over
+ * the last axis (γ, β vectors) → Transpose back (bhsd's Primus decoder, and exports of
+ * channels-last norms), each value read by the next node alone: one CHANNEL_NORM_OP, the two
+ * copies of the activation gone.
+ */
+export function fuseChannelNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const only = soleReader(nodes, consumers);
+  const producer = producersOf(nodes);
+  const replace = new Map<GraphNode, GraphNode>(),
+    drop = new Set<GraphNode>();
+  for (const ln of nodes) {
+    if (
+      ln.opType !== "LayerNormalization" ||
+      ((ln.attrs.axis as number | undefined) ?? -1) !== -1 ||
+      ln.outputs.filter(Boolean).length !== 1
+    )
+      continue;
+    const t1 = producer.get(ln.inputs[0]!);
+    const perm = t1?.opType === "Transpose" ? (t1.attrs.perm as number[] | undefined) : undefined;
+    const r = perm?.length ?? 0;
+    if (!t1 || !perm || r < 3 || consumers.get(ln.inputs[0]!) !== 1) continue;
+    // [0, 2, …, r−1, 1] there, [0, r−1, 1, …, r−2] back
+    if (!perm.every((p, i) => p === (i === 0 ? 0 : i === r - 1 ? 1 : i + 1))) continue;
+    const t2 = only(ln.outputs[0], "Transpose");
+    const back = t2?.attrs.perm as number[] | undefined;
+    if (!t2 || !back || back.length !== r || !back.every((p, i) => p === (i === 0 ? 0 : i === 1 ? r - 1 : i - 1))) continue;
+    const vec = (name: string | undefined) => !name || (inits.get(name)?.f32 !== undefined && inits.get(name)!.dims.length === 1);
+    if (!vec(ln.inputs[1]) || !vec(ln.inputs[2])) continue;
+    if ([t1, ln, t2].some((n) => drop.has(n) || n.fusedAct)) continue;
+    drop.add(t1).add(ln);
+    replace.set(t2, {
+      name: ln.name,
+      opType: CHANNEL_NORM_OP,
+      inputs: [t1.inputs[0]!, ...ln.inputs.slice(1)],
+      outputs: [t2.outputs[0]!],
+      attrs: { epsilon: (ln.attrs.epsilon as number | undefined) ?? 1e-5, channel_affine: 1 },
+    });
+  }
+  if (replace.size === 0) return nodes;
+  return nodes.flatMap((n) => (replace.has(n) ? [replace.get(n)!] : drop.has(n) ? [] : [n]));
+}
+
 export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const only = soleReader(nodes, consumers);
@@ -1004,16 +1056,28 @@ export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     return t?.f32 && t.dims.length === 1 ? name : undefined;
   };
   const other = otherInput;
-  /** A ReduceMean over the last axis only, keeping it (axes as an attribute, or opset 18's input). */
-  const lastAxisMean = (n: GraphNode | undefined) => {
-    if (!n || n.opType !== "ReduceMean" || n.attrs.keepdims === 0) return false;
+  /**
+   * The axis of a ReduceMean over one axis, keeping it (axes as an attribute, or opset 18's input):
+   * −1 (a LayerNorm) or 1 (the channels: LayerNormNd, SAM's and ConvNeXt's LayerNorm2d); else undefined.
+   */
+  const meanAxis = (n: GraphNode | undefined) => {
+    if (!n || n.opType !== "ReduceMean" || n.attrs.keepdims === 0) return undefined;
     const axes = n.inputs[1] ? inits.get(n.inputs[1])?.ints : (n.attrs.axes as number[] | undefined);
-    return !!axes && axes.length === 1 && axes[0] === -1;
+    return axes && axes.length === 1 && (axes[0] === -1 || axes[0] === 1) ? axes[0] : undefined;
+  };
+  /** A channel LayerNorm's γ or β: a float constant whose one non-1 dimension is followed by `trailing` 1s ([C, 1, 1, 1]). */
+  const channelVector = (name: string | undefined) => {
+    const t = name ? inits.get(name) : undefined;
+    if (!t?.f32) return undefined;
+    const big = t.dims.map((d, i) => (d !== 1 ? i : -1)).filter((i) => i >= 0);
+    if (big.length > 1) return undefined;
+    return { name: name!, trailing: big.length ? t.dims.length - 1 - big[0]! : undefined };
   };
   const replace = new Map<GraphNode, GraphNode>(),
     drop = new Set<GraphNode>();
   for (const mean of nodes) {
-    if (!lastAxisMean(mean) || drop.has(mean) || consumers.get(mean.outputs[0]!) !== 1) continue;
+    const axis = meanAxis(mean);
+    if (axis === undefined || drop.has(mean) || consumers.get(mean.outputs[0]!) !== 1) continue;
     const x = mean.inputs[0]!;
     const sub = only(mean.outputs[0], "Sub");
     if (!sub || sub.inputs[0] !== x || sub.inputs[1] !== mean.outputs[0]) continue;
@@ -1024,27 +1088,29 @@ export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     const div = readers.find((n) => n.opType === "Div" && n.inputs[0] === d);
     if (!pow || !div) continue;
     const mean2 = only(pow.outputs[0], "ReduceMean");
-    if (!lastAxisMean(mean2) || consumers.get(mean2!.outputs[0]!) !== 1) continue;
+    if (meanAxis(mean2) !== axis || consumers.get(mean2!.outputs[0]!) !== 1) continue;
     const addEps = only(mean2!.outputs[0], "Add");
     const eps = addEps && scalar(other(addEps, mean2!.outputs[0]!));
     if (!addEps || eps === undefined || !(eps >= 0)) continue;
     const sqrt = only(addEps.outputs[0], "Sqrt");
     if (!sqrt || div.inputs[1] !== sqrt.outputs[0] || consumers.get(sqrt.outputs[0]!) !== 1) continue;
-    // γ and β where a Mul and an Add of vectors follow (F.layer_norm without weights has neither)
+    // γ and β where a Mul and an Add of vectors follow (F.layer_norm without weights has neither);
+    // over the channels, constants that vary along one axis (run checks it is the channels')
     const mul = only(div.outputs[0], "Mul");
-    const gamma = mul && vector(other(mul, div.outputs[0]!));
+    const affine = (name: string | undefined) => (axis === -1 ? vector(name) : channelVector(name)?.name);
+    const gamma = mul && affine(other(mul, div.outputs[0]!));
     const add = gamma ? only(mul!.outputs[0], "Add") : undefined;
-    const beta = add && vector(other(add, mul!.outputs[0]!));
+    const beta = add && affine(other(add, mul!.outputs[0]!));
     const last = beta ? add! : gamma ? mul! : div;
     const steps = [mean, sub, pow, mean2!, addEps, sqrt, div, ...(gamma ? [mul!] : []), ...(beta ? [add!] : [])];
     if (steps.some((n) => drop.has(n) || n.fusedAct)) continue;
     for (const n of steps) drop.add(n);
     replace.set(last, {
       name: mean.name,
-      opType: "LayerNormalization",
+      opType: axis === -1 ? "LayerNormalization" : CHANNEL_NORM_OP,
       inputs: beta ? [x, gamma!, beta] : gamma ? [x, gamma] : [x],
       outputs: [last.outputs[0]!],
-      attrs: { axis: -1, epsilon: eps },
+      attrs: axis === -1 ? { axis: -1, epsilon: eps } : { epsilon: eps },
     });
   }
   if (replace.size === 0) return nodes;

@@ -29,6 +29,7 @@ import {
   fuseGelu,
   fuseGroupNorm,
   fuseLayerNorm,
+  fuseChannelNorm,
   parseModel,
   type Graph,
   type GraphNode,
@@ -143,8 +144,12 @@ export class Model {
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;
-    const grouped = fuseLayerNorm(
-      fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+    const grouped = fuseChannelNorm(
+      fuseLayerNorm(
+        fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+        graph.outputs,
+        graph.initializers,
+      ),
       graph.outputs,
       graph.initializers,
     );

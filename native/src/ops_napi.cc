@@ -314,6 +314,26 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
       {info[0], info[6], info[7]}, 2.0 * double(N * C * S) * sizeof(float));
 }
 
+// channelNorm(x, N, C, spatial, gamma | null, beta | null, eps, out): tensor_ops' channel_norm
+Napi::Value ChannelNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
+                     S = int_of(info[3], "spatial", 1, BIG);
+  const std::size_t n = elems(env, {N, C, S});
+  const float* x = floats_of(info[0], n, "x");
+  const float* g = floats_of(info[4], std::size_t(C), "gamma", true);
+  const float* b = floats_of(info[5], std::size_t(C), "beta", true);
+  const double eps = number_of(info[6], "eps");
+  require(eps >= 0, env, "eps must be non-negative");
+  float* y = out_of(info[7], n, "out");
+  // (x is read across the channels after out's positions are written: no overlap at all)
+  require(x + n <= y || y + n <= x, env, "x overlaps out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::channel_norm(x, y, N, C, S, g, b, eps, *pool); }, nullptr, {info[0], info[4], info[5], info[7]},
+      3.0 * double(n) * sizeof(float));
+}
+
 // binary(a, b, shape[6], stridesA[6], stridesB[6], mul, out)
 Napi::Value Binary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -636,6 +656,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNorm", Napi::Function::New<guarded<BatchNorm>>(env, "batchNorm"));
   exports.Set("instanceNormBackward", Napi::Function::New<guarded<InstanceNormBackward>>(env, "instanceNormBackward"));
   exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));
+  exports.Set("channelNorm", Napi::Function::New<guarded<ChannelNorm>>(env, "channelNorm"));
   exports.Set("binary", Napi::Function::New<guarded<Binary>>(env, "binary"));
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));

@@ -464,6 +464,44 @@ inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
       1, 8);
 }
 
+// A LayerNorm over the channels of x [N, C, spatial] (LayerNormNd, LayerNorm2d): at each position
+// the C values less their mean, over √(mean square + eps), in double and rounded to float, then
+// × gamma[c] + beta[c] (either may be null: 1 and 0). A task is a run of positions of one item
+// (each channel's part of it contiguous).
+inline void channel_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
+                         const float* gamma, const float* beta, double eps, ThreadPool& pool) {
+  constexpr std::int64_t P = 256;  // positions a task
+  const std::int64_t chunks = (spatial + P - 1) / P;
+  pool.parallel_for(
+      std::size_t(N * chunks),
+      [&](std::size_t lo, std::size_t hi) {
+        double mean[P], sd[P];
+        for (std::size_t t = lo; t < hi; ++t) {
+          const std::int64_t n = std::int64_t(t) / chunks, p0 = std::int64_t(t) % chunks * P;
+          const std::int64_t len = std::min(P, spatial - p0);
+          const float* xb = x + n * C * spatial + p0;
+          float* yb = y + n * C * spatial + p0;
+          std::fill(mean, mean + len, 0.0);
+          std::fill(sd, sd + len, 0.0);
+          for (std::int64_t c = 0; c < C; ++c)
+            for (std::int64_t p = 0; p < len; ++p) mean[p] += xb[c * spatial + p];
+          for (std::int64_t p = 0; p < len; ++p) mean[p] /= double(C);
+          for (std::int64_t c = 0; c < C; ++c)
+            for (std::int64_t p = 0; p < len; ++p) {
+              const double d = xb[c * spatial + p] - mean[p];
+              sd[p] += d * d;
+            }
+          for (std::int64_t p = 0; p < len; ++p) sd[p] = std::sqrt(sd[p] / double(C) + eps);
+          for (std::int64_t c = 0; c < C; ++c) {
+            const double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
+            for (std::int64_t p = 0; p < len; ++p)
+              yb[c * spatial + p] = float(double(float((xb[c * spatial + p] - mean[p]) / sd[p])) * g + b);
+          }
+        }
+      },
+      1, 8);
+}
+
 enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3, gelu = 4, gelu_tanh = 5 };
 
 #ifdef BHSD_X86
