@@ -15,7 +15,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { backendInfo, loadModel, loadMonai, setBackend, type Model } from "../dist/index.js";
+import { backendInfo, loadModel, loadMonai, loadNnunet, setBackend, type Model } from "../dist/index.js";
 import type { Architecture } from "../dist/model/nnunet/network.js";
 import { PLAIN_CONV_UNET_2D, PLAIN_CONV_UNET_FULLRES, RESENC_M_FULLRES, randomWeightsModel } from "../dist/model/nnunet/presets.js";
 import { timeMedian } from "../dist/timing.js";
@@ -33,11 +33,16 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 }
 
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
-type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" };
+type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" } | { primus: true };
 
 // (looked up once, when first needed: bench plan's fresh processes import this module too)
-let pythons: { torch: string | undefined; monai: string | undefined } | undefined;
-const pythonsFor = () => (pythons ??= { torch: pythonWith("torch", "onnx", "numpy"), monai: pythonWith("torch", "numpy", "monai") });
+let pythons: { torch: string | undefined; monai: string | undefined; primus: string | undefined } | undefined;
+const pythonsFor = () =>
+  (pythons ??= {
+    torch: pythonWith("torch", "onnx", "numpy"),
+    monai: pythonWith("torch", "numpy", "monai"),
+    primus: pythonWith("torch", "numpy", "timm", "einops", "dynamic_network_architectures"),
+  });
 const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.url));
 
 /**
@@ -46,7 +51,7 @@ const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.ur
  * python3 has what the network needs.
  */
 function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number, ref: Float32Array | undefined) {
-  const py = "onnx" in net ? pythonsFor().torch : pythonsFor().monai;
+  const py = "onnx" in net ? pythonsFor().torch : "primus" in net ? pythonsFor().primus : pythonsFor().monai;
   if (!py) return undefined;
   const dir = mkdtempSync(join(tmpdir(), "bhsd-torch-"));
   try {
@@ -57,7 +62,7 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
     if ("onnx" in net) {
       netArg = join(dir, "net.onnx");
       writeFileSync(netArg, net.onnx);
-    } else netArg = net.monai;
+    } else netArg = "primus" in net ? "primus" : net.monai;
     const args = (extra: string[]) => [TORCH_SCRIPT, netArg, input, ...dims.map(String), String(reps), out, ...extra];
     const run = (extra: string[]) =>
       runPython<{ ms: number }>(
@@ -98,8 +103,8 @@ async function compare(
   shape: number[],
   reps: number,
   torchNet?: TorchNet,
-  /** bhsd's own model of the network (loadMonai's, from the state_dict) instead of the ONNX bytes'. */
-  own?: () => Promise<Model>,
+  /** bhsd's own model of the network (loadMonai's or loadNnunet's, from the state_dict) instead of the ONNX bytes'. */
+  own?: () => Promise<Pick<Model, "run" | "lastRun" | "dispose">>,
 ): Promise<string[]> {
   // (BENCH_MATCH=regex: only the rows whose label matches)
   if (process.env.BENCH_MATCH && !new RegExp(process.env.BENCH_MATCH).test(label)) return [];
@@ -223,6 +228,28 @@ export async function benchNetworks(): Promise<string[]> {
   } else
     rows.push(
       "| MONAI SwinUNETR (BTCV widths), 64×64×64 | not run: make bench/models/swinunetr_btcv.* first (PYTHONPATH=<MONAI 1.4.0>:<einops> /usr/bin/python3 bench/models/make_swinunetr.py) | | | | | | | | | |",
+    );
+  // nnU-Net's Primus-S (nnUNet_Primus_S_Trainer: width 396, 12 EVA blocks, 24 M parameters): made by
+  // bench/models/make_primus.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the
+  // checkpoint), onnxruntime its torch.onnx export; then both run the export
+  const primus = new URL("./models/primus_s.json", import.meta.url);
+  if (existsSync(primus)) {
+    const { folder, size } = JSON.parse(readFileSync(primus, "utf8")) as { folder: string; size: number[] };
+    const onnx = readFileSync(new URL("./models/primus_s.onnx", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `nnU-Net Primus-S (width 396, 12 blocks; loadNnunet from the checkpoint), ${size.join("×")}`,
+        onnx,
+        [1, 1, ...size],
+        3,
+        { primus: true },
+        () => loadNnunet(fileURLToPath(new URL(`./models/${folder}`, import.meta.url))),
+      )),
+      ...(await compare(`nnU-Net Primus-S, its torch.onnx export run by both, ${size.join("×")}`, onnx, [1, 1, ...size], 3)),
+    );
+  } else
+    rows.push(
+      "| nnU-Net Primus-S, 32×128×128 | not run: make bench/models/primus_s.* first (PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py) | | | | | | | | | |",
     );
   return [...header(), ...rows];
 }

@@ -359,3 +359,38 @@ test("Slice and Pad over whole trailing axes equal onnxruntime: crops, strided a
     t.deepEqual(Array.from(y.data), Array.from(want.y!.data as Float32Array), what);
   }
 });
+
+test("Transpose of the last two axes (attention's kᵀ, tiled) and of the middle ones equals onnxruntime", async (t) => {
+  for (const [shape, perm] of [
+    [
+      [2, 3, 70, 40],
+      [0, 1, 3, 2],
+    ],
+    [
+      [1, 6, 33, 66],
+      [0, 1, 3, 2],
+    ],
+    [
+      [1, 40, 6, 66],
+      [0, 2, 1, 3],
+    ],
+    [
+      [3, 50, 7],
+      [0, 2, 1],
+    ],
+  ] as [number[], number[]][]) {
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Transpose", inputs: ["x"], outputs: ["y"], attrs: { perm } }],
+      inputs: [{ name: "x", shape }],
+      outputs: [{ name: "y" }],
+    });
+    const x = randomTensor(shape, 3);
+    const want = await ortOf(bytes, { x });
+    const model = await loadModel(bytes);
+    const y = await model.run(x);
+    t.deepEqual(y.shape, [...want.y!.dims], `${shape} by ${perm}`);
+    t.deepEqual(Array.from(y.data), Array.from(want.y!.data as Float32Array), `${shape} by ${perm}`);
+    model.dispose();
+  }
+});

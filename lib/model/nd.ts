@@ -194,6 +194,30 @@ function permute(src: NdData, y: NdData, dims: number[], strides: number[]): voi
     n = y.length,
     idx = new Array<number>(r).fill(0);
   const runs = is === 1 && inner >= 64 && src instanceof Float32Array && y instanceof Float32Array;
+  if (r >= 2 && strides[r - 2] === 1 && is !== 1 && dims[r - 2]! * inner >= 1024) {
+    // the last two axes swapped (attention's kᵀ: [B, H, n, hd] → [B, H, hd, n]): each outer index's
+    // matrix in 32 × 32 tiles, both sides a few cache lines at a time (the odometer read a new line
+    // for every value)
+    const rows = dims[r - 2]!,
+      outer = n / (rows * inner);
+    const oStrides = strides.slice(0, r - 2),
+      oDims = dims.slice(0, r - 2);
+    for (let o = 0; o < outer; o++) {
+      let base = 0;
+      for (let d = oDims.length - 1, q = o; d >= 0; d--) {
+        base += (q % oDims[d]!) * oStrides[d]!;
+        q = Math.floor(q / oDims[d]!);
+      }
+      const yo = o * rows * inner;
+      for (let i0 = 0; i0 < rows; i0 += 32)
+        for (let j0 = 0; j0 < inner; j0 += 32) {
+          const i1 = Math.min(rows, i0 + 32),
+            j1 = Math.min(inner, j0 + 32);
+          for (let i = i0; i < i1; i++) for (let j = j0, at = base + i + j0 * is; j < j1; j++, at += is) y[yo + i * inner + j] = src[at]!;
+        }
+    }
+    return;
+  }
   let off = 0;
   for (let i = 0; i < n; i += inner) {
     if (runs) (y as Float32Array).set((src as Float32Array).subarray(off, off + inner), i);
