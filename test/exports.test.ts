@@ -270,6 +270,33 @@ test("a LayerNorm over the channels (eight steps over axis 1, or channels-last b
     }
     model.dispose();
   }
+  // two rank-3 norms in a row ([0, 2, 1] closes the first and opens the second: fused once), and a
+  // LayerNormalization whose scale is one value
+  const chain = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Transpose", inputs: ["x"], outputs: ["a"], attrs: { perm: [0, 2, 1] } },
+      { opType: "LayerNormalization", inputs: ["a", "g1"], outputs: ["b"], attrs: { axis: -1 } },
+      { opType: "Transpose", inputs: ["b"], outputs: ["c"], attrs: { perm: [0, 2, 1] } },
+      { opType: "LayerNormalization", inputs: ["c", "g2"], outputs: ["d"], attrs: { axis: -1 } },
+      { opType: "Transpose", inputs: ["d"], outputs: ["y"], attrs: { perm: [0, 2, 1] } },
+    ],
+    inputs: [{ name: "x", shape: [2, 6, 9] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "g1", dims: [1], data: Float32Array.of(1.5) },
+      { name: "g2", dims: [9], data: randomTensor([9], 8).data },
+    ],
+  });
+  const xc = randomTensor([2, 6, 9], 12);
+  const wantChain = await ortOf(chain, { x: xc });
+  const mc = await loadModel(chain);
+  for (const { name } of backendsUnderTest()) {
+    setBackend(name);
+    const y = await mc.run(xc);
+    t.true(scaleDiff(y.data, wantChain.y!.data as Float32Array) <= 2e-6, `chain on ${name}`);
+  }
+  mc.dispose();
   // a file may not name the internal op
   const bad = encodeModel({
     opset: 17,
@@ -357,6 +384,37 @@ test("Slice and Pad over whole trailing axes equal onnxruntime: crops, strided a
     const y = await m.run(x);
     t.deepEqual(y.shape, [...want.y!.dims], what);
     t.deepEqual(Array.from(y.data), Array.from(want.y!.data as Float32Array), what);
+  }
+});
+
+test("a Linear layer's MatMul → Add runs as one MatMul with the bias added as the GEMM stores it, and equals onnxruntime", async (t) => {
+  const graph = (alsoProduct: boolean) =>
+    encodeModel({
+      opset: 17,
+      nodes: [
+        { opType: "MatMul", inputs: ["x", "w"], outputs: ["p"] },
+        { opType: "Add", inputs: ["b", "p"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: [1, 300, 40] }],
+      outputs: [{ name: "y" }, ...(alsoProduct ? [{ name: "p" }] : [])],
+      initializers: [
+        { name: "w", dims: [40, 36], data: randomTensor([40 * 36], 21).data },
+        { name: "b", dims: [36], data: randomTensor([36], 22).data },
+      ],
+    });
+  const x = randomTensor([1, 300, 40], 23);
+  for (const alsoProduct of [false, true]) {
+    const bytes = graph(alsoProduct);
+    const want = await ortOf(bytes, { x });
+    const model = await loadModel(bytes);
+    for (const { name } of backendsUnderTest()) {
+      setBackend(name);
+      const out = await model.runAll({ x });
+      for (const k of Object.keys(want)) t.true(scaleDiff(out[k]!.data, want[k]!.data as Float32Array) <= 1e-6, `${k} on ${name}`);
+      // (the product a graph output too: left as two nodes)
+      t.deepEqual(Object.keys(model.lastRun!.opMs).sort(), alsoProduct ? ["Add", "MatMul"] : ["MatMul"], `${alsoProduct} on ${name}`);
+    }
+    model.dispose();
   }
 });
 

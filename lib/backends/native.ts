@@ -458,6 +458,9 @@ export class NativeBackend implements Backend {
   instanceNorm: TensorBackend["instanceNorm"] = (...a) => this.addon.instanceNorm(...a);
   groupNorm: NonNullable<TensorBackend["groupNorm"]> = (...a) => this.addon.groupNorm!(...a);
   /** The addon's GEMM, where the binary has one (a prebuild older than it does not: MatMul then runs as a convolution). */
+  get gemmBias(): boolean {
+    return typeof this.addon.gemm === "function" && this.addon.gemmBias === true;
+  }
   get gemm(): TensorBackend["gemm"] {
     return typeof this.addon.gemm === "function" ? this.gemmCall : undefined;
   }

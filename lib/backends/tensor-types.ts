@@ -110,7 +110,8 @@ export interface TensorBackend {
   ): Promise<void>;
   /**
    * Optional: out[t] = a[t] · b[t or 0] for t < batches, row-major a [M, K], b [K, N], out [M, N]
-   * (MatMul and Einsum; without it they run as 1×1×1 convolutions).
+   * (MatMul and Einsum; without it they run as 1×1×1 convolutions). bias (where gemmBias): one
+   * value per column, added to each finished sum.
    */
   gemm?(
     a: Float32Array,
@@ -121,7 +122,10 @@ export interface TensorBackend {
     N: number,
     bBatched: boolean,
     out: Float32Array,
+    bias?: Float32Array,
   ): Promise<void>;
+  /** Whether gemm() takes a bias (an addon built before it would ignore one). */
+  readonly gemmBias?: boolean;
   /**
    * Optional: fused multi-head self-attention from a qkv projection. qkv [batch, n, 3, heads, hd];
    * scores q·kᵀ (q multiplied by `scale` first where scaleQ, else the products), plus each extra in

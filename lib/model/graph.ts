@@ -1028,7 +1028,8 @@ export function fuseChannelNorm(nodes: GraphNode[], graphOutputs: string[], init
     if (!t2 || !back || back.length !== r || !back.every((p, i) => p === (i === 0 ? 0 : i === 1 ? r - 1 : i - 1))) continue;
     const vec = (name: string | undefined) => !name || (inits.get(name)?.f32 !== undefined && inits.get(name)!.dims.length === 1);
     if (!vec(ln.inputs[1]) || !vec(ln.inputs[2])) continue;
-    if ([t1, ln, t2].some((n) => drop.has(n) || n.fusedAct)) continue;
+    // (rank 3: [0, 2, 1] both ways, so one Transpose may close a norm and open the next: taken once)
+    if ([t1, ln, t2].some((n) => drop.has(n) || replace.has(n) || n.fusedAct)) continue;
     drop.add(t1).add(ln);
     replace.set(t2, {
       name: ln.name,
@@ -1037,6 +1038,31 @@ export function fuseChannelNorm(nodes: GraphNode[], graphOutputs: string[], init
       outputs: [t2.outputs[0]!],
       attrs: { epsilon: (ln.attrs.epsilon as number | undefined) ?? 1e-5, channel_affine: 1 },
     });
+  }
+  if (replace.size === 0) return nodes;
+  return nodes.flatMap((n) => (replace.has(n) ? [replace.get(n)!] : drop.has(n) ? [] : [n]));
+}
+
+/**
+ * A Linear layer's MatMul(x, W) → Add(·, b), W a 2-D float initializer [K, N] and b one of N
+ * values (rank 1), the product read by the Add alone: one MatMul with b as a third input, which the
+ * executor adds to the product as the GEMM stores it (no pass of its own).
+ */
+export function fuseMatMulBias(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const only = soleReader(nodes, consumers);
+  const replace = new Map<GraphNode, GraphNode>(),
+    drop = new Set<GraphNode>();
+  for (const mm of nodes) {
+    if (mm.opType !== "MatMul" || mm.inputs.length !== 2 || mm.fusedAct || drop.has(mm)) continue;
+    const w = inits.get(mm.inputs[1]!);
+    if (!w?.f32 || w.dims.length !== 2 || consumers.get(mm.outputs[0]!) !== 1) continue;
+    const add = only(mm.outputs[0], "Add");
+    if (!add || add.inputs.length !== 2 || add.fusedAct || add.fusedAdd || replace.has(add)) continue;
+    const b = inits.get(otherInput(add, mm.outputs[0]!) ?? "");
+    if (!b?.f32 || b.dims.length !== 1 || b.dims[0] !== w.dims[1]) continue;
+    drop.add(mm);
+    replace.set(add, { ...mm, inputs: [mm.inputs[0]!, mm.inputs[1]!, otherInput(add, mm.outputs[0]!)!], outputs: [add.outputs[0]!] });
   }
   if (replace.size === 0) return nodes;
   return nodes.flatMap((n) => (replace.has(n) ? [replace.get(n)!] : drop.has(n) ? [] : [n]));

@@ -30,6 +30,7 @@ import {
   fuseGroupNorm,
   fuseLayerNorm,
   fuseChannelNorm,
+  fuseMatMulBias,
   parseModel,
   type Graph,
   type GraphNode,
@@ -144,9 +145,13 @@ export class Model {
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;
-    const grouped = fuseChannelNorm(
-      fuseLayerNorm(
-        fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+    const grouped = fuseMatMulBias(
+      fuseChannelNorm(
+        fuseLayerNorm(
+          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+          graph.outputs,
+          graph.initializers,
+        ),
         graph.outputs,
         graph.initializers,
       ),

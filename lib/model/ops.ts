@@ -436,9 +436,12 @@ export async function runNode(
     case CHANNEL_NORM_OP:
       return [await channelNorm(n, a, budget, alloc)];
     case "MatMul": {
-      const r = await matmulOnEngine(a[0], a[1], budget, alloc);
+      // (a third input: the bias of a MatMul → Add that fuseMatMulBias joined)
+      const bias = a[2] ? F(a[2], "bias") : undefined;
+      const r = await matmulOnEngine(a[0], a[1], budget, alloc, bias?.data);
       if (r) return [r];
-      return runNd(n, a, budget, opset);
+      const [y] = runNd({ ...n, inputs: n.inputs.slice(0, 2) }, a.slice(0, 2), budget, opset);
+      return bias ? [fromNd(nd.mapN([toNd(y, "product"), toNd(a[2], "bias")], false, (p, q) => p + q, budget, "MatMul"))] : [y!];
     }
     case "Einsum": {
       // a batched matrix product (attention) goes to the engine's GEMM, all heads in one call
@@ -474,8 +477,10 @@ async function channelNorm(n: GraphNode, a: (Value | undefined)[], budget: nd.Bu
     if (!v) return undefined;
     const t = F(v, what);
     if (n.attrs.channel_affine) {
-      if (t.data.length !== C) throw new RangeError(`${what} has ${t.data.length} values for ${C} channels`);
-      return t.data;
+      // (a LayerNormalization's one value for every channel broadcasts as below)
+      if (t.data.length === C) return t.data;
+      if (t.data.length === 1) return null;
+      throw new RangeError(`${what} has ${t.data.length} values for ${C} channels`);
     }
     const k = t.shape.length;
     if (k > r || t.data.length !== C) return null;
@@ -556,6 +561,8 @@ async function matmulOnEngine(
   bv: Value | undefined,
   budget: nd.Budget,
   alloc: (shape: number[]) => Tensor,
+  /** One value per column of the product, added to it (checked here). */
+  bias?: Float32Array,
 ): Promise<Value | undefined> {
   if (!av || !bv || !("f" in av) || !("f" in bv)) return undefined;
   const A = av.f,
@@ -568,6 +575,7 @@ async function matmulOnEngine(
     batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
   const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
   if (A.shape[ra - 1] !== K) return undefined;
+  if (bias && bias.length !== N) throw new RangeError(`a bias of ${bias.length} values for a product of ${N} columns`);
   const be = activeBackend();
   // a few rows of a large product (SwinUNETR's last patch merging at a 64³ window: 8 tokens × 3072
   // × 768, 0.1 s in nd.matmul) go to a backend GEMM all the same
@@ -577,9 +585,18 @@ async function matmulOnEngine(
   // touch of its pages cost more than the GEMM of a small projection
   const yt = alloc([...A.shape.slice(0, -1), N]);
   const y = yt.data;
+  /** The bias added after the product, where the GEMM did not add it. */
+  const addBias = () => {
+    if (!bias) return;
+    for (let o = 0; o < y.length; o += N) for (let j = 0; j < N; j++) y[o + j]! += bias[j]!;
+  };
   if (be.gemm) {
     // the backend's own GEMM (native: AVX-512 8×32 / AVX2 6×16 micro-kernels, Goto blocking)
-    await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);
+    if (bias && be.gemmBias) await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y, bias);
+    else {
+      await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);
+      addBias();
+    }
     return { f: yt };
   }
   // B's N columns seen as rows of 128 or 64 voxels: the convolution gives each thread tasks of a
@@ -591,6 +608,7 @@ async function matmulOnEngine(
     groups: batches,
     out: { data: y, shape: [1, batches * rows, 1, N / w, w] },
   });
+  addBias();
   return { f: yt };
 }
 

@@ -512,9 +512,15 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   const float* a = floats_of(info[0], elems(env, {T, M, K}), "a");
   const float* b = floats_of(info[1], elems(env, {bb ? T : 1, K, N}), "b");
   float* y = out_of(info[7], elems(env, {T, M, N}), "out");
+  // optional: the bias, one value per column, added to each finished sum (MatMul → Add fused)
+  const float* bias = info.Length() > 8 ? floats_of(info[8], std::size_t(N), "bias", true) : nullptr;
+  const std::size_t ny = elems(env, {T, M, N});
+  require(!bias || bias + N <= y || y + ny <= bias, env, "bias overlaps out");
   auto pool = pool_of(env);
+  std::vector<Napi::Value> keep{info[0], info[1], info[7]};
+  if (bias) keep.push_back(info[8]);
   return PromiseWorker::Start(
-      env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool); }, nullptr, {info[0], info[1], info[7]},
+      env, [=] { bhsd::gemm(a, b, y, T, M, K, N, bb, *pool, bias); }, nullptr, std::move(keep),
       conv_work(double(K), double(T * M * N), double(T * M * K + (bb ? T : 1) * K * N + T * M * N), 24.0));
 }
 
@@ -670,6 +676,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New<guarded<Gemm>>(env, "gemm"));
   exports.Set("attention", Napi::Function::New<guarded<Attention>>(env, "attention"));
   exports.Set("attentionRope", Napi::Boolean::New(env, true));  // (attention's 7th argument)
+  exports.Set("gemmBias", Napi::Boolean::New(env, true));       // (gemm's 9th argument)
   exports.Set("argmax", Napi::Function::New<guarded<Argmax>>(env, "argmax"));
   exports.Set("concat", Napi::Function::New<guarded<Concat>>(env, "concat"));
 }

@@ -2479,12 +2479,15 @@ static void test_gemm(bhsd::ThreadPool& pool) {
           c(std::size_t(T * M * N + 8), 7.0f);
       for (std::size_t i = 0; i < a.size(); ++i) a[i] = float(std::sin(double(i) * 0.61));
       for (std::size_t i = 0; i < b.size(); ++i) b[i] = float(std::cos(double(i) * 0.37));
-      bhsd::gemm(a.data(), b.data(), c.data(), T, M, K, N, bb, pool);
+      // with a bias (one value per column) where B is batched, without where it is shared
+      std::vector<float> bias(static_cast<std::size_t>(N));
+      for (std::size_t j = 0; j < bias.size(); ++j) bias[j] = float(j % 5) - 1.5f;
+      bhsd::gemm(a.data(), b.data(), c.data(), T, M, K, N, bb, pool, bb ? bias.data() : nullptr);
       ++cases;
       for (std::int64_t t = 0; t < T; ++t)
         for (std::int64_t i = 0; i < M; ++i)
           for (std::int64_t j = 0; j < N; ++j) {
-            double want = 0;
+            double want = bb ? bias[std::size_t(j)] : 0.0;
             for (std::int64_t k = 0; k < K; ++k)
               want += double(a[(t * M + i) * K + k]) * b[((bb ? t : 0) * K + k) * N + j];
             if (std::abs(c[(t * M + i) * N + j] - want) > 1e-5 * (1 + std::sqrt(double(K)))) ++bad;

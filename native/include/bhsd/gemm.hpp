@@ -59,7 +59,7 @@ inline void row_pointers(const float* a, std::int64_t lda, std::int64_t rows, co
 // The portable micro-kernel: c (rows × cols of C, ldc apart) = (first ? 0 : c) + Σ_k A[r][k]·b[k][j].
 template <int MR, int NR>
 inline void kernel_generic(std::int64_t kc, const float* a, std::int64_t lda, const float* bp, float* c,
-                           std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool first) {
+                           std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool first, const float* bias) {
   const float* ar[MR];
   row_pointers<MR>(a, lda, rows, ar);
   float acc[MR][NR] = {};
@@ -67,13 +67,17 @@ inline void kernel_generic(std::int64_t kc, const float* a, std::int64_t lda, co
     for (int r = 0; r < MR; ++r)
       for (int j = 0; j < NR; ++j) acc[r][j] += ar[r][k] * bp[k * NR + j];
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t j = 0; j < cols; ++j) c[r * ldc + j] = first ? acc[r][j] : c[r * ldc + j] + acc[r][j];
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const float v = first ? acc[r][j] : c[r * ldc + j] + acc[r][j];
+      c[r * ldc + j] = bias ? v + bias[j] : v;
+    }
 }
 
 #ifdef BHSD_X86
 __attribute__((target("avx512f"))) inline void kernel_avx512(std::int64_t kc, const float* a, std::int64_t lda,
                                                              const float* bp, float* c, std::int64_t ldc,
-                                                             std::int64_t rows, std::int64_t cols, bool first) {
+                                                             std::int64_t rows, std::int64_t cols, bool first,
+                                                             const float* bias) {
   constexpr int MR = 8;
   const float* ar[MR];
   row_pointers<MR>(a, lda, rows, ar);
@@ -92,14 +96,20 @@ __attribute__((target("avx512f"))) inline void kernel_avx512(std::int64_t kc, co
   }
   const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
   const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : __mmask16(0);
+  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps(),
+               bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   // a constant index for every accumulator (a loop to `rows` would keep them in memory, not registers)
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     if (r >= rows) break;
     float* q = c + r * ldc;
     if (!first) {
-      c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, q));
-      c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, q + 16));
+      c0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, q), c0[r]);
+      c1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, q + 16), c1[r]);
+    }
+    if (bias) {  // (after the whole sum, as the Add it replaces)
+      c0[r] = _mm512_add_ps(c0[r], bias0);
+      c1[r] = _mm512_add_ps(c1[r], bias1);
     }
     _mm512_mask_storeu_ps(q, m0, c0[r]);
     _mm512_mask_storeu_ps(q + 16, m1, c1[r]);
@@ -108,7 +118,8 @@ __attribute__((target("avx512f"))) inline void kernel_avx512(std::int64_t kc, co
 
 __attribute__((target("avx2,fma"))) inline void kernel_avx2(std::int64_t kc, const float* a, std::int64_t lda,
                                                             const float* bp, float* c, std::int64_t ldc,
-                                                            std::int64_t rows, std::int64_t cols, bool first) {
+                                                            std::int64_t rows, std::int64_t cols, bool first,
+                                                            const float* bias) {
   constexpr int MR = 6;
   const float* ar[MR];
   row_pointers<MR>(a, lda, rows, ar);
@@ -128,12 +139,18 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2(std::int64_t kc, con
   if (rows == MR && cols == 16) {
     // a whole tile: straight to C in vectors (the staging tile's scalar loop below had cost a
     // fifth of a 128×768×3072 product: 96 sums for every KC step of 192)
+    const __m256 b0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(),
+                 b1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
       float* q = c + r * ldc;
       if (!first) {
-        c0[r] = _mm256_add_ps(c0[r], _mm256_loadu_ps(q));
-        c1[r] = _mm256_add_ps(c1[r], _mm256_loadu_ps(q + 8));
+        c0[r] = _mm256_add_ps(_mm256_loadu_ps(q), c0[r]);
+        c1[r] = _mm256_add_ps(_mm256_loadu_ps(q + 8), c1[r]);
+      }
+      if (bias) {
+        c0[r] = _mm256_add_ps(c0[r], b0);
+        c1[r] = _mm256_add_ps(c1[r], b1);
       }
       _mm256_storeu_ps(q, c0[r]);
       _mm256_storeu_ps(q + 8, c1[r]);
@@ -149,12 +166,16 @@ __attribute__((target("avx2,fma"))) inline void kernel_avx2(std::int64_t kc, con
     _mm256_store_ps(tile[r] + 8, c1[r]);
   }
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t j = 0; j < cols; ++j) c[r * ldc + j] = first ? tile[r][j] : c[r * ldc + j] + tile[r][j];
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const float v = first ? tile[r][j] : c[r * ldc + j] + tile[r][j];
+      c[r * ldc + j] = bias ? v + bias[j] : v;
+    }
 }
 #endif
 
+// (the last argument: the bias of the tile's columns, added after the last k block, or null)
 using Kernel = void (*)(std::int64_t, const float*, std::int64_t, const float*, float*, std::int64_t, std::int64_t,
-                        std::int64_t, bool);
+                        std::int64_t, bool, const float*);
 
 // K in blocks of at most KC, as even as whole blocks allow (396 as 3 × 132, not 192 + 192 + 12: a
 // last sliver of a block costs a whole read and write of C for a few products).
@@ -169,7 +190,8 @@ inline std::int64_t k_block(std::int64_t K) {
 // packed + k0 · Np, column j's panel at + j · kc (Np: N rounded up to whole panels).
 template <int MR, int NR>
 inline void macro_tile(Kernel kernel, const float* A, const float* B, float* C, std::int64_t K, std::int64_t N,
-                       std::int64_t i0, std::int64_t mc, std::int64_t j0, std::int64_t nc, const float* packed) {
+                       std::int64_t i0, std::int64_t mc, std::int64_t j0, std::int64_t nc, const float* packed,
+                       const float* bias) {
   thread_local conv_detail::Scratch bpm;
   const std::int64_t ncp = (nc + NR - 1) / NR * NR, Np = (N + NR - 1) / NR * NR, kb = k_block(K);
   float* own = packed ? nullptr : bpm.get(std::size_t(ncp * kb));
@@ -180,13 +202,14 @@ inline void macro_tile(Kernel kernel, const float* A, const float* B, float* C, 
     for (std::int64_t jp = 0; jp < nc; jp += NR)
       for (std::int64_t ip = 0; ip < mc; ip += MR)
         kernel(kc, A + (i0 + ip) * K + k0, K, bp + jp * kc, C + (i0 + ip) * N + j0 + jp, N,
-               std::min<std::int64_t>(MR, mc - ip), std::min<std::int64_t>(NR, nc - jp), k0 == 0);
+               std::min<std::int64_t>(MR, mc - ip), std::min<std::int64_t>(NR, nc - jp), k0 == 0,
+               bias && k0 + kc >= K ? bias + j0 + jp : nullptr);
   }
 }
 
 template <int MR, int NR>
 inline void run(Kernel kernel, const float* A, const float* B, float* C, std::int64_t batches, std::int64_t M,
-                std::int64_t K, std::int64_t N, bool b_batched, ThreadPool& pool) {
+                std::int64_t K, std::int64_t N, bool b_batched, ThreadPool& pool, const float* bias) {
   // Up to 256 rows (a transformer's tokens) in one macro-tile, so that each block of B — the
   // weights, streamed from memory — is packed once, not once per 96 rows (and a last tile of 32
   // rows no longer gets a whole packing for a third of the use); then columns in blocks of at most
@@ -225,7 +248,7 @@ inline void run(Kernel kernel, const float* A, const float* B, float* C, std::in
           const std::int64_t b = std::int64_t(t) / per, r = std::int64_t(t) % per;
           const std::int64_t i0 = r / nt * mc, j0 = r % nt * ncb;
           macro_tile<MR, NR>(kernel, A + b * M * K, B + (b_batched ? b * K * N : 0), C + b * M * N, K, N, i0,
-                             std::min(mc, M - i0), j0, std::min(ncb, N - j0), packed);
+                             std::min(mc, M - i0), j0, std::min(ncb, N - j0), packed, bias);
         }
       },
       1, 4);
@@ -244,22 +267,24 @@ inline const char* gemm_kernel_name() {
   return "generic";
 }
 
-// C[b] = A[b] · B[b or 0] for b < batches; A [M×K], B [K×N], C [M×N], each contiguous. K = 0
-// gives zeros.
+// C[b] = A[b] · B[b or 0] (+ bias, one value per column, added to each finished sum as the Add
+// a Linear layer exports as: no pass of its own) for b < batches; A [M×K], B [K×N], C [M×N], each
+// contiguous. K = 0 gives zeros (or the bias).
 inline void gemm(const float* A, const float* B, float* C, std::int64_t batches, std::int64_t M, std::int64_t K,
-                 std::int64_t N, bool b_batched, ThreadPool& pool) {
+                 std::int64_t N, bool b_batched, ThreadPool& pool, const float* bias = nullptr) {
   using namespace gemm_detail;
   if (batches <= 0 || M <= 0 || N <= 0) return;
   if (K <= 0) {
-    std::fill(C, C + batches * M * N, 0.0f);
+    for (std::int64_t i = 0; i < batches * M; ++i)
+      for (std::int64_t j = 0; j < N; ++j) C[i * N + j] = bias ? bias[j] : 0.0f;
     return;
   }
   static const std::string which = gemm_kernel_name();
 #ifdef BHSD_X86
-  if (which == "avx512") return run<8, 32>(kernel_avx512, A, B, C, batches, M, K, N, b_batched, pool);
-  if (which == "avx2") return run<6, 16>(kernel_avx2, A, B, C, batches, M, K, N, b_batched, pool);
+  if (which == "avx512") return run<8, 32>(kernel_avx512, A, B, C, batches, M, K, N, b_batched, pool, bias);
+  if (which == "avx2") return run<6, 16>(kernel_avx2, A, B, C, batches, M, K, N, b_batched, pool, bias);
 #endif
-  run<8, 8>(kernel_generic<8, 8>, A, B, C, batches, M, K, N, b_batched, pool);
+  run<8, 8>(kernel_generic<8, 8>, A, B, C, batches, M, K, N, b_batched, pool, bias);
 }
 
 }  // namespace bhsd
