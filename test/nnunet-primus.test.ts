@@ -147,6 +147,12 @@ test.serial("a Primus folder whose plans' patch the patch embedding does not div
   await t.throwsAsync(loadNnunet(bad, { heads: 4 }), {
     message: /the plans' patch \[16, 36, 32\] is not a multiple of Primus's patch embedding \[8, 8, 8\]/,
   });
+  // a patch the embedding divides, but not the one the position embeddings were trained for
+  plans.configurations["3d_fullres"].patch_size = [16, 32, 64];
+  writeFileSync(join(bad, "plans.json"), JSON.stringify(plans));
+  await t.throwsAsync(loadNnunet(bad, { heads: 4 }), {
+    message: /eva\.pos_embed holds 32 tokens; the plans' patch \[16, 32, 64\] gives 64 \(\+ 0 registers\)/,
+  });
   // and a dataset.json with another number of classes than the decoder's
   copyFileSync(join(TINY, "plans.json"), join(bad, "plans.json"));
   const ds = JSON.parse(readFileSync(join(TINY, "dataset.json"), "utf8"));

@@ -157,7 +157,9 @@ export function fuseAttention(
     const t5 = producer.get(tIn);
     if (!t5 || t5.opType !== "Transpose" || !sameInts(t5.attrs.perm as number[] | undefined, [2, 0, 3, 1, 4]) || !once(t5.inputs[0]))
       return undefined;
-    const r5 = producer.get(t5.inputs[0]!);
+    // (a rotary embedding between the Reshape and the Transpose: see ropeOf)
+    const rope = ropeOf(t5.inputs[0]!);
+    const r5 = producer.get(rope ? rope.input : t5.inputs[0]!);
     const spec = ints(r5?.inputs[1]);
     if (
       !r5 ||
@@ -170,6 +172,8 @@ export function fuseAttention(
       return undefined;
     const [B, n, , H, hd] = spec as [number, number, number, number, number];
     if (!Number.isSafeInteger(B * n * 3 * H * hd) || B * H > 1 << 24) return undefined;
+    const table = rope && rope.swapLength === hd ? ropeTable(rope.cos, rope.sin, n, hd) : undefined;
+    if (rope && !table) return undefined;
 
     // forward along the chain: the scores' shape through each Reshape, each Add's constant mapped
     let shape = [B, H, n, n];
@@ -214,9 +218,7 @@ export function fuseAttention(
     }
     if (prod(outShape) !== B * n * H * hd || extras.length > 4) return undefined;
 
-    let qkv = r5.inputs[0]!;
-    const rope = once(qkv) ? ropeOf(qkv, n, H, hd) : undefined;
-    if (rope) qkv = rope.input;
+    const qkv = r5.inputs[0]!;
     const all = [
       ...(rope?.nodes ?? []),
       r5,
@@ -246,7 +248,7 @@ export function fuseAttention(
           scaleQ: scaleQ !== undefined,
           extras,
           outShape,
-          ...(rope ? { rope: rope.table } : {}),
+          ...(table ? { rope: table } : {}),
         },
       },
       at: rs,
@@ -254,24 +256,24 @@ export function fuseAttention(
   };
 
   /**
-   * The rotary embedding bhsd's Primus builder applies to the qkv projection Y ([B, n, 3·H·hd]):
-   * Add(Mul(Y, cos), Mul(Gather(Y, pairs swapped, axis −1), sin)), in either order of each Add and
-   * Mul, with cos and sin [n, 3·H·hd] (leading 1s allowed) the same for every head of q and of k, 1
-   * and 0 on v's channels: the table [n, 2·hd] of head 0's q, and the nodes it replaces.
+   * The rotary embedding bhsd's Primus builder applies to the split projection R ([B, n, 3, H, hd],
+   * the Reshape's output) before the Transpose: Add(Mul(R, cos), Mul(Gather(R, pairs swapped,
+   * axis −1), sin)), in either order of each Add and Mul, cos and sin [n, 3, 1, hd] (leading 1s
+   * allowed); `name` the Add's output, read by the Transpose alone. Its tables are checked by
+   * ropeTable once n and hd are known.
    */
-  const ropeOf = (name: string, n: number, H: number, hd: number) => {
+  const ropeOf = (name: string) => {
     const add = producer.get(name);
-    if (!add || add.opType !== "Add" || add.fusedAct || add.inputs.length !== 2 || hd % 2) return undefined;
+    if (!add || add.opType !== "Add" || add.fusedAct || add.inputs.length !== 2 || !once(name)) return undefined;
     const muls = add.inputs.map((i) => producer.get(i));
-    if (!muls.every((m, k) => m && m.opType === "Mul" && !m.fusedAct && once(add.inputs[k]))) return undefined;
-    const C3 = 3 * H * hd;
-    /** A Mul's table (an initializer of n · 3·H·hd values, trailing dims [n, 3·H·hd]) and its other operand. */
+    if (!muls.every((m, k) => m && m.opType === "Mul" && !m.fusedAct && m.inputs.length === 2 && once(add.inputs[k]))) return undefined;
+    /** A Mul's float initializer (a table) and its other operand. */
     const table = (m: GraphNode) => {
-      const t = m.inputs.map((i) => inits.get(i));
-      const k = t.findIndex((v) => v?.f32 && v.f32.length === n * C3 && v.dims.at(-1) === C3 && v.dims.at(-2) === n);
-      return k < 0 || m.inputs.length !== 2 ? undefined : { data: t[k]!.f32!, other: m.inputs[1 - k]! };
+      const k = m.inputs.findIndex((i) => !!inits.get(i)?.f32);
+      const t = k < 0 ? undefined : inits.get(m.inputs[k]!)!;
+      return t ? { t, other: m.inputs[1 - k]! } : undefined;
     };
-    // which Mul takes Y itself (cos) and which the swapped Y (sin)
+    // which Mul takes R itself (cos) and which the swapped R (sin)
     for (const k of [0, 1]) {
       const cm = muls[k]!,
         smul = muls[1 - k]!;
@@ -282,29 +284,37 @@ export function fuseAttention(
       if (!g || g.opType !== "Gather" || g.inputs[0] !== c.other || !once(s.other)) continue;
       if ((g.attrs.axis as number | undefined) !== -1) continue;
       const idx = ints(g.inputs[1]);
-      if (!idx || idx.length !== C3 || !idx.every((v, t) => (v < 0 ? v + C3 : v) === (t ^ 1))) continue;
-      const Y = c.other;
-      // Y is read by the cos Mul and the Gather alone
-      if (consumers.get(Y) !== 2) return undefined;
-      const cos = c.data,
-        sin = s.data,
-        C = H * hd;
-      const out = new Float32Array(n * 2 * hd);
-      for (let j = 0; j < n; j++) {
-        const row = j * C3;
-        for (let t = 0; t < hd; t++) {
-          const cv = cos[row + t]!,
-            sv = sin[row + t]!;
-          out[j * 2 * hd + t] = cv;
-          out[j * 2 * hd + hd + t] = sv;
-          // every head of q and of k alike; v not rotated
-          for (let h = 0; h < 2 * H; h++) if (cos[row + h * hd + t] !== cv || sin[row + h * hd + t] !== sv) return undefined;
-          for (let h = 0; h < H; h++) if (cos[row + 2 * C + h * hd + t] !== 1 || sin[row + 2 * C + h * hd + t] !== 0) return undefined;
-        }
-      }
-      return { input: Y, table: out, nodes: [cm, g, smul, add] };
+      if (!idx || !idx.every((v, t) => (v < 0 ? v + idx.length : v) === (t ^ 1)) || idx.length % 2) continue;
+      // R is read by the cos Mul and the Gather alone
+      if (consumers.get(c.other) !== 2) return undefined;
+      return { input: c.other, cos: c.t, sin: s.t, swapLength: idx.length, nodes: [cm, g, smul, add] };
     }
     return undefined;
+  };
+  /**
+   * The kernel's table [n, 2·hd] (cos, then signed sin, per token) from the graph's cos and sin
+   * [n, 3, 1, hd] (q's, k's and v's rows): q's and k's equal, v's 1 and 0; else undefined.
+   */
+  const ropeTable = (cos: OnnxTensor, sin: OnnxTensor, n: number, hd: number) => {
+    const trailing = (t: OnnxTensor) => {
+      const d = t.dims;
+      return d.length >= 4 && d.slice(0, -4).every((v) => v === 1) && sameInts(d.slice(-4), [n, 3, 1, hd]);
+    };
+    if (hd % 2 || !trailing(cos) || !trailing(sin)) return undefined;
+    const c = cos.f32!,
+      s = sin.f32!;
+    const out = new Float32Array(n * 2 * hd);
+    for (let j = 0; j < n; j++) {
+      const row = j * 3 * hd;
+      for (let t = 0; t < hd; t++) {
+        const cv = c[row + t]!,
+          sv = s[row + t]!;
+        if (c[row + hd + t] !== cv || s[row + hd + t] !== sv || c[row + 2 * hd + t] !== 1 || s[row + 2 * hd + t] !== 0) return undefined;
+        out[j * 2 * hd + t] = cv;
+        out[j * 2 * hd + hd + t] = sv;
+      }
+    }
+    return out;
   };
 
   for (const sm of nodes) {

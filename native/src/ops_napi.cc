@@ -324,7 +324,7 @@ Napi::Value ChannelNorm(const Napi::CallbackInfo& info) {
   const float* g = floats_of(info[4], std::size_t(C), "gamma", true);
   const float* b = floats_of(info[5], std::size_t(C), "beta", true);
   const double eps = number_of(info[6], "eps");
-  require(eps >= 0, env, "eps must be non-negative");
+  require(eps >= 0, env, ("eps must be a non-negative number, got " + std::to_string(eps)).c_str());
   float* y = out_of(info[7], n, "out");
   // (x is read across the channels after out's positions are written: no overlap at all)
   require(x + n <= y || y + n <= x, env, "x overlaps out");
@@ -577,7 +577,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   for (std::size_t e = 0; e < extras->size(); ++e) (*extras)[e].offsets = (*offsets)[e].data();
   bhsd::AttentionShape sh{B, n, H, hd, scale, scale_q};
   if (info.Length() > 6 && !info[6].IsUndefined()) {
-    require(hd % 2 == 0, env, "a rotary embedding needs an even head width");
+    require(hd % 2 == 0, env, ("a rotary embedding needs an even head width, got " + std::to_string(hd)).c_str());
     const float* rope = floats_of(info[6], elems(env, {n, 2, hd}), "rope");
     require(rope + elems(env, {n, 2, hd}) <= y || y + no <= rope, env, "rope overlaps out");
     sh.rope = rope;

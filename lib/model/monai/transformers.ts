@@ -84,8 +84,11 @@ export function splitQkv(
   heads: number,
   hd: number,
   name: string,
+  /** Applied to the split [batch, n, 3, heads, hd] before q, k and v are taken (Primus's rotary embedding). */
+  between?: (x: string) => string,
 ): [string, string, string] {
-  const t = b.transpose(b.reshape(qkv, [batch, n, 3, heads, hd], `${name}.qkv_split`), [2, 0, 3, 1, 4], `${name}.qkv_first`);
+  const split = b.reshape(qkv, [batch, n, 3, heads, hd], `${name}.qkv_split`);
+  const t = b.transpose(between ? between(split) : split, [2, 0, 3, 1, 4], `${name}.qkv_first`);
   // (a scalar index: the axis goes, each part one contiguous copy)
   const part = (i: number) =>
     b.node("Gather", [t, b.constant(`${name}.qkv${i}`, [], BigInt64Array.of(BigInt(i)))], `${name}.qkv${i}`, { axis: 0 });

@@ -512,7 +512,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
                 `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (Primus is 3-D)`,
               );
             const pa = primusArchitecture(weights, trainerName, patch as number[], inputChannels, numClasses, opts.heads, where);
-            const tokens = prod(pa.inputSize) / prod(pa.patchEmbed);
+            const tokens = prod(pa.inputSize) / prod(pa.patchEmbed) + pa.registers;
             if (tokens > 1 << 16)
               throw new Error(`nnU-Net folder ${basename(folder)}: Primus on a patch of ${tokens} tokens; bhsd runs up to 65536`);
             arch = pa;
@@ -605,6 +605,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
           {
             ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
             ...(opts.maxCheckpointBytes ? { maxCheckpointBytes: opts.maxCheckpointBytes } : {}),
+            ...(opts.heads !== undefined ? { heads: opts.heads } : {}),
             ...(precision ? { precision } : {}),
             postprocessing: false,
           },

@@ -20,8 +20,9 @@
  * of head_dim / 6, the angle t · 10000^(−j / (head_dim / 6)), each sine and cosine used for a pair
  * of channels, applied to the pairs (x₂ᵢ, x₂ᵢ₊₁) as a rotation. It is not in the checkpoint (a
  * non-persistent buffer); it is computed here in float32 as timm does. In the graph the rotation
- * is applied to the fused q‖k‖v projection before the heads are split — qkv · cos + swap(qkv) · ±sin,
- * v's part with cos 1 and sin 0 — so that the attention still fuses (attention.ts).
+ * is applied to the q‖k‖v projection split as [1, n, 3, heads, hd] — x · cos + swap(x) · ±sin,
+ * tables [n, 3, 1, hd] shared by every head, v's rows cos 1 and sin 0 — so that the attention still
+ * fuses (attention.ts), the kernel rotating q and k as it loads them.
  *
  * The graph holds the patch size (the position embeddings and rotary tables are one per patch
  * token): it runs the plans' patch only, which nnU-Net's sliding window feeds it.
@@ -118,8 +119,10 @@ export function primusArchitecture(
       where,
       `the plans' patch [${patch.join(", ")}] is not a multiple of Primus's patch embedding [${patchEmbed.join(", ")}] on every axis`,
     );
+  if (embedDim > 16384) throw err(where, `Primus's width ${embedDim} is over 16384`);
   let depth = 0;
-  while (weights.has(`eva.blocks.${depth}.norm1.weight`)) depth++;
+  while (weights.has(`eva.blocks.${depth}.norm1.weight`) && depth <= 1024) depth++;
+  if (depth > 1024) throw err(where, "Primus with over 1024 EVA blocks");
   // the trainer's heads, where nnU-Net's own trainer (or a subclass that keeps its name as prefix) built it
   const official = /^nnUNet_Primus_([SBML])_Trainer/.exec(trainerName)?.[1];
   if (heads === undefined) {
@@ -146,6 +149,16 @@ export function primusArchitecture(
   const mlpHidden = need(swiglu ? `${b0}.mlp.fc1_g.weight` : `${b0}.mlp.fc1.weight`, 2)[0]!;
   const reg = shape("register_tokens");
   const registers = reg ? reg[1]! : 0;
+  if (reg && (reg.length !== 3 || registers > 4096 || reg[2] !== embedDim))
+    throw err(where, `network_weights["register_tokens"] has shape [${reg.join(", ")}]; Primus's are [1, R ≤ 4096, ${embedDim}]`);
+  // the position embeddings are one per token of the patch the network was trained on
+  const pos = shape("eva.pos_embed");
+  const tokens = patch.reduce((p, q, i) => p * (q / patchEmbed[i]!), 1);
+  if (pos && pos[1] !== tokens + registers)
+    throw err(
+      where,
+      `eva.pos_embed holds ${pos[1]} tokens; the plans' patch [${patch.join(", ")}] gives ${tokens} (+ ${registers} registers): the plans are not the ones this network was trained with`,
+    );
   // PatchDecode: log2 of the largest patch side stages, each halving the axes that still divide
   const stages = Math.floor(Math.log2(Math.max(...patchEmbed)) + 1e-9);
   if (stages < 1 || stages > 8) throw err(where, `Primus's patch embedding [${patchEmbed.join(", ")}] gives ${stages} decoder stages`);
@@ -184,23 +197,18 @@ export function primusArchitecture(
 }
 
 /**
- * timm's rotary tables for the grid `feat` (C order, `ij` indexing) and head width `hd`, laid out for
- * the fused projection of `tokens` = registers + grid tokens × 3 · heads · hd channels: cos, and sin
- * with the rotation's sign (−sin on the even channel of a pair, +sin on the odd); 1 and 0 on v's
- * channels and the registers' rows.
+ * timm's rotary tables for the grid `feat` (C order, `ij` indexing) and head width `hd`, laid out as
+ * [registers + grid tokens, 3, 1, hd] to multiply the split projection [1, n, 3, heads, hd] (every
+ * head alike): cos, and sin with the rotation's sign (−sin on the even channel of a pair, +sin on
+ * the odd), for q and k; 1 and 0 for v and on the registers' rows.
  */
-export function rotaryTables(
-  feat: readonly number[],
-  registers: number,
-  heads: number,
-  hd: number,
-): { cos: Float32Array; sin: Float32Array } {
+export function rotaryTables(feat: readonly number[], registers: number, hd: number): { cos: Float32Array; sin: Float32Array } {
   const f = Math.fround;
   const nb = hd / 6; // bands per axis: rope_dim / 4, rope_dim = hd / 1.5
   // freq_bands(nb, 10000, step 1): 1 / 10000 ** (j / nb), in float32
   const bands = Array.from({ length: nb }, (_, j) => f(1 / f(Math.pow(10000, f(j / nb)))));
   const n = feat.reduce((p, q) => p * q, 1);
-  const c3 = 3 * heads * hd;
+  const c3 = 3 * hd;
   const cos = new Float32Array((registers + n) * c3).fill(1);
   const sin = new Float32Array((registers + n) * c3);
   const row = new Float32Array(2 * hd); // one token's (cos, signed sin) per head channel
@@ -224,13 +232,11 @@ export function rotaryTables(
         row[hd + ch + 1] = s;
       }
     const base = (registers + t) * c3;
-    // q's and k's heads (v's stay cos 1, sin 0)
-    for (let part = 0; part < 2; part++)
-      for (let h = 0; h < heads; h++) {
-        const o = base + (part * heads + h) * hd;
-        cos.set(row.subarray(0, hd), o);
-        sin.set(row.subarray(hd), o);
-      }
+    // q's and k's rows (v's stay cos 1, sin 0)
+    for (let part = 0; part < 2; part++) {
+      cos.set(row.subarray(0, hd), base + part * hd);
+      sin.set(row.subarray(hd), base + part * hd);
+    }
   }
   return { cos, sin };
 }
@@ -258,14 +264,14 @@ export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph 
   if (a.absPosEmbed) t = b.add(t, b.param(["eva.pos_embed"], [1, N, C]), "eva.pos_embed");
   b.unused.push("mask_token");
 
-  const { cos, sin } = rotaryTables(feat, a.registers, H, hd);
-  const cosT = b.constant("eva.rope.cos", [N, 3 * C], cos),
-    sinT = b.constant("eva.rope.sin", [N, 3 * C], sin);
-  // each pair of channels swapped: (x₀, x₁, x₂, x₃, …) → (x₁, x₀, x₃, x₂, …)
+  const { cos, sin } = rotaryTables(feat, a.registers, hd);
+  const cosT = b.constant("eva.rope.cos", [N, 3, 1, hd], cos),
+    sinT = b.constant("eva.rope.sin", [N, 3, 1, hd], sin);
+  // each pair of a head's channels swapped: (x₀, x₁, x₂, x₃, …) → (x₁, x₀, x₃, x₂, …)
   const swapIdx = b.constant(
     "eva.rope.swap",
-    [3 * C],
-    BigInt64Array.from({ length: 3 * C }, (_, i) => BigInt(i ^ 1)),
+    [hd],
+    BigInt64Array.from({ length: hd }, (_, i) => BigInt(i ^ 1)),
   );
   const zerosC = b.constant("eva.k_bias", [C], new Float32Array(C));
   const scale = b.constant("eva.scale", [], Float32Array.of(Math.fround(hd ** -0.5)));
@@ -292,10 +298,14 @@ export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph 
       );
       qkv = b.add(qkv, bias, `${p}.attn.qkv_bias`);
     }
-    // the rotary embedding on q and k: qkv · cos + swap(qkv) · ±sin
-    const swapped = b.node("Gather", [qkv, swapIdx], `${p}.attn.rope_swap`, { axis: -1 });
-    qkv = b.add(b.node("Mul", [qkv, cosT], `${p}.attn.rope_cos`), b.node("Mul", [swapped, sinT], `${p}.attn.rope_sin`), `${p}.attn.rope`);
-    const [q, k, v] = splitQkv(b, qkv, 1, N, H, hd, `${p}.attn`);
+    // the rotary embedding on q and k of the split [1, N, 3, H, hd]: x · cos + swap(x) · ±sin
+    const rope = (x: string) =>
+      b.add(
+        b.node("Mul", [x, cosT], `${p}.attn.rope_cos`),
+        b.node("Mul", [b.node("Gather", [x, swapIdx], `${p}.attn.rope_swap`, { axis: -1 }), sinT], `${p}.attn.rope_sin`),
+        `${p}.attn.rope`,
+      );
+    const [q, k, v] = splitQkv(b, qkv, 1, N, H, hd, `${p}.attn`, rope);
     // (timm's EvaAttention without fused SDPA: q · scale first)
     const qs = b.node("Mul", [q, scale], `${p}.attn.q_scale`);
     let o = attend(b, qs, k, v, { batch: 1, heads: H, n: N, hd }, `${p}.attn`, null, []);
