@@ -36,6 +36,12 @@ interface Case {
   noAxis?: boolean;
   /** The pattern does not apply: the nodes run as they are on every backend. */
   notFused?: boolean;
+  /**
+   * A rotary embedding on the split [B, n, 3, H, hd] as bhsd's Primus builder writes it (cos and
+   * signed sin [n, 3, 1, hd], pairs swapped by a Gather): "ok"; or v rotated too, a Gather that is
+   * not the pair swap, the split read elsewhere (a graph output) — none of which fuses.
+   */
+  rope?: "ok" | "vRotated" | "notSwap" | "readTwice";
 }
 
 const i64 = (name: string, dims: number[], v: number[]) => ({
@@ -51,7 +57,15 @@ function graph(c: Case): Uint8Array {
   type N = { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[] | string> };
   const nodes: N[] = [
     { opType: "Reshape", inputs: ["qkv", "s5"], outputs: ["r5"] },
-    { opType: "Transpose", inputs: ["r5"], outputs: ["t5"], attrs: { perm: [2, 0, 3, 1, 4] } },
+    ...(c.rope
+      ? [
+          { opType: "Gather", inputs: ["r5", "swap"], outputs: ["sw"], attrs: { axis: -1 } },
+          { opType: "Mul", inputs: ["r5", "cos"], outputs: ["rc"] },
+          { opType: "Mul", inputs: ["sin", "sw"], outputs: ["rs"] }, // (the table first: either operand order)
+          { opType: "Add", inputs: ["rs", "rc"], outputs: ["rr"] },
+        ]
+      : []),
+    { opType: "Transpose", inputs: [c.rope ? "rr" : "r5"], outputs: ["t5"], attrs: { perm: [2, 0, 3, 1, 4] } },
     { opType: "Gather", inputs: ["t5", "i0"], outputs: ["q0"], attrs: { axis: 0 } },
     { opType: "Gather", inputs: ["t5", "i1"], outputs: ["k"], attrs: { axis: 0 } },
     { opType: "Gather", inputs: ["t5", "i2"], outputs: ["v"], attrs: { axis: 0 } },
@@ -64,6 +78,27 @@ function graph(c: Case): Uint8Array {
     i64("sout", [3], [B, n, H * hd]),
     { name: "scale", dims: [], data: Float32Array.of(scale) },
   ];
+  if (c.rope) {
+    const cos = new Float32Array(n * 3 * hd),
+      sin = new Float32Array(n * 3 * hd);
+    for (let j = 0; j < n; j++)
+      for (let part = 0; part < 3; part++)
+        for (let t = 0; t < hd; t++) {
+          const ang = (j + 1) * 0.37 * Math.pow(100, -Math.floor(t / 2) / hd);
+          const rotated = part < 2 || c.rope === "vRotated";
+          cos[(j * 3 + part) * hd + t] = rotated ? Math.cos(ang) : 1;
+          sin[(j * 3 + part) * hd + t] = rotated ? (t % 2 ? Math.sin(ang) : -Math.sin(ang)) : 0;
+        }
+    inits.push(
+      { name: "cos", dims: [n, 3, 1, hd], data: cos },
+      { name: "sin", dims: [n, 3, 1, hd], data: sin },
+      i64(
+        "swap",
+        [hd],
+        Array.from({ length: hd }, (_, t) => (c.rope === "notSwap" ? hd - 1 - t : t ^ 1)),
+      ),
+    );
+  }
   let q = "q0";
   if (c.scaleQ) nodes.push({ opType: "Mul", inputs: ["q0", "scale"], outputs: ((q = "q"), ["q"]) });
   if (c.einsum)
@@ -112,7 +147,11 @@ function graph(c: Case): Uint8Array {
     opset: c.opset ?? 17,
     nodes,
     inputs: [{ name: "qkv", shape: [B, n, 3 * H * hd] }],
-    outputs: [{ name: "y", shape: [B, n, H * hd] }, ...(c.scoresOut ? [{ name: "s0" }] : [])],
+    outputs: [
+      { name: "y", shape: [B, n, H * hd] },
+      ...(c.scoresOut ? [{ name: "s0" }] : []),
+      ...(c.rope === "readTwice" ? [{ name: "r5" }] : []),
+    ],
     initializers: inits,
   });
 }
@@ -125,6 +164,7 @@ const CASES: [string, Case][] = [
   ["UNETR's SABlock (Einsums, the products scaled; n 37, hd 20)", { B: 1, n: 37, H: 4, hd: 20, einsum: true }],
   ["a key mask broadcast over the queries, −∞ at a third of the keys (n 20, hd 33)", { B: 2, n: 20, H: 2, hd: 33, keyMask: true }],
   ["one token and one channel a head", { B: 3, n: 1, H: 2, hd: 1, scaleQ: true }],
+  ["a rotary embedding on q and k of the split (Primus's; n 26, hd 12)", { B: 2, n: 26, H: 3, hd: 12, scaleQ: true, rope: "ok" }],
 ];
 
 const UNFUSED: [string, Case][] = [
@@ -138,6 +178,9 @@ const UNFUSED: [string, Case][] = [
     "an opset-12 Softmax without an axis (one softmax over H·n·n values)",
     { B: 2, n: 6, H: 2, hd: 4, opset: 12, noAxis: true, notFused: true },
   ],
+  ["a rotary embedding that rotates v too", { B: 1, n: 10, H: 2, hd: 6, scaleQ: true, rope: "vRotated", notFused: true }],
+  ["a rotary-looking Gather that reverses a head instead of swapping pairs", { B: 1, n: 10, H: 2, hd: 6, rope: "notSwap", notFused: true }],
+  ["the split read by another node too (a graph output)", { B: 1, n: 10, H: 2, hd: 6, rope: "readTwice", notFused: true }],
 ];
 for (const [title, c] of [...CASES, ...UNFUSED.map(([t, u]): [string, Case] => [`${t}: not fused`, u])]) {
   test.serial(`${title}: equals onnxruntime on every backend`, async (t) => {
@@ -205,4 +248,21 @@ test.serial("the native attention refuses offsets outside their arrays, overlapp
   });
   await t.throwsAsync(call([], out, qkv, [B, n, H, 0]), { message: /attention shape/ }, "a zero size");
   await t.throwsAsync(call([], out, qkv, [2 ** 40, 2 ** 40, 1, 1]), { message: /too large/ }, "sizes whose product overflows");
+  // a rotary table: [n, 2·hd] of an even head width, not inside out
+  if (!be.attentionRope) return t.fail("the native backend takes no rotary table");
+  const hd2 = 4,
+    q2 = randomTensor([B * n * 3 * H * hd2], 5).data,
+    out2 = new Float32Array(B * n * H * hd2);
+  const rope = (table: Float32Array, shape: [number, number, number, number] = [B, n, H, hd2], o = out2, q = q2) =>
+    (async () => be.attention!(q, shape, 0.5, true, [], o, table))();
+  await rope(new Float32Array(n * 2 * hd2).fill(0.5));
+  t.true(out2.every(Number.isFinite));
+  await t.throwsAsync(rope(new Float32Array(n * 2 * hd2 - 1)), { message: /rope must be a Float32Array of 40/ }, "a short table");
+  await t.throwsAsync(
+    rope(new Float32Array(n * 2 * hd), [B, n, H, hd], out, qkv),
+    { message: /even head width, got 3/ },
+    "an odd head width",
+  );
+  const both = new Float32Array(out2.length + 8);
+  await t.throwsAsync(rope(both.subarray(0, n * 2 * hd2), [B, n, H, hd2], both.subarray(0, out2.length)), { message: /rope overlaps out/ });
 });

@@ -8,6 +8,7 @@
 import test from "ava";
 import ort from "onnxruntime-node";
 import { loadModel, setBackend } from "../lib/index.js";
+import { getBackend } from "../lib/backends/index.js";
 import { encodeModel, ONNX_DTYPE } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest } from "./helpers.js";
 import { ortRun, randomTensor, scaleDiff } from "./ort.js";
@@ -297,6 +298,26 @@ test("a LayerNorm over the channels (eight steps over axis 1, or channels-last b
     t.true(scaleDiff(y.data, wantChain.y!.data as Float32Array) <= 2e-6, `chain on ${name}`);
   }
   mc.dispose();
+  // the native pass refuses what it cannot run safely
+  let nat;
+  try {
+    nat = getBackend("native");
+  } catch {
+    nat = undefined;
+  }
+  if (nat?.channelNorm) {
+    // (the addon's checks throw at the call: wrapped, each is a rejected promise)
+    const f = nat.channelNorm.bind(nat);
+    const cn = (...args: Parameters<typeof f>) => (async () => f(...args))();
+    const xs = new Float32Array(2 * 3 * 4),
+      ys = new Float32Array(xs.length);
+    await cn(xs, 2, 3, 4, null, null, 1e-5, ys);
+    t.true(ys.every((v) => v === 0));
+    await t.throwsAsync(cn(xs, 2, 3, 4, new Float32Array(2), null, 1e-5, ys), { message: /gamma must be a Float32Array of 3/ });
+    await t.throwsAsync(cn(xs, 2, 3, 4, null, null, NaN, ys), { message: /eps must be a non-negative number, got nan/ });
+    await t.throwsAsync(cn(xs, 2, 3, 4, null, null, 1e-5, xs), { message: /x overlaps out/ });
+    await t.throwsAsync(cn(xs, 2, 3, 5, null, null, 1e-5, ys), { message: /x must be a Float32Array of 30/ });
+  }
   // a file may not name the internal op
   const bad = encodeModel({
     opset: 17,
