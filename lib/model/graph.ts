@@ -1091,13 +1091,10 @@ export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     const axes = n.inputs[1] ? inits.get(n.inputs[1])?.ints : (n.attrs.axes as number[] | undefined);
     return axes && axes.length === 1 && (axes[0] === -1 || axes[0] === 1) ? axes[0] : undefined;
   };
-  /** A channel LayerNorm's γ or β: a float constant whose one non-1 dimension is followed by `trailing` 1s ([C, 1, 1, 1]). */
+  /** A channel LayerNorm's γ or β: a float constant with at most one dimension other than 1 ([C, 1, 1, 1]). */
   const channelVector = (name: string | undefined) => {
     const t = name ? inits.get(name) : undefined;
-    if (!t?.f32) return undefined;
-    const big = t.dims.map((d, i) => (d !== 1 ? i : -1)).filter((i) => i >= 0);
-    if (big.length > 1) return undefined;
-    return { name: name!, trailing: big.length ? t.dims.length - 1 - big[0]! : undefined };
+    return t?.f32 && t.dims.filter((d) => d !== 1).length <= 1 ? name : undefined;
   };
   const replace = new Map<GraphNode, GraphNode>(),
     drop = new Set<GraphNode>();
@@ -1123,7 +1120,7 @@ export function fuseLayerNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     // γ and β where a Mul and an Add of vectors follow (F.layer_norm without weights has neither);
     // over the channels, constants that vary along one axis (run checks it is the channels')
     const mul = only(div.outputs[0], "Mul");
-    const affine = (name: string | undefined) => (axis === -1 ? vector(name) : channelVector(name)?.name);
+    const affine = (name: string | undefined) => (axis === -1 ? vector(name) : channelVector(name));
     const gamma = mul && affine(other(mul, div.outputs[0]!));
     const add = gamma ? only(mul!.outputs[0], "Add") : undefined;
     const beta = add && affine(other(add, mul!.outputs[0]!));

@@ -624,34 +624,23 @@ export function slice(
     );
     return out;
   }
-  const xs = stridesOf(x.shape),
-    n = out.data.length,
-    idx = new Array<number>(r).fill(0);
-  if (r > 0) {
-    // the last axis strided or reversed (timm's rotary embedding's x[..., 1::2] and x[..., ::2]): a
-    // row's start found once, then one tight loop along it
-    const outerShape = shape.slice(0, r - 1),
-      len = shape[r - 1]!,
-      st = step[r - 1]!,
-      l0 = lo[r - 1]!;
-    const src = x.data,
-      dst = out.data;
-    const rows = size(outerShape);
-    for (let i = 0; i < rows; i++) {
-      const base = offsetOf(i, outerShape, xs, (d, v) => lo[d]! + v * step[d]!) + l0;
-      for (let j = 0, o = i * len; j < len; j++) dst[o + j] = src[base + j * st]!;
-    }
+  if (r === 0) {
+    out.data[0] = x.data[0]!;
     return out;
   }
-  for (let i = 0; i < n; i++) {
-    let off = 0;
-    for (let d = 0; d < r; d++) off += (lo[d]! + idx[d]! * step[d]!) * xs[d]!;
-    out.data[i] = x.data[off]!;
-    for (let d = r - 1; d >= 0; d--) {
-      idx[d]!++;
-      if (idx[d]! < shape[d]!) break;
-      idx[d] = 0;
-    }
+  // the last axis strided or reversed (timm's rotary embedding's x[..., 1::2] and x[..., ::2]): a
+  // row's start found once, then one tight loop along it
+  const xs = stridesOf(x.shape),
+    outerShape = shape.slice(0, r - 1),
+    len = shape[r - 1]!,
+    st = step[r - 1]!,
+    l0 = lo[r - 1]!;
+  const src = x.data,
+    dst = out.data;
+  const rows = size(outerShape);
+  for (let i = 0; i < rows; i++) {
+    const base = offsetOf(i, outerShape, xs, (d, v) => lo[d]! + v * step[d]!) + l0;
+    for (let j = 0, o = i * len; j < len; j++) dst[o + j] = src[base + j * st]!;
   }
   return out;
 }
