@@ -266,3 +266,184 @@ test.serial("the native attention refuses offsets outside their arrays, overlapp
   const both = new Float32Array(out2.length + 8);
   await t.throwsAsync(rope(both.subarray(0, n * 2 * hd2), [B, n, H, hd2], both.subarray(0, out2.length)), { message: /rope overlaps out/ });
 });
+
+/**
+ * torch.onnx's export of an attention projecting q, k and v apart (timm's EvaAttention, nnU-Net's
+ * Primus), which joinQkvProjections rewrites into the one-projection form: the nodes in the
+ * exporter's order, with look-alikes that must be left as they are.
+ */
+interface SplitCase {
+  B: number;
+  n: number;
+  H: number;
+  hd: number;
+  Cin: number;
+  /** Tokens kept out of the rotation (registers): Slice [0, P) and a Concat; "none": no Concat at all. */
+  prefix: number | "none";
+  rope: "both" | "none" | "qOnly" | "kDiffers" | "rotateHalf";
+  kBias?: boolean;
+  /** The q projection also a graph output. */
+  projRead?: boolean;
+  /** k projected from a second input. */
+  kFromOther?: boolean;
+  fused: boolean;
+}
+
+function splitGraph(c: SplitCase): Uint8Array {
+  const { B, n, H, hd, Cin } = c;
+  const C = H * hd,
+    P = c.prefix === "none" ? 0 : c.prefix,
+    m = n - P;
+  type N = { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[] | string> };
+  const nodes: N[] = [];
+  const inits: Parameters<typeof encodeModel>[0]["initializers"] = [
+    i64("spec", [4], [B, n, H, -1]),
+    i64("outspec", [3], [B, n, C]),
+    i64("zero", [1], [0]),
+    i64("P", [1], [P]),
+    i64("big", [1], [2 ** 53 - 1]),
+    i64("ax2", [1], [2]),
+    i64("ax3", [1], [3]),
+    i64("one", [1], [1]),
+    i64("two", [1], [2]),
+    i64("half", [1], [Math.floor(hd / 2)]),
+    i64("minus1", [1], [-1]),
+    i64("rotspec", [4], [B, H, m, hd]),
+    { name: "scale", dims: [], data: Float32Array.of(hd ** -0.5) },
+  ];
+  for (const [k, part] of ["q", "k", "v"].entries()) {
+    inits.push({ name: `W${part}`, dims: [Cin, C], data: randomTensor([Cin, C], 20 + k).data });
+    const bias = part !== "k" || c.kBias;
+    if (bias) inits.push({ name: `b${part}`, dims: [C], data: randomTensor([C], 30 + k).data });
+    const x = part === "k" && c.kFromOther ? "x2" : "x";
+    nodes.push({ opType: "MatMul", inputs: [x, `W${part}`], outputs: [`${part}mm`] });
+    if (bias) nodes.push({ opType: "Add", inputs: [`b${part}`, `${part}mm`], outputs: [`${part}p`] });
+    nodes.push(
+      { opType: "Reshape", inputs: [bias ? `${part}p` : `${part}mm`, "spec"], outputs: [`${part}r`] },
+      { opType: "Transpose", inputs: [`${part}r`], outputs: [`${part}h`], attrs: { perm: [0, 2, 1, 3] } },
+    );
+  }
+  const rotated = (part: "q" | "k"): string => {
+    const h = `${part}h`;
+    if (c.rope === "none" || (c.rope === "qOnly" && part === "k")) return h;
+    const tables = (seed: number) => {
+      const cos = randomTensor([m, hd], seed).data,
+        sin = randomTensor([m, hd], seed + 1).data;
+      return { cos, sin };
+    };
+    const tb = tables(part === "k" && c.rope === "kDiffers" ? 50 : 40);
+    inits.push({ name: `${part}cos`, dims: [m, hd], data: tb.cos }, { name: `${part}sin`, dims: [m, hd], data: tb.sin });
+    let x = h;
+    if (P > 0) {
+      nodes.push({ opType: "Slice", inputs: [h, "P", "big", "ax2", "one"], outputs: [`${part}x`] });
+      x = `${part}x`;
+    }
+    nodes.push({ opType: "Mul", inputs: [x, `${part}cos`], outputs: [`${part}c`] });
+    if (c.rope === "rotateHalf") {
+      // timm's rope_rotate_half: [−x2, x1] by halves
+      nodes.push(
+        { opType: "Slice", inputs: [x, "zero", "half", "ax3"], outputs: [`${part}a`] },
+        { opType: "Slice", inputs: [x, "half", "big", "ax3"], outputs: [`${part}b`] },
+        { opType: "Neg", inputs: [`${part}b`], outputs: [`${part}nb`] },
+        { opType: "Concat", inputs: [`${part}nb`, `${part}a`], outputs: [`${part}rot`], attrs: { axis: -1 } },
+      );
+    } else
+      nodes.push(
+        { opType: "Slice", inputs: [x, "one", "big", "ax3", "two"], outputs: [`${part}o`] },
+        { opType: "Neg", inputs: [`${part}o`], outputs: [`${part}no`] },
+        { opType: "Slice", inputs: [x, "zero", "big", "ax3", "two"], outputs: [`${part}e`] },
+        { opType: "Unsqueeze", inputs: [`${part}no`, "minus1"], outputs: [`${part}u0`] },
+        { opType: "Unsqueeze", inputs: [`${part}e`, "minus1"], outputs: [`${part}u1`] },
+        { opType: "Concat", inputs: [`${part}u0`, `${part}u1`], outputs: [`${part}st`], attrs: { axis: -1 } },
+        { opType: "Reshape", inputs: [`${part}st`, "rotspec"], outputs: [`${part}rot`] },
+      );
+    nodes.push(
+      { opType: "Mul", inputs: [`${part}rot`, `${part}sin`], outputs: [`${part}s`] },
+      { opType: "Add", inputs: [`${part}c`, `${part}s`], outputs: [`${part}add`] },
+    );
+    if (c.prefix === "none") return `${part}add`;
+    nodes.push(
+      { opType: "Slice", inputs: [h, "zero", "P", "ax2", "one"], outputs: [`${part}pre`] },
+      { opType: "Concat", inputs: [`${part}pre`, `${part}add`], outputs: [`${part}cat`], attrs: { axis: 2 } },
+    );
+    return `${part}cat`;
+  };
+  const q = rotated("q"),
+    k = rotated("k");
+  nodes.push(
+    { opType: "Mul", inputs: [q, "scale"], outputs: ["qscaled"] },
+    { opType: "Transpose", inputs: [k], outputs: ["kt"], attrs: { perm: [0, 1, 3, 2] } },
+    { opType: "MatMul", inputs: ["qscaled", "kt"], outputs: ["scores"] },
+    { opType: "Softmax", inputs: ["scores"], outputs: ["p"], attrs: { axis: -1 } },
+    { opType: "MatMul", inputs: ["p", "vh"], outputs: ["o"] },
+    { opType: "Transpose", inputs: ["o"], outputs: ["ot"], attrs: { perm: [0, 2, 1, 3] } },
+    { opType: "Reshape", inputs: ["ot", "outspec"], outputs: ["y"] },
+  );
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "x", shape: [B, n, Cin] }, ...(c.kFromOther ? [{ name: "x2", shape: [B, n, Cin] }] : [])],
+    outputs: [{ name: "y", shape: [B, n, C] }, ...(c.projRead ? [{ name: "qmm" }] : [])],
+    initializers: inits,
+  });
+}
+
+const SPLIT: [string, SplitCase][] = [
+  [
+    "two registers kept out of the rotation (Primus's; n 21, hd 10)",
+    { B: 1, n: 21, H: 3, hd: 10, Cin: 17, prefix: 2, rope: "both", fused: true },
+  ],
+  [
+    "no registers: an empty Slice and a Concat (n 19, hd 8, two items)",
+    { B: 2, n: 19, H: 2, hd: 8, Cin: 9, prefix: 0, rope: "both", kBias: true, fused: true },
+  ],
+  ["no Concat at all", { B: 1, n: 12, H: 2, hd: 6, Cin: 8, prefix: "none", rope: "both", fused: true }],
+  [
+    "no rotary embedding, every projection with a bias",
+    { B: 1, n: 15, H: 4, hd: 5, Cin: 20, prefix: 0, rope: "none", kBias: true, fused: true },
+  ],
+  ["q rotated, k not: not fused", { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "qOnly", fused: false }],
+  ["q and k rotated by different tables: not fused", { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "kDiffers", fused: false }],
+  [
+    "timm's rotate-half layout (not the interleaved one): not fused",
+    { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "rotateHalf", fused: false },
+  ],
+  [
+    "the q projection read elsewhere (a graph output): not fused",
+    { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "both", projRead: true, fused: false },
+  ],
+  [
+    "k projected from another input: not fused",
+    { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 0, rope: "both", kFromOther: true, fused: false },
+  ],
+];
+for (const [title, c] of SPLIT) {
+  test.serial(`q, k and v projected apart — ${title}: equals onnxruntime on every backend`, async (t) => {
+    const bytes = splitGraph(c);
+    const feeds: Record<string, { data: Float32Array; shape: number[] }> = { x: randomTensor([c.B, c.n, c.Cin], 8) };
+    if (c.kFromOther) feeds.x2 = randomTensor([c.B, c.n, c.Cin], 9);
+    for (const f of Object.values(feeds)) for (let i = 0; i < f.data.length; i++) f.data[i]! *= 2;
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = await session.run(
+      Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)])),
+    );
+    await session.release();
+    const model = await loadModel(bytes);
+    try {
+      for (const { name } of backendsUnderTest()) {
+        setBackend(name);
+        const out = await model.runAll(feeds);
+        for (const k of Object.keys(want)) {
+          const d = scaleDiff(out[k]!.data, want[k]!.data as Float32Array);
+          t.true(d <= 2e-6, `${name}, ${k}: ${d} of onnxruntime's scale`);
+        }
+        const ops = Object.keys(model.lastRun!.opMs);
+        const fused = c.fused && name === "native";
+        t.is(ops.includes("bhsd.SelfAttention"), fused, `${name}: ${ops.join(", ")}`);
+        t.is(ops.includes("Softmax"), !fused, `${name}: ${ops.join(", ")}`);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}

@@ -2,13 +2,15 @@
  * nnU-Net's Primus (a transformer trainers build in place of the plans' U-Net) run from its results
  * folder. References: test/fixtures/nnunet-primus (make.py, README.md) — PyTorch's logits from
  * dynamic-network-architectures' own Primus (timm's EVA blocks and rotary embedding) on the saved
- * checkpoints, and nnU-Net's prediction on one window of the smoke CT.
+ * checkpoints, and nnU-Net's prediction on one window of the smoke CT; and the same networks'
+ * torch.onnx exports (make_onnx.py) against PyTorch and onnxruntime.
  */
 import test from "ava";
 import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
+import ort from "onnxruntime-node";
+import { loadModel, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { backendsUnderTest, bhsdSync, pickleSpan, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
@@ -82,6 +84,40 @@ test.serial("segment() with a Primus folder gives nnU-Net's labels on one window
     model.dispose();
   }
 });
+
+// the torch.onnx export (q, k and v projected apart, timm's rotary embedding as Slices, registers
+// kept out of it): joined into one projection at load, so that native runs each attention as one node
+for (const v of VARIANTS)
+  test.serial(
+    `Primus (${v.tag})'s torch.onnx export equals PyTorch and onnxruntime on every backend; native fuses its attention`,
+    async (t) => {
+      const path = join(FIXTURE, `${v.tag}_op17.onnx`);
+      const x = await readNpy(join(FIXTURE, `${v.tag}_input.npy`));
+      const want = await readNpy(join(FIXTURE, `${v.tag}_logits.npy`));
+      const session = await ort.InferenceSession.create(path, { intraOpNumThreads: 1 });
+      const ref = (await session.run({ input: new ort.Tensor("float32", x.data as Float32Array, x.shape) })).logits!.data as Float32Array;
+      await session.release();
+      t.true(scaleDiff(ref, want.data as Float32Array) <= 2e-6, "onnxruntime vs PyTorch (fixture check)");
+      const model = await loadModel(path);
+      try {
+        for (const { name } of backends) {
+          setBackend(name);
+          const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+          t.deepEqual(y.shape, want.shape);
+          const [ePt, eOrt] = [scaleDiff(y.data, want.data as Float32Array), scaleDiff(y.data, ref)];
+          t.log(`${name}, ${v.tag}: of PyTorch's scale ${ePt.toExponential(2)}, of onnxruntime's ${eOrt.toExponential(2)}`);
+          t.true(ePt <= 1e-5 && eOrt <= 1e-5, `${name}: ${ePt}, ${eOrt}`);
+          const ops = model.lastRun!.opMs;
+          // native: two fused attentions (rotation inside), no Softmax, Neg or rotation Concat left; others: the nodes
+          if (name === "native")
+            t.true(!!ops["bhsd.SelfAttention"] && !ops["Softmax"] && !ops["Neg"] && !ops["Gather"], Object.keys(ops).join(", "));
+          else t.true(!!ops["Softmax"] && !ops["bhsd.SelfAttention"], Object.keys(ops).join(", "));
+        }
+      } finally {
+        model.dispose();
+      }
+    },
+  );
 
 test.serial("Primus's heads: nnU-Net's own trainers' are known, another trainer's must be given", async (t) => {
   setBackend(backends[0]!.name);

@@ -370,3 +370,357 @@ function extraOf(
   }
   return { offsets, rowStride };
 }
+
+/**
+ * torch.onnx's export of an attention that projects q, k and v apart — timm's EvaAttention with
+ * `qkv_fused=False`, as nnU-Net's Primus builds it — rewritten at load into the one-projection form
+ * fuseAttention reads (and a backend without the fused kernel runs as nodes):
+ *
+ *   X → MatMul Wq [→ Add bq] → Reshape [B, n, H, hd] → Transpose [0, 2, 1, 3]      (and k, v alike)
+ *   q, k: timm's interleaved rotary embedding on tokens P… (the first P, registers, kept):
+ *     Concat axis 2 (Slice tokens [0, P), Add(Mul(x, cos), Mul(rot(x), sin)))
+ *     x = the heads (P = 0) or Slice tokens [P, n); rot(x) = Reshape(Concat axis −1(
+ *     Unsqueeze(Neg(Slice(x, 1::2))), Unsqueeze(Slice(x, 0::2)))) — [−x1, x0, −x3, x2, …]
+ *
+ * becomes
+ *
+ *   X → MatMul [Wq | Wk | Wv] [→ Add [bq | bk | bv], 0 for a missing bias] → Reshape [B, n, 3, H, hd]
+ *   → [Add(Mul(·, cos'), Mul(Gather(·, pairs swapped, axis −1), sin'))] → Transpose [2, 0, 3, 1, 4]
+ *   → Gather 0 / 1 / 2 (the values q, k and v were, so the nodes reading them stay as they are)
+ *
+ * with cos' and sin' [n, 3, 1, hd]: q's and k's rows timm's tables (sin' signed: −sin at even
+ * places, as rot negates x's odd elements into them), the P kept tokens' and v's 1 and 0. Each
+ * value equals the export's: the same products summed in the same order per column, x · c + (±x')
+ * · s as timm computes it, and prefix rows x · 1 + x' · 0 (finite inputs). Applied only where all
+ * of it holds: one input X, weights [Cin, C] alike, each value between read where the pattern says
+ * and nowhere else, q and k rotated alike or neither. Mutates `graph` (nodes and initializers; the
+ * weights it joined go where nothing else reads them).
+ */
+export function joinQkvProjections(graph: {
+  nodes: GraphNode[];
+  initializers: Map<string, OnnxTensor>;
+  outputs: string[];
+  opset: number;
+}): void {
+  const { nodes, initializers: inits, outputs } = graph;
+  const consumers = consumersOf(nodes, outputs);
+  const producer = producersOf(nodes);
+  const reads = (v: string | undefined, n: number) => !!v && consumers.get(v) === n;
+  const once = (v: string | undefined) => reads(v, 1);
+  const ints = (name: string | undefined) => (name ? inits.get(name)?.ints : undefined);
+  const intsOr = (name: string | undefined, dflt: number[]) => (name ? ints(name) : dflt);
+  const plain = (p: GraphNode | undefined, op: string): p is GraphNode =>
+    !!p && p.opType === op && !p.fusedAct && !p.fusedNorm && !p.fusedAdd && !p.attention;
+  const made = new Set<string>([...inits.keys(), ...nodes.flatMap((n) => [...n.inputs, ...n.outputs]), ...outputs]);
+  const unique = (base: string) => {
+    let s = base;
+    for (let k = 1; made.has(s); k++) s = `${base}_${k}`;
+    made.add(s);
+    return s;
+  };
+  /** A Slice of `data` on one axis (either sign of it for rank 4): its start, end and step. */
+  const slice1 = (p: GraphNode | undefined, axis: number) => {
+    if (!plain(p, "Slice") || p.inputs.length < 3) return undefined;
+    const [st, en, ax, sp] = [ints(p.inputs[1]), ints(p.inputs[2]), intsOr(p.inputs[3], [axis]), intsOr(p.inputs[4], [1])];
+    if (!st || !en || !ax || !sp || st.length !== 1 || en.length !== 1 || ax.length !== 1 || sp.length !== 1) return undefined;
+    if (ax[0] !== axis && ax[0] !== axis - 4) return undefined;
+    return { data: p.inputs[0]!, start: st[0]!, end: en[0]!, step: sp[0]! };
+  };
+  /** A float initializer whose dims are `want` after leading 1s, at most rank 4. */
+  const table = (name: string | undefined, want: number[]) => {
+    const t = name ? inits.get(name) : undefined;
+    if (!t?.f32 || t.dims.length > 4 || t.dims.length < want.length) return undefined;
+    const lead = t.dims.slice(0, t.dims.length - want.length);
+    return lead.every((d) => d === 1) && sameInts(t.dims.slice(lead.length), want) ? t.f32 : undefined;
+  };
+  const f32Of = (name: string | undefined) => (name ? inits.get(name)?.f32 : undefined);
+
+  interface Head {
+    x: string;
+    w: OnnxTensor;
+    wName: string;
+    bias?: Float32Array;
+    biasName?: string;
+    spec: number[];
+    allowzero: boolean;
+    heads: string;
+    nodes: GraphNode[];
+  }
+  /** …X → MatMul W [→ Add b] → Reshape → Transpose [0, 2, 1, 3] = `name`. */
+  const headOf = (name: string): Head | undefined => {
+    const tr = producer.get(name);
+    if (!plain(tr, "Transpose") || !sameInts(tr.attrs.perm as number[] | undefined, [0, 2, 1, 3])) return undefined;
+    const rs = producer.get(tr.inputs[0]!);
+    if (!plain(rs, "Reshape") || !once(tr.inputs[0])) return undefined;
+    const spec = ints(rs.inputs[1]);
+    if (!spec || spec.length !== 4 || !once(rs.inputs[0])) return undefined;
+    let p = producer.get(rs.inputs[0]!);
+    const hn: GraphNode[] = [tr, rs];
+    let bias: Float32Array | undefined, biasName: string | undefined;
+    if (plain(p, "Add") && p.inputs.length === 2) {
+      const k = p.inputs.findIndex((i) => !!f32Of(i));
+      const mm = k < 0 ? undefined : producer.get(p.inputs[1 - k]!);
+      if (!plain(mm, "MatMul") || !once(p.inputs[1 - k])) return undefined;
+      biasName = p.inputs[k]!;
+      bias = f32Of(biasName);
+      hn.push(p);
+      p = mm;
+    }
+    if (!plain(p, "MatMul") || p.inputs.length !== 2) return undefined;
+    const wName = p.inputs[1]!;
+    const w = inits.get(wName);
+    if (!w?.f32 || w.dims.length !== 2 || inits.has(p.inputs[0]!)) return undefined;
+    if (bias) {
+      const bt = inits.get(biasName!)!;
+      if (bt.dims.length > 4 || bt.dims.slice(0, -1).some((d) => d !== 1) || bt.dims.at(-1) !== w.dims[1]) return undefined;
+    }
+    hn.push(p);
+    return { x: p.inputs[0]!, w, wName, bias, biasName, spec, allowzero: !!rs.attrs.allowzero, heads: name, nodes: hn };
+  };
+
+  interface Rope {
+    /** The heads it rotates (a Transpose's output) and its nodes. */
+    heads: string;
+    prefix: number;
+    cos: string;
+    sin: string;
+    nodes: GraphNode[];
+    /** What must hold once n and hd are known: token counts of the slices and tables. */
+    check: (B: number, n: number, H: number, hd: number) => { cos: Float32Array; sin: Float32Array } | undefined;
+  }
+  /** timm's apply_rot_embed_cat (interleaved), prefix tokens kept: `name` its result. */
+  const ropeOf = (name: string): Rope | undefined => {
+    let core = name;
+    let prefix: { data: string; end: number; node: GraphNode } | undefined;
+    const cat = producer.get(name);
+    if (plain(cat, "Concat") && cat.inputs.length === 2 && (cat.attrs.axis === 2 || cat.attrs.axis === -2)) {
+      const s = slice1(producer.get(cat.inputs[0]!), 2);
+      if (!s || s.start !== 0 || s.step !== 1 || s.end < 0 || !once(cat.inputs[0])) return undefined;
+      prefix = { data: s.data, end: s.end, node: producer.get(cat.inputs[0]!)! };
+      core = cat.inputs[1]!;
+      if (!once(core)) return undefined;
+    }
+    const add = producer.get(core);
+    if (!plain(add, "Add") || add.inputs.length !== 2) return undefined;
+    const muls = add.inputs.map((i) => producer.get(i));
+    if (!muls.every((m, k) => plain(m, "Mul") && m.inputs.length === 2 && once(add.inputs[k]))) return undefined;
+    for (const k of [0, 1]) {
+      const cm = muls[k]!,
+        sm = muls[1 - k]!;
+      const ci = cm.inputs.findIndex((i) => !!f32Of(i)),
+        si = sm.inputs.findIndex((i) => !!f32Of(i));
+      if (ci < 0 || si < 0) continue;
+      const x = cm.inputs[1 - ci]!,
+        rotOut = sm.inputs[1 - si]!;
+      // rot(x): Reshape(Concat(Unsqueeze(Neg(x[..., 1::2])), Unsqueeze(x[..., 0::2])), −1 axis)
+      const rr = producer.get(rotOut);
+      if (!plain(rr, "Reshape") || !once(rotOut) || !once(rr.inputs[0])) continue;
+      const rc = producer.get(rr.inputs[0]!);
+      if (!plain(rc, "Concat") || rc.inputs.length !== 2 || (rc.attrs.axis !== -1 && rc.attrs.axis !== 4)) continue;
+      const us = rc.inputs.map((i) => producer.get(i));
+      if (!us.every((u, j) => plain(u, "Unsqueeze") && once(rc.inputs[j]))) continue;
+      const axesOk = us.every((u) => {
+        const a = u!.inputs[1] ? ints(u!.inputs[1]) : (u!.attrs.axes as number[] | undefined);
+        return !!a && a.length === 1 && (a[0] === -1 || a[0] === 4);
+      });
+      if (!axesOk) continue;
+      const neg = producer.get(us[0]!.inputs[0]!);
+      if (!plain(neg, "Neg") || !once(us[0]!.inputs[0])) continue;
+      const odd = slice1(producer.get(neg.inputs[0]!), 3),
+        even = slice1(producer.get(us[1]!.inputs[0]!), 3);
+      if (!odd || !even || !once(neg.inputs[0]) || !once(us[1]!.inputs[0])) continue;
+      if (odd.data !== x || even.data !== x || odd.start !== 1 || even.start !== 0 || odd.step !== 2 || even.step !== 2) continue;
+      // x: the heads themselves (no prefix) or their tokens [P, n)
+      let heads = x,
+        P = 0;
+      const xs = slice1(producer.get(x), 2);
+      const rnodes: GraphNode[] = [
+        add,
+        cm,
+        sm,
+        rr,
+        rc,
+        us[0]!,
+        us[1]!,
+        neg,
+        producer.get(neg.inputs[0]!)!,
+        producer.get(us[1]!.inputs[0]!)!,
+      ];
+      if (prefix && prefix.end > 0) {
+        if (!xs || xs.step !== 1 || xs.start !== prefix.end || xs.data !== prefix.data || !reads(x, 3)) continue;
+        heads = xs.data;
+        P = prefix.end;
+        if (!reads(heads, 2)) continue;
+        rnodes.push(producer.get(x)!);
+      } else {
+        if (prefix && prefix.data !== x) continue;
+        if (!reads(x, prefix ? 4 : 3)) continue;
+      }
+      if (prefix) rnodes.push(prefix.node, cat!);
+      const ends = { x: xs?.end, odd: odd.end, even: even.end, prefix: prefix?.end };
+      const cosName = cm.inputs[ci]!,
+        sinName = sm.inputs[si]!;
+      const check = (B: number, n: number, H: number, hd: number) => {
+        const m = n - P;
+        if (m <= 0 || hd % 2) return undefined;
+        if (P > 0 && ends.x! < n) return undefined;
+        if (prefix && P === 0 && ends.prefix !== 0) return undefined;
+        if (ends.odd < hd || ends.even < hd) return undefined;
+        // rot's Reshape gives [B, H, m, hd] back
+        let back: number[];
+        try {
+          back = reshapeShape([B, H, m, hd / 2, 2], ints(rr.inputs[1]) ?? [], !!rr.attrs.allowzero);
+        } catch {
+          return undefined;
+        }
+        if (!sameInts(back, [B, H, m, hd])) return undefined;
+        const cos = table(cosName, [m, hd]),
+          sin = table(sinName, [m, hd]);
+        return cos && sin ? { cos, sin } : undefined;
+      };
+      return { heads, prefix: P, cos: cosName, sin: sinName, nodes: rnodes, check };
+    }
+    return undefined;
+  };
+
+  const removed = new Set<GraphNode>();
+  const inserts = new Map<GraphNode, GraphNode[]>();
+  const joined = new Set<string>();
+  /** Tables made so far (blocks share theirs when their values are the same). */
+  const tables: { cos: Float32Array; sin: Float32Array; P: number; n: number; names: [string, string] }[] = [];
+  const equal = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
+
+  for (const sm of nodes) {
+    if (sm.opType !== "Softmax" || removed.has(sm)) continue;
+    // the products: MatMul(q [· scale], Transpose(k, [0, 1, 3, 2])) somewhere before the Softmax
+    let cur: string | undefined = sm.inputs[0];
+    let scores: GraphNode | undefined;
+    for (let guard = 0; guard < 16 && cur && !scores; guard++) {
+      const p: GraphNode | undefined = producer.get(cur);
+      if (!p) break;
+      if (p.opType === "MatMul") scores = p;
+      else if (p.opType === "Add" || p.opType === "Mul" || p.opType === "Reshape")
+        cur = p.opType === "Reshape" ? p.inputs[0] : p.inputs.find((i) => !!i && !inits.has(i));
+      else break;
+    }
+    if (!plain(scores, "MatMul") || scores.inputs.length !== 2) continue;
+    // the weighted sum: MatMul(softmax [→ Cast to float], v)
+    let smOut = sm.outputs[0]!;
+    const cast = nodes.find((m) => m.inputs[0] === smOut);
+    if (cast?.opType === "Cast" && cast.attrs.to === 1) smOut = cast.outputs[0]!;
+    const pv = nodes.find((m) => m.inputs[0] === smOut);
+    if (!plain(pv, "MatMul") || pv.inputs.length !== 2) continue;
+    let qSrc = scores.inputs[0]!;
+    const qm = producer.get(qSrc);
+    if (plain(qm, "Mul") && qm.inputs.length === 2 && qm.inputs.some((i) => f32Of(i)?.length === 1) && once(qSrc))
+      qSrc = qm.inputs.find((i) => f32Of(i)?.length !== 1)!;
+    const kt = producer.get(scores.inputs[1]!);
+    if (!plain(kt, "Transpose") || !sameInts(kt.attrs.perm as number[] | undefined, [0, 1, 3, 2]) || !once(scores.inputs[1])) continue;
+    const kSrc = kt.inputs[0]!,
+      vSrc = pv.inputs[1]!;
+    if (!qSrc || !once(qSrc) || !once(kSrc) || !once(vSrc) || new Set([qSrc, kSrc, vSrc]).size !== 3) continue;
+    const ropeQ = producer.get(qSrc)?.opType === "Transpose" ? undefined : ropeOf(qSrc);
+    const ropeK = producer.get(kSrc)?.opType === "Transpose" ? undefined : ropeOf(kSrc);
+    if (!!ropeQ !== !!ropeK) continue;
+    if (ropeQ && ropeQ.prefix !== ropeK!.prefix) continue;
+    const [hq, hk, hv] = [ropeQ ? ropeQ.heads : qSrc, ropeK ? ropeK.heads : kSrc, vSrc].map(headOf);
+    if (!hq || !hk || !hv) continue;
+    if (hk.x !== hq.x || hv.x !== hq.x) continue;
+    const [Cin, C] = hq.w.dims as [number, number];
+    if (![hk, hv].every((h) => sameInts(h.w.dims, [Cin, C]))) continue;
+    // [B, n, H, hd] from the Reshape (its −1, or 0 where allowzero is off, resolved from the width)
+    const dims = [hq, hk, hv].map((h) => {
+      const [B, n, H, last] = h.spec as [number, number, number, number];
+      if (!(B > 0 && n > 0 && H > 0) || h.allowzero !== false) return undefined;
+      const hd = last === -1 ? C / H : last;
+      return Number.isSafeInteger(hd) && hd > 0 && H * hd === C ? [B, n, H, hd] : undefined;
+    });
+    if (!dims.every((d) => d && sameInts(d, dims[0]!))) continue;
+    const [B, n, H, hd] = dims[0]! as [number, number, number, number];
+    if (!Number.isSafeInteger(B * n * 3 * C) || B * n * 3 * C > 2 ** 31) continue;
+    let rope: { cos: Float32Array; sin: Float32Array } | undefined;
+    if (ropeQ) {
+      const a = ropeQ.check(B, n, H, hd),
+        b = ropeK!.check(B, n, H, hd);
+      if (!a || !b || !equal(a.cos, b.cos) || !equal(a.sin, b.sin)) continue;
+      rope = a;
+    }
+    if ([hq, hk, hv].some((h) => h.nodes.some((m) => removed.has(m)))) continue;
+
+    // the joined projection
+    const base = unique(`${scores.name || "attention"}/bhsd.qkv`);
+    const name = (s: string) => unique(`${base}/${s}`);
+    const w = new Float32Array(Cin * 3 * C);
+    const parts = [hq, hk, hv];
+    for (let r = 0; r < Cin; r++) for (const [k, h] of parts.entries()) w.set(h.w.f32!.subarray(r * C, (r + 1) * C), r * 3 * C + k * C);
+    const wName = name("weight");
+    inits.set(wName, { dims: [Cin, 3 * C], dataType: 1, f32: w });
+    const added: GraphNode[] = [];
+    let out = name("proj");
+    added.push({ name: out, opType: "MatMul", inputs: [hq.x, wName], outputs: [out], attrs: {} });
+    if (parts.some((h) => h.bias)) {
+      const b = new Float32Array(3 * C);
+      for (const [k, h] of parts.entries()) if (h.bias) b.set(h.bias, k * C);
+      const bName = name("bias");
+      inits.set(bName, { dims: [3 * C], dataType: 1, f32: b });
+      const o = name("proj_bias");
+      added.push({ name: o, opType: "Add", inputs: [out, bName], outputs: [o], attrs: {} });
+      out = o;
+    }
+    const specName = name("split_shape");
+    inits.set(specName, { dims: [5], dataType: 7, ints: [B, n, 3, H, hd] });
+    const split = name("split");
+    added.push({ name: split, opType: "Reshape", inputs: [out, specName], outputs: [split], attrs: {} });
+    out = split;
+    if (rope) {
+      const P = ropeQ!.prefix;
+      let t = tables.find((e) => e.P === P && e.n === n && equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
+      if (!t) {
+        const cos = new Float32Array(n * 3 * hd).fill(1),
+          sin = new Float32Array(n * 3 * hd);
+        for (let j = P; j < n; j++)
+          for (let part = 0; part < 2; part++)
+            for (let d = 0; d < hd; d++) {
+              const src = (j - P) * hd + d;
+              cos[(j * 3 + part) * hd + d] = rope.cos[src]!;
+              sin[(j * 3 + part) * hd + d] = d % 2 ? rope.sin[src]! : -rope.sin[src]!;
+            }
+        const names: [string, string] = [name("rope_cos_table"), name("rope_sin_table")];
+        inits.set(names[0], { dims: [n, 3, 1, hd], dataType: 1, f32: cos });
+        inits.set(names[1], { dims: [n, 3, 1, hd], dataType: 1, f32: sin });
+        t = { cos: rope.cos, sin: rope.sin, P, n, names };
+        tables.push(t);
+      }
+      const swapName = name("rope_pairs");
+      inits.set(swapName, { dims: [hd], dataType: 7, ints: Array.from({ length: hd }, (_, d) => d ^ 1) });
+      const [rc, sw, rsn, ra] = [name("rope_cos"), name("rope_swap"), name("rope_sin"), name("rope")];
+      added.push(
+        { name: rc, opType: "Mul", inputs: [out, t.names[0]], outputs: [rc], attrs: {} },
+        { name: sw, opType: "Gather", inputs: [out, swapName], outputs: [sw], attrs: { axis: -1 } },
+        { name: rsn, opType: "Mul", inputs: [sw, t.names[1]], outputs: [rsn], attrs: {} },
+        { name: ra, opType: "Add", inputs: [rc, rsn], outputs: [ra], attrs: {} },
+      );
+      out = ra;
+    }
+    const first = name("first");
+    added.push({ name: first, opType: "Transpose", inputs: [out], outputs: [first], attrs: { perm: [2, 0, 3, 1, 4] } });
+    for (const [k, target] of [qSrc, kSrc, vSrc].entries()) {
+      const idx = name(`index${k}`);
+      inits.set(idx, { dims: [], dataType: 7, ints: [k] });
+      added.push({ name: `${base}/part${k}`, opType: "Gather", inputs: [first, idx], outputs: [target], attrs: { axis: 0 } });
+    }
+    const gone = [...parts.flatMap((h) => h.nodes), ...(ropeQ?.nodes ?? []), ...(ropeK?.nodes ?? [])];
+    for (const m of gone) removed.add(m);
+    const at = nodes.find((m) => gone.includes(m))!;
+    inserts.set(at, added);
+    for (const h of parts) {
+      joined.add(h.wName);
+      if (h.biasName) joined.add(h.biasName);
+    }
+    for (const r of [ropeQ, ropeK]) if (r) joined.add(r.cos).add(r.sin);
+  }
+  if (removed.size === 0) return;
+  graph.nodes = nodes.flatMap((m) => [...(inserts.get(m) ?? []), ...(removed.has(m) ? [] : [m])]);
+  const read = new Set([...graph.nodes.flatMap((m) => m.inputs), ...outputs]);
+  for (const k of joined) if (!read.has(k)) inits.delete(k);
+}

@@ -40,7 +40,7 @@ import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
 import { constValue, runNode, shapeOf, type Value } from "./ops.js";
-import { fuseAttention } from "./attention.js";
+import { fuseAttention, joinQkvProjections } from "./attention.js";
 import { Pool } from "./pool.js";
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
@@ -142,6 +142,8 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
+    // (an export's q, k and v projected apart: one projection, as fuseAttention reads it)
+    joinQkvProjections(graph);
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;
