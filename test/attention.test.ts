@@ -42,6 +42,11 @@ interface Case {
    * not the pair swap, the split read elsewhere (a graph output) — none of which fuses.
    */
   rope?: "ok" | "vRotated" | "notSwap" | "readTwice";
+  /**
+   * As torch.onnx (and the dynamo exporter) write scaled_dot_product_attention: q and kᵀ each
+   * multiplied by √scale, a [1] constant; "kOnly": kᵀ alone by the whole scale.
+   */
+  sdpa?: "both" | "kOnly";
 }
 
 const i64 = (name: string, dims: number[], v: number[]) => ({
@@ -77,6 +82,7 @@ function graph(c: Case): Uint8Array {
     i64("i2", [], [2]),
     i64("sout", [3], [B, n, H * hd]),
     { name: "scale", dims: [], data: Float32Array.of(scale) },
+    { name: "rootscale", dims: [1], data: Float32Array.of(Math.sqrt(scale)) },
   ];
   if (c.rope) {
     const cos = new Float32Array(n * 3 * hd),
@@ -101,7 +107,14 @@ function graph(c: Case): Uint8Array {
   }
   let q = "q0";
   if (c.scaleQ) nodes.push({ opType: "Mul", inputs: ["q0", "scale"], outputs: ((q = "q"), ["q"]) });
-  if (c.einsum)
+  if (c.sdpa === "both") nodes.push({ opType: "Mul", inputs: ["q0", "rootscale"], outputs: ((q = "q"), ["q"]) });
+  if (c.sdpa)
+    nodes.push(
+      { opType: "Transpose", inputs: ["k"], outputs: ["kt0"], attrs: { perm: [0, 1, 3, 2] } },
+      { opType: "Mul", inputs: ["kt0", c.sdpa === "both" ? "rootscale" : "scale"], outputs: ["kt"] },
+      { opType: "MatMul", inputs: [q, "kt"], outputs: ["s0"] },
+    );
+  else if (c.einsum)
     nodes.push({ opType: "Einsum", inputs: [q, "k"], outputs: ["s0"], attrs: { equation: c.equations?.[0] ?? "blxd,blyd->blxy" } });
   else
     nodes.push(
@@ -113,7 +126,7 @@ function graph(c: Case): Uint8Array {
     nodes.push({ opType, inputs: opType === "Add" && out.endsWith("b") ? [other, s] : [s, other], outputs: [out] });
     s = out;
   };
-  if (!c.scaleQ) step("Mul", "scale", "s1");
+  if (!c.scaleQ && !c.sdpa) step("Mul", "scale", "s1");
   if (c.windows) {
     const nW = c.windows;
     const bias = randomTensor([H, n, n], 11);
@@ -164,6 +177,8 @@ const CASES: [string, Case][] = [
   ["UNETR's SABlock (Einsums, the products scaled; n 37, hd 20)", { B: 1, n: 37, H: 4, hd: 20, einsum: true }],
   ["a key mask broadcast over the queries, −∞ at a third of the keys (n 20, hd 33)", { B: 2, n: 20, H: 2, hd: 33, keyMask: true }],
   ["one token and one channel a head", { B: 3, n: 1, H: 2, hd: 1, scaleQ: true }],
+  ["torch's scaled_dot_product_attention export: q and kᵀ each by √scale (n 30, hd 16)", { B: 2, n: 30, H: 2, hd: 16, sdpa: "both" }],
+  ["kᵀ alone scaled (n 17, hd 10)", { B: 1, n: 17, H: 3, hd: 10, sdpa: "kOnly" }],
   ["a rotary embedding on q and k of the split (Primus's; n 26, hd 12)", { B: 2, n: 26, H: 3, hd: 12, scaleQ: true, rope: "ok" }],
 ];
 
@@ -286,6 +301,8 @@ interface SplitCase {
   projRead?: boolean;
   /** k projected from a second input. */
   kFromOther?: boolean;
+  /** q and kᵀ each scaled by √scale (torch 2's scaled_dot_product_attention, as timm runs it there). */
+  sdpa?: boolean;
   fused: boolean;
 }
 
@@ -310,6 +327,7 @@ function splitGraph(c: SplitCase): Uint8Array {
     i64("minus1", [1], [-1]),
     i64("rotspec", [4], [B, H, m, hd]),
     { name: "scale", dims: [], data: Float32Array.of(hd ** -0.5) },
+    { name: "rootscale", dims: [1], data: Float32Array.of(hd ** -0.25) },
   ];
   for (const [k, part] of ["q", "k", "v"].entries()) {
     inits.push({ name: `W${part}`, dims: [Cin, C], data: randomTensor([Cin, C], 20 + k).data });
@@ -371,8 +389,13 @@ function splitGraph(c: SplitCase): Uint8Array {
   const q = rotated("q"),
     k = rotated("k");
   nodes.push(
-    { opType: "Mul", inputs: [q, "scale"], outputs: ["qscaled"] },
-    { opType: "Transpose", inputs: [k], outputs: ["kt"], attrs: { perm: [0, 1, 3, 2] } },
+    { opType: "Mul", inputs: [q, c.sdpa ? "rootscale" : "scale"], outputs: ["qscaled"] },
+    ...(c.sdpa
+      ? [
+          { opType: "Transpose", inputs: [k], outputs: ["kt0"], attrs: { perm: [0, 1, 3, 2] } },
+          { opType: "Mul", inputs: ["kt0", "rootscale"], outputs: ["kt"] },
+        ]
+      : [{ opType: "Transpose", inputs: [k], outputs: ["kt"], attrs: { perm: [0, 1, 3, 2] } }]),
     { opType: "MatMul", inputs: ["qscaled", "kt"], outputs: ["scores"] },
     { opType: "Softmax", inputs: ["scores"], outputs: ["p"], attrs: { axis: -1 } },
     { opType: "MatMul", inputs: ["p", "vh"], outputs: ["o"] },
@@ -398,6 +421,10 @@ const SPLIT: [string, SplitCase][] = [
     { B: 2, n: 19, H: 2, hd: 8, Cin: 9, prefix: 0, rope: "both", kBias: true, fused: true },
   ],
   ["no Concat at all", { B: 1, n: 12, H: 2, hd: 6, Cin: 8, prefix: "none", rope: "both", fused: true }],
+  [
+    "q and kᵀ each by √scale, as torch 2 exports timm's scaled_dot_product_attention (n 14, hd 8)",
+    { B: 1, n: 14, H: 2, hd: 8, Cin: 12, prefix: 1, rope: "both", sdpa: true, fused: true },
+  ],
   [
     "no rotary embedding, every projection with a bias",
     { B: 1, n: 15, H: 4, hd: 5, Cin: 20, prefix: 0, rope: "none", kBias: true, fused: true },

@@ -118,12 +118,30 @@ export function fuseAttention(
     let qIn = scores.inputs[0]!,
       kIn = scores.inputs[1]!;
     const inner: GraphNode[] = [];
+    /** A Mul of `name` by a scalar constant: the scalar and the other operand (else undefined; a Mul of another kind: null). */
+    const scaled = (name: string) => {
+      const m = producer.get(name);
+      if (!m || m.opType !== "Mul") return undefined;
+      const x = m.inputs.find((i) => !inits.has(i));
+      const s = x === undefined ? undefined : scalar(other(m, x), 4);
+      if (x === undefined || s === undefined || !once(name) || m.fusedAct) return null;
+      inner.push(m);
+      return { s, x };
+    };
+    // (torch's scaled_dot_product_attention exports scale kᵀ as well as q, each by √scale)
+    let scaleK: number | undefined;
     if (scores.opType === "Einsum") {
       const m = String(scores.attrs.equation ?? "")
         .replace(/\s+/g, "")
         .match(SCORES_EQ);
       if (!m || !distinct(m)) return undefined;
     } else {
+      const km = scaled(kIn);
+      if (km === null) return undefined;
+      if (km) {
+        scaleK = km.s;
+        kIn = km.x;
+      }
       const kt = producer.get(kIn);
       if (!kt || kt.opType !== "Transpose" || !sameInts(kt.attrs.perm as number[] | undefined, [0, 1, 3, 2]) || !once(kIn))
         return undefined;
@@ -132,14 +150,14 @@ export function fuseAttention(
     }
     // q multiplied by a scalar first (SwinUNETR)
     let scaleQ: number | undefined;
-    const qm = producer.get(qIn);
-    if (qm && qm.opType === "Mul") {
-      const x = qm.inputs.find((i) => !inits.has(i));
-      scaleQ = x === undefined ? undefined : scalar(other(qm, x), 4);
-      if (x === undefined || scaleQ === undefined || !once(qIn)) return undefined;
-      inner.push(qm);
-      qIn = x;
+    const qm = scaled(qIn);
+    if (qm === null) return undefined;
+    if (qm) {
+      scaleQ = qm.s;
+      qIn = qm.x;
     }
+    // (q · a times kᵀ · b is q · (a · b) times kᵀ)
+    if (scaleK !== undefined) scaleQ = (scaleQ ?? 1) * scaleK;
     // q, k, v: Gathers 0, 1, 2 on axis 0 of one Transpose [2, 0, 3, 1, 4] of a Reshape [B, n, 3, H, hd]
     const gathers = [qIn, kIn, pv.inputs[1]!].map((name) => producer.get(name));
     const vIn = pv.inputs[1]!;
@@ -614,8 +632,13 @@ export function joinQkvProjections(graph: {
     const qm = producer.get(qSrc);
     if (plain(qm, "Mul") && qm.inputs.length === 2 && qm.inputs.some((i) => f32Of(i)?.length === 1) && once(qSrc))
       qSrc = qm.inputs.find((i) => f32Of(i)?.length !== 1)!;
-    const kt = producer.get(scores.inputs[1]!);
-    if (!plain(kt, "Transpose") || !sameInts(kt.attrs.perm as number[] | undefined, [0, 1, 3, 2]) || !once(scores.inputs[1])) continue;
+    // (and kᵀ scaled too, as torch exports scaled_dot_product_attention)
+    let ktOut: string | undefined = scores.inputs[1]!;
+    const km = producer.get(ktOut);
+    if (plain(km, "Mul") && km.inputs.length === 2 && km.inputs.some((i) => f32Of(i)?.length === 1) && once(ktOut))
+      ktOut = km.inputs.find((i) => f32Of(i)?.length !== 1);
+    const kt = ktOut ? producer.get(ktOut) : undefined;
+    if (!plain(kt, "Transpose") || !sameInts(kt.attrs.perm as number[] | undefined, [0, 1, 3, 2]) || !once(ktOut)) continue;
     const kSrc = kt.inputs[0]!,
       vSrc = pv.inputs[1]!;
     if (!qSrc || !once(qSrc) || !once(kSrc) || !once(vSrc) || new Set([qSrc, kSrc, vSrc]).size !== 3) continue;
