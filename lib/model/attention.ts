@@ -604,9 +604,19 @@ export function joinQkvProjections(graph: {
   const removed = new Set<GraphNode>();
   const inserts = new Map<GraphNode, GraphNode[]>();
   const joined = new Set<string>();
-  /** Tables made so far (blocks share theirs when their values are the same). */
-  const tables: { cos: Float32Array; sin: Float32Array; P: number; n: number; names: [string, string] }[] = [];
+  /** Tables made so far, by a hash of their values (blocks share theirs when the values are the same). */
+  const tables = new Map<string, { cos: Float32Array; sin: Float32Array; names: [string, string] }[]>();
   const equal = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
+  const hash = (a: Float32Array) => {
+    const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+    let h = 0x811c9dc5;
+    for (let i = 0; i < u.length; i++) h = Math.imul(h ^ u[i]!, 0x01000193);
+    return h >>> 0;
+  };
+  // (first readers and positions by map: a hostile graph of many Softmaxes costs linear time)
+  const firstReader = new Map<string, GraphNode>();
+  for (const m of nodes) if (m.inputs[0] && !firstReader.has(m.inputs[0])) firstReader.set(m.inputs[0], m);
+  const position = new Map(nodes.map((m, i) => [m, i]));
 
   for (const sm of nodes) {
     if (sm.opType !== "Softmax" || removed.has(sm)) continue;
@@ -624,9 +634,9 @@ export function joinQkvProjections(graph: {
     if (!plain(scores, "MatMul") || scores.inputs.length !== 2) continue;
     // the weighted sum: MatMul(softmax [→ Cast to float], v)
     let smOut = sm.outputs[0]!;
-    const cast = nodes.find((m) => m.inputs[0] === smOut);
+    const cast = once(smOut) ? firstReader.get(smOut) : undefined;
     if (cast?.opType === "Cast" && cast.attrs.to === 1) smOut = cast.outputs[0]!;
-    const pv = nodes.find((m) => m.inputs[0] === smOut);
+    const pv = once(smOut) ? firstReader.get(smOut) : undefined;
     if (!plain(pv, "MatMul") || pv.inputs.length !== 2) continue;
     let qSrc = scores.inputs[0]!;
     const qm = producer.get(qSrc);
@@ -697,7 +707,9 @@ export function joinQkvProjections(graph: {
     out = split;
     if (rope) {
       const P = ropeQ!.prefix;
-      let t = tables.find((e) => e.P === P && e.n === n && equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
+      const key = `${P}:${n}:${hd}:${hash(rope.cos)}:${hash(rope.sin)}`;
+      const same = tables.get(key) ?? tables.set(key, []).get(key)!;
+      let t = same.find((e) => equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
       if (!t) {
         const cos = new Float32Array(n * 3 * hd).fill(1),
           sin = new Float32Array(n * 3 * hd);
@@ -711,8 +723,8 @@ export function joinQkvProjections(graph: {
         const names: [string, string] = [name("rope_cos_table"), name("rope_sin_table")];
         inits.set(names[0], { dims: [n, 3, 1, hd], dataType: 1, f32: cos });
         inits.set(names[1], { dims: [n, 3, 1, hd], dataType: 1, f32: sin });
-        t = { cos: rope.cos, sin: rope.sin, P, n, names };
-        tables.push(t);
+        t = { cos: rope.cos, sin: rope.sin, names };
+        same.push(t);
       }
       const swapName = name("rope_pairs");
       inits.set(swapName, { dims: [hd], dataType: 7, ints: Array.from({ length: hd }, (_, d) => d ^ 1) });
@@ -734,7 +746,7 @@ export function joinQkvProjections(graph: {
     }
     const gone = [...parts.flatMap((h) => h.nodes), ...(ropeQ?.nodes ?? []), ...(ropeK?.nodes ?? [])];
     for (const m of gone) removed.add(m);
-    const at = nodes.find((m) => gone.includes(m))!;
+    const at = gone.reduce((a, m) => (position.get(m)! < position.get(a)! ? m : a));
     inserts.set(at, added);
     for (const h of parts) {
       joined.add(h.wName);
