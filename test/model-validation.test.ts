@@ -802,7 +802,9 @@ test.serial(
 
 // PyTorch's GroupNorm as exported before opset 18 (MONAI SegResNet): Reshape [0, G, -1] →
 // InstanceNormalization(1, 0) → Reshape(Shape(X)) → Mul γ → Add β → Relu, fused into one node.
-function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)[] } = {}) {
+// (`backTo`: the second Reshape's target a constant instead of Shape(X), as an export with fixed
+// shapes holds it, or as a graph that reshapes elsewhere)
+function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)[]; backTo?: number[] } = {}) {
   const C = 8,
     G = 4;
   const gamma = randomTensor([C, 1, 1, 1], 21),
@@ -812,7 +814,7 @@ function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)
     nodes: [
       { opType: "Reshape", name: "r1", inputs: ["x", "target"], outputs: ["g"] },
       { opType: "InstanceNormalization", name: "gn", inputs: ["g", "one", "zero"], outputs: ["n"], attrs: { epsilon: 1e-5 } },
-      { opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] },
+      ...(opts.backTo ? [] : [{ opType: "Shape", name: "sh", inputs: ["x"], outputs: ["s"] }]),
       { opType: "Reshape", name: "r2", inputs: ["n", "s"], outputs: ["u"] },
       { opType: "Mul", name: "m", inputs: ["u", "gamma"], outputs: ["v"] },
       { opType: "Add", name: "a", inputs: ["v", "beta"], outputs: ["w"] },
@@ -826,6 +828,7 @@ function groupNormPattern(opts: { scaleOne?: number; inShape?: (number | string)
       { name: "zero", dims: [G], data: f32([0, 0, 0, 0]) },
       { name: "gamma", dims: gamma.shape, data: gamma.data },
       { name: "beta", dims: beta.shape, data: beta.data },
+      ...(opts.backTo ? [{ name: "s", dims: [opts.backTo.length], data: i64(opts.backTo) }] : []),
     ],
   });
 }
@@ -836,6 +839,10 @@ test("GroupNorm as exported (Reshape → InstanceNorm → Reshape → Mul → Ad
   for (const [what, bytes, fused] of [
     ["the exported GroupNorm", groupNormPattern(), true],
     ["the norm's scale is not 1 (no fusion)", groupNormPattern({ scaleOne: 2 }), false],
+    // fixed shapes: the Shape is folded at load into a constant, X's shape — still the pattern
+    ["with fixed input shapes", groupNormPattern({ inShape: [2, 8, 3, 5, 7] }), true],
+    ["back to X's shape written as a constant", groupNormPattern({ inShape: [2, 8, 3, 5, 7], backTo: [2, 8, 3, 5, 7] }), true],
+    ["back to another shape of the same size (no fusion)", groupNormPattern({ inShape: [2, 8, 3, 5, 7], backTo: [2, 8, 5, 3, 7] }), false],
   ] as const) {
     const ref = await ortSession(bytes, { x });
     for (const { name: b } of backendsUnderTest()) {

@@ -875,9 +875,16 @@ export function soleReader(
  * [0, G, -1] → InstanceNormalization (scale 1, bias 0) → Reshape back to Shape(X) → Mul by γ
  * [C, 1, …] → Add β [C, 1, …], each read only by the next, becomes one GroupNormalization node
  * (num_groups G, per-channel scale and bias) that the engine runs in two passes instead of five
- * (an activation after it is then fused by fuseActivations).
+ * (an activation after it is then fused by fuseActivations). Where the input shapes are fixed, the
+ * Shape is folded into a constant at load: that constant qualifies when it is X's shape as shape
+ * inference found it (`shapes`).
  */
-export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits: ReadonlyMap<string, OnnxTensor>): GraphNode[] {
+export function fuseGroupNorm(
+  nodes: GraphNode[],
+  graphOutputs: string[],
+  inits: ReadonlyMap<string, OnnxTensor>,
+  shapes?: ReadonlyMap<string, number[]>,
+): GraphNode[] {
   const consumers = consumersOf(nodes, graphOutputs);
   const producer = producersOf(nodes);
   const only = soleReader(nodes, consumers);
@@ -912,13 +919,19 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
     if (!one || !zero || one.length !== G || zero.length !== G || one.some((v) => v !== 1) || zero.some((v) => v !== 0)) continue;
     const r2 = only(norm.outputs[0], "Reshape");
     const shape = r2 && producer.get(r2.inputs[1]!);
+    // (back to X's shape: Shape(X), or that shape made a constant)
+    const xShape = shapes?.get(r1.inputs[0]!);
+    const spec = r2 ? ints(r2.inputs[1]) : undefined;
+    const folded =
+      !!r2 && !shape && !!xShape && !!spec && spec.length === xShape.length && spec.every((d, i) => d === xShape[i]) && !r2.attrs.allowzero;
     if (
       !r2 ||
-      !shape ||
-      shape.opType !== "Shape" ||
-      shape.inputs[0] !== r1.inputs[0] ||
-      shape.attrs.start !== undefined ||
-      shape.attrs.end !== undefined
+      (!folded &&
+        (!shape ||
+          shape.opType !== "Shape" ||
+          shape.inputs[0] !== r1.inputs[0] ||
+          shape.attrs.start !== undefined ||
+          shape.attrs.end !== undefined))
     )
       continue;
     const mul = only(r2.outputs[0], "Mul");
@@ -938,7 +951,7 @@ export function fuseGroupNorm(nodes: GraphNode[], graphOutputs: string[], inits:
       attrs: { num_groups: G, epsilon: (norm.attrs.epsilon as number | undefined) ?? 1e-5, bhsd_rank: g.rank + 1 },
     });
     for (const d of [r1, r2, mul, add]) drop.add(d);
-    if (consumers.get(shape.outputs[0]!) === 1) drop.add(shape);
+    if (shape && consumers.get(shape.outputs[0]!) === 1) drop.add(shape);
   }
   return nodes.filter((n) => !drop.has(n)).map((n) => replace.get(n) ?? n);
 }

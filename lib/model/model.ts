@@ -128,6 +128,7 @@ export class Model {
     memoryLimit = defaultMemoryLimit(),
     backend?: BackendName,
     precision?: Precision,
+    valueShapes?: ReadonlyMap<string, number[]>,
   ) {
     this.name = name;
     this.memoryLimit = memoryLimit;
@@ -150,7 +151,7 @@ export class Model {
     const grouped = fuseMatMulBias(
       fuseChannelNorm(
         fuseLayerNorm(
-          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers), graph.outputs, graph.initializers),
+          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers, valueShapes), graph.outputs, graph.initializers),
           graph.outputs,
           graph.initializers,
         ),
@@ -597,7 +598,7 @@ async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typ
     graph.inputs = inferred;
     await foldConstants(graph, limit, true);
   }
-  const model = new Model(graph, name, cfg, limit, backend, precision);
+  const model = new Model(graph, name, cfg, limit, backend, precision, valueShapes);
   model.valueShapes = valueShapes;
   return model;
 }
