@@ -2358,15 +2358,36 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
   CHECK(worst < 4e-6);
 #ifdef BHSD_X86
   if (bhsd::ops_avx2()) {
-    // erf4 against std::erf in double over [−6, 6] and beyond; GELU's row (with a tail of 3) against
-    // the scalar formula with std::erf, value by value, and at NaN, ±inf, ±0 and the branches' edges
-    double erf_worst = 0, erf_far = 0;  // |x| < 4, and beyond (±1 there: erfc(4) = 1.5e-8)
-    for (int k = -60000; k <= 60000; ++k) {
-      const double v = k * 1e-4 + (k % 3) * 1e-9, d = std::fabs(bhsd::gelu_detail::erf1(v) - std::erf(v));
-      (std::fabs(v) < 4 ? erf_worst : erf_far) = std::max(std::fabs(v) < 4 ? erf_worst : erf_far, d);
+    // verf against std::erf in double, in ulps of the float nearest erf, over every 1024th float of
+    // (−5, 5) (both branches, their edges and the clamp), on each vector width the machine has
+    std::vector<float> ex;
+    const auto add = [&](float v) { ex.push_back(v), ex.push_back(-v); };
+    for (std::uint32_t b = 0; b < 0x40a00000u; b += 1024) {  // (0x40a00000: 5.0f)
+      float v;
+      std::memcpy(&v, &b, sizeof v);
+      add(v);
     }
-    std::printf("gelu: erf4 within %.3g of std::erf on (-4, 4), %.3g beyond up to 6\n", erf_worst, erf_far);
-    CHECK(erf_worst < 1e-14 && erf_far < 1.6e-8);
+    for (float v = 0.999f; v < 1.001f; v = std::nextafter(v, 2.0f)) add(v);
+    for (float v = 3.915f; v < 3.925f; v = std::nextafter(v, 4.0f)) add(v);
+    ex.resize((ex.size() + 15) / 16 * 16, 0.5f);
+    std::vector<float> ey(ex.size());
+    for (int wide = 0; wide < 2; ++wide) {
+      if (wide && !bhsd::ops_avx512()) continue;
+      (wide ? bhsd::gelu_detail::erf_avx512 : bhsd::gelu_detail::erf_avx2)(ex.data(), ey.data(),
+                                                                           std::int64_t(ex.size()));
+      double ulps = 0;
+      float at = 0;
+      for (std::size_t i = 0; i < ex.size(); ++i) {
+        const double want = std::erf(double(ex[i]));
+        const float wf = float(want);
+        const double ulp = std::max(double(std::nextafter(std::fabs(wf), 2.0f)) - std::fabs(wf), 1e-45);
+        const double d = std::fabs(double(ey[i]) - want) / ulp;
+        if (d > ulps) ulps = d, at = ex[i];
+      }
+      std::printf("gelu: erf (%s) within %.2f ulp of std::erf over %zu floats (worst at %.7g)\n",
+                  wide ? "avx512" : "avx2", ulps, ex.size(), double(at));
+      CHECK(ulps <= 2.5);
+    }
     const float inf = std::numeric_limits<float>::infinity();
     std::vector<float> g = {std::numeric_limits<float>::quiet_NaN(),
                             inf,
@@ -2386,22 +2407,27 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
     g.resize(g.size() + 3, -1.25f);
     std::vector<float> gy(g.size());
     const float alpha = float(std::sqrt(2.0));
-    bhsd::gelu_detail::row_avx2(g.data(), gy.data(), std::int64_t(g.size()), alpha);
-    std::size_t gdiffer = 0, gbad = 0;
-    double gworst = 0;
-    for (std::size_t i = 0; i < g.size(); ++i) {
-      const float want = 0.5f * g[i] * (1.0f + std::erf(g[i] / alpha));
-      if (std::isnan(want) || std::isnan(gy[i])) {
-        gbad += !(std::isnan(want) && std::isnan(gy[i]));
-        continue;
+    for (int wide = 0; wide < 2; ++wide) {
+      if (wide && !bhsd::ops_avx512()) continue;
+      (wide ? bhsd::gelu_detail::row_avx512 : bhsd::gelu_detail::row_avx2)(g.data(), gy.data(), std::int64_t(g.size()),
+                                                                           alpha);
+      std::size_t gdiffer = 0, gbad = 0;
+      double gworst = 0;
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const float want = 0.5f * g[i] * (1.0f + std::erf(g[i] / alpha));
+        if (std::isnan(want) || std::isnan(gy[i])) {
+          gbad += !(std::isnan(want) && std::isnan(gy[i]));
+          continue;
+        }
+        if (want != gy[i])
+          ++gdiffer, gworst = std::max(gworst, double(std::fabs(want - gy[i])) / std::max(1.0f, std::fabs(want)));
       }
-      if (want != gy[i])
-        ++gdiffer, gworst = std::max(gworst, double(std::fabs(want - gy[i])) / std::max(1.0f, std::fabs(want)));
+      std::printf("gelu (%s): %zu of %zu values differ from std::erf's (at most %.3g relative)\n",
+                  wide ? "avx512" : "avx2", gdiffer, g.size(), gworst);
+      CHECK(gbad == 0 && gworst <= 2.5e-7);
+      CHECK(gy[1] == inf && std::isnan(gy[2]) && gy[3] == 0.0f && gy[7] == g[7] &&
+            gy[8] == 0.0f);  // (−inf · 0, as the scalar loop gives)
     }
-    std::printf("gelu: %zu of %zu values differ from std::erf's (at most %.3g relative)\n", gdiffer, g.size(), gworst);
-    CHECK(gbad == 0 && gworst <= 2.5e-7);
-    CHECK(gy[1] == inf && std::isnan(gy[2]) && gy[3] == 0.0f && gy[7] == g[7] &&
-          gy[8] == 0.0f);  // (−inf · 0, as the scalar loop gives)
     // the sigmoid's row against the scalar formula in double, value by value (the same floats but
     // where exp4's last-ulp differences cross a float's rounding boundary), and at its extremes
     std::vector<float> sg = g;

@@ -25,6 +25,11 @@ inline bool ops_avx2() {
   static const bool on = cpu_features().avx2 && cpu_features().fma && !std::getenv("BHSD_NO_AVX2");
   return on;
 }
+// And the AVX-512 ones (AVX-512F as well, BHSD_NO_AVX512 unset).
+inline bool ops_avx512() {
+  static const bool on = ops_avx2() && cpu_features().avx512f && !std::getenv("BHSD_NO_AVX512");
+  return on;
+}
 #endif
 
 namespace norm_detail {
@@ -507,7 +512,8 @@ enum class Unary { relu = 0, leaky = 1, sigmoid = 2, prelu = 3, gelu = 4, gelu_t
 #ifdef BHSD_X86
 namespace gelu_detail {
 __attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha);
-}
+__attribute__((target("avx512f"))) inline void row_avx512(const float* p, float* q, std::int64_t n, float alpha);
+}  // namespace gelu_detail
 namespace sigmoid_detail {
 __attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n);
 }
@@ -550,6 +556,10 @@ inline void unary(const float* x, float* y, std::int64_t N, std::int64_t C, std:
             }
             case Unary::gelu:  // divided, not multiplied by 1/alpha: the exported Div's rounding
 #ifdef BHSD_X86
+              if (ops_avx512()) {
+                gelu_detail::row_avx512(p, q, spatial, alpha);
+                break;
+              }
               if (ops_avx2()) {
                 gelu_detail::row_avx2(p, q, spatial, alpha);
                 break;
@@ -1049,66 +1059,111 @@ __attribute__((target("avx2,fma"))) inline bool row4(const float* p, float* o, s
 
 #ifdef BHSD_X86
 namespace gelu_detail {
-// erf of four doubles by W. J. Cody's rational approximations (as lib/backends/erf.ts computes it
-// for the ts backend: |error| under 1e-15), for a caller that rounds it to float: |x| < 0.5 by
-// x·P(x²)/Q(x²); 0.5 ≤ |x| < 4 by 1 − e^(−x²)·R(|x|) (the exponential by softmax_detail::exp4);
-// beyond, ±1 — erfc(4) = 1.5e−8 is under half a float ulp of 1, so float(erf) is ±1 there exactly;
-// NaN stays NaN.
-__attribute__((target("avx2,fma"))) inline __m256d erf4(__m256d x) {
-  static constexpr double P1[5] = {3.1611237438705655, 113.86415415105016, 377.485237685302, 3209.3775891384694,
-                                   0.18577770618460315};
-  static constexpr double Q1[4] = {23.601290952344122, 244.02463793444417, 1282.6165260773723, 2844.236833439171};
-  static constexpr double C2[9] = {0.5641884969886701, 8.883149794388377,  66.11919063714163,
-                                   298.6351381974001,  881.952221241769,   1712.0476126340707,
-                                   2051.0783778260716, 1230.3393547979972, 2.1531153547440383e-8};
-  static constexpr double D2[8] = {15.744926110709835, 117.6939508913125, 537.1811018620099,  1621.3895745666903,
-                                   3290.7992357334597, 4362.619090143247, 3439.3676741437216, 1230.3393548037495};
-  const __m256d signbit = _mm256_set1_pd(-0.0);
-  const __m256d ax = _mm256_andnot_pd(signbit, x), sign = _mm256_and_pd(signbit, x);
-  // |x| < 0.5
-  const __m256d t = _mm256_mul_pd(x, x);
-  __m256d num = _mm256_set1_pd(P1[4]);
-  for (int i = 0; i < 4; ++i) num = _mm256_fmadd_pd(num, t, _mm256_set1_pd(P1[i]));
-  __m256d den = _mm256_add_pd(t, _mm256_set1_pd(Q1[0]));
-  for (int i = 1; i < 4; ++i) den = _mm256_fmadd_pd(den, t, _mm256_set1_pd(Q1[i]));
-  const __m256d small = _mm256_div_pd(_mm256_mul_pd(x, num), den);
-  // 0.5 ≤ |x| < 4, on |x| clamped into that range (lanes outside it take another branch's value;
-  // a NaN lane becomes 0.5 here: max returns its second operand where one is NaN)
-  const __m256d a = _mm256_min_pd(_mm256_max_pd(ax, _mm256_set1_pd(0.5)), _mm256_set1_pd(4.0));
-  __m256d n2 = _mm256_mul_pd(_mm256_set1_pd(C2[8]), a), d2 = a;
-  for (int i = 0; i < 7; ++i) {
-    n2 = _mm256_mul_pd(_mm256_add_pd(n2, _mm256_set1_pd(C2[i])), a);
-    d2 = _mm256_mul_pd(_mm256_add_pd(d2, _mm256_set1_pd(D2[i])), a);
-  }
-  const __m256d r = _mm256_div_pd(_mm256_add_pd(n2, _mm256_set1_pd(C2[7])), _mm256_add_pd(d2, _mm256_set1_pd(D2[7])));
-  // e^(−a²) in one exponential: Cody splits it as e^(−z²)·e^(−(a−z)(a+z)) for full double precision;
-  // a² rounded costs under 2e−15 of it here, far below the float the caller keeps
-  const __m256d e = _mm256_mul_pd(softmax_detail::exp4(_mm256_sub_pd(_mm256_setzero_pd(), _mm256_mul_pd(a, a))), r);
-  const __m256d mid = _mm256_sub_pd(_mm256_set1_pd(1.0), e);
-  __m256d v = _mm256_blendv_pd(_mm256_set1_pd(1.0), mid, _mm256_cmp_pd(ax, _mm256_set1_pd(4.0), _CMP_LT_OQ));
-  v = _mm256_or_pd(v, sign);
-  v = _mm256_blendv_pd(v, small, _mm256_cmp_pd(ax, _mm256_set1_pd(0.5), _CMP_LT_OQ));
-  return _mm256_blendv_pd(v, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+// The compiler's vector types: W lanes (AVX-512 16, AVX2 8). No function takes or returns one by
+// value (that would change the call ABI between targets): helpers are inlined.
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef float fu __attribute__((vector_size(4 * W), aligned(4)));
+  typedef std::int32_t i __attribute__((vector_size(4 * W)));
+};
+
+// erf of W floats in float arithmetic, within 2 ulp of erf rounded to float (the core test sweeps
+// it against std::erf in double; onnxruntime's and PyTorch's vector erf are float approximations
+// too). |x| < 1: x + x·(x²·P(x²) + c₀ − 1), P of degree 4, fitted with c₀ to erf(x)/x (relative
+// error 4e−8). 1 ≤ |x| < 3.92: ±(1 − e^(−x²)·R(1/|x|)), R of degree 10 fitted to erfc(x)·e^(x²)
+// (2e−9); e^(−x²) by Cephes' expf with x² split exactly (|x|'s top 12 bits squared, plus the
+// rest), so that its rounding does not enter. Beyond: ±1 (erfc(3.92) is under half a float ulp of
+// 1). NaN stays NaN. (Fitted by least squares in double on Chebyshev nodes: 2026-12-07.)
+template <int W>
+__attribute__((always_inline)) inline void verf(typename Vec<W>::f& x) {
+  using vf = typename Vec<W>::f;
+  using vi = typename Vec<W>::i;
+  static constexpr float A[5] = {-3.761231899e-01f, 1.128013059e-01f, -2.670995332e-02f, 4.916025326e-03f,
+                                 -5.625397898e-04f};
+  static constexpr float B[11] = {2.956361095e-05f,  5.636487603e-01f, 3.620405449e-03f,  -2.881851196e-01f,
+                                  -5.975396559e-02f, 8.792827725e-01f, -1.494951844e+00f, 1.395896316e+00f,
+                                  -7.931639552e-01f, 2.583788037e-01f, -3.721809015e-02f};
+  const vf zero = vf{}, one = zero + 1.0f;
+  const vi bits = (vi)x;
+  const vi sign = bits & std::int32_t(0x80000000u);
+  const vf ax = (vf)(bits & 0x7fffffff);
+  // |x| < 1
+  const vf u = x * x;
+  vf q = zero + A[4];
+  for (int k = 3; k >= 0; --k) q = q * u + A[k];
+  const vf small = x + x * (u * q + 1.283791065e-01f);
+  // 1 ≤ |x| < 3.92, on |x| clamped into that range (NaN to 1)
+  const vf a = ax < 3.92f ? (ax > 1.0f ? ax : one) : zero + 3.92f;
+  const vf t = one / a;
+  vf p = zero + B[10];
+  for (int k = 9; k >= 0; --k) p = p * t + B[k];
+  const vf ah = (vf)((vi)a & std::int32_t(0xfffff000u));
+  const vf al = a - ah;
+  const vf hi = ah * ah, lo = (ah + ah) * al + al * al;                           // (hi exact: 12 bits squared)
+  const vf n = ((zero - hi) * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  vf r = (zero - hi) - n * 0.693359375f;                                          // (exact)
+  r = r - n * -2.12194440e-4f;
+  r = r - lo;
+  vf e = zero + 1.9875691500e-4f;
+  e = e * r + 1.3981999507e-3f;
+  e = e * r + 8.3334519073e-3f;
+  e = e * r + 4.1665795894e-2f;
+  e = e * r + 1.6666665459e-1f;
+  e = e * r + 5.0000001201e-1f;
+  e = e * (r * r) + r + 1.0f;
+  e = e * (vf)((__builtin_convertvector(n, vi) + 127) << 23);  // (a vector cast reinterprets the bits)
+  const vf mid = (vf)((vi)(one - e * p) | sign), edge = (vf)((vi)one | sign);
+  const vf v = ax < 1.0f ? small : (ax < 3.92f ? mid : edge);
+  x = x != x ? x : v;
 }
 
-// erf4 of one value (the core test compares it with std::erf; GELU's row tail).
-__attribute__((target("avx2,fma"))) inline double erf1(double x) { return _mm256_cvtsd_f64(erf4(_mm256_set1_pd(x))); }
-
-// GELU of a row, four values at a time: 0.5·v·(1 + erf(v / alpha)) in float as the scalar loop
-// computes it (v / alpha rounded to float, erf rounded to float), erf by erf4 rather than std::erf:
-// UNETR's twelve GELUs of 128×3072 values took 1.3–1.8 ms each in std::erf.
-__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha) {
-  const __m128 va = _mm_set1_ps(alpha), half = _mm_set1_ps(0.5f), one = _mm_set1_ps(1.0f);
+// GELU of a row, W values at a time: 0.5·v·(1 + erf(v / alpha)) in float as the scalar loop computes
+// it (v / alpha rounded to float), erf by verf; the tail through a vector's worth of scratch, so
+// every value takes the same arithmetic. (UNETR's twelve GELUs of 128×3072 values took 1.3–1.8 ms
+// each in std::erf; MedNeXt-S's 40 M values 130 ms in a double-precision erf four at a time.)
+template <int W>
+__attribute__((always_inline)) inline void vector(const float* src, float* dst, float alpha) {
+  using vf = typename Vec<W>::f;
+  using vfu = typename Vec<W>::fu;
+  const vf v = *reinterpret_cast<const vfu*>(src);
+  vf z = v / alpha;
+  verf<W>(z);
+  *reinterpret_cast<vfu*>(dst) = (0.5f * v) * (1.0f + z);
+}
+template <int W>
+__attribute__((always_inline)) inline void row(const float* p, float* q, std::int64_t n, float alpha) {
   std::int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const __m128 v = _mm_loadu_ps(p + i);
-    const __m128 e = _mm256_cvtpd_ps(erf4(_mm256_cvtps_pd(_mm_div_ps(v, va))));
-    _mm_storeu_ps(q + i, _mm_mul_ps(_mm_mul_ps(half, v), _mm_add_ps(one, e)));
+  for (; i + W <= n; i += W) vector<W>(p + i, q + i, alpha);
+  if (i < n) {
+    alignas(64) float t[W] = {};
+    std::memcpy(t, p + i, std::size_t(n - i) * sizeof(float));
+    vector<W>(t, t, alpha);
+    std::memcpy(q + i, t, std::size_t(n - i) * sizeof(float));
   }
-  for (; i < n; ++i) {
-    const float e = float(erf1(double(p[i] / alpha)));
-    q[i] = 0.5f * p[i] * (1.0f + e);
+}
+// erf of n floats (n a multiple of W), for the core test's sweep of verf.
+template <int W>
+__attribute__((always_inline)) inline void erf_rows(const float* p, float* q, std::int64_t n) {
+  using vf = typename Vec<W>::f;
+  using vfu = typename Vec<W>::fu;
+  for (std::int64_t i = 0; i + W <= n; i += W) {
+    vf v = *reinterpret_cast<const vfu*>(p + i);
+    verf<W>(v);
+    *reinterpret_cast<vfu*>(q + i) = v;
   }
+}
+__attribute__((target("avx2,fma"))) inline void erf_avx2(const float* p, float* q, std::int64_t n) {
+  erf_rows<8>(p, q, n);
+}
+__attribute__((target("avx512f"))) inline void erf_avx512(const float* p, float* q, std::int64_t n) {
+  erf_rows<16>(p, q, n);
+}
+__attribute__((target("avx2,fma"))) inline void row_avx2(const float* p, float* q, std::int64_t n, float alpha) {
+  row<8>(p, q, n, alpha);
+}
+__attribute__((target("avx512f"))) inline void row_avx512(const float* p, float* q, std::int64_t n, float alpha) {
+  row<16>(p, q, n, alpha);
 }
 }  // namespace gelu_detail
 
