@@ -303,6 +303,8 @@ interface SplitCase {
   kFromOther?: boolean;
   /** q and kᵀ each scaled by √scale (torch 2's scaled_dot_product_attention, as timm runs it there). */
   sdpa?: boolean;
+  /** The odd and even Slices without axes: ONNX's default, axis 0 (a batch of two interleaved). */
+  noAxes?: boolean;
   fused: boolean;
 }
 
@@ -367,9 +369,9 @@ function splitGraph(c: SplitCase): Uint8Array {
       );
     } else
       nodes.push(
-        { opType: "Slice", inputs: [x, "one", "big", "ax3", "two"], outputs: [`${part}o`] },
+        { opType: "Slice", inputs: [x, "one", "big", c.noAxes ? "" : "ax3", "two"], outputs: [`${part}o`] },
         { opType: "Neg", inputs: [`${part}o`], outputs: [`${part}no`] },
-        { opType: "Slice", inputs: [x, "zero", "big", "ax3", "two"], outputs: [`${part}e`] },
+        { opType: "Slice", inputs: [x, "zero", "big", c.noAxes ? "" : "ax3", "two"], outputs: [`${part}e`] },
         { opType: "Unsqueeze", inputs: [`${part}no`, "minus1"], outputs: [`${part}u0`] },
         { opType: "Unsqueeze", inputs: [`${part}e`, "minus1"], outputs: [`${part}u1`] },
         { opType: "Concat", inputs: [`${part}u0`, `${part}u1`], outputs: [`${part}st`], attrs: { axis: -1 } },
@@ -440,6 +442,10 @@ const SPLIT: [string, SplitCase][] = [
     { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "both", projRead: true, fused: false },
   ],
   [
+    "odd and even Slices without axes (ONNX's default: the batch axis): not fused",
+    { B: 2, n: 9, H: 2, hd: 4, Cin: 6, prefix: 0, rope: "both", noAxes: true, fused: false },
+  ],
+  [
     "k projected from another input: not fused",
     { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 0, rope: "both", kFromOther: true, fused: false },
   ],
@@ -474,3 +480,70 @@ for (const [title, c] of SPLIT) {
     }
   });
 }
+
+test.serial(
+  "blocks that share q, k and v weights share one joined copy: load-time memory follows the file, not the number of blocks",
+  async (t) => {
+    const blocks = 24,
+      n = 8,
+      H = 2,
+      hd = 16,
+      C = H * hd;
+    type N = { opType: string; inputs: string[]; outputs: string[]; attrs?: Record<string, number | number[] | string> };
+    const nodes: N[] = [];
+    let x = "x";
+    for (let b = 0; b < blocks; b++) {
+      const v = (s: string) => `b${b}_${s}`;
+      for (const part of ["q", "k", "v"]) {
+        nodes.push({ opType: "MatMul", inputs: [x, `W${part}`], outputs: [v(`${part}mm`)] });
+        nodes.push({ opType: "Reshape", inputs: [v(`${part}mm`), "spec"], outputs: [v(`${part}r`)] });
+        nodes.push({ opType: "Transpose", inputs: [v(`${part}r`)], outputs: [v(`${part}h`)], attrs: { perm: [0, 2, 1, 3] } });
+      }
+      nodes.push(
+        { opType: "Mul", inputs: [v("qh"), "scale"], outputs: [v("qs")] },
+        { opType: "Transpose", inputs: [v("kh")], outputs: [v("kt")], attrs: { perm: [0, 1, 3, 2] } },
+        { opType: "MatMul", inputs: [v("qs"), v("kt")], outputs: [v("s")] },
+        { opType: "Softmax", inputs: [v("s")], outputs: [v("p")], attrs: { axis: -1 } },
+        { opType: "MatMul", inputs: [v("p"), v("vh")], outputs: [v("o")] },
+        { opType: "Transpose", inputs: [v("o")], outputs: [v("ot")], attrs: { perm: [0, 2, 1, 3] } },
+        { opType: "Reshape", inputs: [v("ot"), "outspec"], outputs: [v("y")] },
+      );
+      x = v("y");
+    }
+    const bytes = encodeModel({
+      opset: 17,
+      nodes,
+      inputs: [{ name: "x", shape: [1, n, C] }],
+      outputs: [{ name: x, shape: [1, n, C] }],
+      initializers: [
+        i64("spec", [4], [1, n, H, hd]),
+        i64("outspec", [3], [1, n, C]),
+        { name: "scale", dims: [], data: Float32Array.of(hd ** -0.5) },
+        // (small weights: 24 attentions in a row of peaked softmaxes would amplify each rounding)
+        ...["q", "k", "v"].map((part, k) => ({
+          name: `W${part}`,
+          dims: [C, C],
+          data: randomTensor([C, C], 60 + k).data.map((w) => w * 0.25),
+        })),
+      ],
+    });
+    const input = randomTensor([1, n, C], 12);
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const want = (await session.run({ x: new ort.Tensor("float32", input.data, input.shape) }))[x]!.data as Float32Array;
+    await session.release();
+    const model = await loadModel(bytes);
+    try {
+      // the three weights (3 · C² floats) once, joined: not once a block
+      t.true(model.weightBytes <= 2 * 3 * C * C * 4, `${model.weightBytes} bytes of weights for ${blocks} blocks`);
+      for (const { name } of backendsUnderTest()) {
+        setBackend(name);
+        const y = await model.run(input);
+        const d = scaleDiff(y.data, want);
+        t.true(d <= 1e-5, `${name}: ${d} of onnxruntime's scale`);
+        t.is(Object.keys(model.lastRun!.opMs).includes("bhsd.SelfAttention"), name === "native");
+      }
+    } finally {
+      model.dispose();
+    }
+  },
+);

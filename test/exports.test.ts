@@ -254,6 +254,9 @@ test("a LayerNorm over the channels (eight steps over axis 1, or channels-last b
     ["no affine map", "steps", null, null, [1, 5, 4, 4, 4]],
     ["γ varying along the last axis (broadcast as the Mul did)", "steps", [6], [1, 1, 1, 6], [2, 12, 3, 6]],
     ["channels-last between Transposes", "transposed", [12], [12], [1, 12, 4, 5, 6]],
+    // (one of γ, β a single value: every channel's, not a broadcast along the last axis)
+    ["channels-last, γ per channel and β one value", "transposed", [2], [1], [1, 2, 1, 3]],
+    ["channels-last, γ one value and β per channel", "transposed", [1], [5], [2, 5, 3, 2]],
   ];
   for (const [what, form, g, b, shape] of cases) {
     const bytes = channelNormGraph(form, g, b, shape);
@@ -316,6 +319,9 @@ test("a LayerNorm over the channels (eight steps over axis 1, or channels-last b
     await t.throwsAsync(cn(xs, 2, 3, 4, new Float32Array(2), null, 1e-5, ys), { message: /gamma must be a Float32Array of 3/ });
     await t.throwsAsync(cn(xs, 2, 3, 4, null, null, NaN, ys), { message: /eps must be a non-negative number, got nan/ });
     await t.throwsAsync(cn(xs, 2, 3, 4, null, null, 1e-5, xs), { message: /x overlaps out/ });
+    // γ or β inside out: read by every thread while others write out
+    await t.throwsAsync(cn(xs, 2, 3, 4, ys.subarray(5, 8), null, 1e-5, ys), { message: /gamma overlaps out/ });
+    await t.throwsAsync(cn(xs, 2, 3, 4, null, ys.subarray(21, 24), 1e-5, ys), { message: /beta overlaps out/ });
     await t.throwsAsync(cn(xs, 2, 3, 5, null, null, 1e-5, ys), { message: /x must be a Float32Array of 30/ });
   }
   // a file may not name the internal op

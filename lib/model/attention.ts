@@ -190,7 +190,7 @@ export function fuseAttention(
       return undefined;
     const [B, n, , H, hd] = spec as [number, number, number, number, number];
     if (!Number.isSafeInteger(B * n * 3 * H * hd) || B * H > 1 << 24) return undefined;
-    const table = rope && rope.swapLength === hd ? ropeTable(rope.cos, rope.sin, n, hd) : undefined;
+    const table = rope && rope.swapLength === hd ? tableFor(rope.cos, rope.sin, rope.names, n, hd) : undefined;
     if (rope && !table) return undefined;
 
     // forward along the chain: the scores' shape through each Reshape, each Add's constant mapped
@@ -305,7 +305,14 @@ export function fuseAttention(
       if (!idx || !idx.every((v, t) => (v < 0 ? v + idx.length : v) === (t ^ 1)) || idx.length % 2) continue;
       // R is read by the cos Mul and the Gather alone
       if (consumers.get(c.other) !== 2) return undefined;
-      return { input: c.other, cos: c.t, sin: s.t, swapLength: idx.length, nodes: [cm, g, smul, add] };
+      return {
+        input: c.other,
+        cos: c.t,
+        sin: s.t,
+        names: `${cm.inputs.find((i) => inits.get(i) === c.t)}\n${smul.inputs.find((i) => inits.get(i) === s.t)}`,
+        swapLength: idx.length,
+        nodes: [cm, g, smul, add],
+      };
     }
     return undefined;
   };
@@ -335,6 +342,13 @@ export function fuseAttention(
     return out;
   };
 
+  /** Kernel tables by their graph tables' names: blocks that share those share one (Primus: all). */
+  const tables = new Map<string, Float32Array | undefined>();
+  const tableFor = (cos: OnnxTensor, sin: OnnxTensor, names: string, n: number, hd: number) => {
+    const key = `${names}\n${n}\n${hd}`;
+    if (!tables.has(key)) tables.set(key, ropeTable(cos, sin, n, hd));
+    return tables.get(key);
+  };
   for (const sm of nodes) {
     if (sm.opType !== "Softmax" || drop.has(sm)) continue;
     const m = match(sm);
@@ -439,7 +453,8 @@ export function joinQkvProjections(graph: {
   /** A Slice of `data` on one axis (either sign of it for rank 4): its start, end and step. */
   const slice1 = (p: GraphNode | undefined, axis: number) => {
     if (!plain(p, "Slice") || p.inputs.length < 3) return undefined;
-    const [st, en, ax, sp] = [ints(p.inputs[1]), ints(p.inputs[2]), intsOr(p.inputs[3], [axis]), intsOr(p.inputs[4], [1])];
+    // (axes left out are ONNX's default, [0] for one start: the batch axis, never the pattern's)
+    const [st, en, ax, sp] = [ints(p.inputs[1]), ints(p.inputs[2]), intsOr(p.inputs[3], [0]), intsOr(p.inputs[4], [1])];
     if (!st || !en || !ax || !sp || st.length !== 1 || en.length !== 1 || ax.length !== 1 || sp.length !== 1) return undefined;
     if (ax[0] !== axis && ax[0] !== axis - 4) return undefined;
     return { data: p.inputs[0]!, start: st[0]!, end: en[0]!, step: sp[0]! };
@@ -604,6 +619,10 @@ export function joinQkvProjections(graph: {
   const removed = new Set<GraphNode>();
   const inserts = new Map<GraphNode, GraphNode[]>();
   const joined = new Set<string>();
+  /** Tables by the names of the graph's tables (blocks reading the same ones are not hashed again). */
+  const tablesByName = new Map<string, { cos: Float32Array; sin: Float32Array; names: [string, string] }>();
+  /** Joined weights and biases by the names of what they join. */
+  const joinedOnce = new Map<string, string>();
   /** Tables made so far, by a hash of their values (blocks share theirs when the values are the same). */
   const tables = new Map<string, { cos: Float32Array; sin: Float32Array; names: [string, string] }[]>();
   const equal = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
@@ -675,7 +694,9 @@ export function joinQkvProjections(graph: {
     if (ropeQ) {
       const a = ropeQ.check(B, n, H, hd),
         b = ropeK!.check(B, n, H, hd);
-      if (!a || !b || !equal(a.cos, b.cos) || !equal(a.sin, b.sin)) continue;
+      // (the same tables by name need no comparing)
+      const named = ropeQ.cos === ropeK!.cos && ropeQ.sin === ropeK!.sin;
+      if (!a || !b || (!named && (!equal(a.cos, b.cos) || !equal(a.sin, b.sin)))) continue;
       rope = a;
     }
     if ([hq, hk, hv].some((h) => h.nodes.some((m) => removed.has(m)))) continue;
@@ -683,19 +704,30 @@ export function joinQkvProjections(graph: {
     // the joined projection
     const base = unique(`${scores.name || "attention"}/bhsd.qkv`);
     const name = (s: string) => unique(`${base}/${s}`);
-    const w = new Float32Array(Cin * 3 * C);
+    // (blocks that read the same weights share one joined copy: memory follows the file, not the blocks)
     const parts = [hq, hk, hv];
-    for (let r = 0; r < Cin; r++) for (const [k, h] of parts.entries()) w.set(h.w.f32!.subarray(r * C, (r + 1) * C), r * 3 * C + k * C);
-    const wName = name("weight");
-    inits.set(wName, { dims: [Cin, 3 * C], dataType: 1, f32: w });
+    const wKey = parts.map((h) => h.wName).join("\n");
+    let wName = joinedOnce.get(wKey);
+    if (!wName) {
+      const w = new Float32Array(Cin * 3 * C);
+      for (let r = 0; r < Cin; r++) for (const [k, h] of parts.entries()) w.set(h.w.f32!.subarray(r * C, (r + 1) * C), r * 3 * C + k * C);
+      wName = name("weight");
+      inits.set(wName, { dims: [Cin, 3 * C], dataType: 1, f32: w });
+      joinedOnce.set(wKey, wName);
+    }
     const added: GraphNode[] = [];
     let out = name("proj");
     added.push({ name: out, opType: "MatMul", inputs: [hq.x, wName], outputs: [out], attrs: {} });
     if (parts.some((h) => h.bias)) {
-      const b = new Float32Array(3 * C);
-      for (const [k, h] of parts.entries()) if (h.bias) b.set(h.bias, k * C);
-      const bName = name("bias");
-      inits.set(bName, { dims: [3 * C], dataType: 1, f32: b });
+      const bKey = `${C}\n${parts.map((h) => h.biasName ?? "").join("\n")}`;
+      let bName = joinedOnce.get(bKey);
+      if (!bName) {
+        const b = new Float32Array(3 * C);
+        for (const [k, h] of parts.entries()) if (h.bias) b.set(h.bias, k * C);
+        bName = name("bias");
+        inits.set(bName, { dims: [3 * C], dataType: 1, f32: b });
+        joinedOnce.set(bKey, bName);
+      }
       const o = name("proj_bias");
       added.push({ name: o, opType: "Add", inputs: [out, bName], outputs: [o], attrs: {} });
       out = o;
@@ -707,9 +739,11 @@ export function joinQkvProjections(graph: {
     out = split;
     if (rope) {
       const P = ropeQ!.prefix;
-      const key = `${P}:${n}:${hd}:${hash(rope.cos)}:${hash(rope.sin)}`;
-      const same = tables.get(key) ?? tables.set(key, []).get(key)!;
-      let t = same.find((e) => equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
+      const byName = `${ropeQ!.cos}\n${ropeQ!.sin}\n${P}\n${n}\n${hd}`;
+      let t = tablesByName.get(byName);
+      const key = t ? "" : `${P}:${n}:${hd}:${hash(rope.cos)}:${hash(rope.sin)}`;
+      const same = t ? [] : (tables.get(key) ?? tables.set(key, []).get(key)!);
+      t ??= same.find((e) => equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
       if (!t) {
         const cos = new Float32Array(n * 3 * hd).fill(1),
           sin = new Float32Array(n * 3 * hd);
@@ -726,6 +760,7 @@ export function joinQkvProjections(graph: {
         t = { cos: rope.cos, sin: rope.sin, names };
         same.push(t);
       }
+      tablesByName.set(byName, t);
       const swapName = name("rope_pairs");
       inits.set(swapName, { dims: [hd], dataType: 7, ints: Array.from({ length: hd }, (_, d) => d ^ 1) });
       const [rc, sw, rsn, ra] = [name("rope_cos"), name("rope_swap"), name("rope_sin"), name("rope")];

@@ -1041,6 +1041,9 @@ export function fuseChannelNorm(nodes: GraphNode[], graphOutputs: string[], init
     if (!t2 || !back || back.length !== r || !back.every((p, i) => p === (i === 0 ? 0 : i === 1 ? r - 1 : i - 1))) continue;
     const vec = (name: string | undefined) => !name || (inits.get(name)?.f32 !== undefined && inits.get(name)!.dims.length === 1);
     if (!vec(ln.inputs[1]) || !vec(ln.inputs[2])) continue;
+    // (an epsilon the native pass refuses stays with the nodes, which run it as the graph says)
+    const eps = (ln.attrs.epsilon as number | undefined) ?? 1e-5;
+    if (!(eps >= 0 && Number.isFinite(eps))) continue;
     // (rank 3: [0, 2, 1] both ways, so one Transpose may close a norm and open the next: taken once)
     if ([t1, ln, t2].some((n) => drop.has(n) || replace.has(n) || n.fusedAct)) continue;
     drop.add(t1).add(ln);
@@ -1049,7 +1052,7 @@ export function fuseChannelNorm(nodes: GraphNode[], graphOutputs: string[], init
       opType: CHANNEL_NORM_OP,
       inputs: [t1.inputs[0]!, ...ln.inputs.slice(1)],
       outputs: [t2.outputs[0]!],
-      attrs: { epsilon: (ln.attrs.epsilon as number | undefined) ?? 1e-5, channel_affine: 1 },
+      attrs: { epsilon: eps, channel_affine: 1 },
     });
   }
   if (replace.size === 0) return nodes;

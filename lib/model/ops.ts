@@ -477,9 +477,9 @@ async function channelNorm(n: GraphNode, a: (Value | undefined)[], budget: nd.Bu
     if (!v) return undefined;
     const t = F(v, what);
     if (n.attrs.channel_affine) {
-      // (a LayerNormalization's one value for every channel broadcasts as below)
+      // (a LayerNormalization's one value is every channel's)
       if (t.data.length === C) return t.data;
-      if (t.data.length === 1) return null;
+      if (t.data.length === 1) return new Float32Array(C).fill(t.data[0]!);
       throw new RangeError(`${what} has ${t.data.length} values for ${C} channels`);
     }
     const k = t.shape.length;

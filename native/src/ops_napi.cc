@@ -326,8 +326,11 @@ Napi::Value ChannelNorm(const Napi::CallbackInfo& info) {
   const double eps = number_of(info[6], "eps");
   require(eps >= 0, env, ("eps must be a non-negative number, got " + std::to_string(eps)).c_str());
   float* y = out_of(info[7], n, "out");
-  // (x is read across the channels after out's positions are written: no overlap at all)
+  // (x is read across the channels after out's positions are written: no overlap at all; γ and β
+  // are read by every thread while others write out)
   require(x + n <= y || y + n <= x, env, "x overlaps out");
+  require(!g || g + C <= y || y + n <= g, env, "gamma overlaps out");
+  require(!b || b + C <= y || y + n <= b, env, "beta overlaps out");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::channel_norm(x, y, N, C, S, g, b, eps, *pool); }, nullptr, {info[0], info[4], info[5], info[7]},
