@@ -12,6 +12,7 @@ import { parse as parseYaml } from "yaml";
 import { join } from "node:path";
 import { createServer, loadMonai, monaiInfo, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { modelHash, modelPath } from "../lib/queue/common.js";
+import { buildMonaiNetwork } from "../lib/model/monai/networks.js";
 import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { compareLabels as compare, scaleDiff } from "./ort.js";
@@ -48,6 +49,36 @@ for (const [name, m] of Object.entries(manifest.networks)) {
     }
   });
 }
+
+// MedNeXt's aliases (create_mednext's variants): the keys and shapes MONAI 1.5's own modules hold
+// (mednext_variants.json, make.py), each one the builder expects or reads past (deep supervision)
+test("MedNeXtS, B, M and L build the state_dict MONAI's aliases make, key for key and shape for shape", (t) => {
+  const variants = JSON.parse(new TextDecoder().decode(bytes("mednext_variants.json"))) as Record<
+    string,
+    { network_def: Record<string, unknown>; state_dict: Record<string, number[]> }
+  >;
+  t.is(Object.keys(variants).length, 8);
+  for (const [name, v] of Object.entries(variants)) {
+    const net = buildMonaiNetwork(v.network_def, name);
+    t.is(net.networkClass, "MedNeXt");
+    const got = new Map<string, number[]>(net.params.map((p) => [p.names[0]!, p.shape]));
+    const want = Object.entries(v.state_dict);
+    t.is(got.size + net.unused.length, want.length, `${name}: ${got.size} parameters + ${net.unused.length} read past`);
+    for (const [key, shape] of want) {
+      if (net.unused.includes(key)) continue;
+      t.deepEqual(got.get(key), shape, `${name}: ${key}`);
+    }
+  }
+  // arguments create_mednext does not take are refused by name
+  t.throws(() => buildMonaiNetwork({ _target_: "MedNeXtS", blocks_down: [1, 1] }, "def"), {
+    message: /MedNeXtS has no argument "blocks_down"/,
+  });
+  t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", norm_type: "layer" }, "def"), { message: /norm_type "layer"/ });
+  t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", blocks_up: [2, 2, 2] }, "def"), {
+    message: /blocks_up must have as many entries/,
+  });
+  t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", kernel_size: 4 }, "def"), { message: /kernel_size must be odd/ });
+});
 
 const BUNDLES = join(DIR, "bundles");
 

@@ -6,7 +6,7 @@ import { monaiError, type GraphBuilder } from "./layers.js";
 import type { StateDictNetwork } from "../state-dict.js";
 
 export type MonaiNetworkClass =
-  "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetVAE" | "SegResNetDS" | "DynUNet" | "BasicUNet" | "SwinUNETR" | "UNETR";
+  "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetVAE" | "SegResNetDS" | "DynUNet" | "BasicUNet" | "SwinUNETR" | "UNETR" | "MedNeXt";
 export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = [
   "UNet",
   "AttentionUnet",
@@ -17,6 +17,7 @@ export const MONAI_NETWORKS: readonly MonaiNetworkClass[] = [
   "BasicUNet",
   "SwinUNETR",
   "UNETR",
+  "MedNeXt",
 ];
 
 /** A rebuilt MONAI network (its `unused` names: num_batches_tracked, deep-supervision heads). */

@@ -155,6 +155,8 @@ export interface ConvOptions {
   bias: boolean;
   transposed?: boolean;
   outputPadding?: number[];
+  /** Channel groups (MedNeXt's depthwise convolutions: as many as channels). */
+  groups?: number;
 }
 
 /** Nodes, parameters and constants of a network under construction. */
@@ -226,7 +228,9 @@ export class GraphBuilder {
   conv(path: string, x: string, o: ConvOptions): string {
     const k = o.kernel;
     const ones = Array<number>(this.dims).fill(1);
-    const w = this.param([`${path}.weight`], o.transposed ? [o.cin, o.cout, ...k] : [o.cout, o.cin, ...k]);
+    const g = o.groups ?? 1;
+    if (o.cin % g || o.cout % g) throw new Error(`internal: ${path}: ${o.cin} → ${o.cout} channels in ${g} groups`);
+    const w = this.param([`${path}.weight`], o.transposed ? [o.cin, o.cout / g, ...k] : [o.cout, o.cin / g, ...k]);
     const inputs = [x, w];
     if (o.bias) inputs.push(this.param([`${path}.bias`], [o.cout]));
     const attrs: Record<string, AttrValue> = {
@@ -234,7 +238,7 @@ export class GraphBuilder {
       strides: o.stride,
       pads: [...o.pad, ...o.pad],
       dilations: o.dilation ?? ones,
-      group: 1,
+      group: g,
     };
     if (o.transposed && o.outputPadding?.some((p) => p !== 0)) attrs.output_padding = o.outputPadding;
     return this.node(o.transposed ? "ConvTranspose" : "Conv", inputs, path, attrs);

@@ -35,6 +35,7 @@ import {
 } from "./args.js";
 
 import { buildSwinUNETR, buildUNETR } from "./transformers.js";
+import { buildMedNeXt, mednextVariant } from "./mednext.js";
 
 export { MONAI_NETWORKS, type MonaiNetwork, type MonaiNetworkClass } from "./args.js";
 
@@ -57,6 +58,7 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
       "monai.networks.nets.basic_unet",
       "monai.networks.nets.swin_unetr",
       "monai.networks.nets.unetr",
+      "monai.networks.nets.mednext",
     ].includes(mod)
   )
     throw monaiError(where, `network_def's _target_ "${target}" is not one of MONAI's networks (monai.networks.nets)`);
@@ -77,7 +79,11 @@ export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass 
     basicunet: "BasicUNet",
     SwinUNETR: "SwinUNETR",
     UNETR: "UNETR",
+    MedNeXt: "MedNeXt",
+    MedNext: "MedNeXt",
   };
+  // (MedNeXt's variants, MedNeXtS … MedNextLarge: MedNeXt with create_mednext's arguments)
+  if (mednextVariant(cls)) return "MedNeXt";
   const c = Object.hasOwn(aliases, cls) ? aliases[cls] : undefined;
   if (!c) throw monaiError(where, `network_def's _target_ "${target}": bhsd builds MONAI's ${MONAI_NETWORKS.join(", ")}`);
   return c;
@@ -781,6 +787,8 @@ export function buildMonaiNetwork(def: Record<string, unknown>, where: string, s
       return buildBasicUNet(args, where);
     case "SegResNetDS":
       return buildSegResNetDS(args, where);
+    case "MedNeXt":
+      return buildMedNeXt(args, where, mednextVariant(String(target).split(".").pop()!));
     case "AttentionUnet":
       return buildAttentionUnet(args, where);
     case "SwinUNETR":
