@@ -535,7 +535,11 @@ function offsetOf(i: number, shape: readonly number[], strides: readonly number[
   return off;
 }
 
-/** Constant padding (no cropping): out filled with `value`, then x's rows copied into place. */
+/**
+ * Constant padding (no cropping): out filled with `value`, then x's rows copied into place, the
+ * destination stepped by an odometer over the outer axes (MedNeXt's F.pad of one voxel at the start
+ * of each axis, 64 K runs of 63 values, took 35 ms with an offset computed and a view made per run).
+ */
 function padConstant(x: Nd, pads: readonly number[], value: number, out: Nd): void {
   const r = x.shape.length;
   out.data.fill(value);
@@ -547,15 +551,24 @@ function padConstant(x: Nd, pads: readonly number[], value: number, out: Nd): vo
   const run = size(x.shape.slice(outer));
   const outerShape = x.shape.slice(0, outer);
   const os = stridesOf(out.shape);
-  const lead = k > 0 ? pads[k - 1]! * os[k - 1]! : 0;
-  copyRuns(
-    out.data,
-    x.data,
-    size(outerShape),
-    run,
-    (i) => i * run,
-    (i) => offsetOf(i, outerShape, os, (d, v) => v + pads[d]!) + lead,
-  );
+  let dst = k > 0 ? pads[k - 1]! * os[k - 1]! : 0;
+  for (let d = 0; d < outer; d++) dst += pads[d]! * os[d]!;
+  const runs = size(outerShape);
+  const idx = new Array<number>(outer).fill(0);
+  const src = x.data,
+    y = out.data;
+  const typed = y instanceof Float32Array && src instanceof Float32Array;
+  for (let i = 0, s = 0; i < runs; i++, s += run) {
+    if (typed && run >= 16) y.set(src.subarray(s, s + run), dst);
+    else for (let j = 0; j < run; j++) y[dst + j] = src[s + j]!;
+    for (let d = outer - 1; d >= 0; d--) {
+      idx[d]!++;
+      dst += os[d]!;
+      if (idx[d]! < outerShape[d]!) break;
+      dst -= idx[d]! * os[d]!;
+      idx[d] = 0;
+    }
+  }
 }
 
 /** ONNX Slice with starts/ends/axes/steps (steps may be negative, never 0). */
