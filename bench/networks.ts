@@ -7,7 +7,7 @@
  * its default widths (bench/models/segresnet_default.onnx, 4.8 MB, made by make_segresnet.py there).
  * UNETR at its real widths (hidden size 768, 12 layers: about 90 M parameters, 370 MB) is not
  * kept; its small fixture is a test. PyTorch's time beside them where a python3 has torch (and onnx;
- * MONAI's networks need MONAI 1.4.0 on PYTHONPATH): bench/torch_networks.py, eager as PyTorch
+ * MONAI's networks need MONAI 1.4.0 on PYTHONPATH, MedNeXt 1.5.0 in MONAI15): bench/torch_networks.py, eager as PyTorch
  * runs it and with every forward convolution through oneDNN, its output checked against bhsd's.
  */
 import ort from "onnxruntime-node";
@@ -33,7 +33,7 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 }
 
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
-type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" } | { primus: true };
+type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" | "mednext" } | { primus: true };
 
 // (looked up once, when first needed: bench plan's fresh processes import this module too)
 let pythons: { torch: string | undefined; monai: string | undefined; primus: string | undefined } | undefined;
@@ -228,6 +228,32 @@ export async function benchNetworks(): Promise<string[]> {
   } else
     rows.push(
       "| MONAI SwinUNETR (BTCV widths), 64×64×64 | not run: make bench/models/swinunetr_btcv.* first (PYTHONPATH=<MONAI 1.4.0>:<einops> /usr/bin/python3 bench/models/make_swinunetr.py) | | | | | | | | | |",
+    );
+  // MONAI 1.5's MedNeXt-S (create_mednext "S", kernel 3: 5.6 M parameters): made by
+  // bench/models/make_mednext.py, never committed; bhsd runs it from the state_dict (loadMonai),
+  // onnxruntime from the export; then both run the export
+  const mednext = new URL("./models/mednext_s.json", import.meta.url);
+  if (existsSync(mednext)) {
+    const { network_def: network, size } = JSON.parse(readFileSync(mednext, "utf8")) as {
+      network_def: Record<string, unknown>;
+      size: number[];
+    };
+    const pt = fileURLToPath(new URL("./models/mednext_s.pt", import.meta.url));
+    const onnx = readFileSync(new URL("./models/mednext_s.onnx", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `MONAI MedNeXt-S (kernel 3, loadMonai from the state_dict), ${size.join("×")}`,
+        onnx,
+        [1, 1, ...size],
+        3,
+        { monai: "mednext" },
+        () => loadMonai(pt, { network, config: { patchSize: size as [number, number, number] } }),
+      )),
+      ...(await compare(`MONAI MedNeXt-S, its torch.onnx export run by both, ${size.join("×")}`, onnx, [1, 1, ...size], 3)),
+    );
+  } else
+    rows.push(
+      "| MONAI MedNeXt-S, 32×128×128 | not run: make bench/models/mednext_s.* first (PYTHONPATH=<MONAI 1.5.0> /usr/bin/python3 bench/models/make_mednext.py) | | | | | | | | | |",
     );
   // nnU-Net's Primus-S (nnUNet_Primus_S_Trainer: width 396, 12 EVA blocks, 24 M parameters): made by
   // bench/models/make_primus.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the

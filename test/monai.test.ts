@@ -78,6 +78,9 @@ test("MedNeXtS, B, M and L build the state_dict MONAI's aliases make, key for ke
     message: /blocks_up must have as many entries/,
   });
   t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", kernel_size: 4 }, "def"), { message: /kernel_size must be odd/ });
+  t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", blocks_down: [5000], blocks_up: [1] }, "def"), {
+    message: /5002 blocks: at most 4096/,
+  });
 });
 
 const BUNDLES = join(DIR, "bundles");

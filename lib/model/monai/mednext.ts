@@ -134,6 +134,9 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
     );
   if (f0 * 2 ** L > 1 << 16)
     throw monaiError(where, `MedNeXt's widest level (init_filters · 2^${L} = ${f0 * 2 ** L}) is past 65536 channels`);
+  // (MedNeXt-L has 64 blocks: a network_def asking for thousands is refused before any is built)
+  const blocks = [...down, ...up].reduce((p, q) => p + q, 0) + nBottleneck;
+  if (blocks > 4096) throw monaiError(where, `MedNeXt with ${blocks} blocks: at most 4096`);
 
   const b = new GraphBuilder(dims, where);
   const fill = (v: number) => Array<number>(dims).fill(v);
