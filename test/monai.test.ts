@@ -79,7 +79,7 @@ test("MedNeXtS, B, M and L build the state_dict MONAI's aliases make, key for ke
   });
   t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", kernel_size: 4 }, "def"), { message: /kernel_size must be odd/ });
   t.throws(() => buildMonaiNetwork({ _target_: "MedNeXt", blocks_down: [5000], blocks_up: [1] }, "def"), {
-    message: /5002 blocks: at most 4096/,
+    message: /5003 blocks: at most 4096/,
   });
 });
 
