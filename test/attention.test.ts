@@ -305,6 +305,11 @@ interface SplitCase {
   sdpa?: boolean;
   /** The odd and even Slices without axes: ONNX's default, axis 0 (a batch of two interleaved). */
   noAxes?: boolean;
+  /**
+   * X holds 2n tokens while the Reshapes say [B, n, H, −1]: ONNX makes each head twice as wide (no
+   * rotation; the output [B, n, 2C]).
+   */
+  doubleTokens?: boolean;
   fused: boolean;
 }
 
@@ -317,7 +322,7 @@ function splitGraph(c: SplitCase): Uint8Array {
   const nodes: N[] = [];
   const inits: Parameters<typeof encodeModel>[0]["initializers"] = [
     i64("spec", [4], [B, n, H, -1]),
-    i64("outspec", [3], [B, n, C]),
+    i64("outspec", [3], [B, n, c.doubleTokens ? 2 * C : C]),
     i64("zero", [1], [0]),
     i64("P", [1], [P]),
     i64("big", [1], [2 ** 53 - 1]),
@@ -407,8 +412,8 @@ function splitGraph(c: SplitCase): Uint8Array {
   return encodeModel({
     opset: 17,
     nodes,
-    inputs: [{ name: "x", shape: [B, n, Cin] }, ...(c.kFromOther ? [{ name: "x2", shape: [B, n, Cin] }] : [])],
-    outputs: [{ name: "y", shape: [B, n, C] }, ...(c.projRead ? [{ name: "qmm" }] : [])],
+    inputs: [{ name: "x", shape: [B, c.doubleTokens ? 2 * n : n, Cin] }, ...(c.kFromOther ? [{ name: "x2", shape: [B, n, Cin] }] : [])],
+    outputs: [{ name: "y", shape: [B, n, c.doubleTokens ? 2 * C : C] }, ...(c.projRead ? [{ name: "qmm" }] : [])],
     initializers: inits,
   });
 }
@@ -442,6 +447,14 @@ const SPLIT: [string, SplitCase][] = [
     { B: 1, n: 11, H: 2, hd: 6, Cin: 8, prefix: 1, rope: "both", projRead: true, fused: false },
   ],
   [
+    "X of twice the tokens the Reshapes' [B, n, H, −1] say (heads twice as wide): not fused",
+    { B: 1, n: 6, H: 2, hd: 4, Cin: 8, prefix: 0, rope: "none", doubleTokens: true, fused: false },
+  ],
+  [
+    "more registers kept out of the rotation than tokens rotated (the join's tables would outgrow the file's): not fused",
+    { B: 1, n: 12, H: 2, hd: 4, Cin: 6, prefix: 9, rope: "both", fused: false },
+  ],
+  [
     "odd and even Slices without axes (ONNX's default: the batch axis): not fused",
     { B: 2, n: 9, H: 2, hd: 4, Cin: 6, prefix: 0, rope: "both", noAxes: true, fused: false },
   ],
@@ -453,7 +466,9 @@ const SPLIT: [string, SplitCase][] = [
 for (const [title, c] of SPLIT) {
   test.serial(`q, k and v projected apart — ${title}: equals onnxruntime on every backend`, async (t) => {
     const bytes = splitGraph(c);
-    const feeds: Record<string, { data: Float32Array; shape: number[] }> = { x: randomTensor([c.B, c.n, c.Cin], 8) };
+    const feeds: Record<string, { data: Float32Array; shape: number[] }> = {
+      x: randomTensor([c.B, c.doubleTokens ? 2 * c.n : c.n, c.Cin], 8),
+    };
     if (c.kFromOther) feeds.x2 = randomTensor([c.B, c.n, c.Cin], 9);
     for (const f of Object.values(feeds)) for (let i = 0; i < f.data.length; i++) f.data[i]! *= 2;
     const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });

@@ -428,12 +428,16 @@ function extraOf(
  * and nowhere else, q and k rotated alike or neither. Mutates `graph` (nodes and initializers; the
  * weights it joined go where nothing else reads them).
  */
-export function joinQkvProjections(graph: {
-  nodes: GraphNode[];
-  initializers: Map<string, OnnxTensor>;
-  outputs: string[];
-  opset: number;
-}): void {
+export function joinQkvProjections(
+  graph: {
+    nodes: GraphNode[];
+    initializers: Map<string, OnnxTensor>;
+    outputs: string[];
+    opset: number;
+  },
+  /** Shape inference's value shapes at load (a Reshape's −1 is resolved against X's). */
+  shapes?: ReadonlyMap<string, number[]>,
+): void {
   const { nodes, initializers: inits, outputs } = graph;
   const consumers = consumersOf(nodes, outputs);
   const producer = producersOf(nodes);
@@ -595,7 +599,8 @@ export function joinQkvProjections(graph: {
         sinName = sm.inputs[si]!;
       const check = (B: number, n: number, H: number, hd: number) => {
         const m = n - P;
-        if (m <= 0 || hd % 2) return undefined;
+        // (P ≤ m: the joined tables, n rows, stay within twice the file's own, m rows)
+        if (m <= 0 || P > m || hd % 2) return undefined;
         if (P > 0 && ends.x! < n) return undefined;
         if (prefix && P === 0 && ends.prefix !== 0) return undefined;
         if (ends.odd < hd || ends.even < hd) return undefined;
@@ -680,10 +685,14 @@ export function joinQkvProjections(graph: {
     if (hk.x !== hq.x || hv.x !== hq.x) continue;
     const [Cin, C] = hq.w.dims as [number, number];
     if (![hk, hv].every((h) => sameInts(h.w.dims, [Cin, C]))) continue;
-    // [B, n, H, hd] from the Reshape (its −1, or 0 where allowzero is off, resolved from the width)
+    // [B, n, H, hd] from the Reshape: its −1 resolved from the width where X holds B · n tokens (as
+    // shape inference found it; else ONNX would make the head another width); 0s refused
+    const xShape = shapes?.get(hq.x);
+    const tokens = xShape && xShape.at(-1) === Cin ? xShape.slice(0, -1).reduce((p, q) => p * q, 1) : undefined;
     const dims = [hq, hk, hv].map((h) => {
       const [B, n, H, last] = h.spec as [number, number, number, number];
       if (!(B > 0 && n > 0 && H > 0) || h.allowzero !== false) return undefined;
+      if (last === -1 && tokens !== B * n) return undefined;
       const hd = last === -1 ? C / H : last;
       return Number.isSafeInteger(hd) && hd > 0 && H * hd === C ? [B, n, H, hd] : undefined;
     });
@@ -743,7 +752,8 @@ export function joinQkvProjections(graph: {
       let t = tablesByName.get(byName);
       const key = t ? "" : `${P}:${n}:${hd}:${hash(rope.cos)}:${hash(rope.sin)}`;
       const same = t ? [] : (tables.get(key) ?? tables.set(key, []).get(key)!);
-      t ??= same.find((e) => equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
+      // (a bucket's first few only: tables crafted to collide cost no more than distinct ones)
+      t ??= same.slice(0, 4).find((e) => equal(e.cos, rope!.cos) && equal(e.sin, rope!.sin));
       if (!t) {
         const cos = new Float32Array(n * 3 * hd).fill(1),
           sin = new Float32Array(n * 3 * hd);

@@ -144,7 +144,7 @@ export class Model {
     this.opset = graph.opset;
     this.producer = graph.producer;
     // (an export's q, k and v projected apart: one projection, as fuseAttention reads it)
-    joinQkvProjections(graph);
+    joinQkvProjections(graph, valueShapes);
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;

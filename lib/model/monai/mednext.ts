@@ -114,12 +114,14 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
       `MedNeXt's blocks_up must have as many entries as blocks_down (${L}: the decoder's widths mirror the encoder's), got ${JSON.stringify(k.blocks_up)}`,
     );
   if (L > 8) throw monaiError(where, `MedNeXt with ${L} levels: at most 8`);
-  const nBottleneck = posInt(k.blocks_bottleneck, where, "MedNeXt's blocks_bottleneck", 64);
+  // (0: an empty Sequential, as MONAI allows)
+  const nBottleneck = k.blocks_bottleneck === 0 ? 0 : posInt(k.blocks_bottleneck, where, "MedNeXt's blocks_bottleneck", 4096);
   const ratios = (v: unknown, what: string) => {
     const r = typeof v === "number" ? Array<number>(L).fill(v) : v;
     const list = intList(r, where, `MedNeXt's ${what}`);
-    if (list.length !== L) throw monaiError(where, `MedNeXt's ${what} must be one integer or ${L} (one a level), got ${JSON.stringify(v)}`);
-    return list;
+    // (MONAI reads the first L: a longer list is accepted as there)
+    if (list.length < L) throw monaiError(where, `MedNeXt's ${what} must be one integer or ${L} (one a level), got ${JSON.stringify(v)}`);
+    return list.slice(0, L);
   };
   const enc = ratios(k.encoder_expansion_ratio, "encoder_expansion_ratio"),
     dec = ratios(k.decoder_expansion_ratio, "decoder_expansion_ratio");
