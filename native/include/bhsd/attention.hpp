@@ -32,6 +32,7 @@
 
 #include "cpu_features.hpp"
 #include "thread_pool.hpp"
+#include "vector_math.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BHSD_X86 1  // (as conv_common.hpp defines it)
@@ -59,12 +60,7 @@ struct AttentionShape {
 namespace attention_detail {
 
 // The compiler's vector types: W lanes (AVX-512 16, AVX2 8, the default target 4).
-template <int W>
-struct Vec {
-  typedef float f __attribute__((vector_size(4 * W)));
-  typedef float fu __attribute__((vector_size(4 * W), aligned(4)));
-  typedef std::int32_t i __attribute__((vector_size(4 * W)));
-};
+using vector_math::Vec;
 
 // (No function takes or returns a vector by value: that would change the call ABI between targets.)
 #define BHSD_VLOAD(p) (*reinterpret_cast<const typename Vec<W>::fu*>(p))
@@ -80,17 +76,9 @@ __attribute__((always_inline)) inline void vexp(typename Vec<W>::f& x) {
   const vi tiny = x < lo;
   const vf xs = nan ? zero : (tiny ? lo : x);
   const vf n = (xs * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  vf r = xs - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = zero + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  const vf e = p * (vf)bits;  // (a vector cast reinterprets the bits)
+  vf e = xs - n * 0.693359375f;
+  e = e - n * -2.12194440e-4f;
+  vector_math::exp_reduced<W>(e, n);
   x = nan ? x : (tiny ? zero : e);
 }
 

@@ -16,6 +16,7 @@
 #include "host_device.hpp"
 #include "voxel_ops.hpp"
 #include "thread_pool.hpp"
+#include "vector_math.hpp"
 
 namespace bhsd {
 
@@ -1059,14 +1060,7 @@ __attribute__((target("avx2,fma"))) inline bool row4(const float* p, float* o, s
 
 #ifdef BHSD_X86
 namespace gelu_detail {
-// The compiler's vector types: W lanes (AVX-512 16, AVX2 8). No function takes or returns one by
-// value (that would change the call ABI between targets): helpers are inlined.
-template <int W>
-struct Vec {
-  typedef float f __attribute__((vector_size(4 * W)));
-  typedef float fu __attribute__((vector_size(4 * W), aligned(4)));
-  typedef std::int32_t i __attribute__((vector_size(4 * W)));
-};
+using vector_math::Vec;
 
 // erf of W floats in float arithmetic, within 2 ulp of erf rounded to float (the core test sweeps
 // it against std::erf in double; onnxruntime's and PyTorch's vector erf are float approximations
@@ -1104,15 +1098,8 @@ __attribute__((always_inline)) inline void verf(typename Vec<W>::f& x) {
   const vf n = ((zero - hi) * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   vf r = (zero - hi) - n * 0.693359375f;                                          // (exact)
   r = r - n * -2.12194440e-4f;
-  r = r - lo;
-  vf e = zero + 1.9875691500e-4f;
-  e = e * r + 1.3981999507e-3f;
-  e = e * r + 8.3334519073e-3f;
-  e = e * r + 4.1665795894e-2f;
-  e = e * r + 1.6666665459e-1f;
-  e = e * r + 5.0000001201e-1f;
-  e = e * (r * r) + r + 1.0f;
-  e = e * (vf)((__builtin_convertvector(n, vi) + 127) << 23);  // (a vector cast reinterprets the bits)
+  vf e = r - lo;
+  vector_math::exp_reduced<W>(e, n);
   const vf mid = (vf)((vi)(one - e * p) | sign), edge = (vf)((vi)one | sign);
   const vf v = ax < 1.0f ? small : (ax < 3.92f ? mid : edge);
   x = x != x ? x : v;
