@@ -204,6 +204,14 @@ Napi::Value ConvTranspose3d(const Napi::CallbackInfo& info) {
       env,
       [=] {
         const std::int64_t vin = in[2] * in[3] * in[4], vout = os[0] * os[1] * os[2], ksp = ws[1] * ws[2] * ws[3];
+        // (depthwise, undilated: every channel in one pass)
+        if (Cg == 1 && Cog == 1 && groups > 1 && di[0] == 1 && di[1] == 1 && di[2] == 1) {
+          for (std::int64_t n = 0; n < N; ++n)
+            bhsd::conv_transpose3d_depthwise(C, in[2], in[3], in[4], ws[1], ws[2], ws[3], st[0], st[1], st[2], pa[0],
+                                             pa[1], pa[2], os[0], os[1], os[2], x + n * C * vin, w, b,
+                                             y + n * Co * vout, *pool);
+          return;
+        }
         for (std::int64_t gi = 0; gi < groups; ++gi)
           for (std::int64_t n = 0; n < N; ++n)
             bhsd::conv_transpose3d_forward(Cg, in[2], in[3], in[4], Cog, ws[1], ws[2], ws[3], st[0], st[1], st[2],

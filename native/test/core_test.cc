@@ -2016,6 +2016,93 @@ static void test_conv_pointwise(bhsd::ThreadPool& pool) {
 // spread) against a plain scatter loop: strides (2, 2, 2), (1, 2, 2), (1, 1, 3) and (2, 1, 1),
 // volumes that end in a partial tile, a 64-row GEMM (packed blocks with a 4 + 4 tail), more input
 // channels than one K block.
+// The depthwise transposed convolution (MedNeXt's up-sampling) against the transposed convolution's
+// definition, a scatter of every input voxel through its channel's kernel, in double: strides 2 and
+// (1, 2, 2), kernels 3, 5, 2 and 1, padding k // 2 and none, output padding, sizes off whole vectors.
+static void test_conv_transpose_depthwise(bhsd::ThreadPool& pool) {
+  struct Case {
+    std::int64_t C, D, H, W, k[3], s[3], p[3], extra[3];
+  };
+  const Case cases[] = {
+      {5, 3, 4, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}},  // MedNeXt: 2n − 1
+      {3, 4, 5, 9, {5, 5, 5}, {2, 2, 2}, {2, 2, 2}, {1, 1, 1}},  // output padding: 2n
+      {2, 3, 6, 5, {3, 3, 3}, {1, 2, 2}, {1, 1, 1}, {0, 1, 0}},
+      {4, 2, 3, 11, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}},
+      {3, 3, 3, 4, {1, 1, 1}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}},
+      {2, 4, 4, 6, {3, 1, 5}, {1, 1, 1}, {1, 0, 2}, {0, 0, 0}},
+  };
+  double worst = 0;
+  for (const Case& c : cases) {
+    const std::int64_t Do = (c.D - 1) * c.s[0] - 2 * c.p[0] + c.k[0] + c.extra[0],
+                       Ho = (c.H - 1) * c.s[1] - 2 * c.p[1] + c.k[1] + c.extra[1],
+                       Wo = (c.W - 1) * c.s[2] - 2 * c.p[2] + c.k[2] + c.extra[2];
+    const std::int64_t ksp = c.k[0] * c.k[1] * c.k[2];
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.C * ksp)), bias(std::size_t(c.C));
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(double(i) * 0.61));
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(std::cos(double(i) * 0.37));
+    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = float(i) * 0.25f - 0.5f;
+    std::vector<double> want(std::size_t(c.C * Do * Ho * Wo));
+    for (std::int64_t ch = 0; ch < c.C; ++ch) {
+      for (std::int64_t v = 0; v < Do * Ho * Wo; ++v) want[std::size_t(ch * Do * Ho * Wo + v)] = bias[std::size_t(ch)];
+      for (std::int64_t id = 0; id < c.D; ++id)
+        for (std::int64_t ih = 0; ih < c.H; ++ih)
+          for (std::int64_t iw = 0; iw < c.W; ++iw)
+            for (std::int64_t a = 0; a < c.k[0]; ++a)
+              for (std::int64_t b = 0; b < c.k[1]; ++b)
+                for (std::int64_t e = 0; e < c.k[2]; ++e) {
+                  const std::int64_t od = id * c.s[0] - c.p[0] + a, oh = ih * c.s[1] - c.p[1] + b,
+                                     ow = iw * c.s[2] - c.p[2] + e;
+                  if (od < 0 || od >= Do || oh < 0 || oh >= Ho || ow < 0 || ow >= Wo) continue;
+                  want[std::size_t(((ch * Do + od) * Ho + oh) * Wo + ow)] +=
+                      double(w[std::size_t(ch * ksp + (a * c.k[1] + b) * c.k[2] + e)]) *
+                      x[std::size_t(((ch * c.D + id) * c.H + ih) * c.W + iw)];
+                }
+    }
+    std::vector<float> y(want.size(), std::numeric_limits<float>::quiet_NaN());
+    bhsd::conv_transpose3d_depthwise(c.C, c.D, c.H, c.W, c.k[0], c.k[1], c.k[2], c.s[0], c.s[1], c.s[2], c.p[0], c.p[1],
+                                     c.p[2], Do, Ho, Wo, x.data(), w.data(), bias.data(), y.data(), pool);
+    for (std::size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::fabs(double(y[i]) - want[i]));
+  }
+  std::printf("conv transpose depthwise: worst error %.3g against the scatter in double\n", worst);
+  CHECK(worst < 1e-5);
+}
+
+// A strided 1×1×1 transposed convolution (MedNeXt's residual beside its up-sampling) against the
+// definition in double: strides 2, (1, 2, 3), output padding; the places between take the bias.
+static void test_conv_transpose_pointwise(bhsd::ThreadPool& pool) {
+  struct Case {
+    std::int64_t C, D, H, W, Co, s[3], extra[3];
+  };
+  const Case cases[] = {{6, 3, 4, 9, 5, {2, 2, 2}, {0, 0, 0}},
+                        {3, 2, 5, 7, 8, {1, 2, 3}, {0, 1, 2}},
+                        {17, 2, 3, 20, 2, {2, 2, 2}, {1, 1, 1}}};
+  double worst = 0;
+  for (const Case& c : cases) {
+    const std::int64_t Do = (c.D - 1) * c.s[0] + 1 + c.extra[0], Ho = (c.H - 1) * c.s[1] + 1 + c.extra[1],
+                       Wo = (c.W - 1) * c.s[2] + 1 + c.extra[2];
+    std::vector<float> x(std::size_t(c.C * c.D * c.H * c.W)), w(std::size_t(c.C * c.Co)), bias(std::size_t(c.Co));
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(double(i) * 0.43));
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(std::cos(double(i) * 0.29));
+    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = float(i) * 0.5f - 1.0f;
+    std::vector<double> want(std::size_t(c.Co * Do * Ho * Wo));
+    for (std::int64_t o = 0; o < c.Co; ++o)
+      for (std::int64_t v = 0; v < Do * Ho * Wo; ++v) want[std::size_t(o * Do * Ho * Wo + v)] = bias[std::size_t(o)];
+    for (std::int64_t i = 0; i < c.C; ++i)
+      for (std::int64_t o = 0; o < c.Co; ++o)
+        for (std::int64_t id = 0; id < c.D; ++id)
+          for (std::int64_t ih = 0; ih < c.H; ++ih)
+            for (std::int64_t iw = 0; iw < c.W; ++iw)
+              want[std::size_t(((o * Do + id * c.s[0]) * Ho + ih * c.s[1]) * Wo + iw * c.s[2])] +=
+                  double(w[std::size_t(i * c.Co + o)]) * x[std::size_t(((i * c.D + id) * c.H + ih) * c.W + iw)];
+    std::vector<float> y(want.size(), std::numeric_limits<float>::quiet_NaN());
+    bhsd::conv_transpose3d_forward(c.C, c.D, c.H, c.W, c.Co, 1, 1, 1, c.s[0], c.s[1], c.s[2], 1, 1, 1, 0, 0, 0, Do, Ho,
+                                   Wo, x.data(), w.data(), bias.data(), y.data(), pool);
+    for (std::size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::fabs(double(y[i]) - want[i]));
+  }
+  std::printf("conv transpose 1x1x1 strided: worst error %.3g against the definition in double\n", worst);
+  CHECK(worst < 1e-5);
+}
+
 static void test_conv_transpose_upsample(bhsd::ThreadPool& pool) {
   struct Case {
     std::int64_t C, D, H, W, Co, s[3];
@@ -2850,6 +2937,8 @@ int main() {
     test_winograd_streamed_v(pool);
     test_accumulate_window(pool);
     test_conv_transpose_upsample(pool);
+    test_conv_transpose_depthwise(pool);
+    test_conv_transpose_pointwise(pool);
     test_instance_norm(pool);
     test_transformer_ops(pool);
     test_softmax_vector(pool);
