@@ -143,6 +143,7 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
+    this.valueShapes = valueShapes;
     // (an export's q, k and v projected apart: one projection, as fuseAttention reads it)
     joinQkvProjections(graph, valueShapes);
     let weights = 0;
@@ -598,9 +599,7 @@ async function load(onnxPathOrBytes: string | Uint8Array, config: Parameters<typ
     graph.inputs = inferred;
     await foldConstants(graph, limit, true);
   }
-  const model = new Model(graph, name, cfg, limit, backend, precision, valueShapes);
-  model.valueShapes = valueShapes;
-  return model;
+  return new Model(graph, name, cfg, limit, backend, precision, valueShapes);
 }
 
 function checkExternalData(files: unknown): void {
