@@ -107,7 +107,22 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
               registers: a.registers,
               patch: a.inputSize,
             }
-          : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
+          : a.networkClass === "MedNeXt"
+            ? {
+                class: a.networkClass,
+                dims: a.dims,
+                channels: a.filters,
+                blocks: a.blocks,
+                ratios: [
+                  ...a.layout.enc.map((s) => s[0]?.ratio ?? null),
+                  a.layout.bottleneck[0]?.ratio ?? null,
+                  ...a.layout.dec.map((s) => s[0]?.ratio ?? null),
+                ],
+                kernels: a.kernels,
+                grn: a.grn,
+                resampleResidual: a.resampleResidual,
+              }
+            : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
       config: nn.config,
     };
     if (json) return void process.stdout.write(toJson(out) + "\n");
@@ -116,7 +131,9 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
         `${file}: nnU-Net v${nn.version} ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
         a.networkClass === "Primus"
           ? `  Primus (3-D transformer): width ${a.embedDim}, ${a.depth} blocks of ${a.heads} heads, ${a.registers} register tokens, patch ${a.inputSize.join(" × ")}`
-          : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+          : a.networkClass === "MedNeXt"
+            ? `  MedNeXt (${a.dims}-D, nnunet_mednext's MedNextV1): ${a.filters} channels, blocks ${a.blocks.join("-")}, kernels ${a.kernels.encoder} (encoder) and ${a.kernels.decoder}${a.grn ? ", global response norm" : ""}`
+            : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
         ...(nn.previousStage ? [`  a cascade's second stage: its first is ${nn.previousStage.name}`] : []),
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",

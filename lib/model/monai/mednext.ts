@@ -55,6 +55,137 @@ export function mednextVariant(cls: string): "S" | "B" | "M" | "L" | undefined {
   return m ? (m[1]![0] as "S" | "B" | "M" | "L") : undefined;
 }
 
+/** One MedNeXt block: its state_dict path, expansion ratio, depthwise kernel and whether it has GRN. */
+export interface MedNeXtBlockSpec {
+  path: string;
+  ratio: number;
+  kernel: number;
+  grn: boolean;
+}
+
+/**
+ * A MedNeXt network with each block spelt out: MONAI's and MedNextV1's (the nnU-Net v1 fork's)
+ * differ in names, in which ratio a resampling block takes and in which blocks have GRN.
+ * `up` and `dec` run from the deepest level up.
+ */
+export interface MedNeXtLayout {
+  dims: 2 | 3;
+  inputChannels: number;
+  outputChannels: number;
+  /** Channels of the first level (each level doubles them). */
+  filters: number;
+  enc: MedNeXtBlockSpec[][];
+  down: MedNeXtBlockSpec[];
+  bottleneck: MedNeXtBlockSpec[];
+  up: MedNeXtBlockSpec[];
+  dec: MedNeXtBlockSpec[][];
+  /** The input added to a plain block's output (`do_res`, `use_residual_connection`). */
+  residual: boolean;
+  /** A strided (transposed) 1×1 of the input added to a resampling block's (`do_res_up_down`). */
+  resampleResidual: boolean;
+  /** GRN's γ and β parameter names in a block. */
+  grnNames: [string, string];
+}
+
+/** The graph of a MedNeXt layout (stem, levels, bottleneck, decoder, `out_0.conv_out`); returns its output. */
+export function mednextGraph(b: GraphBuilder, l: MedNeXtLayout): string {
+  const dims = l.dims;
+  const L = l.down.length;
+  const fill = (v: number) => Array<number>(dims).fill(v);
+  const spatialAxes = Array.from({ length: dims }, (_, i) => i + 2);
+  const [gammaName, betaName] = l.grnNames;
+  /** F.pad(x, (1, 0) on every spatial axis): one voxel of zeros at the start of each. */
+  const padStart = (x: string, name: string) =>
+    b.node("Pad", [x, b.ints(`${name}.pads`, [0, 0, ...fill(1), 0, 0, ...fill(0)])], name, { mode: "constant" });
+  /** Global response normalization over eC channels: γ·(x·N(x)) + β + x, N = ‖x‖ / (mean_c ‖x‖ + 1e-6). */
+  const globalResponseNorm = (path: string, x: string, c: number) => {
+    const shape = [1, c, ...fill(1)];
+    const gx = b.node(
+      "Sqrt",
+      [
+        b.node("ReduceSum", [b.node("Mul", [x, x], `${path}.grn_square`), b.ints(`${path}.grn_axes`, spatialAxes)], `${path}.grn_sum`, {
+          keepdims: 1,
+        }),
+      ],
+      `${path}.grn_norm`,
+    );
+    const mean = b.node("ReduceMean", [gx, b.ints(`${path}.grn_channels`, [1])], `${path}.grn_mean`, { keepdims: 1 });
+    const nx = b.node(
+      "Div",
+      [gx, b.node("Add", [mean, b.constant(`${path}.grn_eps`, [], Float32Array.of(1e-6))], `${path}.grn_den`)],
+      `${path}.grn_nx`,
+    );
+    const scaled = b.node("Mul", [b.param([`${path}.${gammaName}`], shape), b.node("Mul", [x, nx], `${path}.grn_xn`)], `${path}.grn_gamma`);
+    return b.add(b.add(scaled, b.param([`${path}.${betaName}`], shape), `${path}.grn_beta`), x, `${path}.grn_residual`);
+  };
+  /**
+   * MedNeXtBlock: c → co channels; `resample` makes conv1 strided ("down") or transposed ("up");
+   * `res` adds the input (plain blocks, c = co).
+   */
+  const block = (s: MedNeXtBlockSpec, x: string, c: number, co: number, opts: { resample?: "down" | "up"; res: boolean }) => {
+    const { path, ratio: e, kernel: kern } = s;
+    let y = b.conv(`${path}.conv1`, x, {
+      cin: c,
+      cout: c,
+      kernel: fill(kern),
+      stride: fill(opts.resample ? 2 : 1),
+      pad: fill(kern >> 1),
+      bias: true,
+      groups: c,
+      ...(opts.resample === "up" ? { transposed: true } : {}),
+    });
+    y = b.norm({ kind: "group", groups: c, eps: 1e-5, affine: true, runningStats: false }, `${path}.norm`, y, c);
+    y = b.conv(`${path}.conv2`, y, { cin: c, cout: e * c, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
+    y = b.node("Gelu", [y], `${path}.act`);
+    if (s.grn) y = globalResponseNorm(path, y, e * c);
+    y = b.conv(`${path}.conv3`, y, { cin: e * c, cout: co, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
+    if (opts.res) y = b.add(x, y, `${path}.residual`);
+    if (opts.resample === "up") y = padStart(y, `${path}.pad`);
+    if (opts.resample && l.resampleResidual) {
+      let r = b.conv(`${path}.res_conv`, x, {
+        cin: c,
+        cout: co,
+        kernel: fill(1),
+        stride: fill(2),
+        pad: fill(0),
+        bias: true,
+        ...(opts.resample === "up" ? { transposed: true } : {}),
+      });
+      if (opts.resample === "up") r = padStart(r, `${path}.res_pad`);
+      y = b.add(y, r, `${path}.res_add`);
+    }
+    return y;
+  };
+
+  const f0 = l.filters;
+  let x = b.conv("stem", "input", { cin: l.inputChannels, cout: f0, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
+  const skips: string[] = [];
+  for (let i = 0; i < L; i++) {
+    const c = f0 * 2 ** i;
+    for (const s of l.enc[i]!) x = block(s, x, c, c, { res: l.residual });
+    skips.push(x);
+    x = block(l.down[i]!, x, c, 2 * c, { resample: "down", res: false });
+  }
+  const cb = f0 * 2 ** L;
+  for (const s of l.bottleneck) x = block(s, x, cb, cb, { res: l.residual });
+  for (let i = 0; i < L; i++) {
+    const c = f0 * 2 ** (L - i);
+    const up = l.up[i]!;
+    x = block(up, x, c, c / 2, { resample: "up", res: false });
+    x = b.add(x, skips[L - 1 - i]!, `${up.path}.skip`);
+    for (const s of l.dec[i]!) x = block(s, x, c / 2, c / 2, { res: l.residual });
+  }
+  return b.conv("out_0.conv_out", x, {
+    cin: f0,
+    cout: l.outputChannels,
+    kernel: fill(1),
+    stride: fill(1),
+    pad: fill(0),
+    bias: true,
+    transposed: true,
+  });
+}
+
 export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?: "S" | "B" | "M" | "L"): MonaiNetwork {
   let k: Record<string, unknown>;
   if (variant) {
@@ -140,102 +271,28 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
   const blocks = [...down, ...up].reduce((p, q) => p + q, 0) + nBottleneck;
   if (blocks > 4096) throw monaiError(where, `MedNeXt with ${blocks} blocks: at most 4096`);
 
+  // MONAI's names; each level's down-sampling block expands as its stage, each up-sampling block as
+  // the stage after it, and the down-sampling blocks are made without global_resp_norm (MedNeXt does
+  // not pass it)
+  const spec = (path: string, ratio: number, g: boolean): MedNeXtBlockSpec => ({ path, ratio, kernel: kern, grn: g });
+  const layout: MedNeXtLayout = {
+    dims,
+    inputChannels: cin,
+    outputChannels: cout,
+    filters: f0,
+    enc: down.map((n, i) => Array.from({ length: n }, (_, j) => spec(`enc_stages.${i}.${j}`, enc[i]!, grn))),
+    down: down.map((_, i) => spec(`down_blocks.${i}`, enc[i]!, false)),
+    bottleneck: Array.from({ length: nBottleneck }, (_, j) => spec(`bottleneck.${j}`, bottleneck, grn)),
+    up: up.map((_, i) => spec(`up_blocks.${i}`, dec[i]!, grn)),
+    dec: up.map((n, i) => Array.from({ length: n }, (_, j) => spec(`dec_stages.${i}.${j}`, dec[i]!, grn))),
+    residual,
+    resampleResidual: residual,
+    grnNames: ["global_resp_gamma", "global_resp_beta"],
+  };
   const b = new GraphBuilder(dims, where);
-  const fill = (v: number) => Array<number>(dims).fill(v);
-  const spatialAxes = Array.from({ length: dims }, (_, i) => i + 2);
-  /** F.pad(x, (1, 0) on every spatial axis): one voxel of zeros at the start of each. */
-  const padStart = (x: string, name: string) =>
-    b.node("Pad", [x, b.ints(`${name}.pads`, [0, 0, ...fill(1), 0, 0, ...fill(0)])], name, { mode: "constant" });
-  /** Global response normalization over eC channels: γ·(x·N(x)) + β + x, N = ‖x‖ / (mean_c ‖x‖ + 1e-6). */
-  const globalResponseNorm = (path: string, x: string, c: number) => {
-    const shape = [1, c, ...fill(1)];
-    const gx = b.node(
-      "Sqrt",
-      [
-        b.node("ReduceSum", [b.node("Mul", [x, x], `${path}.grn_square`), b.ints(`${path}.grn_axes`, spatialAxes)], `${path}.grn_sum`, {
-          keepdims: 1,
-        }),
-      ],
-      `${path}.grn_norm`,
-    );
-    const mean = b.node("ReduceMean", [gx, b.ints(`${path}.grn_channels`, [1])], `${path}.grn_mean`, { keepdims: 1 });
-    const nx = b.node(
-      "Div",
-      [gx, b.node("Add", [mean, b.constant(`${path}.grn_eps`, [], Float32Array.of(1e-6))], `${path}.grn_den`)],
-      `${path}.grn_nx`,
-    );
-    const scaled = b.node(
-      "Mul",
-      [b.param([`${path}.global_resp_gamma`], shape), b.node("Mul", [x, nx], `${path}.grn_xn`)],
-      `${path}.grn_gamma`,
-    );
-    return b.add(b.add(scaled, b.param([`${path}.global_resp_beta`], shape), `${path}.grn_beta`), x, `${path}.grn_residual`);
-  };
-  /**
-   * MedNeXtBlock at `path`: c → co channels, expansion e; `resample` makes conv1 strided ("down") or
-   * transposed ("up"); `res` adds the input (plain blocks, c = co).
-   */
-  const block = (
-    path: string,
-    x: string,
-    c: number,
-    co: number,
-    e: number,
-    opts: { resample?: "down" | "up"; res: boolean; grn: boolean },
-  ) => {
-    const pad = fill(kern >> 1);
-    let y = b.conv(`${path}.conv1`, x, {
-      cin: c,
-      cout: c,
-      kernel: fill(kern),
-      stride: fill(opts.resample ? 2 : 1),
-      pad,
-      bias: true,
-      groups: c,
-      ...(opts.resample === "up" ? { transposed: true } : {}),
-    });
-    y = b.norm({ kind: "group", groups: c, eps: 1e-5, affine: true, runningStats: false }, `${path}.norm`, y, c);
-    y = b.conv(`${path}.conv2`, y, { cin: c, cout: e * c, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
-    y = b.node("Gelu", [y], `${path}.act`);
-    if (opts.grn) y = globalResponseNorm(path, y, e * c);
-    y = b.conv(`${path}.conv3`, y, { cin: e * c, cout: co, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
-    if (opts.res) y = b.add(x, y, `${path}.residual`);
-    if (opts.resample === "up") y = padStart(y, `${path}.pad`);
-    if (opts.resample && residual) {
-      let r = b.conv(`${path}.res_conv`, x, {
-        cin: c,
-        cout: co,
-        kernel: fill(1),
-        stride: fill(2),
-        pad: fill(0),
-        bias: true,
-        ...(opts.resample === "up" ? { transposed: true } : {}),
-      });
-      if (opts.resample === "up") r = padStart(r, `${path}.res_pad`);
-      y = b.add(y, r, `${path}.res_add`);
-    }
-    return y;
-  };
-
-  let x = b.conv("stem", "input", { cin, cout: f0, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true });
-  const skips: string[] = [];
-  for (let i = 0; i < L; i++) {
-    const c = f0 * 2 ** i;
-    for (let j = 0; j < down[i]!; j++) x = block(`enc_stages.${i}.${j}`, x, c, c, enc[i]!, { res: residual, grn });
-    skips.push(x);
-    // (the down-sampling blocks are made without global_resp_norm: MedNeXt does not pass it)
-    x = block(`down_blocks.${i}`, x, c, 2 * c, enc[i]!, { resample: "down", res: false, grn: false });
-  }
-  const cb = f0 * 2 ** L;
-  for (let j = 0; j < nBottleneck; j++) x = block(`bottleneck.${j}`, x, cb, cb, bottleneck, { res: residual, grn });
-  for (let i = 0; i < L; i++) {
-    const c = f0 * 2 ** (L - i);
-    x = block(`up_blocks.${i}`, x, c, c / 2, dec[i]!, { resample: "up", res: false, grn });
-    x = b.add(x, skips[L - 1 - i]!, `up_blocks.${i}.skip`);
-    for (let j = 0; j < up[i]!; j++) x = block(`dec_stages.${i}.${j}`, x, c / 2, c / 2, dec[i]!, { res: residual, grn });
-  }
-  const out = b.conv("out_0.conv_out", x, { cin: f0, cout, kernel: fill(1), stride: fill(1), pad: fill(0), bias: true, transposed: true });
+  const out = mednextGraph(b, layout);
   // deep supervision's heads (training only)
   if (deep) for (let j = 0; j < L; j++) b.unused.push(`out_blocks.${j}.conv_out.weight`, `out_blocks.${j}.conv_out.bias`);
+  const fill = (v: number) => Array<number>(dims).fill(v);
   return finish(b, "MedNeXt", k, dims, cin, cout, out, divisorOf(dims, [fill(2 ** L)]));
 }

@@ -29,6 +29,7 @@ import type { Model, RunStats } from "../model.js";
 import { CheckpointError, openCheckpoint, typeName, type Checkpoint } from "./checkpoint.js";
 import { modelFromStateDict } from "../state-dict.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
+import { buildMedNeXtV1, mednextV1Architecture, type MedNeXtV1Architecture } from "./mednext.js";
 import { buildPrimus, isDeeperPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
@@ -37,6 +38,7 @@ import type { CleanupOptions } from "../../ops/components.js";
 export { CheckpointError } from "./checkpoint.js";
 export type { Architecture } from "./network.js";
 export type { PrimusArchitecture } from "./primus.js";
+export type { MedNeXtV1Architecture } from "./mednext.js";
 
 export type Fold = number | "all";
 
@@ -59,10 +61,11 @@ export interface LoadNnunetOptions {
    */
   postprocessing?: string | false;
   /**
-   * nnU-Net v1 only: the trainer whose network to build ("nnUNetTrainerV2"), where the folder's
-   * trainer is a variant bhsd does not know by name but whose network is nnUNetTrainerV2's.
+   * nnU-Net v1 only: the trainer whose network to build, where the folder's trainer is one bhsd
+   * does not know by name: "nnUNetTrainerV2" (Generic_UNet from the plans) or
+   * "nnUNetTrainerV2_MedNeXt" (MedNeXt as MIC-DKFZ's fork builds it, from the weights).
    */
-  trainer?: string;
+  trainer?: "nnUNetTrainerV2" | "nnUNetTrainerV2_MedNeXt";
   /**
    * A Primus network's number of attention heads, which its checkpoint does not hold: needed for a
    * trainer other than nnU-Net's own nnUNet_Primus_{S,B,M,L}_Trainer (whose heads bhsd knows).
@@ -88,7 +91,7 @@ export class NnunetModel {
   readonly trainerName: string;
   /** The nnU-Net major version whose folder this is (1: plans.pkl and v1's pipeline; 2: plans.json). */
   readonly version: 1 | 2;
-  readonly architecture: Architecture | PrimusArchitecture;
+  readonly architecture: Architecture | PrimusArchitecture | MedNeXtV1Architecture;
   readonly ensemble: "logits" | "softmax";
   /** The engine's model of each fold, in `folds` order. */
   readonly foldModels: Model[];
@@ -109,7 +112,7 @@ export class NnunetModel {
     version?: 1 | 2;
     previousStage?: NnunetModel;
     ownsPreviousStage?: boolean;
-    architecture: Architecture | PrimusArchitecture;
+    architecture: Architecture | PrimusArchitecture | MedNeXtV1Architecture;
     ensemble: "logits" | "softmax";
     foldModels: Model[];
     divisor: [number, number, number];
@@ -349,7 +352,7 @@ async function foldModel(
   ck: Checkpoint,
   weights: Map<unknown, unknown>,
   graph: NetworkGraph,
-  arch: Architecture | PrimusArchitecture,
+  arch: Architecture | PrimusArchitecture | MedNeXtV1Architecture,
   precision: Precision | undefined,
   where: string,
   plansFile: string,
@@ -395,8 +398,12 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
     throw invalidParameterError("options.previousStage", "the first stage's folder or loaded NnunetModel", opts.previousStage);
   if (opts.heads !== undefined && !(Number.isInteger(opts.heads) && opts.heads >= 1 && opts.heads <= 4096))
     throw invalidParameterError("options.heads", "a whole number of attention heads from 1 to 4096", opts.heads);
-  if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2")
-    throw invalidParameterError("options.trainer", '"nnUNetTrainerV2" (an nnU-Net v1 folder\'s network)', opts.trainer);
+  if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2" && opts.trainer !== "nnUNetTrainerV2_MedNeXt")
+    throw invalidParameterError(
+      "options.trainer",
+      '"nnUNetTrainerV2" or "nnUNetTrainerV2_MedNeXt" (the network an nnU-Net v1 folder\'s trainer builds)',
+      opts.trainer,
+    );
   if (ensemble !== "logits" && ensemble !== "softmax")
     throw invalidParameterError("options.ensemble", '"logits" or "softmax"', opts.ensemble);
   if (opts.maxCheckpointBytes !== undefined && !(typeof opts.maxCheckpointBytes === "number" && opts.maxCheckpointBytes > 0))
@@ -765,7 +772,7 @@ async function loadNnunetV1Folds(
     ppFile = join(folder, "postprocessing.json");
   const postprocessing = ppFile ? await readNnunetV1Postprocessing(ppFile, values) : null;
 
-  let arch = v1.architecture;
+  let arch: Architecture | MedNeXtV1Architecture = v1.architecture;
   let graph: NetworkGraph | undefined;
   const foldModels: Model[] = [];
   try {
@@ -781,10 +788,19 @@ async function loadNnunetV1Folds(
         const weights = root.get("state_dict");
         if (!(weights instanceof Map)) throw new CheckpointError(`${whereF}: "state_dict" is ${typeName(weights)}, not a state_dict`);
         if (!graph) {
-          // batch norm (nnUNetTrainerV2_BN, or a variant loaded as V2) shows in its running statistics
-          if (!arch.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean")))
-            arch = { ...arch, norm: { ...arch.norm, runningStats: true } };
-          graph = buildNetwork(arch);
+          const a = v1.architecture;
+          if (v1.network === "MedNeXt") {
+            const m = mednextV1Architecture(weights, a.dims, a.inputChannels, a.numClasses, v1.config.patchSize, whereF);
+            graph = buildMedNeXtV1(m, whereF);
+            arch = m;
+          } else {
+            // batch norm (nnUNetTrainerV2_BN, or a variant loaded as V2) shows in its running statistics
+            arch =
+              !a.norm.runningStats && [...weights.keys()].some((k) => typeof k === "string" && k.endsWith(".running_mean"))
+                ? { ...a, norm: { ...a.norm, runningStats: true } }
+                : a;
+            graph = buildNetwork(arch);
+          }
         }
         foldModels.push(await foldModel(ck, weights, graph, arch, precision, whereF, `${file}.pkl's plans`));
         ck = undefined;
