@@ -122,7 +122,9 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
                 grn: a.grn,
                 resampleResidual: a.resampleResidual,
               }
-            : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
+            : a.networkClass === "STUNet"
+              ? { class: a.networkClass, dims: a.dims, features: a.features, depth: a.depth, strides: a.strides }
+              : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
       config: nn.config,
     };
     if (json) return void process.stdout.write(toJson(out) + "\n");
@@ -133,7 +135,9 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
           ? `  Primus (3-D transformer): width ${a.embedDim}, ${a.depth} blocks of ${a.heads} heads, ${a.registers} register tokens, patch ${a.inputSize.join(" × ")}`
           : a.networkClass === "MedNeXt"
             ? `  MedNeXt (${a.dims}-D, nnunet_mednext's MedNextV1): ${a.filters} channels, blocks ${a.blocks.join("-")}, kernels ${a.kernels.encoder} (encoder) and ${a.kernels.decoder}${a.grn ? ", global response norm" : ""}`
-            : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+            : a.networkClass === "STUNet"
+              ? `  STU-Net (3-D): 6 stages of ${a.features.join("-")} features, ${a.depth.join("-")} residual blocks, poolings ${a.strides.map((s) => s.join("×")).join(", ")}`
+              : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
         ...(nn.previousStage ? [`  a cascade's second stage: its first is ${nn.previousStage.name}`] : []),
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",

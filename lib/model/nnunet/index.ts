@@ -30,6 +30,7 @@ import { CheckpointError, openCheckpoint, typeName, type Checkpoint } from "./ch
 import { modelFromStateDict } from "../state-dict.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 import { buildMedNeXtV1, mednextV1Architecture, type MedNeXtV1Architecture } from "./mednext.js";
+import { buildSTUNet, isSTUNet, stunetArchitecture, stunetStrides, type STUNetArchitecture } from "./stunet.js";
 import { buildPrimus, isDeeperPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
@@ -39,6 +40,7 @@ export { CheckpointError } from "./checkpoint.js";
 export type { Architecture } from "./network.js";
 export type { PrimusArchitecture } from "./primus.js";
 export type { MedNeXtV1Architecture } from "./mednext.js";
+export type { STUNetArchitecture } from "./stunet.js";
 
 export type Fold = number | "all";
 
@@ -63,9 +65,10 @@ export interface LoadNnunetOptions {
   /**
    * nnU-Net v1 only: the trainer whose network to build, where the folder's trainer is one bhsd
    * does not know by name: "nnUNetTrainerV2" (Generic_UNet from the plans) or
-   * "nnUNetTrainerV2_MedNeXt" (MedNeXt as MIC-DKFZ's fork builds it, from the weights).
+   * "nnUNetTrainerV2_MedNeXt" (MedNeXt as MIC-DKFZ's fork builds it, from the weights) or
+   * "STUNetTrainer" (STU-Net, from the weights and the plans' poolings).
    */
-  trainer?: "nnUNetTrainerV2" | "nnUNetTrainerV2_MedNeXt";
+  trainer?: "nnUNetTrainerV2" | "nnUNetTrainerV2_MedNeXt" | "STUNetTrainer";
   /**
    * A Primus network's number of attention heads, which its checkpoint does not hold: needed for a
    * trainer other than nnU-Net's own nnUNet_Primus_{S,B,M,L}_Trainer (whose heads bhsd knows).
@@ -81,6 +84,9 @@ export interface LoadNnunetOptions {
 
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
+/** The network a folder's trainer builds: from the plans (Generic_UNet, PlainConvUNet, ResEnc), or its own. */
+export type NnunetArchitecture = Architecture | PrimusArchitecture | MedNeXtV1Architecture | STUNetArchitecture;
+
 /** nnU-Net model folder loaded for inference: segment() takes it where it takes a Model. */
 export class NnunetModel {
   readonly name: string;
@@ -91,7 +97,7 @@ export class NnunetModel {
   readonly trainerName: string;
   /** The nnU-Net major version whose folder this is (1: plans.pkl and v1's pipeline; 2: plans.json). */
   readonly version: 1 | 2;
-  readonly architecture: Architecture | PrimusArchitecture | MedNeXtV1Architecture;
+  readonly architecture: NnunetArchitecture;
   readonly ensemble: "logits" | "softmax";
   /** The engine's model of each fold, in `folds` order. */
   readonly foldModels: Model[];
@@ -112,7 +118,7 @@ export class NnunetModel {
     version?: 1 | 2;
     previousStage?: NnunetModel;
     ownsPreviousStage?: boolean;
-    architecture: Architecture | PrimusArchitecture | MedNeXtV1Architecture;
+    architecture: NnunetArchitecture;
     ensemble: "logits" | "softmax";
     foldModels: Model[];
     divisor: [number, number, number];
@@ -352,7 +358,7 @@ async function foldModel(
   ck: Checkpoint,
   weights: Map<unknown, unknown>,
   graph: NetworkGraph,
-  arch: Architecture | PrimusArchitecture | MedNeXtV1Architecture,
+  arch: NnunetArchitecture,
   precision: Precision | undefined,
   where: string,
   plansFile: string,
@@ -398,10 +404,10 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
     throw invalidParameterError("options.previousStage", "the first stage's folder or loaded NnunetModel", opts.previousStage);
   if (opts.heads !== undefined && !(Number.isInteger(opts.heads) && opts.heads >= 1 && opts.heads <= 4096))
     throw invalidParameterError("options.heads", "a whole number of attention heads from 1 to 4096", opts.heads);
-  if (opts.trainer !== undefined && opts.trainer !== "nnUNetTrainerV2" && opts.trainer !== "nnUNetTrainerV2_MedNeXt")
+  if (opts.trainer !== undefined && !["nnUNetTrainerV2", "nnUNetTrainerV2_MedNeXt", "STUNetTrainer"].includes(opts.trainer))
     throw invalidParameterError(
       "options.trainer",
-      '"nnUNetTrainerV2" or "nnUNetTrainerV2_MedNeXt" (the network an nnU-Net v1 folder\'s trainer builds)',
+      '"nnUNetTrainerV2", "nnUNetTrainerV2_MedNeXt" or "STUNetTrainer" (the network an nnU-Net v1 folder\'s trainer builds)',
       opts.trainer,
     );
   if (ensemble !== "logits" && ensemble !== "softmax")
@@ -476,7 +482,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
   let configuration = "",
     trainerName = "",
     mirrorAxes: number[] = [];
-  let arch: Architecture | PrimusArchitecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
+  let arch: NnunetArchitecture | undefined, graph: NetworkGraph | undefined, conf: Record<string, unknown> | undefined;
   try {
     for (const [i, f] of folds.entries()) {
       const path = join(folder, `fold_${f}`, file);
@@ -507,7 +513,35 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
             throw new CheckpointError(
               `${where}: trainer ${trainerName} built a PrimusV2 or V3 (a convolutional patch embedding), which bhsd does not build; Primus (nnUNet_Primus_{S,B,M,L}_Trainer) it does`,
             );
-          if (isPrimus(weights)) {
+          if (isSTUNet(weights)) {
+            // STU-Net's trainers build their own network from the plans' poolings (nnUNet-2.2's
+            // configuration_manager.pool_op_kernel_sizes[1:]); the plans' architecture is not used
+            if (cascade)
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: a cascade stage trained as STU-Net; bhsd builds STU-Net for single-stage configurations`,
+              );
+            const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
+            const pools = ak?.strides ?? conf.pool_op_kernel_sizes;
+            if (!Array.isArray(pools) || pools.length < 1)
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}" has no poolings (architecture.arch_kwargs.strides or pool_op_kernel_sizes), which STU-Net's trainers build from`,
+              );
+            const patch = conf.patch_size;
+            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (STU-Net is 3-D)`,
+              );
+            const sa = stunetArchitecture(
+              weights,
+              stunetStrides(pools.slice(1), where),
+              inputChannels,
+              numClasses,
+              patch as number[],
+              where,
+            );
+            arch = sa;
+            graph = buildSTUNet(sa, where);
+          } else if (isPrimus(weights)) {
             // a trainer's own network (AbstractPrimus.build_network_architecture): the plans' architecture is not used
             if (cascade)
               throw new Error(
@@ -772,7 +806,7 @@ async function loadNnunetV1Folds(
     ppFile = join(folder, "postprocessing.json");
   const postprocessing = ppFile ? await readNnunetV1Postprocessing(ppFile, values) : null;
 
-  let arch: Architecture | MedNeXtV1Architecture = v1.architecture;
+  let arch: NnunetArchitecture = v1.architecture;
   let graph: NetworkGraph | undefined;
   const foldModels: Model[] = [];
   try {
@@ -793,6 +827,19 @@ async function loadNnunetV1Folds(
             const m = mednextV1Architecture(weights, a.dims, a.inputChannels, a.numClasses, v1.config.patchSize, whereF);
             graph = buildMedNeXtV1(m, whereF);
             arch = m;
+          } else if (v1.network === "STUNet") {
+            if (a.dims !== 3) throw new Error(`${whereF}: a ${a.dims}-D configuration trained as STU-Net, which is 3-D`);
+            // (Generic_UNet's strides: [1, 1, 1], then the stage's pool_op_kernel_sizes)
+            const s = stunetArchitecture(
+              weights,
+              stunetStrides(a.strides.slice(1), whereF),
+              a.inputChannels,
+              a.numClasses,
+              v1.config.patchSize,
+              whereF,
+            );
+            graph = buildSTUNet(s, whereF);
+            arch = s;
           } else {
             // batch norm (nnUNetTrainerV2_BN, or a variant loaded as V2) shows in its running statistics
             arch =

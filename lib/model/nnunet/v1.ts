@@ -19,6 +19,7 @@ import { basename, join } from "node:path";
 import { normalizeConfig, type ModelConfig, type Normalization } from "../config.js";
 import { NNUNET_RESAMPLING } from "../resample.js";
 import { MEDNEXT_V1_TRAINER } from "./mednext.js";
+import { STUNET_TRAINER } from "./stunet.js";
 import type { Architecture } from "./network.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
 
@@ -245,8 +246,11 @@ function numVector(v: unknown, n: number, what: string, where: string): number[]
 export interface V1Model {
   /** Generic_UNet's architecture from the plans (for MedNeXt: its dims, channels and classes only). */
   architecture: Architecture;
-  /** The network the trainer builds: Generic_UNet from the plans, or MedNeXt (nnunet_mednext's trainers) from the weights. */
-  network: "Generic_UNet" | "MedNeXt";
+  /**
+   * The network the trainer builds: Generic_UNet from the plans, MedNeXt (nnunet_mednext's trainers)
+   * from the weights, or STU-Net (STUNetTrainer…) from the weights and the plans' poolings.
+   */
+  network: "Generic_UNet" | "MedNeXt" | "STUNet";
   config: ModelConfig;
   configuration: string;
   mirrorAxes: number[];
@@ -284,9 +288,10 @@ export function fromV1Plans(
     );
   const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
   // (MedNeXt's trainers build their own network, whose shapes the weights give)
-  const mednext = MEDNEXT_V1_TRAINER.test(trainer);
+  const mednext = MEDNEXT_V1_TRAINER.test(trainer),
+    stunet = STUNET_TRAINER.test(trainer);
   // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
-  if (!mednext && kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
+  if (!mednext && !stunet && kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
     throw new Error(`${where}: conv_kernel_sizes ${JSON.stringify(kern)}: Generic_UNet keeps sizes with kernels of 1 and 3 only`);
   const base = plans.get("base_num_features");
   if (!Number.isSafeInteger(base) || (base as number) < 1) throw new Error(`${where}: base_num_features ${JSON.stringify(base)}`);
@@ -300,9 +305,9 @@ export function fromV1Plans(
   const nIn = modalities instanceof Map ? modalities.size : (plans.get("num_modalities") as number);
   if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${JSON.stringify(nIn)}`);
   const cascade = trainer === V1_CASCADE_TRAINER;
-  if (!cascade && !mednext && !V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
+  if (!cascade && !mednext && !stunet && !V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
     throw new Error(
-      `${where}: trainer ${trainer} is not nnUNetTrainerV2 or one of its schedule/loss variants, nor MedNeXt's (nnUNetTrainerV2_MedNeXt_…), whose networks bhsd rebuilds; if its network is nnUNetTrainerV2's, load it with { trainer: "nnUNetTrainerV2" }, if MedNextV1's with { trainer: "nnUNetTrainerV2_MedNeXt" }`,
+      `${where}: trainer ${trainer} is not nnUNetTrainerV2 or one of its schedule/loss variants, nor MedNeXt's (nnUNetTrainerV2_MedNeXt_…) or STU-Net's (STUNetTrainer…), whose networks bhsd rebuilds; if its network is nnUNetTrainerV2's, load it with { trainer: "nnUNetTrainerV2" }, if MedNextV1's with { trainer: "nnUNetTrainerV2_MedNeXt" }, if STUNet's with { trainer: "STUNetTrainer" }`,
     );
   // nnUNetTrainerV2.initialize_network: Generic_UNet(…, num_classes + 1, conv_per_stage, feat ×2, …,
   // InstanceNorm eps 1e-5 affine, LeakyReLU 0.01, convolutional pooling and upsampling), 320
@@ -415,5 +420,5 @@ export function fromV1Plans(
     },
     "nnunet",
   );
-  return { architecture, network: mednext ? "MedNeXt" : "Generic_UNet", config, configuration, mirrorAxes };
+  return { architecture, network: mednext ? "MedNeXt" : stunet ? "STUNet" : "Generic_UNet", config, configuration, mirrorAxes };
 }
