@@ -255,6 +255,28 @@ export async function benchNetworks(): Promise<string[]> {
     rows.push(
       "| MONAI MedNeXt-S, 32×128×128 | not run: make bench/models/mednext_s.* first (PYTHONPATH=<MONAI 1.5.0> /usr/bin/python3 bench/models/make_mednext.py) | | | | | | | | | |",
     );
+  // STU-Net-B (STUNetTrainer_base under nnUNet-2.2: 58 M parameters): made by
+  // bench/models/make_stunet.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the
+  // checkpoint), onnxruntime its torch.onnx export; then both run the export
+  const stunet = new URL("./models/stunet_b.json", import.meta.url);
+  if (existsSync(stunet)) {
+    const { folder, size } = JSON.parse(readFileSync(stunet, "utf8")) as { folder: string; size: number[] };
+    const onnx = readFileSync(new URL("./models/stunet_b.onnx", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `STU-Net-B (STUNetTrainer_base; loadNnunet from the checkpoint), ${size.join("×")}`,
+        onnx,
+        [1, 1, ...size],
+        3,
+        { onnx },
+        () => loadNnunet(fileURLToPath(new URL(`./models/${folder}`, import.meta.url))),
+      )),
+      ...(await compare(`STU-Net-B, its torch.onnx export run by both, ${size.join("×")}`, onnx, [1, 1, ...size], 3)),
+    );
+  } else
+    rows.push(
+      "| STU-Net-B, 32×128×128 | not run: make bench/models/stunet_b.* first (/usr/bin/python3 bench/models/make_stunet.py <STU-Net checkout>) | | | | | | | | | |",
+    );
   // nnU-Net's Primus-S (nnUNet_Primus_S_Trainer: width 396, 12 EVA blocks, 24 M parameters): made by
   // bench/models/make_primus.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the
   // checkpoint), onnxruntime its torch.onnx export; then both run the export

@@ -5,7 +5,8 @@ torch.no_grad(), eager (oneDNN's convolutions where the build has them): the col
 
 NET is an ONNX file of nnU-Net's PlainConvUNet or ResEnc-M as bhsd's nnU-Net builder makes them
 (3-D, or 2-D for the 2d configuration: D is then 1 and the input [1, 1, H, W])
-(Conv, InstanceNormalization, LeakyRelu, ConvTranspose, Concat, Add, AveragePool), run here as the
+(Conv, InstanceNormalization, LeakyRelu, ConvTranspose, Concat, Add, AveragePool; and STU-Net's nearest
+Resize), run here as the
 PyTorch calls dynamic-network-architectures' modules make, in the graph's order, with its weights
 (F.conv3d, F.instance_norm, in-place leaky_relu_, F.conv_transpose3d, torch.cat, in-place add_,
 F.avg_pool3d) — the same network in PyTorch without dynamic-network-architectures installed;
@@ -77,8 +78,20 @@ def onnx_network(path):
             steps.append((out, ins, lambda x, k=a["kernel_shape"], s=a.get("strides", a["kernel_shape"]), p=pads[:r],
                           c=bool(a.get("ceil_mode", 0)), z=not a.get("count_include_pad", 0), r=r:
                           getattr(F, f"avg_pool{r}d")(x, k, s, p, ceil_mode=c, count_include_pad=not z)))
+        elif op == "Constant":
+            w[out] = torch.from_numpy(numpy_helper.to_array(a["value"]).copy())
+        elif op == "Identity":
+            # (torch.onnx's deduplicated initializers: a weight equal to another's is an Identity of it)
+            if ins[0] in w:
+                w[out] = w[ins[0]]
+            else:
+                steps.append((out, ins[:1], lambda x: x))
+        elif op == "Resize" and a.get("mode", b"nearest") in (b"nearest", "nearest"):
+            # STU-Net's Upsample_Layer_nearest: F.interpolate(x, scale_factor=pool, mode="nearest")
+            sc = [float(v) for v in w[ins[2]].tolist()][2:]
+            steps.append((out, ins[:1], lambda x, sc=sc: F.interpolate(x, scale_factor=sc, mode="nearest")))
         else:
-            raise ValueError(f"{op} is not among the ops of nnU-Net's PlainConvUNet and ResEnc-M")
+            raise ValueError(f"{op} is not among the ops of nnU-Net's PlainConvUNet, ResEnc-M and STU-Net")
     inp, outp = g.input[0].name, g.output[0].name
     rank = len(g.input[0].type.tensor_type.shape.dim)
 
