@@ -138,7 +138,9 @@ test("MedNeXt v1 folders: refusals name the file and what is wrong", async (t) =
     t.is(m.architecture.networkClass, "MedNeXt");
     m.dispose();
     // ... and as Generic_UNet it is not
-    await t.throwsAsync(loadNnunet(dir, { folds: [0], trainer: "nnUNetTrainerV2" }), { message: /state_dict/ });
+    await t.throwsAsync(loadNnunet(dir, { folds: [0], trainer: "nnUNetTrainerV2" }), {
+      message: /state_dict do not match the Generic_UNet .* missing conv_blocks_context\.0\.blocks\.0\.conv\.weight/,
+    });
     // a Generic_UNet checkpoint under a MedNeXt trainer's name
     writeFileSync(pkl, fresh);
     cpSync(
@@ -157,7 +159,7 @@ test("MedNeXt v1 folders: refusals name the file and what is wrong", async (t) =
       join(dir, "fold_0", "model_final_checkpoint.model"),
     );
     await t.throwsAsync(loadNnunet(dir, { folds: [0] }), {
-      message: /fold_0\/model_final_checkpoint\.model: the trainer is MedNeXt's .* not MedNextV1's/,
+      message: /fold_0\/model_final_checkpoint\.model: the trainer .*builds MedNeXt .* not MedNextV1's/,
     });
     cpSync(join(B, "fold_0"), join(dir, "fold_0"), { recursive: true });
     // a patch MedNeXt's four halvings cannot run: the plans' patch_size [16, 32, 32] → [16, 24, 32]
@@ -170,6 +172,18 @@ test("MedNeXt v1 folders: refusals name the file and what is wrong", async (t) =
     writeFileSync(pkl, bad);
     await t.throwsAsync(loadNnunet(dir, { folds: [0] }), { message: /patch \[16, 24, 32\] is not a multiple of 16 on every axis/ });
     writeFileSync(pkl, fresh);
+    // options.trainer does not turn v1's cascade into another network
+    const cascade = join(
+      ROOT,
+      "test",
+      "fixtures",
+      "nnunet-v1",
+      "nnUNet",
+      "3d_cascade_fullres",
+      "Task501_PhantomICH",
+      "nnUNetTrainerV2CascadeFullRes__nnUNetPlansv2.1",
+    );
+    await t.throwsAsync(loadNnunet(cascade, { trainer: "nnUNetTrainerV2_MedNeXt" }), { message: /options\.trainer .* is v1's cascade/ });
     await t.throwsAsync(loadNnunet(dir, { trainer: "nnUNetTrainerV3" as "nnUNetTrainerV2" }), {
       instanceOf: TypeError,
       message: /options\.trainer/,

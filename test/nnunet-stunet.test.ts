@@ -148,7 +148,7 @@ test("STU-Net folders: refusals name the file and what is wrong", async (t) => {
       ),
       join(dir, "fold_0", "model_final_checkpoint.model"),
     );
-    await t.throwsAsync(loadNnunet(dir), { message: /the trainer is STU-Net's, but the state_dict is not STUNet's/ });
+    await t.throwsAsync(loadNnunet(dir), { message: /builds STU-Net, but the state_dict is not STUNet's/ });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -168,3 +168,69 @@ test.serial("bhsd info describes STU-Net's folders", (t) => {
     /STU-Net \(3-D\): 6 stages of 4-8-12-16-16-16 features, 1-2-1-1-1-1 residual blocks, poolings 1×2×2, 1×2×2, 2×2×2, 2×2×2, 1×2×2/,
   );
 });
+
+test.serial(
+  "STU-Net v1 with four poolings (the .pkl's plans padded to five by the trainer) and v2 with nnUNet-2.2's plans format",
+  async (t) => {
+    setBackend(backends[0]!.name);
+    const logitsOf = async (folder: string, input: string, want: string) => {
+      const m = await loadNnunet(folder, { folds: [0] });
+      try {
+        const [x, w] = await Promise.all([input, want].map(npy));
+        const y = await m.run({ data: x!.data as Float32Array, shape: x!.shape });
+        t.deepEqual(y.shape, w!.shape);
+        let worst = 0,
+          scale = 0;
+        for (let i = 0; i < w!.data.length; i++) {
+          worst = Math.max(worst, Math.abs(y.data[i]! - (w!.data[i] as number)));
+          scale = Math.max(scale, Math.abs(w!.data[i] as number));
+        }
+        t.true(worst < 1e-4 * scale, `${worst} of ${scale}`);
+        return m.architecture;
+      } finally {
+        m.dispose();
+      }
+    };
+    const a = await logitsOf(
+      join(DIR, "nnUNet", "3d_fullres", "Task501_PhantomICH", "STUNetTrainer_tiny4__nnUNetPlansv2.1"),
+      "forward4_input",
+      "forward4_logits",
+    );
+    if (a.networkClass !== "STUNet") return t.fail(a.networkClass);
+    t.deepEqual(a.strides[4], [1, 1, 1]);
+    // nnUNet-2.2 wrote plans without `architecture`: pool_op_kernel_sizes (with its leading [1, 1, 1]) and the UNet_* keys
+    const dir = mkdtempSync(join(tmpdir(), "bhsd-stunet22-"));
+    try {
+      cpSync(V2, dir, { recursive: true });
+      const plans = JSON.parse(readFileSync(join(dir, "plans.json"), "utf8"));
+      const conf = plans.configurations["3d_fullres"];
+      const ak = conf.architecture.arch_kwargs;
+      delete conf.architecture;
+      Object.assign(conf, {
+        UNet_class_name: "PlainConvUNet",
+        UNet_base_num_features: 32,
+        unet_max_num_features: 320,
+        n_conv_per_stage_encoder: ak.n_conv_per_stage,
+        n_conv_per_stage_decoder: ak.n_conv_per_stage_decoder,
+        conv_kernel_sizes: ak.kernel_sizes,
+        pool_op_kernel_sizes: ak.strides,
+      });
+      writeFileSync(join(dir, "plans.json"), JSON.stringify(plans));
+      const b = await logitsOf(dir, "forward_input", "forward_v2_logits");
+      if (b.networkClass !== "STUNet") return t.fail(b.networkClass);
+      t.deepEqual(b.strides, [
+        [1, 2, 2],
+        [1, 2, 2],
+        [1, 2, 2],
+        [2, 2, 2],
+        [1, 1, 1],
+      ]);
+      // a pooling of the wrong rank, named with its index in the plans' own list
+      conf.pool_op_kernel_sizes[2] = [2, 2];
+      writeFileSync(join(dir, "plans.json"), JSON.stringify(plans));
+      await t.throwsAsync(loadNnunet(dir), { message: /the plans' pool_op_kernel_sizes\[2\] must be three integers/ });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

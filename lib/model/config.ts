@@ -51,7 +51,12 @@ export interface ModelConfig {
    * [y, x] (its grid's axes 1 and 2, as nnU-Net's 2d plans): its slices keep their spacing.
    */
   targetSpacing: [number, number, number] | [number, number] | null;
-  normalization: Normalization;
+  /**
+   * How the CT becomes the network's input: one normalisation, or one per input channel — the CT
+   * normalised each way and stacked as channels, in order (several CT windows, e.g. brain, subdural
+   * and bone, as 2-D ICH networks take them). Each channel is resampled as the image is.
+   */
+  normalization: Normalization | Normalization[];
   /** nnU-Net's transpose_forward: the axis order of the network's input, as a permutation of (z, y, x). */
   transposeForward: [number, number, number];
   /** Sliding-window step as a fraction of the patch (nnU-Net: 0.5). */
@@ -248,23 +253,12 @@ export function normalizeConfig(
   const ax = out.mirrorAxes;
   if (!Array.isArray(ax) || ax.length > 3 || !ax.every((a) => a === 0 || a === 1 || a === 2) || new Set(ax).size !== ax.length)
     throw new Error(`model config: mirrorAxes must list distinct axes among 0, 1, 2, got ${JSON.stringify(ax)}`);
-  const n = out.normalization as Normalization;
-  const ok =
-    (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
-    (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
-    (n?.type === "zscore" && (n.nonzeroMask === undefined || typeof n.nonzeroMask === "boolean")) ||
-    (n?.type === "monaiZscore" && typeof n.nonzero === "boolean") ||
-    (n?.type === "minmax" && Number.isFinite(n.min) && Number.isFinite(n.max)) ||
-    n?.type === "none" ||
-    (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
-  if (!ok)
+  const givenNorm = out.normalization as Normalization | Normalization[];
+  if (Array.isArray(givenNorm) && (givenNorm.length < 1 || givenNorm.length > MAX_NORMALIZED_CHANNELS))
     throw new Error(
-      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, monaiZscore, minmax, clipPercentile, none (with their numbers)`,
+      `model config: normalization as a list gives one per input channel: 1 to ${MAX_NORMALIZED_CHANNELS} of them, got ${givenNorm.length}`,
     );
-  if (out.normalizeAfterResampling && n.type === "zscore" && n.nonzeroMask)
-    throw new Error(
-      "model config: a z-score's nonzeroMask is the CT's own region, taken before resampling: not with normalizeAfterResampling",
-    );
+  for (const n of Array.isArray(givenNorm) ? givenNorm : [givenNorm]) checkNormalization(n, out);
   if (out.exportValues !== undefined && out.exportValues !== "logits" && out.exportValues !== "probabilities")
     throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
   if (out.regions !== undefined && out.exportValues === "probabilities")
@@ -507,4 +501,31 @@ export async function readModelConfig(
     }
   }
   return normalizeConfig({}, "default", modelInput);
+}
+
+/** Most channels a list of normalisations makes. */
+const MAX_NORMALIZED_CHANNELS = 16;
+
+/** Each normalisation of a config, one per input channel. */
+export function channelNormalizations(cfg: Pick<ModelConfig, "normalization">): Normalization[] {
+  return Array.isArray(cfg.normalization) ? cfg.normalization : [cfg.normalization];
+}
+
+function checkNormalization(n: Normalization, out: ModelConfig): void {
+  const ok =
+    (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
+    (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
+    (n?.type === "zscore" && (n.nonzeroMask === undefined || typeof n.nonzeroMask === "boolean")) ||
+    (n?.type === "monaiZscore" && typeof n.nonzero === "boolean") ||
+    (n?.type === "minmax" && Number.isFinite(n.min) && Number.isFinite(n.max)) ||
+    n?.type === "none" ||
+    (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
+  if (!ok)
+    throw new Error(
+      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, monaiZscore, minmax, clipPercentile, none (with their numbers)`,
+    );
+  if (out.normalizeAfterResampling && n.type === "zscore" && n.nonzeroMask)
+    throw new Error(
+      "model config: a z-score's nonzeroMask is the CT's own region, taken before resampling: not with normalizeAfterResampling",
+    );
 }

@@ -18,7 +18,7 @@ import {
 import * as ops from "../ops/tensor.js";
 import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
-import type { ModelConfig, Normalization } from "./config.js";
+import { channelNormalizations, type ModelConfig, type Normalization } from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
 import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet, roundHalfEven } from "./resample.js";
@@ -432,6 +432,18 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
       `the model's fixed input size [${declared.join(", ")}] (its graph runs that size only)`,
       opts.patchSize ?? cfg.patchSize,
     );
+  // the channels preprocessing makes (one per normalisation, a cascade's previous stage's after them)
+  // against the model's declared input channels
+  const declaredC = (model as Partial<Model>).inputs?.[0]?.shape[1];
+  const nNorm = channelNormalizations(cfg).length;
+  if (typeof declaredC === "number" && cfg.previousStage === undefined && declaredC !== nNorm)
+    throw invalidParameterError(
+      "model.config.normalization",
+      declaredC > 1
+        ? `a list of ${declaredC} normalisations, one per input channel the model takes`
+        : "one normalisation (the model takes one input channel)",
+      cfg.normalization,
+    );
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
   const mirrorAxes = opts.mirror === true ? cfg.mirrorAxes : Array.isArray(opts.mirror) ? opts.mirror : [];
@@ -551,46 +563,74 @@ async function preprocess(
   run: SegmentRun,
   previous?: { labels: Uint8Array; zyx: [number, number, number] },
 ): Promise<{ x: Tensor; gridShape: [number, number, number]; resampled: boolean }> {
-  const norm = p.cfg.normalization;
+  // one normalisation per input channel: the CT normalised each way, stacked (several CT windows)
+  const norms = channelNormalizations(p.cfg);
   // nnU-Net v1 (normalizeAfterResampling): NaN to 0, resample, then normalise on the model's grid
   const late = p.cfg.normalizeAfterResampling;
-  const mask = !late && norm.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
-  let img = late ? noNaN(ct.data) : normalize(ct.data, norm, mask);
-  if (mask) releaseEngineArray(mask);
-  run.hold(img.byteLength);
-  if (!late) run.lap("normalize");
-  const tr = transpose3(img, p.zyx, p.perm);
-  if (tr.data !== img) {
-    run.hold(tr.data.byteLength);
-    run.held -= img.byteLength;
-    releaseEngineArray(img); // (each copy here is this call's own: back to the engine for the next)
-  }
-  img = tr.data;
-  const gridShape = tr.shape;
-  run.lap("reorder");
-  const resampled = p.modelShape.some((d, i) => d !== gridShape[i]) || (p.cfg.resampling.type === "monai" && monaiResamples(p));
-  let x: Tensor = { data: img, shape: [1, 1, ...gridShape] };
-  if (resampled) {
+  let gridShape: [number, number, number] = [0, 0, 0];
+  let resampled = false;
+  /** The CT (normalised, unless late) reordered and on the model's grid. */
+  const toModelGrid = async (norm: Normalization | null): Promise<Float32Array> => {
+    const mask = norm?.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
+    let img = norm ? normalize(ct.data, norm, mask) : noNaN(ct.data);
+    if (mask) releaseEngineArray(mask);
+    run.hold(img.byteLength);
+    if (norm) run.lap("normalize");
+    const tr = transpose3(img, p.zyx, p.perm);
+    if (tr.data !== img) {
+      run.hold(tr.data.byteLength);
+      run.held -= img.byteLength;
+      releaseEngineArray(img); // (each copy here is this call's own: back to the engine for the next)
+    }
+    img = tr.data;
+    gridShape = tr.shape;
+    run.lap("reorder");
+    resampled = p.modelShape.some((d, i) => d !== gridShape[i]) || (p.cfg.resampling.type === "monai" && monaiResamples(p));
+    if (!resampled) return img;
     const rs = p.cfg.resampling;
-    if (rs.type === "nnunet") {
-      const data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe(), cap(p));
-      x = { data, shape: [1, 1, ...p.modelShape] };
-    } else if (rs.type === "monai") {
+    let data: Float32Array;
+    if (rs.type === "nnunet")
+      data = await resampleNnunet(img, gridShape, p.modelShape, p.gridSpacing, p.target, rs.data, () => run.yielder.maybe(), cap(p));
+    else if (rs.type === "monai") {
       const ratio = p.target.map((t, i) => t / p.gridSpacing[i]!) as [number, number, number];
-      x = { data: resampleMonai(img, gridShape, p.modelShape, ratio, rs.image), shape: [1, 1, ...p.modelShape] };
-    } else x = await ops.resize(x, { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" });
-    run.hold(x.data.byteLength);
+      data = resampleMonai(img, gridShape, p.modelShape, ratio, rs.image);
+    } else
+      data = (
+        await ops.resize(
+          { data: img, shape: [1, 1, ...gridShape] },
+          { sizes: p.modelShape, mode: "linear", coordinateTransformationMode: "half_pixel" },
+        )
+      ).data as Float32Array;
+    run.hold(data.byteLength);
     run.held -= img.byteLength;
     releaseEngineArray(img);
-  }
-  run.lap("resample");
+    run.lap("resample");
+    return data;
+  };
+  let channels: Float32Array[];
   if (late) {
-    const y = normalize(x.data, norm);
-    run.hold(y.byteLength);
-    run.held -= x.data.byteLength;
-    releaseEngineArray(x.data);
-    x = { data: y, shape: x.shape };
+    const raw = await toModelGrid(null);
+    channels = norms.map((n) => normalize(raw, n));
+    for (const c of channels) run.hold(c.byteLength);
+    run.held -= raw.byteLength;
+    releaseEngineArray(raw);
     run.lap("normalize");
+  } else {
+    channels = [];
+    for (const n of norms) channels.push(await toModelGrid(n));
+  }
+  let x: Tensor;
+  if (channels.length === 1) x = { data: channels[0]!, shape: [1, 1, ...p.modelShape] };
+  else {
+    const m = channels[0]!.length;
+    const data = allocArray("float32", channels.length * m, "the channels' image") as Float32Array;
+    run.hold(data.byteLength);
+    channels.forEach((c, i) => {
+      data.set(c, i * m);
+      run.held -= c.byteLength;
+      releaseEngineArray(c);
+    });
+    x = { data, shape: [1, channels.length, ...p.modelShape] };
   }
   if (previous) x = await withPreviousStage(x, previous.labels, previous.zyx, p, run);
   return { x, gridShape, resampled };

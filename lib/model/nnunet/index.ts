@@ -364,11 +364,13 @@ async function foldModel(
   plansFile: string,
 ): Promise<Model> {
   const c = arch.inputChannels;
+  const ownNetwork = arch.networkClass === "Primus" || arch.networkClass === "MedNeXt" || arch.networkClass === "STUNet";
   return modelFromStateDict(ck, weights, graph, {
     cls: arch.networkClass,
     where,
-    describedBy: arch.networkClass === "Primus" ? "the checkpoint's shapes" : plansFile,
-    owner: arch.networkClass === "Primus" ? "the checkpoint's" : "the plans'",
+    // (Primus, MedNeXt and STU-Net are read from the checkpoint's own shapes)
+    describedBy: ownNetwork ? "the checkpoint's shapes" : plansFile,
+    owner: ownNetwork ? "the checkpoint's" : "the plans'",
     dictName: plansFile === "plans.json" ? "network_weights" : "state_dict",
     // (Primus: the plans' patch, one window at a time)
     inputShape: arch.networkClass === "Primus" ? [1, c, ...arch.inputSize] : arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
@@ -521,6 +523,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
                 `nnU-Net folder ${basename(folder)}: a cascade stage trained as STU-Net; bhsd builds STU-Net for single-stage configurations`,
               );
             const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
+            const what = ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes";
             const pools = ak?.strides ?? conf.pool_op_kernel_sizes;
             if (!Array.isArray(pools) || pools.length < 1)
               throw new Error(
@@ -533,7 +536,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
               );
             const sa = stunetArchitecture(
               weights,
-              stunetStrides(pools.slice(1), where),
+              stunetStrides(pools.slice(1), where, what, 1),
               inputChannels,
               numClasses,
               patch as number[],
@@ -781,6 +784,10 @@ async function loadNnunetV1Folds(
   }
   const first = join(folder, `fold_${folds[0]}`, `${file}.pkl`);
   const info = await readV1ModelPkl(first);
+  if (opts.trainer !== undefined && info.trainer === V1_CASCADE_TRAINER)
+    throw new Error(
+      `options.trainer is for a fold whose trainer bhsd does not know by name; ${basename(folder)} is v1's cascade (${V1_CASCADE_TRAINER}), whose network it builds`,
+    );
   const trainer = opts.trainer ?? info.trainer;
   if (/Cascade/.test(info.trainer) && info.trainer !== V1_CASCADE_TRAINER)
     throw new Error(
@@ -824,6 +831,8 @@ async function loadNnunetV1Folds(
         if (!graph) {
           const a = v1.architecture;
           if (v1.network === "MedNeXt") {
+            // (the fork's MedNeXt wrapper is 3-D whatever the plans: its predictor runs no 2-D one)
+            if (a.dims !== 3) throw new Error(`${whereF}: a ${a.dims}-D configuration trained as MedNeXt, which the fork runs in 3-D only`);
             const m = mednextV1Architecture(weights, a.dims, a.inputChannels, a.numClasses, v1.config.patchSize, whereF);
             graph = buildMedNeXtV1(m, whereF);
             arch = m;

@@ -65,7 +65,7 @@ export function mednextV1Architecture(
   if (!isMedNeXtV1(weights))
     throw err(
       where,
-      `the trainer is MedNeXt's (nnunet_mednext), but the state_dict is not MedNextV1's (it has no stem.weight, down_0.conv1.weight and out_0.conv_out.weight)`,
+      `the trainer (by its name, or options.trainer) builds MedNeXt (nnunet_mednext's), but the state_dict is not MedNextV1's (it has no stem.weight, down_0.conv1.weight and out_0.conv_out.weight)`,
     );
   const shape = (key: string): number[] | undefined => {
     const t = weights.get(key);

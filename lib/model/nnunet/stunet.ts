@@ -63,15 +63,12 @@ export function isSTUNet(weights: Map<unknown, unknown>): boolean {
  * The strides STU-Net's trainers take from the plans: `pools` are the stage's poolings (v1's
  * pool_op_kernel_sizes; v2's without its leading [1, 1, 1]), the first five, padded with ones.
  */
-export function stunetStrides(pools: unknown, where: string): number[][] {
+export function stunetStrides(pools: unknown, where: string, what = "pool_op_kernel_sizes", offset = 0): number[][] {
   if (!Array.isArray(pools) || pools.length > 16)
-    throw err(where, `the plans' pool_op_kernel_sizes must be a list of poolings, got ${JSON.stringify(pools)}`);
+    throw err(where, `the plans' ${what} must be a list of poolings, got ${JSON.stringify(pools)}`);
   const out = pools.slice(0, POOLS).map((p, i) => {
     if (!Array.isArray(p) || p.length !== 3 || !p.every((x) => Number.isSafeInteger(x) && (x as number) >= 1 && (x as number) <= 8))
-      throw err(
-        where,
-        `the plans' pool_op_kernel_sizes[${i}] must be three integers from 1 to 8 (STU-Net is 3-D), got ${JSON.stringify(p)}`,
-      );
+      throw err(where, `the plans' ${what}[${i + offset}] must be three integers from 1 to 8 (STU-Net is 3-D), got ${JSON.stringify(p)}`);
     return p as number[];
   });
   while (out.length < POOLS) out.push([1, 1, 1]);
@@ -93,7 +90,7 @@ export function stunetArchitecture(
   if (!isSTUNet(weights))
     throw err(
       where,
-      "the trainer is STU-Net's, but the state_dict is not STUNet's (it has no conv_blocks_context.0.0.conv1.weight and upsample_layers.0.conv.weight)",
+      "the trainer (by its name, or options.trainer) builds STU-Net, but the state_dict is not STUNet's (it has no conv_blocks_context.0.0.conv1.weight and upsample_layers.0.conv.weight)",
     );
   const shape = (key: string): number[] | undefined => {
     const t = weights.get(key);
@@ -115,7 +112,7 @@ export function stunetArchitecture(
     const kernel = w1.slice(2);
     if (kernel.some((k) => k % 2 === 0 || k > 15))
       throw err(where, `${path}.conv1.weight is [${w1.join(", ")}]: STU-Net's kernels are odd (padded by k // 2), up to 15`);
-    if (cout > 1 << 14) throw err(where, `${path}: ${cout} channels, more than 16384`);
+    if (!(cout >= 1 && cout <= 1 << 14)) throw err(where, `${path}.conv1.weight makes ${cout} channels; STU-Net's are 1 to 16384`);
     if (++total > 4096) throw err(where, "STU-Net with more than 4096 residual blocks");
     return { path, cin, cout, kernel, stride, projection: weights.has(`${path}.conv3.weight`) };
   };
@@ -123,7 +120,12 @@ export function stunetArchitecture(
   const stage = (prefix: string, cin: number, stride: number[]): StunetBlock[] => {
     const first = block(`${prefix}.0`, cin, stride);
     const out = [first];
-    while (weights.has(`${prefix}.${out.length}.conv1.weight`)) out.push(block(`${prefix}.${out.length}`, first.cout, [1, 1, 1]));
+    while (weights.has(`${prefix}.${out.length}.conv1.weight`)) {
+      const b = block(`${prefix}.${out.length}`, first.cout, [1, 1, 1]);
+      if (b.cout !== first.cout)
+        throw err(where, `${b.path}.conv1.weight makes ${b.cout} channels; its stage's first block ${first.cout} (a stage is one width)`);
+      out.push(b);
+    }
     return out;
   };
   const encoder: StunetBlock[][] = [];
@@ -143,7 +145,10 @@ export function stunetArchitecture(
     const up = need(`upsample_layers.${u}.conv.weight`);
     if (up[0] !== cf || up[1] !== features[POOLS - u] || up.slice(2).some((k) => k !== 1))
       throw err(where, `upsample_layers.${u}.conv.weight is [${up.join(", ")}]; STU-Net's needs [${cf}, ${features[POOLS - u]}, 1, 1, 1]`);
-    decoder.push(stage(`conv_blocks_localization.${u}`, 2 * cf, [1, 1, 1]));
+    const s = stage(`conv_blocks_localization.${u}`, 2 * cf, [1, 1, 1]);
+    if (s[0]!.cout !== cf)
+      throw err(where, `conv_blocks_localization.${u}.0.conv1.weight makes ${s[0]!.cout} channels; the decoder stage it opens has ${cf}`);
+    decoder.push(s);
   }
   const head = need(`seg_outputs.${POOLS - 1}.weight`);
   if (head[0] !== numClasses || head[1] !== features[0])

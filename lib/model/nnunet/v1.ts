@@ -277,8 +277,14 @@ export function fromV1Plans(
   const patch = intVector(sp.get("patch_size"), null, `plans_per_stage[${stage}].patch_size`, where);
   if (patch.length !== 2 && patch.length !== 3) throw new Error(`${where}: patch_size ${JSON.stringify(patch)} is neither 2-D nor 3-D`);
   const dims = patch.length as 2 | 3;
+  // (MedNeXt's and STU-Net's trainers build their own networks, whose shapes the weights give)
+  const mednext = MEDNEXT_V1_TRAINER.test(trainer),
+    stunet = STUNET_TRAINER.test(trainer);
   const pools = sp.get("pool_op_kernel_sizes");
-  const kernels = sp.get("conv_kernel_sizes");
+  // STU-Net's trainer pads the poolings it takes to five in the plans' own list, which its
+  // checkpoint's .pkl then saves beside the n + 1 kernels it ignores (its kernels are 3s)
+  const kernels =
+    stunet && Array.isArray(pools) ? Array.from({ length: pools.length + 1 }, () => Array(dims).fill(3)) : sp.get("conv_kernel_sizes");
   if (!Array.isArray(pools) || !Array.isArray(kernels) || kernels.length !== pools.length + 1 || pools.length < 1 || pools.length > 11)
     throw new Error(`${where}: plans_per_stage[${stage}] needs pool_op_kernel_sizes (n) and conv_kernel_sizes (n + 1)`);
   const pool = pools.map((p, i) => intVector(p, dims, `pool_op_kernel_sizes[${i}]`, where));
@@ -287,9 +293,6 @@ export function fromV1Plans(
       `${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${JSON.stringify([pool, patch])}), which no v1 plan holds`,
     );
   const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
-  // (MedNeXt's trainers build their own network, whose shapes the weights give)
-  const mednext = MEDNEXT_V1_TRAINER.test(trainer),
-    stunet = STUNET_TRAINER.test(trainer);
   // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
   if (!mednext && !stunet && kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
     throw new Error(`${where}: conv_kernel_sizes ${JSON.stringify(kern)}: Generic_UNet keeps sizes with kernels of 1 and 3 only`);

@@ -1,0 +1,126 @@
+/**
+ * Several CT windows as a network's input channels (config.normalization as a list, one per
+ * channel): a 2-D network taking brain, subdural and bone windows, against its labels computed in
+ * numpy and PyTorch by test/fixtures/windows/make.py.
+ */
+import test from "ava";
+import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { encodeModel, loadModel, readNpy, segment, setBackend, volumeFromArray, type Normalization } from "../lib/index.js";
+import { backendsUnderTest, ROOT } from "./helpers.js";
+import { checkedFolder } from "./paths.js";
+import { compareLabels as compare } from "./ort.js";
+
+const DIR = join(ROOT, "test", "fixtures", "windows");
+const { file } = checkedFolder(DIR);
+const { windows } = JSON.parse(readFileSync(file("windows.json"), "utf8")) as { windows: [number, number][] };
+const NORMS: Normalization[] = windows.map(([lo, hi]) => ({ type: "window", lower: lo, upper: hi, center: lo, scale: hi - lo }));
+const CLASSES = { "0": "background", "1": "EDH", "2": "IPH", "3": "IVH", "4": "SAH", "5": "SDH" };
+const config = (normalization: Normalization | Normalization[]) => ({
+  classes: CLASSES,
+  spatialDims: 2 as const,
+  patchSize: [48, 40] as [number, number],
+  targetSpacing: null,
+  normalization,
+});
+
+for (const { name: backend } of backendsUnderTest())
+  test.serial(`${backend}: three windows stacked as channels give PyTorch's labels`, async (t) => {
+    setBackend(backend);
+    const [ct, want, margin] = await Promise.all(["ct", "labels", "margin"].map((f) => readNpy(file(`${f}.npy`))));
+    const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+    const m = await loadModel(file("three_windows.onnx"), config(NORMS));
+    try {
+      const { labels } = await segment(vol, m, { cleanup: false });
+      const { compared, differ } = compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array);
+      t.true(compared > 0.99 * labels.data.length, `${compared} of ${labels.data.length} compared`);
+      t.is(differ, 0);
+      // the channels in another order give other labels: the fixture tells the order
+      (m as { config: object }).config = { ...m.config, normalization: [NORMS[1]!, NORMS[0]!, NORMS[2]!] };
+      const { labels: swapped } = await segment(vol, m, { cleanup: false });
+      t.true(compare(swapped.data, want!.data as Uint8Array, margin!.data as Float32Array).differ > 0);
+    } finally {
+      m.dispose();
+    }
+  });
+
+test("the normalisations must match the model's input channels, named in the error", async (t) => {
+  const ct = await readNpy(file("ct.npy"));
+  const vol = volumeFromArray(ct.data as Float32Array, ct.shape, [5, 0.45, 0.45]);
+  for (const n of [NORMS[0]!, NORMS.slice(0, 2)]) {
+    const m = await loadModel(file("three_windows.onnx"), config(n));
+    try {
+      await t.throwsAsync(segment(vol, m), {
+        instanceOf: TypeError,
+        message: /a list of 3 normalisations, one per input channel the model takes for model\.config\.normalization/,
+      });
+    } finally {
+      m.dispose();
+    }
+  }
+  await t.throwsAsync(loadModel(file("three_windows.onnx"), config(Array(17).fill(NORMS[0]!))), {
+    message: /one per input channel: 1 to 16 of them, got 17/,
+  });
+  await t.throwsAsync(loadModel(file("three_windows.onnx"), config([NORMS[0]!, { type: "window" } as Normalization])), {
+    message: /normalization \{"type":"window"\} is not one of/,
+  });
+});
+
+/** A 1×1×1 convolution of `cin` channels to 6 classes: class k weighs channel c by w[k][c]. */
+const pointwise = (w: number[][], b: number[]) =>
+  encodeModel({
+    opset: 17,
+    nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } }],
+    inputs: [{ name: "x", shape: [1, w[0]!.length, "D", "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w", dims: [w.length, w[0]!.length, 1, 1, 1], data: Float32Array.from(w.flat()) },
+      { name: "b", dims: [b.length], data: Float32Array.from(b) },
+    ],
+  });
+
+for (const late of [false, true])
+  test.serial(
+    `3-D, resampled${late ? " after normalising (v1)" : ""}: each window its own channel, resampled as a one-channel image is`,
+    async (t) => {
+      setBackend(backendsUnderTest()[0]!.name);
+      const ct = await readNpy(file("ct.npy"));
+      const vol = volumeFromArray(ct.data as Float32Array, ct.shape, [5, 0.45, 0.45]);
+      const w = [
+        [-4, 0, 4, -10, -10, -10],
+        [-3, 1, 5, -10, -10, -10],
+      ];
+      // (on a window's [0, 1] the three lines take turns: 0 below, 1 between, 2 above)
+      const bias = [2, 0.9, -2, -5, -5, -5];
+      const cfg = (normalization: Normalization | Normalization[]) => ({
+        classes: CLASSES,
+        patchSize: [4, 32, 32] as [number, number, number],
+        targetSpacing: [4, 0.9, 0.9] as [number, number, number],
+        normalizeAfterResampling: late,
+        normalization,
+      });
+      const run = async (bytes: Uint8Array, n: Normalization | Normalization[]) => {
+        const m = await loadModel(bytes, cfg(n));
+        try {
+          const r = await segment(vol, m, { cleanup: false });
+          t.not(r.report.modelGrid.dims.join(), ct.shape.join(), "resampled");
+          return r.labels.data;
+        } finally {
+          m.dispose();
+        }
+      };
+      // (w[c][k]: class k's weight of channel c; the Conv's weight is [k][c])
+      const byClass = (cols: number[][]) => bias.map((_, k) => cols.map((col) => col[k]!));
+      // channel c of a two-channel model with the other's weights 0 is the one-channel model on window c
+      for (const c of [0, 1]) {
+        const one = await run(pointwise(byClass([w[c]!]), bias), NORMS[c]!);
+        const zeroed = w.map((col, j) => (j === c ? col : col.map(() => 0)));
+        const two = await run(pointwise(byClass(zeroed), bias), [NORMS[0]!, NORMS[1]!]);
+        t.deepEqual(two, one, `channel ${c}`);
+        t.true(new Set(one).size > 2, "labels of several classes");
+      }
+      // and both channels count: the labels differ from either one's
+      const both = await run(pointwise(byClass(w), bias), [NORMS[0]!, NORMS[1]!]);
+      t.notDeepEqual(both, await run(pointwise(byClass([w[0]!]), bias), NORMS[0]!));
+    },
+  );
