@@ -124,3 +124,59 @@ for (const late of [false, true])
       t.notDeepEqual(both, await run(pointwise(byClass([w[0]!]), bias), NORMS[0]!));
     },
   );
+
+for (const { name: backend } of backendsUnderTest())
+  for (const [edge, layout] of [
+    ["replicate", "slice-major"],
+    ["zero", "channel-major"],
+  ] as const)
+    test.serial(
+      `${backend}: 2.5-D, each slice's three windows and its neighbours' (${edge} edges, ${layout}) give PyTorch's labels`,
+      async (t) => {
+        setBackend(backend);
+        const [ct, want, margin] = await Promise.all(
+          ["ct", `context_${edge}_labels`, `context_${edge}_margin`].map((f) => readNpy(file(`${f}.npy`))),
+        );
+        const vol = volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]);
+        const m = await loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 1, contextEdge: edge, contextLayout: layout });
+        try {
+          const { labels } = await segment(vol, m, { cleanup: false });
+          const { compared, differ } = compare(labels.data, want!.data as Uint8Array, margin!.data as Float32Array);
+          t.true(compared > 0.99 * labels.data.length, `${compared} of ${labels.data.length} compared`);
+          t.is(differ, 0);
+          // the other edge or layout gives other labels: the fixture tells them apart
+          const other = edge === "zero" ? { contextEdge: "replicate" as const } : { contextLayout: "channel-major" as const };
+          (m as { config: object }).config = { ...m.config, ...other };
+          const { labels: wrong } = await segment(vol, m, { cleanup: false });
+          t.true(compare(wrong.data, want!.data as Uint8Array, margin!.data as Float32Array).differ > 0);
+        } finally {
+          m.dispose();
+        }
+      },
+    );
+
+test("contextSlices: checked against the model's channels, 2-D only, bounded", async (t) => {
+  const ct = await readNpy(file("ct.npy"));
+  const vol = volumeFromArray(ct.data as Float32Array, ct.shape, [5, 0.45, 0.45]);
+  const m = await loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 2 });
+  try {
+    await t.throwsAsync(segment(vol, m), {
+      instanceOf: TypeError,
+      message: /the 9 input channels the model takes \(3 × 5 = 15\) for model\.config\.contextSlices/,
+    });
+  } finally {
+    m.dispose();
+  }
+  await t.throwsAsync(loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 1.5 }), {
+    message: /contextSlices must be a whole number/,
+  });
+  await t.throwsAsync(loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 8 }), {
+    message: /makes 51 input channels; at most 32/,
+  });
+  await t.throwsAsync(loadModel(pointwise([[1], [2], [3], [4], [5], [6]], [0, 0, 0, 0, 0, 0]), { classes: CLASSES, contextSlices: 1 }), {
+    message: /contextSlices \(neighbouring slices as channels\) is for a 2-D model/,
+  });
+  await t.throwsAsync(loadModel(file("context.onnx"), { ...config(NORMS), contextEdge: "wrap" as "zero" }), {
+    message: /contextEdge must be/,
+  });
+});

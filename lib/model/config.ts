@@ -134,6 +134,21 @@ export interface ModelConfig {
    * back to the CT's grid are 0, as Invertd pads them. Default false.
    */
   cropForeground?: boolean;
+  /**
+   * A 2-D model's neighbouring slices as input channels (2.5-D): k slices either side, so the
+   * network takes (2k + 1) · C channels for C normalisations. Default 0 (the slice alone).
+   */
+  contextSlices?: number;
+  /**
+   * Where the neighbours run past the first or last slice: "replicate" (the edge slice again: numpy's
+   * clipped indices; the default) or "zero" (zeros after normalisation).
+   */
+  contextEdge?: "replicate" | "zero";
+  /**
+   * How the (2k + 1) · C channels are ordered: "slice-major" (slice z − k's C normalisations, then
+   * z − k + 1's …; the default) or "channel-major" (normalisation 0's 2k + 1 slices, then 1's …).
+   */
+  contextLayout?: "slice-major" | "channel-major";
   /** Where the config came from. */
   source: "argument" | "sidecar" | "nnunet" | "monai" | "metadata" | "default";
 }
@@ -263,6 +278,25 @@ export function normalizeConfig(
     throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
   if (out.regions !== undefined && out.exportValues === "probabilities")
     throw new Error('model config: a region-based model exports each region\'s logits: exportValues must be "logits"');
+  if (out.contextSlices !== undefined) {
+    const k = out.contextSlices;
+    if (!(Number.isInteger(k) && k >= 0 && k <= 8))
+      throw new Error(`model config: contextSlices must be a whole number of slices either side from 0 to 8, got ${JSON.stringify(k)}`);
+    if (k > 0 && out.spatialDims !== 2)
+      throw new Error("model config: contextSlices (neighbouring slices as channels) is for a 2-D model (spatialDims 2)");
+    // (each channel is a copy of the model grid: bounded, as the network's input is)
+    const made = channelNormalizations(out).length * (2 * k + 1);
+    if (made > MAX_NORMALIZED_CHANNELS * 2)
+      throw new Error(
+        `model config: contextSlices ${k} with ${channelNormalizations(out).length} normalisations makes ${made} input channels; at most ${MAX_NORMALIZED_CHANNELS * 2}`,
+      );
+    if (k > 0 && out.previousStage !== undefined)
+      throw new Error("model config: contextSlices with a cascade's previousStage: a 2.5-D cascade is not built");
+  }
+  if (out.contextEdge !== undefined && out.contextEdge !== "replicate" && out.contextEdge !== "zero")
+    throw new Error(`model config: contextEdge must be "replicate" or "zero", got ${JSON.stringify(out.contextEdge)}`);
+  if (out.contextLayout !== undefined && out.contextLayout !== "slice-major" && out.contextLayout !== "channel-major")
+    throw new Error(`model config: contextLayout must be "slice-major" or "channel-major", got ${JSON.stringify(out.contextLayout)}`);
   if (out.cropForeground !== undefined && typeof out.cropForeground !== "boolean")
     throw new Error(`model config: cropForeground must be true or false, got ${JSON.stringify(out.cropForeground)}`);
   if (out.orientation !== undefined) {

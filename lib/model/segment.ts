@@ -436,13 +436,16 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   // against the model's declared input channels
   const declaredC = (model as Partial<Model>).inputs?.[0]?.shape[1];
   const nNorm = channelNormalizations(cfg).length;
-  if (typeof declaredC === "number" && cfg.previousStage === undefined && declaredC !== nNorm)
+  const span = 2 * (cfg.contextSlices ?? 0) + 1;
+  if (typeof declaredC === "number" && cfg.previousStage === undefined && declaredC !== nNorm * span)
     throw invalidParameterError(
-      "model.config.normalization",
-      declaredC > 1
-        ? `a list of ${declaredC} normalisations, one per input channel the model takes`
-        : "one normalisation (the model takes one input channel)",
-      cfg.normalization,
+      span > 1 ? "model.config.contextSlices" : "model.config.normalization",
+      span > 1
+        ? `normalisations × (2 · contextSlices + 1) slices to make the ${declaredC} input channels the model takes (${nNorm} × ${span} = ${nNorm * span})`
+        : declaredC > 1
+          ? `a list of ${declaredC} normalisations, one per input channel the model takes`
+          : "one normalisation (the model takes one input channel)",
+      span > 1 ? cfg.contextSlices : cfg.normalization,
     );
   const step = opts.stepSize ?? cfg.stepSize;
   if (!(step > 0 && step <= 1)) throw invalidParameterError("options.stepSize", "a number in (0, 1]", step);
@@ -632,6 +635,7 @@ async function preprocess(
     });
     x = { data, shape: [1, channels.length, ...p.modelShape] };
   }
+  if (p.cfg.contextSlices) x = withContextSlices(x, p.cfg, run);
   if (previous) x = await withPreviousStage(x, previous.labels, previous.zyx, p, run);
   return { x, gridShape, resampled };
 }
@@ -684,6 +688,38 @@ async function withPreviousStage(
   releaseEngineArray(x.data);
   run.lap("previous stage");
   return { data: out, shape: [1, c0 + foreground.length, ...p.modelShape] };
+}
+
+/**
+ * A 2.5-D model's input: each of the C channels' slices with its k neighbours either side along the
+ * grid's axis 0, as (2k + 1) · C channels (config contextSlices, contextEdge, contextLayout).
+ */
+function withContextSlices(x: Tensor, cfg: ModelConfig, run: SegmentRun): Tensor {
+  const k = cfg.contextSlices!;
+  const [, C, D, H, W] = x.shape as [number, number, number, number, number];
+  const plane = H * W,
+    m = D * plane,
+    span = 2 * k + 1;
+  const out = allocArray("float32", span * C * m, "context slices") as Float32Array;
+  const zero = cfg.contextEdge === "zero";
+  const channelMajor = cfg.contextLayout === "channel-major";
+  for (let c = 0; c < C; c++)
+    for (let s = 0; s < span; s++) {
+      const o = (channelMajor ? c * span + s : s * C + c) * m;
+      for (let z = 0; z < D; z++) {
+        const src = z + s - k;
+        if (src < 0 || src >= D) {
+          if (zero) continue; // (allocArray's zeros)
+          const e = Math.min(Math.max(src, 0), D - 1);
+          out.set(x.data.subarray(c * m + e * plane, c * m + (e + 1) * plane), o + z * plane);
+        } else out.set(x.data.subarray(c * m + src * plane, c * m + (src + 1) * plane), o + z * plane);
+      }
+    }
+  run.hold(out.byteLength);
+  run.held -= x.data.byteLength;
+  releaseEngineArray(x.data as Float32Array);
+  run.lap("context slices");
+  return { data: out, shape: [1, span * C, D, H, W] };
 }
 
 /** The CT as float32 with NaN as 0 (nnU-Net v1's resample_and_normalize, before it resamples). */
