@@ -479,3 +479,56 @@ test("Transpose of the last two axes (attention's kᵀ, tiled) and of the middle
     model.dispose();
   }
 });
+
+/** STU-Net's up-sampling as torch.onnx writes it: Resize (nearest, asymmetric, floor) → 1×1 Conv. */
+function upsampleConv(opts: { nearestMode?: string; secondReader?: boolean; scales?: number[] }): Uint8Array {
+  const r = randomTensor([3, 4, 1, 1, 1], 71);
+  const nodes: Node[] = [
+    {
+      opType: "Resize",
+      inputs: ["x", "", "scales"],
+      outputs: ["up"],
+      attrs: { mode: "nearest", coordinate_transformation_mode: "asymmetric", nearest_mode: opts.nearestMode ?? "floor" },
+    },
+    { opType: "Conv", inputs: ["up", "w", "b"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } },
+  ];
+  if (opts.secondReader) nodes.push({ opType: "Relu", inputs: ["up"], outputs: ["z"] });
+  return encodeModel({
+    opset: 17,
+    nodes,
+    inputs: [{ name: "x", shape: [1, 4, 3, 4, 5] }],
+    outputs: [{ name: "y" }, ...(opts.secondReader ? [{ name: "z" }] : [])],
+    initializers: [
+      { name: "scales", dims: [5], data: Float32Array.from(opts.scales ?? [1, 1, 1, 2, 3]) },
+      { name: "w", dims: [3, 4, 1, 1, 1], data: r.data },
+      { name: "b", dims: [3], data: Float32Array.of(0.1, -0.2, 0.3) },
+    ],
+  });
+}
+
+for (const { name } of backendsUnderTest())
+  test.serial(`${name}: a 1×1 convolution after a nearest-neighbour up-sampling runs before it, equal to onnxruntime`, async (t) => {
+    setBackend(name);
+    const x = randomTensor([1, 4, 3, 4, 5], 72);
+    for (const [tag, opts, sunk] of [
+      ["floor, scales 1×2×3", {}, true],
+      ["floor, scales 2×2×2", { scales: [1, 1, 2, 2, 2] }, true],
+      ["round_prefer_floor (not the same copy at scale 3)", { nearestMode: "round_prefer_floor" }, false],
+      ["the up-sampled value read twice", { secondReader: true }, false],
+      ["a fractional scale", { scales: [1, 1, 1, 1.5, 2] }, false],
+    ] as const) {
+      const bytes = upsampleConv(opts);
+      const model = await loadModel(bytes);
+      try {
+        const y = await model.run(x);
+        const want = (await ortOf(bytes, { x }))["y"]!;
+        t.deepEqual(y.shape, [...want.dims], tag);
+        t.true(scaleDiff(y.data, want.data as Float32Array) < 1e-6, tag);
+        // where it sinks, the Conv reads the input itself (it runs first)
+        const order = model.lastRun!.nodeMs.map((n) => n.op);
+        t.is(order[0] === "Conv", sunk, `${tag}: ${order.join(", ")}`);
+      } finally {
+        model.dispose();
+      }
+    }
+  });

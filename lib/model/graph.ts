@@ -1266,3 +1266,45 @@ export function fuseConvResidual(nodes: GraphNode[], graphOutputs: string[]): Gr
     (p, other, add) => ({ ...p, inputs: [p.inputs[0]!, p.inputs[1]!, p.inputs[2] ?? "", other], fusedAdd: add }),
   );
 }
+
+/**
+ * F.interpolate(x, scale_factor=s, mode="nearest") followed by a 1×1 convolution (STU-Net's
+ * up-sampling as torch.onnx exports it: Resize with whole-number scales, asymmetric coordinates,
+ * floor) runs as the convolution, then the copy: each output voxel is the same dot product of the
+ * same input voxel's channels, so the values are the same at ∏s fewer multiply-adds. Only where the
+ * Resize is read by that Conv alone, the Conv's weights are initializers and its kernel, strides,
+ * pads and groups are all 1, 1, 0, 1. `shapes` (shape inference's) gains the new value's shape.
+ */
+export function sinkNearestUpsample(
+  nodes: GraphNode[],
+  graphOutputs: string[],
+  inits: ReadonlyMap<string, OnnxTensor>,
+  shapes?: Map<string, number[]>,
+): GraphNode[] {
+  const consumers = consumersOf(nodes, graphOutputs);
+  const only = soleReader(nodes, consumers);
+  const replace = new Map<GraphNode, GraphNode>();
+  for (const r of nodes) {
+    if (r.opType !== "Resize" || (r.attrs.mode ?? "nearest") !== "nearest") continue;
+    if (r.attrs.coordinate_transformation_mode !== "asymmetric" || r.attrs.nearest_mode !== "floor") continue;
+    if (r.inputs[3] || !r.inputs[2]) continue;
+    const sc = inits.get(r.inputs[2])?.f32;
+    if (!sc || sc.length < 3 || sc[0] !== 1 || sc[1] !== 1 || !Array.from(sc.subarray(2)).every((v) => Number.isInteger(v) && v >= 1))
+      continue;
+    const conv = only(r.outputs[0], "Conv");
+    if (!conv || conv.inputs[0] !== r.outputs[0] || replace.has(conv) || conv.fusedAct || conv.fusedNorm) continue;
+    const w = inits.get(conv.inputs[1] ?? "");
+    if (!w || w.dims.length !== sc.length || w.dims.slice(2).some((d) => d !== 1)) continue;
+    if (conv.inputs.slice(1).some((i) => i && !inits.has(i))) continue;
+    const a = conv.attrs;
+    const all = (v: Attr | undefined, x: number) => v === undefined || (Array.isArray(v) && v.every((e) => e === x));
+    if (!all(a.kernel_shape, 1) || !all(a.strides, 1) || !all(a.pads, 0) || (a.group ?? 1) !== 1) continue;
+    if (a.auto_pad !== undefined && a.auto_pad !== "NOTSET") continue;
+    const mid = `${conv.outputs[0]}:before_nearest_upsample`;
+    replace.set(r, { ...conv, inputs: [r.inputs[0]!, ...conv.inputs.slice(1)], outputs: [mid] });
+    replace.set(conv, { ...r, inputs: [mid, ...r.inputs.slice(1)], outputs: [conv.outputs[0]!] });
+    const xs = shapes?.get(r.inputs[0]!);
+    if (shapes && xs) shapes.set(mid, [xs[0]!, w.dims[0]!, ...xs.slice(2)]);
+  }
+  return replace.size ? nodes.map((n) => replace.get(n) ?? n) : nodes;
+}

@@ -28,6 +28,7 @@ import {
   fuseConvResidual,
   fuseGelu,
   fuseGroupNorm,
+  sinkNearestUpsample,
   fuseLayerNorm,
   fuseChannelNorm,
   fuseMatMulBias,
@@ -143,16 +144,19 @@ export class Model {
     this.outputs = graph.outputs;
     this.opset = graph.opset;
     this.producer = graph.producer;
-    this.valueShapes = valueShapes;
+    // (a 1×1 convolution after a nearest-neighbour up-sampling runs before it: a value of its own)
+    const shapes = valueShapes ? new Map(valueShapes) : undefined;
+    graph.nodes = sinkNearestUpsample(graph.nodes, graph.outputs, graph.initializers, shapes);
+    this.valueShapes = shapes;
     // (an export's q, k and v projected apart: one projection, as fuseAttention reads it)
-    joinQkvProjections(graph, valueShapes);
+    joinQkvProjections(graph, shapes);
     let weights = 0;
     for (const t of graph.initializers.values()) weights += t.f32 ? t.f32.byteLength : (t.ints?.length ?? 0) * 8;
     this.weightBytes = weights;
     const grouped = fuseMatMulBias(
       fuseChannelNorm(
         fuseLayerNorm(
-          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers, valueShapes), graph.outputs, graph.initializers),
+          fuseGelu(fuseGroupNorm(graph.nodes, graph.outputs, graph.initializers, shapes), graph.outputs, graph.initializers),
           graph.outputs,
           graph.initializers,
         ),
