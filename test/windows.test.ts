@@ -4,10 +4,21 @@
  * numpy and PyTorch by test/fixtures/windows/make.py.
  */
 import test from "ava";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readFileSync } from "node:fs";
-import { encodeModel, loadModel, readNpy, segment, setBackend, volumeFromArray, type Normalization } from "../lib/index.js";
-import { backendsUnderTest, ROOT } from "./helpers.js";
+import {
+  encodeModel,
+  loadModel,
+  readNifti,
+  readNpy,
+  segment,
+  setBackend,
+  volumeFromArray,
+  writeNifti,
+  type Normalization,
+} from "../lib/index.js";
+import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { checkedFolder } from "./paths.js";
 import { compareLabels as compare } from "./ort.js";
 
@@ -179,4 +190,27 @@ test("contextSlices: checked against the model's channels, 2-D only, bounded", a
   await t.throwsAsync(loadModel(file("context.onnx"), { ...config(NORMS), contextEdge: "wrap" as "zero" }), {
     message: /contextEdge must be/,
   });
+});
+
+test.serial("bhsd segment runs a 2.5-D three-window model from its JSON sidecar: PyTorch's labels in the NIfTI it writes", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-windows-cli-"));
+  try {
+    copyFileSync(file("context.onnx"), join(dir, "context.onnx"));
+    writeFileSync(join(dir, "context.json"), JSON.stringify({ ...config(NORMS), contextSlices: 1 }));
+    const [ct, want, margin] = await Promise.all(
+      ["ct", "context_replicate_labels", "context_replicate_margin"].map((f) => readNpy(file(`${f}.npy`))),
+    );
+    await writeNifti(join(dir, "ct.nii.gz"), volumeFromArray(ct!.data as Float32Array, ct!.shape, [5, 0.45, 0.45]));
+    const r = bhsdSync(
+      ["segment", join(dir, "ct.nii.gz"), "--model", join(dir, "context.onnx"), "--out", join(dir, "labels.nii.gz"), "--quiet"],
+      120_000,
+    );
+    t.is(r.status, 0, r.stderr);
+    const got = Uint8Array.from((await readNifti(join(dir, "labels.nii.gz"))).data);
+    const { compared, differ } = compare(got, want!.data as Uint8Array, margin!.data as Float32Array);
+    t.true(compared > 0.99 * got.length);
+    t.is(differ, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
