@@ -63,7 +63,7 @@ test("the normalisations must match the model's input channels, named in the err
     try {
       await t.throwsAsync(segment(vol, m), {
         instanceOf: TypeError,
-        message: /a list of 3 normalisations, one per input channel the model takes for model\.config\.normalization/,
+        message: /a list of 3 normalisations, one per input channel the model takes .* for model\.config\.normalization/,
       });
     } finally {
       m.dispose();
@@ -177,6 +177,19 @@ test("contextSlices: checked against the model's channels, 2-D only, bounded", a
     });
   } finally {
     m.dispose();
+  }
+  // a config replaced after load is checked again by segment, before anything is allocated
+  const swapped = await loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 1 });
+  try {
+    for (const [change, message] of [
+      [{ contextSlices: 10_000 }, /contextSlices must be a whole number of slices either side from 0 to 8/],
+      [{ normalization: [] }, /one per input channel: 1 to 16 of them, got 0/],
+    ] as const) {
+      (swapped as { config: object }).config = { ...swapped.config, ...change };
+      await t.throwsAsync(segment(vol, swapped), { message });
+    }
+  } finally {
+    swapped.dispose();
   }
   await t.throwsAsync(loadModel(file("context.onnx"), { ...config(NORMS), contextSlices: 1.5 }), {
     message: /contextSlices must be a whole number/,

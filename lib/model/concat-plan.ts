@@ -34,6 +34,8 @@ const WRITES_ALLOC = new Set([
   // 37 ms of a 16×256×256 window before); its channels are its inputs' where both agree
   "Add",
   "Mul",
+  // (a nearest-neighbour up-sampling before a decoder's Concat: STU-Net's, its 1×1 run first)
+  "Resize",
 ]);
 /** Ops whose output has their first input's channels. */
 const KEEPS_CHANNELS = new Set([
@@ -44,6 +46,7 @@ const KEEPS_CHANNELS = new Set([
   "LeakyRelu",
   "Sigmoid",
   "PRelu",
+  "Resize",
 ]);
 
 /** Finds the channel Concats that can be done in place: each input's slot, by value name. */

@@ -268,35 +268,11 @@ export function normalizeConfig(
   const ax = out.mirrorAxes;
   if (!Array.isArray(ax) || ax.length > 3 || !ax.every((a) => a === 0 || a === 1 || a === 2) || new Set(ax).size !== ax.length)
     throw new Error(`model config: mirrorAxes must list distinct axes among 0, 1, 2, got ${JSON.stringify(ax)}`);
-  const givenNorm = out.normalization as Normalization | Normalization[];
-  if (Array.isArray(givenNorm) && (givenNorm.length < 1 || givenNorm.length > MAX_NORMALIZED_CHANNELS))
-    throw new Error(
-      `model config: normalization as a list gives one per input channel: 1 to ${MAX_NORMALIZED_CHANNELS} of them, got ${givenNorm.length}`,
-    );
-  for (const n of Array.isArray(givenNorm) ? givenNorm : [givenNorm]) checkNormalization(n, out);
+  checkInputChannels(out);
   if (out.exportValues !== undefined && out.exportValues !== "logits" && out.exportValues !== "probabilities")
     throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
   if (out.regions !== undefined && out.exportValues === "probabilities")
     throw new Error('model config: a region-based model exports each region\'s logits: exportValues must be "logits"');
-  if (out.contextSlices !== undefined) {
-    const k = out.contextSlices;
-    if (!(Number.isInteger(k) && k >= 0 && k <= 8))
-      throw new Error(`model config: contextSlices must be a whole number of slices either side from 0 to 8, got ${JSON.stringify(k)}`);
-    if (k > 0 && out.spatialDims !== 2)
-      throw new Error("model config: contextSlices (neighbouring slices as channels) is for a 2-D model (spatialDims 2)");
-    // (each channel is a copy of the model grid: bounded, as the network's input is)
-    const made = channelNormalizations(out).length * (2 * k + 1);
-    if (made > MAX_NORMALIZED_CHANNELS * 2)
-      throw new Error(
-        `model config: contextSlices ${k} with ${channelNormalizations(out).length} normalisations makes ${made} input channels; at most ${MAX_NORMALIZED_CHANNELS * 2}`,
-      );
-    if (k > 0 && out.previousStage !== undefined)
-      throw new Error("model config: contextSlices with a cascade's previousStage: a 2.5-D cascade is not built");
-  }
-  if (out.contextEdge !== undefined && out.contextEdge !== "replicate" && out.contextEdge !== "zero")
-    throw new Error(`model config: contextEdge must be "replicate" or "zero", got ${JSON.stringify(out.contextEdge)}`);
-  if (out.contextLayout !== undefined && out.contextLayout !== "slice-major" && out.contextLayout !== "channel-major")
-    throw new Error(`model config: contextLayout must be "slice-major" or "channel-major", got ${JSON.stringify(out.contextLayout)}`);
   if (out.cropForeground !== undefined && typeof out.cropForeground !== "boolean")
     throw new Error(`model config: cropForeground must be true or false, got ${JSON.stringify(out.cropForeground)}`);
   if (out.orientation !== undefined) {
@@ -545,7 +521,7 @@ export function channelNormalizations(cfg: Pick<ModelConfig, "normalization">): 
   return Array.isArray(cfg.normalization) ? cfg.normalization : [cfg.normalization];
 }
 
-function checkNormalization(n: Normalization, out: ModelConfig): void {
+function checkNormalization(n: Normalization, out: Pick<ModelConfig, "normalizeAfterResampling">): void {
   const ok =
     (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
     (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
@@ -562,4 +538,42 @@ function checkNormalization(n: Normalization, out: ModelConfig): void {
     throw new Error(
       "model config: a z-score's nonzeroMask is the CT's own region, taken before resampling: not with normalizeAfterResampling",
     );
+}
+
+/**
+ * The config's input channels: its normalisations (one, or a list of 1 to 16, each checked) and a
+ * 2-D model's context slices (at most 32 channels in all). normalizeConfig runs it at load, and
+ * segment() again on the config it is given (a model's config may be replaced after load).
+ */
+export function checkInputChannels(
+  out: Pick<
+    ModelConfig,
+    "normalization" | "normalizeAfterResampling" | "spatialDims" | "previousStage" | "contextSlices" | "contextEdge" | "contextLayout"
+  >,
+): void {
+  const givenNorm = out.normalization as Normalization | Normalization[];
+  if (Array.isArray(givenNorm) && (givenNorm.length < 1 || givenNorm.length > MAX_NORMALIZED_CHANNELS))
+    throw new Error(
+      `model config: normalization as a list gives one per input channel: 1 to ${MAX_NORMALIZED_CHANNELS} of them, got ${givenNorm.length}`,
+    );
+  for (const n of Array.isArray(givenNorm) ? givenNorm : [givenNorm]) checkNormalization(n, out);
+  if (out.contextSlices !== undefined) {
+    const k = out.contextSlices;
+    if (!(Number.isInteger(k) && k >= 0 && k <= 8))
+      throw new Error(`model config: contextSlices must be a whole number of slices either side from 0 to 8, got ${JSON.stringify(k)}`);
+    if (k > 0 && out.spatialDims !== 2)
+      throw new Error("model config: contextSlices (neighbouring slices as channels) is for a 2-D model (spatialDims 2)");
+    // (each channel is a copy of the model grid: bounded, as the network's input is)
+    const made = channelNormalizations(out).length * (2 * k + 1);
+    if (made > MAX_NORMALIZED_CHANNELS * 2)
+      throw new Error(
+        `model config: contextSlices ${k} with ${channelNormalizations(out).length} normalisations makes ${made} input channels; at most ${MAX_NORMALIZED_CHANNELS * 2}`,
+      );
+    if (k > 0 && out.previousStage !== undefined)
+      throw new Error("model config: contextSlices with a cascade's previousStage: a 2.5-D cascade is not built");
+  }
+  if (out.contextEdge !== undefined && out.contextEdge !== "replicate" && out.contextEdge !== "zero")
+    throw new Error(`model config: contextEdge must be "replicate" or "zero", got ${JSON.stringify(out.contextEdge)}`);
+  if (out.contextLayout !== undefined && out.contextLayout !== "slice-major" && out.contextLayout !== "channel-major")
+    throw new Error(`model config: contextLayout must be "slice-major" or "channel-major", got ${JSON.stringify(out.contextLayout)}`);
 }

@@ -1284,6 +1284,8 @@ export function sinkNearestUpsample(
   const consumers = consumersOf(nodes, graphOutputs);
   const only = soleReader(nodes, consumers);
   const replace = new Map<GraphNode, GraphNode>();
+  const names = new Set<string>([...inits.keys(), ...graphOutputs]);
+  for (const n of nodes) for (const v of [...n.inputs, ...n.outputs]) names.add(v);
   for (const r of nodes) {
     if (r.opType !== "Resize" || (r.attrs.mode ?? "nearest") !== "nearest") continue;
     if (r.attrs.coordinate_transformation_mode !== "asymmetric" || r.attrs.nearest_mode !== "floor") continue;
@@ -1292,7 +1294,7 @@ export function sinkNearestUpsample(
     if (!sc || sc.length < 3 || sc[0] !== 1 || sc[1] !== 1 || !Array.from(sc.subarray(2)).every((v) => Number.isInteger(v) && v >= 1))
       continue;
     const conv = only(r.outputs[0], "Conv");
-    if (!conv || conv.inputs[0] !== r.outputs[0] || replace.has(conv) || conv.fusedAct || conv.fusedNorm) continue;
+    if (!conv || conv.inputs[0] !== r.outputs[0] || replace.has(conv) || conv.fusedAct || conv.fusedNorm || conv.fusedAdd) continue;
     const w = inits.get(conv.inputs[1] ?? "");
     if (!w || w.dims.length !== sc.length || w.dims.slice(2).some((d) => d !== 1)) continue;
     if (conv.inputs.slice(1).some((i) => i && !inits.has(i))) continue;
@@ -1301,10 +1303,13 @@ export function sinkNearestUpsample(
     if (!all(a.kernel_shape, 1) || !all(a.strides, 1) || !all(a.pads, 0) || (a.group ?? 1) !== 1) continue;
     if (a.auto_pad !== undefined && a.auto_pad !== "NOTSET") continue;
     const mid = `${conv.outputs[0]}:before_nearest_upsample`;
+    if (names.has(mid)) continue;
     replace.set(r, { ...conv, inputs: [r.inputs[0]!, ...conv.inputs.slice(1)], outputs: [mid] });
     replace.set(conv, { ...r, inputs: [mid, ...r.inputs.slice(1)], outputs: [conv.outputs[0]!] });
     const xs = shapes?.get(r.inputs[0]!);
     if (shapes && xs) shapes.set(mid, [xs[0]!, w.dims[0]!, ...xs.slice(2)]);
+    // (the up-sampled input the Conv read is no value of the graph now)
+    shapes?.delete(r.outputs[0]!);
   }
   return replace.size ? nodes.map((n) => replace.get(n) ?? n) : nodes;
 }

@@ -18,7 +18,7 @@ import {
 import * as ops from "../ops/tensor.js";
 import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
-import { channelNormalizations, type ModelConfig, type Normalization } from "./config.js";
+import { channelNormalizations, checkInputChannels, type ModelConfig, type Normalization } from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
 import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet, roundHalfEven } from "./resample.js";
@@ -434,6 +434,8 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
     );
   // the channels preprocessing makes (one per normalisation, a cascade's previous stage's after them)
   // against the model's declared input channels
+  // (a model's config may be replaced after load: checked again, before any allocation)
+  checkInputChannels(cfg);
   const declaredC = (model as Partial<Model>).inputs?.[0]?.shape[1];
   const nNorm = channelNormalizations(cfg).length;
   const span = 2 * (cfg.contextSlices ?? 0) + 1;
@@ -443,7 +445,7 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
       span > 1
         ? `normalisations × (2 · contextSlices + 1) slices to make the ${declaredC} input channels the model takes (${nNorm} × ${span} = ${nNorm * span})`
         : declaredC > 1
-          ? `a list of ${declaredC} normalisations, one per input channel the model takes`
+          ? `a list of ${declaredC} normalisations, one per input channel the model takes (each channel the one CT normalised its way: a model of other images beside the CT, e.g. PET, cannot run on a CT alone)`
           : "one normalisation (the model takes one input channel)",
       span > 1 ? cfg.contextSlices : cfg.normalization,
     );
@@ -573,10 +575,11 @@ async function preprocess(
   let gridShape: [number, number, number] = [0, 0, 0];
   let resampled = false;
   /** The CT (normalised, unless late) reordered and on the model's grid. */
+  // (a z-score's non-zero region, once for every channel that asks for it)
+  let mask: Uint8Array | undefined;
   const toModelGrid = async (norm: Normalization | null): Promise<Float32Array> => {
-    const mask = norm?.type === "zscore" && norm.nonzeroMask ? await filledNonzeroMask(ct) : undefined;
-    let img = norm ? normalize(ct.data, norm, mask) : noNaN(ct.data);
-    if (mask) releaseEngineArray(mask);
+    if (norm?.type === "zscore" && norm.nonzeroMask) mask ??= await filledNonzeroMask(ct);
+    let img = norm ? normalize(ct.data, norm, norm.type === "zscore" && norm.nonzeroMask ? mask : undefined) : noNaN(ct.data);
     run.hold(img.byteLength);
     if (norm) run.lap("normalize");
     const tr = transpose3(img, p.zyx, p.perm);
@@ -621,6 +624,7 @@ async function preprocess(
   } else {
     channels = [];
     for (const n of norms) channels.push(await toModelGrid(n));
+    if (mask) releaseEngineArray(mask);
   }
   let x: Tensor;
   if (channels.length === 1) x = { data: channels[0]!, shape: [1, 1, ...p.modelShape] };
