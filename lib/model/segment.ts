@@ -639,7 +639,6 @@ async function preprocess(
     });
     x = { data, shape: [1, channels.length, ...p.modelShape] };
   }
-  if (p.cfg.contextSlices) x = withContextSlices(x, p.cfg, run);
   if (previous) x = await withPreviousStage(x, previous.labels, previous.zyx, p, run);
   return { x, gridShape, resampled };
 }
@@ -692,38 +691,6 @@ async function withPreviousStage(
   releaseEngineArray(x.data);
   run.lap("previous stage");
   return { data: out, shape: [1, c0 + foreground.length, ...p.modelShape] };
-}
-
-/**
- * A 2.5-D model's input: each of the C channels' slices with its k neighbours either side along the
- * grid's axis 0, as (2k + 1) · C channels (config contextSlices, contextEdge, contextLayout).
- */
-function withContextSlices(x: Tensor, cfg: ModelConfig, run: SegmentRun): Tensor {
-  const k = cfg.contextSlices!;
-  const [, C, D, H, W] = x.shape as [number, number, number, number, number];
-  const plane = H * W,
-    m = D * plane,
-    span = 2 * k + 1;
-  const out = allocArray("float32", span * C * m, "context slices") as Float32Array;
-  const zero = cfg.contextEdge === "zero";
-  const channelMajor = cfg.contextLayout === "channel-major";
-  for (let c = 0; c < C; c++)
-    for (let s = 0; s < span; s++) {
-      const o = (channelMajor ? c * span + s : s * C + c) * m;
-      for (let z = 0; z < D; z++) {
-        const src = z + s - k;
-        if (src < 0 || src >= D) {
-          if (zero) continue; // (allocArray's zeros)
-          const e = Math.min(Math.max(src, 0), D - 1);
-          out.set(x.data.subarray(c * m + e * plane, c * m + (e + 1) * plane), o + z * plane);
-        } else out.set(x.data.subarray(c * m + src * plane, c * m + (src + 1) * plane), o + z * plane);
-      }
-    }
-  run.hold(out.byteLength);
-  run.held -= x.data.byteLength;
-  releaseEngineArray(x.data as Float32Array);
-  run.lap("context slices");
-  return { data: out, shape: [1, span * C, D, H, W] };
 }
 
 /** The CT as float32 with NaN as 0 (nnU-Net v1's resample_and_normalize, before it resamples). */
@@ -781,8 +748,14 @@ async function predictSlidingWindow(
   run.hold(weight.byteLength);
   const [, PH, PW] = padded,
     [pd, ph, pw] = patch;
-  // (a cascade's input has its previous stage's channels after the image's)
-  const channels = x.shape[1]!;
+  // (a cascade's input has its previous stage's channels after the image's; a 2.5-D model's window
+  // takes each channel's slice with its k neighbours either side, gathered here, window by window)
+  const sourceChannels = x.shape[1]!;
+  const k = twoD ? (p.cfg.contextSlices ?? 0) : 0,
+    span = 2 * k + 1;
+  const replicate = p.cfg.contextEdge !== "zero",
+    channelMajor = p.cfg.contextLayout === "channel-major";
+  const channels = sourceChannels * span;
   const pvol = prod(patch),
     mvolIn = prod(modelShape);
   const patchT: Tensor = { data: new Float32Array(channels * pvol), shape: [1, channels, ...patch] };
@@ -796,12 +769,20 @@ async function predictSlidingWindow(
     for (const y0 of starts[1]!)
       for (const x0 of starts[2]!) {
         signal?.throwIfAborted();
-        for (let c = 0; c < channels; c++)
-          extractWindow(x.data.subarray(c * mvolIn, (c + 1) * mvolIn), modelShape, patchT.data.subarray(c * pvol, (c + 1) * pvol), patch, [
-            z0 - lead[0]!,
-            y0 - lead[1]!,
-            x0 - lead[2]!,
-          ]);
+        for (let c = 0; c < sourceChannels; c++)
+          for (let s = 0; s < span; s++) {
+            const slot = k === 0 ? c : channelMajor ? c * span + s : s * sourceChannels + c;
+            // (past the first or last slice: the edge slice again, or extractWindow's zeros)
+            let z = z0 - lead[0]! + s - k;
+            if (k && replicate) z = Math.min(Math.max(z, 0), modelShape[0]! - 1);
+            extractWindow(
+              x.data.subarray(c * mvolIn, (c + 1) * mvolIn),
+              modelShape,
+              patchT.data.subarray(slot * pvol, (slot + 1) * pvol),
+              patch,
+              [z, y0 - lead[1]!, x0 - lead[2]!],
+            );
+          }
         // one forward: its output, which the caller owns, is used as it is; mirrored ones are
         // summed, unmirrored, into a buffer kept for the whole call
         let logits: Tensor | undefined;
