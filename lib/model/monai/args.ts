@@ -97,23 +97,5 @@ export function finish(
   out: string,
   divisor: [number, number, number],
 ): MonaiNetwork {
-  // the last node writes the graph's output
-  const last = [...b.nodes].reverse().find((nd) => nd.outputs[0] === out);
-  if (!last) throw new Error(`internal: ${cls}'s output ${out} has no node`);
-  last.outputs[0] = "logits";
-  for (const nd of b.nodes) nd.inputs = nd.inputs.map((i) => (i === out ? "logits" : i));
-  return {
-    networkClass: cls,
-    args,
-    dims,
-    inputChannels: cin,
-    outputChannels: cout,
-    params: b.params,
-    constants: b.constants,
-    unused: b.unused,
-    nodes: b.nodes,
-    input: "input",
-    output: "logits",
-    divisor,
-  };
+  return { ...b.network(out), networkClass: cls, args, dims, inputChannels: cin, outputChannels: cout, divisor };
 }

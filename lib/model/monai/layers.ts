@@ -6,6 +6,7 @@
  */
 import type { AttrValue } from "../onnx-proto.js";
 import type { GraphNodeSpec, Param } from "../nnunet/network.js";
+import type { StateDictNetwork } from "../state-dict.js";
 
 /** A norm layer in eval mode. */
 export interface NormSpec {
@@ -307,6 +308,17 @@ export class GraphBuilder {
   }
   maxPool(x: string, k: number[], name: string): string {
     return this.node("MaxPool", [x], name, { kernel_shape: k, strides: k, pads: [...k, ...k].fill(0) });
+  }
+  /**
+   * The graph built, its value `out` renamed "logits" (the network's output; the node writing it
+   * and any that read it), from the input "input".
+   */
+  network(out: string): StateDictNetwork {
+    const last = [...this.nodes].reverse().find((nd) => nd.outputs[0] === out);
+    if (!last) throw new Error(`internal: the network's output ${out} has no node`);
+    last.outputs[0] = "logits";
+    for (const nd of this.nodes) nd.inputs = nd.inputs.map((i) => (i === out ? "logits" : i));
+    return { params: this.params, constants: this.constants, unused: this.unused, nodes: this.nodes, input: "input", output: "logits" };
   }
   /** torch's interpolate(scale_factor=s, mode="(bi|tri)linear", align_corners=False). */
   upsampleLinear(x: string, scale: number[], name: string): string {

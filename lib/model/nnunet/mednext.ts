@@ -174,17 +174,6 @@ export function buildMedNeXtV1(a: MedNeXtV1Architecture, where: string): Network
   // (checkpoint_style's dummy tensor; the deep-supervision heads of levels 1 … 4)
   b.unused.push("dummy_tensor");
   for (let j = 1; j <= LEVELS; j++) b.unused.push(`out_${j}.conv_out.weight`, `out_${j}.conv_out.bias`);
-  const last = [...b.nodes].reverse().find((nd) => nd.outputs[0] === out);
-  if (!last) throw new Error(`internal: MedNeXt's output ${out} has no node`);
-  last.outputs[0] = "logits";
   const d = 2 ** LEVELS;
-  return {
-    params: b.params,
-    constants: b.constants,
-    unused: b.unused,
-    nodes: b.nodes,
-    input: "input",
-    output: "logits",
-    divisor: a.dims === 3 ? [d, d, d] : [1, d, d],
-  };
+  return { ...b.network(out), divisor: a.dims === 3 ? [d, d, d] : [1, d, d] };
 }

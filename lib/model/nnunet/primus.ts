@@ -351,15 +351,5 @@ export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph 
       y = b.node("Gelu", [b.transpose(nrm, [0, 4, 1, 2, 3], `up_projection.decode.${s}.1`)], `up_projection.decode.${s}.2`);
     }
   }
-  const lastNode = b.nodes.at(-1)!;
-  lastNode.outputs[0] = "logits";
-  return {
-    params: b.params,
-    constants: b.constants,
-    unused: b.unused,
-    nodes: b.nodes,
-    input: "input",
-    output: "logits",
-    divisor: [a.inputSize[0]!, a.inputSize[1]!, a.inputSize[2]!],
-  };
+  return { ...b.network(b.nodes.at(-1)!.outputs[0]!), divisor: [a.inputSize[0]!, a.inputSize[1]!, a.inputSize[2]!] };
 }

@@ -228,9 +228,6 @@ export function buildSTUNet(a: STUNetArchitecture, where: string): NetworkGraph 
     bias: true,
   });
   for (let u = 0; u < POOLS - 1; u++) b.unused.push(`seg_outputs.${u}.weight`, `seg_outputs.${u}.bias`);
-  const last = b.nodes[b.nodes.length - 1]!;
-  if (last.outputs[0] !== out) throw new Error("internal: STU-Net's head is not its last node");
-  last.outputs[0] = "logits";
   const divisor = [0, 1, 2].map((ax) => a.strides.reduce((m, s) => m * s[ax]!, 1)) as [number, number, number];
-  return { params: b.params, constants: b.constants, unused: b.unused, nodes: b.nodes, input: "input", output: "logits", divisor };
+  return { ...b.network(out), divisor };
 }
