@@ -1,4 +1,5 @@
 /** onnxruntime-node as the outside reference: one-node ONNX graphs, built with protobufjs, run on ORT's CPU provider. */
+import type { ExecutionContext } from "ava";
 import ort from "onnxruntime-node";
 import { encodeModel, type AttrValue } from "../lib/model/onnx-proto.js";
 import type { Tensor } from "../lib/types.js";
@@ -134,4 +135,26 @@ export function compareLabels(got: Uint8Array, want: ArrayLike<number>, margin: 
     if (got[i] !== want[i]) differ++;
   }
   return { compared, differ };
+}
+
+/** A loaded model's logits for `x` against a reference (PyTorch's), within `tol` of its scale; logs the difference. */
+export async function logitsWithin(
+  t: ExecutionContext,
+  model: { run: (x: Tensor) => Promise<Tensor> },
+  x: { data: ArrayLike<number>; shape: number[] },
+  want: { data: ArrayLike<number>; shape: number[] },
+  tol: number,
+): Promise<void> {
+  const y = await model.run({ data: x.data as Float32Array, shape: x.shape });
+  t.deepEqual(y.shape, want.shape);
+  const d = scaleDiff(y.data, want.data);
+  t.log(`${d.toExponential(2)} of scale`);
+  t.true(d < tol, `largest difference ${d} of scale`);
+}
+
+/** Labels equal a reference's wherever its two best classes are more than 1e-4 apart (and that is nearly everywhere). */
+export function labelsMatch(t: ExecutionContext, got: Uint8Array, want: ArrayLike<number>, margin: ArrayLike<number>): void {
+  const { compared, differ } = compareLabels(got, want, margin);
+  t.true(compared > 0.99 * got.length, `${compared} of ${got.length} voxels compared`);
+  t.is(differ, 0);
 }
