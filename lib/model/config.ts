@@ -551,12 +551,12 @@ export function checkInputChannels(
     "normalization" | "normalizeAfterResampling" | "spatialDims" | "previousStage" | "contextSlices" | "contextEdge" | "contextLayout"
   >,
 ): void {
-  const givenNorm = out.normalization as Normalization | Normalization[];
-  if (Array.isArray(givenNorm) && (givenNorm.length < 1 || givenNorm.length > MAX_NORMALIZED_CHANNELS))
+  const norms = channelNormalizations(out);
+  if (norms.length < 1 || norms.length > MAX_NORMALIZED_CHANNELS)
     throw new Error(
-      `model config: normalization as a list gives one per input channel: 1 to ${MAX_NORMALIZED_CHANNELS} of them, got ${givenNorm.length}`,
+      `model config: normalization as a list gives one per input channel: 1 to ${MAX_NORMALIZED_CHANNELS} of them, got ${norms.length}`,
     );
-  for (const n of Array.isArray(givenNorm) ? givenNorm : [givenNorm]) checkNormalization(n, out);
+  for (const n of norms) checkNormalization(n, out);
   if (out.contextSlices !== undefined) {
     const k = out.contextSlices;
     if (!(Number.isInteger(k) && k >= 0 && k <= 8))
@@ -564,10 +564,10 @@ export function checkInputChannels(
     if (k > 0 && out.spatialDims !== 2)
       throw new Error("model config: contextSlices (neighbouring slices as channels) is for a 2-D model (spatialDims 2)");
     // (each channel is a copy of the model grid: bounded, as the network's input is)
-    const made = channelNormalizations(out).length * (2 * k + 1);
+    const made = norms.length * (2 * k + 1);
     if (made > MAX_NORMALIZED_CHANNELS * 2)
       throw new Error(
-        `model config: contextSlices ${k} with ${channelNormalizations(out).length} normalisations makes ${made} input channels; at most ${MAX_NORMALIZED_CHANNELS * 2}`,
+        `model config: contextSlices ${k} with ${norms.length} normalisations makes ${made} input channels; at most ${MAX_NORMALIZED_CHANNELS * 2}`,
       );
     if (k > 0 && out.previousStage !== undefined)
       throw new Error("model config: contextSlices with a cascade's previousStage: a 2.5-D cascade is not built");

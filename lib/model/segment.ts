@@ -574,9 +574,9 @@ async function preprocess(
   const late = p.cfg.normalizeAfterResampling;
   let gridShape: [number, number, number] = [0, 0, 0];
   let resampled = false;
-  /** The CT (normalised, unless late) reordered and on the model's grid. */
   // (a z-score's non-zero region, once for every channel that asks for it)
   let mask: Uint8Array | undefined;
+  /** The CT (normalised, unless late) reordered and on the model's grid. */
   const toModelGrid = async (norm: Normalization | null): Promise<Float32Array> => {
     if (norm?.type === "zscore" && norm.nonzeroMask) mask ??= await filledNonzeroMask(ct);
     let img = norm ? normalize(ct.data, norm, norm.type === "zscore" && norm.nonzeroMask ? mask : undefined) : noNaN(ct.data);
@@ -592,7 +592,10 @@ async function preprocess(
     gridShape = tr.shape;
     run.lap("reorder");
     resampled = p.modelShape.some((d, i) => d !== gridShape[i]) || (p.cfg.resampling.type === "monai" && monaiResamples(p));
-    if (!resampled) return img;
+    if (!resampled) {
+      run.lap("resample");
+      return img;
+    }
     const rs = p.cfg.resampling;
     let data: Float32Array;
     if (rs.type === "nnunet")

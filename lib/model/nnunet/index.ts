@@ -515,13 +515,22 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
             throw new CheckpointError(
               `${where}: trainer ${trainerName} built a PrimusV2 or V3 (a convolutional patch embedding), which bhsd does not build; Primus (nnUNet_Primus_{S,B,M,L}_Trainer) it does`,
             );
+          /** A trainer's own 3-D network (STU-Net, Primus): one stage, on the plans' 3-D patch. */
+          const ownNetworkPatch = (net: string, patch: unknown): number[] => {
+            if (cascade)
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: a cascade stage trained as ${net}; bhsd builds ${net} for single-stage configurations`,
+              );
+            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (${net} is 3-D)`,
+              );
+            return patch as number[];
+          };
           if (isSTUNet(weights)) {
             // STU-Net's trainers build their own network from the plans' poolings (nnUNet-2.2's
             // configuration_manager.pool_op_kernel_sizes[1:]); the plans' architecture is not used
-            if (cascade)
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: a cascade stage trained as STU-Net; bhsd builds STU-Net for single-stage configurations`,
-              );
+            const patch = ownNetworkPatch("STU-Net", conf.patch_size);
             const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
             const what = ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes";
             const pools = ak?.strides ?? conf.pool_op_kernel_sizes;
@@ -529,33 +538,13 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
               throw new Error(
                 `nnU-Net folder ${basename(folder)}: configuration "${configuration}" has no poolings (architecture.arch_kwargs.strides or pool_op_kernel_sizes), which STU-Net's trainers build from`,
               );
-            const patch = conf.patch_size;
-            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (STU-Net is 3-D)`,
-              );
-            const sa = stunetArchitecture(
-              weights,
-              stunetStrides(pools.slice(1), where, what, 1),
-              inputChannels,
-              numClasses,
-              patch as number[],
-              where,
-            );
+            const sa = stunetArchitecture(weights, stunetStrides(pools.slice(1), where, what, 1), inputChannels, numClasses, patch, where);
             arch = sa;
             graph = buildSTUNet(sa, where);
           } else if (isPrimus(weights)) {
             // a trainer's own network (AbstractPrimus.build_network_architecture): the plans' architecture is not used
-            if (cascade)
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: a cascade stage trained as Primus; bhsd builds Primus for single-stage configurations`,
-              );
-            const patch = conf.patch_size;
-            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (Primus is 3-D)`,
-              );
-            const pa = primusArchitecture(weights, trainerName, patch as number[], inputChannels, numClasses, opts.heads, where);
+            const patch = ownNetworkPatch("Primus", conf.patch_size);
+            const pa = primusArchitecture(weights, trainerName, patch, inputChannels, numClasses, opts.heads, where);
             const tokens = prod(pa.inputSize) / prod(pa.patchEmbed) + pa.registers;
             if (tokens > 1 << 16)
               throw new Error(`nnU-Net folder ${basename(folder)}: Primus on a patch of ${tokens} tokens; bhsd runs up to 65536`);
