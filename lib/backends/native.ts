@@ -471,6 +471,15 @@ export class NativeBackend implements Backend {
     return typeof this.addon.channelNorm === "function" ? this.channelNormCall : undefined;
   }
   private readonly channelNormCall: NonNullable<TensorBackend["channelNorm"]> = (...a) => this.addon.channelNorm!(...a);
+  // (an addon built before Mamba's kernels has neither: the executor runs them in JavaScript)
+  get mambaConv(): TensorBackend["mambaConv"] {
+    return typeof this.addon.mambaConv === "function" ? this.mambaConvCall : undefined;
+  }
+  private readonly mambaConvCall: NonNullable<TensorBackend["mambaConv"]> = (...a) => this.addon.mambaConv!(...a);
+  get selectiveScan(): TensorBackend["selectiveScan"] {
+    return typeof this.addon.selectiveScan === "function" ? this.selectiveScanCall : undefined;
+  }
+  private readonly selectiveScanCall: NonNullable<TensorBackend["selectiveScan"]> = (...a) => this.addon.selectiveScan!(...a);
   binary: TensorBackend["binary"] = (...a) => this.addon.binary(...a);
   pool3d: TensorBackend["pool3d"] = (...a) => this.addon.pool3d(...a);
   resize3d: TensorBackend["resize3d"] = (...a) => this.addon.resize3d(...a);

@@ -173,6 +173,40 @@ export interface TensorBackend {
     eps: number,
     out: Float32Array,
   ): Promise<void>;
+  /**
+   * Optional: Mamba's causal depthwise convolution then SiLU (model/mamba.ts's MAMBA_CONV_OP) —
+   * xz [B, L, 2·Di] (its first Di channels read), weight [Di, K], bias [Di] or null — into out
+   * [B, L, Di]. Without it the executor computes it in JavaScript.
+   */
+  mambaConv?(
+    xz: Float32Array,
+    B: number,
+    L: number,
+    Di: number,
+    K: number,
+    weight: Float32Array,
+    bias: Float32Array | null,
+    out: Float32Array,
+  ): Promise<void>;
+  /**
+   * Optional: Mamba's selective scan (model/mamba.ts's SELECTIVE_SCAN_OP) — u and delta [B, L, Di],
+   * A_log [Di, N], x_dbl [B, L, R + 2N], D [Di], xz [B, L, 2·Di] — into out [B, L, Di]. Without it
+   * the executor computes it in JavaScript.
+   */
+  selectiveScan?(
+    u: Float32Array,
+    delta: Float32Array,
+    aLog: Float32Array,
+    xDbl: Float32Array,
+    d: Float32Array,
+    xz: Float32Array,
+    B: number,
+    L: number,
+    Di: number,
+    N: number,
+    R: number,
+    out: Float32Array,
+  ): Promise<void>;
   unary(
     x: Float32Array,
     N: number,

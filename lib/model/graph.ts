@@ -14,6 +14,7 @@ import { resolveCastLike } from "./cast-like.js";
 import { inlineFunctions } from "./functions.js";
 import { decode16 } from "./half.js";
 import { liftSpatialAttrs, SPATIAL_OPS, spatialOf } from "./spatial.js";
+import { MAMBA_CONV_OP, SELECTIVE_SCAN_OP } from "./mamba.js";
 import { fuseQuantizePairs, lowerIntegerOps } from "./quant.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
 import type { FusedAttention } from "./attention.js";
@@ -153,6 +154,9 @@ export const SUPPORTED: Record<string, readonly string[]> = {
   Where: [],
   ScatterND: ["reduction"],
   Split: ["axis", "split", "num_outputs"],
+  // Mamba's causal convolution and selective scan (mamba.ts): what bhsd builds for U-Mamba
+  [MAMBA_CONV_OP]: [],
+  [SELECTIVE_SCAN_OP]: [],
   MatMul: [],
   Gemm: ["alpha", "beta", "transA", "transB"],
   Einsum: ["equation"],

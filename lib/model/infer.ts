@@ -13,6 +13,7 @@
  * inference then says nothing about it rather than guess, and the run checks it as before.
  */
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
+import { MAMBA_CONV_OP, mambaConvShape, SELECTIVE_SCAN_OP, selectiveScanShape } from "./mamba.js";
 import { broadcastShapes, normAxis, size, slicePlan } from "./nd.js";
 import type { Value } from "./ops.js";
 import { checkSpatialRank, dropShape, liftShape, SPATIAL_OPS, spatialOf } from "./spatial.js";
@@ -164,6 +165,17 @@ export const convOutputShape = (x: number[], w: number[], at: Record<string, Att
   convOut({ shape: x, int: false }, { shape: w, int: false }, at);
 
 const RULES: Record<string, Rule> = {
+  [MAMBA_CONV_OP]: ([xz, w, b]) => {
+    if (!xz || !w) return [undefined];
+    const s = mambaConvShape(xz.shape, w.shape, b?.shape);
+    return [float([s.B, s.L, s.Di])];
+  },
+  [SELECTIVE_SCAN_OP]: (a) => {
+    if (a.length !== 6 || a.some((v) => !v)) return [undefined];
+    const [u, delta, aLog, xDbl, d, xz] = a as Known[];
+    const s = selectiveScanShape(u!.shape, delta!.shape, aLog!.shape, xDbl!.shape, d!.shape, xz!.shape);
+    return [float([s.B, s.L, s.Di])];
+  },
   Conv: ([x, w, b], at) => {
     if (!x || !w) return [undefined];
     rank5(x, "input");

@@ -10,6 +10,7 @@ import { allocArray } from "../volume.js";
 import { ATTENTION_OP } from "./attention.js";
 import { CAST_16, CAST_FLOAT, CHANNEL_NORM_OP, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
 import { roundTo16 } from "./half.js";
+import { MAMBA_CONV_OP, runMambaConv, runSelectiveScan, SELECTIVE_SCAN_OP } from "./mamba.js";
 import { convOutputShape, reshapeShape, squeezeShape } from "./infer.js";
 import * as nd from "./nd.js";
 import { ONNX_DTYPE } from "./onnx-proto.js";
@@ -435,6 +436,12 @@ export async function runNode(
       return runAttention(n, a, alloc);
     case CHANNEL_NORM_OP:
       return [await channelNorm(n, a, budget, alloc)];
+    case MAMBA_CONV_OP:
+      return [{ f: await runMambaConv(F(a[0], "xz"), F(a[1], "weight"), a[2] ? F(a[2], "bias") : undefined, alloc) }];
+    case SELECTIVE_SCAN_OP: {
+      const [u, delta, aLog, xDbl, d, xz] = ["u", "delta", "A_log", "x_dbl", "D", "xz"].map((w, i) => F(a[i], w));
+      return [{ f: await runSelectiveScan(u!, delta!, aLog!, xDbl!, d!, xz!, alloc) }];
+    }
     case "MatMul": {
       // (a third input: the bias of a MatMul → Add that fuseMatMulBias joined)
       const bias = a[2] ? F(a[2], "bias") : undefined;

@@ -10,6 +10,7 @@
 #include "bhsd/attention.hpp"
 #include "bhsd/conv.hpp"
 #include "bhsd/gemm.hpp"
+#include "bhsd/ssm.hpp"
 #include "bhsd/tensor_ops.hpp"
 #include "napi_util.hpp"
 
@@ -345,6 +346,53 @@ Napi::Value ChannelNorm(const Napi::CallbackInfo& info) {
       3.0 * double(n) * sizeof(float));
 }
 
+// Overlap of two float ranges (out must overlap nothing a kernel reads: they read across tokens).
+static bool disjoint(const float* a, std::size_t na, const float* b, std::size_t nb) {
+  return a + na <= b || b + nb <= a;
+}
+
+// mambaConv(xz, B, L, Di, K, weight, bias | null, out): ssm.hpp's mamba_conv
+Napi::Value MambaConv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t B = int_of(info[1], "B", 1, BIG), L = int_of(info[2], "L", 1, BIG),
+                     Di = int_of(info[3], "Di", 1, 1 << 16), K = int_of(info[4], "K", 1, 16);
+  const std::size_t nx = elems(env, {B, L, 2, Di}), n = elems(env, {B, L, Di});
+  const float* xz = floats_of(info[0], nx, "xz");
+  const float* w = floats_of(info[5], std::size_t(Di * K), "weight");
+  const float* b = floats_of(info[6], std::size_t(Di), "bias", true);
+  float* y = out_of(info[7], n, "out");
+  require(
+      disjoint(xz, nx, y, n) && disjoint(w, std::size_t(Di * K), y, n) && (!b || disjoint(b, std::size_t(Di), y, n)),
+      env, "out overlaps an input");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::mamba_conv(xz, w, b, y, B, L, Di, K, *pool); }, nullptr, {info[0], info[5], info[6], info[7]},
+      double(nx + n) * sizeof(float));
+}
+
+// selectiveScan(u, delta, aLog, xDbl, d, xz, B, L, Di, N, R, out): ssm.hpp's selective_scan
+Napi::Value SelectiveScan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t B = int_of(info[6], "B", 1, BIG), L = int_of(info[7], "L", 1, BIG),
+                     Di = int_of(info[8], "Di", 1, 1 << 16), N = int_of(info[9], "N", 1, 256),
+                     R = int_of(info[10], "R", 0, 1 << 16);
+  const std::size_t n = elems(env, {B, L, Di}), nx = elems(env, {B, L, R + 2 * N}), nz = elems(env, {B, L, 2, Di});
+  const float* u = floats_of(info[0], n, "u");
+  const float* delta = floats_of(info[1], n, "delta");
+  const float* a = floats_of(info[2], std::size_t(Di * N), "A_log");
+  const float* x = floats_of(info[3], nx, "x_dbl");
+  const float* d = floats_of(info[4], std::size_t(Di), "D");
+  const float* z = floats_of(info[5], nz, "xz");
+  float* y = out_of(info[11], n, "out");
+  require(disjoint(u, n, y, n) && disjoint(delta, n, y, n) && disjoint(a, std::size_t(Di * N), y, n) &&
+              disjoint(x, nx, y, n) && disjoint(d, std::size_t(Di), y, n) && disjoint(z, nz, y, n),
+          env, "out overlaps an input");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::selective_scan(u, delta, a, x, d, z, y, B, L, Di, N, R, *pool); }, nullptr,
+      {info[0], info[1], info[2], info[3], info[4], info[5], info[11]}, double(3 * n + nx + nz) * sizeof(float));
+}
+
 // binary(a, b, shape[6], stridesA[6], stridesB[6], mul, out)
 Napi::Value Binary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -674,6 +722,8 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("instanceNormBackward", Napi::Function::New<guarded<InstanceNormBackward>>(env, "instanceNormBackward"));
   exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));
   exports.Set("channelNorm", Napi::Function::New<guarded<ChannelNorm>>(env, "channelNorm"));
+  exports.Set("mambaConv", Napi::Function::New<guarded<MambaConv>>(env, "mambaConv"));
+  exports.Set("selectiveScan", Napi::Function::New<guarded<SelectiveScan>>(env, "selectiveScan"));
   exports.Set("binary", Napi::Function::New<guarded<Binary>>(env, "binary"));
   exports.Set("pool3d", Napi::Function::New<guarded<Pool3d>>(env, "pool3d"));
   exports.Set("resize3d", Napi::Function::New<guarded<Resize3d>>(env, "resize3d"));

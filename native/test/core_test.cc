@@ -22,6 +22,7 @@
 #include "bhsd/host_device.hpp"
 #include "bhsd/tensor_ops.hpp"
 #include "bhsd/metrics.hpp"
+#include "bhsd/ssm.hpp"
 #include "bhsd/thread_pool.hpp"
 #include "bhsd/voxel_ops.hpp"
 
@@ -2612,6 +2613,71 @@ static void test_gemm(bhsd::ThreadPool& pool) {
   CHECK(bad == 0);
 }
 
+// selective_scan() and mamba_conv() against a double reference written from their definitions
+// (mamba_ssm's selective_scan_ref and Mamba's conv1d path): channels on and off whole vectors,
+// states of 16 and 5, deltas past softplus's threshold of 20 and far below 0; one guard value after
+// out unchanged.
+static void test_ssm(bhsd::ThreadPool& pool) {
+  struct Case {
+    std::int64_t B, L, Di, N, R, K;
+  };
+  double worst = 0, worst_conv = 0;
+  for (const Case cs : {Case{2, 50, 37, 16, 3, 4}, Case{1, 200, 64, 16, 4, 4}, Case{1, 33, 5, 5, 1, 3}}) {
+    const auto [B, L, Di, N, R, K] = cs;
+    std::uint64_t seed = 0x9E3779B97F4A7C15ull ^ std::uint64_t(Di * 131 + L);
+    auto rnd = [&seed](double lo, double hi) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      return lo + (hi - lo) * double(seed >> 11) / double(1ull << 53);
+    };
+    std::vector<float> u(B * L * Di), delta(B * L * Di), a_log(Di * N), xdbl(B * L * (R + 2 * N)), d(Di),
+        xz(B * L * 2 * Di), w(Di * K), bias(Di);
+    for (auto& v : u) v = float(rnd(-2, 2));
+    for (std::size_t i = 0; i < delta.size(); ++i)
+      delta[i] = float(i % 97 == 0 ? rnd(20, 30) : i % 89 == 0 ? rnd(-60, -20) : rnd(-4, 3));
+    for (auto& v : a_log) v = float(rnd(-1, 3));
+    for (auto& v : xdbl) v = float(rnd(-1.5, 1.5));
+    for (auto& v : d) v = float(rnd(0, 2));
+    for (auto& v : xz) v = float(rnd(-6, 6));
+    for (auto& v : w) v = float(rnd(-1, 1));
+    for (auto& v : bias) v = float(rnd(-0.5, 0.5));
+    std::vector<float> out(B * L * Di + 1, 7.0f), conv(B * L * Di + 1, 7.0f);
+    bhsd::selective_scan(u.data(), delta.data(), a_log.data(), xdbl.data(), d.data(), xz.data(), out.data(), B, L, Di,
+                         N, R, pool);
+    bhsd::mamba_conv(xz.data(), w.data(), bias.data(), conv.data(), B, L, Di, K, pool);
+    CHECK(out.back() == 7.0f && conv.back() == 7.0f);
+    auto silu = [](double v) { return v / (1 + std::exp(-v)); };
+    double scale = 0, err = 0, cscale = 0, cerr = 0;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t c = 0; c < Di; ++c) {
+        std::vector<double> h(N, 0.0);
+        for (std::int64_t l = 0; l < L; ++l) {
+          const std::int64_t t = b * L + l;
+          const double dv = delta[t * Di + c], dt = dv > 20 ? dv : std::log1p(std::exp(dv)), uv = u[t * Di + c];
+          double y = 0;
+          for (std::int64_t k = 0; k < N; ++k) {
+            const double A = -double(float(std::exp(double(a_log[c * N + k]))));
+            h[k] = std::exp(dt * A) * h[k] + dt * uv * xdbl[t * (R + 2 * N) + R + k];
+            y += h[k] * xdbl[t * (R + 2 * N) + R + N + k];
+          }
+          const double want = (y + uv * d[c]) * silu(xz[t * 2 * Di + Di + c]);
+          scale = std::max(scale, std::fabs(want));
+          err = std::max(err, std::fabs(want - out[t * Di + c]));
+          double s = bias[c];
+          for (std::int64_t k = 0; k < K; ++k)
+            if (l - (K - 1) + k >= 0) s += double(w[c * K + k]) * xz[(t - (K - 1) + k) * 2 * Di + c];
+          cscale = std::max(cscale, std::fabs(silu(s)));
+          cerr = std::max(cerr, std::fabs(silu(s) - conv[t * Di + c]));
+        }
+      }
+    worst = std::max(worst, err / scale);
+    worst_conv = std::max(worst_conv, cerr / cscale);
+  }
+  std::printf("selective scan (%s): worst error %.3g of scale; causal conv: %.3g\n", bhsd::ssm_detail::kernel_name(),
+              worst, worst_conv);
+  CHECK(worst < 2e-6);
+  CHECK(worst_conv < 1e-6);
+}
+
 // attention() against a double reference of the unfused steps (q·kᵀ, scale, the additive terms,
 // softmax, · v): shapes with n and hd on and off whole vectors, heads split into row blocks (one
 // item), the scale on q or on the products, two additive terms (one shared by every query row);
@@ -2944,6 +3010,7 @@ int main() {
     test_softmax_vector(pool);
     test_gemm(pool);
     test_attention(pool);
+    test_ssm(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
     test_pool_after_sleep(pool, true);   // (no worker left to steer)
