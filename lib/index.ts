@@ -90,7 +90,16 @@ export { type ModelConfig, type Normalization, defaultConfig, fromNnunet } from 
 export { encodeModel } from "./model/onnx-proto.js";
 export { segment, windowStarts, gaussianMap, type SegmentOptions, type SegmentReport, type SegmentProgress } from "./model/segment.js";
 export { resampleVolume } from "./model/resample.js";
-export { loadNnunet, NnunetModel, CheckpointError, type LoadNnunetOptions, type Fold, type Architecture } from "./model/nnunet/index.js";
+export {
+  loadNnunet,
+  NnunetModel,
+  CheckpointError,
+  type LoadNnunetOptions,
+  type Fold,
+  type Architecture,
+  type NnunetArchitecture,
+  type UMambaArchitecture,
+} from "./model/nnunet/index.js";
 export {
   loadMonai,
   monaiInfo,

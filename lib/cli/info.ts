@@ -124,7 +124,17 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
               }
             : a.networkClass === "STUNet"
               ? { class: a.networkClass, dims: a.dims, features: a.features, depth: a.depth, strides: a.strides }
-              : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
+              : a.networkClass === "UMamba"
+                ? {
+                    class: `UMamba${a.variant}`,
+                    dims: a.dims,
+                    features: a.features,
+                    strides: a.strides,
+                    mamba: a.mamba.map(
+                      (m) => m && { dModel: m.model, dInner: m.inner, dState: m.state, tokens: m.channelTokens ? "channels" : "voxels" },
+                    ),
+                  }
+                : { class: a.networkClass, dims: a.dims, stages: a.nStages, features: a.features, norm: a.norm, nonlin: a.nonlin },
       config: nn.config,
     };
     if (json) return void process.stdout.write(toJson(out) + "\n");
@@ -137,7 +147,9 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
             ? `  MedNeXt (${a.dims}-D, nnunet_mednext's MedNextV1): ${a.filters} channels, blocks ${a.blocks.join("-")}, kernels ${a.kernels.encoder} (encoder) and ${a.kernels.decoder}${a.grn ? ", global response norm" : ""}`
             : a.networkClass === "STUNet"
               ? `  STU-Net (3-D): 6 stages of ${a.features.join("-")} features, ${a.depth.join("-")} residual blocks, poolings ${a.strides.map((s) => s.join("×")).join(", ")}`
-              : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
+              : a.networkClass === "UMamba"
+                ? `  UMamba${a.variant} (${a.dims}-D, U-Mamba): ${a.features.length} stages of ${a.features.join("-")} features, Mamba after stage${a.mamba.filter(Boolean).length > 1 ? "s" : ""} ${a.mamba.flatMap((m, s) => (m ? [`${s}${m.channelTokens ? " (channels as tokens)" : ""}`] : [])).join(", ")}`
+                : `  ${a.networkClass} (${a.dims}-D), ${a.nStages} stages of ${a.features.join("-")} features, ${a.norm.runningStats ? "batch-norm statistics" : "instance norm"}`,
         ...(nn.previousStage ? [`  a cascade's second stage: its first is ${nn.previousStage.name}`] : []),
         `  config: ${JSON.stringify(nn.config)}`,
       ].join("\n") + "\n",

@@ -158,6 +158,8 @@ export interface ConvOptions {
   outputPadding?: number[];
   /** Channel groups (MedNeXt's depthwise convolutions: as many as channels). */
   groups?: number;
+  /** Another module path the state_dict names the same parameters under (DNA's `all_modules.0`). */
+  alias?: string;
 }
 
 /** Nodes, parameters and constants of a network under construction. */
@@ -231,9 +233,10 @@ export class GraphBuilder {
     const ones = Array<number>(this.dims).fill(1);
     const g = o.groups ?? 1;
     if (o.cin % g || o.cout % g) throw new Error(`internal: ${path}: ${o.cin} → ${o.cout} channels in ${g} groups`);
-    const w = this.param([`${path}.weight`], o.transposed ? [o.cin, o.cout / g, ...k] : [o.cout, o.cin / g, ...k]);
+    const names = (p: string) => (o.alias ? [`${path}.${p}`, `${o.alias}.${p}`] : [`${path}.${p}`]);
+    const w = this.param(names("weight"), o.transposed ? [o.cin, o.cout / g, ...k] : [o.cout, o.cin / g, ...k]);
     const inputs = [x, w];
-    if (o.bias) inputs.push(this.param([`${path}.bias`], [o.cout]));
+    if (o.bias) inputs.push(this.param(names("bias"), [o.cout]));
     const attrs: Record<string, AttrValue> = {
       kernel_shape: k,
       strides: o.stride,
@@ -244,12 +247,12 @@ export class GraphBuilder {
     if (o.transposed && o.outputPadding?.some((p) => p !== 0)) attrs.output_padding = o.outputPadding;
     return this.node(o.transposed ? "ConvTranspose" : "Conv", inputs, path, attrs);
   }
-  /** A norm module at `path` over `c` channels. */
-  norm(spec: NormSpec, path: string, x: string, c: number): string {
+  /** A norm module at `path` over `c` channels (`alias`: another path naming its parameters). */
+  norm(spec: NormSpec, path: string, x: string, c: number, alias?: string): string {
     let scale: string, bias: string;
     if (spec.affine) {
-      scale = this.param([`${path}.weight`], [c]);
-      bias = this.param([`${path}.bias`], [c]);
+      scale = this.param(alias ? [`${path}.weight`, `${alias}.weight`] : [`${path}.weight`], [c]);
+      bias = this.param(alias ? [`${path}.bias`, `${alias}.bias`] : [`${path}.bias`], [c]);
     } else {
       scale = this.constant(`${path}.ones`, [c], new Float32Array(c).fill(1));
       bias = this.constant(`${path}.zeros`, [c], new Float32Array(c));

@@ -32,6 +32,7 @@ import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGra
 import { buildMedNeXtV1, mednextV1Architecture, type MedNeXtV1Architecture } from "./mednext.js";
 import { buildSTUNet, isSTUNet, stunetArchitecture, stunetStrides, type STUNetArchitecture } from "./stunet.js";
 import { buildPrimus, isDeeperPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
+import { buildUMamba, isUMamba, umambaArchitecture, type UMambaArchitecture } from "./umamba.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
 import type { CleanupOptions } from "../../ops/components.js";
@@ -41,6 +42,7 @@ export type { Architecture } from "./network.js";
 export type { PrimusArchitecture } from "./primus.js";
 export type { MedNeXtV1Architecture } from "./mednext.js";
 export type { STUNetArchitecture } from "./stunet.js";
+export type { UMambaArchitecture } from "./umamba.js";
 
 export type Fold = number | "all";
 
@@ -85,7 +87,14 @@ export interface LoadNnunetOptions {
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
 /** The network a folder's trainer builds: from the plans (Generic_UNet, PlainConvUNet, ResEnc), or its own. */
-export type NnunetArchitecture = Architecture | PrimusArchitecture | MedNeXtV1Architecture | STUNetArchitecture;
+export type NnunetArchitecture = Architecture | PrimusArchitecture | MedNeXtV1Architecture | STUNetArchitecture | UMambaArchitecture;
+
+/** The one input size a network runs, where it has one: Primus's patch; U-Mamba's where a Mamba takes channels as tokens. */
+function fixedInput(a: NnunetArchitecture): number[] | null {
+  if (a.networkClass === "Primus") return a.inputSize;
+  if (a.networkClass === "UMamba" && a.mamba.some((m) => m?.channelTokens)) return a.patch;
+  return null;
+}
 
 /** nnU-Net model folder loaded for inference: segment() takes it where it takes a Model. */
 export class NnunetModel {
@@ -150,11 +159,13 @@ export class NnunetModel {
     if (s[1] !== this.architecture.inputChannels)
       throw new RangeError(`Expected ${this.architecture.inputChannels} input channel(s) for input but received shape [${s.join(", ")}]`);
     const a = this.architecture;
-    if (a.networkClass === "Primus") {
-      // (its position embeddings and rotary tables are one per token of the plans' patch)
-      if (s[0] !== 1 || a.inputSize.some((d, k) => s[2 + k] !== d))
+    const fixed = fixedInput(a);
+    if (fixed) {
+      // (Primus: its position embeddings and rotary tables are one per token of the plans' patch;
+      // U-Mamba: a Mamba with channels as tokens takes the patch's voxels as each token's values)
+      if (s[0] !== 1 || fixed.some((d, k) => s[2 + k] !== d))
         throw new RangeError(
-          `Expected shape [1, ${a.inputChannels}, ${a.inputSize.join(", ")}] (Primus runs the plans' patch, one at a time) for input but received shape [${s.join(", ")}]`,
+          `Expected shape [1, ${a.inputChannels}, ${fixed.join(", ")}] (${a.networkClass} runs the plans' patch, one at a time) for input but received shape [${s.join(", ")}]`,
         );
       return;
     }
@@ -364,16 +375,17 @@ async function foldModel(
   plansFile: string,
 ): Promise<Model> {
   const c = arch.inputChannels;
-  const ownNetwork = arch.networkClass === "Primus" || arch.networkClass === "MedNeXt" || arch.networkClass === "STUNet";
+  const ownNetwork = ["Primus", "MedNeXt", "STUNet", "UMamba"].includes(arch.networkClass);
+  const fixed = fixedInput(arch);
   return modelFromStateDict(ck, weights, graph, {
     cls: arch.networkClass,
     where,
-    // (Primus, MedNeXt and STU-Net are read from the checkpoint's own shapes)
+    // (Primus, MedNeXt, STU-Net and U-Mamba are read from the checkpoint's own shapes)
     describedBy: ownNetwork ? "the checkpoint's shapes" : plansFile,
     owner: ownNetwork ? "the checkpoint's" : "the plans'",
     dictName: plansFile === "plans.json" ? "network_weights" : "state_dict",
-    // (Primus: the plans' patch, one window at a time)
-    inputShape: arch.networkClass === "Primus" ? [1, c, ...arch.inputSize] : arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
+    // (Primus, U-Mamba with channels as tokens: the plans' patch, one window at a time)
+    inputShape: fixed ? [1, c, ...fixed] : arch.dims === 2 ? ["N", c, "H", "W"] : ["N", c, "D", "H", "W"],
     producer: "bhsd-nnunet",
     opset: 17,
     config: { patchSize: [1, 1, 1], ...(precision ? { precision } : {}) },
@@ -527,7 +539,36 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
               );
             return patch as number[];
           };
-          if (isSTUNet(weights)) {
+          if (isUMamba(weights)) {
+            // U-Mamba's trainers build their own network (nets/UMamba{Bot,Enc}_{2d,3d}.py) from the
+            // plans' patch and strides; widths, kernels and depths are the weights'
+            if (cascade)
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: a cascade stage trained as U-Mamba; bhsd builds U-Mamba for single-stage configurations`,
+              );
+            const patch = conf.patch_size;
+            if (
+              !Array.isArray(patch) ||
+              (patch.length !== 2 && patch.length !== 3) ||
+              !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096)
+            )
+              throw new Error(
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not two or three sizes from 1 to 4096`,
+              );
+            const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
+            const what = ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes";
+            const ua = umambaArchitecture(
+              weights,
+              ak?.strides ?? conf.pool_op_kernel_sizes,
+              what,
+              inputChannels,
+              numClasses,
+              patch as number[],
+              where,
+            );
+            arch = ua;
+            graph = buildUMamba(ua, where);
+          } else if (isSTUNet(weights)) {
             // STU-Net's trainers build their own network from the plans' poolings (nnUNet-2.2's
             // configuration_manager.pool_op_kernel_sizes[1:]); the plans' architecture is not used
             const patch = ownNetworkPatch("STU-Net", conf.patch_size);
