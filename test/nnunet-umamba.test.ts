@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { activeBackend } from "../lib/backends/index.js";
 import { loadNnunet, readNpy, segment, setBackend, volumeFromArray, type UMambaArchitecture } from "../lib/index.js";
-import { runSelectiveScan } from "../lib/model/mamba.js";
+import { runMambaConv, runSelectiveScan } from "../lib/model/mamba.js";
 import { checkedFolder } from "./paths.js";
 import { backendsUnderTest, bhsdSync, ROOT } from "./helpers.js";
 import { labelsMatch, logitsWithin } from "./ort.js";
@@ -178,6 +178,13 @@ test("Mamba's ops check their operands before any work, on every backend", async
     await t.throwsAsync(runSelectiveScan(f([1, 4, 8]), f([1, 4, 8]), f([8, 300]), f([1, 4, 700]), f([8]), f([1, 4, 16]), alloc), {
       message: /A_log has a state of 300; 1 to 256 run/,
     });
+    // an empty token axis beside an absurd batch: nothing to compute, at once
+    const huge = Number.MAX_SAFE_INTEGER;
+    const t0 = performance.now();
+    const empty = await runSelectiveScan(f([huge, 0, 8]), f([huge, 0, 8]), f([8, 4]), f([huge, 0, 9]), f([8]), f([huge, 0, 16]), alloc);
+    t.deepEqual(empty.shape, [huge, 0, 8]);
+    t.deepEqual((await runMambaConv(f([huge, 0, 16]), f([8, 1, 4]), undefined, alloc)).shape, [huge, 0, 8]);
+    t.true(performance.now() - t0 < 1000);
     // the native kernels refuse arrays shorter than the shape they are told, whatever the caller passes
     const be = activeBackend();
     if (be.selectiveScan) {

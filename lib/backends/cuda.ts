@@ -451,6 +451,17 @@ export class CudaBackend implements Backend {
   get gunzip(): Backend["gunzip"] {
     return this.cpu.gunzip?.bind(this.cpu);
   }
+  get transposeLast2(): Backend["transposeLast2"] {
+    return this.cpu.transposeLast2?.bind(this.cpu);
+  }
+  // Mamba's ops run on the host (the executor syncs their operands there, as for any op it runs in
+  // JavaScript): the CPU backend's kernels where it has them, not the executor's float64 loops
+  get mambaConv(): Backend["mambaConv"] {
+    return this.cpu.mambaConv?.bind(this.cpu);
+  }
+  get selectiveScan(): Backend["selectiveScan"] {
+    return this.cpu.selectiveScan?.bind(this.cpu);
+  }
 }
 
 /** Loads the CUDA addon and returns a backend, or throws an Error saying why there is none. */

@@ -21,8 +21,11 @@ import type { Tensor } from "../types.js";
 export const MAMBA_CONV_OP = "bhsd.MambaConv";
 export const SELECTIVE_SCAN_OP = "bhsd.SelectiveScan";
 
-/** Bounds a graph may ask for (mamba_ssm's kernels: d_state ≤ 256, d_conv ≤ 4; room beyond). */
-export const MAMBA_LIMITS = { state: 256, kernel: 16, channels: 1 << 16 } as const;
+/**
+ * Bounds a graph may ask for (mamba_ssm's kernels: d_state ≤ 256, d_conv ≤ 4; room beyond), and
+ * on d_inner · d_state, the state the scan holds (U-Mamba's widest: 640 · 16).
+ */
+export const MAMBA_LIMITS = { state: 256, kernel: 16, channels: 1 << 16, stateValues: 1 << 22 } as const;
 
 /** The shapes MAMBA_CONV_OP reads and makes: [B, L, Di] and K, or an error naming the operand. */
 export function mambaConvShape(
@@ -59,8 +62,12 @@ export function selectiveScanShape(
   if (aLog.length !== 2 || aLog[0] !== Di) throw new RangeError(`A_log must be [${Di}, state], got [${aLog.join(", ")}]`);
   const N = aLog[1]!;
   if (!(N >= 1 && N <= MAMBA_LIMITS.state)) throw new RangeError(`A_log has a state of ${N}; 1 to ${MAMBA_LIMITS.state} run`);
-  if (xDbl.length !== 3 || xDbl[0] !== B || xDbl[1] !== L || !(xDbl[2]! >= 2 * N))
-    throw new RangeError(`x_dbl must be [${B}, ${L}, rank + ${2 * N}] (dt's rank, then B and C), got [${xDbl.join(", ")}]`);
+  if (Di * N > MAMBA_LIMITS.stateValues)
+    throw new RangeError(`A_log [${Di}, ${N}] holds ${Di * N} states; up to ${MAMBA_LIMITS.stateValues} run`);
+  if (xDbl.length !== 3 || xDbl[0] !== B || xDbl[1] !== L || !(xDbl[2]! >= 2 * N) || xDbl[2]! - 2 * N > MAMBA_LIMITS.channels)
+    throw new RangeError(
+      `x_dbl must be [${B}, ${L}, rank + ${2 * N}] (dt's rank, up to ${MAMBA_LIMITS.channels}, then B and C), got [${xDbl.join(", ")}]`,
+    );
   if (!is(d, [Di])) throw new RangeError(`D must be [${Di}], got [${d.join(", ")}]`);
   if (!is(xz, [B, L, 2 * Di])) throw new RangeError(`xz must be [${B}, ${L}, ${2 * Di}] (x, then z), got [${xz.join(", ")}]`);
   return { B, L, Di, N, R: xDbl[2]! - 2 * N };
@@ -74,8 +81,10 @@ const softplus = (v: number) => (v > 20 ? v : Math.log1p(Math.exp(v)));
 export async function runMambaConv(xz: Tensor, w: Tensor, bias: Tensor | undefined, alloc: (shape: number[]) => Tensor): Promise<Tensor> {
   const { B, L, Di, K } = mambaConvShape(xz.shape, w.shape, bias?.shape);
   const out = alloc([B, L, Di]);
+  // (no token: nothing to compute, however long an empty axis claims to be)
+  if (B * L === 0) return out;
   const be = activeBackend();
-  if (be.mambaConv && B * L > 0) {
+  if (be.mambaConv) {
     await be.mambaConv(xz.data, B, L, Di, K, w.data, bias?.data ?? null, out.data);
     return out;
   }
@@ -109,8 +118,9 @@ export async function runSelectiveScan(
 ): Promise<Tensor> {
   const { B, L, Di, N, R } = selectiveScanShape(u.shape, delta.shape, aLog.shape, xDbl.shape, d.shape, xz.shape);
   const out = alloc([B, L, Di]);
+  if (B * L === 0) return out;
   const be = activeBackend();
-  if (be.selectiveScan && B * L > 0) {
+  if (be.selectiveScan) {
     await be.selectiveScan(u.data, delta.data, aLog.data, xDbl.data, d.data, xz.data, B, L, Di, N, R, out.data);
     return out;
   }

@@ -176,11 +176,13 @@ export function umambaArchitecture(
     if (
       !(inner >= 1 && inner <= MAMBA_LIMITS.channels) ||
       !(state >= 1 && state <= MAMBA_LIMITS.state) ||
-      !(kernel >= 1 && kernel <= MAMBA_LIMITS.kernel)
+      !(kernel >= 1 && kernel <= MAMBA_LIMITS.kernel) ||
+      !(rank >= 1 && rank <= MAMBA_LIMITS.channels) ||
+      inner * state > MAMBA_LIMITS.stateValues
     )
       throw err(
         where,
-        `${path}.mamba: d_inner ${inner}, d_state ${state}, d_conv ${kernel}; bhsd runs up to ${MAMBA_LIMITS.channels}, ${MAMBA_LIMITS.state} and ${MAMBA_LIMITS.kernel}`,
+        `${path}.mamba: d_inner ${inner}, d_state ${state}, d_conv ${kernel}, dt_rank ${rank}; bhsd runs up to ${MAMBA_LIMITS.channels}, ${MAMBA_LIMITS.state}, ${MAMBA_LIMITS.kernel} and ${MAMBA_LIMITS.channels} (and ${MAMBA_LIMITS.stateValues} states, d_inner · d_state)`,
       );
     const expect: [string, number[]][] = [
       ["in_proj.weight", [2 * inner, model]],

@@ -250,7 +250,11 @@ inline void selective_scan(const float* u, const float* delta, const float* a_lo
   for (std::int64_t c = 0; c < Di; ++c)
     for (std::int64_t k = 0; k < N; ++k) at[std::size_t(k * Di + c)] = -float(std::exp(double(a_log[c * N + k])));
   const ScanShape s{B, L, Di, N, R};
-  static const std::string which = kernel_name();
+  static const std::string best = kernel_name();
+  // (a block's tokens run in order on one thread: 8-channel blocks where 16-channel ones would leave
+  // threads without two tasks each — U-Mamba's first stage has 64 channels)
+  const std::string which =
+      best == "avx512" && B * ((Di + 15) / 16) < 2 * std::int64_t(pool.size()) ? std::string("avx2") : best;
   const int W = which == "avx512" ? 16 : which == "avx2" ? 8 : 4;
   const std::int64_t blocks = (Di + W - 1) / W;
   const float* ap = at.data();
