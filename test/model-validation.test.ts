@@ -362,6 +362,9 @@ const cases: { op: string; inputs: OrtInput[]; attrs?: Record<string, AttrValue>
     attrs: { axis: 1 },
   },
   { op: "Transpose", inputs: [{ name: "x", tensor: X }], attrs: { perm: [2, 0, 3, 1] } },
+  // the last two axes swapped, large enough for the backend's tiled kernel (U-Mamba's tokens), edges off the 32 × 32 tiles
+  { op: "Transpose", inputs: [{ name: "x", tensor: randomTensor([2, 300, 257], 11) }], attrs: { perm: [0, 2, 1] } },
+  { op: "Transpose", inputs: [{ name: "x", tensor: randomTensor([1, 3, 150, 161], 12) }], attrs: { perm: [0, 1, 3, 2] } },
   {
     op: "Pad",
     inputs: [

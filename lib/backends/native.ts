@@ -471,6 +471,10 @@ export class NativeBackend implements Backend {
     return typeof this.addon.channelNorm === "function" ? this.channelNormCall : undefined;
   }
   private readonly channelNormCall: NonNullable<TensorBackend["channelNorm"]> = (...a) => this.addon.channelNorm!(...a);
+  get transposeLast2(): TensorBackend["transposeLast2"] {
+    return typeof this.addon.transposeLast2 === "function" ? this.transposeLast2Call : undefined;
+  }
+  private readonly transposeLast2Call: NonNullable<TensorBackend["transposeLast2"]> = (...a) => this.addon.transposeLast2!(...a);
   // (an addon built before Mamba's kernels has neither: the executor runs them in JavaScript)
   get mambaConv(): TensorBackend["mambaConv"] {
     return typeof this.addon.mambaConv === "function" ? this.mambaConvCall : undefined;

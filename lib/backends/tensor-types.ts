@@ -174,6 +174,11 @@ export interface TensorBackend {
     out: Float32Array,
   ): Promise<void>;
   /**
+   * Optional: out [outer, cols, rows] = x [outer, rows, cols] with its last two axes swapped. Without
+   * it the executor transposes in JavaScript.
+   */
+  transposeLast2?(x: Float32Array, outer: number, rows: number, cols: number, out: Float32Array): Promise<void>;
+  /**
    * Optional: Mamba's causal depthwise convolution then SiLU (model/mamba.ts's MAMBA_CONV_OP) —
    * xz [B, L, 2·Di] (its first Di channels read), weight [Di, K], bias [Di] or null — into out
    * [B, L, Di]. Without it the executor computes it in JavaScript.

@@ -436,6 +436,23 @@ export async function runNode(
       return runAttention(n, a, alloc);
     case CHANNEL_NORM_OP:
       return [await channelNorm(n, a, budget, alloc)];
+    case "Transpose": {
+      // the last two axes swapped, on a float tensor of some size: the backend's tiled kernel
+      const x = a[0];
+      const p = at.perm as number[] | undefined;
+      const be = activeBackend();
+      if (x && "f" in x && p && be.transposeLast2) {
+        const s = x.f.shape,
+          r = s.length;
+        const swap = r >= 2 && p.length === r && p.every((v, i) => v === (i < r - 2 ? i : i === r - 2 ? r - 1 : r - 2));
+        if (swap && x.f.data.length >= 1 << 16) {
+          const out = alloc([...s.slice(0, r - 2), s[r - 1]!, s[r - 2]!]);
+          await be.transposeLast2(x.f.data, x.f.data.length / (s[r - 2]! * s[r - 1]!), s[r - 2]!, s[r - 1]!, out.data);
+          return [{ f: out }];
+        }
+      }
+      return runNd(n, a, budget, opset);
+    }
     case MAMBA_CONV_OP:
       return [{ f: await runMambaConv(F(a[0], "xz"), F(a[1], "weight"), a[2] ? F(a[2], "bias") : undefined, alloc) }];
     case SELECTIVE_SCAN_OP: {

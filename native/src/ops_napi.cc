@@ -393,6 +393,21 @@ Napi::Value SelectiveScan(const Napi::CallbackInfo& info) {
       {info[0], info[1], info[2], info[3], info[4], info[5], info[11]}, double(3 * n + nx + nz) * sizeof(float));
 }
 
+// transposeLast2(x, outer, rows, cols, out): tensor_ops' transpose_last2
+Napi::Value TransposeLast2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::int64_t outer = int_of(info[1], "outer", 1, BIG), rows = int_of(info[2], "rows", 1, BIG),
+                     cols = int_of(info[3], "cols", 1, BIG);
+  const std::size_t n = elems(env, {outer, rows, cols});
+  const float* x = floats_of(info[0], n, "x");
+  float* y = out_of(info[4], n, "out");
+  require(disjoint(x, n, y, n), env, "x overlaps out");
+  auto pool = pool_of(env);
+  return PromiseWorker::Start(
+      env, [=] { bhsd::transpose_last2(x, y, outer, rows, cols, *pool); }, nullptr, {info[0], info[4]},
+      2.0 * double(n) * sizeof(float));
+}
+
 // binary(a, b, shape[6], stridesA[6], stridesB[6], mul, out)
 Napi::Value Binary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -722,6 +737,7 @@ void RegisterTensorOps(Napi::Env env, Napi::Object exports) {
   exports.Set("instanceNormBackward", Napi::Function::New<guarded<InstanceNormBackward>>(env, "instanceNormBackward"));
   exports.Set("unary", Napi::Function::New<guarded<Unary>>(env, "unary"));
   exports.Set("channelNorm", Napi::Function::New<guarded<ChannelNorm>>(env, "channelNorm"));
+  exports.Set("transposeLast2", Napi::Function::New<guarded<TransposeLast2>>(env, "transposeLast2"));
   exports.Set("mambaConv", Napi::Function::New<guarded<MambaConv>>(env, "mambaConv"));
   exports.Set("selectiveScan", Napi::Function::New<guarded<SelectiveScan>>(env, "selectiveScan"));
   exports.Set("binary", Napi::Function::New<guarded<Binary>>(env, "binary"));

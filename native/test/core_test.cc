@@ -2613,6 +2613,21 @@ static void test_gemm(bhsd::ThreadPool& pool) {
   CHECK(bad == 0);
 }
 
+// transpose_last2() against the definition: shapes on and off the 32 × 32 tiles, a guard after out.
+static void test_transpose_last2(bhsd::ThreadPool& pool) {
+  for (const auto& sh : {std::array<std::int64_t, 3>{1, 1, 1}, {2, 33, 65}, {3, 64, 31}, {1, 257, 300}}) {
+    const auto [o, r, c] = sh;
+    std::vector<float> x(o * r * c), y(o * r * c + 1, 7.0f);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i) * 0.5f - 3.0f;
+    bhsd::transpose_last2(x.data(), y.data(), o, r, c, pool);
+    bool same = y.back() == 7.0f;
+    for (std::int64_t b = 0; b < o; ++b)
+      for (std::int64_t i = 0; i < r; ++i)
+        for (std::int64_t j = 0; j < c; ++j) same = same && y[(b * c + j) * r + i] == x[(b * r + i) * c + j];
+    CHECK(same);
+  }
+}
+
 // selective_scan() and mamba_conv() against a double reference written from their definitions
 // (mamba_ssm's selective_scan_ref and Mamba's conv1d path): channels on and off whole vectors,
 // states of 16 and 5, deltas past softplus's threshold of 20 and far below 0; one guard value after
@@ -3011,6 +3026,7 @@ int main() {
     test_gemm(pool);
     test_attention(pool);
     test_ssm(pool);
+    test_transpose_last2(pool);
     pool.shutdown();
     test_pool_covers_every_index(pool);  // after shutdown loops still run, on the caller
     test_pool_after_sleep(pool, true);   // (no worker left to steer)

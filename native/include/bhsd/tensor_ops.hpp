@@ -474,6 +474,31 @@ inline void batch_norm(const float* x, float* y, std::int64_t N, std::int64_t C,
 // the C values less their mean, over √(mean square + eps), in double and rounded to float, then
 // × gamma[c] + beta[c] (either may be null: 1 and 0). A task is a run of positions of one item
 // (each channel's part of it contiguous).
+// y [outer, cols, rows] = x [outer, rows, cols] with its last two axes swapped (a Transpose of perm
+// [0, …, r − 1, r − 2]: U-Mamba's tokens, a transformer's patch embedding): 32 × 32 tiles, each a
+// few cache lines on both sides, split over the threads by tile rows.
+inline void transpose_last2(const float* x, float* y, std::int64_t outer, std::int64_t rows, std::int64_t cols,
+                            ThreadPool& pool) {
+  constexpr std::int64_t T = 32;
+  const std::int64_t bands = (cols + T - 1) / T;  // (a task: one band of T output rows, all its tiles)
+  pool.parallel_for(
+      std::size_t(outer * bands),
+      [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t t = lo; t < hi; ++t) {
+          const std::int64_t o = std::int64_t(t) / bands, j0 = std::int64_t(t) % bands * T;
+          const std::int64_t j1 = std::min(cols, j0 + T);
+          const float* xo = x + o * rows * cols;
+          float* yo = y + o * rows * cols;
+          for (std::int64_t i0 = 0; i0 < rows; i0 += T) {
+            const std::int64_t i1 = std::min(rows, i0 + T);
+            for (std::int64_t j = j0; j < j1; ++j)
+              for (std::int64_t i = i0; i < i1; ++i) yo[j * rows + i] = xo[i * cols + j];
+          }
+        }
+      },
+      1, 4);
+}
+
 inline void channel_norm(const float* x, float* y, std::int64_t N, std::int64_t C, std::int64_t spatial,
                          const float* gamma, const float* beta, double eps, ThreadPool& pool) {
   constexpr std::int64_t P = 256;  // positions a task
