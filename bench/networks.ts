@@ -33,15 +33,16 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 }
 
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
-type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" | "mednext" } | { primus: true };
+type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" | "mednext" } | { primus: true } | { umamba: "bot" };
 
 // (looked up once, when first needed: bench plan's fresh processes import this module too)
-let pythons: { torch: string | undefined; monai: string | undefined; primus: string | undefined } | undefined;
+let pythons: { torch: string | undefined; monai: string | undefined; primus: string | undefined; umamba: string | undefined } | undefined;
 const pythonsFor = () =>
   (pythons ??= {
     torch: pythonWith("torch", "onnx", "numpy"),
     monai: pythonWith("torch", "numpy", "monai"),
     primus: pythonWith("torch", "numpy", "timm", "einops", "dynamic_network_architectures"),
+    umamba: pythonWith("torch", "numpy"),
   });
 const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.url));
 
@@ -51,7 +52,8 @@ const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.ur
  * python3 has what the network needs.
  */
 function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number, ref: Float32Array | undefined) {
-  const py = "onnx" in net ? pythonsFor().torch : "primus" in net ? pythonsFor().primus : pythonsFor().monai;
+  const py =
+    "onnx" in net ? pythonsFor().torch : "primus" in net ? pythonsFor().primus : "umamba" in net ? pythonsFor().umamba : pythonsFor().monai;
   if (!py) return undefined;
   const dir = mkdtempSync(join(tmpdir(), "bhsd-torch-"));
   try {
@@ -62,7 +64,7 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
     if ("onnx" in net) {
       netArg = join(dir, "net.onnx");
       writeFileSync(netArg, net.onnx);
-    } else netArg = "primus" in net ? "primus" : net.monai;
+    } else netArg = "primus" in net ? "primus" : "umamba" in net ? `umamba-${net.umamba}` : net.monai;
     const args = (extra: string[]) => [TORCH_SCRIPT, netArg, input, ...dims.map(String), String(reps), out, ...extra];
     const run = (extra: string[]) =>
       runPython<{ ms: number }>(
@@ -99,7 +101,8 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
 
 async function compare(
   label: string,
-  bytes: Uint8Array,
+  /** The ONNX model onnxruntime runs; null where there is none (U-Mamba: torch.onnx cannot export its scan). */
+  bytes: Uint8Array | null,
   shape: number[],
   reps: number,
   torchNet?: TorchNet,
@@ -110,11 +113,11 @@ async function compare(
   if (process.env.BENCH_MATCH && !new RegExp(process.env.BENCH_MATCH).test(label)) return [];
   const r = rng(7);
   const x = { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => r() * 2 - 1), shape };
-  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
-  const feed = { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) };
+  const session = bytes && (await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 }));
+  const feed = session ? { [session.inputNames[0]!]: new ort.Tensor("float32", x.data, x.shape) } : {};
   const native = backendInfo().available.native;
   if (native) setBackend("native");
-  const m = native ? await (own ? own() : loadModel(bytes)) : undefined;
+  const m = native ? await (own ? own() : loadModel(bytes!)) : undefined;
   // three rounds, each engine's medians in turn: on this shared machine either one's time drifts by
   // 20–30 % over a minute (onnxruntime's SegResNet at 16×64×64: 22–32 ms), so one block each
   // would compare two different minutes
@@ -123,7 +126,7 @@ async function compare(
   let torch: ReturnType<typeof torchTimes>;
   for (let round = 0; round < 3; round++) {
     await settle(); // (each engine's threads idle before the other's block: onnxruntime's spin on)
-    oMs.push(await timeMedian(() => session.run(feed), reps));
+    if (session) oMs.push(await timeMedian(() => session.run(feed), reps));
     await settle();
     if (m) nMs.push(await timeMedian(() => m.run(x), reps));
     // PyTorch (its own process) once, between the rounds; its output checked against bhsd's
@@ -137,8 +140,8 @@ async function compare(
       );
   }
   await settle();
-  const o = { ms: median(oMs), peakMb: (await measure(() => session.run(feed), 1)).peakMb };
-  await session.release();
+  const o = session ? { ms: median(oMs), peakMb: (await measure(() => session.run(feed), 1)).peakMb } : { ms: NaN, peakMb: NaN };
+  await session?.release();
   let nat = { ms: NaN, peakMb: NaN },
     live = NaN,
     ops = "";
@@ -276,6 +279,37 @@ export async function benchNetworks(): Promise<string[]> {
   } else
     rows.push(
       "| STU-Net-B, 32×128×128 | not run: make bench/models/stunet_b.* first (/usr/bin/python3 bench/models/make_stunet.py <STU-Net checkout>) | | | | | | | | | |",
+    );
+  // U-Mamba (UMambaBot and UMambaEnc as their nnU-Net v2 trainers build them: 42 M parameters): made by
+  // bench/models/make_umamba.py, never committed; bhsd runs its nnU-Net folders (loadNnunet, from the
+  // checkpoint). No onnxruntime column: torch.onnx cannot export mamba_ssm's scan. PyTorch runs the
+  // Bot (mamba_ssm's CPU path, selective_scan_ref); not the Enc, whose reference scan would hold
+  // [64, 524288, 16] floats twice (4 GB) and step through 524288 tokens in Python
+  const umamba = new URL("./models/umamba.json", import.meta.url);
+  if (existsSync(umamba)) {
+    const { folders, size } = JSON.parse(readFileSync(umamba, "utf8")) as { folders: Record<"bot" | "enc", string>; size: number[] };
+    const own = (v: "bot" | "enc") => () => loadNnunet(fileURLToPath(new URL(`./models/${folders[v]}`, import.meta.url)));
+    rows.push(
+      ...(await compare(
+        `U-Mamba Bot (nnUNetTrainerUMambaBot; loadNnunet from the checkpoint), ${size.join("×")}`,
+        null,
+        [1, 1, ...size],
+        3,
+        { umamba: "bot" },
+        own("bot"),
+      )),
+      ...(await compare(
+        `U-Mamba Enc (nnUNetTrainerUMambaEnc; loadNnunet from the checkpoint), ${size.join("×")}`,
+        null,
+        [1, 1, ...size],
+        3,
+        undefined,
+        own("enc"),
+      )),
+    );
+  } else
+    rows.push(
+      "| U-Mamba Bot and Enc, 32×128×128 | not run: make bench/models/umamba* first (/usr/bin/python3 bench/models/make_umamba.py <U-Mamba> <mamba> <dynamic-network-architectures>) | | | | | | | | | |",
     );
   // nnU-Net's Primus-S (nnUNet_Primus_S_Trainer: width 396, 12 EVA blocks, 24 M parameters): made by
   // bench/models/make_primus.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the

@@ -12,7 +12,9 @@ PyTorch calls dynamic-network-architectures' modules make, in the graph's order,
 F.avg_pool3d) — the same network in PyTorch without dynamic-network-architectures installed;
 or `segresnet` / `unetr` / `swinunetr`: MONAI 1.4.0's module itself, built by bench/models/make_*.py's build()
 (seed 17: the exported weights; MONAI on PYTHONPATH), or `primus`: dynamic-network-architectures' Primus-S as
-bench/models/make_primus.py builds it (timm and einops on PYTHONPATH). The input is D×H×W float32 (one channel);
+bench/models/make_primus.py builds it (timm and einops on PYTHONPATH), or `umamba-bot`: U-Mamba's UMambaBot
+with bench/models/make_umamba.py's weights (its sources as that script recorded them; mamba_ssm's
+reference scan, selective_scan_ref, as PyTorch without CUDA runs Mamba). The input is D×H×W float32 (one channel);
 the output of the last run is written to OUT.f32 so that the bench can check it is the network bhsd
 ran (same output). Prints one JSON line: {"ms": median of REPS after one warm-up, "threads",
 "mkldnn", "torch"}. --onednn: every forward convolution through oneDNN (onednn_forced). Written for PyTorch 1.13 (Debian's python3-torch) and onnx 1.x.
@@ -122,6 +124,8 @@ def onednn_forced():
 
 def monai_network(name):
     sys.path.insert(0, os.path.join(here, "models"))
+    if name == "umamba-bot":
+        return __import__("make_umamba").build("bot")
     mod = __import__({"segresnet": "make_segresnet", "unetr": "make_unetr", "swinunetr": "make_swinunetr",
                       "primus": "make_primus", "mednext": "make_mednext"}[name])
     return mod.build()
@@ -132,7 +136,7 @@ def main():
     torch.set_num_threads(2)
     if "--onednn" in sys.argv[8:]:
         onednn_forced()
-    forward = monai_network(net) if net in ("segresnet", "unetr", "swinunetr", "primus", "mednext") else onnx_network(net)
+    forward = monai_network(net) if net in ("segresnet", "unetr", "swinunetr", "primus", "mednext", "umamba-bot") else onnx_network(net)
     x = torch.from_numpy(np.fromfile(inp, dtype=np.float32).reshape(1, 1, int(d), int(h), int(w)))
     ts = []
     with torch.no_grad():
