@@ -42,7 +42,7 @@ const pythonsFor = () =>
     torch: pythonWith("torch", "onnx", "numpy"),
     monai: pythonWith("torch", "numpy", "monai"),
     primus: pythonWith("torch", "numpy", "timm", "einops", "dynamic_network_architectures"),
-    umamba: pythonWith("torch", "numpy"),
+    umamba: pythonWith("torch", "numpy", "einops"),
   });
 const TORCH_SCRIPT = fileURLToPath(new URL("./torch_networks.py", import.meta.url));
 
@@ -309,7 +309,7 @@ export async function benchNetworks(): Promise<string[]> {
     );
   } else
     rows.push(
-      "| U-Mamba Bot and Enc, 32×128×128 | not run: make bench/models/umamba* first (/usr/bin/python3 bench/models/make_umamba.py <U-Mamba> <mamba> <dynamic-network-architectures>) | | | | | | | | | |",
+      "| U-Mamba Bot and Enc, 32×128×128 | not run: make bench/models/umamba* first (PYTHONPATH=<einops> /usr/bin/python3 bench/models/make_umamba.py <U-Mamba> <mamba> <dynamic-network-architectures>) | | | | | | | | | |",
     );
   // nnU-Net's Primus-S (nnUNet_Primus_S_Trainer: width 396, 12 EVA blocks, 24 M parameters): made by
   // bench/models/make_primus.py, never committed; bhsd runs its nnU-Net folder (loadNnunet, from the

@@ -13,8 +13,8 @@ F.avg_pool3d) — the same network in PyTorch without dynamic-network-architectu
 or `segresnet` / `unetr` / `swinunetr`: MONAI 1.4.0's module itself, built by bench/models/make_*.py's build()
 (seed 17: the exported weights; MONAI on PYTHONPATH), or `primus`: dynamic-network-architectures' Primus-S as
 bench/models/make_primus.py builds it (timm and einops on PYTHONPATH), or `umamba-bot`: U-Mamba's UMambaBot
-with bench/models/make_umamba.py's weights (its sources as that script recorded them; mamba_ssm's
-reference scan, selective_scan_ref, as PyTorch without CUDA runs Mamba). The input is D×H×W float32 (one channel);
+with bench/models/make_umamba.py's weights (its sources as that script recorded them, einops on
+PYTHONPATH; mamba_ssm's reference scan, selective_scan_ref, as PyTorch without CUDA runs Mamba). The input is D×H×W float32 (one channel);
 the output of the last run is written to OUT.f32 so that the bench can check it is the network bhsd
 ran (same output). Prints one JSON line: {"ms": median of REPS after one warm-up, "threads",
 "mkldnn", "torch"}. --onednn: every forward convolution through oneDNN (onednn_forced). Written for PyTorch 1.13 (Debian's python3-torch) and onnx 1.x.

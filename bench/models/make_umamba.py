@@ -8,7 +8,7 @@ file and never committed (.gitignore), nnU-Net v2 results folders
 dataset.json, fold_0/checkpoint_final.pth), what `loadNnunet` reads, and umamba.json (the folders,
 the size, the sources) for bench/networks.ts. No ONNX: torch.onnx cannot export mamba_ssm's scan.
 build("bot") gives the Bot network with those weights to bench/torch_networks.py.
-  /usr/bin/python3 bench/models/make_umamba.py UMAMBA_SOURCE MAMBA_SOURCE DNA_SOURCE
+  PYTHONPATH=<einops> /usr/bin/python3 bench/models/make_umamba.py UMAMBA_SOURCE MAMBA_SOURCE DNA_SOURCE
 (the sources as test/fixtures/nnunet-umamba/make.py takes them; the stand-ins of sources.py there)
 """
 import json
