@@ -23,6 +23,7 @@
  */
 import { MAMBA_CONV_OP, MAMBA_LIMITS, SELECTIVE_SCAN_OP } from "../mamba.js";
 import { GraphBuilder, type NormSpec } from "../monai/layers.js";
+import { basicBlockD } from "./blocks.js";
 import { CheckpointError, TensorRef } from "./checkpoint.js";
 import type { NetworkGraph } from "./network.js";
 
@@ -292,17 +293,8 @@ export function buildUMamba(a: UMambaArchitecture, where: string): NetworkGraph 
       const r = b.conv(`${path}.conv3`, x, { cin, cout, kernel: ones, stride, pad: zeros, bias: true });
       return lrelu(b.add(y, r, `${path}.residual`), `${path}.act2`);
     }
-    // BasicBlockD (stride 1, one width): ConvDropoutNormReLU twice (the second without its nonlin), the input added
-    const cdn = (k: 1 | 2, v: string) =>
-      b.norm(
-        inorm,
-        `${path}.conv${k}.norm`,
-        b.conv(`${path}.conv${k}.conv`, v, { cin: cout, cout, kernel, stride: ones, pad, bias, alias: `${path}.conv${k}.all_modules.0` }),
-        cout,
-        `${path}.conv${k}.all_modules.1`,
-      );
-    const y = cdn(2, lrelu(cdn(1, x), `${path}.conv1.nonlin`));
-    return lrelu(b.add(y, x, `${path}.residual`), `${path}.nonlin2`);
+    // BasicBlockD (stride 1, one width: the input added as it is)
+    return basicBlockD(b, { path, cin, cout, kernel, stride: ones, bias }, x, inorm, lrelu);
   };
   const mambaLayer = (m: MambaSpec, x: string): string => {
     const p = `${m.path}.mamba`;
