@@ -142,7 +142,7 @@ async function describeModel(file: string, json: boolean, heads?: number): Promi
       [
         `${file}: nnU-Net v${nn.version} ${nn.configuration}, ${nn.trainerName}, fold${nn.folds.length > 1 ? "s" : ""} ${nn.folds.join(", ")}`,
         a.networkClass === "Primus"
-          ? `  Primus (3-D transformer): width ${a.embedDim}, ${a.depth} blocks of ${a.heads} heads, ${a.registers} register tokens, patch ${a.inputSize.join(" × ")}`
+          ? `  Primus${a.embedding.kind === "deeper" ? a.embedding.variant : ""} (3-D transformer${a.embedding.kind === "deeper" ? `, a patch embedding of ${a.embedding.levels.length} residual levels` : ""}): width ${a.embedDim}, ${a.depth} blocks of ${a.heads} heads, ${a.registers} register tokens, patch ${a.inputSize.join(" × ")}`
           : a.networkClass === "MedNeXt"
             ? `  MedNeXt (${a.dims}-D, nnunet_mednext's MedNextV1): ${a.filters} channels, blocks ${a.blocks.join("-")}, kernels ${a.kernels.encoder} (encoder) and ${a.kernels.decoder}${a.grn ? ", global response norm" : ""}`
             : a.networkClass === "STUNet"

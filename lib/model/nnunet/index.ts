@@ -31,7 +31,7 @@ import { modelFromStateDict } from "../state-dict.js";
 import { architectureFromPlans, buildNetwork, type Architecture, type NetworkGraph } from "./network.js";
 import { buildMedNeXtV1, mednextV1Architecture, type MedNeXtV1Architecture } from "./mednext.js";
 import { buildSTUNet, isSTUNet, stunetArchitecture, stunetStrides, type STUNetArchitecture } from "./stunet.js";
-import { buildPrimus, isDeeperPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
+import { buildPrimus, isPrimus, primusArchitecture, type PrimusArchitecture } from "./primus.js";
 import { buildUMamba, isUMamba, umambaArchitecture, type UMambaArchitecture } from "./umamba.js";
 import { readNnunetPostprocessing, readNnunetV1Postprocessing } from "./postprocessing.js";
 import { fromV1Plans, isNnunetV1Folder, readV1ModelPkl, V1_CASCADE_TRAINER, V1_CHECKPOINT, v1FoldsIn } from "./v1.js";
@@ -523,10 +523,6 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
           const cascade = typeof conf.previous_stage === "string";
           if (cascade && regions)
             throw new Error(`nnU-Net folder ${basename(folder)}: a region-based cascade stage; bhsd's cascades take label maps`);
-          if (isDeeperPrimus(weights))
-            throw new CheckpointError(
-              `${where}: trainer ${trainerName} built a PrimusV2 or V3 (a convolutional patch embedding), which bhsd does not build; Primus (nnUNet_Primus_{S,B,M,L}_Trainer) it does`,
-            );
           /** A trainer's own 3-D network (STU-Net, Primus): one stage, on the plans' 3-D patch. */
           const ownNetworkPatch = (net: string, patch: unknown): number[] => {
             if (cascade)

@@ -4,7 +4,11 @@
  * transformer nnU-Net's `nnUNet_Primus_{S,B,M,L}_Trainer` train, rebuilt from a checkpoint as
  * PyTorch computes it in eval mode:
  *
- * - a patch embedding: one convolution, kernel = stride = the patch (8³);
+ * - a patch embedding: one convolution, kernel = stride = the patch (8³) — or, PrimusV2 and V3
+ *   (`nnUNet_PrimusV{2,3}{S,B,M,L}_Trainer`), residual blocks (BasicBlockD: a stem, then levels
+ *   that each halve the grid, 2^levels the patch), a 1×1 projection to the width and, V3's, each
+ *   level's map projected onto the token grid (kernel = stride = what is left to halve) times a
+ *   learnt scale, added; ReLU in V2's blocks (PatchEmbed_deeper's "basic"), LeakyReLU in V3's;
  * - the tokens in C order over the patch grid, register tokens in front, plus `eva.pos_embed`;
  * - EVA blocks (timm's EvaBlock as dynamic-network-architectures' Eva builds it): LayerNorm →
  *   attention (separate q / k / v projections, no k bias; 3-D rotary position embeddings on q and k
@@ -30,9 +34,12 @@
  * What the checkpoint cannot tell — the number of heads — comes from the trainer's name for
  * nnU-Net's own trainers (checked against the widths and depth it holds), else from the caller.
  * Everything else is read from the state_dict's shapes: widths, depth, MLP width, registers, layer
- * scale, the inner norms. PrimusV2 and V3 (a convolutional patch embedding) are not built here.
+ * scale, the inner norms, the deeper embedding's blocks. V2 or V3 — which nonlin its embedding
+ * runs — comes from the trainer's name where it says (nnUNet_PrimusV2…, nnUNet_PrimusV3…), else from
+ * whether the levels are projected onto the tokens (only V3's are).
  */
-import { GraphBuilder } from "../monai/layers.js";
+import { GraphBuilder, type NormSpec } from "../monai/layers.js";
+import { basicBlockD, type BasicBlockD } from "./blocks.js";
 import { attend, splitQkv } from "../monai/transformers.js";
 import { CheckpointError, TensorRef } from "./checkpoint.js";
 import type { NetworkGraph } from "./network.js";
@@ -46,6 +53,8 @@ export interface PrimusArchitecture {
   inputSize: number[];
   /** The patch embedding's kernel and stride (8³ in every nnU-Net trainer). */
   patchEmbed: number[];
+  /** One convolution (Primus), or PrimusV2 / V3's residual blocks. */
+  embedding: PrimusEmbedding;
   embedDim: number;
   depth: number;
   heads: number;
@@ -65,6 +74,21 @@ export interface PrimusArchitecture {
   decoderStrides: number[][];
 }
 
+export type PrimusEmbedding =
+  | { kind: "conv" }
+  | {
+      kind: "deeper";
+      variant: "V2" | "V3";
+      nonlin: "relu" | "leakyrelu";
+      stem: BasicBlockD[];
+      /** Each level's blocks, the first halving the grid. */
+      levels: BasicBlockD[][];
+      /** final_proj's kernel (1³, or 3³ padded by 1). */
+      finalKernel: number[];
+      /** V3's projections of the stem's and each level's map (but the last) onto the token grid. */
+      tokenSkips: { cin: number; downBy: number }[];
+    };
+
 /** nnU-Net's own Primus trainers (nnunetv2/training/nnUNetTrainer/primus/primus_trainers.py): width, depth, heads. */
 const OFFICIAL: Record<string, [number, number, number]> = {
   S: [396, 12, 6],
@@ -77,15 +101,84 @@ const err = (where: string, msg: string) => new CheckpointError(`${where}: ${msg
 
 /** Whether a state_dict is Primus's (a patch embedding, EVA blocks, a patch decoder). */
 export function isPrimus(weights: Map<unknown, unknown>): boolean {
-  return weights.has("down_projection.proj.weight") && weights.has("eva.blocks.0.norm1.weight");
+  return weights.has("eva.blocks.0.norm1.weight") && (weights.has("down_projection.proj.weight") || isDeeperPrimus(weights));
 }
 
-/** Whether it is PrimusV2 / V3's (a residual-block patch embedding), which bhsd does not build. */
+/** Whether it is PrimusV2 / V3's (a residual-block patch embedding). */
 export function isDeeperPrimus(weights: Map<unknown, unknown>): boolean {
-  return (
-    weights.has("eva.blocks.0.norm1.weight") &&
-    [...weights.keys()].some((k) => typeof k === "string" && k.startsWith("down_projection.stem."))
-  );
+  return weights.has("eva.blocks.0.norm1.weight") && weights.has("down_projection.stem.blocks.0.conv1.conv.weight");
+}
+
+/** PrimusV2 / V3's patch embedding from its weights (see the module comment). */
+function deeperEmbedding(
+  weights: Map<unknown, unknown>,
+  trainerName: string,
+  need: (key: string, rank: number) => number[],
+  where: string,
+): { embedDim: number; cin: number; patchEmbed: number[]; embedding: PrimusEmbedding } {
+  const dp = "down_projection";
+  const block = (path: string, cin: number, stride: number[]): BasicBlockD => {
+    const w = need(`${path}.conv1.conv.weight`, 5);
+    const kernel = w.slice(2);
+    if (kernel.some((k) => k % 2 === 0 || k > 7))
+      throw err(where, `${path}.conv1.conv.weight is [${w.join(", ")}]: the embedding's kernels are odd, up to 7`);
+    if (w[1] !== cin) throw err(where, `${path}.conv1.conv takes ${w[1]} channels; what comes to it has ${cin}`);
+    if (!(w[0]! >= 1 && w[0]! <= 1 << 14)) throw err(where, `${path} makes ${w[0]} channels; 1 to 16384 run`);
+    return { path, cin, cout: w[0]!, kernel, stride, bias: weights.has(`${path}.conv1.conv.bias`) };
+  };
+  const blocks = (prefix: string, cin: number, stride: number[]): BasicBlockD[] => {
+    const out = [block(`${prefix}.blocks.0`, cin, stride)];
+    while (weights.has(`${prefix}.blocks.${out.length}.conv1.conv.weight`)) {
+      if (out.length >= 64) throw err(where, `${prefix} has over 64 blocks`);
+      out.push(block(`${prefix}.blocks.${out.length}`, out[0]!.cout, [1, 1, 1]));
+    }
+    return out;
+  };
+  const cin = need(`${dp}.stem.blocks.0.conv1.conv.weight`, 5)[1]!;
+  const stem = blocks(`${dp}.stem`, cin, [1, 1, 1]);
+  const levels: BasicBlockD[][] = [];
+  let c = stem[0]!.cout;
+  while (weights.has(`${dp}.stages.${levels.length}.blocks.0.conv1.conv.weight`)) {
+    if (levels.length >= 4) throw err(where, `the patch embedding has over 4 levels (a patch over 16³)`);
+    const s = blocks(`${dp}.stages.${levels.length}`, c, [2, 2, 2]);
+    levels.push(s);
+    c = s[0]!.cout;
+  }
+  if (!levels.length) throw err(where, `the patch embedding has no levels (${dp}.stages.0)`);
+  const fw = need(`${dp}.final_proj.weight`, 5);
+  const finalKernel = fw.slice(2);
+  if (fw[1] !== c || !finalKernel.every((k) => k === 1 || k === 3))
+    throw err(
+      where,
+      `${dp}.final_proj.weight is [${fw.join(", ")}]; the last level's ${c} channels through a 1³ or 3³ convolution needs [width, ${c}, 1, 1, 1]`,
+    );
+  const L = levels.length;
+  const tokenSkips: { cin: number; downBy: number }[] = [];
+  while (weights.has(`${dp}.proj_to_tokens.${tokenSkips.length}.weight`)) {
+    const k = tokenSkips.length;
+    if (k >= L) throw err(where, `${dp}.proj_to_tokens has more than the ${L} projections (the stem's and each level's but the last)`);
+    const want = k === 0 ? stem[0]!.cout : levels[k - 1]![0]!.cout,
+      downBy = 2 ** (L - k);
+    const pw = need(`${dp}.proj_to_tokens.${k}.weight`, 5);
+    if (pw[0] !== fw[0] || pw[1] !== want || pw.slice(2).some((v) => v !== downBy))
+      throw err(
+        where,
+        `${dp}.proj_to_tokens.${k}.weight is [${pw.join(", ")}]; the map it projects needs [${fw[0]}, ${want}, ${downBy}, ${downBy}, ${downBy}]`,
+      );
+    tokenSkips.push({ cin: want, downBy });
+  }
+  if (tokenSkips.length && tokenSkips.length !== L)
+    throw err(
+      where,
+      `${dp}.proj_to_tokens holds ${tokenSkips.length} projections; PrimusV3 projects the stem's and each level's but the last (${L})`,
+    );
+  const variant = /PrimusV3/.test(trainerName) ? "V3" : /PrimusV2/.test(trainerName) ? "V2" : tokenSkips.length ? "V3" : "V2";
+  return {
+    embedDim: fw[0]!,
+    cin,
+    patchEmbed: [2 ** L, 2 ** L, 2 ** L],
+    embedding: { kind: "deeper", variant, nonlin: variant === "V3" ? "leakyrelu" : "relu", stem, levels, finalKernel, tokenSkips },
+  };
 }
 
 /**
@@ -111,8 +204,15 @@ export function primusArchitecture(
       throw err(where, `network_weights["${key}"] must be a tensor of rank ${rank} (Primus), got ${s ? `[${s.join(", ")}]` : "none"}`);
     return s;
   };
-  const pw = need("down_projection.proj.weight", 5);
-  const [embedDim, cin, ...patchEmbed] = pw as [number, number, ...number[]];
+  let embedDim: number, cin: number, patchEmbed: number[], embedding: PrimusEmbedding;
+  if (isDeeperPrimus(weights)) {
+    const d = deeperEmbedding(weights, trainerName, need, where);
+    ({ embedDim, cin, patchEmbed, embedding } = d);
+  } else {
+    const pw = need("down_projection.proj.weight", 5);
+    [embedDim, cin, ...patchEmbed] = pw as [number, number, ...number[]];
+    embedding = { kind: "conv" };
+  }
   if (cin !== inputChannels) throw err(where, `the patch embedding takes ${cin} channels; dataset.json names ${inputChannels}`);
   if (patch.length !== 3 || patch.some((p, i) => p % patchEmbed[i]! !== 0))
     throw err(
@@ -124,7 +224,8 @@ export function primusArchitecture(
   while (weights.has(`eva.blocks.${depth}.norm1.weight`) && depth <= 1024) depth++;
   if (depth > 1024) throw err(where, "Primus with over 1024 EVA blocks");
   // the trainer's heads, where nnU-Net's own trainer (or a subclass that keeps its name as prefix) built it
-  const official = /^nnUNet_Primus_([SBML])_Trainer/.exec(trainerName)?.[1];
+  // (nnUNet_Primus_S_Trainer …, nnUNet_PrimusV2S_Trainer …, nnUNet_PrimusV3S_Trainer …: the same widths, depths and heads)
+  const official = /^nnUNet_Primus(?:_|V[23])([SBML])_Trainer/.exec(trainerName)?.[1];
   if (heads === undefined) {
     if (!official)
       throw err(
@@ -180,6 +281,7 @@ export function primusArchitecture(
     numClasses,
     inputSize: [...patch],
     patchEmbed,
+    embedding,
     embedDim,
     depth,
     heads,
@@ -242,6 +344,42 @@ export function rotaryTables(feat: readonly number[], registers: number, hd: num
 }
 
 /** Primus as a graph over the input [1, c, …inputSize], its output the logits [1, classes, …inputSize]. */
+/** PrimusV2 / V3's patch embedding on the input (PatchEmbed_deeper, PatchEmbedDeeperControlled). */
+function deeperGraph(b: GraphBuilder, m: Extract<PrimusEmbedding, { kind: "deeper" }>, C: number): string {
+  const dp = "down_projection";
+  const inorm: NormSpec = { kind: "instance", eps: 1e-5, affine: true, runningStats: false, groups: 1 };
+  const act =
+    m.nonlin === "relu"
+      ? (x: string, name: string) => b.node("Relu", [x], name)
+      : (x: string, name: string) => b.node("LeakyRelu", [x], name, { alpha: 0.01 });
+  let x = "input";
+  for (const blk of m.stem) x = basicBlockD(b, blk, x, inorm, act);
+  const maps = [x];
+  for (const level of m.levels) {
+    for (const blk of level) x = basicBlockD(b, blk, x, inorm, act);
+    maps.push(x);
+  }
+  const last = m.levels.at(-1)![0]!.cout;
+  const e = b.conv(`${dp}.final_proj`, x, {
+    cin: last,
+    cout: C,
+    kernel: m.finalKernel,
+    stride: [1, 1, 1],
+    pad: m.finalKernel.map((k) => k >> 1),
+    bias: true,
+  });
+  if (!m.tokenSkips.length) return e;
+  // p = Σ scale_k · proj_k(map_k), in the order PyTorch adds them; then final_proj(x) + p
+  let p: string | undefined;
+  m.tokenSkips.forEach(({ cin, downBy }, k) => {
+    const d = [downBy, downBy, downBy];
+    const proj = b.conv(`${dp}.proj_to_tokens.${k}`, maps[k]!, { cin, cout: C, kernel: d, stride: d, pad: [0, 0, 0], bias: true });
+    const scaled = b.node("Mul", [b.param([`${dp}.scale_proj_to_tokens.${k}`], []), proj], `${dp}.scale_proj_to_tokens.${k}`);
+    p = p === undefined ? scaled : b.add(p, scaled, `${dp}.proj_to_tokens.sum`);
+  });
+  return b.add(e, p!, `${dp}.skips`);
+}
+
 export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph {
   const b = new GraphBuilder(3, where);
   const C = a.embedDim,
@@ -250,14 +388,17 @@ export function buildPrimus(a: PrimusArchitecture, where: string): NetworkGraph 
   const feat = a.inputSize.map((s, i) => s / a.patchEmbed[i]!);
   const n = feat.reduce((p, q) => p * q, 1),
     N = n + a.registers;
-  const e = b.conv("down_projection.proj", "input", {
-    cin: a.inputChannels,
-    cout: C,
-    kernel: a.patchEmbed,
-    stride: a.patchEmbed,
-    pad: [0, 0, 0],
-    bias: true,
-  });
+  const e =
+    a.embedding.kind === "conv"
+      ? b.conv("down_projection.proj", "input", {
+          cin: a.inputChannels,
+          cout: C,
+          kernel: a.patchEmbed,
+          stride: a.patchEmbed,
+          pad: [0, 0, 0],
+          bias: true,
+        })
+      : deeperGraph(b, a.embedding, C);
   // "b c w h d -> b (w h d) c"
   let t = b.transpose(b.reshape(e, [1, C, n], "tokens"), [0, 2, 1], "tokens");
   if (a.registers) t = b.node("Concat", [b.param(["register_tokens"], [1, a.registers, C]), t], "registers", { axis: 1 });
