@@ -102,6 +102,22 @@ test("PrimusV2 / V3 folders: the trainer's name gives the heads and the variant;
     const a = m.architecture;
     t.true(a.networkClass === "Primus" && a.embedding.kind === "deeper" && a.embedding.variant === "V3");
     m.dispose();
+    // a name that says V2 (ReLU) over V3's token projections: refused, not guessed
+    pkl.write("nnUNet_PrimusV2S_Trainer_BS8", at, "latin1");
+    fixCrc();
+    writeFileSync(ck, buf);
+    await t.throwsAsync(loadNnunet(dir, { heads: 3 }), {
+      message:
+        /checkpoint_final\.pth: trainer nnUNet_PrimusV2S_Trainer_BS8 names PrimusV2, whose patch embedding has no down_projection\.proj_to_tokens/,
+    });
+    // another name: V3's token projections tell
+    pkl.write("nnUNet_MyDeeperPrimusTrainer", at, "latin1");
+    fixCrc();
+    writeFileSync(ck, buf);
+    const m2 = await loadNnunet(dir, { heads: 3 });
+    const a2 = m2.architecture;
+    t.true(a2.networkClass === "Primus" && a2.embedding.kind === "deeper" && a2.embedding.nonlin === "leakyrelu");
+    m2.dispose();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

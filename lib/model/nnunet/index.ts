@@ -535,6 +535,14 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
               );
             return patch as number[];
           };
+          if (
+            weights.has("eva.blocks.0.norm1.weight") &&
+            !isPrimus(weights) &&
+            [...weights.keys()].some((k) => typeof k === "string" && k.startsWith("down_projection.stem."))
+          )
+            throw new CheckpointError(
+              `${where}: trainer ${trainerName} built a Primus whose patch embedding is not one bhsd builds (PrimusV2 and V3's residual blocks, down_projection.stem.blocks, it does)`,
+            );
           if (isUMamba(weights)) {
             // U-Mamba's trainers build their own network (nets/UMamba{Bot,Enc}_{2d,3d}.py) from the
             // plans' patch and strides; widths, kernels and depths are the weights'

@@ -130,34 +130,34 @@ function deeperEmbedding(
     const out = [block(`${prefix}.blocks.0`, cin, stride)];
     while (weights.has(`${prefix}.blocks.${out.length}.conv1.conv.weight`)) {
       if (out.length >= 64) throw err(where, `${prefix} has over 64 blocks`);
-      out.push(block(`${prefix}.blocks.${out.length}`, out[0]!.cout, [1, 1, 1]));
+      out.push(block(`${prefix}.blocks.${out.length}`, out.at(-1)!.cout, [1, 1, 1]));
     }
     return out;
   };
   const cin = need(`${dp}.stem.blocks.0.conv1.conv.weight`, 5)[1]!;
   const stem = blocks(`${dp}.stem`, cin, [1, 1, 1]);
   const levels: BasicBlockD[][] = [];
-  let c = stem[0]!.cout;
+  let c = stem.at(-1)!.cout;
   while (weights.has(`${dp}.stages.${levels.length}.blocks.0.conv1.conv.weight`)) {
     if (levels.length >= 4) throw err(where, `the patch embedding has over 4 levels (a patch over 16³)`);
     const s = blocks(`${dp}.stages.${levels.length}`, c, [2, 2, 2]);
     levels.push(s);
-    c = s[0]!.cout;
+    c = s.at(-1)!.cout;
   }
   if (!levels.length) throw err(where, `the patch embedding has no levels (${dp}.stages.0)`);
   const fw = need(`${dp}.final_proj.weight`, 5);
   const finalKernel = fw.slice(2);
-  if (fw[1] !== c || !finalKernel.every((k) => k === 1 || k === 3))
+  if (fw[1] !== c || !(finalKernel.every((k) => k === 1) || finalKernel.every((k) => k === 3)) || !(fw[0]! >= 1 && fw[0]! <= 16384))
     throw err(
       where,
-      `${dp}.final_proj.weight is [${fw.join(", ")}]; the last level's ${c} channels through a 1³ or 3³ convolution needs [width, ${c}, 1, 1, 1]`,
+      `${dp}.final_proj.weight is [${fw.join(", ")}]; the last level's ${c} channels to a width of 1 to 16384 through a 1³ or 3³ convolution needs [width, ${c}, 1, 1, 1] or [width, ${c}, 3, 3, 3]`,
     );
   const L = levels.length;
   const tokenSkips: { cin: number; downBy: number }[] = [];
   while (weights.has(`${dp}.proj_to_tokens.${tokenSkips.length}.weight`)) {
     const k = tokenSkips.length;
     if (k >= L) throw err(where, `${dp}.proj_to_tokens has more than the ${L} projections (the stem's and each level's but the last)`);
-    const want = k === 0 ? stem[0]!.cout : levels[k - 1]![0]!.cout,
+    const want = k === 0 ? stem.at(-1)!.cout : levels[k - 1]!.at(-1)!.cout,
       downBy = 2 ** (L - k);
     const pw = need(`${dp}.proj_to_tokens.${k}.weight`, 5);
     if (pw[0] !== fw[0] || pw[1] !== want || pw.slice(2).some((v) => v !== downBy))
@@ -172,7 +172,22 @@ function deeperEmbedding(
       where,
       `${dp}.proj_to_tokens holds ${tokenSkips.length} projections; PrimusV3 projects the stem's and each level's but the last (${L})`,
     );
-  const variant = /PrimusV3/.test(trainerName) ? "V3" : /PrimusV2/.test(trainerName) ? "V2" : tokenSkips.length ? "V3" : "V2";
+  // V2 or V3 (ReLU or LeakyReLU, which no weight shows): the trainer's name, else V3's token projections,
+  // else PatchEmbed_deeper's widths (the stem's b, then b · 2^i); anything else is not guessed
+  const named = /PrimusV3/.test(trainerName) ? "V3" : /PrimusV2/.test(trainerName) ? "V2" : null;
+  if (named === "V2" && tokenSkips.length)
+    throw err(
+      where,
+      `trainer ${trainerName} names PrimusV2, whose patch embedding has no ${dp}.proj_to_tokens; these weights have them (PrimusV3's)`,
+    );
+  const b0 = stem.at(-1)!.cout;
+  const v2Widths = levels.every((l, i) => l.every((blk) => blk.cout === b0 * 2 ** i));
+  const variant = named ?? (tokenSkips.length ? "V3" : v2Widths ? "V2" : null);
+  if (!variant)
+    throw err(
+      where,
+      `trainer ${trainerName} built a Primus with a residual patch embedding whose blocks' nonlin (ReLU in PrimusV2's, LeakyReLU in V3's) its weights do not show: neither the trainer's name nor the widths tell`,
+    );
   return {
     embedDim: fw[0]!,
     cin,
@@ -219,7 +234,7 @@ export function primusArchitecture(
       where,
       `the plans' patch [${patch.join(", ")}] is not a multiple of Primus's patch embedding [${patchEmbed.join(", ")}] on every axis`,
     );
-  if (embedDim > 16384) throw err(where, `Primus's width ${embedDim} is over 16384`);
+  if (!(embedDim >= 1 && embedDim <= 16384)) throw err(where, `Primus's width ${embedDim} is not 1 to 16384`);
   let depth = 0;
   while (weights.has(`eva.blocks.${depth}.norm1.weight`) && depth <= 1024) depth++;
   if (depth > 1024) throw err(where, "Primus with over 1024 EVA blocks");
@@ -359,7 +374,7 @@ function deeperGraph(b: GraphBuilder, m: Extract<PrimusEmbedding, { kind: "deepe
     for (const blk of level) x = basicBlockD(b, blk, x, inorm, act);
     maps.push(x);
   }
-  const last = m.levels.at(-1)![0]!.cout;
+  const last = m.levels.at(-1)!.at(-1)!.cout;
   const e = b.conv(`${dp}.final_proj`, x, {
     cin: last,
     cout: C,
