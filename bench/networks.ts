@@ -33,7 +33,8 @@ export function networkBytes(a: Architecture, seed = 1): Uint8Array {
 }
 
 /** The network for bench/torch_networks.py: ONNX bytes (nnU-Net's networks) or a MONAI module's name. */
-type TorchNet = { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" | "mednext" } | { primus: true } | { umamba: "bot" };
+type TorchNet =
+  { onnx: Uint8Array } | { monai: "segresnet" | "unetr" | "swinunetr" | "mednext" } | { primus: true | "v2" } | { umamba: "bot" };
 
 // (looked up once, when first needed: bench plan's fresh processes import this module too)
 let pythons: { torch: string | undefined; monai: string | undefined; primus: string | undefined; umamba: string | undefined } | undefined;
@@ -64,7 +65,7 @@ function torchTimes(net: TorchNet, x: Float32Array, dims: number[], reps: number
     if ("onnx" in net) {
       netArg = join(dir, "net.onnx");
       writeFileSync(netArg, net.onnx);
-    } else netArg = "primus" in net ? "primus" : "umamba" in net ? `umamba-${net.umamba}` : net.monai;
+    } else netArg = "primus" in net ? (net.primus === "v2" ? "primus-v2" : "primus") : "umamba" in net ? `umamba-${net.umamba}` : net.monai;
     const args = (extra: string[]) => [TORCH_SCRIPT, netArg, input, ...dims.map(String), String(reps), out, ...extra];
     const run = (extra: string[]) =>
       runPython<{ ms: number }>(
@@ -332,6 +333,27 @@ export async function benchNetworks(): Promise<string[]> {
   } else
     rows.push(
       "| nnU-Net Primus-S, 32×128×128 | not run: make bench/models/primus_s.* first (PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py) | | | | | | | | | |",
+    );
+  // nnU-Net's PrimusV2-S (nnUNet_PrimusV2S_Trainer: Primus-S after a patch embedding of residual blocks, 32 to 128
+  // channels at full to 1/4 resolution): made by `bench/models/make_primus.py --v2`, never committed
+  const primusV2 = new URL("./models/primus_v2s.json", import.meta.url);
+  if (existsSync(primusV2)) {
+    const { folder, size } = JSON.parse(readFileSync(primusV2, "utf8")) as { folder: string; size: number[] };
+    const onnx = readFileSync(new URL("./models/primus_v2s.onnx", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `nnU-Net PrimusV2-S (its residual-block patch embedding; loadNnunet from the checkpoint), ${size.join("×")}`,
+        onnx,
+        [1, 1, ...size],
+        3,
+        { primus: "v2" },
+        () => loadNnunet(fileURLToPath(new URL(`./models/${folder}`, import.meta.url))),
+      )),
+      ...(await compare(`nnU-Net PrimusV2-S, its torch.onnx export run by both, ${size.join("×")}`, onnx, [1, 1, ...size], 3)),
+    );
+  } else
+    rows.push(
+      "| nnU-Net PrimusV2-S, 32×128×128 | not run: make bench/models/primus_v2s.* first (PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py --v2) | | | | | | | | | |",
     );
   return [...header(), ...rows];
 }

@@ -126,6 +126,8 @@ def monai_network(name):
     sys.path.insert(0, os.path.join(here, "models"))
     if name == "umamba-bot":
         return __import__("make_umamba").build("bot")
+    if name == "primus-v2":
+        return __import__("make_primus").build(v2=True)
     mod = __import__({"segresnet": "make_segresnet", "unetr": "make_unetr", "swinunetr": "make_swinunetr",
                       "primus": "make_primus", "mednext": "make_mednext"}[name])
     return mod.build()
@@ -136,7 +138,7 @@ def main():
     torch.set_num_threads(2)
     if "--onednn" in sys.argv[8:]:
         onednn_forced()
-    forward = monai_network(net) if net in ("segresnet", "unetr", "swinunetr", "primus", "mednext", "umamba-bot") else onnx_network(net)
+    forward = monai_network(net) if net in ("segresnet", "unetr", "swinunetr", "primus", "mednext", "umamba-bot", "primus-v2") else onnx_network(net)
     x = torch.from_numpy(np.fromfile(inp, dtype=np.float32).reshape(1, 1, int(d), int(h), int(w)))
     ts = []
     with torch.no_grad():
