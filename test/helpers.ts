@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import { getBackend, setBackend } from "../lib/backends/index.js";
 import type { Backend } from "../lib/backends/types.js";
-import type { BackendName } from "../lib/types.js";
+import { readNifti } from "../lib/io/nifti.js";
+import type { BackendName, Volume } from "../lib/types.js";
 
 import { ROOT } from "./paths.js";
 export { ROOT, FIXTURES, NIFTI_FIXTURES, sharedFixture } from "./paths.js";
@@ -76,4 +77,17 @@ export function pickleSpan(b: Buffer) {
   const size = b.readUInt32LE(cd + 24);
   const fixCrc = () => b.writeUInt32LE(crc32(b.subarray(start, start + size)), cd + 16);
   return { start, size, fixCrc };
+}
+
+/**
+ * The Primus fixtures' window of the smoke CT (their make.py's crop z 4–20, y 48–80, x 40–72 of
+ * test/fixtures/nnunet-folder/cases/PhantomICH_001_0000.nii.gz): one 16×32×32 patch, so one window.
+ */
+export async function primusWindowCt(): Promise<Volume> {
+  const full = await readNifti(join(ROOT, "test", "fixtures", "nnunet-folder", "cases", "PhantomICH_001_0000.nii.gz"));
+  const [nx, ny] = full.dims;
+  const data = new Int16Array(32 * 32 * 16);
+  let i = 0;
+  for (let z = 4; z < 20; z++) for (let y = 48; y < 80; y++) for (let x = 40; x < 72; x++) data[i++] = full.data[(z * ny + y) * nx + x]!;
+  return { data, dims: [32, 32, 16], spacing: full.spacing, affine: full.affine };
 }

@@ -8,13 +8,12 @@ import test from "ava";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
+import { loadNnunet, readNpy, segment, setBackend } from "../lib/index.js";
 import { checkedFolder } from "./paths.js";
-import { backendsUnderTest, pickleSpan, ROOT } from "./helpers.js";
+import { backendsUnderTest, pickleSpan, primusWindowCt, ROOT } from "./helpers.js";
 import { labelsMatch, logitsWithin } from "./ort.js";
 
 const DIR = join(ROOT, "test", "fixtures", "nnunet-primus-deeper");
-const CASES = join(ROOT, "test", "fixtures", "nnunet-folder", "cases");
 const folder = (v: string) => join(DIR, "Dataset501_PhantomICH", `nnUNet_Primus${v}_Tiny_Trainer__nnUNetPlans__3d_fullres`);
 const VARIANTS = [
   { tag: "v2", dir: folder("V2"), heads: 4, width: 48, levels: [32, 64, 128], nonlin: "relu", skips: 0 },
@@ -55,13 +54,7 @@ for (const { name } of backends)
 
 test.serial("segment() with PrimusV2 and V3 folders gives nnU-Net's labels on one window of the smoke CT", async (t) => {
   setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
-  const full = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
-  // make.py's crop, z 4–20, y 48–80, x 40–72: one patch, so one window
-  const [nx, ny] = full.dims;
-  const data = new Int16Array(32 * 32 * 16);
-  let i = 0;
-  for (let z = 4; z < 20; z++) for (let y = 48; y < 80; y++) for (let x = 40; x < 72; x++) data[i++] = full.data[(z * ny + y) * nx + x]!;
-  const ct = { data, dims: [32, 32, 16] as [number, number, number], spacing: full.spacing, affine: full.affine };
+  const ct = await primusWindowCt();
   for (const v of VARIANTS) {
     const m = await loadNnunet(v.dir, { heads: v.heads });
     try {

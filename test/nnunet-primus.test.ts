@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
 import { loadModel, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
-import { backendsUnderTest, bhsdSync, pickleSpan, ROOT } from "./helpers.js";
+import { backendsUnderTest, bhsdSync, pickleSpan, primusWindowCt, ROOT } from "./helpers.js";
 import { scaleDiff } from "./ort.js";
 
 const FIXTURE = join(ROOT, "test", "fixtures", "nnunet-primus");
@@ -58,13 +58,7 @@ for (const { name } of backends)
 
 test.serial("segment() with a Primus folder gives nnU-Net's labels on one window of the smoke CT", async (t) => {
   setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
-  const full = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
-  // make.py's crop, z 4–20, y 48–80, x 40–72: one patch, so one window
-  const [nx, ny] = full.dims;
-  const data = new Int16Array(32 * 32 * 16);
-  let i = 0;
-  for (let z = 4; z < 20; z++) for (let y = 48; y < 80; y++) for (let x = 40; x < 72; x++) data[i++] = full.data[(z * ny + y) * nx + x]!;
-  const ct = { data, dims: [32, 32, 16] as [number, number, number], spacing: full.spacing, affine: full.affine };
+  const ct = await primusWindowCt();
   for (const v of VARIANTS) {
     const model = await loadNnunet(v.dir, { heads: v.heads });
     const { labels, report } = await segment(ct, model, { mirror: false });

@@ -84,9 +84,11 @@ for (const { name: backend } of backends) {
       const m = await loadNnunet(dir, { folds: [0] });
       try {
         const [x, want] = await Promise.all([`forward_${tag}_input`, `forward_${tag}_logits`].map(npy));
-        // (PyTorch's float32 logits are themselves up to 4.9e-5 of scale from its float64 ones here:
-        // UMambaEnc's scans over 8192 tokens; native's Winograd adds its 1e-5)
-        await logitsWithin(t, m, x!, want!, 1e-4);
+        // (the UMambaEncs amplify rounding: PyTorch's float32 logits are themselves 4.9e-5 (3-D) and
+        // 2.4e-5 (2-D) of scale from its float64 ones — a scan after every stage, up to 8192 tokens —
+        // and native's 3-D results move by as much with the convolution algorithms a process picks
+        // (4.7e-5 to 1.1e-4 seen); the Bots stay under 1e-5)
+        await logitsWithin(t, m, x!, want!, tag.startsWith("enc") ? 3e-4 : 1e-4);
       } finally {
         m.dispose();
       }
@@ -102,7 +104,14 @@ for (const { name: backend } of backends) {
       try {
         const { labels, report } = await segment(vol, m, { mirror: false, cleanup: false });
         t.deepEqual(report.modelGrid.dims, [8, 32, 32]);
-        labelsMatch(t, labels.data, want!.data, margin!.data);
+        // (voxels whose two best logits are within 2e-3 not compared: 40 of 8192, where this network's
+        // rounding — up to 1.1e-4 of a scale of 3.6 — could tip them)
+        labelsMatch(
+          t,
+          labels.data,
+          want!.data,
+          (margin!.data as Float32Array).map((v) => (v > 2e-3 ? v : 0)),
+        );
       } finally {
         m.dispose();
       }

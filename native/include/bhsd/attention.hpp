@@ -66,22 +66,6 @@ using vector_math::Vec;
 #define BHSD_VLOAD(p) (*reinterpret_cast<const typename Vec<W>::fu*>(p))
 #define BHSD_VSTORE(p, v) (*reinterpret_cast<typename Vec<W>::fu*>(p) = (v))
 
-// x = e^x for x ≤ 0 (and NaN): Cephes' expf; 0 below −87.3 (and for −∞).
-template <int W>
-__attribute__((always_inline)) inline void vexp(typename Vec<W>::f& x) {
-  using vf = typename Vec<W>::f;
-  using vi = typename Vec<W>::i;
-  const vf zero = vf{}, lo = zero - 87.3f;
-  const vi nan = x != x;
-  const vi tiny = x < lo;
-  const vf xs = nan ? zero : (tiny ? lo : x);
-  const vf n = (xs * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  vf e = xs - n * 0.693359375f;
-  e = e - n * -2.12194440e-4f;
-  vector_math::exp_reduced<W>(e, n);
-  x = nan ? x : (tiny ? zero : e);
-}
-
 // Scratch of one task, reused across its items.
 struct Scratch {
   std::vector<float> kt, v, s, q, sum;
@@ -189,7 +173,7 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
       vf sv = vf{};
       for (std::int64_t c = 0; c < np; c += W) {
         vf e = BHSD_VLOAD(sr + c) - m;
-        vexp<W>(e);
+        vector_math::exp_nonpositive<W>(e);
         BHSD_VSTORE(sr + c, e);
         sv += e;
       }

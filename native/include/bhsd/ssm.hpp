@@ -32,22 +32,6 @@ namespace ssm_detail {
 
 using vector_math::Vec;
 
-// x = e^x for x ≤ 0 (and NaN): Cephes' expf; 0 below −87.3.
-template <int W>
-__attribute__((always_inline)) inline void vexp_neg(typename Vec<W>::f& x) {
-  using vf = typename Vec<W>::f;
-  using vi = typename Vec<W>::i;
-  const vf zero = vf{}, lo = zero - 87.3f;
-  const vi nan = x != x;
-  const vi tiny = x < lo;
-  const vf xs = nan ? zero : (tiny ? lo : x);
-  const vf n = (xs * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  vf e = xs - n * 0.693359375f;
-  e = e - n * -2.12194440e-4f;
-  vector_math::exp_reduced<W>(e, n);
-  x = nan ? x : (tiny ? zero : e);
-}
-
 // t = log(1 + t) for t in [0, 1] (and NaN): Cephes' logf, its argument 1 + t split as t itself
 // (below √2 − 1: no rounding of 1 + t) or (t − 1) / 2 with exponent 1.
 template <int W>
@@ -81,7 +65,7 @@ __attribute__((always_inline)) inline void vsilu(typename Vec<W>::f& v) {
   using vi = typename Vec<W>::i;
   const vi neg = v < 0.0f;
   vf t = neg ? v : -v;
-  vexp_neg<W>(t);
+  vector_math::exp_nonpositive<W>(t);
   const vf s = 1.0f / (1.0f + t);
   v = v * (neg ? t * s : s);
 }
@@ -93,7 +77,7 @@ __attribute__((always_inline)) inline void vsoftplus(typename Vec<W>::f& v) {
   using vi = typename Vec<W>::i;
   const vi pos = v > 0.0f;
   vf t = pos ? -v : v;
-  vexp_neg<W>(t);
+  vector_math::exp_nonpositive<W>(t);
   vlog1p01<W>(t);
   const vf r = (pos ? v : vf{}) + t;
   v = v > 20.0f ? v : r;
@@ -161,7 +145,7 @@ __attribute__((always_inline)) inline void scan_tasks(const float* u, const floa
       vf acc = vf{};
       for (std::int64_t k = 0; k < N; ++k) {
         vf e = dt * a[k];
-        vexp_neg<W>(e);
+        vector_math::exp_nonpositive<W>(e);
         const vf hk = e * h[k] + du * bl[k];
         h[k] = hk;
         acc = acc + hk * cl[k];

@@ -32,4 +32,21 @@ __attribute__((always_inline)) inline void exp_reduced(typename Vec<W>::f& r, co
   r = p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
 }
 
+// x = e^x for x ≤ 0 (and NaN): Cephes' expf; 0 below −87.3 (and for −∞). Attention's softmax (x less
+// its row's maximum) and Mamba's scan (Δ · A, SiLU's and softplus's e^−|x|) take it.
+template <int W>
+__attribute__((always_inline)) inline void exp_nonpositive(typename Vec<W>::f& x) {
+  using vf = typename Vec<W>::f;
+  using vi = typename Vec<W>::i;
+  const vf zero = vf{}, lo = zero - 87.3f;
+  const vi nan = x != x;
+  const vi tiny = x < lo;
+  const vf xs = nan ? zero : (tiny ? lo : x);
+  const vf n = (xs * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  vf e = xs - n * 0.693359375f;
+  e = e - n * -2.12194440e-4f;
+  exp_reduced<W>(e, n);
+  x = nan ? x : (tiny ? zero : e);
+}
+
 }  // namespace bhsd::vector_math
