@@ -250,16 +250,8 @@ inline void tasks_generic(const float* qkv, float* out, const AttentionShape& sh
 #undef BHSD_VLOAD
 #undef BHSD_VSTORE
 
-// Which kernel attention() runs here: "avx512", "avx2" or "generic" (BHSD_NO_AVX512 / BHSD_NO_AVX2
-// step down as for the convolutions).
-inline const char* attention_kernel_name() {
-#ifdef BHSD_X86
-  const CpuFeatures f = cpu_features();
-  if (f.avx512f && f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2")) return "avx512";
-  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return "avx2";
-#endif
-  return "generic";
-}
+// Which kernel attention() runs here: "avx512", "avx2" or "generic" (cpu_features.hpp).
+inline const char* attention_kernel_name() { return vector_kernel_name(); }
 
 // out [batch, n, heads, hd] from qkv [batch, n, 3, heads, hd] (see the top of this file). extras:
 // n_extras additive terms, each offset table holding batch · heads entries. The caller has checked

@@ -28,6 +28,18 @@ inline CpuFeatures cpu_features() {
   return f;
 }
 
+// Which of the kernels built per target of the compiler's vector types (vector_math.hpp) run here:
+// "avx512" (16 lanes), "avx2" (8) or "generic" (4) — attention's and Mamba's scan take it;
+// BHSD_NO_AVX512 / BHSD_NO_AVX2 step down as for the convolutions.
+inline const char* vector_kernel_name() {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  const CpuFeatures f = cpu_features();
+  if (f.avx512f && f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2")) return "avx512";
+  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return "avx2";
+#endif
+  return "generic";
+}
+
 // The widest instruction set the kernels of this build will use on this processor.
 inline std::string simd_level() {
 #if defined(__x86_64__) || defined(__i386__)

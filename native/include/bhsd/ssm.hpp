@@ -26,6 +26,10 @@
 #include "thread_pool.hpp"
 #include "vector_math.hpp"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define BHSD_X86 1  // (as conv_common.hpp defines it)
+#endif
+
 namespace bhsd {
 
 namespace ssm_detail {
@@ -211,15 +215,8 @@ __attribute__((target("avx2,fma"))) inline void conv_avx2(const float* xz, const
 }
 #endif
 
-// "avx512", "avx2" or "generic" (BHSD_NO_AVX512 / BHSD_NO_AVX2 step down as for the convolutions).
-inline const char* kernel_name() {
-#ifdef BHSD_X86
-  const CpuFeatures f = cpu_features();
-  if (f.avx512f && f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX512") && !std::getenv("BHSD_NO_AVX2")) return "avx512";
-  if (f.avx2 && f.fma && !std::getenv("BHSD_NO_AVX2")) return "avx2";
-#endif
-  return "generic";
-}
+// "avx512", "avx2" or "generic" (cpu_features.hpp).
+inline const char* kernel_name() { return vector_kernel_name(); }
 
 }  // namespace ssm_detail
 
