@@ -523,17 +523,27 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
           const cascade = typeof conf.previous_stage === "string";
           if (cascade && regions)
             throw new Error(`nnU-Net folder ${basename(folder)}: a region-based cascade stage; bhsd's cascades take label maps`);
-          /** A trainer's own 3-D network (STU-Net, Primus): one stage, on the plans' 3-D patch. */
-          const ownNetworkPatch = (net: string, patch: unknown): number[] => {
+          /** A trainer's own network (STU-Net, Primus: 3-D; U-Mamba: 2-D or 3-D): one stage, on the plans' patch. */
+          const ownNetworkPatch = (net: string, patch: unknown, twoD = false): number[] => {
             if (cascade)
               throw new Error(
                 `nnU-Net folder ${basename(folder)}: a cascade stage trained as ${net}; bhsd builds ${net} for single-stage configurations`,
               );
-            if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096))
+            if (
+              !Array.isArray(patch) ||
+              !(patch.length === 3 || (twoD && patch.length === 2)) ||
+              !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096)
+            )
               throw new Error(
-                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not three sizes from 1 to 4096 (${net} is 3-D)`,
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not ${twoD ? "two or three" : "three"} sizes from 1 to 4096 (${net} is ${twoD ? "2-D or 3-D" : "3-D"})`,
               );
             return patch as number[];
+          };
+          /** The plans' strides as a trainer's own network takes them: arch_kwargs.strides, or the older pool_op_kernel_sizes. */
+          const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
+          const plansStrides = {
+            pools: ak?.strides ?? conf.pool_op_kernel_sizes,
+            what: ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes",
           };
           if (
             weights.has("eva.blocks.0.norm1.weight") &&
@@ -546,39 +556,15 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
           if (isUMamba(weights)) {
             // U-Mamba's trainers build their own network (nets/UMamba{Bot,Enc}_{2d,3d}.py) from the
             // plans' patch and strides; widths, kernels and depths are the weights'
-            if (cascade)
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: a cascade stage trained as U-Mamba; bhsd builds U-Mamba for single-stage configurations`,
-              );
-            const patch = conf.patch_size;
-            if (
-              !Array.isArray(patch) ||
-              (patch.length !== 2 && patch.length !== 3) ||
-              !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096)
-            )
-              throw new Error(
-                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not two or three sizes from 1 to 4096`,
-              );
-            const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
-            const what = ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes";
-            const ua = umambaArchitecture(
-              weights,
-              ak?.strides ?? conf.pool_op_kernel_sizes,
-              what,
-              inputChannels,
-              numClasses,
-              patch as number[],
-              where,
-            );
+            const patch = ownNetworkPatch("U-Mamba", conf.patch_size, true);
+            const ua = umambaArchitecture(weights, plansStrides.pools, plansStrides.what, inputChannels, numClasses, patch, where);
             arch = ua;
             graph = buildUMamba(ua, where);
           } else if (isSTUNet(weights)) {
             // STU-Net's trainers build their own network from the plans' poolings (nnUNet-2.2's
             // configuration_manager.pool_op_kernel_sizes[1:]); the plans' architecture is not used
             const patch = ownNetworkPatch("STU-Net", conf.patch_size);
-            const ak = (conf.architecture as { arch_kwargs?: { strides?: unknown } } | undefined)?.arch_kwargs;
-            const what = ak?.strides !== undefined ? "architecture.arch_kwargs.strides" : "pool_op_kernel_sizes";
-            const pools = ak?.strides ?? conf.pool_op_kernel_sizes;
+            const { pools, what } = plansStrides;
             if (!Array.isArray(pools) || pools.length < 1)
               throw new Error(
                 `nnU-Net folder ${basename(folder)}: configuration "${configuration}" has no poolings (architecture.arch_kwargs.strides or pool_op_kernel_sizes), which STU-Net's trainers build from`,
