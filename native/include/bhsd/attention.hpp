@@ -66,9 +66,26 @@ using vector_math::Vec;
 #define BHSD_VLOAD(p) (*reinterpret_cast<const typename Vec<W>::fu*>(p))
 #define BHSD_VSTORE(p, v) (*reinterpret_cast<typename Vec<W>::fu*>(p) = (v))
 
+// A float buffer whose data starts on a 64-byte line: every whole-vector load of the packed keys,
+// values and scores then reads one cache line, not two (std::vector's 16-byte alignment had split
+// each AVX-512 load in two).
+struct Aligned {
+  std::vector<float> raw;
+  float* get(std::size_t n) {
+    raw.resize(n + 16);
+    const auto p = reinterpret_cast<std::uintptr_t>(raw.data());
+    return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
+  }
+  float* zeros(std::size_t n) {
+    float* d = get(n);
+    std::fill(d, d + n, 0.0f);
+    return d;
+  }
+};
+
 // Scratch of one task, reused across its items.
 struct Scratch {
-  std::vector<float> kt, v, s, q, sum;
+  Aligned kt, v, vt, s, q, sum;
 };
 
 // Rows [r0, r1) of item (b, h), R rows a step: the scores two column vectors at a time (2R
@@ -84,13 +101,18 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
   const std::int64_t np = (n + W - 1) / W * W, hp = (hd + W - 1) / W * W;
   const std::int64_t row = 3 * H * hd;  // one token's q, k and v
   const float* base = qkv + b * n * row + h * hd;
-  sc.kt.assign(std::size_t(hd * np), 0.0f);
-  sc.v.assign(std::size_t(n * hp), 0.0f);
-  sc.s.resize(std::size_t(R * np));
-  sc.q.resize(std::size_t(R * hd));
-  sc.sum.resize(R);
-  float* kt = sc.kt.data();
-  float* vp = sc.v.data();
+  // Where hd leaves a few columns past whole vectors (rem ≤ W/2: Primus-S's 66 = 4 · 16 + 2), the
+  // weighted sum takes those columns as dot products along the keys, from the values' last columns
+  // transposed (vt, rows padded to an even count): a vector block for them had cost more than half
+  // of a whole one for a few useful lanes.
+  const std::int64_t rem = hd % W, tail = rem != 0 && 2 * rem <= W ? rem : 0;
+  const std::int64_t hv = tail ? hd - tail : hp;  // the columns the vector blocks cover
+  float* kt = sc.kt.zeros(std::size_t(hd * np));
+  float* vp = sc.v.zeros(std::size_t(n * hp));
+  float* vt = tail ? sc.vt.zeros(std::size_t((tail + 1) / 2 * 2 * np)) : nullptr;
+  float* const s_rows = sc.s.get(std::size_t(R * np));
+  float* const q_rows = sc.q.get(std::size_t(R * hd));
+  float* const inv_sum = sc.sum.get(R);
   // kᵀ in blocks of 2W keys (the last W wide where np is an odd number of vectors), each block's hd
   // rows together: the score loop then reads one contiguous run per block, where rows np apart (a
   // page each at n = 1024) had left every load to the L2's latency, no prefetcher following
@@ -104,12 +126,13 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
     } else
       for (std::int64_t t = 0; t < hd; ++t) dst[t * bw] = k[t];
     std::memcpy(vp + j * hp, k + H * hd, std::size_t(hd) * sizeof(float));
+    for (std::int64_t c = 0; c < tail; ++c) vt[c * np + j] = k[H * hd + hv + c];
   }
   const std::int64_t eb = b * H + h;
   for (std::int64_t i0 = r0; i0 < r1; i0 += R) {
     const int rows = int(std::min<std::int64_t>(R, r1 - i0));
-    float* q = sc.q.data();
-    float* s = sc.s.data();
+    float* q = q_rows;
+    float* s = s_rows;
     for (int r = 0; r < R; ++r) {
       const std::int64_t i = i0 + std::min(r, rows - 1);
       const float* src = base + i * row;
@@ -179,12 +202,12 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
       }
       float sum = 0;
       for (int l = 0; l < W; ++l) sum += sv[l];
-      sc.sum[std::size_t(r)] = 1.0f / sum;
+      inv_sum[r] = 1.0f / sum;
     }
     // out = (e · v) / sum
     alignas(64) float tmp[2 * W];
-    for (std::int64_t c0 = 0; c0 < hp; c0 += 2 * W) {
-      const bool two = c0 + W < hp;
+    for (std::int64_t c0 = 0; c0 < hv; c0 += 2 * W) {
+      const bool two = c0 + W < hv;
       vf o0[R], o1[R];
       for (int r = 0; r < R; ++r) o0[r] = o1[r] = vf{};
       if (two) {
@@ -204,9 +227,30 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
       }
       const std::int64_t cols = std::min<std::int64_t>(hd - c0, two ? 2 * W : W);
       for (int r = 0; r < rows; ++r) {
-        BHSD_VSTORE(tmp, o0[r] * sc.sum[std::size_t(r)]);
-        if (two) BHSD_VSTORE(tmp + W, o1[r] * sc.sum[std::size_t(r)]);
+        BHSD_VSTORE(tmp, o0[r] * inv_sum[r]);
+        if (two) BHSD_VSTORE(tmp + W, o1[r] * inv_sum[r]);
         std::memcpy(out + ((b * n + i0 + r) * H + h) * hd + c0, tmp, std::size_t(cols) * sizeof(float));
+      }
+    }
+    // the last columns, two at a time: each row's weights (zero past n) dotted with a column of vt
+    for (std::int64_t c = 0; c < tail; c += 2) {
+      vf d0[R], d1[R];
+      for (int r = 0; r < R; ++r) d0[r] = d1[r] = vf{};
+      const float *x0 = vt + c * np, *x1 = x0 + np;
+      for (std::int64_t k = 0; k < np; k += W) {
+        const vf v0 = BHSD_VLOAD(x0 + k), v1 = BHSD_VLOAD(x1 + k);
+        for (int r = 0; r < R; ++r) {
+          const vf p = BHSD_VLOAD(s + r * np + k);
+          d0[r] += p * v0;
+          d1[r] += p * v1;
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        float t0 = 0, t1 = 0;
+        for (int l = 0; l < W; ++l) t0 += d0[r][l], t1 += d1[r][l];
+        float* o = out + ((b * n + i0 + r) * H + h) * hd + hv + c;
+        o[0] = t0 * inv_sum[r];
+        if (c + 1 < tail) o[1] = t1 * inv_sum[r];
       }
     }
   }
