@@ -122,9 +122,13 @@ __attribute__((always_inline)) inline void scan_tasks(const float* u, const floa
   using vfu = typename Vec<W>::fu;
   const std::int64_t blocks = (s.Di + W - 1) / W, N = s.N, Di = s.Di, row = s.R + 2 * N;
   // (the state and A of a block, N vectors each: registers where N is small, L1 otherwise)
-  std::vector<float> hbuf(std::size_t(N * W)), abuf(std::size_t(N * W));
-  vfu* h = reinterpret_cast<vfu*>(hbuf.data());
-  vfu* a = reinterpret_cast<vfu*>(abuf.data());
+  // (on 64-byte lines: at std::vector's 16-byte alignment every AVX-512 load and store of the state
+  // had spanned two)
+  std::vector<float> buf(std::size_t(2 * N * W + 16));
+  float* const line =
+      reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(buf.data()) + 63) & ~std::uintptr_t(63));
+  vfu* h = reinterpret_cast<vfu*>(line);
+  vfu* a = reinterpret_cast<vfu*>(line + N * W);
   for (std::size_t task = lo; task < hi; ++task) {
     const std::int64_t b = std::int64_t(task) / blocks, c0 = std::int64_t(task) % blocks * W;
     const int n = int(std::min<std::int64_t>(W, Di - c0));
