@@ -130,6 +130,19 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
 
 const require = createRequire(import.meta.url);
 
+/**
+ * What to run where no binary loads. Installed as a dependency, the package's install script (which
+ * compiles the addon where no prebuild matches) does not run under npm 11, which skips dependencies'
+ * install scripts until the project approves them; `npm rebuild bhsd` runs it when asked by name.
+ */
+export function howToBuild(root: string): string {
+  const installed = root.split(/[\\/]/).includes("node_modules");
+  return installed
+    ? "no prebuild for this platform and none compiled at install: npm 11 skips a dependency's install script until it is approved; " +
+        "`npm rebuild bhsd` compiles the addon where a C++ compiler, make and python3 are installed (`npm install-scripts approve bhsd` lets later installs do it)"
+    : "no prebuild in prebuilds/ and no local build in build/Release; run `npm run build:native` with a C++ compiler to make one";
+}
+
 /** Loads the addon; throws an Error saying why it could not be loaded. */
 export function loadNativeAddon(): { addon: NativeAddon; path: string } {
   if (process.env.BHSD_DISABLE_NATIVE === "1") throw new Error("disabled by BHSD_DISABLE_NATIVE=1");
@@ -147,10 +160,7 @@ export function loadNativeAddon(): { addon: NativeAddon; path: string } {
   try {
     path = gypBuild.resolve(PACKAGE_ROOT);
   } catch {
-    throw new Error(
-      `no binary for ${process.platform}-${process.arch} (no prebuild in prebuilds/ and no local build in build/Release; ` +
-        "run `npm run build:native` with a C++ compiler to make one)",
-    );
+    throw new Error(`no binary for ${process.platform}-${process.arch} (${howToBuild(PACKAGE_ROOT)})`);
   }
   try {
     return { addon: require(path) as NativeAddon, path };
