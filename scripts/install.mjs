@@ -41,7 +41,7 @@ if (built) say(`native addon built: ${built}`);
 else {
   say(
     `could not build the native addon (${r.error ? r.error.message : `node-gyp exited with ${r.status}`}); ` +
-      "bhsd will run on its TypeScript backend. Install a C++ compiler and python3, then run `npm run build:native`.",
+      `bhsd will run on its TypeScript backend. Install a C++ compiler, make and python3, then run ${root.split(/[\\/]/).includes("node_modules") ? "`npm rebuild bhsd`" : "`npm run build:native`"}.`,
   );
 }
 process.exit(0);

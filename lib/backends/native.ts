@@ -131,15 +131,16 @@ export interface NativeAddon extends Omit<TensorBackend, "conv3d" | "conv3dNorm"
 const require = createRequire(import.meta.url);
 
 /**
- * What to run where no binary loads. Installed as a dependency, the package's install script (which
- * compiles the addon where no prebuild matches) does not run under npm 11, which skips dependencies'
- * install scripts until the project approves them; `npm rebuild bhsd` runs it when asked by name.
+ * What to run where no binary loads. Installed as a dependency, no prebuild matched and the install
+ * script did not compile one: it found no C++ toolchain, or it did not run at all (`--ignore-scripts`,
+ * npm's `strict-allow-scripts` or a denial in `allowScripts`, pnpm and bun, which run a dependency's
+ * build scripts only where the project allows them). `npm rebuild bhsd` runs it again.
  */
 export function howToBuild(root: string): string {
   const installed = root.split(/[\\/]/).includes("node_modules");
   return installed
-    ? "no prebuild for this platform and none compiled at install: npm 11 skips a dependency's install script until it is approved; " +
-        "`npm rebuild bhsd` compiles the addon where a C++ compiler, make and python3 are installed (`npm install-scripts approve bhsd` lets later installs do it)"
+    ? "no prebuild for this platform, and none compiled at install: its install script found no C++ toolchain or did not run (ignored or not allowed scripts); " +
+        "with a C++ compiler, make and python3, `npm rebuild bhsd` compiles the addon (`npm rebuild -g bhsd` for a global install; where scripts need approval, `npm install-scripts approve bhsd` first, or pnpm's `onlyBuiltDependencies`)"
     : "no prebuild in prebuilds/ and no local build in build/Release; run `npm run build:native` with a C++ compiler to make one";
 }
 

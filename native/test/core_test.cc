@@ -2535,6 +2535,24 @@ static void test_transformer_ops(bhsd::ThreadPool& pool) {
     std::printf("sigmoid: %zu of %zu values differ from std::exp's by an ulp, %zu by more\n", sdiffer, sg.size(), sbad);
     CHECK(sbad == 0 && sdiffer <= 2);
     CHECK(std::isnan(sy[0]) && sy[1] == 1.0f && sy[2] == 0.0f && sy[3] == 0.5f && sy[4] == 0.5f && sy.back() == 0.0f);
+    // the AVX-512 row (eight lanes of exp4's steps) against the AVX2 one, bit for bit, over a sweep
+    // of the float range (every 40009th bit pattern: NaNs, infinities, subnormals, both signs)
+    if (bhsd::ops_avx512()) {
+      std::vector<float> sw(sg);
+      for (std::uint64_t b = 0; b < 0xFFFFFFFFull; b += 40009) {
+        const std::uint32_t u = std::uint32_t(b);
+        float f;
+        std::memcpy(&f, &u, sizeof f);
+        sw.push_back(f);
+      }
+      std::vector<float> a(sw.size()), w(sw.size());
+      bhsd::sigmoid_detail::row_avx2(sw.data(), a.data(), std::int64_t(sw.size()));
+      bhsd::sigmoid_detail::row_avx512(sw.data(), w.data(), std::int64_t(sw.size()));
+      std::size_t differ = 0;
+      for (std::size_t i = 0; i < sw.size(); ++i) differ += std::memcmp(&a[i], &w[i], sizeof(float)) != 0;
+      std::printf("sigmoid (avx512 against avx2): %zu of %zu values differ in a bit\n", differ, sw.size());
+      CHECK(differ == 0);
+    }
   }
 #endif
   worst = 0;

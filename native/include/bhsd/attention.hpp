@@ -12,8 +12,10 @@
 // One task is one (batch item, head) pair's block of query rows: its keys are packed transposed
 // (kᵀ [hd, n], rows padded to whole vectors with zeros) and its values row by row ([n, hd], padded),
 // then for R rows at a time the scores (R × n, in L1), their softmax and the weighted sum of the
-// values. Nothing of size n × n leaves the cache: the unfused graph wrote each score array, its
-// sums with the bias and mask, and its softmax to memory (SwinUNETR at 96³: 0.5 GB a block).
+// values (a few last columns past whole vectors as dot products along the keys, from those columns
+// of the values transposed: their sums then go lane by lane, then across the lanes). Nothing of
+// size n × n leaves the cache: the unfused graph wrote each score array, its sums with the bias and
+// mask, and its softmax to memory (SwinUNETR at 96³: 0.5 GB a block).
 //
 // The kernel is written once with the compiler's vector types and compiled three times: for
 // AVX-512 (16 lanes), AVX2 + FMA (two 8-lane halves of each vector) and the default target (NEON on
