@@ -20,6 +20,14 @@ const check = (what, ok, detail = "") => {
   else failed++;
   console.log(`${ok ? "ok" : "not ok"} - ${what}${ok || !detail ? "" : `\n  ${detail}`}`);
 };
+// stdout as JSON, or {} where it is not JSON (the checks then report what came instead)
+const parsed = (text) => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return {};
+  }
+};
 const work = mkdtempSync(join(tmpdir(), "bhsd-pack-"));
 try {
   const tgz = execFileSync("npm", ["pack", "--silent", "--pack-destination", work], { cwd: root, encoding: "utf8" })
@@ -71,12 +79,7 @@ try {
   check("nothing was compiled", !/compiling the native addon|gyp info spawn|CXX\(target\)/.test(log), log.slice(-2000));
   const bin = join(app, "node_modules", ".bin", "bhsd");
   const info = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
-  let j = {};
-  try {
-    j = JSON.parse(info.stdout);
-  } catch {
-    // not JSON: the checks below report what came instead
-  }
+  const j = parsed(info.stdout);
   check("bhsd info runs", info.status === 0, info.stderr);
   check(
     "the prebuilt binary is the one loaded",
@@ -94,16 +97,11 @@ const m = await evaluate(v, v);
 console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backendInfo().active }));`,
   );
   const job = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
-  check("the library works from an installed package", job.status === 0 && JSON.parse(job.stdout || "{}").count === 2, job.stderr);
+  check("the library works from an installed package", job.status === 0 && parsed(job.stdout).count === 2, job.stderr);
   const comp = spawnSync(bin, ["components", "labels.nii.gz", "--json"], { cwd: app, encoding: "utf8" });
-  check("bhsd components runs from there", comp.status === 0 && JSON.parse(comp.stdout || "{}").count === 2, comp.stderr);
+  check("bhsd components runs from there", comp.status === 0 && parsed(comp.stdout).count === 2, comp.stderr);
   const demo = spawnSync(bin, ["demo", "--seed", "11", "--json"], { cwd: app, encoding: "utf8", timeout: 120_000 });
-  let dj = {};
-  try {
-    dj = JSON.parse(demo.stdout);
-  } catch {
-    // not JSON: the checks below report what came instead
-  }
+  const dj = parsed(demo.stdout);
   check(
     "bhsd demo runs from there with the bundled model, on the prebuilt binary",
     demo.status === 0 && dj.backend === "native" && /node_modules\/bhsd\/models\/demo\.onnx$/.test(dj.model ?? ""),
@@ -111,12 +109,7 @@ console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backend
   );
   rmSync(join(app, "node_modules", "bhsd", "prebuilds"), { recursive: true, force: true });
   const ts = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
-  let k = {};
-  try {
-    k = JSON.parse(ts.stdout);
-  } catch {
-    // not JSON: the checks below report what came instead
-  }
+  const k = parsed(ts.stdout);
   check(
     "without the binary the ts backend takes over and says why",
     ts.status === 0 && k.backend === "ts" && /no binary/.test(k.reasons?.native ?? ""),
@@ -128,7 +121,7 @@ console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backend
     k.reasons?.native,
   );
   const job2 = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
-  check("…and the library still works", job2.status === 0 && JSON.parse(job2.stdout || "{}").backend === "ts", job2.stderr);
+  check("…and the library still works", job2.status === 0 && parsed(job2.stdout).backend === "ts", job2.stderr);
   // Where no prebuild matches (another platform), the addon compiles from the tarball's sources: the
   // command the reason names runs the install script again, which now finds no binary and compiles
   // one. This proves the tarball holds all that node-gyp needs, not just the names on its list.
@@ -145,19 +138,14 @@ console.log(JSON.stringify({ count, dice: m.perClass["2"].dice, backend: backend
     (rebuild.stdout + rebuild.stderr).slice(-2000),
   );
   const nat = spawnSync(bin, ["info", "--json"], { cwd: app, encoding: "utf8" });
-  let b = {};
-  try {
-    b = JSON.parse(nat.stdout);
-  } catch {
-    // not JSON: the check below reports what came instead
-  }
+  const b = parsed(nat.stdout);
   check(
     "…and the compiled binary is the one loaded",
     b.backend === "native" && /node_modules\/bhsd\/build\/Release\/bhsd\.node$/.test(b.details?.native?.binary ?? ""),
     nat.stdout + nat.stderr,
   );
   const job3 = spawnSync(process.execPath, ["job.mjs"], { cwd: app, encoding: "utf8" });
-  check("…and the library works on it", job3.status === 0 && JSON.parse(job3.stdout || "{}").backend === "native", job3.stderr);
+  check("…and the library works on it", job3.status === 0 && parsed(job3.stdout).backend === "native", job3.stderr);
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

@@ -988,14 +988,15 @@ inline void voxel(const float* p, float* o, std::int64_t C, std::int64_t spatial
 // parts), e^r by its Taylor series to r¹³ (the remainder under 6e−18 of e^r), times 2ⁿ built in the
 // exponent bits. Within 1–2 ulp of std::exp: the float each softmax value is rounded to is the same
 // but where the double lies within those ulps of a float's rounding boundary (about once in 10⁸).
+// 1 / k! for k ≤ 13, the series' coefficients (exp4 and sigmoid's exp8 take the same)
+inline constexpr double inv_fact[14] = {
+    1.0,        1.0,         1.0 / 2,      1.0 / 6,       1.0 / 24,       1.0 / 120,       1.0 / 720,
+    1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 __attribute__((target("avx2,fma"))) inline __m256d exp4(__m256d x) {
   const __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), x);
   r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-  static constexpr double inv_fact[14] = {
-      1.0,        1.0,         1.0 / 2,      1.0 / 6,       1.0 / 24,       1.0 / 120,       1.0 / 720,
-      1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
   __m256d e = _mm256_set1_pd(inv_fact[13]);
   for (int k = 12; k >= 0; --k) e = _mm256_fmadd_pd(e, r, _mm256_set1_pd(inv_fact[k]));
   const __m256i bits =
@@ -1212,11 +1213,8 @@ __attribute__((target("avx512f"))) inline __m512d exp8(__m512d x) {
                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), x);
   r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
-  static constexpr double inv_fact[14] = {
-      1.0,        1.0,         1.0 / 2,      1.0 / 6,       1.0 / 24,       1.0 / 120,       1.0 / 720,
-      1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
-  __m512d e = _mm512_set1_pd(inv_fact[13]);
-  for (int k = 12; k >= 0; --k) e = _mm512_fmadd_pd(e, r, _mm512_set1_pd(inv_fact[k]));
+  __m512d e = _mm512_set1_pd(softmax_detail::inv_fact[13]);
+  for (int k = 12; k >= 0; --k) e = _mm512_fmadd_pd(e, r, _mm512_set1_pd(softmax_detail::inv_fact[k]));
   const __m512i bits = _mm512_maskz_slli_epi64(
       all,
       _mm512_add_epi64(_mm512_maskz_cvtepi32_epi64(all, _mm512_maskz_cvtpd_epi32(all, n)), _mm512_set1_epi64(1023)),
