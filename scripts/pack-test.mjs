@@ -2,9 +2,10 @@
 // The package as users get it: `npm pack`, install the tarball into an empty folder, and prove
 // that (1) the prebuilt binary is the one loaded and nothing was compiled, (2) the library and the
 // command line work from there, (3) with the binary removed the TypeScript backend takes over and
-// says why and how to compile one, (4) that command compiles the addon from the tarball. `npm pack` builds the prebuild first where it is missing (the prepack script); the
-// tarball must hold it, and hold what node-gyp needs to build from source, and nothing that is
-// only for the CUDA build or the tests. Ends with "N passed, N failed".
+// says why and how to compile one, (4) that command compiles the addon from the tarball. `npm pack`
+// builds the prebuild first where it is missing (the prepack script); the tarball must hold it, and
+// hold what node-gyp needs to build from source, and nothing that is only for the CUDA build or the
+// tests. Ends with "N passed, N failed".
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
