@@ -2714,7 +2714,10 @@ static void test_ssm(bhsd::ThreadPool& pool) {
 // attention() against a double reference of the unfused steps (q·kᵀ, scale, the additive terms,
 // softmax, · v): shapes with n and hd on and off whole vectors, heads split into row blocks (one
 // item), the scale on q or on the products, two additive terms (one shared by every query row);
-// a row with a NaN, and one all −∞, come out NaN; nothing outside out is written.
+// a row with a NaN, and one all −∞, come out NaN; nothing outside out is written. Each case runs
+// twice: as the default takes it (these small cases: all keys one tile), and in tiles of 256 keys
+// with the online softmax (tile_bytes 0), where one row's first 300 keys are masked out (−∞: its
+// first tile adds nothing) and the running maximum rises from tile to tile.
 static void test_attention(bhsd::ThreadPool& pool) {
   int bad = 0, nan_ok = 0, cases = 0;
   double worst = 0;
@@ -2726,83 +2729,90 @@ static void test_attention(bhsd::ThreadPool& pool) {
   };
   for (const Case& c : {Case{3, 343, 3, 16, true, 2}, Case{1, 37, 12, 64, false, 0}, Case{2, 20, 2, 5, false, 1},
                         Case{5, 16, 1, 33, true, 2}, Case{1, 1, 1, 1, false, 0}, Case{1, 130, 2, 48, true, 1},
-                        Case{2, 50, 3, 66, true, 1, true}, Case{1, 37, 2, 12, false, 0, true}}) {
-    const std::int64_t B = c.batch, n = c.n, H = c.heads, hd = c.hd;
-    std::vector<float> qkv(std::size_t(B * n * 3 * H * hd)), out(std::size_t(B * n * H * hd + 8), 7.0f);
-    for (std::size_t i = 0; i < qkv.size(); ++i) qkv[i] = float(std::sin(double(i) * 0.713) * 2.0);
-    const float scale = float(1.0 / std::sqrt(double(hd)));
-    // extra 0: per head, shared across the batch ([H, n, n]); extra 1: per batch item, one row ([B, 1, n])
-    std::vector<float> e0(std::size_t(H * n * n)), e1(std::size_t(B * n));
-    for (std::size_t i = 0; i < e0.size(); ++i) e0[i] = float(std::cos(double(i) * 0.3));
-    for (std::size_t i = 0; i < e1.size(); ++i) e1[i] = (i % 7 == 3) ? -100.0f : 0.0f;
-    std::vector<std::int64_t> o0(std::size_t(B * H)), o1(std::size_t(B * H));
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t h = 0; h < H; ++h) o0[std::size_t(b * H + h)] = h * n * n, o1[std::size_t(b * H + h)] = b * n;
-    const bhsd::AttentionExtra ex[2] = {{e0.data(), o0.data(), n}, {e1.data(), o1.data(), 0}};
-    // token j's cos (hd values) then signed sin: an angle per pair of channels
-    std::vector<float> rope(std::size_t(n * 2 * hd));
-    for (std::int64_t j = 0; j < n; ++j)
-      for (std::int64_t t = 0; t < hd; ++t) {
-        const double ang = double(j % 9) * std::pow(10000.0, -double(t / 2) / double(hd / 2 + 1)) + 0.1 * double(j / 9);
-        rope[std::size_t(j * 2 * hd + t)] = float(std::cos(ang));
-        rope[std::size_t(j * 2 * hd + hd + t)] = float(t % 2 ? std::sin(ang) : -std::sin(ang));
-      }
-    bhsd::AttentionShape sh{B, n, H, hd, scale, c.scale_q};
-    if (c.rope) sh.rope = rope.data();
-    bhsd::attention(qkv.data(), out.data(), sh, ex, c.extras, pool);
-    ++cases;
-    const std::int64_t row = 3 * H * hd;
-    std::vector<double> s(static_cast<std::size_t>(n));
-    // q or k of token j, rotated where the case has a table
-    auto rotated = [&](const float* x, std::int64_t j, std::int64_t t) {
-      if (!c.rope) return double(x[t]);
-      const float* r = rope.data() + j * 2 * hd;
-      return double(x[t]) * r[t] + double(x[t ^ 1]) * r[hd + t];
-    };
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t h = 0; h < H; ++h)
-        for (std::int64_t i = 0; i < n; ++i) {
-          const float* q = qkv.data() + (b * n + i) * row + h * hd;
-          double m = -1e300;
-          for (std::int64_t j = 0; j < n; ++j) {
-            const float* k = qkv.data() + (b * n + j) * row + H * hd + h * hd;
-            double d = 0;
-            for (std::int64_t t = 0; t < hd; ++t) d += rotated(q, i, t) * (c.scale_q ? scale : 1.0) * rotated(k, j, t);
-            if (!c.scale_q) d *= scale;
-            if (c.extras > 0) d += e0[std::size_t(h * n * n + i * n + j)];
-            if (c.extras > 1) d += e1[std::size_t(b * n + j)];
-            s[std::size_t(j)] = d;
-            m = std::max(m, d);
-          }
-          double sum = 0;
-          for (auto& v : s) sum += (v = std::exp(v - m));
-          for (std::int64_t t = 0; t < hd; ++t) {
-            double want = 0;
-            for (std::int64_t j = 0; j < n; ++j)
-              want += s[std::size_t(j)] / sum * qkv[std::size_t((b * n + j) * row + 2 * H * hd + h * hd + t)];
-            const double got = out[std::size_t(((b * n + i) * H + h) * hd + t)], err = std::abs(got - want);
-            worst = std::max(worst, err);
-            if (!(err <= 2e-5 * (1 + std::abs(want)))) ++bad;
-          }
-        }
-    for (std::size_t i = std::size_t(B * n * H * hd); i < out.size(); ++i) bad += out[i] != 7.0f;
-    // a NaN in one query's scores, and a row all −∞, give NaN rows there only
-    if (c.extras > 0 && n > 2) {
-      e0[std::size_t(1 * n + 2)] = std::numeric_limits<float>::quiet_NaN();
-      for (std::int64_t j = 0; j < n; ++j) e0[std::size_t(2 * n + j)] = -std::numeric_limits<float>::infinity();
-      bhsd::attention(qkv.data(), out.data(), sh, ex, c.extras, pool);
-      bool ok = true;
-      for (std::int64_t i = 0; i < n; ++i)
+                        Case{2, 50, 3, 66, true, 1, true}, Case{1, 37, 2, 12, false, 0, true},
+                        Case{1, 700, 2, 66, true, 1, true}, Case{2, 600, 1, 40, false, 2}})
+    for (const bool tiled : {false, true}) {
+      const std::int64_t B = c.batch, n = c.n, H = c.heads, hd = c.hd;
+      std::vector<float> qkv(std::size_t(B * n * 3 * H * hd)), out(std::size_t(B * n * H * hd + 8), 7.0f);
+      for (std::size_t i = 0; i < qkv.size(); ++i) qkv[i] = float(std::sin(double(i) * 0.713) * 2.0);
+      const float scale = float(1.0 / std::sqrt(double(hd)));
+      // extra 0: per head, shared across the batch ([H, n, n]); extra 1: per batch item, one row ([B, 1, n])
+      std::vector<float> e0(std::size_t(H * n * n)), e1(std::size_t(B * n));
+      for (std::size_t i = 0; i < e0.size(); ++i) e0[i] = float(std::cos(double(i) * 0.3) + double(i % n) * 0.004);
+      if (n > 300)
+        for (std::int64_t j = 0; j < 300; ++j) e0[std::size_t(3 * n + j)] = -std::numeric_limits<float>::infinity();
+      for (std::size_t i = 0; i < e1.size(); ++i) e1[i] = (i % 7 == 3) ? -100.0f : 0.0f;
+      std::vector<std::int64_t> o0(std::size_t(B * H)), o1(std::size_t(B * H));
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t h = 0; h < H; ++h) o0[std::size_t(b * H + h)] = h * n * n, o1[std::size_t(b * H + h)] = b * n;
+      const bhsd::AttentionExtra ex[2] = {{e0.data(), o0.data(), n}, {e1.data(), o1.data(), 0}};
+      // token j's cos (hd values) then signed sin: an angle per pair of channels
+      std::vector<float> rope(std::size_t(n * 2 * hd));
+      for (std::int64_t j = 0; j < n; ++j)
         for (std::int64_t t = 0; t < hd; ++t) {
-          const float v = out[std::size_t(((0 * n + i) * H + 0) * hd + t)];
-          ok = ok && ((i == 1 || i == 2) ? std::isnan(v) : std::isfinite(v));
+          const double ang =
+              double(j % 9) * std::pow(10000.0, -double(t / 2) / double(hd / 2 + 1)) + 0.1 * double(j / 9);
+          rope[std::size_t(j * 2 * hd + t)] = float(std::cos(ang));
+          rope[std::size_t(j * 2 * hd + hd + t)] = float(t % 2 ? std::sin(ang) : -std::sin(ang));
         }
-      nan_ok += ok;
+      bhsd::AttentionShape sh{B, n, H, hd, scale, c.scale_q};
+      if (c.rope) sh.rope = rope.data();
+      if (tiled) sh.tile_bytes = 0;
+      bhsd::attention(qkv.data(), out.data(), sh, ex, c.extras, pool);
+      ++cases;
+      const std::int64_t row = 3 * H * hd;
+      std::vector<double> s(static_cast<std::size_t>(n));
+      // q or k of token j, rotated where the case has a table
+      auto rotated = [&](const float* x, std::int64_t j, std::int64_t t) {
+        if (!c.rope) return double(x[t]);
+        const float* r = rope.data() + j * 2 * hd;
+        return double(x[t]) * r[t] + double(x[t ^ 1]) * r[hd + t];
+      };
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t h = 0; h < H; ++h)
+          for (std::int64_t i = 0; i < n; ++i) {
+            const float* q = qkv.data() + (b * n + i) * row + h * hd;
+            double m = -1e300;
+            for (std::int64_t j = 0; j < n; ++j) {
+              const float* k = qkv.data() + (b * n + j) * row + H * hd + h * hd;
+              double d = 0;
+              for (std::int64_t t = 0; t < hd; ++t)
+                d += rotated(q, i, t) * (c.scale_q ? scale : 1.0) * rotated(k, j, t);
+              if (!c.scale_q) d *= scale;
+              if (c.extras > 0) d += e0[std::size_t(h * n * n + i * n + j)];
+              if (c.extras > 1) d += e1[std::size_t(b * n + j)];
+              s[std::size_t(j)] = d;
+              m = std::max(m, d);
+            }
+            double sum = 0;
+            for (auto& v : s) sum += (v = std::exp(v - m));
+            for (std::int64_t t = 0; t < hd; ++t) {
+              double want = 0;
+              for (std::int64_t j = 0; j < n; ++j)
+                want += s[std::size_t(j)] / sum * qkv[std::size_t((b * n + j) * row + 2 * H * hd + h * hd + t)];
+              const double got = out[std::size_t(((b * n + i) * H + h) * hd + t)], err = std::abs(got - want);
+              worst = std::max(worst, err);
+              if (!(err <= 2e-5 * (1 + std::abs(want)))) ++bad;
+            }
+          }
+      for (std::size_t i = std::size_t(B * n * H * hd); i < out.size(); ++i) bad += out[i] != 7.0f;
+      // a NaN in one query's scores, and a row all −∞, give NaN rows there only
+      if (c.extras > 0 && n > 2) {
+        e0[std::size_t(1 * n + 2)] = std::numeric_limits<float>::quiet_NaN();
+        for (std::int64_t j = 0; j < n; ++j) e0[std::size_t(2 * n + j)] = -std::numeric_limits<float>::infinity();
+        bhsd::attention(qkv.data(), out.data(), sh, ex, c.extras, pool);
+        bool ok = true;
+        for (std::int64_t i = 0; i < n; ++i)
+          for (std::int64_t t = 0; t < hd; ++t) {
+            const float v = out[std::size_t(((0 * n + i) * H + 0) * hd + t)];
+            ok = ok && ((i == 1 || i == 2) ? std::isnan(v) : std::isfinite(v));
+          }
+        nan_ok += ok;
+      }
     }
-  }
   std::printf("attention (%s kernel): worst error %.3g against double\n", bhsd::attention_kernel_name(), worst);
-  CHECK(cases == 8);
-  CHECK(nan_ok == 5);
+  CHECK(cases == 20);
+  CHECK(nan_ok == 14);
   CHECK(bad == 0);
 }
 

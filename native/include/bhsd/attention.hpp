@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -57,6 +58,9 @@ struct AttentionShape {
   bool scale_q;
   // [n, 2 · hd]: token j's cos (hd values) then sin (hd, with the rotation's sign); null: none
   const float* rope = nullptr;
+  // the packed keys and values (bytes) up to which a task takes all the keys as one tile (past it,
+  // tiles of 256 keys: see item_rows); −1: the default, 512 KiB (half of a recent core's L2)
+  std::int64_t tile_bytes = -1;
 };
 
 namespace attention_detail {
@@ -87,11 +91,19 @@ struct Aligned {
 
 // Scratch of one task, reused across its items.
 struct Scratch {
-  Aligned kt, v, vt, s, q, sum;
+  Aligned kt, v, vt, s, q, o, d;
 };
 
-// Rows [r0, r1) of item (b, h), R rows a step: the scores two column vectors at a time (2R
-// accumulators), then the weighted sum of the values two output vectors at a time.
+// Rows [r0, r1) of item (b, h), in groups of RS = M·R rows that pass over the keys together, TK keys
+// a tile (flash attention's loop): each tile's packed keys and values are read once per group, not
+// once per R rows (from n ≈ 2048 a head's packed keys and values no longer fit in L2 beside each
+// other, and reading them again for every R rows had held the kernel to a quarter of the FMA
+// peak). Per tile: the group's scores, R rows and two column vectors at a time (2R accumulators),
+// into s (RS × TK, in L1); then per row the online softmax — the running maximum m, the tile's
+// exponentials of the scores less m, the running sum l, and the factor e^(m_old − m) by which what
+// the row has summed so far is rescaled; then the tile's weighted sum of the values into the
+// group's accumulators (two output vectors at a time), and the last columns past whole vectors as
+// dot products along the keys. out = the accumulators / l.
 template <int W, int R>
 __attribute__((always_inline)) inline void item_rows(const float* qkv, float* out, const AttentionShape& sh,
                                                      const AttentionExtra* extras, int n_extras, std::int64_t b,
@@ -101,20 +113,32 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
   constexpr float inf = std::numeric_limits<float>::infinity();
   const std::int64_t n = sh.n, hd = sh.hd, H = sh.heads;
   const std::int64_t np = (n + W - 1) / W * W, hp = (hd + W - 1) / W * W;
+  // Where the packed keys and values fit in L2 together, one tile of every key and one group of R
+  // rows (the computation before tiles: the same floats); else tiles of kTile keys (whole blocks of
+  // 2W) for groups of kGroups · R rows.
+  constexpr int kGroups = 4;
+  constexpr std::int64_t kTile = 256;
+  static_assert(kTile % (2 * W) == 0, "a tile is whole blocks of 2W keys");
+  const bool whole = n * (hd + hp) * std::int64_t(sizeof(float)) <= (sh.tile_bytes < 0 ? 512 << 10 : sh.tile_bytes);
+  const std::int64_t TK = whole ? np : kTile;
+  const int RS = whole ? R : kGroups * R;
   const std::int64_t row = 3 * H * hd;  // one token's q, k and v
   const float* base = qkv + b * n * row + h * hd;
   // Where hd leaves a few columns past whole vectors (rem ≤ W/2: Primus-S's 66 = 4 · 16 + 2), the
   // weighted sum takes those columns as dot products along the keys, from the values' last columns
   // transposed (vt, rows padded to an even count): a vector block for them had cost more than half
   // of a whole one for a few useful lanes.
-  const std::int64_t rem = hd % W, tail = rem != 0 && 2 * rem <= W ? rem : 0;
+  const std::int64_t rem = hd % W, tail = rem != 0 && 2 * rem <= W ? rem : 0, tp = (tail + 1) / 2 * 2;
   const std::int64_t hv = tail ? hd - tail : hp;  // the columns the vector blocks cover
   float* kt = sc.kt.zeros(std::size_t(hd * np));
   float* vp = sc.v.zeros(std::size_t(n * hp));
-  float* vt = tail ? sc.vt.zeros(std::size_t((tail + 1) / 2 * 2 * np)) : nullptr;
-  float* const s_rows = sc.s.get(std::size_t(R * np));
-  float* const q_rows = sc.q.get(std::size_t(R * hd));
-  float* const inv_sum = sc.sum.get(R);
+  float* vt = tail ? sc.vt.zeros(std::size_t(tp * np)) : nullptr;
+  float* const s = sc.s.get(std::size_t(RS * TK));
+  float* const q = sc.q.get(std::size_t(RS * hd));
+  float* const o = sc.o.get(std::size_t(RS * hv));      // row r's vector columns at r · hv
+  float* const d = sc.d.get(std::size_t(RS * tp * W));  // row r's last column c's lanes at (r · tp + c) · W
+  float m_run[kGroups * R], l_run[kGroups * R], alpha[kGroups * R];
+  bool nan_row[kGroups * R];
   // kᵀ in blocks of 2W keys (the last W wide where np is an odd number of vectors), each block's hd
   // rows together: the score loop then reads one contiguous run per block, where rows np apart (a
   // page each at n = 1024) had left every load to the L2's latency, no prefetcher following
@@ -131,11 +155,10 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
     for (std::int64_t c = 0; c < tail; ++c) vt[c * np + j] = k[H * hd + hv + c];
   }
   const std::int64_t eb = b * H + h;
-  for (std::int64_t i0 = r0; i0 < r1; i0 += R) {
-    const int rows = int(std::min<std::int64_t>(R, r1 - i0));
-    float* q = q_rows;
-    float* s = s_rows;
-    for (int r = 0; r < R; ++r) {
+  for (std::int64_t i0 = r0; i0 < r1; i0 += RS) {
+    const int rows = int(std::min<std::int64_t>(RS, r1 - i0));
+    const int groups = (rows + R - 1) / R, rr = groups * R;  // (the last group's rows past `rows` repeat its last)
+    for (int r = 0; r < rr; ++r) {
       const std::int64_t i = i0 + std::min(r, rows - 1);
       const float* src = base + i * row;
       if (sh.rope) {
@@ -146,113 +169,155 @@ __attribute__((always_inline)) inline void item_rows(const float* qkv, float* ou
         }
       } else
         for (std::int64_t t = 0; t < hd; ++t) q[r * hd + t] = sh.scale_q ? src[t] * sh.scale : src[t];
+      m_run[r] = -inf, l_run[r] = 0, alpha[r] = 1, nan_row[r] = false;
     }
-    std::int64_t j = 0;
-    for (; j + 2 * W <= np; j += 2 * W) {
-      vf a0[R], a1[R];
-      for (int r = 0; r < R; ++r) a0[r] = a1[r] = vf{};
-      const float* kb = kt + j * hd;  // (block j / 2W, 2W columns a row)
-      for (std::int64_t t = 0; t < hd; ++t) {
-        const vf k0 = BHSD_VLOAD(kb + t * 2 * W), k1 = BHSD_VLOAD(kb + t * 2 * W + W);
-        for (int r = 0; r < R; ++r) {
-          const float qv = q[r * hd + t];
-          a0[r] += qv * k0;
-          a1[r] += qv * k1;
+    std::fill(o, o + rr * hv, 0.0f);
+    std::fill(d, d + rr * tp * W, 0.0f);
+    for (std::int64_t j0 = 0; j0 < np; j0 += TK) {
+      // the tile: tk columns of whole vectors, the first nv of them keys (j0 < np, so j0 < n)
+      const std::int64_t tk = std::min<std::int64_t>(TK, np - j0), nv = std::min<std::int64_t>(TK, n - j0);
+      std::int64_t j = j0;
+      for (; j + 2 * W <= j0 + tk; j += 2 * W) {
+        const float* kb = kt + j * hd;  // (block j / 2W, 2W columns a row)
+        for (int g = 0; g < groups; ++g) {
+          const float* qg = q + g * R * hd;
+          vf a0[R], a1[R];
+          for (int r = 0; r < R; ++r) a0[r] = a1[r] = vf{};
+          for (std::int64_t t = 0; t < hd; ++t) {
+            const vf k0 = BHSD_VLOAD(kb + t * 2 * W), k1 = BHSD_VLOAD(kb + t * 2 * W + W);
+            for (int r = 0; r < R; ++r) {
+              const float qv = qg[r * hd + t];
+              a0[r] += qv * k0;
+              a1[r] += qv * k1;
+            }
+          }
+          float* sg = s + g * R * TK + (j - j0);
+          for (int r = 0; r < R; ++r) BHSD_VSTORE(sg + r * TK, a0[r]), BHSD_VSTORE(sg + r * TK + W, a1[r]);
         }
       }
-      for (int r = 0; r < R; ++r) BHSD_VSTORE(s + r * np + j, a0[r]), BHSD_VSTORE(s + r * np + j + W, a1[r]);
-    }
-    if (j < np) {
-      vf a0[R];
-      for (int r = 0; r < R; ++r) a0[r] = vf{};
-      const float* kb = kt + j * hd;  // (the last block, W columns a row)
-      for (std::int64_t t = 0; t < hd; ++t) {
-        const vf k0 = BHSD_VLOAD(kb + t * W);
-        for (int r = 0; r < R; ++r) a0[r] += q[r * hd + t] * k0;
+      if (j < j0 + tk) {
+        const float* kb = kt + j * hd;  // (the last block, W columns a row)
+        for (int g = 0; g < groups; ++g) {
+          const float* qg = q + g * R * hd;
+          vf a0[R];
+          for (int r = 0; r < R; ++r) a0[r] = vf{};
+          for (std::int64_t t = 0; t < hd; ++t) {
+            const vf k0 = BHSD_VLOAD(kb + t * W);
+            for (int r = 0; r < R; ++r) a0[r] += qg[r * hd + t] * k0;
+          }
+          float* sg = s + g * R * TK + (j - j0);
+          for (int r = 0; r < R; ++r) BHSD_VSTORE(sg + r * TK, a0[r]);
+        }
       }
-      for (int r = 0; r < R; ++r) BHSD_VSTORE(s + r * np + j, a0[r]);
-    }
-    // scale, the additive terms, the softmax's exponentials and their sums, row by row
-    for (int r = 0; r < rows; ++r) {
-      float* sr = s + r * np;
-      const std::int64_t i = i0 + r;
-      if (!sh.scale_q)
-        for (std::int64_t c = 0; c < n; ++c) sr[c] *= sh.scale;
-      for (int e = 0; e < n_extras; ++e) {
-        if (extras[e].offsets[eb] < 0) continue;  // a block of zeros
-        const float* add = extras[e].data + extras[e].offsets[eb] + i * extras[e].row_stride;
-        for (std::int64_t c = 0; c < n; ++c) sr[c] += add[c];
+      // scale, the additive terms, and the online softmax, row by row
+      for (int r = 0; r < rows; ++r) {
+        float* sr = s + r * TK;
+        const std::int64_t i = i0 + r;
+        if (!sh.scale_q)
+          for (std::int64_t c = 0; c < nv; ++c) sr[c] *= sh.scale;
+        for (int e = 0; e < n_extras; ++e) {
+          if (extras[e].offsets[eb] < 0) continue;  // a block of zeros
+          const float* add = extras[e].data + extras[e].offsets[eb] + i * extras[e].row_stride + j0;
+          for (std::int64_t c = 0; c < nv; ++c) sr[c] += add[c];
+        }
+        for (std::int64_t c = nv; c < tk; ++c) sr[c] = -inf;
+        vf mv = vf{} - inf;
+        vi seen_nan = vi{};
+        for (std::int64_t c = 0; c < tk; c += W) {
+          const vf x = BHSD_VLOAD(sr + c);
+          seen_nan |= x != x;
+          mv = x > mv ? x : mv;
+        }
+        float m = m_run[r];
+        for (int l = 0; l < W; ++l) m = std::max(m, mv[l]), nan_row[r] = nan_row[r] || seen_nan[l] != 0;
+        if (m == -inf) {  // every key so far masked out: nothing to add
+          std::fill(sr, sr + tk, 0.0f);
+          alpha[r] = 1;
+          continue;
+        }
+        alpha[r] = m_run[r] == -inf ? 0.0f : std::exp(m_run[r] - m);
+        m_run[r] = m;
+        vf sv = vf{};
+        for (std::int64_t c = 0; c < tk; c += W) {
+          vf e = BHSD_VLOAD(sr + c) - m;
+          vector_math::exp_nonpositive<W>(e);
+          BHSD_VSTORE(sr + c, e);
+          sv += e;
+        }
+        float sum = 0;
+        for (int l = 0; l < W; ++l) sum += sv[l];
+        l_run[r] = l_run[r] * alpha[r] + sum;
       }
-      for (std::int64_t c = n; c < np; ++c) sr[c] = -inf;
-      vf mv = vf{} - inf;
-      vi seen_nan = vi{};
-      for (std::int64_t c = 0; c < np; c += W) {
-        const vf x = BHSD_VLOAD(sr + c);
-        seen_nan |= x != x;
-        mv = x > mv ? x : mv;
-      }
-      float m = -inf;
-      bool nan = false;
-      for (int l = 0; l < W; ++l) m = std::max(m, mv[l]), nan = nan || seen_nan[l] != 0;
-      if (nan) m = std::numeric_limits<float>::quiet_NaN();
-      vf sv = vf{};
-      for (std::int64_t c = 0; c < np; c += W) {
-        vf e = BHSD_VLOAD(sr + c) - m;
-        vector_math::exp_nonpositive<W>(e);
-        BHSD_VSTORE(sr + c, e);
-        sv += e;
-      }
-      float sum = 0;
-      for (int l = 0; l < W; ++l) sum += sv[l];
-      inv_sum[r] = 1.0f / sum;
-    }
-    // out = (e · v) / sum
-    alignas(64) float tmp[2 * W];
-    for (std::int64_t c0 = 0; c0 < hv; c0 += 2 * W) {
-      const bool two = c0 + W < hv;
-      vf o0[R], o1[R];
-      for (int r = 0; r < R; ++r) o0[r] = o1[r] = vf{};
-      if (two) {
-        for (std::int64_t k = 0; k < n; ++k) {
-          const vf v0 = BHSD_VLOAD(vp + k * hp + c0), v1 = BHSD_VLOAD(vp + k * hp + c0 + W);
+      for (int r = rows; r < rr; ++r) std::fill(s + r * TK, s + r * TK + tk, 0.0f);
+      // the tile's values weighted into the accumulators, rescaled first
+      for (std::int64_t c0 = 0; c0 < hv; c0 += 2 * W) {
+        const bool two = c0 + W < hv;
+        for (int g = 0; g < groups; ++g) {
+          const float* sg = s + g * R * TK;
+          float* og = o + g * R * hv + c0;
+          vf o0[R], o1[R];
           for (int r = 0; r < R; ++r) {
-            const float p = s[r * np + k];
-            o0[r] += p * v0;
-            o1[r] += p * v1;
+            o0[r] = BHSD_VLOAD(og + r * hv) * alpha[g * R + r];
+            o1[r] = two ? BHSD_VLOAD(og + r * hv + W) * alpha[g * R + r] : vf{};
+          }
+          if (two) {
+            for (std::int64_t k = 0; k < nv; ++k) {
+              const vf v0 = BHSD_VLOAD(vp + (j0 + k) * hp + c0), v1 = BHSD_VLOAD(vp + (j0 + k) * hp + c0 + W);
+              for (int r = 0; r < R; ++r) {
+                const float p = sg[r * TK + k];
+                o0[r] += p * v0;
+                o1[r] += p * v1;
+              }
+            }
+          } else {
+            for (std::int64_t k = 0; k < nv; ++k) {
+              const vf v0 = BHSD_VLOAD(vp + (j0 + k) * hp + c0);
+              for (int r = 0; r < R; ++r) o0[r] += sg[r * TK + k] * v0;
+            }
+          }
+          for (int r = 0; r < R; ++r) {
+            BHSD_VSTORE(og + r * hv, o0[r]);
+            if (two) BHSD_VSTORE(og + r * hv + W, o1[r]);
           }
         }
-      } else {
-        for (std::int64_t k = 0; k < n; ++k) {
-          const vf v0 = BHSD_VLOAD(vp + k * hp + c0);
-          for (int r = 0; r < R; ++r) o0[r] += s[r * np + k] * v0;
-        }
       }
-      const std::int64_t cols = std::min<std::int64_t>(hd - c0, two ? 2 * W : W);
-      for (int r = 0; r < rows; ++r) {
-        BHSD_VSTORE(tmp, o0[r] * inv_sum[r]);
-        if (two) BHSD_VSTORE(tmp + W, o1[r] * inv_sum[r]);
-        std::memcpy(out + ((b * n + i0 + r) * H + h) * hd + c0, tmp, std::size_t(cols) * sizeof(float));
+      // the last columns, two at a time: each row's weights (zero past n) dotted with a column of vt
+      for (std::int64_t c = 0; c < tail; c += 2) {
+        const float *x0 = vt + c * np + j0, *x1 = x0 + np;
+        for (int g = 0; g < groups; ++g) {
+          const float* sg = s + g * R * TK;
+          float* dg = d + (g * R * tp + c) * W;
+          vf d0[R], d1[R];
+          for (int r = 0; r < R; ++r) {
+            d0[r] = BHSD_VLOAD(dg + r * tp * W) * alpha[g * R + r];
+            d1[r] = BHSD_VLOAD(dg + r * tp * W + W) * alpha[g * R + r];
+          }
+          for (std::int64_t k = 0; k < tk; k += W) {
+            const vf v0 = BHSD_VLOAD(x0 + k), v1 = BHSD_VLOAD(x1 + k);
+            for (int r = 0; r < R; ++r) {
+              const vf p = BHSD_VLOAD(sg + r * TK + k);
+              d0[r] += p * v0;
+              d1[r] += p * v1;
+            }
+          }
+          for (int r = 0; r < R; ++r) BHSD_VSTORE(dg + r * tp * W, d0[r]), BHSD_VSTORE(dg + r * tp * W + W, d1[r]);
+        }
       }
     }
-    // the last columns, two at a time: each row's weights (zero past n) dotted with a column of vt
-    for (std::int64_t c = 0; c < tail; c += 2) {
-      vf d0[R], d1[R];
-      for (int r = 0; r < R; ++r) d0[r] = d1[r] = vf{};
-      const float *x0 = vt + c * np, *x1 = x0 + np;
-      for (std::int64_t k = 0; k < np; k += W) {
-        const vf v0 = BHSD_VLOAD(x0 + k), v1 = BHSD_VLOAD(x1 + k);
-        for (int r = 0; r < R; ++r) {
-          const vf p = BHSD_VLOAD(s + r * np + k);
-          d0[r] += p * v0;
-          d1[r] += p * v1;
-        }
+    // out = o / l (a row with a NaN, or all −∞ — nothing summed — NaN)
+    for (int r = 0; r < rows; ++r) {
+      const float inv = nan_row[r] || !(l_run[r] > 0) ? std::numeric_limits<float>::quiet_NaN() : 1.0f / l_run[r];
+      float* dst = out + ((b * n + i0 + r) * H + h) * hd;
+      alignas(64) float tmp[W];
+      for (std::int64_t c0 = 0; c0 < hv; c0 += W) {
+        BHSD_VSTORE(tmp, BHSD_VLOAD(o + r * hv + c0) * inv);
+        std::memcpy(dst + c0, tmp, std::size_t(std::min<std::int64_t>(W, hd - c0)) * sizeof(float));
       }
-      for (int r = 0; r < rows; ++r) {
-        float t0 = 0, t1 = 0;
-        for (int l = 0; l < W; ++l) t0 += d0[r][l], t1 += d1[r][l];
-        float* o = out + ((b * n + i0 + r) * H + h) * hd + hv + c;
-        o[0] = t0 * inv_sum[r];
-        if (c + 1 < tail) o[1] = t1 * inv_sum[r];
+      for (std::int64_t c = 0; c < tail; ++c) {
+        const float* lanes = d + (r * tp + c) * W;
+        float t0 = 0;
+        for (int l = 0; l < W; ++l) t0 += lanes[l];
+        dst[hv + c] = t0 * inv;
       }
     }
   }
