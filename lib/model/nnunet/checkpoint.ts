@@ -25,6 +25,7 @@ import { allocArray } from "../../volume.js";
 import type { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
 import { scanPickle } from "./pickle-scan.js";
+import { brief } from "../../is.js";
 
 const require = createRequire(import.meta.url);
 // Both are CommonJS; loaded through require as the project does for protobufjs.
@@ -218,7 +219,7 @@ function resolveGlobal(module: string, name: string, where: string, charge: (n: 
           !Number.isSafeInteger(offset) ||
           (offset as number) < 0
         )
-          throw new CheckpointError(`${where}: ${fqn} got a malformed size/stride/offset (${JSON.stringify([size, stride, offset])})`);
+          throw new CheckpointError(`${where}: ${fqn} got a malformed size/stride/offset (${brief([size, stride, offset])})`);
         // (frozen, as the shape and strides: a later BUILD cannot change what was checked)
         return new TensorRef(storage, offset as number, Object.freeze([...size]) as number[], Object.freeze([...stride]) as number[]);
       };
@@ -501,15 +502,13 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
     const storages = new Map<string, StorageRef>();
     const persistent = (pid: unknown) => {
       if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5)
-        throw new CheckpointError(
-          `${where}: persistent id ${JSON.stringify(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`,
-        );
+        throw new CheckpointError(`${where}: persistent id ${brief(typeof pid === "string" ? pid : typeName(pid))} is not a torch storage`);
       const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
       const st = (type as { storageType?: StorageType })?.storageType;
       if (!(st instanceof StorageType) || !Object.isFrozen(st))
         throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
       if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
-        throw new CheckpointError(`${where}: storage key ${JSON.stringify(key)} is malformed`);
+        throw new CheckpointError(`${where}: storage key ${brief(key)} is malformed`);
       if (!Number.isSafeInteger(numel) || (numel as number) < 0)
         throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
       const had = storages.get(key);
@@ -531,6 +530,13 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       (module, name) => resolveGlobal(module, name, where, charge),
       persistent,
     );
+    // What all the tensors read may hold together: twice the archive's storage records. Each read is
+    // checked against its own storage, but any number of tensors may view one storage (tied
+    // weights, written once), and each read is a copy: without this, a 2 MB file naming one storage
+    // under a few hundred parameters had read 600 MB.
+    let stored = 0;
+    for (const [k, e] of entries) if (k.startsWith(`${root}/data/`)) stored += e.uncompressedSize;
+    let readBudget = 2 * stored;
     return {
       path,
       root: obj,
@@ -561,6 +567,11 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
           throw new CheckpointError(
             `${where}: storage record ${root}/data/${s.key} is compressed or encrypted; PyTorch writes storages stored as is`,
           );
+        if (n * 4 > readBudget)
+          throw new CheckpointError(
+            `${where}: reading tensor ${name} (${n * 4} bytes) would take what this checkpoint's tensors read past twice its ${stored} bytes of storages (tensors viewing the same storage again and again)`,
+          );
+        readBudget -= n * 4;
         // engine memory (huge pages; a fresh Float32Array's 4 KB pages touch at about 0.3 GB/s here):
         // the read writes every byte
         const out = allocArray("float32", n, `tensor ${name}`, { overwritten: true }) as Float32Array;
