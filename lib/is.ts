@@ -14,7 +14,7 @@ function describe(value: unknown): string {
     return `${ctor} of length ${(value as unknown as { length?: number }).length ?? (value as ArrayBufferView).byteLength}`;
   }
   if (Array.isArray(value)) {
-    const shown = value.slice(0, 8).map((v) => (typeof v === "string" ? JSON.stringify(v) : String(v)));
+    const shown = value.slice(0, 8).map((v) => (typeof v === "string" ? JSON.stringify(v) : brief(v, 2)));
     return `array [${shown.join(", ")}${value.length > 8 ? ", …" : ""}]`;
   }
   switch (typeof value) {
@@ -29,6 +29,44 @@ function describe(value: unknown): string {
     default:
       return `${(value as object).constructor?.name ?? "object"}`;
   }
+}
+
+/**
+ * A value as JSON for an error message (as JSON.stringify writes it), bounded: at most `depth` levels of arrays and objects (deeper
+ * ones "…"), the first 8 items of each, 200 characters in all; a cycle shows as "<cycle>". For values
+ * read from files (plans.json, pickles), where JSON.stringify can overflow the stack on deep nesting
+ * or throw on a cycle, and a huge value would fill the message.
+ */
+export function brief(value: unknown, depth = 4): string {
+  const seen = new Set<object>();
+  const go = (v: unknown, d: number): string => {
+    if (v === undefined) return d < depth ? "null" : "undefined"; // (JSON.stringify's null inside an array)
+    if (typeof v === "bigint") return `${v}`;
+    if (typeof v === "number") return String(v);
+    if (typeof v === "string") return JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}…` : v);
+    if (v === null || typeof v !== "object") return String(v);
+    if (seen.has(v)) return "<cycle>";
+    if (d <= 0) return Array.isArray(v) ? "[…]" : "{…}";
+    seen.add(v);
+    try {
+      if (ArrayBuffer.isView(v)) return `${(v as object).constructor?.name ?? "TypedArray"}(${(v as ArrayBufferView).byteLength} bytes)`;
+      const entries: [string | null, unknown][] = Array.isArray(v)
+        ? v.slice(0, 8).map((x) => [null, x])
+        : v instanceof Map
+          ? [...v.entries()].slice(0, 8).map(([k, x]) => [typeof k === "string" ? k : String(k), x])
+          : Object.keys(v)
+              .slice(0, 8)
+              .map((k) => [k, (v as Record<string, unknown>)[k]]);
+      const size = Array.isArray(v) ? v.length : v instanceof Map ? v.size : Object.keys(v).length;
+      const body = entries.map(([k, x]) => (k === null ? go(x, d - 1) : `${JSON.stringify(k)}:${go(x, d - 1)}`));
+      if (size > 8) body.push("…");
+      return Array.isArray(v) ? `[${body.join(",")}]` : `{${body.join(",")}}`;
+    } finally {
+      seen.delete(v);
+    }
+  };
+  const s = go(value, depth);
+  return s.length > 200 ? `${s.slice(0, 199)}…` : s;
 }
 
 /** The error every check throws: `Expected <expected> for <name> but received <actual>`. */

@@ -4,6 +4,8 @@ import test from "ava";
 import ort from "onnxruntime-node";
 import { loadModel, setBackend } from "../lib/index.js";
 import { parseModel } from "../lib/model/graph.js";
+import { normalizeConfig } from "../lib/model/config.js";
+import { brief } from "../lib/is.js";
 import { encodeModel, type AttrValue } from "../lib/model/onnx-proto.js";
 import { backendsUnderTest } from "./helpers.js";
 import { ortRun, randomTensor, relDiff, type OrtInput } from "./ort.js";
@@ -309,6 +311,43 @@ test("inferred shapes at load equal the shapes of a run and onnxruntime's output
     t.deepEqual(y.shape, ref.shape);
     t.true(relDiff(y.data, ref.data) < 1e-5, b);
   }
+});
+
+test("model configs that would normalise every voxel to one value, or hold absurd patches, are refused naming the key", (t) => {
+  const refused: [Record<string, unknown>, RegExp][] = [
+    [
+      { normalization: { type: "window", lower: 120, upper: -40, center: 40, scale: 80 } },
+      /normalization \{"type":"window","lower":120,"upper":-40/,
+    ],
+    [{ normalization: { type: "ct", lower: 300, upper: -100, mean: 40, std: 50 } }, /normalization \{"type":"ct","lower":300/],
+    [{ normalization: { type: "clipPercentile", lowerPercentile: "10", upperPercentile: "9" } }, /lowerPercentile":"10"/],
+    [{ patchSize: [0.4, 128, 128] }, /patchSize must be whole sizes from 1 to 4096, at most 134217728 voxels in all, got \[0\.4,128,128\]/],
+    [{ patchSize: [4096, 4096, 4096] }, /at most 134217728 voxels in all/],
+    [{ patchSize: [Infinity, 128, 128] }, /patchSize must be three positive numbers/],
+    [{ targetSpacing: [Infinity, 1, 1] }, /targetSpacing must be three positive numbers/],
+    [{ spatialDims: 2, patchSize: [5000, 512] }, /patchSize must be whole sizes from 1 to 4096/],
+  ];
+  for (const [cfg, message] of refused) t.throws(() => normalizeConfig(cfg, "argument"), { message }, JSON.stringify(cfg));
+  // the same kinds of values, in range, are kept
+  const ok = normalizeConfig(
+    { normalization: { type: "clipPercentile", lowerPercentile: 0.5, upperPercentile: 99.5 }, patchSize: [32.0, 128, 127.6] },
+    "argument",
+  );
+  t.deepEqual(ok.patchSize, [32, 128, 128]);
+});
+
+test("brief: values from files shown in messages bounded — deep nesting, cycles, long arrays and strings", (t) => {
+  let deep: unknown[] = [1];
+  for (let i = 0; i < 100_000; i++) deep = [deep];
+  t.is(brief(deep), "[[[[[…]]]]]");
+  const cyclic: unknown[] = [0];
+  cyclic.push(cyclic);
+  t.is(brief(cyclic), "[0,<cycle>]");
+  t.is(brief(Array.from({ length: 100 }, (_, i) => i)), "[0,1,2,3,4,5,6,7,…]");
+  t.is(brief({ a: [1, 2], b: "x".repeat(100) }), `{"a":[1,2],"b":"${"x".repeat(60)}…"}`);
+  t.is(brief(new Map([["k", 1n]])), '{"k":1}');
+  for (const v of [null, 3, "s", [1, [2, "t"]], { a: { b: null } }]) t.is(brief(v), JSON.stringify(v));
+  t.true(brief(Array.from({ length: 8 }, () => "y".repeat(60))).length <= 200);
 });
 
 test("a memoryLimit refuses a run before allocating past it", async (t) => {

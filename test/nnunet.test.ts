@@ -373,13 +373,75 @@ test("plans this engine does not build are refused, naming the key", async (t) =
           [3, 3],
           [3, 3],
         ]),
-      /arch_kwargs\.kernel_sizes\[0\] must be a positive integer or 3 of them/,
+      /arch_kwargs\.kernel_sizes\[0\] must be an integer from 1 to 31 or 3 of them/,
     ],
   ];
   for (const [change, message] of cases) {
     const dir = variant({ plans: (p) => change(p.configurations["3d_fullres"].architecture) });
     await t.throwsAsync(loadNnunet(dir), { message });
   }
+});
+
+test("plans' numbers past any trained network are refused before a node or constant is made from them", async (t) => {
+  // (a norm without affine makes its ones from the features alone; each conv of a stage is a node)
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- plans.json is untyped JSON, edited in place
+  const cases: [(p: any) => void, RegExp][] = [
+    [
+      (p) => ((arch(p).features_per_stage[0] = 2 ** 26), (arch(p).norm_op_kwargs.affine = false)),
+      /features_per_stage must be an integer from 1 to 16384 or 5 of them, got \[67108864,/,
+    ],
+    [(p) => (arch(p).n_conv_per_stage = 1e9), /n_conv_per_stage must be an integer from 1 to 64 or 5 of them, got 1000000000/],
+    [(p) => (arch(p).n_conv_per_stage_decoder = [2, 2, 2, 65]), /n_conv_per_stage_decoder must be an integer from 1 to 64/],
+    [(p) => (arch(p).strides[1] = [2, 2, 65]), /strides\[1\] must be an integer from 1 to 64 or 3 of them/],
+    [
+      (p) => (p.configurations["3d_fullres"].patch_size = [4e8, 4e8, 4e8]),
+      /patchSize must be whole sizes from 1 to 4096, at most 134217728 voxels in all, got \[400000000,400000000,400000000\]/,
+    ],
+    [(p) => (p.configurations["3d_fullres"].patch_size = [0.4, 64, 64]), /patchSize must be whole sizes from 1 to 4096/],
+  ];
+  for (const [change, message] of cases) {
+    const dir = variant({ plans: change });
+    const before = process.memoryUsage().rss;
+    await t.throwsAsync(loadNnunet(dir), { message });
+    t.true(process.memoryUsage().rss - before < 256 * 2 ** 20, `${message}: nothing large was allocated first`);
+  }
+});
+
+test("plans.json that is huge, nested deep or inherits through a long chain is refused with a message naming it", async (t) => {
+  let dir = variant({
+    plans: (p) => {
+      // 3d_fullres → c29 → … → c0 → base (the configuration itself)
+      p.configurations.base = p.configurations["3d_fullres"];
+      for (let i = 0; i < 30; i++) p.configurations[`c${i}`] = { inherits_from: i ? `c${i - 1}` : "base" };
+      p.configurations["3d_fullres"] = { inherits_from: "c29" };
+    },
+  });
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /configuration "3d_fullres" inherits through over 16 others \(3d_fullres → c29 → c28 → c27 → …\)/,
+  });
+  dir = variant({
+    plans: (p) => {
+      let deep: unknown[] = [];
+      for (let i = 0; i < 200; i++) deep = [deep];
+      p.notes = deep;
+    },
+  });
+  await t.throwsAsync(loadNnunet(dir), { message: /plans\.json .* is not valid JSON: arrays and objects nested over 64 deep/ });
+  dir = variant({});
+  writeFileSync(join(dir, "dataset.json"), " ".repeat(33 * 2 ** 20) + "{}");
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /cannot read dataset\.json .*: 34603010 bytes, more than the 33554432 a dataset\.json may have/,
+  });
+});
+
+test("a checkpoint whose tensors all view one storage (tied weights, written once) is refused before its reads pass twice the file's storage", async (t) => {
+  // test/fixtures/nnunet-tied: PyTorch's own torch.save of nnunet-folder's weights as views of one
+  // 7776-float storage (make.py): 64 kB on disk, 524 kB if each tensor were read as its own copy
+  const dir = variant({ checkpoint: () => readFileSync(join(ROOT, "test", "fixtures", "nnunet-tied", "checkpoint_final.pth")) });
+  await t.throwsAsync(loadNnunet(dir), {
+    instanceOf: CheckpointError,
+    message: /reading tensor .* would take what this checkpoint's tensors read past twice its 31104 bytes of storages/,
+  });
 });
 
 test("a truncated checkpoint is refused as not a readable zip", async (t) => {

@@ -4,11 +4,12 @@
  * beside the model, the ONNX metadata_props key "bhsd", else defaults. Schema: README, "Model config".
  */
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 import { checkCleanupOptions, type CleanupOptions } from "../ops/components.js";
 import { NNUNET_RESAMPLING, type NnunetResamplingStep, type Resampling } from "./resample.js";
+import { brief } from "../is.js";
 
 export type Normalization =
   /** Clip to [lower, upper] HU, then (x − center) / scale. The BHSD paper's: [-40, 120], 40, 80. */
@@ -174,9 +175,27 @@ export function defaultConfig(): ModelConfig {
 }
 
 function triple(v: unknown, what: string): [number, number, number] {
-  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === "number" && x > 0))
-    throw new Error(`model config: ${what} must be three positive numbers [z, y, x], got ${JSON.stringify(v)}`);
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === "number" && x > 0 && Number.isFinite(x)))
+    throw new Error(`model config: ${what} must be three positive numbers [z, y, x], got ${brief(v)}`);
   return v as [number, number, number];
+}
+
+/** Largest side of a patch, and largest patch (voxels): 16× nnU-Net's largest (a 3d_fullres patch is ≤ 2²¹ voxels). */
+export const MAX_PATCH_SIDE = 4096;
+export const MAX_PATCH_VOXELS = 2 ** 27;
+
+/**
+ * A patch's sides rounded to whole voxels (a config may write 128.0), each from 1 to MAX_PATCH_SIDE
+ * and MAX_PATCH_VOXELS in all, else an error naming `what` — checked before anything the size of a
+ * window is allocated (segment's Gaussian map, its windows).
+ */
+export function patchSides(v: readonly number[], what: string, shown: unknown = v): number[] {
+  const r = v.map((x) => Math.round(x));
+  if (!r.every((x) => x >= 1 && x <= MAX_PATCH_SIDE) || r.reduce((a, b) => a * b, 1) > MAX_PATCH_VOXELS)
+    throw new Error(
+      `model config: ${what} must be whole sizes from 1 to ${MAX_PATCH_SIDE}, at most ${MAX_PATCH_VOXELS} voxels in all, got ${brief(shown)}`,
+    );
+  return r;
 }
 
 /** Default patch of a 2-D model whose input sizes are not fixed: a whole BHSD slice. */
@@ -202,9 +221,9 @@ export function normalizeConfig(
   const out: ModelConfig = { ...d, ...given, source } as ModelConfig;
   out.resampling = resamplingOf(given.resampling ?? d.resampling);
   if (typeof out.cropToNonzero !== "boolean")
-    throw new Error(`model config: cropToNonzero must be true or false, got ${JSON.stringify(out.cropToNonzero)}`);
+    throw new Error(`model config: cropToNonzero must be true or false, got ${brief(out.cropToNonzero)}`);
   if (typeof out.normalizeAfterResampling !== "boolean")
-    throw new Error(`model config: normalizeAfterResampling must be true or false, got ${JSON.stringify(out.normalizeAfterResampling)}`);
+    throw new Error(`model config: normalizeAfterResampling must be true or false, got ${brief(out.normalizeAfterResampling)}`);
   if (
     out.regions !== undefined &&
     (!Array.isArray(out.regions) ||
@@ -212,7 +231,7 @@ export function normalizeConfig(
       out.regions.length > 255 ||
       !out.regions.every((v) => Number.isInteger(v) && v >= 1 && v <= 255))
   )
-    throw new Error(`model config: regions must list 1 to 255 label values in 1…255, got ${JSON.stringify(out.regions)}`);
+    throw new Error(`model config: regions must list 1 to 255 label values in 1…255, got ${brief(out.regions)}`);
   const ps = out.previousStage as unknown;
   if (
     ps !== undefined &&
@@ -223,23 +242,21 @@ export function normalizeConfig(
       typeof (ps as { postprocessed?: unknown }).postprocessed === "boolean"
     )
   )
-    throw new Error(
-      `model config: previousStage must be { cropped: true | false, postprocessed: true | false }, got ${JSON.stringify(ps)}`,
-    );
+    throw new Error(`model config: previousStage must be { cropped: true | false, postprocessed: true | false }, got ${brief(ps)}`);
   if (out.regions !== undefined && out.aggregate !== "logits")
     throw new Error('model config: a region-based model (regions) averages logits: aggregate must be "logits"');
   if (out.aggregate !== "logits" && out.aggregate !== "probabilities")
-    throw new Error(`model config: aggregate must be "logits" or "probabilities", got ${JSON.stringify(out.aggregate)}`);
+    throw new Error(`model config: aggregate must be "logits" or "probabilities", got ${brief(out.aggregate)}`);
   const rank = modelInput?.length;
   const sd = given.spatialDims ?? (given.patchSize?.length === 2 || rank === 4 ? 2 : 3);
-  if (sd !== 2 && sd !== 3) throw new Error(`model config: spatialDims must be 2 or 3, got ${JSON.stringify(given.spatialDims)}`);
+  if (sd !== 2 && sd !== 3) throw new Error(`model config: spatialDims must be 2 or 3, got ${brief(given.spatialDims)}`);
   if (rank !== undefined && (rank === 4 || rank === 5) && rank !== sd + 2)
     throw new Error(
-      `model config: a ${sd}-D config (${given.spatialDims !== undefined ? "spatialDims" : "patchSize"} ${JSON.stringify(given.spatialDims ?? given.patchSize)}) for a model whose input has ${rank} axes (${rank === 4 ? "[N, C, H, W]: a 2-D model" : "[N, C, D, H, W]: a 3-D model"})`,
+      `model config: a ${sd}-D config (${given.spatialDims !== undefined ? "spatialDims" : "patchSize"} ${brief(given.spatialDims ?? given.patchSize)}) for a model whose input has ${rank} axes (${rank === 4 ? "[N, C, H, W]: a 2-D model" : "[N, C, D, H, W]: a 3-D model"})`,
     );
   out.spatialDims = sd as 2 | 3;
   if (sd === 3) {
-    out.patchSize = triple(out.patchSize, "patchSize").map((v) => Math.round(v)) as [number, number, number];
+    out.patchSize = patchSides(triple(out.patchSize, "patchSize"), "patchSize") as [number, number, number];
     if (out.targetSpacing !== null) out.targetSpacing = triple(out.targetSpacing, "targetSpacing");
   } else {
     // a 2-D model: [y, x] (or [1, y, x]) patches, by default its fixed input sizes or a whole slice
@@ -248,33 +265,34 @@ export function normalizeConfig(
     const p = given.patchSize ?? fixed ?? DEFAULT_PATCH_2D;
     const yx = Array.isArray(p) && p.length === 3 && p[0] === 1 ? p.slice(1) : p;
     if (!Array.isArray(yx) || yx.length !== 2 || !yx.every((v) => typeof v === "number" && v > 0))
-      throw new Error(`model config: patchSize of a 2-D model must be [y, x] (or [1, y, x]) positive numbers, got ${JSON.stringify(p)}`);
-    out.patchSize = [1, Math.round(yx[0]!), Math.round(yx[1]!)];
+      throw new Error(`model config: patchSize of a 2-D model must be [y, x] (or [1, y, x]) positive numbers, got ${brief(p)}`);
+    out.patchSize = [1, ...patchSides(yx as number[], "patchSize", p)] as [number, number, number];
     const t = out.targetSpacing as number[] | null;
-    if (t !== null && !(Array.isArray(t) && (t.length === 2 || t.length === 3) && t.every((v) => typeof v === "number" && v > 0)))
+    if (
+      t !== null &&
+      !(Array.isArray(t) && (t.length === 2 || t.length === 3) && t.every((v) => typeof v === "number" && v > 0 && Number.isFinite(v)))
+    )
       throw new Error(
-        `model config: targetSpacing of a 2-D model must be [y, x] (its slices keep their spacing) or [z, y, x] positive numbers, got ${JSON.stringify(t)}`,
+        `model config: targetSpacing of a 2-D model must be [y, x] (its slices keep their spacing) or [z, y, x] positive numbers, got ${brief(t)}`,
       );
     if (given.mirrorAxes === undefined) out.mirrorAxes = [1, 2];
     else if (Array.isArray(given.mirrorAxes) && given.mirrorAxes.includes(0))
-      throw new Error(
-        `model config: mirrorAxes of a 2-D model are among 1 and 2 (a slice's y and x), got ${JSON.stringify(given.mirrorAxes)}`,
-      );
+      throw new Error(`model config: mirrorAxes of a 2-D model are among 1 and 2 (a slice's y and x), got ${brief(given.mirrorAxes)}`);
   }
   const perm = out.transposeForward;
   if (!Array.isArray(perm) || [...perm].sort().join() !== "0,1,2")
-    throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${JSON.stringify(perm)}`);
+    throw new Error(`model config: transposeForward must be a permutation of [0, 1, 2], got ${brief(perm)}`);
   if (!(out.stepSize > 0 && out.stepSize <= 1)) throw new Error(`model config: stepSize must be in (0, 1], got ${out.stepSize}`);
   const ax = out.mirrorAxes;
   if (!Array.isArray(ax) || ax.length > 3 || !ax.every((a) => a === 0 || a === 1 || a === 2) || new Set(ax).size !== ax.length)
-    throw new Error(`model config: mirrorAxes must list distinct axes among 0, 1, 2, got ${JSON.stringify(ax)}`);
+    throw new Error(`model config: mirrorAxes must list distinct axes among 0, 1, 2, got ${brief(ax)}`);
   checkInputChannels(out);
   if (out.exportValues !== undefined && out.exportValues !== "logits" && out.exportValues !== "probabilities")
-    throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${JSON.stringify(out.exportValues)}`);
+    throw new Error(`model config: exportValues must be "logits" or "probabilities", got ${brief(out.exportValues)}`);
   if (out.regions !== undefined && out.exportValues === "probabilities")
     throw new Error('model config: a region-based model exports each region\'s logits: exportValues must be "logits"');
   if (out.cropForeground !== undefined && typeof out.cropForeground !== "boolean")
-    throw new Error(`model config: cropForeground must be true or false, got ${JSON.stringify(out.cropForeground)}`);
+    throw new Error(`model config: cropForeground must be true or false, got ${brief(out.cropForeground)}`);
   if (out.orientation !== undefined) {
     const o = out.orientation as unknown;
     if (
@@ -282,9 +300,7 @@ export function normalizeConfig(
       !/^[RLAPSIrlapsi]{3}$/.test(o) ||
       new Set([...o.toUpperCase()].map((c) => "RLAPSI".indexOf(c) >> 1)).size !== 3
     )
-      throw new Error(
-        `model config: orientation must be three axis letters naming each of R/L, A/P and S/I once ("RAS"), got ${JSON.stringify(o)}`,
-      );
+      throw new Error(`model config: orientation must be three axis letters naming each of R/L, A/P and S/I once ("RAS"), got ${brief(o)}`);
     out.orientation = o.toUpperCase();
   }
   if (out.slidingWindow !== undefined) {
@@ -300,7 +316,7 @@ export function normalizeConfig(
       !three(w.sigmaScale, (x) => x > 0 && Number.isFinite(x))
     )
       throw new Error(
-        `model config: slidingWindow must be { type: "monai", overlap: three numbers in [0, 1), mode: "constant" | "gaussian", sigmaScale: three positive numbers }, got ${JSON.stringify(w)}`,
+        `model config: slidingWindow must be { type: "monai", overlap: three numbers in [0, 1), mode: "constant" | "gaussian", sigmaScale: three positive numbers }, got ${brief(w)}`,
       );
   }
   if (typeof out.classes !== "object" || out.classes === null) throw new Error("model config: classes must map label values to names");
@@ -317,9 +333,7 @@ export function normalizeConfig(
 /** A cascade's label resampling: nnU-Net's default, linear masks (order 1) and nearest across a separate axis. */
 function segStep(s: NnunetResamplingStep): NnunetResamplingStep {
   if (s.order !== 1 || s.orderZ !== 0)
-    throw new Error(
-      `model config: resampling.seg resamples labels with order 1 and orderZ 0 (nnU-Net's default), got ${JSON.stringify(s)}`,
-    );
+    throw new Error(`model config: resampling.seg resamples labels with order 1 and orderZ 0 (nnU-Net's default), got ${brief(s)}`);
   return s;
 }
 
@@ -332,9 +346,7 @@ function resamplingOf(r: unknown): Resampling {
     const mode = (v: unknown) => v === "bilinear" || v === "nearest";
     if (Object.keys(o).length === 3 && mode(o.image) && mode(o.back))
       return { type: "monai", image: o.image as "bilinear" | "nearest", back: o.back as "bilinear" | "nearest" };
-    throw new Error(
-      `model config: resampling { type: "monai" } needs image and back, each "bilinear" or "nearest", got ${JSON.stringify(r)}`,
-    );
+    throw new Error(`model config: resampling { type: "monai" } needs image and back, each "bilinear" or "nearest", got ${brief(r)}`);
   }
   if (o?.type === "nnunet") {
     const step = (v: unknown, what: string): NnunetResamplingStep => {
@@ -352,7 +364,7 @@ function resamplingOf(r: unknown): Resampling {
       )
         return { order: t.order!, orderZ: t.orderZ!, forceSeparateZ: t.forceSeparateZ, anisotropyThreshold: t.anisotropyThreshold };
       throw new Error(
-        `model config: resampling.${what} must be { order: 0–5, orderZ: 0–5, forceSeparateZ: true | false | null, anisotropyThreshold: a positive number }, got ${JSON.stringify(v)}`,
+        `model config: resampling.${what} must be { order: 0–5, orderZ: 0–5, forceSeparateZ: true | false | null, anisotropyThreshold: a positive number }, got ${brief(v)}`,
       );
     };
     return {
@@ -363,7 +375,7 @@ function resamplingOf(r: unknown): Resampling {
     };
   }
   throw new Error(
-    `model config: resampling must be "linear", "nnunet", { type: "nnunet", data: {…}, probabilities: {…} } or { type: "monai", image, back }, got ${JSON.stringify(r)}`,
+    `model config: resampling must be "linear", "nnunet", { type: "nnunet", data: {…}, probabilities: {…} } or { type: "monai", image, back }, got ${brief(r)}`,
   );
 }
 
@@ -391,7 +403,7 @@ function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities"
     // (scipy's order 0 but for rounding at exact halves)
     if ((kw.mode ?? "linear") !== "linear" || (kw.aniso_axis_mode ?? "nearest-exact") !== "nearest-exact")
       throw new Error(
-        `plans.json: configuration "${configuration}" resamples (${key}) with resample_torch_fornnunet in mode ${JSON.stringify(kw.mode ?? "linear")} / aniso_axis_mode ${JSON.stringify(kw.aniso_axis_mode ?? "nearest-exact")}; bhsd has "linear" / "nearest-exact"`,
+        `plans.json: configuration "${configuration}" resamples (${key}) with resample_torch_fornnunet in mode ${brief(kw.mode ?? "linear")} / aniso_axis_mode ${brief(kw.aniso_axis_mode ?? "nearest-exact")}; bhsd has "linear" / "nearest-exact"`,
       );
     return {
       order: 1,
@@ -401,7 +413,7 @@ function nnunetStep(conf: Record<string, unknown>, key: "data" | "probabilities"
     };
   }
   throw new Error(
-    `plans.json: configuration "${configuration}" resamples (${key}) with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape, resample_torch_fornnunet and no_resampling_hack`,
+    `plans.json: configuration "${configuration}" resamples (${key}) with ${brief(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape, resample_torch_fornnunet and no_resampling_hack`,
   );
 }
 
@@ -441,7 +453,7 @@ export function fromNnunet(
     const fn = conf.resampling_fn_seg ?? "resample_data_or_seg_to_shape";
     if (fn !== "resample_data_or_seg_to_shape" && fn !== "resample_data_or_seg_to_spacing")
       throw new Error(
-        `plans.json: configuration "${configuration}" resamples the previous stage's labels with ${JSON.stringify(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape for them`,
+        `plans.json: configuration "${configuration}" resamples the previous stage's labels with ${brief(fn)}; bhsd has nnU-Net's resample_data_or_seg_to_shape for them`,
       );
     const seg = nnunetStep(conf, "seg", configuration);
     // (resize_segmentation: each label's mask linear, as nnU-Net's default; across a separate axis, nearest)
@@ -461,7 +473,7 @@ export function fromNnunet(
     // images by a quarter or more (skull-stripped MR, not CT, whose air is -1000 HU)
     const mask = (conf.use_mask_for_norm as unknown[] | undefined)?.[0];
     if (mask !== undefined && mask !== null && typeof mask !== "boolean")
-      throw new Error(`plans.json: use_mask_for_norm must list true or false per channel, got ${JSON.stringify(conf.use_mask_for_norm)}`);
+      throw new Error(`plans.json: use_mask_for_norm must list true or false per channel, got ${brief(conf.use_mask_for_norm)}`);
     out.normalization = mask ? { type: "zscore", nonzeroMask: true } : { type: "zscore" };
   } else if (scheme === "NoNormalization") out.normalization = { type: "none" };
   else if (scheme)
@@ -476,8 +488,14 @@ export function fromNnunet(
   return out;
 }
 
+/** Largest config or plans JSON read beside a model (nnU-Net's plans: a few kB). */
+const MAX_CONFIG_JSON_BYTES = 32 * 2 ** 20;
+
 async function readJson(path: string): Promise<Record<string, unknown>> {
   try {
+    const st = await stat(path);
+    if (st.size > MAX_CONFIG_JSON_BYTES)
+      throw new Error(`${st.size} bytes, more than the ${MAX_CONFIG_JSON_BYTES} a model's config may have`);
     return JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
   } catch (e) {
     throw new Error(`${path}: ${(e as Error).message}`, { cause: e });
@@ -523,16 +541,21 @@ export function channelNormalizations(cfg: Pick<ModelConfig, "normalization">): 
 
 function checkNormalization(n: Normalization, out: Pick<ModelConfig, "normalizeAfterResampling">): void {
   const ok =
-    (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0) ||
-    (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0) ||
+    (n?.type === "window" && [n.lower, n.upper, n.center, n.scale].every(Number.isFinite) && n.scale !== 0 && n.lower < n.upper) ||
+    (n?.type === "ct" && [n.lower, n.upper, n.mean, n.std].every(Number.isFinite) && n.std > 0 && n.lower < n.upper) ||
     (n?.type === "zscore" && (n.nonzeroMask === undefined || typeof n.nonzeroMask === "boolean")) ||
     (n?.type === "monaiZscore" && typeof n.nonzero === "boolean") ||
     (n?.type === "minmax" && Number.isFinite(n.min) && Number.isFinite(n.max)) ||
     n?.type === "none" ||
-    (n?.type === "clipPercentile" && n.lowerPercentile >= 0 && n.upperPercentile <= 100 && n.lowerPercentile < n.upperPercentile);
+    (n?.type === "clipPercentile" &&
+      Number.isFinite(n.lowerPercentile) &&
+      Number.isFinite(n.upperPercentile) &&
+      n.lowerPercentile >= 0 &&
+      n.upperPercentile <= 100 &&
+      n.lowerPercentile < n.upperPercentile);
   if (!ok)
     throw new Error(
-      `model config: normalization ${JSON.stringify(n)} is not one of window, ct, zscore, monaiZscore, minmax, clipPercentile, none (with their numbers)`,
+      `model config: normalization ${brief(n)} is not one of window, ct, zscore, monaiZscore, minmax, clipPercentile, none (with their numbers: finite, a window's and a ct's lower below upper, percentiles 0 ≤ lower < upper ≤ 100)`,
     );
   if (out.normalizeAfterResampling && n.type === "zscore" && n.nonzeroMask)
     throw new Error(
@@ -560,7 +583,7 @@ export function checkInputChannels(
   if (out.contextSlices !== undefined) {
     const k = out.contextSlices;
     if (!(Number.isInteger(k) && k >= 0 && k <= 8))
-      throw new Error(`model config: contextSlices must be a whole number of slices either side from 0 to 8, got ${JSON.stringify(k)}`);
+      throw new Error(`model config: contextSlices must be a whole number of slices either side from 0 to 8, got ${brief(k)}`);
     if (k > 0 && out.spatialDims !== 2)
       throw new Error("model config: contextSlices (neighbouring slices as channels) is for a 2-D model (spatialDims 2)");
     // (each channel is a copy of the model grid: bounded, as the network's input is)
@@ -573,7 +596,7 @@ export function checkInputChannels(
       throw new Error("model config: contextSlices with a cascade's previousStage: a 2.5-D cascade is not built");
   }
   if (out.contextEdge !== undefined && out.contextEdge !== "replicate" && out.contextEdge !== "zero")
-    throw new Error(`model config: contextEdge must be "replicate" or "zero", got ${JSON.stringify(out.contextEdge)}`);
+    throw new Error(`model config: contextEdge must be "replicate" or "zero", got ${brief(out.contextEdge)}`);
   if (out.contextLayout !== undefined && out.contextLayout !== "slice-major" && out.contextLayout !== "channel-major")
-    throw new Error(`model config: contextLayout must be "slice-major" or "channel-major", got ${JSON.stringify(out.contextLayout)}`);
+    throw new Error(`model config: contextLayout must be "slice-major" or "channel-major", got ${brief(out.contextLayout)}`);
 }

@@ -18,7 +18,14 @@ import {
 import * as ops from "../ops/tensor.js";
 import type { Tensor, Volume } from "../types.js";
 import { allocArray, assertVolume } from "../volume.js";
-import { channelNormalizations, checkInputChannels, type ModelConfig, type Normalization } from "./config.js";
+import {
+  channelNormalizations,
+  checkInputChannels,
+  MAX_PATCH_SIDE,
+  MAX_PATCH_VOXELS,
+  type ModelConfig,
+  type Normalization,
+} from "./config.js";
 import { Model } from "./model.js";
 import { cropVolume, filledNonzeroMask, forEachBoxRun, forEachOutsideRun, nonzeroBox, uncropLabels, type Box } from "./crop.js";
 import { DEFAULT_MAX_VOXELS, nnunetPath, resampleLabelsNnunet, resampleNnunet, roundHalfEven } from "./resample.js";
@@ -62,8 +69,8 @@ export interface SegmentOptions {
   /**
    * Largest grid (voxels) segment may allocate: the CT's, the grid resampled to the model's
    * spacing, and that grid padded to a patch are each checked against it, from the dims and
-   * spacings alone, before anything is allocated (RangeError naming the grid). Default: no limit
-   * but one array's.
+   * spacings alone, before anything is allocated (RangeError naming the grid). Default 2³⁰ (a
+   * 4 GiB float grid: 70× a 512 × 512 × 60 CT; a spacing of 10⁻⁶ mm is refused, not attempted).
    */
   maxVoxels?: number;
 }
@@ -416,11 +423,19 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   // a 2-D model's patch is one slice: [y, x] or [1, y, x]
   let patch = (opts.patchSize ?? cfg.patchSize) as number[];
   if (twoD && Array.isArray(patch) && patch.length === 2) patch = [1, ...patch];
-  if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((p) => typeof p === "number" && p >= 1) || (twoD && patch[0] !== 1))
+  // (the config's patch is checked when it is made, but a model's config may be replaced after load)
+  const patchWhat = opts.patchSize ? "options.patchSize" : "model.config.patchSize";
+  if (
+    !Array.isArray(patch) ||
+    patch.length !== 3 ||
+    !patch.every((p) => typeof p === "number" && p >= 1 && Math.round(p) <= MAX_PATCH_SIDE) ||
+    patch.reduce((a, p) => a * Math.round(p), 1) > MAX_PATCH_VOXELS ||
+    (twoD && patch[0] !== 1)
+  )
     throw invalidParameterError(
-      "options.patchSize",
-      twoD ? "[y, x] (or [1, y, x]) of positive integers for this 2-D model" : "[z, y, x] of positive integers",
-      opts.patchSize,
+      patchWhat,
+      `${twoD ? "[y, x] (or [1, y, x])" : "[z, y, x]"} of sizes from 1 to ${MAX_PATCH_SIDE}, at most ${MAX_PATCH_VOXELS} voxels in all${twoD ? " for this 2-D model" : ""}`,
+      opts.patchSize ?? cfg.patchSize,
     );
   patch = patch.map(Math.round);
   // a graph built for one input size (a static ONNX export, a MONAI transformer) runs that window only
@@ -464,7 +479,7 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   const cleanupOptions = opts.cleanup === undefined ? cfg.postprocessing : opts.cleanup;
   if (cleanupOptions !== false && cleanupOptions !== undefined)
     checkCleanupOptions(cleanupOptions, opts.cleanup === undefined ? "model.config.postprocessing" : "options.cleanup");
-  const maxVoxels = opts.maxVoxels ?? Infinity;
+  const maxVoxels = opts.maxVoxels ?? 2 ** 30;
   if (!(typeof maxVoxels === "number" && maxVoxels >= 1)) throw invalidParameterError("options.maxVoxels", "a number >= 1", opts.maxVoxels);
   return {
     patch: patch as [number, number, number],

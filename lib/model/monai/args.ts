@@ -4,6 +4,7 @@
  */
 import { monaiError, type GraphBuilder } from "./layers.js";
 import type { StateDictNetwork } from "../state-dict.js";
+import { brief } from "../../is.js";
 
 export type MonaiNetworkClass =
   "UNet" | "AttentionUnet" | "SegResNet" | "SegResNetVAE" | "SegResNetDS" | "DynUNet" | "BasicUNet" | "SwinUNETR" | "UNETR" | "MedNeXt";
@@ -59,27 +60,27 @@ export function kwargs(
 
 export const posInt = (v: unknown, where: string, what: string, max = 1 << 16): number => {
   if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max)
-    throw monaiError(where, `${what} must be a positive integer up to ${max}, got ${JSON.stringify(v)}`);
+    throw monaiError(where, `${what} must be a positive integer up to ${max}, got ${brief(v)}`);
   return v as number;
 };
 export const intList = (v: unknown, where: string, what: string, min = 1): number[] => {
   if (!Array.isArray(v) || !v.length || v.length > 64 || !v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16))
-    throw monaiError(where, `${what} must be a list of 1 to 64 integers from ${min} to 65536, got ${JSON.stringify(v)}`);
+    throw monaiError(where, `${what} must be a list of 1 to 64 integers from ${min} to 65536, got ${brief(v)}`);
   return v as number[];
 };
 export const flag = (v: unknown, where: string, what: string): boolean => {
-  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${brief(v)}`);
   return v;
 };
 export const spatialDims = (v: unknown, where: string, cls: string): 2 | 3 => {
   if (v !== 2 && v !== 3)
-    throw monaiError(where, `${cls}'s spatial_dims must be 2 or 3 (bhsd segments CT slices or volumes), got ${JSON.stringify(v)}`);
+    throw monaiError(where, `${cls}'s spatial_dims must be 2 or 3 (bhsd segments CT slices or volumes), got ${brief(v)}`);
   return v;
 };
 export const dropoutOk = (v: unknown, where: string, what: string) => {
   // eval mode: any dropout is the identity; only its form is checked
   if (v === null || v === undefined || typeof v === "number" || typeof v === "string" || (Array.isArray(v) && v.length === 2)) return;
-  throw monaiError(where, `${what} must be a probability, a name or [name, {arguments}], got ${JSON.stringify(v)}`);
+  throw monaiError(where, `${what} must be a probability, a name or [name, {arguments}], got ${brief(v)}`);
 };
 export const divisorOf = (dims: number, strides: number[][]): [number, number, number] => {
   const d = [1, 1, 1];

@@ -14,6 +14,7 @@ import { parse as parseYaml } from "yaml";
 import type { ModelConfig } from "../config.js";
 import { monaiError } from "./layers.js";
 import { pipelineConfig, type KeepLargest } from "./pipeline.js";
+import { brief } from "../../is.js";
 
 export interface MonaiBundle {
   folder: string;
@@ -118,10 +119,10 @@ export class BundleConfig {
     if (!rel) return from;
     const n = normalize(rel);
     if (isAbsolute(rel) || n.startsWith("..") || n.split(sep).includes("..") || !/\.(json|ya?ml)$/i.test(n))
-      throw monaiError(this.where(from, ""), `a macro names ${JSON.stringify(rel)}: only a JSON or YAML file inside the bundle is read`);
+      throw monaiError(this.where(from, ""), `a macro names ${brief(rel)}: only a JSON or YAML file inside the bundle is read`);
     if (!this.files.has(n)) {
       if (this.files.size >= 16) throw monaiError(this.where(from, ""), "macros name more than 16 config files");
-      await insideBundle(this.folder, n, `a macro names ${JSON.stringify(rel)}, which`);
+      await insideBundle(this.folder, n, `a macro names ${brief(rel)}, which`);
       this.files.set(n, await readConfigFile(join(this.folder, n), join(this.folder, n)));
     }
     return n;
@@ -150,7 +151,7 @@ export class BundleConfig {
         const m = /::|#/.exec(rest);
         const f = m ? rest.slice(0, m.index) : "";
         tid = m ? rest.slice(m.index + m[0].length) : rest;
-        if (!/^[\w:#]*$/.test(tid)) throw monaiError(this.where(file, id), `macro ${JSON.stringify(v)} names no item`);
+        if (!/^[\w:#]*$/.test(tid)) throw monaiError(this.where(file, id), `macro ${brief(v)} names no item`);
         target = await this.fileOf(f, file);
       }
       if (target !== undefined && tid !== undefined) {
@@ -202,9 +203,7 @@ export async function readBundle(folder: string): Promise<MonaiBundle> {
   if (def === null || typeof def !== "object" || Array.isArray(def))
     throw monaiError(
       join(folder, configFile),
-      def === undefined
-        ? "no network_def (nor a network with a _target_)"
-        : `network_def is ${JSON.stringify(def)}, not a network's definition`,
+      def === undefined ? "no network_def (nor a network with a _target_)" : `network_def is ${brief(def)}, not a network's definition`,
     );
   const weights = join("models", "model.pt");
   const { config, pipeline, keepLargest } = await pipelineConfig(cfg);

@@ -7,6 +7,7 @@
 import type { AttrValue } from "../onnx-proto.js";
 import type { GraphNodeSpec, Param } from "../nnunet/network.js";
 import type { StateDictNetwork } from "../state-dict.js";
+import { brief } from "../../is.js";
 
 /** A norm layer in eval mode. */
 export interface NormSpec {
@@ -32,7 +33,7 @@ function splitArgs(v: unknown, where: string, what: string): [string, Record<str
   if (typeof v === "string") return [v, {}];
   if (Array.isArray(v) && v.length === 2 && typeof v[0] === "string" && v[1] !== null && typeof v[1] === "object" && !Array.isArray(v[1]))
     return [v[0], v[1] as Record<string, unknown>];
-  throw monaiError(where, `${what} must be a name or [name, {arguments}], got ${JSON.stringify(v)}`);
+  throw monaiError(where, `${what} must be a name or [name, {arguments}], got ${brief(v)}`);
 }
 
 function checkKwargs(kw: Record<string, unknown>, allowed: string[], where: string, what: string) {
@@ -43,12 +44,12 @@ function checkKwargs(kw: Record<string, unknown>, allowed: string[], where: stri
 
 const num = (v: unknown, dflt: number, where: string, what: string, ok: (x: number) => boolean = Number.isFinite): number => {
   if (v === undefined) return dflt;
-  if (typeof v !== "number" || !ok(v)) throw monaiError(where, `${what} must be a number in range, got ${JSON.stringify(v)}`);
+  if (typeof v !== "number" || !ok(v)) throw monaiError(where, `${what} must be a number in range, got ${brief(v)}`);
   return v;
 };
 const bool = (v: unknown, dflt: boolean, where: string, what: string): boolean => {
   if (v === undefined) return dflt;
-  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== "boolean") throw monaiError(where, `${what} must be true or false, got ${brief(v)}`);
   return v;
 };
 
@@ -106,7 +107,7 @@ export function parseAct(v: unknown, where: string, what: string): ActSpec | nul
     case "gelu":
       checkKwargs(kw, ["approximate"], where, what);
       if (kw.approximate !== undefined && kw.approximate !== "none")
-        throw monaiError(where, `${what}: GELU's approximate ${JSON.stringify(kw.approximate)} (bhsd builds "none")`);
+        throw monaiError(where, `${what}: GELU's approximate ${brief(kw.approximate)} (bhsd builds "none")`);
       return { op: "gelu" };
     case "leakyrelu":
       checkKwargs(kw, ["negative_slope", "inplace"], where, what);
@@ -132,15 +133,14 @@ export function parseAct(v: unknown, where: string, what: string): ActSpec | nul
 export function perAxis(v: unknown, dims: number, where: string, what: string, min = 1): number[] {
   if (typeof v === "number" && Number.isInteger(v) && v >= min && v <= 1 << 16) return Array<number>(dims).fill(v);
   if (Array.isArray(v) && v.length === dims && v.every((x) => Number.isInteger(x) && x >= min && x <= 1 << 16)) return v as number[];
-  throw monaiError(where, `${what} must be an integer ≥ ${min} or ${dims} of them, got ${JSON.stringify(v)}`);
+  throw monaiError(where, `${what} must be an integer ≥ ${min} or ${dims} of them, got ${brief(v)}`);
 }
 
 /** MONAI's same_padding: (k − 1) / 2 × dilation, which must be whole. */
 export function samePadding(k: number[], dilation: number[], where: string, what: string): number[] {
   return k.map((x, i) => {
     const p = ((x - 1) / 2) * dilation[i]!;
-    if (!Number.isInteger(p))
-      throw monaiError(where, `${what}: kernel ${JSON.stringify(k)} has no "same" padding (MONAI needs odd kernels)`);
+    if (!Number.isInteger(p)) throw monaiError(where, `${what}: kernel ${brief(k)} has no "same" padding (MONAI needs odd kernels)`);
     return p;
   });
 }
@@ -336,8 +336,7 @@ export class GraphBuilder {
 export function getPadding(kernel: number[], stride: number[], where: string, what: string): number[] {
   return kernel.map((q, i) => {
     const p = (q - stride[i]! + 1) / 2;
-    if (p < 0)
-      throw monaiError(where, `${what}: kernel ${JSON.stringify(kernel)} is smaller than its stride ${JSON.stringify(stride)} allows`);
+    if (p < 0) throw monaiError(where, `${what}: kernel ${brief(kernel)} is smaller than its stride ${brief(stride)} allows`);
     return Math.trunc(p);
   });
 }

@@ -12,6 +12,7 @@
  */
 import { finish, flag, intList, kwargs, posInt, spatialDims, divisorOf, type MonaiNetwork } from "./args.js";
 import { GraphBuilder, monaiError } from "./layers.js";
+import { brief } from "../../is.js";
 
 /** create_mednext's variants: the aliases' arguments (their kernel_size 3 unless given). */
 const VARIANTS: Record<"S" | "B" | "M" | "L", Record<string, unknown>> = {
@@ -242,7 +243,7 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
   if (up.length !== L)
     throw monaiError(
       where,
-      `MedNeXt's blocks_up must have as many entries as blocks_down (${L}: the decoder's widths mirror the encoder's), got ${JSON.stringify(k.blocks_up)}`,
+      `MedNeXt's blocks_up must have as many entries as blocks_down (${L}: the decoder's widths mirror the encoder's), got ${brief(k.blocks_up)}`,
     );
   if (L > 8) throw monaiError(where, `MedNeXt with ${L} levels: at most 8`);
   // (0: an empty Sequential, as MONAI allows)
@@ -251,7 +252,7 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
     const r = typeof v === "number" ? Array<number>(L).fill(v) : v;
     const list = intList(r, where, `MedNeXt's ${what}`);
     // (MONAI reads the first L: a longer list is accepted as there)
-    if (list.length < L) throw monaiError(where, `MedNeXt's ${what} must be one integer or ${L} (one a level), got ${JSON.stringify(v)}`);
+    if (list.length < L) throw monaiError(where, `MedNeXt's ${what} must be one integer or ${L} (one a level), got ${brief(v)}`);
     return list.slice(0, L);
   };
   const enc = ratios(k.encoder_expansion_ratio, "encoder_expansion_ratio"),
@@ -263,7 +264,7 @@ export function buildMedNeXt(a: Record<string, unknown>, where: string, variant?
   if (k.norm_type !== "group")
     throw monaiError(
       where,
-      `MedNeXt's norm_type ${JSON.stringify(k.norm_type)}: bhsd builds "group" (the default; "layer" normalizes over [C, k, k, k] and runs only where a feature map is k voxels wide)`,
+      `MedNeXt's norm_type ${brief(k.norm_type)}: bhsd builds "group" (the default; "layer" normalizes over [C, k, k, k] and runs only where a feature map is k voxels wide)`,
     );
   if (f0 * 2 ** L > 1 << 16)
     throw monaiError(where, `MedNeXt's widest level (init_filters · 2^${L} = ${f0 * 2 ** L}) is past 65536 channels`);

@@ -36,13 +36,14 @@ import {
 
 import { buildSwinUNETR, buildUNETR } from "./transformers.js";
 import { buildMedNeXt, mednextVariant } from "./mednext.js";
+import { brief } from "../../is.js";
 
 export { MONAI_NETWORKS, type MonaiNetwork, type MonaiNetworkClass } from "./args.js";
 
 /** The class a `_target_` names: "UNet", "monai.networks.nets.UNet", or MONAI's aliases (Unet, DynUnet …). */
 export function monaiClassOf(target: unknown, where: string): MonaiNetworkClass {
   if (typeof target !== "string" || !/^[A-Za-z_][A-Za-z0-9_.]*$/.test(target))
-    throw monaiError(where, `network_def's _target_ must name a MONAI network class, got ${JSON.stringify(target)}`);
+    throw monaiError(where, `network_def's _target_ must name a MONAI network class, got ${brief(target)}`);
   const parts = target.split(".");
   const cls = parts[parts.length - 1]!;
   const mod = parts.slice(0, -1).join(".");
@@ -96,7 +97,7 @@ function levels(k: Record<string, unknown>, dims: number, cls: string, where: st
   if (!Array.isArray(k.strides) || k.strides.length < channels.length - 1)
     throw monaiError(
       where,
-      `${cls}'s strides must list at least ${channels.length - 1} values (len(channels) − 1), got ${JSON.stringify(k.strides)}`,
+      `${cls}'s strides must list at least ${channels.length - 1} values (len(channels) − 1), got ${brief(k.strides)}`,
     );
   const strides = (k.strides as unknown[]).slice(0, channels.length - 1).map((s, i) => perAxis(s, dims, where, `${cls}'s strides[${i}]`));
   return { channels, strides };
@@ -139,7 +140,7 @@ function convolution(b: GraphBuilder, path: string, x: string, cin: number, cout
 
 function ordering(v: unknown, where: string): string {
   if (typeof v !== "string" || !/^[NDAnda]{0,3}$/.test(v) || new Set(v.toUpperCase()).size !== v.length)
-    throw monaiError(where, `adn_ordering must be a string of N, D and A (each at most once), got ${JSON.stringify(v)}`);
+    throw monaiError(where, `adn_ordering must be a string of N, D and A (each at most once), got ${brief(v)}`);
   return v;
 }
 
@@ -158,7 +159,7 @@ function buildUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const kernel = perAxis(k.kernel_size, dims, where, "UNet's kernel_size");
   const upKernel = perAxis(k.up_kernel_size, dims, where, "UNet's up_kernel_size");
   if (!Number.isInteger(k.num_res_units) || (k.num_res_units as number) < 0 || (k.num_res_units as number) > 64)
-    throw monaiError(where, `UNet's num_res_units must be an integer ≥ 0, got ${JSON.stringify(k.num_res_units)}`);
+    throw monaiError(where, `UNet's num_res_units must be an integer ≥ 0, got ${brief(k.num_res_units)}`);
   const nres = k.num_res_units as number;
   const act = parseAct(k.act, where, "UNet's act");
   const norm = parseNorm(k.norm, null, where, "UNet's norm");
@@ -339,7 +340,7 @@ function buildSegResNet(a: Record<string, unknown>, where: string, vae = false):
   if (vae) {
     const size = k.input_image_size;
     if (!Array.isArray(size) || size.length < 1 || !size.every((v) => Number.isInteger(v) && v >= 1))
-      throw monaiError(where, `SegResNetVAE's input_image_size must list positive integers, got ${JSON.stringify(size)}`);
+      throw monaiError(where, `SegResNetVAE's input_image_size must list positive integers, got ${brief(size)}`);
     posInt(k.vae_nz, where, "SegResNetVAE's vae_nz");
   }
   const dims = spatialDims(k.spatial_dims, where, "SegResNet");
@@ -347,16 +348,13 @@ function buildSegResNet(a: Record<string, unknown>, where: string, vae = false):
   const cin = posInt(k.in_channels, where, "SegResNet's in_channels"),
     cout = posInt(k.out_channels, where, "SegResNet's out_channels");
   if (k.dropout_prob !== null && typeof k.dropout_prob !== "number")
-    throw monaiError(where, `SegResNet's dropout_prob must be a number or null, got ${JSON.stringify(k.dropout_prob)}`);
+    throw monaiError(where, `SegResNet's dropout_prob must be a number or null, got ${brief(k.dropout_prob)}`);
   const act = parseAct(k.act, where, "SegResNet's act");
   if (!act) throw monaiError(where, "SegResNet's act must name an activation");
   let normArg = k.norm;
   if (!vae && k.norm_name !== "") {
     if (typeof k.norm_name !== "string" || k.norm_name.toLowerCase() !== "group")
-      throw monaiError(
-        where,
-        `SegResNet's norm_name must be "" or "group" (MONAI's deprecated option), got ${JSON.stringify(k.norm_name)}`,
-      );
+      throw monaiError(where, `SegResNet's norm_name must be "" or "group" (MONAI's deprecated option), got ${brief(k.norm_name)}`);
     normArg = ["group", { num_groups: posInt(k.num_groups, where, "SegResNet's num_groups") }];
   }
   const norm = parseNorm(normArg, null, where, "SegResNet's norm");
@@ -370,10 +368,10 @@ function buildSegResNet(a: Record<string, unknown>, where: string, vae = false):
   if (upBlocks.length !== down.length - 1)
     throw monaiError(
       where,
-      `SegResNet's blocks_up must have one entry fewer than blocks_down (${down.length - 1}), got ${JSON.stringify(upBlocks)}`,
+      `SegResNet's blocks_up must have one entry fewer than blocks_down (${down.length - 1}), got ${brief(upBlocks)}`,
     );
   if (String(k.upsample_mode).toLowerCase() !== "nontrainable")
-    throw monaiError(where, `SegResNet's upsample_mode ${JSON.stringify(k.upsample_mode)}: bhsd builds "nontrainable" (MONAI's default)`);
+    throw monaiError(where, `SegResNet's upsample_mode ${brief(k.upsample_mode)}: bhsd builds "nontrainable" (MONAI's default)`);
   const b = new GraphBuilder(dims, where);
   const ones = Array<number>(dims).fill(1),
     twos = Array<number>(dims).fill(2),
@@ -514,21 +512,18 @@ function buildSegResNetDS(a: Record<string, unknown>, where: string): MonaiNetwo
   const nUp = down.length - 1;
   const upBlocks = k.blocks_up === null ? Array<number>(nUp).fill(1) : intList(k.blocks_up, where, "SegResNetDS's blocks_up", 0);
   if (upBlocks.length !== nUp)
-    throw monaiError(
-      where,
-      `SegResNetDS's blocks_up must have ${nUp} entries (one fewer than blocks_down), got ${JSON.stringify(k.blocks_up)}`,
-    );
+    throw monaiError(where, `SegResNetDS's blocks_up must have ${nUp} entries (one fewer than blocks_down), got ${brief(k.blocks_up)}`);
   if (nUp === 0) throw monaiError(where, "SegResNetDS with one level (no down-sampling) is not one bhsd builds");
-  if (!Number.isInteger(k.dsdepth)) throw monaiError(where, `SegResNetDS's dsdepth must be an integer, got ${JSON.stringify(k.dsdepth)}`);
+  if (!Number.isInteger(k.dsdepth)) throw monaiError(where, `SegResNetDS's dsdepth must be an integer, got ${brief(k.dsdepth)}`);
   const dsdepth = Math.max(k.dsdepth as number, 1);
   const upMode = String(k.upsample_mode).toLowerCase();
   if (upMode !== "deconv")
-    throw monaiError(where, `SegResNetDS's upsample_mode ${JSON.stringify(k.upsample_mode)}: bhsd builds "deconv" (the default)`);
+    throw monaiError(where, `SegResNetDS's upsample_mode ${brief(k.upsample_mode)}: bhsd builds "deconv" (the default)`);
   let scales: number[][] | null = null;
   if (k.resolution !== null) {
     const r = k.resolution;
     if (!Array.isArray(r) || r.length !== dims || !r.every((v) => typeof v === "number" && v > 0 && Number.isFinite(v)))
-      throw monaiError(where, `SegResNetDS's resolution must be ${dims} positive spacings, got ${JSON.stringify(r)}`);
+      throw monaiError(where, `SegResNetDS's resolution must be ${dims} positive spacings, got ${brief(r)}`);
     scales = scalesForResolution(r as number[], down.length);
   }
   const b = new GraphBuilder(dims, where);
@@ -617,7 +612,7 @@ function buildDynUNet(a: Record<string, unknown>, where: string): MonaiNetwork {
   const cin = posInt(k.in_channels, where, "DynUNet's in_channels"),
     cout = posInt(k.out_channels, where, "DynUNet's out_channels");
   const list = (v: unknown, what: string) => {
-    if (!Array.isArray(v) || v.length > 64) throw monaiError(where, `DynUNet's ${what} must be a list, got ${JSON.stringify(v)}`);
+    if (!Array.isArray(v) || v.length > 64) throw monaiError(where, `DynUNet's ${what} must be a list, got ${brief(v)}`);
     return v.map((s, i) => perAxis(s, dims, where, `DynUNet's ${what}[${i}]`));
   };
   const kernels = list(k.kernel_size, "kernel_size"),
@@ -714,13 +709,12 @@ function buildBasicUNet(a: Record<string, unknown>, where: string): MonaiNetwork
   const cin = posInt(k.in_channels, where, "BasicUNet's in_channels"),
     cout = posInt(k.out_channels, where, "BasicUNet's out_channels");
   const fea = intList(k.features, where, "BasicUNet's features");
-  if (fea.length !== 6) throw monaiError(where, `BasicUNet's features must be six integers, got ${JSON.stringify(k.features)}`);
+  if (fea.length !== 6) throw monaiError(where, `BasicUNet's features must be six integers, got ${brief(k.features)}`);
   const act = parseAct(k.act, where, "BasicUNet's act");
   const norm = parseNorm(k.norm, null, where, "BasicUNet's norm");
   const bias = flag(k.bias, where, "BasicUNet's bias");
   dropoutOk(k.dropout, where, "BasicUNet's dropout");
-  if (k.upsample !== "deconv")
-    throw monaiError(where, `BasicUNet's upsample ${JSON.stringify(k.upsample)}: bhsd builds "deconv" (MONAI's default)`);
+  if (k.upsample !== "deconv") throw monaiError(where, `BasicUNet's upsample ${brief(k.upsample)}: bhsd builds "deconv" (MONAI's default)`);
   const b = new GraphBuilder(dims, where);
   const k3 = Array<number>(dims).fill(3),
     ones = Array<number>(dims).fill(1),
@@ -765,13 +759,13 @@ function buildBasicUNet(a: Record<string, unknown>, where: string): MonaiNetwork
  */
 export function buildMonaiNetwork(def: Record<string, unknown>, where: string, size?: readonly number[]): MonaiNetwork {
   if (def === null || typeof def !== "object" || Array.isArray(def))
-    throw monaiError(where, `network_def must be an object { "_target_": "UNet", … }, got ${JSON.stringify(def)}`);
+    throw monaiError(where, `network_def must be an object { "_target_": "UNet", … }, got ${brief(def)}`);
   const { _target_: target, ...args } = def;
   for (const [key, v] of Object.entries(args))
     if (typeof v === "string" && /^[$@%]/.test(v))
       throw monaiError(
         where,
-        `network_def's ${key} is ${JSON.stringify(v)}, a reference or expression bhsd does not evaluate (give the value itself)`,
+        `network_def's ${key} is ${brief(v)}, a reference or expression bhsd does not evaluate (give the value itself)`,
       );
   const cls = monaiClassOf(target, where);
   switch (cls) {

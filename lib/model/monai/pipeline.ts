@@ -16,6 +16,7 @@ import type { ModelConfig, Normalization } from "../config.js";
 import type { CleanupOptions } from "../../ops/components.js";
 import type { BundleConfig } from "./bundle.js";
 import { monaiError } from "./layers.js";
+import { brief } from "../../is.js";
 
 type Item = Record<string, unknown>;
 
@@ -80,7 +81,7 @@ function transformsOf(v: unknown, where: string, what: string): Item[] {
     }
     if (c) return [v as Item];
   }
-  throw monaiError(where, `${what} must be a Compose or a list of transforms, got ${JSON.stringify(v)?.slice(0, 120)}`);
+  throw monaiError(where, `${what} must be a Compose or a list of transforms, got ${brief(v)?.slice(0, 120)}`);
 }
 
 const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
@@ -90,10 +91,7 @@ function defaults(item: Item, expect: Record<string, unknown>, where: string, wh
   for (const [k, want] of Object.entries(expect)) {
     const v = item[k];
     if (v !== undefined && JSON.stringify(v) !== JSON.stringify(want) && !(Array.isArray(want) && want.includes(v)))
-      throw monaiError(
-        where,
-        `${what}'s ${k} ${JSON.stringify(v)} is not one bhsd runs (${JSON.stringify(Array.isArray(want) ? want : [want])})`,
-      );
+      throw monaiError(where, `${what}'s ${k} ${brief(v)} is not one bhsd runs (${brief(Array.isArray(want) ? want : [want])})`);
   }
 }
 
@@ -116,10 +114,10 @@ export async function pipelineConfig(
   for (const [i, item] of pre.entries()) {
     const c = classOf(item);
     const what = label(i, "preprocessing", item);
-    if (!c) throw monaiError(where, `preprocessing ${i} is not a transform (${JSON.stringify(item)?.slice(0, 120)})`);
+    if (!c) throw monaiError(where, `preprocessing ${i} is not a transform (${brief(item)?.slice(0, 120)})`);
     for (const [k, v] of Object.entries(item))
       if (expr(v) && k !== "keys" && !["LoadImage", "SaveImage"].includes(c.name))
-        throw monaiError(where, `${what}'s ${k} is an expression (${JSON.stringify(v)}), which bhsd does not evaluate`);
+        throw monaiError(where, `${what}'s ${k} is an expression (${brief(v)}), which bhsd does not evaluate`);
     switch (c.name) {
       case "LoadImage":
       case "EnsureChannelFirst":
@@ -158,10 +156,10 @@ export async function pipelineConfig(
         const pd = item.pixdim;
         const px = isNum(pd) ? [pd, pd, pd] : pd;
         if (!Array.isArray(px) || px.length !== 3 || !px.every((v) => isNum(v) && v > 0))
-          throw monaiError(where, `${what}'s pixdim must be three positive spacings (x, y, z), got ${JSON.stringify(pd)}`);
+          throw monaiError(where, `${what}'s pixdim must be three positive spacings (x, y, z), got ${brief(pd)}`);
         const mode = item.mode ?? "bilinear";
         if (mode !== "bilinear" && mode !== "nearest")
-          throw monaiError(where, `${what}'s mode ${JSON.stringify(mode)}: bhsd runs "bilinear" and "nearest"`);
+          throw monaiError(where, `${what}'s mode ${brief(mode)}: bhsd runs "bilinear" and "nearest"`);
         defaults(
           item,
           {
@@ -282,18 +280,18 @@ export async function pipelineConfig(
   const it = inf as Item;
   const roi = it.roi_size;
   if (!Array.isArray(roi) || roi.length !== 3 || !roi.every((v) => Number.isInteger(v) && v > 0))
-    throw monaiError(where, `the inferer's roi_size must be three positive sizes (x, y, z), got ${JSON.stringify(roi)}`);
+    throw monaiError(where, `the inferer's roi_size must be three positive sizes (x, y, z), got ${brief(roi)}`);
   const ov = it.overlap ?? 0.25;
   const overlap = isNum(ov) ? [ov, ov, ov] : ov;
   if (!Array.isArray(overlap) || overlap.length !== 3 || !overlap.every((v) => isNum(v) && v >= 0 && v < 1))
-    throw monaiError(where, `the inferer's overlap must be in [0, 1), got ${JSON.stringify(ov)}`);
+    throw monaiError(where, `the inferer's overlap must be in [0, 1), got ${brief(ov)}`);
   const mode = it.mode ?? "constant";
   if (mode !== "constant" && mode !== "gaussian")
-    throw monaiError(where, `the inferer's mode ${JSON.stringify(mode)}: bhsd runs "constant" and "gaussian"`);
+    throw monaiError(where, `the inferer's mode ${brief(mode)}: bhsd runs "constant" and "gaussian"`);
   const ss = it.sigma_scale ?? 0.125;
   const sigma = isNum(ss) ? [ss, ss, ss] : ss;
   if (!Array.isArray(sigma) || sigma.length !== 3 || !sigma.every((v) => isNum(v) && v > 0))
-    throw monaiError(where, `the inferer's sigma_scale must be positive, got ${JSON.stringify(ss)}`);
+    throw monaiError(where, `the inferer's sigma_scale must be positive, got ${brief(ss)}`);
   defaults(
     it,
     { padding_mode: "constant", cval: 0, with_coord: false, roi_weight_map: null, process_fn: null, buffer_steps: null },
@@ -331,7 +329,7 @@ export async function pipelineConfig(
     mode,
     sigmaScale: sigma as [number, number, number],
   };
-  pipeline.push(`SlidingWindowInferer: ${roi.join(" × ")} (x, y, z), overlap ${JSON.stringify(ov)}, ${mode}`);
+  pipeline.push(`SlidingWindowInferer: ${roi.join(" × ")} (x, y, z), overlap ${brief(ov)}, ${mode}`);
 
   const post = transformsOf(await cfg.get("postprocessing"), where, "postprocessing");
   let softmax = false,
@@ -342,19 +340,19 @@ export async function pipelineConfig(
   for (const [i, item] of post.entries()) {
     const c = classOf(item);
     const what = label(i, "postprocessing", item);
-    if (!c) throw monaiError(where, `postprocessing ${i} is not a transform (${JSON.stringify(item)?.slice(0, 120)})`);
+    if (!c) throw monaiError(where, `postprocessing ${i} is not a transform (${brief(item)?.slice(0, 120)})`);
     for (const [k, v] of Object.entries(item))
       if (
         expr(v) &&
         !["keys", "output_dir", "output_postfix", "meta_keys", "orig_meta_keys", "device"].includes(k) &&
         c.name !== "SaveImage"
       )
-        throw monaiError(where, `${what}'s ${k} is an expression (${JSON.stringify(v)}), which bhsd does not evaluate`);
+        throw monaiError(where, `${what}'s ${k} is an expression (${brief(v)}), which bhsd does not evaluate`);
     switch (c.name) {
       case "Activations": {
         for (const key of ["softmax", "sigmoid"])
           if (item[key] !== undefined && typeof item[key] !== "boolean")
-            throw monaiError(where, `${what}'s ${key} must be true or false, got ${JSON.stringify(item[key])}`);
+            throw monaiError(where, `${what}'s ${key} must be true or false, got ${brief(item[key])}`);
         if (item.sigmoid === true || (item.other !== undefined && item.other !== null))
           throw monaiError(where, `${what}: bhsd runs a softmax over the classes (sigmoid or other activations are not)`);
         if (item.softmax === true) {

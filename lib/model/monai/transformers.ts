@@ -17,18 +17,19 @@
 import { GraphBuilder, monaiError, parseNorm, perAxis, transposedConv, unetBlock, type ActSpec, type NormSpec } from "./layers.js";
 import { divisorOf, finish, flag, intList, kwargs, posInt, spatialDims, type MonaiNetwork } from "./args.js";
 import { stridesOf } from "../nd.js";
+import { brief } from "../../is.js";
 
 /** UnetResBlock's activation in UNETR's and SwinUNETR's blocks (dynunet_block's default). */
 const LRELU: ActSpec = { op: "leakyrelu", slope: 0.01 };
 
 const rate = (v: unknown, where: string, what: string) => {
-  if (typeof v !== "number" || !(v >= 0 && v <= 1)) throw monaiError(where, `${what} must be between 0 and 1, got ${JSON.stringify(v)}`);
+  if (typeof v !== "number" || !(v >= 0 && v <= 1)) throw monaiError(where, `${what} must be between 0 and 1, got ${brief(v)}`);
 };
 
 /** A spatial size (`what`: img_size, or the sliding window's patchSize): `dims` integers up to 65536, each a multiple of `mult`. */
 function inputSize(s: readonly number[], dims: number, mult: number, where: string, what: string): number[] {
   if (s.length !== dims || !s.every((v) => Number.isInteger(v) && v >= 1 && v <= 1 << 16))
-    throw monaiError(where, `${what} must be ${dims} integers from 1 to 65536, got ${JSON.stringify(s)}`);
+    throw monaiError(where, `${what} must be ${dims} integers from 1 to 65536, got ${brief(s)}`);
   if (s.some((v) => v % mult)) throw monaiError(where, `${what} [${s.join(", ")}] must be divisible by ${mult} on every axis`);
   return [...s];
 }
@@ -482,22 +483,21 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
       where,
       `SwinUNETR's depths and num_heads must have 4 entries (its four stages), got ${depths.length} and ${heads.length}`,
     );
-  if (depths.some((d) => d > 64))
-    throw monaiError(where, `SwinUNETR's depths must be at most 64 blocks a stage, got ${JSON.stringify(depths)}`);
+  if (depths.some((d) => d > 64)) throw monaiError(where, `SwinUNETR's depths must be at most 64 blocks a stage, got ${brief(depths)}`);
   heads.forEach((h, i) => {
     if ((f << i) % h) throw monaiError(where, `SwinUNETR's num_heads[${i}] = ${h} does not divide stage ${i + 1}'s ${f << i} channels`);
   });
   const norm = parseNorm(k.norm_name, null, where, "SwinUNETR's norm_name");
-  if (!norm) throw monaiError(where, `SwinUNETR's norm_name must name a norm (instance, batch, group), got ${JSON.stringify(k.norm_name)}`);
+  if (!norm) throw monaiError(where, `SwinUNETR's norm_name must name a norm (instance, batch, group), got ${brief(k.norm_name)}`);
   const normalize = flag(k.normalize, where, "SwinUNETR's normalize");
   flag(k.use_checkpoint, where, "SwinUNETR's use_checkpoint");
   const v2 = flag(k.use_v2, where, "SwinUNETR's use_v2");
   if (k.downsample !== "merging" && k.downsample !== "mergingv2")
-    throw monaiError(where, `SwinUNETR's downsample must be "merging" or "mergingv2", got ${JSON.stringify(k.downsample)}`);
+    throw monaiError(where, `SwinUNETR's downsample must be "merging" or "mergingv2", got ${brief(k.downsample)}`);
   if (k.patch_size !== 2)
     throw monaiError(
       where,
-      `SwinUNETR's patch_size ${JSON.stringify(k.patch_size)}: bhsd builds 2 (its decoder up-samples by 2 back to the input's size only from there)`,
+      `SwinUNETR's patch_size ${brief(k.patch_size)}: bhsd builds 2 (its decoder up-samples by 2 back to the input's size only from there)`,
     );
   const opts: SwinOptions = {
     window: perAxis(k.window_size, dims, where, "SwinUNETR's window_size"),
@@ -505,7 +505,7 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
     mlpRatio: (() => {
       const r = k.mlp_ratio;
       if (typeof r !== "number" || !(r > 0 && r <= 64))
-        throw monaiError(where, `SwinUNETR's mlp_ratio must be a number in (0, 64], got ${JSON.stringify(r)}`);
+        throw monaiError(where, `SwinUNETR's mlp_ratio must be a number in (0, 64], got ${brief(r)}`);
       if (heads.some((_, i) => Math.trunc((f << i) * r) < 1))
         throw monaiError(where, `SwinUNETR's mlp_ratio ${r} leaves an MLP without units`);
       return r;
@@ -515,7 +515,7 @@ export function buildSwinUNETR(a: Record<string, unknown>, where: string, size?:
   // (a window's tokens attend to each other: its relative-position index has n² entries, an
   // integer tensor, which bhsd holds up to 2^20 values)
   if (opts.window.some((w) => w > 32) || prod(opts.window) > 1024)
-    throw monaiError(where, `SwinUNETR's window_size must be at most 32 a side and 1024 voxels, got ${JSON.stringify(k.window_size)}`);
+    throw monaiError(where, `SwinUNETR's window_size must be at most 32 a side and 1024 voxels, got ${brief(k.window_size)}`);
   const patchNorm = flag(k.patch_norm, where, "SwinUNETR's patch_norm");
   // the graph's size: the sliding window's (img_size is only checked, as MONAI does); without one,
   // 64 a side (a first build, for the channels and the arguments' checks)
@@ -606,12 +606,12 @@ export function buildUNETR(a0: Record<string, unknown>, where: string): MonaiNet
   const heads = posInt(k.num_heads, where, "UNETR's num_heads", 1024);
   if (hs % heads) throw monaiError(where, `UNETR's hidden_size ${hs} must be divisible by num_heads ${heads}`);
   if (!Number.isInteger(k.mlp_dim) || (k.mlp_dim as number) < 0 || (k.mlp_dim as number) > 1 << 16)
-    throw monaiError(where, `UNETR's mlp_dim must be a non-negative integer, got ${JSON.stringify(k.mlp_dim)}`);
+    throw monaiError(where, `UNETR's mlp_dim must be a non-negative integer, got ${brief(k.mlp_dim)}`);
   const mlp = (k.mlp_dim as number) || hs;
   if (k.proj_type !== "conv" && k.proj_type !== "perceptron")
-    throw monaiError(where, `UNETR's proj_type must be "conv" or "perceptron", got ${JSON.stringify(k.proj_type)}`);
+    throw monaiError(where, `UNETR's proj_type must be "conv" or "perceptron", got ${brief(k.proj_type)}`);
   const norm = parseNorm(k.norm_name, null, where, "UNETR's norm_name");
-  if (!norm) throw monaiError(where, `UNETR's norm_name must name a norm (instance, batch, group), got ${JSON.stringify(k.norm_name)}`);
+  if (!norm) throw monaiError(where, `UNETR's norm_name must name a norm (instance, batch, group), got ${brief(k.norm_name)}`);
   const convBlock = flag(k.conv_block, where, "UNETR's conv_block"),
     res = flag(k.res_block, where, "UNETR's res_block"),
     qkvBias = flag(k.qkv_bias, where, "UNETR's qkv_bias");

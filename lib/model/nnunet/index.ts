@@ -20,7 +20,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { invalidParameterError, optionsObject } from "../../is.js";
+import { invalidParameterError, optionsObject, brief } from "../../is.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
@@ -251,9 +251,29 @@ export class NnunetModel {
   }
 }
 
+/** Largest plans.json or dataset.json read (nnU-Net's are a few kB; a dataset.json listing its cases, a few MB). */
+const MAX_JSON_BYTES = 32 * 2 ** 20;
+/** Deepest nesting of arrays and objects accepted in them (nnU-Net's: 4). */
+const MAX_JSON_DEPTH = 64;
+
+/** Whether a parsed JSON value nests arrays and objects deeper than `max` (iteratively: no recursion to overflow). */
+function nestsDeeper(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (x === null || typeof x !== "object") continue;
+    if (d >= max) return true;
+    for (const y of Array.isArray(x) ? x : Object.values(x)) if (y !== null && typeof y === "object") stack.push([y, d + 1]);
+  }
+  return false;
+}
+
 async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
+    const st = await stat(path);
+    if (!st.isFile()) throw new Error("not a regular file");
+    if (st.size > MAX_JSON_BYTES) throw new Error(`${st.size} bytes, more than the ${MAX_JSON_BYTES} a ${what} may have`);
     text = await readFile(path, "utf8");
   } catch (e) {
     throw new Error(`nnU-Net folder: cannot read ${what} (${path}): ${(e as Error).message}`, { cause: e });
@@ -261,6 +281,7 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
   try {
     const v = JSON.parse(text) as unknown;
     if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
+    if (nestsDeeper(v, MAX_JSON_DEPTH)) throw new Error(`arrays and objects nested over ${MAX_JSON_DEPTH} deep`);
     return v as Record<string, unknown>;
   } catch (e) {
     throw new Error(`nnU-Net folder: ${what} (${path}) is not valid JSON: ${(e as Error).message}`, { cause: e });
@@ -275,6 +296,8 @@ function resolveConfiguration(plans: Record<string, unknown>, name: string, seen
     throw new Error(`plans.json has no configuration "${name}" (it has ${Object.keys(confs ?? {}).join(", ") || "none"})`);
   if (typeof conf.inherits_from !== "string") return conf;
   if (seen.includes(name)) throw new Error(`plans.json: configuration "${name}" inherits from itself (${[...seen, name].join(" → ")})`);
+  if (seen.length >= 16)
+    throw new Error(`plans.json: configuration "${seen[0]}" inherits through over 16 others (${seen.slice(0, 4).join(" → ")} → …)`);
   const parent = resolveConfiguration(plans, conf.inherits_from, [...seen, name]);
   const { inherits_from: _, ...own } = conf;
   return { ...parent, ...own };
@@ -317,7 +340,7 @@ function checkStages(
     const confs = plans.configurations as Record<string, unknown>;
     if (typeof prevName !== "string" || !/^[A-Za-z0-9_]+$/.test(prevName) || !Object.hasOwn(confs, prevName) || prevName === configuration)
       throw new Error(
-        `plans.json: configuration "${configuration}"'s previous_stage ${JSON.stringify(prevName)} is not another configuration of the plans`,
+        `plans.json: configuration "${configuration}"'s previous_stage ${brief(prevName)} is not another configuration of the plans`,
       );
   } else if (opts.previousStage !== undefined)
     throw new Error(`options.previousStage is for a cascade's second stage; configuration "${configuration}" of ${trainerFolder} is none`);
@@ -337,7 +360,7 @@ function labelsOf(
   const isLabel = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 255;
   for (const [name, v] of entries)
     if (!isLabel(v) && !(Array.isArray(v) && v.length > 0 && v.length <= 255 && v.every(isLabel)))
-      throw new Error(`dataset.json: label "${name}" has value ${JSON.stringify(v)}, not a label value 0…255 or a list of them (a region)`);
+      throw new Error(`dataset.json: label "${name}" has value ${brief(v)}, not a label value 0…255 or a list of them (a region)`);
   if (!entries.some(([, v]) => Array.isArray(v) && v.length > 1)) {
     const classes: Record<string, string> = {};
     for (const [name, v] of entries) classes[String(Array.isArray(v) ? v[0] : v)] = name;
@@ -355,7 +378,7 @@ function labelsOf(
     !order.every((v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 255)
   )
     throw new Error(
-      `dataset.json: a region-based model needs regions_class_order, ${regionEntries.length} label values in 1…255 (one per region: ${regionEntries.map(([n]) => n).join(", ")}), got ${JSON.stringify(order)}`,
+      `dataset.json: a region-based model needs regions_class_order, ${regionEntries.length} label values in 1…255 (one per region: ${regionEntries.map(([n]) => n).join(", ")}), got ${brief(order)}`,
     );
   const classes: Record<string, string> = { "0": "background" };
   regionEntries.forEach(([name], i) => (classes[String(order[i])] = name));
@@ -535,7 +558,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
               !patch.every((p) => Number.isInteger(p) && p >= 1 && p <= 4096)
             )
               throw new Error(
-                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${JSON.stringify(patch)} is not ${twoD ? "two or three" : "three"} sizes from 1 to 4096 (${net} is ${twoD ? "2-D or 3-D" : "3-D"})`,
+                `nnU-Net folder ${basename(folder)}: configuration "${configuration}"'s patch_size ${brief(patch)} is not ${twoD ? "two or three" : "three"} sizes from 1 to 4096 (${net} is ${twoD ? "2-D or 3-D" : "3-D"})`,
               );
             return patch as number[];
           };
@@ -603,7 +626,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
             const axes = dims === 2 ? [0, 1] : [0, 1, 2];
             if (!Array.isArray(m) || !m.every((a) => axes.includes(a as number)))
               throw new CheckpointError(
-                `${where}: inference_allowed_mirroring_axes is ${JSON.stringify(m)}, not axes among ${axes.join(", ")} (a ${dims}-D network)`,
+                `${where}: inference_allowed_mirroring_axes is ${brief(m)}, not axes among ${axes.join(", ")} (a ${dims}-D network)`,
               );
             mirrorAxes = [...new Set(m as number[])].map((a) => a + 3 - dims);
           }
@@ -683,7 +706,7 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
         );
       if (JSON.stringify(previousStage.config.classes) !== JSON.stringify(config!.classes))
         throw new Error(
-          `nnU-Net folder ${basename(folder)}: its first stage ${previousStage.name} has the classes ${JSON.stringify(previousStage.config.classes)}, this stage ${JSON.stringify(config.classes)}`,
+          `nnU-Net folder ${basename(folder)}: its first stage ${previousStage.name} has the classes ${brief(previousStage.config.classes)}, this stage ${brief(config.classes)}`,
         );
     } catch (e) {
       for (const m of foldModels) (m as { dispose?: () => void }).dispose?.();

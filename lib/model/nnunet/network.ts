@@ -10,6 +10,7 @@
  */
 import type { AttrValue } from "../onnx-proto.js";
 import type { StateDictNetwork } from "../state-dict.js";
+import { brief } from "../../is.js";
 
 /**
  * PlainConvUNet and ResidualEncoderUNet: nnU-Net v2's; Generic_UNet: nnU-Net v1's (nnUNetTrainerV2's
@@ -76,16 +77,24 @@ export interface NetworkGraph extends StateDictNetwork {
 
 const err = (where: string, msg: string) => new Error(`${where}: ${msg}`);
 
-function intList(v: unknown, n: number, what: string, where: string): number[] {
-  if (typeof v === "number" && Number.isInteger(v) && v > 0) return Array(n).fill(v);
-  if (Array.isArray(v) && v.length === n && v.every((x) => Number.isInteger(x) && x > 0)) return v as number[];
-  throw err(where, `${what} must be a positive integer or ${n} of them, got ${JSON.stringify(v)}`);
+// Upper bounds of the plans' numbers, checked before anything is built from them (a norm without
+// affine parameters makes its ones from `features` alone, and each conv of a stage is a node):
+// far past any trained nnU-Net (features 32…320, 2–4 convs or 1–8 blocks a stage, kernels ≤ 7).
+const MAX_FEATURES = 16384,
+  MAX_PER_STAGE = 64,
+  MAX_KERNEL = 31,
+  MAX_STRIDE = 64;
+
+function intList(v: unknown, n: number, what: string, where: string, max: number): number[] {
+  if (typeof v === "number" && Number.isInteger(v) && v > 0 && v <= max) return Array(n).fill(v);
+  if (Array.isArray(v) && v.length === n && v.every((x) => Number.isInteger(x) && x > 0 && x <= max)) return v as number[];
+  throw err(where, `${what} must be an integer from 1 to ${max} or ${n} of them, got ${brief(v)}`);
 }
 
-function perAxis(v: unknown, n: number, dims: number, what: string, where: string): number[][] {
+function perAxis(v: unknown, n: number, dims: number, what: string, where: string, max: number): number[][] {
   if (typeof v === "number" || (Array.isArray(v) && v.length === dims && v.every((x) => typeof x === "number"))) v = Array(n).fill(v);
-  if (!Array.isArray(v) || v.length !== n) throw err(where, `${what} must list ${n} stages, got ${JSON.stringify(v)}`);
-  return v.map((s, i) => intList(s, dims, `${what}[${i}]`, where));
+  if (!Array.isArray(v) || v.length !== n) throw err(where, `${what} must list ${n} stages, got ${brief(v)}`);
+  return v.map((s, i) => intList(s, dims, `${what}[${i}]`, where, max));
 }
 
 const shortClass = (s: unknown) => (typeof s === "string" ? s.split(".").pop()! : "");
@@ -133,37 +142,31 @@ export function architectureFromPlans(
   if (!arch || typeof arch !== "object") throw err(where, "the configuration has no architecture");
   const cls = shortClass(arch.network_class_name);
   if (cls !== "PlainConvUNet" && cls !== "ResidualEncoderUNet")
-    throw err(
-      where,
-      `network_class_name ${JSON.stringify(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`,
-    );
+    throw err(where, `network_class_name ${brief(arch.network_class_name)} is not built here (PlainConvUNet, ResidualEncoderUNet)`);
   const k = arch.arch_kwargs ?? {};
   const convOp = shortClass(k.conv_op);
   if (convOp !== "Conv3d" && convOp !== "Conv2d")
-    throw err(where, `arch_kwargs.conv_op ${JSON.stringify(k.conv_op)}: only Conv2d and Conv3d networks are built`);
+    throw err(where, `arch_kwargs.conv_op ${brief(k.conv_op)}: only Conv2d and Conv3d networks are built`);
   const dims = convOp === "Conv2d" ? 2 : 3;
   const n = k.n_stages;
   if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 12)
-    throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${JSON.stringify(n)}`);
+    throw err(where, `arch_kwargs.n_stages must be an integer in 1…12, got ${brief(n)}`);
   const nStages = n as number;
-  const features = intList(k.features_per_stage, nStages, "arch_kwargs.features_per_stage", where);
-  const kernels = perAxis(k.kernel_sizes, nStages, dims, "arch_kwargs.kernel_sizes", where);
-  const strides = perAxis(k.strides, nStages, dims, "arch_kwargs.strides", where);
+  const features = intList(k.features_per_stage, nStages, "arch_kwargs.features_per_stage", where, MAX_FEATURES);
+  const kernels = perAxis(k.kernel_sizes, nStages, dims, "arch_kwargs.kernel_sizes", where, MAX_KERNEL);
+  const strides = perAxis(k.strides, nStages, dims, "arch_kwargs.strides", where, MAX_STRIDE);
   const perKey = cls === "PlainConvUNet" ? "n_conv_per_stage" : "n_blocks_per_stage";
-  const perStage = intList(k[perKey], nStages, `arch_kwargs.${perKey}`, where);
+  const perStage = intList(k[perKey], nStages, `arch_kwargs.${perKey}`, where, MAX_PER_STAGE);
   const perStageDecoder =
-    nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where) : [];
+    nStages > 1 ? intList(k.n_conv_per_stage_decoder, nStages - 1, "arch_kwargs.n_conv_per_stage_decoder", where, MAX_PER_STAGE) : [];
   const normName = shortClass(k.norm_op);
   const batchNorm = normName === `BatchNorm${dims}d`;
   if (normName !== `InstanceNorm${dims}d` && !batchNorm)
-    throw err(
-      where,
-      `arch_kwargs.norm_op ${JSON.stringify(k.norm_op)}: only InstanceNorm${dims}d and BatchNorm${dims}d are built with ${convOp}`,
-    );
+    throw err(where, `arch_kwargs.norm_op ${brief(k.norm_op)}: only InstanceNorm${dims}d and BatchNorm${dims}d are built with ${convOp}`);
   const nk = (k.norm_op_kwargs ?? {}) as Record<string, unknown>;
   for (const key of ["affine", "track_running_stats"])
     if (nk[key] !== undefined && typeof nk[key] !== "boolean")
-      throw err(where, `arch_kwargs.norm_op_kwargs.${key} must be true or false, got ${JSON.stringify(nk[key])}`);
+      throw err(where, `arch_kwargs.norm_op_kwargs.${key} must be true or false, got ${brief(nk[key])}`);
   // PyTorch's defaults: batch norm affine and tracking, instance norm neither. Batch norm without
   // running statistics normalises by the batch's own in eval mode too: one window at a time, as
   // nnU-Net predicts, that is instance norm.
@@ -171,10 +174,10 @@ export function architectureFromPlans(
   const affine = (nk.affine ?? batchNorm) as boolean;
   const eps = nk.eps ?? 1e-5;
   if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps))
-    throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${JSON.stringify(eps)}`);
+    throw err(where, `arch_kwargs.norm_op_kwargs.eps must be a positive number, got ${brief(eps)}`);
   const dropout = shortClass(k.dropout_op);
   if (k.dropout_op != null && !/^Dropout[123]?d?$/.test(dropout))
-    throw err(where, `arch_kwargs.dropout_op ${JSON.stringify(k.dropout_op)} is not a dropout`);
+    throw err(where, `arch_kwargs.dropout_op ${brief(k.dropout_op)} is not a dropout`);
   let nonlin: Architecture["nonlin"];
   const nonlinName = shortClass(k.nonlin);
   const nlk = (k.nonlin_kwargs ?? {}) as Record<string, unknown>;
@@ -182,20 +185,20 @@ export function architectureFromPlans(
   else if (nonlinName === "LeakyReLU") {
     const alpha = nlk.negative_slope ?? 0.01;
     if (typeof alpha !== "number" || !Number.isFinite(alpha))
-      throw err(where, `arch_kwargs.nonlin_kwargs.negative_slope must be a number, got ${JSON.stringify(alpha)}`);
+      throw err(where, `arch_kwargs.nonlin_kwargs.negative_slope must be a number, got ${brief(alpha)}`);
     nonlin = { op: "LeakyRelu", alpha };
   } else if (nonlinName === "ReLU") nonlin = { op: "Relu" };
-  else throw err(where, `arch_kwargs.nonlin ${JSON.stringify(k.nonlin)}: only LeakyReLU and ReLU are built`);
+  else throw err(where, `arch_kwargs.nonlin ${brief(k.nonlin)}: only LeakyReLU and ReLU are built`);
   if (cls === "ResidualEncoderUNet") {
     if (k.block != null && shortClass(k.block) !== "BasicBlockD")
-      throw err(where, `arch_kwargs.block ${JSON.stringify(k.block)}: only BasicBlockD is built`);
+      throw err(where, `arch_kwargs.block ${brief(k.block)}: only BasicBlockD is built`);
     if (k.bottleneck_channels != null) throw err(where, "arch_kwargs.bottleneck_channels is for BottleneckD, which is not built");
     for (const key of ["stochastic_depth_p", "squeeze_excitation"]) if (k[key]) throw err(where, `arch_kwargs.${key} is not supported`);
   }
   if (k.nonlin_first && cls !== "PlainConvUNet") throw err(where, "arch_kwargs.nonlin_first is a PlainConvUNet argument");
   const stem = k.stem_channels == null ? features[0]! : (k.stem_channels as number);
-  if (!Number.isInteger(stem) || stem < 1)
-    throw err(where, `arch_kwargs.stem_channels must be a positive integer, got ${JSON.stringify(k.stem_channels)}`);
+  if (!Number.isInteger(stem) || stem < 1 || stem > MAX_FEATURES)
+    throw err(where, `arch_kwargs.stem_channels must be an integer from 1 to ${MAX_FEATURES}, got ${brief(k.stem_channels)}`);
   if (!Number.isInteger(inputChannels) || inputChannels < 1)
     throw err(where, `input channels must be a positive integer, got ${inputChannels}`);
   if (!Number.isInteger(numClasses) || numClasses < 1)

@@ -14,6 +14,7 @@ import { readFile, stat } from "node:fs/promises";
 import { basename } from "node:path";
 import type { CleanupOptions } from "../../ops/components.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, pickleBudget, unpickle } from "./checkpoint.js";
+import { brief } from "../../is.js";
 
 /** The one function nnU-Net's post-processing names. */
 const LARGEST = "remove_all_but_largest_component_from_segmentation";
@@ -92,7 +93,7 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
       else if (Number.isInteger(v) && known.has(v as number)) labels.add(v as number);
       else
         throw new Error(
-          `${where}: step ${i + 1} names ${JSON.stringify(v)}, not a label of the model (${[...known].join(", ")}) or a list or region of them`,
+          `${where}: step ${i + 1} names ${brief(v)}, not a label of the model (${[...known].join(", ")}) or a list or region of them`,
         );
     };
     take(k.get("labels_or_regions"), 0);
@@ -128,14 +129,14 @@ export async function readNnunetV1Postprocessing(path: string, classes: readonly
   const mv = j.min_valid_object_sizes;
   if (mv !== undefined && mv !== null && mv !== "None" && !(typeof mv === "string" && /^\s*\{\s*\}\s*$/.test(mv) && steps.length === 0))
     throw new Error(
-      `${where}: min_valid_object_sizes ${JSON.stringify(mv)} (the advanced post-processing, which keeps components above a size) is not built`,
+      `${where}: min_valid_object_sizes ${brief(mv)} (the advanced post-processing, which keeps components above a size) is not built`,
     );
   const known = new Set(classes.filter((c) => c > 0));
   const largestOf = steps.map((c, i) => {
     const labels = Array.isArray(c) ? c : [c];
     if (!labels.length || labels.length > 255 || !labels.every((v) => Number.isInteger(v) && known.has(v as number)))
       throw new Error(
-        `${where}: for_which_classes[${i}] is ${JSON.stringify(c)}, not a label of the model (${[...known].join(", ")}) or a list of them`,
+        `${where}: for_which_classes[${i}] is ${brief(c)}, not a label of the model (${[...known].join(", ")}) or a list of them`,
       );
     return [...new Set(labels as number[])];
   });

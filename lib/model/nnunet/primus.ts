@@ -319,6 +319,9 @@ export function primusArchitecture(
  * head alike): cos, and sin with the rotation's sign (−sin on the even channel of a pair, +sin on
  * the odd), for q and k; 1 and 0 for v and on the registers' rows.
  */
+/** Most values a rotary table may hold (128 MiB a table). */
+const MAX_ROPE_VALUES = 2 ** 25;
+
 export function rotaryTables(feat: readonly number[], registers: number, hd: number): { cos: Float32Array; sin: Float32Array } {
   const f = Math.fround;
   const nb = hd / 6; // bands per axis: rope_dim / 4, rope_dim = hd / 1.5
@@ -326,6 +329,12 @@ export function rotaryTables(feat: readonly number[], registers: number, hd: num
   const bands = Array.from({ length: nb }, (_, j) => f(1 / f(Math.pow(10000, f(j / nb)))));
   const n = feat.reduce((p, q) => p * q, 1);
   const c3 = 3 * hd;
+  // (checked before they are made: the head width comes from the checkpoint's shapes and the
+  // caller's heads, the tokens from the plans' patch; 65 536 tokens of width 128 fit)
+  if ((registers + n) * c3 > MAX_ROPE_VALUES)
+    throw new RangeError(
+      `Primus's rotary tables for ${registers + n} tokens of head width ${hd} would hold ${(registers + n) * c3} values each, more than ${MAX_ROPE_VALUES}: no trained Primus has such a patch and head width`,
+    );
   const cos = new Float32Array((registers + n) * c3).fill(1);
   const sin = new Float32Array((registers + n) * c3);
   const row = new Float32Array(2 * hd); // one token's (cos, signed sin) per head channel

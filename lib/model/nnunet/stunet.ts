@@ -20,6 +20,7 @@
 import { GraphBuilder } from "../monai/layers.js";
 import { CheckpointError, TensorRef } from "./checkpoint.js";
 import type { NetworkGraph } from "./network.js";
+import { brief } from "../../is.js";
 
 /** STU-Net's trainers (and users' subclasses that keep the name as prefix). */
 export const STUNET_TRAINER = /^STUNetTrainer/;
@@ -64,11 +65,10 @@ export function isSTUNet(weights: Map<unknown, unknown>): boolean {
  * pool_op_kernel_sizes; v2's without its leading [1, 1, 1]), the first five, padded with ones.
  */
 export function stunetStrides(pools: unknown, where: string, what = "pool_op_kernel_sizes", offset = 0): number[][] {
-  if (!Array.isArray(pools) || pools.length > 16)
-    throw err(where, `the plans' ${what} must be a list of poolings, got ${JSON.stringify(pools)}`);
+  if (!Array.isArray(pools) || pools.length > 16) throw err(where, `the plans' ${what} must be a list of poolings, got ${brief(pools)}`);
   const out = pools.slice(0, POOLS).map((p, i) => {
     if (!Array.isArray(p) || p.length !== 3 || !p.every((x) => Number.isSafeInteger(x) && (x as number) >= 1 && (x as number) <= 8))
-      throw err(where, `the plans' ${what}[${i + offset}] must be three integers from 1 to 8 (STU-Net is 3-D), got ${JSON.stringify(p)}`);
+      throw err(where, `the plans' ${what}[${i + offset}] must be three integers from 1 to 8 (STU-Net is 3-D), got ${brief(p)}`);
     return p as number[];
   });
   while (out.length < POOLS) out.push([1, 1, 1]);

@@ -26,6 +26,7 @@ import { GraphBuilder, type NormSpec } from "../monai/layers.js";
 import { basicBlockD } from "./blocks.js";
 import { CheckpointError, TensorRef } from "./checkpoint.js";
 import type { NetworkGraph } from "./network.js";
+import { brief } from "../../is.js";
 
 export interface UMambaBlock {
   path: string;
@@ -115,13 +116,10 @@ export function umambaArchitecture(
   while (weights.has(`encoder.stages.${stages}.0.conv1.weight`)) if (++stages > 12) throw err(where, "U-Mamba with more than 12 stages");
   if (stages < 2) throw err(where, "U-Mamba's weights have fewer than two encoder stages (encoder.stages.N.0.conv1.weight)");
   if (!Array.isArray(strides) || strides.length !== stages)
-    throw err(
-      where,
-      `the plans' ${stridesWhat} must list ${stages} strides (one per encoder stage in the weights), got ${JSON.stringify(strides)}`,
-    );
+    throw err(where, `the plans' ${stridesWhat} must list ${stages} strides (one per encoder stage in the weights), got ${brief(strides)}`);
   const st = strides.map((s, i) => {
     if (!Array.isArray(s) || s.length !== dims || !s.every((x) => Number.isSafeInteger(x) && (x as number) >= 1 && (x as number) <= 8))
-      throw err(where, `the plans' ${stridesWhat}[${i}] must be ${dims} integers from 1 to 8, got ${JSON.stringify(s)}`);
+      throw err(where, `the plans' ${stridesWhat}[${i}] must be ${dims} integers from 1 to 8, got ${brief(s)}`);
     return s as number[];
   });
   let total = 0;

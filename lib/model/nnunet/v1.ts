@@ -22,6 +22,7 @@ import { MEDNEXT_V1_TRAINER } from "./mednext.js";
 import { STUNET_TRAINER } from "./stunet.js";
 import type { Architecture } from "./network.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
+import { brief } from "../../is.js";
 
 /** Largest v1 pickle read (plans.pkl lists every training case's sizes and spacings: a few MB for thousands). */
 const MAX_PICKLE_BYTES = 64 * 2 ** 20;
@@ -48,7 +49,7 @@ class NumpyArray {
     if (!Array.isArray(state) || state.length !== 5) throw new CheckpointError(`${this.where}: a numpy array with a malformed state`);
     const [, shape, dtype, fortran, raw] = state as [unknown, unknown, unknown, unknown, unknown];
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0) || shape.length > 8)
-      throw new CheckpointError(`${this.where}: a numpy array with shape ${JSON.stringify(shape)}`);
+      throw new CheckpointError(`${this.where}: a numpy array with shape ${brief(shape)}`);
     const dims = shape as number[];
     const n = dims.reduce((a, b) => a * b, 1);
     // (the nested lists built below, zero-length axes or not: [2^31, 0] is 2^31 empty lists)
@@ -232,13 +233,13 @@ export function v1FoldsIn(folder: string, file: string): (number | "all")[] {
 
 function intVector(v: unknown, n: number | null, what: string, where: string): number[] {
   if (!Array.isArray(v) || (n !== null && v.length !== n) || !v.every((x) => Number.isSafeInteger(x) && (x as number) > 0))
-    throw new Error(`${where}: ${what} must be ${n ?? "a list of"} positive integers, got ${JSON.stringify(v)}`);
+    throw new Error(`${where}: ${what} must be ${n ?? "a list of"} positive integers, got ${brief(v)}`);
   return v as number[];
 }
 
 function numVector(v: unknown, n: number, what: string, where: string): number[] {
   if (!Array.isArray(v) || v.length !== n || !v.every((x) => typeof x === "number" && x > 0 && Number.isFinite(x)))
-    throw new Error(`${where}: ${what} must be ${n} positive numbers, got ${JSON.stringify(v)}`);
+    throw new Error(`${where}: ${what} must be ${n} positive numbers, got ${brief(v)}`);
   return v as number[];
 }
 
@@ -275,7 +276,7 @@ export function fromV1Plans(
   const sp = perStage.get(stage);
   if (!(sp instanceof Map)) throw new Error(`${where}: plans_per_stage has no stage ${stage} (it has ${stages.join(", ")})`);
   const patch = intVector(sp.get("patch_size"), null, `plans_per_stage[${stage}].patch_size`, where);
-  if (patch.length !== 2 && patch.length !== 3) throw new Error(`${where}: patch_size ${JSON.stringify(patch)} is neither 2-D nor 3-D`);
+  if (patch.length !== 2 && patch.length !== 3) throw new Error(`${where}: patch_size ${brief(patch)} is neither 2-D nor 3-D`);
   const dims = patch.length as 2 | 3;
   // (MedNeXt's and STU-Net's trainers build their own networks, whose shapes the weights give)
   const mednext = MEDNEXT_V1_TRAINER.test(trainer),
@@ -289,24 +290,21 @@ export function fromV1Plans(
     throw new Error(`${where}: plans_per_stage[${stage}] needs pool_op_kernel_sizes (n) and conv_kernel_sizes (n + 1)`);
   const pool = pools.map((p, i) => intVector(p, dims, `pool_op_kernel_sizes[${i}]`, where));
   if (pool.some((p) => p.some((x) => x > 8)) || patch.some((x) => x > 4096))
-    throw new Error(
-      `${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${JSON.stringify([pool, patch])}), which no v1 plan holds`,
-    );
+    throw new Error(`${where}: pool_op_kernel_sizes past 8 or patch_size past 4096 (${brief([pool, patch])}), which no v1 plan holds`);
   const kern = kernels.map((k, i) => intVector(k, dims, `conv_kernel_sizes[${i}]`, where));
   // Generic_UNet pads a kernel of 3 by 1 and any other by 0: only 1 and 3 keep the size
   if (!mednext && !stunet && kern.some((k) => k.some((x) => x !== 1 && x !== 3)))
-    throw new Error(`${where}: conv_kernel_sizes ${JSON.stringify(kern)}: Generic_UNet keeps sizes with kernels of 1 and 3 only`);
+    throw new Error(`${where}: conv_kernel_sizes ${brief(kern)}: Generic_UNet keeps sizes with kernels of 1 and 3 only`);
   const base = plans.get("base_num_features");
-  if (!Number.isSafeInteger(base) || (base as number) < 1) throw new Error(`${where}: base_num_features ${JSON.stringify(base)}`);
+  if (!Number.isSafeInteger(base) || (base as number) < 1) throw new Error(`${where}: base_num_features ${brief(base)}`);
   const cps = plans.get("conv_per_stage") ?? 2;
-  if (!Number.isSafeInteger(cps) || (cps as number) < 1 || (cps as number) > 8)
-    throw new Error(`${where}: conv_per_stage ${JSON.stringify(cps)}`);
+  if (!Number.isSafeInteger(cps) || (cps as number) < 1 || (cps as number) > 8) throw new Error(`${where}: conv_per_stage ${brief(cps)}`);
   const nc = plans.get("num_classes");
   if (!Number.isSafeInteger(nc) || (nc as number) < 1 || (nc as number) > 254)
-    throw new Error(`${where}: num_classes ${JSON.stringify(nc)} (the foreground classes, 1…254)`);
+    throw new Error(`${where}: num_classes ${brief(nc)} (the foreground classes, 1…254)`);
   const modalities = plans.get("modalities");
   const nIn = modalities instanceof Map ? modalities.size : (plans.get("num_modalities") as number);
-  if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${JSON.stringify(nIn)}`);
+  if (!Number.isSafeInteger(nIn) || nIn < 1 || nIn > 64) throw new Error(`${where}: modalities ${brief(nIn)}`);
   const cascade = trainer === V1_CASCADE_TRAINER;
   if (!cascade && !mednext && !stunet && !V2_LIKE.has(trainer) && !EPOCHS_VARIANT.test(trainer))
     throw new Error(
@@ -343,7 +341,7 @@ export function fromV1Plans(
   // transpose_forward: the network's axes as a permutation of the CT's (z, y, x)
   const tf = plans.get("transpose_forward") ?? [0, 1, 2];
   if (!Array.isArray(tf) || tf.length !== 3 || [...tf].sort().join() !== "0,1,2")
-    throw new Error(`${where}: transpose_forward ${JSON.stringify(tf)} is not a permutation of 0, 1, 2`);
+    throw new Error(`${where}: transpose_forward ${brief(tf)} is not a permutation of 0, 1, 2`);
   const perm = tf as [number, number, number];
   // current_spacing: the stage's target spacing, in the network's (transposed) order
   const cur = numVector(sp.get("current_spacing"), 3, `plans_per_stage[${stage}].current_spacing`, where);
@@ -359,7 +357,7 @@ export function fromV1Plans(
     const ip = mapGet(mapGet(plans.get("dataset_properties"), "intensityproperties"), 0);
     const num = (k: string) => {
       const v = mapGet(ip, k);
-      if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${where}: intensityproperties[0].${k} is ${JSON.stringify(v)}`);
+      if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${where}: intensityproperties[0].${k} is ${brief(v)}`);
       return v;
     };
     normalization = { type: "ct", lower: num("percentile_00_5"), upper: num("percentile_99_5"), mean: num("mean"), std: num("sd") };
@@ -371,7 +369,7 @@ export function fromV1Plans(
   const pre = plans.get("preprocessor_name");
   if (pre !== undefined && pre !== (dims === 2 ? "PreprocessorFor2D" : "GenericPreprocessor"))
     throw new Error(
-      `${where}: preprocessor ${JSON.stringify(pre)} with a ${dims}-D patch; bhsd follows GenericPreprocessor (3-D) and PreprocessorFor2D (2-D)`,
+      `${where}: preprocessor ${brief(pre)} with a ${dims}-D patch; bhsd follows GenericPreprocessor (3-D) and PreprocessorFor2D (2-D)`,
     );
   // v1's predictor takes the export's resampling from the plans where they name one
   const resampling = structuredClone(NNUNET_RESAMPLING) as Extract<typeof NNUNET_RESAMPLING, { type: "nnunet" }>;
@@ -382,9 +380,7 @@ export function fromV1Plans(
       orderZ = mapGet(ep, "interpolation_order_z");
     const ok = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 5;
     if (!(force == null || typeof force === "boolean") || !ok(order) || !ok(orderZ))
-      throw new Error(
-        `${where}: segmentation_export_params ${JSON.stringify([force, order, orderZ])} are not a force_separate_z and two orders`,
-      );
+      throw new Error(`${where}: segmentation_export_params ${brief([force, order, orderZ])} are not a force_separate_z and two orders`);
     resampling.probabilities = {
       ...resampling.probabilities,
       order: order as number,
