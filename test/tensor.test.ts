@@ -1,6 +1,7 @@
 import test from "ava";
 import {
   add,
+  allocTensor,
   argmax,
   avgPool3d,
   batchNorm,
@@ -21,6 +22,7 @@ import {
 } from "../lib/index.js";
 import type { Tensor } from "../lib/types.js";
 import { backendsUnderTest } from "./helpers.js";
+import { getBackend } from "../lib/backends/index.js";
 import { ortRun, randomTensor, relDiff } from "./ort.js";
 
 const TOL = 1e-4;
@@ -336,6 +338,70 @@ for (const [i, c] of resizeCases.entries()) {
   });
 }
 
+test.serial(
+  "an output that overlaps an input in part is refused on every backend (in place — the very array — is allowed where the op runs in place)",
+  async (t) => {
+    for (const { name: be } of backends) {
+      setBackend(be);
+      for (const engine of [false, true]) {
+        // one block (engine memory where the native addon runs: never copied, so only the check stands between
+        // a shifted out and values read after they were written) and two views of it one element apart
+        const big = engine ? allocTensor([1 << 15]) : { data: new Float32Array(4097), shape: [4097] };
+        big.data.forEach((_, i, d) => (d[i] = (i % 13) - 6));
+        const x = { data: big.data.subarray(0, 4096), shape: [1, 1, 4096] },
+          shifted = { data: big.data.subarray(1, 4097), shape: [1, 1, 4096] };
+        const at = `${be}${engine ? ", engine memory" : ""}`;
+        await t.throwsAsync(sigmoid(x, { out: shifted }), { message: /options\.out overlaps x in part/ }, at);
+        await t.throwsAsync(add(x, randomTensor([1, 1, 4096], 5), { out: shifted }), { message: /options\.out overlaps a in part/ }, at);
+        await t.throwsAsync(softmax(x, { out: shifted }), { message: /options\.out overlaps x in part/ }, at);
+        await t.throwsAsync(
+          maxPool3d({ ...x, shape: [1, 1, 1, 1, 4096] }, { kernel: 1, out: { ...shifted, shape: [1, 1, 1, 1, 4096] } }),
+          {
+            message: /options\.out overlaps x: this op cannot run in place/,
+          },
+          at,
+        );
+        // in place: the same view
+        const want = Array.from(x.data, (v) => 1 / (1 + Math.exp(-v)));
+        await sigmoid(x, { out: x });
+        t.true(
+          x.data.every((v, i) => Math.abs(v - want[i]!) < 1e-6),
+          at,
+        );
+      }
+    }
+    // the addon's own checks, for callers past the TypeScript layer (engine memory: views of one block)
+    const nat = backends.some((b) => b.name === "native") ? getBackend("native") : undefined;
+    if (nat) {
+      const big = allocTensor([1 << 15]).data,
+        x = big.subarray(0, 4096),
+        y = big.subarray(1, 4097);
+      const call = (f: () => unknown) => (async () => f())();
+      const flat = [0, 0, 0, 0, 0, 1],
+        shape = [1, 1, 1, 1, 1, 4096];
+      await t.throwsAsync(
+        call(() => nat.unary(x, 1, 1, 4096, 2, 0, null, y)),
+        { message: /out overlaps x other than as x itself/ },
+      );
+      await t.throwsAsync(
+        call(() => nat.binary(x, x, shape, flat, flat, false, y)),
+        { message: /out overlaps a other than as a itself/ },
+      );
+      // b one value (strides 0) inside out: read after out has been written over it
+      await t.throwsAsync(
+        call(() => nat.binary(new Float32Array(4096), big.subarray(100, 101), shape, flat, [0, 0, 0, 0, 0, 0], false, x)),
+        {
+          message: /out overlaps b other than as b itself/,
+        },
+      );
+      await t.throwsAsync(
+        call(() => nat.softmax(x, 1, 4, 1024, y)),
+        { message: /out overlaps x other than as x itself/ },
+      );
+    }
+  },
+);
+
 test("bad arguments are refused before any work, naming the argument", async (t) => {
   const x = randomTensor([1, 2, 4, 4, 4], 1),
     w = randomTensor([3, 2, 3, 3, 3], 2);
@@ -387,7 +453,6 @@ nativeTest("the baseline kernels (no AVX2, as on an older x86-64) give the same 
   "native: weights marked constant are packed once and give onnxruntime's result; a wrong packed length is refused",
   async (t) => {
     const { backendInfo } = await import("../lib/index.js");
-    const { getBackend } = await import("../lib/backends/index.js");
     // two groups of 14 outputs (blocks 6 + 4 + 4 each), padding and a stride
     const x = randomTensor([1, 6, 5, 7, 19], 90),
       w = randomTensor([28, 3, 3, 3, 3], 91),

@@ -98,7 +98,36 @@ export interface OutputOptions {
   alloc?: (shape: number[]) => Tensor;
 }
 
-function outputTensor(shape: number[], given: unknown, what: string, alloc?: unknown): Tensor {
+/**
+ * Whether `out` shares memory with an input other than as that very view: the ops that run in
+ * place take out = an input (the same array, offset and length) and otherwise need the two apart —
+ * a partial overlap would read values already written, on every backend.
+ */
+function checkOverlap(out: Tensor, inputs: Record<string, Tensor | null | undefined>, inPlace: boolean): void {
+  const o = out.data;
+  for (const [name, t] of Object.entries(inputs)) {
+    if (!t) continue;
+    const d = t.data;
+    if (d.buffer !== o.buffer) continue;
+    const same = d.byteOffset === o.byteOffset && d.byteLength === o.byteLength;
+    if (same && inPlace) continue;
+    if (d.byteOffset < o.byteOffset + o.byteLength && o.byteOffset < d.byteOffset + d.byteLength)
+      throw new RangeError(
+        inPlace
+          ? `options.out overlaps ${name} in part: it may be ${name} itself (in place) or apart from it`
+          : `options.out overlaps ${name}: this op cannot run in place`,
+      );
+  }
+}
+
+function outputTensor(
+  shape: number[],
+  given: unknown,
+  what: string,
+  alloc?: unknown,
+  inputs: Record<string, Tensor | null | undefined> = {},
+  inPlace = true,
+): Tensor {
   if (typeof alloc === "function") {
     const t = (alloc as (s: number[]) => Tensor)(shape);
     if (!(t?.data instanceof Float32Array) || t.data.length !== prod(shape))
@@ -110,6 +139,7 @@ function outputTensor(shape: number[], given: unknown, what: string, alloc?: unk
   if (given.shape.length !== shape.length || given.shape.some((d, i) => d !== shape[i])) {
     throw new RangeError(`options.out has shape [${given.shape.join(", ")}] but the result has [${shape.join(", ")}]`);
   }
+  checkOverlap(given, inputs, inPlace);
   return given;
 }
 
@@ -165,7 +195,14 @@ function convPlan(
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
   check?.(Co, [N, Co, ...outS]);
-  const out = outputTensor([N, Co, ...outS], c.opts.out, "conv3d output", c.opts.alloc);
+  const out = outputTensor(
+    [N, Co, ...outS],
+    c.opts.out,
+    "conv3d output",
+    c.opts.alloc,
+    { input: c.input, weight: c.weight, bias: c.bias },
+    false,
+  );
   if (out.data === c.input.data || out.data === c.weight.data)
     throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
   const args: [
@@ -372,7 +409,14 @@ export async function convTranspose3d(
     if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
     return o;
   }) as Triple;
-  const out = outputTensor([N, Co, ...outS], c.opts.out, "convTranspose3d output", c.opts.alloc);
+  const out = outputTensor(
+    [N, Co, ...outS],
+    c.opts.out,
+    "convTranspose3d output",
+    c.opts.alloc,
+    { input: c.input, weight: c.weight, bias: c.bias },
+    false,
+  );
   await activeBackend().convTranspose3d(
     c.input.data,
     [N, C, D, H, W],
@@ -445,7 +489,7 @@ export async function instanceNorm(
   const s = scale ? perChannel("scale", scale, C) : null,
     b = bias ? perChannel("bias", bias, C) : null;
   const { act, alpha } = activation(opts);
-  const out = outputTensor([...x.shape], opts.out, "instanceNorm output", opts.alloc);
+  const out = outputTensor([...x.shape], opts.out, "instanceNorm output", opts.alloc, { x, scale, bias });
   await activeBackend().instanceNorm(x.data, N, C, spatial, s, b, epsOf(opts), act, alpha, out.data);
   return out;
 }
@@ -474,7 +518,7 @@ export async function groupNorm(
     b = perGroup("bias", bias);
   const { act, alpha } = activation(opts);
   const eps = epsOf(opts);
-  const out = outputTensor([...x.shape], opts.out, "groupNorm output", opts.alloc);
+  const out = outputTensor([...x.shape], opts.out, "groupNorm output", opts.alloc, { x, scale, bias });
   const be = activeBackend();
   if (be.groupNorm) {
     await be.groupNorm(x.data, N, C, spatial, G as number, s, b, eps, act, alpha, out.data);
@@ -504,7 +548,7 @@ export async function batchNorm(
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
-  const out = outputTensor([...x.shape], opts.out, "batchNorm output", opts.alloc);
+  const out = outputTensor([...x.shape], opts.out, "batchNorm output", opts.alloc, { x, scale, bias, mean, variance });
   await activeBackend().batchNorm(
     x.data,
     N,
@@ -531,7 +575,7 @@ async function unary(
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const o = optionsObject("options", options);
-  const out = outputTensor([...x.shape], o.out, `${what} output`, o.alloc);
+  const out = outputTensor([...x.shape], o.out, `${what} output`, o.alloc, { x, slope: slope && { data: slope, shape: [slope.length] } });
   await activeBackend().unary(x.data, N, C, spatial, op, alpha, slope, out.data);
   return out;
 }
@@ -559,7 +603,7 @@ export async function gelu(x: Tensor, options?: OutputOptions & { approximate?: 
     throw invalidParameterError("options.divisor", 'nothing with approximate "tanh"', divisor);
   // elementwise: the last axis is a run, the others count runs (the backend splits the work by runs)
   const last = x.shape.at(-1) ?? 1;
-  const out = outputTensor([...x.shape], o.out, "gelu output", o.alloc);
+  const out = outputTensor([...x.shape], o.out, "gelu output", o.alloc, { x });
   await activeBackend().unary(
     x.data,
     1,
@@ -617,7 +661,7 @@ async function binary(a: Tensor, b: Tensor, mul: boolean, options?: BinaryOption
   const bc = broadcast(a, b);
   const o = optionsObject("options", options);
   const { act, alpha } = activation(o);
-  const out = outputTensor(bc.out, o.out, mul ? "mul output" : "add output", o.alloc);
+  const out = outputTensor(bc.out, o.out, mul ? "mul output" : "add output", o.alloc, { a, b });
   await activeBackend().binary(a.data, b.data, bc.shape, bc.sa, bc.sb, mul, out.data, act, alpha);
   return out;
 }
@@ -643,7 +687,7 @@ export async function concat(tensors: Tensor[], axis = 1, options?: OutputOption
   const shape = [...tensors[0]!.shape];
   shape[ax] = lens.reduce((a, b) => a + b, 0);
   const o = optionsObject("options", options);
-  const out = outputTensor(shape, o.out, "concat output", o.alloc);
+  const out = outputTensor(shape, o.out, "concat output", o.alloc, Object.fromEntries(tensors.map((t, i) => [`tensors[${i}]`, t])), false);
   await activeBackend().concat(
     tensors.map((t) => t.data),
     lens,
@@ -685,7 +729,7 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
     if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
     return o;
   }) as Triple;
-  const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc);
+  const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc, { x }, false);
   await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, opts.countIncludePad === true, out.data);
   return out;
 }
@@ -723,7 +767,7 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
     outS = ext.map((e, i) => Math.floor(e * scales[i]!)) as Triple;
     if (outS.some((o) => o < 1)) throw new RangeError(`scales [${scales.join(", ")}] make an empty output`);
   } else throw invalidParameterError("options", "sizes [D, H, W] or scales [d, h, w]", options);
-  const out = outputTensor([N, C, ...outS], opts.out, "resize output", opts.alloc);
+  const out = outputTensor([N, C, ...outS], opts.out, "resize output", opts.alloc, { x }, false);
   await activeBackend().resize3d(x.data, N * C, [D, H, W], outS, Float64Array.from(scales), mode === "linear", cm, nm, out.data);
   return out;
 }
@@ -740,7 +784,7 @@ export async function softmax(x: Tensor, options?: OutputOptions & { axis?: numb
   assertTensor("x", x);
   const o = optionsObject("options", options);
   const { outer, C, inner } = axisSplit(x, (o.axis as number | undefined) ?? 1);
-  const out = outputTensor([...x.shape], o.out, "softmax output", o.alloc);
+  const out = outputTensor([...x.shape], o.out, "softmax output", o.alloc, { x });
   await activeBackend().softmax(x.data, outer, C, inner, out.data);
   return out;
 }

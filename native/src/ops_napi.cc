@@ -300,7 +300,13 @@ Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
       {info[0], info[4], info[5], info[6], info[7], info[9]}, 2.0 * double(N * C * S) * sizeof(float));
 }
 
-// unary(x, N, C, spatial, op, alpha, slope|null, out)
+static bool disjoint(const float* a, std::size_t na, const float* b, std::size_t nb) {
+  return a + na <= b || b + nb <= a;
+}
+
+// unary(x, N, C, spatial, op, alpha, slope|null, out): out is x (in place) or apart from it — a
+// partial overlap of engine memory (a subarray of one block) would read values already written
+// (arrays of the caller's own memory are copied, and such an overlap refused, by view_of)
 Napi::Value Unary(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::int64_t N = int_of(info[1], "N", 1, BIG), C = int_of(info[2], "C", 1, BIG),
@@ -317,6 +323,9 @@ Napi::Value Unary(const Napi::CallbackInfo& info) {
     slope = static_cast<const float*>(sv.data), slope_len = std::int64_t(sv.length);
   }
   float* y = out_of(info[7], elems(env, {N, C, S}), "out");
+  const std::size_t n = elems(env, {N, C, S});
+  require(x == y || disjoint(x, n, y, n), env, "out overlaps x other than as x itself (in place)");
+  require(!slope || disjoint(slope, std::size_t(slope_len), y, n), env, "out overlaps slope");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::unary(x, y, N, C, S, op, alpha, slope, slope_len, *pool); }, nullptr,
@@ -347,10 +356,6 @@ Napi::Value ChannelNorm(const Napi::CallbackInfo& info) {
 }
 
 // Overlap of two float ranges (out must overlap nothing a kernel reads: they read across tokens).
-static bool disjoint(const float* a, std::size_t na, const float* b, std::size_t nb) {
-  return a + na <= b || b + nb <= a;
-}
-
 // mambaConv(xz, B, L, Di, K, weight, bias | null, out): ssm.hpp's mamba_conv
 Napi::Value MambaConv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -390,7 +395,11 @@ Napi::Value SelectiveScan(const Napi::CallbackInfo& info) {
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::selective_scan(u, delta, a, x, d, z, y, B, L, Di, N, R, *pool); }, nullptr,
-      {info[0], info[1], info[2], info[3], info[4], info[5], info[11]}, double(3 * n + nx + nz) * sizeof(float));
+      {info[0], info[1], info[2], info[3], info[4], info[5], info[11]},
+      // (the state's updates — an exponential and two multiply-adds each, B·L·Di·N of them — and
+      // Di·N exponentials in double before them: not only the bytes, or a scan with a large state
+      // ran inline on the JavaScript thread for 100 ms)
+      double(3 * n + nx + nz) * sizeof(float) + 32.0 * double(n) * double(N) + 64.0 * double(Di * N));
 }
 
 // transposeLast2(x, outer, rows, cols, out): tensor_ops' transpose_last2
@@ -425,6 +434,20 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   require(std::int64_t(va.length) >= la && std::int64_t(vb.length) >= lb, env, "strides reach past a or b");
   float* y = out_of(info[6], std::size_t(n), "out");
   const float *a = static_cast<const float*>(va.data), *b = static_cast<const float*>(vb.data);
+  // out is an operand read in its own layout (in place) or apart from it: a partial overlap, or an
+  // operand broadcast or transposed under out, would read values already written
+  const auto same_layout = [&](const std::vector<std::int64_t>& st) {
+    std::int64_t step = 1;
+    for (int i = 5; i >= 0; --i) {
+      if (sh[i] != 1 && st[i] != step) return false;
+      step *= sh[i];
+    }
+    return true;
+  };
+  require((a == y && same_layout(sa)) || disjoint(a, std::size_t(la), y, std::size_t(n)), env,
+          "out overlaps a other than as a itself (in place)");
+  require((b == y && same_layout(sb)) || disjoint(b, std::size_t(lb), y, std::size_t(n)), env,
+          "out overlaps b other than as b itself (in place)");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::binary(a, b, y, sh.data(), sa.data(), sb.data(), mul, *pool, act, alpha); }, nullptr,
@@ -548,6 +571,8 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
                      S = int_of(info[3], "spatial", 1, BIG);
   const float* x = floats_of(info[0], elems(env, {N, C, S}), "x");
   float* y = out_of(info[4], elems(env, {N, C, S}), "out");
+  const std::size_t n = elems(env, {N, C, S});
+  require(x == y || disjoint(x, n, y, n), env, "out overlaps x other than as x itself (in place)");
   auto pool = pool_of(env);
   return PromiseWorker::Start(
       env, [=] { bhsd::softmax_channels(x, y, N, C, S, *pool); }, nullptr, {info[0], info[4]},
