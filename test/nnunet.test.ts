@@ -164,6 +164,20 @@ test.serial("segment() runs the folder end to end and matches nnU-Net's predicto
   model.dispose();
 });
 
+test.serial("a folder's model declares its input, so segment() checks a replaced config before preprocessing", async (t) => {
+  const model = await loadNnunet(FOLDER, { folds: [0] });
+  t.deepEqual(model.inputs, [{ name: "input", shape: ["N", 1, "D", "H", "W"] }]);
+  const ct = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));
+  const w = { type: "window" as const, lower: -40, upper: 120, center: 40, scale: 80 };
+  (model as { config: unknown }).config = { ...model.config, normalization: [w, w, w] };
+  const steps: string[] = [];
+  await t.throwsAsync(segment(ct, model, { onProgress: (p) => steps.push(p.step) }), {
+    message: /one normalisation \(the model takes one input channel\) for model\.config\.normalization/,
+  });
+  t.deepEqual(steps, []);
+  model.dispose();
+});
+
 test.serial("segment() with mirroring over inference_allowed_mirroring_axes matches PyTorch's mirrored prediction", async (t) => {
   setBackend(backends.some((b) => b.name === "native") ? "native" : backends[0]!.name);
   const full = await readNifti(join(CASES, "PhantomICH_001_0000.nii.gz"));

@@ -454,7 +454,8 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   const declaredC = (model as Partial<Model>).inputs?.[0]?.shape[1];
   const nNorm = channelNormalizations(cfg).length;
   const span = 2 * (cfg.contextSlices ?? 0) + 1;
-  if (typeof declaredC === "number" && cfg.previousStage === undefined && declaredC !== nNorm * span)
+  // (a cascade's second stage also takes the first stage's labels as channels: its run checks those)
+  if (typeof declaredC === "number" && cfg.previousStage === undefined && !model.previousStage && declaredC !== nNorm * span)
     throw invalidParameterError(
       span > 1 ? "model.config.contextSlices" : "model.config.normalization",
       span > 1

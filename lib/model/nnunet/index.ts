@@ -147,6 +147,18 @@ export class NnunetModel {
     this.divisor = init.divisor;
   }
 
+  /**
+   * The input run() takes, as a loaded ONNX model declares it: its channels, and the plans' patch
+   * where the network runs that size only (Primus; U-Mamba with channels as tokens) — so that
+   * segment() checks a replaced config against them before it preprocesses anything.
+   */
+  get inputs(): { name: string; shape: (number | string)[] }[] {
+    const a = this.architecture;
+    const fixed = fixedInput(a);
+    const spatial = a.dims === 2 ? ["H", "W"] : ["D", "H", "W"];
+    return [{ name: "input", shape: fixed ? [1, a.inputChannels, ...fixed] : ["N", a.inputChannels, ...spatial] }];
+  }
+
   private check(input: Tensor) {
     const s = input?.shape;
     const dims = this.architecture.dims;
