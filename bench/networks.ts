@@ -334,6 +334,26 @@ export async function benchNetworks(): Promise<string[]> {
     rows.push(
       "| nnU-Net Primus-S, 32×128×128 | not run: make bench/models/primus_s.* first (PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py) | | | | | | | | | |",
     );
+  // the same network on a BHSD-sized patch (32×256×256: 4096 tokens, attention two thirds of the
+  // forward): `make_primus.py 32 256 256 --name primus_s_4k`; bhsd's checkpoint beside onnxruntime's export
+  const primus4k = new URL("./models/primus_s_4k.json", import.meta.url);
+  if (existsSync(primus4k)) {
+    const { folder, size } = JSON.parse(readFileSync(primus4k, "utf8")) as { folder: string; size: number[] };
+    const onnx = readFileSync(new URL("./models/primus_s_4k.onnx", import.meta.url));
+    rows.push(
+      ...(await compare(
+        `nnU-Net Primus-S, 4096 tokens (loadNnunet from the checkpoint), ${size.join("×")}`,
+        onnx,
+        [1, 1, ...size],
+        1,
+        undefined,
+        () => loadNnunet(fileURLToPath(new URL(`./models/${folder}`, import.meta.url))),
+      )),
+    );
+  } else
+    rows.push(
+      "| nnU-Net Primus-S, 32×256×256 (4096 tokens) | not run: make bench/models/primus_s_4k.* first (… make_primus.py 32 256 256 --name primus_s_4k) | | | | | | | | | |",
+    );
   // nnU-Net's PrimusV2-S (nnUNet_PrimusV2S_Trainer: Primus-S after a patch embedding of residual blocks, 32 to 128
   // channels at full to 1/4 resolution): made by `bench/models/make_primus.py --v2`, never committed
   const primusV2 = new URL("./models/primus_v2s.json", import.meta.url);

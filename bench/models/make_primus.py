@@ -7,9 +7,11 @@ plans.json with that patch, dataset.json, fold_0/checkpoint_final.pth), what `lo
 and its torch.onnx export (opset 17, the input fixed at SIZE) for onnxruntime.
 dynamic-network-architectures, timm and einops on PYTHONPATH (timm 1.0.29 with the one-method
 replacement test/fixtures/nnunet-primus/README.md explains):
-  PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py [D H W] [--v2]
+  PYTHONPATH=<dynamic-network-architectures>:<timm, einops> /usr/bin/python3 bench/models/make_primus.py [D H W] [--v2] [--name NAME]
 --v2: PrimusV2-S instead (nnUNet_PrimusV2S_Trainer: the same transformer after a patch embedding of residual
 blocks), written as primus_v2s/, primus_v2s.json and primus_v2s.onnx.
+--name NAME: written as NAME/, NAME.json and NAME.onnx (the bench's primus_s_4k: `32 256 256 --name
+primus_s_4k`, 4096 tokens, a BHSD-sized patch, where attention is two thirds of the forward).
 """
 import json
 import os
@@ -53,9 +55,15 @@ def build(size=None, v2=False):
 if __name__ == "__main__":
     v2 = "--v2" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--v2"]
+    given_name = None
+    if "--name" in args:
+        i = args.index("--name")
+        given_name = args[i + 1]
+        del args[i : i + 2]
     size = tuple(int(v) for v in args[:3]) if len(args) >= 3 else (32, 128, 128)
     m = build(size, v2)
     name, trainer = ("primus_v2s", "nnUNet_PrimusV2S_Trainer") if v2 else ("primus_s", "nnUNet_Primus_S_Trainer")
+    name = given_name or name
     folder = os.path.join(here, name, "Dataset001_BHSD", f"{trainer}__nnUNetPlans__3d_fullres")
     os.makedirs(os.path.join(folder, "fold_0"), exist_ok=True)
     src = os.path.join(here, "..", "..", "test", "fixtures", "nnunet-folder", "Dataset501_PhantomICH",
