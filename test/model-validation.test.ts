@@ -2,6 +2,10 @@
 // later; the ops real exports add agree with onnxruntime (same process) on every backend.
 import test from "ava";
 import ort from "onnxruntime-node";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { loadModel, setBackend } from "../lib/index.js";
 import { parseModel } from "../lib/model/graph.js";
 import { normalizeConfig } from "../lib/model/config.js";
@@ -334,6 +338,29 @@ test("model configs that would normalise every voxel to one value, or hold absur
     "argument",
   );
   t.deepEqual(ok.patchSize, [32, 128, 128]);
+});
+
+test("a model's sidecar config or plans.json that is a FIFO, or over 32 MiB, is refused at once, naming it", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-sidecar-"));
+  try {
+    const bytes = encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["y"] }],
+      inputs: [{ name: "x", shape: [1, 1, 4, 4, 4] }],
+      outputs: [{ name: "y" }],
+    });
+    writeFileSync(join(dir, "m.onnx"), bytes);
+    t.is(spawnSync("mkfifo", [join(dir, "m.json")]).status, 0, "mkfifo");
+    // (a FIFO reports size 0: readFile would wait for a writer, then read without end)
+    await t.throwsAsync(loadModel(join(dir, "m.onnx")), { message: /m\.json: not a regular file/ });
+    rmSync(join(dir, "m.json"));
+    writeFileSync(join(dir, "plans.json"), " ".repeat(33 * 2 ** 20) + "{}");
+    await t.throwsAsync(loadModel(join(dir, "m.onnx")), {
+      message: /plans\.json: 34603010 bytes, more than the 33554432 a model's config may have/,
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("brief: values from files shown in messages bounded — deep nesting, cycles, long arrays and strings", (t) => {

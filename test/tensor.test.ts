@@ -370,6 +370,12 @@ test.serial(
         );
       }
     }
+    // an argument not yet checked is named by its own check, not met first by the overlap check
+    const c2 = { data: new Float32Array(2), shape: [2] },
+      x2 = { data: new Float32Array(8), shape: [1, 2, 4] };
+    await t.throwsAsync(batchNorm(x2, { shape: [2] } as never, c2, c2, c2, { out: { data: new Float32Array(8), shape: [1, 2, 4] } }), {
+      message: /for scale but received Object/,
+    });
     // the addon's own checks, for callers past the TypeScript layer (engine memory: views of one block)
     const nat = backends.some((b) => b.name === "native") ? getBackend("native") : undefined;
     if (nat) {

@@ -494,6 +494,7 @@ const MAX_CONFIG_JSON_BYTES = 32 * 2 ** 20;
 async function readJson(path: string): Promise<Record<string, unknown>> {
   try {
     const st = await stat(path);
+    if (!st.isFile()) throw new Error("not a regular file");
     if (st.size > MAX_CONFIG_JSON_BYTES)
       throw new Error(`${st.size} bytes, more than the ${MAX_CONFIG_JSON_BYTES} a model's config may have`);
     return JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;

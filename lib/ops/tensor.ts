@@ -108,7 +108,7 @@ function checkOverlap(out: Tensor, inputs: Record<string, Tensor | null | undefi
   for (const [name, t] of Object.entries(inputs)) {
     if (!t) continue;
     const d = t.data;
-    if (d.buffer !== o.buffer) continue;
+    if (!ArrayBuffer.isView(d) || d.buffer !== o.buffer) continue; // (an argument not yet checked is the caller's check's to name)
     const same = d.byteOffset === o.byteOffset && d.byteLength === o.byteLength;
     if (same && inPlace) continue;
     if (d.byteOffset < o.byteOffset + o.byteLength && o.byteOffset < d.byteOffset + d.byteLength)
@@ -548,19 +548,13 @@ export async function batchNorm(
   assertTensor("x", x);
   const { N, C, spatial } = nc(x);
   const opts = optionsObject("options", options);
+  // (the per-channel arguments checked before the output is taken or compared with them)
+  const sc = perChannel("scale", scale, C),
+    bi = perChannel("bias", bias, C),
+    mu = perChannel("mean", mean, C),
+    va = perChannel("variance", variance, C);
   const out = outputTensor([...x.shape], opts.out, "batchNorm output", opts.alloc, { x, scale, bias, mean, variance });
-  await activeBackend().batchNorm(
-    x.data,
-    N,
-    C,
-    spatial,
-    perChannel("scale", scale, C),
-    perChannel("bias", bias, C),
-    perChannel("mean", mean, C),
-    perChannel("variance", variance, C),
-    epsOf(opts),
-    out.data,
-  );
+  await activeBackend().batchNorm(x.data, N, C, spatial, sc, bi, mu, va, epsOf(opts), out.data);
   return out;
 }
 
