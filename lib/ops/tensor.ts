@@ -143,6 +143,10 @@ function outputTensor(
   return given;
 }
 
+/** A convolution's output: apart from every operand (its kernels read them while they write it). */
+const convOutput = (c: ReturnType<typeof convCommon>, shape: number[], what: string): Tensor =>
+  outputTensor(shape, c.opts.out, what, c.opts.alloc, { input: c.input, weight: c.weight, bias: c.bias }, false);
+
 function convCommon(input: unknown, weight: unknown, bias: unknown, options: unknown) {
   assertTensor("input", input, 5);
   assertTensor("weight", weight, 5);
@@ -195,16 +199,7 @@ function convPlan(
     return Math.floor((padded - span) / c.stride[i]!) + 1;
   }) as Triple;
   check?.(Co, [N, Co, ...outS]);
-  const out = outputTensor(
-    [N, Co, ...outS],
-    c.opts.out,
-    "conv3d output",
-    c.opts.alloc,
-    { input: c.input, weight: c.weight, bias: c.bias },
-    false,
-  );
-  if (out.data === c.input.data || out.data === c.weight.data)
-    throw invalidParameterError("options.out", "a tensor other than the input and the weight", "the same array");
+  const out = convOutput(c, [N, Co, ...outS], "conv3d output");
   const args: [
     Float32Array,
     [number, number, number, number, number],
@@ -409,14 +404,7 @@ export async function convTranspose3d(
     if (o < 1) throw new RangeError(`the output extent on axis ${"DHW"[i]} would be ${o}`);
     return o;
   }) as Triple;
-  const out = outputTensor(
-    [N, Co, ...outS],
-    c.opts.out,
-    "convTranspose3d output",
-    c.opts.alloc,
-    { input: c.input, weight: c.weight, bias: c.bias },
-    false,
-  );
+  const out = convOutput(c, [N, Co, ...outS], "convTranspose3d output");
   await activeBackend().convTranspose3d(
     c.input.data,
     [N, C, D, H, W],
