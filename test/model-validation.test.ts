@@ -363,6 +363,21 @@ test("a model's sidecar config or plans.json that is a FIFO, or over 32 MiB, is 
   }
 });
 
+test("config.inputShapes that is not shapes is refused showing what came, a cycle or a deep nest included", async (t) => {
+  const bytes = encodeModel({
+    opset: 17,
+    nodes: [{ opType: "Relu", inputs: ["x"], outputs: ["y"] }],
+    inputs: [{ name: "x", shape: ["N", 1, 4, 4, 4] }],
+    outputs: [{ name: "y" }],
+  });
+  const cyclic: unknown[] = [1];
+  cyclic.push(cyclic);
+  await t.throwsAsync(loadModel(bytes, { inputShapes: { x: cyclic as number[] } }), {
+    message: /Expected config\.inputShapes\.x to be 5 positive integers \(the model declares \[N,1,4,4,4\]\) but received \[1,<cycle>\]/,
+  });
+  await t.throwsAsync(loadModel(bytes, { inputShapes: [2] as never }), { message: /config\.inputShapes but received \[2\]/ });
+});
+
 test("brief: values from files shown in messages bounded — deep nesting, cycles, long arrays and strings", (t) => {
   let deep: unknown[] = [1];
   for (let i = 0; i < 100_000; i++) deep = [deep];

@@ -621,7 +621,7 @@ function checkExternalData(files: unknown): void {
 function shapesToInfer(declared: Graph["inputs"], given: Record<string, number[]> | undefined): Graph["inputs"] {
   if (given === undefined) return declared;
   if (typeof given !== "object" || given === null || Array.isArray(given))
-    throw new TypeError(`Expected an object of input name → shape for config.inputShapes but received ${JSON.stringify(given)}`);
+    throw new TypeError(`Expected an object of input name → shape for config.inputShapes but received ${is.brief(given)}`);
   for (const k of Object.keys(given))
     if (!declared.some((i) => i.name === k))
       throw new RangeError(
@@ -632,7 +632,7 @@ function shapesToInfer(declared: Graph["inputs"], given: Record<string, number[]
     if (s === undefined) return i;
     if (!Array.isArray(s) || s.length !== i.shape.length || !s.every((d) => Number.isSafeInteger(d) && d >= 1 && d <= 1 << 24)) {
       throw new RangeError(
-        `Expected config.inputShapes.${i.name} to be ${i.shape.length} positive integers (the model declares [${i.shape}]) but received ${JSON.stringify(s)}`,
+        `Expected config.inputShapes.${i.name} to be ${i.shape.length} positive integers (the model declares [${i.shape}]) but received ${is.brief(s)}`,
       );
     }
     i.shape.forEach((d, k) => {
