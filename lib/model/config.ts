@@ -184,6 +184,10 @@ function triple(v: unknown, what: string): [number, number, number] {
 export const MAX_PATCH_SIDE = 4096;
 export const MAX_PATCH_VOXELS = 2 ** 27;
 
+/** Whether whole patch sides are each 1…MAX_PATCH_SIDE and MAX_PATCH_VOXELS at most in all. */
+export const patchInBounds = (sides: readonly number[]): boolean =>
+  sides.every((x) => x >= 1 && x <= MAX_PATCH_SIDE) && sides.reduce((a, b) => a * b, 1) <= MAX_PATCH_VOXELS;
+
 /**
  * A patch's sides rounded to whole voxels (a config may write 128.0), each from 1 to MAX_PATCH_SIDE
  * and MAX_PATCH_VOXELS in all, else an error naming `what` — checked before anything the size of a
@@ -191,7 +195,7 @@ export const MAX_PATCH_VOXELS = 2 ** 27;
  */
 export function patchSides(v: readonly number[], what: string, shown: unknown = v): number[] {
   const r = v.map((x) => Math.round(x));
-  if (!r.every((x) => x >= 1 && x <= MAX_PATCH_SIDE) || r.reduce((a, b) => a * b, 1) > MAX_PATCH_VOXELS)
+  if (!patchInBounds(r))
     throw new Error(
       `model config: ${what} must be whole sizes from 1 to ${MAX_PATCH_SIDE}, at most ${MAX_PATCH_VOXELS} voxels in all, got ${brief(shown)}`,
     );

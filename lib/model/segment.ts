@@ -23,6 +23,7 @@ import {
   checkInputChannels,
   MAX_PATCH_SIDE,
   MAX_PATCH_VOXELS,
+  patchInBounds,
   type ModelConfig,
   type Normalization,
 } from "./config.js";
@@ -428,8 +429,8 @@ function checkOptions(ct: Volume, model: SegmentModel, options: SegmentOptions |
   if (
     !Array.isArray(patch) ||
     patch.length !== 3 ||
-    !patch.every((p) => typeof p === "number" && p >= 1 && Math.round(p) <= MAX_PATCH_SIDE) ||
-    patch.reduce((a, p) => a * Math.round(p), 1) > MAX_PATCH_VOXELS ||
+    !patch.every((p) => typeof p === "number" && p >= 1) ||
+    !patchInBounds(patch.map(Math.round)) ||
     (twoD && patch[0] !== 1)
   )
     throw invalidParameterError(
