@@ -14,7 +14,8 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { gzipSync } from "node:zlib";
 import { NIFTI_FIXTURES, ROOT } from "./helpers.js";
 
@@ -492,6 +493,33 @@ test("a command stopped by a signal midway leaves neither its output nor a tempo
   child.kill("SIGTERM");
   const [, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on("close", (c, s) => r([c, s])));
   t.is(signal, "SIGTERM");
+  t.deepEqual(readdirSync(dir), []);
+});
+
+test("a signal while a NIfTI output is being written leaves neither the output, the plan's temporary nor the writer's own", async (t) => {
+  const dir = freshDir("signal-writer");
+  const out = join(dir, "big.nii.gz");
+  // a child that plans the output, writes a 32 MB volume into its temporary (writeNifti gzips into
+  // `<temp>.<hex>.tmp` on libuv's threads, then renames) and stops itself once that file exists
+  const script = `
+    const { OutputPlan } = await import(${JSON.stringify(pathToFileURL(join(dirname(CLI), "util.js")).href)});
+    const { writeNifti } = await import(${JSON.stringify(pathToFileURL(join(dirname(CLI), "..", "io", "nifti.js")).href)});
+    const { readdirSync } = await import("node:fs");
+    const data = new Float32Array(256 * 256 * 128);
+    for (let i = 0; i < data.length; i++) data[i] = Math.random();
+    const timer = setInterval(() => {
+      if (readdirSync(${JSON.stringify(dir)}).some((f) => f.endsWith(".tmp"))) process.kill(process.pid, "SIGTERM");
+    }, 2);
+    await OutputPlan.run([], [{ flag: "--out", path: ${JSON.stringify(out)} }], (plan) =>
+      writeNifti(plan.temp("--out"), { data, dims: [256, 256, 128], spacing: [1, 1, 1], affine: [1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1] }),
+    );
+    clearInterval(timer);
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on("close", (c, s) => r([c, s])));
+  t.is(signal, "SIGTERM", `the write finished before the signal (exit ${code}): ${stderr}`);
   t.deepEqual(readdirSync(dir), []);
 });
 

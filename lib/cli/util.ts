@@ -1,6 +1,6 @@
 /** Shared bits of the commands: number parsing with clear errors, tables, progress on stderr. */
 import { randomBytes } from "node:crypto";
-import { constants, rmSync } from "node:fs";
+import { constants, readdirSync, renameSync, rmSync } from "node:fs";
 import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { InvalidArgumentError } from "commander";
@@ -100,14 +100,55 @@ let hooksInstalled = false;
 /**
  * Removes a temporary on the way out. The work's asynchronous writes may still be creating files
  * in it on libuv's threads while it is removed (ENOTEMPTY: seen on a loaded machine, where the
- * error escaped the signal handler and the process exited with a code instead of the signal), so
- * removal is retried, and never throws: the signal must still end the process.
+ * error escaped the signal handler and the process exited with a code instead of the signal; and
+ * in CI, where five retries 20 ms apart lost the race and a folder temporary stayed). So it is
+ * first renamed: a write not yet begun then names a path that no longer exists and fails, and
+ * only writes already inside the kernel can still land, which a retry then removes. A writer's
+ * own temporary beside it (writeNifti writes `<temp>.<hex>.tmp`, then renames) goes too. Never
+ * throws: the signal must still end the process.
  */
-function removeTemporary(p: string): void {
+function removeTemporary(p: string): boolean {
+  let found = false;
+  let target = p;
   try {
-    rmSync(p, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+    const dead = `${p}.${process.pid}.removing`;
+    renameSync(p, dead);
+    target = dead;
+    found = true;
+  } catch {
+    // gone already, or not renamable: remove it where it is
+  }
+  try {
+    const prefix = `${basename(p)}.`;
+    for (const f of readdirSync(dirname(p)))
+      if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing"))) {
+        found = true;
+        rmSync(join(dirname(p), f), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+      }
   } catch {
     // best effort
+  }
+  try {
+    rmSync(target, { recursive: true, force: true, maxRetries: 20, retryDelay: 25 });
+  } catch {
+    // best effort
+  }
+  return found;
+}
+
+/**
+ * Removes every live temporary, then looks again until two looks 20 ms apart find none (at most
+ * half a second): a `mkdir -p` under a folder temporary that was already on a libuv thread when
+ * the folder went makes it again.
+ */
+function removeLive(): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let quiet = 0;
+  for (let pass = 0; pass < 25 && quiet < 2; pass++) {
+    let found = false;
+    for (const p of live) if (removeTemporary(p)) found = true;
+    quiet = found ? 0 : quiet + 1;
+    if (quiet < 2) Atomics.wait(nap, 0, 0, 20);
   }
 }
 
@@ -116,12 +157,12 @@ function installHooks() {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.on("exit", () => {
-    for (const p of live) removeTemporary(p);
+    if (live.size) removeLive();
   });
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     process.once(sig, () => {
       try {
-        for (const p of live) removeTemporary(p);
+        removeLive();
       } finally {
         live.clear();
         process.kill(process.pid, sig);
