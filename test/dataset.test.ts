@@ -210,6 +210,14 @@ test("the BHSD layout reader pairs images with ground truths by case name and na
     sl[1]!.slices.present.map((r) => r[4]),
     [true, true, true, true],
   );
+  // a slice CSV that is a FIFO is refused, not waited on; a missing one is named
+  const { execFileSync } = await import("node:child_process");
+  const { rmSync } = await import("node:fs");
+  rmSync(join(f.slices, "b.csv"));
+  execFileSync("mkfifo", [join(f.slices, "b.csv")]);
+  await t.throwsAsync(readSliceLabelledCases(root), { message: /b\.csv: not a regular file/ });
+  rmSync(join(f.slices, "b.csv"));
+  await t.throwsAsync(readSliceLabelledCases(root), { message: /b\.csv: no such file/ });
   // an image without its truth is named, not skipped
   await writeNifti(join(f.images, "c.nii.gz"), vol(4));
   await t.throwsAsync(readLabelledCases(root), { message: /case c has an image .*c\.nii\.gz.* but no ground truth in .*ground truths/ });

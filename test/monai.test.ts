@@ -371,6 +371,42 @@ test("bhsd info and bhsd segment --monai read a bundle folder; the labels are MO
   }
 });
 
+test("bhsd segment --monai CHECKPOINT --network FILE refuses a network file that is too large, not a file or not a JSON object, naming it", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-monai-network-"));
+  try {
+    const cases: [string, () => void, RegExp][] = [
+      [
+        "big.json",
+        () => writeFileSync(join(dir, "big.json"), `{"pad": "${"x".repeat(5 << 20)}"}`),
+        /big\.json: 5242891 bytes, more than the 4194304 a network definition may have/,
+      ],
+      ["folder.json", () => mkdirSync(join(dir, "folder.json")), /folder\.json: not a regular file/],
+      [
+        "list.json",
+        () => writeFileSync(join(dir, "list.json"), "[1, 2]"),
+        /list\.json: not a JSON network definition \(not a JSON object\)/,
+      ],
+      [
+        "deep.json",
+        () => writeFileSync(join(dir, "deep.json"), `{"a": ${"[".repeat(100)}${"]".repeat(100)}}`),
+        /deep\.json: not a JSON network definition \(arrays and objects nested over 64 deep\)/,
+      ],
+      ["missing.json", () => {}, /missing\.json: no such file/],
+    ];
+    for (const [name, make, message] of cases) {
+      make();
+      const r = bhsdSync(
+        ["segment", fixture("bundles/ct.nii.gz"), "--monai", fixture("unet_res.pt"), "--network", join(dir, name), "--quiet"],
+        60_000,
+      );
+      t.is(r.status, 1, name);
+      t.regex(r.stderr, new RegExp(`--network .*${message.source}`), name);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.serial(
   "variants of the bundles' pipelines: KeepLargestConnectedComponentd; a pixdim near the CT's; Invertd before the softmax; NormalizeIntensityd (all voxels with Invertd's default nearest, or the non-zero ones); ScaleIntensityd; CropForegroundd",
   async (t) => {

@@ -1,8 +1,9 @@
 /** `bhsd segment`: a head CT through an ONNX model to a label NIfTI and a report. */
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import { writeNifti } from "../io/nifti.js";
+import { parseJsonObject, readSmallFile } from "../io/small-file.js";
 import { readCt } from "../io/ct.js";
 import { writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
@@ -164,13 +165,14 @@ export function segmentCommand(program: Command): void {
         if (o.monai) {
           let network: Record<string, unknown> | undefined;
           if (o.network) {
-            const text = await readFile(o.network, "utf8").catch((e: Error) => {
+            // (a MONAI network definition is a few hundred bytes; a bundle's whole config, kilobytes)
+            const text = await readSmallFile(o.network, { maxBytes: 4 << 20, what: "a network definition" }).catch((e: Error) => {
               throw new Error(`segment: --network ${o.network}: ${e.message}`, { cause: e });
             });
             try {
-              network = JSON.parse(text) as Record<string, unknown>;
+              network = parseJsonObject(text.toString("utf8"));
             } catch (e) {
-              throw new Error(`segment: --network ${o.network} is not JSON (${(e as Error).message})`, { cause: e });
+              throw new Error(`segment: --network ${o.network}: not a JSON network definition (${(e as Error).message})`, { cause: e });
             }
           }
           models.push(await loadMonai(o.monai, { ...(network ? { network } : {}), ...prec }));

@@ -5,10 +5,11 @@
  * (BHSD's `label_192/ground truths/`, or the `label_192` folder itself) against a folder of
  * predictions, matched by case name. Missing and extra cases are listed, never silently skipped.
  */
-import { readdir, readFile, stat } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { readNifti, type ReadNiftiOptions } from "../io/nifti.js";
+import { readSmallFile } from "../io/small-file.js";
 import type { Volume } from "../types.js";
 import { releaseDropped } from "../volume.js";
 import { parseSliceCsv, type SliceLabels } from "./slices.js";
@@ -164,6 +165,9 @@ export async function readLabelledCases(root: string, read?: ReadNiftiOptions): 
   return out;
 }
 
+/** Largest slice label CSV read (a row a slice: a 60-slice case's is about a kilobyte). */
+const MAX_SLICE_CSV_BYTES = 16 << 20;
+
 /** Every case of `images/` with its `slice labels/<case>.csv`, whose rows must match the image's slices. */
 export async function readSliceLabelledCases(root: string, read?: ReadNiftiOptions): Promise<SliceLayoutCase[]> {
   const f = layoutFolders(root);
@@ -173,7 +177,11 @@ export async function readSliceLabelledCases(root: string, read?: ReadNiftiOptio
   for (const [name, path] of images) {
     const csv = join(f.slices, `${name}.csv`);
     const ct = await readNifti(path, read);
-    const slices = parseSliceCsv(await readFile(csv, "utf8"), csv);
+    // (a case's CSV is a row a slice: kilobytes; a FIFO or a huge file there is refused, not read)
+    const text = await readSmallFile(csv, { maxBytes: MAX_SLICE_CSV_BYTES, what: "a slice label CSV" }).catch((e: Error) => {
+      throw new Error(`${csv}: ${e.message}`, { cause: e });
+    });
+    const slices = parseSliceCsv(text.toString("utf8"), csv);
     if (slices.present.length !== ct.dims[2])
       throw new Error(`${csv} has ${slices.present.length} slices but ${basename(path)} has ${ct.dims[2]}`);
     out.push({ name, ct, slices });

@@ -4,12 +4,12 @@
  * beside the model, the ONNX metadata_props key "bhsd", else defaults. Schema: README, "Model config".
  */
 import { existsSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 import { checkCleanupOptions, type CleanupOptions } from "../ops/components.js";
 import { NNUNET_RESAMPLING, type NnunetResamplingStep, type Resampling } from "./resample.js";
 import { brief } from "../is.js";
+import { parseJsonObject, readSmallFile } from "../io/small-file.js";
 
 export type Normalization =
   /** Clip to [lower, upper] HU, then (x − center) / scale. The BHSD paper's: [-40, 120], 40, 80. */
@@ -497,11 +497,7 @@ const MAX_CONFIG_JSON_BYTES = 32 * 2 ** 20;
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
   try {
-    const st = await stat(path);
-    if (!st.isFile()) throw new Error("not a regular file");
-    if (st.size > MAX_CONFIG_JSON_BYTES)
-      throw new Error(`${st.size} bytes, more than the ${MAX_CONFIG_JSON_BYTES} a model's config may have`);
-    return JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
+    return parseJsonObject((await readSmallFile(path, { maxBytes: MAX_CONFIG_JSON_BYTES, what: "a model's config" })).toString("utf8"));
   } catch (e) {
     throw new Error(`${path}: ${(e as Error).message}`, { cause: e });
   }

@@ -8,13 +8,14 @@
  * (pipeline.ts) as segment()'s config.
  */
 import { existsSync } from "node:fs";
-import { readFile, realpath, stat } from "node:fs/promises";
+import { realpath } from "node:fs/promises";
 import { join, normalize, isAbsolute, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
 import type { ModelConfig } from "../config.js";
 import { monaiError } from "./layers.js";
 import { pipelineConfig, type KeepLargest } from "./pipeline.js";
 import { brief } from "../../is.js";
+import { readSmallFile } from "../../io/small-file.js";
 
 export interface MonaiBundle {
   folder: string;
@@ -52,10 +53,12 @@ const MAX_ID_PARTS = 32;
 export const CONFIG_NAMES = ["inference.json", "inference.yaml", "inference.yml"];
 
 async function readConfigFile(path: string, where: string): Promise<Record<string, unknown>> {
-  const st = await stat(path).catch(() => null);
-  if (!st?.isFile()) throw monaiError(where, "no such file");
-  if (st.size > MAX_CONFIG_BYTES) throw monaiError(where, `${st.size} bytes, more than the ${MAX_CONFIG_BYTES} a bundle's config may have`);
-  const text = await readFile(path, "utf8");
+  let text: string;
+  try {
+    text = (await readSmallFile(path, { maxBytes: MAX_CONFIG_BYTES, what: "a bundle's config" })).toString("utf8");
+  } catch (e) {
+    throw monaiError(where, (e as Error).message);
+  }
   let v: unknown;
   try {
     // (yaml's alias limit keeps a "billion laughs" document from expanding without bound)

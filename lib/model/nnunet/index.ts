@@ -18,9 +18,10 @@
  * v1's network and pipeline (v1.ts).
  */
 import { existsSync, readdirSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { invalidParameterError, optionsObject, brief } from "../../is.js";
+import { parseJsonObject, readSmallFile } from "../../io/small-file.js";
 import type { Tensor } from "../../types.js";
 import { fromNnunet, normalizeConfig, type ModelConfig } from "../config.js";
 import { checkPrecision, type Precision } from "../../backends/precision.js";
@@ -268,33 +269,15 @@ const MAX_JSON_BYTES = 32 * 2 ** 20;
 /** Deepest nesting of arrays and objects accepted in them (nnU-Net's: 4). */
 const MAX_JSON_DEPTH = 64;
 
-/** Whether a parsed JSON value nests arrays and objects deeper than `max` (iteratively: no recursion to overflow). */
-function nestsDeeper(v: unknown, max: number): boolean {
-  const stack: [unknown, number][] = [[v, 0]];
-  while (stack.length) {
-    const [x, d] = stack.pop()!;
-    if (x === null || typeof x !== "object") continue;
-    if (d >= max) return true;
-    for (const y of Array.isArray(x) ? x : Object.values(x)) if (y !== null && typeof y === "object") stack.push([y, d + 1]);
-  }
-  return false;
-}
-
 async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
-    const st = await stat(path);
-    if (!st.isFile()) throw new Error("not a regular file");
-    if (st.size > MAX_JSON_BYTES) throw new Error(`${st.size} bytes, more than the ${MAX_JSON_BYTES} a ${what} may have`);
-    text = await readFile(path, "utf8");
+    text = (await readSmallFile(path, { maxBytes: MAX_JSON_BYTES, what: `a ${what}` })).toString("utf8");
   } catch (e) {
     throw new Error(`nnU-Net folder: cannot read ${what} (${path}): ${(e as Error).message}`, { cause: e });
   }
   try {
-    const v = JSON.parse(text) as unknown;
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
-    if (nestsDeeper(v, MAX_JSON_DEPTH)) throw new Error(`arrays and objects nested over ${MAX_JSON_DEPTH} deep`);
-    return v as Record<string, unknown>;
+    return parseJsonObject(text, MAX_JSON_DEPTH);
   } catch (e) {
     throw new Error(`nnU-Net folder: ${what} (${path}) is not valid JSON: ${(e as Error).message}`, { cause: e });
   }

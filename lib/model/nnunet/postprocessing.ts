@@ -10,11 +10,11 @@
  * labels named, whose largest connected component alone is kept. Parsed by pickleparser, which
  * runs nothing: any other global refuses the file.
  */
-import { readFile, stat } from "node:fs/promises";
 import { basename } from "node:path";
 import type { CleanupOptions } from "../../ops/components.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, pickleBudget, unpickle } from "./checkpoint.js";
 import { brief } from "../../is.js";
+import { readSmallFile } from "../../io/small-file.js";
 
 /** The one function nnU-Net's post-processing names. */
 const LARGEST = "remove_all_but_largest_component_from_segmentation";
@@ -27,6 +27,14 @@ const MAX_STEPS = 64;
 /** Labels, regions and lists visited over all steps (nnU-Net's name each label once or twice). */
 const MAX_VISITED = 4096;
 
+async function readPostprocessingFile(path: string, where: string): Promise<Buffer> {
+  try {
+    return await readSmallFile(path, { maxBytes: MAX_BYTES, what: "a post-processing file" });
+  } catch (e) {
+    throw new Error(`${where}: cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
 /**
  * Reads `postprocessing.pkl` or `postprocessing.json` into cleanup's options: `{ largestOf,
  * connectivity: 26 }` (nnU-Net labels with skimage's full connectivity), or null where nnU-Net chose
@@ -34,12 +42,7 @@ const MAX_VISITED = 4096;
  */
 export async function readNnunetPostprocessing(path: string, classes: readonly number[]): Promise<CleanupOptions | null> {
   const where = `nnU-Net post-processing ${basename(path)}`;
-  const st = await stat(path).catch((e: Error) => {
-    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
-  });
-  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
-  if (st.size > MAX_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_BYTES} such a file could hold`);
-  const bytes = await readFile(path);
+  const bytes = await readPostprocessingFile(path, where);
   let fns: unknown[], kwargs: unknown[];
   if (/\.json$/i.test(path)) {
     let j: { postprocessing_fns?: unknown; postprocessing_kwargs?: unknown };
@@ -112,14 +115,10 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
  */
 export async function readNnunetV1Postprocessing(path: string, classes: readonly number[]): Promise<CleanupOptions | null> {
   const where = `nnU-Net v1 post-processing ${basename(path)}`;
-  const st = await stat(path).catch((e: Error) => {
-    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
-  });
-  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
-  if (st.size > MAX_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_BYTES} such a file could hold`);
+  const bytes = await readPostprocessingFile(path, where);
   let j: { for_which_classes?: unknown; min_valid_object_sizes?: unknown };
   try {
-    j = JSON.parse(await readFile(path, "utf8")) as typeof j;
+    j = JSON.parse(bytes.toString("utf8")) as typeof j;
   } catch (e) {
     throw new Error(`${where}: not valid JSON (${(e as Error).message})`, { cause: e });
   }

@@ -14,7 +14,6 @@
  * any global other than the few a v1 pickle holds refuses the file.
  */
 import { existsSync, readdirSync } from "node:fs";
-import { open, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { normalizeConfig, type ModelConfig, type Normalization } from "../config.js";
 import { NNUNET_RESAMPLING } from "../resample.js";
@@ -23,6 +22,7 @@ import { STUNET_TRAINER } from "./stunet.js";
 import type { Architecture } from "./network.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, typeName, unpickle } from "./checkpoint.js";
 import { brief } from "../../is.js";
+import { readSmallFile } from "../../io/small-file.js";
 
 /** Largest v1 pickle read (plans.pkl lists every training case's sizes and spacings: a few MB for thousands). */
 const MAX_PICKLE_BYTES = 64 * 2 ** 20;
@@ -94,21 +94,11 @@ class NumpyArray {
  */
 export async function readV1Pickle(path: string): Promise<{ value: unknown }> {
   const where = `nnU-Net v1 ${basename(path)}`;
-  const st = await stat(path).catch((e: Error) => {
-    throw new Error(`${where}: cannot read ${path}: ${e.message}`, { cause: e });
-  });
-  if (!st.isFile()) throw new Error(`${where}: ${path} is not a regular file`);
-  if (st.size > MAX_PICKLE_BYTES) throw new Error(`${where}: ${st.size} bytes, more than the ${MAX_PICKLE_BYTES} nnU-Net's plans take`);
-  // (no more than the limit, should the file grow after the stat)
-  const fh = await open(path, "r");
   let bytes: Uint8Array;
   try {
-    const buf = Buffer.alloc(Math.min(st.size, MAX_PICKLE_BYTES) + 1);
-    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
-    if (bytesRead > MAX_PICKLE_BYTES) throw new Error(`${where}: more than the ${MAX_PICKLE_BYTES} bytes nnU-Net's plans take`);
-    bytes = buf.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
+    bytes = await readSmallFile(path, { maxBytes: MAX_PICKLE_BYTES, what: "nnU-Net's plans" });
+  } catch (e) {
+    throw new Error(`${where}: cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
   // every list, dict and numpy array counts against one budget before it is walked or built: a
   // BUILD can set a list's length to 2^31 with no byte behind it

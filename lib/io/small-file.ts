@@ -1,0 +1,70 @@
+/**
+ * Reading the small files that come beside a model or a data set (a sidecar config, nnU-Net's
+ * plans and dataset.json, a post-processing file, a MONAI bundle's config, a network JSON, a slice
+ * label CSV), bounded: each is a regular file of at most a stated size, read through one handle.
+ * A FIFO, a device or a file of gigabytes named there would otherwise block a read forever or
+ * take the memory, and a file swapped between a stat and the read would escape the check.
+ *
+ * Errors carry plain reasons ("no such file", "not a regular file", "N bytes, more than the M a
+ * dataset.json may have"); callers put the file and their context around them.
+ */
+import { constants } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
+
+export interface SmallFileLimit {
+  /** Most bytes the file may have. */
+  maxBytes: number;
+  /** What the file is, for the size message: "a dataset.json", "a model's config". */
+  what: string;
+}
+
+/** The bytes of the regular file at `path`, refused past `limit.maxBytes` (checked on the open handle). */
+export async function readSmallFile(path: string, limit: SmallFileLimit): Promise<Buffer> {
+  let fh: FileHandle;
+  try {
+    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new Error((e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message, { cause: e });
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error("not a regular file");
+    if (st.size > limit.maxBytes) throw new Error(`${st.size} bytes, more than the ${limit.maxBytes} ${limit.what} may have`);
+    // one byte more than the stat said: a file that grows while being read is refused, not cut short
+    const buf = Buffer.alloc(st.size + 1);
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await fh.read(buf, done, buf.length - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (done > st.size) throw new Error("it grew while being read");
+    return buf.subarray(0, done);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Whether a parsed JSON value nests arrays and objects deeper than `max` (iteratively: no recursion to overflow). */
+export function nestsDeeper(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (x === null || typeof x !== "object") continue;
+    if (d >= max) return true;
+    for (const y of Array.isArray(x) ? x : Object.values(x)) if (y !== null && typeof y === "object") stack.push([y, d + 1]);
+  }
+  return false;
+}
+
+/**
+ * `text` parsed as a JSON object of arrays and objects nested at most `maxDepth` deep (the code
+ * that walks a config recurses; nnU-Net's nest 4 deep, a MONAI bundle's about 8).
+ */
+export function parseJsonObject(text: string, maxDepth = 64): Record<string, unknown> {
+  const v = JSON.parse(text) as unknown;
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
+  if (nestsDeeper(v, maxDepth)) throw new Error(`arrays and objects nested over ${maxDepth} deep`);
+  return v as Record<string, unknown>;
+}
