@@ -1,7 +1,8 @@
 /** numpy's .npy format (versions 1–3), for fixtures and interchange with Python. */
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { dtypeOf, invalidParameterError } from "../is.js";
+import { readSmallFile } from "./small-file.js";
 import type { DTypeName, VoxelArray } from "../types.js";
 import { ARRAY_CTOR, allocArray, BYTES_PER_ELEMENT, MAX_ELEMENTS } from "../volume.js";
 
@@ -23,6 +24,9 @@ const DESCR: Record<string, DTypeName> = {
   f4: "float32",
   f8: "float64",
 };
+
+/** Largest .npy file read (Node's Buffers hold up to 4 GiB; every fixture is kilobytes to megabytes). */
+const MAX_NPY_BYTES = 2 ** 32 - 2;
 
 function fail(label: string, msg: string): never {
   throw new Error(`${label}: ${msg}`);
@@ -88,7 +92,8 @@ export async function readNpy(pathOrBytes: string | URL | Uint8Array): Promise<N
   const label = typeof pathOrBytes === "string" ? pathOrBytes : fileURLToPath(pathOrBytes);
   let bytes: Buffer;
   try {
-    bytes = await readFile(pathOrBytes);
+    // a regular file (a FIFO named here would block the read), of at most what one Buffer holds
+    bytes = await readSmallFile(label, { maxBytes: MAX_NPY_BYTES, what: "a .npy file read whole" });
   } catch (e) {
     fail(label, (e as Error).message);
   }
