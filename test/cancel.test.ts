@@ -43,18 +43,29 @@ const bytes = encodeModel({
     const full = performance.now() - t0;
     t.log(`the whole convolution: ${full.toFixed(0)} ms`);
 
-    // abort 10% into the convolution; a small run starts beside it without a signal
+    // abort 10% into the convolution; a small run starts beside it without a signal. Timing on a
+    // loaded machine can betray one try (a spike while `full` was timed, or during the cut run), so
+    // up to three tries are made: a convolution that only stops between nodes fails all three.
     const small: Tensor = randomTensor([1, C, 6, 10, 12], 2);
-    const ac = new AbortController();
-    const started = performance.now();
-    const cancelled = model.run(big, { signal: ac.signal });
-    const beside = model.run(small);
-    let abortedAt = 0;
-    setTimeout(() => ((abortedAt = performance.now()), ac.abort()), Math.max(5, full * 0.1));
-    const err = await rejection(cancelled);
-    const after = performance.now() - abortedAt;
+    let err: { name?: string } | undefined;
+    let after = Infinity;
+    let beside: Promise<Tensor> | undefined;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const ac = new AbortController();
+      const started = performance.now();
+      const cancelled = model.run(big, { signal: ac.signal });
+      beside = model.run(small);
+      let abortedAt = 0;
+      setTimeout(() => ((abortedAt = performance.now()), ac.abort()), Math.max(5, full * 0.1));
+      err = await rejection(cancelled);
+      after = performance.now() - abortedAt;
+      t.log(
+        `try ${attempt + 1}: ${err?.name ?? "not rejected"} ${after.toFixed(0)} ms after the abort (${(performance.now() - started).toFixed(0)} ms after the start)`,
+      );
+      await beside;
+      if (err?.name === "AbortError" && after < full * 0.5) break;
+    }
     t.is(err?.name, "AbortError", String(err));
-    t.log(`rejected ${after.toFixed(0)} ms after the abort (${(performance.now() - started).toFixed(0)} ms after the start)`);
     // between nodes only (before), it ran to the end of the one node: ~90% of `full` after the abort
     t.true(after < full * 0.5, `rejected ${after.toFixed(0)} ms after the abort, the convolution takes ${full.toFixed(0)} ms`);
 
@@ -66,7 +77,7 @@ const bytes = encodeModel({
       ],
       { pads: [1, 1, 1, 1, 1, 1] },
     );
-    const y1 = await beside;
+    const y1 = await beside!;
     t.true(relDiff(y1.data, ref!.data as Float32Array) < 1e-5, "the run beside the cancelled one");
     const y2 = await model.run(small);
     t.true(relDiff(y2.data, ref!.data as Float32Array) < 1e-5, "the next run after the cancelled one");

@@ -281,7 +281,8 @@ test("bad input is refused with the argument named", async (t) => {
   await t.throwsAsync(componentStats(l, { classes: new Uint8Array(7) }), { message: /options.classes has 7 voxels but labels has 8/ });
 });
 
-test("componentStats' cost follows the voxels, not the label values: sparse labels up to 2^31 - 1", async (t) => {
+// (serial: the process's CPU time and memory are measured, which concurrent tests would add to)
+test.serial("componentStats' cost follows the voxels, not the label values: sparse labels up to 2^31 - 1", async (t) => {
   // issue 18: an 8-voxel volume with label 1e7 took 15 s and 1.7 GB; 5e7 was killed
   for (const { name: backend } of backends) {
     setBackend(backend);

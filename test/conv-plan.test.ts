@@ -193,7 +193,7 @@ planTest(
         cwd: ROOT,
         encoding: "utf8",
         env: { ...process.env, BHSD_BACKEND: "native", ...env },
-        timeout: 60_000,
+        timeout: 90_000,
       });
     const conv = `const x = { data: new Float32Array(16 * 8 * 16 * 16).fill(0.5), shape: [1, 16, 8, 16, 16] };
     const w = { data: new Float32Array(16 * 16 * 27).fill(0.01), shape: [16, 16, 3, 3, 3] };
@@ -235,7 +235,12 @@ planTest(
     }
     // a process that never exits normally (a service killed by a signal) has kept its plan by then
     rmSync(file, { force: true });
-    r = child(`${conv} await new Promise((done) => setTimeout(done, 6500)); process.kill(process.pid, "SIGKILL");`);
+    // (the child waits for the timer's write, up to 40 s, rather than a fixed time a loaded machine could outlast)
+    r = child(
+      `${conv} const { existsSync } = await import("node:fs");
+      for (let i = 0; i < 400 && !existsSync(${JSON.stringify(file)}); i++) await new Promise((done) => setTimeout(done, 100));
+      process.kill(process.pid, "SIGKILL");`,
+    );
     t.is(r.signal, "SIGKILL", r.stderr);
     t.deepEqual(
       JSON.parse(readFileSync(file, "utf8")).entries.map((e: number[]) => e.slice(0, 15)),

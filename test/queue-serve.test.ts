@@ -12,6 +12,11 @@ import { writePhantoms } from "../lib/phantom/write.js";
 import { ROOT } from "./helpers.js";
 import { bhsd, bhsdRun, NO_REDIS, RedisServer, startWorker, type Proc } from "./queue-helpers.js";
 
+// Labels from different processes are compared byte for byte: each would otherwise plan its
+// convolutions by timing them, and a loaded machine could make two processes pick paths that
+// round differently (a voxel near a tie then flips). Every child inherits this.
+process.env.BHSD_WINOGRAD = "1";
+
 const t = NO_REDIS ? test.skip : test.serial;
 const title = (s: string) => (NO_REDIS ? `${s} (skipped: ${NO_REDIS})` : s);
 

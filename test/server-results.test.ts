@@ -42,7 +42,8 @@ test.serial("a result URL answered with 200 still works after the service restar
 
 test.serial("results expire, on disk too, and the count and byte caps drop the oldest", async (t) => {
   const resultDir = tempDir("bhsd-res-");
-  const s = await start({ modelDir, resultDir, resultTtlMs: 1500, resultMaxCount: 2 });
+  const s = await start({ modelDir, resultDir, resultTtlMs: 5000, resultMaxCount: 2 });
+  // (a TTL long enough that three segmentations and their fetches fit in it on a loaded machine)
   try {
     const p1 = await segmentOnce(s.url),
       p2 = await segmentOnce(s.url),
@@ -51,7 +52,7 @@ test.serial("results expire, on disk too, and the count and byte caps drop the o
     t.is((await fetch(s.url + p2)).status, 200);
     t.is((await fetch(s.url + p3)).status, 200);
     t.is(readdirSync(resultDir).length, 2);
-    await new Promise((r) => setTimeout(r, 1700));
+    await new Promise((r) => setTimeout(r, 5200));
     const gone = await fetch(s.url + p3);
     t.is(gone.status, 404);
     t.like(await gone.json(), { error: "not_found" });
