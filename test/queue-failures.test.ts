@@ -121,3 +121,58 @@ t(title("Redis killed and restarted while jobs wait: nothing is lost (AOF); a co
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+t(
+  title(
+    "a job record that would overwrite its input, write into its input folder, or hash a FIFO fails at once, naming why, the input untouched",
+  ),
+  async (t) => {
+    const { Queue } = await import("bullmq");
+    const { startWorker: startInProcess } = await import("../lib/queue/worker.js");
+    const { hashInput } = await import("../lib/queue/common.js");
+    const { execFileSync } = await import("node:child_process");
+    const { mkdirSync, readFileSync, copyFileSync } = await import("node:fs");
+    const dir = tmp();
+    const redis = await RedisServer.start();
+    const logs: string[] = [];
+    const w = await startInProcess({ redis: redis.url, queue: "hostile", log: (l) => logs.push(l) });
+    const q = new Queue("hostile", { connection: { host: "127.0.0.1", port: redis.port } });
+    try {
+      const data = join(dir, "data");
+      const { cases } = await writePhantoms({ out: data, cases: 1, seed: 25, dims: [48, 48, 8] });
+      const ct = join(data, "images", `${cases[0]!.name}.nii.gz`);
+      const before = readFileSync(ct);
+      const series = join(dir, "series");
+      mkdirSync(series);
+      copyFileSync(ct, join(series, "not-dicom.bin"));
+      const fifo = join(dir, "fifo");
+      execFileSync("mkfifo", [fifo]);
+      const job = async (input: string, out: string, inputHash: string) => {
+        const j = await q.add("x", { kind: "segment", case: "c", input, inputHash, model: "demo", modelHash: null, out, batch: "b" });
+        const t0 = Date.now();
+        for (;;) {
+          const s = await j.getState();
+          if (s === "completed" || s === "failed") break;
+          if (Date.now() - t0 > 60_000) throw new Error(`job for ${input} still ${s} after 60 s`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return (await q.getJob(j.id!))!;
+      };
+      const same = await job(ct, ct, await hashInput(ct));
+      t.is(await same.getState(), "failed");
+      t.regex(same.failedReason, /the job's output .* is its input .*; refusing to overwrite it/);
+      t.true(readFileSync(ct).equals(before), "the CT was overwritten");
+      const inside = await job(series, join(series, "labels.nii.gz"), await hashInput(series));
+      t.is(await inside.getState(), "failed");
+      t.regex(inside.failedReason, /is inside its input folder .*series; refusing to write there/);
+      t.false(existsSync(join(series, "labels.nii.gz")));
+      const piped = await job(fifo, join(dir, "out.nii.gz"), "0".repeat(64));
+      t.regex(piped.failedReason ?? "", /fifo: not a regular file/);
+    } finally {
+      await q.close();
+      await w.close();
+      await redis.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

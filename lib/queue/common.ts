@@ -7,8 +7,8 @@
  * reaches: NFS, a mounted volume), never voxels.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, statSync } from "node:fs";
-import { readdir, realpath, stat } from "node:fs/promises";
+import { constants, existsSync, statSync } from "node:fs";
+import { open, readdir, realpath, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
@@ -90,15 +90,25 @@ export function connect(url: string, extra: RedisOptions = {}): Redis {
 export const batchKey = (queue: string, id: string) => `bhsd:${queue}:batch:${id}`;
 export const batchesKey = (queue: string) => `bhsd:${queue}:batches`;
 
-export function sha256File(path: string): Promise<string> {
-  return new Promise((res, rej) => {
+/**
+ * sha256 of a regular file's bytes. Opened non-blocking and checked on the handle: a job naming a
+ * FIFO would otherwise wait for a writer forever (holding its lock), and /dev/zero never end.
+ */
+export async function sha256File(path: string): Promise<string> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    if (!(await fh.stat()).isFile()) throw new Error(`${path}: not a regular file`);
     const h = createHash("sha256");
-    createReadStream(path)
-      .on("data", (b) => h.update(b))
-      .on("error", rej)
-      .on("end", () => res(h.digest("hex")));
-  });
+    for await (const b of fh.createReadStream({ autoClose: false })) h.update(b as Buffer);
+    return h.digest("hex");
+  } finally {
+    await fh.close();
+  }
 }
+
+/** Most files and folder depth hashInput walks (a DICOM study: hundreds to a few thousand files). */
+const MAX_INPUT_FILES = 100_000;
+const MAX_INPUT_DEPTH = 32;
 
 /**
  * sha256 of a case's input: a file's bytes, or for a DICOM folder every file below it (relative
@@ -107,13 +117,15 @@ export function sha256File(path: string): Promise<string> {
 export async function hashInput(path: string): Promise<string> {
   if (!statSync(path).isDirectory()) return sha256File(path);
   const files: string[] = [];
-  const walk = async (dir: string) => {
+  const walk = async (dir: string, depth: number) => {
+    if (depth > MAX_INPUT_DEPTH) throw new Error(`${path}: folders nested over ${MAX_INPUT_DEPTH} deep`);
     for (const e of (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-      if (e.isDirectory()) await walk(join(dir, e.name));
+      if (e.isDirectory()) await walk(join(dir, e.name), depth + 1);
       else if (e.isFile()) files.push(join(dir, e.name));
+      if (files.length > MAX_INPUT_FILES) throw new Error(`${path}: more than ${MAX_INPUT_FILES} files`);
     }
   };
-  await walk(path);
+  await walk(path, 0);
   const h = createHash("sha256");
   for (const f of files) h.update(`${relative(path, f)}\0${await sha256File(f)}\n`);
   return h.digest("hex");

@@ -14,8 +14,8 @@
  * at the same path.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
-import { mkdir, rename, writeFile } from "node:fs/promises";
+import { constants, existsSync } from "node:fs";
+import { mkdir, open, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
@@ -106,7 +106,7 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     if (!MODEL_NAME.test(model) || model.includes(".."))
       throw new HttpError(400, "bad_model", "model must be a plain name (letters, digits, . _ -)");
     const found = findNamedModel(modelDir, model);
-    if (!found) throw new HttpError(404, "no_such_model", `no model "${model}" in ${modelDir}`);
+    if (!found) throw new HttpError(404, "no_such_model", `no model "${model}" on this service`);
     const file = found.path;
     if (query.tta !== undefined && !["true", "false"].includes(query.tta))
       throw new HttpError(400, "bad_request", "tta must be true or false");
@@ -190,12 +190,22 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     const job = await getJob((req.params as { id: string }).id);
     const state = await job.getState();
     if (state !== "completed") throw new HttpError(409, "not_ready", `job ${job.id} is ${state}`);
-    const labels = (job.returnvalue as JobResult).labels!;
-    if (!existsSync(labels)) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
+    // the file the job was submitted to write (its result's path must be that one), a regular
+    // .nii.gz file: a worker's or a Redis record's other path is never served
+    const out = (job.data as Partial<SegmentJobData>).out;
+    const labels = (job.returnvalue as JobResult | undefined)?.labels;
+    if (typeof out !== "string" || labels !== out || !/\.nii\.gz$/.test(out))
+      throw new HttpError(409, "not_ready", `job ${job.id} has no labels to serve`);
+    const fh = await open(out, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => null);
+    if (!fh) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
+    if (!(await fh.stat()).isFile()) {
+      await fh.close();
+      throw new HttpError(410, "gone", `the labels of job ${job.id} are not a file in the shared folder`);
+    }
     return reply
       .type("application/gzip")
       .header("content-disposition", `attachment; filename="${job.id}.nii.gz"`)
-      .send(createReadStream(labels));
+      .send(fh.createReadStream());
   });
 
   await app.listen({ host, port: o.port ?? 8080 });

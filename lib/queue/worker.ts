@@ -10,8 +10,8 @@
  *   it runs again elsewhere (BullMQ's stalled-job detection).
  * - close() (SIGTERM in `bhsd worker`) takes no new job and waits for the jobs in hand.
  */
-import { mkdir } from "node:fs/promises";
-import { dirname } from "node:path";
+import { mkdir, realpath, stat } from "node:fs/promises";
+import { dirname, sep } from "node:path";
 import { UnrecoverableError, Worker, type Job } from "bullmq";
 import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
@@ -60,6 +60,29 @@ export interface QueueWorker {
   close(): Promise<void>;
 }
 
+/**
+ * Refuses a job whose output would overwrite one of its inputs (the same file, by device and
+ * inode) or land inside an input folder (a DICOM series, whose next hash it would change). The
+ * job comes from Redis, written by whoever submitted it: a damaged or hostile record must not
+ * replace the CT with its labels.
+ */
+async function refuseOverwrite(out: string, inputs: (string | undefined)[]): Promise<void> {
+  const o = await stat(out).catch(() => null);
+  const outDir = await realpath(dirname(out)).catch(() => null);
+  for (const p of inputs) {
+    if (!p) continue;
+    const s = await stat(p).catch(() => null);
+    if (!s) continue;
+    if (o && o.dev === s.dev && o.ino === s.ino)
+      throw new UnrecoverableError(`the job's output ${out} is its input ${p}; refusing to overwrite it`);
+    if (s.isDirectory() && outDir) {
+      const folder = await realpath(p);
+      if (outDir === folder || outDir.startsWith(folder + sep))
+        throw new UnrecoverableError(`the job's output ${out} is inside its input folder ${p}; refusing to write there`);
+    }
+  }
+}
+
 export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
   const queue = o.queue ?? DEFAULT_QUEUE;
   const modelDir = defaultModelDir(o.modelDir);
@@ -84,6 +107,7 @@ export async function startWorker(o: QueueWorkerOptions): Promise<QueueWorker> {
   }
 
   async function runSegment(job: Job<JobData, JobResult>, d: SegmentJobData, t0: number): Promise<JobResult> {
+    await refuseOverwrite(d.out, [d.input, d.gt]);
     const hash = await hashInput(d.input);
     if (hash !== d.inputHash)
       throw new UnrecoverableError(
