@@ -61,6 +61,12 @@ const cases: [string, Buffer, RegExp][] = [
   ["rgb datatype", edit((b) => b.writeInt16LE(128, 70)), /datatype 128 \(rgb24\) is not supported/],
   ["vox_offset past the end", edit((b) => b.writeFloatLE(100000, 108)), /vox_offset 100000 is past the end/],
   ["fractional vox_offset", edit((b) => b.writeFloatLE(352.5, 108)), /vox_offset 352.5 is not a valid byte offset/],
+  // a gzip stream of zeros claiming its voxels 4 GiB in: minutes of inflating, thrown away, before
+  [
+    "gzip: vox_offset 4 GiB in",
+    gzipSync(Buffer.concat([edit((b) => b.writeFloatLE(2 ** 32, 108)), Buffer.alloc(8 << 20)])),
+    /vox_offset 4294967296 puts the voxels over 67108864 bytes of extensions past the header/,
+  ],
   ["truncated data", good.subarray(0, good.length - 10), /truncated data: the header needs 880 bytes of voxels from offset 352/],
   ["three volumes", readFileSync(join(NIFTI_FIXTURES, "three_volumes_4d.nii")), /holds 3 volumes/],
   ["30000³ voxels in 400 bytes", claims(30000, 30000, 30000), /exceed the 4294967295-voxel limit/],

@@ -6,6 +6,9 @@
 import type { DTypeName } from "../types.js";
 import { BYTES_PER_ELEMENT } from "../volume.js";
 
+/** Most bytes of header extensions before the voxels (64 MiB; CIFTI's XML, the largest in use, is megabytes). */
+const MAX_EXTENSION_BYTES = 64 * 2 ** 20;
+
 export const NIFTI1_HEADER = 348;
 export const NIFTI2_HEADER = 540;
 
@@ -199,6 +202,10 @@ export function voxelLayout(h: NiftiHeader, label: string): VoxelLayout {
   }
   // One-file NIfTI puts the voxels after the header and the 4-byte extension flag at the least.
   if (offset < h.headerSize) offset = h.headerSize + 4;
+  // and at most a bounded run of extensions later (real ones: bytes to a few MB of XML): a gzip
+  // stream claiming voxels gigabytes in would cost minutes of inflating what is then thrown away
+  if (offset > h.headerSize + 4 + MAX_EXTENSION_BYTES)
+    throw new NiftiError(label, `vox_offset ${offset} puts the voxels over ${MAX_EXTENSION_BYTES} bytes of extensions past the header`);
   return { dims, dtype, nvox, nbytes, offset };
 }
 

@@ -21,7 +21,8 @@ import { gzip } from "node:zlib";
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import multipart from "@fastify/multipart";
 import swagger from "@fastify/swagger";
-import { backendInfo } from "../backends/index.js";
+import { activeBackend, backendInfo } from "../backends/index.js";
+import { withCancel } from "../backends/cancel.js";
 import { PACKAGE_ROOT } from "../paths.js";
 import { buildHeader } from "../io/nifti-header.js";
 import { NiftiError, readNifti, readNiftiHeader } from "../io/nifti.js";
@@ -371,12 +372,16 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     return readBody(body, Number(req.headers["content-length"]), signal);
   }
 
-  /** Decodes a NIfTI after checking its header: voxels against maxVoxels, bytes reserved from the job's budget. */
-  async function decode(bytes: Buffer, name: string, ticket: Ticket): Promise<Volume> {
+  /**
+   * Decodes a NIfTI after checking its header: voxels against maxVoxels, bytes reserved from the
+   * job's budget (a scaled file's float32 voxels beside its stored ones). The reading runs under the
+   * job's signal: its time limit or the client leaving stops the native inflate at its next MiB.
+   */
+  async function decode(bytes: Buffer, name: string, ticket: Ticket, signal: AbortSignal): Promise<Volume> {
     if (bytes.length >= 4 && bytes.readUInt32LE(0) === 0x04034b50) {
       // A zip of a DICOM series: unpacked and voxel bytes bounded by what this request may still hold.
       const room = Math.min(maxVoxels * 4, Math.max(1, maxRequestBytes - ticket.bytes));
-      const v = await readCt(bytes, { name, maxBytes: room });
+      const v = await withCancel(activeBackend(), signal, () => readCt(bytes, { name, maxBytes: room }));
       if (v.data.length > maxVoxels)
         throw new HttpError(413, "too_large", `${name} has ${v.data.length} voxels; this server takes at most ${maxVoxels}`);
       ticket.reserve(v.data.byteLength, name);
@@ -385,8 +390,8 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     const h = await readNiftiHeader(bytes, { name });
     const n = h.dims[0] * h.dims[1] * h.dims[2];
     if (n > maxVoxels) throw new HttpError(413, "too_large", `${name} has ${n} voxels; this server takes at most ${maxVoxels}`);
-    ticket.reserve(h.voxelBytes, name);
-    return readNifti(bytes, { name, maxBytes: Math.max(1, h.voxelBytes) });
+    ticket.reserve(h.voxelBytes + (h.meta.scaled ? n * 4 : 0), name);
+    return withCancel(activeBackend(), signal, () => readNifti(bytes, { name, maxBytes: Math.max(1, h.voxelBytes) }));
   }
 
   const json = (reply: FastifyReply, text: string) => reply.type("application/json").send(text);
@@ -423,7 +428,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       const name = modelName(q.model);
       const text = await job(req, reply, async ({ ticket, signal }) => {
         const bytes = await niftiBody(req, "ct", signal);
-        const ct = await decode(bytes, "ct", ticket);
+        const ct = await decode(bytes, "ct", ticket, signal);
         const found = findNamedModel(modelDir, name);
         if (!found) throw new HttpError(404, "no_such_model", `no model "${name}"`);
         const lease = await models.acquire(name, found.path);
@@ -465,8 +470,8 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       if (!req.isMultipart()) throw new HttpError(415, "unsupported_media_type", "send multipart/form-data with the file fields gt, pred");
       const text = await job(req, reply, async ({ ticket, signal }) => {
         const files = await multipartFiles(req, ["gt", "pred"], signal);
-        const gt = await decode(files.gt!, "gt", ticket);
-        const pred = await decode(files.pred!, "pred", ticket);
+        const gt = await decode(files.gt!, "gt", ticket, signal);
+        const pred = await decode(files.pred!, "pred", ticket, signal);
         return runInWorker({ kind: "evaluate", gt, pred, ...(tau !== undefined ? { nsdToleranceMm: tau } : {}) }, signal);
       });
       return json(reply, text);
@@ -479,7 +484,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     async (req: FastifyRequest<{ Querystring: { connectivity: 6 | 18 | 26 } }>, reply) => {
       const connectivity = req.query.connectivity ?? 26;
       const text = await job(req, reply, async ({ ticket, signal }) => {
-        const vol = await decode(await niftiBody(req, "labels", signal), "labels", ticket);
+        const vol = await decode(await niftiBody(req, "labels", signal), "labels", ticket, signal);
         return runInWorker({ kind: "components", volume: vol, connectivity, maxComponents }, signal);
       });
       return json(reply, text);
