@@ -191,3 +191,53 @@ test("Admission: slots, the queue, the in-flight byte budget, and a waiting requ
   held.release();
   t.deepEqual(c.load, { active: 0, waiting: 0 });
 });
+
+/**
+ * A raw HTTP request that declares a 100 000-byte body and sends 10 bytes (then one a 100 ms with
+ * `trickle`): what the client gets back and when its socket closed.
+ */
+async function slowClient(url: string, multipart: boolean, trickle: boolean) {
+  const net = await import("node:net");
+  const { port } = new URL(url);
+  const t0 = performance.now();
+  return new Promise<{ answer: string; closedMs: number }>((resolve, reject) => {
+    let answer = "";
+    let iv: NodeJS.Timeout | undefined;
+    const s = net.connect(Number(port), "127.0.0.1", () => {
+      const type = multipart ? "multipart/form-data; boundary=XX" : "application/octet-stream";
+      const start = multipart ? '--XX\r\nContent-Disposition: form-data; name="labels"; filename="a"\r\n\r\n' : "";
+      s.write(
+        `POST /v1/components HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\nContent-Length: 100000\r\n\r\n${start}${"x".repeat(10)}`,
+      );
+      if (trickle) iv = setInterval(() => s.writable && s.write("x"), 100);
+    });
+    s.on("data", (d) => (answer += d.toString()));
+    s.on("error", reject);
+    s.on("close", () => {
+      clearInterval(iv);
+      resolve({ answer, closedMs: performance.now() - t0 });
+    });
+    setTimeout(() => s.destroy(), 20_000);
+  });
+}
+
+test("a body that stops coming is given up after bodyIdleMs (408, connection closed), and one that trickles past the job's time limit gets its 503; the slot comes back either way", async (t) => {
+  const s = await start({ modelDir, bodyIdleMs: 400, jobTimeoutMs: 1500, queue: 0 });
+  try {
+    for (const multipart of [false, true]) {
+      const idle = await slowClient(s.url, multipart, false);
+      t.regex(idle.answer, /^HTTP\/1\.1 408 /, `${multipart ? "multipart" : "octet-stream"}: ${idle.answer}`);
+      t.regex(idle.answer, /connection: close/i);
+      t.regex(idle.answer, /"error":"body_timeout","message":"no body bytes came for 400 ms/);
+      t.true(idle.closedMs < 10_000, `closed after ${idle.closedMs.toFixed(0)} ms`);
+      t.like(await (await fetch(`${s.url}/v1/health`)).json(), { active: 0, waiting: 0 });
+      // (before: the socket was destroyed at the time limit, no answer, the slot held until then)
+      const slow = await slowClient(s.url, multipart, true);
+      t.regex(slow.answer, /^HTTP\/1\.1 503 /, `${multipart ? "multipart" : "octet-stream"}: ${slow.answer}`);
+      t.regex(slow.answer, /"error":"timeout"/);
+      t.like(await (await fetch(`${s.url}/v1/health`)).json(), { active: 0, waiting: 0 });
+    }
+  } finally {
+    await s.close();
+  }
+});

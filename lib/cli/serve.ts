@@ -20,6 +20,7 @@ interface ServeFlags {
   maxInflightMb: number;
   maxComponents: number;
   jobTimeoutS: number;
+  bodyIdleS: number;
   resultDir?: string;
   resultTtlS: number;
   resultMaxMb: number;
@@ -58,6 +59,12 @@ export function serveCommand(program: Command): void {
     )
     .option("--max-components <n>", "most components /v1/components reports (more: 422)", intArg("--max-components", 0), 10_000)
     .option("--job-timeout-s <n>", "time limit of one job (s); its work is stopped then", intArg("--job-timeout-s", 1, 86400), 600)
+    .option(
+      "--body-idle-s <n>",
+      "longest wait for a request body's next bytes (s); then 408 body_timeout",
+      intArg("--body-idle-s", 1, 86400),
+      30,
+    )
     .option("--result-dir <dir>", "folder of label results (default BHSD_RESULT_DIR or <tmp>/bhsd-results)")
     .option("--result-ttl-s <n>", "lifetime of a result (s)", intArg("--result-ttl-s", 1, 30 * 86400), 900)
     .option("--result-max-mb <n>", "bytes of results kept, oldest dropped first (MiB)", intArg("--result-max-mb", 1, 1 << 20), 1024)
@@ -94,6 +101,7 @@ export function serveCommand(program: Command): void {
             maxInflightBytes: Math.max(o.maxInflightMb, o.maxRequestMb) * 2 ** 20,
             maxComponents: o.maxComponents,
             jobTimeoutMs: o.jobTimeoutS * 1000,
+            bodyIdleMs: o.bodyIdleS * 1000,
             resultTtlMs: o.resultTtlS * 1000,
             resultMaxBytes: o.resultMaxMb * 2 ** 20,
             resultMaxCount: o.resultMaxCount,

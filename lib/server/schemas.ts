@@ -18,6 +18,7 @@ const common = {
 };
 const jobErrors = {
   ...common,
+  408: e("the request's body stopped coming (no bytes for bodyIdleMs); the connection is closed"),
   413: e("body, volume, decoded bytes or a derived grid beyond the server's limits"),
   415: e("unsupported media type"),
   422: e("valid NIfTI whose content cannot be processed (labels out of range, too many components)"),

@@ -15,6 +15,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import type { IncomingMessage } from "node:http";
 import type { Readable } from "node:stream";
 import { promisify } from "node:util";
 import { gzip } from "node:zlib";
@@ -97,6 +98,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   const concurrency = positive("concurrency", options.concurrency, 1, 1, true);
   const queueMax = positive("queue", options.queue, 4, 0, true);
   const jobTimeout = positive("jobTimeoutMs", options.jobTimeoutMs, 10 * 60_000);
+  const bodyIdle = positive("bodyIdleMs", options.bodyIdleMs, 30_000);
   const ttl = positive("resultTtlMs", options.resultTtlMs, 15 * 60_000);
   const logLevel = options.logLevel ?? "warn";
   if (!LOG_LEVELS.includes(logLevel))
@@ -284,37 +286,76 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
   }
 
   /**
-   * Reads a NIfTI body stream, at most maxBody bytes; aborting destroys the stream. With a
-   * content-length the bytes go straight into one buffer as they come (no concatenation at the end,
-   * which for hundreds of MB would hold the event loop).
+   * Runs `read`, the reading of a request's body, until it settles, the job's signal aborts, or no
+   * body bytes come for bodyIdleMs. A client gone: the request is destroyed (nobody to answer). The
+   * time limit or an idle body: the reading is abandoned, not the socket, so the answer (503
+   * timeout, 408 body_timeout) reaches the client, with connection: close; Node then closes the
+   * socket, which ends the abandoned read. (A client that sends a few bytes and then nothing would
+   * otherwise hold its job slot for the whole time limit, and get no answer at its end.)
    */
-  async function readBody(stream: Readable, length: number, signal: AbortSignal): Promise<Buffer> {
-    const chunks: Buffer[] = [];
-    const into = Number.isSafeInteger(length) && length > 0 ? Buffer.allocUnsafe(length) : undefined;
-    let n = 0;
-    const stop = () => stream.destroy();
-    signal.addEventListener("abort", stop, { once: true });
+  async function reading<T>(raw: IncomingMessage, signal: AbortSignal, read: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    let arm: (() => void) | undefined;
+    const closing = (e: HttpError) => new HttpError(e.status, e.code, e.message, { ...e.headers, connection: "close" });
+    const stopped = new Promise<never>((_, reject) => {
+      const idle = () =>
+        reject(closing(new HttpError(408, "body_timeout", `no body bytes came for ${bodyIdle} ms; the request was given up`)));
+      arm = () => {
+        clearTimeout(timer);
+        timer = setTimeout(idle, bodyIdle);
+      };
+      arm();
+      raw.on("data", arm);
+      onAbort = () => {
+        const why = signal.reason as unknown;
+        if (why instanceof HttpError && why.status === 499) raw.destroy();
+        reject(why instanceof HttpError ? closing(why) : why);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      if (signal.aborted) onAbort();
+    });
+    const work = read();
+    work.catch(() => {}); // (an abandoned read ends with the socket: its error is nobody's)
     try {
-      for await (const c of stream as AsyncIterable<Buffer>) {
-        if (n + c.length > (into ? into.length : maxBody))
-          throw new HttpError(
-            413,
-            "too_large",
-            `the body is more than ${into ? `its content-length of ${into.length}` : maxBody} bytes${into ? "" : ", this server's limit"}`,
-          );
-        if (into) c.copy(into, n);
-        else chunks.push(c);
-        n += c.length;
-      }
-      if (into) return into.subarray(0, n);
-    } catch (e) {
-      if (e instanceof HttpError) throw e;
-      if (signal.aborted) throw signal.reason;
-      throw new HttpError(400, "bad_body", `the body could not be read: ${(e as Error).message}`);
+      return await Promise.race([work, stopped]);
     } finally {
-      signal.removeEventListener("abort", stop);
+      clearTimeout(timer);
+      if (arm) raw.off("data", arm);
+      if (onAbort) signal.removeEventListener("abort", onAbort);
     }
-    return Buffer.concat(chunks, n);
+  }
+
+  /**
+   * Reads a NIfTI body stream, at most maxBody bytes. With a content-length the bytes go straight
+   * into one buffer as they come (no concatenation at the end, which for hundreds of MB would hold
+   * the event loop).
+   */
+  function readBody(raw: IncomingMessage, stream: Readable, length: number, signal: AbortSignal): Promise<Buffer> {
+    return reading(raw, signal, async () => {
+      const chunks: Buffer[] = [];
+      const into = Number.isSafeInteger(length) && length > 0 ? Buffer.allocUnsafe(length) : undefined;
+      let n = 0;
+      try {
+        for await (const c of stream as AsyncIterable<Buffer>) {
+          if (signal.aborted) break;
+          if (n + c.length > (into ? into.length : maxBody))
+            throw new HttpError(
+              413,
+              "too_large",
+              `the body is more than ${into ? `its content-length of ${into.length}` : maxBody} bytes${into ? "" : ", this server's limit"}`,
+            );
+          if (into) c.copy(into, n);
+          else chunks.push(c);
+          n += c.length;
+        }
+        if (into) return into.subarray(0, n);
+      } catch (e) {
+        if (e instanceof HttpError) throw e;
+        throw new HttpError(400, "bad_body", `the body could not be read: ${(e as Error).message}`);
+      }
+      return Buffer.concat(chunks, n);
+    });
   }
 
   /** The named multipart files (each at most once, no others), at most maxBody bytes together. */
@@ -327,34 +368,32 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
       );
     const out: Record<string, Buffer> = {};
     let total = 0;
-    const stop = () => req.raw.destroy();
-    signal.addEventListener("abort", stop, { once: true });
-    try {
-      for await (const part of req.parts()) {
-        if (part.type !== "file") continue;
-        if (!fields.includes(part.fieldname) || out[part.fieldname]) {
-          throw new HttpError(
-            400,
-            "bad_multipart",
-            `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`,
-          );
+    await reading(req.raw, signal, async () => {
+      try {
+        for await (const part of req.parts()) {
+          if (signal.aborted) break;
+          if (part.type !== "file") continue;
+          if (!fields.includes(part.fieldname) || out[part.fieldname]) {
+            throw new HttpError(
+              400,
+              "bad_multipart",
+              `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`,
+            );
+          }
+          const b = await part.toBuffer();
+          total += b.length;
+          if (total > maxBody)
+            throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
+          out[part.fieldname] = b;
         }
-        const b = await part.toBuffer();
-        total += b.length;
-        if (total > maxBody)
-          throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
-        out[part.fieldname] = b;
+      } catch (e) {
+        if (e instanceof HttpError) throw e;
+        const err = e as FastifyError;
+        if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
+          throw new HttpError(err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
+        throw new HttpError(400, "bad_multipart", `the multipart body could not be read: ${err.message}`);
       }
-    } catch (e) {
-      if (e instanceof HttpError) throw e;
-      if (signal.aborted) throw signal.reason;
-      const err = e as FastifyError;
-      if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
-        throw new HttpError(err.statusCode, fastifyCode(err.code, err.statusCode), err.message);
-      throw new HttpError(400, "bad_multipart", `the multipart body could not be read: ${err.message}`);
-    } finally {
-      signal.removeEventListener("abort", stop);
-    }
+    });
     for (const f of fields) if (!out[f]) throw new HttpError(400, "missing_field", `multipart field "${f}" is missing`);
     return out;
   }
@@ -369,7 +408,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
         "unsupported_media_type",
         `send the NIfTI as application/octet-stream or as the multipart/form-data file field "${field}"`,
       );
-    return readBody(body, Number(req.headers["content-length"]), signal);
+    return readBody(req.raw, body, Number(req.headers["content-length"]), signal);
   }
 
   /**

@@ -38,6 +38,8 @@ export interface ServeOptions {
   queue?: number;
   /** Time limit of one job from its admission (ms, default 10 min); the job's work is stopped then. */
   jobTimeoutMs?: number;
+  /** Longest wait for the next bytes of a request's body (ms, default 30 s); then 408 body_timeout, the job slot given back. */
+  bodyIdleMs?: number;
   /** Folder of the label results (default BHSD_RESULT_DIR or <tmpdir>/bhsd-results), their lifetime (ms, default 15 min), total bytes (default 1 GiB) and count (default 10,000). */
   resultDir?: string;
   resultTtlMs?: number;
