@@ -123,3 +123,39 @@ t(
     }
   },
 );
+
+t(
+  title(
+    "serve --redis: uploads past maxUploads are answered 503 busy before their body is read; a slot comes back when an upload's connection closes",
+  ),
+  async (t) => {
+    const { serveQueue } = await import("../lib/queue/rest.js");
+    const net = await import("node:net");
+    const redis = await RedisServer.start();
+    const shared = mkdtempSync(join(tmpdir(), "bhsd-queue-up-"));
+    const app = await serveQueue({ redis: redis.url, sharedDir: shared, port: 0, maxUploads: 1 });
+    try {
+      const port = (app.server.address() as { port: number }).port;
+      const url = `http://127.0.0.1:${port}/v1/jobs/segment`;
+      // one upload that declares 100 kB and sends 10 bytes: it holds the only slot
+      const slow = net.connect(port, "127.0.0.1");
+      await new Promise<void>((r) => slow.once("connect", () => r()));
+      slow.write(
+        `POST /v1/jobs/segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n${"x".repeat(10)}`,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      const busy = await fetch(url, { method: "POST", headers: { "content-type": "application/octet-stream" }, body: new Uint8Array(400) });
+      t.is(busy.status, 503);
+      t.is(busy.headers.get("retry-after"), "5");
+      t.like(await busy.json(), { error: "busy" });
+      slow.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      const next = await fetch(url, { method: "POST", headers: { "content-type": "application/octet-stream" }, body: new Uint8Array(400) });
+      t.not(next.status, 503, await next.text());
+    } finally {
+      await app.close();
+      await redis.stop();
+      rmSync(shared, { recursive: true, force: true });
+    }
+  },
+);

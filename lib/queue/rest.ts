@@ -34,6 +34,8 @@ export interface QueueServeOptions {
   /** Where this process finds the models (to check a name and fingerprint it). */
   modelDir?: string;
   maxBodyBytes?: number;
+  /** Uploads read at once (default 4); more are answered 503 busy before their body is read. */
+  maxUploads?: number;
   attempts?: number;
   backoffMs?: number;
 }
@@ -66,7 +68,14 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   await q.queue.waitUntilReady();
   const hashes = new Map<string, Promise<string>>();
 
-  const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false });
+  // Uploads are buffered whole (a CT, then a file in inputs/): at most maxUploads at once, and a
+  // connection silent for 30 s is closed (this front never holds a request long without bytes
+  // moving: the work is the workers'), so slow or stalled senders cannot pin memory or slots.
+  const maxUploads = o.maxUploads ?? 4;
+  if (!Number.isInteger(maxUploads) || maxUploads < 1)
+    throw new RangeError(`maxUploads must be a whole number ≥ 1, got ${String(maxUploads)}`);
+  let uploads = 0;
+  const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false, connectionTimeout: 30_000 });
   app.addContentTypeParser(
     ["application/octet-stream", "application/gzip", "application/x-gzip"],
     { parseAs: "buffer" },
@@ -81,6 +90,16 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       .update(m && m[1]!.toLowerCase() === "bearer" ? m[2]!.trim() : "")
       .digest();
     if (!timingSafeEqual(got, want)) throw new HttpError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer …)");
+  });
+  // (after the token check: an unauthorised request never takes an upload slot)
+  app.addHook("onRequest", async (req, reply) => {
+    if (req.method !== "POST") return;
+    if (uploads >= maxUploads) {
+      reply.header("retry-after", "5").header("connection", "close");
+      throw new HttpError(503, "busy", `${maxUploads} uploads are being received; try again shortly`);
+    }
+    uploads++;
+    reply.raw.once("close", () => uploads--);
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
     if (err instanceof HttpError) return reply.code(err.status).send({ error: err.code, message: err.message });
