@@ -98,17 +98,25 @@ const live = new Set<string>();
 let hooksInstalled = false;
 
 /**
- * Removes a temporary on the way out. The work's asynchronous writes may still be creating files
- * in it on libuv's threads while it is removed (ENOTEMPTY: seen on a loaded machine, where the
- * error escaped the signal handler and the process exited with a code instead of the signal; and
- * in CI, where five retries 20 ms apart lost the race and a folder temporary stayed). So it is
- * first renamed: a write not yet begun then names a path that no longer exists and fails, and
- * only writes already inside the kernel can still land, which a retry then removes. A writer's
- * own temporary beside it (writeNifti writes `<temp>.<hex>.tmp`, then renames) goes too. Never
- * throws: the signal must still end the process.
+ * Removes a temporary on the way out, returning whether anything of it was there. The work's
+ * asynchronous writes may still be creating files in it on libuv's threads while it is removed
+ * (ENOTEMPTY: seen on a loaded machine, where the error escaped the signal handler and the process
+ * exited with a code instead of the signal; and in CI, where a folder temporary stayed: Node 20's
+ * rmSync retries its last rmdir against the listing it took first, so a file created after that
+ * listing defeats every retry, for seconds). So it is first renamed: a write not yet begun then
+ * names a path that no longer exists and fails. Each removal lists afresh, without retries
+ * (removeLive looks again). A writer's own temporary beside it (writeNifti writes
+ * `<temp>.<hex>.tmp`, then renames) goes too. Never throws: the signal must still end the process.
  */
 function removeTemporary(p: string): boolean {
   let found = false;
+  const rm = (q: string) => {
+    try {
+      rmSync(q, { recursive: true, force: true });
+    } catch {
+      found = true; // something landed in it meanwhile: removeLive looks again
+    }
+  };
   let target = p;
   try {
     const dead = `${p}.${process.pid}.removing`;
@@ -118,18 +126,14 @@ function removeTemporary(p: string): boolean {
   } catch {
     // gone already, or not renamable: remove it where it is
   }
+  rm(target);
   try {
     const prefix = `${basename(p)}.`;
     for (const f of readdirSync(dirname(p)))
       if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing"))) {
         found = true;
-        rmSync(join(dirname(p), f), { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+        rm(join(dirname(p), f));
       }
-  } catch {
-    // best effort
-  }
-  try {
-    rmSync(target, { recursive: true, force: true, maxRetries: 20, retryDelay: 25 });
   } catch {
     // best effort
   }
@@ -137,18 +141,18 @@ function removeTemporary(p: string): boolean {
 }
 
 /**
- * Removes every live temporary, then looks again until two looks 20 ms apart find none (at most
- * half a second): a `mkdir -p` under a folder temporary that was already on a libuv thread when
- * the folder went makes it again.
+ * Removes every live temporary, listing afresh each time, until three looks 40 ms apart find none
+ * of them, within two seconds: writes that were already on libuv's threads when the removal began
+ * (a gzip stream's next file, writeNifti's rename into the temporary) land in that time.
  */
 function removeLive(): void {
   const nap = new Int32Array(new SharedArrayBuffer(4));
-  let quiet = 0;
-  for (let pass = 0; pass < 25 && quiet < 2; pass++) {
+  const end = performance.now() + 2000;
+  for (let quiet = 0; quiet < 3 && performance.now() < end;) {
     let found = false;
     for (const p of live) if (removeTemporary(p)) found = true;
     quiet = found ? 0 : quiet + 1;
-    if (quiet < 2) Atomics.wait(nap, 0, 0, 20);
+    if (quiet < 3) Atomics.wait(nap, 0, 0, 40);
   }
 }
 

@@ -31,15 +31,27 @@ export async function readSmallFile(path: string, limit: SmallFileLimit): Promis
     const st = await fh.stat();
     if (!st.isFile()) throw new Error("not a regular file");
     if (st.size > limit.maxBytes) throw new Error(`${st.size} bytes, more than the ${limit.maxBytes} ${limit.what} may have`);
-    // one byte more than the stat said: a file that grows while being read is refused, not cut short
-    const buf = Buffer.allocUnsafe(st.size + 1); // (only the bytes read are returned)
+    // A regular file is read to its end, one byte past what the stat said (a file that grows while
+    // read is refused, not cut short). A size of 0 may mean a file whose size the stat does not know
+    // (/proc, some FUSE files): that one is read to its end within the limit.
+    const known = st.size > 0;
+    const cap = known ? st.size + 1 : limit.maxBytes + 1;
+    let buf = Buffer.allocUnsafe(known ? cap : Math.min(cap, 1 << 16)); // (only the bytes read are returned)
     let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await fh.read(buf, done, buf.length - done, done);
+    for (;;) {
+      if (done === buf.length) {
+        if (buf.length >= cap) break;
+        const more = Buffer.allocUnsafe(Math.min(cap, buf.length * 2));
+        buf.copy(more, 0, 0, done);
+        buf = more;
+      }
+      // (at most 1 GiB a call: Node's read takes a 32-bit length)
+      const { bytesRead } = await fh.read(buf, done, Math.min(buf.length - done, 1 << 30), done);
       if (bytesRead === 0) break;
       done += bytesRead;
     }
-    if (done > st.size) throw new Error("it grew while being read");
+    if (known && done > st.size) throw new Error("it grew while being read");
+    if (!known && done > limit.maxBytes) throw new Error(`more than the ${limit.maxBytes} bytes ${limit.what} may have`);
     return buf.subarray(0, done);
   } finally {
     await fh.close();

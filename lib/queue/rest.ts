@@ -40,6 +40,8 @@ export interface QueueServeOptions {
   backoffMs?: number;
 }
 
+/** A connection silent this long while a request comes in is closed. */
+const IDLE_MS = 30_000;
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 const ID = /^seg-[0-9a-f]{40}$/;
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
@@ -75,7 +77,7 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   if (!Number.isInteger(maxUploads) || maxUploads < 1)
     throw new RangeError(`maxUploads must be a whole number ≥ 1, got ${String(maxUploads)}`);
   let uploads = 0;
-  const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false, connectionTimeout: 30_000 });
+  const app = Fastify({ bodyLimit: o.maxBodyBytes ?? 512 * 2 ** 20, logger: false, connectionTimeout: IDLE_MS });
   app.addContentTypeParser(
     ["application/octet-stream", "application/gzip", "application/x-gzip"],
     { parseAs: "buffer" },
@@ -98,8 +100,21 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       reply.header("retry-after", "5").header("connection", "close");
       throw new HttpError(503, "busy", `${maxUploads} uploads are being received; try again shortly`);
     }
+    // given back once: when the answer is done, or when the connection goes (a pipelined request's
+    // answer, queued behind another, never emits its close if the client leaves first)
     uploads++;
-    reply.raw.once("close", () => uploads--);
+    const socket = req.raw.socket;
+    const release = () => {
+      uploads--;
+      reply.raw.off("close", release);
+      socket.off("close", release);
+    };
+    reply.raw.once("close", release);
+    socket.once("close", release);
+    // the socket's idle timeout is for the upload; the answer's own work (a model's first
+    // fingerprint, writing the CT into the shared folder) may be silent for longer
+    req.raw.once("end", () => socket.setTimeout(0));
+    reply.raw.once("finish", () => socket.destroyed || socket.setTimeout(IDLE_MS));
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
     if (err instanceof HttpError) return reply.code(err.status).send({ error: err.code, message: err.message });
@@ -209,13 +224,21 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     const job = await getJob((req.params as { id: string }).id);
     const state = await job.getState();
     if (state !== "completed") throw new HttpError(409, "not_ready", `job ${job.id} is ${state}`);
-    // the file the job was submitted to write (its result's path must be that one), a regular
-    // .nii.gz file: a worker's or a Redis record's other path is never served
-    const out = (job.data as Partial<SegmentJobData>).out;
+    // the file the job was submitted to write (its result's path must be that one): for a job this
+    // front submitted, results/<id>.nii.gz itself; for one a batch submitted (the same CT and model
+    // are one job), its .nii.gz. A regular file, no link followed: a worker's or a Redis record's
+    // other path is never served.
+    const data = job.data as Partial<SegmentJobData>;
+    const out = data.out;
     const labels = (job.returnvalue as JobResult | undefined)?.labels;
-    if (typeof out !== "string" || labels !== out || !/\.nii\.gz$/.test(out))
+    if (
+      typeof out !== "string" ||
+      labels !== out ||
+      !/\.nii\.gz$/.test(out) ||
+      (data.batch === "rest" && out !== join(results, `${job.id}.nii.gz`))
+    )
       throw new HttpError(409, "not_ready", `job ${job.id} has no labels to serve`);
-    const fh = await open(out, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => null);
+    const fh = await open(out, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW).catch(() => null);
     if (!fh) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
     if (!(await fh.stat()).isFile()) {
       await fh.close();

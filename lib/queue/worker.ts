@@ -11,7 +11,7 @@
  * - close() (SIGTERM in `bhsd worker`) takes no new job and waits for the jobs in hand.
  */
 import { mkdir, realpath, stat } from "node:fs/promises";
-import { dirname, sep } from "node:path";
+import { basename, dirname, join, resolve, sep } from "node:path";
 import { UnrecoverableError, Worker, type Job } from "bullmq";
 import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
@@ -68,7 +68,18 @@ export interface QueueWorker {
  */
 async function refuseOverwrite(out: string, inputs: (string | undefined)[]): Promise<void> {
   const o = await stat(out).catch(() => null);
-  const outDir = await realpath(dirname(out)).catch(() => null);
+  // the output's folder as it will be: its nearest existing ancestor's real path, then the rest
+  // (the worker makes the missing folders, which may be inside an input folder)
+  let base = resolve(dirname(out));
+  const rest: string[] = [];
+  let real: string | null = null;
+  for (;;) {
+    real = await realpath(base).catch(() => null);
+    if (real !== null || dirname(base) === base) break;
+    rest.unshift(basename(base));
+    base = dirname(base);
+  }
+  const outDir = real === null ? null : join(real, ...rest);
   for (const p of inputs) {
     if (!p) continue;
     const s = await stat(p).catch(() => null);
