@@ -166,10 +166,10 @@ t(
       t.is(await inside.getState(), "failed");
       t.regex(inside.failedReason, /is inside its input folder .*series; refusing to write there/);
       t.false(existsSync(join(series, "labels.nii.gz")));
-    // (a folder the worker would make inside the input folder counts too)
-    const deeper = await job(series, join(series, "new", "labels.nii.gz"), await hashInput(series));
-    t.regex(deeper.failedReason, /is inside its input folder .*series; refusing to write there/);
-    t.false(existsSync(join(series, "new")));
+      // (a folder the worker would make inside the input folder counts too)
+      const deeper = await job(series, join(series, "new", "labels.nii.gz"), await hashInput(series));
+      t.regex(deeper.failedReason, /is inside its input folder .*series; refusing to write there/);
+      t.false(existsSync(join(series, "new")));
       const piped = await job(fifo, join(dir, "out.nii.gz"), "0".repeat(64));
       t.regex(piped.failedReason ?? "", /fifo: not a regular file/);
     } finally {

@@ -72,7 +72,7 @@ async function refuseOverwrite(out: string, inputs: (string | undefined)[]): Pro
   // (the worker makes the missing folders, which may be inside an input folder)
   let base = resolve(dirname(out));
   const rest: string[] = [];
-  let real: string | null = null;
+  let real: string | null;
   for (;;) {
     real = await realpath(base).catch(() => null);
     if (real !== null || dirname(base) === base) break;
