@@ -240,3 +240,12 @@ test("reading thousands of small files lets the event loop turn (a service readi
   // group (a copy of the list a file); now a turn every 64 files, 150 ms at most here
   t.true(longest < 2000, `the event loop waited ${longest.toFixed(0)} ms`);
 });
+
+test("options.signal stops a read between files (an aborted service request stops its DICOM work); a signal that is not an AbortSignal is refused", async (t) => {
+  const files = Array.from({ length: 4000 }, (_, z) => ({ name: `s${z}.dcm`, bytes: part10(pixel(z), "1.2.840.10008.1.2.1") }));
+  const ctl = new AbortController();
+  setImmediate(() => ctl.abort(new Error("the client left")));
+  await t.throwsAsync(readDicomSeries(files, { workers: 0, signal: ctl.signal }), { message: "the client left" });
+  await t.throwsAsync(readDicomSeries(files, { signal: AbortSignal.abort(new Error("already")) }), { message: "already" });
+  await t.throwsAsync(readDicomSeries(files, { signal: {} as never }), { message: /Expected an AbortSignal for options\.signal/ });
+});

@@ -18,6 +18,8 @@ export interface ReadCtOptions {
   maxBytes?: number;
   /** Name used in messages when reading bytes. */
   name?: string;
+  /** DICOM: stops the unpacking and the read between files and slices (rejects with its reason). */
+  signal?: AbortSignal;
 }
 
 const DEFAULT_MAX_BYTES = 4 * 2 ** 30;
@@ -37,10 +39,13 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
   if (seriesUid !== undefined && (typeof seriesUid !== "string" || seriesUid.length === 0))
     throw invalidParameterError("options.seriesUid", "a SeriesInstanceUID string", seriesUid);
   if (opts.name !== undefined && typeof opts.name !== "string") throw invalidParameterError("options.name", "a string", opts.name);
-  const dicomOpts = { maxBytes, ...(seriesUid ? { seriesUid } : {}) };
+  if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
+    throw invalidParameterError("options.signal", "an AbortSignal", opts.signal);
+  const signal = opts.signal as AbortSignal | undefined;
+  const dicomOpts = { maxBytes, ...(seriesUid ? { seriesUid } : {}), ...(signal ? { signal } : {}) };
   if (pathOrBytes instanceof Uint8Array) {
     const label = (opts.name as string | undefined) ?? "<bytes>";
-    if (isZip(pathOrBytes)) return readDicomSeries(await unzip(pathOrBytes, label, maxBytes), dicomOpts);
+    if (isZip(pathOrBytes)) return readDicomSeries(await unzip(pathOrBytes, label, maxBytes, signal), dicomOpts);
     if (sniffDicom(pathOrBytes) === "part10") return readDicomSeries([{ name: label, bytes: pathOrBytes }], dicomOpts);
     return readNifti(pathOrBytes, { maxBytes, name: label });
   }
@@ -70,7 +75,7 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
       await fh.close();
     }
     const h = head.subarray(0, n);
-    if (isZip(h)) return readDicomSeries(await unzip(path, path, maxBytes), dicomOpts);
+    if (isZip(h)) return readDicomSeries(await unzip(path, path, maxBytes, signal), dicomOpts);
     if (sniffDicom(h) === "part10") return readDicomSeries([path], dicomOpts);
   }
   return readNifti(path, { maxBytes });
@@ -80,8 +85,9 @@ export async function readCt(pathOrBytes: string | URL | Uint8Array, options?: R
  * The files of a zip, in memory: entry count, declared sizes and their sum are checked before
  * anything is inflated, and yauzl checks that each entry inflates to its declared size.
  */
-async function unzip(src: string | Uint8Array, label: string, maxBytes: number): Promise<DicomFileBytes[]> {
+async function unzip(src: string | Uint8Array, label: string, maxBytes: number, signal?: AbortSignal): Promise<DicomFileBytes[]> {
   const yz = (await import("yauzl")).default;
+  signal?.throwIfAborted();
   return new Promise((resolvePromise, reject) => {
     const fail = (msg: string) => reject(new DicomError(label, msg));
     const onZip = (err: Error | null, zip?: yauzl.ZipFile) => {
@@ -94,6 +100,10 @@ async function unzip(src: string | Uint8Array, label: string, maxBytes: number):
       let total = 0;
       zip.on("error", (e: Error) => fail(`is a damaged zip (${e.message})`));
       zip.on("entry", (entry: yauzl.Entry) => {
+        if (signal?.aborted) {
+          zip.close();
+          return reject(signal.reason);
+        }
         const name = entry.fileName;
         const base = name.split("/").pop() ?? "";
         if (name.endsWith("/") || base.startsWith(".") || name.startsWith("__MACOSX/") || base.toUpperCase() === "DICOMDIR")

@@ -158,6 +158,8 @@ export interface ReadDicomOptions {
    * Never more than the compressed slices; uncompressed slices are always read on the calling thread.
    */
   workers?: number;
+  /** Stops the read (it rejects with the signal's reason) between files and between slices. */
+  signal?: AbortSignal;
 }
 
 const DEFAULT_MAX_BYTES = 4 * 2 ** 30;
@@ -510,9 +512,10 @@ const cross = (a: readonly number[], b: readonly number[]): [number, number, num
 /** Parses every file; with `keep`, files of other series are dropped at once (their UIDs noted). */
 async function readHeaders(
   src: DicomSource,
-  opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">>,
+  opts: Required<Pick<ReadDicomOptions, "maxBytes" | "maxFileBytes" | "maxFiles">> & Pick<ReadDicomOptions, "signal">,
   keep?: string,
 ) {
+  opts.signal?.throwIfAborted();
   const others = new Set<string>();
   const cands = await gather(src, opts.maxFiles, opts.maxFileBytes);
   const dp = await loadDicomParser();
@@ -524,7 +527,10 @@ async function readHeaders(
   for (const c of cands) {
     // (the event loop turns every 64 files: a zip of 100 000 tiny files is seconds of parsing, and a
     // service reading it answers its other requests meanwhile)
-    if (++n % 64 === 0) await new Promise((r) => setImmediate(r));
+    if (++n % 64 === 0) {
+      await new Promise((r) => setImmediate(r));
+      opts.signal?.throwIfAborted();
+    }
     if (c.size > opts.maxFileBytes)
       throw new DicomError(c.label, `is ${c.size} bytes, more than options.maxFileBytes = ${opts.maxFileBytes}`);
     const bytes = await c.read();
@@ -559,6 +565,8 @@ function resolvedOptions(options: unknown) {
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== "function")
     throw invalidParameterError("options.onProgress", "a function (done, total)", o.onProgress);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
+    throw invalidParameterError("options.signal", "an AbortSignal", o.signal);
   if (o.workers !== undefined && !(Number.isInteger(o.workers) && (o.workers as number) >= 0 && (o.workers as number) <= MAX_WORKERS)) {
     throw invalidParameterError("options.workers", `an integer from 0 (the calling thread) to ${MAX_WORKERS}`, o.workers);
   }
@@ -569,6 +577,7 @@ function resolvedOptions(options: unknown) {
     seriesUid: o.seriesUid as string | undefined,
     onProgress: o.onProgress as ReadDicomOptions["onProgress"],
     workers: o.workers as number | undefined,
+    signal: o.signal as AbortSignal | undefined,
   };
 }
 
@@ -874,6 +883,7 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     const tick = () => {
       done++;
       if (progress) opts.onProgress?.(done, nz);
+      opts.signal?.throwIfAborted();
     };
     let pooled: Promise<boolean> = Promise.resolve(true);
     if (nWorkers > 0) {

@@ -420,7 +420,7 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
     if (bytes.length >= 4 && bytes.readUInt32LE(0) === 0x04034b50) {
       // A zip of a DICOM series: unpacked and voxel bytes bounded by what this request may still hold.
       const room = Math.min(maxVoxels * 4, Math.max(1, maxRequestBytes - ticket.bytes));
-      const v = await withCancel(activeBackend(), signal, () => readCt(bytes, { name, maxBytes: room }));
+      const v = await withCancel(activeBackend(), signal, () => readCt(bytes, { name, maxBytes: room, signal }));
       if (v.data.length > maxVoxels)
         throw new HttpError(413, "too_large", `${name} has ${v.data.length} voxels; this server takes at most ${maxVoxels}`);
       ticket.reserve(v.data.byteLength, name);
