@@ -170,6 +170,14 @@ t(
       const deeper = await job(series, join(series, "new", "labels.nii.gz"), await hashInput(series));
       t.regex(deeper.failedReason, /is inside its input folder .*series; refusing to write there/);
       t.false(existsSync(join(series, "new")));
+      // and a path through a link, whose ".." the kernel takes from the link's target, not the text
+      const { symlinkSync } = await import("node:fs");
+      mkdirSync(join(series, "x"));
+      mkdirSync(join(dir, "elsewhere"));
+      symlinkSync(join(series, "x"), join(dir, "elsewhere", "l"));
+      const linked = await job(series, `${join(dir, "elsewhere", "l")}/../sub/labels.nii.gz`, await hashInput(series));
+      t.regex(linked.failedReason, /is inside its input folder .*series; refusing to write there/);
+      t.false(existsSync(join(series, "sub")));
       const piped = await job(fifo, join(dir, "out.nii.gz"), "0".repeat(64));
       t.regex(piped.failedReason ?? "", /fifo: not a regular file/);
     } finally {

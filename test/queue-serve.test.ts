@@ -150,6 +150,29 @@ t(
       t.like(await busy.json(), { error: "busy" });
       slow.destroy();
       await new Promise((r) => setTimeout(r, 300));
+      // clients that leave mid-upload give their slot back once each (twice would admit more)
+      const partial = `POST /v1/jobs/segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\nxx`;
+      for (let i = 0; i < 2; i++) {
+        const gone = net.connect(port, "127.0.0.1");
+        await new Promise<void>((r) => gone.once("connect", () => r()));
+        gone.write(partial);
+        await new Promise((r) => setTimeout(r, 200));
+        gone.destroy();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const holder = net.connect(port, "127.0.0.1");
+      await new Promise<void>((r) => holder.once("connect", () => r()));
+      holder.write(partial);
+      await new Promise((r) => setTimeout(r, 300));
+      const still = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/octet-stream" },
+        body: new Uint8Array(400),
+      });
+      t.is(still.status, 503, "a slot was given back twice");
+      await still.arrayBuffer();
+      holder.destroy();
+      await new Promise((r) => setTimeout(r, 300));
       const next = await fetch(url, { method: "POST", headers: { "content-type": "application/octet-stream" }, body: new Uint8Array(400) });
       t.not(next.status, 503, await next.text());
     } finally {

@@ -106,7 +106,8 @@ let hooksInstalled = false;
  * listing defeats every retry, for seconds). So it is first renamed: a write not yet begun then
  * names a path that no longer exists and fails. Each removal lists afresh, without retries
  * (removeLive looks again). A writer's own temporary beside it (writeNifti writes
- * `<temp>.<hex>.tmp`, then renames) goes too. Never throws: the signal must still end the process.
+ * `<temp>.<hex>.tmp`, writeDicomSeg `<temp>.tmp-<pid>-<ms>`, then rename) goes too. Never
+ * throws: the signal must still end the process.
  */
 function removeTemporary(p: string): boolean {
   let found = false;
@@ -130,7 +131,7 @@ function removeTemporary(p: string): boolean {
   try {
     const prefix = `${basename(p)}.`;
     for (const f of readdirSync(dirname(p)))
-      if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing"))) {
+      if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing") || /\.tmp-\d+-\d+$/.test(f))) {
         found = true;
         rm(join(dirname(p), f));
       }

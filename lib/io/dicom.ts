@@ -908,7 +908,10 @@ export async function readDicomSeries(pathOrFiles: DicomSource, options?: ReadDi
     for (let n = 0; n < here.length; n++) {
       const k = here[n]!;
       const h = slices[k]!;
-      if (!place(data, k, decodeFrame(h.dataSet, fmtOf(h), failIn(h)))) return false;
+      if (!place(data, k, decodeFrame(h.dataSet, fmtOf(h), failIn(h)))) {
+        await pooled.catch(() => false); // (the float32 retry runs the pool again: this run must be over)
+        return false;
+      }
       tick();
       // Give the event loop a turn (a server keeps answering, the workers' results come in): after
       // each compressed slice decoded here, every 16 slices otherwise.

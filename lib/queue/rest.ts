@@ -104,7 +104,12 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     // answer, queued behind another, never emits its close if the client leaves first)
     uploads++;
     const socket = req.raw.socket;
+    let held = true;
     const release = () => {
+      // (once only: the socket's close emits the answer's close first, and a listener removed
+      // while an emit loops over its copy still runs)
+      if (!held) return;
+      held = false;
       uploads--;
       reply.raw.off("close", release);
       socket.off("close", release);
@@ -113,7 +118,8 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     socket.once("close", release);
     // the socket's idle timeout is for the upload; the answer's own work (a model's first
     // fingerprint, writing the CT into the shared folder) may be silent for longer
-    req.raw.once("end", () => socket.setTimeout(0));
+    // (a body nothing read ends only after the answer: then the re-arm below stands)
+    req.raw.once("end", () => reply.raw.writableFinished || socket.setTimeout(0));
     reply.raw.once("finish", () => socket.destroyed || socket.setTimeout(IDLE_MS));
   });
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
@@ -226,8 +232,8 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     if (state !== "completed") throw new HttpError(409, "not_ready", `job ${job.id} is ${state}`);
     // the file the job was submitted to write (its result's path must be that one): for a job this
     // front submitted, results/<id>.nii.gz itself; for one a batch submitted (the same CT and model
-    // are one job), its .nii.gz. A regular file, no link followed: a worker's or a Redis record's
-    // other path is never served.
+    // are one job), its .nii.gz. A regular file, not itself a link: a worker's result naming another
+    // path is never served (a record written into Redis by hand can still name a .nii.gz of its own).
     const data = job.data as Partial<SegmentJobData>;
     const out = data.out;
     const labels = (job.returnvalue as JobResult | undefined)?.labels;

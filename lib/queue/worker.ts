@@ -11,7 +11,7 @@
  * - close() (SIGTERM in `bhsd worker`) takes no new job and waits for the jobs in hand.
  */
 import { mkdir, realpath, stat } from "node:fs/promises";
-import { basename, dirname, join, resolve, sep } from "node:path";
+import { basename, dirname, isAbsolute, join, sep } from "node:path";
 import { UnrecoverableError, Worker, type Job } from "bullmq";
 import { backendInfo } from "../backends/index.js";
 import { readCt } from "../io/ct.js";
@@ -70,7 +70,8 @@ async function refuseOverwrite(out: string, inputs: (string | undefined)[]): Pro
   const o = await stat(out).catch(() => null);
   // the output's folder as it will be: its nearest existing ancestor's real path, then the rest
   // (the worker makes the missing folders, which may be inside an input folder)
-  let base = resolve(dirname(out));
+  // (not normalised first: "l/../series" must go through the link l, as mkdir will)
+  let base = dirname(isAbsolute(out) ? out : process.cwd() + sep + out);
   const rest: string[] = [];
   let real: string | null;
   for (;;) {
