@@ -9,6 +9,7 @@
  * dataset.json may have"); callers put the file and their context around them.
  */
 import { constants } from "node:fs";
+import type { Stats } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 
 export interface SmallFileLimit {
@@ -18,18 +19,32 @@ export interface SmallFileLimit {
   what: string;
 }
 
-/** The bytes of the regular file at `path`, refused past `limit.maxBytes` (checked on the open handle). */
-export async function readSmallFile(path: string, limit: SmallFileLimit): Promise<Buffer> {
+/**
+ * The regular file at `path`, opened for reading, with its stat taken on the handle (no swap between
+ * a stat and the open). Opening never blocks (O_NONBLOCK: a FIFO would otherwise wait for a writer);
+ * `flags` adds to it (O_NOFOLLOW). Throws "no such file", "not a regular file" or the system's reason.
+ */
+export async function openRegularFile(path: string, flags = 0): Promise<{ fh: FileHandle; st: Stats }> {
   let fh: FileHandle;
   try {
-    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer
-    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | flags);
   } catch (e) {
     throw new Error((e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message, { cause: e });
   }
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new Error("not a regular file");
+    return { fh, st };
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** The bytes of the regular file at `path`, refused past `limit.maxBytes` (checked on the open handle). */
+export async function readSmallFile(path: string, limit: SmallFileLimit): Promise<Buffer> {
+  const { fh, st } = await openRegularFile(path);
+  try {
     if (st.size > limit.maxBytes) throw new Error(`${st.size} bytes, more than the ${limit.maxBytes} ${limit.what} may have`);
     // A regular file is read to its end, one byte past what the stat said (a file that grows while
     // read is refused, not cut short). A size of 0 may mean a file whose size the stat does not know

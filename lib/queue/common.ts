@@ -7,11 +7,12 @@
  * reaches: NFS, a mounted volume), never voxels.
  */
 import { createHash } from "node:crypto";
-import { constants, existsSync, statSync } from "node:fs";
-import { open, readdir, realpath, stat } from "node:fs/promises";
+import { existsSync, statSync } from "node:fs";
+import { readdir, realpath, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { Redis, type RedisOptions } from "ioredis";
+import { openRegularFile } from "../io/small-file.js";
 import { externalDataFiles } from "../model/external-data.js";
 import { findNamedModel, listNamedModels, MODEL_NAME } from "../model/named.js";
 import { PACKAGE_ROOT } from "../paths.js";
@@ -95,9 +96,10 @@ export const batchesKey = (queue: string) => `bhsd:${queue}:batches`;
  * FIFO would otherwise wait for a writer forever (holding its lock), and /dev/zero never end.
  */
 export async function sha256File(path: string): Promise<string> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  const { fh } = await openRegularFile(path).catch((e: Error) => {
+    throw new Error(`${path}: ${e.message}`, { cause: e });
+  });
   try {
-    if (!(await fh.stat()).isFile()) throw new Error(`${path}: not a regular file`);
     const h = createHash("sha256");
     for await (const b of fh.createReadStream({ autoClose: false })) h.update(b as Buffer);
     return h.digest("hex");

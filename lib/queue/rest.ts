@@ -15,10 +15,11 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
-import { mkdir, open, rename, writeFile } from "node:fs/promises";
+import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
+import { openRegularFile } from "../io/small-file.js";
 import { openQueue } from "./batch.js";
 import { findNamedModel } from "../model/named.js";
 import { decodeNumbers, DEFAULT_QUEUE, defaultModelDir, modelHash, segmentJobId, type JobResult, type SegmentJobData } from "./common.js";
@@ -244,12 +245,8 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       (data.batch === "rest" && out !== join(results, `${job.id}.nii.gz`))
     )
       throw new HttpError(409, "not_ready", `job ${job.id} has no labels to serve`);
-    const fh = await open(out, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW).catch(() => null);
-    if (!fh) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer in the shared folder`);
-    if (!(await fh.stat()).isFile()) {
-      await fh.close();
-      throw new HttpError(410, "gone", `the labels of job ${job.id} are not a file in the shared folder`);
-    }
+    const fh = (await openRegularFile(out, constants.O_NOFOLLOW).catch(() => null))?.fh;
+    if (!fh) throw new HttpError(410, "gone", `the labels of job ${job.id} are no longer a file in the shared folder`);
     return reply
       .type("application/gzip")
       .header("content-disposition", `attachment; filename="${job.id}.nii.gz"`)
