@@ -242,3 +242,38 @@ test("a body that stops coming is given up after bodyIdleMs (408, connection clo
     await s.close();
   }
 });
+
+test("multipart files are counted as their bytes come: a second file past the limit is refused while it is still arriving", async (t) => {
+  // gt whole (3000 bytes), then pred's first 2000 bytes, then silence: the
+  // limit (4096) is passed mid-file, so the 413 cannot wait for that file's end (which never
+  // comes; before, the files were counted only once each was whole: here a 408 after 20 s)
+  const s = await start({ modelDir, maxBodyBytes: 4096, bodyIdleMs: 20_000 });
+  try {
+    const net = await import("node:net");
+    const t0 = performance.now();
+    const answer = await new Promise<string>((resolve, reject) => {
+      let got = "";
+      const sock = net.connect(Number(new URL(s.url).port), "127.0.0.1", () => {
+        const part = (name: string) => `--XX\r\nContent-Disposition: form-data; name="${name}"; filename="${name}"\r\n\r\n`;
+        // (chunked: a content-length over the limit is refused before any byte is read)
+        const body = part("gt") + "g".repeat(3000) + "\r\n" + part("pred") + "p".repeat(2000);
+        sock.write(
+          "POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XX\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            `${body.length.toString(16)}\r\n${body}\r\n`,
+        );
+      });
+      sock.on("data", (d) => {
+        got += d.toString();
+        if (got.includes("\r\n\r\n{")) resolve(got);
+      });
+      sock.on("error", reject);
+      sock.on("close", () => resolve(got));
+      setTimeout(() => sock.destroy(), 30_000);
+    });
+    t.regex(answer, /^HTTP\/1\.1 413 /, answer);
+    t.regex(answer, /"error":"too_large","message":"the files are more than 4096 bytes together/);
+    t.true(performance.now() - t0 < 10_000, `answered after ${(performance.now() - t0).toFixed(0)} ms`);
+  } finally {
+    await s.close();
+  }
+});

@@ -380,11 +380,18 @@ export async function createServer(options: ServeOptions = {}): Promise<FastifyI
               `unexpected file field ${JSON.stringify(part.fieldname.slice(0, 64))}: this route takes one each of ${fields.join(", ")}`,
             );
           }
-          const b = await part.toBuffer();
-          total += b.length;
-          if (total > maxBody)
-            throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
-          out[part.fieldname] = b;
+          // counted as the bytes come, not once a file is whole: the files together never hold
+          // more than maxBody (each is also at most maxBody by multipart's own limit)
+          const chunks: Buffer[] = [];
+          let n = 0;
+          for await (const c of part.file as AsyncIterable<Buffer>) {
+            total += c.length;
+            if (total > maxBody)
+              throw new HttpError(413, "too_large", `the files are more than ${maxBody} bytes together, this server's limit`);
+            chunks.push(c);
+            n += c.length;
+          }
+          out[part.fieldname] = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n);
         }
       } catch (e) {
         if (e instanceof HttpError) throw e;
