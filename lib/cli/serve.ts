@@ -66,7 +66,12 @@ export function serveCommand(program: Command): void {
       30,
     )
     .option("--result-dir <dir>", "folder of label results (default BHSD_RESULT_DIR or <tmp>/bhsd-results)")
-    .option("--result-ttl-s <n>", "lifetime of a result (s)", intArg("--result-ttl-s", 1, 30 * 86400), 900)
+    .option(
+      "--result-ttl-s <n>",
+      "lifetime of a result (s); with --redis, of a finished job and its labels",
+      intArg("--result-ttl-s", 1, 30 * 86400),
+      900,
+    )
     .option("--result-max-mb <n>", "bytes of results kept, oldest dropped first (MiB)", intArg("--result-max-mb", 1, 1 << 20), 1024)
     .option("--result-max-count <n>", "results kept, oldest dropped first", intArg("--result-max-count", 1), 10_000)
     .addOption(new Option("--log-level <level>", "one line per request only at debug and trace").choices(LOG_LEVELS).default("warn"))
@@ -85,6 +90,7 @@ export function serveCommand(program: Command): void {
             ...(o.modelDir ? { modelDir: o.modelDir } : {}),
             sharedDir: o.resultDir ?? process.env.BHSD_RESULT_DIR ?? join(tmpdir(), "bhsd-shared"),
             maxBodyBytes: o.maxBodyMb * 2 ** 20,
+            resultTtlMs: o.resultTtlS * 1000,
           })
         : await serve({
             host: o.host,

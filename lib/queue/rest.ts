@@ -15,13 +15,14 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
-import { mkdir, rename, writeFile } from "node:fs/promises";
+import { mkdir, rename, utimes, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
 import { openRegularFile } from "../io/small-file.js";
 import { openQueue } from "./batch.js";
 import { findNamedModel } from "../model/named.js";
+import { sweep } from "./retention.js";
 import { decodeNumbers, DEFAULT_QUEUE, defaultModelDir, modelHash, segmentJobId, type JobResult, type SegmentJobData } from "./common.js";
 
 export interface QueueServeOptions {
@@ -39,6 +40,15 @@ export interface QueueServeOptions {
   maxUploads?: number;
   attempts?: number;
   backoffMs?: number;
+  /**
+   * A finished job this front submitted is removed with its labels this long after it finished or
+   * its CT was last posted again (default 900 s, as the in-process service's results).
+   */
+  resultTtlMs?: number;
+  /** A received CT is removed once no unfinished job names it and it is this old (default 10 min or the TTL). */
+  inputGraceMs?: number;
+  /** How often the shared folder is swept (default a quarter of the TTL, at most 60 s). */
+  sweepIntervalMs?: number;
 }
 
 /** A connection silent this long while a request comes in is closed. */
@@ -71,6 +81,27 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   await q.queue.waitUntilReady();
   const hashes = new Map<string, Promise<string>>();
 
+  const ttlMs = o.resultTtlMs ?? 900_000;
+  const graceMs = o.inputGraceMs ?? Math.min(ttlMs, 600_000);
+  const everyMs = o.sweepIntervalMs ?? Math.min(Math.max(ttlMs / 4, 1000), 60_000);
+  for (const [k, v] of [
+    ["resultTtlMs", ttlMs],
+    ["inputGraceMs", graceMs],
+    ["sweepIntervalMs", everyMs],
+  ] as const)
+    if (!Number.isFinite(v) || v < 1 || v > 2 ** 31 - 1) throw new RangeError(`${k} must be between 1 and 2^31-1 ms, got ${String(v)}`);
+  let sweeping: Promise<unknown> = Promise.resolve();
+  let sweepTimer: NodeJS.Timeout | undefined;
+  const nextSweep = () => {
+    sweepTimer = setTimeout(() => {
+      // (a failed sweep, Redis away for a moment, is tried again at the next)
+      sweeping = sweep(q.queue, { inputs, results, ttlMs, graceMs }).catch(() => {});
+      void sweeping.then(() => sweepTimer && nextSweep());
+    }, everyMs);
+    sweepTimer.unref();
+  };
+  nextSweep();
+
   // Uploads are buffered whole (a CT, then a file in inputs/): at most maxUploads at once, and a
   // connection silent for 30 s is closed (this front never holds a request long without bytes
   // moving: the work is the workers'), so slow or stalled senders cannot pin memory or slots.
@@ -84,7 +115,12 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     { parseAs: "buffer" },
     (_req, body, done) => done(null, body),
   );
-  app.addHook("onClose", async () => q.close());
+  app.addHook("onClose", async () => {
+    clearTimeout(sweepTimer);
+    sweepTimer = undefined;
+    await sweeping;
+    await q.close();
+  });
   const want = token ? createHash("sha256").update(token).digest() : null;
   app.addHook("onRequest", async (req) => {
     if (!want || req.url === "/v1/health") return; // health open, as in the in-process service
@@ -170,7 +206,15 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     const inputHash = createHash("sha256").update(body).digest("hex");
     const gz = body[0] === 0x1f && body[1] === 0x8b;
     const input = join(inputs, `${inputHash}${gz ? ".nii.gz" : ".nii"}`);
-    if (!existsSync(input)) {
+    // (written, or touched when there: a sweep removes a CT no job names only once it is old)
+    const now = new Date();
+    if (
+      !existsSync(input) ||
+      !(await utimes(input, now, now).then(
+        () => true,
+        () => false,
+      ))
+    ) {
       const tmp = `${input}.${process.pid}.tmp`;
       await writeFile(tmp, body);
       await rename(tmp, input);
@@ -187,15 +231,22 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       ...(mirror ? { mirror } : {}),
       batch: "rest",
     };
-    const job = await q.queue.add("segment", data, {
-      jobId: id,
-      attempts: o.attempts ?? 3,
-      backoff: { type: "exponential", delay: o.backoffMs ?? 5000 },
-      removeOnComplete: false,
-      removeOnFail: false,
-    });
-    const state = await job.getState();
+    const add = () =>
+      q.queue.add("segment", data, {
+        jobId: id,
+        attempts: o.attempts ?? 3,
+        backoff: { type: "exponential", delay: o.backoffMs ?? 5000 },
+        removeOnComplete: false,
+        removeOnFail: false,
+      });
+    let job = await add();
+    let state = await job.getState();
+    // (a sweep removed the finished job in between: submitted afresh)
+    if (state === "unknown") state = await (job = await add()).getState();
     if (state === "failed") await job.retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true });
+    // a completed job's labels are kept a full lifetime from this request
+    if (state === "completed" && (job.data as SegmentJobData).batch === "rest")
+      await utimes(join(results, `${id}.nii.gz`), now, now).catch(() => {});
     return reply
       .code(202)
       .send({ id, state: state === "failed" ? "waiting" : state, status: `/v1/jobs/${id}`, labels: `/v1/jobs/${id}/labels` });
