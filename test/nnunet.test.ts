@@ -4,9 +4,10 @@
  * computed by dynamic-network-architectures' own PlainConvUNet from the same checkpoints.
  */
 import test from "ava";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
 import { CheckpointError, loadNnunet, readNifti, readNpy, segment, setBackend } from "../lib/index.js";
 import { normalize } from "../lib/model/segment.js";
@@ -654,4 +655,22 @@ test("arguments are checked with messages that name them", async (t) => {
     message: /multiples of \[2, 16, 16\]/,
   });
   model.dispose();
+});
+
+test("a checkpoint that is a FIFO is refused at once, and a dataset.json linked to a file elsewhere never shows that file's text", async (t) => {
+  const fifo = variant({});
+  const ck = join(fifo, "fold_0", "checkpoint_final.pth");
+  rmSync(ck);
+  t.is(spawnSync("mkfifo", [ck]).status, 0);
+  // (opened without blocking: before, yauzl's open waited for a writer forever)
+  await t.throwsAsync(loadNnunet(fifo), { message: /checkpoint_final\.pth: cannot read the checkpoint \(not a regular file\)/ });
+  const linked = variant({});
+  const secret = join(linked, "..", `${basename(linked)}-secret.txt`);
+  made.push(secret);
+  writeFileSync(secret, "root:x:0:0:TOPSECRET\n");
+  rmSync(join(linked, "dataset.json"));
+  symlinkSync(secret, join(linked, "dataset.json"));
+  const e = await t.throwsAsync(loadNnunet(linked));
+  t.regex(e!.message, /dataset\.json .*is not valid JSON: Unexpected token 'r' \(not valid JSON\)/);
+  t.notRegex(e!.message, /TOPSECRET|root:x/);
 });

@@ -86,11 +86,27 @@ export function nestsDeeper(v: unknown, max: number): boolean {
 }
 
 /**
+ * JSON.parse, whose error does not quote the text: V8's names its first characters (`Unexpected
+ * token 'r', "root:x:0:0"... is not valid JSON`), and a file a model folder links to elsewhere
+ * (`dataset.json -> /etc/shadow`) must not show up in an error a client may read.
+ */
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    // (no cause: the original's message quotes the text)
+    // eslint-disable-next-line preserve-caught-error
+    throw new SyntaxError(e.message.replace(/, ".*"(\.\.\.)? is not valid JSON$/s, " (not valid JSON)"));
+  }
+}
+
+/**
  * `text` parsed as a JSON object of arrays and objects nested at most `maxDepth` deep (the code
  * that walks a config recurses; nnU-Net's nest 4 deep, a MONAI bundle's about 8).
  */
 export function parseJsonObject(text: string, maxDepth = 64): Record<string, unknown> {
-  const v = JSON.parse(text) as unknown;
+  const v = parseJson(text);
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
   if (nestsDeeper(v, maxDepth)) throw new Error(`arrays and objects nested over ${maxDepth} deep`);
   return v as Record<string, unknown>;

@@ -7,7 +7,7 @@
  * `('storage', torch.FloatStorage, '<key>', '<location>', numel)` and rebuilds tensors with
  * `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`.
  *
- * Safety: the pickle is parsed by pickleparser, which executes nothing; every global the pickle
+ * Safety: the pickle is parsed by `parsePickle` (./pickle.ts), which executes nothing; every global the pickle
  * names goes through `resolveGlobal` below. Globals PyTorch and nnU-Net write are understood, other
  * globals of the torch / numpy / nnU-Net namespaces become inert placeholders (an optimiser, a
  * grad scaler: skipped, an error only where the caller needs that value), and any other global
@@ -17,20 +17,21 @@
  * yauzl refuses an entry whose data is longer than declared, and a declared size above the limits
  * (or above what deflate can produce from the compressed bytes) is refused before reading.
  */
-import { open, stat, type FileHandle } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
+import { openRegularFile } from "../../io/small-file.js";
 import { createRequire } from "node:module";
 import { crc32 } from "node:zlib";
 import { releaseEngineArray } from "../../backends/index.js";
 import { allocArray } from "../../volume.js";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import type * as Yauzl from "yauzl";
 import { scanPickle } from "./pickle-scan.js";
+import { parsePickle } from "./pickle.js";
 import { brief } from "../../is.js";
 
 const require = createRequire(import.meta.url);
-// Both are CommonJS; loaded through require as the project does for protobufjs.
+// CommonJS; loaded through require as the project does for protobufjs.
 const yauzl = require("yauzl") as typeof Yauzl;
-const { Parser } = require("pickleparser") as typeof import("pickleparser");
 
 export type StorageDType = "float32" | "float64" | "float16" | "bfloat16" | "int64" | "int32" | "int16" | "int8" | "uint8" | "bool";
 
@@ -296,7 +297,7 @@ export function typeName(v: unknown): string {
 }
 
 /**
- * A pickle parsed by pickleparser, which runs nothing: every global goes through `resolveGlobal`
+ * A pickle parsed by `parsePickle`, which runs nothing: every global goes through `resolveGlobal`
  * (which refuses what it does not know), persistent ids through `persistent` (refused without it),
  * extension codes are refused; dicts come back as Maps, sets as arrays. A parse error is a
  * CheckpointError: `where`, `unreadable` and the parser's message (`what` the bytes are names them
@@ -313,26 +314,18 @@ export function unpickle(
   // (a linear walk first: what would cost the parser time or memory out of proportion is refused)
   const bad = scanPickle(bytes);
   if (bad) throw new CheckpointError(`${where}: ${unreadable} (${bad})`);
-  const parser = new Parser({
-    unpicklingTypeOfDictionary: "Map",
-    unpicklingTypeOfSet: "array",
-    nameResolver: { resolve: (module: string, name: string) => resolveGlobal(module, name) as never },
-    persistentResolver: {
-      resolve: (pid: unknown) => {
-        if (!persistent) throw new CheckpointError(`${where}: the pickle uses a persistent id, which ${what} never holds`);
-        return persistent(pid) as never;
-      },
-    },
-    extensionResolver: {
-      resolve: (code: number) => {
-        throw new CheckpointError(`${where}: the pickle uses extension code ${code}, which ${what} never holds`);
-      },
-    },
-  });
   try {
-    return parser.parse(bytes);
+    return parsePickle(bytes, {
+      global: resolveGlobal,
+      persistent:
+        persistent ??
+        ((): never => {
+          throw new CheckpointError(`${where}: the pickle uses a persistent id, which ${what} never holds`);
+        }),
+    });
   } catch (e) {
     if (e instanceof CheckpointError) throw e;
+    // (a PickleError, or a global of ours given arguments of the wrong kinds)
     throw new CheckpointError(`${where}: ${unreadable} (${(e as Error).message})`);
   }
 }
@@ -347,10 +340,48 @@ export interface Checkpoint {
   close(): void;
 }
 
-function openZip(path: string): Promise<Yauzl.ZipFile> {
+/**
+ * The zip read through the handle this reader opened (a regular file, opened without blocking):
+ * yauzl opening the path itself would wait forever on a FIFO, and could open another file than
+ * the one checked. The handle stays ours: yauzl's close leaves it open.
+ */
+function openZip(fh: FileHandle, size: number): Promise<Yauzl.ZipFile> {
+  // (positioned reads on the handle: a stream of the FileHandle itself would close it when done)
+  const readAt = async (buf: Buffer, off: number, len: number, pos: number) => {
+    for (let n = 0; n < len;) {
+      const { bytesRead } = await fh.read(buf, off + n, len - n, pos + n);
+      if (bytesRead === 0) throw new Error("unexpected end of file");
+      n += bytesRead;
+    }
+  };
+  class HandleReader extends yauzl.RandomAccessReader {
+    override _readStreamForRange(start: number, end: number) {
+      let pos = start;
+      return new Readable({
+        read(this: Readable) {
+          const len = Math.min(1 << 20, end - pos);
+          if (len <= 0) return void this.push(null);
+          const b = Buffer.allocUnsafe(len);
+          readAt(b, 0, len, pos).then(
+            () => ((pos += len), this.push(b)),
+            (e: Error) => this.destroy(e),
+          );
+        },
+      });
+    }
+    override read(buf: Buffer, off: number, len: number, pos: number, cb: (err: Error | null) => void) {
+      readAt(buf, off, len, pos).then(
+        () => cb(null),
+        (e: Error) => cb(e),
+      );
+    }
+  }
   return new Promise((resolve, reject) =>
-    yauzl.open(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false }, (err, zf) =>
-      err ? reject(err) : resolve(zf!),
+    yauzl.fromRandomAccessReader(
+      new HandleReader(),
+      size,
+      { lazyEntries: true, autoClose: false, validateEntrySizes: true, strictFileNames: false },
+      (err, zf) => (err ? reject(err) : resolve(zf!)),
     ),
   );
 }
@@ -460,25 +491,27 @@ async function readRange(
 export async function openCheckpoint(path: string, limits: CheckpointLimits = {}): Promise<Checkpoint> {
   const lim = { ...DEFAULTS, ...limits };
   const where = path;
-  let size: number;
+  let fh: FileHandle, size: number;
   try {
-    size = (await stat(path)).size;
+    const f = await openRegularFile(path);
+    [fh, size] = [f.fh, f.st.size];
   } catch (e) {
     throw new CheckpointError(`${where}: cannot read the checkpoint (${(e as Error).message})`);
   }
-  if (size > lim.maxBytes)
-    throw new CheckpointError(`${where}: the checkpoint is ${size} bytes, more than the ${lim.maxBytes} allowed (maxCheckpointBytes)`);
   let zf: Yauzl.ZipFile;
   try {
-    zf = await openZip(path);
+    if (size > lim.maxBytes)
+      throw new CheckpointError(`${where}: the checkpoint is ${size} bytes, more than the ${lim.maxBytes} allowed (maxCheckpointBytes)`);
+    zf = await openZip(fh, size).catch((e: Error) => {
+      throw new CheckpointError(
+        `${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${e.message})`,
+      );
+    });
   } catch (e) {
-    throw new CheckpointError(
-      `${where}: not a readable PyTorch zip checkpoint — truncated, damaged, or saved in PyTorch's legacy (pre-1.6, non-zip) format (${(e as Error).message})`,
-    );
+    await fh.close().catch(() => {});
+    throw e;
   }
-  let fh: FileHandle | undefined;
   try {
-    fh = await open(path, "r");
     let entries: Map<string, Yauzl.Entry>;
     try {
       entries = await listEntries(zf, lim.maxEntries, where);
@@ -506,18 +539,21 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       const [, type, key, location, numel] = pid as [string, unknown, unknown, unknown, unknown];
       const st = (type as { storageType?: StorageType })?.storageType;
       if (!(st instanceof StorageType) || !Object.isFrozen(st))
-        throw new CheckpointError(`${where}: storage ${String(key)} has type ${typeName(type)}, not a torch storage type`);
+        throw new CheckpointError(`${where}: storage ${brief(key)} has type ${typeName(type)}, not a torch storage type`);
       if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
         throw new CheckpointError(`${where}: storage key ${brief(key)} is malformed`);
       if (!Number.isSafeInteger(numel) || (numel as number) < 0)
-        throw new CheckpointError(`${where}: storage ${key} has element count ${String(numel)}`);
+        throw new CheckpointError(`${where}: storage ${key} has element count ${brief(numel)}`);
+      // (a device name as PyTorch writes it: "cpu", "cuda:0")
+      if (typeof location !== "string" || location.length > 64)
+        throw new CheckpointError(`${where}: storage ${key} has location ${brief(location)}, not a device name`);
       const had = storages.get(key);
       if (had) {
         if (had.dtype !== st.dtype || had.numel !== numel)
           throw new CheckpointError(`${where}: storage ${key} is described twice, differently`);
         return had;
       }
-      const s = Object.freeze(new StorageRef(key, st.dtype, st.bytes, numel as number, String(location)));
+      const s = Object.freeze(new StorageRef(key, st.dtype, st.bytes, numel as number, location));
       storages.set(key, s);
       return s;
     };
@@ -577,7 +613,7 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
         const out = allocArray("float32", n, `tensor ${name}`, { overwritten: true }) as Float32Array;
         const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
         try {
-          await readRange(zf, fh!, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
+          await readRange(zf, fh, e, t.offset * 4, (t.offset + n) * 4, bytes, where);
           // a tensor that is its whole storage (every state_dict entry PyTorch writes) is checked against the entry's CRC-32
           if (n * 4 === want && crc32(bytes) !== e.crc32)
             throw new CheckpointError(`${where}: storage record ${e.fileName} (tensor ${name}) fails its CRC-32 check (a damaged file)`);
@@ -589,12 +625,12 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       },
       close() {
         zf.close();
-        void fh!.close().catch(() => {});
+        void fh.close().catch(() => {});
       },
     };
   } catch (e) {
     zf.close();
-    void fh?.close().catch(() => {});
+    void fh.close().catch(() => {});
     throw e;
   }
 }

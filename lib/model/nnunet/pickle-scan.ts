@@ -1,9 +1,9 @@
 /**
- * A linear walk over a pickle's opcodes before pickleparser parses it, refusing what would cost
- * the parser time or memory out of proportion to the bytes: integers of more than 64 bytes
- * (LONG4, LONG and INT lines: pickleparser builds them as BigInts in quadratic time — half a
- * megabyte of LONG4 is minutes), opcodes no pickle protocol has, arguments past the end, and more
- * than `maxOps` opcodes. It runs nothing and allocates nothing; pickleparser does the parsing.
+ * A linear walk over a pickle's opcodes before `parsePickle` (./pickle.ts) parses it, refusing what
+ * would cost time or memory out of proportion to the bytes: integers of more than 64 bytes (LONG4,
+ * LONG and INT lines: a BigInt from them is quadratic — half a megabyte of LONG4 is minutes),
+ * opcodes no pickle protocol has, arguments past the end, and more than `maxOps` opcodes. It runs
+ * nothing and allocates nothing.
  */
 
 /** Opcodes without an argument (protocols 0–5). */

@@ -7,14 +7,14 @@
  * `nnunetv2.postprocessing.remove_connected_components.remove_all_but_largest_component_from_segmentation`
  * — and a list of their keyword arguments, `{"labels_or_regions": …}` with a label, a region (a
  * tuple of labels) or a list of either, numpy integers included. Every form means the union of the
- * labels named, whose largest connected component alone is kept. Parsed by pickleparser, which
+ * labels named, whose largest connected component alone is kept. Parsed by parsePickle (./pickle.ts), which
  * runs nothing: any other global refuses the file.
  */
 import { basename } from "node:path";
 import type { CleanupOptions } from "../../ops/components.js";
 import { CheckpointError, commonGlobal, NumpyDType, numpyScalar, pickleBudget, unpickle } from "./checkpoint.js";
 import { brief } from "../../is.js";
-import { readSmallFile } from "../../io/small-file.js";
+import { parseJson, readSmallFile } from "../../io/small-file.js";
 
 /** The one function nnU-Net's post-processing names. */
 const LARGEST = "remove_all_but_largest_component_from_segmentation";
@@ -47,7 +47,7 @@ export async function readNnunetPostprocessing(path: string, classes: readonly n
   if (/\.json$/i.test(path)) {
     let j: { postprocessing_fns?: unknown; postprocessing_kwargs?: unknown };
     try {
-      j = JSON.parse(bytes.toString("utf8")) as typeof j;
+      j = parseJson(bytes.toString("utf8")) as typeof j;
     } catch (e) {
       throw new Error(`${where}: not valid JSON (${(e as Error).message})`, { cause: e });
     }
@@ -118,7 +118,7 @@ export async function readNnunetV1Postprocessing(path: string, classes: readonly
   const bytes = await readPostprocessingFile(path, where);
   let j: { for_which_classes?: unknown; min_valid_object_sizes?: unknown };
   try {
-    j = JSON.parse(bytes.toString("utf8")) as typeof j;
+    j = parseJson(bytes.toString("utf8")) as typeof j;
   } catch (e) {
     throw new Error(`${where}: not valid JSON (${(e as Error).message})`, { cause: e });
   }

@@ -10,7 +10,7 @@
  * GenericPreprocessor resamples the CT before it normalises it (clip and z-score on the model's
  * grid); each window's forwards (and mirrors) are averaged as softmax probabilities, not logits; the
  * folds' probabilities are averaged and those probabilities are what the export resamples. The
- * pickles are read by pickleparser, which runs nothing: numpy arrays and scalars become numbers,
+ * pickles are read by parsePickle (./pickle.ts), which runs nothing: numpy arrays and scalars become numbers,
  * any global other than the few a v1 pickle holds refuses the file.
  */
 import { existsSync, readdirSync } from "node:fs";
