@@ -581,3 +581,44 @@ test("segment --conv-plan keeps the convolution plan in a file: written after th
   }
   t.deepEqual(snapshot(dir), before);
 });
+
+test("an output inside an input folder (a DICOM series, an nnU-Net folder) or on an ONNX model's external weights is refused before any work", async (t) => {
+  const dir = freshDir("infolder");
+  const series = join(dir, "series"),
+    nn = join(dir, "nn");
+  mkdirSync(series);
+  mkdirSync(join(nn, "fold_0"), { recursive: true });
+  writeFileSync(join(series, "IM0001.dcm"), "slice");
+  writeFileSync(join(nn, "fold_0", "checkpoint_final.pth"), "weights");
+  const ext = join(dir, "ext");
+  mkdirSync(ext);
+  for (const f of ["resencunet.onnx", "resencunet.onnx.data"])
+    copyFileSync(join(ROOT, "test", "fixtures", "external-data", "one-file", f), join(ext, f));
+  symlinkSync("series", join(dir, "via-link"));
+  const ct = join(dir, "ct.nii.gz");
+  copyFileSync(CT, ct);
+  const before = snapshot(dir);
+  const attempts: [string[], RegExp][] = [
+    [
+      ["segment", series, "--model", MODEL, "--report", join(series, "IM0001.dcm"), "--quiet"],
+      /--report .*IM0001\.dcm is inside .*series, an input folder/,
+    ],
+    [
+      ["segment", series, "--model", MODEL, "--out", join(dir, "via-link", "labels.nii.gz"), "--quiet"],
+      /is inside .*series, an input folder/,
+    ],
+    [
+      ["segment", ct, "--nnunet", nn, "--out", join(nn, "fold_0", "checkpoint_final.pth"), "--quiet"],
+      /--out .*checkpoint_final\.pth is inside .*nn, an input folder/,
+    ],
+    [
+      ["segment", ct, "--model", join(ext, "resencunet.onnx"), "--report", join(ext, "resencunet.onnx.data"), "--quiet"],
+      /--report .*resencunet\.onnx\.data is an input of this command/,
+    ],
+  ];
+  for (const [args, message] of attempts) {
+    const r = await bhsd(...args);
+    refused(t, r, message, args.join(" "));
+    t.deepEqual(snapshot(dir), before, `${args.join(" ")} changed the folder`);
+  }
+});

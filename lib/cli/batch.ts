@@ -135,7 +135,12 @@ export function batchCommand(program: Command): void {
         const csv = o.csv;
         // through OutputPlan: never one of the batch's files, folder checked, written whole or not at all
         await OutputPlan.run([], [{ flag: "--csv", path: csv }], async (plan) => {
-          await plan.refuseInputs(s.cases.flatMap((c) => (c.result?.labels ? [c.result.labels] : [])));
+          // (and nothing inside the batch's data or ground-truth folder)
+          await plan.refuseInputs([
+            s.batch.data,
+            ...(s.batch.gtDir ? [s.batch.gtDir] : []),
+            ...s.cases.flatMap((c) => (c.result?.labels ? [c.result.labels] : [])),
+          ]);
           await plan.write("--csv", (tmp) => writeFile(tmp, resultsCsv(s)));
         });
         process.stdout.write(`${s.cases.length} rows written to ${csv}\n`);
@@ -159,7 +164,7 @@ export function batchCommand(program: Command): void {
         const r = await batchEvaluate({ ...conn(o), onProgress: (d, t, n) => bar(d, t, n) });
         if (!r.cases.length)
           throw new Error(`no case of the batch is scored yet (${r.missing.length} not completed, ${r.failed.length} failed)`);
-        await plan.refuseInputs(r.cases.flatMap((c) => [c.gt, ...(c.pred ? [c.pred] : [])]));
+        await plan.refuseInputs([...(r.gtDir ? [r.gtDir] : []), ...r.cases.flatMap((c) => [c.gt, ...(c.pred ? [c.pred] : [])])]);
         if (o.csv) await plan.write("--csv", (tmp) => writeFile(tmp, casesToCsv(r.cases)));
         if (o.summaryCsv) await plan.write("--summary-csv", (tmp) => writeFile(tmp, summaryToCsv(r.summary)));
         return r;

@@ -11,6 +11,7 @@ import { convPlanText, convPlanToKeep } from "../backends/conv-plan.js";
 import { PRECISIONS, type Precision } from "../backends/precision.js";
 import { inArray } from "../is.js";
 import { loadModel } from "../model/model.js";
+import { externalDataFiles } from "../model/external-data.js";
 import { loadNnunet, type Fold } from "../model/nnunet/index.js";
 import { readNnunetPostprocessing } from "../model/nnunet/postprocessing.js";
 import { loadMonai } from "../model/monai/index.js";
@@ -122,17 +123,26 @@ export function segmentCommand(program: Command): void {
         throw new Error("segment: --pp-pkl is a post-processing: not with --cleanup-min-ml or --no-postprocessing");
       // every output is checked (not an input, its folder writable) before the work, and appears only when all is done
       const modelBase = (o.model ?? "").replace(/\.onnx$/i, "");
+      // (a folder among them — a DICOM series, an nnU-Net trainer folder, a MONAI bundle — takes no
+      // output inside it: its checkpoints, post-processing files, slices are all inputs)
       const inputs = [
         file,
         ...(o.nnunet
-          ? o.nnunet.flatMap((f) => ["plans.json", "dataset.json", "plans.pkl", "postprocessing.json"].map((x) => join(f, x)))
+          ? [...o.nnunet, ...(o.previousStage ? [o.previousStage] : [])]
           : o.monai
             ? [
                 o.monai,
                 ...[...CONFIG_NAMES.map((n) => join("configs", n)), join("models", "model.pt")].map((x) => join(o.monai!, x)),
                 ...(o.network ? [o.network] : []),
               ]
-            : [o.model!, `${modelBase}.json`, join(dirname(o.model!), "plans.json"), join(dirname(o.model!), "dataset.json")]),
+            : [
+                o.model!,
+                `${modelBase}.json`,
+                join(dirname(o.model!), "plans.json"),
+                join(dirname(o.model!), "dataset.json"),
+                // (its weights in external data files beside it)
+                ...(await externalDataFiles(o.model!).catch(() => [])).map((k) => join(dirname(o.model!), k)),
+              ]),
         ...(o.ppPkl ? [o.ppPkl] : []),
       ];
       const outputs = [

@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import { constants, readdirSync, renameSync, rmSync } from "node:fs";
 import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { InvalidArgumentError } from "commander";
 import { importConvPlanFile, type ConvPlanImport } from "../backends/conv-plan.js";
 
@@ -202,6 +202,33 @@ async function identity(p: string): Promise<{ key: string; ino?: string }> {
   return s ? { key: real, ino: `${s.dev}:${s.ino}` } : { key: real };
 }
 
+/**
+ * Where a path will be once written: the real path of its nearest existing folder, then the rest
+ * (a link on the way resolved as the kernel will when the file is made).
+ */
+async function realLocation(p: string): Promise<string> {
+  const abs = resolve(p);
+  const base = await nearestExisting(dirname(abs));
+  const real = await realpath(base).catch(() => base);
+  return join(real, relative(base, abs));
+}
+
+/** The input folders (real paths) among `inputs`. */
+async function inputFolders(inputs: string[]): Promise<{ p: string; real: string }[]> {
+  const out: { p: string; real: string }[] = [];
+  for (const p of inputs) if ((await statOrNull(p))?.isDirectory()) out.push({ p, real: await realpath(p) });
+  return out;
+}
+
+/** Refuses an output inside an input folder (a DICOM series, a model folder): it could replace a file the command reads. */
+async function refuseInsideFolders(flag: string, path: string, folders: { p: string; real: string }[]): Promise<void> {
+  if (!folders.length) return;
+  const where = await realLocation(path);
+  for (const f of folders)
+    if (where === f.real || where.startsWith(f.real.endsWith(sep) ? f.real : f.real + sep))
+      throw new Error(`${flag} ${path} is inside ${f.p}, an input folder of this command; refusing to write there`);
+}
+
 /** The files a path names as an input: the file itself, or the files of a folder (and of the given sub-folders). */
 export async function inputFiles(path: string, subfolders: string[] = []): Promise<string[]> {
   const s = await statOrNull(path);
@@ -267,6 +294,7 @@ export class OutputPlan {
       }
     }
     const inIds = await Promise.all(inputs.map(async (p) => ({ p, id: await identity(p) })));
+    const inDirs = await inputFolders(inputs);
     const seen: { flag: string; path: string; id: { key: string; ino?: string } }[] = [];
     const planned: Planned[] = [];
     for (const o of wanted) {
@@ -284,6 +312,7 @@ export class OutputPlan {
       } catch {
         throw new Error(`${o.flag} ${o.path}: the folder ${base} is not writable`);
       }
+      await refuseInsideFolders(o.flag, o.path, inDirs);
       const id = await identity(final);
       for (const i of inIds) {
         if (i.id.key === id.key || (id.ino && i.id.ino === id.ino)) {
@@ -339,7 +368,9 @@ export class OutputPlan {
    */
   async refuseInputs(inputs: string[]): Promise<void> {
     const inIds = await Promise.all(inputs.map(async (p) => ({ p, id: await identity(p) })));
+    const inDirs = await inputFolders(inputs);
     for (const o of this.planned) {
+      await refuseInsideFolders(o.flag, o.final, inDirs);
       if (o.folder) continue;
       const id = await identity(o.final);
       const hit = inIds.find((i) => i.id.key === id.key || (id.ino && i.id.ino === id.ino));
