@@ -674,3 +674,32 @@ test("a checkpoint that is a FIFO is refused at once, and a dataset.json linked 
   t.regex(e!.message, /dataset\.json .*is not valid JSON: Unexpected token 'r' \(not valid JSON\)/);
   t.notRegex(e!.message, /TOPSECRET|root:x/);
 });
+
+test("a long string handed to a checkpoint's globals again and again is refused at once, not worked through each time", async (t) => {
+  // "cuda:1…1" (100 000 characters) in the memo, then torch.device(it) 50 000 times (6 bytes each):
+  // 5·10^9 characters split before; and the same string as a storage key (BINPERSID)
+  const long = Buffer.from("cuda:" + "1".repeat(100_000));
+  const head = Buffer.concat([Buffer.from([0x80, 0x02, 0x58]), Buffer.alloc(4), long, Buffer.from("q\x00", "latin1")]);
+  head.writeUInt32LE(long.length, 3);
+  const device = Buffer.concat([
+    head,
+    Buffer.from("ctorch\ndevice\nq\x01", "latin1"),
+    Buffer.from("h\x01h\x00\x85R0".repeat(50_000), "latin1"),
+    Buffer.from("}."),
+  ]);
+  const key = Buffer.concat([
+    head,
+    Buffer.from("(X\x07\x00\x00\x00storagectorch\nFloatStorage\nh\x00X\x03\x00\x00\x00cpuK\x01tq\x02", "latin1"),
+    Buffer.from("h\x02Q0".repeat(50_000), "latin1"),
+    Buffer.from("}."),
+  ]);
+  for (const [pkl, message] of [
+    [device, /torch\.device got "cuda:1{40}/],
+    [key, /storage key "cuda:1{40}.* is malformed/],
+  ] as const) {
+    const dir = variant({ checkpoint: () => makeZip([{ name: "checkpoint_final/data.pkl", data: pkl }]) });
+    const t0 = performance.now();
+    await t.throwsAsync(loadNnunet(dir), { message });
+    t.true(performance.now() - t0 < 5000, `${(performance.now() - t0).toFixed(0)} ms`);
+  }
+});

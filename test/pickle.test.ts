@@ -82,6 +82,12 @@ test("every protocol (0–5) CPython writes reads as the value it pickled", (t) 
   }
 });
 
+test("a protocol-0 tuple that holds itself (its MARK popped by POP, as CPython does) reads as itself", (t) => {
+  const rec = parsePickle(readFileSync(join(DIR, "recursive-p0.pkl")), hooks) as unknown[][];
+  t.true(Array.isArray(rec) && rec.length === 1);
+  t.is(rec[0]![0], rec);
+});
+
 /** A pickle of protocol 2 from opcode bytes (latin1 strings for readability). */
 const pk = (...parts: (string | number[] | Uint8Array)[]) =>
   Buffer.concat([Buffer.from([0x80, 0x02]), ...parts.map((p) => (typeof p === "string" ? Buffer.from(p, "latin1") : Buffer.from(p)))]);
@@ -125,11 +131,16 @@ test("hostile pickles: a big dict BUILT onto lists again and again, a memo DAG a
   // nothing is called that the caller did not resolve: REDUCE of a list, of a string
   t.throws(() => parsePickle(pk("])R."), hooks), { message: /REDUCE of a list\/tuple, not a global the reader resolved/ });
   t.throws(() => parsePickle(pk("X\x01\x00\x00\x00f)R."), hooks), { message: /REDUCE of a string/ });
-  // a call of more than 64 arguments; a memo entry never stored; a stack that ends empty; no STOP
+  // a call of more than 64 arguments; a memo entry never stored; a pop with nothing to pop; no STOP
   t.throws(() => parsePickle(pk("cbuiltins\nset\n(", "K\x01".repeat(65), "tR."), hooks), { message: /REDUCE with 65 arguments/ });
   t.throws(() => parsePickle(pk("h\x05."), hooks), { message: /memo entry 5, which was never stored/ });
-  t.throws(() => parsePickle(pk("0."), hooks), { message: /a pop from an empty stack/ });
+  t.throws(() => parsePickle(pk("0."), hooks), { message: /no MARK to pop to/ });
+  t.throws(() => parsePickle(pk("R."), hooks), { message: /a pop from an empty stack/ });
   t.throws(() => parsePickle(pk("N"), hooks), { message: /ends before its STOP/ });
+  // keyword arguments (NEWOBJ_EX) no global of ours takes
+  t.throws(() => parsePickle(pk("cbuiltins\nset\n)}X\x01\x00\x00\x00kK\x01s\x92."), hooks), {
+    message: /NEWOBJ_EX with keyword arguments/,
+  });
   t.throws(() => parsePickle(pk("X\xff\xff\xff\x7fab."), hooks), { message: /an argument of 2147483647 bytes past the pickle's end/ });
 });
 

@@ -229,7 +229,8 @@ function resolveGlobal(module: string, name: string, where: string, charge: (n: 
       return (data: unknown) => data;
     case "torch.device":
       return (type: unknown, index?: unknown) => {
-        if (typeof type !== "string") throw new CheckpointError(`${where}: torch.device got ${typeName(type)}`);
+        // (a short name first: a long string given again and again would cost its length each time)
+        if (typeof type !== "string" || type.length > 32) throw new CheckpointError(`${where}: torch.device got ${brief(type)}`);
         const [t, i] = type.split(":");
         return new TorchDevice(t!, typeof index === "number" ? index : i !== undefined ? Number(i) : null);
       };
@@ -540,7 +541,7 @@ export async function openCheckpoint(path: string, limits: CheckpointLimits = {}
       const st = (type as { storageType?: StorageType })?.storageType;
       if (!(st instanceof StorageType) || !Object.isFrozen(st))
         throw new CheckpointError(`${where}: storage ${brief(key)} has type ${typeName(type)}, not a torch storage type`);
-      if (typeof key !== "string" || !/^[A-Za-z0-9_]+$/.test(key))
+      if (typeof key !== "string" || key.length > 64 || !/^[A-Za-z0-9_]+$/.test(key))
         throw new CheckpointError(`${where}: storage key ${brief(key)} is malformed`);
       if (!Number.isSafeInteger(numel) || (numel as number) < 0)
         throw new CheckpointError(`${where}: storage ${key} has element count ${brief(numel)}`);

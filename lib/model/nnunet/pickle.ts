@@ -132,7 +132,8 @@ export function parsePickle(bytes: Uint8Array, hooks: PickleHooks): unknown {
     if (typeof module !== "string" || typeof name !== "string" || module.length > MAX_NAME || name.length > MAX_NAME)
       fail(`a global named by ${kind(module)} and ${kind(name)}, not two short strings`);
     // (Python 2's module names, which protocols 0–2 write and Python's own reader maps)
-    const m = proto < 3 ? (PY2_MODULES[module as string] ?? (module as string)) : (module as string);
+    const m =
+      proto < 3 ? (Object.hasOwn(PY2_MODULES, module as string) ? PY2_MODULES[module as string]! : (module as string)) : (module as string);
     const v = hooks.global(m, name as string);
     if (typeof v === "function") callables.add(v);
     return v;
@@ -176,8 +177,9 @@ export function parsePickle(bytes: Uint8Array, hooks: PickleHooks): unknown {
       case 0x31: // POP_MARK
         popMark();
         break;
-      case 0x30: // POP
-        pop();
+      case 0x30: // POP (of the MARK when nothing is above it, as CPython: protocol 0's recursive tuples)
+        if (stack.length) stack.pop();
+        else popMark();
         break;
       case 0x32: // DUP
         stack.push(top());
@@ -396,8 +398,9 @@ export function parsePickle(bytes: Uint8Array, hooks: PickleHooks): unknown {
         break;
       }
       case 0x92: {
-        // NEWOBJ_EX (keyword arguments are not passed: no global of ours takes any)
-        pop();
+        // NEWOBJ_EX (no global of ours takes keyword arguments: any are refused)
+        const kwargs = pop();
+        if (!(kwargs instanceof Map) || kwargs.size) fail("NEWOBJ_EX with keyword arguments");
         const args = pop();
         stack.push(call(pop(), args, "NEWOBJ_EX"));
         break;
