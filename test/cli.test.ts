@@ -582,7 +582,7 @@ test("segment --conv-plan keeps the convolution plan in a file: written after th
   t.deepEqual(snapshot(dir), before);
 });
 
-test("an output inside an input folder (a DICOM series, an nnU-Net folder) or on an ONNX model's external weights is refused before any work", async (t) => {
+test("an output replacing a file inside an input folder (a DICOM series, an nnU-Net folder) or an ONNX model's external weights is refused before any work; a new file there is not", async (t) => {
   const dir = freshDir("infolder");
   const series = join(dir, "series"),
     nn = join(dir, "nn");
@@ -603,10 +603,7 @@ test("an output inside an input folder (a DICOM series, an nnU-Net folder) or on
       ["segment", series, "--model", MODEL, "--report", join(series, "IM0001.dcm"), "--quiet"],
       /--report .*IM0001\.dcm is inside .*series, an input folder/,
     ],
-    [
-      ["segment", series, "--model", MODEL, "--out", join(dir, "via-link", "labels.nii.gz"), "--quiet"],
-      /is inside .*series, an input folder/,
-    ],
+    [["segment", series, "--model", MODEL, "--out", join(dir, "via-link", "IM0001.dcm"), "--quiet"], /is inside .*series, an input folder/],
     [
       ["segment", ct, "--nnunet", nn, "--out", join(nn, "fold_0", "checkpoint_final.pth"), "--quiet"],
       /--out .*checkpoint_final\.pth is inside .*nn, an input folder/,
@@ -621,4 +618,9 @@ test("an output inside an input folder (a DICOM series, an nnU-Net folder) or on
     refused(t, r, message, args.join(" "));
     t.deepEqual(snapshot(dir), before, `${args.join(" ")} changed the folder`);
   }
+  // a new file in the series folder is not refused (the run then fails on the series itself)
+  const fresh = await bhsd("segment", series, "--model", MODEL, "--out", join(series, "seg.nii.gz"), "--quiet");
+  t.is(fresh.status, 1);
+  t.notRegex(fresh.stderr, /an input folder/);
+  t.deepEqual(snapshot(dir), before);
 });

@@ -1,4 +1,6 @@
 /** `bhsd batch submit|status|results|evaluate`: a dataset on the shared Redis queue, segmented by any number of `bhsd worker`s. */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { writeFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { toJson } from "../json.js";
@@ -135,9 +137,10 @@ export function batchCommand(program: Command): void {
         const csv = o.csv;
         // through OutputPlan: never one of the batch's files, folder checked, written whole or not at all
         await OutputPlan.run([], [{ flag: "--csv", path: csv }], async (plan) => {
-          // (and nothing inside the batch's data or ground-truth folder)
+          // (and nothing already in the batch's images or ground-truth folder)
+          const images = join(s.batch.data, "images");
           await plan.refuseInputs([
-            s.batch.data,
+            existsSync(images) ? images : s.batch.data,
             ...(s.batch.gtDir ? [s.batch.gtDir] : []),
             ...s.cases.flatMap((c) => (c.result?.labels ? [c.result.labels] : [])),
           ]);

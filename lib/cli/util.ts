@@ -220,13 +220,17 @@ async function inputFolders(inputs: string[]): Promise<{ p: string; real: string
   return out;
 }
 
-/** Refuses an output inside an input folder (a DICOM series, a model folder): it could replace a file the command reads. */
+/**
+ * Refuses an output that would replace something inside an input folder (a DICOM series, an
+ * nnU-Net or MONAI folder): whatever is there may be what the command reads (a slice, a
+ * checkpoint). A new file there is allowed (`segment . --out seg.nii.gz` in a series folder).
+ */
 async function refuseInsideFolders(flag: string, path: string, folders: { p: string; real: string }[]): Promise<void> {
-  if (!folders.length) return;
+  if (!folders.length || !(await statOrNull(path))) return;
   const where = await realLocation(path);
   for (const f of folders)
     if (where === f.real || where.startsWith(f.real.endsWith(sep) ? f.real : f.real + sep))
-      throw new Error(`${flag} ${path} is inside ${f.p}, an input folder of this command; refusing to write there`);
+      throw new Error(`${flag} ${path} is inside ${f.p}, an input folder of this command, and is there already; refusing to replace it`);
 }
 
 /** The files a path names as an input: the file itself, or the files of a folder (and of the given sub-folders). */
