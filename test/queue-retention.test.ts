@@ -7,9 +7,10 @@
  */
 import test from "ava";
 import { Worker, UnrecoverableError } from "bullmq";
-import { existsSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
+import { submitBatch } from "../lib/queue/batch.js";
 import { connect, DEFAULT_QUEUE, type JobData, type JobResult } from "../lib/queue/common.js";
 import { ctNifti } from "./server-helpers.js";
 import { NO_REDIS, RedisServer } from "./queue-helpers.js";
@@ -60,10 +61,11 @@ t(
         t.is(r.status, 202);
         return (await r.json()) as { id: string; state: string };
       };
-      const [ctA, ctB, ctC] = [ctNifti([8, 8, 2]), ctNifti([8, 8, 3]), ctNifti([8, 8, 4])];
+      const [ctA, ctB, ctC, ctD] = [ctNifti([8, 8, 2]), ctNifti([8, 8, 3]), ctNifti([8, 8, 4]), ctNifti([8, 8, 5])];
       const a = await post(ctA),
-        b = await post(ctB);
-      t.is(readdirSync(inputs).length, 2);
+        b = await post(ctB),
+        d = await post(ctD);
+      t.is(readdirSync(inputs).length, 3);
       // A batch's job (its own input and output paths): the front never removes it
       const { Queue } = await import("bullmq");
       const q = new Queue(DEFAULT_QUEUE, { connection: conns[0]! });
@@ -107,9 +109,16 @@ t(
       );
       worker.on("completed", (j) => finished.set(j.id!, Date.now()));
       worker.on("failed", (j) => j && finished.set(j.id!, Date.now()));
-      await waitFor("three jobs to finish", () => finished.size === 3);
+      await waitFor("four jobs to finish", () => finished.size === 4);
       await worker.close();
       worker = undefined;
+      // D's CT submitted by a batch: the batch takes the job over (its CT, its id), and keeps it
+      const data = join(shared, "data");
+      mkdirSync(join(data, "images"), { recursive: true });
+      writeFileSync(join(data, "images", "caseD.nii.gz"), ctD);
+      const sub = await submitBatch({ redis: redis.url, data, model: "demo", out: join(shared, "preds") });
+      t.deepEqual([sub.done, sub.batch.cases[0]!.jobId], [1, d.id]);
+      t.like((await q.getJob(d.id))!.data, { batch: sub.batch.id, input: join(data, "images", "caseD.nii.gz") });
 
       // C waits (no worker now): its CT stays; A's and B's go once past the grace
       const c = await post(ctC);
@@ -117,6 +126,12 @@ t(
       await waitFor("the finished jobs' CTs to go", () => readdirSync(inputs).length === 1);
       await sleep(1000); // (five sweeps more)
       t.deepEqual(readdirSync(inputs), [basename((await q.getJob(c.id))!.data.input)]);
+      // a POST while a sweep holds its job waits for the sweep, then submits again
+      const held = `bhsd:${DEFAULT_QUEUE}:sweeping:${c.id}`;
+      await conns[0]!.set(held, "1", "PX", 700);
+      const t0 = performance.now();
+      t.is((await post(ctC)).state, "waiting");
+      t.true(performance.now() - t0 >= 500, `answered after ${(performance.now() - t0).toFixed(0)} ms, the hold not waited for`);
       t.false(existsSync(join(inputs, "x.nii.123.tmp")));
       t.false(existsSync(join(results, "y.nii.gz.ab.tmp")));
       t.false(existsSync(join(results, `seg-${"2".repeat(40)}.nii.gz`)));
@@ -142,6 +157,8 @@ t(
       await waitFor("B to go", async () => (await fetch(`${base}/${b.id}`)).status === 404);
       t.is(await (await q.getJob(`seg-${"1".repeat(40)}`))!.getState(), "completed");
       t.true(existsSync(batchOut));
+      t.is(await (await q.getJob(d.id))!.getState(), "completed", "a job a batch took over was removed");
+      t.true(existsSync(join(results, `${d.id}.nii.gz`)));
       t.is((await (await fetch(`${base}/${c.id}`)).json()).state, "waiting");
       t.is(readdirSync(inputs).length, 1);
       // A posted once more: a new job, waiting (its CT written again)

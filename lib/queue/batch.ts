@@ -175,6 +175,10 @@ export async function submitBatch(o: SubmitOptions): Promise<SubmitResult> {
       };
       const existing = await q.queue.getJob(jobId);
       const state = existing ? await existing.getState() : "unknown";
+      // a job a REST front submitted for the same CT and model becomes this batch's: the front's
+      // sweep then keeps it, and a retry reads this batch's CT, not the front's copy of it
+      if (existing && state !== "unknown" && (existing.data as Partial<SegmentJobData>).batch === "rest")
+        await (existing as Job<JobData, JobResult>).updateData({ ...(existing.data as SegmentJobData), input: f.path, batch: id });
       if (!existing || state === "unknown") {
         await q.queue.add(f.case, data, {
           jobId,

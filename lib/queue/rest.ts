@@ -16,13 +16,13 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
 import { mkdir, rename, utimes, writeFile } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
 import { openRegularFile } from "../io/small-file.js";
 import { openQueue } from "./batch.js";
 import { findNamedModel } from "../model/named.js";
-import { sweep } from "./retention.js";
+import { restJobsKey, sweep, waitForSweep } from "./retention.js";
 import { decodeNumbers, DEFAULT_QUEUE, defaultModelDir, modelHash, segmentJobId, type JobResult, type SegmentJobData } from "./common.js";
 
 export interface QueueServeOptions {
@@ -95,7 +95,7 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
   const nextSweep = () => {
     sweepTimer = setTimeout(() => {
       // (a failed sweep, Redis away for a moment, is tried again at the next)
-      sweeping = sweep(q.queue, { inputs, results, ttlMs, graceMs }).catch(() => {});
+      sweeping = sweep(q.queue, { queue: q.name, redis: q.connection, inputs, results, ttlMs, graceMs }).catch(() => {});
       void sweeping.then(() => sweepTimer && nextSweep());
     }, everyMs);
     sweepTimer.unref();
@@ -206,19 +206,6 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
     const inputHash = createHash("sha256").update(body).digest("hex");
     const gz = body[0] === 0x1f && body[1] === 0x8b;
     const input = join(inputs, `${inputHash}${gz ? ".nii.gz" : ".nii"}`);
-    // (written, or touched when there: a sweep removes a CT no job names only once it is old)
-    const now = new Date();
-    if (
-      !existsSync(input) ||
-      !(await utimes(input, now, now).then(
-        () => true,
-        () => false,
-      ))
-    ) {
-      const tmp = `${input}.${process.pid}.tmp`;
-      await writeFile(tmp, body);
-      await rename(tmp, input);
-    }
     const id = segmentJobId(inputHash, model, mHash, mirror);
     const data: SegmentJobData = {
       kind: "segment",
@@ -231,22 +218,40 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       ...(mirror ? { mirror } : {}),
       batch: "rest",
     };
-    const add = () =>
-      q.queue.add("segment", data, {
-        jobId: id,
-        attempts: o.attempts ?? 3,
-        backoff: { type: "exponential", delay: o.backoffMs ?? 5000 },
-        removeOnComplete: false,
-        removeOnFail: false,
-      });
-    let job = await add();
-    let state = await job.getState();
-    // (a sweep removed the finished job in between: submitted afresh)
-    if (state === "unknown") state = await (job = await add()).getState();
-    if (state === "failed") await job.retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true });
-    // a completed job's labels are kept a full lifetime from this request
-    if (state === "completed" && (job.data as SegmentJobData).batch === "rest")
-      await utimes(join(results, `${id}.nii.gz`), now, now).catch(() => {});
+    const submit = async () => {
+      // the CT written, or touched when there (a sweep removes a CT no job names only once it is old)
+      const now = new Date();
+      if (
+        !existsSync(input) ||
+        !(await utimes(input, now, now).then(
+          () => true,
+          () => false,
+        ))
+      ) {
+        const tmp = `${input}.${process.pid}.tmp`;
+        await writeFile(tmp, body);
+        await rename(tmp, input);
+      }
+      // recorded as this front's (its lifetime counts from this POST too), then enqueued
+      await q.connection.zadd(restJobsKey(q.name), "GT", Date.now(), id);
+      const add = () =>
+        q.queue.add("segment", data, {
+          jobId: id,
+          attempts: o.attempts ?? 3,
+          backoff: { type: "exponential", delay: o.backoffMs ?? 5000 },
+          removeOnComplete: false,
+          removeOnFail: false,
+        });
+      let job = await add();
+      let state = await job.getState();
+      // (removed between the two calls: enqueued afresh)
+      if (state === "unknown") state = await (job = await add()).getState();
+      if (state === "failed") await job.retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true });
+      return state;
+    };
+    let state = await submit();
+    // a sweep that held the job or its CT meanwhile may have removed either: all done again after it
+    for (let k = 0; k < 3 && (await waitForSweep(q.connection, q.name, [id, basename(input)])); k++) state = await submit();
     return reply
       .code(202)
       .send({ id, state: state === "failed" ? "waiting" : state, status: `/v1/jobs/${id}`, labels: `/v1/jobs/${id}/labels` });
