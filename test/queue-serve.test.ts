@@ -182,3 +182,18 @@ t(
     }
   },
 );
+
+test("a job's error as the REST front shows it: shared-folder paths relative, other paths cut to their last part", async (t) => {
+  const { publicError } = await import("../lib/queue/rest.js");
+  const shared = "/srv/bhsd-shared";
+  t.is(
+    publicError('worker node7:4242: model "demo" in /opt/site/models is not the one submitted (sha256 abc…)', shared),
+    'worker node7:4242: model "demo" in …/models is not the one submitted (sha256 abc…)',
+  );
+  t.is(
+    publicError("the job's output /srv/bhsd-shared/results/seg-1.nii.gz is its input /srv/bhsd-shared/inputs/ab.nii.gz; refusing", shared),
+    "the job's output results/seg-1.nii.gz is its input inputs/ab.nii.gz; refusing",
+  );
+  t.is(publicError("/home/op/data/x.nii.gz: not a regular file", shared), "…/x.nii.gz: not a regular file");
+  t.is(publicError("cannot read /etc/passwd.", shared), "cannot read …/passwd.");
+});

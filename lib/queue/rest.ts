@@ -16,7 +16,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
 import { mkdir, rename, utimes, writeFile } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
+import { basename, join, resolve, sep } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
 import { openRegularFile } from "../io/small-file.js";
@@ -65,6 +65,21 @@ class HttpError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A job's error as this front shows it to clients: paths in the shared folder relative to it, any
+ * other absolute path (a worker's model folder, its own files) cut to its last part. The worker's
+ * name stays (the status's `worker` field shows it too).
+ */
+export function publicError(message: string, shared: string): string {
+  const rel = message.split(shared.endsWith(sep) ? shared : shared + sep).join("");
+  return rel
+    .replace(
+      /(^|[\s"'(=,])(\/[^\s"'(),;]+)/g,
+      (_m, pre: string, p: string) => `${pre}…/${basename(p.replace(/[.:]+$/, ""))}${/[.:]+$/.exec(p)?.[0] ?? ""}`,
+    )
+    .slice(0, 2000);
 }
 
 export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance> {
@@ -277,7 +292,7 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
       state,
       progress: typeof job.progress === "object" ? job.progress : null,
       attempts: job.attemptsMade,
-      error: state === "completed" ? null : job.failedReason || null,
+      error: state === "completed" || !job.failedReason ? null : publicError(job.failedReason, shared),
       worker: job.processedBy ?? null,
       result: r && { perClass: r.perClass, bleeds: r.bleeds, backend: r.backend, windows: r.windows, worker: r.worker, ms: r.ms },
     };
