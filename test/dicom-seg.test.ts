@@ -204,3 +204,9 @@ test("patient data stay out of the volume's enumerable meta", async (t) => {
   t.false(JSON.stringify(ct.dicom).includes("FIXT-A"));
   t.is(ct.dicom.studyAttributes?.PatientID, "FIXT-A");
 });
+
+test("the SEG's display colours are the overlay's (IPH sky blue, SDH vermillion …), labels past 5 too", async (t) => {
+  const { classRgb } = await import("../lib/io/dicom-seg.js");
+  const { classColor } = await import("../lib/render/overlay.js");
+  for (let v = 1; v <= 9; v++) t.deepEqual(classRgb(v), [...classColor(v)], `label ${v}`);
+});

@@ -1,6 +1,6 @@
 import test from "ava";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync as gzipSyncOf } from "node:zlib";
@@ -426,3 +426,24 @@ test.serial(
     }
   },
 );
+
+test("a volume released while writeNifti writes it: the write fails cleanly (no crash, no short file, no temporary)", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-nifti-release-"));
+  const src = join(dir, "src.nii.gz");
+  await writeNifti(src, {
+    data: new Int16Array(128 * 128 * 32).fill(5),
+    dims: [128, 128, 32],
+    spacing: [1, 1, 1],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  });
+  for (const name of ["copy.nii.gz", "copy.nii"]) {
+    const v = await readNifti(src);
+    const p = writeNifti(join(dir, name), v);
+    // (what `using v` does when its block ends: the engine memory goes back, the buffer detached;
+    // before, the gzip stream threw from its own internals — the process exited — and the plain
+    // write renamed a 352-byte file into place)
+    (v as unknown as Disposable)[Symbol.dispose]();
+    await t.throwsAsync(p, { message: /volume\.data was released or transferred while .* was being written/ }, name);
+  }
+  t.deepEqual(readdirSync(dir), ["src.nii.gz"]);
+});

@@ -142,3 +142,17 @@ test("without ground truth: the prediction's picture and bleeds only; bad input 
   await t.throwsAsync(renderReport({ ct, labels: pred, metrics: await evaluate(pred, pred) }), { message: /input\.truth/ });
   await t.throwsAsync(renderReport({ ct, labels: pred, caseName: 5 as unknown as string }), { message: /input\.caseName/ });
 });
+
+test("a caller's metrics whose class names carry markup are escaped in the report, not run", async (t) => {
+  const { ct, truth, pred } = cases();
+  const m = await evaluate(truth, pred);
+  const evil = '1"><script>alert(1)</script><b x="';
+  const metrics = {
+    ...m,
+    classes: [evil, ...m.classes.slice(1)],
+    perClass: { ...m.perClass, [evil]: m.perClass["1"] },
+  } as unknown as typeof m;
+  const html = await renderReport({ ct, labels: pred, truth, metrics });
+  t.false(html.includes("<script>alert(1)"));
+  t.true(html.includes('data-class="1&quot;&gt;&lt;script&gt;'));
+});

@@ -4,7 +4,7 @@
  * viewer's colours (as CIELab), one frame per (segment, slice that holds it), each frame referencing
  * its source image, the series' frame of reference and patient/study. Encoded by dcmjs.
  */
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
@@ -29,11 +29,11 @@ const LONG_NAMES: Record<string, string> = {
  * a viewer looks like bhsd's own pictures.
  */
 const CLASS_RGB: Record<number, [number, number, number]> = {
-  1: [0xe6, 0x9f, 0x00],
-  2: [0xd5, 0x5e, 0x00],
-  3: [0x56, 0xb4, 0xe9],
-  4: [0xf0, 0xe4, 0x42],
-  5: [0x00, 0x9e, 0x73],
+  1: [0xe6, 0x9f, 0x00], // EDH orange
+  2: [0x56, 0xb4, 0xe9], // IPH sky blue
+  3: [0x00, 0x9e, 0x73], // IVH bluish green
+  4: [0xf0, 0xe4, 0x42], // SAH yellow
+  5: [0xd5, 0x5e, 0x00], // SDH vermillion
 };
 const EXTRA_RGB: [number, number, number][] = [
   [0xcc, 0x79, 0xa7],
@@ -366,9 +366,10 @@ export async function writeDicomSeg(
   } catch (e) {
     throw new DicomError(path, `the SEG could not be encoded (${(e as Error).message})`);
   }
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
+  // (a name nobody can guess, created afresh: a link planted at a predictable one was written through)
+  const tmp = `${path}.tmp-${randomBytes(8).toString("hex")}`;
   try {
-    await writeFile(tmp, bytes);
+    await writeFile(tmp, bytes, { flag: "wx" });
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });

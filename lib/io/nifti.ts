@@ -596,21 +596,36 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
     sformCode: meta?.sformCode && meta.sformCode > 0 ? meta.sformCode : 1,
     ...(opts.description !== undefined ? { description: opts.description } : {}),
   });
-  const body = new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength);
+  // The voxels may be the caller's own buffer (no conversion needed): released or transferred while
+  // this write awaits, it is gone — inside the gzip stream's internals that was an uncaught crash,
+  // in the plain write a short file renamed into place. Each chunk is checked and copied out (the
+  // copy is what zlib or the file system reads on their threads), and the size again before the rename.
+  const size = stored.byteLength;
+  const CHUNK = 1 << 22;
+  const chunk = (off: number): Buffer => {
+    if (stored.byteLength !== size)
+      throw new Error(`writeNifti: volume.data was released or transferred while ${path} was being written; nothing was written`);
+    return Buffer.from(new Uint8Array(stored.buffer, stored.byteOffset + off, Math.min(CHUNK, size - off)));
+  };
+  function* chunks(): Generator<Uint8Array> {
+    yield header;
+    for (let off = 0; off < size; off += CHUNK) yield chunk(off);
+  }
   // Write beside the target, then rename: a failure never leaves a half-written file at `path`.
   const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
   try {
     if (path.endsWith(".gz")) {
-      await pipeline(Readable.from([header, body]), createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }), createWriteStream(tmp));
+      await pipeline(Readable.from(chunks()), createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }), createWriteStream(tmp));
     } else {
       const fh = await open(tmp, "w");
       try {
-        await fh.write(header);
-        for (let off = 0; off < body.length; off += 1 << 30) await fh.write(body.subarray(off, Math.min(body.length, off + (1 << 30))));
+        for (const c of chunks()) await fh.write(c);
       } finally {
         await fh.close();
       }
     }
+    if (stored.byteLength !== size)
+      throw new Error(`writeNifti: volume.data was released or transferred while ${path} was being written; nothing was written`);
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true }).catch(() => {});

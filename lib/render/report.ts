@@ -239,7 +239,7 @@ export async function renderReportData(input: ReportInput): Promise<{ html: stri
         table(
           ["class", "status", "Dice", "HD95 mm", "true mL", "predicted mL", "volume error mL (predicted − true)"],
           rows,
-          metrics.classes.map((c) => `data-class="${c}"`),
+          metrics.classes.map((c) => `data-class="${esc(String(c))}"`),
         ) +
         `<ul class="headline">` +
         `<li>Mean Dice over the classes in the truth or the prediction (the headline; a class in only one of them scores 0): <b data-key="meanDice">${esc(reportNumber(headline.meanDice, 3))}</b> over ${esc(cls(headline.classes))}</li>` +
