@@ -1,7 +1,8 @@
 import test from "ava";
-import { readdirSync, readFileSync } from "node:fs";
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { formatNpy, parseNpy, readNpy } from "../lib/index.js";
+import { formatNpy, parseNpy, readNpy, writeNpy } from "../lib/index.js";
 import { NIFTI_FIXTURES, sharedFixture } from "./helpers.js";
 
 test("reads numpy's arrays from the shared fixtures with the stated shapes and dtypes", async (t) => {
@@ -40,4 +41,46 @@ test("refuses malformed .npy with a reason", (t) => {
   const i8 = Buffer.from(good);
   i8.write("<i8", i8.indexOf("<f4"), "latin1");
   t.throws(() => parseNpy(i8), { message: /unsupported dtype '<i8'/ });
+});
+
+/** .npy bytes (version 2) with this header text and `data` after it. */
+function npyWith(header: string, data = new Uint8Array(0)): Uint8Array {
+  const out = new Uint8Array(12 + header.length + data.length);
+  out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 2, 0]);
+  new DataView(out.buffer).setUint32(8, header.length, true);
+  for (let i = 0; i < header.length; i++) out[12 + i] = header.charCodeAt(i);
+  out.set(data, 12 + header.length);
+  return out;
+}
+
+test("hostile .npy headers: too long, another key's text naming a shape, a key twice: refused at once, quoting little", (t) => {
+  // 180 kB of "'shape':(" took 3 s (the pattern search is quadratic): over numpy's 10 000-byte limit now
+  const t0 = performance.now();
+  t.throws(() => parseNpy(npyWith("'shape':(".repeat(20_000))), { message: /a \.npy header of 180000 bytes \(numpy's limit is 10000\)/ });
+  t.true(performance.now() - t0 < 1000);
+  // numpy refuses a key of its own it does not know; the first 'shape' in the text was read as the array's
+  const decoy = "{'x': \"'shape': (1,)\", 'descr': '<u1', 'fortran_order': False, 'shape': (4,), }";
+  t.throws(() => parseNpy(npyWith(decoy, new Uint8Array(4))), { message: /malformed \.npy header/ });
+  t.throws(() => parseNpy(npyWith("{'descr': '<u1', 'descr': '<u1', 'fortran_order': False, 'shape': (4,), }", new Uint8Array(4))), {
+    message: /malformed/,
+  });
+  const long = t.throws(() => parseNpy(npyWith(`{'descr': '<u1', ${"x".repeat(5000)}}`)));
+  t.true(long!.message.length < 400);
+  // what numpy writes still reads
+  t.deepEqual(
+    [...parseNpy(npyWith("{'descr': '<u1', 'fortran_order': False, 'shape': (2, 2), }   \n", Uint8Array.of(1, 2, 3, 4))).data],
+    [1, 2, 3, 4],
+  );
+});
+
+test("writeNpy replaces a link at its path instead of writing through it", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-npy-link-"));
+  const victim = join(dir, "in.nii");
+  writeFileSync(victim, "precious");
+  symlinkSync(victim, join(dir, "o.npy"));
+  await writeNpy(join(dir, "o.npy"), Uint8Array.of(1, 2), [2]);
+  t.is(readFileSync(victim, "utf8"), "precious");
+  t.false(lstatSync(join(dir, "o.npy")).isSymbolicLink());
+  t.deepEqual([...(await readNpy(join(dir, "o.npy"))).data], [1, 2]);
+  rmSync(dir, { recursive: true, force: true });
 });

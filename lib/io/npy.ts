@@ -1,5 +1,6 @@
 /** numpy's .npy format (versions 1–3), for fixtures and interchange with Python. */
-import { writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { rename, rm, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { dtypeOf, invalidParameterError } from "../is.js";
 import { readSmallFile } from "./small-file.js";
@@ -32,6 +33,29 @@ function fail(label: string, msg: string): never {
   throw new Error(`${label}: ${msg}`);
 }
 
+const MAX_HEADER = 10_000;
+
+/**
+ * The header's dict as numpy writes it — exactly the keys descr, fortran_order and shape, each once,
+ * with a string, a bool or a tuple — as key → value text; null for anything else (numpy refuses a
+ * header with other keys; the first 'shape' found anywhere in the text is not the array's).
+ */
+function headerFields(text: string): Map<string, string> | null {
+  const body = text.trim();
+  if (!body.startsWith("{") || !body.endsWith("}")) return null;
+  const pair = /\s*'([a-z_]+)'\s*:\s*('[^'\\]*'|True|False|\([^()]*\))\s*(?:,|(?=\}$))/y;
+  const fields = new Map<string, string>();
+  let pos = 1;
+  while (/\S/.test(body.slice(pos, -1))) {
+    pair.lastIndex = pos;
+    const m = pair.exec(body);
+    if (!m || fields.has(m[1]!)) return null;
+    fields.set(m[1]!, m[2]!);
+    pos = pair.lastIndex;
+  }
+  return fields.size === 3 && ["descr", "fortran_order", "shape"].every((k) => fields.has(k)) ? fields : null;
+}
+
 /** Parses .npy bytes; the result views `bytes` when aligned and little-endian, else copies. */
 export function parseNpy(bytes: Uint8Array, label = "<bytes>"): NpyArray {
   if (bytes.length < 10 || bytes[0] !== 0x93 || String.fromCharCode(...bytes.subarray(1, 6)) !== "NUMPY") {
@@ -48,13 +72,17 @@ export function parseNpy(bytes: Uint8Array, label = "<bytes>"): NpyArray {
     headerLen = dv.getUint32(8, true);
     start = 12;
   } else fail(label, `unsupported .npy version ${major}`);
+  // (numpy's own reader refuses headers past 10 000 bytes: its files' are a few hundred)
+  if (headerLen > MAX_HEADER) fail(label, `a .npy header of ${headerLen} bytes (numpy's limit is ${MAX_HEADER})`);
   if (start + headerLen > bytes.length) fail(label, "truncated .npy header");
   const text = new TextDecoder(major === 3 ? "utf-8" : "latin1").decode(bytes.subarray(start, start + headerLen));
-  const descr = /'descr'\s*:\s*'([^']*)'/.exec(text)?.[1];
-  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(text)?.[1];
-  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(text)?.[1];
+  const fields = headerFields(text);
+  if (!fields) fail(label, `malformed .npy header ${JSON.stringify(text.trim().slice(0, 200))}`);
+  const descr = /^'([^'\\]*)'$/.exec(fields.get("descr") ?? "")?.[1];
+  const fortran = /^(True|False)$/.exec(fields.get("fortran_order") ?? "")?.[1];
+  const shapeText = /^\(([^)]*)\)$/.exec(fields.get("shape") ?? "")?.[1];
   if (descr === undefined || fortran === undefined || shapeText === undefined)
-    fail(label, `malformed .npy header ${JSON.stringify(text.trim())}`);
+    fail(label, `malformed .npy header ${JSON.stringify(text.trim().slice(0, 200))}`);
   if (fortran === "True") fail(label, "Fortran-order arrays are not supported; save with np.ascontiguousarray");
   const shape = shapeText
     .split(",")
@@ -133,5 +161,14 @@ export function formatNpy(data: VoxelArray, shape: readonly number[]): Uint8Arra
 
 /** Writes a .npy file. */
 export async function writeNpy(path: string, data: VoxelArray, shape: readonly number[]): Promise<void> {
-  await writeFile(path, formatNpy(data, shape));
+  // beside the target, created afresh, then renamed: a link at `path` is replaced, never written through
+  const bytes = formatNpy(data, shape);
+  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    await writeFile(tmp, bytes, { flag: "wx" });
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => {});
+    throw e;
+  }
 }
