@@ -447,3 +447,28 @@ test("a volume released while writeNifti writes it: the write fails cleanly (no 
   }
   t.deepEqual(readdirSync(dir), ["src.nii.gz"]);
 });
+
+test("a spacing or affine NIfTI-1's float32 cannot hold is written as version 2 (or refused for version 1); a long UTF-8 description is cut on a character", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-nifti-geom-"));
+  const vol = (spacing: [number, number, number]) => ({
+    data: new Uint8Array(8),
+    dims: [2, 2, 2] as [number, number, number],
+    spacing,
+    affine: [spacing[0], 0, 0, 0, 0, spacing[1], 0, 0, 0, 0, spacing[2], 0, 0, 0, 0, 1],
+  });
+  for (const s of [1e-50, 1e39]) {
+    const p = join(dir, `s${s}.nii`);
+    await writeNifti(p, vol([s, 1, 1]));
+    const back = await readNifti(p);
+    // (before: NIfTI-1, spacing read back as 1 and an all-zero or infinite affine)
+    t.is(back.meta!.version, 2);
+    t.is(back.spacing[0], s);
+    await t.throwsAsync(writeNifti(join(dir, "v1.nii"), vol([s, 1, 1]), { version: 1 }), {
+      message: /cannot be stored in NIfTI-1's float32 fields/,
+    });
+  }
+  // 79 "€" are 237 bytes: before, a RangeError that named nothing
+  await writeNifti(join(dir, "d.nii"), vol([1, 1, 1]), { description: "€".repeat(79) });
+  const raw = readFileSync(join(dir, "d.nii")).subarray(148, 228);
+  t.is(Buffer.from(raw).toString("utf8").replace(/\0+$/, ""), "€".repeat(26));
+});

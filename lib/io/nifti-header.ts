@@ -366,7 +366,13 @@ export function buildHeader(f: HeaderFields): Uint8Array {
   const pixdim = [qfac, f.spacing[0], f.spacing[1], f.spacing[2], 0, 0, 0, 0];
   const code = NIFTI_DATATYPE[f.dtype];
   const bitpix = BYTES_PER_ELEMENT[f.dtype] * 8;
-  const desc = new TextEncoder().encode((f.description ?? "").slice(0, 79));
+  // descrip holds 80 bytes: the UTF-8 cut at 79 on a character's start (79 characters of "€" are 237 bytes)
+  let desc = new TextEncoder().encode(f.description ?? "");
+  if (desc.length > 79) {
+    let end = 79;
+    while (end > 0 && (desc[end]! & 0xc0) === 0x80) end--;
+    desc = desc.subarray(0, end);
+  }
   const xyztUnits = 2 | 8; // mm, seconds
   if (f.version === 1) {
     dv.setInt32(0, NIFTI1_HEADER, true);

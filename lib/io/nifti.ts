@@ -560,9 +560,16 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const dtype = opts.datatype ?? (restore ? meta!.datatype : arrayType);
   const slope = opts.sclSlope ?? (restore ? meta!.sclSlope : 1);
   const inter = opts.sclInter ?? (restore ? meta!.sclInter : 0);
-  const version = opts.version ?? (volume.dims.some((d) => d > 32767) ? 2 : 1);
+  // NIfTI-1 keeps spacing and affine as float32: a value that does not survive it (1e-50 mm became
+  // 0 and an all-zero affine, read back as spacing 1) takes version 2 unless version 1 was asked for
+  const geometryFits = [...volume.spacing, ...volume.affine.slice(0, 12)].every(fitsFloat32);
+  const version = opts.version ?? (volume.dims.some((d) => d > 32767) || !geometryFits ? 2 : 1);
   if (version === 1 && volume.dims.some((d) => d > 32767))
     throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
+  if (version === 1 && !geometryFits)
+    throw new RangeError(
+      `the spacing [${volume.spacing.join(", ")}] or affine cannot be stored in NIfTI-1's float32 fields (a value would read back changed); write version 2`,
+    );
 
   // NIfTI-1 stores the scaling as float32: refuse what would not survive it, and encode with the
   // float32 values readers will apply, so that the voxels read back as written
