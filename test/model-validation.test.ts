@@ -1164,3 +1164,28 @@ test("a value made by two nodes, or an initializer defined twice, is refused at 
   });
   await t.throwsAsync(loadModel(twice), { message: /initializer w is defined twice/ });
 });
+
+test("resampleVolume's nearest mode keeps int32, uint32 and float64 labels exact (they went through float32)", async (t) => {
+  const { resampleVolume } = await import("../lib/index.js");
+  const dims: [number, number, number] = [7, 5, 3];
+  const n = 7 * 5 * 3;
+  const geo = { dims, spacing: [1, 1, 2] as [number, number, number], affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1] };
+  // the voxel each output takes, from an index volume (small numbers: exact in float32)
+  const idx = await resampleVolume({ ...geo, data: Float32Array.from({ length: n }, (_, i) => i) }, [0.7, 1.3, 1.1], { mode: "nearest" });
+  const cases = [
+    Int32Array.from({ length: n }, (_, i) => (i % 2 ? 2 ** 31 - 1 - i : 16_777_217 + i)),
+    Uint32Array.from({ length: n }, (_, i) => 2 ** 32 - 1 - i),
+    Float64Array.from({ length: n }, (_, i) => Math.PI * 1e200 * (i + 1)),
+  ];
+  for (const data of cases) {
+    const same = await resampleVolume({ ...geo, data }, [1, 1, 2], { mode: "nearest" });
+    t.deepEqual([...same.data], [...data], data.constructor.name);
+    const r = await resampleVolume({ ...geo, data }, [0.7, 1.3, 1.1], { mode: "nearest" });
+    t.is(r.data.constructor, data.constructor);
+    t.deepEqual(
+      [...r.data],
+      [...idx.data].map((k) => data[k]!),
+      data.constructor.name,
+    );
+  }
+});

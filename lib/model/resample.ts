@@ -2,7 +2,7 @@
 import { invalidParameterError } from "../is.js";
 import * as ops from "../ops/tensor.js";
 import type { Volume } from "../types.js";
-import { ARRAY_CTOR, assertVolume } from "../volume.js";
+import { ARRAY_CTOR, assertVolume, BYTES_PER_ELEMENT } from "../volume.js";
 import { dtypeOf } from "../is.js";
 import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { zoomAxis } from "../ops/spline.js";
@@ -43,16 +43,37 @@ export async function resampleVolume(
       `resampling [${volume.dims}] at [${volume.spacing}] mm to [${spacing}] mm gives [${dims}] (${dims[0] * dims[1] * dims[2]} voxels), over options.maxVoxels ${maxVoxels}`,
     );
   }
-  const t = { data: Float32Array.from(volume.data), shape: [1, 1, volume.dims[2], volume.dims[1], volume.dims[0]] };
-  const r = await ops.resize(t, {
-    sizes: [dims[2], dims[1], dims[0]],
-    mode,
-    coordinateTransformationMode: "half_pixel",
-    nearestMode: "round_prefer_floor",
-  });
+  const shape = [1, 1, volume.dims[2], volume.dims[1], volume.dims[0]];
+  const resize = async (src: Float32Array) =>
+    (
+      await ops.resize(
+        { data: src, shape },
+        { sizes: [dims[2], dims[1], dims[0]], mode, coordinateTransformationMode: "half_pixel", nearestMode: "round_prefer_floor" },
+      )
+    ).data;
   const dtype = mode === "nearest" ? dtypeOf(volume.data)! : "float32";
-  const data = dtype === "float32" ? r.data : new ARRAY_CTOR[dtype](r.data.length);
-  if (data !== r.data) for (let i = 0; i < data.length; i++) data[i] = r.data[i]!;
+  let data: Volume["data"];
+  const wide = BYTES_PER_ELEMENT[dtype] >= 4 && dtype !== "float32";
+  if (!wide) {
+    const r = await resize(Float32Array.from(volume.data));
+    data = dtype === "float32" ? r : new ARRAY_CTOR[dtype](r.length);
+    if (data !== r) for (let i = 0; i < data.length; i++) data[i] = r[i]!;
+  } else {
+    // int32, uint32, float64 labels do not all survive float32 (16 777 217 became 16 777 216,
+    // 2^31−1 became −2^31): nearest only picks voxels, so their 16-bit words are resized one at a
+    // time, each exact in float32, and put back together
+    const words = BYTES_PER_ELEMENT[dtype] / 2;
+    const n = volume.data.length;
+    const src = new Uint16Array(volume.data.buffer, volume.data.byteOffset, n * words);
+    data = new ARRAY_CTOR[dtype](dims[0] * dims[1] * dims[2]);
+    const out = new Uint16Array(data.buffer, data.byteOffset, data.length * words);
+    for (let w = 0; w < words; w++) {
+      const part = new Float32Array(n);
+      for (let i = 0; i < n; i++) part[i] = src[i * words + w]!;
+      const r = await resize(part);
+      for (let i = 0; i < r.length; i++) out[i * words + w] = r[i]!;
+    }
+  }
   // voxel i of the new grid has its centre at (i + 0.5) · s' − 0.5 · s in old voxel units × s
   const A = volume.affine;
   const affine = [...A];
