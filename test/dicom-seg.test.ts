@@ -185,6 +185,10 @@ test("writeDicomSeg validates its arguments", async (t) => {
   });
   await t.throwsAsync(writeDicomSeg(out, labels, { nope: 1 } as never), { message: /sourceSeries/ });
   await t.throwsAsync(writeDicomSeg(out, labels, ct, { classes: { 0: "bg" } }), { message: /options\.classes\[0\]/ });
+  // DICOM text: a backslash splits a value in two, a NUL ends it
+  await t.throwsAsync(writeDicomSeg(out, labels, ct, { classes: { 1: "EDH\\IPH" } }), { message: /no backslash .*options\.classes\[1\]/ });
+  await t.throwsAsync(writeDicomSeg(out, labels, ct, { seriesDescription: "x\u0000y" }), { message: /options\.seriesDescription/ });
+  await t.throwsAsync(writeDicomSeg(out, labels, ct, { algorithmName: "a".repeat(65) }), { message: /options\.algorithmName/ });
   // The source given as its folder works as the volume does.
   const res = await writeDicomSeg(out, labels, join(DICOM_FIXTURES, "cases", "A_axial"));
   t.is(res.segments.length, 5);

@@ -99,6 +99,15 @@ export function isoDateTime(d: Date): { date: string; time: string } {
  * labels of segment()) as a DICOM SEG file at `path`. `sourceSeries` is the volume read by
  * readDicomSeries, its `dicom` meta, or the folder/files to read it from.
  */
+/**
+ * A DICOM LO value (SegmentLabel, SeriesDescription …): 1–64 characters, none a backslash (it
+ * separates values: "EDH\\IPH" would be two) or a control character (a NUL ends it for readers).
+ */
+function isLoText(v: unknown): v is string {
+  // eslint-disable-next-line no-control-regex -- the control characters are what is refused
+  return typeof v === "string" && v.length > 0 && v.length <= 64 && !/[\\\0-\x1f\x7f]/.test(v);
+}
+
 export async function writeDicomSeg(
   path: string,
   labels: Volume,
@@ -112,16 +121,20 @@ export async function writeDicomSeg(
   if (typeof classes !== "object" || classes === null)
     throw invalidParameterError("options.classes", "an object of label value → name", classes);
   for (const [k, v] of Object.entries(classes)) {
-    if (!/^\d+$/.test(k) || +k < 1 || +k > 255 || typeof v !== "string" || v.length === 0) {
-      throw invalidParameterError(`options.classes[${k}]`, "a name (non-empty string) under a label value 1–255", v);
+    if (!/^\d+$/.test(k) || +k < 1 || +k > 255 || !isLoText(v)) {
+      throw invalidParameterError(
+        `options.classes[${k}]`,
+        "a name (1–64 characters, no backslash or control character) under a label value 1–255",
+        v,
+      );
     }
   }
   if (opts.seriesNumber !== undefined && !(Number.isInteger(opts.seriesNumber) && opts.seriesNumber >= 0 && opts.seriesNumber < 2 ** 31)) {
     throw invalidParameterError("options.seriesNumber", "a non-negative integer", opts.seriesNumber);
   }
   for (const key of ["seriesDescription", "algorithmName", "contentLabel"] as const) {
-    if (opts[key] !== undefined && (typeof opts[key] !== "string" || opts[key]!.length === 0 || opts[key]!.length > 64)) {
-      throw invalidParameterError(`options.${key}`, "a string of 1–64 characters", opts[key]);
+    if (opts[key] !== undefined && !isLoText(opts[key])) {
+      throw invalidParameterError(`options.${key}`, "a string of 1–64 characters without backslashes or control characters", opts[key]);
     }
   }
   let meta: DicomSeriesMeta;
