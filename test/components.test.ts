@@ -341,6 +341,14 @@ test("componentStats refuses more components than options.maxComponents before m
   await t.throwsAsync(componentStats(labels, { maxComponents: -1 }), {
     message: /Expected a non-negative integer for options.maxComponents but received number -1/,
   });
+  // class values as floats (label files often store them so): whole numbers are labels, 1.5 is not
+  const classes = Float32Array.from(data, (v) => (v ? 2 : 0));
+  t.deepEqual(
+    (await componentStats(labels, { classes })).map((c) => c.class),
+    [2, 2, 2, 2, 2],
+  );
+  classes[9] = 1.5;
+  await t.throwsAsync(componentStats(labels, { classes }), { message: /integer label values \(voxel 9 holds 1\.5\) for options\.classes/ });
 });
 
 test("sparse labels measure as their dense renumbering does (a monotonic relabelling changes only the label values)", async (t) => {

@@ -199,6 +199,12 @@ export async function componentStats(
   if (opts.classes !== undefined) {
     const c = opts.classes as Volume | VoxelArray;
     classes = voxelArray(c) ? c : (assertVolume("options.classes", c), c.data);
+    // (class values are labels: a float array — label files are often stored so — must hold whole
+    // numbers; 1.5 was reported as class NaN)
+    if (classes instanceof Float32Array || classes instanceof Float64Array) {
+      const bad = classes.findIndex((v) => !Number.isInteger(v));
+      if (bad >= 0) throw invalidParameterError("options.classes", `integer label values (voxel ${bad} holds ${classes[bad]})`, classes);
+    }
     if (classes.length !== labels.data.length) {
       throw new RangeError(`options.classes has ${classes.length} voxels but labels has ${labels.data.length}`);
     }
