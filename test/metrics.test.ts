@@ -111,7 +111,7 @@ test("values outside the class set, shapes that differ and bad options are error
     message: /pred holds the value 7 at voxel \(1, 1, 1\); labels must be integers 0..5/,
   });
   await t.throwsAsync(evaluate(vol(g, [3, 3, 3], sp), vol(g, [3, 3, 3], sp), { names: "xy" as never }), {
-    message: /two names \(strings of 1–256 characters\) for gt and pred for options\.names/,
+    message: /two names \(strings of 1–4096 characters\) for gt and pred for options\.names/,
   });
   const f = new Float32Array(27);
   f[2] = 1.5;

@@ -467,6 +467,11 @@ test("a spacing or affine NIfTI-1's float32 cannot hold is written as version 2 
       message: /cannot be stored in NIfTI-1's float32 fields/,
     });
   }
+  // a rotation term too small for a normal float32 means nothing: still NIfTI-1
+  const tiny = vol([1, 1, 1]);
+  tiny.affine[1] = 1e-40;
+  await writeNifti(join(dir, "tiny.nii"), tiny);
+  t.is((await readNifti(join(dir, "tiny.nii"))).meta!.version, 1);
   // 79 "€" are 237 bytes: before, a RangeError that named nothing
   await writeNifti(join(dir, "d.nii"), vol([1, 1, 1]), { description: "€".repeat(79) });
   const raw = readFileSync(join(dir, "d.nii")).subarray(148, 228);

@@ -196,4 +196,8 @@ test("a job's error as the REST front shows it: shared-folder paths relative, ot
   );
   t.is(publicError("/home/op/data/x.nii.gz: not a regular file", shared), "…/x.nii.gz: not a regular file");
   t.is(publicError("cannot read /etc/passwd.", shared), "cannot read …/passwd.");
+  t.is(publicError("file:///opt/models/m.onnx not found", shared), "file://…/m.onnx not found");
+  t.is(publicError("paths [/opt/a/b, /opt/c]", shared), "paths […/b, …/c]");
+  // not paths: a URL's own path, a fraction, N/A, a lone slash
+  for (const m of ["https://cdn/srv/bhsd-shared/x", "1/2 and N/A and a / b"]) t.is(publicError(m, shared), m);
 });

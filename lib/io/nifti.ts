@@ -562,7 +562,13 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const inter = opts.sclInter ?? (restore ? meta!.sclInter : 0);
   // NIfTI-1 keeps spacing and affine as float32: a value that does not survive it (1e-50 mm became
   // 0 and an all-zero affine, read back as spacing 1) takes version 2 unless version 1 was asked for
-  const geometryFits = [...volume.spacing, ...volume.affine.slice(0, 12)].every(fitsFloat32);
+  // (the affine's columns by their lengths and its entries by being finite: a rotation term of
+  // 1e-40 is stored as a subnormal or 0, which means the same)
+  const A = volume.affine;
+  const columnNorms = [0, 1, 2].map((c) => Math.hypot(A[c]!, A[4 + c]!, A[8 + c]!));
+  const geometryFits =
+    [...volume.spacing, ...columnNorms, A[3]!, A[7]!, A[11]!].every(fitsFloat32) &&
+    A.slice(0, 12).every((x) => Number.isFinite(Math.fround(x)));
   const version = opts.version ?? (volume.dims.some((d) => d > 32767) || !geometryFits ? 2 : 1);
   if (version === 1 && volume.dims.some((d) => d > 32767))
     throw new RangeError(`dims [${volume.dims.join(", ")}] exceed NIfTI-1's 32767; write version 2`);
@@ -622,9 +628,13 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
   try {
     if (path.endsWith(".gz")) {
-      await pipeline(Readable.from(chunks()), createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }), createWriteStream(tmp));
+      await pipeline(
+        Readable.from(chunks()),
+        createGzip({ level: opts.gzipLevel ?? 6, chunkSize: 1 << 20 }),
+        createWriteStream(tmp, { flags: "wx" }),
+      );
     } else {
-      const fh = await open(tmp, "w");
+      const fh = await open(tmp, "wx");
       try {
         for (const c of chunks()) await fh.write(c);
       } finally {

@@ -109,8 +109,8 @@ export function geometryWarnings(a: Volume, b: Volume, names: [string, string]):
 export async function evaluate(gt: Volume, pred: Volume, options?: EvaluateOptions): Promise<CaseMetrics> {
   const opts = optionsObject("options", options);
   const names = (opts.names as [string, string] | undefined) ?? ["gt", "pred"];
-  if (!Array.isArray(names) || names.length !== 2 || !names.every((x) => typeof x === "string" && x.length > 0 && x.length <= 256))
-    throw invalidParameterError("options.names", "two names (strings of 1–256 characters) for gt and pred", opts.names);
+  if (!Array.isArray(names) || names.length !== 2 || !names.every((x) => typeof x === "string" && x.length > 0 && x.length <= 4096))
+    throw invalidParameterError("options.names", "two names (strings of 1–4096 characters) for gt and pred", opts.names);
   assertVolume(names[0], gt);
   assertVolume(names[1], pred);
   const classes = checkClasses(opts.classes);

@@ -53,7 +53,8 @@ export async function resampleVolume(
     ).data;
   const dtype = mode === "nearest" ? dtypeOf(volume.data)! : "float32";
   let data: Volume["data"];
-  const wide = BYTES_PER_ELEMENT[dtype] >= 4 && dtype !== "float32";
+  // (a float64 label file — nibabel's default — whose values all survive float32 takes one pass)
+  const wide = BYTES_PER_ELEMENT[dtype] >= 4 && dtype !== "float32" && !volume.data.every((v) => Object.is(Math.fround(v as number), v));
   if (!wide) {
     const r = await resize(Float32Array.from(volume.data));
     data = dtype === "float32" ? r : new ARRAY_CTOR[dtype](r.length);
@@ -72,6 +73,7 @@ export async function resampleVolume(
       for (let i = 0; i < n; i++) part[i] = src[i * words + w]!;
       const r = await resize(part);
       for (let i = 0; i < r.length; i++) out[i * words + w] = r[i]!;
+      releaseEngineArray(r);
     }
   }
   // voxel i of the new grid has its centre at (i + 0.5) · s' − 0.5 · s in old voxel units × s

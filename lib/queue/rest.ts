@@ -16,7 +16,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
 import { mkdir, rename, utimes, writeFile } from "node:fs/promises";
-import { basename, join, resolve, sep } from "node:path";
+import { basename, join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
 import { openRegularFile } from "../io/small-file.js";
@@ -73,13 +73,17 @@ class HttpError extends Error {
  * name stays (the status's `worker` field shows it too).
  */
 export function publicError(message: string, shared: string): string {
-  const rel = message.split(shared.endsWith(sep) ? shared : shared + sep).join("");
-  return rel
-    .replace(
-      /(^|[\s"'(=,])(\/[^\s"'(),;]+)/g,
-      (_m, pre: string, p: string) => `${pre}…/${basename(p.replace(/[.:]+$/, ""))}${/[.:]+$/.exec(p)?.[0] ?? ""}`,
-    )
-    .slice(0, 2000);
+  const root = shared.replace(/\/+$/, "");
+  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  // a path starts after a start, a space or punctuation (not inside a word, a URL's host or a relative path)
+  const before = "(^|[^\\w./:…-])";
+  let out = message.replace(/file:\/\/(\/[^\s"'`<>()[\]{},;]+)/g, (_m, p: string) => `file://…/${basename(p)}`);
+  if (root) out = out.replace(new RegExp(`${before}${esc(root)}/`, "g"), "$1");
+  out = out.replace(new RegExp(`${before}(/[^\\s"'\`<>()[\\]{},;]+)`, "g"), (_m, pre: string, p: string) => {
+    const tail = /[.:]+$/.exec(p)?.[0] ?? "";
+    return `${pre}…/${basename(p.slice(0, p.length - tail.length))}${tail}`;
+  });
+  return out.slice(0, 2000);
 }
 
 export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance> {
