@@ -106,7 +106,7 @@ let hooksInstalled = false;
  * listing defeats every retry, for seconds). So it is first renamed: a write not yet begun then
  * names a path that no longer exists and fails. Each removal lists afresh, without retries
  * (removeLive looks again). A writer's own temporary beside it (writeNifti writes
- * `<temp>.<hex>.tmp`, writeDicomSeg `<temp>.tmp-<16 hex>`, then rename) goes too. Never
+ * `<temp>.<hex>.tmp`, writeNpy and writeDicomSeg alike, then rename) goes too. Never
  * throws: the signal must still end the process.
  */
 function removeTemporary(p: string): boolean {
@@ -131,7 +131,7 @@ function removeTemporary(p: string): boolean {
   try {
     const prefix = `${basename(p)}.`;
     for (const f of readdirSync(dirname(p)))
-      if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing") || /\.tmp-[0-9a-f]{16}$/.test(f))) {
+      if (f.startsWith(prefix) && (f.endsWith(".tmp") || f.endsWith(".removing"))) {
         found = true;
         rm(join(dirname(p), f));
       }

@@ -4,8 +4,9 @@
  * viewer's colours (as CIELab), one frame per (segment, slice that holds it), each frame referencing
  * its source image, the series' frame of reference and patient/study. Encoded by dcmjs.
  */
-import { randomBytes, randomUUID } from "node:crypto";
-import { rename, rm, writeFile } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { replaceFile } from "./small-file.js";
 import { invalidParameterError, optionsObject } from "../is.js";
 import { BHSD_CLASSES } from "../metrics/evaluate.js";
 import type { Volume } from "../types.js";
@@ -379,15 +380,8 @@ export async function writeDicomSeg(
   } catch (e) {
     throw new DicomError(path, `the SEG could not be encoded (${(e as Error).message})`);
   }
-  // (a name nobody can guess, created afresh: a link planted at a predictable one was written through)
-  const tmp = `${path}.tmp-${randomBytes(8).toString("hex")}`;
-  try {
-    await writeFile(tmp, bytes, { flag: "wx" });
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
+  // (a temporary nobody can guess, created afresh: a link planted at a predictable one was written through)
+  await replaceFile(path, (tmp) => writeFile(tmp, bytes, { flag: "wx" }));
   return { path, sopInstanceUid, seriesInstanceUid, segments, frames: nFrames, bytes: bytes.length };
 }
 

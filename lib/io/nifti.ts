@@ -3,16 +3,16 @@
  * Every check on the header happens before the voxels are allocated; the voxels are read straight
  * into the array that is returned (no intermediate copy), gzip is streamed through Node's zlib.
  */
-import { randomBytes } from "node:crypto";
 import { constants, createWriteStream, type Stats } from "node:fs";
 import { endianness } from "node:os";
-import { open, rename, rm, type FileHandle } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { createGunzip, createGzip } from "node:zlib";
 import { activeBackend } from "../backends/index.js";
 import { assertNumber, dtypeOf, inArray, invalidParameterError, optionsObject } from "../is.js";
+import { replaceFile } from "./small-file.js";
 import type { Disposal, DTypeName, NiftiMeta, Volume, VoxelArray } from "../types.js";
 import { ARRAY_CTOR, allocArray, assertVolume, BYTES_PER_ELEMENT, disposable, MAX_ELEMENTS } from "../volume.js";
 import {
@@ -625,8 +625,7 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
     for (let off = 0; off < size; off += CHUNK) yield chunk(off);
   }
   // Write beside the target, then rename: a failure never leaves a half-written file at `path`.
-  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
-  try {
+  await replaceFile(path, async (tmp) => {
     if (path.endsWith(".gz")) {
       await pipeline(
         Readable.from(chunks()),
@@ -643,9 +642,5 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
     }
     if (stored.byteLength !== size)
       throw new Error(`writeNifti: volume.data was released or transferred while ${path} was being written; nothing was written`);
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true }).catch(() => {});
-    throw e;
-  }
+  });
 }

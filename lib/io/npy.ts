@@ -1,9 +1,8 @@
 /** numpy's .npy format (versions 1–3), for fixtures and interchange with Python. */
-import { randomBytes } from "node:crypto";
-import { rename, rm, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { dtypeOf, invalidParameterError } from "../is.js";
-import { readSmallFile } from "./small-file.js";
+import { readSmallFile, replaceFile } from "./small-file.js";
 import type { DTypeName, VoxelArray } from "../types.js";
 import { ARRAY_CTOR, allocArray, BYTES_PER_ELEMENT, MAX_ELEMENTS } from "../volume.js";
 
@@ -163,12 +162,5 @@ export function formatNpy(data: VoxelArray, shape: readonly number[]): Uint8Arra
 export async function writeNpy(path: string, data: VoxelArray, shape: readonly number[]): Promise<void> {
   // beside the target, created afresh, then renamed: a link at `path` is replaced, never written through
   const bytes = formatNpy(data, shape);
-  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
-  try {
-    await writeFile(tmp, bytes, { flag: "wx" });
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true }).catch(() => {});
-    throw e;
-  }
+  await replaceFile(path, (tmp) => writeFile(tmp, bytes, { flag: "wx" }));
 }

@@ -10,13 +10,33 @@
  */
 import { constants } from "node:fs";
 import type { Stats } from "node:fs";
-import { open, type FileHandle } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { open, rename, rm, type FileHandle } from "node:fs/promises";
 
 export interface SmallFileLimit {
   /** Most bytes the file may have. */
   maxBytes: number;
   /** What the file is, for the size message: "a dataset.json", "a model's config". */
   what: string;
+}
+
+/**
+ * Writes `path` whole or not at all: `write` fills a fresh temporary beside it (`<path>.<hex>.tmp`,
+ * a name nobody can guess, which `write` must create exclusively — "wx" — so a link planted there
+ * is never written through), renamed over `path` only when `write` succeeded; on any failure the
+ * temporary goes and `path` is as it was. A link at `path` itself is replaced, not followed. (The
+ * CLI's signal cleanup knows the temporary's name.)
+ */
+export async function replaceFile(path: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    await write(tmp);
+    await rename(tmp, path);
+  } catch (e) {
+    // (EEXIST: the temporary was somebody else's, not ours to remove)
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") await rm(tmp, { force: true }).catch(() => {});
+    throw e;
+  }
 }
 
 /**
