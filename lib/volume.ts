@@ -82,6 +82,15 @@ export function assertVolume(name: string, v: unknown): asserts v is Volume {
   if (!Array.isArray(vol.spacing) || vol.spacing.length !== 3 || !vol.spacing.every((s) => number(s) && s > 0)) {
     throw invalidParameterError(`${name}.spacing`, "[sx, sy, sz] of positive numbers (mm)", vol.spacing);
   }
+  // a voxel's volume is what every mL comes from: spacings like 1e-200 or 1e300 mm gave 0 or Infinity
+  const voxel = vol.spacing[0]! * vol.spacing[1]! * vol.spacing[2]!;
+  if (!(voxel >= 2 ** -1022 && voxel < Infinity)) {
+    throw invalidParameterError(
+      `${name}.spacing`,
+      `spacings whose product (a voxel's volume, here ${voxel} mm³) is a normal finite number`,
+      vol.spacing,
+    );
+  }
   if (!Array.isArray(vol.affine) || vol.affine.length !== 16 || !vol.affine.every((a) => number(a))) {
     throw invalidParameterError(`${name}.affine`, "16 finite numbers (4x4 row-major)", vol.affine);
   }

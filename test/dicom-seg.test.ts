@@ -6,7 +6,7 @@
  */
 import test from "ava";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readDicomSeries } from "../lib/io/dicom.js";
@@ -189,6 +189,41 @@ test("writeDicomSeg validates its arguments", async (t) => {
   await t.throwsAsync(writeDicomSeg(out, labels, ct, { classes: { 1: "EDH\\IPH" } }), { message: /no backslash .*options\.classes\[1\]/ });
   await t.throwsAsync(writeDicomSeg(out, labels, ct, { seriesDescription: "x\u0000y" }), { message: /options\.seriesDescription/ });
   await t.throwsAsync(writeDicomSeg(out, labels, ct, { algorithmName: "a".repeat(65) }), { message: /options\.algorithmName/ });
+  // A series meta the caller handed in (or edited) is checked before the SEG is built from it: a
+  // NaN position was written as "NaN", a UID with a backslash as two values.
+  const edited = (change: (m: typeof ct.dicom) => void) => {
+    const m = structuredClone(ct.dicom);
+    change(m);
+    return m;
+  };
+  await t.throwsAsync(
+    writeDicomSeg(
+      out,
+      labels,
+      edited((m) => (m.instances[3]!.position[2] = NaN)),
+    ),
+    { message: /three finite numbers .* for sourceSeries\.instances\[3\]\.position but received .*NaN/ },
+  );
+  await t.throwsAsync(
+    writeDicomSeg(
+      out,
+      labels,
+      edited((m) => (m.seriesInstanceUid = "1.2\\3")),
+    ),
+    { message: /sourceSeries\.seriesInstanceUid/ },
+  );
+  await t.throwsAsync(
+    writeDicomSeg(
+      out,
+      labels,
+      edited((m) => (m.pixelSpacing = [0.5, -1])),
+    ),
+    { message: /sourceSeries\.pixelSpacing/ },
+  );
+  await t.throwsAsync(writeDicomSeg(out, labels, { ...ct, dicom: edited((m) => (m.imageOrientationPatient[0] = Infinity)) }), {
+    message: /sourceSeries\.dicom\.imageOrientationPatient/,
+  });
+  t.false(existsSync(out));
   // The source given as its folder works as the volume does.
   const res = await writeDicomSeg(out, labels, join(DICOM_FIXTURES, "cases", "A_axial"));
   t.is(res.segments.length, 5);

@@ -1,6 +1,6 @@
 import test from "ava";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync as gzipSyncOf } from "node:zlib";
@@ -476,4 +476,52 @@ test("a spacing or affine NIfTI-1's float32 cannot hold is written as version 2 
   await writeNifti(join(dir, "d.nii"), vol([1, 1, 1]), { description: "€".repeat(79) });
   const raw = readFileSync(join(dir, "d.nii")).subarray(148, 228);
   t.is(Buffer.from(raw).toString("utf8").replace(/\0+$/, ""), "€".repeat(26));
+});
+
+test("a voxel volume of 0 or Infinity mm³ is refused (by every op, by the reader before the voxels); an edited meta is checked as the caller's", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-nifti-voxel-"));
+  const vol = (spacing: [number, number, number]) => ({
+    data: new Uint8Array(8).fill(1),
+    dims: [2, 2, 2] as [number, number, number],
+    spacing,
+    affine: [spacing[0], 0, 0, 0, 0, spacing[1], 0, 0, 0, 0, spacing[2], 0, 0, 0, 0, 1],
+  });
+  // before: 0 mL and Infinity mL for 8 voxels, without a word
+  const { componentStats } = await import("../lib/ops/components.js");
+  for (const s of [1e-200, 1e300] as const) {
+    await t.throwsAsync(componentStats(vol([s, s, 1])), { message: /here 0 mm³|here Infinity mm³/ }, String(s));
+    await t.throwsAsync(writeNifti(join(dir, "x.nii"), vol([s, s, 1])), { message: /volume\.spacing/ });
+  }
+  // a NIfTI-2 file whose pixdim make such a voxel: refused by its header
+  await writeNifti(join(dir, "ok.nii"), vol([1, 1, 1]), { version: 2 });
+  const bytes = readFileSync(join(dir, "ok.nii"));
+  bytes.writeDoubleLE(1e-200, 104 + 8);
+  bytes.writeDoubleLE(1e-200, 104 + 16);
+  writeFileSync(join(dir, "tiny.nii"), bytes);
+  await t.throwsAsync(readNifti(join(dir, "tiny.nii")), { message: /pixdim .* make a voxel of 0 mm³/ });
+  await t.throwsAsync(readNiftiHeader(join(dir, "tiny.nii")), { message: /voxel of 0 mm³/ });
+  // the meta a reader left, edited: named, not an allocation error or a wrapped int16
+  const scaled = { ...vol([1, 1, 1]), data: new Float32Array(8).fill(2) };
+  const meta = {
+    version: 1,
+    datatype: "int16",
+    sclSlope: 2,
+    sclInter: 0,
+    scaled: true,
+    qformCode: 1,
+    sformCode: 1,
+    affineSource: "sform",
+  } as const;
+  await writeNifti(join(dir, "scaled.nii"), { ...scaled, meta });
+  t.deepEqual([...(await readNifti(join(dir, "scaled.nii"))).data], new Array(8).fill(2));
+  await t.throwsAsync(writeNifti(join(dir, "y.nii"), { ...scaled, meta: { ...meta, datatype: "int17" as never } }), {
+    message: /volume\.meta\.datatype/,
+  });
+  await t.throwsAsync(writeNifti(join(dir, "y.nii"), { ...scaled, meta: { ...meta, sclSlope: NaN } }), {
+    message: /volume\.meta\.sclSlope/,
+  });
+  await t.throwsAsync(writeNifti(join(dir, "y.nii"), { ...scaled, meta: { ...meta, sformCode: 70000 } }), {
+    message: /volume\.meta\.sformCode/,
+  });
+  t.false(existsSync(join(dir, "y.nii")));
 });

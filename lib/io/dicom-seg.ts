@@ -101,12 +101,49 @@ export function isoDateTime(d: Date): { date: string; time: string } {
  * readDicomSeries, its `dicom` meta, or the folder/files to read it from.
  */
 /**
- * A DICOM LO value (SegmentLabel, SeriesDescription …): 1–64 characters, none a backslash (it
- * separates values: "EDH\\IPH" would be two) or a control character (a NUL ends it for readers).
+ * A DICOM LO value (SegmentLabel, SeriesDescription …): 1–64 characters (0–64 with `allowEmpty`),
+ * none a backslash (it separates values: "EDH\\IPH" would be two) or a control character (a NUL
+ * ends it for readers).
  */
-function isLoText(v: unknown): v is string {
+export function isLoText(v: unknown, allowEmpty = false): v is string {
   // eslint-disable-next-line no-control-regex -- the control characters are what is refused
-  return typeof v === "string" && v.length > 0 && v.length <= 64 && !/[\\\0-\x1f\x7f]/.test(v);
+  return typeof v === "string" && (allowEmpty || v.length > 0) && v.length <= 64 && !/[\\\0-\x1f\x7f]/.test(v);
+}
+
+const finiteNumbers = (v: unknown, n: number, positive = false): boolean =>
+  Array.isArray(v) && v.length === n && v.every((x) => typeof x === "number" && Number.isFinite(x) && (!positive || x > 0));
+/** A UID as readers accept it: 1–64 printable characters (DICOM's own are digits and dots). */
+const isUid = (v: unknown): boolean => typeof v === "string" && /^[\x21-\x5b\x5d-\x7e]{1,64}$/.test(v);
+
+/**
+ * Checks a series meta a caller handed in (or edited) before anything is derived from it: a NaN
+ * position became "NaN" in the SEG, an odd UID a file other tools refuse.
+ */
+function checkSeriesMeta(meta: DicomSeriesMeta, name: string): void {
+  const bad = (field: string, expected: string, got: unknown): never => {
+    throw invalidParameterError(`${name}.${field}`, expected, got);
+  };
+  for (const k of ["studyInstanceUid", "seriesInstanceUid"] as const)
+    if (!isUid(meta[k])) bad(k, "a UID (1–64 printable characters)", meta[k]);
+  // (a series without a frame of reference has "": the SEG then has none either)
+  if (meta.frameOfReferenceUid !== "" && !isUid(meta.frameOfReferenceUid))
+    bad("frameOfReferenceUid", 'a UID (1–64 printable characters) or ""', meta.frameOfReferenceUid);
+  for (const k of ["rows", "columns"] as const)
+    if (!Number.isInteger(meta[k]) || meta[k] < 1 || meta[k] > 65535) bad(k, "an integer from 1 to 65535", meta[k]);
+  if (!finiteNumbers(meta.pixelSpacing, 2, true)) bad("pixelSpacing", "two positive finite numbers (mm)", meta.pixelSpacing);
+  if (!finiteNumbers(meta.imageOrientationPatient, 6)) bad("imageOrientationPatient", "six finite numbers", meta.imageOrientationPatient);
+  if (meta.sliceThickness !== null && meta.sliceThickness !== undefined && !finiteNumbers([meta.sliceThickness], 1))
+    bad("sliceThickness", "null or a finite number (mm)", meta.sliceThickness);
+  if (!Array.isArray(meta.instances) || meta.instances.length === 0) bad("instances", "an array of the series' slices", meta.instances);
+  meta.instances.forEach((inst, k) => {
+    if (typeof inst !== "object" || inst === null) bad(`instances[${k}]`, "{ sopClassUid, sopInstanceUid, position }", inst);
+    if (!isUid(inst.sopClassUid)) bad(`instances[${k}].sopClassUid`, "a UID (1–64 printable characters)", inst.sopClassUid);
+    if (!isUid(inst.sopInstanceUid)) bad(`instances[${k}].sopInstanceUid`, "a UID (1–64 printable characters)", inst.sopInstanceUid);
+    if (!finiteNumbers(inst.position, 3)) bad(`instances[${k}].position`, "three finite numbers (mm)", inst.position);
+  });
+  const study: unknown = meta.studyAttributes;
+  if (study !== undefined && (typeof study !== "object" || study === null || Object.values(study).some((v) => typeof v !== "string")))
+    bad("studyAttributes", "an object of strings", study);
 }
 
 export async function writeDicomSeg(
@@ -156,6 +193,7 @@ export async function writeDicomSeg(
       sourceSeries,
     );
   }
+  checkSeriesMeta(meta, "sourceSeries" + (meta === sourceSeries ? "" : ".dicom"));
   const nx = meta.columns,
     ny = meta.rows,
     nz = meta.instances.length;

@@ -22,7 +22,7 @@ import type { Volume } from "../types.js";
 import { assertVolume } from "../volume.js";
 import { VERSION } from "../version.js";
 import { DicomError } from "./dicom.js";
-import { ds, IMPLEMENTATION_UID, isoDateTime, newUid } from "./dicom-seg.js";
+import { ds, IMPLEMENTATION_UID, isLoText, isoDateTime, newUid } from "./dicom-seg.js";
 
 export const CT_IMAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE = "1.2.840.10008.1.2.1";
@@ -100,8 +100,7 @@ export async function writeDicomSeries(dir: string, volume: Volume, options?: Wr
   assertVolume("volume", volume);
   const o = optionsObject("options", options) as WriteDicomSeriesOptions;
   for (const k of ["seriesDescription", "studyDescription"] as const) {
-    // eslint-disable-next-line no-control-regex -- DICOM's LO value representation forbids control characters
-    if (o[k] !== undefined && (typeof o[k] !== "string" || o[k]!.length > 64 || /[\\\0-\x1f]/.test(o[k]!))) {
+    if (o[k] !== undefined && !isLoText(o[k], true)) {
       throw invalidParameterError(`options.${k}`, "a text of at most 64 characters without backslashes or control characters", o[k]);
     }
   }

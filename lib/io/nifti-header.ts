@@ -206,6 +206,11 @@ export function voxelLayout(h: NiftiHeader, label: string): VoxelLayout {
   // stream claiming voxels gigabytes in would cost minutes of inflating what is then thrown away
   if (offset > h.headerSize + 4 + MAX_EXTENSION_BYTES)
     throw new NiftiError(label, `vox_offset ${offset} puts the voxels over ${MAX_EXTENSION_BYTES} bytes of extensions past the header`);
+  // (before any voxel is read: a voxel whose volume is 0 or infinite in mm³ makes every mL 0 or Infinity)
+  const sp = geometry(h).spacing;
+  const voxel = sp[0] * sp[1] * sp[2];
+  if (!(voxel >= 2 ** -1022 && voxel < Infinity))
+    throw new NiftiError(label, `pixdim [${sp.join(", ")}] mm make a voxel of ${voxel} mm³; bhsd needs a finite non-zero voxel volume`);
   return { dims, dtype, nvox, nbytes, offset };
 }
 

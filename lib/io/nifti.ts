@@ -557,6 +557,21 @@ export async function writeNifti(path: string, volume: Volume, options?: WriteNi
   const arrayType = dtypeOf(volume.data)!;
   const meta = volume.meta;
   const restore = meta?.scaled && arrayType === "float32" && opts.datatype === undefined && opts.sclSlope === undefined;
+  // (the meta a reader left is the caller's to edit: what is restored from it is checked as theirs)
+  if (restore) {
+    if (!inArray(meta!.datatype, DTYPES))
+      throw invalidParameterError("volume.meta.datatype", `one of ${DTYPES.join(", ")}`, meta!.datatype);
+    if (!Number.isFinite(meta!.sclSlope) || meta!.sclSlope === 0)
+      throw invalidParameterError("volume.meta.sclSlope", "a finite non-zero number", meta!.sclSlope);
+    if (opts.sclInter === undefined && !Number.isFinite(meta!.sclInter))
+      throw invalidParameterError("volume.meta.sclInter", "a finite number", meta!.sclInter);
+  }
+  for (const k of ["qformCode", "sformCode"] as const) {
+    const c = meta?.[k];
+    // (≤ 0 is written as 1, as a file read with qform_code 0 or a negative one)
+    if (c !== undefined && !(Number.isInteger(c) && c <= 32767))
+      throw invalidParameterError(`volume.meta.${k}`, "an integer up to 32767 (NIfTI's xform codes are 0–5)", c);
+  }
   const dtype = opts.datatype ?? (restore ? meta!.datatype : arrayType);
   const slope = opts.sclSlope ?? (restore ? meta!.sclSlope : 1);
   const inter = opts.sclInter ?? (restore ? meta!.sclInter : 0);

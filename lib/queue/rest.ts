@@ -15,11 +15,11 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { constants, existsSync } from "node:fs";
-import { mkdir, rename, utimes, writeFile } from "node:fs/promises";
+import { mkdir, utimes, writeFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import Fastify, { type FastifyInstance } from "fastify";
 import { readNiftiHeader } from "../io/nifti.js";
-import { openRegularFile } from "../io/small-file.js";
+import { openRegularFile, replaceFile } from "../io/small-file.js";
 import { openQueue } from "./batch.js";
 import { findNamedModel } from "../model/named.js";
 import { restJobsKey, sweep, waitForSweep } from "./retention.js";
@@ -247,9 +247,8 @@ export async function serveQueue(o: QueueServeOptions): Promise<FastifyInstance>
           () => false,
         ))
       ) {
-        const tmp = `${input}.${process.pid}.tmp`;
-        await writeFile(tmp, body);
-        await rename(tmp, input);
+        // (a fresh temporary nobody can guess, renamed into place: the shared folder is written by many)
+        await replaceFile(input, (tmp) => writeFile(tmp, body, { flag: "wx" }));
       }
       // recorded as this front's (its lifetime counts from this POST too), then enqueued
       await q.connection.zadd(restJobsKey(q.name), "GT", Date.now(), id);
