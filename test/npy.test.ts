@@ -1,5 +1,5 @@
 import test from "ava";
-import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatNpy, parseNpy, readNpy, writeNpy } from "../lib/index.js";
@@ -82,5 +82,32 @@ test("writeNpy replaces a link at its path instead of writing through it", async
   t.is(readFileSync(victim, "utf8"), "precious");
   t.false(lstatSync(join(dir, "o.npy")).isSymbolicLink());
   t.deepEqual([...(await readNpy(join(dir, "o.npy"))).data], [1, 2]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("a file replaced keeps its permission bits (writeNpy, writeNifti): a result made readable for others stays so", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "bhsd-npy-mode-"));
+  const { writeNifti } = await import("../lib/index.js");
+  const vol = {
+    data: new Uint8Array(8),
+    dims: [2, 2, 2] as [number, number, number],
+    spacing: [1, 1, 1] as [number, number, number],
+    affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+  };
+  for (const [name, write] of [
+    ["o.npy", (p: string) => writeNpy(p, Uint8Array.of(1, 2), [2])],
+    ["o.nii.gz", (p: string) => writeNifti(p, vol)],
+  ] as const) {
+    const p = join(dir, name);
+    await write(p);
+    for (const mode of [0o640, 0o604]) {
+      chmodSync(p, mode);
+      await write(p);
+      t.is(statSync(p).mode & 0o777, mode, `${name} ${mode.toString(8)}`);
+    }
+  }
+  // a new file takes the umask's mode as any other (not a temporary's 0600)
+  await writeNpy(join(dir, "new.npy"), Uint8Array.of(1), [1]);
+  t.is(statSync(join(dir, "new.npy")).mode & 0o777, 0o666 & ~process.umask());
   rmSync(dir, { recursive: true, force: true });
 });

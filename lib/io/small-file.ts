@@ -11,7 +11,7 @@
 import { constants } from "node:fs";
 import type { Stats } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { open, rename, rm, type FileHandle } from "node:fs/promises";
+import { chmod, lstat, open, rename, rm, type FileHandle } from "node:fs/promises";
 
 export interface SmallFileLimit {
   /** Most bytes the file may have. */
@@ -24,13 +24,17 @@ export interface SmallFileLimit {
  * Writes `path` whole or not at all: `write` fills a fresh temporary beside it (`<path>.<hex>.tmp`,
  * a name nobody can guess, which `write` must create exclusively — "wx" — so a link planted there
  * is never written through), renamed over `path` only when `write` succeeded; on any failure the
- * temporary goes and `path` is as it was. A link at `path` itself is replaced, not followed. (The
- * CLI's signal cleanup knows the temporary's name.)
+ * temporary goes and `path` is as it was. A link at `path` itself is replaced, not followed. A
+ * regular file replaced keeps its permission bits (as `sed -i` does: a file made group-readable for
+ * a viewer stays so); its owner and hard links are not kept. (The CLI's signal cleanup knows the
+ * temporary's name.)
  */
 export async function replaceFile(path: string, write: (tmp: string) => Promise<void>): Promise<void> {
   const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
   try {
     await write(tmp);
+    const old = await lstat(path).catch(() => null);
+    if (old?.isFile()) await chmod(tmp, old.mode & 0o777);
     await rename(tmp, path);
   } catch (e) {
     // (EEXIST: the temporary was somebody else's, not ours to remove)
