@@ -222,3 +222,67 @@ test("the BHSD layout reader pairs images with ground truths by case name and na
   await writeNifti(join(f.images, "c.nii.gz"), vol(4));
   await t.throwsAsync(readLabelledCases(root), { message: /case c has an image .*c\.nii\.gz.* but no ground truth in .*ground truths/ });
 });
+
+test("slice label CSVs are read strictly: slice numbers in digits, no background or doubled class column, any row count", (t) => {
+  t.throws(() => parseSliceCsv("slice,EDH\n,1\n"), { message: /line 2: slice "" is not a slice index/ });
+  t.throws(() => parseSliceCsv("slice,EDH\n0x0,1\n"), { message: /slice "0x0" is not a slice index/ });
+  t.throws(() => parseSliceCsv("slice,class0\n0,1\n"), { message: /unknown class column "class0"/ });
+  t.throws(() => parseSliceCsv("slice,EDH,class1\n0,1,0\n"), { message: /class 1 has two columns \("EDH" and "class1"\)/ });
+  // 200 000 rows: before, Math.max(...rows) overflowed the stack
+  const rows = ["slice,EDH"];
+  for (let z = 0; z < 200_000; z++) rows.push(`${z},${z % 2}`);
+  t.is(parseSliceCsv(rows.join("\n")).present.length, 200_000);
+});
+
+test("CSV text fields: a case name a spreadsheet would run as a formula is defused, a carriage return quoted", async (t) => {
+  const { csvText } = await import("../lib/metrics/csv.js");
+  t.is(csvText("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+  t.is(csvText("@SUM(9)"), "'@SUM(9)");
+  t.is(csvText("-3+4"), "'-3+4");
+  t.is(csvText("ok\rINJ"), '"ok\rINJ"');
+  t.is(csvText('a,"b"'), '"a,""b"""');
+  // numbers and the metrics' words pass as they are
+  for (const v of ["-0.5", "-inf", "nan", "ID_0", "+1e3"]) t.is(csvText(v), v);
+  // Python's csv reads the rows back as written (the case name one field, one row a case)
+  const m = (await evaluateDataset({ gtDir: (await layout()).gtRoot, predDir: (await layout()).predDir })).cases[0]!.metrics;
+  const text = casesToCsv([
+    { case: "ok\rINJ,1", metrics: m },
+    { case: "=2+5", metrics: m },
+  ]);
+  const r = spawnSync(
+    "python3",
+    [
+      "-c",
+      "import csv,sys; rows=list(csv.reader(sys.stdin, strict=True)); print(len(rows)); print(rows[1][0] == 'ok\\rINJ,1'); print(rows[-1][0])",
+    ],
+    {
+      input: text,
+      encoding: "utf8",
+    },
+  );
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(r.stdout.trim().split("\n"), [String(1 + 2 * m.classes.length), "True", "'=2+5"]);
+});
+
+test.serial("the command line never prints a file name's control characters; evaluate checks --classes once", async (t) => {
+  const { root, gtRoot, predDir } = await layout();
+  // a prediction whose file name sets the terminal's title and clears the screen
+  const evil = "\u001b]0;owned\u0007\u001b[2J\u001b[31mFAKE\u009b";
+  const { copyFileSync } = await import("node:fs");
+  copyFileSync(join(predDir, "ID_0.nii.gz"), join(predDir, `${evil}.nii.gz`));
+  const r = bhsd("evaluate", "--gt", gtRoot, "--pred", predDir, "--quiet");
+  t.is(r.status, 0, r.stderr);
+  t.false(
+    [..."\u001b\u0007\u009b"].some((c) => (r.stderr + r.stdout).includes(c)),
+    JSON.stringify(r.stderr),
+  );
+  t.true(r.stderr.includes("\\u001b]0;owned\\u0007\\u001b[2J\\u001b[31mFAKE\\u009b"), r.stderr);
+  // JSON stays JSON, and means the same
+  const j = bhsd("evaluate", "--gt", gtRoot, "--pred", predDir, "--json");
+  t.true((JSON.parse(j.stdout) as { extra: string[] }).extra.includes(evil));
+  const twice = bhsd("evaluate", "--gt", gtRoot, "--pred", predDir, "--classes", "1,1", "--json");
+  t.is(twice.status, 1);
+  t.regex(twice.stderr, /^bhsd: Expected a non-empty array of distinct integers 1\.\.255 for options\.classes/);
+  t.is(twice.stdout, "");
+  void root;
+});

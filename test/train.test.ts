@@ -75,7 +75,72 @@ test.serial("the head starts at the data's background prior; without backgroundP
   };
   await t.throwsAsync(train({ train: [bad], steps: 1 }), { message: /label 9 at voxel 5 is not one of the network's classes 0–5/ });
   const short = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, data: cases[0]!.labels.data.subarray(1) } };
-  await t.throwsAsync(train({ train: [short], steps: 1 }), { message: /labels have \d+ voxels but the CT has/ });
+  await t.throwsAsync(train({ train: [short], steps: 1 }), { message: /options\.train\[0\]\.labels\.data has \d+ voxels but/ });
+});
+
+test.serial(
+  "every case and option is checked before the first step: validation cases, grids, options; a diverged run is an error",
+  async (t) => {
+    setBackend(backendInfo().available.native ? "native" : "ts");
+    const opt = { dims: [32, 32, 8] as [number, number, number], spacing: [7.2, 7.2, 5] as [number, number, number] };
+    const cases = [1, 2].map((s) => makePhantom(s, opt)).map((p) => ({ ct: p.ct, labels: p.labels }));
+    const base = { train: cases, steps: 2, batch: 1, patch: [4, 32, 32] as [number, number, number], seed: 2 };
+    let steps = 0;
+    const counted = { ...base, onProgress: () => steps++ };
+    // a bad validation case: before, found at the first evaluation, after the training steps, and the run was lost
+    const bad = {
+      name: "b",
+      ct: cases[1]!.ct,
+      labels: { ...cases[1]!.labels, data: cases[1]!.labels.data.map((v, i) => (i === 7 ? 9 : v)) },
+    };
+    await t.throwsAsync(train({ ...counted, validation: [bad] }), { message: /options\.validation\[0\] \(case b\): label 9 at voxel 7/ });
+    // labels on another grid of the same voxel count: before, trained on scrambled labels
+    const turned = { ct: cases[0]!.ct, labels: { ...cases[0]!.labels, dims: [8, 32, 32] as [number, number, number] } };
+    await t.throwsAsync(train({ ...counted, train: [turned] }), {
+      message: /options\.train\[0\]: labels are 8×32×32 voxels but the CT is 32×32×8/,
+    });
+    await t.throwsAsync(train({ ...counted, validation: [turned] }), { message: /options\.validation\[0\]: labels are 8×32×32/ });
+    // options named (before: NaN losses, Adam for "SGD", an error about input.shape for batch 1.5)
+    await t.throwsAsync(train({ ...counted, lr: NaN }), { message: /options\.lr/ });
+    await t.throwsAsync(train({ ...counted, optimizer: "SGD" as "sgd" }), { message: /options\.optimizer/ });
+    await t.throwsAsync(train({ ...counted, batch: 1.5 }), { message: /options\.batch/ });
+    await t.throwsAsync(train({ ...counted, train: [] }), { message: /options\.train/ });
+    await t.throwsAsync(train({ ...counted, semi: { cases: [{ ct: cases[0]!.ct, slices: [] }] } }), {
+      message: /options\.semi\.cases\[0\]\.slices/,
+    });
+    await t.throwsAsync(
+      train({ ...counted, semi: { cases: [{ ct: cases[0]!.ct, slices: slicePresence(cases[0]!.labels).present }], patch: [4, 30, 32] } }),
+      { message: /for options\.semi\.patch but received array \[4, 30, 32\]/ },
+    );
+    t.is(steps, 0, "no step was taken");
+    // a learning rate that diverges: an error naming the step, not a model of NaN weights
+    await t.throwsAsync(train({ ...base, steps: 6, lr: 1e30 }), {
+      message: /training diverged at step \d: the loss is NaN \(learning rate 1e\+30\)/,
+    });
+    // a deeper network without a patch: the default is rounded up to its strides (before: options.patch refused)
+    const { demoSpec } = await import("../lib/train/unet.js");
+    const deep = await train({ ...base, patch: undefined, steps: 1, spec: demoSpec([4, 4, 4, 4, 4, 4]) });
+    t.deepEqual(deep.config.patchSize, [16, 64, 64]);
+    const deeper = await train({ ...base, patch: undefined, steps: 1, spec: demoSpec([2, 2, 2, 2, 2, 2, 2]) });
+    t.deepEqual(deeper.config.patchSize, [32, 64, 64]);
+    // slice-labelled cases of 12×12 in-plane: the default whole-slice patch is rounded up to the strides (before: a shape error)
+    const small = makePhantom(9, { dims: [12, 12, 8], spacing: [7.2, 7.2, 5] });
+    const r = await train({ ...base, steps: 1, semi: { cases: [{ ct: small.ct, slices: slicePresence(small.labels).present }] } });
+    t.true(Number.isFinite(r.history[0]!.mil), `mil ${r.history[0]!.mil}`);
+  },
+);
+
+test("backprop's loss refuses targets outside the classes (before: a wrong finite loss, or NaN)", async (t) => {
+  const { dcAndCeLossFast } = await import("../lib/train/fastgrad.js");
+  const logits = { data: Float32Array.from({ length: 2 * 3 * 4 }, (_, i) => Math.sin(i)), shape: [2, 3, 4] };
+  t.true(Number.isFinite(dcAndCeLossFast(logits, [0, 1, 2, 0, 1, 2, 0, 1]).loss));
+  for (const bad of [3, -1, 1.5, NaN])
+    t.throws(
+      () => dcAndCeLossFast(logits, [0, 1, 2, bad, 1, 2, 0, 1]),
+      { message: /target holds .* at 3; the logits have classes 0–2/ },
+      String(bad),
+    );
+  t.throws(() => dcAndCeLossFast(logits, [0, 1]), { message: /target has 2 values but the logits \[2, 3, 4\] have 8 voxels/ });
 });
 
 test.serial("bhsd demo runs the whole path on a fresh phantom and reports", async (t) => {
@@ -188,4 +253,60 @@ test("the multiple-instance loss leaves out unknown slice labels", (t) => {
   const one = milLoss(logits, [[[true], [null]]]);
   const full = milLoss(logits, [[[true], [false]]]);
   t.true(one.loss > 0 && one.loss !== full.loss);
+});
+
+test.serial('bhsd train on a ground truth that is all bleed fits a small heap; its sidecar writes a NaN Dice as "nan"', async (t) => {
+  const { spawnSync } = await import("node:child_process");
+  const { mkdirSync, mkdtempSync, readFileSync } = await import("node:fs");
+  const { join } = await import("node:path");
+  const { tmpdir } = await import("node:os");
+  const { writeNifti } = await import("../lib/index.js");
+  const root = mkdtempSync(join(tmpdir(), "bhsd-train-cli-"));
+  for (const d of ["images", "ground truths"]) mkdirSync(join(root, d));
+  // 160³ voxels, every one labelled: before, each voxel's index went into a JavaScript array
+  // (about 9 bytes of heap a voxel: 37 MB here, and a V8 abort past the heap's limit)
+  const n = 160,
+    dims = [n, n, n] as [number, number, number],
+    spacing = [1, 1, 1] as [number, number, number],
+    affine = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+  await writeNifti(join(root, "images", "a.nii.gz"), { data: new Int16Array(n ** 3).fill(60), dims, spacing, affine });
+  await writeNifti(join(root, "ground truths", "a.nii.gz"), { data: new Uint8Array(n ** 3).fill(2), dims, spacing, affine });
+  const cli = join(import.meta.dirname, "..", "dist", "cli", "main.js");
+  const out = join(root, "m.onnx");
+  const r = spawnSync(
+    process.execPath,
+    [
+      "--max-old-space-size=32",
+      cli,
+      "train",
+      "--data",
+      root,
+      "--validation",
+      "0",
+      "--steps",
+      "1",
+      "--batch",
+      "1",
+      "--patch",
+      "4,8,8",
+      "--out",
+      out,
+      "--quiet",
+    ],
+    { encoding: "utf8", timeout: 120_000 },
+  );
+  t.is(r.status, 0, r.stderr.slice(-2000));
+  // a validation case without bleed: its Dice is NaN, written as metrics.md writes it (before: null)
+  await writeNifti(join(root, "images", "b.nii.gz"), { data: new Int16Array(8 * 16 * 16).fill(30), dims: [16, 16, 8], spacing, affine });
+  await writeNifti(join(root, "ground truths", "b.nii.gz"), { data: new Uint8Array(8 * 16 * 16), dims: [16, 16, 8], spacing, affine });
+  const v = spawnSync(
+    process.execPath,
+    [cli, "train", "--data", root, "--validation", "1", "--steps", "1", "--batch", "1", "--patch", "4,8,8", "--out", out, "--quiet"],
+    { encoding: "utf8", timeout: 120_000 },
+  );
+  t.is(v.status, 0, v.stderr.slice(-2000));
+  t.is(JSON.parse(readFileSync(join(root, "m.json"), "utf8")).finalValidationDice, "nan");
+  // --features is checked as a flag
+  const f = spawnSync(process.execPath, [cli, "train", "--data", root, "--features", "8,x", "--out", out], { encoding: "utf8" });
+  t.regex(f.stderr, /--features must be two or more stage widths.*"8,x"/);
 });

@@ -14,7 +14,9 @@ import { serveCommand } from "./serve.js";
 import { trainCommand } from "./train.js";
 import { viewCommand } from "./view.js";
 import { workerCommand } from "./worker.js";
-import { DEFAULT_MAX_INPUT_MB, intArg, setMaxInputMb } from "./util.js";
+import { DEFAULT_MAX_INPUT_MB, guardTerminalOutput, intArg, setMaxInputMb } from "./util.js";
+
+guardTerminalOutput();
 
 const program = new Command();
 program

@@ -30,7 +30,7 @@ interface Opts {
   foreground: number;
   batchDice?: boolean;
   schedule: "poly" | "constant";
-  features?: string;
+  features?: number[];
   patch?: [number, number, number];
   sliceData?: string;
   mil: number;
@@ -55,11 +55,18 @@ function postprocessingArg(v: string): CleanupOptions {
   return parsed as CleanupOptions;
 }
 
-/** Slice labels as training takes them: per slice, classes 1..5 in order (a class the CSV lacks is absent). */
+/** Slice labels as training takes them: per slice, classes 1..5 in order (a class the CSV lacks is not known: null). */
 function bySliceAndClass(c: SliceLayoutCase): SliceLabelledCase {
   const k = [1, 2, 3, 4, 5].map((cls) => c.slices.classes.indexOf(cls));
-  return { ct: c.ct, slices: c.slices.present.map((row) => k.map((i) => (i >= 0 ? row[i]! : false))) };
+  return { name: c.name, ct: c.ct, slices: c.slices.present.map((row) => k.map((i) => (i >= 0 ? row[i]! : null))) };
 }
+
+const featuresArg = (v: string): number[] => {
+  const f = v.split(",").map((x) => (/^\d+$/.test(x.trim()) ? Number(x) : NaN));
+  if (f.length < 2 || !f.every((x) => Number.isInteger(x) && x >= 1 && x <= 1024))
+    throw new InvalidArgumentError(`--features must be two or more stage widths, integers from 1 to 1024, e.g. 8,16,32,64; got "${v}"`);
+  return f;
+};
 
 export function trainCommand(program: Command): void {
   program
@@ -77,8 +84,12 @@ export function trainCommand(program: Command): void {
     .addOption(new Option("--optimizer <name>", "adam, or sgd (Nesterov, nnU-Net's)").choices(["adam", "sgd"]).default("adam"))
     .option("--validation <n>", "held-out cases for validation Dice", intArg("--validation", 0, 1000), 2)
     .option("--foreground <f>", "fraction of patches centred on a bleed (nnU-Net: 0.33)", numberArg("--foreground", 0), 1 / 3)
-    .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128")
-    .option("--patch <z,y,x>", "training patch in voxels (default 16,64,64; each a multiple of the network's stride along it)", patchArg)
+    .option("--features <list>", "stage widths of the U-Net, e.g. 8,16,32,64 (the default) or 8,16,32,64,128", featuresArg)
+    .option(
+      "--patch <z,y,x>",
+      "training patch in voxels (default 16,64,64, rounded up to the network's strides; each a multiple of the stride along it)",
+      patchArg,
+    )
     .option("--batch-dice", "Dice pooled over the batch (nnU-Net's batch_dice) instead of per sample")
     .addOption(
       new Option("--schedule <name>", "learning rate: poly (nnU-Net's, (1 − step/steps)^0.9) or constant")
@@ -139,7 +150,7 @@ export function trainCommand(program: Command): void {
             seed: o.seed,
             foreground: Math.min(1, o.foreground),
             batchDice: o.batchDice ?? false,
-            ...(o.features ? { spec: demoSpec(o.features.split(",").map(Number)) } : {}),
+            ...(o.features ? { spec: demoSpec(o.features) } : {}),
             ...(o.patch ? { patch: o.patch } : {}),
             schedule: o.schedule,
             ...(o.sliceData
@@ -162,10 +173,11 @@ export function trainCommand(program: Command): void {
             },
           });
           await plan.write("--out", (tmp) => writeFile(tmp, r.onnx));
+          // (toJson: a validation Dice of NaN is "nan", as metrics.md writes it, not null)
           await plan.write("--out (config)", (tmp) =>
             writeFile(
               tmp,
-              JSON.stringify(
+              toJson(
                 {
                   ...r.config,
                   trainedSteps: o.steps,
@@ -173,11 +185,10 @@ export function trainCommand(program: Command): void {
                   foreground: o.foreground,
                   batchDice: o.batchDice ?? false,
                   schedule: o.schedule,
-                  features: o.features ?? "8,16,32,64",
+                  features: (o.features ?? [8, 16, 32, 64]).join(","),
                   finalValidationDice: r.history.at(-1)?.valDice ?? null,
                   ...(o.postprocessing ? { postprocessing: o.postprocessing } : {}),
                 },
-                null,
                 1,
               ) + "\n",
             ),

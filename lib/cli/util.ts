@@ -47,6 +47,28 @@ export function fmt(x: number, digits = 3): string {
   return Number.isInteger(x) ? String(x) : x.toFixed(digits);
 }
 
+// eslint-disable-next-line no-control-regex -- the control characters are what is replaced
+const UNPRINTABLE = /[\0-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text for a terminal: control characters other than tab, line feed and carriage return (an escape
+ * sequence in a case's file name, a DICOM description or an error message sets the window's title,
+ * clears the screen or forges lines), C1 controls and the bidirectional overrides become `\uXXXX`
+ * — which is also what JSON would have written, so JSON output stays valid and means the same.
+ */
+export function terminalText(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** Every string the command line writes to stdout and stderr passes terminalText (bytes, e.g. a PNG, pass as they are). */
+export function guardTerminalOutput(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
+    stream.write = ((chunk: unknown, ...rest: unknown[]) =>
+      write(typeof chunk === "string" ? terminalText(chunk) : chunk, ...rest)) as typeof stream.write;
+  }
+}
+
 /** A progress line on stderr when it is a terminal and not --quiet; nothing otherwise. */
 export function progress(enabled: boolean): (done: number, total: number, what: string) => void {
   if (!enabled || !process.stderr.isTTY) return () => {};

@@ -8,8 +8,15 @@ export function csvNumber(x: number): string {
   return String(x);
 }
 
-function csvText(s: string): string {
-  return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+/**
+ * A text field: quoted when it holds a quote, comma or line break (a lone carriage return too: it
+ * ends a row for Python's csv and for spreadsheets), and a text that a spreadsheet would take for
+ * a formula (starting with = + - @, a tab or a carriage return: a case named "=HYPERLINK(…)" from
+ * a file name) gets a leading ' (OWASP's rule). Numbers, inf and nan pass as they are.
+ */
+export function csvText(s: string): string {
+  if (/^[=+\-@\t\r]/.test(s) && !/^[-+]?(inf|nan)$/.test(s) && !Number.isFinite(Number(s))) s = `'${s}`;
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
 /** One row per case and class: case,class,name,tp,fp,fn,dice,…,nsd. */

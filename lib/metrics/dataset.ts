@@ -13,7 +13,7 @@ import { readSmallFile } from "../io/small-file.js";
 import type { Volume } from "../types.js";
 import { releaseDropped } from "../volume.js";
 import { parseSliceCsv, type SliceLabels } from "./slices.js";
-import { evaluate, type CaseMetrics, type EvaluateOptions, DEFAULT_CLASSES } from "./evaluate.js";
+import { checkClasses, evaluate, type CaseMetrics, type EvaluateOptions, DEFAULT_CLASSES } from "./evaluate.js";
 import { summarize, type Summary } from "./summary.js";
 
 export interface DatasetOptions extends EvaluateOptions {
@@ -101,7 +101,8 @@ export async function evaluateDataset(options: DatasetOptions): Promise<DatasetR
   const missing = [...gts.keys()].filter((c) => !preds.has(c));
   const extra = [...preds.keys()].filter((c) => !gts.has(c));
   const evalOpts: EvaluateOptions = {};
-  if (opts.classes !== undefined) evalOpts.classes = opts.classes;
+  // (checked once here: "1,1" failed every case, each after reading it)
+  if (opts.classes !== undefined) evalOpts.classes = checkClasses(opts.classes);
   if (opts.nsdToleranceMm !== undefined) evalOpts.nsdToleranceMm = opts.nsdToleranceMm;
   const cases: DatasetCase[] = [];
   const failed: { case: string; error: string }[] = [];

@@ -68,7 +68,7 @@ export interface EvaluateOptions {
 
 const AFFINE_TOLERANCE = 1e-3;
 
-function checkClasses(v: unknown): number[] {
+export function checkClasses(v: unknown): number[] {
   if (v === undefined) return [...DEFAULT_CLASSES];
   if (!Array.isArray(v) || v.length === 0 || !v.every((c) => Number.isInteger(c) && c >= 1 && c <= 255) || new Set(v).size !== v.length) {
     throw invalidParameterError("options.classes", "a non-empty array of distinct integers 1..255", v);

@@ -62,17 +62,25 @@ export function parseSliceCsv(text: string, label = "slice CSV"): SliceLabels {
   const classCols = header.map((h, i) => [h, i] as const).filter(([, i]) => i > 0 && i !== anyCol);
   const byName = new Map(Object.entries(BHSD_CLASSES).map(([c, n]) => [n.toLowerCase(), Number(c)]));
   const classes = classCols.map(([h]) => {
-    const c = byName.get(h.toLowerCase()) ?? (/^class(\d+)$/i.exec(h) ? Number(/^class(\d+)$/i.exec(h)![1]) : NaN);
-    if (!Number.isInteger(c)) throw new Error(`${label}: unknown class column "${h}" (expected EDH, IPH, IVH, SAH, SDH)`);
+    const c = byName.get(h.toLowerCase()) ?? (/^class(\d{1,3})$/i.exec(h) ? Number(/^class(\d+)$/i.exec(h)![1]) : NaN);
+    // (class 0 is the background: no slice label speaks of it)
+    if (!Number.isInteger(c) || c < 1 || c > 255)
+      throw new Error(`${label}: unknown class column "${h.slice(0, 64)}" (expected EDH, IPH, IVH, SAH, SDH or class1 … class255)`);
     return c;
+  });
+  // one column a class: "EDH,class1" named class 1 twice and training took the first
+  classes.forEach((c, k) => {
+    if (classes.indexOf(c) !== k)
+      throw new Error(`${label}: class ${c} has two columns ("${classCols[classes.indexOf(c)]![0]}" and "${classCols[k]![0]}")`);
   });
   const rows = new Map<number, boolean[]>();
   const anyVals = new Map<number, boolean>();
   for (let li = 1; li < lines.length; li++) {
     const cells = lines[li]!.split(",").map((c) => c.trim());
     if (cells.length !== header.length) throw new Error(`${label}: line ${li + 1} has ${cells.length} fields, the header ${header.length}`);
-    const z = Number(cells[0]);
-    if (!Number.isInteger(z) || z < 0) throw new Error(`${label}: line ${li + 1}: slice "${cells[0]}" is not a slice index`);
+    // (digits only: Number("") is 0 and Number("0x1") is 1)
+    const z = /^\d{1,9}$/.test(cells[0]!) ? Number(cells[0]) : NaN;
+    if (!Number.isInteger(z)) throw new Error(`${label}: line ${li + 1}: slice "${cells[0]!.slice(0, 64)}" is not a slice index`);
     if (rows.has(z)) throw new Error(`${label}: slice ${z} appears twice`);
     const bit = (s: string, col: string) => {
       if (s === "1" || s.toLowerCase() === "true") return true;
@@ -85,7 +93,8 @@ export function parseSliceCsv(text: string, label = "slice CSV"): SliceLabels {
     );
     if (anyCol >= 0) anyVals.set(z, bit(cells[anyCol]!, "any"));
   }
-  const nz = Math.max(...rows.keys()) + 1;
+  let nz = 0; // (not Math.max(...keys): a spread of 120 000 rows overflows the stack)
+  for (const z of rows.keys()) nz = Math.max(nz, z + 1);
   const present: boolean[][] = [];
   const any: boolean[] = [];
   for (let z = 0; z < nz; z++) {

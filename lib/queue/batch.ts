@@ -16,7 +16,7 @@ import { Queue, type Job, type JobState } from "bullmq";
 import { readNifti } from "../io/nifti.js";
 import { caseName, layoutFolders, type DatasetCase, type DatasetResult } from "../metrics/dataset.js";
 import { evaluate, BHSD_CLASSES, DEFAULT_CLASSES } from "../metrics/evaluate.js";
-import { csvNumber } from "../metrics/csv.js";
+import { csvNumber, csvText } from "../metrics/csv.js";
 import { summarize } from "../metrics/summary.js";
 import { releaseDropped } from "../volume.js";
 import {
@@ -306,7 +306,6 @@ export function resultsCsv(s: BatchStatus): string {
     "attempts",
     "error",
   ];
-  const q = (v: string) => (/[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
   const rows = s.cases.map((c) => {
     const r = c.result;
     return [
@@ -321,7 +320,7 @@ export function resultsCsv(s: BatchStatus): string {
       String(c.attempts),
       c.error ?? "",
     ]
-      .map(q)
+      .map(csvText)
       .join(",");
   });
   return [head.join(","), ...rows].join("\n") + "\n";

@@ -136,6 +136,13 @@ export function dcAndCeLossFast(
 ): LossResult {
   const [N, C] = logits.shape as [number, number];
   const S = logits.data.length / (N * C);
+  // the sums are indexed by the target: a value past the classes wrote into another sample's sums
+  if (target.length !== N * S)
+    throw new RangeError(`target has ${target.length} values but the logits [${logits.shape.join(", ")}] have ${N * S} voxels`);
+  for (let i = 0; i < target.length; i++) {
+    const t = target[i]!;
+    if (!(Number.isInteger(t) && t >= 0 && t < C)) throw new RangeError(`target holds ${t} at ${i}; the logits have classes 0–${C - 1}`);
+  }
   const z = logits.data;
   const p = out && out.length === z.length ? out : new Float32Array(z.length); // every element written
   const G = batchDice ? 1 : N;

@@ -11,6 +11,7 @@ import { BHSD_WINDOW, type ModelConfig } from "../model/config.js";
 import { parseModel, type Graph } from "../model/graph.js";
 import { loadModel } from "../model/model.js";
 import { replaceInitializers } from "../model/onnx-proto.js";
+import { assertVolume } from "../volume.js";
 import { normalize, segment } from "../model/segment.js";
 import { prng } from "../random.js";
 import type { Volume } from "../types.js";
@@ -22,12 +23,16 @@ import { buildUNet, DEMO_UNET, type UNetSpec } from "./unet.js";
 export interface LabelledCase {
   ct: Volume;
   labels: Volume;
+  /** The case's name (its file), for messages. */
+  name?: string;
 }
 
-/** A case with slice-level labels only: slices[z][c − 1] says whether class c is on slice z. */
+/** A case with slice-level labels only: slices[z][c − 1] says whether class c is on slice z (null: not known). */
 export interface SliceLabelledCase {
   ct: Volume;
-  slices: boolean[][];
+  slices: (boolean | null)[][];
+  /** The case's name (its file), for messages. */
+  name?: string;
 }
 
 /** The semi-supervised terms (BHSD's setting: voxel labels for some cases, slice labels for others). */
@@ -101,44 +106,114 @@ export interface TrainResult {
 export async function validationDice(onnx: Uint8Array, config: Partial<ModelConfig>, cases: LabelledCase[]): Promise<number> {
   const model = await loadModel(onnx, config);
   const dices: number[] = [];
-  for (const c of cases) {
-    const { labels } = await segment(c.ct, model, { cleanup: { minVoxels: 10 } });
-    const m = await evaluate(c.labels, labels);
-    for (const k of m.classes) if (m.perClass[String(k)]!.tp + m.perClass[String(k)]!.fn > 0) dices.push(m.perClass[String(k)]!.dice);
+  try {
+    for (const c of cases) {
+      const { labels } = await segment(c.ct, model, { cleanup: { minVoxels: 10 } });
+      const m = await evaluate(c.labels, labels);
+      for (const k of m.classes) if (m.perClass[String(k)]!.tp + m.perClass[String(k)]!.fn > 0) dices.push(m.perClass[String(k)]!.dice);
+    }
+  } finally {
+    model.dispose(); // (one model an evaluation: its engine memory back now)
   }
   return dices.length ? dices.reduce((a, b) => a + b, 0) / dices.length : NaN;
+}
+
+/** Each axis' total stride: a patch along it must divide by it (the U-Net halves and concatenates back). */
+const strideOf = (spec: UNetSpec) => [0, 1, 2].map((a) => spec.strides.reduce((m, st) => m * st[a]!, 1));
+
+/** The patch asked for, checked against the network, or `wanted` rounded up to its strides and held to 1024. */
+function patchFor(name: string, given: unknown, wanted: number[], div: number[]): [number, number, number] {
+  if (given === undefined)
+    return wanted.map((v, a) => Math.min(Math.ceil(v / div[a]!) * div[a]!, Math.floor(1024 / div[a]!) * div[a]!)) as [
+      number,
+      number,
+      number,
+    ];
+  if (!Array.isArray(given) || given.length !== 3 || !given.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
+    throw invalidParameterError(
+      name,
+      `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`,
+      given,
+    );
+  return given as [number, number, number];
+}
+
+/**
+ * Every case checked before anything is built, allocated or trained (a bad validation case found
+ * at the first evaluation threw the run away): a CT and labels on one grid, labels the network's
+ * classes. Returns the count of background voxels and of all voxels.
+ */
+function checkCases(cases: unknown, name: string, classes: number): { bg: number; n: number } {
+  if (!Array.isArray(cases)) throw invalidParameterError(name, "an array of { ct, labels } cases", cases);
+  let bg = 0,
+    n = 0;
+  cases.forEach((c: LabelledCase, k) => {
+    const what = `${name}[${k}]${typeof c?.name === "string" ? ` (case ${c.name})` : ""}`;
+    if (typeof c !== "object" || c === null) throw invalidParameterError(what, "{ ct, labels }", c);
+    assertVolume(`${what}.ct`, c.ct);
+    assertVolume(`${what}.labels`, c.labels);
+    if (c.labels.dims.some((d, a) => d !== c.ct.dims[a]))
+      throw new RangeError(
+        `${what}: labels are ${c.labels.dims.join("×")} voxels but the CT is ${c.ct.dims.join("×")}; they must be one grid`,
+      );
+    const d = c.labels.data;
+    for (let i = 0; i < d.length; i++) {
+      const l = d[i]!;
+      // the loss indexes its sums by label: a value past the network's classes must not reach it
+      if (!(l >= 0 && l < classes && Number.isInteger(l)))
+        throw new RangeError(`${what}: label ${l} at voxel ${i} is not one of the network's classes 0–${classes - 1}`);
+      if (!l) bg++;
+    }
+    n += d.length;
+  });
+  return { bg, n };
+}
+
+/** Per class present, in order of first appearance, the indices of its voxels (typed: a volume's worth of them is no JavaScript array). */
+function voxelsByClass(lab: ArrayLike<number>): (Uint32Array | Float64Array)[] {
+  const count = new Map<number, number>();
+  for (let i = 0; i < lab.length; i++) {
+    const l = lab[i]!;
+    if (l) count.set(l, (count.get(l) ?? 0) + 1);
+  }
+  const lists = new Map([...count].map(([l, k]) => [l, { at: 0, idx: lab.length < 2 ** 32 ? new Uint32Array(k) : new Float64Array(k) }]));
+  for (let i = 0; i < lab.length; i++) {
+    const l = lab[i]!;
+    if (l) {
+      const e = lists.get(l)!;
+      e.idx[e.at++] = i;
+    }
+  }
+  return [...lists.values()].map((e) => e.idx);
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
   if (o.schedule !== undefined && o.schedule !== "poly" && o.schedule !== "constant")
     throw invalidParameterError("options.schedule", '"poly" or "constant"', o.schedule);
   const spec = o.spec ?? DEMO_UNET;
-  const patch = o.patch ?? [16, 64, 64];
   // the U-Net halves a patch once per strided stage and concatenates the halves back: each axis
-  // must divide by the product of the strides along it
-  const div = [0, 1, 2].map((a) => spec.strides.reduce((m, st) => m * st[a]!, 1));
-  if (!Array.isArray(patch) || patch.length !== 3 || !patch.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
-    throw invalidParameterError(
-      "options.patch",
-      `three positive integers [z, y, x], each a multiple of the network's total stride along it (${div.join(", ")}), at most 1024`,
-      o.patch,
-    );
-  const batch = o.batch ?? 2,
-    steps = o.steps ?? 200;
+  // must divide by the product of the strides along it (the default, 16×64×64, is rounded up to it)
+  const div = strideOf(spec);
+  const patch = patchFor("options.patch", o.patch, [16, 64, 64], div);
+  const count = (name: string, v: unknown, def: number, max: number) => {
+    if (v !== undefined && !(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= max))
+      throw invalidParameterError(name, `an integer from 1 to ${max}`, v);
+    return (v as number | undefined) ?? def;
+  };
+  const batch = count("options.batch", o.batch, 2, 1024),
+    steps = count("options.steps", o.steps, 200, 1e9);
+  count("options.evalEvery", o.evalEvery, 1, 1e9);
+  if (o.optimizer !== undefined && o.optimizer !== "adam" && o.optimizer !== "sgd")
+    throw invalidParameterError("options.optimizer", '"adam" or "sgd"', o.optimizer);
+  if (o.lr !== undefined && !(typeof o.lr === "number" && o.lr > 0 && Number.isFinite(o.lr)))
+    throw invalidParameterError("options.lr", "a positive finite number", o.lr);
+  if (o.foreground !== undefined && !(typeof o.foreground === "number" && o.foreground >= 0 && o.foreground <= 1))
+    throw invalidParameterError("options.foreground", "a number from 0 to 1", o.foreground);
+  if (o.seed !== undefined && !Number.isSafeInteger(o.seed)) throw invalidParameterError("options.seed", "an integer", o.seed);
   // every case checked before anything is built or allocated; the same pass counts background
-  let bg = 0,
-    nLab = 0;
-  o.train.forEach((c, k) => {
-    if (c.labels.data.length !== c.ct.data.length)
-      throw new RangeError(`options.train[${k}]: labels have ${c.labels.data.length} voxels but the CT has ${c.ct.data.length}`);
-    for (let i = 0; i < c.labels.data.length; i++, nLab++) {
-      const l = c.labels.data[i]!;
-      // the loss indexes its sums by label: a value past the network's classes must not reach it
-      if (!(l >= 0 && l < spec.classes && Number.isInteger(l)))
-        throw new RangeError(`options.train[${k}]: label ${l} at voxel ${i} is not one of the network's classes 0–${spec.classes - 1}`);
-      if (!l) bg++;
-    }
-  });
+  const { bg, n: nLab } = checkCases(o.train, "options.train", spec.classes);
+  if (o.train.length === 0) throw invalidParameterError("options.train", "at least one case", o.train);
+  if (o.validation !== undefined) checkCases(o.validation, "options.validation", spec.classes);
   const rnd = prng(o.seed ?? 1);
   const initial = buildUNet(spec, o.seed ?? 1);
   const graph: Graph = await parseModel(initial);
@@ -164,15 +239,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     mirrorAxes: [2],
   };
   // normalised images and labels, with each case's bleed voxels for oversampling
-  const data = o.train.map((c) => {
-    const img = normalize(c.ct.data, BHSD_WINDOW);
-    const byClass = new Map<number, number[]>();
-    for (let i = 0; i < c.labels.data.length; i++) {
-      const l = c.labels.data[i]!;
-      if (l) (byClass.get(l) ?? byClass.set(l, []).get(l)!).push(i);
-    }
-    return { img, lab: c.labels.data, dims: c.ct.dims, fg: [...byClass.values()] };
-  });
+  const data = o.train.map((c) => ({
+    img: normalize(c.ct.data, BHSD_WINDOW),
+    lab: c.labels.data,
+    dims: c.ct.dims,
+    fg: voxelsByClass(c.labels.data),
+  }));
   const [pd, ph, pw] = patch,
     pv = pd * ph * pw;
   const x = new Float32Array(batch * pv),
@@ -182,7 +254,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const every = o.evalEvery ?? Math.max(1, Math.floor(steps / 4));
   const snapshot = () => replaceInitializers(initial, new Map(params.map(([k, p]) => [k, p])));
   const pool = new BufferPool(); // each step's activations and gradients reuse the last step's buffers
-  const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps, pool) : undefined;
+  const semi = o.semi?.cases.length ? semiTrainer(o.semi, graph, params, rnd, steps, pool, div) : undefined;
   for (let step = 1; step <= steps; step++) {
     if ((o.schedule ?? "poly") === "poly") for (const opt of opts.values()) opt.lr = lr * (1 - (step - 1) / steps) ** 0.9;
     for (let b = 0; b < batch; b++) {
@@ -241,12 +313,18 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (g) opts.get(k)!.step(p, g.data);
     }
     semi?.follow();
+    // a diverged run (too large a learning rate) would go on to write a model of NaN weights
+    if (!Number.isFinite(r.loss) || (semiTerms && !Number.isFinite(semiTerms.mil + semiTerms.consistency)))
+      throw new Error(`training diverged at step ${step}: the loss is ${r.loss} (learning rate ${lr}); try a smaller one`);
     const prog: TrainProgress = { step, steps, loss: r.loss, ...semiTerms, elapsedS: (performance.now() - t0) / 1000 };
     if (o.validation?.length && (step % every === 0 || step === steps))
       prog.valDice = await validationDice(snapshot(), config, o.validation);
     history.push(prog);
     o.onProgress?.(prog);
   }
+  for (const [k, p] of params)
+    if (!p.every(Number.isFinite))
+      throw new Error(`training diverged in its last step: weights of ${k} are not finite (learning rate ${lr})`);
   return { onnx: snapshot(), config, history };
 }
 
@@ -263,7 +341,16 @@ function semiTrainer(
   rnd: () => number,
   steps: number,
   pool: BufferPool,
+  div: number[],
 ) {
+  if (o.batch !== undefined && !(Number.isInteger(o.batch) && o.batch >= 1 && o.batch <= 1024))
+    throw invalidParameterError("options.semi.batch", "an integer from 1 to 1024", o.batch);
+  o.cases.forEach((c, k) => {
+    const what = `options.semi.cases[${k}]${typeof c?.name === "string" ? ` (case ${c.name})` : ""}`;
+    assertVolume(`${what}.ct`, c.ct);
+    if (!Array.isArray(c.slices) || c.slices.length !== c.ct.dims[2])
+      throw invalidParameterError(`${what}.slices`, `one row per slice (${c.ct.dims[2]})`, c.slices);
+  });
   const teacher: Graph = {
     ...graph,
     initializers: new Map([...graph.initializers].map(([k, t]) => [k, t.f32 ? { ...t, f32: t.f32.slice() } : t])),
@@ -275,8 +362,9 @@ function semiTrainer(
     slices: c.slices,
     pos: c.slices.flatMap((s, z) => (s.some(Boolean) ? [z] : [])),
   }));
+  // whole slices in-plane by default (rounded up to the network's strides, at most 1024)
   const d0 = data[0]!.dims;
-  const [pd, ph, pw] = o.patch ?? [8, d0[1], d0[0]];
+  const [pd, ph, pw] = patchFor("options.semi.patch", o.patch, [8, d0[1], d0[0]], div);
   const batch = o.batch ?? 1,
     pv = pd * ph * pw;
   const xs = new Float32Array(batch * pv),
