@@ -220,7 +220,11 @@ const RULES: Record<string, Rule> = {
   },
   PRelu: ([x, slope]) => {
     if (!x) return [undefined];
-    perChannel(slope, x.shape.length > 1 ? x.shape[1]! : 1, "slope", 1);
+    // (unidirectional broadcasting: the slope's trailing axes match X's or are 1)
+    const r = x.shape.length,
+      k = slope ? slope.shape.length : 0;
+    if (slope && (k > r || slope.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i])))
+      throw new RangeError(`slope [${slope.shape}] does not broadcast to X [${x.shape}]`);
     return [same(x)];
   },
   Not: ([x]) => [x ? same(x, true) : undefined],
@@ -285,7 +289,8 @@ const RULES: Record<string, Rule> = {
     if (!sc) return [undefined];
     if (sc.length !== r || sc[0] !== 1 || sc[1] !== 1)
       throw new RangeError(`Resize needs ${r} scales (1 for N and C) or ${r} sizes for its input [${x.shape}]`);
-    const out = x.shape.slice(2).map((e, i) => Math.floor(e * sc[2 + i]!));
+    // (the product in float32, as onnxruntime takes it: 10 × 0.7f is 6.9999999 in double but 7 in float)
+    const out = x.shape.slice(2).map((e, i) => Math.floor(Math.fround(e * sc[2 + i]!)));
     if (out.some((o) => o < 1)) throw new RangeError(`scales [${sc}] make an empty output`);
     return [float([x.shape[0]!, x.shape[1]!, ...out])];
   },

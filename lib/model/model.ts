@@ -722,7 +722,7 @@ async function foldConstants(graph: Graph, limit: number, lenient = false): Prom
       if (!o) return;
       known.set(o, v);
       folded.add(o);
-      held += "f" in v ? v.f.data.byteLength : 0;
+      held += "f" in v ? v.f.data.byteLength : v.ints.length * 8; // (integers: numbers on V8's heap)
       graph.initializers.set(o, "f" in v ? { dims: v.f.shape, dataType: 1, f32: v.f.data } : { dims: v.shape, dataType: 7, ints: v.ints });
     });
   }

@@ -6,6 +6,7 @@
  * are plain numbers. Every result's size is checked against the run's memory budget before it is
  * allocated (see Budget).
  */
+import { getHeapStatistics } from "node:v8";
 import { allocArray } from "../volume.js";
 
 export type NdData = Float32Array | number[];
@@ -35,6 +36,15 @@ export const NO_BUDGET: Budget = { check: () => {} };
 /** Largest integer tensor (shape glue): integer results are plain arrays of numbers. */
 const MAX_INTS = 1 << 24;
 
+/**
+ * Most multiply-adds one general Einsum (its index loop: about 40 M a second) or one MatMul of
+ * this file (a JavaScript loop: integers, or what the engine's GEMM does not take) may do. They
+ * run on the main thread without a pause: a 219-byte model's Einsum folded at load ran for hours,
+ * cancel and timers unheard. What exporters give (attention) goes to the engine's GEMM.
+ */
+const MAX_EINSUM_STEPS = 2 ** 27,
+  MAX_MATMUL_STEPS = 2 ** 30;
+
 /** `overwritten`: the caller writes every element, so reused engine memory need not be cleared first. */
 export function alloc(shape: number[], int: boolean, budget: Budget, what: string, overwritten = false): Nd {
   const n = size(shape);
@@ -42,11 +52,28 @@ export function alloc(shape: number[], int: boolean, budget: Budget, what: strin
     throw new RangeError(`${what}: shape [${shape}] is not a valid size`);
   if (int) {
     if (n > MAX_INTS) throw new RangeError(`${what}: an integer tensor of ${n} values is beyond the engine's ${MAX_INTS} for shape glue`);
+    budget.check(n * 8, what);
+    heapRoom(n, what);
     return { data: new Array<number>(n).fill(0), shape, int };
   }
   budget.check(n * 4, what);
   if (budget.take) return { data: budget.take(n), shape, int };
   return { data: allocArray("float32", n, what, { overwritten }) as Float32Array, shape, int };
+}
+
+/**
+ * Integer tensors are arrays of numbers on V8's heap (8 bytes a value), whose limit is far below the
+ * engine's memory: eight 2^24-value ConstantOfShape nodes of a 680-byte model aborted the process
+ * (heap out of memory, which nothing can catch). A large one is refused while the heap would pass
+ * half its limit.
+ */
+export function heapRoom(values: number, what: string): void {
+  if (values < 1 << 16) return;
+  const h = getHeapStatistics();
+  if (h.used_heap_size + values * 8 > h.heap_size_limit / 2)
+    throw new RangeError(
+      `${what}: an integer tensor of ${values} values would take JavaScript's heap past half its ${Math.round(h.heap_size_limit / 2 ** 20)} MiB (${Math.round(h.used_heap_size / 2 ** 20)} MiB in use)`,
+    );
 }
 
 export function stridesOf(shape: readonly number[]): number[] {
@@ -323,6 +350,9 @@ export function matmul(a: Nd, b: Nd, budget: Budget, what: string): Nd {
     N = B[B.length - 1]!;
   if (K !== K2) throw new RangeError(`${what}: [${a.shape}] × [${b.shape}]: inner dimensions ${K} and ${K2} differ`);
   const batch = broadcastShapes([A.slice(0, -2), B.slice(0, -2)], what);
+  const steps = size(batch) * M * K * N;
+  if (steps > MAX_MATMUL_STEPS)
+    throw new RangeError(`${what}: [${a.shape}] × [${b.shape}] is ${steps} multiply-adds, over the ${MAX_MATMUL_STEPS} a MatMul off the engine's GEMM may take`);
   let shape = [...batch, M, N];
   const out = alloc(shape, a.int && b.int, budget, what);
   const nb = size(batch);
@@ -419,6 +449,10 @@ export function einsum(eq: string, a: Nd, b: Nd, budget: Budget, what: string): 
     so = letters.map((c) => (lo.includes(c) ? ost[lo.indexOf(c)]! : 0));
   const ext = letters.map((c) => dim.get(c)!);
   const total = size(ext);
+  if (total > MAX_EINSUM_STEPS)
+    throw new RangeError(
+      `${what}: ${eq} over [${a.shape}] and [${b.shape}] is ${total} steps of its index loop, over the ${MAX_EINSUM_STEPS} bhsd runs (batched matrix products, as attention's, are not limited)`,
+    );
   budget.check(0, what);
   const acc = new Float64Array(out.data.length);
   const idx = new Array<number>(letters.length).fill(0);

@@ -22,7 +22,7 @@ export type Value = { f: Tensor } | { ints: number[]; shape: number[] };
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
 export function constValue(t: OnnxTensor): Value {
-  return t.f32 ? { f: { data: t.f32, shape: t.dims.length ? t.dims : [1] } } : { ints: t.ints!, shape: t.dims };
+  return t.f32 ? { f: { data: t.f32, shape: t.dims } } : { ints: t.ints!, shape: t.dims };
 }
 
 const F = (v: Value | undefined, what: string): Tensor => {
@@ -248,8 +248,18 @@ export async function runNode(
       return [{ f: await ops.gelu(a[0].f, { approximate: tanh ? "tanh" : "none", ...(divisor !== undefined ? { divisor } : {}), alloc }) }];
     }
     case "PRelu": {
-      const s = F(a[1], "slope");
-      return [{ f: await ops.prelu(F(a[0], "X"), { data: s.data, shape: [s.data.length] }, { alloc }) }];
+      const x = F(a[0], "X"),
+        s = F(a[1], "slope");
+      // one slope, or one per channel placed on axis 1 ([C, 1, 1] as PyTorch exports it): the
+      // per-channel kernel; any other slope broadcasts as ONNX says ([3] on [1, 3, 3] is along the last axis)
+      const k = s.shape.length,
+        r = x.shape.length;
+      const C = r > 1 ? x.shape[1]! : 1;
+      if (s.data.length === 1 || (k <= r && s.data.length === C && s.shape.every((d, i) => d === 1 || (r - k + i === 1 && d === C))))
+        return [{ f: await ops.prelu(x, { data: s.data, shape: [s.data.length] }, { alloc }) }];
+      if (k > r || s.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i]))
+        throw new RangeError(`PRelu: slope [${s.shape}] does not broadcast to X [${x.shape}]`);
+      return [fromNd(nd.mapN([toNd(a[0], "X"), toNd(a[1], "slope")], false, (v, sl) => (v < 0 ? Math.fround(v * sl) : v), budget, "PRelu"))];
     }
     case "Add":
     case "Mul": {
@@ -355,7 +365,7 @@ export async function runNode(
     case "Constant": {
       const v = at.value as OnnxTensor | undefined;
       if (v) return [constValue(v)];
-      if (at.value_float !== undefined) return [{ f: { data: Float32Array.of(at.value_float as number), shape: [1] } }];
+      if (at.value_float !== undefined) return [{ f: { data: Float32Array.of(at.value_float as number), shape: [] } }];
       if (at.value_floats !== undefined)
         return [{ f: { data: Float32Array.from(at.value_floats as number[]), shape: [(at.value_floats as number[]).length] } }];
       if (at.value_int !== undefined) return [{ ints: [at.value_int as number], shape: [] }];
@@ -408,6 +418,8 @@ export async function runNode(
       const src = "f" in v ? v.f.data : v.ints;
       if (src.length > 1 << 24)
         throw new RangeError(`Cast to an integer type of ${src.length} values: integer tensors are shape glue here`);
+      budget.check(src.length * 8, "Cast");
+      nd.heapRoom(src.length, "Cast");
       const ints = Array.from(src, (x) => {
         if (!Number.isFinite(x)) throw new RangeError(`Cast of ${x} to an integer type`);
         return to === 9 ? (x !== 0 ? 1 : 0) : wrap(Math.trunc(x) + 0); // bool: any non-zero; + 0: no -0 among integers

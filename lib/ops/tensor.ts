@@ -3,7 +3,7 @@
  * them. Each function checks its arguments and sizes its result before anything is allocated or
  * sent to a backend.
  */
-import { activeBackend } from "../backends/index.js";
+import { activeBackend, releaseEngineArray } from "../backends/index.js";
 import { COORD_MODES, NEAREST_MODES, type Triple, ACT, UNARY } from "../backends/tensor-types.js";
 import { invalidParameterError, optionsObject } from "../is.js";
 import type { Tensor } from "../types.js";
@@ -712,7 +712,28 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
     return o;
   }) as Triple;
   const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc, { x }, false);
-  await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, opts.countIncludePad === true, out.data);
+  const cip = opts.countIncludePad === true;
+  if (!max && cip && p.lead.some((v, i) => v !== p.trail[i])) {
+    // The kernels count a window's padding up to the input plus its leading pad on each side; with
+    // a larger trailing pad (ONNX's [0, 2]) the divisor was short. The padding made explicit (zeros),
+    // every window's positions inside the padded input are its count, as onnxruntime's.
+    const [Dp, Hp, Wp] = [D, H, W].map((e, i) => e + p.lead[i]! + p.trail[i]!) as Triple;
+    const padded = allocArray("float32", N * C * Dp * Hp * Wp, "padded pool input") as Float32Array;
+    try {
+      for (let nc = 0; nc < N * C; nc++)
+        for (let z = 0; z < D; z++)
+          for (let y = 0; y < H; y++) {
+            const src = ((nc * D + z) * H + y) * W,
+              dst = ((nc * Dp + z + p.lead[0]) * Hp + y + p.lead[1]) * Wp + p.lead[2];
+            padded.set(x.data.subarray(src, src + W), dst);
+          }
+      await activeBackend().pool3d(padded, N * C, [Dp, Hp, Wp], outS, k, s, d, [0, 0, 0], false, false, out.data);
+    } finally {
+      releaseEngineArray(padded);
+    }
+    return out;
+  }
+  await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, cip, out.data);
   return out;
 }
 export const maxPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, true);
@@ -746,7 +767,8 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
     scales = outS.map((o, i) => o / ext[i]!);
   } else if (Array.isArray(opts.scales) && opts.scales.length === 3 && opts.scales.every((v) => typeof v === "number" && v > 0)) {
     scales = opts.scales as number[];
-    outS = ext.map((e, i) => Math.floor(e * scales[i]!)) as Triple;
+    // (in float32, as onnxruntime and PyTorch: 10 × 0.7f is 6.9999999 in double but 7 in float)
+    outS = ext.map((e, i) => Math.floor(Math.fround(e * scales[i]!))) as Triple;
     if (outS.some((o) => o < 1)) throw new RangeError(`scales [${scales.join(", ")}] make an empty output`);
   } else throw invalidParameterError("options", "sizes [D, H, W] or scales [d, h, w]", options);
   const out = outputTensor([N, C, ...outS], opts.out, "resize output", opts.alloc, { x }, false);

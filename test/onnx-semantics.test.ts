@@ -1,0 +1,265 @@
+/**
+ * ONNX semantics that a reviewer's crafted graphs found wrong, each against onnxruntime in the same
+ * process (graph optimisations off): float scalars keep their rank 0 (torch.onnx's traced size
+ * arithmetic), AveragePool's divisor with a trailing pad larger than the leading one, PRelu's slope
+ * broadcast as ONNX says, Resize's output size from float32 scales; and what is refused: an Einsum
+ * whose loop would run for hours, integer constants past the memory limit, a Resize policy that was
+ * ignored, a model whose channels its config does not name.
+ */
+import test from "ava";
+import ort from "onnxruntime-node";
+import { loadModel, segment, setBackend, volumeFromArray } from "../lib/index.js";
+import { encodeModel } from "../lib/model/onnx-proto.js";
+import { backendsUnderTest } from "./helpers.js";
+
+type Spec = Parameters<typeof encodeModel>[0];
+type Feeds = Record<string, { data: Float32Array; shape: number[] }>;
+const i64 = (name: string, values: number[], dims?: number[]) => ({
+  name,
+  dims: dims ?? [values.length],
+  data: BigInt64Array.from(values.map(BigInt)),
+});
+
+async function onnxruntime(bytes: Uint8Array, feeds: Feeds): Promise<{ data: Float32Array; shape: number[] }> {
+  const s = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: "disabled", intraOpNumThreads: 1 });
+  const r = await s.run(Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)])));
+  const y = r[s.outputNames[0]!]!;
+  return { data: y.data as Float32Array, shape: [...y.dims] };
+}
+
+/** The graph's output on every backend under test, equal to onnxruntime's in shape and within `tol`. */
+async function sameAsOnnxruntime(t: import("ava").ExecutionContext, spec: Spec, feeds: Feeds, tol = 1e-6): Promise<void> {
+  const bytes = encodeModel(spec);
+  const want = await onnxruntime(bytes, feeds);
+  for (const { name: be } of backendsUnderTest()) {
+    setBackend(be);
+    const got = (await (await loadModel(bytes)).runAll(feeds))[spec.outputs[0]!.name]!;
+    t.deepEqual(got.shape, want.shape, `${be}: shape`);
+    const worst = Math.max(0, ...Array.from(got.data, (v, i) => Math.abs(v - want.data[i]!)));
+    t.true(worst <= tol, `${be}: values off by ${worst}: ${Array.from(got.data).join(" ")} vs ${Array.from(want.data).join(" ")}`);
+  }
+}
+
+const random = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7) * 2);
+
+test("torch.onnx's traced size arithmetic: a 0-d float constant keeps rank 0 through Mul, Cast, Unsqueeze and Concat", async (t) => {
+  // (before: the scalar was [1], its Unsqueeze [1, 1], and the Concat of the sizes failed)
+  const spec: Spec = {
+    opset: 17,
+    nodes: [
+      { opType: "Shape", inputs: ["x"], outputs: ["s"] },
+      { opType: "Gather", inputs: ["s", "i2"], outputs: ["h"], attrs: { axis: 0 } },
+      { opType: "Cast", inputs: ["h"], outputs: ["hf"], attrs: { to: 1 } },
+      { opType: "Constant", inputs: [], outputs: ["k"], attrs: { value: { dims: [], dataType: 1, data: Float32Array.of(0.5) } } },
+      { opType: "Mul", inputs: ["hf", "k"], outputs: ["m"] },
+      { opType: "Cast", inputs: ["m"], outputs: ["mi"], attrs: { to: 7 } },
+      { opType: "Unsqueeze", inputs: ["mi", "ax0"], outputs: ["u"] },
+      { opType: "Concat", inputs: ["nc", "u", "u"], outputs: ["sizes"], attrs: { axis: 0 } },
+      { opType: "Resize", inputs: ["x", "", "", "sizes"], outputs: ["y"], attrs: { mode: "nearest" } },
+    ],
+    inputs: [{ name: "x", shape: [1, 1, "H", "W"] }],
+    outputs: [{ name: "y" }],
+    initializers: [{ name: "i2", dims: [], data: BigInt64Array.of(2n) }, i64("ax0", [0]), i64("nc", [1, 1])],
+  };
+  await sameAsOnnxruntime(t, spec, { x: { data: random(64), shape: [1, 1, 8, 8] } });
+  // a Constant's value_float is a scalar too: Unsqueeze gives [1], not [1, 1]
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 17,
+      nodes: [
+        { opType: "Constant", inputs: [], outputs: ["c"], attrs: { value_float: 2.5 } },
+        { opType: "Unsqueeze", inputs: ["c", "ax0"], outputs: ["u"] },
+        { opType: "Add", inputs: ["x", "u"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: [1] }],
+      outputs: [{ name: "y" }],
+      initializers: [i64("ax0", [0])],
+    },
+    { x: { data: Float32Array.of(1), shape: [1] } },
+  );
+});
+
+test("AveragePool counting the padding: a trailing pad larger than the leading one divides as onnxruntime does", async (t) => {
+  // (before: [0, 2] on 1..5 with a window of 4 gave 2.5 3.5 4 4.5 instead of 2.5 3.5 3 2.25)
+  for (const pads of [
+    [0, 2],
+    [1, 2],
+    [2, 1],
+  ]) {
+    await sameAsOnnxruntime(
+      t,
+      {
+        opset: 19,
+        nodes: [
+          { opType: "AveragePool", inputs: ["x"], outputs: ["y"], attrs: { kernel_shape: [4], strides: [1], pads, count_include_pad: 1 } },
+        ],
+        inputs: [{ name: "x", shape: [1, 1, 5] }],
+        outputs: [{ name: "y" }],
+      },
+      { x: { data: Float32Array.of(1, 2, 3, 4, 5), shape: [1, 1, 5] } },
+    );
+  }
+  // and in 3-D, with ceil_mode's last window hanging over
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 19,
+      nodes: [
+        {
+          opType: "AveragePool",
+          inputs: ["x"],
+          outputs: ["y"],
+          attrs: { kernel_shape: [2, 3, 3], strides: [2, 2, 2], pads: [0, 1, 0, 1, 1, 1], count_include_pad: 1, ceil_mode: 1 },
+        },
+      ],
+      inputs: [{ name: "x", shape: [1, 2, 5, 6, 7] }],
+      outputs: [{ name: "y" }],
+    },
+    { x: { data: random(2 * 5 * 6 * 7), shape: [1, 2, 5, 6, 7] } },
+  );
+});
+
+test("PRelu's slope broadcasts as ONNX says: [3] on [1, 3, 3] is along the last axis, [C, 1] per channel", async (t) => {
+  // (before: every slope of C values was taken per channel — off by 1.87 here — and [4] on [1, 3, 4] was refused)
+  const prelu = (xShape: number[], slopeDims: number[]): Spec => ({
+    opset: 17,
+    nodes: [{ opType: "PRelu", inputs: ["x", "s"], outputs: ["y"] }],
+    inputs: [{ name: "x", shape: xShape }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "s", dims: slopeDims, data: Float32Array.from({ length: slopeDims.reduce((a, b) => a * b, 1) }, (_, i) => 0.1 + i) },
+    ],
+  });
+  for (const [x, s] of [
+    [[1, 3, 3], [3]],
+    [[1, 3, 4], [4]],
+    [
+      [1, 3, 4],
+      [3, 1],
+    ],
+    [
+      [1, 3, 2, 4],
+      [3, 1, 1],
+    ],
+    [
+      [1, 3, 2, 4],
+      [2, 1],
+    ],
+    [[1, 3, 2, 4], [1]],
+  ]) {
+    const n = x!.reduce((a, b) => a * b, 1);
+    await sameAsOnnxruntime(t, prelu(x!, s!), { x: { data: random(n), shape: x! } });
+  }
+  setBackend(backendsUnderTest().at(-1)!.name);
+  await t.throwsAsync(
+    async () => (await loadModel(encodeModel(prelu([1, 3, 4], [5])))).runAll({ x: { data: random(12), shape: [1, 3, 4] } }),
+    {
+      message: /slope \[5\] does not broadcast to X \[1,3,4\]/,
+    },
+  );
+});
+
+test("Resize by scales: the output size is floor(size × scale) in float32, as onnxruntime and PyTorch take it", async (t) => {
+  // (before: 10 × 0.7f is 6.9999999 in double: 6 columns instead of 7)
+  for (const [w, scale] of [
+    [10, 0.7],
+    [100, 0.29],
+    [7, 0.43],
+  ]) {
+    await sameAsOnnxruntime(
+      t,
+      {
+        opset: 17,
+        // (linear: nearest would also compare where onnxruntime rounds a coordinate at a tie in float32, as bhsd does not)
+        nodes: [{ opType: "Resize", inputs: ["x", "", "sc"], outputs: ["y"], attrs: { mode: "linear" } }],
+        inputs: [{ name: "x", shape: [1, 1, 1, w!] }],
+        outputs: [{ name: "y" }],
+        initializers: [{ name: "sc", dims: [4], data: Float32Array.of(1, 1, 1, scale!) }],
+      },
+      { x: { data: random(w!), shape: [1, 1, 1, w!] } },
+      2e-5, // (onnxruntime's weights are float32's)
+    );
+  }
+});
+
+test("refused in bounded time and memory: an hours-long Einsum, integer constants past memoryLimit, an ignored Resize policy", async (t) => {
+  setBackend(backendsUnderTest().at(-1)!.name);
+  // "ab,cd->a" over two 1000×1000 constants: 10¹² steps of a loop that never yields, at load
+  const einsum = encodeModel({
+    opset: 17,
+    nodes: [
+      { opType: "Einsum", inputs: ["a", "b"], outputs: ["e"], attrs: { equation: "ab,cd->a" } },
+      { opType: "ReduceSum", inputs: ["e"], outputs: ["s"], attrs: { keepdims: 0 } },
+      { opType: "Add", inputs: ["x", "s"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [1] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "a", dims: [1000, 1000], data: new Float32Array(1e6).fill(1) },
+      { name: "b", dims: [1000, 1000], data: new Float32Array(1e6).fill(1) },
+    ],
+  });
+  const t0 = performance.now();
+  await t.throwsAsync(loadModel(einsum), { message: /ab,cd->a over \[1000,1000\] and \[1000,1000\] is 1000000000000 steps/ });
+  t.true(performance.now() - t0 < 5000, `${performance.now() - t0} ms`);
+  // a ConstantOfShape of 2^24 int64: 128 MB of JavaScript's heap, now counted against memoryLimit
+  const ints = encodeModel({
+    opset: 17,
+    nodes: [
+      {
+        opType: "ConstantOfShape",
+        inputs: ["n"],
+        outputs: ["c"],
+        attrs: { value: { dims: [1], dataType: 7, data: BigInt64Array.of(7n) } },
+      },
+      { opType: "Shape", inputs: ["c"], outputs: ["cs"] },
+      { opType: "Cast", inputs: ["cs"], outputs: ["csf"], attrs: { to: 1 } },
+      { opType: "Add", inputs: ["x", "csf"], outputs: ["y"] },
+    ],
+    inputs: [{ name: "x", shape: [1] }],
+    outputs: [{ name: "y" }],
+    initializers: [i64("n", [1 << 24])],
+  });
+  await t.throwsAsync(loadModel(ints, { memoryLimit: 64 * 2 ** 20 }), { message: /ConstantOfShape.*memoryLimit/ });
+  // keep_aspect_ratio_policy was accepted and ignored (sizes were stretched)
+  const resize = encodeModel({
+    opset: 18,
+    nodes: [{ opType: "Resize", inputs: ["x", "", "", "sz"], outputs: ["y"], attrs: { keep_aspect_ratio_policy: "not_larger" } }],
+    inputs: [{ name: "x", shape: [1, 1, 4, 8] }],
+    outputs: [{ name: "y" }],
+    initializers: [i64("sz", [1, 1, 8, 8])],
+  });
+  await t.throwsAsync(loadModel(resize), { message: /keep_aspect_ratio_policy = not_larger is not supported \(stretch\)/ });
+});
+
+test("segment refuses a model whose channels its config does not name (labels are bytes: channel 299 became 43)", async (t) => {
+  setBackend(backendsUnderTest().at(-1)!.name);
+  const ct = volumeFromArray(new Float32Array(4 * 8 * 8).fill(50), [4, 8, 8], [5, 0.5, 0.5]);
+  const conv = (C: number) => {
+    const w = new Float32Array(C),
+      b = new Float32Array(C);
+    w[C - 1] = 1;
+    b[C - 1] = 10;
+    return encodeModel({
+      opset: 17,
+      nodes: [{ opType: "Conv", inputs: ["x", "w", "b"], outputs: ["y"], attrs: { kernel_shape: [1, 1, 1] } }],
+      inputs: [{ name: "x", shape: [1, 1, "D", "H", "W"] }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: [C, 1, 1, 1, 1], data: w },
+        { name: "b", dims: [C], data: b },
+      ],
+    });
+  };
+  const classes = { "0": "background", "1": "blood" };
+  for (const C of [5, 300]) {
+    const model = await loadModel(conv(C), { patchSize: [4, 8, 8], classes });
+    await t.throwsAsync(segment(ct, model), {
+      message: new RegExp(`the model gives ${C} channels \\(labels 0–${C - 1}\\) but its config names classes up to 1`),
+    });
+  }
+  // two channels under the same config: the blood channel wins everywhere
+  const { labels } = await segment(ct, await loadModel(conv(2), { patchSize: [4, 8, 8], classes }));
+  t.true(labels.data.every((v) => v === 1));
+});
