@@ -679,7 +679,9 @@ function checkAttrs(op: string, a: Record<string, Attr>, where: string, spatial 
     if (a.exclude_outside) p.push(`${where}: attribute exclude_outside = 1 is not supported`);
     // (it was accepted and ignored: sizes were stretched to whatever aspect the model asked to keep)
     if (a.keep_aspect_ratio_policy !== undefined && a.keep_aspect_ratio_policy !== "stretch")
-      p.push(`${where}: attribute keep_aspect_ratio_policy = ${String(a.keep_aspect_ratio_policy).slice(0, 32)} is not supported (stretch)`);
+      p.push(
+        `${where}: attribute keep_aspect_ratio_policy = ${String(a.keep_aspect_ratio_policy).slice(0, 32)} is not supported (stretch)`,
+      );
   }
   if (op === "Pad") {
     const mode = (a.mode as string | undefined) ?? "constant";

@@ -352,7 +352,9 @@ export function matmul(a: Nd, b: Nd, budget: Budget, what: string): Nd {
   const batch = broadcastShapes([A.slice(0, -2), B.slice(0, -2)], what);
   const steps = size(batch) * M * K * N;
   if (steps > MAX_MATMUL_STEPS)
-    throw new RangeError(`${what}: [${a.shape}] × [${b.shape}] is ${steps} multiply-adds, over the ${MAX_MATMUL_STEPS} a MatMul off the engine's GEMM may take`);
+    throw new RangeError(
+      `${what}: [${a.shape}] × [${b.shape}] is ${steps} multiply-adds, over the ${MAX_MATMUL_STEPS} a MatMul off the engine's GEMM may take`,
+    );
   let shape = [...batch, M, N];
   const out = alloc(shape, a.int && b.int, budget, what);
   const nb = size(batch);

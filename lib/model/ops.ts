@@ -259,7 +259,9 @@ export async function runNode(
         return [{ f: await ops.prelu(x, { data: s.data, shape: [s.data.length] }, { alloc }) }];
       if (k > r || s.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i]))
         throw new RangeError(`PRelu: slope [${s.shape}] does not broadcast to X [${x.shape}]`);
-      return [fromNd(nd.mapN([toNd(a[0], "X"), toNd(a[1], "slope")], false, (v, sl) => (v < 0 ? Math.fround(v * sl) : v), budget, "PRelu"))];
+      return [
+        fromNd(nd.mapN([toNd(a[0], "X"), toNd(a[1], "slope")], false, (v, sl) => (v < 0 ? Math.fround(v * sl) : v), budget, "PRelu")),
+      ];
     }
     case "Add":
     case "Mul": {

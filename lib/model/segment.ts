@@ -843,7 +843,12 @@ async function predictSlidingWindow(
           C = logits!.shape[1]!;
           // labels are bytes and name the config's classes: a model of 300 channels wrapped label
           // 299 to 43, one of 5 channels under a 2-class config gave labels the report never counted
-          const named = Math.max(0, ...Object.keys(p.cfg.classes).filter((key) => /^\d{1,3}$/.test(key)).map(Number));
+          const named = Math.max(
+            0,
+            ...Object.keys(p.cfg.classes)
+              .filter((key) => /^\d{1,3}$/.test(key))
+              .map(Number),
+          );
           if (p.cfg.regions ? C !== p.cfg.regions.length : C > 256 || C - 1 > named)
             throw new Error(
               p.cfg.regions
