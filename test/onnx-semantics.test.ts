@@ -263,3 +263,19 @@ test("segment refuses a model whose channels its config does not name (labels ar
   const { labels } = await segment(ct, await loadModel(conv(2), { patchSize: [4, 8, 8], classes }));
   t.true(labels.data.every((v) => v === 1));
 });
+
+test("Cast to bool: NaN and ±Inf are true, as onnxruntime casts them (before: refused)", async (t) => {
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 17,
+      nodes: [
+        { opType: "Cast", inputs: ["x"], outputs: ["b"], attrs: { to: 9 } },
+        { opType: "Cast", inputs: ["b"], outputs: ["y"], attrs: { to: 1 } },
+      ],
+      inputs: [{ name: "x", shape: [5] }],
+      outputs: [{ name: "y" }],
+    },
+    { x: { data: Float32Array.of(NaN, 0, Infinity, -Infinity, -2), shape: [5] } },
+  );
+});

@@ -423,8 +423,10 @@ export async function runNode(
       budget.check(src.length * 8, "Cast");
       nd.heapRoom(src.length, "Cast");
       const ints = Array.from(src, (x) => {
+        // bool: any non-zero, NaN and ±Inf included (as C's and onnxruntime's); + 0: no -0 among integers
+        if (to === 9) return x !== 0 ? 1 : 0;
         if (!Number.isFinite(x)) throw new RangeError(`Cast of ${x} to an integer type`);
-        return to === 9 ? (x !== 0 ? 1 : 0) : wrap(Math.trunc(x) + 0); // bool: any non-zero; + 0: no -0 among integers
+        return wrap(Math.trunc(x) + 0);
       });
       return [{ ints, shape: shapeOf(v) }];
     }
