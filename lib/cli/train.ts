@@ -76,7 +76,12 @@ export function trainCommand(program: Command): void {
     )
     .requiredOption("--out <onnx>", "output model (<out>.json is written beside it)")
     .option("--data <dir>", "BHSD layout: images/ and ground truths/ (the last --validation cases are held out)")
-    .option("--phantoms <n>", "train on n phantoms generated here instead (128×128×24 at 1.8×1.8×5 mm)", intArg("--phantoms", 1, 10000))
+    // (all held at once, about 3 MB each: 10 000 took some 36 GB)
+    .option(
+      "--phantoms <n>",
+      "train on n phantoms generated here instead (128×128×24 at 1.8×1.8×5 mm; at most 1000)",
+      intArg("--phantoms", 1, 1000),
+    )
     .option("--seed <s>", "seed", intArg("--seed", 0), 1)
     .option("--steps <n>", "optimiser steps", intArg("--steps", 1, 1e7), 600)
     .option("--batch <n>", "patches per step", intArg("--batch", 1, 64), 2)
