@@ -2,6 +2,7 @@ import test, { type ExecutionContext } from "ava";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
+  chmodSync,
   copyFileSync,
   existsSync,
   linkSync,
@@ -10,6 +11,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
@@ -623,4 +625,17 @@ test("an output replacing a file inside an input folder (a DICOM series, an nnU-
   t.is(fresh.status, 1);
   t.notRegex(fresh.stderr, /an input folder/);
   t.deepEqual(snapshot(dir), before);
+});
+
+test("an output the command replaces keeps its permission bits (a result made group-readable stays so)", async (t) => {
+  const dir = freshDir("mode");
+  const out = join(dir, "cc.nii.gz");
+  const first = await bhsd("components", LAB, "--out", out);
+  t.is(first.status, 0, first.stderr);
+  for (const mode of [0o640, 0o604]) {
+    chmodSync(out, mode);
+    const again = await bhsd("components", LAB, "--out", out);
+    t.is(again.status, 0, again.stderr);
+    t.is(statSync(out).mode & 0o777, mode, mode.toString(8));
+  }
 });

@@ -267,16 +267,16 @@ test("CSV text fields: a case name a spreadsheet would run as a formula is defus
 test.serial("the command line never prints a file name's control characters; evaluate checks --classes once", async (t) => {
   const { root, gtRoot, predDir } = await layout();
   // a prediction whose file name sets the terminal's title and clears the screen
-  const evil = "\u001b]0;owned\u0007\u001b[2J\u001b[31mFAKE\u009b";
+  const evil = "\u001b]0;owned\u0007\u001b[2J\u001b[31mFAKE\u009b\rok";
   const { copyFileSync } = await import("node:fs");
   copyFileSync(join(predDir, "ID_0.nii.gz"), join(predDir, `${evil}.nii.gz`));
   const r = bhsd("evaluate", "--gt", gtRoot, "--pred", predDir, "--quiet");
   t.is(r.status, 0, r.stderr);
   t.false(
-    [..."\u001b\u0007\u009b"].some((c) => (r.stderr + r.stdout).includes(c)),
+    [..."\u001b\u0007\u009b\r"].some((c) => (r.stderr + r.stdout).includes(c)),
     JSON.stringify(r.stderr),
   );
-  t.true(r.stderr.includes("\\u001b]0;owned\\u0007\\u001b[2J\\u001b[31mFAKE\\u009b"), r.stderr);
+  t.true(r.stderr.includes("\\u001b]0;owned\\u0007\\u001b[2J\\u001b[31mFAKE\\u009b\\u000dok"), r.stderr);
   // JSON stays JSON, and means the same
   const j = bhsd("evaluate", "--gt", gtRoot, "--pred", predDir, "--json");
   t.true((JSON.parse(j.stdout) as { extra: string[] }).extra.includes(evil));

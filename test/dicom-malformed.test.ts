@@ -123,8 +123,8 @@ test("fuzz: 400 seeded mutations and truncations of a real file either read or f
   const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
   const sources = [A, RLE, JPEG];
   let refusedCount = 0,
-    read = 0,
-    worst = 0;
+    read = 0;
+  const times: number[] = [];
   for (let it = 0; it < 400; it++) {
     const src = sources[it % 3]!;
     let b: Buffer;
@@ -144,11 +144,17 @@ test("fuzz: 400 seeded mutations and truncations of a real file either read or f
       if (!(e instanceof DicomError)) t.fail(`iteration ${it}: ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
       else refusedCount++;
     }
-    worst = Math.max(worst, performance.now() - t0);
+    times.push(performance.now() - t0);
   }
-  t.log(`${read} read, ${refusedCount} refused, slowest ${worst.toFixed(0)} ms`);
+  times.sort((a, b) => a - b);
+  const worst = times.at(-1)!,
+    median = times[times.length >> 1]!;
+  t.log(`${read} read, ${refusedCount} refused, median ${median.toFixed(1)} ms, slowest ${worst.toFixed(0)} ms`);
   t.true(refusedCount > 50, "the mutations do break files");
-  t.true(worst < 3000, `every case within 3 s (slowest ${worst.toFixed(0)} ms)`);
+  // (what this guards against is a file that takes minutes: a loaded machine's pauses have made one
+  // case take 0.06–3.4 s in CI, so the bound on the slowest is loose and the typical case is held too)
+  t.true(worst < 15_000, `every case within 15 s (slowest ${worst.toFixed(0)} ms)`);
+  t.true(median < 500, `the median case within 0.5 s (${median.toFixed(1)} ms)`);
 });
 
 /** A minimal explicit-VR little-endian element and Part 10 file (for files built in memory). */

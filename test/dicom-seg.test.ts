@@ -224,6 +224,18 @@ test("writeDicomSeg validates its arguments", async (t) => {
     message: /sourceSeries\.dicom\.imageOrientationPatient/,
   });
   t.false(existsSync(out));
+  // what the reader keeps (a missing UID is "", an anonymiser's may be long) is written as it was
+  const kept = await writeDicomSeg(
+    out,
+    labels,
+    edited((m) => {
+      m.studyInstanceUid = "";
+      m.frameOfReferenceUid = "";
+      m.seriesInstanceUid = "1.2." + "3".repeat(80);
+    }),
+  );
+  t.is(kept.segments.length, 5);
+  rmSync(out);
   // The source given as its folder works as the volume does.
   const res = await writeDicomSeg(out, labels, join(DICOM_FIXTURES, "cases", "A_axial"));
   t.is(res.segments.length, 5);

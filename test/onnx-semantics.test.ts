@@ -279,3 +279,35 @@ test("Cast to bool: NaN and ±Inf are true, as onnxruntime casts them (before: r
     { x: { data: Float32Array.of(NaN, 0, Infinity, -Infinity, -2), shape: [5] } },
   );
 });
+
+test("after a Conv (the input in the backend's memory): a 0-d gate through Sigmoid, a broadcast PRelu slope, a padding-counting AveragePool", async (t) => {
+  // (a 0-d initializer through Sigmoid gave zeros on ts and failed on native once scalars kept rank 0;
+  // PRelu's and AveragePool's new paths must see the Conv's output, wherever the backend keeps it)
+  const w = Float32Array.from({ length: 3 * 3 }, (_, i) => Math.cos(i) * 0.5);
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 19,
+      nodes: [
+        { opType: "Conv", inputs: ["x", "w"], outputs: ["c"], attrs: { kernel_shape: [3], pads: [1, 1], group: 3 } },
+        { opType: "Sigmoid", inputs: ["alpha"], outputs: ["g"] },
+        { opType: "Mul", inputs: ["c", "g"], outputs: ["cg"] },
+        { opType: "PRelu", inputs: ["cg", "slope"], outputs: ["p"] },
+        {
+          opType: "AveragePool",
+          inputs: ["p"],
+          outputs: ["y"],
+          attrs: { kernel_shape: [4], strides: [1], pads: [0, 2], count_include_pad: 1 },
+        },
+      ],
+      inputs: [{ name: "x", shape: [1, 3, 6] }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "w", dims: [3, 1, 3], data: w },
+        { name: "alpha", dims: [], data: Float32Array.of(0.3) },
+        { name: "slope", dims: [6], data: Float32Array.of(0.1, 0.2, 0.3, 0.4, 0.5, 0.6) },
+      ],
+    },
+    { x: { data: random(18), shape: [1, 3, 6] } },
+  );
+});

@@ -100,6 +100,14 @@ test.serial(
       message: /options\.train\[0\]: labels are 8×32×32 voxels but the CT is 32×32×8/,
     });
     await t.throwsAsync(train({ ...counted, validation: [turned] }), { message: /options\.validation\[0\]: labels are 8×32×32/ });
+    // one flipped left-right: the same dims, the affine says it
+    const flipped = {
+      ct: cases[0]!.ct,
+      labels: { ...cases[0]!.labels, affine: cases[0]!.labels.affine.map((v, i) => (i === 0 ? -v : v)) },
+    };
+    await t.throwsAsync(train({ ...counted, train: [flipped] }), {
+      message: /options\.train\[0\]: the labels' affine differs from the CT's by up to 14\.4/,
+    });
     // options named (before: NaN losses, Adam for "SGD", an error about input.shape for batch 1.5)
     await t.throwsAsync(train({ ...counted, lr: NaN }), { message: /options\.lr/ });
     await t.throwsAsync(train({ ...counted, optimizer: "SGD" as "sgd" }), { message: /options\.optimizer/ });
@@ -112,6 +120,10 @@ test.serial(
       train({ ...counted, semi: { cases: [{ ct: cases[0]!.ct, slices: slicePresence(cases[0]!.labels).present }], patch: [4, 30, 32] } }),
       { message: /for options\.semi\.patch but received array \[4, 30, 32\]/ },
     );
+    const { demoSpec: spec12 } = await import("../lib/train/unet.js");
+    await t.throwsAsync(train({ ...counted, patch: undefined, spec: spec12(new Array(13).fill(2)) }), {
+      message: /options\.patch.*strides 2048/,
+    });
     t.is(steps, 0, "no step was taken");
     // a learning rate that diverges: an error naming the step, not a model of NaN weights
     await t.throwsAsync(train({ ...base, steps: 6, lr: 1e30 }), {

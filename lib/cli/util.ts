@@ -1,7 +1,7 @@
 /** Shared bits of the commands: number parsing with clear errors, tables, progress on stderr. */
 import { randomBytes } from "node:crypto";
 import { constants, readdirSync, renameSync, rmSync } from "node:fs";
-import { access, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { access, chmod, lstat, mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { InvalidArgumentError } from "commander";
 import { importConvPlanFile, type ConvPlanImport } from "../backends/conv-plan.js";
@@ -48,22 +48,27 @@ export function fmt(x: number, digits = 3): string {
 }
 
 // eslint-disable-next-line no-control-regex -- the control characters are what is replaced
-const UNPRINTABLE = /[\0-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
+const UNPRINTABLE = /[\0-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
 
 /**
- * Text for a terminal: control characters other than tab, line feed and carriage return (an escape
- * sequence in a case's file name, a DICOM description or an error message sets the window's title,
- * clears the screen or forges lines), C1 controls and the bidirectional overrides become `\uXXXX`
+ * Text for a terminal: control characters other than tab and line feed (an escape sequence in a
+ * case's file name, a DICOM description or an error message sets the window's title, clears the
+ * screen, a carriage return forges a line over the last), C1 controls and the bidirectional
+ * overrides become `\uXXXX`
  * — which is also what JSON would have written, so JSON output stays valid and means the same.
  */
 export function terminalText(s: string): string {
   return s.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
+/** stderr's own write, for the progress line's carriage return (set by guardTerminalOutput). */
+let rawStderrWrite: ((s: string) => boolean) | undefined;
+
 /** Every string the command line writes to stdout and stderr passes terminalText (bytes, e.g. a PNG, pass as they are). */
 export function guardTerminalOutput(): void {
   for (const stream of [process.stdout, process.stderr]) {
     const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
+    if (stream === process.stderr) rawStderrWrite = write;
     stream.write = ((chunk: unknown, ...rest: unknown[]) =>
       write(typeof chunk === "string" ? terminalText(chunk) : chunk, ...rest)) as typeof stream.write;
   }
@@ -75,8 +80,9 @@ export function progress(enabled: boolean): (done: number, total: number, what: 
   return (done, total, what) => {
     const width = 30,
       full = Math.round((done / total) * width);
-    process.stderr.write(`\r[${"#".repeat(full)}${".".repeat(width - full)}] ${done}/${total} ${what.slice(0, 30).padEnd(30)}`);
-    if (done === total) process.stderr.write("\n");
+    const write = rawStderrWrite ?? ((t: string) => process.stderr.write(t));
+    write(`\r[${"#".repeat(full)}${".".repeat(width - full)}] ${done}/${total} ${terminalText(what.slice(0, 30)).padEnd(30)}`);
+    if (done === total) write("\n");
   };
 }
 
@@ -433,6 +439,9 @@ export class OutputPlan {
       for (const p of this.planned) {
         if (!p.folder) {
           if (!(await statOrNull(p.temp))) continue; // not written (the command had nothing to write)
+          // a file replaced keeps its permission bits (as replaceFile: a result made group-readable stays so)
+          const old = await lstat(p.final).catch(() => null);
+          if (old?.isFile()) await chmod(p.temp, old.mode & 0o777);
           await rename(p.temp, p.final);
         } else if (!(await statOrNull(p.final))) {
           await mkdir(dirname(p.final), { recursive: true });

@@ -112,22 +112,24 @@ export function isLoText(v: unknown, allowEmpty = false): v is string {
 
 const finiteNumbers = (v: unknown, n: number, positive = false): boolean =>
   Array.isArray(v) && v.length === n && v.every((x) => typeof x === "number" && Number.isFinite(x) && (!positive || x > 0));
-/** A UID as readers accept it: 1–64 printable characters (DICOM's own are digits and dots). */
-const isUid = (v: unknown): boolean => typeof v === "string" && /^[\x21-\x5b\x5d-\x7e]{1,64}$/.test(v);
+/**
+ * A UID as the SEG can carry it: no backslash (it would make two values) or control character. The
+ * reader keeps series whose UIDs are missing (""), long or odd (anonymised exports have them): the
+ * SEG repeats what the source had.
+ */
+// eslint-disable-next-line no-control-regex -- the control characters are what is refused
+const isUid = (v: unknown): boolean => typeof v === "string" && v.length <= 1024 && !/[\\\0-\x1f\x7f]/.test(v);
+const UID = "a UID (text without backslash or control characters)";
 
 /**
  * Checks a series meta a caller handed in (or edited) before anything is derived from it: a NaN
- * position became "NaN" in the SEG, an odd UID a file other tools refuse.
+ * position became "NaN" in the SEG, a UID with a backslash two values.
  */
 function checkSeriesMeta(meta: DicomSeriesMeta, name: string): void {
   const bad = (field: string, expected: string, got: unknown): never => {
     throw invalidParameterError(`${name}.${field}`, expected, got);
   };
-  for (const k of ["studyInstanceUid", "seriesInstanceUid"] as const)
-    if (!isUid(meta[k])) bad(k, "a UID (1–64 printable characters)", meta[k]);
-  // (a series without a frame of reference has "": the SEG then has none either)
-  if (meta.frameOfReferenceUid !== "" && !isUid(meta.frameOfReferenceUid))
-    bad("frameOfReferenceUid", 'a UID (1–64 printable characters) or ""', meta.frameOfReferenceUid);
+  for (const k of ["studyInstanceUid", "seriesInstanceUid", "frameOfReferenceUid"] as const) if (!isUid(meta[k])) bad(k, UID, meta[k]);
   for (const k of ["rows", "columns"] as const)
     if (!Number.isInteger(meta[k]) || meta[k] < 1 || meta[k] > 65535) bad(k, "an integer from 1 to 65535", meta[k]);
   if (!finiteNumbers(meta.pixelSpacing, 2, true)) bad("pixelSpacing", "two positive finite numbers (mm)", meta.pixelSpacing);
@@ -137,8 +139,8 @@ function checkSeriesMeta(meta: DicomSeriesMeta, name: string): void {
   if (!Array.isArray(meta.instances) || meta.instances.length === 0) bad("instances", "an array of the series' slices", meta.instances);
   meta.instances.forEach((inst, k) => {
     if (typeof inst !== "object" || inst === null) bad(`instances[${k}]`, "{ sopClassUid, sopInstanceUid, position }", inst);
-    if (!isUid(inst.sopClassUid)) bad(`instances[${k}].sopClassUid`, "a UID (1–64 printable characters)", inst.sopClassUid);
-    if (!isUid(inst.sopInstanceUid)) bad(`instances[${k}].sopInstanceUid`, "a UID (1–64 printable characters)", inst.sopInstanceUid);
+    if (!isUid(inst.sopClassUid)) bad(`instances[${k}].sopClassUid`, UID, inst.sopClassUid);
+    if (!isUid(inst.sopInstanceUid)) bad(`instances[${k}].sopInstanceUid`, UID, inst.sopInstanceUid);
     if (!finiteNumbers(inst.position, 3)) bad(`instances[${k}].position`, "three finite numbers (mm)", inst.position);
   });
   const study: unknown = meta.studyAttributes;

@@ -40,7 +40,7 @@ import {
 import { planConcats, type ConcatSlot } from "./concat-plan.js";
 import { inferShapes } from "./infer.js";
 import * as nd from "./nd.js";
-import { constValue, runNode, shapeOf, type Value } from "./ops.js";
+import { constValue, preluPerChannel, runNode, shapeOf, type Value } from "./ops.js";
 import { fuseAttention, joinQkvProjections } from "./attention.js";
 import { Pool } from "./pool.js";
 
@@ -425,7 +425,10 @@ export class Model {
         continue;
       }
       // Nodes that touch float data in JS, not through the backend, see current host copies.
-      const viaBackend = BACKEND_ONLY.has(n.opType);
+      // (a PRelu whose slope broadcasts otherwise than per channel runs in JavaScript)
+      const viaBackend =
+        BACKEND_ONLY.has(n.opType) &&
+        !(n.opType === "PRelu" && args[0] && args[1] && "f" in args[0] && "f" in args[1] && !preluPerChannel(args[0].f.shape, args[1].f));
       try {
         if (be.hostRead) {
           const floats = args.flatMap((v) => (v && "f" in v ? [v.f.data] : []));

@@ -254,9 +254,7 @@ export async function runNode(
       // per-channel kernel; any other slope broadcasts as ONNX says ([3] on [1, 3, 3] is along the last axis)
       const k = s.shape.length,
         r = x.shape.length;
-      const C = r > 1 ? x.shape[1]! : 1;
-      if (s.data.length === 1 || (k <= r && s.data.length === C && s.shape.every((d, i) => d === 1 || (r - k + i === 1 && d === C))))
-        return [{ f: await ops.prelu(x, { data: s.data, shape: [s.data.length] }, { alloc }) }];
+      if (preluPerChannel(x.shape, s)) return [{ f: await ops.prelu(x, { data: s.data, shape: [s.data.length] }, { alloc }) }];
       if (k > r || s.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i]))
         throw new RangeError(`PRelu: slope [${s.shape}] does not broadcast to X [${x.shape}]`);
       return [
@@ -650,6 +648,17 @@ async function matmulOnEngine(
   });
   addBias();
   return { f: yt };
+}
+
+/**
+ * Whether a PRelu's slope is one value or one per channel on axis 1 (the backend's kernel); any
+ * other slope broadcasts in JavaScript (the model's runner then keeps host copies current).
+ */
+export function preluPerChannel(xShape: readonly number[], s: Tensor): boolean {
+  const k = s.shape.length,
+    r = xShape.length;
+  const C = r > 1 ? xShape[1]! : 1;
+  return s.data.length === 1 || (k <= r && s.data.length === C && s.shape.every((d, i) => d === 1 || (r - k + i === 1 && d === C)));
 }
 
 /** The executor's view of a value as an N-d array (float32 data, or integer numbers). */

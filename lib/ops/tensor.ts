@@ -422,7 +422,8 @@ export async function convTranspose3d(
 }
 
 function nc(x: Tensor): { N: number; C: number; spatial: number } {
-  return { N: x.shape[0]!, C: x.shape.length > 1 ? x.shape[1]! : 1, spatial: prod(x.shape.slice(2)) };
+  // (a rank-0 tensor, an ONNX scalar, is one value)
+  return { N: x.shape.length ? x.shape[0]! : 1, C: x.shape.length > 1 ? x.shape[1]! : 1, spatial: prod(x.shape.slice(2)) };
 }
 
 function perChannel(name: string, t: unknown, C: number): Float32Array {
@@ -713,27 +714,31 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
   }) as Triple;
   const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc, { x }, false);
   const cip = opts.countIncludePad === true;
-  if (!max && cip && p.lead.some((v, i) => v !== p.trail[i])) {
-    // The kernels count a window's padding up to the input plus its leading pad on each side; with
-    // a larger trailing pad (ONNX's [0, 2]) the divisor was short. The padding made explicit (zeros),
-    // every window's positions inside the padded input are its count, as onnxruntime's.
-    const [Dp, Hp, Wp] = [D, H, W].map((e, i) => e + p.lead[i]! + p.trail[i]!) as Triple;
-    const padded = allocArray("float32", N * C * Dp * Hp * Wp, "padded pool input") as Float32Array;
-    try {
-      for (let nc = 0; nc < N * C; nc++)
-        for (let z = 0; z < D; z++)
-          for (let y = 0; y < H; y++) {
-            const src = ((nc * D + z) * H + y) * W,
-              dst = ((nc * Dp + z + p.lead[0]) * Hp + y + p.lead[1]) * Wp + p.lead[2];
-            padded.set(x.data.subarray(src, src + W), dst);
-          }
-      await activeBackend().pool3d(padded, N * C, [Dp, Hp, Wp], outS, k, s, d, [0, 0, 0], false, false, out.data);
-    } finally {
-      releaseEngineArray(padded);
-    }
-    return out;
-  }
   await activeBackend().pool3d(x.data, N * C, [D, H, W], outS, k, s, d, p.lead, max, cip, out.data);
+  if (!max && cip && p.lead.some((v, i) => v !== p.trail[i])) {
+    // The kernels count a window's padding up to the input plus its leading pad on each side: with
+    // a larger trailing pad (ONNX's [0, 2]) the divisor was short. The count is a product over the
+    // axes, so each average is rescaled by (kernel's count / right count) — through the backend,
+    // whose memory (a GPU's) holds the result — counting up to the input plus the trailing pad.
+    const ratio = [0, 1, 2].map((ax) =>
+      Float64Array.from({ length: outS[ax]! }, (_, o) => {
+        const start = o * s[ax]! - p.lead[ax]!,
+          end = start + (k[ax]! - 1) * d[ax]! + 1;
+        const count = (limit: number) => Math.max(0, Math.ceil((Math.min(end, limit) - start) / d[ax]!));
+        return count([D, H, W][ax]! + p.lead[ax]!) / count([D, H, W][ax]! + p.trail[ax]!);
+      }),
+    );
+    const [Do, Ho, Wo] = outS;
+    const r = allocArray("float32", Do * Ho * Wo, "pool divisor ratio", { overwritten: true }) as Float32Array;
+    try {
+      for (let z = 0, i = 0; z < Do; z++)
+        for (let y = 0; y < Ho; y++) for (let x0 = 0; x0 < Wo; x0++) r[i++] = ratio[0]![z]! * ratio[1]![y]! * ratio[2]![x0]!;
+      const bc = broadcast(out, { data: r, shape: [Do, Ho, Wo] });
+      await activeBackend().binary(out.data, r, bc.shape, bc.sa, bc.sb, true, out.data);
+    } finally {
+      releaseEngineArray(r);
+    }
+  }
   return out;
 }
 export const maxPool3d = (x: Tensor, options: Pool3dOptions) => pool(x, options, true);
@@ -767,8 +772,9 @@ export async function resize(x: Tensor, options: ResizeOptions): Promise<Tensor>
     scales = outS.map((o, i) => o / ext[i]!);
   } else if (Array.isArray(opts.scales) && opts.scales.length === 3 && opts.scales.every((v) => typeof v === "number" && v > 0)) {
     scales = opts.scales as number[];
-    // (in float32, as onnxruntime and PyTorch: 10 × 0.7f is 6.9999999 in double but 7 in float)
-    outS = ext.map((e, i) => Math.floor(Math.fround(e * scales[i]!))) as Triple;
+    // (ONNX scales are float32, and the product is taken in float32 as onnxruntime does: 10 × 0.7f is
+    // 6.9999999 in double but 7 in float; a JavaScript scale is taken as ONNX would store it)
+    outS = ext.map((e, i) => Math.floor(Math.fround(e * Math.fround(scales[i]!)))) as Triple;
     if (outS.some((o) => o < 1)) throw new RangeError(`scales [${scales.join(", ")}] make an empty output`);
   } else throw invalidParameterError("options", "sizes [D, H, W] or scales [d, h, w]", options);
   const out = outputTensor([N, C, ...outS], opts.out, "resize output", opts.alloc, { x }, false);

@@ -123,12 +123,15 @@ const strideOf = (spec: UNetSpec) => [0, 1, 2].map((a) => spec.strides.reduce((m
 
 /** The patch asked for, checked against the network, or `wanted` rounded up to its strides and held to 1024. */
 function patchFor(name: string, given: unknown, wanted: number[], div: number[]): [number, number, number] {
-  if (given === undefined)
+  if (given === undefined) {
+    if (div.some((v) => v > 1024))
+      throw invalidParameterError(name, "a network whose total stride along each axis is at most 1024", `strides ${div.join(", ")}`);
     return wanted.map((v, a) => Math.min(Math.ceil(v / div[a]!) * div[a]!, Math.floor(1024 / div[a]!) * div[a]!)) as [
       number,
       number,
       number,
     ];
+  }
   if (!Array.isArray(given) || given.length !== 3 || !given.every((v, a) => Number.isInteger(v) && v > 0 && v % div[a]! === 0 && v <= 1024))
     throw invalidParameterError(
       name,
@@ -156,6 +159,10 @@ function checkCases(cases: unknown, name: string, classes: number): { bg: number
       throw new RangeError(
         `${what}: labels are ${c.labels.dims.join("×")} voxels but the CT is ${c.ct.dims.join("×")}; they must be one grid`,
       );
+    // (a transposed or flipped truth of the same dims: its affine says so, as evaluate finds)
+    const off = Math.max(...c.ct.affine.slice(0, 12).map((v, i) => Math.abs(v - c.labels.affine[i]!)));
+    if (!(off <= 1e-3))
+      throw new RangeError(`${what}: the labels' affine differs from the CT's by up to ${off.toPrecision(3)}; they must be one grid`);
     const d = c.labels.data;
     for (let i = 0; i < d.length; i++) {
       const l = d[i]!;
@@ -314,8 +321,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
     semi?.follow();
     // a diverged run (too large a learning rate) would go on to write a model of NaN weights
-    if (!Number.isFinite(r.loss) || (semiTerms && !Number.isFinite(semiTerms.mil + semiTerms.consistency)))
-      throw new Error(`training diverged at step ${step}: the loss is ${r.loss} (learning rate ${lr}); try a smaller one`);
+    const bad = !Number.isFinite(r.loss)
+      ? `the loss is ${r.loss}`
+      : semiTerms && !Number.isFinite(semiTerms.mil)
+        ? `the multiple-instance loss is ${semiTerms.mil}`
+        : semiTerms && !Number.isFinite(semiTerms.consistency)
+          ? `the consistency term is ${semiTerms.consistency}`
+          : undefined;
+    if (bad) throw new Error(`training diverged at step ${step}: ${bad} (learning rate ${lr}); try a smaller one`);
     const prog: TrainProgress = { step, steps, loss: r.loss, ...semiTerms, elapsedS: (performance.now() - t0) / 1000 };
     if (o.validation?.length && (step % every === 0 || step === steps))
       prog.valDice = await validationDice(snapshot(), config, o.validation);
