@@ -311,3 +311,28 @@ test("after a Conv (the input in the backend's memory): a 0-d gate through Sigmo
     { x: { data: random(18), shape: [1, 3, 6] } },
   );
 });
+
+test("Slice with a negative step: a start before the axis is clamped to its first index, as ONNX and onnxruntime say", async (t) => {
+  // (before: clamped to −1, an empty result instead of [x0])
+  for (const [start, end] of [
+    [-6, -10],
+    [-1, -10],
+    [5, 0],
+    [-2, -3],
+  ]) {
+    await sameAsOnnxruntime(
+      t,
+      {
+        opset: 17,
+        nodes: [
+          { opType: "Slice", inputs: ["x", "st", "en", "ax", "sp"], outputs: ["s"] },
+          { opType: "Identity", inputs: ["s"], outputs: ["y"] },
+        ],
+        inputs: [{ name: "x", shape: [2, 3] }],
+        outputs: [{ name: "y" }],
+        initializers: [i64("st", [start!]), i64("en", [end!]), i64("ax", [1]), i64("sp", [-1])],
+      },
+      { x: { data: Float32Array.of(0, 1, 2, 3, 4, 5), shape: [2, 3] } },
+    );
+  }
+});

@@ -274,8 +274,9 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
     readAll: async (list) => {
       let fh: FileHandle;
       try {
-        // O_NONBLOCK: should the name now be a FIFO, opening returns at once (and fstat refuses it)
-        fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK);
+        // O_NONBLOCK: should the name now be a FIFO, opening returns at once (and fstat refuses it);
+        // O_NOFOLLOW: nor is a link put in its place followed
+        fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
       } catch (e) {
         throw new Error(`${where}: ${(e as Error).message}`, { cause: e });
       }
@@ -283,6 +284,11 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
         const now = await fh.stat();
         if (!now.isFile() || now.size !== st.size || now.ino !== st.ino || now.dev !== st.dev)
           throw new Error(`${where} (${real}) changed while the model was loading`);
+        // the file opened is still in the model's folder: a folder on the way swapped for a link
+        // between the check above and the open would otherwise pass (Linux names an open file)
+        const opened = process.platform === "linux" ? await realpath(`/proc/self/fd/${fh.fd}`).catch(() => undefined) : undefined;
+        if (opened !== undefined && !opened.startsWith(dir.endsWith(sep) ? dir : dir + sep))
+          throw new Error(`${where} led out of the model's folder while the model was loading (to ${opened})`);
         for (const p of list) {
           const out = destination(p);
           p.t.rawData = out; // (before the read: a failed read gives it back with the rest)

@@ -631,11 +631,13 @@ export function slicePlan(
       s = st[k]!;
     if (!Number.isInteger(s) || s === 0) throw new RangeError(`${what}: step ${s} on axis ${a} (steps must be non-zero integers)`);
     const clampF = (v: number, min: number, max: number) => Math.max(min, Math.min(max, v < 0 ? v + d : v));
-    const b = s > 0 ? clampF(starts[k]!, 0, d) : clampF(starts[k]!, -1, d - 1);
+    // (ONNX: a start is clamped to [0, d − 1] for negative steps, as onnxruntime does: −6 on an
+    // axis of 3 begins at 0, not before it; an end to [−1, d − 1])
+    const b = s > 0 ? clampF(starts[k]!, 0, d) : clampF(starts[k]!, 0, d - 1);
     const e = s > 0 ? clampF(ends[k]!, 0, d) : clampF(ends[k]!, -1, d - 1);
     lo[a] = b;
     step[a] = s;
-    shape[a] = Math.max(0, s > 0 ? Math.ceil((e - b) / s) : Math.ceil((b - e) / -s));
+    shape[a] = d === 0 ? 0 : Math.max(0, s > 0 ? Math.ceil((e - b) / s) : Math.ceil((b - e) / -s));
   });
   return { lo, step, shape };
 }
