@@ -336,3 +336,26 @@ test("Slice with a negative step: a start before the axis is clamped to its firs
     );
   }
 });
+
+test("an empty tensor (a Range of no values) through Add, as onnxruntime gives it", async (t) => {
+  // (before: "Expected an array of positive integers for a.shape", from the backend's Add)
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 18,
+      nodes: [
+        { opType: "Range", inputs: ["s", "l", "d"], outputs: ["r"] },
+        { opType: "ReduceSum", inputs: ["x"], outputs: ["xs"], attrs: { keepdims: 0 } },
+        { opType: "Add", inputs: ["r", "xs"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: [2, 3] }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "s", dims: [], data: Float32Array.of(0.5) },
+        { name: "l", dims: [], data: Float32Array.of(-2) },
+        { name: "d", dims: [], data: Float32Array.of(1) },
+      ],
+    },
+    { x: { data: random(6), shape: [2, 3] } },
+  );
+});

@@ -264,7 +264,16 @@ export async function runNode(
     case "Add":
     case "Mul": {
       // an Add's fused activation (a residual block's Add → LeakyRelu) is applied as each sum is stored
-      if (a[0] && a[1] && "f" in a[0] && "f" in a[1] && Math.max(a[0].f.shape.length, a[1].f.shape.length) <= 6) {
+      // (an empty tensor, a Range of no values, is broadcast in JavaScript: the kernels take sizes ≥ 1)
+      if (
+        a[0] &&
+        a[1] &&
+        "f" in a[0] &&
+        "f" in a[1] &&
+        Math.max(a[0].f.shape.length, a[1].f.shape.length) <= 6 &&
+        a[0].f.data.length > 0 &&
+        a[1].f.data.length > 0
+      ) {
         return [{ f: await (n.opType === "Add" ? ops.add : ops.mul)(a[0].f, a[1].f, { alloc, ...act }) }];
       }
       const [r] = runNd(n, a, budget, opset);
