@@ -359,3 +359,22 @@ test("an empty tensor (a Range of no values) through Add, as onnxruntime gives i
     { x: { data: random(6), shape: [2, 3] } },
   );
 });
+
+test("LayerNormalization over two axes with a Scale and B that broadcast to them ([1, 4] and [4] over [3, 4])", async (t) => {
+  // (before: "Scale has 4 values for a normalised extent of 12", at load)
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 17,
+      nodes: [{ opType: "LayerNormalization", inputs: ["x", "s", "b"], outputs: ["y"], attrs: { axis: -2 } }],
+      inputs: [{ name: "x", shape: [2, 3, 4] }],
+      outputs: [{ name: "y" }],
+      initializers: [
+        { name: "s", dims: [1, 4], data: Float32Array.of(0.5, 1, 1.5, 2) },
+        { name: "b", dims: [4], data: Float32Array.of(0.1, -0.2, 0.3, -0.4) },
+      ],
+    },
+    { x: { data: random(24), shape: [2, 3, 4] } },
+    1e-5,
+  );
+});

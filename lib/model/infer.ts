@@ -410,13 +410,19 @@ const RULES: Record<string, Rule> = {
   },
   LayerNormalization: ([x, scale, bias], at) => {
     if (!x) return [undefined];
-    const inner = size(x.shape.slice(normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis")));
+    const normalised = x.shape.slice(normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis"));
+    const r = normalised.length;
+    // (one value, one per normalised element, or a shape that broadcasts to the normalised axes)
     for (const [t, nm] of [
       [scale, "Scale"],
       [bias, "B"],
     ] as const)
-      if (t && size(t.shape) !== inner && size(t.shape) !== 1)
-        throw new RangeError(`${nm} has ${size(t.shape)} values for a normalised extent of ${inner}`);
+      if (
+        t &&
+        (t.shape.length > r || t.shape.some((d, i) => d !== 1 && d !== normalised[r - t.shape.length + i])) &&
+        size(t.shape) !== size(normalised)
+      )
+        throw new RangeError(`${nm} [${t.shape}] does not broadcast to the normalised axes [${normalised}]`);
     return [same(x)];
   },
   GroupNormalization: ([x, scale, bias], at) => {

@@ -928,14 +928,19 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
       const v = x();
       const axis = nd.normAxis((at.axis as number | undefined) ?? -1, v.shape.length, "LayerNormalization axis");
       const inner = prod(v.shape.slice(axis));
-      const sc = a[1] ? toNd(a[1], "Scale") : null,
-        bi = a[2] ? toNd(a[2], "B") : null;
-      for (const [t, nm] of [
-        [sc, "Scale"],
-        [bi, "B"],
-      ] as const)
-        if (t && t.data.length !== inner && t.data.length !== 1)
-          throw new RangeError(`${nm} has ${t.data.length} values for a normalised extent of ${inner}`);
+      // (a Scale or B that broadcasts to the normalised axes, [1, 4] over [3, 4], is expanded to them)
+      const normalised = v.shape.slice(axis);
+      const param = (k: number, nm: string): nd.Nd | null => {
+        if (!a[k]) return null;
+        const t = toNd(a[k], nm);
+        if (t.data.length === inner || t.data.length === 1) return t;
+        const r = normalised.length;
+        if (t.shape.length > r || t.shape.some((d, i) => d !== 1 && d !== normalised[r - t.shape.length + i]))
+          throw new RangeError(`${nm} [${t.shape}] does not broadcast to the normalised axes [${normalised}]`);
+        return nd.mapN([t], false, (p) => p, budget, what, normalised);
+      };
+      const sc = param(1, "Scale"),
+        bi = param(2, "B");
       return [fromNd(nd.normalizeTrailing(v, inner, (at.epsilon as number | undefined) ?? 1e-5, sc, bi, budget, what))];
     }
     case "MatMul":
