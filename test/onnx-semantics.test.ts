@@ -378,3 +378,24 @@ test("LayerNormalization over two axes with a Scale and B that broadcast to them
     1e-5,
   );
 });
+
+test("pooling with pads up to one under the window, as onnxruntime takes them (PyTorch's limit is half the kernel)", async (t) => {
+  // (before: refused, "at most half the kernel")
+  for (const [op, attrs] of [
+    ["MaxPool", { kernel_shape: [3, 3], pads: [2, 2, 2, 2] }],
+    ["AveragePool", { kernel_shape: [3, 3], pads: [2, 1, 0, 2] }],
+    ["AveragePool", { kernel_shape: [3, 3], pads: [2, 1, 0, 2], count_include_pad: 1 }],
+    ["MaxPool", { kernel_shape: [3, 3], pads: [2, 0, 2, 2], strides: [2, 2], ceil_mode: 1 }],
+  ] as const) {
+    await sameAsOnnxruntime(
+      t,
+      {
+        opset: 19,
+        nodes: [{ opType: op, inputs: ["x"], outputs: ["y"], attrs: { ...attrs } }],
+        inputs: [{ name: "x", shape: [1, 2, 5, 6] }],
+        outputs: [{ name: "y" }],
+      },
+      { x: { data: random(60), shape: [1, 2, 5, 6] } },
+    );
+  }
+});

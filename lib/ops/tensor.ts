@@ -705,8 +705,10 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
   const outS = [D, H, W].map((e, i) => {
     const span = d[i]! * (k[i]! - 1) + 1,
       padded = e + p.lead[i]! + p.trail[i]!;
-    if (p.lead[i]! > Math.floor(k[i]! / 2) || p.trail[i]! > Math.floor(k[i]! / 2))
-      throw invalidParameterError("options.padding", "at most half the kernel", opts.padding);
+    // (a pad under the window's span leaves every window an input voxel, as onnxruntime allows;
+    // PyTorch's own limit is half the kernel)
+    if (p.lead[i]! >= span || p.trail[i]! >= span)
+      throw invalidParameterError("options.padding", "pads smaller than the (dilated) window", opts.padding);
     if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
     let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
     if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
