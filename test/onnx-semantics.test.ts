@@ -399,3 +399,26 @@ test("pooling with pads up to one under the window, as onnxruntime takes them (P
     );
   }
 });
+
+test("a 2-D Conv without kernel_shape whose weight a Constant node makes runs as 2-D", async (t) => {
+  // (before: taken for 3-D, its [2, 1, 3, 3] weight refused at load)
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 17,
+      nodes: [
+        {
+          opType: "Constant",
+          inputs: [],
+          outputs: ["w"],
+          attrs: { value: { dims: [2, 1, 3, 3], dataType: 1, data: Float32Array.from({ length: 18 }, (_, i) => Math.cos(i)) } },
+        },
+        { opType: "Conv", inputs: ["x", "w"], outputs: ["y"] },
+      ],
+      inputs: [{ name: "x", shape: [1, 1, 6, 6] }],
+      outputs: [{ name: "y" }],
+    },
+    { x: { data: random(36), shape: [1, 1, 6, 6] } },
+    1e-5,
+  );
+});

@@ -467,6 +467,7 @@ async function parseInto(
     if (isExternal(t)) t.rawData = undefined; // read for this copy alone: the weights are not held twice
   }
   const problems: string[] = [];
+  const constantDims = new Map<string, readonly number[]>();
   const nodes: GraphNode[] = (g.node as Record<string, unknown>[]).map((n, k) => {
     const name = String(n.name || `#${k}`);
     const opType = String(n.opType);
@@ -485,7 +486,12 @@ async function parseInto(
     // a 1-D or 2-D node runs on the 3-D kernels: its attributes lifted to three axes (spatial.ts)
     // (a ConvInteger's attributes are a Conv's: it becomes one, quant.ts)
     const asOp = opType === "ConvInteger" ? "Conv" : opType;
-    const lifted = liftSpatialAttrs(asOp, attrs, initializers.get(String((n.input as string[] | undefined)?.[1] ?? ""))?.dims, where);
+    // (the weight's rank says a convolution's axes where kernel_shape is absent: an initializer's, or
+    // a Constant node's made earlier — it was taken for 3-D and its 2-D weight refused)
+    const wName = String((n.input as string[] | undefined)?.[1] ?? "");
+    const lifted = liftSpatialAttrs(asOp, attrs, initializers.get(wName)?.dims ?? constantDims.get(wName), where);
+    if (opType === "Constant" && attrs.value && typeof attrs.value === "object" && "dims" in attrs.value)
+      for (const o of (n.output as string[] | undefined) ?? []) constantDims.set(String(o), (attrs.value as OnnxTensor).dims);
     problems.push(...lifted, ...checkAttrs(asOp, attrs, where, lifted.length === 0));
     return { name, opType, inputs: ((n.input as string[]) ?? []).map(String), outputs: ((n.output as string[]) ?? []).map(String), attrs };
   });
