@@ -212,6 +212,15 @@ test("writeDicomSeg validates its arguments", async (t) => {
     ),
     { message: /sourceSeries\.seriesInstanceUid/ },
   );
+  // (dcmjs writes a character past latin-1 as one byte: another UID)
+  await t.throwsAsync(
+    writeDicomSeg(
+      out,
+      labels,
+      edited((m) => (m.instances[0]!.sopInstanceUid = "1.2.\u20ac")),
+    ),
+    { message: /latin-1 .*sourceSeries\.instances\[0\]\.sopInstanceUid/ },
+  );
   await t.throwsAsync(
     writeDicomSeg(
       out,

@@ -377,6 +377,19 @@ test("LayerNormalization over two axes with a Scale and B that broadcast to them
     { x: { data: random(24), shape: [2, 3, 4] } },
     1e-5,
   );
+  // one value of a higher rank, over one axis
+  await sameAsOnnxruntime(
+    t,
+    {
+      opset: 17,
+      nodes: [{ opType: "LayerNormalization", inputs: ["x", "s"], outputs: ["y"], attrs: { axis: -1 } }],
+      inputs: [{ name: "x", shape: [2, 3, 4] }],
+      outputs: [{ name: "y" }],
+      initializers: [{ name: "s", dims: [1, 1], data: Float32Array.of(0.5) }],
+    },
+    { x: { data: random(24), shape: [2, 3, 4] } },
+    1e-5,
+  );
 });
 
 test("pooling with pads up to one under the window, as onnxruntime takes them (PyTorch's limit is half the kernel)", async (t) => {
@@ -397,7 +410,18 @@ test("pooling with pads up to one under the window, as onnxruntime takes them (P
       },
       { x: { data: random(60), shape: [1, 2, 5, 6] } },
     );
-  }
+  } // a dilated window that steps over a short input holds no voxel: refused (onnxruntime refuses pads
+  // not under the kernel too), not −Infinity
+  setBackend(backendsUnderTest().at(-1)!.name);
+  const dilated = encodeModel({
+    opset: 19,
+    nodes: [{ opType: "MaxPool", inputs: ["x"], outputs: ["y"], attrs: { kernel_shape: [2], dilations: [5], pads: [1, 1] } }],
+    inputs: [{ name: "x", shape: [1, 1, 4] }],
+    outputs: [{ name: "y" }],
+  });
+  await t.throwsAsync(async () => (await loadModel(dilated)).runAll({ x: { data: Float32Array.of(1, 2, 3, 4), shape: [1, 1, 4] } }), {
+    message: /holds no input voxel/,
+  });
 });
 
 test("a 2-D Conv without kernel_shape whose weight a Constant node makes runs as 2-D", async (t) => {

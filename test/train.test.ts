@@ -106,7 +106,7 @@ test.serial(
       labels: { ...cases[0]!.labels, affine: cases[0]!.labels.affine.map((v, i) => (i === 0 ? -v : v)) },
     };
     await t.throwsAsync(train({ ...counted, train: [flipped] }), {
-      message: /options\.train\[0\]: the labels' affine differs from the CT's by up to 14\.4/,
+      message: /options\.train\[0\]: the labels' voxel axes run along -x \+y \+z but the CT's along \+x \+y \+z/,
     });
     // options named (before: NaN losses, Adam for "SGD", an error about input.shape for batch 1.5)
     await t.throwsAsync(train({ ...counted, lr: NaN }), { message: /options\.lr/ });

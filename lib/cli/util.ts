@@ -441,7 +441,7 @@ export class OutputPlan {
           if (!(await statOrNull(p.temp))) continue; // not written (the command had nothing to write)
           // a file replaced keeps its permission bits (as replaceFile: a result made group-readable stays so)
           const old = await lstat(p.final).catch(() => null);
-          if (old?.isFile()) await chmod(p.temp, old.mode & 0o777);
+          if (old?.isFile()) await chmod(p.temp, old.mode & 0o777).catch(() => {}); // (a courtesy: vfat may refuse it)
           await rename(p.temp, p.final);
         } else if (!(await statOrNull(p.final))) {
           await mkdir(dirname(p.final), { recursive: true });

@@ -117,9 +117,9 @@ const finiteNumbers = (v: unknown, n: number, positive = false): boolean =>
  * reader keeps series whose UIDs are missing (""), long or odd (anonymised exports have them): the
  * SEG repeats what the source had.
  */
-// eslint-disable-next-line no-control-regex -- the control characters are what is refused
-const isUid = (v: unknown): boolean => typeof v === "string" && v.length <= 1024 && !/[\\\0-\x1f\x7f]/.test(v);
-const UID = "a UID (text without backslash or control characters)";
+// (and latin-1: dcmjs writes each character as one byte, a higher one cut to another UID)
+const isUid = (v: unknown): boolean => typeof v === "string" && v.length <= 1024 && /^[\x20-\x5b\x5d-\x7e\xa0-\xff]*$/.test(v);
+const UID = "a UID (latin-1 text without backslash or control characters)";
 
 /**
  * Checks a series meta a caller handed in (or edited) before anything is derived from it: a NaN

@@ -34,7 +34,7 @@ export async function replaceFile(path: string, write: (tmp: string) => Promise<
   try {
     await write(tmp);
     const old = await lstat(path).catch(() => null);
-    if (old?.isFile()) await chmod(tmp, old.mode & 0o777);
+    if (old?.isFile()) await chmod(tmp, old.mode & 0o777).catch(() => {}); // (a courtesy: vfat may refuse it)
     await rename(tmp, path);
   } catch (e) {
     // (EEXIST: the temporary was somebody else's, not ours to remove)

@@ -15,7 +15,7 @@
 import { constants } from "node:fs";
 import { open, readFile, realpath, stat, type FileHandle } from "node:fs/promises";
 import { totalmem } from "node:os";
-import { isAbsolute, join, sep, win32 } from "node:path";
+import { dirname, isAbsolute, join, sep, win32 } from "node:path";
 import { releaseEngineArray } from "../backends/index.js";
 import { allocArray } from "../volume.js";
 import { MAX_INT_ELEMENTS, MAX_TENSOR_ELEMENTS, ModelProto, ONNX_DTYPE } from "./onnx-proto.js";
@@ -287,7 +287,7 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
         // the file opened is still in the model's folder: a folder on the way swapped for a link
         // between the check above and the open would otherwise pass (Linux names an open file)
         const opened = process.platform === "linux" ? await realpath(`/proc/self/fd/${fh.fd}`).catch(() => undefined) : undefined;
-        if (opened !== undefined && !opened.startsWith(dir.endsWith(sep) ? dir : dir + sep))
+        if (opened !== undefined && !opened.startsWith(dir.endsWith(sep) ? dir : dir + sep) && !(await within(opened, dir)))
           throw new Error(`${where} led out of the model's folder while the model was loading (to ${opened})`);
         for (const p of list) {
           const out = destination(p);
@@ -305,6 +305,21 @@ async function findSource(key: string, source: ExternalSource, label: string, fi
       }
     },
   };
+}
+
+/**
+ * Whether a folder above `path` is `dir` itself (the same device and inode): the kernel's name of an
+ * open file may differ from the user's spelling of its folder in case alone (vfat, a casefolded ext4).
+ */
+async function within(path: string, dir: string): Promise<boolean> {
+  const target = await stat(dir).catch(() => undefined);
+  if (!target) return false;
+  for (let p = dirname(path), depth = 0; depth < 256; p = dirname(p), depth++) {
+    const st = await stat(p).catch(() => undefined);
+    if (st && st.dev === target.dev && st.ino === target.ino) return true;
+    if (dirname(p) === p) return false;
+  }
+  return false;
 }
 
 /** Whether `word` (ASCII) occurs in the file, read 1 MB at a time into one reused buffer. */

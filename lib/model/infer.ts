@@ -420,7 +420,8 @@ const RULES: Record<string, Rule> = {
       if (
         t &&
         (t.shape.length > r || t.shape.some((d, i) => d !== 1 && d !== normalised[r - t.shape.length + i])) &&
-        size(t.shape) !== size(normalised)
+        size(t.shape) !== size(normalised) &&
+        size(t.shape) !== 1
       )
         throw new RangeError(`${nm} [${t.shape}] does not broadcast to the normalised axes [${normalised}]`);
     return [same(x)];

@@ -439,9 +439,27 @@ export class Model {
         if (done) concatsInPlace++;
         const outs = finalOutputs(n).some((o) => keep.has(o));
         taken.length = 0;
-        results = done ? [done] : await runNode(n, args, slot ? slotAlloc(slot) : outs ? allocOut : alloc, budget, this.opset);
+        const nodeAlloc = slot ? slotAlloc(slot) : outs ? allocOut : alloc;
+        // A node that is not backend-only may still write its result through the backend (Gelu's
+        // kernel, a LayerNormalization's group norm): on a GPU that result lies on the device. Each
+        // buffer it is handed drops a stale device copy from an earlier use, and after the node what
+        // the backend wrote comes to the host before the host copy is declared the current one
+        // (declared so at once, the device's result was dropped unread).
+        const handOut =
+          !viaBackend && be.hostWrote
+            ? (shape: number[]): Tensor => {
+                const t = nodeAlloc(shape);
+                be.hostWrote!([t.data]);
+                return t;
+              }
+            : nodeAlloc;
+        results = done ? [done] : await runNode(n, args, handOut, budget, this.opset);
         giveBackUnused(results);
-        if (be.hostWrote && !viaBackend) be.hostWrote(results.flatMap((v) => ("f" in v ? [v.f.data] : [])));
+        if (be.hostWrote && !viaBackend) {
+          const written = results.flatMap((v) => ("f" in v ? [v.f.data] : []));
+          if (be.hostRead) await be.hostRead(written);
+          be.hostWrote(written);
+        }
       } catch (e) {
         throw new Error(`node ${n.name} (${n.opType}): ${(e as Error).message}`, { cause: e });
       }

@@ -705,13 +705,22 @@ async function pool(x: Tensor, options: Pool3dOptions, max: boolean): Promise<Te
   const outS = [D, H, W].map((e, i) => {
     const span = d[i]! * (k[i]! - 1) + 1,
       padded = e + p.lead[i]! + p.trail[i]!;
-    // (a pad under the window's span leaves every window an input voxel, as onnxruntime allows;
-    // PyTorch's own limit is half the kernel)
-    if (p.lead[i]! >= span || p.trail[i]! >= span)
-      throw invalidParameterError("options.padding", "pads smaller than the (dilated) window", opts.padding);
+    // (pads under the kernel, as onnxruntime takes them; PyTorch's own limit is half the kernel)
+    if (p.lead[i]! >= k[i]! || p.trail[i]! >= k[i]!)
+      throw invalidParameterError("options.padding", "pads smaller than the kernel", opts.padding);
     if (padded < span) throw new RangeError(`input extent ${e} on axis ${"DHW"[i]} is smaller than the window ${span}`);
     let o = (ceil ? Math.ceil : Math.floor)((padded - span) / s[i]!) + 1;
     if (ceil && (o - 1) * s[i]! >= e + p.lead[i]!) o--; // the last window must start inside the input
+    // and every window takes an input voxel (a dilated one can step over a short input: its max
+    // would be −Infinity, its average 0/0)
+    for (let j = 0; j < o; j++) {
+      const start = j * s[i]! - p.lead[i]!;
+      const first = start < 0 ? start + Math.ceil(-start / d[i]!) * d[i]! : start;
+      if (first >= e || first > start + (k[i]! - 1) * d[i]!)
+        throw new RangeError(
+          `window ${j} on axis ${"DHW"[i]} holds no input voxel (extent ${e}, pads ${p.lead[i]}/${p.trail[i]}, dilation ${d[i]})`,
+        );
+    }
     return o;
   }) as Triple;
   const out = outputTensor([N, C, ...outS], opts.out, "pool output", opts.alloc, { x }, false);

@@ -159,10 +159,21 @@ function checkCases(cases: unknown, name: string, classes: number): { bg: number
       throw new RangeError(
         `${what}: labels are ${c.labels.dims.join("×")} voxels but the CT is ${c.ct.dims.join("×")}; they must be one grid`,
       );
-    // (a transposed or flipped truth of the same dims: its affine says so, as evaluate finds)
-    const off = Math.max(...c.ct.affine.slice(0, 12).map((v, i) => Math.abs(v - c.labels.affine[i]!)));
-    if (!(off <= 1e-3))
-      throw new RangeError(`${what}: the labels' affine differs from the CT's by up to ${off.toPrecision(3)}; they must be one grid`);
+    // A transposed or flipped truth of the same dims: its affine's axes say so. Only the orientation
+    // is compared (each voxel axis's main world axis and sign): tools differ in origins, gantry-tilt
+    // shears and qform rounding by millimetres (evaluate warns of those), and a truth written
+    // without orientation (pixdim only) says nothing.
+    if (c.labels.meta?.affineSource !== "pixdim" && c.ct.meta?.affineSource !== "pixdim") {
+      const axis = (A: readonly number[], col: number) => {
+        const v = [0, 1, 2].map((r) => A[4 * r + col]!);
+        const k = v.reduce((m, x, i) => (Math.abs(x) > Math.abs(v[m]!) ? i : m), 0);
+        return `${v[k]! < 0 ? "-" : "+"}${"xyz"[k]}`;
+      };
+      const ct = [0, 1, 2].map((col) => axis(c.ct.affine, col)).join(" "),
+        lab = [0, 1, 2].map((col) => axis(c.labels.affine, col)).join(" ");
+      if (ct !== lab)
+        throw new RangeError(`${what}: the labels' voxel axes run along ${lab} but the CT's along ${ct}; they must be one grid`);
+    }
     const d = c.labels.data;
     for (let i = 0; i < d.length; i++) {
       const l = d[i]!;
