@@ -14,7 +14,7 @@
  */
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
 import { MAMBA_CONV_OP, mambaConvShape, SELECTIVE_SCAN_OP, selectiveScanShape } from "./mamba.js";
-import { broadcastShapes, normAxis, size, slicePlan } from "./nd.js";
+import { broadcastShapes, broadcastsTo, normAxis, size, slicePlan } from "./nd.js";
 import type { Value } from "./ops.js";
 import { checkSpatialRank, dropShape, liftShape, SPATIAL_OPS, spatialOf } from "./spatial.js";
 
@@ -221,10 +221,7 @@ const RULES: Record<string, Rule> = {
   PRelu: ([x, slope]) => {
     if (!x) return [undefined];
     // (unidirectional broadcasting: the slope's trailing axes match X's or are 1)
-    const r = x.shape.length,
-      k = slope ? slope.shape.length : 0;
-    if (slope && (k > r || slope.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i])))
-      throw new RangeError(`slope [${slope.shape}] does not broadcast to X [${x.shape}]`);
+    if (slope && !broadcastsTo(slope.shape, x.shape)) throw new RangeError(`slope [${slope.shape}] does not broadcast to X [${x.shape}]`);
     return [same(x)];
   },
   Not: ([x]) => [x ? same(x, true) : undefined],
@@ -411,18 +408,12 @@ const RULES: Record<string, Rule> = {
   LayerNormalization: ([x, scale, bias], at) => {
     if (!x) return [undefined];
     const normalised = x.shape.slice(normAxis((at.axis as number | undefined) ?? -1, x.shape.length, "LayerNormalization axis"));
-    const r = normalised.length;
     // (one value, one per normalised element, or a shape that broadcasts to the normalised axes)
     for (const [t, nm] of [
       [scale, "Scale"],
       [bias, "B"],
     ] as const)
-      if (
-        t &&
-        (t.shape.length > r || t.shape.some((d, i) => d !== 1 && d !== normalised[r - t.shape.length + i])) &&
-        size(t.shape) !== size(normalised) &&
-        size(t.shape) !== 1
-      )
+      if (t && !broadcastsTo(t.shape, normalised) && size(t.shape) !== size(normalised) && size(t.shape) !== 1)
         throw new RangeError(`${nm} [${t.shape}] does not broadcast to the normalised axes [${normalised}]`);
     return [same(x)];
   },

@@ -76,6 +76,13 @@ export function heapRoom(values: number, what: string): void {
     );
 }
 
+/** Whether `from` broadcasts to `to` one way (ONNX's unidirectional broadcasting: trailing axes equal or 1). */
+export function broadcastsTo(from: readonly number[], to: readonly number[]): boolean {
+  const k = from.length,
+    r = to.length;
+  return k <= r && from.every((d, i) => d === 1 || d === to[r - k + i]);
+}
+
 export function stridesOf(shape: readonly number[]): number[] {
   const st = new Array<number>(shape.length);
   let s = 1;

@@ -252,11 +252,8 @@ export async function runNode(
         s = F(a[1], "slope");
       // one slope, or one per channel placed on axis 1 ([C, 1, 1] as PyTorch exports it): the
       // per-channel kernel; any other slope broadcasts as ONNX says ([3] on [1, 3, 3] is along the last axis)
-      const k = s.shape.length,
-        r = x.shape.length;
       if (preluPerChannel(x.shape, s)) return [{ f: await ops.prelu(x, { data: s.data, shape: [s.data.length] }, { alloc }) }];
-      if (k > r || s.shape.some((d, i) => d !== 1 && d !== x.shape[r - k + i]))
-        throw new RangeError(`PRelu: slope [${s.shape}] does not broadcast to X [${x.shape}]`);
+      if (!nd.broadcastsTo(s.shape, x.shape)) throw new RangeError(`PRelu: slope [${s.shape}] does not broadcast to X [${x.shape}]`);
       return [
         fromNd(nd.mapN([toNd(a[0], "X"), toNd(a[1], "slope")], false, (v, sl) => (v < 0 ? Math.fround(v * sl) : v), budget, "PRelu")),
       ];
@@ -934,8 +931,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
         if (!a[k]) return null;
         const t = toNd(a[k], nm);
         if (t.data.length === inner || t.data.length === 1) return t;
-        const r = normalised.length;
-        if (t.shape.length > r || t.shape.some((d, i) => d !== 1 && d !== normalised[r - t.shape.length + i]))
+        if (!nd.broadcastsTo(t.shape, normalised))
           throw new RangeError(`${nm} [${t.shape}] does not broadcast to the normalised axes [${normalised}]`);
         return nd.mapN([t], false, (p) => p, budget, what, normalised);
       };
