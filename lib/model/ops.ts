@@ -596,9 +596,9 @@ async function runAttention(n: GraphNode, a: (Value | undefined)[], alloc: (shap
  * engine, with no copy, into the run's pool: the backend's GEMM where it has one (native), else a
  * 1×1×1 convolution whose weights are A ([rows, K]: one output channel per row) and whose input is
  * B (K channels of N voxels), which writes out[r][n] = Σₖ A[r][k]·B[k][n], AB in row-major order.
- * A batched B [..., K, N] of A's batch extents (attention's heads) is one call: a batched GEMM, or
- * a grouped convolution with a group per item. Other shapes (broadcast batches, integers, small K
- * or N) stay on nd.matmul.
+ * A batched B [..., K, N] (attention's heads) is one call: a batched GEMM, or a grouped convolution
+ * with a group per item; batches that broadcast are repeated to every item first. Integers and
+ * small products stay on nd.matmul.
  */
 async function matmulOnEngine(
   av: Value | undefined,
@@ -613,21 +613,35 @@ async function matmulOnEngine(
     B = bv.f;
   const ra = A.shape.length,
     rb = B.shape.length;
-  if (ra < 2 || rb < 2 || (rb > 2 && (rb !== ra || !B.shape.slice(0, -2).every((d, i) => d === A.shape[i])))) return undefined;
+  if (ra < 2 || rb < 2) return undefined;
   const [K, N] = B.shape.slice(-2) as [number, number];
-  const M = A.shape[ra - 2]!,
-    batches = rb === 2 ? 1 : prod(A.shape.slice(0, -2));
-  const rows = rb === 2 ? A.data.length / K : M; // a 2-D B takes every row of A at once
+  const M = A.shape[ra - 2]!;
   if (A.shape[ra - 1] !== K) return undefined;
+  const batch = nd.broadcastShapes([A.shape.slice(0, -2), B.shape.slice(0, -2)], "MatMul");
+  const batches = prod(batch);
+  // B of one matrix ([K, N], or [1, 1, K, N] under A's batches) takes every row of A at once
+  const oneB = prod(B.shape.slice(0, -2)) === 1;
+  const rows = oneB ? batches * M : M;
   if (bias && bias.length !== N) throw new RangeError(`a bias of ${bias.length} values for a product of ${N} columns`);
   const be = activeBackend();
   // a few rows of a large product (SwinUNETR's last patch merging at a 64³ window: 8 tokens × 3072
   // × 768, 0.1 s in nd.matmul) go to a backend GEMM all the same
   if ((K < 16 || N < 16 || rows < 16) && !(be.gemm && rows * K * N >= 1 << 18)) return undefined;
-  budget.check(batches * rows * N * 4, "MatMul output");
+  budget.check(batches * M * N * 4, "MatMul output");
+  // Batches that broadcast (attention's keys shared by the heads, [1, 8, L, d] × [1, 1, d, L]; a 2-D
+  // A before a batched B): the operand of fewer items is repeated to every item first, a copy of
+  // K·(M or N) values an item beside the product's M·K·N multiply-adds, so that one batched GEMM
+  // takes them (before: nd.matmul's loop in JavaScript, refused past 2^30 multiply-adds)
+  const whole = (x: Tensor): Float32Array =>
+    prod(x.shape.slice(0, -2)) === batches
+      ? x.data
+      : (nd.mapN([{ data: x.data, shape: x.shape, int: false }], false, (v) => v, budget, "MatMul", [...batch, ...x.shape.slice(-2)])
+          .data as Float32Array);
+  const a = oneB ? A.data : whole(A),
+    b = oneB ? B.data : whole(B);
   // from the run's pool (engine memory on huge pages, reused across runs): a fresh array's first
   // touch of its pages cost more than the GEMM of a small projection
-  const yt = alloc([...A.shape.slice(0, -1), N]);
+  const yt = alloc([...batch, M, N]);
   const y = yt.data;
   /** The bias added after the product, where the GEMM did not add it. */
   const addBias = () => {
@@ -636,9 +650,9 @@ async function matmulOnEngine(
   };
   if (be.gemm) {
     // the backend's own GEMM (native: AVX-512 8×32 / AVX2 6×16 micro-kernels, Goto blocking)
-    if (bias && be.gemmBias) await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y, bias);
+    if (bias && be.gemmBias) await be.gemm(a, b, oneB ? 1 : batches, rows, K, N, !oneB, y, bias);
     else {
-      await be.gemm(A.data, B.data, batches, rows, K, N, rb > 2, y);
+      await be.gemm(a, b, oneB ? 1 : batches, rows, K, N, !oneB, y);
       addBias();
     }
     return { f: yt };
@@ -648,9 +662,10 @@ async function matmulOnEngine(
   const w = [128, 64].find((d) => N % d === 0 && N > d) ?? N;
   // a batched B: one grouped convolution, a group per batch item (B's items are its groups' input
   // channels, A's its groups' weights, each in place), instead of a call per item
-  await ops.conv3d({ data: B.data, shape: [1, batches * K, 1, N / w, w] }, { data: A.data, shape: [batches * rows, K, 1, 1, 1] }, null, {
-    groups: batches,
-    out: { data: y, shape: [1, batches * rows, 1, N / w, w] },
+  const groups = oneB ? 1 : batches;
+  await ops.conv3d({ data: b, shape: [1, groups * K, 1, N / w, w] }, { data: a, shape: [groups * rows, K, 1, 1, 1] }, null, {
+    groups,
+    out: { data: y, shape: [1, groups * rows, 1, N / w, w] },
   });
   addBias();
   return { f: yt };
