@@ -6,7 +6,7 @@
  * Runs the TypeScript entry point through tsx (the compiled dist/ is built by npm test for cli.test.ts).
  */
 import test from "ava";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readNifti, writeNifti } from "../lib/io/nifti.js";
@@ -108,4 +108,32 @@ test("bhsd evaluate --html --ct <dicom folder>: the CT read from DICOM under lab
   const r = cli(["evaluate", "--gt", gt, "--pred", gt, "--ct", join(DICOM_FIXTURES, "cases", "A_axial"), "--html", html]);
   t.is(r.status, 0, r.stderr);
   t.true(readFileSync(html, "utf8").includes("<html"));
+});
+
+(pydicomPython() ? test : test.skip)("--out-seg over a series whose UID a SEG cannot hold is refused before the model loads", (t) => {
+  t.timeout(240_000);
+  // the fixture's series, its SeriesInstanceUID given a control character by pydicom (the reader
+  // keeps it; a SEG cannot write it): before, the model ran and the write failed at the end
+  const dir = join(tmp, "bad-uid");
+  runPython<string>(
+    `
+import glob, json, os, shutil, sys, warnings, pydicom
+warnings.simplefilter("ignore")
+shutil.copytree(sys.argv[1], sys.argv[2])
+for f in glob.glob(os.path.join(sys.argv[2], "*")):
+    d = pydicom.dcmread(f); d.SeriesInstanceUID = "1.2.3\\x01.4"; d.save_as(f)
+print(json.dumps("ok"))
+`,
+    [join(DICOM_FIXTURES, "cases", "A_axial"), dir],
+  );
+  // (a model that is not one: loading it would fail with another message)
+  const model = join(tmp, "not-a-model.onnx");
+  writeFileSync(model, "not an ONNX model");
+  const lab = join(tmp, "bad-uid.nii.gz"),
+    seg = join(tmp, "bad-uid.dcm");
+  const r = cli(["segment", dir, "--model", model, "--out", lab, "--out-seg", seg, "--quiet"]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /a DICOM SEG cannot reference the series of .*seriesInstanceUid but received string "1\.2\.3\\u0001\.4"/);
+  t.false(existsSync(lab));
+  t.false(existsSync(seg));
 });

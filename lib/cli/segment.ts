@@ -5,7 +5,8 @@ import { InvalidArgumentError, type Command } from "commander";
 import { writeNifti } from "../io/nifti.js";
 import { parseJsonObject, readSmallFile } from "../io/small-file.js";
 import { readCt } from "../io/ct.js";
-import { writeDicomSeg } from "../io/dicom-seg.js";
+import type { DicomSeriesMeta } from "../io/dicom.js";
+import { checkDicomSegSource, writeDicomSeg } from "../io/dicom-seg.js";
 import { toJson } from "../json.js";
 import { convPlanText, convPlanToKeep } from "../backends/conv-plan.js";
 import { PRECISIONS, type Precision } from "../backends/precision.js";
@@ -157,6 +158,13 @@ export function segmentCommand(program: Command): void {
         const ct = await readCt(file, { ...readLimits(), ...(o.series ? { seriesUid: o.series } : {}) });
         if (o.outSeg && !("dicom" in ct))
           throw new Error(`segment: --out-seg needs a DICOM CT (a series folder or zip); ${file} is a NIfTI file`);
+        // (a series whose UIDs a SEG cannot hold fails now, not after the model ran)
+        if (o.outSeg)
+          try {
+            checkDicomSegSource((ct as { dicom: DicomSeriesMeta }).dicom, "series");
+          } catch (e) {
+            throw new Error(`segment --out-seg: a DICOM SEG cannot reference the series of ${file}: ${(e as Error).message}`);
+          }
         const prec = o.precision ? { precision: o.precision } : {};
         const models = [];
         // (an ensemble's members' own post-processing does not apply: not read)

@@ -148,6 +148,14 @@ function checkSeriesMeta(meta: DicomSeriesMeta, name: string): void {
     bad("studyAttributes", "an object of strings", study);
 }
 
+/**
+ * Whether writeDicomSeg could reference this series (its UIDs, geometry and instances): the CLI asks
+ * before inference, so that a series a SEG cannot name fails at once rather than after the model ran.
+ */
+export function checkDicomSegSource(meta: DicomSeriesMeta, name: string): void {
+  checkSeriesMeta(meta, name);
+}
+
 export async function writeDicomSeg(
   path: string,
   labels: Volume,
