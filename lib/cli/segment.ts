@@ -163,7 +163,7 @@ export function segmentCommand(program: Command): void {
           try {
             checkDicomSegSource((ct as { dicom: DicomSeriesMeta }).dicom, "series");
           } catch (e) {
-            throw new Error(`segment --out-seg: a DICOM SEG cannot reference the series of ${file}: ${(e as Error).message}`);
+            throw new Error(`segment --out-seg: a DICOM SEG cannot reference the series of ${file}: ${(e as Error).message}`, { cause: e });
           }
         const prec = o.precision ? { precision: o.precision } : {};
         const models = [];
