@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** The `bhsd` command line. Every command has --help and --json; bad input → one line, exit 1. */
+/** The `bhsd` command line. Every command has --help, those that print results --json; bad input → one line, exit 1. */
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
 import { batchCommand } from "./batch.js";

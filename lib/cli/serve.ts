@@ -42,7 +42,7 @@ export function serveCommand(program: Command): void {
     )
     .option(
       "--model-cache-mb <n>",
-      "models kept loaded between requests (MiB, counted as their .onnx sizes), least recently used dropped first",
+      "models kept loaded between requests (MiB, each counted by its weights as loaded or its .onnx size where larger), least recently used dropped first",
       intArg("--model-cache-mb", 1, 1 << 20),
       2048,
     )

@@ -135,10 +135,6 @@ export class Model {
     this.memoryLimit = memoryLimit;
     this.backend = backend;
     this.precision = precision;
-    // `await using model = await loadModel(…)` (Node 20's Symbol.asyncDispose)
-    const sym = Symbol as unknown as { asyncDispose?: symbol; dispose?: symbol };
-    if (sym.asyncDispose) Object.defineProperty(this, sym.asyncDispose, { value: async () => this.dispose() });
-    if (sym.dispose) Object.defineProperty(this, sym.dispose, { value: () => this.dispose() });
     this.config = config;
     this.inputs = graph.inputs;
     this.outputs = graph.outputs;
@@ -252,6 +248,15 @@ export class Model {
     this.spare = [];
     this.constArrays.clear();
     this.consts.clear();
+  }
+
+  /** `await using model = await loadModel(…)`: disposed when the block ends (Node ≥ 20.4's symbol). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+  /** `using model = …` in a synchronous block. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 
   private async runOn(be: Backend, feeds: Record<string, Tensor>, options?: { signal?: AbortSignal }): Promise<Record<string, Tensor>> {

@@ -19,9 +19,9 @@ export interface ServeOptions {
    */
   modelDir?: string;
   /**
-   * Bytes of models kept loaded between requests (each counted as its .onnx file's size), least
-   * recently used dropped first and disposed once no request uses it; default 2 GiB. The model a
-   * request needs is always loaded, even alone over the budget.
+   * Bytes of models kept loaded between requests (each counted by its weights as loaded, or its
+   * .onnx file's size where larger), least recently used dropped first and disposed once no request
+   * uses it; default 2 GiB. The model a request needs is always loaded, even alone over the budget.
    */
   modelCacheBytes?: number;
   /** Largest request body (bytes; a multipart body's files together), default 512 MiB. */

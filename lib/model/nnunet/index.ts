@@ -262,6 +262,13 @@ export class NnunetModel {
     // (a first stage the caller handed over stays the caller's)
     if (this.ownsPreviousStage) this.previousStage?.dispose();
   }
+  /** `await using nn = await loadNnunet(…)`: disposed when the block ends. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /** Largest plans.json or dataset.json read (nnU-Net's are a few kB; a dataset.json listing its cases, a few MB). */
