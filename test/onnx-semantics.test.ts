@@ -499,3 +499,108 @@ test("MatMul with batches that broadcast (keys shared by the heads, a 2-D A befo
   for (let i = 0; i < got.data.length; i++) worst = Math.max(worst, Math.abs(got.data[i]! - want.data[i]!));
   t.true(worst < 1e-3, `off by ${worst}`);
 });
+
+test("ops of classifiers, squeeze-and-excitation blocks and positional encodings (GlobalAveragePool, trigonometry, HardSwish, ReduceL2, …) as onnxruntime", async (t) => {
+  const one = (opType: string, shape: number[], attrs: Record<string, unknown> = {}, scale = 1, opset = 18): [Spec, Feeds] => [
+    {
+      opset,
+      nodes: [{ opType, inputs: ["x"], outputs: ["y"], attrs: attrs as never }],
+      inputs: [{ name: "x", shape }],
+      outputs: [{ name: "y" }],
+      initializers: [],
+    },
+    { x: { data: random(shape.reduce((p, q) => p * q, 1)).map((v) => v * scale), shape } },
+  ];
+  const s = [2, 3, 4, 5];
+  for (const [op, attrs, scale] of [
+    ["Sin", {}, 3],
+    ["Cos", {}, 3],
+    ["Tan", {}, 0.6],
+    ["Asin", {}, 0.45],
+    ["Acos", {}, 0.45],
+    ["Atan", {}, 3],
+    ["Sinh", {}, 2],
+    ["Cosh", {}, 2],
+    ["HardSwish", {}, 3],
+    ["Mish", {}, 3],
+    ["Softsign", {}, 3],
+    ["Celu", { alpha: 0.7 }, 3],
+    ["ThresholdedRelu", { alpha: 0.4 }, 1],
+    ["GlobalAveragePool", {}, 1],
+    ["GlobalMaxPool", {}, 1],
+  ] as [string, Record<string, unknown>, number][])
+    await sameAsOnnxruntime(t, ...one(op, s, attrs, scale), 2e-6);
+  // a 3-D squeeze-and-excitation input, and a 2-D classifier's
+  await sameAsOnnxruntime(t, ...one("GlobalAveragePool", [1, 4, 3, 5, 6]), 1e-6);
+  await sameAsOnnxruntime(t, ...one("GlobalMaxPool", [1, 4, 7]), 1e-6);
+  // the reductions of opset 18 (axes an input), over trailing and inner axes, kept or not
+  for (const op of ["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"])
+    for (const [axes, keepdims] of [
+      [[2, 3], 1],
+      [[1], 0],
+      [[0, 2], 1],
+    ] as [number[], number][]) {
+      const [spec, feeds] = one(op, s, { keepdims }, op === "ReduceLogSumExp" ? 40 : 1);
+      spec.nodes[0]!.inputs.push("axes");
+      spec.initializers = [i64("axes", axes)];
+      await sameAsOnnxruntime(t, spec, feeds, op === "ReduceLogSumExp" ? 4e-5 : 2e-5);
+    }
+  // ReduceLogSum of positive values
+  {
+    const [spec, feeds] = one("ReduceLogSum", s, { keepdims: 0 });
+    spec.nodes[0]!.inputs.push("axes");
+    spec.initializers = [i64("axes", [3])];
+    feeds.x!.data = feeds.x!.data.map((v) => Math.abs(v) + 0.1);
+    await sameAsOnnxruntime(t, spec, feeds, 1e-6);
+  }
+  // IsNaN, IsInf (negative only), Xor: booleans, cast back to float to compare
+  const flags = (nodes: Spec["nodes"]): Spec => ({
+    opset: 18,
+    nodes: [...nodes, { opType: "Cast", inputs: ["b"], outputs: ["y"], attrs: { to: 1 } }],
+    inputs: [{ name: "x", shape: [6] }],
+    outputs: [{ name: "y" }],
+    initializers: [],
+  });
+  const special = { x: { data: Float32Array.of(1, NaN, Infinity, -Infinity, 0, -2), shape: [6] } };
+  await sameAsOnnxruntime(t, flags([{ opType: "IsNaN", inputs: ["x"], outputs: ["b"] }]), special, 0);
+  await sameAsOnnxruntime(t, flags([{ opType: "IsInf", inputs: ["x"], outputs: ["b"], attrs: { detect_positive: 0 } }]), special, 0);
+  await sameAsOnnxruntime(
+    t,
+    flags([
+      { opType: "IsInf", inputs: ["x"], outputs: ["p"] },
+      { opType: "IsNaN", inputs: ["x"], outputs: ["q"] },
+      { opType: "Xor", inputs: ["p", "q"], outputs: ["b"] },
+    ]),
+    special,
+    0,
+  );
+});
+
+test("a torchvision-shaped 2-D classifier (Conv, MaxPool, GlobalAveragePool, Flatten, Gemm) loads and runs as onnxruntime", async (t) => {
+  const w = (n: number, k: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + k) * 0.3);
+  const spec: Spec = {
+    opset: 17,
+    nodes: [
+      { opType: "Conv", inputs: ["x", "w1", "b1"], outputs: ["c1"], attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1], strides: [2, 2] } },
+      { opType: "Relu", inputs: ["c1"], outputs: ["r1"] },
+      { opType: "MaxPool", inputs: ["r1"], outputs: ["p1"], attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1], strides: [2, 2] } },
+      { opType: "Conv", inputs: ["p1", "w2", "b2"], outputs: ["c2"], attrs: { kernel_shape: [3, 3], pads: [1, 1, 1, 1] } },
+      { opType: "Add", inputs: ["c2", "p1"], outputs: ["s2"] },
+      { opType: "Relu", inputs: ["s2"], outputs: ["r2"] },
+      { opType: "GlobalAveragePool", inputs: ["r2"], outputs: ["g"] },
+      { opType: "Flatten", inputs: ["g"], outputs: ["f"], attrs: { axis: 1 } },
+      { opType: "Gemm", inputs: ["f", "fc", "fb"], outputs: ["y"], attrs: { transB: 1 } },
+    ],
+    inputs: [{ name: "x", shape: [1, 3, 32, 32] }],
+    outputs: [{ name: "y" }],
+    initializers: [
+      { name: "w1", dims: [16, 3, 3, 3], data: w(16 * 27, 1) },
+      { name: "b1", dims: [16], data: w(16, 2) },
+      { name: "w2", dims: [16, 16, 3, 3], data: w(16 * 144, 3) },
+      { name: "b2", dims: [16], data: w(16, 4) },
+      { name: "fc", dims: [6, 16], data: w(96, 5) },
+      { name: "fb", dims: [6], data: w(6, 6) },
+    ],
+  };
+  await sameAsOnnxruntime(t, spec, { x: { data: random(3 * 32 * 32), shape: [1, 3, 32, 32] } }, 1e-5);
+});

@@ -50,6 +50,11 @@ const KEEPS = new Set([
   "ReduceMin",
   "ReduceProd",
   "ReduceMean",
+  "ReduceL1",
+  "ReduceL2",
+  "ReduceSumSquare",
+  "ReduceLogSum",
+  "ReduceLogSumExp",
   "Split",
   // float ops whose output is their input's type (T): a float16 model's values stay float16
   "Sigmoid",
@@ -68,6 +73,21 @@ const KEEPS = new Set([
   "HardSigmoid",
   "Softplus",
   "Gelu",
+  "Sin",
+  "Cos",
+  "Tan",
+  "Asin",
+  "Acos",
+  "Atan",
+  "Sinh",
+  "Cosh",
+  "HardSwish",
+  "Mish",
+  "Softsign",
+  "Celu",
+  "ThresholdedRelu",
+  "GlobalAveragePool",
+  "GlobalMaxPool",
   "PRelu",
   "Clip",
   "Softmax",
@@ -88,7 +108,20 @@ const KEEPS = new Set([
   "Sum",
   "Mean",
 ]);
-const BOOLEAN = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
+/** Ops whose result is bool (0/1 integers in the engine), whatever their inputs. */
+export const BOOLEAN_OPS: ReadonlySet<string> = new Set([
+  "Equal",
+  "Less",
+  "Greater",
+  "LessOrEqual",
+  "GreaterOrEqual",
+  "And",
+  "Or",
+  "Xor",
+  "Not",
+  "IsNaN",
+  "IsInf",
+]);
 
 /** Element types the graph declares or its ops determine, by value name. */
 function knownTypes(g: Record<string, unknown>, nodes: Node[]): Map<string, number> {
@@ -111,7 +144,7 @@ function knownTypes(g: Record<string, unknown>, nodes: Node[]): Map<string, numb
       const op = String(n.opType);
       if (op === "Cast") t = Number(attr("to")?.i ?? 0) || undefined;
       else if (op === "Shape" || op === "Size" || op === "ArgMax") t = ONNX_DTYPE.INT64;
-      else if (BOOLEAN.has(op)) t = ONNX_DTYPE.BOOL;
+      else if (BOOLEAN_OPS.has(op)) t = ONNX_DTYPE.BOOL;
       else if (op === "Constant") {
         const a = n.attribute?.[0];
         const name = String(a?.name ?? "");

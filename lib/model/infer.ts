@@ -12,6 +12,7 @@
  * or a value that depends on data (a mask from activations), makes what follows it unknown: the
  * inference then says nothing about it rather than guess, and the run checks it as before.
  */
+import { BOOLEAN_OPS } from "./cast-like.js";
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
 import { MAMBA_CONV_OP, mambaConvShape, SELECTIVE_SCAN_OP, selectiveScanShape } from "./mamba.js";
 import { broadcastShapes, broadcastsTo, normAxis, size, slicePlan } from "./nd.js";
@@ -112,6 +113,19 @@ const SAME_SHAPE = [
   "Selu",
   "HardSigmoid",
   "Gelu",
+  "Sin",
+  "Cos",
+  "Tan",
+  "Asin",
+  "Acos",
+  "Atan",
+  "Sinh",
+  "Cosh",
+  "HardSwish",
+  "Mish",
+  "Softsign",
+  "Celu",
+  "ThresholdedRelu",
   "Clip",
   "Softmax",
   "LogSoftmax",
@@ -134,9 +148,9 @@ const BROADCAST = [
   "GreaterOrEqual",
   "And",
   "Or",
+  "Xor",
   "Where",
 ];
-const COMPARE = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
 
 function convOut(x: Known, w: Known, at: Record<string, Attr>): number[] {
   const [N, C] = x.shape as [number, number];
@@ -432,6 +446,15 @@ const RULES: Record<string, Rule> = {
   ReduceMax: (x, at) => reduceRule(x, at),
   ReduceMin: (x, at) => reduceRule(x, at),
   ReduceProd: (x, at) => reduceRule(x, at),
+  ReduceL1: (x, at) => reduceRule(x, at),
+  ReduceL2: (x, at) => reduceRule(x, at),
+  ReduceSumSquare: (x, at) => reduceRule(x, at),
+  ReduceLogSum: (x, at) => reduceRule(x, at),
+  ReduceLogSumExp: (x, at) => reduceRule(x, at),
+  GlobalAveragePool: ([x]) => [x ? globalPoolShape(x) : undefined],
+  GlobalMaxPool: ([x]) => [x ? globalPoolShape(x) : undefined],
+  IsNaN: ([x]) => [x ? same(x, true) : undefined],
+  IsInf: ([x]) => [x ? same(x, true) : undefined],
   Expand: ([x, shape]) => {
     const s = ints(shape);
     if (!x || !s) return [undefined];
@@ -494,6 +517,11 @@ function poolRule([x]: (Known | undefined | null)[], at: Record<string, Attr>): 
   return [float([x.shape[0]!, x.shape[1]!, ...out])];
 }
 
+function globalPoolShape(x: Known): Known {
+  if (x.shape.length < 3) throw new RangeError(`input [${x.shape}] must be [N, C, ...spatial axes]`);
+  return { shape: x.shape.map((d, i) => (i < 2 ? d : 1)), int: x.int };
+}
+
 function reduceRule([x, axes]: (Known | undefined | null)[], at: Record<string, Attr>): (Known | undefined)[] {
   const ax = axes ? ints(axes) : ((at.axes as number[] | undefined) ?? []);
   if (!x || !ax) return [undefined];
@@ -527,7 +555,7 @@ for (const op of BROADCAST) {
       ks.map((k) => k.shape),
       op,
     );
-    const int = COMPARE.has(op) || (op === "Where" ? ks[1]!.int && ks[2]!.int : ks.every((k) => k.int));
+    const int = BOOLEAN_OPS.has(op) || (op === "Where" ? ks[1]!.int && ks[2]!.int : ks.every((k) => k.int));
     return [{ shape, int: op === "Mean" ? false : int }];
   };
 }

@@ -266,27 +266,91 @@ function permute(src: NdData, y: NdData, dims: number[], strides: number[]): voi
   }
 }
 
-export type ReduceKind = "mean" | "sum" | "max" | "min" | "prod";
+export type ReduceKind = "mean" | "sum" | "max" | "min" | "prod" | "l1" | "l2" | "sumsquare" | "logsum" | "logsumexp";
 
-/** Reduces over `axes` (all when empty), keeping them as 1 when keepdims. */
+/**
+ * Reduces over `axes` (all when empty), keeping them as 1 when keepdims. Sums in double;
+ * logsumexp subtracts each output's maximum first (as onnxruntime does), so large logits do not
+ * overflow.
+ */
 export function reduce(x: Nd, axes: number[], keepdims: boolean, kind: ReduceKind, budget: Budget, what: string): Nd {
   const r = x.shape.length;
   const ax = new Set((axes.length ? axes : x.shape.map((_, i) => i)).map((a) => normAxis(a, r, `${what}: axis`)));
   const kept = x.shape.map((d, i) => (ax.has(i) ? 1 : d));
   const out = alloc(keepdims ? kept : x.shape.filter((_, i) => !ax.has(i)), x.int, budget, what);
-  const init = kind === "max" ? -Infinity : kind === "min" ? Infinity : kind === "prod" ? 1 : 0;
-  const acc = new Float64Array(out.data.length).fill(init);
-  const ost = bstrides(kept, x.shape); // output offset of each input index
+  const n = x.data.length;
+  const top = kind === "logsumexp" ? reduceInto(x, ax, kept, "max", out.data.length) : undefined;
+  const term: (v: number, o: number) => number =
+    kind === "l1"
+      ? Math.abs
+      : kind === "l2" || kind === "sumsquare"
+        ? (v) => v * v
+        : kind === "logsumexp"
+          ? (v, o) => (top![o] === -Infinity || top![o] === Infinity ? Math.exp(v) : Math.exp(v - top![o]!))
+          : (v) => v;
+  const base = kind === "max" || kind === "min" || kind === "prod" ? kind : "sum";
+  const acc = reduceInto(x, ax, kept, base, out.data.length, base === "sum" ? term : undefined);
+  const count = n / Math.max(1, out.data.length);
+  for (let i = 0; i < acc.length; i++) {
+    const s = acc[i]!;
+    const v =
+      kind === "mean"
+        ? s / count
+        : kind === "l2"
+          ? Math.sqrt(s)
+          : kind === "logsum"
+            ? Math.log(s)
+            : kind === "logsumexp"
+              ? top![i] === -Infinity || top![i] === Infinity
+                ? Math.log(s)
+                : Math.log(s) + top![i]!
+              : s;
+    out.data[i] = x.int ? Math.trunc(v) : v;
+  }
+  return out;
+}
+
+/** The per-output accumulation of reduce: each input value (through `term`) into its output's slot. */
+function reduceInto(
+  x: Nd,
+  ax: Set<number>,
+  kept: number[],
+  kind: "sum" | "max" | "min" | "prod",
+  m: number,
+  term?: (v: number, o: number) => number,
+): Float64Array {
+  const r = x.shape.length;
+  const acc = new Float64Array(m).fill(kind === "max" ? -Infinity : kind === "min" ? Infinity : kind === "prod" ? 1 : 0);
   const n = x.data.length,
-    idx = new Array<number>(r).fill(0),
     src = x.data;
+  // the reduced axes the last ones (a global pooling, a LayerNorm's statistics): each output
+  // takes one contiguous run of the input
+  let inner = 1,
+    k = r;
+  while (k > 0 && ax.has(k - 1)) inner *= x.shape[--k]!;
+  if ([...ax].every((a) => a >= k)) {
+    for (let o = 0; o < m; o++) {
+      let s = acc[o]!;
+      const lo = o * inner,
+        hi = lo + inner;
+      if (kind === "max") for (let i = lo; i < hi; i++) s = src[i]! > s || Number.isNaN(src[i]!) ? src[i]! : s;
+      else if (kind === "min") for (let i = lo; i < hi; i++) s = src[i]! < s || Number.isNaN(src[i]!) ? src[i]! : s;
+      else if (kind === "prod") for (let i = lo; i < hi; i++) s *= src[i]!;
+      else if (term) for (let i = lo; i < hi; i++) s += term(src[i]!, o);
+      else for (let i = lo; i < hi; i++) s += src[i]!;
+      acc[o] = s;
+    }
+    return acc;
+  }
+  const ost = bstrides(kept, x.shape); // output offset of each input index
+  const idx = new Array<number>(r).fill(0);
   let o = 0;
   for (let i = 0; i < n; i++) {
     const v = src[i]!;
     if (kind === "max") acc[o] = v > acc[o]! || Number.isNaN(v) ? v : acc[o]!;
     else if (kind === "min") acc[o] = v < acc[o]! || Number.isNaN(v) ? v : acc[o]!;
     else if (kind === "prod") acc[o]! *= v;
-    else acc[o]! += v;
+    else acc[o]! += term ? term(v, o) : v;
     for (let d = r - 1; d >= 0; d--) {
       idx[d]!++;
       o += ost[d]!;
@@ -295,9 +359,7 @@ export function reduce(x: Nd, axes: number[], keepdims: boolean, kind: ReduceKin
       idx[d] = 0;
     }
   }
-  const count = n / Math.max(1, out.data.length);
-  for (let i = 0; i < acc.length; i++) out.data[i] = kind === "mean" ? acc[i]! / count : x.int ? Math.trunc(acc[i]!) : acc[i]!;
-  return out;
+  return acc;
 }
 
 /** Softmax (or log-softmax) along one axis. */

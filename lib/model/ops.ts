@@ -8,6 +8,7 @@ import * as ops from "../ops/tensor.js";
 import type { Tensor } from "../types.js";
 import { allocArray } from "../volume.js";
 import { ATTENTION_OP } from "./attention.js";
+import { BOOLEAN_OPS } from "./cast-like.js";
 import { CAST_16, CAST_FLOAT, CHANNEL_NORM_OP, type Attr, type GraphNode, type OnnxTensor } from "./graph.js";
 import { roundTo16 } from "./half.js";
 import { MAMBA_CONV_OP, runMambaConv, runSelectiveScan, SELECTIVE_SCAN_OP } from "./mamba.js";
@@ -745,11 +746,33 @@ const UNARY: Record<string, (x: number, at: Record<string, Attr>) => number> = {
       ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)))
       : 0.5 * x * (1 + nd.erf(x / ((at.bhsd_div as number | undefined) ?? Math.SQRT2))),
   Not: (x) => (x ? 0 : 1),
+  // (what classifiers, SE blocks and positional encodings add; each in double, stored as float32)
+  Sin: (x) => Math.sin(x),
+  Cos: (x) => Math.cos(x),
+  Tan: (x) => Math.tan(x),
+  Asin: (x) => Math.asin(x),
+  Acos: (x) => Math.acos(x),
+  Atan: (x) => Math.atan(x),
+  Sinh: (x) => Math.sinh(x),
+  Cosh: (x) => Math.cosh(x),
+  HardSwish: (x) => x * Math.max(0, Math.min(1, x / 6 + 0.5)),
+  Mish: (x) => x * Math.tanh(x > 20 ? x : Math.log1p(Math.exp(x))),
+  Softsign: (x) => x / (1 + Math.abs(x)),
+  Celu: (x, at) => {
+    const al = (at.alpha as number | undefined) ?? 1;
+    return Math.max(0, x) + Math.min(0, al * Math.expm1(x / al));
+  },
+  ThresholdedRelu: (x, at) => (x > ((at.alpha as number | undefined) ?? 1) ? x : 0),
+  IsNaN: (x) => (Number.isNaN(x) ? 1 : 0),
+  IsInf: (x, at) =>
+    (x === Infinity && (at.detect_positive as number | undefined) !== 0) ||
+    (x === -Infinity && (at.detect_negative as number | undefined) !== 0)
+      ? 1
+      : 0,
   Relu: (x) => (x > 0 ? x : 0),
   Sigmoid: (x) => 1 / (1 + Math.exp(-x)),
   LeakyRelu: (x, at) => (x >= 0 ? x : ((at.alpha as number | undefined) ?? 0.01) * x),
 };
-const BOOL_OUT = new Set(["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"]);
 const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
   Add: (x, y) => x + y,
   Sub: (x, y) => x - y,
@@ -768,6 +791,7 @@ const BINARY: Record<string, (x: number, y: number, int: boolean) => number> = {
   GreaterOrEqual: (x, y) => (x >= y ? 1 : 0),
   And: (x, y) => (x && y ? 1 : 0),
   Or: (x, y) => (x || y ? 1 : 0),
+  Xor: (x, y) => (!x !== !y ? 1 : 0),
 };
 
 /**
@@ -797,7 +821,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
     const f = UNARY[op]!,
       v = x();
     return [
-      fromNd(nd.mapN([v], op === "Not" ? true : v.int && ["Neg", "Abs", "Sign", "Relu"].includes(op), (t) => f(t, at), budget, what)),
+      fromNd(nd.mapN([v], BOOLEAN_OPS.has(op) || (v.int && ["Neg", "Abs", "Sign", "Relu"].includes(op)), (t) => f(t, at), budget, what)),
     ];
   }
   if (op in BINARY) {
@@ -806,7 +830,7 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
     const f = op === "Mod" && at.fmod ? (p: number, q: number) => p % q : BINARY[op]!; // fmod = 1: C's fmod (the dividend's sign)
     const int = ins.every((v) => v.int);
     let r = ins[0]!;
-    for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], BOOL_OUT.has(op) || int, (p, q) => f(p, q, int), budget, what);
+    for (let k = 1; k < ins.length; k++) r = nd.mapN([r, ins[k]!], BOOLEAN_OPS.has(op) || int, (p, q) => f(p, q, int), budget, what);
     if (ins.length === 1) r = nd.mapN([r], int, (p) => p, budget, what);
     return [fromNd(r)];
   }
@@ -906,11 +930,25 @@ function runNd(n: GraphNode, a: (Value | undefined)[], budget: nd.Budget, opset:
     }
     case "Transpose":
       return [fromNd(nd.transpose(x(), at.perm as number[] | undefined, budget, what))];
+    case "GlobalAveragePool":
+    case "GlobalMaxPool": {
+      // a classifier's head, a squeeze-and-excitation block: each channel's mean or max over the
+      // spatial axes, kept as 1s
+      const v = x();
+      if (v.shape.length < 3) throw new RangeError(`input [${v.shape}] must be [N, C, ...spatial axes]`);
+      const axes = v.shape.slice(2).map((_, i) => i + 2);
+      return [fromNd(nd.reduce(v, axes, true, op === "GlobalMaxPool" ? "max" : "mean", budget, what))];
+    }
     case "ReduceMean":
     case "ReduceSum":
     case "ReduceMax":
     case "ReduceMin":
-    case "ReduceProd": {
+    case "ReduceProd":
+    case "ReduceL1":
+    case "ReduceL2":
+    case "ReduceSumSquare":
+    case "ReduceLogSum":
+    case "ReduceLogSumExp": {
       const kind = op.slice(6).toLowerCase() as nd.ReduceKind;
       // axes: an attribute before opset 18 (ReduceSum: 13), an input after
       const axesIn = a[1] ? I(a[1], "axes") : undefined;
