@@ -586,6 +586,30 @@ test("a well-formed zip whose pickle is not nnU-Net's checkpoint is refused clea
   await t.throwsAsync(loadNnunet(garbage), { message: /malformed data\.pkl/ });
 });
 
+test("central-directory entries that point into one record (a small file named as many storages) are refused at open", async (t) => {
+  // storage 1's entry made to point at storage 0's local record: before, 787 such names of one
+  // 3.5 MB record had loaded 462 MB of weights past the read budget (it counted declared sizes)
+  const dir = variant({
+    checkpoint: (b) => {
+      const c = Buffer.from(b);
+      const eocd = c.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+      const offsets = new Map<string, number>();
+      for (let at = c.readUInt32LE(eocd + 16); c.readUInt32LE(at) === 0x02014b50; ) {
+        const n = c.readUInt16LE(at + 28);
+        offsets.set(c.toString("latin1", at + 46, at + 46 + n), at);
+        at += 46 + n + c.readUInt16LE(at + 30) + c.readUInt16LE(at + 32);
+      }
+      const e0 = offsets.get("checkpoint_final/data/0")!,
+        e1 = offsets.get("checkpoint_final/data/1")!;
+      c.writeUInt32LE(c.readUInt32LE(e0 + 42), e1 + 42);
+      return c;
+    },
+  });
+  await t.throwsAsync(loadNnunet(dir), {
+    message: /zip entries checkpoint_final\/data\/\d+ and checkpoint_final\/data\/\d+ overlap \(one record's bytes named twice\)/,
+  });
+});
+
 test("a damaged storage or pickle fails its CRC-32 check", async (t) => {
   // storage 0 is the first conv's weight; its record's local header follows the pickle
   const storage = variant({
