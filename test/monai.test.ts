@@ -212,6 +212,33 @@ test("a bundle's config is data: references and macros resolve, expressions and 
       );
     await refused(() => bomb.join("\n") + "\nnetwork_def: *i\n", /not valid YAML/, "inference.yaml");
     await refused(() => `{"pad": "${"x".repeat(5 << 20)}"}`, /more than the 4194304 a bundle's config may have/);
+    // a reviewer's: a 3 MB string named by reference 4000 times (one string in memory, 12 GB
+    // wherever the value was serialised: the process aborted, heap out of memory)
+    await refused(
+      (c) => ({
+        ...c,
+        big: "A".repeat(3 << 20),
+        network_def: { ...(c.network_def as object), dropout: ["@big", { x: Array(4000).fill("@big") }] },
+      }),
+      /references expand to more than 16777216 characters of text/,
+    );
+    // MedNeXt of 4 × 1000 blocks (~41k parameters): its build was quadratic in them (58 s)
+    await refused(
+      (c) => ({
+        ...c,
+        network_def: { _target_: "MedNeXt", blocks_down: [1000, 1000, 1000, 1000], blocks_up: [24, 24, 24, 24], blocks_bottleneck: 0 },
+      }),
+      /must be a multiple of \[16, 16, 16\] \(the MedNeXt's total strides\)/,
+    );
+    // YAML: 40,000 keys (yaml's duplicate check was quadratic: 41 s), a key twice, 1 MB of "[" (46 s, 3.6 GB)
+    await refused(
+      () =>
+        `inferer: {_target_: SlidingWindowInferer, roi_size: [32, 32, 32]}\nnetwork_def:\n  _target_: UNet\n${Array.from({ length: 40_000 }, (_, i) => `  k${i}: ${i}`).join("\n")}\n`,
+      /UNet has no argument "k0"/,
+      "inference.yaml",
+    );
+    await refused(() => "network_def: 1\nnetwork_def: 2\n", /map keys must be unique; "network_def" is repeated/, "inference.yaml");
+    await refused(() => `network_def: ${"[".repeat(1 << 20)}`, /brackets or braces nest deeper than 64/, "inference.yaml");
   } finally {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }

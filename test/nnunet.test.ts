@@ -594,7 +594,7 @@ test("central-directory entries that point into one record (a small file named a
       const c = Buffer.from(b);
       const eocd = c.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
       const offsets = new Map<string, number>();
-      for (let at = c.readUInt32LE(eocd + 16); c.readUInt32LE(at) === 0x02014b50; ) {
+      for (let at = c.readUInt32LE(eocd + 16); c.readUInt32LE(at) === 0x02014b50;) {
         const n = c.readUInt16LE(at + 28);
         offsets.set(c.toString("latin1", at + 46, at + 46 + n), at);
         at += 46 + n + c.readUInt16LE(at + 30) + c.readUInt16LE(at + 32);
@@ -681,7 +681,7 @@ test("arguments are checked with messages that name them", async (t) => {
   model.dispose();
 });
 
-test("a checkpoint that is a FIFO is refused at once, and a dataset.json linked to a file elsewhere never shows that file's text", async (t) => {
+test("a checkpoint that is a FIFO is refused at once, and a dataset.json linked to a file elsewhere is not read", async (t) => {
   const fifo = variant({});
   const ck = join(fifo, "fold_0", "checkpoint_final.pth");
   rmSync(ck);
@@ -691,12 +691,26 @@ test("a checkpoint that is a FIFO is refused at once, and a dataset.json linked 
   const linked = variant({});
   const secret = join(linked, "..", `${basename(linked)}-secret.txt`);
   made.push(secret);
-  writeFileSync(secret, "root:x:0:0:TOPSECRET\n");
+  // (a JSON file elsewhere: before, its keys and values were quoted in the error about its labels)
+  writeFileSync(secret, JSON.stringify({ channel_names: { 0: "CT" }, labels: { "AWS_SECRET=abc123": "hunter2" } }));
   rmSync(join(linked, "dataset.json"));
   symlinkSync(secret, join(linked, "dataset.json"));
   const e = await t.throwsAsync(loadNnunet(linked));
-  t.regex(e!.message, /dataset\.json .*is not valid JSON: Unexpected token 'r' \(not valid JSON\)/);
-  t.notRegex(e!.message, /TOPSECRET|root:x/);
+  t.regex(e!.message, /: dataset\.json leads out of the folder \(a link\); only the folder's own files are read/);
+  t.notRegex(e!.message, /AWS_SECRET|hunter2/);
+  // a fold's checkpoint linked elsewhere likewise (a link inside the folder stays allowed)
+  const ckLinked = variant({});
+  const elsewhere = join(ckLinked, "..", `${basename(ckLinked)}-ck.pth`);
+  made.push(elsewhere);
+  copyFileSync(join(ckLinked, "fold_0", "checkpoint_final.pth"), elsewhere);
+  rmSync(join(ckLinked, "fold_0", "checkpoint_final.pth"));
+  symlinkSync(elsewhere, join(ckLinked, "fold_0", "checkpoint_final.pth"));
+  await t.throwsAsync(loadNnunet(ckLinked), { message: /fold_0\/checkpoint_final\.pth leads out of the folder \(a link\)/ });
+  const inside = variant({});
+  copyFileSync(join(inside, "dataset.json"), join(inside, "dataset.orig.json"));
+  rmSync(join(inside, "dataset.json"));
+  symlinkSync("dataset.orig.json", join(inside, "dataset.json"));
+  (await loadNnunet(inside)).dispose();
 });
 
 test("a long string handed to a checkpoint's globals again and again is refused at once, not worked through each time", async (t) => {

@@ -79,7 +79,19 @@ export const spatialDims = (v: unknown, where: string, cls: string): 2 | 3 => {
 };
 export const dropoutOk = (v: unknown, where: string, what: string) => {
   // eval mode: any dropout is the identity; only its form is checked
-  if (v === null || v === undefined || typeof v === "number" || typeof v === "string" || (Array.isArray(v) && v.length === 2)) return;
+  if (
+    v === null ||
+    v === undefined ||
+    typeof v === "number" ||
+    typeof v === "string" ||
+    (Array.isArray(v) &&
+      v.length === 2 &&
+      typeof v[0] === "string" &&
+      v[0].length <= 64 &&
+      typeof v[1] === "object" &&
+      !Array.isArray(v[1]))
+  )
+    return;
   throw monaiError(where, `${what} must be a probability, a name or [name, {arguments}], got ${brief(v)}`);
 };
 export const divisorOf = (dims: number, strides: number[][]): [number, number, number] => {

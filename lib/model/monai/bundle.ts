@@ -8,14 +8,14 @@
  * (pipeline.ts) as segment()'s config.
  */
 import { existsSync } from "node:fs";
-import { realpath } from "node:fs/promises";
 import { join, normalize, isAbsolute, sep } from "node:path";
-import { parse as parseYaml } from "yaml";
+import { isScalar, parseDocument, visit } from "yaml";
 import type { ModelConfig } from "../config.js";
 import { monaiError } from "./layers.js";
 import { pipelineConfig, type KeepLargest } from "./pipeline.js";
 import { brief } from "../../is.js";
 import { readSmallFile } from "../../io/small-file.js";
+import { leadsOutOf } from "../../paths.js";
 
 export interface MonaiBundle {
   folder: string;
@@ -45,6 +45,12 @@ const MAX_REF_DEPTH = 32;
 
 /** Values one item may expand to, references followed (a bundle's network_def or pipeline is a few hundred). */
 const MAX_VALUES = 100_000;
+/**
+ * Characters of strings and keys one item may expand to: a 3 MB string named 4000 times by
+ * reference is one string in memory but 12 GB wherever the value is serialised (a message, `bhsd
+ * info`'s JSON), which aborted the process. A config's own bytes are at most 4 MB.
+ */
+const MAX_CHARS = 16 << 20;
 /** A reference's id: at most this long, and this many keys deep. */
 const MAX_ID_CHARS = 256;
 const MAX_ID_PARTS = 32;
@@ -62,7 +68,7 @@ async function readConfigFile(path: string, where: string): Promise<Record<strin
   let v: unknown;
   try {
     // (yaml's alias limit keeps a "billion laughs" document from expanding without bound)
-    v = /\.ya?ml$/i.test(path) ? parseYaml(text, { maxAliasCount: 100, uniqueKeys: true }) : JSON.parse(text);
+    v = /\.ya?ml$/i.test(path) ? parseYamlConfig(text) : JSON.parse(text);
   } catch (e) {
     throw monaiError(where, `not valid ${/\.ya?ml$/i.test(path) ? "YAML" : "JSON"} (${(e as Error).message})`);
   }
@@ -70,13 +76,54 @@ async function readConfigFile(path: string, where: string): Promise<Record<strin
   return v as Record<string, unknown>;
 }
 
+/** Deepest nesting of brackets and braces (YAML's flow collections) a config may have; MONAI's: 3 or 4. */
+const MAX_FLOW_DEPTH = 64;
+
+/**
+ * A YAML config as data. Flow collections nested past MAX_FLOW_DEPTH are refused before parsing
+ * (yaml's composer recursed until the stack overflowed: 4 MB of "[" took 46 s and 3.6 GB); a key
+ * twice in one mapping is found with a set of each mapping's keys (yaml's own uniqueKeys check
+ * compares each key with every earlier one: 40,000 keys held the event loop 41 s); aliases expand
+ * at most 100 times (a "billion laughs" document).
+ */
+function parseYamlConfig(text: string): unknown {
+  let depth = 0,
+    quote = "",
+    comment = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (comment) comment = c !== "\n";
+    else if (quote) {
+      if (quote === '"' && c === "\\") i++;
+      else if (c === quote) quote = "";
+    } else if (c === '"' || c === "'") quote = c;
+    else if (c === "#" && (i === 0 || /\s/.test(text[i - 1]!))) comment = true;
+    else if (c === "[" || c === "{") {
+      if (++depth > MAX_FLOW_DEPTH) throw new Error(`brackets or braces nest deeper than ${MAX_FLOW_DEPTH}`);
+    } else if ((c === "]" || c === "}") && depth > 0) depth--;
+  }
+  const doc = parseDocument(text, { uniqueKeys: false });
+  if (doc.errors.length) throw new Error(doc.errors[0]!.message);
+  visit(doc, {
+    Map(_, map) {
+      const keys = new Set<string>();
+      for (const item of map.items) {
+        if (!isScalar(item.key)) continue;
+        const k = String(item.key.value);
+        if (keys.has(k)) throw new Error(`map keys must be unique; "${k.slice(0, 60)}" is repeated`);
+        keys.add(k);
+      }
+    },
+  });
+  return doc.toJS({ maxAliasCount: 100 });
+}
+
 /**
  * Refuses a file of the bundle that is a link leading out of it (the bundle's own files are read,
  * nothing else); `rel` is relative to the folder. A file that does not exist passes (its reader says so).
  */
 export async function insideBundle(folder: string, rel: string, what = `${rel}`): Promise<void> {
-  const [root, real] = await Promise.all([realpath(folder), realpath(join(folder, rel)).catch(() => null)]);
-  if (real !== null && !real.startsWith(root + sep)) throw monaiError(join(folder, rel), `${what} leads out of the bundle (a link)`);
+  if (await leadsOutOf(folder, join(folder, rel))) throw monaiError(join(folder, rel), `${what} leads out of the bundle (a link)`);
 }
 
 /** Resolves references and macros in a bundle's config (the files it names are read on demand, inside the bundle). */
@@ -84,6 +131,8 @@ export class BundleConfig {
   private readonly files = new Map<string, Record<string, unknown>>();
   /** Values visited by the current get(): references may name one item many times, each copy counts. */
   private budget = 0;
+  /** Characters of the strings and keys of the current get()'s value, each copy counted. */
+  private chars = 0;
   constructor(
     readonly folder: string,
     readonly configFile: string,
@@ -137,6 +186,7 @@ export class BundleConfig {
    */
   async get(id: string, file = this.configFile): Promise<unknown> {
     this.budget = MAX_VALUES;
+    this.chars = MAX_CHARS;
     return this.resolve(this.raw(file, id), file, id, 0, new Set([`${file}|${id}`]));
   }
 
@@ -165,6 +215,7 @@ export class BundleConfig {
         if (r === undefined) throw monaiError(this.where(file, id), `${v} names no item of ${target}`);
         return this.resolve(r, target, tid, depth + 1, new Set([...seen, key]));
       }
+      this.spend(v.length, file, id);
       return v;
     }
     if (Array.isArray(v)) {
@@ -176,16 +227,26 @@ export class BundleConfig {
     if (v !== null && typeof v === "object") {
       const out: Record<string, unknown> = {};
       // (defined, not assigned: a key "__proto__" is a key like any other)
-      for (const [k, x] of Object.entries(v))
+      for (const [k, x] of Object.entries(v)) {
+        this.spend(k.length, file, id);
         Object.defineProperty(out, k, {
           value: await this.resolve(x, file, id ? `${id}::${k}` : k, depth + 1, seen),
           enumerable: true,
           writable: true,
           configurable: true,
         });
+      }
       return out;
     }
     return v;
+  }
+
+  private spend(chars: number, file: string, id: string): void {
+    if ((this.chars -= chars) < 0)
+      throw monaiError(
+        this.where(file, id),
+        `references expand to more than ${MAX_CHARS} characters of text (a long string named many times)`,
+      );
   }
 }
 

@@ -146,7 +146,7 @@ export async function loadMonai(path: string, options?: LoadMonaiOptions): Promi
     await insideBundle(path, opts.weights ?? bundle.weights);
     if (!def) {
       def = bundle.networkDef;
-      where = bundle.configFile;
+      where = join(path, bundle.configFile);
     }
     base = { ...bundle.config, ...(bundle.classes ? { classes: bundle.classes } : {}) };
   } else if (opts.weights !== undefined) throw new Error("options.weights names a bundle's weights: path is a file, not a bundle folder");

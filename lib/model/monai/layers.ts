@@ -169,6 +169,7 @@ export class GraphBuilder {
   readonly unused: string[] = [];
   readonly nodes: GraphNodeSpec[] = [];
   private v = 0;
+  private readonly paramByName = new Map<string, Param>();
   constructor(
     readonly dims: 1 | 2 | 3,
     readonly where: string,
@@ -179,13 +180,17 @@ export class GraphBuilder {
   }
   /** A parameter; a module applied twice (SegResNet's ResBlock.act) names its parameters once. */
   param(names: string[], shape: number[], transposed = false): string {
-    const had = this.params.find((p) => p.names[0] === names[0]);
+    // (by name in a map: a search of the list was quadratic — MedNeXt's 4096 blocks, ~41k
+    // parameters, held the event loop a minute at load)
+    const had = this.paramByName.get(names[0]!);
     if (had) {
       if (had.shape.join() !== shape.join() || !!had.transposed !== transposed)
         throw new Error(`internal: parameter ${names[0]} with two shapes`);
       return had.names[0]!;
     }
-    this.params.push({ names, shape, ...(transposed ? { transposed } : {}) });
+    const p = { names, shape, ...(transposed ? { transposed } : {}) };
+    this.params.push(p);
+    this.paramByName.set(names[0]!, p);
     return names[0]!;
   }
   constant(hint: string, dims: number[], data: Float32Array | BigInt64Array): string {

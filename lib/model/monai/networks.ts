@@ -370,7 +370,7 @@ function buildSegResNet(a: Record<string, unknown>, where: string, vae = false):
       where,
       `SegResNet's blocks_up must have one entry fewer than blocks_down (${down.length - 1}), got ${brief(upBlocks)}`,
     );
-  if (String(k.upsample_mode).toLowerCase() !== "nontrainable")
+  if (typeof k.upsample_mode !== "string" || k.upsample_mode.toLowerCase() !== "nontrainable")
     throw monaiError(where, `SegResNet's upsample_mode ${brief(k.upsample_mode)}: bhsd builds "nontrainable" (MONAI's default)`);
   const b = new GraphBuilder(dims, where);
   const ones = Array<number>(dims).fill(1),
@@ -516,7 +516,7 @@ function buildSegResNetDS(a: Record<string, unknown>, where: string): MonaiNetwo
   if (nUp === 0) throw monaiError(where, "SegResNetDS with one level (no down-sampling) is not one bhsd builds");
   if (!Number.isInteger(k.dsdepth)) throw monaiError(where, `SegResNetDS's dsdepth must be an integer, got ${brief(k.dsdepth)}`);
   const dsdepth = Math.max(k.dsdepth as number, 1);
-  const upMode = String(k.upsample_mode).toLowerCase();
+  const upMode = typeof k.upsample_mode === "string" ? k.upsample_mode.toLowerCase() : "";
   if (upMode !== "deconv")
     throw monaiError(where, `SegResNetDS's upsample_mode ${brief(k.upsample_mode)}: bhsd builds "deconv" (the default)`);
   let scales: number[][] | null = null;

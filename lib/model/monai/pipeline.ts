@@ -108,7 +108,8 @@ export async function pipelineConfig(
     normalized = false,
     oriented = false;
   let spacingMode: "bilinear" | "nearest" | undefined;
-  const label = (i: number, what: string, item: Item) => `${what} ${i} (${String(item._target_)})`;
+  const label = (i: number, what: string, item: Item) =>
+    `${what} ${i} (${typeof item._target_ === "string" && item._target_.length <= 80 ? item._target_ : brief(item._target_)})`;
 
   const pre = transformsOf(await cfg.get("preprocessing"), where, "preprocessing");
   for (const [i, item] of pre.entries()) {
