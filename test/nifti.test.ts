@@ -525,3 +525,43 @@ test("a voxel volume of 0 or Infinity mm³ is refused (by every op, by the reade
   });
   t.false(existsSync(join(dir, "y.nii")));
 });
+
+test("a header's missing spacing is refused, not taken as 1 mm; a singular sform gives way to the qform (an attacker's review)", async (t) => {
+  // a 4×5×3 volume as bhsd writes it (sform and qform both set), then its header bytes edited
+  const path = join(tmp, "geom.nii");
+  await writeNifti(path, {
+    data: Uint8Array.from({ length: 60 }, (_, i) => i),
+    dims: [4, 5, 3],
+    spacing: [0.5, 0.5, 5],
+    affine: [-0.5, 0, 0, 10, 0, 0.5, 0, -20, 0, 0, 5, 30, 0, 0, 0, 1],
+  });
+  const base = readFileSync(path);
+  const edit = (name: string, f: (b: Buffer) => void) => {
+    const b = Buffer.from(base);
+    f(b);
+    const p = join(tmp, name);
+    writeFileSync(p, b);
+    return p;
+  };
+  // pixdim[1] NaN or 0 along an axis of 4 voxels: before, 1 mm (every mL off by the true spacing)
+  for (const v of [NaN, 0])
+    await t.throwsAsync(readNifti(edit(`pixdim-${v}.nii`, (b) => b.writeFloatLE(v, 80))), {
+      message: new RegExp(`pixdim\\[1\\] is ${v} along an axis of 4 voxels; a voxel spacing is needed`),
+    });
+  // a negative pixdim under a qform (sform_code 0): nifti1_io builds the qform as if it were 1
+  await t.throwsAsync(
+    readNifti(
+      edit("pixdim-neg.nii", (b) => {
+        b.writeInt16LE(0, 254);
+        b.writeFloatLE(-0.5, 80);
+      }),
+    ),
+    { message: /pixdim \[-0\.5, 0\.5, 5\] has a negative spacing, which the qform cannot hold/ },
+  );
+  // an all-zero sform (sform_code 1): the same affine as the file read by its qform alone
+  const byQform = await readNifti(edit("qform-only.nii", (b) => b.writeInt16LE(0, 254)));
+  const zero = await readNifti(edit("sform-zero.nii", (b) => b.fill(0, 280, 328)));
+  t.deepEqual(zero.affine, byQform.affine);
+  t.is(zero.meta?.affineSource, "qform");
+  t.deepEqual(zero.spacing, [0.5, 0.5, 5]);
+});

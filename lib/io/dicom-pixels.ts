@@ -201,7 +201,11 @@ function decodeJpegLossless(src: Uint8Array, fmt: PixelFormat, fail: (msg: strin
     if (!JpegLosslessDecoder) fail("needs the JPEG Lossless decoder, which was not loaded (internal: prepareCodecs)");
     const d = new JpegLosslessDecoder();
     decoded = d.decode(src.buffer as ArrayBuffer, src.byteOffset, src.length, bytesPer) as Uint8Array | Uint16Array;
+    // (the frame the decoder itself took, whatever the walk above found)
+    if (d.xDim !== fmt.columns || d.yDim !== fmt.rows)
+      fail(`has a JPEG frame of ${d.xDim}×${d.yDim} where Columns × Rows are ${fmt.columns}×${fmt.rows}`);
   } catch (e) {
+    if (e instanceof Error && e.name === "DicomError") throw e;
     fail(`has JPEG Lossless pixel data that does not decode (${errText(e)})`);
   }
   const bytes = new Uint8Array(decoded.buffer, decoded.byteOffset, decoded.byteLength);
@@ -253,6 +257,19 @@ function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => 
       return;
     }
     if (marker === 0xda) break;
+    // Before the frame header only the segments a decoder reads by their length: tables (DHT, DQT,
+    // DAC), restart interval, APPn, comments. Another marker the lossless decoder steps over as two
+    // bytes where this walk took a length: FF01 before a 200×200 frame hid it behind a second, right
+    // one, and the image read as the wrong pixels.
+    if (!(
+      marker === 0xc4 ||
+      marker === 0xcc ||
+      marker === 0xdb ||
+      marker === 0xdd ||
+      marker === 0xfe ||
+      (marker >= 0xe0 && marker <= 0xef)
+    ))
+      fail(`has JPEG pixel data with marker 0xFF${marker.toString(16).toUpperCase().padStart(2, "0")} before its frame header`);
     p += 2 + len;
   }
   fail("has JPEG pixel data without a frame header (SOF)");

@@ -208,6 +208,8 @@ interface Header {
 interface Candidate {
   label: string;
   read: () => Promise<Uint8Array>;
+  /** Its first 132 bytes (or fewer), to sniff before reading it whole. */
+  head: () => Promise<Uint8Array>;
   size: number;
 }
 
@@ -248,7 +250,7 @@ async function gather(src: DicomSource, maxFiles: number, maxFileBytes: number):
     } else if (f && typeof f === "object" && (f as DicomFileBytes).bytes instanceof Uint8Array) {
       const b = (f as DicomFileBytes).bytes;
       const name = typeof (f as DicomFileBytes).name === "string" ? (f as DicomFileBytes).name : `<file ${i}>`;
-      out.push({ label: name, size: b.length, read: async () => b });
+      out.push({ label: name, size: b.length, read: async () => b, head: async () => b.subarray(0, 132) });
     } else {
       throw invalidParameterError(`pathOrFiles[${i}]`, "a file path or { name, bytes: Uint8Array }", f);
     }
@@ -257,20 +259,17 @@ async function gather(src: DicomSource, maxFiles: number, maxFileBytes: number):
 }
 
 function fileCandidate(path: string, size: number): Candidate {
-  return {
-    label: path,
-    size,
-    read: async () => {
-      const fh = await open(path, "r");
-      try {
-        const buf = Buffer.allocUnsafe(size);
-        const { bytesRead } = await fh.read(buf, 0, size, 0);
-        return buf.subarray(0, bytesRead);
-      } finally {
-        await fh.close();
-      }
-    },
+  const bytes = async (n: number) => {
+    const fh = await open(path, "r");
+    try {
+      const buf = Buffer.allocUnsafe(n);
+      const { bytesRead } = await fh.read(buf, 0, n, 0);
+      return buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
   };
+  return { label: path, size, read: () => bytes(size), head: () => bytes(Math.min(size, 132)) };
 }
 
 async function walk(
@@ -281,7 +280,8 @@ async function walk(
   maxFileBytes: number,
   seen: Set<string>,
 ): Promise<void> {
-  if (depth > MAX_DEPTH) return;
+  if (depth > MAX_DEPTH)
+    throw new DicomError(dir, `lies more than ${MAX_DEPTH} folders below the one given; give the series' own folder (or one nearer to it)`);
   // Each folder and file once, however many links lead to it.
   const real = await realpath(dir);
   if (seen.has(real)) return;
@@ -402,6 +402,18 @@ function num(ds: dicomParser.DataSet, tag: string): number | null {
   const v = numbers(ds, tag);
   return v && v.length >= 1 ? v[0]! : null;
 }
+/**
+ * A value that must be one number where present: null where the element is absent or empty, NaN
+ * where its text is not one finite number ("-1024,0", "NaN", "1\\5"), which the checks then refuse
+ * naming the text — not the default an absent element takes (an intercept of "-1024,0" read as 0
+ * put every voxel 1024 HU too high).
+ */
+function single(ds: dicomParser.DataSet, tag: string): number | null {
+  const s = str(ds, tag).trim();
+  if (!s) return null;
+  const v = Number(s);
+  return Number.isFinite(v) ? v : NaN;
+}
 
 function header(ds: dicomParser.DataSet, label: string): Header {
   const transferSyntax = str(ds, "x00020010").replace(/\0/g, "") || TS.implicitLE;
@@ -413,7 +425,7 @@ function header(ds: dicomParser.DataSet, label: string): Header {
   const hb = int(ds, "x00280102");
   const pr = int(ds, "x00280103");
   const spp = int(ds, "x00280002");
-  const framesStr = num(ds, "x00280008");
+  const framesStr = single(ds, "x00280008");
   const seriesNumber = num(ds, "x00200011");
   return {
     label,
@@ -436,8 +448,8 @@ function header(ds: dicomParser.DataSet, label: string): Header {
     bitsStored: bs ?? ba ?? 0,
     highBit: hb ?? (bs ?? ba ?? 0) - 1,
     pixelRepresentation: pr ?? 0,
-    slope: num(ds, "x00281053") ?? 1,
-    intercept: num(ds, "x00281052") ?? 0,
+    slope: single(ds, "x00281053") ?? 1,
+    intercept: single(ds, "x00281052") ?? 0,
     pixelSpacing: (numbers(ds, "x00280030") as [number, number] | null) ?? null,
     iop: numbers(ds, "x00200037"),
     ipp: numbers(ds, "x00200032"),
@@ -469,9 +481,15 @@ function checkImage(h: Header): string | null {
   if (h.highBit !== h.bitsStored - 1) return `has HighBit ${h.highBit} with BitsStored ${h.bitsStored} (BitsStored − 1 expected)`;
   if (h.pixelRepresentation !== 0 && h.pixelRepresentation !== 1)
     return `has PixelRepresentation ${h.pixelRepresentation} (0 or 1 expected)`;
-  if (h.frames !== 1) return `has NumberOfFrames ${h.frames} (single-frame images expected; enhanced multi-frame CT is not read)`;
-  if (!(Number.isFinite(h.slope) && h.slope !== 0)) return `has RescaleSlope ${h.slope} (a non-zero number expected)`;
-  if (!Number.isFinite(h.intercept)) return `has RescaleIntercept ${h.intercept} (a number expected)`;
+  const text = (tag: string) => JSON.stringify(str(h.dataSet, tag).trim().slice(0, 64));
+  if (h.frames !== 1)
+    return `has NumberOfFrames ${Number.isNaN(h.frames) ? text("x00280008") : h.frames} (single-frame images expected; enhanced multi-frame CT is not read)`;
+  if (!(Number.isFinite(h.slope) && h.slope !== 0))
+    return `has RescaleSlope ${Number.isNaN(h.slope) ? text("x00281053") : h.slope} (a non-zero number expected)`;
+  if (!Number.isFinite(h.intercept)) return `has RescaleIntercept ${text("x00281052")} (a number expected)`;
+  // every stored value rescaled must be a float32 (a slope of 1e300 made a volume of ±Infinity)
+  if (Math.abs(h.slope) * 2 ** h.bitsStored + Math.abs(h.intercept) > 1e30)
+    return `has RescaleSlope ${h.slope} and RescaleIntercept ${h.intercept}, which take its ${h.bitsStored}-bit values past what a float32 holds`;
   // Native pixel data must hold Rows × Columns values: checked here, before the volume is allocated.
   const el = h.dataSet.elements.x7fe00010!;
   if (!el.encapsulatedPixelData) {
@@ -489,9 +507,13 @@ function checkImage(h: Header): string | null {
 function checkGeometry(h: Header): string | null {
   if (!h.iop || h.iop.length !== 6) return "has no valid ImageOrientationPatient (6 numbers expected)";
   if (!h.ipp || h.ipp.length !== 3) return "has no valid ImagePositionPatient (3 numbers expected)";
+  // (a patient lies within metres of the scanner's origin: ±1e308 made a slice spacing of Infinity)
+  if (h.ipp.some((v) => Math.abs(v) > 1e6)) return `has ImagePositionPatient ${h.ipp.join("\\")} (within ±10⁶ mm expected)`;
   if (!h.pixelSpacing || h.pixelSpacing.length !== 2 || !(h.pixelSpacing[0]! > 0 && h.pixelSpacing[1]! > 0)) {
     return "has no valid PixelSpacing (2 positive numbers expected)";
   }
+  if (!(h.pixelSpacing[0]! <= 1e4 && h.pixelSpacing[1]! <= 1e4))
+    return `has PixelSpacing ${h.pixelSpacing.join("\\")} (at most 10⁴ mm expected)`;
   const r = h.iop.slice(0, 3),
     c = h.iop.slice(3, 6);
   const nr = Math.hypot(...r),
@@ -523,6 +545,11 @@ async function readHeaders(
   const skipped: string[] = [];
   const explicitList = typeof src !== "string" || cands.length === 1;
   const inflate = { left: opts.maxBytes, of: opts.maxBytes };
+  // The files kept for the read are held until it ends: their bytes together at most twice
+  // options.maxBytes, or 256 MiB (five slices with a 600 MB private element each took 3 GB for a
+  // 10 MB read)
+  const holdable = Math.max(2 * opts.maxBytes, 256 * 2 ** 20);
+  let held = 0;
   let n = 0;
   for (const c of cands) {
     // (the event loop turns every 64 files: a zip of 100 000 tiny files is seconds of parsing, and a
@@ -533,12 +560,19 @@ async function readHeaders(
     }
     if (c.size > opts.maxFileBytes)
       throw new DicomError(c.label, `is ${c.size} bytes, more than options.maxFileBytes = ${opts.maxFileBytes}`);
-    const bytes = await c.read();
-    if (!sniff(bytes)) {
+    // (sniffed from its first bytes before it is read whole: a 1.5 GB file beside the series was
+    // read into memory only to be skipped)
+    if (!sniff(await c.head())) {
       if (explicitList) throw new DicomError(c.label, "is not a DICOM file (no DICM marker at byte 128 and no data set at byte 0)");
       skipped.push(c.label); // a folder may hold DICOMDIR-less extras (README, .json …), as dcm2niix skips them
       continue;
     }
+    if (held + c.size > holdable)
+      throw new DicomError(
+        c.label,
+        `takes the files read past ${holdable} bytes (twice options.maxBytes = ${opts.maxBytes}, at least 256 MiB); a series' files are about its voxels' size`,
+      );
+    const bytes = await c.read();
     const ds = parse(dp, bytes, c.label, inflate);
     const h = header(ds, c.label);
     if (!h.hasPixels && !h.rows && (h.sopClassUid === "1.2.840.10008.1.3.10" || !h.seriesUid)) {
@@ -547,7 +581,10 @@ async function readHeaders(
       continue;
     }
     if (keep !== undefined && h.seriesUid !== keep) others.add(h.seriesUid || "(no SeriesInstanceUID)");
-    else headers.push(h);
+    else {
+      headers.push(h);
+      held += c.size;
+    }
   }
   return { headers, skipped, count: cands.length, others };
 }
@@ -608,6 +645,21 @@ function plan(all: Header[]): Plan {
     const p = checkImage(h) ?? checkGeometry(h);
     if (p) return fail(`file ${h.label} ${p}`);
   }
+  // One series UID over images of two studies or frames of reference (an anonymiser's or a
+  // merger's fault) is not one volume: its slices would be stacked as if they were.
+  for (const [field, label] of [
+    ["studyUid", "StudyInstanceUIDs"],
+    ["frameOfReferenceUid", "FrameOfReferenceUIDs"],
+  ] as const) {
+    const seen = new Set(imgs.map((h) => h[field]).filter((u) => u !== ""));
+    if (seen.size > 1)
+      return fail(
+        `holds images of ${seen.size} ${label} (${[...seen]
+          .slice(0, 3)
+          .map((u) => u.slice(0, 64))
+          .join(", ")}) under one SeriesInstanceUID; they are not one volume`,
+      );
+  }
   // Mixed sizes / orientations / spacings: name the groups.
   const keyOf = (h: Header) =>
     `${h.columns}×${h.rows}, orientation ${h.iop!.map((v) => +v.toFixed(4)).join("\\")}, pixel spacing ${h.pixelSpacing!.join("\\")}`;
@@ -620,13 +672,17 @@ function plan(all: Header[]): Plan {
   }
   if (groups.size > 1) {
     // dcm2niix leaves out a localizer that its ImageType does not name when it is a lone image of
-    // another orientation; do the same for groups of at most 3 images beside a main group.
+    // another orientation; do the same for groups of at most 3 images beside a main group, each of
+    // another orientation (images of the main orientation but another size are part of the scan:
+    // refused as mixed sizes, not dropped — three end slices were cut from a volume so)
     const sorted = [...groups.entries()].sort((a, b) => b[1].length - a[1].length);
     const main = sorted[0]!;
     const rest = sorted.slice(1);
     const others = rest.reduce((s, [, v]) => s + v.length, 0);
     const sameSize = rest.every(([, v]) => v[0]!.rows === main[1][0]!.rows && v[0]!.columns === main[1][0]!.columns);
-    if (others <= 3 && main[1].length >= 5 && !sameSize) {
+    const mainIop = main[1][0]!.iop!;
+    const otherOrientation = rest.every(([, v]) => v[0]!.iop!.some((x, i) => Math.abs(x - mainIop[i]!) > 1e-3));
+    if (others <= 3 && main[1].length >= 5 && !sameSize && otherOrientation) {
       for (const [, v] of rest) for (const h of v) dropped.push(h.label);
       imgs = main[1];
     } else {
@@ -661,6 +717,8 @@ function plan(all: Header[]): Plan {
     const n = slices.length - 1;
     step = [(last[0]! - first[0]!) / n, (last[1]! - first[1]!) / n, (last[2]! - first[2]!) / n];
     spacingZ = Math.hypot(...step);
+    if (!(Number.isFinite(spacingZ) && spacingZ > 0 && spacingZ <= 1e4))
+      return { ...fail(`has slice positions ${spacingZ} mm apart on average (a finite spacing up to 10⁴ mm expected)`), slices };
     // Gantry tilt: the slices step off the normal (the in-plane directions are sheared).
     const along = dot(step, normal);
     const tiltDeg = (Math.acos(Math.min(1, Math.abs(along) / spacingZ)) * 180) / Math.PI;
@@ -673,22 +731,38 @@ function plan(all: Header[]): Plan {
         slices,
       };
     }
-    // Missing slices or uneven spacing: every gap must match the mean step.
+    // Missing slices or uneven spacing: every gap must match the mean step (the one named is the
+    // first that differs from the usual gap, the median: a missing slice's, not its neighbours')
     const mean = (withD[withD.length - 1]!.d - withD[0]!.d) / n;
-    for (let k = 1; k < withD.length; k++) {
-      const gap = withD[k]!.d - withD[k - 1]!.d;
-      if (Math.abs(gap - mean) > Math.max(0.01, 0.01 * mean)) {
-        const gaps = withD.slice(1).map((x, i) => x.d - withD[i]!.d);
-        const minGap = Math.min(...gaps),
-          maxGap = Math.max(...gaps);
-        const missing = maxGap > 1.5 * minGap;
+    const gaps = withD.slice(1).map((x, i) => x.d - withD[i]!.d);
+    const usual = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)]!;
+    const off = (g: number, ref: number) => Math.abs(g - ref) > Math.max(0.01, 0.01 * ref);
+    if (gaps.some((g) => off(g, mean))) {
+      let i = gaps.findIndex((g) => off(g, usual));
+      if (i < 0) i = gaps.findIndex((g) => off(g, mean));
+      const minGap = Math.min(...gaps),
+        maxGap = Math.max(...gaps);
+      const missing = maxGap > 1.5 * minGap;
+      return {
+        ...fail(
+          `has ${missing ? "missing slices" : "uneven slice spacing"}: gaps between slice positions range from ${minGap.toFixed(3)} to ${maxGap.toFixed(3)} mm (first uneven gap of ${gaps[i]!.toFixed(3)} mm after slice ${i + 1} of ${withD.length} in position order)`,
+        ),
+        slices,
+      };
+    }
+    // Every slice on the line from the first to the last, not shifted sideways in mid-series
+    // (every other slice 10 mm aside read as a plain volume; dcm2niix warns of it)
+    const tol = Math.max(0.02, 0.1 * Math.min(...h0.pixelSpacing!));
+    for (let k = 1; k < n; k++) {
+      const p = slices[k]!.ipp!;
+      const off = [0, 1, 2].map((a) => p[a]! - first[a]! - k * step[a]!);
+      if (Math.hypot(...off) > tol)
         return {
           ...fail(
-            `has ${missing ? "missing slices" : "uneven slice spacing"}: gaps between slice positions range from ${minGap.toFixed(3)} to ${maxGap.toFixed(3)} mm (first uneven gap of ${gap.toFixed(3)} mm after slice ${k} of ${withD.length} in position order)`,
+            `has slice ${k + 1} of ${slices.length} (file ${slices[k]!.label}) ${Math.hypot(...off).toFixed(3)} mm off the line through the first and last slices' positions; shifted slices are not one volume's grid`,
           ),
           slices,
         };
-      }
     }
   }
   return { slices, dropped, step, spacingZ, problem: null };

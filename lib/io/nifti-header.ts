@@ -207,7 +207,19 @@ export function voxelLayout(h: NiftiHeader, label: string): VoxelLayout {
   if (offset > h.headerSize + 4 + MAX_EXTENSION_BYTES)
     throw new NiftiError(label, `vox_offset ${offset} puts the voxels over ${MAX_EXTENSION_BYTES} bytes of extensions past the header`);
   // (before any voxel is read: a voxel whose volume is 0 or infinite in mm³ makes every mL 0 or Infinity)
-  const sp = geometry(h).spacing;
+  // A spacing the header does not give along an axis of more than one voxel (pixdim NaN, 0 or
+  // infinite) is refused, not taken as 1 mm; a single slice's pixdim 0 stays nifti1_io's 1.
+  for (let i = 1; i <= 3; i++) {
+    const v = h.pixdim[i]!;
+    if (dims[i - 1]! > 1 && !(Number.isFinite(v) && v !== 0))
+      throw new NiftiError(label, `pixdim[${i}] is ${v} along an axis of ${dims[i - 1]} voxels; a voxel spacing is needed`);
+  }
+  const g = geometry(h);
+  // nifti1_io builds a qform from a negative pixdim as if it were 1 (nibabel refuses it): the
+  // spacing and the affine would disagree
+  if (g.source === "qform" && [1, 2, 3].some((i) => h.pixdim[i]! < 0))
+    throw new NiftiError(label, `pixdim [${h.pixdim.slice(1, 4).join(", ")}] has a negative spacing, which the qform cannot hold`);
+  const sp = g.spacing;
   const voxel = sp[0] * sp[1] * sp[2];
   if (!(voxel >= 2 ** -1022 && voxel < Infinity))
     throw new NiftiError(label, `pixdim [${sp.join(", ")}] mm make a voxel of ${voxel} mm³; bhsd needs a finite non-zero voxel volume`);
@@ -323,18 +335,29 @@ export function mmPerUnit(xyztUnits: number): number {
   }
 }
 
+/** Whether a 4×4 affine's linear part is (numerically) singular, relative to its columns' lengths. */
+function singular(m: Mat4): boolean {
+  const c = (j: number) => [m[j]!, m[4 + j]!, m[8 + j]!];
+  const [a, b, d] = [c(0), c(1), c(2)];
+  const det = a[0]! * (b[1]! * d[2]! - b[2]! * d[1]!) - b[0]! * (a[1]! * d[2]! - a[2]! * d[1]!) + d[0]! * (a[1]! * b[2]! - a[2]! * b[1]!);
+  const scale = Math.hypot(...a) * Math.hypot(...b) * Math.hypot(...d);
+  return !(scale > 0 && Math.abs(det) > 1e-6 * scale);
+}
+
 /** The voxel-to-world affine in mm (sform, else qform, else pixdim) and the spacing in mm. */
 export function geometry(h: NiftiHeader): { affine: Mat4; spacing: [number, number, number]; source: "sform" | "qform" | "pixdim" } {
   const unit = mmPerUnit(h.xyztUnits);
   const finite = (m: Mat4) => m.every(Number.isFinite);
   let affine: Mat4 | undefined,
     source: "sform" | "qform" | "pixdim" = "pixdim";
-  if (h.sformCode > 0 && finite(sformMatrix(h))) {
+  // (a singular sform — all zeros, two equal columns — maps the grid to a plane or a point: the
+  // qform, else pixdim, is taken instead, as ITK does)
+  if (h.sformCode > 0 && finite(sformMatrix(h)) && !singular(sformMatrix(h))) {
     affine = sformMatrix(h);
     source = "sform";
   } else if (h.qformCode > 0) {
     const q = qformMatrix(h.quatern, h.qoffset, h.pixdim);
-    if (finite(q)) {
+    if (finite(q) && !singular(q)) {
       affine = q;
       source = "qform";
     }
