@@ -10,7 +10,7 @@
  * where it is.
  */
 import test from "ava";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readCt, readDicomSeries } from "../lib/index.js";
@@ -49,10 +49,13 @@ def frames(ds, files):
     for x in ds: x.NumberOfFrames = ["1", "5"]
 def gap(ds, files):
     del ds[7]; del files[7]
+def jitter(ds, files):
+    for i, x in enumerate(ds[1:-1]):
+        p = x.ImagePositionPatient; x.ImagePositionPatient = [p[0] + (0.3 if i % 2 else -0.3), p[1], p[2]]
 def comma(ds, files):
     for x in ds: x.RescaleIntercept = "-1024"
 for name, edit in [("zigzag", zigzag), ("huge_ipp", huge_ipp), ("huge_slope", huge_slope), ("two_studies", two_studies),
-                   ("size_at_end", size_at_end), ("frames", frames), ("gap", gap), ("comma", comma)]:
+                   ("size_at_end", size_at_end), ("frames", frames), ("gap", gap), ("comma", comma), ("jitter", jitter)]:
     series(name, edit)
 # a decimal comma in the intercept's text (same length: the element's bytes replaced)
 for f in glob.glob(os.path.join(out, "comma", "*.dcm")):
@@ -120,6 +123,8 @@ py("hostile series are refused naming the file and the problem (each was read as
     ],
   ];
   for (const [name, re] of cases) await t.throwsAsync(readCt(join(tmp, name)), { message: re }, name);
+  // positions rounded by a scanner (±0.3 mm in-plane on 2 mm pixels, first and last in line) are one volume still
+  t.deepEqual((await readCt(join(tmp, "jitter"))).dims, [88, 100, 20]);
 });
 
 py(
@@ -146,9 +151,15 @@ py("a zip entry that fails its CRC-32 is refused, and a failing zip leaves no fi
   t.true(fds() <= before + 1, `${before} → ${fds()} open descriptors`);
 });
 
-test("a series folder more than 8 folders below the one given is an error saying so (it was skipped silently)", async (t) => {
+test("folders more than 8 below the one given are not walked, and named when nothing else is found", async (t) => {
   let d = join(tmp, "deep");
   for (let i = 1; i <= 10; i++) d = join(d, `d${i}`);
   mkdirSync(d, { recursive: true });
-  await t.throwsAsync(readDicomSeries(join(tmp, "deep")), { message: /d9: lies more than 8 folders below the one given/ });
+  writeFileSync(join(d, "x.txt"), "a viewer's file");
+  await t.throwsAsync(readDicomSeries(join(tmp, "deep")), {
+    message: /deep: holds no file within 8 folders of it \(folders deeper down, such as .*d9, are not walked/,
+  });
+  // beside a series (a patient CD: DICOM/ and a viewer's deep folders), the series is read
+  cpSync(join(DICOM_FIXTURES, "cases", "A_axial"), join(tmp, "deep", "DICOM"), { recursive: true });
+  t.deepEqual((await readDicomSeries(join(tmp, "deep"))).dims, [88, 100, 20]);
 });

@@ -239,6 +239,13 @@ test("a bundle's config is data: references and macros resolve, expressions and 
     );
     await refused(() => "network_def: 1\nnetwork_def: 2\n", /map keys must be unique; "network_def" is repeated/, "inference.yaml");
     await refused(() => `network_def: ${"[".repeat(1 << 20)}`, /brackets or braces nest deeper than 64/, "inference.yaml");
+    // (an apostrophe in a plain scalar is not a quote: a scan of characters had stopped counting there)
+    await refused(() => `note: it's\nnetwork_def: ${"[".repeat(1 << 20)}`, /brackets or braces nest deeper than 64/, "inference.yaml");
+    await refused(
+      () => `network_def:\n  ${"- ".repeat(1 << 20)}1\n`,
+      /a line opens more than 64 nested "-" or "\?" items/,
+      "inference.yaml",
+    );
   } finally {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }

@@ -267,7 +267,8 @@ function checkJpegFrame(b: Uint8Array, fmt: PixelFormat, fail: (msg: string) => 
       marker === 0xdb ||
       marker === 0xdd ||
       marker === 0xfe ||
-      (marker >= 0xe0 && marker <= 0xef)
+      (marker >= 0xe0 && marker <= 0xef) ||
+      (marker === 0xf8 && sof === 0xf7) // JPEG-LS (T.87) adds LSE, preset parameters, before its frame
     ))
       fail(`has JPEG pixel data with marker 0xFF${marker.toString(16).toUpperCase().padStart(2, "0")} before its frame header`);
     p += 2 + len;

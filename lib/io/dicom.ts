@@ -224,8 +224,15 @@ async function gather(src: DicomSource, maxFiles: number, maxFileBytes: number):
     }
     if (st.isDirectory()) {
       const out: Candidate[] = [];
-      await walk(resolve(src), 0, out, maxFiles, maxFileBytes, new Set());
-      if (out.length === 0) throw new DicomError(src, "is a folder without files");
+      const deeper: string[] = [];
+      await walk(resolve(src), 0, out, maxFiles, maxFileBytes, new Set(), deeper);
+      if (out.length === 0)
+        throw new DicomError(
+          src,
+          deeper.length
+            ? `holds no file within ${MAX_DEPTH} folders of it (folders deeper down, such as ${deeper[0]}, are not walked: give the series' own folder)`
+            : "is a folder without files",
+        );
       return out;
     }
     if (!st.isFile()) throw new DicomError(src, "is neither a regular file nor a folder");
@@ -279,9 +286,14 @@ async function walk(
   maxFiles: number,
   maxFileBytes: number,
   seen: Set<string>,
+  deeper: string[],
 ): Promise<void> {
-  if (depth > MAX_DEPTH)
-    throw new DicomError(dir, `lies more than ${MAX_DEPTH} folders below the one given; give the series' own folder (or one nearer to it)`);
+  // (folders deeper down are not walked — a viewer bundled on a patient CD nests its own files
+  // deep — and named where the walk then finds nothing)
+  if (depth > MAX_DEPTH) {
+    deeper.push(dir);
+    return;
+  }
   // Each folder and file once, however many links lead to it.
   const real = await realpath(dir);
   if (seen.has(real)) return;
@@ -302,7 +314,7 @@ async function walk(
         : e.isFile()
           ? "file"
           : "other";
-    if (kind === "dir") await walk(p, depth + 1, out, maxFiles, maxFileBytes, seen);
+    if (kind === "dir") await walk(p, depth + 1, out, maxFiles, maxFileBytes, seen, deeper);
     else if (kind === "file") {
       const rp = e.isSymbolicLink() ? await realpath(p) : join(real, e.name);
       if (seen.has(rp)) continue;
@@ -567,11 +579,13 @@ async function readHeaders(
       skipped.push(c.label); // a folder may hold DICOMDIR-less extras (README, .json …), as dcm2niix skips them
       continue;
     }
-    if (held + c.size > holdable)
+    if (held + c.size > holdable) {
+      const series = new Set(headers.map((x) => x.seriesUid)).size;
       throw new DicomError(
         c.label,
-        `takes the files read past ${holdable} bytes (twice options.maxBytes = ${opts.maxBytes}, at least 256 MiB); a series' files are about its voxels' size`,
+        `takes the files read past ${holdable} bytes (twice options.maxBytes = ${opts.maxBytes}, at least 256 MiB); a series' files are about its voxels' size${series > 1 ? ` (${series} series so far: choose one with options.seriesUid, or --series)` : ""}`,
       );
+    }
     const bytes = await c.read();
     const ds = parse(dp, bytes, c.label, inflate);
     const h = header(ds, c.label);
@@ -645,21 +659,6 @@ function plan(all: Header[]): Plan {
     const p = checkImage(h) ?? checkGeometry(h);
     if (p) return fail(`file ${h.label} ${p}`);
   }
-  // One series UID over images of two studies or frames of reference (an anonymiser's or a
-  // merger's fault) is not one volume: its slices would be stacked as if they were.
-  for (const [field, label] of [
-    ["studyUid", "StudyInstanceUIDs"],
-    ["frameOfReferenceUid", "FrameOfReferenceUIDs"],
-  ] as const) {
-    const seen = new Set(imgs.map((h) => h[field]).filter((u) => u !== ""));
-    if (seen.size > 1)
-      return fail(
-        `holds images of ${seen.size} ${label} (${[...seen]
-          .slice(0, 3)
-          .map((u) => u.slice(0, 64))
-          .join(", ")}) under one SeriesInstanceUID; they are not one volume`,
-      );
-  }
   // Mixed sizes / orientations / spacings: name the groups.
   const keyOf = (h: Header) =>
     `${h.columns}×${h.rows}, orientation ${h.iop!.map((v) => +v.toFixed(4)).join("\\")}, pixel spacing ${h.pixelSpacing!.join("\\")}`;
@@ -689,6 +688,22 @@ function plan(all: Header[]): Plan {
       const what = sameSize ? "orientations or pixel spacings" : "image sizes";
       return fail(`mixes ${what}: ${sorted.map(([k, v]) => `${v.length} × (${k})`).join("; ")}`);
     }
+  }
+  // (after the localizers are left out: a scout may have a frame of reference of its own)
+  // One series UID over images of two studies or frames of reference (an anonymiser's or a
+  // merger's fault) is not one volume: its slices would be stacked as if they were.
+  for (const [field, label] of [
+    ["studyUid", "StudyInstanceUIDs"],
+    ["frameOfReferenceUid", "FrameOfReferenceUIDs"],
+  ] as const) {
+    const seen = new Set(imgs.map((h) => h[field]).filter((u) => u !== ""));
+    if (seen.size > 1)
+      return fail(
+        `holds images of ${seen.size} ${label} (${[...seen]
+          .slice(0, 3)
+          .map((u) => u.slice(0, 64))
+          .join(", ")}) under one SeriesInstanceUID; they are not one volume`,
+      );
   }
   const h0 = imgs[0]!;
   const iop = h0.iop!;
@@ -752,10 +767,14 @@ function plan(all: Header[]): Plan {
     }
     // Every slice on the line from the first to the last, not shifted sideways in mid-series
     // (every other slice 10 mm aside read as a plain volume; dcm2niix warns of it)
-    const tol = Math.max(0.02, 0.1 * Math.min(...h0.pixelSpacing!));
+    // (in the slice plane: the gaps along the normal are the check above's; within half a pixel,
+    // for scanners' rounding of positions)
+    const tol = 0.5 * Math.min(...h0.pixelSpacing!);
     for (let k = 1; k < n; k++) {
       const p = slices[k]!.ipp!;
-      const off = [0, 1, 2].map((a) => p[a]! - first[a]! - k * step[a]!);
+      const d = [0, 1, 2].map((a) => p[a]! - first[a]! - k * step[a]!);
+      const along = dot(d, normal);
+      const off = d.map((v, a) => v - along * normal[a]!);
       if (Math.hypot(...off) > tol)
         return {
           ...fail(

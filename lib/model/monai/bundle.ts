@@ -9,7 +9,7 @@
  */
 import { existsSync } from "node:fs";
 import { join, normalize, isAbsolute, sep } from "node:path";
-import { isScalar, parseDocument, visit } from "yaml";
+import { CST, isScalar, Lexer, parseDocument, visit } from "yaml";
 import type { ModelConfig } from "../config.js";
 import { monaiError } from "./layers.js";
 import { pipelineConfig, type KeepLargest } from "./pipeline.js";
@@ -76,31 +76,50 @@ async function readConfigFile(path: string, where: string): Promise<Record<strin
   return v as Record<string, unknown>;
 }
 
-/** Deepest nesting of brackets and braces (YAML's flow collections) a config may have; MONAI's: 3 or 4. */
+/** Deepest nesting of brackets and braces (YAML's flow collections), or of "- " items on one line, a config may have; MONAI's: 3 or 4. */
 const MAX_FLOW_DEPTH = 64;
+/** Widest indentation (block nesting) of a config's line; MONAI's: under 40 columns. */
+const MAX_INDENT = 512;
 
 /**
- * A YAML config as data. Flow collections nested past MAX_FLOW_DEPTH are refused before parsing
- * (yaml's composer recursed until the stack overflowed: 4 MB of "[" took 46 s and 3.6 GB); a key
+ * A YAML config as data. Flow collections nested past MAX_FLOW_DEPTH, as many "- " items on a
+ * line, or lines indented past MAX_INDENT are refused before parsing (yaml's composer recursed
+ * until the stack overflowed: 4 MB of "[" took 46 s and 3.6 GB, of "- " 10 s and 1.2 GB); a key
  * twice in one mapping is found with a set of each mapping's keys (yaml's own uniqueKeys check
  * compares each key with every earlier one: 40,000 keys held the event loop 41 s); aliases expand
  * at most 100 times (a "billion laughs" document).
  */
 function parseYamlConfig(text: string): unknown {
-  let depth = 0,
-    quote = "",
-    comment = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (comment) comment = c !== "\n";
-    else if (quote) {
-      if (quote === '"' && c === "\\") i++;
-      else if (c === quote) quote = "";
-    } else if (c === '"' || c === "'") quote = c;
-    else if (c === "#" && (i === 0 || /\s/.test(text[i - 1]!))) comment = true;
-    else if (c === "[" || c === "{") {
-      if (++depth > MAX_FLOW_DEPTH) throw new Error(`brackets or braces nest deeper than ${MAX_FLOW_DEPTH}`);
-    } else if ((c === "]" || c === "}") && depth > 0) depth--;
+  // (yaml's own lexer, linear and flat, tells brackets from quoted text: a scan of the characters
+  // took an apostrophe in "it's" for a quote and stopped counting)
+  let flow = 0,
+    indicators = 0,
+    indent = 0,
+    lineStart = true,
+    scalarNext = false;
+  for (const tok of new Lexer().lex(text)) {
+    if (scalarNext) {
+      scalarNext = false; // a scalar's own text
+      lineStart = false;
+      continue;
+    }
+    const type = CST.tokenType(tok);
+    if (type === "scalar") scalarNext = true;
+    else if (type === "newline") {
+      lineStart = true;
+      indicators = 0;
+      indent = 0;
+      continue;
+    } else if (type === "space" && lineStart) {
+      if ((indent += tok.length) > MAX_INDENT) throw new Error(`a line is indented past ${MAX_INDENT} columns`);
+      continue;
+    } else if (type === "flow-seq-start" || type === "flow-map-start") {
+      if (++flow > MAX_FLOW_DEPTH) throw new Error(`brackets or braces nest deeper than ${MAX_FLOW_DEPTH}`);
+    } else if (type === "flow-seq-end" || type === "flow-map-end") flow = Math.max(0, flow - 1);
+    else if (type === "seq-item-ind" || type === "explicit-key-ind") {
+      if (++indicators > MAX_FLOW_DEPTH) throw new Error(`a line opens more than ${MAX_FLOW_DEPTH} nested "-" or "?" items`);
+    }
+    lineStart = false;
   }
   const doc = parseDocument(text, { uniqueKeys: false });
   if (doc.errors.length) throw new Error(doc.errors[0]!.message);

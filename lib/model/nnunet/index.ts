@@ -19,8 +19,7 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { stat } from "node:fs/promises";
-import { basename, dirname, join, relative, resolve } from "node:path";
-import { leadsOutOf } from "../../paths.js";
+import { basename, dirname, join, resolve } from "node:path";
 import { invalidParameterError, optionsObject, brief } from "../../is.js";
 import { parseJsonObject, readSmallFile } from "../../io/small-file.js";
 import type { Tensor } from "../../types.js";
@@ -277,16 +276,6 @@ const MAX_JSON_BYTES = 32 * 2 ** 20;
 /** Deepest nesting of arrays and objects accepted in them (nnU-Net's: 4). */
 const MAX_JSON_DEPTH = 64;
 
-/**
- * Refuses a file of the folder that is a link leading out of it: only the folder's own files are
- * read (a dataset.json linked to another file had its keys and values quoted in the error).
- */
-async function onlyOwnFiles(folder: string, given: string, rels: string[]): Promise<void> {
-  for (const rel of rels)
-    if (await leadsOutOf(folder, join(folder, rel)))
-      throw new Error(`nnU-Net folder ${given}: ${rel} leads out of the folder (a link); only the folder's own files are read`);
-}
-
 async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
@@ -500,7 +489,6 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
       if (!existsSync(join(folder, `fold_${f}`, file)))
         throw new Error(`nnU-Net folder ${trainerFolder}: fold_${f}/${file} does not exist`);
   }
-  await onlyOwnFiles(folder, trainerFolder, ["dataset.json", "plans.json", ...folds.map((f) => join(`fold_${f}`, file))]);
   const dataset = await readJson(join(folder, "dataset.json"), "dataset.json");
   const plans = await readJson(join(folder, "plans.json"), "plans.json");
 
@@ -525,7 +513,6 @@ async function loadStage(trainerFolder: string, options: LoadNnunetOptions | und
   else if (opts.postprocessing === undefined) {
     const cv = join(folder, `crossval_results_folds_${folds.join("_")}`);
     ppFile = ["postprocessing.pkl", "postprocessing.json"].map((f) => join(cv, f)).find((f) => existsSync(f));
-    if (ppFile) await onlyOwnFiles(folder, trainerFolder, [relative(folder, ppFile)]);
   }
   const postprocessing: CleanupOptions | null = ppFile ? await readNnunetPostprocessing(ppFile, values) : null;
 
@@ -762,7 +749,6 @@ async function loadNnunetV1(
   const first = opts.folds?.[0] ?? v1FoldsIn(folder, file)[0];
   const pkl = first === undefined ? undefined : join(folder, `fold_${first}`, `${file}.pkl`);
   // (which trainer, before any checkpoint: a cascade's first stage loads first)
-  if (pkl) await onlyOwnFiles(folder, given, [relative(folder, pkl)]);
   const info = pkl && existsSync(pkl) ? await readV1ModelPkl(pkl) : null;
   const cascade = info?.trainer === V1_CASCADE_TRAINER;
   if (firstStageOf !== null && cascade)
@@ -841,11 +827,6 @@ async function loadNnunetV1Folds(
       for (const x of [file, `${file}.pkl`])
         if (!existsSync(join(folder, `fold_${f}`, x))) throw new Error(`nnU-Net v1 folder ${given}: fold_${f}/${x} does not exist`);
   }
-  await onlyOwnFiles(folder, given, [
-    "dataset.json",
-    "postprocessing.json",
-    ...folds.flatMap((f) => [join(`fold_${f}`, file), join(`fold_${f}`, `${file}.pkl`)]),
-  ]);
   const first = join(folder, `fold_${folds[0]}`, `${file}.pkl`);
   const info = await readV1ModelPkl(first);
   if (opts.trainer !== undefined && info.trainer === V1_CASCADE_TRAINER)
