@@ -18,6 +18,42 @@ type Node = Record<string, unknown> & {
   attribute?: Record<string, unknown>[];
 };
 
+/** Element-wise float ops (and the softmaxes): a result of their input's shape and type. */
+export const SAME_SHAPE_FLOAT_OPS: readonly string[] = [
+  "Sigmoid",
+  "Sqrt",
+  "Exp",
+  "Log",
+  "Tanh",
+  "Erf",
+  "Reciprocal",
+  "Floor",
+  "Ceil",
+  "Round",
+  "Sign",
+  "Softplus",
+  "Elu",
+  "Selu",
+  "HardSigmoid",
+  "Gelu",
+  "Sin",
+  "Cos",
+  "Tan",
+  "Asin",
+  "Acos",
+  "Atan",
+  "Sinh",
+  "Cosh",
+  "HardSwish",
+  "Mish",
+  "Softsign",
+  "Celu",
+  "ThresholdedRelu",
+  "Clip",
+  "Softmax",
+  "LogSoftmax",
+];
+
 /** Ops whose output has the type of their first input. */
 const KEEPS = new Set([
   "Identity",
@@ -56,42 +92,9 @@ const KEEPS = new Set([
   "ReduceLogSum",
   "ReduceLogSumExp",
   "Split",
-  // float ops whose output is their input's type (T): a float16 model's values stay float16
-  "Sigmoid",
-  "Tanh",
-  "Exp",
-  "Log",
-  "Sqrt",
-  "Reciprocal",
-  "Floor",
-  "Ceil",
-  "Round",
-  "Sign",
-  "Erf",
-  "Elu",
-  "Selu",
-  "HardSigmoid",
-  "Softplus",
-  "Gelu",
-  "Sin",
-  "Cos",
-  "Tan",
-  "Asin",
-  "Acos",
-  "Atan",
-  "Sinh",
-  "Cosh",
-  "HardSwish",
-  "Mish",
-  "Softsign",
-  "Celu",
-  "ThresholdedRelu",
   "GlobalAveragePool",
   "GlobalMaxPool",
   "PRelu",
-  "Clip",
-  "Softmax",
-  "LogSoftmax",
   "Conv",
   "ConvTranspose",
   "InstanceNormalization",
@@ -107,21 +110,12 @@ const KEEPS = new Set([
   "Dropout",
   "Sum",
   "Mean",
+  ...SAME_SHAPE_FLOAT_OPS,
 ]);
+/** Comparisons and logic of two inputs (numpy broadcasting): bool results. */
+export const BOOLEAN_BINARY_OPS: readonly string[] = ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"];
 /** Ops whose result is bool (0/1 integers in the engine), whatever their inputs. */
-export const BOOLEAN_OPS: ReadonlySet<string> = new Set([
-  "Equal",
-  "Less",
-  "Greater",
-  "LessOrEqual",
-  "GreaterOrEqual",
-  "And",
-  "Or",
-  "Xor",
-  "Not",
-  "IsNaN",
-  "IsInf",
-]);
+export const BOOLEAN_OPS: ReadonlySet<string> = new Set([...BOOLEAN_BINARY_OPS, "Not", "IsNaN", "IsInf"]);
 
 /** Element types the graph declares or its ops determine, by value name. */
 function knownTypes(g: Record<string, unknown>, nodes: Node[]): Map<string, number> {

@@ -12,7 +12,7 @@
  * or a value that depends on data (a mask from activations), makes what follows it unknown: the
  * inference then says nothing about it rather than guess, and the run checks it as before.
  */
-import { BOOLEAN_OPS } from "./cast-like.js";
+import { BOOLEAN_BINARY_OPS, BOOLEAN_OPS, SAME_SHAPE_FLOAT_OPS } from "./cast-like.js";
 import type { Attr, GraphNode, OnnxTensor } from "./graph.js";
 import { MAMBA_CONV_OP, mambaConvShape, SELECTIVE_SCAN_OP, selectiveScanShape } from "./mamba.js";
 import { broadcastShapes, broadcastsTo, normAxis, size, slicePlan } from "./nd.js";
@@ -90,67 +90,8 @@ const perChannel = (p: Known | undefined | null, C: number, what: string, alt?: 
 
 type Rule = (x: (Known | undefined | null)[], at: Record<string, Attr>, n: GraphNode, opset: number) => (Known | undefined)[];
 
-const SAME_SHAPE = [
-  "Relu",
-  "LeakyRelu",
-  "Sigmoid",
-  "Identity",
-  "Dropout",
-  "Sqrt",
-  "Exp",
-  "Log",
-  "Tanh",
-  "Erf",
-  "Neg",
-  "Abs",
-  "Reciprocal",
-  "Floor",
-  "Ceil",
-  "Round",
-  "Sign",
-  "Softplus",
-  "Elu",
-  "Selu",
-  "HardSigmoid",
-  "Gelu",
-  "Sin",
-  "Cos",
-  "Tan",
-  "Asin",
-  "Acos",
-  "Atan",
-  "Sinh",
-  "Cosh",
-  "HardSwish",
-  "Mish",
-  "Softsign",
-  "Celu",
-  "ThresholdedRelu",
-  "Clip",
-  "Softmax",
-  "LogSoftmax",
-];
-const BROADCAST = [
-  "Add",
-  "Sub",
-  "Mul",
-  "Div",
-  "Pow",
-  "Mod",
-  "Max",
-  "Min",
-  "Sum",
-  "Mean",
-  "Equal",
-  "Less",
-  "Greater",
-  "LessOrEqual",
-  "GreaterOrEqual",
-  "And",
-  "Or",
-  "Xor",
-  "Where",
-];
+const SAME_SHAPE = ["Relu", "LeakyRelu", "Identity", "Dropout", "Neg", "Abs", ...SAME_SHAPE_FLOAT_OPS];
+const BROADCAST = ["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", ...BOOLEAN_BINARY_OPS, "Where"];
 
 function convOut(x: Known, w: Known, at: Record<string, Attr>): number[] {
   const [N, C] = x.shape as [number, number];
