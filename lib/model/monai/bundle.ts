@@ -115,14 +115,22 @@ function parseYamlConfig(text: string): unknown {
       continue;
     } else if (type === "flow-seq-start" || type === "flow-map-start") {
       if (++flow > MAX_FLOW_DEPTH) throw new Error(`brackets or braces nest deeper than ${MAX_FLOW_DEPTH}`);
-    } else if (type === "flow-seq-end" || type === "flow-map-end") flow = Math.max(0, flow - 1);
+    } else if (type === "flow-seq-end" || type === "flow-map-end") {
+      // (a closer with nothing open, or a flow error, is invalid YAML: refused here, since yaml's
+      // messages for thousands of such errors cost quadratic time)
+      if (--flow < 0) throw new Error("a closing bracket or brace with none open");
+    } else if (type === "flow-error-end") throw new Error("a flow collection that is not valid YAML");
     else if (type === "seq-item-ind" || type === "explicit-key-ind") {
       if (++indicators > MAX_FLOW_DEPTH) throw new Error(`a line opens more than ${MAX_FLOW_DEPTH} nested "-" or "?" items`);
     }
     lineStart = false;
   }
-  const doc = parseDocument(text, { uniqueKeys: false });
-  if (doc.errors.length) throw new Error(doc.errors[0]!.message);
+  // (prettyErrors off: yaml otherwise rebuilds every error's message with its line's context)
+  const doc = parseDocument(text, { uniqueKeys: false, prettyErrors: false });
+  if (doc.errors.length) {
+    const e = doc.errors[0]!;
+    throw new Error(`${e.message.slice(0, 200)} at byte ${e.pos[0]}`);
+  }
   visit(doc, {
     Map(_, map) {
       const keys = new Set<string>();
